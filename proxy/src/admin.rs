@@ -1,0 +1,379 @@
+//! The admin server on `admin.address`, with Envoy's endpoints and formats. It runs on the main
+//! thread; mutating endpoints are POST-only, as in Envoy.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prost_reflect::{DynamicMessage, SerializeOptions, Value};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::cli::Options;
+use crate::config::Loaded;
+use crate::stats::{self, StatValue, Store};
+use crate::upstream::ClusterInfo;
+
+/// Version string reported by `/server_info`.
+pub const VERSION: &str = concat!("skiff/", env!("CARGO_PKG_VERSION"));
+
+/// What the admin endpoints read and change.
+#[derive(Debug)]
+pub struct AdminState {
+    /// All stats.
+    pub store: Arc<Store>,
+    /// The running configuration.
+    pub config: Arc<Loaded>,
+    /// The command line.
+    pub options: Options,
+    /// Worker count.
+    pub concurrency: usize,
+    /// Clusters with their host counters.
+    pub clusters: Vec<Arc<ClusterInfo>>,
+    /// Start time.
+    pub started: Instant,
+    /// Set by `POST /healthcheck/fail`, cleared by `/healthcheck/ok`.
+    pub health_failed: AtomicBool,
+    /// Set once the server drains.
+    pub draining: AtomicBool,
+    /// Notified by `POST /quitquitquit`.
+    pub quit: Notify,
+}
+
+impl AdminState {
+    fn state_name(&self) -> &'static str {
+        if self.draining.load(Ordering::Relaxed) || self.health_failed.load(Ordering::Relaxed) {
+            "DRAINING"
+        } else {
+            "LIVE"
+        }
+    }
+
+    /// Updates the server gauges that depend on time and state.
+    pub fn refresh_server_stats(&self) {
+        let main = self.store.main();
+        main.gauge("server.uptime").set(self.started.elapsed().as_secs() as i64);
+        main.gauge("server.state").set(if self.state_name() == "LIVE" { 0 } else { 1 });
+        main.gauge("server.live").set(if self.state_name() == "LIVE" { 1 } else { 0 });
+    }
+}
+
+/// Serves the admin endpoints until the process ends.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    with_type(status, "text/plain; charset=UTF-8", body)
+}
+
+fn with_type(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
+    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache, max-age=0"));
+    h.insert("x-content-type-options", header::HeaderValue::from_static("nosniff"));
+    r
+}
+
+fn json_response(v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_string_pretty(v).unwrap_or_default();
+    with_type(StatusCode::OK, "application/json", body)
+}
+
+const ENDPOINTS: &[(&str, &str, bool)] = &[
+    ("/", "Admin home page", false),
+    ("/clusters", "upstream cluster status", false),
+    ("/config_dump", "dump current Envoy configs", false),
+    ("/healthcheck/fail", "cause the server to fail health checks", true),
+    ("/healthcheck/ok", "cause the server to pass health checks", true),
+    ("/help", "print out list of admin commands", false),
+    ("/listeners", "print listener info", false),
+    ("/quitquitquit", "exit the server", true),
+    ("/ready", "print server state, return 200 if LIVE, otherwise return 503", false),
+    ("/server_info", "print server version/status information", false),
+    ("/stats", "print server stats", false),
+    ("/stats/prometheus", "print server stats in prometheus format", false),
+];
+
+fn help() -> String {
+    let mut s = String::from("admin commands are:\n");
+    for (path, what, _) in ENDPOINTS {
+        s.push_str(&format!("  {path}: {what}\n"));
+    }
+    s
+}
+
+fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), percent_decode(v)),
+            None => (kv.to_string(), String::new()),
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let Some((_, _, post_only)) = ENDPOINTS.iter().find(|(p, _, _)| *p == path) else {
+        return text(StatusCode::NOT_FOUND, format!("invalid path. {}", help()));
+    };
+    if *post_only && req.method() != Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("Method {} not allowed, POST required.", req.method()),
+        );
+    }
+    let q = query(&req);
+    match path.as_str() {
+        "/" | "/help" => text(StatusCode::OK, help()),
+        "/ready" => {
+            let s = state.state_name();
+            let code = if s == "LIVE" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            text(code, format!("{s}\n"))
+        }
+        "/healthcheck/fail" => {
+            state.health_failed.store(true, Ordering::Relaxed);
+            text(StatusCode::OK, "OK\n")
+        }
+        "/healthcheck/ok" => {
+            state.health_failed.store(false, Ordering::Relaxed);
+            text(StatusCode::OK, "OK\n")
+        }
+        "/quitquitquit" => {
+            state.quit.notify_one();
+            text(StatusCode::OK, "OK\n")
+        }
+        "/server_info" => json_response(&server_info(state)),
+        "/stats" => stats_endpoint(state, &q),
+        "/stats/prometheus" => {
+            state.refresh_server_stats();
+            with_type(StatusCode::OK, "text/plain; charset=UTF-8", stats::prometheus(&state.store.snapshot()))
+        }
+        "/listeners" => listeners(state, &q),
+        "/clusters" => clusters(state, &q),
+        "/config_dump" => json_response(&config_dump(state)),
+        _ => text(StatusCode::NOT_FOUND, help()),
+    }
+}
+
+fn stats_endpoint(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<Bytes>> {
+    state.refresh_server_stats();
+    let filter = match q.get("filter").filter(|f| !f.is_empty()) {
+        Some(f) => match regex::Regex::new(f) {
+            Ok(r) => Some(r),
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("Invalid regex: {e}\n")),
+        },
+        None => None,
+    };
+    let used_only = q.contains_key("usedonly");
+    let snap = state.store.snapshot();
+    let selected = snap.iter().filter(|(name, v)| {
+        filter.as_ref().is_none_or(|r| r.is_match(name))
+            && (!used_only || !matches!(v, StatValue::Counter(0) | StatValue::Gauge(0)))
+    });
+    if q.get("format").map(String::as_str) == Some("json") {
+        let stats: Vec<serde_json::Value> = selected
+            .map(|(name, v)| match v {
+                StatValue::Counter(c) => json!({"name": name, "value": c}),
+                StatValue::Gauge(g) => json!({"name": name, "value": g}),
+            })
+            .collect();
+        return json_response(&json!({ "stats": stats }));
+    }
+    let mut out = String::new();
+    for (name, v) in selected {
+        match v {
+            StatValue::Counter(c) => out.push_str(&format!("{name}: {c}\n")),
+            StatValue::Gauge(g) => out.push_str(&format!("{name}: {g}\n")),
+        }
+    }
+    text(StatusCode::OK, out)
+}
+
+fn server_info(state: &AdminState) -> serde_json::Value {
+    let o = &state.options;
+    let uptime = format!("{}s", state.started.elapsed().as_secs());
+    let node = &state.config.model.node;
+    json!({
+        "version": VERSION,
+        "state": state.state_name(),
+        "uptime_current_epoch": uptime,
+        "uptime_all_epochs": uptime,
+        "hot_restart_version": "disabled",
+        "command_line_options": {
+            "concurrency": state.concurrency,
+            "config_path": o.config_path.clone().unwrap_or_default(),
+            "config_yaml": o.config_yaml.clone().unwrap_or_default(),
+            "log_level": o.log_level,
+            "service_cluster": o.service_cluster.clone().unwrap_or_default(),
+            "service_node": o.service_node.clone().unwrap_or_default(),
+            "file_flush_interval": format!("{}s", o.file_flush_interval_msec as f64 / 1000.0),
+            "drain_time": format!("{}s", o.drain_time_s),
+            "parent_shutdown_time": format!("{}s", o.parent_shutdown_time_s),
+            "mode": o.mode.as_str(),
+            "disable_hot_restart": true,
+            "restart_epoch": 0,
+        },
+        "node": { "id": node.id, "cluster": node.cluster, "user_agent_name": "skiff" },
+    })
+}
+
+fn listeners(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<Bytes>> {
+    let ls = &state.config.model.listeners;
+    if q.get("format").map(String::as_str) == Some("json") {
+        let statuses: Vec<serde_json::Value> = ls
+            .iter()
+            .map(|l| {
+                json!({"name": l.name, "local_address": {"socket_address": {
+                    "address": l.address.ip().to_string(), "port_value": l.address.port()}}})
+            })
+            .collect();
+        return json_response(&json!({ "listener_statuses": statuses }));
+    }
+    let mut out = String::new();
+    for l in ls {
+        out.push_str(&format!("{}::{}\n", l.name, l.address));
+    }
+    text(StatusCode::OK, out)
+}
+
+fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<Bytes>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let json_format = q.get("format").map(String::as_str) == Some("json");
+    let mut out = String::new();
+    let mut statuses = Vec::new();
+    for c in &state.clusters {
+        let name = &c.config.name;
+        let mut hosts = Vec::new();
+        out.push_str(&format!("{name}::observability_name::{name}\n"));
+        for p in ["default_priority", "high_priority"] {
+            for (k, v) in [("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3)] {
+                out.push_str(&format!("{name}::{p}::{k}::{v}\n"));
+            }
+        }
+        out.push_str(&format!("{name}::added_via_api::false\n"));
+        for (h, s) in c.config.hosts.iter().zip(&c.host_stats) {
+            let a = h.address;
+            let fields = [
+                ("cx_active", s.cx_active.load(Relaxed)),
+                ("cx_connect_fail", s.cx_connect_fail.load(Relaxed)),
+                ("cx_total", s.cx_total.load(Relaxed)),
+                ("rq_active", s.rq_active.load(Relaxed)),
+                ("rq_error", s.rq_error.load(Relaxed)),
+                ("rq_success", s.rq_success.load(Relaxed)),
+                ("rq_timeout", s.rq_timeout.load(Relaxed)),
+                ("rq_total", s.rq_total.load(Relaxed)),
+            ];
+            for (k, v) in fields {
+                out.push_str(&format!("{name}::{a}::{k}::{v}\n"));
+            }
+            let health = if h.healthy { "healthy" } else { "/failed_eds_health" };
+            for (k, v) in [("hostname", ""), ("health_flags", health), ("weight", "1"), ("region", ""), ("zone", ""), ("sub_zone", ""), ("canary", "false"), ("priority", "0"), ("success_rate", "-1"), ("local_origin_success_rate", "-1")] {
+                out.push_str(&format!("{name}::{a}::{k}::{v}\n"));
+            }
+            hosts.push(json!({
+                "address": {"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}},
+                "stats": fields.iter().map(|(k, v)| json!({"name": k, "value": v.to_string(), "type": "COUNTER"})).collect::<Vec<_>>(),
+                "health_status": {"eds_health_status": if h.healthy { "HEALTHY" } else { "UNHEALTHY" }},
+                "weight": 1,
+            }));
+        }
+        statuses.push(json!({"name": name, "observability_name": name, "host_statuses": hosts}));
+    }
+    if json_format {
+        return json_response(&json!({ "cluster_statuses": statuses }));
+    }
+    text(StatusCode::OK, out)
+}
+
+fn to_json(msg: &DynamicMessage) -> serde_json::Value {
+    let opts = SerializeOptions::new().skip_default_fields(true);
+    msg.serialize_with_options(serde_json::value::Serializer, &opts).unwrap_or(serde_json::Value::Null)
+}
+
+fn config_dump(state: &AdminState) -> serde_json::Value {
+    let boot = &state.config.dynamic;
+    let now = crate::access_log::format_time(SystemTime::now());
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+    if let Some(Value::Message(res)) = boot.get_field_by_name("static_resources").map(|v| v.into_owned()) {
+        if let Some(Value::List(ls)) = res.get_field_by_name("listeners").map(|v| v.into_owned()) {
+            for l in ls {
+                if let Value::Message(m) = l {
+                    let mut v = to_json(&m);
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("@type".into(), json!("type.googleapis.com/envoy.config.listener.v3.Listener"));
+                    }
+                    listeners.push(json!({"name": m.get_field_by_name("name").and_then(|n| n.as_str().map(str::to_string)), "active_state": {"listener": v, "last_updated": now}}));
+                }
+            }
+        }
+        if let Some(Value::List(cs)) = res.get_field_by_name("clusters").map(|v| v.into_owned()) {
+            for c in cs {
+                if let Value::Message(m) = c {
+                    let mut v = to_json(&m);
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("@type".into(), json!("type.googleapis.com/envoy.config.cluster.v3.Cluster"));
+                    }
+                    clusters.push(json!({"cluster": v, "last_updated": now}));
+                }
+            }
+        }
+    }
+    json!({
+        "configs": [
+            {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": to_json(boot), "last_updated": now},
+            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "static_clusters": clusters},
+            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": listeners},
+        ]
+    })
+}

@@ -1,0 +1,89 @@
+//! The command line: Envoy's flags, so a launcher that starts `envoy` can start `skiff`.
+
+use clap::{Parser, ValueEnum};
+
+/// skiff: a transparent sidecar proxy that runs Envoy v3 configuration.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "skiff", version, about, long_about = None)]
+pub struct Options {
+    /// Path to an Envoy v3 bootstrap (YAML or JSON).
+    #[arg(short = 'c', long = "config-path")]
+    pub config_path: Option<String>,
+
+    /// A bootstrap in YAML, merged over the file given with --config-path.
+    #[arg(long = "config-yaml")]
+    pub config_yaml: Option<String>,
+
+    /// `serve` runs the proxy; `validate` checks the configuration and exits.
+    #[arg(long, value_enum, default_value_t = Mode::Serve)]
+    pub mode: Mode,
+
+    /// Worker threads (default: CPUs available to the process).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+
+    /// Log level: trace, debug, info, warn, error, critical, off.
+    #[arg(short = 'l', long = "log-level", default_value = "info")]
+    pub log_level: String,
+
+    /// Seconds to let in-flight work finish when draining.
+    #[arg(long = "drain-time-s", default_value_t = 600)]
+    pub drain_time_s: u64,
+
+    /// Accepted for compatibility: skiff has no hot restart, so there is no parent to shut down.
+    #[arg(long = "parent-shutdown-time-s", default_value_t = 900)]
+    pub parent_shutdown_time_s: u64,
+
+    /// Local service cluster name (node.cluster when the bootstrap sets none).
+    #[arg(long = "service-cluster")]
+    pub service_cluster: Option<String>,
+
+    /// Local service node name (node.id when the bootstrap sets none).
+    #[arg(long = "service-node")]
+    pub service_node: Option<String>,
+
+    /// How often access logs are flushed, in milliseconds.
+    #[arg(long = "file-flush-interval-msec", default_value_t = 10_000)]
+    pub file_flush_interval_msec: u64,
+
+    /// Accepted for compatibility: hot restart is never offered.
+    #[arg(long = "disable-hot-restart")]
+    pub disable_hot_restart: bool,
+}
+
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Run the proxy.
+    Serve,
+    /// Check the configuration and exit.
+    Validate,
+}
+
+impl Mode {
+    /// The name Envoy prints in /server_info.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Serve => "Serve",
+            Mode::Validate => "Validate",
+        }
+    }
+}
+
+impl Options {
+    /// The worker count: the flag, else the CPUs this process may run on.
+    pub fn workers(&self) -> usize {
+        self.concurrency
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    }
+
+    /// The `tracing` filter for `--log-level`.
+    pub fn tracing_level(&self) -> &str {
+        match self.log_level.as_str() {
+            "critical" => "error",
+            "off" => "off",
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! skiff's own configuration model: validated, immutable, and shaped for the hot path. Built once
+//! per configuration change by `translate`; workers only read it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use crate::access_log::Format;
+use crate::router::RouteTable;
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    /// `node`.
+    pub node: Node,
+    /// `admin`, when it has an address.
+    pub admin: Option<Admin>,
+    /// `static_resources.listeners`.
+    pub listeners: Vec<Arc<Listener>>,
+    /// `static_resources.clusters`.
+    pub clusters: Vec<Arc<Cluster>>,
+}
+
+/// `node`: identity only.
+#[derive(Debug, Clone, Default)]
+pub struct Node {
+    /// `node.id`.
+    pub id: String,
+    /// `node.cluster`.
+    pub cluster: String,
+}
+
+/// `admin`.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// `admin.address`.
+    pub address: SocketAddr,
+}
+
+/// A listener.
+#[derive(Debug)]
+pub struct Listener {
+    /// `name`.
+    pub name: String,
+    /// `address`.
+    pub address: SocketAddr,
+    /// The stat scope: `listener.<stat_prefix>.`; Envoy's default is the address with `_` for `:`.
+    pub stat_prefix: String,
+    /// `filter_chains` (one, until filter-chain matching arrives) then `default_filter_chain`.
+    pub filter_chain: Option<Arc<FilterChain>>,
+    /// `default_filter_chain`.
+    pub default_filter_chain: Option<Arc<FilterChain>>,
+    /// `per_connection_buffer_limit_bytes` (default 1 MiB).
+    pub buffer_limit: usize,
+}
+
+impl Listener {
+    /// The chain a new connection runs.
+    pub fn select_chain(&self) -> Option<&Arc<FilterChain>> {
+        self.filter_chain.as_ref().or(self.default_filter_chain.as_ref())
+    }
+}
+
+/// A filter chain.
+#[derive(Debug)]
+pub struct FilterChain {
+    /// `name`.
+    pub name: String,
+    /// `filters`, the terminal one last.
+    pub filters: Vec<NetworkFilter>,
+}
+
+/// A network filter.
+#[derive(Debug)]
+pub enum NetworkFilter {
+    /// `envoy.filters.network.tcp_proxy`.
+    TcpProxy(Arc<TcpProxy>),
+    /// `envoy.filters.network.http_connection_manager`.
+    HttpConnectionManager(Arc<HttpConnectionManager>),
+}
+
+/// Where a TCP proxy sends a connection.
+#[derive(Debug, Clone)]
+pub enum ClusterChoice {
+    /// `cluster`.
+    Single(String),
+    /// `weighted_clusters`: (name, weight), weights > 0.
+    Weighted(Vec<(String, u32)>),
+}
+
+impl ClusterChoice {
+    /// Picks a cluster; weighted choices draw at random by weight, as Envoy does.
+    pub fn pick(&self) -> &str {
+        match self {
+            ClusterChoice::Single(c) => c,
+            ClusterChoice::Weighted(all) => {
+                let total: u64 = all.iter().map(|(_, w)| u64::from(*w)).sum();
+                let mut draw = fastrand::u64(0..total.max(1));
+                for (name, w) in all {
+                    if draw < u64::from(*w) {
+                        return name;
+                    }
+                    draw -= u64::from(*w);
+                }
+                &all[0].0
+            }
+        }
+    }
+}
+
+/// `envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy`.
+#[derive(Debug)]
+pub struct TcpProxy {
+    /// `stat_prefix`.
+    pub stat_prefix: String,
+    /// `cluster` or `weighted_clusters`.
+    pub cluster: ClusterChoice,
+    /// `idle_timeout` (default 1 h; zero disables).
+    pub idle_timeout: Option<Duration>,
+}
+
+/// `codec_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecType {
+    /// HTTP/1.1, or HTTP/2 when the connection opens with the h2 preface.
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only (prior knowledge).
+    Http2,
+}
+
+/// `server_header_transformation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerHeader {
+    /// Always `server: <server_name>`.
+    Overwrite,
+    /// Only when the upstream sent none.
+    AppendIfAbsent,
+    /// As the upstream sent it.
+    PassThrough,
+}
+
+/// `envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`.
+#[derive(Debug)]
+pub struct HttpConnectionManager {
+    /// `stat_prefix`.
+    pub stat_prefix: String,
+    /// `codec_type`.
+    pub codec: CodecType,
+    /// `route_config`.
+    pub routes: Arc<RouteTable>,
+    /// `http_filters` before the router.
+    pub http_filters: Vec<HttpFilterConfig>,
+    /// The terminal `envoy.filters.http.router`.
+    pub router: RouterConfig,
+    /// `access_log`.
+    pub access_logs: Vec<AccessLog>,
+    /// `server_name` (default `envoy`, as Envoy).
+    pub server_name: http::HeaderValue,
+    /// `server_header_transformation`.
+    pub server_header: ServerHeader,
+    /// `generate_request_id` (default true).
+    pub generate_request_id: bool,
+    /// `preserve_external_request_id`.
+    pub preserve_external_request_id: bool,
+    /// `always_set_request_id_in_response`.
+    pub always_set_request_id_in_response: bool,
+    /// `via`.
+    pub via: Option<http::HeaderValue>,
+}
+
+/// A configured HTTP filter other than the router. None exist yet; the variant list grows with
+/// the filters skiff learns.
+#[derive(Debug, Clone)]
+pub enum HttpFilterConfig {}
+
+/// `envoy.extensions.filters.http.router.v3.Router`.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// `dynamic_stats` (default true): per-code cluster stats.
+    pub dynamic_stats: bool,
+    /// `suppress_envoy_headers`: no `x-envoy-upstream-service-time` / expected-timeout headers.
+    pub suppress_envoy_headers: bool,
+}
+
+/// An access log sink with its format.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    /// Where lines go.
+    pub sink: AccessLogSink,
+    /// The line format.
+    pub format: Arc<Format>,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogSink {
+    /// `envoy.access_loggers.stdout`.
+    Stdout,
+    /// `envoy.access_loggers.stderr`.
+    Stderr,
+    /// `envoy.access_loggers.file`.
+    File(String),
+}
+
+/// The upstream HTTP protocol of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (Envoy's default).
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    Http2,
+    /// The downstream request's protocol.
+    Downstream,
+}
+
+/// HTTP/2 settings for upstream connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2Options {
+    /// `max_concurrent_streams`: a cap on streams per connection on top of the peer's.
+    pub max_concurrent_streams: u32,
+    /// `initial_stream_window_size`.
+    pub initial_stream_window_size: u32,
+    /// `initial_connection_window_size`.
+    pub initial_connection_window_size: u32,
+}
+
+impl Default for Http2Options {
+    fn default() -> Self {
+        // Envoy's defaults.
+        Http2Options {
+            max_concurrent_streams: 2_147_483_647,
+            initial_stream_window_size: 268_435_456,
+            initial_connection_window_size: 268_435_456,
+        }
+    }
+}
+
+/// An upstream host.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Its address.
+    pub address: SocketAddr,
+    /// False when `health_status` says it must not receive traffic.
+    pub healthy: bool,
+}
+
+/// A cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// `name`.
+    pub name: String,
+    /// `connect_timeout` (default 5 s).
+    pub connect_timeout: Duration,
+    /// The hosts of `load_assignment`.
+    pub hosts: Vec<Host>,
+    /// Upstream HTTP protocol.
+    pub protocol: UpstreamProtocol,
+    /// HTTP/2 settings.
+    pub http2: Http2Options,
+    /// `per_connection_buffer_limit_bytes` (default 1 MiB).
+    pub buffer_limit: usize,
+}
+
+/// A string match as Envoy's `StringMatcher`.
+#[derive(Debug, Clone)]
+pub struct StringMatch {
+    /// What to compare.
+    pub kind: StringMatchKind,
+    /// `ignore_case`.
+    pub ignore_case: bool,
+}
+
+/// The comparison of a [`StringMatch`].
+#[derive(Debug, Clone)]
+pub enum StringMatchKind {
+    /// `exact`.
+    Exact(String),
+    /// `prefix`.
+    Prefix(String),
+    /// `suffix`.
+    Suffix(String),
+    /// `contains`.
+    Contains(String),
+}
+
+impl StringMatch {
+    /// Whether `value` matches.
+    pub fn matches(&self, value: &str) -> bool {
+        let pattern = match &self.kind {
+            StringMatchKind::Exact(p)
+            | StringMatchKind::Prefix(p)
+            | StringMatchKind::Suffix(p)
+            | StringMatchKind::Contains(p) => p.as_str(),
+        };
+        if self.ignore_case {
+            // Patterns were lowered at translation time.
+            let value = value.to_ascii_lowercase();
+            self.compare(&value, pattern)
+        } else {
+            self.compare(value, pattern)
+        }
+    }
+
+    fn compare(&self, value: &str, pattern: &str) -> bool {
+        match self.kind {
+            StringMatchKind::Exact(_) => value == pattern,
+            StringMatchKind::Prefix(_) => value.starts_with(pattern),
+            StringMatchKind::Suffix(_) => value.ends_with(pattern),
+            StringMatchKind::Contains(_) => value.contains(pattern),
+        }
+    }
+}
+
+/// A header match of a route.
+#[derive(Debug, Clone)]
+pub struct HeaderMatch {
+    /// `name`.
+    pub name: HeaderName,
+    /// What to check.
+    pub kind: HeaderMatchKind,
+    /// `invert_match`.
+    pub invert: bool,
+}
+
+/// The check of a [`HeaderMatch`].
+#[derive(Debug, Clone)]
+pub enum HeaderMatchKind {
+    /// `present_match`: the header is present (true) or absent (false).
+    Present(bool),
+    /// `string_match` on the header's value (several values are joined with `,`).
+    String(StringMatch),
+}

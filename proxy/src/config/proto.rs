@@ -1,0 +1,99 @@
+//! Envoy v3 protos from text: YAML or JSON through the descriptor set that `envoy-types` ships, so
+//! any `typed_config` with an `@type` decodes without hand-written serde.
+
+use std::sync::OnceLock;
+
+use prost::Message;
+use prost_reflect::{DeserializeOptions, DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage};
+
+use super::ConfigError;
+
+static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
+
+/// Message name of the bootstrap.
+pub const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
+
+/// The descriptor pool of every Envoy v3 message, decoded once.
+pub fn pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(DESCRIPTORS).expect("the embedded Envoy descriptor set decodes")
+    })
+}
+
+/// The descriptor of a message by its full name.
+pub fn message(name: &str) -> Result<MessageDescriptor, ConfigError> {
+    pool()
+        .get_message_by_name(name)
+        .ok_or_else(|| ConfigError::new("", format!("unknown message type '{name}'")))
+}
+
+/// Decodes one YAML or JSON document into `desc`; errors name the field path.
+pub fn decode_text(text: &str, desc: MessageDescriptor) -> Result<DynamicMessage, ConfigError> {
+    let opts = DeserializeOptions::new().deny_unknown_fields(true);
+    let trimmed = text.trim_start();
+    let result = if trimmed.starts_with('{') {
+        let mut de = serde_json::Deserializer::from_str(text);
+        decode_with(&mut de, desc, &opts)
+    } else {
+        let de = serde_yaml::Deserializer::from_str(text);
+        decode_with(de, desc, &opts)
+    };
+    result
+}
+
+fn decode_with<'de, D>(
+    de: D,
+    desc: MessageDescriptor,
+    opts: &DeserializeOptions,
+) -> Result<DynamicMessage, ConfigError>
+where
+    D: serde::Deserializer<'de>,
+    D::Error: std::fmt::Display,
+{
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(de, &mut track);
+    match DynamicMessage::deserialize_with_options(desc, de, opts) {
+        Ok(msg) => Ok(msg),
+        Err(e) => {
+            let path = track.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            Err(ConfigError::new(path, e.to_string()))
+        }
+    }
+}
+
+/// Merges `over` into `base` with protobuf MergeFrom semantics (scalars replace, repeated fields
+/// append, messages merge), which is what Envoy does with `--config-yaml` over `--config-path`.
+pub fn merge(base: &mut DynamicMessage, over: &DynamicMessage) -> Result<(), ConfigError> {
+    base.merge(over.encode_to_vec().as_slice())
+        .map_err(|e| ConfigError::new("", format!("cannot merge --config-yaml: {e}")))
+}
+
+/// Converts a dynamic message into its generated prost type.
+pub fn to_typed<T: prost::Message + Default>(msg: &DynamicMessage) -> Result<T, ConfigError> {
+    msg.transcode_to::<T>()
+        .map_err(|e| ConfigError::new("", format!("cannot convert {}: {e}", msg.descriptor().full_name())))
+}
+
+/// The message name behind a `type.googleapis.com/…` URL.
+pub fn type_name(type_url: &str) -> &str {
+    type_url.rsplit('/').next().unwrap_or(type_url)
+}
+
+/// Decodes the payload of an `Any` into a generated prost type, checking the `@type`.
+pub fn unpack<T: prost::Message + prost::Name + Default>(
+    any: &envoy_types::pb::google::protobuf::Any,
+    path: &str,
+) -> Result<T, ConfigError> {
+    let expected = T::full_name();
+    let got = type_name(&any.type_url);
+    if got != expected {
+        return Err(ConfigError::new(
+            path,
+            format!("unsupported @type '{got}', expected '{expected}'"),
+        ));
+    }
+    T::decode(any.value.as_slice()).map_err(|e| ConfigError::new(path, format!("cannot decode {expected}: {e}")))
+}
+

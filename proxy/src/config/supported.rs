@@ -1,0 +1,250 @@
+//! The fields skiff honours. Every field set in a bootstrap is checked against this table before
+//! translation, so nothing is silently ignored: a field outside it is an error naming its path.
+//! Well-known types (`google.protobuf.Duration`, wrappers, `Struct`) are leaves.
+
+use prost_reflect::{DynamicMessage, MapKey, ReflectMessage, Value};
+
+use super::{proto, ConfigError};
+
+/// Message full name → the fields of it that skiff honours.
+const SUPPORTED: &[(&str, &[&str])] = &[
+    ("envoy.config.bootstrap.v3.Bootstrap", &["node", "admin", "static_resources"]),
+    // Node identity is reported by /server_info; none of it changes behaviour.
+    (
+        "envoy.config.core.v3.Node",
+        &["id", "cluster", "metadata", "locality", "user_agent_name", "user_agent_version"],
+    ),
+    ("envoy.config.core.v3.Locality", &["region", "zone", "sub_zone"]),
+    ("envoy.config.bootstrap.v3.Admin", &["address"]),
+    ("envoy.config.bootstrap.v3.Bootstrap.StaticResources", &["listeners", "clusters"]),
+    ("envoy.config.core.v3.Address", &["socket_address"]),
+    ("envoy.config.core.v3.SocketAddress", &["protocol", "address", "port_value"]),
+    (
+        "envoy.config.listener.v3.Listener",
+        &[
+            "name",
+            "address",
+            "stat_prefix",
+            "filter_chains",
+            "default_filter_chain",
+            "per_connection_buffer_limit_bytes",
+            // Informational for a sidecar; it selects nothing here.
+            "traffic_direction",
+            "enable_reuse_port",
+        ],
+    ),
+    ("envoy.config.listener.v3.FilterChain", &["filters", "name"]),
+    ("envoy.config.listener.v3.Filter", &["name", "typed_config"]),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        &["stat_prefix", "cluster", "weighted_clusters", "idle_timeout"],
+    ),
+    ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster", &["clusters"]),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight",
+        &["name", "weight"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        &[
+            "codec_type",
+            "stat_prefix",
+            "route_config",
+            "http_filters",
+            "access_log",
+            "server_name",
+            "server_header_transformation",
+            "generate_request_id",
+            "preserve_external_request_id",
+            "always_set_request_id_in_response",
+            "via",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.filters.http.router.v3.Router",
+        // start_child_span only matters with tracing, which is off.
+        &["dynamic_stats", "suppress_envoy_headers", "start_child_span"],
+    ),
+    (
+        "envoy.config.route.v3.RouteConfiguration",
+        &["name", "virtual_hosts", "ignore_port_in_host_matching"],
+    ),
+    ("envoy.config.route.v3.VirtualHost", &["name", "domains", "routes"]),
+    ("envoy.config.route.v3.Route", &["name", "match", "route"]),
+    ("envoy.config.route.v3.RouteMatch", &["prefix", "path", "case_sensitive", "headers"]),
+    (
+        "envoy.config.route.v3.HeaderMatcher",
+        &["name", "string_match", "present_match", "invert_match"],
+    ),
+    (
+        "envoy.type.matcher.v3.StringMatcher",
+        &["exact", "prefix", "suffix", "contains", "ignore_case"],
+    ),
+    ("envoy.config.route.v3.RouteAction", &["cluster", "timeout"]),
+    ("envoy.config.accesslog.v3.AccessLog", &["name", "typed_config"]),
+    ("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog", &["log_format"]),
+    ("envoy.extensions.access_loggers.stream.v3.StderrAccessLog", &["log_format"]),
+    ("envoy.extensions.access_loggers.file.v3.FileAccessLog", &["path", "log_format"]),
+    ("envoy.config.core.v3.SubstitutionFormatString", &["text_format_source", "text_format"]),
+    ("envoy.config.core.v3.DataSource", &["inline_string"]),
+    (
+        "envoy.config.cluster.v3.Cluster",
+        &[
+            "name",
+            "type",
+            "connect_timeout",
+            "lb_policy",
+            "load_assignment",
+            "typed_extension_protocol_options",
+            "http2_protocol_options",
+            "per_connection_buffer_limit_bytes",
+        ],
+    ),
+    ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints"]),
+    ("envoy.config.endpoint.v3.LocalityLbEndpoints", &["lb_endpoints"]),
+    ("envoy.config.endpoint.v3.LbEndpoint", &["endpoint", "health_status"]),
+    ("envoy.config.endpoint.v3.Endpoint", &["address"]),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        &["explicit_http_config", "use_downstream_protocol_config"],
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
+        &["http_protocol_options", "http2_protocol_options"],
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig",
+        &["http_protocol_options", "http2_protocol_options"],
+    ),
+    ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
+    (
+        "envoy.config.core.v3.Http2ProtocolOptions",
+        &["max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"],
+    ),
+];
+
+fn supported_fields(message: &str) -> &'static [&'static str] {
+    SUPPORTED.iter().find(|(m, _)| *m == message).map(|(_, f)| *f).unwrap_or(&[])
+}
+
+/// Refuses the first set field that skiff does not honour.
+pub fn check(msg: &DynamicMessage) -> Result<(), ConfigError> {
+    walk(msg, "")
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+fn walk(msg: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
+    let name = msg.descriptor().full_name().to_string();
+    if name == "google.protobuf.Any" {
+        return walk_any(msg, path);
+    }
+    if name.starts_with("google.protobuf.") {
+        return Ok(());
+    }
+    let allowed = supported_fields(&name);
+    for (field, value) in msg.fields() {
+        let here = join(path, field.name());
+        if !allowed.contains(&field.name()) {
+            return Err(ConfigError::unsupported(here));
+        }
+        walk_value(value, &here)?;
+    }
+    Ok(())
+}
+
+fn walk_value(value: &Value, path: &str) -> Result<(), ConfigError> {
+    match value {
+        Value::Message(m) => walk(m, path),
+        Value::List(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk_value(item, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        Value::Map(entries) => {
+            for (key, item) in entries {
+                let key = match key {
+                    MapKey::String(s) => format!("{path}[\"{s}\"]"),
+                    other => format!("{path}[{other:?}]"),
+                };
+                walk_value(item, &key)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn walk_any(msg: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
+    let any: envoy_types::pb::google::protobuf::Any = proto::to_typed(msg)?;
+    let type_name = proto::type_name(&any.type_url);
+    let desc = proto::pool()
+        .get_message_by_name(type_name)
+        .ok_or_else(|| ConfigError::new(path, format!("unknown @type '{}'", any.type_url)))?;
+    let inner = DynamicMessage::decode(desc, any.value.as_slice())
+        .map_err(|e| ConfigError::new(path, format!("cannot decode {type_name}: {e}")))?;
+    walk(&inner, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_yaml(yaml: &str) -> Result<(), ConfigError> {
+        let msg = proto::decode_text(yaml, proto::message(proto::BOOTSTRAP)?)?;
+        check(&msg)
+    }
+
+    #[test]
+    fn every_table_entry_names_real_fields() {
+        for (message, fields) in SUPPORTED {
+            let desc = proto::message(message).expect(message);
+            for f in *fields {
+                assert!(desc.get_field_by_name(f).is_some(), "{message} has no field {f}");
+            }
+        }
+    }
+
+    #[test]
+    fn unsupported_field_is_named_with_its_path() {
+        let err = check_yaml(
+            "static_resources: { listeners: [ { name: a, address: { socket_address: { address: 127.0.0.1, port_value: 1 } } }, { name: b, transparent: true } ] }",
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "static_resources.listeners[1].transparent: unsupported");
+    }
+
+    #[test]
+    fn unsupported_field_inside_typed_config() {
+        let err = check_yaml(
+            r#"static_resources: { listeners: [ { name: a, filter_chains: [ { filters: [ { name: hcm, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: x, use_remote_address: true } } ] } ] } ] }"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.use_remote_address: unsupported"
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_reported_by_name() {
+        let err = proto::decode_text(
+            "static_resources: { listeners: [ { name: a, bogus_field: 1 } ] }",
+            proto::message(proto::BOOTSTRAP).expect("bootstrap"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("bogus_field"), "{err}");
+        assert!(err.path.starts_with("static_resources.listeners[0]"), "{err}");
+    }
+}

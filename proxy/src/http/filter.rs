@@ -1,0 +1,357 @@
+//! The HTTP filter API (Envoy's semantics, Rust's idiom).
+//!
+//! Decoder hooks see the request (headers, data, trailers) in configuration order; encoder hooks
+//! see the response in reverse order. A headers hook may continue, answer with a local reply, or
+//! stop with a future that later resumes the chain (async work such as an authorization call).
+//! A data hook may continue or ask the connection manager to buffer the body until it is
+//! complete (StopIterationAndBuffer); nothing is buffered unless a filter asks. The router is
+//! the terminal decoder filter and is not part of this chain: it consumes what the chain passes.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame};
+
+use crate::http::body::{BoxError, ProxyBody};
+use crate::http::local_reply::LocalReply;
+
+/// What a stopped headers hook resolves to.
+#[derive(Debug, Clone, Copy)]
+pub enum Resume {
+    /// Go on with the next filter.
+    Continue,
+    /// Answer with this reply.
+    LocalReply(LocalReply),
+}
+
+/// The result of a headers hook.
+pub enum HeadersStatus {
+    /// Go on with the next filter.
+    Continue,
+    /// Stop; the future resumes the chain.
+    StopIteration(Pin<Box<dyn Future<Output = Resume>>>),
+    /// Answer with this reply; later filters and the router are skipped.
+    LocalReply(LocalReply),
+}
+
+/// The result of a data hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataStatus {
+    /// Pass the data on.
+    Continue,
+    /// Hold the data (and what follows) until this filter continues, at the latest at the end of
+    /// the body.
+    StopIterationAndBuffer,
+}
+
+/// One HTTP filter on one stream. Every hook has a pass-through default.
+pub trait HttpFilter {
+    /// Request headers.
+    fn decode_headers(&mut self, _head: &mut http::request::Parts, _end_stream: bool) -> HeadersStatus {
+        HeadersStatus::Continue
+    }
+    /// A chunk of the request body.
+    fn decode_data(&mut self, _data: &mut Bytes, _end_stream: bool) -> DataStatus {
+        DataStatus::Continue
+    }
+    /// Request trailers.
+    fn decode_trailers(&mut self, _trailers: &mut HeaderMap) {}
+    /// Response headers.
+    fn encode_headers(&mut self, _head: &mut http::response::Parts, _end_stream: bool) -> HeadersStatus {
+        HeadersStatus::Continue
+    }
+    /// A chunk of the response body.
+    fn encode_data(&mut self, _data: &mut Bytes, _end_stream: bool) -> DataStatus {
+        DataStatus::Continue
+    }
+    /// Response trailers.
+    fn encode_trailers(&mut self, _trailers: &mut HeaderMap) {}
+}
+
+/// The filters of one stream, shared by the request and response paths.
+#[derive(Default, Clone)]
+pub struct FilterChain {
+    filters: Rc<RefCell<Vec<Box<dyn HttpFilter>>>>,
+}
+
+impl std::fmt::Debug for FilterChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FilterChain({} filters)", self.filters.borrow().len())
+    }
+}
+
+/// Which way a body flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Request: decoder hooks, configuration order.
+    Decode,
+    /// Response: encoder hooks, reverse order.
+    Encode,
+}
+
+impl FilterChain {
+    /// A chain of these filters.
+    pub fn new(filters: Vec<Box<dyn HttpFilter>>) -> Self {
+        FilterChain { filters: Rc::new(RefCell::new(filters)) }
+    }
+
+    /// True when there is nothing to run (the common case: bodies then pass untouched).
+    pub fn is_empty(&self) -> bool {
+        self.filters.borrow().is_empty()
+    }
+
+    /// Runs the decoder headers hooks; `Some(reply)` ends the stream with a local reply.
+    pub async fn decode_headers(&self, head: &mut http::request::Parts, end_stream: bool) -> Option<LocalReply> {
+        let n = self.filters.borrow().len();
+        for i in 0..n {
+            let status = self.filters.borrow_mut()[i].decode_headers(head, end_stream);
+            if let Some(reply) = resolve(status).await {
+                return Some(reply);
+            }
+        }
+        None
+    }
+
+    /// Runs the encoder headers hooks in reverse order.
+    pub async fn encode_headers(&self, head: &mut http::response::Parts, end_stream: bool) -> Option<LocalReply> {
+        let n = self.filters.borrow().len();
+        for i in (0..n).rev() {
+            let status = self.filters.borrow_mut()[i].encode_headers(head, end_stream);
+            if let Some(reply) = resolve(status).await {
+                return Some(reply);
+            }
+        }
+        None
+    }
+
+    /// Wraps a body so its frames pass through the data and trailers hooks.
+    pub fn filter_body<B>(&self, inner: B, direction: Direction) -> FilteredBody<B> {
+        FilteredBody { inner, chain: self.clone(), direction, held: None, done: false, trailers: None }
+    }
+
+    /// Runs data hooks from filter `from` on; returns the index of a filter that asked to buffer.
+    fn run_data(&self, direction: Direction, from: usize, data: &mut Bytes, end: bool) -> Option<usize> {
+        let mut filters = self.filters.borrow_mut();
+        let n = filters.len();
+        for step in from..n {
+            let i = if direction == Direction::Decode { step } else { n - 1 - step };
+            let status = match direction {
+                Direction::Decode => filters[i].decode_data(data, end),
+                Direction::Encode => filters[i].encode_data(data, end),
+            };
+            if status == DataStatus::StopIterationAndBuffer && !end {
+                return Some(step);
+            }
+        }
+        None
+    }
+
+    fn run_trailers(&self, direction: Direction, trailers: &mut HeaderMap) {
+        let mut filters = self.filters.borrow_mut();
+        let n = filters.len();
+        for step in 0..n {
+            match direction {
+                Direction::Decode => filters[step].decode_trailers(trailers),
+                Direction::Encode => filters[n - 1 - step].encode_trailers(trailers),
+            }
+        }
+    }
+}
+
+async fn resolve(status: HeadersStatus) -> Option<LocalReply> {
+    match status {
+        HeadersStatus::Continue => None,
+        HeadersStatus::LocalReply(r) => Some(r),
+        HeadersStatus::StopIteration(fut) => match fut.await {
+            Resume::Continue => None,
+            Resume::LocalReply(r) => Some(r),
+        },
+    }
+}
+
+/// A body whose frames pass through a filter chain.
+pub struct FilteredBody<B = ProxyBody> {
+    inner: B,
+    chain: FilterChain,
+    direction: Direction,
+    /// The body held for a filter that asked to buffer, and that filter's position in the chain.
+    held: Option<(BytesMut, usize)>,
+    /// Trailers waiting behind released data.
+    trailers: Option<HeaderMap>,
+    done: bool,
+}
+
+impl<B> Body for FilteredBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(mut trailers) = this.trailers.take() {
+                this.chain.run_trailers(this.direction, &mut trailers);
+                this.done = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => {
+                    // The body ended without an end-of-stream data frame: whoever holds the
+                    // buffer sees it all now, with end_stream.
+                    this.done = true;
+                    return Poll::Ready(this.release(Bytes::new()).map(|d| Ok(Frame::data(d))));
+                }
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    let end = this.inner.is_end_stream();
+                    if let Some((buf, _)) = this.held.as_mut() {
+                        if !end {
+                            buf.extend_from_slice(&data);
+                            continue;
+                        }
+                        this.done = true;
+                        return Poll::Ready(this.release(data).map(|d| Ok(Frame::data(d))));
+                    }
+                    let mut data = data;
+                    if let Some(step) = this.chain.run_data(this.direction, 0, &mut data, end) {
+                        this.held = Some((BytesMut::from(&data[..]), step));
+                        continue;
+                    }
+                    this.done = end;
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Err(frame) => {
+                    if let Ok(mut trailers) = frame.into_trailers() {
+                        // Trailers end the body: release what is held first.
+                        if let Some(data) = this.release(Bytes::new()) {
+                            this.pending_trailers(trailers);
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        this.chain.run_trailers(this.direction, &mut trailers);
+                        this.done = true;
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+impl<B> FilteredBody<B> {
+    /// Hands the held buffer (plus `last`) to the holding filter and those after it, with
+    /// end_stream; `None` when nothing was held and `last` is empty.
+    fn release(&mut self, last: Bytes) -> Option<Bytes> {
+        match self.held.take() {
+            Some((mut buf, step)) => {
+                buf.extend_from_slice(&last);
+                let mut data = buf.freeze();
+                let _ = self.chain.run_data(self.direction, step, &mut data, true);
+                Some(data)
+            }
+            None if last.is_empty() => None,
+            None => {
+                let mut data = last;
+                let _ = self.chain.run_data(self.direction, 0, &mut data, true);
+                Some(data)
+            }
+        }
+    }
+
+    fn pending_trailers(&mut self, trailers: HeaderMap) {
+        // Re-queue the trailers behind the released data.
+        self.trailers = Some(trailers);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    struct Upper;
+    impl HttpFilter for Upper {
+        fn decode_headers(&mut self, head: &mut http::request::Parts, _: bool) -> HeadersStatus {
+            head.headers.insert("x-upper", "1".parse().expect("v"));
+            HeadersStatus::Continue
+        }
+        fn decode_data(&mut self, data: &mut Bytes, _: bool) -> DataStatus {
+            *data = Bytes::from(data.to_ascii_uppercase());
+            DataStatus::Continue
+        }
+    }
+
+    struct BufferAll(Rc<RefCell<Vec<usize>>>);
+    impl HttpFilter for BufferAll {
+        fn decode_data(&mut self, data: &mut Bytes, end: bool) -> DataStatus {
+            self.0.borrow_mut().push(data.len());
+            if end {
+                DataStatus::Continue
+            } else {
+                DataStatus::StopIterationAndBuffer
+            }
+        }
+    }
+
+    struct Deny;
+    impl HttpFilter for Deny {
+        fn decode_headers(&mut self, _: &mut http::request::Parts, _: bool) -> HeadersStatus {
+            HeadersStatus::StopIteration(Box::pin(async { Resume::LocalReply(LocalReply::NO_ROUTE) }))
+        }
+    }
+
+    fn parts() -> http::request::Parts {
+        http::Request::new(()).into_parts().0
+    }
+
+    #[tokio::test]
+    async fn headers_hooks_run_in_order_and_can_answer() {
+        let chain = FilterChain::new(vec![Box::new(Upper), Box::new(Deny)]);
+        let mut p = parts();
+        let reply = chain.decode_headers(&mut p, true).await;
+        assert_eq!(p.headers["x-upper"], "1");
+        assert_eq!(reply.map(|r| r.status.as_u16()), Some(404));
+    }
+
+    fn body_of(chunks: &[&'static str]) -> impl Body<Data = Bytes, Error = std::io::Error> + Unpin {
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
+            chunks.iter().map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes())))).collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn data_hooks_transform_and_buffer() {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let chain = FilterChain::new(vec![Box::new(BufferAll(seen.clone())), Box::new(Upper)]);
+        let body = chain.filter_body(body_of(&["ab", "cd", "ef"]), Direction::Decode);
+        let out = body.collect().await.expect("body").to_bytes();
+        assert_eq!(&out[..], b"ABCDEF");
+        // The buffering filter saw the first chunk, then the whole body at the end.
+        assert_eq!(*seen.borrow(), vec![2, 6]);
+    }
+
+    #[tokio::test]
+    async fn data_passes_untouched_without_buffering() {
+        let chain = FilterChain::new(vec![Box::new(Upper)]);
+        let mut body = chain.filter_body(body_of(&["ab", "cd"]), Direction::Decode);
+        let first = body.frame().await.expect("frame").expect("ok").into_data().expect("data");
+        assert_eq!(&first[..], b"AB", "chunks stream one by one");
+    }
+}

@@ -1,0 +1,3 @@
+//! HTTP filters. The router is the terminal decoder filter.
+
+pub mod router;

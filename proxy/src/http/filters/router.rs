@@ -1,0 +1,276 @@
+//! `envoy.filters.http.router`, the terminal filter: picks the route, the cluster and a host,
+//! and forwards the stream over a pooled HTTP/1.1 or HTTP/2 connection.
+
+use std::rc::Rc;
+
+use http::{header, HeaderValue, Request, Response, Uri, Version};
+use http_body::Body;
+
+use crate::config::model::{self, UpstreamProtocol};
+use crate::http::body::ProxyBody;
+use crate::http::conn_manager::authority;
+use crate::http::headers::{self, names};
+use crate::http::local_reply::LocalReply;
+use crate::stream_info::StreamInfo;
+use crate::upstream::pool::{self, ConnectError, Http1Sender, Http2Stream};
+use crate::upstream::{Cluster, Host, HostStats};
+use crate::worker::Worker;
+
+/// The upstream side of a stream whose response is flowing back.
+#[derive(Debug)]
+pub struct Upstream {
+    cluster: Rc<Cluster>,
+    host: Rc<Host>,
+    conn: Conn,
+    status: u16,
+}
+
+#[derive(Debug)]
+enum Conn {
+    Http1(Http1Sender),
+    // Held only to keep the stream's slot until the response ends.
+    Http2(#[allow(dead_code)] Http2Stream),
+}
+
+impl Upstream {
+    /// Called when the response body ends: counts it and returns an HTTP/1.1 connection whose
+    /// response was read to the end to the pool.
+    pub fn finish(self, complete: bool) {
+        let stats = &self.cluster.stats;
+        stats.upstream_rq_active.dec();
+        stats.upstream_rq_completed.inc();
+        HostStats::dec(&self.host.stats.rq_active);
+        if complete && self.status < 500 {
+            HostStats::inc(&self.host.stats.rq_success);
+        } else {
+            HostStats::inc(&self.host.stats.rq_error);
+        }
+        if !complete {
+            stats.upstream_rq_tx_reset.inc();
+        }
+        match self.conn {
+            Conn::Http1(sender) if complete => self.host.h1.put_idle(sender),
+            _ => {}
+        }
+    }
+}
+
+/// Routes and forwards one request. `Err` is the local reply to send instead.
+pub async fn route(
+    worker: &Rc<Worker>,
+    cfg: &model::HttpConnectionManager,
+    mut parts: http::request::Parts,
+    body: ProxyBody,
+    mut info: Option<&mut StreamInfo>,
+) -> Result<(Response<ProxyBody>, Upstream), LocalReply> {
+    let host_header = authority(&parts).unwrap_or("").to_string();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let vhost = cfg.routes.virtual_host(&host_header).ok_or(LocalReply::NO_ROUTE)?;
+    let route = vhost.route(path, &parts.headers).ok_or(LocalReply::NO_ROUTE)?;
+    let cluster = worker.clusters.get(&route.cluster).ok_or(LocalReply::NO_CLUSTER)?.clone();
+    if let Some(info) = info.as_deref_mut() {
+        info.route_name = (!route.name.is_empty()).then(|| route.name.as_str().into());
+        info.upstream_cluster = Some(cluster.name.clone());
+    }
+    let Some(host) = cluster.pick_host().cloned() else {
+        cluster.stats.upstream_cx_none_healthy.inc();
+        return Err(LocalReply::NO_HEALTHY_UPSTREAM);
+    };
+    if let Some(info) = info.as_deref_mut() {
+        info.upstream_host = Some(host.address);
+        info.attempts = 1;
+    }
+    if !cfg.router.suppress_envoy_headers {
+        if let Some(t) = route.timeout {
+            parts.headers.insert(
+                names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+                headers::number(t.as_millis() as u64),
+            );
+        }
+    }
+    let http2 = match cluster.config().protocol {
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::Downstream => parts.version == Version::HTTP_2,
+    };
+
+    let stats = &cluster.stats;
+    stats.upstream_rq_total.inc();
+    stats.upstream_rq_active.inc();
+    HostStats::inc(&host.stats.rq_total);
+    HostStats::inc(&host.stats.rq_active);
+
+    let send = async {
+        if http2 {
+            send_http2(&cluster, &host, parts, body, &host_header).await
+        } else {
+            send_http1(&cluster, &host, parts, body, &host_header).await
+        }
+    };
+    let result = match route.timeout {
+        Some(t) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                stats.upstream_rq_timeout.inc();
+                HostStats::inc(&host.stats.rq_timeout);
+                Err(LocalReply::TIMEOUT)
+            }
+        },
+        None => send.await,
+    };
+    match result {
+        Ok((resp, conn)) => {
+            let status = resp.status().as_u16();
+            if cfg.router.dynamic_stats {
+                stats.response_code(status);
+            }
+            Ok((resp, Upstream { cluster, host, conn, status }))
+        }
+        Err(reply) => {
+            stats.upstream_rq_active.dec();
+            stats.upstream_rq_completed.inc();
+            HostStats::dec(&host.stats.rq_active);
+            HostStats::inc(&host.stats.rq_error);
+            if cfg.router.dynamic_stats {
+                stats.response_code(reply.status.as_u16());
+            }
+            Err(reply)
+        }
+    }
+}
+
+fn connect_failure(e: ConnectError) -> LocalReply {
+    tracing::debug!(error = %e, "upstream connect failed");
+    match e {
+        ConnectError::Handshake(_) => LocalReply::PROTOCOL_ERROR,
+        _ => LocalReply::CONNECT_FAILURE,
+    }
+}
+
+fn hyper_failure(e: &hyper::Error) -> LocalReply {
+    tracing::debug!(error = %e, "upstream request failed");
+    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        LocalReply::PROTOCOL_ERROR
+    } else {
+        LocalReply::CONNECTION_TERMINATION
+    }
+}
+
+async fn send_http1(
+    cluster: &Rc<Cluster>,
+    host: &Rc<Host>,
+    mut parts: http::request::Parts,
+    body: ProxyBody,
+    authority: &str,
+) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
+    // HTTP/1.1 upstream requests use origin-form and carry the authority in Host.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    }
+    if !parts.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    parts.version = Version::HTTP_11;
+    let mut req = Request::from_parts(parts, body);
+    let (mut sender, mut reused) = match host.h1.take_idle() {
+        Some(s) => (s, true),
+        None => (pool::connect_http1(cluster, host).await.map_err(connect_failure)?, false),
+    };
+    loop {
+        if let Err(e) = sender.ready().await {
+            if reused {
+                // The idle connection went away while it sat in the pool.
+                sender = pool::connect_http1(cluster, host).await.map_err(connect_failure)?;
+                reused = false;
+                continue;
+            }
+            return Err(hyper_failure(&e));
+        }
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                return Ok((resp.map(|b| ProxyBody::Incoming(b, None)), Conn::Http1(sender)));
+            }
+            Err(mut e) => match e.take_message() {
+                // Not sent: safe to try once more on a fresh connection.
+                Some(unsent) if reused => {
+                    req = unsent;
+                    sender = pool::connect_http1(cluster, host).await.map_err(connect_failure)?;
+                    reused = false;
+                }
+                _ => return Err(hyper_failure(e.error())),
+            },
+        }
+    }
+}
+
+async fn send_http2(
+    cluster: &Rc<Cluster>,
+    host: &Rc<Host>,
+    mut parts: http::request::Parts,
+    body: ProxyBody,
+    authority: &str,
+) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
+    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| LocalReply::BAD_REQUEST)?;
+    parts.headers.remove(header::HOST);
+    let end_stream = body.is_end_stream();
+    let mut body = Some(body);
+    // A stream the upstream refused without processing (GOAWAY, REFUSED_STREAM) is retried once on
+    // another connection when its body has not been sent yet.
+    for attempt in 0..2 {
+        let slot = host.h2.stream(cluster, host).await.map_err(connect_failure)?;
+        let mut req = Request::new(());
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri.clone();
+        *req.version_mut() = Version::HTTP_2;
+        *req.headers_mut() = if attempt == 0 && end_stream { parts.headers.clone() } else { parts.headers.clone() };
+        let sender = match slot.sender().ready().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection refuses new streams");
+                slot.conn().retire();
+                continue;
+            }
+        };
+        let mut sender = sender;
+        let (response, send_stream) = match sender.send_request(req, end_stream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection refused a stream");
+                slot.conn().retire();
+                continue;
+            }
+        };
+        if !end_stream {
+            if let Some(b) = body.take() {
+                tokio::task::spawn_local(pool::pump_h2_body(b, send_stream));
+            }
+        }
+        match response.await {
+            Ok(resp) => {
+                let resp = resp.map(|recv| ProxyBody::H2 { recv, data_done: false });
+                return Ok((resp, Conn::Http2(slot)));
+            }
+            Err(e) => {
+                let refused = e.is_go_away() && e.is_remote() || e.reason() == Some(h2::Reason::REFUSED_STREAM);
+                if refused {
+                    slot.conn().retire();
+                }
+                if refused && end_stream && attempt == 0 {
+                    continue;
+                }
+                tracing::debug!(error = %e, "upstream HTTP/2 stream failed");
+                cluster.stats.upstream_rq_rx_reset.inc();
+                return Err(if e.is_io() { LocalReply::CONNECTION_TERMINATION } else { LocalReply::REMOTE_RESET });
+            }
+        }
+    }
+    Err(LocalReply::CONNECTION_TERMINATION)
+}

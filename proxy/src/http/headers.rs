@@ -1,0 +1,154 @@
+//! Envoy's default header handling (reference §4): hop-by-hop removal both ways, `te` reduced to
+//! `trailers`, `x-forwarded-proto`, `x-request-id`, and stripping of the `x-envoy-*` control
+//! headers a client may not set (since Envoy 1.33 no request is internal by default).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `x-envoy-*` headers that steer Envoy and are removed from external requests.
+const ENVOY_CONTROL_HEADERS: &[&str] = &[
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-ip-tags",
+    "x-envoy-force-trace",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-internal",
+];
+
+/// Header names used on every request.
+pub mod names {
+    use http::HeaderName;
+    /// `x-request-id`.
+    pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    /// `x-forwarded-proto`.
+    pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    /// `x-envoy-expected-rq-timeout-ms`.
+    pub static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+    /// `x-envoy-upstream-service-time`.
+    pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+    /// `keep-alive`.
+    pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    /// `proxy-connection`.
+    pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+}
+
+/// Removes hop-by-hop headers: `connection` and every header it names, `keep-alive`,
+/// `proxy-connection`, `upgrade`, `transfer-encoding` (framing is the codec's job), and `te`
+/// except its `trailers` token.
+pub fn remove_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(conn) = h.remove(header::CONNECTION) {
+        let mut extra = Vec::new();
+        for v in std::iter::once(conn).chain(h.get_all(header::CONNECTION).iter().cloned().collect::<Vec<_>>()) {
+            if let Ok(s) = v.to_str() {
+                for token in s.split(',') {
+                    let token = token.trim();
+                    // `te` listed in Connection is still reduced below, not dropped.
+                    if !token.is_empty() && !token.eq_ignore_ascii_case("te") {
+                        if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
+                            extra.push(name);
+                        }
+                    }
+                }
+            }
+        }
+        while h.remove(header::CONNECTION).is_some() {}
+        for name in extra {
+            h.remove(name);
+        }
+    }
+    h.remove(&names::KEEP_ALIVE);
+    h.remove(&names::PROXY_CONNECTION);
+    h.remove(header::UPGRADE);
+    h.remove(header::TRANSFER_ENCODING);
+    reduce_te(h);
+}
+
+fn reduce_te(h: &mut HeaderMap) {
+    if !h.contains_key(header::TE) {
+        return;
+    }
+    let has_trailers = h
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("trailers"));
+    h.remove(header::TE);
+    if has_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Removes the `x-envoy-*` control headers that only internal requests may carry.
+pub fn strip_envoy_control_headers(h: &mut HeaderMap) {
+    for name in ENVOY_CONTROL_HEADERS {
+        h.remove(*name);
+    }
+}
+
+/// A new UUIDv4 request id.
+pub fn new_request_id() -> HeaderValue {
+    let mut buf = [0u8; 36];
+    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+}
+
+/// Appends `value` to a `via` header, comma-separated, as Envoy does.
+pub fn append_via(h: &mut HeaderMap, value: &HeaderValue) {
+    match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => {
+            let joined = format!("{existing},{}", value.to_str().unwrap_or(""));
+            if let Ok(v) = HeaderValue::from_str(&joined) {
+                h.insert(header::VIA, v);
+            }
+        }
+        _ => {
+            h.insert(header::VIA, value.clone());
+        }
+    }
+}
+
+/// A header value from a number, without allocation for the common sizes.
+pub fn number(n: u64) -> HeaderValue {
+    HeaderValue::from(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_as_envoy() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-foo".parse().expect("v"));
+        h.insert("x-foo", "1".parse().expect("v"));
+        h.insert("keep-alive", "timeout=5".parse().expect("v"));
+        h.insert("proxy-connection", "keep-alive".parse().expect("v"));
+        h.insert("te", "gzip, trailers".parse().expect("v"));
+        h.insert("upgrade", "foo".parse().expect("v"));
+        h.insert("x-keep", "1".parse().expect("v"));
+        remove_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["te", "x-keep"]);
+        assert_eq!(h["te"], "trailers");
+        let mut h = HeaderMap::new();
+        h.insert("te", "gzip".parse().expect("v"));
+        remove_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let v = new_request_id();
+        let s = v.to_str().expect("ascii");
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+    }
+}

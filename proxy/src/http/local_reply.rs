@@ -1,0 +1,120 @@
+//! Responses the proxy makes itself (404 no route, 503 no healthy upstream, …), byte for byte
+//! the ones Envoy sends.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::http::body::ProxyBody;
+use crate::stream_info::ResponseFlag;
+
+/// A local reply: status, body, the response flag and the detail for access logs.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalReply {
+    /// Status code.
+    pub status: StatusCode,
+    /// Body (text/plain), empty for none.
+    pub body: &'static str,
+    /// Flag for `%RESPONSE_FLAGS%`.
+    pub flag: Option<ResponseFlag>,
+    /// `%RESPONSE_CODE_DETAILS%`.
+    pub details: &'static str,
+    /// Close the connection after the reply (HTTP/1.1).
+    pub close: bool,
+}
+
+impl LocalReply {
+    /// No route: 404, empty body, NR.
+    pub const NO_ROUTE: LocalReply = LocalReply {
+        status: StatusCode::NOT_FOUND,
+        body: "",
+        flag: Some(ResponseFlag::NoRouteFound),
+        details: "route_not_found",
+        close: false,
+    };
+    /// Cluster missing: 503, NC.
+    pub const NO_CLUSTER: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: "",
+        flag: Some(ResponseFlag::NoClusterFound),
+        details: "cluster_not_found",
+        close: false,
+    };
+    /// No healthy host: 503, UH.
+    pub const NO_HEALTHY_UPSTREAM: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: "no healthy upstream",
+        flag: Some(ResponseFlag::NoHealthyUpstream),
+        details: "no_healthy_upstream",
+        close: false,
+    };
+    /// Connect failure: 503, UF.
+    pub const CONNECT_FAILURE: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+        flag: Some(ResponseFlag::UpstreamConnectionFailure),
+        details: "upstream_reset_before_response_started{remote_connection_failure}",
+        close: false,
+    };
+    /// Upstream closed before the response: 503, UC.
+    pub const CONNECTION_TERMINATION: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+        flag: Some(ResponseFlag::UpstreamConnectionTermination),
+        details: "upstream_reset_before_response_started{connection_termination}",
+        close: false,
+    };
+    /// Upstream reset the stream: 503, UR.
+    pub const REMOTE_RESET: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+        flag: Some(ResponseFlag::UpstreamRemoteReset),
+        details: "upstream_reset_before_response_started{remote_reset}",
+        close: false,
+    };
+    /// Upstream spoke bad HTTP: 502, UPE.
+    pub const PROTOCOL_ERROR: LocalReply = LocalReply {
+        status: StatusCode::BAD_GATEWAY,
+        body: "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+        flag: Some(ResponseFlag::UpstreamProtocolError),
+        details: "upstream_reset_before_response_started{protocol_error}",
+        close: false,
+    };
+    /// Route timeout: 504, UT.
+    pub const TIMEOUT: LocalReply = LocalReply {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        body: "upstream request timeout",
+        flag: Some(ResponseFlag::UpstreamRequestTimeout),
+        details: "upstream_response_timeout",
+        close: false,
+    };
+    /// HTTP/1.0 without `accept_http_10`: 426.
+    pub const UPGRADE_REQUIRED: LocalReply = LocalReply {
+        status: StatusCode::UPGRADE_REQUIRED,
+        body: "Upgrade Required",
+        flag: None,
+        details: "low_version",
+        close: true,
+    };
+    /// Unusable request: 400.
+    pub const BAD_REQUEST: LocalReply = LocalReply {
+        status: StatusCode::BAD_REQUEST,
+        body: "Bad Request",
+        flag: Some(ResponseFlag::DownstreamProtocolError),
+        details: "http1.codec_error",
+        close: true,
+    };
+
+    /// The response, before the connection manager's own headers (server, via…).
+    pub fn response(&self) -> Response<ProxyBody> {
+        let mut r = Response::new(ProxyBody::full(self.body));
+        *r.status_mut() = self.status;
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+        if !self.body.is_empty() {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
+        if self.close {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
+    }
+}

@@ -1,0 +1,8 @@
+//! HTTP: the connection manager, codecs (hyper and h2), the filter API and the router.
+
+pub mod body;
+pub mod conn_manager;
+pub mod filter;
+pub mod filters;
+pub mod headers;
+pub mod local_reply;

@@ -1,0 +1,20 @@
+//! skiff: an eBPF-accelerated transparent sidecar proxy that runs Envoy v3 configuration.
+//!
+//! Modules are named after the Envoy concepts they implement, so a reader who knows Envoy finds
+//! each thing where they look: `listener`, `network::filters::tcp_proxy`,
+//! `http::{conn_manager, filters::router}`, `router` (the route table), `upstream::{pool, …}`,
+//! `config`, `admin`, `stats`, `access_log`.
+
+pub mod access_log;
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod listener;
+pub mod network;
+pub mod router;
+pub mod server;
+pub mod stats;
+pub mod stream_info;
+pub mod upstream;
+pub mod worker;

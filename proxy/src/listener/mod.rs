@@ -1,0 +1,132 @@
+//! Listeners: one SO_REUSEPORT socket per worker, accepting connections and running the filter
+//! chain on each.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::model::{self, NetworkFilter};
+use crate::http::conn_manager::{self, HcmStats, HttpConnectionManager};
+use crate::network::filters::tcp_proxy::{self, TcpProxyStats};
+use crate::stats::{Counter, Gauge};
+use crate::worker::Worker;
+
+/// Binds a listen socket for one worker. Every worker binds its own with SO_REUSEPORT so the
+/// kernel spreads connections across workers without a shared accept queue.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// `listener.<addr>.*` on one worker.
+#[derive(Debug)]
+struct ListenerStats {
+    downstream_cx_total: Counter,
+    downstream_cx_active: Gauge,
+    downstream_cx_destroy: Counter,
+    worker_cx_total: Counter,
+    worker_cx_active: Gauge,
+    no_filter_chain_match: Counter,
+}
+
+/// The network filters of a chain, built for one worker.
+enum Terminal {
+    Http(Rc<HttpConnectionManager>),
+    Tcp(Arc<model::TcpProxy>, Rc<TcpProxyStats>),
+}
+
+/// A listener on one worker.
+pub struct Listener {
+    worker: Rc<Worker>,
+    config: Arc<model::Listener>,
+    socket: TcpListener,
+    stats: ListenerStats,
+    chain: Option<Rc<Terminal>>,
+}
+
+impl Listener {
+    /// Prepares a listener on this worker from a socket bound by the main thread.
+    pub fn new(worker: Rc<Worker>, config: Arc<model::Listener>, socket: std::net::TcpListener) -> std::io::Result<Self> {
+        let socket = TcpListener::from_std(socket)?;
+        let scope = format!("listener.{}.", config.stat_prefix);
+        let shard = &worker.shard;
+        let stats = ListenerStats {
+            downstream_cx_total: shard.counter(&format!("{scope}downstream_cx_total")),
+            downstream_cx_active: shard.gauge(&format!("{scope}downstream_cx_active")),
+            downstream_cx_destroy: shard.counter(&format!("{scope}downstream_cx_destroy")),
+            worker_cx_total: shard.counter(&format!("{scope}worker_{}.downstream_cx_total", worker.id)),
+            worker_cx_active: shard.gauge(&format!("{scope}worker_{}.downstream_cx_active", worker.id)),
+            no_filter_chain_match: shard.counter(&format!("{scope}no_filter_chain_match")),
+        };
+        let chain = config.select_chain().and_then(|fc| fc.filters.last()).map(|f| {
+            Rc::new(match f {
+                NetworkFilter::HttpConnectionManager(h) => Terminal::Http(Rc::new(HttpConnectionManager {
+                    config: h.clone(),
+                    stats: HcmStats::new(shard.clone(), &h.stat_prefix, &scope),
+                })),
+                NetworkFilter::TcpProxy(t) => {
+                    Terminal::Tcp(t.clone(), Rc::new(TcpProxyStats::new(shard, &t.stat_prefix)))
+                }
+            })
+        });
+        Ok(Listener { worker, config, socket, stats, chain })
+    }
+
+    /// Accepts until draining starts.
+    pub async fn run(self) {
+        let this = Rc::new(self);
+        let mut drain = this.worker.drain_signal();
+        loop {
+            let accepted = tokio::select! {
+                r = this.socket.accept() => r,
+                _ = drain.wait() => break,
+            };
+            match accepted {
+                Ok((stream, remote)) => {
+                    let this = this.clone();
+                    tokio::task::spawn_local(async move { this.handle(stream, remote).await });
+                }
+                Err(e) => {
+                    // Out of descriptors or a transient error: back off briefly, keep listening.
+                    tracing::warn!(listener = %this.config.name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+        tracing::debug!(listener = %this.config.name, worker = this.worker.id, "stopped accepting");
+    }
+
+    async fn handle(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
+        let _conn = self.worker.track_connection();
+        let s = &self.stats;
+        s.downstream_cx_total.inc();
+        s.downstream_cx_active.inc();
+        s.worker_cx_total.inc();
+        s.worker_cx_active.inc();
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(self.config.address);
+        match self.chain.as_deref() {
+            Some(Terminal::Http(hcm)) => {
+                conn_manager::serve(stream, remote, local, hcm.clone(), self.worker.clone()).await
+            }
+            Some(Terminal::Tcp(cfg, stats)) => {
+                tcp_proxy::run(&self.worker, cfg, stats, stream, self.config.buffer_limit).await
+            }
+            None => s.no_filter_chain_match.inc(),
+        }
+        s.downstream_cx_active.dec();
+        s.worker_cx_active.dec();
+        s.downstream_cx_destroy.inc();
+    }
+}

@@ -1,0 +1,13 @@
+//! The `skiff` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let opts = skiff::cli::Options::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("skiff={}", opts.tracing_level()))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("skiff=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    skiff::server::run(opts)
+}

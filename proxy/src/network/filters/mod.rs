@@ -1,0 +1,3 @@
+//! Network filters.
+
+pub mod tcp_proxy;

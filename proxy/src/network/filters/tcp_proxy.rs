@@ -1,0 +1,149 @@
+//! `envoy.filters.network.tcp_proxy`: bytes both ways between the downstream connection and a
+//! host of the chosen cluster, with half-close in each direction and an idle timeout.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::config::model;
+use crate::stats::{Counter, Shard};
+use crate::upstream::pool;
+use crate::worker::Worker;
+
+/// Buffers start small so idle connections cost little, and grow with traffic.
+const INITIAL_BUFFER: usize = 4 * 1024;
+const MAX_BUFFER: usize = 256 * 1024;
+
+/// `tcp.<stat_prefix>.*` on one worker.
+#[derive(Debug)]
+pub struct TcpProxyStats {
+    downstream_cx_total: Counter,
+    downstream_cx_no_route: Counter,
+    downstream_cx_rx_bytes_total: Counter,
+    downstream_cx_tx_bytes_total: Counter,
+    idle_timeout: Counter,
+}
+
+impl TcpProxyStats {
+    /// The stats of one TCP proxy on one worker.
+    pub fn new(shard: &Arc<Shard>, stat_prefix: &str) -> Self {
+        let p = format!("tcp.{stat_prefix}.");
+        TcpProxyStats {
+            downstream_cx_total: shard.counter(&format!("{p}downstream_cx_total")),
+            downstream_cx_no_route: shard.counter(&format!("{p}downstream_cx_no_route")),
+            downstream_cx_rx_bytes_total: shard.counter(&format!("{p}downstream_cx_rx_bytes_total")),
+            downstream_cx_tx_bytes_total: shard.counter(&format!("{p}downstream_cx_tx_bytes_total")),
+            idle_timeout: shard.counter(&format!("{p}idle_timeout")),
+        }
+    }
+}
+
+/// Proxies one downstream connection until both directions are done, or it goes idle.
+pub async fn run(
+    worker: &Rc<Worker>,
+    cfg: &model::TcpProxy,
+    stats: &TcpProxyStats,
+    downstream: TcpStream,
+    buffer_limit: usize,
+) {
+    stats.downstream_cx_total.inc();
+    let Some(cluster) = worker.clusters.get(cfg.cluster.pick()).cloned() else {
+        stats.downstream_cx_no_route.inc();
+        return;
+    };
+    let Some(host) = cluster.pick_host().cloned() else {
+        cluster.stats.upstream_cx_none_healthy.inc();
+        return;
+    };
+    let upstream = match pool::connect(&cluster, &host).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, upstream = %host.address, "tcp_proxy connect failed");
+            return;
+        }
+    };
+    let _upstream = pool::ConnGuard::new(&cluster, &host);
+    let max = buffer_limit.clamp(1024, MAX_BUFFER);
+    let last_activity = Rc::new(Cell::new(Instant::now()));
+    let (dr, dw) = downstream.into_split();
+    let (ur, uw) = upstream.into_split();
+    let up = pump(dr, uw, max, &last_activity, &stats.downstream_cx_rx_bytes_total, &cluster.stats.upstream_cx_tx_bytes_total);
+    let down = pump(ur, dw, max, &last_activity, &cluster.stats.upstream_cx_rx_bytes_total, &stats.downstream_cx_tx_bytes_total);
+    let both = async { tokio::join!(up, down) };
+    match cfg.idle_timeout {
+        Some(idle) => {
+            tokio::select! {
+                _ = both => {}
+                _ = idle_watch(idle, &last_activity) => {
+                    stats.idle_timeout.inc();
+                    tracing::debug!("tcp_proxy connection idle timeout");
+                }
+            }
+        }
+        None => {
+            both.await;
+        }
+    }
+}
+
+async fn idle_watch(idle: Duration, last: &Cell<Instant>) {
+    loop {
+        let deadline = last.get() + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// Copies one direction. The buffer grows while reads fill it, up to `max`; nothing is read
+/// while the previous bytes are still being written, so a slow reader holds back the sender.
+/// On end of input the write side is shut down (half-close), and the other direction goes on.
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    max: usize,
+    last: &Cell<Instant>,
+    rx: &Counter,
+    tx: &Counter,
+) {
+    let mut buf = vec![0u8; INITIAL_BUFFER.min(max)];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        last.set(Instant::now());
+        rx.add(n as u64);
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        tx.add(n as u64);
+        last.set(Instant::now());
+        if n == buf.len() && buf.len() < max {
+            buf.resize((buf.len() * 2).min(max), 0);
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_watch_fires_after_the_last_activity() {
+        let last = Cell::new(Instant::now());
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        last.set(Instant::now());
+        idle_watch(Duration::from_secs(10), &last).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(13));
+    }
+}

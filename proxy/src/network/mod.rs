@@ -1,0 +1,3 @@
+//! Network (L4) filters.
+
+pub mod filters;

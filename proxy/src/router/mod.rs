@@ -1,0 +1,287 @@
+//! The route table: virtual hosts chosen by `domains` exactly as Envoy chooses them, then the first
+//! route whose match accepts the request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use http::HeaderMap;
+
+use crate::config::model::{HeaderMatch, HeaderMatchKind};
+
+/// How a route matches the path.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// `prefix`: the start of `:path` (query included, as Envoy).
+    Prefix(String),
+    /// `path`: the whole path once the query string is removed.
+    Exact(String),
+}
+
+/// `RouteMatch`.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    path: PathMatch,
+    case_sensitive: bool,
+    headers: Vec<HeaderMatch>,
+}
+
+impl RouteMatch {
+    /// A match; patterns of case-insensitive matches are lowered once here.
+    pub fn new(path: PathMatch, case_sensitive: bool, headers: Vec<HeaderMatch>) -> Self {
+        let path = if case_sensitive {
+            path
+        } else {
+            match path {
+                PathMatch::Prefix(p) => PathMatch::Prefix(p.to_ascii_lowercase()),
+                PathMatch::Exact(p) => PathMatch::Exact(p.to_ascii_lowercase()),
+            }
+        };
+        RouteMatch { path, case_sensitive, headers }
+    }
+
+    /// Whether a request with this `:path` and these headers matches.
+    pub fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Prefix(p) => starts_with(path, p, self.case_sensitive),
+            PathMatch::Exact(p) => {
+                let bare = path.split(['?', '#']).next().unwrap_or(path);
+                if self.case_sensitive {
+                    bare == p
+                } else {
+                    bare.eq_ignore_ascii_case(p)
+                }
+            }
+        };
+        path_ok && self.headers.iter().all(|h| header_matches(h, headers))
+    }
+}
+
+fn starts_with(s: &str, prefix: &str, case_sensitive: bool) -> bool {
+    if case_sensitive {
+        s.starts_with(prefix)
+    } else {
+        s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    }
+}
+
+fn header_matches(m: &HeaderMatch, headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(&m.name).iter().peekable();
+    let present = values.peek().is_some();
+    let result = match &m.kind {
+        HeaderMatchKind::Present(want) => present == *want,
+        HeaderMatchKind::String(sm) => {
+            if !present {
+                // An absent header never matches, inverted or not (Envoy).
+                return false;
+            }
+            // Several values are matched as one, joined by ',' (Envoy).
+            let joined: Vec<&str> = values.filter_map(|v| v.to_str().ok()).collect();
+            sm.matches(&joined.join(","))
+        }
+    };
+    result != m.invert
+}
+
+/// A route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// `name`.
+    pub name: String,
+    /// `match`.
+    pub matcher: RouteMatch,
+    /// `route.cluster`.
+    pub cluster: String,
+    /// `route.timeout` (default 15 s); `None` when disabled with 0.
+    pub timeout: Option<Duration>,
+}
+
+/// A virtual host.
+#[derive(Debug, Clone)]
+pub struct VirtualHost {
+    /// `name`.
+    pub name: String,
+    /// `domains`.
+    pub domains: Vec<String>,
+    /// `routes`, in order.
+    pub routes: Vec<Route>,
+}
+
+impl VirtualHost {
+    /// The first route that accepts the request.
+    pub fn route(&self, path: &str, headers: &HeaderMap) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matcher.matches(path, headers))
+    }
+}
+
+/// The route table of one `RouteConfiguration`, indexed by domain.
+#[derive(Debug)]
+pub struct RouteTable {
+    /// `name`.
+    pub name: String,
+    vhosts: Vec<VirtualHost>,
+    exact: HashMap<String, usize>,
+    /// Wildcard suffixes (`*.example.com` → `.example.com`), longest first.
+    suffixes: BTreeMap<std::cmp::Reverse<usize>, HashMap<String, usize>>,
+    /// Wildcard prefixes (`api.*` → `api.`), longest first.
+    prefixes: BTreeMap<std::cmp::Reverse<usize>, HashMap<String, usize>>,
+    default: Option<usize>,
+    ignore_port: bool,
+}
+
+impl RouteTable {
+    /// Indexes the virtual hosts; refuses duplicate domains and misplaced wildcards as Envoy does.
+    pub fn new(name: String, vhosts: Vec<VirtualHost>, ignore_port: bool) -> Result<Self, String> {
+        let mut t = RouteTable {
+            name,
+            vhosts: Vec::new(),
+            exact: HashMap::new(),
+            suffixes: BTreeMap::new(),
+            prefixes: BTreeMap::new(),
+            default: None,
+            ignore_port,
+        };
+        for (i, vh) in vhosts.iter().enumerate() {
+            for domain in &vh.domains {
+                let d = domain.to_ascii_lowercase();
+                let dup = if d == "*" {
+                    if t.default.is_some() {
+                        return Err(format!(
+                            "only a single wildcard domain is permitted in route {}",
+                            t.name
+                        ));
+                    }
+                    t.default = Some(i);
+                    false
+                } else if let Some(rest) = d.strip_prefix('*') {
+                    t.suffixes.entry(std::cmp::Reverse(rest.len())).or_default().insert(rest.to_string(), i).is_some()
+                } else if let Some(rest) = d.strip_suffix('*') {
+                    t.prefixes.entry(std::cmp::Reverse(rest.len())).or_default().insert(rest.to_string(), i).is_some()
+                } else {
+                    t.exact.insert(d.clone(), i).is_some()
+                };
+                if dup {
+                    return Err(format!(
+                        "only unique values for domains are permitted: duplicate entry of domain {d} in route {}",
+                        t.name
+                    ));
+                }
+            }
+        }
+        t.vhosts = vhosts;
+        Ok(t)
+    }
+
+    /// The virtual host for a `Host`/`:authority` value.
+    pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        let mut host = authority;
+        if self.ignore_port {
+            host = strip_port(host);
+        }
+        let host = host.to_ascii_lowercase();
+        if let Some(i) = self.exact.get(&host) {
+            return Some(&self.vhosts[*i]);
+        }
+        // A wildcard must stand for at least one character.
+        for (std::cmp::Reverse(len), map) in &self.suffixes {
+            if *len < host.len() {
+                if let Some(i) = map.get(&host[host.len() - len..]) {
+                    return Some(&self.vhosts[*i]);
+                }
+            }
+        }
+        for (std::cmp::Reverse(len), map) in &self.prefixes {
+            if *len < host.len() && host.is_char_boundary(*len) {
+                if let Some(i) = map.get(&host[..*len]) {
+                    return Some(&self.vhosts[*i]);
+                }
+            }
+        }
+        self.default.map(|i| &self.vhosts[i])
+    }
+}
+
+/// `host:port` → `host`; IPv6 literals keep their brackets.
+fn strip_port(host: &str) -> &str {
+    if let Some(end) = host.rfind(']') {
+        return &host[..=end];
+    }
+    match host.rfind(':') {
+        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vh(name: &str, domains: &[&str]) -> VirtualHost {
+        VirtualHost { name: name.into(), domains: domains.iter().map(|d| d.to_string()).collect(), routes: vec![] }
+    }
+
+    fn table(ignore_port: bool) -> RouteTable {
+        RouteTable::new(
+            "rc".into(),
+            vec![
+                vh("exact", &["example.com", "example.com:8080"]),
+                vh("suffix", &["*.example.com"]),
+                vh("longsuffix", &["*.api.example.com"]),
+                vh("prefix", &["api.*"]),
+                vh("default", &["*"]),
+            ],
+            ignore_port,
+        )
+        .expect("valid table")
+    }
+
+    fn pick<'a>(t: &'a RouteTable, host: &str) -> &'a str {
+        t.virtual_host(host).map(|v| v.name.as_str()).unwrap_or("none")
+    }
+
+    #[test]
+    fn envoy_domain_order() {
+        let t = table(false);
+        assert_eq!(pick(&t, "example.com"), "exact");
+        assert_eq!(pick(&t, "EXAMPLE.com"), "exact");
+        assert_eq!(pick(&t, "example.com:8080"), "exact");
+        assert_eq!(pick(&t, "a.example.com"), "suffix");
+        assert_eq!(pick(&t, "v1.api.example.com"), "longsuffix");
+        assert_eq!(pick(&t, "api.other.org"), "prefix");
+        // The port is part of the host unless ignore_port_in_host_matching.
+        assert_eq!(pick(&t, "example.com:9090"), "default");
+        assert_eq!(pick(&t, "a.example.com:80"), "default");
+        // The wildcard must cover at least one character.
+        assert_eq!(pick(&t, ".example.com"), "default");
+        assert_eq!(pick(&t, "nothing"), "default");
+    }
+
+    #[test]
+    fn ignore_port() {
+        let t = table(true);
+        assert_eq!(pick(&t, "a.example.com:80"), "suffix");
+        assert_eq!(pick(&t, "[::1]:80"), "default");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("host"), "host");
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let e = RouteTable::new("rc".into(), vec![vh("a", &["x.com"]), vh("b", &["X.com"])], false);
+        assert!(e.unwrap_err().contains("duplicate entry of domain x.com"));
+        let e = RouteTable::new("rc".into(), vec![vh("a", &["*"]), vh("b", &["*"])], false);
+        assert!(e.unwrap_err().contains("single wildcard"));
+    }
+
+    #[test]
+    fn path_matching() {
+        let h = HeaderMap::new();
+        let m = RouteMatch::new(PathMatch::Prefix("/Api".into()), true, vec![]);
+        assert!(m.matches("/Api/x?q", &h));
+        assert!(!m.matches("/api/x", &h));
+        let m = RouteMatch::new(PathMatch::Prefix("/Api".into()), false, vec![]);
+        assert!(m.matches("/api/x", &h));
+        let m = RouteMatch::new(PathMatch::Exact("/a".into()), true, vec![]);
+        assert!(m.matches("/a?x=1", &h));
+        assert!(!m.matches("/a/", &h));
+    }
+}

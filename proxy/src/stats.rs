@@ -1,0 +1,277 @@
+//! Stats with Envoy's names. Each thread (the main thread and every worker) owns a shard: it is
+//! the only writer of its counters and gauges, so increments are uncontended relaxed atomics. The
+//! admin reads every shard and adds them up by name, so `listener.X.downstream_cx_total` is the
+//! sum over workers while `listener.X.worker_1.downstream_cx_total` exists in one shard only.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// A monotonically increasing count.
+#[derive(Debug, Clone, Default)]
+pub struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn value(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Clone, Default)]
+pub struct Gauge(Arc<AtomicI64>);
+
+impl Gauge {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Subtracts one.
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// Sets the value.
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn value(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The stats of one thread. Lookups by name lock; the hot path keeps the handles it got.
+#[derive(Debug, Default)]
+pub struct Shard {
+    counters: Mutex<BTreeMap<String, Counter>>,
+    gauges: Mutex<BTreeMap<String, Gauge>>,
+}
+
+impl Shard {
+    /// The counter called `name`, created at zero.
+    pub fn counter(&self, name: &str) -> Counter {
+        let mut map = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(name.to_string()).or_default().clone()
+    }
+
+    /// The gauge called `name`, created at zero.
+    pub fn gauge(&self, name: &str) -> Gauge {
+        let mut map = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(name.to_string()).or_default().clone()
+    }
+}
+
+/// A stat's kind and value in a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatValue {
+    /// A counter.
+    Counter(u64),
+    /// A gauge.
+    Gauge(i64),
+}
+
+/// Every shard of the process.
+#[derive(Debug)]
+pub struct Store {
+    shards: Vec<Arc<Shard>>,
+}
+
+impl Store {
+    /// A store with one shard for the main thread and one per worker.
+    pub fn new(workers: usize) -> Self {
+        Store { shards: (0..=workers).map(|_| Arc::new(Shard::default())).collect() }
+    }
+
+    /// The main thread's shard.
+    pub fn main(&self) -> &Arc<Shard> {
+        &self.shards[0]
+    }
+
+    /// Worker `n`'s shard.
+    pub fn worker(&self, n: usize) -> &Arc<Shard> {
+        &self.shards[n + 1]
+    }
+
+    /// All stats, summed across shards, sorted by name.
+    pub fn snapshot(&self) -> BTreeMap<String, StatValue> {
+        let mut out: BTreeMap<String, StatValue> = BTreeMap::new();
+        for shard in &self.shards {
+            for (name, c) in shard.counters.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+                let e = out.entry(name.clone()).or_insert(StatValue::Counter(0));
+                if let StatValue::Counter(v) = e {
+                    *v += c.value();
+                }
+            }
+            for (name, g) in shard.gauges.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+                let e = out.entry(name.clone()).or_insert(StatValue::Gauge(0));
+                if let StatValue::Gauge(v) = e {
+                    *v += g.value();
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Renders a snapshot in Prometheus text format with Envoy's tag extraction for the names skiff
+/// produces: cluster, listener, HCM and TCP proxy scopes, response codes and classes, workers.
+pub fn prometheus(snapshot: &BTreeMap<String, StatValue>) -> String {
+    let mut families: BTreeMap<String, (bool, Vec<(String, String)>)> = BTreeMap::new();
+    for (name, value) in snapshot {
+        let (metric, tags) = extract_tags(name);
+        let metric = format!("envoy_{}", sanitize(&metric));
+        let (is_counter, v) = match value {
+            StatValue::Counter(v) => (true, v.to_string()),
+            StatValue::Gauge(v) => (false, v.to_string()),
+        };
+        let labels = if tags.is_empty() {
+            String::new()
+        } else {
+            let parts: Vec<String> = tags.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+            format!("{{{}}}", parts.join(","))
+        };
+        families.entry(metric).or_insert((is_counter, Vec::new())).1.push((labels, v));
+    }
+    let mut out = String::new();
+    for (metric, (is_counter, samples)) in families {
+        out.push_str(&format!("# TYPE {metric} {}\n", if is_counter { "counter" } else { "gauge" }));
+        for (labels, v) in samples {
+            out.push_str(&format!("{metric}{labels} {v}\n"));
+        }
+    }
+    out
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Splits a stat name into the metric name and its tags, as Envoy's default tag extractors do.
+fn extract_tags(name: &str) -> (String, Vec<(&'static str, String)>) {
+    let mut tags = Vec::new();
+    let mut rest = name.to_string();
+    let scopes: [(&str, &str); 4] = [
+        ("cluster.", "envoy_cluster_name"),
+        ("listener.", "envoy_listener_address"),
+        ("http.", "envoy_http_conn_manager_prefix"),
+        ("tcp.", "envoy_tcp_prefix"),
+    ];
+    for (prefix, tag) in scopes {
+        if let Some(tail) = rest.strip_prefix(prefix) {
+            if let Some(dot) = scope_end(tail) {
+                tags.push((tag, tail[..dot].to_string()));
+                rest = format!("{}{}", prefix, &tail[dot + 1..]);
+                // listener.X.http.P.… : the HCM prefix inside a listener scope.
+                if prefix == "listener." {
+                    if let Some(inner) = rest.strip_prefix("listener.http.") {
+                        if let Some(d) = inner.find('.') {
+                            tags.push(("envoy_http_conn_manager_prefix", inner[..d].to_string()));
+                            rest = format!("listener.http.{}", &inner[d + 1..]);
+                        }
+                    }
+                }
+            }
+            break;
+        }
+    }
+    if let Some(pos) = rest.find(".worker_") {
+        let tail = &rest[pos + 8..];
+        if let Some(d) = tail.find('.') {
+            tags.push(("envoy_worker_id", tail[..d].to_string()));
+            rest = format!("{}{}", &rest[..pos + 1], &tail[d + 1..]);
+        }
+    }
+    // downstream_rq_2xx → downstream_rq_xx{envoy_response_code_class="2"}; upstream_rq_200 → upstream_rq{code}.
+    if let Some((head, last)) = rest.rsplit_once('_') {
+        let b = last.as_bytes();
+        if b.len() == 3 && b[0].is_ascii_digit() && &last[1..] == "xx" {
+            tags.push(("envoy_response_code_class", last[..1].to_string()));
+            rest = format!("{head}_xx");
+        } else if b.len() == 3 && b.iter().all(u8::is_ascii_digit) {
+            tags.push(("envoy_response_code", last.to_string()));
+            rest = head.to_string();
+        }
+    }
+    (rest, tags)
+}
+
+/// End of a scope name that may itself contain dots (an address like `127.0.0.1_10000`).
+fn scope_end(tail: &str) -> Option<usize> {
+    // Listener addresses end in `_<port>` and may contain dots; find the first dot after the
+    // `_<digits>` that ends an address, else the first dot.
+    let bytes = tail.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'_' {
+            let mut j = i + 1;
+            while j < bytes.len() && bytes[j].is_ascii_digit() {
+                j += 1;
+            }
+            if j > i + 1 && j < bytes.len() && bytes[j] == b'.' && looks_like_address(&tail[..i]) {
+                return Some(j);
+            }
+        }
+        i += 1;
+    }
+    tail.find('.')
+}
+
+fn looks_like_address(s: &str) -> bool {
+    s.starts_with('[') || (s.split('.').count() == 4 && s.split('.').all(|p| p.parse::<u8>().is_ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_add_up() {
+        let store = Store::new(2);
+        store.worker(0).counter("a").inc();
+        store.worker(1).counter("a").add(2);
+        store.worker(1).gauge("g").inc();
+        store.worker(0).gauge("g").inc();
+        let snap = store.snapshot();
+        assert_eq!(snap["a"], StatValue::Counter(3));
+        assert_eq!(snap["g"], StatValue::Gauge(2));
+    }
+
+    #[test]
+    fn tags() {
+        assert_eq!(
+            extract_tags("cluster.svc_a.upstream_rq_503"),
+            ("cluster.upstream_rq".into(), vec![("envoy_cluster_name", "svc_a".into()), ("envoy_response_code", "503".into())])
+        );
+        assert_eq!(
+            extract_tags("http.ingress_http.downstream_rq_2xx"),
+            ("http.downstream_rq_xx".into(), vec![("envoy_http_conn_manager_prefix", "ingress_http".into()), ("envoy_response_code_class", "2".into())])
+        );
+        assert_eq!(
+            extract_tags("listener.127.0.0.1_10000.worker_1.downstream_cx_total"),
+            ("listener.downstream_cx_total".into(), vec![("envoy_listener_address", "127.0.0.1_10000".into()), ("envoy_worker_id", "1".into())])
+        );
+        assert_eq!(
+            extract_tags("listener.127.0.0.1_10000.http.ingress.downstream_rq_2xx").1,
+            vec![
+                ("envoy_listener_address", "127.0.0.1_10000".to_string()),
+                ("envoy_http_conn_manager_prefix", "ingress".to_string()),
+                ("envoy_response_code_class", "2".to_string())
+            ]
+        );
+        let text = prometheus(&[("cluster.a.upstream_rq_200".to_string(), StatValue::Counter(4))].into_iter().collect());
+        assert_eq!(text, "# TYPE envoy_cluster_upstream_rq counter\nenvoy_cluster_upstream_rq{envoy_cluster_name=\"a\",envoy_response_code=\"200\"} 4\n");
+    }
+}

@@ -1,0 +1,252 @@
+//! Upstream: clusters, load balancing and connection pools. Each worker has its own
+//! [`ClusterManager`]; only the per-host counters shown by `/clusters` are shared.
+
+pub mod pool;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::config::model;
+use crate::stats::{Counter, Gauge, Shard};
+
+/// Per-host counters shared by all workers, for `/clusters`.
+#[derive(Debug, Default)]
+pub struct HostStats {
+    /// `cx_total`.
+    pub cx_total: AtomicU64,
+    /// `cx_active` (as a count up and down).
+    pub cx_active: AtomicU64,
+    /// `cx_connect_fail`.
+    pub cx_connect_fail: AtomicU64,
+    /// `rq_total`.
+    pub rq_total: AtomicU64,
+    /// `rq_active`.
+    pub rq_active: AtomicU64,
+    /// `rq_success`.
+    pub rq_success: AtomicU64,
+    /// `rq_error`.
+    pub rq_error: AtomicU64,
+    /// `rq_timeout`.
+    pub rq_timeout: AtomicU64,
+}
+
+impl HostStats {
+    /// Adds one to a counter.
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Subtracts one from an up-and-down count.
+    pub fn dec(c: &AtomicU64) {
+        c.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A cluster's shared (cross-worker) state: the model and the per-host counters.
+#[derive(Debug)]
+pub struct ClusterInfo {
+    /// The configuration.
+    pub config: Arc<model::Cluster>,
+    /// Per-host counters, in the order of `config.hosts`.
+    pub host_stats: Vec<Arc<HostStats>>,
+}
+
+impl ClusterInfo {
+    /// Shared state for a configured cluster.
+    pub fn new(config: Arc<model::Cluster>) -> Self {
+        let host_stats = config.hosts.iter().map(|_| Arc::new(HostStats::default())).collect();
+        ClusterInfo { config, host_stats }
+    }
+}
+
+/// `cluster.<name>.*` on one worker.
+#[derive(Debug)]
+pub struct ClusterStats {
+    shard: Arc<Shard>,
+    prefix: String,
+    /// `upstream_cx_total`.
+    pub upstream_cx_total: Counter,
+    /// `upstream_cx_active`.
+    pub upstream_cx_active: Gauge,
+    /// `upstream_cx_http1_total`.
+    pub upstream_cx_http1_total: Counter,
+    /// `upstream_cx_http2_total`.
+    pub upstream_cx_http2_total: Counter,
+    /// `upstream_cx_connect_fail`.
+    pub upstream_cx_connect_fail: Counter,
+    /// `upstream_cx_connect_timeout`.
+    pub upstream_cx_connect_timeout: Counter,
+    /// `upstream_cx_none_healthy`.
+    pub upstream_cx_none_healthy: Counter,
+    /// `upstream_cx_destroy`.
+    pub upstream_cx_destroy: Counter,
+    /// `upstream_cx_rx_bytes_total`.
+    pub upstream_cx_rx_bytes_total: Counter,
+    /// `upstream_cx_tx_bytes_total`.
+    pub upstream_cx_tx_bytes_total: Counter,
+    /// `upstream_rq_total`.
+    pub upstream_rq_total: Counter,
+    /// `upstream_rq_active`.
+    pub upstream_rq_active: Gauge,
+    /// `upstream_rq_completed`.
+    pub upstream_rq_completed: Counter,
+    /// `upstream_rq_timeout`.
+    pub upstream_rq_timeout: Counter,
+    /// `upstream_rq_pending_total`.
+    pub upstream_rq_pending_total: Counter,
+    /// `upstream_rq_rx_reset`.
+    pub upstream_rq_rx_reset: Counter,
+    /// `upstream_rq_tx_reset`.
+    pub upstream_rq_tx_reset: Counter,
+    /// `upstream_cx_protocol_error`.
+    pub upstream_cx_protocol_error: Counter,
+    by_code: RefCell<HashMap<u16, (Counter, Counter)>>,
+}
+
+impl ClusterStats {
+    fn new(shard: Arc<Shard>, name: &str) -> Self {
+        let prefix = format!("cluster.{name}.");
+        let c = |n: &str| shard.counter(&format!("{prefix}{n}"));
+        let g = |n: &str| shard.gauge(&format!("{prefix}{n}"));
+        ClusterStats {
+            upstream_cx_total: c("upstream_cx_total"),
+            upstream_cx_active: g("upstream_cx_active"),
+            upstream_cx_http1_total: c("upstream_cx_http1_total"),
+            upstream_cx_http2_total: c("upstream_cx_http2_total"),
+            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
+            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
+            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+            upstream_cx_destroy: c("upstream_cx_destroy"),
+            upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
+            upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
+            upstream_rq_total: c("upstream_rq_total"),
+            upstream_rq_active: g("upstream_rq_active"),
+            upstream_rq_completed: c("upstream_rq_completed"),
+            upstream_rq_timeout: c("upstream_rq_timeout"),
+            upstream_rq_pending_total: c("upstream_rq_pending_total"),
+            upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
+            upstream_rq_tx_reset: c("upstream_rq_tx_reset"),
+            upstream_cx_protocol_error: c("upstream_cx_protocol_error"),
+            by_code: RefCell::new(HashMap::new()),
+            shard,
+            prefix,
+        }
+    }
+
+    /// Counts a response code: `upstream_rq_<code>` and `upstream_rq_<N>xx`.
+    pub fn response_code(&self, code: u16) {
+        let mut map = self.by_code.borrow_mut();
+        let (exact, class) = map.entry(code).or_insert_with(|| {
+            (
+                self.shard.counter(&format!("{}upstream_rq_{code}", self.prefix)),
+                self.shard.counter(&format!("{}upstream_rq_{}xx", self.prefix, code / 100)),
+            )
+        });
+        exact.inc();
+        class.inc();
+    }
+}
+
+/// A host as one worker sees it.
+#[derive(Debug)]
+pub struct Host {
+    /// Address.
+    pub address: SocketAddr,
+    /// Whether it may take traffic.
+    pub healthy: bool,
+    /// Shared counters.
+    pub stats: Arc<HostStats>,
+    /// HTTP/1.1 connections of this worker.
+    pub h1: pool::Http1Pool,
+    /// HTTP/2 connections of this worker.
+    pub h2: pool::Http2Pool,
+}
+
+/// A cluster as one worker sees it.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Shared state.
+    pub info: Arc<ClusterInfo>,
+    /// The name, shared with stream infos.
+    pub name: Arc<str>,
+    /// This worker's stats.
+    pub stats: ClusterStats,
+    /// Hosts.
+    pub hosts: Vec<Rc<Host>>,
+    healthy: Vec<usize>,
+    rr: Cell<usize>,
+}
+
+impl Cluster {
+    /// Round robin over healthy hosts; `None` when there is none.
+    pub fn pick_host(&self) -> Option<&Rc<Host>> {
+        if self.healthy.is_empty() {
+            return None;
+        }
+        let i = self.rr.get();
+        self.rr.set(i.wrapping_add(1));
+        Some(&self.hosts[self.healthy[i % self.healthy.len()]])
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &model::Cluster {
+        &self.info.config
+    }
+}
+
+/// One worker's clusters.
+#[derive(Debug, Default)]
+pub struct ClusterManager {
+    clusters: HashMap<String, Rc<Cluster>>,
+}
+
+impl ClusterManager {
+    /// Builds this worker's view of the clusters.
+    pub fn new(infos: &[Arc<ClusterInfo>], shard: &Arc<Shard>) -> Self {
+        let mut clusters = HashMap::new();
+        for info in infos {
+            let cfg = &info.config;
+            let hosts: Vec<Rc<Host>> = cfg
+                .hosts
+                .iter()
+                .zip(&info.host_stats)
+                .map(|(h, s)| {
+                    Rc::new(Host {
+                        address: h.address,
+                        healthy: h.healthy,
+                        stats: s.clone(),
+                        h1: pool::Http1Pool::default(),
+                        h2: pool::Http2Pool::default(),
+                    })
+                })
+                .collect();
+            let healthy = hosts.iter().enumerate().filter(|(_, h)| h.healthy).map(|(i, _)| i).collect();
+            let c = Cluster {
+                info: info.clone(),
+                name: Arc::from(cfg.name.as_str()),
+                stats: ClusterStats::new(shard.clone(), &cfg.name),
+                hosts,
+                healthy,
+                // Workers start at different hosts so load spreads from the first request.
+                rr: Cell::new(fastrand::usize(..)),
+            };
+            clusters.insert(cfg.name.clone(), Rc::new(c));
+        }
+        ClusterManager { clusters }
+    }
+
+    /// A cluster by name.
+    pub fn get(&self, name: &str) -> Option<&Rc<Cluster>> {
+        self.clusters.get(name)
+    }
+}
+
+impl ClusterManager {
+    /// The names of all clusters.
+    pub fn names(&self) -> Vec<String> {
+        self.clusters.keys().cloned().collect()
+    }
+}

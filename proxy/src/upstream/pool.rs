@@ -1,0 +1,332 @@
+//! Per-worker connection pools, keyed by host and protocol.
+//!
+//! HTTP/1.1: idle keep-alive connections are reused, one request at a time each. HTTP/2: streams
+//! share a connection up to the smaller of the peer's `max_concurrent_streams` and the cluster's
+//! own limit, after which another connection opens; a connection that refuses new streams
+//! (GOAWAY) is left to finish the streams it accepted while new ones go elsewhere.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Body;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::{Cluster, Host, HostStats};
+use crate::http::body::ProxyBody;
+
+/// Why no upstream connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The connect did not finish within `connect_timeout`.
+    #[error("connection timeout")]
+    Timeout,
+    /// The connect failed.
+    #[error("delayed connect error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The HTTP/2 handshake failed.
+    #[error("protocol error: {0}")]
+    Handshake(String),
+}
+
+/// Opens a TCP connection to a host of `cluster`, counting it.
+pub async fn connect(cluster: &Cluster, host: &Host) -> Result<TcpStream, ConnectError> {
+    let stats = &cluster.stats;
+    stats.upstream_cx_total.inc();
+    HostStats::inc(&host.stats.cx_total);
+    let timeout = cluster.config().connect_timeout;
+    let result = match tokio::time::timeout(timeout, TcpStream::connect(host.address)).await {
+        Err(_) => {
+            stats.upstream_cx_connect_timeout.inc();
+            Err(ConnectError::Timeout)
+        }
+        Ok(Err(e)) => Err(ConnectError::Io(e)),
+        Ok(Ok(s)) => Ok(s),
+    };
+    match result {
+        Ok(s) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Err(e) => {
+            stats.upstream_cx_connect_fail.inc();
+            HostStats::inc(&host.stats.cx_connect_fail);
+            Err(e)
+        }
+    }
+}
+
+/// Counts a live upstream connection until dropped.
+#[derive(Debug)]
+pub struct ConnGuard {
+    cluster: Rc<Cluster>,
+    host: Rc<Host>,
+}
+
+impl ConnGuard {
+    /// Starts counting.
+    pub fn new(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Self {
+        cluster.stats.upstream_cx_active.inc();
+        HostStats::inc(&host.stats.cx_active);
+        ConnGuard { cluster: cluster.clone(), host: host.clone() }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.cluster.stats.upstream_cx_active.dec();
+        self.cluster.stats.upstream_cx_destroy.inc();
+        HostStats::dec(&self.host.stats.cx_active);
+    }
+}
+
+/// An HTTP/1.1 connection's request handle.
+pub type Http1Sender = http1::SendRequest<ProxyBody>;
+
+/// Idle HTTP/1.1 connections to one host.
+#[derive(Debug, Default)]
+pub struct Http1Pool {
+    idle: RefCell<Vec<Http1Sender>>,
+}
+
+impl Http1Pool {
+    /// An idle connection that is still open, if any.
+    pub fn take_idle(&self) -> Option<Http1Sender> {
+        let mut idle = self.idle.borrow_mut();
+        while let Some(s) = idle.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose response has been read completely.
+    pub fn put_idle(&self, s: Http1Sender) {
+        if !s.is_closed() {
+            self.idle.borrow_mut().push(s);
+        }
+    }
+
+    /// Drops every idle connection (drain).
+    pub fn clear(&self) {
+        self.idle.borrow_mut().clear();
+    }
+}
+
+/// Opens a new HTTP/1.1 connection; its driver runs on this worker until it closes.
+pub async fn connect_http1(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<Http1Sender, ConnectError> {
+    let stream = connect(cluster, host).await?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake::<_, ProxyBody>(TokioIo::new(stream))
+        .await
+        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+    cluster.stats.upstream_cx_http1_total.inc();
+    let guard = ConnGuard::new(cluster, host);
+    tokio::task::spawn_local(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+        }
+        drop(guard);
+    });
+    Ok(sender)
+}
+
+/// One HTTP/2 connection.
+#[derive(Debug)]
+pub struct Http2Conn {
+    send: h2::client::SendRequest<Bytes>,
+    active: Cell<usize>,
+    peer_max: Rc<Cell<usize>>,
+    closed: Rc<Cell<bool>>,
+    limit: usize,
+}
+
+impl Http2Conn {
+    fn has_room(&self) -> bool {
+        !self.closed.get() && self.active.get() < self.peer_max.get().min(self.limit)
+    }
+
+    /// Refuses further streams on this connection (it sent GOAWAY or failed).
+    pub fn retire(&self) {
+        self.closed.set(true);
+    }
+}
+
+/// Holds one stream's slot on an HTTP/2 connection until dropped.
+#[derive(Debug)]
+pub struct Http2Stream {
+    conn: Rc<Http2Conn>,
+}
+
+impl Http2Stream {
+    /// The connection's request handle.
+    pub fn sender(&self) -> h2::client::SendRequest<Bytes> {
+        self.conn.send.clone()
+    }
+
+    /// The connection, to retire it.
+    pub fn conn(&self) -> &Rc<Http2Conn> {
+        &self.conn
+    }
+}
+
+impl Drop for Http2Stream {
+    fn drop(&mut self) {
+        self.conn.active.set(self.conn.active.get().saturating_sub(1));
+    }
+}
+
+/// HTTP/2 connections to one host.
+#[derive(Debug, Default)]
+pub struct Http2Pool {
+    conns: RefCell<Vec<Rc<Http2Conn>>>,
+    connecting: Cell<bool>,
+    connected: Notify,
+}
+
+impl Http2Pool {
+    fn reserve(&self) -> Option<Http2Stream> {
+        let mut conns = self.conns.borrow_mut();
+        conns.retain(|c| !c.closed.get() || c.active.get() > 0);
+        let conn = conns.iter().find(|c| c.has_room())?.clone();
+        conn.active.set(conn.active.get() + 1);
+        Some(Http2Stream { conn })
+    }
+
+    /// A stream slot on a connection with room, opening a connection when all are full. While one
+    /// connection is being opened, other requests wait for it instead of opening their own.
+    pub async fn stream(&self, cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<Http2Stream, ConnectError> {
+        loop {
+            if let Some(s) = self.reserve() {
+                return Ok(s);
+            }
+            if self.connecting.get() {
+                let notified = self.connected.notified();
+                if !self.connecting.get() {
+                    continue;
+                }
+                notified.await;
+                continue;
+            }
+            self.connecting.set(true);
+            let result = connect_http2(cluster, host).await;
+            self.connecting.set(false);
+            self.connected.notify_waiters();
+            let conn = Rc::new(result?);
+            conn.active.set(1);
+            self.conns.borrow_mut().push(conn.clone());
+            return Ok(Http2Stream { conn });
+        }
+    }
+
+    /// Stops using every connection for new streams (drain).
+    pub fn clear(&self) {
+        for c in self.conns.borrow().iter() {
+            c.retire();
+        }
+    }
+}
+
+async fn connect_http2(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<Http2Conn, ConnectError> {
+    let cfg = cluster.config().http2;
+    let stream = connect(cluster, host).await?;
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(cfg.initial_stream_window_size)
+        .initial_connection_window_size(cfg.initial_connection_window_size)
+        .enable_push(false)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+    cluster.stats.upstream_cx_http2_total.inc();
+    let peer_max = Rc::new(Cell::new(usize::MAX));
+    let closed = Rc::new(Cell::new(false));
+    let guard = ConnGuard::new(cluster, host);
+    let driver = Driver { conn, peer_max: peer_max.clone() };
+    let closed_by_driver = closed.clone();
+    tokio::task::spawn_local(async move {
+        if let Err(e) = driver.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+        }
+        closed_by_driver.set(true);
+        drop(guard);
+    });
+    Ok(Http2Conn { send, active: Cell::new(0), peer_max, closed, limit: cfg.max_concurrent_streams as usize })
+}
+
+/// Drives an h2 connection and publishes the peer's stream limit after every poll.
+struct Driver {
+    conn: h2::client::Connection<TcpStream, Bytes>,
+    peer_max: Rc<Cell<usize>>,
+}
+
+impl Future for Driver {
+    type Output = Result<(), h2::Error>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let r = Pin::new(&mut self.conn).poll(cx);
+        let max = self.conn.max_concurrent_send_streams();
+        self.peer_max.set(max.max(1));
+        r
+    }
+}
+
+/// Sends a request body over an h2 stream, respecting the peer's flow control, then trailers.
+pub async fn pump_h2_body(mut body: ProxyBody, mut send: h2::SendStream<Bytes>) {
+    use http_body_util::BodyExt;
+    loop {
+        match body.frame().await {
+            None => {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "downstream body failed; resetting upstream stream");
+                send.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Some(Ok(frame)) => {
+                let frame = match frame.into_data() {
+                    Ok(mut data) => {
+                        while !data.is_empty() {
+                            send.reserve_capacity(data.len());
+                            let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                                Some(Ok(n)) => n,
+                                _ => return,
+                            };
+                            let chunk = data.split_to(granted.min(data.len()));
+                            if send.send_data(chunk, false).is_err() {
+                                return;
+                            }
+                        }
+                        if body.is_end_stream() {
+                            let _ = send.send_data(Bytes::new(), true);
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(frame) => frame,
+                };
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = send.send_trailers(trailers);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// An address newtype for logs.
+pub fn describe(addr: SocketAddr) -> String {
+    addr.to_string()
+}
+
+/// How long an upstream HTTP/1.1 connection may sit idle before we stop reusing it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
