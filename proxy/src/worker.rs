@@ -169,19 +169,6 @@ async fn run(
     let deadline = (*shared.drain.borrow()).unwrap_or_else(std::time::Instant::now);
     // In-flight work may finish until the deadline; then whatever is left is closed.
     let _ = tokio::time::timeout_at(Instant::from_std(deadline), worker.wait_idle()).await;
-    for cluster_name in worker.clusters_names() {
-        if let Some(c) = worker.clusters.get(&cluster_name) {
-            for h in &c.hosts {
-                h.h1.clear();
-                h.h2.clear();
-            }
-        }
-    }
+    worker.clusters.close_idle();
     worker.access_log.flush();
-}
-
-impl Worker {
-    fn clusters_names(&self) -> Vec<String> {
-        self.clusters.names()
-    }
 }

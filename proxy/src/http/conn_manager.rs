@@ -283,7 +283,6 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         info.method = Some(parts.method.clone());
         info.path = parts.uri.path_and_query().map(|p| p.as_str().to_string());
         info.authority = authority(&parts).map(str::to_string);
-        info.request_headers = parts.headers.clone();
     }
 
     if version == Version::HTTP_10 || version == Version::HTTP_09 {
@@ -302,6 +301,11 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     }
     if let Some(via) = &cfg.via {
         headers::append_via(&mut parts.headers, via);
+    }
+    if let Some(info) = info.as_mut() {
+        // Access logs see the request as the connection manager forwards it (generated
+        // x-request-id included), as in Envoy.
+        info.request_headers = parts.headers.clone();
     }
     let request_id = cfg
         .always_set_request_id_in_response

@@ -245,8 +245,11 @@ impl ClusterManager {
 }
 
 impl ClusterManager {
-    /// The names of all clusters.
-    pub fn names(&self) -> Vec<String> {
-        self.clusters.keys().cloned().collect()
+    /// Closes idle pooled connections and stops new streams on HTTP/2 ones (drain).
+    pub fn close_idle(&self) {
+        for h in self.clusters.values().flat_map(|c| c.hosts.iter()) {
+            h.h1.clear();
+            h.h2.clear();
+        }
     }
 }

@@ -7,11 +7,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Body;
@@ -322,11 +320,3 @@ pub async fn pump_h2_body(mut body: ProxyBody, mut send: h2::SendStream<Bytes>) 
         }
     }
 }
-
-/// An address newtype for logs.
-pub fn describe(addr: SocketAddr) -> String {
-    addr.to_string()
-}
-
-/// How long an upstream HTTP/1.1 connection may sit idle before we stop reusing it.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);

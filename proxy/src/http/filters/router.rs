@@ -76,7 +76,7 @@ pub async fn route(
         cluster.stats.upstream_cx_none_healthy.inc();
         return Err(LocalReply::NO_HEALTHY_UPSTREAM);
     };
-    if let Some(info) = info.as_deref_mut() {
+    if let Some(info) = info {
         info.upstream_host = Some(host.address);
         info.attempts = 1;
     }
@@ -230,7 +230,7 @@ async fn send_http2(
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();
         *req.version_mut() = Version::HTTP_2;
-        *req.headers_mut() = if attempt == 0 && end_stream { parts.headers.clone() } else { parts.headers.clone() };
+        *req.headers_mut() = parts.headers.clone();
         let sender = match slot.sender().ready().await {
             Ok(s) => s,
             Err(e) => {
