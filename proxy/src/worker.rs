@@ -68,7 +68,6 @@ pub struct Worker {
     drain: watch::Receiver<DrainState>,
     connections: Cell<usize>,
     idle: Notify,
-    buffer_limit: usize,
 }
 
 impl Worker {
@@ -80,11 +79,6 @@ impl Worker {
     /// True once draining has begun.
     pub fn draining(&self) -> bool {
         self.drain.borrow().is_some()
-    }
-
-    /// The largest per-connection buffer limit of this worker's listeners.
-    pub fn buffer_limit_hint(&self) -> usize {
-        self.buffer_limit
     }
 
     /// Counts a downstream connection until the guard drops.
@@ -144,7 +138,6 @@ async fn run(
     shared: Shared,
     sockets: Vec<(Arc<model::Listener>, std::net::TcpListener)>,
 ) {
-    let buffer_limit = sockets.iter().map(|(l, _)| l.buffer_limit).max().unwrap_or(1 << 20);
     let worker = Rc::new(Worker {
         id,
         clusters: ClusterManager::new(&shared.clusters, &shard),
@@ -153,7 +146,6 @@ async fn run(
         drain: shared.drain.clone(),
         connections: Cell::new(0),
         idle: Notify::new(),
-        buffer_limit,
     });
     tokio::task::spawn_local(worker.access_log.clone().run_flusher(shared.flush_interval));
     for (config, socket) in sockets {

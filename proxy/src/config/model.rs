@@ -222,20 +222,33 @@ pub enum UpstreamProtocol {
 pub struct Http2Options {
     /// `max_concurrent_streams`: a cap on streams per connection on top of the peer's.
     pub max_concurrent_streams: u32,
-    /// `initial_stream_window_size`.
-    pub initial_stream_window_size: u32,
-    /// `initial_connection_window_size`.
-    pub initial_connection_window_size: u32,
+    /// `initial_stream_window_size`; unset, it follows the cluster's buffer limit so a slow
+    /// downstream bounds what an upstream stream may send ahead.
+    pub initial_stream_window_size: Option<u32>,
+    /// `initial_connection_window_size`; unset, sixteen stream windows.
+    pub initial_connection_window_size: Option<u32>,
 }
 
 impl Default for Http2Options {
     fn default() -> Self {
-        // Envoy's defaults.
         Http2Options {
             max_concurrent_streams: 2_147_483_647,
-            initial_stream_window_size: 268_435_456,
-            initial_connection_window_size: 268_435_456,
+            initial_stream_window_size: None,
+            initial_connection_window_size: None,
         }
+    }
+}
+
+impl Http2Options {
+    /// (stream window, connection window) for a connection with this buffer limit.
+    pub fn windows(&self, buffer_limit: usize) -> (u32, u32) {
+        let stream = self
+            .initial_stream_window_size
+            .unwrap_or_else(|| buffer_limit.clamp(65_535, 256 * 1024 * 1024) as u32);
+        let conn = self
+            .initial_connection_window_size
+            .unwrap_or_else(|| stream.saturating_mul(16).min(256 * 1024 * 1024));
+        (stream, conn)
     }
 }
 

@@ -585,10 +585,7 @@ fn http2_options(h2: &core::Http2ProtocolOptions) -> Http2Options {
     let d = Http2Options::default();
     Http2Options {
         max_concurrent_streams: h2.max_concurrent_streams.as_ref().map_or(d.max_concurrent_streams, |v| v.value),
-        initial_stream_window_size: h2.initial_stream_window_size.as_ref().map_or(d.initial_stream_window_size, |v| v.value),
-        initial_connection_window_size: h2
-            .initial_connection_window_size
-            .as_ref()
-            .map_or(d.initial_connection_window_size, |v| v.value),
+        initial_stream_window_size: h2.initial_stream_window_size.as_ref().map(|v| v.value),
+        initial_connection_window_size: h2.initial_connection_window_size.as_ref().map(|v| v.value),
     }
 }

@@ -150,6 +150,7 @@ pub async fn serve(
     local: SocketAddr,
     hcm: Rc<HttpConnectionManager>,
     worker: Rc<Worker>,
+    buffer_limit: usize,
 ) {
     let stats = &hcm.stats;
     stats.downstream_cx_total.inc();
@@ -160,16 +161,19 @@ pub async fn serve(
         let conn = svc_conn.clone();
         async move { Ok::<_, Infallible>(handle(conn, req).await) }
     });
+    // per_connection_buffer_limit_bytes bounds what one connection or stream may hold: the
+    // HTTP/1.1 read buffer and the HTTP/2 stream window are sized from it, so a slow upstream
+    // stops the client instead of growing memory here.
+    let read_buf = buffer_limit.clamp(8192, 1024 * 1024);
+    let (stream_window, conn_window) = model::Http2Options::default().windows(buffer_limit);
     let mut builder = auto::Builder::new(LocalExec);
-    builder.http1().timer(hyper_util::rt::TokioTimer::new()).keep_alive(true).max_buf_size(
-        hcm_read_buffer(worker.buffer_limit_hint()),
-    );
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).keep_alive(true).max_buf_size(read_buf);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
         .max_concurrent_streams(2_147_483_647)
-        .initial_stream_window_size(268_435_456)
-        .initial_connection_window_size(268_435_456);
+        .initial_stream_window_size(stream_window)
+        .initial_connection_window_size(conn_window);
     let builder = match hcm.config.codec {
         CodecType::Auto => builder,
         CodecType::Http1 => builder.http1_only(),
@@ -200,10 +204,6 @@ pub async fn serve(
     }
     stats.downstream_cx_active.dec();
     stats.downstream_cx_destroy.inc();
-}
-
-fn hcm_read_buffer(limit: usize) -> usize {
-    limit.clamp(8192, 1024 * 1024)
 }
 
 fn is_protocol_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {

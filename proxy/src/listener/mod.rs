@@ -118,7 +118,8 @@ impl Listener {
         let local = stream.local_addr().unwrap_or(self.config.address);
         match self.chain.as_deref() {
             Some(Terminal::Http(hcm)) => {
-                conn_manager::serve(stream, remote, local, hcm.clone(), self.worker.clone()).await
+                conn_manager::serve(stream, remote, local, hcm.clone(), self.worker.clone(), self.config.buffer_limit)
+                    .await
             }
             Some(Terminal::Tcp(cfg, stats)) => {
                 tcp_proxy::run(&self.worker, cfg, stats, stream, self.config.buffer_limit).await

@@ -236,10 +236,11 @@ impl Http2Pool {
 
 async fn connect_http2(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<Http2Conn, ConnectError> {
     let cfg = cluster.config().http2;
+    let (stream_window, conn_window) = cfg.windows(cluster.config().buffer_limit);
     let stream = connect(cluster, host).await?;
     let (send, conn) = h2::client::Builder::new()
-        .initial_window_size(cfg.initial_stream_window_size)
-        .initial_connection_window_size(cfg.initial_connection_window_size)
+        .initial_window_size(stream_window)
+        .initial_connection_window_size(conn_window)
         .enable_push(false)
         .handshake::<_, Bytes>(stream)
         .await
