@@ -325,3 +325,26 @@ mod tests {
         assert_eq!(Format::parse("%NOPE%").unwrap_err(), "Not supported field in StreamInfo: NOPE");
     }
 }
+
+#[cfg(test)]
+mod corpus {
+    /// Every seed of the access log format fuzz target parses or errors without panicking.
+    #[test]
+    fn fuzz_corpus_never_panics() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/access_log_format");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).expect("corpus dir").flatten() {
+            let text = std::fs::read_to_string(entry.path()).expect("seed");
+            seen += 1;
+            if let Ok(f) = super::Format::parse(&text) {
+                let info = crate::stream_info::StreamInfo::new(
+                    "127.0.0.1:1".parse().expect("addr"),
+                    "127.0.0.1:2".parse().expect("addr"),
+                );
+                let mut out = String::new();
+                f.render(&info, &mut out);
+            }
+        }
+        assert!(seen >= 3);
+    }
+}
