@@ -13,7 +13,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use prost_reflect::{DynamicMessage, SerializeOptions, Value};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -335,43 +334,19 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
     text(StatusCode::OK, out)
 }
 
-fn to_json(msg: &DynamicMessage) -> serde_json::Value {
-    let opts = SerializeOptions::new().skip_default_fields(true);
-    msg.serialize_with_options(serde_json::value::Serializer, &opts).unwrap_or(serde_json::Value::Null)
-}
-
 fn config_dump(state: &AdminState) -> serde_json::Value {
-    let boot = &state.config.dynamic;
+    let d = &state.config.dump;
     let now = crate::access_log::format_time(SystemTime::now());
-    let mut listeners = Vec::new();
-    let mut clusters = Vec::new();
-    if let Some(Value::Message(res)) = boot.get_field_by_name("static_resources").map(|v| v.into_owned()) {
-        if let Some(Value::List(ls)) = res.get_field_by_name("listeners").map(|v| v.into_owned()) {
-            for l in ls {
-                if let Value::Message(m) = l {
-                    let mut v = to_json(&m);
-                    if let Some(o) = v.as_object_mut() {
-                        o.insert("@type".into(), json!("type.googleapis.com/envoy.config.listener.v3.Listener"));
-                    }
-                    listeners.push(json!({"name": m.get_field_by_name("name").and_then(|n| n.as_str().map(str::to_string)), "active_state": {"listener": v, "last_updated": now}}));
-                }
-            }
-        }
-        if let Some(Value::List(cs)) = res.get_field_by_name("clusters").map(|v| v.into_owned()) {
-            for c in cs {
-                if let Value::Message(m) = c {
-                    let mut v = to_json(&m);
-                    if let Some(o) = v.as_object_mut() {
-                        o.insert("@type".into(), json!("type.googleapis.com/envoy.config.cluster.v3.Cluster"));
-                    }
-                    clusters.push(json!({"cluster": v, "last_updated": now}));
-                }
-            }
-        }
-    }
+    let listeners: Vec<serde_json::Value> = d
+        .listeners
+        .iter()
+        .map(|l| json!({"name": l.get("name"), "active_state": {"listener": l, "last_updated": now}}))
+        .collect();
+    let clusters: Vec<serde_json::Value> =
+        d.clusters.iter().map(|c| json!({"cluster": c, "last_updated": now})).collect();
     json!({
         "configs": [
-            {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": to_json(boot), "last_updated": now},
+            {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": d.bootstrap, "last_updated": now},
             {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "static_clusters": clusters},
             {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": listeners},
         ]

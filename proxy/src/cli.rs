@@ -49,6 +49,10 @@ pub struct Options {
     /// Accepted for compatibility: hot restart is never offered.
     #[arg(long = "disable-hot-restart")]
     pub disable_hot_restart: bool,
+
+    /// Internal: decode the configuration and hand it to the parent process on stdout.
+    #[arg(long = "decode-config-to-stdout", hide = true)]
+    pub decode_config_to_stdout: bool,
 }
 
 /// `--mode`.

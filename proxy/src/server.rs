@@ -18,7 +18,10 @@ use crate::worker::{self, Shared};
 /// Loads the configuration the command line names, applying `--service-node/--service-cluster`.
 pub fn load(opts: &Options) -> Result<Loaded, config::ConfigError> {
     let source = config::Source { path: opts.config_path.clone(), yaml: opts.config_yaml.clone() };
-    let mut loaded = config::load(&source)?;
+    let mut loaded = match opts.mode {
+        Mode::Validate => config::load(&source)?,
+        Mode::Serve => config::load_isolated(&source)?,
+    };
     let node = &mut loaded.model.node;
     if node.id.is_empty() {
         node.id = opts.service_node.clone().unwrap_or_default();

@@ -58,17 +58,37 @@ pub struct Source {
     pub yaml: Option<String>,
 }
 
-/// A loaded bootstrap: the dynamic form (for `/config_dump`) and the validated model.
+/// The configuration as given, in Envoy's JSON form, for `/config_dump`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ConfigDump {
+    /// The whole bootstrap.
+    pub bootstrap: serde_json::Value,
+    /// Each static listener.
+    pub listeners: Vec<serde_json::Value>,
+    /// Each static cluster.
+    pub clusters: Vec<serde_json::Value>,
+}
+
+/// A loaded bootstrap: the validated model and its dump.
 #[derive(Debug, Clone)]
 pub struct Loaded {
-    /// The decoded bootstrap as given, after the `--config-yaml` merge.
-    pub dynamic: DynamicMessage,
     /// What the proxy runs.
     pub model: model::Bootstrap,
+    /// What `/config_dump` shows.
+    pub dump: ConfigDump,
 }
 
 /// Reads, decodes, checks and translates a bootstrap.
 pub fn load(source: &Source) -> Result<Loaded, ConfigError> {
+    let (dynamic, bootstrap) = decode(source)?;
+    let model = translate(&bootstrap)?;
+    Ok(Loaded { model, dump: dump(&dynamic) })
+}
+
+/// Decodes and checks a bootstrap: the dynamic form and the generated prost type.
+fn decode(
+    source: &Source,
+) -> Result<(DynamicMessage, envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap), ConfigError> {
     let desc = proto::message(proto::BOOTSTRAP)?;
     let mut dynamic = match &source.path {
         Some(path) => {
@@ -91,8 +111,7 @@ pub fn load(source: &Source) -> Result<Loaded, ConfigError> {
     }
     supported::check(&dynamic)?;
     let bootstrap = proto::to_typed(&dynamic)?;
-    let model = translate(&bootstrap)?;
-    Ok(Loaded { dynamic, model })
+    Ok((dynamic, bootstrap))
 }
 
 /// Loads a bootstrap from text, as a file would be read (used by tests and the embedded default).
@@ -102,7 +121,103 @@ pub fn load_text(text: &str) -> Result<Loaded, ConfigError> {
     supported::check(&dynamic)?;
     let bootstrap = proto::to_typed(&dynamic)?;
     let model = translate(&bootstrap)?;
-    Ok(Loaded { dynamic, model })
+    Ok(Loaded { model, dump: dump(&dynamic) })
+}
+
+fn to_json(msg: &DynamicMessage) -> serde_json::Value {
+    let opts = prost_reflect::SerializeOptions::new().skip_default_fields(true).use_proto_field_name(true);
+    msg.serialize_with_options(serde_json::value::Serializer, &opts).unwrap_or(serde_json::Value::Null)
+}
+
+fn dump(boot: &DynamicMessage) -> ConfigDump {
+    use prost_reflect::Value;
+    let mut d = ConfigDump { bootstrap: to_json(boot), ..ConfigDump::default() };
+    let Some(Value::Message(res)) = boot.get_field_by_name("static_resources").map(|v| v.into_owned()) else {
+        return d;
+    };
+    for (field, out, type_url) in [
+        ("listeners", &mut d.listeners, "type.googleapis.com/envoy.config.listener.v3.Listener"),
+        ("clusters", &mut d.clusters, "type.googleapis.com/envoy.config.cluster.v3.Cluster"),
+    ] {
+        if let Some(Value::List(items)) = res.get_field_by_name(field).map(|v| v.into_owned()) {
+            for item in items {
+                if let Value::Message(m) = item {
+                    let mut v = to_json(&m);
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("@type".into(), serde_json::Value::String(type_url.into()));
+                    }
+                    out.push(v);
+                }
+            }
+        }
+    }
+    d
+}
+
+/// The hidden flag with which skiff runs itself to decode a configuration (see [`load_isolated`]).
+pub const DECODE_FLAG: &str = "--decode-config-to-stdout";
+
+/// Decodes a configuration for a parent process: writes the binary `Bootstrap` (length-prefixed)
+/// followed by the dump as JSON, or the error as JSON with a non-zero exit.
+pub fn decode_for_parent(source: &Source, out: &mut impl std::io::Write) -> Result<(), ConfigError> {
+    use prost::Message;
+    let (dynamic, bootstrap) = decode(source)?;
+    // Translation errors are reported by the child too, so the parent sees the same text.
+    translate(&bootstrap)?;
+    let pb = bootstrap.encode_to_vec();
+    let json = serde_json::to_vec(&dump(&dynamic)).unwrap_or_default();
+    let io = |e: std::io::Error| ConfigError::new("", format!("cannot hand the configuration over: {e}"));
+    out.write_all(&(pb.len() as u64).to_le_bytes()).map_err(io)?;
+    out.write_all(&pb).map_err(io)?;
+    out.write_all(&json).map_err(io)?;
+    Ok(())
+}
+
+/// Loads a configuration in a short-lived child process. Decoding YAML or JSON needs Envoy's whole
+/// descriptor set (some 50 MB in memory); the child pays that and hands over the binary
+/// bootstrap, so the serving process never holds it. Falls back to loading in-process when the
+/// child cannot be started.
+pub fn load_isolated(source: &Source) -> Result<Loaded, ConfigError> {
+    use prost::Message;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(_) => return load(source),
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(DECODE_FLAG);
+    if let Some(p) = &source.path {
+        cmd.arg("--config-path").arg(p);
+    }
+    if let Some(y) = &source.yaml {
+        cmd.arg("--config-yaml").arg(y);
+    }
+    let output = match cmd.stdin(std::process::Stdio::null()).output() {
+        Ok(o) => o,
+        Err(_) => return load(source),
+    };
+    if !output.status.success() {
+        return Err(serde_json::from_slice::<ChildError>(&output.stdout)
+            .map(|e| ConfigError::new(e.path, e.message))
+            .unwrap_or_else(|_| {
+                ConfigError::new("", format!("configuration decoder failed: {}", String::from_utf8_lossy(&output.stderr)))
+            }));
+    }
+    let bad = || ConfigError::new("", "configuration decoder returned malformed output");
+    let data = output.stdout;
+    let len = data.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes).ok_or_else(bad)? as usize;
+    let pb = data.get(8..8 + len).ok_or_else(bad)?;
+    let bootstrap = envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap::decode(pb).map_err(|_| bad())?;
+    let dump = serde_json::from_slice(&data[8 + len..]).map_err(|_| bad())?;
+    Ok(Loaded { model: translate(&bootstrap)?, dump })
+}
+
+/// A configuration error as the child process reports it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ChildError {
+    /// [`ConfigError::path`].
+    pub path: String,
+    /// [`ConfigError::message`].
+    pub message: String,
 }
 
 #[cfg(test)]
