@@ -183,7 +183,7 @@ impl RouteTable {
         }
         // A wildcard must stand for at least one character.
         for (std::cmp::Reverse(len), map) in &self.suffixes {
-            if *len < host.len() {
+            if *len < host.len() && host.is_char_boundary(host.len() - len) {
                 if let Some(i) = map.get(&host[host.len() - len..]) {
                     return Some(&self.vhosts[*i]);
                 }
