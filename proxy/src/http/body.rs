@@ -29,6 +29,8 @@ pub enum ProxyBody {
         /// Data is finished; trailers may follow.
         data_done: bool,
     },
+    /// A body passing through HTTP filters.
+    Filtered(Box<crate::http::filter::FilteredBody>),
 }
 
 impl ProxyBody {
@@ -77,6 +79,7 @@ impl Body for ProxyBody {
                     Err(e) => Poll::Ready(Some(Err(e.into()))),
                 }
             }
+            ProxyBody::Filtered(f) => Pin::new(f.as_mut()).poll_frame(cx),
         }
     }
 
@@ -86,6 +89,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Incoming(inc, _) => inc.is_end_stream(),
             ProxyBody::H2 { recv, .. } => recv.is_end_stream(),
+            ProxyBody::Filtered(f) => f.is_end_stream(),
         }
     }
 
@@ -94,7 +98,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => SizeHint::with_exact(0),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Incoming(inc, _) => inc.size_hint(),
-            ProxyBody::H2 { .. } => SizeHint::default(),
+            ProxyBody::H2 { .. } | ProxyBody::Filtered(_) => SizeHint::default(),
         }
     }
 }

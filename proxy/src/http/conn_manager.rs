@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 
 use crate::config::model::{self, CodecType, ServerHeader};
 use crate::http::body::{ProxyBody, StreamEnd, Tracked};
+use http_body::Body as _;
+use crate::http::filter::{self, Direction};
 use crate::http::filters::router::{self, Upstream};
 use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
@@ -314,10 +316,25 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
 
     let received = logging.then(|| Rc::new(Cell::new(0)));
     let body = ProxyBody::Incoming(body, received.clone());
+    // The decoder filters, then the router as the terminal filter.
+    let chain = filter::build(&cfg.http_filters);
+    if !chain.is_empty() {
+        if let Some(reply) = chain.decode_headers(&mut parts, body.is_end_stream()).await {
+            return local(&conn, info, reply, request_id, received);
+        }
+    }
+    let body = filter::wrap(&chain, body, Direction::Decode);
     let start = Instant::now();
     match router::route(&conn.worker, &cfg, parts, body, info.as_deref_mut()).await {
         Ok((resp, upstream)) => {
             let (mut head, body) = resp.into_parts();
+            if !chain.is_empty() {
+                if let Some(reply) = chain.encode_headers(&mut head, body.is_end_stream()).await {
+                    upstream.finish(false);
+                    return local(&conn, info, reply, request_id, received);
+                }
+            }
+            let body = filter::wrap(&chain, body, Direction::Encode);
             headers::remove_hop_by_hop(&mut head.headers);
             if !cfg.router.suppress_envoy_headers {
                 let ms = start.elapsed().as_millis() as u64;

@@ -73,6 +73,22 @@ pub trait HttpFilter {
     fn encode_trailers(&mut self, _trailers: &mut HeaderMap) {}
 }
 
+/// Creates the filters of a new stream from their configuration, in order. The router is not
+/// among them: it is the terminal filter the connection manager runs after the chain.
+pub fn build(configs: &[crate::config::model::HttpFilterConfig]) -> FilterChain {
+    let filters: Vec<Box<dyn HttpFilter>> = configs.iter().map(|c| match *c {}).collect();
+    FilterChain::new(filters)
+}
+
+/// Wraps a body so it passes through the chain, unless the chain is empty.
+pub fn wrap(chain: &FilterChain, body: ProxyBody, direction: Direction) -> ProxyBody {
+    if chain.is_empty() {
+        body
+    } else {
+        ProxyBody::Filtered(Box::new(chain.filter_body(body, direction)))
+    }
+}
+
 /// The filters of one stream, shared by the request and response paths.
 #[derive(Default, Clone)]
 pub struct FilterChain {
@@ -184,6 +200,12 @@ pub struct FilteredBody<B = ProxyBody> {
     /// Trailers waiting behind released data.
     trailers: Option<HeaderMap>,
     done: bool,
+}
+
+impl<B> std::fmt::Debug for FilteredBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilteredBody").field("direction", &self.direction).field("done", &self.done).finish()
+    }
 }
 
 impl<B> Body for FilteredBody<B>

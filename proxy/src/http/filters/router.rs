@@ -163,14 +163,15 @@ async fn send_http1(
     body: ProxyBody,
     authority: &str,
 ) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
-    // HTTP/1.1 upstream requests use origin-form and carry the authority in Host.
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-    }
-    if !parts.headers.contains_key(header::HOST) {
+    // The authority of an absolute-form or HTTP/2 request wins over any Host header, as in Envoy.
+    if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) {
         if let Ok(v) = HeaderValue::from_str(authority) {
             parts.headers.insert(header::HOST, v);
         }
+    }
+    // HTTP/1.1 upstream requests use origin-form and carry the authority in Host.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     }
     parts.version = Version::HTTP_11;
     let mut req = Request::from_parts(parts, body);
