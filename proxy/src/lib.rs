@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! skiff: an eBPF-accelerated transparent sidecar proxy that runs Envoy v3 configuration.
 //!
 //! Modules are named after the Envoy concepts they implement, so a reader who knows Envoy finds

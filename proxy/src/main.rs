@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The `skiff` binary.
 
 use std::process::ExitCode;

@@ -290,6 +290,15 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if version == Version::HTTP_10 || version == Version::HTTP_09 {
         return local(&conn, info, LocalReply::UPGRADE_REQUIRED, None, None);
     }
+    if version == Version::HTTP_11 {
+        if parts.uri.authority().is_none() && !parts.headers.contains_key(header::HOST) {
+            return local(&conn, info, LocalReply::MISSING_HOST, None, None);
+        }
+        // Both framings at once is how requests are smuggled past proxies; Envoy refuses it.
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) && parts.headers.contains_key(header::CONTENT_LENGTH) {
+            return local(&conn, info, LocalReply::BAD_REQUEST, None, None);
+        }
+    }
 
     // Envoy's default request header handling.
     headers::remove_hop_by_hop(&mut parts.headers);

@@ -94,6 +94,14 @@ impl LocalReply {
         details: "low_version",
         close: true,
     };
+    /// HTTP/1.1 request without Host: 400, empty body.
+    pub const MISSING_HOST: LocalReply = LocalReply {
+        status: StatusCode::BAD_REQUEST,
+        body: "",
+        flag: Some(ResponseFlag::DownstreamProtocolError),
+        details: "missing_host_header",
+        close: true,
+    };
     /// Unusable request: 400.
     pub const BAD_REQUEST: LocalReply = LocalReply {
         status: StatusCode::BAD_REQUEST,
