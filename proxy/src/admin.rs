@@ -40,8 +40,8 @@ pub struct AdminState {
     pub clusters: Vec<Arc<ClusterInfo>>,
     /// Start time.
     pub started: Instant,
-    /// Set by `POST /healthcheck/fail`, cleared by `/healthcheck/ok`.
-    pub health_failed: AtomicBool,
+    /// Set by `POST /healthcheck/fail`, cleared by `/healthcheck/ok`; workers read it too.
+    pub health_failed: Arc<AtomicBool>,
     /// Set once the server drains.
     pub draining: AtomicBool,
     /// Notified by `POST /quitquitquit`.
@@ -143,13 +143,16 @@ fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
 }
 
 fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
                 i += 3;
                 continue;
             }
@@ -351,4 +354,16 @@ fn config_dump(state: &AdminState) -> serde_json::Value {
             {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": listeners},
         ]
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding_never_slices_inside_a_character() {
+        assert_eq!(percent_decode("cluster%2Ea+b"), "cluster.a b");
+        assert_eq!(percent_decode("%a\u{e9}"), "%a\u{e9}");
+        assert_eq!(percent_decode("%"), "%");
+    }
 }

@@ -93,7 +93,9 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     main.counter("cluster_manager.cluster_added").add(model.clusters.len() as u64);
 
     let (drain_tx, drain_rx) = watch::channel(None);
+    let health_failed = Arc::new(AtomicBool::new(false));
     let shared = Shared {
+        health_failed: health_failed.clone(),
         clusters: clusters.clone(),
         flush_interval: Duration::from_millis(opts.file_flush_interval_msec.max(1)),
         drain: drain_rx,
@@ -114,7 +116,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
         concurrency: workers,
         clusters,
         started: Instant::now(),
-        health_failed: AtomicBool::new(false),
+        health_failed,
         draining: AtomicBool::new(false),
         quit: Notify::new(),
     });
@@ -164,15 +166,21 @@ async fn wait_for_shutdown(state: &AdminState, drain_time: Duration) -> Instant 
     tokio::select! {
         _ = term.recv() => {
             tracing::info!(drain_time_s = drain_time.as_secs(), "SIGTERM: draining");
-            Instant::now() + drain_time
+            deadline_after(drain_time)
         }
         _ = int.recv() => {
             tracing::info!(drain_time_s = drain_time.as_secs(), "SIGINT: draining");
-            Instant::now() + drain_time
+            deadline_after(drain_time)
         }
         _ = state.quit.notified() => {
             tracing::info!("quitquitquit: shutting down");
             Instant::now()
         }
     }
+}
+
+/// Now plus `d`, saturating (a huge --drain-time-s means "until the work is done").
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }

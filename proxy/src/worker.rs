@@ -4,6 +4,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ pub struct Shared {
     pub flush_interval: Duration,
     /// The drain broadcast.
     pub drain: watch::Receiver<DrainState>,
+    /// Set by the admin's `POST /healthcheck/fail`: responses then ask HTTP/1.1 clients to close.
+    pub health_failed: Arc<AtomicBool>,
 }
 
 /// One worker's state, shared by its tasks.
@@ -66,6 +69,7 @@ pub struct Worker {
     /// This worker's access log buffers.
     pub access_log: Rc<access_log::Writer>,
     drain: watch::Receiver<DrainState>,
+    health_failed: Arc<AtomicBool>,
     connections: Cell<usize>,
     idle: Notify,
 }
@@ -79,6 +83,12 @@ impl Worker {
     /// True once draining has begun.
     pub fn draining(&self) -> bool {
         self.drain.borrow().is_some()
+    }
+
+    /// True when HTTP/1.1 responses should carry `connection: close`: draining, or failing
+    /// health checks (Envoy's drain-close).
+    pub fn closing_connections(&self) -> bool {
+        self.draining() || self.health_failed.load(Ordering::Relaxed)
     }
 
     /// Counts a downstream connection until the guard drops.
@@ -144,6 +154,7 @@ async fn run(
         shard,
         access_log: access_log::Writer::new(),
         drain: shared.drain.clone(),
+        health_failed: shared.health_failed.clone(),
         connections: Cell::new(0),
         idle: Notify::new(),
     });

@@ -504,6 +504,10 @@ fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, Config
     if c.name.is_empty() {
         return Err(ConfigError::new(format!("{path}.name"), "required"));
     }
+    #[allow(deprecated)]
+    if let Some(h2) = &c.http2_protocol_options {
+        check_http2_options(h2, &format!("{path}.http2_protocol_options"))?;
+    }
     match &c.cluster_discovery_type {
         None | Some(ClusterDiscoveryType::Type(0)) => {}
         Some(ClusterDiscoveryType::Type(t)) => {
@@ -556,6 +560,7 @@ fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, Config
             Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
                 Some(ProtocolConfig::HttpProtocolOptions(_)) => protocol = UpstreamProtocol::Http1,
                 Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
+                    check_http2_options(&h2, &format!("{opath}.explicit_http_config.http2_protocol_options"))?;
                     protocol = UpstreamProtocol::Http2;
                     http2 = http2_options(&h2);
                 }
@@ -564,6 +569,7 @@ fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, Config
             Some(U::UseDownstreamProtocolConfig(d)) => {
                 protocol = UpstreamProtocol::Downstream;
                 if let Some(h2) = &d.http2_protocol_options {
+                    check_http2_options(h2, &format!("{opath}.use_downstream_protocol_config.http2_protocol_options"))?;
                     http2 = http2_options(h2);
                 }
             }
@@ -588,4 +594,22 @@ fn http2_options(h2: &core::Http2ProtocolOptions) -> Http2Options {
         initial_stream_window_size: h2.initial_stream_window_size.as_ref().map(|v| v.value),
         initial_connection_window_size: h2.initial_connection_window_size.as_ref().map(|v| v.value),
     }
+}
+
+/// Envoy's ranges: streams 1..=2^31-1, windows 65535..=2^31-1.
+fn check_http2_options(h2: &core::Http2ProtocolOptions, path: &str) -> Result<(), ConfigError> {
+    const MAX: u32 = 2_147_483_647;
+    let checks = [
+        ("max_concurrent_streams", h2.max_concurrent_streams.as_ref().map(|v| v.value), 1),
+        ("initial_stream_window_size", h2.initial_stream_window_size.as_ref().map(|v| v.value), 65_535),
+        ("initial_connection_window_size", h2.initial_connection_window_size.as_ref().map(|v| v.value), 65_535),
+    ];
+    for (field, value, min) in checks {
+        if let Some(v) = value {
+            if !(min..=MAX).contains(&v) {
+                return Err(ConfigError::new(format!("{path}.{field}"), format!("{v} is outside {min}..={MAX}")));
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,9 +1,11 @@
 //! Body types that stream through the proxy without buffering whole messages.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -12,6 +14,47 @@ use hyper::body::Incoming;
 /// The error type of proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How far the downstream request body has got: bytes read and when it ended. The router needs
+/// it to start the route timeout when the request is complete and to know whether an HTTP/1.1
+/// connection is clean enough to reuse.
+#[derive(Debug, Default)]
+pub struct RequestProgress {
+    bytes: Cell<u64>,
+    done_at: Cell<Option<tokio::time::Instant>>,
+    done: tokio::sync::Notify,
+}
+
+impl RequestProgress {
+    /// Bytes of request body read so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.get()
+    }
+
+    /// Marks the request as complete (the first call counts).
+    pub fn mark_done(&self) {
+        if self.done_at.get().is_none() {
+            self.done_at.set(Some(tokio::time::Instant::now()));
+            self.done.notify_waiters();
+        }
+    }
+
+    /// When the request completed, if it has.
+    pub fn done_at(&self) -> Option<tokio::time::Instant> {
+        self.done_at.get()
+    }
+
+    /// Resolves once the request is complete.
+    pub async fn wait_done(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.done_at.get().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// A body in either direction: from a hyper connection, from an h2 stream, or made locally.
 #[derive(Debug)]
 pub enum ProxyBody {
@@ -19,8 +62,9 @@ pub enum ProxyBody {
     Empty,
     /// A body made here (local replies).
     Full(Option<Bytes>),
-    /// A body read by hyper (downstream requests, HTTP/1.1 upstream responses), counting bytes.
-    Incoming(Incoming, Option<Rc<Cell<u64>>>),
+    /// A body read by hyper: downstream requests (with their progress) and HTTP/1.1 upstream
+    /// responses.
+    Incoming(Incoming, Option<Rc<RequestProgress>>),
     /// An HTTP/2 upstream response body read with `h2`, releasing flow-control capacity as the
     /// bytes move on, so the upstream can only send what the downstream has taken.
     H2 {
@@ -53,11 +97,20 @@ impl Body for ProxyBody {
         match &mut *self {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Incoming(inc, counter) => {
-                let frame = ready!(Pin::new(inc).poll_frame(cx));
-                if let (Some(Ok(f)), Some(c)) = (&frame, counter) {
-                    if let Some(d) = f.data_ref() {
-                        c.set(c.get() + d.len() as u64);
+            ProxyBody::Incoming(inc, progress) => {
+                let frame = ready!(Pin::new(&mut *inc).poll_frame(cx));
+                if let Some(p) = progress {
+                    match &frame {
+                        Some(Ok(f)) => {
+                            if let Some(d) = f.data_ref() {
+                                p.bytes.set(p.bytes.get() + d.len() as u64);
+                            }
+                            if inc.is_end_stream() {
+                                p.mark_done();
+                            }
+                        }
+                        None => p.mark_done(),
+                        Some(Err(_)) => {}
                     }
                 }
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
@@ -103,29 +156,68 @@ impl Body for ProxyBody {
     }
 }
 
-/// A response body that runs `on_end` once, when the body finishes or is dropped: the end of
-/// the stream for stats, access logs and returning an HTTP/1.1 connection to its pool.
-pub struct Tracked<E: StreamEnd> {
-    inner: ProxyBody,
-    end: Option<E>,
-    bytes: u64,
+/// Why a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The response was sent in full.
+    Complete,
+    /// The client went away (or reset the stream) first.
+    DownstreamReset,
+    /// The upstream failed in the middle of the response.
+    UpstreamReset,
+    /// The route timeout passed in the middle of the response.
+    Timeout,
 }
 
 /// What to do when a response body ends.
 pub trait StreamEnd {
-    /// `complete` is true when the body ended normally; `bytes` is what was sent.
-    fn end(self, complete: bool, bytes: u64);
+    /// Called once, with why the stream ended and the body bytes sent.
+    fn end(self, reason: EndReason, bytes: u64);
+}
+
+/// The route timeout as a response body sees it: it runs from the end of the request.
+#[derive(Debug)]
+pub struct Deadline {
+    /// The route timeout.
+    pub timeout: Duration,
+    /// The request whose end starts the timer.
+    pub request: Rc<RequestProgress>,
+}
+
+/// A response body that reports once, when it finishes, fails or is dropped: the end of the
+/// stream for stats, access logs and connection reuse. It also enforces the route timeout on the
+/// rest of the response once the headers are out.
+pub struct Tracked<E: StreamEnd> {
+    inner: ProxyBody,
+    end: Option<E>,
+    bytes: u64,
+    deadline: Option<Deadline>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<E: StreamEnd> Tracked<E> {
     /// Wraps a body.
-    pub fn new(inner: ProxyBody, end: E) -> Self {
-        Tracked { inner, end: Some(end), bytes: 0 }
+    pub fn new(inner: ProxyBody, end: E, deadline: Option<Deadline>) -> Self {
+        Tracked { inner, end: Some(end), bytes: 0, deadline, timer: None }
     }
 
-    fn finish(&mut self, complete: bool) {
+    fn finish(&mut self, reason: EndReason) {
         if let Some(e) = self.end.take() {
-            e.end(complete, self.bytes);
+            e.end(reason, self.bytes);
+        }
+    }
+
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timer.is_none() {
+            if let Some(d) = &self.deadline {
+                if let Some(at) = d.request.done_at() {
+                    self.timer = Some(Box::pin(tokio::time::sleep_until(at + d.timeout)));
+                }
+            }
+        }
+        match &mut self.timer {
+            Some(t) => t.as_mut().poll(cx).is_ready(),
+            None => false,
         }
     }
 }
@@ -133,8 +225,8 @@ impl<E: StreamEnd> Tracked<E> {
 impl<E: StreamEnd> Drop for Tracked<E> {
     fn drop(&mut self) {
         // A body that hyper never had to poll (empty, or already ended) is complete.
-        let complete = self.inner.is_end_stream();
-        self.finish(complete);
+        let reason = if self.inner.is_end_stream() { EndReason::Complete } else { EndReason::DownstreamReset };
+        self.finish(reason);
     }
 }
 
@@ -144,6 +236,10 @@ impl<E: StreamEnd + Unpin> Body for Tracked<E> {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.end.is_some() && this.timed_out(cx) {
+            this.finish(EndReason::Timeout);
+            return Poll::Ready(Some(Err("upstream request timeout".into())));
+        }
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
@@ -151,11 +247,11 @@ impl<E: StreamEnd + Unpin> Body for Tracked<E> {
                     this.bytes += d.len() as u64;
                 }
                 if this.inner.is_end_stream() {
-                    this.finish(true);
+                    this.finish(EndReason::Complete);
                 }
             }
-            Some(Err(_)) => this.finish(false),
-            None => this.finish(true),
+            Some(Err(_)) => this.finish(EndReason::UpstreamReset),
+            None => this.finish(EndReason::Complete),
         }
         Poll::Ready(frame)
     }

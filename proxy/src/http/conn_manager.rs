@@ -16,14 +16,14 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
 use crate::config::model::{self, CodecType, ServerHeader};
-use crate::http::body::{ProxyBody, StreamEnd, Tracked};
+use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
 use http_body::Body as _;
 use crate::http::filter::{self, Direction};
 use crate::http::filters::router::{self, Upstream};
 use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
 use crate::stats::{Counter, Gauge, Shard};
-use crate::stream_info::StreamInfo;
+use crate::stream_info::{ResponseFlag, StreamInfo};
 use crate::worker::{LocalExec, Worker};
 
 /// `http.<stat_prefix>.*` (and the per-listener copies) on one worker.
@@ -62,6 +62,8 @@ pub struct HcmStats {
     pub downstream_rq_completed: Counter,
     /// `downstream_rq_rx_reset`.
     pub downstream_rq_rx_reset: Counter,
+    /// `downstream_rq_tx_reset`.
+    pub downstream_rq_tx_reset: Counter,
     /// `no_route`.
     pub no_route: Counter,
     /// `no_cluster`.
@@ -100,6 +102,7 @@ impl HcmStats {
             downstream_rq_http2_total: c("downstream_rq_http2_total"),
             downstream_rq_completed: c("downstream_rq_completed"),
             downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
+            downstream_rq_tx_reset: c("downstream_rq_tx_reset"),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),
             rq_total: c("rq_total"),
@@ -126,6 +129,11 @@ impl HcmStats {
     }
 }
 
+/// Envoy's default downstream connection idle timeout.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Envoy's default `max_request_headers_kb`.
+const MAX_HEADERS_KB: u32 = 60;
+
 /// One HCM as configured on one worker.
 #[derive(Debug)]
 pub struct HttpConnectionManager {
@@ -141,8 +149,14 @@ struct Conn {
     worker: Rc<Worker>,
     remote: SocketAddr,
     local: SocketAddr,
-    /// The codec this connection turned out to speak: 0 not yet known, 1 HTTP/1.x, 2 HTTP/2.
-    codec: Cell<u8>,
+    /// The codec this connection turned out to speak, once its first request arrived.
+    codec: Cell<Option<Codec>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    Http1,
+    Http2,
 }
 
 /// Serves one downstream connection until it closes or drains.
@@ -157,7 +171,7 @@ pub async fn serve(
     let stats = &hcm.stats;
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
-    let conn = Rc::new(Conn { hcm: hcm.clone(), worker: worker.clone(), remote, local, codec: Cell::new(0) });
+    let conn = Rc::new(Conn { hcm: hcm.clone(), worker: worker.clone(), remote, local, codec: Cell::new(None) });
     let svc_conn = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let conn = svc_conn.clone();
@@ -166,13 +180,20 @@ pub async fn serve(
     // per_connection_buffer_limit_bytes bounds what one connection or stream may hold: the
     // HTTP/1.1 read buffer and the HTTP/2 stream window are sized from it, so a slow upstream
     // stops the client instead of growing memory here.
-    let read_buf = buffer_limit.clamp(8192, 1024 * 1024);
     let (stream_window, conn_window) = model::Http2Options::default().windows(buffer_limit);
     let mut builder = auto::Builder::new(LocalExec);
-    builder.http1().timer(hyper_util::rt::TokioTimer::new()).keep_alive(true).max_buf_size(read_buf);
+    // Headers must fit the HTTP/1.1 read buffer: 64 KiB gives Envoy's 60 KiB header limit (431
+    // above it). Waiting for the next request's headers is Envoy's 1 h connection idle timeout.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(64 * 1024)
+        .header_read_timeout(IDLE_TIMEOUT);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(MAX_HEADERS_KB * 1024)
         .max_concurrent_streams(2_147_483_647)
         .initial_stream_window_size(stream_window)
         .initial_connection_window_size(conn_window);
@@ -200,57 +221,85 @@ pub async fn serve(
         }
     }
     match conn.codec.get() {
-        1 => stats.downstream_cx_http1_active.dec(),
-        2 => stats.downstream_cx_http2_active.dec(),
-        _ => {}
+        Some(Codec::Http1) => stats.downstream_cx_http1_active.dec(),
+        Some(Codec::Http2) => stats.downstream_cx_http2_active.dec(),
+        None => {}
     }
     stats.downstream_cx_active.dec();
     stats.downstream_cx_destroy.inc();
 }
 
+/// Whether a connection error was the client speaking bad HTTP (not an I/O reset).
 fn is_protocol_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            return h.is_parse() || h.is_parse_too_large() || h.is_parse_status();
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return !h2.is_io() && !h2.is_remote();
         }
-        if err.downcast_ref::<h2::Error>().is_some() {
-            return true;
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse() || h.is_parse_too_large() || h.is_parse_status() {
+                return true;
+            }
         }
         cur = err.source();
     }
     false
 }
 
-/// What happens when a response body ends: stats, the access log, the upstream connection.
+/// The accounting of one stream, settled exactly once: when the response body ends, or when the
+/// stream is dropped before that (the client went away while we waited for the upstream).
 pub struct Done {
     conn: Rc<Conn>,
     info: Option<Box<StreamInfo>>,
-    /// Request body bytes read so far (counted only when access logs want them).
-    received: Option<Rc<Cell<u64>>>,
+    request: Rc<RequestProgress>,
     upstream: Option<Upstream>,
+    settled: bool,
 }
 
 impl Unpin for Done {}
 
-impl StreamEnd for Done {
-    fn end(mut self, complete: bool, bytes: u64) {
+impl Done {
+    fn settle(&mut self, reason: EndReason, bytes: u64) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
         let stats = &self.conn.hcm.stats;
         stats.downstream_rq_active.dec();
         stats.downstream_rq_completed.inc();
         stats.listener_completed.inc();
-        if !complete {
-            stats.downstream_rq_rx_reset.inc();
+        match reason {
+            EndReason::Complete => {}
+            EndReason::DownstreamReset => stats.downstream_rq_rx_reset.inc(),
+            EndReason::UpstreamReset | EndReason::Timeout => stats.downstream_rq_tx_reset.inc(),
         }
         if let Some(up) = self.upstream.take() {
-            up.finish(complete);
+            up.finish(reason);
         }
         if let Some(mut info) = self.info.take() {
             info.bytes_sent = bytes;
-            info.bytes_received = self.received.as_ref().map_or(0, |c| c.get());
+            info.bytes_received = self.request.bytes();
+            match reason {
+                EndReason::Complete => {}
+                EndReason::DownstreamReset => info.flags.set(ResponseFlag::DownstreamConnectionTermination),
+                EndReason::UpstreamReset => info.flags.set(ResponseFlag::UpstreamRemoteReset),
+                EndReason::Timeout => info.flags.set(ResponseFlag::UpstreamRequestTimeout),
+            }
             info.finish();
             self.conn.worker.access_log.log(&self.conn.hcm.config.access_logs, &info);
         }
+    }
+}
+
+impl StreamEnd for Done {
+    fn end(mut self, reason: EndReason, bytes: u64) {
+        self.settle(reason, bytes);
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.settle(EndReason::DownstreamReset, 0);
     }
 }
 
@@ -263,24 +312,39 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     stats.rq_total.inc();
     stats.downstream_rq_active.inc();
     let version = req.version();
-    if version == Version::HTTP_2 {
+    let codec = if version == Version::HTTP_2 { Codec::Http2 } else { Codec::Http1 };
+    if codec == Codec::Http2 {
         stats.downstream_rq_http2_total.inc();
-        if conn.codec.replace(2) == 0 {
-            stats.downstream_cx_http2_total.inc();
-            stats.downstream_cx_http2_active.inc();
-        }
     } else {
         stats.downstream_rq_http1_total.inc();
-        if conn.codec.replace(1) == 0 {
-            stats.downstream_cx_http1_total.inc();
-            stats.downstream_cx_http1_active.inc();
+    }
+    if conn.codec.replace(Some(codec)).is_none() {
+        match codec {
+            Codec::Http1 => {
+                stats.downstream_cx_http1_total.inc();
+                stats.downstream_cx_http1_active.inc();
+            }
+            Codec::Http2 => {
+                stats.downstream_cx_http2_total.inc();
+                stats.downstream_cx_http2_active.inc();
+            }
         }
     }
 
     let logging = !cfg.access_logs.is_empty();
-    let mut info = logging.then(|| Box::new(StreamInfo::new(conn.remote, conn.local)));
     let (mut parts, body) = req.into_parts();
-    if let Some(info) = info.as_mut() {
+    let request = Rc::new(RequestProgress::default());
+    if body.is_end_stream() {
+        request.mark_done();
+    }
+    let mut done = Done {
+        conn: conn.clone(),
+        info: logging.then(|| Box::new(StreamInfo::new(conn.remote, conn.local))),
+        request: request.clone(),
+        upstream: None,
+        settled: false,
+    };
+    if let Some(info) = done.info.as_mut() {
         info.protocol = Some(protocol_name(version));
         info.method = Some(parts.method.clone());
         info.path = parts.uri.path_and_query().map(|p| p.as_str().to_string());
@@ -288,16 +352,15 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     }
 
     if version == Version::HTTP_10 || version == Version::HTTP_09 {
-        return local(&conn, info, LocalReply::UPGRADE_REQUIRED, None, None);
+        return local(done, LocalReply::UPGRADE_REQUIRED, None);
     }
-    if version == Version::HTTP_11 {
-        if parts.uri.authority().is_none() && !parts.headers.contains_key(header::HOST) {
-            return local(&conn, info, LocalReply::MISSING_HOST, None, None);
-        }
-        // Both framings at once is how requests are smuggled past proxies; Envoy refuses it.
-        if parts.headers.contains_key(header::TRANSFER_ENCODING) && parts.headers.contains_key(header::CONTENT_LENGTH) {
-            return local(&conn, info, LocalReply::BAD_REQUEST, None, None);
-        }
+    if authority(&parts).is_none_or(str::is_empty) {
+        return local(done, LocalReply::MISSING_HOST, None);
+    }
+    // Both framings at once is how requests are smuggled past proxies; Envoy refuses it. (hyper
+    // already drops the Content-Length of such a request and closes the connection after it.)
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) && parts.headers.contains_key(header::CONTENT_LENGTH) {
+        return local(done, LocalReply::BAD_REQUEST, None);
     }
 
     // Envoy's default request header handling.
@@ -313,7 +376,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if let Some(via) = &cfg.via {
         headers::append_via(&mut parts.headers, via);
     }
-    if let Some(info) = info.as_mut() {
+    if let Some(info) = done.info.as_mut() {
         // Access logs see the request as the connection manager forwards it (generated
         // x-request-id included), as in Envoy.
         info.request_headers = parts.headers.clone();
@@ -323,27 +386,26 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         .then(|| parts.headers.get(&names::X_REQUEST_ID).cloned())
         .flatten();
 
-    let received = logging.then(|| Rc::new(Cell::new(0)));
-    let body = ProxyBody::Incoming(body, received.clone());
+    let body = ProxyBody::Incoming(body, Some(request.clone()));
     // The decoder filters, then the router as the terminal filter.
     let chain = filter::build(&cfg.http_filters);
-    if !chain.is_empty() {
+    if let Some(chain) = &chain {
         if let Some(reply) = chain.decode_headers(&mut parts, body.is_end_stream()).await {
-            return local(&conn, info, reply, request_id, received);
+            return local(done, reply, request_id);
         }
     }
-    let body = filter::wrap(&chain, body, Direction::Decode);
+    let body = filter::wrap(chain.as_ref(), body, Direction::Decode);
     let start = Instant::now();
-    match router::route(&conn.worker, &cfg, parts, body, info.as_deref_mut()).await {
-        Ok((resp, upstream)) => {
+    match router::route(&conn.worker, &cfg, parts, body, &request, done.info.as_deref_mut()).await {
+        Ok((resp, upstream, deadline)) => {
+            done.upstream = Some(upstream);
             let (mut head, body) = resp.into_parts();
-            if !chain.is_empty() {
+            if let Some(chain) = &chain {
                 if let Some(reply) = chain.encode_headers(&mut head, body.is_end_stream()).await {
-                    upstream.finish(false);
-                    return local(&conn, info, reply, request_id, received);
+                    return local(done, reply, request_id);
                 }
             }
-            let body = filter::wrap(&chain, body, Direction::Encode);
+            let body = filter::wrap(chain.as_ref(), body, Direction::Encode);
             headers::remove_hop_by_hop(&mut head.headers);
             if !cfg.router.suppress_envoy_headers {
                 let ms = start.elapsed().as_millis() as u64;
@@ -352,21 +414,20 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             finish_response(&conn, &cfg, &mut head, request_id);
             let status = head.status.as_u16();
             stats.response_class(status);
-            if let Some(info) = info.as_mut() {
+            if let Some(info) = done.info.as_mut() {
                 info.response_code = Some(status);
                 info.response_headers = head.headers.clone();
             }
-            let done = Done { conn: conn.clone(), info, received, upstream: Some(upstream) };
-            Response::from_parts(head, Tracked::new(body, done))
+            Response::from_parts(head, Tracked::new(body, done, deadline))
         }
         Err(reply) => {
-            if reply.flag == Some(crate::stream_info::ResponseFlag::NoRouteFound) {
+            if reply.flag == Some(ResponseFlag::NoRouteFound) {
                 stats.no_route.inc();
             }
-            if reply.flag == Some(crate::stream_info::ResponseFlag::NoClusterFound) {
+            if reply.flag == Some(ResponseFlag::NoClusterFound) {
                 stats.no_cluster.inc();
             }
-            local(&conn, info, reply, request_id, received)
+            local(done, reply, request_id)
         }
     }
 }
@@ -407,23 +468,17 @@ fn finish_response(conn: &Conn, cfg: &model::HttpConnectionManager, head: &mut h
     if let Some(id) = request_id {
         head.headers.insert(names::X_REQUEST_ID.clone(), id);
     }
-    if conn.worker.draining() && conn.codec.get() != 2 {
+    if conn.worker.closing_connections() && conn.codec.get() != Some(Codec::Http2) {
         head.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }
 
-fn local(
-    conn: &Rc<Conn>,
-    mut info: Option<Box<StreamInfo>>,
-    reply: LocalReply,
-    request_id: Option<HeaderValue>,
-    received: Option<Rc<Cell<u64>>>,
-) -> Resp {
-    let cfg = &conn.hcm.config;
+fn local(mut done: Done, reply: LocalReply, request_id: Option<HeaderValue>) -> Resp {
+    let conn = done.conn.clone();
     let (mut head, body) = reply.response().into_parts();
-    finish_response(conn, cfg, &mut head, request_id);
+    finish_response(&conn, &conn.hcm.config, &mut head, request_id);
     conn.hcm.stats.response_class(reply.status.as_u16());
-    if let Some(info) = info.as_mut() {
+    if let Some(info) = done.info.as_mut() {
         info.response_code = Some(reply.status.as_u16());
         if let Some(f) = reply.flag {
             info.flags.set(f);
@@ -431,6 +486,5 @@ fn local(
         info.details = reply.details;
         info.response_headers = head.headers.clone();
     }
-    let done = Done { conn: conn.clone(), info, received, upstream: None };
-    Response::from_parts(head, Tracked::new(body, done))
+    Response::from_parts(head, Tracked::new(body, done, None))
 }

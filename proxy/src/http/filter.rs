@@ -73,19 +73,22 @@ pub trait HttpFilter {
     fn encode_trailers(&mut self, _trailers: &mut HeaderMap) {}
 }
 
-/// Creates the filters of a new stream from their configuration, in order. The router is not
-/// among them: it is the terminal filter the connection manager runs after the chain.
-pub fn build(configs: &[crate::config::model::HttpFilterConfig]) -> FilterChain {
+/// Creates the filters of a new stream from their configuration, in order; `None` when there
+/// are none, so a stream without filters allocates nothing for them. The router is not among
+/// them: it is the terminal filter the connection manager runs after the chain.
+pub fn build(configs: &[crate::config::model::HttpFilterConfig]) -> Option<FilterChain> {
+    if configs.is_empty() {
+        return None;
+    }
     let filters: Vec<Box<dyn HttpFilter>> = configs.iter().map(|c| match *c {}).collect();
-    FilterChain::new(filters)
+    Some(FilterChain::new(filters))
 }
 
-/// Wraps a body so it passes through the chain, unless the chain is empty.
-pub fn wrap(chain: &FilterChain, body: ProxyBody, direction: Direction) -> ProxyBody {
-    if chain.is_empty() {
-        body
-    } else {
-        ProxyBody::Filtered(Box::new(chain.filter_body(body, direction)))
+/// Wraps a body so it passes through the chain, if there is one.
+pub fn wrap(chain: Option<&FilterChain>, body: ProxyBody, direction: Direction) -> ProxyBody {
+    match chain {
+        Some(chain) => ProxyBody::Filtered(Box::new(chain.filter_body(body, direction))),
+        None => body,
     }
 }
 

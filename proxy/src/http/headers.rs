@@ -19,6 +19,8 @@ const ENVOY_CONTROL_HEADERS: &[&str] = &[
     "x-envoy-force-trace",
     "x-envoy-hedge-on-per-try-timeout",
     "x-envoy-internal",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-original-url",
 ];
 
 /// Header names used on every request.
@@ -42,23 +44,22 @@ pub mod names {
 /// `proxy-connection`, `upgrade`, `transfer-encoding` (framing is the codec's job), and `te`
 /// except its `trailers` token.
 pub fn remove_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(conn) = h.remove(header::CONNECTION) {
-        let mut extra = Vec::new();
-        for v in std::iter::once(conn).chain(h.get_all(header::CONNECTION).iter().cloned().collect::<Vec<_>>()) {
-            if let Ok(s) = v.to_str() {
-                for token in s.split(',') {
-                    let token = token.trim();
-                    // `te` listed in Connection is still reduced below, not dropped.
-                    if !token.is_empty() && !token.eq_ignore_ascii_case("te") {
-                        if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
-                            extra.push(name);
-                        }
+    if h.contains_key(header::CONNECTION) {
+        // Every Connection header counts, not just the first.
+        let mut named = Vec::new();
+        for v in h.get_all(header::CONNECTION) {
+            for token in v.to_str().unwrap_or("").split(',') {
+                let token = token.trim();
+                // `te` listed in Connection is still reduced below, not dropped.
+                if !token.is_empty() && !token.eq_ignore_ascii_case("te") {
+                    if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
+                        named.push(name);
                     }
                 }
             }
         }
-        while h.remove(header::CONNECTION).is_some() {}
-        for name in extra {
+        h.remove(header::CONNECTION);
+        for name in named {
             h.remove(name);
         }
     }
@@ -114,7 +115,7 @@ pub fn append_via(h: &mut HeaderMap, value: &HeaderValue) {
     }
 }
 
-/// A header value from a number, without allocation for the common sizes.
+/// A header value from a number.
 pub fn number(n: u64) -> HeaderValue {
     HeaderValue::from(n)
 }
@@ -133,6 +134,8 @@ mod tests {
         h.insert("te", "gzip, trailers".parse().expect("v"));
         h.insert("upgrade", "foo".parse().expect("v"));
         h.insert("x-keep", "1".parse().expect("v"));
+        h.append("connection", "x-bar".parse().expect("v"));
+        h.insert("x-bar", "1".parse().expect("v"));
         remove_hop_by_hop(&mut h);
         let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
         names.sort();

@@ -46,11 +46,18 @@ enum Terminal {
     Tcp(Arc<model::TcpProxy>, Rc<TcpProxyStats>),
 }
 
-/// A listener on one worker.
+/// A listener on one worker: the socket, owned by the accept loop, and what its connections
+/// share.
 pub struct Listener {
+    socket: TcpListener,
+    shared: Rc<Shared>,
+}
+
+/// What a listener's connections share. It does not hold the socket, so the socket closes as soon
+/// as the accept loop ends, while connections still run.
+struct Shared {
     worker: Rc<Worker>,
     config: Arc<model::Listener>,
-    socket: TcpListener,
     stats: ListenerStats,
     chain: Option<Rc<Terminal>>,
 }
@@ -80,33 +87,35 @@ impl Listener {
                 }
             })
         });
-        Ok(Listener { worker, config, socket, stats, chain })
+        Ok(Listener { socket, shared: Rc::new(Shared { worker, config, stats, chain }) })
     }
 
-    /// Accepts until draining starts.
+    /// Accepts until draining starts, then closes the socket.
     pub async fn run(self) {
-        let this = Rc::new(self);
-        let mut drain = this.worker.drain_signal();
+        let Listener { socket, shared } = self;
+        let mut drain = shared.worker.drain_signal();
         loop {
             let accepted = tokio::select! {
-                r = this.socket.accept() => r,
+                r = socket.accept() => r,
                 _ = drain.wait() => break,
             };
             match accepted {
                 Ok((stream, remote)) => {
-                    let this = this.clone();
-                    tokio::task::spawn_local(async move { this.handle(stream, remote).await });
+                    let shared = shared.clone();
+                    tokio::task::spawn_local(async move { shared.handle(stream, remote).await });
                 }
                 Err(e) => {
                     // Out of descriptors or a transient error: back off briefly, keep listening.
-                    tracing::warn!(listener = %this.config.name, error = %e, "accept failed");
+                    tracing::warn!(listener = %shared.config.name, error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
             }
         }
-        tracing::debug!(listener = %this.config.name, worker = this.worker.id, "stopped accepting");
+        tracing::debug!(listener = %shared.config.name, worker = shared.worker.id, "stopped accepting");
     }
+}
 
+impl Shared {
     async fn handle(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
         let _conn = self.worker.track_connection();
         let s = &self.stats;

@@ -75,8 +75,13 @@ fn header_matches(m: &HeaderMatch, headers: &HeaderMap) -> bool {
                 return false;
             }
             // Several values are matched as one, joined by ',' (Envoy).
-            let joined: Vec<&str> = values.filter_map(|v| v.to_str().ok()).collect();
-            sm.matches(&joined.join(","))
+            let first = values.next().and_then(|v| v.to_str().ok()).unwrap_or("");
+            if values.peek().is_none() {
+                sm.matches(first)
+            } else {
+                let rest: Vec<&str> = values.filter_map(|v| v.to_str().ok()).collect();
+                sm.matches(&format!("{first},{}", rest.join(",")))
+            }
         }
     };
     result != m.invert
@@ -173,6 +178,10 @@ impl RouteTable {
 
     /// The virtual host for a `Host`/`:authority` value.
     pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        // The common sidecar table has only `*`: nothing to look up.
+        if self.exact.is_empty() && self.suffixes.is_empty() && self.prefixes.is_empty() {
+            return self.default.map(|i| &self.vhosts[i]);
+        }
         let mut host = authority;
         if self.ignore_port {
             host = strip_port(host);

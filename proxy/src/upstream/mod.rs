@@ -95,14 +95,10 @@ pub struct ClusterStats {
     pub upstream_rq_completed: Counter,
     /// `upstream_rq_timeout`.
     pub upstream_rq_timeout: Counter,
-    /// `upstream_rq_pending_total`.
-    pub upstream_rq_pending_total: Counter,
     /// `upstream_rq_rx_reset`.
     pub upstream_rq_rx_reset: Counter,
     /// `upstream_rq_tx_reset`.
     pub upstream_rq_tx_reset: Counter,
-    /// `upstream_cx_protocol_error`.
-    pub upstream_cx_protocol_error: Counter,
     by_code: RefCell<HashMap<u16, (Counter, Counter)>>,
 }
 
@@ -126,10 +122,8 @@ impl ClusterStats {
             upstream_rq_active: g("upstream_rq_active"),
             upstream_rq_completed: c("upstream_rq_completed"),
             upstream_rq_timeout: c("upstream_rq_timeout"),
-            upstream_rq_pending_total: c("upstream_rq_pending_total"),
             upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
             upstream_rq_tx_reset: c("upstream_rq_tx_reset"),
-            upstream_cx_protocol_error: c("upstream_cx_protocol_error"),
             by_code: RefCell::new(HashMap::new()),
             shard,
             prefix,
@@ -242,9 +236,7 @@ impl ClusterManager {
     pub fn get(&self, name: &str) -> Option<&Rc<Cluster>> {
         self.clusters.get(name)
     }
-}
 
-impl ClusterManager {
     /// Closes idle pooled connections and stops new streams on HTTP/2 ones (drain).
     pub fn close_idle(&self) {
         for h in self.clusters.values().flat_map(|c| c.hosts.iter()) {

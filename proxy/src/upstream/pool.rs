@@ -33,6 +33,9 @@ pub enum ConnectError {
     /// The HTTP/2 handshake failed.
     #[error("protocol error: {0}")]
     Handshake(String),
+    /// The connection this request was waiting for could not be made.
+    #[error("the pending connection failed")]
+    PendingFailed,
 }
 
 /// Opens a TCP connection to a host of `cluster`, counting it.
@@ -106,6 +109,7 @@ impl Http1Pool {
         }
         None
     }
+
 
     /// Returns a connection whose response has been read completely.
     pub fn put_idle(&self, s: Http1Sender) {
@@ -188,7 +192,26 @@ impl Drop for Http2Stream {
 pub struct Http2Pool {
     conns: RefCell<Vec<Rc<Http2Conn>>>,
     connecting: Cell<bool>,
+    /// Counts finished connect attempts; waiters compare it to learn that an attempt ended.
+    attempts: Cell<u64>,
+    last_attempt_failed: Cell<bool>,
     connected: Notify,
+}
+
+/// Clears the pool's `connecting` mark and wakes the waiters however the attempt ends, even
+/// when the request that made it is cancelled mid-connect.
+struct Connecting<'a> {
+    pool: &'a Http2Pool,
+    failed: bool,
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.pool.connecting.set(false);
+        self.pool.attempts.set(self.pool.attempts.get() + 1);
+        self.pool.last_attempt_failed.set(self.failed);
+        self.pool.connected.notify_waiters();
+    }
 }
 
 impl Http2Pool {
@@ -201,27 +224,31 @@ impl Http2Pool {
     }
 
     /// A stream slot on a connection with room, opening a connection when all are full. While one
-    /// connection is being opened, other requests wait for it instead of opening their own.
+    /// connection is being opened, other requests wait for it instead of opening their own; if
+    /// that connect fails, they fail with it, as Envoy fails its pending requests.
     pub async fn stream(&self, cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<Http2Stream, ConnectError> {
         loop {
             if let Some(s) = self.reserve() {
                 return Ok(s);
             }
             if self.connecting.get() {
+                let attempt = self.attempts.get();
                 let notified = self.connected.notified();
-                if !self.connecting.get() {
-                    continue;
+                if self.connecting.get() {
+                    notified.await;
                 }
-                notified.await;
+                if self.attempts.get() != attempt && self.last_attempt_failed.get() {
+                    return Err(ConnectError::PendingFailed);
+                }
                 continue;
             }
             self.connecting.set(true);
-            let result = connect_http2(cluster, host).await;
-            self.connecting.set(false);
-            self.connected.notify_waiters();
-            let conn = Rc::new(result?);
+            let mut guard = Connecting { pool: self, failed: true };
+            let conn = Rc::new(connect_http2(cluster, host).await?);
+            guard.failed = false;
             conn.active.set(1);
             self.conns.borrow_mut().push(conn.clone());
+            drop(guard);
             return Ok(Http2Stream { conn });
         }
     }

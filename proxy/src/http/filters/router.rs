@@ -3,11 +3,11 @@
 
 use std::rc::Rc;
 
-use http::{header, HeaderValue, Request, Response, Uri, Version};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 
 use crate::config::model::{self, UpstreamProtocol};
-use crate::http::body::ProxyBody;
+use crate::http::body::{Deadline, EndReason, ProxyBody, RequestProgress};
 use crate::http::conn_manager::authority;
 use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
@@ -16,42 +16,78 @@ use crate::upstream::pool::{self, ConnectError, Http1Sender, Http2Stream};
 use crate::upstream::{Cluster, Host, HostStats};
 use crate::worker::Worker;
 
-/// The upstream side of a stream whose response is flowing back.
+/// The upstream side of one stream. Counting is tied to its lifetime: however the stream ends
+/// (response complete, client gone mid-flight, upstream failure), dropping it settles the
+/// cluster and host stats exactly once.
 #[derive(Debug)]
 pub struct Upstream {
     cluster: Rc<Cluster>,
     host: Rc<Host>,
-    conn: Conn,
-    status: u16,
+    conn: Option<Conn>,
+    request: Rc<RequestProgress>,
+    failed: bool,
+    finished: bool,
 }
 
 #[derive(Debug)]
 enum Conn {
     Http1(Http1Sender),
-    // Held only to keep the stream's slot until the response ends.
-    Http2(#[allow(dead_code)] Http2Stream),
+    Http2 {
+        // Held to keep the stream's slot on its connection until the response ends.
+        _stream: Http2Stream,
+        pump: Option<tokio::task::AbortHandle>,
+    },
 }
 
 impl Upstream {
-    /// Called when the response body ends: counts it and returns an HTTP/1.1 connection whose
-    /// response was read to the end to the pool.
-    pub fn finish(self, complete: bool) {
+    fn start(cluster: Rc<Cluster>, host: Rc<Host>, request: Rc<RequestProgress>) -> Self {
+        cluster.stats.upstream_rq_total.inc();
+        cluster.stats.upstream_rq_active.inc();
+        HostStats::inc(&host.stats.rq_total);
+        HostStats::inc(&host.stats.rq_active);
+        Upstream { cluster, host, conn: None, request, failed: false, finished: false }
+    }
+
+    /// Ends the upstream side of the stream.
+    pub fn finish(mut self, reason: EndReason) {
+        self.settle(reason);
+    }
+
+    fn settle(&mut self, reason: EndReason) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
         let stats = &self.cluster.stats;
         stats.upstream_rq_active.dec();
         stats.upstream_rq_completed.inc();
         HostStats::dec(&self.host.stats.rq_active);
-        if complete && self.status < 500 {
-            HostStats::inc(&self.host.stats.rq_success);
-        } else {
-            HostStats::inc(&self.host.stats.rq_error);
+        match reason {
+            EndReason::Complete if !self.failed => HostStats::inc(&self.host.stats.rq_success),
+            _ => HostStats::inc(&self.host.stats.rq_error),
         }
-        if !complete {
-            stats.upstream_rq_tx_reset.inc();
+        match reason {
+            EndReason::Complete => {}
+            EndReason::DownstreamReset => stats.upstream_rq_tx_reset.inc(),
+            EndReason::UpstreamReset => stats.upstream_rq_rx_reset.inc(),
+            EndReason::Timeout => {
+                stats.upstream_rq_timeout.inc();
+                HostStats::inc(&self.host.stats.rq_timeout);
+            }
         }
-        match self.conn {
-            Conn::Http1(sender) if complete => self.host.h1.put_idle(sender),
+        let request_done = self.request.done_at().is_some();
+        match self.conn.take() {
+            // Reusable only when both the request and the response went through in full.
+            Some(Conn::Http1(sender)) if reason == EndReason::Complete && request_done => self.host.h1.put_idle(sender),
+            Some(Conn::Http2 { pump: Some(pump), .. }) if !request_done => pump.abort(),
             _ => {}
         }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.settle(EndReason::DownstreamReset);
     }
 }
 
@@ -61,8 +97,9 @@ pub async fn route(
     cfg: &model::HttpConnectionManager,
     mut parts: http::request::Parts,
     body: ProxyBody,
+    request: &Rc<RequestProgress>,
     mut info: Option<&mut StreamInfo>,
-) -> Result<(Response<ProxyBody>, Upstream), LocalReply> {
+) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let host_header = authority(&parts).unwrap_or("").to_string();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let vhost = cfg.routes.virtual_host(&host_header).ok_or(LocalReply::NO_ROUTE)?;
@@ -94,12 +131,7 @@ pub async fn route(
         UpstreamProtocol::Downstream => parts.version == Version::HTTP_2,
     };
 
-    let stats = &cluster.stats;
-    stats.upstream_rq_total.inc();
-    stats.upstream_rq_active.inc();
-    HostStats::inc(&host.stats.rq_total);
-    HostStats::inc(&host.stats.rq_active);
-
+    let mut upstream = Upstream::start(cluster.clone(), host.clone(), request.clone());
     let send = async {
         if http2 {
             send_http2(&cluster, &host, parts, body, &host_header).await
@@ -107,33 +139,38 @@ pub async fn route(
             send_http1(&cluster, &host, parts, body, &host_header).await
         }
     };
+    // Envoy's route timeout runs from the end of the request to the end of the response; this
+    // part covers the wait for the response headers, the response body carries the rest.
     let result = match route.timeout {
-        Some(t) => match tokio::time::timeout(t, send).await {
-            Ok(r) => r,
-            Err(_) => {
-                stats.upstream_rq_timeout.inc();
-                HostStats::inc(&host.stats.rq_timeout);
-                Err(LocalReply::TIMEOUT)
+        Some(t) => {
+            let timer = async {
+                request.wait_done().await;
+                tokio::time::sleep(t).await;
+            };
+            tokio::select! {
+                r = send => r,
+                _ = timer => Err(LocalReply::TIMEOUT),
             }
-        },
+        }
         None => send.await,
     };
     match result {
         Ok((resp, conn)) => {
-            let status = resp.status().as_u16();
             if cfg.router.dynamic_stats {
-                stats.response_code(status);
+                cluster.stats.response_code(resp.status().as_u16());
             }
-            Ok((resp, Upstream { cluster, host, conn, status }))
+            upstream.failed = resp.status().is_server_error();
+            upstream.conn = Some(conn);
+            let deadline = route.timeout.map(|timeout| Deadline { timeout, request: request.clone() });
+            Ok((resp, upstream, deadline))
         }
         Err(reply) => {
-            stats.upstream_rq_active.dec();
-            stats.upstream_rq_completed.inc();
-            HostStats::dec(&host.stats.rq_active);
-            HostStats::inc(&host.stats.rq_error);
             if cfg.router.dynamic_stats {
-                stats.response_code(reply.status.as_u16());
+                cluster.stats.response_code(reply.status.as_u16());
             }
+            upstream.failed = true;
+            let reason = if reply.status == StatusCode::GATEWAY_TIMEOUT { EndReason::Timeout } else { EndReason::UpstreamReset };
+            upstream.finish(reason);
             Err(reply)
         }
     }
@@ -219,7 +256,7 @@ async fn send_http2(
         .authority(authority)
         .path_and_query(pq)
         .build()
-        .map_err(|_| LocalReply::BAD_REQUEST)?;
+        .map_err(|_| LocalReply::MISSING_HOST)?;
     parts.headers.remove(header::HOST);
     let end_stream = body.is_end_stream();
     let mut body = Some(body);
@@ -249,15 +286,16 @@ async fn send_http2(
                 continue;
             }
         };
+        let mut pump = None;
         if !end_stream {
             if let Some(b) = body.take() {
-                tokio::task::spawn_local(pool::pump_h2_body(b, send_stream));
+                pump = Some(tokio::task::spawn_local(pool::pump_h2_body(b, send_stream)).abort_handle());
             }
         }
         match response.await {
             Ok(resp) => {
                 let resp = resp.map(|recv| ProxyBody::H2 { recv, data_done: false });
-                return Ok((resp, Conn::Http2(slot)));
+                return Ok((resp, Conn::Http2 { _stream: slot, pump }));
             }
             Err(e) => {
                 let refused = e.is_go_away() && e.is_remote() || e.reason() == Some(h2::Reason::REFUSED_STREAM);
@@ -268,7 +306,6 @@ async fn send_http2(
                     continue;
                 }
                 tracing::debug!(error = %e, "upstream HTTP/2 stream failed");
-                cluster.stats.upstream_rq_rx_reset.inc();
                 return Err(if e.is_io() { LocalReply::CONNECTION_TERMINATION } else { LocalReply::REMOTE_RESET });
             }
         }

@@ -121,11 +121,18 @@ async fn pump(
         };
         last.set(Instant::now());
         rx.add(n as u64);
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
+        // Every partial write counts as activity: a slow but moving reader is not idle.
+        let mut written = 0;
+        while written < n {
+            match to.write(&buf[written..n]).await {
+                Ok(0) | Err(_) => return,
+                Ok(w) => {
+                    written += w;
+                    tx.add(w as u64);
+                    last.set(Instant::now());
+                }
+            }
         }
-        tx.add(n as u64);
-        last.set(Instant::now());
         if n == buf.len() && buf.len() < max {
             buf.resize((buf.len() * 2).min(max), 0);
         }
