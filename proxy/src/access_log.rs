@@ -223,10 +223,47 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// One worker's access log output: lines are buffered and written on flush.
+/// Above this many buffered bytes a sink is written out at once rather than at the next tick.
+const FLUSH_THRESHOLD: usize = 64 * 1024;
+
+/// One access log sink of a worker: its pending lines and, for files, the open file.
+#[derive(Debug)]
+struct Buffer {
+    sink: AccessLogSink,
+    pending: String,
+    file: Option<std::fs::File>,
+}
+
+impl Buffer {
+    fn write_out(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let result = match &self.sink {
+            AccessLogSink::Stdout => std::io::stdout().lock().write_all(self.pending.as_bytes()),
+            AccessLogSink::Stderr => std::io::stderr().lock().write_all(self.pending.as_bytes()),
+            AccessLogSink::File(path) => {
+                if self.file.is_none() {
+                    self.file = std::fs::OpenOptions::new().create(true).append(true).open(path).ok();
+                }
+                match self.file.as_mut() {
+                    Some(f) => f.write_all(self.pending.as_bytes()),
+                    None => Err(std::io::Error::other(format!("cannot open {path}"))),
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(sink = ?self.sink, error = %e, "access log write failed");
+        }
+        self.pending.clear();
+    }
+}
+
+/// One worker's access log output: lines are buffered and written on flush, or as soon as a
+/// sink holds more than 64 KiB.
 #[derive(Debug, Default)]
 pub struct Writer {
-    buffers: RefCell<Vec<(AccessLogSink, String)>>,
+    buffers: RefCell<Vec<Buffer>>,
 }
 
 impl Writer {
@@ -242,37 +279,25 @@ impl Writer {
         }
         let mut buffers = self.buffers.borrow_mut();
         for log in logs {
-            let idx = match buffers.iter().position(|(s, _)| *s == log.sink) {
+            let idx = match buffers.iter().position(|b| b.sink == log.sink) {
                 Some(i) => i,
                 None => {
-                    buffers.push((log.sink.clone(), String::new()));
+                    buffers.push(Buffer { sink: log.sink.clone(), pending: String::new(), file: None });
                     buffers.len() - 1
                 }
             };
-            log.format.render(info, &mut buffers[idx].1);
+            let buffer = &mut buffers[idx];
+            log.format.render(info, &mut buffer.pending);
+            if buffer.pending.len() > FLUSH_THRESHOLD {
+                buffer.write_out();
+            }
         }
     }
 
     /// Writes out whatever is buffered.
     pub fn flush(&self) {
-        let mut buffers = self.buffers.borrow_mut();
-        for (sink, buf) in buffers.iter_mut() {
-            if buf.is_empty() {
-                continue;
-            }
-            let result = match sink {
-                AccessLogSink::Stdout => std::io::stdout().lock().write_all(buf.as_bytes()),
-                AccessLogSink::Stderr => std::io::stderr().lock().write_all(buf.as_bytes()),
-                AccessLogSink::File(path) => std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .and_then(|mut f| f.write_all(buf.as_bytes())),
-            };
-            if let Err(e) = result {
-                tracing::warn!(?sink, error = %e, "access log write failed");
-            }
-            buf.clear();
+        for b in self.buffers.borrow_mut().iter_mut() {
+            b.write_out();
         }
     }
 

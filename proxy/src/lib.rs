@@ -11,6 +11,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod io;
 pub mod listener;
 pub mod network;
 pub mod router;

@@ -19,6 +19,7 @@ use crate::config::model::{self, CodecType, ServerHeader};
 use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
 use http_body::Body as _;
 use crate::http::filter::{self, Direction};
+use crate::io::Counted;
 use crate::http::filters::router::{self, Upstream};
 use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
@@ -46,6 +47,10 @@ pub struct HcmStats {
     pub downstream_cx_http2_active: Gauge,
     /// `downstream_cx_destroy`.
     pub downstream_cx_destroy: Counter,
+    /// `downstream_cx_rx_bytes_total`.
+    pub downstream_cx_rx_bytes_total: Counter,
+    /// `downstream_cx_tx_bytes_total`.
+    pub downstream_cx_tx_bytes_total: Counter,
     /// `downstream_cx_protocol_error`.
     pub downstream_cx_protocol_error: Counter,
     /// `downstream_cx_drain_close`.
@@ -94,6 +99,8 @@ impl HcmStats {
             downstream_cx_http2_total: c("downstream_cx_http2_total"),
             downstream_cx_http2_active: g("downstream_cx_http2_active"),
             downstream_cx_destroy: c("downstream_cx_destroy"),
+            downstream_cx_rx_bytes_total: c("downstream_cx_rx_bytes_total"),
+            downstream_cx_tx_bytes_total: c("downstream_cx_tx_bytes_total"),
             downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
             downstream_cx_drain_close: c("downstream_cx_drain_close"),
             downstream_rq_total: c("downstream_rq_total"),
@@ -202,7 +209,11 @@ pub async fn serve(
         CodecType::Http1 => builder.http1_only(),
         CodecType::Http2 => builder.http2_only(),
     };
-    let io = TokioIo::new(stream);
+    let io = TokioIo::new(Counted::new(
+        stream,
+        stats.downstream_cx_rx_bytes_total.clone(),
+        stats.downstream_cx_tx_bytes_total.clone(),
+    ));
     let served = builder.serve_connection(io, service);
     tokio::pin!(served);
     let mut drain = worker.drain_signal();

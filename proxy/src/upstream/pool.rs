@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 use super::{Cluster, Host, HostStats};
 use crate::http::body::ProxyBody;
+use crate::io::Counted;
 
 /// Why no upstream connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +39,11 @@ pub enum ConnectError {
     PendingFailed,
 }
 
-/// Opens a TCP connection to a host of `cluster`, counting it.
-pub async fn connect(cluster: &Cluster, host: &Host) -> Result<TcpStream, ConnectError> {
+/// An upstream connection that counts its bytes into the cluster's stats.
+pub type UpstreamStream = Counted<TcpStream>;
+
+/// Opens a TCP connection to a host of `cluster`, counting it and its bytes.
+pub async fn connect(cluster: &Cluster, host: &Host) -> Result<UpstreamStream, ConnectError> {
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
     HostStats::inc(&host.stats.cx_total);
@@ -55,7 +59,7 @@ pub async fn connect(cluster: &Cluster, host: &Host) -> Result<TcpStream, Connec
     match result {
         Ok(s) => {
             let _ = s.set_nodelay(true);
-            Ok(s)
+            Ok(Counted::new(s, stats.upstream_cx_rx_bytes_total.clone(), stats.upstream_cx_tx_bytes_total.clone()))
         }
         Err(e) => {
             stats.upstream_cx_connect_fail.inc();
@@ -290,7 +294,7 @@ async fn connect_http2(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<Http2Co
 
 /// Drives an h2 connection and publishes the peer's stream limit after every poll.
 struct Driver {
-    conn: h2::client::Connection<TcpStream, Bytes>,
+    conn: h2::client::Connection<UpstreamStream, Bytes>,
     peer_max: Rc<Cell<usize>>,
 }
 

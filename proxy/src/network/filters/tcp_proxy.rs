@@ -6,13 +6,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::model;
 use crate::stats::{Counter, Shard};
+use crate::io::Counted;
 use crate::upstream::pool;
 use crate::worker::Worker;
 
@@ -71,10 +71,16 @@ pub async fn run(
     let _upstream = pool::ConnGuard::new(&cluster, &host);
     let max = buffer_limit.clamp(1024, MAX_BUFFER);
     let last_activity = Rc::new(Cell::new(Instant::now()));
-    let (dr, dw) = downstream.into_split();
-    let (ur, uw) = upstream.into_split();
-    let up = pump(dr, uw, max, &last_activity, &stats.downstream_cx_rx_bytes_total, &cluster.stats.upstream_cx_tx_bytes_total);
-    let down = pump(ur, dw, max, &last_activity, &cluster.stats.upstream_cx_rx_bytes_total, &stats.downstream_cx_tx_bytes_total);
+    let downstream = Counted::new(
+        downstream,
+        stats.downstream_cx_rx_bytes_total.clone(),
+        stats.downstream_cx_tx_bytes_total.clone(),
+    );
+    let (dr, dw) = tokio::io::split(downstream);
+    let (ur, uw) = tokio::io::split(upstream);
+    // Both streams count their own bytes: tcp.<prefix>.downstream_* and cluster.<name>.upstream_*.
+    let up = pump(dr, uw, max, &last_activity);
+    let down = pump(ur, dw, max, &last_activity);
     let both = async { tokio::join!(up, down) };
     match cfg.idle_timeout {
         Some(idle) => {
@@ -106,12 +112,10 @@ async fn idle_watch(idle: Duration, last: &Cell<Instant>) {
 /// while the previous bytes are still being written, so a slow reader holds back the sender.
 /// On end of input the write side is shut down (half-close), and the other direction goes on.
 async fn pump(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
     max: usize,
     last: &Cell<Instant>,
-    rx: &Counter,
-    tx: &Counter,
 ) {
     let mut buf = vec![0u8; INITIAL_BUFFER.min(max)];
     loop {
@@ -120,7 +124,6 @@ async fn pump(
             Ok(n) => n,
         };
         last.set(Instant::now());
-        rx.add(n as u64);
         // Every partial write counts as activity: a slow but moving reader is not idle.
         let mut written = 0;
         while written < n {
@@ -128,7 +131,6 @@ async fn pump(
                 Ok(0) | Err(_) => return,
                 Ok(w) => {
                     written += w;
-                    tx.add(w as u64);
                     last.set(Instant::now());
                 }
             }

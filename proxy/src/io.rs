@@ -1,0 +1,82 @@
+//! I/O adaptors shared by the network and HTTP layers.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::stats::Counter;
+
+/// A stream that counts the bytes read from and written to it (`*_cx_rx_bytes_total`,
+/// `*_cx_tx_bytes_total`).
+#[derive(Debug)]
+pub struct Counted<T> {
+    inner: T,
+    rx: Counter,
+    tx: Counter,
+}
+
+impl<T> Counted<T> {
+    /// Wraps `inner`, adding to `rx` on reads and `tx` on writes.
+    pub fn new(inner: T, rx: Counter, tx: Counter) -> Self {
+        Counted { inner, rx, tx }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        self.rx.add((buf.filled().len() - before) as u64);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, data))?;
+        self.tx.add(n as u64);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
+        self.tx.add(n as u64);
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn counts_both_ways() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let (rx, tx) = (Counter::default(), Counter::default());
+        let mut counted = Counted::new(a, rx.clone(), tx.clone());
+        counted.write_all(b"hello").await.expect("write");
+        b.write_all(b"abc").await.expect("write");
+        let mut buf = [0u8; 3];
+        counted.read_exact(&mut buf).await.expect("read");
+        assert_eq!((rx.value(), tx.value()), (3, 5));
+    }
+}
