@@ -8,13 +8,15 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let pkg = from_registry(&manifest_dir).or_else(|| from_metadata(&manifest_dir)).expect(
         "cannot find the envoy-types package (its src/generated/types.bin holds Envoy's descriptors)",
     );
     let bin = pkg.join("src/generated/types.bin");
     println!("cargo:rerun-if-changed={}", bin.display());
-    let dest = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("envoy_descriptors.bin");
+    let dest =
+        PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("envoy_descriptors.bin");
     std::fs::copy(&bin, &dest).unwrap_or_else(|e| panic!("copy {}: {e}", bin.display()));
 }
 
@@ -24,14 +26,23 @@ fn from_registry(manifest_dir: &Path) -> Option<PathBuf> {
     let version = loop {
         let line = lines.next()?;
         if line.trim() == "name = \"envoy-types\"" {
-            let v = lines.next()?.trim().strip_prefix("version = \"")?.strip_suffix('"')?.to_string();
+            let v = lines
+                .next()?
+                .trim()
+                .strip_prefix("version = \"")?
+                .strip_suffix('"')?
+                .to_string();
             break v;
         }
     };
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
         .ok()
-        .or_else(|| std::env::var("HOME").ok().map(|h| PathBuf::from(h).join(".cargo")))?;
+        .or_else(|| {
+            std::env::var("HOME")
+                .ok()
+                .map(|h| PathBuf::from(h).join(".cargo"))
+        })?;
     let src = home.join("registry/src");
     for entry in std::fs::read_dir(src).ok()?.flatten() {
         let candidate = entry.path().join(format!("envoy-types-{version}"));
@@ -50,6 +61,13 @@ fn from_metadata(manifest_dir: &Path) -> Option<PathBuf> {
         .output()
         .ok()?;
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let pkg = meta["packages"].as_array()?.iter().find(|p| p["name"] == "envoy-types")?;
-    Some(PathBuf::from(pkg["manifest_path"].as_str()?).parent()?.to_path_buf())
+    let pkg = meta["packages"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == "envoy-types")?;
+    Some(
+        PathBuf::from(pkg["manifest_path"].as_str()?)
+            .parent()?
+            .to_path_buf(),
+    )
 }

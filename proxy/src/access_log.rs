@@ -66,7 +66,9 @@ impl Format {
                 pieces.push(Piece::Text(rest[..start].to_string()));
             }
             let after = &rest[start + 1..];
-            let end = after.find('%').ok_or_else(|| format!("unterminated command in '{text}'"))?;
+            let end = after
+                .find('%')
+                .ok_or_else(|| format!("unterminated command in '{text}'"))?;
             let cmd = &after[..end];
             rest = &after[end + 1..];
             if cmd.is_empty() {
@@ -75,7 +77,11 @@ impl Format {
             }
             // `:N` after the closing parenthesis (or the name) truncates.
             let (cmd, max) = match cmd.rfind(':') {
-                Some(i) if cmd[i + 1..].bytes().all(|b| b.is_ascii_digit()) && i + 1 < cmd.len() && (cmd[..i].ends_with(')') || !cmd[..i].contains('(')) => {
+                Some(i)
+                    if cmd[i + 1..].bytes().all(|b| b.is_ascii_digit())
+                        && i + 1 < cmd.len()
+                        && (cmd[..i].ends_with(')') || !cmd[..i].contains('(')) =>
+                {
                     (&cmd[..i], cmd[i + 1..].parse().ok())
                 }
                 _ => (cmd, None),
@@ -159,17 +165,24 @@ fn pseudo_or_header(name: &str, headers: &HeaderMap, info: &StreamInfo) -> Optio
         ":authority" => info.authority.clone(),
         ":scheme" => Some(info.scheme.to_string()),
         ":status" => info.response_code.map(|c| c.to_string()),
-        _ => headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string),
+        _ => headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     }
 }
 
 fn value(op: &Op, info: &StreamInfo) -> Option<String> {
     match op {
         Op::StartTime => Some(format_time(info.start_time)),
-        Op::Req(a, b) => pseudo_or_header(a, &info.request_headers, info)
-            .or_else(|| b.as_ref().and_then(|b| pseudo_or_header(b, &info.request_headers, info))),
-        Op::Resp(a, b) => pseudo_or_header(a, &info.response_headers, info)
-            .or_else(|| b.as_ref().and_then(|b| pseudo_or_header(b, &info.response_headers, info))),
+        Op::Req(a, b) => pseudo_or_header(a, &info.request_headers, info).or_else(|| {
+            b.as_ref()
+                .and_then(|b| pseudo_or_header(b, &info.request_headers, info))
+        }),
+        Op::Resp(a, b) => pseudo_or_header(a, &info.response_headers, info).or_else(|| {
+            b.as_ref()
+                .and_then(|b| pseudo_or_header(b, &info.response_headers, info))
+        }),
         Op::Protocol => info.protocol.map(str::to_string),
         Op::ResponseCode => Some(info.response_code.unwrap_or(0).to_string()),
         Op::ResponseCodeDetails => (!info.details.is_empty()).then(|| info.details.to_string()),
@@ -244,7 +257,11 @@ impl Buffer {
             AccessLogSink::Stderr => std::io::stderr().lock().write_all(self.pending.as_bytes()),
             AccessLogSink::File(path) => {
                 if self.file.is_none() {
-                    self.file = std::fs::OpenOptions::new().create(true).append(true).open(path).ok();
+                    self.file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .ok();
                 }
                 match self.file.as_mut() {
                     Some(f) => f.write_all(self.pending.as_bytes()),
@@ -282,7 +299,11 @@ impl Writer {
             let idx = match buffers.iter().position(|b| b.sink == log.sink) {
                 Some(i) => i,
                 None => {
-                    buffers.push(Buffer { sink: log.sink.clone(), pending: String::new(), file: None });
+                    buffers.push(Buffer {
+                        sink: log.sink.clone(),
+                        pending: String::new(),
+                        file: None,
+                    });
                     buffers.len() - 1
                 }
             };
@@ -319,7 +340,10 @@ mod tests {
 
     #[test]
     fn default_format_matches_envoy_line() {
-        let mut info = StreamInfo::new("127.0.0.1:5000".parse().expect("addr"), "127.0.0.1:10000".parse().expect("addr"));
+        let mut info = StreamInfo::new(
+            "127.0.0.1:5000".parse().expect("addr"),
+            "127.0.0.1:10000".parse().expect("addr"),
+        );
         info.start_time = std::time::UNIX_EPOCH + Duration::from_millis(1_795_428_944_810);
         info.method = Some(http::Method::GET);
         info.path = Some("/hello".into());
@@ -328,9 +352,12 @@ mod tests {
         info.response_code = Some(200);
         info.bytes_sent = 182;
         info.duration_ms = Some(1);
-        info.request_headers.insert("user-agent", "curl/7.88.1".parse().expect("v"));
-        info.request_headers.insert("x-request-id", "abc".parse().expect("v"));
-        info.response_headers.insert("x-envoy-upstream-service-time", "0".parse().expect("v"));
+        info.request_headers
+            .insert("user-agent", "curl/7.88.1".parse().expect("v"));
+        info.request_headers
+            .insert("x-request-id", "abc".parse().expect("v"));
+        info.response_headers
+            .insert("x-envoy-upstream-service-time", "0".parse().expect("v"));
         info.upstream_host = Some("127.0.0.1:18081".parse().expect("addr"));
         let mut line = String::new();
         Format::envoy_default().render(&info, &mut line);
@@ -347,7 +374,10 @@ mod tests {
 
     #[test]
     fn unknown_operator_is_an_error() {
-        assert_eq!(Format::parse("%NOPE%").unwrap_err(), "Not supported field in StreamInfo: NOPE");
+        assert_eq!(
+            Format::parse("%NOPE%").unwrap_err(),
+            "Not supported field in StreamInfo: NOPE"
+        );
     }
 }
 
@@ -356,7 +386,8 @@ mod corpus {
     /// Every seed of the access log format fuzz target parses or errors without panicking.
     #[test]
     fn fuzz_corpus_never_panics() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/access_log_format");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus/access_log_format");
         let mut seen = 0;
         for entry in std::fs::read_dir(dir).expect("corpus dir").flatten() {
             let text = std::fs::read_to_string(entry.path()).expect("seed");

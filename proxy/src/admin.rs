@@ -60,9 +60,12 @@ impl AdminState {
     /// Updates the server gauges that depend on time and state.
     pub fn refresh_server_stats(&self) {
         let main = self.store.main();
-        main.gauge("server.uptime").set(self.started.elapsed().as_secs() as i64);
-        main.gauge("server.state").set(if self.state_name() == "LIVE" { 0 } else { 1 });
-        main.gauge("server.live").set(if self.state_name() == "LIVE" { 1 } else { 0 });
+        main.gauge("server.uptime")
+            .set(self.started.elapsed().as_secs() as i64);
+        main.gauge("server.state")
+            .set(if self.state_name() == "LIVE" { 0 } else { 1 });
+        main.gauge("server.live")
+            .set(if self.state_name() == "LIVE" { 1 } else { 0 });
     }
 }
 
@@ -82,7 +85,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handle(&state, req)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -91,13 +96,26 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     with_type(status, "text/plain; charset=UTF-8", body)
 }
 
-fn with_type(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn with_type(
+    status: StatusCode,
+    ctype: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
-    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache, max-age=0"));
-    h.insert("x-content-type-options", header::HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache, max-age=0"),
+    );
+    h.insert(
+        "x-content-type-options",
+        header::HeaderValue::from_static("nosniff"),
+    );
     r
 }
 
@@ -110,15 +128,35 @@ const ENDPOINTS: &[(&str, &str, bool)] = &[
     ("/", "Admin home page", false),
     ("/clusters", "upstream cluster status", false),
     ("/config_dump", "dump current Envoy configs", false),
-    ("/healthcheck/fail", "cause the server to fail health checks", true),
-    ("/healthcheck/ok", "cause the server to pass health checks", true),
+    (
+        "/healthcheck/fail",
+        "cause the server to fail health checks",
+        true,
+    ),
+    (
+        "/healthcheck/ok",
+        "cause the server to pass health checks",
+        true,
+    ),
     ("/help", "print out list of admin commands", false),
     ("/listeners", "print listener info", false),
     ("/quitquitquit", "exit the server", true),
-    ("/ready", "print server state, return 200 if LIVE, otherwise return 503", false),
-    ("/server_info", "print server version/status information", false),
+    (
+        "/ready",
+        "print server state, return 200 if LIVE, otherwise return 503",
+        false,
+    ),
+    (
+        "/server_info",
+        "print server version/status information",
+        false,
+    ),
     ("/stats", "print server stats", false),
-    ("/stats/prometheus", "print server stats in prometheus format", false),
+    (
+        "/stats/prometheus",
+        "print server stats in prometheus format",
+        false,
+    ),
 ];
 
 fn help() -> String {
@@ -179,7 +217,11 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/" | "/help" => text(StatusCode::OK, help()),
         "/ready" => {
             let s = state.state_name();
-            let code = if s == "LIVE" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let code = if s == "LIVE" {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             text(code, format!("{s}\n"))
         }
         "/healthcheck/fail" => {
@@ -198,7 +240,11 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/stats" => stats_endpoint(state, &q),
         "/stats/prometheus" => {
             state.refresh_server_stats();
-            with_type(StatusCode::OK, "text/plain; charset=UTF-8", stats::prometheus(&state.store.snapshot()))
+            with_type(
+                StatusCode::OK,
+                "text/plain; charset=UTF-8",
+                stats::prometheus(&state.store.snapshot()),
+            )
         }
         "/listeners" => listeners(state, &q),
         "/clusters" => clusters(state, &q),
@@ -258,7 +304,7 @@ fn server_info(state: &AdminState) -> serde_json::Value {
             "log_level": o.log_level,
             "service_cluster": o.service_cluster.clone().unwrap_or_default(),
             "service_node": o.service_node.clone().unwrap_or_default(),
-            "file_flush_interval": format!("{}s", o.file_flush_interval_msec as f64 / 1000.0),
+            "file_flush_interval": proto_duration(o.file_flush_interval_msec),
             "drain_time": format!("{}s", o.drain_time_s),
             "parent_shutdown_time": format!("{}s", o.parent_shutdown_time_s),
             "mode": o.mode.as_str(),
@@ -267,6 +313,15 @@ fn server_info(state: &AdminState) -> serde_json::Value {
         },
         "node": { "id": node.id, "cluster": node.cluster, "user_agent_name": "skiff" },
     })
+}
+
+/// A duration in protobuf's JSON form, as Envoy prints it: `10s`, `0.050s`.
+fn proto_duration(ms: u64) -> String {
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{}.{:03}s", ms / 1000, ms % 1000)
+    }
 }
 
 fn listeners(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<Bytes>> {
@@ -298,7 +353,12 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
         let mut hosts = Vec::new();
         out.push_str(&format!("{name}::observability_name::{name}\n"));
         for p in ["default_priority", "high_priority"] {
-            for (k, v) in [("max_connections", 1024), ("max_pending_requests", 1024), ("max_requests", 1024), ("max_retries", 3)] {
+            for (k, v) in [
+                ("max_connections", 1024),
+                ("max_pending_requests", 1024),
+                ("max_requests", 1024),
+                ("max_retries", 3),
+            ] {
                 out.push_str(&format!("{name}::{p}::{k}::{v}\n"));
             }
         }
@@ -318,8 +378,23 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
             for (k, v) in fields {
                 out.push_str(&format!("{name}::{a}::{k}::{v}\n"));
             }
-            let health = if h.healthy { "healthy" } else { "/failed_eds_health" };
-            for (k, v) in [("hostname", ""), ("health_flags", health), ("weight", "1"), ("region", ""), ("zone", ""), ("sub_zone", ""), ("canary", "false"), ("priority", "0"), ("success_rate", "-1"), ("local_origin_success_rate", "-1")] {
+            let health = if h.healthy {
+                "healthy"
+            } else {
+                "/failed_eds_health"
+            };
+            for (k, v) in [
+                ("hostname", ""),
+                ("health_flags", health),
+                ("weight", "1"),
+                ("region", ""),
+                ("zone", ""),
+                ("sub_zone", ""),
+                ("canary", "false"),
+                ("priority", "0"),
+                ("success_rate", "-1"),
+                ("local_origin_success_rate", "-1"),
+            ] {
                 out.push_str(&format!("{name}::{a}::{k}::{v}\n"));
             }
             hosts.push(json!({
@@ -345,8 +420,11 @@ fn config_dump(state: &AdminState) -> serde_json::Value {
         .iter()
         .map(|l| json!({"name": l.get("name"), "active_state": {"listener": l, "last_updated": now}}))
         .collect();
-    let clusters: Vec<serde_json::Value> =
-        d.clusters.iter().map(|c| json!({"cluster": c, "last_updated": now})).collect();
+    let clusters: Vec<serde_json::Value> = d
+        .clusters
+        .iter()
+        .map(|c| json!({"cluster": c, "last_updated": now}))
+        .collect();
     json!({
         "configs": [
             {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": d.bootstrap, "last_updated": now},
@@ -365,5 +443,11 @@ mod tests {
         assert_eq!(percent_decode("cluster%2Ea+b"), "cluster.a b");
         assert_eq!(percent_decode("%a\u{e9}"), "%a\u{e9}");
         assert_eq!(percent_decode("%"), "%");
+    }
+
+    #[test]
+    fn durations_print_like_protobuf_json() {
+        assert_eq!(super::proto_duration(10_000), "10s");
+        assert_eq!(super::proto_duration(50), "0.050s");
     }
 }

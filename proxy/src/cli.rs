@@ -77,9 +77,11 @@ impl Mode {
 impl Options {
     /// The worker count: the flag, else the CPUs this process may run on.
     pub fn workers(&self) -> usize {
-        self.concurrency
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        self.concurrency.filter(|n| *n > 0).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
     }
 
     /// The `tracing` filter for `--log-level`.

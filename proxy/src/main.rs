@@ -13,14 +13,21 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(format!("skiff={}", opts.tracing_level()))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("skiff=info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
     skiff::server::run(opts)
 }
 
 /// The child side of `config::load_isolated`.
 fn decode_for_parent(opts: &skiff::cli::Options) -> ExitCode {
     use std::io::Write;
-    let source = skiff::config::Source { path: opts.config_path.clone(), yaml: opts.config_yaml.clone() };
+    let source = skiff::config::Source {
+        path: opts.config_path.clone(),
+        yaml: opts.config_yaml.clone(),
+    };
     let mut out = Vec::new();
     match skiff::config::decode_for_parent(&source, &mut out) {
         Ok(()) => {
@@ -30,8 +37,13 @@ fn decode_for_parent(opts: &skiff::cli::Options) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let err = skiff::config::ChildError { path: e.path, message: e.message };
-            let _ = std::io::stdout().lock().write_all(&serde_json::to_vec(&err).unwrap_or_default());
+            let err = skiff::config::ChildError {
+                path: e.path,
+                message: e.message,
+            };
+            let _ = std::io::stdout()
+                .lock()
+                .write_all(&serde_json::to_vec(&err).unwrap_or_default());
             ExitCode::from(2)
         }
     }

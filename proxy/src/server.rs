@@ -17,7 +17,10 @@ use crate::worker::{self, Shared};
 
 /// Loads the configuration the command line names, applying `--service-node/--service-cluster`.
 pub fn load(opts: &Options) -> Result<Loaded, config::ConfigError> {
-    let source = config::Source { path: opts.config_path.clone(), yaml: opts.config_yaml.clone() };
+    let source = config::Source {
+        path: opts.config_path.clone(),
+        yaml: opts.config_yaml.clone(),
+    };
     let mut loaded = match opts.mode {
         Mode::Validate => config::load(&source)?,
         Mode::Serve => config::load_isolated(&source)?,
@@ -37,7 +40,10 @@ pub fn run(opts: Options) -> ExitCode {
     let loaded = match load(&opts) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error initializing configuration '{}': {e}", config_name(&opts));
+            eprintln!(
+                "error initializing configuration '{}': {e}",
+                config_name(&opts)
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -55,7 +61,9 @@ pub fn run(opts: Options) -> ExitCode {
 }
 
 fn config_name(opts: &Options) -> String {
-    opts.config_path.clone().unwrap_or_else(|| "--config-yaml".into())
+    opts.config_path
+        .clone()
+        .unwrap_or_else(|| "--config-yaml".into())
 }
 
 fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
@@ -82,15 +90,24 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     };
 
     let store = Arc::new(Store::new(workers));
-    let clusters: Vec<Arc<ClusterInfo>> = model.clusters.iter().map(|c| Arc::new(ClusterInfo::new(c.clone()))).collect();
+    let clusters: Vec<Arc<ClusterInfo>> = model
+        .clusters
+        .iter()
+        .map(|c| Arc::new(ClusterInfo::new(c.clone())))
+        .collect();
     let main = store.main();
     main.gauge("server.concurrency").set(workers as i64);
     main.gauge("server.live").set(1);
-    main.gauge("listener_manager.total_listeners_active").set(model.listeners.len() as i64);
-    main.counter("listener_manager.listener_added").add(model.listeners.len() as u64);
-    main.counter("listener_manager.listener_create_success").add((model.listeners.len() * workers) as u64);
-    main.gauge("cluster_manager.active_clusters").set(model.clusters.len() as i64);
-    main.counter("cluster_manager.cluster_added").add(model.clusters.len() as u64);
+    main.gauge("listener_manager.total_listeners_active")
+        .set(model.listeners.len() as i64);
+    main.counter("listener_manager.listener_added")
+        .add(model.listeners.len() as u64);
+    main.counter("listener_manager.listener_create_success")
+        .add((model.listeners.len() * workers) as u64);
+    main.gauge("cluster_manager.active_clusters")
+        .set(model.clusters.len() as i64);
+    main.counter("cluster_manager.cluster_added")
+        .add(model.clusters.len() as u64);
 
     let (drain_tx, drain_rx) = watch::channel(None);
     let health_failed = Arc::new(AtomicBool::new(false));
@@ -106,8 +123,14 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
             .map_err(|e| format!("cannot start worker {id}: {e}"))?;
         handles.push(h);
     }
-    main.counter("listener_manager.workers_started").add(workers as u64);
-    tracing::info!(workers, listeners = model.listeners.len(), clusters = model.clusters.len(), "skiff started");
+    main.counter("listener_manager.workers_started")
+        .add(workers as u64);
+    tracing::info!(
+        workers,
+        listeners = model.listeners.len(),
+        clusters = model.clusters.len(),
+        "skiff started"
+    );
 
     let state = Arc::new(AdminState {
         store: store.clone(),
@@ -155,7 +178,10 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
 /// deadline for in-flight work.
 async fn wait_for_shutdown(state: &AdminState, drain_time: Duration) -> Instant {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(t), Ok(i)) => (t, i),
         _ => {
             tracing::error!("cannot install signal handlers");
@@ -182,5 +208,6 @@ async fn wait_for_shutdown(state: &AdminState, drain_time: Duration) -> Instant 
 /// Now plus `d`, saturating (a huge --drain-time-s means "until the work is done").
 fn deadline_after(d: Duration) -> Instant {
     let now = Instant::now();
-    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }

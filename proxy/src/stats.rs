@@ -88,7 +88,9 @@ pub struct Store {
 impl Store {
     /// A store with one shard for the main thread and one per worker.
     pub fn new(workers: usize) -> Self {
-        Store { shards: (0..=workers).map(|_| Arc::new(Shard::default())).collect() }
+        Store {
+            shards: (0..=workers).map(|_| Arc::new(Shard::default())).collect(),
+        }
     }
 
     /// The main thread's shard.
@@ -105,13 +107,23 @@ impl Store {
     pub fn snapshot(&self) -> BTreeMap<String, StatValue> {
         let mut out: BTreeMap<String, StatValue> = BTreeMap::new();
         for shard in &self.shards {
-            for (name, c) in shard.counters.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            for (name, c) in shard
+                .counters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+            {
                 let e = out.entry(name.clone()).or_insert(StatValue::Counter(0));
                 if let StatValue::Counter(v) = e {
                     *v += c.value();
                 }
             }
-            for (name, g) in shard.gauges.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            for (name, g) in shard
+                .gauges
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+            {
                 let e = out.entry(name.clone()).or_insert(StatValue::Gauge(0));
                 if let StatValue::Gauge(v) = e {
                     *v += g.value();
@@ -136,14 +148,24 @@ pub fn prometheus(snapshot: &BTreeMap<String, StatValue>) -> String {
         let labels = if tags.is_empty() {
             String::new()
         } else {
-            let parts: Vec<String> = tags.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+            let parts: Vec<String> = tags
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
             format!("{{{}}}", parts.join(","))
         };
-        families.entry(metric).or_insert((is_counter, Vec::new())).1.push((labels, v));
+        families
+            .entry(metric)
+            .or_insert((is_counter, Vec::new()))
+            .1
+            .push((labels, v));
     }
     let mut out = String::new();
     for (metric, (is_counter, samples)) in families {
-        out.push_str(&format!("# TYPE {metric} {}\n", if is_counter { "counter" } else { "gauge" }));
+        out.push_str(&format!(
+            "# TYPE {metric} {}\n",
+            if is_counter { "counter" } else { "gauge" }
+        ));
         for (labels, v) in samples {
             out.push_str(&format!("{metric}{labels} {v}\n"));
         }
@@ -152,11 +174,21 @@ pub fn prometheus(snapshot: &BTreeMap<String, StatValue>) -> String {
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Splits a stat name into the metric name and its tags, as Envoy's default tag extractors do.
@@ -230,7 +262,8 @@ fn scope_end(tail: &str) -> Option<usize> {
 }
 
 fn looks_like_address(s: &str) -> bool {
-    s.starts_with('[') || (s.split('.').count() == 4 && s.split('.').all(|p| p.parse::<u8>().is_ok()))
+    s.starts_with('[')
+        || (s.split('.').count() == 4 && s.split('.').all(|p| p.parse::<u8>().is_ok()))
 }
 
 #[cfg(test)]
@@ -253,15 +286,33 @@ mod tests {
     fn tags() {
         assert_eq!(
             extract_tags("cluster.svc_a.upstream_rq_503"),
-            ("cluster.upstream_rq".into(), vec![("envoy_cluster_name", "svc_a".into()), ("envoy_response_code", "503".into())])
+            (
+                "cluster.upstream_rq".into(),
+                vec![
+                    ("envoy_cluster_name", "svc_a".into()),
+                    ("envoy_response_code", "503".into())
+                ]
+            )
         );
         assert_eq!(
             extract_tags("http.ingress_http.downstream_rq_2xx"),
-            ("http.downstream_rq_xx".into(), vec![("envoy_http_conn_manager_prefix", "ingress_http".into()), ("envoy_response_code_class", "2".into())])
+            (
+                "http.downstream_rq_xx".into(),
+                vec![
+                    ("envoy_http_conn_manager_prefix", "ingress_http".into()),
+                    ("envoy_response_code_class", "2".into())
+                ]
+            )
         );
         assert_eq!(
             extract_tags("listener.127.0.0.1_10000.worker_1.downstream_cx_total"),
-            ("listener.downstream_cx_total".into(), vec![("envoy_listener_address", "127.0.0.1_10000".into()), ("envoy_worker_id", "1".into())])
+            (
+                "listener.downstream_cx_total".into(),
+                vec![
+                    ("envoy_listener_address", "127.0.0.1_10000".into()),
+                    ("envoy_worker_id", "1".into())
+                ]
+            )
         );
         assert_eq!(
             extract_tags("listener.127.0.0.1_10000.http.ingress.downstream_rq_2xx").1,
@@ -271,7 +322,14 @@ mod tests {
                 ("envoy_response_code_class", "2".to_string())
             ]
         );
-        let text = prometheus(&[("cluster.a.upstream_rq_200".to_string(), StatValue::Counter(4))].into_iter().collect());
+        let text = prometheus(
+            &[(
+                "cluster.a.upstream_rq_200".to_string(),
+                StatValue::Counter(4),
+            )]
+            .into_iter()
+            .collect(),
+        );
         assert_eq!(text, "# TYPE envoy_cluster_upstream_rq counter\nenvoy_cluster_upstream_rq{envoy_cluster_name=\"a\",envoy_response_code=\"200\"} 4\n");
     }
 }

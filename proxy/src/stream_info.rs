@@ -45,22 +45,62 @@ pub enum ResponseFlag {
 }
 
 const FLAGS: &[(ResponseFlag, &str, &str)] = &[
-    (ResponseFlag::FailedLocalHealthCheck, "LH", "FailedLocalHealthCheck"),
+    (
+        ResponseFlag::FailedLocalHealthCheck,
+        "LH",
+        "FailedLocalHealthCheck",
+    ),
     (ResponseFlag::NoHealthyUpstream, "UH", "NoHealthyUpstream"),
-    (ResponseFlag::UpstreamRequestTimeout, "UT", "UpstreamRequestTimeout"),
+    (
+        ResponseFlag::UpstreamRequestTimeout,
+        "UT",
+        "UpstreamRequestTimeout",
+    ),
     (ResponseFlag::LocalReset, "LR", "LocalReset"),
-    (ResponseFlag::UpstreamRemoteReset, "UR", "UpstreamRemoteReset"),
-    (ResponseFlag::UpstreamConnectionFailure, "UF", "UpstreamConnectionFailure"),
-    (ResponseFlag::UpstreamConnectionTermination, "UC", "UpstreamConnectionTermination"),
+    (
+        ResponseFlag::UpstreamRemoteReset,
+        "UR",
+        "UpstreamRemoteReset",
+    ),
+    (
+        ResponseFlag::UpstreamConnectionFailure,
+        "UF",
+        "UpstreamConnectionFailure",
+    ),
+    (
+        ResponseFlag::UpstreamConnectionTermination,
+        "UC",
+        "UpstreamConnectionTermination",
+    ),
     (ResponseFlag::UpstreamOverflow, "UO", "UpstreamOverflow"),
     (ResponseFlag::NoRouteFound, "NR", "NoRouteFound"),
-    (ResponseFlag::DownstreamConnectionTermination, "DC", "DownstreamConnectionTermination"),
-    (ResponseFlag::UpstreamRetryLimitExceeded, "URX", "UpstreamRetryLimitExceeded"),
+    (
+        ResponseFlag::DownstreamConnectionTermination,
+        "DC",
+        "DownstreamConnectionTermination",
+    ),
+    (
+        ResponseFlag::UpstreamRetryLimitExceeded,
+        "URX",
+        "UpstreamRetryLimitExceeded",
+    ),
     (ResponseFlag::StreamIdleTimeout, "SI", "StreamIdleTimeout"),
-    (ResponseFlag::DownstreamProtocolError, "DPE", "DownstreamProtocolError"),
-    (ResponseFlag::UpstreamProtocolError, "UPE", "UpstreamProtocolError"),
+    (
+        ResponseFlag::DownstreamProtocolError,
+        "DPE",
+        "DownstreamProtocolError",
+    ),
+    (
+        ResponseFlag::UpstreamProtocolError,
+        "UPE",
+        "UpstreamProtocolError",
+    ),
     (ResponseFlag::NoClusterFound, "NC", "NoClusterFound"),
-    (ResponseFlag::DownstreamRemoteReset, "DR", "DownstreamRemoteReset"),
+    (
+        ResponseFlag::DownstreamRemoteReset,
+        "DR",
+        "DownstreamRemoteReset",
+    ),
 ];
 
 /// A set of response flags.
@@ -84,7 +124,10 @@ impl ResponseFlags {
     pub fn long(&self) -> String {
         self.render(|(_, _, l)| l)
     }
-    fn render(&self, pick: impl Fn(&(ResponseFlag, &'static str, &'static str)) -> &'static str) -> String {
+    fn render(
+        &self,
+        pick: impl Fn(&(ResponseFlag, &'static str, &'static str)) -> &'static str,
+    ) -> String {
         let names: Vec<&str> = FLAGS.iter().filter(|f| self.has(f.0)).map(pick).collect();
         if names.is_empty() {
             "-".into()
@@ -186,6 +229,9 @@ mod tests {
         f.set(ResponseFlag::UpstreamRetryLimitExceeded);
         f.set(ResponseFlag::UpstreamConnectionFailure);
         assert_eq!(f.short(), "UF,URX");
-        assert_eq!(f.long(), "UpstreamConnectionFailure,UpstreamRetryLimitExceeded");
+        assert_eq!(
+            f.long(),
+            "UpstreamConnectionFailure,UpstreamRetryLimitExceeded"
+        );
     }
 }

@@ -129,17 +129,22 @@ pub fn spawn(
     shared: Shared,
     sockets: Vec<(Arc<model::Listener>, std::net::TcpListener)>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name(format!("worker_{id}")).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(worker = id, error = %e, "cannot start worker runtime");
-                return;
-            }
-        };
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, run(id, shard, shared, sockets));
-    })
+    std::thread::Builder::new()
+        .name(format!("worker_{id}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(worker = id, error = %e, "cannot start worker runtime");
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, run(id, shard, shared, sockets));
+        })
 }
 
 async fn run(

@@ -28,7 +28,10 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error at `path`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), message: message.into() }
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 
     /// The error for a field skiff does not honour.
@@ -82,13 +85,22 @@ pub struct Loaded {
 pub fn load(source: &Source) -> Result<Loaded, ConfigError> {
     let (dynamic, bootstrap) = decode(source)?;
     let model = translate(&bootstrap)?;
-    Ok(Loaded { model, dump: dump(&dynamic) })
+    Ok(Loaded {
+        model,
+        dump: dump(&dynamic),
+    })
 }
 
 /// Decodes and checks a bootstrap: the dynamic form and the generated prost type.
 fn decode(
     source: &Source,
-) -> Result<(DynamicMessage, envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap), ConfigError> {
+) -> Result<
+    (
+        DynamicMessage,
+        envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap,
+    ),
+    ConfigError,
+> {
     let desc = proto::message(proto::BOOTSTRAP)?;
     let mut dynamic = match &source.path {
         Some(path) => {
@@ -121,23 +133,43 @@ pub fn load_text(text: &str) -> Result<Loaded, ConfigError> {
     supported::check(&dynamic)?;
     let bootstrap = proto::to_typed(&dynamic)?;
     let model = translate(&bootstrap)?;
-    Ok(Loaded { model, dump: dump(&dynamic) })
+    Ok(Loaded {
+        model,
+        dump: dump(&dynamic),
+    })
 }
 
 fn to_json(msg: &DynamicMessage) -> serde_json::Value {
-    let opts = prost_reflect::SerializeOptions::new().skip_default_fields(true).use_proto_field_name(true);
-    msg.serialize_with_options(serde_json::value::Serializer, &opts).unwrap_or(serde_json::Value::Null)
+    let opts = prost_reflect::SerializeOptions::new()
+        .skip_default_fields(true)
+        .use_proto_field_name(true);
+    msg.serialize_with_options(serde_json::value::Serializer, &opts)
+        .unwrap_or(serde_json::Value::Null)
 }
 
 fn dump(boot: &DynamicMessage) -> ConfigDump {
     use prost_reflect::Value;
-    let mut d = ConfigDump { bootstrap: to_json(boot), ..ConfigDump::default() };
-    let Some(Value::Message(res)) = boot.get_field_by_name("static_resources").map(|v| v.into_owned()) else {
+    let mut d = ConfigDump {
+        bootstrap: to_json(boot),
+        ..ConfigDump::default()
+    };
+    let Some(Value::Message(res)) = boot
+        .get_field_by_name("static_resources")
+        .map(|v| v.into_owned())
+    else {
         return d;
     };
     for (field, out, type_url) in [
-        ("listeners", &mut d.listeners, "type.googleapis.com/envoy.config.listener.v3.Listener"),
-        ("clusters", &mut d.clusters, "type.googleapis.com/envoy.config.cluster.v3.Cluster"),
+        (
+            "listeners",
+            &mut d.listeners,
+            "type.googleapis.com/envoy.config.listener.v3.Listener",
+        ),
+        (
+            "clusters",
+            &mut d.clusters,
+            "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        ),
     ] {
         if let Some(Value::List(items)) = res.get_field_by_name(field).map(|v| v.into_owned()) {
             for item in items {
@@ -159,15 +191,21 @@ pub const DECODE_FLAG: &str = "--decode-config-to-stdout";
 
 /// Decodes a configuration for a parent process: writes the binary `Bootstrap` (length-prefixed)
 /// followed by the dump as JSON, or the error as JSON with a non-zero exit.
-pub fn decode_for_parent(source: &Source, out: &mut impl std::io::Write) -> Result<(), ConfigError> {
+pub fn decode_for_parent(
+    source: &Source,
+    out: &mut impl std::io::Write,
+) -> Result<(), ConfigError> {
     use prost::Message;
     let (dynamic, bootstrap) = decode(source)?;
     // Translation errors are reported by the child too, so the parent sees the same text.
     translate(&bootstrap)?;
     let pb = bootstrap.encode_to_vec();
     let json = serde_json::to_vec(&dump(&dynamic)).unwrap_or_default();
-    let io = |e: std::io::Error| ConfigError::new("", format!("cannot hand the configuration over: {e}"));
-    out.write_all(&(pb.len() as u64).to_le_bytes()).map_err(io)?;
+    let io = |e: std::io::Error| {
+        ConfigError::new("", format!("cannot hand the configuration over: {e}"))
+    };
+    out.write_all(&(pb.len() as u64).to_le_bytes())
+        .map_err(io)?;
     out.write_all(&pb).map_err(io)?;
     out.write_all(&json).map_err(io)?;
     Ok(())
@@ -199,16 +237,30 @@ pub fn load_isolated(source: &Source) -> Result<Loaded, ConfigError> {
         return Err(serde_json::from_slice::<ChildError>(&output.stdout)
             .map(|e| ConfigError::new(e.path, e.message))
             .unwrap_or_else(|_| {
-                ConfigError::new("", format!("configuration decoder failed: {}", String::from_utf8_lossy(&output.stderr)))
+                ConfigError::new(
+                    "",
+                    format!(
+                        "configuration decoder failed: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    ),
+                )
             }));
     }
     let bad = || ConfigError::new("", "configuration decoder returned malformed output");
     let data = output.stdout;
-    let len = data.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes).ok_or_else(bad)? as usize;
+    let len = data
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(bad)? as usize;
     let pb = data.get(8..8 + len).ok_or_else(bad)?;
-    let bootstrap = envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap::decode(pb).map_err(|_| bad())?;
+    let bootstrap =
+        envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap::decode(pb).map_err(|_| bad())?;
     let dump = serde_json::from_slice(&data[8 + len..]).map_err(|_| bad())?;
-    Ok(Loaded { model: translate(&bootstrap)?, dump })
+    Ok(Loaded {
+        model: translate(&bootstrap)?,
+        dump,
+    })
 }
 
 /// A configuration error as the child process reports it.
@@ -225,7 +277,9 @@ mod tests {
     use super::*;
 
     fn repo_file(rel: &str) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(rel)
     }
 
     #[test]
@@ -245,7 +299,10 @@ mod tests {
         std::fs::write(&path, include_str!("../../../examples/envoy-minimal.yaml")).expect("write");
         let source = Source {
             path: Some(path.to_string_lossy().into_owned()),
-            yaml: Some("admin: { address: { socket_address: { address: 127.0.0.1, port_value: 9999 } } }".into()),
+            yaml: Some(
+                "admin: { address: { socket_address: { address: 127.0.0.1, port_value: 9999 } } }"
+                    .into(),
+            ),
         };
         let loaded = load(&source).expect("merged config loads");
         assert_eq!(loaded.model.admin.expect("admin").address.port(), 9999);
@@ -270,10 +327,16 @@ mod tests {
         let mut seen = 0;
         for dir in dirs {
             for entry in std::fs::read_dir(&dir).expect("corpus dir").flatten() {
-                let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+                let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                    continue;
+                };
                 seen += 1;
                 if let Err(e) = load_text(&text) {
-                    assert!(!e.message.is_empty(), "{}: empty error", entry.path().display());
+                    assert!(
+                        !e.message.is_empty(),
+                        "{}: empty error",
+                        entry.path().display()
+                    );
                 }
             }
         }

@@ -59,7 +59,9 @@ pub struct Listener {
 impl Listener {
     /// The chain a new connection runs.
     pub fn select_chain(&self) -> Option<&Arc<FilterChain>> {
-        self.filter_chain.as_ref().or(self.default_filter_chain.as_ref())
+        self.filter_chain
+            .as_ref()
+            .or(self.default_filter_chain.as_ref())
     }
 }
 

@@ -4,7 +4,9 @@
 use std::sync::OnceLock;
 
 use prost::Message;
-use prost_reflect::{DeserializeOptions, DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage};
+use prost_reflect::{
+    DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, ReflectMessage,
+};
 
 use super::ConfigError;
 
@@ -58,7 +60,7 @@ where
         Err(e) => {
             let path = track.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            Err(ConfigError::new(path, e.to_string()))
+            Err(describe_error(path, &e.to_string()))
         }
     }
 }
@@ -72,8 +74,12 @@ pub fn merge(base: &mut DynamicMessage, over: &DynamicMessage) -> Result<(), Con
 
 /// Converts a dynamic message into its generated prost type.
 pub fn to_typed<T: prost::Message + Default>(msg: &DynamicMessage) -> Result<T, ConfigError> {
-    msg.transcode_to::<T>()
-        .map_err(|e| ConfigError::new("", format!("cannot convert {}: {e}", msg.descriptor().full_name())))
+    msg.transcode_to::<T>().map_err(|e| {
+        ConfigError::new(
+            "",
+            format!("cannot convert {}: {e}", msg.descriptor().full_name()),
+        )
+    })
 }
 
 /// The message name behind a `type.googleapis.com/…` URL.
@@ -94,6 +100,49 @@ pub fn unpack<T: prost::Message + prost::Name + Default>(
             format!("unsupported @type '{got}', expected '{expected}'"),
         ));
     }
-    T::decode(any.value.as_slice()).map_err(|e| ConfigError::new(path, format!("cannot decode {expected}: {e}")))
+    T::decode(any.value.as_slice())
+        .map_err(|e| ConfigError::new(path, format!("cannot decode {expected}: {e}")))
 }
 
+/// Turns a deserializer error into a path and a message: the YAML parser repeats the path in
+/// its message, and an unknown field is reported as `<path>.<field>: unknown field`.
+fn describe_error(path: String, raw: &str) -> ConfigError {
+    let msg = raw.strip_prefix(&format!("{path}: ")).unwrap_or(raw);
+    let (msg, location) = match msg.rfind(" at line ") {
+        Some(i) => (&msg[..i], Some(msg[i + 4..].to_string())),
+        None => (msg, None),
+    };
+    let unknown = msg
+        .strip_prefix("unrecognized field name '")
+        .or_else(|| msg.strip_prefix("unknown field `"))
+        .and_then(|rest| rest.split(['\'', '`']).next());
+    let (path, msg) = match unknown {
+        Some(field) if path.is_empty() => (field.to_string(), "unknown field".to_string()),
+        Some(field) => (format!("{path}.{field}"), "unknown field".to_string()),
+        None => (path, msg.to_string()),
+    };
+    match location {
+        Some(loc) => ConfigError::new(path, format!("{msg} ({loc})")),
+        None => ConfigError::new(path, msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_get_their_own_path() {
+        let e = describe_error(
+            "static_resources.listeners[0]".into(),
+            "static_resources.listeners[0]: unrecognized field name 'bogus' at line 22 column 5",
+        );
+        assert_eq!(
+            e.to_string(),
+            "static_resources.listeners[0].bogus: unknown field (line 22 column 5)"
+        );
+        let e = decode_text("{\"bogus\": 1}", message(BOOTSTRAP).expect("bootstrap"))
+            .expect_err("unknown");
+        assert_eq!(e.path, "bogus");
+    }
+}

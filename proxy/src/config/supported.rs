@@ -8,17 +8,36 @@ use super::{proto, ConfigError};
 
 /// Message full name → the fields of it that skiff honours.
 const SUPPORTED: &[(&str, &[&str])] = &[
-    ("envoy.config.bootstrap.v3.Bootstrap", &["node", "admin", "static_resources"]),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap",
+        &["node", "admin", "static_resources"],
+    ),
     // Node identity is reported by /server_info; none of it changes behaviour.
     (
         "envoy.config.core.v3.Node",
-        &["id", "cluster", "metadata", "locality", "user_agent_name", "user_agent_version"],
+        &[
+            "id",
+            "cluster",
+            "metadata",
+            "locality",
+            "user_agent_name",
+            "user_agent_version",
+        ],
     ),
-    ("envoy.config.core.v3.Locality", &["region", "zone", "sub_zone"]),
+    (
+        "envoy.config.core.v3.Locality",
+        &["region", "zone", "sub_zone"],
+    ),
     ("envoy.config.bootstrap.v3.Admin", &["address"]),
-    ("envoy.config.bootstrap.v3.Bootstrap.StaticResources", &["listeners", "clusters"]),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap.StaticResources",
+        &["listeners", "clusters"],
+    ),
     ("envoy.config.core.v3.Address", &["socket_address"]),
-    ("envoy.config.core.v3.SocketAddress", &["protocol", "address", "port_value"]),
+    (
+        "envoy.config.core.v3.SocketAddress",
+        &["protocol", "address", "port_value"],
+    ),
     (
         "envoy.config.listener.v3.Listener",
         &[
@@ -37,9 +56,17 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.listener.v3.Filter", &["name", "typed_config"]),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-        &["stat_prefix", "cluster", "weighted_clusters", "idle_timeout"],
+        &[
+            "stat_prefix",
+            "cluster",
+            "weighted_clusters",
+            "idle_timeout",
+        ],
     ),
-    ("envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster", &["clusters"]),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster",
+        &["clusters"],
+    ),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight",
         &["name", "weight"],
@@ -67,15 +94,25 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.extensions.filters.http.router.v3.Router",
         // start_child_span only matters with tracing, which is off.
-        &["dynamic_stats", "suppress_envoy_headers", "start_child_span"],
+        &[
+            "dynamic_stats",
+            "suppress_envoy_headers",
+            "start_child_span",
+        ],
     ),
     (
         "envoy.config.route.v3.RouteConfiguration",
         &["name", "virtual_hosts", "ignore_port_in_host_matching"],
     ),
-    ("envoy.config.route.v3.VirtualHost", &["name", "domains", "routes"]),
+    (
+        "envoy.config.route.v3.VirtualHost",
+        &["name", "domains", "routes"],
+    ),
     ("envoy.config.route.v3.Route", &["name", "match", "route"]),
-    ("envoy.config.route.v3.RouteMatch", &["prefix", "path", "case_sensitive", "headers"]),
+    (
+        "envoy.config.route.v3.RouteMatch",
+        &["prefix", "path", "case_sensitive", "headers"],
+    ),
     (
         "envoy.config.route.v3.HeaderMatcher",
         &["name", "string_match", "present_match", "invert_match"],
@@ -85,11 +122,26 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["exact", "prefix", "suffix", "contains", "ignore_case"],
     ),
     ("envoy.config.route.v3.RouteAction", &["cluster", "timeout"]),
-    ("envoy.config.accesslog.v3.AccessLog", &["name", "typed_config"]),
-    ("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog", &["log_format"]),
-    ("envoy.extensions.access_loggers.stream.v3.StderrAccessLog", &["log_format"]),
-    ("envoy.extensions.access_loggers.file.v3.FileAccessLog", &["path", "log_format"]),
-    ("envoy.config.core.v3.SubstitutionFormatString", &["text_format_source", "text_format"]),
+    (
+        "envoy.config.accesslog.v3.AccessLog",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+        &["log_format"],
+    ),
+    (
+        "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+        &["log_format"],
+    ),
+    (
+        "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        &["path", "log_format"],
+    ),
+    (
+        "envoy.config.core.v3.SubstitutionFormatString",
+        &["text_format_source", "text_format"],
+    ),
     ("envoy.config.core.v3.DataSource", &["inline_string"]),
     (
         "envoy.config.cluster.v3.Cluster",
@@ -104,9 +156,18 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "per_connection_buffer_limit_bytes",
         ],
     ),
-    ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints"]),
-    ("envoy.config.endpoint.v3.LocalityLbEndpoints", &["lb_endpoints"]),
-    ("envoy.config.endpoint.v3.LbEndpoint", &["endpoint", "health_status"]),
+    (
+        "envoy.config.endpoint.v3.ClusterLoadAssignment",
+        &["cluster_name", "endpoints"],
+    ),
+    (
+        "envoy.config.endpoint.v3.LocalityLbEndpoints",
+        &["lb_endpoints"],
+    ),
+    (
+        "envoy.config.endpoint.v3.LbEndpoint",
+        &["endpoint", "health_status"],
+    ),
     ("envoy.config.endpoint.v3.Endpoint", &["address"]),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -123,12 +184,20 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
     (
         "envoy.config.core.v3.Http2ProtocolOptions",
-        &["max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"],
+        &[
+            "max_concurrent_streams",
+            "initial_stream_window_size",
+            "initial_connection_window_size",
+        ],
     ),
 ];
 
 fn supported_fields(message: &str) -> &'static [&'static str] {
-    SUPPORTED.iter().find(|(m, _)| *m == message).map(|(_, f)| *f).unwrap_or(&[])
+    SUPPORTED
+        .iter()
+        .find(|(m, _)| *m == message)
+        .map(|(_, f)| *f)
+        .unwrap_or(&[])
 }
 
 /// Refuses the first set field that skiff does not honour.
@@ -211,7 +280,10 @@ mod tests {
         for (message, fields) in SUPPORTED {
             let desc = proto::message(message).expect(message);
             for f in *fields {
-                assert!(desc.get_field_by_name(f).is_some(), "{message} has no field {f}");
+                assert!(
+                    desc.get_field_by_name(f).is_some(),
+                    "{message} has no field {f}"
+                );
             }
         }
     }
@@ -222,7 +294,10 @@ mod tests {
             "static_resources: { listeners: [ { name: a, address: { socket_address: { address: 127.0.0.1, port_value: 1 } } }, { name: b, transparent: true } ] }",
         )
         .unwrap_err();
-        assert_eq!(err.to_string(), "static_resources.listeners[1].transparent: unsupported");
+        assert_eq!(
+            err.to_string(),
+            "static_resources.listeners[1].transparent: unsupported"
+        );
     }
 
     #[test]
@@ -245,6 +320,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("bogus_field"), "{err}");
-        assert!(err.path.starts_with("static_resources.listeners[0]"), "{err}");
+        assert!(
+            err.path.starts_with("static_resources.listeners[0]"),
+            "{err}"
+        );
     }
 }

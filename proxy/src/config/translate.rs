@@ -12,7 +12,9 @@ use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::config::route::v3 as route;
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
-use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{StderrAccessLog, StdoutAccessLog};
+use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
+    StderrAccessLog, StdoutAccessLog,
+};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
@@ -27,7 +29,8 @@ use crate::access_log::Format;
 use crate::router::{Route, RouteMatch, RouteTable, VirtualHost};
 
 const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
-const HCM_TYPE: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const HCM_TYPE: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY_TYPE: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
@@ -36,11 +39,16 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
     let node = b
         .node
         .as_ref()
-        .map(|n| Node { id: n.id.clone(), cluster: n.cluster.clone() })
+        .map(|n| Node {
+            id: n.id.clone(),
+            cluster: n.cluster.clone(),
+        })
         .unwrap_or_default();
     let admin = match &b.admin {
         Some(a) => match &a.address {
-            Some(addr) => Some(Admin { address: socket_address(addr, "admin.address")? }),
+            Some(addr) => Some(Admin {
+                address: socket_address(addr, "admin.address")?,
+            }),
             None => None,
         },
         None => None,
@@ -82,7 +90,12 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         }
         listeners.push(Arc::new(l));
     }
-    Ok(Bootstrap { node, admin, listeners, clusters })
+    Ok(Bootstrap {
+        node,
+        admin,
+        listeners,
+        clusters,
+    })
 }
 
 fn required<'a, T>(v: &'a Option<T>, path: &str) -> Result<&'a T, ConfigError> {
@@ -104,18 +117,27 @@ fn socket_address(a: &core::Address, path: &str) -> Result<SocketAddr, ConfigErr
     };
     let path = format!("{path}.socket_address");
     if sa.protocol != core::socket_address::Protocol::Tcp as i32 {
-        return Err(ConfigError::new(format!("{path}.protocol"), "unsupported: only TCP"));
+        return Err(ConfigError::new(
+            format!("{path}.protocol"),
+            "unsupported: only TCP",
+        ));
     }
     let ip: IpAddr = sa.address.parse().map_err(|_| {
         ConfigError::new(
             format!("{path}.address"),
-            format!("'{}' is not an IP address (hostnames need a DNS cluster type)", sa.address),
+            format!(
+                "'{}' is not an IP address (hostnames need a DNS cluster type)",
+                sa.address
+            ),
         )
     })?;
     let port = match sa.port_specifier {
         Some(core::socket_address::PortSpecifier::PortValue(p)) if p <= 65535 => p as u16,
         Some(core::socket_address::PortSpecifier::PortValue(p)) => {
-            return Err(ConfigError::new(format!("{path}.port_value"), format!("{p} is not a port")))
+            return Err(ConfigError::new(
+                format!("{path}.port_value"),
+                format!("{p} is not a port"),
+            ))
         }
         _ => return Err(ConfigError::new(format!("{path}.port_value"), "required")),
     };
@@ -132,15 +154,21 @@ fn translate_listener(
     path: &str,
     clusters: &HashSet<String>,
 ) -> Result<Listener, ConfigError> {
-    let address = socket_address(required(&l.address, &format!("{path}.address"))?, &format!("{path}.address"))?;
+    let address = socket_address(
+        required(&l.address, &format!("{path}.address"))?,
+        &format!("{path}.address"),
+    )?;
     if l.enable_reuse_port.as_ref().map(|v| v.value) == Some(false) {
         return Err(ConfigError::new(
             format!("{path}.enable_reuse_port"),
             "unsupported: false (each worker owns its own SO_REUSEPORT socket)",
         ));
     }
-    let stat_prefix =
-        if l.stat_prefix.is_empty() { listener_stat_prefix(&address) } else { l.stat_prefix.clone() };
+    let stat_prefix = if l.stat_prefix.is_empty() {
+        listener_stat_prefix(&address)
+    } else {
+        l.stat_prefix.clone()
+    };
     if l.filter_chains.len() > 1 {
         return Err(ConfigError::new(
             format!("{path}.filter_chains"),
@@ -148,11 +176,19 @@ fn translate_listener(
         ));
     }
     let filter_chain = match l.filter_chains.first() {
-        Some(fc) => Some(Arc::new(translate_chain(fc, &format!("{path}.filter_chains[0]"), clusters)?)),
+        Some(fc) => Some(Arc::new(translate_chain(
+            fc,
+            &format!("{path}.filter_chains[0]"),
+            clusters,
+        )?)),
         None => None,
     };
     let default_filter_chain = match &l.default_filter_chain {
-        Some(fc) => Some(Arc::new(translate_chain(fc, &format!("{path}.default_filter_chain"), clusters)?)),
+        Some(fc) => Some(Arc::new(translate_chain(
+            fc,
+            &format!("{path}.default_filter_chain"),
+            clusters,
+        )?)),
         None => None,
     };
     if filter_chain.is_none() && default_filter_chain.is_none() {
@@ -162,12 +198,19 @@ fn translate_listener(
         ));
     }
     Ok(Listener {
-        name: if l.name.is_empty() { address.to_string() } else { l.name.clone() },
+        name: if l.name.is_empty() {
+            address.to_string()
+        } else {
+            l.name.clone()
+        },
         address,
         stat_prefix,
         filter_chain,
         default_filter_chain,
-        buffer_limit: l.per_connection_buffer_limit_bytes.as_ref().map_or(DEFAULT_BUFFER_LIMIT, |v| v.value as usize),
+        buffer_limit: l
+            .per_connection_buffer_limit_bytes
+            .as_ref()
+            .map_or(DEFAULT_BUFFER_LIMIT, |v| v.value as usize),
     })
 }
 
@@ -198,7 +241,10 @@ fn translate_chain(
                 &tpath,
                 clusters,
             )?)),
-            TCP_PROXY_TYPE => NetworkFilter::TcpProxy(Arc::new(translate_tcp_proxy(&unpack(any, &tpath)?, &tpath)?)),
+            TCP_PROXY_TYPE => NetworkFilter::TcpProxy(Arc::new(translate_tcp_proxy(
+                &unpack(any, &tpath)?,
+                &tpath,
+            )?)),
             other => {
                 return Err(ConfigError::new(
                     tpath,
@@ -210,15 +256,24 @@ fn translate_chain(
         if !last {
             return Err(ConfigError::new(
                 fpath,
-                format!("'{}' is a terminal filter and must be last in the chain", f.name),
+                format!(
+                    "'{}' is a terminal filter and must be last in the chain",
+                    f.name
+                ),
             ));
         }
         filters.push(filter);
     }
     if filters.is_empty() {
-        return Err(ConfigError::new(format!("{path}.filters"), "a filter chain needs a terminal filter"));
+        return Err(ConfigError::new(
+            format!("{path}.filters"),
+            "a filter chain needs a terminal filter",
+        ));
     }
-    Ok(FilterChain { name: fc.name.clone(), filters })
+    Ok(FilterChain {
+        name: fc.name.clone(),
+        filters,
+    })
 }
 
 fn translate_tcp_proxy(t: &tcp::TcpProxy, path: &str) -> Result<TcpProxy, ConfigError> {
@@ -234,7 +289,10 @@ fn translate_tcp_proxy(t: &tcp::TcpProxy, path: &str) -> Result<TcpProxy, Config
                     continue;
                 }
                 if c.name.is_empty() {
-                    return Err(ConfigError::new(format!("{path}.weighted_clusters.clusters[{i}].name"), "required"));
+                    return Err(ConfigError::new(
+                        format!("{path}.weighted_clusters.clusters[{i}].name"),
+                        "required",
+                    ));
                 }
                 all.push((c.name.clone(), c.weight));
             }
@@ -255,7 +313,11 @@ fn translate_tcp_proxy(t: &tcp::TcpProxy, path: &str) -> Result<TcpProxy, Config
         }
         None => Some(Duration::from_secs(3600)),
     };
-    Ok(TcpProxy { stat_prefix: t.stat_prefix.clone(), cluster, idle_timeout })
+    Ok(TcpProxy {
+        stat_prefix: t.stat_prefix.clone(),
+        cluster,
+        idle_timeout,
+    })
 }
 
 fn translate_hcm(
@@ -263,7 +325,9 @@ fn translate_hcm(
     path: &str,
     clusters: &HashSet<String>,
 ) -> Result<HttpConnectionManager, ConfigError> {
-    use hcm::http_connection_manager::{CodecType as Codec, RouteSpecifier, ServerHeaderTransformation as Sht};
+    use hcm::http_connection_manager::{
+        CodecType as Codec, RouteSpecifier, ServerHeaderTransformation as Sht,
+    };
     if h.stat_prefix.is_empty() {
         return Err(ConfigError::new(format!("{path}.stat_prefix"), "required"));
     }
@@ -271,11 +335,23 @@ fn translate_hcm(
         Ok(Codec::Auto) => CodecType::Auto,
         Ok(Codec::Http1) => CodecType::Http1,
         Ok(Codec::Http2) => CodecType::Http2,
-        _ => return Err(ConfigError::new(format!("{path}.codec_type"), "unsupported: only AUTO, HTTP1, HTTP2")),
+        _ => {
+            return Err(ConfigError::new(
+                format!("{path}.codec_type"),
+                "unsupported: only AUTO, HTTP1, HTTP2",
+            ))
+        }
     };
     let routes = match &h.route_specifier {
-        Some(RouteSpecifier::RouteConfig(rc)) => translate_routes(rc, &format!("{path}.route_config"), clusters)?,
-        Some(_) => return Err(ConfigError::new(path, "unsupported: only an inline route_config")),
+        Some(RouteSpecifier::RouteConfig(rc)) => {
+            translate_routes(rc, &format!("{path}.route_config"), clusters)?
+        }
+        Some(_) => {
+            return Err(ConfigError::new(
+                path,
+                "unsupported: only an inline route_config",
+            ))
+        }
         None => return Err(ConfigError::new(format!("{path}.route_config"), "required")),
     };
     let mut router = None;
@@ -283,14 +359,26 @@ fn translate_hcm(
         let fpath = format!("{path}.http_filters[{i}]");
         let any = match &f.config_type {
             Some(hcm::http_filter::ConfigType::TypedConfig(any)) => any,
-            Some(_) => return Err(ConfigError::unsupported(format!("{fpath}.config_discovery"))),
-            None => return Err(ConfigError::new(format!("{fpath}.typed_config"), "required")),
+            Some(_) => {
+                return Err(ConfigError::unsupported(format!(
+                    "{fpath}.config_discovery"
+                )))
+            }
+            None => {
+                return Err(ConfigError::new(
+                    format!("{fpath}.typed_config"),
+                    "required",
+                ))
+            }
         };
         let tpath = format!("{fpath}.typed_config");
         match type_name(&any.type_url) {
             "envoy.extensions.filters.http.router.v3.Router" => {
                 if i + 1 != h.http_filters.len() {
-                    return Err(ConfigError::new(fpath, "the router must be the last HTTP filter"));
+                    return Err(ConfigError::new(
+                        fpath,
+                        "the router must be the last HTTP filter",
+                    ));
                 }
                 let r: Router = unpack(any, &tpath)?;
                 router = Some(RouterConfig {
@@ -299,25 +387,40 @@ fn translate_hcm(
                 });
             }
             other => {
-                return Err(ConfigError::new(tpath, format!("unsupported HTTP filter '{}' ({other})", f.name)))
+                return Err(ConfigError::new(
+                    tpath,
+                    format!("unsupported HTTP filter '{}' ({other})", f.name),
+                ))
             }
         }
     }
     let router = router.ok_or_else(|| {
-        ConfigError::new(format!("{path}.http_filters"), "must end with envoy.filters.http.router")
+        ConfigError::new(
+            format!("{path}.http_filters"),
+            "must end with envoy.filters.http.router",
+        )
     })?;
     let mut access_logs = Vec::new();
     for (i, a) in h.access_log.iter().enumerate() {
         access_logs.push(translate_access_log(a, &format!("{path}.access_log[{i}]"))?);
     }
-    let server_name = if h.server_name.is_empty() { "envoy" } else { h.server_name.as_str() };
+    let server_name = if h.server_name.is_empty() {
+        "envoy"
+    } else {
+        h.server_name.as_str()
+    };
     let server_name = http::HeaderValue::from_str(server_name)
         .map_err(|_| ConfigError::new(format!("{path}.server_name"), "not a valid header value"))?;
     let server_header = match Sht::try_from(h.server_header_transformation) {
         Ok(Sht::Overwrite) => ServerHeader::Overwrite,
         Ok(Sht::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
         Ok(Sht::PassThrough) => ServerHeader::PassThrough,
-        Err(_) => return Err(ConfigError::new(format!("{path}.server_header_transformation"), "unknown value")),
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.server_header_transformation"),
+                "unknown value",
+            ))
+        }
     };
     let via = if h.via.is_empty() {
         None
@@ -343,7 +446,10 @@ fn translate_hcm(
     })
 }
 
-fn translate_access_log(a: &envoy_types::pb::envoy::config::accesslog::v3::AccessLog, path: &str) -> Result<AccessLog, ConfigError> {
+fn translate_access_log(
+    a: &envoy_types::pb::envoy::config::accesslog::v3::AccessLog,
+    path: &str,
+) -> Result<AccessLog, ConfigError> {
     use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
     let any = match &a.config_type {
         Some(ConfigType::TypedConfig(any)) => any,
@@ -357,7 +463,10 @@ fn translate_access_log(a: &envoy_types::pb::envoy::config::accesslog::v3::Acces
         }
         "envoy.extensions.access_loggers.stream.v3.StderrAccessLog" => {
             let s: StderrAccessLog = unpack(any, &tpath)?;
-            (AccessLogSink::Stderr, stream_format_err(s.access_log_format))
+            (
+                AccessLogSink::Stderr,
+                stream_format_err(s.access_log_format),
+            )
         }
         "envoy.extensions.access_loggers.file.v3.FileAccessLog" => {
             let f: FileAccessLog = unpack(any, &tpath)?;
@@ -372,7 +481,12 @@ fn translate_access_log(a: &envoy_types::pb::envoy::config::accesslog::v3::Acces
             };
             (AccessLogSink::File(f.path), fmt)
         }
-        other => return Err(ConfigError::new(tpath, format!("unsupported access logger '{}' ({other})", a.name))),
+        other => {
+            return Err(ConfigError::new(
+                tpath,
+                format!("unsupported access logger '{}' ({other})", a.name),
+            ))
+        }
     };
     let format = match log_format {
         None => Format::envoy_default(),
@@ -384,15 +498,23 @@ fn translate_access_log(a: &envoy_types::pb::envoy::config::accesslog::v3::Acces
                 Some(F::TextFormat(t)) => t,
                 Some(F::TextFormatSource(ds)) => match ds.specifier {
                     Some(core::data_source::Specifier::InlineString(s)) => s,
-                    _ => return Err(ConfigError::unsupported(format!("{fpath}.text_format_source"))),
+                    _ => {
+                        return Err(ConfigError::unsupported(format!(
+                            "{fpath}.text_format_source"
+                        )))
+                    }
                 },
                 Some(_) => return Err(ConfigError::unsupported(format!("{fpath}.json_format"))),
                 None => return Err(ConfigError::new(fpath, "needs text_format_source")),
             };
-            Format::parse(&text).map_err(|e| ConfigError::new(format!("{fpath}.text_format_source"), e))?
+            Format::parse(&text)
+                .map_err(|e| ConfigError::new(format!("{fpath}.text_format_source"), e))?
         }
     };
-    Ok(AccessLog { sink, format: Arc::new(format) })
+    Ok(AccessLog {
+        sink,
+        format: Arc::new(format),
+    })
 }
 
 fn stream_format(
@@ -420,27 +542,56 @@ fn translate_routes(
     for (i, vh) in rc.virtual_hosts.iter().enumerate() {
         let vpath = format!("{path}.virtual_hosts[{i}]");
         if vh.domains.is_empty() {
-            return Err(ConfigError::new(format!("{vpath}.domains"), "at least one domain is required"));
+            return Err(ConfigError::new(
+                format!("{vpath}.domains"),
+                "at least one domain is required",
+            ));
         }
         let mut routes = Vec::new();
         for (j, r) in vh.routes.iter().enumerate() {
-            routes.push(translate_route(r, &format!("{vpath}.routes[{j}]"), clusters)?);
+            routes.push(translate_route(
+                r,
+                &format!("{vpath}.routes[{j}]"),
+                clusters,
+            )?);
         }
-        vhosts.push(VirtualHost { name: vh.name.clone(), domains: vh.domains.clone(), routes });
+        vhosts.push(VirtualHost {
+            name: vh.name.clone(),
+            domains: vh.domains.clone(),
+            routes,
+        });
     }
     RouteTable::new(rc.name.clone(), vhosts, rc.ignore_port_in_host_matching)
         .map_err(|e| ConfigError::new(format!("{path}.virtual_hosts"), e))
 }
 
-fn translate_route(r: &route::Route, path: &str, clusters: &HashSet<String>) -> Result<Route, ConfigError> {
+fn translate_route(
+    r: &route::Route,
+    path: &str,
+    clusters: &HashSet<String>,
+) -> Result<Route, ConfigError> {
     let m = required(&r.r#match, &format!("{path}.match"))?;
     let mpath = format!("{path}.match");
     let case_sensitive = m.case_sensitive.as_ref().is_none_or(|v| v.value);
     let path_match = match &m.path_specifier {
-        Some(route::route_match::PathSpecifier::Prefix(p)) => crate::router::PathMatch::Prefix(p.clone()),
-        Some(route::route_match::PathSpecifier::Path(p)) => crate::router::PathMatch::Exact(p.clone()),
-        Some(_) => return Err(ConfigError::new(mpath, "unsupported path specifier: only prefix and path")),
-        None => return Err(ConfigError::new(mpath, "a path specifier (prefix or path) is required")),
+        Some(route::route_match::PathSpecifier::Prefix(p)) => {
+            crate::router::PathMatch::Prefix(p.clone())
+        }
+        Some(route::route_match::PathSpecifier::Path(p)) => {
+            crate::router::PathMatch::Exact(p.clone())
+        }
+        Some(_) => {
+            return Err(ConfigError::new(
+                mpath,
+                "unsupported path specifier: only prefix and path",
+            ))
+        }
+        None => {
+            return Err(ConfigError::new(
+                mpath,
+                "a path specifier (prefix or path) is required",
+            ))
+        }
     };
     let mut headers = Vec::new();
     for (i, h) in m.headers.iter().enumerate() {
@@ -448,8 +599,18 @@ fn translate_route(r: &route::Route, path: &str, clusters: &HashSet<String>) -> 
     }
     let action = match &r.action {
         Some(route::route::Action::Route(a)) => a,
-        Some(_) => return Err(ConfigError::new(path, "unsupported route action: only route")),
-        None => return Err(ConfigError::new(format!("{path}.route"), "an action is required")),
+        Some(_) => {
+            return Err(ConfigError::new(
+                path,
+                "unsupported route action: only route",
+            ))
+        }
+        None => {
+            return Err(ConfigError::new(
+                format!("{path}.route"),
+                "an action is required",
+            ))
+        }
     };
     let apath = format!("{path}.route");
     let cluster = match &action.cluster_specifier {
@@ -457,7 +618,10 @@ fn translate_route(r: &route::Route, path: &str, clusters: &HashSet<String>) -> 
         _ => return Err(ConfigError::new(format!("{apath}.cluster"), "required")),
     };
     if !clusters.contains(&cluster) {
-        return Err(ConfigError::new(format!("{apath}.cluster"), format!("unknown cluster '{cluster}'")));
+        return Err(ConfigError::new(
+            format!("{apath}.cluster"),
+            format!("unknown cluster '{cluster}'"),
+        ));
     }
     let timeout = match &action.timeout {
         Some(d) => duration(d, &format!("{apath}.timeout"))?,
@@ -471,32 +635,55 @@ fn translate_route(r: &route::Route, path: &str, clusters: &HashSet<String>) -> 
     })
 }
 
-fn translate_header_match(h: &route::HeaderMatcher, path: &str) -> Result<HeaderMatch, ConfigError> {
+fn translate_header_match(
+    h: &route::HeaderMatcher,
+    path: &str,
+) -> Result<HeaderMatch, ConfigError> {
     use route::header_matcher::HeaderMatchSpecifier as S;
     let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
         .map_err(|_| ConfigError::new(format!("{path}.name"), "not a valid header name"))?;
     let kind = match &h.header_match_specifier {
         Some(S::PresentMatch(p)) => HeaderMatchKind::Present(*p),
-        Some(S::StringMatch(sm)) => HeaderMatchKind::String(string_match(sm, &format!("{path}.string_match"))?),
+        Some(S::StringMatch(sm)) => {
+            HeaderMatchKind::String(string_match(sm, &format!("{path}.string_match"))?)
+        }
         // No specifier: the header must be present.
         None => HeaderMatchKind::Present(true),
         Some(_) => return Err(ConfigError::unsupported(path)),
     };
-    Ok(HeaderMatch { name, kind, invert: h.invert_match })
+    Ok(HeaderMatch {
+        name,
+        kind,
+        invert: h.invert_match,
+    })
 }
 
 fn string_match(m: &matcher::StringMatcher, path: &str) -> Result<StringMatch, ConfigError> {
     use matcher::string_matcher::MatchPattern as P;
-    let norm = |s: &String| if m.ignore_case { s.to_ascii_lowercase() } else { s.clone() };
+    let norm = |s: &String| {
+        if m.ignore_case {
+            s.to_ascii_lowercase()
+        } else {
+            s.clone()
+        }
+    };
     let kind = match &m.match_pattern {
         Some(P::Exact(s)) => StringMatchKind::Exact(norm(s)),
         Some(P::Prefix(s)) => StringMatchKind::Prefix(norm(s)),
         Some(P::Suffix(s)) => StringMatchKind::Suffix(norm(s)),
         Some(P::Contains(s)) => StringMatchKind::Contains(norm(s)),
-        Some(_) => return Err(ConfigError::new(path, "unsupported: only exact, prefix, suffix, contains")),
+        Some(_) => {
+            return Err(ConfigError::new(
+                path,
+                "unsupported: only exact, prefix, suffix, contains",
+            ))
+        }
         None => return Err(ConfigError::new(path, "a match pattern is required")),
     };
-    Ok(StringMatch { kind, ignore_case: m.ignore_case })
+    Ok(StringMatch {
+        kind,
+        ignore_case: m.ignore_case,
+    })
 }
 
 fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, ConfigError> {
@@ -511,14 +698,24 @@ fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, Config
     match &c.cluster_discovery_type {
         None | Some(ClusterDiscoveryType::Type(0)) => {}
         Some(ClusterDiscoveryType::Type(t)) => {
-            let name = DiscoveryType::try_from(*t).map(|t| t.as_str_name()).unwrap_or("unknown");
-            return Err(ConfigError::new(format!("{path}.type"), format!("unsupported: {name} (only STATIC)")));
+            let name = DiscoveryType::try_from(*t)
+                .map(|t| t.as_str_name())
+                .unwrap_or("unknown");
+            return Err(ConfigError::new(
+                format!("{path}.type"),
+                format!("unsupported: {name} (only STATIC)"),
+            ));
         }
         Some(_) => return Err(ConfigError::unsupported(format!("{path}.cluster_type"))),
     }
     if c.lb_policy != LbPolicy::RoundRobin as i32 {
-        let name = LbPolicy::try_from(c.lb_policy).map(|t| t.as_str_name()).unwrap_or("unknown");
-        return Err(ConfigError::new(format!("{path}.lb_policy"), format!("unsupported: {name} (only ROUND_ROBIN)")));
+        let name = LbPolicy::try_from(c.lb_policy)
+            .map(|t| t.as_str_name())
+            .unwrap_or("unknown");
+        return Err(ConfigError::new(
+            format!("{path}.lb_policy"),
+            format!("unsupported: {name} (only ROUND_ROBIN)"),
+        ));
     }
     let connect_timeout = match &c.connect_timeout {
         Some(d) => duration(d, &format!("{path}.connect_timeout"))?,
@@ -534,7 +731,10 @@ fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, Config
                     Some(HostIdentifier::Endpoint(ep)) => ep,
                     _ => return Err(ConfigError::new(format!("{epath}.endpoint"), "required")),
                 };
-                let address = socket_address(required(&ep.address, &format!("{epath}.endpoint.address"))?, &format!("{epath}.endpoint.address"))?;
+                let address = socket_address(
+                    required(&ep.address, &format!("{epath}.endpoint.address"))?,
+                    &format!("{epath}.endpoint.address"),
+                )?;
                 // Envoy routes to UNKNOWN, HEALTHY and DEGRADED hosts only.
                 let healthy = matches!(lb.health_status, 0 | 1 | 5);
                 hosts.push(Host { address, healthy });
@@ -551,7 +751,10 @@ fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, Config
     for (key, any) in &c.typed_extension_protocol_options {
         let opath = format!("{path}.typed_extension_protocol_options[\"{key}\"]");
         if type_name(&any.type_url) != HTTP_PROTOCOL_OPTIONS {
-            return Err(ConfigError::new(opath, format!("unsupported protocol options '{}'", any.type_url)));
+            return Err(ConfigError::new(
+                opath,
+                format!("unsupported protocol options '{}'", any.type_url),
+            ));
         }
         let o: upstream_http::HttpProtocolOptions = unpack(any, &opath)?;
         use upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig;
@@ -560,16 +763,27 @@ fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, Config
             Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
                 Some(ProtocolConfig::HttpProtocolOptions(_)) => protocol = UpstreamProtocol::Http1,
                 Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
-                    check_http2_options(&h2, &format!("{opath}.explicit_http_config.http2_protocol_options"))?;
+                    check_http2_options(
+                        &h2,
+                        &format!("{opath}.explicit_http_config.http2_protocol_options"),
+                    )?;
                     protocol = UpstreamProtocol::Http2;
                     http2 = http2_options(&h2);
                 }
-                _ => return Err(ConfigError::new(format!("{opath}.explicit_http_config"), "unsupported protocol")),
+                _ => {
+                    return Err(ConfigError::new(
+                        format!("{opath}.explicit_http_config"),
+                        "unsupported protocol",
+                    ))
+                }
             },
             Some(U::UseDownstreamProtocolConfig(d)) => {
                 protocol = UpstreamProtocol::Downstream;
                 if let Some(h2) = &d.http2_protocol_options {
-                    check_http2_options(h2, &format!("{opath}.use_downstream_protocol_config.http2_protocol_options"))?;
+                    check_http2_options(
+                        h2,
+                        &format!("{opath}.use_downstream_protocol_config.http2_protocol_options"),
+                    )?;
                     http2 = http2_options(h2);
                 }
             }
@@ -583,14 +797,20 @@ fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, Config
         hosts,
         protocol,
         http2,
-        buffer_limit: c.per_connection_buffer_limit_bytes.as_ref().map_or(DEFAULT_BUFFER_LIMIT, |v| v.value as usize),
+        buffer_limit: c
+            .per_connection_buffer_limit_bytes
+            .as_ref()
+            .map_or(DEFAULT_BUFFER_LIMIT, |v| v.value as usize),
     })
 }
 
 fn http2_options(h2: &core::Http2ProtocolOptions) -> Http2Options {
     let d = Http2Options::default();
     Http2Options {
-        max_concurrent_streams: h2.max_concurrent_streams.as_ref().map_or(d.max_concurrent_streams, |v| v.value),
+        max_concurrent_streams: h2
+            .max_concurrent_streams
+            .as_ref()
+            .map_or(d.max_concurrent_streams, |v| v.value),
         initial_stream_window_size: h2.initial_stream_window_size.as_ref().map(|v| v.value),
         initial_connection_window_size: h2.initial_connection_window_size.as_ref().map(|v| v.value),
     }
@@ -600,14 +820,29 @@ fn http2_options(h2: &core::Http2ProtocolOptions) -> Http2Options {
 fn check_http2_options(h2: &core::Http2ProtocolOptions, path: &str) -> Result<(), ConfigError> {
     const MAX: u32 = 2_147_483_647;
     let checks = [
-        ("max_concurrent_streams", h2.max_concurrent_streams.as_ref().map(|v| v.value), 1),
-        ("initial_stream_window_size", h2.initial_stream_window_size.as_ref().map(|v| v.value), 65_535),
-        ("initial_connection_window_size", h2.initial_connection_window_size.as_ref().map(|v| v.value), 65_535),
+        (
+            "max_concurrent_streams",
+            h2.max_concurrent_streams.as_ref().map(|v| v.value),
+            1,
+        ),
+        (
+            "initial_stream_window_size",
+            h2.initial_stream_window_size.as_ref().map(|v| v.value),
+            65_535,
+        ),
+        (
+            "initial_connection_window_size",
+            h2.initial_connection_window_size.as_ref().map(|v| v.value),
+            65_535,
+        ),
     ];
     for (field, value, min) in checks {
         if let Some(v) = value {
             if !(min..=MAX).contains(&v) {
-                return Err(ConfigError::new(format!("{path}.{field}"), format!("{v} is outside {min}..={MAX}")));
+                return Err(ConfigError::new(
+                    format!("{path}.{field}"),
+                    format!("{v} is outside {min}..={MAX}"),
+                ));
             }
         }
     }

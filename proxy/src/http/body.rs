@@ -20,6 +20,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, Default)]
 pub struct RequestProgress {
     bytes: Cell<u64>,
+    failed: Cell<bool>,
     done_at: Cell<Option<tokio::time::Instant>>,
     done: tokio::sync::Notify,
 }
@@ -28,6 +29,11 @@ impl RequestProgress {
     /// Bytes of request body read so far.
     pub fn bytes(&self) -> u64 {
         self.bytes.get()
+    }
+
+    /// True when reading the request body failed (malformed chunking, client reset).
+    pub fn failed(&self) -> bool {
+        self.failed.get()
     }
 
     /// Marks the request as complete (the first call counts).
@@ -93,7 +99,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut *self {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -110,7 +119,7 @@ impl Body for ProxyBody {
                             }
                         }
                         None => p.mark_done(),
-                        Some(Err(_)) => {}
+                        Some(Err(_)) => p.failed.set(true),
                     }
                 }
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
@@ -198,7 +207,13 @@ pub struct Tracked<E: StreamEnd> {
 impl<E: StreamEnd> Tracked<E> {
     /// Wraps a body.
     pub fn new(inner: ProxyBody, end: E, deadline: Option<Deadline>) -> Self {
-        Tracked { inner, end: Some(end), bytes: 0, deadline, timer: None }
+        Tracked {
+            inner,
+            end: Some(end),
+            bytes: 0,
+            deadline,
+            timer: None,
+        }
     }
 
     fn finish(&mut self, reason: EndReason) {
@@ -225,7 +240,11 @@ impl<E: StreamEnd> Tracked<E> {
 impl<E: StreamEnd> Drop for Tracked<E> {
     fn drop(&mut self) {
         // A body that hyper never had to poll (empty, or already ended) is complete.
-        let reason = if self.inner.is_end_stream() { EndReason::Complete } else { EndReason::DownstreamReset };
+        let reason = if self.inner.is_end_stream() {
+            EndReason::Complete
+        } else {
+            EndReason::DownstreamReset
+        };
         self.finish(reason);
     }
 }
@@ -234,7 +253,10 @@ impl<E: StreamEnd + Unpin> Body for Tracked<E> {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if this.end.is_some() && this.timed_out(cx) {
             this.finish(EndReason::Timeout);

@@ -17,15 +17,15 @@ use tokio::net::TcpStream;
 
 use crate::config::model::{self, CodecType, ServerHeader};
 use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
-use http_body::Body as _;
 use crate::http::filter::{self, Direction};
-use crate::io::Counted;
 use crate::http::filters::router::{self, Upstream};
 use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
+use crate::io::Counted;
 use crate::stats::{Counter, Gauge, Shard};
 use crate::stream_info::{ResponseFlag, StreamInfo};
 use crate::worker::{LocalExec, Worker};
+use http_body::Body as _;
 
 /// `http.<stat_prefix>.*` (and the per-listener copies) on one worker.
 #[derive(Debug)]
@@ -89,8 +89,8 @@ impl HcmStats {
         let c = |n: &str| shard.counter(&format!("{prefix}{n}"));
         let g = |n: &str| shard.gauge(&format!("{prefix}{n}"));
         let classes = [1, 2, 3, 4, 5].map(|k| c(&format!("downstream_rq_{k}xx")));
-        let listener_classes =
-            [1, 2, 3, 4, 5].map(|k| shard.counter(&format!("{listener_prefix}downstream_rq_{k}xx")));
+        let listener_classes = [1, 2, 3, 4, 5]
+            .map(|k| shard.counter(&format!("{listener_prefix}downstream_rq_{k}xx")));
         HcmStats {
             downstream_cx_total: c("downstream_cx_total"),
             downstream_cx_active: g("downstream_cx_active"),
@@ -178,7 +178,13 @@ pub async fn serve(
     let stats = &hcm.stats;
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
-    let conn = Rc::new(Conn { hcm: hcm.clone(), worker: worker.clone(), remote, local, codec: Cell::new(None) });
+    let conn = Rc::new(Conn {
+        hcm: hcm.clone(),
+        worker: worker.clone(),
+        remote,
+        local,
+        codec: Cell::new(None),
+    });
     let svc_conn = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let conn = svc_conn.clone();
@@ -292,12 +298,17 @@ impl Done {
             info.bytes_received = self.request.bytes();
             match reason {
                 EndReason::Complete => {}
-                EndReason::DownstreamReset => info.flags.set(ResponseFlag::DownstreamConnectionTermination),
+                EndReason::DownstreamReset => info
+                    .flags
+                    .set(ResponseFlag::DownstreamConnectionTermination),
                 EndReason::UpstreamReset => info.flags.set(ResponseFlag::UpstreamRemoteReset),
                 EndReason::Timeout => info.flags.set(ResponseFlag::UpstreamRequestTimeout),
             }
             info.finish();
-            self.conn.worker.access_log.log(&self.conn.hcm.config.access_logs, &info);
+            self.conn
+                .worker
+                .access_log
+                .log(&self.conn.hcm.config.access_logs, &info);
         }
     }
 }
@@ -323,7 +334,11 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     stats.rq_total.inc();
     stats.downstream_rq_active.inc();
     let version = req.version();
-    let codec = if version == Version::HTTP_2 { Codec::Http2 } else { Codec::Http1 };
+    let codec = if version == Version::HTTP_2 {
+        Codec::Http2
+    } else {
+        Codec::Http1
+    };
     if codec == Codec::Http2 {
         stats.downstream_rq_http2_total.inc();
     } else {
@@ -370,8 +385,16 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     }
     // Both framings at once is how requests are smuggled past proxies; Envoy refuses it. (hyper
     // already drops the Content-Length of such a request and closes the connection after it.)
-    if parts.headers.contains_key(header::TRANSFER_ENCODING) && parts.headers.contains_key(header::CONTENT_LENGTH) {
+    if parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
         return local(done, LocalReply::BAD_REQUEST, None);
+    }
+
+    // Upgrades (websocket…) need upgrade_configs, which skiff does not offer yet: Envoy's 403.
+    // An h2c upgrade offer is simply ignored, as Envoy does.
+    if is_upgrade(&parts.headers) {
+        return local(done, LocalReply::UPGRADE_FORBIDDEN, None);
     }
 
     // Envoy's default request header handling.
@@ -379,10 +402,15 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     headers::strip_envoy_control_headers(&mut parts.headers);
     parts.headers.remove(header::EXPECT);
     if !parts.headers.contains_key(&names::X_FORWARDED_PROTO) {
-        parts.headers.insert(names::X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        parts.headers.insert(
+            names::X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static("http"),
+        );
     }
     if cfg.generate_request_id && !parts.headers.contains_key(&names::X_REQUEST_ID) {
-        parts.headers.insert(names::X_REQUEST_ID.clone(), headers::new_request_id());
+        parts
+            .headers
+            .insert(names::X_REQUEST_ID.clone(), headers::new_request_id());
     }
     if let Some(via) = &cfg.via {
         headers::append_via(&mut parts.headers, via);
@@ -407,7 +435,16 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     }
     let body = filter::wrap(chain.as_ref(), body, Direction::Decode);
     let start = Instant::now();
-    match router::route(&conn.worker, &cfg, parts, body, &request, done.info.as_deref_mut()).await {
+    match router::route(
+        &conn.worker,
+        &cfg,
+        parts,
+        body,
+        &request,
+        done.info.as_deref_mut(),
+    )
+    .await
+    {
         Ok((resp, upstream, deadline)) => {
             done.upstream = Some(upstream);
             let (mut head, body) = resp.into_parts();
@@ -420,7 +457,10 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             headers::remove_hop_by_hop(&mut head.headers);
             if !cfg.router.suppress_envoy_headers {
                 let ms = start.elapsed().as_millis() as u64;
-                head.headers.insert(names::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::number(ms));
+                head.headers.insert(
+                    names::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+                    headers::number(ms),
+                );
             }
             finish_response(&conn, &cfg, &mut head, request_id);
             let status = head.status.as_u16();
@@ -443,6 +483,20 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     }
 }
 
+/// An HTTP/1.1 upgrade request other than h2c: `Connection: upgrade` with an `Upgrade` header.
+fn is_upgrade(h: &http::HeaderMap) -> bool {
+    let Some(upgrade) = h.get(header::UPGRADE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let connection_says_upgrade = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    connection_says_upgrade && !upgrade.trim().eq_ignore_ascii_case("h2c")
+}
+
 fn protocol_name(v: Version) -> &'static str {
     match v {
         Version::HTTP_2 => "HTTP/2",
@@ -454,14 +508,20 @@ fn protocol_name(v: Version) -> &'static str {
 
 /// `:authority` for HTTP/2, `Host` for HTTP/1.1; an absolute-form URI wins, as in Envoy.
 pub fn authority(parts: &http::request::Parts) -> Option<&str> {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+    parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
-fn finish_response(conn: &Conn, cfg: &model::HttpConnectionManager, head: &mut http::response::Parts, request_id: Option<HeaderValue>) {
+fn finish_response(
+    conn: &Conn,
+    cfg: &model::HttpConnectionManager,
+    head: &mut http::response::Parts,
+    request_id: Option<HeaderValue>,
+) {
     match cfg.server_header {
         ServerHeader::Overwrite => {
             head.headers.insert(header::SERVER, cfg.server_name.clone());
@@ -480,7 +540,9 @@ fn finish_response(conn: &Conn, cfg: &model::HttpConnectionManager, head: &mut h
         head.headers.insert(names::X_REQUEST_ID.clone(), id);
     }
     if conn.worker.closing_connections() && conn.codec.get() != Some(Codec::Http2) {
-        head.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        conn.hcm.stats.downstream_cx_drain_close.inc();
     }
 }
 

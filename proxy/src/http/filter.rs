@@ -52,7 +52,11 @@ pub enum DataStatus {
 /// One HTTP filter on one stream. Every hook has a pass-through default.
 pub trait HttpFilter {
     /// Request headers.
-    fn decode_headers(&mut self, _head: &mut http::request::Parts, _end_stream: bool) -> HeadersStatus {
+    fn decode_headers(
+        &mut self,
+        _head: &mut http::request::Parts,
+        _end_stream: bool,
+    ) -> HeadersStatus {
         HeadersStatus::Continue
     }
     /// A chunk of the request body.
@@ -62,7 +66,11 @@ pub trait HttpFilter {
     /// Request trailers.
     fn decode_trailers(&mut self, _trailers: &mut HeaderMap) {}
     /// Response headers.
-    fn encode_headers(&mut self, _head: &mut http::response::Parts, _end_stream: bool) -> HeadersStatus {
+    fn encode_headers(
+        &mut self,
+        _head: &mut http::response::Parts,
+        _end_stream: bool,
+    ) -> HeadersStatus {
         HeadersStatus::Continue
     }
     /// A chunk of the response body.
@@ -116,7 +124,9 @@ pub enum Direction {
 impl FilterChain {
     /// A chain of these filters.
     pub fn new(filters: Vec<Box<dyn HttpFilter>>) -> Self {
-        FilterChain { filters: Rc::new(RefCell::new(filters)) }
+        FilterChain {
+            filters: Rc::new(RefCell::new(filters)),
+        }
     }
 
     /// True when there is nothing to run (the common case: bodies then pass untouched).
@@ -125,7 +135,11 @@ impl FilterChain {
     }
 
     /// Runs the decoder headers hooks; `Some(reply)` ends the stream with a local reply.
-    pub async fn decode_headers(&self, head: &mut http::request::Parts, end_stream: bool) -> Option<LocalReply> {
+    pub async fn decode_headers(
+        &self,
+        head: &mut http::request::Parts,
+        end_stream: bool,
+    ) -> Option<LocalReply> {
         let n = self.filters.borrow().len();
         for i in 0..n {
             let status = self.filters.borrow_mut()[i].decode_headers(head, end_stream);
@@ -137,7 +151,11 @@ impl FilterChain {
     }
 
     /// Runs the encoder headers hooks in reverse order.
-    pub async fn encode_headers(&self, head: &mut http::response::Parts, end_stream: bool) -> Option<LocalReply> {
+    pub async fn encode_headers(
+        &self,
+        head: &mut http::response::Parts,
+        end_stream: bool,
+    ) -> Option<LocalReply> {
         let n = self.filters.borrow().len();
         for i in (0..n).rev() {
             let status = self.filters.borrow_mut()[i].encode_headers(head, end_stream);
@@ -150,15 +168,32 @@ impl FilterChain {
 
     /// Wraps a body so its frames pass through the data and trailers hooks.
     pub fn filter_body<B>(&self, inner: B, direction: Direction) -> FilteredBody<B> {
-        FilteredBody { inner, chain: self.clone(), direction, held: None, done: false, trailers: None }
+        FilteredBody {
+            inner,
+            chain: self.clone(),
+            direction,
+            held: None,
+            done: false,
+            trailers: None,
+        }
     }
 
     /// Runs data hooks from filter `from` on; returns the index of a filter that asked to buffer.
-    fn run_data(&self, direction: Direction, from: usize, data: &mut Bytes, end: bool) -> Option<usize> {
+    fn run_data(
+        &self,
+        direction: Direction,
+        from: usize,
+        data: &mut Bytes,
+        end: bool,
+    ) -> Option<usize> {
         let mut filters = self.filters.borrow_mut();
         let n = filters.len();
         for step in from..n {
-            let i = if direction == Direction::Decode { step } else { n - 1 - step };
+            let i = if direction == Direction::Decode {
+                step
+            } else {
+                n - 1 - step
+            };
             let status = match direction {
                 Direction::Decode => filters[i].decode_data(data, end),
                 Direction::Encode => filters[i].encode_data(data, end),
@@ -207,7 +242,10 @@ pub struct FilteredBody<B = ProxyBody> {
 
 impl<B> std::fmt::Debug for FilteredBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FilteredBody").field("direction", &self.direction).field("done", &self.done).finish()
+        f.debug_struct("FilteredBody")
+            .field("direction", &self.direction)
+            .field("done", &self.done)
+            .finish()
     }
 }
 
@@ -219,7 +257,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
             if let Some(mut trailers) = this.trailers.take() {
@@ -338,7 +379,9 @@ mod tests {
     struct Deny;
     impl HttpFilter for Deny {
         fn decode_headers(&mut self, _: &mut http::request::Parts, _: bool) -> HeadersStatus {
-            HeadersStatus::StopIteration(Box::pin(async { Resume::LocalReply(LocalReply::NO_ROUTE) }))
+            HeadersStatus::StopIteration(Box::pin(async {
+                Resume::LocalReply(LocalReply::NO_ROUTE)
+            }))
         }
     }
 
@@ -356,8 +399,10 @@ mod tests {
     }
 
     fn body_of(chunks: &[&'static str]) -> impl Body<Data = Bytes, Error = std::io::Error> + Unpin {
-        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
-            chunks.iter().map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes())))).collect();
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
         http_body_util::StreamBody::new(futures_util::stream::iter(frames))
     }
 
@@ -376,7 +421,13 @@ mod tests {
     async fn data_passes_untouched_without_buffering() {
         let chain = FilterChain::new(vec![Box::new(Upper)]);
         let mut body = chain.filter_body(body_of(&["ab", "cd"]), Direction::Decode);
-        let first = body.frame().await.expect("frame").expect("ok").into_data().expect("data");
+        let first = body
+            .frame()
+            .await
+            .expect("frame")
+            .expect("ok")
+            .into_data()
+            .expect("data");
         assert_eq!(&first[..], b"AB", "chunks stream one by one");
     }
 }

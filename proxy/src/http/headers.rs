@@ -31,9 +31,11 @@ pub mod names {
     /// `x-forwarded-proto`.
     pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
     /// `x-envoy-expected-rq-timeout-ms`.
-    pub static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+    pub static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
+        HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
     /// `x-envoy-upstream-service-time`.
-    pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+    pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+        HeaderName::from_static("x-envoy-upstream-service-time");
     /// `keep-alive`.
     pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
     /// `proxy-connection`.
@@ -52,7 +54,8 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
                 let token = token.trim();
                 // `te` listed in Connection is still reduced below, not dropped.
                 if !token.is_empty() && !token.eq_ignore_ascii_case("te") {
-                    if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
+                    if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes())
+                    {
                         named.push(name);
                     }
                 }
@@ -79,7 +82,13 @@ fn reduce_te(h: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(','))
-        .any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("trailers"));
+        .any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        });
     h.remove(header::TE);
     if has_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -97,7 +106,8 @@ pub fn strip_envoy_control_headers(h: &mut HeaderMap) {
 pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; 36];
     let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+    HeaderValue::from_str(s)
+        .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
 }
 
 /// Appends `value` to a `via` header, comma-separated, as Envoy does.

@@ -54,6 +54,22 @@ impl LocalReply {
         details: "upstream_reset_before_response_started{remote_connection_failure}",
         close: false,
     };
+    /// Connect timeout: 503, UF.
+    pub const CONNECT_TIMEOUT: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: "upstream connect error or disconnect/reset before headers. reset reason: connection timeout",
+        flag: Some(ResponseFlag::UpstreamConnectionFailure),
+        details: "upstream_reset_before_response_started{connection_timeout}",
+        close: false,
+    };
+    /// An upgrade (websocket…) that the route does not allow: 403.
+    pub const UPGRADE_FORBIDDEN: LocalReply = LocalReply {
+        status: StatusCode::FORBIDDEN,
+        body: "",
+        flag: None,
+        details: "upgrade_failed",
+        close: true,
+    };
     /// Upstream closed before the response: 503, UC.
     pub const CONNECTION_TERMINATION: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
@@ -65,7 +81,8 @@ impl LocalReply {
     /// Upstream reset the stream: 503, UR.
     pub const REMOTE_RESET: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
-        body: "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+        body:
+            "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
         flag: Some(ResponseFlag::UpstreamRemoteReset),
         details: "upstream_reset_before_response_started{remote_reset}",
         close: false,

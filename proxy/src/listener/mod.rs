@@ -64,7 +64,11 @@ struct Shared {
 
 impl Listener {
     /// Prepares a listener on this worker from a socket bound by the main thread.
-    pub fn new(worker: Rc<Worker>, config: Arc<model::Listener>, socket: std::net::TcpListener) -> std::io::Result<Self> {
+    pub fn new(
+        worker: Rc<Worker>,
+        config: Arc<model::Listener>,
+        socket: std::net::TcpListener,
+    ) -> std::io::Result<Self> {
         let socket = TcpListener::from_std(socket)?;
         let scope = format!("listener.{}.", config.stat_prefix);
         let shard = &worker.shard;
@@ -72,22 +76,38 @@ impl Listener {
             downstream_cx_total: shard.counter(&format!("{scope}downstream_cx_total")),
             downstream_cx_active: shard.gauge(&format!("{scope}downstream_cx_active")),
             downstream_cx_destroy: shard.counter(&format!("{scope}downstream_cx_destroy")),
-            worker_cx_total: shard.counter(&format!("{scope}worker_{}.downstream_cx_total", worker.id)),
-            worker_cx_active: shard.gauge(&format!("{scope}worker_{}.downstream_cx_active", worker.id)),
+            worker_cx_total: shard
+                .counter(&format!("{scope}worker_{}.downstream_cx_total", worker.id)),
+            worker_cx_active: shard
+                .gauge(&format!("{scope}worker_{}.downstream_cx_active", worker.id)),
             no_filter_chain_match: shard.counter(&format!("{scope}no_filter_chain_match")),
         };
-        let chain = config.select_chain().and_then(|fc| fc.filters.last()).map(|f| {
-            Rc::new(match f {
-                NetworkFilter::HttpConnectionManager(h) => Terminal::Http(Rc::new(HttpConnectionManager {
-                    config: h.clone(),
-                    stats: HcmStats::new(shard.clone(), &h.stat_prefix, &scope),
-                })),
-                NetworkFilter::TcpProxy(t) => {
-                    Terminal::Tcp(t.clone(), Rc::new(TcpProxyStats::new(shard, &t.stat_prefix)))
-                }
-            })
-        });
-        Ok(Listener { socket, shared: Rc::new(Shared { worker, config, stats, chain }) })
+        let chain = config
+            .select_chain()
+            .and_then(|fc| fc.filters.last())
+            .map(|f| {
+                Rc::new(match f {
+                    NetworkFilter::HttpConnectionManager(h) => {
+                        Terminal::Http(Rc::new(HttpConnectionManager {
+                            config: h.clone(),
+                            stats: HcmStats::new(shard.clone(), &h.stat_prefix, &scope),
+                        }))
+                    }
+                    NetworkFilter::TcpProxy(t) => Terminal::Tcp(
+                        t.clone(),
+                        Rc::new(TcpProxyStats::new(shard, &t.stat_prefix)),
+                    ),
+                })
+            });
+        Ok(Listener {
+            socket,
+            shared: Rc::new(Shared {
+                worker,
+                config,
+                stats,
+                chain,
+            }),
+        })
     }
 
     /// Accepts until draining starts, then closes the socket.
@@ -127,8 +147,15 @@ impl Shared {
         let local = stream.local_addr().unwrap_or(self.config.address);
         match self.chain.as_deref() {
             Some(Terminal::Http(hcm)) => {
-                conn_manager::serve(stream, remote, local, hcm.clone(), self.worker.clone(), self.config.buffer_limit)
-                    .await
+                conn_manager::serve(
+                    stream,
+                    remote,
+                    local,
+                    hcm.clone(),
+                    self.worker.clone(),
+                    self.config.buffer_limit,
+                )
+                .await
             }
             Some(Terminal::Tcp(cfg, stats)) => {
                 tcp_proxy::run(&self.worker, cfg, stats, stream, self.config.buffer_limit).await

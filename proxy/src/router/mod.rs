@@ -36,7 +36,11 @@ impl RouteMatch {
                 PathMatch::Exact(p) => PathMatch::Exact(p.to_ascii_lowercase()),
             }
         };
-        RouteMatch { path, case_sensitive, headers }
+        RouteMatch {
+            path,
+            case_sensitive,
+            headers,
+        }
     }
 
     /// Whether a request with this `:path` and these headers matches.
@@ -60,7 +64,8 @@ fn starts_with(s: &str, prefix: &str, case_sensitive: bool) -> bool {
     if case_sensitive {
         s.starts_with(prefix)
     } else {
-        s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        s.len() >= prefix.len()
+            && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
     }
 }
 
@@ -114,7 +119,9 @@ pub struct VirtualHost {
 impl VirtualHost {
     /// The first route that accepts the request.
     pub fn route(&self, path: &str, headers: &HeaderMap) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matcher.matches(path, headers))
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(path, headers))
     }
 }
 
@@ -158,9 +165,17 @@ impl RouteTable {
                     t.default = Some(i);
                     false
                 } else if let Some(rest) = d.strip_prefix('*') {
-                    t.suffixes.entry(std::cmp::Reverse(rest.len())).or_default().insert(rest.to_string(), i).is_some()
+                    t.suffixes
+                        .entry(std::cmp::Reverse(rest.len()))
+                        .or_default()
+                        .insert(rest.to_string(), i)
+                        .is_some()
                 } else if let Some(rest) = d.strip_suffix('*') {
-                    t.prefixes.entry(std::cmp::Reverse(rest.len())).or_default().insert(rest.to_string(), i).is_some()
+                    t.prefixes
+                        .entry(std::cmp::Reverse(rest.len()))
+                        .or_default()
+                        .insert(rest.to_string(), i)
+                        .is_some()
                 } else {
                     t.exact.insert(d.clone(), i).is_some()
                 };
@@ -225,7 +240,11 @@ mod tests {
     use super::*;
 
     fn vh(name: &str, domains: &[&str]) -> VirtualHost {
-        VirtualHost { name: name.into(), domains: domains.iter().map(|d| d.to_string()).collect(), routes: vec![] }
+        VirtualHost {
+            name: name.into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            routes: vec![],
+        }
     }
 
     fn table(ignore_port: bool) -> RouteTable {
@@ -244,7 +263,9 @@ mod tests {
     }
 
     fn pick<'a>(t: &'a RouteTable, host: &str) -> &'a str {
-        t.virtual_host(host).map(|v| v.name.as_str()).unwrap_or("none")
+        t.virtual_host(host)
+            .map(|v| v.name.as_str())
+            .unwrap_or("none")
     }
 
     #[test]
@@ -275,7 +296,11 @@ mod tests {
 
     #[test]
     fn duplicates_are_refused() {
-        let e = RouteTable::new("rc".into(), vec![vh("a", &["x.com"]), vh("b", &["X.com"])], false);
+        let e = RouteTable::new(
+            "rc".into(),
+            vec![vh("a", &["x.com"]), vh("b", &["X.com"])],
+            false,
+        );
         assert!(e.unwrap_err().contains("duplicate entry of domain x.com"));
         let e = RouteTable::new("rc".into(), vec![vh("a", &["*"]), vh("b", &["*"])], false);
         assert!(e.unwrap_err().contains("single wildcard"));

@@ -57,7 +57,11 @@ pub struct ClusterInfo {
 impl ClusterInfo {
     /// Shared state for a configured cluster.
     pub fn new(config: Arc<model::Cluster>) -> Self {
-        let host_stats = config.hosts.iter().map(|_| Arc::new(HostStats::default())).collect();
+        let host_stats = config
+            .hosts
+            .iter()
+            .map(|_| Arc::new(HostStats::default()))
+            .collect();
         ClusterInfo { config, host_stats }
     }
 }
@@ -83,6 +87,8 @@ pub struct ClusterStats {
     pub upstream_cx_none_healthy: Counter,
     /// `upstream_cx_destroy`.
     pub upstream_cx_destroy: Counter,
+    /// `upstream_cx_close_notify`: the upstream announced the close (HTTP/2 GOAWAY).
+    pub upstream_cx_close_notify: Counter,
     /// `upstream_cx_rx_bytes_total`.
     pub upstream_cx_rx_bytes_total: Counter,
     /// `upstream_cx_tx_bytes_total`.
@@ -116,6 +122,7 @@ impl ClusterStats {
             upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
             upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
             upstream_cx_destroy: c("upstream_cx_destroy"),
+            upstream_cx_close_notify: c("upstream_cx_close_notify"),
             upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
             upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
             upstream_rq_total: c("upstream_rq_total"),
@@ -135,8 +142,10 @@ impl ClusterStats {
         let mut map = self.by_code.borrow_mut();
         let (exact, class) = map.entry(code).or_insert_with(|| {
             (
-                self.shard.counter(&format!("{}upstream_rq_{code}", self.prefix)),
-                self.shard.counter(&format!("{}upstream_rq_{}xx", self.prefix, code / 100)),
+                self.shard
+                    .counter(&format!("{}upstream_rq_{code}", self.prefix)),
+                self.shard
+                    .counter(&format!("{}upstream_rq_{}xx", self.prefix, code / 100)),
             )
         });
         exact.inc();
@@ -217,7 +226,12 @@ impl ClusterManager {
                     })
                 })
                 .collect();
-            let healthy = hosts.iter().enumerate().filter(|(_, h)| h.healthy).map(|(i, _)| i).collect();
+            let healthy = hosts
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.healthy)
+                .map(|(i, _)| i)
+                .collect();
             let c = Cluster {
                 info: info.clone(),
                 name: Arc::from(cfg.name.as_str()),

@@ -59,7 +59,11 @@ pub async fn connect(cluster: &Cluster, host: &Host) -> Result<UpstreamStream, C
     match result {
         Ok(s) => {
             let _ = s.set_nodelay(true);
-            Ok(Counted::new(s, stats.upstream_cx_rx_bytes_total.clone(), stats.upstream_cx_tx_bytes_total.clone()))
+            Ok(Counted::new(
+                s,
+                stats.upstream_cx_rx_bytes_total.clone(),
+                stats.upstream_cx_tx_bytes_total.clone(),
+            ))
         }
         Err(e) => {
             stats.upstream_cx_connect_fail.inc();
@@ -81,7 +85,10 @@ impl ConnGuard {
     pub fn new(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Self {
         cluster.stats.upstream_cx_active.inc();
         HostStats::inc(&host.stats.cx_active);
-        ConnGuard { cluster: cluster.clone(), host: host.clone() }
+        ConnGuard {
+            cluster: cluster.clone(),
+            host: host.clone(),
+        }
     }
 }
 
@@ -114,7 +121,6 @@ impl Http1Pool {
         None
     }
 
-
     /// Returns a connection whose response has been read completely.
     pub fn put_idle(&self, s: Http1Sender) {
         if !s.is_closed() {
@@ -129,7 +135,10 @@ impl Http1Pool {
 }
 
 /// Opens a new HTTP/1.1 connection; its driver runs on this worker until it closes.
-pub async fn connect_http1(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<Http1Sender, ConnectError> {
+pub async fn connect_http1(
+    cluster: &Rc<Cluster>,
+    host: &Rc<Host>,
+) -> Result<Http1Sender, ConnectError> {
     let stream = connect(cluster, host).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake::<_, ProxyBody>(TokioIo::new(stream))
@@ -187,7 +196,9 @@ impl Http2Stream {
 
 impl Drop for Http2Stream {
     fn drop(&mut self) {
-        self.conn.active.set(self.conn.active.get().saturating_sub(1));
+        self.conn
+            .active
+            .set(self.conn.active.get().saturating_sub(1));
     }
 }
 
@@ -230,7 +241,11 @@ impl Http2Pool {
     /// A stream slot on a connection with room, opening a connection when all are full. While one
     /// connection is being opened, other requests wait for it instead of opening their own; if
     /// that connect fails, they fail with it, as Envoy fails its pending requests.
-    pub async fn stream(&self, cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<Http2Stream, ConnectError> {
+    pub async fn stream(
+        &self,
+        cluster: &Rc<Cluster>,
+        host: &Rc<Host>,
+    ) -> Result<Http2Stream, ConnectError> {
         loop {
             if let Some(s) = self.reserve() {
                 return Ok(s);
@@ -247,7 +262,10 @@ impl Http2Pool {
                 continue;
             }
             self.connecting.set(true);
-            let mut guard = Connecting { pool: self, failed: true };
+            let mut guard = Connecting {
+                pool: self,
+                failed: true,
+            };
             let conn = Rc::new(connect_http2(cluster, host).await?);
             guard.failed = false;
             conn.active.set(1);
@@ -280,7 +298,13 @@ async fn connect_http2(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<Http2Co
     let peer_max = Rc::new(Cell::new(usize::MAX));
     let closed = Rc::new(Cell::new(false));
     let guard = ConnGuard::new(cluster, host);
-    let driver = Driver { conn, peer_max: peer_max.clone() };
+    let driver = Driver {
+        conn,
+        peer_max: peer_max.clone(),
+        probe: Some(send.clone()),
+        closed: closed.clone(),
+        close_notify: cluster.stats.upstream_cx_close_notify.clone(),
+    };
     let closed_by_driver = closed.clone();
     tokio::task::spawn_local(async move {
         if let Err(e) = driver.await {
@@ -289,13 +313,24 @@ async fn connect_http2(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<Http2Co
         closed_by_driver.set(true);
         drop(guard);
     });
-    Ok(Http2Conn { send, active: Cell::new(0), peer_max, closed, limit: cfg.max_concurrent_streams as usize })
+    Ok(Http2Conn {
+        send,
+        active: Cell::new(0),
+        peer_max,
+        closed,
+        limit: cfg.max_concurrent_streams as usize,
+    })
 }
 
-/// Drives an h2 connection and publishes the peer's stream limit after every poll.
+/// Drives an h2 connection, publishes the peer's stream limit after every poll, and retires the
+/// connection from the pool as soon as the peer sends GOAWAY (the streams it accepted go on).
 struct Driver {
     conn: h2::client::Connection<UpstreamStream, Bytes>,
     peer_max: Rc<Cell<usize>>,
+    /// A request handle used only to learn of a GOAWAY: it then refuses new streams.
+    probe: Option<h2::client::SendRequest<Bytes>>,
+    closed: Rc<Cell<bool>>,
+    close_notify: crate::stats::Counter,
 }
 
 impl Future for Driver {
@@ -304,6 +339,15 @@ impl Future for Driver {
         let r = Pin::new(&mut self.conn).poll(cx);
         let max = self.conn.max_concurrent_send_streams();
         self.peer_max.set(max.max(1));
+        if let Some(probe) = self.probe.as_mut() {
+            if let Poll::Ready(Err(e)) = probe.poll_ready(cx) {
+                if e.is_go_away() && e.is_remote() {
+                    self.close_notify.inc();
+                }
+                self.closed.set(true);
+                self.probe = None;
+            }
+        }
         r
     }
 }
@@ -327,10 +371,11 @@ pub async fn pump_h2_body(mut body: ProxyBody, mut send: h2::SendStream<Bytes>) 
                     Ok(mut data) => {
                         while !data.is_empty() {
                             send.reserve_capacity(data.len());
-                            let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
-                                Some(Ok(n)) => n,
-                                _ => return,
-                            };
+                            let granted =
+                                match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                                    Some(Ok(n)) => n,
+                                    _ => return,
+                                };
                             let chunk = data.split_to(granted.min(data.len()));
                             if send.send_data(chunk, false).is_err() {
                                 return;

@@ -45,7 +45,14 @@ impl Upstream {
         cluster.stats.upstream_rq_active.inc();
         HostStats::inc(&host.stats.rq_total);
         HostStats::inc(&host.stats.rq_active);
-        Upstream { cluster, host, conn: None, request, failed: false, finished: false }
+        Upstream {
+            cluster,
+            host,
+            conn: None,
+            request,
+            failed: false,
+            finished: false,
+        }
     }
 
     /// Ends the upstream side of the stream.
@@ -78,8 +85,12 @@ impl Upstream {
         let request_done = self.request.done_at().is_some();
         match self.conn.take() {
             // Reusable only when both the request and the response went through in full.
-            Some(Conn::Http1(sender)) if reason == EndReason::Complete && request_done => self.host.h1.put_idle(sender),
-            Some(Conn::Http2 { pump: Some(pump), .. }) if !request_done => pump.abort(),
+            Some(Conn::Http1(sender)) if reason == EndReason::Complete && request_done => {
+                self.host.h1.put_idle(sender)
+            }
+            Some(Conn::Http2 {
+                pump: Some(pump), ..
+            }) if !request_done => pump.abort(),
             _ => {}
         }
     }
@@ -102,9 +113,18 @@ pub async fn route(
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let host_header = authority(&parts).unwrap_or("").to_string();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let vhost = cfg.routes.virtual_host(&host_header).ok_or(LocalReply::NO_ROUTE)?;
-    let route = vhost.route(path, &parts.headers).ok_or(LocalReply::NO_ROUTE)?;
-    let cluster = worker.clusters.get(&route.cluster).ok_or(LocalReply::NO_CLUSTER)?.clone();
+    let vhost = cfg
+        .routes
+        .virtual_host(&host_header)
+        .ok_or(LocalReply::NO_ROUTE)?;
+    let route = vhost
+        .route(path, &parts.headers)
+        .ok_or(LocalReply::NO_ROUTE)?;
+    let cluster = worker
+        .clusters
+        .get(&route.cluster)
+        .ok_or(LocalReply::NO_CLUSTER)?
+        .clone();
     if let Some(info) = info.as_deref_mut() {
         info.route_name = (!route.name.is_empty()).then(|| route.name.as_str().into());
         info.upstream_cluster = Some(cluster.name.clone());
@@ -161,15 +181,29 @@ pub async fn route(
             }
             upstream.failed = resp.status().is_server_error();
             upstream.conn = Some(conn);
-            let deadline = route.timeout.map(|timeout| Deadline { timeout, request: request.clone() });
+            let deadline = route.timeout.map(|timeout| Deadline {
+                timeout,
+                request: request.clone(),
+            });
             Ok((resp, upstream, deadline))
         }
         Err(reply) => {
+            // The upstream request failed because the client's body could not be read: that is
+            // the client's error, answered with 400 as Envoy does.
+            let reply = if request.failed() {
+                LocalReply::BAD_REQUEST
+            } else {
+                reply
+            };
             if cfg.router.dynamic_stats {
                 cluster.stats.response_code(reply.status.as_u16());
             }
             upstream.failed = true;
-            let reason = if reply.status == StatusCode::GATEWAY_TIMEOUT { EndReason::Timeout } else { EndReason::UpstreamReset };
+            let reason = if reply.status == StatusCode::GATEWAY_TIMEOUT {
+                EndReason::Timeout
+            } else {
+                EndReason::UpstreamReset
+            };
             upstream.finish(reason);
             Err(reply)
         }
@@ -180,7 +214,8 @@ fn connect_failure(e: ConnectError) -> LocalReply {
     tracing::debug!(error = %e, "upstream connect failed");
     match e {
         ConnectError::Handshake(_) => LocalReply::PROTOCOL_ERROR,
-        _ => LocalReply::CONNECT_FAILURE,
+        ConnectError::Timeout => LocalReply::CONNECT_TIMEOUT,
+        ConnectError::Io(_) | ConnectError::PendingFailed => LocalReply::CONNECT_FAILURE,
     }
 }
 
@@ -208,19 +243,29 @@ async fn send_http1(
     }
     // HTTP/1.1 upstream requests use origin-form and carry the authority in Host.
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     }
     parts.version = Version::HTTP_11;
     let mut req = Request::from_parts(parts, body);
     let (mut sender, mut reused) = match host.h1.take_idle() {
         Some(s) => (s, true),
-        None => (pool::connect_http1(cluster, host).await.map_err(connect_failure)?, false),
+        None => (
+            pool::connect_http1(cluster, host)
+                .await
+                .map_err(connect_failure)?,
+            false,
+        ),
     };
     loop {
         if let Err(e) = sender.ready().await {
             if reused {
                 // The idle connection went away while it sat in the pool.
-                sender = pool::connect_http1(cluster, host).await.map_err(connect_failure)?;
+                sender = pool::connect_http1(cluster, host)
+                    .await
+                    .map_err(connect_failure)?;
                 reused = false;
                 continue;
             }
@@ -228,13 +273,18 @@ async fn send_http1(
         }
         match sender.try_send_request(req).await {
             Ok(resp) => {
-                return Ok((resp.map(|b| ProxyBody::Incoming(b, None)), Conn::Http1(sender)));
+                return Ok((
+                    resp.map(|b| ProxyBody::Incoming(b, None)),
+                    Conn::Http1(sender),
+                ));
             }
             Err(mut e) => match e.take_message() {
                 // Not sent: safe to try once more on a fresh connection.
                 Some(unsent) if reused => {
                     req = unsent;
-                    sender = pool::connect_http1(cluster, host).await.map_err(connect_failure)?;
+                    sender = pool::connect_http1(cluster, host)
+                        .await
+                        .map_err(connect_failure)?;
                     reused = false;
                 }
                 _ => return Err(hyper_failure(e.error())),
@@ -250,7 +300,11 @@ async fn send_http2(
     body: ProxyBody,
     authority: &str,
 ) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
-    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let uri = Uri::builder()
         .scheme("http")
         .authority(authority)
@@ -263,7 +317,11 @@ async fn send_http2(
     // A stream the upstream refused without processing (GOAWAY, REFUSED_STREAM) is retried once on
     // another connection when its body has not been sent yet.
     for attempt in 0..2 {
-        let slot = host.h2.stream(cluster, host).await.map_err(connect_failure)?;
+        let slot = host
+            .h2
+            .stream(cluster, host)
+            .await
+            .map_err(connect_failure)?;
         let mut req = Request::new(());
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();
@@ -289,16 +347,28 @@ async fn send_http2(
         let mut pump = None;
         if !end_stream {
             if let Some(b) = body.take() {
-                pump = Some(tokio::task::spawn_local(pool::pump_h2_body(b, send_stream)).abort_handle());
+                pump = Some(
+                    tokio::task::spawn_local(pool::pump_h2_body(b, send_stream)).abort_handle(),
+                );
             }
         }
         match response.await {
             Ok(resp) => {
-                let resp = resp.map(|recv| ProxyBody::H2 { recv, data_done: false });
-                return Ok((resp, Conn::Http2 { _stream: slot, pump }));
+                let resp = resp.map(|recv| ProxyBody::H2 {
+                    recv,
+                    data_done: false,
+                });
+                return Ok((
+                    resp,
+                    Conn::Http2 {
+                        _stream: slot,
+                        pump,
+                    },
+                ));
             }
             Err(e) => {
-                let refused = e.is_go_away() && e.is_remote() || e.reason() == Some(h2::Reason::REFUSED_STREAM);
+                let refused = e.is_go_away() && e.is_remote()
+                    || e.reason() == Some(h2::Reason::REFUSED_STREAM);
                 if refused {
                     slot.conn().retire();
                 }
@@ -306,7 +376,11 @@ async fn send_http2(
                     continue;
                 }
                 tracing::debug!(error = %e, "upstream HTTP/2 stream failed");
-                return Err(if e.is_io() { LocalReply::CONNECTION_TERMINATION } else { LocalReply::REMOTE_RESET });
+                return Err(if e.is_io() {
+                    LocalReply::CONNECTION_TERMINATION
+                } else {
+                    LocalReply::REMOTE_RESET
+                });
             }
         }
     }

@@ -11,8 +11,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::model;
-use crate::stats::{Counter, Shard};
 use crate::io::Counted;
+use crate::stats::{Counter, Shard};
 use crate::upstream::pool;
 use crate::worker::Worker;
 
@@ -37,8 +37,10 @@ impl TcpProxyStats {
         TcpProxyStats {
             downstream_cx_total: shard.counter(&format!("{p}downstream_cx_total")),
             downstream_cx_no_route: shard.counter(&format!("{p}downstream_cx_no_route")),
-            downstream_cx_rx_bytes_total: shard.counter(&format!("{p}downstream_cx_rx_bytes_total")),
-            downstream_cx_tx_bytes_total: shard.counter(&format!("{p}downstream_cx_tx_bytes_total")),
+            downstream_cx_rx_bytes_total: shard
+                .counter(&format!("{p}downstream_cx_rx_bytes_total")),
+            downstream_cx_tx_bytes_total: shard
+                .counter(&format!("{p}downstream_cx_tx_bytes_total")),
             idle_timeout: shard.counter(&format!("{p}idle_timeout")),
         }
     }

@@ -1,0 +1,167 @@
+//! Raw TCP upstream with half-close support.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// How the TCP upstream treats a connection.
+#[derive(Debug, Clone)]
+pub enum TcpMode {
+    /// Echo every byte; when the client half-closes, finish echoing and half-close too.
+    Echo,
+    /// Send `greeting`, half-close at once, then keep reading until the client closes.
+    /// Checks that data still flows client → upstream after the upstream closed its side.
+    GreetThenHalfClose(Vec<u8>),
+    /// Read the first bytes (e.g. a request head), then close without answering.
+    ReadThenClose,
+    /// Accept and read nothing for this long, then close (a stalled upstream: backpressure).
+    Stall(std::time::Duration),
+    /// Read the first bytes, write this reply, then close (e.g. a garbage HTTP response).
+    ReadThenReply(Vec<u8>),
+}
+
+/// What one upstream connection received, once it ended.
+#[derive(Debug, Clone)]
+pub struct TcpRecord {
+    /// All bytes received from the proxy.
+    pub received: Vec<u8>,
+    /// True when the proxy half-closed (EOF seen) rather than reset.
+    pub saw_eof: bool,
+}
+
+/// A running raw TCP upstream on 127.0.0.1.
+pub struct TcpUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    accepted: Arc<Mutex<usize>>,
+    finished: Arc<Mutex<Vec<TcpRecord>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpUpstream {
+    /// Starts a TCP upstream in `mode`.
+    pub async fn start(mode: TcpMode) -> TcpUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind tcp upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let accepted = Arc::new(Mutex::new(0usize));
+        let finished = Arc::new(Mutex::new(Vec::new()));
+        let (acc2, fin2) = (accepted.clone(), finished.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                *acc2.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                let fin = fin2.clone();
+                let mode = mode.clone();
+                tokio::spawn(async move {
+                    let mut received = Vec::new();
+                    let mut buf = [0u8; 16384];
+                    let mut saw_eof = false;
+                    match &mode {
+                        TcpMode::GreetThenHalfClose(greeting) => {
+                            let _ = s.write_all(greeting).await;
+                            let _ = s.shutdown().await;
+                        }
+                        TcpMode::ReadThenClose | TcpMode::ReadThenReply(_) => {
+                            let n = s.read(&mut buf).await.unwrap_or(0);
+                            received.extend_from_slice(&buf[..n]);
+                            if let TcpMode::ReadThenReply(reply) = &mode {
+                                let _ = s.write_all(reply).await;
+                            }
+                            drop(s);
+                            fin.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(TcpRecord {
+                                    received,
+                                    saw_eof: false,
+                                });
+                            return;
+                        }
+                        TcpMode::Stall(d) => {
+                            tokio::time::sleep(*d).await;
+                            return;
+                        }
+                        TcpMode::Echo => {}
+                    }
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) => {
+                                saw_eof = true;
+                                break;
+                            }
+                            Ok(n) => {
+                                received.extend_from_slice(&buf[..n]);
+                                if matches!(mode, TcpMode::Echo)
+                                    && s.write_all(&buf[..n]).await.is_err()
+                                {
+                                    break;
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if matches!(mode, TcpMode::Echo) {
+                        let _ = s.shutdown().await;
+                    }
+                    fin.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(TcpRecord { received, saw_eof });
+                });
+            }
+        });
+        TcpUpstream {
+            addr,
+            accepted,
+            finished,
+            task,
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        *self.accepted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connections that ended, with what they received.
+    pub fn finished(&self) -> Vec<TcpRecord> {
+        self.finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until `n` connections ended.
+    pub async fn wait_finished(&self, n: usize, limit: Duration) -> Vec<TcpRecord> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let f = self.finished();
+            if f.len() >= n {
+                return f;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} upstream TCP connection(s) ended, expected {n} within {limit:?}",
+                    f.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for TcpUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
