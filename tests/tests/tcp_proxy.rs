@@ -145,11 +145,8 @@ async fn http_passes_untouched() {
     .await
 }
 
-/// Envoy's tcp_proxy access log line (reference §3). skiff does not support tcp_proxy access logs
-/// yet and rejects them (see `access_log_is_reported_unsupported`); run with `--ignored` once it
-/// does.
+/// Envoy's tcp_proxy access log line (reference §3).
 #[tokio::test]
-#[ignore = "tcp_proxy access_log is not supported by skiff yet; it is rejected as unsupported"]
 async fn access_log_line() {
     run(async {
         let up = TcpUpstream::start(TcpMode::Echo).await;
@@ -338,12 +335,12 @@ async fn ipv6_listener() {
     .await
 }
 
-/// skiff's current contract: a tcp_proxy `access_log` is refused with its field path rather than
-/// silently dropped. When skiff supports it, delete this test and un-ignore `access_log_line`.
+/// skiff's contract: a tcp_proxy field it does not honour (here `max_connect_attempts`) is refused
+/// with its field path rather than silently dropped.
 #[tokio::test]
-async fn access_log_is_reported_unsupported() {
+async fn unsupported_field_is_reported() {
     run(async {
-        if skiff_tests::proxy::skiff_only("access_log_is_reported_unsupported") {
+        if skiff_tests::proxy::skiff_only("unsupported_field_is_reported") {
             return;
         }
         let (admin, port) = (free_port(), free_port());
@@ -353,8 +350,8 @@ async fn access_log_is_reported_unsupported() {
             vec![cluster("svc", &[free_port()])],
         );
         v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-            ["access_log"] = json!([skiff_tests::config::stdout_log()]);
-        let cfg = skiff_tests::proxy::write_config("tcp-alog", &to_yaml(&v));
+            ["max_connect_attempts"] = json!(2);
+        let cfg = skiff_tests::proxy::write_config("tcp-unsupported", &to_yaml(&v));
         let path = cfg.path();
         let out = skiff_tests::proxy::run_cli(
             skiff_tests::Kind::Skiff,
@@ -364,7 +361,7 @@ async fn access_log_is_reported_unsupported() {
         assert_ne!(out.code, Some(0));
         assert!(
             out.output().contains(
-                "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.access_log: unsupported"
+                "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.max_connect_attempts: unsupported"
             ),
             "{}",
             out.output()

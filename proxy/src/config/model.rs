@@ -121,6 +121,8 @@ pub struct TcpProxy {
     pub cluster: ClusterChoice,
     /// `idle_timeout` (default 1 h; zero disables).
     pub idle_timeout: Option<Duration>,
+    /// `access_log`.
+    pub access_logs: Vec<AccessLog>,
 }
 
 /// `codec_type`.

@@ -313,10 +313,15 @@ fn translate_tcp_proxy(t: &tcp::TcpProxy, path: &str) -> Result<TcpProxy, Config
         }
         None => Some(Duration::from_secs(3600)),
     };
+    let mut access_logs = Vec::new();
+    for (i, a) in t.access_log.iter().enumerate() {
+        access_logs.push(translate_access_log(a, &format!("{path}.access_log[{i}]"))?);
+    }
     Ok(TcpProxy {
         stat_prefix: t.stat_prefix.clone(),
         cluster,
         idle_timeout,
+        access_logs,
     })
 }
 

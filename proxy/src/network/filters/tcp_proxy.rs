@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::config::model;
 use crate::io::Counted;
 use crate::stats::{Counter, Shard};
+use crate::stream_info::{ResponseFlag, StreamInfo};
 use crate::upstream::pool;
 use crate::worker::Worker;
 
@@ -46,7 +47,8 @@ impl TcpProxyStats {
     }
 }
 
-/// Proxies one downstream connection until both directions are done, or it goes idle.
+/// Proxies one downstream connection until both directions are done, or it goes idle, then
+/// writes its access log line.
 pub async fn run(
     worker: &Rc<Worker>,
     cfg: &model::TcpProxy,
@@ -55,18 +57,77 @@ pub async fn run(
     buffer_limit: usize,
 ) {
     stats.downstream_cx_total.inc();
+    let mut info = (!cfg.access_logs.is_empty()).then(|| {
+        let remote = downstream
+            .peer_addr()
+            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+        let local = downstream
+            .local_addr()
+            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+        StreamInfo::new(remote, local)
+    });
+    let moved = Moved::default();
+    proxy(
+        worker,
+        cfg,
+        stats,
+        downstream,
+        buffer_limit,
+        &moved,
+        info.as_mut(),
+    )
+    .await;
+    if let Some(info) = info.as_mut() {
+        info.bytes_received = moved.received.get();
+        info.bytes_sent = moved.sent.get();
+        info.finish();
+        worker.access_log.log(&cfg.access_logs, info);
+    }
+}
+
+/// Bytes moved on one connection, for its access log line.
+#[derive(Debug, Default)]
+struct Moved {
+    received: Cell<u64>,
+    sent: Cell<u64>,
+}
+
+async fn proxy(
+    worker: &Rc<Worker>,
+    cfg: &model::TcpProxy,
+    stats: &TcpProxyStats,
+    downstream: TcpStream,
+    buffer_limit: usize,
+    moved: &Moved,
+    mut info: Option<&mut StreamInfo>,
+) {
     let Some(cluster) = worker.clusters.get(cfg.cluster.pick()).cloned() else {
         stats.downstream_cx_no_route.inc();
+        if let Some(info) = info {
+            info.flags.set(ResponseFlag::NoClusterFound);
+        }
         return;
     };
+    if let Some(info) = info.as_deref_mut() {
+        info.upstream_cluster = Some(cluster.name.clone());
+    }
     let Some(host) = cluster.pick_host().cloned() else {
         cluster.stats.upstream_cx_none_healthy.inc();
+        if let Some(info) = info {
+            info.flags.set(ResponseFlag::NoHealthyUpstream);
+        }
         return;
     };
+    if let Some(info) = info.as_deref_mut() {
+        info.upstream_host = Some(host.address);
+    }
     let upstream = match pool::connect(&cluster, &host).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(error = %e, upstream = %host.address, "tcp_proxy connect failed");
+            if let Some(info) = info {
+                info.flags.set(ResponseFlag::UpstreamConnectionFailure);
+            }
             return;
         }
     };
@@ -81,8 +142,8 @@ pub async fn run(
     let (dr, dw) = tokio::io::split(downstream);
     let (ur, uw) = tokio::io::split(upstream);
     // Both streams count their own bytes: tcp.<prefix>.downstream_* and cluster.<name>.upstream_*.
-    let up = pump(dr, uw, max, &last_activity);
-    let down = pump(ur, dw, max, &last_activity);
+    let up = pump(dr, uw, max, &last_activity, &moved.received);
+    let down = pump(ur, dw, max, &last_activity, &moved.sent);
     let both = async { tokio::join!(up, down) };
     match cfg.idle_timeout {
         Some(idle) => {
@@ -90,6 +151,9 @@ pub async fn run(
                 _ = both => {}
                 _ = idle_watch(idle, &last_activity) => {
                     stats.idle_timeout.inc();
+                    if let Some(info) = info {
+                        info.flags.set(ResponseFlag::StreamIdleTimeout);
+                    }
                     tracing::debug!("tcp_proxy connection idle timeout");
                 }
             }
@@ -118,6 +182,7 @@ async fn pump(
     mut to: impl AsyncWrite + Unpin,
     max: usize,
     last: &Cell<Instant>,
+    moved: &Cell<u64>,
 ) {
     let mut buf = vec![0u8; INITIAL_BUFFER.min(max)];
     loop {
@@ -133,6 +198,7 @@ async fn pump(
                 Ok(0) | Err(_) => return,
                 Ok(w) => {
                     written += w;
+                    moved.set(moved.get() + w as u64);
                     last.set(Instant::now());
                 }
             }
