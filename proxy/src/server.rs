@@ -113,6 +113,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     let health_failed = Arc::new(AtomicBool::new(false));
     let shared = Shared {
         health_failed: health_failed.clone(),
+        listener_addresses: Arc::new(model.listeners.iter().map(|l| l.address).collect()),
         clusters: clusters.clone(),
         flush_interval: Duration::from_millis(opts.file_flush_interval_msec.max(1)),
         drain: drain_rx,

@@ -55,6 +55,8 @@ pub struct Shared {
     pub drain: watch::Receiver<DrainState>,
     /// Set by the admin's `POST /healthcheck/fail`: responses then ask HTTP/1.1 clients to close.
     pub health_failed: Arc<AtomicBool>,
+    /// The addresses of every listener, to refuse ORIGINAL_DST connections back to ourselves.
+    pub listener_addresses: Arc<Vec<std::net::SocketAddr>>,
 }
 
 /// One worker's state, shared by its tasks.
@@ -70,6 +72,7 @@ pub struct Worker {
     pub access_log: Rc<access_log::Writer>,
     drain: watch::Receiver<DrainState>,
     health_failed: Arc<AtomicBool>,
+    listener_addresses: Arc<Vec<std::net::SocketAddr>>,
     connections: Cell<usize>,
     idle: Notify,
 }
@@ -89,6 +92,15 @@ impl Worker {
     /// health checks (Envoy's drain-close).
     pub fn closing_connections(&self) -> bool {
         self.draining() || self.health_failed.load(Ordering::Relaxed)
+    }
+
+    /// True when `dest` is one of this proxy's own listeners: a connection that was not
+    /// redirected reports its listener as its original destination, and following it to an
+    /// ORIGINAL_DST cluster would loop back into the proxy.
+    pub fn is_own_listener(&self, dest: std::net::SocketAddr) -> bool {
+        self.listener_addresses
+            .iter()
+            .any(|l| l.port() == dest.port() && (l.ip() == dest.ip() || l.ip().is_unspecified()))
     }
 
     /// Counts a downstream connection until the guard drops.
@@ -160,6 +172,7 @@ async fn run(
         access_log: access_log::Writer::new(),
         drain: shared.drain.clone(),
         health_failed: shared.health_failed.clone(),
+        listener_addresses: shared.listener_addresses.clone(),
         connections: Cell::new(0),
         idle: Notify::new(),
     });

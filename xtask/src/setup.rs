@@ -20,6 +20,9 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("nginx", "nginx-light"),
     ("jq", "jq"),
     ("taskset", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("ip", "iproute2"),
+    ("iptables", "iptables"),
 ];
 
 pub fn run() -> Result {

@@ -54,6 +54,9 @@ pub struct Listener {
     pub default_filter_chain: Option<Arc<FilterChain>>,
     /// `per_connection_buffer_limit_bytes` (default 1 MiB).
     pub buffer_limit: usize,
+    /// `envoy.filters.listener.original_dst` is among the listener filters: the connection's
+    /// local address becomes its original destination (SO_ORIGINAL_DST).
+    pub original_dst: bool,
 }
 
 impl Listener {
@@ -265,11 +268,24 @@ pub struct Host {
     pub healthy: bool,
 }
 
+/// How a cluster finds its hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryType {
+    /// `STATIC`: the hosts of `load_assignment`.
+    Static,
+    /// `ORIGINAL_DST`: the host is the connection's original destination.
+    OriginalDst,
+}
+
 /// A cluster.
 #[derive(Debug)]
 pub struct Cluster {
     /// `name`.
     pub name: String,
+    /// `type`.
+    pub discovery: DiscoveryType,
+    /// `upstream_bind_config.source_address`: the local address of upstream connections.
+    pub source_address: Option<std::net::SocketAddr>,
     /// `connect_timeout` (default 5 s).
     pub connect_timeout: Duration,
     /// The hosts of `load_assignment`.

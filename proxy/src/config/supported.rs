@@ -47,12 +47,21 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "filter_chains",
             "default_filter_chain",
             "per_connection_buffer_limit_bytes",
+            "listener_filters",
             // Informational for a sidecar; it selects nothing here.
             "traffic_direction",
             "enable_reuse_port",
         ],
     ),
     ("envoy.config.listener.v3.FilterChain", &["filters", "name"]),
+    (
+        "envoy.config.listener.v3.ListenerFilter",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
+        &[],
+    ),
     ("envoy.config.listener.v3.Filter", &["name", "typed_config"]),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
@@ -155,8 +164,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "typed_extension_protocol_options",
             "http2_protocol_options",
             "per_connection_buffer_limit_bytes",
+            "upstream_bind_config",
         ],
     ),
+    ("envoy.config.core.v3.BindConfig", &["source_address"]),
     (
         "envoy.config.endpoint.v3.ClusterLoadAssignment",
         &["cluster_name", "endpoints"],

@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 
-use super::model::*;
+use super::model::{self, *};
 use super::proto::{type_name, unpack};
 use super::ConfigError;
 use crate::access_log::Format;
@@ -191,6 +191,33 @@ fn translate_listener(
         )?)),
         None => None,
     };
+    let mut original_dst = false;
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        let fpath = format!("{path}.listener_filters[{i}]");
+        let any = match &f.config_type {
+            Some(listener::listener_filter::ConfigType::TypedConfig(any)) => any,
+            Some(_) => {
+                return Err(ConfigError::unsupported(format!(
+                    "{fpath}.config_discovery"
+                )))
+            }
+            None => {
+                return Err(ConfigError::new(
+                    format!("{fpath}.typed_config"),
+                    "required",
+                ))
+            }
+        };
+        match type_name(&any.type_url) {
+            "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => original_dst = true,
+            other => {
+                return Err(ConfigError::new(
+                    format!("{fpath}.typed_config"),
+                    format!("unsupported listener filter '{}' ({other})", f.name),
+                ))
+            }
+        }
+    }
     if filter_chain.is_none() && default_filter_chain.is_none() {
         return Err(ConfigError::new(
             format!("{path}.filter_chains"),
@@ -207,6 +234,7 @@ fn translate_listener(
         stat_prefix,
         filter_chain,
         default_filter_chain,
+        original_dst,
         buffer_limit: l
             .per_connection_buffer_limit_bytes
             .as_ref()
@@ -700,28 +728,65 @@ fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, Config
     if let Some(h2) = &c.http2_protocol_options {
         check_http2_options(h2, &format!("{path}.http2_protocol_options"))?;
     }
-    match &c.cluster_discovery_type {
-        None | Some(ClusterDiscoveryType::Type(0)) => {}
+    let discovery = match &c.cluster_discovery_type {
+        None => model::DiscoveryType::Static,
+        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::Static as i32 => {
+            model::DiscoveryType::Static
+        }
+        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::OriginalDst as i32 => {
+            model::DiscoveryType::OriginalDst
+        }
         Some(ClusterDiscoveryType::Type(t)) => {
             let name = DiscoveryType::try_from(*t)
                 .map(|t| t.as_str_name())
                 .unwrap_or("unknown");
             return Err(ConfigError::new(
                 format!("{path}.type"),
-                format!("unsupported: {name} (only STATIC)"),
+                format!("unsupported: {name} (only STATIC and ORIGINAL_DST)"),
             ));
         }
         Some(_) => return Err(ConfigError::unsupported(format!("{path}.cluster_type"))),
-    }
-    if c.lb_policy != LbPolicy::RoundRobin as i32 {
+    };
+    // Envoy's pairing: ORIGINAL_DST clusters take CLUSTER_PROVIDED, the others a real policy.
+    let lb_ok = match discovery {
+        model::DiscoveryType::Static => c.lb_policy == LbPolicy::RoundRobin as i32,
+        model::DiscoveryType::OriginalDst => c.lb_policy == LbPolicy::ClusterProvided as i32,
+    };
+    if !lb_ok {
         let name = LbPolicy::try_from(c.lb_policy)
             .map(|t| t.as_str_name())
             .unwrap_or("unknown");
+        let want = match discovery {
+            model::DiscoveryType::Static => "ROUND_ROBIN",
+            model::DiscoveryType::OriginalDst => "CLUSTER_PROVIDED (required by ORIGINAL_DST)",
+        };
         return Err(ConfigError::new(
             format!("{path}.lb_policy"),
-            format!("unsupported: {name} (only ROUND_ROBIN)"),
+            format!("unsupported: {name} (only {want})"),
         ));
     }
+    if discovery == model::DiscoveryType::OriginalDst && c.load_assignment.is_some() {
+        return Err(ConfigError::new(
+            format!("{path}.load_assignment"),
+            "an ORIGINAL_DST cluster takes its hosts from connections, not load_assignment",
+        ));
+    }
+    let source_address = match c
+        .upstream_bind_config
+        .as_ref()
+        .and_then(|b| b.source_address.as_ref())
+    {
+        Some(sa) => {
+            let address = core::Address {
+                address: Some(core::address::Address::SocketAddress(sa.clone())),
+            };
+            Some(socket_address(
+                &address,
+                &format!("{path}.upstream_bind_config"),
+            )?)
+        }
+        None => None,
+    };
     let connect_timeout = match &c.connect_timeout {
         Some(d) => duration(d, &format!("{path}.connect_timeout"))?,
         None => Duration::from_secs(5),
@@ -798,6 +863,8 @@ fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, Config
     }
     Ok(Cluster {
         name: c.name.clone(),
+        discovery,
+        source_address,
         connect_timeout,
         hosts,
         protocol,

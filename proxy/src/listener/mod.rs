@@ -144,7 +144,14 @@ impl Shared {
         s.worker_cx_total.inc();
         s.worker_cx_active.inc();
         let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(self.config.address);
+        let mut local = stream.local_addr().unwrap_or(self.config.address);
+        if self.config.original_dst {
+            // envoy.filters.listener.original_dst: where the connection was going before it was
+            // redirected here (iptables REDIRECT or skiff's eBPF); unchanged if it was not.
+            if let Some(dst) = original_dst(&stream, &local) {
+                local = dst;
+            }
+        }
         match self.chain.as_deref() {
             Some(Terminal::Http(hcm)) => {
                 conn_manager::serve(
@@ -158,7 +165,15 @@ impl Shared {
                 .await
             }
             Some(Terminal::Tcp(cfg, stats)) => {
-                tcp_proxy::run(&self.worker, cfg, stats, stream, self.config.buffer_limit).await
+                tcp_proxy::run(
+                    &self.worker,
+                    cfg,
+                    stats,
+                    stream,
+                    local,
+                    self.config.buffer_limit,
+                )
+                .await
             }
             None => s.no_filter_chain_match.inc(),
         }
@@ -166,4 +181,15 @@ impl Shared {
         s.worker_cx_active.dec();
         s.downstream_cx_destroy.inc();
     }
+}
+
+/// The original destination of a redirected connection (SO_ORIGINAL_DST, or its IPv6 form).
+fn original_dst(stream: &TcpStream, local: &SocketAddr) -> Option<SocketAddr> {
+    let sock = socket2::SockRef::from(stream);
+    let addr = if local.is_ipv4() {
+        sock.original_dst_v4()
+    } else {
+        sock.original_dst_v6()
+    };
+    addr.ok().and_then(|a| a.as_socket())
 }

@@ -181,9 +181,52 @@ pub struct Cluster {
     pub hosts: Vec<Rc<Host>>,
     healthy: Vec<usize>,
     rr: Cell<usize>,
+    /// ORIGINAL_DST: one host per original destination seen, each with its own pools.
+    by_destination: RefCell<HashMap<SocketAddr, Rc<Host>>>,
 }
 
+/// Above this many ORIGINAL_DST hosts on a worker, hosts no stream uses are dropped.
+const MAX_IDLE_DESTINATIONS: usize = 1024;
+
 impl Cluster {
+    /// The host for a new stream or connection whose original destination is `dest`: round
+    /// robin for STATIC clusters, `dest` itself for ORIGINAL_DST ones unless `dest` is the proxy's
+    /// own listener (`own`), which would loop.
+    pub fn select_host(
+        &self,
+        dest: SocketAddr,
+        own: impl Fn(SocketAddr) -> bool,
+    ) -> Option<Rc<Host>> {
+        match self.config().discovery {
+            model::DiscoveryType::Static => self.pick_host().cloned(),
+            model::DiscoveryType::OriginalDst if own(dest) => {
+                tracing::debug!(%dest, "original destination is this proxy's own listener; refusing");
+                None
+            }
+            model::DiscoveryType::OriginalDst => Some(self.destination_host(dest)),
+        }
+    }
+
+    fn destination_host(&self, dest: SocketAddr) -> Rc<Host> {
+        let mut hosts = self.by_destination.borrow_mut();
+        if let Some(h) = hosts.get(&dest) {
+            return h.clone();
+        }
+        if hosts.len() >= MAX_IDLE_DESTINATIONS {
+            // Only the map holds these: no stream is using them (their idle connections go too).
+            hosts.retain(|_, h| Rc::strong_count(h) > 1);
+        }
+        let host = Rc::new(Host {
+            address: dest,
+            healthy: true,
+            stats: Arc::new(HostStats::default()),
+            h1: pool::Http1Pool::default(),
+            h2: pool::Http2Pool::default(),
+        });
+        hosts.insert(dest, host.clone());
+        host
+    }
+
     /// Round robin over healthy hosts; `None` when there is none.
     pub fn pick_host(&self) -> Option<&Rc<Host>> {
         if self.healthy.is_empty() {
@@ -240,6 +283,7 @@ impl ClusterManager {
                 healthy,
                 // Workers start at different hosts so load spreads from the first request.
                 rr: Cell::new(fastrand::usize(..)),
+                by_destination: RefCell::new(HashMap::new()),
             };
             clusters.insert(cfg.name.clone(), Rc::new(c));
         }
@@ -253,9 +297,11 @@ impl ClusterManager {
 
     /// Closes idle pooled connections and stops new streams on HTTP/2 ones (drain).
     pub fn close_idle(&self) {
-        for h in self.clusters.values().flat_map(|c| c.hosts.iter()) {
-            h.h1.clear();
-            h.h2.clear();
+        for c in self.clusters.values() {
+            for h in c.hosts.iter().chain(c.by_destination.borrow().values()) {
+                h.h1.clear();
+                h.h2.clear();
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -48,7 +49,8 @@ pub async fn connect(cluster: &Cluster, host: &Host) -> Result<UpstreamStream, C
     stats.upstream_cx_total.inc();
     HostStats::inc(&host.stats.cx_total);
     let timeout = cluster.config().connect_timeout;
-    let result = match tokio::time::timeout(timeout, TcpStream::connect(host.address)).await {
+    let source = cluster.config().source_address;
+    let result = match tokio::time::timeout(timeout, open(host.address, source)).await {
         Err(_) => {
             stats.upstream_cx_connect_timeout.inc();
             Err(ConnectError::Timeout)
@@ -71,6 +73,20 @@ pub async fn connect(cluster: &Cluster, host: &Host) -> Result<UpstreamStream, C
             Err(e)
         }
     }
+}
+
+/// A TCP connection to `addr`, from `source` when the cluster sets upstream_bind_config.
+async fn open(addr: SocketAddr, source: Option<SocketAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(source)?;
+    socket.connect(addr).await
 }
 
 /// Counts a live upstream connection until dropped.

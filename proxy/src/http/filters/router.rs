@@ -109,6 +109,7 @@ pub async fn route(
     mut parts: http::request::Parts,
     body: ProxyBody,
     request: &Rc<RequestProgress>,
+    downstream_local: std::net::SocketAddr,
     mut info: Option<&mut StreamInfo>,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let host_header = authority(&parts).unwrap_or("").to_string();
@@ -129,7 +130,7 @@ pub async fn route(
         info.route_name = (!route.name.is_empty()).then(|| route.name.as_str().into());
         info.upstream_cluster = Some(cluster.name.clone());
     }
-    let Some(host) = cluster.pick_host().cloned() else {
+    let Some(host) = cluster.select_host(downstream_local, |d| worker.is_own_listener(d)) else {
         cluster.stats.upstream_cx_none_healthy.inc();
         return Err(LocalReply::NO_HEALTHY_UPSTREAM);
     };

@@ -2,6 +2,7 @@
 //! host of the chosen cluster, with half-close in each direction and an idle timeout.
 
 use std::cell::Cell;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,15 +55,13 @@ pub async fn run(
     cfg: &model::TcpProxy,
     stats: &TcpProxyStats,
     downstream: TcpStream,
+    local: SocketAddr,
     buffer_limit: usize,
 ) {
     stats.downstream_cx_total.inc();
     let mut info = (!cfg.access_logs.is_empty()).then(|| {
         let remote = downstream
             .peer_addr()
-            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-        let local = downstream
-            .local_addr()
             .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
         StreamInfo::new(remote, local)
     });
@@ -72,6 +71,7 @@ pub async fn run(
         cfg,
         stats,
         downstream,
+        local,
         buffer_limit,
         &moved,
         info.as_mut(),
@@ -92,11 +92,13 @@ struct Moved {
     sent: Cell<u64>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn proxy(
     worker: &Rc<Worker>,
     cfg: &model::TcpProxy,
     stats: &TcpProxyStats,
     downstream: TcpStream,
+    local: SocketAddr,
     buffer_limit: usize,
     moved: &Moved,
     mut info: Option<&mut StreamInfo>,
@@ -111,7 +113,7 @@ async fn proxy(
     if let Some(info) = info.as_deref_mut() {
         info.upstream_cluster = Some(cluster.name.clone());
     }
-    let Some(host) = cluster.pick_host().cloned() else {
+    let Some(host) = cluster.select_host(local, |d| worker.is_own_listener(d)) else {
         cluster.stats.upstream_cx_none_healthy.inc();
         if let Some(info) = info {
             info.flags.set(ResponseFlag::NoHealthyUpstream);

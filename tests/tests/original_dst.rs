@@ -1,0 +1,308 @@
+//! Transparent capture through iptables REDIRECT, in a network namespace each test creates and
+//! removes: the Istio-shaped capture listeners of `configs/sidecar-capture.yaml` (the
+//! `original_dst` listener filter, tcp_proxy to ORIGINAL_DST clusters), run unchanged by skiff
+//! and by Envoy 1.40. The proxy runs as uid 1337, which the REDIRECT rule exempts, as Istio does.
+//! Needs root (CI runs as root); touches nothing outside its own namespace.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use skiff_tests::proxy::Kind;
+use skiff_tests::run_for;
+
+const PROXY_UID: &str = "1337";
+
+/// A network namespace with its processes; removed with them on drop, even when a test fails.
+struct Netns {
+    name: String,
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let uid = Command::new("id").arg("-u").output().expect("run id -u");
+        assert_eq!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "capture tests need root (network namespaces and iptables); CI runs as root"
+        );
+        skiff_tests::require_program("ip", "apt-get install iproute2");
+        skiff_tests::require_program("iptables", "apt-get install iptables");
+        skiff_tests::require_program("setpriv", "apt-get install util-linux");
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "skiff-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns {
+            dir: skiff_tests::scratch_dir(&name),
+            name,
+            children: Vec::new(),
+        };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(args);
+        cmd
+    }
+
+    /// Runs a command in the namespace and requires success.
+    fn exec(&self, args: &[&str]) -> Output {
+        run(&mut self.command(args))
+    }
+
+    /// Starts a long-running process in the namespace, its output in `<dir>/<log>`.
+    fn spawn(&mut self, args: &[&str], log: &str) {
+        let out = std::fs::File::create(self.dir.join(log)).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
+        self.children.push(child);
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    /// `curl` inside the namespace: (status code, body).
+    fn curl(&self, url: &str) -> (String, String) {
+        let out = self
+            .command(&["curl", "-s", "-m", "5", "-w", "\n%{http_code}", url])
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.to_string(), body.to_string())
+    }
+
+    /// A counter from the proxy's admin on 127.0.0.1:15000.
+    fn stat(&self, name: &str) -> u64 {
+        let (_, body) = self.curl("http://127.0.0.1:15000/stats");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(": ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn wait_ready(&self, what: &str, proxy_log: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.curl("http://127.0.0.1:15000/ready").0 == "200" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{what} did not become ready:\n{}", self.log(proxy_log));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn capture_config(dir: &Path) -> PathBuf {
+    let path = dir.join("sidecar-capture.yaml");
+    std::fs::copy(
+        skiff_tests::package_dir().join("configs/sidecar-capture.yaml"),
+        &path,
+    )
+    .expect("copy sidecar-capture.yaml");
+    path
+}
+
+/// Sets up the namespace: an app on 127.0.0.1:8080, outbound connections to it redirected to
+/// 15001 except the proxy's own (uid 1337), and the proxy running the capture config.
+fn capture(kind: Kind) -> Netns {
+    let mut ns = Netns::new(match kind {
+        Kind::Skiff => "cap",
+        Kind::Envoy => "capenv",
+    });
+    ns.exec(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        "127.0.0.1",
+        "--dport",
+        "8080",
+        "-m",
+        "owner",
+        "!",
+        "--uid-owner",
+        PROXY_UID,
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
+    ]);
+    ns.spawn(
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "127.0.0.1",
+        ],
+        "app.log",
+    );
+    let cfg = capture_config(&ns.dir);
+    let bin = kind.binary();
+    let (bin, cfg) = (
+        bin.to_string_lossy().into_owned(),
+        cfg.to_string_lossy().into_owned(),
+    );
+    let mut args = vec![
+        "setpriv",
+        "--reuid",
+        PROXY_UID,
+        "--regid",
+        PROXY_UID,
+        "--clear-groups",
+        &bin,
+        "-c",
+        &cfg,
+        "--concurrency",
+        "1",
+    ];
+    if kind == Kind::Envoy {
+        args.extend(["--disable-hot-restart", "-l", "warning"]);
+    }
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ns.spawn(&args, "proxy.log");
+    ns.wait_ready(kind.name(), "proxy.log");
+    // The app must be up too before the first request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ns.log("app.log").contains("Serving HTTP") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ns
+}
+
+fn outbound_capture_reaches_the_original_destination(kind: Kind) {
+    let ns = capture(kind);
+    let (code, body) = ns.curl("http://127.0.0.1:8080/");
+    assert_eq!(
+        code,
+        "200",
+        "{}: {body}\nproxy log:\n{}",
+        kind.name(),
+        ns.log("proxy.log")
+    );
+    assert!(
+        body.contains("Directory listing"),
+        "{}: the app's page: {body}",
+        kind.name()
+    );
+    // It went through the capture listener and the ORIGINAL_DST cluster, not around them.
+    assert_eq!(
+        ns.stat("listener.0.0.0.0_15001.downstream_cx_total"),
+        1,
+        "{}",
+        kind.name()
+    );
+    assert_eq!(
+        ns.stat("tcp.outbound.downstream_cx_total"),
+        1,
+        "{}",
+        kind.name()
+    );
+    assert_eq!(
+        ns.stat("cluster.passthrough.upstream_cx_total"),
+        1,
+        "{}",
+        kind.name()
+    );
+    // The proxy's own connection to the app (uid 1337) was not captured again.
+    assert!(
+        ns.log("app.log").contains("\"GET / HTTP/1.1\" 200"),
+        "{}",
+        ns.log("app.log")
+    );
+}
+
+#[tokio::test]
+async fn skiff_runs_sidecar_capture_under_iptables_redirect() {
+    run_for(Duration::from_secs(60), async {
+        tokio::task::spawn_blocking(|| {
+            outbound_capture_reaches_the_original_destination(Kind::Skiff)
+        })
+        .await
+        .expect("test thread");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn envoy_runs_sidecar_capture_under_iptables_redirect() {
+    run_for(Duration::from_secs(60), async {
+        tokio::task::spawn_blocking(|| {
+            outbound_capture_reaches_the_original_destination(Kind::Envoy)
+        })
+        .await
+        .expect("test thread");
+    })
+    .await
+}
+
+/// A connection made straight to the capture port was not redirected: its "original
+/// destination" is the listener itself. Following it would loop back into the proxy; skiff
+/// refuses it instead and counts it as having no host.
+#[tokio::test]
+async fn skiff_refuses_to_loop_into_itself() {
+    run_for(Duration::from_secs(60), async {
+        tokio::task::spawn_blocking(|| {
+            let ns = capture(Kind::Skiff);
+            let (code, _) = ns.curl("http://127.0.0.1:15001/");
+            assert_eq!(
+                code, "000",
+                "a direct connection to 15001 must be closed, not proxied"
+            );
+            assert_eq!(ns.stat("cluster.passthrough.upstream_cx_total"), 0);
+            assert_eq!(ns.stat("cluster.passthrough.upstream_cx_none_healthy"), 1);
+        })
+        .await
+        .expect("test thread");
+    })
+    .await
+}
