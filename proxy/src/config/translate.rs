@@ -194,20 +194,12 @@ fn translate_listener(
     let mut original_dst = false;
     for (i, f) in l.listener_filters.iter().enumerate() {
         let fpath = format!("{path}.listener_filters[{i}]");
-        let any = match &f.config_type {
-            Some(listener::listener_filter::ConfigType::TypedConfig(any)) => any,
-            Some(_) => {
-                return Err(ConfigError::unsupported(format!(
-                    "{fpath}.config_discovery"
-                )))
-            }
-            None => {
-                return Err(ConfigError::new(
-                    format!("{fpath}.typed_config"),
-                    "required",
-                ))
-            }
+        use listener::listener_filter::ConfigType;
+        let typed = match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) => Some(any),
+            _ => None,
         };
+        let any = typed_config(typed, f.config_type.is_some(), &fpath)?;
         match type_name(&any.type_url) {
             "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => original_dst = true,
             other => {
@@ -242,13 +234,16 @@ fn translate_listener(
     })
 }
 
+/// The `typed_config` of a filter whose configuration is the `typed_config | config_discovery`
+/// oneof (network, listener and HTTP filters each have their own generated enum for it).
 fn typed_config<'a>(
-    cfg: &'a Option<listener::filter::ConfigType>,
+    typed: Option<&'a Any>,
+    is_set: bool,
     path: &str,
 ) -> Result<&'a Any, ConfigError> {
-    match cfg {
-        Some(listener::filter::ConfigType::TypedConfig(any)) => Ok(any),
-        Some(_) => Err(ConfigError::unsupported(format!("{path}.config_discovery"))),
+    match typed {
+        Some(any) => Ok(any),
+        None if is_set => Err(ConfigError::unsupported(format!("{path}.config_discovery"))),
         None => Err(ConfigError::new(format!("{path}.typed_config"), "required")),
     }
 }
@@ -261,7 +256,11 @@ fn translate_chain(
     let mut filters = Vec::new();
     for (i, f) in fc.filters.iter().enumerate() {
         let fpath = format!("{path}.filters[{i}]");
-        let any = typed_config(&f.config_type, &fpath)?;
+        let typed = match &f.config_type {
+            Some(listener::filter::ConfigType::TypedConfig(any)) => Some(any),
+            _ => None,
+        };
+        let any = typed_config(typed, f.config_type.is_some(), &fpath)?;
         let tpath = format!("{fpath}.typed_config");
         let filter = match type_name(&any.type_url) {
             HCM_TYPE => NetworkFilter::HttpConnectionManager(Arc::new(translate_hcm(
@@ -390,20 +389,11 @@ fn translate_hcm(
     let mut router = None;
     for (i, f) in h.http_filters.iter().enumerate() {
         let fpath = format!("{path}.http_filters[{i}]");
-        let any = match &f.config_type {
-            Some(hcm::http_filter::ConfigType::TypedConfig(any)) => any,
-            Some(_) => {
-                return Err(ConfigError::unsupported(format!(
-                    "{fpath}.config_discovery"
-                )))
-            }
-            None => {
-                return Err(ConfigError::new(
-                    format!("{fpath}.typed_config"),
-                    "required",
-                ))
-            }
+        let typed = match &f.config_type {
+            Some(hcm::http_filter::ConfigType::TypedConfig(any)) => Some(any),
+            _ => None,
         };
+        let any = typed_config(typed, f.config_type.is_some(), &fpath)?;
         let tpath = format!("{fpath}.typed_config");
         match type_name(&any.type_url) {
             "envoy.extensions.filters.http.router.v3.Router" => {
