@@ -1,0 +1,633 @@
+//! `skiff iptables`: the capture rules istio-iptables writes, from the same flags, environment
+//! variables and defaults, so an injection template that runs istio-iptables can run skiff.
+//!
+//! This crate parses and validates the options ([`Args`] → [`Config`]) before anything is
+//! changed, and renders the rules as `iptables-restore` input ([`plan`]). REDIRECT mode is
+//! implemented; the rules and their order follow Istio's own golden outputs.
+
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use clap::Parser;
+
+/// The options of `skiff iptables`, with istio-iptables' short and long names and environment
+/// variables.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "skiff iptables",
+    about = "Write istio-iptables-compatible capture rules"
+)]
+pub struct Args {
+    /// Outbound capture port.
+    #[arg(short = 'p', long = "envoy-port", default_value = "15001")]
+    pub envoy_port: String,
+    /// Inbound capture port.
+    #[arg(
+        short = 'z',
+        long = "inbound-capture-port",
+        env = "INBOUND_CAPTURE_PORT",
+        default_value = "15006"
+    )]
+    pub inbound_capture_port: String,
+    /// Inbound tunnel port (HBONE), never captured.
+    #[arg(
+        short = 'e',
+        long = "inbound-tunnel-port",
+        env = "INBOUND_TUNNEL_PORT",
+        default_value = "15008"
+    )]
+    pub inbound_tunnel_port: String,
+    /// Uids exempt from outbound capture (comma list).
+    #[arg(
+        short = 'u',
+        long = "proxy-uid",
+        env = "PROXY_UID",
+        default_value = "1337"
+    )]
+    pub proxy_uid: String,
+    /// Gids exempt from outbound capture (comma list; default: the uids).
+    #[arg(short = 'g', long = "proxy-gid", env = "PROXY_GID")]
+    pub proxy_gid: Option<String>,
+    /// Inbound interception mode: REDIRECT or TPROXY.
+    #[arg(
+        short = 'm',
+        long = "istio-inbound-interception-mode",
+        env = "INBOUND_INTERCEPTION_MODE",
+        default_value = ""
+    )]
+    pub mode: String,
+    /// Inbound ports to capture (comma list, `*` for all, empty for none).
+    #[arg(
+        short = 'b',
+        long = "istio-inbound-ports",
+        env = "ISTIO_INBOUND_PORTS",
+        default_value = ""
+    )]
+    pub inbound_ports: String,
+    /// Inbound ports not captured (with `-b '*'`).
+    #[arg(
+        short = 'd',
+        long = "istio-local-exclude-ports",
+        env = "ISTIO_LOCAL_EXCLUDE_PORTS",
+        default_value = ""
+    )]
+    pub inbound_exclude_ports: String,
+    /// Interfaces excluded from capture both ways.
+    #[arg(
+        short = 'c',
+        long = "istio-exclude-interfaces",
+        env = "ISTIO_EXCLUDE_INTERFACES",
+        default_value = ""
+    )]
+    pub exclude_interfaces: String,
+    /// Outbound CIDRs to capture (comma list, `*` for all, empty for none).
+    #[arg(
+        short = 'i',
+        long = "istio-service-cidr",
+        env = "ISTIO_SERVICE_CIDR",
+        default_value = ""
+    )]
+    pub outbound_cidrs: String,
+    /// Outbound CIDRs not captured.
+    #[arg(
+        short = 'x',
+        long = "istio-service-exclude-cidr",
+        env = "ISTIO_SERVICE_EXCLUDE_CIDR",
+        default_value = ""
+    )]
+    pub outbound_exclude_cidrs: String,
+    /// Outbound ports always captured.
+    #[arg(
+        short = 'q',
+        long = "istio-outbound-ports",
+        env = "ISTIO_OUTBOUND_PORTS",
+        default_value = ""
+    )]
+    pub outbound_ports: String,
+    /// Outbound ports never captured.
+    #[arg(
+        short = 'o',
+        long = "istio-local-outbound-ports-exclude",
+        env = "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
+        default_value = ""
+    )]
+    pub outbound_exclude_ports: String,
+    /// Interfaces whose inbound traffic is treated as outbound (VMs).
+    #[arg(
+        short = 'k',
+        long = "kube-virt-interfaces",
+        env = "KUBE_VIRT_INTERFACES",
+        default_value = ""
+    )]
+    pub virt_interfaces: String,
+    /// TPROXY mark.
+    #[arg(
+        short = 't',
+        long = "istio-inbound-tproxy-mark",
+        env = "ISTIO_INBOUND_TPROXY_MARK",
+        default_value = "1337"
+    )]
+    pub tproxy_mark: String,
+    /// TPROXY policy-routing table.
+    #[arg(
+        short = 'r',
+        long = "istio-inbound-tproxy-route-table",
+        env = "ISTIO_INBOUND_TPROXY_ROUTE_TABLE",
+        default_value = "133"
+    )]
+    pub tproxy_table: String,
+    /// Print the rules instead of applying them.
+    #[arg(short = 'n', long = "dry-run", env = "DRY_RUN")]
+    pub dry_run: bool,
+    /// Also write IPv6 rules.
+    #[arg(long = "dual-stack", env = "ISTIO_DUAL_STACK")]
+    pub dual_stack: bool,
+    /// Groups whose outbound traffic is captured (default all).
+    #[arg(
+        long = "outbound-owner-groups",
+        env = "ISTIO_OUTBOUND_OWNER_GROUPS",
+        default_value = "*"
+    )]
+    pub owner_groups: String,
+    /// Groups whose outbound traffic is not captured.
+    #[arg(
+        long = "outbound-owner-groups-exclude",
+        env = "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
+        default_value = ""
+    )]
+    pub owner_groups_exclude: String,
+    /// The loopback CIDR never captured.
+    #[arg(
+        long = "ipv4-loopback-cidr",
+        env = "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
+        default_value = "127.0.0.1/32"
+    )]
+    pub ipv4_loopback_cidr: String,
+}
+
+/// A flag with an unusable value: nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--{flag}: {reason}")]
+pub struct FlagError {
+    /// The long flag name.
+    pub flag: &'static str,
+    /// What is wrong with its value.
+    pub reason: String,
+}
+
+fn bad(flag: &'static str, reason: impl Into<String>) -> FlagError {
+    FlagError {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// A list flag: nothing, everything (`*`), or these values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Select<T> {
+    /// Empty: the feature is off.
+    None,
+    /// `*`.
+    All,
+    /// An explicit list.
+    Some(Vec<T>),
+}
+
+/// A CIDR, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cidr {
+    /// Its address.
+    pub ip: IpAddr,
+    /// Its prefix length.
+    pub prefix: u8,
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.ip, self.prefix)
+    }
+}
+
+/// Validated capture options.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `-p`.
+    pub outbound_port: u16,
+    /// `-z`.
+    pub inbound_port: u16,
+    /// `-e`.
+    pub tunnel_port: u16,
+    /// `-u`.
+    pub uids: Vec<String>,
+    /// `-g`.
+    pub gids: Vec<String>,
+    /// `-b`.
+    pub inbound_ports: Select<u16>,
+    /// `-d`.
+    pub inbound_exclude_ports: Vec<u16>,
+    /// `-c`.
+    pub exclude_interfaces: Vec<String>,
+    /// `-i`.
+    pub outbound_cidrs: Select<Cidr>,
+    /// `-x`.
+    pub outbound_exclude_cidrs: Vec<Cidr>,
+    /// `-q`.
+    pub outbound_ports: Vec<u16>,
+    /// `-o`.
+    pub outbound_exclude_ports: Vec<u16>,
+    /// `-k`.
+    pub virt_interfaces: Vec<String>,
+    /// `--dual-stack`.
+    pub ipv6: bool,
+    /// `--outbound-owner-groups`.
+    pub owner_groups: Select<String>,
+    /// `--outbound-owner-groups-exclude`.
+    pub owner_groups_exclude: Vec<String>,
+    /// `--ipv4-loopback-cidr`.
+    pub ipv4_loopback: Cidr,
+    /// `-n`.
+    pub dry_run: bool,
+}
+
+fn items(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').map(str::trim).filter(|x| !x.is_empty())
+}
+
+fn port(flag: &'static str, s: &str) -> Result<u16, FlagError> {
+    match s.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        _ => Err(bad(flag, format!("'{s}' is not a port (1-65535)"))),
+    }
+}
+
+fn ports(flag: &'static str, s: &str) -> Result<Vec<u16>, FlagError> {
+    items(s).map(|p| port(flag, p)).collect()
+}
+
+fn select_ports(flag: &'static str, s: &str) -> Result<Select<u16>, FlagError> {
+    match s.trim() {
+        "" => Ok(Select::None),
+        "*" => Ok(Select::All),
+        other => Ok(Select::Some(ports(flag, other)?)),
+    }
+}
+
+/// Parses `a.b.c.d/n` or an address (a host route).
+pub fn cidr(flag: &'static str, s: &str) -> Result<Cidr, FlagError> {
+    let (ip, prefix) = match s.split_once('/') {
+        Some((ip, p)) => (ip, Some(p)),
+        None => (s, None),
+    };
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| bad(flag, format!("'{s}' is not a CIDR")))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => match p.parse::<u8>() {
+            Ok(n) if n <= max => n,
+            _ => return Err(bad(flag, format!("'{s}' has a bad prefix length"))),
+        },
+        None => max,
+    };
+    Ok(Cidr { ip, prefix })
+}
+
+fn cidrs(flag: &'static str, s: &str) -> Result<Vec<Cidr>, FlagError> {
+    items(s).map(|c| cidr(flag, c)).collect()
+}
+
+fn ids(flag: &'static str, s: &str) -> Result<Vec<String>, FlagError> {
+    let v: Vec<String> = items(s).map(str::to_string).collect();
+    for id in &v {
+        if id.parse::<u32>().is_err() {
+            return Err(bad(flag, format!("'{id}' is not a numeric id")));
+        }
+    }
+    Ok(v)
+}
+
+fn names(flag: &'static str, s: &str) -> Result<Vec<String>, FlagError> {
+    let v: Vec<String> = items(s).map(str::to_string).collect();
+    for n in &v {
+        if n.len() > 15
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+        {
+            return Err(bad(flag, format!("'{n}' is not an interface name")));
+        }
+    }
+    Ok(v)
+}
+
+fn groups(flag: &'static str, s: &str) -> Result<Vec<String>, FlagError> {
+    let v: Vec<String> = items(s).map(str::to_string).collect();
+    for g in &v {
+        if !g
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(bad(flag, format!("'{g}' is not a group name or id")));
+        }
+    }
+    Ok(v)
+}
+
+impl Config {
+    /// Validates every flag before anything is changed; the error names the flag.
+    pub fn from_args(a: &Args) -> Result<Config, FlagError> {
+        match a.mode.as_str() {
+            "" | "REDIRECT" => {}
+            "TPROXY" => {
+                return Err(bad(
+                    "istio-inbound-interception-mode",
+                    "TPROXY is not supported yet; use REDIRECT",
+                ))
+            }
+            other => {
+                return Err(bad(
+                    "istio-inbound-interception-mode",
+                    format!("unknown mode '{other}' (REDIRECT or TPROXY)"),
+                ))
+            }
+        }
+        a.tproxy_mark.parse::<u32>().map_err(|_| {
+            bad(
+                "istio-inbound-tproxy-mark",
+                format!("'{}' is not a mark", a.tproxy_mark),
+            )
+        })?;
+        a.tproxy_table.parse::<u32>().map_err(|_| {
+            bad(
+                "istio-inbound-tproxy-route-table",
+                format!("'{}' is not a table number", a.tproxy_table),
+            )
+        })?;
+        let uids = ids("proxy-uid", &a.proxy_uid)?;
+        let gids = match &a.proxy_gid {
+            Some(g) => ids("proxy-gid", g)?,
+            None => uids.clone(),
+        };
+        let outbound_cidrs = match a.outbound_cidrs.trim() {
+            "" => Select::None,
+            "*" => Select::All,
+            s => Select::Some(cidrs("istio-service-cidr", s)?),
+        };
+        let owner_groups = match a.owner_groups.trim() {
+            "" | "*" => Select::All,
+            s => Select::Some(groups("outbound-owner-groups", s)?),
+        };
+        let owner_groups_exclude =
+            groups("outbound-owner-groups-exclude", &a.owner_groups_exclude)?;
+        if matches!(owner_groups, Select::Some(_)) && !owner_groups_exclude.is_empty() {
+            return Err(bad(
+                "outbound-owner-groups-exclude",
+                "only one of --outbound-owner-groups and --outbound-owner-groups-exclude may be set",
+            ));
+        }
+        let ipv4_loopback = cidr("ipv4-loopback-cidr", &a.ipv4_loopback_cidr)?;
+        if !ipv4_loopback.ip.is_ipv4() || !ipv4_loopback.ip.is_loopback() {
+            return Err(bad(
+                "ipv4-loopback-cidr",
+                format!("'{}' is not an IPv4 loopback CIDR", a.ipv4_loopback_cidr),
+            ));
+        }
+        Ok(Config {
+            outbound_port: port("envoy-port", &a.envoy_port)?,
+            inbound_port: port("inbound-capture-port", &a.inbound_capture_port)?,
+            tunnel_port: port("inbound-tunnel-port", &a.inbound_tunnel_port)?,
+            uids,
+            gids,
+            inbound_ports: select_ports("istio-inbound-ports", &a.inbound_ports)?,
+            inbound_exclude_ports: ports("istio-local-exclude-ports", &a.inbound_exclude_ports)?,
+            exclude_interfaces: names("istio-exclude-interfaces", &a.exclude_interfaces)?,
+            outbound_cidrs,
+            outbound_exclude_cidrs: cidrs("istio-service-exclude-cidr", &a.outbound_exclude_cidrs)?,
+            outbound_ports: ports("istio-outbound-ports", &a.outbound_ports)?,
+            outbound_exclude_ports: ports(
+                "istio-local-outbound-ports-exclude",
+                &a.outbound_exclude_ports,
+            )?,
+            virt_interfaces: names("kube-virt-interfaces", &a.virt_interfaces)?,
+            ipv6: a.dual_stack,
+            owner_groups,
+            owner_groups_exclude,
+            ipv4_loopback,
+            dry_run: a.dry_run,
+        })
+    }
+}
+
+/// The rules for one address family, as `iptables-restore` input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// For `iptables-restore --noflush`.
+    pub ipv4: String,
+    /// For `ip6tables-restore --noflush`, with `--dual-stack`.
+    pub ipv6: Option<String>,
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "# iptables-restore --noflush")?;
+        f.write_str(&self.ipv4)?;
+        if let Some(v6) = &self.ipv6 {
+            writeln!(f, "# ip6tables-restore --noflush")?;
+            f.write_str(v6)?;
+        }
+        Ok(())
+    }
+}
+
+/// The rules for a configuration.
+pub fn plan(c: &Config) -> Plan {
+    Plan {
+        ipv4: nat_table(c, false),
+        ipv6: c.ipv6.then(|| nat_table(c, true)),
+    }
+}
+
+fn ports_list(p: &[u16]) -> String {
+    p.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// The nat table of one family. The order is istio-iptables': chains, interface exclusions,
+/// the redirect chains, inbound capture, then ISTIO_OUTPUT from the most specific exemptions
+/// (excluded ports, the inbound passthrough source, the proxy's own uid/gid) to what is captured.
+fn nat_table(c: &Config, v6: bool) -> String {
+    let (passthrough, loopback) = if v6 {
+        ("::6/128".to_string(), "::1/128".to_string())
+    } else {
+        ("127.0.0.6/32".to_string(), c.ipv4_loopback.to_string())
+    };
+    let family = |x: &&Cidr| x.ip.is_ipv6() == v6;
+    let mut r: Vec<String> = Vec::new();
+    for chain in [
+        "ISTIO_INBOUND",
+        "ISTIO_REDIRECT",
+        "ISTIO_IN_REDIRECT",
+        "ISTIO_OUTPUT",
+    ] {
+        r.push(format!("-N {chain}"));
+    }
+    for nic in &c.exclude_interfaces {
+        r.push(format!("-A PREROUTING -i {nic} -j RETURN"));
+        r.push(format!("-A OUTPUT -o {nic} -j RETURN"));
+    }
+    for nic in &c.virt_interfaces {
+        r.push(format!("-I PREROUTING 1 -i {nic} -j RETURN"));
+    }
+    r.push(format!(
+        "-A ISTIO_INBOUND -p tcp --dport {} -j RETURN",
+        c.tunnel_port
+    ));
+    r.push(format!(
+        "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {}",
+        c.outbound_port
+    ));
+    r.push(format!(
+        "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}",
+        c.inbound_port
+    ));
+    match &c.inbound_ports {
+        Select::None => {}
+        Select::All => {
+            r.push("-A PREROUTING -p tcp -j ISTIO_INBOUND".into());
+            for p in &c.inbound_exclude_ports {
+                r.push(format!("-A ISTIO_INBOUND -p tcp --dport {p} -j RETURN"));
+            }
+            r.push("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT".into());
+        }
+        Select::Some(ports) => {
+            r.push("-A PREROUTING -p tcp -j ISTIO_INBOUND".into());
+            for p in ports {
+                r.push(format!(
+                    "-A ISTIO_INBOUND -p tcp --dport {p} -j ISTIO_IN_REDIRECT"
+                ));
+            }
+        }
+    }
+    r.push("-A OUTPUT -j ISTIO_OUTPUT".into());
+    if !c.outbound_exclude_ports.is_empty() {
+        let list = ports_list(&c.outbound_exclude_ports);
+        r.push(format!(
+            "-A ISTIO_OUTPUT -p tcp -m multiport --dports {list} -j RETURN"
+        ));
+        r.push(format!(
+            "-A ISTIO_OUTPUT -p udp -m multiport --dports {list} -j RETURN"
+        ));
+    }
+    r.push(format!("-A ISTIO_OUTPUT -o lo -s {passthrough} -j RETURN"));
+    for (kind, ids) in [("uid", &c.uids), ("gid", &c.gids)] {
+        for id in ids {
+            // The proxy calling its own pod IP over lo goes to the inbound capture (hairpin);
+            // the app calling its own pod IP over lo is not captured; the proxy's own traffic
+            // is never captured.
+            r.push(format!(
+                "-A ISTIO_OUTPUT -o lo ! -d {loopback} -p tcp ! --dport {} -m owner --{kind}-owner {id} -j ISTIO_IN_REDIRECT",
+                c.tunnel_port
+            ));
+            r.push(format!(
+                "-A ISTIO_OUTPUT -o lo -m owner ! --{kind}-owner {id} -j RETURN"
+            ));
+            r.push(format!(
+                "-A ISTIO_OUTPUT -m owner --{kind}-owner {id} -j RETURN"
+            ));
+        }
+    }
+    match &c.owner_groups {
+        Select::Some(groups) => {
+            let mut rule = String::from("-A ISTIO_OUTPUT");
+            for g in groups {
+                let _ = write!(rule, " -m owner ! --gid-owner {g}");
+            }
+            rule.push_str(" -j RETURN");
+            r.push(rule);
+        }
+        Select::All | Select::None => {
+            for g in &c.owner_groups_exclude {
+                r.push(format!(
+                    "-A ISTIO_OUTPUT -m owner --gid-owner {g} -j RETURN"
+                ));
+            }
+        }
+    }
+    r.push(format!("-A ISTIO_OUTPUT -d {loopback} -j RETURN"));
+    for x in c.outbound_exclude_cidrs.iter().filter(family) {
+        r.push(format!("-A ISTIO_OUTPUT -d {x} -j RETURN"));
+    }
+    for p in &c.outbound_ports {
+        r.push(format!(
+            "-A ISTIO_OUTPUT -p tcp --dport {p} -j ISTIO_REDIRECT"
+        ));
+    }
+    match &c.outbound_cidrs {
+        Select::None => {}
+        Select::All => {
+            r.push("-A ISTIO_OUTPUT -j ISTIO_REDIRECT".into());
+            for nic in &c.virt_interfaces {
+                r.push(format!("-I PREROUTING 1 -i {nic} -j ISTIO_REDIRECT"));
+            }
+        }
+        Select::Some(list) => {
+            let list: Vec<&Cidr> = list.iter().filter(family).collect();
+            for nic in &c.virt_interfaces {
+                for cidr in &list {
+                    r.push(format!(
+                        "-I PREROUTING 1 -i {nic} -d {cidr} -j ISTIO_REDIRECT"
+                    ));
+                }
+            }
+            for cidr in &list {
+                r.push(format!("-A ISTIO_OUTPUT -d {cidr} -j ISTIO_REDIRECT"));
+            }
+        }
+    }
+    let mut out = String::from("* nat\n");
+    for rule in r {
+        out.push_str(&rule);
+        out.push('\n');
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, FlagError> {
+        let mut all = vec!["skiff iptables"];
+        all.extend_from_slice(args);
+        Config::from_args(&Args::try_parse_from(all).expect("flags parse"))
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        assert_eq!(
+            config(&["-i", "10.0.0.0/33"]).unwrap_err().flag,
+            "istio-service-cidr"
+        );
+        assert_eq!(config(&["-p", "70000"]).unwrap_err().flag, "envoy-port");
+        assert_eq!(
+            config(&["-m", "BOGUS"]).unwrap_err().flag,
+            "istio-inbound-interception-mode"
+        );
+        assert_eq!(
+            config(&["-b", "80,x"]).unwrap_err().flag,
+            "istio-inbound-ports"
+        );
+        assert_eq!(config(&["-u", "root"]).unwrap_err().flag, "proxy-uid");
+        assert_eq!(
+            config(&["-x", "nonsense"]).unwrap_err().to_string(),
+            "--istio-service-exclude-cidr: 'nonsense' is not a CIDR"
+        );
+    }
+
+    #[test]
+    fn gids_default_to_uids() {
+        assert_eq!(config(&["-u", "3,4"]).expect("ok").gids, ["3", "4"]);
+    }
+}
