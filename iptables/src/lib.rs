@@ -12,6 +12,10 @@ use std::net::IpAddr;
 
 use clap::Parser;
 
+mod apply;
+
+pub use apply::{run, ApplyError};
+
 /// The options of `skiff iptables`, with istio-iptables' short and long names and environment
 /// variables.
 #[derive(Debug, Clone, Parser)]
@@ -165,6 +169,9 @@ pub struct Args {
         default_value = "127.0.0.1/32"
     )]
     pub ipv4_loopback_cidr: String,
+    /// Only remove skiff's chains and rules.
+    #[arg(long = "cleanup-only", env = "CLEANUP_ONLY")]
+    pub cleanup_only: bool,
 }
 
 /// A flag with an unusable value: nothing was changed.

@@ -53,6 +53,17 @@ pub struct Options {
     /// Internal: decode the configuration and hand it to the parent process on stdout.
     #[arg(long = "decode-config-to-stdout", hide = true)]
     pub decode_config_to_stdout: bool,
+
+    /// Instead of proxying: a redirection task.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Tasks other than proxying.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Write istio-iptables-compatible capture rules (same flags and environment variables).
+    Iptables(skiff_iptables::Args),
 }
 
 /// `--mode`.

@@ -10,6 +10,18 @@ fn main() -> ExitCode {
     if opts.decode_config_to_stdout {
         return decode_for_parent(&opts);
     }
+    if let Some(skiff::cli::Command::Iptables(args)) = &opts.command {
+        return match skiff_iptables::run(args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("skiff iptables: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(format!("skiff={}", opts.tracing_level()))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("skiff=info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod diff;
 pub mod fixture;
+pub mod netns;
 pub mod ports;
 pub mod proxy;
 pub mod side_by_side;

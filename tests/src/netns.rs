@@ -1,0 +1,138 @@
+//! Network namespaces for tests that need root (iptables, transparent capture): each test
+//! creates its own and removes it, with every process it started in it, even when it fails.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The proxy's uid and gid in capture tests, as in Istio.
+pub const PROXY_UID: &str = "1337";
+
+/// A network namespace with its processes; removed with them on drop, even when a test fails.
+pub struct Netns {
+    /// The namespace's name.
+    pub name: String,
+    children: Vec<Child>,
+    /// A scratch directory for its files and logs.
+    pub dir: PathBuf,
+}
+
+impl Netns {
+    /// A new namespace with loopback up; needs root.
+    pub fn new(tag: &str) -> Netns {
+        let uid = Command::new("id").arg("-u").output().expect("run id -u");
+        assert_eq!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "capture tests need root (network namespaces and iptables); CI runs as root"
+        );
+        crate::require_program("ip", "apt-get install iproute2");
+        crate::require_program("iptables", "apt-get install iptables");
+        crate::require_program("setpriv", "apt-get install util-linux");
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "skiff-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns {
+            dir: crate::scratch_dir(&name),
+            name,
+            children: Vec::new(),
+        };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A command to run inside the namespace.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(args);
+        cmd
+    }
+
+    /// Runs a command in the namespace and requires success.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        run(&mut self.command(args))
+    }
+
+    /// Starts a long-running process in the namespace, its output in `<dir>/<log>`.
+    pub fn spawn(&mut self, args: &[&str], log: &str) {
+        let out = std::fs::File::create(self.dir.join(log)).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
+        self.children.push(child);
+    }
+
+    /// A log file's contents.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    /// `curl` inside the namespace: (status code, body).
+    pub fn curl(&self, url: &str) -> (String, String) {
+        let out = self
+            .command(&["curl", "-s", "-m", "5", "-w", "\n%{http_code}", url])
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.to_string(), body.to_string())
+    }
+
+    /// A counter from the proxy's admin on 127.0.0.1:15000.
+    pub fn stat(&self, name: &str) -> u64 {
+        let (_, body) = self.curl("http://127.0.0.1:15000/stats");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(": ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits for the admin on 127.0.0.1:15000 to answer /ready.
+    pub fn wait_ready(&self, what: &str, proxy_log: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.curl("http://127.0.0.1:15000/ready").0 == "200" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{what} did not become ready:\n{}", self.log(proxy_log));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Runs a command and requires success.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -1,0 +1,208 @@
+//! `skiff iptables` against the real iptables, in namespaces each test creates: apply, re-apply
+//! (nothing changes), traffic captured to a remote namespace through skiff, and clean-up back to
+//! exactly the rules that were there before. Needs root (CI runs as root).
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use skiff_tests::netns::{Netns, PROXY_UID};
+use skiff_tests::proxy::Kind;
+use skiff_tests::run_for;
+
+fn nat_rules(ns: &Netns) -> String {
+    String::from_utf8_lossy(&ns.exec(&["iptables", "-t", "nat", "-S"]).stdout).into_owned()
+}
+
+/// `skiff iptables <args>` inside the namespace; success is up to the caller.
+fn skiff_iptables(ns: &Netns, args: &[&str]) -> Output {
+    let bin = Kind::Skiff.binary();
+    let mut cmd: Command = ns.command(&[&bin.to_string_lossy(), "iptables"]);
+    cmd.args(args).output().expect("run skiff iptables")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const SIDECAR_FLAGS: &[&str] = &[
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    PROXY_UID,
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+];
+
+#[tokio::test]
+async fn apply_is_idempotent_and_cleanup_restores_the_previous_rules() {
+    run_for(Duration::from_secs(60), async {
+        tokio::task::spawn_blocking(|| {
+            let ns = Netns::new("ipt");
+            // Somebody else's rules, which skiff must leave alone.
+            ns.exec(&["iptables", "-t", "nat", "-N", "OTHER"]);
+            ns.exec(&[
+                "iptables", "-t", "nat", "-A", "OTHER", "-p", "udp", "--dport", "9999", "-j",
+                "RETURN",
+            ]);
+            ns.exec(&[
+                "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "udp", "--dport", "9999", "-j",
+                "OTHER",
+            ]);
+            let before = nat_rules(&ns);
+
+            let out = skiff_iptables(&ns, SIDECAR_FLAGS);
+            assert!(out.status.success(), "{}", text(&out));
+            let applied = nat_rules(&ns);
+            for want in [
+                "-N ISTIO_OUTPUT",
+                "-A OUTPUT -j ISTIO_OUTPUT",
+                "-A PREROUTING -p tcp -j ISTIO_INBOUND",
+                "-A ISTIO_INBOUND -p tcp -m tcp --dport 15090 -j RETURN",
+                "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+                "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
+                "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+            ] {
+                assert!(applied.contains(want), "missing `{want}` in:\n{applied}");
+            }
+            assert!(
+                applied.contains("-A OUTPUT -p udp -m udp --dport 9999 -j OTHER"),
+                "{applied}"
+            );
+
+            let again = skiff_iptables(&ns, SIDECAR_FLAGS);
+            assert!(again.status.success(), "{}", text(&again));
+            assert_eq!(nat_rules(&ns), applied, "running twice must change nothing");
+
+            // A bad value is refused with the flag's name, before anything changes.
+            let bad = skiff_iptables(&ns, &["-i", "10.0.0.0/33"]);
+            assert!(!bad.status.success());
+            assert!(
+                text(&bad).contains("--istio-service-cidr"),
+                "{}",
+                text(&bad)
+            );
+            assert_eq!(nat_rules(&ns), applied);
+
+            let mut cleanup = SIDECAR_FLAGS.to_vec();
+            cleanup.push("--cleanup-only");
+            let out = skiff_iptables(&ns, &cleanup);
+            assert!(out.status.success(), "{}", text(&out));
+            assert_eq!(
+                nat_rules(&ns),
+                before,
+                "clean-up must restore the previous rules exactly"
+            );
+        })
+        .await
+        .expect("test thread");
+    })
+    .await
+}
+
+/// A client namespace (10.99.0.1) whose outbound traffic `skiff iptables` captures into skiff,
+/// which sends it on to the app in another namespace (10.99.0.2:8080); skiff's own connection
+/// (uid 1337) is not captured again.
+#[tokio::test]
+async fn outbound_capture_to_a_remote_namespace_through_skiff() {
+    run_for(Duration::from_secs(60), async {
+        tokio::task::spawn_blocking(|| {
+            let mut client = Netns::new("ipc");
+            let mut app = Netns::new("ipa");
+            let (va, vb) = (
+                format!("vc{}", std::process::id() % 100_000),
+                format!("va{}", std::process::id() % 100_000),
+            );
+            skiff_tests::netns::run(Command::new("ip").args([
+                "link",
+                "add",
+                &va,
+                "netns",
+                &client.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &vb,
+                "netns",
+                &app.name,
+            ]));
+            client.exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", &va]);
+            client.exec(&["ip", "link", "set", &va, "up"]);
+            app.exec(&["ip", "addr", "add", "10.99.0.2/24", "dev", &vb]);
+            app.exec(&["ip", "link", "set", &vb, "up"]);
+            app.spawn(
+                &[
+                    "python3",
+                    "-m",
+                    "http.server",
+                    "8080",
+                    "--bind",
+                    "10.99.0.2",
+                ],
+                "app.log",
+            );
+
+            let out = skiff_iptables(&client, &["-u", PROXY_UID, "-i", "*"]);
+            assert!(out.status.success(), "{}", text(&out));
+            let cfg = client.dir.join("sidecar-capture.yaml");
+            std::fs::copy(
+                skiff_tests::package_dir().join("configs/sidecar-capture.yaml"),
+                &cfg,
+            )
+            .expect("config");
+            let bin = Kind::Skiff.binary().to_string_lossy().into_owned();
+            let cfg = cfg.to_string_lossy().into_owned();
+            client.spawn(
+                &[
+                    "setpriv",
+                    "--reuid",
+                    PROXY_UID,
+                    "--regid",
+                    PROXY_UID,
+                    "--clear-groups",
+                    &bin,
+                    "-c",
+                    &cfg,
+                    "--concurrency",
+                    "1",
+                ],
+                "proxy.log",
+            );
+            client.wait_ready("skiff", "proxy.log");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !app.log("app.log").contains("Serving HTTP") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+
+            let (code, body) = client.curl("http://10.99.0.2:8080/");
+            assert_eq!(code, "200", "{body}\n{}", client.log("proxy.log"));
+            assert_eq!(
+                client.stat("tcp.outbound.downstream_cx_total"),
+                1,
+                "captured into skiff"
+            );
+            assert_eq!(client.stat("cluster.passthrough.upstream_cx_total"), 1);
+            // The app saw skiff's connection from the client namespace's address.
+            assert!(
+                app.log("app.log").contains("10.99.0.1"),
+                "{}",
+                app.log("app.log")
+            );
+        })
+        .await
+        .expect("test thread");
+    })
+    .await
+}
