@@ -9,14 +9,6 @@ use std::process::{Command, Stdio};
 
 use crate::{plan, Args, Config, FlagError};
 
-/// The chains skiff creates in the nat table.
-const CHAINS: [&str; 4] = [
-    "ISTIO_INBOUND",
-    "ISTIO_REDIRECT",
-    "ISTIO_IN_REDIRECT",
-    "ISTIO_OUTPUT",
-];
-
 /// Why `skiff iptables` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -75,42 +67,69 @@ fn run_cmd(cmd: &mut Command, stdin: Option<&str>) -> Result<String, ApplyError>
 /// Runs `skiff iptables`: prints (`--dry-run`), applies, or cleans up. Returns what to print.
 pub fn run(args: &Args) -> Result<String, ApplyError> {
     let config = Config::from_args(args)?;
-    let families: &[&str] = if config.ipv6 {
-        &["iptables", "ip6tables"]
-    } else {
-        &["iptables"]
-    };
+    let plan = plan(&config);
     if args.cleanup_only {
         if config.dry_run {
-            return Ok(
-                "# would remove skiff's nat chains and the rules that jump to them\n".into(),
-            );
+            return Ok("# would remove skiff's chains, the rules that jump to them, and the TPROXY routes\n".into());
         }
-        for bin in families {
-            cleanup(bin, &config)?;
-        }
+        cleanup(&config, &plan)?;
         return Ok(String::new());
     }
-    let plan = plan(&config);
     if config.dry_run {
         return Ok(plan.to_string());
     }
-    let inputs = [Some(&plan.ipv4), plan.ipv6.as_ref()];
-    for (bin, input) in families.iter().zip(inputs) {
-        cleanup(bin, &config)?;
+    cleanup(&config, &plan)?;
+    let families = [
+        ("iptables-restore", Some(&plan.ipv4)),
+        ("ip6tables-restore", plan.ipv6.as_ref()),
+    ];
+    for (bin, input) in families {
         if let Some(input) = input {
-            run_cmd(
-                Command::new(format!("{bin}-restore")).arg("--noflush"),
-                Some(input),
-            )?;
+            run_cmd(Command::new(bin).arg("--noflush"), Some(input))?;
         }
+    }
+    for route in &plan.routes {
+        run_cmd(Command::new("ip").args(route), None)?;
     }
     Ok(String::new())
 }
 
-/// Removes skiff's rules from one family's nat table.
-fn cleanup(bin: &str, c: &Config) -> Result<(), ApplyError> {
-    let listing = run_cmd(Command::new(bin).args(["-t", "nat", "-S"]), None)?;
+/// Removes what skiff adds: in nat and mangle, every built-in-chain rule that jumps to one of
+/// its chains, the plan's other built-in-chain rules (marks, interface exemptions), the chains
+/// themselves, and the TPROXY policy routes. Rules already gone are skipped.
+fn cleanup(c: &Config, plan: &crate::Plan) -> Result<(), ApplyError> {
+    let families = [
+        ("iptables", Some(&plan.ipv4), "-4"),
+        ("ip6tables", plan.ipv6.as_ref(), "-6"),
+    ];
+    for (bin, rules, _) in families {
+        let Some(rules) = rules else { continue };
+        for table in ["nat", "mangle"] {
+            cleanup_table(bin, table, rules)?;
+        }
+    }
+    let (mark, table) = (c.tproxy_mark.to_string(), c.tproxy_table.to_string());
+    for (_, rules, fam) in families {
+        if rules.is_none() {
+            continue;
+        }
+        while run_cmd(
+            Command::new("ip").args([fam, "rule", "del", "fwmark", &mark, "lookup", &table]),
+            None,
+        )
+        .is_ok()
+        {}
+        let _ = run_cmd(
+            Command::new("ip").args([fam, "route", "flush", "table", &table]),
+            None,
+        );
+    }
+    Ok(())
+}
+
+fn cleanup_table(bin: &str, table: &str, plan_rules: &str) -> Result<(), ApplyError> {
+    let listing = run_cmd(Command::new(bin).args(["-t", table, "-S"]), None)?;
+    let ours = |chain: &str| chain.starts_with("ISTIO_");
     for line in listing.lines() {
         let Some(rule) = line.strip_prefix("-A ") else {
             continue;
@@ -118,36 +137,51 @@ fn cleanup(bin: &str, c: &Config) -> Result<(), ApplyError> {
         let Some((chain, spec)) = rule.split_once(' ') else {
             continue;
         };
-        if chain != "PREROUTING" && chain != "OUTPUT" {
-            continue;
-        }
-        let exemption =
-            |n: &String| spec == format!("-i {n} -j RETURN") || spec == format!("-o {n} -j RETURN");
-        let ours = spec
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .windows(2)
-            .any(|w| w[0] == "-j" && CHAINS.contains(&w[1]))
-            || c.exclude_interfaces.iter().any(exemption)
-            || c.virt_interfaces.iter().any(exemption);
-        if ours {
+        let words: Vec<&str> = spec.split_whitespace().collect();
+        if !ours(chain) && words.windows(2).any(|w| w[0] == "-j" && ours(w[1])) {
             run_cmd(
                 Command::new(bin)
-                    .args(["-t", "nat", "-D", chain])
-                    .args(spec.split_whitespace()),
+                    .args(["-t", table, "-D", chain])
+                    .args(&words),
                 None,
             )?;
+        }
+    }
+    // The plan's rules in built-in chains that do not jump to our chains.
+    let mut in_table = false;
+    for line in plan_rules.lines() {
+        if let Some(t) = line.strip_prefix("* ") {
+            in_table = t == table;
+            continue;
+        }
+        if !in_table {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (chain, spec) = match words.as_slice() {
+            ["-A", chain, spec @ ..] => (*chain, spec),
+            ["-I", chain, _position, spec @ ..] => (*chain, spec),
+            _ => continue,
+        };
+        if !ours(chain) {
+            let _ = run_cmd(
+                Command::new(bin)
+                    .args(["-t", table, "-D", chain])
+                    .args(spec),
+                None,
+            );
         }
     }
     let existing: Vec<&str> = listing
         .lines()
         .filter_map(|l| l.strip_prefix("-N "))
+        .filter(|c| ours(c))
         .collect();
-    for chain in CHAINS.iter().filter(|c| existing.contains(c)) {
-        run_cmd(Command::new(bin).args(["-t", "nat", "-F", chain]), None)?;
+    for chain in &existing {
+        run_cmd(Command::new(bin).args(["-t", table, "-F", chain]), None)?;
     }
-    for chain in CHAINS.iter().filter(|c| existing.contains(c)) {
-        run_cmd(Command::new(bin).args(["-t", "nat", "-X", chain]), None)?;
+    for chain in &existing {
+        run_cmd(Command::new(bin).args(["-t", table, "-X", chain]), None)?;
     }
     Ok(())
 }

@@ -169,6 +169,9 @@ pub struct Args {
         default_value = "127.0.0.1/32"
     )]
     pub ipv4_loopback_cidr: String,
+    /// Drop packets conntrack considers INVALID (mangle PREROUTING).
+    #[arg(long = "drop-invalid", env = "INVALID_DROP")]
+    pub drop_invalid: bool,
     /// Only remove skiff's chains and rules.
     #[arg(long = "cleanup-only", env = "CLEANUP_ONLY")]
     pub cleanup_only: bool,
@@ -217,9 +220,27 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+/// How inbound connections are captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// nat REDIRECT: the proxy reads the original destination with SO_ORIGINAL_DST.
+    Redirect,
+    /// mangle TPROXY: the connection keeps its destination and source; needs a transparent
+    /// listener and the policy route.
+    Tproxy,
+}
+
 /// Validated capture options.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `-m`.
+    pub mode: Mode,
+    /// `-t`.
+    pub tproxy_mark: u32,
+    /// `-r`.
+    pub tproxy_table: u32,
+    /// `--drop-invalid`.
+    pub drop_invalid: bool,
     /// `-p`.
     pub outbound_port: u16,
     /// `-z`.
@@ -345,28 +366,28 @@ fn groups(flag: &'static str, s: &str) -> Result<Vec<String>, FlagError> {
 impl Config {
     /// Validates every flag before anything is changed; the error names the flag.
     pub fn from_args(a: &Args) -> Result<Config, FlagError> {
-        match a.mode.as_str() {
-            "" | "REDIRECT" => {}
-            "TPROXY" => {
-                return Err(bad(
-                    "istio-inbound-interception-mode",
-                    "TPROXY is not supported yet; use REDIRECT",
-                ))
-            }
+        let mode = match a.mode.as_str() {
+            "" | "REDIRECT" => Mode::Redirect,
+            "TPROXY" => Mode::Tproxy,
             other => {
                 return Err(bad(
                     "istio-inbound-interception-mode",
                     format!("unknown mode '{other}' (REDIRECT or TPROXY)"),
                 ))
             }
-        }
-        a.tproxy_mark.parse::<u32>().map_err(|_| {
-            bad(
-                "istio-inbound-tproxy-mark",
-                format!("'{}' is not a mark", a.tproxy_mark),
-            )
-        })?;
-        a.tproxy_table.parse::<u32>().map_err(|_| {
+        };
+        let tproxy_mark = a
+            .tproxy_mark
+            .parse::<u32>()
+            .ok()
+            .filter(|m| *m > 0 && *m < u32::MAX)
+            .ok_or_else(|| {
+                bad(
+                    "istio-inbound-tproxy-mark",
+                    format!("'{}' is not a mark", a.tproxy_mark),
+                )
+            })?;
+        let tproxy_table = a.tproxy_table.parse::<u32>().map_err(|_| {
             bad(
                 "istio-inbound-tproxy-route-table",
                 format!("'{}' is not a table number", a.tproxy_table),
@@ -402,6 +423,10 @@ impl Config {
             ));
         }
         Ok(Config {
+            mode,
+            tproxy_mark,
+            tproxy_table,
+            drop_invalid: a.drop_invalid,
             outbound_port: port("envoy-port", &a.envoy_port)?,
             inbound_port: port("inbound-capture-port", &a.inbound_capture_port)?,
             tunnel_port: port("inbound-tunnel-port", &a.inbound_tunnel_port)?,
@@ -427,13 +452,16 @@ impl Config {
     }
 }
 
-/// The rules for one address family, as `iptables-restore` input.
+/// The rules per address family, as `iptables-restore` input, and the policy routes TPROXY
+/// needs, as `ip` arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// For `iptables-restore --noflush`.
     pub ipv4: String,
     /// For `ip6tables-restore --noflush`, with `--dual-stack`.
     pub ipv6: Option<String>,
+    /// `ip` commands (TPROXY): the mark's rule and the local route of its table.
+    pub routes: Vec<Vec<String>>,
 }
 
 impl std::fmt::Display for Plan {
@@ -444,16 +472,128 @@ impl std::fmt::Display for Plan {
             writeln!(f, "# ip6tables-restore --noflush")?;
             f.write_str(v6)?;
         }
+        for r in &self.routes {
+            writeln!(f, "ip {}", r.join(" "))?;
+        }
         Ok(())
     }
 }
 
 /// The rules for a configuration.
 pub fn plan(c: &Config) -> Plan {
-    Plan {
-        ipv4: nat_table(c, false),
-        ipv6: c.ipv6.then(|| nat_table(c, true)),
+    let family = |v6: bool| format!("{}{}", mangle_table(c, v6), nat_table(c, v6));
+    let mut routes = Vec::new();
+    if c.mode == Mode::Tproxy {
+        let families: &[&str] = if c.ipv6 { &["-4", "-6"] } else { &["-4"] };
+        for fam in families {
+            let (mark, table) = (c.tproxy_mark.to_string(), c.tproxy_table.to_string());
+            routes.push(vec![
+                fam.to_string(),
+                "rule".into(),
+                "add".into(),
+                "fwmark".into(),
+                mark,
+                "lookup".into(),
+                table.clone(),
+            ]);
+            routes.push(
+                [
+                    *fam, "route", "add", "local", "default", "dev", "lo", "table", &table,
+                ]
+                .iter()
+                .map(|x| x.to_string())
+                .collect(),
+            );
+        }
     }
+    Plan {
+        ipv4: family(false),
+        ipv6: c.ipv6.then(|| family(true)),
+        routes,
+    }
+}
+
+/// The mangle table: dropping INVALID packets, and TPROXY's inbound capture with the marks and
+/// connmarks that route replies back through the proxy. Empty when neither is asked for.
+fn mangle_table(c: &Config, v6: bool) -> String {
+    let (passthrough, loopback) = if v6 {
+        ("::6/128".to_string(), "::1/128".to_string())
+    } else {
+        ("127.0.0.6/32".to_string(), c.ipv4_loopback.to_string())
+    };
+    let mut r: Vec<String> = Vec::new();
+    if c.drop_invalid {
+        r.push("-N ISTIO_DROP".into());
+        r.push("-A PREROUTING -m conntrack --ctstate INVALID -j ISTIO_DROP".into());
+        r.push("-A ISTIO_DROP -j DROP".into());
+    }
+    if c.mode == Mode::Tproxy && c.inbound_ports != Select::None {
+        let mark = c.tproxy_mark;
+        let out_mark = mark + 1;
+        r.push("-N ISTIO_DIVERT".into());
+        r.push("-N ISTIO_TPROXY".into());
+        r.push("-N ISTIO_INBOUND".into());
+        r.push(format!("-A ISTIO_DIVERT -j MARK --set-mark {mark}"));
+        r.push("-A ISTIO_DIVERT -j ACCEPT".into());
+        r.push(format!(
+            "-A ISTIO_TPROXY ! -d {loopback} -p tcp -j TPROXY --tproxy-mark {mark}/0xffffffff --on-port {}",
+            c.inbound_port
+        ));
+        r.push("-A PREROUTING -p tcp -j ISTIO_INBOUND".into());
+        let established = "-m conntrack --ctstate RELATED,ESTABLISHED -j ISTIO_DIVERT";
+        match &c.inbound_ports {
+            Select::Some(ports) => {
+                for p in ports {
+                    r.push(format!("-A ISTIO_INBOUND -p tcp --dport {p} {established}"));
+                    r.push(format!(
+                        "-A ISTIO_INBOUND -p tcp --dport {p} -j ISTIO_TPROXY"
+                    ));
+                }
+            }
+            _ => {
+                for p in &c.inbound_exclude_ports {
+                    r.push(format!("-A ISTIO_INBOUND -p tcp --dport {p} -j RETURN"));
+                }
+                r.push(format!("-A ISTIO_INBOUND -p tcp {established}"));
+                r.push("-A ISTIO_INBOUND -p tcp -j ISTIO_TPROXY".into());
+            }
+        }
+        r.push(format!(
+            "-A PREROUTING -p tcp -m mark --mark {mark} -j CONNMARK --save-mark"
+        ));
+        r.push(format!(
+            "-A OUTPUT -p tcp -o lo -m mark --mark {mark} -j RETURN"
+        ));
+        for (kind, ids) in [("uid", &c.uids), ("gid", &c.gids)] {
+            for id in ids {
+                r.push(format!(
+                    "-A OUTPUT ! -d {loopback} -p tcp -o lo -m owner --{kind}-owner {id} -j MARK --set-mark {out_mark}"
+                ));
+            }
+        }
+        r.push(format!(
+            "-A OUTPUT -p tcp -m connmark --mark {mark} -j CONNMARK --restore-mark"
+        ));
+        r.push(format!(
+            "-I ISTIO_INBOUND 1 -p tcp -m mark --mark {mark} -j RETURN"
+        ));
+        r.push(format!(
+            "-I ISTIO_INBOUND 2 -p tcp -s {passthrough} -i lo -j RETURN"
+        ));
+        r.push(format!(
+            "-I ISTIO_INBOUND 3 -p tcp -i lo -m mark ! --mark {out_mark} -j RETURN"
+        ));
+    }
+    if r.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("* mangle\n");
+    for rule in r {
+        out.push_str(&rule);
+        out.push('\n');
+    }
+    out.push_str("COMMIT\n");
+    out
 }
 
 fn ports_list(p: &[u16]) -> String {
@@ -498,7 +638,12 @@ fn nat_table(c: &Config, v6: bool) -> String {
         "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}",
         c.inbound_port
     ));
-    match &c.inbound_ports {
+    let nat_inbound = if c.mode == Mode::Redirect {
+        &c.inbound_ports
+    } else {
+        &Select::None
+    };
+    match nat_inbound {
         Select::None => {}
         Select::All => {
             r.push("-A PREROUTING -p tcp -j ISTIO_INBOUND".into());

@@ -13,6 +13,26 @@ fn nat_rules(ns: &Netns) -> String {
     String::from_utf8_lossy(&ns.exec(&["iptables", "-t", "nat", "-S"]).stdout).into_owned()
 }
 
+/// Everything `skiff iptables` may touch: nat and mangle of both families, and policy routing.
+fn state(ns: &Netns) -> String {
+    let mut all = String::new();
+    for args in [
+        &["iptables", "-t", "nat", "-S"][..],
+        &["iptables", "-t", "mangle", "-S"],
+        &["ip6tables", "-t", "nat", "-S"],
+        &["ip6tables", "-t", "mangle", "-S"],
+        &["ip", "-4", "rule", "list"],
+        &["ip", "-6", "rule", "list"],
+        &["ip", "-4", "route", "show", "table", "133"],
+    ] {
+        all.push_str(&format!("## {}\n", args.join(" ")));
+        all.push_str(&String::from_utf8_lossy(
+            &ns.command(args).output().expect("run").stdout,
+        ));
+    }
+    all
+}
+
 /// `skiff iptables <args>` inside the namespace; success is up to the caller.
 fn skiff_iptables(ns: &Netns, args: &[&str]) -> Output {
     let bin = Kind::Skiff.binary();
@@ -44,6 +64,58 @@ const SIDECAR_FLAGS: &[&str] = &[
     "-d",
     "15090,15021,15020",
 ];
+
+const TPROXY_FLAGS: &[&str] = &[
+    "-m",
+    "TPROXY",
+    "-b",
+    "*",
+    "-d",
+    "15090",
+    "-i",
+    "*",
+    "--drop-invalid",
+    "--dual-stack",
+    "-u",
+    PROXY_UID,
+];
+
+/// TPROXY mode: mangle chains, marks and connmarks, and the policy route, in both families;
+/// applying twice changes nothing and clean-up restores everything, routes included.
+#[tokio::test]
+async fn tproxy_apply_and_cleanup_with_policy_routes() {
+    run_for(Duration::from_secs(60), async {
+        tokio::task::spawn_blocking(|| {
+            let ns = Netns::new("iptp");
+            let before = state(&ns);
+            let out = skiff_iptables(&ns, TPROXY_FLAGS);
+            assert!(out.status.success(), "{}", text(&out));
+            let applied = state(&ns);
+            for want in [
+                "-N ISTIO_TPROXY",
+                "-A PREROUTING -p tcp -j ISTIO_INBOUND",
+                "-A ISTIO_DIVERT -j ACCEPT",
+                "-j TPROXY --on-port 15006",
+                "-A PREROUTING -m conntrack --ctstate INVALID -j ISTIO_DROP",
+                "fwmark 0x539 lookup 133",
+                "local default dev lo",
+            ] {
+                assert!(applied.contains(want), "missing `{want}` in:\n{applied}");
+            }
+            let again = skiff_iptables(&ns, TPROXY_FLAGS);
+            assert!(again.status.success(), "{}", text(&again));
+            assert_eq!(state(&ns), applied, "running twice must change nothing");
+            let mut cleanup = TPROXY_FLAGS.to_vec();
+            cleanup.push("--cleanup-only");
+            let out = skiff_iptables(&ns, &cleanup);
+            assert!(out.status.success(), "{}", text(&out));
+            assert_eq!(state(&ns), before, "clean-up must restore everything");
+        })
+        .await
+        .expect("test thread");
+    })
+    .await
+}
 
 #[tokio::test]
 async fn apply_is_idempotent_and_cleanup_restores_the_previous_rules() {
