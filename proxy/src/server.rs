@@ -75,7 +75,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     let mut sockets: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
     for l in &model.listeners {
         for per_worker in sockets.iter_mut() {
-            let s = listener::bind(l.address)
+            let s = listener::bind(l)
                 .map_err(|e| format!("listener '{}': cannot bind {}: {e}", l.name, l.address))?;
             per_worker.push((l.clone(), s));
         }

@@ -135,16 +135,16 @@ async fn unknown_cluster_field_is_named() {
 }
 
 #[tokio::test]
-async fn transparent_listener_is_unsupported() {
+async fn unhonoured_listener_field_is_unsupported() {
     run(async {
-        if skiff_only("transparent_listener_is_unsupported") {
+        if skiff_only("unhonoured_listener_field_is_unsupported") {
             return;
         }
         let mut v = base();
-        v["static_resources"]["listeners"][0]["transparent"] = json!(true);
+        v["static_resources"]["listeners"][0]["tcp_fast_open_queue_length"] = json!(5);
         assert_rejected(
             &to_yaml(&v),
-            "static_resources.listeners[0].transparent: unsupported",
+            "static_resources.listeners[0].tcp_fast_open_queue_length: unsupported",
         )
         .await;
     })

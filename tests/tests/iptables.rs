@@ -278,3 +278,105 @@ async fn outbound_capture_to_a_remote_namespace_through_skiff() {
     })
     .await
 }
+
+/// TPROXY inbound: the client (10.99.0.1) calls the app (10.99.0.2:8080); `skiff iptables -m
+/// TPROXY` in the app's namespace hands the connection to skiff's transparent inbound listener,
+/// which reads the original destination from the local address and connects to the app from the
+/// client's own address (original_src, mark 1337), so the app sees the real client.
+#[tokio::test]
+async fn tproxy_inbound_preserves_the_client_address() {
+    run_for(Duration::from_secs(60), async {
+        tokio::task::spawn_blocking(|| {
+            let client = Netns::new("tpc");
+            let mut app = Netns::new("tpa");
+            let id = std::process::id() % 100_000;
+            let (vc, va) = (format!("tc{id}"), format!("ta{id}"));
+            skiff_tests::netns::run(Command::new("ip").args([
+                "link",
+                "add",
+                &vc,
+                "netns",
+                &client.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &va,
+                "netns",
+                &app.name,
+            ]));
+            client.exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", &vc]);
+            client.exec(&["ip", "link", "set", &vc, "up"]);
+            app.exec(&["ip", "addr", "add", "10.99.0.2/24", "dev", &va]);
+            app.exec(&["ip", "link", "set", &va, "up"]);
+            app.spawn(
+                &[
+                    "python3",
+                    "-m",
+                    "http.server",
+                    "8080",
+                    "--bind",
+                    "10.99.0.2",
+                ],
+                "app.log",
+            );
+
+            let out = skiff_iptables(&app, &["-m", "TPROXY", "-b", "*", "-u", PROXY_UID]);
+            assert!(out.status.success(), "{}", text(&out));
+            let cfg = app.dir.join("tproxy.yaml");
+            std::fs::write(&cfg, TPROXY_INBOUND_CONFIG).expect("config");
+            let bin = Kind::Skiff.binary().to_string_lossy().into_owned();
+            let cfg = cfg.to_string_lossy().into_owned();
+            // IP_TRANSPARENT needs CAP_NET_ADMIN: the proxy runs as root here.
+            app.spawn(&[&bin, "-c", &cfg, "--concurrency", "1"], "proxy.log");
+            app.wait_ready("skiff", "proxy.log");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !app.log("app.log").contains("Serving HTTP") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+
+            let (code, body) = client.curl("http://10.99.0.2:8080/");
+            assert_eq!(code, "200", "{body}\nproxy:\n{}", app.log("proxy.log"));
+            assert_eq!(
+                app.stat("tcp.inbound.downstream_cx_total"),
+                1,
+                "captured by TPROXY into skiff"
+            );
+            assert_eq!(app.stat("cluster.inbound_passthrough.upstream_cx_total"), 1);
+            let log = app.log("app.log");
+            assert!(
+                log.contains("10.99.0.1 - -"),
+                "the app must see the client's address: {log}"
+            );
+        })
+        .await
+        .expect("test thread");
+    })
+    .await
+}
+
+const TPROXY_INBOUND_CONFIG: &str = r#"
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: 15000}}}
+static_resources:
+  listeners:
+  - name: virtualInbound
+    address: {socket_address: {address: 0.0.0.0, port_value: 15006}}
+    transparent: true
+    listener_filters:
+    - name: envoy.filters.listener.original_dst
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}
+    - name: envoy.filters.listener.original_src
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc, mark: 1337}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: inbound
+          cluster: inbound_passthrough
+  clusters:
+  - name: inbound_passthrough
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 1s
+"#;

@@ -233,6 +233,11 @@ mod tests {
             assert!(body.starts_with(&format!("POST /p{i} HTTP/1.1\n")));
             assert!(body.contains("(request body: 3 bytes)"));
         }
+        // The server counts a request after writing its response: wait for the count.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while up.served() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(up.served(), 2);
     }
 }

@@ -57,6 +57,21 @@ pub struct Listener {
     /// `envoy.filters.listener.original_dst` is among the listener filters: the connection's
     /// local address becomes its original destination (SO_ORIGINAL_DST).
     pub original_dst: bool,
+    /// `envoy.filters.listener.original_src`: upstream connections use the client's address.
+    pub original_src: Option<OriginalSrc>,
+    /// `transparent`: IP_TRANSPARENT, to accept connections for any address (TPROXY).
+    pub transparent: bool,
+    /// `freebind`: IP_FREEBIND, to bind an address the host does not have (yet).
+    pub freebind: bool,
+}
+
+/// `envoy.extensions.filters.listener.original_src.v3.OriginalSrc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginalSrc {
+    /// `bind_port`: keep the client's port too.
+    pub bind_port: bool,
+    /// `mark`: SO_MARK for the upstream socket (0: none), so policy routing returns replies.
+    pub mark: u32,
 }
 
 impl Listener {

@@ -48,6 +48,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "default_filter_chain",
             "per_connection_buffer_limit_bytes",
             "listener_filters",
+            "transparent",
+            "freebind",
             // Informational for a sidecar; it selects nothing here.
             "traffic_direction",
             "enable_reuse_port",
@@ -61,6 +63,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
         &[],
+    ),
+    (
+        "envoy.extensions.filters.listener.original_src.v3.OriginalSrc",
+        &["bind_port", "mark"],
     ),
     ("envoy.config.listener.v3.Filter", &["name", "typed_config"]),
     (
@@ -302,14 +308,13 @@ mod tests {
 
     #[test]
     fn unsupported_field_is_named_with_its_path() {
-        // (A TcpProxy access_log is supported; a listener's transparent is not yet.)
         let err = check_yaml(
-            "static_resources: { listeners: [ { name: a, address: { socket_address: { address: 127.0.0.1, port_value: 1 } } }, { name: b, transparent: true } ] }",
+            "static_resources: { listeners: [ { name: a, address: { socket_address: { address: 127.0.0.1, port_value: 1 } } }, { name: b, tcp_fast_open_queue_length: 5 } ] }",
         )
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "static_resources.listeners[1].transparent: unsupported"
+            "static_resources.listeners[1].tcp_fast_open_queue_length: unsupported"
         );
     }
 

@@ -192,6 +192,8 @@ fn translate_listener(
         None => None,
     };
     let mut original_dst = false;
+    let mut original_src = None;
+    let mut original_src_path = String::new();
     for (i, f) in l.listener_filters.iter().enumerate() {
         let fpath = format!("{path}.listener_filters[{i}]");
         use listener::listener_filter::ConfigType;
@@ -202,12 +204,33 @@ fn translate_listener(
         let any = typed_config(typed, f.config_type.is_some(), &fpath)?;
         match type_name(&any.type_url) {
             "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => original_dst = true,
+            "envoy.extensions.filters.listener.original_src.v3.OriginalSrc" => {
+                let o: envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc =
+                    unpack(any, &format!("{fpath}.typed_config"))?;
+                original_src = Some(OriginalSrc {
+                    bind_port: o.bind_port,
+                    mark: o.mark,
+                });
+                original_src_path = fpath.clone();
+            }
             other => {
                 return Err(ConfigError::new(
                     format!("{fpath}.typed_config"),
                     format!("unsupported listener filter '{}' ({other})", f.name),
                 ))
             }
+        }
+    }
+    if original_src.is_some() {
+        let chains = filter_chain.iter().chain(default_filter_chain.iter());
+        let http = chains
+            .flat_map(|fc| fc.filters.iter())
+            .any(|f| matches!(f, NetworkFilter::HttpConnectionManager(_)));
+        if http {
+            return Err(ConfigError::new(
+                original_src_path,
+                "unsupported with http_connection_manager (only with tcp_proxy so far)",
+            ));
         }
     }
     if filter_chain.is_none() && default_filter_chain.is_none() {
@@ -227,6 +250,9 @@ fn translate_listener(
         filter_chain,
         default_filter_chain,
         original_dst,
+        original_src,
+        transparent: l.transparent.as_ref().is_some_and(|v| v.value),
+        freebind: l.freebind.as_ref().is_some_and(|v| v.value),
         buffer_limit: l
             .per_connection_buffer_limit_bytes
             .as_ref()

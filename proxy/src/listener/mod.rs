@@ -12,16 +12,33 @@ use crate::config::model::{self, NetworkFilter};
 use crate::http::conn_manager::{self, HcmStats, HttpConnectionManager};
 use crate::network::filters::tcp_proxy::{self, TcpProxyStats};
 use crate::stats::{Counter, Gauge};
+use crate::upstream::pool;
 use crate::worker::Worker;
 
 /// Binds a listen socket for one worker. Every worker binds its own with SO_REUSEPORT so the
 /// kernel spreads connections across workers without a shared accept queue.
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+pub fn bind(l: &model::Listener) -> std::io::Result<std::net::TcpListener> {
+    let addr = l.address;
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+    }
+    // TPROXY listeners accept connections for any destination (needs CAP_NET_ADMIN).
+    if l.transparent {
+        if addr.is_ipv6() {
+            socket.set_ip_transparent_v6(true)?;
+        } else {
+            socket.set_ip_transparent_v4(true)?;
+        }
+    }
+    if l.freebind {
+        if addr.is_ipv6() {
+            socket.set_freebind_v6(true)?;
+        } else {
+            socket.set_freebind_v4(true)?;
+        }
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -165,12 +182,24 @@ impl Shared {
                 .await
             }
             Some(Terminal::Tcp(cfg, stats)) => {
+                // envoy.filters.listener.original_src: the upstream connection comes from the
+                // client's own address, so the application sees the real client.
+                let source = self.config.original_src.map(|o| pool::Source {
+                    address: if o.bind_port {
+                        remote
+                    } else {
+                        SocketAddr::new(remote.ip(), 0)
+                    },
+                    transparent: true,
+                    mark: o.mark,
+                });
                 tcp_proxy::run(
                     &self.worker,
                     cfg,
                     stats,
                     stream,
                     local,
+                    source,
                     self.config.buffer_limit,
                 )
                 .await

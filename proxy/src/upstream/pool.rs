@@ -43,13 +43,38 @@ pub enum ConnectError {
 /// An upstream connection that counts its bytes into the cluster's stats.
 pub type UpstreamStream = Counted<TcpStream>;
 
+/// Where an upstream connection comes from, when not from the host's own address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    /// The local address to bind.
+    pub address: SocketAddr,
+    /// Bind it with IP_TRANSPARENT (an address the host does not own: the client's).
+    pub transparent: bool,
+    /// SO_MARK, for policy routing of the replies (0: none).
+    pub mark: u32,
+}
+
 /// Opens a TCP connection to a host of `cluster`, counting it and its bytes.
 pub async fn connect(cluster: &Cluster, host: &Host) -> Result<UpstreamStream, ConnectError> {
+    connect_from(cluster, host, None).await
+}
+
+/// [`connect`], from `source` when given (original_src), else from the cluster's
+/// `upstream_bind_config`.
+pub async fn connect_from(
+    cluster: &Cluster,
+    host: &Host,
+    source: Option<Source>,
+) -> Result<UpstreamStream, ConnectError> {
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
     HostStats::inc(&host.stats.cx_total);
     let timeout = cluster.config().connect_timeout;
-    let source = cluster.config().source_address;
+    let source = source.or(cluster.config().source_address.map(|address| Source {
+        address,
+        transparent: false,
+        mark: 0,
+    }));
     let result = match tokio::time::timeout(timeout, open(host.address, source)).await {
         Err(_) => {
             stats.upstream_cx_connect_timeout.inc();
@@ -75,8 +100,8 @@ pub async fn connect(cluster: &Cluster, host: &Host) -> Result<UpstreamStream, C
     }
 }
 
-/// A TCP connection to `addr`, from `source` when the cluster sets upstream_bind_config.
-async fn open(addr: SocketAddr, source: Option<SocketAddr>) -> std::io::Result<TcpStream> {
+/// A TCP connection to `addr`, from `source` when one is set.
+async fn open(addr: SocketAddr, source: Option<Source>) -> std::io::Result<TcpStream> {
     let Some(source) = source else {
         return TcpStream::connect(addr).await;
     };
@@ -85,7 +110,21 @@ async fn open(addr: SocketAddr, source: Option<SocketAddr>) -> std::io::Result<T
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
-    socket.bind(source)?;
+    let raw = socket2::SockRef::from(&socket);
+    if source.transparent {
+        if addr.is_ipv4() {
+            raw.set_ip_transparent_v4(true)?;
+        } else {
+            raw.set_ip_transparent_v6(true)?;
+        }
+    }
+    if source.mark != 0 {
+        raw.set_mark(source.mark)?;
+    }
+    if source.address.port() != 0 {
+        socket.set_reuseaddr(true)?;
+    }
+    socket.bind(source.address)?;
     socket.connect(addr).await
 }
 

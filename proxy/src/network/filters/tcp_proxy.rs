@@ -56,6 +56,7 @@ pub async fn run(
     stats: &TcpProxyStats,
     downstream: TcpStream,
     local: SocketAddr,
+    source: Option<pool::Source>,
     buffer_limit: usize,
 ) {
     stats.downstream_cx_total.inc();
@@ -72,6 +73,7 @@ pub async fn run(
         stats,
         downstream,
         local,
+        source,
         buffer_limit,
         &moved,
         info.as_mut(),
@@ -99,6 +101,7 @@ async fn proxy(
     stats: &TcpProxyStats,
     downstream: TcpStream,
     local: SocketAddr,
+    source: Option<pool::Source>,
     buffer_limit: usize,
     moved: &Moved,
     mut info: Option<&mut StreamInfo>,
@@ -123,7 +126,7 @@ async fn proxy(
     if let Some(info) = info.as_deref_mut() {
         info.upstream_host = Some(host.address);
     }
-    let upstream = match pool::connect(&cluster, &host).await {
+    let upstream = match pool::connect_from(&cluster, &host, source).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(error = %e, upstream = %host.address, "tcp_proxy connect failed");
