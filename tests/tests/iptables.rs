@@ -190,73 +190,11 @@ async fn apply_is_idempotent_and_cleanup_restores_the_previous_rules() {
 async fn outbound_capture_to_a_remote_namespace_through_skiff() {
     run_for(Duration::from_secs(60), async {
         tokio::task::spawn_blocking(|| {
-            let mut client = Netns::new("ipc");
-            let mut app = Netns::new("ipa");
-            let (va, vb) = (
-                format!("vc{}", std::process::id() % 100_000),
-                format!("va{}", std::process::id() % 100_000),
-            );
-            skiff_tests::netns::run(Command::new("ip").args([
-                "link",
-                "add",
-                &va,
-                "netns",
-                &client.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &vb,
-                "netns",
-                &app.name,
-            ]));
-            client.exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", &va]);
-            client.exec(&["ip", "link", "set", &va, "up"]);
-            app.exec(&["ip", "addr", "add", "10.99.0.2/24", "dev", &vb]);
-            app.exec(&["ip", "link", "set", &vb, "up"]);
-            app.spawn(
-                &[
-                    "python3",
-                    "-m",
-                    "http.server",
-                    "8080",
-                    "--bind",
-                    "10.99.0.2",
-                ],
-                "app.log",
-            );
-
+            let (mut client, mut app) = pair("oc");
+            start_app(&mut app, "8080", "app.log");
             let out = skiff_iptables(&client, &["-u", PROXY_UID, "-i", "*"]);
             assert!(out.status.success(), "{}", text(&out));
-            let cfg = client.dir.join("sidecar-capture.yaml");
-            std::fs::copy(
-                skiff_tests::package_dir().join("configs/sidecar-capture.yaml"),
-                &cfg,
-            )
-            .expect("config");
-            let bin = Kind::Skiff.binary().to_string_lossy().into_owned();
-            let cfg = cfg.to_string_lossy().into_owned();
-            client.spawn(
-                &[
-                    "setpriv",
-                    "--reuid",
-                    PROXY_UID,
-                    "--regid",
-                    PROXY_UID,
-                    "--clear-groups",
-                    &bin,
-                    "-c",
-                    &cfg,
-                    "--concurrency",
-                    "1",
-                ],
-                "proxy.log",
-            );
-            client.wait_ready("skiff", "proxy.log");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !app.log("app.log").contains("Serving HTTP") && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            start_sidecar(&mut client);
 
             let (code, body) = client.curl("http://10.99.0.2:8080/");
             assert_eq!(code, "200", "{body}\n{}", client.log("proxy.log"));
@@ -287,40 +225,8 @@ async fn outbound_capture_to_a_remote_namespace_through_skiff() {
 async fn tproxy_inbound_preserves_the_client_address() {
     run_for(Duration::from_secs(60), async {
         tokio::task::spawn_blocking(|| {
-            let client = Netns::new("tpc");
-            let mut app = Netns::new("tpa");
-            let id = std::process::id() % 100_000;
-            let (vc, va) = (format!("tc{id}"), format!("ta{id}"));
-            skiff_tests::netns::run(Command::new("ip").args([
-                "link",
-                "add",
-                &vc,
-                "netns",
-                &client.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &va,
-                "netns",
-                &app.name,
-            ]));
-            client.exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", &vc]);
-            client.exec(&["ip", "link", "set", &vc, "up"]);
-            app.exec(&["ip", "addr", "add", "10.99.0.2/24", "dev", &va]);
-            app.exec(&["ip", "link", "set", &va, "up"]);
-            app.spawn(
-                &[
-                    "python3",
-                    "-m",
-                    "http.server",
-                    "8080",
-                    "--bind",
-                    "10.99.0.2",
-                ],
-                "app.log",
-            );
-
+            let (client, mut app) = pair("tp");
+            start_app(&mut app, "8080", "app.log");
             let out = skiff_iptables(&app, &["-m", "TPROXY", "-b", "*", "-u", PROXY_UID]);
             assert!(out.status.success(), "{}", text(&out));
             let cfg = app.dir.join("tproxy.yaml");
@@ -330,10 +236,6 @@ async fn tproxy_inbound_preserves_the_client_address() {
             // IP_TRANSPARENT needs CAP_NET_ADMIN: the proxy runs as root here.
             app.spawn(&[&bin, "-c", &cfg, "--concurrency", "1"], "proxy.log");
             app.wait_ready("skiff", "proxy.log");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !app.log("app.log").contains("Serving HTTP") && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
 
             let (code, body) = client.curl("http://10.99.0.2:8080/");
             assert_eq!(code, "200", "{body}\nproxy:\n{}", app.log("proxy.log"));
@@ -380,3 +282,142 @@ static_resources:
     lb_policy: CLUSTER_PROVIDED
     connect_timeout: 1s
 "#;
+
+/// Two namespaces joined by a veth pair: the client at 10.99.0.1 and the app at 10.99.0.2.
+fn pair(tag: &str) -> (Netns, Netns) {
+    let client = Netns::new(&format!("{tag}c"));
+    let app = Netns::new(&format!("{tag}a"));
+    let id = std::process::id() % 100_000;
+    let (vc, va) = (format!("{tag}c{id}"), format!("{tag}a{id}"));
+    skiff_tests::netns::run(Command::new("ip").args([
+        "link",
+        "add",
+        &vc,
+        "netns",
+        &client.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &va,
+        "netns",
+        &app.name,
+    ]));
+    client.exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", &vc]);
+    client.exec(&["ip", "link", "set", &vc, "up"]);
+    app.exec(&["ip", "addr", "add", "10.99.0.2/24", "dev", &va]);
+    app.exec(&["ip", "link", "set", &va, "up"]);
+    (client, app)
+}
+
+fn start_app(ns: &mut Netns, port: &str, log: &str) {
+    ns.spawn(
+        &["python3", "-m", "http.server", port, "--bind", "10.99.0.2"],
+        log,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ns.log(log).contains("Serving HTTP") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts skiff as uid 1337 on sidecar-capture.yaml in `ns`.
+fn start_sidecar(ns: &mut Netns) {
+    let cfg = ns.dir.join("sidecar-capture.yaml");
+    std::fs::copy(
+        skiff_tests::package_dir().join("configs/sidecar-capture.yaml"),
+        &cfg,
+    )
+    .expect("config");
+    let bin = Kind::Skiff.binary().to_string_lossy().into_owned();
+    let cfg = cfg.to_string_lossy().into_owned();
+    ns.spawn(
+        &[
+            "setpriv",
+            "--reuid",
+            PROXY_UID,
+            "--regid",
+            PROXY_UID,
+            "--clear-groups",
+            &bin,
+            "-c",
+            &cfg,
+            "--concurrency",
+            "1",
+        ],
+        "proxy.log",
+    );
+    ns.wait_ready("skiff", "proxy.log");
+}
+
+/// Inbound REDIRECT (`-b '*' -d 8081`): a connection to the app's port 8080 is captured into
+/// skiff's 15006 listener and reaches the app from the inbound passthrough address 127.0.0.6;
+/// one to the excluded port 8081 reaches the app directly from the client.
+#[tokio::test]
+async fn inbound_redirect_and_an_excluded_port() {
+    run_for(Duration::from_secs(60), async {
+        tokio::task::spawn_blocking(|| {
+            let (client, mut app) = pair("ir");
+            start_app(&mut app, "8080", "app8080.log");
+            start_app(&mut app, "8081", "app8081.log");
+            let out = skiff_iptables(&app, &["-b", "*", "-d", "8081", "-u", PROXY_UID]);
+            assert!(out.status.success(), "{}", text(&out));
+            start_sidecar(&mut app);
+
+            let (code, body) = client.curl("http://10.99.0.2:8080/");
+            assert_eq!(code, "200", "{body}\n{}", app.log("proxy.log"));
+            assert_eq!(
+                app.stat("tcp.inbound.downstream_cx_total"),
+                1,
+                "captured by REDIRECT"
+            );
+            assert!(
+                app.log("app8080.log").contains("127.0.0.6 - -"),
+                "{}",
+                app.log("app8080.log")
+            );
+
+            let (code, _) = client.curl("http://10.99.0.2:8081/");
+            assert_eq!(code, "200");
+            assert_eq!(
+                app.stat("tcp.inbound.downstream_cx_total"),
+                1,
+                "the excluded port went direct"
+            );
+            assert!(
+                app.log("app8081.log").contains("10.99.0.1 - -"),
+                "{}",
+                app.log("app8081.log")
+            );
+        })
+        .await
+        .expect("test thread");
+    })
+    .await
+}
+
+/// Outbound with an excluded CIDR (`-i '*' -x 10.99.0.2/32`): the connection goes to the app
+/// directly, not through skiff.
+#[tokio::test]
+async fn outbound_excluded_cidr_goes_direct() {
+    run_for(Duration::from_secs(60), async {
+        tokio::task::spawn_blocking(|| {
+            let (mut client, mut app) = pair("ox");
+            start_app(&mut app, "8080", "app.log");
+            let out = skiff_iptables(&client, &["-i", "*", "-x", "10.99.0.2/32", "-u", PROXY_UID]);
+            assert!(out.status.success(), "{}", text(&out));
+            start_sidecar(&mut client);
+            let (code, _) = client.curl("http://10.99.0.2:8080/");
+            assert_eq!(code, "200");
+            assert_eq!(
+                client.stat("tcp.outbound.downstream_cx_total"),
+                0,
+                "excluded CIDR must not be captured"
+            );
+            assert!(app.log("app.log").contains("10.99.0.1 - -"));
+        })
+        .await
+        .expect("test thread");
+    })
+    .await
+}
