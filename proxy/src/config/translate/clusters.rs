@@ -1,0 +1,214 @@
+//! Clusters: discovery type, load balancing, hosts and upstream HTTP protocol options.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
+
+use super::super::model::{self, *};
+use super::super::proto::{type_name, unpack};
+use super::super::ConfigError;
+use super::{duration, required, socket_address, DEFAULT_BUFFER_LIMIT, HTTP_PROTOCOL_OPTIONS};
+
+pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, ConfigError> {
+    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
+    if c.name.is_empty() {
+        return Err(ConfigError::new(format!("{path}.name"), "required"));
+    }
+    #[allow(deprecated)]
+    if let Some(h2) = &c.http2_protocol_options {
+        check_http2_options(h2, &format!("{path}.http2_protocol_options"))?;
+    }
+    let discovery = match &c.cluster_discovery_type {
+        None => model::DiscoveryType::Static,
+        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::Static as i32 => {
+            model::DiscoveryType::Static
+        }
+        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::OriginalDst as i32 => {
+            model::DiscoveryType::OriginalDst
+        }
+        Some(ClusterDiscoveryType::Type(t)) => {
+            let name = DiscoveryType::try_from(*t)
+                .map(|t| t.as_str_name())
+                .unwrap_or("unknown");
+            return Err(ConfigError::new(
+                format!("{path}.type"),
+                format!("unsupported: {name} (only STATIC and ORIGINAL_DST)"),
+            ));
+        }
+        Some(_) => return Err(ConfigError::unsupported(format!("{path}.cluster_type"))),
+    };
+    // Envoy's pairing: ORIGINAL_DST clusters take CLUSTER_PROVIDED, the others a real policy.
+    let lb_ok = match discovery {
+        model::DiscoveryType::Static => c.lb_policy == LbPolicy::RoundRobin as i32,
+        model::DiscoveryType::OriginalDst => c.lb_policy == LbPolicy::ClusterProvided as i32,
+    };
+    if !lb_ok {
+        let name = LbPolicy::try_from(c.lb_policy)
+            .map(|t| t.as_str_name())
+            .unwrap_or("unknown");
+        let want = match discovery {
+            model::DiscoveryType::Static => "ROUND_ROBIN",
+            model::DiscoveryType::OriginalDst => "CLUSTER_PROVIDED (required by ORIGINAL_DST)",
+        };
+        return Err(ConfigError::new(
+            format!("{path}.lb_policy"),
+            format!("unsupported: {name} (only {want})"),
+        ));
+    }
+    if discovery == model::DiscoveryType::OriginalDst && c.load_assignment.is_some() {
+        return Err(ConfigError::new(
+            format!("{path}.load_assignment"),
+            "an ORIGINAL_DST cluster takes its hosts from connections, not load_assignment",
+        ));
+    }
+    let source_address = match c
+        .upstream_bind_config
+        .as_ref()
+        .and_then(|b| b.source_address.as_ref())
+    {
+        Some(sa) => {
+            let address = core::Address {
+                address: Some(core::address::Address::SocketAddress(sa.clone())),
+            };
+            Some(socket_address(
+                &address,
+                &format!("{path}.upstream_bind_config"),
+            )?)
+        }
+        None => None,
+    };
+    let connect_timeout = match &c.connect_timeout {
+        Some(d) => duration(d, &format!("{path}.connect_timeout"))?,
+        None => Duration::from_secs(5),
+    };
+    let mut hosts = Vec::new();
+    if let Some(la) = &c.load_assignment {
+        for (i, locality) in la.endpoints.iter().enumerate() {
+            for (j, lb) in locality.lb_endpoints.iter().enumerate() {
+                let epath = format!("{path}.load_assignment.endpoints[{i}].lb_endpoints[{j}]");
+                use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+                let ep = match &lb.host_identifier {
+                    Some(HostIdentifier::Endpoint(ep)) => ep,
+                    _ => return Err(ConfigError::new(format!("{epath}.endpoint"), "required")),
+                };
+                let address = socket_address(
+                    required(&ep.address, &format!("{epath}.endpoint.address"))?,
+                    &format!("{epath}.endpoint.address"),
+                )?;
+                // Envoy routes to UNKNOWN, HEALTHY and DEGRADED hosts only.
+                let healthy = matches!(lb.health_status, 0 | 1 | 5);
+                hosts.push(Host { address, healthy });
+            }
+        }
+    }
+    let mut protocol = UpstreamProtocol::Http1;
+    let mut http2 = Http2Options::default();
+    #[allow(deprecated)]
+    if let Some(h2) = &c.http2_protocol_options {
+        protocol = UpstreamProtocol::Http2;
+        http2 = http2_options(h2);
+    }
+    for (key, any) in &c.typed_extension_protocol_options {
+        let opath = format!("{path}.typed_extension_protocol_options[\"{key}\"]");
+        if type_name(&any.type_url) != HTTP_PROTOCOL_OPTIONS {
+            return Err(ConfigError::new(
+                opath,
+                format!("unsupported protocol options '{}'", any.type_url),
+            ));
+        }
+        let o: upstream_http::HttpProtocolOptions = unpack(any, &opath)?;
+        use upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig;
+        use upstream_http::http_protocol_options::UpstreamProtocolOptions as U;
+        match o.upstream_protocol_options {
+            Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
+                Some(ProtocolConfig::HttpProtocolOptions(_)) => protocol = UpstreamProtocol::Http1,
+                Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
+                    check_http2_options(
+                        &h2,
+                        &format!("{opath}.explicit_http_config.http2_protocol_options"),
+                    )?;
+                    protocol = UpstreamProtocol::Http2;
+                    http2 = http2_options(&h2);
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        format!("{opath}.explicit_http_config"),
+                        "unsupported protocol",
+                    ))
+                }
+            },
+            Some(U::UseDownstreamProtocolConfig(d)) => {
+                protocol = UpstreamProtocol::Downstream;
+                if let Some(h2) = &d.http2_protocol_options {
+                    check_http2_options(
+                        h2,
+                        &format!("{opath}.use_downstream_protocol_config.http2_protocol_options"),
+                    )?;
+                    http2 = http2_options(h2);
+                }
+            }
+            Some(_) => return Err(ConfigError::unsupported(format!("{opath}.auto_config"))),
+            None => {}
+        }
+    }
+    Ok(Cluster {
+        name: c.name.clone(),
+        discovery,
+        source_address,
+        connect_timeout,
+        hosts,
+        protocol,
+        http2,
+        buffer_limit: c
+            .per_connection_buffer_limit_bytes
+            .as_ref()
+            .map_or(DEFAULT_BUFFER_LIMIT, |v| v.value as usize),
+    })
+}
+
+fn http2_options(h2: &core::Http2ProtocolOptions) -> Http2Options {
+    let d = Http2Options::default();
+    Http2Options {
+        max_concurrent_streams: h2
+            .max_concurrent_streams
+            .as_ref()
+            .map_or(d.max_concurrent_streams, |v| v.value),
+        initial_stream_window_size: h2.initial_stream_window_size.as_ref().map(|v| v.value),
+        initial_connection_window_size: h2.initial_connection_window_size.as_ref().map(|v| v.value),
+    }
+}
+
+/// Envoy's ranges: streams 1..=2^31-1, windows 65535..=2^31-1.
+fn check_http2_options(h2: &core::Http2ProtocolOptions, path: &str) -> Result<(), ConfigError> {
+    const MAX: u32 = 2_147_483_647;
+    let checks = [
+        (
+            "max_concurrent_streams",
+            h2.max_concurrent_streams.as_ref().map(|v| v.value),
+            1,
+        ),
+        (
+            "initial_stream_window_size",
+            h2.initial_stream_window_size.as_ref().map(|v| v.value),
+            65_535,
+        ),
+        (
+            "initial_connection_window_size",
+            h2.initial_connection_window_size.as_ref().map(|v| v.value),
+            65_535,
+        ),
+    ];
+    for (field, value, min) in checks {
+        if let Some(v) = value {
+            if !(min..=MAX).contains(&v) {
+                return Err(ConfigError::new(
+                    format!("{path}.{field}"),
+                    format!("{v} is outside {min}..={MAX}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

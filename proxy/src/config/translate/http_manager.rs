@@ -1,0 +1,379 @@
+//! The HTTP connection manager: codecs, the route table, HTTP filters and access logs.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
+    StderrAccessLog, StdoutAccessLog,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+
+use super::super::model::*;
+use super::super::proto::{type_name, unpack};
+use super::super::ConfigError;
+use super::{duration, required, typed_config};
+use crate::access_log::Format;
+use crate::router::{Route, RouteMatch, RouteTable, VirtualHost};
+
+pub(super) fn translate_hcm(
+    h: &hcm::HttpConnectionManager,
+    path: &str,
+    clusters: &HashSet<String>,
+) -> Result<HttpConnectionManager, ConfigError> {
+    use hcm::http_connection_manager::{
+        CodecType as Codec, RouteSpecifier, ServerHeaderTransformation as Sht,
+    };
+    if h.stat_prefix.is_empty() {
+        return Err(ConfigError::new(format!("{path}.stat_prefix"), "required"));
+    }
+    let codec = match Codec::try_from(h.codec_type) {
+        Ok(Codec::Auto) => CodecType::Auto,
+        Ok(Codec::Http1) => CodecType::Http1,
+        Ok(Codec::Http2) => CodecType::Http2,
+        _ => {
+            return Err(ConfigError::new(
+                format!("{path}.codec_type"),
+                "unsupported: only AUTO, HTTP1, HTTP2",
+            ))
+        }
+    };
+    let routes = match &h.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => {
+            translate_routes(rc, &format!("{path}.route_config"), clusters)?
+        }
+        Some(_) => {
+            return Err(ConfigError::new(
+                path,
+                "unsupported: only an inline route_config",
+            ))
+        }
+        None => return Err(ConfigError::new(format!("{path}.route_config"), "required")),
+    };
+    let mut router = None;
+    for (i, f) in h.http_filters.iter().enumerate() {
+        let fpath = format!("{path}.http_filters[{i}]");
+        let typed = match &f.config_type {
+            Some(hcm::http_filter::ConfigType::TypedConfig(any)) => Some(any),
+            _ => None,
+        };
+        let any = typed_config(typed, f.config_type.is_some(), &fpath)?;
+        let tpath = format!("{fpath}.typed_config");
+        match type_name(&any.type_url) {
+            "envoy.extensions.filters.http.router.v3.Router" => {
+                if i + 1 != h.http_filters.len() {
+                    return Err(ConfigError::new(
+                        fpath,
+                        "the router must be the last HTTP filter",
+                    ));
+                }
+                let r: Router = unpack(any, &tpath)?;
+                router = Some(RouterConfig {
+                    dynamic_stats: r.dynamic_stats.as_ref().is_none_or(|v| v.value),
+                    suppress_envoy_headers: r.suppress_envoy_headers,
+                });
+            }
+            other => {
+                return Err(ConfigError::new(
+                    tpath,
+                    format!("unsupported HTTP filter '{}' ({other})", f.name),
+                ))
+            }
+        }
+    }
+    let router = router.ok_or_else(|| {
+        ConfigError::new(
+            format!("{path}.http_filters"),
+            "must end with envoy.filters.http.router",
+        )
+    })?;
+    let mut access_logs = Vec::new();
+    for (i, a) in h.access_log.iter().enumerate() {
+        access_logs.push(translate_access_log(a, &format!("{path}.access_log[{i}]"))?);
+    }
+    let server_name = if h.server_name.is_empty() {
+        "envoy"
+    } else {
+        h.server_name.as_str()
+    };
+    let server_name = http::HeaderValue::from_str(server_name)
+        .map_err(|_| ConfigError::new(format!("{path}.server_name"), "not a valid header value"))?;
+    let server_header = match Sht::try_from(h.server_header_transformation) {
+        Ok(Sht::Overwrite) => ServerHeader::Overwrite,
+        Ok(Sht::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
+        Ok(Sht::PassThrough) => ServerHeader::PassThrough,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.server_header_transformation"),
+                "unknown value",
+            ))
+        }
+    };
+    let via = if h.via.is_empty() {
+        None
+    } else {
+        Some(
+            http::HeaderValue::from_str(&h.via)
+                .map_err(|_| ConfigError::new(format!("{path}.via"), "not a valid header value"))?,
+        )
+    };
+    Ok(HttpConnectionManager {
+        stat_prefix: h.stat_prefix.clone(),
+        codec,
+        routes: Arc::new(routes),
+        http_filters: Vec::new(),
+        router,
+        access_logs,
+        server_name,
+        server_header,
+        generate_request_id: h.generate_request_id.as_ref().is_none_or(|v| v.value),
+        preserve_external_request_id: h.preserve_external_request_id,
+        always_set_request_id_in_response: h.always_set_request_id_in_response,
+        via,
+    })
+}
+
+pub(super) fn translate_access_log(
+    a: &envoy_types::pb::envoy::config::accesslog::v3::AccessLog,
+    path: &str,
+) -> Result<AccessLog, ConfigError> {
+    use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
+    let any = match &a.config_type {
+        Some(ConfigType::TypedConfig(any)) => any,
+        None => return Err(ConfigError::new(format!("{path}.typed_config"), "required")),
+    };
+    let tpath = format!("{path}.typed_config");
+    let (sink, log_format) = match type_name(&any.type_url) {
+        "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog" => {
+            let s: StdoutAccessLog = unpack(any, &tpath)?;
+            (AccessLogSink::Stdout, stream_format(s.access_log_format))
+        }
+        "envoy.extensions.access_loggers.stream.v3.StderrAccessLog" => {
+            let s: StderrAccessLog = unpack(any, &tpath)?;
+            (
+                AccessLogSink::Stderr,
+                stream_format_err(s.access_log_format),
+            )
+        }
+        "envoy.extensions.access_loggers.file.v3.FileAccessLog" => {
+            let f: FileAccessLog = unpack(any, &tpath)?;
+            if f.path.is_empty() {
+                return Err(ConfigError::new(format!("{tpath}.path"), "required"));
+            }
+            use envoy_types::pb::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat;
+            let fmt = match f.access_log_format {
+                Some(AccessLogFormat::LogFormat(s)) => Some(s),
+                Some(_) => return Err(ConfigError::unsupported(format!("{tpath}.format"))),
+                None => None,
+            };
+            (AccessLogSink::File(f.path), fmt)
+        }
+        other => {
+            return Err(ConfigError::new(
+                tpath,
+                format!("unsupported access logger '{}' ({other})", a.name),
+            ))
+        }
+    };
+    let format = match log_format {
+        None => Format::envoy_default(),
+        Some(sfs) => {
+            use core::substitution_format_string::Format as F;
+            let fpath = format!("{tpath}.log_format");
+            let text = match sfs.format {
+                #[allow(deprecated)]
+                Some(F::TextFormat(t)) => t,
+                Some(F::TextFormatSource(ds)) => match ds.specifier {
+                    Some(core::data_source::Specifier::InlineString(s)) => s,
+                    _ => {
+                        return Err(ConfigError::unsupported(format!(
+                            "{fpath}.text_format_source"
+                        )))
+                    }
+                },
+                Some(_) => return Err(ConfigError::unsupported(format!("{fpath}.json_format"))),
+                None => return Err(ConfigError::new(fpath, "needs text_format_source")),
+            };
+            Format::parse(&text)
+                .map_err(|e| ConfigError::new(format!("{fpath}.text_format_source"), e))?
+        }
+    };
+    Ok(AccessLog {
+        sink,
+        format: Arc::new(format),
+    })
+}
+
+fn stream_format(
+    f: Option<envoy_types::pb::envoy::extensions::access_loggers::stream::v3::stdout_access_log::AccessLogFormat>,
+) -> Option<core::SubstitutionFormatString> {
+    f.map(|f| match f {
+        envoy_types::pb::envoy::extensions::access_loggers::stream::v3::stdout_access_log::AccessLogFormat::LogFormat(s) => s,
+    })
+}
+
+fn stream_format_err(
+    f: Option<envoy_types::pb::envoy::extensions::access_loggers::stream::v3::stderr_access_log::AccessLogFormat>,
+) -> Option<core::SubstitutionFormatString> {
+    f.map(|f| match f {
+        envoy_types::pb::envoy::extensions::access_loggers::stream::v3::stderr_access_log::AccessLogFormat::LogFormat(s) => s,
+    })
+}
+
+fn translate_routes(
+    rc: &route::RouteConfiguration,
+    path: &str,
+    clusters: &HashSet<String>,
+) -> Result<RouteTable, ConfigError> {
+    let mut vhosts = Vec::new();
+    for (i, vh) in rc.virtual_hosts.iter().enumerate() {
+        let vpath = format!("{path}.virtual_hosts[{i}]");
+        if vh.domains.is_empty() {
+            return Err(ConfigError::new(
+                format!("{vpath}.domains"),
+                "at least one domain is required",
+            ));
+        }
+        let mut routes = Vec::new();
+        for (j, r) in vh.routes.iter().enumerate() {
+            routes.push(translate_route(
+                r,
+                &format!("{vpath}.routes[{j}]"),
+                clusters,
+            )?);
+        }
+        vhosts.push(VirtualHost {
+            name: vh.name.clone(),
+            domains: vh.domains.clone(),
+            routes,
+        });
+    }
+    RouteTable::new(rc.name.clone(), vhosts, rc.ignore_port_in_host_matching)
+        .map_err(|e| ConfigError::new(format!("{path}.virtual_hosts"), e))
+}
+
+fn translate_route(
+    r: &route::Route,
+    path: &str,
+    clusters: &HashSet<String>,
+) -> Result<Route, ConfigError> {
+    let m = required(&r.r#match, &format!("{path}.match"))?;
+    let mpath = format!("{path}.match");
+    let case_sensitive = m.case_sensitive.as_ref().is_none_or(|v| v.value);
+    let path_match = match &m.path_specifier {
+        Some(route::route_match::PathSpecifier::Prefix(p)) => {
+            crate::router::PathMatch::Prefix(p.clone())
+        }
+        Some(route::route_match::PathSpecifier::Path(p)) => {
+            crate::router::PathMatch::Exact(p.clone())
+        }
+        Some(_) => {
+            return Err(ConfigError::new(
+                mpath,
+                "unsupported path specifier: only prefix and path",
+            ))
+        }
+        None => {
+            return Err(ConfigError::new(
+                mpath,
+                "a path specifier (prefix or path) is required",
+            ))
+        }
+    };
+    let mut headers = Vec::new();
+    for (i, h) in m.headers.iter().enumerate() {
+        headers.push(translate_header_match(h, &format!("{mpath}.headers[{i}]"))?);
+    }
+    let action = match &r.action {
+        Some(route::route::Action::Route(a)) => a,
+        Some(_) => {
+            return Err(ConfigError::new(
+                path,
+                "unsupported route action: only route",
+            ))
+        }
+        None => {
+            return Err(ConfigError::new(
+                format!("{path}.route"),
+                "an action is required",
+            ))
+        }
+    };
+    let apath = format!("{path}.route");
+    let cluster = match &action.cluster_specifier {
+        Some(route::route_action::ClusterSpecifier::Cluster(c)) => c.clone(),
+        _ => return Err(ConfigError::new(format!("{apath}.cluster"), "required")),
+    };
+    if !clusters.contains(&cluster) {
+        return Err(ConfigError::new(
+            format!("{apath}.cluster"),
+            format!("unknown cluster '{cluster}'"),
+        ));
+    }
+    let timeout = match &action.timeout {
+        Some(d) => duration(d, &format!("{apath}.timeout"))?,
+        None => Duration::from_secs(15),
+    };
+    Ok(Route {
+        name: r.name.clone(),
+        matcher: RouteMatch::new(path_match, case_sensitive, headers),
+        cluster,
+        timeout: (!timeout.is_zero()).then_some(timeout),
+    })
+}
+
+fn translate_header_match(
+    h: &route::HeaderMatcher,
+    path: &str,
+) -> Result<HeaderMatch, ConfigError> {
+    use route::header_matcher::HeaderMatchSpecifier as S;
+    let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
+        .map_err(|_| ConfigError::new(format!("{path}.name"), "not a valid header name"))?;
+    let kind = match &h.header_match_specifier {
+        Some(S::PresentMatch(p)) => HeaderMatchKind::Present(*p),
+        Some(S::StringMatch(sm)) => {
+            HeaderMatchKind::String(string_match(sm, &format!("{path}.string_match"))?)
+        }
+        // No specifier: the header must be present.
+        None => HeaderMatchKind::Present(true),
+        Some(_) => return Err(ConfigError::unsupported(path)),
+    };
+    Ok(HeaderMatch {
+        name,
+        kind,
+        invert: h.invert_match,
+    })
+}
+
+fn string_match(m: &matcher::StringMatcher, path: &str) -> Result<StringMatch, ConfigError> {
+    use matcher::string_matcher::MatchPattern as P;
+    let norm = |s: &String| {
+        if m.ignore_case {
+            s.to_ascii_lowercase()
+        } else {
+            s.clone()
+        }
+    };
+    let kind = match &m.match_pattern {
+        Some(P::Exact(s)) => StringMatchKind::Exact(norm(s)),
+        Some(P::Prefix(s)) => StringMatchKind::Prefix(norm(s)),
+        Some(P::Suffix(s)) => StringMatchKind::Suffix(norm(s)),
+        Some(P::Contains(s)) => StringMatchKind::Contains(norm(s)),
+        Some(_) => {
+            return Err(ConfigError::new(
+                path,
+                "unsupported: only exact, prefix, suffix, contains",
+            ))
+        }
+        None => return Err(ConfigError::new(path, "a match pattern is required")),
+    };
+    Ok(StringMatch {
+        kind,
+        ignore_case: m.ignore_case,
+    })
+}

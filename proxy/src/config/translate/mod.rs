@@ -1,0 +1,375 @@
+//! Envoy protos → [`model`]: the bootstrap, listeners and network filters here; the HTTP
+//! connection manager in `http_manager`, clusters in `clusters`. Fields were already checked against the supported table; this step
+//! checks values and references, with the field path in every error.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
+
+mod clusters;
+mod http_manager;
+
+use clusters::translate_cluster;
+use http_manager::{translate_access_log, translate_hcm};
+
+use super::model::*;
+use super::proto::{type_name, unpack};
+use super::ConfigError;
+
+pub(super) const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
+const HCM_TYPE: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TCP_PROXY_TYPE: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+pub(super) const HTTP_PROTOCOL_OPTIONS: &str =
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Translates a decoded bootstrap into the model.
+pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
+    let node = b
+        .node
+        .as_ref()
+        .map(|n| Node {
+            id: n.id.clone(),
+            cluster: n.cluster.clone(),
+        })
+        .unwrap_or_default();
+    let admin = match &b.admin {
+        Some(a) => match &a.address {
+            Some(addr) => Some(Admin {
+                address: socket_address(addr, "admin.address")?,
+            }),
+            None => None,
+        },
+        None => None,
+    };
+    let empty = bootstrap::bootstrap::StaticResources::default();
+    let res = b.static_resources.as_ref().unwrap_or(&empty);
+
+    let mut clusters = Vec::new();
+    let mut cluster_names = HashSet::new();
+    for (i, c) in res.clusters.iter().enumerate() {
+        let path = format!("static_resources.clusters[{i}]");
+        let c = translate_cluster(c, &path)?;
+        if !cluster_names.insert(c.name.clone()) {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!("duplicate cluster '{}'", c.name),
+            ));
+        }
+        clusters.push(Arc::new(c));
+    }
+
+    let mut listeners = Vec::new();
+    let mut listener_names = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (i, l) in res.listeners.iter().enumerate() {
+        let path = format!("static_resources.listeners[{i}]");
+        let l = translate_listener(l, &path, &cluster_names)?;
+        if !listener_names.insert(l.name.clone()) {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!("duplicate listener name '{}'", l.name),
+            ));
+        }
+        if !addresses.insert(l.address) {
+            return Err(ConfigError::new(
+                format!("{path}.address"),
+                format!("another listener already uses {}", l.address),
+            ));
+        }
+        listeners.push(Arc::new(l));
+    }
+    Ok(Bootstrap {
+        node,
+        admin,
+        listeners,
+        clusters,
+    })
+}
+
+pub(super) fn required<'a, T>(v: &'a Option<T>, path: &str) -> Result<&'a T, ConfigError> {
+    v.as_ref().ok_or_else(|| ConfigError::new(path, "required"))
+}
+
+pub(super) fn duration(d: &PbDuration, path: &str) -> Result<Duration, ConfigError> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(ConfigError::new(path, "must not be negative"));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+pub(super) fn socket_address(a: &core::Address, path: &str) -> Result<SocketAddr, ConfigError> {
+    let sa = match &a.address {
+        Some(core::address::Address::SocketAddress(sa)) => sa,
+        Some(_) => return Err(ConfigError::new(path, "only socket_address is supported")),
+        None => return Err(ConfigError::new(path, "required")),
+    };
+    let path = format!("{path}.socket_address");
+    if sa.protocol != core::socket_address::Protocol::Tcp as i32 {
+        return Err(ConfigError::new(
+            format!("{path}.protocol"),
+            "unsupported: only TCP",
+        ));
+    }
+    let ip: IpAddr = sa.address.parse().map_err(|_| {
+        ConfigError::new(
+            format!("{path}.address"),
+            format!(
+                "'{}' is not an IP address (hostnames need a DNS cluster type)",
+                sa.address
+            ),
+        )
+    })?;
+    let port = match sa.port_specifier {
+        Some(core::socket_address::PortSpecifier::PortValue(p)) if p <= 65535 => p as u16,
+        Some(core::socket_address::PortSpecifier::PortValue(p)) => {
+            return Err(ConfigError::new(
+                format!("{path}.port_value"),
+                format!("{p} is not a port"),
+            ))
+        }
+        _ => return Err(ConfigError::new(format!("{path}.port_value"), "required")),
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Envoy's listener stat scope for an address: `127.0.0.1_10000`, `[__1]_10000`.
+pub fn listener_stat_prefix(addr: &SocketAddr) -> String {
+    addr.to_string().replace(':', "_")
+}
+
+fn translate_listener(
+    l: &listener::Listener,
+    path: &str,
+    clusters: &HashSet<String>,
+) -> Result<Listener, ConfigError> {
+    let address = socket_address(
+        required(&l.address, &format!("{path}.address"))?,
+        &format!("{path}.address"),
+    )?;
+    if l.enable_reuse_port.as_ref().map(|v| v.value) == Some(false) {
+        return Err(ConfigError::new(
+            format!("{path}.enable_reuse_port"),
+            "unsupported: false (each worker owns its own SO_REUSEPORT socket)",
+        ));
+    }
+    let stat_prefix = if l.stat_prefix.is_empty() {
+        listener_stat_prefix(&address)
+    } else {
+        l.stat_prefix.clone()
+    };
+    if l.filter_chains.len() > 1 {
+        return Err(ConfigError::new(
+            format!("{path}.filter_chains"),
+            "unsupported: more than one filter chain (filter chain matching is not available yet)",
+        ));
+    }
+    let filter_chain = match l.filter_chains.first() {
+        Some(fc) => Some(Arc::new(translate_chain(
+            fc,
+            &format!("{path}.filter_chains[0]"),
+            clusters,
+        )?)),
+        None => None,
+    };
+    let default_filter_chain = match &l.default_filter_chain {
+        Some(fc) => Some(Arc::new(translate_chain(
+            fc,
+            &format!("{path}.default_filter_chain"),
+            clusters,
+        )?)),
+        None => None,
+    };
+    let mut original_dst = false;
+    let mut original_src = None;
+    let mut original_src_path = String::new();
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        let fpath = format!("{path}.listener_filters[{i}]");
+        use listener::listener_filter::ConfigType;
+        let typed = match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) => Some(any),
+            _ => None,
+        };
+        let any = typed_config(typed, f.config_type.is_some(), &fpath)?;
+        match type_name(&any.type_url) {
+            "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => original_dst = true,
+            "envoy.extensions.filters.listener.original_src.v3.OriginalSrc" => {
+                let o: envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc =
+                    unpack(any, &format!("{fpath}.typed_config"))?;
+                original_src = Some(OriginalSrc {
+                    bind_port: o.bind_port,
+                    mark: o.mark,
+                });
+                original_src_path = fpath.clone();
+            }
+            other => {
+                return Err(ConfigError::new(
+                    format!("{fpath}.typed_config"),
+                    format!("unsupported listener filter '{}' ({other})", f.name),
+                ))
+            }
+        }
+    }
+    if original_src.is_some() {
+        let chains = filter_chain.iter().chain(default_filter_chain.iter());
+        let http = chains
+            .flat_map(|fc| fc.filters.iter())
+            .any(|f| matches!(f, NetworkFilter::HttpConnectionManager(_)));
+        if http {
+            return Err(ConfigError::new(
+                original_src_path,
+                "unsupported with http_connection_manager (only with tcp_proxy so far)",
+            ));
+        }
+    }
+    if filter_chain.is_none() && default_filter_chain.is_none() {
+        return Err(ConfigError::new(
+            format!("{path}.filter_chains"),
+            "a listener needs at least one filter chain",
+        ));
+    }
+    Ok(Listener {
+        name: if l.name.is_empty() {
+            address.to_string()
+        } else {
+            l.name.clone()
+        },
+        address,
+        stat_prefix,
+        filter_chain,
+        default_filter_chain,
+        original_dst,
+        original_src,
+        transparent: l.transparent.as_ref().is_some_and(|v| v.value),
+        freebind: l.freebind.as_ref().is_some_and(|v| v.value),
+        buffer_limit: l
+            .per_connection_buffer_limit_bytes
+            .as_ref()
+            .map_or(DEFAULT_BUFFER_LIMIT, |v| v.value as usize),
+    })
+}
+
+/// The `typed_config` of a filter whose configuration is the `typed_config | config_discovery`
+/// oneof (network, listener and HTTP filters each have their own generated enum for it).
+pub(super) fn typed_config<'a>(
+    typed: Option<&'a Any>,
+    is_set: bool,
+    path: &str,
+) -> Result<&'a Any, ConfigError> {
+    match typed {
+        Some(any) => Ok(any),
+        None if is_set => Err(ConfigError::unsupported(format!("{path}.config_discovery"))),
+        None => Err(ConfigError::new(format!("{path}.typed_config"), "required")),
+    }
+}
+
+fn translate_chain(
+    fc: &listener::FilterChain,
+    path: &str,
+    clusters: &HashSet<String>,
+) -> Result<FilterChain, ConfigError> {
+    let mut filters = Vec::new();
+    for (i, f) in fc.filters.iter().enumerate() {
+        let fpath = format!("{path}.filters[{i}]");
+        let typed = match &f.config_type {
+            Some(listener::filter::ConfigType::TypedConfig(any)) => Some(any),
+            _ => None,
+        };
+        let any = typed_config(typed, f.config_type.is_some(), &fpath)?;
+        let tpath = format!("{fpath}.typed_config");
+        let filter = match type_name(&any.type_url) {
+            HCM_TYPE => NetworkFilter::HttpConnectionManager(Arc::new(translate_hcm(
+                &unpack(any, &tpath)?,
+                &tpath,
+                clusters,
+            )?)),
+            TCP_PROXY_TYPE => NetworkFilter::TcpProxy(Arc::new(translate_tcp_proxy(
+                &unpack(any, &tpath)?,
+                &tpath,
+            )?)),
+            other => {
+                return Err(ConfigError::new(
+                    tpath,
+                    format!("unsupported network filter '{}' ({other})", f.name),
+                ))
+            }
+        };
+        let last = i + 1 == fc.filters.len();
+        if !last {
+            return Err(ConfigError::new(
+                fpath,
+                format!(
+                    "'{}' is a terminal filter and must be last in the chain",
+                    f.name
+                ),
+            ));
+        }
+        filters.push(filter);
+    }
+    if filters.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.filters"),
+            "a filter chain needs a terminal filter",
+        ));
+    }
+    Ok(FilterChain {
+        name: fc.name.clone(),
+        filters,
+    })
+}
+
+fn translate_tcp_proxy(t: &tcp::TcpProxy, path: &str) -> Result<TcpProxy, ConfigError> {
+    if t.stat_prefix.is_empty() {
+        return Err(ConfigError::new(format!("{path}.stat_prefix"), "required"));
+    }
+    let cluster = match &t.cluster_specifier {
+        Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) => ClusterChoice::Single(c.clone()),
+        Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+            let mut all = Vec::new();
+            for (i, c) in w.clusters.iter().enumerate() {
+                if c.weight == 0 {
+                    continue;
+                }
+                if c.name.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{path}.weighted_clusters.clusters[{i}].name"),
+                        "required",
+                    ));
+                }
+                all.push((c.name.clone(), c.weight));
+            }
+            if all.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.weighted_clusters.clusters"),
+                    "needs a cluster with a weight above zero",
+                ));
+            }
+            ClusterChoice::Weighted(all)
+        }
+        None => return Err(ConfigError::new(format!("{path}.cluster"), "required")),
+    };
+    let idle_timeout = match &t.idle_timeout {
+        Some(d) => {
+            let d = duration(d, &format!("{path}.idle_timeout"))?;
+            (!d.is_zero()).then_some(d)
+        }
+        None => Some(Duration::from_secs(3600)),
+    };
+    let mut access_logs = Vec::new();
+    for (i, a) in t.access_log.iter().enumerate() {
+        access_logs.push(translate_access_log(a, &format!("{path}.access_log[{i}]"))?);
+    }
+    Ok(TcpProxy {
+        stat_prefix: t.stat_prefix.clone(),
+        cluster,
+        idle_timeout,
+        access_logs,
+    })
+}
