@@ -24,36 +24,9 @@ pub use apply::{run, ApplyError};
     about = "Write istio-iptables-compatible capture rules"
 )]
 pub struct Args {
-    /// Outbound capture port.
-    #[arg(short = 'p', long = "envoy-port", default_value = "15001")]
-    pub envoy_port: String,
-    /// Inbound capture port.
-    #[arg(
-        short = 'z',
-        long = "inbound-capture-port",
-        env = "INBOUND_CAPTURE_PORT",
-        default_value = "15006"
-    )]
-    pub inbound_capture_port: String,
-    /// Inbound tunnel port (HBONE), never captured.
-    #[arg(
-        short = 'e',
-        long = "inbound-tunnel-port",
-        env = "INBOUND_TUNNEL_PORT",
-        default_value = "15008"
-    )]
-    pub inbound_tunnel_port: String,
-    /// Uids exempt from outbound capture (comma list).
-    #[arg(
-        short = 'u',
-        long = "proxy-uid",
-        env = "PROXY_UID",
-        default_value = "1337"
-    )]
-    pub proxy_uid: String,
-    /// Gids exempt from outbound capture (comma list; default: the uids).
-    #[arg(short = 'g', long = "proxy-gid", env = "PROXY_GID")]
-    pub proxy_gid: Option<String>,
+    /// The capture options `skiff ebpf` shares.
+    #[command(flatten)]
+    pub capture: CaptureArgs,
     /// Inbound interception mode: REDIRECT or TPROXY.
     #[arg(
         short = 'm',
@@ -62,22 +35,6 @@ pub struct Args {
         default_value = ""
     )]
     pub mode: String,
-    /// Inbound ports to capture (comma list, `*` for all, empty for none).
-    #[arg(
-        short = 'b',
-        long = "istio-inbound-ports",
-        env = "ISTIO_INBOUND_PORTS",
-        default_value = ""
-    )]
-    pub inbound_ports: String,
-    /// Inbound ports not captured (with `-b '*'`).
-    #[arg(
-        short = 'd',
-        long = "istio-local-exclude-ports",
-        env = "ISTIO_LOCAL_EXCLUDE_PORTS",
-        default_value = ""
-    )]
-    pub inbound_exclude_ports: String,
     /// Interfaces excluded from capture both ways.
     #[arg(
         short = 'c',
@@ -86,38 +43,6 @@ pub struct Args {
         default_value = ""
     )]
     pub exclude_interfaces: String,
-    /// Outbound CIDRs to capture (comma list, `*` for all, empty for none).
-    #[arg(
-        short = 'i',
-        long = "istio-service-cidr",
-        env = "ISTIO_SERVICE_CIDR",
-        default_value = ""
-    )]
-    pub outbound_cidrs: String,
-    /// Outbound CIDRs not captured.
-    #[arg(
-        short = 'x',
-        long = "istio-service-exclude-cidr",
-        env = "ISTIO_SERVICE_EXCLUDE_CIDR",
-        default_value = ""
-    )]
-    pub outbound_exclude_cidrs: String,
-    /// Outbound ports always captured.
-    #[arg(
-        short = 'q',
-        long = "istio-outbound-ports",
-        env = "ISTIO_OUTBOUND_PORTS",
-        default_value = ""
-    )]
-    pub outbound_ports: String,
-    /// Outbound ports never captured.
-    #[arg(
-        short = 'o',
-        long = "istio-local-outbound-ports-exclude",
-        env = "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
-        default_value = ""
-    )]
-    pub outbound_exclude_ports: String,
     /// Interfaces whose inbound traffic is treated as outbound (VMs).
     #[arg(
         short = 'k',
@@ -177,6 +102,90 @@ pub struct Args {
     pub cleanup_only: bool,
 }
 
+/// The capture options both backends share, `skiff iptables` and `skiff ebpf`: the same
+/// flags, environment variables and defaults, with the same meaning.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CaptureArgs {
+    /// Outbound capture port.
+    #[arg(short = 'p', long = "envoy-port", default_value = "15001")]
+    pub envoy_port: String,
+    /// Inbound capture port.
+    #[arg(
+        short = 'z',
+        long = "inbound-capture-port",
+        env = "INBOUND_CAPTURE_PORT",
+        default_value = "15006"
+    )]
+    pub inbound_capture_port: String,
+    /// Inbound tunnel port (HBONE), never captured.
+    #[arg(
+        short = 'e',
+        long = "inbound-tunnel-port",
+        env = "INBOUND_TUNNEL_PORT",
+        default_value = "15008"
+    )]
+    pub inbound_tunnel_port: String,
+    /// Uids exempt from outbound capture (comma list).
+    #[arg(
+        short = 'u',
+        long = "proxy-uid",
+        env = "PROXY_UID",
+        default_value = "1337"
+    )]
+    pub proxy_uid: String,
+    /// Gids exempt from outbound capture (comma list; default: the uids).
+    #[arg(short = 'g', long = "proxy-gid", env = "PROXY_GID")]
+    pub proxy_gid: Option<String>,
+    /// Inbound ports to capture (comma list, `*` for all, empty for none).
+    #[arg(
+        short = 'b',
+        long = "istio-inbound-ports",
+        env = "ISTIO_INBOUND_PORTS",
+        default_value = ""
+    )]
+    pub inbound_ports: String,
+    /// Inbound ports not captured (with `-b '*'`).
+    #[arg(
+        short = 'd',
+        long = "istio-local-exclude-ports",
+        env = "ISTIO_LOCAL_EXCLUDE_PORTS",
+        default_value = ""
+    )]
+    pub inbound_exclude_ports: String,
+    /// Outbound CIDRs to capture (comma list, `*` for all, empty for none).
+    #[arg(
+        short = 'i',
+        long = "istio-service-cidr",
+        env = "ISTIO_SERVICE_CIDR",
+        default_value = ""
+    )]
+    pub outbound_cidrs: String,
+    /// Outbound CIDRs not captured.
+    #[arg(
+        short = 'x',
+        long = "istio-service-exclude-cidr",
+        env = "ISTIO_SERVICE_EXCLUDE_CIDR",
+        default_value = ""
+    )]
+    pub outbound_exclude_cidrs: String,
+    /// Outbound ports always captured.
+    #[arg(
+        short = 'q',
+        long = "istio-outbound-ports",
+        env = "ISTIO_OUTBOUND_PORTS",
+        default_value = ""
+    )]
+    pub outbound_ports: String,
+    /// Outbound ports never captured.
+    #[arg(
+        short = 'o',
+        long = "istio-local-outbound-ports-exclude",
+        env = "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
+        default_value = ""
+    )]
+    pub outbound_exclude_ports: String,
+}
+
 /// A flag with an unusable value: nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("--{flag}: {reason}")]
@@ -233,6 +242,8 @@ pub enum Mode {
 /// Validated capture options.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The options shared with `skiff ebpf`.
+    pub capture: Capture,
     /// `-m`.
     pub mode: Mode,
     /// `-t`.
@@ -241,6 +252,25 @@ pub struct Config {
     pub tproxy_table: u32,
     /// `--drop-invalid`.
     pub drop_invalid: bool,
+    /// `-c`.
+    pub exclude_interfaces: Vec<String>,
+    /// `-k`.
+    pub virt_interfaces: Vec<String>,
+    /// `--dual-stack`.
+    pub ipv6: bool,
+    /// `--outbound-owner-groups`.
+    pub owner_groups: Select<String>,
+    /// `--outbound-owner-groups-exclude`.
+    pub owner_groups_exclude: Vec<String>,
+    /// `--ipv4-loopback-cidr`.
+    pub ipv4_loopback: Cidr,
+    /// `-n`.
+    pub dry_run: bool,
+}
+
+/// Validated capture options, shared by both backends.
+#[derive(Debug, Clone)]
+pub struct Capture {
     /// `-p`.
     pub outbound_port: u16,
     /// `-z`.
@@ -255,8 +285,6 @@ pub struct Config {
     pub inbound_ports: Select<u16>,
     /// `-d`.
     pub inbound_exclude_ports: Vec<u16>,
-    /// `-c`.
-    pub exclude_interfaces: Vec<String>,
     /// `-i`.
     pub outbound_cidrs: Select<Cidr>,
     /// `-x`.
@@ -265,18 +293,6 @@ pub struct Config {
     pub outbound_ports: Vec<u16>,
     /// `-o`.
     pub outbound_exclude_ports: Vec<u16>,
-    /// `-k`.
-    pub virt_interfaces: Vec<String>,
-    /// `--dual-stack`.
-    pub ipv6: bool,
-    /// `--outbound-owner-groups`.
-    pub owner_groups: Select<String>,
-    /// `--outbound-owner-groups-exclude`.
-    pub owner_groups_exclude: Vec<String>,
-    /// `--ipv4-loopback-cidr`.
-    pub ipv4_loopback: Cidr,
-    /// `-n`.
-    pub dry_run: bool,
 }
 
 fn items(s: &str) -> impl Iterator<Item = &str> {
@@ -363,6 +379,38 @@ fn groups(flag: &'static str, s: &str) -> Result<Vec<String>, FlagError> {
     Ok(v)
 }
 
+impl Capture {
+    /// Validates the shared options; the error names the flag.
+    pub fn from_args(a: &CaptureArgs) -> Result<Capture, FlagError> {
+        let uids = ids("proxy-uid", &a.proxy_uid)?;
+        let gids = match &a.proxy_gid {
+            Some(g) => ids("proxy-gid", g)?,
+            None => uids.clone(),
+        };
+        let outbound_cidrs = match a.outbound_cidrs.trim() {
+            "" => Select::None,
+            "*" => Select::All,
+            s => Select::Some(cidrs("istio-service-cidr", s)?),
+        };
+        Ok(Capture {
+            outbound_port: port("envoy-port", &a.envoy_port)?,
+            inbound_port: port("inbound-capture-port", &a.inbound_capture_port)?,
+            tunnel_port: port("inbound-tunnel-port", &a.inbound_tunnel_port)?,
+            uids,
+            gids,
+            inbound_ports: select_ports("istio-inbound-ports", &a.inbound_ports)?,
+            inbound_exclude_ports: ports("istio-local-exclude-ports", &a.inbound_exclude_ports)?,
+            outbound_cidrs,
+            outbound_exclude_cidrs: cidrs("istio-service-exclude-cidr", &a.outbound_exclude_cidrs)?,
+            outbound_ports: ports("istio-outbound-ports", &a.outbound_ports)?,
+            outbound_exclude_ports: ports(
+                "istio-local-outbound-ports-exclude",
+                &a.outbound_exclude_ports,
+            )?,
+        })
+    }
+}
+
 impl Config {
     /// Validates every flag before anything is changed; the error names the flag.
     pub fn from_args(a: &Args) -> Result<Config, FlagError> {
@@ -393,16 +441,7 @@ impl Config {
                 format!("'{}' is not a table number", a.tproxy_table),
             )
         })?;
-        let uids = ids("proxy-uid", &a.proxy_uid)?;
-        let gids = match &a.proxy_gid {
-            Some(g) => ids("proxy-gid", g)?,
-            None => uids.clone(),
-        };
-        let outbound_cidrs = match a.outbound_cidrs.trim() {
-            "" => Select::None,
-            "*" => Select::All,
-            s => Select::Some(cidrs("istio-service-cidr", s)?),
-        };
+        let capture = Capture::from_args(&a.capture)?;
         let owner_groups = match a.owner_groups.trim() {
             "" | "*" => Select::All,
             s => Select::Some(groups("outbound-owner-groups", s)?),
@@ -423,25 +462,12 @@ impl Config {
             ));
         }
         Ok(Config {
+            capture,
             mode,
             tproxy_mark,
             tproxy_table,
             drop_invalid: a.drop_invalid,
-            outbound_port: port("envoy-port", &a.envoy_port)?,
-            inbound_port: port("inbound-capture-port", &a.inbound_capture_port)?,
-            tunnel_port: port("inbound-tunnel-port", &a.inbound_tunnel_port)?,
-            uids,
-            gids,
-            inbound_ports: select_ports("istio-inbound-ports", &a.inbound_ports)?,
-            inbound_exclude_ports: ports("istio-local-exclude-ports", &a.inbound_exclude_ports)?,
             exclude_interfaces: names("istio-exclude-interfaces", &a.exclude_interfaces)?,
-            outbound_cidrs,
-            outbound_exclude_cidrs: cidrs("istio-service-exclude-cidr", &a.outbound_exclude_cidrs)?,
-            outbound_ports: ports("istio-outbound-ports", &a.outbound_ports)?,
-            outbound_exclude_ports: ports(
-                "istio-local-outbound-ports-exclude",
-                &a.outbound_exclude_ports,
-            )?,
             virt_interfaces: names("kube-virt-interfaces", &a.virt_interfaces)?,
             ipv6: a.dual_stack,
             owner_groups,
@@ -527,7 +553,7 @@ fn mangle_table(c: &Config, v6: bool) -> String {
         r.push("-A PREROUTING -m conntrack --ctstate INVALID -j ISTIO_DROP".into());
         r.push("-A ISTIO_DROP -j DROP".into());
     }
-    if c.mode == Mode::Tproxy && c.inbound_ports != Select::None {
+    if c.mode == Mode::Tproxy && c.capture.inbound_ports != Select::None {
         let mark = c.tproxy_mark;
         let out_mark = mark + 1;
         r.push("-N ISTIO_DIVERT".into());
@@ -537,11 +563,11 @@ fn mangle_table(c: &Config, v6: bool) -> String {
         r.push("-A ISTIO_DIVERT -j ACCEPT".into());
         r.push(format!(
             "-A ISTIO_TPROXY ! -d {loopback} -p tcp -j TPROXY --tproxy-mark {mark}/0xffffffff --on-port {}",
-            c.inbound_port
+            c.capture.inbound_port
         ));
         r.push("-A PREROUTING -p tcp -j ISTIO_INBOUND".into());
         let established = "-m conntrack --ctstate RELATED,ESTABLISHED -j ISTIO_DIVERT";
-        match &c.inbound_ports {
+        match &c.capture.inbound_ports {
             Select::Some(ports) => {
                 for p in ports {
                     r.push(format!("-A ISTIO_INBOUND -p tcp --dport {p} {established}"));
@@ -551,7 +577,7 @@ fn mangle_table(c: &Config, v6: bool) -> String {
                 }
             }
             _ => {
-                for p in &c.inbound_exclude_ports {
+                for p in &c.capture.inbound_exclude_ports {
                     r.push(format!("-A ISTIO_INBOUND -p tcp --dport {p} -j RETURN"));
                 }
                 r.push(format!("-A ISTIO_INBOUND -p tcp {established}"));
@@ -564,7 +590,7 @@ fn mangle_table(c: &Config, v6: bool) -> String {
         r.push(format!(
             "-A OUTPUT -p tcp -o lo -m mark --mark {mark} -j RETURN"
         ));
-        for (kind, ids) in [("uid", &c.uids), ("gid", &c.gids)] {
+        for (kind, ids) in [("uid", &c.capture.uids), ("gid", &c.capture.gids)] {
             for id in ids {
                 r.push(format!(
                     "-A OUTPUT ! -d {loopback} -p tcp -o lo -m owner --{kind}-owner {id} -j MARK --set-mark {out_mark}"
@@ -628,18 +654,18 @@ fn nat_table(c: &Config, v6: bool) -> String {
     }
     r.push(format!(
         "-A ISTIO_INBOUND -p tcp --dport {} -j RETURN",
-        c.tunnel_port
+        c.capture.tunnel_port
     ));
     r.push(format!(
         "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {}",
-        c.outbound_port
+        c.capture.outbound_port
     ));
     r.push(format!(
         "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}",
-        c.inbound_port
+        c.capture.inbound_port
     ));
     let nat_inbound = if c.mode == Mode::Redirect {
-        &c.inbound_ports
+        &c.capture.inbound_ports
     } else {
         &Select::None
     };
@@ -647,7 +673,7 @@ fn nat_table(c: &Config, v6: bool) -> String {
         Select::None => {}
         Select::All => {
             r.push("-A PREROUTING -p tcp -j ISTIO_INBOUND".into());
-            for p in &c.inbound_exclude_ports {
+            for p in &c.capture.inbound_exclude_ports {
                 r.push(format!("-A ISTIO_INBOUND -p tcp --dport {p} -j RETURN"));
             }
             r.push("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT".into());
@@ -662,8 +688,8 @@ fn nat_table(c: &Config, v6: bool) -> String {
         }
     }
     r.push("-A OUTPUT -j ISTIO_OUTPUT".into());
-    if !c.outbound_exclude_ports.is_empty() {
-        let list = ports_list(&c.outbound_exclude_ports);
+    if !c.capture.outbound_exclude_ports.is_empty() {
+        let list = ports_list(&c.capture.outbound_exclude_ports);
         r.push(format!(
             "-A ISTIO_OUTPUT -p tcp -m multiport --dports {list} -j RETURN"
         ));
@@ -672,14 +698,14 @@ fn nat_table(c: &Config, v6: bool) -> String {
         ));
     }
     r.push(format!("-A ISTIO_OUTPUT -o lo -s {passthrough} -j RETURN"));
-    for (kind, ids) in [("uid", &c.uids), ("gid", &c.gids)] {
+    for (kind, ids) in [("uid", &c.capture.uids), ("gid", &c.capture.gids)] {
         for id in ids {
             // The proxy calling its own pod IP over lo goes to the inbound capture (hairpin);
             // the app calling its own pod IP over lo is not captured; the proxy's own traffic
             // is never captured.
             r.push(format!(
                 "-A ISTIO_OUTPUT -o lo ! -d {loopback} -p tcp ! --dport {} -m owner --{kind}-owner {id} -j ISTIO_IN_REDIRECT",
-                c.tunnel_port
+                c.capture.tunnel_port
             ));
             r.push(format!(
                 "-A ISTIO_OUTPUT -o lo -m owner ! --{kind}-owner {id} -j RETURN"
@@ -707,15 +733,15 @@ fn nat_table(c: &Config, v6: bool) -> String {
         }
     }
     r.push(format!("-A ISTIO_OUTPUT -d {loopback} -j RETURN"));
-    for x in c.outbound_exclude_cidrs.iter().filter(family) {
+    for x in c.capture.outbound_exclude_cidrs.iter().filter(family) {
         r.push(format!("-A ISTIO_OUTPUT -d {x} -j RETURN"));
     }
-    for p in &c.outbound_ports {
+    for p in &c.capture.outbound_ports {
         r.push(format!(
             "-A ISTIO_OUTPUT -p tcp --dport {p} -j ISTIO_REDIRECT"
         ));
     }
-    match &c.outbound_cidrs {
+    match &c.capture.outbound_cidrs {
         Select::None => {}
         Select::All => {
             r.push("-A ISTIO_OUTPUT -j ISTIO_REDIRECT".into());
@@ -780,6 +806,6 @@ mod tests {
 
     #[test]
     fn gids_default_to_uids() {
-        assert_eq!(config(&["-u", "3,4"]).expect("ok").gids, ["3", "4"]);
+        assert_eq!(config(&["-u", "3,4"]).expect("ok").capture.gids, ["3", "4"]);
     }
 }

@@ -64,6 +64,11 @@ pub struct Options {
 pub enum Command {
     /// Write istio-iptables-compatible capture rules (same flags and environment variables).
     Iptables(skiff_iptables::Args),
+    /// Attach, enrol, detach and inspect the eBPF redirection programs.
+    Ebpf {
+        #[command(subcommand)]
+        command: skiff_ebpf::cli::Command,
+    },
 }
 
 /// `--mode`.

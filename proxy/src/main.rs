@@ -30,6 +30,18 @@ fn main() -> ExitCode {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
+    if let Some(skiff::cli::Command::Ebpf { command }) = &opts.command {
+        return match skiff_ebpf::cli::run(command) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("skiff ebpf: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     skiff::server::run(opts)
 }
 

@@ -149,6 +149,7 @@ pub enum Profile {
 
 /// Builds the `skiff` binary and returns its absolute path.
 pub fn build_skiff_path(profile: Profile) -> Result<PathBuf> {
+    setup::build_tools()?;
     let mut cmd = cargo();
     cmd.args(["build", "-p", "skiff"]);
     let dir = match profile {

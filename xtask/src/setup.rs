@@ -23,12 +23,41 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("ip", "iproute2"),
     ("iptables", "iptables"),
+    ("clang", "clang"),
+    ("bpftool", "bpftool"),
 ];
+
+/// (header that proves it is installed, Debian package that provides it)
+const APT_HEADERS: &[(&str, &str)] = &[("/usr/include/bpf/bpf_helpers.h", "libbpf-dev")];
+
+/// Installs what building skiff needs beyond Rust: clang and libbpf's headers for the
+/// kernel programs.
+pub fn build_tools() -> Result {
+    let mut missing: Vec<&str> = Vec::new();
+    if which("clang").is_none() {
+        missing.push("clang");
+    }
+    for (header, pkg) in APT_HEADERS {
+        if !Path::new(header).exists() {
+            missing.push(pkg);
+        }
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+        println!("installed apt packages: {}", missing.join(" "));
+    }
+    Ok(())
+}
 
 pub fn run() -> Result {
     let mut missing: Vec<&str> = Vec::new();
     for (exe, pkg) in APT_TOOLS {
         if which(exe).is_none() && !missing.contains(pkg) {
+            missing.push(pkg);
+        }
+    }
+    for (header, pkg) in APT_HEADERS {
+        if !Path::new(header).exists() && !missing.contains(pkg) {
             missing.push(pkg);
         }
     }
