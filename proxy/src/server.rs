@@ -75,8 +75,13 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     let mut sockets: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
     for l in &model.listeners {
         for per_worker in sockets.iter_mut() {
-            let s = listener::bind(l)
-                .map_err(|e| format!("listener '{}': cannot bind {}: {e}", l.name, l.address))?;
+            let s = if l.bind_to_port {
+                Some(listener::bind(l).map_err(|e| {
+                    format!("listener '{}': cannot bind {}: {e}", l.name, l.address)
+                })?)
+            } else {
+                None
+            };
             per_worker.push((l.clone(), s));
         }
     }
@@ -113,7 +118,14 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     let health_failed = Arc::new(AtomicBool::new(false));
     let shared = Shared {
         health_failed: health_failed.clone(),
-        listener_addresses: Arc::new(model.listeners.iter().map(|l| l.address).collect()),
+        listener_addresses: Arc::new(
+            model
+                .listeners
+                .iter()
+                .filter(|l| l.bind_to_port)
+                .map(|l| l.address)
+                .collect(),
+        ),
         clusters: clusters.clone(),
         flush_interval: Duration::from_millis(opts.file_flush_interval_msec.max(1)),
         drain: drain_rx,

@@ -139,7 +139,7 @@ pub fn spawn(
     id: usize,
     shard: Arc<Shard>,
     shared: Shared,
-    sockets: Vec<(Arc<model::Listener>, std::net::TcpListener)>,
+    sockets: Vec<(Arc<model::Listener>, Option<std::net::TcpListener>)>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("worker_{id}"))
@@ -163,7 +163,7 @@ async fn run(
     id: usize,
     shard: Arc<Shard>,
     shared: Shared,
-    sockets: Vec<(Arc<model::Listener>, std::net::TcpListener)>,
+    sockets: Vec<(Arc<model::Listener>, Option<std::net::TcpListener>)>,
 ) {
     let worker = Rc::new(Worker {
         id,
@@ -177,8 +177,9 @@ async fn run(
         idle: Notify::new(),
     });
     tokio::task::spawn_local(worker.access_log.clone().run_flusher(shared.flush_interval));
+    let handoff = Rc::new(listener::HandOff::default());
     for (config, socket) in sockets {
-        match listener::Listener::new(worker.clone(), config, socket) {
+        match listener::Listener::new(worker.clone(), config, socket, handoff.clone()) {
             Ok(l) => {
                 tokio::task::spawn_local(l.run());
             }

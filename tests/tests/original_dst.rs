@@ -11,57 +11,55 @@ use skiff_tests::netns::{Netns, PROXY_UID};
 use skiff_tests::proxy::Kind;
 use skiff_tests::run_for;
 
-fn capture_config(dir: &Path) -> PathBuf {
-    let path = dir.join("sidecar-capture.yaml");
-    std::fs::copy(
-        skiff_tests::package_dir().join("configs/sidecar-capture.yaml"),
-        &path,
-    )
-    .expect("copy sidecar-capture.yaml");
+fn capture_config(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::copy(skiff_tests::package_dir().join("configs").join(name), &path)
+        .unwrap_or_else(|e| panic!("copy {name}: {e}"));
     path
 }
 
 /// Sets up the namespace: an app on 127.0.0.1:8080, outbound connections to it redirected to
 /// 15001 except the proxy's own (uid 1337), and the proxy running the capture config.
 fn capture(kind: Kind) -> Netns {
+    capture_with(kind, "sidecar-capture.yaml", &["8080"])
+}
+
+/// The same with another configuration, and an app (a file server) on each of `ports`, all
+/// redirected.
+fn capture_with(kind: Kind, config: &str, ports: &[&str]) -> Netns {
     let mut ns = Netns::new(match kind {
         Kind::Skiff => "cap",
         Kind::Envoy => "capenv",
     });
-    ns.exec(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "-d",
-        "127.0.0.1",
-        "--dport",
-        "8080",
-        "-m",
-        "owner",
-        "!",
-        "--uid-owner",
-        PROXY_UID,
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "15001",
-    ]);
-    ns.spawn(
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "8080",
-            "--bind",
+    for port in ports {
+        ns.exec(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
             "127.0.0.1",
-        ],
-        "app.log",
-    );
-    let cfg = capture_config(&ns.dir);
+            "--dport",
+            port,
+            "-m",
+            "owner",
+            "!",
+            "--uid-owner",
+            PROXY_UID,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ]);
+        ns.spawn(
+            &["python3", "-m", "http.server", port, "--bind", "127.0.0.1"],
+            &format!("app{port}.log"),
+        );
+    }
+    let cfg = capture_config(&ns.dir, config);
     let bin = kind.binary();
     let (bin, cfg) = (
         bin.to_string_lossy().into_owned(),
@@ -87,10 +85,14 @@ fn capture(kind: Kind) -> Netns {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ns.spawn(&args, "proxy.log");
     ns.wait_ready(kind.name(), "proxy.log");
-    // The app must be up too before the first request.
+    // The apps must be up too before the first request.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !ns.log("app.log").contains("Serving HTTP") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    for port in ports {
+        while !ns.log(&format!("app{port}.log")).contains("Serving HTTP")
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     ns
 }
@@ -131,9 +133,9 @@ fn outbound_capture_reaches_the_original_destination(kind: Kind) {
     );
     // The proxy's own connection to the app (uid 1337) was not captured again.
     assert!(
-        ns.log("app.log").contains("\"GET / HTTP/1.1\" 200"),
+        ns.log("app8080.log").contains("\"GET / HTTP/1.1\" 200"),
         "{}",
-        ns.log("app.log")
+        ns.log("app8080.log")
     );
 }
 
@@ -179,6 +181,56 @@ async fn skiff_refuses_to_loop_into_itself() {
         })
         .await
         .expect("test thread");
+    })
+    .await
+}
+
+/// Istio's outbound pattern: a connection redirected from :8080 is handed by the catch-all
+/// listener (`use_original_dst`) to the `bind_to_port: false` listener for 0.0.0.0:8080, whose
+/// HTTP connection manager serves it; one from :9090 stays on the catch-all and takes the
+/// chain matching destination port 9090; one from :7070 takes the catch-all's default chain.
+fn hand_off_and_destination_port_chains(kind: Kind) {
+    let ns = capture_with(kind, "handoff.yaml", &["8080", "9090", "7070"]);
+    let name = kind.name();
+    for port in ["8080", "9090", "7070"] {
+        let (code, body) = ns.curl(&format!("http://127.0.0.1:{port}/"));
+        assert_eq!(
+            code,
+            "200",
+            "{name} :{port}: {body}\n{}",
+            ns.log("proxy.log")
+        );
+    }
+    let expect = [
+        ("listener.0.0.0.0_8080.downstream_cx_total", 1),
+        ("http.handoff.downstream_rq_total", 1),
+        ("cluster.app.upstream_rq_total", 1),
+        ("tcp.port9090.downstream_cx_total", 1),
+        ("tcp.outbound.downstream_cx_total", 1),
+        ("cluster.passthrough.upstream_cx_total", 2),
+        ("listener.0.0.0.0_15001.downstream_cx_total", 2),
+    ];
+    for (stat, want) in expect {
+        assert_eq!(ns.stat(stat), want, "{name}: {stat}");
+    }
+}
+
+#[tokio::test]
+async fn skiff_hands_off_by_original_destination() {
+    run_for(Duration::from_secs(60), async {
+        tokio::task::spawn_blocking(|| hand_off_and_destination_port_chains(Kind::Skiff))
+            .await
+            .expect("test thread");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn envoy_hands_off_by_original_destination() {
+    run_for(Duration::from_secs(60), async {
+        tokio::task::spawn_blocking(|| hand_off_and_destination_port_chains(Kind::Envoy))
+            .await
+            .expect("test thread");
     })
     .await
 }

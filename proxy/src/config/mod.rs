@@ -282,6 +282,91 @@ mod tests {
             .join(rel)
     }
 
+    fn chains_config(matches: &[&str], default: bool) -> String {
+        let tcp = |p: &str| {
+            format!(
+                r#"filters: [{{name: t, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {p}, cluster: c}}}}]"#
+            )
+        };
+        let chains: Vec<String> = matches
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("{{filter_chain_match: {m}, {}}}", tcp(&format!("c{i}"))))
+            .collect();
+        let default = if default {
+            format!(", default_filter_chain: {{{}}}", tcp("dflt"))
+        } else {
+            String::new()
+        };
+        format!(
+            r#"static_resources: {{ listeners: [{{ name: l, address: {{socket_address: {{address: 0.0.0.0, port_value: 15001}}}}, filter_chains: [{}]{default} }}], clusters: [{{name: c, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED}}] }}"#,
+            chains.join(", ")
+        )
+    }
+
+    #[test]
+    fn filter_chains_match_port_then_longest_prefix_then_default() {
+        use model::ChainChoice::{Default, Index};
+        let text = chains_config(
+            &[
+                "{destination_port: 80}",
+                "{destination_port: 80, prefix_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]}",
+                "{destination_port: 80, prefix_ranges: [{address_prefix: 10.1.0.0, prefix_len: 16}]}",
+                "{prefix_ranges: [{address_prefix: 192.168.0.0, prefix_len: 16}]}",
+                "{prefix_ranges: [{address_prefix: 'fd00::', prefix_len: 8}]}",
+            ],
+            true,
+        );
+        let loaded = load_text(&text).expect("loads");
+        let l = &loaded.model.listeners[0];
+        let pick = |a: &str| l.select_chain(a.parse().expect("addr"));
+        assert_eq!(pick("10.1.2.3:80"), Some(Index(2)), "longest prefix wins");
+        assert_eq!(pick("10.2.2.3:80"), Some(Index(1)));
+        assert_eq!(
+            pick("11.0.0.1:80"),
+            Some(Index(0)),
+            "port chain without ranges"
+        );
+        assert_eq!(
+            pick("192.168.1.1:81"),
+            Some(Index(3)),
+            "no port chain for 81"
+        );
+        assert_eq!(
+            pick("[::ffff:192.168.1.1]:81"),
+            Some(Index(3)),
+            "v4-mapped is IPv4"
+        );
+        assert_eq!(pick("[fd00::1]:443"), Some(Index(4)));
+        assert_eq!(pick("8.8.8.8:81"), Some(Default), "nothing matches");
+        // A port chain that names ranges but none match: the port still wins, so nothing
+        // matches and the default chain takes it, as in Envoy.
+        let text = chains_config(
+            &[
+                "{destination_port: 80, prefix_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]}",
+                "{}",
+            ],
+            false,
+        );
+        let loaded = load_text(&text).expect("loads");
+        let l = &loaded.model.listeners[0];
+        assert_eq!(l.select_chain("11.0.0.1:80".parse().expect("addr")), None);
+        assert_eq!(
+            l.select_chain("11.0.0.1:81".parse().expect("addr")),
+            Some(Index(1))
+        );
+    }
+
+    #[test]
+    fn identical_filter_chain_matches_are_refused() {
+        let text = chains_config(&["{destination_port: 80}", "{destination_port: 80}"], false);
+        let e = load_text(&text).expect_err("duplicate matches");
+        assert_eq!(
+            e.to_string(),
+            "static_resources.listeners[0].filter_chains[1].filter_chain_match: multiple filter chains with the same matching rules are defined"
+        );
+    }
+
     #[test]
     fn minimal_envoy_config_loads() {
         let text = include_str!("../../../examples/envoy-minimal.yaml");

@@ -1,7 +1,7 @@
 //! skiff's own configuration model: validated, immutable, and shaped for the hot path. Built once
 //! per configuration change by `translate`; workers only read it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,10 +48,16 @@ pub struct Listener {
     pub address: SocketAddr,
     /// The stat scope: `listener.<stat_prefix>.`; Envoy's default is the address with `_` for `:`.
     pub stat_prefix: String,
-    /// `filter_chains` (one, until filter-chain matching arrives) then `default_filter_chain`.
-    pub filter_chain: Option<Arc<FilterChain>>,
-    /// `default_filter_chain`.
+    /// `filter_chains`, each with its `filter_chain_match`.
+    pub filter_chains: Vec<(FilterChainMatch, Arc<FilterChain>)>,
+    /// `default_filter_chain`: for connections no chain matches.
     pub default_filter_chain: Option<Arc<FilterChain>>,
+    /// `use_original_dst`: a redirected connection goes to the listener of its original
+    /// destination, when there is one.
+    pub use_original_dst: bool,
+    /// `bind_to_port` (default true): false makes a listener that only takes connections
+    /// handed off by a `use_original_dst` listener.
+    pub bind_to_port: bool,
     /// `per_connection_buffer_limit_bytes` (default 1 MiB).
     pub buffer_limit: usize,
     /// `envoy.filters.listener.original_dst` is among the listener filters: the connection's
@@ -74,12 +80,106 @@ pub struct OriginalSrc {
     pub mark: u32,
 }
 
+/// Which chain a connection runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainChoice {
+    /// `filter_chains[i]`.
+    Index(usize),
+    /// `default_filter_chain`.
+    Default,
+}
+
 impl Listener {
-    /// The chain a new connection runs.
-    pub fn select_chain(&self) -> Option<&Arc<FilterChain>> {
-        self.filter_chain
-            .as_ref()
-            .or(self.default_filter_chain.as_ref())
+    /// The chain a connection to `local` (its original destination, once restored) runs,
+    /// with Envoy's precedence: destination port, then destination IP (longest prefix); at
+    /// each step the chains naming a matching value win over those that name none. None:
+    /// no chain matches and there is no default chain.
+    pub fn select_chain(&self, local: SocketAddr) -> Option<ChainChoice> {
+        let ip = local.ip().to_canonical();
+        let port = local.port();
+        let chains = &self.filter_chains;
+        let mut cands: Vec<usize> = (0..chains.len()).collect();
+        if cands
+            .iter()
+            .any(|&i| chains[i].0.destination_port == Some(port))
+        {
+            cands.retain(|&i| chains[i].0.destination_port == Some(port));
+        } else {
+            cands.retain(|&i| chains[i].0.destination_port.is_none());
+        }
+        let longest = |i: usize| {
+            chains[i]
+                .0
+                .prefix_ranges
+                .iter()
+                .filter(|r| r.contains(ip))
+                .map(|r| r.prefix_len)
+                .max()
+        };
+        match cands.iter().filter_map(|&i| longest(i)).max() {
+            Some(best) => cands.retain(|&i| longest(i) == Some(best)),
+            None => cands.retain(|&i| chains[i].0.prefix_ranges.is_empty()),
+        }
+        match cands.first() {
+            Some(&i) => Some(ChainChoice::Index(i)),
+            None => self
+                .default_filter_chain
+                .as_ref()
+                .map(|_| ChainChoice::Default),
+        }
+    }
+
+    /// The chain for a choice.
+    pub fn chain(&self, choice: ChainChoice) -> Option<&Arc<FilterChain>> {
+        match choice {
+            ChainChoice::Index(i) => self.filter_chains.get(i).map(|c| &c.1),
+            ChainChoice::Default => self.default_filter_chain.as_ref(),
+        }
+    }
+}
+
+/// `filter_chain_match`: the fields skiff matches on. An empty match takes everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FilterChainMatch {
+    /// `destination_port`.
+    pub destination_port: Option<u16>,
+    /// `prefix_ranges`: the destination address.
+    pub prefix_ranges: Vec<CidrRange>,
+}
+
+/// `envoy.config.core.v3.CidrRange`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CidrRange {
+    /// `address_prefix`, IPv4 as IPv4.
+    pub address: IpAddr,
+    /// `prefix_len`.
+    pub prefix_len: u8,
+}
+
+impl CidrRange {
+    /// Whether `ip` (IPv4-mapped IPv6 counts as IPv4) is inside.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.address, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let bits = u32::from(self.prefix_len.min(32));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
+                u32::from(net) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let bits = u32::from(self.prefix_len.min(128));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
+                u128::from(net) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
     }
 }
 
@@ -299,6 +399,9 @@ pub struct Cluster {
     pub name: String,
     /// `type`.
     pub discovery: DiscoveryType,
+    /// ORIGINAL_DST with `original_dst_lb_config.use_http_header`: the request header naming
+    /// the host (`x-envoy-original-dst-host` unless `http_header_name` says otherwise).
+    pub original_dst_header: Option<HeaderName>,
     /// `upstream_bind_config.source_address`: the local address of upstream connections.
     pub source_address: Option<std::net::SocketAddr>,
     /// `connect_timeout` (default 5 s).

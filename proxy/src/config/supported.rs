@@ -50,12 +50,25 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "listener_filters",
             "transparent",
             "freebind",
+            "use_original_dst",
+            "bind_to_port",
             // Informational for a sidecar; it selects nothing here.
             "traffic_direction",
             "enable_reuse_port",
         ],
     ),
-    ("envoy.config.listener.v3.FilterChain", &["filters", "name"]),
+    (
+        "envoy.config.listener.v3.FilterChain",
+        &["filters", "name", "filter_chain_match"],
+    ),
+    (
+        "envoy.config.listener.v3.FilterChainMatch",
+        &["destination_port", "prefix_ranges"],
+    ),
+    (
+        "envoy.config.core.v3.CidrRange",
+        &["address_prefix", "prefix_len"],
+    ),
     (
         "envoy.config.listener.v3.ListenerFilter",
         &["name", "typed_config"],
@@ -171,7 +184,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "http2_protocol_options",
             "per_connection_buffer_limit_bytes",
             "upstream_bind_config",
+            "original_dst_lb_config",
         ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig",
+        &["use_http_header", "http_header_name"],
     ),
     ("envoy.config.core.v3.BindConfig", &["source_address"]),
     (

@@ -63,11 +63,37 @@ enum Terminal {
     Tcp(Arc<model::TcpProxy>, Rc<TcpProxyStats>),
 }
 
-/// A listener on one worker: the socket, owned by the accept loop, and what its connections
-/// share.
+/// A listener on one worker: the socket (none for `bind_to_port: false`), owned by the accept
+/// loop, and what its connections share.
 pub struct Listener {
-    socket: TcpListener,
+    socket: Option<TcpListener>,
     shared: Rc<Shared>,
+}
+
+/// The listeners of one worker by address, for `use_original_dst` hand-offs.
+#[derive(Default)]
+pub struct HandOff {
+    listeners: std::cell::RefCell<Vec<Rc<Shared>>>,
+}
+
+impl HandOff {
+    /// The listener a connection restored to `dest` belongs to: the one on exactly that
+    /// address, else the one on the wildcard address of its family and port.
+    fn find(&self, dest: SocketAddr) -> Option<Rc<Shared>> {
+        let dest = SocketAddr::new(dest.ip().to_canonical(), dest.port());
+        let all = self.listeners.borrow();
+        all.iter()
+            .find(|l| l.config.address == dest)
+            .or_else(|| {
+                all.iter().find(|l| {
+                    let a = l.config.address;
+                    a.port() == dest.port()
+                        && a.ip().is_unspecified()
+                        && a.is_ipv4() == dest.is_ipv4()
+                })
+            })
+            .cloned()
+    }
 }
 
 /// What a listener's connections share. It does not hold the socket, so the socket closes as soon
@@ -76,17 +102,44 @@ struct Shared {
     worker: Rc<Worker>,
     config: Arc<model::Listener>,
     stats: ListenerStats,
-    chain: Option<Rc<Terminal>>,
+    /// The network filters of `filter_chains`, in order.
+    chains: Vec<Rc<Terminal>>,
+    /// Of `default_filter_chain`.
+    default_chain: Option<Rc<Terminal>>,
+    handoff: Rc<HandOff>,
+}
+
+fn terminal(
+    fc: &model::FilterChain,
+    shard: &Arc<crate::stats::Shard>,
+    scope: &str,
+) -> Option<Rc<Terminal>> {
+    fc.filters.last().map(|f| {
+        Rc::new(match f {
+            NetworkFilter::HttpConnectionManager(h) => {
+                Terminal::Http(Rc::new(HttpConnectionManager {
+                    config: h.clone(),
+                    stats: HcmStats::new(shard.clone(), &h.stat_prefix, scope),
+                }))
+            }
+            NetworkFilter::TcpProxy(t) => Terminal::Tcp(
+                t.clone(),
+                Rc::new(TcpProxyStats::new(shard, &t.stat_prefix)),
+            ),
+        })
+    })
 }
 
 impl Listener {
-    /// Prepares a listener on this worker from a socket bound by the main thread.
+    /// Prepares a listener on this worker from a socket bound by the main thread (none for a
+    /// listener that only takes hand-offs), and registers it for hand-offs.
     pub fn new(
         worker: Rc<Worker>,
         config: Arc<model::Listener>,
-        socket: std::net::TcpListener,
+        socket: Option<std::net::TcpListener>,
+        handoff: Rc<HandOff>,
     ) -> std::io::Result<Self> {
-        let socket = TcpListener::from_std(socket)?;
+        let socket = socket.map(TcpListener::from_std).transpose()?;
         let scope = format!("listener.{}.", config.stat_prefix);
         let shard = &worker.shard;
         let stats = ListenerStats {
@@ -99,37 +152,38 @@ impl Listener {
                 .gauge(&format!("{scope}worker_{}.downstream_cx_active", worker.id)),
             no_filter_chain_match: shard.counter(&format!("{scope}no_filter_chain_match")),
         };
-        let chain = config
-            .select_chain()
-            .and_then(|fc| fc.filters.last())
-            .map(|f| {
-                Rc::new(match f {
-                    NetworkFilter::HttpConnectionManager(h) => {
-                        Terminal::Http(Rc::new(HttpConnectionManager {
-                            config: h.clone(),
-                            stats: HcmStats::new(shard.clone(), &h.stat_prefix, &scope),
-                        }))
-                    }
-                    NetworkFilter::TcpProxy(t) => Terminal::Tcp(
-                        t.clone(),
-                        Rc::new(TcpProxyStats::new(shard, &t.stat_prefix)),
-                    ),
-                })
-            });
+        let chains = config
+            .filter_chains
+            .iter()
+            .filter_map(|(_, fc)| terminal(fc, shard, &scope))
+            .collect();
+        let default_chain = config
+            .default_filter_chain
+            .as_deref()
+            .and_then(|fc| terminal(fc, shard, &scope));
         Ok(Listener {
             socket,
-            shared: Rc::new(Shared {
-                worker,
-                config,
-                stats,
-                chain,
-            }),
+            shared: {
+                let shared = Rc::new(Shared {
+                    worker,
+                    config,
+                    stats,
+                    chains,
+                    default_chain,
+                    handoff: handoff.clone(),
+                });
+                handoff.listeners.borrow_mut().push(shared.clone());
+                shared
+            },
         })
     }
 
     /// Accepts until draining starts, then closes the socket.
     pub async fn run(self) {
         let Listener { socket, shared } = self;
+        let Some(socket) = socket else {
+            return; // bind_to_port: false — reached only through hand-offs
+        };
         let mut drain = shared.worker.drain_signal();
         loop {
             let accepted = tokio::select! {
@@ -155,11 +209,6 @@ impl Listener {
 impl Shared {
     async fn handle(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
         let _conn = self.worker.track_connection();
-        let s = &self.stats;
-        s.downstream_cx_total.inc();
-        s.downstream_cx_active.inc();
-        s.worker_cx_total.inc();
-        s.worker_cx_active.inc();
         let _ = stream.set_nodelay(true);
         let mut local = stream.local_addr().unwrap_or(self.config.address);
         if self.config.original_dst {
@@ -169,7 +218,31 @@ impl Shared {
                 local = dst;
             }
         }
-        match self.chain.as_deref() {
+        // use_original_dst: the listener of the original destination takes the connection
+        // (its chains, its stats), when there is one other than this one.
+        let mut owner = self;
+        if owner.config.use_original_dst && local != owner.config.address {
+            if let Some(target) = owner.handoff.find(local) {
+                if !Rc::ptr_eq(&target, &owner) {
+                    owner = target;
+                }
+            }
+        }
+        owner.serve(stream, remote, local).await;
+    }
+
+    async fn serve(self: Rc<Self>, stream: TcpStream, remote: SocketAddr, local: SocketAddr) {
+        let s = &self.stats;
+        s.downstream_cx_total.inc();
+        s.downstream_cx_active.inc();
+        s.worker_cx_total.inc();
+        s.worker_cx_active.inc();
+        let chain = match self.config.select_chain(local) {
+            Some(model::ChainChoice::Index(i)) => self.chains.get(i),
+            Some(model::ChainChoice::Default) => self.default_chain.as_ref(),
+            None => None,
+        };
+        match chain.map(|c| &**c) {
             Some(Terminal::Http(hcm)) => {
                 conn_manager::serve(
                     stream,

@@ -87,6 +87,8 @@ pub struct ClusterStats {
     pub upstream_cx_none_healthy: Counter,
     /// `upstream_cx_destroy`.
     pub upstream_cx_destroy: Counter,
+    /// `original_dst_host_invalid`: an ORIGINAL_DST header that is not an address.
+    pub original_dst_host_invalid: Counter,
     /// `upstream_cx_close_notify`: the upstream announced the close (HTTP/2 GOAWAY).
     pub upstream_cx_close_notify: Counter,
     /// `upstream_cx_rx_bytes_total`.
@@ -122,6 +124,7 @@ impl ClusterStats {
             upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
             upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
             upstream_cx_destroy: c("upstream_cx_destroy"),
+            original_dst_host_invalid: c("original_dst_host_invalid"),
             upstream_cx_close_notify: c("upstream_cx_close_notify"),
             upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
             upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),

@@ -63,6 +63,38 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
             "an ORIGINAL_DST cluster takes its hosts from connections, not load_assignment",
         ));
     }
+    let original_dst_header = match &c.lb_config {
+        Some(cluster::cluster::LbConfig::OriginalDstLbConfig(o)) => {
+            let opath = format!("{path}.original_dst_lb_config");
+            if discovery != model::DiscoveryType::OriginalDst {
+                return Err(ConfigError::new(
+                    opath,
+                    "only an ORIGINAL_DST cluster takes original_dst_lb_config",
+                ));
+            }
+            if o.use_http_header {
+                let name = if o.http_header_name.is_empty() {
+                    "x-envoy-original-dst-host"
+                } else {
+                    o.http_header_name.as_str()
+                };
+                Some(
+                    http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(
+                        |_| {
+                            ConfigError::new(
+                                format!("{opath}.http_header_name"),
+                                "not a header name",
+                            )
+                        },
+                    )?,
+                )
+            } else {
+                None
+            }
+        }
+        Some(_) => return Err(ConfigError::unsupported(format!("{path}.lb_config"))),
+        None => None,
+    };
     let source_address = match c
         .upstream_bind_config
         .as_ref()
@@ -156,6 +188,7 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
     Ok(Cluster {
         name: c.name.clone(),
         discovery,
+        original_dst_header,
         source_address,
         connect_timeout,
         hosts,

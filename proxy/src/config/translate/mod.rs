@@ -165,20 +165,21 @@ fn translate_listener(
     } else {
         l.stat_prefix.clone()
     };
-    if l.filter_chains.len() > 1 {
-        return Err(ConfigError::new(
-            format!("{path}.filter_chains"),
-            "unsupported: more than one filter chain (filter chain matching is not available yet)",
-        ));
+    let mut filter_chains: Vec<(FilterChainMatch, Arc<FilterChain>)> = Vec::new();
+    for (i, fc) in l.filter_chains.iter().enumerate() {
+        let fpath = format!("{path}.filter_chains[{i}]");
+        let m = match &fc.filter_chain_match {
+            Some(m) => chain_match(m, &format!("{fpath}.filter_chain_match"))?,
+            None => FilterChainMatch::default(),
+        };
+        if filter_chains.iter().any(|(other, _)| *other == m) {
+            return Err(ConfigError::new(
+                format!("{fpath}.filter_chain_match"),
+                "multiple filter chains with the same matching rules are defined",
+            ));
+        }
+        filter_chains.push((m, Arc::new(translate_chain(fc, &fpath, clusters)?)));
     }
-    let filter_chain = match l.filter_chains.first() {
-        Some(fc) => Some(Arc::new(translate_chain(
-            fc,
-            &format!("{path}.filter_chains[0]"),
-            clusters,
-        )?)),
-        None => None,
-    };
     let default_filter_chain = match &l.default_filter_chain {
         Some(fc) => Some(Arc::new(translate_chain(
             fc,
@@ -218,7 +219,10 @@ fn translate_listener(
         }
     }
     if original_src.is_some() {
-        let chains = filter_chain.iter().chain(default_filter_chain.iter());
+        let chains = filter_chains
+            .iter()
+            .map(|c| &c.1)
+            .chain(default_filter_chain.iter());
         let http = chains
             .flat_map(|fc| fc.filters.iter())
             .any(|f| matches!(f, NetworkFilter::HttpConnectionManager(_)));
@@ -229,7 +233,7 @@ fn translate_listener(
             ));
         }
     }
-    if filter_chain.is_none() && default_filter_chain.is_none() {
+    if filter_chains.is_empty() && default_filter_chain.is_none() {
         return Err(ConfigError::new(
             format!("{path}.filter_chains"),
             "a listener needs at least one filter chain",
@@ -243,8 +247,10 @@ fn translate_listener(
         },
         address,
         stat_prefix,
-        filter_chain,
+        filter_chains,
         default_filter_chain,
+        use_original_dst: l.use_original_dst.as_ref().is_some_and(|v| v.value),
+        bind_to_port: l.bind_to_port.as_ref().is_none_or(|v| v.value),
         original_dst,
         original_src,
         transparent: l.transparent.as_ref().is_some_and(|v| v.value),
@@ -268,6 +274,51 @@ pub(super) fn typed_config<'a>(
         None if is_set => Err(ConfigError::unsupported(format!("{path}.config_discovery"))),
         None => Err(ConfigError::new(format!("{path}.typed_config"), "required")),
     }
+}
+
+/// `filter_chain_match`, canonical (sorted ranges) so equal matches compare equal.
+fn chain_match(
+    m: &listener::FilterChainMatch,
+    path: &str,
+) -> Result<FilterChainMatch, ConfigError> {
+    let destination_port = match &m.destination_port {
+        Some(p) if p.value >= 1 && p.value <= 65535 => Some(p.value as u16),
+        Some(p) => {
+            return Err(ConfigError::new(
+                format!("{path}.destination_port"),
+                format!("value must be inside range [1, 65535], got {}", p.value),
+            ))
+        }
+        None => None,
+    };
+    let mut prefix_ranges = Vec::new();
+    for (i, r) in m.prefix_ranges.iter().enumerate() {
+        let rpath = format!("{path}.prefix_ranges[{i}]");
+        let address: IpAddr = r.address_prefix.parse().map_err(|_| {
+            ConfigError::new(
+                format!("{rpath}.address_prefix"),
+                format!("malformed IP address: {}", r.address_prefix),
+            )
+        })?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let len = r.prefix_len.as_ref().map_or(0, |v| v.value);
+        if len > max {
+            return Err(ConfigError::new(
+                format!("{rpath}.prefix_len"),
+                format!("{len} is longer than the address ({max} bits)"),
+            ));
+        }
+        prefix_ranges.push(CidrRange {
+            address,
+            prefix_len: len as u8,
+        });
+    }
+    prefix_ranges.sort();
+    prefix_ranges.dedup();
+    Ok(FilterChainMatch {
+        destination_port,
+        prefix_ranges,
+    })
 }
 
 fn translate_chain(

@@ -130,7 +130,22 @@ pub async fn route(
         info.route_name = (!route.name.is_empty()).then(|| route.name.as_str().into());
         info.upstream_cluster = Some(cluster.name.clone());
     }
-    let Some(host) = cluster.select_host(downstream_local, |d| worker.is_own_listener(d)) else {
+    // ORIGINAL_DST with use_http_header: the header names the host; without it, the
+    // connection's original destination does.
+    let mut dest = downstream_local;
+    if let Some(h) = &cluster.config().original_dst_header {
+        if let Some(v) = parts.headers.get(h) {
+            match v.to_str().ok().and_then(|s| s.parse().ok()) {
+                Some(a) => dest = a,
+                None => {
+                    cluster.stats.original_dst_host_invalid.inc();
+                    cluster.stats.upstream_cx_none_healthy.inc();
+                    return Err(LocalReply::NO_HEALTHY_UPSTREAM);
+                }
+            }
+        }
+    }
+    let Some(host) = cluster.select_host(dest, |d| worker.is_own_listener(d)) else {
         cluster.stats.upstream_cx_none_healthy.inc();
         return Err(LocalReply::NO_HEALTHY_UPSTREAM);
     };
