@@ -21,6 +21,8 @@ pub struct Side {
     pub port: u16,
     /// What its upstream received.
     pub rec: Recorder,
+    /// Its upstream's port.
+    pub upstream_port: u16,
     _keep: Box<dyn std::any::Any + Send>,
 }
 
@@ -106,6 +108,7 @@ pub async fn pair(up: Up, build: impl Fn(u16, u16, u16) -> String) -> (Side, Sid
             proxy,
             port: listen,
             rec,
+            upstream_port: port,
             _keep: keep,
         });
     }
