@@ -126,6 +126,15 @@ pub fn run(cmd: &Command) -> Result<String, Error> {
                     "already attached"
                 }
             ));
+            if capture.run_validation {
+                let Some(ns) = &a.netns else {
+                    return Err(Error(
+                        "--run-validation needs --netns: the probe runs in the pod".into(),
+                    ));
+                };
+                out.push_str(&validate(&a.cgroup, ns, &capture)?);
+                out.push('\n');
+            }
             Ok(out)
         }
         Command::Enroll(e) => {
@@ -228,4 +237,51 @@ fn enrolled(ns: &std::path::Path, capture: &Capture, opts: &PodOptions) -> Resul
             addrs.join(",")
         }
     ))
+}
+
+/// The self-test for the eBPF backend: a process of the workload's (an uid and gid the
+/// options do not exempt), in the pod's cgroup and namespace, dials an address the options
+/// capture; the connection must land on the capture port with SO_ORIGINAL_DST naming the
+/// probe port.
+fn validate(
+    cgroup: &std::path::Path,
+    netns: &std::path::Path,
+    c: &Capture,
+) -> Result<String, Error> {
+    use skiff_iptables::validation::{self, Probe, Runner};
+    use skiff_iptables::Select;
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    let ip = match &c.outbound_cidrs {
+        Select::All => IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)),
+        Select::Some(list) => list[0].ip,
+        Select::None => {
+            return Err(Error(
+                "validation failed: nothing is captured outbound (-i is empty)".into(),
+            ))
+        }
+    };
+    let free = |taken: &[String]| {
+        (1..65535u32)
+            .rev()
+            .find(|id| !taken.iter().any(|t| t == &id.to_string()))
+            .unwrap_or(65534)
+    };
+    let loopback = if ip.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+    };
+    let probe = Probe {
+        listen: vec![SocketAddr::new(loopback, c.outbound_port)],
+        dial: SocketAddr::new(ip, c.probe_port),
+        bind: None,
+        timeout: c.probe_timeout,
+    };
+    let runner = Runner {
+        uid: free(&c.uids),
+        gid: free(&c.gids),
+        cgroup: Some(cgroup),
+        netns: Some(netns),
+    };
+    validation::run_as(&probe, &runner).map_err(Error)
 }

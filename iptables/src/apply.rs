@@ -7,7 +7,9 @@
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use crate::{plan, Args, Config, FlagError};
+use std::net::SocketAddr;
+
+use crate::{plan, validation, Args, Config, FlagError};
 
 /// Why `skiff iptables` failed.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +17,9 @@ pub enum ApplyError {
     /// A flag is wrong; nothing was changed.
     #[error(transparent)]
     Flag(#[from] FlagError),
+    /// The rules are in place but the self-test found capture not working (exit 126).
+    #[error("{0}")]
+    Validation(String),
     /// An iptables command failed.
     #[error("{command} failed: {output}")]
     Command {
@@ -91,7 +96,37 @@ pub fn run(args: &Args) -> Result<String, ApplyError> {
     for route in &plan.routes {
         run_cmd(Command::new("ip").args(route), None)?;
     }
+    if config.capture.run_validation {
+        return validate(&config).map(|msg| format!("{msg}\n"));
+    }
     Ok(String::new())
+}
+
+/// istio-iptables' self-test: as the proxy's uid, a connection from 127.0.0.1 to
+/// 127.0.0.6:<probe port> takes the hairpin rule to the inbound capture port (or the outbound
+/// one), where SO_ORIGINAL_DST must name the probe port.
+fn validate(config: &Config) -> Result<String, ApplyError> {
+    let c = &config.capture;
+    let id = |ids: &[String]| {
+        ids.first()
+            .and_then(|i| i.parse::<u32>().ok())
+            .unwrap_or(1337)
+    };
+    let probe = validation::Probe {
+        listen: vec![
+            SocketAddr::from(([127, 0, 0, 1], c.outbound_port)),
+            SocketAddr::from(([127, 0, 0, 1], c.inbound_port)),
+        ],
+        dial: SocketAddr::from(([127, 0, 0, 6], c.probe_port)),
+        bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        timeout: c.probe_timeout,
+    };
+    let runner = validation::Runner {
+        uid: id(&c.uids),
+        gid: id(&c.gids),
+        ..Default::default()
+    };
+    validation::run_as(&probe, &runner).map_err(ApplyError::Validation)
 }
 
 /// Removes what skiff adds: in nat and mangle, every built-in-chain rule that jumps to one of

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use clap::Parser;
 
 mod apply;
+pub mod validation;
 
 pub use apply::{run, ApplyError};
 
@@ -184,6 +185,19 @@ pub struct CaptureArgs {
         default_value = ""
     )]
     pub outbound_exclude_ports: String,
+    /// After setting up capture, check that it works (exit 126 if not).
+    #[arg(long = "run-validation", env = "RUN_VALIDATION")]
+    pub run_validation: bool,
+    /// How long the validation keeps trying (`5s`, `500ms`, or seconds).
+    #[arg(long = "probe-timeout", env = "PROBE_TIMEOUT", default_value = "5s")]
+    pub probe_timeout: String,
+    /// The port the validation dials; SO_ORIGINAL_DST must report it.
+    #[arg(
+        long = "iptables-probe-port",
+        env = "IPTABLES_PROBE_PORT",
+        default_value = "15002"
+    )]
+    pub probe_port: String,
 }
 
 /// A flag with an unusable value: nothing was changed.
@@ -293,6 +307,12 @@ pub struct Capture {
     pub outbound_ports: Vec<u16>,
     /// `-o`.
     pub outbound_exclude_ports: Vec<u16>,
+    /// `--run-validation`.
+    pub run_validation: bool,
+    /// `--probe-timeout`.
+    pub probe_timeout: std::time::Duration,
+    /// `--iptables-probe-port`.
+    pub probe_port: u16,
 }
 
 fn items(s: &str) -> impl Iterator<Item = &str> {
@@ -336,6 +356,23 @@ pub fn cidr(flag: &'static str, s: &str) -> Result<Cidr, FlagError> {
         None => max,
     };
     Ok(Cidr { ip, prefix })
+}
+
+fn timeout(flag: &'static str, s: &str) -> Result<std::time::Duration, FlagError> {
+    let t = s.trim();
+    let parsed = if let Some(ms) = t.strip_suffix("ms") {
+        ms.parse::<u64>().ok().map(std::time::Duration::from_millis)
+    } else {
+        t.strip_suffix('s')
+            .unwrap_or(t)
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v > 0.0 && *v < 3600.0)
+            .map(std::time::Duration::from_secs_f64)
+    };
+    parsed
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| bad(flag, format!("'{s}' is not a duration (5s, 500ms)")))
 }
 
 fn cidrs(flag: &'static str, s: &str) -> Result<Vec<Cidr>, FlagError> {
@@ -393,6 +430,9 @@ impl Capture {
             s => Select::Some(cidrs("istio-service-cidr", s)?),
         };
         Ok(Capture {
+            run_validation: a.run_validation,
+            probe_timeout: timeout("probe-timeout", &a.probe_timeout)?,
+            probe_port: port("iptables-probe-port", &a.probe_port)?,
             outbound_port: port("envoy-port", &a.envoy_port)?,
             inbound_port: port("inbound-capture-port", &a.inbound_capture_port)?,
             tunnel_port: port("inbound-tunnel-port", &a.inbound_tunnel_port)?,

@@ -64,6 +64,22 @@ pub struct Options {
 pub enum Command {
     /// Write istio-iptables-compatible capture rules (same flags and environment variables).
     Iptables(skiff_iptables::Args),
+    /// Internal: the capture self-test's probe, run by `--run-validation` as the workload.
+    #[command(name = "validate-capture", hide = true)]
+    ValidateCapture {
+        /// Capture listeners to open, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        listen: Vec<std::net::SocketAddr>,
+        /// The probe address to dial.
+        #[arg(long)]
+        dial: std::net::SocketAddr,
+        /// The client's local address.
+        #[arg(long)]
+        bind: Option<std::net::SocketAddr>,
+        /// How long to keep trying.
+        #[arg(long = "timeout-ms", default_value_t = 5000)]
+        timeout_ms: u64,
+    },
     /// Attach, enrol, detach and inspect the eBPF redirection programs.
     Ebpf {
         #[command(subcommand)]

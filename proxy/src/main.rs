@@ -16,9 +16,37 @@ fn main() -> ExitCode {
                 print!("{out}");
                 ExitCode::SUCCESS
             }
+            Err(e @ skiff_iptables::ApplyError::Validation(_)) => {
+                eprintln!("skiff iptables: {e}");
+                ExitCode::from(skiff_iptables::validation::VALIDATION_ERROR_CODE)
+            }
             Err(e) => {
                 eprintln!("skiff iptables: {e}");
                 ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(skiff::cli::Command::ValidateCapture {
+        listen,
+        dial,
+        bind,
+        timeout_ms,
+    }) = &opts.command
+    {
+        let probe = skiff_iptables::validation::Probe {
+            listen: listen.clone(),
+            dial: *dial,
+            bind: *bind,
+            timeout: std::time::Duration::from_millis(*timeout_ms),
+        };
+        return match skiff_iptables::validation::run(&probe) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(msg) => {
+                eprintln!("{msg}");
+                ExitCode::from(skiff_iptables::validation::VALIDATION_ERROR_CODE)
             }
         };
     }
@@ -35,6 +63,10 @@ fn main() -> ExitCode {
             Ok(out) => {
                 print!("{out}");
                 ExitCode::SUCCESS
+            }
+            Err(e) if e.0.starts_with("validation failed") => {
+                eprintln!("skiff ebpf: {e}");
+                ExitCode::from(skiff_iptables::validation::VALIDATION_ERROR_CODE)
             }
             Err(e) => {
                 eprintln!("skiff ebpf: {e}");

@@ -421,3 +421,53 @@ async fn outbound_excluded_cidr_goes_direct() {
     })
     .await
 }
+
+/// `--run-validation`, istio-iptables' self-test: with the rules in place a probe to
+/// 127.0.0.6:15002, made as the proxy's uid, lands on a capture port with SO_ORIGINAL_DST
+/// naming 15002; without them it fails with exit code 126 and says why.
+#[tokio::test]
+async fn run_validation_passes_with_rules_and_fails_without() {
+    run_for(Duration::from_secs(60), async {
+        tokio::task::spawn_blocking(|| {
+            let ns = Netns::new("iptval");
+            let mut args = SIDECAR_FLAGS.to_vec();
+            args.push("--run-validation");
+            let out = skiff_iptables(&ns, &args);
+            assert!(out.status.success(), "{}", text(&out));
+            assert!(
+                text(&out).contains("validation passed")
+                    && text(&out).contains("SO_ORIGINAL_DST reported 127.0.0.6:15002"),
+                "{}",
+                text(&out)
+            );
+            let out = skiff_iptables(&ns, &["--cleanup-only"]);
+            assert!(out.status.success(), "{}", text(&out));
+            // No rules: the self-test alone must fail, clearly, with Istio's exit code.
+            let bin = Kind::Skiff.binary();
+            let out = ns
+                .command(&[
+                    &bin.to_string_lossy(),
+                    "validate-capture",
+                    "--listen",
+                    "127.0.0.1:15001,127.0.0.1:15006",
+                    "--dial",
+                    "127.0.0.6:15002",
+                    "--bind",
+                    "127.0.0.1:0",
+                    "--timeout-ms",
+                    "1000",
+                ])
+                .output()
+                .expect("run the probe");
+            assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+            assert!(
+                text(&out).contains("validation failed: no connection to 127.0.0.6:15002"),
+                "{}",
+                text(&out)
+            );
+        })
+        .await
+        .expect("test thread");
+    })
+    .await
+}
