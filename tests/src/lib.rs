@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod diff;

@@ -61,15 +61,22 @@ impl Netns {
 
     /// Starts a long-running process in the namespace, its output in `<dir>/<log>`.
     pub fn spawn(&mut self, args: &[&str], log: &str) {
+        let cmd = self.command(args);
+        self.spawn_command(cmd, log);
+    }
+
+    /// Starts `cmd`, which enters this namespace itself (for example through a cgroup first,
+    /// see [`crate::cgroup::Cgroup::command`]), its output in `<dir>/<log>`; it is killed with
+    /// the namespace.
+    pub fn spawn_command(&mut self, mut cmd: Command, log: &str) {
         let out = std::fs::File::create(self.dir.join(log)).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = self
-            .command(args)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         self.children.push(child);
     }
 
