@@ -1320,3 +1320,41 @@ fn unmodified_envoy_works_behind_skiff_ebpf() {
         },
     )
 }
+
+/// `skiff ebpf attach --run-validation`: a probe of the workload's (a uid the flags do not
+/// exempt), in the pod's cgroup and namespace, dials an address the flags capture and must
+/// land on the outbound capture port with SO_ORIGINAL_DST naming the probe port. With the
+/// probe's address excluded the self-test fails, clearly, with istio-iptables' exit code 126.
+#[test]
+fn run_validation_passes_when_capture_works_and_fails_when_not() {
+    ebpf_test(
+        "run_validation_passes_when_capture_works_and_fails_when_not",
+        Duration::from_secs(60),
+        || {
+            let mut p = Pod::new(8);
+            let out = p.attach(&["-i", "*", "-b", "*", "--run-validation"]);
+            assert!(
+                out.contains("validation passed")
+                    && out.contains("SO_ORIGINAL_DST reported 203.0.113.1:15002"),
+                "{out}"
+            );
+            let out = p.detach();
+            assert!(out.status.success(), "{}", text(&out));
+            let out = p.try_attach(&[
+                "-i",
+                "*",
+                "-x",
+                "203.0.113.0/24",
+                "--run-validation",
+                "--probe-timeout",
+                "1s",
+            ]);
+            assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+            assert!(
+                text(&out).contains("validation failed: no connection to 203.0.113.1:15002"),
+                "{}",
+                text(&out)
+            );
+        },
+    );
+}
