@@ -7,7 +7,9 @@
 mod bench;
 mod ci;
 mod demo;
+mod ebpf;
 mod http;
+mod pod;
 mod process;
 mod setup;
 mod upstream;
@@ -23,7 +25,19 @@ commands:
   test                  setup, lint, build skiff and run the whole test suite
                         (SKIFF_SKIP_LINT=1 skips clippy and rustfmt)
   build                 build the release skiff binary
-  demo [options]        run skiff on examples/demo.yaml in front of a built-in upstream
+  build-ebpf            compile ebpf/bpf/skiff.bpf.c as the skiff build does, into
+                        target/bpf/skiff.bpf.o (for bpftool prog loadall, llvm-objdump)
+  load ARGS...          build skiff and run `skiff ebpf attach ARGS...` (root), e.g.
+                        load --cgroup /sys/fs/cgroup/my-pod --netns /var/run/netns/my-pod -i '*' -b '*'
+  unload [ARGS...]      build skiff and run `skiff ebpf detach ARGS...` (root);
+                        with no arguments `detach --all`: everything skiff attached
+  demo [--keep]         transparent proxying with eBPF (root): a pod and a remote host in
+                        network namespaces, `skiff ebpf attach`, skiff in the pod as uid 1337
+                        on examples/sidecar.yaml, outbound and inbound requests through it,
+                        the bpftool view, then everything removed again
+      --keep            leave the pod running until Enter
+  demo --http [options] HTTP/1.1, h2c and TCP proxying on loopback (no root): skiff on
+                        examples/demo.yaml in front of a built-in upstream
       --keep            leave it running until Ctrl-C
       --port-offset N   add N to every port of the demo (if 9901/10000/10001/18080 are taken)
       --bin PATH        run this Envoy-compatible binary instead of skiff (e.g. Envoy)
@@ -73,7 +87,14 @@ fn main() -> ExitCode {
         "setup" => no_args(rest).and_then(|()| setup::run()),
         "test" => no_args(rest).and_then(|()| ci::run()),
         "build" => no_args(rest).and_then(|()| build_skiff(Profile::Release)),
+        "build-ebpf" => ebpf::build(rest),
+        "load" => ebpf::load(rest),
+        "unload" => ebpf::unload(rest),
         "demo" => demo::run(rest),
+        // Helpers the demo starts inside its namespaces; not for people.
+        "_serve" => upstream::serve_forever(rest),
+        "_hold" => demo::hold(rest),
+        "_reap" => pod::reap(rest),
         "bench" => bench::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");

@@ -44,6 +44,11 @@ impl Proc {
         self.child.id()
     }
 
+    /// The child itself (for its piped stdin or stdout).
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -89,6 +94,16 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        .unwrap_or(false)
 }
 
 /// A directory under the system temp dir, removed when dropped.

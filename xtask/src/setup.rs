@@ -49,6 +49,24 @@ pub fn build_tools() -> Result {
     Ok(())
 }
 
+/// Installs the apt packages that provide `exes` (names from the tool list above), if missing.
+pub fn require(exes: &[&str]) -> Result {
+    let mut missing: Vec<&str> = Vec::new();
+    for exe in exes {
+        let Some((_, pkg)) = APT_TOOLS.iter().find(|(e, _)| e == exe) else {
+            bail!("setup::require: no package known for `{exe}`");
+        };
+        if which(exe).is_none() && !missing.contains(pkg) {
+            missing.push(pkg);
+        }
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+        println!("installed apt packages: {}", missing.join(" "));
+    }
+    Ok(())
+}
+
 pub fn run() -> Result {
     let mut missing: Vec<&str> = Vec::new();
     for (exe, pkg) in APT_TOOLS {

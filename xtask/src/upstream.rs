@@ -1,5 +1,5 @@
-//! A small HTTP/1.1 echo server for the demo: a thread per connection, keep-alive, and a body
-//! that shows what the upstream received (method, path, headers).
+//! A small HTTP/1.1 echo server for the demos: a thread per connection, keep-alive, and a body
+//! that shows what the upstream received (method, path, headers) and from where.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -88,8 +88,27 @@ impl Head {
     }
 }
 
+/// `cargo xtask _serve <addr>`: an echo server in the foreground (the demo starts it inside a
+/// network namespace). Prints `listening on <addr>` once bound, then serves until killed.
+pub fn serve_forever(args: &[String]) -> Result {
+    let [addr] = args else {
+        crate::bail!("usage: xtask _serve <address:port>");
+    };
+    let up = Upstream::start(addr.parse()?)?;
+    println!("listening on {}", up.addr);
+    loop {
+        thread::park();
+    }
+}
+
+/// An address as people write it: `10.0.0.1:80` rather than `[::ffff:10.0.0.1]:80`.
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
 fn serve_connection(conn: TcpStream, served: &AtomicU64) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let (peer, local) = (canonical(conn.peer_addr()?), canonical(conn.local_addr()?));
     let mut writer = conn.try_clone()?;
     let mut reader = BufReader::new(conn);
     loop {
@@ -104,6 +123,7 @@ fn serve_connection(conn: TcpStream, served: &AtomicU64) -> std::io::Result<()> 
         if body_len > 0 {
             body.push_str(&format!("(request body: {body_len} bytes)\n"));
         }
+        body.push_str(&format!("(connection from {peer} to {local})\n"));
         let keep = head.keep_alive();
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nserver: xtask-upstream\r\n{}\r\n{body}",
@@ -232,6 +252,8 @@ mod tests {
             let body = String::from_utf8(body).unwrap();
             assert!(body.starts_with(&format!("POST /p{i} HTTP/1.1\n")));
             assert!(body.contains("(request body: 3 bytes)"));
+            let local = s.local_addr().unwrap();
+            assert!(body.ends_with(&format!("(connection from {local} to {})\n", up.addr)));
         }
         // The server counts a request after writing its response: wait for the count.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

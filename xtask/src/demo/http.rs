@@ -1,5 +1,6 @@
-//! `cargo xtask demo`: skiff on `examples/demo.yaml` in front of a built-in echo upstream,
-//! a few requests through it with curl, then the admin stats.
+//! `cargo xtask demo --http`: skiff on `examples/demo.yaml` in front of a built-in echo
+//! upstream on loopback, a few requests through it with curl (HTTP/1.1, h2c, the TCP proxy),
+//! then the admin stats. Needs no root.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use crate::upstream::Upstream;
 use crate::{bail, Profile, Result};
 
 /// The demo configuration, embedded so the demo needs no files at run time.
-pub const DEMO_YAML: &str = include_str!("../../examples/demo.yaml");
+pub const DEMO_YAML: &str = include_str!("../../../examples/demo.yaml");
 
 /// The ports in `examples/demo.yaml`: admin, HTTP listener, TCP listener, upstream.
 const PORTS: [u16; 4] = [9901, 10000, 10001, 18080];
@@ -110,7 +111,10 @@ fn parse(args: &[String]) -> Result<Options> {
                 None => bail!("--port-offset needs a number"),
             },
             other => {
-                bail!("unknown demo option `{other}` (known: --keep, --bin PATH, --port-offset N)")
+                bail!(
+                    "unknown demo --http option `{other}` (known: --keep, --bin PATH, \
+                     --port-offset N)"
+                )
             }
         }
     }
