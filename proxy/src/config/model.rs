@@ -95,9 +95,15 @@ impl Listener {
     /// each step the chains naming a matching value win over those that name none. None:
     /// no chain matches and there is no default chain.
     pub fn select_chain(&self, local: SocketAddr) -> Option<ChainChoice> {
+        let chains = &self.filter_chains;
+        // The common case, one chain matching everything: no per-connection work.
+        if let [(m, _)] = chains.as_slice() {
+            if m.destination_port.is_none() && m.prefix_ranges.is_empty() {
+                return Some(ChainChoice::Index(0));
+            }
+        }
         let ip = local.ip().to_canonical();
         let port = local.port();
-        let chains = &self.filter_chains;
         let mut cands: Vec<usize> = (0..chains.len()).collect();
         if cands
             .iter()
