@@ -13,6 +13,11 @@
  * pod's addresses to the proxy's inbound listener, which sockops put into skiff_listeners
  * when it called listen(). The connection keeps its destination (the listener's accepted
  * socket has it as local address) and its source.
+ *
+ * Optionally (pods enrolled with --sk-msg), sockops puts both sockets of each local hop
+ * (the application and the proxy's outbound port; the proxy from 127.0.0.6 and the
+ * application) into skiff_socks, and skiff_sk_msg hands each message straight to the peer's
+ * receive queue, past the loopback TCP stack.
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -79,9 +84,30 @@ struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, 8192);
 	__type(key, struct skiff_listener_key);
-	__type(value, __u64);
+	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } skiff_listeners SEC(".maps");
+
+/* The local sockets of redirected hops (app <-> proxy on loopback), for pods enrolled
+ * with sk_msg: skiff_sk_msg hands a message straight to the peer's receive queue. The
+ * kernel takes a socket out when it closes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, struct skiff_sock_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} skiff_socks SEC(".maps");
+
+/* Set on a socket of skiff_socks once one of its messages went through TCP: from then on
+ * all of them do, so the peer never reads a redirected message before an earlier one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} skiff_sk_msg_tcp SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -163,6 +189,14 @@ static __always_inline int is_inbound_passthrough(const __u8 a[16])
 		if (a[i])
 			return 0;
 	return a[15] == 6;
+}
+
+/* 127.0.0.6 or ::6: the proxy's side of its connection to the application. */
+static __always_inline int is_passthrough_source(const __u8 a[16])
+{
+	if (is_v4_mapped(a))
+		return a[12] == 127 && a[13] == 0 && a[14] == 0 && a[15] == 6;
+	return is_inbound_passthrough(a);
 }
 
 static __always_inline int same_ip(const __u8 a[16], const __u8 b[16])
@@ -364,6 +398,19 @@ static __always_inline void pick_addr(__u8 out[16], __u32 family, __u32 v4, __u3
 	}
 }
 
+/* Puts a socket of a local hop into skiff_socks, keyed as it sees itself. */
+static __always_inline void sk_msg_insert(struct bpf_sock_ops *skops, __u64 netns,
+					  const __u8 local[16], const __u8 remote[16],
+					  __u16 local_port, __u16 remote_port)
+{
+	struct skiff_sock_key k = {.netns = netns, .local_port = local_port,
+				   .remote_port = remote_port};
+	__builtin_memcpy(k.local_ip, local, 16);
+	__builtin_memcpy(k.remote_ip, remote, 16);
+	if (bpf_sock_hash_update(skops, &skiff_socks, &k, BPF_NOEXIST) == 0)
+		count(SKIFF_S_SK_MSG_SOCKETS);
+}
+
 SEC("sockops")
 int skiff_sockops(struct bpf_sock_ops *skops)
 {
@@ -376,33 +423,39 @@ int skiff_sockops(struct bpf_sock_ops *skops)
 	if (!pod)
 		return 1;
 	__u16 local_port = (__u16)skops->local_port;
-	__u16 remote_port = (__u16)bpf_ntohl(skops->remote_port);
-	struct skiff_tuple t = {};
-	__u8 local[16], remote[16];
 	__u32 family = LOAD(skops->family);
-	pick_addr(local, family, LOAD(skops->local_ip4), LOAD(skops->local_ip6[0]),
-		  LOAD(skops->local_ip6[1]), LOAD(skops->local_ip6[2]), LOAD(skops->local_ip6[3]));
-	pick_addr(remote, family, LOAD(skops->remote_ip4), LOAD(skops->remote_ip6[0]),
-		  LOAD(skops->remote_ip6[1]), LOAD(skops->remote_ip6[2]),
-		  LOAD(skops->remote_ip6[3]));
-
-	switch (op) {
-	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+	if (op == BPF_SOCK_OPS_TCP_LISTEN_CB) {
 		/* The proxy's inbound listener: sk_lookup hands it the pod's connections. */
 		if (local_port == pod->inbound_port) {
 			struct skiff_listener_key k = {.netns = netns, .family = family};
 			if (bpf_sock_hash_update(skops, &skiff_listeners, &k, BPF_ANY) == 0)
 				count(SKIFF_S_LISTENER_REGISTERED);
 		}
-		break;
+		return 1;
+	}
+	__u16 remote_port = (__u16)bpf_ntohl(skops->remote_port);
+	struct skiff_tuple t = {};
+	__u8 local[16], remote[16];
+	pick_addr(local, family, LOAD(skops->local_ip4), LOAD(skops->local_ip6[0]),
+		  LOAD(skops->local_ip6[1]), LOAD(skops->local_ip6[2]), LOAD(skops->local_ip6[3]));
+	pick_addr(remote, family, LOAD(skops->remote_ip4), LOAD(skops->remote_ip6[0]),
+		  LOAD(skops->remote_ip6[1]), LOAD(skops->remote_ip6[2]),
+		  LOAD(skops->remote_ip6[3]));
+	int sk_msg = pod->flags & SKIFF_F_SK_MSG;
+
+	switch (op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
 		/* The application's redirected socket: publish its destination. */
 		struct bpf_sock *sk = skops->sk;
 		if (!sk)
 			break;
 		struct skiff_orig *o = bpf_sk_storage_get(&skiff_sk_dst, sk, 0, 0);
-		if (!o)
+		if (!o) {
+			/* The proxy's connection to the application: the other local hop. */
+			if (sk_msg && is_passthrough_source(local))
+				sk_msg_insert(skops, netns, local, remote, local_port, remote_port);
 			break;
+		}
 		t.netns = netns;
 		__builtin_memcpy(t.client_ip, local, 16);
 		__builtin_memcpy(t.proxy_ip, remote, 16);
@@ -411,12 +464,20 @@ int skiff_sockops(struct bpf_sock_ops *skops)
 		struct skiff_orig v = *o;
 		if (bpf_map_update_elem(&skiff_orig_dst, &t, &v, BPF_ANY) == 0)
 			count(SKIFF_S_ORIG_RECORDED);
+		if (sk_msg)
+			sk_msg_insert(skops, netns, local, remote, local_port, remote_port);
 		break;
 	}
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		/* The proxy's side of a redirected connection: forget it when it closes. */
-		if (local_port == pod->outbound_port)
+		if (local_port == pod->outbound_port) {
+			/* The proxy's side of a redirected connection: forget it when it closes. */
 			bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+			if (sk_msg && is_loopback(remote))
+				sk_msg_insert(skops, netns, local, remote, local_port, remote_port);
+		} else if (sk_msg && is_passthrough_source(remote)) {
+			/* The application's side of the proxy's connection to it. */
+			sk_msg_insert(skops, netns, local, remote, local_port, remote_port);
+		}
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] != BPF_TCP_CLOSE || local_port != pod->outbound_port)
@@ -431,6 +492,43 @@ int skiff_sockops(struct bpf_sock_ops *skops)
 		break;
 	}
 	return 1;
+}
+
+/*
+ * A message sent on a socket of skiff_socks goes straight into its peer's receive queue
+ * when the peer is there too. A socket whose peer was not there yet (the application can
+ * write before the proxy's side is established) keeps TCP for good, so its peer never
+ * sees messages out of order.
+ */
+SEC("sk_msg")
+int skiff_sk_msg(struct sk_msg_md *msg)
+{
+	struct bpf_sock *sk = msg->sk;
+	if (!sk)
+		return SK_PASS;
+	__u32 *tcp = bpf_sk_storage_get(&skiff_sk_msg_tcp, sk, 0, 0);
+	if (tcp && *tcp) {
+		count(SKIFF_S_SK_MSG_PASSED);
+		return SK_PASS;
+	}
+	__u32 family = LOAD(msg->family);
+	struct skiff_sock_key peer = {};
+	peer.netns = bpf_get_netns_cookie(msg);
+	pick_addr(peer.local_ip, family, LOAD(msg->remote_ip4), LOAD(msg->remote_ip6[0]),
+		  LOAD(msg->remote_ip6[1]), LOAD(msg->remote_ip6[2]), LOAD(msg->remote_ip6[3]));
+	pick_addr(peer.remote_ip, family, LOAD(msg->local_ip4), LOAD(msg->local_ip6[0]),
+		  LOAD(msg->local_ip6[1]), LOAD(msg->local_ip6[2]), LOAD(msg->local_ip6[3]));
+	peer.local_port = (__u16)bpf_ntohl(LOAD(msg->remote_port));
+	peer.remote_port = (__u16)LOAD(msg->local_port);
+	if (bpf_msg_redirect_hash(msg, &skiff_socks, &peer, BPF_F_INGRESS) == SK_PASS) {
+		count(SKIFF_S_SK_MSG_REDIRECTED);
+		return SK_PASS;
+	}
+	tcp = bpf_sk_storage_get(&skiff_sk_msg_tcp, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (tcp)
+		*tcp = 1;
+	count(SKIFF_S_SK_MSG_PASSED);
+	return SK_PASS;
 }
 
 /* Writes a sockaddr for SO_ORIGINAL_DST; returns 0 when the caller's buffer is too small. */

@@ -21,6 +21,7 @@
 #define SKIFF_F_OUT_ALL_CIDRS (1u << 0) /* -i '*' */
 #define SKIFF_F_IN_ALL_PORTS (1u << 1)  /* -b '*' */
 #define SKIFF_F_EVENTS (1u << 2)        /* send events to the ring buffer */
+#define SKIFF_F_SK_MSG (1u << 3)        /* short-circuit local hops with sk_msg */
 
 /* An address range; IPv4 ranges are v4-mapped with 96 added to the prefix. */
 struct skiff_cidr {
@@ -83,6 +84,18 @@ struct skiff_listener_key {
 	__u32 pad;
 };
 
+/* A local TCP socket as it sees itself. Key of skiff_socks, the sockhash sk_msg
+ * redirects through: a socket finds its peer under its own key with the two ends
+ * swapped. */
+struct skiff_sock_key {
+	__u64 netns;
+	__u8 local_ip[16];
+	__u8 remote_ip[16];
+	__u16 local_port;
+	__u16 remote_port;
+	__u32 pad;
+};
+
 /* skiff_event.kind */
 enum skiff_event_kind {
 	SKIFF_EV_REDIRECTED = 1,
@@ -136,6 +149,9 @@ enum skiff_stat {
 	SKIFF_S_LISTENER_REGISTERED,
 	SKIFF_S_EVENTS_DROPPED,
 	SKIFF_S_STORAGE_FAILED,
+	SKIFF_S_SK_MSG_SOCKETS,    /* sockets put into skiff_socks */
+	SKIFF_S_SK_MSG_REDIRECTED, /* messages handed straight to the peer socket */
+	SKIFF_S_SK_MSG_PASSED,     /* messages sent through TCP: no peer (yet) */
 	SKIFF_S_MAX,
 };
 

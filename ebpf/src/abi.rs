@@ -17,6 +17,8 @@ pub const F_OUT_ALL_CIDRS: u32 = 1 << 0;
 pub const F_IN_ALL_PORTS: u32 = 1 << 1;
 /// Kernel events go to the ring buffer.
 pub const F_EVENTS: u32 = 1 << 2;
+/// Local hops are short-circuited with sk_msg.
+pub const F_SK_MSG: u32 = 1 << 3;
 
 /// `struct skiff_cidr`: IPv4 v4-mapped, its prefix plus 96.
 #[repr(C)]
@@ -88,6 +90,18 @@ pub struct ListenerKey {
     pub pad: u32,
 }
 
+/// `struct skiff_sock_key`: a local socket as it sees itself (key of `skiff_socks`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SockKey {
+    pub netns: u64,
+    pub local_ip: [u8; 16],
+    pub remote_ip: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub pad: u32,
+}
+
 /// `struct skiff_event`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -109,6 +123,7 @@ unsafe impl aya::Pod for Tuple {}
 unsafe impl aya::Pod for Orig {}
 unsafe impl aya::Pod for ListenerKey {}
 unsafe impl aya::Pod for Event {}
+unsafe impl aya::Pod for SockKey {}
 
 /// The per-CPU counters of `skiff_stats`, in `enum skiff_stat` order, with the names
 /// `skiff ebpf status` prints.
@@ -133,6 +148,9 @@ pub const STATS: &[&str] = &[
     "inbound_listener_registered",
     "events_dropped",
     "socket_storage_failed",
+    "sk_msg_sockets",
+    "sk_msg_redirected",
+    "sk_msg_passed",
 ];
 
 /// `enum skiff_event_kind`, as a word.
@@ -192,6 +210,7 @@ mod tests {
             Orig = "skiff_orig" { ip, port, family, pad }
             ListenerKey = "skiff_listener_key" { netns, family, pad }
             Event = "skiff_event" { netns, kind, reason, ip, port, pad, pid }
+            SockKey = "skiff_sock_key" { netns, local_ip, remote_ip, local_port, remote_port, pad }
         };
         let dir = std::env::temp_dir().join(format!("skiff-abi-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");

@@ -78,6 +78,11 @@ pub struct PodArgs {
     /// Send kernel events to the ring buffer (`skiff ebpf events` prints them).
     #[arg(long)]
     pub events: bool,
+    /// Short-circuit the pod's local hops (application to proxy and back, on loopback)
+    /// with sk_msg: bytes go straight into the peer socket's receive queue. Off by default;
+    /// see BENCHMARKS.md before switching it on.
+    #[arg(long = "sk-msg", env = "SKIFF_SK_MSG")]
+    pub sk_msg: bool,
 }
 
 impl PodArgs {
@@ -86,6 +91,7 @@ impl PodArgs {
         let opts = PodOptions {
             mark: self.mark,
             events: self.events,
+            sk_msg: self.sk_msg,
         };
         // Fail on limits before anything is attached.
         crate::pod_config(&capture, &opts, &[])?;

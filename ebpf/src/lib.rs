@@ -11,6 +11,9 @@
 //! | `maps/skiff_listeners` | each pod's inbound listener, for sk_lookup |
 //! | `maps/skiff_stats` | per-CPU counters |
 //! | `maps/skiff_events` | the ring buffer of kernel events |
+//! | `maps/skiff_socks` | the local sockets sk_msg short-circuits (pods enrolled with `--sk-msg`) |
+//! | `maps/skiff_sk_msg_tcp` | per-socket: this one keeps TCP (its first message found no peer) |
+//! | `sk_msg` | the sk_msg program's attachment to `skiff_socks` (a link) |
 //! | `cgroup/<cgroup id>/{connect4,connect6,sockops,getsockopt}` | the cgroup attachments (links) |
 //! | `netns/<netns cookie>/sk_lookup` | a pod's inbound attachment (link) |
 
@@ -27,9 +30,9 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf, SockHash};
 use aya::programs::{
-    links::FdLink, CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkLookup, SockOps,
+    links::FdLink, CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkLookup, SkMsg, SockOps,
 };
 use aya::{Ebpf, EbpfLoader};
 use skiff_iptables::{Capture, Select};
@@ -48,14 +51,19 @@ pub const CGROUP_PROGRAMS: [(&str, &str); 4] = [
     ("skiff_getsockopt", "getsockopt"),
 ];
 
-const MAPS: [&str; 6] = [
+const MAPS: [&str; 8] = [
     "skiff_pods",
     "skiff_orig_dst",
     "skiff_sk_dst",
     "skiff_listeners",
     "skiff_stats",
     "skiff_events",
+    "skiff_socks",
+    "skiff_sk_msg_tcp",
 ];
+
+/// The pin of the sk_msg program's attachment to `skiff_socks`.
+const SK_MSG_PIN: &str = "sk_msg";
 
 /// What went wrong, said plainly; nothing half-done is left behind where it can be avoided.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +207,20 @@ pub(crate) fn cgroup(path: &Path) -> Result<(File, u64), Error> {
     Ok((f, id))
 }
 
+/// Loads a cgroup program of aya type `$ty`, attaches it to `$cg` and hands back the link,
+/// to be pinned (aya's program types share no trait for this).
+macro_rules! cgroup_link {
+    ($ty:ty, $program:expr, $cg:expr, $what:expr) => {{
+        let p: &mut $ty = $program.try_into().map_err(|e| err_chain($what, &e))?;
+        p.load().map_err(|e| err_chain($what, &e))?;
+        let id = p
+            .attach($cg, CgroupAttachMode::Single)
+            .map_err(|e| err_chain($what, &e))?;
+        let l = p.take_link(id).map_err(|e| err_chain($what, &e))?;
+        FdLink::try_from(l).map_err(|e| err_chain($what, &e))?
+    }};
+}
+
 /// Attaches the cgroup programs to `cgroup`; false when they already were (nothing changed).
 pub fn attach_cgroup(path: &Path) -> Result<bool, Error> {
     let (cg, id) = cgroup(path)?;
@@ -218,25 +240,8 @@ pub fn attach_cgroup(path: &Path) -> Result<bool, Error> {
             .program_mut(prog)
             .ok_or_else(|| Error(format!("{prog} missing from the object")))?;
         let link: FdLink = match *name {
-            "connect4" | "connect6" => {
-                let p: &mut CgroupSockAddr =
-                    program.try_into().map_err(|e| err_chain(&what, &e))?;
-                p.load().map_err(|e| err_chain(&what, &e))?;
-                let id = p
-                    .attach(&cg, CgroupAttachMode::Single)
-                    .map_err(|e| err_chain(&what, &e))?;
-                let l = p.take_link(id).map_err(|e| err_chain(&what, &e))?;
-                l.try_into().map_err(|e| err_chain(&what, &e))?
-            }
-            "sockops" => {
-                let p: &mut SockOps = program.try_into().map_err(|e| err_chain(&what, &e))?;
-                p.load().map_err(|e| err_chain(&what, &e))?;
-                let id = p
-                    .attach(&cg, CgroupAttachMode::Single)
-                    .map_err(|e| err_chain(&what, &e))?;
-                let l = p.take_link(id).map_err(|e| err_chain(&what, &e))?;
-                l.try_into().map_err(|e| err_chain(&what, &e))?
-            }
+            "connect4" | "connect6" => cgroup_link!(CgroupSockAddr, program, &cg, &what),
+            "sockops" => cgroup_link!(SockOps, program, &cg, &what),
             _ => {
                 // aya cannot hand out a cgroup/getsockopt link as an FdLink: create and pin
                 // this one with the bpf(2) commands directly.
@@ -291,6 +296,8 @@ pub struct PodOptions {
     pub mark: u32,
     /// Send kernel events to the ring buffer.
     pub events: bool,
+    /// Short-circuit local hops with sk_msg.
+    pub sk_msg: bool,
 }
 
 fn mapped(ip: IpAddr) -> [u8; 16] {
@@ -363,6 +370,9 @@ pub fn pod_config(c: &Capture, o: &PodOptions, addresses: &[IpAddr]) -> Result<a
     if o.events {
         p.flags |= abi::F_EVENTS;
     }
+    if o.sk_msg {
+        p.flags |= abi::F_SK_MSG;
+    }
     p.n_uids = fill_ids("proxy-uid", &c.uids, &mut p.uids)?;
     p.n_gids = fill_ids("proxy-gid", &c.gids, &mut p.gids)?;
     match &c.inbound_ports {
@@ -425,10 +435,13 @@ pub fn enroll(path: &Path, c: &Capture, o: &PodOptions) -> Result<Enrolled, Erro
     if !root().join("maps").join("skiff_pods").exists() {
         drop(load(None)?); // creates and pins the maps
     }
+    // Before the pod's flag: a socket put into skiff_socks takes the programs attached to
+    // the map at that moment.
+    let mut changed = o.sk_msg && attach_sk_msg()?;
     let mut pods = pods_map()?;
     let before = pods.get(&info.cookie, 0).ok();
-    let mut changed = before != Some(pod);
-    if changed {
+    if before != Some(pod) {
+        changed = true;
         pods.insert(info.cookie, pod, 0)
             .map_err(|e| err_chain("writing skiff_pods", &e))?;
     }
@@ -451,6 +464,47 @@ pub fn enroll(path: &Path, c: &Capture, o: &PodOptions) -> Result<Enrolled, Erro
         addresses: info.addresses,
         changed,
     })
+}
+
+/// Attaches the sk_msg program to `skiff_socks`; false when it already was.
+fn attach_sk_msg() -> Result<bool, Error> {
+    let path = root().join(SK_MSG_PIN);
+    if path.exists() {
+        return Ok(false);
+    }
+    let what = "attaching skiff_sk_msg to skiff_socks";
+    let mut bpf = load(None)?;
+    let map = {
+        let m = bpf
+            .map("skiff_socks")
+            .ok_or_else(|| Error("skiff_socks missing from the object".into()))?;
+        let h: SockHash<&MapData, abi::SockKey> =
+            SockHash::try_from(m).map_err(|e| err_chain(what, &e))?;
+        h.fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| err(what, e))?
+    };
+    let program = bpf
+        .program_mut("skiff_sk_msg")
+        .ok_or_else(|| Error("skiff_sk_msg missing from the object".into()))?;
+    let p: &mut SkMsg = program.try_into().map_err(|e| err_chain(what, &e))?;
+    p.load().map_err(|e| err_chain(what, &e))?;
+    let prog = p.fd().map_err(|e| err_chain(what, &e))?;
+    match sys::link_create(prog.as_fd(), map.as_fd(), sys::BPF_SK_MSG_VERDICT) {
+        Ok(link) => sys::obj_pin(link.as_fd(), &path)
+            .map_err(|e| err(format!("pinning {}", path.display()), e)),
+        // Before Linux 6.10 a sockmap takes programs only by BPF_PROG_ATTACH; the map then
+        // holds the program for as long as it lives, and the pin names it.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            sys::prog_attach(prog.as_fd(), map.as_fd(), sys::BPF_SK_MSG_VERDICT)
+                .map_err(|e| err(what, e))?;
+            p.pin(&path)
+                .map_err(|e| err_chain(format!("pinning {}", path.display()), &e))
+        }
+        Err(e) => Err(err(what, e)),
+    }?;
+    Ok(true)
 }
 
 /// Removes a namespace's enrolment, its inbound attachment and its recorded connections;
@@ -504,6 +558,11 @@ pub fn remove_unused() -> Result<bool, Error> {
     if busy("cgroup") || busy("netns") {
         return Ok(false);
     }
+    let sk_msg = root().join(SK_MSG_PIN);
+    if sk_msg.exists() {
+        std::fs::remove_file(&sk_msg)
+            .map_err(|e| err(format!("unpinning {}", sk_msg.display()), e))?;
+    }
     for m in MAPS {
         let p = root().join("maps").join(m);
         if p.exists() {
@@ -527,6 +586,10 @@ pub struct Status {
     pub counters: BTreeMap<&'static str, u64>,
     /// Live entries of `skiff_orig_dst`.
     pub orig_dst_entries: usize,
+    /// Inbound listeners registered for sk_lookup: (netns cookie, address family).
+    pub listeners: Vec<(u64, u32)>,
+    /// Sockets in `skiff_socks` (open local hops sk_msg short-circuits).
+    pub sk_msg_sockets: usize,
 }
 
 /// Reads the pins, the enrolled namespaces and the counters.
@@ -573,6 +636,22 @@ pub fn status() -> Result<Status, Error> {
         BpfHashMap::try_from(Map::LruHashMap(pinned_map("skiff_orig_dst")?))
             .map_err(|e| err_chain("skiff_orig_dst", &e))?;
     s.orig_dst_entries = orig.keys().flatten().count();
+    let listeners: SockHash<MapData, abi::ListenerKey> =
+        SockHash::try_from(Map::SockHash(pinned_map("skiff_listeners")?))
+            .map_err(|e| err_chain("skiff_listeners", &e))?;
+    s.listeners = listeners
+        .keys()
+        .flatten()
+        .map(|k| (k.netns, k.family))
+        .collect();
+    s.listeners.sort_unstable();
+    // Older pins (before sk_msg) have no skiff_socks.
+    if root().join("maps").join("skiff_socks").exists() {
+        let socks: SockHash<MapData, abi::SockKey> =
+            SockHash::try_from(Map::SockHash(pinned_map("skiff_socks")?))
+                .map_err(|e| err_chain("skiff_socks", &e))?;
+        s.sk_msg_sockets = socks.keys().flatten().count();
+    }
     Ok(s)
 }
 
@@ -587,19 +666,37 @@ impl std::fmt::Display for Status {
         }
         writeln!(f, "enrolled network namespaces: {}", self.pods.len())?;
         for (cookie, p) in &self.pods {
+            let families: Vec<&str> = self
+                .listeners
+                .iter()
+                .filter(|(c, _)| c == cookie)
+                .map(|(_, fam)| if *fam == 2 { "IPv4" } else { "IPv6" })
+                .collect();
+            let listener = if families.is_empty() {
+                "not registered (start the proxy after attaching)".to_string()
+            } else {
+                format!("registered ({})", families.join(", "))
+            };
             writeln!(
                 f,
-                "  netns {cookie}: outbound {} inbound {} addresses {}",
+                "  netns {cookie}: outbound {} inbound {} addresses {}{}",
                 p.outbound_port,
                 p.inbound_port,
-                describe_ips(p)
+                describe_ips(p),
+                if p.flags & abi::F_SK_MSG != 0 {
+                    " sk_msg"
+                } else {
+                    ""
+                }
             )?;
+            writeln!(f, "    inbound listener: {listener}")?;
         }
         writeln!(
             f,
             "original destinations recorded: {}",
             self.orig_dst_entries
         )?;
+        writeln!(f, "sk_msg sockets: {}", self.sk_msg_sockets)?;
         writeln!(f, "counters:")?;
         for (name, v) in &self.counters {
             writeln!(f, "  {name}: {v}")?;

@@ -1,5 +1,5 @@
-//! The two bpf(2) commands aya does not expose for every program type: creating a link and
-//! pinning it.
+//! The bpf(2) commands aya does not expose for every program type: creating a link, pinning
+//! it, and attaching a program to a sockmap without aya's detach-on-drop.
 #![allow(unsafe_code)] // the bpf(2) system call
 
 use std::io;
@@ -7,10 +7,13 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_LINK_CREATE: libc::c_long = 28;
 /// `enum bpf_attach_type`: BPF_CGROUP_GETSOCKOPT.
 pub const BPF_CGROUP_GETSOCKOPT: u32 = 21;
+/// `enum bpf_attach_type`: BPF_SK_MSG_VERDICT.
+pub const BPF_SK_MSG_VERDICT: u32 = 7;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> io::Result<libc::c_long> {
     // SAFETY: attr is a zero-padded bpf_attr of 64 bytes for the command.
@@ -42,6 +45,20 @@ pub fn link_create(
     let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
     // SAFETY: the kernel returned a new descriptor we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// BPF_PROG_ATTACH of `prog` to `target` (a sockmap) for `attach_type`.
+pub fn prog_attach(
+    prog: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<()> {
+    let mut attr = [0u64; 8];
+    // struct { __u32 target_fd; __u32 attach_bpf_fd; __u32 attach_type; __u32 attach_flags; }
+    attr[0] = u64::from(target.as_raw_fd() as u32) | (u64::from(prog.as_raw_fd() as u32) << 32);
+    attr[1] = u64::from(attach_type);
+    bpf(BPF_PROG_ATTACH, &mut attr)?;
+    Ok(())
 }
 
 /// BPF_OBJ_PIN of `fd` at `path` on a BPF filesystem.

@@ -153,7 +153,8 @@ fn bpftool_json(args: &[&str]) -> Value {
 /// [::] (dual stack) on each port. An `http` port answers every request with the peer it saw
 /// (`peer=<ip> port=<port> local=<ip>:<port>`) and logs `REQUEST <port> peer=<ip>:<port>`; a
 /// `tcp` port writes `ok\n` and closes; a `hold` port keeps each connection open until the
-/// client closes it.
+/// client closes it; an `echo` port sends back every byte until the client half-closes, then
+/// half-closes too.
 const SERVER_PY: &str = r#"
 import socket, socketserver, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -194,7 +195,19 @@ def drain(c):
         pass
     c.close()
 
-def tcp_server(port, hold):
+def echo(c):
+    try:
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+        c.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    c.close()
+
+def tcp_server(port, kind):
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -202,8 +215,8 @@ def tcp_server(port, hold):
     s.listen(4096)
     while True:
         c, _ = s.accept()
-        if hold:
-            threading.Thread(target=drain, args=(c,), daemon=True).start()
+        if kind in ("hold", "echo"):
+            threading.Thread(target=drain if kind == "hold" else echo, args=(c,), daemon=True).start()
             continue
         try:
             c.sendall(b"ok\n")
@@ -216,7 +229,7 @@ for spec in sys.argv[1:]:
     if kind == "http":
         threading.Thread(target=Http(("::", int(port)), Handler).serve_forever, daemon=True).start()
     else:
-        threading.Thread(target=tcp_server, args=(int(port), kind == "hold"), daemon=True).start()
+        threading.Thread(target=tcp_server, args=(int(port), kind), daemon=True).start()
 print("listening", flush=True)
 threading.Event().wait()
 "#;
@@ -261,6 +274,55 @@ for t in threads:
 for t in threads:
     t.join()
 print(f"ok={state['ok']} failed={total - state['ok']} seconds={time.time() - t0:.1f} errors={errors}")
+"#;
+
+/// `echo.py <host> <port> <bytes> <connections>`: on each connection (all at once) sends that
+/// many random bytes in writes of varying sizes while reading, half-closes, reads to the end
+/// and compares; prints `ok=<n> of=<n> local=<addresses> got=<byte counts of failures>`.
+const ECHO_PY: &str = r#"
+import os, socket, sys, threading
+host, port, size, conns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+out = {}
+
+def one(i):
+    data = os.urandom(size)
+    try:
+        s = socket.create_connection((host, port), timeout=30)
+    except OSError as e:
+        out[i] = ("-", False, repr(e))
+        return
+    local = s.getsockname()[0]
+    def send():
+        view, n, k = memoryview(data), 0, 1
+        while n < size:
+            step = min(size - n, (k * 7919) % 65536 + 1)
+            s.sendall(view[n:n + step])
+            n, k = n + step, k + 1
+        s.shutdown(socket.SHUT_WR)
+    t = threading.Thread(target=send)
+    t.start()
+    got = bytearray()
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+    except OSError as e:
+        got += repr(e).encode()
+    t.join()
+    s.close()
+    out[i] = (local, bytes(got) == data, len(got))
+
+threads = [threading.Thread(target=one, args=(i,)) for i in range(conns)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+ok = sum(1 for v in out.values() if v[1])
+local = ",".join(sorted({v[0] for v in out.values()}))
+bad = [v[2] for v in out.values() if not v[1]]
+print(f"ok={ok} of={conns} local={local} got={bad}")
 "#;
 
 /// What `curl` saw: the status, the body, and the socket's own address (127.0.0.1 when the
@@ -492,6 +554,28 @@ impl Pod {
         }
         self.spawn(Some(PROXY_UID), &args, "proxy.log");
         self.pod.wait_ready(kind.name(), "proxy.log");
+    }
+
+    /// Runs `echo.py` against `host:port` from the pod's app (`from_pod`) or from the remote
+    /// host; its summary line.
+    fn echo(&self, from_pod: bool, host: &str, port: u16, bytes: usize, conns: usize) -> String {
+        let ns = if from_pod { &self.pod } else { &self.remote };
+        let script = ns.dir.join("echo.py");
+        std::fs::write(&script, ECHO_PY).expect("write echo.py");
+        let args = [
+            "python3",
+            script.to_str().expect("path"),
+            host,
+            &port.to_string(),
+            &bytes.to_string(),
+            &conns.to_string(),
+        ];
+        let mut cmd = if from_pod {
+            self.command(None, &args)
+        } else {
+            ns.command(&args)
+        };
+        text(&cmd.output().expect("run echo.py")).trim().to_string()
     }
 
     /// A counter from the proxy's admin.
@@ -787,6 +871,11 @@ fn outbound_over_ipv4_ipv6_and_v4_mapped_goes_through_skiff() {
                 "skiff's own connects"
             );
             assert_eq!(grew(&before, "outbound_loop_refused"), 0);
+            assert_eq!(
+                grew(&before, "sk_msg_sockets"),
+                0,
+                "sk_msg is off by default"
+            );
         },
     )
 }
@@ -1215,7 +1304,7 @@ fn second_attach_is_a_no_op_and_detach_leaves_nothing_behind() {
                     bpftool_json(&["map", "show", "pinned", path.to_str()?])["id"].as_u64()
                 })
                 .collect();
-            assert_eq!(map_ids.len(), 6, "six pinned maps");
+            assert_eq!(map_ids.len(), 8, "eight pinned maps");
 
             let second = p.attach(CAPTURE_ALL);
             assert!(second.contains("already enrolled"), "{second}");
@@ -1354,6 +1443,111 @@ fn run_validation_passes_when_capture_works_and_fails_when_not() {
                 text(&out).contains("validation failed: no connection to 203.0.113.1:15002"),
                 "{}",
                 text(&out)
+            );
+        },
+    );
+}
+
+/// `--sk-msg`: both sockets of each local hop (the app and skiff's outbound port; skiff from
+/// 127.0.0.6 and the app) go into `skiff_socks`, and messages between them skip the loopback
+/// TCP stack. Every byte arrives, in order, both ways, through concurrent connections that write
+/// while they read and half-close; plain requests still work; the sockets leave the map when
+/// they close; `skiff ebpf status` names the registered inbound listener; detach removes the
+/// sk_msg attachment with everything else.
+#[test]
+fn sk_msg_short_circuits_local_hops_and_keeps_every_byte() {
+    ebpf_test(
+        "sk_msg_short_circuits_local_hops_and_keeps_every_byte",
+        Duration::from_secs(90),
+        || {
+            const BYTES: usize = 4 << 20;
+            const CONNS: usize = 4;
+            let mut p = Pod::new(9);
+            p.start_upstream(&["echo:7000", "http:8080"]);
+            p.start_app(&["echo:7001", "http:9090"]);
+            let status = ebpf_status();
+            assert!(!status.contains("sk_msg"), "nothing before: {status}");
+            let cookie = Pod::cookie(&p.attach(&["-i", "*", "-b", "*", "--sk-msg"]));
+            assert!(
+                Path::new(PIN_ROOT).join("sk_msg").exists(),
+                "the sk_msg attachment is pinned"
+            );
+            let status = ebpf_status();
+            assert!(
+                status.contains("inbound listener: not registered"),
+                "no proxy yet: {status}"
+            );
+            p.start_proxy(Kind::Skiff, &observed_capture_config());
+            let status = ebpf_status();
+            assert!(
+                status.contains(&format!("netns {cookie}: ")) && status.contains(" sk_msg\n"),
+                "{status}"
+            );
+            assert!(
+                status.contains("inbound listener: registered (IPv4, IPv6)"),
+                "{status}"
+            );
+            let (pod4, remote4) = (p.pod_ip(), p.remote_ip());
+
+            // Outbound: app -> skiff is the local hop.
+            let before = counters();
+            let out = p.echo(true, &remote4, 7000, BYTES, CONNS);
+            assert_eq!(
+                out,
+                format!("ok={CONNS} of={CONNS} local=127.0.0.1 got=[]"),
+                "every byte back, through skiff"
+            );
+            assert_eq!(p.stat("tcp.outbound.downstream_cx_total"), CONNS as u64);
+            assert!(grew(&before, "sk_msg_sockets") >= 2 * CONNS as u64);
+            let redirected = grew(&before, "sk_msg_redirected");
+            assert!(redirected > 0, "messages were short-circuited");
+            eprintln!(
+                "outbound: {redirected} messages short-circuited, {} sent through TCP",
+                grew(&before, "sk_msg_passed")
+            );
+
+            // A request over the same path.
+            let c = p.curl(None, &format!("http://{remote4}:8080/"));
+            assert_eq!(c.code, "200", "{c:?}");
+            assert_eq!(c.local_ip, "127.0.0.1", "redirected: {c:?}");
+            assert_eq!(c.peer().0, pod4);
+
+            // Inbound: skiff (from 127.0.0.6) -> app is the local hop.
+            let before = counters();
+            let out = p.echo(false, &pod4, 7001, BYTES, CONNS);
+            assert_eq!(
+                out,
+                format!("ok={CONNS} of={CONNS} local={remote4} got=[]"),
+                "every byte back, through skiff"
+            );
+            assert_eq!(p.stat("tcp.inbound.downstream_cx_total"), CONNS as u64);
+            assert!(grew(&before, "sk_msg_sockets") >= 2 * CONNS as u64);
+            assert!(grew(&before, "sk_msg_redirected") > 0);
+            let c = p.remote_curl(&format!("http://{pod4}:9090/"));
+            assert_eq!(c.code, "200", "{c:?}");
+            assert_eq!(c.peer().0, "127.0.0.6", "the app is reached through skiff");
+
+            // Closed sockets leave the map.
+            wait_for(
+                || format!("sockets left in skiff_socks:\n{}", ebpf_status()),
+                Duration::from_secs(10),
+                || ebpf_status().contains("sk_msg sockets: 0\n"),
+            );
+
+            // Detach takes the sk_msg attachment and its program too.
+            let link = bpftool_json(&["link", "show", "pinned", &format!("{PIN_ROOT}/sk_msg")]);
+            let prog = link["prog_id"].as_u64().expect("the sk_msg link's program");
+            p.cg.kill_all();
+            let out = p.detach();
+            assert!(out.status.success(), "{}", text(&out));
+            assert!(
+                !Path::new(PIN_ROOT).join("sk_msg").exists(),
+                "detach removed the sk_msg pin"
+            );
+            wait_for(
+                || format!("the sk_msg program {prog} is still loaded"),
+                Duration::from_secs(5),
+                || !live_ids("prog").contains(&prog),
             );
         },
     );
