@@ -7,6 +7,7 @@
 mod config;
 mod load;
 mod report;
+mod sidecar;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -120,6 +121,8 @@ pub struct Run {
     pub results: Vec<(Row, Target, std::result::Result<Sample, String>)>,
     pub nginx_pid: u32,
     pub notes: Vec<String>,
+    /// The sidecar rows, when they ran.
+    pub sidecar: Option<sidecar::Results>,
 }
 
 #[derive(Clone, Debug)]
@@ -127,6 +130,8 @@ pub struct Options {
     pub reps: usize,
     pub duration: u64,
     pub rows: Vec<Row>,
+    /// The sidecar rows (they need root: by default only when running as root).
+    pub sidecar: Vec<sidecar::Row>,
     pub skiff: Option<PathBuf>,
     pub no_skiff: bool,
     pub write: bool,
@@ -137,6 +142,11 @@ fn parse(args: &[String]) -> Result<Options> {
         reps: 3,
         duration: 10,
         rows: Row::ALL.to_vec(),
+        sidecar: if process::is_root() {
+            sidecar::Row::ALL.to_vec()
+        } else {
+            Vec::new()
+        },
         skiff: None,
         no_skiff: false,
         write: false,
@@ -156,21 +166,29 @@ fn parse(args: &[String]) -> Result<Options> {
             "--no-skiff" => o.no_skiff = true,
             "--rows" => {
                 let list = value("--rows")?;
-                o.rows = list
-                    .split(',')
-                    .map(|id| {
-                        Row::ALL
-                            .into_iter()
-                            .find(|r| r.id() == id.trim())
-                            .ok_or_else(|| Error(format!("unknown row `{id}`")))
-                    })
-                    .collect::<Result<_>>()?;
+                o.rows.clear();
+                o.sidecar.clear();
+                for id in list.split(',').map(str::trim) {
+                    if let Some(r) = Row::ALL.into_iter().find(|r| r.id() == id) {
+                        o.rows.push(r);
+                    } else if let Some(r) = sidecar::Row::ALL.into_iter().find(|r| r.id() == id) {
+                        o.sidecar.push(r);
+                    } else {
+                        bail!("unknown row `{id}`");
+                    }
+                }
             }
             other => bail!("unknown bench option `{other}` (see cargo xtask help)"),
         }
     }
     if o.reps == 0 || o.duration == 0 {
         bail!("--reps and --duration must be at least 1");
+    }
+    if !o.sidecar.is_empty() && !process::is_root() {
+        bail!("the sidecar rows need root (network namespaces, cgroups, eBPF, iptables)");
+    }
+    if !o.sidecar.is_empty() && o.no_skiff {
+        bail!("the sidecar rows need skiff: leave out --no-skiff or choose other --rows");
     }
     Ok(o)
 }
@@ -232,7 +250,13 @@ pub fn run(args: &[String]) -> Result {
         results: Vec::new(),
         nginx_pid: nginx.pid(),
         notes,
+        sidecar: None,
     };
+    if opts.sidecar.is_empty() && !process::is_root() {
+        bench
+            .notes
+            .push("the sidecar rows were not measured: they need root".to_string());
+    }
     let targets = [Target::Direct, Target::Skiff, Target::Envoy];
     eprintln!(
         "bench: {} rows × {} targets × {} reps, {} s each (+1 s warm-up)",
@@ -266,12 +290,40 @@ pub fn run(args: &[String]) -> Result {
         }
     }
 
+    if !opts.sidecar.is_empty() {
+        eprintln!(
+            "bench: sidecar hop, {} rows × 7 paths × {} reps, {} s each (+1 s warm-up)",
+            opts.sidecar.len(),
+            opts.reps,
+            opts.duration
+        );
+        let r = sidecar::run(
+            &opts.sidecar,
+            opts.reps,
+            opts.duration,
+            skiff_bin.as_deref(),
+            &envoy,
+            tmp.path(),
+        )?;
+        bench.sidecar = Some(r);
+    }
+
     let table = report::table(&bench);
     println!("\n{table}");
+    if let Some(r) = &bench.sidecar {
+        println!("\n{}", sidecar::table(r));
+        for c in sidecar::comparisons(r) {
+            println!("- {c}");
+        }
+    }
     for n in &bench.notes {
         println!("- {n}");
     }
-    let failures = bench.results.iter().filter(|r| r.2.is_err()).count();
+    let failures = bench.results.iter().filter(|r| r.2.is_err()).count()
+        + bench
+            .sidecar
+            .as_ref()
+            .map_or(0, |r| r.samples.iter().filter(|s| s.3.is_err()).count());
     if opts.write {
         let path = crate::repo_root().join("BENCHMARKS.md");
         std::fs::write(&path, report::markdown(&bench, &table)?)?;

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use super::{load, proxy_flags, Row, Run, Sample, Target};
+use super::{load, proxy_flags, sidecar, Row, Run, Sample, Target};
 use crate::Result;
 
 /// One line of progress for a sample.
@@ -39,7 +39,7 @@ fn thousands(v: f64) -> String {
     out
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(super) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -207,7 +207,7 @@ Measured {date} (commit {commit}) on {nproc} CPUs ({model}), Linux {kernel}.
 {reps} of {d} s each; the peers alternate within each repetition (direct, skiff, Envoy,
 then again).
 
-{table}{notes}
+{table}{notes}{sidecar}
 How to read it:
 
 - **req/s, p50, p99** come from the load generator; p50/p99 for HTTP/2 come from h2load's
@@ -256,6 +256,10 @@ Upstream: nginx with `return 200 "ok"` on :{h1}, a 65,536-byte file at `/64k`, a
 </details>
 "#,
         envoy = run.envoy_version,
+        sidecar = run
+            .sidecar
+            .as_ref()
+            .map_or_else(String::new, |r| sidecar_section(r, d)),
         noise = super::NOISE_LIMIT * 100.0,
         retries = super::NOISE_RETRIES,
         invocation = {
@@ -278,4 +282,47 @@ Upstream: nginx with `return 200 "ok"` on :{h1}, a 65,536-byte file at `/64k`, a
         h2 = p.nginx_h2,
         yaml = run.yaml,
     ))
+}
+
+/// The sidecar-hop section of BENCHMARKS.md.
+fn sidecar_section(r: &sidecar::Results, secs: u64) -> String {
+    let mut cmp = String::new();
+    for c in sidecar::comparisons(r) {
+        cmp.push_str(&format!("- {c}\n"));
+    }
+    let mut notes = String::new();
+    for n in &r.notes {
+        notes.push_str(&format!("- {n}\n"));
+    }
+    format!(
+        r#"
+## The sidecar hop: eBPF redirect, sk_msg and iptables
+
+An application in a pod (a network namespace with its own cgroup) calls an upstream on a
+remote host (another namespace, over a veth pair); its connects are captured and go through
+the proxy in the pod, which recovers the original destination (`original_dst` listener filter,
+`ORIGINAL_DST` cluster) and forwards. Same run, same layout as above: the proxy on CPU 0 as uid
+1337 with one worker; wrk (in the pod) and nginx (on the remote host) on CPU 1. "direct" is the
+application talking to the upstream with nothing captured and no proxy. The capture mechanisms
+take turns; within each, skiff and Envoy alternate on the same config.
+
+{table}
+Each mechanism against the eBPF redirect, for the same proxy (above 1 is better for req/s,
+below 1 for latency and CPU):
+
+{cmp}{notes}
+```sh
+{commands}```
+
+<details><summary>sidecar.yaml (the config both proxies ran)</summary>
+
+```yaml
+{yaml}```
+
+</details>
+"#,
+        table = sidecar::table(r),
+        commands = sidecar::commands(secs),
+        yaml = r.yaml,
+    )
 }
