@@ -18,5 +18,6 @@ pub mod router;
 pub mod server;
 pub mod stats;
 pub mod stream_info;
+pub mod tls;
 pub mod upstream;
 pub mod worker;

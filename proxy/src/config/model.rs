@@ -420,6 +420,26 @@ pub struct Cluster {
     pub http2: Http2Options,
     /// `per_connection_buffer_limit_bytes` (default 1 MiB).
     pub buffer_limit: usize,
+    /// `transport_socket`: TLS to the hosts (none: plain TCP).
+    pub tls: Option<Arc<UpstreamTransport>>,
+}
+
+/// A filter chain's TLS: `transport_socket` with a `DownstreamTlsContext`.
+#[derive(Debug)]
+pub struct DownstreamTransport {
+    /// The settings, as translated.
+    pub settings: crate::tls::DownstreamTls,
+    /// The rustls configuration, rebuilt when its certificate files change.
+    pub config: crate::tls::reload::Watched<rustls::ServerConfig>,
+}
+
+/// A cluster's TLS: `transport_socket` with an `UpstreamTlsContext`.
+#[derive(Debug)]
+pub struct UpstreamTransport {
+    /// The settings, as translated.
+    pub settings: crate::tls::UpstreamTls,
+    /// The rustls configuration, rebuilt when its certificate files change.
+    pub config: crate::tls::reload::Watched<rustls::ClientConfig>,
 }
 
 /// A string match as Envoy's `StringMatcher`.

@@ -185,7 +185,64 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "per_connection_buffer_limit_bytes",
             "upstream_bind_config",
             "original_dst_lb_config",
+            "transport_socket",
         ],
+    ),
+    (
+        "envoy.config.core.v3.TransportSocket",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+        &[],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        &["common_tls_context", "require_client_certificate"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        &["common_tls_context", "sni"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
+        &[
+            "tls_params",
+            "tls_certificates",
+            "validation_context",
+            "alpn_protocols",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
+        &[
+            "tls_minimum_protocol_version",
+            "tls_maximum_protocol_version",
+            "cipher_suites",
+            "ecdh_curves",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.TlsCertificate",
+        // The files are followed for changes whether or not a directory is named.
+        &["certificate_chain", "private_key", "watched_directory"],
+    ),
+    ("envoy.config.core.v3.WatchedDirectory", &["path"]),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
+        &[
+            "trusted_ca",
+            "match_typed_subject_alt_names",
+            "watched_directory",
+        ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",
+        &["san_type", "matcher"],
+    ),
+    (
+        "envoy.config.core.v3.DataSource",
+        &["filename", "inline_bytes", "inline_string"],
     ),
     (
         "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig",

@@ -108,10 +108,12 @@ pub struct ClusterStats {
     /// `upstream_rq_tx_reset`.
     pub upstream_rq_tx_reset: Counter,
     by_code: RefCell<HashMap<u16, (Counter, Counter)>>,
+    /// `ssl.*`, for clusters with TLS.
+    pub tls: Option<crate::tls::stats::TlsStats>,
 }
 
 impl ClusterStats {
-    fn new(shard: Arc<Shard>, name: &str) -> Self {
+    fn new(shard: Arc<Shard>, name: &str, tls: bool) -> Self {
         let prefix = format!("cluster.{name}.");
         let c = |n: &str| shard.counter(&format!("{prefix}{n}"));
         let g = |n: &str| shard.gauge(&format!("{prefix}{n}"));
@@ -135,6 +137,7 @@ impl ClusterStats {
             upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
             upstream_rq_tx_reset: c("upstream_rq_tx_reset"),
             by_code: RefCell::new(HashMap::new()),
+            tls: tls.then(|| crate::tls::stats::TlsStats::new(shard.clone(), &prefix)),
             shard,
             prefix,
         }
@@ -281,7 +284,7 @@ impl ClusterManager {
             let c = Cluster {
                 info: info.clone(),
                 name: Arc::from(cfg.name.as_str()),
-                stats: ClusterStats::new(shard.clone(), &cfg.name),
+                stats: ClusterStats::new(shard.clone(), &cfg.name, cfg.tls.is_some()),
                 hosts,
                 healthy,
                 // Workers start at different hosts so load spreads from the first request.

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use super::{Cluster, Host, HostStats};
 use crate::http::body::ProxyBody;
-use crate::io::Counted;
+use crate::io::{Counted, Stream};
 
 /// Why no upstream connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -35,13 +35,17 @@ pub enum ConnectError {
     /// The HTTP/2 handshake failed.
     #[error("protocol error: {0}")]
     Handshake(String),
+    /// The TLS handshake failed.
+    #[error("TLS error: {0}")]
+    Tls(String),
     /// The connection this request was waiting for could not be made.
     #[error("the pending connection failed")]
     PendingFailed,
 }
 
-/// An upstream connection that counts its bytes into the cluster's stats.
-pub type UpstreamStream = Counted<TcpStream>;
+/// An upstream connection (TCP, or TLS for clusters with a `transport_socket`) that counts
+/// its bytes into the cluster's stats.
+pub type UpstreamStream = Counted<Stream>;
 
 /// Where an upstream connection comes from, when not from the host's own address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,27 +79,62 @@ pub async fn connect_from(
         transparent: false,
         mark: 0,
     }));
-    let result = match tokio::time::timeout(timeout, open(host.address, source)).await {
+    let connect = async {
+        let tcp = open(host.address, source).await?;
+        let _ = tcp.set_nodelay(true);
+        tls_handshake(cluster, host, tcp).await
+    };
+    let result = match tokio::time::timeout(timeout, connect).await {
         Err(_) => {
             stats.upstream_cx_connect_timeout.inc();
             Err(ConnectError::Timeout)
         }
-        Ok(Err(e)) => Err(ConnectError::Io(e)),
-        Ok(Ok(s)) => Ok(s),
+        Ok(r) => r,
     };
     match result {
-        Ok(s) => {
-            let _ = s.set_nodelay(true);
-            Ok(Counted::new(
-                s,
-                stats.upstream_cx_rx_bytes_total.clone(),
-                stats.upstream_cx_tx_bytes_total.clone(),
-            ))
-        }
+        Ok(s) => Ok(Counted::new(
+            s,
+            stats.upstream_cx_rx_bytes_total.clone(),
+            stats.upstream_cx_tx_bytes_total.clone(),
+        )),
         Err(e) => {
             stats.upstream_cx_connect_fail.inc();
             HostStats::inc(&host.stats.cx_connect_fail);
             Err(e)
+        }
+    }
+}
+
+/// TLS over `tcp` when the cluster has a `transport_socket`: SNI from `sni` (none configured:
+/// no SNI, as Envoy), the server checked as the validation context says.
+async fn tls_handshake(
+    cluster: &Cluster,
+    host: &Host,
+    tcp: TcpStream,
+) -> Result<Stream, ConnectError> {
+    let Some(tls) = &cluster.config().tls else {
+        return Ok(Stream::Tcp(tcp));
+    };
+    let name = match &tls.settings.sni {
+        // Checked at translation.
+        Some(sni) => rustls_pki_types::ServerName::try_from(sni.clone())
+            .map_err(|e| ConnectError::Tls(e.to_string()))?,
+        // rustls sends no SNI for an address.
+        None => rustls_pki_types::ServerName::IpAddress(host.address.ip().into()),
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.config.get());
+    match connector.connect(name, tcp).await {
+        Ok(s) => {
+            if let Some(st) = &cluster.stats.tls {
+                st.completed(s.get_ref().1);
+            }
+            Ok(Stream::ClientTls(Box::new(s)))
+        }
+        Err(e) => {
+            if let Some(st) = &cluster.stats.tls {
+                st.failed(&e);
+            }
+            Err(ConnectError::Tls(e.to_string()))
         }
     }
 }

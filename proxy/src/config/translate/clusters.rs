@@ -198,6 +198,10 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
             .per_connection_buffer_limit_bytes
             .as_ref()
             .map_or(DEFAULT_BUFFER_LIMIT, |v| v.value as usize),
+        tls: match &c.transport_socket {
+            Some(ts) => super::tls::upstream(ts, &format!("{path}.transport_socket"))?,
+            None => None,
+        },
     })
 }
 

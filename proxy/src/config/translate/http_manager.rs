@@ -350,7 +350,10 @@ fn translate_header_match(
     })
 }
 
-fn string_match(m: &matcher::StringMatcher, path: &str) -> Result<StringMatch, ConfigError> {
+pub(super) fn string_match(
+    m: &matcher::StringMatcher,
+    path: &str,
+) -> Result<StringMatch, ConfigError> {
     use matcher::string_matcher::MatchPattern as P;
     let norm = |s: &String| {
         if m.ignore_case {

@@ -15,6 +15,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 
 mod clusters;
 mod http_manager;
+mod tls;
 
 use clusters::translate_cluster;
 use http_manager::{translate_access_log, translate_hcm};

@@ -231,7 +231,9 @@ fn connect_failure(e: ConnectError) -> LocalReply {
     match e {
         ConnectError::Handshake(_) => LocalReply::PROTOCOL_ERROR,
         ConnectError::Timeout => LocalReply::CONNECT_TIMEOUT,
-        ConnectError::Io(_) | ConnectError::PendingFailed => LocalReply::CONNECT_FAILURE,
+        ConnectError::Io(_) | ConnectError::PendingFailed | ConnectError::Tls(_) => {
+            LocalReply::CONNECT_FAILURE
+        }
     }
 }
 

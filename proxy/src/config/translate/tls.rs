@@ -1,0 +1,318 @@
+//! `transport_socket`: `envoy.transport_sockets.tls` (`DownstreamTlsContext` on filter chains,
+//! `UpstreamTlsContext` on clusters) and `raw_buffer`. The rustls configuration is built here,
+//! certificates read, so a configuration that cannot serve is refused at load, as Envoy does.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+use tls::subject_alt_name_matcher::SanType as PbSanType;
+use tls::tls_parameters::TlsProtocol;
+
+use super::super::model::{DownstreamTransport, UpstreamTransport};
+use super::super::proto::{type_name, unpack};
+use super::super::ConfigError;
+use super::http_manager::string_match;
+use crate::tls::reload::Watched;
+use crate::tls::{
+    context, CertificateConfig, DataSource, DownstreamTls, Params, SanMatcher, SanType,
+    UpstreamTls, Validation, Version,
+};
+
+#[allow(dead_code)] // filter chains take it with the listener change that follows
+const DOWNSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+const UPSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+const RAW_BUFFER: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+
+/// The `typed_config` of a transport socket, or None for `raw_buffer` (plain TCP).
+fn typed<'a>(
+    ts: &'a core::TransportSocket,
+    path: &str,
+    tls_type: &str,
+) -> Result<Option<&'a envoy_types::pb::google::protobuf::Any>, ConfigError> {
+    use core::transport_socket::ConfigType;
+    let any = match &ts.config_type {
+        Some(ConfigType::TypedConfig(any)) => any,
+        None => return Err(ConfigError::new(format!("{path}.typed_config"), "required")),
+    };
+    let path = format!("{path}.typed_config");
+    match type_name(&any.type_url) {
+        t if t == tls_type => Ok(Some(any)),
+        RAW_BUFFER => Ok(None),
+        other => Err(ConfigError::new(
+            path,
+            format!("unsupported transport socket '{other}' (skiff has {tls_type} and raw_buffer)"),
+        )),
+    }
+}
+
+/// A filter chain's `transport_socket`.
+#[allow(dead_code)] // filter chains take it with the listener change that follows
+pub(super) fn downstream(
+    ts: &core::TransportSocket,
+    path: &str,
+) -> Result<Option<Arc<DownstreamTransport>>, ConfigError> {
+    let Some(any) = typed(ts, path, DOWNSTREAM_TLS)? else {
+        return Ok(None);
+    };
+    let path = format!("{path}.typed_config");
+    let ctx: tls::DownstreamTlsContext = unpack(any, &path)?;
+    let cpath = format!("{path}.common_tls_context");
+    let empty = tls::CommonTlsContext::default();
+    let common = ctx.common_tls_context.as_ref().unwrap_or(&empty);
+    let (certificates, params, alpn, validation) = common_context(common, &cpath)?;
+    if certificates.is_empty() {
+        return Err(ConfigError::new(
+            format!("{cpath}.tls_certificates"),
+            "a server context needs at least one certificate",
+        ));
+    }
+    let require_client_certificate = ctx
+        .require_client_certificate
+        .as_ref()
+        .is_some_and(|b| b.value);
+    let has_ca = validation.as_ref().is_some_and(|v| v.trusted_ca.is_some());
+    if require_client_certificate && !has_ca {
+        return Err(ConfigError::new(
+            format!("{path}.require_client_certificate"),
+            "needs common_tls_context.validation_context.trusted_ca to check client certificates against",
+        ));
+    }
+    let settings = DownstreamTls {
+        certificates,
+        params,
+        alpn,
+        validation,
+        require_client_certificate,
+    };
+    let files = settings_files(settings.certificates.iter(), settings.validation.as_ref());
+    let build_settings = settings.clone();
+    let config = Watched::new(path.clone(), files, move || {
+        context::server_config(&build_settings)
+    })
+    .map_err(|e| ConfigError::new(&cpath, e.to_string()))?;
+    Ok(Some(Arc::new(DownstreamTransport { settings, config })))
+}
+
+/// A cluster's `transport_socket`.
+pub(super) fn upstream(
+    ts: &core::TransportSocket,
+    path: &str,
+) -> Result<Option<Arc<UpstreamTransport>>, ConfigError> {
+    let Some(any) = typed(ts, path, UPSTREAM_TLS)? else {
+        return Ok(None);
+    };
+    let path = format!("{path}.typed_config");
+    let ctx: tls::UpstreamTlsContext = unpack(any, &path)?;
+    let cpath = format!("{path}.common_tls_context");
+    let empty = tls::CommonTlsContext::default();
+    let common = ctx.common_tls_context.as_ref().unwrap_or(&empty);
+    let (mut certificates, params, alpn, validation) = common_context(common, &cpath)?;
+    if certificates.len() > 1 {
+        return Err(ConfigError::new(
+            format!("{cpath}.tls_certificates"),
+            "a client context takes at most one certificate",
+        ));
+    }
+    let sni = (!ctx.sni.is_empty()).then(|| ctx.sni.clone());
+    if let Some(s) = &sni {
+        if rustls_pki_types::ServerName::try_from(s.as_str()).is_err() {
+            return Err(ConfigError::new(
+                format!("{path}.sni"),
+                format!("'{s}' is not a valid server name"),
+            ));
+        }
+    }
+    let settings = UpstreamTls {
+        client_certificate: certificates.pop(),
+        params,
+        alpn,
+        validation,
+        sni,
+    };
+    let files = settings_files(
+        settings.client_certificate.iter(),
+        settings.validation.as_ref(),
+    );
+    let build_settings = settings.clone();
+    let config = Watched::new(path.clone(), files, move || {
+        context::client_config(&build_settings)
+    })
+    .map_err(|e| ConfigError::new(&cpath, e.to_string()))?;
+    Ok(Some(Arc::new(UpstreamTransport { settings, config })))
+}
+
+/// The files a configuration is built from, to follow for reloads.
+fn settings_files<'a>(
+    certs: impl Iterator<Item = &'a CertificateConfig>,
+    validation: Option<&Validation>,
+) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for c in certs {
+        files.extend(c.chain.path().map(PathBuf::from));
+        files.extend(c.key.path().map(PathBuf::from));
+    }
+    if let Some(ca) = validation.and_then(|v| v.trusted_ca.as_ref()) {
+        files.extend(ca.path().map(PathBuf::from));
+    }
+    files
+}
+
+type Common = (
+    Vec<CertificateConfig>,
+    Params,
+    Vec<String>,
+    Option<Validation>,
+);
+
+fn common_context(c: &tls::CommonTlsContext, path: &str) -> Result<Common, ConfigError> {
+    let mut certs = Vec::with_capacity(c.tls_certificates.len());
+    for (i, t) in c.tls_certificates.iter().enumerate() {
+        let p = format!("{path}.tls_certificates[{i}]");
+        certs.push(CertificateConfig {
+            chain: data_source(
+                t.certificate_chain.as_ref(),
+                &format!("{p}.certificate_chain"),
+            )?,
+            key: data_source(t.private_key.as_ref(), &format!("{p}.private_key"))?,
+        });
+    }
+    let params = match &c.tls_params {
+        Some(p) => params(p, &format!("{path}.tls_params"))?,
+        None => Params::default(),
+    };
+    let validation = match &c.validation_context_type {
+        None => None,
+        Some(tls::common_tls_context::ValidationContextType::ValidationContext(v)) => Some(
+            validation_context(v, &format!("{path}.validation_context"))?,
+        ),
+        Some(_) => {
+            return Err(ConfigError::unsupported(format!(
+                "{path}.validation_context_type"
+            )))
+        }
+    };
+    for (i, p) in c.alpn_protocols.iter().enumerate() {
+        if p.is_empty() || p.len() > 255 {
+            return Err(ConfigError::new(
+                format!("{path}.alpn_protocols[{i}]"),
+                "an ALPN protocol name is 1 to 255 bytes",
+            ));
+        }
+    }
+    Ok((certs, params, c.alpn_protocols.clone(), validation))
+}
+
+fn data_source(ds: Option<&core::DataSource>, path: &str) -> Result<DataSource, ConfigError> {
+    use core::data_source::Specifier;
+    match ds.and_then(|d| d.specifier.as_ref()) {
+        Some(Specifier::Filename(f)) => Ok(DataSource::File(PathBuf::from(f))),
+        Some(Specifier::InlineBytes(b)) => Ok(DataSource::Inline(b.clone())),
+        Some(Specifier::InlineString(s)) => Ok(DataSource::Inline(s.clone().into_bytes())),
+        Some(Specifier::EnvironmentVariable(_)) => Err(ConfigError::new(
+            format!("{path}.environment_variable"),
+            "unsupported",
+        )),
+        None => Err(ConfigError::new(path, "required")),
+    }
+}
+
+fn version(v: i32, path: &str, default: Version) -> Result<Version, ConfigError> {
+    match TlsProtocol::try_from(v) {
+        Ok(TlsProtocol::TlsAuto) => Ok(default),
+        Ok(TlsProtocol::TlSv12) => Ok(Version::Tls12),
+        Ok(TlsProtocol::TlSv13) => Ok(Version::Tls13),
+        Ok(TlsProtocol::TlSv10 | TlsProtocol::TlSv11) => Err(ConfigError::new(
+            path,
+            "unsupported: skiff's TLS (rustls) implements TLS 1.2 and 1.3 only",
+        )),
+        Err(_) => Err(ConfigError::new(path, format!("unknown TLS version {v}"))),
+    }
+}
+
+fn params(p: &tls::TlsParameters, path: &str) -> Result<Params, ConfigError> {
+    let min = version(
+        p.tls_minimum_protocol_version,
+        &format!("{path}.tls_minimum_protocol_version"),
+        Version::Tls12,
+    )?;
+    let max = version(
+        p.tls_maximum_protocol_version,
+        &format!("{path}.tls_maximum_protocol_version"),
+        Version::Tls13,
+    )?;
+    if min > max {
+        return Err(ConfigError::new(
+            format!("{path}.tls_minimum_protocol_version"),
+            "is above tls_maximum_protocol_version",
+        ));
+    }
+    let out = Params {
+        min,
+        max,
+        cipher_suites: p.cipher_suites.clone(),
+        curves: p.ecdh_curves.clone(),
+    };
+    context::check_params(&out).map_err(|e| {
+        let field = if matches!(e, crate::tls::TlsError::Curve(_)) {
+            "ecdh_curves"
+        } else {
+            "cipher_suites"
+        };
+        ConfigError::new(format!("{path}.{field}"), e.to_string())
+    })?;
+    Ok(out)
+}
+
+fn validation_context(
+    v: &tls::CertificateValidationContext,
+    path: &str,
+) -> Result<Validation, ConfigError> {
+    let trusted_ca = v
+        .trusted_ca
+        .as_ref()
+        .map(|ca| data_source(Some(ca), &format!("{path}.trusted_ca")))
+        .transpose()?;
+    let mut san_matchers = Vec::with_capacity(v.match_typed_subject_alt_names.len());
+    for (i, m) in v.match_typed_subject_alt_names.iter().enumerate() {
+        let p = format!("{path}.match_typed_subject_alt_names[{i}]");
+        let san_type = match PbSanType::try_from(m.san_type) {
+            Ok(PbSanType::Dns) => SanType::Dns,
+            Ok(PbSanType::Uri) => SanType::Uri,
+            Ok(PbSanType::Email) => SanType::Email,
+            Ok(PbSanType::IpAddress) => SanType::IpAddress,
+            Ok(PbSanType::OtherName) => {
+                return Err(ConfigError::new(
+                    format!("{p}.san_type"),
+                    "unsupported: OTHER_NAME",
+                ))
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{p}.san_type"),
+                    "required: DNS, URI, EMAIL or IP_ADDRESS",
+                ))
+            }
+        };
+        let matcher = m
+            .matcher
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(format!("{p}.matcher"), "required"))?;
+        san_matchers.push(SanMatcher {
+            san_type,
+            matcher: string_match(matcher, &format!("{p}.matcher"))?,
+        });
+    }
+    if !san_matchers.is_empty() && trusted_ca.is_none() {
+        // Envoy's rule: a name anyone can put in a self-made certificate proves nothing.
+        return Err(ConfigError::new(
+            path,
+            "SAN-based verification of peer certificates without trusted CA is insecure and not allowed",
+        ));
+    }
+    Ok(Validation {
+        trusted_ca,
+        san_matchers,
+    })
+}

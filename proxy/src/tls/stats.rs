@@ -1,0 +1,108 @@
+//! Envoy's `ssl.*` statistics of a listener or a cluster.
+
+use std::sync::Arc;
+
+use rustls::{CertificateError, CommonState, ProtocolVersion};
+
+use crate::stats::{Counter, Shard};
+
+/// `<scope>ssl.*` on one worker.
+#[derive(Debug)]
+pub struct TlsStats {
+    shard: Arc<Shard>,
+    prefix: String,
+    /// `ssl.handshake`: handshakes completed.
+    pub handshake: Counter,
+    /// `ssl.connection_error`: handshakes or TLS streams that failed.
+    pub connection_error: Counter,
+    /// `ssl.no_certificate`: completed handshakes where the peer sent no certificate.
+    pub no_certificate: Counter,
+    /// `ssl.fail_verify_no_cert`: a required peer certificate was missing.
+    pub fail_verify_no_cert: Counter,
+    /// `ssl.fail_verify_error`: the peer's chain did not verify.
+    pub fail_verify_error: Counter,
+    /// `ssl.fail_verify_san`: no subject alternative name matched.
+    pub fail_verify_san: Counter,
+}
+
+impl TlsStats {
+    /// The stats under `scope` (`listener.<addr>.` or `cluster.<name>.`).
+    pub fn new(shard: Arc<Shard>, scope: &str) -> Self {
+        let prefix = format!("{scope}ssl.");
+        let c = |n: &str| shard.counter(&format!("{prefix}{n}"));
+        TlsStats {
+            handshake: c("handshake"),
+            connection_error: c("connection_error"),
+            no_certificate: c("no_certificate"),
+            fail_verify_no_cert: c("fail_verify_no_cert"),
+            fail_verify_error: c("fail_verify_error"),
+            fail_verify_san: c("fail_verify_san"),
+            prefix,
+            shard,
+        }
+    }
+
+    /// A completed handshake: its version and cipher, and whether the peer had a certificate.
+    pub fn completed(&self, conn: &CommonState) {
+        self.handshake.inc();
+        if let Some(v) = conn.protocol_version().and_then(version_name) {
+            self.shard
+                .counter(&format!("{}versions.{v}", self.prefix))
+                .inc();
+        }
+        if let Some(cs) = conn.negotiated_cipher_suite() {
+            let name = cipher_name(cs.suite());
+            self.shard
+                .counter(&format!("{}ciphers.{name}", self.prefix))
+                .inc();
+        }
+        if conn.peer_certificates().is_none_or(|c| c.is_empty()) {
+            self.no_certificate.inc();
+        }
+    }
+
+    /// A handshake that failed: counted, with the verification failure when that was it.
+    pub fn failed(&self, e: &std::io::Error) {
+        self.connection_error.inc();
+        let Some(err) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
+            return;
+        };
+        match err {
+            rustls::Error::NoCertificatesPresented => self.fail_verify_no_cert.inc(),
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForName) => {
+                self.fail_verify_san.inc()
+            }
+            rustls::Error::InvalidCertificate(_) => self.fail_verify_error.inc(),
+            _ => {}
+        }
+    }
+}
+
+/// Envoy's (BoringSSL's) version names.
+fn version_name(v: ProtocolVersion) -> Option<&'static str> {
+    match v {
+        ProtocolVersion::TLSv1_2 => Some("TLSv1.2"),
+        ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
+        _ => None,
+    }
+}
+
+/// BoringSSL's cipher names, as Envoy's `ssl.ciphers.*` shows them.
+fn cipher_name(s: rustls::CipherSuite) -> String {
+    use rustls::CipherSuite as C;
+    match s {
+        C::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256".into(),
+        C::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384".into(),
+        C::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256".into(),
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256".into(),
+        C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384".into(),
+        C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305".into(),
+        C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256".into(),
+        C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384".into(),
+        C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305".into(),
+        other => format!("{other:?}"),
+    }
+}

@@ -1,0 +1,278 @@
+//! Checking the peer's certificate as Envoy's `CertificateValidationContext` does: the chain
+//! against `trusted_ca`, then `match_typed_subject_alt_names`. Envoy checks no host name
+//! unless asked to: an upstream without a validation context is not verified at all, and one
+//! with only a trusted CA accepts any name that CA signed.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::ParsedCertificate;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use super::certs::{name_covers, names, parse_certs};
+use super::{DataSource, SanMatcher, SanType, TlsError};
+use crate::config::model::StringMatchKind;
+
+/// The trust anchors in a PEM blob.
+pub fn roots(ca: &DataSource) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut store = RootCertStore::empty();
+    for cert in parse_certs(&ca.read()?)? {
+        store
+            .add(cert)
+            .map_err(|e| TlsError::Certificate(format!("trusted_ca: {e}")))?;
+    }
+    Ok(Arc::new(store))
+}
+
+/// Whether a certificate's names satisfy the matchers: any matcher matching any name of its
+/// kind (no matchers: any certificate). An exact DNS matcher also accepts a wildcard name that
+/// covers it, as Envoy's DNS SAN matching does.
+pub fn sans_match(matchers: &[SanMatcher], names: &[(SanType, String)]) -> bool {
+    if matchers.is_empty() {
+        return true;
+    }
+    matchers.iter().any(|m| {
+        names.iter().any(|(kind, name)| {
+            *kind == m.san_type
+                && (m.matcher.matches(name)
+                    || match (&m.matcher.kind, kind) {
+                        (StringMatchKind::Exact(want), SanType::Dns) if name.starts_with("*.") => {
+                            name_covers(name, want)
+                        }
+                        _ => false,
+                    })
+        })
+    })
+}
+
+fn check_sans(
+    matchers: &[SanMatcher],
+    end_entity: &CertificateDer<'_>,
+) -> Result<(), rustls::Error> {
+    if matchers.is_empty() {
+        return Ok(());
+    }
+    let names = names(end_entity)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    if sans_match(matchers, &names) {
+        Ok(())
+    } else {
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName,
+        ))
+    }
+}
+
+/// The upstream side: the server's chain against the trusted CA (when there is one), then the
+/// SAN matchers; never the host name.
+#[derive(Debug)]
+pub struct UpstreamVerifier {
+    roots: Option<Arc<RootCertStore>>,
+    sans: Vec<SanMatcher>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl UpstreamVerifier {
+    pub fn new(
+        roots: Option<Arc<RootCertStore>>,
+        sans: Vec<SanMatcher>,
+        provider: Arc<CryptoProvider>,
+    ) -> Self {
+        UpstreamVerifier {
+            roots,
+            sans,
+            provider,
+        }
+    }
+}
+
+impl ServerCertVerifier for UpstreamVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
+        check_sans(&self.sans, end_entity)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The downstream side with SAN matchers: rustls' chain check, then the matchers.
+#[derive(Debug)]
+pub struct SanCheckingClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    sans: Vec<SanMatcher>,
+}
+
+impl SanCheckingClientVerifier {
+    pub fn new(inner: Arc<dyn ClientCertVerifier>, sans: Vec<SanMatcher>) -> Self {
+        SanCheckingClientVerifier { inner, sans }
+    }
+}
+
+impl ClientCertVerifier for SanCheckingClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        check_sans(&self.sans, end_entity)?;
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::StringMatch;
+
+    fn m(t: SanType, kind: StringMatchKind) -> SanMatcher {
+        SanMatcher {
+            san_type: t,
+            matcher: StringMatch {
+                kind,
+                ignore_case: false,
+            },
+        }
+    }
+
+    #[test]
+    fn matchers_look_at_names_of_their_kind_only() {
+        let names = vec![
+            (SanType::Dns, "api.example.com".to_string()),
+            (SanType::Uri, "spiffe://cluster.local/ns/a/sa/b".to_string()),
+        ];
+        assert!(sans_match(&[], &names));
+        assert!(sans_match(
+            &[m(
+                SanType::Uri,
+                StringMatchKind::Prefix("spiffe://cluster.local/".into())
+            )],
+            &names
+        ));
+        assert!(!sans_match(
+            &[m(SanType::Dns, StringMatchKind::Prefix("spiffe://".into()))],
+            &names
+        ));
+        assert!(sans_match(
+            &[
+                m(SanType::Email, StringMatchKind::Exact("x@y".into())),
+                m(
+                    SanType::Dns,
+                    StringMatchKind::Exact("api.example.com".into())
+                ),
+            ],
+            &names
+        ));
+    }
+
+    #[test]
+    fn an_exact_dns_matcher_accepts_a_covering_wildcard_certificate() {
+        let names = vec![(SanType::Dns, "*.example.com".to_string())];
+        assert!(sans_match(
+            &[m(
+                SanType::Dns,
+                StringMatchKind::Exact("api.example.com".into())
+            )],
+            &names
+        ));
+        assert!(!sans_match(
+            &[m(
+                SanType::Dns,
+                StringMatchKind::Exact("a.b.example.com".into())
+            )],
+            &names
+        ));
+    }
+}
