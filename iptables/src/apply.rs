@@ -72,6 +72,9 @@ fn run_cmd(cmd: &mut Command, stdin: Option<&str>) -> Result<String, ApplyError>
 /// Runs `skiff iptables`: prints (`--dry-run`), applies, or cleans up. Returns what to print.
 pub fn run(args: &Args) -> Result<String, ApplyError> {
     let config = Config::from_args(args)?;
+    for w in &config.warnings {
+        eprintln!("skiff iptables: warning: {w}");
+    }
     let plan = plan(&config);
     if args.cleanup_only {
         if config.dry_run {
@@ -129,7 +132,7 @@ fn validate(config: &Config) -> Result<String, ApplyError> {
     validation::run_as(&probe, &runner).map_err(ApplyError::Validation)
 }
 
-/// Removes what skiff adds: in nat and mangle, every built-in-chain rule that jumps to one of
+/// Removes what skiff adds: in nat, mangle and raw (DNS capture), every built-in-chain rule that jumps to one of
 /// its chains, the plan's other built-in-chain rules (marks, interface exemptions), the chains
 /// themselves, and the TPROXY policy routes. Rules already gone are skipped.
 fn cleanup(c: &Config, plan: &crate::Plan) -> Result<(), ApplyError> {
@@ -139,7 +142,7 @@ fn cleanup(c: &Config, plan: &crate::Plan) -> Result<(), ApplyError> {
     ];
     for (bin, rules, _) in families {
         let Some(rules) = rules else { continue };
-        for table in ["nat", "mangle"] {
+        for table in ["nat", "mangle", "raw"] {
             cleanup_table(bin, table, rules)?;
         }
     }

@@ -2,8 +2,8 @@
 //! variables and defaults, so an injection template that runs istio-iptables can run skiff.
 //!
 //! This crate parses and validates the options ([`Args`] → [`Config`]) before anything is
-//! changed, and renders the rules as `iptables-restore` input ([`plan`]). REDIRECT mode is
-//! implemented; the rules and their order follow Istio's own golden outputs.
+//! changed, and renders the rules as `iptables-restore` input ([`plan`]): REDIRECT and TPROXY
+//! modes and DNS capture, in the rules and order of Istio's own golden outputs.
 
 #![forbid(unsafe_code)]
 
@@ -101,6 +101,20 @@ pub struct Args {
     /// Only remove skiff's chains and rules.
     #[arg(long = "cleanup-only", env = "CLEANUP_ONLY")]
     pub cleanup_only: bool,
+    /// Capture DNS (UDP and TCP port 53) from everything but the proxy into the agent's DNS
+    /// proxy on 15053; also enabled by `ISTIO_META_DNS_CAPTURE=true`.
+    #[arg(long = "redirect-dns", env = "REDIRECT_DNS")]
+    pub redirect_dns: bool,
+    /// With --redirect-dns: capture DNS to any address, not only to the resolv.conf nameservers.
+    #[arg(long = "capture-all-dns", env = "CAPTURE_ALL_DNS")]
+    pub capture_all_dns: bool,
+    /// Where --redirect-dns reads the nameservers whose DNS is captured (skiff's own flag).
+    #[arg(
+        long = "resolv-conf",
+        env = "SKIFF_RESOLV_CONF",
+        default_value = "/etc/resolv.conf"
+    )]
+    pub resolv_conf: String,
 }
 
 /// The capture options both backends share, `skiff iptables` and `skiff ebpf`: the same
@@ -280,6 +294,109 @@ pub struct Config {
     pub ipv4_loopback: Cidr,
     /// `-n`.
     pub dry_run: bool,
+    /// `--redirect-dns`: `None` when DNS is not captured.
+    pub dns: Option<Dns>,
+    /// What the operator should know about the options (printed, not fatal).
+    pub warnings: Vec<String>,
+}
+
+/// DNS capture (`--redirect-dns`), as istio-iptables does it: port 53 to the agent's 15053.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// `--capture-all-dns`: every destination, not only the nameservers.
+    pub capture_all: bool,
+    /// The IPv4 nameservers of resolv.conf (empty with `capture_all`).
+    pub servers_v4: Vec<IpAddr>,
+    /// The IPv6 nameservers of resolv.conf (empty with `capture_all`).
+    pub servers_v6: Vec<IpAddr>,
+}
+
+/// The port the agent's DNS proxy listens on (istio-agent's, and what skiff's rules send to).
+pub const DNS_CAPTURE_PORT: u16 = 15053;
+
+/// The nameservers of a resolv.conf, split by family, read the way istio-iptables reads them:
+/// the first word after `nameserver`, unparsable addresses (a zone, a name) skipped.
+pub fn nameservers(resolv_conf: &str) -> (Vec<IpAddr>, Vec<IpAddr>) {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for line in resolv_conf.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("nameserver") {
+            continue;
+        }
+        match words.next().and_then(|a| a.parse::<IpAddr>().ok()) {
+            Some(ip @ IpAddr::V4(_)) => v4.push(ip),
+            // Go's netip counts an IPv4-mapped address as IPv6, and so does Istio.
+            Some(ip @ IpAddr::V6(_)) => v6.push(ip),
+            None => {}
+        }
+    }
+    (v4, v6)
+}
+
+/// Go's `strconv.ParseBool`, which istio-iptables uses for its environment variables.
+fn go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// `ISTIO_META_DNS_CAPTURE`, the proxy's own switch for DNS capture, which istio-iptables also
+/// reads as `--redirect-dns`.
+fn meta_dns_capture() -> bool {
+    std::env::var("ISTIO_META_DNS_CAPTURE").is_ok_and(|v| go_bool(v.trim()) == Some(true))
+}
+
+impl Dns {
+    /// `--redirect-dns` and `--capture-all-dns`. Without `--capture-all-dns` the nameservers
+    /// come from resolv.conf; with none there, istio-iptables turns DNS capture off (`None`).
+    fn from_args(a: &Args) -> Result<Option<Dns>, FlagError> {
+        if let Ok(v) = std::env::var("ISTIO_META_DNS_CAPTURE") {
+            if go_bool(v.trim()).is_none() {
+                return Err(bad(
+                    "redirect-dns",
+                    format!("ISTIO_META_DNS_CAPTURE='{v}' is not a boolean"),
+                ));
+            }
+        }
+        if !(a.redirect_dns || meta_dns_capture()) {
+            return Ok(None);
+        }
+        if a.capture_all_dns {
+            return Ok(Some(Dns {
+                capture_all: true,
+                servers_v4: Vec::new(),
+                servers_v6: Vec::new(),
+            }));
+        }
+        let text = std::fs::read_to_string(&a.resolv_conf).map_err(|e| {
+            bad(
+                "resolv-conf",
+                format!(
+                    "--redirect-dns needs the nameservers: cannot read {}: {e}",
+                    a.resolv_conf
+                ),
+            )
+        })?;
+        let (servers_v4, servers_v6) = nameservers(&text);
+        if servers_v4.is_empty() && servers_v6.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Dns {
+            capture_all: false,
+            servers_v4,
+            servers_v6,
+        }))
+    }
+
+    fn servers(&self, v6: bool) -> &[IpAddr] {
+        if v6 {
+            &self.servers_v6
+        } else {
+            &self.servers_v4
+        }
+    }
 }
 
 /// Validated capture options, shared by both backends.
@@ -501,7 +618,17 @@ impl Config {
                 format!("'{}' is not an IPv4 loopback CIDR", a.ipv4_loopback_cidr),
             ));
         }
+        let dns = Dns::from_args(a)?;
+        let mut warnings = Vec::new();
+        if dns.is_none() && (a.redirect_dns || meta_dns_capture()) {
+            warnings.push(format!(
+                "--redirect-dns: no nameserver in {} and no --capture-all-dns: DNS is not captured",
+                a.resolv_conf
+            ));
+        }
         Ok(Config {
+            dns,
+            warnings,
             capture,
             mode,
             tproxy_mark,
@@ -547,7 +674,15 @@ impl std::fmt::Display for Plan {
 
 /// The rules for a configuration.
 pub fn plan(c: &Config) -> Plan {
-    let family = |v6: bool| format!("{}{}", mangle_table(c, v6), nat_table(c, v6));
+    // Tables in istio-iptables' order (alphabetical): mangle, nat, raw.
+    let family = |v6: bool| {
+        format!(
+            "{}{}{}",
+            mangle_table(c, v6),
+            nat_table(c, v6),
+            raw_table(c, v6)
+        )
+    };
     let mut routes = Vec::new();
     if c.mode == Mode::Tproxy {
         let families: &[&str] = if c.ipv6 { &["-4", "-6"] } else { &["-4"] };
@@ -588,17 +723,19 @@ fn mangle_table(c: &Config, v6: bool) -> String {
         ("127.0.0.6/32".to_string(), c.ipv4_loopback.to_string())
     };
     let mut r: Vec<String> = Vec::new();
+    if c.mode == Mode::Tproxy {
+        for nic in &c.exclude_interfaces {
+            r.push(format!("-A PREROUTING -i {nic} -j RETURN"));
+            r.push(format!("-A OUTPUT -o {nic} -j RETURN"));
+        }
+    }
     if c.drop_invalid {
-        r.push("-N ISTIO_DROP".into());
         r.push("-A PREROUTING -m conntrack --ctstate INVALID -j ISTIO_DROP".into());
         r.push("-A ISTIO_DROP -j DROP".into());
     }
     if c.mode == Mode::Tproxy && c.capture.inbound_ports != Select::None {
         let mark = c.tproxy_mark;
         let out_mark = mark + 1;
-        r.push("-N ISTIO_DIVERT".into());
-        r.push("-N ISTIO_TPROXY".into());
-        r.push("-N ISTIO_INBOUND".into());
         r.push(format!("-A ISTIO_DIVERT -j MARK --set-mark {mark}"));
         r.push("-A ISTIO_DIVERT -j ACCEPT".into());
         r.push(format!(
@@ -650,12 +787,30 @@ fn mangle_table(c: &Config, v6: bool) -> String {
             "-I ISTIO_INBOUND 3 -p tcp -i lo -m mark ! --mark {out_mark} -j RETURN"
         ));
     }
-    if r.is_empty() {
+    table("mangle", &r)
+}
+
+/// One table as `iptables-restore` input, empty when it has no rules. Like istio-iptables, the
+/// `-N` lines come first, one for each of skiff's chains in the order it is first appended to.
+fn table(name: &str, rules: &[String]) -> String {
+    if rules.is_empty() {
         return String::new();
     }
-    let mut out = String::from("* mangle\n");
-    for rule in r {
-        out.push_str(&rule);
+    let mut chains: Vec<&str> = Vec::new();
+    for rule in rules {
+        let mut words = rule.split_whitespace();
+        if let (Some("-A" | "-I"), Some(chain)) = (words.next(), words.next()) {
+            if chain.starts_with("ISTIO_") && !chains.contains(&chain) {
+                chains.push(chain);
+            }
+        }
+    }
+    let mut out = format!("* {name}\n");
+    for chain in chains {
+        let _ = writeln!(out, "-N {chain}");
+    }
+    for rule in rules {
+        out.push_str(rule);
         out.push('\n');
     }
     out.push_str("COMMIT\n");
@@ -677,14 +832,6 @@ fn nat_table(c: &Config, v6: bool) -> String {
     };
     let family = |x: &&Cidr| x.ip.is_ipv6() == v6;
     let mut r: Vec<String> = Vec::new();
-    for chain in [
-        "ISTIO_INBOUND",
-        "ISTIO_REDIRECT",
-        "ISTIO_IN_REDIRECT",
-        "ISTIO_OUTPUT",
-    ] {
-        r.push(format!("-N {chain}"));
-    }
     for nic in &c.exclude_interfaces {
         r.push(format!("-A PREROUTING -i {nic} -j RETURN"));
         r.push(format!("-A OUTPUT -o {nic} -j RETURN"));
@@ -738,18 +885,31 @@ fn nat_table(c: &Config, v6: bool) -> String {
         ));
     }
     r.push(format!("-A ISTIO_OUTPUT -o lo -s {passthrough} -j RETURN"));
+    let tunnel = c.capture.tunnel_port;
+    // An explicitly captured loopback range must not be short-circuited by the lo rule below.
+    let loopback_captured = match &c.capture.outbound_cidrs {
+        Select::Some(list) => list.iter().any(|x| x.ip.is_loopback()),
+        _ => false,
+    };
     for (kind, ids) in [("uid", &c.capture.uids), ("gid", &c.capture.gids)] {
         for id in ids {
             // The proxy calling its own pod IP over lo goes to the inbound capture (hairpin);
             // the app calling its own pod IP over lo is not captured; the proxy's own traffic
-            // is never captured.
-            r.push(format!(
-                "-A ISTIO_OUTPUT -o lo ! -d {loopback} -p tcp ! --dport {} -m owner --{kind}-owner {id} -j ISTIO_IN_REDIRECT",
-                c.capture.tunnel_port
-            ));
-            r.push(format!(
-                "-A ISTIO_OUTPUT -o lo -m owner ! --{kind}-owner {id} -j RETURN"
-            ));
+            // is never captured. With DNS capture the proxy's own DNS to a local resolver must
+            // not hairpin (istio-iptables does this for uids only), and an app's TCP DNS to a
+            // resolver on lo must reach ISTIO_OUTPUT_DNS.
+            r.push(if c.dns.is_some() && kind == "uid" {
+                format!("-A ISTIO_OUTPUT -o lo ! -d {loopback} -p tcp -m multiport ! --dports 53,{tunnel} -m owner --{kind}-owner {id} -j ISTIO_IN_REDIRECT")
+            } else {
+                format!("-A ISTIO_OUTPUT -o lo ! -d {loopback} -p tcp ! --dport {tunnel} -m owner --{kind}-owner {id} -j ISTIO_IN_REDIRECT")
+            });
+            if !loopback_captured {
+                r.push(if c.dns.is_some() {
+                    format!("-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --{kind}-owner {id} -j RETURN")
+                } else {
+                    format!("-A ISTIO_OUTPUT -o lo -m owner ! --{kind}-owner {id} -j RETURN")
+                });
+            }
             r.push(format!(
                 "-A ISTIO_OUTPUT -m owner --{kind}-owner {id} -j RETURN"
             ));
@@ -771,6 +931,9 @@ fn nat_table(c: &Config, v6: bool) -> String {
                 ));
             }
         }
+    }
+    if let Some(dns) = &c.dns {
+        dns_nat(&mut r, dns, v6);
     }
     r.push(format!("-A ISTIO_OUTPUT -d {loopback} -j RETURN"));
     for x in c.capture.outbound_exclude_cidrs.iter().filter(family) {
@@ -803,13 +966,76 @@ fn nat_table(c: &Config, v6: bool) -> String {
             }
         }
     }
-    let mut out = String::from("* nat\n");
-    for rule in r {
-        out.push_str(&rule);
-        out.push('\n');
+    table("nat", &r)
+}
+
+/// The nat part of DNS capture: after the proxy's and the owner groups' exemptions, port 53
+/// (to the nameservers, or anywhere with `--capture-all-dns`) goes to the agent's 15053. Only
+/// nameservers are captured by default so that a local resolver chain (app → agent → dnsmasq
+/// → upstream) does not loop back into the agent.
+fn dns_nat(r: &mut Vec<String>, dns: &Dns, v6: bool) {
+    let servers = dns.servers(v6);
+    if dns.capture_all || !servers.is_empty() {
+        r.push("-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS".into());
     }
-    out.push_str("COMMIT\n");
-    out
+    let host = if v6 { 128 } else { 32 };
+    // istio-iptables spells the option `--to-ports` for TCP and `--to-port` for UDP; both
+    // are accepted and kept as they are so that the rules compare equal to Istio's.
+    for (proto, to) in [("tcp", "--to-ports"), ("udp", "--to-port")] {
+        if dns.capture_all {
+            r.push(format!(
+                "-A ISTIO_OUTPUT_DNS -p {proto} --dport 53 -j REDIRECT {to} {DNS_CAPTURE_PORT}"
+            ));
+        } else {
+            for s in servers {
+                r.push(format!(
+                    "-A ISTIO_OUTPUT_DNS -p {proto} --dport 53 -d {s}/{host} -j REDIRECT {to} {DNS_CAPTURE_PORT}"
+                ));
+            }
+        }
+    }
+}
+
+/// The raw table with DNS capture: conntrack zones that keep the two UDP flows of one query
+/// apart. The agent's queries to the upstream resolvers and their answers are zone 1; the
+/// app's queries (redirected to the agent) and the agent's answers to it are zone 2. Without
+/// this, the app's query and the agent's upstream query can share a conntrack tuple and the
+/// answer is mangled back to the wrong socket.
+fn raw_table(c: &Config, v6: bool) -> String {
+    let Some(dns) = &c.dns else {
+        return String::new();
+    };
+    let mut r: Vec<String> = vec!["-A OUTPUT -j ISTIO_OUTPUT_DNS".into()];
+    for (kind, ids) in [("uid", &c.capture.uids), ("gid", &c.capture.gids)] {
+        for id in ids {
+            r.push(format!(
+                "-A ISTIO_OUTPUT_DNS -p udp --dport 53 -m owner --{kind}-owner {id} -j CT --zone 1"
+            ));
+            r.push(format!(
+                "-A ISTIO_OUTPUT_DNS -p udp --sport {DNS_CAPTURE_PORT} -m owner --{kind}-owner {id} -j CT --zone 2"
+            ));
+        }
+    }
+    if dns.capture_all {
+        r.push("-A PREROUTING -j ISTIO_INBOUND".into());
+        r.push("-A ISTIO_OUTPUT_DNS -p udp --dport 53 -j CT --zone 2".into());
+        r.push("-A ISTIO_INBOUND -p udp --sport 53 -j CT --zone 1".into());
+    } else {
+        let servers = dns.servers(v6);
+        let host = if v6 { 128 } else { 32 };
+        if !servers.is_empty() {
+            r.push("-A PREROUTING -j ISTIO_INBOUND".into());
+        }
+        for s in servers {
+            r.push(format!(
+                "-A ISTIO_OUTPUT_DNS -p udp --dport 53 -d {s}/{host} -j CT --zone 2"
+            ));
+            r.push(format!(
+                "-A ISTIO_INBOUND -p udp --sport 53 -s {s}/{host} -j CT --zone 1"
+            ));
+        }
+    }
+    table("raw", &r)
 }
 
 #[cfg(test)]
@@ -842,6 +1068,41 @@ mod tests {
             config(&["-x", "nonsense"]).unwrap_err().to_string(),
             "--istio-service-exclude-cidr: 'nonsense' is not a CIDR"
         );
+    }
+
+    #[test]
+    fn nameservers_are_read_like_istio_reads_resolv_conf() {
+        let (v4, v6) = nameservers(
+            "# comment\nsearch svc.cluster.local\nnameserver 10.96.0.10\nnameserver  fe80::1%eth0\n\
+             nameserver 2001:db8::53 # trailing\noptions ndots:5\nnameserver\n",
+        );
+        assert_eq!(v4, ["10.96.0.10".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(v6, ["2001:db8::53".parse::<IpAddr>().expect("ip")]);
+    }
+
+    #[test]
+    fn dns_flags_are_checked_before_anything_changes() {
+        let err = config(&[
+            "--redirect-dns",
+            "--resolv-conf",
+            "/nonexistent/resolv.conf",
+        ])
+        .expect_err("unreadable resolv.conf");
+        assert_eq!(err.flag, "resolv-conf");
+        assert!(
+            err.to_string().contains("/nonexistent/resolv.conf"),
+            "{err}"
+        );
+        // With --capture-all-dns resolv.conf is not needed, as in istio-iptables.
+        let all = config(&[
+            "--redirect-dns",
+            "--capture-all-dns",
+            "--resolv-conf",
+            "/nonexistent/resolv.conf",
+        ])
+        .expect("capture-all-dns");
+        assert!(all.dns.is_some_and(|d| d.capture_all));
+        assert!(config(&[]).expect("defaults").dns.is_none());
     }
 
     #[test]
