@@ -115,6 +115,16 @@ pub struct Args {
         default_value = "/etc/resolv.conf"
     )]
     pub resolv_conf: String,
+    /// Replace skiff's chains when they already exist with different rules (otherwise refuse).
+    #[arg(long = "reconcile", env = "RECONCILE")]
+    pub reconcile: bool,
+    /// Apply, clean up and validate inside this network namespace (e.g. /var/run/netns/<name>).
+    #[arg(
+        long = "network-namespace",
+        env = "NETWORK_NAMESPACE",
+        default_value = ""
+    )]
+    pub network_namespace: String,
 }
 
 /// The capture options both backends share, `skiff iptables` and `skiff ebpf`: the same
@@ -296,6 +306,10 @@ pub struct Config {
     pub dry_run: bool,
     /// `--redirect-dns`: `None` when DNS is not captured.
     pub dns: Option<Dns>,
+    /// `--reconcile`.
+    pub reconcile: bool,
+    /// `--network-namespace`.
+    pub network_namespace: Option<std::path::PathBuf>,
     /// What the operator should know about the options (printed, not fatal).
     pub warnings: Vec<String>,
 }
@@ -618,6 +632,19 @@ impl Config {
                 format!("'{}' is not an IPv4 loopback CIDR", a.ipv4_loopback_cidr),
             ));
         }
+        let network_namespace = match a.network_namespace.trim() {
+            "" => None,
+            path => {
+                let p = std::path::PathBuf::from(path);
+                if !a.dry_run && !p.exists() {
+                    return Err(bad(
+                        "network-namespace",
+                        format!("{path} does not exist (a path such as /var/run/netns/<name> or /proc/<pid>/ns/net)"),
+                    ));
+                }
+                Some(p)
+            }
+        };
         let dns = Dns::from_args(a)?;
         let mut warnings = Vec::new();
         if dns.is_none() && (a.redirect_dns || meta_dns_capture()) {
@@ -629,6 +656,8 @@ impl Config {
         Ok(Config {
             dns,
             warnings,
+            reconcile: a.reconcile,
+            network_namespace,
             capture,
             mode,
             tproxy_mark,

@@ -1,5 +1,7 @@
-//! `skiff iptables --redirect-dns` against the real iptables with real DNS traffic, and
-//! `--cleanup-only` back to the exact `iptables-save` output from before. Each test builds its own namespaces: a pod (10.99.0.1,
+//! `skiff iptables --redirect-dns` against the real iptables with real DNS traffic, and the
+//! ways of applying that istio-iptables has besides the plain one: `--network-namespace` from
+//! outside the pod, `--reconcile` over stale rules, and `--cleanup-only` back to the exact
+//! `iptables-save` output from before. Each test builds its own namespaces: a pod (10.99.0.1,
 //! fd00:99::1) and a remote one with the resolvers (10.99.0.2 and 10.99.0.3, fd00:99::2 and
 //! fd00:99::3), joined by a veth pair. Needs root (CI runs as root).
 
@@ -344,6 +346,177 @@ async fn capture_all_dns_takes_any_address_but_not_the_proxy_or_excluded_groups(
                 saves(&dns.pod),
                 before,
                 "clean-up must restore iptables-save exactly"
+            );
+        })
+        .await
+        .expect("test thread");
+    })
+    .await
+}
+
+/// `--network-namespace`: run from outside (here, the test's own namespace), the rules, the
+/// validation probe and the clean-up all happen in the pod's namespace; this namespace's own
+/// rules do not change.
+#[tokio::test]
+async fn network_namespace_applies_validates_and_cleans_up_from_outside() {
+    run_for(Duration::from_secs(60), async {
+        tokio::task::spawn_blocking(|| {
+            let dns = Dns::new("dx");
+            foreign_rules(&dns.pod);
+            let before = saves(&dns.pod);
+            let outside = || {
+                let mut all = String::new();
+                for bin in ["iptables-save", "ip6tables-save"] {
+                    let out = std::process::Command::new(bin).output().expect("run");
+                    // Only skiff's chains: other tests may be adding rules out here.
+                    for line in String::from_utf8_lossy(&out.stdout).lines() {
+                        if line.contains("ISTIO_") {
+                            all.push_str(line);
+                            all.push('\n');
+                        }
+                    }
+                }
+                all
+            };
+            let outside_before = outside();
+            let bin = skiff_tests::proxy::Kind::Skiff.binary();
+            let path = dns.pod.path();
+            let flags = [
+                "iptables",
+                "--network-namespace",
+                &path,
+                "-i",
+                "*",
+                "-b",
+                "*",
+                "--redirect-dns",
+                "--dual-stack",
+                "--resolv-conf",
+                &dns.resolv_conf,
+                "--run-validation",
+            ];
+            let out = std::process::Command::new(&bin)
+                .args(flags)
+                .output()
+                .expect("run skiff iptables");
+            ok(&out);
+            assert!(text(&out).contains("validation passed"), "{}", text(&out));
+            assert!(saves(&dns.pod).contains("-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS"));
+            assert_eq!(
+                outside(),
+                outside_before,
+                "nothing may change outside the pod"
+            );
+            assert_eq!(dns.query("app", "10.99.0.2", "udp"), "agent");
+
+            let out = std::process::Command::new(&bin)
+                .args(flags)
+                .arg("--cleanup-only")
+                .output()
+                .expect("run skiff iptables");
+            ok(&out);
+            assert_eq!(
+                saves(&dns.pod),
+                before,
+                "clean-up must restore iptables-save exactly"
+            );
+            assert_eq!(outside(), outside_before);
+
+            let missing = std::process::Command::new(&bin)
+                .args([
+                    "iptables",
+                    "--network-namespace",
+                    "/var/run/netns/skiff-none",
+                ])
+                .output()
+                .expect("run skiff iptables");
+            assert!(!missing.status.success());
+            assert!(
+                text(&missing).contains("--network-namespace"),
+                "{}",
+                text(&missing)
+            );
+        })
+        .await
+        .expect("test thread");
+    })
+    .await
+}
+
+/// Stale rules: skiff's chains with rules these flags do not make (another run's flags, a rule
+/// added by hand). Without `--reconcile` the run fails as istio-iptables' does and changes
+/// nothing; with it the chains are replaced by exactly what a fresh apply makes, and the
+/// temporary guardrails are gone again.
+#[tokio::test]
+async fn reconcile_replaces_stale_rules() {
+    run_for(Duration::from_secs(60), async {
+        tokio::task::spawn_blocking(|| {
+            let dns = Dns::new("dr");
+            foreign_rules(&dns.pod);
+            let before = saves(&dns.pod);
+            let new_flags = [
+                "-i",
+                "*",
+                "--redirect-dns",
+                "--dual-stack",
+                "--resolv-conf",
+                &dns.resolv_conf,
+            ];
+            ok(&dns.skiff(&new_flags));
+            let fresh = saves(&dns.pod);
+            ok(&dns.skiff(&["--cleanup-only", "--dual-stack"]));
+            assert_eq!(saves(&dns.pod), before);
+
+            // An older run with other flags, plus a rule added by hand.
+            ok(&dns.skiff(&["-i", "*", "-b", "*", "--dual-stack"]));
+            dns.pod.exec(&[
+                "iptables",
+                "-t",
+                "nat",
+                "-I",
+                "ISTIO_OUTPUT",
+                "1",
+                "-d",
+                "10.1.2.3",
+                "-j",
+                "RETURN",
+            ]);
+            let stale = saves(&dns.pod);
+            let refused = dns.skiff(&new_flags);
+            assert!(!refused.status.success(), "{}", text(&refused));
+            assert!(text(&refused).contains("--reconcile"), "{}", text(&refused));
+            assert_eq!(
+                saves(&dns.pod),
+                stale,
+                "without --reconcile nothing changes"
+            );
+
+            let mut reconcile = new_flags.to_vec();
+            reconcile.push("--reconcile");
+            ok(&dns.skiff(&reconcile));
+            assert_eq!(saves(&dns.pod), fresh, "reconciled = freshly applied");
+            assert_eq!(dns.query("app", "10.99.0.2", "tcp"), "agent");
+
+            // The same hand-made rule in a chain that is otherwise current is a drift too.
+            dns.pod.exec(&[
+                "iptables",
+                "-t",
+                "raw",
+                "-A",
+                "ISTIO_OUTPUT_DNS",
+                "-p",
+                "udp",
+                "-j",
+                "ACCEPT",
+            ]);
+            assert!(!dns.skiff(&new_flags).status.success());
+            ok(&dns.skiff(&reconcile));
+            assert_eq!(saves(&dns.pod), fresh);
+            ok(&dns.skiff(&reconcile));
+            assert_eq!(
+                saves(&dns.pod),
+                fresh,
+                "nothing to reconcile: nothing changes"
             );
         })
         .await
