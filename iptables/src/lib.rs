@@ -2,20 +2,21 @@
 //! variables and defaults, so an injection template that runs istio-iptables can run skiff.
 //!
 //! This crate parses and validates the options ([`Args`] → [`Config`]) before anything is
-//! changed, and renders the rules as `iptables-restore` input ([`plan`]). REDIRECT mode is
-//! implemented; the rules and their order follow Istio's own golden outputs.
+//! changed, and renders the rules as `iptables-restore` input ([`plan`]): REDIRECT and TPROXY
+//! modes and DNS capture, in the rules and order of Istio's own golden outputs.
 
 #![forbid(unsafe_code)]
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use clap::Parser;
 
 mod apply;
+mod rules;
 pub mod validation;
 
 pub use apply::{run, ApplyError};
+pub use rules::{plan, Plan};
 
 /// The options of `skiff iptables`, with istio-iptables' short and long names and environment
 /// variables.
@@ -101,6 +102,30 @@ pub struct Args {
     /// Only remove skiff's chains and rules.
     #[arg(long = "cleanup-only", env = "CLEANUP_ONLY")]
     pub cleanup_only: bool,
+    /// Capture DNS (UDP and TCP port 53) from everything but the proxy into the agent's DNS
+    /// proxy on 15053; also enabled by `ISTIO_META_DNS_CAPTURE=true`.
+    #[arg(long = "redirect-dns", env = "REDIRECT_DNS")]
+    pub redirect_dns: bool,
+    /// With --redirect-dns: capture DNS to any address, not only to the resolv.conf nameservers.
+    #[arg(long = "capture-all-dns", env = "CAPTURE_ALL_DNS")]
+    pub capture_all_dns: bool,
+    /// Where --redirect-dns reads the nameservers whose DNS is captured (skiff's own flag).
+    #[arg(
+        long = "resolv-conf",
+        env = "SKIFF_RESOLV_CONF",
+        default_value = "/etc/resolv.conf"
+    )]
+    pub resolv_conf: String,
+    /// Replace skiff's chains when they already exist with different rules (otherwise refuse).
+    #[arg(long = "reconcile", env = "RECONCILE")]
+    pub reconcile: bool,
+    /// Apply, clean up and validate inside this network namespace (e.g. `/var/run/netns/NAME`).
+    #[arg(
+        long = "network-namespace",
+        env = "NETWORK_NAMESPACE",
+        default_value = ""
+    )]
+    pub network_namespace: String,
 }
 
 /// The capture options both backends share, `skiff iptables` and `skiff ebpf`: the same
@@ -280,6 +305,113 @@ pub struct Config {
     pub ipv4_loopback: Cidr,
     /// `-n`.
     pub dry_run: bool,
+    /// `--redirect-dns`: `None` when DNS is not captured.
+    pub dns: Option<Dns>,
+    /// `--reconcile`.
+    pub reconcile: bool,
+    /// `--network-namespace`.
+    pub network_namespace: Option<std::path::PathBuf>,
+    /// What the operator should know about the options (printed, not fatal).
+    pub warnings: Vec<String>,
+}
+
+/// DNS capture (`--redirect-dns`), as istio-iptables does it: port 53 to the agent's 15053.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// `--capture-all-dns`: every destination, not only the nameservers.
+    pub capture_all: bool,
+    /// The IPv4 nameservers of resolv.conf (empty with `capture_all`).
+    pub servers_v4: Vec<IpAddr>,
+    /// The IPv6 nameservers of resolv.conf (empty with `capture_all`).
+    pub servers_v6: Vec<IpAddr>,
+}
+
+/// The port the agent's DNS proxy listens on (istio-agent's, and what skiff's rules send to).
+pub const DNS_CAPTURE_PORT: u16 = 15053;
+
+/// The nameservers of a resolv.conf, split by family, read the way istio-iptables reads them:
+/// the first word after `nameserver`, unparsable addresses (a zone, a name) skipped.
+pub fn nameservers(resolv_conf: &str) -> (Vec<IpAddr>, Vec<IpAddr>) {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for line in resolv_conf.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("nameserver") {
+            continue;
+        }
+        match words.next().and_then(|a| a.parse::<IpAddr>().ok()) {
+            Some(ip @ IpAddr::V4(_)) => v4.push(ip),
+            // Go's netip counts an IPv4-mapped address as IPv6, and so does Istio.
+            Some(ip @ IpAddr::V6(_)) => v6.push(ip),
+            None => {}
+        }
+    }
+    (v4, v6)
+}
+
+/// Go's `strconv.ParseBool`, which istio-iptables uses for its environment variables.
+fn go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// `ISTIO_META_DNS_CAPTURE`, the proxy's own switch for DNS capture, which istio-iptables also
+/// reads as `--redirect-dns`.
+fn meta_dns_capture() -> bool {
+    std::env::var("ISTIO_META_DNS_CAPTURE").is_ok_and(|v| go_bool(v.trim()) == Some(true))
+}
+
+impl Dns {
+    /// `--redirect-dns` and `--capture-all-dns`. Without `--capture-all-dns` the nameservers
+    /// come from resolv.conf; with none there, istio-iptables turns DNS capture off (`None`).
+    fn from_args(a: &Args) -> Result<Option<Dns>, FlagError> {
+        if let Ok(v) = std::env::var("ISTIO_META_DNS_CAPTURE") {
+            if go_bool(v.trim()).is_none() {
+                return Err(bad(
+                    "redirect-dns",
+                    format!("ISTIO_META_DNS_CAPTURE='{v}' is not a boolean"),
+                ));
+            }
+        }
+        if !(a.redirect_dns || meta_dns_capture()) {
+            return Ok(None);
+        }
+        if a.capture_all_dns {
+            return Ok(Some(Dns {
+                capture_all: true,
+                servers_v4: Vec::new(),
+                servers_v6: Vec::new(),
+            }));
+        }
+        let text = std::fs::read_to_string(&a.resolv_conf).map_err(|e| {
+            bad(
+                "resolv-conf",
+                format!(
+                    "--redirect-dns needs the nameservers: cannot read {}: {e}",
+                    a.resolv_conf
+                ),
+            )
+        })?;
+        let (servers_v4, servers_v6) = nameservers(&text);
+        if servers_v4.is_empty() && servers_v6.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Dns {
+            capture_all: false,
+            servers_v4,
+            servers_v6,
+        }))
+    }
+
+    fn servers(&self, v6: bool) -> &[IpAddr] {
+        if v6 {
+            &self.servers_v6
+        } else {
+            &self.servers_v4
+        }
+    }
 }
 
 /// Validated capture options, shared by both backends.
@@ -501,7 +633,32 @@ impl Config {
                 format!("'{}' is not an IPv4 loopback CIDR", a.ipv4_loopback_cidr),
             ));
         }
+        let network_namespace = match a.network_namespace.trim() {
+            "" => None,
+            path => {
+                let p = std::path::PathBuf::from(path);
+                if !a.dry_run && !p.exists() {
+                    return Err(bad(
+                        "network-namespace",
+                        format!("{path} does not exist (a path such as /var/run/netns/<name> or /proc/<pid>/ns/net)"),
+                    ));
+                }
+                Some(p)
+            }
+        };
+        let dns = Dns::from_args(a)?;
+        let mut warnings = Vec::new();
+        if dns.is_none() && (a.redirect_dns || meta_dns_capture()) {
+            warnings.push(format!(
+                "--redirect-dns: no nameserver in {} and no --capture-all-dns: DNS is not captured",
+                a.resolv_conf
+            ));
+        }
         Ok(Config {
+            dns,
+            warnings,
+            reconcile: a.reconcile,
+            network_namespace,
             capture,
             mode,
             tproxy_mark,
@@ -516,300 +673,6 @@ impl Config {
             dry_run: a.dry_run,
         })
     }
-}
-
-/// The rules per address family, as `iptables-restore` input, and the policy routes TPROXY
-/// needs, as `ip` arguments.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    /// For `iptables-restore --noflush`.
-    pub ipv4: String,
-    /// For `ip6tables-restore --noflush`, with `--dual-stack`.
-    pub ipv6: Option<String>,
-    /// `ip` commands (TPROXY): the mark's rule and the local route of its table.
-    pub routes: Vec<Vec<String>>,
-}
-
-impl std::fmt::Display for Plan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "# iptables-restore --noflush")?;
-        f.write_str(&self.ipv4)?;
-        if let Some(v6) = &self.ipv6 {
-            writeln!(f, "# ip6tables-restore --noflush")?;
-            f.write_str(v6)?;
-        }
-        for r in &self.routes {
-            writeln!(f, "ip {}", r.join(" "))?;
-        }
-        Ok(())
-    }
-}
-
-/// The rules for a configuration.
-pub fn plan(c: &Config) -> Plan {
-    let family = |v6: bool| format!("{}{}", mangle_table(c, v6), nat_table(c, v6));
-    let mut routes = Vec::new();
-    if c.mode == Mode::Tproxy {
-        let families: &[&str] = if c.ipv6 { &["-4", "-6"] } else { &["-4"] };
-        for fam in families {
-            let (mark, table) = (c.tproxy_mark.to_string(), c.tproxy_table.to_string());
-            routes.push(vec![
-                fam.to_string(),
-                "rule".into(),
-                "add".into(),
-                "fwmark".into(),
-                mark,
-                "lookup".into(),
-                table.clone(),
-            ]);
-            routes.push(
-                [
-                    *fam, "route", "add", "local", "default", "dev", "lo", "table", &table,
-                ]
-                .iter()
-                .map(|x| x.to_string())
-                .collect(),
-            );
-        }
-    }
-    Plan {
-        ipv4: family(false),
-        ipv6: c.ipv6.then(|| family(true)),
-        routes,
-    }
-}
-
-/// The mangle table: dropping INVALID packets, and TPROXY's inbound capture with the marks and
-/// connmarks that route replies back through the proxy. Empty when neither is asked for.
-fn mangle_table(c: &Config, v6: bool) -> String {
-    let (passthrough, loopback) = if v6 {
-        ("::6/128".to_string(), "::1/128".to_string())
-    } else {
-        ("127.0.0.6/32".to_string(), c.ipv4_loopback.to_string())
-    };
-    let mut r: Vec<String> = Vec::new();
-    if c.drop_invalid {
-        r.push("-N ISTIO_DROP".into());
-        r.push("-A PREROUTING -m conntrack --ctstate INVALID -j ISTIO_DROP".into());
-        r.push("-A ISTIO_DROP -j DROP".into());
-    }
-    if c.mode == Mode::Tproxy && c.capture.inbound_ports != Select::None {
-        let mark = c.tproxy_mark;
-        let out_mark = mark + 1;
-        r.push("-N ISTIO_DIVERT".into());
-        r.push("-N ISTIO_TPROXY".into());
-        r.push("-N ISTIO_INBOUND".into());
-        r.push(format!("-A ISTIO_DIVERT -j MARK --set-mark {mark}"));
-        r.push("-A ISTIO_DIVERT -j ACCEPT".into());
-        r.push(format!(
-            "-A ISTIO_TPROXY ! -d {loopback} -p tcp -j TPROXY --tproxy-mark {mark}/0xffffffff --on-port {}",
-            c.capture.inbound_port
-        ));
-        r.push("-A PREROUTING -p tcp -j ISTIO_INBOUND".into());
-        let established = "-m conntrack --ctstate RELATED,ESTABLISHED -j ISTIO_DIVERT";
-        match &c.capture.inbound_ports {
-            Select::Some(ports) => {
-                for p in ports {
-                    r.push(format!("-A ISTIO_INBOUND -p tcp --dport {p} {established}"));
-                    r.push(format!(
-                        "-A ISTIO_INBOUND -p tcp --dport {p} -j ISTIO_TPROXY"
-                    ));
-                }
-            }
-            _ => {
-                for p in &c.capture.inbound_exclude_ports {
-                    r.push(format!("-A ISTIO_INBOUND -p tcp --dport {p} -j RETURN"));
-                }
-                r.push(format!("-A ISTIO_INBOUND -p tcp {established}"));
-                r.push("-A ISTIO_INBOUND -p tcp -j ISTIO_TPROXY".into());
-            }
-        }
-        r.push(format!(
-            "-A PREROUTING -p tcp -m mark --mark {mark} -j CONNMARK --save-mark"
-        ));
-        r.push(format!(
-            "-A OUTPUT -p tcp -o lo -m mark --mark {mark} -j RETURN"
-        ));
-        for (kind, ids) in [("uid", &c.capture.uids), ("gid", &c.capture.gids)] {
-            for id in ids {
-                r.push(format!(
-                    "-A OUTPUT ! -d {loopback} -p tcp -o lo -m owner --{kind}-owner {id} -j MARK --set-mark {out_mark}"
-                ));
-            }
-        }
-        r.push(format!(
-            "-A OUTPUT -p tcp -m connmark --mark {mark} -j CONNMARK --restore-mark"
-        ));
-        r.push(format!(
-            "-I ISTIO_INBOUND 1 -p tcp -m mark --mark {mark} -j RETURN"
-        ));
-        r.push(format!(
-            "-I ISTIO_INBOUND 2 -p tcp -s {passthrough} -i lo -j RETURN"
-        ));
-        r.push(format!(
-            "-I ISTIO_INBOUND 3 -p tcp -i lo -m mark ! --mark {out_mark} -j RETURN"
-        ));
-    }
-    if r.is_empty() {
-        return String::new();
-    }
-    let mut out = String::from("* mangle\n");
-    for rule in r {
-        out.push_str(&rule);
-        out.push('\n');
-    }
-    out.push_str("COMMIT\n");
-    out
-}
-
-fn ports_list(p: &[u16]) -> String {
-    p.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
-}
-
-/// The nat table of one family. The order is istio-iptables': chains, interface exclusions,
-/// the redirect chains, inbound capture, then ISTIO_OUTPUT from the most specific exemptions
-/// (excluded ports, the inbound passthrough source, the proxy's own uid/gid) to what is captured.
-fn nat_table(c: &Config, v6: bool) -> String {
-    let (passthrough, loopback) = if v6 {
-        ("::6/128".to_string(), "::1/128".to_string())
-    } else {
-        ("127.0.0.6/32".to_string(), c.ipv4_loopback.to_string())
-    };
-    let family = |x: &&Cidr| x.ip.is_ipv6() == v6;
-    let mut r: Vec<String> = Vec::new();
-    for chain in [
-        "ISTIO_INBOUND",
-        "ISTIO_REDIRECT",
-        "ISTIO_IN_REDIRECT",
-        "ISTIO_OUTPUT",
-    ] {
-        r.push(format!("-N {chain}"));
-    }
-    for nic in &c.exclude_interfaces {
-        r.push(format!("-A PREROUTING -i {nic} -j RETURN"));
-        r.push(format!("-A OUTPUT -o {nic} -j RETURN"));
-    }
-    for nic in &c.virt_interfaces {
-        r.push(format!("-I PREROUTING 1 -i {nic} -j RETURN"));
-    }
-    r.push(format!(
-        "-A ISTIO_INBOUND -p tcp --dport {} -j RETURN",
-        c.capture.tunnel_port
-    ));
-    r.push(format!(
-        "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {}",
-        c.capture.outbound_port
-    ));
-    r.push(format!(
-        "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}",
-        c.capture.inbound_port
-    ));
-    let nat_inbound = if c.mode == Mode::Redirect {
-        &c.capture.inbound_ports
-    } else {
-        &Select::None
-    };
-    match nat_inbound {
-        Select::None => {}
-        Select::All => {
-            r.push("-A PREROUTING -p tcp -j ISTIO_INBOUND".into());
-            for p in &c.capture.inbound_exclude_ports {
-                r.push(format!("-A ISTIO_INBOUND -p tcp --dport {p} -j RETURN"));
-            }
-            r.push("-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT".into());
-        }
-        Select::Some(ports) => {
-            r.push("-A PREROUTING -p tcp -j ISTIO_INBOUND".into());
-            for p in ports {
-                r.push(format!(
-                    "-A ISTIO_INBOUND -p tcp --dport {p} -j ISTIO_IN_REDIRECT"
-                ));
-            }
-        }
-    }
-    r.push("-A OUTPUT -j ISTIO_OUTPUT".into());
-    if !c.capture.outbound_exclude_ports.is_empty() {
-        let list = ports_list(&c.capture.outbound_exclude_ports);
-        r.push(format!(
-            "-A ISTIO_OUTPUT -p tcp -m multiport --dports {list} -j RETURN"
-        ));
-        r.push(format!(
-            "-A ISTIO_OUTPUT -p udp -m multiport --dports {list} -j RETURN"
-        ));
-    }
-    r.push(format!("-A ISTIO_OUTPUT -o lo -s {passthrough} -j RETURN"));
-    for (kind, ids) in [("uid", &c.capture.uids), ("gid", &c.capture.gids)] {
-        for id in ids {
-            // The proxy calling its own pod IP over lo goes to the inbound capture (hairpin);
-            // the app calling its own pod IP over lo is not captured; the proxy's own traffic
-            // is never captured.
-            r.push(format!(
-                "-A ISTIO_OUTPUT -o lo ! -d {loopback} -p tcp ! --dport {} -m owner --{kind}-owner {id} -j ISTIO_IN_REDIRECT",
-                c.capture.tunnel_port
-            ));
-            r.push(format!(
-                "-A ISTIO_OUTPUT -o lo -m owner ! --{kind}-owner {id} -j RETURN"
-            ));
-            r.push(format!(
-                "-A ISTIO_OUTPUT -m owner --{kind}-owner {id} -j RETURN"
-            ));
-        }
-    }
-    match &c.owner_groups {
-        Select::Some(groups) => {
-            let mut rule = String::from("-A ISTIO_OUTPUT");
-            for g in groups {
-                let _ = write!(rule, " -m owner ! --gid-owner {g}");
-            }
-            rule.push_str(" -j RETURN");
-            r.push(rule);
-        }
-        Select::All | Select::None => {
-            for g in &c.owner_groups_exclude {
-                r.push(format!(
-                    "-A ISTIO_OUTPUT -m owner --gid-owner {g} -j RETURN"
-                ));
-            }
-        }
-    }
-    r.push(format!("-A ISTIO_OUTPUT -d {loopback} -j RETURN"));
-    for x in c.capture.outbound_exclude_cidrs.iter().filter(family) {
-        r.push(format!("-A ISTIO_OUTPUT -d {x} -j RETURN"));
-    }
-    for p in &c.capture.outbound_ports {
-        r.push(format!(
-            "-A ISTIO_OUTPUT -p tcp --dport {p} -j ISTIO_REDIRECT"
-        ));
-    }
-    match &c.capture.outbound_cidrs {
-        Select::None => {}
-        Select::All => {
-            r.push("-A ISTIO_OUTPUT -j ISTIO_REDIRECT".into());
-            for nic in &c.virt_interfaces {
-                r.push(format!("-I PREROUTING 1 -i {nic} -j ISTIO_REDIRECT"));
-            }
-        }
-        Select::Some(list) => {
-            let list: Vec<&Cidr> = list.iter().filter(family).collect();
-            for nic in &c.virt_interfaces {
-                for cidr in &list {
-                    r.push(format!(
-                        "-I PREROUTING 1 -i {nic} -d {cidr} -j ISTIO_REDIRECT"
-                    ));
-                }
-            }
-            for cidr in &list {
-                r.push(format!("-A ISTIO_OUTPUT -d {cidr} -j ISTIO_REDIRECT"));
-            }
-        }
-    }
-    let mut out = String::from("* nat\n");
-    for rule in r {
-        out.push_str(&rule);
-        out.push('\n');
-    }
-    out.push_str("COMMIT\n");
-    out
 }
 
 #[cfg(test)]
@@ -842,6 +705,41 @@ mod tests {
             config(&["-x", "nonsense"]).unwrap_err().to_string(),
             "--istio-service-exclude-cidr: 'nonsense' is not a CIDR"
         );
+    }
+
+    #[test]
+    fn nameservers_are_read_like_istio_reads_resolv_conf() {
+        let (v4, v6) = nameservers(
+            "# comment\nsearch svc.cluster.local\nnameserver 10.96.0.10\nnameserver  fe80::1%eth0\n\
+             nameserver 2001:db8::53 # trailing\noptions ndots:5\nnameserver\n",
+        );
+        assert_eq!(v4, ["10.96.0.10".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(v6, ["2001:db8::53".parse::<IpAddr>().expect("ip")]);
+    }
+
+    #[test]
+    fn dns_flags_are_checked_before_anything_changes() {
+        let err = config(&[
+            "--redirect-dns",
+            "--resolv-conf",
+            "/nonexistent/resolv.conf",
+        ])
+        .expect_err("unreadable resolv.conf");
+        assert_eq!(err.flag, "resolv-conf");
+        assert!(
+            err.to_string().contains("/nonexistent/resolv.conf"),
+            "{err}"
+        );
+        // With --capture-all-dns resolv.conf is not needed, as in istio-iptables.
+        let all = config(&[
+            "--redirect-dns",
+            "--capture-all-dns",
+            "--resolv-conf",
+            "/nonexistent/resolv.conf",
+        ])
+        .expect("capture-all-dns");
+        assert!(all.dns.is_some_and(|d| d.capture_all));
+        assert!(config(&[]).expect("defaults").dns.is_none());
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! Golden tests: for each `golden/<case>.args` (the flags, as an injection template would pass
 //! them), the `--dry-run` output must equal `golden/<case>.golden`. The expected files follow
-//! istio-iptables' own golden outputs for the same flags (REDIRECT mode). `REFRESH_GOLDEN=1`
-//! rewrites them after a deliberate change.
+//! istio-iptables' own golden outputs for the same flags (`tools/istio-iptables/pkg/capture/
+//! testdata/`, same case names), with two kinds of differences: skiff prints the TPROXY policy
+//! routes after the rules, and it writes IPv6 nameservers the way Istio's resolv.conf reader
+//! does (`::7f00:35`), where Istio's unit test injects the literal `::127.0.0.53`. Where Istio's
+//! unit tests set the nameservers directly, the `.args` point `--resolv-conf` at a
+//! `resolv-*.conf` here. `REFRESH_GOLDEN=1` rewrites them after a deliberate change.
 
 use std::path::PathBuf;
 

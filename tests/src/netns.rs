@@ -47,6 +47,11 @@ impl Netns {
         ns
     }
 
+    /// The namespace's path, for tools that take one (`nsenter --net`, `--network-namespace`).
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
     /// A command to run inside the namespace.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
@@ -142,4 +147,52 @@ pub fn run(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// `skiff iptables <args>` inside the namespace; success is up to the caller.
+pub fn skiff_iptables(ns: &Netns, args: &[&str]) -> Output {
+    let bin = crate::proxy::Kind::Skiff.binary();
+    let mut cmd: Command = ns.command(&[&bin.to_string_lossy(), "iptables"]);
+    cmd.args(args).output().expect("run skiff iptables")
+}
+
+/// A command's stdout and stderr, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The client's and the app's ends of the veth pair [`pair`] makes for `tag`.
+pub fn veth_names(tag: &str) -> (String, String) {
+    let id = std::process::id() % 100_000;
+    (format!("{tag}c{id}"), format!("{tag}a{id}"))
+}
+
+/// Two namespaces joined by a veth pair: the client at 10.99.0.1 and the app at 10.99.0.2.
+pub fn pair(tag: &str) -> (Netns, Netns) {
+    let client = Netns::new(&format!("{tag}c"));
+    let app = Netns::new(&format!("{tag}a"));
+    let (vc, va) = veth_names(tag);
+    run(Command::new("ip").args([
+        "link",
+        "add",
+        &vc,
+        "netns",
+        &client.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &va,
+        "netns",
+        &app.name,
+    ]));
+    client.exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", &vc]);
+    client.exec(&["ip", "link", "set", &vc, "up"]);
+    app.exec(&["ip", "addr", "add", "10.99.0.2/24", "dev", &va]);
+    app.exec(&["ip", "link", "set", &va, "up"]);
+    (client, app)
 }

@@ -2,10 +2,9 @@
 //! (nothing changes), traffic captured to a remote namespace through skiff, and clean-up back to
 //! exactly the rules that were there before. Needs root (CI runs as root).
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use skiff_tests::netns::{Netns, PROXY_UID};
+use skiff_tests::netns::{pair, skiff_iptables, text, Netns, PROXY_UID};
 use skiff_tests::proxy::Kind;
 use skiff_tests::run_for;
 
@@ -31,21 +30,6 @@ fn state(ns: &Netns) -> String {
         ));
     }
     all
-}
-
-/// `skiff iptables <args>` inside the namespace; success is up to the caller.
-fn skiff_iptables(ns: &Netns, args: &[&str]) -> Output {
-    let bin = Kind::Skiff.binary();
-    let mut cmd: Command = ns.command(&[&bin.to_string_lossy(), "iptables"]);
-    cmd.args(args).output().expect("run skiff iptables")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 const SIDECAR_FLAGS: &[&str] = &[
@@ -282,33 +266,6 @@ static_resources:
     lb_policy: CLUSTER_PROVIDED
     connect_timeout: 1s
 "#;
-
-/// Two namespaces joined by a veth pair: the client at 10.99.0.1 and the app at 10.99.0.2.
-fn pair(tag: &str) -> (Netns, Netns) {
-    let client = Netns::new(&format!("{tag}c"));
-    let app = Netns::new(&format!("{tag}a"));
-    let id = std::process::id() % 100_000;
-    let (vc, va) = (format!("{tag}c{id}"), format!("{tag}a{id}"));
-    skiff_tests::netns::run(Command::new("ip").args([
-        "link",
-        "add",
-        &vc,
-        "netns",
-        &client.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &va,
-        "netns",
-        &app.name,
-    ]));
-    client.exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", &vc]);
-    client.exec(&["ip", "link", "set", &vc, "up"]);
-    app.exec(&["ip", "addr", "add", "10.99.0.2/24", "dev", &va]);
-    app.exec(&["ip", "link", "set", &va, "up"]);
-    (client, app)
-}
 
 fn start_app(ns: &mut Netns, port: &str, log: &str) {
     ns.spawn(

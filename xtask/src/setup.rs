@@ -21,6 +21,8 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("jq", "jq"),
     ("taskset", "util-linux"),
     ("setpriv", "util-linux"),
+    ("nsenter", "util-linux"),
+    ("python3", "python3"),
     ("ip", "iproute2"),
     ("iptables", "iptables"),
     ("clang", "clang"),
