@@ -171,7 +171,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.core.v3.SubstitutionFormatString",
         &["text_format_source", "text_format"],
     ),
-    ("envoy.config.core.v3.DataSource", &["inline_string"]),
+    // Access-log formats take only inline_string; TLS takes all three (checked in translation).
+    (
+        "envoy.config.core.v3.DataSource",
+        &["inline_string", "filename", "inline_bytes"],
+    ),
     (
         "envoy.config.cluster.v3.Cluster",
         &[
@@ -239,10 +243,6 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",
         &["san_type", "matcher"],
-    ),
-    (
-        "envoy.config.core.v3.DataSource",
-        &["filename", "inline_bytes", "inline_string"],
     ),
     (
         "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig",

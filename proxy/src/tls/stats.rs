@@ -23,6 +23,8 @@ pub struct TlsStats {
     pub fail_verify_error: Counter,
     /// `ssl.fail_verify_san`: no subject alternative name matched.
     pub fail_verify_san: Counter,
+    /// `ssl.session_reused`: handshakes that resumed a session.
+    pub session_reused: Counter,
 }
 
 impl TlsStats {
@@ -37,6 +39,7 @@ impl TlsStats {
             fail_verify_no_cert: c("fail_verify_no_cert"),
             fail_verify_error: c("fail_verify_error"),
             fail_verify_san: c("fail_verify_san"),
+            session_reused: c("session_reused"),
             prefix,
             shard,
         }
@@ -45,6 +48,9 @@ impl TlsStats {
     /// A completed handshake: its version and cipher, and whether the peer had a certificate.
     pub fn completed(&self, conn: &CommonState) {
         self.handshake.inc();
+        if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.session_reused.inc();
+        }
         if let Some(v) = conn.protocol_version().and_then(version_name) {
             self.shard
                 .counter(&format!("{}versions.{v}", self.prefix))
@@ -61,22 +67,19 @@ impl TlsStats {
         }
     }
 
-    /// A handshake that failed: counted, with the verification failure when that was it.
+    /// A handshake that failed: a verification failure counts as its kind, anything else as
+    /// `connection_error` (as Envoy counts them).
     pub fn failed(&self, e: &std::io::Error) {
-        self.connection_error.inc();
-        let Some(err) = e
+        let err = e
             .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        else {
-            return;
-        };
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
         match err {
-            rustls::Error::NoCertificatesPresented => self.fail_verify_no_cert.inc(),
-            rustls::Error::InvalidCertificate(CertificateError::NotValidForName) => {
+            Some(rustls::Error::NoCertificatesPresented) => self.fail_verify_no_cert.inc(),
+            Some(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)) => {
                 self.fail_verify_san.inc()
             }
-            rustls::Error::InvalidCertificate(_) => self.fail_verify_error.inc(),
-            _ => {}
+            Some(rustls::Error::InvalidCertificate(_)) => self.fail_verify_error.inc(),
+            _ => self.connection_error.inc(),
         }
     }
 }

@@ -1,0 +1,409 @@
+//! TLS to upstreams (`UpstreamTlsContext` on a cluster's `transport_socket`): SNI, the client
+//! certificate of mTLS, the server checked against the trusted CA and SAN matchers (or not at
+//! all without a validation context, as in Envoy), the cluster's `ssl.*` stats, certificates
+//! that follow their files, and configuration errors that name the field.
+//!
+//! The upstream is Python's `ssl` (OpenSSL) behind an HTTP server that answers with what it saw
+//! of the TLS connection: the SNI, the client certificate's SANs, the ALPN protocol.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use skiff_tests::client::{get, http1_once};
+use skiff_tests::config::{bootstrap, cluster, hcm, listener, route, to_yaml, vhost};
+use skiff_tests::proxy::{run_cli, skiff_only, start_under_test, Kind, ProxyProcess};
+use skiff_tests::{free_port, run, scratch_dir};
+
+/// The upstream: `tls_server.py <port> <cert> <key> <ca> <require|optional>`.
+const SERVER_PY: &str = r#"
+import json, socket, ssl, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+port, cert, key, ca, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+ctx.load_verify_locations(ca)
+ctx.verify_mode = ssl.CERT_REQUIRED if mode == "require" else ssl.CERT_OPTIONAL
+ctx.set_alpn_protocols(["h2", "http/1.1"])
+def on_sni(sock, name, _ctx):
+    sock.skiff_sni = name
+ctx.sni_callback = on_sni
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        c = self.connection
+        cert = c.getpeercert() or {}
+        seen = {
+            "sni": getattr(c, "skiff_sni", None),
+            "peer_sans": [f"{k}:{v}" for k, v in cert.get("subjectAltName", ())],
+            "alpn": c.selected_alpn_protocol(),
+            "version": c.version(),
+        }
+        body = json.dumps(seen).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        # One request per connection: every request shows a fresh handshake.
+        self.send_header("connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    def get_request(self):
+        s, addr = self.socket.accept()
+        return ctx.wrap_socket(s, server_side=True), addr
+    def handle_error(self, request, client_address):
+        sys.stderr.write(f"handshake or request failed: {sys.exc_info()[1]}\n")
+
+srv = Server(("127.0.0.1", port), Handler)
+print("listening", flush=True)
+srv.serve_forever()
+"#;
+
+/// A CA and the certificates it signs, written as PEM files into a directory.
+struct Pki {
+    dir: PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new(tag: &str) -> Pki {
+        let dir = scratch_dir(tag);
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{tag} CA"));
+        let ca = p.self_signed(&ca_key).expect("CA");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write CA");
+        Pki { dir, ca, ca_key }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Writes `<name>.pem` and `<name>.key` for a leaf with these SANs (DNS names and
+    /// `spiffe://` URIs); returns their paths.
+    fn leaf(&self, name: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        for s in sans {
+            p.subject_alt_names.push(if s.contains("://") {
+                rcgen::SanType::URI(s.to_string().try_into().expect("URI"))
+            } else {
+                rcgen::SanType::DnsName(s.to_string().try_into().expect("DNS name"))
+            });
+        }
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.signed_by(&key, &self.ca, &self.ca_key).expect("leaf");
+        let (c, k) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+        );
+        // Written beside and renamed over, as a rotation does.
+        for (path, text) in [(&c, cert.pem()), (&k, key.serialize_pem())] {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).expect("write");
+            std::fs::rename(&tmp, path).expect("rename");
+        }
+        (c, k)
+    }
+}
+
+const SERVER_SAN: &str = "spiffe://cluster.local/ns/default/sa/upstream";
+const CLIENT_SAN: &str = "spiffe://cluster.local/ns/default/sa/client";
+
+/// The TLS upstream; killed when dropped.
+struct Upstream {
+    port: u16,
+    child: Child,
+}
+
+impl Upstream {
+    fn start(pki: &Pki, cert: &(PathBuf, PathBuf), require_client_cert: bool) -> Upstream {
+        let port = free_port();
+        let script = pki.dir.join("tls_server.py");
+        std::fs::write(&script, SERVER_PY).expect("write server");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(&cert.0)
+            .arg(&cert.1)
+            .arg(pki.ca())
+            .arg(if require_client_cert {
+                "require"
+            } else {
+                "optional"
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start python3");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the TLS upstream did not start");
+            assert!(
+                child.try_wait().ok().flatten().is_none(),
+                "the TLS upstream exited"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Upstream { port, child }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The upstream TLS context: `sni`, a client certificate, and a validation context with the CA
+/// and SAN matchers (`None`: no validation context at all).
+fn upstream_tls(
+    sni: Option<&str>,
+    client: Option<&(PathBuf, PathBuf)>,
+    validation: Option<(&Path, Vec<Value>)>,
+) -> Value {
+    let mut common = json!({ "alpn_protocols": ["http/1.1"] });
+    if let Some((c, k)) = client {
+        common["tls_certificates"] = json!([{
+            "certificate_chain": { "filename": c },
+            "private_key": { "filename": k },
+        }]);
+    }
+    if let Some((ca, sans)) = validation {
+        common["validation_context"] = json!({
+            "trusted_ca": { "filename": ca },
+            "match_typed_subject_alt_names": sans,
+        });
+    }
+    let mut ctx = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": common,
+    });
+    if let Some(s) = sni {
+        ctx["sni"] = json!(s);
+    }
+    json!({ "name": "envoy.transport_sockets.tls", "typed_config": ctx })
+}
+
+fn uri_san(exact: &str) -> Value {
+    json!({ "san_type": "URI", "matcher": { "exact": exact } })
+}
+
+/// A proxy with one HTTP listener routing everything to cluster `svc`, which has `tls`.
+async fn start(up_port: u16, tls: Value) -> (ProxyProcess, u16) {
+    let (admin, port) = (free_port(), free_port());
+    let mut c = cluster("svc", &[up_port]);
+    c["transport_socket"] = tls;
+    let v = bootstrap(
+        admin,
+        vec![listener(
+            "http",
+            "127.0.0.1",
+            port,
+            hcm("in", vec![vhost("all", &["*"], vec![route("/", "svc")])]),
+        )],
+        vec![c],
+    );
+    (start_under_test(&to_yaml(&v), &[]).await, port)
+}
+
+/// One request through the proxy: its status and the upstream's JSON account of the connection.
+async fn request(port: u16) -> (u16, Value) {
+    let r = http1_once(&format!("127.0.0.1:{port}"), get("/", "svc.test"))
+        .await
+        .expect("request");
+    let seen = serde_json::from_str(&r.text()).unwrap_or(Value::Null);
+    (r.status, seen)
+}
+
+#[tokio::test]
+async fn upstream_mtls_sends_sni_and_the_client_certificate_and_checks_the_server() {
+    run(async {
+        let pki = Pki::new("tls-mtls");
+        let server = pki.leaf("upstream", &["upstream.test", SERVER_SAN]);
+        let client = pki.leaf("client", &[CLIENT_SAN]);
+        let up = Upstream::start(&pki, &server, true);
+        let tls = upstream_tls(
+            Some("upstream.test"),
+            Some(&client),
+            Some((&pki.ca(), vec![uri_san(SERVER_SAN)])),
+        );
+        let (p, port) = start(up.port, tls).await;
+        let (status, seen) = request(port).await;
+        assert_eq!(status, 200, "{seen}");
+        assert_eq!(seen["sni"], "upstream.test");
+        assert_eq!(seen["peer_sans"], json!([format!("URI:{CLIENT_SAN}")]));
+        assert_eq!(seen["alpn"], "http/1.1");
+        let admin = p.admin();
+        admin
+            .wait_stat("cluster.svc.ssl.handshake", Duration::from_secs(5), |v| {
+                v == 1
+            })
+            .await;
+        assert_eq!(admin.counter("cluster.svc.ssl.connection_error").await, 0);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn upstream_tls_refuses_a_server_whose_san_does_not_match() {
+    run(async {
+        let pki = Pki::new("tls-badsan");
+        let server = pki.leaf("upstream", &["upstream.test", SERVER_SAN]);
+        let up = Upstream::start(&pki, &server, false);
+        let tls = upstream_tls(
+            Some("upstream.test"),
+            None,
+            Some((
+                &pki.ca(),
+                vec![uri_san("spiffe://cluster.local/ns/other/sa/x")],
+            )),
+        );
+        let (p, port) = start(up.port, tls).await;
+        let (status, _) = request(port).await;
+        assert_eq!(status, 503);
+        let admin = p.admin();
+        admin
+            .wait_stat(
+                "cluster.svc.ssl.fail_verify_san",
+                Duration::from_secs(5),
+                |v| v == 1,
+            )
+            .await;
+        assert_eq!(admin.counter("cluster.svc.ssl.handshake").await, 0);
+        // A failed verification is counted as such, not as a connection error (as Envoy).
+        assert_eq!(admin.counter("cluster.svc.ssl.connection_error").await, 0);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn upstream_tls_refuses_a_server_of_another_ca() {
+    run(async {
+        let pki = Pki::new("tls-otherca");
+        let other = Pki::new("tls-otherca-2");
+        let server = other.leaf("upstream", &["upstream.test"]);
+        let up = Upstream::start(&other, &server, false);
+        let tls = upstream_tls(Some("upstream.test"), None, Some((&pki.ca(), vec![])));
+        let (p, port) = start(up.port, tls).await;
+        let (status, _) = request(port).await;
+        assert_eq!(status, 503);
+        let admin = p.admin();
+        admin
+            .wait_stat(
+                "cluster.svc.ssl.fail_verify_error",
+                Duration::from_secs(5),
+                |v| v == 1,
+            )
+            .await;
+        assert_eq!(admin.counter("cluster.svc.ssl.connection_error").await, 0);
+        assert_eq!(admin.counter("cluster.svc.ssl.handshake").await, 0);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn upstream_tls_without_a_validation_context_checks_nothing_and_sends_no_sni_unasked() {
+    run(async {
+        let other = Pki::new("tls-novalidation");
+        let server = other.leaf("upstream", &["whatever.test"]);
+        let up = Upstream::start(&other, &server, false);
+        let (p, port) = start(up.port, upstream_tls(None, None, None)).await;
+        let (status, seen) = request(port).await;
+        assert_eq!(status, 200, "{seen}");
+        assert_eq!(seen["sni"], Value::Null, "no sni configured: none sent");
+        assert_eq!(seen["peer_sans"], json!([]));
+        p.admin()
+            .wait_stat("cluster.svc.ssl.handshake", Duration::from_secs(5), |v| {
+                v == 1
+            })
+            .await;
+    })
+    .await
+}
+
+/// skiff follows certificate files (Envoy reloads static files only with SDS or a watched
+/// directory): a client certificate rotated by rename is used for the next connections.
+#[tokio::test]
+async fn upstream_client_certificate_follows_its_files() {
+    if skiff_only("upstream_client_certificate_follows_its_files") {
+        return;
+    }
+    run(async {
+        let pki = Pki::new("tls-reload");
+        let server = pki.leaf("upstream", &["upstream.test", SERVER_SAN]);
+        let client = pki.leaf("client", &[CLIENT_SAN]);
+        let up = Upstream::start(&pki, &server, true);
+        let tls = upstream_tls(
+            Some("upstream.test"),
+            Some(&client),
+            Some((&pki.ca(), vec![])),
+        );
+        let (_p, port) = start(up.port, tls).await;
+        let (status, seen) = request(port).await;
+        assert_eq!(status, 200);
+        assert_eq!(seen["peer_sans"], json!([format!("URI:{CLIENT_SAN}")]));
+
+        let rotated = "spiffe://cluster.local/ns/default/sa/client-rotated";
+        pki.leaf("client", &[rotated]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, seen) = request(port).await;
+            assert_eq!(status, 200, "connections keep working during the rotation");
+            if seen["peer_sans"] == json!([format!("URI:{rotated}")]) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the rotated certificate was not picked up"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_missing_certificate_file_is_a_configuration_error_naming_the_field() {
+    run(async {
+        let admin = free_port();
+        let mut c = cluster("svc", &[free_port()]);
+        c["transport_socket"] = upstream_tls(
+            None,
+            Some(&(
+                PathBuf::from("/nonexistent/client.pem"),
+                PathBuf::from("/nonexistent/client.key"),
+            )),
+            None,
+        );
+        let v = bootstrap(admin, vec![], vec![c]);
+        let cfg = skiff_tests::proxy::write_config("tls-missing", &to_yaml(&v));
+        let out = run_cli(
+            Kind::under_test(),
+            &["--mode", "validate", "-c", cfg.path()],
+        )
+        .await;
+        assert_ne!(out.code, Some(0), "{}", out.output());
+        if Kind::under_test() == Kind::Skiff {
+            assert!(
+                out.output().contains(
+                    "static_resources.clusters[0].transport_socket.typed_config.common_tls_context"
+                ) && out.output().contains("cannot read /nonexistent/client.pem"),
+                "{}",
+                out.output()
+            );
+        }
+    })
+    .await
+}
