@@ -25,6 +25,8 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("clang", "clang"),
     ("bpftool", "bpftool"),
+    // Sends PROXY protocol headers in the listener filter tests.
+    ("haproxy", "haproxy"),
 ];
 
 /// (header that proves it is installed, Debian package that provides it)

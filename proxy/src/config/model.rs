@@ -60,15 +60,79 @@ pub struct Listener {
     pub bind_to_port: bool,
     /// `per_connection_buffer_limit_bytes` (default 1 MiB).
     pub buffer_limit: usize,
-    /// `envoy.filters.listener.original_dst` is among the listener filters: the connection's
-    /// local address becomes its original destination (SO_ORIGINAL_DST).
-    pub original_dst: bool,
+    /// `listener_filters` that run code on accept, in order (original_src is applied by the
+    /// terminal filter instead, see `original_src`).
+    pub listener_filters: Vec<ListenerFilter>,
+    /// `listener_filters_timeout` (default 15 s; zero: none).
+    pub listener_filters_timeout: Option<Duration>,
+    /// `continue_on_listener_filters_timeout`: a timed-out socket goes on to the filter chain
+    /// instead of being closed.
+    pub continue_on_listener_filters_timeout: bool,
     /// `envoy.filters.listener.original_src`: upstream connections use the client's address.
     pub original_src: Option<OriginalSrc>,
     /// `transparent`: IP_TRANSPARENT, to accept connections for any address (TPROXY).
     pub transparent: bool,
     /// `freebind`: IP_FREEBIND, to bind an address the host does not have (yet).
     pub freebind: bool,
+}
+
+/// A listener filter, in `listener_filters` order.
+#[derive(Debug, Clone)]
+pub enum ListenerFilter {
+    /// `envoy.filters.listener.original_dst`: the connection's local address becomes its
+    /// original destination (SO_ORIGINAL_DST).
+    OriginalDst,
+    /// `envoy.filters.listener.proxy_protocol`.
+    ProxyProtocol(Arc<ProxyProtocol>),
+}
+
+impl ListenerFilter {
+    /// Whether the filter reads bytes from the connection (and so can stall on it).
+    pub fn needs_bytes(&self) -> bool {
+        match self {
+            ListenerFilter::OriginalDst => false,
+            ListenerFilter::ProxyProtocol(_) => true,
+        }
+    }
+}
+
+/// `envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// `stat_prefix`: stats under `proxy_proto.<stat_prefix>.` (`proxy_proto.` when empty).
+    pub stat_prefix: String,
+    /// `allow_requests_without_proxy_protocol`.
+    pub allow_without: bool,
+    /// V1 is not in `disallowed_versions`.
+    pub allow_v1: bool,
+    /// V2 is not in `disallowed_versions`.
+    pub allow_v2: bool,
+    /// `pass_through_tlvs`: the TLV types kept with the connection (bit per type).
+    pub pass_through_tlvs: TlvSet,
+}
+
+/// A set of PROXY protocol v2 TLV types.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TlvSet([u64; 4]);
+
+impl TlvSet {
+    /// Every type.
+    pub const ALL: TlvSet = TlvSet([u64::MAX; 4]);
+
+    /// Adds `t`.
+    pub fn insert(&mut self, t: u8) {
+        self.0[usize::from(t >> 6)] |= 1 << (t & 63);
+    }
+
+    /// Whether `t` is in the set.
+    pub fn contains(&self, t: u8) -> bool {
+        self.0[usize::from(t >> 6)] & (1 << (t & 63)) != 0
+    }
+
+    /// Whether no type is in the set.
+    pub fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
+    }
 }
 
 /// `envoy.extensions.filters.listener.original_src.v3.OriginalSrc`.

@@ -55,6 +55,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             // Informational for a sidecar; it selects nothing here.
             "traffic_direction",
             "enable_reuse_port",
+            "listener_filters_timeout",
+            "continue_on_listener_filters_timeout",
         ],
     ),
     (
@@ -76,6 +78,20 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
         &[],
+    ),
+    // `rules` and `tlv_location` feed dynamic metadata, which nothing in skiff reads yet.
+    (
+        "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+        &[
+            "allow_requests_without_proxy_protocol",
+            "pass_through_tlvs",
+            "disallowed_versions",
+            "stat_prefix",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.ProxyProtocolPassThroughTLVs",
+        &["match_type", "tlv_type"],
     ),
     (
         "envoy.extensions.filters.listener.original_src.v3.OriginalSrc",

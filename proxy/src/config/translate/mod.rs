@@ -15,6 +15,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 
 mod clusters;
 mod http_manager;
+mod listener_filters;
 
 use clusters::translate_cluster;
 use http_manager::{translate_access_log, translate_hcm};
@@ -188,36 +189,18 @@ fn translate_listener(
         )?)),
         None => None,
     };
-    let mut original_dst = false;
-    let mut original_src = None;
-    let mut original_src_path = String::new();
-    for (i, f) in l.listener_filters.iter().enumerate() {
-        let fpath = format!("{path}.listener_filters[{i}]");
-        use listener::listener_filter::ConfigType;
-        let typed = match &f.config_type {
-            Some(ConfigType::TypedConfig(any)) => Some(any),
-            _ => None,
-        };
-        let any = typed_config(typed, f.config_type.is_some(), &fpath)?;
-        match type_name(&any.type_url) {
-            "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => original_dst = true,
-            "envoy.extensions.filters.listener.original_src.v3.OriginalSrc" => {
-                let o: envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc =
-                    unpack(any, &format!("{fpath}.typed_config"))?;
-                original_src = Some(OriginalSrc {
-                    bind_port: o.bind_port,
-                    mark: o.mark,
-                });
-                original_src_path = fpath.clone();
-            }
-            other => {
-                return Err(ConfigError::new(
-                    format!("{fpath}.typed_config"),
-                    format!("unsupported listener filter '{}' ({other})", f.name),
-                ))
-            }
+    let lf = listener_filters::translate(&l.listener_filters, path)?;
+    let listener_filters_timeout = match &l.listener_filters_timeout {
+        Some(d) => {
+            let d = duration(d, &format!("{path}.listener_filters_timeout"))?;
+            (!d.is_zero()).then_some(d)
         }
-    }
+        None => Some(Duration::from_secs(15)),
+    };
+    let (original_src, original_src_path) = match lf.original_src {
+        Some((o, p)) => (Some(o), p),
+        None => (None, String::new()),
+    };
     if original_src.is_some() {
         let chains = filter_chains
             .iter()
@@ -251,7 +234,9 @@ fn translate_listener(
         default_filter_chain,
         use_original_dst: l.use_original_dst.as_ref().is_some_and(|v| v.value),
         bind_to_port: l.bind_to_port.as_ref().is_none_or(|v| v.value),
-        original_dst,
+        listener_filters: lf.filters,
+        listener_filters_timeout,
+        continue_on_listener_filters_timeout: l.continue_on_listener_filters_timeout,
         original_src,
         transparent: l.transparent.as_ref().is_some_and(|v| v.value),
         freebind: l.freebind.as_ref().is_some_and(|v| v.value),
