@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::access_log::Format;
+pub use crate::listener::filter_chain_match::{ChainInput, ChainTable, Lookup};
 use crate::router::RouteTable;
 
 /// The whole configuration.
@@ -52,6 +53,8 @@ pub struct Listener {
     pub filter_chains: Vec<(FilterChainMatch, Arc<FilterChain>)>,
     /// `default_filter_chain`: for connections no chain matches.
     pub default_filter_chain: Option<Arc<FilterChain>>,
+    /// The lookup tree of `filter_chains`, built once.
+    pub chain_table: ChainTable,
     /// `use_original_dst`: a redirected connection goes to the listener of its original
     /// destination, when there is one.
     pub use_original_dst: bool,
@@ -84,6 +87,21 @@ pub enum ListenerFilter {
     OriginalDst,
     /// `envoy.filters.listener.proxy_protocol`.
     ProxyProtocol(Arc<ProxyProtocol>),
+    /// `envoy.filters.listener.tls_inspector`.
+    TlsInspector(TlsInspector),
+    /// `envoy.filters.listener.http_inspector`.
+    HttpInspector,
+}
+
+/// `envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsInspector {
+    /// `initial_read_buffer_size` (default: `max_client_hello_size`).
+    pub initial_read_buffer_size: usize,
+    /// `max_client_hello_size` (default 16 KiB).
+    pub max_client_hello_size: usize,
+    /// `close_connection_on_client_hello_parsing_errors`.
+    pub close_connection_on_client_hello_parsing_errors: bool,
 }
 
 impl ListenerFilter {
@@ -91,7 +109,9 @@ impl ListenerFilter {
     pub fn needs_bytes(&self) -> bool {
         match self {
             ListenerFilter::OriginalDst => false,
-            ListenerFilter::ProxyProtocol(_) => true,
+            ListenerFilter::ProxyProtocol(_)
+            | ListenerFilter::TlsInspector(_)
+            | ListenerFilter::HttpInspector => true,
         }
     }
 }
@@ -154,49 +174,30 @@ pub enum ChainChoice {
 }
 
 impl Listener {
-    /// The chain a connection to `local` (its original destination, once restored) runs,
-    /// with Envoy's precedence: destination port, then destination IP (longest prefix); at
-    /// each step the chains naming a matching value win over those that name none. None:
-    /// no chain matches and there is no default chain.
-    pub fn select_chain(&self, local: SocketAddr) -> Option<ChainChoice> {
-        let chains = &self.filter_chains;
-        // The common case, one chain matching everything: no per-connection work.
-        if let [(m, _)] = chains.as_slice() {
-            if m.destination_port.is_none() && m.prefix_ranges.is_empty() {
-                return Some(ChainChoice::Index(0));
-            }
-        }
-        let ip = local.ip().to_canonical();
-        let port = local.port();
-        let mut cands: Vec<usize> = (0..chains.len()).collect();
-        if cands
-            .iter()
-            .any(|&i| chains[i].0.destination_port == Some(port))
-        {
-            cands.retain(|&i| chains[i].0.destination_port == Some(port));
-        } else {
-            cands.retain(|&i| chains[i].0.destination_port.is_none());
-        }
-        let longest = |i: usize| {
-            chains[i]
-                .0
-                .prefix_ranges
-                .iter()
-                .filter(|r| r.contains(ip))
-                .map(|r| r.prefix_len)
-                .max()
-        };
-        match cands.iter().filter_map(|&i| longest(i)).max() {
-            Some(best) => cands.retain(|&i| longest(i) == Some(best)),
-            None => cands.retain(|&i| chains[i].0.prefix_ranges.is_empty()),
-        }
-        match cands.first() {
-            Some(&i) => Some(ChainChoice::Index(i)),
-            None => self
+    /// The chain a connection runs, with Envoy's precedence (see [`ChainTable`]). None: no
+    /// chain matches and there is no default chain.
+    pub fn select_chain_for(&self, input: &ChainInput<'_>) -> Option<ChainChoice> {
+        match self.chain_table.lookup(input) {
+            Lookup::Chain(i) => Some(ChainChoice::Index(i)),
+            Lookup::Default => self
                 .default_filter_chain
                 .as_ref()
                 .map(|_| ChainChoice::Default),
         }
+    }
+
+    /// The chain of a plaintext connection to `local` from a loopback peer, with nothing
+    /// detected by listener filters.
+    pub fn select_chain(&self, local: SocketAddr) -> Option<ChainChoice> {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
+        self.select_chain_for(&ChainInput {
+            local,
+            remote: peer,
+            direct_remote: peer,
+            server_name: "",
+            transport_protocol: "raw_buffer",
+            application_protocols: &crate::listener::filters::ApplicationProtocols::None,
+        })
     }
 
     /// The chain for a choice.
@@ -208,13 +209,40 @@ impl Listener {
     }
 }
 
-/// `filter_chain_match`: the fields skiff matches on. An empty match takes everything.
+/// `filter_chain_match`, canonical (lists sorted, names in lower case) so equal matches compare
+/// equal. An empty match takes everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FilterChainMatch {
     /// `destination_port`.
     pub destination_port: Option<u16>,
     /// `prefix_ranges`: the destination address.
     pub prefix_ranges: Vec<CidrRange>,
+    /// `server_names`: exact names and `*.suffix` wildcards.
+    pub server_names: Vec<String>,
+    /// `transport_protocol` ("" for any).
+    pub transport_protocol: String,
+    /// `application_protocols`.
+    pub application_protocols: Vec<String>,
+    /// `direct_source_prefix_ranges`: the peer of the connection itself.
+    pub direct_source_prefix_ranges: Vec<CidrRange>,
+    /// `source_type`.
+    pub source_type: SourceType,
+    /// `source_prefix_ranges`: the downstream remote address.
+    pub source_prefix_ranges: Vec<CidrRange>,
+    /// `source_ports`.
+    pub source_ports: Vec<u16>,
+}
+
+/// `filter_chain_match.source_type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SourceType {
+    /// `ANY`.
+    #[default]
+    Any,
+    /// `SAME_IP_OR_LOOPBACK`: the peer is a loopback address or the local address.
+    SameIpOrLoopback,
+    /// `EXTERNAL`: any other peer.
+    External,
 }
 
 /// `envoy.config.core.v3.CidrRange`.

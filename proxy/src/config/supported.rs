@@ -65,7 +65,17 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.listener.v3.FilterChainMatch",
-        &["destination_port", "prefix_ranges"],
+        &[
+            "destination_port",
+            "prefix_ranges",
+            "server_names",
+            "transport_protocol",
+            "application_protocols",
+            "direct_source_prefix_ranges",
+            "source_type",
+            "source_prefix_ranges",
+            "source_ports",
+        ],
     ),
     (
         "envoy.config.core.v3.CidrRange",
@@ -87,6 +97,19 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "pass_through_tlvs",
             "disallowed_versions",
             "stat_prefix",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+        &[],
+    ),
+    // JA3/JA4 fingerprints feed nothing skiff has yet.
+    (
+        "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+        &[
+            "initial_read_buffer_size",
+            "max_client_hello_size",
+            "close_connection_on_client_hello_parsing_errors",
         ],
     ),
     (

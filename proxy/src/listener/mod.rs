@@ -1,6 +1,7 @@
 //! Listeners: one SO_REUSEPORT socket per worker, accepting connections and running the listener
 //! filters and then a filter chain on each.
 
+pub mod filter_chain_match;
 pub mod filters;
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use crate::network::filters::tcp_proxy::{self, TcpProxyStats};
 use crate::stats::{Counter, Gauge};
 use crate::upstream::pool;
 use crate::worker::Worker;
+use filter_chain_match::ChainInput;
 use filters::Accepted;
 
 /// Binds a listen socket for one worker. Every worker binds its own with SO_REUSEPORT so the
@@ -239,6 +241,14 @@ impl Shared {
     }
 
     async fn serve(self: Rc<Self>, sock: Accepted) {
+        let choice = self.config.select_chain_for(&ChainInput {
+            local: sock.local,
+            remote: sock.remote,
+            direct_remote: sock.direct_remote,
+            server_name: sock.server_name.as_deref().unwrap_or(""),
+            transport_protocol: sock.transport_protocol.name(),
+            application_protocols: &sock.application_protocols,
+        });
         let Accepted {
             stream,
             remote,
@@ -250,7 +260,7 @@ impl Shared {
         s.downstream_cx_active.inc();
         s.worker_cx_total.inc();
         s.worker_cx_active.inc();
-        let chain = match self.config.select_chain(local) {
+        let chain = match choice {
             Some(model::ChainChoice::Index(i)) => self.chains.get(i),
             Some(model::ChainChoice::Default) => self.default_chain.as_ref(),
             None => None,

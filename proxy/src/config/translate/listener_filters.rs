@@ -8,7 +8,9 @@ use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc as PbOriginalSrc;
 use envoy_types::pb::envoy::extensions::filters::listener::proxy_protocol::v3::ProxyProtocol as PbProxyProtocol;
 
-use super::super::model::{ListenerFilter, OriginalSrc, ProxyProtocol, TlvSet};
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector as PbTlsInspector;
+
+use super::super::model::{ListenerFilter, OriginalSrc, ProxyProtocol, TlsInspector, TlvSet};
 use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 use super::typed_config;
@@ -16,6 +18,11 @@ use super::typed_config;
 const ORIGINAL_DST: &str = "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
 const ORIGINAL_SRC: &str = "envoy.extensions.filters.listener.original_src.v3.OriginalSrc";
 const PROXY_PROTOCOL: &str = "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol";
+const HTTP_INSPECTOR: &str = "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
+const TLS_INSPECTOR: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+/// Envoy's default and largest `max_client_hello_size`.
+const DEFAULT_MAX_CLIENT_HELLO: u32 = 16 * 1024;
+const LARGEST_MAX_CLIENT_HELLO: u32 = 64 * 1024;
 
 /// The translated `listener_filters` of one listener.
 #[derive(Debug, Default)]
@@ -55,6 +62,12 @@ pub(super) fn translate(
                     .push(ListenerFilter::ProxyProtocol(Arc::new(proxy_protocol(
                         &p, &tpath,
                     )?)));
+            }
+            HTTP_INSPECTOR => out.filters.push(ListenerFilter::HttpInspector),
+            TLS_INSPECTOR => {
+                let t: PbTlsInspector = unpack(any, &tpath)?;
+                out.filters
+                    .push(ListenerFilter::TlsInspector(tls_inspector(&t, &tpath)?));
             }
             other => {
                 return Err(ConfigError::new(
@@ -113,5 +126,33 @@ fn proxy_protocol(p: &PbProxyProtocol, path: &str) -> Result<ProxyProtocol, Conf
         allow_v1,
         allow_v2,
         pass_through_tlvs,
+    })
+}
+
+fn tls_inspector(t: &PbTlsInspector, path: &str) -> Result<TlsInspector, ConfigError> {
+    let max = t
+        .max_client_hello_size
+        .as_ref()
+        .map_or(DEFAULT_MAX_CLIENT_HELLO, |v| v.value);
+    if max > LARGEST_MAX_CLIENT_HELLO {
+        return Err(ConfigError::new(
+            format!("{path}.max_client_hello_size"),
+            format!(
+                "max_client_hello_size of {max} is greater than maximum of {LARGEST_MAX_CLIENT_HELLO}."
+            ),
+        ));
+    }
+    let initial = t.initial_read_buffer_size.as_ref().map_or(max, |v| v.value);
+    if !(256..=max).contains(&initial) {
+        return Err(ConfigError::new(
+            format!("{path}.initial_read_buffer_size"),
+            format!("{initial} must be at least 256 and at most max_client_hello_size ({max})"),
+        ));
+    }
+    Ok(TlsInspector {
+        initial_read_buffer_size: initial as usize,
+        max_client_hello_size: max as usize,
+        close_connection_on_client_hello_parsing_errors: t
+            .close_connection_on_client_hello_parsing_errors,
     })
 }

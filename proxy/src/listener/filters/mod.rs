@@ -3,9 +3,11 @@
 //! socket's addresses or what the chain match sees, and stop the connection.
 //! `listener_filters_timeout` bounds the filters that wait for bytes.
 
+pub mod http_inspector;
 pub mod original_dst;
 pub mod peek;
 pub mod proxy_protocol;
+pub mod tls_inspector;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +34,56 @@ pub struct Accepted {
     pub local: SocketAddr,
     /// PROXY protocol v2 TLVs kept by `pass_through_tlvs`.
     pub tlvs: Vec<(u8, Box<[u8]>)>,
+    /// The requested server name (SNI), from the tls_inspector.
+    pub server_name: Option<Box<str>>,
+    /// The detected transport protocol.
+    pub transport_protocol: TransportProtocol,
+    /// The requested application protocols (ALPN, or what the http_inspector saw).
+    pub application_protocols: ApplicationProtocols,
+}
+
+/// The transport protocol a listener filter detected: `raw_buffer` unless one says otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TransportProtocol {
+    /// `raw_buffer`.
+    #[default]
+    RawBuffer,
+    /// `tls`: a ClientHello was seen.
+    Tls,
+}
+
+impl TransportProtocol {
+    /// The name `filter_chain_match.transport_protocol` compares with.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportProtocol::RawBuffer => "raw_buffer",
+            TransportProtocol::Tls => "tls",
+        }
+    }
+}
+
+/// The requested application protocols.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ApplicationProtocols {
+    /// None requested.
+    #[default]
+    None,
+    /// A ClientHello's ALPN list, as on the wire (each name prefixed by its length).
+    Alpn(Box<[u8]>),
+    /// One protocol (the http_inspector's).
+    One(&'static str),
+}
+
+impl ApplicationProtocols {
+    /// Each requested protocol.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let (list, one): (&[u8], Option<&[u8]>) = match self {
+            ApplicationProtocols::None => (&[], None),
+            ApplicationProtocols::Alpn(l) => (l, None),
+            ApplicationProtocols::One(p) => (&[], Some(p.as_bytes())),
+        };
+        tls_inspector::client_hello::alpn_names(list).chain(one)
+    }
 }
 
 impl Accepted {
@@ -43,6 +95,9 @@ impl Accepted {
             direct_remote: remote,
             local,
             tlvs: Vec::new(),
+            server_name: None,
+            transport_protocol: TransportProtocol::RawBuffer,
+            application_protocols: ApplicationProtocols::None,
         }
     }
 }
@@ -61,6 +116,8 @@ pub enum Status {
 enum Filter {
     OriginalDst,
     ProxyProtocol(proxy_protocol::ProxyProtocol),
+    TlsInspector(tls_inspector::TlsInspector),
+    HttpInspector(http_inspector::HttpInspector),
 }
 
 /// The listener filters of one listener on one worker.
@@ -85,6 +142,12 @@ impl Chain {
                 model::ListenerFilter::OriginalDst => Filter::OriginalDst,
                 model::ListenerFilter::ProxyProtocol(p) => {
                     Filter::ProxyProtocol(proxy_protocol::ProxyProtocol::new(p, shard))
+                }
+                model::ListenerFilter::HttpInspector => {
+                    Filter::HttpInspector(http_inspector::HttpInspector::new(shard))
+                }
+                model::ListenerFilter::TlsInspector(t) => {
+                    Filter::TlsInspector(tls_inspector::TlsInspector::new(t, shard))
                 }
             })
             .collect();
@@ -139,6 +202,8 @@ impl Chain {
                     Status::Continue
                 }
                 Filter::ProxyProtocol(p) => p.on_accept(sock, peek).await,
+                Filter::TlsInspector(t) => t.on_accept(sock, peek).await,
+                Filter::HttpInspector(h) => h.on_accept(sock, peek).await,
             };
             if status == Status::Close {
                 return false;
