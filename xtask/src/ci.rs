@@ -1,6 +1,12 @@
-//! `cargo xtask test`: what CI runs. Setup, lints, a debug skiff, then the whole suite.
+//! `cargo xtask test`: what CI runs. Setup, lints, a debug skiff, the whole suite, then each
+//! fuzz target for a bounded time from its seed corpus.
 
-use crate::{cargo, envoy_bin, run_status, setup, Profile, Result};
+use std::process::Command;
+
+use crate::{cargo, envoy_bin, repo_root, run_status, setup, Profile, Result};
+
+/// Seconds each fuzz target runs in CI (`SKIFF_FUZZ_SECONDS`, 0 skips fuzzing).
+const FUZZ_SECONDS: u64 = 20;
 
 pub fn run() -> Result {
     setup::run()?;
@@ -33,7 +39,51 @@ pub fn run() -> Result {
             .args(["test", "--workspace"])
             .env("SKIFF_BIN", &skiff)
             .env("ENVOY_BIN", &envoy),
-    )
+    )?;
+    fuzz()
+}
+
+/// Runs every target under `fuzz/fuzz_targets` for a bounded time (cargo-fuzz on the nightly
+/// toolchain). New inputs go to a scratch directory; the seed corpus in the repository is read only.
+fn fuzz() -> Result {
+    let seconds = std::env::var("SKIFF_FUZZ_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(FUZZ_SECONDS);
+    if seconds == 0 {
+        println!("SKIFF_FUZZ_SECONDS=0: skipping the fuzz targets");
+        return Ok(());
+    }
+    let dir = repo_root().join("fuzz");
+    let mut targets: Vec<String> = std::fs::read_dir(dir.join("fuzz_targets"))
+        .map_err(|e| crate::Error(format!("fuzz/fuzz_targets: {e}")))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".rs").map(str::to_string)
+        })
+        .collect();
+    targets.sort();
+    for t in targets {
+        step(&format!(
+            "cargo +nightly fuzz run {t} (-max_total_time={seconds})"
+        ));
+        let scratch = std::env::temp_dir().join(format!("skiff-fuzz-{t}"));
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| crate::Error(format!("{}: {e}", scratch.display())))?;
+        let seeds = dir.join("corpus").join(&t);
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(&dir)
+            .env_remove("CARGO")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .args(["+nightly", "fuzz", "run", &t])
+            .arg(&scratch)
+            .arg(&seeds)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"));
+        run_status(&mut cmd)?;
+    }
+    Ok(())
 }
 
 fn step(what: &str) {

@@ -27,6 +27,8 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("clang", "clang"),
     ("bpftool", "bpftool"),
+    // Sends PROXY protocol headers in the listener filter tests.
+    ("haproxy", "haproxy"),
 ];
 
 /// (header that proves it is installed, Debian package that provides it)
@@ -90,6 +92,31 @@ pub fn run() -> Result {
         println!("installed apt packages: {}", missing.join(" "));
     }
     install_envoy()?;
+    install_fuzz_tools()?;
+    Ok(())
+}
+
+/// cargo-fuzz and the nightly toolchain it builds with (sanitizers need nightly; rust-src is not
+/// needed), for the bounded fuzz runs of `cargo xtask test`.
+fn install_fuzz_tools() -> Result {
+    let has_nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_nightly {
+        quiet(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+        println!("installed the nightly toolchain (for cargo-fuzz)");
+    }
+    if which("cargo-fuzz").is_none() {
+        quiet(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
+        println!("installed cargo-fuzz");
+    }
     Ok(())
 }
 

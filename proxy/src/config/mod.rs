@@ -363,7 +363,7 @@ mod tests {
         let e = load_text(&text).expect_err("duplicate matches");
         assert_eq!(
             e.to_string(),
-            "static_resources.listeners[0].filter_chains[1].filter_chain_match: multiple filter chains with the same matching rules are defined"
+            "static_resources.listeners[0].filter_chains[1].filter_chain_match: filter chain '' has the same matching rules defined as ''"
         );
     }
 

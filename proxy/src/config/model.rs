@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::access_log::Format;
+pub use crate::listener::filter_chain_match::{ChainInput, ChainTable, Lookup};
 use crate::router::RouteTable;
 
 /// The whole configuration.
@@ -52,6 +53,8 @@ pub struct Listener {
     pub filter_chains: Vec<(FilterChainMatch, Arc<FilterChain>)>,
     /// `default_filter_chain`: for connections no chain matches.
     pub default_filter_chain: Option<Arc<FilterChain>>,
+    /// The lookup tree of `filter_chains`, built once.
+    pub chain_table: ChainTable,
     /// `use_original_dst`: a redirected connection goes to the listener of its original
     /// destination, when there is one.
     pub use_original_dst: bool,
@@ -60,15 +63,96 @@ pub struct Listener {
     pub bind_to_port: bool,
     /// `per_connection_buffer_limit_bytes` (default 1 MiB).
     pub buffer_limit: usize,
-    /// `envoy.filters.listener.original_dst` is among the listener filters: the connection's
-    /// local address becomes its original destination (SO_ORIGINAL_DST).
-    pub original_dst: bool,
+    /// `listener_filters` that run code on accept, in order (original_src is applied by the
+    /// terminal filter instead, see `original_src`).
+    pub listener_filters: Vec<ListenerFilter>,
+    /// `listener_filters_timeout` (default 15 s; zero: none).
+    pub listener_filters_timeout: Option<Duration>,
+    /// `continue_on_listener_filters_timeout`: a timed-out socket goes on to the filter chain
+    /// instead of being closed.
+    pub continue_on_listener_filters_timeout: bool,
     /// `envoy.filters.listener.original_src`: upstream connections use the client's address.
     pub original_src: Option<OriginalSrc>,
     /// `transparent`: IP_TRANSPARENT, to accept connections for any address (TPROXY).
     pub transparent: bool,
     /// `freebind`: IP_FREEBIND, to bind an address the host does not have (yet).
     pub freebind: bool,
+}
+
+/// A listener filter, in `listener_filters` order.
+#[derive(Debug, Clone)]
+pub enum ListenerFilter {
+    /// `envoy.filters.listener.original_dst`: the connection's local address becomes its
+    /// original destination (SO_ORIGINAL_DST).
+    OriginalDst,
+    /// `envoy.filters.listener.proxy_protocol`.
+    ProxyProtocol(Arc<ProxyProtocol>),
+    /// `envoy.filters.listener.tls_inspector`.
+    TlsInspector(TlsInspector),
+    /// `envoy.filters.listener.http_inspector`.
+    HttpInspector,
+}
+
+/// `envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsInspector {
+    /// `initial_read_buffer_size` (default: `max_client_hello_size`).
+    pub initial_read_buffer_size: usize,
+    /// `max_client_hello_size` (default 16 KiB).
+    pub max_client_hello_size: usize,
+    /// `close_connection_on_client_hello_parsing_errors`.
+    pub close_connection_on_client_hello_parsing_errors: bool,
+}
+
+impl ListenerFilter {
+    /// Whether the filter reads bytes from the connection (and so can stall on it).
+    pub fn needs_bytes(&self) -> bool {
+        match self {
+            ListenerFilter::OriginalDst => false,
+            ListenerFilter::ProxyProtocol(_)
+            | ListenerFilter::TlsInspector(_)
+            | ListenerFilter::HttpInspector => true,
+        }
+    }
+}
+
+/// `envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// `stat_prefix`: stats under `proxy_proto.<stat_prefix>.` (`proxy_proto.` when empty).
+    pub stat_prefix: String,
+    /// `allow_requests_without_proxy_protocol`.
+    pub allow_without: bool,
+    /// V1 is not in `disallowed_versions`.
+    pub allow_v1: bool,
+    /// V2 is not in `disallowed_versions`.
+    pub allow_v2: bool,
+    /// `pass_through_tlvs`: the TLV types kept with the connection (bit per type).
+    pub pass_through_tlvs: TlvSet,
+}
+
+/// A set of PROXY protocol v2 TLV types.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TlvSet([u64; 4]);
+
+impl TlvSet {
+    /// Every type.
+    pub const ALL: TlvSet = TlvSet([u64::MAX; 4]);
+
+    /// Adds `t`.
+    pub fn insert(&mut self, t: u8) {
+        self.0[usize::from(t >> 6)] |= 1 << (t & 63);
+    }
+
+    /// Whether `t` is in the set.
+    pub fn contains(&self, t: u8) -> bool {
+        self.0[usize::from(t >> 6)] & (1 << (t & 63)) != 0
+    }
+
+    /// Whether no type is in the set.
+    pub fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
+    }
 }
 
 /// `envoy.extensions.filters.listener.original_src.v3.OriginalSrc`.
@@ -90,49 +174,30 @@ pub enum ChainChoice {
 }
 
 impl Listener {
-    /// The chain a connection to `local` (its original destination, once restored) runs,
-    /// with Envoy's precedence: destination port, then destination IP (longest prefix); at
-    /// each step the chains naming a matching value win over those that name none. None:
-    /// no chain matches and there is no default chain.
-    pub fn select_chain(&self, local: SocketAddr) -> Option<ChainChoice> {
-        let chains = &self.filter_chains;
-        // The common case, one chain matching everything: no per-connection work.
-        if let [(m, _)] = chains.as_slice() {
-            if m.destination_port.is_none() && m.prefix_ranges.is_empty() {
-                return Some(ChainChoice::Index(0));
-            }
-        }
-        let ip = local.ip().to_canonical();
-        let port = local.port();
-        let mut cands: Vec<usize> = (0..chains.len()).collect();
-        if cands
-            .iter()
-            .any(|&i| chains[i].0.destination_port == Some(port))
-        {
-            cands.retain(|&i| chains[i].0.destination_port == Some(port));
-        } else {
-            cands.retain(|&i| chains[i].0.destination_port.is_none());
-        }
-        let longest = |i: usize| {
-            chains[i]
-                .0
-                .prefix_ranges
-                .iter()
-                .filter(|r| r.contains(ip))
-                .map(|r| r.prefix_len)
-                .max()
-        };
-        match cands.iter().filter_map(|&i| longest(i)).max() {
-            Some(best) => cands.retain(|&i| longest(i) == Some(best)),
-            None => cands.retain(|&i| chains[i].0.prefix_ranges.is_empty()),
-        }
-        match cands.first() {
-            Some(&i) => Some(ChainChoice::Index(i)),
-            None => self
+    /// The chain a connection runs, with Envoy's precedence (see [`ChainTable`]). None: no
+    /// chain matches and there is no default chain.
+    pub fn select_chain_for(&self, input: &ChainInput<'_>) -> Option<ChainChoice> {
+        match self.chain_table.lookup(input) {
+            Lookup::Chain(i) => Some(ChainChoice::Index(i)),
+            Lookup::Default => self
                 .default_filter_chain
                 .as_ref()
                 .map(|_| ChainChoice::Default),
         }
+    }
+
+    /// The chain of a plaintext connection to `local` from a loopback peer, with nothing
+    /// detected by listener filters.
+    pub fn select_chain(&self, local: SocketAddr) -> Option<ChainChoice> {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
+        self.select_chain_for(&ChainInput {
+            local,
+            remote: peer,
+            direct_remote: peer,
+            server_name: "",
+            transport_protocol: "raw_buffer",
+            application_protocols: &crate::listener::filters::ApplicationProtocols::None,
+        })
     }
 
     /// The chain for a choice.
@@ -144,13 +209,40 @@ impl Listener {
     }
 }
 
-/// `filter_chain_match`: the fields skiff matches on. An empty match takes everything.
+/// `filter_chain_match`, canonical (lists sorted, names in lower case) so equal matches compare
+/// equal. An empty match takes everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FilterChainMatch {
     /// `destination_port`.
     pub destination_port: Option<u16>,
     /// `prefix_ranges`: the destination address.
     pub prefix_ranges: Vec<CidrRange>,
+    /// `server_names`: exact names and `*.suffix` wildcards.
+    pub server_names: Vec<String>,
+    /// `transport_protocol` ("" for any).
+    pub transport_protocol: String,
+    /// `application_protocols`.
+    pub application_protocols: Vec<String>,
+    /// `direct_source_prefix_ranges`: the peer of the connection itself.
+    pub direct_source_prefix_ranges: Vec<CidrRange>,
+    /// `source_type`.
+    pub source_type: SourceType,
+    /// `source_prefix_ranges`: the downstream remote address.
+    pub source_prefix_ranges: Vec<CidrRange>,
+    /// `source_ports`.
+    pub source_ports: Vec<u16>,
+}
+
+/// `filter_chain_match.source_type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SourceType {
+    /// `ANY`.
+    #[default]
+    Any,
+    /// `SAME_IP_OR_LOOPBACK`: the peer is a loopback address or the local address.
+    SameIpOrLoopback,
+    /// `EXTERNAL`: any other peer.
+    External,
 }
 
 /// `envoy.config.core.v3.CidrRange`.

@@ -55,6 +55,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             // Informational for a sidecar; it selects nothing here.
             "traffic_direction",
             "enable_reuse_port",
+            "listener_filters_timeout",
+            "continue_on_listener_filters_timeout",
         ],
     ),
     (
@@ -63,7 +65,17 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.listener.v3.FilterChainMatch",
-        &["destination_port", "prefix_ranges"],
+        &[
+            "destination_port",
+            "prefix_ranges",
+            "server_names",
+            "transport_protocol",
+            "application_protocols",
+            "direct_source_prefix_ranges",
+            "source_type",
+            "source_prefix_ranges",
+            "source_ports",
+        ],
     ),
     (
         "envoy.config.core.v3.CidrRange",
@@ -76,6 +88,33 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
         &[],
+    ),
+    // `rules` and `tlv_location` feed dynamic metadata, which nothing in skiff reads yet.
+    (
+        "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+        &[
+            "allow_requests_without_proxy_protocol",
+            "pass_through_tlvs",
+            "disallowed_versions",
+            "stat_prefix",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+        &[],
+    ),
+    // JA3/JA4 fingerprints feed nothing skiff has yet.
+    (
+        "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+        &[
+            "initial_read_buffer_size",
+            "max_client_hello_size",
+            "close_connection_on_client_hello_parsing_errors",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.ProxyProtocolPassThroughTLVs",
+        &["match_type", "tlv_type"],
     ),
     (
         "envoy.extensions.filters.listener.original_src.v3.OriginalSrc",

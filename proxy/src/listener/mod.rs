@@ -1,5 +1,8 @@
-//! Listeners: one SO_REUSEPORT socket per worker, accepting connections and running the filter
-//! chain on each.
+//! Listeners: one SO_REUSEPORT socket per worker, accepting connections and running the listener
+//! filters and then a filter chain on each.
+
+pub mod filter_chain_match;
+pub mod filters;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -14,6 +17,8 @@ use crate::network::filters::tcp_proxy::{self, TcpProxyStats};
 use crate::stats::{Counter, Gauge};
 use crate::upstream::pool;
 use crate::worker::Worker;
+use filter_chain_match::ChainInput;
+use filters::Accepted;
 
 /// Binds a listen socket for one worker. Every worker binds its own with SO_REUSEPORT so the
 /// kernel spreads connections across workers without a shared accept queue.
@@ -102,6 +107,8 @@ struct Shared {
     worker: Rc<Worker>,
     config: Arc<model::Listener>,
     stats: ListenerStats,
+    /// `listener_filters`.
+    filters: filters::Chain,
     /// The network filters of `filter_chains`, in order.
     chains: Vec<Rc<Terminal>>,
     /// Of `default_filter_chain`.
@@ -152,6 +159,7 @@ impl Listener {
                 .gauge(&format!("{scope}worker_{}.downstream_cx_active", worker.id)),
             no_filter_chain_match: shard.counter(&format!("{scope}no_filter_chain_match")),
         };
+        let filters = filters::Chain::new(&config, shard, &scope);
         let chains = config
             .filter_chains
             .iter()
@@ -168,6 +176,7 @@ impl Listener {
                     worker,
                     config,
                     stats,
+                    filters,
                     chains,
                     default_chain,
                     handoff: handoff.clone(),
@@ -210,34 +219,48 @@ impl Shared {
     async fn handle(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
         let _conn = self.worker.track_connection();
         let _ = stream.set_nodelay(true);
-        let mut local = stream.local_addr().unwrap_or(self.config.address);
-        if self.config.original_dst {
-            // envoy.filters.listener.original_dst: where the connection was going before it was
-            // redirected here (iptables REDIRECT or skiff's eBPF); unchanged if it was not.
-            if let Some(dst) = original_dst(&stream, &local) {
-                local = dst;
-            }
+        let local = stream.local_addr().unwrap_or(self.config.address);
+        let mut sock = Accepted::new(stream, remote, local);
+        if !self.filters.is_empty() && !self.filters.run(&mut sock).await {
+            return;
         }
         // use_original_dst: the listener of the original destination takes the connection
-        // (its chains, its stats), when there is one other than this one.
+        // (its listener filters, its chains, its stats), when there is one other than this one.
         let mut owner = self;
-        if owner.config.use_original_dst && local != owner.config.address {
-            if let Some(target) = owner.handoff.find(local) {
+        if owner.config.use_original_dst && sock.local != owner.config.address {
+            if let Some(target) = owner.handoff.find(sock.local) {
                 if !Rc::ptr_eq(&target, &owner) {
                     owner = target;
+                    if !owner.filters.is_empty() && !owner.filters.run(&mut sock).await {
+                        return;
+                    }
                 }
             }
         }
-        owner.serve(stream, remote, local).await;
+        owner.serve(sock).await;
     }
 
-    async fn serve(self: Rc<Self>, stream: TcpStream, remote: SocketAddr, local: SocketAddr) {
+    async fn serve(self: Rc<Self>, sock: Accepted) {
+        let choice = self.config.select_chain_for(&ChainInput {
+            local: sock.local,
+            remote: sock.remote,
+            direct_remote: sock.direct_remote,
+            server_name: sock.server_name.as_deref().unwrap_or(""),
+            transport_protocol: sock.transport_protocol.name(),
+            application_protocols: &sock.application_protocols,
+        });
+        let Accepted {
+            stream,
+            remote,
+            local,
+            ..
+        } = sock;
         let s = &self.stats;
         s.downstream_cx_total.inc();
         s.downstream_cx_active.inc();
         s.worker_cx_total.inc();
         s.worker_cx_active.inc();
-        let chain = match self.config.select_chain(local) {
+        let chain = match choice {
             Some(model::ChainChoice::Index(i)) => self.chains.get(i),
             Some(model::ChainChoice::Default) => self.default_chain.as_ref(),
             None => None,
@@ -271,6 +294,7 @@ impl Shared {
                     cfg,
                     stats,
                     stream,
+                    remote,
                     local,
                     source,
                     self.config.buffer_limit,
@@ -283,15 +307,4 @@ impl Shared {
         s.worker_cx_active.dec();
         s.downstream_cx_destroy.inc();
     }
-}
-
-/// The original destination of a redirected connection (SO_ORIGINAL_DST, or its IPv6 form).
-fn original_dst(stream: &TcpStream, local: &SocketAddr) -> Option<SocketAddr> {
-    let sock = socket2::SockRef::from(stream);
-    let addr = if local.is_ipv4() {
-        sock.original_dst_v4()
-    } else {
-        sock.original_dst_v6()
-    };
-    addr.ok().and_then(|a| a.as_socket())
 }

@@ -15,6 +15,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 
 mod clusters;
 mod http_manager;
+mod listener_filters;
 mod tls;
 
 use clusters::translate_cluster;
@@ -167,20 +168,36 @@ fn translate_listener(
         l.stat_prefix.clone()
     };
     let mut filter_chains: Vec<(FilterChainMatch, Arc<FilterChain>)> = Vec::new();
+    let empty = listener::FilterChainMatch::default();
     for (i, fc) in l.filter_chains.iter().enumerate() {
         let fpath = format!("{path}.filter_chains[{i}]");
-        let m = match &fc.filter_chain_match {
-            Some(m) => chain_match(m, &format!("{fpath}.filter_chain_match"))?,
-            None => FilterChainMatch::default(),
-        };
-        if filter_chains.iter().any(|(other, _)| *other == m) {
+        let raw = fc.filter_chain_match.as_ref().unwrap_or(&empty);
+        let m = chain_match(raw, &format!("{fpath}.filter_chain_match"))?;
+        // Envoy compares the matches as written; equal-but-differently-written ones are caught
+        // below as overlapping.
+        let twin = l.filter_chains[..i]
+            .iter()
+            .find(|other| other.filter_chain_match.as_ref().unwrap_or(&empty) == raw);
+        if let Some(other) = twin {
             return Err(ConfigError::new(
                 format!("{fpath}.filter_chain_match"),
-                "multiple filter chains with the same matching rules are defined",
+                format!(
+                    "filter chain '{}' has the same matching rules defined as '{}'",
+                    fc.name, other.name
+                ),
             ));
         }
         filter_chains.push((m, Arc::new(translate_chain(fc, &fpath, clusters)?)));
     }
+    let chain_table = {
+        let matches: Vec<&FilterChainMatch> = filter_chains.iter().map(|(m, _)| m).collect();
+        ChainTable::new(&matches).map_err(|o| {
+            ConfigError::new(
+                format!("{path}.filter_chains[{}].filter_chain_match", o.chain),
+                "multiple filter chains with overlapping matching rules are defined",
+            )
+        })?
+    };
     let default_filter_chain = match &l.default_filter_chain {
         Some(fc) => Some(Arc::new(translate_chain(
             fc,
@@ -189,36 +206,18 @@ fn translate_listener(
         )?)),
         None => None,
     };
-    let mut original_dst = false;
-    let mut original_src = None;
-    let mut original_src_path = String::new();
-    for (i, f) in l.listener_filters.iter().enumerate() {
-        let fpath = format!("{path}.listener_filters[{i}]");
-        use listener::listener_filter::ConfigType;
-        let typed = match &f.config_type {
-            Some(ConfigType::TypedConfig(any)) => Some(any),
-            _ => None,
-        };
-        let any = typed_config(typed, f.config_type.is_some(), &fpath)?;
-        match type_name(&any.type_url) {
-            "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => original_dst = true,
-            "envoy.extensions.filters.listener.original_src.v3.OriginalSrc" => {
-                let o: envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc =
-                    unpack(any, &format!("{fpath}.typed_config"))?;
-                original_src = Some(OriginalSrc {
-                    bind_port: o.bind_port,
-                    mark: o.mark,
-                });
-                original_src_path = fpath.clone();
-            }
-            other => {
-                return Err(ConfigError::new(
-                    format!("{fpath}.typed_config"),
-                    format!("unsupported listener filter '{}' ({other})", f.name),
-                ))
-            }
+    let lf = listener_filters::translate(&l.listener_filters, path)?;
+    let listener_filters_timeout = match &l.listener_filters_timeout {
+        Some(d) => {
+            let d = duration(d, &format!("{path}.listener_filters_timeout"))?;
+            (!d.is_zero()).then_some(d)
         }
-    }
+        None => Some(Duration::from_secs(15)),
+    };
+    let (original_src, original_src_path) = match lf.original_src {
+        Some((o, p)) => (Some(o), p),
+        None => (None, String::new()),
+    };
     if original_src.is_some() {
         let chains = filter_chains
             .iter()
@@ -250,9 +249,12 @@ fn translate_listener(
         stat_prefix,
         filter_chains,
         default_filter_chain,
+        chain_table,
         use_original_dst: l.use_original_dst.as_ref().is_some_and(|v| v.value),
         bind_to_port: l.bind_to_port.as_ref().is_none_or(|v| v.value),
-        original_dst,
+        listener_filters: lf.filters,
+        listener_filters_timeout,
+        continue_on_listener_filters_timeout: l.continue_on_listener_filters_timeout,
         original_src,
         transparent: l.transparent.as_ref().is_some_and(|v| v.value),
         freebind: l.freebind.as_ref().is_some_and(|v| v.value),
@@ -277,7 +279,8 @@ pub(super) fn typed_config<'a>(
     }
 }
 
-/// `filter_chain_match`, canonical (sorted ranges) so equal matches compare equal.
+/// `filter_chain_match`, canonical (sorted lists, lower-case names) so equal matches compare
+/// equal.
 fn chain_match(
     m: &listener::FilterChainMatch,
     path: &str,
@@ -292,9 +295,73 @@ fn chain_match(
         }
         None => None,
     };
-    let mut prefix_ranges = Vec::new();
-    for (i, r) in m.prefix_ranges.iter().enumerate() {
-        let rpath = format!("{path}.prefix_ranges[{i}]");
+    let mut server_names = Vec::new();
+    for (i, n) in m.server_names.iter().enumerate() {
+        let name = n.to_ascii_lowercase();
+        let wildcard = name.starts_with("*.");
+        if name.is_empty() || (name.contains('*') && (!wildcard || name[1..].contains('*'))) {
+            return Err(ConfigError::new(
+                format!("{path}.server_names[{i}]"),
+                format!("partial wildcards are not supported in \"server_names\": '{n}'"),
+            ));
+        }
+        server_names.push(name);
+    }
+    server_names.sort();
+    server_names.dedup();
+    let mut application_protocols = m.application_protocols.clone();
+    application_protocols.sort();
+    application_protocols.dedup();
+    use listener::filter_chain_match::ConnectionSourceType as Pb;
+    let source_type = match Pb::try_from(m.source_type) {
+        Ok(Pb::Any) => SourceType::Any,
+        Ok(Pb::SameIpOrLoopback) => SourceType::SameIpOrLoopback,
+        Ok(Pb::External) => SourceType::External,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.source_type"),
+                format!("{} is not a source type", m.source_type),
+            ))
+        }
+    };
+    let mut source_ports = Vec::new();
+    for (i, p) in m.source_ports.iter().enumerate() {
+        match u16::try_from(*p) {
+            Ok(p) if p > 0 => source_ports.push(p),
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{path}.source_ports[{i}]"),
+                    format!("value must be inside range [1, 65535], got {p}"),
+                ))
+            }
+        }
+    }
+    source_ports.sort();
+    source_ports.dedup();
+    Ok(FilterChainMatch {
+        destination_port,
+        prefix_ranges: cidr_ranges(&m.prefix_ranges, &format!("{path}.prefix_ranges"))?,
+        server_names,
+        transport_protocol: m.transport_protocol.clone(),
+        application_protocols,
+        direct_source_prefix_ranges: cidr_ranges(
+            &m.direct_source_prefix_ranges,
+            &format!("{path}.direct_source_prefix_ranges"),
+        )?,
+        source_type,
+        source_prefix_ranges: cidr_ranges(
+            &m.source_prefix_ranges,
+            &format!("{path}.source_prefix_ranges"),
+        )?,
+        source_ports,
+    })
+}
+
+/// CIDR ranges with the host bits cleared, sorted and without duplicates.
+fn cidr_ranges(ranges: &[core::CidrRange], path: &str) -> Result<Vec<CidrRange>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, r) in ranges.iter().enumerate() {
+        let rpath = format!("{path}[{i}]");
         let address: IpAddr = r.address_prefix.parse().map_err(|_| {
             ConfigError::new(
                 format!("{rpath}.address_prefix"),
@@ -309,17 +376,30 @@ fn chain_match(
                 format!("{len} is longer than the address ({max} bits)"),
             ));
         }
-        prefix_ranges.push(CidrRange {
+        // An IPv4-mapped IPv6 range is the IPv4 range it maps.
+        let (address, len) = match address.to_canonical() {
+            IpAddr::V4(a) if max == 128 => (IpAddr::V4(a), len.saturating_sub(96)),
+            other => (other, len),
+        };
+        let address = match address {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - len.min(32)).unwrap_or(0);
+                IpAddr::from((u32::from(a) & mask).to_be_bytes())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - len.min(128)).unwrap_or(0);
+                IpAddr::from((u128::from(a) & mask).to_be_bytes())
+            }
+        };
+        let prefix_len = len as u8;
+        out.push(CidrRange {
             address,
-            prefix_len: len as u8,
+            prefix_len,
         });
     }
-    prefix_ranges.sort();
-    prefix_ranges.dedup();
-    Ok(FilterChainMatch {
-        destination_port,
-        prefix_ranges,
-    })
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 fn translate_chain(

@@ -48,24 +48,21 @@ impl TcpProxyStats {
     }
 }
 
-/// Proxies one downstream connection until both directions are done, or it goes idle, then
+/// Proxies one downstream connection (from `remote`, the downstream remote address) until both directions are done, or it goes idle, then
 /// writes its access log line.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     worker: &Rc<Worker>,
     cfg: &model::TcpProxy,
     stats: &TcpProxyStats,
     downstream: TcpStream,
+    remote: SocketAddr,
     local: SocketAddr,
     source: Option<pool::Source>,
     buffer_limit: usize,
 ) {
     stats.downstream_cx_total.inc();
-    let mut info = (!cfg.access_logs.is_empty()).then(|| {
-        let remote = downstream
-            .peer_addr()
-            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-        StreamInfo::new(remote, local)
-    });
+    let mut info = (!cfg.access_logs.is_empty()).then(|| StreamInfo::new(remote, local));
     let moved = Moved::default();
     proxy(
         worker,

@@ -1,0 +1,158 @@
+//! `listener_filters` → [`ListenerFilter`]s (and original_src, which the terminal filter applies).
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::proxy_protocol_config::Version;
+use envoy_types::pb::envoy::config::core::v3::proxy_protocol_pass_through_tl_vs::PassTlVsMatchType;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc as PbOriginalSrc;
+use envoy_types::pb::envoy::extensions::filters::listener::proxy_protocol::v3::ProxyProtocol as PbProxyProtocol;
+
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector as PbTlsInspector;
+
+use super::super::model::{ListenerFilter, OriginalSrc, ProxyProtocol, TlsInspector, TlvSet};
+use super::super::proto::{type_name, unpack};
+use super::super::ConfigError;
+use super::typed_config;
+
+const ORIGINAL_DST: &str = "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+const ORIGINAL_SRC: &str = "envoy.extensions.filters.listener.original_src.v3.OriginalSrc";
+const PROXY_PROTOCOL: &str = "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol";
+const HTTP_INSPECTOR: &str = "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
+const TLS_INSPECTOR: &str = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+/// Envoy's default and largest `max_client_hello_size`.
+const DEFAULT_MAX_CLIENT_HELLO: u32 = 16 * 1024;
+const LARGEST_MAX_CLIENT_HELLO: u32 = 64 * 1024;
+
+/// The translated `listener_filters` of one listener.
+#[derive(Debug, Default)]
+pub(super) struct Translated {
+    pub filters: Vec<ListenerFilter>,
+    /// original_src, with the path of its filter for later errors.
+    pub original_src: Option<(OriginalSrc, String)>,
+}
+
+pub(super) fn translate(
+    all: &[listener::ListenerFilter],
+    path: &str,
+) -> Result<Translated, ConfigError> {
+    let mut out = Translated::default();
+    for (i, f) in all.iter().enumerate() {
+        let fpath = format!("{path}.listener_filters[{i}]");
+        use listener::listener_filter::ConfigType;
+        let typed = match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) => Some(any),
+            _ => None,
+        };
+        let any = typed_config(typed, f.config_type.is_some(), &fpath)?;
+        let tpath = format!("{fpath}.typed_config");
+        match type_name(&any.type_url) {
+            ORIGINAL_DST => out.filters.push(ListenerFilter::OriginalDst),
+            ORIGINAL_SRC => {
+                let o: PbOriginalSrc = unpack(any, &tpath)?;
+                let cfg = OriginalSrc {
+                    bind_port: o.bind_port,
+                    mark: o.mark,
+                };
+                out.original_src = Some((cfg, fpath));
+            }
+            PROXY_PROTOCOL => {
+                let p: PbProxyProtocol = unpack(any, &tpath)?;
+                out.filters
+                    .push(ListenerFilter::ProxyProtocol(Arc::new(proxy_protocol(
+                        &p, &tpath,
+                    )?)));
+            }
+            HTTP_INSPECTOR => out.filters.push(ListenerFilter::HttpInspector),
+            TLS_INSPECTOR => {
+                let t: PbTlsInspector = unpack(any, &tpath)?;
+                out.filters
+                    .push(ListenerFilter::TlsInspector(tls_inspector(&t, &tpath)?));
+            }
+            other => {
+                return Err(ConfigError::new(
+                    tpath,
+                    format!("unsupported listener filter '{}' ({other})", f.name),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn proxy_protocol(p: &PbProxyProtocol, path: &str) -> Result<ProxyProtocol, ConfigError> {
+    let (mut allow_v1, mut allow_v2) = (true, true);
+    for (i, v) in p.disallowed_versions.iter().enumerate() {
+        match Version::try_from(*v) {
+            Ok(Version::V1) => allow_v1 = false,
+            Ok(Version::V2) => allow_v2 = false,
+            Err(_) => {
+                return Err(ConfigError::new(
+                    format!("{path}.disallowed_versions[{i}]"),
+                    format!("{v} is not a PROXY protocol version"),
+                ))
+            }
+        }
+    }
+    if !allow_v1 && !allow_v2 {
+        return Err(ConfigError::new(
+            format!("{path}.disallowed_versions"),
+            "Proxy Protocol filter is misconfigured: all proxy protocol versions are disallowed.",
+        ));
+    }
+    let pass_through_tlvs = match &p.pass_through_tlvs {
+        None => TlvSet::default(),
+        Some(t) => match PassTlVsMatchType::try_from(t.match_type) {
+            Ok(PassTlVsMatchType::IncludeAll) => TlvSet::ALL,
+            Ok(PassTlVsMatchType::Include) => {
+                let mut set = TlvSet::default();
+                // Envoy keeps the low byte of each type.
+                for ty in &t.tlv_type {
+                    set.insert((ty & 0xff) as u8);
+                }
+                set
+            }
+            Err(_) => {
+                return Err(ConfigError::new(
+                    format!("{path}.pass_through_tlvs.match_type"),
+                    format!("{} is not a match type", t.match_type),
+                ))
+            }
+        },
+    };
+    Ok(ProxyProtocol {
+        stat_prefix: p.stat_prefix.clone(),
+        allow_without: p.allow_requests_without_proxy_protocol,
+        allow_v1,
+        allow_v2,
+        pass_through_tlvs,
+    })
+}
+
+fn tls_inspector(t: &PbTlsInspector, path: &str) -> Result<TlsInspector, ConfigError> {
+    let max = t
+        .max_client_hello_size
+        .as_ref()
+        .map_or(DEFAULT_MAX_CLIENT_HELLO, |v| v.value);
+    if max > LARGEST_MAX_CLIENT_HELLO {
+        return Err(ConfigError::new(
+            format!("{path}.max_client_hello_size"),
+            format!(
+                "max_client_hello_size of {max} is greater than maximum of {LARGEST_MAX_CLIENT_HELLO}."
+            ),
+        ));
+    }
+    let initial = t.initial_read_buffer_size.as_ref().map_or(max, |v| v.value);
+    if !(256..=max).contains(&initial) {
+        return Err(ConfigError::new(
+            format!("{path}.initial_read_buffer_size"),
+            format!("{initial} must be at least 256 and at most max_client_hello_size ({max})"),
+        ));
+    }
+    Ok(TlsInspector {
+        initial_read_buffer_size: initial as usize,
+        max_client_hello_size: max as usize,
+        close_connection_on_client_hello_parsing_errors: t
+            .close_connection_on_client_hello_parsing_errors,
+    })
+}

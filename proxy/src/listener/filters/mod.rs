@@ -1,0 +1,214 @@
+//! Listener filters: they run in `listener_filters` order on each accepted socket, before a filter
+//! chain is chosen. A filter may look at the first bytes without taking them (`Peek`), change the
+//! socket's addresses or what the chain match sees, and stop the connection.
+//! `listener_filters_timeout` bounds the filters that wait for bytes.
+
+pub mod http_inspector;
+pub mod original_dst;
+pub mod peek;
+pub mod proxy_protocol;
+pub mod tls_inspector;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::config::model;
+use crate::stats::{Counter, Gauge, Shard};
+
+pub use peek::Peek;
+
+/// An accepted socket as the listener filters and the filter chain match see it: Envoy's
+/// `ConnectionSocket`.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The connection.
+    pub stream: TcpStream,
+    /// The downstream remote address: the peer, or the source a PROXY header carried.
+    pub remote: SocketAddr,
+    /// The peer the connection really comes from (`direct_source_prefix_ranges`).
+    pub direct_remote: SocketAddr,
+    /// The local address: the socket's, its original destination, or a PROXY header's.
+    pub local: SocketAddr,
+    /// PROXY protocol v2 TLVs kept by `pass_through_tlvs`.
+    pub tlvs: Vec<(u8, Box<[u8]>)>,
+    /// The requested server name (SNI), from the tls_inspector.
+    pub server_name: Option<Box<str>>,
+    /// The detected transport protocol.
+    pub transport_protocol: TransportProtocol,
+    /// The requested application protocols (ALPN, or what the http_inspector saw).
+    pub application_protocols: ApplicationProtocols,
+}
+
+/// The transport protocol a listener filter detected: `raw_buffer` unless one says otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TransportProtocol {
+    /// `raw_buffer`.
+    #[default]
+    RawBuffer,
+    /// `tls`: a ClientHello was seen.
+    Tls,
+}
+
+impl TransportProtocol {
+    /// The name `filter_chain_match.transport_protocol` compares with.
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportProtocol::RawBuffer => "raw_buffer",
+            TransportProtocol::Tls => "tls",
+        }
+    }
+}
+
+/// The requested application protocols.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ApplicationProtocols {
+    /// None requested.
+    #[default]
+    None,
+    /// A ClientHello's ALPN list, as on the wire (each name prefixed by its length).
+    Alpn(Box<[u8]>),
+    /// One protocol (the http_inspector's).
+    One(&'static str),
+}
+
+impl ApplicationProtocols {
+    /// Each requested protocol.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let (list, one): (&[u8], Option<&[u8]>) = match self {
+            ApplicationProtocols::None => (&[], None),
+            ApplicationProtocols::Alpn(l) => (l, None),
+            ApplicationProtocols::One(p) => (&[], Some(p.as_bytes())),
+        };
+        tls_inspector::client_hello::alpn_names(list).chain(one)
+    }
+}
+
+impl Accepted {
+    /// A socket as accepted.
+    pub fn new(stream: TcpStream, remote: SocketAddr, local: SocketAddr) -> Self {
+        Accepted {
+            stream,
+            remote,
+            direct_remote: remote,
+            local,
+            tlvs: Vec::new(),
+            server_name: None,
+            transport_protocol: TransportProtocol::RawBuffer,
+            application_protocols: ApplicationProtocols::None,
+        }
+    }
+}
+
+/// What a filter decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// On to the next filter.
+    Continue,
+    /// Close the connection (a reset, if bytes are left unread).
+    Close,
+}
+
+/// One listener filter on one worker.
+#[derive(Debug)]
+enum Filter {
+    OriginalDst,
+    ProxyProtocol(proxy_protocol::ProxyProtocol),
+    TlsInspector(tls_inspector::TlsInspector),
+    HttpInspector(http_inspector::HttpInspector),
+}
+
+/// The listener filters of one listener on one worker.
+#[derive(Debug)]
+pub struct Chain {
+    filters: Vec<Filter>,
+    /// Some filter waits for bytes, so the timeout applies.
+    reads: bool,
+    timeout: Option<Duration>,
+    continue_on_timeout: bool,
+    pre_cx_timeout: Counter,
+    pre_cx_active: Gauge,
+}
+
+impl Chain {
+    /// The filters of `l` for one worker; `scope` is the listener's stat scope.
+    pub fn new(l: &model::Listener, shard: &Arc<Shard>, scope: &str) -> Self {
+        let filters = l
+            .listener_filters
+            .iter()
+            .map(|f| match f {
+                model::ListenerFilter::OriginalDst => Filter::OriginalDst,
+                model::ListenerFilter::ProxyProtocol(p) => {
+                    Filter::ProxyProtocol(proxy_protocol::ProxyProtocol::new(p, shard))
+                }
+                model::ListenerFilter::HttpInspector => {
+                    Filter::HttpInspector(http_inspector::HttpInspector::new(shard))
+                }
+                model::ListenerFilter::TlsInspector(t) => {
+                    Filter::TlsInspector(tls_inspector::TlsInspector::new(t, shard))
+                }
+            })
+            .collect();
+        Chain {
+            filters,
+            reads: l.listener_filters.iter().any(|f| f.needs_bytes()),
+            timeout: l.listener_filters_timeout,
+            continue_on_timeout: l.continue_on_listener_filters_timeout,
+            pre_cx_timeout: shard.counter(&format!("{scope}downstream_pre_cx_timeout")),
+            pre_cx_active: shard.gauge(&format!("{scope}downstream_pre_cx_active")),
+        }
+    }
+
+    /// No filters: nothing to run.
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    /// Runs the filters; false when the connection must close.
+    pub async fn run(&self, sock: &mut Accepted) -> bool {
+        if !self.reads {
+            // Nothing can stall: no timer, no buffer.
+            for f in &self.filters {
+                if let Filter::OriginalDst = f {
+                    original_dst::on_accept(sock);
+                }
+            }
+            return true;
+        }
+        self.pre_cx_active.inc();
+        let mut peek = Peek::default();
+        let go_on = match self.timeout {
+            None => self.run_all(sock, &mut peek).await,
+            Some(t) => match tokio::time::timeout(t, self.run_all(sock, &mut peek)).await {
+                Ok(go_on) => go_on,
+                Err(_) => {
+                    // The filters still waiting are skipped; what ran so far stays.
+                    self.pre_cx_timeout.inc();
+                    self.continue_on_timeout
+                }
+            },
+        };
+        self.pre_cx_active.dec();
+        go_on
+    }
+
+    async fn run_all(&self, sock: &mut Accepted, peek: &mut Peek) -> bool {
+        for f in &self.filters {
+            let status = match f {
+                Filter::OriginalDst => {
+                    original_dst::on_accept(sock);
+                    Status::Continue
+                }
+                Filter::ProxyProtocol(p) => p.on_accept(sock, peek).await,
+                Filter::TlsInspector(t) => t.on_accept(sock, peek).await,
+                Filter::HttpInspector(h) => h.on_accept(sock, peek).await,
+            };
+            if status == Status::Close {
+                return false;
+            }
+        }
+        true
+    }
+}
