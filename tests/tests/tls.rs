@@ -407,3 +407,172 @@ async fn a_missing_certificate_file_is_a_configuration_error_naming_the_field() 
     })
     .await
 }
+
+/// A listener whose one filter chain terminates TLS (`tls` is its `transport_socket`) in front
+/// of the HCM routing to an echo upstream.
+async fn start_terminating(up_port: u16, tls: Value) -> (ProxyProcess, u16) {
+    let (admin, port) = (free_port(), free_port());
+    let mut l = listener(
+        "https",
+        "127.0.0.1",
+        port,
+        hcm("in", vec![vhost("all", &["*"], vec![route("/", "svc")])]),
+    );
+    l["filter_chains"][0]["transport_socket"] = tls;
+    let v = bootstrap(admin, vec![l], vec![cluster("svc", &[up_port])]);
+    (start_under_test(&to_yaml(&v), &[]).await, port)
+}
+
+fn downstream_tls(certs: &[&(PathBuf, PathBuf)], client_ca: Option<(&Path, Vec<Value>)>) -> Value {
+    let certs: Vec<Value> = certs
+        .iter()
+        .map(|(c, k)| json!({ "certificate_chain": { "filename": c }, "private_key": { "filename": k } }))
+        .collect();
+    let mut common = json!({ "tls_certificates": certs, "alpn_protocols": ["h2", "http/1.1"] });
+    let mut ctx = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+    });
+    if let Some((ca, sans)) = client_ca {
+        common["validation_context"] = json!({
+            "trusted_ca": { "filename": ca },
+            "match_typed_subject_alt_names": sans,
+        });
+        ctx["require_client_certificate"] = json!(true);
+    }
+    ctx["common_tls_context"] = common;
+    json!({ "name": "envoy.transport_sockets.tls", "typed_config": ctx })
+}
+
+/// `curl` over TLS to `host` (resolved to 127.0.0.1:`port`), trusting `ca`, with a client
+/// certificate when given: the status and HTTP version it reports, or its error.
+fn curl(
+    host: &str,
+    port: u16,
+    ca: &Path,
+    client: Option<&(PathBuf, PathBuf)>,
+) -> Result<String, String> {
+    skiff_tests::require_program("curl", "apt-get install curl");
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-S",
+        "-o",
+        "/dev/null",
+        "-m",
+        "5",
+        "-w",
+        "%{http_code} %{http_version}",
+    ])
+    .arg("--resolve")
+    .arg(format!("{host}:{port}:127.0.0.1"))
+    .arg("--cacert")
+    .arg(ca);
+    if let Some((c, k)) = client {
+        cmd.arg("--cert").arg(c).arg("--key").arg(k);
+    }
+    cmd.arg(format!("https://{host}:{port}/"));
+    let out = cmd.output().expect("run curl");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test]
+async fn downstream_tls_picks_the_certificate_by_sni_and_negotiates_h2() {
+    run(async {
+        let pki = Pki::new("tls-down-sni");
+        let a = pki.leaf("a", &["a.test"]);
+        let b = pki.leaf("b", &["*.b.test"]);
+        let up = skiff_tests::upstream::EchoUpstream::start("svc").await;
+        let (p, port) = start_terminating(up.port(), downstream_tls(&[&a, &b], None)).await;
+        let ca = pki.ca();
+        // curl checks the certificate against the name it asked for: each succeeds only with
+        // the certificate chosen for its SNI.
+        let (pa, pb) = (
+            tokio::task::spawn_blocking({
+                let ca = ca.clone();
+                move || curl("a.test", port, &ca, None)
+            }),
+            tokio::task::spawn_blocking(move || curl("x.b.test", port, &ca, None)),
+        );
+        assert_eq!(pa.await.expect("curl a"), Ok("200 2".to_string()));
+        assert_eq!(pb.await.expect("curl b"), Ok("200 2".to_string()));
+        let reqs = up.rec.wait_requests(2, Duration::from_secs(5)).await;
+        assert!(
+            reqs.iter()
+                .all(|r| r.header("x-forwarded-proto") == Some("https")),
+            "the upstream sees x-forwarded-proto: https"
+        );
+        let admin = p.admin();
+        admin
+            .wait_stat(
+                &format!("listener.127.0.0.1_{port}.ssl.handshake"),
+                Duration::from_secs(5),
+                |v| v == 2,
+            )
+            .await;
+        assert_eq!(admin.counter("http.in.downstream_cx_ssl_total").await, 2);
+        assert_eq!(
+            admin
+                .counter(&format!("listener.127.0.0.1_{port}.ssl.versions.TLSv1.3"))
+                .await,
+            2
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn downstream_mtls_requires_a_trusted_client_certificate_with_a_matching_san() {
+    run(async {
+        let pki = Pki::new("tls-down-mtls");
+        let server = pki.leaf("server", &["svc.test"]);
+        let good = pki.leaf("good", &[CLIENT_SAN]);
+        let wrong = pki.leaf("wrong", &["spiffe://cluster.local/ns/other/sa/x"]);
+        let up = skiff_tests::upstream::EchoUpstream::start("svc").await;
+        let tls = downstream_tls(&[&server], Some((&pki.ca(), vec![uri_san(CLIENT_SAN)])));
+        let (p, port) = start_terminating(up.port(), tls).await;
+        let ca = pki.ca();
+        let run_curl = |client: Option<(PathBuf, PathBuf)>| {
+            let ca = ca.clone();
+            tokio::task::spawn_blocking(move || curl("svc.test", port, &ca, client.as_ref()))
+        };
+        assert_eq!(
+            run_curl(Some(good)).await.expect("curl"),
+            Ok("200 2".to_string())
+        );
+        assert!(
+            run_curl(None).await.expect("curl").is_err(),
+            "no client certificate"
+        );
+        assert!(
+            run_curl(Some(wrong)).await.expect("curl").is_err(),
+            "a SAN that does not match"
+        );
+        let admin = p.admin();
+        let scope = format!("listener.127.0.0.1_{port}.ssl");
+        admin
+            .wait_stat(
+                &format!("{scope}.fail_verify_san"),
+                Duration::from_secs(5),
+                |v| v == 1,
+            )
+            .await;
+        admin
+            .wait_stat(
+                &format!("{scope}.fail_verify_no_cert"),
+                Duration::from_secs(5),
+                |v| v == 1,
+            )
+            .await;
+        assert_eq!(admin.counter(&format!("{scope}.handshake")).await, 1);
+        assert_eq!(
+            up.rec.requests().len(),
+            1,
+            "only the trusted client got through"
+        );
+    })
+    .await
+}

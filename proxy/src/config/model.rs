@@ -288,6 +288,8 @@ pub struct FilterChain {
     pub name: String,
     /// `filters`, the terminal one last.
     pub filters: Vec<NetworkFilter>,
+    /// `transport_socket`: TLS termination (none: plain TCP).
+    pub tls: Option<Arc<DownstreamTransport>>,
 }
 
 /// A network filter.

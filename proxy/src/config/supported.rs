@@ -61,7 +61,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.listener.v3.FilterChain",
-        &["filters", "name", "filter_chain_match"],
+        &["filters", "name", "filter_chain_match", "transport_socket"],
     ),
     (
         "envoy.config.listener.v3.FilterChainMatch",

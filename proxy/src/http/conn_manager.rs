@@ -8,12 +8,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::io::Stream;
 use http::{header, HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 
 use crate::config::model::{self, CodecType, ServerHeader};
 use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
@@ -37,6 +37,10 @@ pub struct HcmStats {
     pub downstream_cx_total: Counter,
     /// `downstream_cx_active`.
     pub downstream_cx_active: Gauge,
+    /// `downstream_cx_ssl_total`.
+    pub downstream_cx_ssl_total: Counter,
+    /// `downstream_cx_ssl_active`.
+    pub downstream_cx_ssl_active: Gauge,
     /// `downstream_cx_http1_total`.
     pub downstream_cx_http1_total: Counter,
     /// `downstream_cx_http1_active`.
@@ -94,6 +98,8 @@ impl HcmStats {
         HcmStats {
             downstream_cx_total: c("downstream_cx_total"),
             downstream_cx_active: g("downstream_cx_active"),
+            downstream_cx_ssl_total: c("downstream_cx_ssl_total"),
+            downstream_cx_ssl_active: g("downstream_cx_ssl_active"),
             downstream_cx_http1_total: c("downstream_cx_http1_total"),
             downstream_cx_http1_active: g("downstream_cx_http1_active"),
             downstream_cx_http2_total: c("downstream_cx_http2_total"),
@@ -156,6 +162,8 @@ struct Conn {
     worker: Rc<Worker>,
     remote: SocketAddr,
     local: SocketAddr,
+    /// Whether the connection is TLS (`x-forwarded-proto: https`).
+    secure: bool,
     /// The codec this connection turned out to speak, once its first request arrived.
     codec: Cell<Option<Codec>>,
 }
@@ -168,7 +176,7 @@ enum Codec {
 
 /// Serves one downstream connection until it closes or drains.
 pub async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     remote: SocketAddr,
     local: SocketAddr,
     hcm: Rc<HttpConnectionManager>,
@@ -178,11 +186,17 @@ pub async fn serve(
     let stats = &hcm.stats;
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
+    let secure = matches!(stream, Stream::ServerTls(_));
+    if secure {
+        stats.downstream_cx_ssl_total.inc();
+        stats.downstream_cx_ssl_active.inc();
+    }
     let conn = Rc::new(Conn {
         hcm: hcm.clone(),
         worker: worker.clone(),
         remote,
         local,
+        secure,
         codec: Cell::new(None),
     });
     let svc_conn = conn.clone();
@@ -243,6 +257,9 @@ pub async fn serve(
         None => {}
     }
     stats.downstream_cx_active.dec();
+    if conn.secure {
+        stats.downstream_cx_ssl_active.dec();
+    }
     stats.downstream_cx_destroy.inc();
 }
 
@@ -404,7 +421,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if !parts.headers.contains_key(&names::X_FORWARDED_PROTO) {
         parts.headers.insert(
             names::X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static("http"),
+            HeaderValue::from_static(if conn.secure { "https" } else { "http" }),
         );
     }
     if cfg.generate_request_id && !parts.headers.contains_key(&names::X_REQUEST_ID) {

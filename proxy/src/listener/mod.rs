@@ -13,8 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::model::{self, NetworkFilter};
 use crate::http::conn_manager::{self, HcmStats, HttpConnectionManager};
+use crate::io::Stream;
 use crate::network::filters::tcp_proxy::{self, TcpProxyStats};
 use crate::stats::{Counter, Gauge};
+use crate::tls::stats::TlsStats;
 use crate::upstream::pool;
 use crate::worker::Worker;
 use filter_chain_match::ChainInput;
@@ -109,20 +111,28 @@ struct Shared {
     stats: ListenerStats,
     /// `listener_filters`.
     filters: filters::Chain,
-    /// The network filters of `filter_chains`, in order.
-    chains: Vec<Rc<Terminal>>,
-    /// Of `default_filter_chain`.
-    default_chain: Option<Rc<Terminal>>,
+    /// `filter_chains`, in order.
+    chains: Vec<Rc<Chain>>,
+    /// `default_filter_chain`.
+    default_chain: Option<Rc<Chain>>,
+    /// `listener.<addr>.ssl.*`, when a chain terminates TLS.
+    tls_stats: Option<TlsStats>,
     handoff: Rc<HandOff>,
 }
 
-fn terminal(
+/// A filter chain on one worker: TLS termination, when configured, then its network filters.
+struct Chain {
+    tls: Option<Arc<model::DownstreamTransport>>,
+    terminal: Terminal,
+}
+
+fn chain(
     fc: &model::FilterChain,
     shard: &Arc<crate::stats::Shard>,
     scope: &str,
-) -> Option<Rc<Terminal>> {
+) -> Option<Rc<Chain>> {
     fc.filters.last().map(|f| {
-        Rc::new(match f {
+        let terminal = match f {
             NetworkFilter::HttpConnectionManager(h) => {
                 Terminal::Http(Rc::new(HttpConnectionManager {
                     config: h.clone(),
@@ -133,6 +143,10 @@ fn terminal(
                 t.clone(),
                 Rc::new(TcpProxyStats::new(shard, &t.stat_prefix)),
             ),
+        };
+        Rc::new(Chain {
+            tls: fc.tls.clone(),
+            terminal,
         })
     })
 }
@@ -160,15 +174,20 @@ impl Listener {
             no_filter_chain_match: shard.counter(&format!("{scope}no_filter_chain_match")),
         };
         let filters = filters::Chain::new(&config, shard, &scope);
-        let chains = config
+        let chains: Vec<Rc<Chain>> = config
             .filter_chains
             .iter()
-            .filter_map(|(_, fc)| terminal(fc, shard, &scope))
+            .filter_map(|(_, fc)| chain(fc, shard, &scope))
             .collect();
         let default_chain = config
             .default_filter_chain
             .as_deref()
-            .and_then(|fc| terminal(fc, shard, &scope));
+            .and_then(|fc| chain(fc, shard, &scope));
+        let tls_stats = chains
+            .iter()
+            .chain(default_chain.iter())
+            .any(|c| c.tls.is_some())
+            .then(|| TlsStats::new(shard.clone(), &scope));
         Ok(Listener {
             socket,
             shared: {
@@ -179,6 +198,7 @@ impl Listener {
                     filters,
                     chains,
                     default_chain,
+                    tls_stats,
                     handoff: handoff.clone(),
                 });
                 handoff.listeners.borrow_mut().push(shared.clone());
@@ -265,8 +285,35 @@ impl Shared {
             Some(model::ChainChoice::Default) => self.default_chain.as_ref(),
             None => None,
         };
-        match chain.map(|c| &**c) {
-            Some(Terminal::Http(hcm)) => {
+        let Some(chain) = chain else {
+            s.no_filter_chain_match.inc();
+            self.closed();
+            return;
+        };
+        let stream = match &chain.tls {
+            None => Stream::Tcp(stream),
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.get());
+                match acceptor.accept(stream).await {
+                    Ok(t) => {
+                        if let Some(st) = &self.tls_stats {
+                            st.completed(t.get_ref().1);
+                        }
+                        Stream::ServerTls(Box::new(t))
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                        if let Some(st) = &self.tls_stats {
+                            st.failed(&e);
+                        }
+                        self.closed();
+                        return;
+                    }
+                }
+            }
+        };
+        match &chain.terminal {
+            Terminal::Http(hcm) => {
                 conn_manager::serve(
                     stream,
                     remote,
@@ -277,7 +324,7 @@ impl Shared {
                 )
                 .await
             }
-            Some(Terminal::Tcp(cfg, stats)) => {
+            Terminal::Tcp(cfg, stats) => {
                 // envoy.filters.listener.original_src: the upstream connection comes from the
                 // client's own address, so the application sees the real client.
                 let source = self.config.original_src.map(|o| pool::Source {
@@ -301,8 +348,13 @@ impl Shared {
                 )
                 .await
             }
-            None => s.no_filter_chain_match.inc(),
         }
+        self.closed();
+    }
+
+    /// A connection counted in by `serve` is gone.
+    fn closed(&self) {
+        let s = &self.stats;
         s.downstream_cx_active.dec();
         s.worker_cx_active.dec();
         s.downstream_cx_destroy.inc();

@@ -451,9 +451,14 @@ fn translate_chain(
             "a filter chain needs a terminal filter",
         ));
     }
+    let tls = match &fc.transport_socket {
+        Some(ts) => tls::downstream(ts, &format!("{path}.transport_socket"))?,
+        None => None,
+    };
     Ok(FilterChain {
         name: fc.name.clone(),
         filters,
+        tls,
     })
 }
 

@@ -20,7 +20,6 @@ use crate::tls::{
     UpstreamTls, Validation, Version,
 };
 
-#[allow(dead_code)] // filter chains take it with the listener change that follows
 const DOWNSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 const UPSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 const RAW_BUFFER: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
@@ -48,7 +47,6 @@ fn typed<'a>(
 }
 
 /// A filter chain's `transport_socket`.
-#[allow(dead_code)] // filter chains take it with the listener change that follows
 pub(super) fn downstream(
     ts: &core::TransportSocket,
     path: &str,

@@ -7,8 +7,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::io::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::model;
@@ -55,7 +55,7 @@ pub async fn run(
     worker: &Rc<Worker>,
     cfg: &model::TcpProxy,
     stats: &TcpProxyStats,
-    downstream: TcpStream,
+    downstream: Stream,
     remote: SocketAddr,
     local: SocketAddr,
     source: Option<pool::Source>,
@@ -96,7 +96,7 @@ async fn proxy(
     worker: &Rc<Worker>,
     cfg: &model::TcpProxy,
     stats: &TcpProxyStats,
-    downstream: TcpStream,
+    downstream: Stream,
     local: SocketAddr,
     source: Option<pool::Source>,
     buffer_limit: usize,
