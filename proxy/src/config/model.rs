@@ -292,9 +292,67 @@ pub struct FilterChain {
     pub tls: Option<Arc<DownstreamTransport>>,
 }
 
+/// `envoy.filters.network.local_ratelimit`: a token bucket shared by every worker; a new
+/// connection takes a token or is closed at once.
+#[derive(Debug)]
+pub struct LocalRateLimit {
+    /// `stat_prefix`: stats are `local_rate_limit.<stat_prefix>.*`.
+    pub stat_prefix: String,
+    /// `token_bucket.max_tokens`: also the tokens at start.
+    pub max_tokens: u32,
+    /// `token_bucket.tokens_per_fill` (default 1).
+    pub tokens_per_fill: u32,
+    /// `token_bucket.fill_interval`.
+    pub fill_interval: Duration,
+    bucket: std::sync::Mutex<(u32, std::time::Instant)>,
+}
+
+impl LocalRateLimit {
+    /// A full bucket.
+    pub fn new(
+        stat_prefix: String,
+        max_tokens: u32,
+        tokens_per_fill: u32,
+        fill_interval: Duration,
+    ) -> Self {
+        LocalRateLimit {
+            stat_prefix,
+            max_tokens,
+            tokens_per_fill,
+            fill_interval,
+            bucket: std::sync::Mutex::new((max_tokens, std::time::Instant::now())),
+        }
+    }
+
+    /// Takes a token if there is one. Tokens come back `tokens_per_fill` at a time, once per
+    /// whole `fill_interval` since the last fill, up to `max_tokens`.
+    pub fn try_take(&self, now: std::time::Instant) -> bool {
+        let mut b = self
+            .bucket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tokens, last) = &mut *b;
+        let elapsed = now.saturating_duration_since(*last);
+        let fills = (elapsed.as_nanos() / self.fill_interval.as_nanos().max(1)) as u64;
+        if fills > 0 {
+            let add = fills.saturating_mul(u64::from(self.tokens_per_fill));
+            *tokens = (u64::from(*tokens) + add).min(u64::from(self.max_tokens)) as u32;
+            // Whole intervals only, so the timing of fills does not drift.
+            *last += self.fill_interval * fills.min(u64::from(u32::MAX)) as u32;
+        }
+        if *tokens == 0 {
+            return false;
+        }
+        *tokens -= 1;
+        true
+    }
+}
+
 /// A network filter.
 #[derive(Debug)]
 pub enum NetworkFilter {
+    /// `envoy.filters.network.local_ratelimit` (never last).
+    LocalRateLimit(Arc<LocalRateLimit>),
     /// `envoy.filters.network.tcp_proxy`.
     TcpProxy(Arc<TcpProxy>),
     /// `envoy.filters.network.http_connection_manager`.
@@ -604,4 +662,26 @@ pub enum HeaderMatchKind {
     Present(bool),
     /// `string_match` on the header's value (several values are joined with `,`).
     String(StringMatch),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn the_bucket_starts_full_and_refills_whole_intervals_up_to_its_size() {
+        let l = LocalRateLimit::new("p".into(), 2, 1, Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert!(l.try_take(t0));
+        assert!(l.try_take(t0));
+        assert!(!l.try_take(t0 + Duration::from_millis(999)));
+        assert!(l.try_take(t0 + Duration::from_millis(1000)));
+        assert!(!l.try_take(t0 + Duration::from_millis(1500)));
+        // Ten intervals later the bucket holds its size, not ten tokens.
+        let later = t0 + Duration::from_secs(11);
+        assert!(l.try_take(later));
+        assert!(l.try_take(later));
+        assert!(!l.try_take(later));
+    }
 }

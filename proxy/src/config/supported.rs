@@ -236,6 +236,14 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["name", "typed_config"],
     ),
     (
+        "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
+        &["stat_prefix", "token_bucket"],
+    ),
+    (
+        "envoy.type.v3.TokenBucket",
+        &["max_tokens", "tokens_per_fill", "fill_interval"],
+    ),
+    (
         "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
         &[],
     ),

@@ -120,10 +120,29 @@ struct Shared {
     handoff: Rc<HandOff>,
 }
 
-/// A filter chain on one worker: TLS termination, when configured, then its network filters.
+/// A filter chain on one worker: its read filters in order (each may close a new
+/// connection), TLS termination when configured, then the terminal network filter.
 struct Chain {
+    limits: Vec<(Arc<model::LocalRateLimit>, Counter)>,
     tls: Option<Arc<model::DownstreamTransport>>,
     terminal: Terminal,
+}
+
+impl Chain {
+    /// Runs the filters in front of the terminal one on a new connection; false: close it.
+    fn admit(&self) -> bool {
+        if self.limits.is_empty() {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        for (limit, rate_limited) in &self.limits {
+            if !limit.try_take(now) {
+                rate_limited.inc();
+                return false;
+            }
+        }
+        true
+    }
 }
 
 fn chain(
@@ -131,7 +150,18 @@ fn chain(
     shard: &Arc<crate::stats::Shard>,
     scope: &str,
 ) -> Option<Rc<Chain>> {
-    fc.filters.last().map(|f| {
+    let (last, front) = fc.filters.split_last()?;
+    let limits = front
+        .iter()
+        .filter_map(|f| match f {
+            NetworkFilter::LocalRateLimit(l) => Some((
+                l.clone(),
+                shard.counter(&format!("local_rate_limit.{}.rate_limited", l.stat_prefix)),
+            )),
+            _ => None,
+        })
+        .collect();
+    Some(last).and_then(|f| {
         let terminal = match f {
             NetworkFilter::HttpConnectionManager(h) => {
                 Terminal::Http(Rc::new(HttpConnectionManager {
@@ -143,11 +173,14 @@ fn chain(
                 t.clone(),
                 Rc::new(TcpProxyStats::new(shard, &t.stat_prefix)),
             ),
+            // Translation keeps read filters out of the last place.
+            NetworkFilter::LocalRateLimit(_) => return None,
         };
-        Rc::new(Chain {
+        Some(Rc::new(Chain {
+            limits,
             tls: fc.tls.clone(),
             terminal,
-        })
+        }))
     })
 }
 
@@ -290,6 +323,20 @@ impl Shared {
             self.closed();
             return;
         };
+        if !chain.admit() {
+            // Envoy resets a rate-limited connection rather than closing it, and its terminal
+            // filter has already counted the connection.
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+            match &chain.terminal {
+                Terminal::Http(hcm) => {
+                    hcm.stats.downstream_cx_total.inc();
+                    hcm.stats.downstream_cx_destroy.inc();
+                }
+                Terminal::Tcp(_, stats) => stats.downstream_cx_total.inc(),
+            }
+            self.closed();
+            return;
+        }
         let stream = match &chain.tls {
             None => Stream::Tcp(stream),
             Some(tls) => {

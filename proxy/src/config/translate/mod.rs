@@ -10,6 +10,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3 as local_ratelimit;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 
@@ -29,6 +30,8 @@ pub(super) const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
 const HCM_TYPE: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY_TYPE: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const LOCAL_RATELIMIT_TYPE: &str =
+    "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit";
 pub(super) const HTTP_PROTOCOL_OPTIONS: &str =
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
@@ -426,6 +429,9 @@ fn translate_chain(
                 &unpack(any, &tpath)?,
                 &tpath,
             )?)),
+            LOCAL_RATELIMIT_TYPE => NetworkFilter::LocalRateLimit(Arc::new(
+                translate_local_ratelimit(&unpack(any, &tpath)?, &tpath)?,
+            )),
             other => {
                 return Err(ConfigError::new(
                     tpath,
@@ -434,11 +440,22 @@ fn translate_chain(
             }
         };
         let last = i + 1 == fc.filters.len();
-        if !last {
+        let terminal = !matches!(filter, NetworkFilter::LocalRateLimit(_));
+        if terminal && !last {
             return Err(ConfigError::new(
                 fpath,
                 format!(
                     "'{}' is a terminal filter and must be last in the chain",
+                    f.name
+                ),
+            ));
+        }
+        if !terminal && last {
+            return Err(ConfigError::new(
+                fpath,
+                format!(
+                    "'{}' is not a terminal filter: the chain needs tcp_proxy or \
+                     http_connection_manager after it",
                     f.name
                 ),
             ));
@@ -460,6 +477,45 @@ fn translate_chain(
         filters,
         tls,
     })
+}
+
+fn translate_local_ratelimit(
+    l: &local_ratelimit::LocalRateLimit,
+    path: &str,
+) -> Result<LocalRateLimit, ConfigError> {
+    if l.stat_prefix.is_empty() {
+        return Err(ConfigError::new(format!("{path}.stat_prefix"), "required"));
+    }
+    let bpath = format!("{path}.token_bucket");
+    let b = required(&l.token_bucket, &bpath)?;
+    if b.max_tokens == 0 {
+        return Err(ConfigError::new(
+            format!("{bpath}.max_tokens"),
+            "value must be greater than 0",
+        ));
+    }
+    let tokens_per_fill = b.tokens_per_fill.as_ref().map_or(1, |v| v.value);
+    if tokens_per_fill == 0 {
+        return Err(ConfigError::new(
+            format!("{bpath}.tokens_per_fill"),
+            "value must be greater than 0",
+        ));
+    }
+    let ipath = format!("{bpath}.fill_interval");
+    let fill_interval = duration(required(&b.fill_interval, &ipath)?, &ipath)?;
+    // Envoy's own floor for this filter.
+    if fill_interval < Duration::from_millis(50) {
+        return Err(ConfigError::new(
+            ipath,
+            "local rate limit token bucket fill timer must be >= 50ms",
+        ));
+    }
+    Ok(LocalRateLimit::new(
+        l.stat_prefix.clone(),
+        b.max_tokens,
+        tokens_per_fill,
+        fill_interval,
+    ))
 }
 
 fn translate_tcp_proxy(t: &tcp::TcpProxy, path: &str) -> Result<TcpProxy, ConfigError> {

@@ -25,7 +25,7 @@ const MAX_BUFFER: usize = 256 * 1024;
 /// `tcp.<stat_prefix>.*` on one worker.
 #[derive(Debug)]
 pub struct TcpProxyStats {
-    downstream_cx_total: Counter,
+    pub(crate) downstream_cx_total: Counter,
     downstream_cx_no_route: Counter,
     downstream_cx_rx_bytes_total: Counter,
     downstream_cx_tx_bytes_total: Counter,
