@@ -13,6 +13,8 @@ use crate::stats::Counter;
 #[derive(Debug)]
 pub enum Stream {
     Tcp(TcpStream),
+    /// Plain TCP that sends a prefix (a PROXY protocol header) with its first write.
+    TcpPrefixed(Prefixed<TcpStream>),
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
@@ -21,6 +23,7 @@ macro_rules! each {
     ($self:expr, $s:ident => $e:expr) => {
         match $self.get_mut() {
             Stream::Tcp($s) => $e,
+            Stream::TcpPrefixed($s) => $e,
             Stream::ClientTls($s) => $e,
             Stream::ServerTls($s) => $e,
         }
@@ -57,6 +60,7 @@ impl AsyncWrite for Stream {
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::TcpPrefixed(s) => s.is_write_vectored(),
             Stream::ClientTls(s) => s.is_write_vectored(),
             Stream::ServerTls(s) => s.is_write_vectored(),
         }
@@ -68,6 +72,88 @@ impl AsyncWrite for Stream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         each!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// A stream whose first write carries `prefix` in front of the data, in one segment where the
+/// socket allows, as Envoy sends a PROXY protocol header with the first bytes.
+#[derive(Debug)]
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    sent: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    /// Wraps `inner`; `prefix` goes out before anything else.
+    pub fn new(inner: S, prefix: Vec<u8>) -> Self {
+        Prefixed {
+            prefix,
+            sent: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Prefixed<S> {
+    /// Sends what is left of the prefix.
+    fn poll_prefix(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.prefix.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.prefix[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        while this.sent < this.prefix.len() {
+            let left = this.prefix.len() - this.sent;
+            let bufs = [
+                io::IoSlice::new(&this.prefix[this.sent..]),
+                io::IoSlice::new(data),
+            ];
+            let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, &bufs))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if n > left {
+                this.sent = this.prefix.len();
+                return Poll::Ready(Ok(n - left));
+            }
+            this.sent += n;
+        }
+        Pin::new(&mut this.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A flush before any data (clients flush eagerly) leaves the prefix for the first
+        // write, so the two travel together.
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_prefix(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -84,6 +170,22 @@ impl<T> Counted<T> {
     /// Wraps `inner`, adding to `rx` on reads and `tx` on writes.
     pub fn new(inner: T, rx: Counter, tx: Counter) -> Self {
         Counted { inner, rx, tx }
+    }
+
+    /// The wrapped stream.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+}
+
+impl Stream {
+    /// Sends a pending prefix now rather than with the first data: for protocols where the
+    /// server speaks first, which must still see the PROXY header at once.
+    pub async fn send_prefix(&mut self) -> io::Result<()> {
+        if let Stream::TcpPrefixed(p) = self {
+            std::future::poll_fn(|cx| p.poll_prefix(cx)).await?;
+        }
+        Ok(())
     }
 }
 

@@ -574,6 +574,9 @@ pub struct Cluster {
     pub buffer_limit: usize,
     /// `transport_socket`: TLS to the hosts (none: plain TCP).
     pub tls: Option<Arc<UpstreamTransport>>,
+    /// `envoy.transport_sockets.upstream_proxy_protocol`: the PROXY header version each
+    /// upstream connection starts with.
+    pub proxy_protocol: Option<crate::upstream::proxy_protocol::Version>,
 }
 
 /// A filter chain's TLS: `transport_socket` with a `DownstreamTlsContext`.

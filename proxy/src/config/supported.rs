@@ -236,6 +236,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["name", "typed_config"],
     ),
     (
+        "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport",
+        &["config", "transport_socket"],
+    ),
+    ("envoy.config.core.v3.ProxyProtocolConfig", &["version"]),
+    (
         "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
         &["stat_prefix", "token_bucket"],
     ),

@@ -458,7 +458,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         parts,
         body,
         &request,
-        conn.local,
+        (conn.remote, conn.local),
         done.info.as_deref_mut(),
     )
     .await

@@ -2,6 +2,7 @@
 //! [`ClusterManager`]; only the per-host counters shown by `/clusters` are shared.
 
 pub mod pool;
+pub mod proxy_protocol;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -172,6 +173,9 @@ pub struct Host {
     pub h1: pool::Http1Pool,
     /// HTTP/2 connections of this worker.
     pub h2: pool::Http2Pool,
+    /// With upstream PROXY protocol: the downstream connection's (source, destination) this
+    /// host's connections announce; its pools serve that downstream connection only.
+    pub downstream: Option<(SocketAddr, SocketAddr)>,
 }
 
 /// A cluster as one worker sees it.
@@ -189,6 +193,9 @@ pub struct Cluster {
     rr: Cell<usize>,
     /// ORIGINAL_DST: one host per original destination seen, each with its own pools.
     by_destination: RefCell<HashMap<SocketAddr, Rc<Host>>>,
+    /// Upstream PROXY protocol: one host per (host, downstream source, destination), so that
+    /// no connection carries another downstream connection's header.
+    by_downstream: RefCell<HashMap<(SocketAddr, SocketAddr, SocketAddr), Rc<Host>>>,
 }
 
 /// Above this many ORIGINAL_DST hosts on a worker, hosts no stream uses are dropped.
@@ -228,9 +235,42 @@ impl Cluster {
             stats: Arc::new(HostStats::default()),
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),
+            downstream: None,
         });
         hosts.insert(dest, host.clone());
         host
+    }
+
+    /// The host to use for a downstream connection from `remote` to `local`: `host` itself,
+    /// or with upstream PROXY protocol its copy for that downstream connection (same address
+    /// and counters, pools of its own).
+    pub fn for_downstream(
+        &self,
+        host: Rc<Host>,
+        remote: SocketAddr,
+        local: SocketAddr,
+    ) -> Rc<Host> {
+        if self.config().proxy_protocol.is_none() {
+            return host;
+        }
+        let key = (host.address, remote, local);
+        let mut hosts = self.by_downstream.borrow_mut();
+        if let Some(h) = hosts.get(&key) {
+            return h.clone();
+        }
+        if hosts.len() >= MAX_IDLE_DESTINATIONS {
+            hosts.retain(|_, h| Rc::strong_count(h) > 1);
+        }
+        let copy = Rc::new(Host {
+            address: host.address,
+            healthy: host.healthy,
+            stats: host.stats.clone(),
+            h1: pool::Http1Pool::default(),
+            h2: pool::Http2Pool::default(),
+            downstream: Some((remote, local)),
+        });
+        hosts.insert(key, copy.clone());
+        copy
     }
 
     /// Round robin over healthy hosts; `None` when there is none.
@@ -272,6 +312,7 @@ impl ClusterManager {
                         stats: s.clone(),
                         h1: pool::Http1Pool::default(),
                         h2: pool::Http2Pool::default(),
+                        downstream: None,
                     })
                 })
                 .collect();
@@ -290,6 +331,7 @@ impl ClusterManager {
                 // Workers start at different hosts so load spreads from the first request.
                 rr: Cell::new(fastrand::usize(..)),
                 by_destination: RefCell::new(HashMap::new()),
+                by_downstream: RefCell::new(HashMap::new()),
             };
             clusters.insert(cfg.name.clone(), Rc::new(c));
         }
@@ -304,7 +346,8 @@ impl ClusterManager {
     /// Closes idle pooled connections and stops new streams on HTTP/2 ones (drain).
     pub fn close_idle(&self) {
         for c in self.clusters.values() {
-            for h in c.hosts.iter().chain(c.by_destination.borrow().values()) {
+            let (dest, down) = (c.by_destination.borrow(), c.by_downstream.borrow());
+            for h in c.hosts.iter().chain(dest.values()).chain(down.values()) {
                 h.h1.clear();
                 h.h2.clear();
             }

@@ -80,9 +80,27 @@ pub async fn connect_from(
         mark: 0,
     }));
     let connect = async {
-        let tcp = open(host.address, source).await?;
+        let mut tcp = open(host.address, source).await?;
         let _ = tcp.set_nodelay(true);
-        tls_handshake(cluster, host, tcp).await
+        // upstream_proxy_protocol: the header first, before TLS or anything else.
+        let header = match (cluster.config().proxy_protocol, host.downstream) {
+            (Some(version), Some((src, dst))) => {
+                Some(super::proxy_protocol::header(version, src, dst))
+            }
+            _ => None,
+        };
+        match header {
+            // Plain: sent with the first bytes, in one segment.
+            Some(h) if cluster.config().tls.is_none() => {
+                Ok(Stream::TcpPrefixed(crate::io::Prefixed::new(tcp, h)))
+            }
+            Some(h) => {
+                use tokio::io::AsyncWriteExt;
+                tcp.write_all(&h).await?;
+                tls_handshake(cluster, host, tcp).await
+            }
+            None => tls_handshake(cluster, host, tcp).await,
+        }
     };
     let result = match tokio::time::timeout(timeout, connect).await {
         Err(_) => {

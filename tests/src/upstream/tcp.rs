@@ -69,8 +69,16 @@ impl TcpUpstream {
                             let _ = s.shutdown().await;
                         }
                         TcpMode::ReadThenClose | TcpMode::ReadThenReply(_) => {
-                            let n = s.read(&mut buf).await.unwrap_or(0);
-                            received.extend_from_slice(&buf[..n]);
+                            // Up to the end of a request head when one arrives in pieces
+                            // (a PROXY header may come in its own segment).
+                            loop {
+                                let n = s.read(&mut buf).await.unwrap_or(0);
+                                received.extend_from_slice(&buf[..n]);
+                                let head_done = received.windows(4).any(|w| w == b"\r\n\r\n");
+                                if n == 0 || head_done || !received.starts_with(b"PROXY ") {
+                                    break;
+                                }
+                            }
                             if let TcpMode::ReadThenReply(reply) = &mode {
                                 let _ = s.write_all(reply).await;
                             }

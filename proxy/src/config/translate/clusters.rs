@@ -185,6 +185,10 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
             None => {}
         }
     }
+    let (tls, proxy_protocol) = match &c.transport_socket {
+        Some(ts) => super::tls::upstream_transport(ts, &format!("{path}.transport_socket"))?,
+        None => (None, None),
+    };
     Ok(Cluster {
         name: c.name.clone(),
         discovery,
@@ -198,10 +202,8 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
             .per_connection_buffer_limit_bytes
             .as_ref()
             .map_or(DEFAULT_BUFFER_LIMIT, |v| v.value as usize),
-        tls: match &c.transport_socket {
-            Some(ts) => super::tls::upstream(ts, &format!("{path}.transport_socket"))?,
-            None => None,
-        },
+        tls,
+        proxy_protocol,
     })
 }
 

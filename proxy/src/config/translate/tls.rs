@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3 as pp;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use tls::subject_alt_name_matcher::SanType as PbSanType;
 use tls::tls_parameters::TlsProtocol;
@@ -19,6 +20,7 @@ use crate::tls::{
     context, CertificateConfig, DataSource, DownstreamTls, Params, SanMatcher, SanType,
     UpstreamTls, Validation, Version,
 };
+use crate::upstream::proxy_protocol::Version as ProxyVersion;
 
 const DOWNSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 const UPSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
@@ -91,6 +93,49 @@ pub(super) fn downstream(
     })
     .map_err(|e| ConfigError::new(&cpath, e.to_string()))?;
     Ok(Some(Arc::new(DownstreamTransport { settings, config })))
+}
+
+const UPSTREAM_PROXY_PROTOCOL: &str =
+    "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport";
+
+/// A cluster's `transport_socket`: TLS or plain, possibly inside
+/// `upstream_proxy_protocol`, whose header version comes second.
+pub(super) fn upstream_transport(
+    ts: &core::TransportSocket,
+    path: &str,
+) -> Result<(Option<Arc<UpstreamTransport>>, Option<ProxyVersion>), ConfigError> {
+    use core::transport_socket::ConfigType;
+    let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
+        return Ok((upstream(ts, path)?, None));
+    };
+    if type_name(&any.type_url) != UPSTREAM_PROXY_PROTOCOL {
+        return Ok((upstream(ts, path)?, None));
+    }
+    let path = format!("{path}.typed_config");
+    let pp: pp::ProxyProtocolUpstreamTransport = unpack(any, &path)?;
+    let version = match pp.config.as_ref().map(|c| c.version) {
+        None => ProxyVersion::V1,
+        Some(v) => match core::proxy_protocol_config::Version::try_from(v) {
+            Ok(core::proxy_protocol_config::Version::V1) => ProxyVersion::V1,
+            Ok(core::proxy_protocol_config::Version::V2) => ProxyVersion::V2,
+            Err(_) => {
+                return Err(ConfigError::new(
+                    format!("{path}.config.version"),
+                    format!("unknown version {v}"),
+                ))
+            }
+        },
+    };
+    let inner = match &pp.transport_socket {
+        Some(inner) => upstream(inner, &format!("{path}.transport_socket"))?,
+        None => {
+            return Err(ConfigError::new(
+                format!("{path}.transport_socket"),
+                "required (raw_buffer or tls)",
+            ))
+        }
+    };
+    Ok((inner, Some(version)))
 }
 
 /// A cluster's `transport_socket`.

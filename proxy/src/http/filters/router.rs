@@ -109,7 +109,7 @@ pub async fn route(
     mut parts: http::request::Parts,
     body: ProxyBody,
     request: &Rc<RequestProgress>,
-    downstream_local: std::net::SocketAddr,
+    (downstream_remote, downstream_local): (std::net::SocketAddr, std::net::SocketAddr),
     mut info: Option<&mut StreamInfo>,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let host_header = authority(&parts).unwrap_or("").to_string();
@@ -149,6 +149,7 @@ pub async fn route(
         cluster.stats.upstream_cx_none_healthy.inc();
         return Err(LocalReply::NO_HEALTHY_UPSTREAM);
     };
+    let host = cluster.for_downstream(host, downstream_remote, downstream_local);
     if let Some(info) = info {
         info.upstream_host = Some(host.address);
         info.attempts = 1;

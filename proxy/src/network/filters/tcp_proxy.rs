@@ -69,6 +69,7 @@ pub async fn run(
         cfg,
         stats,
         downstream,
+        remote,
         local,
         source,
         buffer_limit,
@@ -97,6 +98,7 @@ async fn proxy(
     cfg: &model::TcpProxy,
     stats: &TcpProxyStats,
     downstream: Stream,
+    remote: SocketAddr,
     local: SocketAddr,
     source: Option<pool::Source>,
     buffer_limit: usize,
@@ -120,10 +122,21 @@ async fn proxy(
         }
         return;
     };
+    let host = cluster.for_downstream(host, remote, local);
     if let Some(info) = info.as_deref_mut() {
         info.upstream_host = Some(host.address);
     }
-    let upstream = match pool::connect_from(&cluster, &host, source).await {
+    let connected = match pool::connect_from(&cluster, &host, source).await {
+        // tcp_proxy does not know who speaks first: a PROXY header goes out at once.
+        Ok(mut s) => s
+            .get_mut()
+            .send_prefix()
+            .await
+            .map(|()| s)
+            .map_err(pool::ConnectError::Io),
+        Err(e) => Err(e),
+    };
+    let upstream = match connected {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(error = %e, upstream = %host.address, "tcp_proxy connect failed");
