@@ -576,3 +576,53 @@ async fn downstream_mtls_requires_a_trusted_client_certificate_with_a_matching_s
     })
     .await
 }
+
+/// `auto_sni` with `auto_san_validation`: each request's host is the SNI of the connection that
+/// carries it (one pool per name), and the server's certificate must be valid for it.
+#[tokio::test]
+async fn auto_sni_sends_the_request_host_and_auto_san_validation_checks_it() {
+    run(async {
+        let pki = Pki::new("tls-autosni");
+        let server = pki.leaf("upstream", &["*.svc.test"]);
+        let up = Upstream::start(&pki, &server, false);
+        let (admin, port) = (free_port(), free_port());
+        let mut c = cluster("svc", &[up.port]);
+        c["transport_socket"] = upstream_tls(None, None, Some((&pki.ca(), vec![])));
+        c["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http_protocol_options": {} },
+                "upstream_http_protocol_options": { "auto_sni": true, "auto_san_validation": true }
+            }
+        });
+        let v = bootstrap(
+            admin,
+            vec![listener(
+                "http",
+                "127.0.0.1",
+                port,
+                hcm("in", vec![vhost("all", &["*"], vec![route("/", "svc")])]),
+            )],
+            vec![c],
+        );
+        let p = start_under_test(&to_yaml(&v), &[]).await;
+        let addr = format!("127.0.0.1:{port}");
+        for host in ["a.svc.test", "b.svc.test:8080"] {
+            let r = http1_once(&addr, get("/", host)).await.expect("request");
+            assert_eq!(r.status, 200, "{host}: {}", r.text());
+            let seen: Value = serde_json::from_str(&r.text()).expect("json");
+            assert_eq!(seen["sni"], host.split(':').next().unwrap_or(host));
+        }
+        let r = http1_once(&addr, get("/", "other.test"))
+            .await
+            .expect("request");
+        assert_eq!(r.status, 503, "a certificate not valid for the name is refused");
+        let admin = p.admin();
+        admin
+            .wait_stat("cluster.svc.ssl.handshake", Duration::from_secs(5), |v| v == 2)
+            .await;
+        assert_eq!(admin.counter("cluster.svc.ssl.fail_verify_san").await, 1);
+        assert_eq!(admin.counter("cluster.svc.ssl.fail_verify_error").await, 0);
+    })
+    .await
+}

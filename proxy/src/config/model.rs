@@ -577,6 +577,8 @@ pub struct Cluster {
     /// `envoy.transport_sockets.upstream_proxy_protocol`: the PROXY header version each
     /// upstream connection starts with.
     pub proxy_protocol: Option<crate::upstream::proxy_protocol::Version>,
+    /// `upstream_http_protocol_options.auto_sni`: TLS SNI from each request's host.
+    pub auto_sni: bool,
 }
 
 /// A filter chain's TLS: `transport_socket` with a `DownstreamTlsContext`.

@@ -316,7 +316,15 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.endpoint.v3.Endpoint", &["address"]),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        &["explicit_http_config", "use_downstream_protocol_config"],
+        &[
+            "explicit_http_config",
+            "use_downstream_protocol_config",
+            "upstream_http_protocol_options",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.UpstreamHttpProtocolOptions",
+        &["auto_sni", "auto_san_validation"],
     ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",

@@ -139,7 +139,12 @@ pub fn client_config(u: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
         ),
         None => (None, Vec::new()),
     };
-    let verifier = Arc::new(UpstreamVerifier::new(ca, sans, provider.clone()));
+    let verifier = Arc::new(UpstreamVerifier::new(
+        ca,
+        sans,
+        u.check_sni,
+        provider.clone(),
+    ));
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions(&u.params))?
         .dangerous()

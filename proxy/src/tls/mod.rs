@@ -138,6 +138,9 @@ pub struct UpstreamTls {
     pub validation: Option<Validation>,
     /// `sni`.
     pub sni: Option<String>,
+    /// The cluster's `auto_san_validation`: the server's certificate must also be valid for
+    /// the SNI sent.
+    pub check_sni: bool,
 }
 
 /// Why a TLS configuration could not be built.

@@ -75,9 +75,9 @@ impl TlsStats {
             .and_then(|inner| inner.downcast_ref::<rustls::Error>());
         match err {
             Some(rustls::Error::NoCertificatesPresented) => self.fail_verify_no_cert.inc(),
-            Some(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)) => {
-                self.fail_verify_san.inc()
-            }
+            Some(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => self.fail_verify_san.inc(),
             Some(rustls::Error::InvalidCertificate(_)) => self.fail_verify_error.inc(),
             _ => self.connection_error.inc(),
         }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
@@ -75,6 +75,8 @@ fn check_sans(
 pub struct UpstreamVerifier {
     roots: Option<Arc<RootCertStore>>,
     sans: Vec<SanMatcher>,
+    /// Also check the certificate against the SNI sent (`auto_san_validation`).
+    check_sni: bool,
     provider: Arc<CryptoProvider>,
 }
 
@@ -82,11 +84,13 @@ impl UpstreamVerifier {
     pub fn new(
         roots: Option<Arc<RootCertStore>>,
         sans: Vec<SanMatcher>,
+        check_sni: bool,
         provider: Arc<CryptoProvider>,
     ) -> Self {
         UpstreamVerifier {
             roots,
             sans,
+            check_sni,
             provider,
         }
     }
@@ -97,10 +101,14 @@ impl ServerCertVerifier for UpstreamVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.check_sni && matches!(server_name, ServerName::DnsName(_)) {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            verify_server_name(&cert, server_name)?;
+        }
         if let Some(roots) = &self.roots {
             let cert = ParsedCertificate::try_from(end_entity)?;
             verify_server_cert_signed_by_trust_anchor(

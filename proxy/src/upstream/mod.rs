@@ -176,6 +176,8 @@ pub struct Host {
     /// With upstream PROXY protocol: the downstream connection's (source, destination) this
     /// host's connections announce; its pools serve that downstream connection only.
     pub downstream: Option<(SocketAddr, SocketAddr)>,
+    /// With `auto_sni`: the SNI this host's connections send; its pools serve that name only.
+    pub sni: Option<Box<str>>,
 }
 
 /// A cluster as one worker sees it.
@@ -193,10 +195,17 @@ pub struct Cluster {
     rr: Cell<usize>,
     /// ORIGINAL_DST: one host per original destination seen, each with its own pools.
     by_destination: RefCell<HashMap<SocketAddr, Rc<Host>>>,
-    /// Upstream PROXY protocol: one host per (host, downstream source, destination), so that
-    /// no connection carries another downstream connection's header.
-    by_downstream: RefCell<HashMap<(SocketAddr, SocketAddr, SocketAddr), Rc<Host>>>,
+    /// Upstream PROXY protocol and `auto_sni`: one host per (host, downstream source and
+    /// destination, SNI), so that no connection carries another downstream connection's header
+    /// or another request's server name.
+    by_downstream: RefCell<HashMap<VariantKey, Rc<Host>>>,
 }
+
+type VariantKey = (
+    SocketAddr,
+    Option<(SocketAddr, SocketAddr)>,
+    Option<Box<str>>,
+);
 
 /// Above this many ORIGINAL_DST hosts on a worker, hosts no stream uses are dropped.
 const MAX_IDLE_DESTINATIONS: usize = 1024;
@@ -236,24 +245,29 @@ impl Cluster {
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),
             downstream: None,
+            sni: None,
         });
         hosts.insert(dest, host.clone());
         host
     }
 
-    /// The host to use for a downstream connection from `remote` to `local`: `host` itself,
-    /// or with upstream PROXY protocol its copy for that downstream connection (same address
-    /// and counters, pools of its own).
-    pub fn for_downstream(
+    /// The host to use for a stream of the downstream connection from `remote` to `local`,
+    /// asking for server name `sni`: `host` itself, or, with upstream PROXY protocol or
+    /// `auto_sni`, its copy for that connection and name (same address and counters, pools of
+    /// its own).
+    pub fn variant(
         &self,
         host: Rc<Host>,
-        remote: SocketAddr,
-        local: SocketAddr,
+        (remote, local): (SocketAddr, SocketAddr),
+        sni: Option<&str>,
     ) -> Rc<Host> {
-        if self.config().proxy_protocol.is_none() {
+        let cfg = self.config();
+        let downstream = cfg.proxy_protocol.is_some().then_some((remote, local));
+        let sni = sni.filter(|_| cfg.auto_sni && cfg.tls.is_some());
+        if downstream.is_none() && sni.is_none() {
             return host;
         }
-        let key = (host.address, remote, local);
+        let key = (host.address, downstream, sni.map(Box::from));
         let mut hosts = self.by_downstream.borrow_mut();
         if let Some(h) = hosts.get(&key) {
             return h.clone();
@@ -267,7 +281,8 @@ impl Cluster {
             stats: host.stats.clone(),
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),
-            downstream: Some((remote, local)),
+            downstream,
+            sni: key.2.clone(),
         });
         hosts.insert(key, copy.clone());
         copy
@@ -313,6 +328,7 @@ impl ClusterManager {
                         h1: pool::Http1Pool::default(),
                         h2: pool::Http2Pool::default(),
                         downstream: None,
+                        sni: None,
                     })
                 })
                 .collect();

@@ -133,9 +133,14 @@ async fn tls_handshake(
     let Some(tls) = &cluster.config().tls else {
         return Ok(Stream::Tcp(tcp));
     };
-    let name = match &tls.settings.sni {
+    let sni = host
+        .sni
+        .as_deref()
+        .map(str::to_string)
+        .or_else(|| tls.settings.sni.clone());
+    let name = match sni {
         // Checked at translation.
-        Some(sni) => rustls_pki_types::ServerName::try_from(sni.clone())
+        Some(sni) => rustls_pki_types::ServerName::try_from(sni)
             .map_err(|e| ConnectError::Tls(e.to_string()))?,
         // rustls sends no SNI for an address.
         None => rustls_pki_types::ServerName::IpAddress(host.address.ip().into()),

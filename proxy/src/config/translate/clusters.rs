@@ -137,6 +137,7 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
     }
     let mut protocol = UpstreamProtocol::Http1;
     let mut http2 = Http2Options::default();
+    let (mut auto_sni, mut auto_san_validation) = (false, false);
     #[allow(deprecated)]
     if let Some(h2) = &c.http2_protocol_options {
         protocol = UpstreamProtocol::Http2;
@@ -151,6 +152,10 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
             ));
         }
         let o: upstream_http::HttpProtocolOptions = unpack(any, &opath)?;
+        if let Some(u) = &o.upstream_http_protocol_options {
+            auto_sni = u.auto_sni;
+            auto_san_validation = u.auto_san_validation;
+        }
         use upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig;
         use upstream_http::http_protocol_options::UpstreamProtocolOptions as U;
         match o.upstream_protocol_options {
@@ -186,7 +191,11 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
         }
     }
     let (tls, proxy_protocol) = match &c.transport_socket {
-        Some(ts) => super::tls::upstream_transport(ts, &format!("{path}.transport_socket"))?,
+        Some(ts) => super::tls::upstream_transport(
+            ts,
+            &format!("{path}.transport_socket"),
+            auto_san_validation,
+        )?,
         None => (None, None),
     };
     Ok(Cluster {
@@ -204,6 +213,7 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
             .map_or(DEFAULT_BUFFER_LIMIT, |v| v.value as usize),
         tls,
         proxy_protocol,
+        auto_sni,
     })
 }
 

@@ -103,13 +103,14 @@ const UPSTREAM_PROXY_PROTOCOL: &str =
 pub(super) fn upstream_transport(
     ts: &core::TransportSocket,
     path: &str,
+    check_sni: bool,
 ) -> Result<(Option<Arc<UpstreamTransport>>, Option<ProxyVersion>), ConfigError> {
     use core::transport_socket::ConfigType;
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
-        return Ok((upstream(ts, path)?, None));
+        return Ok((upstream(ts, path, check_sni)?, None));
     };
     if type_name(&any.type_url) != UPSTREAM_PROXY_PROTOCOL {
-        return Ok((upstream(ts, path)?, None));
+        return Ok((upstream(ts, path, check_sni)?, None));
     }
     let path = format!("{path}.typed_config");
     let pp: pp::ProxyProtocolUpstreamTransport = unpack(any, &path)?;
@@ -127,7 +128,7 @@ pub(super) fn upstream_transport(
         },
     };
     let inner = match &pp.transport_socket {
-        Some(inner) => upstream(inner, &format!("{path}.transport_socket"))?,
+        Some(inner) => upstream(inner, &format!("{path}.transport_socket"), check_sni)?,
         None => {
             return Err(ConfigError::new(
                 format!("{path}.transport_socket"),
@@ -139,9 +140,10 @@ pub(super) fn upstream_transport(
 }
 
 /// A cluster's `transport_socket`.
-pub(super) fn upstream(
+fn upstream(
     ts: &core::TransportSocket,
     path: &str,
+    check_sni: bool,
 ) -> Result<Option<Arc<UpstreamTransport>>, ConfigError> {
     let Some(any) = typed(ts, path, UPSTREAM_TLS)? else {
         return Ok(None);
@@ -173,6 +175,7 @@ pub(super) fn upstream(
         alpn,
         validation,
         sni,
+        check_sni,
     };
     let files = settings_files(
         settings.client_certificate.iter(),

@@ -122,7 +122,7 @@ async fn proxy(
         }
         return;
     };
-    let host = cluster.for_downstream(host, remote, local);
+    let host = cluster.variant(host, (remote, local), None);
     if let Some(info) = info.as_deref_mut() {
         info.upstream_host = Some(host.address);
     }
