@@ -626,3 +626,87 @@ async fn auto_sni_sends_the_request_host_and_auto_san_validation_checks_it() {
     })
     .await
 }
+
+/// `auto_config`: the upstream's ALPN choice decides HTTP/2 or HTTP/1.1. The upstream here is a
+/// second proxy terminating TLS (offering `h2` or only `http/1.1`) in front of an echo server.
+#[tokio::test]
+async fn auto_config_speaks_what_alpn_chose() {
+    run(async {
+        let pki = Pki::new("tls-autoconfig");
+        let server = pki.leaf("upstream", &["upstream.test"]);
+        let echo = skiff_tests::upstream::EchoUpstream::start("svc").await;
+        for (offered, want_h2) in [(vec!["h2", "http/1.1"], true), (vec!["http/1.1"], false)] {
+            let mut tls = downstream_tls(&[&server], None);
+            tls["typed_config"]["common_tls_context"]["alpn_protocols"] = json!(offered);
+            let (back, back_port) = start_terminating(echo.port(), tls).await;
+
+            let (admin, port) = (free_port(), free_port());
+            let mut c = cluster("svc", &[back_port]);
+            c["transport_socket"] = upstream_tls(Some("upstream.test"), None, Some((&pki.ca(), vec![])));
+            // No ALPN configured: auto_config offers h2 and http/1.1 itself.
+            c["transport_socket"]["typed_config"]["common_tls_context"]
+                .as_object_mut()
+                .expect("context")
+                .remove("alpn_protocols");
+            c["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "auto_config": {}
+                }
+            });
+            let v = bootstrap(
+                admin,
+                vec![listener(
+                    "http",
+                    "127.0.0.1",
+                    port,
+                    hcm("in", vec![vhost("all", &["*"], vec![route("/", "svc")])]),
+                )],
+                vec![c],
+            );
+            let front = start_under_test(&to_yaml(&v), &[]).await;
+            let addr = format!("127.0.0.1:{port}");
+            for _ in 0..3 {
+                let r = http1_once(&addr, get("/", "svc.test")).await.expect("request");
+                assert_eq!(r.status, 200, "{offered:?}: {}", r.text());
+            }
+            let (h2, h1) = (
+                front.admin().counter("cluster.svc.upstream_cx_http2_total").await,
+                front.admin().counter("cluster.svc.upstream_cx_http1_total").await,
+            );
+            if want_h2 {
+                assert_eq!((h2, h1), (1, 0), "{offered:?}: one HTTP/2 connection");
+                assert_eq!(back.admin().counter("http.in.downstream_cx_http2_total").await, 1);
+            } else {
+                assert_eq!(h2, 0, "{offered:?}: HTTP/1.1 only");
+                assert!(h1 >= 1);
+                assert_eq!(back.admin().counter("http.in.downstream_cx_http2_total").await, 0);
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn auto_config_without_tls_is_refused() {
+    run(async {
+        let mut c = cluster("svc", &[free_port()]);
+        c["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "auto_config": {}
+            }
+        });
+        let v = bootstrap(free_port(), vec![], vec![c]);
+        let cfg = skiff_tests::proxy::write_config("tls-autoconfig-plain", &to_yaml(&v));
+        let out = run_cli(Kind::under_test(), &["--mode", "validate", "-c", cfg.path()]).await;
+        assert_ne!(out.code, Some(0), "{}", out.output());
+        assert!(
+            out.output()
+                .contains("ALPN configured for cluster svc which has a non-ALPN transport socket"),
+            "{}",
+            out.output()
+        );
+    })
+    .await
+}

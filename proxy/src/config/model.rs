@@ -495,6 +495,9 @@ pub enum UpstreamProtocol {
     Http2,
     /// The downstream request's protocol.
     Downstream,
+    /// `auto_config`: HTTP/2 when the upstream's TLS handshake chooses `h2` by ALPN, else
+    /// HTTP/1.1.
+    Auto,
 }
 
 /// HTTP/2 settings for upstream connections.

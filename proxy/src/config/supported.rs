@@ -319,8 +319,13 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &[
             "explicit_http_config",
             "use_downstream_protocol_config",
+            "auto_config",
             "upstream_http_protocol_options",
         ],
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.AutoHttpConfig",
+        &["http_protocol_options", "http2_protocol_options"],
     ),
     (
         "envoy.config.core.v3.UpstreamHttpProtocolOptions",

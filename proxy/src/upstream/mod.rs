@@ -178,6 +178,8 @@ pub struct Host {
     pub downstream: Option<(SocketAddr, SocketAddr)>,
     /// With `auto_sni`: the SNI this host's connections send; its pools serve that name only.
     pub sni: Option<Box<str>>,
+    /// `auto_config`: whether the last handshake chose HTTP/2 (unknown before the first).
+    pub negotiated_h2: Cell<Option<bool>>,
 }
 
 /// A cluster as one worker sees it.
@@ -246,6 +248,7 @@ impl Cluster {
             h2: pool::Http2Pool::default(),
             downstream: None,
             sni: None,
+            negotiated_h2: Cell::new(None),
         });
         hosts.insert(dest, host.clone());
         host
@@ -283,6 +286,7 @@ impl Cluster {
             h2: pool::Http2Pool::default(),
             downstream,
             sni: key.2.clone(),
+            negotiated_h2: Cell::new(None),
         });
         hosts.insert(key, copy.clone());
         copy
@@ -329,6 +333,7 @@ impl ClusterManager {
                         h2: pool::Http2Pool::default(),
                         downstream: None,
                         sni: None,
+                        negotiated_h2: Cell::new(None),
                     })
                 })
                 .collect();

@@ -251,12 +251,41 @@ impl Http1Pool {
     }
 }
 
+/// `auto_config`: whether `host` speaks HTTP/2, learned from the ALPN of a first connection,
+/// which then joins the matching pool.
+pub async fn negotiate(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<bool, ConnectError> {
+    if let Some(h2) = host.negotiated_h2.get() {
+        return Ok(h2);
+    }
+    let mut stream = connect(cluster, host).await?;
+    let h2 = match stream.get_mut() {
+        Stream::ClientTls(t) => t.get_ref().1.alpn_protocol() == Some(b"h2"),
+        _ => false,
+    };
+    host.negotiated_h2.set(Some(h2));
+    if h2 {
+        host.h2.adopt(cluster, host, stream).await?;
+    } else {
+        host.h1.put_idle(http1_on(cluster, host, stream).await?);
+    }
+    Ok(h2)
+}
+
 /// Opens a new HTTP/1.1 connection; its driver runs on this worker until it closes.
 pub async fn connect_http1(
     cluster: &Rc<Cluster>,
     host: &Rc<Host>,
 ) -> Result<Http1Sender, ConnectError> {
     let stream = connect(cluster, host).await?;
+    http1_on(cluster, host, stream).await
+}
+
+/// HTTP/1.1 over a connection already made.
+async fn http1_on(
+    cluster: &Rc<Cluster>,
+    host: &Rc<Host>,
+    stream: UpstreamStream,
+) -> Result<Http1Sender, ConnectError> {
     let (sender, conn) = http1::Builder::new()
         .handshake::<_, ProxyBody>(TokioIo::new(stream))
         .await
@@ -392,6 +421,19 @@ impl Http2Pool {
         }
     }
 
+    /// Takes a connection made elsewhere (an `auto_config` probe that chose HTTP/2).
+    pub async fn adopt(
+        &self,
+        cluster: &Rc<Cluster>,
+        host: &Rc<Host>,
+        stream: UpstreamStream,
+    ) -> Result<(), ConnectError> {
+        let conn = Rc::new(http2_on(cluster, host, stream).await?);
+        self.conns.borrow_mut().push(conn);
+        self.connected.notify_waiters();
+        Ok(())
+    }
+
     /// Stops using every connection for new streams (drain).
     pub fn clear(&self) {
         for c in self.conns.borrow().iter() {
@@ -401,9 +443,18 @@ impl Http2Pool {
 }
 
 async fn connect_http2(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<Http2Conn, ConnectError> {
+    let stream = connect(cluster, host).await?;
+    http2_on(cluster, host, stream).await
+}
+
+/// HTTP/2 over a connection already made.
+async fn http2_on(
+    cluster: &Rc<Cluster>,
+    host: &Rc<Host>,
+    stream: UpstreamStream,
+) -> Result<Http2Conn, ConnectError> {
     let cfg = cluster.config().http2;
     let (stream_window, conn_window) = cfg.windows(cluster.config().buffer_limit);
-    let stream = connect(cluster, host).await?;
     let (send, conn) = h2::client::Builder::new()
         .initial_window_size(stream_window)
         .initial_connection_window_size(conn_window)

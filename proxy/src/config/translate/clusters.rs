@@ -138,6 +138,7 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
     let mut protocol = UpstreamProtocol::Http1;
     let mut http2 = Http2Options::default();
     let (mut auto_sni, mut auto_san_validation) = (false, false);
+    let mut auto_config_path = None;
     #[allow(deprecated)]
     if let Some(h2) = &c.http2_protocol_options {
         protocol = UpstreamProtocol::Http2;
@@ -176,6 +177,22 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
                     ))
                 }
             },
+            Some(U::AutoConfig(a)) => {
+                if a.http3_protocol_options.is_some()
+                    || a.alternate_protocols_cache_options.is_some()
+                {
+                    return Err(ConfigError::unsupported(format!("{opath}.auto_config")));
+                }
+                if let Some(h2) = &a.http2_protocol_options {
+                    check_http2_options(
+                        h2,
+                        &format!("{opath}.auto_config.http2_protocol_options"),
+                    )?;
+                    http2 = http2_options(h2);
+                }
+                protocol = UpstreamProtocol::Auto;
+                auto_config_path = Some(format!("{opath}.auto_config"));
+            }
             Some(U::UseDownstreamProtocolConfig(d)) => {
                 protocol = UpstreamProtocol::Downstream;
                 if let Some(h2) = &d.http2_protocol_options {
@@ -186,7 +203,6 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
                     http2 = http2_options(h2);
                 }
             }
-            Some(_) => return Err(ConfigError::unsupported(format!("{opath}.auto_config"))),
             None => {}
         }
     }
@@ -195,9 +211,20 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
             ts,
             &format!("{path}.transport_socket"),
             auto_san_validation,
+            auto_config_path.is_some(),
         )?,
         None => (None, None),
     };
+    if let (Some(p), None) = (&auto_config_path, &tls) {
+        // Envoy's words: only a TLS transport socket can negotiate the protocol.
+        return Err(ConfigError::new(
+            p,
+            format!(
+                "ALPN configured for cluster {} which has a non-ALPN transport socket",
+                c.name
+            ),
+        ));
+    }
     Ok(Cluster {
         name: c.name.clone(),
         discovery,

@@ -104,13 +104,14 @@ pub(super) fn upstream_transport(
     ts: &core::TransportSocket,
     path: &str,
     check_sni: bool,
+    auto_alpn: bool,
 ) -> Result<(Option<Arc<UpstreamTransport>>, Option<ProxyVersion>), ConfigError> {
     use core::transport_socket::ConfigType;
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
-        return Ok((upstream(ts, path, check_sni)?, None));
+        return Ok((upstream(ts, path, check_sni, auto_alpn)?, None));
     };
     if type_name(&any.type_url) != UPSTREAM_PROXY_PROTOCOL {
-        return Ok((upstream(ts, path, check_sni)?, None));
+        return Ok((upstream(ts, path, check_sni, auto_alpn)?, None));
     }
     let path = format!("{path}.typed_config");
     let pp: pp::ProxyProtocolUpstreamTransport = unpack(any, &path)?;
@@ -128,7 +129,12 @@ pub(super) fn upstream_transport(
         },
     };
     let inner = match &pp.transport_socket {
-        Some(inner) => upstream(inner, &format!("{path}.transport_socket"), check_sni)?,
+        Some(inner) => upstream(
+            inner,
+            &format!("{path}.transport_socket"),
+            check_sni,
+            auto_alpn,
+        )?,
         None => {
             return Err(ConfigError::new(
                 format!("{path}.transport_socket"),
@@ -144,6 +150,7 @@ fn upstream(
     ts: &core::TransportSocket,
     path: &str,
     check_sni: bool,
+    auto_alpn: bool,
 ) -> Result<Option<Arc<UpstreamTransport>>, ConfigError> {
     let Some(any) = typed(ts, path, UPSTREAM_TLS)? else {
         return Ok(None);
@@ -169,6 +176,12 @@ fn upstream(
             ));
         }
     }
+    // auto_config negotiates the protocol: offer both unless the context names its own.
+    let alpn = if auto_alpn && alpn.is_empty() {
+        vec!["h2".to_string(), "http/1.1".to_string()]
+    } else {
+        alpn
+    };
     let settings = UpstreamTls {
         client_certificate: certificates.pop(),
         params,

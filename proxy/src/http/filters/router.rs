@@ -168,6 +168,9 @@ pub async fn route(
         UpstreamProtocol::Http1 => false,
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Downstream => parts.version == Version::HTTP_2,
+        UpstreamProtocol::Auto => pool::negotiate(&cluster, &host)
+            .await
+            .map_err(connect_failure)?,
     };
 
     let mut upstream = Upstream::start(cluster.clone(), host.clone(), request.clone());
