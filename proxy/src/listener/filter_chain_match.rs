@@ -306,10 +306,13 @@ fn pick<'n>(entries: &'n [(Key, Node)], level: Level, c: &ChainInput<'_>) -> Opt
     }
 }
 
-/// Envoy's `isSameIpOrLoopback`: the peer is a loopback address or the local address itself.
+/// Envoy's `isSameIpOrLoopback`: the peer is *the* loopback address (127.0.0.1 or ::1, not the
+/// rest of 127/8, not IPv4-mapped) or the local address itself, compared as written.
 fn is_same_ip_or_loopback(c: &ChainInput<'_>) -> bool {
-    let remote = c.remote.ip().to_canonical();
-    remote.is_loopback() || remote == c.local.ip().to_canonical()
+    let remote = c.remote.ip();
+    remote == IpAddr::from([127, 0, 0, 1])
+        || remote == IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+        || remote == c.local.ip()
 }
 
 #[cfg(test)]
