@@ -170,3 +170,120 @@ async fn hello_larger_than_max_client_hello_size_is_refused() {
     })
     .await
 }
+
+/// Starts `openssl s_server -www` on a free port with a fresh self-signed certificate for
+/// `*.example.com`; returns the port and the process.
+async fn tls_upstream(dir: &std::path::Path) -> (u16, tokio::process::Child) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if !cert.exists() {
+        let status = tokio::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=a.example.com"])
+            .args([
+                "-addext",
+                "subjectAltName=DNS:a.example.com,DNS:*.example.com",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .expect("openssl req");
+        assert!(status.success(), "certificate generation failed");
+    }
+    let port = free_port();
+    let child = tokio::process::Command::new("openssl")
+        .args(["s_server", "-www", "-quiet", "-accept", &port.to_string()])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("openssl s_server");
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return (port, child);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("openssl s_server did not listen on {port}");
+}
+
+/// envoy-sni.yaml's shape: TLS passes through untouched to the upstream of the chain its SNI
+/// selects (exact name before the wildcard), so curl completes its handshake with the upstream.
+#[tokio::test]
+async fn sni_selects_the_chain_and_tls_passes_through() {
+    run(async {
+        let dir = skiff_tests::scratch_dir("tls-upstream");
+        let (a_port, mut a) = tls_upstream(&dir).await;
+        let (wild_port, mut wild) = tls_upstream(&dir).await;
+        let plain = TcpUpstream::start(TcpMode::Echo).await;
+        let (admin, port) = (free_port(), free_port());
+        let chain = |m: Value, name: &str| json!({ "filter_chain_match": m, "filters": [tcp_proxy(name, name)] });
+        let l = json!({
+            "name": "sni",
+            "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+            "listener_filters": [{ "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": { "@type": TLS_INSPECTOR } }],
+            "filter_chains": [
+                chain(json!({ "server_names": ["a.example.com"] }), "chain_a"),
+                chain(json!({ "server_names": ["*.example.com"] }), "chain_wild"),
+                chain(json!({ "transport_protocol": "raw_buffer" }), "chain_plain"),
+            ]
+        });
+        let v = bootstrap(
+            admin,
+            vec![l],
+            vec![
+                cluster("chain_a", &[a_port]),
+                cluster("chain_wild", &[wild_port]),
+                cluster("chain_plain", &[plain.port()]),
+            ],
+        );
+        let p = start_under_test(&to_yaml(&v), &[]).await;
+        for (host, stat) in [("a.example.com", "chain_a"), ("b.example.com", "chain_wild")] {
+            let resolve = format!("{host}:{port}:127.0.0.1");
+            let out = tokio::process::Command::new("curl")
+                .args(["-sk", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+                .args(["--resolve", &resolve, &format!("https://{host}:{port}/")])
+                .output()
+                .await
+                .expect("curl");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{host}");
+            p.admin()
+                .wait_stat(
+                    &format!("tcp.{stat}.downstream_cx_total"),
+                    Duration::from_secs(5),
+                    |v| v == 1,
+                )
+                .await;
+        }
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        s.write_all(b"plain\r\n").await.expect("write");
+        let mut back = [0u8; 7];
+        s.read_exact(&mut back).await.expect("echo");
+        assert_eq!(&back, b"plain\r\n");
+        stat_is(&p, "sni_found", 2).await;
+        stat_is(&p, "tls_not_found", 1).await;
+        let _ = a.kill().await;
+        let _ = wild.kill().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+}
