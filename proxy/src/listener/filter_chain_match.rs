@@ -261,8 +261,12 @@ fn pick<'n>(entries: &'n [(Key, Node)], level: Level, c: &ChainInput<'_>) -> Opt
                 .or_else(|| {
                     // The longest wildcard suffix first: ".b.example.com", then ".example.com"…
                     // never the whole name, nor a bare ".".
+                    let bytes = name.as_bytes();
                     let mut from = 1;
-                    while let Some(dot) = name.get(from..).and_then(|s| s.find('.')) {
+                    while let Some(dot) = bytes
+                        .get(from..)
+                        .and_then(|s| s.iter().position(|&b| b == b'.'))
+                    {
                         let at = from + dot;
                         if at + 1 >= name.len() {
                             break;

@@ -86,6 +86,11 @@ fn server_names_exact_then_longest_wildcard_then_any() {
     );
     assert_eq!(pick(""), Lookup::Chain(3));
     assert_eq!(pick("other.org"), Lookup::Chain(3));
+    assert_eq!(
+        pick("\u{e9}x.example.com"),
+        Lookup::Chain(1),
+        "bytes, not chars"
+    );
 }
 
 #[test]

@@ -82,6 +82,7 @@ pub struct HttpInspector {
     http11_found: Counter,
     http2_found: Counter,
     http_not_found: Counter,
+    read_error: Counter,
 }
 
 impl HttpInspector {
@@ -93,6 +94,7 @@ impl HttpInspector {
             http11_found: c("http11_found"),
             http2_found: c("http2_found"),
             http_not_found: c("http_not_found"),
+            read_error: c("read_error"),
         }
     }
 
@@ -103,8 +105,14 @@ impl HttpInspector {
         }
         let mut seen = 0;
         loop {
-            let Ok(buf) = peek.more(&sock.stream, seen, MAX_INSPECT).await else {
-                return Status::Close;
+            let buf = match peek.more(&sock.stream, seen, MAX_INSPECT).await {
+                Ok(buf) => buf,
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                        self.read_error.inc();
+                    }
+                    return Status::Close;
+                }
             };
             seen = buf.len();
             let (counter, protocol) = match inspect(buf) {
