@@ -290,6 +290,38 @@ async fn continue_on_listener_filters_timeout_passes_the_socket_on() {
 }
 
 #[tokio::test]
+async fn peer_closing_during_the_header_is_counted() {
+    run(async {
+        let (p, port, up) = setup(json!({}), |_| {}).await;
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        s.write_all(b"PROXY TCP4 1.2.3.4").await.expect("write");
+        s.shutdown().await.expect("half-close");
+        let reply = read_until_close(&mut s, Duration::from_secs(5)).await;
+        assert!(reply.closed && reply.data.is_empty());
+        drop(
+            TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect"),
+        );
+        p.admin()
+            .wait_stat(
+                &format!("listener.127.0.0.1_{port}.downstream_listener_filter_remote_close"),
+                Duration::from_secs(5),
+                |v| v == 2,
+            )
+            .await;
+        assert_eq!(
+            p.admin().counter("downstream_cx_proxy_proto_error").await,
+            0
+        );
+        assert_eq!(up.accepted(), 0);
+    })
+    .await
+}
+
+#[tokio::test]
 async fn rules_are_refused_with_their_path() {
     run(async {
         let (admin, port) = (free_port(), free_port());

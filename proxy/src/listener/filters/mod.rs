@@ -109,6 +109,21 @@ pub enum Status {
     Continue,
     /// Close the connection (a reset, if bytes are left unread).
     Close,
+    /// The peer closed (or half-closed) while the filter waited: close.
+    PeerClosed,
+    /// Reading failed: close.
+    ReadError,
+}
+
+impl Status {
+    /// The status for a failed read.
+    pub fn from_io(e: &std::io::Error) -> Status {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Status::PeerClosed
+        } else {
+            Status::ReadError
+        }
+    }
 }
 
 /// One listener filter on one worker.
@@ -130,6 +145,8 @@ pub struct Chain {
     continue_on_timeout: bool,
     pre_cx_timeout: Counter,
     pre_cx_active: Gauge,
+    remote_close: Counter,
+    error: Counter,
 }
 
 impl Chain {
@@ -174,6 +191,8 @@ impl Chain {
             continue_on_timeout,
             pre_cx_timeout: shard.counter(&format!("{scope}downstream_pre_cx_timeout")),
             pre_cx_active: shard.gauge(&format!("{scope}downstream_pre_cx_active")),
+            remote_close: shard.counter(&format!("{scope}downstream_listener_filter_remote_close")),
+            error: shard.counter(&format!("{scope}downstream_listener_filter_error")),
         }
     }
 
@@ -221,8 +240,17 @@ impl Chain {
                 Filter::TlsInspector(t) => t.on_accept(sock, peek).await,
                 Filter::HttpInspector(h) => h.on_accept(sock, peek).await,
             };
-            if status == Status::Close {
-                return false;
+            match status {
+                Status::Continue => {}
+                Status::Close => return false,
+                Status::PeerClosed => {
+                    self.remote_close.inc();
+                    return false;
+                }
+                Status::ReadError => {
+                    self.error.inc();
+                    return false;
+                }
             }
         }
         true

@@ -108,10 +108,11 @@ impl HttpInspector {
             let buf = match peek.more(&sock.stream, seen, MAX_INSPECT).await {
                 Ok(buf) => buf,
                 Err(e) => {
-                    if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    let status = Status::from_io(&e);
+                    if status == Status::ReadError {
                         self.read_error.inc();
                     }
-                    return Status::Close;
+                    return status;
                 }
             };
             seen = buf.len();

@@ -51,8 +51,9 @@ impl TlsInspector {
         let mut want = self.initial_read;
         let mut seen = 0;
         loop {
-            let Ok(buf) = peek.more(&sock.stream, seen, want).await else {
-                return Status::Close;
+            let buf = match peek.more(&sock.stream, seen, want).await {
+                Ok(buf) => buf,
+                Err(e) => return Status::from_io(&e),
             };
             seen = buf.len();
             match client_hello::parse(buf) {
