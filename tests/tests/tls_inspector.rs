@@ -32,6 +32,30 @@ async fn setup(inspector: Value) -> (ProxyProcess, u16, TcpUpstream) {
     (start_under_test(&to_yaml(&v), &[]).await, port, up)
 }
 
+/// The openssl hello with a padding extension of `pad` bytes, in one record.
+fn padded_hello(pad: usize) -> Vec<u8> {
+    let mut body = HELLO[9..].to_vec();
+    // The extensions length follows version, random, session id, suites and compression.
+    let ext_len_at = {
+        let sid = usize::from(body[34]);
+        let suites = usize::from(u16::from_be_bytes([body[35 + sid], body[36 + sid]]));
+        let comp = usize::from(body[37 + sid + suites]);
+        38 + sid + suites + comp
+    };
+    let ext_len = usize::from(u16::from_be_bytes([body[ext_len_at], body[ext_len_at + 1]]));
+    body.extend_from_slice(&[0, 21]);
+    body.extend_from_slice(&(pad as u16).to_be_bytes());
+    body.extend_from_slice(&vec![0; pad]);
+    let new_ext = (ext_len + 4 + pad) as u16;
+    body[ext_len_at..ext_len_at + 2].copy_from_slice(&new_ext.to_be_bytes());
+    let mut one = vec![22, 3, 1, 0, 0, 1];
+    one.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    one.extend_from_slice(&body);
+    let rec_len = (one.len() - 5) as u16;
+    one[3..5].copy_from_slice(&rec_len.to_be_bytes());
+    one
+}
+
 /// The handshake message of a one-record hello, re-split into records of `fragment` bytes.
 fn resplit(hello: &[u8], fragment: usize) -> Vec<u8> {
     let len = usize::from(u16::from_be_bytes([hello[3], hello[4]]));
@@ -114,6 +138,26 @@ async fn hello_split_across_records_and_writes() {
 }
 
 #[tokio::test]
+async fn hello_of_several_kilobytes_is_read_whole() {
+    run(async {
+        let (p, port, up) = setup(json!({})).await;
+        let wire = resplit(&padded_hello(9000), 4000);
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        s.write_all(&wire).await.expect("write");
+        let mut back = vec![0u8; wire.len()];
+        s.read_exact(&mut back).await.expect("echo");
+        assert!(back == wire);
+        drop(s);
+        up.wait_finished(1, Duration::from_secs(5)).await;
+        stat_is(&p, "tls_found", 1).await;
+        stat_is(&p, "sni_found", 1).await;
+    })
+    .await
+}
+
+#[tokio::test]
 async fn plaintext_is_raw_buffer() {
     run(async {
         let (p, port, up) = setup(json!({})).await;
@@ -137,24 +181,7 @@ async fn hello_larger_than_max_client_hello_size_is_refused() {
     run(async {
         let (p, port, up) = setup(json!({ "max_client_hello_size": 1024 })).await;
         // 1 KiB of padding in the hello, in 50-byte records: more than 1 KiB on the wire.
-        let mut body = HELLO[9..].to_vec();
-        // The extensions length follows version, random, session id, suites and compression.
-        let ext_len_at = {
-            let sid = usize::from(body[34]);
-            let suites = usize::from(u16::from_be_bytes([body[35 + sid], body[36 + sid]]));
-            let comp = usize::from(body[37 + sid + suites]);
-            38 + sid + suites + comp
-        };
-        let ext_len = usize::from(u16::from_be_bytes([body[ext_len_at], body[ext_len_at + 1]]));
-        body.extend_from_slice(&[0, 21, 0x04, 0x00]);
-        body.extend_from_slice(&[0; 1024]);
-        let new_ext = (ext_len + 4 + 1024) as u16;
-        body[ext_len_at..ext_len_at + 2].copy_from_slice(&new_ext.to_be_bytes());
-        let mut one = vec![22, 3, 1, 0, 0, 1];
-        one.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-        one.extend_from_slice(&body);
-        let rec_len = (one.len() - 5) as u16;
-        one[3..5].copy_from_slice(&rec_len.to_be_bytes());
+        let one = padded_hello(1024);
         let wire = resplit(&one, 50);
         let mut s = TcpStream::connect(("127.0.0.1", port))
             .await

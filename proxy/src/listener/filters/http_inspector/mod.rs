@@ -103,9 +103,14 @@ impl HttpInspector {
         if sock.transport_protocol == TransportProtocol::Tls {
             return Status::Continue;
         }
+        // The request line usually fits the first read; the window grows up to Envoy's limit.
+        let mut want = 512;
         let mut seen = 0;
         loop {
-            let buf = match peek.more(&sock.stream, seen, MAX_INSPECT).await {
+            if seen == want {
+                want = (want * 2).min(MAX_INSPECT);
+            }
+            let buf = match peek.more(&sock.stream, seen, want).await {
                 Ok(buf) => buf,
                 Err(e) => {
                     let status = Status::from_io(&e);

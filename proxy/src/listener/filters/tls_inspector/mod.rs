@@ -12,6 +12,9 @@ use crate::stats::{Counter, Shard};
 use super::{Accepted, ApplicationProtocols, Peek, Status, TransportProtocol};
 use client_hello::Parse;
 
+/// What the inspector looks at first; most ClientHellos fit.
+const FIRST_READ: usize = 2048;
+
 /// The filter on one worker, with its stats (`tls_inspector.*`, shared by every listener).
 #[derive(Debug)]
 pub struct TlsInspector {
@@ -47,8 +50,10 @@ impl TlsInspector {
 
     pub(super) async fn on_accept(&self, sock: &mut Accepted, peek: &mut Peek) -> Status {
         // Envoy asks for initial_read_buffer_size bytes and doubles the request each time it
-        // fills, up to max_client_hello_size; a hello that does not fit is refused.
-        let mut want = self.initial_read;
+        // fills, up to max_client_hello_size; a hello that does not fit is refused. Starting
+        // smaller changes no verdict (they depend only on the bytes) and keeps the buffer of a
+        // typical hello small.
+        let mut want = self.initial_read.min(FIRST_READ);
         let mut seen = 0;
         loop {
             let buf = match peek.more(&sock.stream, seen, want).await {
