@@ -355,7 +355,7 @@ async fn outcome(port: u16, bytes: &[u8]) -> (Vec<u8>, &'static str) {
     let mut back = Vec::new();
     let mut buf = [0u8; 1024];
     loop {
-        match tokio::time::timeout(Duration::from_millis(1500), s.read(&mut buf)).await {
+        match tokio::time::timeout(Duration::from_millis(700), s.read(&mut buf)).await {
             Ok(Ok(0)) => return (back, "closed"),
             Ok(Ok(n)) => back.extend_from_slice(&buf[..n]),
             Ok(Err(_)) => return (back, "reset"),
@@ -447,7 +447,7 @@ async fn verdicts_match_envoy() {
             let mut tcp = tcp_proxy("pp_tcp", "svc");
             tcp["typed_config"]["idle_timeout"] = json!("5s");
             let mut l = listener("pp", "127.0.0.1", port, tcp);
-            l["listener_filters_timeout"] = json!("1s");
+            l["listener_filters_timeout"] = json!("0.3s");
             l["listener_filters"] = json!([{ "name": "envoy.filters.listener.proxy_protocol",
                 "typed_config": { "@type": PP_TYPE } }]);
             to_yaml(&bootstrap(

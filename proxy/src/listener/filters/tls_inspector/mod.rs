@@ -70,6 +70,15 @@ impl TlsInspector {
                     self.client_hello_too_large.inc();
                     return Status::Close;
                 }
+                Parse::BadVersion { server_name } => {
+                    if server_name {
+                        self.sni_found.inc();
+                    } else {
+                        self.sni_not_found.inc();
+                    }
+                    self.tls_not_found.inc();
+                    return Status::Close;
+                }
                 Parse::NotTls => {
                     self.tls_not_found.inc();
                     if self.close_on_parse_error {
