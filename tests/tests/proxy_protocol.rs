@@ -290,6 +290,38 @@ async fn continue_on_listener_filters_timeout_passes_the_socket_on() {
 }
 
 #[tokio::test]
+async fn peer_closing_during_the_header_is_counted() {
+    run(async {
+        let (p, port, up) = setup(json!({}), |_| {}).await;
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        s.write_all(b"PROXY TCP4 1.2.3.4").await.expect("write");
+        s.shutdown().await.expect("half-close");
+        let reply = read_until_close(&mut s, Duration::from_secs(5)).await;
+        assert!(reply.closed && reply.data.is_empty());
+        drop(
+            TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect"),
+        );
+        p.admin()
+            .wait_stat(
+                &format!("listener.127.0.0.1_{port}.downstream_listener_filter_remote_close"),
+                Duration::from_secs(5),
+                |v| v == 2,
+            )
+            .await;
+        assert_eq!(
+            p.admin().counter("downstream_cx_proxy_proto_error").await,
+            0
+        );
+        assert_eq!(up.accepted(), 0);
+    })
+    .await
+}
+
+#[tokio::test]
 async fn rules_are_refused_with_their_path() {
     run(async {
         let (admin, port) = (free_port(), free_port());
@@ -310,6 +342,136 @@ async fn rules_are_refused_with_their_path() {
             "{}",
             out.output()
         );
+    })
+    .await
+}
+
+/// What one connection saw: the bytes echoed back, and how it ended.
+async fn outcome(port: u16, bytes: &[u8]) -> (Vec<u8>, &'static str) {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut back = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(700), s.read(&mut buf)).await {
+            Ok(Ok(0)) => return (back, "closed"),
+            Ok(Ok(n)) => back.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => return (back, "reset"),
+            Err(_) => return (back, "open"),
+        }
+    }
+}
+
+/// The proxy_proto stats and the listener's filter stats, as one line.
+async fn pp_stats(p: &ProxyProcess, port: u16) -> String {
+    let stats = p.admin().stats().await;
+    let mut out: Vec<String> = stats
+        .iter()
+        .filter(|(k, v)| {
+            (k.starts_with("proxy_proto.")
+                || k.as_str() == "downstream_cx_proxy_proto_error"
+                || k.starts_with(&format!(
+                    "listener.127.0.0.1_{port}.downstream_pre_cx_timeout"
+                ))
+                || k.starts_with(&format!(
+                    "listener.127.0.0.1_{port}.downstream_listener_filter"
+                )))
+                && v.trim() != "0"
+        })
+        .map(|(k, v)| format!("{}={}", k.replace(&port.to_string(), "PORT"), v.trim()))
+        .collect();
+    out.sort();
+    out.join(" ")
+}
+
+/// The same headers, well formed or not, through Envoy 1.40 and skiff: the same bytes reach the
+/// echo upstream, the connection ends the same way, the same stats move.
+#[tokio::test]
+async fn verdicts_match_envoy() {
+    skiff_tests::run_for(Duration::from_secs(240), async {
+        let v2 = |ver_cmd: u8, fam: u8, addr: &[u8], tlvs: &[u8]| {
+            let mut b = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+            b.extend_from_slice(&[ver_cmd, fam]);
+            b.extend_from_slice(&((addr.len() + tlvs.len()) as u16).to_be_bytes());
+            b.extend_from_slice(addr);
+            b.extend_from_slice(tlvs);
+            b.extend_from_slice(b"x\r\n");
+            b
+        };
+        let inet = [10, 1, 2, 3, 127, 0, 0, 1, 0x15, 0xb3, 0, 80];
+        let cases: Vec<Vec<u8>> = vec![
+            b"PROXY TCP4 10.1.2.3 127.0.0.1 5555 80\r\nx\r\n".to_vec(),
+            b"PROXY TCP6 2001:db8::1 ::1 1 2\r\nx\r\n".to_vec(),
+            b"PROXY TCP6 ::ffff:10.0.0.1 ::1 1 2\r\nx\r\n".to_vec(),
+            b"PROXY UNKNOWN\r\nx\r\n".to_vec(),
+            b"PROXY UNKNOWN whatever\r\nx\r\n".to_vec(),
+            b"PROXY TCP4 1.2.3.4 1.2.3.4 01 2 \r\nx\r\n".to_vec(),
+            b"PROXY TCP4 1.2.3.4 1.2.3.4 +1 2\r\nx\r\n".to_vec(),
+            b"PROXY garbage\r\n".to_vec(),
+            b"GARBAGE\r\n".to_vec(),
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+            b"PROXY TCP4 01.2.3.4 1.2.3.4 1 2\r\n".to_vec(),
+            b"PROXY TCP4 1.2.3.4 1.2.3.4 65536 2\r\n".to_vec(),
+            b"PROXY TCP6 1.2.3.4 1.2.3.4 1 2\r\n".to_vec(),
+            b"PROXY TCP4 1.2.3.4  1.2.3.4 1 2\r\n".to_vec(),
+            b"PROXY TCP4 0.0.0.0 1.2.3.4 1 2\r\n".to_vec(),
+            b"PROXY TCP4 224.0.0.1 1.2.3.4 1 2\r\n".to_vec(),
+            b"PROXY TCP4 1.2.3.4 1.2.3.4 1 2\n".to_vec(),
+            [
+                b"PROXY UNKNOWN ".to_vec(),
+                vec![b'a'; 100],
+                b"\r\n".to_vec(),
+            ]
+            .concat(),
+            [b"PROXY UNKNOWN ".to_vec(), vec![b'a'; 200]].concat(),
+            b"\r\n\r\n".to_vec(),
+            v2(0x21, 0x11, &inet, &[]),
+            v2(0x21, 0x11, &inet, &[1, 0, 2, b'h', b'2', 0xe0, 0, 0]),
+            v2(0x21, 0x12, &inet, &[]),
+            v2(0x20, 0x00, &[], &[]),
+            v2(0x20, 0x11, &inet, &[0xff]),
+            v2(0x11, 0x11, &inet, &[]),
+            v2(0x21, 0x00, &[], &[]),
+            v2(0x21, 0x31, &[0; 216], &[]),
+            v2(0x22, 0x11, &inet, &[]),
+            v2(0x21, 0x10, &inet, &[]),
+            v2(0x21, 0x11, &inet[..8], &[]),
+            v2(0x21, 0x11, &inet, &[1]),
+            v2(0x21, 0x11, &inet, &[1, 0, 2, b'x']),
+            v2(0x21, 0x11, &[0, 0, 0, 0, 127, 0, 0, 1, 0, 1, 0, 2], &[]),
+        ];
+        let up = TcpUpstream::start(TcpMode::Echo).await;
+        let build = |admin: u16, port: u16| {
+            let mut tcp = tcp_proxy("pp_tcp", "svc");
+            tcp["typed_config"]["idle_timeout"] = json!("5s");
+            let mut l = listener("pp", "127.0.0.1", port, tcp);
+            l["listener_filters_timeout"] = json!("0.3s");
+            l["listener_filters"] = json!([{ "name": "envoy.filters.listener.proxy_protocol",
+                "typed_config": { "@type": PP_TYPE } }]);
+            to_yaml(&bootstrap(
+                admin,
+                vec![l],
+                vec![cluster("svc", &[up.port()])],
+            ))
+        };
+        let (ea, ep, sa, sp) = (free_port(), free_port(), free_port(), free_port());
+        let envoy = skiff_tests::Envoy::start(&build(ea, ep), &[]).await;
+        let skiff = skiff_tests::Skiff::start(&build(sa, sp), &[]).await;
+        let mut differ = Vec::new();
+        for (i, case) in cases.iter().enumerate() {
+            let (e, s) = tokio::join!(outcome(ep, case), outcome(sp, case));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (es, ss) = (pp_stats(&envoy, ep).await, pp_stats(&skiff, sp).await);
+            let show = String::from_utf8_lossy(case).escape_debug().to_string();
+            if e != s || es != ss {
+                differ.push(format!(
+                    "case {i} {show}\n  envoy: {e:?} {es}\n  skiff: {s:?} {ss}"
+                ));
+            }
+        }
+        assert!(differ.is_empty(), "{}", differ.join("\n"));
     })
     .await
 }

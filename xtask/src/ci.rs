@@ -45,7 +45,7 @@ pub fn run() -> Result {
 
 /// Runs every target under `fuzz/fuzz_targets` for a bounded time (cargo-fuzz on the nightly
 /// toolchain). New inputs go to a scratch directory; the seed corpus in the repository is read only.
-fn fuzz() -> Result {
+pub fn fuzz() -> Result {
     let seconds = std::env::var("SKIFF_FUZZ_SECONDS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -66,17 +66,18 @@ fn fuzz() -> Result {
     targets.sort();
     for t in targets {
         step(&format!(
-            "cargo +nightly fuzz run {t} (-max_total_time={seconds})"
+            "cargo fuzz run {t} (nightly, -max_total_time={seconds})"
         ));
         let scratch = std::env::temp_dir().join(format!("skiff-fuzz-{t}"));
         std::fs::create_dir_all(&scratch)
             .map_err(|e| crate::Error(format!("{}: {e}", scratch.display())))?;
         let seeds = dir.join("corpus").join(&t);
-        let mut cmd = Command::new("cargo");
+        // Through rustup: inside `cargo xtask`, `cargo` on PATH may be the stable toolchain's own.
+        let mut cmd = Command::new("rustup");
         cmd.current_dir(&dir)
             .env_remove("CARGO")
             .env_remove("RUSTUP_TOOLCHAIN")
-            .args(["+nightly", "fuzz", "run", &t])
+            .args(["run", "nightly", "cargo", "fuzz", "run", &t])
             .arg(&scratch)
             .arg(&seeds)
             .arg("--")

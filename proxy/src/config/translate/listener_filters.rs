@@ -57,6 +57,14 @@ pub(super) fn translate(
                 out.original_src = Some((cfg, fpath));
             }
             PROXY_PROTOCOL => {
+                if let Some((_, src_path)) = &out.original_src {
+                    // Envoy's original_src takes the address as it stands where it runs; skiff
+                    // applies it with the final downstream address.
+                    return Err(ConfigError::new(
+                        src_path.clone(),
+                        "unsupported before envoy.filters.listener.proxy_protocol (put it after)",
+                    ));
+                }
                 let p: PbProxyProtocol = unpack(any, &tpath)?;
                 out.filters
                     .push(ListenerFilter::ProxyProtocol(Arc::new(proxy_protocol(
@@ -155,4 +163,41 @@ fn tls_inspector(t: &PbTlsInspector, path: &str) -> Result<TlsInspector, ConfigE
         close_connection_on_client_hello_parsing_errors: t
             .close_connection_on_client_hello_parsing_errors,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_text;
+
+    fn listener_with(filters: &str) -> String {
+        format!(
+            r#"static_resources: {{ listeners: [{{ name: l, address: {{socket_address: {{address: 127.0.0.1, port_value: 15001}}}}, listener_filters: [{filters}], filter_chains: [{{filters: [{{name: t, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c}}}}]}}] }}], clusters: [{{name: c, type: STATIC, load_assignment: {{cluster_name: c, endpoints: []}}}}] }}"#
+        )
+    }
+
+    const PP: &str = r#"{name: pp, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol}}"#;
+    const SRC: &str = r#"{name: src, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc}}"#;
+    const TLS: &str = r#"{name: tls, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector, max_client_hello_size: 70000}}"#;
+
+    #[test]
+    fn refusals_name_the_field() {
+        let e = load_text(&listener_with(&format!("{SRC}, {PP}"))).expect_err("order");
+        assert_eq!(
+            e.to_string(),
+            "static_resources.listeners[0].listener_filters[0]: unsupported before envoy.filters.listener.proxy_protocol (put it after)"
+        );
+        assert!(load_text(&listener_with(&format!("{PP}, {SRC}"))).is_ok());
+        let e = load_text(&listener_with(TLS)).expect_err("too large");
+        assert_eq!(
+            e.to_string(),
+            "static_resources.listeners[0].listener_filters[0].typed_config.max_client_hello_size: max_client_hello_size of 70000 is greater than maximum of 65536."
+        );
+        let both = r#"{name: pp, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol, disallowed_versions: [V1, V2]}}"#;
+        let e = load_text(&listener_with(both)).expect_err("no version");
+        assert!(
+            e.to_string()
+                .ends_with("all proxy protocol versions are disallowed."),
+            "{e}"
+        );
+    }
 }

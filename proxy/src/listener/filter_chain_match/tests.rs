@@ -86,6 +86,11 @@ fn server_names_exact_then_longest_wildcard_then_any() {
     );
     assert_eq!(pick(""), Lookup::Chain(3));
     assert_eq!(pick("other.org"), Lookup::Chain(3));
+    assert_eq!(
+        pick("\u{e9}x.example.com"),
+        Lookup::Chain(1),
+        "bytes, not chars"
+    );
 }
 
 #[test]
@@ -183,6 +188,12 @@ fn transport_alpn_in_client_order_and_sources() {
     assert_eq!(t.lookup(&c.input()), Lookup::Chain(3), "loopback");
     c.remote = sa("10.0.0.1:5001");
     assert_eq!(t.lookup(&c.input()), Lookup::Chain(3), "same IP as local");
+    c.remote = sa("127.0.0.3:5001");
+    assert_eq!(
+        t.lookup(&c.input()),
+        Lookup::Default,
+        "only 127.0.0.1 is loopback to Envoy"
+    );
     c.remote = sa("203.0.113.9:1");
     assert_eq!(t.lookup(&c.input()), Lookup::Default, "external, no range");
     c.direct = sa("198.51.100.7:1");

@@ -109,6 +109,21 @@ pub enum Status {
     Continue,
     /// Close the connection (a reset, if bytes are left unread).
     Close,
+    /// The peer closed (or half-closed) while the filter waited: close.
+    PeerClosed,
+    /// Reading failed: close.
+    ReadError,
+}
+
+impl Status {
+    /// The status for a failed read.
+    pub fn from_io(e: &std::io::Error) -> Status {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Status::PeerClosed
+        } else {
+            Status::ReadError
+        }
+    }
 }
 
 /// One listener filter on one worker.
@@ -130,13 +145,31 @@ pub struct Chain {
     continue_on_timeout: bool,
     pre_cx_timeout: Counter,
     pre_cx_active: Gauge,
+    remote_close: Counter,
+    error: Counter,
 }
 
 impl Chain {
     /// The filters of `l` for one worker; `scope` is the listener's stat scope.
     pub fn new(l: &model::Listener, shard: &Arc<Shard>, scope: &str) -> Self {
-        let filters = l
-            .listener_filters
+        Self::with(
+            &l.listener_filters,
+            l.listener_filters_timeout,
+            l.continue_on_listener_filters_timeout,
+            shard,
+            scope,
+        )
+    }
+
+    /// `listener_filters` with their timeout settings, for one worker.
+    pub fn with(
+        config: &[model::ListenerFilter],
+        timeout: Option<Duration>,
+        continue_on_timeout: bool,
+        shard: &Arc<Shard>,
+        scope: &str,
+    ) -> Self {
+        let filters = config
             .iter()
             .map(|f| match f {
                 model::ListenerFilter::OriginalDst => Filter::OriginalDst,
@@ -153,11 +186,13 @@ impl Chain {
             .collect();
         Chain {
             filters,
-            reads: l.listener_filters.iter().any(|f| f.needs_bytes()),
-            timeout: l.listener_filters_timeout,
-            continue_on_timeout: l.continue_on_listener_filters_timeout,
+            reads: config.iter().any(|f| f.needs_bytes()),
+            timeout,
+            continue_on_timeout,
             pre_cx_timeout: shard.counter(&format!("{scope}downstream_pre_cx_timeout")),
             pre_cx_active: shard.gauge(&format!("{scope}downstream_pre_cx_active")),
+            remote_close: shard.counter(&format!("{scope}downstream_listener_filter_remote_close")),
+            error: shard.counter(&format!("{scope}downstream_listener_filter_error")),
         }
     }
 
@@ -205,10 +240,94 @@ impl Chain {
                 Filter::TlsInspector(t) => t.on_accept(sock, peek).await,
                 Filter::HttpInspector(h) => h.on_accept(sock, peek).await,
             };
-            if status == Status::Close {
-                return false;
+            match status {
+                Status::Continue => {}
+                Status::Close => return false,
+                Status::PeerClosed => {
+                    self.remote_close.inc();
+                    return false;
+                }
+                Status::ReadError => {
+                    self.error.inc();
+                    return false;
+                }
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    async fn accepted() -> (TcpStream, Accepted) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let c = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (s, remote) = l.accept().await.expect("accept");
+        let local = s.local_addr().expect("local");
+        (c, Accepted::new(s, remote, local))
+    }
+
+    fn pp_chain(timeout: Option<Duration>, go_on: bool, shard: &Arc<Shard>) -> Chain {
+        let pp = model::ProxyProtocol {
+            stat_prefix: String::new(),
+            allow_without: false,
+            allow_v1: true,
+            allow_v2: true,
+            pass_through_tlvs: model::TlvSet::default(),
+        };
+        let filters = [model::ListenerFilter::ProxyProtocol(Arc::new(pp))];
+        Chain::with(&filters, timeout, go_on, shard, "listener.l.")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_closes_or_continues() {
+        let store = crate::stats::Store::new(1);
+        let shard = store.worker(0);
+        for go_on in [false, true] {
+            let chain = pp_chain(Some(Duration::from_secs(15)), go_on, shard);
+            let (_client, mut sock) = accepted().await;
+            let started = tokio::time::Instant::now();
+            assert_eq!(chain.run(&mut sock).await, go_on);
+            assert_eq!(started.elapsed(), Duration::from_secs(15));
+        }
+        assert_eq!(
+            chain_stat(&store, "listener.l.downstream_pre_cx_timeout"),
+            2
+        );
+        assert_eq!(chain_stat(&store, "listener.l.downstream_pre_cx_active"), 0);
+    }
+
+    #[tokio::test]
+    async fn header_restores_addresses_and_later_bytes_stay() {
+        let store = crate::stats::Store::new(1);
+        let chain = pp_chain(None, false, store.worker(0));
+        let (mut client, mut sock) = accepted().await;
+        client
+            .write_all(b"PROXY TCP4 10.1.2.3 192.0.2.1 1111 2222\r\npayload")
+            .await
+            .expect("write");
+        assert!(chain.run(&mut sock).await);
+        assert_eq!(sock.remote, "10.1.2.3:1111".parse().expect("addr"));
+        assert_eq!(sock.local, "192.0.2.1:2222".parse().expect("addr"));
+        assert_ne!(sock.direct_remote, sock.remote);
+        let mut rest = [0u8; 7];
+        tokio::io::AsyncReadExt::read_exact(&mut sock.stream, &mut rest)
+            .await
+            .expect("payload");
+        assert_eq!(&rest, b"payload");
+    }
+
+    fn chain_stat(store: &crate::stats::Store, name: &str) -> i64 {
+        match store.snapshot().get(name) {
+            Some(crate::stats::StatValue::Counter(v)) => *v as i64,
+            Some(crate::stats::StatValue::Gauge(v)) => *v,
+            other => panic!("{name}: {other:?}"),
+        }
     }
 }

@@ -82,6 +82,7 @@ pub struct HttpInspector {
     http11_found: Counter,
     http2_found: Counter,
     http_not_found: Counter,
+    read_error: Counter,
 }
 
 impl HttpInspector {
@@ -93,6 +94,7 @@ impl HttpInspector {
             http11_found: c("http11_found"),
             http2_found: c("http2_found"),
             http_not_found: c("http_not_found"),
+            read_error: c("read_error"),
         }
     }
 
@@ -101,10 +103,22 @@ impl HttpInspector {
         if sock.transport_protocol == TransportProtocol::Tls {
             return Status::Continue;
         }
+        // The request line usually fits the first read; the window grows up to Envoy's limit.
+        let mut want = 512;
         let mut seen = 0;
         loop {
-            let Ok(buf) = peek.more(&sock.stream, seen, MAX_INSPECT).await else {
-                return Status::Close;
+            if seen == want {
+                want = (want * 2).min(MAX_INSPECT);
+            }
+            let buf = match peek.more(&sock.stream, seen, want).await {
+                Ok(buf) => buf,
+                Err(e) => {
+                    let status = Status::from_io(&e);
+                    if status == Status::ReadError {
+                        self.read_error.inc();
+                    }
+                    return status;
+                }
             };
             seen = buf.len();
             let (counter, protocol) = match inspect(buf) {

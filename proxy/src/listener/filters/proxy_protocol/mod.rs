@@ -72,8 +72,9 @@ impl ProxyProtocol {
         let mut want = parser::INITIAL_READ;
         let mut seen = 0;
         loop {
-            let Ok(buf) = peek.more(&sock.stream, seen, want).await else {
-                return Status::Close;
+            let buf = match peek.more(&sock.stream, seen, want).await {
+                Ok(buf) => buf,
+                Err(e) => return Status::from_io(&e),
             };
             seen = buf.len();
             match parser::parse(buf, &self.opts) {
@@ -116,8 +117,8 @@ impl ProxyProtocol {
                             .collect();
                     }
                     self.version(h.version).found.inc();
-                    if peek.consume(&sock.stream, len).await.is_err() {
-                        return Status::Close;
+                    if let Err(e) = peek.consume(&sock.stream, len).await {
+                        return Status::from_io(&e);
                     }
                     return Status::Continue;
                 }

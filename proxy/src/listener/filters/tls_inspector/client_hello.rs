@@ -8,15 +8,14 @@ use std::borrow::Cow;
 
 /// The largest record body and the largest ClientHello message BoringSSL accepts from a client.
 const MAX_PLAINTEXT: usize = 16384;
+/// The largest record length BoringSSL waits for; a longer one is refused from its header alone.
+const MAX_ENCRYPTED: usize = MAX_PLAINTEXT + 320;
 const RECORD_HEADER: usize = 5;
 const HANDSHAKE_HEADER: usize = 4;
 const CONTENT_HANDSHAKE: u8 = 22;
 const CLIENT_HELLO: u8 = 1;
 const EXT_SERVER_NAME: u16 = 0;
 const EXT_ALPN: u16 = 16;
-const EXT_SUPPORTED_VERSIONS: u16 = 43;
-/// TLS 1.0 through 1.3, the versions Envoy's inspector accepts.
-const VERSIONS: std::ops::RangeInclusive<u16> = 0x0301..=0x0304;
 
 /// The verdict on the bytes seen so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +26,12 @@ pub enum Parse {
     NotTls,
     /// A ClientHello.
     Tls(ClientHello),
+    /// A well-formed ClientHello with a `legacy_version` below TLS 1.0 or past 3.x: Envoy 1.40
+    /// counts its SNI (found or not) and `tls_not_found`, then closes the connection.
+    BadVersion {
+        /// Whether it names a server.
+        server_name: bool,
+    },
 }
 
 /// What a ClientHello asks for.
@@ -53,10 +58,7 @@ pub fn alpn_names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// Parses the bytes seen so far at the head of a connection.
 pub fn parse(buf: &[u8]) -> Parse {
     match handshake_message(buf) {
-        Ok(msg) => match client_hello(&msg) {
-            Some(h) => Parse::Tls(h),
-            None => Parse::NotTls,
-        },
+        Ok(msg) => client_hello(&msg),
         Err(verdict) => verdict,
     }
 }
@@ -72,12 +74,15 @@ fn handshake_message(buf: &[u8]) -> Result<Cow<'_, [u8]>, Parse> {
         };
         let (kind, major) = (header[0], header[1]);
         let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-        if major != 3 || len > MAX_PLAINTEXT || kind != CONTENT_HANDSHAKE {
+        if major != 3 || len > MAX_ENCRYPTED || kind != CONTENT_HANDSHAKE {
             return Err(Parse::NotTls);
         }
         let Some(fragment) = buf.get(pos + RECORD_HEADER..pos + RECORD_HEADER + len) else {
             return Err(Parse::Incomplete);
         };
+        if len > MAX_PLAINTEXT {
+            return Err(Parse::NotTls);
+        }
         pos += RECORD_HEADER + len;
         if msg.is_empty() {
             msg = Cow::Borrowed(fragment);
@@ -143,8 +148,21 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A ClientHello body; `None` when TLS would refuse it before it reaches SNI.
-fn client_hello(body: &[u8]) -> Option<ClientHello> {
+/// The verdict on a whole ClientHello body.
+fn client_hello(body: &[u8]) -> Parse {
+    match hello_fields(body) {
+        None => Parse::NotTls,
+        Some((version, h)) if !(0x0301..=0x03ff).contains(&version) => Parse::BadVersion {
+            server_name: h.server_name.is_some(),
+        },
+        Some((_, h)) => Parse::Tls(h),
+    }
+}
+
+/// The `legacy_version` and what Envoy reads of a ClientHello body; `None` when TLS refuses it
+/// before its SNI is seen. The bodies of other extensions (`supported_versions` included) are
+/// not looked at, as Envoy's verdict does not depend on them.
+fn hello_fields(body: &[u8]) -> Option<(u16, ClientHello)> {
     let mut r = Reader(body);
     let legacy_version = r.u16()?;
     r.bytes(32)?;
@@ -167,7 +185,7 @@ fn client_hello(body: &[u8]) -> Option<ClientHello> {
         }
         e
     };
-    let (mut sni, mut alpn, mut versions) = (None, None, None);
+    let (mut sni, mut alpn) = (None, None);
     let mut seen = [0u64; 1024];
     let mut e = Reader(extensions);
     while !e.is_empty() {
@@ -181,37 +199,16 @@ fn client_hello(body: &[u8]) -> Option<ClientHello> {
         match kind {
             EXT_SERVER_NAME => sni = Some(data),
             EXT_ALPN => alpn = Some(data),
-            EXT_SUPPORTED_VERSIONS => versions = Some(data),
             _ => {}
         }
     }
     // Envoy reads ALPN before the handshake goes on; a malformed list is just no ALPN.
     let alpn = alpn.and_then(alpn_list);
-    if !version_ok(legacy_version, versions)? {
-        return None;
-    }
     let server_name = match sni {
         None => None,
         Some(data) => Some(host_name(data)?),
     };
-    Some(ClientHello { server_name, alpn })
-}
-
-/// Whether a version Envoy's inspector accepts is offered; `None` when `supported_versions` is
-/// malformed.
-fn version_ok(legacy: u16, supported: Option<&[u8]>) -> Option<bool> {
-    let Some(data) = supported else {
-        return Some(legacy >= *VERSIONS.start());
-    };
-    let mut r = Reader(data);
-    let list = r.prefixed8()?;
-    if !r.is_empty() || list.is_empty() || list.len() % 2 != 0 {
-        return None;
-    }
-    Some(
-        list.chunks_exact(2)
-            .any(|v| VERSIONS.contains(&u16::from_be_bytes([v[0], v[1]]))),
-    )
+    Some((legacy_version, ClientHello { server_name, alpn }))
 }
 
 /// The host name of a `server_name` extension, checked as BoringSSL does: exactly one entry, of

@@ -12,6 +12,9 @@ use crate::stats::{Counter, Shard};
 use super::{Accepted, ApplicationProtocols, Peek, Status, TransportProtocol};
 use client_hello::Parse;
 
+/// What the inspector looks at first; most ClientHellos fit.
+const FIRST_READ: usize = 2048;
+
 /// The filter on one worker, with its stats (`tls_inspector.*`, shared by every listener).
 #[derive(Debug)]
 pub struct TlsInspector {
@@ -47,12 +50,15 @@ impl TlsInspector {
 
     pub(super) async fn on_accept(&self, sock: &mut Accepted, peek: &mut Peek) -> Status {
         // Envoy asks for initial_read_buffer_size bytes and doubles the request each time it
-        // fills, up to max_client_hello_size; a hello that does not fit is refused.
-        let mut want = self.initial_read;
+        // fills, up to max_client_hello_size; a hello that does not fit is refused. Starting
+        // smaller changes no verdict (they depend only on the bytes) and keeps the buffer of a
+        // typical hello small.
+        let mut want = self.initial_read.min(FIRST_READ);
         let mut seen = 0;
         loop {
-            let Ok(buf) = peek.more(&sock.stream, seen, want).await else {
-                return Status::Close;
+            let buf = match peek.more(&sock.stream, seen, want).await {
+                Ok(buf) => buf,
+                Err(e) => return Status::from_io(&e),
             };
             seen = buf.len();
             match client_hello::parse(buf) {
@@ -62,6 +68,15 @@ impl TlsInspector {
                 }
                 Parse::Incomplete => {
                     self.client_hello_too_large.inc();
+                    return Status::Close;
+                }
+                Parse::BadVersion { server_name } => {
+                    if server_name {
+                        self.sni_found.inc();
+                    } else {
+                        self.sni_not_found.inc();
+                    }
+                    self.tls_not_found.inc();
                     return Status::Close;
                 }
                 Parse::NotTls => {

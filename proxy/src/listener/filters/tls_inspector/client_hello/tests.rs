@@ -131,13 +131,16 @@ fn refused_hellos_are_not_tls() {
             r
         },
         records(2, &ok, 1000),
-        vec![22, 3, 1, 0x40, 0x01],
+        vec![22, 3, 1, 0x41, 0x41],
         // a message longer than BoringSSL takes
         vec![22, 3, 1, 0, 4, 1, 0, 0x40, 0x01],
-        // SSL 3.0 only, and a supported_versions without a TLS version
-        records(1, &body(0x0300, &[]), 1000),
-        records(1, &body(0x0303, &[(43, vec![2, 0x03, 0x00])]), 1000),
-        records(1, &body(0x0303, &[(43, vec![3, 0x03, 0x04, 0])]), 1000),
+        // a session id longer than 32 bytes
+        {
+            let mut b = body(0x0303, &[]);
+            b[34] = 33;
+            b.splice(35..35, [0u8; 33]);
+            records(1, &b, 1000)
+        },
         // duplicate extension
         records(1, &body(0x0303, &[(5, vec![]), (5, vec![])]), 1000),
         // SNI: empty name, other type, two names, NUL, trailing bytes
@@ -164,6 +167,45 @@ fn refused_hellos_are_not_tls() {
     for c in cases {
         assert_eq!(parse(&c), Parse::NotTls, "{c:x?}");
     }
+}
+
+/// Observed on Envoy 1.40: the offered versions do not matter, the legacy version does.
+#[test]
+fn versions() {
+    for v in [
+        vec![2, 0x03, 0x00],
+        vec![0],
+        vec![3, 3, 4, 0],
+        vec![2, 3, 4, 0],
+    ] {
+        let b = body(0x0303, &[(43, v.clone()), (0, sni(b"a"))]);
+        assert!(
+            matches!(parse(&records(1, &b, 1000)), Parse::Tls(_)),
+            "{v:x?}"
+        );
+    }
+    for legacy in [0x0300, 0x0200, 0x0400] {
+        let b = body(legacy, &[(0, sni(b"a")), (43, vec![2, 3, 4])]);
+        assert_eq!(
+            parse(&records(1, &b, 1000)),
+            Parse::BadVersion { server_name: true }
+        );
+    }
+    assert_eq!(
+        parse(&records(1, &body(0x0300, &[]), 1000)),
+        Parse::BadVersion { server_name: false }
+    );
+}
+
+/// A record longer than TLS allows is refused from its header once it cannot be a protected
+/// record either; up to that, TLS waits for it.
+#[test]
+fn record_lengths() {
+    assert_eq!(parse(&[22, 3, 1, 0x41, 0x41]), Parse::NotTls);
+    assert_eq!(parse(&[22, 3, 1, 0x40, 0x01, 1]), Parse::Incomplete);
+    let mut long = vec![22, 3, 1, 0x40, 0x01];
+    long.resize(5 + 16385, 1);
+    assert_eq!(parse(&long), Parse::NotTls);
 }
 
 #[test]
