@@ -675,8 +675,9 @@ async fn auto_config_speaks_what_alpn_chose() {
                 front.admin().counter("cluster.svc.upstream_cx_http1_total").await,
             );
             if want_h2 {
-                assert_eq!((h2, h1), (1, 0), "{offered:?}: one HTTP/2 connection");
-                assert_eq!(back.admin().counter("http.in.downstream_cx_http2_total").await, 1);
+                // One HTTP/2 connection per worker that took a request, at most.
+                assert!(h2 >= 1 && h1 == 0, "{offered:?}: HTTP/2 only, got {h2} and {h1}");
+                assert_eq!(back.admin().counter("http.in.downstream_cx_http2_total").await, h2);
             } else {
                 assert_eq!(h2, 0, "{offered:?}: HTTP/1.1 only");
                 assert!(h1 >= 1);
