@@ -111,6 +111,9 @@ pub struct Sample {
     pub load: Load,
     pub cpu_us_per_req: Option<f64>,
     pub rss_kib: Option<u64>,
+    /// CPU used meanwhile by anything but the proxy, nginx and the load generator, as a share
+    /// of one core.
+    pub other_cpu: f64,
 }
 
 /// One measurement's place in the table, and its outcome.
@@ -349,6 +352,7 @@ fn run_in(
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     let mut upstream = Proc::spawn("nginx (remote host)", &mut cmd)?;
+    let nginx_pid = upstream.pid();
     let url = format!("http://{}:{UPSTREAM_PORT}/", pod::REMOTE_IP);
     wait(
         || {
@@ -397,7 +401,31 @@ fn run_in(
                             capture.name(),
                             peer.map_or("-", |p| p.0.name())
                         );
-                        let s = measure(pod, row, peer, cfg, secs, &url, scratch, rep);
+                        let mut tries = 0;
+                        let s = loop {
+                            let s =
+                                measure(pod, row, peer, cfg, secs, &url, scratch, rep, nginx_pid);
+                            let noisy = s.as_ref().map_or(0.0, |s| s.other_cpu);
+                            if noisy <= super::NOISE_LIMIT {
+                                break s;
+                            }
+                            let what = format!(
+                                "sidecar rep {rep}, {} via {} with {}: other processes used {:.0}% of a core",
+                                row.id(),
+                                capture.name(),
+                                peer.map_or("no proxy", |p| p.0.name()),
+                                noisy * 100.0
+                            );
+                            if tries == super::NOISE_RETRIES {
+                                eprintln!("  note: {what}; kept after {tries} retries");
+                                out.notes
+                                    .push(format!("{what} (kept after {tries} retries)"));
+                                break s;
+                            }
+                            eprintln!("  note: {what}; measuring again");
+                            std::thread::sleep(Duration::from_secs(3));
+                            tries += 1;
+                        };
                         match &s {
                             Ok(s) => eprintln!("{label} {}", line(s)),
                             Err(e) => eprintln!("{label} FAILED: {e:?}"),
@@ -461,6 +489,7 @@ fn measure(
     url: &str,
     scratch: &Path,
     rep: usize,
+    nginx_pid: u32,
 ) -> Result<Sample> {
     let mut proxy = match peer {
         None => None,
@@ -515,8 +544,19 @@ fn measure(
         }
         let pid = proxy.as_ref().map(|p| p.0.pid());
         let cpu0 = pid.map(process::cpu_time_us).transpose()?;
+        let (busy0, own0) = (super::cpu_busy_us(), super::own_cpu_us(pid, nginx_pid));
+        let started = Instant::now();
         let l = wrk(pod, row, secs, url)?;
+        let wall = started.elapsed();
         let cpu1 = pid.map(process::cpu_time_us).transpose()?;
+        let (busy1, own1) = (super::cpu_busy_us(), super::own_cpu_us(pid, nginx_pid));
+        let other_cpu = match (busy0, busy1, own0, own1) {
+            (Some(b0), Some(b1), Some(o0), Some(o1)) => {
+                let other = b1.saturating_sub(b0).saturating_sub(o1.saturating_sub(o0));
+                other as f64 / wall.as_micros().max(1) as f64
+            }
+            _ => 0.0,
+        };
         let rss_kib = pid.map(process::peak_rss_kib).transpose()?;
         if l.requests == 0 {
             bail!("no requests completed");
@@ -528,6 +568,7 @@ fn measure(
             },
             rss_kib,
             load: l,
+            other_cpu,
         })
     })();
     if let Some((mut p, log)) = proxy.take() {
