@@ -227,6 +227,25 @@ async fn request(port: u16) -> (u16, Value) {
     (r.status, seen)
 }
 
+/// A request through a cluster with `tls` to the upstream on `up_port` gets 503: the handshake
+/// failed verification, counted as `cluster.svc.ssl.<counter>` and not as a connection error
+/// (as Envoy counts it).
+async fn refused_with(up_port: u16, tls: Value, counter: &str) {
+    let (p, port) = start(up_port, tls).await;
+    let (status, _) = request(port).await;
+    assert_eq!(status, 503);
+    let admin = p.admin();
+    admin
+        .wait_stat(
+            &format!("cluster.svc.ssl.{counter}"),
+            Duration::from_secs(5),
+            |v| v == 1,
+        )
+        .await;
+    assert_eq!(admin.counter("cluster.svc.ssl.handshake").await, 0);
+    assert_eq!(admin.counter("cluster.svc.ssl.connection_error").await, 0);
+}
+
 #[tokio::test]
 async fn upstream_mtls_sends_sni_and_the_client_certificate_and_checks_the_server() {
     run(async {
@@ -270,20 +289,7 @@ async fn upstream_tls_refuses_a_server_whose_san_does_not_match() {
                 vec![uri_san("spiffe://cluster.local/ns/other/sa/x")],
             )),
         );
-        let (p, port) = start(up.port, tls).await;
-        let (status, _) = request(port).await;
-        assert_eq!(status, 503);
-        let admin = p.admin();
-        admin
-            .wait_stat(
-                "cluster.svc.ssl.fail_verify_san",
-                Duration::from_secs(5),
-                |v| v == 1,
-            )
-            .await;
-        assert_eq!(admin.counter("cluster.svc.ssl.handshake").await, 0);
-        // A failed verification is counted as such, not as a connection error (as Envoy).
-        assert_eq!(admin.counter("cluster.svc.ssl.connection_error").await, 0);
+        refused_with(up.port, tls, "fail_verify_san").await;
     })
     .await
 }
@@ -296,19 +302,7 @@ async fn upstream_tls_refuses_a_server_of_another_ca() {
         let server = other.leaf("upstream", &["upstream.test"]);
         let up = Upstream::start(&other, &server, false);
         let tls = upstream_tls(Some("upstream.test"), None, Some((&pki.ca(), vec![])));
-        let (p, port) = start(up.port, tls).await;
-        let (status, _) = request(port).await;
-        assert_eq!(status, 503);
-        let admin = p.admin();
-        admin
-            .wait_stat(
-                "cluster.svc.ssl.fail_verify_error",
-                Duration::from_secs(5),
-                |v| v == 1,
-            )
-            .await;
-        assert_eq!(admin.counter("cluster.svc.ssl.connection_error").await, 0);
-        assert_eq!(admin.counter("cluster.svc.ssl.handshake").await, 0);
+        refused_with(up.port, tls, "fail_verify_error").await;
     })
     .await
 }

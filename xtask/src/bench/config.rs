@@ -175,27 +175,8 @@ static_resources:
 /// nginx as the upstream: one process (`master_process off`), everything under `dir`.
 pub fn nginx_conf(p: &Ports, dir: &Path) -> String {
     let d = dir.display();
-    format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log warn;
-events {{
-    worker_connections 16384;
-    multi_accept on;
-}}
-http {{
-    access_log off;
-    default_type text/plain;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
+    let servers = format!(
+        r#"    server {{
         listen 127.0.0.1:{h1} backlog=4096;
         location = /64k {{
             root {d}/www;
@@ -211,9 +192,37 @@ http {{
             return 200 "ok";
         }}
     }}
-}}
 "#,
         h1 = p.nginx_h1,
         h2 = p.nginx_h2,
+    );
+    nginx_conf_with(dir, "nginx", &servers)
+}
+
+/// The one-process nginx settings around `servers`, with its pid and error log named `name`.
+pub fn nginx_conf_with(dir: &Path, name: &str, servers: &str) -> String {
+    let d = dir.display();
+    format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/{name}.pid;
+error_log {d}/{name}-error.log warn;
+events {{
+    worker_connections 16384;
+    multi_accept on;
+}}
+http {{
+    access_log off;
+    default_type text/plain;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+{servers}}}
+"#
     )
 }

@@ -89,11 +89,11 @@ fn cell(run: &Run, row: Row, target: Target) -> Cell {
     }
 }
 
-fn fmt(v: Option<f64>, prec: usize) -> String {
+pub(super) fn fmt(v: Option<f64>, prec: usize) -> String {
     v.map_or_else(|| "—".to_string(), |v| format!("{v:.prec$}"))
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+pub(super) fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
         _ => "—".to_string(),

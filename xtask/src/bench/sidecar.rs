@@ -13,6 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::load::{self, Load};
+use super::report::{fmt, ratio};
 use crate::pod::{self, Pod};
 use crate::process::{self, tail, which, Proc};
 use crate::{bail, Error, Result};
@@ -172,35 +173,18 @@ static_resources:
 }
 
 fn nginx_conf(dir: &Path) -> String {
-    let d = dir.display();
-    format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/sidecar-nginx.pid;
-error_log {d}/sidecar-nginx-error.log warn;
-events {{
-    worker_connections 16384;
-    multi_accept on;
-}}
-http {{
-    access_log off;
-    default_type text/plain;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
+    super::config::nginx_conf_with(
+        dir,
+        "sidecar-nginx",
+        &format!(
+            r#"    server {{
         listen {UPSTREAM_PORT} backlog=4096;
         location / {{
             return 200 "ok";
         }}
     }}
-}}
 "#
+        ),
     )
 }
 
@@ -689,17 +673,6 @@ fn cell(r: &Results, row: Row, capture: Capture, peer: Option<Peer>) -> Cell {
         p99: m(&|s| Some(s.load.p99_ms)),
         cpu: m(&|s| s.cpu_us_per_req),
         rss: m(&|s| s.rss_kib.map(|k| k as f64 / 1024.0)),
-    }
-}
-
-fn fmt(v: Option<f64>, prec: usize) -> String {
-    v.map_or_else(|| "—".to_string(), |v| format!("{v:.prec$}"))
-}
-
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
-        _ => "—".to_string(),
     }
 }
 
