@@ -287,6 +287,7 @@ async fn http1_on(
     stream: UpstreamStream,
 ) -> Result<Http1Sender, ConnectError> {
     let (sender, conn) = http1::Builder::new()
+        .max_buf_size(http1_read_buffer(cluster.config().buffer_limit))
         .handshake::<_, ProxyBody>(TokioIo::new(stream))
         .await
         .map_err(|e| ConnectError::Handshake(e.to_string()))?;
@@ -299,6 +300,14 @@ async fn http1_on(
         drop(guard);
     });
     Ok(sender)
+}
+
+/// The most an upstream HTTP/1.1 connection buffers: the cluster's
+/// `per_connection_buffer_limit_bytes`, at least 64 KiB so response headers up to Envoy's 60 KiB
+/// limit fit, and at most 256 KiB (larger reads gain no throughput and only cost memory).
+/// Response bytes beyond it stay in the socket until the client has taken the earlier ones.
+fn http1_read_buffer(buffer_limit: usize) -> usize {
+    buffer_limit.clamp(64 * 1024, 256 * 1024)
 }
 
 /// One HTTP/2 connection.

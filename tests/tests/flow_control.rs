@@ -1,0 +1,811 @@
+//! Flow control with real traffic: 1 GiB moves through the proxy towards a side that reads slowly
+//! (tcp_proxy both ways, HTTP/1.1 both ways, HTTP/2 both ways). Every byte must arrive intact,
+//! and the proxy's peak RSS must stay flat: `per_connection_buffer_limit_bytes` pauses reads on
+//! one side instead of buffering what the other side cannot take yet.
+//!
+//! The slow side is a token bucket at [`RATE`]; the fast side writes as fast as the proxy reads.
+//! The RSS bound is skiff's own (Envoy's figures are printed for comparison).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use skiff_tests::config::{
+    bootstrap, cluster, h2_cluster, hcm, listener, tcp_proxy, to_yaml, vhost,
+};
+use skiff_tests::proxy::{start_under_test, Kind, ProxyProcess};
+use skiff_tests::{free_port, run_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+/// What the slow side reads per second.
+const RATE: u64 = 200 * MIB;
+/// How much one transfer moves.
+const TOTAL: u64 = GIB;
+/// The data repeats with a prime period, so a lost, duplicated or reordered chunk never lines up
+/// with the expected bytes again.
+const PERIOD: usize = 1_048_573;
+/// Size of the writes of the fast side.
+const CHUNK: usize = 64 * 1024;
+/// Time limit of one transfer (a debug build of skiff moves well over 200 MB/s on loopback).
+const LIMIT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------------
+// Data, verification, pacing, memory.
+
+/// Two periods of pseudo-random bytes, so any window of up to one period is one slice.
+fn pattern() -> &'static Bytes {
+    static P: OnceLock<Bytes> = OnceLock::new();
+    P.get_or_init(|| {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut v = Vec::with_capacity(2 * PERIOD);
+        while v.len() < PERIOD {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v.truncate(PERIOD);
+        v.extend_from_within(..PERIOD);
+        Bytes::from(v)
+    })
+}
+
+/// The bytes at stream offset `offset`, `len` (at most one period) long.
+fn data_at(offset: u64, len: usize) -> Bytes {
+    let start = (offset % PERIOD as u64) as usize;
+    pattern().slice(start..start + len)
+}
+
+/// Checks a received stream against the generator: byte count, first wrong byte, and an
+/// order-sensitive checksum over every byte.
+#[derive(Debug, Default)]
+struct Verifier {
+    received: u64,
+    first_bad: Option<u64>,
+    checksum: u64,
+}
+
+impl Verifier {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let start = (self.received % PERIOD as u64) as usize;
+            let n = data.len().min(PERIOD);
+            let expected = &pattern()[start..start + n];
+            if self.first_bad.is_none() && data[..n] != *expected {
+                let i = data.iter().zip(expected).position(|(a, b)| a != b);
+                self.first_bad = Some(self.received + i.unwrap_or(0) as u64);
+            }
+            self.checksum = checksum_step(self.checksum, &data[..n]);
+            self.received += n as u64;
+            data = &data[n..];
+        }
+    }
+
+    /// Panics unless exactly `total` correct bytes arrived.
+    fn assert_intact(&self, what: &str, total: u64) {
+        assert_eq!(
+            self.first_bad, None,
+            "{what}: wrong byte at offset {:?}",
+            self.first_bad
+        );
+        assert_eq!(self.received, total, "{what}: byte count");
+        assert_eq!(self.checksum, expected_checksum(total), "{what}: checksum");
+    }
+}
+
+/// A cheap order-sensitive checksum (Fletcher-style over 8-byte words plus the tail).
+fn checksum_step(mut sum: u64, data: &[u8]) -> u64 {
+    let mut words = data.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        sum = sum.rotate_left(7) ^ u64::from_le_bytes(a);
+    }
+    for b in words.remainder() {
+        sum = sum.rotate_left(3) ^ u64::from(*b);
+    }
+    sum
+}
+
+/// The checksum of the first `total` bytes as the receivers compute it: they see the data in
+/// pieces that are cut differently, so the sender's side is recomputed with the same cuts as
+/// [`Verifier::feed`] would make for whole periods. Pieces of other sizes change the value, so
+/// receivers feed a re-chunker first (see [`Rechunk`]).
+fn expected_checksum(total: u64) -> u64 {
+    static CACHE: OnceLock<std::sync::Mutex<BTreeMap<u64, u64>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(v) = cache.lock().expect("checksum cache").get(&total) {
+        return *v;
+    }
+    let mut v = Verifier::default();
+    let mut sent = 0;
+    while sent < total {
+        let n = (total - sent).min(CHUNK as u64) as usize;
+        v.feed(&data_at(sent, n));
+        sent += n as u64;
+    }
+    cache
+        .lock()
+        .expect("checksum cache")
+        .insert(total, v.checksum);
+    v.checksum
+}
+
+/// Feeds a [`Verifier`] in pieces of exactly [`CHUNK`] bytes (the last may be shorter), so the
+/// checksum does not depend on how the transport cut the stream.
+#[derive(Debug, Default)]
+struct Rechunk {
+    pending: Vec<u8>,
+    v: Verifier,
+}
+
+impl Rechunk {
+    fn feed(&mut self, mut data: &[u8]) {
+        if !self.pending.is_empty() {
+            let take = (CHUNK - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.pending.len() == CHUNK {
+                self.v.feed(&self.pending);
+                self.pending.clear();
+            }
+        }
+        while data.len() >= CHUNK {
+            self.v.feed(&data[..CHUNK]);
+            data = &data[CHUNK..];
+        }
+        self.pending.extend_from_slice(data);
+    }
+
+    fn finish(mut self) -> Verifier {
+        if !self.pending.is_empty() {
+            let p = std::mem::take(&mut self.pending);
+            self.v.feed(&p);
+        }
+        self.v
+    }
+}
+
+/// A token bucket: `wait(n)` returns once `n` bytes in total may have been read at [`RATE`].
+struct Pace {
+    start: Instant,
+    rate: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Self {
+        Pace {
+            start: Instant::now(),
+            rate,
+        }
+    }
+
+    async fn wait(&self, bytes: u64) {
+        let due = self.start + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
+/// A field of `/proc/<pid>/status` in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|l| {
+            l.trim_start_matches(':')
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The proxy's peak RSS before and after a transfer.
+struct Memory {
+    kind: Kind,
+    pid: u32,
+    baseline_kib: u64,
+}
+
+impl Memory {
+    fn start(p: &ProxyProcess) -> Memory {
+        let pid = p.pid();
+        Memory {
+            kind: p.kind,
+            pid,
+            baseline_kib: status_kib(pid, "VmHWM"),
+        }
+    }
+
+    /// Prints the peak RSS and, for skiff, asserts it grew by less than `allowed` bytes.
+    fn check(&self, what: &str, total: u64, allowed: u64, elapsed: Duration) {
+        let peak = status_kib(self.pid, "VmHWM");
+        let growth = peak.saturating_sub(self.baseline_kib);
+        eprintln!(
+            "{what} [{}]: VmHWM baseline {:.1} MiB, peak {:.1} MiB, growth {:.1} MiB \
+             (skiff bound {:.1} MiB); {total} bytes in {:.2} s",
+            self.kind.name(),
+            self.baseline_kib as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            growth as f64 / 1024.0,
+            allowed as f64 / MIB as f64,
+            elapsed.as_secs_f64(),
+        );
+        if self.kind == Kind::Skiff {
+            assert!(
+                growth * KIB < allowed,
+                "{what}: skiff's peak RSS grew by {growth} KiB while moving {total} bytes \
+                 (allowed {} KiB): a slow side made the proxy buffer",
+                allowed / KIB
+            );
+        }
+    }
+}
+
+/// Prints every flow-control stat the proxy reports.
+async fn print_flow_stats(what: &str, p: &ProxyProcess) {
+    let stats = p.admin().stats().await;
+    let fc: Vec<String> = stats
+        .iter()
+        .filter(|(k, _)| k.contains("flow_control"))
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    eprintln!("{what} [{}] flow control stats: {fc:?}", p.kind.name());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configurations.
+
+/// Sets `per_connection_buffer_limit_bytes` on every listener and cluster (None: the default).
+fn with_limit(mut v: Value, limit: Option<u64>) -> Value {
+    if let Some(limit) = limit {
+        for kind in ["listeners", "clusters"] {
+            if let Some(list) = v["static_resources"][kind].as_array_mut() {
+                for item in list {
+                    item["per_connection_buffer_limit_bytes"] = json!(limit);
+                }
+            }
+        }
+    }
+    v
+}
+
+async fn tcp_proxy_to(up: u16, limit: Option<u64>) -> (ProxyProcess, u16) {
+    let (admin, port) = (free_port(), free_port());
+    let v = bootstrap(
+        admin,
+        vec![listener("tcp", "127.0.0.1", port, tcp_proxy("fc", "svc"))],
+        vec![cluster("svc", &[up])],
+    );
+    (
+        start_under_test(&to_yaml(&with_limit(v, limit)), &[]).await,
+        port,
+    )
+}
+
+/// An HCM (codec AUTO: HTTP/1.1 or h2c prior knowledge) routing everything to `svc`, over
+/// HTTP/1.1 or HTTP/2 upstream.
+async fn http_proxy_to(up: u16, h2_upstream: bool, limit: Option<u64>) -> (ProxyProcess, u16) {
+    let (admin, port) = (free_port(), free_port());
+    let route =
+        json!({ "match": { "prefix": "/" }, "route": { "cluster": "svc", "timeout": "60s" } });
+    let mut filter = hcm("fc", vec![vhost("all", &["*"], vec![route])]);
+    filter["typed_config"]["access_log"] = json!([]);
+    let c = if h2_upstream {
+        h2_cluster("svc", &[up], None)
+    } else {
+        cluster("svc", &[up])
+    };
+    let v = bootstrap(
+        admin,
+        vec![listener("http", "127.0.0.1", port, filter)],
+        vec![c],
+    );
+    (
+        start_under_test(&to_yaml(&with_limit(v, limit)), &[]).await,
+        port,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw TCP ends.
+
+/// Connects to the proxy. Like real clients, the ends set `TCP_NODELAY`: with Nagle on, the
+/// tail of each HTTP/2 window waits for a delayed ACK (40 ms) when windows are small.
+async fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let _ = s.set_nodelay(true);
+    s
+}
+
+/// Accepts one connection. Without `download`: reads it slowly to EOF, then answers with the
+/// count, first wrong offset and checksum. With `download: n`: writes `n` bytes and closes.
+async fn tcp_upstream(download: Option<u64>) -> (u16, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let port = l.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let _ = s.set_nodelay(true);
+        match download {
+            Some(n) => {
+                write_pattern(&mut s, n).await;
+                let _ = s.shutdown().await;
+            }
+            None => {
+                let v = slow_read_to_eof(&mut s).await;
+                let line = format!("{} {:?} {}\n", v.received, v.first_bad, v.checksum);
+                let _ = s.write_all(line.as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        }
+    });
+    (port, task)
+}
+
+async fn write_pattern(s: &mut TcpStream, total: u64) {
+    let mut sent = 0;
+    while sent < total {
+        let n = (total - sent).min(CHUNK as u64) as usize;
+        s.write_all(&data_at(sent, n)).await.expect("write data");
+        sent += n as u64;
+    }
+}
+
+async fn slow_read_to_eof(s: &mut TcpStream) -> Verifier {
+    let pace = Pace::new(RATE);
+    let mut r = Rechunk::default();
+    let mut buf = vec![0u8; CHUNK];
+    let mut got = 0u64;
+    loop {
+        pace.wait(got).await;
+        let n = s.read(&mut buf).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        r.feed(&buf[..n]);
+        got += n as u64;
+    }
+    r.finish()
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP ends (hyper for HTTP/1.1, h2 for HTTP/2).
+
+/// A request or response body of `total` generated bytes, produced only as it is polled.
+struct PatternBody {
+    sent: u64,
+    total: u64,
+}
+
+impl Body for PatternBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.sent >= self.total {
+            return Poll::Ready(None);
+        }
+        let n = (self.total - self.sent).min(CHUNK as u64) as usize;
+        let data = data_at(self.sent, n);
+        self.sent += n as u64;
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent >= self.total
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.total - self.sent)
+    }
+}
+
+/// Reads an HTTP/1.1 body slowly and verifies it.
+async fn slow_read_body(mut body: Incoming) -> Verifier {
+    let pace = Pace::new(RATE);
+    let mut r = Rechunk::default();
+    let mut got = 0u64;
+    loop {
+        pace.wait(got).await;
+        match body.frame().await {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    r.feed(&d);
+                    got += d.len() as u64;
+                }
+            }
+            Some(Err(e)) => panic!("body failed after {got} bytes: {e}"),
+            None => break,
+        }
+    }
+    r.finish()
+}
+
+fn summary(v: &Verifier) -> String {
+    format!("{} {:?} {}", v.received, v.first_bad, v.checksum)
+}
+
+/// Parses a [`summary`] back.
+fn parse_summary(s: &str) -> Verifier {
+    let mut it = s.split_whitespace();
+    let received = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+    let bad = it.next().unwrap_or("None");
+    let checksum = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+    Verifier {
+        received,
+        first_bad: (bad != "None").then_some(0),
+        checksum,
+    }
+}
+
+/// An HTTP/1.1 upstream: `GET /down/<n>` answers `n` generated bytes; anything else is an
+/// upload, read slowly, and answered with its [`summary`] in `x-summary`.
+async fn h1_upstream() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    if let Some(n) = req.uri().path().strip_prefix("/down/") {
+                        let total = n.parse().unwrap_or(0);
+                        let resp = Response::builder()
+                            .header("content-length", total)
+                            .body(http_body_util::Either::Left(PatternBody { sent: 0, total }))
+                            .expect("response");
+                        return Ok::<_, Infallible>(resp);
+                    }
+                    let v = slow_read_body(req.into_body()).await;
+                    let resp = Response::builder()
+                        .header("x-summary", summary(&v))
+                        .body(http_body_util::Either::Right(
+                            http_body_util::Empty::<Bytes>::new(),
+                        ))
+                        .expect("response");
+                    Ok(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+async fn h1_client(port: u16) -> hyper::client::conn::http1::SendRequest<PatternBody> {
+    let s = connect(port).await;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(conn);
+    send
+}
+
+/// An h2c upstream with the same two behaviours as [`h1_upstream`].
+async fn h2_upstream() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::Builder::new()
+                    .initial_window_size(MIB as u32)
+                    .initial_connection_window_size(4 * MIB as u32)
+                    .handshake::<_, Bytes>(s)
+                    .await
+                else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    tokio::spawn(async move {
+                        if let Some(n) = req.uri().path().strip_prefix("/down/") {
+                            let total: u64 = n.parse().unwrap_or(0);
+                            let resp = Response::builder().status(200).body(()).expect("resp");
+                            if let Ok(send) = respond.send_response(resp, false) {
+                                h2_send_pattern(send, total).await;
+                            }
+                            return;
+                        }
+                        let v = h2_slow_read(req.into_body()).await;
+                        let resp = Response::builder()
+                            .status(200)
+                            .header("x-summary", summary(&v))
+                            .body(())
+                            .expect("resp");
+                        let _ = respond.send_response(resp, true);
+                    });
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Sends `total` generated bytes on an h2 stream within the peer's windows, then ends it.
+async fn h2_send_pattern(mut send: h2::SendStream<Bytes>, total: u64) {
+    let mut sent = 0;
+    while sent < total {
+        let want = (total - sent).min(CHUNK as u64) as usize;
+        send.reserve_capacity(want);
+        let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(n)) => n.min(want),
+            other => panic!("h2 send capacity after {sent} bytes: {other:?}"),
+        };
+        if granted == 0 {
+            continue;
+        }
+        send.send_data(data_at(sent, granted), false)
+            .expect("send data");
+        sent += granted as u64;
+    }
+    send.send_data(Bytes::new(), true).expect("end stream");
+}
+
+/// Reads an h2 body slowly: capacity is released only as the bytes are consumed, so the
+/// sender's window is what holds the data back.
+async fn h2_slow_read(mut body: h2::RecvStream) -> Verifier {
+    let pace = Pace::new(RATE);
+    let mut r = Rechunk::default();
+    let mut got = 0u64;
+    loop {
+        pace.wait(got).await;
+        match body.data().await {
+            Some(Ok(d)) => {
+                r.feed(&d);
+                got += d.len() as u64;
+                let _ = body.flow_control().release_capacity(d.len());
+            }
+            Some(Err(e)) => panic!("h2 body failed after {got} bytes: {e}"),
+            None => break,
+        }
+    }
+    r.finish()
+}
+
+async fn h2_client(port: u16) -> h2::client::SendRequest<Bytes> {
+    let s = connect(port).await;
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(MIB as u32)
+        .initial_connection_window_size(4 * MIB as u32)
+        .handshake::<_, Bytes>(s)
+        .await
+        .expect("h2c handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenarios. Each returns how long the transfer took.
+
+async fn tcp_upload(limit: Option<u64>, total: u64) -> (ProxyProcess, Memory, Duration) {
+    let (up, task) = tcp_upstream(None).await;
+    let (p, port) = tcp_proxy_to(up, limit).await;
+    let mem = Memory::start(&p);
+    let t = Instant::now();
+    let mut s = connect(port).await;
+    write_pattern(&mut s, total).await;
+    s.shutdown().await.expect("half-close");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .await
+        .expect("read the upstream's summary");
+    let elapsed = t.elapsed();
+    parse_summary(&answer).assert_intact("tcp_proxy upload", total);
+    task.await.expect("upstream task");
+    (p, mem, elapsed)
+}
+
+async fn tcp_download(limit: Option<u64>, total: u64) -> (ProxyProcess, Memory, Duration) {
+    let (up, task) = tcp_upstream(Some(total)).await;
+    let (p, port) = tcp_proxy_to(up, limit).await;
+    let mem = Memory::start(&p);
+    let t = Instant::now();
+    let mut s = connect(port).await;
+    s.shutdown().await.expect("half-close: nothing to send");
+    let v = slow_read_to_eof(&mut s).await;
+    let elapsed = t.elapsed();
+    v.assert_intact("tcp_proxy download", total);
+    task.await.expect("upstream task");
+    (p, mem, elapsed)
+}
+
+async fn h1_upload(limit: Option<u64>, total: u64) -> (ProxyProcess, Memory, Duration) {
+    let up = h1_upstream().await;
+    let (p, port) = http_proxy_to(up, false, limit).await;
+    let mem = Memory::start(&p);
+    let t = Instant::now();
+    let mut c = h1_client(port).await;
+    let req = Request::post("/upload")
+        .header("host", "flow.example.com")
+        .header("content-length", total)
+        .body(PatternBody { sent: 0, total })
+        .expect("request");
+    let resp = c.send_request(req).await.expect("upload response");
+    let elapsed = t.elapsed();
+    assert_eq!(resp.status(), 200);
+    let s = resp
+        .headers()
+        .get("x-summary")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    parse_summary(s).assert_intact("HTTP/1.1 upload", total);
+    (p, mem, elapsed)
+}
+
+async fn h1_download(limit: Option<u64>, total: u64) -> (ProxyProcess, Memory, Duration) {
+    let up = h1_upstream().await;
+    let (p, port) = http_proxy_to(up, false, limit).await;
+    let mem = Memory::start(&p);
+    let t = Instant::now();
+    let mut c = h1_client(port).await;
+    let req = Request::get(format!("/down/{total}"))
+        .header("host", "flow.example.com")
+        .body(PatternBody { sent: 0, total: 0 })
+        .expect("request");
+    let resp = c.send_request(req).await.expect("download response");
+    assert_eq!(resp.status(), 200);
+    let v = slow_read_body(resp.into_body()).await;
+    let elapsed = t.elapsed();
+    v.assert_intact("HTTP/1.1 download", total);
+    (p, mem, elapsed)
+}
+
+async fn h2_upload(limit: Option<u64>, total: u64) -> (ProxyProcess, Memory, Duration) {
+    let up = h2_upstream().await;
+    let (p, port) = http_proxy_to(up, true, limit).await;
+    let mem = Memory::start(&p);
+    let t = Instant::now();
+    let mut c = h2_client(port).await.ready().await.expect("h2 ready");
+    let req = Request::post(format!("http://127.0.0.1:{port}/upload"))
+        .header("host", "flow.example.com")
+        .body(())
+        .expect("request");
+    let (resp, send) = c.send_request(req, false).expect("send request");
+    h2_send_pattern(send, total).await;
+    let resp = resp.await.expect("upload response");
+    let elapsed = t.elapsed();
+    assert_eq!(resp.status(), 200);
+    let s = resp
+        .headers()
+        .get("x-summary")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    parse_summary(s).assert_intact("HTTP/2 upload", total);
+    (p, mem, elapsed)
+}
+
+async fn h2_download(limit: Option<u64>, total: u64) -> (ProxyProcess, Memory, Duration) {
+    let up = h2_upstream().await;
+    let (p, port) = http_proxy_to(up, true, limit).await;
+    let mem = Memory::start(&p);
+    let t = Instant::now();
+    let mut c = h2_client(port).await.ready().await.expect("h2 ready");
+    let req = Request::get(format!("http://127.0.0.1:{port}/down/{total}"))
+        .header("host", "flow.example.com")
+        .body(())
+        .expect("request");
+    let (resp, _) = c.send_request(req, true).expect("send request");
+    let resp = resp.await.expect("download response");
+    assert_eq!(resp.status(), 200);
+    let v = h2_slow_read(resp.into_body()).await;
+    let elapsed = t.elapsed();
+    v.assert_intact("HTTP/2 download", total);
+    (p, mem, elapsed)
+}
+
+/// What skiff may add to its peak RSS while moving [`TOTAL`] bytes with the default 1 MiB limit:
+/// a few buffer limits per connection (read buffers on both sides, an HTTP/2 stream window, the
+/// codec's write queue) plus allocator slack. A proxy that buffers instead of pausing grows by
+/// hundreds of MiB at these rates.
+const DEFAULT_BOUND: u64 = 8 * MIB;
+
+/// The small limit of [`small_buffer_limit_tightens_the_bound`].
+const SMALL_LIMIT: u64 = 32 * KIB;
+/// What skiff may add with [`SMALL_LIMIT`]: the codecs' fixed buffers (hyper's 64 KiB HTTP/1.1
+/// read buffer, HTTP/2's minimum 64 KiB window) and allocator slack, a quarter of the default.
+const SMALL_BOUND: u64 = 2 * MIB;
+
+macro_rules! flat_rss_test {
+    ($name:ident, $scenario:ident, $what:literal) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            run_for(LIMIT * 2, async {
+                let (p, mem, elapsed) = $scenario(None, TOTAL).await;
+                mem.check($what, TOTAL, DEFAULT_BOUND, elapsed);
+                print_flow_stats($what, &p).await;
+            })
+            .await
+        }
+    };
+}
+
+flat_rss_test!(
+    tcp_proxy_upload_to_slow_upstream_keeps_rss_flat,
+    tcp_upload,
+    "tcp_proxy upload"
+);
+flat_rss_test!(
+    tcp_proxy_download_to_slow_client_keeps_rss_flat,
+    tcp_download,
+    "tcp_proxy download"
+);
+flat_rss_test!(
+    http1_upload_to_slow_upstream_keeps_rss_flat,
+    h1_upload,
+    "HTTP/1.1 upload"
+);
+flat_rss_test!(
+    http1_download_to_slow_client_keeps_rss_flat,
+    h1_download,
+    "HTTP/1.1 download"
+);
+flat_rss_test!(
+    http2_upload_to_slow_upstream_keeps_rss_flat,
+    h2_upload,
+    "HTTP/2 upload"
+);
+flat_rss_test!(
+    http2_download_to_slow_client_keeps_rss_flat,
+    h2_download,
+    "HTTP/2 download"
+);
+
+/// With `per_connection_buffer_limit_bytes: 32768` on the listener and the cluster, the same
+/// uploads and downloads (256 MiB each, all at once through three proxies) stay within a
+/// quarter of the default bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_buffer_limit_tightens_the_bound() {
+    run_for(LIMIT * 2, async {
+        let total = 256 * MIB;
+        let limit = Some(SMALL_LIMIT);
+        let (tcp, h1, h2) = tokio::join!(
+            tcp_upload(limit, total),
+            h1_download(limit, total),
+            h2_upload(limit, total)
+        );
+        for (what, (p, mem, elapsed)) in [
+            ("tcp_proxy upload, 32 KiB limit", tcp),
+            ("HTTP/1.1 download, 32 KiB limit", h1),
+            ("HTTP/2 upload, 32 KiB limit", h2),
+        ] {
+            mem.check(what, total, SMALL_BOUND, elapsed);
+            print_flow_stats(what, &p).await;
+        }
+    })
+    .await
+}
