@@ -270,6 +270,28 @@ async fn print_flow_stats(what: &str, p: &ProxyProcess) {
     eprintln!("{what} [{}] flow control stats: {fc:?}", p.kind.name());
 }
 
+/// Asserts that the proxy paused reading at least once and resumed every pause (but perhaps the
+/// last, which the close may end instead), as Envoy counts it in `<prefix>paused_reading_total`
+/// and `<prefix>resumed_reading_total`.
+async fn assert_paused_and_resumed(what: &str, p: &ProxyProcess, prefix: &str) {
+    let admin = p.admin();
+    let paused = admin
+        .wait_stat(
+            &format!("{prefix}paused_reading_total"),
+            Duration::from_secs(5),
+            |v| v > 0,
+        )
+        .await;
+    let resumed = admin
+        .stat(&format!("{prefix}resumed_reading_total"))
+        .await
+        .unwrap_or(0);
+    assert!(
+        resumed + 1 >= paused && resumed <= paused,
+        "{what}: {prefix}: paused {paused} times, resumed {resumed} times"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Configurations.
 
@@ -627,6 +649,8 @@ async fn tcp_upload(limit: Option<u64>, total: u64) -> (ProxyProcess, Memory, Du
     let elapsed = t.elapsed();
     parse_summary(&answer).assert_intact("tcp_proxy upload", total);
     task.await.expect("upstream task");
+    let what = "tcp_proxy upload";
+    assert_paused_and_resumed(what, &p, "tcp.fc.downstream_flow_control_").await;
     (p, mem, elapsed)
 }
 
@@ -641,6 +665,8 @@ async fn tcp_download(limit: Option<u64>, total: u64) -> (ProxyProcess, Memory, 
     let elapsed = t.elapsed();
     v.assert_intact("tcp_proxy download", total);
     task.await.expect("upstream task");
+    let what = "tcp_proxy download";
+    assert_paused_and_resumed(what, &p, "cluster.svc.upstream_flow_control_").await;
     (p, mem, elapsed)
 }
 

@@ -96,6 +96,11 @@ pub struct ClusterStats {
     pub upstream_cx_rx_bytes_total: Counter,
     /// `upstream_cx_tx_bytes_total`.
     pub upstream_cx_tx_bytes_total: Counter,
+    /// `upstream_flow_control_paused_reading_total`: reading from the upstream stopped because
+    /// the downstream could not take more (tcp_proxy).
+    pub upstream_flow_control_paused_reading_total: Counter,
+    /// `upstream_flow_control_resumed_reading_total`: reading from the upstream went on again.
+    pub upstream_flow_control_resumed_reading_total: Counter,
     /// `upstream_rq_total`.
     pub upstream_rq_total: Counter,
     /// `upstream_rq_active`.
@@ -131,6 +136,12 @@ impl ClusterStats {
             upstream_cx_close_notify: c("upstream_cx_close_notify"),
             upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
             upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
+            upstream_flow_control_paused_reading_total: c(
+                "upstream_flow_control_paused_reading_total",
+            ),
+            upstream_flow_control_resumed_reading_total: c(
+                "upstream_flow_control_resumed_reading_total",
+            ),
             upstream_rq_total: c("upstream_rq_total"),
             upstream_rq_active: g("upstream_rq_active"),
             upstream_rq_completed: c("upstream_rq_completed"),

@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,8 @@ pub struct TcpProxyStats {
     downstream_cx_no_route: Counter,
     downstream_cx_rx_bytes_total: Counter,
     downstream_cx_tx_bytes_total: Counter,
+    downstream_flow_control_paused_reading_total: Counter,
+    downstream_flow_control_resumed_reading_total: Counter,
     idle_timeout: Counter,
 }
 
@@ -43,6 +46,10 @@ impl TcpProxyStats {
                 .counter(&format!("{p}downstream_cx_rx_bytes_total")),
             downstream_cx_tx_bytes_total: shard
                 .counter(&format!("{p}downstream_cx_tx_bytes_total")),
+            downstream_flow_control_paused_reading_total: shard
+                .counter(&format!("{p}downstream_flow_control_paused_reading_total")),
+            downstream_flow_control_resumed_reading_total: shard
+                .counter(&format!("{p}downstream_flow_control_resumed_reading_total")),
             idle_timeout: shard.counter(&format!("{p}idle_timeout")),
         }
     }
@@ -157,8 +164,18 @@ async fn proxy(
     let (dr, dw) = tokio::io::split(downstream);
     let (ur, uw) = tokio::io::split(upstream);
     // Both streams count their own bytes: tcp.<prefix>.downstream_* and cluster.<name>.upstream_*.
-    let up = pump(dr, uw, max, &last_activity, &moved.received);
-    let down = pump(ur, dw, max, &last_activity, &moved.sent);
+    // A write that cannot complete stops reading on the other side: that is Envoy's
+    // "paused reading" for the connection being read.
+    let up_pauses = Pauses {
+        paused: &stats.downstream_flow_control_paused_reading_total,
+        resumed: &stats.downstream_flow_control_resumed_reading_total,
+    };
+    let down_pauses = Pauses {
+        paused: &cluster.stats.upstream_flow_control_paused_reading_total,
+        resumed: &cluster.stats.upstream_flow_control_resumed_reading_total,
+    };
+    let up = pump(dr, uw, max, &last_activity, &moved.received, up_pauses);
+    let down = pump(ur, dw, max, &last_activity, &moved.sent, down_pauses);
     let both = async { tokio::join!(up, down) };
     match cfg.idle_timeout {
         Some(idle) => {
@@ -189,15 +206,25 @@ async fn idle_watch(idle: Duration, last: &Cell<Instant>) {
     }
 }
 
+/// The counters of one direction's pauses: reading stops while a write waits for the peer.
+#[derive(Clone, Copy)]
+struct Pauses<'a> {
+    paused: &'a Counter,
+    resumed: &'a Counter,
+}
+
 /// Copies one direction. The buffer grows while reads fill it, up to `max`; nothing is read
-/// while the previous bytes are still being written, so a slow reader holds back the sender.
-/// On end of input the write side is shut down (half-close), and the other direction goes on.
+/// while the previous bytes are still being written, so a slow reader holds back the sender and
+/// this connection never holds more than `max` bytes in this direction. Each write that has to
+/// wait is one pause of reading, counted in `pauses`. On end of input the write side is shut
+/// down (half-close), and the other direction goes on.
 async fn pump(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     max: usize,
     last: &Cell<Instant>,
     moved: &Cell<u64>,
+    pauses: Pauses<'_>,
 ) {
     let mut buf = vec![0u8; INITIAL_BUFFER.min(max)];
     loop {
@@ -209,7 +236,20 @@ async fn pump(
         // Every partial write counts as activity: a slow but moving reader is not idle.
         let mut written = 0;
         while written < n {
-            match to.write(&buf[written..n]).await {
+            let mut waited = false;
+            let result = std::future::poll_fn(|cx| {
+                let r = Pin::new(&mut to).poll_write(cx, &buf[written..n]);
+                if r.is_pending() && !waited {
+                    waited = true;
+                    pauses.paused.inc();
+                }
+                r
+            })
+            .await;
+            if waited {
+                pauses.resumed.inc();
+            }
+            match result {
                 Ok(0) | Err(_) => return,
                 Ok(w) => {
                     written += w;
