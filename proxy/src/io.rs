@@ -236,6 +236,87 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
 }
 
+/// A stream that counts its writes backing up (a write has to wait for the peer to read) and
+/// draining again (the next write that goes through): Envoy's
+/// `upstream_flow_control_backed_up_total` and `upstream_flow_control_drained_total`.
+#[derive(Debug)]
+pub struct WriteFlow<T> {
+    inner: T,
+    backed_up: Counter,
+    drained: Counter,
+    waiting: bool,
+}
+
+impl<T> WriteFlow<T> {
+    /// Wraps `inner`, adding to `backed_up` when a write first has to wait and to `drained` when
+    /// writing goes on.
+    pub fn new(inner: T, backed_up: Counter, drained: Counter) -> Self {
+        WriteFlow {
+            inner,
+            backed_up,
+            drained,
+            waiting: false,
+        }
+    }
+
+    fn note<R>(&mut self, r: Poll<R>) -> Poll<R> {
+        match (&r, self.waiting) {
+            (Poll::Pending, false) => {
+                self.waiting = true;
+                self.backed_up.inc();
+            }
+            (Poll::Ready(_), true) => {
+                self.waiting = false;
+                self.drained.inc();
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteFlow<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteFlow<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.note(r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +332,22 @@ mod tests {
         let mut buf = [0u8; 3];
         counted.read_exact(&mut buf).await.expect("read");
         assert_eq!((rx.value(), tx.value()), (3, 5));
+    }
+
+    #[tokio::test]
+    async fn write_flow_counts_backing_up_and_draining() {
+        let (a, mut b) = tokio::io::duplex(4);
+        let (up, down) = (Counter::default(), Counter::default());
+        let mut w = WriteFlow::new(a, up.clone(), down.clone());
+        let writer = async {
+            w.write_all(b"0123456789").await.expect("write");
+        };
+        let reader = async {
+            let mut buf = [0u8; 10];
+            b.read_exact(&mut buf).await.expect("read");
+        };
+        tokio::join!(writer, reader);
+        assert!(up.value() >= 1, "a 4-byte pipe backs up under 10 bytes");
+        assert_eq!(up.value(), down.value(), "every back-up drained");
     }
 }

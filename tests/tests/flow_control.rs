@@ -274,21 +274,20 @@ async fn print_flow_stats(what: &str, p: &ProxyProcess) {
 /// last, which the close may end instead), as Envoy counts it in `<prefix>paused_reading_total`
 /// and `<prefix>resumed_reading_total`.
 async fn assert_paused_and_resumed(what: &str, p: &ProxyProcess, prefix: &str) {
+    let paused = format!("{prefix}paused_reading_total");
+    let resumed = format!("{prefix}resumed_reading_total");
+    assert_pairs(what, p, &paused, &resumed).await;
+}
+
+/// Asserts that `up` counted at least once and `down` counted every one of them (but perhaps
+/// the last, which the close may end instead).
+async fn assert_pairs(what: &str, p: &ProxyProcess, up: &str, down: &str) {
     let admin = p.admin();
-    let paused = admin
-        .wait_stat(
-            &format!("{prefix}paused_reading_total"),
-            Duration::from_secs(5),
-            |v| v > 0,
-        )
-        .await;
-    let resumed = admin
-        .stat(&format!("{prefix}resumed_reading_total"))
-        .await
-        .unwrap_or(0);
+    let ups = admin.wait_stat(up, Duration::from_secs(5), |v| v > 0).await;
+    let downs = admin.stat(down).await.unwrap_or(0);
     assert!(
-        resumed + 1 >= paused && resumed <= paused,
-        "{what}: {prefix}: paused {paused} times, resumed {resumed} times"
+        downs + 1 >= ups && downs <= ups,
+        "{what}: {up} {ups}, {down} {downs}"
     );
 }
 
@@ -690,6 +689,14 @@ async fn h1_upload(limit: Option<u64>, total: u64) -> (ProxyProcess, Memory, Dur
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     parse_summary(s).assert_intact("HTTP/1.1 upload", total);
+    // The slow upstream backs up the upstream connection (HTTP/1.1) or stream (HTTP/2).
+    assert_pairs(
+        "HTTP/1.1 upload",
+        &p,
+        "cluster.svc.upstream_flow_control_backed_up_total",
+        "cluster.svc.upstream_flow_control_drained_total",
+    )
+    .await;
     (p, mem, elapsed)
 }
 
@@ -732,6 +739,14 @@ async fn h2_upload(limit: Option<u64>, total: u64) -> (ProxyProcess, Memory, Dur
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     parse_summary(s).assert_intact("HTTP/2 upload", total);
+    // The slow upstream backs up the upstream connection (HTTP/1.1) or stream (HTTP/2).
+    assert_pairs(
+        "HTTP/2 upload",
+        &p,
+        "cluster.svc.upstream_flow_control_backed_up_total",
+        "cluster.svc.upstream_flow_control_drained_total",
+    )
+    .await;
     (p, mem, elapsed)
 }
 

@@ -101,6 +101,11 @@ pub struct ClusterStats {
     pub upstream_flow_control_paused_reading_total: Counter,
     /// `upstream_flow_control_resumed_reading_total`: reading from the upstream went on again.
     pub upstream_flow_control_resumed_reading_total: Counter,
+    /// `upstream_flow_control_backed_up_total`: an HTTP request could not send more to the
+    /// upstream until it read (the client's body then waits).
+    pub upstream_flow_control_backed_up_total: Counter,
+    /// `upstream_flow_control_drained_total`: sending to the upstream went on again.
+    pub upstream_flow_control_drained_total: Counter,
     /// `upstream_rq_total`.
     pub upstream_rq_total: Counter,
     /// `upstream_rq_active`.
@@ -142,6 +147,8 @@ impl ClusterStats {
             upstream_flow_control_resumed_reading_total: c(
                 "upstream_flow_control_resumed_reading_total",
             ),
+            upstream_flow_control_backed_up_total: c("upstream_flow_control_backed_up_total"),
+            upstream_flow_control_drained_total: c("upstream_flow_control_drained_total"),
             upstream_rq_total: c("upstream_rq_total"),
             upstream_rq_active: g("upstream_rq_active"),
             upstream_rq_completed: c("upstream_rq_completed"),

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use super::{Cluster, Host, HostStats};
 use crate::http::body::ProxyBody;
-use crate::io::{Counted, Stream};
+use crate::io::{Counted, Stream, WriteFlow};
 
 /// Why no upstream connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -286,6 +286,11 @@ async fn http1_on(
     host: &Rc<Host>,
     stream: UpstreamStream,
 ) -> Result<Http1Sender, ConnectError> {
+    let stream = WriteFlow::new(
+        stream,
+        cluster.stats.upstream_flow_control_backed_up_total.clone(),
+        cluster.stats.upstream_flow_control_drained_total.clone(),
+    );
     let (sender, conn) = http1::Builder::new()
         .max_buf_size(http1_read_buffer(cluster.config().buffer_limit))
         .handshake::<_, ProxyBody>(TokioIo::new(stream))
@@ -530,7 +535,13 @@ impl Future for Driver {
 }
 
 /// Sends a request body over an h2 stream, respecting the peer's flow control, then trailers.
-pub async fn pump_h2_body(mut body: ProxyBody, mut send: h2::SendStream<Bytes>) {
+/// Each time the stream has to wait for window it is counted as backed up in the cluster's stats,
+/// and as drained when window comes.
+pub async fn pump_h2_body(
+    mut body: ProxyBody,
+    mut send: h2::SendStream<Bytes>,
+    cluster: Rc<Cluster>,
+) {
     use http_body_util::BodyExt;
     loop {
         match body.frame().await {
@@ -548,11 +559,23 @@ pub async fn pump_h2_body(mut body: ProxyBody, mut send: h2::SendStream<Bytes>) 
                     Ok(mut data) => {
                         while !data.is_empty() {
                             send.reserve_capacity(data.len());
-                            let granted =
-                                match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
-                                    Some(Ok(n)) => n,
-                                    _ => return,
-                                };
+                            let mut waited = false;
+                            let granted = std::future::poll_fn(|cx| {
+                                let r = send.poll_capacity(cx);
+                                if r.is_pending() && !waited {
+                                    waited = true;
+                                    cluster.stats.upstream_flow_control_backed_up_total.inc();
+                                }
+                                r
+                            })
+                            .await;
+                            if waited {
+                                cluster.stats.upstream_flow_control_drained_total.inc();
+                            }
+                            let granted = match granted {
+                                Some(Ok(n)) => n,
+                                _ => return,
+                            };
                             let chunk = data.split_to(granted.min(data.len()));
                             if send.send_data(chunk, false).is_err() {
                                 return;

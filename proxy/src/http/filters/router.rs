@@ -372,7 +372,8 @@ async fn send_http2(
         if !end_stream {
             if let Some(b) = body.take() {
                 pump = Some(
-                    tokio::task::spawn_local(pool::pump_h2_body(b, send_stream)).abort_handle(),
+                    tokio::task::spawn_local(pool::pump_h2_body(b, send_stream, cluster.clone()))
+                        .abort_handle(),
                 );
             }
         }
