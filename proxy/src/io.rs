@@ -1,7 +1,9 @@
 //! I/O adaptors shared by the network and HTTP layers.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -236,38 +238,68 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
 }
 
+/// A flow-control event and its end: paused/resumed reading, or backed up/drained.
+#[derive(Debug, Clone, Default)]
+pub struct FlowPair {
+    /// Counts the start (`*_paused_reading_total`, `*_backed_up_total`).
+    pub start: Counter,
+    /// Counts the end (`*_resumed_reading_total`, `*_drained_total`).
+    pub end: Counter,
+}
+
+impl FlowPair {
+    /// The pair of two counters.
+    pub fn new(start: &Counter, end: &Counter) -> Self {
+        FlowPair {
+            start: start.clone(),
+            end: end.clone(),
+        }
+    }
+}
+
+/// The pair of the request a connection is sending now, if any (set per request).
+pub type FlowSlot = Rc<RefCell<Option<FlowPair>>>;
+
 /// A stream that counts its writes backing up (a write has to wait for the peer to read) and
 /// draining again (the next write that goes through): Envoy's
-/// `upstream_flow_control_backed_up_total` and `upstream_flow_control_drained_total`.
+/// `upstream_flow_control_backed_up_total` and `upstream_flow_control_drained_total` in
+/// `connection`, and the pause of reading from the client of the request in `request`.
 #[derive(Debug)]
 pub struct WriteFlow<T> {
     inner: T,
-    backed_up: Counter,
-    drained: Counter,
-    waiting: bool,
+    connection: FlowPair,
+    request: FlowSlot,
+    /// While a write waits: the request pair counted at its start, if there was one.
+    waiting: Option<Option<FlowPair>>,
 }
 
 impl<T> WriteFlow<T> {
-    /// Wraps `inner`, adding to `backed_up` when a write first has to wait and to `drained` when
-    /// writing goes on.
-    pub fn new(inner: T, backed_up: Counter, drained: Counter) -> Self {
+    /// Wraps `inner`, counting in `connection` (and in the pair in `request`, when set) when a
+    /// write first has to wait and when writing goes on.
+    pub fn new(inner: T, connection: FlowPair, request: FlowSlot) -> Self {
         WriteFlow {
             inner,
-            backed_up,
-            drained,
-            waiting: false,
+            connection,
+            request,
+            waiting: None,
         }
     }
 
     fn note<R>(&mut self, r: Poll<R>) -> Poll<R> {
-        match (&r, self.waiting) {
-            (Poll::Pending, false) => {
-                self.waiting = true;
-                self.backed_up.inc();
+        match (&r, &self.waiting) {
+            (Poll::Pending, None) => {
+                self.connection.start.inc();
+                let request = self.request.borrow().clone();
+                if let Some(p) = &request {
+                    p.start.inc();
+                }
+                self.waiting = Some(request);
             }
-            (Poll::Ready(_), true) => {
-                self.waiting = false;
-                self.drained.inc();
+            (Poll::Ready(_), Some(_)) => {
+                self.connection.end.inc();
+                if let Some(Some(p)) = self.waiting.take() {
+                    p.end.inc();
+                }
             }
             _ => {}
         }
@@ -338,7 +370,9 @@ mod tests {
     async fn write_flow_counts_backing_up_and_draining() {
         let (a, mut b) = tokio::io::duplex(4);
         let (up, down) = (Counter::default(), Counter::default());
-        let mut w = WriteFlow::new(a, up.clone(), down.clone());
+        let (paused, resumed) = (Counter::default(), Counter::default());
+        let slot: FlowSlot = Rc::new(RefCell::new(Some(FlowPair::new(&paused, &resumed))));
+        let mut w = WriteFlow::new(a, FlowPair::new(&up, &down), slot);
         let writer = async {
             w.write_all(b"0123456789").await.expect("write");
         };
@@ -349,5 +383,11 @@ mod tests {
         tokio::join!(writer, reader);
         assert!(up.value() >= 1, "a 4-byte pipe backs up under 10 bytes");
         assert_eq!(up.value(), down.value(), "every back-up drained");
+        assert_eq!(
+            paused.value(),
+            up.value(),
+            "the request's pauses counted too"
+        );
+        assert_eq!(resumed.value(), up.value());
     }
 }

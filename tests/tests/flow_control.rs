@@ -688,15 +688,18 @@ async fn h1_upload(limit: Option<u64>, total: u64) -> (ProxyProcess, Memory, Dur
         .get("x-summary")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    parse_summary(s).assert_intact("HTTP/1.1 upload", total);
-    // The slow upstream backs up the upstream connection (HTTP/1.1) or stream (HTTP/2).
+    let what = "HTTP/1.1 upload";
+    parse_summary(s).assert_intact(what, total);
+    // The slow upstream backs up the upstream connection (HTTP/1.1) or stream (HTTP/2) ...
     assert_pairs(
-        "HTTP/1.1 upload",
+        what,
         &p,
         "cluster.svc.upstream_flow_control_backed_up_total",
         "cluster.svc.upstream_flow_control_drained_total",
     )
     .await;
+    // ... which pauses reading from the client.
+    assert_paused_and_resumed(what, &p, "http.fc.downstream_flow_control_").await;
     (p, mem, elapsed)
 }
 
@@ -738,15 +741,18 @@ async fn h2_upload(limit: Option<u64>, total: u64) -> (ProxyProcess, Memory, Dur
         .get("x-summary")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    parse_summary(s).assert_intact("HTTP/2 upload", total);
-    // The slow upstream backs up the upstream connection (HTTP/1.1) or stream (HTTP/2).
+    let what = "HTTP/2 upload";
+    parse_summary(s).assert_intact(what, total);
+    // The slow upstream backs up the upstream connection (HTTP/1.1) or stream (HTTP/2) ...
     assert_pairs(
-        "HTTP/2 upload",
+        what,
         &p,
         "cluster.svc.upstream_flow_control_backed_up_total",
         "cluster.svc.upstream_flow_control_drained_total",
     )
     .await;
+    // ... which pauses reading from the client.
+    assert_paused_and_resumed(what, &p, "http.fc.downstream_flow_control_").await;
     (p, mem, elapsed)
 }
 

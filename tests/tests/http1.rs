@@ -387,8 +387,15 @@ async fn upload_to_stalled_upstream_pauses_reading() {
             sent < total,
             "the proxy read all {total} bytes for an upstream that reads nothing: it buffered instead of pushing back"
         );
-        // Envoy also counts the pause in downstream_flow_control_paused_reading_total; skiff's
-        // codec pauses inside hyper and has no such counter yet (tests/DIFFERENCES.md).
+        // Both count the pause: the upstream connection backed up, so reading from the client
+        // stopped.
+        let admin = p.admin();
+        for name in [
+            "http.ingress_http.downstream_flow_control_paused_reading_total",
+            "cluster.backend.upstream_flow_control_backed_up_total",
+        ] {
+            admin.wait_stat(name, Duration::from_secs(5), |v| v >= 1).await;
+        }
         drop(p);
     })
     .await

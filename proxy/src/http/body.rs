@@ -11,6 +11,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::io::FlowPair;
+
 /// The error type of proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -19,6 +21,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// connection is clean enough to reuse.
 #[derive(Debug, Default)]
 pub struct RequestProgress {
+    /// `downstream_flow_control_{paused,resumed}_reading_total` of the HCM: counted when the
+    /// upstream cannot take more of this request's body, so reading from the client stops.
+    pub downstream_flow: FlowPair,
     bytes: Cell<u64>,
     failed: Cell<bool>,
     done_at: Cell<Option<tokio::time::Instant>>,
@@ -26,6 +31,14 @@ pub struct RequestProgress {
 }
 
 impl RequestProgress {
+    /// The progress of a new request whose pauses count in `downstream_flow`.
+    pub fn new(downstream_flow: FlowPair) -> Self {
+        RequestProgress {
+            downstream_flow,
+            ..Default::default()
+        }
+    }
+
     /// Bytes of request body read so far.
     pub fn bytes(&self) -> u64 {
         self.bytes.get()

@@ -21,7 +21,7 @@ use crate::http::filter::{self, Direction};
 use crate::http::filters::router::{self, Upstream};
 use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
-use crate::io::Counted;
+use crate::io::{Counted, FlowPair};
 use crate::stats::{Counter, Gauge, Shard};
 use crate::stream_info::{ResponseFlag, StreamInfo};
 use crate::worker::{LocalExec, Worker};
@@ -57,6 +57,11 @@ pub struct HcmStats {
     pub downstream_cx_tx_bytes_total: Counter,
     /// `downstream_cx_protocol_error`.
     pub downstream_cx_protocol_error: Counter,
+    /// `downstream_flow_control_paused_reading_total`: a request's upstream could not take more
+    /// of its body, so reading from the client stopped.
+    pub downstream_flow_control_paused_reading_total: Counter,
+    /// `downstream_flow_control_resumed_reading_total`: reading from the client went on.
+    pub downstream_flow_control_resumed_reading_total: Counter,
     /// `downstream_cx_drain_close`.
     pub downstream_cx_drain_close: Counter,
     /// `downstream_rq_total`.
@@ -108,6 +113,12 @@ impl HcmStats {
             downstream_cx_rx_bytes_total: c("downstream_cx_rx_bytes_total"),
             downstream_cx_tx_bytes_total: c("downstream_cx_tx_bytes_total"),
             downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
+            downstream_flow_control_paused_reading_total: c(
+                "downstream_flow_control_paused_reading_total",
+            ),
+            downstream_flow_control_resumed_reading_total: c(
+                "downstream_flow_control_resumed_reading_total",
+            ),
             downstream_cx_drain_close: c("downstream_cx_drain_close"),
             downstream_rq_total: c("downstream_rq_total"),
             downstream_rq_active: g("downstream_rq_active"),
@@ -376,7 +387,10 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
 
     let logging = !cfg.access_logs.is_empty();
     let (mut parts, body) = req.into_parts();
-    let request = Rc::new(RequestProgress::default());
+    let request = Rc::new(RequestProgress::new(FlowPair::new(
+        &stats.downstream_flow_control_paused_reading_total,
+        &stats.downstream_flow_control_resumed_reading_total,
+    )));
     if body.is_end_stream() {
         request.mark_done();
     }

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use super::{Cluster, Host, HostStats};
 use crate::http::body::ProxyBody;
-use crate::io::{Counted, Stream, WriteFlow};
+use crate::io::{Counted, FlowPair, FlowSlot, Stream, WriteFlow};
 
 /// Why no upstream connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -217,8 +217,33 @@ impl Drop for ConnGuard {
     }
 }
 
-/// An HTTP/1.1 connection's request handle.
-pub type Http1Sender = http1::SendRequest<ProxyBody>;
+/// An HTTP/1.1 connection's request handle, with the slot where the request it is sending
+/// counts its pauses.
+#[derive(Debug)]
+pub struct Http1Sender {
+    send: http1::SendRequest<ProxyBody>,
+    flow: FlowSlot,
+}
+
+impl Http1Sender {
+    /// From now on, back-ups of this connection also count in `flow` (the request's HCM).
+    pub fn sending_for(&self, flow: FlowPair) {
+        *self.flow.borrow_mut() = Some(flow);
+    }
+}
+
+impl std::ops::Deref for Http1Sender {
+    type Target = http1::SendRequest<ProxyBody>;
+    fn deref(&self) -> &Self::Target {
+        &self.send
+    }
+}
+
+impl std::ops::DerefMut for Http1Sender {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.send
+    }
+}
 
 /// Idle HTTP/1.1 connections to one host.
 #[derive(Debug, Default)]
@@ -240,6 +265,7 @@ impl Http1Pool {
 
     /// Returns a connection whose response has been read completely.
     pub fn put_idle(&self, s: Http1Sender) {
+        s.flow.borrow_mut().take();
         if !s.is_closed() {
             self.idle.borrow_mut().push(s);
         }
@@ -286,10 +312,14 @@ async fn http1_on(
     host: &Rc<Host>,
     stream: UpstreamStream,
 ) -> Result<Http1Sender, ConnectError> {
+    let flow = FlowSlot::default();
     let stream = WriteFlow::new(
         stream,
-        cluster.stats.upstream_flow_control_backed_up_total.clone(),
-        cluster.stats.upstream_flow_control_drained_total.clone(),
+        FlowPair::new(
+            &cluster.stats.upstream_flow_control_backed_up_total,
+            &cluster.stats.upstream_flow_control_drained_total,
+        ),
+        flow.clone(),
     );
     let (sender, conn) = http1::Builder::new()
         .max_buf_size(http1_read_buffer(cluster.config().buffer_limit))
@@ -304,7 +334,7 @@ async fn http1_on(
         }
         drop(guard);
     });
-    Ok(sender)
+    Ok(Http1Sender { send: sender, flow })
 }
 
 /// The most an upstream HTTP/1.1 connection buffers: the cluster's
@@ -535,12 +565,13 @@ impl Future for Driver {
 }
 
 /// Sends a request body over an h2 stream, respecting the peer's flow control, then trailers.
-/// Each time the stream has to wait for window it is counted as backed up in the cluster's stats,
-/// and as drained when window comes.
+/// Each time the stream has to wait for window it is counted as backed up in the cluster's stats
+/// and as a pause of reading from the client in `downstream`, and their ends when window comes.
 pub async fn pump_h2_body(
     mut body: ProxyBody,
     mut send: h2::SendStream<Bytes>,
     cluster: Rc<Cluster>,
+    downstream: FlowPair,
 ) {
     use http_body_util::BodyExt;
     loop {
@@ -565,12 +596,14 @@ pub async fn pump_h2_body(
                                 if r.is_pending() && !waited {
                                     waited = true;
                                     cluster.stats.upstream_flow_control_backed_up_total.inc();
+                                    downstream.start.inc();
                                 }
                                 r
                             })
                             .await;
                             if waited {
                                 cluster.stats.upstream_flow_control_drained_total.inc();
+                                downstream.end.inc();
                             }
                             let granted = match granted {
                                 Some(Ok(n)) => n,

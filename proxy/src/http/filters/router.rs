@@ -176,9 +176,9 @@ pub async fn route(
     let mut upstream = Upstream::start(cluster.clone(), host.clone(), request.clone());
     let send = async {
         if http2 {
-            send_http2(&cluster, &host, parts, body, &host_header).await
+            send_http2(&cluster, &host, parts, body, &host_header, request).await
         } else {
-            send_http1(&cluster, &host, parts, body, &host_header).await
+            send_http1(&cluster, &host, parts, body, &host_header, request).await
         }
     };
     // Envoy's route timeout runs from the end of the request to the end of the response; this
@@ -258,6 +258,7 @@ async fn send_http1(
     mut parts: http::request::Parts,
     body: ProxyBody,
     authority: &str,
+    request: &RequestProgress,
 ) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
     // The authority of an absolute-form or HTTP/2 request wins over any Host header, as in Envoy.
     if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) {
@@ -284,6 +285,7 @@ async fn send_http1(
         ),
     };
     loop {
+        sender.sending_for(request.downstream_flow.clone());
         if let Err(e) = sender.ready().await {
             if reused {
                 // The idle connection went away while it sat in the pool.
@@ -323,6 +325,7 @@ async fn send_http2(
     mut parts: http::request::Parts,
     body: ProxyBody,
     authority: &str,
+    request: &RequestProgress,
 ) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
     let pq = parts
         .uri
@@ -372,8 +375,13 @@ async fn send_http2(
         if !end_stream {
             if let Some(b) = body.take() {
                 pump = Some(
-                    tokio::task::spawn_local(pool::pump_h2_body(b, send_stream, cluster.clone()))
-                        .abort_handle(),
+                    tokio::task::spawn_local(pool::pump_h2_body(
+                        b,
+                        send_stream,
+                        cluster.clone(),
+                        request.downstream_flow.clone(),
+                    ))
+                    .abort_handle(),
                 );
             }
         }
