@@ -261,13 +261,13 @@ impl FlowPair {
 pub type FlowSlot = Rc<RefCell<Option<FlowPair>>>;
 
 /// A stream that counts its writes backing up (a write has to wait for the peer to read) and
-/// draining again (the next write that goes through): Envoy's
-/// `upstream_flow_control_backed_up_total` and `upstream_flow_control_drained_total` in
-/// `connection`, and the pause of reading from the client of the request in `request`.
+/// draining again (the next write that goes through): in `connection` for the connection itself
+/// (upstream: Envoy's `upstream_flow_control_{backed_up,drained}_total`), and in `request` for
+/// the other side of the request or response being written, whose reading then stops.
 #[derive(Debug)]
 pub struct WriteFlow<T> {
     inner: T,
-    connection: FlowPair,
+    connection: Option<FlowPair>,
     request: FlowSlot,
     /// While a write waits: the request pair counted at its start, if there was one.
     waiting: Option<Option<FlowPair>>,
@@ -276,7 +276,7 @@ pub struct WriteFlow<T> {
 impl<T> WriteFlow<T> {
     /// Wraps `inner`, counting in `connection` (and in the pair in `request`, when set) when a
     /// write first has to wait and when writing goes on.
-    pub fn new(inner: T, connection: FlowPair, request: FlowSlot) -> Self {
+    pub fn new(inner: T, connection: Option<FlowPair>, request: FlowSlot) -> Self {
         WriteFlow {
             inner,
             connection,
@@ -288,7 +288,9 @@ impl<T> WriteFlow<T> {
     fn note<R>(&mut self, r: Poll<R>) -> Poll<R> {
         match (&r, &self.waiting) {
             (Poll::Pending, None) => {
-                self.connection.start.inc();
+                if let Some(c) = &self.connection {
+                    c.start.inc();
+                }
                 let request = self.request.borrow().clone();
                 if let Some(p) = &request {
                     p.start.inc();
@@ -296,7 +298,9 @@ impl<T> WriteFlow<T> {
                 self.waiting = Some(request);
             }
             (Poll::Ready(_), Some(_)) => {
-                self.connection.end.inc();
+                if let Some(c) = &self.connection {
+                    c.end.inc();
+                }
                 if let Some(Some(p)) = self.waiting.take() {
                     p.end.inc();
                 }
@@ -372,7 +376,7 @@ mod tests {
         let (up, down) = (Counter::default(), Counter::default());
         let (paused, resumed) = (Counter::default(), Counter::default());
         let slot: FlowSlot = Rc::new(RefCell::new(Some(FlowPair::new(&paused, &resumed))));
-        let mut w = WriteFlow::new(a, FlowPair::new(&up, &down), slot);
+        let mut w = WriteFlow::new(a, Some(FlowPair::new(&up, &down)), slot);
         let writer = async {
             w.write_all(b"0123456789").await.expect("write");
         };

@@ -717,7 +717,10 @@ async fn h1_download(limit: Option<u64>, total: u64) -> (ProxyProcess, Memory, D
     assert_eq!(resp.status(), 200);
     let v = slow_read_body(resp.into_body()).await;
     let elapsed = t.elapsed();
-    v.assert_intact("HTTP/1.1 download", total);
+    let what = "HTTP/1.1 download";
+    v.assert_intact(what, total);
+    // The slow client stops reading from the upstream.
+    assert_paused_and_resumed(what, &p, "cluster.svc.upstream_flow_control_").await;
     (p, mem, elapsed)
 }
 

@@ -21,7 +21,7 @@ use crate::http::filter::{self, Direction};
 use crate::http::filters::router::{self, Upstream};
 use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
-use crate::io::{Counted, FlowPair};
+use crate::io::{Counted, FlowPair, FlowSlot, WriteFlow};
 use crate::stats::{Counter, Gauge, Shard};
 use crate::stream_info::{ResponseFlag, StreamInfo};
 use crate::worker::{LocalExec, Worker};
@@ -173,6 +173,9 @@ struct Conn {
     worker: Rc<Worker>,
     remote: SocketAddr,
     local: SocketAddr,
+    /// HTTP/1.1: the cluster whose response is being written, whose reading pauses while
+    /// writing to the client waits (`upstream_flow_control_{paused,resumed}_reading_total`).
+    response_flow: FlowSlot,
     /// Whether the connection is TLS (`x-forwarded-proto: https`).
     secure: bool,
     /// The codec this connection turned out to speak, once its first request arrived.
@@ -202,7 +205,9 @@ pub async fn serve(
         stats.downstream_cx_ssl_total.inc();
         stats.downstream_cx_ssl_active.inc();
     }
+    let response_flow = FlowSlot::default();
     let conn = Rc::new(Conn {
+        response_flow: response_flow.clone(),
         hcm: hcm.clone(),
         worker: worker.clone(),
         remote,
@@ -240,10 +245,14 @@ pub async fn serve(
         CodecType::Http1 => builder.http1_only(),
         CodecType::Http2 => builder.http2_only(),
     };
-    let io = TokioIo::new(Counted::new(
-        stream,
-        stats.downstream_cx_rx_bytes_total.clone(),
-        stats.downstream_cx_tx_bytes_total.clone(),
+    let io = TokioIo::new(WriteFlow::new(
+        Counted::new(
+            stream,
+            stats.downstream_cx_rx_bytes_total.clone(),
+            stats.downstream_cx_tx_bytes_total.clone(),
+        ),
+        None,
+        response_flow,
     ));
     let served = builder.serve_connection(io, service);
     tokio::pin!(served);
@@ -371,6 +380,8 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         stats.downstream_rq_http2_total.inc();
     } else {
         stats.downstream_rq_http1_total.inc();
+        // Until this request's upstream is known, no cluster's reading waits on the client.
+        conn.response_flow.borrow_mut().take();
     }
     if conn.codec.replace(Some(codec)).is_none() {
         match codec {
@@ -478,6 +489,15 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     .await
     {
         Ok((resp, upstream, deadline)) => {
+            // An HTTP/1.1 connection writes one response at a time; HTTP/2 streams wait for
+            // window inside the codec, unseen here.
+            if codec == Codec::Http1 {
+                let c = &upstream.cluster().stats;
+                *conn.response_flow.borrow_mut() = Some(FlowPair::new(
+                    &c.upstream_flow_control_paused_reading_total,
+                    &c.upstream_flow_control_resumed_reading_total,
+                ));
+            }
             done.upstream = Some(upstream);
             let (mut head, body) = resp.into_parts();
             if let Some(chain) = &chain {

@@ -315,10 +315,10 @@ async fn http1_on(
     let flow = FlowSlot::default();
     let stream = WriteFlow::new(
         stream,
-        FlowPair::new(
+        Some(FlowPair::new(
             &cluster.stats.upstream_flow_control_backed_up_total,
             &cluster.stats.upstream_flow_control_drained_total,
-        ),
+        )),
         flow.clone(),
     );
     let (sender, conn) = http1::Builder::new()

@@ -40,6 +40,11 @@ enum Conn {
 }
 
 impl Upstream {
+    /// The cluster the request went to.
+    pub fn cluster(&self) -> &Rc<Cluster> {
+        &self.cluster
+    }
+
     fn start(cluster: Rc<Cluster>, host: Rc<Host>, request: Rc<RequestProgress>) -> Self {
         cluster.stats.upstream_rq_total.inc();
         cluster.stats.upstream_rq_active.inc();
