@@ -16,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod diff;
 pub mod fixture;
+pub mod flow;
 pub mod netns;
 pub mod ports;
 pub mod proxy;

@@ -4,260 +4,39 @@
 //! one side instead of buffering what the other side cannot take yet.
 //!
 //! The slow side is a token bucket at [`RATE`]; the fast side writes as fast as the proxy reads.
-//! The RSS bound is skiff's own (Envoy's figures are printed for comparison).
+//! The RSS bound is skiff's own (Envoy's figures are printed for comparison). The pauses must
+//! show in Envoy's flow-control stats, on skiff and on Envoy (`SKIFF_TESTS_PROXY=envoy`), except
+//! for responses held back by an HTTP/2 client (`tests/DIFFERENCES.md`).
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::sync::OnceLock;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use skiff_tests::config::{
     bootstrap, cluster, h2_cluster, hcm, listener, tcp_proxy, to_yaml, vhost,
 };
-use skiff_tests::proxy::{start_under_test, Kind, ProxyProcess};
+use skiff_tests::flow::{
+    data_at, Memory, Pace, PatternBody, Rechunk, Verifier, CHUNK, GIB, KIB, MIB,
+};
+use skiff_tests::proxy::{start_under_test, ProxyProcess};
 use skiff_tests::{free_port, run_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const KIB: u64 = 1024;
-const MIB: u64 = 1024 * KIB;
-const GIB: u64 = 1024 * MIB;
 /// What the slow side reads per second.
 const RATE: u64 = 200 * MIB;
 /// How much one transfer moves.
 const TOTAL: u64 = GIB;
-/// The data repeats with a prime period, so a lost, duplicated or reordered chunk never lines up
-/// with the expected bytes again.
-const PERIOD: usize = 1_048_573;
-/// Size of the writes of the fast side.
-const CHUNK: usize = 64 * 1024;
 /// Time limit of one transfer (a debug build of skiff moves well over 200 MB/s on loopback).
 const LIMIT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
-// Data, verification, pacing, memory.
-
-/// Two periods of pseudo-random bytes, so any window of up to one period is one slice.
-fn pattern() -> &'static Bytes {
-    static P: OnceLock<Bytes> = OnceLock::new();
-    P.get_or_init(|| {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut v = Vec::with_capacity(2 * PERIOD);
-        while v.len() < PERIOD {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            v.extend_from_slice(&x.to_le_bytes());
-        }
-        v.truncate(PERIOD);
-        v.extend_from_within(..PERIOD);
-        Bytes::from(v)
-    })
-}
-
-/// The bytes at stream offset `offset`, `len` (at most one period) long.
-fn data_at(offset: u64, len: usize) -> Bytes {
-    let start = (offset % PERIOD as u64) as usize;
-    pattern().slice(start..start + len)
-}
-
-/// Checks a received stream against the generator: byte count, first wrong byte, and an
-/// order-sensitive checksum over every byte.
-#[derive(Debug, Default)]
-struct Verifier {
-    received: u64,
-    first_bad: Option<u64>,
-    checksum: u64,
-}
-
-impl Verifier {
-    fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let start = (self.received % PERIOD as u64) as usize;
-            let n = data.len().min(PERIOD);
-            let expected = &pattern()[start..start + n];
-            if self.first_bad.is_none() && data[..n] != *expected {
-                let i = data.iter().zip(expected).position(|(a, b)| a != b);
-                self.first_bad = Some(self.received + i.unwrap_or(0) as u64);
-            }
-            self.checksum = checksum_step(self.checksum, &data[..n]);
-            self.received += n as u64;
-            data = &data[n..];
-        }
-    }
-
-    /// Panics unless exactly `total` correct bytes arrived.
-    fn assert_intact(&self, what: &str, total: u64) {
-        assert_eq!(
-            self.first_bad, None,
-            "{what}: wrong byte at offset {:?}",
-            self.first_bad
-        );
-        assert_eq!(self.received, total, "{what}: byte count");
-        assert_eq!(self.checksum, expected_checksum(total), "{what}: checksum");
-    }
-}
-
-/// A cheap order-sensitive checksum (Fletcher-style over 8-byte words plus the tail).
-fn checksum_step(mut sum: u64, data: &[u8]) -> u64 {
-    let mut words = data.chunks_exact(8);
-    for w in &mut words {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(w);
-        sum = sum.rotate_left(7) ^ u64::from_le_bytes(a);
-    }
-    for b in words.remainder() {
-        sum = sum.rotate_left(3) ^ u64::from(*b);
-    }
-    sum
-}
-
-/// The checksum of the first `total` bytes as the receivers compute it: they see the data in
-/// pieces that are cut differently, so the sender's side is recomputed with the same cuts as
-/// [`Verifier::feed`] would make for whole periods. Pieces of other sizes change the value, so
-/// receivers feed a re-chunker first (see [`Rechunk`]).
-fn expected_checksum(total: u64) -> u64 {
-    static CACHE: OnceLock<std::sync::Mutex<BTreeMap<u64, u64>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(v) = cache.lock().expect("checksum cache").get(&total) {
-        return *v;
-    }
-    let mut v = Verifier::default();
-    let mut sent = 0;
-    while sent < total {
-        let n = (total - sent).min(CHUNK as u64) as usize;
-        v.feed(&data_at(sent, n));
-        sent += n as u64;
-    }
-    cache
-        .lock()
-        .expect("checksum cache")
-        .insert(total, v.checksum);
-    v.checksum
-}
-
-/// Feeds a [`Verifier`] in pieces of exactly [`CHUNK`] bytes (the last may be shorter), so the
-/// checksum does not depend on how the transport cut the stream.
-#[derive(Debug, Default)]
-struct Rechunk {
-    pending: Vec<u8>,
-    v: Verifier,
-}
-
-impl Rechunk {
-    fn feed(&mut self, mut data: &[u8]) {
-        if !self.pending.is_empty() {
-            let take = (CHUNK - self.pending.len()).min(data.len());
-            self.pending.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.pending.len() == CHUNK {
-                self.v.feed(&self.pending);
-                self.pending.clear();
-            }
-        }
-        while data.len() >= CHUNK {
-            self.v.feed(&data[..CHUNK]);
-            data = &data[CHUNK..];
-        }
-        self.pending.extend_from_slice(data);
-    }
-
-    fn finish(mut self) -> Verifier {
-        if !self.pending.is_empty() {
-            let p = std::mem::take(&mut self.pending);
-            self.v.feed(&p);
-        }
-        self.v
-    }
-}
-
-/// A token bucket: `wait(n)` returns once `n` bytes in total may have been read at [`RATE`].
-struct Pace {
-    start: Instant,
-    rate: u64,
-}
-
-impl Pace {
-    fn new(rate: u64) -> Self {
-        Pace {
-            start: Instant::now(),
-            rate,
-        }
-    }
-
-    async fn wait(&self, bytes: u64) {
-        let due = self.start + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
-        if due > Instant::now() {
-            tokio::time::sleep_until(due.into()).await;
-        }
-    }
-}
-
-/// A field of `/proc/<pid>/status` in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|l| {
-            l.trim_start_matches(':')
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
-/// The proxy's peak RSS before and after a transfer.
-struct Memory {
-    kind: Kind,
-    pid: u32,
-    baseline_kib: u64,
-}
-
-impl Memory {
-    fn start(p: &ProxyProcess) -> Memory {
-        let pid = p.pid();
-        Memory {
-            kind: p.kind,
-            pid,
-            baseline_kib: status_kib(pid, "VmHWM"),
-        }
-    }
-
-    /// Prints the peak RSS and, for skiff, asserts it grew by less than `allowed` bytes.
-    fn check(&self, what: &str, total: u64, allowed: u64, elapsed: Duration) {
-        let peak = status_kib(self.pid, "VmHWM");
-        let growth = peak.saturating_sub(self.baseline_kib);
-        eprintln!(
-            "{what} [{}]: VmHWM baseline {:.1} MiB, peak {:.1} MiB, growth {:.1} MiB \
-             (skiff bound {:.1} MiB); {total} bytes in {:.2} s",
-            self.kind.name(),
-            self.baseline_kib as f64 / 1024.0,
-            peak as f64 / 1024.0,
-            growth as f64 / 1024.0,
-            allowed as f64 / MIB as f64,
-            elapsed.as_secs_f64(),
-        );
-        if self.kind == Kind::Skiff {
-            assert!(
-                growth * KIB < allowed,
-                "{what}: skiff's peak RSS grew by {growth} KiB while moving {total} bytes \
-                 (allowed {} KiB): a slow side made the proxy buffer",
-                allowed / KIB
-            );
-        }
-    }
-}
+// What the proxy reports.
 
 /// Prints every flow-control stat the proxy reports.
 async fn print_flow_stats(what: &str, p: &ProxyProcess) {
@@ -412,38 +191,6 @@ async fn slow_read_to_eof(s: &mut TcpStream) -> Verifier {
 
 // ---------------------------------------------------------------------------------------------
 // HTTP ends (hyper for HTTP/1.1, h2 for HTTP/2).
-
-/// A request or response body of `total` generated bytes, produced only as it is polled.
-struct PatternBody {
-    sent: u64,
-    total: u64,
-}
-
-impl Body for PatternBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.sent >= self.total {
-            return Poll::Ready(None);
-        }
-        let n = (self.total - self.sent).min(CHUNK as u64) as usize;
-        let data = data_at(self.sent, n);
-        self.sent += n as u64;
-        Poll::Ready(Some(Ok(Frame::data(data))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.sent >= self.total
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.total - self.sent)
-    }
-}
 
 /// Reads an HTTP/1.1 body slowly and verifies it.
 async fn slow_read_body(mut body: Incoming) -> Verifier {

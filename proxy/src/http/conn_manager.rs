@@ -221,8 +221,8 @@ pub async fn serve(
         async move { Ok::<_, Infallible>(handle(conn, req).await) }
     });
     // per_connection_buffer_limit_bytes bounds what one connection or stream may hold: the
-    // HTTP/1.1 read buffer and the HTTP/2 stream window are sized from it, so a slow upstream
-    // stops the client instead of growing memory here.
+    // HTTP/2 stream window is sized from it and the HTTP/1.1 read buffer is a fixed 64 KiB, so a
+    // slow upstream stops the client instead of growing memory here.
     let (stream_window, conn_window) = model::Http2Options::default().windows(buffer_limit);
     let mut builder = auto::Builder::new(LocalExec);
     // Headers must fit the HTTP/1.1 read buffer: 64 KiB gives Envoy's 60 KiB header limit (431
