@@ -519,7 +519,9 @@ fn measure(
     };
     let result = (|| {
         let warm = wrk(pod, row, 1, url)?;
-        if warm.requests == 0 || warm.errors > 0 {
+        // A connect that loses a race with a connection still closing on loopback fails now
+        // and then at this churn (about 1 in 10,000, for either proxy): counted, not fatal.
+        if warm.requests == 0 || warm.errors * 1000 > warm.requests {
             bail!(
                 "warm-up: {} requests, {} errors",
                 warm.requests,
@@ -575,8 +577,8 @@ fn measure(
 /// The sidecar table (medians), with skiff ÷ Envoy per capture mechanism.
 pub fn table(r: &Results) -> String {
     let mut t = String::from(
-        "| row | capture | proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req | proxy peak RSS MiB | skiff/Envoy req/s | p99 | CPU/req |\n\
-         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| row | capture | proxy | req/s | p50 ms | p99 ms | errors per 100k | proxy CPU µs/req | proxy peak RSS MiB | skiff/Envoy req/s | p99 | CPU/req |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for &row in &r.rows {
         for capture in Capture::ALL {
@@ -605,12 +607,13 @@ pub fn table(r: &Results) -> String {
                     (_, f) => format!("{} ({f} failed)", fmt(c.rps, 0)),
                 };
                 t.push_str(&format!(
-                    "| {} | {} | {} | {rps} | {} | {} | {} | {} | {ratios} |\n",
+                    "| {} | {} | {} | {rps} | {} | {} | {} | {} | {} | {ratios} |\n",
                     row.title(),
                     capture.name(),
                     peer.map_or("—", Peer::name),
                     fmt(c.p50, 2),
                     fmt(c.p99, 2),
+                    fmt(c.errors_per_100k, 1),
                     fmt(c.cpu, 1),
                     fmt(c.rss, 1),
                 ));
@@ -653,6 +656,8 @@ struct Cell {
     p99: Option<f64>,
     cpu: Option<f64>,
     rss: Option<f64>,
+    /// Failed requests (non-2xx or socket errors) per 100,000, over all samples.
+    errors_per_100k: Option<f64>,
 }
 
 fn cell(r: &Results, row: Row, capture: Capture, peer: Option<Peer>) -> Cell {
@@ -673,6 +678,12 @@ fn cell(r: &Results, row: Row, capture: Capture, peer: Option<Peer>) -> Cell {
         p99: m(&|s| Some(s.load.p99_ms)),
         cpu: m(&|s| s.cpu_us_per_req),
         rss: m(&|s| s.rss_kib.map(|k| k as f64 / 1024.0)),
+        errors_per_100k: {
+            let (e, n) = ok.iter().fold((0u64, 0u64), |(e, n), s| {
+                (e + s.load.errors, n + s.load.requests)
+            });
+            (n > 0).then(|| e as f64 * 100_000.0 / n as f64)
+        },
     }
 }
 
