@@ -600,6 +600,8 @@ pub struct UpstreamTransport {
     pub settings: crate::tls::UpstreamTls,
     /// The rustls configuration, rebuilt when its certificate files change.
     pub config: crate::tls::reload::Watched<rustls::ClientConfig>,
+    /// `sni`, parsed once.
+    pub server_name: Option<rustls_pki_types::ServerName<'static>>,
 }
 
 /// A string match as Envoy's `StringMatcher`.

@@ -1,5 +1,6 @@
 //! Envoy's `ssl.*` statistics of a listener or a cluster.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use rustls::{CertificateError, CommonState, ProtocolVersion};
@@ -25,6 +26,16 @@ pub struct TlsStats {
     pub fail_verify_san: Counter,
     /// `ssl.session_reused`: handshakes that resumed a session.
     pub session_reused: Counter,
+    /// `ssl.versions.*` and `ssl.ciphers.*`, made on first use and kept: a handshake costs no
+    /// name formatting or registry lookup once its version and cipher were seen.
+    seen: RefCell<Vec<(Seen, Counter)>>,
+}
+
+/// What a lazily made counter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Version(ProtocolVersion),
+    Cipher(rustls::CipherSuite),
 }
 
 impl TlsStats {
@@ -40,6 +51,7 @@ impl TlsStats {
             fail_verify_error: c("fail_verify_error"),
             fail_verify_san: c("fail_verify_san"),
             session_reused: c("session_reused"),
+            seen: RefCell::new(Vec::new()),
             prefix,
             shard,
         }
@@ -51,16 +63,11 @@ impl TlsStats {
         if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
             self.session_reused.inc();
         }
-        if let Some(v) = conn.protocol_version().and_then(version_name) {
-            self.shard
-                .counter(&format!("{}versions.{v}", self.prefix))
-                .inc();
+        if let Some(v) = conn.protocol_version() {
+            self.count(Seen::Version(v));
         }
         if let Some(cs) = conn.negotiated_cipher_suite() {
-            let name = cipher_name(cs.suite());
-            self.shard
-                .counter(&format!("{}ciphers.{name}", self.prefix))
-                .inc();
+            self.count(Seen::Cipher(cs.suite()));
         }
         if conn.peer_certificates().is_none_or(|c| c.is_empty()) {
             self.no_certificate.inc();
@@ -81,6 +88,26 @@ impl TlsStats {
             Some(rustls::Error::InvalidCertificate(_)) => self.fail_verify_error.inc(),
             _ => self.connection_error.inc(),
         }
+    }
+}
+
+impl TlsStats {
+    fn count(&self, what: Seen) {
+        let mut seen = self.seen.borrow_mut();
+        if let Some((_, c)) = seen.iter().find(|(w, _)| *w == what) {
+            c.inc();
+            return;
+        }
+        let name = match what {
+            Seen::Version(v) => match version_name(v) {
+                Some(n) => format!("{}versions.{n}", self.prefix),
+                None => return,
+            },
+            Seen::Cipher(c) => format!("{}ciphers.{}", self.prefix, cipher_name(c)),
+        };
+        let c = self.shard.counter(&name);
+        c.inc();
+        seen.push((what, c));
     }
 }
 

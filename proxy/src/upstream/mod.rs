@@ -195,7 +195,7 @@ pub struct Host {
     /// host's connections announce; its pools serve that downstream connection only.
     pub downstream: Option<(SocketAddr, SocketAddr)>,
     /// With `auto_sni`: the SNI this host's connections send; its pools serve that name only.
-    pub sni: Option<Box<str>>,
+    pub sni: Option<rustls_pki_types::ServerName<'static>>,
     /// `auto_config`: whether the last handshake chose HTTP/2 (unknown before the first).
     pub negotiated_h2: Cell<Option<bool>>,
 }
@@ -272,19 +272,23 @@ impl Cluster {
         host
     }
 
-    /// The host to use for a stream of the downstream connection from `remote` to `local`,
-    /// asking for server name `sni`: `host` itself, or, with upstream PROXY protocol or
-    /// `auto_sni`, its copy for that connection and name (same address and counters, pools of
-    /// its own).
+    /// The host to use for a stream of the downstream connection from `remote` to `local`
+    /// for a request to `authority` (none for tcp_proxy): `host` itself, or, with upstream
+    /// PROXY protocol or `auto_sni`, its copy for that connection and server name (same address
+    /// and counters, pools of its own). Only an `auto_sni` cluster looks at the authority.
     pub fn variant(
         &self,
         host: Rc<Host>,
         (remote, local): (SocketAddr, SocketAddr),
-        sni: Option<&str>,
+        authority: Option<&str>,
     ) -> Rc<Host> {
         let cfg = self.config();
         let downstream = cfg.proxy_protocol.is_some().then_some((remote, local));
-        let sni = sni.filter(|_| cfg.auto_sni && cfg.tls.is_some());
+        let sni = if cfg.auto_sni && cfg.tls.is_some() {
+            authority.and_then(authority_host)
+        } else {
+            None
+        };
         if downstream.is_none() && sni.is_none() {
             return host;
         }
@@ -303,7 +307,11 @@ impl Cluster {
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),
             downstream,
-            sni: key.2.clone(),
+            // Checked to be a DNS name by `authority_host`.
+            sni: key
+                .2
+                .as_deref()
+                .and_then(|n| rustls_pki_types::ServerName::try_from(n.to_string()).ok()),
             negotiated_h2: Cell::new(None),
         });
         hosts.insert(key, copy.clone());
@@ -391,5 +399,42 @@ impl ClusterManager {
                 h.h2.clear();
             }
         }
+    }
+}
+
+/// The host part of an authority (without its port), when it is a name that can be an SNI
+/// (an address is not).
+fn authority_host(authority: &str) -> Option<&str> {
+    if authority.starts_with('[') {
+        return None; // an IPv6 literal
+    }
+    let host = authority.rsplit_once(':').map_or(authority, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            authority
+        }
+    });
+    if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    rustls_pki_types::DnsName::try_from(host).ok().map(|_| host)
+}
+
+#[cfg(test)]
+mod authority_tests {
+    use super::authority_host;
+
+    #[test]
+    fn the_sni_of_an_authority_is_its_name_without_port() {
+        assert_eq!(authority_host("api.example.com"), Some("api.example.com"));
+        assert_eq!(
+            authority_host("api.example.com:8443"),
+            Some("api.example.com")
+        );
+        assert_eq!(authority_host("10.0.0.1:80"), None);
+        assert_eq!(authority_host("[fd00::1]:443"), None);
+        assert_eq!(authority_host(""), None);
+        assert_eq!(authority_host("bad name"), None);
     }
 }

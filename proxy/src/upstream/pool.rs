@@ -133,18 +133,13 @@ async fn tls_handshake(
     let Some(tls) = &cluster.config().tls else {
         return Ok(Stream::Tcp(tcp));
     };
-    let sni = host
+    // Names were parsed once, at translation or when the auto_sni host was made; rustls
+    // sends no SNI for an address.
+    let name = host
         .sni
-        .as_deref()
-        .map(str::to_string)
-        .or_else(|| tls.settings.sni.clone());
-    let name = match sni {
-        // Checked at translation.
-        Some(sni) => rustls_pki_types::ServerName::try_from(sni)
-            .map_err(|e| ConnectError::Tls(e.to_string()))?,
-        // rustls sends no SNI for an address.
-        None => rustls_pki_types::ServerName::IpAddress(host.address.ip().into()),
-    };
+        .clone()
+        .or_else(|| tls.server_name.clone())
+        .unwrap_or_else(|| rustls_pki_types::ServerName::IpAddress(host.address.ip().into()));
     let connector = tokio_rustls::TlsConnector::from(tls.config.get());
     match connector.connect(name, tcp).await {
         Ok(s) => {

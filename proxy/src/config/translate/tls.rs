@@ -168,14 +168,17 @@ fn upstream(
         ));
     }
     let sni = (!ctx.sni.is_empty()).then(|| ctx.sni.clone());
-    if let Some(s) = &sni {
-        if rustls_pki_types::ServerName::try_from(s.as_str()).is_err() {
-            return Err(ConfigError::new(
-                format!("{path}.sni"),
-                format!("'{s}' is not a valid server name"),
-            ));
-        }
-    }
+    let server_name = sni
+        .as_ref()
+        .map(|s| {
+            rustls_pki_types::ServerName::try_from(s.clone()).map_err(|_| {
+                ConfigError::new(
+                    format!("{path}.sni"),
+                    format!("'{s}' is not a valid server name"),
+                )
+            })
+        })
+        .transpose()?;
     // auto_config negotiates the protocol: offer both unless the context names its own.
     let alpn = if auto_alpn && alpn.is_empty() {
         vec!["h2".to_string(), "http/1.1".to_string()]
@@ -199,7 +202,11 @@ fn upstream(
         context::client_config(&build_settings)
     })
     .map_err(|e| ConfigError::new(&cpath, e.to_string()))?;
-    Ok(Some(Arc::new(UpstreamTransport { settings, config })))
+    Ok(Some(Arc::new(UpstreamTransport {
+        settings,
+        config,
+        server_name,
+    })))
 }
 
 /// The files a configuration is built from, to follow for reloads.

@@ -154,9 +154,11 @@ pub async fn route(
         cluster.stats.upstream_cx_none_healthy.inc();
         return Err(LocalReply::NO_HEALTHY_UPSTREAM);
     };
-    // auto_sni: the request's host (without its port; an address is no server name).
-    let sni = authority_host(&host_header);
-    let host = cluster.variant(host, (downstream_remote, downstream_local), sni);
+    let host = cluster.variant(
+        host,
+        (downstream_remote, downstream_local),
+        Some(&host_header),
+    );
     if let Some(info) = info {
         info.upstream_host = Some(host.address);
         info.attempts = 1;
@@ -423,40 +425,4 @@ async fn send_http2(
         }
     }
     Err(LocalReply::CONNECTION_TERMINATION)
-}
-
-/// The host part of an authority, when it is a name (not an address) that can be an SNI.
-fn authority_host(authority: &str) -> Option<&str> {
-    if authority.starts_with('[') {
-        return None; // an IPv6 literal
-    }
-    let host = authority.rsplit_once(':').map_or(authority, |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            authority
-        }
-    });
-    if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
-        return None;
-    }
-    rustls_pki_types::DnsName::try_from(host).ok().map(|_| host)
-}
-
-#[cfg(test)]
-mod authority_tests {
-    use super::authority_host;
-
-    #[test]
-    fn the_sni_of_an_authority_is_its_name_without_port() {
-        assert_eq!(authority_host("api.example.com"), Some("api.example.com"));
-        assert_eq!(
-            authority_host("api.example.com:8443"),
-            Some("api.example.com")
-        );
-        assert_eq!(authority_host("10.0.0.1:80"), None);
-        assert_eq!(authority_host("[fd00::1]:443"), None);
-        assert_eq!(authority_host(""), None);
-        assert_eq!(authority_host("bad name"), None);
-    }
 }
