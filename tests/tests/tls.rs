@@ -202,9 +202,14 @@ fn uri_san(exact: &str) -> Value {
 
 /// A proxy with one HTTP listener routing everything to cluster `svc`, which has `tls`.
 async fn start(up_port: u16, tls: Value) -> (ProxyProcess, u16) {
-    let (admin, port) = (free_port(), free_port());
     let mut c = cluster("svc", &[up_port]);
     c["transport_socket"] = tls;
+    start_cluster(c).await
+}
+
+/// A proxy with one HTTP listener routing everything to the cluster `c` (named `svc`).
+async fn start_cluster(c: Value) -> (ProxyProcess, u16) {
+    let (admin, port) = (free_port(), free_port());
     let v = bootstrap(
         admin,
         vec![listener(
@@ -216,6 +221,29 @@ async fn start(up_port: u16, tls: Value) -> (ProxyProcess, u16) {
         vec![c],
     );
     (start_under_test(&to_yaml(&v), &[]).await, port)
+}
+
+/// `typed_extension_protocol_options` with an `HttpProtocolOptions` made of `fields`.
+fn http_protocol_options(fields: Value) -> Value {
+    let mut o = json!({
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    });
+    if let (Some(o), Some(f)) = (o.as_object_mut(), fields.as_object()) {
+        o.extend(f.clone());
+    }
+    json!({ "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": o })
+}
+
+/// `curl` (below) on a blocking thread.
+async fn curl_async(
+    host: &'static str,
+    port: u16,
+    ca: PathBuf,
+    client: Option<(PathBuf, PathBuf)>,
+) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || curl(host, port, &ca, client.as_ref()))
+        .await
+        .expect("curl thread")
 }
 
 /// One request through the proxy: its status and the upstream's JSON account of the connection.
@@ -484,15 +512,12 @@ async fn downstream_tls_picks_the_certificate_by_sni_and_negotiates_h2() {
         let ca = pki.ca();
         // curl checks the certificate against the name it asked for: each succeeds only with
         // the certificate chosen for its SNI.
-        let (pa, pb) = (
-            tokio::task::spawn_blocking({
-                let ca = ca.clone();
-                move || curl("a.test", port, &ca, None)
-            }),
-            tokio::task::spawn_blocking(move || curl("x.b.test", port, &ca, None)),
+        let (pa, pb) = tokio::join!(
+            curl_async("a.test", port, ca.clone(), None),
+            curl_async("x.b.test", port, ca, None),
         );
-        assert_eq!(pa.await.expect("curl a"), Ok("200 2".to_string()));
-        assert_eq!(pb.await.expect("curl b"), Ok("200 2".to_string()));
+        assert_eq!(pa, Ok("200 2".to_string()));
+        assert_eq!(pb, Ok("200 2".to_string()));
         let reqs = up.rec.wait_requests(2, Duration::from_secs(5)).await;
         assert!(
             reqs.iter()
@@ -529,20 +554,12 @@ async fn downstream_mtls_requires_a_trusted_client_certificate_with_a_matching_s
         let tls = downstream_tls(&[&server], Some((&pki.ca(), vec![uri_san(CLIENT_SAN)])));
         let (p, port) = start_terminating(up.port(), tls).await;
         let ca = pki.ca();
-        let run_curl = |client: Option<(PathBuf, PathBuf)>| {
-            let ca = ca.clone();
-            tokio::task::spawn_blocking(move || curl("svc.test", port, &ca, client.as_ref()))
-        };
-        assert_eq!(
-            run_curl(Some(good)).await.expect("curl"),
-            Ok("200 2".to_string())
-        );
+        let run_curl =
+            |client: Option<(PathBuf, PathBuf)>| curl_async("svc.test", port, ca.clone(), client);
+        assert_eq!(run_curl(Some(good)).await, Ok("200 2".to_string()));
+        assert!(run_curl(None).await.is_err(), "no client certificate");
         assert!(
-            run_curl(None).await.expect("curl").is_err(),
-            "no client certificate"
-        );
-        assert!(
-            run_curl(Some(wrong)).await.expect("curl").is_err(),
+            run_curl(Some(wrong)).await.is_err(),
             "a SAN that does not match"
         );
         let admin = p.admin();
@@ -579,27 +596,13 @@ async fn auto_sni_sends_the_request_host_and_auto_san_validation_checks_it() {
         let pki = Pki::new("tls-autosni");
         let server = pki.leaf("upstream", &["*.svc.test"]);
         let up = Upstream::start(&pki, &server, false);
-        let (admin, port) = (free_port(), free_port());
         let mut c = cluster("svc", &[up.port]);
         c["transport_socket"] = upstream_tls(None, None, Some((&pki.ca(), vec![])));
-        c["typed_extension_protocol_options"] = json!({
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": { "http_protocol_options": {} },
-                "upstream_http_protocol_options": { "auto_sni": true, "auto_san_validation": true }
-            }
-        });
-        let v = bootstrap(
-            admin,
-            vec![listener(
-                "http",
-                "127.0.0.1",
-                port,
-                hcm("in", vec![vhost("all", &["*"], vec![route("/", "svc")])]),
-            )],
-            vec![c],
-        );
-        let p = start_under_test(&to_yaml(&v), &[]).await;
+        c["typed_extension_protocol_options"] = http_protocol_options(json!({
+            "explicit_http_config": { "http_protocol_options": {} },
+            "upstream_http_protocol_options": { "auto_sni": true, "auto_san_validation": true }
+        }));
+        let (p, port) = start_cluster(c).await;
         let addr = format!("127.0.0.1:{port}");
         for host in ["a.svc.test", "b.svc.test:8080"] {
             let r = http1_once(&addr, get("/", host)).await.expect("request");
@@ -610,10 +613,15 @@ async fn auto_sni_sends_the_request_host_and_auto_san_validation_checks_it() {
         let r = http1_once(&addr, get("/", "other.test"))
             .await
             .expect("request");
-        assert_eq!(r.status, 503, "a certificate not valid for the name is refused");
+        assert_eq!(
+            r.status, 503,
+            "a certificate not valid for the name is refused"
+        );
         let admin = p.admin();
         admin
-            .wait_stat("cluster.svc.ssl.handshake", Duration::from_secs(5), |v| v == 2)
+            .wait_stat("cluster.svc.ssl.handshake", Duration::from_secs(5), |v| {
+                v == 2
+            })
             .await;
         assert_eq!(admin.counter("cluster.svc.ssl.fail_verify_san").await, 1);
         assert_eq!(admin.counter("cluster.svc.ssl.fail_verify_error").await, 0);
@@ -634,48 +642,55 @@ async fn auto_config_speaks_what_alpn_chose() {
             tls["typed_config"]["common_tls_context"]["alpn_protocols"] = json!(offered);
             let (back, back_port) = start_terminating(echo.port(), tls).await;
 
-            let (admin, port) = (free_port(), free_port());
             let mut c = cluster("svc", &[back_port]);
-            c["transport_socket"] = upstream_tls(Some("upstream.test"), None, Some((&pki.ca(), vec![])));
+            c["transport_socket"] =
+                upstream_tls(Some("upstream.test"), None, Some((&pki.ca(), vec![])));
             // No ALPN configured: auto_config offers h2 and http/1.1 itself.
             c["transport_socket"]["typed_config"]["common_tls_context"]
                 .as_object_mut()
                 .expect("context")
                 .remove("alpn_protocols");
-            c["typed_extension_protocol_options"] = json!({
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "auto_config": {}
-                }
-            });
-            let v = bootstrap(
-                admin,
-                vec![listener(
-                    "http",
-                    "127.0.0.1",
-                    port,
-                    hcm("in", vec![vhost("all", &["*"], vec![route("/", "svc")])]),
-                )],
-                vec![c],
-            );
-            let front = start_under_test(&to_yaml(&v), &[]).await;
+            c["typed_extension_protocol_options"] =
+                http_protocol_options(json!({ "auto_config": {} }));
+            let (front, port) = start_cluster(c).await;
             let addr = format!("127.0.0.1:{port}");
             for _ in 0..3 {
-                let r = http1_once(&addr, get("/", "svc.test")).await.expect("request");
+                let r = http1_once(&addr, get("/", "svc.test"))
+                    .await
+                    .expect("request");
                 assert_eq!(r.status, 200, "{offered:?}: {}", r.text());
             }
             let (h2, h1) = (
-                front.admin().counter("cluster.svc.upstream_cx_http2_total").await,
-                front.admin().counter("cluster.svc.upstream_cx_http1_total").await,
+                front
+                    .admin()
+                    .counter("cluster.svc.upstream_cx_http2_total")
+                    .await,
+                front
+                    .admin()
+                    .counter("cluster.svc.upstream_cx_http1_total")
+                    .await,
             );
             if want_h2 {
                 // One HTTP/2 connection per worker that took a request, at most.
-                assert!(h2 >= 1 && h1 == 0, "{offered:?}: HTTP/2 only, got {h2} and {h1}");
-                assert_eq!(back.admin().counter("http.in.downstream_cx_http2_total").await, h2);
+                assert!(
+                    h2 >= 1 && h1 == 0,
+                    "{offered:?}: HTTP/2 only, got {h2} and {h1}"
+                );
+                assert_eq!(
+                    back.admin()
+                        .counter("http.in.downstream_cx_http2_total")
+                        .await,
+                    h2
+                );
             } else {
                 assert_eq!(h2, 0, "{offered:?}: HTTP/1.1 only");
                 assert!(h1 >= 1);
-                assert_eq!(back.admin().counter("http.in.downstream_cx_http2_total").await, 0);
+                assert_eq!(
+                    back.admin()
+                        .counter("http.in.downstream_cx_http2_total")
+                        .await,
+                    0
+                );
             }
         }
     })
@@ -686,15 +701,14 @@ async fn auto_config_speaks_what_alpn_chose() {
 async fn auto_config_without_tls_is_refused() {
     run(async {
         let mut c = cluster("svc", &[free_port()]);
-        c["typed_extension_protocol_options"] = json!({
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "auto_config": {}
-            }
-        });
+        c["typed_extension_protocol_options"] = http_protocol_options(json!({ "auto_config": {} }));
         let v = bootstrap(free_port(), vec![], vec![c]);
         let cfg = skiff_tests::proxy::write_config("tls-autoconfig-plain", &to_yaml(&v));
-        let out = run_cli(Kind::under_test(), &["--mode", "validate", "-c", cfg.path()]).await;
+        let out = run_cli(
+            Kind::under_test(),
+            &["--mode", "validate", "-c", cfg.path()],
+        )
+        .await;
         assert_ne!(out.code, Some(0), "{}", out.output());
         assert!(
             out.output()
@@ -721,9 +735,7 @@ async fn downstream_tls_params_choose_the_version_and_cipher() {
         });
         let (p, port) = start_terminating(up.port(), tls).await;
         let ca = pki.ca();
-        let got = tokio::task::spawn_blocking(move || curl("svc.test", port, &ca, None))
-            .await
-            .expect("curl");
+        let got = curl_async("svc.test", port, ca, None).await;
         assert_eq!(got, Ok("200 2".to_string()));
         let admin = p.admin();
         let scope = format!("listener.127.0.0.1_{port}.ssl");
@@ -795,20 +807,12 @@ print(ask(), flush=True)
         assert_eq!(line.trim(), "HTTP/1.1 200 OK");
 
         let ca = pki.ca();
-        let before = {
-            let ca = ca.clone();
-            tokio::task::spawn_blocking(move || curl("new.test", port, &ca, None))
-                .await
-                .expect("curl")
-        };
+        let before = curl_async("new.test", port, ca.clone(), None).await;
         assert!(before.is_err(), "the old certificate does not cover new.test");
         pki.leaf("server", &["new.test"]);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let ca = ca.clone();
-            let now = tokio::task::spawn_blocking(move || curl("new.test", port, &ca, None))
-                .await
-                .expect("curl");
+            let now = curl_async("new.test", port, ca.clone(), None).await;
             if now.is_ok() {
                 break;
             }
