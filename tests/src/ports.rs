@@ -1,4 +1,5 @@
-//! Port allocation: ask the kernel for a free port and never hand the same one out twice in a run.
+//! Port allocation: free ports outside the kernel's ephemeral range, never the same one twice
+//! in a run.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
@@ -11,8 +12,37 @@ fn remember(port: u16) -> bool {
     guard.get_or_insert_with(HashSet::new).insert(port)
 }
 
-/// A port that is free on 127.0.0.1 (bind 127.0.0.1:0, read the port, close).
+/// The kernel's ephemeral port range (`ip_local_port_range`), where outgoing connections take
+/// their source ports.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// A port that is free on 127.0.0.1, taken from just below the ephemeral range: a port the
+/// kernel handed out for `:0` could be taken as the source port of some connection before the
+/// proxy under test binds it, which with many connections per test happened now and then.
+/// Each test process starts at its own offset, and checks that the port binds.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, _) = ephemeral_range();
+    let base = u32::from(low.saturating_sub(12_000).max(1024));
+    let span = u32::from(low).saturating_sub(base).max(1);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span.min(4000) {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = (base + offset) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() && remember(port) {
+            return port;
+        }
+    }
+    // No room below the ephemeral range: let the kernel choose.
     for _ in 0..100 {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
         let port = listener.local_addr().expect("local_addr").port();
