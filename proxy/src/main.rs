@@ -10,6 +10,9 @@ fn main() -> ExitCode {
     if opts.decode_config_to_stdout {
         return decode_for_parent(&opts);
     }
+    if let Some(path) = &opts.decode_discovery_to_stdout {
+        return decode_discovery_for_parent(path);
+    }
     if let Some(skiff::cli::Command::Iptables(args)) = &opts.command {
         return match skiff_iptables::run(args) {
             Ok(out) => {
@@ -97,6 +100,28 @@ fn decode_for_parent(opts: &skiff::cli::Options) -> ExitCode {
                 path: e.path,
                 message: e.message,
             };
+            let _ = std::io::stdout()
+                .lock()
+                .write_all(&serde_json::to_vec(&err).unwrap_or_default());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The child side of `config::discovery::decode_file_isolated`.
+fn decode_discovery_for_parent(path: &std::path::Path) -> ExitCode {
+    use skiff::config::discovery;
+    use std::io::Write;
+    let mut out = Vec::new();
+    match discovery::decode_for_parent(path, &mut out) {
+        Ok(()) => {
+            if std::io::stdout().lock().write_all(&out).is_err() {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let err = discovery::ChildFileError::from(e);
             let _ = std::io::stdout()
                 .lock()
                 .write_all(&serde_json::to_vec(&err).unwrap_or_default());

@@ -10,7 +10,25 @@ use super::{proto, ConfigError};
 const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.config.bootstrap.v3.Bootstrap",
-        &["node", "admin", "static_resources"],
+        &["node", "admin", "static_resources", "dynamic_resources"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
+        &["lds_config", "cds_config"],
+    ),
+    // Only files so far; gRPC and REST sources are refused by name.
+    (
+        "envoy.config.core.v3.ConfigSource",
+        &[
+            "path",
+            "path_config_source",
+            "initial_fetch_timeout",
+            "resource_api_version",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.PathConfigSource",
+        &["path", "watched_directory"],
     ),
     // Node identity is reported by /server_info; none of it changes behaviour.
     (
@@ -54,6 +72,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "bind_to_port",
             // Informational for a sidecar; it selects nothing here.
             "traffic_direction",
+            "drain_type",
             "enable_reuse_port",
             "listener_filters_timeout",
             "continue_on_listener_filters_timeout",
@@ -145,6 +164,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "codec_type",
             "stat_prefix",
             "route_config",
+            "rds",
             "http_filters",
             "access_log",
             "server_name",
@@ -229,7 +249,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "upstream_bind_config",
             "original_dst_lb_config",
             "transport_socket",
+            "eds_cluster_config",
         ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.EdsClusterConfig",
+        &["eds_config", "service_name"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.Rds",
+        &["config_source", "route_config_name"],
     ),
     (
         "envoy.config.core.v3.TransportSocket",
@@ -361,6 +390,11 @@ fn supported_fields(message: &str) -> &'static [&'static str] {
 /// Refuses the first set field that skiff does not honour.
 pub fn check(msg: &DynamicMessage) -> Result<(), ConfigError> {
     walk(msg, "")
+}
+
+/// [`check`] for a message found at `path` (a resource of a discovery response).
+pub fn check_at(msg: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
+    walk(msg, path)
 }
 
 fn join(path: &str, field: &str) -> String {

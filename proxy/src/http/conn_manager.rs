@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 
 use crate::config::model::{self, CodecType, ServerHeader};
+use crate::drain::ConnectionDrain;
 use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
 use crate::http::filter::{self, Direction};
 use crate::http::filters::router::{self, Upstream};
@@ -171,6 +172,8 @@ pub struct HttpConnectionManager {
 struct Conn {
     hcm: Rc<HttpConnectionManager>,
     worker: Rc<Worker>,
+    /// The listener's drain: `connection: close` and GOAWAY once it asks for it.
+    drain: ConnectionDrain,
     remote: SocketAddr,
     local: SocketAddr,
     /// HTTP/1.1: the cluster whose response is being written, whose reading pauses while
@@ -195,6 +198,7 @@ pub async fn serve(
     local: SocketAddr,
     hcm: Rc<HttpConnectionManager>,
     worker: Rc<Worker>,
+    drain: ConnectionDrain,
     buffer_limit: usize,
 ) {
     let stats = &hcm.stats;
@@ -210,6 +214,7 @@ pub async fn serve(
         response_flow: response_flow.clone(),
         hcm: hcm.clone(),
         worker: worker.clone(),
+        drain: drain.clone(),
         remote,
         local,
         secure,
@@ -256,10 +261,10 @@ pub async fn serve(
     ));
     let served = builder.serve_connection(io, service);
     tokio::pin!(served);
-    let mut drain = worker.drain_signal();
+    let mut drain = drain;
     let result = tokio::select! {
         r = served.as_mut() => r,
-        _ = drain.wait() => {
+        _ = drain.close_requested() => {
             stats.downstream_cx_drain_close.inc();
             served.as_mut().graceful_shutdown();
             served.await
@@ -591,7 +596,7 @@ fn finish_response(
     if let Some(id) = request_id {
         head.headers.insert(names::X_REQUEST_ID.clone(), id);
     }
-    if conn.worker.closing_connections() && conn.codec.get() != Some(Codec::Http2) {
+    if conn.drain.drain_close() && conn.codec.get() != Some(Codec::Http2) {
         head.headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         conn.hcm.stats.downstream_cx_drain_close.inc();

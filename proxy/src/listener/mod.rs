@@ -12,6 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::model::{self, NetworkFilter};
+use crate::drain::{ConnectionDrain, Drain};
 use crate::http::conn_manager::{self, HcmStats, HttpConnectionManager};
 use crate::io::Stream;
 use crate::network::filters::tcp_proxy::{self, TcpProxyStats};
@@ -70,13 +71,6 @@ enum Terminal {
     Tcp(Arc<model::TcpProxy>, Rc<TcpProxyStats>),
 }
 
-/// A listener on one worker: the socket (none for `bind_to_port: false`), owned by the accept
-/// loop, and what its connections share.
-pub struct Listener {
-    socket: Option<TcpListener>,
-    shared: Rc<Shared>,
-}
-
 /// The listeners of one worker by address, for `use_original_dst` hand-offs.
 #[derive(Default)]
 pub struct HandOff {
@@ -84,6 +78,11 @@ pub struct HandOff {
 }
 
 impl HandOff {
+    /// Replaces the listeners (after a configuration update).
+    pub fn set(&self, listeners: Vec<Rc<Shared>>) {
+        *self.listeners.borrow_mut() = listeners;
+    }
+
     /// The listener a connection restored to `dest` belongs to: the one on exactly that
     /// address, else the one on the wildcard address of its family and port.
     fn find(&self, dest: SocketAddr) -> Option<Rc<Shared>> {
@@ -103,9 +102,31 @@ impl HandOff {
     }
 }
 
-/// What a listener's connections share. It does not hold the socket, so the socket closes as soon
-/// as the accept loop ends, while connections still run.
-struct Shared {
+impl std::fmt::Debug for HandOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandOff")
+            .field("listeners", &self.listeners.borrow().len())
+            .finish()
+    }
+}
+
+/// Whether a listener updated from `old` to `new` can keep `old`'s listen sockets: same
+/// address and the same socket-level settings.
+pub fn same_socket(old: &model::Listener, new: &model::Listener) -> bool {
+    new.bind_to_port
+        && old.bind_to_port
+        && old.address == new.address
+        && old.transparent == new.transparent
+        && old.freebind == new.freebind
+}
+
+/// A listener on one worker: what its connections share, and its drain. It does not hold the
+/// socket, so the socket closes as soon as no accept loop uses it, while connections still run.
+pub struct Shared {
+    /// This listener's drain: started when it is replaced or removed, by `/drain_listeners`
+    /// and at shutdown.
+    pub drain: Drain,
+    health_failed: Arc<std::sync::atomic::AtomicBool>,
     worker: Rc<Worker>,
     config: Arc<model::Listener>,
     stats: ListenerStats,
@@ -184,16 +205,15 @@ fn chain(
     })
 }
 
-impl Listener {
-    /// Prepares a listener on this worker from a socket bound by the main thread (none for a
-    /// listener that only takes hand-offs), and registers it for hand-offs.
+impl Shared {
+    /// Prepares a listener on this worker. Its sockets, if any, are served by
+    /// [`accept_loop`]s; hand-offs reach it once the worker lists it in its [`HandOff`].
     pub fn new(
         worker: Rc<Worker>,
         config: Arc<model::Listener>,
-        socket: Option<std::net::TcpListener>,
         handoff: Rc<HandOff>,
-    ) -> std::io::Result<Self> {
-        let socket = socket.map(TcpListener::from_std).transpose()?;
+        health_failed: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Rc<Self> {
         let scope = format!("listener.{}.", config.stat_prefix);
         let shard = &worker.shard;
         let stats = ListenerStats {
@@ -221,56 +241,69 @@ impl Listener {
             .chain(default_chain.iter())
             .any(|c| c.tls.is_some())
             .then(|| TlsStats::new(shard.clone(), &scope));
-        Ok(Listener {
-            socket,
-            shared: {
-                let shared = Rc::new(Shared {
-                    worker,
-                    config,
-                    stats,
-                    filters,
-                    chains,
-                    default_chain,
-                    tls_stats,
-                    handoff: handoff.clone(),
-                });
-                handoff.listeners.borrow_mut().push(shared.clone());
-                shared
-            },
+        Rc::new(Shared {
+            drain: Drain::new(),
+            health_failed,
+            worker,
+            config,
+            stats,
+            filters,
+            chains,
+            default_chain,
+            tls_stats,
+            handoff,
         })
     }
 
-    /// Accepts until draining starts, then closes the socket.
-    pub async fn run(self) {
-        let Listener { socket, shared } = self;
-        let Some(socket) = socket else {
-            return; // bind_to_port: false — reached only through hand-offs
+    /// What this listener's connections watch to learn of its drain.
+    fn connection_drain(&self) -> ConnectionDrain {
+        ConnectionDrain::new(
+            self.drain.watch(),
+            self.config.drain_type,
+            self.health_failed.clone(),
+        )
+    }
+}
+
+/// Accepts on `socket` for `listener` until the listener drains without accepting (replaced,
+/// removed or drained); a replacing listener's loop then goes on with the same socket.
+pub async fn accept_loop(listener: Rc<Shared>, socket: Rc<TcpListener>) {
+    let mut stop = listener.drain.watch();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.started_where(|d| !d.accepting) => break,
+            r = socket.accept() => r,
         };
-        let mut drain = shared.worker.drain_signal();
-        loop {
-            let accepted = tokio::select! {
-                r = socket.accept() => r,
-                _ = drain.wait() => break,
-            };
-            match accepted {
-                Ok((stream, remote)) => {
-                    let shared = shared.clone();
-                    tokio::task::spawn_local(async move { shared.handle(stream, remote).await });
-                }
-                Err(e) => {
-                    // Out of descriptors or a transient error: back off briefly, keep listening.
-                    tracing::warn!(listener = %shared.config.name, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
+        match accepted {
+            Ok((stream, remote)) => {
+                let listener = listener.clone();
+                tokio::task::spawn_local(async move { listener.handle(stream, remote).await });
+            }
+            Err(e) => {
+                // Out of descriptors or a transient error: back off briefly, keep listening.
+                tracing::warn!(listener = %listener.config.name, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
-        tracing::debug!(listener = %shared.config.name, worker = shared.worker.id, "stopped accepting");
     }
+    tracing::debug!(listener = %listener.config.name, worker = listener.worker.id, "stopped accepting");
 }
 
 impl Shared {
     async fn handle(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
         let _conn = self.worker.track_connection();
+        // Whatever is still open when the listener's drain deadline passes is closed.
+        let mut deadline = self.connection_drain();
+        tokio::select! {
+            _ = self.clone().run_connection(stream, remote) => {}
+            _ = deadline.deadline() => {
+                tracing::debug!(listener = %self.config.name, %remote, "drain deadline: closing");
+            }
+        }
+    }
+
+    async fn run_connection(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(self.config.address);
         let mut sock = Accepted::new(stream, remote, local);
@@ -367,6 +400,7 @@ impl Shared {
                     local,
                     hcm.clone(),
                     self.worker.clone(),
+                    self.connection_drain(),
                     self.config.buffer_limit,
                 )
                 .await

@@ -26,6 +26,50 @@ use super::model::*;
 use super::proto::{type_name, unpack};
 use super::ConfigError;
 
+/// Translation of single resources, as they come from dynamic sources.
+pub mod resource {
+    use std::collections::HashSet;
+
+    use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+    use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+    use envoy_types::pb::envoy::config::listener::v3 as listener;
+    use envoy_types::pb::envoy::config::route::v3 as route;
+
+    use super::super::model::{Cluster, Host, Listener};
+    use super::super::ConfigError;
+    use crate::router::RouteTable;
+
+    /// A listener; inline routes must name clusters in `clusters`.
+    pub fn listener(
+        l: &listener::Listener,
+        path: &str,
+        clusters: &HashSet<String>,
+    ) -> Result<Listener, ConfigError> {
+        super::translate_listener(l, path, clusters)
+    }
+
+    /// A cluster.
+    pub fn cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, ConfigError> {
+        super::clusters::translate_cluster(c, path)
+    }
+
+    /// A route configuration from RDS (its clusters are not checked, as Envoy's default).
+    pub fn route_configuration(
+        rc: &route::RouteConfiguration,
+        path: &str,
+    ) -> Result<RouteTable, ConfigError> {
+        super::http_manager::translate_routes(rc, path, None)
+    }
+
+    /// The hosts of a `ClusterLoadAssignment` from EDS.
+    pub fn endpoints(
+        cla: &endpoint::ClusterLoadAssignment,
+        path: &str,
+    ) -> Result<Vec<Host>, ConfigError> {
+        super::clusters::load_assignment_hosts(cla, path)
+    }
+}
+
 pub(super) const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
 const HCM_TYPE: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -56,6 +100,21 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
     };
     let empty = bootstrap::bootstrap::StaticResources::default();
     let res = b.static_resources.as_ref().unwrap_or(&empty);
+    let dynamic = match &b.dynamic_resources {
+        Some(d) => DynamicResources {
+            lds: d
+                .lds_config
+                .as_ref()
+                .map(|c| config_source(c, "dynamic_resources.lds_config"))
+                .transpose()?,
+            cds: d
+                .cds_config
+                .as_ref()
+                .map(|c| config_source(c, "dynamic_resources.cds_config"))
+                .transpose()?,
+        },
+        None => DynamicResources::default(),
+    };
 
     let mut clusters = Vec::new();
     let mut cluster_names = HashSet::new();
@@ -96,6 +155,69 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         admin,
         listeners,
         clusters,
+        dynamic,
+    })
+}
+
+/// A `ConfigSource`: only files so far (`path_config_source`, or the legacy `path`).
+pub(super) fn config_source(
+    c: &core::ConfigSource,
+    path: &str,
+) -> Result<ConfigSource, ConfigError> {
+    use core::config_source::ConfigSourceSpecifier as Spec;
+    // AUTO means V3 in Envoy 1.40.
+    if c.resource_api_version != core::ApiVersion::V3 as i32
+        && c.resource_api_version != core::ApiVersion::Auto as i32
+    {
+        return Err(ConfigError::new(
+            format!("{path}.resource_api_version"),
+            "only V3 resources are supported",
+        ));
+    }
+    #[allow(deprecated)]
+    let (file, watched_directory) = match &c.config_source_specifier {
+        Some(Spec::Path(p)) => (p.clone(), None),
+        Some(Spec::PathConfigSource(p)) => (
+            p.path.clone(),
+            p.watched_directory.as_ref().map(|w| w.path.clone()),
+        ),
+        Some(Spec::ApiConfigSource(_)) => {
+            return Err(ConfigError::unsupported(format!(
+                "{path}.api_config_source"
+            )))
+        }
+        Some(Spec::Ads(_)) => return Err(ConfigError::unsupported(format!("{path}.ads"))),
+        Some(Spec::Self_(_)) => return Err(ConfigError::unsupported(format!("{path}.self"))),
+        None => {
+            return Err(ConfigError::new(
+                path,
+                "a config source is required (path_config_source)",
+            ))
+        }
+    };
+    if file.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.path_config_source.path"),
+            "required",
+        ));
+    }
+    if watched_directory.as_deref() == Some("") {
+        return Err(ConfigError::new(
+            format!("{path}.path_config_source.watched_directory.path"),
+            "required",
+        ));
+    }
+    let initial_fetch_timeout = match &c.initial_fetch_timeout {
+        Some(d) => {
+            let d = duration(d, &format!("{path}.initial_fetch_timeout"))?;
+            (!d.is_zero()).then_some(d)
+        }
+        None => Some(Duration::from_secs(15)),
+    };
+    Ok(ConfigSource {
+        path: file.into(),
+        watched_directory: watched_directory.map(Into::into),
+        initial_fetch_timeout,
     })
 }
 
@@ -261,6 +383,17 @@ fn translate_listener(
         original_src,
         transparent: l.transparent.as_ref().is_some_and(|v| v.value),
         freebind: l.freebind.as_ref().is_some_and(|v| v.value),
+        drain_type: match listener::listener::DrainType::try_from(l.drain_type) {
+            Ok(listener::listener::DrainType::Default) => DrainType::Default,
+            Ok(listener::listener::DrainType::ModifyOnly) => DrainType::ModifyOnly,
+            Err(_) => {
+                return Err(ConfigError::new(
+                    format!("{path}.drain_type"),
+                    format!("{} is not a drain type", l.drain_type),
+                ))
+            }
+        },
+        inbound: l.traffic_direction == core::TrafficDirection::Inbound as i32,
         buffer_limit: l
             .per_connection_buffer_limit_bytes
             .as_ref()

@@ -1,0 +1,398 @@
+//! Configuration that changes while the proxy runs, from files (Envoy's filesystem
+//! subscriptions): LDS, CDS, RDS and EDS files replaced by rename, side by side with Envoy 1.40.
+//! After each step both proxies must answer the same probes the same way and count the same
+//! update stats.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use skiff_tests::proxy::{Kind, ProxyProcess};
+use skiff_tests::upstream::EchoUpstream;
+use skiff_tests::{free_port, run_for, scratch_dir};
+
+/// Writes `content` to `dir/name` the way Envoy expects an update: elsewhere first, then moved
+/// into place.
+fn put(dir: &Path, name: &str, content: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, content).expect("write");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename");
+}
+
+/// One proxy with its own directory of resource files and ports.
+struct FsSide {
+    proxy: ProxyProcess,
+    dir: PathBuf,
+    port: u16,
+    port2: u16,
+}
+
+struct Ups {
+    a: EchoUpstream,
+    b: EchoUpstream,
+}
+
+fn bootstrap(dir: &Path, admin: u16) -> String {
+    format!(
+        r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+node: {{id: fs, cluster: fs}}
+dynamic_resources:
+  lds_config: {{path_config_source: {{path: {d}/lds.yaml}}, resource_api_version: V3}}
+  cds_config: {{path_config_source: {{path: {d}/cds.yaml}}, resource_api_version: V3}}
+"#,
+        d = dir.display()
+    )
+}
+
+fn cds(version: &str, dir: &Path, ups: &Ups, with_c: bool) -> String {
+    let c = if with_c {
+        format!(
+            r#"
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: c
+  type: STATIC
+  load_assignment:
+    cluster_name: c
+    endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]"#,
+            ups.b.addr.port()
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"version_info: "{version}"
+resources:
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: a
+  type: STATIC
+  connect_timeout: 1s
+  load_assignment:
+    cluster_name: a
+    endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {a}}}}}}}}}]}}]
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: b
+  type: EDS
+  connect_timeout: 1s
+  eds_cluster_config:
+    service_name: b
+    eds_config: {{path_config_source: {{path: {d}/eds_b.yaml}}, resource_api_version: V3}}{c}
+"#,
+        a = ups.a.addr.port(),
+        d = dir.display(),
+    )
+}
+
+fn eds(version: &str, port: u16) -> String {
+    format!(
+        r#"version_info: "{version}"
+resources:
+- "@type": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+  cluster_name: b
+  endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
+"#
+    )
+}
+
+fn lds(version: &str, side_dir: &Path, port: u16, second: Option<u16>, prefix: &str) -> String {
+    let hcm = |p: &str| {
+        format!(
+            r#"{{name: envoy.filters.network.http_connection_manager, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: {p}, rds: {{route_config_name: r1, config_source: {{path_config_source: {{path: {d}/rds.yaml}}, resource_api_version: V3}}}}, http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]}}}}"#,
+            d = side_dir.display()
+        )
+    };
+    let second = match second {
+        Some(p2) => format!(
+            r#"
+- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: second
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {p2}}}}}
+  filter_chains: [{{filters: [{{name: envoy.filters.network.tcp_proxy, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: tcp2, cluster: a}}}}]}}]"#
+        ),
+        None => String::new(),
+    };
+    format!(
+        r#"version_info: "{version}"
+resources:
+- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: main
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+  filter_chains: [{{filters: [{h}]}}]{second}
+"#,
+        h = hcm(prefix)
+    )
+}
+
+fn rds(version: &str, routes: &[(&str, &str)], other_vhost: bool) -> String {
+    let routes: Vec<String> = routes
+        .iter()
+        .map(|(p, c)| format!("{{match: {{prefix: \"{p}\"}}, route: {{cluster: {c}}}}}"))
+        .collect();
+    let other = if other_vhost {
+        "\n  - {name: other, domains: [other.example.com], routes: [{match: {prefix: /}, route: {cluster: b}}]}"
+    } else {
+        ""
+    };
+    format!(
+        r#"version_info: "{version}"
+resources:
+- "@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+  name: r1
+  virtual_hosts:
+  - {{name: main, domains: ["*"], routes: [{}]}}{other}
+"#,
+        routes.join(", ")
+    )
+}
+
+impl FsSide {
+    async fn start(kind: Kind, ups: &Ups) -> FsSide {
+        let dir = scratch_dir(&format!("fsxds-{}", kind.name()));
+        let (port, port2, admin) = (free_port(), free_port(), free_port());
+        put(&dir, "cds.yaml", &cds("1", &dir, ups, false));
+        put(&dir, "eds_b.yaml", &eds("1", ups.b.addr.port()));
+        put(&dir, "lds.yaml", &lds("1", &dir, port, None, "ingress"));
+        put(
+            &dir,
+            "rds.yaml",
+            &rds("1", &[("/a", "a"), ("/b", "b")], false),
+        );
+        let proxy =
+            ProxyProcess::start(kind, &bootstrap(&dir, admin), &["--concurrency", "2"]).await;
+        FsSide {
+            proxy,
+            dir,
+            port,
+            port2,
+        }
+    }
+
+    /// Replaces a file and waits until the proxy has looked at it (`stat` counts an attempt).
+    async fn update(&self, name: &str, content: &str, stat: &str) {
+        let admin = self.proxy.admin();
+        let before = admin.stat(stat).await.unwrap_or(0);
+        put(&self.dir, name, content);
+        admin
+            .wait_stat(stat, Duration::from_secs(10), |v| v > before)
+            .await;
+    }
+
+    /// `status upstream` for a GET of `path` with `Host: host` on `port`.
+    async fn probe(&self, port: u16, host: &str, path: &str) -> String {
+        let addr = format!("127.0.0.1:{port}");
+        let req = skiff_tests::client::get(path, host);
+        match skiff_tests::client::http1_once(&addr, req).await {
+            Ok(r) => format!("{} {}", r.status, r.header("x-upstream").unwrap_or("-")),
+            Err(e) if e.contains("refused") => "refused".to_string(),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    async fn probes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for path in ["/a", "/b", "/c"] {
+            out.push(self.probe(self.port, "x.example.com", path).await);
+        }
+        out.push(self.probe(self.port, "other.example.com", "/a").await);
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port2)).await;
+        out.push(
+            if tcp.is_ok() {
+                "second: open"
+            } else {
+                "second: refused"
+            }
+            .into(),
+        );
+        out
+    }
+
+    async fn stats(&self, names: &[&str]) -> Vec<String> {
+        let all = self.proxy.admin().stats().await;
+        names
+            .iter()
+            .map(|n| format!("{n}={}", all.get(*n).map_or("-", |v| v.as_str())))
+            .collect()
+    }
+}
+
+const UPDATE_STATS: &[&str] = &[
+    "listener_manager.lds.update_success",
+    "listener_manager.lds.update_rejected",
+    "cluster_manager.cds.update_success",
+    "cluster_manager.cds.update_rejected",
+    "http.ingress.rds.r1.update_success",
+    "http.ingress.rds.r1.update_rejected",
+    "http.ingress.rds.r1.update_failure",
+    "cluster.b.update_success",
+    "listener_manager.listener_added",
+    "listener_manager.listener_modified",
+    "listener_manager.listener_removed",
+    "listener_manager.total_listeners_active",
+    "cluster_manager.cluster_added",
+    "cluster_manager.cluster_removed",
+    "cluster_manager.active_clusters",
+];
+
+/// Runs the same step on both sides and compares what the probes and update stats show.
+async fn step(sides: &[FsSide; 2], what: &str, want: &[&str]) {
+    let mut seen = Vec::new();
+    for s in sides {
+        seen.push((s.probes().await, s.stats(UPDATE_STATS).await));
+    }
+    let (envoy, skiff) = (&seen[0], &seen[1]);
+    assert_eq!(
+        skiff, envoy,
+        "after '{what}': skiff (left) and Envoy (right) differ"
+    );
+    assert_eq!(envoy.0, want, "after '{what}': unexpected probe results");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_updates_add_and_remove_routes_clusters_endpoints_and_listeners_as_envoy_does() {
+    run_for(Duration::from_secs(120), async {
+        let ups = Ups {
+            a: EchoUpstream::start("A").await,
+            b: EchoUpstream::start("B").await,
+        };
+        let sides = [
+            FsSide::start(Kind::Envoy, &ups).await,
+            FsSide::start(Kind::Skiff, &ups).await,
+        ];
+        step(
+            &sides,
+            "start",
+            &["200 A", "200 B", "404 -", "200 A", "second: refused"],
+        )
+        .await;
+
+        for s in &sides {
+            let r = rds("2", &[("/a", "a"), ("/b", "b"), ("/c", "a")], false);
+            s.update("rds.yaml", &r, "http.ingress.rds.r1.update_attempt")
+                .await;
+        }
+        step(
+            &sides,
+            "route added",
+            &["200 A", "200 B", "200 A", "200 A", "second: refused"],
+        )
+        .await;
+
+        for s in &sides {
+            let r = rds("3", &[("/a", "a"), ("/b", "b"), ("/c", "a")], true);
+            s.update("rds.yaml", &r, "http.ingress.rds.r1.update_attempt")
+                .await;
+        }
+        step(
+            &sides,
+            "virtual host added",
+            &["200 A", "200 B", "200 A", "200 B", "second: refused"],
+        )
+        .await;
+
+        for s in &sides {
+            s.update(
+                "eds_b.yaml",
+                &eds("2", ups.a.addr.port()),
+                "cluster.b.update_attempt",
+            )
+            .await;
+        }
+        step(
+            &sides,
+            "endpoint moved",
+            &["200 A", "200 A", "200 A", "200 A", "second: refused"],
+        )
+        .await;
+
+        for s in &sides {
+            s.update(
+                "cds.yaml",
+                &cds("2", &s.dir, &ups, true),
+                "cluster_manager.cds.update_attempt",
+            )
+            .await;
+            let r = rds("4", &[("/a", "a"), ("/b", "b"), ("/c", "c")], true);
+            s.update("rds.yaml", &r, "http.ingress.rds.r1.update_attempt")
+                .await;
+        }
+        step(
+            &sides,
+            "cluster added",
+            &["200 A", "200 A", "200 B", "200 A", "second: refused"],
+        )
+        .await;
+
+        for s in &sides {
+            s.update(
+                "cds.yaml",
+                &cds("3", &s.dir, &ups, false),
+                "cluster_manager.cds.update_attempt",
+            )
+            .await;
+        }
+        step(
+            &sides,
+            "cluster removed",
+            &["200 A", "200 A", "503 -", "200 A", "second: refused"],
+        )
+        .await;
+
+        // Bad updates change nothing: an invalid port, a route table that is not YAML.
+        for s in &sides {
+            let bad = cds("4", &s.dir, &ups, true).replace(
+                &format!("port_value: {}", ups.b.addr.port()),
+                "port_value: 99999",
+            );
+            s.update("cds.yaml", &bad, "cluster_manager.cds.update_attempt")
+                .await;
+            s.update(
+                "rds.yaml",
+                "version_info: [nope",
+                "http.ingress.rds.r1.update_attempt",
+            )
+            .await;
+        }
+        step(
+            &sides,
+            "bad updates",
+            &["200 A", "200 A", "503 -", "200 A", "second: refused"],
+        )
+        .await;
+
+        for s in &sides {
+            let l = lds("2", &s.dir, s.port, Some(s.port2), "ingress");
+            s.update("lds.yaml", &l, "listener_manager.lds.update_attempt")
+                .await;
+        }
+        step(
+            &sides,
+            "listener added",
+            &["200 A", "200 A", "503 -", "200 A", "second: open"],
+        )
+        .await;
+
+        for s in &sides {
+            let l = lds("3", &s.dir, s.port, None, "ingress");
+            s.update("lds.yaml", &l, "listener_manager.lds.update_attempt")
+                .await;
+        }
+        // A removed listener stops accepting; Envoy closes its socket at once.
+        for s in &sides {
+            let admin = s.proxy.admin();
+            admin
+                .wait_stat(
+                    "listener_manager.total_listeners_active",
+                    Duration::from_secs(5),
+                    |v| v == 1,
+                )
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        step(
+            &sides,
+            "listener removed",
+            &["200 A", "200 A", "503 -", "200 A", "second: refused"],
+        )
+        .await;
+    })
+    .await;
+}
