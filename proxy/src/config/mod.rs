@@ -130,6 +130,23 @@ fn decode(
     Ok((dynamic, bootstrap))
 }
 
+/// Every field of a bootstrap that skiff does not honour, and what decoding or translating it
+/// refuses otherwise (loading stops at the first; reports want them all).
+pub fn refusals(text: &str) -> Vec<ConfigError> {
+    let dynamic = match proto::message(proto::BOOTSTRAP).and_then(|d| proto::decode_text(text, d)) {
+        Ok(d) => d,
+        Err(e) => return vec![e],
+    };
+    let all = supported::unsupported(&dynamic);
+    if !all.is_empty() {
+        return all;
+    }
+    match proto::to_typed(&dynamic).and_then(|b| translate(&b)) {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![e],
+    }
+}
+
 /// Loads a bootstrap from text, as a file would be read (used by tests and the embedded default).
 pub fn load_text(text: &str) -> Result<Loaded, ConfigError> {
     let desc = proto::message(proto::BOOTSTRAP)?;

@@ -389,13 +389,26 @@ fn supported_fields(message: &str) -> &'static [&'static str] {
 
 /// Refuses the first set field that skiff does not honour.
 pub fn check(msg: &DynamicMessage) -> Result<(), ConfigError> {
-    walk(msg, "")
+    walk(msg, "", &mut Err)
 }
 
 /// [`check`] for a message found at `path` (a resource of a discovery response).
 pub fn check_at(msg: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
-    walk(msg, path)
+    walk(msg, path, &mut Err)
 }
+
+/// Every set field that skiff does not honour (for reports; loading stops at the first).
+pub fn unsupported(msg: &DynamicMessage) -> Vec<ConfigError> {
+    let mut all = Vec::new();
+    let _ = walk(msg, "", &mut |e| {
+        all.push(e);
+        Ok(())
+    });
+    all
+}
+
+/// Where a refusal goes: returning it stops the walk, `Ok` goes on.
+type Sink<'a> = dyn FnMut(ConfigError) -> Result<(), ConfigError> + 'a;
 
 fn join(path: &str, field: &str) -> String {
     if path.is_empty() {
@@ -405,10 +418,10 @@ fn join(path: &str, field: &str) -> String {
     }
 }
 
-fn walk(msg: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
+fn walk(msg: &DynamicMessage, path: &str, sink: &mut Sink<'_>) -> Result<(), ConfigError> {
     let name = msg.descriptor().full_name().to_string();
     if name == "google.protobuf.Any" {
-        return walk_any(msg, path);
+        return walk_any(msg, path, sink);
     }
     if name.starts_with("google.protobuf.") {
         return Ok(());
@@ -417,19 +430,20 @@ fn walk(msg: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
     for (field, value) in msg.fields() {
         let here = join(path, field.name());
         if !allowed.contains(&field.name()) {
-            return Err(ConfigError::unsupported(here));
+            sink(ConfigError::unsupported(here))?;
+            continue;
         }
-        walk_value(value, &here)?;
+        walk_value(value, &here, sink)?;
     }
     Ok(())
 }
 
-fn walk_value(value: &Value, path: &str) -> Result<(), ConfigError> {
+fn walk_value(value: &Value, path: &str, sink: &mut Sink<'_>) -> Result<(), ConfigError> {
     match value {
-        Value::Message(m) => walk(m, path),
+        Value::Message(m) => walk(m, path, sink),
         Value::List(items) => {
             for (i, item) in items.iter().enumerate() {
-                walk_value(item, &format!("{path}[{i}]"))?;
+                walk_value(item, &format!("{path}[{i}]"), sink)?;
             }
             Ok(())
         }
@@ -439,7 +453,7 @@ fn walk_value(value: &Value, path: &str) -> Result<(), ConfigError> {
                     MapKey::String(s) => format!("{path}[\"{s}\"]"),
                     other => format!("{path}[{other:?}]"),
                 };
-                walk_value(item, &key)?;
+                walk_value(item, &key, sink)?;
             }
             Ok(())
         }
@@ -447,15 +461,25 @@ fn walk_value(value: &Value, path: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn walk_any(msg: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
+fn walk_any(msg: &DynamicMessage, path: &str, sink: &mut Sink<'_>) -> Result<(), ConfigError> {
     let any: envoy_types::pb::google::protobuf::Any = proto::to_typed(msg)?;
     let type_name = proto::type_name(&any.type_url);
-    let desc = proto::pool()
-        .get_message_by_name(type_name)
-        .ok_or_else(|| ConfigError::new(path, format!("unknown @type '{}'", any.type_url)))?;
-    let inner = DynamicMessage::decode(desc, any.value.as_slice())
-        .map_err(|e| ConfigError::new(path, format!("cannot decode {type_name}: {e}")))?;
-    walk(&inner, path)
+    let Some(desc) = proto::pool().get_message_by_name(type_name) else {
+        return sink(ConfigError::new(
+            path,
+            format!("unknown @type '{}'", any.type_url),
+        ));
+    };
+    let inner = match DynamicMessage::decode(desc, any.value.as_slice()) {
+        Ok(m) => m,
+        Err(e) => {
+            return sink(ConfigError::new(
+                path,
+                format!("cannot decode {type_name}: {e}"),
+            ))
+        }
+    };
+    walk(&inner, path, sink)
 }
 
 #[cfg(test)]
