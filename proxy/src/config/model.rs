@@ -105,6 +105,9 @@ pub struct Listener {
     pub drain_type: DrainType,
     /// `traffic_direction` is `INBOUND` (`/drain_listeners?inboundonly` drains only these).
     pub inbound: bool,
+    /// `max_connections_to_accept_per_socket_event`: after this many accepts in a row the
+    /// accept loop lets the worker's connections run (none: accept all that are pending).
+    pub accept_batch: Option<u32>,
 }
 
 /// `drain_type`: which drains ask this listener's connections to close.

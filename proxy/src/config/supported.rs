@@ -73,10 +73,23 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             // Informational for a sidecar; it selects nothing here.
             "traffic_direction",
             "drain_type",
+            "max_connections_to_accept_per_socket_event",
+            // Read by filters and access logs skiff does not have; see docs/compatibility.md.
+            "metadata",
+            // skiff's workers each own an SO_REUSEPORT socket; see docs/compatibility.md.
+            "connection_balance_config",
             "enable_reuse_port",
             "listener_filters_timeout",
             "continue_on_listener_filters_timeout",
         ],
+    ),
+    (
+        "envoy.config.listener.v3.Listener.ConnectionBalanceConfig",
+        &["exact_balance"],
+    ),
+    (
+        "envoy.config.listener.v3.Listener.ConnectionBalanceConfig.ExactBalance",
+        &[],
     ),
     (
         "envoy.config.listener.v3.FilterChain",
@@ -423,7 +436,8 @@ fn walk(msg: &DynamicMessage, path: &str, sink: &mut Sink<'_>) -> Result<(), Con
     if name == "google.protobuf.Any" {
         return walk_any(msg, path, sink);
     }
-    if name.starts_with("google.protobuf.") {
+    // Well-known types and metadata (opaque data for filters, whatever it holds) are leaves.
+    if name.starts_with("google.protobuf.") || name == "envoy.config.core.v3.Metadata" {
         return Ok(());
     }
     let allowed = supported_fields(&name);

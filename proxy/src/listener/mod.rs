@@ -269,7 +269,16 @@ impl Shared {
 /// removed or drained); a replacing listener's loop then goes on with the same socket.
 pub async fn accept_loop(listener: Rc<Shared>, socket: Rc<TcpListener>) {
     let mut stop = listener.drain.watch();
+    let batch = listener.config.accept_batch.unwrap_or(u32::MAX);
+    let mut in_a_row = 0u32;
     loop {
+        // max_connections_to_accept_per_socket_event: let the accepted connections run before
+        // taking more from the kernel.
+        in_a_row += 1;
+        if in_a_row > batch {
+            in_a_row = 1;
+            tokio::task::yield_now().await;
+        }
         let accepted = tokio::select! {
             biased;
             _ = stop.started_where(|d| !d.accepting) => break,

@@ -394,6 +394,16 @@ fn translate_listener(
             }
         },
         inbound: l.traffic_direction == core::TrafficDirection::Inbound as i32,
+        accept_batch: match &l.max_connections_to_accept_per_socket_event {
+            Some(v) if v.value == 0 => {
+                return Err(ConfigError::new(
+                    format!("{path}.max_connections_to_accept_per_socket_event"),
+                    "value must be greater than 0",
+                ))
+            }
+            Some(v) => Some(v.value),
+            None => None,
+        },
         buffer_limit: l
             .per_connection_buffer_limit_bytes
             .as_ref()
