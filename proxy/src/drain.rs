@@ -24,15 +24,34 @@ pub enum DrainKind {
     Shutdown,
 }
 
+/// `--drain-strategy`: how connections are asked to close during a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DrainStrategy {
+    /// Envoy's default: the chance that a response closes its connection grows from 0 to 1
+    /// over the drain time, and each HTTP/2 connection gets its GOAWAY at a random moment in it.
+    #[default]
+    Gradual,
+    /// Every connection is asked to close at once.
+    Immediate,
+}
+
 /// A drain in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Draining {
     /// Why.
     pub kind: DrainKind,
-    /// When whatever is still open gets closed.
+    /// When it started.
+    pub started: Instant,
+    /// The end of the drain time: the gradual strategy has asked every connection by then,
+    /// and with `force_close` whatever is still open is closed.
     pub deadline: Instant,
     /// Whether new connections are still accepted meanwhile (`/drain_listeners?graceful`).
     pub accepting: bool,
+    /// Whether connections are asked to close (a plain `/drain_listeners` only stops
+    /// accepting).
+    pub asks_close: bool,
+    /// Whether connections still open at the deadline are closed.
+    pub force_close: bool,
 }
 
 /// Starts a drain; whoever owns the drained thing holds it.
@@ -63,8 +82,15 @@ impl Drain {
                     } else {
                         c.kind
                     },
-                    deadline: c.deadline.min(d.deadline),
+                    started: if c.asks_close { c.started } else { d.started },
+                    deadline: match (c.force_close, d.force_close) {
+                        (true, false) => c.deadline,
+                        (false, true) => d.deadline,
+                        _ => c.deadline.min(d.deadline),
+                    },
                     accepting: c.accepting && d.accepting,
+                    asks_close: c.asks_close || d.asks_close,
+                    force_close: c.force_close || d.force_close,
                 },
             };
             let changed = *cur != Some(next);
@@ -124,10 +150,10 @@ impl DrainWatch {
         }
     }
 
-    /// Resolves at the deadline of the drain, once one has started.
+    /// Resolves at the deadline of a drain that closes what is left, once one has started.
     pub async fn deadline(&mut self) {
         loop {
-            self.started().await;
+            self.started_where(|d| d.force_close).await;
             let Some(d) = self.state() else { continue };
             tokio::select! {
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(d.deadline)) => return,
@@ -147,38 +173,77 @@ impl DrainWatch {
 pub struct ConnectionDrain {
     watch: DrainWatch,
     drain_type: DrainType,
+    strategy: DrainStrategy,
     health_failed: Arc<AtomicBool>,
 }
 
 impl ConnectionDrain {
     /// The view of a listener's connections.
-    pub fn new(watch: DrainWatch, drain_type: DrainType, health_failed: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        watch: DrainWatch,
+        drain_type: DrainType,
+        strategy: DrainStrategy,
+        health_failed: Arc<AtomicBool>,
+    ) -> Self {
         ConnectionDrain {
             watch,
             drain_type,
+            strategy,
             health_failed,
         }
     }
 
+    /// Whether a drain under way asks now, by the strategy: a shutdown always does; gradually,
+    /// with a chance equal to the part of the drain time gone by (Envoy's `drainClose()`).
+    fn asks_now(&self, d: &Draining) -> bool {
+        if self.strategy == DrainStrategy::Immediate || d.kind == DrainKind::Shutdown {
+            return true;
+        }
+        let total = d.deadline.saturating_duration_since(d.started);
+        let now = tokio::time::Instant::now().into_std();
+        let elapsed = now.saturating_duration_since(d.started);
+        if total.is_zero() || elapsed >= total {
+            return true;
+        }
+        fastrand::f64() < elapsed.as_secs_f64() / total.as_secs_f64()
+    }
+
     fn applies(drain_type: DrainType, d: &Draining) -> bool {
-        drain_type == DrainType::Default || d.kind != DrainKind::Server
+        d.asks_close && (drain_type == DrainType::Default || d.kind != DrainKind::Server)
     }
 
     /// Whether responses should ask the client to close its connection now (Envoy's
     /// `drainClose()`).
     pub fn drain_close(&self) -> bool {
+        if self.drain_type == DrainType::Default && self.health_failed.load(Ordering::Relaxed) {
+            return true;
+        }
         match self.watch.state() {
-            Some(d) if Self::applies(self.drain_type, &d) => true,
-            _ => {
-                self.drain_type == DrainType::Default && self.health_failed.load(Ordering::Relaxed)
-            }
+            Some(d) if Self::applies(self.drain_type, &d) => self.asks_now(&d),
+            _ => false,
         }
     }
 
-    /// Resolves once a drain that asks this listener's connections to close has started.
+    /// Resolves once a drain that asks this listener's connections to close has started: at
+    /// once with the immediate strategy, else at a random moment within the drain time (so
+    /// HTTP/2 clients get their GOAWAYs spread out, as Envoy spreads its drain callbacks).
     pub async fn close_requested(&mut self) {
         let t = self.drain_type;
-        self.watch.started_where(move |d| Self::applies(t, d)).await
+        self.watch.started_where(move |d| Self::applies(t, d)).await;
+        let Some(d) = self.watch.state() else { return };
+        if self.strategy == DrainStrategy::Immediate || d.kind == DrainKind::Shutdown {
+            return;
+        }
+        let total = d.deadline.saturating_duration_since(d.started);
+        let at = d.started + total.mul_f64(fastrand::f64());
+        tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+    }
+
+    /// Whether the process is shutting down (then idle connections may be closed at once).
+    pub fn shutting_down(&self) -> bool {
+        self.watch
+            .state()
+            .is_some_and(|d| d.kind == DrainKind::Shutdown)
     }
 
     /// Resolves when the drain's deadline passes: the connection is then closed.
@@ -194,10 +259,14 @@ mod tests {
 
     fn draining(kind: DrainKind, after: Duration) -> Draining {
         // From tokio's clock, which the paused tests move.
+        let now = tokio::time::Instant::now().into_std();
         Draining {
             kind,
-            deadline: tokio::time::Instant::now().into_std() + after,
+            started: now,
+            deadline: now + after,
             accepting: false,
+            asks_close: true,
+            force_close: true,
         }
     }
 
@@ -207,6 +276,7 @@ mod tests {
         let mut c = ConnectionDrain::new(
             drain.watch(),
             DrainType::Default,
+            DrainStrategy::Immediate,
             Arc::new(AtomicBool::new(false)),
         );
         assert!(!c.drain_close());
@@ -250,9 +320,18 @@ mod tests {
     async fn modify_only_listeners_ignore_server_drains_and_health_checks() {
         let failed = Arc::new(AtomicBool::new(true));
         let drain = Drain::new();
-        let modify_only =
-            ConnectionDrain::new(drain.watch(), DrainType::ModifyOnly, failed.clone());
-        let default = ConnectionDrain::new(drain.watch(), DrainType::Default, failed.clone());
+        let modify_only = ConnectionDrain::new(
+            drain.watch(),
+            DrainType::ModifyOnly,
+            DrainStrategy::Immediate,
+            failed.clone(),
+        );
+        let default = ConnectionDrain::new(
+            drain.watch(),
+            DrainType::Default,
+            DrainStrategy::Immediate,
+            failed.clone(),
+        );
         assert!(default.drain_close(), "a failed health check closes");
         assert!(!modify_only.drain_close());
         failed.store(false, Ordering::Relaxed);
@@ -266,5 +345,80 @@ mod tests {
         drain.start(draining(DrainKind::Modify, Duration::from_secs(5)));
         waiter.await.expect("modify drains MODIFY_ONLY");
         assert!(modify_only.drain_close());
+    }
+}
+
+#[cfg(test)]
+mod gradual_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn gradually_the_chance_to_close_grows_with_the_drain_time() {
+        let drain = Drain::new();
+        let c = ConnectionDrain::new(
+            drain.watch(),
+            DrainType::Default,
+            DrainStrategy::Gradual,
+            Arc::new(AtomicBool::new(false)),
+        );
+        let now = tokio::time::Instant::now().into_std();
+        drain.start(Draining {
+            kind: DrainKind::Modify,
+            started: now,
+            deadline: now + Duration::from_secs(100),
+            accepting: false,
+            asks_close: true,
+            force_close: true,
+        });
+        let share = |c: &ConnectionDrain| (0..2000).filter(|_| c.drain_close()).count();
+        assert!(share(&c) < 20, "at the start almost none");
+        tokio::time::advance(Duration::from_secs(50)).await;
+        let half = share(&c);
+        assert!((800..1200).contains(&half), "half way: {half}");
+        tokio::time::advance(Duration::from_secs(50)).await;
+        assert_eq!(share(&c), 2000, "at the end all");
+        // The GOAWAY moment falls within the drain time.
+        let drain = Drain::new();
+        let mut c = ConnectionDrain::new(
+            drain.watch(),
+            DrainType::Default,
+            DrainStrategy::Gradual,
+            Arc::new(AtomicBool::new(false)),
+        );
+        let t0 = tokio::time::Instant::now();
+        drain.start(Draining {
+            kind: DrainKind::Modify,
+            started: t0.into_std(),
+            deadline: t0.into_std() + Duration::from_secs(10),
+            accepting: false,
+            asks_close: true,
+            force_close: false,
+        });
+        c.close_requested().await;
+        assert!(t0.elapsed() <= Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_plain_drain_listeners_asks_nothing_and_closes_nothing() {
+        let drain = Drain::new();
+        let mut c = ConnectionDrain::new(
+            drain.watch(),
+            DrainType::Default,
+            DrainStrategy::Immediate,
+            Arc::new(AtomicBool::new(false)),
+        );
+        let now = tokio::time::Instant::now().into_std();
+        drain.start(Draining {
+            kind: DrainKind::Server,
+            started: now,
+            deadline: now + Duration::from_secs(1),
+            accepting: false,
+            asks_close: false,
+            force_close: false,
+        });
+        assert!(!c.drain_close());
+        let deadline = tokio::time::timeout(Duration::from_secs(5), c.deadline()).await;
+        assert!(deadline.is_err(), "no forced close");
     }
 }

@@ -79,9 +79,6 @@ pub enum Command {
     },
 }
 
-/// Far enough away to mean "never" for a deadline.
-const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
 fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     let workers = opts.workers();
     let loaded = Arc::new(loaded);
@@ -142,6 +139,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
         }
         let shared = Shared {
             health_failed: health_failed.clone(),
+            drain_strategy: opts.drain_strategy,
             flush_interval: Duration::from_millis(opts.file_flush_interval_msec.max(1)),
         };
         let mut handles = Vec::new();
@@ -168,10 +166,16 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
                 Some(ev) = events.recv() => config.on_file_event(&ev),
                 Some(cmd) = commands.recv() => match cmd {
                     Command::DrainListeners { inbound_only, graceful } => {
+                        // Graceful: connections are asked to close over the drain time while
+                        // the listeners still accept; then they stop. Otherwise they just stop.
+                        let now = Instant::now();
                         let d = Draining {
                             kind: DrainKind::Server,
-                            deadline: deadline_after(NEVER),
+                            started: now,
+                            deadline: if graceful { now + drain_time } else { now },
                             accepting: graceful,
+                            asks_close: graceful,
+                            force_close: false,
                         };
                         config.drain_listeners(d, inbound_only);
                         if graceful {
@@ -188,8 +192,11 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
                             config.drain_listeners(
                                 Draining {
                                     kind: DrainKind::Server,
-                                    deadline: deadline_after(NEVER),
+                                    started: now,
+                                    deadline: now,
                                     accepting: false,
+                                    asks_close: false,
+                                    force_close: false,
                                 },
                                 inbound_only,
                             );

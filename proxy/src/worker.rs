@@ -71,6 +71,8 @@ pub struct Shared {
     pub flush_interval: Duration,
     /// Set by the admin's `POST /healthcheck/fail`: responses then ask HTTP/1.1 clients to close.
     pub health_failed: Arc<AtomicBool>,
+    /// `--drain-strategy`.
+    pub drain_strategy: crate::drain::DrainStrategy,
 }
 
 /// A listener running on this worker.
@@ -95,6 +97,8 @@ pub struct Worker {
     routes: RefCell<HashMap<String, Arc<RouteTable>>>,
     /// Set by `POST /healthcheck/fail`.
     pub health_failed: Arc<AtomicBool>,
+    /// `--drain-strategy`.
+    pub drain_strategy: crate::drain::DrainStrategy,
     listener_addresses: RefCell<Vec<SocketAddr>>,
     listeners: RefCell<HashMap<String, Active>>,
     handoff: Rc<listener::HandOff>,
@@ -155,8 +159,11 @@ impl Worker {
         *self.routes.borrow_mut() = snapshot.routes.clone();
         let modify = Draining {
             kind: DrainKind::Modify,
+            started: std::time::Instant::now(),
             deadline: crate::server::deadline_after(drain_time),
             accepting: false,
+            asks_close: true,
+            force_close: true,
         };
         let mut old = std::mem::take(&mut *self.listeners.borrow_mut());
         let mut next = HashMap::new();
@@ -179,15 +186,16 @@ impl Worker {
                 // Same address: the new listener takes over the old one's socket.
                 None => prev.as_ref().and_then(|p| p.socket.clone()),
             };
-            if let Some(p) = prev {
-                p.listener.drain.start(modify);
-            }
             let shared = listener::Shared::new(
                 self.clone(),
                 config.clone(),
                 self.handoff.clone(),
                 self.health_failed.clone(),
+                prev.as_ref().map(|p| &*p.listener),
             );
+            if let Some(p) = prev {
+                p.listener.retire(modify, &shared);
+            }
             if let Some(s) = &socket {
                 tokio::task::spawn_local(listener::accept_loop(shared.clone(), s.clone()));
             }
@@ -201,7 +209,7 @@ impl Worker {
             );
         }
         for (_, gone) in old {
-            gone.listener.drain.start(modify);
+            gone.listener.drain_all(modify);
         }
         *self.listener_addresses.borrow_mut() = snapshot
             .listeners
@@ -218,7 +226,7 @@ impl Worker {
     fn drain_listeners(&self, draining: Draining, inbound_only: bool) {
         for a in self.listeners.borrow().values() {
             if !inbound_only || a.config.inbound {
-                a.listener.drain.start(draining);
+                a.listener.drain_all(draining);
             }
         }
     }
@@ -277,6 +285,7 @@ async fn run(
         access_log: access_log::Writer::new(),
         routes: RefCell::new(HashMap::new()),
         health_failed: shared.health_failed.clone(),
+        drain_strategy: shared.drain_strategy,
         listener_addresses: RefCell::new(Vec::new()),
         listeners: RefCell::new(HashMap::new()),
         handoff: Rc::new(listener::HandOff::default()),

@@ -146,6 +146,10 @@ resources:
 
 impl FsSide {
     async fn start(kind: Kind, ups: &Ups) -> FsSide {
+        Self::start_with(kind, ups, &[]).await
+    }
+
+    async fn start_with(kind: Kind, ups: &Ups, extra: &[&str]) -> FsSide {
         let dir = scratch_dir(&format!("fsxds-{}", kind.name()));
         let (port, port2, admin) = (free_port(), free_port(), free_port());
         put(&dir, "cds.yaml", &cds("1", &dir, ups, false));
@@ -156,8 +160,9 @@ impl FsSide {
             "rds.yaml",
             &rds("1", &[("/a", "a"), ("/b", "b")], false),
         );
-        let proxy =
-            ProxyProcess::start(kind, &bootstrap(&dir, admin), &["--concurrency", "2"]).await;
+        let mut args = vec!["--concurrency", "2"];
+        args.extend_from_slice(extra);
+        let proxy = ProxyProcess::start(kind, &bootstrap(&dir, admin), &args).await;
         FsSide {
             proxy,
             dir,
@@ -393,6 +398,138 @@ async fn file_updates_add_and_remove_routes_clusters_endpoints_and_listeners_as_
             &["200 A", "200 A", "503 -", "200 A", "second: refused"],
         )
         .await;
+    })
+    .await;
+}
+
+/// A running side with its HTTP/2 (h2c) and HTTP/1.1 clients to `port`.
+async fn h2(side: &FsSide) -> skiff_tests::client::H2Client {
+    skiff_tests::client::H2Client::connect(&format!("127.0.0.1:{}", side.port))
+        .await
+        .expect("h2 connect")
+}
+
+async fn h2_get(c: &skiff_tests::client::H2Client, path: &str) -> String {
+    let req = skiff_tests::client::h2_request("GET", "x.example.com", path, "");
+    match c.send(req).await {
+        Ok(r) => format!("{} {}", r.status, r.header("x-upstream").unwrap_or("-")),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_lived_http2_connection_sees_a_route_change_on_its_next_stream() {
+    run_for(Duration::from_secs(60), async {
+        let ups = Ups {
+            a: EchoUpstream::start("A").await,
+            b: EchoUpstream::start("B").await,
+        };
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let side = FsSide::start(kind, &ups).await;
+            let c = h2(&side).await;
+            assert_eq!(h2_get(&c, "/a").await, "200 A", "{}", kind.name());
+            let r = rds("2", &[("/a", "b")], false);
+            side.update("rds.yaml", &r, "http.ingress.rds.r1.update_success")
+                .await;
+            // Workers put an update in force a moment after the main thread counts it.
+            let mut seen = h2_get(&c, "/a").await;
+            for _ in 0..40 {
+                if seen == "200 B" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                seen = h2_get(&c, "/a").await;
+            }
+            assert_eq!(
+                seen,
+                "200 B",
+                "{}: the same connection's next stream takes the new route",
+                kind.name()
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_modified_listener_drains_its_connections_on_the_same_socket() {
+    run_for(Duration::from_secs(60), async {
+        let ups = Ups {
+            a: EchoUpstream::start("A").await,
+            b: EchoUpstream::start("B").await,
+        };
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let side = FsSide::start_with(kind, &ups, &["--drain-strategy", "immediate"]).await;
+            let addr = format!("127.0.0.1:{}", side.port);
+            let mut h1 = skiff_tests::client::Http1Client::connect(&addr)
+                .await
+                .expect("h1 connect");
+            let get = || skiff_tests::client::get("/a", "x.example.com");
+            let first = h1.send(get()).await.expect("first request");
+            assert_eq!(first.header("connection"), None, "{}", kind.name());
+            let c2 = h2(&side).await;
+            assert_eq!(h2_get(&c2, "/a").await, "200 A");
+            // The HCM's stat prefix changes: a modified listener.
+            let l = lds("2", &side.dir, side.port, None, "ingress2");
+            side.update("lds.yaml", &l, "listener_manager.lds.update_success")
+                .await;
+            let admin = side.proxy.admin();
+            admin
+                .wait_stat(
+                    "listener_manager.total_filter_chains_draining",
+                    Duration::from_secs(5),
+                    |v| v == 1,
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            // The old HTTP/1.1 connection is asked to close after its next response.
+            let second = h1
+                .send(get())
+                .await
+                .expect("second request on the old connection");
+            assert_eq!(second.status, 200, "{}", kind.name());
+            assert_eq!(
+                second.header("connection"),
+                Some("close"),
+                "{}: a draining listener's HTTP/1.1 responses close the connection",
+                kind.name()
+            );
+            // New connections reach the new listener on the same port, never refused.
+            let fresh = skiff_tests::client::http1_once(&addr, get())
+                .await
+                .expect("new connection");
+            assert_eq!(fresh.status, 200);
+            admin
+                .wait_stat(
+                    "http.ingress2.downstream_rq_total",
+                    Duration::from_secs(5),
+                    |v| v >= 1,
+                )
+                .await;
+            assert_eq!(
+                admin.counter("listener_manager.lds.update_success").await,
+                2,
+                "{}",
+                kind.name()
+            );
+            assert!(
+                admin
+                    .counter("http.ingress.downstream_cx_drain_close")
+                    .await
+                    >= 1,
+                "{}",
+                kind.name()
+            );
+            // Only the filter chain changed: the listener is updated in place and its old
+            // chain drains, not the listener.
+            for (stat, want) in [
+                ("listener_manager.listener_in_place_updated", 1),
+                ("listener_manager.total_filter_chains_draining", 1),
+                ("listener_manager.total_listeners_draining", 0),
+            ] {
+                assert_eq!(admin.counter(stat).await, want, "{}: {stat}", kind.name());
+            }
+        }
     })
     .await;
 }

@@ -216,7 +216,11 @@ pub struct ConfigStore {
     /// The listeners the workers run, to know which need new sockets.
     running: HashMap<String, Arc<model::Listener>>,
     /// When each listener drain in progress ends.
-    draining: Vec<Instant>,
+    draining_listeners: Vec<Instant>,
+    /// When each filter chain drain (of listeners updated in place) ends.
+    draining_chains: Vec<Instant>,
+    /// Listeners whose warming version replaces the active one in place.
+    in_place: HashSet<String>,
     /// Stat scopes of removed resources, pruned once nothing holds them.
     pending_prune: Vec<String>,
     watchers: Watchers,
@@ -278,7 +282,9 @@ impl ConfigStore {
             rds: BTreeMap::new(),
             eds: BTreeMap::new(),
             running: HashMap::new(),
-            draining: Vec::new(),
+            draining_listeners: Vec::new(),
+            draining_chains: Vec::new(),
+            in_place: HashSet::new(),
             pending_prune: Vec::new(),
             watchers: Watchers::new(events),
             unknown_fields: 0,
@@ -401,7 +407,10 @@ impl ConfigStore {
             .chain(self.eds.values().map(|e| &e.sub))
             .filter_map(Subscription::deadline);
         let prune = (!self.pending_prune.is_empty()).then(|| Instant::now() + PRUNE_EVERY);
-        subs.chain(self.draining.iter().copied()).chain(prune).min()
+        subs.chain(self.draining_listeners.iter().copied())
+            .chain(self.draining_chains.iter().copied())
+            .chain(prune)
+            .min()
     }
 
     /// Timeouts: subscriptions past `initial_fetch_timeout` count as fetched (what waited on
@@ -425,7 +434,8 @@ impl ConfigStore {
                 changed = true;
             }
         }
-        self.draining.retain(|d| *d > now);
+        self.draining_listeners.retain(|d| *d > now);
+        self.draining_chains.retain(|d| *d > now);
         let stats = self.stats.clone();
         self.pending_prune.retain(|p| !stats.prune(p));
         if changed {
@@ -562,13 +572,19 @@ impl ConfigStore {
 
     fn apply_lds(&mut self, d: &Discovery) -> Result<(), ConfigError> {
         let clusters = self.cluster_names();
+        let mut in_place = HashSet::new();
         let mut next: BTreeMap<String, Version<listener_pb::Listener, Arc<model::Listener>>> =
             BTreeMap::new();
         for (i, any) in d.resources.iter().enumerate() {
             let path = format!("resources[{i}]");
             let proto: listener_pb::Listener = decode_any(any, type_url::LISTENER, &path)?;
-            let model = resource::listener(&proto, &path, &clusters)?;
+            let mut model = resource::listener(&proto, &path, &clusters)?;
             let name = model.name.clone();
+            if let Some(cur) = self.listeners.get(&name).and_then(|s| s.latest()) {
+                if cur.proto != proto && adopt_chains(cur, &proto, &mut model) {
+                    in_place.insert(name.clone());
+                }
+            }
             if self.listeners.get(&name).is_some_and(|s| s.is_static) {
                 return Err(ConfigError::new(
                     format!("{path}.name"),
@@ -625,7 +641,14 @@ impl ConfigStore {
             .map(|(n, _)| n.clone())
             .collect();
         for name in removed {
-            self.listeners.remove(&name);
+            if self
+                .listeners
+                .remove(&name)
+                .is_some_and(|s| s.active.is_some())
+            {
+                self.draining_listeners
+                    .push(Instant::now() + self.drain_time);
+            }
             main.counter("listener_manager.listener_removed").inc();
             tracing::info!(listener = %name, "listener removed");
         }
@@ -636,7 +659,14 @@ impl ConfigStore {
                         continue;
                     }
                     main.counter("listener_manager.listener_modified").inc();
-                    tracing::info!(listener = %name, "listener modified");
+                    if in_place.contains(&name) {
+                        main.counter("listener_manager.listener_in_place_updated")
+                            .inc();
+                        self.in_place.insert(name.clone());
+                    } else {
+                        self.in_place.remove(&name);
+                    }
+                    tracing::info!(listener = %name, in_place = in_place.contains(&name), "listener modified");
                     slot.warming = Some(v);
                 }
                 None => {
@@ -895,14 +925,30 @@ impl ConfigStore {
     /// Warming versions whose dependencies are ready go into force.
     fn promote(&mut self) {
         let rds_ready = |name: &str| self.rds.get(name).is_some_and(|r| r.sub.ready);
-        for slot in self.listeners.values_mut() {
+        let ends = Instant::now() + self.drain_time;
+        for (name, slot) in self.listeners.iter_mut() {
             let ready = slot
                 .warming
                 .as_ref()
                 .is_some_and(|w| rds_of(&w.model).iter().all(|(n, _, _)| rds_ready(n)));
-            if ready {
-                slot.active = slot.warming.take();
+            if !ready {
+                continue;
             }
+            let next = slot.warming.take();
+            if let (Some(old), Some(new)) = (&slot.active, &next) {
+                // What drains: the whole old listener, or in place only its chains that the
+                // new version did not keep.
+                if self.in_place.remove(name) {
+                    let kept = |c: &Arc<model::FilterChain>| {
+                        chains_of(&new.model).any(|n| Arc::ptr_eq(n, c))
+                    };
+                    let gone = chains_of(&old.model).filter(|c| !kept(c)).count();
+                    self.draining_chains.extend(std::iter::repeat_n(ends, gone));
+                } else {
+                    self.draining_listeners.push(ends);
+                }
+            }
+            slot.active = next;
         }
         let eds_ready = |service: &str| self.eds.get(service).is_some_and(|e| e.sub.ready);
         for slot in self.clusters.values_mut() {
@@ -1034,17 +1080,6 @@ impl ConfigStore {
                     self.listeners.remove(name);
                 }
             }
-            // Listeners replaced or removed drain for --drain-time-s.
-            let names: HashSet<&str> = snapshot.listeners.iter().map(|l| l.name.as_str()).collect();
-            let replaced = self.running.iter().filter(|(n, old)| {
-                !names.contains(n.as_str())
-                    || snapshot
-                        .listeners
-                        .iter()
-                        .any(|l| &l.name == *n && !Arc::ptr_eq(l, old))
-            });
-            let ends = Instant::now() + self.drain_time;
-            self.draining.extend(replaced.map(|_| ends));
             let snapshot = Arc::new(snapshot);
             for (tx, socks) in self.workers.iter().zip(sockets) {
                 let _ = tx.send(WorkerUpdate::Config {
@@ -1103,8 +1138,11 @@ impl ConfigStore {
         self.drain_listeners(
             Draining {
                 kind: DrainKind::Shutdown,
+                started: Instant::now(),
                 deadline,
                 accepting: false,
+                asks_close: true,
+                force_close: true,
             },
             false,
         );
@@ -1127,7 +1165,9 @@ impl ConfigStore {
         m.gauge("listener_manager.total_listeners_warming")
             .set(warming as i64);
         m.gauge("listener_manager.total_listeners_draining")
-            .set(self.draining.len() as i64);
+            .set(self.draining_listeners.len() as i64);
+        m.gauge("listener_manager.total_filter_chains_draining")
+            .set(self.draining_chains.len() as i64);
         let active = self
             .clusters
             .values()
@@ -1173,6 +1213,46 @@ fn rds_of(l: &model::Listener) -> Vec<(String, ConfigSource, String)> {
         }
     }
     out
+}
+
+/// A listener's filter chains, the default one included.
+fn chains_of(l: &model::Listener) -> impl Iterator<Item = &Arc<model::FilterChain>> {
+    l.filter_chains
+        .iter()
+        .map(|(_, c)| c)
+        .chain(l.default_filter_chain.iter())
+}
+
+/// Envoy's in-place update: when a listener changes in nothing but its filter chains, the
+/// chains whose configuration is the same are kept (the same `Arc`, so workers keep them and
+/// their connections) and only the others drain. True when the update is such.
+fn adopt_chains(
+    cur: &Version<listener_pb::Listener, Arc<model::Listener>>,
+    proto: &listener_pb::Listener,
+    model: &mut model::Listener,
+) -> bool {
+    let strip = |l: &listener_pb::Listener| listener_pb::Listener {
+        filter_chains: Vec::new(),
+        default_filter_chain: None,
+        ..l.clone()
+    };
+    if strip(&cur.proto) != strip(proto) {
+        return false;
+    }
+    for (i, fc) in proto.filter_chains.iter().enumerate() {
+        let old = cur.proto.filter_chains.iter().position(|o| o == fc);
+        if let (Some(j), Some(slot)) = (old, model.filter_chains.get_mut(i)) {
+            if let Some((_, c)) = cur.model.filter_chains.get(j) {
+                slot.1 = c.clone();
+            }
+        }
+    }
+    if proto.default_filter_chain.is_some()
+        && proto.default_filter_chain == cur.proto.default_filter_chain
+    {
+        model.default_filter_chain = cur.model.default_filter_chain.clone();
+    }
+    true
 }
 
 /// Binds `n` SO_REUSEPORT sockets for a listener, one per worker.

@@ -265,8 +265,15 @@ pub async fn serve(
     let result = tokio::select! {
         r = served.as_mut() => r,
         _ = drain.close_requested() => {
-            stats.downstream_cx_drain_close.inc();
-            served.as_mut().graceful_shutdown();
+            // HTTP/2 gets its GOAWAY now. An HTTP/1.1 connection is not cut while idle (its
+            // client may be sending): its next response carries `connection: close`, as in
+            // Envoy; only at shutdown are idle ones closed at once.
+            if conn.codec.get() == Some(Codec::Http2) || drain.shutting_down() {
+                if conn.codec.get() == Some(Codec::Http2) {
+                    stats.downstream_cx_drain_close.inc();
+                }
+                served.as_mut().graceful_shutdown();
+            }
             served.await
         }
     };

@@ -12,7 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::model::{self, NetworkFilter};
-use crate::drain::{ConnectionDrain, Drain};
+use crate::drain::{ConnectionDrain, Drain, Draining};
 use crate::http::conn_manager::{self, HcmStats, HttpConnectionManager};
 use crate::io::Stream;
 use crate::network::filters::tcp_proxy::{self, TcpProxyStats};
@@ -144,6 +144,11 @@ pub struct Shared {
 /// A filter chain on one worker: its read filters in order (each may close a new
 /// connection), TLS termination when configured, then the terminal network filter.
 struct Chain {
+    /// The chain's configuration; an in-place listener update keeps the chains whose
+    /// configuration it kept (the same `Arc`), with their connections.
+    model: Arc<model::FilterChain>,
+    /// This chain's drain: its connections watch it.
+    drain: Drain,
     limits: Vec<(Arc<model::LocalRateLimit>, Counter)>,
     tls: Option<Arc<model::DownstreamTransport>>,
     terminal: Terminal,
@@ -167,7 +172,7 @@ impl Chain {
 }
 
 fn chain(
-    fc: &model::FilterChain,
+    fc: &Arc<model::FilterChain>,
     shard: &Arc<crate::stats::Shard>,
     scope: &str,
 ) -> Option<Rc<Chain>> {
@@ -198,6 +203,8 @@ fn chain(
             NetworkFilter::LocalRateLimit(_) => return None,
         };
         Some(Rc::new(Chain {
+            model: fc.clone(),
+            drain: Drain::new(),
             limits,
             tls: fc.tls.clone(),
             terminal,
@@ -208,11 +215,14 @@ fn chain(
 impl Shared {
     /// Prepares a listener on this worker. Its sockets, if any, are served by
     /// [`accept_loop`]s; hand-offs reach it once the worker lists it in its [`HandOff`].
+    /// `previous` is the version this one replaces in place: its chains whose configuration
+    /// is kept (the same `Arc`) are taken over with their connections.
     pub fn new(
         worker: Rc<Worker>,
         config: Arc<model::Listener>,
         handoff: Rc<HandOff>,
         health_failed: Arc<std::sync::atomic::AtomicBool>,
+        previous: Option<&Shared>,
     ) -> Rc<Self> {
         let scope = format!("listener.{}.", config.stat_prefix);
         let shard = &worker.shard;
@@ -227,15 +237,22 @@ impl Shared {
             no_filter_chain_match: shard.counter(&format!("{scope}no_filter_chain_match")),
         };
         let filters = filters::Chain::new(&config, shard, &scope);
+        let build = |fc: &Arc<model::FilterChain>| {
+            let kept = previous.and_then(|p| {
+                p.chains
+                    .iter()
+                    .chain(p.default_chain.iter())
+                    .find(|c| Arc::ptr_eq(&c.model, fc))
+                    .cloned()
+            });
+            kept.or_else(|| chain(fc, shard, &scope))
+        };
         let chains: Vec<Rc<Chain>> = config
             .filter_chains
             .iter()
-            .filter_map(|(_, fc)| chain(fc, shard, &scope))
+            .filter_map(|(_, fc)| build(fc))
             .collect();
-        let default_chain = config
-            .default_filter_chain
-            .as_deref()
-            .and_then(|fc| chain(fc, shard, &scope));
+        let default_chain = config.default_filter_chain.as_ref().and_then(build);
         let tls_stats = chains
             .iter()
             .chain(default_chain.iter())
@@ -255,13 +272,40 @@ impl Shared {
         })
     }
 
-    /// What this listener's connections watch to learn of its drain.
-    fn connection_drain(&self) -> ConnectionDrain {
+    /// What a connection watches to learn of a drain: its chain's, or before it has one, the
+    /// listener's.
+    fn connection_drain(&self, chain: Option<&Chain>) -> ConnectionDrain {
         ConnectionDrain::new(
-            self.drain.watch(),
+            chain.map_or(&self.drain, |c| &c.drain).watch(),
             self.config.drain_type,
+            self.worker.drain_strategy,
             self.health_failed.clone(),
         )
+    }
+
+    /// Drains the whole listener: it stops accepting, every chain's connections drain.
+    pub fn drain_all(&self, d: Draining) {
+        self.drain.start(d);
+        for c in self.chains.iter().chain(self.default_chain.iter()) {
+            c.drain.start(d);
+        }
+    }
+
+    /// Replaced by `next`: stops accepting, and drains the connections of the chains `next`
+    /// did not take over (all of them unless the update was in place).
+    pub fn retire(&self, d: Draining, next: &Shared) {
+        self.drain.start(d);
+        let kept = |c: &Rc<Chain>| {
+            next.chains
+                .iter()
+                .chain(next.default_chain.iter())
+                .any(|n| Rc::ptr_eq(n, c))
+        };
+        for c in self.chains.iter().chain(self.default_chain.iter()) {
+            if !kept(c) {
+                c.drain.start(d);
+            }
+        }
     }
 }
 
@@ -302,22 +346,30 @@ pub async fn accept_loop(listener: Rc<Shared>, socket: Rc<TcpListener>) {
 impl Shared {
     async fn handle(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
         let _conn = self.worker.track_connection();
-        // Whatever is still open when the listener's drain deadline passes is closed.
-        let mut deadline = self.connection_drain();
-        tokio::select! {
-            _ = self.clone().run_connection(stream, remote) => {}
-            _ = deadline.deadline() => {
-                tracing::debug!(listener = %self.config.name, %remote, "drain deadline: closing");
-            }
+        // Whatever is still open when its drain's deadline passes is closed (the listener's
+        // until a chain is chosen, then the chain's).
+        let mut deadline = self.connection_drain(None);
+        let picked = tokio::select! {
+            p = self.clone().listener_filters(stream, remote) => p,
+            _ = deadline.deadline() => None,
+        };
+        if let Some((owner, sock)) = picked {
+            owner.serve(sock).await;
         }
     }
 
-    async fn run_connection(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
+    /// Runs the listener filters and the `use_original_dst` hand-off: the listener that serves
+    /// the connection, or none if a filter closed it.
+    async fn listener_filters(
+        self: Rc<Self>,
+        stream: TcpStream,
+        remote: SocketAddr,
+    ) -> Option<(Rc<Shared>, Accepted)> {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(self.config.address);
         let mut sock = Accepted::new(stream, remote, local);
         if !self.filters.is_empty() && !self.filters.run(&mut sock).await {
-            return;
+            return None;
         }
         // use_original_dst: the listener of the original destination takes the connection
         // (its listener filters, its chains, its stats), when there is one other than this one.
@@ -327,12 +379,12 @@ impl Shared {
                 if !Rc::ptr_eq(&target, &owner) {
                     owner = target;
                     if !owner.filters.is_empty() && !owner.filters.run(&mut sock).await {
-                        return;
+                        return None;
                     }
                 }
             }
         }
-        owner.serve(sock).await;
+        Some((owner, sock))
     }
 
     async fn serve(self: Rc<Self>, sock: Accepted) {
@@ -360,11 +412,31 @@ impl Shared {
             Some(model::ChainChoice::Default) => self.default_chain.as_ref(),
             None => None,
         };
-        let Some(chain) = chain else {
+        let Some(chain) = chain.cloned() else {
             s.no_filter_chain_match.inc();
             self.closed();
             return;
         };
+        // The chain's drain governs the connection from now on; what is still open at its
+        // deadline is closed.
+        let mut deadline = self.connection_drain(Some(&chain));
+        tokio::select! {
+            _ = self.run_chain(&chain, stream, remote, local) => {}
+            _ = deadline.deadline() => {
+                tracing::debug!(listener = %self.config.name, %remote, "drain deadline: closing");
+            }
+        }
+        self.closed();
+    }
+
+    /// Runs a connection's filter chain: its read filters, TLS, then the terminal filter.
+    async fn run_chain(
+        &self,
+        chain: &Chain,
+        stream: TcpStream,
+        remote: SocketAddr,
+        local: SocketAddr,
+    ) {
         if !chain.admit() {
             // Envoy resets a rate-limited connection rather than closing it, and its terminal
             // filter has already counted the connection.
@@ -376,7 +448,6 @@ impl Shared {
                 }
                 Terminal::Tcp(_, stats) => stats.downstream_cx_total.inc(),
             }
-            self.closed();
             return;
         }
         let stream = match &chain.tls {
@@ -395,7 +466,6 @@ impl Shared {
                         if let Some(st) = &self.tls_stats {
                             st.failed(&e);
                         }
-                        self.closed();
                         return;
                     }
                 }
@@ -409,7 +479,7 @@ impl Shared {
                     local,
                     hcm.clone(),
                     self.worker.clone(),
-                    self.connection_drain(),
+                    self.connection_drain(Some(chain)),
                     self.config.buffer_limit,
                 )
                 .await
@@ -439,7 +509,6 @@ impl Shared {
                 .await
             }
         }
-        self.closed();
     }
 
     /// A connection counted in by `serve` is gone.
