@@ -59,9 +59,9 @@ pub struct Options {
     #[arg(long = "decode-config-to-stdout", hide = true)]
     pub decode_config_to_stdout: bool,
 
-    /// Internal: decode a discovery file and hand it to the parent process on stdout.
-    #[arg(long = "decode-discovery-to-stdout", hide = true)]
-    pub decode_discovery_to_stdout: Option<std::path::PathBuf>,
+    /// Internal: decode discovery files named on stdin for the parent process.
+    #[arg(long = "discovery-decoder", hide = true)]
+    pub discovery_decoder: bool,
 
     /// Instead of proxying: a redirection task.
     #[command(subcommand)]

@@ -10,8 +10,8 @@ fn main() -> ExitCode {
     if opts.decode_config_to_stdout {
         return decode_for_parent(&opts);
     }
-    if let Some(path) = &opts.decode_discovery_to_stdout {
-        return decode_discovery_for_parent(path);
+    if opts.discovery_decoder {
+        return serve_decoder();
     }
     if let Some(skiff::cli::Command::Iptables(args)) = &opts.command {
         return match skiff_iptables::run(args) {
@@ -108,24 +108,12 @@ fn decode_for_parent(opts: &skiff::cli::Options) -> ExitCode {
     }
 }
 
-/// The child side of `config::discovery::decode_file_isolated`.
-fn decode_discovery_for_parent(path: &std::path::Path) -> ExitCode {
-    use skiff::config::discovery;
-    use std::io::Write;
-    let mut out = Vec::new();
-    match discovery::decode_for_parent(path, &mut out) {
-        Ok(()) => {
-            if std::io::stdout().lock().write_all(&out).is_err() {
-                return ExitCode::FAILURE;
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            let err = discovery::ChildFileError::from(e);
-            let _ = std::io::stdout()
-                .lock()
-                .write_all(&serde_json::to_vec(&err).unwrap_or_default());
-            ExitCode::from(2)
-        }
+/// The discovery decoder helper (see `config::discovery::Decoder`).
+fn serve_decoder() -> ExitCode {
+    let stdin = std::io::stdin();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match skiff::config::discovery::serve_decoder(stdin.lock(), &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }

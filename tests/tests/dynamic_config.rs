@@ -533,3 +533,146 @@ async fn a_modified_listener_drains_its_connections_on_the_same_socket() {
     })
     .await;
 }
+
+/// What a wrk run reports.
+#[derive(Debug, Default)]
+struct WrkReply {
+    requests: u64,
+    socket_errors: u64,
+    non_2xx: u64,
+    output: String,
+}
+
+async fn wrk(args: &[&str]) -> WrkReply {
+    skiff_tests::require_program("wrk", "install the Debian package wrk");
+    let out = tokio::process::Command::new("wrk")
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run wrk");
+    let output = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut r = WrkReply {
+        output: output.clone(),
+        ..WrkReply::default()
+    };
+    for line in output.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("Socket errors:") {
+            r.socket_errors = rest
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum();
+        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            r.non_2xx = rest.trim().parse().unwrap_or(0);
+        } else if line.contains(" requests in ") {
+            r.requests = line
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    r
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_file_changes_under_load_fail_no_request_and_refuse_no_connection() {
+    run_for(Duration::from_secs(120), async {
+        let ups = Ups {
+            a: EchoUpstream::start("A").await,
+            b: EchoUpstream::start("B").await,
+        };
+        let mut lines = Vec::new();
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let side = FsSide::start(kind, &ups).await;
+            let url = format!("http://127.0.0.1:{}/a", side.port);
+            // Warm up, then take the memory baseline.
+            let _ = wrk(&["-t1", "-c8", "-d1s", "-H", "Host: x.example.com", &url]).await;
+            let before = rss_kib(side.proxy.pid());
+            let h1 = tokio::spawn({
+                let url = url.clone();
+                async move { wrk(&["-t1", "-c8", "-d6s", "-H", "Host: x.example.com", &url]).await }
+            });
+            let h2 = tokio::spawn({
+                let url = url.clone();
+                async move { skiff_tests::client::h2load(&["-c4", "-m8", "-D", "6", &url]).await }
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // 50 changes while traffic flows: routes, endpoints and the listener's chain in turn.
+            for i in 0..50u32 {
+                let v = (i + 2).to_string();
+                let target = if i % 2 == 0 { "b" } else { "a" };
+                match i % 3 {
+                    0 => put(&side.dir, "rds.yaml", &rds(&v, &[("/a", target), ("/b", "b")], false)),
+                    1 => {
+                        let port = if i % 2 == 0 { ups.a.addr.port() } else { ups.b.addr.port() };
+                        put(&side.dir, "eds_b.yaml", &eds(&v, port))
+                    }
+                    _ => {
+                        let prefix = if i % 2 == 0 { "ingress" } else { "ingress2" };
+                        put(&side.dir, "lds.yaml", &lds(&v, &side.dir, side.port, None, prefix))
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let h1 = h1.await.expect("wrk");
+            let h2 = h2.await.expect("h2load");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let after = rss_kib(side.proxy.pid());
+            let admin = side.proxy.admin();
+            let updates = [
+                "listener_manager.lds.update_attempt",
+                "listener_manager.lds.update_rejected",
+                "listener_manager.lds.update_failure",
+                "listener_manager.lds.update_success",
+                "http.ingress.rds.r1.update_success",
+                "cluster.b.update_success",
+            ];
+            let mut applied = Vec::new();
+            for u in updates {
+                applied.push(admin.stat(u).await.unwrap_or(0));
+            }
+            lines.push(format!(
+                "{:5}: wrk {} requests, {} socket errors, {} non-2xx; h2load {} succeeded, {} failed, {} errored; updates applied {:?}; RSS {} -> {} KiB",
+                kind.name(),
+                h1.requests,
+                h1.socket_errors,
+                h1.non_2xx,
+                h2.succeeded,
+                h2.failed,
+                h2.errored,
+                applied,
+                before,
+                after
+            ));
+            assert!(h1.requests > 100, "{}: {}", kind.name(), h1.output);
+            assert_eq!(h1.socket_errors, 0, "{}: {}", kind.name(), h1.output);
+            assert_eq!(h1.non_2xx, 0, "{}: {}", kind.name(), h1.output);
+            assert!(h2.succeeded > 100, "{}: {}", kind.name(), h2.output);
+            // Envoy's gradual drain sends some HTTP/2 clients a GOAWAY while their streams are
+            // in flight, which h2load counts as errors; skiff must lose none.
+            if kind == Kind::Skiff {
+                assert_eq!(h2.failed + h2.errored, 0, "{}: {}", kind.name(), h2.output);
+            }
+            if kind == Kind::Skiff {
+                assert!(
+                    after < before + 16 * 1024,
+                    "skiff's memory grew from {before} to {after} KiB"
+                );
+            }
+        }
+        eprintln!("{}", lines.join("\n"));
+    })
+    .await;
+}

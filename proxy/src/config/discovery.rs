@@ -4,8 +4,8 @@
 //! dynamic resources, dropped with a warning and counted (`server.dynamic_unknown_fields`),
 //! where a bootstrap refuses them.
 //!
-//! Decoding text needs Envoy's whole descriptor set, so the serving process has a short-lived
-//! child do it ([`decode_file_isolated`]) and receives binary protobuf.
+//! Decoding text needs Envoy's whole descriptor set, so the serving process has a helper
+//! process of its own do it ([`Decoder`]) and receives binary protobuf.
 
 use std::path::Path;
 
@@ -101,114 +101,207 @@ fn check_resources(
     })
 }
 
-/// What the child writes on success: the dumps and the unknown fields, after the binary
-/// response.
+/// What follows the binary response in a decoded frame: the dumps and the unknown fields.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Extra {
     dumps: Vec<serde_json::Value>,
     unknown_fields: Vec<String>,
 }
 
-/// The hidden flag with which skiff runs itself to decode a discovery file.
-pub const DECODE_FLAG: &str = "--decode-discovery-to-stdout";
+/// The hidden flag with which skiff runs itself as a decoder: it reads one path per line on
+/// stdin and answers each with a frame on stdout (see [`serve_decoder`]).
+pub const DECODER_FLAG: &str = "--discovery-decoder";
 
-/// The child's side: decodes `path` and writes the result for [`decode_file_isolated`].
-pub fn decode_for_parent(path: &Path, out: &mut impl std::io::Write) -> Result<(), FileError> {
-    let d = decode_file(path)?;
-    let pb = DiscoveryResponse {
-        version_info: d.version_info,
-        resources: d.resources,
-        ..Default::default()
+/// A decoder frame: kind byte (0 decoded, 1 failure, 2 rejected), length, payload.
+fn frame(kind: u8, payload: &[u8], out: &mut impl std::io::Write) -> std::io::Result<()> {
+    out.write_all(&[kind])?;
+    out.write_all(&(payload.len() as u64).to_le_bytes())?;
+    out.write_all(payload)?;
+    out.flush()
+}
+
+/// The decoder process: answers each path read from `input` with a frame on `out`, until
+/// `input` ends. It holds Envoy's descriptor set so that the serving process need not.
+pub fn serve_decoder(
+    input: impl std::io::BufRead,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    for line in input.lines() {
+        let line = line?;
+        match decode_file(Path::new(line.trim_end())) {
+            Ok(d) => {
+                let pb = DiscoveryResponse {
+                    version_info: d.version_info,
+                    resources: d.resources,
+                    ..Default::default()
+                }
+                .encode_to_vec();
+                let extra = serde_json::to_vec(&Extra {
+                    dumps: d.dumps,
+                    unknown_fields: d.unknown_fields,
+                })
+                .unwrap_or_default();
+                let mut payload = Vec::with_capacity(8 + pb.len() + extra.len());
+                payload.extend_from_slice(&(pb.len() as u64).to_le_bytes());
+                payload.extend_from_slice(&pb);
+                payload.extend_from_slice(&extra);
+                frame(0, &payload, out)?;
+            }
+            Err(FileError::Read(m)) => frame(1, m.as_bytes(), out)?,
+            Err(FileError::Rejected(e)) => {
+                let err = ChildError {
+                    path: e.path,
+                    message: e.message,
+                };
+                frame(2, &serde_json::to_vec(&err).unwrap_or_default(), out)?;
+            }
+        }
     }
-    .encode_to_vec();
-    let extra = serde_json::to_vec(&Extra {
-        dumps: d.dumps,
-        unknown_fields: d.unknown_fields,
-    })
-    .unwrap_or_default();
-    let io = |e: std::io::Error| FileError::Read(format!("cannot hand the file over: {e}"));
-    out.write_all(&(pb.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    out.write_all(&pb).map_err(io)?;
-    out.write_all(&extra).map_err(io)?;
     Ok(())
 }
 
-/// How the child reports an error: a [`ChildError`] with `read: true` for a read failure.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct ChildFileError {
-    /// The error.
-    pub error: ChildError,
-    /// A read failure rather than a rejection.
-    pub read: bool,
+/// How long the decoder process may sit idle before it is stopped (its memory returned); the
+/// next file starts it again.
+const DECODER_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+struct Running {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+    last_used: std::time::Instant,
 }
 
-impl From<FileError> for ChildFileError {
-    fn from(e: FileError) -> Self {
-        match e {
-            FileError::Read(m) => ChildFileError {
-                error: ChildError {
-                    path: String::new(),
-                    message: m,
-                },
-                read: true,
-            },
-            FileError::Rejected(e) => ChildFileError {
-                error: ChildError {
-                    path: e.path,
-                    message: e.message,
-                },
-                read: false,
-            },
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Decodes discovery files in a helper process of skiff's own, started on first use and
+/// stopped after [`DECODER_IDLE`] without work, so that the serving process never holds
+/// Envoy's descriptor set and a burst of updates pays for loading it once.
+#[derive(Default)]
+pub struct Decoder {
+    running: Option<Running>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("running", &self.running.is_some())
+            .finish()
+    }
+}
+
+impl Decoder {
+    /// Decodes `path`; falls back to this process when the helper cannot run.
+    pub fn decode(&mut self, path: &Path) -> Result<Discovery, FileError> {
+        if self
+            .running
+            .as_ref()
+            .is_some_and(|r| r.last_used.elapsed() > DECODER_IDLE)
+        {
+            self.running = None;
+        }
+        // One retry: a helper that died (or was stopped) is started again.
+        for _ in 0..2 {
+            if self.running.is_none() {
+                self.running = Self::spawn();
+            }
+            let Some(r) = self.running.as_mut() else {
+                return decode_file(path);
+            };
+            r.last_used = std::time::Instant::now();
+            match Self::ask(r, path) {
+                Ok(answer) => return answer,
+                Err(e) => {
+                    tracing::debug!(error = %e, "discovery decoder failed; starting it again");
+                    self.running = None;
+                }
+            }
+        }
+        decode_file(path)
+    }
+
+    /// When the helper, if running, will have been idle long enough to stop.
+    pub fn idle_deadline(&self) -> Option<std::time::Instant> {
+        self.running.as_ref().map(|r| r.last_used + DECODER_IDLE)
+    }
+
+    /// Stops the helper if it has been idle long enough.
+    pub fn stop_if_idle(&mut self) {
+        if self
+            .running
+            .as_ref()
+            .is_some_and(|r| r.last_used.elapsed() > DECODER_IDLE)
+        {
+            self.running = None;
         }
     }
+
+    fn spawn() -> Option<Running> {
+        use std::process::{Command, Stdio};
+        let exe = std::env::current_exe().ok()?;
+        let mut child = Command::new(exe)
+            .arg(DECODER_FLAG)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let input = child.stdin.take()?;
+        let output = std::io::BufReader::new(child.stdout.take()?);
+        Some(Running {
+            child,
+            input,
+            output,
+            last_used: std::time::Instant::now(),
+        })
+    }
+
+    fn ask(r: &mut Running, path: &Path) -> std::io::Result<Result<Discovery, FileError>> {
+        use std::io::{Read, Write};
+        let bad = |what: &str| std::io::Error::other(format!("decoder: {what}"));
+        let p = path
+            .to_str()
+            .filter(|p| !p.contains('\n'))
+            .ok_or_else(|| bad("path is not UTF-8 on one line"))?;
+        r.input.write_all(format!("{p}\n").as_bytes())?;
+        r.input.flush()?;
+        let mut head = [0u8; 9];
+        r.output.read_exact(&mut head)?;
+        let len = u64::from_le_bytes(head[1..9].try_into().map_err(|_| bad("frame"))?);
+        if len > 1 << 30 {
+            return Err(bad("frame too large"));
+        }
+        let mut payload = vec![0u8; len as usize];
+        r.output.read_exact(&mut payload)?;
+        Ok(match head[0] {
+            0 => parse_decoded(&payload).ok_or_else(|| bad("malformed answer"))?,
+            1 => Err(FileError::Read(
+                String::from_utf8_lossy(&payload).into_owned(),
+            )),
+            _ => {
+                let e: ChildError =
+                    serde_json::from_slice(&payload).map_err(|_| bad("malformed error"))?;
+                Err(FileError::Rejected(ConfigError::new(e.path, e.message)))
+            }
+        })
+    }
 }
 
-/// Decodes a discovery file in a short-lived child process, so that this process never holds
-/// Envoy's descriptor set. Falls back to decoding in-process when the child cannot start.
-pub fn decode_file_isolated(path: &Path) -> Result<Discovery, FileError> {
-    let Ok(exe) = std::env::current_exe() else {
-        return decode_file(path);
-    };
-    let output = match std::process::Command::new(exe)
-        .arg(DECODE_FLAG)
-        .arg(path)
-        .stdin(std::process::Stdio::null())
-        .output()
-    {
-        Ok(o) => o,
-        Err(_) => return decode_file(path),
-    };
-    if !output.status.success() {
-        return Err(
-            match serde_json::from_slice::<ChildFileError>(&output.stdout) {
-                Ok(ChildFileError { error, read: true }) => FileError::Read(error.message),
-                Ok(ChildFileError { error, read: false }) => {
-                    FileError::Rejected(ConfigError::new(error.path, error.message))
-                }
-                Err(_) => FileError::Read(format!(
-                    "discovery decoder failed: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                )),
-            },
-        );
-    }
-    let bad = || FileError::Read("discovery decoder returned malformed output".into());
-    let data = output.stdout;
-    let len = data
-        .get(..8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_le_bytes)
-        .ok_or_else(bad)? as usize;
-    let pb = data.get(8..8usize.saturating_add(len)).ok_or_else(bad)?;
-    let response = DiscoveryResponse::decode(pb).map_err(|_| bad())?;
-    let extra: Extra = serde_json::from_slice(&data[8 + len..]).map_err(|_| bad())?;
-    Ok(Discovery {
+fn parse_decoded(payload: &[u8]) -> Option<Result<Discovery, FileError>> {
+    let len = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?) as usize;
+    let pb = payload.get(8..8usize.checked_add(len)?)?;
+    let response = DiscoveryResponse::decode(pb).ok()?;
+    let extra: Extra = serde_json::from_slice(payload.get(8 + len..)?).ok()?;
+    Some(Ok(Discovery {
         version_info: response.version_info,
         resources: response.resources,
         dumps: extra.dumps,
         unknown_fields: extra.unknown_fields,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -242,5 +335,52 @@ resources:
         assert_eq!(e.to_string(), "resources[0].dns_refresh_rate: unsupported");
         let e = decode_text("version_info: [nope").expect_err("not YAML");
         assert!(matches!(e, FileError::Read(_)), "{e:?}");
+    }
+}
+
+#[cfg(test)]
+mod decoder_tests {
+    use super::*;
+
+    #[test]
+    fn the_decoder_protocol_carries_results_failures_and_rejections() {
+        let dir = std::env::temp_dir().join(format!("skiff-decoder-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let good = dir.join("good.yaml");
+        std::fs::write(
+            &good,
+            "version_info: '3'\nresources: [{'@type': type.googleapis.com/envoy.config.cluster.v3.Cluster, name: c}]\n",
+        )
+        .expect("write");
+        let bad = dir.join("bad.yaml");
+        std::fs::write(
+            &bad,
+            "resources: [{'@type': type.googleapis.com/envoy.config.cluster.v3.Cluster, name: c, dns_refresh_rate: 1s}]\n",
+        )
+        .expect("write");
+        let input = format!(
+            "{}\n{}\n{}\n",
+            good.display(),
+            bad.display(),
+            dir.join("none").display()
+        );
+        let mut out = Vec::new();
+        serve_decoder(input.as_bytes(), &mut out).expect("serve");
+        let mut frames = Vec::new();
+        let mut rest = &out[..];
+        while !rest.is_empty() {
+            let len = u64::from_le_bytes(rest[1..9].try_into().expect("len")) as usize;
+            frames.push((rest[0], rest[9..9 + len].to_vec()));
+            rest = &rest[9 + len..];
+        }
+        assert_eq!(frames.len(), 3);
+        let d = parse_decoded(&frames[0].1)
+            .expect("frame")
+            .expect("decoded");
+        assert_eq!((d.version_info.as_str(), d.resources.len()), ("3", 1));
+        assert_eq!(frames[1].0, 2);
+        assert!(String::from_utf8_lossy(&frames[1].1).contains("dns_refresh_rate"));
+        assert_eq!(frames[2].0, 1);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

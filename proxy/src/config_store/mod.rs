@@ -224,6 +224,7 @@ pub struct ConfigStore {
     /// Stat scopes of removed resources, pruned once nothing holds them.
     pending_prune: Vec<String>,
     watchers: Watchers,
+    decoder: crate::config::discovery::Decoder,
     unknown_fields: u64,
 }
 
@@ -287,6 +288,7 @@ impl ConfigStore {
             in_place: HashSet::new(),
             pending_prune: Vec::new(),
             watchers: Watchers::new(events),
+            decoder: Default::default(),
             unknown_fields: 0,
         };
         let model = &loaded.model;
@@ -410,6 +412,7 @@ impl ConfigStore {
         subs.chain(self.draining_listeners.iter().copied())
             .chain(self.draining_chains.iter().copied())
             .chain(prune)
+            .chain(self.decoder.idle_deadline())
             .min()
     }
 
@@ -434,6 +437,7 @@ impl ConfigStore {
                 changed = true;
             }
         }
+        self.decoder.stop_if_idle();
         self.draining_listeners.retain(|d| *d > now);
         self.draining_chains.retain(|d| *d > now);
         let stats = self.stats.clone();
@@ -464,7 +468,7 @@ impl ConfigStore {
         if !wanted {
             return;
         }
-        let decoded = crate::config::discovery::decode_file_isolated(&src.path);
+        let decoded = self.decoder.decode(&src.path);
         if self.cds.as_ref().is_some_and(|s| &s.source == src) {
             self.deliver(Kind::Cds, src, &decoded);
         }
