@@ -1263,3 +1263,6 @@ fn adopt_chains(
 fn bind_all(l: &model::Listener, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     (0..n).map(|_| crate::listener::bind(l)).collect()
 }
+
+#[cfg(test)]
+mod tests;
