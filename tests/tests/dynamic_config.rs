@@ -676,3 +676,163 @@ async fn fifty_file_changes_under_load_fail_no_request_and_refuse_no_connection(
     })
     .await;
 }
+
+/// A self-signed certificate and key for `cn`, as inline PEM strings.
+fn cert(cn: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::new(vec!["sds.example.com".to_string()]).expect("params");
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    let c = p.self_signed(&key).expect("cert");
+    (c.pem(), key.serialize_pem())
+}
+
+fn sds(version: &str, pair: &(String, String)) -> String {
+    let indent = |s: &str| {
+        s.lines()
+            .map(|l| format!("          {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    format!(
+        "version_info: \"{version}\"\nresources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: server\n  tls_certificate:\n    certificate_chain:\n      inline_string: |\n{}\n    private_key:\n      inline_string: |\n{}\n",
+        indent(&pair.0),
+        indent(&pair.1)
+    )
+}
+
+fn tls_lds(dir: &Path, port: u16) -> String {
+    format!(
+        r#"version_info: "1"
+resources:
+- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: tls
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+  filter_chains:
+  - transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+        common_tls_context:
+          tls_certificate_sds_secret_configs:
+          - name: server
+            sds_config: {{path_config_source: {{path: {d}/sds.yaml}}, resource_api_version: V3}}
+    filters: [{{name: t, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: tls, cluster: a}}}}]
+"#,
+        d = dir.display()
+    )
+}
+
+/// The subject of the certificate a TLS server on `port` presents.
+async fn served_subject(port: u16) -> String {
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername sds.example.com </dev/null 2>/dev/null | openssl x509 -noout -subject"
+        ))
+        .output()
+        .await
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sds_secret_from_a_file_is_served_and_rotated_without_dropping_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    run_for(Duration::from_secs(60), async {
+        skiff_tests::require_program("openssl", "install the Debian package openssl");
+        let ups = Ups {
+            a: EchoUpstream::start("A").await,
+            b: EchoUpstream::start("B").await,
+        };
+        let (one, two) = (cert("one"), cert("two"));
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let side = FsSide::start(kind, &ups).await;
+            put(&side.dir, "sds.yaml", &sds("1", &one));
+            side.update(
+                "lds.yaml",
+                &tls_lds(&side.dir, side.port2),
+                "listener_manager.lds.update_attempt",
+            )
+            .await;
+            let admin = side.proxy.admin();
+            admin
+                .wait_stat(
+                    "listener_manager.total_listeners_active",
+                    Duration::from_secs(5),
+                    |v| v == 1,
+                )
+                .await;
+            assert_eq!(
+                served_subject(side.port2).await,
+                "subject=CN = one",
+                "{}",
+                kind.name()
+            );
+            // A connection that stays open across the rotation.
+            let mut live = tokio::process::Command::new("openssl")
+                .args(["s_client", "-quiet", "-connect"])
+                .arg(format!("127.0.0.1:{}", side.port2))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("s_client");
+            let mut stdin = live.stdin.take().expect("stdin");
+            let mut stdout = live.stdout.take().expect("stdout");
+            let ask = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+            stdin.write_all(ask.as_bytes()).await.expect("write");
+            let mut buf = vec![0u8; 4096];
+            let n = stdout.read(&mut buf).await.expect("read");
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+            side.update("sds.yaml", &sds("2", &two), "sds.server.update_attempt")
+                .await;
+            let mut subject = String::new();
+            for _ in 0..40 {
+                subject = served_subject(side.port2).await;
+                if subject == "subject=CN = two" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(
+                subject,
+                "subject=CN = two",
+                "{}: new handshakes get the rotated certificate",
+                kind.name()
+            );
+            stdin
+                .write_all(ask.as_bytes())
+                .await
+                .expect("write after rotation");
+            let n = stdout.read(&mut buf).await.expect("read after rotation");
+            assert!(
+                String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+                "{}: the connection opened before the rotation still works",
+                kind.name()
+            );
+            assert_eq!(
+                admin.counter("sds.server.update_success").await,
+                2,
+                "{}",
+                kind.name()
+            );
+            assert_eq!(
+                admin.counter("listener_manager.listener_modified").await,
+                0,
+                "{}",
+                kind.name()
+            );
+            let dump = admin
+                .get("/config_dump?resource=dynamic_active_secrets")
+                .await
+                .text();
+            assert!(
+                dump.contains("[redacted]") && !dump.contains("PRIVATE KEY"),
+                "{}: {dump}",
+                kind.name()
+            );
+        }
+    })
+    .await;
+}

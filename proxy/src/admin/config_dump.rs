@@ -157,10 +157,37 @@ fn sections(state: &AdminState, include_eds: bool) -> Vec<Section> {
     }
     out.push(listeners);
     out.push(routes);
+    let secret = |d: &Dumped, dynamic: bool| {
+        let mut item =
+            json!({"name": d.name, "last_updated": time(d.last_updated), "secret": d.json});
+        if dynamic {
+            item["version_info"] = Value::String(d.version.clone());
+        }
+        (d.name.clone(), item)
+    };
     out.push(Section {
         type_name: "SecretsConfigDump",
         scalars: Vec::new(),
-        lists: Vec::new(),
+        lists: vec![
+            (
+                "static_secrets",
+                "SecretsConfigDump.StaticSecret",
+                d.secrets
+                    .iter()
+                    .filter(|(st, _)| *st)
+                    .map(|(_, s)| secret(s, false))
+                    .collect(),
+            ),
+            (
+                "dynamic_active_secrets",
+                "SecretsConfigDump.DynamicSecret",
+                d.secrets
+                    .iter()
+                    .filter(|(st, _)| !*st)
+                    .map(|(_, s)| secret(s, true))
+                    .collect(),
+            ),
+        ],
     });
     out
 }

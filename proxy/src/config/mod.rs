@@ -15,7 +15,16 @@ use std::fmt;
 
 use prost_reflect::DynamicMessage;
 
-pub use translate::{listener_stat_prefix, resource, translate};
+pub use translate::{
+    config_source as translate_config_source, listener_stat_prefix, resource, translate,
+};
+
+/// Secrets by name (`static_resources.secrets`, and those SDS brought), which TLS contexts'
+/// `sds_secret_configs` name.
+pub type Secrets = std::collections::HashMap<
+    String,
+    envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+>;
 
 /// A configuration error: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -659,7 +659,7 @@ pub struct DownstreamTransport {
     /// The settings, as translated.
     pub settings: crate::tls::DownstreamTls,
     /// The rustls configuration, rebuilt when its certificate files change.
-    pub config: crate::tls::reload::Watched<rustls::ServerConfig>,
+    pub config: crate::tls::reload::Rotating<rustls::ServerConfig>,
 }
 
 /// A cluster's TLS: `transport_socket` with an `UpstreamTlsContext`.
@@ -668,7 +668,7 @@ pub struct UpstreamTransport {
     /// The settings, as translated.
     pub settings: crate::tls::UpstreamTls,
     /// The rustls configuration, rebuilt when its certificate files change.
-    pub config: crate::tls::reload::Watched<rustls::ClientConfig>,
+    pub config: crate::tls::reload::Rotating<rustls::ClientConfig>,
     /// `sni`, parsed once.
     pub server_name: Option<rustls_pki_types::ServerName<'static>>,
 }

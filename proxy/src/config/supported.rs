@@ -49,7 +49,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.bootstrap.v3.Admin", &["address"]),
     (
         "envoy.config.bootstrap.v3.Bootstrap.StaticResources",
-        &["listeners", "clusters"],
+        &["listeners", "clusters", "secrets"],
     ),
     ("envoy.config.core.v3.Address", &["socket_address"]),
     (
@@ -309,7 +309,17 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "tls_certificates",
             "validation_context",
             "alpn_protocols",
+            "tls_certificate_sds_secret_configs",
+            "validation_context_sds_secret_config",
         ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",
+        &["name", "sds_config"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.Secret",
+        &["name", "tls_certificate", "validation_context"],
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.TlsParameters",

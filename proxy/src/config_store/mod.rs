@@ -21,13 +21,14 @@ use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
 use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
 use envoy_types::pb::envoy::config::route::v3 as route_pb;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use tokio::sync::mpsc;
 
 use crate::config::discovery::{Discovery, FileError};
 use crate::config::model::{self, ConfigSource};
-use crate::config::{resource, ConfigError, Loaded};
+use crate::config::{resource, ConfigError, Loaded, Secrets};
 use crate::drain::{DrainKind, Draining};
 use crate::router::RouteTable;
 use crate::stats::{Shard, Store};
@@ -46,6 +47,8 @@ pub mod type_url {
     pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
     /// `ClusterLoadAssignment`.
     pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    /// `Secret`.
+    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 }
 
 /// The configuration in force, as workers and the admin server see it. Immutable.
@@ -96,6 +99,8 @@ pub struct Dump {
     pub routes: Vec<Dumped>,
     /// Endpoint assignments from EDS.
     pub endpoints: Vec<Dumped>,
+    /// Secrets, private keys redacted: (static, the secret).
+    pub secrets: Vec<(bool, Dumped)>,
     /// The last accepted LDS version.
     pub lds_version: String,
     /// The last accepted CDS version.
@@ -198,6 +203,13 @@ struct Eds {
 /// How often the stats of removed resources are looked at, to drop those nothing holds.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
+/// A secret: static, or from SDS with its subscription.
+#[derive(Debug)]
+struct SecretSlot {
+    sub: Option<Subscription>,
+    value: Option<Version<tls_pb::Secret, ()>>,
+}
+
 /// The main thread's owner of the configuration in force.
 pub struct ConfigStore {
     main: Arc<Shard>,
@@ -213,6 +225,7 @@ pub struct ConfigStore {
     cds: Option<Subscription>,
     rds: BTreeMap<String, Rds>,
     eds: BTreeMap<String, Eds>,
+    secrets: BTreeMap<String, SecretSlot>,
     /// The listeners the workers run, to know which need new sockets.
     running: HashMap<String, Arc<model::Listener>>,
     /// When each listener drain in progress ends.
@@ -282,6 +295,7 @@ impl ConfigStore {
             cds: None,
             rds: BTreeMap::new(),
             eds: BTreeMap::new(),
+            secrets: BTreeMap::new(),
             running: HashMap::new(),
             draining_listeners: Vec::new(),
             draining_chains: Vec::new(),
@@ -292,6 +306,20 @@ impl ConfigStore {
             unknown_fields: 0,
         };
         let model = &loaded.model;
+        for s in &statics.secrets {
+            let json = redacted(serde_json::json!({"name": s.name}), s);
+            store.secrets.insert(
+                s.name.clone(),
+                SecretSlot {
+                    sub: None,
+                    value: Some(Version {
+                        proto: s.clone(),
+                        model: (),
+                        dump: now_dumped(&s.name, json, ""),
+                    }),
+                },
+            );
+        }
         for (i, c) in model.clusters.iter().enumerate() {
             let json = loaded.dump.clusters.get(i).cloned().unwrap_or_default();
             let proto = statics.clusters.get(i).cloned().unwrap_or_default();
@@ -407,6 +435,7 @@ impl ConfigStore {
             .chain(self.cds.iter())
             .chain(self.rds.values().map(|r| &r.sub))
             .chain(self.eds.values().map(|e| &e.sub))
+            .chain(self.secrets.values().filter_map(|s| s.sub.as_ref()))
             .filter_map(Subscription::deadline);
         let prune = (!self.pending_prune.is_empty()).then(|| Instant::now() + PRUNE_EVERY);
         subs.chain(self.draining_listeners.iter().copied())
@@ -427,7 +456,8 @@ impl ConfigStore {
             .iter_mut()
             .chain(self.cds.iter_mut())
             .chain(self.rds.values_mut().map(|r| &mut r.sub))
-            .chain(self.eds.values_mut().map(|e| &mut e.sub));
+            .chain(self.eds.values_mut().map(|e| &mut e.sub))
+            .chain(self.secrets.values_mut().filter_map(|s| s.sub.as_mut()));
         for sub in subs {
             if sub.deadline().is_some_and(|d| d <= now) {
                 tracing::warn!(path = %sub.source.path.display(), "initial fetch timed out");
@@ -455,6 +485,7 @@ impl ConfigStore {
         self.refresh_source(&ev.source);
         self.sync_eds();
         self.sync_rds();
+        self.sync_sds();
         self.promote();
         self.publish();
     }
@@ -464,7 +495,11 @@ impl ConfigStore {
         let wanted = self.lds.as_ref().is_some_and(|s| &s.source == src)
             || self.cds.as_ref().is_some_and(|s| &s.source == src)
             || self.rds.values().any(|r| &r.sub.source == src)
-            || self.eds.values().any(|e| &e.sub.source == src);
+            || self.eds.values().any(|e| &e.sub.source == src)
+            || self
+                .secrets
+                .values()
+                .any(|s| s.sub.as_ref().is_some_and(|s| &s.source == src));
         if !wanted {
             return;
         }
@@ -493,6 +528,15 @@ impl ConfigStore {
         for name in eds {
             self.deliver(Kind::Eds(name), src, &decoded);
         }
+        let sds: Vec<String> = self
+            .secrets
+            .iter()
+            .filter(|(_, s)| s.sub.as_ref().is_some_and(|s| &s.source == src))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in sds {
+            self.deliver(Kind::Sds(name), src, &decoded);
+        }
     }
 
     fn subscription(&mut self, kind: &Kind) -> Option<&mut Subscription> {
@@ -501,6 +545,7 @@ impl ConfigStore {
             Kind::Cds => self.cds.as_mut(),
             Kind::Rds(n) => self.rds.get_mut(n).map(|r| &mut r.sub),
             Kind::Eds(n) => self.eds.get_mut(n).map(|e| &mut e.sub),
+            Kind::Sds(n) => self.secrets.get_mut(n).and_then(|s| s.sub.as_mut()),
         }
     }
 
@@ -536,6 +581,7 @@ impl ConfigStore {
                     Kind::Cds => self.apply_cds(d),
                     Kind::Rds(name) => self.apply_rds(name, d),
                     Kind::Eds(name) => self.apply_eds(name, d),
+                    Kind::Sds(name) => self.apply_sds(name, d),
                 }
             }
         };
@@ -582,7 +628,8 @@ impl ConfigStore {
         for (i, any) in d.resources.iter().enumerate() {
             let path = format!("resources[{i}]");
             let proto: listener_pb::Listener = decode_any(any, type_url::LISTENER, &path)?;
-            let mut model = resource::listener(&proto, &path, &clusters)?;
+            self.follow_secrets(&secret_refs(&listener_tls(&proto)), &path)?;
+            let mut model = resource::listener(&proto, &path, &clusters, &self.secret_values())?;
             let name = model.name.clone();
             if let Some(cur) = self.listeners.get(&name).and_then(|s| s.latest()) {
                 if cur.proto != proto && adopt_chains(cur, &proto, &mut model) {
@@ -696,7 +743,8 @@ impl ConfigStore {
         for (i, any) in d.resources.iter().enumerate() {
             let path = format!("resources[{i}]");
             let proto: cluster_pb::Cluster = decode_any(any, type_url::CLUSTER, &path)?;
-            let model = resource::cluster(&proto, &path)?;
+            self.follow_secrets(&secret_refs(&cluster_tls(&proto)), &path)?;
+            let model = resource::cluster(&proto, &path, &self.secret_values())?;
             let name = model.name.clone();
             if next.contains_key(&name) {
                 return Err(ConfigError::new(
@@ -850,6 +898,160 @@ impl ConfigStore {
         Ok(())
     }
 
+    /// The secrets in force, for translation.
+    fn secret_values(&self) -> Secrets {
+        self.secrets
+            .iter()
+            .filter_map(|(n, s)| s.value.as_ref().map(|v| (n.clone(), v.proto.clone())))
+            .collect()
+    }
+
+    /// Subscribes to the SDS secrets a resource names (a secret named without `sds_config` is a
+    /// static one) and reads each new one now, so the resource can be translated with them.
+    fn follow_secrets(
+        &mut self,
+        refs: &[(
+            String,
+            Option<envoy_types::pb::envoy::config::core::v3::ConfigSource>,
+        )],
+        path: &str,
+    ) -> Result<(), ConfigError> {
+        let mut fresh = Vec::new();
+        for (name, source) in refs {
+            let Some(source) = source else { continue };
+            if self
+                .secrets
+                .get(name)
+                .is_some_and(|s| s.sub.is_some() || s.value.is_some())
+            {
+                continue;
+            }
+            let source = crate::config::translate_config_source(
+                source,
+                &format!("{path} (sds_config of secret '{name}')"),
+            )?;
+            self.secrets.insert(
+                name.clone(),
+                SecretSlot {
+                    sub: Some(Subscription::new(
+                        source.clone(),
+                        format!("sds.{name}."),
+                        &self.main,
+                    )),
+                    value: None,
+                },
+            );
+            fresh.push(source);
+        }
+        self.follow_sources(fresh);
+        Ok(())
+    }
+
+    /// SDS subscriptions no listener or cluster names any more are dropped.
+    fn sync_sds(&mut self) {
+        let mut wanted = HashSet::new();
+        for slot in self.listeners.values() {
+            for v in slot.active.iter().chain(slot.warming.iter()) {
+                wanted.extend(
+                    secret_refs(&listener_tls(&v.proto))
+                        .into_iter()
+                        .map(|r| r.0),
+                );
+            }
+        }
+        for slot in self.clusters.values() {
+            for v in slot.active.iter().chain(slot.warming.iter()) {
+                wanted.extend(secret_refs(&cluster_tls(&v.proto)).into_iter().map(|r| r.0));
+            }
+        }
+        self.secrets
+            .retain(|n, s| s.sub.is_none() || wanted.contains(n));
+    }
+
+    /// A secret from SDS. Listeners and clusters that use it have their TLS rebuilt with it;
+    /// new handshakes take it while they and their connections stay (rotation). A secret that
+    /// does not build is refused and the previous one stays.
+    fn apply_sds(&mut self, name: &str, d: &Discovery) -> Result<(), ConfigError> {
+        if d.resources.len() != 1 {
+            return Err(ConfigError::new(
+                "resources",
+                format!("Unexpected SDS secrets length: {}", d.resources.len()),
+            ));
+        }
+        let proto: tls_pb::Secret = decode_any(&d.resources[0], type_url::SECRET, "resources[0]")?;
+        if proto.name != name {
+            return Err(ConfigError::new(
+                "resources[0].name",
+                format!("Unexpected SDS secret (expecting {name}): {}", proto.name),
+            ));
+        }
+        let Some(slot) = self.secrets.get_mut(name) else {
+            return Ok(());
+        };
+        if slot.value.as_ref().is_some_and(|v| v.proto == proto) {
+            return Ok(());
+        }
+        let json = redacted(d.dumps[0].clone(), &proto);
+        let previous = slot.value.replace(Version {
+            proto,
+            model: (),
+            dump: now_dumped(name, json, &d.version_info),
+        });
+        if let Err(e) = self.rotate(name) {
+            if let Some(slot) = self.secrets.get_mut(name) {
+                slot.value = previous;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the TLS of every listener and cluster that uses secret `name` and swaps it into
+    /// the versions in force. Either all build or nothing changes.
+    fn rotate(&mut self, name: &str) -> Result<(), ConfigError> {
+        let secrets = self.secret_values();
+        let clusters = self.cluster_names();
+        let uses = |refs: Vec<(
+            String,
+            Option<envoy_types::pb::envoy::config::core::v3::ConfigSource>,
+        )>| { refs.iter().any(|(n, _)| n == name) };
+        let mut listeners = Vec::new();
+        for (lname, slot) in &self.listeners {
+            for v in slot.active.iter().chain(slot.warming.iter()) {
+                if uses(secret_refs(&listener_tls(&v.proto))) {
+                    let path = format!("listener '{lname}'");
+                    let fresh = resource::listener(&v.proto, &path, &clusters, &secrets)?;
+                    listeners.push((v.model.clone(), fresh));
+                }
+            }
+        }
+        let mut built = Vec::new();
+        for (cname, slot) in &self.clusters {
+            for v in slot.active.iter().chain(slot.warming.iter()) {
+                if uses(secret_refs(&cluster_tls(&v.proto))) {
+                    let fresh =
+                        resource::cluster(&v.proto, &format!("cluster '{cname}'"), &secrets)?;
+                    built.push((v.model.clone(), fresh));
+                }
+            }
+        }
+        for (old, fresh) in listeners {
+            let pairs = chains_of(&old).zip(chains_of(&fresh));
+            for (o, n) in pairs {
+                if let (Some(o), Some(n)) = (&o.tls, &n.tls) {
+                    o.config.rotate_from(&n.config);
+                }
+            }
+        }
+        for (old, fresh) in built {
+            if let (Some(o), Some(n)) = (&old.tls, &fresh.tls) {
+                o.config.rotate_from(&n.config);
+            }
+        }
+        tracing::info!(secret = %name, "secret rotated");
+        Ok(())
+    }
+
     /// RDS subscriptions follow the listeners: one per route configuration name a listener
     /// (active or warming) uses; a new one is read at once, an unused one is dropped.
     fn sync_rds(&mut self) {
@@ -914,6 +1116,7 @@ impl ConfigStore {
             .chain(self.cds.iter())
             .chain(self.rds.values().map(|r| &r.sub))
             .chain(self.eds.values().map(|e| &e.sub))
+            .chain(self.secrets.values().filter_map(|s| s.sub.as_ref()))
             .map(|s| s.source.clone())
             .collect();
         self.watchers.retain(&used);
@@ -1022,6 +1225,11 @@ impl ConfigStore {
                 .eds
                 .values()
                 .filter_map(|e| e.hosts.as_ref().map(|h| h.dump.clone()))
+                .collect(),
+            secrets: self
+                .secrets
+                .values()
+                .filter_map(|s| s.value.as_ref().map(|v| (s.sub.is_none(), v.dump.clone())))
                 .collect(),
             lds_version: self
                 .lds
@@ -1196,6 +1404,7 @@ enum Kind {
     Cds,
     Rds(String),
     Eds(String),
+    Sds(String),
 }
 
 /// The RDS route configurations a listener's HTTP connection managers use, with their source
@@ -1266,3 +1475,90 @@ fn bind_all(l: &model::Listener, n: usize) -> std::io::Result<Vec<std::net::TcpL
 
 #[cfg(test)]
 mod tests;
+
+/// The TLS contexts' common parts of a listener's filter chains.
+fn listener_tls(l: &listener_pb::Listener) -> Vec<tls_pb::CommonTlsContext> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    l.filter_chains
+        .iter()
+        .chain(l.default_filter_chain.iter())
+        .filter_map(
+            |fc| match fc.transport_socket.as_ref()?.config_type.as_ref()? {
+                ConfigType::TypedConfig(any) => {
+                    let ctx = tls_pb::DownstreamTlsContext::decode(any.value.as_slice()).ok()?;
+                    (any.type_url.ends_with("DownstreamTlsContext"))
+                        .then_some(ctx.common_tls_context)
+                        .flatten()
+                }
+            },
+        )
+        .collect()
+}
+
+/// The TLS context's common part of a cluster (inside upstream PROXY protocol too).
+fn cluster_tls(c: &cluster_pb::Cluster) -> Vec<tls_pb::CommonTlsContext> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
+    let mut ts = c.transport_socket.clone();
+    let mut out = Vec::new();
+    while let Some(Some(ConfigType::TypedConfig(any))) = ts.take().map(|t| t.config_type) {
+        if any.type_url.ends_with("UpstreamTlsContext") {
+            if let Some(common) = tls_pb::UpstreamTlsContext::decode(any.value.as_slice())
+                .ok()
+                .and_then(|c| c.common_tls_context)
+            {
+                out.push(common);
+            }
+        } else if any.type_url.ends_with("ProxyProtocolUpstreamTransport") {
+            ts = ProxyProtocolUpstreamTransport::decode(any.value.as_slice())
+                .ok()
+                .and_then(|p| p.transport_socket);
+        }
+    }
+    out
+}
+
+/// The secrets TLS contexts name, with their SDS source (none: a static secret).
+fn secret_refs(
+    contexts: &[tls_pb::CommonTlsContext],
+) -> Vec<(
+    String,
+    Option<envoy_types::pb::envoy::config::core::v3::ConfigSource>,
+)> {
+    use tls_pb::common_tls_context::ValidationContextType;
+    let mut out = Vec::new();
+    for c in contexts {
+        for s in &c.tls_certificate_sds_secret_configs {
+            out.push((s.name.clone(), s.sds_config.clone()));
+        }
+        if let Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) =
+            &c.validation_context_type
+        {
+            out.push((s.name.clone(), s.sds_config.clone()));
+        }
+    }
+    out
+}
+
+/// A secret's dump with its private key and password replaced, as Envoy's `/config_dump` shows
+/// them.
+fn redacted(mut json: serde_json::Value, s: &tls_pb::Secret) -> serde_json::Value {
+    if json.get("tls_certificate").is_none() {
+        if let Some(tls_pb::secret::Type::TlsCertificate(_)) = &s.r#type {
+            json["tls_certificate"] = serde_json::json!({});
+        }
+    }
+    if let Some(t) = json
+        .get_mut("tls_certificate")
+        .and_then(|t| t.as_object_mut())
+    {
+        for field in ["private_key", "password"] {
+            if let Some(v) = t.get_mut(field).and_then(|v| v.as_object_mut()) {
+                for (_, inner) in v.iter_mut() {
+                    *inner = serde_json::Value::String("[redacted]".into());
+                }
+            }
+        }
+    }
+    json
+}

@@ -11,7 +11,11 @@ use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 use super::{duration, required, socket_address, DEFAULT_BUFFER_LIMIT, HTTP_PROTOCOL_OPTIONS};
 
-pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, ConfigError> {
+pub(super) fn translate_cluster(
+    c: &cluster::Cluster,
+    path: &str,
+    secrets: &crate::config::Secrets,
+) -> Result<Cluster, ConfigError> {
     use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
     if c.name.is_empty() {
         return Err(ConfigError::new(format!("{path}.name"), "required"));
@@ -234,6 +238,7 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
             &format!("{path}.transport_socket"),
             auto_san_validation,
             auto_config_path.is_some(),
+            secrets,
         )?,
         None => (None, None),
     };

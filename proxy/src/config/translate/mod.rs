@@ -24,7 +24,7 @@ use http_manager::{translate_access_log, translate_hcm};
 
 use super::model::*;
 use super::proto::{type_name, unpack};
-use super::ConfigError;
+use super::{ConfigError, Secrets};
 
 /// Translation of single resources, as they come from dynamic sources.
 pub mod resource {
@@ -36,7 +36,7 @@ pub mod resource {
     use envoy_types::pb::envoy::config::route::v3 as route;
 
     use super::super::model::{Cluster, Host, Listener};
-    use super::super::ConfigError;
+    use super::super::{ConfigError, Secrets};
     use crate::router::RouteTable;
 
     /// A listener; inline routes must name clusters in `clusters`.
@@ -44,13 +44,18 @@ pub mod resource {
         l: &listener::Listener,
         path: &str,
         clusters: &HashSet<String>,
+        secrets: &Secrets,
     ) -> Result<Listener, ConfigError> {
-        super::translate_listener(l, path, clusters)
+        super::translate_listener(l, path, clusters, secrets)
     }
 
     /// A cluster.
-    pub fn cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, ConfigError> {
-        super::clusters::translate_cluster(c, path)
+    pub fn cluster(
+        c: &cluster::Cluster,
+        path: &str,
+        secrets: &Secrets,
+    ) -> Result<Cluster, ConfigError> {
+        super::clusters::translate_cluster(c, path, secrets)
     }
 
     /// A route configuration from RDS (its clusters are not checked, as Envoy's default).
@@ -100,6 +105,7 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
     };
     let empty = bootstrap::bootstrap::StaticResources::default();
     let res = b.static_resources.as_ref().unwrap_or(&empty);
+    let secrets = static_secrets(&res.secrets)?;
     let dynamic = match &b.dynamic_resources {
         Some(d) => DynamicResources {
             lds: d
@@ -120,7 +126,7 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
     let mut cluster_names = HashSet::new();
     for (i, c) in res.clusters.iter().enumerate() {
         let path = format!("static_resources.clusters[{i}]");
-        let c = translate_cluster(c, &path)?;
+        let c = translate_cluster(c, &path, &secrets)?;
         if !cluster_names.insert(c.name.clone()) {
             return Err(ConfigError::new(
                 format!("{path}.name"),
@@ -135,7 +141,7 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
     let mut addresses = HashSet::new();
     for (i, l) in res.listeners.iter().enumerate() {
         let path = format!("static_resources.listeners[{i}]");
-        let l = translate_listener(l, &path, &cluster_names)?;
+        let l = translate_listener(l, &path, &cluster_names, &secrets)?;
         if !listener_names.insert(l.name.clone()) {
             return Err(ConfigError::new(
                 format!("{path}.name"),
@@ -159,11 +165,30 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
     })
 }
 
+/// `static_resources.secrets` by name.
+pub(super) fn static_secrets(
+    all: &[envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret],
+) -> Result<Secrets, ConfigError> {
+    let mut out = Secrets::new();
+    for (i, s) in all.iter().enumerate() {
+        if s.name.is_empty() {
+            return Err(ConfigError::new(
+                format!("static_resources.secrets[{i}].name"),
+                "required",
+            ));
+        }
+        if out.insert(s.name.clone(), s.clone()).is_some() {
+            return Err(ConfigError::new(
+                format!("static_resources.secrets[{i}].name"),
+                format!("duplicate secret '{}'", s.name),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// A `ConfigSource`: only files so far (`path_config_source`, or the legacy `path`).
-pub(super) fn config_source(
-    c: &core::ConfigSource,
-    path: &str,
-) -> Result<ConfigSource, ConfigError> {
+pub fn config_source(c: &core::ConfigSource, path: &str) -> Result<ConfigSource, ConfigError> {
     use core::config_source::ConfigSourceSpecifier as Spec;
     // AUTO means V3 in Envoy 1.40.
     if c.resource_api_version != core::ApiVersion::V3 as i32
@@ -276,6 +301,7 @@ fn translate_listener(
     l: &listener::Listener,
     path: &str,
     clusters: &HashSet<String>,
+    secrets: &Secrets,
 ) -> Result<Listener, ConfigError> {
     let address = socket_address(
         required(&l.address, &format!("{path}.address"))?,
@@ -312,7 +338,7 @@ fn translate_listener(
                 ),
             ));
         }
-        filter_chains.push((m, Arc::new(translate_chain(fc, &fpath, clusters)?)));
+        filter_chains.push((m, Arc::new(translate_chain(fc, &fpath, clusters, secrets)?)));
     }
     let chain_table = {
         let matches: Vec<&FilterChainMatch> = filter_chains.iter().map(|(m, _)| m).collect();
@@ -328,6 +354,7 @@ fn translate_listener(
             fc,
             &format!("{path}.default_filter_chain"),
             clusters,
+            secrets,
         )?)),
         None => None,
     };
@@ -552,6 +579,7 @@ fn translate_chain(
     fc: &listener::FilterChain,
     path: &str,
     clusters: &HashSet<String>,
+    secrets: &Secrets,
 ) -> Result<FilterChain, ConfigError> {
     let mut filters = Vec::new();
     for (i, f) in fc.filters.iter().enumerate() {
@@ -612,7 +640,7 @@ fn translate_chain(
         ));
     }
     let tls = match &fc.transport_socket {
-        Some(ts) => tls::downstream(ts, &format!("{path}.transport_socket"))?,
+        Some(ts) => tls::downstream(ts, &format!("{path}.transport_socket"), secrets)?,
         None => None,
     };
     Ok(FilterChain {
