@@ -62,12 +62,15 @@ struct ListenerStats {
     worker_cx_total: Counter,
     worker_cx_active: Gauge,
     no_filter_chain_match: Counter,
+    network_extension_config_missing: Counter,
 }
 
 /// The network filters of a chain, built for one worker.
 enum Terminal {
     Http(Rc<HttpConnectionManager>),
     Tcp(Arc<model::TcpProxy>, Rc<TcpProxyStats>),
+    /// A chain without network filters: Envoy accepts it and closes its connections.
+    Empty,
 }
 
 /// A listener on one worker: the socket (none for `bind_to_port: false`), owned by the accept
@@ -150,7 +153,13 @@ fn chain(
     shard: &Arc<crate::stats::Shard>,
     scope: &str,
 ) -> Option<Rc<Chain>> {
-    let (last, front) = fc.filters.split_last()?;
+    let Some((last, front)) = fc.filters.split_last() else {
+        return Some(Rc::new(Chain {
+            limits: Vec::new(),
+            tls: fc.tls.clone(),
+            terminal: Terminal::Empty,
+        }));
+    };
     let limits = front
         .iter()
         .filter_map(|f| match f {
@@ -205,6 +214,8 @@ impl Listener {
             worker_cx_active: shard
                 .gauge(&format!("{scope}worker_{}.downstream_cx_active", worker.id)),
             no_filter_chain_match: shard.counter(&format!("{scope}no_filter_chain_match")),
+            network_extension_config_missing: shard
+                .counter(&format!("{scope}network_extension_config_missing")),
         };
         let filters = filters::Chain::new(&config, shard, &scope);
         let chains: Vec<Rc<Chain>> = config
@@ -323,6 +334,13 @@ impl Shared {
             self.closed();
             return;
         };
+        if matches!(chain.terminal, Terminal::Empty) {
+            // As Envoy: no read filter to give the connection to, so it is closed at once
+            // (before any TLS handshake) and counted as a chain whose filters are missing.
+            s.network_extension_config_missing.inc();
+            self.closed();
+            return;
+        }
         if !chain.admit() {
             // Envoy resets a rate-limited connection rather than closing it, and its terminal
             // filter has already counted the connection.
@@ -333,6 +351,7 @@ impl Shared {
                     hcm.stats.downstream_cx_destroy.inc();
                 }
                 Terminal::Tcp(_, stats) => stats.downstream_cx_total.inc(),
+                Terminal::Empty => {}
             }
             self.closed();
             return;
@@ -395,6 +414,7 @@ impl Shared {
                 )
                 .await
             }
+            Terminal::Empty => {}
         }
         self.closed();
     }

@@ -462,12 +462,6 @@ fn translate_chain(
         }
         filters.push(filter);
     }
-    if filters.is_empty() {
-        return Err(ConfigError::new(
-            format!("{path}.filters"),
-            "a filter chain needs a terminal filter",
-        ));
-    }
     let tls = match &fc.transport_socket {
         Some(ts) => tls::downstream(ts, &format!("{path}.transport_socket"))?,
         None => None,
