@@ -23,7 +23,7 @@ use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
 use crate::io::{Counted, FlowPair, FlowSlot, WriteFlow};
 use crate::stats::{Counter, Gauge, Shard};
-use crate::stream_info::{ResponseFlag, StreamInfo};
+use crate::stream_info::{headers_bytes, Connection, ResponseFlag, StreamInfo};
 use crate::worker::{LocalExec, Worker};
 use http_body::Body as _;
 
@@ -173,6 +173,8 @@ struct Conn {
     worker: Rc<Worker>,
     remote: SocketAddr,
     local: SocketAddr,
+    /// What the access log shows of the connection.
+    connection: Arc<Connection>,
     /// HTTP/1.1: the cluster whose response is being written, whose reading pauses while
     /// writing to the client waits (`upstream_flow_control_{paused,resumed}_reading_total`).
     response_flow: FlowSlot,
@@ -193,6 +195,7 @@ pub async fn serve(
     stream: Stream,
     remote: SocketAddr,
     local: SocketAddr,
+    connection: Arc<Connection>,
     hcm: Rc<HttpConnectionManager>,
     worker: Rc<Worker>,
     buffer_limit: usize,
@@ -212,6 +215,7 @@ pub async fn serve(
         worker: worker.clone(),
         remote,
         local,
+        connection,
         secure,
         codec: Cell::new(None),
     });
@@ -333,6 +337,11 @@ impl Done {
         if let Some(mut info) = self.info.take() {
             info.bytes_sent = bytes;
             info.bytes_received = self.request.bytes();
+            info.response_done = Some(std::time::Instant::now());
+            info.request_done = self.request.done_at().map(|t| t.into_std());
+            if info.upstream_connection.is_some() {
+                info.request_sent = info.request_done;
+            }
             match reason {
                 EndReason::Complete => {}
                 EndReason::DownstreamReset => info
@@ -413,6 +422,10 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         settled: false,
     };
     if let Some(info) = done.info.as_mut() {
+        info.connection = Some(conn.connection.clone());
+        if conn.secure {
+            info.scheme = "https";
+        }
         info.protocol = Some(protocol_name(version));
         info.method = Some(parts.method.clone());
         info.path = parts.uri.path_and_query().map(|p| p.as_str().to_string());
@@ -461,6 +474,12 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         // Access logs see the request as the connection manager forwards it (generated
         // x-request-id included), as in Envoy.
         info.request_headers = parts.headers.clone();
+        info.stream_id = parts
+            .headers
+            .get(&names::X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        info.request_headers_bytes = request_headers_bytes(&parts, info.scheme);
     }
     let request_id = cfg
         .always_set_request_id_in_response
@@ -518,6 +537,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             let status = head.status.as_u16();
             stats.response_class(status);
             if let Some(info) = done.info.as_mut() {
+                info.response_started = Some(std::time::Instant::now());
                 info.response_code = Some(status);
                 info.response_headers = head.headers.clone();
             }
@@ -533,6 +553,27 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             local(done, reply, request_id)
         }
     }
+}
+
+/// The size of a request's headers as Envoy counts its header map: `:authority`, `:path`,
+/// `:method` and `:scheme` as pseudo-headers (the Host header is `:authority`), then every
+/// other header.
+pub fn request_headers_bytes(parts: &http::request::Parts, scheme: &str) -> u64 {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .map_or(0, |v| (header::HOST.as_str().len() + v.len()) as u64);
+    let path = parts.uri.path_and_query().map_or("", |p| p.as_str());
+    headers_bytes(
+        [
+            (":authority", authority(parts).unwrap_or("")),
+            (":path", path),
+            (":method", parts.method.as_str()),
+            (":scheme", scheme),
+        ],
+        &parts.headers,
+    )
+    .saturating_sub(host)
 }
 
 /// An HTTP/1.1 upgrade request other than h2c: `Connection: upgrade` with an `Upgrade` header.

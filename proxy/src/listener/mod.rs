@@ -16,6 +16,7 @@ use crate::http::conn_manager::{self, HcmStats, HttpConnectionManager};
 use crate::io::Stream;
 use crate::network::filters::tcp_proxy::{self, TcpProxyStats};
 use crate::stats::{Counter, Gauge};
+use crate::stream_info::{next_connection_id, Connection};
 use crate::tls::stats::TlsStats;
 use crate::upstream::pool;
 use crate::worker::Worker;
@@ -129,9 +130,45 @@ struct Chain {
     limits: Vec<(Arc<model::LocalRateLimit>, Counter)>,
     tls: Option<Arc<model::DownstreamTransport>>,
     terminal: Terminal,
+    /// The names of the chain's certificates, for access logs, as of the TLS configuration
+    /// they were read for (made on first use, again after the files change).
+    local_certs: std::cell::RefCell<Option<(Arc<rustls::ServerConfig>, Rc<LocalCerts>)>>,
 }
 
+type LocalCerts = Vec<(Vec<String>, Option<crate::stream_info::CertInfo>)>;
+
 impl Chain {
+    /// Whether the terminal filter writes access logs (only then is TLS described).
+    fn logs(&self) -> bool {
+        match &self.terminal {
+            Terminal::Http(h) => !h.config.access_logs.is_empty(),
+            Terminal::Tcp(t, _) => !t.access_logs.is_empty(),
+            Terminal::Empty => false,
+        }
+    }
+
+    /// The certificate this chain presented to a client that asked for `sni`.
+    fn local_cert(
+        &self,
+        config: &Arc<rustls::ServerConfig>,
+        sni: Option<&str>,
+    ) -> Option<crate::stream_info::CertInfo> {
+        let tls = self.tls.as_ref()?;
+        let mut cache = self.local_certs.borrow_mut();
+        let certs = match &*cache {
+            Some((c, certs)) if Arc::ptr_eq(c, config) => certs.clone(),
+            _ => {
+                let certs = Rc::new(crate::tls::info::local_certificates(
+                    &tls.settings.certificates,
+                ));
+                *cache = Some((config.clone(), certs.clone()));
+                certs
+            }
+        };
+        let i = crate::tls::certs::pick_index(certs.iter().map(|(n, _)| n.as_slice()), sni);
+        certs.get(i).and_then(|(_, info)| info.clone())
+    }
+
     /// Runs the filters in front of the terminal one on a new connection; false: close it.
     fn admit(&self) -> bool {
         if self.limits.is_empty() {
@@ -158,6 +195,7 @@ fn chain(
             limits: Vec::new(),
             tls: fc.tls.clone(),
             terminal: Terminal::Empty,
+            local_certs: Default::default(),
         }));
     };
     let limits = front
@@ -189,6 +227,7 @@ fn chain(
             limits,
             tls: fc.tls.clone(),
             terminal,
+            local_certs: Default::default(),
         }))
     })
 }
@@ -317,6 +356,8 @@ impl Shared {
             stream,
             remote,
             local,
+            direct_remote,
+            server_name,
             ..
         } = sock;
         let s = &self.stats;
@@ -356,14 +397,26 @@ impl Shared {
             self.closed();
             return;
         }
+        let mut connection = Connection {
+            id: next_connection_id(),
+            direct_remote: Some(direct_remote),
+            requested_server_name: server_name.map(String::from),
+            tls: None,
+        };
         let stream = match &chain.tls {
             None => Stream::Tcp(stream),
             Some(tls) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.get());
+                let config = tls.config.get();
+                let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
                 match acceptor.accept(stream).await {
                     Ok(t) => {
+                        let conn = t.get_ref().1;
                         if let Some(st) = &self.tls_stats {
-                            st.completed(t.get_ref().1);
+                            st.completed(conn);
+                        }
+                        if chain.logs() {
+                            let local = chain.local_cert(&config, conn.server_name());
+                            connection.tls = Some(crate::tls::info::connection_info(conn, local));
                         }
                         Stream::ServerTls(Box::new(t))
                     }
@@ -384,6 +437,7 @@ impl Shared {
                     stream,
                     remote,
                     local,
+                    Arc::new(connection),
                     hcm.clone(),
                     self.worker.clone(),
                     self.config.buffer_limit,
@@ -409,6 +463,7 @@ impl Shared {
                     stream,
                     remote,
                     local,
+                    Arc::new(connection),
                     source,
                     self.config.buffer_limit,
                 )

@@ -176,22 +176,31 @@ impl SniResolver {
 
     /// The certificate for `sni`.
     pub fn pick(&self, sni: Option<&str>) -> &Arc<CertifiedKey> {
-        if let Some(host) = sni {
-            let exact = self
-                .certs
-                .iter()
-                .find(|(_, names)| names.iter().any(|n| n.eq_ignore_ascii_case(host)));
-            let wildcard = || {
-                self.certs
-                    .iter()
-                    .find(|(_, names)| names.iter().any(|n| name_covers(n, host)))
-            };
-            if let Some((ck, _)) = exact.or_else(wildcard) {
-                return ck;
-            }
-        }
-        &self.certs[0].0
+        let i = pick_index(self.certs.iter().map(|(_, names)| names.as_slice()), sni);
+        &self.certs[i].0
     }
+}
+
+/// Which of several certificates (given by their DNS names) serves `sni`: an exact name first,
+/// then a wildcard that covers it, else the first.
+pub fn pick_index<'a>(
+    certs: impl Iterator<Item = &'a [String]> + Clone,
+    sni: Option<&str>,
+) -> usize {
+    if let Some(host) = sni {
+        let exact = certs
+            .clone()
+            .position(|names| names.iter().any(|n| n.eq_ignore_ascii_case(host)));
+        let wildcard = || {
+            certs
+                .clone()
+                .position(|names| names.iter().any(|n| name_covers(n, host)))
+        };
+        if let Some(i) = exact.or_else(wildcard) {
+            return i;
+        }
+    }
+    0
 }
 
 impl ResolvesServerCert for SniResolver {

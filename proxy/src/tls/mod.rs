@@ -8,6 +8,7 @@
 
 pub mod certs;
 pub mod context;
+pub mod info;
 pub mod reload;
 pub mod stats;
 pub mod verify;
