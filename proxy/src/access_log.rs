@@ -605,6 +605,27 @@ mod tests {
     }
 
     #[test]
+    fn req_without_query_needs_its_formatter_extension() {
+        assert_eq!(
+            Format::parse("%REQ_WITHOUT_QUERY(:PATH)%").unwrap_err(),
+            "Not supported field in StreamInfo: REQ_WITHOUT_QUERY"
+        );
+        let ext = Extensions {
+            req_without_query: true,
+        };
+        let f =
+            Format::parse_with("%REQ_WITHOUT_QUERY(X?:PATH):4% %REQ(:PATH)%", ext).expect("parses");
+        let mut info = StreamInfo::new(
+            "127.0.0.1:5000".parse().expect("addr"),
+            "127.0.0.1:10000".parse().expect("addr"),
+        );
+        info.path = Some("/abcdef?q=1".into());
+        let mut line = String::new();
+        f.render(&info, &mut line);
+        assert_eq!(line, "/abc /abcdef?q=1");
+    }
+
+    #[test]
     fn unknown_operator_is_an_error() {
         assert_eq!(
             Format::parse("%NOPE%").unwrap_err(),

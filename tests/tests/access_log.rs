@@ -341,6 +341,11 @@ const OPERATORS: &[(&str, Cmp)] = &[
     ("%ROUTE_NAME%", Cmp::Exact),
     ("%REQUEST_HEADERS_BYTES%", Cmp::Exact),
     ("%RESPONSE_HEADERS_BYTES%", Cmp::Exact),
+    ("%REQ_WITHOUT_QUERY(:PATH)%", Cmp::Exact),
+    (
+        "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH):4%",
+        Cmp::Exact,
+    ),
     ("%REQ(:PATH):6%", Cmp::Exact),
 ];
 
@@ -432,7 +437,13 @@ async fn operators_side_by_side_with_envoy() {
                             "name": "envoy.access_loggers.stdout",
                             "typed_config": {
                                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                                "log_format": { "text_format_source": { "inline_string": format } }
+                                "log_format": {
+                                    "text_format_source": { "inline_string": format },
+                                    "formatters": [{
+                                        "name": "envoy.formatter.req_without_query",
+                                        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery" }
+                                    }]
+                                }
                             }
                         }],
                         "route_config": { "name": "local_route", "virtual_hosts": [{
