@@ -175,6 +175,8 @@ struct Conn {
     local: SocketAddr,
     /// What the access log shows of the connection.
     connection: Arc<Connection>,
+    /// original_src: where upstream connections come from.
+    source: Option<crate::upstream::pool::Source>,
     /// HTTP/1.1: the cluster whose response is being written, whose reading pauses while
     /// writing to the client waits (`upstream_flow_control_{paused,resumed}_reading_total`).
     response_flow: FlowSlot,
@@ -190,12 +192,15 @@ enum Codec {
     Http2,
 }
 
-/// Serves one downstream connection until it closes or drains.
+/// Serves one downstream connection until it closes or drains; with `source` (original_src)
+/// its requests' upstream connections come from that address.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     stream: Stream,
     remote: SocketAddr,
     local: SocketAddr,
     connection: Arc<Connection>,
+    source: Option<crate::upstream::pool::Source>,
     hcm: Rc<HttpConnectionManager>,
     worker: Rc<Worker>,
     buffer_limit: usize,
@@ -216,6 +221,7 @@ pub async fn serve(
         remote,
         local,
         connection,
+        source,
         secure,
         codec: Cell::new(None),
     });
@@ -503,6 +509,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         body,
         &request,
         (conn.remote, conn.local),
+        conn.source,
         done.info.as_deref_mut(),
     )
     .await

@@ -433,11 +433,20 @@ impl Shared {
         };
         match &chain.terminal {
             Terminal::Http(hcm) => {
+                // original_src: pooled upstream connections come from the client's address; the
+                // port is left to the kernel, since one client connection may need several
+                // upstream connections (Envoy does not implement bind_port either).
+                let source = self.config.original_src.map(|o| pool::Source {
+                    address: SocketAddr::new(remote.ip(), 0),
+                    transparent: true,
+                    mark: o.mark,
+                });
                 conn_manager::serve(
                     stream,
                     remote,
                     local,
                     Arc::new(connection),
+                    source,
                     hcm.clone(),
                     self.worker.clone(),
                     self.config.buffer_limit,

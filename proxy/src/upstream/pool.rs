@@ -49,7 +49,7 @@ pub enum ConnectError {
 pub type UpstreamStream = Counted<Stream>;
 
 /// Where an upstream connection comes from, when not from the host's own address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Source {
     /// The local address to bind.
     pub address: SocketAddr,
@@ -59,9 +59,10 @@ pub struct Source {
     pub mark: u32,
 }
 
-/// Opens a TCP connection to a host of `cluster`, counting it and its bytes.
+/// Opens a TCP connection to a host of `cluster` (from the host's `source`, if it has one),
+/// counting it and its bytes.
 pub async fn connect(cluster: &Cluster, host: &Host) -> Result<UpstreamStream, ConnectError> {
-    connect_from(cluster, host, None).await
+    connect_from(cluster, host, host.source).await
 }
 
 /// [`connect`], from `source` when given (original_src), else from the cluster's

@@ -107,7 +107,9 @@ impl Drop for Upstream {
     }
 }
 
-/// Routes and forwards one request. `Err` is the local reply to send instead.
+/// Routes and forwards one request. `Err` is the local reply to send instead. With `source`
+/// (original_src), upstream connections come from that address.
+#[allow(clippy::too_many_arguments)]
 pub async fn route(
     worker: &Rc<Worker>,
     cfg: &model::HttpConnectionManager,
@@ -115,6 +117,7 @@ pub async fn route(
     body: ProxyBody,
     request: &Rc<RequestProgress>,
     (downstream_remote, downstream_local): (std::net::SocketAddr, std::net::SocketAddr),
+    source: Option<pool::Source>,
     mut info: Option<&mut StreamInfo>,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let host_header = authority(&parts).unwrap_or("").to_string();
@@ -154,10 +157,11 @@ pub async fn route(
         cluster.stats.upstream_cx_none_healthy.inc();
         return Err(LocalReply::NO_HEALTHY_UPSTREAM);
     };
-    let host = cluster.variant(
+    let host = cluster.variant_from(
         host,
         (downstream_remote, downstream_local),
         Some(&host_header),
+        source,
     );
     if !cfg.router.suppress_envoy_headers {
         if let Some(t) = route.timeout {
