@@ -263,7 +263,21 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
         "REQUEST_HEADERS_BYTES" => Op::RequestHeadersBytes,
         "RESPONSE_HEADERS_BYTES" => Op::ResponseHeadersBytes,
         "HOSTNAME" => Op::Fixed(hostname()),
-        other => return Err(format!("Not supported field in StreamInfo: {other}")),
+        other => {
+            // Envoy has these; say why skiff does not, rather than that they do not exist.
+            let why = match other.split('(').next().unwrap_or(other) {
+                "CEL" => " (skiff does not evaluate CEL expressions)",
+                "METADATA" | "DYNAMIC_METADATA" | "CLUSTER_METADATA" | "UPSTREAM_METADATA" => {
+                    " (skiff keeps no metadata for access logs)"
+                }
+                "FILTER_STATE" | "UPSTREAM_FILTER_STATE" => {
+                    " (skiff keeps no filter state for access logs)"
+                }
+                "DOWNSTREAM_TLS_SESSION_ID" => " (rustls does not expose TLS session ids)",
+                _ => "",
+            };
+            return Err(format!("Not supported field in StreamInfo: {other}{why}"));
+        }
     })
 }
 
@@ -630,6 +644,10 @@ mod tests {
         assert_eq!(
             Format::parse("%NOPE%").unwrap_err(),
             "Not supported field in StreamInfo: NOPE"
+        );
+        assert_eq!(
+            Format::parse("%CEL(request.method)%").unwrap_err(),
+            "Not supported field in StreamInfo: CEL(request.method) (skiff does not evaluate CEL expressions)"
         );
     }
 }
