@@ -367,64 +367,128 @@ fn masked(field: &str, cmp: Cmp) -> String {
     }
 }
 
+/// A CA, a server certificate (DNS and URI SANs, subject with an escaped comma) and a client
+/// certificate it signed, as files: (server, client, CA).
+struct Pki {
+    server: (std::path::PathBuf, std::path::PathBuf),
+    client: (std::path::PathBuf, std::path::PathBuf),
+    ca: std::path::PathBuf,
+}
+
+fn pki(tag: &str) -> Pki {
+    let dir = skiff_tests::scratch_dir(tag);
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "alog test CA");
+    let ca = p.self_signed(&ca_key).expect("CA");
+    let leaf = |name: &str, sans: Vec<rcgen::SanType>| {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.subject_alt_names = sans;
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "skiff, tests");
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.signed_by(&key, &ca, &ca_key).expect("leaf");
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write");
+        std::fs::write(&k, key.serialize_pem()).expect("write");
+        (c, k)
+    };
+    let uri = |s: &str| rcgen::SanType::URI(s.to_string().try_into().expect("URI"));
+    let dns = |s: &str| rcgen::SanType::DnsName(s.to_string().try_into().expect("DNS"));
+    let server = leaf(
+        "front",
+        vec![
+            dns("front.test"),
+            dns("*.front.test"),
+            uri("spiffe://cluster.local/ns/default/sa/front"),
+        ],
+    );
+    let client = leaf(
+        "client",
+        vec![
+            uri("spiffe://cluster.local/ns/default/sa/client"),
+            dns("client.test"),
+        ],
+    );
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).expect("write");
+
+    Pki {
+        server,
+        client,
+        ca: ca_path,
+    }
+}
+
+/// The log format of [`OPERATORS`], as a `log_format` with the req_without_query extension.
+fn log_format() -> serde_json::Value {
+    let format = OPERATORS
+        .iter()
+        .map(|(op, _)| *op)
+        .collect::<Vec<_>>()
+        .join("|")
+        + "\n";
+    json!({
+        "text_format_source": { "inline_string": format },
+        "formatters": [{
+            "name": "envoy.formatter.req_without_query",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery" }
+        }]
+    })
+}
+
+/// The downstream TLS context of these tests: the server certificate, client certificates from
+/// the CA asked for but not required.
+fn tls_context(p: &Pki) -> serde_json::Value {
+    json!({ "name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": {
+            "tls_certificates": [{ "certificate_chain": { "filename": p.server.0 }, "private_key": { "filename": p.server.1 } }],
+            "validation_context": { "trusted_ca": { "filename": p.ca } }
+        }
+    }})
+}
+
+/// Compares Envoy's and skiff's lines of one case field by field; differences go to `differ`,
+/// every field to `table`.
+fn compare_lines(
+    what: &str,
+    envoy: &str,
+    skiff: &str,
+    table: &mut Vec<String>,
+    differ: &mut Vec<String>,
+) {
+    let (fe, fs): (Vec<&str>, Vec<&str>) = (envoy.split('|').collect(), skiff.split('|').collect());
+    assert_eq!(fe.len(), OPERATORS.len(), "{what}: {envoy}");
+    assert_eq!(fs.len(), OPERATORS.len(), "{what}: {skiff}");
+    for (i, (op, cmp)) in OPERATORS.iter().enumerate() {
+        let (me, ms) = (masked(fe[i], *cmp), masked(fs[i], *cmp));
+        table.push(format!(
+            "{what:5} {op:50} envoy={:40} skiff={}",
+            fe[i], fs[i]
+        ));
+        if me != ms {
+            differ.push(format!("{what} {op}: envoy {:?}, skiff {:?}", fe[i], fs[i]));
+        }
+    }
+}
+
 #[tokio::test]
 async fn operators_side_by_side_with_envoy() {
     use skiff_tests::config::{bootstrap, cluster, to_yaml};
     use skiff_tests::side_by_side::{pair, Up, HOST};
     run(async {
-        // The listener terminates TLS (a certificate with DNS and URI SANs, client certificates
-        // from the test CA asked for but not required) and takes plaintext on a second chain.
-        let dir = skiff_tests::scratch_dir("alog-ops");
-        let ca_key = rcgen::KeyPair::generate().expect("key");
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "alog test CA");
-        let ca = p.self_signed(&ca_key).expect("CA");
-        let leaf = |name: &str, sans: Vec<rcgen::SanType>| {
-            let key = rcgen::KeyPair::generate().expect("key");
-            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-            p.subject_alt_names = sans;
-            p.distinguished_name
-                .push(rcgen::DnType::OrganizationName, "skiff, tests");
-            p.distinguished_name.push(rcgen::DnType::CommonName, name);
-            let cert = p.signed_by(&key, &ca, &ca_key).expect("leaf");
-            let (c, k) = (
-                dir.join(format!("{name}.pem")),
-                dir.join(format!("{name}.key")),
-            );
-            std::fs::write(&c, cert.pem()).expect("write");
-            std::fs::write(&k, key.serialize_pem()).expect("write");
-            (c, k)
-        };
-        let uri = |s: &str| rcgen::SanType::URI(s.to_string().try_into().expect("URI"));
-        let dns = |s: &str| rcgen::SanType::DnsName(s.to_string().try_into().expect("DNS"));
-        let server = leaf(
-            "front",
-            vec![
-                dns("front.test"),
-                dns("*.front.test"),
-                uri("spiffe://cluster.local/ns/default/sa/front"),
-            ],
-        );
-        let client = leaf(
-            "client",
-            vec![
-                uri("spiffe://cluster.local/ns/default/sa/client"),
-                dns("client.test"),
-            ],
-        );
-        let ca_path = dir.join("ca.pem");
-        std::fs::write(&ca_path, ca.pem()).expect("write");
-
-        let format = OPERATORS
-            .iter()
-            .map(|(op, _)| *op)
-            .collect::<Vec<_>>()
-            .join("|")
-            + "\n";
-        let server_cfg = server.clone();
-        let ca_cfg = ca_path.clone();
+        // The listener terminates TLS and takes plaintext on a second chain.
+        let p = pki("alog-ops");
+        let client = p.client.clone();
+        let log_format = log_format();
+        let tls = tls_context(&p);
         let dead = skiff_tests::free_port();
         let build = move |admin: u16, listen: u16, upstream: u16| {
             let hcm = |stat_prefix: &str| {
@@ -437,13 +501,7 @@ async fn operators_side_by_side_with_envoy() {
                             "name": "envoy.access_loggers.stdout",
                             "typed_config": {
                                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                                "log_format": {
-                                    "text_format_source": { "inline_string": format },
-                                    "formatters": [{
-                                        "name": "envoy.formatter.req_without_query",
-                                        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery" }
-                                    }]
-                                }
+                                "log_format": log_format
                             }
                         }],
                         "route_config": { "name": "local_route", "virtual_hosts": [{
@@ -465,13 +523,7 @@ async fn operators_side_by_side_with_envoy() {
                     {
                         "filter_chain_match": { "transport_protocol": "tls" },
                         "filters": [hcm("tls")],
-                        "transport_socket": { "name": "envoy.transport_sockets.tls", "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                            "common_tls_context": {
-                                "tls_certificates": [{ "certificate_chain": { "filename": server_cfg.0 }, "private_key": { "filename": server_cfg.1 } }],
-                                "validation_context": { "trusted_ca": { "filename": ca_cfg } }
-                            }
-                        }}
+                        "transport_socket": tls
                     },
                     { "filters": [hcm("plain")] }
                 ]
@@ -519,20 +571,121 @@ async fn operators_side_by_side_with_envoy() {
                     .await;
                 lines.push(line.trim_end().to_string());
             }
-            let (fe, fs): (Vec<&str>, Vec<&str>) =
-                (lines[0].split('|').collect(), lines[1].split('|').collect());
-            assert_eq!(fe.len(), OPERATORS.len(), "{what}: {}", lines[0]);
-            assert_eq!(fs.len(), OPERATORS.len(), "{what}: {}", lines[1]);
-            for (i, (op, cmp)) in OPERATORS.iter().enumerate() {
-                let (me, ms) = (masked(fe[i], *cmp), masked(fs[i], *cmp));
-                table.push(format!("{what:5} {op:50} envoy={:40} skiff={}", fe[i], fs[i]));
-                if me != ms {
-                    differ.push(format!("{what} {op}: envoy {:?}, skiff {:?}", fe[i], fs[i]));
-                }
-            }
+            compare_lines(what, &lines[0], &lines[1], &mut table, &mut differ);
         }
         println!("{}", table.join("\n"));
         assert!(differ.is_empty(), "operators differ:\n  {}", differ.join("\n  "));
+    })
+    .await
+}
+
+/// The same operators on tcp_proxy's connection lines: a plain connection, one whose upstream
+/// refuses, and an mTLS connection terminated by the listener, each on its own listener.
+#[tokio::test]
+async fn tcp_proxy_operators_side_by_side_with_envoy() {
+    use skiff_tests::config::{bootstrap, cluster, to_yaml};
+    use skiff_tests::side_by_side::{pair, Up};
+    use skiff_tests::upstream::TcpMode;
+    use std::sync::{Arc, Mutex};
+    run(async {
+        let p = pki("alog-tcp");
+        let client = p.client.clone();
+        let log_format = log_format();
+        let tls = tls_context(&p);
+        let dead = skiff_tests::free_port();
+        // (plain, refused, mTLS) listener ports of each side, Envoy's first.
+        let ports: Arc<Mutex<Vec<[u16; 3]>>> = Arc::default();
+        let ports_in = ports.clone();
+        let build = move |admin: u16, listen: u16, upstream: u16| {
+            let tcp = |cluster: &str| {
+                json!({
+                    "name": "envoy.filters.network.tcp_proxy",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                        "stat_prefix": cluster,
+                        "cluster": cluster,
+                        "access_log": [{
+                            "name": "envoy.access_loggers.stdout",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                                "log_format": log_format
+                            }
+                        }]
+                    }
+                })
+            };
+            let (refused, mtls) = (skiff_tests::free_port(), skiff_tests::free_port());
+            ports_in
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push([listen, refused, mtls]);
+            let listener = |name: &str, port: u16, chain: serde_json::Value| {
+                json!({
+                    "name": name,
+                    "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+                    "listener_filters": [{ "name": "envoy.filters.listener.tls_inspector", "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" } }],
+                    "filter_chains": [chain]
+                })
+            };
+            to_yaml(&bootstrap(
+                admin,
+                vec![
+                    listener("plain", listen, json!({ "filters": [tcp("svc")] })),
+                    listener("refused", refused, json!({ "filters": [tcp("dead")] })),
+                    listener(
+                        "mtls",
+                        mtls,
+                        json!({ "filters": [tcp("svc")], "transport_socket": tls }),
+                    ),
+                ],
+                vec![cluster("svc", &[upstream]), cluster("dead", &[dead])],
+            ))
+        };
+        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec();
+        let (e, s) = pair(Up::Raw(TcpMode::ReadThenReply(reply)), build).await;
+        let ports = ports.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (cert, key) = (
+            client.0.to_str().expect("utf-8"),
+            client.1.to_str().expect("utf-8"),
+        );
+        let local_port = OPERATORS
+            .iter()
+            .position(|(op, _)| *op == "%DOWNSTREAM_LOCAL_PORT%")
+            .expect("the format has the listener's port");
+        let mut table = Vec::new();
+        let mut differ = Vec::new();
+        for (case, what) in ["plain", "UF", "mTLS"].into_iter().enumerate() {
+            let mut lines = Vec::new();
+            for (side, ports) in [&e, &s].into_iter().zip(&ports) {
+                let port = ports[case];
+                let resolve = format!("sni.front.test:{port}:127.0.0.1");
+                let url = match what {
+                    "mTLS" => format!("https://sni.front.test:{port}/"),
+                    _ => format!("http://sni.front.test:{port}/"),
+                };
+                let mut args = vec!["-m", "5", "--resolve", &resolve];
+                if what == "mTLS" {
+                    args.extend(["-k", "--cert", cert, "--key", key]);
+                }
+                args.push(&url);
+                skiff_tests::client::curl(&args).await;
+                let want = port.to_string();
+                let line = side
+                    .proxy
+                    .wait_stdout_line(Duration::from_secs(15), |l| {
+                        l.trim_end().split('|').nth(local_port) == Some(want.as_str())
+                    })
+                    .await;
+                lines.push(line.trim_end().to_string());
+            }
+            compare_lines(what, &lines[0], &lines[1], &mut table, &mut differ);
+        }
+        println!("{}", table.join("\n"));
+        assert!(
+            differ.is_empty(),
+            "operators differ:\n  {}",
+            differ.join("\n  ")
+        );
     })
     .await
 }

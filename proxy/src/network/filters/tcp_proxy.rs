@@ -73,6 +73,8 @@ pub async fn run(
     let mut info = (!cfg.access_logs.is_empty()).then(|| {
         let mut info = StreamInfo::new(remote, local);
         info.connection = Some(connection);
+        // Envoy gives every connection a random stream id (`%STREAM_ID%`).
+        info.stream_id = Some(uuid::Uuid::new_v4().to_string());
         info
     });
     let moved = Moved::default();
