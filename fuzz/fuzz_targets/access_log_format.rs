@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
             issuer: "CN=ca".into(),
             uri_sans: vec!["spiffe://x/y".into()],
             dns_sans: vec!["a.test".into(), "*.a.test".into()],
+            serial: "0a1b".into(),
         };
         info.connection = Some(std::sync::Arc::new(Connection {
             id: 7,

@@ -78,6 +78,48 @@ enum Op {
     Fixed(Option<String>),
     /// `%REQ_WITHOUT_QUERY(X?Y)%`, with the `envoy.formatter.req_without_query` extension.
     ReqWithoutQuery(String, Option<String>),
+    DownstreamPeerSerial,
+    AccessLogType,
+    /// `%PATH(WQ|NQ:ORIG|PATH|ORIG_OR_PATH)%`: with the query or not, from which header.
+    Path {
+        query: bool,
+        from: PathSource,
+    },
+}
+
+/// Where `%PATH%` takes the path from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathSource {
+    /// `x-envoy-original-path`.
+    Original,
+    /// `:path`.
+    Path,
+    /// `x-envoy-original-path`, else `:path` (the default).
+    OriginalOrPath,
+}
+
+/// `%PATH%`, `%PATH(NQ)%`, `%PATH(WQ:ORIG)%`…
+fn parse_path(cmd: &str) -> Option<Op> {
+    if cmd == "PATH" {
+        return Some(Op::Path {
+            query: true,
+            from: PathSource::OriginalOrPath,
+        });
+    }
+    let inner = cmd.strip_prefix("PATH(")?.strip_suffix(')')?;
+    let (q, from) = inner.split_once(':').unwrap_or((inner, "ORIG_OR_PATH"));
+    let query = match q {
+        "WQ" => true,
+        "NQ" => false,
+        _ => return None,
+    };
+    let from = match from {
+        "ORIG" => PathSource::Original,
+        "PATH" => PathSource::Path,
+        "ORIG_OR_PATH" => PathSource::OriginalOrPath,
+        _ => return None,
+    };
+    Some(Op::Path { query, from })
 }
 
 /// Formatter extensions a format may use (`formatters` of the `SubstitutionFormatString`).
@@ -196,6 +238,9 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
     {
         return Ok(Op::Fixed(std::env::var(name).ok()));
     }
+    if let Some(op) = parse_path(cmd) {
+        return Ok(op);
+    }
     if let Some(inner) = cmd.strip_prefix("REQ(").and_then(|s| s.strip_suffix(')')) {
         let (a, b) = header_args(inner);
         return Ok(Op::Req(a, b));
@@ -263,6 +308,8 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
         "REQUEST_HEADERS_BYTES" => Op::RequestHeadersBytes,
         "RESPONSE_HEADERS_BYTES" => Op::ResponseHeadersBytes,
         "HOSTNAME" => Op::Fixed(hostname()),
+        "DOWNSTREAM_PEER_SERIAL" => Op::DownstreamPeerSerial,
+        "ACCESS_LOG_TYPE" => Op::AccessLogType,
         other => {
             // Envoy has these; say why skiff does not, rather than that they do not exist.
             let why = match other.split('(').next().unwrap_or(other) {
@@ -424,6 +471,34 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
         Op::RequestHeadersBytes => Some(info.request_headers_bytes.to_string()),
         Op::ResponseHeadersBytes => Some(response_headers_bytes(info).to_string()),
         Op::Fixed(v) => v.clone(),
+        Op::DownstreamPeerSerial => peer(info).map(|c| c.serial.clone()),
+        // Envoy's names for a stream's final line and a TCP connection's.
+        Op::AccessLogType => Some(
+            if info.protocol.is_some() {
+                "DownstreamEnd"
+            } else {
+                "TcpConnectionEnd"
+            }
+            .to_string(),
+        ),
+        Op::Path { query, from } => {
+            let original = || {
+                info.request_headers
+                    .get("x-envoy-original-path")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let path = match from {
+                PathSource::Original => original(),
+                PathSource::Path => info.path.clone(),
+                PathSource::OriginalOrPath => original().or_else(|| info.path.clone()),
+            };
+            if *query {
+                path
+            } else {
+                path.map(without_query)
+            }
+        }
         Op::ReqWithoutQuery(a, b) => pseudo_or_header(a, &info.request_headers, info)
             .or_else(|| {
                 b.as_ref()

@@ -170,6 +170,8 @@ pub struct CertInfo {
     pub uri_sans: Vec<String>,
     /// DNS SANs.
     pub dns_sans: Vec<String>,
+    /// The serial number, lower-case hex.
+    pub serial: String,
 }
 
 /// The downstream connection a stream arrived on.

@@ -346,6 +346,12 @@ const OPERATORS: &[(&str, Cmp)] = &[
         "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH):4%",
         Cmp::Exact,
     ),
+    ("%DOWNSTREAM_PEER_SERIAL%", Cmp::Exact),
+    ("%ACCESS_LOG_TYPE%", Cmp::Exact),
+    ("%PATH%", Cmp::Exact),
+    ("%PATH(NQ)%", Cmp::Exact),
+    ("%PATH(WQ:ORIG)%", Cmp::Exact),
+    ("%PATH(NQ:PATH)%", Cmp::Exact),
     ("%REQ(:PATH):6%", Cmp::Exact),
 ];
 

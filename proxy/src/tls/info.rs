@@ -57,6 +57,10 @@ pub fn cert_info(der: &[u8]) -> Option<CertInfo> {
         } else {
             Vec::new()
         },
+        serial: cert.raw_serial().iter().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        }),
     })
 }
 
