@@ -48,6 +48,16 @@ pub fn load(
         .load_private_key(key)
         .map_err(|e| key_field(TlsError::Key(e.to_string())))?;
     let leaf = public_key_of(&chain[0]).map_err(chain_field)?;
+    // BoringSSL parses the whole chain at load, so a broken intermediate is refused there too.
+    for (i, der) in chain.iter().enumerate().skip(1) {
+        if let Err(e) = x509_parser::parse_x509_certificate(der) {
+            return Err(chain_field(TlsError::Certificate(format!(
+                "certificate {} of the chain: {}",
+                i + 1,
+                describe_x509_error(&e)
+            ))));
+        }
+    }
     // rustls' own check (`CertifiedKey::keys_match`) goes through webpki, which refuses X.509
     // v1 certificates outright; BoringSSL takes them, so the keys are compared here instead.
     if let Some(spki) = signing.public_key() {
@@ -577,6 +587,26 @@ pub(crate) mod tests {
         );
         assert!(err.to_string().contains("cannot be parsed"), "{err}");
         assert!(err.to_string().contains("date"), "{err}");
+
+        // The same certificate as an intermediate behind a good leaf.
+        let DataSource::Inline(leaf_pem) = &o.pair(&["leaf"], "leaf").chain else {
+            unreachable!()
+        };
+        let mut chain = leaf_pem.clone();
+        chain.extend(
+            format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n").bytes(),
+        );
+        let with_bad_intermediate = CertificateConfig {
+            chain: DataSource::Inline(chain),
+            key: o.pair(&["leaf"], "leaf").key,
+        };
+        let err = load(&with_bad_intermediate, &provider()).unwrap_err();
+        assert_eq!(err.split().0, Some("certificate_chain"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("certificate 2 of the chain: the certificate cannot be parsed"),
+            "{err}"
+        );
     }
 
     fn base64_encode(data: &[u8]) -> String {
