@@ -43,11 +43,12 @@ pub fn load(
     let key_field = |e: TlsError| e.at("private_key");
     let chain = parse_certs(&cfg.chain.read().map_err(chain_field)?).map_err(chain_field)?;
     let key = parse_key(&cfg.key.read().map_err(key_field)?).map_err(key_field)?;
-    let signing = provider
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| key_field(TlsError::Key(e.to_string())))?;
     let leaf = public_key_of(&chain[0]).map_err(chain_field)?;
+    let signing = provider.key_provider.load_private_key(key).map_err(|e| {
+        key_field(TlsError::Key(
+            unusable_key(&leaf).unwrap_or_else(|| e.to_string()),
+        ))
+    })?;
     // BoringSSL parses the whole chain at load, so a broken intermediate is refused there too.
     for (i, der) in chain.iter().enumerate().skip(1) {
         if let Err(e) = x509_parser::parse_x509_certificate(der) {
@@ -76,6 +77,38 @@ fn public_key_of(der: &[u8]) -> Result<x509_parser::x509::SubjectPublicKeyInfo<'
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| TlsError::Certificate(describe_x509_error(&e)))?;
     Ok(cert.tbs_certificate.subject_pki)
+}
+
+/// Why the key of a certificate with this public key cannot be used, when it is a kind rustls'
+/// ring provider cannot sign with (its own error only lists what it tried).
+fn unusable_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<String> {
+    use x509_parser::oid_registry as oids;
+    use x509_parser::public_key::PublicKey;
+    let alg = &spki.algorithm.algorithm;
+    if *alg == oids::OID_PKCS1_RSASSAPSS {
+        return Some("RSASSA-PSS keys are not supported (nor are they by Envoy)".into());
+    }
+    if *alg == oids::OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok());
+        if curve.as_ref() == Some(&oids::OID_NIST_EC_P521) {
+            return Some(
+                "ECDSA P-521 keys are not supported (skiff's TLS signs with P-256 and P-384 only)"
+                    .into(),
+            );
+        }
+        return None;
+    }
+    match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) if rsa.key_size() < 2048 => Some(format!(
+            "only RSA keys of 2048 bits or more are supported (as in Envoy); this one has {}",
+            rsa.key_size()
+        )),
+        _ => None,
+    }
 }
 
 /// Whether two SubjectPublicKeyInfos hold the same key: the algorithm, the curve for EC keys,
@@ -286,6 +319,12 @@ pub(crate) mod tests {
         EcSec1,
         /// `BEGIN PRIVATE KEY` holding a P-384 key.
         EcPkcs8P384,
+        /// `BEGIN PRIVATE KEY` holding an Ed25519 key.
+        Ed25519,
+        /// A P-521 key, which Envoy takes and rustls' ring provider cannot sign with.
+        EcP521,
+        /// A 1024-bit RSA key, which Envoy refuses too.
+        Rsa1024,
     }
 
     impl Openssl {
@@ -342,6 +381,11 @@ pub(crate) mod tests {
                     "-out",
                     &file,
                 ]),
+                KeyForm::Ed25519 => self.run(&["genpkey", "-algorithm", "ED25519", "-out", &file]),
+                KeyForm::EcP521 => {
+                    self.run(&["ecparam", "-genkey", "-name", "secp521r1", "-out", &file])
+                }
+                KeyForm::Rsa1024 => self.run(&["genrsa", "-out", &file, "1024"]),
             }
         }
 
@@ -505,6 +549,7 @@ pub(crate) mod tests {
             KeyForm::RsaPkcs8,
             KeyForm::EcSec1,
             KeyForm::EcPkcs8P384,
+            KeyForm::Ed25519,
         ]
         .into_iter()
         .enumerate()
@@ -540,6 +585,20 @@ pub(crate) mod tests {
             load(&o.pair(&["leaf"], "other"), &provider()).map(drop),
             Err(TlsError::KeyMismatch)
         );
+    }
+
+    #[test]
+    fn keys_rustls_cannot_use_are_refused_saying_why() {
+        let o = Openssl::new("unusable");
+        for (form, why) in [
+            (KeyForm::EcP521, "ECDSA P-521 keys are not supported"),
+            (KeyForm::Rsa1024, "only RSA keys of 2048 bits or more"),
+        ] {
+            o.v1("leaf", "leaf.test", form, None);
+            let err = load(&o.pair(&["leaf"], "leaf"), &provider()).unwrap_err();
+            assert_eq!(err.split().0, Some("private_key"), "{form:?}: {err}");
+            assert!(err.to_string().contains(why), "{form:?}: {err}");
+        }
     }
 
     #[test]
