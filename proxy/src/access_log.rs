@@ -37,6 +37,96 @@ enum Op {
     DownstreamLocalAddress,
     DownstreamLocalAddressWithoutPort,
     ConnectionTerminationDetails,
+    DownstreamRemotePort,
+    DownstreamLocalPort,
+    DownstreamDirectRemoteAddress,
+    DownstreamDirectRemoteAddressWithoutPort,
+    DownstreamDirectRemotePort,
+    RequestDuration,
+    RequestTxDuration,
+    ResponseDuration,
+    ResponseTxDuration,
+    UpstreamTransportFailureReason,
+    UpstreamLocalAddress,
+    UpstreamLocalAddressWithoutPort,
+    UpstreamLocalPort,
+    UpstreamRemoteAddress,
+    UpstreamRemoteAddressWithoutPort,
+    UpstreamRemotePort,
+    UpstreamHostName,
+    UpstreamClusterRaw,
+    UpstreamProtocol,
+    UpstreamTlsVersion,
+    UpstreamConnectionId,
+    RequestedServerName,
+    DownstreamTlsVersion,
+    DownstreamTlsCipher,
+    DownstreamPeerUriSan,
+    DownstreamPeerDnsSan,
+    DownstreamPeerSubject,
+    DownstreamPeerIssuer,
+    DownstreamLocalUriSan,
+    DownstreamLocalDnsSan,
+    DownstreamLocalSubject,
+    ConnectionId,
+    StreamId,
+    UniqueId,
+    VirtualClusterName,
+    RequestHeadersBytes,
+    ResponseHeadersBytes,
+    /// `%HOSTNAME%` and `%ENVIRONMENT(X)%`: fixed when the format is built, as in Envoy.
+    Fixed(Option<String>),
+    /// `%REQ_WITHOUT_QUERY(X?Y)%`, with the `envoy.formatter.req_without_query` extension.
+    ReqWithoutQuery(String, Option<String>),
+    DownstreamPeerSerial,
+    AccessLogType,
+    /// `%PATH(WQ|NQ:ORIG|PATH|ORIG_OR_PATH)%`: with the query or not, from which header.
+    Path {
+        query: bool,
+        from: PathSource,
+    },
+}
+
+/// Where `%PATH%` takes the path from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathSource {
+    /// `x-envoy-original-path`.
+    Original,
+    /// `:path`.
+    Path,
+    /// `x-envoy-original-path`, else `:path` (the default).
+    OriginalOrPath,
+}
+
+/// `%PATH%`, `%PATH(NQ)%`, `%PATH(WQ:ORIG)%`…
+fn parse_path(cmd: &str) -> Option<Op> {
+    if cmd == "PATH" {
+        return Some(Op::Path {
+            query: true,
+            from: PathSource::OriginalOrPath,
+        });
+    }
+    let inner = cmd.strip_prefix("PATH(")?.strip_suffix(')')?;
+    let (q, from) = inner.split_once(':').unwrap_or((inner, "ORIG_OR_PATH"));
+    let query = match q {
+        "WQ" => true,
+        "NQ" => false,
+        _ => return None,
+    };
+    let from = match from {
+        "ORIG" => PathSource::Original,
+        "PATH" => PathSource::Path,
+        "ORIG_OR_PATH" => PathSource::OriginalOrPath,
+        _ => return None,
+    };
+    Some(Op::Path { query, from })
+}
+
+/// Formatter extensions a format may use (`formatters` of the `SubstitutionFormatString`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extensions {
+    /// `envoy.formatter.req_without_query`.
+    pub req_without_query: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +149,11 @@ impl Format {
 
     /// Parses a format; an unknown operator is an error naming it, as Envoy's.
     pub fn parse(text: &str) -> Result<Format, String> {
+        Format::parse_with(text, Extensions::default())
+    }
+
+    /// [`Format::parse`], with formatter extensions.
+    pub fn parse_with(text: &str, ext: Extensions) -> Result<Format, String> {
         let mut pieces = Vec::new();
         let mut rest = text;
         while let Some(start) = rest.find('%') {
@@ -86,7 +181,7 @@ impl Format {
                 }
                 _ => (cmd, None),
             };
-            pieces.push(Piece::Op(parse_op(cmd)?, max));
+            pieces.push(Piece::Op(parse_op(cmd, ext)?, max));
         }
         if !rest.is_empty() {
             pieces.push(Piece::Text(rest.to_string()));
@@ -126,7 +221,26 @@ fn header_args(inner: &str) -> (String, Option<String>) {
     }
 }
 
-fn parse_op(cmd: &str) -> Result<Op, String> {
+fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
+    if let Some(inner) = cmd
+        .strip_prefix("REQ_WITHOUT_QUERY(")
+        .and_then(|s| s.strip_suffix(')'))
+    {
+        if !ext.req_without_query {
+            return Err("Not supported field in StreamInfo: REQ_WITHOUT_QUERY".into());
+        }
+        let (a, b) = header_args(inner);
+        return Ok(Op::ReqWithoutQuery(a, b));
+    }
+    if let Some(name) = cmd
+        .strip_prefix("ENVIRONMENT(")
+        .and_then(|s| s.strip_suffix(')'))
+    {
+        return Ok(Op::Fixed(std::env::var(name).ok()));
+    }
+    if let Some(op) = parse_path(cmd) {
+        return Ok(op);
+    }
     if let Some(inner) = cmd.strip_prefix("REQ(").and_then(|s| s.strip_suffix(')')) {
         let (a, b) = header_args(inner);
         return Ok(Op::Req(a, b));
@@ -154,7 +268,63 @@ fn parse_op(cmd: &str) -> Result<Op, String> {
         "DOWNSTREAM_LOCAL_ADDRESS" => Op::DownstreamLocalAddress,
         "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Op::DownstreamLocalAddressWithoutPort,
         "CONNECTION_TERMINATION_DETAILS" => Op::ConnectionTerminationDetails,
-        other => return Err(format!("Not supported field in StreamInfo: {other}")),
+        "DOWNSTREAM_REMOTE_PORT" => Op::DownstreamRemotePort,
+        "DOWNSTREAM_LOCAL_PORT" => Op::DownstreamLocalPort,
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => Op::DownstreamDirectRemoteAddress,
+        "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
+            Op::DownstreamDirectRemoteAddressWithoutPort
+        }
+        "DOWNSTREAM_DIRECT_REMOTE_PORT" => Op::DownstreamDirectRemotePort,
+        "REQUEST_DURATION" => Op::RequestDuration,
+        "REQUEST_TX_DURATION" => Op::RequestTxDuration,
+        "RESPONSE_DURATION" => Op::ResponseDuration,
+        "RESPONSE_TX_DURATION" => Op::ResponseTxDuration,
+        "UPSTREAM_TRANSPORT_FAILURE_REASON" => Op::UpstreamTransportFailureReason,
+        "UPSTREAM_LOCAL_ADDRESS" => Op::UpstreamLocalAddress,
+        "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Op::UpstreamLocalAddressWithoutPort,
+        "UPSTREAM_LOCAL_PORT" => Op::UpstreamLocalPort,
+        "UPSTREAM_REMOTE_ADDRESS" => Op::UpstreamRemoteAddress,
+        "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Op::UpstreamRemoteAddressWithoutPort,
+        "UPSTREAM_REMOTE_PORT" => Op::UpstreamRemotePort,
+        "UPSTREAM_HOST_NAME" => Op::UpstreamHostName,
+        "UPSTREAM_CLUSTER_RAW" => Op::UpstreamClusterRaw,
+        "UPSTREAM_PROTOCOL" => Op::UpstreamProtocol,
+        "UPSTREAM_TLS_VERSION" => Op::UpstreamTlsVersion,
+        "UPSTREAM_CONNECTION_ID" => Op::UpstreamConnectionId,
+        "REQUESTED_SERVER_NAME" => Op::RequestedServerName,
+        "DOWNSTREAM_TLS_VERSION" => Op::DownstreamTlsVersion,
+        "DOWNSTREAM_TLS_CIPHER" => Op::DownstreamTlsCipher,
+        "DOWNSTREAM_PEER_URI_SAN" => Op::DownstreamPeerUriSan,
+        "DOWNSTREAM_PEER_DNS_SAN" => Op::DownstreamPeerDnsSan,
+        "DOWNSTREAM_PEER_SUBJECT" => Op::DownstreamPeerSubject,
+        "DOWNSTREAM_PEER_ISSUER" => Op::DownstreamPeerIssuer,
+        "DOWNSTREAM_LOCAL_URI_SAN" => Op::DownstreamLocalUriSan,
+        "DOWNSTREAM_LOCAL_DNS_SAN" => Op::DownstreamLocalDnsSan,
+        "DOWNSTREAM_LOCAL_SUBJECT" => Op::DownstreamLocalSubject,
+        "CONNECTION_ID" => Op::ConnectionId,
+        "STREAM_ID" => Op::StreamId,
+        "UNIQUE_ID" => Op::UniqueId,
+        "VIRTUAL_CLUSTER_NAME" => Op::VirtualClusterName,
+        "REQUEST_HEADERS_BYTES" => Op::RequestHeadersBytes,
+        "RESPONSE_HEADERS_BYTES" => Op::ResponseHeadersBytes,
+        "HOSTNAME" => Op::Fixed(hostname()),
+        "DOWNSTREAM_PEER_SERIAL" => Op::DownstreamPeerSerial,
+        "ACCESS_LOG_TYPE" => Op::AccessLogType,
+        other => {
+            // Envoy has these; say why skiff does not, rather than that they do not exist.
+            let why = match other.split('(').next().unwrap_or(other) {
+                "CEL" => " (skiff does not evaluate CEL expressions)",
+                "METADATA" | "DYNAMIC_METADATA" | "CLUSTER_METADATA" | "UPSTREAM_METADATA" => {
+                    " (skiff keeps no metadata for access logs)"
+                }
+                "FILTER_STATE" | "UPSTREAM_FILTER_STATE" => {
+                    " (skiff keeps no filter state for access logs)"
+                }
+                "DOWNSTREAM_TLS_SESSION_ID" => " (rustls does not expose TLS session ids)",
+                _ => "",
+            };
+            return Err(format!("Not supported field in StreamInfo: {other}{why}"));
+        }
     })
 }
 
@@ -172,7 +342,48 @@ fn pseudo_or_header(name: &str, headers: &HeaderMap, info: &StreamInfo) -> Optio
     }
 }
 
+/// The host's name, as `gethostname(2)` gives it.
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+/// The path without its query string.
+fn without_query(path: String) -> String {
+    match path.split_once('?') {
+        Some((p, _)) => p.to_string(),
+        None => path,
+    }
+}
+
+/// A list of names, as Envoy joins them; none is `-`.
+fn joined(names: &[String]) -> Option<String> {
+    (!names.is_empty()).then(|| names.join(","))
+}
+
+fn tls(info: &StreamInfo) -> Option<&crate::stream_info::TlsInfo> {
+    info.connection.as_ref().and_then(|c| c.tls.as_ref())
+}
+
+fn peer(info: &StreamInfo) -> Option<&crate::stream_info::CertInfo> {
+    tls(info).and_then(|t| t.peer.as_ref())
+}
+
+fn local_cert(info: &StreamInfo) -> Option<&crate::stream_info::CertInfo> {
+    tls(info).and_then(|t| t.local.as_ref())
+}
+
 fn value(op: &Op, info: &StreamInfo) -> Option<String> {
+    let upstream_conn = info.upstream_connection.as_ref();
+    // Envoy knows the upstream's remote address only once a connection to it exists.
+    let upstream_remote = upstream_conn.and(info.upstream_host);
+    let direct_remote = info
+        .connection
+        .as_ref()
+        .and_then(|c| c.direct_remote)
+        .unwrap_or(info.downstream_remote);
     match op {
         Op::StartTime => Some(format_time(info.start_time)),
         Op::Req(a, b) => pseudo_or_header(a, &info.request_headers, info).or_else(|| {
@@ -200,6 +411,116 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
         Op::DownstreamLocalAddress => Some(info.downstream_local.to_string()),
         Op::DownstreamLocalAddressWithoutPort => Some(info.downstream_local.ip().to_string()),
         Op::ConnectionTerminationDetails => None,
+        Op::DownstreamRemotePort => Some(info.downstream_remote.port().to_string()),
+        Op::DownstreamLocalPort => Some(info.downstream_local.port().to_string()),
+        Op::DownstreamDirectRemoteAddress => Some(direct_remote.to_string()),
+        Op::DownstreamDirectRemoteAddressWithoutPort => Some(direct_remote.ip().to_string()),
+        Op::DownstreamDirectRemotePort => Some(direct_remote.port().to_string()),
+        Op::RequestDuration => info.since_start(info.request_done).map(|d| d.to_string()),
+        Op::RequestTxDuration => info.since_start(info.request_sent).map(|d| d.to_string()),
+        Op::ResponseDuration => info
+            .since_start(info.response_started)
+            .map(|d| d.to_string()),
+        Op::ResponseTxDuration => match (info.response_started, info.response_done) {
+            (Some(a), Some(b)) => Some(b.saturating_duration_since(a).as_millis().to_string()),
+            _ => None,
+        },
+        Op::UpstreamTransportFailureReason => info
+            .upstream_transport_failure
+            .as_ref()
+            .map(|r| r.replace(' ', "_")),
+        Op::UpstreamLocalAddress => upstream_conn.and_then(|c| c.local).map(|a| a.to_string()),
+        Op::UpstreamLocalAddressWithoutPort => upstream_conn
+            .and_then(|c| c.local)
+            .map(|a| a.ip().to_string()),
+        Op::UpstreamLocalPort => upstream_conn
+            .and_then(|c| c.local)
+            .map(|a| a.port().to_string()),
+        Op::UpstreamRemoteAddress => upstream_remote.map(|a| a.to_string()),
+        Op::UpstreamRemoteAddressWithoutPort => upstream_remote.map(|a| a.ip().to_string()),
+        Op::UpstreamRemotePort => upstream_remote.map(|a| a.port().to_string()),
+        // Endpoints have no host names in skiff: Envoy then shows the address.
+        Op::UpstreamHostName => info.upstream_host.map(|h| h.to_string()),
+        Op::UpstreamClusterRaw => info.upstream_cluster.as_deref().map(str::to_string),
+        Op::UpstreamProtocol => info.upstream_protocol.map(str::to_string),
+        Op::UpstreamTlsVersion => upstream_conn
+            .and_then(|c| c.tls_version)
+            .map(str::to_string),
+        // Envoy prints 0 when the upstream was chosen but no connection was made.
+        Op::UpstreamConnectionId => info
+            .upstream_host
+            .map(|_| upstream_conn.map_or(0, |c| c.id).to_string()),
+        Op::RequestedServerName => info
+            .connection
+            .as_ref()
+            .and_then(|c| c.requested_server_name.clone()),
+        Op::DownstreamTlsVersion => tls(info).and_then(|t| t.version).map(str::to_string),
+        Op::DownstreamTlsCipher => tls(info).and_then(|t| t.cipher).map(str::to_string),
+        Op::DownstreamPeerUriSan => peer(info).and_then(|c| joined(&c.uri_sans)),
+        Op::DownstreamPeerDnsSan => peer(info).and_then(|c| joined(&c.dns_sans)),
+        Op::DownstreamPeerSubject => peer(info).map(|c| c.subject.clone()),
+        Op::DownstreamPeerIssuer => peer(info).map(|c| c.issuer.clone()),
+        Op::DownstreamLocalUriSan => local_cert(info).and_then(|c| joined(&c.uri_sans)),
+        Op::DownstreamLocalDnsSan => local_cert(info).and_then(|c| joined(&c.dns_sans)),
+        Op::DownstreamLocalSubject => local_cert(info).map(|c| c.subject.clone()),
+        Op::ConnectionId => info.connection.as_ref().map(|c| c.id.to_string()),
+        Op::StreamId => info.stream_id.clone(),
+        Op::UniqueId => Some(uuid::Uuid::new_v4().to_string()),
+        // skiff's route tables have no virtual clusters.
+        Op::VirtualClusterName => None,
+        Op::RequestHeadersBytes => Some(info.request_headers_bytes.to_string()),
+        Op::ResponseHeadersBytes => Some(response_headers_bytes(info).to_string()),
+        Op::Fixed(v) => v.clone(),
+        Op::DownstreamPeerSerial => peer(info).map(|c| c.serial.clone()),
+        // Envoy's names for a stream's final line and a TCP connection's.
+        Op::AccessLogType => Some(
+            if info.protocol.is_some() {
+                "DownstreamEnd"
+            } else {
+                "TcpConnectionEnd"
+            }
+            .to_string(),
+        ),
+        Op::Path { query, from } => {
+            let original = || {
+                info.request_headers
+                    .get("x-envoy-original-path")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let path = match from {
+                PathSource::Original => original(),
+                PathSource::Path => info.path.clone(),
+                PathSource::OriginalOrPath => original().or_else(|| info.path.clone()),
+            };
+            if *query {
+                path
+            } else {
+                path.map(without_query)
+            }
+        }
+        Op::ReqWithoutQuery(a, b) => pseudo_or_header(a, &info.request_headers, info)
+            .or_else(|| {
+                b.as_ref()
+                    .and_then(|b| pseudo_or_header(b, &info.request_headers, info))
+            })
+            .map(without_query),
+    }
+}
+
+/// The response headers as sent, `:status` included, as Envoy counts its header map.
+fn response_headers_bytes(info: &StreamInfo) -> u64 {
+    let Some(code) = info.response_code else {
+        return 0;
+    };
+    let status = code.to_string();
+    let bytes =
+        crate::stream_info::headers_bytes([(":status", status.as_str())], &info.response_headers);
+    // The codec adds `date` to local replies after the log has its copy; Envoy's has it.
+    if info.response_headers.contains_key(http::header::DATE) {
+        bytes
+    } else {
+        bytes + (http::header::DATE.as_str().len() + "Sun, 06 Nov 1994 08:49:37 GMT".len()) as u64
     }
 }
 
@@ -373,10 +694,35 @@ mod tests {
     }
 
     #[test]
+    fn req_without_query_needs_its_formatter_extension() {
+        assert_eq!(
+            Format::parse("%REQ_WITHOUT_QUERY(:PATH)%").unwrap_err(),
+            "Not supported field in StreamInfo: REQ_WITHOUT_QUERY"
+        );
+        let ext = Extensions {
+            req_without_query: true,
+        };
+        let f =
+            Format::parse_with("%REQ_WITHOUT_QUERY(X?:PATH):4% %REQ(:PATH)%", ext).expect("parses");
+        let mut info = StreamInfo::new(
+            "127.0.0.1:5000".parse().expect("addr"),
+            "127.0.0.1:10000".parse().expect("addr"),
+        );
+        info.path = Some("/abcdef?q=1".into());
+        let mut line = String::new();
+        f.render(&info, &mut line);
+        assert_eq!(line, "/abc /abcdef?q=1");
+    }
+
+    #[test]
     fn unknown_operator_is_an_error() {
         assert_eq!(
             Format::parse("%NOPE%").unwrap_err(),
             "Not supported field in StreamInfo: NOPE"
+        );
+        assert_eq!(
+            Format::parse("%CEL(request.method)%").unwrap_err(),
+            "Not supported field in StreamInfo: CEL(request.method) (skiff does not evaluate CEL expressions)"
         );
     }
 }
@@ -392,13 +738,16 @@ mod corpus {
         for entry in std::fs::read_dir(dir).expect("corpus dir").flatten() {
             let text = std::fs::read_to_string(entry.path()).expect("seed");
             seen += 1;
-            if let Ok(f) = super::Format::parse(&text) {
-                let info = crate::stream_info::StreamInfo::new(
-                    "127.0.0.1:1".parse().expect("addr"),
-                    "127.0.0.1:2".parse().expect("addr"),
-                );
-                let mut out = String::new();
-                f.render(&info, &mut out);
+            for req_without_query in [false, true] {
+                let ext = super::Extensions { req_without_query };
+                if let Ok(f) = super::Format::parse_with(&text, ext) {
+                    let info = crate::stream_info::StreamInfo::new(
+                        "127.0.0.1:1".parse().expect("addr"),
+                        "127.0.0.1:2".parse().expect("addr"),
+                    );
+                    let mut out = String::new();
+                    f.render(&info, &mut out);
+                }
             }
         }
         assert!(seen >= 3);

@@ -277,3 +277,421 @@ async fn file_logger_default_format() {
     })
     .await
 }
+
+/// How a field of the side-by-side line is compared.
+#[derive(Clone, Copy, Debug)]
+enum Cmp {
+    /// Byte for byte.
+    Exact,
+    /// A number that depends on timing, ports or connection counts: only "a number" or `-`.
+    Number,
+    /// An address whose port is picked per run.
+    Addr,
+    /// A UUID.
+    Uuid,
+}
+
+/// Command operators Envoy 1.40 has and skiff now honours, each with how to compare it.
+const OPERATORS: &[(&str, Cmp)] = &[
+    ("%UPSTREAM_TRANSPORT_FAILURE_REASON%", Cmp::Exact),
+    ("%UPSTREAM_LOCAL_ADDRESS%", Cmp::Addr),
+    ("%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%", Cmp::Exact),
+    ("%UPSTREAM_LOCAL_PORT%", Cmp::Number),
+    ("%UPSTREAM_REMOTE_ADDRESS%", Cmp::Addr),
+    ("%UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", Cmp::Exact),
+    ("%UPSTREAM_REMOTE_PORT%", Cmp::Number),
+    ("%UPSTREAM_HOST%", Cmp::Addr),
+    ("%UPSTREAM_HOST_NAME%", Cmp::Addr),
+    ("%UPSTREAM_CLUSTER%", Cmp::Exact),
+    ("%UPSTREAM_CLUSTER_RAW%", Cmp::Exact),
+    ("%UPSTREAM_PROTOCOL%", Cmp::Exact),
+    ("%UPSTREAM_TLS_VERSION%", Cmp::Exact),
+    ("%UPSTREAM_CONNECTION_ID%", Cmp::Number),
+    ("%REQUESTED_SERVER_NAME%", Cmp::Exact),
+    ("%DOWNSTREAM_TLS_VERSION%", Cmp::Exact),
+    ("%DOWNSTREAM_TLS_CIPHER%", Cmp::Exact),
+    ("%DOWNSTREAM_PEER_URI_SAN%", Cmp::Exact),
+    ("%DOWNSTREAM_PEER_DNS_SAN%", Cmp::Exact),
+    ("%DOWNSTREAM_PEER_SUBJECT%", Cmp::Exact),
+    ("%DOWNSTREAM_PEER_ISSUER%", Cmp::Exact),
+    ("%DOWNSTREAM_LOCAL_URI_SAN%", Cmp::Exact),
+    ("%DOWNSTREAM_LOCAL_DNS_SAN%", Cmp::Exact),
+    ("%DOWNSTREAM_LOCAL_SUBJECT%", Cmp::Exact),
+    ("%CONNECTION_ID%", Cmp::Number),
+    ("%STREAM_ID%", Cmp::Uuid),
+    ("%UNIQUE_ID%", Cmp::Uuid),
+    ("%HOSTNAME%", Cmp::Exact),
+    ("%ENVIRONMENT(HOME)%", Cmp::Exact),
+    ("%ENVIRONMENT(SKIFF_NOT_SET_ANYWHERE)%", Cmp::Exact),
+    ("%DOWNSTREAM_REMOTE_ADDRESS%", Cmp::Addr),
+    ("%DOWNSTREAM_REMOTE_PORT%", Cmp::Number),
+    ("%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%", Cmp::Addr),
+    (
+        "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%",
+        Cmp::Exact,
+    ),
+    ("%DOWNSTREAM_DIRECT_REMOTE_PORT%", Cmp::Number),
+    ("%DOWNSTREAM_LOCAL_PORT%", Cmp::Number),
+    ("%DURATION%", Cmp::Number),
+    ("%REQUEST_DURATION%", Cmp::Number),
+    ("%REQUEST_TX_DURATION%", Cmp::Number),
+    ("%RESPONSE_DURATION%", Cmp::Number),
+    ("%RESPONSE_TX_DURATION%", Cmp::Number),
+    ("%VIRTUAL_CLUSTER_NAME%", Cmp::Exact),
+    ("%ROUTE_NAME%", Cmp::Exact),
+    ("%REQUEST_HEADERS_BYTES%", Cmp::Exact),
+    ("%RESPONSE_HEADERS_BYTES%", Cmp::Exact),
+    ("%REQ_WITHOUT_QUERY(:PATH)%", Cmp::Exact),
+    (
+        "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH):4%",
+        Cmp::Exact,
+    ),
+    ("%DOWNSTREAM_PEER_SERIAL%", Cmp::Exact),
+    ("%ACCESS_LOG_TYPE%", Cmp::Exact),
+    ("%PATH%", Cmp::Exact),
+    ("%PATH(NQ)%", Cmp::Exact),
+    ("%PATH(WQ:ORIG)%", Cmp::Exact),
+    ("%PATH(NQ:PATH)%", Cmp::Exact),
+    ("%REQ(:PATH):6%", Cmp::Exact),
+];
+
+/// A field as compared: masked as `cmp` says.
+fn masked(field: &str, cmp: Cmp) -> String {
+    if field == "-" {
+        return field.to_string();
+    }
+    match cmp {
+        Cmp::Exact => field.to_string(),
+        Cmp::Number if field.bytes().all(|b| b.is_ascii_digit()) => "<n>".into(),
+        Cmp::Number => format!("<not a number: {field}>"),
+        Cmp::Addr => match field.rsplit_once(':') {
+            Some((ip, port)) if port.bytes().all(|b| b.is_ascii_digit()) => format!("{ip}:<port>"),
+            _ => format!("<not an address: {field}>"),
+        },
+        Cmp::Uuid if skiff_tests::is_uuid(field) => "<uuid>".into(),
+        Cmp::Uuid => format!("<not a uuid: {field}>"),
+    }
+}
+
+/// A CA, a server certificate (DNS and URI SANs, subject with an escaped comma) and a client
+/// certificate it signed, as files: (server, client, CA).
+struct Pki {
+    server: (std::path::PathBuf, std::path::PathBuf),
+    client: (std::path::PathBuf, std::path::PathBuf),
+    ca: std::path::PathBuf,
+}
+
+fn pki(tag: &str) -> Pki {
+    let dir = skiff_tests::scratch_dir(tag);
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "alog test CA");
+    let ca = p.self_signed(&ca_key).expect("CA");
+    let leaf = |name: &str, sans: Vec<rcgen::SanType>| {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.subject_alt_names = sans;
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "skiff, tests");
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.signed_by(&key, &ca, &ca_key).expect("leaf");
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write");
+        std::fs::write(&k, key.serialize_pem()).expect("write");
+        (c, k)
+    };
+    let uri = |s: &str| rcgen::SanType::URI(s.to_string().try_into().expect("URI"));
+    let dns = |s: &str| rcgen::SanType::DnsName(s.to_string().try_into().expect("DNS"));
+    let server = leaf(
+        "front",
+        vec![
+            dns("front.test"),
+            dns("*.front.test"),
+            uri("spiffe://cluster.local/ns/default/sa/front"),
+        ],
+    );
+    let client = leaf(
+        "client",
+        vec![
+            uri("spiffe://cluster.local/ns/default/sa/client"),
+            dns("client.test"),
+        ],
+    );
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).expect("write");
+
+    Pki {
+        server,
+        client,
+        ca: ca_path,
+    }
+}
+
+/// The log format of [`OPERATORS`], as a `log_format` with the req_without_query extension.
+fn log_format() -> serde_json::Value {
+    let format = OPERATORS
+        .iter()
+        .map(|(op, _)| *op)
+        .collect::<Vec<_>>()
+        .join("|")
+        + "\n";
+    json!({
+        "text_format_source": { "inline_string": format },
+        "formatters": [{
+            "name": "envoy.formatter.req_without_query",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery" }
+        }]
+    })
+}
+
+/// The downstream TLS context of these tests: the server certificate, client certificates from
+/// the CA asked for but not required.
+fn tls_context(p: &Pki) -> serde_json::Value {
+    json!({ "name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": {
+            "tls_certificates": [{ "certificate_chain": { "filename": p.server.0 }, "private_key": { "filename": p.server.1 } }],
+            "validation_context": { "trusted_ca": { "filename": p.ca } }
+        }
+    }})
+}
+
+/// Compares Envoy's and skiff's lines of one case field by field; differences go to `differ`,
+/// every field to `table`.
+fn compare_lines(
+    what: &str,
+    envoy: &str,
+    skiff: &str,
+    table: &mut Vec<String>,
+    differ: &mut Vec<String>,
+) {
+    let (fe, fs): (Vec<&str>, Vec<&str>) = (envoy.split('|').collect(), skiff.split('|').collect());
+    assert_eq!(fe.len(), OPERATORS.len(), "{what}: {envoy}");
+    assert_eq!(fs.len(), OPERATORS.len(), "{what}: {skiff}");
+    for (i, (op, cmp)) in OPERATORS.iter().enumerate() {
+        let (me, ms) = (masked(fe[i], *cmp), masked(fs[i], *cmp));
+        table.push(format!(
+            "{what:5} {op:50} envoy={:40} skiff={}",
+            fe[i], fs[i]
+        ));
+        if me != ms {
+            differ.push(format!("{what} {op}: envoy {:?}, skiff {:?}", fe[i], fs[i]));
+        }
+    }
+}
+
+#[tokio::test]
+async fn operators_side_by_side_with_envoy() {
+    use skiff_tests::config::{bootstrap, cluster, to_yaml};
+    use skiff_tests::side_by_side::{pair, Up, HOST};
+    run(async {
+        // The listener terminates TLS and takes plaintext on a second chain.
+        let p = pki("alog-ops");
+        let client = p.client.clone();
+        let log_format = log_format();
+        let tls = tls_context(&p);
+        let dead = skiff_tests::free_port();
+        let build = move |admin: u16, listen: u16, upstream: u16| {
+            let hcm = |stat_prefix: &str| {
+                json!({
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": stat_prefix,
+                        "access_log": [{
+                            "name": "envoy.access_loggers.stdout",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                                "log_format": log_format
+                            }
+                        }],
+                        "route_config": { "name": "local_route", "virtual_hosts": [{
+                            "name": "all", "domains": ["*"],
+                            "routes": [
+                                { "name": "to_dead", "match": { "prefix": "/dead" }, "route": { "cluster": "dead" } },
+                                { "match": { "prefix": "/" }, "route": { "cluster": "svc" } }
+                            ]
+                        }]},
+                        "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }]
+                    }
+                })
+            };
+            let listener = json!({
+                "name": "l",
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": listen } },
+                "listener_filters": [{ "name": "envoy.filters.listener.tls_inspector", "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" } }],
+                "filter_chains": [
+                    {
+                        "filter_chain_match": { "transport_protocol": "tls" },
+                        "filters": [hcm("tls")],
+                        "transport_socket": tls
+                    },
+                    { "filters": [hcm("plain")] }
+                ]
+            });
+            to_yaml(&bootstrap(
+                admin,
+                vec![listener],
+                vec![cluster("svc", &[upstream]), cluster("dead", &[dead])],
+            ))
+        };
+        let (e, s) = pair(Up::H1, build).await;
+        let host = format!("Host: {HOST}");
+        let (cert, key) = (
+            client.0.to_str().expect("utf-8"),
+            client.1.to_str().expect("utf-8"),
+        );
+        let mut table = Vec::new();
+        let mut differ = Vec::new();
+        for (what, path) in [("plain", "/plain?q=1"), ("UF", "/dead"), ("mTLS", "/tls?q=2")] {
+            let mut lines = Vec::new();
+            for side in [&e, &s] {
+                let resolve = format!("sni.front.test:{}:127.0.0.1", side.port);
+                let url = format!("https://sni.front.test:{}{path}", side.port);
+                let args: Vec<&str> = if what == "mTLS" {
+                    vec![
+                        "-k", "--cert", cert, "--key", key, "-H", &host, "--resolve", &resolve,
+                        &url,
+                    ]
+                } else {
+                    Vec::new()
+                };
+                let r = if args.is_empty() {
+                    skiff_tests::side_by_side::curl_on(side, &[], path).await
+                } else {
+                    skiff_tests::client::curl(&args).await
+                };
+                assert_ne!(r.resp.status, 0, "{what}: {}", r.stderr);
+                let prefix = path.get(..6).unwrap_or(path).to_string();
+                let line = side
+                    .proxy
+                    .wait_stdout_line(Duration::from_secs(15), |l| {
+                        l.matches('|').count() == OPERATORS.len() - 1
+                            && l.trim_end().ends_with(&format!("|{prefix}"))
+                    })
+                    .await;
+                lines.push(line.trim_end().to_string());
+            }
+            compare_lines(what, &lines[0], &lines[1], &mut table, &mut differ);
+        }
+        println!("{}", table.join("\n"));
+        assert!(differ.is_empty(), "operators differ:\n  {}", differ.join("\n  "));
+    })
+    .await
+}
+
+/// The same operators on tcp_proxy's connection lines: a plain connection, one whose upstream
+/// refuses, and an mTLS connection terminated by the listener, each on its own listener.
+#[tokio::test]
+async fn tcp_proxy_operators_side_by_side_with_envoy() {
+    use skiff_tests::config::{bootstrap, cluster, to_yaml};
+    use skiff_tests::side_by_side::{pair, Up};
+    use skiff_tests::upstream::TcpMode;
+    use std::sync::{Arc, Mutex};
+    run(async {
+        let p = pki("alog-tcp");
+        let client = p.client.clone();
+        let log_format = log_format();
+        let tls = tls_context(&p);
+        let dead = skiff_tests::free_port();
+        // (plain, refused, mTLS) listener ports of each side, Envoy's first.
+        let ports: Arc<Mutex<Vec<[u16; 3]>>> = Arc::default();
+        let ports_in = ports.clone();
+        let build = move |admin: u16, listen: u16, upstream: u16| {
+            let tcp = |cluster: &str| {
+                json!({
+                    "name": "envoy.filters.network.tcp_proxy",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                        "stat_prefix": cluster,
+                        "cluster": cluster,
+                        "access_log": [{
+                            "name": "envoy.access_loggers.stdout",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                                "log_format": log_format
+                            }
+                        }]
+                    }
+                })
+            };
+            let (refused, mtls) = (skiff_tests::free_port(), skiff_tests::free_port());
+            ports_in
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push([listen, refused, mtls]);
+            let listener = |name: &str, port: u16, chain: serde_json::Value| {
+                json!({
+                    "name": name,
+                    "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+                    "listener_filters": [{ "name": "envoy.filters.listener.tls_inspector", "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" } }],
+                    "filter_chains": [chain]
+                })
+            };
+            to_yaml(&bootstrap(
+                admin,
+                vec![
+                    listener("plain", listen, json!({ "filters": [tcp("svc")] })),
+                    listener("refused", refused, json!({ "filters": [tcp("dead")] })),
+                    listener(
+                        "mtls",
+                        mtls,
+                        json!({ "filters": [tcp("svc")], "transport_socket": tls }),
+                    ),
+                ],
+                vec![cluster("svc", &[upstream]), cluster("dead", &[dead])],
+            ))
+        };
+        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec();
+        let (e, s) = pair(Up::Raw(TcpMode::ReadThenReply(reply)), build).await;
+        let ports = ports.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (cert, key) = (
+            client.0.to_str().expect("utf-8"),
+            client.1.to_str().expect("utf-8"),
+        );
+        let local_port = OPERATORS
+            .iter()
+            .position(|(op, _)| *op == "%DOWNSTREAM_LOCAL_PORT%")
+            .expect("the format has the listener's port");
+        let mut table = Vec::new();
+        let mut differ = Vec::new();
+        for (case, what) in ["plain", "UF", "mTLS"].into_iter().enumerate() {
+            let mut lines = Vec::new();
+            for (side, ports) in [&e, &s].into_iter().zip(&ports) {
+                let port = ports[case];
+                let resolve = format!("sni.front.test:{port}:127.0.0.1");
+                let url = match what {
+                    "mTLS" => format!("https://sni.front.test:{port}/"),
+                    _ => format!("http://sni.front.test:{port}/"),
+                };
+                let mut args = vec!["-m", "5", "--resolve", &resolve];
+                if what == "mTLS" {
+                    args.extend(["-k", "--cert", cert, "--key", key]);
+                }
+                args.push(&url);
+                skiff_tests::client::curl(&args).await;
+                let want = port.to_string();
+                let line = side
+                    .proxy
+                    .wait_stdout_line(Duration::from_secs(15), |l| {
+                        l.trim_end().split('|').nth(local_port) == Some(want.as_str())
+                    })
+                    .await;
+                lines.push(line.trim_end().to_string());
+            }
+            compare_lines(what, &lines[0], &lines[1], &mut table, &mut differ);
+        }
+        println!("{}", table.join("\n"));
+        assert!(
+            differ.is_empty(),
+            "operators differ:\n  {}",
+            differ.join("\n  ")
+        );
+    })
+    .await
+}

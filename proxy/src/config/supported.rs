@@ -241,7 +241,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.SubstitutionFormatString",
-        &["text_format_source", "text_format"],
+        &["text_format_source", "text_format", "formatters"],
+    ),
+    // Formatter extensions: which ones are known is checked in translation.
+    (
+        "envoy.config.core.v3.TypedExtensionConfig",
+        &["name", "typed_config"],
     ),
     // Access-log formats take only inline_string; TLS takes all three (checked in translation).
     (

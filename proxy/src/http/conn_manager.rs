@@ -24,7 +24,7 @@ use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
 use crate::io::{Counted, FlowPair, FlowSlot, WriteFlow};
 use crate::stats::{Counter, Gauge, Shard};
-use crate::stream_info::{ResponseFlag, StreamInfo};
+use crate::stream_info::{headers_bytes, Connection, ResponseFlag, StreamInfo};
 use crate::worker::{LocalExec, Worker};
 use http_body::Body as _;
 
@@ -176,6 +176,10 @@ struct Conn {
     drain: ConnectionDrain,
     remote: SocketAddr,
     local: SocketAddr,
+    /// What the access log shows of the connection.
+    connection: Arc<Connection>,
+    /// original_src: where upstream connections come from.
+    source: Option<crate::upstream::pool::Source>,
     /// HTTP/1.1: the cluster whose response is being written, whose reading pauses while
     /// writing to the client waits (`upstream_flow_control_{paused,resumed}_reading_total`).
     response_flow: FlowSlot,
@@ -191,11 +195,15 @@ enum Codec {
     Http2,
 }
 
-/// Serves one downstream connection until it closes or drains.
+/// Serves one downstream connection until it closes or drains; with `source` (original_src)
+/// its requests' upstream connections come from that address.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     stream: Stream,
     remote: SocketAddr,
     local: SocketAddr,
+    connection: Arc<Connection>,
+    source: Option<crate::upstream::pool::Source>,
     hcm: Rc<HttpConnectionManager>,
     worker: Rc<Worker>,
     drain: ConnectionDrain,
@@ -217,6 +225,8 @@ pub async fn serve(
         drain: drain.clone(),
         remote,
         local,
+        connection,
+        source,
         secure,
         codec: Cell::new(None),
     });
@@ -345,6 +355,11 @@ impl Done {
         if let Some(mut info) = self.info.take() {
             info.bytes_sent = bytes;
             info.bytes_received = self.request.bytes();
+            info.response_done = Some(std::time::Instant::now());
+            info.request_done = self.request.done_at().map(|t| t.into_std());
+            if info.upstream_connection.is_some() {
+                info.request_sent = info.request_done;
+            }
             match reason {
                 EndReason::Complete => {}
                 EndReason::DownstreamReset => info
@@ -425,6 +440,10 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         settled: false,
     };
     if let Some(info) = done.info.as_mut() {
+        info.connection = Some(conn.connection.clone());
+        if conn.secure {
+            info.scheme = "https";
+        }
         info.protocol = Some(protocol_name(version));
         info.method = Some(parts.method.clone());
         info.path = parts.uri.path_and_query().map(|p| p.as_str().to_string());
@@ -473,6 +492,12 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         // Access logs see the request as the connection manager forwards it (generated
         // x-request-id included), as in Envoy.
         info.request_headers = parts.headers.clone();
+        info.stream_id = parts
+            .headers
+            .get(&names::X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        info.request_headers_bytes = request_headers_bytes(&parts, info.scheme);
     }
     let request_id = cfg
         .always_set_request_id_in_response
@@ -496,6 +521,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         body,
         &request,
         (conn.remote, conn.local),
+        conn.source,
         done.info.as_deref_mut(),
     )
     .await
@@ -530,6 +556,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             let status = head.status.as_u16();
             stats.response_class(status);
             if let Some(info) = done.info.as_mut() {
+                info.response_started = Some(std::time::Instant::now());
                 info.response_code = Some(status);
                 info.response_headers = head.headers.clone();
             }
@@ -545,6 +572,27 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             local(done, reply, request_id)
         }
     }
+}
+
+/// The size of a request's headers as Envoy counts its header map: `:authority`, `:path`,
+/// `:method` and `:scheme` as pseudo-headers (the Host header is `:authority`), then every
+/// other header.
+pub fn request_headers_bytes(parts: &http::request::Parts, scheme: &str) -> u64 {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .map_or(0, |v| (header::HOST.as_str().len() + v.len()) as u64);
+    let path = parts.uri.path_and_query().map_or("", |p| p.as_str());
+    headers_bytes(
+        [
+            (":authority", authority(parts).unwrap_or("")),
+            (":path", path),
+            (":method", parts.method.as_str()),
+            (":scheme", scheme),
+        ],
+        &parts.headers,
+    )
+    .saturating_sub(host)
 }
 
 /// An HTTP/1.1 upgrade request other than h2c: `Connection: upgrade` with an `Upgrade` header.

@@ -17,6 +17,7 @@ use crate::http::conn_manager::{self, HcmStats, HttpConnectionManager};
 use crate::io::Stream;
 use crate::network::filters::tcp_proxy::{self, TcpProxyStats};
 use crate::stats::{Counter, Gauge};
+use crate::stream_info::{next_connection_id, Connection};
 use crate::tls::stats::TlsStats;
 use crate::upstream::pool;
 use crate::worker::Worker;
@@ -63,12 +64,15 @@ struct ListenerStats {
     worker_cx_total: Counter,
     worker_cx_active: Gauge,
     no_filter_chain_match: Counter,
+    network_extension_config_missing: Counter,
 }
 
 /// The network filters of a chain, built for one worker.
 enum Terminal {
     Http(Rc<HttpConnectionManager>),
     Tcp(Arc<model::TcpProxy>, Rc<TcpProxyStats>),
+    /// A chain without network filters: Envoy accepts it and closes its connections.
+    Empty,
 }
 
 /// The listeners of one worker by address, for `use_original_dst` hand-offs.
@@ -152,9 +156,45 @@ struct Chain {
     limits: Vec<(Arc<model::LocalRateLimit>, Counter)>,
     tls: Option<Arc<model::DownstreamTransport>>,
     terminal: Terminal,
+    /// The names of the chain's certificates, for access logs, as of the TLS configuration
+    /// they were read for (made on first use, again after the files change).
+    local_certs: std::cell::RefCell<Option<(Arc<rustls::ServerConfig>, Rc<LocalCerts>)>>,
 }
 
+type LocalCerts = Vec<(Vec<String>, Option<crate::stream_info::CertInfo>)>;
+
 impl Chain {
+    /// Whether the terminal filter writes access logs (only then is TLS described).
+    fn logs(&self) -> bool {
+        match &self.terminal {
+            Terminal::Http(h) => !h.config.access_logs.is_empty(),
+            Terminal::Tcp(t, _) => !t.access_logs.is_empty(),
+            Terminal::Empty => false,
+        }
+    }
+
+    /// The certificate this chain presented to a client that asked for `sni`.
+    fn local_cert(
+        &self,
+        config: &Arc<rustls::ServerConfig>,
+        sni: Option<&str>,
+    ) -> Option<crate::stream_info::CertInfo> {
+        let tls = self.tls.as_ref()?;
+        let mut cache = self.local_certs.borrow_mut();
+        let certs = match &*cache {
+            Some((c, certs)) if Arc::ptr_eq(c, config) => certs.clone(),
+            _ => {
+                let certs = Rc::new(crate::tls::info::local_certificates(
+                    &tls.settings.certificates,
+                ));
+                *cache = Some((config.clone(), certs.clone()));
+                certs
+            }
+        };
+        let i = crate::tls::certs::pick_index(certs.iter().map(|(n, _)| n.as_slice()), sni);
+        certs.get(i).and_then(|(_, info)| info.clone())
+    }
+
     /// Runs the filters in front of the terminal one on a new connection; false: close it.
     fn admit(&self) -> bool {
         if self.limits.is_empty() {
@@ -176,7 +216,16 @@ fn chain(
     shard: &Arc<crate::stats::Shard>,
     scope: &str,
 ) -> Option<Rc<Chain>> {
-    let (last, front) = fc.filters.split_last()?;
+    let Some((last, front)) = fc.filters.split_last() else {
+        return Some(Rc::new(Chain {
+            model: fc.clone(),
+            drain: Drain::new(),
+            limits: Vec::new(),
+            tls: fc.tls.clone(),
+            terminal: Terminal::Empty,
+            local_certs: Default::default(),
+        }));
+    };
     let limits = front
         .iter()
         .filter_map(|f| match f {
@@ -208,6 +257,7 @@ fn chain(
             limits,
             tls: fc.tls.clone(),
             terminal,
+            local_certs: Default::default(),
         }))
     })
 }
@@ -235,6 +285,8 @@ impl Shared {
             worker_cx_active: shard
                 .gauge(&format!("{scope}worker_{}.downstream_cx_active", worker.id)),
             no_filter_chain_match: shard.counter(&format!("{scope}no_filter_chain_match")),
+            network_extension_config_missing: shard
+                .counter(&format!("{scope}network_extension_config_missing")),
         };
         let filters = filters::Chain::new(&config, shard, &scope);
         let build = |fc: &Arc<model::FilterChain>| {
@@ -400,6 +452,8 @@ impl Shared {
             stream,
             remote,
             local,
+            direct_remote,
+            server_name,
             ..
         } = sock;
         let s = &self.stats;
@@ -417,11 +471,18 @@ impl Shared {
             self.closed();
             return;
         };
+        if matches!(chain.terminal, Terminal::Empty) {
+            // As Envoy: no read filter to give the connection to, so it is closed at once
+            // (before any TLS handshake) and counted as a chain whose filters are missing.
+            s.network_extension_config_missing.inc();
+            self.closed();
+            return;
+        }
         // The chain's drain governs the connection from now on; what is still open at its
         // deadline is closed.
         let mut deadline = self.connection_drain(Some(&chain));
         tokio::select! {
-            _ = self.run_chain(&chain, stream, remote, local) => {}
+            _ = self.run_chain(&chain, stream, (remote, local, direct_remote), server_name) => {}
             _ = deadline.deadline() => {
                 tracing::debug!(listener = %self.config.name, %remote, "drain deadline: closing");
             }
@@ -434,8 +495,8 @@ impl Shared {
         &self,
         chain: &Chain,
         stream: TcpStream,
-        remote: SocketAddr,
-        local: SocketAddr,
+        (remote, local, direct_remote): (SocketAddr, SocketAddr, SocketAddr),
+        server_name: Option<Box<str>>,
     ) {
         if !chain.admit() {
             // Envoy resets a rate-limited connection rather than closing it, and its terminal
@@ -447,17 +508,30 @@ impl Shared {
                     hcm.stats.downstream_cx_destroy.inc();
                 }
                 Terminal::Tcp(_, stats) => stats.downstream_cx_total.inc(),
+                Terminal::Empty => {}
             }
             return;
         }
+        let mut connection = Connection {
+            id: next_connection_id(),
+            direct_remote: Some(direct_remote),
+            requested_server_name: server_name.map(String::from),
+            tls: None,
+        };
         let stream = match &chain.tls {
             None => Stream::Tcp(stream),
             Some(tls) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.get());
+                let config = tls.config.get();
+                let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
                 match acceptor.accept(stream).await {
                     Ok(t) => {
+                        let conn = t.get_ref().1;
                         if let Some(st) = &self.tls_stats {
-                            st.completed(t.get_ref().1);
+                            st.completed(conn);
+                        }
+                        if chain.logs() {
+                            let local = chain.local_cert(&config, conn.server_name());
+                            connection.tls = Some(crate::tls::info::connection_info(conn, local));
                         }
                         Stream::ServerTls(Box::new(t))
                     }
@@ -473,10 +547,20 @@ impl Shared {
         };
         match &chain.terminal {
             Terminal::Http(hcm) => {
+                // original_src: pooled upstream connections come from the client's address; the
+                // port is left to the kernel, since one client connection may need several
+                // upstream connections (Envoy does not implement bind_port either).
+                let source = self.config.original_src.map(|o| pool::Source {
+                    address: SocketAddr::new(remote.ip(), 0),
+                    transparent: true,
+                    mark: o.mark,
+                });
                 conn_manager::serve(
                     stream,
                     remote,
                     local,
+                    Arc::new(connection),
+                    source,
                     hcm.clone(),
                     self.worker.clone(),
                     self.connection_drain(Some(chain)),
@@ -503,11 +587,13 @@ impl Shared {
                     stream,
                     remote,
                     local,
+                    Arc::new(connection),
                     source,
                     self.config.buffer_limit,
                 )
                 .await
             }
+            Terminal::Empty => {}
         }
     }
 

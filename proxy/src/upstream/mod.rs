@@ -221,6 +221,9 @@ pub struct Host {
     pub downstream: Option<(SocketAddr, SocketAddr)>,
     /// With `auto_sni`: the SNI this host's connections send; its pools serve that name only.
     pub sni: Option<rustls_pki_types::ServerName<'static>>,
+    /// With original_src: the client address this host's connections come from; its pools
+    /// serve that client address only.
+    pub source: Option<pool::Source>,
     /// `auto_config`: whether the last handshake chose HTTP/2 (unknown before the first).
     pub negotiated_h2: Cell<Option<bool>>,
 }
@@ -250,6 +253,7 @@ type VariantKey = (
     SocketAddr,
     Option<(SocketAddr, SocketAddr)>,
     Option<Box<str>>,
+    Option<pool::Source>,
 );
 
 /// Above this many ORIGINAL_DST hosts on a worker, hosts no stream uses are dropped.
@@ -295,8 +299,20 @@ impl Cluster {
     pub fn variant(
         &self,
         host: Rc<Host>,
+        downstream: (SocketAddr, SocketAddr),
+        authority: Option<&str>,
+    ) -> Rc<Host> {
+        self.variant_from(host, downstream, authority, None)
+    }
+
+    /// [`Cluster::variant`], whose connections come from `source` (original_src) when given:
+    /// pooled apart per source, so no connection carries another client's address.
+    pub fn variant_from(
+        &self,
+        host: Rc<Host>,
         (remote, local): (SocketAddr, SocketAddr),
         authority: Option<&str>,
+        source: Option<pool::Source>,
     ) -> Rc<Host> {
         let cfg = self.config();
         let downstream = cfg.proxy_protocol.is_some().then_some((remote, local));
@@ -305,10 +321,10 @@ impl Cluster {
         } else {
             None
         };
-        if downstream.is_none() && sni.is_none() {
+        if downstream.is_none() && sni.is_none() && source.is_none() {
             return host;
         }
-        let key = (host.address, downstream, sni.map(Box::from));
+        let key = (host.address, downstream, sni.map(Box::from), source);
         let mut hosts = self.by_downstream.borrow_mut();
         if let Some(h) = hosts.get(&key) {
             return h.clone();
@@ -328,6 +344,7 @@ impl Cluster {
                 .2
                 .as_deref()
                 .and_then(|n| rustls_pki_types::ServerName::try_from(n.to_string()).ok()),
+            source,
             negotiated_h2: Cell::new(None),
         });
         hosts.insert(key, copy.clone());
@@ -418,6 +435,7 @@ impl Host {
             h2: pool::Http2Pool::default(),
             downstream: None,
             sni: None,
+            source: None,
             negotiated_h2: Cell::new(None),
         }
     }

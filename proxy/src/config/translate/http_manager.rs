@@ -18,7 +18,7 @@ use super::super::model::*;
 use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 use super::{duration, required, typed_config};
-use crate::access_log::Format;
+use crate::access_log::{Extensions, Format};
 use crate::router::{Route, RouteMatch, RouteTable, VirtualHost};
 
 pub(super) fn translate_hcm(
@@ -211,7 +211,26 @@ pub(super) fn translate_access_log(
                 Some(_) => return Err(ConfigError::unsupported(format!("{fpath}.json_format"))),
                 None => return Err(ConfigError::new(fpath, "needs text_format_source")),
             };
-            Format::parse(&text)
+            let mut ext = Extensions::default();
+            for (i, f) in sfs.formatters.iter().enumerate() {
+                let path = format!("{fpath}.formatters[{i}].typed_config");
+                let any = f
+                    .typed_config
+                    .as_ref()
+                    .ok_or_else(|| ConfigError::new(&path, "required"))?;
+                match type_name(&any.type_url) {
+                    "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery" => {
+                        ext.req_without_query = true
+                    }
+                    other => {
+                        return Err(ConfigError::new(
+                            path,
+                            format!("unsupported formatter extension '{}' ({other})", f.name),
+                        ))
+                    }
+                }
+            }
+            Format::parse_with(&text, ext)
                 .map_err(|e| ConfigError::new(format!("{fpath}.text_format_source"), e))?
         }
     };

@@ -378,10 +378,13 @@ fn translate_listener(
         let http = chains
             .flat_map(|fc| fc.filters.iter())
             .any(|f| matches!(f, NetworkFilter::HttpConnectionManager(_)));
-        if http {
+        // One client connection may need several pooled upstream connections, which cannot
+        // all have its port.
+        if http && original_src.as_ref().is_some_and(|o| o.bind_port) {
             return Err(ConfigError::new(
-                original_src_path,
-                "unsupported with http_connection_manager (only with tcp_proxy so far)",
+                format!("{original_src_path}.typed_config.bind_port"),
+                "unsupported with http_connection_manager (upstream connections come from the \
+                 client's address with a port of the kernel's choosing)",
             ));
         }
     }
@@ -632,12 +635,6 @@ fn translate_chain(
             ));
         }
         filters.push(filter);
-    }
-    if filters.is_empty() {
-        return Err(ConfigError::new(
-            format!("{path}.filters"),
-            "a filter chain needs a terminal filter",
-        ));
     }
     let tls = match &fc.transport_socket {
         Some(ts) => tls::downstream(ts, &format!("{path}.transport_socket"), secrets)?,

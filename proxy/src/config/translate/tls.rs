@@ -93,8 +93,16 @@ pub(super) fn downstream(
         context::server_config(&build_settings)
     })
     .map(Rotating::new)
-    .map_err(|e| ConfigError::new(&cpath, e.to_string()))?;
+    .map_err(|e| context_error(&cpath, &e))?;
     Ok(Some(Arc::new(DownstreamTransport { settings, config })))
+}
+
+/// A TLS error at the field of the common context it names, else at the context itself.
+fn context_error(cpath: &str, e: &crate::tls::TlsError) -> ConfigError {
+    match e.split() {
+        (Some(field), inner) => ConfigError::new(format!("{cpath}.{field}"), inner.to_string()),
+        (None, inner) => ConfigError::new(cpath, inner.to_string()),
+    }
 }
 
 const UPSTREAM_PROXY_PROTOCOL: &str =
@@ -207,7 +215,7 @@ fn upstream(
         context::client_config(&build_settings)
     })
     .map(Rotating::new)
-    .map_err(|e| ConfigError::new(&cpath, e.to_string()))?;
+    .map_err(|e| context_error(&cpath, &e))?;
     Ok(Some(Arc::new(UpstreamTransport {
         settings,
         config,

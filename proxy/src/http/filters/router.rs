@@ -34,7 +34,7 @@ enum Conn {
     Http1(Http1Sender),
     Http2 {
         // Held to keep the stream's slot on its connection until the response ends.
-        _stream: Http2Stream,
+        stream: Http2Stream,
         pump: Option<tokio::task::AbortHandle>,
     },
 }
@@ -107,7 +107,9 @@ impl Drop for Upstream {
     }
 }
 
-/// Routes and forwards one request. `Err` is the local reply to send instead.
+/// Routes and forwards one request. `Err` is the local reply to send instead. With `source`
+/// (original_src), upstream connections come from that address.
+#[allow(clippy::too_many_arguments)]
 pub async fn route(
     worker: &Rc<Worker>,
     cfg: &model::HttpConnectionManager,
@@ -115,6 +117,7 @@ pub async fn route(
     body: ProxyBody,
     request: &Rc<RequestProgress>,
     (downstream_remote, downstream_local): (std::net::SocketAddr, std::net::SocketAddr),
+    source: Option<pool::Source>,
     mut info: Option<&mut StreamInfo>,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let host_header = authority(&parts).unwrap_or("").to_string();
@@ -160,15 +163,12 @@ pub async fn route(
         cluster.stats.upstream_cx_none_healthy.inc();
         return Err(LocalReply::NO_HEALTHY_UPSTREAM);
     };
-    let host = cluster.variant(
+    let host = cluster.variant_from(
         host,
         (downstream_remote, downstream_local),
         Some(&host_header),
+        source,
     );
-    if let Some(info) = info {
-        info.upstream_host = Some(host.address);
-        info.attempts = 1;
-    }
     if !cfg.router.suppress_envoy_headers {
         if let Some(t) = route.timeout {
             parts.headers.insert(
@@ -177,21 +177,53 @@ pub async fn route(
             );
         }
     }
+    if let Some(info) = info.as_deref_mut() {
+        info.upstream_host = Some(host.address);
+        info.attempts = 1;
+        // The header map Envoy logs is the one the router forwards.
+        info.request_headers_bytes =
+            crate::http::conn_manager::request_headers_bytes(&parts, info.scheme);
+    }
+    let failure = std::cell::RefCell::new(None);
     let http2 = match cluster.config().protocol {
         UpstreamProtocol::Http1 => false,
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Downstream => parts.version == Version::HTTP_2,
-        UpstreamProtocol::Auto => pool::negotiate(&cluster, &host)
-            .await
-            .map_err(connect_failure)?,
+        UpstreamProtocol::Auto => match pool::negotiate(&cluster, &host).await {
+            Ok(h2) => h2,
+            Err(e) => {
+                if let Some(info) = info.as_deref_mut() {
+                    info.upstream_transport_failure = e.transport_failure_reason();
+                }
+                return Err(connect_failure(e, &failure));
+            }
+        },
     };
 
     let mut upstream = Upstream::start(cluster.clone(), host.clone(), request.clone());
     let send = async {
         if http2 {
-            send_http2(&cluster, &host, parts, body, &host_header, request).await
+            send_http2(
+                &cluster,
+                &host,
+                parts,
+                body,
+                &host_header,
+                request,
+                &failure,
+            )
+            .await
         } else {
-            send_http1(&cluster, &host, parts, body, &host_header, request).await
+            send_http1(
+                &cluster,
+                &host,
+                parts,
+                body,
+                &host_header,
+                request,
+                &failure,
+            )
+            .await
         }
     };
     // Envoy's route timeout runs from the end of the request to the end of the response; this
@@ -209,6 +241,16 @@ pub async fn route(
         }
         None => send.await,
     };
+    if let Some(info) = info {
+        info.upstream_transport_failure = failure.take();
+        if let Ok((_, conn)) = &result {
+            info.upstream_connection = Some(match conn {
+                Conn::Http1(sender) => sender.info,
+                Conn::Http2 { stream, .. } => stream.conn().info,
+            });
+            info.upstream_protocol = Some(if http2 { "HTTP/2" } else { "HTTP/1.1" });
+        }
+    }
     match result {
         Ok((resp, conn)) => {
             if cfg.router.dynamic_stats {
@@ -245,8 +287,10 @@ pub async fn route(
     }
 }
 
-fn connect_failure(e: ConnectError) -> LocalReply {
+/// The local reply for a failed connect; its reason goes to `failure` for the access log.
+fn connect_failure(e: ConnectError, failure: &std::cell::RefCell<Option<String>>) -> LocalReply {
     tracing::debug!(error = %e, "upstream connect failed");
+    *failure.borrow_mut() = e.transport_failure_reason();
     match e {
         ConnectError::Handshake(_) => LocalReply::PROTOCOL_ERROR,
         ConnectError::Timeout => LocalReply::CONNECT_TIMEOUT,
@@ -272,7 +316,9 @@ async fn send_http1(
     body: ProxyBody,
     authority: &str,
     request: &RequestProgress,
+    failure: &std::cell::RefCell<Option<String>>,
 ) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
+    let connect_failure = |e| connect_failure(e, failure);
     // The authority of an absolute-form or HTTP/2 request wins over any Host header, as in Envoy.
     if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) {
         if let Ok(v) = HeaderValue::from_str(authority) {
@@ -339,7 +385,9 @@ async fn send_http2(
     body: ProxyBody,
     authority: &str,
     request: &RequestProgress,
+    failure: &std::cell::RefCell<Option<String>>,
 ) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
+    let connect_failure = |e| connect_failure(e, failure);
     let pq = parts
         .uri
         .path_and_query()
@@ -404,13 +452,7 @@ async fn send_http2(
                     recv,
                     data_done: false,
                 });
-                return Ok((
-                    resp,
-                    Conn::Http2 {
-                        _stream: slot,
-                        pump,
-                    },
-                ));
+                return Ok((resp, Conn::Http2 { stream: slot, pump }));
             }
             Err(e) => {
                 let refused = e.is_go_away() && e.is_remote()
