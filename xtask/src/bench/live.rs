@@ -917,7 +917,7 @@ pub fn table(r: &Results) -> String {
             1,
         );
         line(
-            "RDS update, 1 of 1,000 routes changed: rename → `update_success`, median ms",
+            "RDS update, 1 of 1,000 routes (one per virtual host) changed: rename → `update_success`, median ms",
             s.rds,
             e.rds,
             1,
@@ -1075,4 +1075,62 @@ runs only these rows.
         window = CPU_WINDOW.as_secs(),
         idle = 2 * CPU_WINDOW.as_secs(),
     )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ports() -> Ports {
+        Ports {
+            nginx_h1: 1001,
+            nginx_h2: 1002,
+            nginx_alt: 1003,
+            admin: 1004,
+            http: 1005,
+            h2: 1006,
+            tcp: 1007,
+        }
+    }
+
+    #[test]
+    fn p90_is_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(p90(&v), Some(18.0));
+        assert_eq!(p90(&[5.0]), Some(5.0));
+        assert_eq!(p90(&[]), None);
+    }
+
+    #[test]
+    fn scale_files_change_one_resource() {
+        let p = ports();
+        let (a, b) = (
+            scale_cds(2, &p, false, SCALE),
+            scale_cds(3, &p, true, SCALE),
+        );
+        assert_eq!(a.matches("envoy.config.cluster.v3.Cluster").count(), SCALE);
+        assert_eq!(a.matches("port_value: 1001").count(), SCALE);
+        assert_eq!(b.matches("port_value: 1001").count(), SCALE - 1);
+        assert_eq!(b.matches("port_value: 1003").count(), 1);
+        let (a, b) = (scale_rds(2, false, SCALE), scale_rds(3, true, SCALE));
+        assert_eq!(a.matches("domains: [svc-").count(), SCALE);
+        assert_eq!(a.matches("cluster: c0001}").count(), 1);
+        assert_eq!(b.matches("cluster: c0001}").count(), 2);
+        assert!(b.contains("domains: [svc-0999.example.com]"));
+    }
+
+    #[test]
+    fn tree_cpu_counts_this_process() {
+        let pid = std::process::id();
+        let t0 = tree_cpu_us(pid).unwrap();
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(30) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(tree_cpu_us(pid).unwrap() > t0);
+        assert!(rss_kib(pid).unwrap() > 0);
+    }
 }
