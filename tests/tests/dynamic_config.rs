@@ -836,3 +836,40 @@ async fn an_sds_secret_from_a_file_is_served_and_rotated_without_dropping_connec
     })
     .await;
 }
+
+fn lds_with_options(dir: &Path, port: u16, options: &str) -> String {
+    lds("9", dir, port, None, "ingress").replace(
+        "  name: main\n",
+        &format!("  name: main\n  tcp_fast_open_queue_length: 16\n  socket_options: {options}\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_socket_options_are_set_and_one_the_kernel_refuses_fails_the_listener() {
+    run_for(Duration::from_secs(60), async {
+        let ups = Ups {
+            a: EchoUpstream::start("A").await,
+            b: EchoUpstream::start("B").await,
+        };
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let side = FsSide::start(kind, &ups).await;
+            // SO_KEEPALIVE before bind, SO_RCVBUF once listening: the listener serves.
+            let good = "[{level: 1, name: 9, int_value: 1, state: STATE_PREBIND}, {level: 1, name: 8, int_value: 65536, state: STATE_LISTENING}]";
+            let l = lds_with_options(&side.dir, side.port2, good);
+            side.update("lds.yaml", &l, "listener_manager.lds.update_attempt").await;
+            let admin = side.proxy.admin();
+            admin
+                .wait_stat("listener_manager.listener_create_success", Duration::from_secs(5), |v| v >= 4)
+                .await;
+            assert_eq!(side.probe(side.port2, "x", "/a").await, "200 A", "{}", kind.name());
+            // An option the kernel does not have: the listener cannot be created.
+            let bad = "[{level: 1, name: 99999, int_value: 1, state: STATE_PREBIND}]";
+            let l = lds_with_options(&side.dir, side.port, bad);
+            side.update("lds.yaml", &l, "listener_manager.lds.update_attempt").await;
+            admin
+                .wait_stat("listener_manager.listener_create_failure", Duration::from_secs(5), |v| v >= 1)
+                .await;
+        }
+    })
+    .await;
+}

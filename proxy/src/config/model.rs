@@ -108,6 +108,43 @@ pub struct Listener {
     /// `max_connections_to_accept_per_socket_event`: after this many accepts in a row the
     /// accept loop lets the worker's connections run (none: accept all that are pending).
     pub accept_batch: Option<u32>,
+    /// `socket_options` that apply to this listener's sockets (TCP, its address family).
+    pub socket_options: Vec<SocketOption>,
+    /// `tcp_fast_open_queue_length`: TCP Fast Open with this queue (0: off).
+    pub tcp_fast_open_queue_length: Option<u32>,
+}
+
+/// `envoy.config.core.v3.SocketOption`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketOption {
+    /// `level`.
+    pub level: i32,
+    /// `name`.
+    pub name: i32,
+    /// `int_value` (a C `int`) or `buf_value`.
+    pub value: SocketOptionValue,
+    /// `state`: when it is set.
+    pub state: SocketState,
+}
+
+/// A socket option's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketOptionValue {
+    /// `int_value`.
+    Int(i32),
+    /// `buf_value`.
+    Bytes(Vec<u8>),
+}
+
+/// `SocketOption.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketState {
+    /// Before `bind()`.
+    PreBind,
+    /// After `bind()`, before `listen()`.
+    Bound,
+    /// After `listen()`.
+    Listening,
 }
 
 /// `drain_type`: which drains ask this listener's connections to close.

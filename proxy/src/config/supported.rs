@@ -74,6 +74,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "traffic_direction",
             "drain_type",
             "max_connections_to_accept_per_socket_event",
+            "socket_options",
+            "tcp_fast_open_queue_length",
             // Read by filters and access logs skiff does not have; see docs/compatibility.md.
             "metadata",
             // skiff's workers each own an SO_REUSEPORT socket; see docs/compatibility.md.
@@ -83,6 +85,25 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "continue_on_listener_filters_timeout",
         ],
     ),
+    (
+        "envoy.config.core.v3.SocketOption",
+        &[
+            "description",
+            "level",
+            "name",
+            "int_value",
+            "buf_value",
+            "state",
+            "type",
+            "ip_version",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.SocketOption.SocketType",
+        &["stream", "datagram"],
+    ),
+    ("envoy.config.core.v3.SocketOption.SocketType.Stream", &[]),
+    ("envoy.config.core.v3.SocketOption.SocketType.Datagram", &[]),
     (
         "envoy.config.listener.v3.Listener.ConnectionBalanceConfig",
         &["exact_balance"],

@@ -5,6 +5,7 @@ pub mod filter_chain_match;
 pub mod filters;
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -50,9 +51,52 @@ pub fn bind(l: &model::Listener) -> std::io::Result<std::net::TcpListener> {
         }
     }
     socket.set_nonblocking(true)?;
+    apply_options(&socket, l, model::SocketState::PreBind)?;
     socket.bind(&addr.into())?;
+    apply_options(&socket, l, model::SocketState::Bound)?;
+    if let Some(q) = l.tcp_fast_open_queue_length.filter(|q| *q > 0) {
+        let q = i32::try_from(q).unwrap_or(i32::MAX);
+        skiff_sys::setsockopt_int(
+            socket.as_fd(),
+            libc_tcp::IPPROTO_TCP,
+            libc_tcp::TCP_FASTOPEN,
+            q,
+        )?;
+    }
     socket.listen(1024)?;
+    apply_options(&socket, l, model::SocketState::Listening)?;
     Ok(socket.into())
+}
+
+/// Linux's numbers for TCP Fast Open.
+mod libc_tcp {
+    pub const IPPROTO_TCP: i32 = 6;
+    pub const TCP_FASTOPEN: i32 = 23;
+}
+
+/// Sets the listener's `socket_options` of one state.
+fn apply_options(
+    socket: &Socket,
+    l: &model::Listener,
+    state: model::SocketState,
+) -> std::io::Result<()> {
+    for o in l.socket_options.iter().filter(|o| o.state == state) {
+        let r = match &o.value {
+            model::SocketOptionValue::Int(v) => {
+                skiff_sys::setsockopt_int(socket.as_fd(), o.level, o.name, *v)
+            }
+            model::SocketOptionValue::Bytes(b) => {
+                skiff_sys::setsockopt(socket.as_fd(), o.level, o.name, b)
+            }
+        };
+        r.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("socket option level {} name {}: {e}", o.level, o.name),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// `listener.<addr>.*` on one worker.

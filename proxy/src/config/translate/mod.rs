@@ -424,6 +424,12 @@ fn translate_listener(
             }
         },
         inbound: l.traffic_direction == core::TrafficDirection::Inbound as i32,
+        socket_options: socket_options(
+            &l.socket_options,
+            &format!("{path}.socket_options"),
+            address,
+        )?,
+        tcp_fast_open_queue_length: l.tcp_fast_open_queue_length.as_ref().map(|v| v.value),
         accept_batch: match &l.max_connections_to_accept_per_socket_event {
             Some(v) if v.value == 0 => {
                 return Err(ConfigError::new(
@@ -439,6 +445,66 @@ fn translate_listener(
             .as_ref()
             .map_or(DEFAULT_BUFFER_LIMIT, |v| v.value as usize),
     })
+}
+
+/// `socket_options`, keeping those that apply to a TCP socket of `address`'s family.
+fn socket_options(
+    all: &[core::SocketOption],
+    path: &str,
+    address: SocketAddr,
+) -> Result<Vec<SocketOption>, ConfigError> {
+    use core::socket_option::{SocketIpVersion, SocketState as Pb, Value};
+    let mut out = Vec::new();
+    for (i, o) in all.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let stream_only_datagram = o
+            .r#type
+            .as_ref()
+            .is_some_and(|t| t.stream.is_none() && t.datagram.is_some());
+        let family = SocketIpVersion::try_from(o.ip_version)
+            .map_err(|_| ConfigError::new(format!("{p}.ip_version"), "unknown IP version"))?;
+        let other_family = match family {
+            SocketIpVersion::Unspecified => false,
+            SocketIpVersion::Ipv4 => !address.is_ipv4(),
+            SocketIpVersion::Ipv6 => !address.is_ipv6(),
+        };
+        let (Ok(level), Ok(name)) = (i32::try_from(o.level), i32::try_from(o.name)) else {
+            return Err(ConfigError::new(&p, "level and name must fit a C int"));
+        };
+        let value = match &o.value {
+            Some(Value::IntValue(v)) => SocketOptionValue::Int(
+                i32::try_from(*v)
+                    .map_err(|_| ConfigError::new(format!("{p}.int_value"), "must fit a C int"))?,
+            ),
+            Some(Value::BufValue(b)) => SocketOptionValue::Bytes(b.clone()),
+            None => {
+                return Err(ConfigError::new(
+                    &p,
+                    "a value (int_value or buf_value) is required",
+                ))
+            }
+        };
+        let state = match Pb::try_from(o.state) {
+            Ok(Pb::StatePrebind) => SocketState::PreBind,
+            Ok(Pb::StateBound) => SocketState::Bound,
+            Ok(Pb::StateListening) => SocketState::Listening,
+            Err(_) => {
+                return Err(ConfigError::new(
+                    format!("{p}.state"),
+                    "unknown socket state",
+                ))
+            }
+        };
+        if !stream_only_datagram && !other_family {
+            out.push(SocketOption {
+                level,
+                name,
+                value,
+                state,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The `typed_config` of a filter whose configuration is the `typed_config | config_discovery`
