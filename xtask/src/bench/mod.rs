@@ -275,13 +275,15 @@ pub fn run(args: &[String]) -> Result {
             .push("the sidecar rows were not measured: they need root".to_string());
     }
     let targets = [Target::Direct, Target::Skiff, Target::Envoy];
-    eprintln!(
-        "bench: {} rows × {} targets × {} reps, {} s each (+1 s warm-up)",
-        opts.rows.len(),
-        targets.len(),
-        opts.reps,
-        opts.duration
-    );
+    if !opts.rows.is_empty() {
+        eprintln!(
+            "bench: {} rows × {} targets × {} reps, {} s each (+1 s warm-up)",
+            opts.rows.len(),
+            targets.len(),
+            opts.reps,
+            opts.duration
+        );
+    }
     for rep in 1..=opts.reps {
         for &row in &opts.rows {
             for target in targets {
