@@ -3,7 +3,9 @@
 //! would load it, and the result recorded with the reason for each refusal. The configurations
 //! skiff accepted before (`tests/corpus_accepted.txt`) must still load: the number only goes up.
 //! The full report goes to `target/corpus-report.tsv`, a summary of the refusals to the test's
-//! output.
+//! output. Each refusal's message is kept in `tests/corpus_refusals.tsv`: a configuration still
+//! refused must be refused with the same words (path and reason) unless the file is regenerated
+//! on purpose (`SKIFF_UPDATE_REFUSALS=1`), so a change to translation cannot lose an error.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -82,6 +84,7 @@ fn corpus_configurations_that_envoy_accepts_load_or_are_refused_with_a_reason() 
     let pki = pki();
     let mut accepted = BTreeSet::new();
     let mut report = String::from("file\tskiff\treason\n");
+    let mut refused: BTreeMap<String, String> = BTreeMap::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut only: BTreeMap<String, usize> = BTreeMap::new();
     let mut total = 0;
@@ -115,7 +118,8 @@ fn corpus_configurations_that_envoy_accepts_load_or_are_refused_with_a_reason() 
                         .entry(fields.iter().next().cloned().unwrap_or_default())
                         .or_default() += 1;
                 }
-                let e = e.to_string();
+                let e = e.to_string().replace(['\t', '\n'], " ");
+                refused.insert(file.to_string(), e.clone());
                 report.push_str(&format!("{file}\trefused\t{}\n", e.replace('\t', " ")));
             }
         }
@@ -137,6 +141,28 @@ fn corpus_configurations_that_envoy_accepts_load_or_are_refused_with_a_reason() 
             only.get(*reason).copied().unwrap_or(0)
         );
     }
+    let golden_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus_refusals.tsv");
+    if std::env::var_os("SKIFF_UPDATE_REFUSALS").is_some() {
+        let text: String = refused.iter().map(|(f, e)| format!("{f}\t{e}\n")).collect();
+        std::fs::write(&golden_path, text).expect("write corpus_refusals.tsv");
+    }
+    let golden = std::fs::read_to_string(&golden_path).unwrap_or_default();
+    let mut changed = Vec::new();
+    for line in golden.lines() {
+        let Some((file, was)) = line.split_once('\t') else {
+            continue;
+        };
+        if let Some(now) = refused.get(file) {
+            if now != was {
+                changed.push(format!("{file}:\n  was: {was}\n  now: {now}"));
+            }
+        }
+    }
+    assert!(
+        changed.is_empty(),
+        "refusals worded differently (regenerate with SKIFF_UPDATE_REFUSALS=1 if intended):\n{}",
+        changed.join("\n")
+    );
     let listed = include_str!("corpus_accepted.txt");
     let listed: BTreeSet<&str> = listed
         .lines()

@@ -124,10 +124,12 @@ pub async fn route(
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     // Each stream reads the route table in force when it starts (RDS updates reach
     // long-lived connections on their next stream).
-    let table = match &cfg.routes {
-        model::RouteSource::Static(t) => t.clone(),
+    let rds;
+    let table: &crate::router::RouteTable = match &cfg.routes {
+        model::RouteSource::Static(t) => t,
         model::RouteSource::Rds { name, .. } => {
-            worker.route_table(name).ok_or(LocalReply::NO_ROUTE)?
+            rds = worker.route_table(name).ok_or(LocalReply::NO_ROUTE)?;
+            &rds
         }
     };
     let vhost = table
