@@ -21,11 +21,11 @@ fn time(t: SystemTime) -> String {
 }
 
 fn dynamic(d: &Dumped, key: &str) -> Value {
-    json!({"version_info": d.version, key: d.json, "last_updated": time(d.last_updated)})
+    json!({"version_info": d.version, key: *d.json, "last_updated": time(d.last_updated)})
 }
 
 fn stat(d: &Dumped, key: &str) -> Value {
-    json!({key: d.json, "last_updated": time(d.last_updated)})
+    json!({key: *d.json, "last_updated": time(d.last_updated)})
 }
 
 /// A list field of a section: its name, its items' `@type`, and (resource name, item).
@@ -159,7 +159,7 @@ fn sections(state: &AdminState, include_eds: bool) -> Vec<Section> {
     out.push(routes);
     let secret = |d: &Dumped, dynamic: bool| {
         let mut item =
-            json!({"name": d.name, "last_updated": time(d.last_updated), "secret": d.json});
+            json!({"name": d.name, "last_updated": time(d.last_updated), "secret": *d.json});
         if dynamic {
             item["version_info"] = Value::String(d.version.clone());
         }

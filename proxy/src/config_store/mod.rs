@@ -70,7 +70,7 @@ pub struct Dumped {
     /// Its name.
     pub name: String,
     /// The resource in Envoy's JSON form.
-    pub json: serde_json::Value,
+    pub json: Arc<serde_json::Value>,
     /// `version_info` of the update that brought it (empty for static resources).
     pub version: String,
     /// When it arrived.
@@ -253,7 +253,7 @@ impl std::fmt::Debug for ConfigStore {
 fn now_dumped(name: &str, json: serde_json::Value, version: &str) -> Dumped {
     Dumped {
         name: name.to_string(),
-        json,
+        json: Arc::new(json),
         version: version.to_string(),
         last_updated: SystemTime::now(),
     }
@@ -622,14 +622,33 @@ impl ConfigStore {
 
     fn apply_lds(&mut self, d: &Discovery) -> Result<(), ConfigError> {
         let clusters = self.cluster_names();
+        let mut secrets = self.secret_values();
         let mut in_place = HashSet::new();
         let mut next: BTreeMap<String, Version<listener_pb::Listener, Arc<model::Listener>>> =
             BTreeMap::new();
         for (i, any) in d.resources.iter().enumerate() {
             let path = format!("resources[{i}]");
             let proto: listener_pb::Listener = decode_any(any, type_url::LISTENER, &path)?;
-            self.follow_secrets(&secret_refs(&listener_tls(&proto)), &path)?;
-            let mut model = resource::listener(&proto, &path, &clusters, &self.secret_values())?;
+            // Unchanged: the version in force stays, untranslated.
+            if let Some(cur) = self
+                .listeners
+                .get(&proto.name)
+                .filter(|s| !s.is_static && !proto.name.is_empty())
+                .and_then(|s| s.latest())
+                .filter(|c| c.proto == proto)
+            {
+                if next.insert(proto.name.clone(), cur.clone()).is_some() {
+                    return Err(ConfigError::new(
+                        format!("{path}.name"),
+                        format!("duplicate listener '{}' found", proto.name),
+                    ));
+                }
+                continue;
+            }
+            if self.follow_secrets(&secret_refs(&listener_tls(&proto)), &path)? {
+                secrets = self.secret_values();
+            }
+            let mut model = resource::listener(&proto, &path, &clusters, &secrets)?;
             let name = model.name.clone();
             if let Some(cur) = self.listeners.get(&name).and_then(|s| s.latest()) {
                 if cur.proto != proto && adopt_chains(cur, &proto, &mut model) {
@@ -740,11 +759,31 @@ impl ConfigStore {
     fn apply_cds(&mut self, d: &Discovery) -> Result<(), ConfigError> {
         let mut next: BTreeMap<String, Version<cluster_pb::Cluster, Arc<model::Cluster>>> =
             BTreeMap::new();
+        let mut secrets = self.secret_values();
         for (i, any) in d.resources.iter().enumerate() {
             let path = format!("resources[{i}]");
             let proto: cluster_pb::Cluster = decode_any(any, type_url::CLUSTER, &path)?;
-            self.follow_secrets(&secret_refs(&cluster_tls(&proto)), &path)?;
-            let model = resource::cluster(&proto, &path, &self.secret_values())?;
+            // Unchanged: the version in force stays, untranslated (and keeps its version_info,
+            // as in Envoy).
+            if let Some(cur) = self
+                .clusters
+                .get(&proto.name)
+                .filter(|s| !s.is_static)
+                .and_then(|s| s.latest())
+                .filter(|c| c.proto == proto)
+            {
+                if next.insert(proto.name.clone(), cur.clone()).is_some() {
+                    return Err(ConfigError::new(
+                        format!("{path}.name"),
+                        format!("duplicate cluster '{}' found", proto.name),
+                    ));
+                }
+                continue;
+            }
+            if self.follow_secrets(&secret_refs(&cluster_tls(&proto)), &path)? {
+                secrets = self.secret_values();
+            }
+            let model = resource::cluster(&proto, &path, &secrets)?;
             let name = model.name.clone();
             if next.contains_key(&name) {
                 return Err(ConfigError::new(
@@ -915,7 +954,7 @@ impl ConfigStore {
             Option<envoy_types::pb::envoy::config::core::v3::ConfigSource>,
         )],
         path: &str,
-    ) -> Result<(), ConfigError> {
+    ) -> Result<bool, ConfigError> {
         let mut fresh = Vec::new();
         for (name, source) in refs {
             let Some(source) = source else { continue };
@@ -943,8 +982,9 @@ impl ConfigStore {
             );
             fresh.push(source);
         }
+        let added = !fresh.is_empty();
         self.follow_sources(fresh);
-        Ok(())
+        Ok(added)
     }
 
     /// SDS subscriptions no listener or cluster names any more are dropped.

@@ -210,7 +210,7 @@ fn a_rejected_update_changes_nothing_and_an_unchanged_one_is_a_no_op() {
         &f.dir,
         "lds.yaml",
         &listener("2", &["a"], false, &dir)
-            .replace("name: l\n", "name: l\n  tcp_fast_open_queue_length: 5\n"),
+            .replace("name: l\n", "name: l\n  enable_reuse_port: false\n"),
     );
     f.refresh();
     assert_eq!(f.stat("listener_manager.lds.update_rejected"), 1);
