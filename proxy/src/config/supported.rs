@@ -557,12 +557,12 @@ mod tests {
     #[test]
     fn unsupported_field_is_named_with_its_path() {
         let err = check_yaml(
-            "static_resources: { listeners: [ { name: a, address: { socket_address: { address: 127.0.0.1, port_value: 1 } } }, { name: b, tcp_fast_open_queue_length: 5 } ] }",
+            "static_resources: { listeners: [ { name: a, address: { socket_address: { address: 127.0.0.1, port_value: 1 } } }, { name: b, tcp_backlog_size: 5 } ] }",
         )
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "static_resources.listeners[1].tcp_fast_open_queue_length: unsupported"
+            "static_resources.listeners[1].tcp_backlog_size: unsupported"
         );
     }
 

@@ -16,6 +16,7 @@ pub(super) fn translate_cluster(
     path: &str,
     secrets: &crate::config::Secrets,
 ) -> Result<Cluster, ConfigError> {
+    super::fields::cluster(c, path)?;
     use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
     if c.name.is_empty() {
         return Err(ConfigError::new(format!("{path}.name"), "required"));
@@ -322,11 +323,14 @@ pub(crate) fn load_assignment_hosts(
     la: &envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
     path: &str,
 ) -> Result<Vec<Host>, ConfigError> {
+    super::fields::cluster_load_assignment(la, path)?;
     use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
     let mut hosts = Vec::new();
     for (i, locality) in la.endpoints.iter().enumerate() {
+        super::fields::locality_lb_endpoints(locality, &format!("{path}.endpoints[{i}]"))?;
         for (j, lb) in locality.lb_endpoints.iter().enumerate() {
             let epath = format!("{path}.endpoints[{i}].lb_endpoints[{j}]");
+            super::fields::lb_endpoint(lb, &epath)?;
             let ep = match &lb.host_identifier {
                 Some(HostIdentifier::Endpoint(ep)) => ep,
                 _ => return Err(ConfigError::new(format!("{epath}.endpoint"), "required")),

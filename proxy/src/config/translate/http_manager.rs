@@ -26,6 +26,7 @@ pub(super) fn translate_hcm(
     path: &str,
     clusters: &HashSet<String>,
 ) -> Result<HttpConnectionManager, ConfigError> {
+    super::fields::http_connection_manager(h, path)?;
     use hcm::http_connection_manager::{
         CodecType as Codec, RouteSpecifier, ServerHeaderTransformation as Sht,
     };
@@ -264,9 +265,11 @@ pub(crate) fn translate_routes(
     path: &str,
     clusters: Option<&HashSet<String>>,
 ) -> Result<RouteTable, ConfigError> {
+    super::fields::route_configuration(rc, path)?;
     let mut vhosts = Vec::new();
     for (i, vh) in rc.virtual_hosts.iter().enumerate() {
         let vpath = format!("{path}.virtual_hosts[{i}]");
+        super::fields::virtual_host(vh, &vpath)?;
         if vh.domains.is_empty() {
             return Err(ConfigError::new(
                 format!("{vpath}.domains"),
@@ -296,8 +299,10 @@ fn translate_route(
     path: &str,
     clusters: Option<&HashSet<String>>,
 ) -> Result<Route, ConfigError> {
+    super::fields::route(r, path)?;
     let m = required(&r.r#match, &format!("{path}.match"))?;
     let mpath = format!("{path}.match");
+    super::fields::route_match(m, &mpath)?;
     let case_sensitive = m.case_sensitive.as_ref().is_none_or(|v| v.value);
     let path_match = match &m.path_specifier {
         Some(route::route_match::PathSpecifier::Prefix(p)) => {
@@ -339,6 +344,7 @@ fn translate_route(
         }
     };
     let apath = format!("{path}.route");
+    super::fields::route_action(action, &apath)?;
     let cluster = match &action.cluster_specifier {
         Some(route::route_action::ClusterSpecifier::Cluster(c)) => c.clone(),
         _ => return Err(ConfigError::new(format!("{apath}.cluster"), "required")),

@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 
 mod clusters;
+mod fields;
 mod http_manager;
 mod listener_filters;
 mod tls;
@@ -171,6 +172,7 @@ pub(super) fn static_secrets(
 ) -> Result<Secrets, ConfigError> {
     let mut out = Secrets::new();
     for (i, s) in all.iter().enumerate() {
+        fields::secret(s, &format!("static_resources.secrets[{i}]"))?;
         if s.name.is_empty() {
             return Err(ConfigError::new(
                 format!("static_resources.secrets[{i}].name"),
@@ -303,6 +305,7 @@ fn translate_listener(
     clusters: &HashSet<String>,
     secrets: &Secrets,
 ) -> Result<Listener, ConfigError> {
+    fields::listener(l, path)?;
     let address = socket_address(
         required(&l.address, &format!("{path}.address"))?,
         &format!("{path}.address"),
@@ -527,6 +530,7 @@ fn chain_match(
     m: &listener::FilterChainMatch,
     path: &str,
 ) -> Result<FilterChainMatch, ConfigError> {
+    fields::filter_chain_match(m, path)?;
     let destination_port = match &m.destination_port {
         Some(p) if p.value >= 1 && p.value <= 65535 => Some(p.value as u16),
         Some(p) => {
@@ -650,6 +654,7 @@ fn translate_chain(
     clusters: &HashSet<String>,
     secrets: &Secrets,
 ) -> Result<FilterChain, ConfigError> {
+    fields::filter_chain(fc, path)?;
     let mut filters = Vec::new();
     for (i, f) in fc.filters.iter().enumerate() {
         let fpath = format!("{path}.filters[{i}]");
@@ -753,6 +758,7 @@ fn translate_local_ratelimit(
 }
 
 fn translate_tcp_proxy(t: &tcp::TcpProxy, path: &str) -> Result<TcpProxy, ConfigError> {
+    fields::tcp_proxy(t, path)?;
     if t.stat_prefix.is_empty() {
         return Err(ConfigError::new(format!("{path}.stat_prefix"), "required"));
     }

@@ -59,6 +59,7 @@ pub(super) fn downstream(
     };
     let path = format!("{path}.typed_config");
     let ctx: tls::DownstreamTlsContext = unpack(any, &path)?;
+    super::fields::downstream_tls_context(&ctx, &path)?;
     let cpath = format!("{path}.common_tls_context");
     let empty = tls::CommonTlsContext::default();
     let common = ctx.common_tls_context.as_ref().unwrap_or(&empty);
@@ -170,6 +171,7 @@ fn upstream(
     };
     let path = format!("{path}.typed_config");
     let ctx: tls::UpstreamTlsContext = unpack(any, &path)?;
+    super::fields::upstream_tls_context(&ctx, &path)?;
     let cpath = format!("{path}.common_tls_context");
     let empty = tls::CommonTlsContext::default();
     let common = ctx.common_tls_context.as_ref().unwrap_or(&empty);
@@ -251,6 +253,7 @@ fn common_context(
     path: &str,
     secrets: &Secrets,
 ) -> Result<Common, ConfigError> {
+    super::fields::common_tls_context(c, path)?;
     let mut certs = Vec::with_capacity(c.tls_certificates.len());
     for (i, t) in c.tls_certificates.iter().enumerate() {
         certs.push(certificate(t, &format!("{path}.tls_certificates[{i}]"))?);
@@ -331,6 +334,9 @@ fn secret<'a>(
     name: &str,
     path: &str,
 ) -> Result<&'a tls::secret::Type, ConfigError> {
+    if let Some(s) = secrets.get(name) {
+        super::fields::secret(s, &format!("{path} (secret '{name}')"))?;
+    }
     secrets
         .get(name)
         .and_then(|s| s.r#type.as_ref())
