@@ -224,9 +224,14 @@ impl Worker {
 
     /// Drains this worker's listeners (only inbound ones with `inbound_only`).
     fn drain_listeners(&self, draining: Draining, inbound_only: bool) {
-        for a in self.listeners.borrow().values() {
+        for a in self.listeners.borrow_mut().values_mut() {
             if !inbound_only || a.config.inbound {
                 a.listener.drain_all(draining);
+                if !draining.accepting {
+                    // Stopped for good: the socket closes once its accept loop ends, so new
+                    // connections are refused rather than left in the backlog.
+                    a.socket = None;
+                }
             }
         }
     }

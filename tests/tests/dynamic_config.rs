@@ -185,7 +185,11 @@ impl FsSide {
     async fn probe(&self, port: u16, host: &str, path: &str) -> String {
         let addr = format!("127.0.0.1:{port}");
         let req = skiff_tests::client::get(path, host);
-        match skiff_tests::client::http1_once(&addr, req).await {
+        let once = skiff_tests::client::http1_once(&addr, req);
+        let Ok(answer) = tokio::time::timeout(Duration::from_secs(3), once).await else {
+            return "timeout".to_string();
+        };
+        match answer {
             Ok(r) => format!("{} {}", r.status, r.header("x-upstream").unwrap_or("-")),
             Err(e) if e.contains("refused") => "refused".to_string(),
             Err(e) => format!("error: {e}"),
@@ -869,6 +873,121 @@ async fn listener_socket_options_are_set_and_one_the_kernel_refuses_fails_the_li
             admin
                 .wait_stat("listener_manager.listener_create_failure", Duration::from_secs(5), |v| v >= 1)
                 .await;
+        }
+    })
+    .await;
+}
+
+/// The keys of a JSON object, sorted, for comparing shapes.
+fn keys(v: &serde_json::Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    k.sort();
+    k
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_dump_shows_dynamic_resources_with_versions_as_envoy_does() {
+    run_for(Duration::from_secs(60), async {
+        let ups = Ups {
+            a: EchoUpstream::start("A").await,
+            b: EchoUpstream::start("B").await,
+        };
+        let mut shapes = Vec::new();
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let side = FsSide::start(kind, &ups).await;
+            let admin = side.proxy.admin();
+            let get = |q: &'static str| async move {
+                let text = admin.get(q).await.text();
+                serde_json::from_str::<serde_json::Value>(&text).expect("json")
+            };
+            let clusters = get("/config_dump?resource=dynamic_active_clusters").await;
+            let items = clusters["configs"].as_array().expect("configs").clone();
+            assert_eq!(items.len(), 2, "{}: {clusters}", kind.name());
+            let a = items
+                .iter()
+                .find(|c| c["cluster"]["name"] == "a")
+                .expect("cluster a");
+            let listeners = get("/config_dump?resource=dynamic_listeners").await;
+            let main = &listeners["configs"][0];
+            let routes = get("/config_dump?resource=dynamic_route_configs").await;
+            let eds = get("/config_dump?include_eds&resource=dynamic_endpoint_configs").await;
+            let one = get("/config_dump?resource=dynamic_active_clusters&name_regex=b").await;
+            shapes.push((
+                kind.name(),
+                (
+                    a["@type"].clone(),
+                    a["version_info"].clone(),
+                    keys(a),
+                    main["@type"].clone(),
+                    keys(main),
+                    keys(&main["active_state"]),
+                    main["active_state"]["version_info"].clone(),
+                ),
+                (
+                    routes["configs"][0]["@type"].clone(),
+                    routes["configs"][0]["route_config"]["name"].clone(),
+                    routes["configs"][0]["version_info"].clone(),
+                    eds["configs"][0]["endpoint_config"]["cluster_name"].clone(),
+                    one["configs"].as_array().map(|a| a.len()),
+                ),
+            ));
+        }
+        assert_eq!(
+            shapes[1].1, shapes[0].1,
+            "skiff (left) and Envoy (right) differ"
+        );
+        assert_eq!(
+            shapes[1].2, shapes[0].2,
+            "skiff (left) and Envoy (right) differ"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_listeners_stops_accepting_as_envoy_does() {
+    run_for(Duration::from_secs(60), async {
+        let ups = Ups {
+            a: EchoUpstream::start("A").await,
+            b: EchoUpstream::start("B").await,
+        };
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let side = FsSide::start(kind, &ups).await;
+            assert_eq!(side.probe(side.port, "x", "/a").await, "200 A");
+            let admin = side.proxy.admin();
+            // Only inbound listeners: ours is not one, so it keeps accepting.
+            assert_eq!(admin.post("/drain_listeners?inboundonly").await.status, 200);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(
+                side.probe(side.port, "x", "/a").await,
+                "200 A",
+                "{}",
+                kind.name()
+            );
+            assert_eq!(admin.post("/drain_listeners").await.status, 200);
+            let mut seen = String::new();
+            for _ in 0..40 {
+                seen = side.probe(side.port, "x", "/a").await;
+                if seen == "refused" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(
+                seen,
+                "refused",
+                "{}: a drained listener stops accepting",
+                kind.name()
+            );
+            assert_eq!(
+                admin.get("/drain_listeners").await.status,
+                405,
+                "{}",
+                kind.name()
+            );
         }
     })
     .await;

@@ -145,14 +145,26 @@ fn sections(state: &AdminState, include_eds: bool) -> Vec<Section> {
         out.push(Section {
             type_name: "EndpointsConfigDump",
             scalars: Vec::new(),
-            lists: vec![(
-                "dynamic_endpoint_configs",
-                "EndpointsConfigDump.DynamicEndpointConfig",
-                d.endpoints
-                    .iter()
-                    .map(|e| (e.name.clone(), dynamic(e, "endpoint_config")))
-                    .collect(),
-            )],
+            lists: vec![
+                (
+                    "static_endpoint_configs",
+                    "EndpointsConfigDump.StaticEndpointConfig",
+                    d.endpoints
+                        .iter()
+                        .filter(|(st, _)| *st)
+                        .map(|(_, e)| (e.name.clone(), stat(e, "endpoint_config")))
+                        .collect(),
+                ),
+                (
+                    "dynamic_endpoint_configs",
+                    "EndpointsConfigDump.DynamicEndpointConfig",
+                    d.endpoints
+                        .iter()
+                        .filter(|(st, _)| !*st)
+                        .map(|(_, e)| (e.name.clone(), dynamic(e, "endpoint_config")))
+                        .collect(),
+                ),
+            ],
         });
     }
     out.push(listeners);

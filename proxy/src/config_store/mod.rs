@@ -97,8 +97,8 @@ pub struct Dump {
     pub clusters: Vec<DumpedSlot>,
     /// Route configurations from RDS.
     pub routes: Vec<Dumped>,
-    /// Endpoint assignments from EDS.
-    pub endpoints: Vec<Dumped>,
+    /// Endpoint assignments, (static, dump): EDS ones and clusters' `load_assignment`s.
+    pub endpoints: Vec<(bool, Dumped)>,
     /// Secrets, private keys redacted: (static, the secret).
     pub secrets: Vec<(bool, Dumped)>,
     /// The last accepted LDS version.
@@ -1241,6 +1241,36 @@ impl ConfigStore {
         next
     }
 
+    /// Each active cluster's endpoints as `/config_dump?include_eds` shows them: EDS ones from
+    /// their assignment, the others from their `load_assignment`; (static, dump).
+    fn endpoint_dumps(&self) -> Vec<(bool, Dumped)> {
+        let mut out = Vec::new();
+        for (name, slot) in &self.clusters {
+            let Some(v) = &slot.active else { continue };
+            let dump = match &v.model.eds {
+                Some(e) => self
+                    .eds
+                    .get(&e.service_name)
+                    .and_then(|s| s.hosts.as_ref())
+                    .map(|h| h.dump.clone()),
+                None => v.dump.json.get("load_assignment").map(|la| {
+                    let mut la = la.clone();
+                    if la.get("cluster_name").is_none() {
+                        la["cluster_name"] = serde_json::Value::String(name.clone());
+                    }
+                    Dumped {
+                        name: name.clone(),
+                        json: Arc::new(la),
+                        version: v.dump.version.clone(),
+                        last_updated: v.dump.last_updated,
+                    }
+                }),
+            };
+            out.extend(dump.map(|d| (slot.is_static, d)));
+        }
+        out
+    }
+
     fn snapshot(&mut self) -> Snapshot {
         let clusters = self.cluster_infos();
         let listeners = self
@@ -1261,11 +1291,7 @@ impl ConfigStore {
                 .values()
                 .filter_map(|r| r.table.as_ref().map(|t| t.dump.clone()))
                 .collect(),
-            endpoints: self
-                .eds
-                .values()
-                .filter_map(|e| e.hosts.as_ref().map(|h| h.dump.clone()))
-                .collect(),
+            endpoints: self.endpoint_dumps(),
             secrets: self
                 .secrets
                 .values()
