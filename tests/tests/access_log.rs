@@ -346,6 +346,7 @@ const OPERATORS: &[(&str, Cmp)] = &[
         "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH):4%",
         Cmp::Exact,
     ),
+    ("%RESPONSE_CODE_DETAILS%", Cmp::Exact),
     ("%DOWNSTREAM_PEER_SERIAL%", Cmp::Exact),
     ("%ACCESS_LOG_TYPE%", Cmp::Exact),
     ("%PATH%", Cmp::Exact),
@@ -438,7 +439,7 @@ fn log_format() -> serde_json::Value {
         .iter()
         .map(|(op, _)| *op)
         .collect::<Vec<_>>()
-        .join("|")
+        .join("\t")
         + "\n";
     json!({
         "text_format_source": { "inline_string": format },
@@ -470,7 +471,8 @@ fn compare_lines(
     table: &mut Vec<String>,
     differ: &mut Vec<String>,
 ) {
-    let (fe, fs): (Vec<&str>, Vec<&str>) = (envoy.split('|').collect(), skiff.split('|').collect());
+    let (fe, fs): (Vec<&str>, Vec<&str>) =
+        (envoy.split('\t').collect(), skiff.split('\t').collect());
     assert_eq!(fe.len(), OPERATORS.len(), "{what}: {envoy}");
     assert_eq!(fs.len(), OPERATORS.len(), "{what}: {skiff}");
     for (i, (op, cmp)) in OPERATORS.iter().enumerate() {
@@ -571,8 +573,8 @@ async fn operators_side_by_side_with_envoy() {
                 let line = side
                     .proxy
                     .wait_stdout_line(Duration::from_secs(15), |l| {
-                        l.matches('|').count() == OPERATORS.len() - 1
-                            && l.trim_end().ends_with(&format!("|{prefix}"))
+                        l.matches('\t').count() == OPERATORS.len() - 1
+                            && l.trim_end().ends_with(&format!("\t{prefix}"))
                     })
                     .await;
                 lines.push(line.trim_end().to_string());
@@ -679,7 +681,7 @@ async fn tcp_proxy_operators_side_by_side_with_envoy() {
                 let line = side
                     .proxy
                     .wait_stdout_line(Duration::from_secs(15), |l| {
-                        l.trim_end().split('|').nth(local_port) == Some(want.as_str())
+                        l.trim_end().split('\t').nth(local_port) == Some(want.as_str())
                     })
                     .await;
                 lines.push(line.trim_end().to_string());

@@ -135,10 +135,18 @@ enum Piece {
     Op(Op, Option<usize>),
 }
 
-/// A parsed format string.
+pub mod json;
+
+/// A parsed format: a text line, or a JSON object (`json_format`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Format {
-    pieces: Vec<Piece>,
+    body: Body,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Body {
+    Text(Vec<Piece>),
+    Json(json::Template),
 }
 
 impl Format {
@@ -154,6 +162,33 @@ impl Format {
 
     /// [`Format::parse`], with formatter extensions.
     pub fn parse_with(text: &str, ext: Extensions) -> Result<Format, String> {
+        Ok(Format {
+            body: Body::Text(parse_pieces(text, ext)?),
+        })
+    }
+
+    /// A `json_format`: one JSON object per line.
+    pub fn json(template: json::Template) -> Format {
+        Format {
+            body: Body::Json(template),
+        }
+    }
+
+    /// Renders one line for a stream.
+    pub fn render(&self, info: &StreamInfo, out: &mut String) {
+        match &self.body {
+            Body::Text(pieces) => render_pieces(pieces, info, out),
+            Body::Json(t) => {
+                t.render(info, out);
+                out.push('\n');
+            }
+        }
+    }
+}
+
+/// The pieces of a format string; an unknown operator is an error naming it, as Envoy's.
+fn parse_pieces(text: &str, ext: Extensions) -> Result<Vec<Piece>, String> {
+    {
         let mut pieces = Vec::new();
         let mut rest = text;
         while let Some(start) = rest.find('%') {
@@ -186,25 +221,54 @@ impl Format {
         if !rest.is_empty() {
             pieces.push(Piece::Text(rest.to_string()));
         }
-        Ok(Format { pieces })
+        Ok(pieces)
     }
+}
 
-    /// Renders one line for a stream.
-    pub fn render(&self, info: &StreamInfo, out: &mut String) {
-        for p in &self.pieces {
-            match p {
-                Piece::Text(t) => out.push_str(t),
-                Piece::Op(op, max) => {
-                    let v = value(op, info);
-                    let v = v.as_deref().unwrap_or("-");
-                    match max {
-                        Some(n) if v.len() > *n => out.push_str(&v[..floor_char_boundary(v, *n)]),
-                        _ => out.push_str(v),
-                    }
-                }
+/// Renders pieces as text: a missing value is `-`.
+fn render_pieces(pieces: &[Piece], info: &StreamInfo, out: &mut String) {
+    for p in pieces {
+        match p {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Op(op, max) => {
+                let v = value(op, info);
+                out.push_str(truncated(v.as_deref().unwrap_or("-"), *max));
             }
         }
     }
+}
+
+/// `v` cut to `max` bytes (on a character boundary), as `%OP:N%` asks.
+fn truncated(v: &str, max: Option<usize>) -> &str {
+    match max {
+        Some(n) if v.len() > n => &v[..floor_char_boundary(v, n)],
+        _ => v,
+    }
+}
+
+/// Whether Envoy writes this operator's value as a JSON number.
+fn numeric(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::ResponseCode
+            | Op::BytesReceived
+            | Op::BytesSent
+            | Op::Duration
+            | Op::AttemptCount
+            | Op::DownstreamRemotePort
+            | Op::DownstreamLocalPort
+            | Op::DownstreamDirectRemotePort
+            | Op::UpstreamLocalPort
+            | Op::UpstreamRemotePort
+            | Op::ConnectionId
+            | Op::UpstreamConnectionId
+            | Op::RequestDuration
+            | Op::RequestTxDuration
+            | Op::ResponseDuration
+            | Op::ResponseTxDuration
+            | Op::RequestHeadersBytes
+            | Op::ResponseHeadersBytes
+    )
 }
 
 fn floor_char_boundary(s: &str, mut n: usize) -> usize {
@@ -396,7 +460,20 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
         }),
         Op::Protocol => info.protocol.map(str::to_string),
         Op::ResponseCode => Some(info.response_code.unwrap_or(0).to_string()),
-        Op::ResponseCodeDetails => (!info.details.is_empty()).then(|| info.details.to_string()),
+        Op::ResponseCodeDetails => (!info.details.is_empty()).then(|| {
+            // Envoy names the transport's failure inside the reset's details.
+            match (
+                info.details.strip_suffix('}'),
+                &info.upstream_transport_failure,
+            ) {
+                (Some(open), Some(reason))
+                    if open.starts_with("upstream_reset_before_response_started{") =>
+                {
+                    format!("{open}|{}}}", reason.replace(' ', "_"))
+                }
+                _ => info.details.to_string(),
+            }
+        }),
         Op::ResponseFlags => Some(info.flags.short()),
         Op::ResponseFlagsLong => Some(info.flags.long()),
         Op::BytesReceived => Some(info.bytes_received.to_string()),
