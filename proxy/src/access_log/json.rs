@@ -42,12 +42,15 @@ impl Template {
         Ok(Template(Node::Text(parse_pieces(text, ext)?)))
     }
 
-    /// A number: integral ones are written without a fraction, as Envoy writes them.
+    /// A number of the configuration: an integral one stays a number, any other becomes a
+    /// string (`2.5` → `"2.5"`), as Envoy 1.40 writes them.
     pub fn number(n: f64) -> Template {
         if n.is_finite() && n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
             Template(Node::Literal(format!("{}", n as i64)))
         } else if n.is_finite() {
-            Template(Node::Literal(n.to_string()))
+            let mut text = String::new();
+            string(&n.to_string(), &mut text);
+            Template(Node::Literal(text))
         } else {
             Template::null()
         }
@@ -172,7 +175,7 @@ mod tests {
         Format::json(t).render(&info, &mut line);
         assert_eq!(
             line,
-            "{\"alpha\":404,\"empty\":\"\",\"flags\":\"-\",\"list\":[\"HTTP/1.1\",3.5],\"mid\":{\"a\":\"x 335 y \\\"-\\\"\",\"b\":null},\"missing\":null,\"n\":5,\"t\":true,\"trunc\":\"/a/\",\"zeta\":\"HTTP/1.1\"}\n"
+            "{\"alpha\":404,\"empty\":\"\",\"flags\":\"-\",\"list\":[\"HTTP/1.1\",\"3.5\"],\"mid\":{\"a\":\"x 335 y \\\"-\\\"\",\"b\":null},\"missing\":null,\"n\":5,\"t\":true,\"trunc\":\"/a/\",\"zeta\":\"HTTP/1.1\"}\n"
         );
         let parsed: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(parsed["alpha"], 404);
