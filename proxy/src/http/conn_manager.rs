@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 
 use crate::config::model::{self, CodecType, ServerHeader};
+use crate::drain::ConnectionDrain;
 use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
 use crate::http::filter::{self, Direction};
 use crate::http::filters::router::{self, Upstream};
@@ -171,6 +172,8 @@ pub struct HttpConnectionManager {
 struct Conn {
     hcm: Rc<HttpConnectionManager>,
     worker: Rc<Worker>,
+    /// The listener's drain: `connection: close` and GOAWAY once it asks for it.
+    drain: ConnectionDrain,
     remote: SocketAddr,
     local: SocketAddr,
     /// What the access log shows of the connection.
@@ -203,6 +206,7 @@ pub async fn serve(
     source: Option<crate::upstream::pool::Source>,
     hcm: Rc<HttpConnectionManager>,
     worker: Rc<Worker>,
+    drain: ConnectionDrain,
     buffer_limit: usize,
 ) {
     let stats = &hcm.stats;
@@ -218,6 +222,7 @@ pub async fn serve(
         response_flow: response_flow.clone(),
         hcm: hcm.clone(),
         worker: worker.clone(),
+        drain: drain.clone(),
         remote,
         local,
         connection,
@@ -266,12 +271,19 @@ pub async fn serve(
     ));
     let served = builder.serve_connection(io, service);
     tokio::pin!(served);
-    let mut drain = worker.drain_signal();
+    let mut drain = drain;
     let result = tokio::select! {
         r = served.as_mut() => r,
-        _ = drain.wait() => {
-            stats.downstream_cx_drain_close.inc();
-            served.as_mut().graceful_shutdown();
+        _ = drain.close_requested() => {
+            // HTTP/2 gets its GOAWAY now. An HTTP/1.1 connection is not cut while idle (its
+            // client may be sending): its next response carries `connection: close`, as in
+            // Envoy; only at shutdown are idle ones closed at once.
+            if conn.codec.get() == Some(Codec::Http2) || drain.shutting_down() {
+                if conn.codec.get() == Some(Codec::Http2) {
+                    stats.downstream_cx_drain_close.inc();
+                }
+                served.as_mut().graceful_shutdown();
+            }
             served.await
         }
     };
@@ -640,7 +652,7 @@ fn finish_response(
     if let Some(id) = request_id {
         head.headers.insert(names::X_REQUEST_ID.clone(), id);
     }
-    if conn.worker.closing_connections() && conn.codec.get() != Some(Codec::Http2) {
+    if conn.drain.drain_close() && conn.codec.get() != Some(Codec::Http2) {
         head.headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         conn.hcm.stats.downstream_cx_drain_close.inc();

@@ -43,18 +43,30 @@ pub(super) fn translate_hcm(
             ))
         }
     };
-    let routes = match &h.route_specifier {
-        Some(RouteSpecifier::RouteConfig(rc)) => {
-            translate_routes(rc, &format!("{path}.route_config"), clusters)?
-        }
-        Some(_) => {
-            return Err(ConfigError::new(
-                path,
-                "unsupported: only an inline route_config",
-            ))
-        }
-        None => return Err(ConfigError::new(format!("{path}.route_config"), "required")),
-    };
+    let routes =
+        match &h.route_specifier {
+            Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Static(Arc::new(
+                translate_routes(rc, &format!("{path}.route_config"), Some(clusters))?,
+            )),
+            Some(RouteSpecifier::Rds(rds)) => {
+                let rpath = format!("{path}.rds");
+                if rds.route_config_name.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{rpath}.route_config_name"),
+                        "required",
+                    ));
+                }
+                let source = required(&rds.config_source, &format!("{rpath}.config_source"))?;
+                RouteSource::Rds {
+                    name: rds.route_config_name.clone(),
+                    source: super::config_source(source, &format!("{rpath}.config_source"))?,
+                }
+            }
+            Some(RouteSpecifier::ScopedRoutes(_)) => {
+                return Err(ConfigError::unsupported(format!("{path}.scoped_routes")))
+            }
+            None => return Err(ConfigError::new(format!("{path}.route_config"), "required")),
+        };
     let mut router = None;
     for (i, f) in h.http_filters.iter().enumerate() {
         let fpath = format!("{path}.http_filters[{i}]");
@@ -125,7 +137,7 @@ pub(super) fn translate_hcm(
     Ok(HttpConnectionManager {
         stat_prefix: h.stat_prefix.clone(),
         codec,
-        routes: Arc::new(routes),
+        routes,
         http_filters: Vec::new(),
         router,
         access_logs,
@@ -290,10 +302,13 @@ fn stream_format_err(
     })
 }
 
-fn translate_routes(
+/// A route configuration. Inline ones have their clusters checked against `clusters`, as
+/// Envoy's `validate_clusters` does by default for them; RDS ones (`None`) are not, and a route
+/// to a cluster that does not exist answers 503 at request time.
+pub(crate) fn translate_routes(
     rc: &route::RouteConfiguration,
     path: &str,
-    clusters: &HashSet<String>,
+    clusters: Option<&HashSet<String>>,
 ) -> Result<RouteTable, ConfigError> {
     let mut vhosts = Vec::new();
     for (i, vh) in rc.virtual_hosts.iter().enumerate() {
@@ -325,7 +340,7 @@ fn translate_routes(
 fn translate_route(
     r: &route::Route,
     path: &str,
-    clusters: &HashSet<String>,
+    clusters: Option<&HashSet<String>>,
 ) -> Result<Route, ConfigError> {
     let m = required(&r.r#match, &format!("{path}.match"))?;
     let mpath = format!("{path}.match");
@@ -374,7 +389,7 @@ fn translate_route(
         Some(route::route_action::ClusterSpecifier::Cluster(c)) => c.clone(),
         _ => return Err(ConfigError::new(format!("{apath}.cluster"), "required")),
     };
-    if !clusters.contains(&cluster) {
+    if clusters.is_some_and(|c| !c.contains(&cluster)) {
         return Err(ConfigError::new(
             format!("{apath}.cluster"),
             format!("unknown cluster '{cluster}'"),

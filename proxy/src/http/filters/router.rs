@@ -122,8 +122,15 @@ pub async fn route(
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let host_header = authority(&parts).unwrap_or("").to_string();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let vhost = cfg
-        .routes
+    // Each stream reads the route table in force when it starts (RDS updates reach
+    // long-lived connections on their next stream).
+    let table = match &cfg.routes {
+        model::RouteSource::Static(t) => t.clone(),
+        model::RouteSource::Rds { name, .. } => {
+            worker.route_table(name).ok_or(LocalReply::NO_ROUTE)?
+        }
+    };
+    let vhost = table
         .virtual_host(&host_header)
         .ok_or(LocalReply::NO_ROUTE)?;
     let route = vhost
@@ -132,8 +139,7 @@ pub async fn route(
     let cluster = worker
         .clusters
         .get(&route.cluster)
-        .ok_or(LocalReply::NO_CLUSTER)?
-        .clone();
+        .ok_or(LocalReply::NO_CLUSTER)?;
     if let Some(info) = info.as_deref_mut() {
         info.route_name = (!route.name.is_empty()).then(|| route.name.as_str().into());
         info.upstream_cluster = Some(cluster.name.clone());

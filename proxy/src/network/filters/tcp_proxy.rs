@@ -119,7 +119,7 @@ async fn proxy(
     moved: &Moved,
     mut info: Option<&mut StreamInfo>,
 ) {
-    let Some(cluster) = worker.clusters.get(cfg.cluster.pick()).cloned() else {
+    let Some(cluster) = worker.clusters.get(cfg.cluster.pick()) else {
         stats.downstream_cx_no_route.inc();
         if let Some(info) = info {
             info.flags.set(ResponseFlag::NoClusterFound);
