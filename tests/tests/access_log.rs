@@ -289,6 +289,8 @@ enum Cmp {
     Addr,
     /// A UUID.
     Uuid,
+    /// Text whose digits depend on the clock: compared with every digit masked.
+    Shape,
 }
 
 /// Command operators Envoy 1.40 has and skiff now honours, each with how to compare it.
@@ -347,6 +349,10 @@ const OPERATORS: &[(&str, Cmp)] = &[
         Cmp::Exact,
     ),
     ("%RESPONSE_CODE_DETAILS%", Cmp::Exact),
+    ("%START_TIME()%", Cmp::Shape),
+    ("%START_TIME(%Y-%m-%dT%H:%M:%S%z)%", Cmp::Shape),
+    ("%START_TIME(%s.%6f)%", Cmp::Shape),
+    ("%START_TIME(%a %b %e %j %Z %E3S %Ez %%)%", Cmp::Shape),
     ("%DOWNSTREAM_PEER_SERIAL%", Cmp::Exact),
     ("%ACCESS_LOG_TYPE%", Cmp::Exact),
     ("%PATH%", Cmp::Exact),
@@ -371,6 +377,10 @@ fn masked(field: &str, cmp: Cmp) -> String {
         },
         Cmp::Uuid if skiff_tests::is_uuid(field) => "<uuid>".into(),
         Cmp::Uuid => format!("<not a uuid: {field}>"),
+        Cmp::Shape => field
+            .chars()
+            .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+            .collect(),
     }
 }
 

@@ -18,6 +18,8 @@ pub const ENVOY_DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-E
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Op {
     StartTime,
+    /// `%START_TIME(format)%`.
+    StartTimeFormat(time::TimeFormat),
     Req(String, Option<String>),
     Resp(String, Option<String>),
     Protocol,
@@ -136,6 +138,7 @@ enum Piece {
 }
 
 pub mod json;
+mod time;
 
 /// A parsed format: a text line, or a JSON object (`json_format`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,9 +199,8 @@ fn parse_pieces(text: &str, ext: Extensions) -> Result<Vec<Piece>, String> {
                 pieces.push(Piece::Text(rest[..start].to_string()));
             }
             let after = &rest[start + 1..];
-            let end = after
-                .find('%')
-                .ok_or_else(|| format!("unterminated command in '{text}'"))?;
+            let end =
+                command_end(after).ok_or_else(|| format!("unterminated command in '{text}'"))?;
             let cmd = &after[..end];
             rest = &after[end + 1..];
             if cmd.is_empty() {
@@ -216,13 +218,47 @@ fn parse_pieces(text: &str, ext: Extensions) -> Result<Vec<Piece>, String> {
                 }
                 _ => (cmd, None),
             };
-            pieces.push(Piece::Op(parse_op(cmd, ext)?, max));
+            let op = parse_op(cmd, ext)?;
+            if max.is_some() && matches!(op, Op::StartTime | Op::StartTimeFormat(_)) {
+                return Err("START_TIME does not allow length to be specified.".into());
+            }
+            pieces.push(Piece::Op(op, max));
         }
         if !rest.is_empty() {
             pieces.push(Piece::Text(rest.to_string()));
         }
         Ok(pieces)
     }
+}
+
+/// Where the command starting `after` a `%` ends (the index of its closing `%`). A command with
+/// arguments ends at the first `)` followed by `%` or by `:N%`, so its arguments may hold `%`
+/// (`%START_TIME(%Y-%m-%d)%`).
+fn command_end(after: &str) -> Option<usize> {
+    let name_len = after
+        .bytes()
+        .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
+        .count();
+    if name_len == 0 || after.as_bytes().get(name_len) != Some(&b'(') {
+        return after.find('%');
+    }
+    let bytes = after.as_bytes();
+    let mut i = name_len;
+    while let Some(off) = after[i..].find(')') {
+        let close = i + off;
+        let tail = &bytes[close + 1..];
+        if tail.first() == Some(&b'%') {
+            return Some(close + 1);
+        }
+        if tail.first() == Some(&b':') {
+            let digits = tail[1..].iter().take_while(|b| b.is_ascii_digit()).count();
+            if digits > 0 && tail.get(1 + digits) == Some(&b'%') {
+                return Some(close + 2 + digits);
+            }
+        }
+        i = close + 1;
+    }
+    after.find('%')
 }
 
 /// Renders pieces as text: a missing value is `-`.
@@ -304,6 +340,16 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
     }
     if let Some(op) = parse_path(cmd) {
         return Ok(op);
+    }
+    if let Some(fmt) = cmd
+        .strip_prefix("START_TIME(")
+        .and_then(|s| s.strip_suffix(')'))
+    {
+        return Ok(if fmt.is_empty() {
+            Op::StartTime
+        } else {
+            Op::StartTimeFormat(time::TimeFormat::parse(fmt)?)
+        });
     }
     if let Some(inner) = cmd.strip_prefix("REQ(").and_then(|s| s.strip_suffix(')')) {
         let (a, b) = header_args(inner);
@@ -450,6 +496,7 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
         .unwrap_or(info.downstream_remote);
     match op {
         Op::StartTime => Some(format_time(info.start_time)),
+        Op::StartTimeFormat(f) => Some(f.format(info.start_time)),
         Op::Req(a, b) => pseudo_or_header(a, &info.request_headers, info).or_else(|| {
             b.as_ref()
                 .and_then(|b| pseudo_or_header(b, &info.request_headers, info))
@@ -789,6 +836,26 @@ mod tests {
         let mut line = String::new();
         f.render(&info, &mut line);
         assert_eq!(line, "/abc /abcdef?q=1");
+    }
+
+    #[test]
+    fn start_time_takes_a_format_with_percent_signs_but_no_length() {
+        let f =
+            Format::parse("[%START_TIME(%Y %%)%] %REQ(:PATH):3% %START_TIME()%").expect("parses");
+        let mut info = StreamInfo::new(
+            "127.0.0.1:5000".parse().expect("addr"),
+            "127.0.0.1:10000".parse().expect("addr"),
+        );
+        info.start_time = std::time::UNIX_EPOCH + Duration::from_millis(1_795_428_944_810);
+        info.path = Some("/hello".into());
+        let mut line = String::new();
+        f.render(&info, &mut line);
+        assert_eq!(line, "[2026 %] /he 2026-11-23T10:15:44.810Z");
+        assert_eq!(
+            Format::parse("%START_TIME(%Y):4%").unwrap_err(),
+            "START_TIME does not allow length to be specified."
+        );
+        assert!(Format::parse("%START_TIME(%Q)%").is_err());
     }
 
     #[test]
