@@ -81,6 +81,13 @@ enum Op {
     /// `%REQ_WITHOUT_QUERY(X?Y)%`, with the `envoy.formatter.req_without_query` extension.
     ReqWithoutQuery(String, Option<String>),
     DownstreamPeerSerial,
+    DownstreamPeerFingerprint256,
+    DownstreamPeerCert,
+    /// `%DOWNSTREAM_PEER_CERT_V_START%` (`false`) and `_V_END%` (`true`), with a time format.
+    DownstreamPeerCertValidity {
+        end: bool,
+        format: Option<time::TimeFormat>,
+    },
     AccessLogType,
     /// `%PATH(WQ|NQ:ORIG|PATH|ORIG_OR_PATH)%`: with the query or not, from which header.
     Path {
@@ -341,6 +348,21 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
     if let Some(op) = parse_path(cmd) {
         return Ok(op);
     }
+    for (name, end) in [
+        ("DOWNSTREAM_PEER_CERT_V_START", false),
+        ("DOWNSTREAM_PEER_CERT_V_END", true),
+    ] {
+        if let Some(rest) = cmd.strip_prefix(name) {
+            let format = match rest {
+                "" | "()" => None,
+                _ => match rest.strip_prefix('(').and_then(|s| s.strip_suffix(')')) {
+                    Some(f) => Some(time::TimeFormat::parse(f)?),
+                    None => continue,
+                },
+            };
+            return Ok(Op::DownstreamPeerCertValidity { end, format });
+        }
+    }
     if let Some(fmt) = cmd
         .strip_prefix("START_TIME(")
         .and_then(|s| s.strip_suffix(')'))
@@ -419,6 +441,8 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
         "RESPONSE_HEADERS_BYTES" => Op::ResponseHeadersBytes,
         "HOSTNAME" => Op::Fixed(hostname()),
         "DOWNSTREAM_PEER_SERIAL" => Op::DownstreamPeerSerial,
+        "DOWNSTREAM_PEER_FINGERPRINT_256" => Op::DownstreamPeerFingerprint256,
+        "DOWNSTREAM_PEER_CERT" => Op::DownstreamPeerCert,
         "ACCESS_LOG_TYPE" => Op::AccessLogType,
         other => {
             // Envoy has these; say why skiff does not, rather than that they do not exist.
@@ -431,6 +455,7 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
                     " (skiff keeps no filter state for access logs)"
                 }
                 "DOWNSTREAM_TLS_SESSION_ID" => " (rustls does not expose TLS session ids)",
+                "DOWNSTREAM_PEER_FINGERPRINT_1" => " (skiff's TLS library has no SHA-1)",
                 _ => "",
             };
             return Err(format!("Not supported field in StreamInfo: {other}{why}"));
@@ -596,6 +621,22 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
         Op::ResponseHeadersBytes => Some(response_headers_bytes(info).to_string()),
         Op::Fixed(v) => v.clone(),
         Op::DownstreamPeerSerial => peer(info).map(|c| c.serial.clone()),
+        Op::DownstreamPeerFingerprint256 => peer(info)
+            .and_then(|c| crate::tls::info::sha256(&c.der))
+            .map(|h| crate::tls::info::hex(&h)),
+        Op::DownstreamPeerCert => peer(info).map(|c| crate::tls::info::url_encoded_pem(&c.der)),
+        Op::DownstreamPeerCertValidity { end, format } => peer(info).map(|c| {
+            let secs = if *end { c.validity.1 } else { c.validity.0 };
+            let t = if secs >= 0 {
+                std::time::UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+            } else {
+                std::time::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+            };
+            match format {
+                Some(f) => f.format(t),
+                None => format_time(t),
+            }
+        }),
         // Envoy's names for a stream's final line and a TCP connection's.
         Op::AccessLogType => Some(
             if info.protocol.is_some() {
