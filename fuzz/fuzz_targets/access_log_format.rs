@@ -31,6 +31,8 @@ fuzz_target!(|data: &[u8]| {
             uri_sans: vec!["spiffe://x/y".into()],
             dns_sans: vec!["a.test".into(), "*.a.test".into()],
             serial: "0a1b".into(),
+            validity: (-1, 4_102_444_800),
+            der: vec![0x30, 0x03, 0x02, 0x01, 0x01],
         };
         info.connection = Some(std::sync::Arc::new(Connection {
             id: 7,

@@ -172,6 +172,10 @@ pub struct CertInfo {
     pub dns_sans: Vec<String>,
     /// The serial number, lower-case hex.
     pub serial: String,
+    /// `notBefore` and `notAfter`, seconds since the epoch.
+    pub validity: (i64, i64),
+    /// The certificate itself (DER), for its fingerprint and PEM.
+    pub der: Vec<u8>,
 }
 
 /// The downstream connection a stream arrived on.

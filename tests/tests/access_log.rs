@@ -289,6 +289,8 @@ enum Cmp {
     Addr,
     /// A UUID.
     Uuid,
+    /// Text whose digits depend on the clock: compared with every digit masked.
+    Shape,
 }
 
 /// Command operators Envoy 1.40 has and skiff now honours, each with how to compare it.
@@ -346,7 +348,16 @@ const OPERATORS: &[(&str, Cmp)] = &[
         "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH):4%",
         Cmp::Exact,
     ),
+    ("%RESPONSE_CODE_DETAILS%", Cmp::Exact),
+    ("%START_TIME()%", Cmp::Shape),
+    ("%START_TIME(%Y-%m-%dT%H:%M:%S%z)%", Cmp::Shape),
+    ("%START_TIME(%s.%6f)%", Cmp::Shape),
+    ("%START_TIME(%a %b %e %j %Z %E3S %Ez %%)%", Cmp::Shape),
     ("%DOWNSTREAM_PEER_SERIAL%", Cmp::Exact),
+    ("%DOWNSTREAM_PEER_FINGERPRINT_256%", Cmp::Exact),
+    ("%DOWNSTREAM_PEER_CERT%", Cmp::Exact),
+    ("%DOWNSTREAM_PEER_CERT_V_START%", Cmp::Exact),
+    ("%DOWNSTREAM_PEER_CERT_V_END(%s)%", Cmp::Exact),
     ("%ACCESS_LOG_TYPE%", Cmp::Exact),
     ("%PATH%", Cmp::Exact),
     ("%PATH(NQ)%", Cmp::Exact),
@@ -370,6 +381,10 @@ fn masked(field: &str, cmp: Cmp) -> String {
         },
         Cmp::Uuid if skiff_tests::is_uuid(field) => "<uuid>".into(),
         Cmp::Uuid => format!("<not a uuid: {field}>"),
+        Cmp::Shape => field
+            .chars()
+            .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+            .collect(),
     }
 }
 
@@ -438,7 +453,7 @@ fn log_format() -> serde_json::Value {
         .iter()
         .map(|(op, _)| *op)
         .collect::<Vec<_>>()
-        .join("|")
+        .join("\t")
         + "\n";
     json!({
         "text_format_source": { "inline_string": format },
@@ -470,7 +485,8 @@ fn compare_lines(
     table: &mut Vec<String>,
     differ: &mut Vec<String>,
 ) {
-    let (fe, fs): (Vec<&str>, Vec<&str>) = (envoy.split('|').collect(), skiff.split('|').collect());
+    let (fe, fs): (Vec<&str>, Vec<&str>) =
+        (envoy.split('\t').collect(), skiff.split('\t').collect());
     assert_eq!(fe.len(), OPERATORS.len(), "{what}: {envoy}");
     assert_eq!(fs.len(), OPERATORS.len(), "{what}: {skiff}");
     for (i, (op, cmp)) in OPERATORS.iter().enumerate() {
@@ -571,8 +587,8 @@ async fn operators_side_by_side_with_envoy() {
                 let line = side
                     .proxy
                     .wait_stdout_line(Duration::from_secs(15), |l| {
-                        l.matches('|').count() == OPERATORS.len() - 1
-                            && l.trim_end().ends_with(&format!("|{prefix}"))
+                        l.matches('\t').count() == OPERATORS.len() - 1
+                            && l.trim_end().ends_with(&format!("\t{prefix}"))
                     })
                     .await;
                 lines.push(line.trim_end().to_string());
@@ -679,7 +695,7 @@ async fn tcp_proxy_operators_side_by_side_with_envoy() {
                 let line = side
                     .proxy
                     .wait_stdout_line(Duration::from_secs(15), |l| {
-                        l.trim_end().split('|').nth(local_port) == Some(want.as_str())
+                        l.trim_end().split('\t').nth(local_port) == Some(want.as_str())
                     })
                     .await;
                 lines.push(line.trim_end().to_string());
@@ -692,6 +708,129 @@ async fn tcp_proxy_operators_side_by_side_with_envoy() {
             "operators differ:\n  {}",
             differ.join("\n  ")
         );
+    })
+    .await
+}
+
+/// `json_format` with Envoy Gateway's default access log fields plus typed extras, through
+/// Envoy and skiff: the same keys, types and values (timing, ports and ids masked).
+#[tokio::test]
+async fn json_format_side_by_side_with_envoy() {
+    use skiff_tests::config::{self, cluster};
+    use skiff_tests::side_by_side::{curl_on, pair, Up};
+    use std::sync::Arc;
+    run(async {
+        let dead = skiff_tests::free_port();
+        let build = move |admin: u16, listen: u16, upstream: u16| {
+            let mut v = config::simple_http(admin, listen, &[upstream]);
+            config::route_config(&mut v)["virtual_hosts"][0]["routes"] = json!([
+                { "name": "to_dead", "match": { "prefix": "/dead" }, "route": { "cluster": "dead" } },
+                { "match": { "prefix": "/" }, "route": { "cluster": "backend" } }
+            ]);
+            v["static_resources"]["clusters"]
+                .as_array_mut()
+                .expect("clusters")
+                .push(cluster("dead", &[dead]));
+            config::hcm_config(&mut v)["access_log"] = json!([{
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                    "log_format": { "json_format": {
+                        ":authority": "%REQ(:AUTHORITY)%",
+                        "bytes_received": "%BYTES_RECEIVED%",
+                        "bytes_sent": "%BYTES_SENT%",
+                        "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
+                        "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
+                        "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+                        "duration": "%DURATION%",
+                        "method": "%REQ(:METHOD)%",
+                        "protocol": "%PROTOCOL%",
+                        "requested_server_name": "%REQUESTED_SERVER_NAME%",
+                        "response_code": "%RESPONSE_CODE%",
+                        "response_code_details": "%RESPONSE_CODE_DETAILS%",
+                        "response_flags": "%RESPONSE_FLAGS%",
+                        "route_name": "%ROUTE_NAME%",
+                        "start_time": "%START_TIME%",
+                        "upstream_cluster": "%UPSTREAM_CLUSTER%",
+                        "upstream_host": "%UPSTREAM_HOST%",
+                        "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
+                        "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+                        "user-agent": "%REQ(USER-AGENT)%",
+                        "x-envoy-origin-path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                        "x-envoy-upstream-service-time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+                        "x-forwarded-for": "%REQ(X-FORWARDED-FOR)%",
+                        "x-request-id": "%REQ(X-REQUEST-ID)%",
+                        "typed": { "code": "%RESPONSE_CODE%", "mixed": "code %RESPONSE_CODE% via %PROTOCOL% \"q\" %REQ(X-NOPE)%", "cut": "%REQ(:PATH):4%" },
+                        "literals": [1, 2.5, true, null, "%PROTOCOL%"],
+                        "fraction": 0.25,
+                        "whole": 7
+                    } }
+                }
+            }]);
+            config::to_yaml(&v)
+        };
+        let (e, s) = pair(Up::H1, build).await;
+        // Values that depend on timing, ports or random ids: compared by kind only.
+        let volatile: Arc<[&str]> = Arc::from(
+            &[
+                "duration",
+                "start_time",
+                "downstream_local_address",
+                "downstream_remote_address",
+                "upstream_host",
+                "upstream_local_address",
+                "x-envoy-upstream-service-time",
+                "x-request-id",
+            ][..],
+        );
+        let shape = |v: &serde_json::Value, key: &str| -> serde_json::Value {
+            if !volatile.contains(&key) {
+                return v.clone();
+            }
+            match v {
+                serde_json::Value::Number(_) => json!("<number>"),
+                serde_json::Value::String(s) => match s.rsplit_once(':') {
+                    Some((ip, port)) if port.parse::<u16>().is_ok() => json!(format!("{ip}:<port>")),
+                    _ if skiff_tests::is_uuid(s) => json!("<uuid>"),
+                    _ if s.parse::<u64>().is_ok() => json!("<digits>"),
+                    _ if s.len() == 24 && s.ends_with('Z') => json!("<time>"),
+                    _ => v.clone(),
+                },
+                other => other.clone(),
+            }
+        };
+        for path in ["/json?q=1", "/dead"] {
+            let mut objects = Vec::new();
+            let mut raw = Vec::new();
+            for side in [&e, &s] {
+                let r = curl_on(side, &["-A", "json-agent"], path).await;
+                assert_ne!(r.resp.status, 0);
+                let line = side
+                    .proxy
+                    .wait_stdout_line(Duration::from_secs(15), |l| {
+                        l.starts_with('{') && l.contains(&format!("\"x-envoy-origin-path\":\"{path}\""))
+                    })
+                    .await;
+                let v: serde_json::Value = serde_json::from_str(line.trim_end())
+                    .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", side.proxy.kind.name()));
+                let masked: serde_json::Map<String, serde_json::Value> = v
+                    .as_object()
+                    .expect("an object")
+                    .iter()
+                    .map(|(k, v)| (k.clone(), shape(v, k)))
+                    .collect();
+                objects.push(masked);
+                raw.push(line.trim_end().to_string());
+            }
+            println!("{path}\n  envoy {}\n  skiff {}", raw[0], raw[1]);
+            // Keys are written in the same (sorted) order.
+            let keys = |l: &str| -> Vec<String> {
+                let v: serde_json::Value = serde_json::from_str(l).expect("JSON");
+                v.as_object().expect("object").keys().cloned().collect()
+            };
+            assert_eq!(keys(&raw[0]), keys(&raw[1]), "{path}: key order");
+            assert_eq!(objects[0], objects[1], "{path}: JSON lines differ");
+        }
     })
     .await
 }

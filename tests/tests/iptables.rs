@@ -214,7 +214,7 @@ async fn tproxy_inbound_preserves_the_client_address() {
             let out = skiff_iptables(&app, &["-m", "TPROXY", "-b", "*", "-u", PROXY_UID]);
             assert!(out.status.success(), "{}", text(&out));
             let cfg = app.dir.join("tproxy.yaml");
-            std::fs::write(&cfg, TPROXY_INBOUND_CONFIG).expect("config");
+            std::fs::write(&cfg, tproxy_inbound_config(TCP_PROXY_FILTER)).expect("config");
             let bin = Kind::Skiff.binary().to_string_lossy().into_owned();
             let cfg = cfg.to_string_lossy().into_owned();
             // IP_TRANSPARENT needs CAP_NET_ADMIN: the proxy runs as root here.
@@ -241,31 +241,39 @@ async fn tproxy_inbound_preserves_the_client_address() {
     .await
 }
 
-const TPROXY_INBOUND_CONFIG: &str = r#"
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: 15000}}}
+/// The TPROXY inbound listener (original_dst, then original_src with mark 1337) with `filter`
+/// (YAML, indented as a filter list item) in front of the ORIGINAL_DST `inbound_passthrough`.
+fn tproxy_inbound_config(filter: &str) -> String {
+    format!(
+        r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 15000}}}}}}
 static_resources:
   listeners:
   - name: virtualInbound
-    address: {socket_address: {address: 0.0.0.0, port_value: 15006}}
+    address: {{socket_address: {{address: 0.0.0.0, port_value: 15006}}}}
     transparent: true
     listener_filters:
     - name: envoy.filters.listener.original_dst
-      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}
+      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}}
     - name: envoy.filters.listener.original_src
-      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc, mark: 1337}
+      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc, mark: 1337}}
     filter_chains:
     - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: inbound
-          cluster: inbound_passthrough
+{filter}
   clusters:
   - name: inbound_passthrough
     type: ORIGINAL_DST
     lb_policy: CLUSTER_PROVIDED
     connect_timeout: 1s
-"#;
+"#
+    )
+}
+
+const TCP_PROXY_FILTER: &str = r#"      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: inbound
+          cluster: inbound_passthrough"#;
 
 fn start_app(ns: &mut Netns, port: &str, log: &str) {
     ns.spawn(
@@ -464,7 +472,7 @@ async fn tproxy_inbound_http_original_src_pools_per_client_address() {
                 let out = skiff_iptables(&app, &["-m", "TPROXY", "-b", "*", "-u", PROXY_UID]);
                 assert!(out.status.success(), "{}", text(&out));
                 let cfg = app.dir.join("tproxy-http.yaml");
-                std::fs::write(&cfg, TPROXY_INBOUND_HTTP_CONFIG).expect("config");
+                std::fs::write(&cfg, tproxy_inbound_config(HCM_FILTER)).expect("config");
                 let bin = kind.binary().to_string_lossy().into_owned();
                 let cfg = cfg.to_string_lossy().into_owned();
                 let mut args = vec![bin.as_str(), "-c", &cfg, "--concurrency", "1"];
@@ -530,21 +538,7 @@ async fn tproxy_inbound_http_original_src_pools_per_client_address() {
     .await
 }
 
-const TPROXY_INBOUND_HTTP_CONFIG: &str = r#"
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: 15000}}}
-static_resources:
-  listeners:
-  - name: virtualInbound
-    address: {socket_address: {address: 0.0.0.0, port_value: 15006}}
-    transparent: true
-    listener_filters:
-    - name: envoy.filters.listener.original_dst
-      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}
-    - name: envoy.filters.listener.original_src
-      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc, mark: 1337}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
+const HCM_FILTER: &str = r#"      - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: inbound
@@ -557,10 +551,4 @@ static_resources:
                 route: {cluster: inbound_passthrough}
           http_filters:
           - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-  clusters:
-  - name: inbound_passthrough
-    type: ORIGINAL_DST
-    lb_policy: CLUSTER_PROVIDED
-    connect_timeout: 1s
-"#;
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}"#;

@@ -434,6 +434,12 @@ async fn a_missing_certificate_file_is_a_configuration_error_naming_the_field() 
 /// of the HCM routing to an echo upstream.
 async fn start_terminating(up_port: u16, tls: Value) -> (ProxyProcess, u16) {
     let (admin, port) = (free_port(), free_port());
+    let yaml = terminating_config(admin, port, tls, cluster("svc", &[up_port]));
+    (start_under_test(&yaml, &[]).await, port)
+}
+
+/// The bootstrap of [`start_terminating`], with the cluster `svc` given.
+fn terminating_config(admin: u16, port: u16, tls: Value, svc: Value) -> String {
     let mut l = listener(
         "https",
         "127.0.0.1",
@@ -441,8 +447,7 @@ async fn start_terminating(up_port: u16, tls: Value) -> (ProxyProcess, u16) {
         hcm("in", vec![vhost("all", &["*"], vec![route("/", "svc")])]),
     );
     l["filter_chains"][0]["transport_socket"] = tls;
-    let v = bootstrap(admin, vec![l], vec![cluster("svc", &[up_port])]);
-    (start_under_test(&to_yaml(&v), &[]).await, port)
+    to_yaml(&bootstrap(admin, vec![l], vec![svc]))
 }
 
 fn downstream_tls(certs: &[&(PathBuf, PathBuf)], client_ca: Option<(&Path, Vec<Value>)>) -> Value {
@@ -867,17 +872,10 @@ async fn a_v1_certificate_serves_and_is_served_as_in_envoy() {
         let mut seen = Vec::new();
         for kind in [Kind::Envoy, Kind::under_test()] {
             let (admin, port) = (free_port(), free_port());
-            let mut l = listener(
-                "https",
-                "127.0.0.1",
-                port,
-                hcm("in", vec![vhost("all", &["*"], vec![route("/", "svc")])]),
-            );
-            l["filter_chains"][0]["transport_socket"] = downstream_tls(&[&v1], None);
             let mut c = cluster("svc", &[up.port]);
             c["transport_socket"] = upstream_tls(None, None, None);
-            let v = bootstrap(admin, vec![l], vec![c]);
-            let p = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
+            let yaml = terminating_config(admin, port, downstream_tls(&[&v1], None), c);
+            let p = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
             // curl trusts the v1 certificate itself and checks its common name.
             let r = curl_async("front-envoy", port, v1.0.clone(), None).await;
             let handshakes = p
@@ -904,15 +902,13 @@ async fn a_v1_certificate_with_another_key_is_refused_by_both() {
         openssl(&dir, &["genrsa", "-traditional", "-out", "other.key", "2048"]);
         let (crt, _) = sandbox_v1_pair();
         let pair = (crt, dir.join("other.key"));
-        let mut l = listener(
-            "https",
-            "127.0.0.1",
+        let yaml = terminating_config(
             free_port(),
-            hcm("in", vec![vhost("all", &["*"], vec![route("/", "svc")])]),
+            free_port(),
+            downstream_tls(&[&pair], None),
+            cluster("svc", &[free_port()]),
         );
-        l["filter_chains"][0]["transport_socket"] = downstream_tls(&[&pair], None);
-        let v = bootstrap(free_port(), vec![l], vec![cluster("svc", &[free_port()])]);
-        let cfg = skiff_tests::proxy::write_config("tls-v1-mismatch", &to_yaml(&v));
+        let cfg = skiff_tests::proxy::write_config("tls-v1-mismatch", &yaml);
         for kind in [Kind::Envoy, Kind::under_test()] {
             let out = run_cli(kind, &["--mode", "validate", "-c", cfg.path()]).await;
             assert_ne!(out.code, Some(0), "{}: {}", kind.name(), out.output());

@@ -262,7 +262,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.SubstitutionFormatString",
-        &["text_format_source", "text_format", "formatters"],
+        &[
+            "text_format_source",
+            "text_format",
+            "json_format",
+            "formatters",
+        ],
     ),
     // Formatter extensions: which ones are known is checked in translation.
     (

@@ -57,11 +57,64 @@ pub fn cert_info(der: &[u8]) -> Option<CertInfo> {
         } else {
             Vec::new()
         },
-        serial: cert.raw_serial().iter().fold(String::new(), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        }),
+        serial: hex(cert.raw_serial()),
+        validity: (
+            cert.validity().not_before.timestamp(),
+            cert.validity().not_after.timestamp(),
+        ),
+        der: der.to_vec(),
     })
+}
+
+/// Lower-case hex, as Envoy writes serials and fingerprints.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The SHA-256 of `data`, from the TLS library's own hash (`%DOWNSTREAM_PEER_FINGERPRINT_256%`).
+pub fn sha256(data: &[u8]) -> Option<Vec<u8>> {
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    let hash = suite.tls13()?.common.hash_provider;
+    Some(hash.hash(data).as_ref().to_vec())
+}
+
+/// A certificate as PEM, URL-encoded as Envoy logs it (`%DOWNSTREAM_PEER_CERT%`).
+pub fn url_encoded_pem(der: &[u8]) -> String {
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::with_capacity(der.len() * 4 / 3 + 4);
+    for chunk in der.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(char::from(B64[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    let mut out = String::with_capacity(pem.len() + pem.len() / 8);
+    for b in pem.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 /// The names of every certificate of a listener's `tls_certificates`, in order: the DNS names

@@ -18,7 +18,7 @@ use super::super::model::*;
 use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 use super::{duration, required, typed_config};
-use crate::access_log::{Extensions, Format};
+use crate::access_log::{json, Extensions, Format};
 use crate::router::{Route, RouteMatch, RouteTable, VirtualHost};
 
 pub(super) fn translate_hcm(
@@ -198,20 +198,6 @@ pub(super) fn translate_access_log(
         Some(sfs) => {
             use core::substitution_format_string::Format as F;
             let fpath = format!("{tpath}.log_format");
-            let text = match sfs.format {
-                #[allow(deprecated)]
-                Some(F::TextFormat(t)) => t,
-                Some(F::TextFormatSource(ds)) => match ds.specifier {
-                    Some(core::data_source::Specifier::InlineString(s)) => s,
-                    _ => {
-                        return Err(ConfigError::unsupported(format!(
-                            "{fpath}.text_format_source"
-                        )))
-                    }
-                },
-                Some(_) => return Err(ConfigError::unsupported(format!("{fpath}.json_format"))),
-                None => return Err(ConfigError::new(fpath, "needs text_format_source")),
-            };
             let mut ext = Extensions::default();
             for (i, f) in sfs.formatters.iter().enumerate() {
                 let path = format!("{fpath}.formatters[{i}].typed_config");
@@ -231,6 +217,29 @@ pub(super) fn translate_access_log(
                     }
                 }
             }
+            let text = match sfs.format {
+                #[allow(deprecated)]
+                Some(F::TextFormat(t)) => t,
+                Some(F::TextFormatSource(ds)) => match ds.specifier {
+                    Some(core::data_source::Specifier::InlineString(s)) => s,
+                    _ => {
+                        return Err(ConfigError::unsupported(format!(
+                            "{fpath}.text_format_source"
+                        )))
+                    }
+                },
+                Some(F::JsonFormat(st)) => {
+                    let path = format!("{fpath}.json_format");
+                    if st.fields.is_empty() {
+                        return Err(ConfigError::new(path, "needs at least one field"));
+                    }
+                    return Ok(AccessLog {
+                        sink,
+                        format: Arc::new(Format::json(json_template(&st, ext, &path)?)),
+                    });
+                }
+                None => return Err(ConfigError::new(fpath, "needs text_format_source")),
+            };
             Format::parse_with(&text, ext)
                 .map_err(|e| ConfigError::new(format!("{fpath}.text_format_source"), e))?
         }
@@ -238,6 +247,43 @@ pub(super) fn translate_access_log(
     Ok(AccessLog {
         sink,
         format: Arc::new(format),
+    })
+}
+
+/// A `json_format` object: each string a format, numbers, booleans, lists and objects kept.
+fn json_template(
+    st: &envoy_types::pb::google::protobuf::Struct,
+    ext: Extensions,
+    path: &str,
+) -> Result<json::Template, ConfigError> {
+    let mut fields = Vec::with_capacity(st.fields.len());
+    for (k, v) in &st.fields {
+        fields.push((k.clone(), json_value(v, ext, &format!("{path}.{k}"))?));
+    }
+    Ok(json::Template::object(fields))
+}
+
+fn json_value(
+    v: &envoy_types::pb::google::protobuf::Value,
+    ext: Extensions,
+    path: &str,
+) -> Result<json::Template, ConfigError> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    Ok(match &v.kind {
+        Some(Kind::StringValue(s)) => {
+            json::Template::string(s, ext).map_err(|e| ConfigError::new(path, e))?
+        }
+        Some(Kind::NumberValue(n)) => json::Template::number(*n),
+        Some(Kind::BoolValue(b)) => json::Template::bool(*b),
+        Some(Kind::NullValue(_)) | None => json::Template::null(),
+        Some(Kind::StructValue(st)) => json_template(st, ext, path)?,
+        Some(Kind::ListValue(l)) => json::Template::list(
+            l.values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| json_value(v, ext, &format!("{path}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
     })
 }
 

@@ -203,29 +203,18 @@ pub async fn route(
     };
 
     let mut upstream = Upstream::start(cluster.clone(), host.clone(), request.clone());
+    let target = Target {
+        cluster: &cluster,
+        host: &host,
+        authority: &host_header,
+        request,
+        failure: &failure,
+    };
     let send = async {
         if http2 {
-            send_http2(
-                &cluster,
-                &host,
-                parts,
-                body,
-                &host_header,
-                request,
-                &failure,
-            )
-            .await
+            send_http2(&target, parts, body).await
         } else {
-            send_http1(
-                &cluster,
-                &host,
-                parts,
-                body,
-                &host_header,
-                request,
-                &failure,
-            )
-            .await
+            send_http1(&target, parts, body).await
         }
     };
     // Envoy's route timeout runs from the end of the request to the end of the response; this
@@ -311,16 +300,23 @@ fn hyper_failure(e: &hyper::Error) -> LocalReply {
     }
 }
 
+/// Where one request goes, for the protocol's sender.
+struct Target<'a> {
+    cluster: &'a Rc<Cluster>,
+    host: &'a Rc<Host>,
+    authority: &'a str,
+    request: &'a RequestProgress,
+    /// Why a connect failed, for `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+    failure: &'a std::cell::RefCell<Option<String>>,
+}
+
 async fn send_http1(
-    cluster: &Rc<Cluster>,
-    host: &Rc<Host>,
+    t: &Target<'_>,
     mut parts: http::request::Parts,
     body: ProxyBody,
-    authority: &str,
-    request: &RequestProgress,
-    failure: &std::cell::RefCell<Option<String>>,
 ) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
-    let connect_failure = |e| connect_failure(e, failure);
+    let (cluster, host, authority, request) = (t.cluster, t.host, t.authority, t.request);
+    let connect_failure = |e| connect_failure(e, t.failure);
     // The authority of an absolute-form or HTTP/2 request wins over any Host header, as in Envoy.
     if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) {
         if let Ok(v) = HeaderValue::from_str(authority) {
@@ -381,15 +377,12 @@ async fn send_http1(
 }
 
 async fn send_http2(
-    cluster: &Rc<Cluster>,
-    host: &Rc<Host>,
+    t: &Target<'_>,
     mut parts: http::request::Parts,
     body: ProxyBody,
-    authority: &str,
-    request: &RequestProgress,
-    failure: &std::cell::RefCell<Option<String>>,
 ) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
-    let connect_failure = |e| connect_failure(e, failure);
+    let (cluster, host, authority, request) = (t.cluster, t.host, t.authority, t.request);
+    let connect_failure = |e| connect_failure(e, t.failure);
     let pq = parts
         .uri
         .path_and_query()

@@ -18,6 +18,8 @@ pub const ENVOY_DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-E
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Op {
     StartTime,
+    /// `%START_TIME(format)%`.
+    StartTimeFormat(time::TimeFormat),
     Req(String, Option<String>),
     Resp(String, Option<String>),
     Protocol,
@@ -79,6 +81,13 @@ enum Op {
     /// `%REQ_WITHOUT_QUERY(X?Y)%`, with the `envoy.formatter.req_without_query` extension.
     ReqWithoutQuery(String, Option<String>),
     DownstreamPeerSerial,
+    DownstreamPeerFingerprint256,
+    DownstreamPeerCert,
+    /// `%DOWNSTREAM_PEER_CERT_V_START%` (`false`) and `_V_END%` (`true`), with a time format.
+    DownstreamPeerCertValidity {
+        end: bool,
+        format: Option<time::TimeFormat>,
+    },
     AccessLogType,
     /// `%PATH(WQ|NQ:ORIG|PATH|ORIG_OR_PATH)%`: with the query or not, from which header.
     Path {
@@ -135,10 +144,19 @@ enum Piece {
     Op(Op, Option<usize>),
 }
 
-/// A parsed format string.
+pub mod json;
+mod time;
+
+/// A parsed format: a text line, or a JSON object (`json_format`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Format {
-    pieces: Vec<Piece>,
+    body: Body,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Body {
+    Text(Vec<Piece>),
+    Json(json::Template),
 }
 
 impl Format {
@@ -154,6 +172,33 @@ impl Format {
 
     /// [`Format::parse`], with formatter extensions.
     pub fn parse_with(text: &str, ext: Extensions) -> Result<Format, String> {
+        Ok(Format {
+            body: Body::Text(parse_pieces(text, ext)?),
+        })
+    }
+
+    /// A `json_format`: one JSON object per line.
+    pub fn json(template: json::Template) -> Format {
+        Format {
+            body: Body::Json(template),
+        }
+    }
+
+    /// Renders one line for a stream.
+    pub fn render(&self, info: &StreamInfo, out: &mut String) {
+        match &self.body {
+            Body::Text(pieces) => render_pieces(pieces, info, out),
+            Body::Json(t) => {
+                t.render(info, out);
+                out.push('\n');
+            }
+        }
+    }
+}
+
+/// The pieces of a format string; an unknown operator is an error naming it, as Envoy's.
+fn parse_pieces(text: &str, ext: Extensions) -> Result<Vec<Piece>, String> {
+    {
         let mut pieces = Vec::new();
         let mut rest = text;
         while let Some(start) = rest.find('%') {
@@ -161,9 +206,8 @@ impl Format {
                 pieces.push(Piece::Text(rest[..start].to_string()));
             }
             let after = &rest[start + 1..];
-            let end = after
-                .find('%')
-                .ok_or_else(|| format!("unterminated command in '{text}'"))?;
+            let end =
+                command_end(after).ok_or_else(|| format!("unterminated command in '{text}'"))?;
             let cmd = &after[..end];
             rest = &after[end + 1..];
             if cmd.is_empty() {
@@ -181,30 +225,93 @@ impl Format {
                 }
                 _ => (cmd, None),
             };
-            pieces.push(Piece::Op(parse_op(cmd, ext)?, max));
+            let op = parse_op(cmd, ext)?;
+            if max.is_some() && matches!(op, Op::StartTime | Op::StartTimeFormat(_)) {
+                return Err("START_TIME does not allow length to be specified.".into());
+            }
+            pieces.push(Piece::Op(op, max));
         }
         if !rest.is_empty() {
             pieces.push(Piece::Text(rest.to_string()));
         }
-        Ok(Format { pieces })
+        Ok(pieces)
     }
+}
 
-    /// Renders one line for a stream.
-    pub fn render(&self, info: &StreamInfo, out: &mut String) {
-        for p in &self.pieces {
-            match p {
-                Piece::Text(t) => out.push_str(t),
-                Piece::Op(op, max) => {
-                    let v = value(op, info);
-                    let v = v.as_deref().unwrap_or("-");
-                    match max {
-                        Some(n) if v.len() > *n => out.push_str(&v[..floor_char_boundary(v, *n)]),
-                        _ => out.push_str(v),
-                    }
-                }
+/// Where the command starting `after` a `%` ends (the index of its closing `%`). A command with
+/// arguments ends at the first `)` followed by `%` or by `:N%`, so its arguments may hold `%`
+/// (`%START_TIME(%Y-%m-%d)%`).
+fn command_end(after: &str) -> Option<usize> {
+    let name_len = after
+        .bytes()
+        .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
+        .count();
+    if name_len == 0 || after.as_bytes().get(name_len) != Some(&b'(') {
+        return after.find('%');
+    }
+    let bytes = after.as_bytes();
+    let mut i = name_len;
+    while let Some(off) = after[i..].find(')') {
+        let close = i + off;
+        let tail = &bytes[close + 1..];
+        if tail.first() == Some(&b'%') {
+            return Some(close + 1);
+        }
+        if tail.first() == Some(&b':') {
+            let digits = tail[1..].iter().take_while(|b| b.is_ascii_digit()).count();
+            if digits > 0 && tail.get(1 + digits) == Some(&b'%') {
+                return Some(close + 2 + digits);
+            }
+        }
+        i = close + 1;
+    }
+    after.find('%')
+}
+
+/// Renders pieces as text: a missing value is `-`.
+fn render_pieces(pieces: &[Piece], info: &StreamInfo, out: &mut String) {
+    for p in pieces {
+        match p {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Op(op, max) => {
+                let v = value(op, info);
+                out.push_str(truncated(v.as_deref().unwrap_or("-"), *max));
             }
         }
     }
+}
+
+/// `v` cut to `max` bytes (on a character boundary), as `%OP:N%` asks.
+fn truncated(v: &str, max: Option<usize>) -> &str {
+    match max {
+        Some(n) if v.len() > n => &v[..floor_char_boundary(v, n)],
+        _ => v,
+    }
+}
+
+/// Whether Envoy writes this operator's value as a JSON number.
+fn numeric(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::ResponseCode
+            | Op::BytesReceived
+            | Op::BytesSent
+            | Op::Duration
+            | Op::AttemptCount
+            | Op::DownstreamRemotePort
+            | Op::DownstreamLocalPort
+            | Op::DownstreamDirectRemotePort
+            | Op::UpstreamLocalPort
+            | Op::UpstreamRemotePort
+            | Op::ConnectionId
+            | Op::UpstreamConnectionId
+            | Op::RequestDuration
+            | Op::RequestTxDuration
+            | Op::ResponseDuration
+            | Op::ResponseTxDuration
+            | Op::RequestHeadersBytes
+            | Op::ResponseHeadersBytes
+    )
 }
 
 fn floor_char_boundary(s: &str, mut n: usize) -> usize {
@@ -240,6 +347,31 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
     }
     if let Some(op) = parse_path(cmd) {
         return Ok(op);
+    }
+    for (name, end) in [
+        ("DOWNSTREAM_PEER_CERT_V_START", false),
+        ("DOWNSTREAM_PEER_CERT_V_END", true),
+    ] {
+        if let Some(rest) = cmd.strip_prefix(name) {
+            let format = match rest {
+                "" | "()" => None,
+                _ => match rest.strip_prefix('(').and_then(|s| s.strip_suffix(')')) {
+                    Some(f) => Some(time::TimeFormat::parse(f)?),
+                    None => continue,
+                },
+            };
+            return Ok(Op::DownstreamPeerCertValidity { end, format });
+        }
+    }
+    if let Some(fmt) = cmd
+        .strip_prefix("START_TIME(")
+        .and_then(|s| s.strip_suffix(')'))
+    {
+        return Ok(if fmt.is_empty() {
+            Op::StartTime
+        } else {
+            Op::StartTimeFormat(time::TimeFormat::parse(fmt)?)
+        });
     }
     if let Some(inner) = cmd.strip_prefix("REQ(").and_then(|s| s.strip_suffix(')')) {
         let (a, b) = header_args(inner);
@@ -309,6 +441,8 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
         "RESPONSE_HEADERS_BYTES" => Op::ResponseHeadersBytes,
         "HOSTNAME" => Op::Fixed(hostname()),
         "DOWNSTREAM_PEER_SERIAL" => Op::DownstreamPeerSerial,
+        "DOWNSTREAM_PEER_FINGERPRINT_256" => Op::DownstreamPeerFingerprint256,
+        "DOWNSTREAM_PEER_CERT" => Op::DownstreamPeerCert,
         "ACCESS_LOG_TYPE" => Op::AccessLogType,
         other => {
             // Envoy has these; say why skiff does not, rather than that they do not exist.
@@ -321,6 +455,7 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
                     " (skiff keeps no filter state for access logs)"
                 }
                 "DOWNSTREAM_TLS_SESSION_ID" => " (rustls does not expose TLS session ids)",
+                "DOWNSTREAM_PEER_FINGERPRINT_1" => " (skiff's TLS library has no SHA-1)",
                 _ => "",
             };
             return Err(format!("Not supported field in StreamInfo: {other}{why}"));
@@ -386,6 +521,7 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
         .unwrap_or(info.downstream_remote);
     match op {
         Op::StartTime => Some(format_time(info.start_time)),
+        Op::StartTimeFormat(f) => Some(f.format(info.start_time)),
         Op::Req(a, b) => pseudo_or_header(a, &info.request_headers, info).or_else(|| {
             b.as_ref()
                 .and_then(|b| pseudo_or_header(b, &info.request_headers, info))
@@ -396,7 +532,20 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
         }),
         Op::Protocol => info.protocol.map(str::to_string),
         Op::ResponseCode => Some(info.response_code.unwrap_or(0).to_string()),
-        Op::ResponseCodeDetails => (!info.details.is_empty()).then(|| info.details.to_string()),
+        Op::ResponseCodeDetails => (!info.details.is_empty()).then(|| {
+            // Envoy names the transport's failure inside the reset's details.
+            match (
+                info.details.strip_suffix('}'),
+                &info.upstream_transport_failure,
+            ) {
+                (Some(open), Some(reason))
+                    if open.starts_with("upstream_reset_before_response_started{") =>
+                {
+                    format!("{open}|{}}}", reason.replace(' ', "_"))
+                }
+                _ => info.details.to_string(),
+            }
+        }),
         Op::ResponseFlags => Some(info.flags.short()),
         Op::ResponseFlagsLong => Some(info.flags.long()),
         Op::BytesReceived => Some(info.bytes_received.to_string()),
@@ -472,6 +621,22 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
         Op::ResponseHeadersBytes => Some(response_headers_bytes(info).to_string()),
         Op::Fixed(v) => v.clone(),
         Op::DownstreamPeerSerial => peer(info).map(|c| c.serial.clone()),
+        Op::DownstreamPeerFingerprint256 => peer(info)
+            .and_then(|c| crate::tls::info::sha256(&c.der))
+            .map(|h| crate::tls::info::hex(&h)),
+        Op::DownstreamPeerCert => peer(info).map(|c| crate::tls::info::url_encoded_pem(&c.der)),
+        Op::DownstreamPeerCertValidity { end, format } => peer(info).map(|c| {
+            let secs = if *end { c.validity.1 } else { c.validity.0 };
+            let t = if secs >= 0 {
+                std::time::UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+            } else {
+                std::time::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+            };
+            match format {
+                Some(f) => f.format(t),
+                None => format_time(t),
+            }
+        }),
         // Envoy's names for a stream's final line and a TCP connection's.
         Op::AccessLogType => Some(
             if info.protocol.is_some() {
@@ -712,6 +877,26 @@ mod tests {
         let mut line = String::new();
         f.render(&info, &mut line);
         assert_eq!(line, "/abc /abcdef?q=1");
+    }
+
+    #[test]
+    fn start_time_takes_a_format_with_percent_signs_but_no_length() {
+        let f =
+            Format::parse("[%START_TIME(%Y %%)%] %REQ(:PATH):3% %START_TIME()%").expect("parses");
+        let mut info = StreamInfo::new(
+            "127.0.0.1:5000".parse().expect("addr"),
+            "127.0.0.1:10000".parse().expect("addr"),
+        );
+        info.start_time = std::time::UNIX_EPOCH + Duration::from_millis(1_795_428_944_810);
+        info.path = Some("/hello".into());
+        let mut line = String::new();
+        f.render(&info, &mut line);
+        assert_eq!(line, "[2026 %] /he 2026-11-23T10:15:44.810Z");
+        assert_eq!(
+            Format::parse("%START_TIME(%Y):4%").unwrap_err(),
+            "START_TIME does not allow length to be specified."
+        );
+        assert!(Format::parse("%START_TIME(%Q)%").is_err());
     }
 
     #[test]
