@@ -711,18 +711,23 @@ impl ConfigStore {
             .map(|(n, _)| n.clone())
             .collect();
         for name in removed {
-            if self
-                .listeners
-                .remove(&name)
-                .is_some_and(|s| s.active.is_some())
-            {
-                self.draining_listeners
-                    .push(Instant::now() + self.drain_time);
+            if let Some(slot) = self.listeners.remove(&name) {
+                if let Some(v) = slot.latest() {
+                    // Its stats go once its connections (which hold them) are gone.
+                    self.pending_prune
+                        .push(format!("listener.{}.", v.model.stat_prefix));
+                }
+                if slot.active.is_some() {
+                    self.draining_listeners
+                        .push(Instant::now() + self.drain_time);
+                }
             }
             main.counter("listener_manager.listener_removed").inc();
             tracing::info!(listener = %name, "listener removed");
         }
         for (name, v) in next {
+            let scope = format!("listener.{}.", v.model.stat_prefix);
+            self.pending_prune.retain(|p| *p != scope);
             match self.listeners.get_mut(&name) {
                 Some(slot) => {
                     if slot.latest().is_some_and(|cur| cur.proto == v.proto) {
