@@ -1073,7 +1073,20 @@ pub(super) fn common_tls_context(
     )?;
     refuse(path, "custom_handshaker", custom_handshaker)?;
     refuse(path, "key_log", key_log)?;
-    refuse(path, "validation_context_type", validation_context_type)?;
+    if let Some(tls_pb::common_tls_context::ValidationContextType::CombinedValidationContext(_)) =
+        validation_context_type
+    {
+        return Err(unsupported(path, "combined_validation_context"));
+    }
+    if let Some(
+        tls_pb::common_tls_context::ValidationContextType::ValidationContextCertificateProvider(_),
+    ) = validation_context_type
+    {
+        return Err(unsupported(path, "validation_context_certificate_provider"));
+    }
+    if let Some(tls_pb::common_tls_context::ValidationContextType::ValidationContextCertificateProviderInstance(_)) = validation_context_type {
+        return Err(unsupported(path, "validation_context_certificate_provider_instance"));
+    }
     Ok(())
 }
 
@@ -1120,6 +1133,27 @@ mod tests {
         assert_eq!(
             route(&r, "").map_err(|e| e.to_string()),
             Err("direct_response: unsupported".to_string())
+        );
+        let tls = tls_pb::CommonTlsContext {
+            validation_context_type: Some(
+                tls_pb::common_tls_context::ValidationContextType::ValidationContext(
+                    Default::default(),
+                ),
+            ),
+            ..Default::default()
+        };
+        assert!(common_tls_context(&tls, "").is_ok(), "an honoured member");
+        let tls = tls_pb::CommonTlsContext {
+            validation_context_type: Some(
+                tls_pb::common_tls_context::ValidationContextType::CombinedValidationContext(
+                    Default::default(),
+                ),
+            ),
+            ..Default::default()
+        };
+        assert_eq!(
+            common_tls_context(&tls, "c").map_err(|e| e.to_string()),
+            Err("c.combined_validation_context: unsupported".to_string())
         );
     }
 }
