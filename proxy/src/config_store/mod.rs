@@ -856,23 +856,12 @@ impl ConfigStore {
     }
 
     fn apply_rds(&mut self, name: &str, d: &Discovery) -> Result<(), ConfigError> {
-        if d.resources.len() != 1 {
-            return Err(ConfigError::new(
-                "resources",
-                format!("Unexpected RDS resource length: {}", d.resources.len()),
-            ));
-        }
-        let proto: route_pb::RouteConfiguration =
-            decode_any(&d.resources[0], type_url::ROUTE, "resources[0]")?;
-        if proto.name != name {
-            return Err(ConfigError::new(
-                "resources[0].name",
-                format!(
-                    "Unexpected RDS configuration (expecting {name}): {}",
-                    proto.name
-                ),
-            ));
-        }
+        let proto: route_pb::RouteConfiguration = the_one(
+            d,
+            (type_url::ROUTE, "RDS", "configuration"),
+            ("name", name),
+            |r: &route_pb::RouteConfiguration| &r.name,
+        )?;
         let table = resource::route_configuration(&proto, "resources[0]")?;
         let Some(rds) = self.rds.get_mut(name) else {
             return Ok(());
@@ -889,16 +878,7 @@ impl ConfigStore {
     }
 
     fn apply_eds(&mut self, service: &str, d: &Discovery) -> Result<(), ConfigError> {
-        if d.resources.len() > 1 {
-            return Err(ConfigError::new(
-                "resources",
-                format!(
-                    "Unexpected EDS resource length: {} (expecting 1)",
-                    d.resources.len()
-                ),
-            ));
-        }
-        let Some(any) = d.resources.first() else {
+        if d.resources.is_empty() {
             // An empty response leaves the cluster without hosts.
             if let Some(eds) = self.eds.get_mut(service) {
                 eds.hosts = Some(Version {
@@ -915,18 +895,13 @@ impl ConfigStore {
                 });
             }
             return Ok(());
-        };
-        let proto: endpoint_pb::ClusterLoadAssignment =
-            decode_any(any, type_url::ENDPOINT, "resources[0]")?;
-        if proto.cluster_name != service {
-            return Err(ConfigError::new(
-                "resources[0].cluster_name",
-                format!(
-                    "Unexpected EDS cluster (expecting {service}): {}",
-                    proto.cluster_name
-                ),
-            ));
         }
+        let proto: endpoint_pb::ClusterLoadAssignment = the_one(
+            d,
+            (type_url::ENDPOINT, "EDS", "cluster"),
+            ("cluster_name", service),
+            |e: &endpoint_pb::ClusterLoadAssignment| &e.cluster_name,
+        )?;
         let hosts = resource::endpoints(&proto, "resources[0]")?;
         let Some(eds) = self.eds.get_mut(service) else {
             return Ok(());
@@ -1017,19 +992,12 @@ impl ConfigStore {
     /// new handshakes take it while they and their connections stay (rotation). A secret that
     /// does not build is refused and the previous one stays.
     fn apply_sds(&mut self, name: &str, d: &Discovery) -> Result<(), ConfigError> {
-        if d.resources.len() != 1 {
-            return Err(ConfigError::new(
-                "resources",
-                format!("Unexpected SDS secrets length: {}", d.resources.len()),
-            ));
-        }
-        let proto: tls_pb::Secret = decode_any(&d.resources[0], type_url::SECRET, "resources[0]")?;
-        if proto.name != name {
-            return Err(ConfigError::new(
-                "resources[0].name",
-                format!("Unexpected SDS secret (expecting {name}): {}", proto.name),
-            ));
-        }
+        let proto: tls_pb::Secret = the_one(
+            d,
+            (type_url::SECRET, "SDS", "secret"),
+            ("name", name),
+            |s: &tls_pb::Secret| &s.name,
+        )?;
         let Some(slot) = self.secrets.get_mut(name) else {
             return Ok(());
         };
@@ -1497,6 +1465,34 @@ fn rds_of(l: &model::Listener) -> Vec<(String, ConfigSource, String)> {
         }
     }
     out
+}
+
+/// The one resource an RDS, EDS or SDS response must hold, named `name` in its `field`, as
+/// Envoy's subscriptions check it (`what` and `noun` word the error as Envoy does).
+fn the_one<T: Message + Default>(
+    d: &Discovery,
+    (url, what, noun): (&str, &str, &str),
+    (field, name): (&str, &str),
+    name_of: impl Fn(&T) -> &str,
+) -> Result<T, ConfigError> {
+    if d.resources.len() != 1 {
+        return Err(ConfigError::new(
+            "resources",
+            format!(
+                "Unexpected {what} resource length: {} (expecting 1)",
+                d.resources.len()
+            ),
+        ));
+    }
+    let proto: T = decode_any(&d.resources[0], url, "resources[0]")?;
+    let got = name_of(&proto);
+    if got != name {
+        return Err(ConfigError::new(
+            format!("resources[0].{field}"),
+            format!("Unexpected {what} {noun} (expecting {name}): {got}"),
+        ));
+    }
+    Ok(proto)
 }
 
 /// A listener's filter chains, the default one included.
