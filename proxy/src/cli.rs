@@ -85,6 +85,9 @@ pub enum Command {
         #[command(subcommand)]
         command: skiff_ebpf::cli::Command,
     },
+    /// The chained CNI plugin (run by the container runtime with CNI_COMMAND and the network
+    /// configuration on stdin; installed as `skiff-cni` it runs without this word).
+    Cni,
 }
 
 /// `--mode`.
