@@ -181,10 +181,18 @@ impl PodCapture {
     /// The shared capture flags, as `skiff ebpf enroll` and `skiff iptables` take them.
     pub fn capture_args(&self) -> skiff_iptables::CaptureArgs {
         let c = &self.capture;
-        let mut exclude_inbound = SIDECAR_PORTS.to_string();
-        if !c.exclude_inbound_ports.is_empty() {
-            exclude_inbound = format!("{},{exclude_inbound}", c.exclude_inbound_ports);
+        let mut exclude: Vec<&str> = Vec::new();
+        for p in c
+            .exclude_inbound_ports
+            .split(',')
+            .chain(SIDECAR_PORTS.split(','))
+        {
+            let p = p.trim();
+            if !p.is_empty() && !exclude.contains(&p) {
+                exclude.push(p);
+            }
         }
+        let exclude_inbound = exclude.join(",");
         skiff_iptables::CaptureArgs {
             envoy_port: c.outbound_port.to_string(),
             inbound_capture_port: c.inbound_port.to_string(),
