@@ -38,7 +38,7 @@ pub enum Decision {
     /// Leave it alone, for this reason.
     Skip(String),
     /// Capture it with these options.
-    Capture(PodCapture),
+    Capture(Box<PodCapture>),
 }
 
 /// A pod's resolved capture options, in istio-iptables' flag values.
@@ -174,7 +174,7 @@ pub fn decide(pod: &Pod, conf: &PluginConf) -> Result<Decision, AnnotationError>
         let value = pod.annotation(annotation).unwrap_or("(node default)");
         return Err(bad(annotation, value, e.reason));
     }
-    Ok(Decision::Capture(out))
+    Ok(Decision::Capture(Box::new(out)))
 }
 
 impl PodCapture {

@@ -327,10 +327,24 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         tracing::warn!(pod = %format!("{ns}/{name}"), "pod not found in the API: left alone");
         return Ok(result);
     };
-    let capture = match decide(&pod, &conf.skiff) {
+    capture_pod(conf, &pod, container_id, ifname, &env.netns)?;
+    Ok(result)
+}
+
+/// Captures `pod`'s namespace at `netns` as its annotations say and records it under
+/// (`container_id`, `ifname`); `None` when the pod is left alone. ADD and the node agent's
+/// reconciliation of pods that were running before it both come here.
+pub fn capture_pod(
+    conf: &NetConf,
+    pod: &crate::kube::Pod,
+    container_id: &str,
+    ifname: &str,
+    netns: &str,
+) -> Result<Option<Attachment>, CniError> {
+    let capture = match decide(pod, &conf.skiff) {
         Ok(Decision::Skip(why)) => {
             tracing::info!(pod = %pod.key(), "left alone: {why}");
-            return Ok(result);
+            return Ok(None);
         }
         Ok(Decision::Capture(c)) => c,
         Err(e) => {
@@ -348,7 +362,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     let mut record = Attachment {
         container_id: container_id.into(),
         ifname: ifname.into(),
-        netns: env.netns.clone(),
+        netns: netns.to_string(),
         backend: conf.skiff.backend,
         cookie: None,
         iptables_args: Vec::new(),
@@ -357,11 +371,11 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         pod_uid: pod.metadata.uid.clone(),
     };
     match conf.skiff.backend {
-        Backend::Ebpf => record.cookie = Some(enroll(&env.netns, &capture)?),
-        Backend::Iptables => record.iptables_args = apply_iptables(&env.netns, &capture)?,
+        Backend::Ebpf => record.cookie = Some(enroll(netns, &capture)?),
+        Backend::Iptables => record.iptables_args = apply_iptables(netns, &capture)?,
     }
     if let Err(e) = state.write(&record) {
-        // Without its record DEL could not undo it: undo it now and fail the ADD.
+        // Without its record DEL could not undo it: undo it now and fail.
         let _ = undo(&record);
         return Err(CniError::new(
             code::IO_FAILURE,
@@ -369,13 +383,13 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
             e.to_string(),
         ));
     }
-    tracing::info!(pod = %pod.key(), backend = conf.skiff.backend.as_str(), netns = %env.netns, "captured");
-    Ok(result)
+    tracing::info!(pod = %pod.key(), backend = conf.skiff.backend.as_str(), netns, "captured");
+    Ok(Some(record))
 }
 
 /// Whether the node agent has attached the programs somewhere (normally the cgroup root):
 /// an enrolment without them would capture nothing.
-fn programs_attached() -> bool {
+pub fn programs_attached() -> bool {
     std::fs::read_dir(Path::new(skiff_ebpf::PIN_ROOT).join("cgroup"))
         .map(|mut d| d.next().is_some())
         .unwrap_or(false)
@@ -423,7 +437,7 @@ fn apply_iptables(netns: &str, c: &PodCapture) -> Result<Vec<String>, CniError> 
 }
 
 /// Undoes one recorded capture; a namespace that is already gone took its rules with it.
-fn undo(a: &Attachment) -> Result<(), CniError> {
+pub fn undo(a: &Attachment) -> Result<(), CniError> {
     match a.backend {
         Backend::Ebpf => {
             if let Some(cookie) = a.cookie {
@@ -484,12 +498,12 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let record = state
         .read(container_id, ifname)
         .map_err(|e| CniError::new(code::IO_FAILURE, "state directory", e.to_string()))?;
-    let Some(record) = record else {
+    let Some(record) = record.or_else(|| same_namespace(&state, &env.netns)) else {
         return Ok(());
     };
     undo(&record)?;
     state
-        .remove(container_id, ifname)
+        .remove(&record.container_id, &record.ifname)
         .map_err(|e| CniError::new(code::IO_FAILURE, "state directory", e.to_string()))?;
     tracing::info!(
         pod = %format!("{}/{}", record.pod_namespace, record.pod_name),
@@ -497,6 +511,21 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         "released"
     );
     Ok(())
+}
+
+/// A record of the eBPF backend for the namespace at `netns` under another attachment: the
+/// node agent enrols pods that ran before it under its own key, and the runtime's DEL for
+/// such a sandbox must release them too.
+fn same_namespace(state: &StateDir, netns: &str) -> Option<Attachment> {
+    if netns.is_empty() || !Path::new(netns).exists() {
+        return None;
+    }
+    let cookie = skiff_ebpf::netns::inspect(Path::new(netns)).ok()?.cookie;
+    state
+        .list()
+        .ok()?
+        .into_iter()
+        .find(|r| r.backend == Backend::Ebpf && r.cookie == Some(cookie))
 }
 
 fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {

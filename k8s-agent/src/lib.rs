@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod capture;
 pub mod cni;
 pub mod conflist;

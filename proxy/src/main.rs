@@ -14,6 +14,9 @@ fn main() -> ExitCode {
     if let Some(skiff::cli::Command::Cni) = &opts.command {
         return skiff_k8s::cni::main();
     }
+    if let Some(skiff::cli::Command::NodeAgent(args)) = &opts.command {
+        return skiff_k8s::agent::main(args);
+    }
     if opts.decode_config_to_stdout {
         return decode_for_parent(&opts);
     }

@@ -603,7 +603,11 @@ fn ebpf_backend_add_check_del_and_gc_as_a_runtime_drives_them() {
     // (skiff's plugin alone, with the cached result: the bridge's veth already exists.)
     let cached = node.results.lock().unwrap_or_else(|e| e.into_inner())[&a.id].clone();
     let again = node
-        .skiff_only("ADD", json!({"cniVersion": "1.0.0", "prevResult": cached}), &a)
+        .skiff_only(
+            "ADD",
+            json!({"cniVersion": "1.0.0", "prevResult": cached}),
+            &a,
+        )
         .unwrap_or_else(|e| panic!("ADD again: {e:#}"));
     assert_eq!(again, cached, "prevResult passed through unchanged");
     node.check(&a)
