@@ -144,7 +144,7 @@ fn default_init_containers() -> Vec<String> {
 /// Node-wide capture defaults, in istio-iptables' terms (the same values the Istio
 /// annotations take), as istio-cni applies them to a pod without annotations.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct CaptureConf {
     /// `-p`.
     pub outbound_port: u16,
@@ -207,7 +207,7 @@ impl Default for CaptureConf {
 /// How the plugin reaches the Kubernetes API. With none of these set, the in-cluster
 /// service account (`KUBERNETES_SERVICE_HOST`, the mounted token and CA) is used.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct KubeConf {
     /// `https://host:port` or, for tests, `http://host:port`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -314,6 +314,12 @@ mod tests {
         )
         .expect_err("backend");
         assert!(e.to_string().contains("unknown variant `nft`"), "{e}");
+        // A misspelt capture key is refused rather than silently ignored.
+        let e = NetConf::parse(
+            br#"{"cniVersion":"1.1.0","name":"n","type":"skiff-cni","capture":{"includeOutboundIpRanges":"*"}}"#,
+        )
+        .expect_err("typo");
+        assert!(e.to_string().contains("includeOutboundIpRanges"), "{e}");
     }
 
     #[test]

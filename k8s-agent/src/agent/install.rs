@@ -35,7 +35,7 @@ impl std::fmt::Display for Report {
 
 /// The credentials the plugin uses, next to the conflist (the plugin runs on the host,
 /// outside the agent's pod and its service account mount).
-fn credentials_dir(opts: &Options) -> PathBuf {
+pub(super) fn credentials_dir(opts: &Options) -> PathBuf {
     opts.cni_conf_dir.join("skiff")
 }
 
@@ -54,6 +54,14 @@ fn api_server(opts: &Options) -> Result<String, AgentError> {
     } else {
         format!("https://{host}:{port}")
     })
+}
+
+/// `path` as the host sees it: without `--host-prefix`.
+fn on_host(opts: &Options, path: &Path) -> PathBuf {
+    match opts.host_prefix.as_deref().map(|p| path.strip_prefix(p)) {
+        Some(Ok(rest)) => Path::new("/").join(rest),
+        _ => path.to_path_buf(),
+    }
 }
 
 /// skiff's conflist entry: the ConfigMap's settings with the agent's own on top.
@@ -85,14 +93,14 @@ pub fn entry(opts: &Options) -> Result<Value, AgentError> {
         .unwrap_or_else(|| json!({}));
     kube["apiServer"] = json!(server);
     if opts.token_file.is_file() {
-        kube["tokenFile"] = json!(creds.join("token"));
+        kube["tokenFile"] = json!(on_host(opts, &creds.join("token")));
     }
     if server.starts_with("https://") && opts.ca_file.is_file() {
-        kube["caFile"] = json!(creds.join("ca.crt"));
+        kube["caFile"] = json!(on_host(opts, &creds.join("ca.crt")));
     }
     e["type"] = json!(PLUGIN_TYPE);
     e["backend"] = json!(opts.backend.as_str());
-    e["stateDir"] = json!(opts.state_dir);
+    e["stateDir"] = json!(on_host(opts, &opts.state_dir));
     e["kubernetes"] = kube;
     // Refuse now what the plugin would refuse for every pod later.
     let mut probe = e.clone();

@@ -62,6 +62,10 @@ pub struct Options {
     /// The cgroup v2 directory the programs are attached to (the root: every pod is below).
     #[arg(long, env = "SKIFF_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
     pub cgroup_root: PathBuf,
+    /// Where the host's filesystem is mounted in the agent's container (e.g. `/host`): paths
+    /// written into the conflist entry, which the plugin reads on the host, lose this prefix.
+    #[arg(long, env = "SKIFF_HOST_PREFIX")]
+    pub host_prefix: Option<PathBuf>,
     /// ebpf or iptables.
     #[arg(long, env = "SKIFF_BACKEND", default_value = "ebpf", value_parser = parse_backend)]
     pub backend: Backend,

@@ -54,7 +54,17 @@ fn reconcile(opts: &Options, node: &str) -> Result<(u64, u64), String> {
     let mut entry = super::install::entry(opts).map_err(|e| e.to_string())?;
     entry["cniVersion"] = json!("1.0.0");
     entry["name"] = json!("reconcile");
-    let conf = NetConf::parse(entry.to_string().as_bytes()).map_err(|e| e.to_string())?;
+    let mut conf = NetConf::parse(entry.to_string().as_bytes()).map_err(|e| e.to_string())?;
+    // The entry names paths as the host sees them; here they are where the agent sees them.
+    conf.skiff.state_dir = opts.state_dir.clone();
+    let creds = super::install::credentials_dir(opts);
+    let kube = &mut conf.skiff.kubernetes;
+    if kube.token_file.is_some() {
+        kube.token_file = Some(creds.join("token"));
+    }
+    if kube.ca_file.is_some() {
+        kube.ca_file = Some(creds.join("ca.crt"));
+    }
     let client = Client::from_conf(&conf.skiff.kubernetes).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
