@@ -108,11 +108,16 @@ struct Pod {
     cgroup: PathBuf,
     namespace: String,
     name: String,
+    /// A sandbox started by a real OCI runtime: then `CNI_NETNS` is its namespace.
+    sandbox: Option<RuncSandbox>,
 }
 
 impl Pod {
     fn netns(&self) -> String {
-        self.ns.path()
+        match &self.sandbox {
+            Some(s) => format!("/proc/{}/ns/net", s.pid),
+            None => self.ns.path(),
+        }
     }
 
     fn cni_args(&self) -> String {
@@ -323,6 +328,7 @@ impl Node {
             cgroup,
             namespace: namespace.into(),
             name,
+            sandbox: None,
         }
     }
 
@@ -477,6 +483,77 @@ impl Node {
             })
             .unwrap_or_default();
         (links, ips)
+    }
+}
+
+/// A pod sandbox as a container runtime makes one: `runc run` of a busybox `sleep` with its
+/// own network namespace (runc's default spec), which the CNI chain then wires up.
+struct RuncSandbox {
+    id: String,
+    pid: u32,
+}
+
+impl RuncSandbox {
+    fn start(dir: &Path, id: &str) -> RuncSandbox {
+        let bundle = dir.join(format!("bundle-{id}"));
+        std::fs::create_dir_all(bundle.join("rootfs/bin")).expect("bundle");
+        std::fs::copy("/bin/busybox", bundle.join("rootfs/bin/busybox")).expect("busybox");
+        let out = Command::new("runc")
+            .args(["spec", "--bundle"])
+            .arg(&bundle)
+            .output()
+            .expect("runc spec");
+        assert!(out.status.success(), "runc spec: {}", text(&out));
+        let path = bundle.join("config.json");
+        let mut spec: Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("config.json")).expect("json");
+        spec["process"]["terminal"] = json!(false);
+        spec["process"]["args"] = json!(["/bin/busybox", "sleep", "600"]);
+        spec["root"]["readonly"] = json!(true);
+        let namespaces = spec["linux"]["namespaces"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            namespaces.iter().any(|n| n["type"] == "network"),
+            "runc's default spec gives the sandbox its own network namespace"
+        );
+        std::fs::write(&path, spec.to_string()).expect("config.json");
+        let out = Command::new("runc")
+            .args(["run", "-d", "--bundle"])
+            .arg(&bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("runc run");
+        assert!(out.status.success(), "runc run: {}", text(&out));
+        let state = Command::new("runc")
+            .args(["state", id])
+            .output()
+            .expect("runc state");
+        let state: Value = serde_json::from_slice(&state.stdout).expect("runc state JSON");
+        let pid = state["pid"].as_u64().expect("sandbox pid") as u32;
+        RuncSandbox {
+            id: id.to_string(),
+            pid,
+        }
+    }
+
+    fn stop(&self) {
+        let _ = Command::new("runc")
+            .args(["kill", &self.id, "KILL"])
+            .output();
+        let _ = Command::new("runc")
+            .args(["delete", "--force", &self.id])
+            .output();
+    }
+}
+
+impl Drop for RuncSandbox {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -752,4 +829,64 @@ fn fifty_pods_added_and_deleted_at_once_leave_nothing_behind() {
         (vec![], vec![]),
         "veths and addresses released"
     );
+}
+
+/// Whether runc (Debian's) is installed; says so when not (failing in CI, where setup installs it).
+fn have_runc(name: &str) -> bool {
+    let ok = Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && Path::new("/bin/busybox").is_file();
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name}: runc and busybox-static are installed by `cargo xtask setup`"
+        );
+        eprintln!("skipping {name}: needs runc and busybox-static");
+    }
+    ok
+}
+
+#[test]
+fn a_sandbox_started_by_runc_is_captured_and_released() {
+    let name = "a_sandbox_started_by_runc_is_captured_and_released";
+    if !can_run(name) || !have_runc(name) {
+        return;
+    }
+    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let node = Node::new("cnir", 4, "ebpf");
+    let mut pod = node.pod("shop", true, json!({}));
+    let id = format!("skiff-cni-{}", std::process::id());
+    pod.sandbox = Some(RuncSandbox::start(&node.dir, &id));
+    assert_ne!(
+        std::fs::read_link(pod.netns()).ok(),
+        std::fs::read_link("/proc/self/ns/net").ok(),
+        "the sandbox has a network namespace of its own"
+    );
+    let result = node.add(&pod).unwrap_or_else(|e| panic!("ADD: {e:#}"));
+    assert!(
+        result["ips"][0]["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("10.204.4.")),
+        "{result:#}"
+    );
+    let probe = pod.captured(&gateway(4), 5000);
+    assert!(
+        probe.is_ok(),
+        "a workload in the runc sandbox's namespace is captured: {probe:?}"
+    );
+    node.check(&pod).unwrap_or_else(|e| panic!("CHECK: {e:#}"));
+    let cookie = pod.cookie(&node.state_dir()).expect("recorded");
+    // The runtime tears the sandbox down, then calls DEL: the namespace is gone by then, and
+    // the enrolment still goes (it is keyed by the cookie the record kept).
+    if let Some(s) = &pod.sandbox {
+        s.stop();
+    }
+    node.del(&pod)
+        .unwrap_or_else(|e| panic!("DEL after the sandbox is gone: {e:#}"));
+    assert!(!enrolled().contains(&cookie), "{}", ebpf_status());
+    assert!(node.records().is_empty());
+    node.del(&pod)
+        .unwrap_or_else(|e| panic!("DEL again: {e:#}"));
 }

@@ -29,6 +29,9 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     // Sends PROXY protocol headers in the listener filter tests.
     ("haproxy", "haproxy"),
+    // A real OCI runtime and a static shell for its sandboxes in tests/tests/cni.rs.
+    ("runc", "runc"),
+    ("busybox", "busybox-static"),
 ];
 
 /// (header that proves it is installed, Debian package that provides it)
