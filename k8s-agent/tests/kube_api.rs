@@ -203,3 +203,79 @@ async fn an_unreachable_server_is_a_transport_error_in_time() {
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
     drop(silent);
 }
+
+/// An HTTPS API server with a certificate for 127.0.0.1 signed by itself: the client trusts
+/// it through caFile, and refuses it with another CA.
+#[tokio::test]
+async fn https_with_the_cluster_ca_and_a_refusal_with_another() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server.cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(server.key_pair.serialize_der().into()),
+        )
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = recorded("pod-productpage.json");
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tls.write_all(head.as_bytes()).await;
+                let _ = tls.write_all(&body).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    let dir = std::env::temp_dir().join(format!("skiff-kube-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (good, bad) = (dir.join("ca.crt"), dir.join("other.crt"));
+    std::fs::write(&good, server.cert.pem()).expect("ca");
+    std::fs::write(&bad, other.cert.pem()).expect("ca");
+    let client = |ca: &PathBuf| {
+        Client::from_conf(&KubeConf {
+            api_server: Some(format!("https://{addr}")),
+            ca_file: Some(ca.clone()),
+            timeout_ms: Some(3000),
+            ..KubeConf::default()
+        })
+        .expect("client")
+    };
+    let pod = client(&good)
+        .pod("bookinfo", "productpage-v1-6b746f74dc-9stvs")
+        .await
+        .expect("pod over TLS");
+    assert_eq!(pod.metadata.name, "productpage-v1-6b746f74dc-9stvs");
+    let e = client(&bad)
+        .pod("bookinfo", "productpage-v1-6b746f74dc-9stvs")
+        .await
+        .expect_err("unknown issuer");
+    assert!(e.to_string().contains("TLS"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
