@@ -519,21 +519,27 @@ impl RuncSandbox {
             "runc's default spec gives the sandbox its own network namespace"
         );
         std::fs::write(&path, spec.to_string()).expect("config.json");
-        let out = Command::new("runc")
+        // The detached container keeps runc's stdio: a file, not a pipe, or reading runc's
+        // output would wait for the container to end.
+        let log_path = bundle.join("runc.log");
+        let log = std::fs::File::create(&log_path).expect("runc log");
+        let status = Command::new("runc")
             .args(["run", "-d", "--bundle"])
             .arg(&bundle)
             .arg(id)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .status()
             .expect("runc run");
-        assert!(out.status.success(), "runc run: {}", text(&out));
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(status.success(), "runc run: {}", log());
         let state = Command::new("runc")
             .args(["state", id])
             .output()
             .expect("runc state");
         let state: Value = serde_json::from_slice(&state.stdout).expect("runc state JSON");
+        assert_eq!(state["status"], "running", "{state:#} {}", log());
         let pid = state["pid"].as_u64().expect("sandbox pid") as u32;
         RuncSandbox {
             id: id.to_string(),
