@@ -662,7 +662,8 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
     }
 }
 
-fn on_path(program: &str) -> bool {
+/// Whether `program` is in one of PATH's directories.
+pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
         .unwrap_or(false)

@@ -49,11 +49,11 @@ fn is_cni_file(p: &Path) -> bool {
     )
 }
 
-/// The file the runtime takes as the pod network: the lowest-sorted CNI file.
-pub fn primary_file(dir: &Path) -> Result<Option<PathBuf>, ConflistError> {
+/// The CNI files of `dir`, sorted as libcni sorts them.
+fn cni_files(dir: &Path) -> Result<Vec<PathBuf>, ConflistError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io(dir, e)),
     };
     let mut files: Vec<PathBuf> = entries
@@ -62,7 +62,12 @@ pub fn primary_file(dir: &Path) -> Result<Option<PathBuf>, ConflistError> {
         .filter(|p| p.is_file() && is_cni_file(p))
         .collect();
     files.sort();
-    Ok(files.into_iter().next())
+    Ok(files)
+}
+
+/// The file the runtime takes as the pod network: the lowest-sorted CNI file.
+pub fn primary_file(dir: &Path) -> Result<Option<PathBuf>, ConflistError> {
+    Ok(cni_files(dir)?.into_iter().next())
 }
 
 /// `text` (a `.conf` or `.conflist`) as a conflist with skiff's `entry` last, replacing an
@@ -174,15 +179,7 @@ pub fn install(dir: &Path, entry: &Value) -> Result<Installed, ConflistError> {
 /// Takes skiff's entry out of every CNI file of `dir`; the files changed.
 pub fn uninstall(dir: &Path) -> Result<Vec<PathBuf>, ConflistError> {
     let mut changed = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(changed);
-    };
-    let mut files: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && is_cni_file(p))
-        .collect();
-    files.sort();
+    let files = cni_files(dir)?;
     for path in files {
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;

@@ -390,10 +390,7 @@ impl Node {
     /// ADD through the whole chain; the final result is cached as a runtime caches it.
     fn add(&self, pod: &Pod) -> Result<Value, Value> {
         let mut prev: Option<Value> = None;
-        let plugins = self.conflist["plugins"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let plugins = self.plugins();
         for p in &plugins {
             let conf = self.plugin_conf(p, prev.as_ref());
             prev = Some(self.exec("ADD", &conf, pod)?);
@@ -406,18 +403,27 @@ impl Node {
         Ok(result)
     }
 
-    /// DEL through the chain in reverse, with the cached result as prevResult.
-    fn del(&self, pod: &Pod) -> Result<(), Value> {
-        let cached = self
-            .results
+    /// The result the runtime cached for the pod's sandbox at ADD.
+    fn cached(&self, pod: &Pod) -> Option<Value> {
+        self.results
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&pod.id)
-            .cloned();
-        let plugins = self.conflist["plugins"]
+            .cloned()
+    }
+
+    /// The conflist's plugins, in order.
+    fn plugins(&self) -> Vec<Value> {
+        self.conflist["plugins"]
             .as_array()
             .cloned()
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// DEL through the chain in reverse, with the cached result as prevResult.
+    fn del(&self, pod: &Pod) -> Result<(), Value> {
+        let cached = self.cached(pod);
+        let plugins = self.plugins();
         for p in plugins.iter().rev() {
             let conf = self.plugin_conf(p, cached.as_ref());
             self.exec("DEL", &conf, pod)?;
@@ -431,16 +437,8 @@ impl Node {
 
     /// CHECK through the chain with the cached result.
     fn check(&self, pod: &Pod) -> Result<(), Value> {
-        let cached = self
-            .results
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&pod.id)
-            .cloned();
-        let plugins = self.conflist["plugins"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let cached = self.cached(pod);
+        let plugins = self.plugins();
         for p in &plugins {
             let conf = self.plugin_conf(p, cached.as_ref());
             self.exec("CHECK", &conf, pod)?;
@@ -451,10 +449,7 @@ impl Node {
     /// skiff's plugin alone, with a CNI 1.1.0 configuration (GC and STATUS are 1.1
     /// verbs; Debian's reference plugins speak 1.0, so a 1.1 runtime would call only skiff).
     fn skiff_only(&self, command: &str, extra: Value, pod: &Pod) -> Result<Value, Value> {
-        let plugins = self.conflist["plugins"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let plugins = self.plugins();
         let mut conf = self.plugin_conf(plugins.last().expect("skiff entry"), None);
         conf["cniVersion"] = json!("1.1.0");
         if let (Some(c), Some(e)) = (conf.as_object_mut(), extra.as_object()) {
@@ -684,7 +679,7 @@ fn ebpf_backend_add_check_del_and_gc_as_a_runtime_drives_them() {
     let e = node.check(&a).expect_err("CHECK finds it gone");
     assert_eq!(e["error"]["code"], 102, "{e:#}");
     // (skiff's plugin alone, with the cached result: the bridge's veth already exists.)
-    let cached = node.results.lock().unwrap_or_else(|e| e.into_inner())[&a.id].clone();
+    let cached = node.cached(&a).expect("a cached result");
     let again = node
         .skiff_only(
             "ADD",

@@ -224,12 +224,6 @@ fn install_binary(opts: &Options) -> Result<bool, AgentError> {
     Ok(true)
 }
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
-}
-
 /// Prepares the node: kernel checks and the programs, the binary, the credentials and the
 /// conflist entry.
 pub fn install(opts: &Options) -> Result<Report, AgentError> {
@@ -252,7 +246,7 @@ pub fn install(opts: &Options) -> Result<Report, AgentError> {
         }
         Backend::Iptables => {
             for p in ["iptables-restore", "nsenter"] {
-                if !on_path(p) {
+                if !crate::cni::on_path(p) {
                     return Err(AgentError::Kernel(format!(
                         "{p} is not on PATH (the iptables backend runs it for each pod)"
                     )));
