@@ -30,6 +30,11 @@ pub struct Options {
     #[arg(long = "drain-time-s", default_value_t = 600)]
     pub drain_time_s: u64,
 
+    /// How connections are asked to close during a drain: `gradual` (Envoy's default) or
+    /// `immediate`.
+    #[arg(long = "drain-strategy", value_enum, default_value_t = crate::drain::DrainStrategy::Gradual)]
+    pub drain_strategy: crate::drain::DrainStrategy,
+
     /// Accepted for compatibility: skiff has no hot restart, so there is no parent to shut down.
     #[arg(long = "parent-shutdown-time-s", default_value_t = 900)]
     pub parent_shutdown_time_s: u64,
@@ -53,6 +58,10 @@ pub struct Options {
     /// Internal: decode the configuration and hand it to the parent process on stdout.
     #[arg(long = "decode-config-to-stdout", hide = true)]
     pub decode_config_to_stdout: bool,
+
+    /// Internal: decode discovery files named on stdin for the parent process.
+    #[arg(long = "discovery-decoder", hide = true)]
+    pub discovery_decoder: bool,
 
     /// Instead of proxying: a redirection task.
     #[command(subcommand)]

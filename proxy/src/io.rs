@@ -95,6 +95,10 @@ impl<S> Prefixed<S> {
             inner,
         }
     }
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncWrite + Unpin> Prefixed<S> {

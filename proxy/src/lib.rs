@@ -10,6 +10,8 @@ pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod config_store;
+pub mod drain;
 pub mod http;
 pub mod io;
 pub mod listener;

@@ -20,6 +20,9 @@ fn main() -> ExitCode {
     if opts.decode_config_to_stdout {
         return decode_for_parent(&opts);
     }
+    if opts.discovery_decoder {
+        return serve_decoder();
+    }
     if let Some(skiff::cli::Command::Iptables(args)) = &opts.command {
         return match skiff_iptables::run(args) {
             Ok(out) => {
@@ -112,5 +115,15 @@ fn decode_for_parent(opts: &skiff::cli::Options) -> ExitCode {
                 .write_all(&serde_json::to_vec(&err).unwrap_or_default());
             ExitCode::from(2)
         }
+    }
+}
+
+/// The discovery decoder helper (see `config::discovery::Decoder`).
+fn serve_decoder() -> ExitCode {
+    let stdin = std::io::stdin();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match skiff::config::discovery::serve_decoder(stdin.lock(), &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }

@@ -5,14 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, Notify};
 
 use crate::admin::{self, AdminState};
 use crate::cli::{Mode, Options};
 use crate::config::{self, Loaded};
-use crate::listener;
+use crate::config_store::ConfigStore;
+use crate::drain::{DrainKind, Draining};
 use crate::stats::Store;
-use crate::upstream::ClusterInfo;
 use crate::worker::{self, Shared};
 
 /// Loads the configuration the command line names, applying `--service-node/--service-cluster`.
@@ -66,26 +66,23 @@ fn config_name(opts: &Options) -> String {
         .unwrap_or_else(|| "--config-yaml".into())
 }
 
+/// What the admin server asks of the main loop.
+#[derive(Debug)]
+pub enum Command {
+    /// `POST /drain_listeners`.
+    DrainListeners {
+        /// `?inboundonly`.
+        inbound_only: bool,
+        /// `?graceful`: connections are asked to close for `--drain-time-s` while the listeners
+        /// still accept, then the listeners stop.
+        graceful: bool,
+    },
+}
+
 fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     let workers = opts.workers();
     let loaded = Arc::new(loaded);
-    let model = &loaded.model;
-
-    // Bind everything before starting anything, so a port in use fails start-up with its name.
-    let mut sockets: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
-    for l in &model.listeners {
-        for per_worker in sockets.iter_mut() {
-            let s = if l.bind_to_port {
-                Some(listener::bind(l).map_err(|e| {
-                    format!("listener '{}': cannot bind {}: {e}", l.name, l.address)
-                })?)
-            } else {
-                None
-            };
-            per_worker.push((l.clone(), s));
-        }
-    }
-    let admin_socket = match &model.admin {
+    let admin_socket = match &loaded.model.admin {
         Some(a) => Some(
             std::net::TcpListener::bind(a.address)
                 .and_then(|s| s.set_nonblocking(true).map(|_| s))
@@ -93,76 +90,32 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
         ),
         None => None,
     };
-
     let store = Arc::new(Store::new(workers));
-    let clusters: Vec<Arc<ClusterInfo>> = model
-        .clusters
-        .iter()
-        .map(|c| Arc::new(ClusterInfo::new(c.clone())))
-        .collect();
-    let main = store.main();
+    let main = store.main().clone();
     main.gauge("server.concurrency").set(workers as i64);
-    main.gauge("server.live").set(1);
-    main.gauge("listener_manager.total_listeners_active")
-        .set(model.listeners.len() as i64);
-    main.counter("listener_manager.listener_added")
-        .add(model.listeners.len() as u64);
-    main.counter("listener_manager.listener_create_success")
-        .add((model.listeners.len() * workers) as u64);
-    main.gauge("cluster_manager.active_clusters")
-        .set(model.clusters.len() as i64);
-    main.counter("cluster_manager.cluster_added")
-        .add(model.clusters.len() as u64);
-
-    let (drain_tx, drain_rx) = watch::channel(None);
     let health_failed = Arc::new(AtomicBool::new(false));
-    let shared = Shared {
-        health_failed: health_failed.clone(),
-        listener_addresses: Arc::new(
-            model
-                .listeners
-                .iter()
-                .filter(|l| l.bind_to_port)
-                .map(|l| l.address)
-                .collect(),
-        ),
-        clusters: clusters.clone(),
-        flush_interval: Duration::from_millis(opts.file_flush_interval_msec.max(1)),
-        drain: drain_rx,
-    };
-    let mut handles = Vec::new();
-    for (id, socks) in sockets.into_iter().enumerate() {
-        let h = worker::spawn(id, store.worker(id).clone(), shared.clone(), socks)
-            .map_err(|e| format!("cannot start worker {id}: {e}"))?;
-        handles.push(h);
-    }
-    main.counter("listener_manager.workers_started")
-        .add(workers as u64);
-    tracing::info!(
-        workers,
-        listeners = model.listeners.len(),
-        clusters = model.clusters.len(),
-        "skiff started"
-    );
-
-    let state = Arc::new(AdminState {
-        store: store.clone(),
-        config: loaded.clone(),
-        options: opts.clone(),
-        concurrency: workers,
-        clusters,
-        started: Instant::now(),
-        health_failed,
-        draining: AtomicBool::new(false),
-        quit: Notify::new(),
-    });
-
+    let drain_time = Duration::from_secs(opts.drain_time_s);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start main runtime: {e}"))?;
-    let drain_time = Duration::from_secs(opts.drain_time_s);
-    rt.block_on(async {
+    rt.block_on(async move {
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let mut config = ConfigStore::new(&loaded, store.clone(), drain_time, events_tx);
+        let (commands_tx, mut commands) = mpsc::unbounded_channel();
+        let state = Arc::new(AdminState {
+            store: store.clone(),
+            config: loaded.clone(),
+            published: config.published(),
+            options: opts.clone(),
+            concurrency: workers,
+            started: Instant::now(),
+            health_failed: health_failed.clone(),
+            draining: AtomicBool::new(false),
+            initializing: AtomicBool::new(true),
+            quit: Notify::new(),
+            commands: commands_tx,
+        });
         if let Some(sock) = admin_socket {
             match tokio::net::TcpListener::from_std(sock) {
                 Ok(l) => {
@@ -171,9 +124,98 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
                 Err(e) => tracing::error!(error = %e, "admin listener failed"),
             }
         }
-        let deadline = wait_for_shutdown(&state, drain_time).await;
+        let mut signals = Signals::new();
+        // The init manager: read the dynamic sources, then wait until nothing warms (or each
+        // source's initial_fetch_timeout has passed) before the workers start.
+        config.start();
+        while config.initializing() {
+            let next = config.next_deadline();
+            tokio::select! {
+                Some(ev) = events.recv() => config.on_file_event(&ev),
+                _ = sleep_until(next) => config.on_timer(Instant::now()),
+                _ = signals.recv() => return Ok(()),
+                _ = state.quit.notified() => return Ok(()),
+            }
+        }
+        let shared = Shared {
+            health_failed: health_failed.clone(),
+            drain_strategy: opts.drain_strategy,
+            flush_interval: Duration::from_millis(opts.file_flush_interval_msec.max(1)),
+        };
+        let mut handles = Vec::new();
+        let mut senders = Vec::new();
+        for id in 0..workers {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let h = worker::spawn(id, store.worker(id).clone(), shared.clone(), rx)
+                .map_err(|e| format!("cannot start worker {id}: {e}"))?;
+            handles.push(h);
+            senders.push(tx);
+        }
+        config.attach_workers(senders)?;
+        state.initializing.store(false, Ordering::Relaxed);
+        main.gauge("listener_manager.workers_started").set(1);
+        tracing::info!(workers, "skiff started");
+
+        let mut graceful_stop: Option<(Instant, bool)> = None;
+        let deadline = loop {
+            let next = [config.next_deadline(), graceful_stop.map(|g| g.0)]
+                .into_iter()
+                .flatten()
+                .min();
+            tokio::select! {
+                Some(ev) = events.recv() => config.on_file_event(&ev),
+                Some(cmd) = commands.recv() => match cmd {
+                    Command::DrainListeners { inbound_only, graceful } => {
+                        // Graceful: connections are asked to close over the drain time while
+                        // the listeners still accept; then they stop. Otherwise they just stop.
+                        let now = Instant::now();
+                        let d = Draining {
+                            kind: DrainKind::Server,
+                            started: now,
+                            deadline: if graceful { now + drain_time } else { now },
+                            accepting: graceful,
+                            asks_close: graceful,
+                            force_close: false,
+                        };
+                        config.drain_listeners(d, inbound_only);
+                        if graceful {
+                            state.draining.store(true, Ordering::Relaxed);
+                            graceful_stop = Some((Instant::now() + drain_time, inbound_only));
+                        }
+                    }
+                },
+                _ = sleep_until(next) => {
+                    let now = Instant::now();
+                    if let Some((at, inbound_only)) = graceful_stop {
+                        if at <= now {
+                            graceful_stop = None;
+                            config.drain_listeners(
+                                Draining {
+                                    kind: DrainKind::Server,
+                                    started: now,
+                                    deadline: now,
+                                    accepting: false,
+                                    asks_close: false,
+                                    force_close: false,
+                                },
+                                inbound_only,
+                            );
+                        }
+                    }
+                    config.on_timer(now);
+                }
+                signal = signals.recv() => {
+                    tracing::info!(drain_time_s = drain_time.as_secs(), "{signal}: draining");
+                    break deadline_after(drain_time);
+                }
+                _ = state.quit.notified() => {
+                    tracing::info!("quitquitquit: shutting down");
+                    break Instant::now();
+                }
+            }
+        };
         state.draining.store(true, Ordering::Relaxed);
-        let _ = drain_tx.send(Some(deadline));
+        config.shutdown(deadline);
         // Workers finish in-flight work until the deadline; give them a moment past it to flush.
         let join = tokio::task::spawn_blocking(move || {
             for h in handles {
@@ -182,44 +224,52 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
         });
         let grace = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
         let _ = tokio::time::timeout(grace, join).await;
-    });
+        Ok::<(), String>(())
+    })?;
     tracing::info!("skiff exiting");
     Ok(())
 }
 
-/// Waits for SIGTERM/SIGINT (drain for `drain_time`) or `/quitquitquit` (stop now); returns the
-/// deadline for in-flight work.
-async fn wait_for_shutdown(state: &AdminState, drain_time: Duration) -> Instant {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => {
-            tracing::error!("cannot install signal handlers");
-            state.quit.notified().await;
-            return Instant::now();
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGTERM and SIGINT.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn new() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(t), Ok(i)) => Signals(Some((t, i))),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                Signals(None)
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {
-            tracing::info!(drain_time_s = drain_time.as_secs(), "SIGTERM: draining");
-            deadline_after(drain_time)
-        }
-        _ = int.recv() => {
-            tracing::info!(drain_time_s = drain_time.as_secs(), "SIGINT: draining");
-            deadline_after(drain_time)
-        }
-        _ = state.quit.notified() => {
-            tracing::info!("quitquitquit: shutting down");
-            Instant::now()
+    }
+
+    /// The name of the next signal.
+    async fn recv(&mut self) -> &'static str {
+        match &mut self.0 {
+            Some((term, int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            None => std::future::pending().await,
         }
     }
 }
 
 /// Now plus `d`, saturating (a huge --drain-time-s means "until the work is done").
-fn deadline_after(d: Duration) -> Instant {
+pub fn deadline_after(d: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(d)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))

@@ -54,6 +54,7 @@ impl Gauge {
 pub struct Shard {
     counters: Mutex<BTreeMap<String, Counter>>,
     gauges: Mutex<BTreeMap<String, Gauge>>,
+    texts: Mutex<BTreeMap<String, String>>,
 }
 
 impl Shard {
@@ -67,6 +68,37 @@ impl Shard {
     pub fn gauge(&self, name: &str) -> Gauge {
         let mut map = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
         map.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Sets the text readout called `name` (Envoy's `version_text`, for example).
+    pub fn set_text(&self, name: &str, value: &str) {
+        let mut map = self.texts.lock().unwrap_or_else(PoisonError::into_inner);
+        map.insert(name.to_string(), value.to_string());
+    }
+
+    /// Removes the stats whose names start with `prefix` and that nothing holds any more (the
+    /// scope of a removed cluster or listener); returns how many under `prefix` are still held.
+    pub fn prune(&self, prefix: &str) -> usize {
+        fn go<T>(
+            map: &Mutex<BTreeMap<String, T>>,
+            prefix: &str,
+            held: impl Fn(&T) -> bool,
+        ) -> usize {
+            let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut left = 0;
+            map.retain(|name, v| {
+                if !name.starts_with(prefix) {
+                    return true;
+                }
+                let keep = held(v);
+                left += usize::from(keep);
+                keep
+            });
+            left
+        }
+        go(&self.counters, prefix, |c| Arc::strong_count(&c.0) > 1)
+            + go(&self.gauges, prefix, |g| Arc::strong_count(&g.0) > 1)
+            + go(&self.texts, prefix, |_| false)
     }
 }
 
@@ -101,6 +133,21 @@ impl Store {
     /// Worker `n`'s shard.
     pub fn worker(&self, n: usize) -> &Arc<Shard> {
         &self.shards[n + 1]
+    }
+
+    /// Removes the unheld stats under `prefix` from every shard; true when none is left.
+    pub fn prune(&self, prefix: &str) -> bool {
+        self.shards.iter().map(|s| s.prune(prefix)).sum::<usize>() == 0
+    }
+
+    /// Every text readout, by name.
+    pub fn texts(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for shard in &self.shards {
+            let map = shard.texts.lock().unwrap_or_else(PoisonError::into_inner);
+            out.extend(map.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        out
     }
 
     /// All stats, summed across shards, sorted by name.

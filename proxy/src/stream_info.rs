@@ -1,6 +1,7 @@
 //! What happened to one request or connection, for access logs and stats: Envoy's StreamInfo.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -137,6 +138,70 @@ impl ResponseFlags {
     }
 }
 
+/// Envoy numbers every connection it makes, downstream and upstream, from one counter.
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(0);
+
+/// The id of a new connection (`%CONNECTION_ID%`, `%UPSTREAM_CONNECTION_ID%`).
+pub fn next_connection_id() -> u64 {
+    NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What a TLS handshake established, as the access log shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.2`, `TLSv1.3`.
+    pub version: Option<&'static str>,
+    /// The suite in OpenSSL's naming (`ECDHE-RSA-AES128-GCM-SHA256`, `TLS_AES_128_GCM_SHA256`).
+    pub cipher: Option<&'static str>,
+    /// The peer's certificate, if it sent one.
+    pub peer: Option<CertInfo>,
+    /// The certificate this side presented.
+    pub local: Option<CertInfo>,
+}
+
+/// The names of a certificate, for `%DOWNSTREAM_{PEER,LOCAL}_*%`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The subject, in RFC 2253 form (`CN=a,O=b`).
+    pub subject: String,
+    /// The issuer, in RFC 2253 form.
+    pub issuer: String,
+    /// URI SANs.
+    pub uri_sans: Vec<String>,
+    /// DNS SANs.
+    pub dns_sans: Vec<String>,
+    /// The serial number, lower-case hex.
+    pub serial: String,
+    /// `notBefore` and `notAfter`, seconds since the epoch.
+    pub validity: (i64, i64),
+    /// The certificate itself (DER), for its fingerprint and PEM.
+    pub der: Vec<u8>,
+}
+
+/// The downstream connection a stream arrived on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Connection {
+    /// `%CONNECTION_ID%`.
+    pub id: u64,
+    /// The directly connected peer, before a PROXY protocol header replaced it.
+    pub direct_remote: Option<SocketAddr>,
+    /// The SNI tls_inspector read (`%REQUESTED_SERVER_NAME%`).
+    pub requested_server_name: Option<String>,
+    /// When the connection terminates TLS.
+    pub tls: Option<TlsInfo>,
+}
+
+/// The upstream connection a stream used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpstreamConnection {
+    /// `%UPSTREAM_CONNECTION_ID%`.
+    pub id: u64,
+    /// `%UPSTREAM_LOCAL_ADDRESS%`.
+    pub local: Option<SocketAddr>,
+    /// `%UPSTREAM_TLS_VERSION%`.
+    pub tls_version: Option<&'static str>,
+}
+
 /// The record of one stream (an HTTP request) or one TCP proxy connection.
 #[derive(Debug, Clone)]
 pub struct StreamInfo {
@@ -182,6 +247,27 @@ pub struct StreamInfo {
     pub downstream_local: SocketAddr,
     /// Set when the stream ends.
     pub duration_ms: Option<u64>,
+    /// The downstream connection (shared by its streams).
+    pub connection: Option<Arc<Connection>>,
+    /// The upstream connection used, once there is one.
+    pub upstream_connection: Option<UpstreamConnection>,
+    /// `%UPSTREAM_PROTOCOL%`: `HTTP/1.1`, `HTTP/2`.
+    pub upstream_protocol: Option<&'static str>,
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`: why the upstream connection could not be made.
+    pub upstream_transport_failure: Option<String>,
+    /// When the request's last byte was received.
+    pub request_done: Option<Instant>,
+    /// When the request's last byte was sent upstream (here: received, once it went upstream).
+    pub request_sent: Option<Instant>,
+    /// When the upstream's response headers arrived.
+    pub response_started: Option<Instant>,
+    /// When the response's last byte was sent downstream.
+    pub response_done: Option<Instant>,
+    /// `%STREAM_ID%`: the request's `x-request-id` (HTTP).
+    pub stream_id: Option<String>,
+    /// The size of the request headers as forwarded, pseudo-headers included, as Envoy counts
+    /// its header map (`%REQUEST_HEADERS_BYTES%`).
+    pub request_headers_bytes: u64,
 }
 
 impl StreamInfo {
@@ -209,6 +295,16 @@ impl StreamInfo {
             downstream_remote,
             downstream_local,
             duration_ms: None,
+            connection: None,
+            upstream_connection: None,
+            upstream_protocol: None,
+            upstream_transport_failure: None,
+            request_done: None,
+            request_sent: None,
+            response_started: None,
+            response_done: None,
+            stream_id: None,
+            request_headers_bytes: 0,
         }
     }
 
@@ -216,6 +312,24 @@ impl StreamInfo {
     pub fn finish(&mut self) {
         self.duration_ms = Some(self.start.elapsed().as_millis() as u64);
     }
+
+    /// Milliseconds from the start to `t`.
+    pub fn since_start(&self, t: Option<Instant>) -> Option<u64> {
+        t.map(|t| t.saturating_duration_since(self.start).as_millis() as u64)
+    }
+}
+
+/// The bytes Envoy counts for a header map: every name and value, pseudo-headers included.
+pub fn headers_bytes<'a>(
+    pseudo: impl IntoIterator<Item = (&'a str, &'a str)>,
+    headers: &HeaderMap,
+) -> u64 {
+    let pseudo: usize = pseudo.into_iter().map(|(n, v)| n.len() + v.len()).sum();
+    let rest: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    (pseudo + rest) as u64
 }
 
 #[cfg(test)]

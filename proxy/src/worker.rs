@@ -1,21 +1,32 @@
 //! Workers: each a thread with a single-threaded tokio runtime that owns its own listen sockets,
 //! connection pools and stats shard. A connection lives and dies on the worker that accepted it.
+//!
+//! The main thread's ConfigStore sends each worker the configuration in force as an immutable
+//! [`Snapshot`]; the worker then starts, replaces and drains its listeners and swaps its
+//! clusters and route tables, on its own thread, between two events of its loop. Nothing on the
+//! request path takes a lock: a stream reads the worker's current maps when it starts.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::access_log;
 use crate::config::model;
+use crate::config_store::Snapshot;
+use crate::drain::{DrainKind, Draining};
 use crate::listener;
+use crate::router::RouteTable;
 use crate::stats::Shard;
-use crate::upstream::{ClusterInfo, ClusterManager};
+use crate::upstream::ClusterManager;
 
 /// Spawns futures on the current worker's `LocalSet`, for hyper's HTTP/2 streams.
 #[derive(Debug, Clone, Copy)]
@@ -30,33 +41,45 @@ where
     }
 }
 
-/// Drain state broadcast from the main thread: `Some(deadline)` once draining.
-pub type DrainState = Option<std::time::Instant>;
-
-/// Waits for the start of a drain.
-#[derive(Debug, Clone)]
-pub struct DrainSignal(watch::Receiver<DrainState>);
-
-impl DrainSignal {
-    /// Resolves once draining has begun (at once if it already has).
-    pub async fn wait(&mut self) {
-        let _ = self.0.wait_for(|s| s.is_some()).await;
-    }
+/// What the main thread tells a worker.
+#[derive(Debug)]
+pub enum WorkerUpdate {
+    /// The configuration now in force, with the listen sockets bound for this worker for the
+    /// listeners that need new ones (by listener name).
+    Config {
+        /// The snapshot.
+        snapshot: Arc<Snapshot>,
+        /// New sockets by listener name.
+        sockets: HashMap<String, std::net::TcpListener>,
+        /// How long a replaced or removed listener's connections may take to finish.
+        drain_time: Duration,
+    },
+    /// Drain listeners: `/drain_listeners` (only inbound ones with `inbound_only`) or the
+    /// process's shutdown, after which the worker exits once idle or at the deadline.
+    Drain {
+        /// The drain.
+        draining: Draining,
+        /// Only listeners whose `traffic_direction` is INBOUND.
+        inbound_only: bool,
+    },
 }
 
 /// What every worker is started with.
 #[derive(Debug, Clone)]
 pub struct Shared {
-    /// Clusters with their cross-worker host counters.
-    pub clusters: Vec<Arc<ClusterInfo>>,
     /// Access log flush interval.
     pub flush_interval: Duration,
-    /// The drain broadcast.
-    pub drain: watch::Receiver<DrainState>,
     /// Set by the admin's `POST /healthcheck/fail`: responses then ask HTTP/1.1 clients to close.
     pub health_failed: Arc<AtomicBool>,
-    /// The addresses of every listener, to refuse ORIGINAL_DST connections back to ourselves.
-    pub listener_addresses: Arc<Vec<std::net::SocketAddr>>,
+    /// `--drain-strategy`.
+    pub drain_strategy: crate::drain::DrainStrategy,
+}
+
+/// A listener running on this worker.
+struct Active {
+    config: Arc<model::Listener>,
+    listener: Rc<listener::Shared>,
+    socket: Option<Rc<TcpListener>>,
 }
 
 /// One worker's state, shared by its tasks.
@@ -70,37 +93,41 @@ pub struct Worker {
     pub clusters: ClusterManager,
     /// This worker's access log buffers.
     pub access_log: Rc<access_log::Writer>,
-    drain: watch::Receiver<DrainState>,
-    health_failed: Arc<AtomicBool>,
-    listener_addresses: Arc<Vec<std::net::SocketAddr>>,
+    /// Route configurations from RDS, by name.
+    routes: RefCell<HashMap<String, Arc<RouteTable>>>,
+    /// Set by `POST /healthcheck/fail`.
+    pub health_failed: Arc<AtomicBool>,
+    /// `--drain-strategy`.
+    pub drain_strategy: crate::drain::DrainStrategy,
+    listener_addresses: RefCell<Vec<SocketAddr>>,
+    listeners: RefCell<HashMap<String, Active>>,
+    handoff: Rc<listener::HandOff>,
     connections: Cell<usize>,
     idle: Notify,
 }
 
+impl std::fmt::Debug for Active {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Active")
+            .field("listener", &self.config.name)
+            .finish()
+    }
+}
+
 impl Worker {
-    /// A signal that resolves when draining starts.
-    pub fn drain_signal(&self) -> DrainSignal {
-        DrainSignal(self.drain.clone())
-    }
-
-    /// True once draining has begun.
-    pub fn draining(&self) -> bool {
-        self.drain.borrow().is_some()
-    }
-
-    /// True when HTTP/1.1 responses should carry `connection: close`: draining, or failing
-    /// health checks (Envoy's drain-close).
-    pub fn closing_connections(&self) -> bool {
-        self.draining() || self.health_failed.load(Ordering::Relaxed)
-    }
-
     /// True when `dest` is one of this proxy's own listeners: a connection that was not
     /// redirected reports its listener as its original destination, and following it to an
     /// ORIGINAL_DST cluster would loop back into the proxy.
-    pub fn is_own_listener(&self, dest: std::net::SocketAddr) -> bool {
+    pub fn is_own_listener(&self, dest: SocketAddr) -> bool {
         self.listener_addresses
+            .borrow()
             .iter()
             .any(|l| l.port() == dest.port() && (l.ip() == dest.ip() || l.ip().is_unspecified()))
+    }
+
+    /// The route configuration called `name` in force now (RDS).
+    pub fn route_table(&self, name: &str) -> Option<Arc<RouteTable>> {
+        self.routes.borrow().get(name).cloned()
     }
 
     /// Counts a downstream connection until the guard drops.
@@ -116,6 +143,96 @@ impl Worker {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// Puts a snapshot in force on this worker: listeners started, replaced (keeping the
+    /// socket when the address is the same, so no connection is refused) or drained; clusters
+    /// and routes swapped for the streams that start from now on.
+    fn apply(
+        self: &Rc<Self>,
+        snapshot: &Snapshot,
+        mut sockets: HashMap<String, std::net::TcpListener>,
+        drain_time: Duration,
+    ) {
+        self.clusters.update(&snapshot.clusters, &self.shard);
+        *self.routes.borrow_mut() = snapshot.routes.clone();
+        let modify = Draining {
+            kind: DrainKind::Modify,
+            started: std::time::Instant::now(),
+            deadline: crate::server::deadline_after(drain_time),
+            accepting: false,
+            asks_close: true,
+            force_close: true,
+        };
+        let mut old = std::mem::take(&mut *self.listeners.borrow_mut());
+        let mut next = HashMap::new();
+        for config in &snapshot.listeners {
+            let prev = old.remove(&config.name);
+            if let Some(p) = &prev {
+                if Arc::ptr_eq(&p.config, config) {
+                    next.insert(config.name.clone(), prev.expect("checked"));
+                    continue;
+                }
+            }
+            let socket = match sockets.remove(&config.name) {
+                Some(s) => match TcpListener::from_std(s) {
+                    Ok(s) => Some(Rc::new(s)),
+                    Err(e) => {
+                        tracing::error!(worker = self.id, listener = %config.name, error = %e, "cannot use listen socket");
+                        None
+                    }
+                },
+                // Same address: the new listener takes over the old one's socket.
+                None => prev.as_ref().and_then(|p| p.socket.clone()),
+            };
+            let shared = listener::Shared::new(
+                self.clone(),
+                config.clone(),
+                self.handoff.clone(),
+                self.health_failed.clone(),
+                prev.as_ref().map(|p| &*p.listener),
+            );
+            if let Some(p) = prev {
+                p.listener.retire(modify, &shared);
+            }
+            if let Some(s) = &socket {
+                tokio::task::spawn_local(listener::accept_loop(shared.clone(), s.clone()));
+            }
+            next.insert(
+                config.name.clone(),
+                Active {
+                    config: config.clone(),
+                    listener: shared,
+                    socket,
+                },
+            );
+        }
+        for (_, gone) in old {
+            gone.listener.drain_all(modify);
+        }
+        *self.listener_addresses.borrow_mut() = snapshot
+            .listeners
+            .iter()
+            .filter(|l| l.bind_to_port)
+            .map(|l| l.address)
+            .collect();
+        self.handoff
+            .set(next.values().map(|a| a.listener.clone()).collect());
+        *self.listeners.borrow_mut() = next;
+    }
+
+    /// Drains this worker's listeners (only inbound ones with `inbound_only`).
+    fn drain_listeners(&self, draining: Draining, inbound_only: bool) {
+        for a in self.listeners.borrow_mut().values_mut() {
+            if !inbound_only || a.config.inbound {
+                a.listener.drain_all(draining);
+                if !draining.accepting {
+                    // Stopped for good: the socket closes once its accept loop ends, so new
+                    // connections are refused rather than left in the backlog.
+                    a.socket = None;
+                }
+            }
         }
     }
 }
@@ -134,12 +251,13 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Starts worker `id` on its own thread with the listen sockets bound for it.
+/// Starts worker `id` on its own thread; it serves the configurations `updates` brings until
+/// a shutdown drain ends or the sender goes away.
 pub fn spawn(
     id: usize,
     shard: Arc<Shard>,
     shared: Shared,
-    sockets: Vec<(Arc<model::Listener>, Option<std::net::TcpListener>)>,
+    updates: mpsc::UnboundedReceiver<WorkerUpdate>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("worker_{id}"))
@@ -155,7 +273,7 @@ pub fn spawn(
                 }
             };
             let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, run(id, shard, shared, sockets));
+            local.block_on(&rt, run(id, shard, shared, updates));
         })
 }
 
@@ -163,32 +281,44 @@ async fn run(
     id: usize,
     shard: Arc<Shard>,
     shared: Shared,
-    sockets: Vec<(Arc<model::Listener>, Option<std::net::TcpListener>)>,
+    mut updates: mpsc::UnboundedReceiver<WorkerUpdate>,
 ) {
     let worker = Rc::new(Worker {
         id,
-        clusters: ClusterManager::new(&shared.clusters, &shard),
+        clusters: ClusterManager::default(),
         shard,
         access_log: access_log::Writer::new(),
-        drain: shared.drain.clone(),
+        routes: RefCell::new(HashMap::new()),
         health_failed: shared.health_failed.clone(),
-        listener_addresses: shared.listener_addresses.clone(),
+        drain_strategy: shared.drain_strategy,
+        listener_addresses: RefCell::new(Vec::new()),
+        listeners: RefCell::new(HashMap::new()),
+        handoff: Rc::new(listener::HandOff::default()),
         connections: Cell::new(0),
         idle: Notify::new(),
     });
     tokio::task::spawn_local(worker.access_log.clone().run_flusher(shared.flush_interval));
-    let handoff = Rc::new(listener::HandOff::default());
-    for (config, socket) in sockets {
-        match listener::Listener::new(worker.clone(), config, socket, handoff.clone()) {
-            Ok(l) => {
-                tokio::task::spawn_local(l.run());
+    let mut shutdown = None;
+    while let Some(update) = updates.recv().await {
+        match update {
+            WorkerUpdate::Config {
+                snapshot,
+                sockets,
+                drain_time,
+            } => worker.apply(&snapshot, sockets, drain_time),
+            WorkerUpdate::Drain {
+                draining,
+                inbound_only,
+            } => {
+                worker.drain_listeners(draining, inbound_only);
+                if draining.kind == DrainKind::Shutdown {
+                    shutdown = Some(draining.deadline);
+                    break;
+                }
             }
-            Err(e) => tracing::error!(worker = id, error = %e, "cannot start listener"),
         }
     }
-    let mut drain = worker.drain_signal();
-    drain.wait().await;
-    let deadline = (*shared.drain.borrow()).unwrap_or_else(std::time::Instant::now);
+    let deadline = shutdown.unwrap_or_else(std::time::Instant::now);
     // In-flight work may finish until the deadline; then whatever is left is closed.
     let _ = tokio::time::timeout_at(Instant::from_std(deadline), worker.wait_idle()).await;
     worker.clusters.close_idle();

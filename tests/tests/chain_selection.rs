@@ -522,3 +522,99 @@ async fn no_filter_chain_match_closes_and_counts() {
     })
     .await
 }
+
+/// How a connection ended, seen by a client that may have written `first` and then reads.
+async fn ending(port: u16, first: &[u8]) -> &'static str {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    if !first.is_empty() {
+        s.write_all(first).await.expect("write");
+    }
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
+        Ok(Ok(0)) => "closed",
+        Ok(Ok(_)) => "data",
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => "reset",
+        Ok(Err(_)) => "error",
+        Err(_) => "still open",
+    }
+}
+
+#[tokio::test]
+async fn a_chain_without_network_filters_closes_as_in_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let ups = Upstreams::start(&["plain"]).await;
+        let mut seen = Vec::new();
+        for kind in ["envoy", "skiff"] {
+            let (admin, empty, mixed) = (free_port(), free_port(), free_port());
+            let only_empty = json!({
+                "name": "empty",
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": empty } },
+                "filter_chains": [{}]
+            });
+            // TLS connections reach the chain without filters; plaintext ones the tcp_proxy.
+            let tls_empty = json!({
+                "name": "mixed",
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": mixed } },
+                "listener_filters": [{ "name": "envoy.filters.listener.tls_inspector", "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" } }],
+                "filter_chains": [
+                    { "filter_chain_match": { "transport_protocol": "tls" }, "filters": [] },
+                    { "filters": [tcp_proxy("plain", "plain")] }
+                ]
+            });
+            let v = bootstrap(
+                admin,
+                vec![only_empty, tls_empty],
+                vec![cluster("plain", &[ups.port("plain")])],
+            );
+            let p: ProxyProcess = if kind == "envoy" {
+                Envoy::start(&to_yaml(&v), &["--concurrency", "1"]).await
+            } else {
+                Skiff::start(&to_yaml(&v), &["--concurrency", "1"]).await
+            };
+            let quiet = ending(empty, b"").await;
+            let hello = ending(mixed, &client_hello(Some("x.test"), &[])).await;
+            let before = ups.len();
+            let plain = ending(mixed, b"plain bytes").await;
+            let reached = ups.len() - before;
+            let admin = p.admin();
+            let mut stats = Vec::new();
+            for port in [empty, mixed] {
+                for stat in [
+                    "downstream_cx_total",
+                    "downstream_cx_destroy",
+                    "network_extension_config_missing",
+                    "no_filter_chain_match",
+                ] {
+                    let name = format!("listener.127.0.0.1_{port}.{stat}");
+                    let want = if stat == "downstream_cx_total" || stat == "downstream_cx_destroy" {
+                        if port == empty { 1 } else { 2 }
+                    } else if stat == "network_extension_config_missing" {
+                        1
+                    } else {
+                        0
+                    };
+                    // Envoy settles its counters after the close; wait for them to agree
+                    // with what was sent, then record whatever they are.
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(3),
+                        admin.wait_stat(&name, Duration::from_secs(3), |v| v == want),
+                    )
+                    .await;
+                    stats.push((stat, admin.counter(&name).await));
+                }
+            }
+            seen.push((kind, quiet, hello, plain, reached, stats));
+        }
+        println!("{seen:#?}");
+        let (e, s) = (&seen[0], &seen[1]);
+        assert_eq!(
+            (e.1, e.2, e.4, &e.5),
+            (s.1, s.2, s.4, &s.5),
+            "envoy and skiff differ: {seen:#?}"
+        );
+        assert_eq!((e.1, e.4), ("closed", 1), "{seen:#?}");
+    })
+    .await
+}

@@ -141,10 +141,10 @@ async fn unhonoured_listener_field_is_unsupported() {
             return;
         }
         let mut v = base();
-        v["static_resources"]["listeners"][0]["tcp_fast_open_queue_length"] = json!(5);
+        v["static_resources"]["listeners"][0]["tcp_backlog_size"] = json!(5);
         assert_rejected(
             &to_yaml(&v),
-            "static_resources.listeners[0].tcp_fast_open_queue_length: unsupported",
+            "static_resources.listeners[0].tcp_backlog_size: unsupported",
         )
         .await;
     })

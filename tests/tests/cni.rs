@@ -599,6 +599,30 @@ ThreadingHTTPServer.daemon_threads = True
 ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 "#;
 
+/// Runs a test body on its own thread under a time limit, so that a hung plugin fails the
+/// test instead of the run (what the body made is then left for its drops to remove when
+/// the process ends).
+fn limited(name: &str, limit: Duration, body: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            body();
+            let _ = tx.send(());
+        })
+        .expect("test thread");
+    match rx.recv_timeout(limit) {
+        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(panic) = thread.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{name} did not finish within {limit:?}")
+        }
+    }
+}
+
 /// The outside address a pod's workload dials (the bridge's gateway in the node namespace).
 fn gateway(subnet: u8) -> String {
     format!("10.204.{subnet}.1:15002")
@@ -610,129 +634,135 @@ fn ebpf_backend_add_check_del_and_gc_as_a_runtime_drives_them() {
         return;
     }
     let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let node = Node::new("cnie", 1, "ebpf");
-    let dial = gateway(1);
+    limited(
+        "ebpf_backend_add_check_del_and_gc_as_a_runtime_drives_them",
+        Duration::from_secs(180),
+        move || {
+            let node = Node::new("cnie", 1, "ebpf");
+            let dial = gateway(1);
 
-    // A pod with a sidecar: ADD passes the bridge's result on, enrols the namespace, and the
-    // workload's connections land on the outbound port.
-    let a = node.pod("shop", true, json!({}));
-    let result = node.add(&a).unwrap_or_else(|e| panic!("ADD: {e:#}"));
-    assert!(
-        result["ips"][0]["address"]
-            .as_str()
-            .is_some_and(|ip| ip.starts_with("10.204.1.")),
-        "prevResult passed through: {result:#}"
-    );
-    assert_eq!(node.records(), [format!("{}.eth0.json", a.id)]);
-    let cookie = a
-        .cookie(&node.state_dir())
-        .expect("the record has the cookie");
-    assert!(enrolled().contains(&cookie), "{}", ebpf_status());
-    let probe = a.captured(&dial, 5000);
-    assert!(
-        probe.is_ok(),
-        "captured after ADD: {probe:?}\n{}",
-        ebpf_status()
-    );
-    node.check(&a).unwrap_or_else(|e| panic!("CHECK: {e:#}"));
+            // A pod with a sidecar: ADD passes the bridge's result on, enrols the namespace, and the
+            // workload's connections land on the outbound port.
+            let a = node.pod("shop", true, json!({}));
+            let result = node.add(&a).unwrap_or_else(|e| panic!("ADD: {e:#}"));
+            assert!(
+                result["ips"][0]["address"]
+                    .as_str()
+                    .is_some_and(|ip| ip.starts_with("10.204.1.")),
+                "prevResult passed through: {result:#}"
+            );
+            assert_eq!(node.records(), [format!("{}.eth0.json", a.id)]);
+            let cookie = a
+                .cookie(&node.state_dir())
+                .expect("the record has the cookie");
+            assert!(enrolled().contains(&cookie), "{}", ebpf_status());
+            let probe = a.captured(&dial, 5000);
+            assert!(
+                probe.is_ok(),
+                "captured after ADD: {probe:?}\n{}",
+                ebpf_status()
+            );
+            node.check(&a).unwrap_or_else(|e| panic!("CHECK: {e:#}"));
 
-    // A pod without a sidecar, and one in an excluded namespace: left alone, result unchanged.
-    let plain = node.pod("shop", false, json!({}));
-    let r = node
-        .add(&plain)
-        .unwrap_or_else(|e| panic!("ADD plain: {e:#}"));
-    assert!(r["ips"][0]["address"].is_string(), "{r:#}");
-    let system = node.pod("kube-system", true, json!({}));
-    node.add(&system)
-        .unwrap_or_else(|e| panic!("ADD kube-system: {e:#}"));
-    assert_eq!(node.records().len(), 1, "only the sidecar pod is recorded");
-    assert!(
-        plain.captured(&dial, 800).is_err(),
-        "a pod without a sidecar is not captured"
-    );
+            // A pod without a sidecar, and one in an excluded namespace: left alone, result unchanged.
+            let plain = node.pod("shop", false, json!({}));
+            let r = node
+                .add(&plain)
+                .unwrap_or_else(|e| panic!("ADD plain: {e:#}"));
+            assert!(r["ips"][0]["address"].is_string(), "{r:#}");
+            let system = node.pod("kube-system", true, json!({}));
+            node.add(&system)
+                .unwrap_or_else(|e| panic!("ADD kube-system: {e:#}"));
+            assert_eq!(node.records().len(), 1, "only the sidecar pod is recorded");
+            assert!(
+                plain.captured(&dial, 800).is_err(),
+                "a pod without a sidecar is not captured"
+            );
 
-    // An annotation that cannot be applied fails ADD with a CNI error naming it.
-    let bad = node.pod(
-        "shop",
-        true,
-        json!({"traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.0.0.0/33"}),
-    );
-    let e = node.add(&bad).expect_err("bad annotation");
-    assert_eq!(e["plugin"], "skiff-cni", "{e:#}");
-    assert_eq!(e["error"]["code"], 100, "{e:#}");
-    assert!(
-        e["error"]["details"]
-            .as_str()
-            .is_some_and(|d| d.contains("excludeOutboundIPRanges")),
-        "{e:#}"
-    );
-    assert!(e["error"]["cniVersion"].is_string() && e["error"]["msg"].is_string());
-    node.del(&bad)
-        .unwrap_or_else(|e| panic!("DEL after a failed ADD: {e:#}"));
+            // An annotation that cannot be applied fails ADD with a CNI error naming it.
+            let bad = node.pod(
+                "shop",
+                true,
+                json!({"traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.0.0.0/33"}),
+            );
+            let e = node.add(&bad).expect_err("bad annotation");
+            assert_eq!(e["plugin"], "skiff-cni", "{e:#}");
+            assert_eq!(e["error"]["code"], 100, "{e:#}");
+            assert!(
+                e["error"]["details"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("excludeOutboundIPRanges")),
+                "{e:#}"
+            );
+            assert!(e["error"]["cniVersion"].is_string() && e["error"]["msg"].is_string());
+            node.del(&bad)
+                .unwrap_or_else(|e| panic!("DEL after a failed ADD: {e:#}"));
 
-    // CHECK notices an enrolment removed behind the plugin's back; ADD again restores it.
-    let out = Command::new(skiff())
-        .args(["ebpf", "unenroll", "--netns", &a.netns()])
-        .output()
-        .expect("unenroll");
-    assert!(out.status.success(), "{}", text(&out));
-    let e = node.check(&a).expect_err("CHECK finds it gone");
-    assert_eq!(e["error"]["code"], 102, "{e:#}");
-    // (skiff's plugin alone, with the cached result: the bridge's veth already exists.)
-    let cached = node.cached(&a).expect("a cached result");
-    let again = node
-        .skiff_only(
-            "ADD",
-            json!({"cniVersion": "1.0.0", "prevResult": cached}),
-            &a,
-        )
-        .unwrap_or_else(|e| panic!("ADD again: {e:#}"));
-    assert_eq!(again, cached, "prevResult passed through unchanged");
-    node.check(&a)
-        .unwrap_or_else(|e| panic!("CHECK after ADD again: {e:#}"));
+            // CHECK notices an enrolment removed behind the plugin's back; ADD again restores it.
+            let out = Command::new(skiff())
+                .args(["ebpf", "unenroll", "--netns", &a.netns()])
+                .output()
+                .expect("unenroll");
+            assert!(out.status.success(), "{}", text(&out));
+            let e = node.check(&a).expect_err("CHECK finds it gone");
+            assert_eq!(e["error"]["code"], 102, "{e:#}");
+            // (skiff's plugin alone, with the cached result: the bridge's veth already exists.)
+            let cached = node.cached(&a).expect("a cached result");
+            let again = node
+                .skiff_only(
+                    "ADD",
+                    json!({"cniVersion": "1.0.0", "prevResult": cached}),
+                    &a,
+                )
+                .unwrap_or_else(|e| panic!("ADD again: {e:#}"));
+            assert_eq!(again, cached, "prevResult passed through unchanged");
+            node.check(&a)
+                .unwrap_or_else(|e| panic!("CHECK after ADD again: {e:#}"));
 
-    // STATUS: ready while the programs are attached.
-    node.skiff_only("STATUS", json!({}), &a)
-        .unwrap_or_else(|e| panic!("STATUS: {e:#}"));
+            // STATUS: ready while the programs are attached.
+            node.skiff_only("STATUS", json!({}), &a)
+                .unwrap_or_else(|e| panic!("STATUS: {e:#}"));
 
-    // GC: the runtime still knows `a` only; `b`'s enrolment is collected.
-    let b = node.pod("shop", true, json!({}));
-    node.add(&b).unwrap_or_else(|e| panic!("ADD b: {e:#}"));
-    let b_cookie = b.cookie(&node.state_dir()).expect("b recorded");
-    node.skiff_only(
-        "GC",
-        json!({"cni.dev/valid-attachments": [{"containerID": a.id, "ifname": "eth0"}]}),
-        &a,
-    )
-    .unwrap_or_else(|e| panic!("GC: {e:#}"));
-    assert_eq!(node.records(), [format!("{}.eth0.json", a.id)]);
-    let now = enrolled();
-    assert!(
-        now.contains(&cookie) && !now.contains(&b_cookie),
-        "{now:?} {}",
-        ebpf_status()
-    );
-    assert!(b.captured(&dial, 800).is_err(), "b is released by GC");
-    node.del(&b)
-        .unwrap_or_else(|e| panic!("DEL b after GC: {e:#}"));
+            // GC: the runtime still knows `a` only; `b`'s enrolment is collected.
+            let b = node.pod("shop", true, json!({}));
+            node.add(&b).unwrap_or_else(|e| panic!("ADD b: {e:#}"));
+            let b_cookie = b.cookie(&node.state_dir()).expect("b recorded");
+            node.skiff_only(
+                "GC",
+                json!({"cni.dev/valid-attachments": [{"containerID": a.id, "ifname": "eth0"}]}),
+                &a,
+            )
+            .unwrap_or_else(|e| panic!("GC: {e:#}"));
+            assert_eq!(node.records(), [format!("{}.eth0.json", a.id)]);
+            let now = enrolled();
+            assert!(
+                now.contains(&cookie) && !now.contains(&b_cookie),
+                "{now:?} {}",
+                ebpf_status()
+            );
+            assert!(b.captured(&dial, 800).is_err(), "b is released by GC");
+            node.del(&b)
+                .unwrap_or_else(|e| panic!("DEL b after GC: {e:#}"));
 
-    // DEL releases the pod; twice, and for pods never added, succeeds.
-    node.del(&a).unwrap_or_else(|e| panic!("DEL: {e:#}"));
-    assert!(node.records().is_empty(), "{:?}", node.records());
-    assert!(!enrolled().contains(&cookie), "{}", ebpf_status());
-    assert!(a.captured(&dial, 800).is_err(), "not captured after DEL");
-    node.del(&a).unwrap_or_else(|e| panic!("DEL again: {e:#}"));
-    node.del(&plain)
-        .unwrap_or_else(|e| panic!("DEL plain: {e:#}"));
-    node.del(&system)
-        .unwrap_or_else(|e| panic!("DEL kube-system: {e:#}"));
-    let never = node.pod("shop", true, json!({}));
-    node.del(&never)
-        .unwrap_or_else(|e| panic!("DEL of a pod never added: {e:#}"));
-    assert_eq!(
-        node.leftovers(),
-        (vec![], vec![]),
-        "veths and addresses released"
+            // DEL releases the pod; twice, and for pods never added, succeeds.
+            node.del(&a).unwrap_or_else(|e| panic!("DEL: {e:#}"));
+            assert!(node.records().is_empty(), "{:?}", node.records());
+            assert!(!enrolled().contains(&cookie), "{}", ebpf_status());
+            assert!(a.captured(&dial, 800).is_err(), "not captured after DEL");
+            node.del(&a).unwrap_or_else(|e| panic!("DEL again: {e:#}"));
+            node.del(&plain)
+                .unwrap_or_else(|e| panic!("DEL plain: {e:#}"));
+            node.del(&system)
+                .unwrap_or_else(|e| panic!("DEL kube-system: {e:#}"));
+            let never = node.pod("shop", true, json!({}));
+            node.del(&never)
+                .unwrap_or_else(|e| panic!("DEL of a pod never added: {e:#}"));
+            assert_eq!(
+                node.leftovers(),
+                (vec![], vec![]),
+                "veths and addresses released"
+            );
+        },
     );
 }
 
@@ -742,46 +772,53 @@ fn iptables_backend_applies_and_removes_rules_inside_the_pod() {
         return;
     }
     let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let node = Node::new("cnii", 2, "iptables");
-    let dial = gateway(2);
-    let pod = node.pod(
-        "shop",
-        true,
-        json!({"traffic.sidecar.istio.io/excludeOutboundPorts": "5432"}),
+    limited(
+        "iptables_backend_applies_and_removes_rules_inside_the_pod",
+        Duration::from_secs(180),
+        move || {
+            let node = Node::new("cnii", 2, "iptables");
+            let dial = gateway(2);
+            let pod = node.pod(
+                "shop",
+                true,
+                json!({"traffic.sidecar.istio.io/excludeOutboundPorts": "5432"}),
+            );
+            let nat = |p: &Pod| {
+                String::from_utf8_lossy(&p.ns.exec(&["iptables-save", "-t", "nat"]).stdout)
+                    .into_owned()
+            };
+            let before = nat(&pod);
+            node.add(&pod).unwrap_or_else(|e| panic!("ADD: {e:#}"));
+            let rules = nat(&pod);
+            for want in [
+                ":ISTIO_OUTPUT",
+                "-A OUTPUT -j ISTIO_OUTPUT",
+                "--to-ports 15001",
+                "--dports 5432 -j RETURN",
+            ] {
+                assert!(rules.contains(want), "missing `{want}` in:\n{rules}");
+            }
+            let probe = pod.captured(&dial, 5000);
+            assert!(probe.is_ok(), "captured by the rules: {probe:?}");
+            node.check(&pod).unwrap_or_else(|e| panic!("CHECK: {e:#}"));
+            node.skiff_only("STATUS", json!({}), &pod)
+                .unwrap_or_else(|e| panic!("STATUS: {e:#}"));
+            node.del(&pod).unwrap_or_else(|e| panic!("DEL: {e:#}"));
+            let after = nat(&pod);
+            assert!(!after.contains("ISTIO_"), "rules left after DEL:\n{after}");
+            let strip = |s: &str| {
+                s.lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            assert_eq!(strip(&after), strip(&before), "the nat table is as it was");
+            assert!(pod.captured(&dial, 800).is_err(), "not captured after DEL");
+            node.del(&pod)
+                .unwrap_or_else(|e| panic!("DEL again: {e:#}"));
+            assert!(node.records().is_empty());
+        },
     );
-    let nat = |p: &Pod| {
-        String::from_utf8_lossy(&p.ns.exec(&["iptables-save", "-t", "nat"]).stdout).into_owned()
-    };
-    let before = nat(&pod);
-    node.add(&pod).unwrap_or_else(|e| panic!("ADD: {e:#}"));
-    let rules = nat(&pod);
-    for want in [
-        ":ISTIO_OUTPUT",
-        "-A OUTPUT -j ISTIO_OUTPUT",
-        "--to-ports 15001",
-        "--dports 5432 -j RETURN",
-    ] {
-        assert!(rules.contains(want), "missing `{want}` in:\n{rules}");
-    }
-    let probe = pod.captured(&dial, 5000);
-    assert!(probe.is_ok(), "captured by the rules: {probe:?}");
-    node.check(&pod).unwrap_or_else(|e| panic!("CHECK: {e:#}"));
-    node.skiff_only("STATUS", json!({}), &pod)
-        .unwrap_or_else(|e| panic!("STATUS: {e:#}"));
-    node.del(&pod).unwrap_or_else(|e| panic!("DEL: {e:#}"));
-    let after = nat(&pod);
-    assert!(!after.contains("ISTIO_"), "rules left after DEL:\n{after}");
-    let strip = |s: &str| {
-        s.lines()
-            .filter(|l| !l.starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    assert_eq!(strip(&after), strip(&before), "the nat table is as it was");
-    assert!(pod.captured(&dial, 800).is_err(), "not captured after DEL");
-    node.del(&pod)
-        .unwrap_or_else(|e| panic!("DEL again: {e:#}"));
-    assert!(node.records().is_empty());
 }
 
 #[test]
@@ -790,45 +827,51 @@ fn fifty_pods_added_and_deleted_at_once_leave_nothing_behind() {
         return;
     }
     let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let node = Node::new("cnic", 3, "ebpf");
-    let before = enrolled();
-    let pods: Vec<Pod> = (0..50).map(|_| node.pod("shop", true, json!({}))).collect();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = pods.iter().map(|p| s.spawn(|| node.add(p))).collect();
-        for h in handles {
-            if let Err(e) = h.join().expect("ADD thread") {
-                panic!("concurrent ADD: {e:#}");
-            }
-        }
-    });
-    assert_eq!(node.records().len(), 50);
-    let cookies: Vec<u64> = pods
-        .iter()
-        .map(|p| p.cookie(&node.state_dir()).expect("recorded"))
-        .collect();
-    let now = enrolled();
-    assert!(cookies.iter().all(|c| now.contains(c)), "all 50 enrolled");
-    // One of them, picked from the middle, really is captured.
-    let probe = pods[25].captured(&gateway(3), 5000);
-    assert!(probe.is_ok(), "{probe:?}");
-    std::thread::scope(|s| {
-        let handles: Vec<_> = pods.iter().map(|p| s.spawn(|| node.del(p))).collect();
-        for h in handles {
-            if let Err(e) = h.join().expect("DEL thread") {
-                panic!("concurrent DEL: {e:#}");
-            }
-        }
-    });
-    assert!(node.records().is_empty(), "{:?}", node.records());
-    let mut after = enrolled();
-    after.sort_unstable();
-    let mut before = before;
-    before.sort_unstable();
-    assert_eq!(after, before, "no enrolment left: {}", ebpf_status());
-    assert_eq!(
-        node.leftovers(),
-        (vec![], vec![]),
-        "veths and addresses released"
+    limited(
+        "fifty_pods_added_and_deleted_at_once_leave_nothing_behind",
+        Duration::from_secs(180),
+        move || {
+            let node = Node::new("cnic", 3, "ebpf");
+            let before = enrolled();
+            let pods: Vec<Pod> = (0..50).map(|_| node.pod("shop", true, json!({}))).collect();
+            std::thread::scope(|s| {
+                let handles: Vec<_> = pods.iter().map(|p| s.spawn(|| node.add(p))).collect();
+                for h in handles {
+                    if let Err(e) = h.join().expect("ADD thread") {
+                        panic!("concurrent ADD: {e:#}");
+                    }
+                }
+            });
+            assert_eq!(node.records().len(), 50);
+            let cookies: Vec<u64> = pods
+                .iter()
+                .map(|p| p.cookie(&node.state_dir()).expect("recorded"))
+                .collect();
+            let now = enrolled();
+            assert!(cookies.iter().all(|c| now.contains(c)), "all 50 enrolled");
+            // One of them, picked from the middle, really is captured.
+            let probe = pods[25].captured(&gateway(3), 5000);
+            assert!(probe.is_ok(), "{probe:?}");
+            std::thread::scope(|s| {
+                let handles: Vec<_> = pods.iter().map(|p| s.spawn(|| node.del(p))).collect();
+                for h in handles {
+                    if let Err(e) = h.join().expect("DEL thread") {
+                        panic!("concurrent DEL: {e:#}");
+                    }
+                }
+            });
+            assert!(node.records().is_empty(), "{:?}", node.records());
+            let mut after = enrolled();
+            after.sort_unstable();
+            let mut before = before;
+            before.sort_unstable();
+            assert_eq!(after, before, "no enrolment left: {}", ebpf_status());
+            assert_eq!(
+                node.leftovers(),
+                (vec![], vec![]),
+                "veths and addresses released"
+            );
+        },
     );
 }
 
@@ -856,38 +899,44 @@ fn a_sandbox_started_by_runc_is_captured_and_released() {
         return;
     }
     let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let node = Node::new("cnir", 4, "ebpf");
-    let mut pod = node.pod("shop", true, json!({}));
-    let id = format!("skiff-cni-{}", std::process::id());
-    pod.sandbox = Some(RuncSandbox::start(&node.dir, &id));
-    assert_ne!(
-        std::fs::read_link(pod.netns()).ok(),
-        std::fs::read_link("/proc/self/ns/net").ok(),
-        "the sandbox has a network namespace of its own"
+    limited(
+        "a_sandbox_started_by_runc_is_captured_and_released",
+        Duration::from_secs(180),
+        move || {
+            let node = Node::new("cnir", 4, "ebpf");
+            let mut pod = node.pod("shop", true, json!({}));
+            let id = format!("skiff-cni-{}", std::process::id());
+            pod.sandbox = Some(RuncSandbox::start(&node.dir, &id));
+            assert_ne!(
+                std::fs::read_link(pod.netns()).ok(),
+                std::fs::read_link("/proc/self/ns/net").ok(),
+                "the sandbox has a network namespace of its own"
+            );
+            let result = node.add(&pod).unwrap_or_else(|e| panic!("ADD: {e:#}"));
+            assert!(
+                result["ips"][0]["address"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("10.204.4.")),
+                "{result:#}"
+            );
+            let probe = pod.captured(&gateway(4), 5000);
+            assert!(
+                probe.is_ok(),
+                "a workload in the runc sandbox's namespace is captured: {probe:?}"
+            );
+            node.check(&pod).unwrap_or_else(|e| panic!("CHECK: {e:#}"));
+            let cookie = pod.cookie(&node.state_dir()).expect("recorded");
+            // The runtime tears the sandbox down, then calls DEL: the namespace is gone by then, and
+            // the enrolment still goes (it is keyed by the cookie the record kept).
+            if let Some(s) = &pod.sandbox {
+                s.stop();
+            }
+            node.del(&pod)
+                .unwrap_or_else(|e| panic!("DEL after the sandbox is gone: {e:#}"));
+            assert!(!enrolled().contains(&cookie), "{}", ebpf_status());
+            assert!(node.records().is_empty());
+            node.del(&pod)
+                .unwrap_or_else(|e| panic!("DEL again: {e:#}"));
+        },
     );
-    let result = node.add(&pod).unwrap_or_else(|e| panic!("ADD: {e:#}"));
-    assert!(
-        result["ips"][0]["address"]
-            .as_str()
-            .is_some_and(|a| a.starts_with("10.204.4.")),
-        "{result:#}"
-    );
-    let probe = pod.captured(&gateway(4), 5000);
-    assert!(
-        probe.is_ok(),
-        "a workload in the runc sandbox's namespace is captured: {probe:?}"
-    );
-    node.check(&pod).unwrap_or_else(|e| panic!("CHECK: {e:#}"));
-    let cookie = pod.cookie(&node.state_dir()).expect("recorded");
-    // The runtime tears the sandbox down, then calls DEL: the namespace is gone by then, and
-    // the enrolment still goes (it is keyed by the cookie the record kept).
-    if let Some(s) = &pod.sandbox {
-        s.stop();
-    }
-    node.del(&pod)
-        .unwrap_or_else(|e| panic!("DEL after the sandbox is gone: {e:#}"));
-    assert!(!enrolled().contains(&cookie), "{}", ebpf_status());
-    assert!(node.records().is_empty());
-    node.del(&pod)
-        .unwrap_or_else(|e| panic!("DEL again: {e:#}"));
 }

@@ -214,7 +214,7 @@ async fn tproxy_inbound_preserves_the_client_address() {
             let out = skiff_iptables(&app, &["-m", "TPROXY", "-b", "*", "-u", PROXY_UID]);
             assert!(out.status.success(), "{}", text(&out));
             let cfg = app.dir.join("tproxy.yaml");
-            std::fs::write(&cfg, TPROXY_INBOUND_CONFIG).expect("config");
+            std::fs::write(&cfg, tproxy_inbound_config(TCP_PROXY_FILTER)).expect("config");
             let bin = Kind::Skiff.binary().to_string_lossy().into_owned();
             let cfg = cfg.to_string_lossy().into_owned();
             // IP_TRANSPARENT needs CAP_NET_ADMIN: the proxy runs as root here.
@@ -241,31 +241,39 @@ async fn tproxy_inbound_preserves_the_client_address() {
     .await
 }
 
-const TPROXY_INBOUND_CONFIG: &str = r#"
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: 15000}}}
+/// The TPROXY inbound listener (original_dst, then original_src with mark 1337) with `filter`
+/// (YAML, indented as a filter list item) in front of the ORIGINAL_DST `inbound_passthrough`.
+fn tproxy_inbound_config(filter: &str) -> String {
+    format!(
+        r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 15000}}}}}}
 static_resources:
   listeners:
   - name: virtualInbound
-    address: {socket_address: {address: 0.0.0.0, port_value: 15006}}
+    address: {{socket_address: {{address: 0.0.0.0, port_value: 15006}}}}
     transparent: true
     listener_filters:
     - name: envoy.filters.listener.original_dst
-      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}
+      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}}
     - name: envoy.filters.listener.original_src
-      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc, mark: 1337}
+      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc, mark: 1337}}
     filter_chains:
     - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: inbound
-          cluster: inbound_passthrough
+{filter}
   clusters:
   - name: inbound_passthrough
     type: ORIGINAL_DST
     lb_policy: CLUSTER_PROVIDED
     connect_timeout: 1s
-"#;
+"#
+    )
+}
+
+const TCP_PROXY_FILTER: &str = r#"      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: inbound
+          cluster: inbound_passthrough"#;
 
 fn start_app(ns: &mut Netns, port: &str, log: &str) {
     ns.spawn(
@@ -428,3 +436,119 @@ async fn run_validation_passes_with_rules_and_fails_without() {
     })
     .await
 }
+
+/// TPROXY inbound to an HTTP connection manager with original_src: each request reaches the
+/// app from its own client's address, over upstream connections pooled per client address
+/// (two requests from one client share one; another client gets its own), with skiff and with
+/// Envoy 1.40 the same.
+#[tokio::test]
+async fn tproxy_inbound_http_original_src_pools_per_client_address() {
+    run_for(Duration::from_secs(120), async {
+        tokio::task::spawn_blocking(|| {
+            let mut seen = Vec::new();
+            for (kind, tag) in [(Kind::Envoy, "hoe"), (Kind::Skiff, "hos")] {
+                let (client, mut app) = pair(tag);
+                // A second client address on the same side.
+                let (vc, _) = skiff_tests::netns::veth_names(tag);
+                client.exec(&["ip", "addr", "add", "10.99.0.3/24", "dev", &vc]);
+                // HTTP/1.1 with keep-alive, so the proxy's upstream connections are reused.
+                app.spawn(
+                    &[
+                        "python3",
+                        "-m",
+                        "http.server",
+                        "--protocol",
+                        "HTTP/1.1",
+                        "8080",
+                        "--bind",
+                        "10.99.0.2",
+                    ],
+                    "app.log",
+                );
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !app.log("app.log").contains("Serving HTTP") && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let out = skiff_iptables(&app, &["-m", "TPROXY", "-b", "*", "-u", PROXY_UID]);
+                assert!(out.status.success(), "{}", text(&out));
+                let cfg = app.dir.join("tproxy-http.yaml");
+                std::fs::write(&cfg, tproxy_inbound_config(HCM_FILTER)).expect("config");
+                let bin = kind.binary().to_string_lossy().into_owned();
+                let cfg = cfg.to_string_lossy().into_owned();
+                let mut args = vec![bin.as_str(), "-c", &cfg, "--concurrency", "1"];
+                let base_id = (std::process::id() % 10_000).to_string();
+                if kind == Kind::Envoy {
+                    args.extend(["--disable-hot-restart", "--base-id", &base_id]);
+                }
+                app.spawn(&args, "proxy.log");
+                app.wait_ready(kind.name(), "proxy.log");
+
+                let curl_from = |src: &str| {
+                    let out = client
+                        .command(&[
+                            "curl",
+                            "-s",
+                            "-o",
+                            "/dev/null",
+                            "-m",
+                            "5",
+                            "-w",
+                            "%{http_code}",
+                            "--interface",
+                            src,
+                            "http://10.99.0.2:8080/",
+                        ])
+                        .output()
+                        .expect("run curl");
+                    String::from_utf8_lossy(&out.stdout).into_owned()
+                };
+                let mut codes = Vec::new();
+                let mut upstream_cx = Vec::new();
+                for src in ["10.99.0.1", "10.99.0.1", "10.99.0.3", "10.99.0.1"] {
+                    codes.push(curl_from(src));
+                    upstream_cx.push(app.stat("cluster.inbound_passthrough.upstream_cx_total"));
+                }
+                let clients: Vec<String> = app
+                    .log("app.log")
+                    .lines()
+                    .filter(|l| l.contains("\"GET / HTTP/1.1\""))
+                    .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                    .collect();
+                let http = app.stat("http.inbound.downstream_rq_total");
+                seen.push((kind.name(), codes, clients, upstream_cx, http));
+                if kind == Kind::Skiff {
+                    println!("proxy log:\n{}", app.log("proxy.log"));
+                }
+            }
+            println!("{seen:#?}");
+            assert_eq!(
+                seen[0].2,
+                ["10.99.0.1", "10.99.0.1", "10.99.0.3", "10.99.0.1"],
+                "Envoy: the app sees each request's own client: {seen:#?}"
+            );
+            assert_eq!(
+                (&seen[0].1, &seen[0].2, &seen[0].3, seen[0].4),
+                (&seen[1].1, &seen[1].2, &seen[1].3, seen[1].4),
+                "skiff and Envoy differ: {seen:#?}"
+            );
+        })
+        .await
+        .expect("test thread");
+    })
+    .await
+}
+
+const HCM_FILTER: &str = r#"      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: inbound
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: inbound_passthrough}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}"#;

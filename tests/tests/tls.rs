@@ -434,6 +434,12 @@ async fn a_missing_certificate_file_is_a_configuration_error_naming_the_field() 
 /// of the HCM routing to an echo upstream.
 async fn start_terminating(up_port: u16, tls: Value) -> (ProxyProcess, u16) {
     let (admin, port) = (free_port(), free_port());
+    let yaml = terminating_config(admin, port, tls, cluster("svc", &[up_port]));
+    (start_under_test(&yaml, &[]).await, port)
+}
+
+/// The bootstrap of [`start_terminating`], with the cluster `svc` given.
+fn terminating_config(admin: u16, port: u16, tls: Value, svc: Value) -> String {
     let mut l = listener(
         "https",
         "127.0.0.1",
@@ -441,8 +447,7 @@ async fn start_terminating(up_port: u16, tls: Value) -> (ProxyProcess, u16) {
         hcm("in", vec![vhost("all", &["*"], vec![route("/", "svc")])]),
     );
     l["filter_chains"][0]["transport_socket"] = tls;
-    let v = bootstrap(admin, vec![l], vec![cluster("svc", &[up_port])]);
-    (start_under_test(&to_yaml(&v), &[]).await, port)
+    to_yaml(&bootstrap(admin, vec![l], vec![svc]))
 }
 
 fn downstream_tls(certs: &[&(PathBuf, PathBuf)], client_ca: Option<(&Path, Vec<Value>)>) -> Value {
@@ -827,6 +832,97 @@ print(ask(), flush=True)
         out.read_line(&mut line).await.expect("second answer");
         assert_eq!(line.trim(), "HTTP/1.1 200 OK", "the live connection still works");
         let _ = live.wait().await;
+    })
+    .await
+}
+
+/// The X.509 v1 certificate and PKCS#8 RSA key inlined in Envoy's compression sandboxes
+/// (envoyproxy/examples brotli, gzip, zstd; subject `CN=front-envoy`).
+fn sandbox_v1_pair() -> (PathBuf, PathBuf) {
+    let dir = skiff_tests::workspace_root().join("proxy/src/tls/testdata");
+    (
+        dir.join("envoy-examples-v1.crt"),
+        dir.join("envoy-examples-v1.key"),
+    )
+}
+
+/// Runs `openssl` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    skiff_tests::require_program("openssl", "apt-get install openssl");
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_v1_certificate_serves_and_is_served_as_in_envoy() {
+    run(async {
+        let pki = Pki::new("tls-v1");
+        let v1 = sandbox_v1_pair();
+        // The upstream serves the same v1 certificate; the cluster has no validation context,
+        // so neither proxy checks it, but both must still verify its handshake signature.
+        let up = Upstream::start(&pki, &v1, false);
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let (admin, port) = (free_port(), free_port());
+            let mut c = cluster("svc", &[up.port]);
+            c["transport_socket"] = upstream_tls(None, None, None);
+            let yaml = terminating_config(admin, port, downstream_tls(&[&v1], None), c);
+            let p = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+            // curl trusts the v1 certificate itself and checks its common name.
+            let r = curl_async("front-envoy", port, v1.0.clone(), None).await;
+            let handshakes = p
+                .admin()
+                .counter(&format!("listener.127.0.0.1_{port}.ssl.handshake"))
+                .await;
+            let upstream_handshakes = p.admin().counter("cluster.svc.ssl.handshake").await;
+            seen.push((kind.name(), r, handshakes, upstream_handshakes));
+        }
+        assert_eq!(seen[0].1, Ok("200 2".to_string()), "{seen:?}");
+        assert_eq!(
+            (&seen[0].1, seen[0].2, seen[0].3),
+            (&seen[1].1, seen[1].2, seen[1].3),
+            "{seen:?}"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_v1_certificate_with_another_key_is_refused_by_both() {
+    run(async {
+        let dir = scratch_dir("tls-v1-mismatch");
+        openssl(&dir, &["genrsa", "-traditional", "-out", "other.key", "2048"]);
+        let (crt, _) = sandbox_v1_pair();
+        let pair = (crt, dir.join("other.key"));
+        let yaml = terminating_config(
+            free_port(),
+            free_port(),
+            downstream_tls(&[&pair], None),
+            cluster("svc", &[free_port()]),
+        );
+        let cfg = skiff_tests::proxy::write_config("tls-v1-mismatch", &yaml);
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let out = run_cli(kind, &["--mode", "validate", "-c", cfg.path()]).await;
+            assert_ne!(out.code, Some(0), "{}: {}", kind.name(), out.output());
+            let wording = match kind {
+                Kind::Envoy => "KEY_VALUES_MISMATCH",
+                _ => "static_resources.listeners[0].filter_chains[0].transport_socket.typed_config.common_tls_context.tls_certificates[0]: the private key does not match the certificate",
+            };
+            assert!(
+                out.output().contains(wording),
+                "{}: {}",
+                kind.name(),
+                out.output()
+            );
+        }
     })
     .await
 }

@@ -5,6 +5,7 @@
 //! does not honour, naming its path. `translate` then builds the immutable [`model`] that the
 //! workers run; it checks values (enums, references between resources) with the same paths.
 
+pub mod discovery;
 pub mod model;
 pub mod proto;
 mod supported;
@@ -14,7 +15,16 @@ use std::fmt;
 
 use prost_reflect::DynamicMessage;
 
-pub use translate::translate;
+pub use translate::{
+    config_source as translate_config_source, listener_stat_prefix, resource, translate,
+};
+
+/// Secrets by name (`static_resources.secrets`, and those SDS brought), which TLS contexts'
+/// `sds_secret_configs` name.
+pub type Secrets = std::collections::HashMap<
+    String,
+    envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+>;
 
 /// A configuration error: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +85,8 @@ pub struct ConfigDump {
 /// A loaded bootstrap: the validated model and its dump.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// The bootstrap as decoded (updates from dynamic sources are compared with its resources).
+    pub proto: envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap,
     /// What the proxy runs.
     pub model: model::Bootstrap,
     /// What `/config_dump` shows.
@@ -86,6 +98,7 @@ pub fn load(source: &Source) -> Result<Loaded, ConfigError> {
     let (dynamic, bootstrap) = decode(source)?;
     let model = translate(&bootstrap)?;
     Ok(Loaded {
+        proto: bootstrap,
         model,
         dump: dump(&dynamic),
     })
@@ -126,6 +139,23 @@ fn decode(
     Ok((dynamic, bootstrap))
 }
 
+/// Every field of a bootstrap that skiff does not honour, and what decoding or translating it
+/// refuses otherwise (loading stops at the first; reports want them all).
+pub fn refusals(text: &str) -> Vec<ConfigError> {
+    let dynamic = match proto::message(proto::BOOTSTRAP).and_then(|d| proto::decode_text(text, d)) {
+        Ok(d) => d,
+        Err(e) => return vec![e],
+    };
+    let all = supported::unsupported(&dynamic);
+    if !all.is_empty() {
+        return all;
+    }
+    match proto::to_typed(&dynamic).and_then(|b| translate(&b)) {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![e],
+    }
+}
+
 /// Loads a bootstrap from text, as a file would be read (used by tests and the embedded default).
 pub fn load_text(text: &str) -> Result<Loaded, ConfigError> {
     let desc = proto::message(proto::BOOTSTRAP)?;
@@ -134,12 +164,13 @@ pub fn load_text(text: &str) -> Result<Loaded, ConfigError> {
     let bootstrap = proto::to_typed(&dynamic)?;
     let model = translate(&bootstrap)?;
     Ok(Loaded {
+        proto: bootstrap,
         model,
         dump: dump(&dynamic),
     })
 }
 
-fn to_json(msg: &DynamicMessage) -> serde_json::Value {
+pub(crate) fn to_json(msg: &DynamicMessage) -> serde_json::Value {
     let opts = prost_reflect::SerializeOptions::new()
         .skip_default_fields(true)
         .use_proto_field_name(true);
@@ -259,6 +290,7 @@ pub fn load_isolated(source: &Source) -> Result<Loaded, ConfigError> {
     let dump = serde_json::from_slice(&data[8 + len..]).map_err(|_| bad())?;
     Ok(Loaded {
         model: translate(&bootstrap)?,
+        proto: bootstrap,
         dump,
     })
 }

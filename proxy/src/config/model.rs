@@ -22,6 +22,30 @@ pub struct Bootstrap {
     pub listeners: Vec<Arc<Listener>>,
     /// `static_resources.clusters`.
     pub clusters: Vec<Arc<Cluster>>,
+    /// `dynamic_resources`: where listeners and clusters beyond the static ones come from.
+    pub dynamic: DynamicResources,
+}
+
+/// `dynamic_resources`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DynamicResources {
+    /// `lds_config`.
+    pub lds: Option<ConfigSource>,
+    /// `cds_config`.
+    pub cds: Option<ConfigSource>,
+}
+
+/// A `ConfigSource` skiff can follow: a file holding a `DiscoveryResponse` (YAML, or JSON),
+/// read again when a new file is moved into place, as Envoy's filesystem subscriptions do.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConfigSource {
+    /// `path_config_source.path` (or the legacy `path`).
+    pub path: std::path::PathBuf,
+    /// `path_config_source.watched_directory.path`: a move into this directory reloads `path`
+    /// (for Kubernetes ConfigMaps, whose files are swapped through a symlink).
+    pub watched_directory: Option<std::path::PathBuf>,
+    /// `initial_fetch_timeout` (default 15 s; none: wait for ever).
+    pub initial_fetch_timeout: Option<Duration>,
 }
 
 /// `node`: identity only.
@@ -77,6 +101,61 @@ pub struct Listener {
     pub transparent: bool,
     /// `freebind`: IP_FREEBIND, to bind an address the host does not have (yet).
     pub freebind: bool,
+    /// `drain_type`.
+    pub drain_type: DrainType,
+    /// `traffic_direction` is `INBOUND` (`/drain_listeners?inboundonly` drains only these).
+    pub inbound: bool,
+    /// `max_connections_to_accept_per_socket_event`: after this many accepts in a row the
+    /// accept loop lets the worker's connections run (none: accept all that are pending).
+    pub accept_batch: Option<u32>,
+    /// `socket_options` that apply to this listener's sockets (TCP, its address family).
+    pub socket_options: Vec<SocketOption>,
+    /// `tcp_fast_open_queue_length`: TCP Fast Open with this queue (0: off).
+    pub tcp_fast_open_queue_length: Option<u32>,
+}
+
+/// `envoy.config.core.v3.SocketOption`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketOption {
+    /// `level`.
+    pub level: i32,
+    /// `name`.
+    pub name: i32,
+    /// `int_value` (a C `int`) or `buf_value`.
+    pub value: SocketOptionValue,
+    /// `state`: when it is set.
+    pub state: SocketState,
+}
+
+/// A socket option's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketOptionValue {
+    /// `int_value`.
+    Int(i32),
+    /// `buf_value`.
+    Bytes(Vec<u8>),
+}
+
+/// `SocketOption.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketState {
+    /// Before `bind()`.
+    PreBind,
+    /// After `bind()`, before `listen()`.
+    Bound,
+    /// After `listen()`.
+    Listening,
+}
+
+/// `drain_type`: which drains ask this listener's connections to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DrainType {
+    /// `DEFAULT`: every drain (listener updates, `/drain_listeners`, failed health checks,
+    /// shutdown).
+    #[default]
+    Default,
+    /// `MODIFY_ONLY`: only this listener's own modification or removal, and shutdown.
+    ModifyOnly,
 }
 
 /// A listener filter, in `listener_filters` order.
@@ -430,8 +509,8 @@ pub struct HttpConnectionManager {
     pub stat_prefix: String,
     /// `codec_type`.
     pub codec: CodecType,
-    /// `route_config`.
-    pub routes: Arc<RouteTable>,
+    /// `route_config` or `rds`.
+    pub routes: RouteSource,
     /// `http_filters` before the router.
     pub http_filters: Vec<HttpFilterConfig>,
     /// The terminal `envoy.filters.http.router`.
@@ -450,6 +529,20 @@ pub struct HttpConnectionManager {
     pub always_set_request_id_in_response: bool,
     /// `via`.
     pub via: Option<http::HeaderValue>,
+}
+
+/// Where an HTTP connection manager's routes come from.
+#[derive(Debug, Clone)]
+pub enum RouteSource {
+    /// `route_config`: inline, fixed for the listener's life.
+    Static(Arc<RouteTable>),
+    /// `rds`: the route configuration of that name in force when each stream starts.
+    Rds {
+        /// `rds.route_config_name`.
+        name: String,
+        /// `rds.config_source`.
+        source: ConfigSource,
+    },
 }
 
 /// A configured HTTP filter other than the router. None exist yet; the variant list grows with
@@ -536,7 +629,7 @@ impl Http2Options {
 }
 
 /// An upstream host.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
     /// Its address.
     pub address: SocketAddr,
@@ -551,6 +644,17 @@ pub enum DiscoveryType {
     Static,
     /// `ORIGINAL_DST`: the host is the connection's original destination.
     OriginalDst,
+    /// `EDS`: the hosts of the `ClusterLoadAssignment` its `eds_cluster_config` names.
+    Eds,
+}
+
+/// `eds_cluster_config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdsConfig {
+    /// `service_name`, else the cluster's name: the `ClusterLoadAssignment` to use.
+    pub service_name: String,
+    /// `eds_config`.
+    pub source: ConfigSource,
 }
 
 /// A cluster.
@@ -567,8 +671,10 @@ pub struct Cluster {
     pub source_address: Option<std::net::SocketAddr>,
     /// `connect_timeout` (default 5 s).
     pub connect_timeout: Duration,
-    /// The hosts of `load_assignment`.
+    /// The hosts of `load_assignment` (EDS clusters get theirs from `eds`).
     pub hosts: Vec<Host>,
+    /// `eds_cluster_config`, for `EDS` clusters.
+    pub eds: Option<EdsConfig>,
     /// Upstream HTTP protocol.
     pub protocol: UpstreamProtocol,
     /// HTTP/2 settings.
@@ -590,7 +696,7 @@ pub struct DownstreamTransport {
     /// The settings, as translated.
     pub settings: crate::tls::DownstreamTls,
     /// The rustls configuration, rebuilt when its certificate files change.
-    pub config: crate::tls::reload::Watched<rustls::ServerConfig>,
+    pub config: crate::tls::reload::Rotating<rustls::ServerConfig>,
 }
 
 /// A cluster's TLS: `transport_socket` with an `UpstreamTlsContext`.
@@ -599,7 +705,7 @@ pub struct UpstreamTransport {
     /// The settings, as translated.
     pub settings: crate::tls::UpstreamTls,
     /// The rustls configuration, rebuilt when its certificate files change.
-    pub config: crate::tls::reload::Watched<rustls::ClientConfig>,
+    pub config: crate::tls::reload::Rotating<rustls::ClientConfig>,
     /// `sni`, parsed once.
     pub server_name: Option<rustls_pki_types::ServerName<'static>>,
 }

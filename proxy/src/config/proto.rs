@@ -65,6 +65,67 @@ where
     }
 }
 
+/// Decodes like [`decode_text`], but drops fields the protos do not know, returning their paths
+/// (Envoy warns about and ignores them in dynamic resources).
+pub fn decode_text_lenient(
+    text: &str,
+    desc: MessageDescriptor,
+) -> Result<(DynamicMessage, Vec<String>), ConfigError> {
+    let mut value: serde_json::Value = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| ConfigError::new("", e.to_string()))?
+    } else {
+        serde_yaml::from_str(text).map_err(|e| ConfigError::new("", e.to_string()))?
+    };
+    let opts = DeserializeOptions::new().deny_unknown_fields(true);
+    let mut unknown = Vec::new();
+    loop {
+        let mut track = serde_path_to_error::Track::new();
+        let de = serde_path_to_error::Deserializer::new(&value, &mut track);
+        let err = match DynamicMessage::deserialize_with_options(desc.clone(), de, &opts) {
+            Ok(msg) => return Ok((msg, unknown)),
+            Err(e) => e.to_string(),
+        };
+        let path = track.path();
+        let shown = path.to_string();
+        let shown = if shown == "." { String::new() } else { shown };
+        let described = describe_error(shown, &err);
+        let field = (described.message == "unknown field")
+            .then(|| described.path.rsplit('.').next().map(str::to_string))
+            .flatten();
+        let removed = match &field {
+            Some(f) if unknown.len() < 1000 => remove_at(&mut value, &path, f),
+            _ => false,
+        };
+        if !removed {
+            return Err(described);
+        }
+        unknown.push(described.path);
+    }
+}
+
+/// Removes `field` from the object at `path` inside `value`.
+fn remove_at(value: &mut serde_json::Value, path: &serde_path_to_error::Path, field: &str) -> bool {
+    use serde_path_to_error::Segment;
+    let mut cur = value;
+    for seg in path.iter() {
+        cur = match (seg, cur) {
+            (Segment::Seq { index }, serde_json::Value::Array(a)) => match a.get_mut(*index) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Segment::Map { key }, serde_json::Value::Object(o)) => match o.get_mut(key) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match cur {
+        serde_json::Value::Object(o) => o.remove(field).is_some(),
+        _ => false,
+    }
+}
+
 /// Merges `over` into `base` with protobuf MergeFrom semantics (scalars replace, repeated fields
 /// append, messages merge), which is what Envoy does with `--config-yaml` over `--config-path`.
 pub fn merge(base: &mut DynamicMessage, over: &DynamicMessage) -> Result<(), ConfigError> {

@@ -10,7 +10,25 @@ use super::{proto, ConfigError};
 const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.config.bootstrap.v3.Bootstrap",
-        &["node", "admin", "static_resources"],
+        &["node", "admin", "static_resources", "dynamic_resources"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
+        &["lds_config", "cds_config"],
+    ),
+    // Only files so far; gRPC and REST sources are refused by name.
+    (
+        "envoy.config.core.v3.ConfigSource",
+        &[
+            "path",
+            "path_config_source",
+            "initial_fetch_timeout",
+            "resource_api_version",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.PathConfigSource",
+        &["path", "watched_directory"],
     ),
     // Node identity is reported by /server_info; none of it changes behaviour.
     (
@@ -31,7 +49,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.bootstrap.v3.Admin", &["address"]),
     (
         "envoy.config.bootstrap.v3.Bootstrap.StaticResources",
-        &["listeners", "clusters"],
+        &["listeners", "clusters", "secrets"],
     ),
     ("envoy.config.core.v3.Address", &["socket_address"]),
     (
@@ -54,10 +72,45 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "bind_to_port",
             // Informational for a sidecar; it selects nothing here.
             "traffic_direction",
+            "drain_type",
+            "max_connections_to_accept_per_socket_event",
+            "socket_options",
+            "tcp_fast_open_queue_length",
+            // Read by filters and access logs skiff does not have; see docs/compatibility.md.
+            "metadata",
+            // skiff's workers each own an SO_REUSEPORT socket; see docs/compatibility.md.
+            "connection_balance_config",
             "enable_reuse_port",
             "listener_filters_timeout",
             "continue_on_listener_filters_timeout",
         ],
+    ),
+    (
+        "envoy.config.core.v3.SocketOption",
+        &[
+            "description",
+            "level",
+            "name",
+            "int_value",
+            "buf_value",
+            "state",
+            "type",
+            "ip_version",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.SocketOption.SocketType",
+        &["stream", "datagram"],
+    ),
+    ("envoy.config.core.v3.SocketOption.SocketType.Stream", &[]),
+    ("envoy.config.core.v3.SocketOption.SocketType.Datagram", &[]),
+    (
+        "envoy.config.listener.v3.Listener.ConnectionBalanceConfig",
+        &["exact_balance"],
+    ),
+    (
+        "envoy.config.listener.v3.Listener.ConnectionBalanceConfig.ExactBalance",
+        &[],
     ),
     (
         "envoy.config.listener.v3.FilterChain",
@@ -145,6 +198,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "codec_type",
             "stat_prefix",
             "route_config",
+            "rds",
             "http_filters",
             "access_log",
             "server_name",
@@ -208,7 +262,17 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.SubstitutionFormatString",
-        &["text_format_source", "text_format"],
+        &[
+            "text_format_source",
+            "text_format",
+            "json_format",
+            "formatters",
+        ],
+    ),
+    // Formatter extensions: which ones are known is checked in translation.
+    (
+        "envoy.config.core.v3.TypedExtensionConfig",
+        &["name", "typed_config"],
     ),
     // Access-log formats take only inline_string; TLS takes all three (checked in translation).
     (
@@ -229,7 +293,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "upstream_bind_config",
             "original_dst_lb_config",
             "transport_socket",
+            "eds_cluster_config",
         ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.EdsClusterConfig",
+        &["eds_config", "service_name"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.Rds",
+        &["config_source", "route_config_name"],
     ),
     (
         "envoy.config.core.v3.TransportSocket",
@@ -267,7 +340,17 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "tls_certificates",
             "validation_context",
             "alpn_protocols",
+            "tls_certificate_sds_secret_configs",
+            "validation_context_sds_secret_config",
         ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",
+        &["name", "sds_config"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.Secret",
+        &["name", "tls_certificate", "validation_context"],
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.TlsParameters",
@@ -360,8 +443,26 @@ fn supported_fields(message: &str) -> &'static [&'static str] {
 
 /// Refuses the first set field that skiff does not honour.
 pub fn check(msg: &DynamicMessage) -> Result<(), ConfigError> {
-    walk(msg, "")
+    walk(msg, "", &mut Err)
 }
+
+/// [`check`] for a message found at `path` (a resource of a discovery response).
+pub fn check_at(msg: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
+    walk(msg, path, &mut Err)
+}
+
+/// Every set field that skiff does not honour (for reports; loading stops at the first).
+pub fn unsupported(msg: &DynamicMessage) -> Vec<ConfigError> {
+    let mut all = Vec::new();
+    let _ = walk(msg, "", &mut |e| {
+        all.push(e);
+        Ok(())
+    });
+    all
+}
+
+/// Where a refusal goes: returning it stops the walk, `Ok` goes on.
+type Sink<'a> = dyn FnMut(ConfigError) -> Result<(), ConfigError> + 'a;
 
 fn join(path: &str, field: &str) -> String {
     if path.is_empty() {
@@ -371,31 +472,33 @@ fn join(path: &str, field: &str) -> String {
     }
 }
 
-fn walk(msg: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
+fn walk(msg: &DynamicMessage, path: &str, sink: &mut Sink<'_>) -> Result<(), ConfigError> {
     let name = msg.descriptor().full_name().to_string();
     if name == "google.protobuf.Any" {
-        return walk_any(msg, path);
+        return walk_any(msg, path, sink);
     }
-    if name.starts_with("google.protobuf.") {
+    // Well-known types and metadata (opaque data for filters, whatever it holds) are leaves.
+    if name.starts_with("google.protobuf.") || name == "envoy.config.core.v3.Metadata" {
         return Ok(());
     }
     let allowed = supported_fields(&name);
     for (field, value) in msg.fields() {
         let here = join(path, field.name());
         if !allowed.contains(&field.name()) {
-            return Err(ConfigError::unsupported(here));
+            sink(ConfigError::unsupported(here))?;
+            continue;
         }
-        walk_value(value, &here)?;
+        walk_value(value, &here, sink)?;
     }
     Ok(())
 }
 
-fn walk_value(value: &Value, path: &str) -> Result<(), ConfigError> {
+fn walk_value(value: &Value, path: &str, sink: &mut Sink<'_>) -> Result<(), ConfigError> {
     match value {
-        Value::Message(m) => walk(m, path),
+        Value::Message(m) => walk(m, path, sink),
         Value::List(items) => {
             for (i, item) in items.iter().enumerate() {
-                walk_value(item, &format!("{path}[{i}]"))?;
+                walk_value(item, &format!("{path}[{i}]"), sink)?;
             }
             Ok(())
         }
@@ -405,7 +508,7 @@ fn walk_value(value: &Value, path: &str) -> Result<(), ConfigError> {
                     MapKey::String(s) => format!("{path}[\"{s}\"]"),
                     other => format!("{path}[{other:?}]"),
                 };
-                walk_value(item, &key)?;
+                walk_value(item, &key, sink)?;
             }
             Ok(())
         }
@@ -413,15 +516,25 @@ fn walk_value(value: &Value, path: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn walk_any(msg: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
+fn walk_any(msg: &DynamicMessage, path: &str, sink: &mut Sink<'_>) -> Result<(), ConfigError> {
     let any: envoy_types::pb::google::protobuf::Any = proto::to_typed(msg)?;
     let type_name = proto::type_name(&any.type_url);
-    let desc = proto::pool()
-        .get_message_by_name(type_name)
-        .ok_or_else(|| ConfigError::new(path, format!("unknown @type '{}'", any.type_url)))?;
-    let inner = DynamicMessage::decode(desc, any.value.as_slice())
-        .map_err(|e| ConfigError::new(path, format!("cannot decode {type_name}: {e}")))?;
-    walk(&inner, path)
+    let Some(desc) = proto::pool().get_message_by_name(type_name) else {
+        return sink(ConfigError::new(
+            path,
+            format!("unknown @type '{}'", any.type_url),
+        ));
+    };
+    let inner = match DynamicMessage::decode(desc, any.value.as_slice()) {
+        Ok(m) => m,
+        Err(e) => {
+            return sink(ConfigError::new(
+                path,
+                format!("cannot decode {type_name}: {e}"),
+            ))
+        }
+    };
+    walk(&inner, path, sink)
 }
 
 #[cfg(test)]
@@ -449,12 +562,12 @@ mod tests {
     #[test]
     fn unsupported_field_is_named_with_its_path() {
         let err = check_yaml(
-            "static_resources: { listeners: [ { name: a, address: { socket_address: { address: 127.0.0.1, port_value: 1 } } }, { name: b, tcp_fast_open_queue_length: 5 } ] }",
+            "static_resources: { listeners: [ { name: a, address: { socket_address: { address: 127.0.0.1, port_value: 1 } } }, { name: b, tcp_backlog_size: 5 } ] }",
         )
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "static_resources.listeners[1].tcp_fast_open_queue_length: unsupported"
+            "static_resources.listeners[1].tcp_backlog_size: unsupported"
         );
     }
 

@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 
 use crate::config::model::{self, CodecType, ServerHeader};
+use crate::drain::ConnectionDrain;
 use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
 use crate::http::filter::{self, Direction};
 use crate::http::filters::router::{self, Upstream};
@@ -23,7 +24,7 @@ use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
 use crate::io::{Counted, FlowPair, FlowSlot, WriteFlow};
 use crate::stats::{Counter, Gauge, Shard};
-use crate::stream_info::{ResponseFlag, StreamInfo};
+use crate::stream_info::{headers_bytes, Connection, ResponseFlag, StreamInfo};
 use crate::worker::{LocalExec, Worker};
 use http_body::Body as _;
 
@@ -171,8 +172,14 @@ pub struct HttpConnectionManager {
 struct Conn {
     hcm: Rc<HttpConnectionManager>,
     worker: Rc<Worker>,
+    /// The listener's drain: `connection: close` and GOAWAY once it asks for it.
+    drain: ConnectionDrain,
     remote: SocketAddr,
     local: SocketAddr,
+    /// What the access log shows of the connection.
+    connection: Arc<Connection>,
+    /// original_src: where upstream connections come from.
+    source: Option<crate::upstream::pool::Source>,
     /// HTTP/1.1: the cluster whose response is being written, whose reading pauses while
     /// writing to the client waits (`upstream_flow_control_{paused,resumed}_reading_total`).
     response_flow: FlowSlot,
@@ -188,13 +195,18 @@ enum Codec {
     Http2,
 }
 
-/// Serves one downstream connection until it closes or drains.
+/// Serves one downstream connection until it closes or drains; with `source` (original_src)
+/// its requests' upstream connections come from that address.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     stream: Stream,
     remote: SocketAddr,
     local: SocketAddr,
+    connection: Arc<Connection>,
+    source: Option<crate::upstream::pool::Source>,
     hcm: Rc<HttpConnectionManager>,
     worker: Rc<Worker>,
+    drain: ConnectionDrain,
     buffer_limit: usize,
 ) {
     let stats = &hcm.stats;
@@ -210,8 +222,11 @@ pub async fn serve(
         response_flow: response_flow.clone(),
         hcm: hcm.clone(),
         worker: worker.clone(),
+        drain: drain.clone(),
         remote,
         local,
+        connection,
+        source,
         secure,
         codec: Cell::new(None),
     });
@@ -256,12 +271,19 @@ pub async fn serve(
     ));
     let served = builder.serve_connection(io, service);
     tokio::pin!(served);
-    let mut drain = worker.drain_signal();
+    let mut drain = drain;
     let result = tokio::select! {
         r = served.as_mut() => r,
-        _ = drain.wait() => {
-            stats.downstream_cx_drain_close.inc();
-            served.as_mut().graceful_shutdown();
+        _ = drain.close_requested() => {
+            // HTTP/2 gets its GOAWAY now. An HTTP/1.1 connection is not cut while idle (its
+            // client may be sending): its next response carries `connection: close`, as in
+            // Envoy; only at shutdown are idle ones closed at once.
+            if conn.codec.get() == Some(Codec::Http2) || drain.shutting_down() {
+                if conn.codec.get() == Some(Codec::Http2) {
+                    stats.downstream_cx_drain_close.inc();
+                }
+                served.as_mut().graceful_shutdown();
+            }
             served.await
         }
     };
@@ -333,6 +355,11 @@ impl Done {
         if let Some(mut info) = self.info.take() {
             info.bytes_sent = bytes;
             info.bytes_received = self.request.bytes();
+            info.response_done = Some(std::time::Instant::now());
+            info.request_done = self.request.done_at().map(|t| t.into_std());
+            if info.upstream_connection.is_some() {
+                info.request_sent = info.request_done;
+            }
             match reason {
                 EndReason::Complete => {}
                 EndReason::DownstreamReset => info
@@ -413,6 +440,10 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         settled: false,
     };
     if let Some(info) = done.info.as_mut() {
+        info.connection = Some(conn.connection.clone());
+        if conn.secure {
+            info.scheme = "https";
+        }
         info.protocol = Some(protocol_name(version));
         info.method = Some(parts.method.clone());
         info.path = parts.uri.path_and_query().map(|p| p.as_str().to_string());
@@ -461,6 +492,12 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         // Access logs see the request as the connection manager forwards it (generated
         // x-request-id included), as in Envoy.
         info.request_headers = parts.headers.clone();
+        info.stream_id = parts
+            .headers
+            .get(&names::X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        info.request_headers_bytes = request_headers_bytes(&parts, info.scheme);
     }
     let request_id = cfg
         .always_set_request_id_in_response
@@ -484,6 +521,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         body,
         &request,
         (conn.remote, conn.local),
+        conn.source,
         done.info.as_deref_mut(),
     )
     .await
@@ -518,7 +556,9 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             let status = head.status.as_u16();
             stats.response_class(status);
             if let Some(info) = done.info.as_mut() {
+                info.response_started = Some(std::time::Instant::now());
                 info.response_code = Some(status);
+                info.details = "via_upstream";
                 info.response_headers = head.headers.clone();
             }
             Response::from_parts(head, Tracked::new(body, done, deadline))
@@ -533,6 +573,27 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             local(done, reply, request_id)
         }
     }
+}
+
+/// The size of a request's headers as Envoy counts its header map: `:authority`, `:path`,
+/// `:method` and `:scheme` as pseudo-headers (the Host header is `:authority`), then every
+/// other header.
+pub fn request_headers_bytes(parts: &http::request::Parts, scheme: &str) -> u64 {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .map_or(0, |v| (header::HOST.as_str().len() + v.len()) as u64);
+    let path = parts.uri.path_and_query().map_or("", |p| p.as_str());
+    headers_bytes(
+        [
+            (":authority", authority(parts).unwrap_or("")),
+            (":path", path),
+            (":method", parts.method.as_str()),
+            (":scheme", scheme),
+        ],
+        &parts.headers,
+    )
+    .saturating_sub(host)
 }
 
 /// An HTTP/1.1 upgrade request other than h2c: `Connection: upgrade` with an `Upgrade` header.
@@ -591,7 +652,7 @@ fn finish_response(
     if let Some(id) = request_id {
         head.headers.insert(names::X_REQUEST_ID.clone(), id);
     }
-    if conn.worker.closing_connections() && conn.codec.get() != Some(Codec::Http2) {
+    if conn.drain.drain_close() && conn.codec.get() != Some(Codec::Http2) {
         head.headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         conn.hcm.stats.downstream_cx_drain_close.inc();

@@ -5,6 +5,7 @@ pub mod filter_chain_match;
 pub mod filters;
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -12,10 +13,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::model::{self, NetworkFilter};
+use crate::drain::{ConnectionDrain, Drain, Draining};
 use crate::http::conn_manager::{self, HcmStats, HttpConnectionManager};
 use crate::io::Stream;
 use crate::network::filters::tcp_proxy::{self, TcpProxyStats};
 use crate::stats::{Counter, Gauge};
+use crate::stream_info::{next_connection_id, Connection};
 use crate::tls::stats::TlsStats;
 use crate::upstream::pool;
 use crate::worker::Worker;
@@ -48,9 +51,52 @@ pub fn bind(l: &model::Listener) -> std::io::Result<std::net::TcpListener> {
         }
     }
     socket.set_nonblocking(true)?;
+    apply_options(&socket, l, model::SocketState::PreBind)?;
     socket.bind(&addr.into())?;
+    apply_options(&socket, l, model::SocketState::Bound)?;
+    if let Some(q) = l.tcp_fast_open_queue_length.filter(|q| *q > 0) {
+        let q = i32::try_from(q).unwrap_or(i32::MAX);
+        skiff_sys::setsockopt_int(
+            socket.as_fd(),
+            libc_tcp::IPPROTO_TCP,
+            libc_tcp::TCP_FASTOPEN,
+            q,
+        )?;
+    }
     socket.listen(1024)?;
+    apply_options(&socket, l, model::SocketState::Listening)?;
     Ok(socket.into())
+}
+
+/// Linux's numbers for TCP Fast Open.
+mod libc_tcp {
+    pub const IPPROTO_TCP: i32 = 6;
+    pub const TCP_FASTOPEN: i32 = 23;
+}
+
+/// Sets the listener's `socket_options` of one state.
+fn apply_options(
+    socket: &Socket,
+    l: &model::Listener,
+    state: model::SocketState,
+) -> std::io::Result<()> {
+    for o in l.socket_options.iter().filter(|o| o.state == state) {
+        let r = match &o.value {
+            model::SocketOptionValue::Int(v) => {
+                skiff_sys::setsockopt_int(socket.as_fd(), o.level, o.name, *v)
+            }
+            model::SocketOptionValue::Bytes(b) => {
+                skiff_sys::setsockopt(socket.as_fd(), o.level, o.name, b)
+            }
+        };
+        r.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("socket option level {} name {}: {e}", o.level, o.name),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// `listener.<addr>.*` on one worker.
@@ -62,19 +108,15 @@ struct ListenerStats {
     worker_cx_total: Counter,
     worker_cx_active: Gauge,
     no_filter_chain_match: Counter,
+    network_extension_config_missing: Counter,
 }
 
 /// The network filters of a chain, built for one worker.
 enum Terminal {
     Http(Rc<HttpConnectionManager>),
     Tcp(Arc<model::TcpProxy>, Rc<TcpProxyStats>),
-}
-
-/// A listener on one worker: the socket (none for `bind_to_port: false`), owned by the accept
-/// loop, and what its connections share.
-pub struct Listener {
-    socket: Option<TcpListener>,
-    shared: Rc<Shared>,
+    /// A chain without network filters: Envoy accepts it and closes its connections.
+    Empty,
 }
 
 /// The listeners of one worker by address, for `use_original_dst` hand-offs.
@@ -84,6 +126,11 @@ pub struct HandOff {
 }
 
 impl HandOff {
+    /// Replaces the listeners (after a configuration update).
+    pub fn set(&self, listeners: Vec<Rc<Shared>>) {
+        *self.listeners.borrow_mut() = listeners;
+    }
+
     /// The listener a connection restored to `dest` belongs to: the one on exactly that
     /// address, else the one on the wildcard address of its family and port.
     fn find(&self, dest: SocketAddr) -> Option<Rc<Shared>> {
@@ -103,9 +150,31 @@ impl HandOff {
     }
 }
 
-/// What a listener's connections share. It does not hold the socket, so the socket closes as soon
-/// as the accept loop ends, while connections still run.
-struct Shared {
+impl std::fmt::Debug for HandOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandOff")
+            .field("listeners", &self.listeners.borrow().len())
+            .finish()
+    }
+}
+
+/// Whether a listener updated from `old` to `new` can keep `old`'s listen sockets: same
+/// address and the same socket-level settings.
+pub fn same_socket(old: &model::Listener, new: &model::Listener) -> bool {
+    new.bind_to_port
+        && old.bind_to_port
+        && old.address == new.address
+        && old.transparent == new.transparent
+        && old.freebind == new.freebind
+}
+
+/// A listener on one worker: what its connections share, and its drain. It does not hold the
+/// socket, so the socket closes as soon as no accept loop uses it, while connections still run.
+pub struct Shared {
+    /// This listener's drain: started when it is replaced or removed, by `/drain_listeners`
+    /// and at shutdown.
+    pub drain: Drain,
+    health_failed: Arc<std::sync::atomic::AtomicBool>,
     worker: Rc<Worker>,
     config: Arc<model::Listener>,
     stats: ListenerStats,
@@ -123,12 +192,53 @@ struct Shared {
 /// A filter chain on one worker: its read filters in order (each may close a new
 /// connection), TLS termination when configured, then the terminal network filter.
 struct Chain {
+    /// The chain's configuration; an in-place listener update keeps the chains whose
+    /// configuration it kept (the same `Arc`), with their connections.
+    model: Arc<model::FilterChain>,
+    /// This chain's drain: its connections watch it.
+    drain: Drain,
     limits: Vec<(Arc<model::LocalRateLimit>, Counter)>,
     tls: Option<Arc<model::DownstreamTransport>>,
     terminal: Terminal,
+    /// The names of the chain's certificates, for access logs, as of the TLS configuration
+    /// they were read for (made on first use, again after the files change).
+    local_certs: std::cell::RefCell<Option<(Arc<rustls::ServerConfig>, Rc<LocalCerts>)>>,
 }
 
+type LocalCerts = Vec<(Vec<String>, Option<crate::stream_info::CertInfo>)>;
+
 impl Chain {
+    /// Whether the terminal filter writes access logs (only then is TLS described).
+    fn logs(&self) -> bool {
+        match &self.terminal {
+            Terminal::Http(h) => !h.config.access_logs.is_empty(),
+            Terminal::Tcp(t, _) => !t.access_logs.is_empty(),
+            Terminal::Empty => false,
+        }
+    }
+
+    /// The certificate this chain presented to a client that asked for `sni`.
+    fn local_cert(
+        &self,
+        config: &Arc<rustls::ServerConfig>,
+        sni: Option<&str>,
+    ) -> Option<crate::stream_info::CertInfo> {
+        let tls = self.tls.as_ref()?;
+        let mut cache = self.local_certs.borrow_mut();
+        let certs = match &*cache {
+            Some((c, certs)) if Arc::ptr_eq(c, config) => certs.clone(),
+            _ => {
+                let certs = Rc::new(crate::tls::info::local_certificates(
+                    &tls.settings.certificates,
+                ));
+                *cache = Some((config.clone(), certs.clone()));
+                certs
+            }
+        };
+        let i = crate::tls::certs::pick_index(certs.iter().map(|(n, _)| n.as_slice()), sni);
+        certs.get(i).and_then(|(_, info)| info.clone())
+    }
+
     /// Runs the filters in front of the terminal one on a new connection; false: close it.
     fn admit(&self) -> bool {
         if self.limits.is_empty() {
@@ -146,11 +256,20 @@ impl Chain {
 }
 
 fn chain(
-    fc: &model::FilterChain,
+    fc: &Arc<model::FilterChain>,
     shard: &Arc<crate::stats::Shard>,
     scope: &str,
 ) -> Option<Rc<Chain>> {
-    let (last, front) = fc.filters.split_last()?;
+    let Some((last, front)) = fc.filters.split_last() else {
+        return Some(Rc::new(Chain {
+            model: fc.clone(),
+            drain: Drain::new(),
+            limits: Vec::new(),
+            tls: fc.tls.clone(),
+            terminal: Terminal::Empty,
+            local_certs: Default::default(),
+        }));
+    };
     let limits = front
         .iter()
         .filter_map(|f| match f {
@@ -177,23 +296,28 @@ fn chain(
             NetworkFilter::LocalRateLimit(_) => return None,
         };
         Some(Rc::new(Chain {
+            model: fc.clone(),
+            drain: Drain::new(),
             limits,
             tls: fc.tls.clone(),
             terminal,
+            local_certs: Default::default(),
         }))
     })
 }
 
-impl Listener {
-    /// Prepares a listener on this worker from a socket bound by the main thread (none for a
-    /// listener that only takes hand-offs), and registers it for hand-offs.
+impl Shared {
+    /// Prepares a listener on this worker. Its sockets, if any, are served by
+    /// [`accept_loop`]s; hand-offs reach it once the worker lists it in its [`HandOff`].
+    /// `previous` is the version this one replaces in place: its chains whose configuration
+    /// is kept (the same `Arc`) are taken over with their connections.
     pub fn new(
         worker: Rc<Worker>,
         config: Arc<model::Listener>,
-        socket: Option<std::net::TcpListener>,
         handoff: Rc<HandOff>,
-    ) -> std::io::Result<Self> {
-        let socket = socket.map(TcpListener::from_std).transpose()?;
+        health_failed: Arc<std::sync::atomic::AtomicBool>,
+        previous: Option<&Shared>,
+    ) -> Rc<Self> {
         let scope = format!("listener.{}.", config.stat_prefix);
         let shard = &worker.shard;
         let stats = ListenerStats {
@@ -205,77 +329,143 @@ impl Listener {
             worker_cx_active: shard
                 .gauge(&format!("{scope}worker_{}.downstream_cx_active", worker.id)),
             no_filter_chain_match: shard.counter(&format!("{scope}no_filter_chain_match")),
+            network_extension_config_missing: shard
+                .counter(&format!("{scope}network_extension_config_missing")),
         };
         let filters = filters::Chain::new(&config, shard, &scope);
+        let build = |fc: &Arc<model::FilterChain>| {
+            let kept = previous.and_then(|p| {
+                p.chains
+                    .iter()
+                    .chain(p.default_chain.iter())
+                    .find(|c| Arc::ptr_eq(&c.model, fc))
+                    .cloned()
+            });
+            kept.or_else(|| chain(fc, shard, &scope))
+        };
         let chains: Vec<Rc<Chain>> = config
             .filter_chains
             .iter()
-            .filter_map(|(_, fc)| chain(fc, shard, &scope))
+            .filter_map(|(_, fc)| build(fc))
             .collect();
-        let default_chain = config
-            .default_filter_chain
-            .as_deref()
-            .and_then(|fc| chain(fc, shard, &scope));
+        let default_chain = config.default_filter_chain.as_ref().and_then(build);
         let tls_stats = chains
             .iter()
             .chain(default_chain.iter())
             .any(|c| c.tls.is_some())
             .then(|| TlsStats::new(shard.clone(), &scope));
-        Ok(Listener {
-            socket,
-            shared: {
-                let shared = Rc::new(Shared {
-                    worker,
-                    config,
-                    stats,
-                    filters,
-                    chains,
-                    default_chain,
-                    tls_stats,
-                    handoff: handoff.clone(),
-                });
-                handoff.listeners.borrow_mut().push(shared.clone());
-                shared
-            },
+        Rc::new(Shared {
+            drain: Drain::new(),
+            health_failed,
+            worker,
+            config,
+            stats,
+            filters,
+            chains,
+            default_chain,
+            tls_stats,
+            handoff,
         })
     }
 
-    /// Accepts until draining starts, then closes the socket.
-    pub async fn run(self) {
-        let Listener { socket, shared } = self;
-        let Some(socket) = socket else {
-            return; // bind_to_port: false — reached only through hand-offs
+    /// What a connection watches to learn of a drain: its chain's, or before it has one, the
+    /// listener's.
+    fn connection_drain(&self, chain: Option<&Chain>) -> ConnectionDrain {
+        ConnectionDrain::new(
+            chain.map_or(&self.drain, |c| &c.drain).watch(),
+            self.config.drain_type,
+            self.worker.drain_strategy,
+            self.health_failed.clone(),
+        )
+    }
+
+    /// Drains the whole listener: it stops accepting, every chain's connections drain.
+    pub fn drain_all(&self, d: Draining) {
+        self.drain.start(d);
+        for c in self.chains.iter().chain(self.default_chain.iter()) {
+            c.drain.start(d);
+        }
+    }
+
+    /// Replaced by `next`: stops accepting, and drains the connections of the chains `next`
+    /// did not take over (all of them unless the update was in place).
+    pub fn retire(&self, d: Draining, next: &Shared) {
+        self.drain.start(d);
+        let kept = |c: &Rc<Chain>| {
+            next.chains
+                .iter()
+                .chain(next.default_chain.iter())
+                .any(|n| Rc::ptr_eq(n, c))
         };
-        let mut drain = shared.worker.drain_signal();
-        loop {
-            let accepted = tokio::select! {
-                r = socket.accept() => r,
-                _ = drain.wait() => break,
-            };
-            match accepted {
-                Ok((stream, remote)) => {
-                    let shared = shared.clone();
-                    tokio::task::spawn_local(async move { shared.handle(stream, remote).await });
-                }
-                Err(e) => {
-                    // Out of descriptors or a transient error: back off briefly, keep listening.
-                    tracing::warn!(listener = %shared.config.name, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
+        for c in self.chains.iter().chain(self.default_chain.iter()) {
+            if !kept(c) {
+                c.drain.start(d);
             }
         }
-        tracing::debug!(listener = %shared.config.name, worker = shared.worker.id, "stopped accepting");
     }
+}
+
+/// Accepts on `socket` for `listener` until the listener drains without accepting (replaced,
+/// removed or drained); a replacing listener's loop then goes on with the same socket.
+pub async fn accept_loop(listener: Rc<Shared>, socket: Rc<TcpListener>) {
+    let mut stop = listener.drain.watch();
+    let batch = listener.config.accept_batch.unwrap_or(u32::MAX);
+    let mut in_a_row = 0u32;
+    loop {
+        // max_connections_to_accept_per_socket_event: let the accepted connections run before
+        // taking more from the kernel.
+        in_a_row += 1;
+        if in_a_row > batch {
+            in_a_row = 1;
+            tokio::task::yield_now().await;
+        }
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.started_where(|d| !d.accepting) => break,
+            r = socket.accept() => r,
+        };
+        match accepted {
+            Ok((stream, remote)) => {
+                let listener = listener.clone();
+                tokio::task::spawn_local(async move { listener.handle(stream, remote).await });
+            }
+            Err(e) => {
+                // Out of descriptors or a transient error: back off briefly, keep listening.
+                tracing::warn!(listener = %listener.config.name, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+    tracing::debug!(listener = %listener.config.name, worker = listener.worker.id, "stopped accepting");
 }
 
 impl Shared {
     async fn handle(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
         let _conn = self.worker.track_connection();
+        // Whatever is still open when its drain's deadline passes is closed (the listener's
+        // until a chain is chosen, then the chain's).
+        let mut deadline = self.connection_drain(None);
+        let picked = tokio::select! {
+            p = self.clone().listener_filters(stream, remote) => p,
+            _ = deadline.deadline() => None,
+        };
+        if let Some((owner, sock)) = picked {
+            owner.serve(sock).await;
+        }
+    }
+
+    /// Runs the listener filters and the `use_original_dst` hand-off: the listener that serves
+    /// the connection, or none if a filter closed it.
+    async fn listener_filters(
+        self: Rc<Self>,
+        stream: TcpStream,
+        remote: SocketAddr,
+    ) -> Option<(Rc<Shared>, Accepted)> {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(self.config.address);
         let mut sock = Accepted::new(stream, remote, local);
         if !self.filters.is_empty() && !self.filters.run(&mut sock).await {
-            return;
+            return None;
         }
         // use_original_dst: the listener of the original destination takes the connection
         // (its listener filters, its chains, its stats), when there is one other than this one.
@@ -285,12 +475,12 @@ impl Shared {
                 if !Rc::ptr_eq(&target, &owner) {
                     owner = target;
                     if !owner.filters.is_empty() && !owner.filters.run(&mut sock).await {
-                        return;
+                        return None;
                     }
                 }
             }
         }
-        owner.serve(sock).await;
+        Some((owner, sock))
     }
 
     async fn serve(self: Rc<Self>, sock: Accepted) {
@@ -306,6 +496,8 @@ impl Shared {
             stream,
             remote,
             local,
+            direct_remote,
+            server_name,
             ..
         } = sock;
         let s = &self.stats;
@@ -318,11 +510,38 @@ impl Shared {
             Some(model::ChainChoice::Default) => self.default_chain.as_ref(),
             None => None,
         };
-        let Some(chain) = chain else {
+        let Some(chain) = chain.cloned() else {
             s.no_filter_chain_match.inc();
             self.closed();
             return;
         };
+        if matches!(chain.terminal, Terminal::Empty) {
+            // As Envoy: no read filter to give the connection to, so it is closed at once
+            // (before any TLS handshake) and counted as a chain whose filters are missing.
+            s.network_extension_config_missing.inc();
+            self.closed();
+            return;
+        }
+        // The chain's drain governs the connection from now on; what is still open at its
+        // deadline is closed.
+        let mut deadline = self.connection_drain(Some(&chain));
+        tokio::select! {
+            _ = self.run_chain(&chain, stream, (remote, local, direct_remote), server_name) => {}
+            _ = deadline.deadline() => {
+                tracing::debug!(listener = %self.config.name, %remote, "drain deadline: closing");
+            }
+        }
+        self.closed();
+    }
+
+    /// Runs a connection's filter chain: its read filters, TLS, then the terminal filter.
+    async fn run_chain(
+        &self,
+        chain: &Chain,
+        stream: TcpStream,
+        (remote, local, direct_remote): (SocketAddr, SocketAddr, SocketAddr),
+        server_name: Option<Box<str>>,
+    ) {
         if !chain.admit() {
             // Envoy resets a rate-limited connection rather than closing it, and its terminal
             // filter has already counted the connection.
@@ -333,18 +552,30 @@ impl Shared {
                     hcm.stats.downstream_cx_destroy.inc();
                 }
                 Terminal::Tcp(_, stats) => stats.downstream_cx_total.inc(),
+                Terminal::Empty => {}
             }
-            self.closed();
             return;
         }
+        let mut connection = Connection {
+            id: next_connection_id(),
+            direct_remote: Some(direct_remote),
+            requested_server_name: server_name.map(String::from),
+            tls: None,
+        };
         let stream = match &chain.tls {
             None => Stream::Tcp(stream),
             Some(tls) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.get());
+                let config = tls.config.get();
+                let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
                 match acceptor.accept(stream).await {
                     Ok(t) => {
+                        let conn = t.get_ref().1;
                         if let Some(st) = &self.tls_stats {
-                            st.completed(t.get_ref().1);
+                            st.completed(conn);
+                        }
+                        if chain.logs() {
+                            let local = chain.local_cert(&config, conn.server_name());
+                            connection.tls = Some(crate::tls::info::connection_info(conn, local));
                         }
                         Stream::ServerTls(Box::new(t))
                     }
@@ -353,7 +584,6 @@ impl Shared {
                         if let Some(st) = &self.tls_stats {
                             st.failed(&e);
                         }
-                        self.closed();
                         return;
                     }
                 }
@@ -361,12 +591,23 @@ impl Shared {
         };
         match &chain.terminal {
             Terminal::Http(hcm) => {
+                // original_src: pooled upstream connections come from the client's address; the
+                // port is left to the kernel, since one client connection may need several
+                // upstream connections (Envoy does not implement bind_port either).
+                let source = self.config.original_src.map(|o| pool::Source {
+                    address: SocketAddr::new(remote.ip(), 0),
+                    transparent: true,
+                    mark: o.mark,
+                });
                 conn_manager::serve(
                     stream,
                     remote,
                     local,
+                    Arc::new(connection),
+                    source,
                     hcm.clone(),
                     self.worker.clone(),
+                    self.connection_drain(Some(chain)),
                     self.config.buffer_limit,
                 )
                 .await
@@ -390,13 +631,14 @@ impl Shared {
                     stream,
                     remote,
                     local,
+                    Arc::new(connection),
                     source,
                     self.config.buffer_limit,
                 )
                 .await
             }
+            Terminal::Empty => {}
         }
-        self.closed();
     }
 
     /// A connection counted in by `serve` is gone.

@@ -96,6 +96,10 @@ fn alpn(list: &[String]) -> Vec<Vec<u8>> {
     list.iter().map(|p| p.as_bytes().to_vec()).collect()
 }
 
+fn trusted(ca: &crate::tls::DataSource) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+    roots(ca).map_err(|e| e.at("validation_context.trusted_ca"))
+}
+
 /// A listener's server configuration: certificates chosen by SNI, client certificates checked
 /// when a validation context has a trusted CA (and required when asked), ALPN.
 pub fn server_config(d: &DownstreamTls) -> Result<Arc<ServerConfig>, TlsError> {
@@ -105,7 +109,7 @@ pub fn server_config(d: &DownstreamTls) -> Result<Arc<ServerConfig>, TlsError> {
     let ca = d.validation.as_ref().and_then(|v| v.trusted_ca.as_ref());
     let builder = match (ca, &d.validation) {
         (Some(ca), Some(v)) => {
-            let mut b = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone());
+            let mut b = WebPkiClientVerifier::builder_with_provider(trusted(ca)?, provider.clone());
             if !d.require_client_certificate {
                 b = b.allow_unauthenticated();
             }
@@ -134,7 +138,7 @@ pub fn client_config(u: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = Arc::new(provider(&u.params)?);
     let (ca, sans) = match &u.validation {
         Some(v) => (
-            v.trusted_ca.as_ref().map(roots).transpose()?,
+            v.trusted_ca.as_ref().map(trusted).transpose()?,
             v.san_matchers.clone(),
         ),
         None => (None, Vec::new()),
@@ -151,11 +155,10 @@ pub fn client_config(u: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
         .with_custom_certificate_verifier(verifier);
     let mut cfg = match &u.client_certificate {
         Some(c) => {
-            // Loaded once as a pair first, so that a key of another certificate is named.
-            certs::load(c, &provider)?;
-            let chain = certs::parse_certs(&c.chain.read()?)?;
-            let key = certs::parse_key(&c.key.read()?)?;
-            builder.with_client_auth_cert(chain, key)?
+            // Not `with_client_auth_cert`: its key check goes through webpki, which refuses
+            // X.509 v1 certificates that Envoy serves.
+            let ck = certs::load(c, &provider).map_err(|e| e.at("tls_certificates[0]"))?;
+            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(ck)))
         }
         None => builder.with_no_client_auth(),
     };
@@ -332,5 +335,27 @@ mod tests {
             ..Params::default()
         };
         assert_eq!(check_params(&bad), Err(TlsError::Curve("P-521".into())));
+    }
+
+    #[tokio::test]
+    async fn a_v1_certificate_serves_and_authenticates_a_client() {
+        use crate::tls::certs::tests::{KeyForm, Openssl};
+        let o = Openssl::new("ctx");
+        o.v1("server", "v1.test", KeyForm::RsaPkcs8, None);
+        o.v1("client", "client.test", KeyForm::EcSec1, None);
+        let d = DownstreamTls {
+            certificates: vec![o.pair(&["server"], "server")],
+            params: Params::default(),
+            alpn: vec![],
+            validation: None,
+            require_client_certificate: false,
+        };
+        let server = server_config(&d).expect("server");
+        let u = UpstreamTls {
+            client_certificate: Some(o.pair(&["client"], "client")),
+            ..UpstreamTls::default()
+        };
+        let client = client_config(&u).expect("a v1 client certificate loads");
+        assert_eq!(handshake(server, client, "v1.test").await, Ok(None));
     }
 }

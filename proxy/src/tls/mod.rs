@@ -8,6 +8,7 @@
 
 pub mod certs;
 pub mod context;
+pub mod info;
 pub mod reload;
 pub mod stats;
 pub mod verify;
@@ -166,6 +167,37 @@ pub enum TlsError {
     Curve(String),
     #[error("{0}")]
     Rustls(String),
+    /// An error in one field of the TLS context, `field` relative to the context
+    /// (`tls_certificates[0].private_key`).
+    #[error("{field}: {error}")]
+    At { field: String, error: Box<TlsError> },
+}
+
+impl TlsError {
+    /// This error, placed in `field` (outer fields come first in the path).
+    pub fn at(self, field: &str) -> TlsError {
+        match self {
+            TlsError::At {
+                field: inner,
+                error,
+            } => TlsError::At {
+                field: format!("{field}.{inner}"),
+                error,
+            },
+            error => TlsError::At {
+                field: field.to_string(),
+                error: Box::new(error),
+            },
+        }
+    }
+
+    /// The field the error is in, if known, and the error itself.
+    pub fn split(&self) -> (Option<&str>, &TlsError) {
+        match self {
+            TlsError::At { field, error } => (Some(field), error),
+            e => (None, e),
+        }
+    }
 }
 
 impl From<rustls::Error> for TlsError {

@@ -108,6 +108,34 @@ impl<T> Watched<T> {
     }
 }
 
+/// A [`Watched`] configuration that can be replaced as a whole while connections use it: an
+/// SDS secret rotation swaps in the configuration built from the new secret, new handshakes
+/// take it, and the chain or cluster that holds it (and their connections) stay as they are.
+pub struct Rotating<T>(arc_swap::ArcSwap<Watched<T>>);
+
+impl<T> std::fmt::Debug for Rotating<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.load().fmt(f)
+    }
+}
+
+impl<T> Rotating<T> {
+    /// Starts with `w`.
+    pub fn new(w: Watched<T>) -> Self {
+        Rotating(arc_swap::ArcSwap::from_pointee(w))
+    }
+
+    /// The configuration for a new connection.
+    pub fn get(&self) -> Arc<T> {
+        self.0.load().get()
+    }
+
+    /// Takes `other`'s configuration from now on.
+    pub fn rotate_from(&self, other: &Rotating<T>) {
+        self.0.store(other.0.load_full());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

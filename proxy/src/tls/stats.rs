@@ -112,7 +112,7 @@ impl TlsStats {
 }
 
 /// Envoy's (BoringSSL's) version names.
-fn version_name(v: ProtocolVersion) -> Option<&'static str> {
+pub fn version_name(v: ProtocolVersion) -> Option<&'static str> {
     match v {
         ProtocolVersion::TLSv1_2 => Some("TLSv1.2"),
         ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
@@ -122,17 +122,25 @@ fn version_name(v: ProtocolVersion) -> Option<&'static str> {
 
 /// BoringSSL's cipher names, as Envoy's `ssl.ciphers.*` shows them.
 fn cipher_name(s: rustls::CipherSuite) -> String {
-    use rustls::CipherSuite as C;
-    match s {
-        C::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256".into(),
-        C::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384".into(),
-        C::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256".into(),
-        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256".into(),
-        C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384".into(),
-        C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305".into(),
-        C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256".into(),
-        C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384".into(),
-        C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305".into(),
-        other => format!("{other:?}"),
+    match openssl_cipher_name(s) {
+        Some(n) => n.into(),
+        None => format!("{s:?}"),
     }
+}
+
+/// BoringSSL's name of a suite rustls implements (`%DOWNSTREAM_TLS_CIPHER%`).
+pub fn openssl_cipher_name(s: rustls::CipherSuite) -> Option<&'static str> {
+    use rustls::CipherSuite as C;
+    Some(match s {
+        C::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
+        C::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
+        C::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
+        _ => return None,
+    })
 }

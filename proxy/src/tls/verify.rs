@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
 use rustls::{
@@ -25,7 +27,7 @@ pub fn roots(ca: &DataSource) -> Result<Arc<RootCertStore>, TlsError> {
     for cert in parse_certs(&ca.read()?)? {
         store
             .add(cert)
-            .map_err(|e| TlsError::Certificate(format!("trusted_ca: {e}")))?;
+            .map_err(|e| TlsError::Certificate(e.to_string()))?;
     }
     Ok(Arc::new(store))
 }
@@ -129,12 +131,9 @@ impl ServerCertVerifier for UpstreamVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        let algs = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algs)
+            .or_else(|e| v1_signature(e, message, cert, dss, algs))
     }
 
     fn verify_tls13_signature(
@@ -143,12 +142,9 @@ impl ServerCertVerifier for UpstreamVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        let algs = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algs)
+            .or_else(|e| v1_signature(e, message, cert, dss, algs))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -156,6 +152,81 @@ impl ServerCertVerifier for UpstreamVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// A handshake signature checked with the key of an X.509 v1 certificate, which webpki will
+/// not parse but BoringSSL (so Envoy, without a validation context) accepts; `err` stands for
+/// any other certificate.
+fn v1_signature(
+    err: rustls::Error,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+    algs: &WebPkiSupportedAlgorithms,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+        return Err(err);
+    };
+    if parsed.tbs_certificate.version.0 != 0 {
+        return Err(err);
+    }
+    let Some((alg_id, key)) = spki_parts(parsed.tbs_certificate.subject_pki.raw) else {
+        return Err(err);
+    };
+    let candidates = algs
+        .mapping
+        .iter()
+        .find(|(scheme, _)| *scheme == dss.scheme)
+        .map(|(_, a)| *a)
+        .ok_or(rustls::Error::PeerMisbehaved(
+            rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+        ))?;
+    let alg = candidates
+        .iter()
+        .find(|a| a.public_key_alg_id().as_ref() == alg_id)
+        .ok_or(rustls::Error::InvalidCertificate(
+            CertificateError::BadSignature,
+        ))?;
+    alg.verify_signature(key, message, dss.signature())
+        .map(|()| HandshakeSignatureValid::assertion())
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadSignature))
+}
+
+/// A DER SubjectPublicKeyInfo's algorithm identifier (contents, as webpki names algorithms)
+/// and its public key bits.
+fn spki_parts(spki: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (0x30, body, _) = der_tlv(spki)? else {
+        return None;
+    };
+    let (0x30, alg, rest) = der_tlv(body)? else {
+        return None;
+    };
+    let (0x03, bits, _) = der_tlv(rest)? else {
+        return None;
+    };
+    match bits.split_first() {
+        Some((0, key)) => Some((alg, key)),
+        _ => None,
+    }
+}
+
+/// One DER tag-length-value: (tag, contents, what follows).
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
 /// The downstream side with SAN matchers: rustls' chain check, then the matchers.

@@ -46,24 +46,49 @@ impl HostStats {
     }
 }
 
-/// A cluster's shared (cross-worker) state: the model and the per-host counters.
+/// A cluster's shared (cross-worker) state: the model, the hosts in force and their counters.
+/// Immutable: an EDS update makes a new one (keeping the counters of hosts that stay).
 #[derive(Debug)]
 pub struct ClusterInfo {
     /// The configuration.
     pub config: Arc<model::Cluster>,
-    /// Per-host counters, in the order of `config.hosts`.
+    /// The hosts: `load_assignment`'s, or those of the EDS resource in force.
+    pub hosts: Vec<model::Host>,
+    /// Per-host counters, in the order of `hosts`.
     pub host_stats: Vec<Arc<HostStats>>,
 }
 
 impl ClusterInfo {
-    /// Shared state for a configured cluster.
+    /// Shared state for a configured cluster with its `load_assignment` hosts.
     pub fn new(config: Arc<model::Cluster>) -> Self {
-        let host_stats = config
-            .hosts
+        let hosts = config.hosts.clone();
+        Self::with_hosts(config, hosts, None)
+    }
+
+    /// Shared state with these hosts; hosts `previous` had keep their counters.
+    pub fn with_hosts(
+        config: Arc<model::Cluster>,
+        hosts: Vec<model::Host>,
+        previous: Option<&ClusterInfo>,
+    ) -> Self {
+        let host_stats = hosts
             .iter()
-            .map(|_| Arc::new(HostStats::default()))
+            .map(|h| {
+                previous
+                    .and_then(|p| {
+                        p.hosts
+                            .iter()
+                            .position(|o| o.address == h.address)
+                            .map(|i| p.host_stats[i].clone())
+                    })
+                    .unwrap_or_default()
+            })
             .collect();
-        ClusterInfo { config, host_stats }
+        ClusterInfo {
+            config,
+            hosts,
+            host_stats,
+        }
     }
 }
 
@@ -196,6 +221,9 @@ pub struct Host {
     pub downstream: Option<(SocketAddr, SocketAddr)>,
     /// With `auto_sni`: the SNI this host's connections send; its pools serve that name only.
     pub sni: Option<rustls_pki_types::ServerName<'static>>,
+    /// With original_src: the client address this host's connections come from; its pools
+    /// serve that client address only.
+    pub source: Option<pool::Source>,
     /// `auto_config`: whether the last handshake chose HTTP/2 (unknown before the first).
     pub negotiated_h2: Cell<Option<bool>>,
 }
@@ -225,6 +253,7 @@ type VariantKey = (
     SocketAddr,
     Option<(SocketAddr, SocketAddr)>,
     Option<Box<str>>,
+    Option<pool::Source>,
 );
 
 /// Above this many ORIGINAL_DST hosts on a worker, hosts no stream uses are dropped.
@@ -240,7 +269,7 @@ impl Cluster {
         own: impl Fn(SocketAddr) -> bool,
     ) -> Option<Rc<Host>> {
         match self.config().discovery {
-            model::DiscoveryType::Static => self.pick_host().cloned(),
+            model::DiscoveryType::Static | model::DiscoveryType::Eds => self.pick_host().cloned(),
             model::DiscoveryType::OriginalDst if own(dest) => {
                 tracing::debug!(%dest, "original destination is this proxy's own listener; refusing");
                 None
@@ -258,16 +287,7 @@ impl Cluster {
             // Only the map holds these: no stream is using them (their idle connections go too).
             hosts.retain(|_, h| Rc::strong_count(h) > 1);
         }
-        let host = Rc::new(Host {
-            address: dest,
-            healthy: true,
-            stats: Arc::new(HostStats::default()),
-            h1: pool::Http1Pool::default(),
-            h2: pool::Http2Pool::default(),
-            downstream: None,
-            sni: None,
-            negotiated_h2: Cell::new(None),
-        });
+        let host = Rc::new(Host::new(dest, true, Arc::new(HostStats::default())));
         hosts.insert(dest, host.clone());
         host
     }
@@ -279,8 +299,20 @@ impl Cluster {
     pub fn variant(
         &self,
         host: Rc<Host>,
+        downstream: (SocketAddr, SocketAddr),
+        authority: Option<&str>,
+    ) -> Rc<Host> {
+        self.variant_from(host, downstream, authority, None)
+    }
+
+    /// [`Cluster::variant`], whose connections come from `source` (original_src) when given:
+    /// pooled apart per source, so no connection carries another client's address.
+    pub fn variant_from(
+        &self,
+        host: Rc<Host>,
         (remote, local): (SocketAddr, SocketAddr),
         authority: Option<&str>,
+        source: Option<pool::Source>,
     ) -> Rc<Host> {
         let cfg = self.config();
         let downstream = cfg.proxy_protocol.is_some().then_some((remote, local));
@@ -289,10 +321,10 @@ impl Cluster {
         } else {
             None
         };
-        if downstream.is_none() && sni.is_none() {
+        if downstream.is_none() && sni.is_none() && source.is_none() {
             return host;
         }
-        let key = (host.address, downstream, sni.map(Box::from));
+        let key = (host.address, downstream, sni.map(Box::from), source);
         let mut hosts = self.by_downstream.borrow_mut();
         if let Some(h) = hosts.get(&key) {
             return h.clone();
@@ -312,6 +344,7 @@ impl Cluster {
                 .2
                 .as_deref()
                 .and_then(|n| rustls_pki_types::ServerName::try_from(n.to_string()).ok()),
+            source,
             negotiated_h2: Cell::new(None),
         });
         hosts.insert(key, copy.clone());
@@ -332,72 +365,135 @@ impl Cluster {
     pub fn config(&self) -> &model::Cluster {
         &self.info.config
     }
+
+    /// This worker's view of a cluster; with `previous` (the same configuration, other hosts)
+    /// hosts that stay keep their pools.
+    fn new(info: Arc<ClusterInfo>, shard: &Arc<Shard>, previous: Option<&Cluster>) -> Self {
+        let cfg = &info.config;
+        let hosts: Vec<Rc<Host>> = info
+            .hosts
+            .iter()
+            .zip(&info.host_stats)
+            .map(|(h, s)| {
+                let kept = previous.and_then(|p| {
+                    p.hosts
+                        .iter()
+                        .find(|o| {
+                            o.address == h.address
+                                && o.healthy == h.healthy
+                                && Arc::ptr_eq(&o.stats, s)
+                        })
+                        .cloned()
+                });
+                kept.unwrap_or_else(|| Rc::new(Host::new(h.address, h.healthy, s.clone())))
+            })
+            .collect();
+        if let Some(p) = previous {
+            for h in &p.hosts {
+                if !hosts.iter().any(|n| Rc::ptr_eq(n, h)) {
+                    h.h1.clear();
+                    h.h2.clear();
+                }
+            }
+        }
+        let healthy = hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.healthy)
+            .map(|(i, _)| i)
+            .collect();
+        Cluster {
+            name: Arc::from(cfg.name.as_str()),
+            stats: ClusterStats::new(shard.clone(), &cfg.name, cfg.tls.is_some()),
+            hosts,
+            healthy,
+            // Workers start at different hosts so load spreads from the first request.
+            rr: Cell::new(fastrand::usize(..)),
+            by_destination: RefCell::new(HashMap::new()),
+            by_downstream: RefCell::new(HashMap::new()),
+            info,
+        }
+    }
+
+    /// Closes this cluster's idle pooled connections and stops new streams on HTTP/2 ones.
+    fn close_idle(&self) {
+        let (dest, down) = (self.by_destination.borrow(), self.by_downstream.borrow());
+        for h in self.hosts.iter().chain(dest.values()).chain(down.values()) {
+            h.h1.clear();
+            h.h2.clear();
+        }
+    }
 }
 
-/// One worker's clusters.
+impl Host {
+    fn new(address: SocketAddr, healthy: bool, stats: Arc<HostStats>) -> Self {
+        Host {
+            address,
+            healthy,
+            stats,
+            h1: pool::Http1Pool::default(),
+            h2: pool::Http2Pool::default(),
+            downstream: None,
+            sni: None,
+            source: None,
+            negotiated_h2: Cell::new(None),
+        }
+    }
+}
+
+/// One worker's clusters, swapped as a whole when the configuration changes; a stream keeps
+/// the cluster it started with.
 #[derive(Debug, Default)]
 pub struct ClusterManager {
-    clusters: HashMap<String, Rc<Cluster>>,
+    clusters: RefCell<HashMap<String, Rc<Cluster>>>,
 }
 
 impl ClusterManager {
-    /// Builds this worker's view of the clusters.
-    pub fn new(infos: &[Arc<ClusterInfo>], shard: &Arc<Shard>) -> Self {
-        let mut clusters = HashMap::new();
-        for info in infos {
-            let cfg = &info.config;
-            let hosts: Vec<Rc<Host>> = cfg
-                .hosts
-                .iter()
-                .zip(&info.host_stats)
-                .map(|(h, s)| {
-                    Rc::new(Host {
-                        address: h.address,
-                        healthy: h.healthy,
-                        stats: s.clone(),
-                        h1: pool::Http1Pool::default(),
-                        h2: pool::Http2Pool::default(),
-                        downstream: None,
-                        sni: None,
-                        negotiated_h2: Cell::new(None),
-                    })
-                })
-                .collect();
-            let healthy = hosts
-                .iter()
-                .enumerate()
-                .filter(|(_, h)| h.healthy)
-                .map(|(i, _)| i)
-                .collect();
-            let c = Cluster {
-                info: info.clone(),
-                name: Arc::from(cfg.name.as_str()),
-                stats: ClusterStats::new(shard.clone(), &cfg.name, cfg.tls.is_some()),
-                hosts,
-                healthy,
-                // Workers start at different hosts so load spreads from the first request.
-                rr: Cell::new(fastrand::usize(..)),
-                by_destination: RefCell::new(HashMap::new()),
-                by_downstream: RefCell::new(HashMap::new()),
+    /// Puts `infos` in force on this worker. A cluster whose shared state did not change is
+    /// kept as it is, pools and all; a changed one is built again, keeping the pools of hosts
+    /// that stay when only its hosts changed; a removed one closes its idle connections
+    /// (streams that still use it finish on theirs).
+    pub fn update(&self, infos: &HashMap<String, Arc<ClusterInfo>>, shard: &Arc<Shard>) {
+        let mut old = std::mem::take(&mut *self.clusters.borrow_mut());
+        let mut next = HashMap::with_capacity(infos.len());
+        for (name, info) in infos {
+            let prev = old.remove(name);
+            let c = match prev {
+                Some(c) if Arc::ptr_eq(&c.info, info) => c,
+                prev => {
+                    let same_config = prev
+                        .as_ref()
+                        .is_some_and(|p| Arc::ptr_eq(&p.info.config, &info.config));
+                    let c = Rc::new(Cluster::new(
+                        info.clone(),
+                        shard,
+                        prev.as_deref().filter(|_| same_config),
+                    ));
+                    if let Some(p) = prev {
+                        if !same_config {
+                            p.close_idle();
+                        }
+                    }
+                    c
+                }
             };
-            clusters.insert(cfg.name.clone(), Rc::new(c));
+            next.insert(name.clone(), c);
         }
-        ClusterManager { clusters }
+        for gone in old.values() {
+            gone.close_idle();
+        }
+        *self.clusters.borrow_mut() = next;
     }
 
     /// A cluster by name.
-    pub fn get(&self, name: &str) -> Option<&Rc<Cluster>> {
-        self.clusters.get(name)
+    pub fn get(&self, name: &str) -> Option<Rc<Cluster>> {
+        self.clusters.borrow().get(name).cloned()
     }
 
     /// Closes idle pooled connections and stops new streams on HTTP/2 ones (drain).
     pub fn close_idle(&self) {
-        for c in self.clusters.values() {
-            let (dest, down) = (c.by_destination.borrow(), c.by_downstream.borrow());
-            for h in c.hosts.iter().chain(dest.values()).chain(down.values()) {
-                h.h1.clear();
-                h.h2.clear();
-            }
+        for c in self.clusters.borrow().values() {
+            c.close_idle();
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use super::{Cluster, Host, HostStats};
 use crate::http::body::ProxyBody;
 use crate::io::{Counted, FlowPair, FlowSlot, Stream, WriteFlow};
+use crate::stream_info::{next_connection_id, UpstreamConnection};
 
 /// Why no upstream connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +49,7 @@ pub enum ConnectError {
 pub type UpstreamStream = Counted<Stream>;
 
 /// Where an upstream connection comes from, when not from the host's own address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Source {
     /// The local address to bind.
     pub address: SocketAddr,
@@ -58,9 +59,10 @@ pub struct Source {
     pub mark: u32,
 }
 
-/// Opens a TCP connection to a host of `cluster`, counting it and its bytes.
+/// Opens a TCP connection to a host of `cluster` (from the host's `source`, if it has one),
+/// counting it and its bytes.
 pub async fn connect(cluster: &Cluster, host: &Host) -> Result<UpstreamStream, ConnectError> {
-    connect_from(cluster, host, None).await
+    connect_from(cluster, host, host.source).await
 }
 
 /// [`connect`], from `source` when given (original_src), else from the cluster's
@@ -118,6 +120,9 @@ pub async fn connect_from(
         Err(e) => {
             stats.upstream_cx_connect_fail.inc();
             HostStats::inc(&host.stats.cx_connect_fail);
+            // Envoy numbers every connection it creates, a failed one too; the ids that
+            // follow in the access log stay the same as Envoy's.
+            next_connection_id();
             Err(e)
         }
     }
@@ -153,6 +158,49 @@ async fn tls_handshake(
                 st.failed(&e);
             }
             Err(ConnectError::Tls(e.to_string()))
+        }
+    }
+}
+
+/// The id, local address and TLS version of a new upstream connection.
+pub fn connection_info(s: &mut Stream) -> UpstreamConnection {
+    let (tcp, tls_version) = match s {
+        Stream::Tcp(t) => (Some(&*t), None),
+        Stream::TcpPrefixed(p) => (Some(p.get_ref()), None),
+        Stream::ClientTls(t) => {
+            let (tcp, conn) = t.get_ref();
+            (
+                Some(tcp),
+                conn.protocol_version()
+                    .and_then(crate::tls::stats::version_name),
+            )
+        }
+        Stream::ServerTls(_) => (None, None),
+    };
+    UpstreamConnection {
+        id: next_connection_id(),
+        local: tcp.and_then(|t| t.local_addr().ok()),
+        tls_version,
+    }
+}
+
+impl ConnectError {
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`, worded as Envoy's where the cause is the same.
+    pub fn transport_failure_reason(&self) -> Option<String> {
+        match self {
+            ConnectError::Io(e) => {
+                let text = e.to_string();
+                // Envoy shows strerror(3) alone.
+                let text = match text.rfind(" (os error ") {
+                    Some(i) => text[..i].to_string(),
+                    None => text,
+                };
+                Some(format!("delayed connect error: {text}"))
+            }
+            ConnectError::Tls(e) => Some(format!("TLS error: {e}")),
+            ConnectError::Timeout | ConnectError::Handshake(_) | ConnectError::PendingFailed => {
+                None
+            }
         }
     }
 }
@@ -218,6 +266,8 @@ impl Drop for ConnGuard {
 pub struct Http1Sender {
     send: http1::SendRequest<ProxyBody>,
     flow: FlowSlot,
+    /// What the access log shows of this connection.
+    pub info: UpstreamConnection,
 }
 
 impl Http1Sender {
@@ -305,8 +355,9 @@ pub async fn connect_http1(
 async fn http1_on(
     cluster: &Rc<Cluster>,
     host: &Rc<Host>,
-    stream: UpstreamStream,
+    mut stream: UpstreamStream,
 ) -> Result<Http1Sender, ConnectError> {
+    let info = connection_info(stream.get_mut());
     let flow = FlowSlot::default();
     let stream = WriteFlow::new(
         stream,
@@ -329,7 +380,11 @@ async fn http1_on(
         }
         drop(guard);
     });
-    Ok(Http1Sender { send: sender, flow })
+    Ok(Http1Sender {
+        send: sender,
+        flow,
+        info,
+    })
 }
 
 /// The most an upstream HTTP/1.1 connection buffers: the cluster's
@@ -348,6 +403,8 @@ pub struct Http2Conn {
     peer_max: Rc<Cell<usize>>,
     closed: Rc<Cell<bool>>,
     limit: usize,
+    /// What the access log shows of this connection.
+    pub info: UpstreamConnection,
 }
 
 impl Http2Conn {
@@ -490,8 +547,9 @@ async fn connect_http2(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<Http2Co
 async fn http2_on(
     cluster: &Rc<Cluster>,
     host: &Rc<Host>,
-    stream: UpstreamStream,
+    mut stream: UpstreamStream,
 ) -> Result<Http2Conn, ConnectError> {
+    let info = connection_info(stream.get_mut());
     let cfg = cluster.config().http2;
     let (stream_window, conn_window) = cfg.windows(cluster.config().buffer_limit);
     let (send, conn) = h2::client::Builder::new()
@@ -526,6 +584,7 @@ async fn http2_on(
         peer_max,
         closed,
         limit: cfg.max_concurrent_streams as usize,
+        info,
     })
 }
 

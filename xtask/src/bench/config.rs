@@ -9,6 +9,8 @@ pub struct Ports {
     pub nginx_h1: u16,
     /// nginx, h2c (prior knowledge): `/` returns "ok".
     pub nginx_h2: u16,
+    /// nginx, HTTP/1.1: `/` returns "alt" (the other upstream of the live-configuration rows).
+    pub nginx_alt: u16,
     pub admin: u16,
     /// Proxy HTTP listener routing to the HTTP/1.1 upstream.
     pub http: u16,
@@ -192,9 +194,16 @@ pub fn nginx_conf(p: &Ports, dir: &Path) -> String {
             return 200 "ok";
         }}
     }}
+    server {{
+        listen 127.0.0.1:{alt} backlog=4096;
+        location / {{
+            return 200 "alt";
+        }}
+    }}
 "#,
         h1 = p.nginx_h1,
         h2 = p.nginx_h2,
+        alt = p.nginx_alt,
     );
     nginx_conf_with(dir, "nginx", &servers)
 }

@@ -5,6 +5,7 @@
 //! up for a second, then measures; peers alternate within each repetition.
 
 mod config;
+mod live;
 mod load;
 mod report;
 mod sidecar;
@@ -123,6 +124,8 @@ pub struct Run {
     pub notes: Vec<String>,
     /// The sidecar rows, when they ran.
     pub sidecar: Option<sidecar::Results>,
+    /// The live-configuration rows, when they ran.
+    pub live: Option<live::Results>,
 }
 
 #[derive(Clone, Debug)]
@@ -132,6 +135,8 @@ pub struct Options {
     pub rows: Vec<Row>,
     /// The sidecar rows (they need root: by default only when running as root).
     pub sidecar: Vec<sidecar::Row>,
+    /// The live-configuration rows (route change → traffic; 1,000 clusters and routes).
+    pub live: Vec<live::Row>,
     pub skiff: Option<PathBuf>,
     pub no_skiff: bool,
     pub write: bool,
@@ -147,6 +152,7 @@ fn parse(args: &[String]) -> Result<Options> {
         } else {
             Vec::new()
         },
+        live: live::Row::ALL.to_vec(),
         skiff: None,
         no_skiff: false,
         write: false,
@@ -168,13 +174,22 @@ fn parse(args: &[String]) -> Result<Options> {
                 let list = value("--rows")?;
                 o.rows.clear();
                 o.sidecar.clear();
+                o.live.clear();
                 for id in list.split(',').map(str::trim) {
                     if let Some(r) = Row::ALL.into_iter().find(|r| r.id() == id) {
                         o.rows.push(r);
                     } else if let Some(r) = sidecar::Row::ALL.into_iter().find(|r| r.id() == id) {
                         o.sidecar.push(r);
+                    } else if let Some(r) = live::Row::ALL.into_iter().find(|r| r.id() == id) {
+                        o.live.push(r);
                     } else {
-                        bail!("unknown row `{id}`");
+                        let ids: Vec<&str> = Row::ALL
+                            .iter()
+                            .map(|r| r.id())
+                            .chain(sidecar::Row::ALL.iter().map(|r| r.id()))
+                            .chain(live::Row::ALL.iter().map(|r| r.id()))
+                            .collect();
+                        bail!("unknown row `{id}` (rows: {})", ids.join(","));
                     }
                 }
             }
@@ -212,10 +227,11 @@ pub fn run(args: &[String]) -> Result {
     };
 
     let tmp = TempDir::new("skiff-bench")?;
-    let [nginx_h1, nginx_h2, admin, http, h2, tcp] = free_ports()?;
+    let [nginx_h1, nginx_h2, nginx_alt, admin, http, h2, tcp] = free_ports()?;
     let ports = Ports {
         nginx_h1,
         nginx_h2,
+        nginx_alt,
         admin,
         http,
         h2,
@@ -251,6 +267,7 @@ pub fn run(args: &[String]) -> Result {
         nginx_pid: nginx.pid(),
         notes,
         sidecar: None,
+        live: None,
     };
     if opts.sidecar.is_empty() && !process::is_root() {
         bench
@@ -258,13 +275,15 @@ pub fn run(args: &[String]) -> Result {
             .push("the sidecar rows were not measured: they need root".to_string());
     }
     let targets = [Target::Direct, Target::Skiff, Target::Envoy];
-    eprintln!(
-        "bench: {} rows × {} targets × {} reps, {} s each (+1 s warm-up)",
-        opts.rows.len(),
-        targets.len(),
-        opts.reps,
-        opts.duration
-    );
+    if !opts.rows.is_empty() {
+        eprintln!(
+            "bench: {} rows × {} targets × {} reps, {} s each (+1 s warm-up)",
+            opts.rows.len(),
+            targets.len(),
+            opts.reps,
+            opts.duration
+        );
+    }
     for rep in 1..=opts.reps {
         for &row in &opts.rows {
             for target in targets {
@@ -290,6 +309,24 @@ pub fn run(args: &[String]) -> Result {
         }
     }
 
+    if !opts.live.is_empty() {
+        eprintln!(
+            "bench: live configuration, {} rows × {} proxies × {} reps",
+            opts.live.len(),
+            if skiff_bin.is_some() { 2 } else { 1 },
+            opts.reps
+        );
+        let r = live::run(
+            &opts.live,
+            opts.reps,
+            skiff_bin.as_deref(),
+            &envoy,
+            &ports,
+            tmp.path(),
+        )?;
+        bench.live = Some(r);
+    }
+
     if !opts.sidecar.is_empty() {
         eprintln!(
             "bench: sidecar hop, {} rows × 7 paths × {} reps, {} s each (+1 s warm-up)",
@@ -309,7 +346,15 @@ pub fn run(args: &[String]) -> Result {
     }
 
     let table = report::table(&bench);
-    println!("\n{table}");
+    if !opts.rows.is_empty() {
+        println!("\n{table}");
+    }
+    if let Some(r) = &bench.live {
+        println!("\n{}", live::table(r));
+        for n in &r.notes {
+            println!("- {n}");
+        }
+    }
     if let Some(r) = &bench.sidecar {
         println!("\n{}", sidecar::table(r));
         for c in sidecar::comparisons(r) {
@@ -323,7 +368,8 @@ pub fn run(args: &[String]) -> Result {
         + bench
             .sidecar
             .as_ref()
-            .map_or(0, |r| r.samples.iter().filter(|s| s.3.is_err()).count());
+            .map_or(0, |r| r.samples.iter().filter(|s| s.3.is_err()).count())
+        + bench.live.as_ref().map_or(0, |r| r.failures());
     if opts.write {
         let path = crate::repo_root().join("BENCHMARKS.md");
         std::fs::write(&path, report::markdown(&bench, &table)?)?;
@@ -371,7 +417,7 @@ fn start_nginx(p: &Ports, dir: &Path) -> Result<Proc> {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut proc = Proc::spawn("nginx", &mut cmd)?;
-    for port in [p.nginx_h1, p.nginx_h2] {
+    for port in [p.nginx_h1, p.nginx_h2, p.nginx_alt] {
         wait_port(port, &mut proc, Duration::from_secs(10))
             .map_err(|e| Error(format!("{e:?}\n{}", tail(&dir.join("nginx-error.log"), 10))))?;
     }

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use super::{load, proxy_flags, sidecar, Row, Run, Sample, Target};
+use super::{live, load, proxy_flags, sidecar, Row, Run, Sample, Target};
 use crate::Result;
 
 /// One line of progress for a sample.
@@ -207,7 +207,7 @@ Measured {date} (commit {commit}) on {nproc} CPUs ({model}), Linux {kernel}.
 {reps} of {d} s each; the peers alternate within each repetition (direct, skiff, Envoy,
 then again).
 
-{table}{notes}{sidecar}
+{table}{notes}{sidecar}{live}
 How to read it:
 
 - **req/s, p50, p99** come from the load generator; p50/p99 for HTTP/2 come from h2load's
@@ -245,8 +245,9 @@ taskset -c 0 target/release/skiff -c bench.yaml {flags}
 taskset -c 0 .venv/bin/envoy -c bench.yaml {flags}
 {loads}```
 
-Upstream: nginx with `return 200 "ok"` on :{h1}, a 65,536-byte file at `/64k`, and h2c
-(prior knowledge, `listen … http2`) on :{h2}.
+Upstream: nginx with `return 200 "ok"` on :{h1}, a 65,536-byte file at `/64k`, h2c
+(prior knowledge, `listen … http2`) on :{h2}, and `return 200 "alt"` on :{alt} (the other
+cluster of the live-configuration rows).
 
 <details><summary>bench.yaml (the config both proxies ran)</summary>
 
@@ -260,6 +261,10 @@ Upstream: nginx with `return 200 "ok"` on :{h1}, a 65,536-byte file at `/64k`, a
             .sidecar
             .as_ref()
             .map_or_else(String::new, |r| sidecar_section(r, d)),
+        live = run
+            .live
+            .as_ref()
+            .map_or_else(String::new, |r| live::section(r, run.opts.reps)),
         noise = super::NOISE_LIMIT * 100.0,
         retries = super::NOISE_RETRIES,
         invocation = {
@@ -280,6 +285,7 @@ Upstream: nginx with `return 200 "ok"` on :{h1}, a 65,536-byte file at `/64k`, a
         },
         h1 = p.nginx_h1,
         h2 = p.nginx_h2,
+        alt = p.nginx_alt,
         yaml = run.yaml,
     ))
 }

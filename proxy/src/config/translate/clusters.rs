@@ -11,7 +11,12 @@ use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 use super::{duration, required, socket_address, DEFAULT_BUFFER_LIMIT, HTTP_PROTOCOL_OPTIONS};
 
-pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Cluster, ConfigError> {
+pub(super) fn translate_cluster(
+    c: &cluster::Cluster,
+    path: &str,
+    secrets: &crate::config::Secrets,
+) -> Result<Cluster, ConfigError> {
+    super::fields::cluster(c, path)?;
     use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
     if c.name.is_empty() {
         return Err(ConfigError::new(format!("{path}.name"), "required"));
@@ -28,20 +33,25 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
         Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::OriginalDst as i32 => {
             model::DiscoveryType::OriginalDst
         }
+        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::Eds as i32 => {
+            model::DiscoveryType::Eds
+        }
         Some(ClusterDiscoveryType::Type(t)) => {
             let name = DiscoveryType::try_from(*t)
                 .map(|t| t.as_str_name())
                 .unwrap_or("unknown");
             return Err(ConfigError::new(
                 format!("{path}.type"),
-                format!("unsupported: {name} (only STATIC and ORIGINAL_DST)"),
+                format!("unsupported: {name} (only STATIC, EDS and ORIGINAL_DST)"),
             ));
         }
         Some(_) => return Err(ConfigError::unsupported(format!("{path}.cluster_type"))),
     };
     // Envoy's pairing: ORIGINAL_DST clusters take CLUSTER_PROVIDED, the others a real policy.
     let lb_ok = match discovery {
-        model::DiscoveryType::Static => c.lb_policy == LbPolicy::RoundRobin as i32,
+        model::DiscoveryType::Static | model::DiscoveryType::Eds => {
+            c.lb_policy == LbPolicy::RoundRobin as i32
+        }
         model::DiscoveryType::OriginalDst => c.lb_policy == LbPolicy::ClusterProvided as i32,
     };
     if !lb_ok {
@@ -49,7 +59,7 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
             .map(|t| t.as_str_name())
             .unwrap_or("unknown");
         let want = match discovery {
-            model::DiscoveryType::Static => "ROUND_ROBIN",
+            model::DiscoveryType::Static | model::DiscoveryType::Eds => "ROUND_ROBIN",
             model::DiscoveryType::OriginalDst => "CLUSTER_PROVIDED (required by ORIGINAL_DST)",
         };
         return Err(ConfigError::new(
@@ -115,26 +125,43 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
         Some(d) => duration(d, &format!("{path}.connect_timeout"))?,
         None => Duration::from_secs(5),
     };
-    let mut hosts = Vec::new();
-    if let Some(la) = &c.load_assignment {
-        for (i, locality) in la.endpoints.iter().enumerate() {
-            for (j, lb) in locality.lb_endpoints.iter().enumerate() {
-                let epath = format!("{path}.load_assignment.endpoints[{i}].lb_endpoints[{j}]");
-                use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-                let ep = match &lb.host_identifier {
-                    Some(HostIdentifier::Endpoint(ep)) => ep,
-                    _ => return Err(ConfigError::new(format!("{epath}.endpoint"), "required")),
-                };
-                let address = socket_address(
-                    required(&ep.address, &format!("{epath}.endpoint.address"))?,
-                    &format!("{epath}.endpoint.address"),
-                )?;
-                // Envoy routes to UNKNOWN, HEALTHY and DEGRADED hosts only.
-                let healthy = matches!(lb.health_status, 0 | 1 | 5);
-                hosts.push(Host { address, healthy });
-            }
+    let eds = match (&c.eds_cluster_config, discovery) {
+        (Some(e), model::DiscoveryType::Eds) => {
+            let epath = format!("{path}.eds_cluster_config");
+            let source = required(&e.eds_config, &format!("{epath}.eds_config"))?;
+            Some(EdsConfig {
+                service_name: if e.service_name.is_empty() {
+                    c.name.clone()
+                } else {
+                    e.service_name.clone()
+                },
+                source: super::config_source(source, &format!("{epath}.eds_config"))?,
+            })
         }
+        (None, model::DiscoveryType::Eds) => {
+            return Err(ConfigError::new(
+                format!("{path}.eds_cluster_config"),
+                "required for an EDS cluster",
+            ))
+        }
+        (Some(_), _) => {
+            return Err(ConfigError::new(
+                format!("{path}.eds_cluster_config"),
+                "only an EDS cluster takes eds_cluster_config",
+            ))
+        }
+        (None, _) => None,
+    };
+    if eds.is_some() && c.load_assignment.is_some() {
+        return Err(ConfigError::new(
+            format!("{path}.load_assignment"),
+            "an EDS cluster takes its hosts from eds_cluster_config, not load_assignment",
+        ));
     }
+    let hosts = match &c.load_assignment {
+        Some(la) => load_assignment_hosts(la, &format!("{path}.load_assignment"))?,
+        None => Vec::new(),
+    };
     let mut protocol = UpstreamProtocol::Http1;
     let mut http2 = Http2Options::default();
     let (mut auto_sni, mut auto_san_validation) = (false, false);
@@ -212,6 +239,7 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
             &format!("{path}.transport_socket"),
             auto_san_validation,
             auto_config_path.is_some(),
+            secrets,
         )?,
         None => (None, None),
     };
@@ -232,6 +260,7 @@ pub(super) fn translate_cluster(c: &cluster::Cluster, path: &str) -> Result<Clus
         source_address,
         connect_timeout,
         hosts,
+        eds,
         protocol,
         http2,
         buffer_limit: c
@@ -287,4 +316,33 @@ fn check_http2_options(h2: &core::Http2ProtocolOptions, path: &str) -> Result<()
         }
     }
     Ok(())
+}
+
+/// The hosts of a `ClusterLoadAssignment` (a cluster's `load_assignment`, or an EDS resource).
+pub(crate) fn load_assignment_hosts(
+    la: &envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+    path: &str,
+) -> Result<Vec<Host>, ConfigError> {
+    super::fields::cluster_load_assignment(la, path)?;
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    let mut hosts = Vec::new();
+    for (i, locality) in la.endpoints.iter().enumerate() {
+        super::fields::locality_lb_endpoints(locality, &format!("{path}.endpoints[{i}]"))?;
+        for (j, lb) in locality.lb_endpoints.iter().enumerate() {
+            let epath = format!("{path}.endpoints[{i}].lb_endpoints[{j}]");
+            super::fields::lb_endpoint(lb, &epath)?;
+            let ep = match &lb.host_identifier {
+                Some(HostIdentifier::Endpoint(ep)) => ep,
+                _ => return Err(ConfigError::new(format!("{epath}.endpoint"), "required")),
+            };
+            let address = socket_address(
+                required(&ep.address, &format!("{epath}.endpoint.address"))?,
+                &format!("{epath}.endpoint.address"),
+            )?;
+            // Envoy routes to UNKNOWN, HEALTHY and DEGRADED hosts only.
+            let healthy = matches!(lb.health_status, 0 | 1 | 5);
+            hosts.push(Host { address, healthy });
+        }
+    }
+    Ok(hosts)
 }

@@ -18,7 +18,7 @@ use super::super::model::*;
 use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 use super::{duration, required, typed_config};
-use crate::access_log::Format;
+use crate::access_log::{json, Extensions, Format};
 use crate::router::{Route, RouteMatch, RouteTable, VirtualHost};
 
 pub(super) fn translate_hcm(
@@ -26,6 +26,7 @@ pub(super) fn translate_hcm(
     path: &str,
     clusters: &HashSet<String>,
 ) -> Result<HttpConnectionManager, ConfigError> {
+    super::fields::http_connection_manager(h, path)?;
     use hcm::http_connection_manager::{
         CodecType as Codec, RouteSpecifier, ServerHeaderTransformation as Sht,
     };
@@ -43,18 +44,30 @@ pub(super) fn translate_hcm(
             ))
         }
     };
-    let routes = match &h.route_specifier {
-        Some(RouteSpecifier::RouteConfig(rc)) => {
-            translate_routes(rc, &format!("{path}.route_config"), clusters)?
-        }
-        Some(_) => {
-            return Err(ConfigError::new(
-                path,
-                "unsupported: only an inline route_config",
-            ))
-        }
-        None => return Err(ConfigError::new(format!("{path}.route_config"), "required")),
-    };
+    let routes =
+        match &h.route_specifier {
+            Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Static(Arc::new(
+                translate_routes(rc, &format!("{path}.route_config"), Some(clusters))?,
+            )),
+            Some(RouteSpecifier::Rds(rds)) => {
+                let rpath = format!("{path}.rds");
+                if rds.route_config_name.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{rpath}.route_config_name"),
+                        "required",
+                    ));
+                }
+                let source = required(&rds.config_source, &format!("{rpath}.config_source"))?;
+                RouteSource::Rds {
+                    name: rds.route_config_name.clone(),
+                    source: super::config_source(source, &format!("{rpath}.config_source"))?,
+                }
+            }
+            Some(RouteSpecifier::ScopedRoutes(_)) => {
+                return Err(ConfigError::unsupported(format!("{path}.scoped_routes")))
+            }
+            None => return Err(ConfigError::new(format!("{path}.route_config"), "required")),
+        };
     let mut router = None;
     for (i, f) in h.http_filters.iter().enumerate() {
         let fpath = format!("{path}.http_filters[{i}]");
@@ -125,7 +138,7 @@ pub(super) fn translate_hcm(
     Ok(HttpConnectionManager {
         stat_prefix: h.stat_prefix.clone(),
         codec,
-        routes: Arc::new(routes),
+        routes,
         http_filters: Vec::new(),
         router,
         access_logs,
@@ -185,6 +198,25 @@ pub(super) fn translate_access_log(
         Some(sfs) => {
             use core::substitution_format_string::Format as F;
             let fpath = format!("{tpath}.log_format");
+            let mut ext = Extensions::default();
+            for (i, f) in sfs.formatters.iter().enumerate() {
+                let path = format!("{fpath}.formatters[{i}].typed_config");
+                let any = f
+                    .typed_config
+                    .as_ref()
+                    .ok_or_else(|| ConfigError::new(&path, "required"))?;
+                match type_name(&any.type_url) {
+                    "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery" => {
+                        ext.req_without_query = true
+                    }
+                    other => {
+                        return Err(ConfigError::new(
+                            path,
+                            format!("unsupported formatter extension '{}' ({other})", f.name),
+                        ))
+                    }
+                }
+            }
             let text = match sfs.format {
                 #[allow(deprecated)]
                 Some(F::TextFormat(t)) => t,
@@ -196,16 +228,62 @@ pub(super) fn translate_access_log(
                         )))
                     }
                 },
-                Some(_) => return Err(ConfigError::unsupported(format!("{fpath}.json_format"))),
+                Some(F::JsonFormat(st)) => {
+                    let path = format!("{fpath}.json_format");
+                    if st.fields.is_empty() {
+                        return Err(ConfigError::new(path, "needs at least one field"));
+                    }
+                    return Ok(AccessLog {
+                        sink,
+                        format: Arc::new(Format::json(json_template(&st, ext, &path)?)),
+                    });
+                }
                 None => return Err(ConfigError::new(fpath, "needs text_format_source")),
             };
-            Format::parse(&text)
+            Format::parse_with(&text, ext)
                 .map_err(|e| ConfigError::new(format!("{fpath}.text_format_source"), e))?
         }
     };
     Ok(AccessLog {
         sink,
         format: Arc::new(format),
+    })
+}
+
+/// A `json_format` object: each string a format, numbers, booleans, lists and objects kept.
+fn json_template(
+    st: &envoy_types::pb::google::protobuf::Struct,
+    ext: Extensions,
+    path: &str,
+) -> Result<json::Template, ConfigError> {
+    let mut fields = Vec::with_capacity(st.fields.len());
+    for (k, v) in &st.fields {
+        fields.push((k.clone(), json_value(v, ext, &format!("{path}.{k}"))?));
+    }
+    Ok(json::Template::object(fields))
+}
+
+fn json_value(
+    v: &envoy_types::pb::google::protobuf::Value,
+    ext: Extensions,
+    path: &str,
+) -> Result<json::Template, ConfigError> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    Ok(match &v.kind {
+        Some(Kind::StringValue(s)) => {
+            json::Template::string(s, ext).map_err(|e| ConfigError::new(path, e))?
+        }
+        Some(Kind::NumberValue(n)) => json::Template::number(*n),
+        Some(Kind::BoolValue(b)) => json::Template::bool(*b),
+        Some(Kind::NullValue(_)) | None => json::Template::null(),
+        Some(Kind::StructValue(st)) => json_template(st, ext, path)?,
+        Some(Kind::ListValue(l)) => json::Template::list(
+            l.values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| json_value(v, ext, &format!("{path}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
     })
 }
 
@@ -225,14 +303,19 @@ fn stream_format_err(
     })
 }
 
-fn translate_routes(
+/// A route configuration. Inline ones have their clusters checked against `clusters`, as
+/// Envoy's `validate_clusters` does by default for them; RDS ones (`None`) are not, and a route
+/// to a cluster that does not exist answers 503 at request time.
+pub(crate) fn translate_routes(
     rc: &route::RouteConfiguration,
     path: &str,
-    clusters: &HashSet<String>,
+    clusters: Option<&HashSet<String>>,
 ) -> Result<RouteTable, ConfigError> {
+    super::fields::route_configuration(rc, path)?;
     let mut vhosts = Vec::new();
     for (i, vh) in rc.virtual_hosts.iter().enumerate() {
         let vpath = format!("{path}.virtual_hosts[{i}]");
+        super::fields::virtual_host(vh, &vpath)?;
         if vh.domains.is_empty() {
             return Err(ConfigError::new(
                 format!("{vpath}.domains"),
@@ -260,10 +343,12 @@ fn translate_routes(
 fn translate_route(
     r: &route::Route,
     path: &str,
-    clusters: &HashSet<String>,
+    clusters: Option<&HashSet<String>>,
 ) -> Result<Route, ConfigError> {
+    super::fields::route(r, path)?;
     let m = required(&r.r#match, &format!("{path}.match"))?;
     let mpath = format!("{path}.match");
+    super::fields::route_match(m, &mpath)?;
     let case_sensitive = m.case_sensitive.as_ref().is_none_or(|v| v.value);
     let path_match = match &m.path_specifier {
         Some(route::route_match::PathSpecifier::Prefix(p)) => {
@@ -305,11 +390,12 @@ fn translate_route(
         }
     };
     let apath = format!("{path}.route");
+    super::fields::route_action(action, &apath)?;
     let cluster = match &action.cluster_specifier {
         Some(route::route_action::ClusterSpecifier::Cluster(c)) => c.clone(),
         _ => return Err(ConfigError::new(format!("{apath}.cluster"), "required")),
     };
-    if !clusters.contains(&cluster) {
+    if clusters.is_some_and(|c| !c.contains(&cluster)) {
         return Err(ConfigError::new(
             format!("{apath}.cluster"),
             format!("unknown cluster '{cluster}'"),

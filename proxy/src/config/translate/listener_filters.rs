@@ -200,4 +200,22 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn original_src_with_http_loads_but_not_its_bind_port() {
+        let http = |src: &str| {
+            format!(
+                r#"static_resources: {{ listeners: [{{ name: l, address: {{socket_address: {{address: 127.0.0.1, port_value: 15006}}}}, listener_filters: [{src}], filter_chains: [{{filters: [{{name: h, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: h, route_config: {{virtual_hosts: [{{name: a, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: c}}}}]}}]}}, http_filters: [{{name: r, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]}}}}]}}] }}], clusters: [{{name: c, type: STATIC, load_assignment: {{cluster_name: c, endpoints: []}}}}] }}"#
+            )
+        };
+        assert!(load_text(&http(SRC)).is_ok());
+        let bind_port = r#"{name: src, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc, bind_port: true}}"#;
+        let e = load_text(&http(bind_port)).expect_err("bind_port");
+        assert!(
+            e.to_string().starts_with(
+                "static_resources.listeners[0].listener_filters[0].typed_config.bind_port: unsupported with http_connection_manager"
+            ),
+            "{e}"
+        );
+    }
 }

@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 
 mod clusters;
+mod fields;
 mod http_manager;
 mod listener_filters;
 mod tls;
@@ -24,7 +25,56 @@ use http_manager::{translate_access_log, translate_hcm};
 
 use super::model::*;
 use super::proto::{type_name, unpack};
-use super::ConfigError;
+use super::{ConfigError, Secrets};
+
+/// Translation of single resources, as they come from dynamic sources.
+pub mod resource {
+    use std::collections::HashSet;
+
+    use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+    use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+    use envoy_types::pb::envoy::config::listener::v3 as listener;
+    use envoy_types::pb::envoy::config::route::v3 as route;
+
+    use super::super::model::{Cluster, Host, Listener};
+    use super::super::{ConfigError, Secrets};
+    use crate::router::RouteTable;
+
+    /// A listener; inline routes must name clusters in `clusters`.
+    pub fn listener(
+        l: &listener::Listener,
+        path: &str,
+        clusters: &HashSet<String>,
+        secrets: &Secrets,
+    ) -> Result<Listener, ConfigError> {
+        super::translate_listener(l, path, clusters, secrets)
+    }
+
+    /// A cluster.
+    pub fn cluster(
+        c: &cluster::Cluster,
+        path: &str,
+        secrets: &Secrets,
+    ) -> Result<Cluster, ConfigError> {
+        super::clusters::translate_cluster(c, path, secrets)
+    }
+
+    /// A route configuration from RDS (its clusters are not checked, as Envoy's default).
+    pub fn route_configuration(
+        rc: &route::RouteConfiguration,
+        path: &str,
+    ) -> Result<RouteTable, ConfigError> {
+        super::http_manager::translate_routes(rc, path, None)
+    }
+
+    /// The hosts of a `ClusterLoadAssignment` from EDS.
+    pub fn endpoints(
+        cla: &endpoint::ClusterLoadAssignment,
+        path: &str,
+    ) -> Result<Vec<Host>, ConfigError> {
+        super::clusters::load_assignment_hosts(cla, path)
+    }
+}
 
 pub(super) const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
 const HCM_TYPE: &str =
@@ -56,12 +106,28 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
     };
     let empty = bootstrap::bootstrap::StaticResources::default();
     let res = b.static_resources.as_ref().unwrap_or(&empty);
+    let secrets = static_secrets(&res.secrets)?;
+    let dynamic = match &b.dynamic_resources {
+        Some(d) => DynamicResources {
+            lds: d
+                .lds_config
+                .as_ref()
+                .map(|c| config_source(c, "dynamic_resources.lds_config"))
+                .transpose()?,
+            cds: d
+                .cds_config
+                .as_ref()
+                .map(|c| config_source(c, "dynamic_resources.cds_config"))
+                .transpose()?,
+        },
+        None => DynamicResources::default(),
+    };
 
     let mut clusters = Vec::new();
     let mut cluster_names = HashSet::new();
     for (i, c) in res.clusters.iter().enumerate() {
         let path = format!("static_resources.clusters[{i}]");
-        let c = translate_cluster(c, &path)?;
+        let c = translate_cluster(c, &path, &secrets)?;
         if !cluster_names.insert(c.name.clone()) {
             return Err(ConfigError::new(
                 format!("{path}.name"),
@@ -76,7 +142,7 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
     let mut addresses = HashSet::new();
     for (i, l) in res.listeners.iter().enumerate() {
         let path = format!("static_resources.listeners[{i}]");
-        let l = translate_listener(l, &path, &cluster_names)?;
+        let l = translate_listener(l, &path, &cluster_names, &secrets)?;
         if !listener_names.insert(l.name.clone()) {
             return Err(ConfigError::new(
                 format!("{path}.name"),
@@ -96,6 +162,89 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         admin,
         listeners,
         clusters,
+        dynamic,
+    })
+}
+
+/// `static_resources.secrets` by name.
+pub(super) fn static_secrets(
+    all: &[envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret],
+) -> Result<Secrets, ConfigError> {
+    let mut out = Secrets::new();
+    for (i, s) in all.iter().enumerate() {
+        fields::secret(s, &format!("static_resources.secrets[{i}]"))?;
+        if s.name.is_empty() {
+            return Err(ConfigError::new(
+                format!("static_resources.secrets[{i}].name"),
+                "required",
+            ));
+        }
+        if out.insert(s.name.clone(), s.clone()).is_some() {
+            return Err(ConfigError::new(
+                format!("static_resources.secrets[{i}].name"),
+                format!("duplicate secret '{}'", s.name),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// A `ConfigSource`: only files so far (`path_config_source`, or the legacy `path`).
+pub fn config_source(c: &core::ConfigSource, path: &str) -> Result<ConfigSource, ConfigError> {
+    use core::config_source::ConfigSourceSpecifier as Spec;
+    // AUTO means V3 in Envoy 1.40.
+    if c.resource_api_version != core::ApiVersion::V3 as i32
+        && c.resource_api_version != core::ApiVersion::Auto as i32
+    {
+        return Err(ConfigError::new(
+            format!("{path}.resource_api_version"),
+            "only V3 resources are supported",
+        ));
+    }
+    #[allow(deprecated)]
+    let (file, watched_directory) = match &c.config_source_specifier {
+        Some(Spec::Path(p)) => (p.clone(), None),
+        Some(Spec::PathConfigSource(p)) => (
+            p.path.clone(),
+            p.watched_directory.as_ref().map(|w| w.path.clone()),
+        ),
+        Some(Spec::ApiConfigSource(_)) => {
+            return Err(ConfigError::unsupported(format!(
+                "{path}.api_config_source"
+            )))
+        }
+        Some(Spec::Ads(_)) => return Err(ConfigError::unsupported(format!("{path}.ads"))),
+        Some(Spec::Self_(_)) => return Err(ConfigError::unsupported(format!("{path}.self"))),
+        None => {
+            return Err(ConfigError::new(
+                path,
+                "a config source is required (path_config_source)",
+            ))
+        }
+    };
+    if file.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.path_config_source.path"),
+            "required",
+        ));
+    }
+    if watched_directory.as_deref() == Some("") {
+        return Err(ConfigError::new(
+            format!("{path}.path_config_source.watched_directory.path"),
+            "required",
+        ));
+    }
+    let initial_fetch_timeout = match &c.initial_fetch_timeout {
+        Some(d) => {
+            let d = duration(d, &format!("{path}.initial_fetch_timeout"))?;
+            (!d.is_zero()).then_some(d)
+        }
+        None => Some(Duration::from_secs(15)),
+    };
+    Ok(ConfigSource {
+        path: file.into(),
+        watched_directory: watched_directory.map(Into::into),
+        initial_fetch_timeout,
     })
 }
 
@@ -154,7 +303,9 @@ fn translate_listener(
     l: &listener::Listener,
     path: &str,
     clusters: &HashSet<String>,
+    secrets: &Secrets,
 ) -> Result<Listener, ConfigError> {
+    fields::listener(l, path)?;
     let address = socket_address(
         required(&l.address, &format!("{path}.address"))?,
         &format!("{path}.address"),
@@ -190,7 +341,7 @@ fn translate_listener(
                 ),
             ));
         }
-        filter_chains.push((m, Arc::new(translate_chain(fc, &fpath, clusters)?)));
+        filter_chains.push((m, Arc::new(translate_chain(fc, &fpath, clusters, secrets)?)));
     }
     let chain_table = {
         let matches: Vec<&FilterChainMatch> = filter_chains.iter().map(|(m, _)| m).collect();
@@ -206,6 +357,7 @@ fn translate_listener(
             fc,
             &format!("{path}.default_filter_chain"),
             clusters,
+            secrets,
         )?)),
         None => None,
     };
@@ -229,10 +381,13 @@ fn translate_listener(
         let http = chains
             .flat_map(|fc| fc.filters.iter())
             .any(|f| matches!(f, NetworkFilter::HttpConnectionManager(_)));
-        if http {
+        // One client connection may need several pooled upstream connections, which cannot
+        // all have its port.
+        if http && original_src.as_ref().is_some_and(|o| o.bind_port) {
             return Err(ConfigError::new(
-                original_src_path,
-                "unsupported with http_connection_manager (only with tcp_proxy so far)",
+                format!("{original_src_path}.typed_config.bind_port"),
+                "unsupported with http_connection_manager (upstream connections come from the \
+                 client's address with a port of the kernel's choosing)",
             ));
         }
     }
@@ -261,11 +416,98 @@ fn translate_listener(
         original_src,
         transparent: l.transparent.as_ref().is_some_and(|v| v.value),
         freebind: l.freebind.as_ref().is_some_and(|v| v.value),
+        drain_type: match listener::listener::DrainType::try_from(l.drain_type) {
+            Ok(listener::listener::DrainType::Default) => DrainType::Default,
+            Ok(listener::listener::DrainType::ModifyOnly) => DrainType::ModifyOnly,
+            Err(_) => {
+                return Err(ConfigError::new(
+                    format!("{path}.drain_type"),
+                    format!("{} is not a drain type", l.drain_type),
+                ))
+            }
+        },
+        inbound: l.traffic_direction == core::TrafficDirection::Inbound as i32,
+        socket_options: socket_options(
+            &l.socket_options,
+            &format!("{path}.socket_options"),
+            address,
+        )?,
+        tcp_fast_open_queue_length: l.tcp_fast_open_queue_length.as_ref().map(|v| v.value),
+        accept_batch: match &l.max_connections_to_accept_per_socket_event {
+            Some(v) if v.value == 0 => {
+                return Err(ConfigError::new(
+                    format!("{path}.max_connections_to_accept_per_socket_event"),
+                    "value must be greater than 0",
+                ))
+            }
+            Some(v) => Some(v.value),
+            None => None,
+        },
         buffer_limit: l
             .per_connection_buffer_limit_bytes
             .as_ref()
             .map_or(DEFAULT_BUFFER_LIMIT, |v| v.value as usize),
     })
+}
+
+/// `socket_options`, keeping those that apply to a TCP socket of `address`'s family.
+fn socket_options(
+    all: &[core::SocketOption],
+    path: &str,
+    address: SocketAddr,
+) -> Result<Vec<SocketOption>, ConfigError> {
+    use core::socket_option::{SocketIpVersion, SocketState as Pb, Value};
+    let mut out = Vec::new();
+    for (i, o) in all.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let stream_only_datagram = o
+            .r#type
+            .as_ref()
+            .is_some_and(|t| t.stream.is_none() && t.datagram.is_some());
+        let family = SocketIpVersion::try_from(o.ip_version)
+            .map_err(|_| ConfigError::new(format!("{p}.ip_version"), "unknown IP version"))?;
+        let other_family = match family {
+            SocketIpVersion::Unspecified => false,
+            SocketIpVersion::Ipv4 => !address.is_ipv4(),
+            SocketIpVersion::Ipv6 => !address.is_ipv6(),
+        };
+        let (Ok(level), Ok(name)) = (i32::try_from(o.level), i32::try_from(o.name)) else {
+            return Err(ConfigError::new(&p, "level and name must fit a C int"));
+        };
+        let value = match &o.value {
+            Some(Value::IntValue(v)) => SocketOptionValue::Int(
+                i32::try_from(*v)
+                    .map_err(|_| ConfigError::new(format!("{p}.int_value"), "must fit a C int"))?,
+            ),
+            Some(Value::BufValue(b)) => SocketOptionValue::Bytes(b.clone()),
+            None => {
+                return Err(ConfigError::new(
+                    &p,
+                    "a value (int_value or buf_value) is required",
+                ))
+            }
+        };
+        let state = match Pb::try_from(o.state) {
+            Ok(Pb::StatePrebind) => SocketState::PreBind,
+            Ok(Pb::StateBound) => SocketState::Bound,
+            Ok(Pb::StateListening) => SocketState::Listening,
+            Err(_) => {
+                return Err(ConfigError::new(
+                    format!("{p}.state"),
+                    "unknown socket state",
+                ))
+            }
+        };
+        if !stream_only_datagram && !other_family {
+            out.push(SocketOption {
+                level,
+                name,
+                value,
+                state,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The `typed_config` of a filter whose configuration is the `typed_config | config_discovery`
@@ -288,6 +530,7 @@ fn chain_match(
     m: &listener::FilterChainMatch,
     path: &str,
 ) -> Result<FilterChainMatch, ConfigError> {
+    fields::filter_chain_match(m, path)?;
     let destination_port = match &m.destination_port {
         Some(p) if p.value >= 1 && p.value <= 65535 => Some(p.value as u16),
         Some(p) => {
@@ -409,7 +652,9 @@ fn translate_chain(
     fc: &listener::FilterChain,
     path: &str,
     clusters: &HashSet<String>,
+    secrets: &Secrets,
 ) -> Result<FilterChain, ConfigError> {
+    fields::filter_chain(fc, path)?;
     let mut filters = Vec::new();
     for (i, f) in fc.filters.iter().enumerate() {
         let fpath = format!("{path}.filters[{i}]");
@@ -462,14 +707,8 @@ fn translate_chain(
         }
         filters.push(filter);
     }
-    if filters.is_empty() {
-        return Err(ConfigError::new(
-            format!("{path}.filters"),
-            "a filter chain needs a terminal filter",
-        ));
-    }
     let tls = match &fc.transport_socket {
-        Some(ts) => tls::downstream(ts, &format!("{path}.transport_socket"))?,
+        Some(ts) => tls::downstream(ts, &format!("{path}.transport_socket"), secrets)?,
         None => None,
     };
     Ok(FilterChain {
@@ -519,6 +758,7 @@ fn translate_local_ratelimit(
 }
 
 fn translate_tcp_proxy(t: &tcp::TcpProxy, path: &str) -> Result<TcpProxy, ConfigError> {
+    fields::tcp_proxy(t, path)?;
     if t.stat_prefix.is_empty() {
         return Err(ConfigError::new(format!("{path}.stat_prefix"), "required"));
     }

@@ -13,9 +13,9 @@ use tls::tls_parameters::TlsProtocol;
 
 use super::super::model::{DownstreamTransport, UpstreamTransport};
 use super::super::proto::{type_name, unpack};
-use super::super::ConfigError;
+use super::super::{ConfigError, Secrets};
 use super::http_manager::string_match;
-use crate::tls::reload::Watched;
+use crate::tls::reload::{Rotating, Watched};
 use crate::tls::{
     context, CertificateConfig, DataSource, DownstreamTls, Params, SanMatcher, SanType,
     UpstreamTls, Validation, Version,
@@ -52,16 +52,18 @@ fn typed<'a>(
 pub(super) fn downstream(
     ts: &core::TransportSocket,
     path: &str,
+    secrets: &Secrets,
 ) -> Result<Option<Arc<DownstreamTransport>>, ConfigError> {
     let Some(any) = typed(ts, path, DOWNSTREAM_TLS)? else {
         return Ok(None);
     };
     let path = format!("{path}.typed_config");
     let ctx: tls::DownstreamTlsContext = unpack(any, &path)?;
+    super::fields::downstream_tls_context(&ctx, &path)?;
     let cpath = format!("{path}.common_tls_context");
     let empty = tls::CommonTlsContext::default();
     let common = ctx.common_tls_context.as_ref().unwrap_or(&empty);
-    let (certificates, params, alpn, validation) = common_context(common, &cpath)?;
+    let (certificates, params, alpn, validation) = common_context(common, &cpath, secrets)?;
     if certificates.is_empty() {
         return Err(ConfigError::new(
             format!("{cpath}.tls_certificates"),
@@ -91,8 +93,17 @@ pub(super) fn downstream(
     let config = Watched::new(path.clone(), files, move || {
         context::server_config(&build_settings)
     })
-    .map_err(|e| ConfigError::new(&cpath, e.to_string()))?;
+    .map(Rotating::new)
+    .map_err(|e| context_error(&cpath, &e))?;
     Ok(Some(Arc::new(DownstreamTransport { settings, config })))
+}
+
+/// A TLS error at the field of the common context it names, else at the context itself.
+fn context_error(cpath: &str, e: &crate::tls::TlsError) -> ConfigError {
+    match e.split() {
+        (Some(field), inner) => ConfigError::new(format!("{cpath}.{field}"), inner.to_string()),
+        (None, inner) => ConfigError::new(cpath, inner.to_string()),
+    }
 }
 
 const UPSTREAM_PROXY_PROTOCOL: &str =
@@ -105,13 +116,14 @@ pub(super) fn upstream_transport(
     path: &str,
     check_sni: bool,
     auto_alpn: bool,
+    secrets: &Secrets,
 ) -> Result<(Option<Arc<UpstreamTransport>>, Option<ProxyVersion>), ConfigError> {
     use core::transport_socket::ConfigType;
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
-        return Ok((upstream(ts, path, check_sni, auto_alpn)?, None));
+        return Ok((upstream(ts, path, check_sni, auto_alpn, secrets)?, None));
     };
     if type_name(&any.type_url) != UPSTREAM_PROXY_PROTOCOL {
-        return Ok((upstream(ts, path, check_sni, auto_alpn)?, None));
+        return Ok((upstream(ts, path, check_sni, auto_alpn, secrets)?, None));
     }
     let path = format!("{path}.typed_config");
     let pp: pp::ProxyProtocolUpstreamTransport = unpack(any, &path)?;
@@ -134,6 +146,7 @@ pub(super) fn upstream_transport(
             &format!("{path}.transport_socket"),
             check_sni,
             auto_alpn,
+            secrets,
         )?,
         None => {
             return Err(ConfigError::new(
@@ -151,16 +164,18 @@ fn upstream(
     path: &str,
     check_sni: bool,
     auto_alpn: bool,
+    secrets: &Secrets,
 ) -> Result<Option<Arc<UpstreamTransport>>, ConfigError> {
     let Some(any) = typed(ts, path, UPSTREAM_TLS)? else {
         return Ok(None);
     };
     let path = format!("{path}.typed_config");
     let ctx: tls::UpstreamTlsContext = unpack(any, &path)?;
+    super::fields::upstream_tls_context(&ctx, &path)?;
     let cpath = format!("{path}.common_tls_context");
     let empty = tls::CommonTlsContext::default();
     let common = ctx.common_tls_context.as_ref().unwrap_or(&empty);
-    let (mut certificates, params, alpn, validation) = common_context(common, &cpath)?;
+    let (mut certificates, params, alpn, validation) = common_context(common, &cpath, secrets)?;
     if certificates.len() > 1 {
         return Err(ConfigError::new(
             format!("{cpath}.tls_certificates"),
@@ -201,7 +216,8 @@ fn upstream(
     let config = Watched::new(path.clone(), files, move || {
         context::client_config(&build_settings)
     })
-    .map_err(|e| ConfigError::new(&cpath, e.to_string()))?;
+    .map(Rotating::new)
+    .map_err(|e| context_error(&cpath, &e))?;
     Ok(Some(Arc::new(UpstreamTransport {
         settings,
         config,
@@ -232,17 +248,30 @@ type Common = (
     Option<Validation>,
 );
 
-fn common_context(c: &tls::CommonTlsContext, path: &str) -> Result<Common, ConfigError> {
+fn common_context(
+    c: &tls::CommonTlsContext,
+    path: &str,
+    secrets: &Secrets,
+) -> Result<Common, ConfigError> {
+    super::fields::common_tls_context(c, path)?;
     let mut certs = Vec::with_capacity(c.tls_certificates.len());
     for (i, t) in c.tls_certificates.iter().enumerate() {
-        let p = format!("{path}.tls_certificates[{i}]");
-        certs.push(CertificateConfig {
-            chain: data_source(
-                t.certificate_chain.as_ref(),
-                &format!("{p}.certificate_chain"),
-            )?,
-            key: data_source(t.private_key.as_ref(), &format!("{p}.private_key"))?,
-        });
+        certs.push(certificate(t, &format!("{path}.tls_certificates[{i}]"))?);
+    }
+    // Certificates from secrets: static ones by name, or what SDS brought.
+    for (i, s) in c.tls_certificate_sds_secret_configs.iter().enumerate() {
+        let p = format!("{path}.tls_certificate_sds_secret_configs[{i}]");
+        match secret(secrets, &s.name, &p)? {
+            tls::secret::Type::TlsCertificate(t) => {
+                certs.push(certificate(t, &format!("{p} (secret '{}')", s.name))?)
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{p}.name"),
+                    format!("secret '{}' is not a tls_certificate", s.name),
+                ))
+            }
+        }
     }
     let params = match &c.tls_params {
         Some(p) => params(p, &format!("{path}.tls_params"))?,
@@ -253,6 +282,23 @@ fn common_context(c: &tls::CommonTlsContext, path: &str) -> Result<Common, Confi
         Some(tls::common_tls_context::ValidationContextType::ValidationContext(v)) => Some(
             validation_context(v, &format!("{path}.validation_context"))?,
         ),
+        Some(tls::common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+            s,
+        )) => {
+            let p = format!("{path}.validation_context_sds_secret_config");
+            match secret(secrets, &s.name, &p)? {
+                tls::secret::Type::ValidationContext(v) => Some(validation_context(
+                    v,
+                    &format!("{p} (secret '{}')", s.name),
+                )?),
+                _ => {
+                    return Err(ConfigError::new(
+                        format!("{p}.name"),
+                        format!("secret '{}' is not a validation_context", s.name),
+                    ))
+                }
+            }
+        }
         Some(_) => {
             return Err(ConfigError::unsupported(format!(
                 "{path}.validation_context_type"
@@ -268,6 +314,38 @@ fn common_context(c: &tls::CommonTlsContext, path: &str) -> Result<Common, Confi
         }
     }
     Ok((certs, params, c.alpn_protocols.clone(), validation))
+}
+
+/// A `TlsCertificate`'s chain and key.
+fn certificate(t: &tls::TlsCertificate, path: &str) -> Result<CertificateConfig, ConfigError> {
+    Ok(CertificateConfig {
+        chain: data_source(
+            t.certificate_chain.as_ref(),
+            &format!("{path}.certificate_chain"),
+        )?,
+        key: data_source(t.private_key.as_ref(), &format!("{path}.private_key"))?,
+    })
+}
+
+/// The secret `name` names, which must be there (a static one, or one SDS brought; a
+/// listener or cluster waits for its secrets before it is translated).
+fn secret<'a>(
+    secrets: &'a Secrets,
+    name: &str,
+    path: &str,
+) -> Result<&'a tls::secret::Type, ConfigError> {
+    if let Some(s) = secrets.get(name) {
+        super::fields::secret(s, &format!("{path} (secret '{name}')"))?;
+    }
+    secrets
+        .get(name)
+        .and_then(|s| s.r#type.as_ref())
+        .ok_or_else(|| {
+            ConfigError::new(
+                format!("{path}.name"),
+                format!("secret '{name}' is not available"),
+            )
+        })
 }
 
 fn data_source(ds: Option<&core::DataSource>, path: &str) -> Result<DataSource, ConfigError> {

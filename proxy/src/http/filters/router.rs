@@ -34,7 +34,7 @@ enum Conn {
     Http1(Http1Sender),
     Http2 {
         // Held to keep the stream's slot on its connection until the response ends.
-        _stream: Http2Stream,
+        stream: Http2Stream,
         pump: Option<tokio::task::AbortHandle>,
     },
 }
@@ -107,7 +107,9 @@ impl Drop for Upstream {
     }
 }
 
-/// Routes and forwards one request. `Err` is the local reply to send instead.
+/// Routes and forwards one request. `Err` is the local reply to send instead. With `source`
+/// (original_src), upstream connections come from that address.
+#[allow(clippy::too_many_arguments)]
 pub async fn route(
     worker: &Rc<Worker>,
     cfg: &model::HttpConnectionManager,
@@ -115,12 +117,22 @@ pub async fn route(
     body: ProxyBody,
     request: &Rc<RequestProgress>,
     (downstream_remote, downstream_local): (std::net::SocketAddr, std::net::SocketAddr),
+    source: Option<pool::Source>,
     mut info: Option<&mut StreamInfo>,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let host_header = authority(&parts).unwrap_or("").to_string();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let vhost = cfg
-        .routes
+    // Each stream reads the route table in force when it starts (RDS updates reach
+    // long-lived connections on their next stream).
+    let rds;
+    let table: &crate::router::RouteTable = match &cfg.routes {
+        model::RouteSource::Static(t) => t,
+        model::RouteSource::Rds { name, .. } => {
+            rds = worker.route_table(name).ok_or(LocalReply::NO_ROUTE)?;
+            &rds
+        }
+    };
+    let vhost = table
         .virtual_host(&host_header)
         .ok_or(LocalReply::NO_ROUTE)?;
     let route = vhost
@@ -129,8 +141,7 @@ pub async fn route(
     let cluster = worker
         .clusters
         .get(&route.cluster)
-        .ok_or(LocalReply::NO_CLUSTER)?
-        .clone();
+        .ok_or(LocalReply::NO_CLUSTER)?;
     if let Some(info) = info.as_deref_mut() {
         info.route_name = (!route.name.is_empty()).then(|| route.name.as_str().into());
         info.upstream_cluster = Some(cluster.name.clone());
@@ -154,15 +165,12 @@ pub async fn route(
         cluster.stats.upstream_cx_none_healthy.inc();
         return Err(LocalReply::NO_HEALTHY_UPSTREAM);
     };
-    let host = cluster.variant(
+    let host = cluster.variant_from(
         host,
         (downstream_remote, downstream_local),
         Some(&host_header),
+        source,
     );
-    if let Some(info) = info {
-        info.upstream_host = Some(host.address);
-        info.attempts = 1;
-    }
     if !cfg.router.suppress_envoy_headers {
         if let Some(t) = route.timeout {
             parts.headers.insert(
@@ -171,21 +179,42 @@ pub async fn route(
             );
         }
     }
+    if let Some(info) = info.as_deref_mut() {
+        info.upstream_host = Some(host.address);
+        info.attempts = 1;
+        // The header map Envoy logs is the one the router forwards.
+        info.request_headers_bytes =
+            crate::http::conn_manager::request_headers_bytes(&parts, info.scheme);
+    }
+    let failure = std::cell::RefCell::new(None);
     let http2 = match cluster.config().protocol {
         UpstreamProtocol::Http1 => false,
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Downstream => parts.version == Version::HTTP_2,
-        UpstreamProtocol::Auto => pool::negotiate(&cluster, &host)
-            .await
-            .map_err(connect_failure)?,
+        UpstreamProtocol::Auto => match pool::negotiate(&cluster, &host).await {
+            Ok(h2) => h2,
+            Err(e) => {
+                if let Some(info) = info.as_deref_mut() {
+                    info.upstream_transport_failure = e.transport_failure_reason();
+                }
+                return Err(connect_failure(e, &failure));
+            }
+        },
     };
 
     let mut upstream = Upstream::start(cluster.clone(), host.clone(), request.clone());
+    let target = Target {
+        cluster: &cluster,
+        host: &host,
+        authority: &host_header,
+        request,
+        failure: &failure,
+    };
     let send = async {
         if http2 {
-            send_http2(&cluster, &host, parts, body, &host_header, request).await
+            send_http2(&target, parts, body).await
         } else {
-            send_http1(&cluster, &host, parts, body, &host_header, request).await
+            send_http1(&target, parts, body).await
         }
     };
     // Envoy's route timeout runs from the end of the request to the end of the response; this
@@ -203,6 +232,16 @@ pub async fn route(
         }
         None => send.await,
     };
+    if let Some(info) = info {
+        info.upstream_transport_failure = failure.take();
+        if let Ok((_, conn)) = &result {
+            info.upstream_connection = Some(match conn {
+                Conn::Http1(sender) => sender.info,
+                Conn::Http2 { stream, .. } => stream.conn().info,
+            });
+            info.upstream_protocol = Some(if http2 { "HTTP/2" } else { "HTTP/1.1" });
+        }
+    }
     match result {
         Ok((resp, conn)) => {
             if cfg.router.dynamic_stats {
@@ -239,8 +278,10 @@ pub async fn route(
     }
 }
 
-fn connect_failure(e: ConnectError) -> LocalReply {
+/// The local reply for a failed connect; its reason goes to `failure` for the access log.
+fn connect_failure(e: ConnectError, failure: &std::cell::RefCell<Option<String>>) -> LocalReply {
     tracing::debug!(error = %e, "upstream connect failed");
+    *failure.borrow_mut() = e.transport_failure_reason();
     match e {
         ConnectError::Handshake(_) => LocalReply::PROTOCOL_ERROR,
         ConnectError::Timeout => LocalReply::CONNECT_TIMEOUT,
@@ -259,14 +300,23 @@ fn hyper_failure(e: &hyper::Error) -> LocalReply {
     }
 }
 
+/// Where one request goes, for the protocol's sender.
+struct Target<'a> {
+    cluster: &'a Rc<Cluster>,
+    host: &'a Rc<Host>,
+    authority: &'a str,
+    request: &'a RequestProgress,
+    /// Why a connect failed, for `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+    failure: &'a std::cell::RefCell<Option<String>>,
+}
+
 async fn send_http1(
-    cluster: &Rc<Cluster>,
-    host: &Rc<Host>,
+    t: &Target<'_>,
     mut parts: http::request::Parts,
     body: ProxyBody,
-    authority: &str,
-    request: &RequestProgress,
 ) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
+    let (cluster, host, authority, request) = (t.cluster, t.host, t.authority, t.request);
+    let connect_failure = |e| connect_failure(e, t.failure);
     // The authority of an absolute-form or HTTP/2 request wins over any Host header, as in Envoy.
     if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) {
         if let Ok(v) = HeaderValue::from_str(authority) {
@@ -327,13 +377,12 @@ async fn send_http1(
 }
 
 async fn send_http2(
-    cluster: &Rc<Cluster>,
-    host: &Rc<Host>,
+    t: &Target<'_>,
     mut parts: http::request::Parts,
     body: ProxyBody,
-    authority: &str,
-    request: &RequestProgress,
 ) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
+    let (cluster, host, authority, request) = (t.cluster, t.host, t.authority, t.request);
+    let connect_failure = |e| connect_failure(e, t.failure);
     let pq = parts
         .uri
         .path_and_query()
@@ -398,13 +447,7 @@ async fn send_http2(
                     recv,
                     data_done: false,
                 });
-                return Ok((
-                    resp,
-                    Conn::Http2 {
-                        _stream: slot,
-                        pump,
-                    },
-                ));
+                return Ok((resp, Conn::Http2 { stream: slot, pump }));
             }
             Err(e) => {
                 let refused = e.is_go_away() && e.is_remote()

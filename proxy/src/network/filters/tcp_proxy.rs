@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::config::model;
 use crate::io::Counted;
 use crate::stats::{Counter, Shard};
-use crate::stream_info::{ResponseFlag, StreamInfo};
+use crate::stream_info::{Connection, ResponseFlag, StreamInfo};
 use crate::upstream::pool;
 use crate::worker::Worker;
 
@@ -65,11 +65,18 @@ pub async fn run(
     downstream: Stream,
     remote: SocketAddr,
     local: SocketAddr,
+    connection: Arc<Connection>,
     source: Option<pool::Source>,
     buffer_limit: usize,
 ) {
     stats.downstream_cx_total.inc();
-    let mut info = (!cfg.access_logs.is_empty()).then(|| StreamInfo::new(remote, local));
+    let mut info = (!cfg.access_logs.is_empty()).then(|| {
+        let mut info = StreamInfo::new(remote, local);
+        info.connection = Some(connection);
+        // Envoy gives every connection a random stream id (`%STREAM_ID%`).
+        info.stream_id = Some(uuid::Uuid::new_v4().to_string());
+        info
+    });
     let moved = Moved::default();
     proxy(
         worker,
@@ -112,7 +119,7 @@ async fn proxy(
     moved: &Moved,
     mut info: Option<&mut StreamInfo>,
 ) {
-    let Some(cluster) = worker.clusters.get(cfg.cluster.pick()).cloned() else {
+    let Some(cluster) = worker.clusters.get(cfg.cluster.pick()) else {
         stats.downstream_cx_no_route.inc();
         if let Some(info) = info {
             info.flags.set(ResponseFlag::NoClusterFound);
@@ -143,16 +150,20 @@ async fn proxy(
             .map_err(pool::ConnectError::Io),
         Err(e) => Err(e),
     };
-    let upstream = match connected {
+    let mut upstream = match connected {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(error = %e, upstream = %host.address, "tcp_proxy connect failed");
             if let Some(info) = info {
                 info.flags.set(ResponseFlag::UpstreamConnectionFailure);
+                info.upstream_transport_failure = e.transport_failure_reason();
             }
             return;
         }
     };
+    if let Some(info) = info.as_deref_mut() {
+        info.upstream_connection = Some(pool::connection_info(upstream.get_mut()));
+    }
     let _upstream = pool::ConnGuard::new(&cluster, &host);
     let max = buffer_limit.clamp(1024, MAX_BUFFER);
     let last_activity = Rc::new(Cell::new(Instant::now()));

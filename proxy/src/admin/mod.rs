@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -17,10 +17,16 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+mod config_dump;
+
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
+
 use crate::cli::Options;
 use crate::config::Loaded;
+use crate::config_store::Snapshot;
+use crate::server::Command;
 use crate::stats::{self, StatValue, Store};
-use crate::upstream::ClusterInfo;
 
 /// Version string reported by `/server_info`.
 pub const VERSION: &str = concat!("skiff/", env!("CARGO_PKG_VERSION"));
@@ -30,28 +36,34 @@ pub const VERSION: &str = concat!("skiff/", env!("CARGO_PKG_VERSION"));
 pub struct AdminState {
     /// All stats.
     pub store: Arc<Store>,
-    /// The running configuration.
+    /// The bootstrap.
     pub config: Arc<Loaded>,
+    /// The configuration in force.
+    pub published: Arc<ArcSwap<Snapshot>>,
     /// The command line.
     pub options: Options,
     /// Worker count.
     pub concurrency: usize,
-    /// Clusters with their host counters.
-    pub clusters: Vec<Arc<ClusterInfo>>,
     /// Start time.
     pub started: Instant,
     /// Set by `POST /healthcheck/fail`, cleared by `/healthcheck/ok`; workers read it too.
     pub health_failed: Arc<AtomicBool>,
     /// Set once the server drains.
     pub draining: AtomicBool,
+    /// Set until the first configuration is in force (Envoy's init manager).
+    pub initializing: AtomicBool,
     /// Notified by `POST /quitquitquit`.
     pub quit: Notify,
+    /// Requests to the main loop.
+    pub commands: mpsc::UnboundedSender<Command>,
 }
 
 impl AdminState {
     fn state_name(&self) -> &'static str {
         if self.draining.load(Ordering::Relaxed) || self.health_failed.load(Ordering::Relaxed) {
             "DRAINING"
+        } else if self.initializing.load(Ordering::Relaxed) {
+            "INITIALIZING"
         } else {
             "LIVE"
         }
@@ -62,8 +74,12 @@ impl AdminState {
         let main = self.store.main();
         main.gauge("server.uptime")
             .set(self.started.elapsed().as_secs() as i64);
-        main.gauge("server.state")
-            .set(if self.state_name() == "LIVE" { 0 } else { 1 });
+        // Envoy's values: LIVE 0, DRAINING 1, PRE_INITIALIZING 2, INITIALIZING 3.
+        main.gauge("server.state").set(match self.state_name() {
+            "LIVE" => 0,
+            "DRAINING" => 1,
+            _ => 3,
+        });
         main.gauge("server.live")
             .set(if self.state_name() == "LIVE" { 1 } else { 0 });
     }
@@ -128,6 +144,11 @@ const ENDPOINTS: &[(&str, &str, bool)] = &[
     ("/", "Admin home page", false),
     ("/clusters", "upstream cluster status", false),
     ("/config_dump", "dump current Envoy configs", false),
+    (
+        "/drain_listeners",
+        "drain listeners (inboundonly: only inbound ones; graceful: let connections close first)",
+        true,
+    ),
     (
         "/healthcheck/fail",
         "cause the server to fail health checks",
@@ -248,7 +269,17 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/listeners" => listeners(state, &q),
         "/clusters" => clusters(state, &q),
-        "/config_dump" => json_response(&config_dump(state)),
+        "/config_dump" => config_dump::respond(state, &q),
+        "/drain_listeners" => {
+            let cmd = Command::DrainListeners {
+                inbound_only: q.contains_key("inboundonly"),
+                graceful: q.contains_key("graceful"),
+            };
+            match state.commands.send(cmd) {
+                Ok(()) => text(StatusCode::OK, "OK\n"),
+                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            }
+        }
         _ => text(StatusCode::NOT_FOUND, help()),
     }
 }
@@ -264,25 +295,37 @@ fn stats_endpoint(state: &AdminState, q: &BTreeMap<String, String>) -> Response<
     };
     let used_only = q.contains_key("usedonly");
     let snap = state.store.snapshot();
+    let texts = state.store.texts();
+    let keep = |name: &str| filter.as_ref().is_none_or(|r| r.is_match(name));
     let selected = snap.iter().filter(|(name, v)| {
-        filter.as_ref().is_none_or(|r| r.is_match(name))
-            && (!used_only || !matches!(v, StatValue::Counter(0) | StatValue::Gauge(0)))
+        keep(name) && (!used_only || !matches!(v, StatValue::Counter(0) | StatValue::Gauge(0)))
     });
+    let texts = texts
+        .iter()
+        .filter(|(name, v)| keep(name) && (!used_only || !v.is_empty()));
     if q.get("format").map(String::as_str) == Some("json") {
-        let stats: Vec<serde_json::Value> = selected
+        let mut stats: Vec<serde_json::Value> = selected
             .map(|(name, v)| match v {
                 StatValue::Counter(c) => json!({"name": name, "value": c}),
                 StatValue::Gauge(g) => json!({"name": name, "value": g}),
             })
             .collect();
+        stats.extend(texts.map(|(name, v)| json!({"name": name, "value": v})));
         return json_response(&json!({ "stats": stats }));
     }
+    let mut lines: BTreeMap<&str, String> = selected
+        .map(|(name, v)| {
+            let v = match v {
+                StatValue::Counter(c) => c.to_string(),
+                StatValue::Gauge(g) => g.to_string(),
+            };
+            (name.as_str(), v)
+        })
+        .collect();
+    lines.extend(texts.map(|(name, v)| (name.as_str(), format!("{v:?}"))));
     let mut out = String::new();
-    for (name, v) in selected {
-        match v {
-            StatValue::Counter(c) => out.push_str(&format!("{name}: {c}\n")),
-            StatValue::Gauge(g) => out.push_str(&format!("{name}: {g}\n")),
-        }
+    for (name, v) in lines {
+        out.push_str(&format!("{name}: {v}\n"));
     }
     text(StatusCode::OK, out)
 }
@@ -325,7 +368,8 @@ fn proto_duration(ms: u64) -> String {
 }
 
 fn listeners(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<Bytes>> {
-    let ls = &state.config.model.listeners;
+    let snapshot = state.published.load();
+    let ls = &snapshot.listeners;
     if q.get("format").map(String::as_str) == Some("json") {
         let statuses: Vec<serde_json::Value> = ls
             .iter()
@@ -348,7 +392,10 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
     let json_format = q.get("format").map(String::as_str) == Some("json");
     let mut out = String::new();
     let mut statuses = Vec::new();
-    for c in &state.clusters {
+    let snapshot = state.published.load();
+    let mut all: Vec<_> = snapshot.clusters.values().collect();
+    all.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    for c in all {
         let name = &c.config.name;
         let mut hosts = Vec::new();
         out.push_str(&format!("{name}::observability_name::{name}\n"));
@@ -362,8 +409,13 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
                 out.push_str(&format!("{name}::{p}::{k}::{v}\n"));
             }
         }
-        out.push_str(&format!("{name}::added_via_api::false\n"));
-        for (h, s) in c.config.hosts.iter().zip(&c.host_stats) {
+        let via_api = snapshot
+            .dump
+            .clusters
+            .iter()
+            .any(|d| !d.is_static && d.active.as_ref().is_some_and(|a| a.name == *name));
+        out.push_str(&format!("{name}::added_via_api::{via_api}\n"));
+        for (h, s) in c.hosts.iter().zip(&c.host_stats) {
             let a = h.address;
             let fields = [
                 ("cx_active", s.cx_active.load(Relaxed)),
@@ -410,28 +462,6 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
         return json_response(&json!({ "cluster_statuses": statuses }));
     }
     text(StatusCode::OK, out)
-}
-
-fn config_dump(state: &AdminState) -> serde_json::Value {
-    let d = &state.config.dump;
-    let now = crate::access_log::format_time(SystemTime::now());
-    let listeners: Vec<serde_json::Value> = d
-        .listeners
-        .iter()
-        .map(|l| json!({"name": l.get("name"), "active_state": {"listener": l, "last_updated": now}}))
-        .collect();
-    let clusters: Vec<serde_json::Value> = d
-        .clusters
-        .iter()
-        .map(|c| json!({"cluster": c, "last_updated": now}))
-        .collect();
-    json!({
-        "configs": [
-            {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": d.bootstrap, "last_updated": now},
-            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "static_clusters": clusters},
-            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": listeners},
-        ]
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,390 @@
+//! Discovery responses from files, as Envoy's filesystem subscriptions read them: a YAML or JSON
+//! `DiscoveryResponse` whose `resources` are `@type` Anys. Each resource is checked against the
+//! supported-field table, as a bootstrap is. Fields the protos do not know are, as in Envoy's
+//! dynamic resources, dropped with a warning and counted (`server.dynamic_unknown_fields`),
+//! where a bootstrap refuses them.
+//!
+//! Decoding text needs Envoy's whole descriptor set, so the serving process has a helper
+//! process of its own do it ([`Decoder`]) and receives binary protobuf.
+
+use std::path::Path;
+
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use prost_reflect::{DynamicMessage, ReflectMessage};
+
+use super::{proto, supported, ChildError, ConfigError};
+
+/// The message name of a discovery response.
+const DISCOVERY_RESPONSE: &str = "envoy.service.discovery.v3.DiscoveryResponse";
+
+/// A decoded discovery file.
+#[derive(Debug, Clone, Default)]
+pub struct Discovery {
+    /// `version_info`.
+    pub version_info: String,
+    /// `resources`, binary.
+    pub resources: Vec<Any>,
+    /// Each resource in Envoy's JSON form, for `/config_dump`.
+    pub dumps: Vec<serde_json::Value>,
+    /// Paths of fields the protos do not know, dropped.
+    pub unknown_fields: Vec<String>,
+}
+
+/// Why a file gave no update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileError {
+    /// The file could not be read or parsed as a discovery response (`update_failure`, as
+    /// Envoy counts a file it cannot load).
+    Read(String),
+    /// The file's content is refused (`update_rejected`).
+    Rejected(ConfigError),
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileError::Read(e) => write!(f, "{e}"),
+            FileError::Rejected(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Reads and decodes a discovery file in this process.
+pub fn decode_file(path: &Path) -> Result<Discovery, FileError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| FileError::Read(format!("cannot read '{}': {e}", path.display())))?;
+    decode_text(&text)
+}
+
+/// Decodes the text of a discovery response: text that is not one is a failure; resources
+/// with fields skiff does not honour are rejected.
+pub fn decode_text(text: &str) -> Result<Discovery, FileError> {
+    let failure = |e: ConfigError| FileError::Read(e.to_string());
+    let desc = proto::message(DISCOVERY_RESPONSE).map_err(failure)?;
+    let (msg, unknown_fields) = proto::decode_text_lenient(text, desc).map_err(failure)?;
+    let response: DiscoveryResponse = proto::to_typed(&msg).map_err(failure)?;
+    check_resources(response, unknown_fields).map_err(FileError::Rejected)
+}
+
+fn check_resources(
+    response: DiscoveryResponse,
+    unknown_fields: Vec<String>,
+) -> Result<Discovery, ConfigError> {
+    let mut dumps = Vec::new();
+    for (i, any) in response.resources.iter().enumerate() {
+        let path = format!("resources[{i}]");
+        let desc = proto::pool()
+            .get_message_by_name(proto::type_name(&any.type_url))
+            .ok_or_else(|| ConfigError::new(&path, format!("unknown @type '{}'", any.type_url)))?;
+        let inner = DynamicMessage::decode(desc, any.value.as_slice())
+            .map_err(|e| ConfigError::new(&path, format!("cannot decode: {e}")))?;
+        supported::check_at(&inner, &path)?;
+        let mut dump = super::to_json(&inner);
+        if let Some(o) = dump.as_object_mut() {
+            o.insert(
+                "@type".into(),
+                serde_json::Value::String(format!(
+                    "type.googleapis.com/{}",
+                    inner.descriptor().full_name()
+                )),
+            );
+        }
+        dumps.push(dump);
+    }
+    Ok(Discovery {
+        version_info: response.version_info,
+        resources: response.resources,
+        dumps,
+        unknown_fields,
+    })
+}
+
+/// What follows the binary response in a decoded frame: the dumps and the unknown fields.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Extra {
+    dumps: Vec<serde_json::Value>,
+    unknown_fields: Vec<String>,
+}
+
+/// The hidden flag with which skiff runs itself as a decoder: it reads one path per line on
+/// stdin and answers each with a frame on stdout (see [`serve_decoder`]).
+pub const DECODER_FLAG: &str = "--discovery-decoder";
+
+/// A decoder frame: kind byte (0 decoded, 1 failure, 2 rejected), length, payload.
+fn frame(kind: u8, payload: &[u8], out: &mut impl std::io::Write) -> std::io::Result<()> {
+    out.write_all(&[kind])?;
+    out.write_all(&(payload.len() as u64).to_le_bytes())?;
+    out.write_all(payload)?;
+    out.flush()
+}
+
+/// The decoder process: answers each path read from `input` with a frame on `out`, until
+/// `input` ends. It holds Envoy's descriptor set so that the serving process need not.
+pub fn serve_decoder(
+    input: impl std::io::BufRead,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    for line in input.lines() {
+        let line = line?;
+        match decode_file(Path::new(line.trim_end())) {
+            Ok(d) => {
+                let pb = DiscoveryResponse {
+                    version_info: d.version_info,
+                    resources: d.resources,
+                    ..Default::default()
+                }
+                .encode_to_vec();
+                let extra = serde_json::to_vec(&Extra {
+                    dumps: d.dumps,
+                    unknown_fields: d.unknown_fields,
+                })
+                .unwrap_or_default();
+                let mut payload = Vec::with_capacity(8 + pb.len() + extra.len());
+                payload.extend_from_slice(&(pb.len() as u64).to_le_bytes());
+                payload.extend_from_slice(&pb);
+                payload.extend_from_slice(&extra);
+                frame(0, &payload, out)?;
+            }
+            Err(FileError::Read(m)) => frame(1, m.as_bytes(), out)?,
+            Err(FileError::Rejected(e)) => {
+                let err = ChildError {
+                    path: e.path,
+                    message: e.message,
+                };
+                frame(2, &serde_json::to_vec(&err).unwrap_or_default(), out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How long the decoder process may sit idle before it is stopped (its memory returned); the
+/// next file starts it again.
+const DECODER_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+struct Running {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+    last_used: std::time::Instant,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Decodes discovery files in a helper process of skiff's own, started on first use and
+/// stopped after [`DECODER_IDLE`] without work, so that the serving process never holds
+/// Envoy's descriptor set and a burst of updates pays for loading it once.
+#[derive(Default)]
+pub struct Decoder {
+    running: Option<Running>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("running", &self.running.is_some())
+            .finish()
+    }
+}
+
+impl Decoder {
+    /// Decodes `path`; falls back to this process when the helper cannot run.
+    pub fn decode(&mut self, path: &Path) -> Result<Discovery, FileError> {
+        // A unit test's executable is not skiff: decode in the test's own process.
+        if cfg!(test) {
+            return decode_file(path);
+        }
+        if self
+            .running
+            .as_ref()
+            .is_some_and(|r| r.last_used.elapsed() > DECODER_IDLE)
+        {
+            self.running = None;
+        }
+        // One retry: a helper that died (or was stopped) is started again.
+        for _ in 0..2 {
+            if self.running.is_none() {
+                self.running = Self::spawn();
+            }
+            let Some(r) = self.running.as_mut() else {
+                return decode_file(path);
+            };
+            r.last_used = std::time::Instant::now();
+            match Self::ask(r, path) {
+                Ok(answer) => return answer,
+                Err(e) => {
+                    tracing::debug!(error = %e, "discovery decoder failed; starting it again");
+                    self.running = None;
+                }
+            }
+        }
+        decode_file(path)
+    }
+
+    /// When the helper, if running, will have been idle long enough to stop.
+    pub fn idle_deadline(&self) -> Option<std::time::Instant> {
+        self.running.as_ref().map(|r| r.last_used + DECODER_IDLE)
+    }
+
+    /// Stops the helper if it has been idle long enough.
+    pub fn stop_if_idle(&mut self) {
+        if self
+            .running
+            .as_ref()
+            .is_some_and(|r| r.last_used.elapsed() > DECODER_IDLE)
+        {
+            self.running = None;
+        }
+    }
+
+    fn spawn() -> Option<Running> {
+        use std::process::{Command, Stdio};
+        let exe = std::env::current_exe().ok()?;
+        let mut child = Command::new(exe)
+            .arg(DECODER_FLAG)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let input = child.stdin.take()?;
+        let output = std::io::BufReader::new(child.stdout.take()?);
+        Some(Running {
+            child,
+            input,
+            output,
+            last_used: std::time::Instant::now(),
+        })
+    }
+
+    fn ask(r: &mut Running, path: &Path) -> std::io::Result<Result<Discovery, FileError>> {
+        use std::io::{Read, Write};
+        let bad = |what: &str| std::io::Error::other(format!("decoder: {what}"));
+        let p = path
+            .to_str()
+            .filter(|p| !p.contains('\n'))
+            .ok_or_else(|| bad("path is not UTF-8 on one line"))?;
+        r.input.write_all(format!("{p}\n").as_bytes())?;
+        r.input.flush()?;
+        let mut head = [0u8; 9];
+        r.output.read_exact(&mut head)?;
+        let len = u64::from_le_bytes(head[1..9].try_into().map_err(|_| bad("frame"))?);
+        if len > 1 << 30 {
+            return Err(bad("frame too large"));
+        }
+        let mut payload = vec![0u8; len as usize];
+        r.output.read_exact(&mut payload)?;
+        Ok(match head[0] {
+            0 => parse_decoded(&payload).ok_or_else(|| bad("malformed answer"))?,
+            1 => Err(FileError::Read(
+                String::from_utf8_lossy(&payload).into_owned(),
+            )),
+            _ => {
+                let e: ChildError =
+                    serde_json::from_slice(&payload).map_err(|_| bad("malformed error"))?;
+                Err(FileError::Rejected(ConfigError::new(e.path, e.message)))
+            }
+        })
+    }
+}
+
+fn parse_decoded(payload: &[u8]) -> Option<Result<Discovery, FileError>> {
+    let len = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?) as usize;
+    let pb = payload.get(8..8usize.checked_add(len)?)?;
+    let response = DiscoveryResponse::decode(pb).ok()?;
+    let extra: Extra = serde_json::from_slice(payload.get(8 + len..)?).ok()?;
+    Some(Ok(Discovery {
+        version_info: response.version_info,
+        resources: response.resources,
+        dumps: extra.dumps,
+        unknown_fields: extra.unknown_fields,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_dropped_and_reported_known_unsupported_ones_refused() {
+        let text = r#"
+version_info: "7"
+resources:
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: a
+  no_such_field: 1
+  load_assignment: {cluster_name: a, bogus: true}
+"#;
+        let d = decode_text(text).expect("decodes");
+        assert_eq!(d.version_info, "7");
+        assert_eq!(d.resources.len(), 1);
+        assert_eq!(
+            d.unknown_fields,
+            vec![
+                "resources[0].load_assignment.bogus".to_string(),
+                "resources[0].no_such_field".to_string(),
+            ]
+        );
+        assert_eq!(d.dumps[0]["name"], "a");
+        let text = r#"{"version_info": "1", "resources": [{"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "a", "dns_refresh_rate": "5s"}]}"#;
+        let e = decode_text(text).expect_err("unsupported");
+        assert!(matches!(e, FileError::Rejected(_)), "{e:?}");
+        assert_eq!(e.to_string(), "resources[0].dns_refresh_rate: unsupported");
+        let e = decode_text("version_info: [nope").expect_err("not YAML");
+        assert!(matches!(e, FileError::Read(_)), "{e:?}");
+    }
+}
+
+#[cfg(test)]
+mod decoder_tests {
+    use super::*;
+
+    #[test]
+    fn the_decoder_protocol_carries_results_failures_and_rejections() {
+        let dir = std::env::temp_dir().join(format!("skiff-decoder-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let good = dir.join("good.yaml");
+        std::fs::write(
+            &good,
+            "version_info: '3'\nresources: [{'@type': type.googleapis.com/envoy.config.cluster.v3.Cluster, name: c}]\n",
+        )
+        .expect("write");
+        let bad = dir.join("bad.yaml");
+        std::fs::write(
+            &bad,
+            "resources: [{'@type': type.googleapis.com/envoy.config.cluster.v3.Cluster, name: c, dns_refresh_rate: 1s}]\n",
+        )
+        .expect("write");
+        let input = format!(
+            "{}\n{}\n{}\n",
+            good.display(),
+            bad.display(),
+            dir.join("none").display()
+        );
+        let mut out = Vec::new();
+        serve_decoder(input.as_bytes(), &mut out).expect("serve");
+        let mut frames = Vec::new();
+        let mut rest = &out[..];
+        while !rest.is_empty() {
+            let len = u64::from_le_bytes(rest[1..9].try_into().expect("len")) as usize;
+            frames.push((rest[0], rest[9..9 + len].to_vec()));
+            rest = &rest[9 + len..];
+        }
+        assert_eq!(frames.len(), 3);
+        let d = parse_decoded(&frames[0].1)
+            .expect("frame")
+            .expect("decoded");
+        assert_eq!((d.version_info.as_str(), d.resources.len()), ("3", 1));
+        assert_eq!(frames[1].0, 2);
+        assert!(String::from_utf8_lossy(&frames[1].1).contains("dns_refresh_rate"));
+        assert_eq!(frames[2].0, 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,1125 @@
+//! Exhaustive field checks of the main resources: each proto struct is destructured without
+//! `..`, so a field that a new version of the protos adds is a compile error here until someone
+//! decides whether skiff honours it. Fields skiff honours are bound to `_` (their translation
+//! reads them); every other field is refused with its path when it is set. The supported-field
+//! table (`config::supported`) checks the same fields in text configurations before decoding;
+//! these checks hold for resources that arrive as binary protobuf too.
+//!
+//! The field lists follow that table; when a field becomes honoured, move it to `_` here and add
+//! it to the table.
+
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
+use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
+use envoy_types::pb::envoy::config::route::v3 as route_pb;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm_pb;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_pb;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
+
+use super::super::ConfigError;
+
+/// Whether a proto field is set (not its default).
+trait IsSet {
+    fn is_set(&self) -> bool;
+}
+
+impl<T> IsSet for Option<T> {
+    fn is_set(&self) -> bool {
+        self.is_some()
+    }
+}
+
+impl<T> IsSet for Vec<T> {
+    fn is_set(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+impl<K, V> IsSet for HashMap<K, V> {
+    fn is_set(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+impl IsSet for String {
+    fn is_set(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+impl IsSet for bool {
+    fn is_set(&self) -> bool {
+        *self
+    }
+}
+
+macro_rules! numbers_are_set_when_not_zero {
+    ($($t:ty),*) => {$(
+        impl IsSet for $t {
+            fn is_set(&self) -> bool {
+                *self != 0
+            }
+        }
+    )*};
+}
+numbers_are_set_when_not_zero!(i32, i64, u32, u64);
+
+fn unsupported(path: &str, field: &str) -> ConfigError {
+    ConfigError::unsupported(if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    })
+}
+
+fn refuse(path: &str, field: &str, value: &impl IsSet) -> Result<(), ConfigError> {
+    if value.is_set() {
+        return Err(unsupported(path, field));
+    }
+    Ok(())
+}
+
+/// Refuses the set fields of a `Listener` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn listener(m: &listener_pb::Listener, path: &str) -> Result<(), ConfigError> {
+    let listener_pb::Listener {
+        name: _,
+        address: _,
+        additional_addresses,
+        stat_prefix: _,
+        stats_matcher,
+        filter_chains: _,
+        fcds_config,
+        filter_chain_matcher,
+        use_original_dst: _,
+        default_filter_chain: _,
+        per_connection_buffer_limit_bytes: _,
+        per_connection_buffer_high_watermark_timeout,
+        metadata: _,
+        deprecated_v1,
+        drain_type: _,
+        listener_filters: _,
+        listener_filters_timeout: _,
+        continue_on_listener_filters_timeout: _,
+        transparent: _,
+        freebind: _,
+        socket_options: _,
+        tcp_fast_open_queue_length: _,
+        traffic_direction: _,
+        udp_listener_config,
+        api_listener,
+        connection_balance_config: _,
+        reuse_port,
+        enable_reuse_port: _,
+        access_log,
+        tcp_backlog_size,
+        max_connections_to_accept_per_socket_event: _,
+        bind_to_port: _,
+        enable_mptcp,
+        ignore_global_conn_limit,
+        bypass_overload_manager,
+        tcp_keepalive,
+        listener_specifier,
+    } = m;
+    refuse(path, "additional_addresses", additional_addresses)?;
+    refuse(path, "stats_matcher", stats_matcher)?;
+    refuse(path, "fcds_config", fcds_config)?;
+    refuse(path, "filter_chain_matcher", filter_chain_matcher)?;
+    refuse(
+        path,
+        "per_connection_buffer_high_watermark_timeout",
+        per_connection_buffer_high_watermark_timeout,
+    )?;
+    refuse(path, "deprecated_v1", deprecated_v1)?;
+    refuse(path, "udp_listener_config", udp_listener_config)?;
+    refuse(path, "api_listener", api_listener)?;
+    refuse(path, "reuse_port", reuse_port)?;
+    refuse(path, "access_log", access_log)?;
+    refuse(path, "tcp_backlog_size", tcp_backlog_size)?;
+    refuse(path, "enable_mptcp", enable_mptcp)?;
+    refuse(path, "ignore_global_conn_limit", ignore_global_conn_limit)?;
+    refuse(path, "bypass_overload_manager", bypass_overload_manager)?;
+    refuse(path, "tcp_keepalive", tcp_keepalive)?;
+    refuse(path, "listener_specifier", listener_specifier)?;
+    Ok(())
+}
+
+/// Refuses the set fields of a `FilterChain` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn filter_chain(m: &listener_pb::FilterChain, path: &str) -> Result<(), ConfigError> {
+    let listener_pb::FilterChain {
+        filter_chain_match: _,
+        filters: _,
+        use_proxy_proto,
+        metadata,
+        transport_socket: _,
+        transport_socket_connect_timeout,
+        name: _,
+    } = m;
+    refuse(path, "use_proxy_proto", use_proxy_proto)?;
+    refuse(path, "metadata", metadata)?;
+    refuse(
+        path,
+        "transport_socket_connect_timeout",
+        transport_socket_connect_timeout,
+    )?;
+    Ok(())
+}
+
+/// Refuses the set fields of a `FilterChainMatch` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn filter_chain_match(
+    m: &listener_pb::FilterChainMatch,
+    path: &str,
+) -> Result<(), ConfigError> {
+    let listener_pb::FilterChainMatch {
+        destination_port: _,
+        prefix_ranges: _,
+        address_suffix,
+        suffix_len,
+        direct_source_prefix_ranges: _,
+        source_type: _,
+        source_prefix_ranges: _,
+        source_ports: _,
+        server_names: _,
+        transport_protocol: _,
+        application_protocols: _,
+    } = m;
+    refuse(path, "address_suffix", address_suffix)?;
+    refuse(path, "suffix_len", suffix_len)?;
+    Ok(())
+}
+
+/// Refuses the set fields of a `Cluster` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigError> {
+    let cluster_pb::Cluster {
+        transport_socket_matches,
+        transport_socket_matcher,
+        name: _,
+        alt_stat_name,
+        stats_matcher,
+        eds_cluster_config: _,
+        connect_timeout: _,
+        per_connection_buffer_limit_bytes: _,
+        per_connection_buffer_high_watermark_timeout,
+        lb_policy: _,
+        load_assignment: _,
+        health_checks,
+        max_requests_per_connection,
+        circuit_breakers,
+        upstream_http_protocol_options,
+        common_http_protocol_options,
+        http_protocol_options,
+        http2_protocol_options: _,
+        typed_extension_protocol_options: _,
+        dns_refresh_rate,
+        dns_jitter,
+        dns_failure_refresh_rate,
+        respect_dns_ttl,
+        dns_lookup_family,
+        dns_resolvers,
+        use_tcp_for_dns_lookups,
+        dns_resolution_config,
+        typed_dns_resolver_config,
+        wait_for_warm_on_init,
+        outlier_detection,
+        cleanup_interval,
+        upstream_bind_config: _,
+        lb_subset_config,
+        common_lb_config,
+        transport_socket: _,
+        metadata,
+        protocol_selection,
+        upstream_connection_options,
+        close_connections_on_host_health_failure,
+        ignore_health_on_host_removal,
+        filters,
+        load_balancing_policy,
+        lrs_server,
+        lrs_report_endpoint_metrics,
+        track_timeout_budgets,
+        upstream_config,
+        track_cluster_stats,
+        preconnect_policy,
+        connection_pool_per_downstream_connection,
+        queuing_policies,
+        cluster_discovery_type,
+        lb_config,
+    } = m;
+    refuse(path, "transport_socket_matches", transport_socket_matches)?;
+    refuse(path, "transport_socket_matcher", transport_socket_matcher)?;
+    refuse(path, "alt_stat_name", alt_stat_name)?;
+    refuse(path, "stats_matcher", stats_matcher)?;
+    refuse(
+        path,
+        "per_connection_buffer_high_watermark_timeout",
+        per_connection_buffer_high_watermark_timeout,
+    )?;
+    refuse(path, "health_checks", health_checks)?;
+    refuse(
+        path,
+        "max_requests_per_connection",
+        max_requests_per_connection,
+    )?;
+    refuse(path, "circuit_breakers", circuit_breakers)?;
+    refuse(
+        path,
+        "upstream_http_protocol_options",
+        upstream_http_protocol_options,
+    )?;
+    refuse(
+        path,
+        "common_http_protocol_options",
+        common_http_protocol_options,
+    )?;
+    refuse(path, "http_protocol_options", http_protocol_options)?;
+    refuse(path, "dns_refresh_rate", dns_refresh_rate)?;
+    refuse(path, "dns_jitter", dns_jitter)?;
+    refuse(path, "dns_failure_refresh_rate", dns_failure_refresh_rate)?;
+    refuse(path, "respect_dns_ttl", respect_dns_ttl)?;
+    refuse(path, "dns_lookup_family", dns_lookup_family)?;
+    refuse(path, "dns_resolvers", dns_resolvers)?;
+    refuse(path, "use_tcp_for_dns_lookups", use_tcp_for_dns_lookups)?;
+    refuse(path, "dns_resolution_config", dns_resolution_config)?;
+    refuse(path, "typed_dns_resolver_config", typed_dns_resolver_config)?;
+    refuse(path, "wait_for_warm_on_init", wait_for_warm_on_init)?;
+    refuse(path, "outlier_detection", outlier_detection)?;
+    refuse(path, "cleanup_interval", cleanup_interval)?;
+    refuse(path, "lb_subset_config", lb_subset_config)?;
+    refuse(path, "common_lb_config", common_lb_config)?;
+    refuse(path, "metadata", metadata)?;
+    refuse(path, "protocol_selection", protocol_selection)?;
+    refuse(
+        path,
+        "upstream_connection_options",
+        upstream_connection_options,
+    )?;
+    refuse(
+        path,
+        "close_connections_on_host_health_failure",
+        close_connections_on_host_health_failure,
+    )?;
+    refuse(
+        path,
+        "ignore_health_on_host_removal",
+        ignore_health_on_host_removal,
+    )?;
+    refuse(path, "filters", filters)?;
+    refuse(path, "load_balancing_policy", load_balancing_policy)?;
+    refuse(path, "lrs_server", lrs_server)?;
+    refuse(
+        path,
+        "lrs_report_endpoint_metrics",
+        lrs_report_endpoint_metrics,
+    )?;
+    refuse(path, "track_timeout_budgets", track_timeout_budgets)?;
+    refuse(path, "upstream_config", upstream_config)?;
+    refuse(path, "track_cluster_stats", track_cluster_stats)?;
+    refuse(path, "preconnect_policy", preconnect_policy)?;
+    refuse(
+        path,
+        "connection_pool_per_downstream_connection",
+        connection_pool_per_downstream_connection,
+    )?;
+    refuse(path, "queuing_policies", queuing_policies)?;
+    if let Some(cluster_pb::cluster::ClusterDiscoveryType::ClusterType(_)) = cluster_discovery_type
+    {
+        return Err(unsupported(path, "cluster_type"));
+    }
+    if let Some(cluster_pb::cluster::LbConfig::RingHashLbConfig(_)) = lb_config {
+        return Err(unsupported(path, "ring_hash_lb_config"));
+    }
+    if let Some(cluster_pb::cluster::LbConfig::MaglevLbConfig(_)) = lb_config {
+        return Err(unsupported(path, "maglev_lb_config"));
+    }
+    if let Some(cluster_pb::cluster::LbConfig::LeastRequestLbConfig(_)) = lb_config {
+        return Err(unsupported(path, "least_request_lb_config"));
+    }
+    if let Some(cluster_pb::cluster::LbConfig::RoundRobinLbConfig(_)) = lb_config {
+        return Err(unsupported(path, "round_robin_lb_config"));
+    }
+    Ok(())
+}
+
+/// Refuses the set fields of a `ClusterLoadAssignment` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn cluster_load_assignment(
+    m: &endpoint_pb::ClusterLoadAssignment,
+    path: &str,
+) -> Result<(), ConfigError> {
+    let endpoint_pb::ClusterLoadAssignment {
+        cluster_name: _,
+        endpoints: _,
+        named_endpoints,
+        policy,
+    } = m;
+    refuse(path, "named_endpoints", named_endpoints)?;
+    refuse(path, "policy", policy)?;
+    Ok(())
+}
+
+/// Refuses the set fields of a `LocalityLbEndpoints` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn locality_lb_endpoints(
+    m: &endpoint_pb::LocalityLbEndpoints,
+    path: &str,
+) -> Result<(), ConfigError> {
+    let endpoint_pb::LocalityLbEndpoints {
+        locality,
+        metadata,
+        lb_endpoints: _,
+        load_balancing_weight,
+        priority,
+        proximity,
+        lb_config,
+    } = m;
+    refuse(path, "locality", locality)?;
+    refuse(path, "metadata", metadata)?;
+    refuse(path, "load_balancing_weight", load_balancing_weight)?;
+    refuse(path, "priority", priority)?;
+    refuse(path, "proximity", proximity)?;
+    refuse(path, "lb_config", lb_config)?;
+    Ok(())
+}
+
+/// Refuses the set fields of a `LbEndpoint` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn lb_endpoint(m: &endpoint_pb::LbEndpoint, path: &str) -> Result<(), ConfigError> {
+    let endpoint_pb::LbEndpoint {
+        health_status: _,
+        metadata,
+        load_balancing_weight,
+        host_identifier,
+    } = m;
+    refuse(path, "metadata", metadata)?;
+    refuse(path, "load_balancing_weight", load_balancing_weight)?;
+    if let Some(endpoint_pb::lb_endpoint::HostIdentifier::EndpointName(_)) = host_identifier {
+        return Err(unsupported(path, "endpoint_name"));
+    }
+    Ok(())
+}
+
+/// Refuses the set fields of a `RouteConfiguration` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn route_configuration(
+    m: &route_pb::RouteConfiguration,
+    path: &str,
+) -> Result<(), ConfigError> {
+    let route_pb::RouteConfiguration {
+        name: _,
+        virtual_hosts: _,
+        vhds,
+        internal_only_headers,
+        response_headers_to_add,
+        response_headers_to_remove,
+        request_headers_to_add,
+        request_headers_to_remove,
+        most_specific_header_mutations_wins,
+        validate_clusters,
+        max_direct_response_body_size_bytes,
+        cluster_specifier_plugins,
+        request_mirror_policies,
+        ignore_port_in_host_matching: _,
+        vhost_header,
+        ignore_path_parameters_in_path_matching,
+        typed_per_filter_config,
+        metadata,
+        route_specifiers,
+    } = m;
+    refuse(path, "vhds", vhds)?;
+    refuse(path, "internal_only_headers", internal_only_headers)?;
+    refuse(path, "response_headers_to_add", response_headers_to_add)?;
+    refuse(
+        path,
+        "response_headers_to_remove",
+        response_headers_to_remove,
+    )?;
+    refuse(path, "request_headers_to_add", request_headers_to_add)?;
+    refuse(path, "request_headers_to_remove", request_headers_to_remove)?;
+    refuse(
+        path,
+        "most_specific_header_mutations_wins",
+        most_specific_header_mutations_wins,
+    )?;
+    refuse(path, "validate_clusters", validate_clusters)?;
+    refuse(
+        path,
+        "max_direct_response_body_size_bytes",
+        max_direct_response_body_size_bytes,
+    )?;
+    refuse(path, "cluster_specifier_plugins", cluster_specifier_plugins)?;
+    refuse(path, "request_mirror_policies", request_mirror_policies)?;
+    refuse(path, "vhost_header", vhost_header)?;
+    refuse(
+        path,
+        "ignore_path_parameters_in_path_matching",
+        ignore_path_parameters_in_path_matching,
+    )?;
+    refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
+    refuse(path, "metadata", metadata)?;
+    refuse(path, "route_specifiers", route_specifiers)?;
+    Ok(())
+}
+
+/// Refuses the set fields of a `VirtualHost` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), ConfigError> {
+    let route_pb::VirtualHost {
+        name: _,
+        domains: _,
+        routes: _,
+        matcher,
+        require_tls,
+        virtual_clusters,
+        rate_limits,
+        request_headers_to_add,
+        request_headers_to_remove,
+        response_headers_to_add,
+        response_headers_to_remove,
+        cors,
+        typed_per_filter_config,
+        include_request_attempt_count,
+        include_attempt_count_in_response,
+        retry_policy,
+        retry_policy_typed_config,
+        hedge_policy,
+        include_is_timeout_retry_header,
+        per_request_buffer_limit_bytes,
+        request_body_buffer_limit,
+        request_mirror_policies,
+        metadata,
+        route_specifiers,
+    } = m;
+    refuse(path, "matcher", matcher)?;
+    refuse(path, "require_tls", require_tls)?;
+    refuse(path, "virtual_clusters", virtual_clusters)?;
+    refuse(path, "rate_limits", rate_limits)?;
+    refuse(path, "request_headers_to_add", request_headers_to_add)?;
+    refuse(path, "request_headers_to_remove", request_headers_to_remove)?;
+    refuse(path, "response_headers_to_add", response_headers_to_add)?;
+    refuse(
+        path,
+        "response_headers_to_remove",
+        response_headers_to_remove,
+    )?;
+    refuse(path, "cors", cors)?;
+    refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
+    refuse(
+        path,
+        "include_request_attempt_count",
+        include_request_attempt_count,
+    )?;
+    refuse(
+        path,
+        "include_attempt_count_in_response",
+        include_attempt_count_in_response,
+    )?;
+    refuse(path, "retry_policy", retry_policy)?;
+    refuse(path, "retry_policy_typed_config", retry_policy_typed_config)?;
+    refuse(path, "hedge_policy", hedge_policy)?;
+    refuse(
+        path,
+        "include_is_timeout_retry_header",
+        include_is_timeout_retry_header,
+    )?;
+    refuse(
+        path,
+        "per_request_buffer_limit_bytes",
+        per_request_buffer_limit_bytes,
+    )?;
+    refuse(path, "request_body_buffer_limit", request_body_buffer_limit)?;
+    refuse(path, "request_mirror_policies", request_mirror_policies)?;
+    refuse(path, "metadata", metadata)?;
+    refuse(path, "route_specifiers", route_specifiers)?;
+    Ok(())
+}
+
+/// Refuses the set fields of a `Route` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> {
+    let route_pb::Route {
+        name: _,
+        r#match: _,
+        metadata,
+        decorator,
+        typed_per_filter_config,
+        request_headers_to_add,
+        request_headers_to_remove,
+        response_headers_to_add,
+        response_headers_to_remove,
+        tracing,
+        per_request_buffer_limit_bytes,
+        stat_prefix,
+        request_body_buffer_limit,
+        route_specifiers,
+        action,
+    } = m;
+    refuse(path, "metadata", metadata)?;
+    refuse(path, "decorator", decorator)?;
+    refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
+    refuse(path, "request_headers_to_add", request_headers_to_add)?;
+    refuse(path, "request_headers_to_remove", request_headers_to_remove)?;
+    refuse(path, "response_headers_to_add", response_headers_to_add)?;
+    refuse(
+        path,
+        "response_headers_to_remove",
+        response_headers_to_remove,
+    )?;
+    refuse(path, "tracing", tracing)?;
+    refuse(
+        path,
+        "per_request_buffer_limit_bytes",
+        per_request_buffer_limit_bytes,
+    )?;
+    refuse(path, "stat_prefix", stat_prefix)?;
+    refuse(path, "request_body_buffer_limit", request_body_buffer_limit)?;
+    refuse(path, "route_specifiers", route_specifiers)?;
+    if let Some(route_pb::route::Action::Redirect(_)) = action {
+        return Err(unsupported(path, "redirect"));
+    }
+    if let Some(route_pb::route::Action::DirectResponse(_)) = action {
+        return Err(unsupported(path, "direct_response"));
+    }
+    if let Some(route_pb::route::Action::FilterAction(_)) = action {
+        return Err(unsupported(path, "filter_action"));
+    }
+    if let Some(route_pb::route::Action::NonForwardingAction(_)) = action {
+        return Err(unsupported(path, "non_forwarding_action"));
+    }
+    Ok(())
+}
+
+/// Refuses the set fields of a `RouteMatch` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn route_match(m: &route_pb::RouteMatch, path: &str) -> Result<(), ConfigError> {
+    let route_pb::RouteMatch {
+        case_sensitive: _,
+        runtime_fraction,
+        headers: _,
+        query_parameters,
+        cookies,
+        grpc,
+        tls_context,
+        dynamic_metadata,
+        filter_state,
+        path_specifier,
+    } = m;
+    refuse(path, "runtime_fraction", runtime_fraction)?;
+    refuse(path, "query_parameters", query_parameters)?;
+    refuse(path, "cookies", cookies)?;
+    refuse(path, "grpc", grpc)?;
+    refuse(path, "tls_context", tls_context)?;
+    refuse(path, "dynamic_metadata", dynamic_metadata)?;
+    refuse(path, "filter_state", filter_state)?;
+    if let Some(route_pb::route_match::PathSpecifier::SafeRegex(_)) = path_specifier {
+        return Err(unsupported(path, "safe_regex"));
+    }
+    if let Some(route_pb::route_match::PathSpecifier::ConnectMatcher(_)) = path_specifier {
+        return Err(unsupported(path, "connect_matcher"));
+    }
+    if let Some(route_pb::route_match::PathSpecifier::PathSeparatedPrefix(_)) = path_specifier {
+        return Err(unsupported(path, "path_separated_prefix"));
+    }
+    if let Some(route_pb::route_match::PathSpecifier::PathMatchPolicy(_)) = path_specifier {
+        return Err(unsupported(path, "path_match_policy"));
+    }
+    Ok(())
+}
+
+/// Refuses the set fields of a `RouteAction` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), ConfigError> {
+    let route_pb::RouteAction {
+        cluster_not_found_response_code,
+        metadata_match,
+        prefix_rewrite,
+        regex_rewrite,
+        path_rewrite_policy,
+        path_rewrite,
+        append_x_forwarded_host,
+        timeout: _,
+        idle_timeout,
+        flush_timeout,
+        early_data_policy,
+        retry_policy,
+        retry_policy_typed_config,
+        request_mirror_policies,
+        priority,
+        rate_limits,
+        include_vh_rate_limits,
+        hash_policy,
+        cors,
+        max_grpc_timeout,
+        grpc_timeout_offset,
+        upgrade_configs,
+        internal_redirect_policy,
+        internal_redirect_action,
+        max_internal_redirects,
+        hedge_policy,
+        max_stream_duration,
+        cluster_specifier,
+        host_rewrite_specifier,
+    } = m;
+    refuse(
+        path,
+        "cluster_not_found_response_code",
+        cluster_not_found_response_code,
+    )?;
+    refuse(path, "metadata_match", metadata_match)?;
+    refuse(path, "prefix_rewrite", prefix_rewrite)?;
+    refuse(path, "regex_rewrite", regex_rewrite)?;
+    refuse(path, "path_rewrite_policy", path_rewrite_policy)?;
+    refuse(path, "path_rewrite", path_rewrite)?;
+    refuse(path, "append_x_forwarded_host", append_x_forwarded_host)?;
+    refuse(path, "idle_timeout", idle_timeout)?;
+    refuse(path, "flush_timeout", flush_timeout)?;
+    refuse(path, "early_data_policy", early_data_policy)?;
+    refuse(path, "retry_policy", retry_policy)?;
+    refuse(path, "retry_policy_typed_config", retry_policy_typed_config)?;
+    refuse(path, "request_mirror_policies", request_mirror_policies)?;
+    refuse(path, "priority", priority)?;
+    refuse(path, "rate_limits", rate_limits)?;
+    refuse(path, "include_vh_rate_limits", include_vh_rate_limits)?;
+    refuse(path, "hash_policy", hash_policy)?;
+    refuse(path, "cors", cors)?;
+    refuse(path, "max_grpc_timeout", max_grpc_timeout)?;
+    refuse(path, "grpc_timeout_offset", grpc_timeout_offset)?;
+    refuse(path, "upgrade_configs", upgrade_configs)?;
+    refuse(path, "internal_redirect_policy", internal_redirect_policy)?;
+    refuse(path, "internal_redirect_action", internal_redirect_action)?;
+    refuse(path, "max_internal_redirects", max_internal_redirects)?;
+    refuse(path, "hedge_policy", hedge_policy)?;
+    refuse(path, "max_stream_duration", max_stream_duration)?;
+    refuse(path, "host_rewrite_specifier", host_rewrite_specifier)?;
+    if let Some(route_pb::route_action::ClusterSpecifier::ClusterHeader(_)) = cluster_specifier {
+        return Err(unsupported(path, "cluster_header"));
+    }
+    if let Some(route_pb::route_action::ClusterSpecifier::WeightedClusters(_)) = cluster_specifier {
+        return Err(unsupported(path, "weighted_clusters"));
+    }
+    if let Some(route_pb::route_action::ClusterSpecifier::ClusterSpecifierPlugin(_)) =
+        cluster_specifier
+    {
+        return Err(unsupported(path, "cluster_specifier_plugin"));
+    }
+    if let Some(route_pb::route_action::ClusterSpecifier::InlineClusterSpecifierPlugin(_)) =
+        cluster_specifier
+    {
+        return Err(unsupported(path, "inline_cluster_specifier_plugin"));
+    }
+    Ok(())
+}
+
+/// Refuses the set fields of a `HttpConnectionManager` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn http_connection_manager(
+    m: &hcm_pb::HttpConnectionManager,
+    path: &str,
+) -> Result<(), ConfigError> {
+    let hcm_pb::HttpConnectionManager {
+        codec_type: _,
+        stat_prefix: _,
+        http_filters: _,
+        add_user_agent,
+        tracing,
+        common_http_protocol_options,
+        http1_safe_max_connection_duration,
+        http_protocol_options,
+        http2_protocol_options,
+        http3_protocol_options,
+        server_name: _,
+        server_header_transformation: _,
+        scheme_header_transformation,
+        max_request_headers_kb,
+        stream_idle_timeout,
+        stream_flush_timeout,
+        request_timeout,
+        request_headers_timeout,
+        drain_timeout,
+        drain_timeout_jitter,
+        delayed_close_timeout,
+        access_log: _,
+        access_log_flush_interval,
+        flush_access_log_on_new_request,
+        access_log_options,
+        use_remote_address,
+        xff_num_trusted_hops,
+        original_ip_detection_extensions,
+        early_header_mutation_extensions,
+        internal_address_config,
+        skip_xff_append,
+        via: _,
+        generate_request_id: _,
+        preserve_external_request_id: _,
+        always_set_request_id_in_response: _,
+        forward_client_cert_details,
+        set_current_client_cert_details,
+        forward_client_cert_matcher,
+        proxy_100_continue,
+        represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
+        upgrade_configs,
+        normalize_path,
+        merge_slashes,
+        path_with_escaped_slashes_action,
+        request_id_extension,
+        local_reply_config,
+        strip_matching_host_port,
+        stream_error_on_invalid_http_message,
+        path_normalization_options,
+        strip_trailing_host_dot,
+        proxy_status_config,
+        typed_header_validation_config,
+        append_x_forwarded_port,
+        append_local_overload,
+        add_proxy_protocol_connection_state,
+        forward_proto_config,
+        route_specifier,
+        strip_port_mode,
+    } = m;
+    refuse(path, "add_user_agent", add_user_agent)?;
+    refuse(path, "tracing", tracing)?;
+    refuse(
+        path,
+        "common_http_protocol_options",
+        common_http_protocol_options,
+    )?;
+    refuse(
+        path,
+        "http1_safe_max_connection_duration",
+        http1_safe_max_connection_duration,
+    )?;
+    refuse(path, "http_protocol_options", http_protocol_options)?;
+    refuse(path, "http2_protocol_options", http2_protocol_options)?;
+    refuse(path, "http3_protocol_options", http3_protocol_options)?;
+    refuse(
+        path,
+        "scheme_header_transformation",
+        scheme_header_transformation,
+    )?;
+    refuse(path, "max_request_headers_kb", max_request_headers_kb)?;
+    refuse(path, "stream_idle_timeout", stream_idle_timeout)?;
+    refuse(path, "stream_flush_timeout", stream_flush_timeout)?;
+    refuse(path, "request_timeout", request_timeout)?;
+    refuse(path, "request_headers_timeout", request_headers_timeout)?;
+    refuse(path, "drain_timeout", drain_timeout)?;
+    refuse(path, "drain_timeout_jitter", drain_timeout_jitter)?;
+    refuse(path, "delayed_close_timeout", delayed_close_timeout)?;
+    refuse(path, "access_log_flush_interval", access_log_flush_interval)?;
+    refuse(
+        path,
+        "flush_access_log_on_new_request",
+        flush_access_log_on_new_request,
+    )?;
+    refuse(path, "access_log_options", access_log_options)?;
+    refuse(path, "use_remote_address", use_remote_address)?;
+    refuse(path, "xff_num_trusted_hops", xff_num_trusted_hops)?;
+    refuse(
+        path,
+        "original_ip_detection_extensions",
+        original_ip_detection_extensions,
+    )?;
+    refuse(
+        path,
+        "early_header_mutation_extensions",
+        early_header_mutation_extensions,
+    )?;
+    refuse(path, "internal_address_config", internal_address_config)?;
+    refuse(path, "skip_xff_append", skip_xff_append)?;
+    refuse(
+        path,
+        "forward_client_cert_details",
+        forward_client_cert_details,
+    )?;
+    refuse(
+        path,
+        "set_current_client_cert_details",
+        set_current_client_cert_details,
+    )?;
+    refuse(
+        path,
+        "forward_client_cert_matcher",
+        forward_client_cert_matcher,
+    )?;
+    refuse(path, "proxy_100_continue", proxy_100_continue)?;
+    refuse(
+        path,
+        "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
+        represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
+    )?;
+    refuse(path, "upgrade_configs", upgrade_configs)?;
+    refuse(path, "normalize_path", normalize_path)?;
+    refuse(path, "merge_slashes", merge_slashes)?;
+    refuse(
+        path,
+        "path_with_escaped_slashes_action",
+        path_with_escaped_slashes_action,
+    )?;
+    refuse(path, "request_id_extension", request_id_extension)?;
+    refuse(path, "local_reply_config", local_reply_config)?;
+    refuse(path, "strip_matching_host_port", strip_matching_host_port)?;
+    refuse(
+        path,
+        "stream_error_on_invalid_http_message",
+        stream_error_on_invalid_http_message,
+    )?;
+    refuse(
+        path,
+        "path_normalization_options",
+        path_normalization_options,
+    )?;
+    refuse(path, "strip_trailing_host_dot", strip_trailing_host_dot)?;
+    refuse(path, "proxy_status_config", proxy_status_config)?;
+    refuse(
+        path,
+        "typed_header_validation_config",
+        typed_header_validation_config,
+    )?;
+    refuse(path, "append_x_forwarded_port", append_x_forwarded_port)?;
+    refuse(path, "append_local_overload", append_local_overload)?;
+    refuse(
+        path,
+        "add_proxy_protocol_connection_state",
+        add_proxy_protocol_connection_state,
+    )?;
+    refuse(path, "forward_proto_config", forward_proto_config)?;
+    refuse(path, "strip_port_mode", strip_port_mode)?;
+    if let Some(hcm_pb::http_connection_manager::RouteSpecifier::ScopedRoutes(_)) = route_specifier
+    {
+        return Err(unsupported(path, "scoped_routes"));
+    }
+    Ok(())
+}
+
+/// Refuses the set fields of a `TcpProxy` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn tcp_proxy(m: &tcp_pb::TcpProxy, path: &str) -> Result<(), ConfigError> {
+    let tcp_pb::TcpProxy {
+        stat_prefix: _,
+        on_demand,
+        metadata_match,
+        idle_timeout: _,
+        downstream_idle_timeout,
+        upstream_idle_timeout,
+        access_log: _,
+        max_connect_attempts,
+        backoff_options,
+        hash_policy,
+        tunneling_config,
+        max_downstream_connection_duration,
+        max_downstream_connection_duration_jitter_percentage,
+        access_log_flush_interval,
+        flush_access_log_on_connected,
+        access_log_options,
+        proxy_protocol_tlvs,
+        proxy_protocol_tlv_merge_policy,
+        upstream_connect_mode,
+        max_early_data_bytes,
+        check_drain_close,
+        cluster_specifier: _,
+    } = m;
+    refuse(path, "on_demand", on_demand)?;
+    refuse(path, "metadata_match", metadata_match)?;
+    refuse(path, "downstream_idle_timeout", downstream_idle_timeout)?;
+    refuse(path, "upstream_idle_timeout", upstream_idle_timeout)?;
+    refuse(path, "max_connect_attempts", max_connect_attempts)?;
+    refuse(path, "backoff_options", backoff_options)?;
+    refuse(path, "hash_policy", hash_policy)?;
+    refuse(path, "tunneling_config", tunneling_config)?;
+    refuse(
+        path,
+        "max_downstream_connection_duration",
+        max_downstream_connection_duration,
+    )?;
+    refuse(
+        path,
+        "max_downstream_connection_duration_jitter_percentage",
+        max_downstream_connection_duration_jitter_percentage,
+    )?;
+    refuse(path, "access_log_flush_interval", access_log_flush_interval)?;
+    refuse(
+        path,
+        "flush_access_log_on_connected",
+        flush_access_log_on_connected,
+    )?;
+    refuse(path, "access_log_options", access_log_options)?;
+    refuse(path, "proxy_protocol_tlvs", proxy_protocol_tlvs)?;
+    refuse(
+        path,
+        "proxy_protocol_tlv_merge_policy",
+        proxy_protocol_tlv_merge_policy,
+    )?;
+    refuse(path, "upstream_connect_mode", upstream_connect_mode)?;
+    refuse(path, "max_early_data_bytes", max_early_data_bytes)?;
+    refuse(path, "check_drain_close", check_drain_close)?;
+    Ok(())
+}
+
+/// Refuses the set fields of a `DownstreamTlsContext` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn downstream_tls_context(
+    m: &tls_pb::DownstreamTlsContext,
+    path: &str,
+) -> Result<(), ConfigError> {
+    let tls_pb::DownstreamTlsContext {
+        common_tls_context: _,
+        require_client_certificate: _,
+        require_sni,
+        disable_stateful_session_resumption,
+        session_timeout,
+        ocsp_staple_policy,
+        full_scan_certs_on_sni_mismatch,
+        prefer_client_ciphers,
+        session_ticket_keys_type,
+    } = m;
+    refuse(path, "require_sni", require_sni)?;
+    refuse(
+        path,
+        "disable_stateful_session_resumption",
+        disable_stateful_session_resumption,
+    )?;
+    refuse(path, "session_timeout", session_timeout)?;
+    refuse(path, "ocsp_staple_policy", ocsp_staple_policy)?;
+    refuse(
+        path,
+        "full_scan_certs_on_sni_mismatch",
+        full_scan_certs_on_sni_mismatch,
+    )?;
+    refuse(path, "prefer_client_ciphers", prefer_client_ciphers)?;
+    refuse(path, "session_ticket_keys_type", session_ticket_keys_type)?;
+    Ok(())
+}
+
+/// Refuses the set fields of a `UpstreamTlsContext` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn upstream_tls_context(
+    m: &tls_pb::UpstreamTlsContext,
+    path: &str,
+) -> Result<(), ConfigError> {
+    let tls_pb::UpstreamTlsContext {
+        common_tls_context: _,
+        sni: _,
+        auto_host_sni,
+        auto_sni_san_validation,
+        allow_renegotiation,
+        max_session_keys,
+        enforce_rsa_key_usage,
+    } = m;
+    refuse(path, "auto_host_sni", auto_host_sni)?;
+    refuse(path, "auto_sni_san_validation", auto_sni_san_validation)?;
+    refuse(path, "allow_renegotiation", allow_renegotiation)?;
+    refuse(path, "max_session_keys", max_session_keys)?;
+    refuse(path, "enforce_rsa_key_usage", enforce_rsa_key_usage)?;
+    Ok(())
+}
+
+/// Refuses the set fields of a `CommonTlsContext` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn common_tls_context(
+    m: &tls_pb::CommonTlsContext,
+    path: &str,
+) -> Result<(), ConfigError> {
+    let tls_pb::CommonTlsContext {
+        tls_params: _,
+        tls_certificates: _,
+        tls_certificate_sds_secret_configs: _,
+        tls_certificate_provider_instance,
+        custom_tls_certificate_selector,
+        tls_certificate_certificate_provider,
+        tls_certificate_certificate_provider_instance,
+        alpn_protocols: _,
+        custom_handshaker,
+        key_log,
+        validation_context_type,
+    } = m;
+    refuse(
+        path,
+        "tls_certificate_provider_instance",
+        tls_certificate_provider_instance,
+    )?;
+    refuse(
+        path,
+        "custom_tls_certificate_selector",
+        custom_tls_certificate_selector,
+    )?;
+    refuse(
+        path,
+        "tls_certificate_certificate_provider",
+        tls_certificate_certificate_provider,
+    )?;
+    refuse(
+        path,
+        "tls_certificate_certificate_provider_instance",
+        tls_certificate_certificate_provider_instance,
+    )?;
+    refuse(path, "custom_handshaker", custom_handshaker)?;
+    refuse(path, "key_log", key_log)?;
+    refuse(path, "validation_context_type", validation_context_type)?;
+    Ok(())
+}
+
+/// Refuses the set fields of a `Secret` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+#[allow(deprecated)]
+pub(super) fn secret(m: &tls_pb::Secret, path: &str) -> Result<(), ConfigError> {
+    let tls_pb::Secret { name: _, r#type } = m;
+    if let Some(tls_pb::secret::Type::SessionTicketKeys(_)) = r#type {
+        return Err(unsupported(path, "session_ticket_keys"));
+    }
+    if let Some(tls_pb::secret::Type::GenericSecret(_)) = r#type {
+        return Err(unsupported(path, "generic_secret"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_fields_skiff_does_not_honour_are_refused_with_their_path_in_binary_resources() {
+        let l = listener_pb::Listener {
+            name: "l".into(),
+            tcp_backlog_size: Some(Default::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            listener(&l, "resources[0]").map_err(|e| e.to_string()),
+            Err("resources[0].tcp_backlog_size: unsupported".to_string())
+        );
+        let honoured = listener_pb::Listener {
+            name: "l".into(),
+            freebind: Some(Default::default()),
+            ..Default::default()
+        };
+        assert!(listener(&honoured, "r").is_ok());
+        // A oneof skiff honours in part: the other members are refused by their own name.
+        let r = route_pb::Route {
+            action: Some(route_pb::route::Action::DirectResponse(Default::default())),
+            ..Default::default()
+        };
+        assert_eq!(
+            route(&r, "").map_err(|e| e.to_string()),
+            Err("direct_response: unsupported".to_string())
+        );
+    }
+}

@@ -1,0 +1,1630 @@
+//! The configuration in force. The ConfigStore lives on the main thread and owns every listener,
+//! cluster, route configuration and endpoint assignment, static or dynamic, with the version and
+//! time each arrived. After each accepted change it publishes an immutable [`Snapshot`]: to the
+//! workers, which put it in force between two events of their loops, and to the admin server
+//! (arc-swap). An update is checked whole before anything changes: a rejected one changes
+//! nothing.
+//!
+//! As Envoy's init manager does, a listener whose routes (RDS) or a cluster whose endpoints
+//! (EDS) have not arrived is *warming*: it is kept aside, and the version in force (if any)
+//! goes on serving, until they arrive or the source's `initial_fetch_timeout` passes. At start
+//! the workers begin only once nothing warms any more.
+
+mod files;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::config::cluster::v3 as cluster_pb;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint_pb;
+use envoy_types::pb::envoy::config::listener::v3 as listener_pb;
+use envoy_types::pb::envoy::config::route::v3 as route_pb;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls_pb;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use tokio::sync::mpsc;
+
+use crate::config::discovery::{Discovery, FileError};
+use crate::config::model::{self, ConfigSource};
+use crate::config::{resource, ConfigError, Loaded, Secrets};
+use crate::drain::{DrainKind, Draining};
+use crate::router::RouteTable;
+use crate::stats::{Shard, Store};
+use crate::upstream::ClusterInfo;
+use crate::worker::WorkerUpdate;
+
+pub use files::{FileEvent, Watchers};
+
+/// Type URLs of the resources the store takes.
+pub mod type_url {
+    /// `Listener`.
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    /// `Cluster`.
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    /// `RouteConfiguration`.
+    pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    /// `ClusterLoadAssignment`.
+    pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    /// `Secret`.
+    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+}
+
+/// The configuration in force, as workers and the admin server see it. Immutable.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Active listeners (warm ones), by name order.
+    pub listeners: Vec<Arc<model::Listener>>,
+    /// Active clusters by name.
+    pub clusters: HashMap<String, Arc<ClusterInfo>>,
+    /// Route configurations from RDS by name.
+    pub routes: HashMap<String, Arc<RouteTable>>,
+    /// What `/config_dump` shows.
+    pub dump: Dump,
+}
+
+/// One resource as `/config_dump` shows it.
+#[derive(Debug, Clone)]
+pub struct Dumped {
+    /// Its name.
+    pub name: String,
+    /// The resource in Envoy's JSON form.
+    pub json: Arc<serde_json::Value>,
+    /// `version_info` of the update that brought it (empty for static resources).
+    pub version: String,
+    /// When it arrived.
+    pub last_updated: SystemTime,
+}
+
+/// A listener or cluster's dump: static, or its dynamic active and warming versions.
+#[derive(Debug, Clone)]
+pub struct DumpedSlot {
+    /// From the bootstrap.
+    pub is_static: bool,
+    /// In force.
+    pub active: Option<Dumped>,
+    /// Waiting for what it depends on.
+    pub warming: Option<Dumped>,
+}
+
+/// Everything `/config_dump` shows of the dynamic configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Dump {
+    /// Listeners by name.
+    pub listeners: Vec<DumpedSlot>,
+    /// Clusters by name.
+    pub clusters: Vec<DumpedSlot>,
+    /// Route configurations from RDS.
+    pub routes: Vec<Dumped>,
+    /// Endpoint assignments, (static, dump): EDS ones and clusters' `load_assignment`s.
+    pub endpoints: Vec<(bool, Dumped)>,
+    /// Secrets, private keys redacted: (static, the secret).
+    pub secrets: Vec<(bool, Dumped)>,
+    /// The last accepted LDS version.
+    pub lds_version: String,
+    /// The last accepted CDS version.
+    pub cds_version: String,
+}
+
+/// One version of a resource.
+#[derive(Debug, Clone)]
+struct Version<P, M> {
+    proto: P,
+    model: M,
+    dump: Dumped,
+}
+
+/// A listener or cluster: static, or its dynamic active and warming versions.
+#[derive(Debug)]
+struct Slot<P, M> {
+    is_static: bool,
+    active: Option<Version<P, M>>,
+    warming: Option<Version<P, M>>,
+}
+
+impl<P: PartialEq, M> Slot<P, M> {
+    /// The version a new update is compared with: the warming one if any, else the active one.
+    fn latest(&self) -> Option<&Version<P, M>> {
+        self.warming.as_ref().or(self.active.as_ref())
+    }
+
+    fn dumped(&self) -> DumpedSlot {
+        DumpedSlot {
+            is_static: self.is_static,
+            active: self.active.as_ref().map(|v| v.dump.clone()),
+            warming: self.warming.as_ref().map(|v| v.dump.clone()),
+        }
+    }
+}
+
+type ListenerSlot = Slot<listener_pb::Listener, Arc<model::Listener>>;
+type ClusterSlot = Slot<cluster_pb::Cluster, Arc<model::Cluster>>;
+
+/// A subscription's progress and stats.
+#[derive(Debug)]
+struct Subscription {
+    source: ConfigSource,
+    /// Stat scope, with the trailing dot.
+    scope: String,
+    /// The first update was applied or refused, or `initial_fetch_timeout` passed.
+    ready: bool,
+    created: Instant,
+    version: String,
+}
+
+impl Subscription {
+    /// A subscription; its stats exist from now on, at zero, as Envoy's do.
+    fn new(source: ConfigSource, scope: String, main: &Shard) -> Self {
+        for c in [
+            "update_attempt",
+            "update_success",
+            "update_rejected",
+            "update_failure",
+            "update_empty",
+            "init_fetch_timeout",
+        ] {
+            main.counter(&format!("{scope}{c}"));
+        }
+        for g in ["version", "update_time"] {
+            main.gauge(&format!("{scope}{g}"));
+        }
+        Subscription {
+            source,
+            scope,
+            ready: false,
+            created: Instant::now(),
+            version: String::new(),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        if self.ready {
+            return None;
+        }
+        self.source.initial_fetch_timeout.map(|t| self.created + t)
+    }
+}
+
+/// An RDS subscription and the route configuration it last accepted.
+#[derive(Debug)]
+struct Rds {
+    sub: Subscription,
+    table: Option<Version<route_pb::RouteConfiguration, Arc<RouteTable>>>,
+}
+
+/// An EDS subscription and the assignment it last accepted.
+#[derive(Debug)]
+struct Eds {
+    sub: Subscription,
+    hosts: Option<Version<endpoint_pb::ClusterLoadAssignment, Vec<model::Host>>>,
+}
+
+/// How often the stats of removed resources are looked at, to drop those nothing holds.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+/// A secret: static, or from SDS with its subscription.
+#[derive(Debug)]
+struct SecretSlot {
+    sub: Option<Subscription>,
+    value: Option<Version<tls_pb::Secret, ()>>,
+}
+
+/// The main thread's owner of the configuration in force.
+pub struct ConfigStore {
+    main: Arc<Shard>,
+    stats: Arc<Store>,
+    drain_time: Duration,
+    workers: Vec<mpsc::UnboundedSender<WorkerUpdate>>,
+    published: Arc<ArcSwap<Snapshot>>,
+    listeners: BTreeMap<String, ListenerSlot>,
+    clusters: BTreeMap<String, ClusterSlot>,
+    /// Shared cluster state in force, kept across publications so workers keep their pools.
+    infos: HashMap<String, Arc<ClusterInfo>>,
+    lds: Option<Subscription>,
+    cds: Option<Subscription>,
+    rds: BTreeMap<String, Rds>,
+    eds: BTreeMap<String, Eds>,
+    secrets: BTreeMap<String, SecretSlot>,
+    /// The listeners the workers run, to know which need new sockets.
+    running: HashMap<String, Arc<model::Listener>>,
+    /// When each listener drain in progress ends.
+    draining_listeners: Vec<Instant>,
+    /// When each filter chain drain (of listeners updated in place) ends.
+    draining_chains: Vec<Instant>,
+    /// Listeners whose warming version replaces the active one in place.
+    in_place: HashSet<String>,
+    /// Stat scopes of removed resources, pruned once nothing holds them.
+    pending_prune: Vec<String>,
+    watchers: Watchers,
+    decoder: crate::config::discovery::Decoder,
+    unknown_fields: u64,
+}
+
+impl std::fmt::Debug for ConfigStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigStore")
+            .field("listeners", &self.listeners.len())
+            .field("clusters", &self.clusters.len())
+            .finish()
+    }
+}
+
+fn now_dumped(name: &str, json: serde_json::Value, version: &str) -> Dumped {
+    Dumped {
+        name: name.to_string(),
+        json: Arc::new(json),
+        version: version.to_string(),
+        last_updated: SystemTime::now(),
+    }
+}
+
+fn decode_any<T: Message + Default>(any: &Any, want: &str, path: &str) -> Result<T, ConfigError> {
+    if any.type_url != want {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "unexpected resource type '{}' (expected '{want}')",
+                any.type_url
+            ),
+        ));
+    }
+    T::decode(any.value.as_slice())
+        .map_err(|e| ConfigError::new(path, format!("cannot decode: {e}")))
+}
+
+impl ConfigStore {
+    /// A store holding the bootstrap's static resources, its dynamic sources not read yet.
+    pub fn new(
+        loaded: &Loaded,
+        stats: Arc<Store>,
+        drain_time: Duration,
+        events: mpsc::UnboundedSender<FileEvent>,
+    ) -> Self {
+        let statics = loaded.proto.static_resources.clone().unwrap_or_default();
+        let mut store = ConfigStore {
+            main: stats.main().clone(),
+            stats,
+            drain_time,
+            workers: Vec::new(),
+            published: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+            listeners: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            infos: HashMap::new(),
+            lds: None,
+            cds: None,
+            rds: BTreeMap::new(),
+            eds: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            running: HashMap::new(),
+            draining_listeners: Vec::new(),
+            draining_chains: Vec::new(),
+            in_place: HashSet::new(),
+            pending_prune: Vec::new(),
+            watchers: Watchers::new(events),
+            decoder: Default::default(),
+            unknown_fields: 0,
+        };
+        let model = &loaded.model;
+        for s in &statics.secrets {
+            let json = redacted(serde_json::json!({"name": s.name}), s);
+            store.secrets.insert(
+                s.name.clone(),
+                SecretSlot {
+                    sub: None,
+                    value: Some(Version {
+                        proto: s.clone(),
+                        model: (),
+                        dump: now_dumped(&s.name, json, ""),
+                    }),
+                },
+            );
+        }
+        for (i, c) in model.clusters.iter().enumerate() {
+            let json = loaded.dump.clusters.get(i).cloned().unwrap_or_default();
+            let proto = statics.clusters.get(i).cloned().unwrap_or_default();
+            store.clusters.insert(
+                c.name.clone(),
+                Slot {
+                    is_static: true,
+                    active: Some(Version {
+                        proto,
+                        model: c.clone(),
+                        dump: now_dumped(&c.name, json, ""),
+                    }),
+                    warming: None,
+                },
+            );
+        }
+        for (i, l) in model.listeners.iter().enumerate() {
+            let json = loaded.dump.listeners.get(i).cloned().unwrap_or_default();
+            let proto = statics.listeners.get(i).cloned().unwrap_or_default();
+            store.listeners.insert(
+                l.name.clone(),
+                Slot {
+                    is_static: true,
+                    active: None,
+                    warming: Some(Version {
+                        proto,
+                        model: l.clone(),
+                        dump: now_dumped(&l.name, json, ""),
+                    }),
+                },
+            );
+        }
+        let m = &store.main;
+        for c in [
+            "listener_manager.listener_added",
+            "listener_manager.listener_modified",
+            "listener_manager.listener_removed",
+            "listener_manager.listener_create_success",
+            "listener_manager.listener_create_failure",
+            "listener_manager.listener_in_place_updated",
+            "listener_manager.listener_stopped",
+            "cluster_manager.cluster_added",
+            "cluster_manager.cluster_modified",
+            "cluster_manager.cluster_removed",
+            "cluster_manager.cluster_updated",
+            "server.dynamic_unknown_fields",
+        ] {
+            m.counter(c);
+        }
+        m.counter("cluster_manager.cluster_added")
+            .add(model.clusters.len() as u64);
+        m.counter("listener_manager.listener_added")
+            .add(model.listeners.len() as u64);
+        if let Some(src) = &model.dynamic.cds {
+            store.cds = Some(Subscription::new(
+                src.clone(),
+                "cluster_manager.cds.".into(),
+                &store.main,
+            ));
+        }
+        if let Some(src) = &model.dynamic.lds {
+            store.lds = Some(Subscription::new(
+                src.clone(),
+                "listener_manager.lds.".into(),
+                &store.main,
+            ));
+        }
+        store
+    }
+
+    /// The snapshot the admin server reads.
+    pub fn published(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.published.clone()
+    }
+
+    /// Reads the dynamic sources for the first time (clusters first, then their endpoints,
+    /// then listeners and their routes, in Envoy's order) and starts following them.
+    pub fn start(&mut self) {
+        if let Some(src) = self.cds.as_ref().map(|s| s.source.clone()) {
+            self.watchers.watch(&src);
+            self.refresh_source(&src);
+        }
+        self.sync_eds();
+        if let Some(src) = self.lds.as_ref().map(|s| s.source.clone()) {
+            self.watchers.watch(&src);
+            self.refresh_source(&src);
+        }
+        self.sync_rds();
+        self.promote();
+        self.publish();
+    }
+
+    /// Whether anything still warms (start-up waits for this, as Envoy's init manager does).
+    pub fn initializing(&self) -> bool {
+        self.lds.as_ref().is_some_and(|s| !s.ready)
+            || self.cds.as_ref().is_some_and(|s| !s.ready)
+            || self
+                .listeners
+                .values()
+                .any(|s| s.warming.is_some() && s.active.is_none())
+            || self
+                .clusters
+                .values()
+                .any(|s| s.warming.is_some() && s.active.is_none())
+    }
+
+    /// The next time something is due: a subscription's initial fetch timeout or the end of a
+    /// listener drain.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let subs = self
+            .lds
+            .iter()
+            .chain(self.cds.iter())
+            .chain(self.rds.values().map(|r| &r.sub))
+            .chain(self.eds.values().map(|e| &e.sub))
+            .chain(self.secrets.values().filter_map(|s| s.sub.as_ref()))
+            .filter_map(Subscription::deadline);
+        let prune = (!self.pending_prune.is_empty()).then(|| Instant::now() + PRUNE_EVERY);
+        subs.chain(self.draining_listeners.iter().copied())
+            .chain(self.draining_chains.iter().copied())
+            .chain(prune)
+            .chain(self.decoder.idle_deadline())
+            .min()
+    }
+
+    /// Timeouts: subscriptions past `initial_fetch_timeout` count as fetched (what waited on
+    /// them goes into force without them), finished drains leave the gauge, removed resources'
+    /// stats go once nothing holds them.
+    pub fn on_timer(&mut self, now: Instant) {
+        let main = self.main.clone();
+        let mut changed = false;
+        let subs = self
+            .lds
+            .iter_mut()
+            .chain(self.cds.iter_mut())
+            .chain(self.rds.values_mut().map(|r| &mut r.sub))
+            .chain(self.eds.values_mut().map(|e| &mut e.sub))
+            .chain(self.secrets.values_mut().filter_map(|s| s.sub.as_mut()));
+        for sub in subs {
+            if sub.deadline().is_some_and(|d| d <= now) {
+                tracing::warn!(path = %sub.source.path.display(), "initial fetch timed out");
+                main.counter(&format!("{}init_fetch_timeout", sub.scope))
+                    .inc();
+                sub.ready = true;
+                changed = true;
+            }
+        }
+        self.decoder.stop_if_idle();
+        self.draining_listeners.retain(|d| *d > now);
+        self.draining_chains.retain(|d| *d > now);
+        let stats = self.stats.clone();
+        self.pending_prune.retain(|p| !stats.prune(p));
+        if changed {
+            self.promote();
+            self.publish();
+        } else {
+            self.update_gauges();
+        }
+    }
+
+    /// A watched file was moved into place: read it again for every subscription on it.
+    pub fn on_file_event(&mut self, ev: &FileEvent) {
+        self.refresh_source(&ev.source);
+        self.sync_eds();
+        self.sync_rds();
+        self.sync_sds();
+        self.promote();
+        self.publish();
+    }
+
+    /// Decodes `src` once and gives it to every subscription that reads it.
+    fn refresh_source(&mut self, src: &ConfigSource) {
+        let wanted = self.lds.as_ref().is_some_and(|s| &s.source == src)
+            || self.cds.as_ref().is_some_and(|s| &s.source == src)
+            || self.rds.values().any(|r| &r.sub.source == src)
+            || self.eds.values().any(|e| &e.sub.source == src)
+            || self
+                .secrets
+                .values()
+                .any(|s| s.sub.as_ref().is_some_and(|s| &s.source == src));
+        if !wanted {
+            return;
+        }
+        let decoded = self.decoder.decode(&src.path);
+        if self.cds.as_ref().is_some_and(|s| &s.source == src) {
+            self.deliver(Kind::Cds, src, &decoded);
+        }
+        if self.lds.as_ref().is_some_and(|s| &s.source == src) {
+            self.deliver(Kind::Lds, src, &decoded);
+        }
+        let rds: Vec<String> = self
+            .rds
+            .iter()
+            .filter(|(_, r)| &r.sub.source == src)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in rds {
+            self.deliver(Kind::Rds(name), src, &decoded);
+        }
+        let eds: Vec<String> = self
+            .eds
+            .iter()
+            .filter(|(_, e)| &e.sub.source == src)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in eds {
+            self.deliver(Kind::Eds(name), src, &decoded);
+        }
+        let sds: Vec<String> = self
+            .secrets
+            .iter()
+            .filter(|(_, s)| s.sub.as_ref().is_some_and(|s| &s.source == src))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in sds {
+            self.deliver(Kind::Sds(name), src, &decoded);
+        }
+    }
+
+    fn subscription(&mut self, kind: &Kind) -> Option<&mut Subscription> {
+        match kind {
+            Kind::Lds => self.lds.as_mut(),
+            Kind::Cds => self.cds.as_mut(),
+            Kind::Rds(n) => self.rds.get_mut(n).map(|r| &mut r.sub),
+            Kind::Eds(n) => self.eds.get_mut(n).map(|e| &mut e.sub),
+            Kind::Sds(n) => self.secrets.get_mut(n).and_then(|s| s.sub.as_mut()),
+        }
+    }
+
+    /// Applies a decoded file to one subscription, counting as Envoy does.
+    fn deliver(&mut self, kind: Kind, src: &ConfigSource, decoded: &Result<Discovery, FileError>) {
+        let main = self.main.clone();
+        let Some(scope) = self.subscription(&kind).map(|s| s.scope.clone()) else {
+            return;
+        };
+        main.counter(&format!("{scope}update_attempt")).inc();
+        let result = match decoded {
+            Err(FileError::Read(e)) => {
+                tracing::warn!(path = %src.path.display(), error = %e, "filesystem config update failure");
+                main.counter(&format!("{scope}update_failure")).inc();
+                // As Envoy, a file that cannot be loaded ends the initial fetch too.
+                if let Some(sub) = self.subscription(&kind) {
+                    sub.ready = true;
+                }
+                return;
+            }
+            Err(FileError::Rejected(e)) => Err(e.clone()),
+            Ok(d) => {
+                if !d.unknown_fields.is_empty() {
+                    for f in &d.unknown_fields {
+                        tracing::warn!(path = %src.path.display(), field = %f, "unknown field ignored");
+                    }
+                    self.unknown_fields += d.unknown_fields.len() as u64;
+                    main.counter("server.dynamic_unknown_fields")
+                        .add(d.unknown_fields.len() as u64);
+                }
+                match &kind {
+                    Kind::Lds => self.apply_lds(d),
+                    Kind::Cds => self.apply_cds(d),
+                    Kind::Rds(name) => self.apply_rds(name, d),
+                    Kind::Eds(name) => self.apply_eds(name, d),
+                    Kind::Sds(name) => self.apply_sds(name, d),
+                }
+            }
+        };
+        let Some(sub) = self.subscription(&kind) else {
+            return;
+        };
+        sub.ready = true;
+        match result {
+            Ok(()) => {
+                let version = decoded
+                    .as_ref()
+                    .map(|d| d.version_info.clone())
+                    .unwrap_or_default();
+                sub.version = version.clone();
+                main.counter(&format!("{scope}update_success")).inc();
+                main.gauge(&format!("{scope}version"))
+                    .set(xxhash_rust::xxh64::xxh64(version.as_bytes(), 0) as i64);
+                main.set_text(&format!("{scope}version_text"), &version);
+                let ms = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                main.gauge(&format!("{scope}update_time")).set(ms);
+                if decoded.as_ref().is_ok_and(|d| d.resources.is_empty()) {
+                    main.counter(&format!("{scope}update_empty")).inc();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(path = %src.path.display(), error = %e, "filesystem config update rejected");
+                main.counter(&format!("{scope}update_rejected")).inc();
+            }
+        }
+    }
+
+    /// Every cluster name a route may name now (active and warming).
+    fn cluster_names(&self) -> HashSet<String> {
+        self.clusters.keys().cloned().collect()
+    }
+
+    fn apply_lds(&mut self, d: &Discovery) -> Result<(), ConfigError> {
+        let clusters = self.cluster_names();
+        let mut secrets = self.secret_values();
+        let mut in_place = HashSet::new();
+        let mut next: BTreeMap<String, Version<listener_pb::Listener, Arc<model::Listener>>> =
+            BTreeMap::new();
+        for (i, any) in d.resources.iter().enumerate() {
+            let path = format!("resources[{i}]");
+            let proto: listener_pb::Listener = decode_any(any, type_url::LISTENER, &path)?;
+            // Unchanged: the version in force stays, untranslated.
+            if let Some(cur) = self
+                .listeners
+                .get(&proto.name)
+                .filter(|s| !s.is_static && !proto.name.is_empty())
+                .and_then(|s| s.latest())
+                .filter(|c| c.proto == proto)
+            {
+                if next.insert(proto.name.clone(), cur.clone()).is_some() {
+                    return Err(ConfigError::new(
+                        format!("{path}.name"),
+                        format!("duplicate listener '{}' found", proto.name),
+                    ));
+                }
+                continue;
+            }
+            if self.follow_secrets(&secret_refs(&listener_tls(&proto)), &path)? {
+                secrets = self.secret_values();
+            }
+            let mut model = resource::listener(&proto, &path, &clusters, &secrets)?;
+            let name = model.name.clone();
+            if let Some(cur) = self.listeners.get(&name).and_then(|s| s.latest()) {
+                if cur.proto != proto && adopt_chains(cur, &proto, &mut model) {
+                    in_place.insert(name.clone());
+                }
+            }
+            if self.listeners.get(&name).is_some_and(|s| s.is_static) {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("cannot add or update listener '{name}': it is a static listener"),
+                ));
+            }
+            if next.contains_key(&name) {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("duplicate listener '{name}' found"),
+                ));
+            }
+            let dump = now_dumped(
+                &name,
+                d.dumps.get(i).cloned().unwrap_or_default(),
+                &d.version_info,
+            );
+            next.insert(
+                name,
+                Version {
+                    proto,
+                    model: Arc::new(model),
+                    dump,
+                },
+            );
+        }
+        // Two listeners may not share an address (the static ones included).
+        let mut seen: HashMap<std::net::SocketAddr, &str> = HashMap::new();
+        let statics = self
+            .listeners
+            .iter()
+            .filter(|(_, s)| s.is_static)
+            .filter_map(|(n, s)| s.latest().map(|v| (n.as_str(), &v.model)));
+        for (name, l) in statics.chain(next.iter().map(|(n, v)| (n.as_str(), &v.model))) {
+            if !l.bind_to_port {
+                continue;
+            }
+            if let Some(other) = seen.insert(l.address, name) {
+                return Err(ConfigError::new(
+                    "resources",
+                    format!(
+                        "error adding listener '{name}': listener '{other}' already uses {}",
+                        l.address
+                    ),
+                ));
+            }
+        }
+        // The update is valid: apply it.
+        let main = self.main.clone();
+        let removed: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|(n, s)| !s.is_static && !next.contains_key(*n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in removed {
+            if self
+                .listeners
+                .remove(&name)
+                .is_some_and(|s| s.active.is_some())
+            {
+                self.draining_listeners
+                    .push(Instant::now() + self.drain_time);
+            }
+            main.counter("listener_manager.listener_removed").inc();
+            tracing::info!(listener = %name, "listener removed");
+        }
+        for (name, v) in next {
+            match self.listeners.get_mut(&name) {
+                Some(slot) => {
+                    if slot.latest().is_some_and(|cur| cur.proto == v.proto) {
+                        continue;
+                    }
+                    main.counter("listener_manager.listener_modified").inc();
+                    if in_place.contains(&name) {
+                        main.counter("listener_manager.listener_in_place_updated")
+                            .inc();
+                        self.in_place.insert(name.clone());
+                    } else {
+                        self.in_place.remove(&name);
+                    }
+                    tracing::info!(listener = %name, in_place = in_place.contains(&name), "listener modified");
+                    slot.warming = Some(v);
+                }
+                None => {
+                    main.counter("listener_manager.listener_added").inc();
+                    tracing::info!(listener = %name, "listener added");
+                    self.listeners.insert(
+                        name,
+                        Slot {
+                            is_static: false,
+                            active: None,
+                            warming: Some(v),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_cds(&mut self, d: &Discovery) -> Result<(), ConfigError> {
+        let mut next: BTreeMap<String, Version<cluster_pb::Cluster, Arc<model::Cluster>>> =
+            BTreeMap::new();
+        let mut secrets = self.secret_values();
+        for (i, any) in d.resources.iter().enumerate() {
+            let path = format!("resources[{i}]");
+            let proto: cluster_pb::Cluster = decode_any(any, type_url::CLUSTER, &path)?;
+            // Unchanged: the version in force stays, untranslated (and keeps its version_info,
+            // as in Envoy).
+            if let Some(cur) = self
+                .clusters
+                .get(&proto.name)
+                .filter(|s| !s.is_static)
+                .and_then(|s| s.latest())
+                .filter(|c| c.proto == proto)
+            {
+                if next.insert(proto.name.clone(), cur.clone()).is_some() {
+                    return Err(ConfigError::new(
+                        format!("{path}.name"),
+                        format!("duplicate cluster '{}' found", proto.name),
+                    ));
+                }
+                continue;
+            }
+            if self.follow_secrets(&secret_refs(&cluster_tls(&proto)), &path)? {
+                secrets = self.secret_values();
+            }
+            let model = resource::cluster(&proto, &path, &secrets)?;
+            let name = model.name.clone();
+            if next.contains_key(&name) {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("duplicate cluster '{name}' found"),
+                ));
+            }
+            let dump = now_dumped(
+                &name,
+                d.dumps.get(i).cloned().unwrap_or_default(),
+                &d.version_info,
+            );
+            next.insert(
+                name,
+                Version {
+                    proto,
+                    model: Arc::new(model),
+                    dump,
+                },
+            );
+        }
+        let main = self.main.clone();
+        let removed: Vec<String> = self
+            .clusters
+            .iter()
+            .filter(|(n, s)| !s.is_static && !next.contains_key(*n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in removed {
+            self.clusters.remove(&name);
+            main.counter("cluster_manager.cluster_removed").inc();
+            self.pending_prune.push(format!("cluster.{name}."));
+            tracing::info!(cluster = %name, "cluster removed");
+        }
+        for (name, v) in next {
+            self.pending_prune
+                .retain(|p| *p != format!("cluster.{name}."));
+            match self.clusters.get_mut(&name) {
+                Some(slot) if slot.is_static => {
+                    tracing::warn!(cluster = %name, "cds: a static cluster of that name exists; update skipped");
+                }
+                Some(slot) => {
+                    if slot.latest().is_some_and(|cur| cur.proto == v.proto) {
+                        continue;
+                    }
+                    main.counter("cluster_manager.cluster_modified").inc();
+                    tracing::info!(cluster = %name, "cluster modified");
+                    slot.warming = Some(v);
+                }
+                None => {
+                    main.counter("cluster_manager.cluster_added").inc();
+                    tracing::info!(cluster = %name, "cluster added");
+                    self.clusters.insert(
+                        name,
+                        Slot {
+                            is_static: false,
+                            active: None,
+                            warming: Some(v),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_rds(&mut self, name: &str, d: &Discovery) -> Result<(), ConfigError> {
+        if d.resources.len() != 1 {
+            return Err(ConfigError::new(
+                "resources",
+                format!("Unexpected RDS resource length: {}", d.resources.len()),
+            ));
+        }
+        let proto: route_pb::RouteConfiguration =
+            decode_any(&d.resources[0], type_url::ROUTE, "resources[0]")?;
+        if proto.name != name {
+            return Err(ConfigError::new(
+                "resources[0].name",
+                format!(
+                    "Unexpected RDS configuration (expecting {name}): {}",
+                    proto.name
+                ),
+            ));
+        }
+        let table = resource::route_configuration(&proto, "resources[0]")?;
+        let Some(rds) = self.rds.get_mut(name) else {
+            return Ok(());
+        };
+        if rds.table.as_ref().is_some_and(|t| t.proto == proto) {
+            return Ok(());
+        }
+        rds.table = Some(Version {
+            proto,
+            model: Arc::new(table),
+            dump: now_dumped(name, d.dumps[0].clone(), &d.version_info),
+        });
+        Ok(())
+    }
+
+    fn apply_eds(&mut self, service: &str, d: &Discovery) -> Result<(), ConfigError> {
+        if d.resources.len() > 1 {
+            return Err(ConfigError::new(
+                "resources",
+                format!(
+                    "Unexpected EDS resource length: {} (expecting 1)",
+                    d.resources.len()
+                ),
+            ));
+        }
+        let Some(any) = d.resources.first() else {
+            // An empty response leaves the cluster without hosts.
+            if let Some(eds) = self.eds.get_mut(service) {
+                eds.hosts = Some(Version {
+                    proto: endpoint_pb::ClusterLoadAssignment {
+                        cluster_name: service.to_string(),
+                        ..Default::default()
+                    },
+                    model: Vec::new(),
+                    dump: now_dumped(
+                        service,
+                        serde_json::json!({"cluster_name": service}),
+                        &d.version_info,
+                    ),
+                });
+            }
+            return Ok(());
+        };
+        let proto: endpoint_pb::ClusterLoadAssignment =
+            decode_any(any, type_url::ENDPOINT, "resources[0]")?;
+        if proto.cluster_name != service {
+            return Err(ConfigError::new(
+                "resources[0].cluster_name",
+                format!(
+                    "Unexpected EDS cluster (expecting {service}): {}",
+                    proto.cluster_name
+                ),
+            ));
+        }
+        let hosts = resource::endpoints(&proto, "resources[0]")?;
+        let Some(eds) = self.eds.get_mut(service) else {
+            return Ok(());
+        };
+        if eds.hosts.as_ref().is_some_and(|h| h.proto == proto) {
+            return Ok(());
+        }
+        eds.hosts = Some(Version {
+            proto,
+            model: hosts,
+            dump: now_dumped(service, d.dumps[0].clone(), &d.version_info),
+        });
+        Ok(())
+    }
+
+    /// The secrets in force, for translation.
+    fn secret_values(&self) -> Secrets {
+        self.secrets
+            .iter()
+            .filter_map(|(n, s)| s.value.as_ref().map(|v| (n.clone(), v.proto.clone())))
+            .collect()
+    }
+
+    /// Subscribes to the SDS secrets a resource names (a secret named without `sds_config` is a
+    /// static one) and reads each new one now, so the resource can be translated with them.
+    fn follow_secrets(
+        &mut self,
+        refs: &[(
+            String,
+            Option<envoy_types::pb::envoy::config::core::v3::ConfigSource>,
+        )],
+        path: &str,
+    ) -> Result<bool, ConfigError> {
+        let mut fresh = Vec::new();
+        for (name, source) in refs {
+            let Some(source) = source else { continue };
+            if self
+                .secrets
+                .get(name)
+                .is_some_and(|s| s.sub.is_some() || s.value.is_some())
+            {
+                continue;
+            }
+            let source = crate::config::translate_config_source(
+                source,
+                &format!("{path} (sds_config of secret '{name}')"),
+            )?;
+            self.secrets.insert(
+                name.clone(),
+                SecretSlot {
+                    sub: Some(Subscription::new(
+                        source.clone(),
+                        format!("sds.{name}."),
+                        &self.main,
+                    )),
+                    value: None,
+                },
+            );
+            fresh.push(source);
+        }
+        let added = !fresh.is_empty();
+        self.follow_sources(fresh);
+        Ok(added)
+    }
+
+    /// SDS subscriptions no listener or cluster names any more are dropped.
+    fn sync_sds(&mut self) {
+        let mut wanted = HashSet::new();
+        for slot in self.listeners.values() {
+            for v in slot.active.iter().chain(slot.warming.iter()) {
+                wanted.extend(
+                    secret_refs(&listener_tls(&v.proto))
+                        .into_iter()
+                        .map(|r| r.0),
+                );
+            }
+        }
+        for slot in self.clusters.values() {
+            for v in slot.active.iter().chain(slot.warming.iter()) {
+                wanted.extend(secret_refs(&cluster_tls(&v.proto)).into_iter().map(|r| r.0));
+            }
+        }
+        self.secrets
+            .retain(|n, s| s.sub.is_none() || wanted.contains(n));
+    }
+
+    /// A secret from SDS. Listeners and clusters that use it have their TLS rebuilt with it;
+    /// new handshakes take it while they and their connections stay (rotation). A secret that
+    /// does not build is refused and the previous one stays.
+    fn apply_sds(&mut self, name: &str, d: &Discovery) -> Result<(), ConfigError> {
+        if d.resources.len() != 1 {
+            return Err(ConfigError::new(
+                "resources",
+                format!("Unexpected SDS secrets length: {}", d.resources.len()),
+            ));
+        }
+        let proto: tls_pb::Secret = decode_any(&d.resources[0], type_url::SECRET, "resources[0]")?;
+        if proto.name != name {
+            return Err(ConfigError::new(
+                "resources[0].name",
+                format!("Unexpected SDS secret (expecting {name}): {}", proto.name),
+            ));
+        }
+        let Some(slot) = self.secrets.get_mut(name) else {
+            return Ok(());
+        };
+        if slot.value.as_ref().is_some_and(|v| v.proto == proto) {
+            return Ok(());
+        }
+        let json = redacted(d.dumps[0].clone(), &proto);
+        let previous = slot.value.replace(Version {
+            proto,
+            model: (),
+            dump: now_dumped(name, json, &d.version_info),
+        });
+        if let Err(e) = self.rotate(name) {
+            if let Some(slot) = self.secrets.get_mut(name) {
+                slot.value = previous;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the TLS of every listener and cluster that uses secret `name` and swaps it into
+    /// the versions in force. Either all build or nothing changes.
+    fn rotate(&mut self, name: &str) -> Result<(), ConfigError> {
+        let secrets = self.secret_values();
+        let clusters = self.cluster_names();
+        let uses = |refs: Vec<(
+            String,
+            Option<envoy_types::pb::envoy::config::core::v3::ConfigSource>,
+        )>| { refs.iter().any(|(n, _)| n == name) };
+        let mut listeners = Vec::new();
+        for (lname, slot) in &self.listeners {
+            for v in slot.active.iter().chain(slot.warming.iter()) {
+                if uses(secret_refs(&listener_tls(&v.proto))) {
+                    let path = format!("listener '{lname}'");
+                    let fresh = resource::listener(&v.proto, &path, &clusters, &secrets)?;
+                    listeners.push((v.model.clone(), fresh));
+                }
+            }
+        }
+        let mut built = Vec::new();
+        for (cname, slot) in &self.clusters {
+            for v in slot.active.iter().chain(slot.warming.iter()) {
+                if uses(secret_refs(&cluster_tls(&v.proto))) {
+                    let fresh =
+                        resource::cluster(&v.proto, &format!("cluster '{cname}'"), &secrets)?;
+                    built.push((v.model.clone(), fresh));
+                }
+            }
+        }
+        for (old, fresh) in listeners {
+            let pairs = chains_of(&old).zip(chains_of(&fresh));
+            for (o, n) in pairs {
+                if let (Some(o), Some(n)) = (&o.tls, &n.tls) {
+                    o.config.rotate_from(&n.config);
+                }
+            }
+        }
+        for (old, fresh) in built {
+            if let (Some(o), Some(n)) = (&old.tls, &fresh.tls) {
+                o.config.rotate_from(&n.config);
+            }
+        }
+        tracing::info!(secret = %name, "secret rotated");
+        Ok(())
+    }
+
+    /// RDS subscriptions follow the listeners: one per route configuration name a listener
+    /// (active or warming) uses; a new one is read at once, an unused one is dropped.
+    fn sync_rds(&mut self) {
+        let mut wanted: BTreeMap<String, (ConfigSource, String)> = BTreeMap::new();
+        for slot in self.listeners.values() {
+            for v in slot.active.iter().chain(slot.warming.iter()) {
+                for (name, source, prefix) in rds_of(&v.model) {
+                    wanted.entry(name).or_insert((source, prefix));
+                }
+            }
+        }
+        self.rds.retain(|n, _| wanted.contains_key(n));
+        let mut fresh = Vec::new();
+        for (name, (source, prefix)) in wanted {
+            if let std::collections::btree_map::Entry::Vacant(e) = self.rds.entry(name) {
+                let scope = format!("http.{prefix}.rds.{}.", e.key());
+                e.insert(Rds {
+                    sub: Subscription::new(source.clone(), scope, &self.main),
+                    table: None,
+                });
+                fresh.push(source);
+            }
+        }
+        self.follow_sources(fresh);
+    }
+
+    /// EDS subscriptions follow the clusters, as [`Self::sync_rds`] does the listeners.
+    fn sync_eds(&mut self) {
+        let mut wanted: BTreeMap<String, (ConfigSource, String)> = BTreeMap::new();
+        for (cname, slot) in &self.clusters {
+            for v in slot.active.iter().chain(slot.warming.iter()) {
+                if let Some(e) = &v.model.eds {
+                    wanted
+                        .entry(e.service_name.clone())
+                        .or_insert((e.source.clone(), cname.clone()));
+                }
+            }
+        }
+        self.eds.retain(|n, _| wanted.contains_key(n));
+        let mut fresh = Vec::new();
+        for (service, (source, cluster)) in wanted {
+            if let std::collections::btree_map::Entry::Vacant(e) = self.eds.entry(service) {
+                e.insert(Eds {
+                    sub: Subscription::new(
+                        source.clone(),
+                        format!("cluster.{cluster}."),
+                        &self.main,
+                    ),
+                    hosts: None,
+                });
+                fresh.push(source);
+            }
+        }
+        self.follow_sources(fresh);
+    }
+
+    /// Starts watching new sources and reads each once; watches no longer used stop.
+    fn follow_sources(&mut self, fresh: Vec<ConfigSource>) {
+        let used: HashSet<ConfigSource> = self
+            .lds
+            .iter()
+            .chain(self.cds.iter())
+            .chain(self.rds.values().map(|r| &r.sub))
+            .chain(self.eds.values().map(|e| &e.sub))
+            .chain(self.secrets.values().filter_map(|s| s.sub.as_ref()))
+            .map(|s| s.source.clone())
+            .collect();
+        self.watchers.retain(&used);
+        let mut done = HashSet::new();
+        for src in fresh {
+            if done.insert(src.clone()) {
+                self.watchers.watch(&src);
+                self.refresh_source(&src);
+            }
+        }
+    }
+
+    /// Warming versions whose dependencies are ready go into force.
+    fn promote(&mut self) {
+        let rds_ready = |name: &str| self.rds.get(name).is_some_and(|r| r.sub.ready);
+        let ends = Instant::now() + self.drain_time;
+        for (name, slot) in self.listeners.iter_mut() {
+            let ready = slot
+                .warming
+                .as_ref()
+                .is_some_and(|w| rds_of(&w.model).iter().all(|(n, _, _)| rds_ready(n)));
+            if !ready {
+                continue;
+            }
+            let next = slot.warming.take();
+            if let (Some(old), Some(new)) = (&slot.active, &next) {
+                // What drains: the whole old listener, or in place only its chains that the
+                // new version did not keep.
+                if self.in_place.remove(name) {
+                    let kept = |c: &Arc<model::FilterChain>| {
+                        chains_of(&new.model).any(|n| Arc::ptr_eq(n, c))
+                    };
+                    let gone = chains_of(&old.model).filter(|c| !kept(c)).count();
+                    self.draining_chains.extend(std::iter::repeat_n(ends, gone));
+                } else {
+                    self.draining_listeners.push(ends);
+                }
+            }
+            slot.active = next;
+        }
+        let eds_ready = |service: &str| self.eds.get(service).is_some_and(|e| e.sub.ready);
+        for slot in self.clusters.values_mut() {
+            let ready = slot.warming.as_ref().is_some_and(|w| {
+                w.model
+                    .eds
+                    .as_ref()
+                    .is_none_or(|e| eds_ready(&e.service_name))
+            });
+            if ready {
+                slot.active = slot.warming.take();
+            }
+        }
+    }
+
+    /// Shared cluster state for the active clusters: kept when neither the cluster nor its
+    /// endpoints changed, so workers keep their pools.
+    fn cluster_infos(&mut self) -> HashMap<String, Arc<ClusterInfo>> {
+        let mut next = HashMap::new();
+        for (name, slot) in &self.clusters {
+            let Some(v) = &slot.active else { continue };
+            let hosts = match &v.model.eds {
+                Some(e) => self
+                    .eds
+                    .get(&e.service_name)
+                    .and_then(|s| s.hosts.as_ref())
+                    .map(|h| h.model.clone())
+                    .unwrap_or_default(),
+                None => v.model.hosts.clone(),
+            };
+            let prev = self.infos.get(name);
+            let info = match prev {
+                Some(p) if Arc::ptr_eq(&p.config, &v.model) && p.hosts == hosts => p.clone(),
+                _ => Arc::new(ClusterInfo::with_hosts(
+                    v.model.clone(),
+                    hosts,
+                    prev.map(|p| &**p),
+                )),
+            };
+            next.insert(name.clone(), info);
+        }
+        self.infos = next.clone();
+        next
+    }
+
+    /// Each active cluster's endpoints as `/config_dump?include_eds` shows them: EDS ones from
+    /// their assignment, the others from their `load_assignment`; (static, dump).
+    fn endpoint_dumps(&self) -> Vec<(bool, Dumped)> {
+        let mut out = Vec::new();
+        for (name, slot) in &self.clusters {
+            let Some(v) = &slot.active else { continue };
+            let dump = match &v.model.eds {
+                Some(e) => self
+                    .eds
+                    .get(&e.service_name)
+                    .and_then(|s| s.hosts.as_ref())
+                    .map(|h| h.dump.clone()),
+                None => v.dump.json.get("load_assignment").map(|la| {
+                    let mut la = la.clone();
+                    if la.get("cluster_name").is_none() {
+                        la["cluster_name"] = serde_json::Value::String(name.clone());
+                    }
+                    Dumped {
+                        name: name.clone(),
+                        json: Arc::new(la),
+                        version: v.dump.version.clone(),
+                        last_updated: v.dump.last_updated,
+                    }
+                }),
+            };
+            out.extend(dump.map(|d| (slot.is_static, d)));
+        }
+        out
+    }
+
+    fn snapshot(&mut self) -> Snapshot {
+        let clusters = self.cluster_infos();
+        let listeners = self
+            .listeners
+            .values()
+            .filter_map(|s| s.active.as_ref().map(|v| v.model.clone()))
+            .collect();
+        let routes = self
+            .rds
+            .iter()
+            .filter_map(|(n, r)| r.table.as_ref().map(|t| (n.clone(), t.model.clone())))
+            .collect();
+        let dump = Dump {
+            listeners: self.listeners.values().map(Slot::dumped).collect(),
+            clusters: self.clusters.values().map(Slot::dumped).collect(),
+            routes: self
+                .rds
+                .values()
+                .filter_map(|r| r.table.as_ref().map(|t| t.dump.clone()))
+                .collect(),
+            endpoints: self.endpoint_dumps(),
+            secrets: self
+                .secrets
+                .values()
+                .filter_map(|s| s.value.as_ref().map(|v| (s.sub.is_none(), v.dump.clone())))
+                .collect(),
+            lds_version: self
+                .lds
+                .as_ref()
+                .map(|s| s.version.clone())
+                .unwrap_or_default(),
+            cds_version: self
+                .cds
+                .as_ref()
+                .map(|s| s.version.clone())
+                .unwrap_or_default(),
+        };
+        Snapshot {
+            listeners,
+            clusters,
+            routes,
+            dump,
+        }
+    }
+
+    /// Publishes the configuration in force to the admin server and, once they run, to the
+    /// workers, with sockets bound for listeners that need new ones. A listener whose address
+    /// cannot be bound is dropped (`listener_create_failure`).
+    pub fn publish(&mut self) {
+        let snapshot = self.snapshot();
+        let mut snapshot = snapshot;
+        if !self.workers.is_empty() {
+            let mut sockets: Vec<HashMap<String, std::net::TcpListener>> =
+                (0..self.workers.len()).map(|_| HashMap::new()).collect();
+            let mut failed = HashSet::new();
+            for l in &snapshot.listeners {
+                let prev = self.running.get(&l.name);
+                if prev.is_some_and(|p| Arc::ptr_eq(p, l)) {
+                    continue;
+                }
+                if l.bind_to_port && !prev.is_some_and(|p| crate::listener::same_socket(p, l)) {
+                    match bind_all(l, self.workers.len()) {
+                        Ok(socks) => {
+                            for (per_worker, s) in sockets.iter_mut().zip(socks) {
+                                per_worker.insert(l.name.clone(), s);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(listener = %l.name, address = %l.address, error = %e, "cannot bind listener");
+                            self.main
+                                .counter("listener_manager.listener_create_failure")
+                                .inc();
+                            failed.insert(l.name.clone());
+                            continue;
+                        }
+                    }
+                }
+                self.main
+                    .counter("listener_manager.listener_create_success")
+                    .add(self.workers.len() as u64);
+            }
+            if !failed.is_empty() {
+                snapshot.listeners.retain(|l| !failed.contains(&l.name));
+                for name in &failed {
+                    self.listeners.remove(name);
+                }
+            }
+            let snapshot = Arc::new(snapshot);
+            for (tx, socks) in self.workers.iter().zip(sockets) {
+                let _ = tx.send(WorkerUpdate::Config {
+                    snapshot: snapshot.clone(),
+                    sockets: socks,
+                    drain_time: self.drain_time,
+                });
+            }
+            self.running = snapshot
+                .listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.clone()))
+                .collect();
+            self.published.store(snapshot);
+        } else {
+            self.published.store(Arc::new(snapshot));
+        }
+        self.update_gauges();
+    }
+
+    /// Hands the workers over; binds every listener (a static one that cannot be bound fails
+    /// start-up, as in Envoy) and sends them the configuration.
+    pub fn attach_workers(
+        &mut self,
+        workers: Vec<mpsc::UnboundedSender<WorkerUpdate>>,
+    ) -> Result<(), String> {
+        for slot in self.listeners.values() {
+            if let (true, Some(v)) = (slot.is_static, &slot.active) {
+                let l = &v.model;
+                if l.bind_to_port {
+                    // Probe now so a port in use fails start-up with its name.
+                    bind_all(l, 1).map_err(|e| {
+                        format!("listener '{}': cannot bind {}: {e}", l.name, l.address)
+                    })?;
+                }
+            }
+        }
+        self.workers = workers;
+        self.publish();
+        Ok(())
+    }
+
+    /// Drains listeners (`/drain_listeners`, shutdown): the workers stop accepting on them and
+    /// ask their connections to close.
+    pub fn drain_listeners(&self, draining: Draining, inbound_only: bool) {
+        for tx in &self.workers {
+            let _ = tx.send(WorkerUpdate::Drain {
+                draining,
+                inbound_only,
+            });
+        }
+    }
+
+    /// Starts the process's shutdown drain with this deadline.
+    pub fn shutdown(&self, deadline: Instant) {
+        self.drain_listeners(
+            Draining {
+                kind: DrainKind::Shutdown,
+                started: Instant::now(),
+                deadline,
+                accepting: false,
+                asks_close: true,
+                force_close: true,
+            },
+            false,
+        );
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.main;
+        let active = self
+            .listeners
+            .values()
+            .filter(|s| s.active.is_some())
+            .count();
+        let warming = self
+            .listeners
+            .values()
+            .filter(|s| s.warming.is_some())
+            .count();
+        m.gauge("listener_manager.total_listeners_active")
+            .set(active as i64);
+        m.gauge("listener_manager.total_listeners_warming")
+            .set(warming as i64);
+        m.gauge("listener_manager.total_listeners_draining")
+            .set(self.draining_listeners.len() as i64);
+        m.gauge("listener_manager.total_filter_chains_draining")
+            .set(self.draining_chains.len() as i64);
+        let active = self
+            .clusters
+            .values()
+            .filter(|s| s.active.is_some())
+            .count();
+        let warming = self
+            .clusters
+            .values()
+            .filter(|s| s.warming.is_some())
+            .count();
+        m.gauge("cluster_manager.active_clusters")
+            .set(active as i64);
+        m.gauge("cluster_manager.warming_clusters")
+            .set(warming as i64);
+    }
+}
+
+/// Which subscription a file update is for.
+#[derive(Debug, Clone)]
+enum Kind {
+    Lds,
+    Cds,
+    Rds(String),
+    Eds(String),
+    Sds(String),
+}
+
+/// The RDS route configurations a listener's HTTP connection managers use, with their source
+/// and the first HCM's stat prefix.
+fn rds_of(l: &model::Listener) -> Vec<(String, ConfigSource, String)> {
+    let chains = l
+        .filter_chains
+        .iter()
+        .map(|(_, c)| c)
+        .chain(l.default_filter_chain.iter());
+    let mut out = Vec::new();
+    for c in chains {
+        for f in &c.filters {
+            if let model::NetworkFilter::HttpConnectionManager(h) = f {
+                if let model::RouteSource::Rds { name, source } = &h.routes {
+                    out.push((name.clone(), source.clone(), h.stat_prefix.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A listener's filter chains, the default one included.
+fn chains_of(l: &model::Listener) -> impl Iterator<Item = &Arc<model::FilterChain>> {
+    l.filter_chains
+        .iter()
+        .map(|(_, c)| c)
+        .chain(l.default_filter_chain.iter())
+}
+
+/// Envoy's in-place update: when a listener changes in nothing but its filter chains, the
+/// chains whose configuration is the same are kept (the same `Arc`, so workers keep them and
+/// their connections) and only the others drain. True when the update is such.
+fn adopt_chains(
+    cur: &Version<listener_pb::Listener, Arc<model::Listener>>,
+    proto: &listener_pb::Listener,
+    model: &mut model::Listener,
+) -> bool {
+    let strip = |l: &listener_pb::Listener| listener_pb::Listener {
+        filter_chains: Vec::new(),
+        default_filter_chain: None,
+        ..l.clone()
+    };
+    if strip(&cur.proto) != strip(proto) {
+        return false;
+    }
+    for (i, fc) in proto.filter_chains.iter().enumerate() {
+        let old = cur.proto.filter_chains.iter().position(|o| o == fc);
+        if let (Some(j), Some(slot)) = (old, model.filter_chains.get_mut(i)) {
+            if let Some((_, c)) = cur.model.filter_chains.get(j) {
+                slot.1 = c.clone();
+            }
+        }
+    }
+    if proto.default_filter_chain.is_some()
+        && proto.default_filter_chain == cur.proto.default_filter_chain
+    {
+        model.default_filter_chain = cur.model.default_filter_chain.clone();
+    }
+    true
+}
+
+/// Binds `n` SO_REUSEPORT sockets for a listener, one per worker.
+fn bind_all(l: &model::Listener, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    (0..n).map(|_| crate::listener::bind(l)).collect()
+}
+
+#[cfg(test)]
+mod tests;
+
+/// The TLS contexts' common parts of a listener's filter chains.
+fn listener_tls(l: &listener_pb::Listener) -> Vec<tls_pb::CommonTlsContext> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    l.filter_chains
+        .iter()
+        .chain(l.default_filter_chain.iter())
+        .filter_map(
+            |fc| match fc.transport_socket.as_ref()?.config_type.as_ref()? {
+                ConfigType::TypedConfig(any) => {
+                    let ctx = tls_pb::DownstreamTlsContext::decode(any.value.as_slice()).ok()?;
+                    (any.type_url.ends_with("DownstreamTlsContext"))
+                        .then_some(ctx.common_tls_context)
+                        .flatten()
+                }
+            },
+        )
+        .collect()
+}
+
+/// The TLS context's common part of a cluster (inside upstream PROXY protocol too).
+fn cluster_tls(c: &cluster_pb::Cluster) -> Vec<tls_pb::CommonTlsContext> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
+    let mut ts = c.transport_socket.clone();
+    let mut out = Vec::new();
+    while let Some(Some(ConfigType::TypedConfig(any))) = ts.take().map(|t| t.config_type) {
+        if any.type_url.ends_with("UpstreamTlsContext") {
+            if let Some(common) = tls_pb::UpstreamTlsContext::decode(any.value.as_slice())
+                .ok()
+                .and_then(|c| c.common_tls_context)
+            {
+                out.push(common);
+            }
+        } else if any.type_url.ends_with("ProxyProtocolUpstreamTransport") {
+            ts = ProxyProtocolUpstreamTransport::decode(any.value.as_slice())
+                .ok()
+                .and_then(|p| p.transport_socket);
+        }
+    }
+    out
+}
+
+/// The secrets TLS contexts name, with their SDS source (none: a static secret).
+fn secret_refs(
+    contexts: &[tls_pb::CommonTlsContext],
+) -> Vec<(
+    String,
+    Option<envoy_types::pb::envoy::config::core::v3::ConfigSource>,
+)> {
+    use tls_pb::common_tls_context::ValidationContextType;
+    let mut out = Vec::new();
+    for c in contexts {
+        for s in &c.tls_certificate_sds_secret_configs {
+            out.push((s.name.clone(), s.sds_config.clone()));
+        }
+        if let Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) =
+            &c.validation_context_type
+        {
+            out.push((s.name.clone(), s.sds_config.clone()));
+        }
+    }
+    out
+}
+
+/// A secret's dump with its private key and password replaced, as Envoy's `/config_dump` shows
+/// them.
+fn redacted(mut json: serde_json::Value, s: &tls_pb::Secret) -> serde_json::Value {
+    if json.get("tls_certificate").is_none() {
+        if let Some(tls_pb::secret::Type::TlsCertificate(_)) = &s.r#type {
+            json["tls_certificate"] = serde_json::json!({});
+        }
+    }
+    if let Some(t) = json
+        .get_mut("tls_certificate")
+        .and_then(|t| t.as_object_mut())
+    {
+        for field in ["private_key", "password"] {
+            if let Some(v) = t.get_mut(field).and_then(|v| v.as_object_mut()) {
+                for (_, inner) in v.iter_mut() {
+                    *inner = serde_json::Value::String("[redacted]".into());
+                }
+            }
+        }
+    }
+    json
+}
