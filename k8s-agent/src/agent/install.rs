@@ -331,3 +331,66 @@ pub fn uninstall(opts: &Options) -> Result<Report, AgentError> {
     }
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: Options,
+    }
+
+    fn opts(args: &[&str]) -> Options {
+        Cli::try_parse_from(std::iter::once("agent").chain(args.iter().copied()))
+            .expect("flags")
+            .opts
+    }
+
+    #[test]
+    fn the_entry_names_host_paths_without_the_mount_prefix() {
+        let dir = std::env::temp_dir().join(format!("skiff-agent-entry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let token = dir.join("token");
+        std::fs::write(&token, "t").expect("token");
+        let o = opts(&[
+            "--host-prefix=/host",
+            "--cni-conf-dir=/host/etc/cni/net.d",
+            "--state-dir=/host/var/run/skiff/cni",
+            "--api-server=http://10.96.0.1:80",
+            "--backend=iptables",
+            &format!("--token-file={}", token.display()),
+        ]);
+        let e = entry(&o).expect("entry");
+        assert_eq!(e["stateDir"], "/var/run/skiff/cni");
+        assert_eq!(e["kubernetes"]["tokenFile"], "/etc/cni/net.d/skiff/token");
+        assert_eq!(e["kubernetes"]["apiServer"], "http://10.96.0.1:80");
+        assert!(
+            e["kubernetes"].get("caFile").is_none(),
+            "no CA for plain HTTP"
+        );
+        assert_eq!(e["type"], "skiff-cni");
+        assert_eq!(e["backend"], "iptables");
+        // Without the prefix, paths are taken as they are.
+        let o = opts(&["--state-dir=/srv/state", "--api-server=http://x:1"]);
+        assert_eq!(entry(&o).expect("entry")["stateDir"], "/srv/state");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn bad_plugin_settings_are_refused_before_anything_is_installed() {
+        let dir = std::env::temp_dir().join(format!("skiff-agent-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let conf = dir.join("plugin-config.json");
+        std::fs::write(&conf, r#"{"capture": {"includeOutboundIpRanges": "*"}}"#).expect("conf");
+        let o = opts(&[
+            "--api-server=http://x:1",
+            &format!("--plugin-config={}", conf.display()),
+        ]);
+        let e = entry(&o).expect_err("typo");
+        assert!(e.to_string().contains("includeOutboundIpRanges"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
