@@ -514,7 +514,9 @@ pub fn unenroll(path: &Path) -> Result<bool, Error> {
     unenroll_cookie(info.cookie)
 }
 
-fn unenroll_cookie(cookie: u64) -> Result<bool, Error> {
+/// [`unenroll`] by the namespace's cookie, for when the namespace itself is already gone
+/// (a CNI DEL after the sandbox was torn down); false when it was not enrolled.
+pub fn unenroll_cookie(cookie: u64) -> Result<bool, Error> {
     let mut found = remove_links(&root().join("netns").join(cookie.to_string()))?;
     if root().join("maps").join("skiff_pods").exists() {
         let mut pods = pods_map()?;

@@ -94,6 +94,13 @@ pub enum Command {
         #[command(subcommand)]
         command: skiff_ebpf::cli::Command,
     },
+    /// The chained CNI plugin (run by the container runtime with CNI_COMMAND and the network
+    /// configuration on stdin; installed as `skiff-cni` it runs without this word).
+    Cni,
+    /// Prepare this node for the CNI plugin and keep it prepared (the DaemonSet's command);
+    /// `node-agent uninstall` removes it all.
+    #[command(name = "node-agent")]
+    NodeAgent(skiff_k8s::agent::Args),
 }
 
 /// `--mode`.

@@ -6,7 +6,17 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Installed in the CNI bin dir as `skiff-cni`, skiff is run by that name without arguments.
+    if skiff_k8s::cni::invoked_as_plugin() {
+        return skiff_k8s::cni::main();
+    }
     let opts = skiff::cli::Options::parse();
+    if let Some(skiff::cli::Command::Cni) = &opts.command {
+        return skiff_k8s::cni::main();
+    }
+    if let Some(skiff::cli::Command::NodeAgent(args)) = &opts.command {
+        return skiff_k8s::agent::main(args);
+    }
     if opts.decode_config_to_stdout {
         return decode_for_parent(&opts);
     }

