@@ -35,6 +35,25 @@ pub struct Options {
     #[arg(long = "drain-strategy", value_enum, default_value_t = crate::drain::DrainStrategy::Gradual)]
     pub drain_strategy: crate::drain::DrainStrategy,
 
+    /// Fields of the bootstrap that the protos do not know are dropped with a warning (and
+    /// counted in `server.static_unknown_fields`) instead of refused.
+    #[arg(long = "allow-unknown-static-fields")]
+    pub allow_unknown_static_fields: bool,
+
+    /// The IP version of the local address Envoy reports (`v4` or `v6`); skiff reports it in
+    /// `/server_info` and uses no local address otherwise.
+    #[arg(long = "local-address-ip-version", value_parser = ["v4", "v6"], default_value = "v4")]
+    pub local_address_ip_version: String,
+
+    /// Per-component log levels as Envoy's (`misc:error,upstream:debug`). skiff's logs are not
+    /// split into Envoy's components: the levels are checked and reported, and `-l` applies.
+    #[arg(long = "component-log-level", value_parser = component_log_levels)]
+    pub component_log_level: Option<String>,
+
+    /// Accepted: skiff logs no deprecation warnings to skip.
+    #[arg(long = "skip-deprecated-logs")]
+    pub skip_deprecated_logs: bool,
+
     /// Accepted for compatibility: skiff has no hot restart, so there is no parent to shut down.
     #[arg(long = "parent-shutdown-time-s", default_value_t = 900)]
     pub parent_shutdown_time_s: u64,
@@ -66,6 +85,25 @@ pub struct Options {
     /// Instead of proxying: a redirection task.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Checks `--component-log-level`: comma-separated `component:level` pairs with Envoy's levels.
+fn component_log_levels(s: &str) -> Result<String, String> {
+    for pair in s.split(',') {
+        let Some((component, level)) = pair.split_once(':') else {
+            return Err(format!("'{pair}' is not component:level"));
+        };
+        if component.is_empty() {
+            return Err(format!("'{pair}' names no component"));
+        }
+        if !matches!(
+            level,
+            "trace" | "debug" | "info" | "warning" | "warn" | "error" | "critical" | "off"
+        ) {
+            return Err(format!("'{level}' is not a log level"));
+        }
+    }
+    Ok(s.to_string())
 }
 
 /// Tasks other than proxying.

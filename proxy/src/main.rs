@@ -96,6 +96,7 @@ fn decode_for_parent(opts: &skiff::cli::Options) -> ExitCode {
     let source = skiff::config::Source {
         path: opts.config_path.clone(),
         yaml: opts.config_yaml.clone(),
+        allow_unknown_fields: opts.allow_unknown_static_fields,
     };
     let mut out = Vec::new();
     match skiff::config::decode_for_parent(&source, &mut out) {

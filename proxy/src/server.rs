@@ -20,6 +20,7 @@ pub fn load(opts: &Options) -> Result<Loaded, config::ConfigError> {
     let source = config::Source {
         path: opts.config_path.clone(),
         yaml: opts.config_yaml.clone(),
+        allow_unknown_fields: opts.allow_unknown_static_fields,
     };
     let mut loaded = match opts.mode {
         Mode::Validate => config::load(&source)?,
@@ -93,6 +94,13 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     let store = Arc::new(Store::new(workers));
     let main = store.main().clone();
     main.gauge("server.concurrency").set(workers as i64);
+    let unknown = &loaded.dump.unknown_fields;
+    for f in unknown {
+        tracing::warn!(field = %f, "unknown field in the bootstrap ignored (--allow-unknown-static-fields)");
+    }
+    // As Envoy, one count per document that had any (the file, --config-yaml).
+    main.counter("server.static_unknown_fields")
+        .add(loaded.dump.unknown_documents);
     let health_failed = Arc::new(AtomicBool::new(false));
     let drain_time = Duration::from_secs(opts.drain_time_s);
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -347,3 +347,44 @@ async fn json_bootstrap_is_accepted() {
     })
     .await
 }
+
+/// pilot-agent's command line: `--allow-unknown-static-fields` drops fields the protos do not
+/// know (counted in `server.static_unknown_fields`), and the other flags it passes are taken.
+#[tokio::test]
+async fn pilot_agent_flags_are_accepted_and_unknown_static_fields_counted_as_envoy_does() {
+    run(async {
+        let flags = [
+            "--drain-time-s",
+            "45",
+            "--drain-strategy",
+            "immediate",
+            "--local-address-ip-version",
+            "v4",
+            "--allow-unknown-static-fields",
+            "--component-log-level",
+            "misc:error",
+            "--skip-deprecated-logs",
+        ];
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let mut v = base();
+            v["no_such_bootstrap_field"] = json!(1);
+            v["static_resources"]["clusters"][0]["no_such_cluster_field"] = json!(true);
+            let p = ProxyProcess::start(kind, &to_yaml(&v), &flags).await;
+            let admin = p.admin();
+            // One count for the file, however many fields it had.
+            assert_eq!(
+                admin.counter("server.static_unknown_fields").await,
+                1,
+                "{}",
+                kind.name()
+            );
+            let info = admin.get("/server_info").await.text();
+            assert!(
+                info.contains("\"drain_strategy\": \"Immediate\""),
+                "{}: {info}",
+                kind.name()
+            );
+        }
+    })
+    .await;
+}

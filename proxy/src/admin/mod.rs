@@ -353,6 +353,14 @@ fn server_info(state: &AdminState) -> serde_json::Value {
             "mode": o.mode.as_str(),
             "disable_hot_restart": true,
             "restart_epoch": 0,
+            "drain_strategy": match o.drain_strategy {
+                crate::drain::DrainStrategy::Gradual => "Gradual",
+                crate::drain::DrainStrategy::Immediate => "Immediate",
+            },
+            "local_address_ip_version": o.local_address_ip_version,
+            "allow_unknown_static_fields": o.allow_unknown_static_fields,
+            "component_log_level": o.component_log_level.clone().unwrap_or_default(),
+            "skip_deprecated_logs": o.skip_deprecated_logs,
         },
         "node": { "id": node.id, "cluster": node.cluster, "user_agent_name": "skiff" },
     })

@@ -69,6 +69,9 @@ pub struct Source {
     pub path: Option<String>,
     /// `--config-yaml`, merged over the file.
     pub yaml: Option<String>,
+    /// `--allow-unknown-static-fields`: fields the protos do not know are dropped with a
+    /// warning (and counted in `server.static_unknown_fields`) instead of refused.
+    pub allow_unknown_fields: bool,
 }
 
 /// The configuration as given, in Envoy's JSON form, for `/config_dump`.
@@ -80,6 +83,12 @@ pub struct ConfigDump {
     pub listeners: Vec<serde_json::Value>,
     /// Each static cluster.
     pub clusters: Vec<serde_json::Value>,
+    /// Fields the protos do not know, dropped (with `--allow-unknown-static-fields`).
+    #[serde(default)]
+    pub unknown_fields: Vec<String>,
+    /// How many of the documents (the file, `--config-yaml`) had such fields.
+    #[serde(default)]
+    pub unknown_documents: u64,
 }
 
 /// A loaded bootstrap: the validated model and its dump.
@@ -95,36 +104,53 @@ pub struct Loaded {
 
 /// Reads, decodes, checks and translates a bootstrap.
 pub fn load(source: &Source) -> Result<Loaded, ConfigError> {
-    let (dynamic, bootstrap) = decode(source)?;
+    let (dynamic, bootstrap, (unknown, documents)) = decode(source)?;
     let model = translate(&bootstrap)?;
+    let mut dump = dump(&dynamic);
+    dump.unknown_fields = unknown;
+    dump.unknown_documents = documents;
     Ok(Loaded {
         proto: bootstrap,
         model,
-        dump: dump(&dynamic),
+        dump,
     })
 }
 
-/// Decodes and checks a bootstrap: the dynamic form and the generated prost type.
-fn decode(
-    source: &Source,
-) -> Result<
-    (
-        DynamicMessage,
-        envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap,
-    ),
-    ConfigError,
-> {
+/// A decoded bootstrap: its dynamic form, the generated prost type, and the unknown fields
+/// dropped.
+type Decoded = (
+    DynamicMessage,
+    envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap,
+    (Vec<String>, u64),
+);
+
+/// Decodes and checks a bootstrap.
+fn decode(source: &Source) -> Result<Decoded, ConfigError> {
     let desc = proto::message(proto::BOOTSTRAP)?;
+    let mut unknown = Vec::new();
+    let mut documents = 0;
+    let mut text_to_message = |text: &str, desc| -> Result<DynamicMessage, ConfigError> {
+        if source.allow_unknown_fields {
+            let (msg, dropped) = proto::decode_text_lenient(text, desc)?;
+            if !dropped.is_empty() {
+                documents += 1;
+            }
+            unknown.extend(dropped);
+            Ok(msg)
+        } else {
+            proto::decode_text(text, desc)
+        }
+    };
     let mut dynamic = match &source.path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| ConfigError::new("", format!("cannot read '{path}': {e}")))?;
-            proto::decode_text(&text, desc.clone())?
+            text_to_message(&text, desc.clone())?
         }
         None => DynamicMessage::new(desc.clone()),
     };
     if let Some(yaml) = &source.yaml {
-        let over = proto::decode_text(yaml, desc)
+        let over = text_to_message(yaml, desc)
             .map_err(|e| ConfigError::new(e.path, format!("in --config-yaml: {}", e.message)))?;
         proto::merge(&mut dynamic, &over)?;
     }
@@ -136,7 +162,7 @@ fn decode(
     }
     supported::check(&dynamic)?;
     let bootstrap = proto::to_typed(&dynamic)?;
-    Ok((dynamic, bootstrap))
+    Ok((dynamic, bootstrap, (unknown, documents)))
 }
 
 /// Every field of a bootstrap that skiff does not honour, and what decoding or translating it
@@ -227,11 +253,14 @@ pub fn decode_for_parent(
     out: &mut impl std::io::Write,
 ) -> Result<(), ConfigError> {
     use prost::Message;
-    let (dynamic, bootstrap) = decode(source)?;
+    let (dynamic, bootstrap, (unknown, documents)) = decode(source)?;
     // Translation errors are reported by the child too, so the parent sees the same text.
     translate(&bootstrap)?;
     let pb = bootstrap.encode_to_vec();
-    let json = serde_json::to_vec(&dump(&dynamic)).unwrap_or_default();
+    let mut dump = dump(&dynamic);
+    dump.unknown_fields = unknown;
+    dump.unknown_documents = documents;
+    let json = serde_json::to_vec(&dump).unwrap_or_default();
     let io = |e: std::io::Error| {
         ConfigError::new("", format!("cannot hand the configuration over: {e}"))
     };
@@ -259,6 +288,9 @@ pub fn load_isolated(source: &Source) -> Result<Loaded, ConfigError> {
     }
     if let Some(y) = &source.yaml {
         cmd.arg("--config-yaml").arg(y);
+    }
+    if source.allow_unknown_fields {
+        cmd.arg("--allow-unknown-static-fields");
     }
     let output = match cmd.stdin(std::process::Stdio::null()).output() {
         Ok(o) => o,
@@ -420,6 +452,7 @@ mod tests {
                 "admin: { address: { socket_address: { address: 127.0.0.1, port_value: 9999 } } }"
                     .into(),
             ),
+            ..Source::default()
         };
         let loaded = load(&source).expect("merged config loads");
         assert_eq!(loaded.model.admin.expect("admin").address.port(), 9999);
@@ -427,6 +460,7 @@ mod tests {
         let source = Source {
             path: source.path.clone(),
             yaml: Some("static_resources: { clusters: [ { name: extra, type: STATIC } ] }".into()),
+            ..Source::default()
         };
         assert_eq!(load(&source).expect("loads").model.clusters.len(), 2);
         let _ = std::fs::remove_dir_all(dir);

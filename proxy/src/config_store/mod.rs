@@ -238,7 +238,6 @@ pub struct ConfigStore {
     pending_prune: Vec<String>,
     watchers: Watchers,
     decoder: crate::config::discovery::Decoder,
-    unknown_fields: u64,
 }
 
 impl std::fmt::Debug for ConfigStore {
@@ -303,7 +302,6 @@ impl ConfigStore {
             pending_prune: Vec::new(),
             watchers: Watchers::new(events),
             decoder: Default::default(),
-            unknown_fields: 0,
         };
         let model = &loaded.model;
         for s in &statics.secrets {
@@ -572,9 +570,8 @@ impl ConfigStore {
                     for f in &d.unknown_fields {
                         tracing::warn!(path = %src.path.display(), field = %f, "unknown field ignored");
                     }
-                    self.unknown_fields += d.unknown_fields.len() as u64;
-                    main.counter("server.dynamic_unknown_fields")
-                        .add(d.unknown_fields.len() as u64);
+                    // As Envoy, one count per file that had any.
+                    main.counter("server.dynamic_unknown_fields").inc();
                 }
                 match &kind {
                     Kind::Lds => self.apply_lds(d),
