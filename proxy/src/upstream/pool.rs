@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -233,11 +234,14 @@ async fn open(addr: SocketAddr, source: Option<Source>) -> std::io::Result<TcpSt
     socket.connect(addr).await
 }
 
-/// Counts a live upstream connection until dropped.
+/// Counts a live upstream connection until dropped. It holds the counters, not the cluster or
+/// the host: a pooled connection's task owns it, and the host owns the pool, so holding the
+/// host here would keep a removed host (and its idle connections) alive for ever.
 #[derive(Debug)]
 pub struct ConnGuard {
-    cluster: Rc<Cluster>,
-    host: Rc<Host>,
+    active: crate::stats::Gauge,
+    destroyed: crate::stats::Counter,
+    host: Arc<HostStats>,
 }
 
 impl ConnGuard {
@@ -246,17 +250,18 @@ impl ConnGuard {
         cluster.stats.upstream_cx_active.inc();
         HostStats::inc(&host.stats.cx_active);
         ConnGuard {
-            cluster: cluster.clone(),
-            host: host.clone(),
+            active: cluster.stats.upstream_cx_active.clone(),
+            destroyed: cluster.stats.upstream_cx_destroy.clone(),
+            host: host.stats.clone(),
         }
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.cluster.stats.upstream_cx_active.dec();
-        self.cluster.stats.upstream_cx_destroy.inc();
-        HostStats::dec(&self.host.stats.cx_active);
+        self.active.dec();
+        self.destroyed.inc();
+        HostStats::dec(&self.host.cx_active);
     }
 }
 
