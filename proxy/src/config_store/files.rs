@@ -2,12 +2,18 @@
 //! file is *moved* into place (write elsewhere, then rename), never half-written. With a
 //! `watched_directory`, any move into that directory reloads the file (Kubernetes swaps a
 //! ConfigMap's files through a `..data` symlink).
+//!
+//! One inotify instance watches every directory (the kernel allows few instances per user, and
+//! a directory is watched once however many sources live in it); one task reads its events and
+//! tells the main loop which sources changed.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::StreamExt;
-use inotify::{Inotify, WatchMask};
+use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -20,17 +26,51 @@ pub struct FileEvent {
     pub source: ConfigSource,
 }
 
-/// The watches in force, one task per source.
-#[derive(Debug)]
+/// The sources followed in each watched directory: with a file name, a move of that name;
+/// without (a `watched_directory`), any move.
+type Routes = HashMap<WatchDescriptor, Vec<(Option<OsString>, ConfigSource)>>;
+
+/// The watches in force.
 pub struct Watchers {
     events: mpsc::UnboundedSender<FileEvent>,
-    tasks: HashMap<ConfigSource, JoinHandle<()>>,
+    running: Option<Running>,
+    sources: HashSet<ConfigSource>,
+}
+
+struct Running {
+    watches: Watches,
+    routes: Arc<Mutex<Routes>>,
+    dirs: HashMap<PathBuf, WatchDescriptor>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Watchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watchers")
+            .field("sources", &self.sources.len())
+            .finish()
+    }
 }
 
 impl Drop for Watchers {
     fn drop(&mut self) {
-        for t in self.tasks.values() {
-            t.abort();
+        if let Some(r) = &self.running {
+            r.task.abort();
+        }
+    }
+}
+
+/// The directory to watch for `src`, and the file name to look for in it (none: any).
+fn target(src: &ConfigSource) -> (PathBuf, Option<OsString>) {
+    match &src.watched_directory {
+        Some(d) => (d.clone(), None),
+        None => {
+            let dir = src
+                .path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| ".".into(), |p| p.to_path_buf());
+            (dir, src.path.file_name().map(|n| n.to_os_string()))
         }
     }
 }
@@ -40,81 +80,120 @@ impl Watchers {
     pub fn new(events: mpsc::UnboundedSender<FileEvent>) -> Self {
         Watchers {
             events,
-            tasks: HashMap::new(),
+            running: None,
+            sources: HashSet::new(),
         }
+    }
+
+    /// Starts the inotify instance and its reader, once, inside a tokio runtime.
+    fn running(&mut self) -> Option<&mut Running> {
+        if self.running.is_none() && tokio::runtime::Handle::try_current().is_ok() {
+            let inotify = match Inotify::init() {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot follow configuration files: inotify");
+                    return None;
+                }
+            };
+            let watches = inotify.watches();
+            let stream = match inotify.into_event_stream(vec![0u8; 16 * 1024]) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot follow configuration files");
+                    return None;
+                }
+            };
+            let routes: Arc<Mutex<Routes>> = Arc::default();
+            let task = tokio::spawn(dispatch(stream, routes.clone(), self.events.clone()));
+            self.running = Some(Running {
+                watches,
+                routes,
+                dirs: HashMap::new(),
+                task,
+            });
+        }
+        self.running.as_mut()
     }
 
     /// Starts following `src` (once). Outside a tokio runtime nothing is followed.
     pub fn watch(&mut self, src: &ConfigSource) {
-        if self.tasks.contains_key(src) || tokio::runtime::Handle::try_current().is_err() {
+        if self.sources.contains(src) {
             return;
         }
-        let (dir, name) = match &src.watched_directory {
-            Some(d) => (d.clone(), None),
-            None => {
-                let dir = src
-                    .path
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .map_or_else(|| ".".into(), |p| p.to_path_buf());
-                (dir, src.path.file_name().map(|n| n.to_os_string()))
-            }
+        let Some(r) = self.running() else { return };
+        let (dir, name) = target(src);
+        let wd = match r.dirs.get(&dir) {
+            Some(wd) => wd.clone(),
+            None => match r.watches.add(&dir, WatchMask::MOVED_TO) {
+                Ok(wd) => {
+                    r.dirs.insert(dir.clone(), wd.clone());
+                    wd
+                }
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot follow configuration directory");
+                    return;
+                }
+            },
         };
-        let task = tokio::spawn(follow(src.clone(), dir, name, self.events.clone()));
-        self.tasks.insert(src.clone(), task);
+        r.routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(wd)
+            .or_default()
+            .push((name, src.clone()));
+        self.sources.insert(src.clone());
     }
 
-    /// Stops following the sources not in `used`.
+    /// Stops following the sources not in `used` (and the directories left with none).
     pub fn retain(&mut self, used: &HashSet<ConfigSource>) {
-        self.tasks.retain(|src, task| {
-            let keep = used.contains(src);
-            if !keep {
-                task.abort();
-            }
-            keep
+        self.sources.retain(|s| used.contains(s));
+        let Some(r) = self.running.as_mut() else {
+            return;
+        };
+        let mut routes = r.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        routes.retain(|_, sources| {
+            sources.retain(|(_, s)| used.contains(s));
+            !sources.is_empty()
         });
+        let live: HashSet<&WatchDescriptor> = routes.keys().collect();
+        let gone: Vec<PathBuf> = r
+            .dirs
+            .iter()
+            .filter(|(_, wd)| !live.contains(wd))
+            .map(|(d, _)| d.clone())
+            .collect();
+        for dir in gone {
+            if let Some(wd) = r.dirs.remove(&dir) {
+                let _ = r.watches.remove(wd);
+            }
+        }
     }
 }
 
-async fn follow(
-    source: ConfigSource,
-    dir: std::path::PathBuf,
-    name: Option<OsString>,
+async fn dispatch(
+    mut stream: inotify::EventStream<Vec<u8>>,
+    routes: Arc<Mutex<Routes>>,
     events: mpsc::UnboundedSender<FileEvent>,
 ) {
-    let inotify = match Inotify::init() {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot follow configuration files: inotify");
-            return;
-        }
-    };
-    if let Err(e) = inotify.watches().add(&dir, WatchMask::MOVED_TO) {
-        tracing::error!(dir = %dir.display(), error = %e, "cannot follow configuration directory");
-        return;
-    }
-    let mut stream = match inotify.into_event_stream(vec![0u8; 4096]) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot follow configuration files");
-            return;
-        }
-    };
     while let Some(ev) = stream.next().await {
         let Ok(ev) = ev else { continue };
-        let ours = match (&name, &ev.name) {
-            (None, _) => true,
-            (Some(want), Some(got)) => want == got,
-            (Some(_), None) => false,
-        };
-        if ours
-            && events
-                .send(FileEvent {
-                    source: source.clone(),
+        let hits: Vec<ConfigSource> = {
+            let routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
+            routes
+                .get(&ev.wd)
+                .map(|sources| {
+                    sources
+                        .iter()
+                        .filter(|(name, _)| name.is_none() || name.as_deref() == ev.name.as_deref())
+                        .map(|(_, s)| s.clone())
+                        .collect()
                 })
-                .is_err()
-        {
-            return;
+                .unwrap_or_default()
+        };
+        for source in hits {
+            if events.send(FileEvent { source }).is_err() {
+                return;
+            }
         }
     }
 }
