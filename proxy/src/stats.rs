@@ -152,30 +152,47 @@ impl Store {
 
     /// All stats, summed across shards, sorted by name.
     pub fn snapshot(&self) -> BTreeMap<String, StatValue> {
+        self.snapshot_where(|_| true)
+    }
+
+    /// The stats whose names `keep` accepts, summed across shards, sorted by name (a name is
+    /// copied once, whatever the number of shards that have it).
+    pub fn snapshot_where(&self, keep: impl Fn(&str) -> bool) -> BTreeMap<String, StatValue> {
+        fn add<T>(
+            out: &mut BTreeMap<String, StatValue>,
+            map: &Mutex<BTreeMap<String, T>>,
+            keep: &impl Fn(&str) -> bool,
+            value: impl Fn(&T) -> StatValue,
+        ) {
+            let map = map.lock().unwrap_or_else(PoisonError::into_inner);
+            for (name, stat) in map.iter() {
+                let v = value(stat);
+                match out.get_mut(name.as_str()) {
+                    Some(StatValue::Counter(c)) => {
+                        if let StatValue::Counter(n) = v {
+                            *c += n;
+                        }
+                    }
+                    Some(StatValue::Gauge(g)) => {
+                        if let StatValue::Gauge(n) = v {
+                            *g += n;
+                        }
+                    }
+                    None if keep(name) => {
+                        out.insert(name.clone(), v);
+                    }
+                    None => {}
+                }
+            }
+        }
         let mut out: BTreeMap<String, StatValue> = BTreeMap::new();
         for shard in &self.shards {
-            for (name, c) in shard
-                .counters
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-            {
-                let e = out.entry(name.clone()).or_insert(StatValue::Counter(0));
-                if let StatValue::Counter(v) = e {
-                    *v += c.value();
-                }
-            }
-            for (name, g) in shard
-                .gauges
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-            {
-                let e = out.entry(name.clone()).or_insert(StatValue::Gauge(0));
-                if let StatValue::Gauge(v) = e {
-                    *v += g.value();
-                }
-            }
+            add(&mut out, &shard.counters, &keep, |c| {
+                StatValue::Counter(c.value())
+            });
+            add(&mut out, &shard.gauges, &keep, |g| {
+                StatValue::Gauge(g.value())
+            });
         }
         out
     }

@@ -294,9 +294,9 @@ fn stats_endpoint(state: &AdminState, q: &BTreeMap<String, String>) -> Response<
         None => None,
     };
     let used_only = q.contains_key("usedonly");
-    let snap = state.store.snapshot();
-    let texts = state.store.texts();
     let keep = |name: &str| filter.as_ref().is_none_or(|r| r.is_match(name));
+    let snap = state.store.snapshot_where(keep);
+    let texts = state.store.texts();
     let selected = snap.iter().filter(|(name, v)| {
         keep(name) && (!used_only || !matches!(v, StatValue::Counter(0) | StatValue::Gauge(0)))
     });
