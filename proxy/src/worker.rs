@@ -49,8 +49,8 @@ pub enum WorkerUpdate {
     Config {
         /// The snapshot.
         snapshot: Arc<Snapshot>,
-        /// New sockets by listener name.
-        sockets: HashMap<String, std::net::TcpListener>,
+        /// New sockets by listener name (one per address).
+        sockets: HashMap<String, Vec<std::net::TcpListener>>,
         /// How long a replaced or removed listener's connections may take to finish.
         drain_time: Duration,
     },
@@ -79,7 +79,8 @@ pub struct Shared {
 struct Active {
     config: Arc<model::Listener>,
     listener: Rc<listener::Shared>,
-    socket: Option<Rc<TcpListener>>,
+    /// One per address (none for `bind_to_port: false`, or once stopped).
+    sockets: Vec<Rc<TcpListener>>,
 }
 
 /// One worker's state, shared by its tasks.
@@ -152,7 +153,7 @@ impl Worker {
     fn apply(
         self: &Rc<Self>,
         snapshot: &Snapshot,
-        mut sockets: HashMap<String, std::net::TcpListener>,
+        mut sockets: HashMap<String, Vec<std::net::TcpListener>>,
         drain_time: Duration,
     ) {
         self.clusters.update(&snapshot.clusters, &self.shard);
@@ -175,16 +176,19 @@ impl Worker {
                     continue;
                 }
             }
-            let socket = match sockets.remove(&config.name) {
-                Some(s) => match TcpListener::from_std(s) {
-                    Ok(s) => Some(Rc::new(s)),
-                    Err(e) => {
-                        tracing::error!(worker = self.id, listener = %config.name, error = %e, "cannot use listen socket");
-                        None
-                    }
-                },
-                // Same address: the new listener takes over the old one's socket.
-                None => prev.as_ref().and_then(|p| p.socket.clone()),
+            let socks: Vec<Rc<TcpListener>> = match sockets.remove(&config.name) {
+                Some(all) => all
+                    .into_iter()
+                    .filter_map(|s| match TcpListener::from_std(s) {
+                        Ok(s) => Some(Rc::new(s)),
+                        Err(e) => {
+                            tracing::error!(worker = self.id, listener = %config.name, error = %e, "cannot use listen socket");
+                            None
+                        }
+                    })
+                    .collect(),
+                // Same addresses: the new listener takes over the old one's sockets.
+                None => prev.as_ref().map(|p| p.sockets.clone()).unwrap_or_default(),
             };
             let shared = listener::Shared::new(
                 self.clone(),
@@ -196,7 +200,7 @@ impl Worker {
             if let Some(p) = prev {
                 p.listener.retire(modify, &shared);
             }
-            if let Some(s) = &socket {
+            for s in &socks {
                 tokio::task::spawn_local(listener::accept_loop(shared.clone(), s.clone()));
             }
             next.insert(
@@ -204,7 +208,7 @@ impl Worker {
                 Active {
                     config: config.clone(),
                     listener: shared,
-                    socket,
+                    sockets: socks,
                 },
             );
         }
@@ -215,7 +219,7 @@ impl Worker {
             .listeners
             .iter()
             .filter(|l| l.bind_to_port)
-            .map(|l| l.address)
+            .flat_map(|l| l.addresses())
             .collect();
         self.handoff
             .set(next.values().map(|a| a.listener.clone()).collect());
@@ -228,9 +232,9 @@ impl Worker {
             if !inbound_only || a.config.inbound {
                 a.listener.drain_all(draining);
                 if !draining.accepting {
-                    // Stopped for good: the socket closes once its accept loop ends, so new
+                    // Stopped for good: the sockets close once their accept loops end, so new
                     // connections are refused rather than left in the backlog.
-                    a.socket = None;
+                    a.sockets.clear();
                 }
             }
         }

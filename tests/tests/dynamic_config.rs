@@ -1031,3 +1031,46 @@ async fn drain_listeners_stops_accepting_as_envoy_does() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_with_additional_addresses_serves_on_each_as_envoy_does() {
+    run_for(Duration::from_secs(60), async {
+        let ups = Ups {
+            a: EchoUpstream::start("A").await,
+            b: EchoUpstream::start("B").await,
+        };
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let side = FsSide::start(kind, &ups).await;
+            let extra = format!(
+                "  name: main\n  additional_addresses: [{{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}]\n",
+                side.port2
+            );
+            let l = lds("2", &side.dir, side.port, None, "ingress").replace("  name: main\n", &extra);
+            side.update("lds.yaml", &l, "listener_manager.lds.update_success").await;
+            let mut seen = String::new();
+            for _ in 0..40 {
+                seen = side.probe(side.port2, "x", "/a").await;
+                if seen == "200 A" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(seen, "200 A", "{}: the additional address serves", kind.name());
+            assert_eq!(side.probe(side.port, "x", "/a").await, "200 A", "{}", kind.name());
+            // Removing the additional address closes it.
+            let l = lds("3", &side.dir, side.port, None, "ingress");
+            side.update("lds.yaml", &l, "listener_manager.lds.update_success").await;
+            let mut seen = String::new();
+            for _ in 0..40 {
+                seen = side.probe(side.port2, "x", "/a").await;
+                if seen == "refused" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(seen, "refused", "{}", kind.name());
+            assert_eq!(side.probe(side.port, "x", "/a").await, "200 A", "{}", kind.name());
+        }
+    })
+    .await;
+}

@@ -71,6 +71,8 @@ pub struct Listener {
     pub name: String,
     /// `address`.
     pub address: SocketAddr,
+    /// `additional_addresses`: more addresses the listener serves (Istio's dual stack).
+    pub additional_addresses: Vec<SocketAddr>,
     /// The stat scope: `listener.<stat_prefix>.`; Envoy's default is the address with `_` for `:`.
     pub stat_prefix: String,
     /// `filter_chains`, each with its `filter_chain_match`.
@@ -253,6 +255,11 @@ pub enum ChainChoice {
 }
 
 impl Listener {
+    /// Every address the listener serves: `address`, then `additional_addresses`.
+    pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.address).chain(self.additional_addresses.iter().copied())
+    }
+
     /// The chain a connection runs, with Envoy's precedence (see [`ChainTable`]). None: no
     /// chain matches and there is no default chain.
     pub fn select_chain_for(&self, input: &ChainInput<'_>) -> Option<ChainChoice> {

@@ -74,6 +74,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "traffic_direction",
             "drain_type",
             "max_connections_to_accept_per_socket_event",
+            "additional_addresses",
             "socket_options",
             "tcp_fast_open_queue_length",
             // Read by filters and access logs skiff does not have; see docs/compatibility.md.
@@ -84,6 +85,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "listener_filters_timeout",
             "continue_on_listener_filters_timeout",
         ],
+    ),
+    (
+        "envoy.config.listener.v3.AdditionalAddress",
+        &["address", "socket_options"],
     ),
     (
         "envoy.config.core.v3.SocketOption",

@@ -689,14 +689,15 @@ impl ConfigStore {
             if !l.bind_to_port {
                 continue;
             }
-            if let Some(other) = seen.insert(l.address, name) {
-                return Err(ConfigError::new(
-                    "resources",
-                    format!(
-                        "error adding listener '{name}': listener '{other}' already uses {}",
-                        l.address
-                    ),
-                ));
+            for a in l.addresses() {
+                if let Some(other) = seen.insert(a, name) {
+                    return Err(ConfigError::new(
+                        "resources",
+                        format!(
+                            "error adding listener '{name}': listener '{other}' already uses {a}"
+                        ),
+                    ));
+                }
             }
         }
         // The update is valid: apply it.
@@ -1293,7 +1294,7 @@ impl ConfigStore {
         let snapshot = self.snapshot();
         let mut snapshot = snapshot;
         if !self.workers.is_empty() {
-            let mut sockets: Vec<HashMap<String, std::net::TcpListener>> =
+            let mut sockets: Vec<HashMap<String, Vec<std::net::TcpListener>>> =
                 (0..self.workers.len()).map(|_| HashMap::new()).collect();
             let mut failed = HashSet::new();
             for l in &snapshot.listeners {
@@ -1533,8 +1534,12 @@ fn adopt_chains(
 }
 
 /// Binds `n` SO_REUSEPORT sockets for a listener, one per worker.
-fn bind_all(l: &model::Listener, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    (0..n).map(|_| crate::listener::bind(l)).collect()
+/// Binds a listener's sockets for `n` workers: for each worker, one SO_REUSEPORT socket per
+/// address.
+fn bind_all(l: &model::Listener, n: usize) -> std::io::Result<Vec<Vec<std::net::TcpListener>>> {
+    (0..n)
+        .map(|_| l.addresses().map(|a| crate::listener::bind(l, a)).collect())
+        .collect()
 }
 
 #[cfg(test)]

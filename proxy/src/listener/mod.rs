@@ -27,8 +27,7 @@ use filters::Accepted;
 
 /// Binds a listen socket for one worker. Every worker binds its own with SO_REUSEPORT so the
 /// kernel spreads connections across workers without a shared accept queue.
-pub fn bind(l: &model::Listener) -> std::io::Result<std::net::TcpListener> {
-    let addr = l.address;
+pub fn bind(l: &model::Listener, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -137,13 +136,14 @@ impl HandOff {
         let dest = SocketAddr::new(dest.ip().to_canonical(), dest.port());
         let all = self.listeners.borrow();
         all.iter()
-            .find(|l| l.config.address == dest)
+            .find(|l| l.config.addresses().any(|a| a == dest))
             .or_else(|| {
                 all.iter().find(|l| {
-                    let a = l.config.address;
-                    a.port() == dest.port()
-                        && a.ip().is_unspecified()
-                        && a.is_ipv4() == dest.is_ipv4()
+                    l.config.addresses().any(|a| {
+                        a.port() == dest.port()
+                            && a.ip().is_unspecified()
+                            && a.is_ipv4() == dest.is_ipv4()
+                    })
                 })
             })
             .cloned()
@@ -159,11 +159,14 @@ impl std::fmt::Debug for HandOff {
 }
 
 /// Whether a listener updated from `old` to `new` can keep `old`'s listen sockets: same
-/// address and the same socket-level settings.
+/// addresses and the same socket-level settings.
 pub fn same_socket(old: &model::Listener, new: &model::Listener) -> bool {
     new.bind_to_port
         && old.bind_to_port
         && old.address == new.address
+        && old.additional_addresses == new.additional_addresses
+        && old.socket_options == new.socket_options
+        && old.tcp_fast_open_queue_length == new.tcp_fast_open_queue_length
         && old.transparent == new.transparent
         && old.freebind == new.freebind
 }
@@ -470,7 +473,7 @@ impl Shared {
         // use_original_dst: the listener of the original destination takes the connection
         // (its listener filters, its chains, its stats), when there is one other than this one.
         let mut owner = self;
-        if owner.config.use_original_dst && sock.local != owner.config.address {
+        if owner.config.use_original_dst && !owner.config.addresses().any(|a| a == sock.local) {
             if let Some(target) = owner.handoff.find(sock.local) {
                 if !Rc::ptr_eq(&target, &owner) {
                     owner = target;

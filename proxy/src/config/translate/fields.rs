@@ -88,7 +88,7 @@ pub(super) fn listener(m: &listener_pb::Listener, path: &str) -> Result<(), Conf
     let listener_pb::Listener {
         name: _,
         address: _,
-        additional_addresses,
+        additional_addresses: _,
         stat_prefix: _,
         stats_matcher,
         filter_chains: _,
@@ -124,7 +124,6 @@ pub(super) fn listener(m: &listener_pb::Listener, path: &str) -> Result<(), Conf
         tcp_keepalive,
         listener_specifier,
     } = m;
-    refuse(path, "additional_addresses", additional_addresses)?;
     refuse(path, "stats_matcher", stats_matcher)?;
     refuse(path, "fcds_config", fcds_config)?;
     refuse(path, "filter_chain_matcher", filter_chain_matcher)?;

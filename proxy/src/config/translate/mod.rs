@@ -310,6 +310,24 @@ fn translate_listener(
         required(&l.address, &format!("{path}.address"))?,
         &format!("{path}.address"),
     )?;
+    let mut additional_addresses = Vec::new();
+    for (i, a) in l.additional_addresses.iter().enumerate() {
+        let apath = format!("{path}.additional_addresses[{i}]");
+        if a.socket_options.is_some() {
+            return Err(ConfigError::unsupported(format!("{apath}.socket_options")));
+        }
+        let addr = socket_address(
+            required(&a.address, &format!("{apath}.address"))?,
+            &format!("{apath}.address"),
+        )?;
+        if addr == address || additional_addresses.contains(&addr) {
+            return Err(ConfigError::new(
+                format!("{apath}.address"),
+                format!("{addr} is already an address of this listener"),
+            ));
+        }
+        additional_addresses.push(addr);
+    }
     if l.enable_reuse_port.as_ref().map(|v| v.value) == Some(false) {
         return Err(ConfigError::new(
             format!("{path}.enable_reuse_port"),
@@ -404,6 +422,7 @@ fn translate_listener(
             l.name.clone()
         },
         address,
+        additional_addresses,
         stat_prefix,
         filter_chains,
         default_filter_chain,
