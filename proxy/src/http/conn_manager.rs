@@ -20,6 +20,7 @@ use crate::drain::ConnectionDrain;
 use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
 use crate::http::filter::{self, Direction};
 use crate::http::filters::router::{self, Upstream};
+use crate::http::h1_guard::{self, H1Guard, RefusedSlot};
 use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
 use crate::io::{Counted, FlowPair, FlowSlot, WriteFlow};
@@ -187,6 +188,8 @@ struct Conn {
     secure: bool,
     /// The codec this connection turned out to speak, once its first request arrived.
     codec: Cell<Option<Codec>>,
+    /// A request head the HTTP/1.1 guard refused, for the stand-in request that follows it.
+    refused: RefusedSlot,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +232,7 @@ pub async fn serve(
         source,
         secure,
         codec: Cell::new(None),
+        refused: RefusedSlot::default(),
     });
     let svc_conn = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -260,15 +264,17 @@ pub async fn serve(
         CodecType::Http1 => builder.http1_only(),
         CodecType::Http2 => builder.http2_only(),
     };
-    let io = TokioIo::new(WriteFlow::new(
+    // HTTP/1.1 request heads are judged by Envoy's codec rules before hyper reads them.
+    let guarded = H1Guard::new(
         Counted::new(
             stream,
             stats.downstream_cx_rx_bytes_total.clone(),
             stats.downstream_cx_tx_bytes_total.clone(),
         ),
-        None,
-        response_flow,
-    ));
+        conn.refused.clone(),
+        hcm.config.codec != CodecType::Http2,
+    );
+    let io = TokioIo::new(WriteFlow::new(guarded, None, response_flow));
     let served = builder.serve_connection(io, service);
     tokio::pin!(served);
     let mut drain = drain;
@@ -450,18 +456,41 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         info.authority = authority(&parts).map(str::to_string);
     }
 
+    if codec == Codec::Http1 {
+        // The stand-in for a head the guard refused (h1_guard.rs): Envoy's codec error reply.
+        if let Some(refusal) = h1_guard::take_refusal(&conn.refused, parts.uri.path()) {
+            stats.downstream_cx_protocol_error.inc();
+            if let Some(info) = done.info.as_mut() {
+                info.method = refusal
+                    .method
+                    .as_deref()
+                    .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
+                info.path = refusal.path;
+                info.authority = None;
+            }
+            return local(done, LocalReply::for_codec(refusal.reason), None);
+        }
+    }
     if version == Version::HTTP_10 || version == Version::HTTP_09 {
         return local(done, LocalReply::UPGRADE_REQUIRED, None);
     }
-    if authority(&parts).is_none_or(str::is_empty) {
+    if codec == Codec::Http1 {
+        headers::join_hosts(&mut parts.headers);
+        headers::remove_nominated(&mut parts.headers);
+        if let Some(info) = done.info.as_mut() {
+            info.authority = authority(&parts).map(str::to_string);
+        }
+    }
+    // An HTTP/1.1 `Host:` with an empty value is a host (Envoy forwards it); none at all is not.
+    let missing = match authority(&parts) {
+        None => true,
+        Some(a) => a.is_empty() && codec == Codec::Http2,
+    };
+    if missing {
         return local(done, LocalReply::MISSING_HOST, None);
     }
-    // Both framings at once is how requests are smuggled past proxies; Envoy refuses it. (hyper
-    // already drops the Content-Length of such a request and closes the connection after it.)
-    if parts.headers.contains_key(header::TRANSFER_ENCODING)
-        && parts.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        return local(done, LocalReply::BAD_REQUEST, None);
+    if !authority(&parts).is_some_and(headers::authority_is_valid) {
+        return local(done, LocalReply::INVALID_AUTHORITY, None);
     }
 
     // Upgrades (websocket…) need upgrade_configs, which skiff does not offer yet: Envoy's 403.
