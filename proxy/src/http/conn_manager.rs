@@ -587,6 +587,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             if let Some(info) = done.info.as_mut() {
                 info.response_started = Some(std::time::Instant::now());
                 info.response_code = Some(status);
+                info.details = "via_upstream";
                 info.response_headers = head.headers.clone();
             }
             Response::from_parts(head, Tracked::new(body, done, deadline))

@@ -195,9 +195,7 @@ fn judge(head: &[u8]) -> Verdict {
     let (m, p) = (Some(method), Some(target));
     match version {
         b"HTTP/1.1" | b"HTTP/1.0" => {}
-        [b'H', b'T', b'T', b'P', b'/', a, b'.', b]
-            if a.is_ascii_digit() && b.is_ascii_digit() =>
-        {
+        [b'H', b'T', b'T', b'P', b'/', a, b'.', b] if a.is_ascii_digit() && b.is_ascii_digit() => {
             return refuse(Reason::LowVersion, m, p);
         }
         _ => return refuse(Reason::CodecError, m, p),
@@ -240,22 +238,27 @@ fn judge(head: &[u8]) -> Verdict {
             }
         }
     }
-    if !transfer_encodings.is_empty() && !content_lengths.is_empty() {
+    // The parser reads Content-Length itself (several, even identical, or not a number: a
+    // codec error); only then does the codec look at the framings together.
+    let length = match &content_lengths[..] {
+        [] => None,
+        [cl] => match parse_length(cl) {
+            Some(n) => Some(n),
+            None => return refuse(Reason::CodecError, m, p),
+        },
+        _ => return refuse(Reason::CodecError, m, p),
+    };
+    if !transfer_encodings.is_empty() && length.is_some() {
         return refuse(Reason::ContentLengthAndChunked, m, p);
     }
     if connection_tokens >= MAX_NOMINATED || undroppable {
         return refuse(Reason::ConnectionHeaderRejected, m, p);
     }
-    let framing = match (&transfer_encodings[..], &content_lengths[..]) {
-        ([], []) => Framing::None,
-        ([te], []) if te.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
-        (_, []) => return refuse(Reason::InvalidTransferEncoding, m, p),
-        ([], [cl]) => match parse_length(cl) {
-            Some(n) => Framing::Length(n),
-            None => return refuse(Reason::CodecError, m, p),
-        },
-        // Several Content-Length headers, even identical ones (observed 400).
-        _ => return refuse(Reason::CodecError, m, p),
+    let framing = match (&transfer_encodings[..], length) {
+        ([], None) => Framing::None,
+        ([], Some(n)) => Framing::Length(n),
+        ([te], _) if te.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+        _ => return refuse(Reason::InvalidTransferEncoding, m, p),
     };
     if method == b"CONNECT" || (upgrade && connection_upgrade) {
         return Verdict::Accept(Framing::Opaque);
@@ -404,7 +407,13 @@ mod tests {
             reason(&h("Transfer-Encoding: identity\r\nContent-Length: 3\r\n")),
             ContentLengthAndChunked
         );
-        for te in ["gzip, chunked", "chunked, gzip", "identity", "chunked, chunked", ""] {
+        for te in [
+            "gzip, chunked",
+            "chunked, gzip",
+            "identity",
+            "chunked, chunked",
+            "",
+        ] {
             assert_eq!(
                 reason(&h(&format!("Transfer-Encoding: {te}\r\n"))),
                 InvalidTransferEncoding,
@@ -412,10 +421,20 @@ mod tests {
             );
         }
         assert_eq!(
-            reason(&h("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n")),
+            reason(&h(
+                "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"
+            )),
             InvalidTransferEncoding
         );
-        for cl in ["3, 3", "-1", "+3", "0x3", "1 2", "", "99999999999999999999999"] {
+        for cl in [
+            "3, 3",
+            "-1",
+            "+3",
+            "0x3",
+            "1 2",
+            "",
+            "99999999999999999999999",
+        ] {
             assert_eq!(
                 reason(&h(&format!("Content-Length: {cl}\r\n"))),
                 CodecError,
@@ -424,6 +443,12 @@ mod tests {
         }
         assert_eq!(
             reason(&h("Content-Length: 3\r\nContent-Length: 3\r\n")),
+            CodecError
+        );
+        assert_eq!(
+            reason(&h(
+                "Content-Length: 3\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n"
+            )),
             CodecError
         );
         assert_eq!(reason("get / HTTP/1.1\r\nHost: a\r\n\r\n"), CodecError);
@@ -464,7 +489,12 @@ mod tests {
         let mut c = Chunked::Start;
         assert_eq!(c.feed(body), Ok(body.len() - 3));
         assert!(c.is_end());
-        for bad in [&b"zz\r\n"[..], b"3\nabc", b"3\r\nabcX", b"ffffffffffffffffff\r\n"] {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"3\nabc",
+            b"3\r\nabcX",
+            b"ffffffffffffffffff\r\n",
+        ] {
             assert_eq!(Chunked::Start.feed(bad), Err(BadChunk), "{bad:?}");
         }
         // Split anywhere, the same end.

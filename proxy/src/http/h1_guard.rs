@@ -84,7 +84,11 @@ impl<T> H1Guard<T> {
     pub fn new(inner: T, slot: RefusedSlot, http1: bool) -> Self {
         H1Guard {
             inner,
-            state: if http1 { State::Preface } else { State::Through },
+            state: if http1 {
+                State::Preface
+            } else {
+                State::Through
+            },
             pending: BytesMut::new(),
             ready: BytesMut::new(),
             slot,
@@ -139,8 +143,7 @@ impl<T> H1Guard<T> {
                             self.pending.clear();
                             let token = format!("/{}", uuid::Uuid::new_v4().simple());
                             self.ready.extend_from_slice(
-                                format!("GET {token} HTTP/1.1\r\nhost: refused\r\n\r\n")
-                                    .as_bytes(),
+                                format!("GET {token} HTTP/1.1\r\nhost: refused\r\n\r\n").as_bytes(),
                             );
                             *self.slot.borrow_mut() = Some(Refused { token, refusal });
                             self.state = State::Refused;

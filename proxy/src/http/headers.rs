@@ -103,9 +103,17 @@ pub fn remove_nominated(h: &mut HeaderMap) {
     let mut named = Vec::new();
     for v in h.get_all(header::CONNECTION) {
         for token in v.to_str().unwrap_or("").split(',').map(str::trim) {
-            let keep = ["", "close", "keep-alive", "upgrade", "http2-settings", "te", "connection"]
-                .iter()
-                .any(|k| token.eq_ignore_ascii_case(k));
+            let keep = [
+                "",
+                "close",
+                "keep-alive",
+                "upgrade",
+                "http2-settings",
+                "te",
+                "connection",
+            ]
+            .iter()
+            .any(|k| token.eq_ignore_ascii_case(k));
             if !keep {
                 if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
                     named.push(name);
@@ -124,7 +132,11 @@ pub fn join_hosts(h: &mut HeaderMap) {
     if h.get_all(header::HOST).iter().nth(1).is_none() {
         return;
     }
-    let joined: Vec<&[u8]> = h.get_all(header::HOST).iter().map(|v| v.as_bytes()).collect();
+    let joined: Vec<&[u8]> = h
+        .get_all(header::HOST)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
     if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b","[..])) {
         h.insert(header::HOST, v);
     }
