@@ -353,7 +353,9 @@ impl Done {
         match reason {
             EndReason::Complete => {}
             EndReason::DownstreamReset => stats.downstream_rq_rx_reset.inc(),
-            EndReason::UpstreamReset | EndReason::Timeout => stats.downstream_rq_tx_reset.inc(),
+            EndReason::UpstreamReset | EndReason::UpstreamProtocolError | EndReason::Timeout => {
+                stats.downstream_rq_tx_reset.inc()
+            }
         }
         if let Some(up) = self.upstream.take() {
             up.finish(reason);
@@ -372,6 +374,10 @@ impl Done {
                     .flags
                     .set(ResponseFlag::DownstreamConnectionTermination),
                 EndReason::UpstreamReset => info.flags.set(ResponseFlag::UpstreamRemoteReset),
+                EndReason::UpstreamProtocolError => {
+                    info.flags.set(ResponseFlag::UpstreamProtocolError);
+                    info.details = "upstream_reset_after_response_started{protocol_error}";
+                }
                 EndReason::Timeout => info.flags.set(ResponseFlag::UpstreamRequestTimeout),
             }
             info.finish();

@@ -276,6 +276,29 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     })
 }
 
+/// Whether an upstream response's framing is one Envoy's codec refuses (observed 502 `UPE`):
+/// `Content-Length` with `Transfer-Encoding`, several `Content-Length`s or a list, or a transfer
+/// coding other than one `chunked`. hyper's client reads such responses one way or another; an
+/// upstream and a proxy that read them differently is how responses get desynchronised.
+pub fn ambiguous_response(h: &http::HeaderMap) -> bool {
+    let te: Vec<&[u8]> = h
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .map(|v| trim(v.as_bytes()))
+        .collect();
+    let cl: Vec<&[u8]> = h
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .map(|v| trim(v.as_bytes()))
+        .collect();
+    match (&te[..], &cl[..]) {
+        ([], []) => false,
+        ([], [one]) => parse_length(one).is_none(),
+        ([one], []) => !one.eq_ignore_ascii_case(b"chunked"),
+        _ => true,
+    }
+}
+
 /// Where a chunked body's framing stands, byte by byte, as hyper's decoder reads it; it ends
 /// where hyper's ends, so the next head is judged from the byte hyper parses next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -481,6 +504,31 @@ mod tests {
             Verdict::Accept(Framing::None)
         );
         assert_eq!(scan(b"GET / HTTP/1.1\r\nHost: a\r\n"), Scan::Incomplete);
+    }
+
+    #[test]
+    fn ambiguous_responses_as_envoy() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = http::HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    http::HeaderValue::from_str(v).expect("value"),
+                );
+            }
+            ambiguous_response(&m)
+        };
+        assert!(h(&[
+            ("content-length", "3"),
+            ("transfer-encoding", "chunked")
+        ]));
+        assert!(h(&[("content-length", "3"), ("content-length", "3")]));
+        assert!(h(&[("content-length", "3, 3")]));
+        assert!(h(&[("transfer-encoding", "identity")]));
+        assert!(h(&[("transfer-encoding", "gzip, chunked")]));
+        assert!(!h(&[("transfer-encoding", "Chunked")]));
+        assert!(!h(&[("content-length", "3")]));
+        assert!(!h(&[]));
     }
 
     #[test]

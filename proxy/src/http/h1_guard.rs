@@ -230,6 +230,31 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
             if this.state == State::Through && this.pending.is_empty() {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
+            // A Content-Length body skips `pending`: it goes to hyper up to its last byte, so
+            // the next head is judged from where hyper will parse it.
+            if let State::Length(left) = this.state {
+                if this.pending.is_empty() && buf.remaining() > 0 {
+                    let room = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(buf.remaining());
+                    let dst = buf.initialize_unfilled_to(room);
+                    let mut part = ReadBuf::new(dst);
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut part))?;
+                    let n = part.filled().len();
+                    if n == 0 {
+                        this.eof = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    buf.advance(n);
+                    let left = left - n as u64;
+                    this.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Length(left)
+                    };
+                    return Poll::Ready(Ok(()));
+                }
+            }
             if this.advance() {
                 continue;
             }
