@@ -242,7 +242,8 @@ pub async fn serve(
     // per_connection_buffer_limit_bytes bounds what one connection or stream may hold: the
     // HTTP/2 stream window is sized from it and the HTTP/1.1 read buffer is a fixed 64 KiB, so a
     // slow upstream stops the client instead of growing memory here.
-    let (stream_window, conn_window) = model::Http2Options::default().windows(buffer_limit);
+    let h2 = &hcm.config.http2;
+    let (stream_window, conn_window) = h2.windows(buffer_limit);
     let mut builder = auto::Builder::new(LocalExec);
     // Headers must fit the HTTP/1.1 read buffer: 64 KiB gives Envoy's 60 KiB header limit (431
     // above it). Waiting for the next request's headers is Envoy's 1 h connection idle timeout.
@@ -256,7 +257,7 @@ pub async fn serve(
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
         .max_header_list_size(MAX_HEADERS_KB * 1024)
-        .max_concurrent_streams(2_147_483_647)
+        .max_concurrent_streams(h2.max_concurrent_streams)
         .initial_stream_window_size(stream_window)
         .initial_connection_window_size(conn_window);
     let builder = match hcm.config.codec {
