@@ -86,6 +86,9 @@ pub struct HcmStats {
     pub no_cluster: Counter,
     /// `rq_total`.
     pub rq_total: Counter,
+    /// `downstream_rq_too_many_premature_resets`: connections closed for resetting streams
+    /// early (rapid reset).
+    pub downstream_rq_too_many_premature_resets: Counter,
     /// `downstream_rq_<N>xx`, index N-1, then the listener's copies.
     classes: [Counter; 5],
     listener_classes: [Counter; 5],
@@ -132,6 +135,7 @@ impl HcmStats {
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),
             rq_total: c("rq_total"),
+            downstream_rq_too_many_premature_resets: c("downstream_rq_too_many_premature_resets"),
             listener_completed: shard.counter(&format!("{listener_prefix}downstream_rq_completed")),
             classes,
             listener_classes,
@@ -159,6 +163,11 @@ impl HcmStats {
 const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Envoy's default `max_request_headers_kb`.
 const MAX_HEADERS_KB: u32 = 60;
+/// `overload.premature_reset_min_stream_lifetime_seconds` (Envoy's default): a stream the client
+/// resets sooner than this counts as a premature reset.
+const PREMATURE_RESET_MIN_STREAM_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
+/// `overload.premature_reset_total_stream_count` (Envoy's default).
+const PREMATURE_RESET_TOTAL_STREAM_COUNT: u64 = 500;
 
 /// One HCM as configured on one worker.
 #[derive(Debug)]
@@ -190,6 +199,39 @@ struct Conn {
     codec: Cell<Option<Codec>>,
     /// A request head the HTTP/1.1 guard refused, for the stand-in request that follows it.
     refused: RefusedSlot,
+    /// Streams closed so far, and those the client reset prematurely.
+    closed_streams: Cell<u64>,
+    premature_resets: Cell<u64>,
+    /// Set once the connection is to be closed for too many premature resets.
+    reset_abuse: Rc<tokio::sync::Notify>,
+    reset_abuse_seen: Cell<bool>,
+}
+
+impl Conn {
+    /// Envoy's premature-reset protection (`ConnectionManagerImpl::maybeDrainDueToPrematureResets`):
+    /// a client that opens streams and resets them at once makes the proxy start upstream work
+    /// it never pays for (CVE-2023-44487). Once half of the first 500 streams, or half of all
+    /// streams after that, were reset within a second of opening, the connection is closed.
+    fn stream_closed(&self, premature: bool) {
+        let closed = self.closed_streams.get() + 1;
+        self.closed_streams.set(closed);
+        let resets = self.premature_resets.get() + u64::from(premature);
+        self.premature_resets.set(resets);
+        if resets == 0 || self.reset_abuse_seen.get() {
+            return;
+        }
+        let limit = PREMATURE_RESET_TOTAL_STREAM_COUNT;
+        let over = if closed < limit {
+            resets * 2 >= limit
+        } else {
+            resets * 2 >= closed
+        };
+        if over {
+            self.reset_abuse_seen.set(true);
+            self.hcm.stats.downstream_rq_too_many_premature_resets.inc();
+            self.reset_abuse.notify_one();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +275,10 @@ pub async fn serve(
         secure,
         codec: Cell::new(None),
         refused: RefusedSlot::default(),
+        closed_streams: Cell::new(0),
+        premature_resets: Cell::new(0),
+        reset_abuse: Rc::default(),
+        reset_abuse_seen: Cell::new(false),
     });
     let svc_conn = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -279,8 +325,11 @@ pub async fn serve(
     let served = builder.serve_connection(io, service);
     tokio::pin!(served);
     let mut drain = drain;
+    let reset_abuse = conn.reset_abuse.clone();
     let result = tokio::select! {
         r = served.as_mut() => r,
+        // Too many premature resets: the connection is dropped at once, as Envoy aborts it.
+        _ = reset_abuse.notified() => Ok(()),
         _ = drain.close_requested() => {
             // HTTP/2 gets its GOAWAY now. An HTTP/1.1 connection is not cut while idle (its
             // client may be sending): its next response carries `connection: close`, as in
@@ -333,6 +382,7 @@ fn is_protocol_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> boo
 /// stream is dropped before that (the client went away while we waited for the upstream).
 pub struct Done {
     conn: Rc<Conn>,
+    started: Instant,
     info: Option<Box<StreamInfo>>,
     request: Rc<RequestProgress>,
     upstream: Option<Upstream>,
@@ -347,6 +397,10 @@ impl Done {
             return;
         }
         self.settled = true;
+        self.conn.stream_closed(
+            reason == EndReason::DownstreamReset
+                && self.started.elapsed() < PREMATURE_RESET_MIN_STREAM_LIFETIME,
+        );
         let stats = &self.conn.hcm.stats;
         stats.downstream_rq_active.dec();
         stats.downstream_rq_completed.inc();
@@ -447,6 +501,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     }
     let mut done = Done {
         conn: conn.clone(),
+        started: Instant::now(),
         info: logging.then(|| Box::new(StreamInfo::new(conn.remote, conn.local))),
         request: request.clone(),
         upstream: None,
