@@ -133,16 +133,18 @@ async fn rapid_reset_closes_the_connection_as_envoy() {
                 .counter("http.h2.downstream_rq_too_many_premature_resets")
                 .await;
             let upstream = admin.counter("cluster.up.upstream_rq_total").await;
-            seen.push((side.proxy.kind.name(), sent, closed, too_many, upstream));
+            let rx_reset = admin.counter("http2.rx_reset").await;
+            seen.push((side.proxy.kind.name(), sent, closed, too_many, upstream, rx_reset));
         }
         let (envoy, skiff) = (seen[0], seen[1]);
-        eprintln!("(proxy, streams sent, closed, too_many_premature_resets, upstream_rq_total): {envoy:?} {skiff:?}");
+        eprintln!("(proxy, streams sent, closed, too_many_premature_resets, upstream_rq_total, http2.rx_reset): {envoy:?} {skiff:?}");
         assert!(envoy.2 && skiff.2, "both close the connection: {seen:?}");
         assert_eq!(envoy.3, 1, "{seen:?}");
         assert_eq!(skiff.3, 1, "{seen:?}");
         // The connection closes at the same count of premature resets (250 of the first 500).
         assert!(envoy.1.abs_diff(skiff.1) <= 5, "{seen:?}");
         assert!(skiff.4 <= envoy.4 + 10, "upstream requests bounded as Envoy's: {seen:?}");
+        assert!(envoy.5.abs_diff(skiff.5) <= 5, "http2.rx_reset: {seen:?}");
     })
     .await
 }

@@ -89,6 +89,9 @@ pub struct HcmStats {
     /// `downstream_rq_too_many_premature_resets`: connections closed for resetting streams
     /// early (rapid reset).
     pub downstream_rq_too_many_premature_resets: Counter,
+    /// `http2.rx_reset` (root scope, as Envoy's codec stats): streams a downstream HTTP/2
+    /// client reset while its connection stayed up.
+    pub http2_rx_reset: Counter,
     /// `downstream_rq_<N>xx`, index N-1, then the listener's copies.
     classes: [Counter; 5],
     listener_classes: [Counter; 5],
@@ -136,6 +139,7 @@ impl HcmStats {
             no_cluster: c("no_cluster"),
             rq_total: c("rq_total"),
             downstream_rq_too_many_premature_resets: c("downstream_rq_too_many_premature_resets"),
+            http2_rx_reset: shard.counter("http2.rx_reset"),
             listener_completed: shard.counter(&format!("{listener_prefix}downstream_rq_completed")),
             classes,
             listener_classes,
@@ -205,6 +209,8 @@ struct Conn {
     /// Set once the connection is to be closed for too many premature resets.
     reset_abuse: Rc<tokio::sync::Notify>,
     reset_abuse_seen: Cell<bool>,
+    /// The connection has ended: streams dropped now were not reset by the client.
+    ended: Cell<bool>,
 }
 
 impl Conn {
@@ -279,6 +285,7 @@ pub async fn serve(
         premature_resets: Cell::new(0),
         reset_abuse: Rc::default(),
         reset_abuse_seen: Cell::new(false),
+        ended: Cell::new(false),
     });
     let svc_conn = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -343,6 +350,8 @@ pub async fn serve(
             served.await
         }
     };
+    // `served` (and any stream still in it) is dropped when this function returns.
+    conn.ended.set(true);
     if let Err(e) = result {
         tracing::debug!(error = %e, %remote, "downstream connection ended with an error");
         if is_protocol_error(&*e) {
@@ -397,11 +406,14 @@ impl Done {
             return;
         }
         self.settled = true;
-        self.conn.stream_closed(
-            reason == EndReason::DownstreamReset
-                && self.started.elapsed() < PREMATURE_RESET_MIN_STREAM_LIFETIME,
-        );
         let stats = &self.conn.hcm.stats;
+        let client_reset = reason == EndReason::DownstreamReset && !self.conn.ended.get();
+        if client_reset && self.conn.codec.get() == Some(Codec::Http2) {
+            stats.http2_rx_reset.inc();
+        }
+        self.conn.stream_closed(
+            client_reset && self.started.elapsed() < PREMATURE_RESET_MIN_STREAM_LIFETIME,
+        );
         stats.downstream_rq_active.dec();
         stats.downstream_rq_completed.inc();
         stats.listener_completed.inc();
