@@ -76,6 +76,8 @@ pub struct H1Guard<T> {
     ready: BytesMut,
     slot: RefusedSlot,
     eof: bool,
+    /// How much of `pending` was already searched for the end of a head without finding it.
+    searched: usize,
 }
 
 impl<T> H1Guard<T> {
@@ -93,11 +95,25 @@ impl<T> H1Guard<T> {
             ready: BytesMut::new(),
             slot,
             eof: false,
+            searched: 0,
         }
     }
 
     /// Moves judged bytes from `pending` to `ready`; false when more input is needed.
     fn advance(&mut self) -> bool {
+        if self.state == State::Head && !self.may_hold_head_end() {
+            return if self.pending.len() > MAX_HEAD {
+                self.state = State::Through;
+                true
+            } else if self.eof {
+                // hyper sees the partial head and the end, as the client sent them.
+                self.pass(self.pending.len());
+                self.state = State::Closed;
+                true
+            } else {
+                false
+            };
+        }
         match self.state {
             State::Preface => {
                 let n = self.pending.len().min(H2_PREFACE.len());
@@ -141,6 +157,7 @@ impl<T> H1Guard<T> {
                         }
                         Verdict::Refuse(refusal) => {
                             self.pending.clear();
+                            self.searched = 0;
                             let token = format!("/{}", uuid::Uuid::new_v4().simple());
                             self.ready.extend_from_slice(
                                 format!("GET {token} HTTP/1.1\r\nhost: refused\r\n\r\n").as_bytes(),
@@ -210,6 +227,18 @@ impl<T> H1Guard<T> {
     fn pass(&mut self, n: usize) {
         let bytes = self.pending.split_to(n);
         self.ready.unsplit(bytes);
+        self.searched = 0;
+    }
+
+    /// Whether the bytes not searched yet may end a head (an empty line), so that a head
+    /// trickling in a byte at a time costs linear time, not a full parse per byte.
+    fn may_hold_head_end(&mut self) -> bool {
+        // A line break may straddle what was searched and what is new.
+        let from = self.searched.saturating_sub(2);
+        let new = &self.pending[from..];
+        let found = new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n");
+        self.searched = self.pending.len();
+        found
     }
 }
 
@@ -334,6 +363,47 @@ mod tests {
         assert_eq!(through(input).await, (input.to_vec(), None));
         let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00garbage";
         assert_eq!(through(h2).await, (h2.to_vec(), None));
+    }
+
+    /// Hands out its bytes one at a time.
+    struct Trickle(Vec<u8>, usize);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(&b) = self.0.get(self.1) {
+                buf.put_slice(&[b]);
+                self.1 += 1;
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn heads_and_bodies_arriving_byte_by_byte() {
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc".to_vec();
+        let slot = RefusedSlot::default();
+        let mut g = H1Guard::new(Trickle(input.clone(), 0), slot.clone(), true);
+        let mut out = Vec::new();
+        g.read_to_end(&mut out).await.expect("read");
+        assert_eq!(out, input);
+        let mut bad = input.clone();
+        bad.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n");
+        let mut g = H1Guard::new(Trickle(bad, 0), slot.clone(), true);
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            g.read_to_end(&mut out),
+        )
+        .await;
+        assert!(out.starts_with(&input));
+        assert_eq!(
+            slot.borrow().as_ref().map(|r| r.refusal.reason),
+            Some(framing::Reason::InvalidTransferEncoding)
+        );
     }
 
     #[tokio::test]
