@@ -536,7 +536,13 @@ pub struct HttpConnectionManager {
     pub always_set_request_id_in_response: bool,
     /// `via`.
     pub via: Option<http::HeaderValue>,
+    /// `http2_protocol_options` for downstream HTTP/2 connections.
+    pub http2: Http2Options,
 }
+
+/// Envoy 1.40's `SETTINGS_MAX_CONCURRENT_STREAMS` for downstream connections when
+/// `http2_protocol_options.max_concurrent_streams` is unset (observed with `nghttp -v`).
+pub const DOWNSTREAM_MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 /// Where an HTTP connection manager's routes come from.
 #[derive(Debug, Clone)]

@@ -212,6 +212,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "preserve_external_request_id",
             "always_set_request_id_in_response",
             "via",
+            "http2_protocol_options",
         ],
     ),
     (

@@ -187,6 +187,8 @@ pub enum EndReason {
     DownstreamReset,
     /// The upstream failed in the middle of the response.
     UpstreamReset,
+    /// The upstream's response body broke its framing (a bad chunk): Envoy's `UPE`.
+    UpstreamProtocolError,
     /// The route timeout passed in the middle of the response.
     Timeout,
 }
@@ -250,6 +252,23 @@ impl<E: StreamEnd> Tracked<E> {
     }
 }
 
+/// Whether a body error is the peer breaking HTTP/1.1 framing: hyper's decoders report bad chunk
+/// lines and sizes as `InvalidData`/`InvalidInput` I/O errors (a cut connection is
+/// `UnexpectedEof` or a reset).
+fn is_framing_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            );
+        }
+        cur = err.source();
+    }
+    false
+}
+
 impl<E: StreamEnd> Drop for Tracked<E> {
     fn drop(&mut self) {
         // A body that hyper never had to poll (empty, or already ended) is complete.
@@ -285,7 +304,11 @@ impl<E: StreamEnd + Unpin> Body for Tracked<E> {
                     this.finish(EndReason::Complete);
                 }
             }
-            Some(Err(_)) => this.finish(EndReason::UpstreamReset),
+            Some(Err(e)) => this.finish(if is_framing_error(&**e) {
+                EndReason::UpstreamProtocolError
+            } else {
+                EndReason::UpstreamReset
+            }),
             None => this.finish(EndReason::Complete),
         }
         Poll::Ready(frame)

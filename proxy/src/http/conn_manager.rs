@@ -20,6 +20,7 @@ use crate::drain::ConnectionDrain;
 use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
 use crate::http::filter::{self, Direction};
 use crate::http::filters::router::{self, Upstream};
+use crate::http::h1_guard::{self, H1Guard, RefusedSlot};
 use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
 use crate::io::{Counted, FlowPair, FlowSlot, WriteFlow};
@@ -85,6 +86,12 @@ pub struct HcmStats {
     pub no_cluster: Counter,
     /// `rq_total`.
     pub rq_total: Counter,
+    /// `downstream_rq_too_many_premature_resets`: connections closed for resetting streams
+    /// early (rapid reset).
+    pub downstream_rq_too_many_premature_resets: Counter,
+    /// `http2.rx_reset` (root scope, as Envoy's codec stats): streams a downstream HTTP/2
+    /// client reset while its connection stayed up.
+    pub http2_rx_reset: Counter,
     /// `downstream_rq_<N>xx`, index N-1, then the listener's copies.
     classes: [Counter; 5],
     listener_classes: [Counter; 5],
@@ -131,6 +138,8 @@ impl HcmStats {
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),
             rq_total: c("rq_total"),
+            downstream_rq_too_many_premature_resets: c("downstream_rq_too_many_premature_resets"),
+            http2_rx_reset: shard.counter("http2.rx_reset"),
             listener_completed: shard.counter(&format!("{listener_prefix}downstream_rq_completed")),
             classes,
             listener_classes,
@@ -158,6 +167,11 @@ impl HcmStats {
 const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Envoy's default `max_request_headers_kb`.
 const MAX_HEADERS_KB: u32 = 60;
+/// `overload.premature_reset_min_stream_lifetime_seconds` (Envoy's default): a stream the client
+/// resets sooner than this counts as a premature reset.
+const PREMATURE_RESET_MIN_STREAM_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
+/// `overload.premature_reset_total_stream_count` (Envoy's default).
+const PREMATURE_RESET_TOTAL_STREAM_COUNT: u64 = 500;
 
 /// One HCM as configured on one worker.
 #[derive(Debug)]
@@ -187,6 +201,43 @@ struct Conn {
     secure: bool,
     /// The codec this connection turned out to speak, once its first request arrived.
     codec: Cell<Option<Codec>>,
+    /// A request head the HTTP/1.1 guard refused, for the stand-in request that follows it.
+    refused: RefusedSlot,
+    /// Streams closed so far, and those the client reset prematurely.
+    closed_streams: Cell<u64>,
+    premature_resets: Cell<u64>,
+    /// Set once the connection is to be closed for too many premature resets.
+    reset_abuse: Rc<tokio::sync::Notify>,
+    reset_abuse_seen: Cell<bool>,
+    /// The connection has ended: streams dropped now were not reset by the client.
+    ended: Cell<bool>,
+}
+
+impl Conn {
+    /// Envoy's premature-reset protection (`ConnectionManagerImpl::maybeDrainDueToPrematureResets`):
+    /// a client that opens streams and resets them at once makes the proxy start upstream work
+    /// it never pays for (CVE-2023-44487). Once half of the first 500 streams, or half of all
+    /// streams after that, were reset within a second of opening, the connection is closed.
+    fn stream_closed(&self, premature: bool) {
+        let closed = self.closed_streams.get() + 1;
+        self.closed_streams.set(closed);
+        let resets = self.premature_resets.get() + u64::from(premature);
+        self.premature_resets.set(resets);
+        if resets == 0 || self.reset_abuse_seen.get() {
+            return;
+        }
+        let limit = PREMATURE_RESET_TOTAL_STREAM_COUNT;
+        let over = if closed < limit {
+            resets * 2 >= limit
+        } else {
+            resets * 2 >= closed
+        };
+        if over {
+            self.reset_abuse_seen.set(true);
+            self.hcm.stats.downstream_rq_too_many_premature_resets.inc();
+            self.reset_abuse.notify_one();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +280,12 @@ pub async fn serve(
         source,
         secure,
         codec: Cell::new(None),
+        refused: RefusedSlot::default(),
+        closed_streams: Cell::new(0),
+        premature_resets: Cell::new(0),
+        reset_abuse: Rc::default(),
+        reset_abuse_seen: Cell::new(false),
+        ended: Cell::new(false),
     });
     let svc_conn = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -238,7 +295,8 @@ pub async fn serve(
     // per_connection_buffer_limit_bytes bounds what one connection or stream may hold: the
     // HTTP/2 stream window is sized from it and the HTTP/1.1 read buffer is a fixed 64 KiB, so a
     // slow upstream stops the client instead of growing memory here.
-    let (stream_window, conn_window) = model::Http2Options::default().windows(buffer_limit);
+    let h2 = &hcm.config.http2;
+    let (stream_window, conn_window) = h2.windows(buffer_limit);
     let mut builder = auto::Builder::new(LocalExec);
     // Headers must fit the HTTP/1.1 read buffer: 64 KiB gives Envoy's 60 KiB header limit (431
     // above it). Waiting for the next request's headers is Envoy's 1 h connection idle timeout.
@@ -252,7 +310,7 @@ pub async fn serve(
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
         .max_header_list_size(MAX_HEADERS_KB * 1024)
-        .max_concurrent_streams(2_147_483_647)
+        .max_concurrent_streams(h2.max_concurrent_streams)
         .initial_stream_window_size(stream_window)
         .initial_connection_window_size(conn_window);
     let builder = match hcm.config.codec {
@@ -260,20 +318,25 @@ pub async fn serve(
         CodecType::Http1 => builder.http1_only(),
         CodecType::Http2 => builder.http2_only(),
     };
-    let io = TokioIo::new(WriteFlow::new(
+    // HTTP/1.1 request heads are judged by Envoy's codec rules before hyper reads them.
+    let guarded = H1Guard::new(
         Counted::new(
             stream,
             stats.downstream_cx_rx_bytes_total.clone(),
             stats.downstream_cx_tx_bytes_total.clone(),
         ),
-        None,
-        response_flow,
-    ));
+        conn.refused.clone(),
+        hcm.config.codec != CodecType::Http2,
+    );
+    let io = TokioIo::new(WriteFlow::new(guarded, None, response_flow));
     let served = builder.serve_connection(io, service);
     tokio::pin!(served);
     let mut drain = drain;
+    let reset_abuse = conn.reset_abuse.clone();
     let result = tokio::select! {
         r = served.as_mut() => r,
+        // Too many premature resets: the connection is dropped at once, as Envoy aborts it.
+        _ = reset_abuse.notified() => Ok(()),
         _ = drain.close_requested() => {
             // HTTP/2 gets its GOAWAY now. An HTTP/1.1 connection is not cut while idle (its
             // client may be sending): its next response carries `connection: close`, as in
@@ -287,6 +350,8 @@ pub async fn serve(
             served.await
         }
     };
+    // `served` (and any stream still in it) is dropped when this function returns.
+    conn.ended.set(true);
     if let Err(e) = result {
         tracing::debug!(error = %e, %remote, "downstream connection ended with an error");
         if is_protocol_error(&*e) {
@@ -326,6 +391,7 @@ fn is_protocol_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> boo
 /// stream is dropped before that (the client went away while we waited for the upstream).
 pub struct Done {
     conn: Rc<Conn>,
+    started: Instant,
     info: Option<Box<StreamInfo>>,
     request: Rc<RequestProgress>,
     upstream: Option<Upstream>,
@@ -341,13 +407,22 @@ impl Done {
         }
         self.settled = true;
         let stats = &self.conn.hcm.stats;
+        let client_reset = reason == EndReason::DownstreamReset && !self.conn.ended.get();
+        if client_reset && self.conn.codec.get() == Some(Codec::Http2) {
+            stats.http2_rx_reset.inc();
+        }
+        self.conn.stream_closed(
+            client_reset && self.started.elapsed() < PREMATURE_RESET_MIN_STREAM_LIFETIME,
+        );
         stats.downstream_rq_active.dec();
         stats.downstream_rq_completed.inc();
         stats.listener_completed.inc();
         match reason {
             EndReason::Complete => {}
             EndReason::DownstreamReset => stats.downstream_rq_rx_reset.inc(),
-            EndReason::UpstreamReset | EndReason::Timeout => stats.downstream_rq_tx_reset.inc(),
+            EndReason::UpstreamReset | EndReason::UpstreamProtocolError | EndReason::Timeout => {
+                stats.downstream_rq_tx_reset.inc()
+            }
         }
         if let Some(up) = self.upstream.take() {
             up.finish(reason);
@@ -366,6 +441,10 @@ impl Done {
                     .flags
                     .set(ResponseFlag::DownstreamConnectionTermination),
                 EndReason::UpstreamReset => info.flags.set(ResponseFlag::UpstreamRemoteReset),
+                EndReason::UpstreamProtocolError => {
+                    info.flags.set(ResponseFlag::UpstreamProtocolError);
+                    info.details = "upstream_reset_after_response_started{protocol_error}";
+                }
                 EndReason::Timeout => info.flags.set(ResponseFlag::UpstreamRequestTimeout),
             }
             info.finish();
@@ -434,6 +513,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     }
     let mut done = Done {
         conn: conn.clone(),
+        started: Instant::now(),
         info: logging.then(|| Box::new(StreamInfo::new(conn.remote, conn.local))),
         request: request.clone(),
         upstream: None,
@@ -450,18 +530,41 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         info.authority = authority(&parts).map(str::to_string);
     }
 
+    if codec == Codec::Http1 {
+        // The stand-in for a head the guard refused (h1_guard.rs): Envoy's codec error reply.
+        if let Some(refusal) = h1_guard::take_refusal(&conn.refused, parts.uri.path()) {
+            stats.downstream_cx_protocol_error.inc();
+            if let Some(info) = done.info.as_mut() {
+                info.method = refusal
+                    .method
+                    .as_deref()
+                    .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
+                info.path = refusal.path;
+                info.authority = None;
+            }
+            return local(done, LocalReply::for_codec(refusal.reason), None);
+        }
+    }
     if version == Version::HTTP_10 || version == Version::HTTP_09 {
         return local(done, LocalReply::UPGRADE_REQUIRED, None);
     }
-    if authority(&parts).is_none_or(str::is_empty) {
+    if codec == Codec::Http1 {
+        headers::join_hosts(&mut parts.headers);
+        headers::remove_nominated(&mut parts.headers);
+        if let Some(info) = done.info.as_mut() {
+            info.authority = authority(&parts).map(str::to_string);
+        }
+    }
+    // An HTTP/1.1 `Host:` with an empty value is a host (Envoy forwards it); none at all is not.
+    let missing = match authority(&parts) {
+        None => true,
+        Some(a) => a.is_empty() && codec == Codec::Http2,
+    };
+    if missing {
         return local(done, LocalReply::MISSING_HOST, None);
     }
-    // Both framings at once is how requests are smuggled past proxies; Envoy refuses it. (hyper
-    // already drops the Content-Length of such a request and closes the connection after it.)
-    if parts.headers.contains_key(header::TRANSFER_ENCODING)
-        && parts.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        return local(done, LocalReply::BAD_REQUEST, None);
+    if !authority(&parts).is_some_and(headers::authority_is_valid) {
+        return local(done, LocalReply::INVALID_AUTHORITY, None);
     }
 
     // Upgrades (websocket…) need upgrade_configs, which skiff does not offer yet: Envoy's 403.

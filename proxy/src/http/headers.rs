@@ -95,6 +95,60 @@ fn reduce_te(h: &mut HeaderMap) {
     }
 }
 
+/// Removes the headers a request's `Connection` nominates, before the connection manager looks
+/// at the request: Envoy's HTTP/1.1 codec drops them first, so a nominated `Host` is a missing
+/// one. The connection-level tokens (`close`, `keep-alive`, `upgrade`, `te`…) stay for the
+/// checks that read them; [`remove_hop_by_hop`] removes the rest later.
+pub fn remove_nominated(h: &mut HeaderMap) {
+    let mut named = Vec::new();
+    for v in h.get_all(header::CONNECTION) {
+        for token in v.to_str().unwrap_or("").split(',').map(str::trim) {
+            let keep = [
+                "",
+                "close",
+                "keep-alive",
+                "upgrade",
+                "http2-settings",
+                "te",
+                "connection",
+            ]
+            .iter()
+            .any(|k| token.eq_ignore_ascii_case(k));
+            if !keep {
+                if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    for name in named {
+        h.remove(name);
+    }
+}
+
+/// Joins several `Host` headers into one, comma-separated, as Envoy's header map does (observed:
+/// `Host: a` and `Host: b` reach the upstream as `host: a,b`).
+pub fn join_hosts(h: &mut HeaderMap) {
+    if h.get_all(header::HOST).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = h
+        .get_all(header::HOST)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b","[..])) {
+        h.insert(header::HOST, v);
+    }
+}
+
+/// Whether an authority holds only the characters nghttp2's `check_authority` (which Envoy
+/// uses) allows: no spaces, quotes or controls.
+pub fn authority_is_valid(a: &str) -> bool {
+    a.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!$%&'()*+,-.:;=@[]_~".contains(&b))
+}
+
 /// Removes the `x-envoy-*` control headers that only internal requests may carry.
 pub fn strip_envoy_control_headers(h: &mut HeaderMap) {
     for name in ENVOY_CONTROL_HEADERS {
@@ -155,6 +209,25 @@ mod tests {
         h.insert("te", "gzip".parse().expect("v"));
         remove_hop_by_hop(&mut h);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn nominated_and_hosts_as_envoy() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "x-foo, Keep-Alive, host".parse().expect("v"));
+        h.insert("x-foo", "1".parse().expect("v"));
+        h.insert("keep-alive", "1".parse().expect("v"));
+        h.insert("host", "a".parse().expect("v"));
+        remove_nominated(&mut h);
+        assert!(!h.contains_key("x-foo") && !h.contains_key("host"));
+        assert!(h.contains_key("keep-alive") && h.contains_key("connection"));
+        let mut h = HeaderMap::new();
+        h.append("host", "a".parse().expect("v"));
+        h.append("host", "b".parse().expect("v"));
+        join_hosts(&mut h);
+        assert_eq!(h.get_all("host").iter().collect::<Vec<_>>(), ["a,b"]);
+        assert!(authority_is_valid("u@a:80") && authority_is_valid("a,b"));
+        assert!(!authority_is_valid("a, b") && !authority_is_valid("a\"b"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::http::body::ProxyBody;
+use crate::http::framing::Reason;
 use crate::stream_info::ResponseFlag;
 
 /// A local reply: status, body, the response flag and the detail for access logs.
@@ -103,19 +104,49 @@ impl LocalReply {
         details: "upstream_response_timeout",
         close: false,
     };
-    /// HTTP/1.0 without `accept_http_10`: 426.
+    /// HTTP/1.0 without `accept_http_10`: 426, DPE (observed on Envoy 1.40).
     pub const UPGRADE_REQUIRED: LocalReply = LocalReply {
         status: StatusCode::UPGRADE_REQUIRED,
         body: "Upgrade Required",
-        flag: None,
+        flag: Some(ResponseFlag::DownstreamProtocolError),
         details: "low_version",
         close: true,
     };
-    /// HTTP/1.1 request without Host: 400, empty body.
+    /// An HTTP version other than 1.0 and 1.1: Envoy's 426 as for HTTP/1.0.
+    pub const LOW_VERSION: LocalReply = LocalReply::UPGRADE_REQUIRED;
+    /// `Content-Length` and `Transfer-Encoding` together: 400.
+    pub const CONTENT_LENGTH_AND_CHUNKED: LocalReply = LocalReply {
+        details: "http1.content_length_and_chunked_not_allowed",
+        ..LocalReply::BAD_REQUEST
+    };
+    /// A transfer coding other than a lone `chunked`: 501.
+    pub const INVALID_TRANSFER_ENCODING: LocalReply = LocalReply {
+        status: StatusCode::NOT_IMPLEMENTED,
+        body: "Not Implemented",
+        flag: Some(ResponseFlag::DownstreamProtocolError),
+        details: "http1.invalid_transfer_encoding",
+        close: true,
+    };
+    /// A control character in a header value: 400.
+    pub const INVALID_CHARACTERS: LocalReply = LocalReply {
+        details: "http1.invalid_characters",
+        ..LocalReply::BAD_REQUEST
+    };
+    /// `Connection` nominating a header Envoy will not drop, or too many: 400.
+    pub const CONNECTION_HEADER_REJECTED: LocalReply = LocalReply {
+        details: "http1.connection_header_rejected",
+        ..LocalReply::BAD_REQUEST
+    };
+    /// A Host or `:authority` with characters an authority cannot hold: 400.
+    pub const INVALID_AUTHORITY: LocalReply = LocalReply {
+        details: "http.invalid_authority",
+        ..LocalReply::BAD_REQUEST
+    };
+    /// HTTP/1.1 request without Host: 400, empty body, no flag (observed on Envoy 1.40).
     pub const MISSING_HOST: LocalReply = LocalReply {
         status: StatusCode::BAD_REQUEST,
         body: "",
-        flag: Some(ResponseFlag::DownstreamProtocolError),
+        flag: None,
         details: "missing_host_header",
         close: true,
     };
@@ -127,6 +158,18 @@ impl LocalReply {
         details: "http1.codec_error",
         close: true,
     };
+
+    /// Envoy's reply when its HTTP/1.1 codec refuses a request for `reason`.
+    pub fn for_codec(reason: Reason) -> LocalReply {
+        match reason {
+            Reason::ContentLengthAndChunked => LocalReply::CONTENT_LENGTH_AND_CHUNKED,
+            Reason::InvalidTransferEncoding => LocalReply::INVALID_TRANSFER_ENCODING,
+            Reason::CodecError => LocalReply::BAD_REQUEST,
+            Reason::InvalidCharacters => LocalReply::INVALID_CHARACTERS,
+            Reason::ConnectionHeaderRejected => LocalReply::CONNECTION_HEADER_REJECTED,
+            Reason::LowVersion => LocalReply::LOW_VERSION,
+        }
+    }
 
     /// The response, before the connection manager's own headers (server, via…).
     pub fn response(&self) -> Response<ProxyBody> {

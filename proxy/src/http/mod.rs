@@ -4,5 +4,7 @@ pub mod body;
 pub mod conn_manager;
 pub mod filter;
 pub mod filters;
+pub mod framing;
+pub mod h1_guard;
 pub mod headers;
 pub mod local_reply;

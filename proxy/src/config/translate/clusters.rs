@@ -273,7 +273,7 @@ pub(super) fn translate_cluster(
     })
 }
 
-fn http2_options(h2: &core::Http2ProtocolOptions) -> Http2Options {
+pub(super) fn http2_options(h2: &core::Http2ProtocolOptions) -> Http2Options {
     let d = Http2Options::default();
     Http2Options {
         max_concurrent_streams: h2
@@ -286,7 +286,10 @@ fn http2_options(h2: &core::Http2ProtocolOptions) -> Http2Options {
 }
 
 /// Envoy's ranges: streams 1..=2^31-1, windows 65535..=2^31-1.
-fn check_http2_options(h2: &core::Http2ProtocolOptions, path: &str) -> Result<(), ConfigError> {
+pub(super) fn check_http2_options(
+    h2: &core::Http2ProtocolOptions,
+    path: &str,
+) -> Result<(), ConfigError> {
     const MAX: u32 = 2_147_483_647;
     let checks = [
         (

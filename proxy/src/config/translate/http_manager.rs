@@ -135,7 +135,22 @@ pub(super) fn translate_hcm(
                 .map_err(|_| ConfigError::new(format!("{path}.via"), "not a valid header value"))?,
         )
     };
+    let http2 = match &h.http2_protocol_options {
+        Some(h2) => {
+            super::clusters::check_http2_options(h2, &format!("{path}.http2_protocol_options"))?;
+            let mut o = super::clusters::http2_options(h2);
+            if h2.max_concurrent_streams.is_none() {
+                o.max_concurrent_streams = crate::config::model::DOWNSTREAM_MAX_CONCURRENT_STREAMS;
+            }
+            o
+        }
+        None => crate::config::model::Http2Options {
+            max_concurrent_streams: crate::config::model::DOWNSTREAM_MAX_CONCURRENT_STREAMS,
+            ..Default::default()
+        },
+    };
     Ok(HttpConnectionManager {
+        http2,
         stat_prefix: h.stat_prefix.clone(),
         codec,
         routes,

@@ -81,7 +81,9 @@ impl Upstream {
         match reason {
             EndReason::Complete => {}
             EndReason::DownstreamReset => stats.upstream_rq_tx_reset.inc(),
-            EndReason::UpstreamReset => stats.upstream_rq_rx_reset.inc(),
+            EndReason::UpstreamReset | EndReason::UpstreamProtocolError => {
+                stats.upstream_rq_rx_reset.inc()
+            }
             EndReason::Timeout => {
                 stats.upstream_rq_timeout.inc();
                 HostStats::inc(&self.host.stats.rq_timeout);
@@ -356,6 +358,12 @@ async fn send_http1(
         }
         match sender.try_send_request(req).await {
             Ok(resp) => {
+                if crate::http::framing::ambiguous_response(resp.headers()) {
+                    // Envoy refuses the response (502 UPE); dropping the sender and the body
+                    // here closes the connection, so nothing after it is read as a response.
+                    tracing::debug!("upstream response with ambiguous framing");
+                    return Err(LocalReply::PROTOCOL_ERROR);
+                }
                 return Ok((
                     resp.map(|b| ProxyBody::Incoming(b, None)),
                     Conn::Http1(sender),

@@ -1,0 +1,426 @@
+//! The downstream HTTP/1.1 byte stream as hyper reads it, with each request head judged by
+//! [`framing`] first (Envoy's codec rules, which hyper's parser does not apply).
+//!
+//! The guard follows the framing of every request on the connection (heads, `Content-Length`
+//! bodies, chunked bodies as hyper's decoder reads them) so that it judges each head from the
+//! byte hyper parses next. A refused head never reaches hyper: in its place hyper reads a
+//! stand-in request whose path is a fresh random token, and then the end of the stream. The
+//! connection manager answers the stand-in with Envoy's reply for the refusal, so the reply
+//! goes out in order after any pipelined responses before it, and the connection closes.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::http::framing::{self, Chunked, Framing, Refusal, Scan, Verdict};
+
+/// hyper's HTTP/1.1 read buffer: a head that does not end within it is hyper's 431.
+const MAX_HEAD: usize = 64 * 1024;
+/// The HTTP/2 connection preface, which an `AUTO` codec hands to h2 untouched.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A refusal waiting for the stand-in request that carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The stand-in's path.
+    pub token: String,
+    /// What was refused and why.
+    pub refusal: Refusal,
+}
+
+/// Shared between the guard and the connection manager's stream handler.
+pub type RefusedSlot = Rc<RefCell<Option<Refused>>>;
+
+/// Takes the refusal a request stands in for, if `path` is its token.
+pub fn take_refusal(slot: &RefusedSlot, path: &str) -> Option<Refusal> {
+    let mut slot = slot.borrow_mut();
+    match slot.as_ref() {
+        Some(r) if r.token == path => slot.take().map(|r| r.refusal),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The first bytes: HTTP/1.1 or the HTTP/2 preface.
+    Preface,
+    /// Waiting for a request head.
+    Head,
+    /// In a `Content-Length` body, this many bytes left.
+    Length(u64),
+    /// In a chunked body.
+    Chunked(Chunked),
+    /// Not HTTP/1.1 any more (HTTP/2, an upgrade, a head larger than hyper takes): bytes pass.
+    Through,
+    /// Nothing more for hyper: a head or body hyper will refuse itself went through; the
+    /// client's bytes after it are dropped until it closes.
+    Closed,
+    /// The stand-in request went through: hyper answers it with `connection: close` and ends
+    /// the connection itself. Until then reads wait, so that a client that half-closes still
+    /// gets its reply, as from Envoy.
+    Refused,
+}
+
+/// The downstream stream with request heads judged before hyper reads them.
+pub struct H1Guard<T> {
+    inner: T,
+    state: State,
+    /// Read from `inner`, not yet judged.
+    pending: BytesMut,
+    /// Judged, not yet read by hyper.
+    ready: BytesMut,
+    slot: RefusedSlot,
+    eof: bool,
+    /// How much of `pending` was already searched for the end of a head without finding it.
+    searched: usize,
+}
+
+impl<T> H1Guard<T> {
+    /// Guards `inner`; refusals are handed over through `slot`. Without `http1` (an HTTP/2-only
+    /// codec) every byte passes.
+    pub fn new(inner: T, slot: RefusedSlot, http1: bool) -> Self {
+        H1Guard {
+            inner,
+            state: if http1 {
+                State::Preface
+            } else {
+                State::Through
+            },
+            pending: BytesMut::new(),
+            ready: BytesMut::new(),
+            slot,
+            eof: false,
+            searched: 0,
+        }
+    }
+
+    /// Moves judged bytes from `pending` to `ready`; false when more input is needed.
+    fn advance(&mut self) -> bool {
+        if self.state == State::Head && !self.may_hold_head_end() {
+            return if self.pending.len() > MAX_HEAD {
+                self.state = State::Through;
+                true
+            } else if self.eof {
+                // hyper sees the partial head and the end, as the client sent them.
+                self.pass(self.pending.len());
+                self.state = State::Closed;
+                true
+            } else {
+                false
+            };
+        }
+        match self.state {
+            State::Preface => {
+                let n = self.pending.len().min(H2_PREFACE.len());
+                if self.pending[..n] != H2_PREFACE[..n] {
+                    self.state = State::Head;
+                    true
+                } else if n == H2_PREFACE.len() {
+                    self.state = State::Through;
+                    true
+                } else if self.eof {
+                    self.state = State::Head;
+                    true
+                } else {
+                    false
+                }
+            }
+            State::Head => match framing::scan(&self.pending) {
+                Scan::Incomplete => {
+                    if self.pending.len() > MAX_HEAD {
+                        self.state = State::Through;
+                        true
+                    } else if self.eof {
+                        // hyper sees the partial head and the end, as the client sent them.
+                        self.pass(self.pending.len());
+                        self.state = State::Closed;
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Scan::Head { len, verdict } => {
+                    match verdict {
+                        Verdict::Accept(f) => {
+                            self.pass(len);
+                            self.state = match f {
+                                Framing::None | Framing::Length(0) => State::Head,
+                                Framing::Length(n) => State::Length(n),
+                                Framing::Chunked => State::Chunked(Chunked::Start),
+                                Framing::Opaque => State::Through,
+                            };
+                        }
+                        Verdict::Refuse(refusal) => {
+                            self.pending.clear();
+                            self.searched = 0;
+                            let token = format!("/{}", uuid::Uuid::new_v4().simple());
+                            self.ready.extend_from_slice(
+                                format!("GET {token} HTTP/1.1\r\nhost: refused\r\n\r\n").as_bytes(),
+                            );
+                            *self.slot.borrow_mut() = Some(Refused { token, refusal });
+                            self.state = State::Refused;
+                        }
+                        Verdict::Codec => {
+                            self.pass(len);
+                            self.state = State::Closed;
+                        }
+                    }
+                    true
+                }
+            },
+            State::Length(left) => {
+                if self.pending.is_empty() {
+                    return false;
+                }
+                let n = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(self.pending.len());
+                self.pass(n);
+                let left = left - n as u64;
+                self.state = if left == 0 {
+                    State::Head
+                } else {
+                    State::Length(left)
+                };
+                true
+            }
+            State::Chunked(mut c) => {
+                if self.pending.is_empty() {
+                    return false;
+                }
+                match c.feed(&self.pending) {
+                    Ok(n) => {
+                        self.pass(n);
+                        self.state = if c.is_end() {
+                            State::Head
+                        } else {
+                            State::Chunked(c)
+                        };
+                    }
+                    Err(_) => {
+                        // hyper refuses the same bytes; nothing after them is read.
+                        self.pass(self.pending.len());
+                        self.state = State::Closed;
+                    }
+                }
+                true
+            }
+            State::Through => {
+                if self.pending.is_empty() {
+                    return false;
+                }
+                self.pass(self.pending.len());
+                true
+            }
+            State::Closed | State::Refused => {
+                self.pending.clear();
+                false
+            }
+        }
+    }
+
+    fn pass(&mut self, n: usize) {
+        let bytes = self.pending.split_to(n);
+        self.ready.unsplit(bytes);
+        self.searched = 0;
+    }
+
+    /// Whether the bytes not searched yet may end a head (an empty line), so that a head
+    /// trickling in a byte at a time costs linear time, not a full parse per byte.
+    fn may_hold_head_end(&mut self) -> bool {
+        // A line break may straddle what was searched and what is new.
+        let from = self.searched.saturating_sub(2);
+        let new = &self.pending[from..];
+        let found = new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n");
+        self.searched = self.pending.len();
+        found
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready[..n]);
+                this.ready.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.state == State::Through && this.pending.is_empty() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            // A Content-Length body skips `pending`: it goes to hyper up to its last byte, so
+            // the next head is judged from where hyper will parse it.
+            if let State::Length(left) = this.state {
+                if this.pending.is_empty() && buf.remaining() > 0 {
+                    let room = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(buf.remaining());
+                    let dst = buf.initialize_unfilled_to(room);
+                    let mut part = ReadBuf::new(dst);
+                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut part))?;
+                    let n = part.filled().len();
+                    if n == 0 {
+                        this.eof = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    buf.advance(n);
+                    let left = left - n as u64;
+                    this.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Length(left)
+                    };
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            if this.advance() {
+                continue;
+            }
+            if this.state == State::Refused {
+                return Poll::Pending;
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                this.eof = true;
+            } else {
+                this.pending.extend_from_slice(rb.filled());
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn through(input: &[u8]) -> (Vec<u8>, Option<Refused>) {
+        let slot = RefusedSlot::default();
+        let mut g = H1Guard::new(input, slot.clone(), true);
+        let mut out = Vec::new();
+        // After a refusal reads wait for hyper to close: stop at the first wait.
+        let read = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            g.read_to_end(&mut out),
+        )
+        .await;
+        if let Ok(r) = read {
+            r.expect("read");
+        }
+        let refused = slot.borrow_mut().take();
+        (out, refused)
+    }
+
+    #[tokio::test]
+    async fn accepted_requests_pass_unchanged() {
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcPOST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        assert_eq!(through(input).await, (input.to_vec(), None));
+        let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00garbage";
+        assert_eq!(through(h2).await, (h2.to_vec(), None));
+    }
+
+    /// Hands out its bytes one at a time.
+    struct Trickle(Vec<u8>, usize);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(&b) = self.0.get(self.1) {
+                buf.put_slice(&[b]);
+                self.1 += 1;
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn heads_and_bodies_arriving_byte_by_byte() {
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc".to_vec();
+        let slot = RefusedSlot::default();
+        let mut g = H1Guard::new(Trickle(input.clone(), 0), slot.clone(), true);
+        let mut out = Vec::new();
+        g.read_to_end(&mut out).await.expect("read");
+        assert_eq!(out, input);
+        let mut bad = input.clone();
+        bad.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n");
+        let mut g = H1Guard::new(Trickle(bad, 0), slot.clone(), true);
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            g.read_to_end(&mut out),
+        )
+        .await;
+        assert!(out.starts_with(&input));
+        assert_eq!(
+            slot.borrow().as_ref().map(|r| r.refusal.reason),
+            Some(framing::Reason::InvalidTransferEncoding)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_smuggled_request_never_reaches_hyper() {
+        let first = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut input = first.to_vec();
+        input.extend_from_slice(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n");
+        let (out, refused) = through(&input).await;
+        let refused = refused.expect("refused");
+        assert_eq!(
+            refused.refusal.reason,
+            framing::Reason::ContentLengthAndChunked
+        );
+        let mut expected = first.to_vec();
+        expected.extend_from_slice(
+            format!("GET {} HTTP/1.1\r\nhost: refused\r\n\r\n", refused.token).as_bytes(),
+        );
+        assert_eq!(out, expected);
+    }
+}
