@@ -49,8 +49,9 @@ pub enum WorkerUpdate {
     Config {
         /// The snapshot.
         snapshot: Arc<Snapshot>,
-        /// New sockets by listener name (one per address).
-        sockets: HashMap<String, Vec<std::net::TcpListener>>,
+        /// New sockets by listener name, with their addresses (the addresses a listener keeps
+        /// from the version it replaces are not among them).
+        sockets: HashMap<String, Vec<(SocketAddr, std::net::TcpListener)>>,
         /// How long a replaced or removed listener's connections may take to finish.
         drain_time: Duration,
     },
@@ -80,7 +81,7 @@ struct Active {
     config: Arc<model::Listener>,
     listener: Rc<listener::Shared>,
     /// One per address (none for `bind_to_port: false`, or once stopped).
-    sockets: Vec<Rc<TcpListener>>,
+    sockets: Vec<(SocketAddr, Rc<TcpListener>)>,
 }
 
 /// One worker's state, shared by its tasks.
@@ -153,7 +154,7 @@ impl Worker {
     fn apply(
         self: &Rc<Self>,
         snapshot: &Snapshot,
-        mut sockets: HashMap<String, Vec<std::net::TcpListener>>,
+        mut sockets: HashMap<String, Vec<(SocketAddr, std::net::TcpListener)>>,
         drain_time: Duration,
     ) {
         self.clusters.update(&snapshot.clusters, &self.shard);
@@ -176,20 +177,29 @@ impl Worker {
                     continue;
                 }
             }
-            let socks: Vec<Rc<TcpListener>> = match sockets.remove(&config.name) {
-                Some(all) => all
-                    .into_iter()
-                    .filter_map(|s| match TcpListener::from_std(s) {
-                        Ok(s) => Some(Rc::new(s)),
-                        Err(e) => {
-                            tracing::error!(worker = self.id, listener = %config.name, error = %e, "cannot use listen socket");
-                            None
-                        }
-                    })
-                    .collect(),
-                // Same addresses: the new listener takes over the old one's sockets.
-                None => prev.as_ref().map(|p| p.sockets.clone()).unwrap_or_default(),
-            };
+            // Addresses it keeps: the old version's sockets; the others: the new ones.
+            let kept = prev
+                .as_ref()
+                .map(|p| listener::kept_addresses(&p.config, config))
+                .unwrap_or_default();
+            let mut socks: Vec<(SocketAddr, Rc<TcpListener>)> = prev
+                .as_ref()
+                .map(|p| {
+                    p.sockets
+                        .iter()
+                        .filter(|(a, _)| kept.contains(a))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (a, s) in sockets.remove(&config.name).unwrap_or_default() {
+                match TcpListener::from_std(s) {
+                    Ok(s) => socks.push((a, Rc::new(s))),
+                    Err(e) => {
+                        tracing::error!(worker = self.id, listener = %config.name, error = %e, "cannot use listen socket")
+                    }
+                }
+            }
             let shared = listener::Shared::new(
                 self.clone(),
                 config.clone(),
@@ -200,7 +210,7 @@ impl Worker {
             if let Some(p) = prev {
                 p.listener.retire(modify, &shared);
             }
-            for s in &socks {
+            for (_, s) in &socks {
                 tokio::task::spawn_local(listener::accept_loop(shared.clone(), s.clone()));
             }
             next.insert(

@@ -13,6 +13,7 @@
 mod files;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -1294,7 +1295,7 @@ impl ConfigStore {
         let snapshot = self.snapshot();
         let mut snapshot = snapshot;
         if !self.workers.is_empty() {
-            let mut sockets: Vec<HashMap<String, Vec<std::net::TcpListener>>> =
+            let mut sockets: Vec<HashMap<String, Vec<(SocketAddr, std::net::TcpListener)>>> =
                 (0..self.workers.len()).map(|_| HashMap::new()).collect();
             let mut failed = HashSet::new();
             for l in &snapshot.listeners {
@@ -1302,8 +1303,14 @@ impl ConfigStore {
                 if prev.is_some_and(|p| Arc::ptr_eq(p, l)) {
                     continue;
                 }
-                if l.bind_to_port && !prev.is_some_and(|p| crate::listener::same_socket(p, l)) {
-                    match bind_all(l, self.workers.len()) {
+                // Addresses the previous version has keep its sockets; the others get new ones.
+                let kept = prev.map(|p| crate::listener::kept_addresses(p, l));
+                let fresh: Vec<SocketAddr> = l
+                    .addresses()
+                    .filter(|a| !kept.as_ref().is_some_and(|k| k.contains(a)))
+                    .collect();
+                if l.bind_to_port && !fresh.is_empty() {
+                    match bind_all(l, &fresh, self.workers.len()) {
                         Ok(socks) => {
                             for (per_worker, s) in sockets.iter_mut().zip(socks) {
                                 per_worker.insert(l.name.clone(), s);
@@ -1360,7 +1367,8 @@ impl ConfigStore {
                 let l = &v.model;
                 if l.bind_to_port {
                     // Probe now so a port in use fails start-up with its name.
-                    bind_all(l, 1).map_err(|e| {
+                    let all: Vec<SocketAddr> = l.addresses().collect();
+                    bind_all(l, &all, 1).map_err(|e| {
                         format!("listener '{}': cannot bind {}: {e}", l.name, l.address)
                     })?;
                 }
@@ -1533,12 +1541,20 @@ fn adopt_chains(
     true
 }
 
-/// Binds `n` SO_REUSEPORT sockets for a listener, one per worker.
-/// Binds a listener's sockets for `n` workers: for each worker, one SO_REUSEPORT socket per
-/// address.
-fn bind_all(l: &model::Listener, n: usize) -> std::io::Result<Vec<Vec<std::net::TcpListener>>> {
+/// Binds a listener's sockets on `addresses` for `n` workers: for each worker, one
+/// SO_REUSEPORT socket per address.
+fn bind_all(
+    l: &model::Listener,
+    addresses: &[SocketAddr],
+    n: usize,
+) -> std::io::Result<Vec<Vec<(SocketAddr, std::net::TcpListener)>>> {
     (0..n)
-        .map(|_| l.addresses().map(|a| crate::listener::bind(l, a)).collect())
+        .map(|_| {
+            addresses
+                .iter()
+                .map(|a| crate::listener::bind(l, *a).map(|s| (*a, s)))
+                .collect()
+        })
         .collect()
 }
 

@@ -158,13 +158,20 @@ impl std::fmt::Debug for HandOff {
     }
 }
 
-/// Whether a listener updated from `old` to `new` can keep `old`'s listen sockets: same
-/// addresses and the same socket-level settings.
-pub fn same_socket(old: &model::Listener, new: &model::Listener) -> bool {
+/// The addresses of `new` whose listen sockets it can take over from `old` (the version it
+/// replaces): those both have, when the socket-level settings are the same.
+pub fn kept_addresses(old: &model::Listener, new: &model::Listener) -> Vec<SocketAddr> {
+    if !same_socket_settings(old, new) {
+        return Vec::new();
+    }
+    new.addresses()
+        .filter(|a| old.addresses().any(|o| o == *a))
+        .collect()
+}
+
+fn same_socket_settings(old: &model::Listener, new: &model::Listener) -> bool {
     new.bind_to_port
         && old.bind_to_port
-        && old.address == new.address
-        && old.additional_addresses == new.additional_addresses
         && old.socket_options == new.socket_options
         && old.tcp_fast_open_queue_length == new.tcp_fast_open_queue_length
         && old.transparent == new.transparent
