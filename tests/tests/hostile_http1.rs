@@ -107,13 +107,16 @@ const CASES: &[(&str, &str, Expect)] = &[
     ("leading_empty_line", "\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", Same),
     ("method_lower_case", "get / HTTP/1.1\r\nHost: a\r\n\r\n", Same),
     ("method_unknown", "FOO / HTTP/1.1\r\nHost: a\r\n\r\n", Same),
-    ("method_purge", "PURGE / HTTP/1.1\r\nHost: a\r\n\r\n", OtherFraming),
+    ("method_purge", "PURGE / HTTP/1.1\r\nHost: a\r\n\r\n", Same),
     ("version_1_2", "GET / HTTP/1.2\r\nHost: a\r\n\r\n", Same),
     ("version_2_0", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", Same),
     ("smuggle_cl_te", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n", Same),
     ("smuggle_te_cl", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n", Same),
     ("smuggle_te_te", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n", Same),
     ("pipelined_then_smuggle", "GET /first HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n", Same),
+    ("connect_then_get", "CONNECT a:80 HTTP/1.1\r\nHost: a:80\r\n\r\nGET /after HTTP/1.1\r\nHost: a\r\n\r\n", Same),
+    ("h2c_upgrade_then_smuggle", "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: gzip\r\n\r\nabc", Same),
+    ("websocket_then_smuggle", "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", Same),
     ("chunked_then_pipelined", "POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Same),
 ];
 

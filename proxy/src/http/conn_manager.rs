@@ -567,6 +567,17 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         return local(done, LocalReply::INVALID_AUTHORITY, None);
     }
 
+    // CONNECT matches no prefix or path route (Envoy needs a connect_matcher, which skiff does
+    // not offer): Envoy's 404 and a closed connection, nothing upstream.
+    if parts.method == http::Method::CONNECT {
+        stats.no_route.inc();
+        let reply = LocalReply {
+            close: true,
+            ..LocalReply::NO_ROUTE
+        };
+        return local(done, reply, None);
+    }
+
     // Upgrades (websocket…) need upgrade_configs, which skiff does not offer yet: Envoy's 403.
     // An h2c upgrade offer is simply ignored, as Envoy does.
     if is_upgrade(&parts.headers) {

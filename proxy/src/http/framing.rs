@@ -41,7 +41,7 @@ pub enum Framing {
     Length(u64),
     /// Chunked, up to the last chunk and its trailers.
     Chunked,
-    /// CONNECT or an upgrade: what follows is not HTTP/1.1 any more.
+    /// CONNECT: skiff answers it and closes (no tunnels), so nothing after it is a request.
     Opaque,
 }
 
@@ -205,8 +205,6 @@ fn judge(head: &[u8]) -> Verdict {
     let mut transfer_encodings = Vec::new();
     let mut connection_tokens = 0usize;
     let mut undroppable = false;
-    let mut upgrade = false;
-    let mut connection_upgrade = false;
     for line in it {
         if line[0] == b' ' || line[0] == b'\t' || line.contains(&b'\r') {
             // obs-fold and a CR inside a line: hyper refuses both, Envoy folds or drops.
@@ -226,15 +224,12 @@ fn judge(head: &[u8]) -> Verdict {
             content_lengths.push(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encodings.push(value);
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|&b| b == b',').map(trim) {
                 connection_tokens += 1;
                 undroppable |= UNDROPPABLE
                     .iter()
                     .any(|h| h.as_bytes().eq_ignore_ascii_case(token));
-                connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
             }
         }
     }
@@ -260,7 +255,9 @@ fn judge(head: &[u8]) -> Verdict {
         ([te], _) if te.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
         _ => return refuse(Reason::InvalidTransferEncoding, m, p),
     };
-    if method == b"CONNECT" || (upgrade && connection_upgrade) {
+    // An upgrade skiff does not take (h2c is ignored, others get 403) leaves the connection
+    // speaking HTTP/1.1, so its framing is followed as any other request's.
+    if method == b"CONNECT" {
         return Verdict::Accept(Framing::Opaque);
     }
     Verdict::Accept(framing)
@@ -497,6 +494,10 @@ mod tests {
         assert_eq!(verdict(&h("x: a\rb\r\n")), Verdict::Codec);
         assert_eq!(
             verdict("GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: ws\r\n\r\n"),
+            Verdict::Accept(Framing::None)
+        );
+        assert_eq!(
+            verdict("CONNECT a:80 HTTP/1.1\r\nHost: a:80\r\n\r\n"),
             Verdict::Accept(Framing::Opaque)
         );
         assert_eq!(

@@ -55,7 +55,7 @@ enum State {
     Length(u64),
     /// In a chunked body.
     Chunked(Chunked),
-    /// Not HTTP/1.1 any more (HTTP/2, an upgrade, a head larger than hyper takes): bytes pass.
+    /// Not HTTP/1.1 (HTTP/2, a head larger than hyper takes): bytes pass.
     Through,
     /// Nothing more for hyper: a head or body hyper will refuse itself went through; the
     /// client's bytes after it are dropped until it closes.
@@ -152,7 +152,8 @@ impl<T> H1Guard<T> {
                                 Framing::None | Framing::Length(0) => State::Head,
                                 Framing::Length(n) => State::Length(n),
                                 Framing::Chunked => State::Chunked(Chunked::Start),
-                                Framing::Opaque => State::Through,
+                                // skiff answers CONNECT itself and closes.
+                                Framing::Opaque => State::Closed,
                             };
                         }
                         Verdict::Refuse(refusal) => {
