@@ -439,6 +439,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The fields of `message` skiff honours (for the exhaustive checks' agreement test).
+#[cfg(test)]
+pub(crate) fn fields_of(message: &str) -> &'static [&'static str] {
+    supported_fields(message)
+}
+
 fn supported_fields(message: &str) -> &'static [&'static str] {
     SUPPORTED
         .iter()

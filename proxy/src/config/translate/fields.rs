@@ -740,7 +740,7 @@ pub(super) fn http_connection_manager(
         common_http_protocol_options,
         http1_safe_max_connection_duration,
         http_protocol_options,
-        http2_protocol_options,
+        http2_protocol_options: _,
         http3_protocol_options,
         server_name: _,
         server_header_transformation: _,
@@ -804,7 +804,6 @@ pub(super) fn http_connection_manager(
         http1_safe_max_connection_duration,
     )?;
     refuse(path, "http_protocol_options", http_protocol_options)?;
-    refuse(path, "http2_protocol_options", http2_protocol_options)?;
     refuse(path, "http3_protocol_options", http3_protocol_options)?;
     refuse(
         path,
@@ -1154,5 +1153,115 @@ mod tests {
             common_tls_context(&tls, "c").map_err(|e| e.to_string()),
             Err("c.combined_validation_context: unsupported".to_string())
         );
+    }
+
+    /// Every field of each checked message is set in turn: the fields the supported-field table
+    /// lists must pass, every other one must be refused by name, so the two lists cannot drift.
+    #[test]
+    fn the_exhaustive_checks_agree_with_the_supported_field_table() {
+        use prost_reflect::{DynamicMessage, Kind, Value};
+
+        fn check<T: prost::Message + Default>(
+            name: &str,
+            f: fn(&T, &str) -> Result<(), ConfigError>,
+        ) {
+            let desc = crate::config::proto::message(name).expect(name);
+            let honoured = crate::config::supported::fields_of(name);
+            for field in desc.fields() {
+                let mut m = DynamicMessage::new(desc.clone());
+                let value = match field.kind() {
+                    Kind::Message(d) => Value::Message(DynamicMessage::new(d)),
+                    Kind::Enum(e) => Value::EnumNumber(
+                        e.values()
+                            .map(|v| v.number())
+                            .find(|n| *n != 0)
+                            .unwrap_or(1),
+                    ),
+                    Kind::Bool => Value::Bool(true),
+                    Kind::String => Value::String("x".into()),
+                    Kind::Bytes => Value::Bytes(bytes::Bytes::from_static(b"x")),
+                    Kind::Double => Value::F64(1.0),
+                    Kind::Float => Value::F32(1.0),
+                    Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(1),
+                    Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(1),
+                    Kind::Uint32 | Kind::Fixed32 => Value::U32(1),
+                    Kind::Uint64 | Kind::Fixed64 => Value::U64(1),
+                };
+                let value = if field.is_list() {
+                    Value::List(vec![value])
+                } else if field.is_map() {
+                    continue;
+                } else {
+                    value
+                };
+                m.set_field(&field, value);
+                let typed: T = crate::config::proto::to_typed(&m).expect("transcode");
+                let got = f(&typed, "m");
+                if honoured.contains(&field.name()) {
+                    assert!(
+                        got.is_ok(),
+                        "{name}.{} is honoured but refused: {got:?}",
+                        field.name()
+                    );
+                } else {
+                    // A oneof none of whose members skiff honours is refused by its own name.
+                    let mut want = vec![format!("m.{}: unsupported", field.name())];
+                    if let Some(o) = field.containing_oneof() {
+                        want.push(format!("m.{}: unsupported", o.name()));
+                    }
+                    let got = got.map_err(|e| e.to_string());
+                    assert!(
+                        got.as_ref().is_err_and(|e| want.contains(e)),
+                        "{name}.{} is not in the table, yet: {got:?}",
+                        field.name()
+                    );
+                }
+            }
+        }
+        check("envoy.config.listener.v3.Listener", listener);
+        check("envoy.config.listener.v3.FilterChain", filter_chain);
+        check(
+            "envoy.config.listener.v3.FilterChainMatch",
+            filter_chain_match,
+        );
+        check("envoy.config.cluster.v3.Cluster", cluster);
+        check(
+            "envoy.config.endpoint.v3.ClusterLoadAssignment",
+            cluster_load_assignment,
+        );
+        check(
+            "envoy.config.endpoint.v3.LocalityLbEndpoints",
+            locality_lb_endpoints,
+        );
+        check("envoy.config.endpoint.v3.LbEndpoint", lb_endpoint);
+        check(
+            "envoy.config.route.v3.RouteConfiguration",
+            route_configuration,
+        );
+        check("envoy.config.route.v3.VirtualHost", virtual_host);
+        check("envoy.config.route.v3.Route", route);
+        check("envoy.config.route.v3.RouteMatch", route_match);
+        check("envoy.config.route.v3.RouteAction", route_action);
+        check(
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            http_connection_manager,
+        );
+        check(
+            "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            tcp_proxy,
+        );
+        check(
+            "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            downstream_tls_context,
+        );
+        check(
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            upstream_tls_context,
+        );
+        check(
+            "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",
+            common_tls_context,
+        );
+        check("envoy.extensions.transport_sockets.tls.v3.Secret", secret);
     }
 }
