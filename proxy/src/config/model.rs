@@ -558,10 +558,106 @@ pub enum RouteSource {
     },
 }
 
-/// A configured HTTP filter other than the router. None exist yet; the variant list grows with
-/// the filters skiff learns.
-#[derive(Debug, Clone)]
-pub enum HttpFilterConfig {}
+/// A configured HTTP filter other than the router.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HttpFilterConfig {
+    /// `envoy.filters.http.compressor`.
+    Compressor(Arc<Compressor>),
+}
+
+/// `envoy.extensions.filters.http.compressor.v3.Compressor`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compressor {
+    /// `compressor_library.name`: part of the stat names.
+    pub library_name: String,
+    /// `compressor_library.typed_config`.
+    pub library: CompressorLibrary,
+    /// `response_direction_config` (or the deprecated top-level fields); `None` when disabled.
+    pub response: Option<CompressionDirection>,
+    /// `response_direction_config.disable_on_etag_header`.
+    pub disable_on_etag_header: bool,
+    /// `response_direction_config.remove_accept_encoding_header`.
+    pub remove_accept_encoding_header: bool,
+    /// Whether `response_direction_config` was given: Envoy then counts the response stats
+    /// under `response.` (the deprecated fields count them at the filter's root).
+    pub response_direction_config: bool,
+    /// `response_direction_config.weaken_etag_on_compress`: a strong `etag` of a compressed
+    /// response is made weak rather than removed.
+    pub weaken_etag_on_compress: bool,
+    /// `response_direction_config.uncompressible_response_codes`.
+    pub uncompressible_response_codes: Vec<u16>,
+    /// `request_direction_config`; `None` when disabled (the default).
+    pub request: Option<CompressionDirection>,
+}
+
+/// `CommonDirectionConfig`: which messages one direction compresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressionDirection {
+    /// `min_content_length` (default 30): a shorter `content-length` is not compressed.
+    pub min_content_length: u64,
+    /// `content_type`: media types (without parameters) compressed; Envoy's list by default.
+    pub content_types: Vec<String>,
+}
+
+/// A compression library and its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompressorLibrary {
+    /// `envoy.compression.gzip.compressor`.
+    Gzip {
+        /// zlib level 1–9 (`compression_level`; `DEFAULT_COMPRESSION` is zlib's 6).
+        level: u32,
+        /// `window_bits` 9–15 (default 12).
+        window_bits: u8,
+        /// `chunk_size` (default 4096): the output buffer.
+        chunk_size: usize,
+    },
+    /// `envoy.compression.brotli.compressor`.
+    Brotli {
+        /// `quality` 0–11 (default 3).
+        quality: u32,
+        /// `window_bits` 10–24 (default 18).
+        window_bits: u32,
+        /// `input_block_bits` 16–24 (default 24).
+        input_block_bits: u32,
+        /// `disable_literal_context_modeling`.
+        disable_literal_context_modeling: bool,
+        /// `encoder_mode`: 0 default, 1 generic, 2 text, 3 font.
+        mode: u32,
+        /// `chunk_size` (default 4096).
+        chunk_size: usize,
+    },
+    /// `envoy.compression.zstd.compressor`.
+    Zstd {
+        /// `compression_level` (default 3).
+        level: i32,
+        /// `enable_checksum`.
+        checksum: bool,
+        /// `strategy` (0: the library's default).
+        strategy: u32,
+        /// `chunk_size` (default 4096).
+        chunk_size: usize,
+    },
+}
+
+impl CompressorLibrary {
+    /// The `content-encoding` token.
+    pub fn encoding(&self) -> &'static str {
+        match self {
+            CompressorLibrary::Gzip { .. } => "gzip",
+            CompressorLibrary::Brotli { .. } => "br",
+            CompressorLibrary::Zstd { .. } => "zstd",
+        }
+    }
+
+    /// The library's part of the stat names.
+    pub fn stat_prefix(&self) -> &'static str {
+        match self {
+            CompressorLibrary::Gzip { .. } => "gzip",
+            CompressorLibrary::Brotli { .. } => "brotli",
+            CompressorLibrary::Zstd { .. } => "zstd",
+        }
+    }
+}
 
 /// `envoy.extensions.filters.http.router.v3.Router`.
 #[derive(Debug, Clone)]

@@ -34,6 +34,14 @@ pub fn message(name: &str) -> Result<MessageDescriptor, ConfigError> {
 pub fn decode_text(text: &str, desc: MessageDescriptor) -> Result<DynamicMessage, ConfigError> {
     let opts = DeserializeOptions::new().deny_unknown_fields(true);
     let trimmed = text.trim_start();
+    // A `TypedStruct` is rewritten into the message it carries first; that needs the document
+    // as a value, which loses line numbers in errors, so only documents that hold one take
+    // this path.
+    if text.contains("TypedStruct") {
+        let mut value = parse_value(text)?;
+        unwrap_typed_structs(&mut value, "")?;
+        return decode_with(&value, desc, &opts);
+    }
     let result = if trimmed.starts_with('{') {
         let mut de = serde_json::Deserializer::from_str(text);
         decode_with(&mut de, desc, &opts)
@@ -71,11 +79,8 @@ pub fn decode_text_lenient(
     text: &str,
     desc: MessageDescriptor,
 ) -> Result<(DynamicMessage, Vec<String>), ConfigError> {
-    let mut value: serde_json::Value = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| ConfigError::new("", e.to_string()))?
-    } else {
-        serde_yaml::from_str(text).map_err(|e| ConfigError::new("", e.to_string()))?
-    };
+    let mut value = parse_value(text)?;
+    unwrap_typed_structs(&mut value, "")?;
     let opts = DeserializeOptions::new().deny_unknown_fields(true);
     let mut unknown = Vec::new();
     loop {
@@ -101,6 +106,73 @@ pub fn decode_text_lenient(
         }
         unknown.push(described.path);
     }
+}
+
+fn parse_value(text: &str) -> Result<serde_json::Value, ConfigError> {
+    if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| ConfigError::new("", e.to_string()))
+    } else {
+        serde_yaml::from_str(text).map_err(|e| ConfigError::new("", e.to_string()))
+    }
+}
+
+/// The two names of the wrapper that carries an extension's config as a JSON struct.
+const TYPED_STRUCTS: [&str; 2] = [
+    "type.googleapis.com/udpa.type.v1.TypedStruct",
+    "type.googleapis.com/xds.type.v3.TypedStruct",
+];
+
+/// Replaces each `TypedStruct` in an `Any` with the message it describes, as Envoy's loader
+/// converts it for the extension: `{"@type": TypedStruct, "type_url": T, "value": {...}}`
+/// becomes `{"@type": T, ...}`. Returns how many were replaced.
+pub fn unwrap_typed_structs(
+    value: &mut serde_json::Value,
+    path: &str,
+) -> Result<usize, ConfigError> {
+    use serde_json::Value;
+    let mut replaced = 0;
+    match value {
+        Value::Object(o) => {
+            let wrapped = o
+                .get("@type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| TYPED_STRUCTS.contains(&t));
+            if wrapped {
+                let type_url = match o.get("type_url").or_else(|| o.get("typeUrl")) {
+                    Some(Value::String(t)) if !t.is_empty() => t.clone(),
+                    _ => {
+                        return Err(ConfigError::new(
+                            format!("{path}.type_url").trim_start_matches('.'),
+                            "a TypedStruct needs the type_url of the message it carries",
+                        ))
+                    }
+                };
+                let mut inner = match o.remove("value") {
+                    Some(Value::Object(v)) => v,
+                    None | Some(Value::Null) => serde_json::Map::new(),
+                    Some(_) => {
+                        return Err(ConfigError::new(
+                            format!("{path}.value").trim_start_matches('.'),
+                            "a TypedStruct's value must be an object",
+                        ))
+                    }
+                };
+                inner.insert("@type".to_string(), Value::String(type_url));
+                *o = inner;
+                replaced += 1;
+            }
+            for (k, v) in o.iter_mut() {
+                replaced += unwrap_typed_structs(v, &format!("{path}.{k}"))?;
+            }
+        }
+        Value::Array(a) => {
+            for (i, v) in a.iter_mut().enumerate() {
+                replaced += unwrap_typed_structs(v, &format!("{path}[{i}]"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(replaced)
 }
 
 /// Removes `field` from the object at `path` inside `value`.
@@ -205,5 +277,46 @@ mod tests {
         let e = decode_text("{\"bogus\": 1}", message(BOOTSTRAP).expect("bootstrap"))
             .expect_err("unknown");
         assert_eq!(e.path, "bogus");
+    }
+
+    #[test]
+    fn typed_structs_become_the_message_they_carry() {
+        let yaml = r#"
+bootstrap_extensions:
+- name: envoy.bootstrap.internal_listener
+  typed_config:
+    "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+    type_url: type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
+    value:
+      buffer_size_kb: 64
+- name: x
+  typed_config:
+    "@type": type.googleapis.com/xds.type.v3.TypedStruct
+    type_url: type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
+"#;
+        let msg = decode_text(yaml, message(BOOTSTRAP).expect("bootstrap")).expect("decodes");
+        let b: envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap =
+            to_typed(&msg).expect("typed");
+        let any = b.bootstrap_extensions[0]
+            .typed_config
+            .as_ref()
+            .expect("typed_config");
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+        );
+        let il = envoy_types::pb::envoy::extensions::bootstrap::internal_listener::v3::InternalListener::decode(
+            any.value.as_slice(),
+        )
+        .expect("internal listener");
+        assert_eq!(il.buffer_size_kb.map(|v| v.value), Some(64));
+
+        let bad = yaml.replace("value:\n      buffer_size_kb: 64", "value:\n      bogus: 1");
+        let e = decode_text(&bad, message(BOOTSTRAP).expect("bootstrap")).expect_err("bogus");
+        assert!(e.path.ends_with("bogus"), "{e}");
+        let untyped = yaml.replace("    type_url: type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener\n    value", "    value");
+        let e =
+            decode_text(&untyped, message(BOOTSTRAP).expect("bootstrap")).expect_err("no type_url");
+        assert_eq!(e.path, "bootstrap_extensions[0].typed_config.type_url");
     }
 }

@@ -250,6 +250,74 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["exact", "prefix", "suffix", "contains", "ignore_case"],
     ),
     ("envoy.config.route.v3.RouteAction", &["cluster", "timeout"]),
+    // gzip's memory_level and compression_strategy tune how hard zlib works; the output decodes
+    // to the same bytes (docs/compatibility.md).
+    (
+        "envoy.extensions.filters.http.compressor.v3.Compressor",
+        &[
+            "compressor_library",
+            "response_direction_config",
+            "request_direction_config",
+            "content_length",
+            "content_type",
+            "disable_on_etag_header",
+            "remove_accept_encoding_header",
+            "runtime_enabled",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig",
+        &[
+            "common_config",
+            "disable_on_etag_header",
+            "remove_accept_encoding_header",
+            "weaken_etag_on_compress",
+            "uncompressible_response_codes",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.compressor.v3.Compressor.RequestDirectionConfig",
+        &["common_config"],
+    ),
+    (
+        "envoy.extensions.filters.http.compressor.v3.Compressor.CommonDirectionConfig",
+        &["enabled", "min_content_length", "content_type"],
+    ),
+    // With no runtime layer, a flag is its default value.
+    (
+        "envoy.config.core.v3.RuntimeFeatureFlag",
+        &["default_value", "runtime_key"],
+    ),
+    (
+        "envoy.extensions.compression.gzip.compressor.v3.Gzip",
+        &[
+            "memory_level",
+            "compression_level",
+            "compression_strategy",
+            "window_bits",
+            "chunk_size",
+        ],
+    ),
+    (
+        "envoy.extensions.compression.brotli.compressor.v3.Brotli",
+        &[
+            "quality",
+            "encoder_mode",
+            "window_bits",
+            "input_block_bits",
+            "chunk_size",
+            "disable_literal_context_modeling",
+        ],
+    ),
+    (
+        "envoy.extensions.compression.zstd.compressor.v3.Zstd",
+        &[
+            "compression_level",
+            "enable_checksum",
+            "strategy",
+            "chunk_size",
+        ],
+    ),
     (
         "envoy.config.accesslog.v3.AccessLog",
         &["name", "typed_config"],

@@ -180,6 +180,8 @@ pub struct HttpConnectionManager {
     pub config: Arc<model::HttpConnectionManager>,
     /// This worker's stats for it.
     pub stats: HcmStats,
+    /// Its HTTP filters (before the router) on this worker.
+    pub filters: Vec<filter::Factory>,
 }
 
 /// The downstream connection a stream belongs to.
@@ -620,7 +622,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
 
     let body = ProxyBody::Incoming(body, Some(request.clone()));
     // The decoder filters, then the router as the terminal filter.
-    let chain = filter::build(&cfg.http_filters);
+    let chain = filter::build(&conn.hcm.filters);
     if let Some(chain) = &chain {
         if let Some(reply) = chain.decode_headers(&mut parts, body.is_end_stream()).await {
             return local(done, reply, request_id);
@@ -652,6 +654,10 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             }
             done.upstream = Some(upstream);
             let (mut head, body) = resp.into_parts();
+            // A 204 has no body to measure: Envoy's codec drops its content-length.
+            if head.status == http::StatusCode::NO_CONTENT {
+                head.headers.remove(header::CONTENT_LENGTH);
+            }
             if let Some(chain) = &chain {
                 if let Some(reply) = chain.encode_headers(&mut head, body.is_end_stream()).await {
                     return local(done, reply, request_id);

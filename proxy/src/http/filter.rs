@@ -81,14 +81,47 @@ pub trait HttpFilter {
     fn encode_trailers(&mut self, _trailers: &mut HeaderMap) {}
 }
 
-/// Creates the filters of a new stream from their configuration, in order; `None` when there
-/// are none, so a stream without filters allocates nothing for them. The router is not among
-/// them: it is the terminal filter the connection manager runs after the chain.
-pub fn build(configs: &[crate::config::model::HttpFilterConfig]) -> Option<FilterChain> {
-    if configs.is_empty() {
+/// One configured HTTP filter on one worker: its configuration and its stats.
+#[derive(Debug)]
+pub enum Factory {
+    /// `envoy.filters.http.compressor`.
+    Compressor(Rc<crate::http::filters::compressor::Factory>),
+}
+
+/// The worker's factories for an HCM's filters; stats go under `http.<stat_prefix>.`.
+pub fn factories(
+    configs: &[crate::config::model::HttpFilterConfig],
+    shard: &crate::stats::Shard,
+    stat_prefix: &str,
+) -> Vec<Factory> {
+    use crate::config::model::HttpFilterConfig;
+    configs
+        .iter()
+        .map(|c| match c {
+            HttpFilterConfig::Compressor(cfg) => Factory::Compressor(Rc::new(
+                crate::http::filters::compressor::Factory::new(cfg.clone(), shard, stat_prefix),
+            )),
+        })
+        .collect()
+}
+
+/// Creates the filters of a new stream, in order; `None` when there are none, so a stream
+/// without filters allocates nothing for them. The router is not among them: it is the
+/// terminal filter the connection manager runs after the chain.
+pub fn build(factories: &[Factory]) -> Option<FilterChain> {
+    if factories.is_empty() {
         return None;
     }
-    let filters: Vec<Box<dyn HttpFilter>> = configs.iter().map(|c| match *c {}).collect();
+    // What the stream's compressor filters share: the encodings offered and the choice.
+    let negotiation = Rc::default();
+    let filters: Vec<Box<dyn HttpFilter>> = factories
+        .iter()
+        .map(|f| -> Box<dyn HttpFilter> {
+            match f {
+                Factory::Compressor(c) => Box::new(c.filter(&negotiation)),
+            }
+        })
+        .collect();
     Some(FilterChain::new(filters))
 }
 
@@ -298,6 +331,10 @@ where
                         continue;
                     }
                     this.done = end;
+                    if data.is_empty() && !end {
+                        // A filter holding its output back (a compressor): nothing to send yet.
+                        continue;
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Err(frame) => {
@@ -323,7 +360,7 @@ where
 
 impl<B> FilteredBody<B> {
     /// Hands the held buffer (plus `last`) to the holding filter and those after it, with
-    /// end_stream; `None` when nothing was held and `last` is empty.
+    /// end_stream; `None` when that leaves nothing to send.
     fn release(&mut self, last: Bytes) -> Option<Bytes> {
         match self.held.take() {
             Some((mut buf, step)) => {
@@ -332,11 +369,12 @@ impl<B> FilteredBody<B> {
                 let _ = self.chain.run_data(self.direction, step, &mut data, true);
                 Some(data)
             }
-            None if last.is_empty() => None,
             None => {
+                // Every filter sees the end of the body, even with nothing left in it: one
+                // that holds output back (a compressor) releases it now.
                 let mut data = last;
                 let _ = self.chain.run_data(self.direction, 0, &mut data, true);
-                Some(data)
+                (!data.is_empty()).then_some(data)
             }
         }
     }

@@ -278,20 +278,18 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 /// coding other than one `chunked`. hyper's client reads such responses one way or another; an
 /// upstream and a proxy that read them differently is how responses get desynchronised.
 pub fn ambiguous_response(h: &http::HeaderMap) -> bool {
-    let te: Vec<&[u8]> = h
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .map(|v| trim(v.as_bytes()))
-        .collect();
-    let cl: Vec<&[u8]> = h
-        .get_all(http::header::CONTENT_LENGTH)
-        .iter()
-        .map(|v| trim(v.as_bytes()))
-        .collect();
-    match (&te[..], &cl[..]) {
-        ([], []) => false,
-        ([], [one]) => parse_length(one).is_none(),
-        ([one], []) => !one.eq_ignore_ascii_case(b"chunked"),
+    // At most one of each is looked at: two of either is ambiguous already.
+    let first_two = |name| {
+        let mut values = h.get_all(name).iter().map(|v| trim(v.as_bytes()));
+        (values.next(), values.next().is_some())
+    };
+    match (
+        first_two(http::header::TRANSFER_ENCODING),
+        first_two(http::header::CONTENT_LENGTH),
+    ) {
+        ((None, _), (None, _)) => false,
+        ((None, _), (Some(one), false)) => parse_length(one).is_none(),
+        ((Some(one), false), (None, _)) => !one.eq_ignore_ascii_case(b"chunked"),
         _ => true,
     }
 }

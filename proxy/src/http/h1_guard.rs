@@ -225,6 +225,57 @@ impl<T> H1Guard<T> {
         }
     }
 
+    /// Follows the framing over bytes already in hyper's buffer; returns how many of them hyper
+    /// may read now. It stops before anything that needs [`Self::advance`]: a head that is not
+    /// complete or not accepted, or a chunked body hyper will refuse.
+    fn judge_in_place(&mut self, new: &[u8]) -> usize {
+        let mut at = 0;
+        while at < new.len() {
+            let rest = &new[at..];
+            match self.state {
+                State::Head => match framing::scan(rest) {
+                    Scan::Head {
+                        len,
+                        verdict: Verdict::Accept(f),
+                    } => {
+                        at += len;
+                        self.state = match f {
+                            Framing::None | Framing::Length(0) => State::Head,
+                            Framing::Length(n) => State::Length(n),
+                            Framing::Chunked => State::Chunked(Chunked::Start),
+                            Framing::Opaque => State::Closed,
+                        };
+                    }
+                    _ => return at,
+                },
+                State::Length(left) => {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(rest.len());
+                    at += n;
+                    let left = left - n as u64;
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Length(left)
+                    };
+                }
+                State::Chunked(mut c) => match c.feed(rest) {
+                    Ok(n) if n > 0 => {
+                        at += n;
+                        self.state = if c.is_end() {
+                            State::Head
+                        } else {
+                            State::Chunked(c)
+                        };
+                    }
+                    _ => return at,
+                },
+                State::Through => return new.len(),
+                State::Preface | State::Closed | State::Refused => return at,
+            }
+        }
+        at
+    }
+
     fn pass(&mut self, n: usize) {
         let bytes = self.pending.split_to(n);
         self.ready.unsplit(bytes);
@@ -284,6 +335,33 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
                     };
                     return Poll::Ready(Ok(()));
                 }
+            }
+            // The usual case: whole heads and bodies arrive together. They are read straight
+            // into hyper's buffer and judged there; only what must wait (a head not complete
+            // yet, a refused one) is taken back into `pending`.
+            if this.pending.is_empty()
+                && !this.eof
+                && matches!(this.state, State::Head | State::Chunked(_))
+                && buf.remaining() > 0
+            {
+                let before = buf.filled().len();
+                ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                let after = buf.filled().len();
+                if after == before {
+                    this.eof = true;
+                    continue;
+                }
+                let keep = this.judge_in_place(&buf.filled()[before..]);
+                if before + keep < after {
+                    this.pending
+                        .extend_from_slice(&buf.filled()[before + keep..]);
+                    this.searched = 0;
+                    buf.set_filled(before + keep);
+                }
+                if keep > 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
             }
             if this.advance() {
                 continue;
@@ -405,6 +483,55 @@ mod tests {
             slot.borrow().as_ref().map(|r| r.refusal.reason),
             Some(framing::Reason::InvalidTransferEncoding)
         );
+    }
+
+    /// Hands out its bytes in pieces of a fixed size.
+    struct Pieces(Vec<u8>, usize, usize);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let (at, size) = (self.1, self.2);
+            let end = (at + size).min(self.0.len()).min(at + buf.remaining());
+            let piece = self.0[at..end].to_vec();
+            buf.put_slice(&piece);
+            self.1 = end;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn every_split_of_the_input_gives_the_same_verdict() {
+        let good = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /x HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+        let mut bad = good.clone();
+        bad.extend_from_slice(
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        );
+        for size in 1..=bad.len() {
+            let slot = RefusedSlot::default();
+            let mut g = H1Guard::new(Pieces(good.clone(), 0, size), slot.clone(), true);
+            let mut out = Vec::new();
+            g.read_to_end(&mut out).await.expect("read");
+            assert_eq!(out, good, "pieces of {size}");
+            assert!(slot.borrow().is_none());
+
+            let mut g = H1Guard::new(Pieces(bad.clone(), 0, size), slot.clone(), true);
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_millis(20),
+                g.read_to_end(&mut out),
+            )
+            .await;
+            let refused = slot.borrow_mut().take().expect("refused");
+            let mut expected = good.clone();
+            expected.extend_from_slice(
+                format!("GET {} HTTP/1.1\r\nhost: refused\r\n\r\n", refused.token).as_bytes(),
+            );
+            assert_eq!(out, expected, "pieces of {size}");
+        }
     }
 
     #[tokio::test]

@@ -46,6 +46,11 @@ pub mod names {
 /// `proxy-connection`, `upgrade`, `transfer-encoding` (framing is the codec's job), and `te`
 /// except its `trailers` token.
 pub fn remove_hop_by_hop(h: &mut HeaderMap) {
+    // One pass over the names first: each lookup below hashes a name, and most messages carry
+    // none of these.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if h.contains_key(header::CONNECTION) {
         // Every Connection header counts, not just the first.
         let mut named = Vec::new();
@@ -71,6 +76,15 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::UPGRADE);
     h.remove(header::TRANSFER_ENCODING);
     reduce_te(h);
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == names::KEEP_ALIVE
+        || name == names::PROXY_CONNECTION
 }
 
 fn reduce_te(h: &mut HeaderMap) {
@@ -151,6 +165,10 @@ pub fn authority_is_valid(a: &str) -> bool {
 
 /// Removes the `x-envoy-*` control headers that only internal requests may carry.
 pub fn strip_envoy_control_headers(h: &mut HeaderMap) {
+    // Removing by name parses and hashes each of them: look for the prefix once instead.
+    if !h.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        return;
+    }
     for name in ENVOY_CONTROL_HEADERS {
         h.remove(*name);
     }

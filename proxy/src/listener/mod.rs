@@ -296,6 +296,7 @@ fn chain(
                 Terminal::Http(Rc::new(HttpConnectionManager {
                     config: h.clone(),
                     stats: HcmStats::new(shard.clone(), &h.stat_prefix, scope),
+                    filters: crate::http::filter::factories(&h.http_filters, shard, &h.stat_prefix),
                 }))
             }
             NetworkFilter::TcpProxy(t) => Terminal::Tcp(

@@ -69,6 +69,7 @@ pub(super) fn translate_hcm(
             None => return Err(ConfigError::new(format!("{path}.route_config"), "required")),
         };
     let mut router = None;
+    let mut http_filters = Vec::new();
     for (i, f) in h.http_filters.iter().enumerate() {
         let fpath = format!("{path}.http_filters[{i}]");
         let typed = match &f.config_type {
@@ -90,6 +91,9 @@ pub(super) fn translate_hcm(
                     dynamic_stats: r.dynamic_stats.as_ref().is_none_or(|v| v.value),
                     suppress_envoy_headers: r.suppress_envoy_headers,
                 });
+            }
+            "envoy.extensions.filters.http.compressor.v3.Compressor" => {
+                http_filters.push(super::compressor::translate(&unpack(any, &tpath)?, &tpath)?);
             }
             other => {
                 return Err(ConfigError::new(
@@ -154,7 +158,7 @@ pub(super) fn translate_hcm(
         stat_prefix: h.stat_prefix.clone(),
         codec,
         routes,
-        http_filters: Vec::new(),
+        http_filters,
         router,
         access_logs,
         server_name,

@@ -1,3 +1,4 @@
 //! HTTP filters. The router is the terminal decoder filter.
 
+pub mod compressor;
 pub mod router;
