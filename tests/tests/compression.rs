@@ -90,11 +90,16 @@ async fn upstream() -> u16 {
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or("-"),
                         )
+                        .header("x-seen-len", body.len().to_string())
                         .header(
                             "x-seen-body",
                             seen.map_or("undecodable".to_string(), |s| s.len().to_string()),
                         );
                     let chunked = q.contains_key("chunked");
+                    let text = match q.get("enc") {
+                        Some(enc) => encode(enc, &text),
+                        None => text,
+                    };
                     let body = if status == 204 || status == 304 {
                         Bytes::new()
                     } else {
@@ -128,6 +133,25 @@ impl hyper::body::Body for Unsized {
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
         std::task::Poll::Ready(self.0.take().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// `body` compressed with `encoding` (gzip, br or zstd).
+fn encode(encoding: &str, body: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    match encoding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(body).expect("gzip");
+            e.finish().expect("gzip")
+        }
+        "br" => {
+            let mut w = brotli::CompressorWriter::new(Vec::new(), 4096, 5, 22);
+            w.write_all(body).expect("brotli");
+            w.into_inner()
+        }
+        "zstd" => zstd::stream::encode_all(body, 3).expect("zstd"),
+        other => panic!("no encoding {other}"),
     }
 }
 
@@ -389,6 +413,201 @@ async fn compression_as_envoy_does_it() {
             if !stats[0].contains_key(k) {
                 differences.push(format!("stat {k} only in skiff"));
             }
+        }
+        assert!(
+            differences.is_empty(),
+            "{} differences:\n{}",
+            differences.len(),
+            differences.join("\n")
+        );
+    })
+    .await
+}
+
+fn decompressor_config(admin: u16, listen: u16, upstream: u16) -> String {
+    format!(
+        r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ing
+          route_config:
+            virtual_hosts: [{{name: a, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: up}}}}]}}]
+          http_filters:
+          - name: envoy.filters.http.decompressor
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor
+              decompressor_library:
+                name: upload
+                typed_config: {{"@type": "type.googleapis.com/envoy.extensions.compression.gzip.decompressor.v3.Gzip", window_bits: 15, chunk_size: 8192, max_inflate_ratio: 1000}}
+          - name: envoy.filters.http.decompressor.br
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor
+              decompressor_library:
+                name: b
+                typed_config: {{"@type": "type.googleapis.com/envoy.extensions.compression.brotli.decompressor.v3.Brotli"}}
+              request_direction_config:
+                common_config: {{enabled: {{default_value: false, runtime_key: x}}}}
+          - name: envoy.filters.http.decompressor.zstd
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor
+              decompressor_library:
+                name: z
+                typed_config: {{"@type": "type.googleapis.com/envoy.extensions.compression.zstd.decompressor.v3.Zstd"}}
+              response_direction_config:
+                common_config: {{ignore_no_transform_header: true}}
+              request_direction_config:
+                advertise_accept_encoding: false
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: up
+    load_assignment:
+      cluster_name: up
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}}}]}}]
+"#
+    )
+}
+
+/// A request: method, path, accept-encoding, other headers, body.
+type Case<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>);
+
+/// What a client sees of one response, its body as it arrived.
+fn raw_view(r: &Resp) -> String {
+    let mut lines: Vec<String> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "date" | "server" | "x-envoy-upstream-service-time" | "transfer-encoding"
+            )
+        })
+        .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    lines.sort();
+    format!("{} {}\n{} bytes", r.status, lines.join("\n"), r.body.len())
+}
+
+#[tokio::test]
+async fn decompression_as_envoy_does_it() {
+    run_for(std::time::Duration::from_secs(120), async {
+        let up = upstream().await;
+        let mut proxies = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let (admin, listen) = (free_port(), free_port());
+            let p = ProxyProcess::start(
+                kind,
+                &decompressor_config(admin, listen, up),
+                &["--concurrency", "1"],
+            )
+            .await;
+            proxies.push((p, format!("127.0.0.1:{listen}")));
+        }
+        let text: Vec<u8> = b"abcdefgh".iter().copied().cycle().take(5000).collect();
+        let mut cases: Vec<Case> = Vec::new();
+        for path in [
+            "/",
+            "/?enc=gzip&ce=gzip",
+            "/?enc=br&ce=br",
+            "/?enc=zstd&ce=zstd",
+            "/?enc=gzip&ce=GZIP",
+            "/?enc=gzip&ce=gzip&cc=no-transform",
+            "/?enc=zstd&ce=zstd&cc=no-transform",
+            "/?enc=gzip&ce=gzip,%20br",
+            "/?enc=gzip&ce=br,%20gzip",
+            "/?ce=gzip&n=50",
+            "/?ce=br&n=50",
+            "/?enc=gzip&ce=gzip&status=204",
+            "/?enc=gzip&ce=gzip&chunked=1&n=200000",
+        ] {
+            for ae in ["", "br", "gzip;q=0.5", "identity"] {
+                cases.push(("GET", path, ae, Vec::new(), Vec::new()));
+            }
+            cases.push(("HEAD", path, "", Vec::new(), Vec::new()));
+        }
+        for (ce, body) in [
+            ("gzip", encode("gzip", &text)),
+            ("GZIP", encode("gzip", &text)),
+            ("br, gzip", encode("gzip", &text)),
+            ("gzip", b"not gzip".to_vec()),
+            ("br", encode("br", &text)),
+            ("zstd", encode("zstd", &text)),
+        ] {
+            cases.push(("POST", "/up", "", vec![("content-encoding", ce)], body));
+        }
+        // A request without a body is not decoded, whatever it is labelled.
+        cases.push((
+            "POST",
+            "/up",
+            "",
+            vec![("content-encoding", "gzip"), ("content-length", "0")],
+            Vec::new(),
+        ));
+        let mut differences = Vec::new();
+        for h2 in [false, true] {
+            for (method, path, ae, headers, body) in &cases {
+                let mut seen = Vec::new();
+                for (_, addr) in &proxies {
+                    let mut req = http::Request::builder()
+                        .method(*method)
+                        .uri(*path)
+                        .header("host", "x");
+                    if !ae.is_empty() {
+                        req = req.header("accept-encoding", *ae);
+                    }
+                    for (k, v) in headers {
+                        req = req.header(*k, *v);
+                    }
+                    let req = req.body(Bytes::from(body.clone())).expect("request");
+                    let resp = if h2 {
+                        let c = H2Client::connect(addr).await.expect("h2 connect");
+                        c.send(req).await.expect("h2 response")
+                    } else {
+                        let mut c = Http1Client::connect(addr).await.expect("connect");
+                        c.send(req).await.expect("response")
+                    };
+                    seen.push(raw_view(&resp));
+                }
+                if seen[0] != seen[1] {
+                    differences.push(format!(
+                        "{} {method} {path} ae {ae:?} {headers:?}\n  envoy: {}\n  skiff: {}",
+                        if h2 { "h2" } else { "h1" },
+                        seen[0].replace('\n', " | "),
+                        seen[1].replace('\n', " | ")
+                    ));
+                }
+            }
+        }
+        let mut stats = Vec::new();
+        for (p, _) in &proxies {
+            let mine: BTreeMap<String, String> = p
+                .admin()
+                .stats()
+                .await
+                .into_iter()
+                // The libraries' error counters count decoder calls, which depend on how the
+                // body was cut on its way (tests/DIFFERENCES.md); a bad body is tested above.
+                .filter(|(k, _)| {
+                    k.starts_with("http.ing.decompressor.")
+                        && !k.ends_with("brotli_error")
+                        && !k.ends_with("zstd_generic_error")
+                })
+                .collect();
+            stats.push(mine);
+        }
+        assert!(!stats[0].is_empty(), "Envoy has decompressor stats");
+        if stats[0] != stats[1] {
+            differences.push(format!(
+                "stats:\n  envoy: {:?}\n  skiff: {:?}",
+                stats[0], stats[1]
+            ));
         }
         assert!(
             differences.is_empty(),

@@ -563,6 +563,76 @@ pub enum RouteSource {
 pub enum HttpFilterConfig {
     /// `envoy.filters.http.compressor`.
     Compressor(Arc<Compressor>),
+    /// `envoy.filters.http.decompressor`.
+    Decompressor(Arc<Decompressor>),
+}
+
+/// `envoy.extensions.filters.http.decompressor.v3.Decompressor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decompressor {
+    /// `decompressor_library.name`: part of the stat names.
+    pub library_name: String,
+    /// `decompressor_library.typed_config`.
+    pub library: DecompressorLibrary,
+    /// `request_direction_config`: decompress requests (default on).
+    pub request: Option<DecompressionDirection>,
+    /// `request_direction_config.advertise_accept_encoding` (default true): with response
+    /// decompression on, the library's encoding is added to the request's `accept-encoding`.
+    pub advertise_accept_encoding: bool,
+    /// `response_direction_config`: decompress responses (default on).
+    pub response: Option<DecompressionDirection>,
+}
+
+/// `Decompressor.CommonDirectionConfig`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecompressionDirection {
+    /// `ignore_no_transform_header`: decompress despite `cache-control: no-transform`.
+    pub ignore_no_transform_header: bool,
+}
+
+/// A decompression library and its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecompressorLibrary {
+    /// `envoy.compression.gzip.decompressor`.
+    Gzip {
+        /// `window_bits` 9–15 (default 15).
+        window_bits: u8,
+        /// `max_inflate_ratio` (default 100): output beyond this many times the input is an
+        /// error.
+        max_inflate_ratio: u64,
+        /// `chunk_size` (default 4096).
+        chunk_size: usize,
+    },
+    /// `envoy.compression.brotli.decompressor`.
+    Brotli {
+        /// `chunk_size` (default 4096).
+        chunk_size: usize,
+    },
+    /// `envoy.compression.zstd.decompressor`.
+    Zstd {
+        /// `chunk_size` (default 4096).
+        chunk_size: usize,
+    },
+}
+
+impl DecompressorLibrary {
+    /// The `content-encoding` token it decodes.
+    pub fn encoding(&self) -> &'static str {
+        match self {
+            DecompressorLibrary::Gzip { .. } => "gzip",
+            DecompressorLibrary::Brotli { .. } => "br",
+            DecompressorLibrary::Zstd { .. } => "zstd",
+        }
+    }
+
+    /// The library's part of the stat names.
+    pub fn stat_prefix(&self) -> &'static str {
+        match self {
+            DecompressorLibrary::Gzip { .. } => "gzip",
+            DecompressorLibrary::Brotli { .. } => "brotli",
+            DecompressorLibrary::Zstd { .. } => "zstd",
+        }
+    }
 }
 
 /// `envoy.extensions.filters.http.compressor.v3.Compressor`.

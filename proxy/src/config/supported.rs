@@ -310,6 +310,39 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "envoy.extensions.filters.http.decompressor.v3.Decompressor",
+        &[
+            "decompressor_library",
+            "request_direction_config",
+            "response_direction_config",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.decompressor.v3.Decompressor.RequestDirectionConfig",
+        &["common_config", "advertise_accept_encoding"],
+    ),
+    (
+        "envoy.extensions.filters.http.decompressor.v3.Decompressor.ResponseDirectionConfig",
+        &["common_config"],
+    ),
+    (
+        "envoy.extensions.filters.http.decompressor.v3.Decompressor.CommonDirectionConfig",
+        &["enabled", "ignore_no_transform_header"],
+    ),
+    (
+        "envoy.extensions.compression.gzip.decompressor.v3.Gzip",
+        &["window_bits", "chunk_size", "max_inflate_ratio"],
+    ),
+    (
+        "envoy.extensions.compression.brotli.decompressor.v3.Brotli",
+        // Envoy's ring buffer is its own memory strategy; the output is the same.
+        &["disable_ring_buffer_reallocation", "chunk_size"],
+    ),
+    (
+        "envoy.extensions.compression.zstd.decompressor.v3.Zstd",
+        &["dictionaries", "chunk_size"],
+    ),
+    (
         "envoy.extensions.compression.zstd.compressor.v3.Zstd",
         &[
             "compression_level",

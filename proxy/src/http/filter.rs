@@ -86,6 +86,8 @@ pub trait HttpFilter {
 pub enum Factory {
     /// `envoy.filters.http.compressor`.
     Compressor(Rc<crate::http::filters::compressor::Factory>),
+    /// `envoy.filters.http.decompressor`.
+    Decompressor(Rc<crate::http::filters::decompressor::Factory>),
 }
 
 /// The worker's factories for an HCM's filters; stats go under `http.<stat_prefix>.`.
@@ -100,6 +102,9 @@ pub fn factories(
         .map(|c| match c {
             HttpFilterConfig::Compressor(cfg) => Factory::Compressor(Rc::new(
                 crate::http::filters::compressor::Factory::new(cfg.clone(), shard, stat_prefix),
+            )),
+            HttpFilterConfig::Decompressor(cfg) => Factory::Decompressor(Rc::new(
+                crate::http::filters::decompressor::Factory::new(cfg.clone(), shard, stat_prefix),
             )),
         })
         .collect()
@@ -119,6 +124,7 @@ pub fn build(factories: &[Factory]) -> Option<FilterChain> {
         .map(|f| -> Box<dyn HttpFilter> {
             match f {
                 Factory::Compressor(c) => Box::new(c.filter(&negotiation)),
+                Factory::Decompressor(d) => Box::new(d.filter()),
             }
         })
         .collect();

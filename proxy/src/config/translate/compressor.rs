@@ -1,14 +1,21 @@
-//! `envoy.filters.http.compressor` and its compression libraries.
+//! `envoy.filters.http.compressor` and `envoy.filters.http.decompressor` with their libraries.
 
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::extensions::compression::brotli::compressor::v3::Brotli;
+use envoy_types::pb::envoy::extensions::compression::brotli::decompressor::v3::Brotli as BrotliDecompressor;
 use envoy_types::pb::envoy::extensions::compression::gzip::compressor::v3::Gzip;
+use envoy_types::pb::envoy::extensions::compression::gzip::decompressor::v3::Gzip as GzipDecompressor;
 use envoy_types::pb::envoy::extensions::compression::zstd::compressor::v3::Zstd;
+use envoy_types::pb::envoy::extensions::compression::zstd::decompressor::v3::Zstd as ZstdDecompressor;
 use envoy_types::pb::envoy::extensions::filters::http::compressor::v3 as compressor;
+use envoy_types::pb::envoy::extensions::filters::http::decompressor::v3 as decompressor;
 
-use super::super::model::{CompressionDirection, Compressor, CompressorLibrary, HttpFilterConfig};
+use super::super::model::{
+    CompressionDirection, Compressor, CompressorLibrary, DecompressionDirection, Decompressor,
+    DecompressorLibrary, HttpFilterConfig,
+};
 use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 
@@ -305,4 +312,100 @@ fn zstd(z: &Zstd, path: &str) -> Result<CompressorLibrary, ConfigError> {
         strategy: z.strategy as u32,
         chunk_size: chunk_size(z.chunk_size.as_ref(), path)?,
     })
+}
+
+pub(super) fn translate_decompressor(
+    d: &decompressor::Decompressor,
+    path: &str,
+) -> Result<HttpFilterConfig, ConfigError> {
+    let lib = d
+        .decompressor_library
+        .as_ref()
+        .ok_or_else(|| ConfigError::new(format!("{path}.decompressor_library"), "required"))?;
+    let lpath = format!("{path}.decompressor_library.typed_config");
+    let any = lib
+        .typed_config
+        .as_ref()
+        .ok_or_else(|| ConfigError::new(lpath.clone(), "required"))?;
+    let library = match type_name(&any.type_url) {
+        "envoy.extensions.compression.gzip.decompressor.v3.Gzip" => {
+            let g: GzipDecompressor = unpack(any, &lpath)?;
+            let window_bits = match g.window_bits.as_ref().map(|v| v.value) {
+                None => 15,
+                Some(b @ 9..=15) => b as u8,
+                Some(_) => {
+                    return Err(ConfigError::new(
+                        format!("{lpath}.window_bits"),
+                        "must be between 9 and 15",
+                    ))
+                }
+            };
+            let max_inflate_ratio = match g.max_inflate_ratio.as_ref().map(|v| v.value) {
+                None => 100,
+                Some(r @ 1..=10000) => u64::from(r),
+                Some(_) => {
+                    return Err(ConfigError::new(
+                        format!("{lpath}.max_inflate_ratio"),
+                        "must be between 1 and 10000",
+                    ))
+                }
+            };
+            DecompressorLibrary::Gzip {
+                window_bits,
+                max_inflate_ratio,
+                chunk_size: chunk_size(g.chunk_size.as_ref(), &lpath)?,
+            }
+        }
+        "envoy.extensions.compression.brotli.decompressor.v3.Brotli" => {
+            let b: BrotliDecompressor = unpack(any, &lpath)?;
+            DecompressorLibrary::Brotli {
+                chunk_size: chunk_size(b.chunk_size.as_ref(), &lpath)?,
+            }
+        }
+        "envoy.extensions.compression.zstd.decompressor.v3.Zstd" => {
+            let z: ZstdDecompressor = unpack(any, &lpath)?;
+            if !z.dictionaries.is_empty() {
+                return Err(ConfigError::unsupported(format!("{lpath}.dictionaries")));
+            }
+            DecompressorLibrary::Zstd {
+                chunk_size: chunk_size(z.chunk_size.as_ref(), &lpath)?,
+            }
+        }
+        other => {
+            return Err(ConfigError::new(
+                lpath,
+                format!("unsupported decompression library '{other}'"),
+            ))
+        }
+    };
+    let common = |c: Option<&decompressor::decompressor::CommonDirectionConfig>| match c {
+        None => Some(DecompressionDirection {
+            ignore_no_transform_header: false,
+        }),
+        Some(c) => enabled(c.enabled.as_ref(), true).then_some(DecompressionDirection {
+            ignore_no_transform_header: c.ignore_no_transform_header,
+        }),
+    };
+    let request = common(
+        d.request_direction_config
+            .as_ref()
+            .and_then(|r| r.common_config.as_ref()),
+    );
+    let response = common(
+        d.response_direction_config
+            .as_ref()
+            .and_then(|r| r.common_config.as_ref()),
+    );
+    let advertise_accept_encoding = d
+        .request_direction_config
+        .as_ref()
+        .and_then(|r| r.advertise_accept_encoding.as_ref())
+        .is_none_or(|v| v.value);
+    Ok(HttpFilterConfig::Decompressor(Arc::new(Decompressor {
+        library_name: lib.name.clone(),
+        library,
+        request,
+        advertise_accept_encoding,
+        response,
+    })))
 }

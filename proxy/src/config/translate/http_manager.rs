@@ -95,6 +95,12 @@ pub(super) fn translate_hcm(
             "envoy.extensions.filters.http.compressor.v3.Compressor" => {
                 http_filters.push(super::compressor::translate(&unpack(any, &tpath)?, &tpath)?);
             }
+            "envoy.extensions.filters.http.decompressor.v3.Decompressor" => {
+                http_filters.push(super::compressor::translate_decompressor(
+                    &unpack(any, &tpath)?,
+                    &tpath,
+                )?);
+            }
             other => {
                 return Err(ConfigError::new(
                     tpath,

@@ -1,4 +1,5 @@
 //! HTTP filters. The router is the terminal decoder filter.
 
 pub mod compressor;
+pub mod decompressor;
 pub mod router;
