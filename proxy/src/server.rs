@@ -101,6 +101,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     // As Envoy, one count per document that had any (the file, --config-yaml).
     main.counter("server.static_unknown_fields")
         .add(loaded.dump.unknown_documents);
+    crate::overload::GLOBAL_CONNECTIONS.set_limit(loaded.model.overload.max_downstream_connections);
     let health_failed = Arc::new(AtomicBool::new(false));
     let drain_time = Duration::from_secs(opts.drain_time_s);
     let rt = tokio::runtime::Builder::new_current_thread()

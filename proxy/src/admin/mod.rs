@@ -87,8 +87,18 @@ impl AdminState {
 
 /// Serves the admin endpoints until the process ends.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    let logs: Arc<[crate::config::model::AccessLog]> = state
+        .config
+        .model
+        .admin
+        .as_ref()
+        .map(|a| a.access_logs.clone().into())
+        .unwrap_or_else(|| Arc::from(Vec::new()));
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, remote) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
@@ -96,10 +106,35 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
             }
         };
         let state = state.clone();
+        let logs = logs.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req)) }
+                let logs = logs.clone();
+                async move {
+                    if logs.is_empty() {
+                        return Ok::<_, Infallible>(handle(&state, req));
+                    }
+                    let mut info = crate::stream_info::StreamInfo::new(remote, local);
+                    info.method = Some(req.method().clone());
+                    info.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
+                    info.authority = req
+                        .headers()
+                        .get(header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    info.protocol = Some("HTTP/1.1");
+                    info.request_headers = req.headers().clone();
+                    let resp = handle(&state, req);
+                    info.response_code = Some(resp.status().as_u16());
+                    info.response_headers = resp.headers().clone();
+                    info.bytes_sent = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+                    info.finish();
+                    let writer = crate::access_log::Writer::default();
+                    writer.log(&logs, &info);
+                    writer.flush();
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)

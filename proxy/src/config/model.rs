@@ -24,6 +24,8 @@ pub struct Bootstrap {
     pub clusters: Vec<Arc<Cluster>>,
     /// `dynamic_resources`: where listeners and clusters beyond the static ones come from.
     pub dynamic: DynamicResources,
+    /// `overload_manager`.
+    pub overload: Overload,
 }
 
 /// `dynamic_resources`.
@@ -62,6 +64,15 @@ pub struct Node {
 pub struct Admin {
     /// `admin.address`.
     pub address: SocketAddr,
+    /// `admin.access_log`: a line per admin request.
+    pub access_logs: Vec<AccessLog>,
+}
+
+/// `overload_manager`: the resources skiff watches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overload {
+    /// `global_downstream_max_connections`'s `max_active_downstream_connections`.
+    pub max_downstream_connections: Option<u64>,
 }
 
 /// A listener.
@@ -114,6 +125,9 @@ pub struct Listener {
     pub socket_options: Vec<SocketOption>,
     /// `tcp_fast_open_queue_length`: TCP Fast Open with this queue (0: off).
     pub tcp_fast_open_queue_length: Option<u32>,
+    /// `ignore_global_conn_limit`: the overload manager's global connection limit neither
+    /// counts nor limits this listener's connections.
+    pub ignore_global_conn_limit: bool,
 }
 
 /// `envoy.config.core.v3.SocketOption`.

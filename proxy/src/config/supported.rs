@@ -8,9 +8,66 @@ use super::{proto, ConfigError};
 
 /// Message full name → the fields of it that skiff honours.
 const SUPPORTED: &[(&str, &[&str])] = &[
+    // application_log_config, deferred_stat_options, stats_flush_interval, layered_runtime's
+    // listed keys, cluster_manager's listed fields and the internal listener extension have no
+    // effect on traffic in skiff: docs/compatibility.md.
     (
         "envoy.config.bootstrap.v3.Bootstrap",
-        &["node", "admin", "static_resources", "dynamic_resources"],
+        &[
+            "node",
+            "admin",
+            "static_resources",
+            "dynamic_resources",
+            "overload_manager",
+            "layered_runtime",
+            "cluster_manager",
+            "application_log_config",
+            "deferred_stat_options",
+            "stats_flush_interval",
+            "bootstrap_extensions",
+        ],
+    ),
+    (
+        "envoy.config.overload.v3.OverloadManager",
+        &["refresh_interval", "resource_monitors"],
+    ),
+    (
+        "envoy.config.overload.v3.ResourceMonitor",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+        &["max_active_downstream_connections"],
+    ),
+    ("envoy.config.bootstrap.v3.LayeredRuntime", &["layers"]),
+    (
+        "envoy.config.bootstrap.v3.RuntimeLayer",
+        &["name", "static_layer", "admin_layer"],
+    ),
+    ("envoy.config.bootstrap.v3.RuntimeLayer.AdminLayer", &[]),
+    (
+        "envoy.config.bootstrap.v3.ClusterManager",
+        &["outlier_detection", "enable_deferred_cluster_creation"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.ClusterManager.OutlierDetection",
+        &["event_log_path"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig",
+        &["log_format"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig.LogFormat",
+        &["text_format", "json_format"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.Bootstrap.DeferredStatOptions",
+        &["enable_deferred_creation_stats"],
+    ),
+    (
+        "envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
+        &["buffer_size_kb"],
     ),
     (
         "envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
@@ -46,7 +103,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.core.v3.Locality",
         &["region", "zone", "sub_zone"],
     ),
-    ("envoy.config.bootstrap.v3.Admin", &["address"]),
+    // profile_path: where Envoy's CPU profiler writes; skiff has no profiler.
+    (
+        "envoy.config.bootstrap.v3.Admin",
+        &["address", "profile_path", "access_log"],
+    ),
     (
         "envoy.config.bootstrap.v3.Bootstrap.StaticResources",
         &["listeners", "clusters", "secrets"],
@@ -84,6 +145,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "enable_reuse_port",
             "listener_filters_timeout",
             "continue_on_listener_filters_timeout",
+            "ignore_global_conn_limit",
+            // skiff runs no overload actions (they are refused), so there is nothing to bypass.
+            "bypass_overload_manager",
         ],
     ),
     (

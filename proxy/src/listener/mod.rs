@@ -108,6 +108,7 @@ struct ListenerStats {
     worker_cx_active: Gauge,
     no_filter_chain_match: Counter,
     network_extension_config_missing: Counter,
+    downstream_global_cx_overflow: Counter,
 }
 
 /// The network filters of a chain, built for one worker.
@@ -342,6 +343,8 @@ impl Shared {
             no_filter_chain_match: shard.counter(&format!("{scope}no_filter_chain_match")),
             network_extension_config_missing: shard
                 .counter(&format!("{scope}network_extension_config_missing")),
+            downstream_global_cx_overflow: shard
+                .counter(&format!("{scope}downstream_global_cx_overflow")),
         };
         let filters = filters::Chain::new(&config, shard, &scope);
         let build = |fc: &Arc<model::FilterChain>| {
@@ -452,6 +455,19 @@ pub async fn accept_loop(listener: Rc<Shared>, socket: Rc<TcpListener>) {
 
 impl Shared {
     async fn handle(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
+        // The overload manager's global connection limit: over it, the connection is closed
+        // before anything else happens to it (and counted only here).
+        let _slot = if self.config.ignore_global_conn_limit {
+            None
+        } else {
+            match crate::overload::GLOBAL_CONNECTIONS.try_acquire() {
+                Some(slot) => Some(slot),
+                None => {
+                    self.stats.downstream_global_cx_overflow.inc();
+                    return;
+                }
+            }
+        };
         let _conn = self.worker.track_connection();
         // Whatever is still open when its drain's deadline passes is closed (the listener's
         // until a chain is chosen, then the chain's).

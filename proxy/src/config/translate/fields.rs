@@ -119,8 +119,8 @@ pub(super) fn listener(m: &listener_pb::Listener, path: &str) -> Result<(), Conf
         max_connections_to_accept_per_socket_event: _,
         bind_to_port: _,
         enable_mptcp,
-        ignore_global_conn_limit,
-        bypass_overload_manager,
+        ignore_global_conn_limit: _,
+        bypass_overload_manager: _,
         tcp_keepalive,
         listener_specifier,
     } = m;
@@ -139,8 +139,6 @@ pub(super) fn listener(m: &listener_pb::Listener, path: &str) -> Result<(), Conf
     refuse(path, "access_log", access_log)?;
     refuse(path, "tcp_backlog_size", tcp_backlog_size)?;
     refuse(path, "enable_mptcp", enable_mptcp)?;
-    refuse(path, "ignore_global_conn_limit", ignore_global_conn_limit)?;
-    refuse(path, "bypass_overload_manager", bypass_overload_manager)?;
     refuse(path, "tcp_keepalive", tcp_keepalive)?;
     refuse(path, "listener_specifier", listener_specifier)?;
     Ok(())

@@ -19,6 +19,7 @@ mod compressor;
 mod fields;
 mod http_manager;
 mod listener_filters;
+mod operations;
 mod tls;
 
 use clusters::translate_cluster;
@@ -100,11 +101,15 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         Some(a) => match &a.address {
             Some(addr) => Some(Admin {
                 address: socket_address(addr, "admin.address")?,
+                access_logs: operations::admin_access_logs(a)?,
             }),
             None => None,
         },
         None => None,
     };
+    let overload = operations::overload(b.overload_manager.as_ref())?;
+    operations::runtime(b.layered_runtime.as_ref())?;
+    operations::extensions(&b.bootstrap_extensions)?;
     let empty = bootstrap::bootstrap::StaticResources::default();
     let res = b.static_resources.as_ref().unwrap_or(&empty);
     let secrets = static_secrets(&res.secrets)?;
@@ -164,6 +169,7 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         listeners,
         clusters,
         dynamic,
+        overload,
     })
 }
 
@@ -453,6 +459,7 @@ fn translate_listener(
             address,
         )?,
         tcp_fast_open_queue_length: l.tcp_fast_open_queue_length.as_ref().map(|v| v.value),
+        ignore_global_conn_limit: l.ignore_global_conn_limit,
         accept_batch: match &l.max_connections_to_accept_per_socket_event {
             Some(v) if v.value == 0 => {
                 return Err(ConfigError::new(
