@@ -91,7 +91,10 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
         ),
         None => None,
     };
-    let store = Arc::new(Store::new(workers));
+    let store = Arc::new(Store::with_matcher(
+        workers,
+        loaded.model.stats.matcher.clone(),
+    ));
     let main = store.main().clone();
     main.gauge("server.concurrency").set(workers as i64);
     let unknown = &loaded.dump.unknown_fields;

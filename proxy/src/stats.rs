@@ -55,23 +55,47 @@ pub struct Shard {
     counters: Mutex<BTreeMap<String, Counter>>,
     gauges: Mutex<BTreeMap<String, Gauge>>,
     texts: Mutex<BTreeMap<String, String>>,
+    /// `stats_config.stats_matcher`: a stat it rejects is handed out but never kept, so it
+    /// neither shows nor takes memory beyond its handle.
+    matcher: Option<Arc<StatsMatcher>>,
 }
 
 impl Shard {
+    /// A shard that keeps only the stats `matcher` accepts.
+    pub fn with_matcher(matcher: Option<Arc<StatsMatcher>>) -> Self {
+        Shard {
+            matcher,
+            ..Shard::default()
+        }
+    }
+
+    fn keeps(&self, name: &str) -> bool {
+        self.matcher.as_ref().is_none_or(|m| m.accepts(name))
+    }
+
     /// The counter called `name`, created at zero.
     pub fn counter(&self, name: &str) -> Counter {
+        if !self.keeps(name) {
+            return Counter::default();
+        }
         let mut map = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
         map.entry(name.to_string()).or_default().clone()
     }
 
     /// The gauge called `name`, created at zero.
     pub fn gauge(&self, name: &str) -> Gauge {
+        if !self.keeps(name) {
+            return Gauge::default();
+        }
         let mut map = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
         map.entry(name.to_string()).or_default().clone()
     }
 
     /// Sets the text readout called `name` (Envoy's `version_text`, for example).
     pub fn set_text(&self, name: &str, value: &str) {
+        if !self.keeps(name) {
+            return;
+        }
         let mut map = self.texts.lock().unwrap_or_else(PoisonError::into_inner);
         map.insert(name.to_string(), value.to_string());
     }
@@ -120,8 +144,15 @@ pub struct Store {
 impl Store {
     /// A store with one shard for the main thread and one per worker.
     pub fn new(workers: usize) -> Self {
+        Self::with_matcher(workers, None)
+    }
+
+    /// A store whose shards keep only the stats `matcher` accepts.
+    pub fn with_matcher(workers: usize, matcher: Option<Arc<StatsMatcher>>) -> Self {
         Store {
-            shards: (0..=workers).map(|_| Arc::new(Shard::default())).collect(),
+            shards: (0..=workers)
+                .map(|_| Arc::new(Shard::with_matcher(matcher.clone())))
+                .collect(),
         }
     }
 
@@ -198,12 +229,147 @@ impl Store {
     }
 }
 
-/// Renders a snapshot in Prometheus text format with Envoy's tag extraction for the names skiff
-/// produces: cluster, listener, HCM and TCP proxy scopes, response codes and classes, workers.
+/// `stats_config.stats_matcher`: which stats exist.
+#[derive(Debug)]
+pub enum StatsMatcher {
+    /// `reject_all: true`.
+    RejectAll,
+    /// `inclusion_list`: only stats one of these names.
+    Inclusion(Vec<NameMatch>),
+    /// `exclusion_list`: every stat but those these name.
+    Exclusion(Vec<NameMatch>),
+}
+
+impl StatsMatcher {
+    /// Whether a stat of this name is kept.
+    pub fn accepts(&self, name: &str) -> bool {
+        match self {
+            StatsMatcher::RejectAll => false,
+            StatsMatcher::Inclusion(list) => list.iter().any(|m| m.matches(name)),
+            StatsMatcher::Exclusion(list) => !list.iter().any(|m| m.matches(name)),
+        }
+    }
+}
+
+/// One `StringMatcher` of a stats matcher list.
+#[derive(Debug)]
+pub struct NameMatch {
+    /// What is compared.
+    pub kind: NameMatchKind,
+    /// `ignore_case` (not for regexes).
+    pub ignore_case: bool,
+}
+
+/// The comparisons a stats matcher makes.
+#[derive(Debug)]
+pub enum NameMatchKind {
+    /// `exact`.
+    Exact(String),
+    /// `prefix`.
+    Prefix(String),
+    /// `suffix`.
+    Suffix(String),
+    /// `contains`.
+    Contains(String),
+    /// `safe_regex`: the whole name.
+    Regex(regex::Regex),
+}
+
+impl NameMatch {
+    fn matches(&self, name: &str) -> bool {
+        let lowered;
+        let name = if self.ignore_case {
+            lowered = name.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            name
+        };
+        let fold = |s: &str| {
+            if self.ignore_case {
+                s.to_ascii_lowercase()
+            } else {
+                s.to_string()
+            }
+        };
+        match &self.kind {
+            NameMatchKind::Exact(s) => name == fold(s),
+            NameMatchKind::Prefix(s) => name.starts_with(&fold(s)),
+            NameMatchKind::Suffix(s) => name.ends_with(&fold(s)),
+            NameMatchKind::Contains(s) => name.contains(&fold(s)),
+            NameMatchKind::Regex(r) => r.is_match(name),
+        }
+    }
+}
+
+/// `stats_config`'s tag extraction for the Prometheus output: its `stats_tags` in order, then
+/// Envoy's default extractors unless `use_all_default_tags` is false.
+#[derive(Debug)]
+pub struct Tagging {
+    /// `stats_tags` with a regex: the first capture group leaves the name, the second (or the
+    /// first, if there is one) is the tag's value.
+    pub extractors: Vec<(String, fancy_regex::Regex)>,
+    /// `stats_tags` with a `fixed_value`: on every stat.
+    pub fixed: Vec<(String, String)>,
+    /// `use_all_default_tags` (default true).
+    pub defaults: bool,
+}
+
+impl Default for Tagging {
+    fn default() -> Self {
+        Tagging {
+            extractors: Vec::new(),
+            fixed: Vec::new(),
+            defaults: true,
+        }
+    }
+}
+
+impl Tagging {
+    /// The metric name and tags of a stat.
+    fn extract(&self, name: &str) -> (String, Vec<(String, String)>) {
+        let mut rest = name.to_string();
+        let mut tags: Vec<(String, String)> = Vec::new();
+        for (tag, re) in &self.extractors {
+            let Ok(Some(c)) = re.captures(&rest) else {
+                continue;
+            };
+            let Some(remove) = c.get(1) else {
+                continue;
+            };
+            let value = c.get(2).unwrap_or(remove).as_str().to_string();
+            let (start, end) = (remove.start(), remove.end());
+            tags.push((tag.clone(), value));
+            rest = format!("{}{}", &rest[..start], &rest[end..]);
+        }
+        if self.defaults {
+            let (metric, defaults) = extract_tags(&rest);
+            rest = metric;
+            // A `stats_tags` entry named like a default one (`envoy.cluster_name`) replaces it.
+            let named: Vec<String> = self.extractors.iter().map(|(t, _)| sanitize(t)).collect();
+            let kept: Vec<(String, String)> = defaults
+                .into_iter()
+                .filter(|(k, _)| !named.iter().any(|t| t == k))
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            tags.extend(kept);
+        }
+        tags.extend(self.fixed.iter().cloned());
+        (rest, tags)
+    }
+}
+
+/// Renders a snapshot in Prometheus text format with Envoy's default tag extraction for the
+/// names skiff produces: cluster, listener, HCM and TCP proxy scopes, response codes and
+/// classes, workers.
 pub fn prometheus(snapshot: &BTreeMap<String, StatValue>) -> String {
+    prometheus_tagged(snapshot, &Tagging::default())
+}
+
+/// [`prometheus`] with `stats_config`'s tags.
+pub fn prometheus_tagged(snapshot: &BTreeMap<String, StatValue>, tagging: &Tagging) -> String {
     let mut families: BTreeMap<String, (bool, Vec<(String, String)>)> = BTreeMap::new();
     for (name, value) in snapshot {
-        let (metric, tags) = extract_tags(name);
+        let (metric, tags) = tagging.extract(name);
         let metric = format!("envoy_{}", sanitize(&metric));
         let (is_counter, v) = match value {
             StatValue::Counter(v) => (true, v.to_string()),
@@ -214,7 +380,7 @@ pub fn prometheus(snapshot: &BTreeMap<String, StatValue>) -> String {
         } else {
             let parts: Vec<String> = tags
                 .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .map(|(k, v)| format!("{}=\"{}\"", sanitize(k), escape(v)))
                 .collect();
             format!("{{{}}}", parts.join(","))
         };

@@ -207,3 +207,151 @@ async fn global_connection_limit_and_admin_access_log_as_envoy() {
     })
     .await
 }
+
+fn stats_config_bootstrap(admin: u16, listen: u16, upstream: u16, stats_config: &str) -> String {
+    format!(
+        r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+stats_config:
+{stats_config}
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ing
+          route_config:
+            virtual_hosts: [{{name: a, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: up}}}}]}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: up
+    load_assignment:
+      cluster_name: up
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream}}}}}}}}}]}}]
+"#
+    )
+}
+
+/// A Prometheus sample's metric and labels, without its value.
+fn sample_keys(
+    text: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut families: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let key = line.rsplit_once(' ').map_or(line, |(k, _)| k);
+        let (metric, labels) = match key.split_once('{') {
+            Some((m, l)) => {
+                let mut parts: Vec<&str> = l.trim_end_matches('}').split(',').collect();
+                parts.sort_unstable();
+                (m.to_string(), parts.join(","))
+            }
+            None => (key.to_string(), String::new()),
+        };
+        families.entry(metric).or_default().insert(labels);
+    }
+    families
+}
+
+/// Istio's and Envoy Gateway's `stats_config` shapes: the stats kept and the Prometheus tags
+/// agree with Envoy's for every metric both proxies have.
+#[tokio::test]
+async fn stats_config_as_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let up = EchoUpstream::start("u1").await;
+        // Istio's own tags (no defaults) with an inclusion list, and Envoy Gateway's (defaults
+        // plus its own), then an exclusion list.
+        let istio = r#"  use_all_default_tags: false
+  stats_tags:
+  - {tag_name: cluster_name, regex: "^cluster\\.((.+?)\\.)"}
+  - {tag_name: http_conn_manager_prefix, regex: "^http\\.(((?:[_.[:digit:]\\w]*|[_\\[\\]aAbBcCdDeEfF[:digit:]\\w\\:]*));\\.)"}
+  - {tag_name: response_code, regex: "_rq(_(\\d{3}))$"}
+  - {tag_name: response_code_class, regex: "_rq(_(\\dxx))$"}
+  - {tag_name: http_conn_manager_listener_prefix, regex: "^listener(?=\\.).*?\\.http\\.(((?:[_.[:digit:]]*|[_\\[\\]aAbBcCdDeEfF[:digit:]]*))\\.)"}
+  - {tag_name: listener_address, regex: "^listener\\.(((?:[_.[:digit:]]*|[_\\[\\]aAbBcCdDeEfF[:digit:]]*))\\.)"}
+  - {tag_name: mesh, fixed_value: m1}
+  stats_matcher:
+    inclusion_list:
+      patterns:
+      - prefix: cluster_manager
+      - prefix: listener_manager
+      - prefix: server
+      - prefix: cluster.up.
+      - suffix: downstream_rq_2xx
+      - safe_regex: {regex: "http\\.ing\\.downstream_cx_.*"}"#;
+        let gateway = r#"  use_all_default_tags: true
+  stats_tags:
+  - {tag_name: priority, regex: "circuit_breakers\\.((.+?)\\.).+"}
+  - {tag_name: from_zone, regex: "\\.zone(\\.(([^\\.]+)\\.))"}
+  stats_matcher:
+    exclusion_list:
+      patterns:
+      - {prefix: "http.ING.", ignore_case: true}
+      - contains: worker_"#;
+        for (what, stats_config) in [("istio", istio), ("gateway", gateway)] {
+            let mut texts = Vec::new();
+            let mut names = Vec::new();
+            for kind in [Kind::Envoy, Kind::under_test()] {
+                let (admin, listen) = (free_port(), free_port());
+                let yaml = stats_config_bootstrap(admin, listen, up.port(), stats_config);
+                let p = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+                for path in ["/a", "/b"] {
+                    let mut s = TcpStream::connect(("127.0.0.1", listen)).await.expect("connect");
+                    let req = format!("GET {path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n");
+                    s.write_all(req.as_bytes()).await.expect("write");
+                    let mut buf = Vec::new();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Each side listens on its own port, which is part of listener stat names.
+                let port = format!("_{listen}");
+                texts.push(p.admin().get("/stats/prometheus").await.text().replace(&port, "_PORT"));
+                names.push(
+                    p.admin()
+                        .stats()
+                        .await
+                        .into_keys()
+                        .map(|n| n.replace(&port, "_PORT"))
+                        .collect::<std::collections::BTreeSet<_>>(),
+                );
+            }
+            let (envoy, skiff) = (sample_keys(&texts[0]), sample_keys(&texts[1]));
+            let mut differences = Vec::new();
+            for (metric, samples) in &skiff {
+                match envoy.get(metric) {
+                    Some(e) if e != samples => differences.push(format!(
+                        "{metric}: envoy {e:?}, skiff {samples:?}"
+                    )),
+                    Some(_) => {}
+                    None => {}
+                }
+            }
+            let shared = skiff.keys().filter(|m| envoy.contains_key(*m)).count();
+            assert!(shared >= 5, "{what}: only {shared} metrics in common:\n{}", texts[1]);
+            // Every stat skiff keeps, Envoy keeps too (skiff has fewer stats overall).
+            // (Envoy creates its HTTP/2 codec stats with the first HTTP/2 connection, skiff
+            // with the connection manager.)
+            for n in names[1].iter().filter(|n| !n.starts_with("http2.")) {
+                if !names[0].contains(n) {
+                    differences.push(format!("{n} kept by skiff only"));
+                }
+            }
+            assert!(
+                differences.is_empty(),
+                "{what}: {} differences:\n{}",
+                differences.len(),
+                differences.join("\n")
+            );
+        }
+    })
+    .await
+}

@@ -299,7 +299,10 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             with_type(
                 StatusCode::OK,
                 "text/plain; charset=UTF-8",
-                stats::prometheus(&state.store.snapshot()),
+                stats::prometheus_tagged(
+                    &state.store.snapshot(),
+                    &state.config.model.stats.tagging,
+                ),
             )
         }
         "/listeners" => listeners(state, &q),

@@ -26,6 +26,17 @@ pub struct Bootstrap {
     pub dynamic: DynamicResources,
     /// `overload_manager`.
     pub overload: Overload,
+    /// `stats_config`.
+    pub stats: StatsConfig,
+}
+
+/// `stats_config`: which stats exist and how the Prometheus output tags them.
+#[derive(Debug, Clone, Default)]
+pub struct StatsConfig {
+    /// `stats_matcher`; `None` keeps every stat.
+    pub matcher: Option<Arc<crate::stats::StatsMatcher>>,
+    /// `stats_tags` and `use_all_default_tags`.
+    pub tagging: Arc<crate::stats::Tagging>,
 }
 
 /// `dynamic_resources`.

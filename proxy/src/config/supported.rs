@@ -25,8 +25,27 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "deferred_stat_options",
             "stats_flush_interval",
             "bootstrap_extensions",
+            "stats_config",
         ],
     ),
+    (
+        "envoy.config.metrics.v3.StatsConfig",
+        &["stats_tags", "use_all_default_tags", "stats_matcher"],
+    ),
+    (
+        "envoy.config.metrics.v3.TagSpecifier",
+        &["tag_name", "regex", "fixed_value"],
+    ),
+    (
+        "envoy.config.metrics.v3.StatsMatcher",
+        &["reject_all", "exclusion_list", "inclusion_list"],
+    ),
+    ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
+    (
+        "envoy.type.matcher.v3.RegexMatcher",
+        &["regex", "google_re2"],
+    ),
+    ("envoy.type.matcher.v3.RegexMatcher.GoogleRE2", &[]),
     (
         "envoy.config.overload.v3.OverloadManager",
         &["refresh_interval", "resource_monitors"],
@@ -311,7 +330,14 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.type.matcher.v3.StringMatcher",
-        &["exact", "prefix", "suffix", "contains", "ignore_case"],
+        &[
+            "exact",
+            "prefix",
+            "suffix",
+            "contains",
+            "ignore_case",
+            "safe_regex",
+        ],
     ),
     ("envoy.config.route.v3.RouteAction", &["cluster", "timeout"]),
     // gzip's memory_level and compression_strategy tune how hard zlib works; the output decodes

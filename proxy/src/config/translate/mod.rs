@@ -108,6 +108,7 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         None => None,
     };
     let overload = operations::overload(b.overload_manager.as_ref())?;
+    let stats = operations::stats(b.stats_config.as_ref())?;
     operations::runtime(b.layered_runtime.as_ref())?;
     operations::extensions(&b.bootstrap_extensions)?;
     let empty = bootstrap::bootstrap::StaticResources::default();
@@ -170,6 +171,7 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         clusters,
         dynamic,
         overload,
+        stats,
     })
 }
 

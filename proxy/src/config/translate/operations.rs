@@ -6,10 +6,11 @@ use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
 use envoy_types::pb::envoy::extensions::resource_monitors::downstream_connections::v3::DownstreamConnectionsConfig;
 use envoy_types::pb::google::protobuf::value::Kind;
 
-use super::super::model::{AccessLog, Overload};
+use super::super::model::{AccessLog, Overload, StatsConfig};
 use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 use super::translate_access_log;
+use crate::stats::{NameMatch, NameMatchKind, StatsMatcher, Tagging};
 
 /// Whether a runtime value is one skiff can stand behind.
 type ValueCheck = fn(&Kind) -> bool;
@@ -125,6 +126,97 @@ fn flatten<'a>(
             None => {}
         }
     }
+}
+
+/// `stats_config`.
+pub(super) fn stats(
+    c: Option<&envoy_types::pb::envoy::config::metrics::v3::StatsConfig>,
+) -> Result<StatsConfig, ConfigError> {
+    use envoy_types::pb::envoy::config::metrics::v3::{
+        stats_matcher::StatsMatcher as M, tag_specifier::TagValue,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern as P;
+    let Some(c) = c else {
+        return Ok(StatsConfig::default());
+    };
+    let mut tagging = Tagging {
+        defaults: c.use_all_default_tags.as_ref().is_none_or(|v| v.value),
+        ..Tagging::default()
+    };
+    for (i, t) in c.stats_tags.iter().enumerate() {
+        let path = format!("stats_config.stats_tags[{i}]");
+        if t.tag_name.is_empty() {
+            return Err(ConfigError::new(format!("{path}.tag_name"), "required"));
+        }
+        match &t.tag_value {
+            Some(TagValue::Regex(r)) => {
+                let re = fancy_regex::Regex::new(r).map_err(|e| {
+                    ConfigError::new(format!("{path}.regex"), format!("invalid regex: {e}"))
+                })?;
+                tagging.extractors.push((t.tag_name.clone(), re));
+            }
+            Some(TagValue::FixedValue(v)) => tagging.fixed.push((t.tag_name.clone(), v.clone())),
+            // A default tag named without a value: Envoy's own extractor of that name, which
+            // runs anyway with the defaults.
+            None => {
+                if !tagging.defaults {
+                    return Err(ConfigError::new(
+                        path,
+                        "a tag without regex or fixed_value needs use_all_default_tags",
+                    ));
+                }
+            }
+        }
+    }
+    let list = |l: &envoy_types::pb::envoy::r#type::matcher::v3::ListStringMatcher, path: &str| {
+        l.patterns
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let p = format!("{path}.patterns[{i}]");
+                let kind = match &m.match_pattern {
+                    Some(P::Exact(s)) => NameMatchKind::Exact(s.clone()),
+                    Some(P::Prefix(s)) => NameMatchKind::Prefix(s.clone()),
+                    Some(P::Suffix(s)) => NameMatchKind::Suffix(s.clone()),
+                    Some(P::Contains(s)) => NameMatchKind::Contains(s.clone()),
+                    Some(P::SafeRegex(r)) => NameMatchKind::Regex(
+                        regex::Regex::new(&format!("^(?:{})$", r.regex)).map_err(|e| {
+                            ConfigError::new(
+                                format!("{p}.safe_regex.regex"),
+                                format!("invalid regex: {e}"),
+                            )
+                        })?,
+                    ),
+                    _ => return Err(ConfigError::unsupported(p)),
+                };
+                Ok(NameMatch {
+                    kind,
+                    ignore_case: m.ignore_case,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()
+    };
+    let matcher = match c
+        .stats_matcher
+        .as_ref()
+        .and_then(|m| m.stats_matcher.as_ref())
+    {
+        None => None,
+        Some(M::RejectAll(false)) => None,
+        Some(M::RejectAll(true)) => Some(StatsMatcher::RejectAll),
+        Some(M::InclusionList(l)) => Some(StatsMatcher::Inclusion(list(
+            l,
+            "stats_config.stats_matcher.inclusion_list",
+        )?)),
+        Some(M::ExclusionList(l)) => Some(StatsMatcher::Exclusion(list(
+            l,
+            "stats_config.stats_matcher.exclusion_list",
+        )?)),
+    };
+    Ok(StatsConfig {
+        matcher: matcher.map(std::sync::Arc::new),
+        tagging: std::sync::Arc::new(tagging),
+    })
 }
 
 /// `admin.access_log`.
