@@ -107,9 +107,11 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         },
         None => None,
     };
-    let overload = operations::overload(b.overload_manager.as_ref())?;
+    let mut overload = operations::overload(b.overload_manager.as_ref())?;
     let stats = operations::stats(b.stats_config.as_ref())?;
-    operations::runtime(b.layered_runtime.as_ref())?;
+    // The runtime key is the older form of the limit; the resource monitor wins over it.
+    let runtime_limit = operations::runtime(b.layered_runtime.as_ref())?;
+    overload.max_downstream_connections = overload.max_downstream_connections.or(runtime_limit);
     operations::extensions(&b.bootstrap_extensions)?;
     let empty = bootstrap::bootstrap::StaticResources::default();
     let res = b.static_resources.as_ref().unwrap_or(&empty);

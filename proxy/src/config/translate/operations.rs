@@ -31,6 +31,16 @@ const RUNTIME_KEYS: &[(&str, ValueCheck)] = &[
     // Regex program size limits: skiff's regex engine has its own size limit.
     ("re2.max_program_size.error_level", |_| true),
     ("re2.max_program_size.warn_level", |_| true),
+    // true is Envoy 1.40's default and skiff's behaviour: no address is internal unless
+    // internal_address_config lists it.
+    ("envoy.reloadable_features.explicit_internal_address_config", |v| {
+        matches!(v, Kind::BoolValue(true))
+            || matches!(v, Kind::StringValue(s) if s == "true")
+    }),
+    // The Google gRPC client, which skiff does not run.
+    ("envoy.reloadable_features.google_grpc_disable_tls_13", |_| true),
+    // The older form of the global connection limit: honoured (see `runtime`).
+    ("overload.global_downstream_max_connections", |v| global_limit(v).is_some()),
     // false: a fragment in a request path is stripped rather than refused. skiff's codec
     // never sees one to refuse (tests/hostile_http1.rs); only the default `true` would differ.
     ("envoy.reloadable_features.http_reject_path_with_fragment", |v| {
@@ -75,11 +85,21 @@ pub(super) fn overload(
     Ok(out)
 }
 
+fn global_limit(v: &Kind) -> Option<u64> {
+    match v {
+        Kind::NumberValue(n) if *n >= 1.0 => Some(*n as u64),
+        Kind::StringValue(s) => s.trim().parse().ok().filter(|n| *n >= 1),
+        _ => None,
+    }
+}
+
 /// `layered_runtime`: static layers with the keys skiff can stand behind, and admin layers
-/// (empty until `/runtime_modify` exists).
-pub(super) fn runtime(r: Option<&bootstrap::LayeredRuntime>) -> Result<(), ConfigError> {
+/// (empty until `/runtime_modify` exists). Returns the global connection limit the
+/// `overload.global_downstream_max_connections` key sets, if any (the last layer wins).
+pub(super) fn runtime(r: Option<&bootstrap::LayeredRuntime>) -> Result<Option<u64>, ConfigError> {
+    let mut limit = None;
     let Some(r) = r else {
-        return Ok(());
+        return Ok(limit);
     };
     for (i, layer) in r.layers.iter().enumerate() {
         let path = format!("layered_runtime.layers[{i}]");
@@ -99,13 +119,16 @@ pub(super) fn runtime(r: Option<&bootstrap::LayeredRuntime>) -> Result<(), Confi
                             "unsupported runtime key (or value)",
                         ));
                     }
+                    if key == "overload.global_downstream_max_connections" {
+                        limit = global_limit(value);
+                    }
                 }
             }
             Some(LayerSpecifier::AdminLayer(_)) => {}
             _ => return Err(ConfigError::unsupported(path)),
         }
     }
-    Ok(())
+    Ok(limit)
 }
 
 /// A static layer's keys: nested objects join their names with dots, as Envoy reads them.
@@ -289,6 +312,22 @@ mod tests {
         )
         .expect_err("disk layer");
         assert!(e.contains("disk_layer"), "{e}");
+    }
+
+    #[test]
+    fn the_runtime_key_sets_the_connection_limit_unless_the_monitor_does() {
+        let runtime = "layered_runtime:\n  layers:\n  - name: a\n    static_layer: {overload.global_downstream_max_connections: \"5000\"}\n";
+        let limit = |extra: &str| {
+            crate::config::load_text(&format!(
+                "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 9901}}}}}}\n{extra}"
+            ))
+            .map(|l| l.model.overload.max_downstream_connections)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(limit(runtime), Ok(Some(5000)));
+        let monitor = "overload_manager:\n  resource_monitors:\n  - name: g\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig\n      max_active_downstream_connections: 10\n";
+        assert_eq!(limit(&format!("{runtime}{monitor}")), Ok(Some(10)));
+        assert!(limit(&runtime.replace("\"5000\"", "\"lots\"")).is_err());
     }
 
     #[test]
