@@ -538,6 +538,9 @@ pub struct HttpConnectionManager {
     pub via: Option<http::HeaderValue>,
     /// `http2_protocol_options` for downstream HTTP/2 connections.
     pub http2: Http2Options,
+    /// `upgrade_configs`: the upgrade types (lower case) this connection manager takes, and
+    /// whether each is enabled unless a route says otherwise.
+    pub upgrades: Vec<(String, bool)>,
 }
 
 /// Envoy 1.40's `SETTINGS_MAX_CONCURRENT_STREAMS` for downstream connections when

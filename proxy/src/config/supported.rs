@@ -213,7 +213,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "always_set_request_id_in_response",
             "via",
             "http2_protocol_options",
+            "upgrade_configs",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
+        &["upgrade_type", "enabled"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
@@ -249,7 +254,14 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.type.matcher.v3.StringMatcher",
         &["exact", "prefix", "suffix", "contains", "ignore_case"],
     ),
-    ("envoy.config.route.v3.RouteAction", &["cluster", "timeout"]),
+    (
+        "envoy.config.route.v3.RouteAction",
+        &["cluster", "timeout", "upgrade_configs"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.UpgradeConfig",
+        &["upgrade_type", "enabled"],
+    ),
     (
         "envoy.config.accesslog.v3.AccessLog",
         &["name", "typed_config"],

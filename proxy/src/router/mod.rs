@@ -103,6 +103,26 @@ pub struct Route {
     pub cluster: String,
     /// `route.timeout` (default 15 s); `None` when disabled with 0.
     pub timeout: Option<Duration>,
+    /// `route.upgrade_configs`: upgrade types (lower case) this route enables or disables,
+    /// whatever the connection manager says.
+    pub upgrades: Vec<(String, bool)>,
+}
+
+impl Route {
+    /// Whether an upgrade of `kind` (lower case) may go through this route: the route's own
+    /// setting wins; without one, the connection manager's `upgrade_configs` decide (Envoy's
+    /// `createUpgradeFilterChain`).
+    pub fn allows_upgrade(&self, kind: &str, hcm: &[(String, bool)]) -> bool {
+        match self.upgrades.iter().find(|(t, _)| t == kind) {
+            Some((_, enabled)) => *enabled,
+            None => upgrade_allowed(kind, hcm),
+        }
+    }
+}
+
+/// Whether the connection manager's `upgrade_configs` enable an upgrade of `kind`.
+fn upgrade_allowed(kind: &str, hcm: &[(String, bool)]) -> bool {
+    hcm.iter().any(|(t, enabled)| t == kind && *enabled)
 }
 
 /// A virtual host.
@@ -304,6 +324,24 @@ mod tests {
         assert!(e.unwrap_err().contains("duplicate entry of domain x.com"));
         let e = RouteTable::new("rc".into(), vec![vh("a", &["*"]), vh("b", &["*"])], false);
         assert!(e.unwrap_err().contains("single wildcard"));
+    }
+
+    #[test]
+    fn upgrades_route_setting_wins_over_the_connection_manager() {
+        let mut r = Route {
+            name: String::new(),
+            matcher: RouteMatch::new(PathMatch::Prefix("/".into()), true, vec![]),
+            cluster: "c".into(),
+            timeout: None,
+            upgrades: vec![],
+        };
+        let hcm = vec![("websocket".to_string(), true), ("off".to_string(), false)];
+        assert!(r.allows_upgrade("websocket", &hcm));
+        assert!(!r.allows_upgrade("off", &hcm));
+        assert!(!r.allows_upgrade("other", &hcm));
+        r.upgrades = vec![("websocket".into(), false), ("other".into(), true)];
+        assert!(!r.allows_upgrade("websocket", &hcm));
+        assert!(r.allows_upgrade("other", &hcm));
     }
 
     #[test]

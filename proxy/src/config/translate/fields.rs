@@ -665,7 +665,7 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
         cors,
         max_grpc_timeout,
         grpc_timeout_offset,
-        upgrade_configs,
+        upgrade_configs: _,
         internal_redirect_policy,
         internal_redirect_action,
         max_internal_redirects,
@@ -698,7 +698,6 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     refuse(path, "cors", cors)?;
     refuse(path, "max_grpc_timeout", max_grpc_timeout)?;
     refuse(path, "grpc_timeout_offset", grpc_timeout_offset)?;
-    refuse(path, "upgrade_configs", upgrade_configs)?;
     refuse(path, "internal_redirect_policy", internal_redirect_policy)?;
     refuse(path, "internal_redirect_action", internal_redirect_action)?;
     refuse(path, "max_internal_redirects", max_internal_redirects)?;
@@ -772,7 +771,7 @@ pub(super) fn http_connection_manager(
         forward_client_cert_matcher,
         proxy_100_continue,
         represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
-        upgrade_configs,
+        upgrade_configs: _,
         normalize_path,
         merge_slashes,
         path_with_escaped_slashes_action,
@@ -860,7 +859,6 @@ pub(super) fn http_connection_manager(
         "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
         represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
     )?;
-    refuse(path, "upgrade_configs", upgrade_configs)?;
     refuse(path, "normalize_path", normalize_path)?;
     refuse(path, "merge_slashes", merge_slashes)?;
     refuse(

@@ -149,7 +149,28 @@ pub(super) fn translate_hcm(
             ..Default::default()
         },
     };
+    let mut upgrades: Vec<(String, bool)> = Vec::new();
+    for (i, u) in h.upgrade_configs.iter().enumerate() {
+        let upath = format!("{path}.upgrade_configs[{i}]");
+        let hcm::http_connection_manager::UpgradeConfig {
+            upgrade_type,
+            filters,
+            enabled,
+        } = u;
+        if !filters.is_empty() {
+            return Err(ConfigError::unsupported(format!("{upath}.filters")));
+        }
+        let kind = upgrade_kind(upgrade_type, &format!("{upath}.upgrade_type"))?;
+        if upgrades.iter().any(|(t, _)| *t == kind) {
+            return Err(ConfigError::new(
+                upath,
+                format!("Error: multiple upgrade configs with the same name: '{upgrade_type}'"),
+            ));
+        }
+        upgrades.push((kind, enabled.as_ref().is_none_or(|v| v.value)));
+    }
     Ok(HttpConnectionManager {
+        upgrades,
         http2,
         stat_prefix: h.stat_prefix.clone(),
         codec,
@@ -416,6 +437,26 @@ fn translate_route(
             format!("unknown cluster '{cluster}'"),
         ));
     }
+    let mut upgrades: Vec<(String, bool)> = Vec::new();
+    for (i, u) in action.upgrade_configs.iter().enumerate() {
+        let upath = format!("{apath}.upgrade_configs[{i}]");
+        let route::route_action::UpgradeConfig {
+            upgrade_type,
+            enabled,
+            connect_config,
+        } = u;
+        if connect_config.is_some() {
+            return Err(ConfigError::unsupported(format!("{upath}.connect_config")));
+        }
+        let kind = upgrade_kind(upgrade_type, &format!("{upath}.upgrade_type"))?;
+        if upgrades.iter().any(|(t, _)| *t == kind) {
+            return Err(ConfigError::new(
+                upath,
+                format!("Duplicate upgrade {upgrade_type}"),
+            ));
+        }
+        upgrades.push((kind, enabled.as_ref().is_none_or(|v| v.value)));
+    }
     let timeout = match &action.timeout {
         Some(d) => duration(d, &format!("{apath}.timeout"))?,
         None => Duration::from_secs(15),
@@ -425,7 +466,23 @@ fn translate_route(
         matcher: RouteMatch::new(path_match, case_sensitive, headers),
         cluster,
         timeout: (!timeout.is_zero()).then_some(timeout),
+        upgrades,
     })
+}
+
+/// An upgrade type as the connection manager compares it (case-insensitively). CONNECT is
+/// refused: skiff does not terminate or forward CONNECT yet.
+fn upgrade_kind(upgrade_type: &str, path: &str) -> Result<String, ConfigError> {
+    if upgrade_type.is_empty() {
+        return Err(ConfigError::new(path, "required"));
+    }
+    if upgrade_type.eq_ignore_ascii_case("connect") {
+        return Err(ConfigError::new(
+            path,
+            "unsupported: CONNECT is not forwarded yet (websocket and other upgrade types are)",
+        ));
+    }
+    Ok(upgrade_type.to_ascii_lowercase())
 }
 
 fn translate_header_match(

@@ -110,7 +110,8 @@ impl Drop for Upstream {
 }
 
 /// Routes and forwards one request. `Err` is the local reply to send instead. With `source`
-/// (original_src), upstream connections come from that address.
+/// (original_src), upstream connections come from that address. `upgrade` is the type of an
+/// HTTP/1.1 upgrade the request asks for (lower case).
 #[allow(clippy::too_many_arguments)]
 pub async fn route(
     worker: &Rc<Worker>,
@@ -120,6 +121,7 @@ pub async fn route(
     request: &Rc<RequestProgress>,
     (downstream_remote, downstream_local): (std::net::SocketAddr, std::net::SocketAddr),
     source: Option<pool::Source>,
+    upgrade: Option<&str>,
     mut info: Option<&mut StreamInfo>,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let host_header = authority(&parts).unwrap_or("").to_string();
@@ -127,19 +129,21 @@ pub async fn route(
     // Each stream reads the route table in force when it starts (RDS updates reach
     // long-lived connections on their next stream).
     let rds;
-    let table: &crate::router::RouteTable = match &cfg.routes {
-        model::RouteSource::Static(t) => t,
+    let table: Option<&crate::router::RouteTable> = match &cfg.routes {
+        model::RouteSource::Static(t) => Some(t),
         model::RouteSource::Rds { name, .. } => {
-            rds = worker.route_table(name).ok_or(LocalReply::NO_ROUTE)?;
-            &rds
+            rds = worker.route_table(name);
+            rds.as_deref()
         }
     };
-    let vhost = table
-        .virtual_host(&host_header)
-        .ok_or(LocalReply::NO_ROUTE)?;
-    let route = vhost
-        .route(path, &parts.headers)
-        .ok_or(LocalReply::NO_ROUTE)?;
+    let route = table
+        .and_then(|t| t.virtual_host(&host_header))
+        .and_then(|vh| vh.route(path, &parts.headers));
+    let route = route.ok_or(LocalReply::NO_ROUTE)?;
+    // An upgrade neither the route nor the connection manager takes: Envoy's 403.
+    if upgrade.is_some_and(|kind| !route.allows_upgrade(kind, &cfg.upgrades)) {
+        return Err(LocalReply::UPGRADE_FORBIDDEN);
+    }
     let cluster = worker
         .clusters
         .get(&route.cluster)
@@ -220,8 +224,14 @@ pub async fn route(
         }
     };
     // Envoy's route timeout runs from the end of the request to the end of the response; this
-    // part covers the wait for the response headers, the response body carries the rest.
-    let result = match route.timeout {
+    // part covers the wait for the response headers, the response body carries the rest. An
+    // upgrade's request never ends (its body is the tunnel), so its timeout never starts.
+    let timeout = if upgrade.is_some() {
+        None
+    } else {
+        route.timeout
+    };
+    let result = match timeout {
         Some(t) => {
             let timer = async {
                 request.wait_done().await;
@@ -250,8 +260,11 @@ pub async fn route(
                 cluster.stats.response_code(resp.status().as_u16());
             }
             upstream.failed = resp.status().is_server_error();
-            upstream.conn = Some(conn);
-            let deadline = route.timeout.map(|timeout| Deadline {
+            // After a 101 the upstream connection belongs to the tunnel, never to the pool.
+            if upgrade.is_none() || resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                upstream.conn = Some(conn);
+            }
+            let deadline = timeout.map(|timeout| Deadline {
                 timeout,
                 request: request.clone(),
             });
