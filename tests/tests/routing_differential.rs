@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use skiff_tests::client::{self, split_responses, Resp};
 use skiff_tests::config::{bootstrap, cluster, listener, router, to_yaml, HCM_TYPE};
 use skiff_tests::diff::{self, upstream_view};
-use skiff_tests::proxy::{Kind, ProxyProcess};
+use skiff_tests::proxy::{run_cli, write_config, Kind, ProxyProcess};
 use skiff_tests::side_by_side::assert_same_response;
 use skiff_tests::upstream::ws::{client_frame, server_frame, GREETING};
 use skiff_tests::upstream::{EchoUpstream, Recorder, WsUpstream};
@@ -298,6 +298,402 @@ async fn upgrades_side_by_side() {
                 "{}",
                 side.proxy.kind.name()
             );
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Route matching
+// ---------------------------------------------------------------------------------------------
+
+/// A route to `echo` told apart upstream by its timeout (`x-envoy-expected-rq-timeout-ms`).
+fn timed(m: Value, secs: u32) -> Value {
+    json!({ "match": m, "route": { "cluster": "echo", "timeout": format!("{secs}s") } })
+}
+
+fn hdr(name: &str, spec: Value) -> Value {
+    let mut h = json!({ "name": name });
+    if let (Some(o), Some(x)) = (h.as_object_mut(), spec.as_object()) {
+        for (k, v) in x {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    h
+}
+
+fn sel(v: &str) -> Value {
+    hdr("x-sel", json!({ "string_match": { "exact": v } }))
+}
+
+fn matching_config() -> Value {
+    let routes = vec![
+        timed(json!({ "path_separated_prefix": "/sep" }), 1001),
+        timed(json!({ "safe_regex": { "regex": "/re/[0-9]+" } }), 1002),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-exact", json!({ "exact_match": "a" }))] }),
+            1003,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-re", json!({ "string_match": { "safe_regex": { "regex": "v[0-9]+" } } }))] }),
+            1004,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-num", json!({ "range_match": { "start": 10, "end": 20 } }))] }),
+            1005,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr(":method", json!({ "string_match": { "exact": "DELETE" } }))] }),
+            1006,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr(":authority", json!({ "string_match": { "prefix": "auth." } }))] }),
+            1007,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr(":path", json!({ "string_match": { "suffix": ".json" } }))] }),
+            1008,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [sel("scheme"), hdr(":scheme", json!({ "string_match": { "exact": "http" } }))] }),
+            1009,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-inv", json!({ "string_match": { "exact": "nope" }, "invert_match": true }))] }),
+            1010,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [sel("missing"), hdr("x-missing", json!({ "string_match": { "exact": "" }, "treat_missing_header_as_empty": true }))] }),
+            1011,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-multi", json!({ "string_match": { "exact": "a,b" } }))] }),
+            1012,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [sel("host"), hdr("host", json!({ "present_match": true }))] }),
+            1013,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-any", json!({ "string_match": { "exact": "b" } }))] }),
+            1025,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-first", json!({ "exact_match": "a" }))] }),
+            1026,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-rng", json!({ "range_match": { "start": 1, "end": 3 } }))] }),
+            1027,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-invm", json!({ "string_match": { "exact": "a" }, "invert_match": true }))] }),
+            1028,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-pre", json!({ "prefix_match": "ab" }))] }),
+            1014,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-suf", json!({ "suffix_match": "yz" }))] }),
+            1015,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-con", json!({ "contains_match": "mid" }))] }),
+            1016,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-ic", json!({ "string_match": { "exact": "MiXed", "ignore_case": true } }))] }),
+            1017,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [sel("absent"), hdr("x-absent", json!({ "present_match": false }))] }),
+            1018,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [sel("invabsent"), hdr("x-absent", json!({ "string_match": { "exact": "z" }, "invert_match": true }))] }),
+            1019,
+        ),
+        timed(
+            json!({ "prefix": "/q", "query_parameters": [ { "name": "a", "string_match": { "exact": "1" } } ] }),
+            1020,
+        ),
+        timed(
+            json!({ "prefix": "/q", "query_parameters": [ { "name": "b", "present_match": true } ] }),
+            1021,
+        ),
+        timed(
+            json!({ "prefix": "/q", "headers": [sel("qc")], "query_parameters": [ { "name": "c", "present_match": false } ] }),
+            1022,
+        ),
+        timed(
+            json!({ "prefix": "/q", "query_parameters": [ { "name": "d", "string_match": { "prefix": "x%20y" } } ] }),
+            1023,
+        ),
+        timed(
+            json!({ "prefix": "/q", "query_parameters": [ { "name": "e" } ] }),
+            1024,
+        ),
+        timed(json!({ "prefix": "/g", "grpc": {} }), 1030),
+        timed(json!({ "prefix": "/CaSe", "case_sensitive": false }), 1040),
+        timed(json!({ "path": "/Exact", "case_sensitive": false }), 1041),
+        timed(
+            json!({ "safe_regex": { "regex": "/Re/[a-z]+" }, "case_sensitive": false }),
+            1042,
+        ),
+        timed(
+            json!({ "path_separated_prefix": "/Sep2", "case_sensitive": false }),
+            1043,
+        ),
+        timed(json!({ "prefix": "/" }), 1099),
+    ];
+    hcm_with(
+        json!([ { "name": "all", "domains": ["*"], "routes": routes } ]),
+        json!({}),
+    )
+}
+
+/// (method, path, authority, headers, Envoy's route by timeout in seconds)
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    u32,
+);
+
+const H: &str = "match.example.com";
+
+const MATCH_CASES: &[Case] = &[
+    ("GET", "/sep", H, &[], 1001),
+    ("GET", "/sep/x", H, &[], 1001),
+    ("GET", "/sep?x=1", H, &[], 1001),
+    ("GET", "/sepx", H, &[], 1099),
+    ("GET", "/SEP", H, &[], 1099),
+    ("GET", "/re/123", H, &[], 1002),
+    ("GET", "/re/123?q=a", H, &[], 1002),
+    ("GET", "/re/12a", H, &[], 1099),
+    ("GET", "/re/123/x", H, &[], 1099),
+    ("GET", "/hdr", H, &[("x-exact", "a")], 1003),
+    ("GET", "/hdr", H, &[("x-exact", "A")], 1099),
+    ("GET", "/hdr", H, &[("x-re", "v12")], 1004),
+    ("GET", "/hdr", H, &[("x-re", "v12x")], 1099),
+    ("GET", "/hdr", H, &[("x-num", "10")], 1005),
+    ("GET", "/hdr", H, &[("x-num", "19")], 1005),
+    ("GET", "/hdr", H, &[("x-num", "20")], 1099),
+    ("GET", "/hdr", H, &[("x-num", "+15")], 1005),
+    ("GET", "/hdr", H, &[("x-num", "1.5e1")], 1099),
+    ("DELETE", "/hdr", H, &[], 1006),
+    ("GET", "/hdr", "auth.example.com", &[], 1007),
+    ("GET", "/hdr/a.json", H, &[], 1008),
+    ("GET", "/hdr/a.json?x", H, &[], 1099),
+    ("GET", "/hdr", H, &[("x-sel", "scheme")], 1009),
+    ("GET", "/hdr", H, &[("x-inv", "yes")], 1010),
+    ("GET", "/hdr", H, &[("x-inv", "nope")], 1099),
+    ("GET", "/hdr", H, &[("x-sel", "missing")], 1011),
+    (
+        "GET",
+        "/hdr",
+        H,
+        &[("x-sel", "missing"), ("x-missing", "v")],
+        1099,
+    ),
+    (
+        "GET",
+        "/hdr",
+        H,
+        &[("x-multi", "a"), ("x-multi", "b")],
+        1099,
+    ),
+    ("GET", "/hdr", H, &[("x-any", "a"), ("x-any", "b")], 1025),
+    (
+        "GET",
+        "/hdr",
+        H,
+        &[("x-first", "b"), ("x-first", "a")],
+        1026,
+    ),
+    ("GET", "/hdr", H, &[("x-rng", "2"), ("x-rng", "5")], 1027),
+    ("GET", "/hdr", H, &[("x-invm", "a"), ("x-invm", "b")], 1099),
+    ("GET", "/hdr", H, &[("x-multi", "a,b")], 1012),
+    ("GET", "/hdr", H, &[("x-sel", "host")], 1013),
+    ("GET", "/hdr", H, &[("x-pre", "abc")], 1014),
+    ("GET", "/hdr", H, &[("x-suf", "xyz")], 1015),
+    ("GET", "/hdr", H, &[("x-con", "amidb")], 1016),
+    ("GET", "/hdr", H, &[("x-ic", "mixed")], 1017),
+    ("GET", "/hdr", H, &[("x-sel", "absent")], 1018),
+    (
+        "GET",
+        "/hdr",
+        H,
+        &[("x-sel", "absent"), ("x-absent", "1")],
+        1099,
+    ),
+    ("GET", "/hdr", H, &[("x-sel", "invabsent")], 1099),
+    (
+        "GET",
+        "/hdr",
+        H,
+        &[("x-sel", "invabsent"), ("x-absent", "y")],
+        1019,
+    ),
+    ("GET", "/q?a=1", H, &[], 1020),
+    ("GET", "/q?a=2&a=1", H, &[], 1099),
+    ("GET", "/q?x=0&a=1&a=2", H, &[], 1020),
+    ("GET", "/q?b", H, &[], 1021),
+    ("GET", "/q?b=", H, &[], 1021),
+    ("GET", "/q", H, &[("x-sel", "qc")], 1022),
+    ("GET", "/q?c=1", H, &[("x-sel", "qc")], 1099),
+    ("GET", "/q?d=x%20y", H, &[], 1023),
+    ("GET", "/q?d=x%20yz", H, &[], 1023),
+    ("GET", "/q?d=x+y", H, &[], 1099),
+    ("GET", "/q?e=1", H, &[], 1024),
+    (
+        "GET",
+        "/g",
+        H,
+        &[("content-type", "application/grpc")],
+        1030,
+    ),
+    (
+        "GET",
+        "/g",
+        H,
+        &[("content-type", "application/grpc+proto")],
+        1030,
+    ),
+    (
+        "GET",
+        "/g",
+        H,
+        &[("content-type", "application/grpc-web")],
+        1099,
+    ),
+    ("GET", "/g", H, &[], 1099),
+    ("GET", "/case/x", H, &[], 1040),
+    ("GET", "/exact", H, &[], 1041),
+    ("GET", "/EXACT?x", H, &[], 1041),
+    ("GET", "/Re/abc", H, &[], 1042),
+    ("GET", "/re/ABC", H, &[], 1099),
+    ("GET", "/sep2/x", H, &[], 1043),
+];
+
+/// The route Envoy's upstream request shows, by its timeout in seconds (0: not forwarded).
+fn route_seconds(r: &Recorder, before: usize) -> u32 {
+    let reqs = r.requests();
+    if reqs.len() == before {
+        return 0;
+    }
+    reqs.last()
+        .and_then(|q| q.header("x-envoy-expected-rq-timeout-ms"))
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or(0, |ms| ms / 1000)
+}
+
+fn build_request(
+    http2: bool,
+    (method, path, authority, headers, _): &Case,
+) -> http::Request<bytes::Bytes> {
+    let mut req = if http2 {
+        client::h2_request(method, authority, path, bytes::Bytes::new())
+    } else {
+        client::request(method, path, authority, bytes::Bytes::new())
+    };
+    for (k, v) in *headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            http::HeaderValue::from_str(v).expect("value"),
+        );
+    }
+    req
+}
+
+async fn send(side: &Side, http2: bool, case: &Case) -> Resp {
+    let req = build_request(http2, case);
+    let r = if http2 {
+        let c = client::H2Client::connect(&side.addr()).await.expect("h2");
+        c.send(req).await
+    } else {
+        client::http1_once(&side.addr(), req).await
+    };
+    r.unwrap_or_else(|e| panic!("{case:?}: {e}"))
+}
+
+/// Sends every case through both proxies over HTTP/1.1 and HTTP/2 and compares. With
+/// `ROUTING_PROBE` set, prints the route each proxy chose instead (to learn Envoy's answer).
+async fn compare_cases(e: &Side, s: &Side, cases: &[Case]) {
+    for http2 in [false, true] {
+        for case in cases {
+            let what = format!("{} {} {:?} (h2: {http2})", case.0, case.1, case.3);
+            let (be, bs) = (e.echo.requests().len(), s.echo.requests().len());
+            let re = send(e, http2, case).await;
+            let rs = send(s, http2, case).await;
+            if std::env::var("ROUTING_PROBE").is_ok() {
+                eprintln!(
+                    "PROBE {what}: envoy {} skiff {} want {}",
+                    route_seconds(&e.echo, be),
+                    route_seconds(&s.echo, bs),
+                    case.4
+                );
+                continue;
+            }
+            assert_eq!(
+                route_seconds(&e.echo, be),
+                case.4,
+                "{what}: Envoy's route\n{:?}",
+                e.echo.requests().last()
+            );
+            assert_eq!(route_seconds(&s.echo, bs), case.4, "{what}: skiff's route");
+            assert_same_response(&what, &re, &rs);
+            same_upstream(&what, &e.echo, &s.echo);
+        }
+    }
+}
+
+#[tokio::test]
+async fn route_matching_side_by_side() {
+    run(async {
+        let (e, s) = pair(matching_config()).await;
+        compare_cases(&e, &s, MATCH_CASES).await;
+    })
+    .await
+}
+
+/// Route configurations both proxies must refuse at load time.
+#[tokio::test]
+async fn invalid_route_matches_are_refused_by_both() {
+    run(async {
+        let bad: &[(&str, Value)] = &[
+            ("separated prefix ending with /", json!({ "path_separated_prefix": "/a/" })),
+            ("separated prefix with a query", json!({ "path_separated_prefix": "/a?b" })),
+            ("regex that does not compile", json!({ "safe_regex": { "regex": "/(a" } })),
+            (
+                "ignore_case with safe_regex",
+                json!({ "prefix": "/", "headers": [hdr("x", json!({ "string_match": { "safe_regex": { "regex": "a" }, "ignore_case": true } }))] }),
+            ),
+            (
+                "duplicate route upgrade",
+                json!({ "prefix": "/", "__upgrades": true }),
+            ),
+        ];
+        for (what, m) in bad {
+            let mut route = timed(m.clone(), 1);
+            if m.get("__upgrades").is_some() {
+                route = json!({ "match": { "prefix": "/" }, "route": { "cluster": "echo",
+                    "upgrade_configs": [ { "upgrade_type": "websocket" }, { "upgrade_type": "WebSocket" } ] } });
+            }
+            let hcm = hcm_with(json!([ { "name": "v", "domains": ["*"], "routes": [route] } ]), json!({}));
+            let filter = json!({ "name": "hcm", "typed_config": hcm });
+            let v = bootstrap(
+                free_port(),
+                vec![listener("l", "127.0.0.1", free_port(), filter)],
+                vec![cluster("echo", &[free_port()])],
+            );
+            let cfg = write_config("bad-route", &to_yaml(&v));
+            for kind in [Kind::Envoy, Kind::under_test()] {
+                let out = run_cli(kind, &["--mode", "validate", "-c", cfg.path()]).await;
+                assert_ne!(out.code, Some(0), "{what}: {} accepted it:\n{}", kind.name(), out.output());
+            }
         }
     })
     .await

@@ -746,6 +746,8 @@ pub enum StringMatchKind {
     Suffix(String),
     /// `contains`.
     Contains(String),
+    /// `safe_regex`: the whole value must match (anchored at translation).
+    SafeRegex(regex::Regex),
 }
 
 impl StringMatch {
@@ -756,6 +758,7 @@ impl StringMatch {
             | StringMatchKind::Prefix(p)
             | StringMatchKind::Suffix(p)
             | StringMatchKind::Contains(p) => p.as_str(),
+            StringMatchKind::SafeRegex(re) => return re.is_match(value),
         };
         if self.ignore_case {
             // Patterns were lowered at translation time.
@@ -772,6 +775,7 @@ impl StringMatch {
             StringMatchKind::Prefix(_) => value.starts_with(pattern),
             StringMatchKind::Suffix(_) => value.ends_with(pattern),
             StringMatchKind::Contains(_) => value.contains(pattern),
+            StringMatchKind::SafeRegex(_) => false,
         }
     }
 }
@@ -780,11 +784,31 @@ impl StringMatch {
 #[derive(Debug, Clone)]
 pub struct HeaderMatch {
     /// `name`.
-    pub name: HeaderName,
+    pub name: HeaderKey,
     /// What to check.
     pub kind: HeaderMatchKind,
     /// `invert_match`.
     pub invert: bool,
+    /// `treat_missing_header_as_empty`: an absent header is matched as the empty value.
+    pub missing_as_empty: bool,
+}
+
+/// The header a [`HeaderMatch`] reads: a header, or one of the pseudo-headers Envoy's request
+/// header map holds for every request (HTTP/1.1 included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderKey {
+    /// A regular header.
+    Header(HeaderName),
+    /// `:method`.
+    Method,
+    /// `:authority` (the `Host` header of an HTTP/1.1 request).
+    Authority,
+    /// `:path`, query included.
+    Path,
+    /// `:scheme`.
+    Scheme,
+    /// Any other name starting with `:`, which no request carries.
+    OtherPseudo,
 }
 
 /// The check of a [`HeaderMatch`].
@@ -792,7 +816,28 @@ pub struct HeaderMatch {
 pub enum HeaderMatchKind {
     /// `present_match`: the header is present (true) or absent (false).
     Present(bool),
-    /// `string_match` on the header's value (several values are joined with `,`).
+    /// `string_match` (and the older `exact_match`, `prefix_match`, …) on the header's value
+    /// (several values are joined with `,`).
+    String(StringMatch),
+    /// `range_match`: the value as a signed integer in `[start, end)`.
+    Range(i64, i64),
+}
+
+/// A `query_parameters` entry of a route match.
+#[derive(Debug, Clone)]
+pub struct QueryMatch {
+    /// `name`.
+    pub name: String,
+    /// What to check.
+    pub check: QueryCheck,
+}
+
+/// The check of a [`QueryMatch`].
+#[derive(Debug, Clone)]
+pub enum QueryCheck {
+    /// `present_match` (and no specifier, which asks for presence).
+    Present(bool),
+    /// `string_match` on the parameter's first value.
     String(StringMatch),
 }
 

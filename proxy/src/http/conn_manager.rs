@@ -708,6 +708,13 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     }
     let body = filter::wrap(chain.as_ref(), body, Direction::Decode);
     let start = Instant::now();
+    // `:scheme` as Envoy's header map holds it: the client's over HTTP/2, else the connection's.
+    let scheme = match parts.uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("https") => "https",
+        Some(_) => "http",
+        None if conn.secure => "https",
+        None => "http",
+    };
     match router::route(
         &conn.worker,
         &cfg,
@@ -716,7 +723,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         &request,
         (conn.remote, conn.local),
         conn.source,
-        upgrade.as_deref(),
+        (scheme, upgrade.as_deref()),
         done.info.as_deref_mut(),
     )
     .await

@@ -6,7 +6,36 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::config::model::{HeaderMatch, HeaderMatchKind};
+use crate::config::model::{HeaderKey, HeaderMatch, HeaderMatchKind, QueryCheck, QueryMatch};
+
+/// What route matching reads of a request: its pseudo-headers (as Envoy's header map holds
+/// them for HTTP/1.1 too) and its headers.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path`, query included.
+    pub path: &'a str,
+    /// `:authority` (`Host` for HTTP/1.1).
+    pub authority: &'a str,
+    /// `:scheme`.
+    pub scheme: &'a str,
+    /// The other headers.
+    pub headers: &'a HeaderMap,
+}
+
+impl<'a> RequestView<'a> {
+    /// A GET of `path` with `headers` (tests).
+    pub fn get(path: &'a str, headers: &'a HeaderMap) -> Self {
+        RequestView {
+            method: "GET",
+            path,
+            authority: "",
+            scheme: "http",
+            headers,
+        }
+    }
+}
 
 /// How a route matches the path.
 #[derive(Debug, Clone)]
@@ -15,6 +44,11 @@ pub enum PathMatch {
     Prefix(String),
     /// `path`: the whole path once the query string is removed.
     Exact(String),
+    /// `path_separated_prefix`: the path without its query is the prefix, or the prefix
+    /// followed by `/`.
+    SeparatedPrefix(String),
+    /// `safe_regex`: the whole path without its query (anchored at translation).
+    Regex(regex::Regex),
 }
 
 /// `RouteMatch`.
@@ -23,6 +57,8 @@ pub struct RouteMatch {
     path: PathMatch,
     case_sensitive: bool,
     headers: Vec<HeaderMatch>,
+    query: Vec<QueryMatch>,
+    grpc: bool,
 }
 
 impl RouteMatch {
@@ -34,29 +70,55 @@ impl RouteMatch {
             match path {
                 PathMatch::Prefix(p) => PathMatch::Prefix(p.to_ascii_lowercase()),
                 PathMatch::Exact(p) => PathMatch::Exact(p.to_ascii_lowercase()),
+                PathMatch::SeparatedPrefix(p) => PathMatch::SeparatedPrefix(p.to_ascii_lowercase()),
+                // case_sensitive does not apply to regexes (Envoy).
+                PathMatch::Regex(r) => PathMatch::Regex(r),
             }
         };
         RouteMatch {
             path,
             case_sensitive,
             headers,
+            query: Vec::new(),
+            grpc: false,
         }
     }
 
-    /// Whether a request with this `:path` and these headers matches.
-    pub fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
+    /// With `query_parameters`.
+    pub fn with_query(mut self, query: Vec<QueryMatch>) -> Self {
+        self.query = query;
+        self
+    }
+
+    /// With `grpc`: only gRPC requests match.
+    pub fn with_grpc(mut self, grpc: bool) -> Self {
+        self.grpc = grpc;
+        self
+    }
+
+    /// Whether a request matches.
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        let path = req.path;
+        let bare = path.split(['?', '#']).next().unwrap_or(path);
         let path_ok = match &self.path {
             PathMatch::Prefix(p) => starts_with(path, p, self.case_sensitive),
             PathMatch::Exact(p) => {
-                let bare = path.split(['?', '#']).next().unwrap_or(path);
                 if self.case_sensitive {
                     bare == p
                 } else {
                     bare.eq_ignore_ascii_case(p)
                 }
             }
+            PathMatch::SeparatedPrefix(p) => {
+                (bare.len() == p.len() || bare.as_bytes().get(p.len()) == Some(&b'/'))
+                    && starts_with(bare, p, self.case_sensitive)
+            }
+            PathMatch::Regex(r) => r.is_match(bare),
         };
-        path_ok && self.headers.iter().all(|h| header_matches(h, headers))
+        path_ok
+            && (!self.grpc || is_grpc(req.headers))
+            && self.headers.iter().all(|h| header_matches(h, req))
+            && (self.query.is_empty() || query_matches(&self.query, path))
     }
 }
 
@@ -69,27 +131,93 @@ fn starts_with(s: &str, prefix: &str, case_sensitive: bool) -> bool {
     }
 }
 
-fn header_matches(m: &HeaderMatch, headers: &HeaderMap) -> bool {
-    let mut values = headers.get_all(&m.name).iter().peekable();
-    let present = values.peek().is_some();
-    let result = match &m.kind {
-        HeaderMatchKind::Present(want) => present == *want,
-        HeaderMatchKind::String(sm) => {
-            if !present {
-                // An absent header never matches, inverted or not (Envoy).
-                return false;
-            }
-            // Several values are matched as one, joined by ',' (Envoy).
-            let first = values.next().and_then(|v| v.to_str().ok()).unwrap_or("");
-            if values.peek().is_none() {
-                sm.matches(first)
-            } else {
-                let rest: Vec<&str> = values.filter_map(|v| v.to_str().ok()).collect();
-                sm.matches(&format!("{first},{}", rest.join(",")))
-            }
+/// A gRPC request: `content-type` `application/grpc`, or that followed by `+` or `;` (Envoy's
+/// `Grpc::Common::isGrpcRequestHeaders`).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    match ct.strip_prefix("application/grpc") {
+        Some(rest) => rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'),
+        None => false,
+    }
+}
+
+fn header_matches(m: &HeaderMatch, req: &RequestView<'_>) -> bool {
+    let pseudo = match &m.name {
+        HeaderKey::Method => Some(req.method),
+        HeaderKey::Path => Some(req.path),
+        HeaderKey::Authority => Some(req.authority),
+        HeaderKey::Scheme => Some(req.scheme),
+        HeaderKey::OtherPseudo | HeaderKey::Header(_) => None,
+    };
+    let check = |value: &str| match &m.kind {
+        HeaderMatchKind::Present(_) => true,
+        HeaderMatchKind::String(sm) => sm.matches(value),
+        HeaderMatchKind::Range(start, end) => {
+            parse_i64(value).is_some_and(|n| n >= *start && n < *end)
         }
     };
+    // A header sent several times matches when any of its values does (Envoy 1.40).
+    let (present, any) = match (&m.name, pseudo) {
+        (_, Some(v)) => (true, check(v)),
+        (HeaderKey::Header(name), None) => {
+            let mut values = req.headers.get_all(name).iter().peekable();
+            let present = values.peek().is_some();
+            (present, values.any(|v| check(v.to_str().unwrap_or(""))))
+        }
+        _ => (false, false),
+    };
+    if let HeaderMatchKind::Present(want) = &m.kind {
+        return (present == *want) != m.invert;
+    }
+    let result = if present {
+        any
+    } else if m.missing_as_empty {
+        check("")
+    } else {
+        // An absent header never matches, inverted or not (Envoy).
+        return false;
+    };
     result != m.invert
+}
+
+/// A header value as a signed integer, as `absl::SimpleAtoi` reads it: surrounding whitespace
+/// and one sign allowed.
+fn parse_i64(v: &str) -> Option<i64> {
+    let v = v.trim_matches(|c: char| c.is_ascii_whitespace());
+    let digits = v.strip_prefix(['+', '-']).unwrap_or(v);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if let Some(pos) = v.strip_prefix('+') {
+        return pos.parse().ok();
+    }
+    v.parse().ok()
+}
+
+/// `query_parameters`: each parameter's first value, undecoded, as Envoy's route matching
+/// reads the query string.
+fn query_matches(matchers: &[QueryMatch], path: &str) -> bool {
+    let query = match path.split_once('?') {
+        Some((_, q)) => q.split('#').next().unwrap_or(q),
+        None => "",
+    };
+    matchers.iter().all(|m| {
+        let first = query
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+            .find(|(k, _)| *k == m.name)
+            .map(|(_, v)| v);
+        match &m.check {
+            QueryCheck::Present(want) => first.is_some() == *want,
+            QueryCheck::String(sm) => first.is_some_and(|v| sm.matches(v)),
+        }
+    })
 }
 
 /// A route.
@@ -138,10 +266,8 @@ pub struct VirtualHost {
 
 impl VirtualHost {
     /// The first route that accepts the request.
-    pub fn route(&self, path: &str, headers: &HeaderMap) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| r.matcher.matches(path, headers))
+    pub fn route(&self, req: &RequestView<'_>) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matcher.matches(req))
     }
 }
 
@@ -347,13 +473,55 @@ mod tests {
     #[test]
     fn path_matching() {
         let h = HeaderMap::new();
+        let get = |p| RequestView::get(p, &h);
         let m = RouteMatch::new(PathMatch::Prefix("/Api".into()), true, vec![]);
-        assert!(m.matches("/Api/x?q", &h));
-        assert!(!m.matches("/api/x", &h));
+        assert!(m.matches(&get("/Api/x?q")));
+        assert!(!m.matches(&get("/api/x")));
         let m = RouteMatch::new(PathMatch::Prefix("/Api".into()), false, vec![]);
-        assert!(m.matches("/api/x", &h));
+        assert!(m.matches(&get("/api/x")));
         let m = RouteMatch::new(PathMatch::Exact("/a".into()), true, vec![]);
-        assert!(m.matches("/a?x=1", &h));
-        assert!(!m.matches("/a/", &h));
+        assert!(m.matches(&get("/a?x=1")));
+        assert!(!m.matches(&get("/a/")));
+        let m = RouteMatch::new(PathMatch::SeparatedPrefix("/Api".into()), false, vec![]);
+        for (p, want) in [
+            ("/api", true),
+            ("/API/x", true),
+            ("/api?x", true),
+            ("/apix", false),
+            ("/ap", false),
+        ] {
+            assert_eq!(m.matches(&get(p)), want, "{p}");
+        }
+    }
+
+    #[test]
+    fn header_and_query_checks() {
+        assert_eq!(parse_i64(" 42 "), Some(42));
+        assert_eq!(parse_i64("+7"), Some(7));
+        assert_eq!(parse_i64("-7"), Some(-7));
+        assert_eq!(parse_i64("7a"), None);
+        assert_eq!(parse_i64("+-7"), None);
+        assert_eq!(parse_i64(""), None);
+        let q = |name: &str, check| QueryMatch {
+            name: name.into(),
+            check,
+        };
+        assert!(query_matches(
+            &[q("a", QueryCheck::Present(true))],
+            "/p?b=1&a"
+        ));
+        assert!(query_matches(
+            &[q("a", QueryCheck::Present(false))],
+            "/p?b=1"
+        ));
+        assert!(!query_matches(&[q("a", QueryCheck::Present(true))], "/p"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            "application/grpc+proto".parse().expect("value"),
+        );
+        assert!(is_grpc(&h));
+        h.insert("content-type", "application/grpcx".parse().expect("value"));
+        assert!(!is_grpc(&h));
     }
 }

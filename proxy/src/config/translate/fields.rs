@@ -609,29 +609,21 @@ pub(super) fn route_match(m: &route_pb::RouteMatch, path: &str) -> Result<(), Co
         case_sensitive: _,
         runtime_fraction,
         headers: _,
-        query_parameters,
+        query_parameters: _,
         cookies,
-        grpc,
+        grpc: _,
         tls_context,
         dynamic_metadata,
         filter_state,
         path_specifier,
     } = m;
     refuse(path, "runtime_fraction", runtime_fraction)?;
-    refuse(path, "query_parameters", query_parameters)?;
     refuse(path, "cookies", cookies)?;
-    refuse(path, "grpc", grpc)?;
     refuse(path, "tls_context", tls_context)?;
     refuse(path, "dynamic_metadata", dynamic_metadata)?;
     refuse(path, "filter_state", filter_state)?;
-    if let Some(route_pb::route_match::PathSpecifier::SafeRegex(_)) = path_specifier {
-        return Err(unsupported(path, "safe_regex"));
-    }
     if let Some(route_pb::route_match::PathSpecifier::ConnectMatcher(_)) = path_specifier {
         return Err(unsupported(path, "connect_matcher"));
-    }
-    if let Some(route_pb::route_match::PathSpecifier::PathSeparatedPrefix(_)) = path_specifier {
-        return Err(unsupported(path, "path_separated_prefix"));
     }
     if let Some(route_pb::route_match::PathSpecifier::PathMatchPolicy(_)) = path_specifier {
         return Err(unsupported(path, "path_match_policy"));

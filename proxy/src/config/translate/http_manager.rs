@@ -393,12 +393,23 @@ fn translate_route(
         Some(route::route_match::PathSpecifier::Path(p)) => {
             crate::router::PathMatch::Exact(p.clone())
         }
-        Some(_) => {
-            return Err(ConfigError::new(
-                mpath,
-                "unsupported path specifier: only prefix and path",
-            ))
+        Some(route::route_match::PathSpecifier::PathSeparatedPrefix(p)) => {
+            // The proto's own rule: no `?` or `#`, and not ending with `/`.
+            if p.is_empty() || p.contains(['?', '#']) || p.ends_with('/') {
+                return Err(ConfigError::new(
+                    format!("{mpath}.path_separated_prefix"),
+                    "must not be empty, contain '?' or '#', or end with '/'",
+                ));
+            }
+            crate::router::PathMatch::SeparatedPrefix(p.clone())
         }
+        Some(route::route_match::PathSpecifier::SafeRegex(r)) => {
+            crate::router::PathMatch::Regex(regex(r, &format!("{mpath}.safe_regex"))?)
+        }
+        Some(_) => return Err(ConfigError::new(
+            mpath,
+            "unsupported path specifier: only prefix, path, path_separated_prefix and safe_regex",
+        )),
         None => {
             return Err(ConfigError::new(
                 mpath,
@@ -409,6 +420,10 @@ fn translate_route(
     let mut headers = Vec::new();
     for (i, h) in m.headers.iter().enumerate() {
         headers.push(translate_header_match(h, &format!("{mpath}.headers[{i}]"))?);
+    }
+    let mut query = Vec::new();
+    for (i, q) in m.query_parameters.iter().enumerate() {
+        query.push(query_match(q, &format!("{mpath}.query_parameters[{i}]"))?);
     }
     let action = match &r.action {
         Some(route::route::Action::Route(a)) => a,
@@ -463,7 +478,9 @@ fn translate_route(
     };
     Ok(Route {
         name: r.name.clone(),
-        matcher: RouteMatch::new(path_match, case_sensitive, headers),
+        matcher: RouteMatch::new(path_match, case_sensitive, headers)
+            .with_query(query)
+            .with_grpc(m.grpc.is_some()),
         cluster,
         timeout: (!timeout.is_zero()).then_some(timeout),
         upgrades,
@@ -490,22 +507,91 @@ fn translate_header_match(
     path: &str,
 ) -> Result<HeaderMatch, ConfigError> {
     use route::header_matcher::HeaderMatchSpecifier as S;
-    let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
-        .map_err(|_| ConfigError::new(format!("{path}.name"), "not a valid header name"))?;
-    let kind = match &h.header_match_specifier {
+    #[allow(deprecated)]
+    let route::HeaderMatcher {
+        name,
+        invert_match,
+        treat_missing_header_as_empty,
+        header_match_specifier,
+    } = h;
+    let lower = name.to_ascii_lowercase();
+    let name = match lower.as_str() {
+        ":method" => HeaderKey::Method,
+        // Envoy's header map holds the Host header as `:authority`.
+        ":authority" | "host" => HeaderKey::Authority,
+        ":path" => HeaderKey::Path,
+        ":scheme" => HeaderKey::Scheme,
+        n if n.starts_with(':') && n.len() > 1 => HeaderKey::OtherPseudo,
+        n => HeaderKey::Header(
+            http::HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| ConfigError::new(format!("{path}.name"), "not a valid header name"))?,
+        ),
+    };
+    let plain = |kind| StringMatch {
+        kind,
+        ignore_case: false,
+    };
+    #[allow(deprecated)]
+    let kind = match header_match_specifier {
         Some(S::PresentMatch(p)) => HeaderMatchKind::Present(*p),
         Some(S::StringMatch(sm)) => {
             HeaderMatchKind::String(string_match(sm, &format!("{path}.string_match"))?)
         }
+        Some(S::ExactMatch(v)) => HeaderMatchKind::String(plain(StringMatchKind::Exact(v.clone()))),
+        Some(S::PrefixMatch(v)) => {
+            HeaderMatchKind::String(plain(StringMatchKind::Prefix(v.clone())))
+        }
+        Some(S::SuffixMatch(v)) => {
+            HeaderMatchKind::String(plain(StringMatchKind::Suffix(v.clone())))
+        }
+        Some(S::ContainsMatch(v)) => {
+            HeaderMatchKind::String(plain(StringMatchKind::Contains(v.clone())))
+        }
+        Some(S::SafeRegexMatch(r)) => HeaderMatchKind::String(plain(StringMatchKind::SafeRegex(
+            regex(r, &format!("{path}.safe_regex_match"))?,
+        ))),
+        Some(S::RangeMatch(r)) => HeaderMatchKind::Range(r.start, r.end),
         // No specifier: the header must be present.
         None => HeaderMatchKind::Present(true),
-        Some(_) => return Err(ConfigError::unsupported(path)),
     };
     Ok(HeaderMatch {
         name,
         kind,
-        invert: h.invert_match,
+        invert: *invert_match,
+        missing_as_empty: *treat_missing_header_as_empty,
     })
+}
+
+fn query_match(q: &route::QueryParameterMatcher, path: &str) -> Result<QueryMatch, ConfigError> {
+    use route::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+    let route::QueryParameterMatcher {
+        name,
+        query_parameter_match_specifier,
+    } = q;
+    if name.is_empty() {
+        return Err(ConfigError::new(format!("{path}.name"), "required"));
+    }
+    let check = match query_parameter_match_specifier {
+        Some(Q::StringMatch(sm)) => {
+            QueryCheck::String(string_match(sm, &format!("{path}.string_match"))?)
+        }
+        Some(Q::PresentMatch(p)) => QueryCheck::Present(*p),
+        None => QueryCheck::Present(true),
+    };
+    Ok(QueryMatch {
+        name: name.clone(),
+        check,
+    })
+}
+
+/// A `RegexMatcher` (RE2 syntax, which Rust's `regex` shares for what RE2 accepts), anchored:
+/// Envoy requires the whole value to match.
+pub(super) fn regex(m: &matcher::RegexMatcher, path: &str) -> Result<regex::Regex, ConfigError> {
+    if m.regex.is_empty() {
+        return Err(ConfigError::new(format!("{path}.regex"), "required"));
+    }
+    regex::Regex::new(&format!("^(?:{})$", m.regex))
+        .map_err(|e| ConfigError::new(format!("{path}.regex"), format!("invalid regex: {e}")))
 }
 
 pub(super) fn string_match(
@@ -525,10 +611,19 @@ pub(super) fn string_match(
         Some(P::Prefix(s)) => StringMatchKind::Prefix(norm(s)),
         Some(P::Suffix(s)) => StringMatchKind::Suffix(norm(s)),
         Some(P::Contains(s)) => StringMatchKind::Contains(norm(s)),
+        Some(P::SafeRegex(r)) => {
+            if m.ignore_case {
+                return Err(ConfigError::new(
+                    path,
+                    "ignore_case has no effect for safe_regex.",
+                ));
+            }
+            StringMatchKind::SafeRegex(regex(r, &format!("{path}.safe_regex"))?)
+        }
         Some(_) => {
             return Err(ConfigError::new(
                 path,
-                "unsupported: only exact, prefix, suffix, contains",
+                "unsupported: only exact, prefix, suffix, contains, safe_regex",
             ))
         }
         None => return Err(ConfigError::new(path, "a match pattern is required")),

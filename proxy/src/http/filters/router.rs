@@ -121,7 +121,7 @@ pub async fn route(
     request: &Rc<RequestProgress>,
     (downstream_remote, downstream_local): (std::net::SocketAddr, std::net::SocketAddr),
     source: Option<pool::Source>,
-    upgrade: Option<&str>,
+    (scheme, upgrade): (&str, Option<&str>),
     mut info: Option<&mut StreamInfo>,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let host_header = authority(&parts).unwrap_or("").to_string();
@@ -136,9 +136,16 @@ pub async fn route(
             rds.as_deref()
         }
     };
+    let view = crate::router::RequestView {
+        method: parts.method.as_str(),
+        path,
+        authority: &host_header,
+        scheme,
+        headers: &parts.headers,
+    };
     let route = table
         .and_then(|t| t.virtual_host(&host_header))
-        .and_then(|vh| vh.route(path, &parts.headers));
+        .and_then(|vh| vh.route(&view));
     let route = route.ok_or(LocalReply::NO_ROUTE)?;
     // An upgrade neither the route nor the connection manager takes: Envoy's 403.
     if upgrade.is_some_and(|kind| !route.allows_upgrade(kind, &cfg.upgrades)) {
