@@ -24,8 +24,9 @@ struct Side {
     proxy: ProxyProcess,
     port: u16,
     echo: Recorder,
+    echo2: Recorder,
     ws: Recorder,
-    _ups: (EchoUpstream, WsUpstream),
+    _ups: (EchoUpstream, EchoUpstream, WsUpstream),
 }
 
 impl Side {
@@ -35,11 +36,12 @@ impl Side {
 }
 
 /// Envoy and the proxy under test with the bootstrap `hcm_config` (the HCM's typed_config)
-/// over the clusters `echo` and `ws`.
+/// over the clusters `echo`, `echo2` and `ws`.
 async fn pair(hcm_config: Value) -> (Side, Side) {
     let mut sides = Vec::new();
     for kind in [Kind::Envoy, Kind::under_test()] {
         let echo = EchoUpstream::start("echo").await;
+        let echo2 = EchoUpstream::start("echo2").await;
         let ws = WsUpstream::start().await;
         let (admin, port) = (free_port(), free_port());
         let filter = json!({
@@ -49,15 +51,20 @@ async fn pair(hcm_config: Value) -> (Side, Side) {
         let v = bootstrap(
             admin,
             vec![listener("routing", "127.0.0.1", port, filter)],
-            vec![cluster("echo", &[echo.port()]), cluster("ws", &[ws.port()])],
+            vec![
+                cluster("echo", &[echo.port()]),
+                cluster("echo2", &[echo2.port()]),
+                cluster("ws", &[ws.port()]),
+            ],
         );
         let proxy = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
         sides.push(Side {
             proxy,
             port,
             echo: echo.rec.clone(),
+            echo2: echo2.rec.clone(),
             ws: ws.rec.clone(),
-            _ups: (echo, ws),
+            _ups: (echo, echo2, ws),
         });
     }
     let s = sides.pop().expect("two sides");
@@ -690,6 +697,244 @@ async fn invalid_route_matches_are_refused_by_both() {
                 vec![cluster("echo", &[free_port()])],
             );
             let cfg = write_config("bad-route", &to_yaml(&v));
+            for kind in [Kind::Envoy, Kind::under_test()] {
+                let out = run_cli(kind, &["--mode", "validate", "-c", cfg.path()]).await;
+                assert_ne!(out.code, Some(0), "{what}: {} accepted it:\n{}", kind.name(), out.output());
+            }
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Route actions: direct responses, redirects, rewrites, cluster choice
+// ---------------------------------------------------------------------------------------------
+
+fn to(prefix: &str, action: Value) -> Value {
+    let mut r = json!({ "match": { "prefix": prefix } });
+    if let (Some(o), Some(x)) = (r.as_object_mut(), action.as_object()) {
+        for (k, v) in x {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    r
+}
+
+fn actions_config(body_file: &str) -> Value {
+    let routes = vec![
+        to(
+            "/direct/inline",
+            json!({ "direct_response": { "status": 200, "body": { "inline_string": "hello" } } }),
+        ),
+        to(
+            "/direct/empty",
+            json!({ "direct_response": { "status": 503 } }),
+        ),
+        to(
+            "/direct/file",
+            json!({ "direct_response": { "status": 418, "body": { "filename": body_file } } }),
+        ),
+        to(
+            "/direct/bytes",
+            json!({ "direct_response": { "status": 201, "body": { "inline_bytes": "aGk=" } } }),
+        ),
+        to(
+            "/redir/basic",
+            json!({ "redirect": { "host_redirect": "new.example.com" } }),
+        ),
+        to(
+            "/redir/https",
+            json!({ "redirect": { "https_redirect": true } }),
+        ),
+        to(
+            "/redir/scheme",
+            json!({ "redirect": { "scheme_redirect": "https", "host_redirect": "s.example.com" } }),
+        ),
+        to(
+            "/redir/port",
+            json!({ "redirect": { "port_redirect": 8443 } }),
+        ),
+        to(
+            "/redir/path",
+            json!({ "redirect": { "path_redirect": "/new/path", "response_code": "FOUND" } }),
+        ),
+        to(
+            "/redir/qpath",
+            json!({ "redirect": { "path_redirect": "/new?x=1", "strip_query": true } }),
+        ),
+        to(
+            "/redir/prefix",
+            json!({ "redirect": { "prefix_rewrite": "/p2", "response_code": "SEE_OTHER" } }),
+        ),
+        to(
+            "/redir/regex",
+            json!({ "redirect": { "regex_rewrite": { "pattern": { "regex": "^/redir/regex/([^/]+)$" }, "substitution": "/r/\\1" }, "response_code": "TEMPORARY_REDIRECT" } }),
+        ),
+        to(
+            "/redir/strip",
+            json!({ "redirect": { "strip_query": true, "response_code": "PERMANENT_REDIRECT" } }),
+        ),
+        to(
+            "/rw/prefix",
+            json!({ "route": { "cluster": "echo", "prefix_rewrite": "/new" } }),
+        ),
+        to(
+            "/rw/slash/",
+            json!({ "route": { "cluster": "echo", "prefix_rewrite": "/" } }),
+        ),
+        json!({ "match": { "path": "/rw/exact" }, "route": { "cluster": "echo", "prefix_rewrite": "/e2" } }),
+        json!({ "match": { "path_separated_prefix": "/rw/sep" }, "route": { "cluster": "echo", "prefix_rewrite": "/s2" } }),
+        to(
+            "/rw/regex",
+            json!({ "route": { "cluster": "echo", "regex_rewrite": { "pattern": { "regex": "/rw/regex/([0-9]+)" }, "substitution": "/id/\\1" } } }),
+        ),
+        to(
+            "/rw/host",
+            json!({ "route": { "cluster": "echo", "host_rewrite_literal": "literal.example.com" } }),
+        ),
+        to(
+            "/rw/hosthdr",
+            json!({ "route": { "cluster": "echo", "host_rewrite_header": "x-host" } }),
+        ),
+        to(
+            "/rw/auto",
+            json!({ "route": { "cluster": "echo", "auto_host_rewrite": true } }),
+        ),
+        to(
+            "/wc/one",
+            json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "echo", "weight": 100 }, { "name": "echo2", "weight": 0 } ] } } }),
+        ),
+        to(
+            "/wc/half",
+            json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "echo", "weight": 1 }, { "name": "echo2", "weight": 1 } ] } } }),
+        ),
+        to(
+            "/ch404",
+            json!({ "route": { "cluster_header": "x-cluster", "cluster_not_found_response_code": "NOT_FOUND" } }),
+        ),
+        to("/ch", json!({ "route": { "cluster_header": "x-cluster" } })),
+        to("/", json!({ "route": { "cluster": "echo" } })),
+    ];
+    hcm_with(
+        json!([ { "name": "all", "domains": ["*"], "routes": routes } ]),
+        json!({}),
+    )
+}
+
+const ACTION_CASES: &[Case] = &[
+    ("GET", "/direct/inline", H, &[], 200),
+    ("HEAD", "/direct/inline", H, &[], 200),
+    ("POST", "/direct/inline?x=1", H, &[], 200),
+    ("GET", "/direct/empty", H, &[], 503),
+    ("GET", "/direct/file", H, &[], 418),
+    ("GET", "/direct/bytes", H, &[], 201),
+    ("GET", "/redir/basic/x?q=1", H, &[], 301),
+    ("GET", "/redir/basic", "match.example.com:8080", &[], 301),
+    ("GET", "/redir/https/x", H, &[], 301),
+    ("GET", "/redir/https/x", "match.example.com:80", &[], 301),
+    ("GET", "/redir/https/x", "match.example.com:8080", &[], 301),
+    ("GET", "/redir/scheme", H, &[], 301),
+    ("GET", "/redir/port/x", "match.example.com:8080", &[], 301),
+    ("GET", "/redir/port/x", "[::1]:8080", &[], 301),
+    ("GET", "/redir/path?a=b", H, &[], 302),
+    ("GET", "/redir/qpath?a=b", H, &[], 301),
+    ("GET", "/redir/prefix/rest?k=v", H, &[], 303),
+    ("GET", "/redir/regex/abc", H, &[], 307),
+    ("GET", "/redir/regex/abc/d", H, &[], 307),
+    ("GET", "/redir/strip/x?a=1&b=2", H, &[], 308),
+    ("GET", "/rw/prefix/a?x=1", H, &[], 200),
+    ("GET", "/rw/prefix", H, &[], 200),
+    ("GET", "/rw/slash/a/b", H, &[], 200),
+    ("GET", "/rw/exact?q", H, &[], 200),
+    ("GET", "/rw/sep/x", H, &[], 200),
+    ("GET", "/rw/regex/42?x", H, &[], 200),
+    ("GET", "/rw/regex/x42/rw/regex/7", H, &[], 200),
+    ("GET", "/rw/host", H, &[], 200),
+    (
+        "GET",
+        "/rw/hosthdr",
+        H,
+        &[("x-host", "from-header.example.com")],
+        200,
+    ),
+    ("GET", "/rw/hosthdr", H, &[], 200),
+    ("GET", "/rw/auto", H, &[], 200),
+    ("GET", "/wc/one", H, &[], 200),
+    ("GET", "/ch", H, &[("x-cluster", "echo2")], 200),
+    ("GET", "/ch", H, &[("x-cluster", "nope")], 503),
+    ("GET", "/ch", H, &[], 503),
+    ("GET", "/ch404", H, &[("x-cluster", "nope")], 404),
+    ("GET", "/ch404", H, &[("x-cluster", "echo")], 200),
+];
+
+/// Sends every case through both proxies over HTTP/1.1 and HTTP/2: Envoy's status must be the
+/// expected one, and the two proxies' answers and upstream requests the same.
+async fn compare_status_cases(e: &Side, s: &Side, cases: &[Case]) {
+    for http2 in [false, true] {
+        for case in cases {
+            let what = format!(
+                "{} {} {} {:?} (h2: {http2})",
+                case.0, case.2, case.1, case.3
+            );
+            let re = send(e, http2, case).await;
+            let rs = send(s, http2, case).await;
+            assert_eq!(re.status, case.4 as u16, "{what}: Envoy's status {re:?}");
+            assert_same_response(&what, &re, &rs);
+            same_upstream(&what, &e.echo, &s.echo);
+            same_upstream(&what, &e.echo2, &s.echo2);
+        }
+    }
+}
+
+#[tokio::test]
+async fn route_actions_side_by_side() {
+    run(async {
+        let dir = skiff_tests::scratch_dir("route-actions");
+        let file = dir.join("body.txt");
+        std::fs::write(&file, "from a file\n").expect("write body file");
+        let (e, s) = pair(actions_config(file.to_str().expect("utf-8"))).await;
+        compare_status_cases(&e, &s, ACTION_CASES).await;
+        // weighted_clusters 1:1 over 400 requests: both proxies split within bounds.
+        for side in [&e, &s] {
+            let before = side.echo2.requests().len();
+            let mut c = client::Http1Client::connect(&side.addr())
+                .await
+                .expect("connect");
+            for _ in 0..400 {
+                let r = c.send(client::get("/wc/half", H)).await.expect("request");
+                assert_eq!(r.status, 200);
+            }
+            let to_echo2 = side.echo2.requests().len() - before;
+            assert!(
+                (140..=260).contains(&to_echo2),
+                "{}: {to_echo2} of 400 went to echo2",
+                side.proxy.kind.name()
+            );
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn invalid_route_actions_are_refused_by_both() {
+    run(async {
+        let big = "x".repeat(4097);
+        let bad: &[(&str, Value)] = &[
+            ("direct body over 4 KiB", json!({ "direct_response": { "status": 200, "body": { "inline_string": big } } })),
+            ("weights summing to zero", json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "echo", "weight": 0 } ] } } })),
+            ("prefix and regex rewrites", json!({ "route": { "cluster": "echo", "prefix_rewrite": "/a", "regex_rewrite": { "pattern": { "regex": "a" }, "substitution": "b" } } })),
+            ("unknown weighted cluster", json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "nope", "weight": 1 } ] } } })),
+        ];
+        for (what, action) in bad {
+            let route = to("/", action.clone());
+            let hcm = hcm_with(json!([ { "name": "v", "domains": ["*"], "routes": [route] } ]), json!({}));
+            let filter = json!({ "name": "hcm", "typed_config": hcm });
+            let v = bootstrap(
+                free_port(),
+                vec![listener("l", "127.0.0.1", free_port(), filter)],
+                vec![cluster("echo", &[free_port()])],
+            );
+            let cfg = write_config("bad-action", &to_yaml(&v));
             for kind in [Kind::Envoy, Kind::under_test()] {
                 let out = run_cli(kind, &["--mode", "validate", "-c", cfg.path()]).await;
                 assert_ne!(out.code, Some(0), "{what}: {} accepted it:\n{}", kind.name(), out.output());

@@ -235,13 +235,48 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.RouteConfiguration",
-        &["name", "virtual_hosts", "ignore_port_in_host_matching"],
+        &[
+            "name",
+            "virtual_hosts",
+            "ignore_port_in_host_matching",
+            "max_direct_response_body_size_bytes",
+        ],
     ),
     (
         "envoy.config.route.v3.VirtualHost",
         &["name", "domains", "routes"],
     ),
-    ("envoy.config.route.v3.Route", &["name", "match", "route"]),
+    (
+        "envoy.config.route.v3.Route",
+        &["name", "match", "route", "redirect", "direct_response"],
+    ),
+    (
+        "envoy.config.route.v3.RedirectAction",
+        &[
+            "https_redirect",
+            "scheme_redirect",
+            "host_redirect",
+            "port_redirect",
+            "path_redirect",
+            "prefix_rewrite",
+            "regex_rewrite",
+            "response_code",
+            "strip_query",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.DirectResponseAction",
+        &["status", "body"],
+    ),
+    ("envoy.config.route.v3.WeightedCluster", &["clusters"]),
+    (
+        "envoy.config.route.v3.WeightedCluster.ClusterWeight",
+        &["name", "weight"],
+    ),
+    (
+        "envoy.type.matcher.v3.RegexMatchAndSubstitute",
+        &["pattern", "substitution"],
+    ),
     (
         "envoy.config.route.v3.RouteMatch",
         &[
@@ -295,7 +330,19 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.RouteAction",
-        &["cluster", "timeout", "upgrade_configs"],
+        &[
+            "cluster",
+            "cluster_header",
+            "weighted_clusters",
+            "cluster_not_found_response_code",
+            "timeout",
+            "upgrade_configs",
+            "prefix_rewrite",
+            "regex_rewrite",
+            "host_rewrite_literal",
+            "host_rewrite_header",
+            "auto_host_rewrite",
+        ],
     ),
     (
         "envoy.config.route.v3.RouteAction.UpgradeConfig",

@@ -450,6 +450,8 @@ pub struct Done {
     settled: bool,
     /// Bytes a tunnel carried from the client (the request body of an upgrade).
     tunnel_received: u64,
+    /// The request is a HEAD: local replies carry no body.
+    head_request: bool,
 }
 
 impl Unpin for Done {}
@@ -466,6 +468,7 @@ impl Done {
             upstream: self.upstream.take(),
             settled: false,
             tunnel_received: 0,
+            head_request: self.head_request,
         };
         self.settled = true;
         d
@@ -589,6 +592,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         upstream: None,
         settled: false,
         tunnel_received: 0,
+        head_request: parts.method == http::Method::HEAD,
     };
     if let Some(info) = done.info.as_mut() {
         info.connection = Some(conn.connection.clone());
@@ -945,7 +949,16 @@ fn finish_response(
 
 fn local(mut done: Done, reply: LocalReply, request_id: Option<HeaderValue>) -> Resp {
     let conn = done.conn.clone();
-    let (mut head, body) = reply.response().into_parts();
+    let (mut head, mut body) = reply.response().into_parts();
+    // A HEAD gets the head of the reply alone, its content-length kept.
+    if done.head_request {
+        body = ProxyBody::full(bytes::Bytes::new());
+    }
+    // Over HTTP/2 an empty reply has no content-length (Envoy adds one only for a body; its
+    // HTTP/1.1 codec writes `content-length: 0` itself).
+    if reply.body.is_empty() && conn.codec.get() == Some(Codec::Http2) {
+        head.headers.remove(header::CONTENT_LENGTH);
+    }
     finish_response(&conn, &conn.hcm.config, &mut head, request_id);
     conn.hcm.stats.response_class(reply.status.as_u16());
     if let Some(info) = done.info.as_mut() {

@@ -54,7 +54,8 @@ pub enum PathMatch {
 /// `RouteMatch`.
 #[derive(Debug, Clone)]
 pub struct RouteMatch {
-    path: PathMatch,
+    /// How the path matches.
+    pub path: PathMatch,
     case_sensitive: bool,
     headers: Vec<HeaderMatch>,
     query: Vec<QueryMatch>,
@@ -227,13 +228,128 @@ pub struct Route {
     pub name: String,
     /// `match`.
     pub matcher: RouteMatch,
-    /// `route.cluster`.
-    pub cluster: String,
+    /// `route`, `redirect` or `direct_response`.
+    pub action: Action,
     /// `route.timeout` (default 15 s); `None` when disabled with 0.
     pub timeout: Option<Duration>,
     /// `route.upgrade_configs`: upgrade types (lower case) this route enables or disables,
     /// whatever the connection manager says.
     pub upgrades: Vec<(String, bool)>,
+}
+
+/// What a route does with a request it matched.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// `route`: forward to a cluster.
+    Forward(Forward),
+    /// `redirect`: answer with a redirect.
+    Redirect(Redirect),
+    /// `direct_response`: answer with this status and body.
+    Direct {
+        /// `status`.
+        status: http::StatusCode,
+        /// `body`, read when the configuration loaded.
+        body: bytes::Bytes,
+    },
+}
+
+/// `RouteAction`: where a request goes and how it is rewritten on the way.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// `cluster`, `cluster_header` or `weighted_clusters`.
+    pub target: Target,
+    /// `cluster_not_found_response_code`: 503 (default) or 404.
+    pub cluster_not_found: http::StatusCode,
+    /// `prefix_rewrite` or `regex_rewrite`.
+    pub path_rewrite: Option<PathRewrite>,
+    /// `host_rewrite_literal`, `host_rewrite_header` or `auto_host_rewrite`.
+    pub host_rewrite: Option<HostRewrite>,
+}
+
+/// The cluster a request goes to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `cluster`.
+    Cluster(String),
+    /// `cluster_header`: the cluster named by this request header.
+    Header(http::HeaderName),
+    /// `weighted_clusters`: one picked at random by weight.
+    Weighted(Vec<(String, u64)>),
+}
+
+impl Target {
+    /// The cluster for a request with `headers`; `random` in `[0, u64::MAX]` picks among
+    /// weighted clusters.
+    pub fn pick<'a>(&'a self, headers: &'a HeaderMap, random: u64) -> Option<&'a str> {
+        match self {
+            Target::Cluster(c) => Some(c),
+            Target::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
+            Target::Weighted(clusters) => {
+                let total: u64 = clusters.iter().map(|(_, w)| w).sum();
+                if total == 0 {
+                    return None;
+                }
+                // As Envoy: a value in [0, total), then the first cluster whose running sum
+                // of weights exceeds it.
+                let mut at = random % total;
+                for (c, w) in clusters {
+                    if at < *w {
+                        return Some(c);
+                    }
+                    at -= w;
+                }
+                None
+            }
+        }
+    }
+}
+
+/// How the path is rewritten before the request is forwarded (or redirected).
+#[derive(Debug, Clone)]
+pub enum PathRewrite {
+    /// `prefix_rewrite`: the part the route's prefix matched is replaced.
+    Prefix(String),
+    /// `regex_rewrite`: every match of the pattern in the path (query excluded) is replaced.
+    Regex(regex::Regex, String),
+}
+
+/// How the `:authority` is rewritten before the request is forwarded.
+#[derive(Debug, Clone)]
+pub enum HostRewrite {
+    /// `host_rewrite_literal`.
+    Literal(http::HeaderValue),
+    /// `host_rewrite_header`: the value of this request header, when present.
+    Header(http::HeaderName),
+    /// `auto_host_rewrite`: the chosen host's hostname (for static and DNS clusters).
+    Auto,
+}
+
+/// `RedirectAction`.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    /// `scheme_redirect`, or `https` for `https_redirect`.
+    pub scheme: Option<String>,
+    /// `host_redirect`.
+    pub host: Option<String>,
+    /// `port_redirect`.
+    pub port: Option<u16>,
+    /// `path_redirect`, `prefix_rewrite` or `regex_rewrite`.
+    pub path: PathRedirect,
+    /// `response_code`.
+    pub status: http::StatusCode,
+    /// `strip_query`.
+    pub strip_query: bool,
+}
+
+/// The path of a redirect's location.
+#[derive(Debug, Clone)]
+pub enum PathRedirect {
+    /// The request's own path.
+    Keep,
+    /// `path_redirect`.
+    Path(String),
+    /// `prefix_rewrite` or `regex_rewrite` of the request's path.
+    Rewrite(PathRewrite),
 }
 
 impl Route {
@@ -244,6 +360,32 @@ impl Route {
         match self.upgrades.iter().find(|(t, _)| t == kind) {
             Some((_, enabled)) => *enabled,
             None => upgrade_allowed(kind, hcm),
+        }
+    }
+
+    /// The path with `rewrite` applied (`path` includes the query). The prefix a
+    /// `prefix_rewrite` replaces is this route's matched prefix.
+    pub fn rewrite_path(&self, rewrite: &PathRewrite, path: &str) -> String {
+        match rewrite {
+            PathRewrite::Prefix(new) => {
+                let len = match &self.matcher.path {
+                    PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => p.len(),
+                    PathMatch::Exact(_) => path.split(['?', '#']).next().unwrap_or(path).len(),
+                    PathMatch::Regex(_) => 0,
+                };
+                let len = len.min(path.len());
+                if !path.is_char_boundary(len) {
+                    return path.to_string();
+                }
+                format!("{new}{}", &path[len..])
+            }
+            PathRewrite::Regex(re, sub) => {
+                let (bare, query) = match path.find('?') {
+                    Some(i) => path.split_at(i),
+                    None => (path, ""),
+                };
+                format!("{}{query}", re.replace_all(bare, sub.as_str()))
+            }
         }
     }
 }
@@ -457,7 +599,10 @@ mod tests {
         let mut r = Route {
             name: String::new(),
             matcher: RouteMatch::new(PathMatch::Prefix("/".into()), true, vec![]),
-            cluster: "c".into(),
+            action: Action::Direct {
+                status: http::StatusCode::OK,
+                body: bytes::Bytes::new(),
+            },
             timeout: None,
             upgrades: vec![],
         };

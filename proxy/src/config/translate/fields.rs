@@ -426,7 +426,7 @@ pub(super) fn route_configuration(
         request_headers_to_remove,
         most_specific_header_mutations_wins,
         validate_clusters,
-        max_direct_response_body_size_bytes,
+        max_direct_response_body_size_bytes: _,
         cluster_specifier_plugins,
         request_mirror_policies,
         ignore_port_in_host_matching: _,
@@ -452,11 +452,6 @@ pub(super) fn route_configuration(
         most_specific_header_mutations_wins,
     )?;
     refuse(path, "validate_clusters", validate_clusters)?;
-    refuse(
-        path,
-        "max_direct_response_body_size_bytes",
-        max_direct_response_body_size_bytes,
-    )?;
     refuse(path, "cluster_specifier_plugins", cluster_specifier_plugins)?;
     refuse(path, "request_mirror_policies", request_mirror_policies)?;
     refuse(path, "vhost_header", vhost_header)?;
@@ -586,12 +581,6 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
     refuse(path, "stat_prefix", stat_prefix)?;
     refuse(path, "request_body_buffer_limit", request_body_buffer_limit)?;
     refuse(path, "route_specifiers", route_specifiers)?;
-    if let Some(route_pb::route::Action::Redirect(_)) = action {
-        return Err(unsupported(path, "redirect"));
-    }
-    if let Some(route_pb::route::Action::DirectResponse(_)) = action {
-        return Err(unsupported(path, "direct_response"));
-    }
     if let Some(route_pb::route::Action::FilterAction(_)) = action {
         return Err(unsupported(path, "filter_action"));
     }
@@ -636,10 +625,10 @@ pub(super) fn route_match(m: &route_pb::RouteMatch, path: &str) -> Result<(), Co
 #[allow(deprecated)]
 pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), ConfigError> {
     let route_pb::RouteAction {
-        cluster_not_found_response_code,
+        cluster_not_found_response_code: _,
         metadata_match,
-        prefix_rewrite,
-        regex_rewrite,
+        prefix_rewrite: _,
+        regex_rewrite: _,
         path_rewrite_policy,
         path_rewrite,
         append_x_forwarded_host,
@@ -666,14 +655,7 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
         cluster_specifier,
         host_rewrite_specifier,
     } = m;
-    refuse(
-        path,
-        "cluster_not_found_response_code",
-        cluster_not_found_response_code,
-    )?;
     refuse(path, "metadata_match", metadata_match)?;
-    refuse(path, "prefix_rewrite", prefix_rewrite)?;
-    refuse(path, "regex_rewrite", regex_rewrite)?;
     refuse(path, "path_rewrite_policy", path_rewrite_policy)?;
     refuse(path, "path_rewrite", path_rewrite)?;
     refuse(path, "append_x_forwarded_host", append_x_forwarded_host)?;
@@ -695,12 +677,15 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     refuse(path, "max_internal_redirects", max_internal_redirects)?;
     refuse(path, "hedge_policy", hedge_policy)?;
     refuse(path, "max_stream_duration", max_stream_duration)?;
-    refuse(path, "host_rewrite_specifier", host_rewrite_specifier)?;
-    if let Some(route_pb::route_action::ClusterSpecifier::ClusterHeader(_)) = cluster_specifier {
-        return Err(unsupported(path, "cluster_header"));
+    if let Some(route_pb::route_action::HostRewriteSpecifier::HostRewritePathRegex(_)) =
+        host_rewrite_specifier
+    {
+        return Err(unsupported(path, "host_rewrite_path_regex"));
     }
-    if let Some(route_pb::route_action::ClusterSpecifier::WeightedClusters(_)) = cluster_specifier {
-        return Err(unsupported(path, "weighted_clusters"));
+    if let Some(route_pb::route_action::HostRewriteSpecifier::HostRewrite(_)) =
+        host_rewrite_specifier
+    {
+        return Err(unsupported(path, "host_rewrite"));
     }
     if let Some(route_pb::route_action::ClusterSpecifier::ClusterSpecifierPlugin(_)) =
         cluster_specifier
@@ -1115,12 +1100,12 @@ mod tests {
         assert!(listener(&honoured, "r").is_ok());
         // A oneof skiff honours in part: the other members are refused by their own name.
         let r = route_pb::Route {
-            action: Some(route_pb::route::Action::DirectResponse(Default::default())),
+            action: Some(route_pb::route::Action::FilterAction(Default::default())),
             ..Default::default()
         };
         assert_eq!(
             route(&r, "").map_err(|e| e.to_string()),
-            Err("direct_response: unsupported".to_string())
+            Err("filter_action: unsupported".to_string())
         );
         let tls = tls_pb::CommonTlsContext {
             validation_context_type: Some(

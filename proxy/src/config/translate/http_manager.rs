@@ -2,7 +2,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::route::v3 as route;
@@ -17,7 +16,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use super::super::model::*;
 use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
-use super::{duration, required, typed_config};
+use super::{required, typed_config};
 use crate::access_log::{json, Extensions, Format};
 use crate::router::{Route, RouteMatch, RouteTable, VirtualHost};
 
@@ -364,6 +363,9 @@ pub(crate) fn translate_routes(
                 r,
                 &format!("{vpath}.routes[{j}]"),
                 clusters,
+                rc.max_direct_response_body_size_bytes
+                    .as_ref()
+                    .map(|v| u64::from(v.value)),
             )?);
         }
         vhosts.push(VirtualHost {
@@ -380,6 +382,7 @@ fn translate_route(
     r: &route::Route,
     path: &str,
     clusters: Option<&HashSet<String>>,
+    max_body: Option<u64>,
 ) -> Result<Route, ConfigError> {
     super::fields::route(r, path)?;
     let m = required(&r.r#match, &format!("{path}.match"))?;
@@ -425,71 +428,22 @@ fn translate_route(
     for (i, q) in m.query_parameters.iter().enumerate() {
         query.push(query_match(q, &format!("{mpath}.query_parameters[{i}]"))?);
     }
-    let action = match &r.action {
-        Some(route::route::Action::Route(a)) => a,
-        Some(_) => {
-            return Err(ConfigError::new(
-                path,
-                "unsupported route action: only route",
-            ))
-        }
-        None => {
-            return Err(ConfigError::new(
-                format!("{path}.route"),
-                "an action is required",
-            ))
-        }
-    };
-    let apath = format!("{path}.route");
-    super::fields::route_action(action, &apath)?;
-    let cluster = match &action.cluster_specifier {
-        Some(route::route_action::ClusterSpecifier::Cluster(c)) => c.clone(),
-        _ => return Err(ConfigError::new(format!("{apath}.cluster"), "required")),
-    };
-    if clusters.is_some_and(|c| !c.contains(&cluster)) {
-        return Err(ConfigError::new(
-            format!("{apath}.cluster"),
-            format!("unknown cluster '{cluster}'"),
-        ));
-    }
-    let mut upgrades: Vec<(String, bool)> = Vec::new();
-    for (i, u) in action.upgrade_configs.iter().enumerate() {
-        let upath = format!("{apath}.upgrade_configs[{i}]");
-        let route::route_action::UpgradeConfig {
-            upgrade_type,
-            enabled,
-            connect_config,
-        } = u;
-        if connect_config.is_some() {
-            return Err(ConfigError::unsupported(format!("{upath}.connect_config")));
-        }
-        let kind = upgrade_kind(upgrade_type, &format!("{upath}.upgrade_type"))?;
-        if upgrades.iter().any(|(t, _)| *t == kind) {
-            return Err(ConfigError::new(
-                upath,
-                format!("Duplicate upgrade {upgrade_type}"),
-            ));
-        }
-        upgrades.push((kind, enabled.as_ref().is_none_or(|v| v.value)));
-    }
-    let timeout = match &action.timeout {
-        Some(d) => duration(d, &format!("{apath}.timeout"))?,
-        None => Duration::from_secs(15),
-    };
+    let max_body = max_body.unwrap_or(super::route_action::MAX_DIRECT_RESPONSE_BODY);
+    let t = super::route_action::translate(r, path, &path_match, clusters, max_body)?;
     Ok(Route {
         name: r.name.clone(),
         matcher: RouteMatch::new(path_match, case_sensitive, headers)
             .with_query(query)
             .with_grpc(m.grpc.is_some()),
-        cluster,
-        timeout: (!timeout.is_zero()).then_some(timeout),
-        upgrades,
+        action: t.action,
+        timeout: t.timeout,
+        upgrades: t.upgrades,
     })
 }
 
 /// An upgrade type as the connection manager compares it (case-insensitively). CONNECT is
 /// refused: skiff does not terminate or forward CONNECT yet.
-fn upgrade_kind(upgrade_type: &str, path: &str) -> Result<String, ConfigError> {
+pub(super) fn upgrade_kind(upgrade_type: &str, path: &str) -> Result<String, ConfigError> {
     if upgrade_type.is_empty() {
         return Err(ConfigError::new(path, "required"));
     }

@@ -18,6 +18,7 @@ mod clusters;
 mod fields;
 mod http_manager;
 mod listener_filters;
+mod route_action;
 mod tls;
 
 use clusters::translate_cluster;
