@@ -541,6 +541,53 @@ pub struct HttpConnectionManager {
     /// `upgrade_configs`: the upgrade types (lower case) this connection manager takes, and
     /// whether each is enabled unless a route says otherwise.
     pub upgrades: Vec<(String, bool)>,
+    /// `use_remote_address`.
+    pub use_remote_address: bool,
+    /// `xff_num_trusted_hops`.
+    pub xff_num_trusted_hops: u32,
+    /// `skip_xff_append`.
+    pub skip_xff_append: bool,
+    /// `internal_address_config.cidr_ranges`: the addresses whose requests are internal.
+    pub internal_addresses: Vec<CidrRange>,
+    /// `normalize_path`.
+    pub normalize_path: bool,
+    /// `merge_slashes`.
+    pub merge_slashes: bool,
+    /// `path_with_escaped_slashes_action`.
+    pub escaped_slashes: EscapedSlashes,
+    /// `strip_matching_host_port` / `strip_any_host_port`.
+    pub strip_port: StripPort,
+}
+
+impl HttpConnectionManager {
+    /// Whether a request from `ip` is internal (`internal_address_config`).
+    pub fn is_internal(&self, ip: std::net::IpAddr) -> bool {
+        self.internal_addresses.iter().any(|r| r.contains(ip))
+    }
+}
+
+/// `path_with_escaped_slashes_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// `KEEP_UNCHANGED` (and Envoy's default).
+    KeepUnchanged,
+    /// `REJECT_REQUEST`: 400.
+    RejectRequest,
+    /// `UNESCAPE_AND_REDIRECT`: 307 to the unescaped path.
+    UnescapeAndRedirect,
+    /// `UNESCAPE_AND_FORWARD`.
+    UnescapeAndForward,
+}
+
+/// Which port the connection manager strips from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripPort {
+    /// None.
+    None,
+    /// `strip_matching_host_port`: the listener's port.
+    Matching,
+    /// `strip_any_host_port`: any port.
+    Any,
 }
 
 /// Envoy 1.40's `SETTINGS_MAX_CONCURRENT_STREAMS` for downstream connections when

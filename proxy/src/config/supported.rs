@@ -214,7 +214,20 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "via",
             "http2_protocol_options",
             "upgrade_configs",
+            "use_remote_address",
+            "xff_num_trusted_hops",
+            "skip_xff_append",
+            "internal_address_config",
+            "normalize_path",
+            "merge_slashes",
+            "path_with_escaped_slashes_action",
+            "strip_matching_host_port",
+            "strip_any_host_port",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",
+        &["cidr_ranges"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
@@ -684,12 +697,12 @@ mod tests {
     #[test]
     fn unsupported_field_inside_typed_config() {
         let err = check_yaml(
-            r#"static_resources: { listeners: [ { name: a, filter_chains: [ { filters: [ { name: hcm, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: x, use_remote_address: true } } ] } ] } ] }"#,
+            r#"static_resources: { listeners: [ { name: a, filter_chains: [ { filters: [ { name: hcm, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: x, add_user_agent: true } } ] } ] } ] }"#,
         )
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.use_remote_address: unsupported"
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.add_user_agent: unsupported"
         );
     }
 

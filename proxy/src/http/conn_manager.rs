@@ -91,6 +91,10 @@ pub struct HcmStats {
     /// `downstream_rq_ws_on_non_ws_route`: upgrades refused because neither the route nor the
     /// connection manager takes their type.
     pub downstream_rq_ws_on_non_ws_route: Counter,
+    /// `downstream_rq_failed_path_normalization`.
+    pub downstream_rq_failed_path_normalization: Counter,
+    /// `downstream_rq_redirected_with_normalized_path`.
+    pub downstream_rq_redirected_with_normalized_path: Counter,
     /// `downstream_rq_too_many_premature_resets`: connections closed for resetting streams
     /// early (rapid reset).
     pub downstream_rq_too_many_premature_resets: Counter,
@@ -145,6 +149,10 @@ impl HcmStats {
             rq_total: c("rq_total"),
             downstream_rq_too_many_premature_resets: c("downstream_rq_too_many_premature_resets"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
+            downstream_rq_failed_path_normalization: c("downstream_rq_failed_path_normalization"),
+            downstream_rq_redirected_with_normalized_path: c(
+                "downstream_rq_redirected_with_normalized_path",
+            ),
             http2_rx_reset: shard.counter("http2.rx_reset"),
             listener_completed: shard.counter(&format!("{listener_prefix}downstream_rq_completed")),
             classes,
@@ -664,6 +672,51 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         .as_ref()
         .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
 
+    // Path normalization, then the host's port, as Envoy's connection manager does them before
+    // routing.
+    if let Some(pq) = parts.uri.path_and_query() {
+        use crate::http::conn_manager_utility::{normalize_path, PathAction};
+        match normalize_path(&cfg, pq.as_str()) {
+            None => {}
+            Some(PathAction::Reject) => {
+                stats.downstream_rq_failed_path_normalization.inc();
+                return local(done, LocalReply::PATH_NORMALIZATION_FAILED, None);
+            }
+            Some(PathAction::Redirect(path)) => {
+                stats.downstream_rq_redirected_with_normalized_path.inc();
+                let location = HeaderValue::from_str(&path).ok();
+                let reply = match location {
+                    Some(l) => LocalReply {
+                        details: LocalReply::PATH_NORMALIZATION_FAILED.details,
+                        ..LocalReply::redirect(http::StatusCode::TEMPORARY_REDIRECT, l)
+                    },
+                    None => LocalReply::PATH_NORMALIZATION_FAILED,
+                };
+                return local(done, reply, None);
+            }
+            Some(PathAction::Continue(path)) if path != pq.as_str() => {
+                let mut uri = parts.uri.clone().into_parts();
+                uri.path_and_query = http::uri::PathAndQuery::try_from(path.as_str()).ok();
+                match http::Uri::from_parts(uri) {
+                    Ok(u) if u.path_and_query().is_some() => parts.uri = u,
+                    _ => {
+                        stats.downstream_rq_failed_path_normalization.inc();
+                        return local(done, LocalReply::PATH_NORMALIZATION_FAILED, None);
+                    }
+                }
+                if let Some(info) = done.info.as_mut() {
+                    info.path = Some(path);
+                }
+            }
+            Some(PathAction::Continue(_)) => {}
+        }
+    }
+    if let Some(host) = authority(&parts).and_then(|h| {
+        crate::http::conn_manager_utility::strip_port(cfg.strip_port, h, conn.local.port())
+    }) {
+        set_authority(&mut parts, &host);
+    }
+
     // Envoy's default request header handling; an upgrade keeps its `Connection` and `Upgrade`.
     let kept = upgrade.as_ref().map(|_| upgrade_headers(&parts.headers));
     headers::remove_hop_by_hop(&mut parts.headers);
@@ -671,6 +724,13 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         restore(&mut parts.headers, kept);
     }
     headers::strip_envoy_control_headers(&mut parts.headers);
+    crate::http::conn_manager_utility::forwarding_headers(
+        &cfg,
+        &mut parts.headers,
+        conn.remote,
+        conn.local,
+        conn.secure,
+    );
     parts.headers.remove(header::EXPECT);
     if !parts.headers.contains_key(&names::X_FORWARDED_PROTO) {
         parts.headers.insert(
@@ -904,6 +964,22 @@ fn protocol_name(v: Version) -> &'static str {
         Version::HTTP_10 => "HTTP/1.0",
         Version::HTTP_09 => "HTTP/0.9",
         _ => "HTTP/1.1",
+    }
+}
+
+/// Replaces the request's authority (the URI's, and the Host header).
+fn set_authority(parts: &mut http::request::Parts, host: &str) {
+    if parts.uri.authority().is_some() {
+        let mut uri = parts.uri.clone().into_parts();
+        uri.authority = http::uri::Authority::try_from(host).ok();
+        if let Ok(u) = http::Uri::from_parts(uri) {
+            parts.uri = u;
+        }
+    }
+    if parts.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            parts.headers.insert(header::HOST, v);
+        }
     }
 }
 

@@ -155,6 +155,15 @@ impl LocalReply {
         details: "missing_host_header",
         close: true,
     };
+    /// A path normalization refused: 400, empty body, the connection closed (observed).
+    pub const PATH_NORMALIZATION_FAILED: LocalReply = LocalReply {
+        status: StatusCode::BAD_REQUEST,
+        body: Bytes::from_static(b""),
+        headers: Vec::new(),
+        flag: None,
+        details: "path_normalization_failed",
+        close: true,
+    };
     /// Unusable request: 400.
     pub const BAD_REQUEST: LocalReply = LocalReply::bad_request("http1.codec_error");
 

@@ -733,12 +733,12 @@ pub(super) fn http_connection_manager(
         access_log_flush_interval,
         flush_access_log_on_new_request,
         access_log_options,
-        use_remote_address,
-        xff_num_trusted_hops,
+        use_remote_address: _,
+        xff_num_trusted_hops: _,
         original_ip_detection_extensions,
         early_header_mutation_extensions,
-        internal_address_config,
-        skip_xff_append,
+        internal_address_config: _,
+        skip_xff_append: _,
         via: _,
         generate_request_id: _,
         preserve_external_request_id: _,
@@ -749,12 +749,12 @@ pub(super) fn http_connection_manager(
         proxy_100_continue,
         represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
         upgrade_configs: _,
-        normalize_path,
-        merge_slashes,
-        path_with_escaped_slashes_action,
+        normalize_path: _,
+        merge_slashes: _,
+        path_with_escaped_slashes_action: _,
         request_id_extension,
         local_reply_config,
-        strip_matching_host_port,
+        strip_matching_host_port: _,
         stream_error_on_invalid_http_message,
         path_normalization_options,
         strip_trailing_host_dot,
@@ -765,7 +765,7 @@ pub(super) fn http_connection_manager(
         add_proxy_protocol_connection_state,
         forward_proto_config,
         route_specifier,
-        strip_port_mode,
+        strip_port_mode: _,
     } = m;
     refuse(path, "add_user_agent", add_user_agent)?;
     refuse(path, "tracing", tracing)?;
@@ -801,8 +801,6 @@ pub(super) fn http_connection_manager(
         flush_access_log_on_new_request,
     )?;
     refuse(path, "access_log_options", access_log_options)?;
-    refuse(path, "use_remote_address", use_remote_address)?;
-    refuse(path, "xff_num_trusted_hops", xff_num_trusted_hops)?;
     refuse(
         path,
         "original_ip_detection_extensions",
@@ -813,8 +811,6 @@ pub(super) fn http_connection_manager(
         "early_header_mutation_extensions",
         early_header_mutation_extensions,
     )?;
-    refuse(path, "internal_address_config", internal_address_config)?;
-    refuse(path, "skip_xff_append", skip_xff_append)?;
     refuse(
         path,
         "forward_client_cert_details",
@@ -836,16 +832,8 @@ pub(super) fn http_connection_manager(
         "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
         represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
     )?;
-    refuse(path, "normalize_path", normalize_path)?;
-    refuse(path, "merge_slashes", merge_slashes)?;
-    refuse(
-        path,
-        "path_with_escaped_slashes_action",
-        path_with_escaped_slashes_action,
-    )?;
     refuse(path, "request_id_extension", request_id_extension)?;
     refuse(path, "local_reply_config", local_reply_config)?;
-    refuse(path, "strip_matching_host_port", strip_matching_host_port)?;
     refuse(
         path,
         "stream_error_on_invalid_http_message",
@@ -871,7 +859,6 @@ pub(super) fn http_connection_manager(
         add_proxy_protocol_connection_state,
     )?;
     refuse(path, "forward_proto_config", forward_proto_config)?;
-    refuse(path, "strip_port_mode", strip_port_mode)?;
     if let Some(hcm_pb::http_connection_manager::RouteSpecifier::ScopedRoutes(_)) = route_specifier
     {
         return Err(unsupported(path, "scoped_routes"));

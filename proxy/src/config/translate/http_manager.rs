@@ -168,7 +168,49 @@ pub(super) fn translate_hcm(
         }
         upgrades.push((kind, enabled.as_ref().is_none_or(|v| v.value)));
     }
+    use hcm::http_connection_manager::{PathWithEscapedSlashesAction as Esc, StripPortMode};
+    let escaped_slashes = match Esc::try_from(h.path_with_escaped_slashes_action) {
+        Ok(Esc::ImplementationSpecificDefault) | Ok(Esc::KeepUnchanged) => {
+            EscapedSlashes::KeepUnchanged
+        }
+        Ok(Esc::RejectRequest) => EscapedSlashes::RejectRequest,
+        Ok(Esc::UnescapeAndRedirect) => EscapedSlashes::UnescapeAndRedirect,
+        Ok(Esc::UnescapeAndForward) => EscapedSlashes::UnescapeAndForward,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.path_with_escaped_slashes_action"),
+                "unknown value",
+            ))
+        }
+    };
+    let strip_port = match (&h.strip_port_mode, h.strip_matching_host_port) {
+        (Some(StripPortMode::StripAnyHostPort(true)), true) => return Err(ConfigError::new(
+            path,
+            "Error: Only one of `strip_matching_host_port` or `strip_any_host_port` can be set.",
+        )),
+        (Some(StripPortMode::StripAnyHostPort(true)), false) => StripPort::Any,
+        (_, true) => StripPort::Matching,
+        _ => StripPort::None,
+    };
+    let internal_addresses = match &h.internal_address_config {
+        None => Vec::new(),
+        Some(c) => {
+            let ipath = format!("{path}.internal_address_config");
+            if c.unix_sockets {
+                return Err(ConfigError::unsupported(format!("{ipath}.unix_sockets")));
+            }
+            super::cidr_ranges(&c.cidr_ranges, &format!("{ipath}.cidr_ranges"))?
+        }
+    };
     Ok(HttpConnectionManager {
+        use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
+        xff_num_trusted_hops: h.xff_num_trusted_hops,
+        skip_xff_append: h.skip_xff_append,
+        internal_addresses,
+        normalize_path: h.normalize_path.as_ref().is_some_and(|v| v.value),
+        merge_slashes: h.merge_slashes,
+        escaped_slashes,
+        strip_port,
         upgrades,
         http2,
         stat_prefix: h.stat_prefix.clone(),

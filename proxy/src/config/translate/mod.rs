@@ -624,7 +624,10 @@ fn chain_match(
 }
 
 /// CIDR ranges with the host bits cleared, sorted and without duplicates.
-fn cidr_ranges(ranges: &[core::CidrRange], path: &str) -> Result<Vec<CidrRange>, ConfigError> {
+pub(super) fn cidr_ranges(
+    ranges: &[core::CidrRange],
+    path: &str,
+) -> Result<Vec<CidrRange>, ConfigError> {
     let mut out = Vec::new();
     for (i, r) in ranges.iter().enumerate() {
         let rpath = format!("{path}[{i}]");
