@@ -1089,3 +1089,129 @@ async fn path_normalization_side_by_side() {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------------------------
+// Header changes at route, virtual host and route configuration level
+// ---------------------------------------------------------------------------------------------
+
+fn hvo(key: &str, value: &str, action: Option<&str>) -> Value {
+    let mut o = json!({ "header": { "key": key, "value": value } });
+    if let Some(a) = action {
+        o["append_action"] = json!(a);
+    }
+    o
+}
+
+fn header_levels(most_specific_wins: bool) -> Value {
+    let level = |tag: &str| {
+        json!({
+            "request_headers_to_add": [
+                hvo("x-level", tag, None),
+                hvo("x-over", tag, Some("OVERWRITE_IF_EXISTS_OR_ADD")),
+                hvo("x-absent", tag, Some("ADD_IF_ABSENT")),
+                hvo("x-if-exists", tag, Some("OVERWRITE_IF_EXISTS")),
+                hvo(&format!("x-{tag}"), "1", None),
+            ],
+            "request_headers_to_remove": [ format!("x-drop-{tag}") ],
+            "response_headers_to_add": [
+                hvo("x-resp-level", tag, None),
+                hvo("x-resp-over", tag, Some("OVERWRITE_IF_EXISTS_OR_ADD")),
+                hvo("x-upstream", tag, Some("ADD_IF_ABSENT")),
+            ],
+            "response_headers_to_remove": [ if tag == "vhost" { "x-upstream".to_string() } else { format!("x-none-{tag}") } ],
+        })
+    };
+    let merge = |mut base: Value, extra: Value| {
+        if let (Some(o), Some(x)) = (base.as_object_mut(), extra.as_object()) {
+            for (k, v) in x {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        base
+    };
+    let routes = vec![
+        merge(
+            to(
+                "/direct",
+                json!({ "direct_response": { "status": 200, "body": { "inline_string": "{}" } } }),
+            ),
+            json!({ "response_headers_to_add": [ hvo("content-type", "application/json", None), hvo("x-direct", "1", None) ] }),
+        ),
+        merge(
+            to(
+                "/redirect",
+                json!({ "redirect": { "host_redirect": "r.example.com" } }),
+            ),
+            json!({ "response_headers_to_add": [ hvo("x-redirect", "1", None) ] }),
+        ),
+        merge(
+            to("/", json!({ "route": { "cluster": "echo" } })),
+            level("route"),
+        ),
+    ];
+    let vhost = merge(
+        json!({ "name": "all", "domains": ["*"], "routes": routes }),
+        level("vhost"),
+    );
+    let mut rc = merge(
+        json!({ "name": "routes", "virtual_hosts": [vhost] }),
+        level("global"),
+    );
+    rc["most_specific_header_mutations_wins"] = json!(most_specific_wins);
+    json!({
+        "@type": HCM_TYPE,
+        "stat_prefix": "routing",
+        "route_config": rc,
+        "http_filters": [ router() ],
+    })
+}
+
+const HEADER_CASES: &[Case] = &[
+    ("GET", "/h", H, &[], 200),
+    (
+        "GET",
+        "/h",
+        H,
+        &[
+            ("x-level", "client"),
+            ("x-over", "client"),
+            ("x-absent", "client"),
+            ("x-if-exists", "client"),
+        ],
+        200,
+    ),
+    (
+        "GET",
+        "/h",
+        H,
+        &[
+            ("x-drop-route", "1"),
+            ("x-drop-vhost", "1"),
+            ("x-drop-global", "1"),
+            ("x-keep", "1"),
+        ],
+        200,
+    ),
+    ("GET", "/direct", H, &[], 200),
+    ("GET", "/redirect", H, &[], 301),
+];
+
+#[tokio::test]
+async fn header_changes_side_by_side() {
+    run(async {
+        for most_specific_wins in [false, true] {
+            let (e, s) = pair(header_levels(most_specific_wins)).await;
+            compare_status_cases(&e, &s, HEADER_CASES).await;
+            // The configuration took effect: the overwrite of the level evaluated last wins.
+            let first = e.echo.requests().into_iter().next().expect("a request");
+            let want = if most_specific_wins {
+                "route"
+            } else {
+                "global"
+            };
+            assert_eq!(first.header("x-over"), Some(want));
+            assert_eq!(first.header_all("x-level").len(), 3);
+        }
+    })
+    .await
+}

@@ -17,6 +17,9 @@ pub struct LocalReply {
     pub body: Bytes,
     /// Headers of its own (a redirect's `location`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The route's `response_headers_to_add|remove` (direct responses and redirects), applied
+    /// in order before the body's headers.
+    pub mutations: Vec<std::sync::Arc<crate::router::HeaderParser>>,
     /// Flag for `%RESPONSE_FLAGS%`.
     pub flag: Option<ResponseFlag>,
     /// `%RESPONSE_CODE_DETAILS%`.
@@ -31,6 +34,7 @@ impl LocalReply {
         status: StatusCode::NOT_FOUND,
         body: Bytes::from_static(b""),
         headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::NoRouteFound),
         details: "route_not_found",
         close: false,
@@ -40,6 +44,7 @@ impl LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
         body: Bytes::from_static(b""),
         headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::NoClusterFound),
         details: "cluster_not_found",
         close: false,
@@ -49,6 +54,7 @@ impl LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
         body: Bytes::from_static(b"no healthy upstream"),
         headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::NoHealthyUpstream),
         details: "no_healthy_upstream",
         close: false,
@@ -58,6 +64,7 @@ impl LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
         body: Bytes::from_static(b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"),
         headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::UpstreamConnectionFailure),
         details: "upstream_reset_before_response_started{remote_connection_failure}",
         close: false,
@@ -67,6 +74,7 @@ impl LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
         body: Bytes::from_static(b"upstream connect error or disconnect/reset before headers. reset reason: connection timeout"),
         headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::UpstreamConnectionFailure),
         details: "upstream_reset_before_response_started{connection_timeout}",
         close: false,
@@ -76,6 +84,7 @@ impl LocalReply {
         status: StatusCode::FORBIDDEN,
         body: Bytes::from_static(b""),
         headers: Vec::new(),
+        mutations: Vec::new(),
         flag: None,
         details: "upgrade_failed",
         close: true,
@@ -85,6 +94,7 @@ impl LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
         body: Bytes::from_static(b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"),
         headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::UpstreamConnectionTermination),
         details: "upstream_reset_before_response_started{connection_termination}",
         close: false,
@@ -94,6 +104,7 @@ impl LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
         body: Bytes::from_static(b"upstream connect error or disconnect/reset before headers. reset reason: remote reset"),
         headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::UpstreamRemoteReset),
         details: "upstream_reset_before_response_started{remote_reset}",
         close: false,
@@ -103,6 +114,7 @@ impl LocalReply {
         status: StatusCode::BAD_GATEWAY,
         body: Bytes::from_static(b"upstream connect error or disconnect/reset before headers. reset reason: protocol error"),
         headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::UpstreamProtocolError),
         details: "upstream_reset_before_response_started{protocol_error}",
         close: false,
@@ -112,6 +124,7 @@ impl LocalReply {
         status: StatusCode::GATEWAY_TIMEOUT,
         body: Bytes::from_static(b"upstream request timeout"),
         headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::UpstreamRequestTimeout),
         details: "upstream_response_timeout",
         close: false,
@@ -121,6 +134,7 @@ impl LocalReply {
         status: StatusCode::UPGRADE_REQUIRED,
         body: Bytes::from_static(b"Upgrade Required"),
         headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::DownstreamProtocolError),
         details: "low_version",
         close: true,
@@ -135,6 +149,7 @@ impl LocalReply {
         status: StatusCode::NOT_IMPLEMENTED,
         body: Bytes::from_static(b"Not Implemented"),
         headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::DownstreamProtocolError),
         details: "http1.invalid_transfer_encoding",
         close: true,
@@ -151,6 +166,7 @@ impl LocalReply {
         status: StatusCode::BAD_REQUEST,
         body: Bytes::from_static(b""),
         headers: Vec::new(),
+        mutations: Vec::new(),
         flag: None,
         details: "missing_host_header",
         close: true,
@@ -160,6 +176,7 @@ impl LocalReply {
         status: StatusCode::BAD_REQUEST,
         body: Bytes::from_static(b""),
         headers: Vec::new(),
+        mutations: Vec::new(),
         flag: None,
         details: "path_normalization_failed",
         close: true,
@@ -173,6 +190,7 @@ impl LocalReply {
             status: StatusCode::BAD_REQUEST,
             body: Bytes::from_static(b"Bad Request"),
             headers: Vec::new(),
+            mutations: Vec::new(),
             flag: Some(ResponseFlag::DownstreamProtocolError),
             details,
             close: true,
@@ -185,6 +203,7 @@ impl LocalReply {
             status,
             body,
             headers: Vec::new(),
+            mutations: Vec::new(),
             flag: None,
             details: "direct_response",
             close: false,
@@ -219,8 +238,11 @@ impl LocalReply {
         for (k, v) in &self.headers {
             h.append(k.clone(), v.clone());
         }
+        for m in &self.mutations {
+            m.apply(h);
+        }
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
-        if !self.body.is_empty() {
+        if !self.body.is_empty() && !h.contains_key(header::CONTENT_TYPE) {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
         if self.close {

@@ -4,7 +4,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use http::HeaderMap;
+
+pub mod header_parser;
+
+pub use header_parser::HeaderParser;
 
 use crate::config::model::{HeaderKey, HeaderMatch, HeaderMatchKind, QueryCheck, QueryMatch};
 
@@ -235,6 +241,10 @@ pub struct Route {
     /// `route.upgrade_configs`: upgrade types (lower case) this route enables or disables,
     /// whatever the connection manager says.
     pub upgrades: Vec<(String, bool)>,
+    /// `request_headers_to_add|remove`.
+    pub request_headers: Arc<HeaderParser>,
+    /// `response_headers_to_add|remove`.
+    pub response_headers: Arc<HeaderParser>,
 }
 
 /// What a route does with a request it matched.
@@ -404,6 +414,10 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     /// `routes`, in order.
     pub routes: Vec<Route>,
+    /// `request_headers_to_add|remove`.
+    pub request_headers: Arc<HeaderParser>,
+    /// `response_headers_to_add|remove`.
+    pub response_headers: Arc<HeaderParser>,
 }
 
 impl VirtualHost {
@@ -426,6 +440,12 @@ pub struct RouteTable {
     prefixes: BTreeMap<std::cmp::Reverse<usize>, HashMap<String, usize>>,
     default: Option<usize>,
     ignore_port: bool,
+    /// `request_headers_to_add|remove`.
+    pub request_headers: Arc<HeaderParser>,
+    /// `response_headers_to_add|remove`.
+    pub response_headers: Arc<HeaderParser>,
+    /// `most_specific_header_mutations_wins`.
+    pub most_specific_wins: bool,
 }
 
 impl RouteTable {
@@ -439,6 +459,9 @@ impl RouteTable {
             prefixes: BTreeMap::new(),
             default: None,
             ignore_port,
+            request_headers: Arc::default(),
+            response_headers: Arc::default(),
+            most_specific_wins: false,
         };
         for (i, vh) in vhosts.iter().enumerate() {
             for domain in &vh.domains {
@@ -532,6 +555,8 @@ mod tests {
             name: name.into(),
             domains: domains.iter().map(|d| d.to_string()).collect(),
             routes: vec![],
+            request_headers: Arc::default(),
+            response_headers: Arc::default(),
         }
     }
 
@@ -605,6 +630,8 @@ mod tests {
             },
             timeout: None,
             upgrades: vec![],
+            request_headers: Arc::default(),
+            response_headers: Arc::default(),
         };
         let hcm = vec![("websocket".to_string(), true), ("off".to_string(), false)];
         assert!(r.allows_upgrade("websocket", &hcm));

@@ -420,11 +420,11 @@ pub(super) fn route_configuration(
         virtual_hosts: _,
         vhds,
         internal_only_headers,
-        response_headers_to_add,
-        response_headers_to_remove,
-        request_headers_to_add,
-        request_headers_to_remove,
-        most_specific_header_mutations_wins,
+        response_headers_to_add: _,
+        response_headers_to_remove: _,
+        request_headers_to_add: _,
+        request_headers_to_remove: _,
+        most_specific_header_mutations_wins: _,
         validate_clusters,
         max_direct_response_body_size_bytes: _,
         cluster_specifier_plugins,
@@ -438,19 +438,6 @@ pub(super) fn route_configuration(
     } = m;
     refuse(path, "vhds", vhds)?;
     refuse(path, "internal_only_headers", internal_only_headers)?;
-    refuse(path, "response_headers_to_add", response_headers_to_add)?;
-    refuse(
-        path,
-        "response_headers_to_remove",
-        response_headers_to_remove,
-    )?;
-    refuse(path, "request_headers_to_add", request_headers_to_add)?;
-    refuse(path, "request_headers_to_remove", request_headers_to_remove)?;
-    refuse(
-        path,
-        "most_specific_header_mutations_wins",
-        most_specific_header_mutations_wins,
-    )?;
     refuse(path, "validate_clusters", validate_clusters)?;
     refuse(path, "cluster_specifier_plugins", cluster_specifier_plugins)?;
     refuse(path, "request_mirror_policies", request_mirror_policies)?;
@@ -478,10 +465,10 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
         require_tls,
         virtual_clusters,
         rate_limits,
-        request_headers_to_add,
-        request_headers_to_remove,
-        response_headers_to_add,
-        response_headers_to_remove,
+        request_headers_to_add: _,
+        request_headers_to_remove: _,
+        response_headers_to_add: _,
+        response_headers_to_remove: _,
         cors,
         typed_per_filter_config,
         include_request_attempt_count,
@@ -500,14 +487,6 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
     refuse(path, "require_tls", require_tls)?;
     refuse(path, "virtual_clusters", virtual_clusters)?;
     refuse(path, "rate_limits", rate_limits)?;
-    refuse(path, "request_headers_to_add", request_headers_to_add)?;
-    refuse(path, "request_headers_to_remove", request_headers_to_remove)?;
-    refuse(path, "response_headers_to_add", response_headers_to_add)?;
-    refuse(
-        path,
-        "response_headers_to_remove",
-        response_headers_to_remove,
-    )?;
     refuse(path, "cors", cors)?;
     refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
     refuse(
@@ -550,10 +529,10 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
         metadata,
         decorator,
         typed_per_filter_config,
-        request_headers_to_add,
-        request_headers_to_remove,
-        response_headers_to_add,
-        response_headers_to_remove,
+        request_headers_to_add: _,
+        request_headers_to_remove: _,
+        response_headers_to_add: _,
+        response_headers_to_remove: _,
         tracing,
         per_request_buffer_limit_bytes,
         stat_prefix,
@@ -564,14 +543,6 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
     refuse(path, "metadata", metadata)?;
     refuse(path, "decorator", decorator)?;
     refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
-    refuse(path, "request_headers_to_add", request_headers_to_add)?;
-    refuse(path, "request_headers_to_remove", request_headers_to_remove)?;
-    refuse(path, "response_headers_to_add", response_headers_to_add)?;
-    refuse(
-        path,
-        "response_headers_to_remove",
-        response_headers_to_remove,
-    )?;
     refuse(path, "tracing", tracing)?;
     refuse(
         path,

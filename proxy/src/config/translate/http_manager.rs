@@ -410,14 +410,42 @@ pub(crate) fn translate_routes(
                     .map(|v| u64::from(v.value)),
             )?);
         }
+        use super::route_action::header_parser;
         vhosts.push(VirtualHost {
+            request_headers: header_parser(
+                &vh.request_headers_to_add,
+                &vh.request_headers_to_remove,
+                &vpath,
+                "request",
+            )?,
+            response_headers: header_parser(
+                &vh.response_headers_to_add,
+                &vh.response_headers_to_remove,
+                &vpath,
+                "response",
+            )?,
             name: vh.name.clone(),
             domains: vh.domains.clone(),
             routes,
         });
     }
-    RouteTable::new(rc.name.clone(), vhosts, rc.ignore_port_in_host_matching)
-        .map_err(|e| ConfigError::new(format!("{path}.virtual_hosts"), e))
+    let mut table = RouteTable::new(rc.name.clone(), vhosts, rc.ignore_port_in_host_matching)
+        .map_err(|e| ConfigError::new(format!("{path}.virtual_hosts"), e))?;
+    use super::route_action::header_parser;
+    table.request_headers = header_parser(
+        &rc.request_headers_to_add,
+        &rc.request_headers_to_remove,
+        path,
+        "request",
+    )?;
+    table.response_headers = header_parser(
+        &rc.response_headers_to_add,
+        &rc.response_headers_to_remove,
+        path,
+        "response",
+    )?;
+    table.most_specific_wins = rc.most_specific_header_mutations_wins;
+    Ok(table)
 }
 
 fn translate_route(
@@ -480,6 +508,18 @@ fn translate_route(
         action: t.action,
         timeout: t.timeout,
         upgrades: t.upgrades,
+        request_headers: super::route_action::header_parser(
+            &r.request_headers_to_add,
+            &r.request_headers_to_remove,
+            path,
+            "request",
+        )?,
+        response_headers: super::route_action::header_parser(
+            &r.response_headers_to_add,
+            &r.response_headers_to_remove,
+            path,
+            "response",
+        )?,
     })
 }
 

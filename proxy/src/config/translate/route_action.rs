@@ -386,6 +386,87 @@ fn redirect(
     })
 }
 
+/// `*_headers_to_add` and `*_headers_to_remove` of one level (`prefix` is `request` or
+/// `response`).
+pub(super) fn header_parser(
+    add: &[core::HeaderValueOption],
+    remove: &[String],
+    path: &str,
+    prefix: &str,
+) -> Result<std::sync::Arc<crate::router::HeaderParser>, ConfigError> {
+    use crate::router::header_parser::{AppendAction, HeaderParser};
+    use core::header_value_option::HeaderAppendAction as A;
+    let name = |n: &str, at: String| {
+        if n.starts_with(':') || n.eq_ignore_ascii_case("host") {
+            return Err(ConfigError::new(
+                at,
+                ":-prefixed or host headers may not be modified",
+            ));
+        }
+        http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+            .map_err(|_| ConfigError::new(at, "not a valid header name"))
+    };
+    let mut parser = HeaderParser::default();
+    for (i, r) in remove.iter().enumerate() {
+        parser
+            .remove
+            .push(name(r, format!("{path}.{prefix}_headers_to_remove[{i}]"))?);
+    }
+    for (i, o) in add.iter().enumerate() {
+        let opath = format!("{path}.{prefix}_headers_to_add[{i}]");
+        #[allow(deprecated)]
+        let core::HeaderValueOption {
+            header,
+            append,
+            append_action,
+            keep_empty_value,
+        } = o;
+        let h = header
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(format!("{opath}.header"), "required"))?;
+        let key = name(&h.key, format!("{opath}.header.key"))?;
+        let raw = if h.raw_value.is_empty() {
+            h.value.as_bytes().to_vec()
+        } else {
+            h.raw_value.clone()
+        };
+        // `%%` is a literal `%`; other `%` start substitution operators, not offered yet.
+        let text = String::from_utf8_lossy(&raw);
+        if text.replace("%%", "").contains('%') {
+            return Err(ConfigError::new(
+                format!("{opath}.header.value"),
+                "unsupported: substitution operators (%...%) in header values",
+            ));
+        }
+        let value =
+            http::HeaderValue::from_bytes(text.replace("%%", "%").as_bytes()).map_err(|_| {
+                ConfigError::new(format!("{opath}.header.value"), "not a valid header value")
+            })?;
+        let action = match (append, A::try_from(*append_action)) {
+            (Some(_), Ok(a)) if a != A::AppendIfExistsOrAdd => {
+                return Err(ConfigError::new(
+                    opath,
+                    "Both append and append_action are set and it's not allowed",
+                ))
+            }
+            (Some(a), _) if a.value => AppendAction::AppendIfExistsOrAdd,
+            (Some(_), _) => AppendAction::OverwriteIfExistsOrAdd,
+            (None, Ok(A::AppendIfExistsOrAdd)) => AppendAction::AppendIfExistsOrAdd,
+            (None, Ok(A::AddIfAbsent)) => AppendAction::AddIfAbsent,
+            (None, Ok(A::OverwriteIfExistsOrAdd)) => AppendAction::OverwriteIfExistsOrAdd,
+            (None, Ok(A::OverwriteIfExists)) => AppendAction::OverwriteIfExists,
+            (None, Err(_)) => {
+                return Err(ConfigError::new(
+                    format!("{opath}.append_action"),
+                    "unknown value",
+                ))
+            }
+        };
+        parser.add.push((key, value, action, *keep_empty_value));
+    }
+    Ok(std::sync::Arc::new(parser))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

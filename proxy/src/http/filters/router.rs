@@ -144,10 +144,36 @@ pub async fn route(
         scheme,
         headers: &parts.headers,
     };
-    let route = table
-        .and_then(|t| t.virtual_host(&host_header))
-        .and_then(|vh| vh.route(&view));
-    let route = route.ok_or(LocalReply::NO_ROUTE)?;
+    let vhost = table.and_then(|t| t.virtual_host(&host_header));
+    let route = vhost.and_then(|vh| vh.route(&view));
+    let (Some(route), Some(table), Some(vhost)) = (route, table, vhost) else {
+        return Err(LocalReply::NO_ROUTE);
+    };
+    let order = |r: bool| {
+        let pick = |t: &std::sync::Arc<crate::router::HeaderParser>| t.clone();
+        let (g, v, rt) = if r {
+            (
+                &table.response_headers,
+                &vhost.response_headers,
+                &route.response_headers,
+            )
+        } else {
+            (
+                &table.request_headers,
+                &vhost.request_headers,
+                &route.request_headers,
+            )
+        };
+        let list = if table.most_specific_wins {
+            [g, v, rt]
+        } else {
+            [rt, v, g]
+        };
+        list.into_iter()
+            .filter(|p| !p.is_empty())
+            .map(pick)
+            .collect::<Vec<_>>()
+    };
     // An upgrade neither the route nor the connection manager takes: Envoy's 403.
     if upgrade.is_some_and(|kind| !route.allows_upgrade(kind, &cfg.upgrades)) {
         return Err(LocalReply::UPGRADE_FORBIDDEN);
@@ -159,6 +185,7 @@ pub async fn route(
         Action::Forward(f) => f,
         Action::Direct { status, body } => {
             let mut reply = LocalReply::direct(*status, body.clone());
+            reply.mutations = order(true);
             // A 201 or a 3xx direct response says where: the request's own URL (Envoy).
             if *status == StatusCode::CREATED || status.is_redirection() {
                 let here = Redirect {
@@ -176,7 +203,9 @@ pub async fn route(
         }
         Action::Redirect(r) => {
             let location = redirect_location(route, r, &parts, &host_header, scheme);
-            return Err(LocalReply::redirect(r.status, location));
+            let mut reply = LocalReply::redirect(r.status, location);
+            reply.mutations = order(true);
+            return Err(reply);
         }
     };
     let cluster = forward
@@ -190,8 +219,12 @@ pub async fn route(
     if let Some(info) = info.as_deref_mut() {
         info.upstream_cluster = Some(cluster.name.clone());
     }
-    // Rewrites, as Envoy's router applies them before the upstream request (the original path
-    // kept in x-envoy-original-path unless Envoy's headers are suppressed).
+    // Header changes, then rewrites, as Envoy's router applies them before the upstream request
+    // (the original path kept in x-envoy-original-path unless Envoy's headers are suppressed).
+    for p in order(false) {
+        p.apply(&mut parts.headers);
+    }
+    let response_headers = order(true);
     if let Some(rw) = &forward.path_rewrite {
         let old = parts
             .uri
@@ -357,11 +390,14 @@ pub async fn route(
         }
     }
     match result {
-        Ok((resp, conn)) => {
+        Ok((mut resp, conn)) => {
             if cfg.router.dynamic_stats {
                 cluster.stats.response_code(resp.status().as_u16());
             }
             upstream.failed = resp.status().is_server_error();
+            for p in &response_headers {
+                p.apply(resp.headers_mut());
+            }
             // After a 101 the upstream connection belongs to the tunnel, never to the pool.
             if upgrade.is_none() || resp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 upstream.conn = Some(conn);
