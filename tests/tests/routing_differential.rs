@@ -1215,3 +1215,59 @@ async fn header_changes_side_by_side() {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------------------------
+// common_http_protocol_options.headers_with_underscores_action
+// ---------------------------------------------------------------------------------------------
+
+const UNDERSCORE_CASES: &[Case] = &[
+    ("GET", "/u", H, &[("x-ok", "1")], 200),
+    ("GET", "/u", H, &[("x_under", "1"), ("x-ok", "1")], 0),
+    (
+        "GET",
+        "/u",
+        H,
+        &[("x_a", "1"), ("x_a", "2"), ("x_b", "3")],
+        0,
+    ),
+];
+
+#[tokio::test]
+async fn headers_with_underscores_side_by_side() {
+    run(async {
+        for action in ["ALLOW", "DROP_HEADER", "REJECT_REQUEST"] {
+            let hcm = plain_hcm(json!({ "common_http_protocol_options": { "headers_with_underscores_action": action } }));
+            let (e, s) = pair(hcm).await;
+            if action == "REJECT_REQUEST" {
+                // HTTP/1.1: Envoy's 400 and a closed connection; HTTP/2: the stream is reset.
+                for case in UNDERSCORE_CASES {
+                    let (re, rs) = (send(&e, false, case).await, send(&s, false, case).await);
+                    assert_same_response(action, &re, &rs);
+                    let (ce, cs) = (
+                        client::H2Client::connect(&e.addr()).await.expect("h2"),
+                        client::H2Client::connect(&s.addr()).await.expect("h2"),
+                    );
+                    let he = ce.send(build_request(true, case)).await;
+                    let hs = cs.send(build_request(true, case)).await;
+                    assert_eq!(he.is_err(), hs.is_err(), "{case:?}: envoy {he:?}, skiff {hs:?}");
+                }
+                same_upstream(action, &e.echo, &s.echo);
+            } else {
+                compare_status_cases(&e, &s, UNDERSCORE_CASES).await;
+            }
+            for name in [
+                "http1.requests_rejected_with_underscores_in_headers",
+                "http1.dropped_headers_with_underscores",
+                "http2.requests_rejected_with_underscores_in_headers",
+                "http2.dropped_headers_with_underscores",
+            ] {
+                let (se, ss) = (e.proxy.admin().stats().await, s.proxy.admin().stats().await);
+                let get = |m: &std::collections::BTreeMap<String, String>| {
+                    m.get(name).cloned().unwrap_or_else(|| "0".into())
+                };
+                assert_eq!(get(&se), get(&ss), "{action}: {name}");
+            }
+        }
+    })
+    .await
+}

@@ -557,6 +557,19 @@ pub struct HttpConnectionManager {
     pub escaped_slashes: EscapedSlashes,
     /// `strip_matching_host_port` / `strip_any_host_port`.
     pub strip_port: StripPort,
+    /// `common_http_protocol_options.headers_with_underscores_action`.
+    pub underscores: Underscores,
+}
+
+/// `headers_with_underscores_action`: what becomes of a request header whose name has `_`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underscores {
+    /// `ALLOW` (the default).
+    Allow,
+    /// `REJECT_REQUEST`: 400 over HTTP/1.1, a reset stream over HTTP/2.
+    Reject,
+    /// `DROP_HEADER`.
+    Drop,
 }
 
 impl HttpConnectionManager {

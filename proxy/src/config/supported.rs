@@ -223,7 +223,13 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "path_with_escaped_slashes_action",
             "strip_matching_host_port",
             "strip_any_host_port",
+            "common_http_protocol_options",
         ],
+    ),
+    // The connection manager's; a cluster's are not reachable through the table.
+    (
+        "envoy.config.core.v3.HttpProtocolOptions",
+        &["headers_with_underscores_action"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",

@@ -2,7 +2,6 @@
 //! (HTTP/1.1, or HTTP/2 with prior knowledge), and the streams on it.
 
 use std::cell::{Cell, RefCell};
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 
-use crate::config::model::{self, CodecType, ServerHeader};
+use crate::config::model::{self, CodecType, ServerHeader, Underscores};
 use crate::drain::ConnectionDrain;
 use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
 use crate::http::filter::{self, Direction};
@@ -101,6 +100,14 @@ pub struct HcmStats {
     /// `http2.rx_reset` (root scope, as Envoy's codec stats): streams a downstream HTTP/2
     /// client reset while its connection stayed up.
     pub http2_rx_reset: Counter,
+    /// `http1.requests_rejected_with_underscores_in_headers` (codec stats, root scope).
+    pub http1_rejected_underscores: Counter,
+    /// `http1.dropped_headers_with_underscores`.
+    pub http1_dropped_underscores: Counter,
+    /// `http2.requests_rejected_with_underscores_in_headers`.
+    pub http2_rejected_underscores: Counter,
+    /// `http2.dropped_headers_with_underscores`.
+    pub http2_dropped_underscores: Counter,
     /// `downstream_rq_<N>xx`, index N-1, then the listener's copies.
     classes: [Counter; 5],
     listener_classes: [Counter; 5],
@@ -154,6 +161,12 @@ impl HcmStats {
                 "downstream_rq_redirected_with_normalized_path",
             ),
             http2_rx_reset: shard.counter("http2.rx_reset"),
+            http1_rejected_underscores: shard
+                .counter("http1.requests_rejected_with_underscores_in_headers"),
+            http1_dropped_underscores: shard.counter("http1.dropped_headers_with_underscores"),
+            http2_rejected_underscores: shard
+                .counter("http2.requests_rejected_with_underscores_in_headers"),
+            http2_dropped_underscores: shard.counter("http2.dropped_headers_with_underscores"),
             listener_completed: shard.counter(&format!("{listener_prefix}downstream_rq_completed")),
             classes,
             listener_classes,
@@ -310,7 +323,18 @@ pub async fn serve(
     let svc_conn = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let conn = svc_conn.clone();
-        async move { Ok::<_, Infallible>(handle(conn, req).await) }
+        async move {
+            // HTTP/2's codec refuses a header name with `_` by resetting the stream before the
+            // connection manager sees it (headers_with_underscores_action: REJECT_REQUEST).
+            if req.version() == Version::HTTP_2
+                && conn.hcm.config.underscores == Underscores::Reject
+                && has_underscore_name(req.headers())
+            {
+                conn.hcm.stats.http2_rejected_underscores.inc();
+                return Err(UnderscoreRejected);
+            }
+            Ok::<_, UnderscoreRejected>(handle(conn, req).await)
+        }
     });
     // per_connection_buffer_limit_bytes bounds what one connection or stream may hold: the
     // HTTP/2 stream window is sized from it and the HTTP/1.1 read buffer is a fixed 64 KiB, so a
@@ -429,6 +453,22 @@ pub async fn serve(
 }
 
 type ServeResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// An HTTP/2 stream refused for a header name with `_`: hyper resets it.
+#[derive(Debug)]
+struct UnderscoreRejected;
+
+impl std::fmt::Display for UnderscoreRejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("header name contains underscores")
+    }
+}
+
+impl std::error::Error for UnderscoreRejected {}
+
+fn has_underscore_name(h: &http::HeaderMap) -> bool {
+    h.keys().any(|n| n.as_str().contains('_'))
+}
 
 /// Whether a connection error was the client speaking bad HTTP (not an I/O reset).
 fn is_protocol_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
@@ -630,6 +670,35 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     }
     if version == Version::HTTP_10 || version == Version::HTTP_09 {
         return local(done, LocalReply::UPGRADE_REQUIRED, None);
+    }
+    match cfg.underscores {
+        Underscores::Allow => {}
+        Underscores::Reject if codec == Codec::Http1 && has_underscore_name(&parts.headers) => {
+            stats.http1_rejected_underscores.inc();
+            stats.downstream_cx_protocol_error.inc();
+            return local(done, LocalReply::UNEXPECTED_UNDERSCORE, None);
+        }
+        Underscores::Reject => {}
+        Underscores::Drop => {
+            let names: Vec<header::HeaderName> = parts
+                .headers
+                .keys()
+                .filter(|n| n.as_str().contains('_'))
+                .cloned()
+                .collect();
+            for n in names {
+                let dropped = parts.headers.get_all(&n).iter().count() as u64;
+                parts.headers.remove(&n);
+                let counter = if codec == Codec::Http2 {
+                    &stats.http2_dropped_underscores
+                } else {
+                    &stats.http1_dropped_underscores
+                };
+                for _ in 0..dropped {
+                    counter.inc();
+                }
+            }
+        }
     }
     if codec == Codec::Http1 {
         headers::join_hosts(&mut parts.headers);

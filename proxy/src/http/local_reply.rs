@@ -181,6 +181,9 @@ impl LocalReply {
         details: "path_normalization_failed",
         close: true,
     };
+    /// A header name with `_` under `headers_with_underscores_action: REJECT_REQUEST`: 400.
+    pub const UNEXPECTED_UNDERSCORE: LocalReply =
+        LocalReply::bad_request("http1.unexpected_underscore");
     /// Unusable request: 400.
     pub const BAD_REQUEST: LocalReply = LocalReply::bad_request("http1.codec_error");
 

@@ -684,7 +684,7 @@ pub(super) fn http_connection_manager(
         http_filters: _,
         add_user_agent,
         tracing,
-        common_http_protocol_options,
+        common_http_protocol_options: _,
         http1_safe_max_connection_duration,
         http_protocol_options,
         http2_protocol_options: _,
@@ -740,11 +740,6 @@ pub(super) fn http_connection_manager(
     } = m;
     refuse(path, "add_user_agent", add_user_agent)?;
     refuse(path, "tracing", tracing)?;
-    refuse(
-        path,
-        "common_http_protocol_options",
-        common_http_protocol_options,
-    )?;
     refuse(
         path,
         "http1_safe_max_connection_duration",

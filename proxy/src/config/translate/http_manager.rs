@@ -202,7 +202,55 @@ pub(super) fn translate_hcm(
             super::cidr_ranges(&c.cidr_ranges, &format!("{ipath}.cidr_ranges"))?
         }
     };
+    let underscores = match &h.common_http_protocol_options {
+        None => Underscores::Allow,
+        Some(o) => {
+            let opath = format!("{path}.common_http_protocol_options");
+            let core::HttpProtocolOptions {
+                idle_timeout,
+                max_connection_duration,
+                max_connection_duration_jitter,
+                max_headers_count,
+                max_response_headers_kb,
+                max_stream_duration,
+                headers_with_underscores_action,
+                max_requests_per_connection,
+            } = o;
+            for (name, set) in [
+                ("idle_timeout", idle_timeout.is_some()),
+                ("max_connection_duration", max_connection_duration.is_some()),
+                (
+                    "max_connection_duration_jitter",
+                    max_connection_duration_jitter.is_some(),
+                ),
+                ("max_headers_count", max_headers_count.is_some()),
+                ("max_response_headers_kb", max_response_headers_kb.is_some()),
+                ("max_stream_duration", max_stream_duration.is_some()),
+                (
+                    "max_requests_per_connection",
+                    max_requests_per_connection.is_some(),
+                ),
+            ] {
+                if set {
+                    return Err(ConfigError::unsupported(format!("{opath}.{name}")));
+                }
+            }
+            use core::http_protocol_options::HeadersWithUnderscoresAction as U;
+            match U::try_from(*headers_with_underscores_action) {
+                Ok(U::Allow) => Underscores::Allow,
+                Ok(U::RejectRequest) => Underscores::Reject,
+                Ok(U::DropHeader) => Underscores::Drop,
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        format!("{opath}.headers_with_underscores_action"),
+                        "unknown value",
+                    ))
+                }
+            }
+        }
+    };
     Ok(HttpConnectionManager {
+        underscores,
         use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
         xff_num_trusted_hops: h.xff_num_trusted_hops,
         skip_xff_append: h.skip_xff_append,
