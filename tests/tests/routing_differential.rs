@@ -1271,3 +1271,55 @@ async fn headers_with_underscores_side_by_side() {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------------------------
+// Timeouts a client asks for
+// ---------------------------------------------------------------------------------------------
+
+/// Envoy 1.40 honours a client's x-envoy-upstream-rq-timeout-ms on internal requests only
+/// (the first configuration); on the others the route's timeout stands.
+const TIMEOUT_CASES: &[Case] = &[
+    (
+        "GET",
+        "/t?sleep=600",
+        H,
+        &[("x-envoy-upstream-rq-timeout-ms", "200")],
+        0,
+    ),
+    (
+        "GET",
+        "/t?sleep=300",
+        H,
+        &[("x-envoy-upstream-rq-timeout-ms", "2000")],
+        200,
+    ),
+    (
+        "GET",
+        "/t?sleep=300",
+        H,
+        &[("x-envoy-upstream-rq-timeout-ms", "0")],
+        200,
+    ),
+    (
+        "GET",
+        "/t?sleep=300",
+        H,
+        &[("x-envoy-upstream-rq-timeout-ms", "x")],
+        200,
+    ),
+];
+
+#[tokio::test]
+async fn client_timeouts_side_by_side() {
+    run(async {
+        for extra in [
+            json!({ "use_remote_address": true, "internal_address_config": { "cidr_ranges": [ { "address_prefix": "127.0.0.0", "prefix_len": 8 } ] } }),
+            json!({}),
+            json!({ "use_remote_address": true }),
+        ] {
+            let (e, s) = pair(plain_hcm(extra)).await;
+            compare_status_cases(&e, &s, TIMEOUT_CASES).await;
+        }
+    })
+    .await
+}

@@ -792,6 +792,12 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if let Some(kept) = kept {
         restore(&mut parts.headers, kept);
     }
+    let header_timeout = parts
+        .headers
+        .get("x-envoy-upstream-rq-timeout-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_millis);
     headers::strip_envoy_control_headers(&mut parts.headers);
     crate::http::conn_manager_utility::forwarding_headers(
         &cfg,
@@ -800,6 +806,14 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         conn.local,
         conn.secure,
     );
+    // Envoy's router reads x-envoy-upstream-rq-timeout-ms only on internal requests (the
+    // connection manager removes it from all others).
+    let header_timeout = header_timeout.filter(|_| {
+        parts
+            .headers
+            .get("x-envoy-internal")
+            .is_some_and(|v| v == "true")
+    });
     parts.headers.remove(header::EXPECT);
     if !parts.headers.contains_key(&names::X_FORWARDED_PROTO) {
         parts.headers.insert(
@@ -856,7 +870,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         &request,
         (conn.remote, conn.local),
         conn.source,
-        (scheme, upgrade.as_deref()),
+        (scheme, upgrade.as_deref(), header_timeout),
         done.info.as_deref_mut(),
     )
     .await

@@ -122,7 +122,7 @@ pub async fn route(
     request: &Rc<RequestProgress>,
     (downstream_remote, downstream_local): (std::net::SocketAddr, std::net::SocketAddr),
     source: Option<pool::Source>,
-    (scheme, upgrade): (&str, Option<&str>),
+    (scheme, upgrade, header_timeout): (&str, Option<&str>, Option<std::time::Duration>),
     mut info: Option<&mut StreamInfo>,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let host_header = authority(&parts).unwrap_or("").to_string();
@@ -312,8 +312,15 @@ pub async fn route(
         Some(&host_header),
         source,
     );
+    // An internal request's x-envoy-upstream-rq-timeout-ms replaces the route's timeout (0:
+    // none), as in Envoy.
+    let route_timeout = match header_timeout {
+        Some(t) if t.is_zero() => None,
+        Some(t) => Some(t),
+        None => route.timeout,
+    };
     if !cfg.router.suppress_envoy_headers {
-        if let Some(t) = route.timeout {
+        if let Some(t) = route_timeout {
             parts.headers.insert(
                 names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
                 headers::number(t.as_millis() as u64),
@@ -364,7 +371,7 @@ pub async fn route(
     let timeout = if upgrade.is_some() {
         None
     } else {
-        route.timeout
+        route_timeout
     };
     let result = match timeout {
         Some(t) => {
