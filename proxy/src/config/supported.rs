@@ -264,6 +264,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "response_headers_to_add",
             "response_headers_to_remove",
             "most_specific_header_mutations_wins",
+            // Data for filters and access logs skiff does not have; see docs/compatibility.md.
+            "metadata",
         ],
     ),
     (
@@ -284,6 +286,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
+            "metadata",
         ],
     ),
     (
@@ -298,6 +301,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
+            "metadata",
         ],
     ),
     (

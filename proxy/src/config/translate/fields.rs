@@ -433,7 +433,7 @@ pub(super) fn route_configuration(
         vhost_header,
         ignore_path_parameters_in_path_matching,
         typed_per_filter_config,
-        metadata,
+        metadata: _,
         route_specifiers,
     } = m;
     refuse(path, "vhds", vhds)?;
@@ -448,7 +448,6 @@ pub(super) fn route_configuration(
         ignore_path_parameters_in_path_matching,
     )?;
     refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
-    refuse(path, "metadata", metadata)?;
     refuse(path, "route_specifiers", route_specifiers)?;
     Ok(())
 }
@@ -480,7 +479,7 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
         per_request_buffer_limit_bytes,
         request_body_buffer_limit,
         request_mirror_policies,
-        metadata,
+        metadata: _,
         route_specifiers,
     } = m;
     refuse(path, "matcher", matcher)?;
@@ -514,7 +513,6 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
     )?;
     refuse(path, "request_body_buffer_limit", request_body_buffer_limit)?;
     refuse(path, "request_mirror_policies", request_mirror_policies)?;
-    refuse(path, "metadata", metadata)?;
     refuse(path, "route_specifiers", route_specifiers)?;
     Ok(())
 }
@@ -526,7 +524,7 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
     let route_pb::Route {
         name: _,
         r#match: _,
-        metadata,
+        metadata: _,
         decorator,
         typed_per_filter_config,
         request_headers_to_add: _,
@@ -540,7 +538,6 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
         route_specifiers,
         action,
     } = m;
-    refuse(path, "metadata", metadata)?;
     refuse(path, "decorator", decorator)?;
     refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
     refuse(path, "tracing", tracing)?;
