@@ -1323,3 +1323,77 @@ async fn client_timeouts_side_by_side() {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------------------------
+// A real configuration: Envoy Gateway's httproute-redirect bootstrap, verbatim but for its
+// addresses (redirects, path_separated_prefix, escaped-slash redirects, path normalization,
+// use_remote_address, headers with underscores, suppressed Envoy headers)
+// ---------------------------------------------------------------------------------------------
+
+const GATEWAY: &str = "gateway.envoyproxy.io";
+
+const GATEWAY_CASES: &[Case] = &[
+    ("GET", "/status/301", GATEWAY, &[], 301),
+    ("GET", "/status/302/x?q=1", GATEWAY, &[], 302),
+    ("GET", "/status/303", GATEWAY, &[], 303),
+    ("GET", "/status/307", GATEWAY, &[], 307),
+    ("GET", "/status/308", GATEWAY, &[], 308),
+    ("GET", "/status/3010", GATEWAY, &[], 404),
+    ("GET", "/x/../status/301", GATEWAY, &[], 301),
+    ("GET", "//status//302", GATEWAY, &[], 302),
+    ("GET", "/status%2F301", GATEWAY, &[], 307),
+    ("GET", "/status/301", "gateway.envoyproxy.io:8080", &[], 301),
+    ("GET", "/status/301", "other.example.com", &[], 404),
+    ("GET", "/status/301", GATEWAY, &[("x_bad", "1")], 0),
+];
+
+#[tokio::test]
+async fn envoy_gateway_redirect_bootstrap_side_by_side() {
+    run(async {
+        let path = skiff_tests::workspace_root().join(
+            "../shared/corpus/envoy-gateway-xds/internal__xds__translator__testdata__out__xds-ir__httproute-redirect.bootstrap.yaml",
+        );
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            eprintln!("{} not found: skipped", path.display());
+            return;
+        };
+        let mut sides = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let (admin, port) = (free_port(), free_port());
+            let yaml = format!(
+                "admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}\n{}",
+                text.replace("address: 0.0.0.0", "address: 127.0.0.1")
+                    .replace("portValue: 10080", &format!("portValue: {port}"))
+            );
+            let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+            sides.push((proxy, port));
+        }
+        for case in GATEWAY_CASES {
+            for http2 in [false, true] {
+                let mut got = Vec::new();
+                for (_, port) in &sides {
+                    let addr = format!("127.0.0.1:{port}");
+                    let req = build_request(http2, case);
+                    let r = if http2 {
+                        let c = client::H2Client::connect(&addr).await.expect("h2");
+                        c.send(req).await.ok()
+                    } else {
+                        Some(client::http1_once(&addr, req).await.expect("http1"))
+                    };
+                    got.push(r);
+                }
+                let what = format!("{} {} {} (h2: {http2})", case.0, case.2, case.1);
+                match (&got[0], &got[1]) {
+                    (Some(e), Some(s)) => {
+                        if case.4 != 0 {
+                            assert_eq!(e.status, case.4 as u16, "{what}: Envoy's status {e:?}");
+                        }
+                        assert_same_response(&what, e, s);
+                    }
+                    (e, s) => assert_eq!(e.is_none(), s.is_none(), "{what}: envoy {e:?} skiff {s:?}"),
+                }
+            }
+        }
+    })
+    .await
+}
