@@ -813,6 +813,10 @@ fn actions_config(body_file: &str) -> Value {
             json!({ "route": { "cluster_header": "x-cluster", "cluster_not_found_response_code": "NOT_FOUND" } }),
         ),
         to("/ch", json!({ "route": { "cluster_header": "x-cluster" } })),
+        to(
+            "/deco",
+            json!({ "route": { "cluster": "echo" }, "decorator": { "operation": "my-op", "propagate": true } }),
+        ),
         to("/", json!({ "route": { "cluster": "echo" } })),
     ];
     hcm_with(
@@ -860,6 +864,14 @@ const ACTION_CASES: &[Case] = &[
     ("GET", "/rw/hosthdr", H, &[], 200),
     ("GET", "/rw/auto", H, &[], 200),
     ("GET", "/wc/one", H, &[], 200),
+    (
+        "GET",
+        "/deco",
+        H,
+        &[("x-envoy-decorator-operation", "client")],
+        200,
+    ),
+    ("GET", "/deco", H, &[], 200),
     ("GET", "/ch", H, &[("x-cluster", "echo2")], 200),
     ("GET", "/ch", H, &[("x-cluster", "nope")], 503),
     ("GET", "/ch", H, &[], 503),

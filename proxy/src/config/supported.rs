@@ -302,7 +302,13 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "response_headers_to_add",
             "response_headers_to_remove",
             "metadata",
+            // Names tracing spans; skiff refuses HCM tracing, and without it Envoy ignores it.
+            "decorator",
         ],
+    ),
+    (
+        "envoy.config.route.v3.Decorator",
+        &["operation", "propagate"],
     ),
     (
         "envoy.config.route.v3.RedirectAction",

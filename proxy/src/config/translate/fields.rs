@@ -525,7 +525,7 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
         name: _,
         r#match: _,
         metadata: _,
-        decorator,
+        decorator: _,
         typed_per_filter_config,
         request_headers_to_add: _,
         request_headers_to_remove: _,
@@ -538,7 +538,6 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
         route_specifiers,
         action,
     } = m;
-    refuse(path, "decorator", decorator)?;
     refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
     refuse(path, "tracing", tracing)?;
     refuse(
