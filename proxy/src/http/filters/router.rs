@@ -350,6 +350,14 @@ pub async fn route(
         },
     };
 
+    // An upgrade over HTTP/2 needs an extended CONNECT, not built yet: refused here, before it
+    // could make a healthy upstream connection look broken.
+    if upgrade.is_some() && http2 {
+        return Err(LocalReply {
+            details: "upgrade_failed",
+            ..LocalReply::CONNECTION_TERMINATION
+        });
+    }
     let mut upstream = Upstream::start(cluster.clone(), host.clone(), request.clone());
     let target = Target {
         cluster: &cluster,
