@@ -1,9 +1,7 @@
 //! I/O adaptors shared by the network and HTTP layers.
 
-use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -261,8 +259,33 @@ impl FlowPair {
     }
 }
 
+/// A value shared between a connection's I/O and the streams on it. The I/O may be handed to
+/// hyper's upgrade machinery (websockets), which needs it `Send`; a connection lives on one
+/// worker, so the lock is never contended.
+#[derive(Debug, Default)]
+pub struct Slot<T>(std::sync::Mutex<T>);
+
+impl<T> Slot<T> {
+    /// A slot holding `value`.
+    pub fn new(value: T) -> Self {
+        Slot(std::sync::Mutex::new(value))
+    }
+
+    /// The value, for reading or changing.
+    pub fn borrow_mut(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The value, for reading.
+    pub fn borrow(&self) -> std::sync::MutexGuard<'_, T> {
+        self.borrow_mut()
+    }
+}
+
 /// The pair of the request a connection is sending now, if any (set per request).
-pub type FlowSlot = Rc<RefCell<Option<FlowPair>>>;
+pub type FlowSlot = std::sync::Arc<Slot<Option<FlowPair>>>;
 
 /// A stream that counts its writes backing up (a write has to wait for the peer to read) and
 /// draining again (the next write that goes through): in `connection` for the connection itself
@@ -379,7 +402,7 @@ mod tests {
         let (a, mut b) = tokio::io::duplex(4);
         let (up, down) = (Counter::default(), Counter::default());
         let (paused, resumed) = (Counter::default(), Counter::default());
-        let slot: FlowSlot = Rc::new(RefCell::new(Some(FlowPair::new(&paused, &resumed))));
+        let slot: FlowSlot = std::sync::Arc::new(Slot::new(Some(FlowPair::new(&paused, &resumed))));
         let mut w = WriteFlow::new(a, Some(FlowPair::new(&up, &down)), slot);
         let writer = async {
             w.write_all(b"0123456789").await.expect("write");

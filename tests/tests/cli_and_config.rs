@@ -152,16 +152,16 @@ async fn unhonoured_listener_field_is_unsupported() {
 }
 
 #[tokio::test]
-async fn use_remote_address_is_unsupported() {
+async fn an_unsupported_hcm_field_is_named() {
     run(async {
-        if skiff_only("use_remote_address_is_unsupported") {
+        if skiff_only("an_unsupported_hcm_field_is_named") {
             return;
         }
         let mut v = base();
-        config::hcm_config(&mut v)["use_remote_address"] = json!(true);
+        config::hcm_config(&mut v)["add_user_agent"] = json!(true);
         assert_rejected(
             &to_yaml(&v),
-            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.use_remote_address: unsupported",
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.add_user_agent: unsupported",
         )
         .await;
     })

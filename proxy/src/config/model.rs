@@ -563,6 +563,69 @@ pub struct HttpConnectionManager {
     pub via: Option<http::HeaderValue>,
     /// `http2_protocol_options` for downstream HTTP/2 connections.
     pub http2: Http2Options,
+    /// `upgrade_configs`: the upgrade types (lower case) this connection manager takes, and
+    /// whether each is enabled unless a route says otherwise.
+    pub upgrades: Vec<(String, bool)>,
+    /// `use_remote_address`.
+    pub use_remote_address: bool,
+    /// `xff_num_trusted_hops`.
+    pub xff_num_trusted_hops: u32,
+    /// `skip_xff_append`.
+    pub skip_xff_append: bool,
+    /// `internal_address_config.cidr_ranges`: the addresses whose requests are internal.
+    pub internal_addresses: Vec<CidrRange>,
+    /// `normalize_path`.
+    pub normalize_path: bool,
+    /// `merge_slashes`.
+    pub merge_slashes: bool,
+    /// `path_with_escaped_slashes_action`.
+    pub escaped_slashes: EscapedSlashes,
+    /// `strip_matching_host_port` / `strip_any_host_port`.
+    pub strip_port: StripPort,
+    /// `common_http_protocol_options.headers_with_underscores_action`.
+    pub underscores: Underscores,
+}
+
+/// `headers_with_underscores_action`: what becomes of a request header whose name has `_`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underscores {
+    /// `ALLOW` (the default).
+    Allow,
+    /// `REJECT_REQUEST`: 400 over HTTP/1.1, a reset stream over HTTP/2.
+    Reject,
+    /// `DROP_HEADER`.
+    Drop,
+}
+
+impl HttpConnectionManager {
+    /// Whether a request from `ip` is internal (`internal_address_config`).
+    pub fn is_internal(&self, ip: std::net::IpAddr) -> bool {
+        self.internal_addresses.iter().any(|r| r.contains(ip))
+    }
+}
+
+/// `path_with_escaped_slashes_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// `KEEP_UNCHANGED` (and Envoy's default).
+    KeepUnchanged,
+    /// `REJECT_REQUEST`: 400.
+    RejectRequest,
+    /// `UNESCAPE_AND_REDIRECT`: 307 to the unescaped path.
+    UnescapeAndRedirect,
+    /// `UNESCAPE_AND_FORWARD`.
+    UnescapeAndForward,
+}
+
+/// Which port the connection manager strips from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripPort {
+    /// None.
+    None,
+    /// `strip_matching_host_port`: the listener's port.
+    Matching,
+    /// `strip_any_host_port`: any port.
+    Any,
 }
 
 /// Envoy 1.40's `SETTINGS_MAX_CONCURRENT_STREAMS` for downstream connections when
@@ -934,6 +997,8 @@ pub enum StringMatchKind {
     Suffix(String),
     /// `contains`.
     Contains(String),
+    /// `safe_regex`: the whole value must match (anchored at translation).
+    SafeRegex(regex::Regex),
 }
 
 impl StringMatch {
@@ -944,6 +1009,7 @@ impl StringMatch {
             | StringMatchKind::Prefix(p)
             | StringMatchKind::Suffix(p)
             | StringMatchKind::Contains(p) => p.as_str(),
+            StringMatchKind::SafeRegex(re) => return re.is_match(value),
         };
         if self.ignore_case {
             // Patterns were lowered at translation time.
@@ -960,6 +1026,7 @@ impl StringMatch {
             StringMatchKind::Prefix(_) => value.starts_with(pattern),
             StringMatchKind::Suffix(_) => value.ends_with(pattern),
             StringMatchKind::Contains(_) => value.contains(pattern),
+            StringMatchKind::SafeRegex(_) => false,
         }
     }
 }
@@ -968,11 +1035,31 @@ impl StringMatch {
 #[derive(Debug, Clone)]
 pub struct HeaderMatch {
     /// `name`.
-    pub name: HeaderName,
+    pub name: HeaderKey,
     /// What to check.
     pub kind: HeaderMatchKind,
     /// `invert_match`.
     pub invert: bool,
+    /// `treat_missing_header_as_empty`: an absent header is matched as the empty value.
+    pub missing_as_empty: bool,
+}
+
+/// The header a [`HeaderMatch`] reads: a header, or one of the pseudo-headers Envoy's request
+/// header map holds for every request (HTTP/1.1 included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderKey {
+    /// A regular header.
+    Header(HeaderName),
+    /// `:method`.
+    Method,
+    /// `:authority` (the `Host` header of an HTTP/1.1 request).
+    Authority,
+    /// `:path`, query included.
+    Path,
+    /// `:scheme`.
+    Scheme,
+    /// Any other name starting with `:`, which no request carries.
+    OtherPseudo,
 }
 
 /// The check of a [`HeaderMatch`].
@@ -980,7 +1067,28 @@ pub struct HeaderMatch {
 pub enum HeaderMatchKind {
     /// `present_match`: the header is present (true) or absent (false).
     Present(bool),
-    /// `string_match` on the header's value (several values are joined with `,`).
+    /// `string_match` (and the older `exact_match`, `prefix_match`, …) on the header's value
+    /// (several values are joined with `,`).
+    String(StringMatch),
+    /// `range_match`: the value as a signed integer in `[start, end)`.
+    Range(i64, i64),
+}
+
+/// A `query_parameters` entry of a route match.
+#[derive(Debug, Clone)]
+pub struct QueryMatch {
+    /// `name`.
+    pub name: String,
+    /// What to check.
+    pub check: QueryCheck,
+}
+
+/// The check of a [`QueryMatch`].
+#[derive(Debug, Clone)]
+pub enum QueryCheck {
+    /// `present_match` (and no specifier, which asks for presence).
+    Present(bool),
+    /// `string_match` on the parameter's first value.
     String(StringMatch),
 }
 

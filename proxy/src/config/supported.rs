@@ -42,11 +42,6 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
     (
-        "envoy.type.matcher.v3.RegexMatcher",
-        &["regex", "google_re2"],
-    ),
-    ("envoy.type.matcher.v3.RegexMatcher.GoogleRE2", &[]),
-    (
         "envoy.config.overload.v3.OverloadManager",
         &["refresh_interval", "resource_monitors"],
     ),
@@ -296,7 +291,31 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "always_set_request_id_in_response",
             "via",
             "http2_protocol_options",
+            "upgrade_configs",
+            "use_remote_address",
+            "xff_num_trusted_hops",
+            "skip_xff_append",
+            "internal_address_config",
+            "normalize_path",
+            "merge_slashes",
+            "path_with_escaped_slashes_action",
+            "strip_matching_host_port",
+            "strip_any_host_port",
+            "common_http_protocol_options",
         ],
+    ),
+    // The connection manager's; a cluster's are not reachable through the table.
+    (
+        "envoy.config.core.v3.HttpProtocolOptions",
+        &["headers_with_underscores_action"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",
+        &["cidr_ranges"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
+        &["upgrade_type", "enabled"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
@@ -313,20 +332,128 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.RouteConfiguration",
-        &["name", "virtual_hosts", "ignore_port_in_host_matching"],
+        &[
+            "name",
+            "virtual_hosts",
+            "ignore_port_in_host_matching",
+            "max_direct_response_body_size_bytes",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+            "most_specific_header_mutations_wins",
+            // Data for filters and access logs skiff does not have; see docs/compatibility.md.
+            "metadata",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.HeaderValueOption",
+        &["header", "append", "append_action", "keep_empty_value"],
+    ),
+    (
+        "envoy.config.core.v3.HeaderValue",
+        &["key", "value", "raw_value"],
     ),
     (
         "envoy.config.route.v3.VirtualHost",
-        &["name", "domains", "routes"],
+        &[
+            "name",
+            "domains",
+            "routes",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+            "metadata",
+        ],
     ),
-    ("envoy.config.route.v3.Route", &["name", "match", "route"]),
+    (
+        "envoy.config.route.v3.Route",
+        &[
+            "name",
+            "match",
+            "route",
+            "redirect",
+            "direct_response",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+            "metadata",
+            // Names tracing spans; skiff refuses HCM tracing, and without it Envoy ignores it.
+            "decorator",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.Decorator",
+        &["operation", "propagate"],
+    ),
+    (
+        "envoy.config.route.v3.RedirectAction",
+        &[
+            "https_redirect",
+            "scheme_redirect",
+            "host_redirect",
+            "port_redirect",
+            "path_redirect",
+            "prefix_rewrite",
+            "regex_rewrite",
+            "response_code",
+            "strip_query",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.DirectResponseAction",
+        &["status", "body"],
+    ),
+    ("envoy.config.route.v3.WeightedCluster", &["clusters"]),
+    (
+        "envoy.config.route.v3.WeightedCluster.ClusterWeight",
+        &["name", "weight"],
+    ),
+    (
+        "envoy.type.matcher.v3.RegexMatchAndSubstitute",
+        &["pattern", "substitution"],
+    ),
     (
         "envoy.config.route.v3.RouteMatch",
-        &["prefix", "path", "case_sensitive", "headers"],
+        &[
+            "prefix",
+            "path",
+            "path_separated_prefix",
+            "safe_regex",
+            "case_sensitive",
+            "headers",
+            "query_parameters",
+            "grpc",
+        ],
+    ),
+    ("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", &[]),
+    (
+        "envoy.config.route.v3.QueryParameterMatcher",
+        &["name", "string_match", "present_match"],
     ),
     (
+        "envoy.type.matcher.v3.RegexMatcher",
+        &["google_re2", "regex"],
+    ),
+    ("envoy.type.matcher.v3.RegexMatcher.GoogleRE2", &[]),
+    ("envoy.type.v3.Int64Range", &["start", "end"]),
+    (
         "envoy.config.route.v3.HeaderMatcher",
-        &["name", "string_match", "present_match", "invert_match"],
+        &[
+            "name",
+            "string_match",
+            "present_match",
+            "invert_match",
+            "exact_match",
+            "safe_regex_match",
+            "range_match",
+            "prefix_match",
+            "suffix_match",
+            "contains_match",
+            "treat_missing_header_as_empty",
+        ],
     ),
     (
         "envoy.type.matcher.v3.StringMatcher",
@@ -335,11 +462,30 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "prefix",
             "suffix",
             "contains",
-            "ignore_case",
             "safe_regex",
+            "ignore_case",
         ],
     ),
-    ("envoy.config.route.v3.RouteAction", &["cluster", "timeout"]),
+    (
+        "envoy.config.route.v3.RouteAction",
+        &[
+            "cluster",
+            "cluster_header",
+            "weighted_clusters",
+            "cluster_not_found_response_code",
+            "timeout",
+            "upgrade_configs",
+            "prefix_rewrite",
+            "regex_rewrite",
+            "host_rewrite_literal",
+            "host_rewrite_header",
+            "auto_host_rewrite",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.UpgradeConfig",
+        &["upgrade_type", "enabled"],
+    ),
     // gzip's memory_level and compression_strategy tune how hard zlib works; the output decodes
     // to the same bytes (docs/compatibility.md).
     (
@@ -777,12 +923,12 @@ mod tests {
     #[test]
     fn unsupported_field_inside_typed_config() {
         let err = check_yaml(
-            r#"static_resources: { listeners: [ { name: a, filter_chains: [ { filters: [ { name: hcm, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: x, use_remote_address: true } } ] } ] } ] }"#,
+            r#"static_resources: { listeners: [ { name: a, filter_chains: [ { filters: [ { name: hcm, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: x, add_user_agent: true } } ] } ] } ] }"#,
         )
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.use_remote_address: unsupported"
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.add_user_agent: unsupported"
         );
     }
 

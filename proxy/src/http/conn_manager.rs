@@ -1,9 +1,10 @@
 //! `envoy.filters.network.http_connection_manager`: one downstream connection, its codec
 //! (HTTP/1.1, or HTTP/2 with prior knowledge), and the streams on it.
 
-use std::cell::Cell;
-use std::convert::Infallible;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 
-use crate::config::model::{self, CodecType, ServerHeader};
+use crate::config::model::{self, CodecType, ServerHeader, Underscores};
 use crate::drain::ConnectionDrain;
 use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
 use crate::http::filter::{self, Direction};
@@ -86,12 +87,27 @@ pub struct HcmStats {
     pub no_cluster: Counter,
     /// `rq_total`.
     pub rq_total: Counter,
+    /// `downstream_rq_ws_on_non_ws_route`: upgrades refused because neither the route nor the
+    /// connection manager takes their type.
+    pub downstream_rq_ws_on_non_ws_route: Counter,
+    /// `downstream_rq_failed_path_normalization`.
+    pub downstream_rq_failed_path_normalization: Counter,
+    /// `downstream_rq_redirected_with_normalized_path`.
+    pub downstream_rq_redirected_with_normalized_path: Counter,
     /// `downstream_rq_too_many_premature_resets`: connections closed for resetting streams
     /// early (rapid reset).
     pub downstream_rq_too_many_premature_resets: Counter,
     /// `http2.rx_reset` (root scope, as Envoy's codec stats): streams a downstream HTTP/2
     /// client reset while its connection stayed up.
     pub http2_rx_reset: Counter,
+    /// `http1.requests_rejected_with_underscores_in_headers` (codec stats, root scope).
+    pub http1_rejected_underscores: Counter,
+    /// `http1.dropped_headers_with_underscores`.
+    pub http1_dropped_underscores: Counter,
+    /// `http2.requests_rejected_with_underscores_in_headers`.
+    pub http2_rejected_underscores: Counter,
+    /// `http2.dropped_headers_with_underscores`.
+    pub http2_dropped_underscores: Counter,
     /// `downstream_rq_<N>xx`, index N-1, then the listener's copies.
     classes: [Counter; 5],
     listener_classes: [Counter; 5],
@@ -139,7 +155,18 @@ impl HcmStats {
             no_cluster: c("no_cluster"),
             rq_total: c("rq_total"),
             downstream_rq_too_many_premature_resets: c("downstream_rq_too_many_premature_resets"),
+            downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
+            downstream_rq_failed_path_normalization: c("downstream_rq_failed_path_normalization"),
+            downstream_rq_redirected_with_normalized_path: c(
+                "downstream_rq_redirected_with_normalized_path",
+            ),
             http2_rx_reset: shard.counter("http2.rx_reset"),
+            http1_rejected_underscores: shard
+                .counter("http1.requests_rejected_with_underscores_in_headers"),
+            http1_dropped_underscores: shard.counter("http1.dropped_headers_with_underscores"),
+            http2_rejected_underscores: shard
+                .counter("http2.requests_rejected_with_underscores_in_headers"),
+            http2_dropped_underscores: shard.counter("http2.dropped_headers_with_underscores"),
             listener_completed: shard.counter(&format!("{listener_prefix}downstream_rq_completed")),
             classes,
             listener_classes,
@@ -213,6 +240,10 @@ struct Conn {
     reset_abuse_seen: Cell<bool>,
     /// The connection has ended: streams dropped now were not reset by the client.
     ended: Cell<bool>,
+    /// Set when a request switched protocols: the HTTP/1.1 guard lets the tunnel's bytes pass.
+    switched: h1_guard::Switched,
+    /// The tunnel of an upgraded request (websocket), run once hyper hands the connection over.
+    tunnel: RefCell<Option<Pin<Box<dyn Future<Output = ()>>>>>,
 }
 
 impl Conn {
@@ -288,11 +319,24 @@ pub async fn serve(
         reset_abuse: Rc::default(),
         reset_abuse_seen: Cell::new(false),
         ended: Cell::new(false),
+        switched: h1_guard::Switched::default(),
+        tunnel: RefCell::new(None),
     });
     let svc_conn = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let conn = svc_conn.clone();
-        async move { Ok::<_, Infallible>(handle(conn, req).await) }
+        async move {
+            // HTTP/2's codec refuses a header name with `_` by resetting the stream before the
+            // connection manager sees it (headers_with_underscores_action: REJECT_REQUEST).
+            if req.version() == Version::HTTP_2
+                && conn.hcm.config.underscores == Underscores::Reject
+                && has_underscore_name(req.headers())
+            {
+                conn.hcm.stats.http2_rejected_underscores.inc();
+                return Err(UnderscoreRejected);
+            }
+            Ok::<_, UnderscoreRejected>(handle(conn, req).await)
+        }
     });
     // per_connection_buffer_limit_bytes bounds what one connection or stream may hold: the
     // HTTP/2 stream window is sized from it and the HTTP/1.1 read buffer is a fixed 64 KiB, so a
@@ -315,11 +359,6 @@ pub async fn serve(
         .max_concurrent_streams(h2.max_concurrent_streams)
         .initial_stream_window_size(stream_window)
         .initial_connection_window_size(conn_window);
-    let builder = match hcm.config.codec {
-        CodecType::Auto => builder,
-        CodecType::Http1 => builder.http1_only(),
-        CodecType::Http2 => builder.http2_only(),
-    };
     // HTTP/1.1 request heads are judged by Envoy's codec rules before hyper reads them.
     let guarded = H1Guard::new(
         Counted::new(
@@ -329,10 +368,48 @@ pub async fn serve(
         ),
         conn.refused.clone(),
         hcm.config.codec != CodecType::Http2,
-    );
+    )
+    .switch_on(conn.switched.clone());
     let io = TokioIo::new(WriteFlow::new(guarded, None, response_flow));
-    let served = builder.serve_connection(io, service);
-    tokio::pin!(served);
+    // hyper's connection runs until it closes, or until `shutdown` asks it to finish gracefully
+    // (GOAWAY, or `connection: close` on the next response).
+    let shutdown = Rc::new(tokio::sync::Notify::new());
+    let stop = shutdown.clone();
+    macro_rules! until_shutdown {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r.map_err(Into::into),
+                _ = stop.notified() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await.map_err(Into::into)
+                }
+            }
+        }};
+    }
+    let served: Pin<Box<dyn Future<Output = ServeResult>>> =
+        match hcm.config.codec {
+            // Upgrades (websockets) need hyper's upgradeable HTTP/1.1 connections.
+            CodecType::Auto => Box::pin(async move {
+                until_shutdown!(builder.serve_connection_with_upgrades(io, service))
+            }),
+            // hyper-util's upgradeable connection would also take HTTP/2: an HTTP1-only codec
+            // uses hyper's HTTP/1.1 connection itself.
+            CodecType::Http1 => Box::pin(async move {
+                let mut h1 = hyper::server::conn::http1::Builder::new();
+                h1.timer(hyper_util::rt::TokioTimer::new())
+                    .keep_alive(true)
+                    .max_buf_size(64 * 1024)
+                    .header_read_timeout(IDLE_TIMEOUT);
+                until_shutdown!(h1.serve_connection(io, service).with_upgrades())
+            }),
+            CodecType::Http2 => {
+                let builder = builder.http2_only();
+                Box::pin(async move { until_shutdown!(builder.serve_connection(io, service)) })
+            }
+        };
+    let mut served = served;
     let mut drain = drain;
     let reset_abuse = conn.reset_abuse.clone();
     let result = tokio::select! {
@@ -347,11 +424,16 @@ pub async fn serve(
                 if conn.codec.get() == Some(Codec::Http2) {
                     stats.downstream_cx_drain_close.inc();
                 }
-                served.as_mut().graceful_shutdown();
+                shutdown.notify_one();
             }
             served.await
         }
     };
+    // A request that switched protocols ended hyper's part: the connection is its tunnel now.
+    let tunnel = conn.tunnel.borrow_mut().take();
+    if let Some(tunnel) = tunnel {
+        tunnel.await;
+    }
     // `served` (and any stream still in it) is dropped when this function returns.
     conn.ended.set(true);
     if let Err(e) = result {
@@ -370,6 +452,24 @@ pub async fn serve(
         stats.downstream_cx_ssl_active.dec();
     }
     stats.downstream_cx_destroy.inc();
+}
+
+type ServeResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// An HTTP/2 stream refused for a header name with `_`: hyper resets it.
+#[derive(Debug)]
+struct UnderscoreRejected;
+
+impl std::fmt::Display for UnderscoreRejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("header name contains underscores")
+    }
+}
+
+impl std::error::Error for UnderscoreRejected {}
+
+fn has_underscore_name(h: &http::HeaderMap) -> bool {
+    h.keys().any(|n| n.as_str().contains('_'))
 }
 
 /// Whether a connection error was the client speaking bad HTTP (not an I/O reset).
@@ -398,11 +498,32 @@ pub struct Done {
     request: Rc<RequestProgress>,
     upstream: Option<Upstream>,
     settled: bool,
+    /// Bytes a tunnel carried from the client (the request body of an upgrade).
+    tunnel_received: u64,
+    /// The request is a HEAD: local replies carry no body.
+    head_request: bool,
 }
 
 impl Unpin for Done {}
 
 impl Done {
+    /// The stream's accounting, taken from the response it was made for: a tunnel's end, not
+    /// the end of its `101`, ends the stream.
+    fn detach(&mut self) -> Done {
+        let d = Done {
+            conn: self.conn.clone(),
+            started: self.started,
+            info: self.info.take(),
+            request: self.request.clone(),
+            upstream: self.upstream.take(),
+            settled: false,
+            tunnel_received: 0,
+            head_request: self.head_request,
+        };
+        self.settled = true;
+        d
+    }
+
     fn settle(&mut self, reason: EndReason, bytes: u64) {
         if self.settled {
             return;
@@ -431,7 +552,7 @@ impl Done {
         }
         if let Some(mut info) = self.info.take() {
             info.bytes_sent = bytes;
-            info.bytes_received = self.request.bytes();
+            info.bytes_received = self.request.bytes() + self.tunnel_received;
             info.response_done = Some(std::time::Instant::now());
             info.request_done = self.request.done_at().map(|t| t.into_std());
             if info.upstream_connection.is_some() {
@@ -520,6 +641,8 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         request: request.clone(),
         upstream: None,
         settled: false,
+        tunnel_received: 0,
+        head_request: parts.method == http::Method::HEAD,
     };
     if let Some(info) = done.info.as_mut() {
         info.connection = Some(conn.connection.clone());
@@ -549,6 +672,35 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     }
     if version == Version::HTTP_10 || version == Version::HTTP_09 {
         return local(done, LocalReply::UPGRADE_REQUIRED, None);
+    }
+    match cfg.underscores {
+        Underscores::Allow => {}
+        Underscores::Reject if codec == Codec::Http1 && has_underscore_name(&parts.headers) => {
+            stats.http1_rejected_underscores.inc();
+            stats.downstream_cx_protocol_error.inc();
+            return local(done, LocalReply::UNEXPECTED_UNDERSCORE, None);
+        }
+        Underscores::Reject => {}
+        Underscores::Drop => {
+            let names: Vec<header::HeaderName> = parts
+                .headers
+                .keys()
+                .filter(|n| n.as_str().contains('_'))
+                .cloned()
+                .collect();
+            for n in names {
+                let dropped = parts.headers.get_all(&n).iter().count() as u64;
+                parts.headers.remove(&n);
+                let counter = if codec == Codec::Http2 {
+                    &stats.http2_dropped_underscores
+                } else {
+                    &stats.http1_dropped_underscores
+                };
+                for _ in 0..dropped {
+                    counter.inc();
+                }
+            }
+        }
     }
     if codec == Codec::Http1 {
         headers::join_hosts(&mut parts.headers);
@@ -580,15 +732,90 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         return local(done, reply, None);
     }
 
-    // Upgrades (websocket…) need upgrade_configs, which skiff does not offer yet: Envoy's 403.
-    // An h2c upgrade offer is simply ignored, as Envoy does.
-    if is_upgrade(&parts.headers) {
-        return local(done, LocalReply::UPGRADE_FORBIDDEN, None);
+    // An upgrade (websocket…) goes through when `upgrade_configs` take its type; the router
+    // decides, with the route. An h2c upgrade offer is simply ignored, as Envoy does.
+    let upgrade = if codec == Codec::Http1 {
+        upgrade_type(&parts.headers)
+    } else {
+        None
+    };
+    let on_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+
+    // Path normalization, then the host's port, as Envoy's connection manager does them before
+    // routing.
+    if let Some(pq) = parts.uri.path_and_query() {
+        use crate::http::conn_manager_utility::{normalize_path, PathAction};
+        match normalize_path(&cfg, pq.as_str()) {
+            None => {}
+            Some(PathAction::Reject) => {
+                stats.downstream_rq_failed_path_normalization.inc();
+                return local(done, LocalReply::PATH_NORMALIZATION_FAILED, None);
+            }
+            Some(PathAction::Redirect(path)) => {
+                stats.downstream_rq_redirected_with_normalized_path.inc();
+                let location = HeaderValue::from_str(&path).ok();
+                let reply = match location {
+                    Some(l) => LocalReply {
+                        details: LocalReply::PATH_NORMALIZATION_FAILED.details,
+                        ..LocalReply::redirect(http::StatusCode::TEMPORARY_REDIRECT, l)
+                    },
+                    None => LocalReply::PATH_NORMALIZATION_FAILED,
+                };
+                return local(done, reply, None);
+            }
+            Some(PathAction::Continue(path)) if path != pq.as_str() => {
+                let mut uri = parts.uri.clone().into_parts();
+                uri.path_and_query = http::uri::PathAndQuery::try_from(path.as_str()).ok();
+                match http::Uri::from_parts(uri) {
+                    Ok(u) if u.path_and_query().is_some() => parts.uri = u,
+                    _ => {
+                        stats.downstream_rq_failed_path_normalization.inc();
+                        return local(done, LocalReply::PATH_NORMALIZATION_FAILED, None);
+                    }
+                }
+                if let Some(info) = done.info.as_mut() {
+                    info.path = Some(path);
+                }
+            }
+            Some(PathAction::Continue(_)) => {}
+        }
+    }
+    if let Some(host) = authority(&parts).and_then(|h| {
+        crate::http::conn_manager_utility::strip_port(cfg.strip_port, h, conn.local.port())
+    }) {
+        set_authority(&mut parts, &host);
     }
 
-    // Envoy's default request header handling.
+    // Envoy's default request header handling; an upgrade keeps its `Connection` and `Upgrade`.
+    let kept = upgrade.as_ref().map(|_| upgrade_headers(&parts.headers));
     headers::remove_hop_by_hop(&mut parts.headers);
+    if let Some(kept) = kept {
+        restore(&mut parts.headers, kept);
+    }
+    let header_timeout = parts
+        .headers
+        .get("x-envoy-upstream-rq-timeout-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_millis);
     headers::strip_envoy_control_headers(&mut parts.headers);
+    crate::http::conn_manager_utility::forwarding_headers(
+        &cfg,
+        &mut parts.headers,
+        conn.remote,
+        conn.local,
+        conn.secure,
+    );
+    // Envoy's router reads x-envoy-upstream-rq-timeout-ms only on internal requests (the
+    // connection manager removes it from all others).
+    let header_timeout = header_timeout.filter(|_| {
+        parts
+            .headers
+            .get("x-envoy-internal")
+            .is_some_and(|v| v == "true")
+    });
     parts.headers.remove(header::EXPECT);
     if !parts.headers.contains_key(&names::X_FORWARDED_PROTO) {
         parts.headers.insert(
@@ -630,6 +857,13 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     }
     let body = filter::wrap(chain.as_ref(), body, Direction::Decode);
     let start = Instant::now();
+    // `:scheme` as Envoy's header map holds it: the client's over HTTP/2, else the connection's.
+    let scheme = match parts.uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("https") => "https",
+        Some(_) => "http",
+        None if conn.secure => "https",
+        None => "http",
+    };
     match router::route(
         &conn.worker,
         &cfg,
@@ -638,11 +872,19 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         &request,
         (conn.remote, conn.local),
         conn.source,
+        (scheme, upgrade.as_deref(), header_timeout),
         done.info.as_deref_mut(),
     )
     .await
     {
-        Ok((resp, upstream, deadline)) => {
+        Ok((mut resp, upstream, deadline)) => {
+            let switching =
+                upgrade.is_some() && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+            let upstream_io = if switching {
+                resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()
+            } else {
+                None
+            };
             // An HTTP/1.1 connection writes one response at a time; HTTP/2 streams wait for
             // window inside the codec, unseen here.
             if codec == Codec::Http1 {
@@ -653,10 +895,17 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
                 ));
             }
             done.upstream = Some(upstream);
-            let (mut head, body) = resp.into_parts();
+            let (mut head, mut body) = resp.into_parts();
             // A 204 has no body to measure: Envoy's codec drops its content-length.
             if head.status == http::StatusCode::NO_CONTENT {
                 head.headers.remove(header::CONTENT_LENGTH);
+            }
+            if upgrade.is_some() && head.status.is_success() {
+                // A 2xx to an upgrade is taken as its start, like a CONNECT's (Envoy's codec):
+                // the client gets the head alone, with no body, and the connection closes.
+                body = ProxyBody::full(bytes::Bytes::new());
+                head.headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
             }
             if let Some(chain) = &chain {
                 if let Some(reply) = chain.encode_headers(&mut head, body.is_end_stream()).await {
@@ -664,8 +913,19 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
                 }
             }
             let body = filter::wrap(chain.as_ref(), body, Direction::Encode);
+            let kept = switching.then(|| upgrade_headers(&head.headers));
             headers::remove_hop_by_hop(&mut head.headers);
-            if !cfg.router.suppress_envoy_headers {
+            if let Some(kept) = kept {
+                restore(&mut head.headers, kept);
+            } else if upgrade.is_some() {
+                // The upstream declined the upgrade: what the client sends next was meant for
+                // the upgraded protocol, so the connection ends with this response (Envoy).
+                head.headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            // Envoy times the upstream from the end of the request: an upgrade's request has
+            // not ended (its body is the tunnel), so its response has no service time.
+            if !cfg.router.suppress_envoy_headers && upgrade.is_none() {
                 let ms = start.elapsed().as_millis() as u64;
                 head.headers.insert(
                     names::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
@@ -681,9 +941,24 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
                 info.details = "via_upstream";
                 info.response_headers = head.headers.clone();
             }
+            if let (Some(down), Some(up)) = (on_upgrade, upstream_io) {
+                // From the 101 on, the connection carries the upgraded protocol both ways until
+                // either side closes; the stream ends with it.
+                conn.switched
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                let stream = done.detach();
+                *conn.tunnel.borrow_mut() = Some(Box::pin(tunnel(stream, down, up)));
+                return Response::from_parts(head, Tracked::new(body, done, None));
+            }
             Response::from_parts(head, Tracked::new(body, done, deadline))
         }
-        Err(reply) => {
+        Err(mut reply) => {
+            // Whatever follows an upgrade request was meant for the upgraded protocol: a
+            // connection whose upgrade did not happen ends with its reply (Envoy).
+            reply.close |= upgrade.is_some();
+            if reply.details == LocalReply::UPGRADE_FORBIDDEN.details {
+                stats.downstream_rq_ws_on_non_ws_route.inc();
+            }
             if reply.flag == Some(ResponseFlag::NoRouteFound) {
                 stats.no_route.inc();
             }
@@ -716,18 +991,60 @@ pub fn request_headers_bytes(parts: &http::request::Parts, scheme: &str) -> u64 
     .saturating_sub(host)
 }
 
-/// An HTTP/1.1 upgrade request other than h2c: `Connection: upgrade` with an `Upgrade` header.
-fn is_upgrade(h: &http::HeaderMap) -> bool {
-    let Some(upgrade) = h.get(header::UPGRADE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
+/// The type (lower case) of an HTTP/1.1 upgrade request other than h2c: `Connection: upgrade`
+/// with an `Upgrade` header.
+fn upgrade_type(h: &http::HeaderMap) -> Option<String> {
+    let upgrade = h.get(header::UPGRADE).and_then(|v| v.to_str().ok())?;
     let connection_says_upgrade = h
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    connection_says_upgrade && !upgrade.trim().eq_ignore_ascii_case("h2c")
+    let upgrade = upgrade.trim();
+    (connection_says_upgrade && !upgrade.eq_ignore_ascii_case("h2c"))
+        .then(|| upgrade.to_ascii_lowercase())
+}
+
+type KeptHeaders = Vec<(header::HeaderName, HeaderValue)>;
+
+/// The `Connection` and `Upgrade` headers of an upgrade, which pass the proxy (Envoy forwards
+/// them for upgrades, and only for upgrades).
+fn upgrade_headers(h: &http::HeaderMap) -> KeptHeaders {
+    [header::CONNECTION, header::UPGRADE]
+        .into_iter()
+        .flat_map(|n| h.get_all(&n).iter().map(move |v| (n.clone(), v.clone())))
+        .collect()
+}
+
+fn restore(h: &mut http::HeaderMap, kept: KeptHeaders) {
+    for (n, v) in kept {
+        h.append(n, v);
+    }
+}
+
+/// Copies bytes both ways between the client and the upstream of an upgraded stream until both
+/// sides have closed, then ends the stream (stats, access log) with what it carried.
+async fn tunnel(mut stream: Done, down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    let (down, up) = match (down.await, up.await) {
+        (Ok(d), Ok(u)) => (d, u),
+        (d, u) => {
+            tracing::debug!(down = ?d.err(), up = ?u.err(), "upgrade hand-over failed");
+            stream.end(EndReason::UpstreamReset, 0);
+            return;
+        }
+    };
+    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+    match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        Ok((from_client, to_client)) => {
+            stream.tunnel_received = from_client;
+            stream.end(EndReason::Complete, to_client);
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "upgraded stream ended with an error");
+            stream.end(EndReason::DownstreamReset, 0);
+        }
+    }
 }
 
 fn protocol_name(v: Version) -> &'static str {
@@ -736,6 +1053,22 @@ fn protocol_name(v: Version) -> &'static str {
         Version::HTTP_10 => "HTTP/1.0",
         Version::HTTP_09 => "HTTP/0.9",
         _ => "HTTP/1.1",
+    }
+}
+
+/// Replaces the request's authority (the URI's, and the Host header).
+fn set_authority(parts: &mut http::request::Parts, host: &str) {
+    if parts.uri.authority().is_some() {
+        let mut uri = parts.uri.clone().into_parts();
+        uri.authority = http::uri::Authority::try_from(host).ok();
+        if let Ok(u) = http::Uri::from_parts(uri) {
+            parts.uri = u;
+        }
+    }
+    if parts.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            parts.headers.insert(header::HOST, v);
+        }
     }
 }
 
@@ -781,7 +1114,16 @@ fn finish_response(
 
 fn local(mut done: Done, reply: LocalReply, request_id: Option<HeaderValue>) -> Resp {
     let conn = done.conn.clone();
-    let (mut head, body) = reply.response().into_parts();
+    let (mut head, mut body) = reply.response().into_parts();
+    // A HEAD gets the head of the reply alone, its content-length kept.
+    if done.head_request {
+        body = ProxyBody::full(bytes::Bytes::new());
+    }
+    // Over HTTP/2 an empty reply has no content-length (Envoy adds one only for a body; its
+    // HTTP/1.1 codec writes `content-length: 0` itself).
+    if reply.body.is_empty() && conn.codec.get() == Some(Codec::Http2) {
+        head.headers.remove(header::CONTENT_LENGTH);
+    }
     finish_response(&conn, &conn.hcm.config, &mut head, request_id);
     conn.hcm.stats.response_class(reply.status.as_u16());
     if let Some(info) = done.info.as_mut() {

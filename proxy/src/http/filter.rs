@@ -21,7 +21,7 @@ use crate::http::body::{BoxError, ProxyBody};
 use crate::http::local_reply::LocalReply;
 
 /// What a stopped headers hook resolves to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Resume {
     /// Go on with the next filter.
     Continue,

@@ -8,16 +8,17 @@
 //! connection manager answers the stand-in with Envoy's reply for the refusal, so the reply
 //! goes out in order after any pipelined responses before it, and the connection closes.
 
-use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::http::framing::{self, Chunked, Framing, Refusal, Scan, Verdict};
+use crate::io::Slot;
 
 /// hyper's HTTP/1.1 read buffer: a head that does not end within it is hyper's 431.
 const MAX_HEAD: usize = 64 * 1024;
@@ -34,7 +35,11 @@ pub struct Refused {
 }
 
 /// Shared between the guard and the connection manager's stream handler.
-pub type RefusedSlot = Rc<RefCell<Option<Refused>>>;
+pub type RefusedSlot = Arc<Slot<Option<Refused>>>;
+
+/// Set by the connection manager once a request switched protocols (a `101` to an upgrade):
+/// from then on the bytes are the tunnel's, not HTTP/1.1, and pass unjudged.
+pub type Switched = Arc<AtomicBool>;
 
 /// Takes the refusal a request stands in for, if `path` is its token.
 pub fn take_refusal(slot: &RefusedSlot, path: &str) -> Option<Refusal> {
@@ -75,6 +80,7 @@ pub struct H1Guard<T> {
     /// Judged, not yet read by hyper.
     ready: BytesMut,
     slot: RefusedSlot,
+    switched: Switched,
     eof: bool,
     /// How much of `pending` was already searched for the end of a head without finding it.
     searched: usize,
@@ -94,13 +100,23 @@ impl<T> H1Guard<T> {
             pending: BytesMut::new(),
             ready: BytesMut::new(),
             slot,
+            switched: Switched::default(),
             eof: false,
             searched: 0,
         }
     }
 
+    /// Bytes pass unjudged once `switched` is set (the connection became a tunnel).
+    pub fn switch_on(mut self, switched: Switched) -> Self {
+        self.switched = switched;
+        self
+    }
+
     /// Moves judged bytes from `pending` to `ready`; false when more input is needed.
     fn advance(&mut self) -> bool {
+        if self.state != State::Through && self.switched.load(Ordering::Relaxed) {
+            self.state = State::Through;
+        }
         if self.state == State::Head && !self.may_hold_head_end() {
             return if self.pending.len() > MAX_HEAD {
                 self.state = State::Through;

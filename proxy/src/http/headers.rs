@@ -33,6 +33,10 @@ pub mod names {
     /// `x-envoy-expected-rq-timeout-ms`.
     pub static X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
         HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+    /// `x-envoy-original-path`: the path before a route rewrote it.
+    pub static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+    /// `x-envoy-original-host`: the host before a route rewrote it.
+    pub static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
     /// `x-envoy-upstream-service-time`.
     pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
         HeaderName::from_static("x-envoy-upstream-service-time");

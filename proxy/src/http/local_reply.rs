@@ -1,19 +1,25 @@
 //! Responses the proxy makes itself (404 no route, 503 no healthy upstream, …), byte for byte
 //! the ones Envoy sends.
 
-use http::{header, HeaderValue, Response, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::http::body::ProxyBody;
 use crate::http::framing::Reason;
 use crate::stream_info::ResponseFlag;
 
 /// A local reply: status, body, the response flag and the detail for access logs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LocalReply {
     /// Status code.
     pub status: StatusCode,
     /// Body (text/plain), empty for none.
-    pub body: &'static str,
+    pub body: Bytes,
+    /// Headers of its own (a redirect's `location`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The route's `response_headers_to_add|remove` (direct responses and redirects), applied
+    /// in order before the body's headers.
+    pub mutations: Vec<std::sync::Arc<crate::router::HeaderParser>>,
     /// Flag for `%RESPONSE_FLAGS%`.
     pub flag: Option<ResponseFlag>,
     /// `%RESPONSE_CODE_DETAILS%`.
@@ -26,7 +32,9 @@ impl LocalReply {
     /// No route: 404, empty body, NR.
     pub const NO_ROUTE: LocalReply = LocalReply {
         status: StatusCode::NOT_FOUND,
-        body: "",
+        body: Bytes::from_static(b""),
+        headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::NoRouteFound),
         details: "route_not_found",
         close: false,
@@ -34,7 +42,9 @@ impl LocalReply {
     /// Cluster missing: 503, NC.
     pub const NO_CLUSTER: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
-        body: "",
+        body: Bytes::from_static(b""),
+        headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::NoClusterFound),
         details: "cluster_not_found",
         close: false,
@@ -42,7 +52,9 @@ impl LocalReply {
     /// No healthy host: 503, UH.
     pub const NO_HEALTHY_UPSTREAM: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
-        body: "no healthy upstream",
+        body: Bytes::from_static(b"no healthy upstream"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::NoHealthyUpstream),
         details: "no_healthy_upstream",
         close: false,
@@ -50,7 +62,9 @@ impl LocalReply {
     /// Connect failure: 503, UF.
     pub const CONNECT_FAILURE: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
-        body: "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+        body: Bytes::from_static(b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::UpstreamConnectionFailure),
         details: "upstream_reset_before_response_started{remote_connection_failure}",
         close: false,
@@ -58,7 +72,9 @@ impl LocalReply {
     /// Connect timeout: 503, UF.
     pub const CONNECT_TIMEOUT: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
-        body: "upstream connect error or disconnect/reset before headers. reset reason: connection timeout",
+        body: Bytes::from_static(b"upstream connect error or disconnect/reset before headers. reset reason: connection timeout"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::UpstreamConnectionFailure),
         details: "upstream_reset_before_response_started{connection_timeout}",
         close: false,
@@ -66,7 +82,9 @@ impl LocalReply {
     /// An upgrade (websocket…) that the route does not allow: 403.
     pub const UPGRADE_FORBIDDEN: LocalReply = LocalReply {
         status: StatusCode::FORBIDDEN,
-        body: "",
+        body: Bytes::from_static(b""),
+        headers: Vec::new(),
+        mutations: Vec::new(),
         flag: None,
         details: "upgrade_failed",
         close: true,
@@ -74,7 +92,9 @@ impl LocalReply {
     /// Upstream closed before the response: 503, UC.
     pub const CONNECTION_TERMINATION: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
-        body: "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+        body: Bytes::from_static(b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::UpstreamConnectionTermination),
         details: "upstream_reset_before_response_started{connection_termination}",
         close: false,
@@ -82,8 +102,9 @@ impl LocalReply {
     /// Upstream reset the stream: 503, UR.
     pub const REMOTE_RESET: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
-        body:
-            "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+        body: Bytes::from_static(b"upstream connect error or disconnect/reset before headers. reset reason: remote reset"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::UpstreamRemoteReset),
         details: "upstream_reset_before_response_started{remote_reset}",
         close: false,
@@ -91,7 +112,9 @@ impl LocalReply {
     /// Upstream spoke bad HTTP: 502, UPE.
     pub const PROTOCOL_ERROR: LocalReply = LocalReply {
         status: StatusCode::BAD_GATEWAY,
-        body: "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+        body: Bytes::from_static(b"upstream connect error or disconnect/reset before headers. reset reason: protocol error"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::UpstreamProtocolError),
         details: "upstream_reset_before_response_started{protocol_error}",
         close: false,
@@ -99,7 +122,9 @@ impl LocalReply {
     /// Route timeout: 504, UT.
     pub const TIMEOUT: LocalReply = LocalReply {
         status: StatusCode::GATEWAY_TIMEOUT,
-        body: "upstream request timeout",
+        body: Bytes::from_static(b"upstream request timeout"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::UpstreamRequestTimeout),
         details: "upstream_response_timeout",
         close: false,
@@ -107,7 +132,9 @@ impl LocalReply {
     /// HTTP/1.0 without `accept_http_10`: 426, DPE (observed on Envoy 1.40).
     pub const UPGRADE_REQUIRED: LocalReply = LocalReply {
         status: StatusCode::UPGRADE_REQUIRED,
-        body: "Upgrade Required",
+        body: Bytes::from_static(b"Upgrade Required"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::DownstreamProtocolError),
         details: "low_version",
         close: true,
@@ -115,49 +142,84 @@ impl LocalReply {
     /// An HTTP version other than 1.0 and 1.1: Envoy's 426 as for HTTP/1.0.
     pub const LOW_VERSION: LocalReply = LocalReply::UPGRADE_REQUIRED;
     /// `Content-Length` and `Transfer-Encoding` together: 400.
-    pub const CONTENT_LENGTH_AND_CHUNKED: LocalReply = LocalReply {
-        details: "http1.content_length_and_chunked_not_allowed",
-        ..LocalReply::BAD_REQUEST
-    };
+    pub const CONTENT_LENGTH_AND_CHUNKED: LocalReply =
+        LocalReply::bad_request("http1.content_length_and_chunked_not_allowed");
     /// A transfer coding other than a lone `chunked`: 501.
     pub const INVALID_TRANSFER_ENCODING: LocalReply = LocalReply {
         status: StatusCode::NOT_IMPLEMENTED,
-        body: "Not Implemented",
+        body: Bytes::from_static(b"Not Implemented"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
         flag: Some(ResponseFlag::DownstreamProtocolError),
         details: "http1.invalid_transfer_encoding",
         close: true,
     };
     /// A control character in a header value: 400.
-    pub const INVALID_CHARACTERS: LocalReply = LocalReply {
-        details: "http1.invalid_characters",
-        ..LocalReply::BAD_REQUEST
-    };
+    pub const INVALID_CHARACTERS: LocalReply = LocalReply::bad_request("http1.invalid_characters");
     /// `Connection` nominating a header Envoy will not drop, or too many: 400.
-    pub const CONNECTION_HEADER_REJECTED: LocalReply = LocalReply {
-        details: "http1.connection_header_rejected",
-        ..LocalReply::BAD_REQUEST
-    };
+    pub const CONNECTION_HEADER_REJECTED: LocalReply =
+        LocalReply::bad_request("http1.connection_header_rejected");
     /// A Host or `:authority` with characters an authority cannot hold: 400.
-    pub const INVALID_AUTHORITY: LocalReply = LocalReply {
-        details: "http.invalid_authority",
-        ..LocalReply::BAD_REQUEST
-    };
+    pub const INVALID_AUTHORITY: LocalReply = LocalReply::bad_request("http.invalid_authority");
     /// HTTP/1.1 request without Host: 400, empty body, no flag (observed on Envoy 1.40).
     pub const MISSING_HOST: LocalReply = LocalReply {
         status: StatusCode::BAD_REQUEST,
-        body: "",
+        body: Bytes::from_static(b""),
+        headers: Vec::new(),
+        mutations: Vec::new(),
         flag: None,
         details: "missing_host_header",
         close: true,
     };
-    /// Unusable request: 400.
-    pub const BAD_REQUEST: LocalReply = LocalReply {
+    /// A path normalization refused: 400, empty body, the connection closed (observed).
+    pub const PATH_NORMALIZATION_FAILED: LocalReply = LocalReply {
         status: StatusCode::BAD_REQUEST,
-        body: "Bad Request",
-        flag: Some(ResponseFlag::DownstreamProtocolError),
-        details: "http1.codec_error",
+        body: Bytes::from_static(b""),
+        headers: Vec::new(),
+        mutations: Vec::new(),
+        flag: None,
+        details: "path_normalization_failed",
         close: true,
     };
+    /// A header name with `_` under `headers_with_underscores_action: REJECT_REQUEST`: 400.
+    pub const UNEXPECTED_UNDERSCORE: LocalReply =
+        LocalReply::bad_request("http1.unexpected_underscore");
+    /// Unusable request: 400.
+    pub const BAD_REQUEST: LocalReply = LocalReply::bad_request("http1.codec_error");
+
+    /// Envoy's 400 for a request its codec refuses, with `details`.
+    const fn bad_request(details: &'static str) -> LocalReply {
+        LocalReply {
+            status: StatusCode::BAD_REQUEST,
+            body: Bytes::from_static(b"Bad Request"),
+            headers: Vec::new(),
+            mutations: Vec::new(),
+            flag: Some(ResponseFlag::DownstreamProtocolError),
+            details,
+            close: true,
+        }
+    }
+
+    /// A route's `direct_response`.
+    pub fn direct(status: StatusCode, body: Bytes) -> LocalReply {
+        LocalReply {
+            status,
+            body,
+            headers: Vec::new(),
+            mutations: Vec::new(),
+            flag: None,
+            details: "direct_response",
+            close: false,
+        }
+    }
+
+    /// A route's `redirect` to `location`.
+    pub fn redirect(status: StatusCode, location: HeaderValue) -> LocalReply {
+        LocalReply {
+            headers: vec![(header::LOCATION, location)],
+            ..LocalReply::direct(status, Bytes::new())
+        }
+    }
 
     /// Envoy's reply when its HTTP/1.1 codec refuses a request for `reason`.
     pub fn for_codec(reason: Reason) -> LocalReply {
@@ -173,11 +235,17 @@ impl LocalReply {
 
     /// The response, before the connection manager's own headers (server, via…).
     pub fn response(&self) -> Response<ProxyBody> {
-        let mut r = Response::new(ProxyBody::full(self.body));
+        let mut r = Response::new(ProxyBody::full(self.body.clone()));
         *r.status_mut() = self.status;
         let h = r.headers_mut();
+        for (k, v) in &self.headers {
+            h.append(k.clone(), v.clone());
+        }
+        for m in &self.mutations {
+            m.apply(h);
+        }
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
-        if !self.body.is_empty() {
+        if !self.body.is_empty() && !h.contains_key(header::CONTENT_TYPE) {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
         if self.close {

@@ -4,9 +4,44 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use http::HeaderMap;
 
-use crate::config::model::{HeaderMatch, HeaderMatchKind};
+pub mod header_parser;
+
+pub use header_parser::HeaderParser;
+
+use crate::config::model::{HeaderKey, HeaderMatch, HeaderMatchKind, QueryCheck, QueryMatch};
+
+/// What route matching reads of a request: its pseudo-headers (as Envoy's header map holds
+/// them for HTTP/1.1 too) and its headers.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path`, query included.
+    pub path: &'a str,
+    /// `:authority` (`Host` for HTTP/1.1).
+    pub authority: &'a str,
+    /// `:scheme`.
+    pub scheme: &'a str,
+    /// The other headers.
+    pub headers: &'a HeaderMap,
+}
+
+impl<'a> RequestView<'a> {
+    /// A GET of `path` with `headers` (tests).
+    pub fn get(path: &'a str, headers: &'a HeaderMap) -> Self {
+        RequestView {
+            method: "GET",
+            path,
+            authority: "",
+            scheme: "http",
+            headers,
+        }
+    }
+}
 
 /// How a route matches the path.
 #[derive(Debug, Clone)]
@@ -15,14 +50,22 @@ pub enum PathMatch {
     Prefix(String),
     /// `path`: the whole path once the query string is removed.
     Exact(String),
+    /// `path_separated_prefix`: the path without its query is the prefix, or the prefix
+    /// followed by `/`.
+    SeparatedPrefix(String),
+    /// `safe_regex`: the whole path without its query (anchored at translation).
+    Regex(regex::Regex),
 }
 
 /// `RouteMatch`.
 #[derive(Debug, Clone)]
 pub struct RouteMatch {
-    path: PathMatch,
+    /// How the path matches.
+    pub path: PathMatch,
     case_sensitive: bool,
     headers: Vec<HeaderMatch>,
+    query: Vec<QueryMatch>,
+    grpc: bool,
 }
 
 impl RouteMatch {
@@ -34,29 +77,55 @@ impl RouteMatch {
             match path {
                 PathMatch::Prefix(p) => PathMatch::Prefix(p.to_ascii_lowercase()),
                 PathMatch::Exact(p) => PathMatch::Exact(p.to_ascii_lowercase()),
+                PathMatch::SeparatedPrefix(p) => PathMatch::SeparatedPrefix(p.to_ascii_lowercase()),
+                // case_sensitive does not apply to regexes (Envoy).
+                PathMatch::Regex(r) => PathMatch::Regex(r),
             }
         };
         RouteMatch {
             path,
             case_sensitive,
             headers,
+            query: Vec::new(),
+            grpc: false,
         }
     }
 
-    /// Whether a request with this `:path` and these headers matches.
-    pub fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
+    /// With `query_parameters`.
+    pub fn with_query(mut self, query: Vec<QueryMatch>) -> Self {
+        self.query = query;
+        self
+    }
+
+    /// With `grpc`: only gRPC requests match.
+    pub fn with_grpc(mut self, grpc: bool) -> Self {
+        self.grpc = grpc;
+        self
+    }
+
+    /// Whether a request matches.
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        let path = req.path;
+        let bare = path.split(['?', '#']).next().unwrap_or(path);
         let path_ok = match &self.path {
             PathMatch::Prefix(p) => starts_with(path, p, self.case_sensitive),
             PathMatch::Exact(p) => {
-                let bare = path.split(['?', '#']).next().unwrap_or(path);
                 if self.case_sensitive {
                     bare == p
                 } else {
                     bare.eq_ignore_ascii_case(p)
                 }
             }
+            PathMatch::SeparatedPrefix(p) => {
+                (bare.len() == p.len() || bare.as_bytes().get(p.len()) == Some(&b'/'))
+                    && starts_with(bare, p, self.case_sensitive)
+            }
+            PathMatch::Regex(r) => r.is_match(bare),
         };
-        path_ok && self.headers.iter().all(|h| header_matches(h, headers))
+        path_ok
+            && (!self.grpc || is_grpc(req.headers))
+            && self.headers.iter().all(|h| header_matches(h, req))
+            && (self.query.is_empty() || query_matches(&self.query, path))
     }
 }
 
@@ -69,27 +138,93 @@ fn starts_with(s: &str, prefix: &str, case_sensitive: bool) -> bool {
     }
 }
 
-fn header_matches(m: &HeaderMatch, headers: &HeaderMap) -> bool {
-    let mut values = headers.get_all(&m.name).iter().peekable();
-    let present = values.peek().is_some();
-    let result = match &m.kind {
-        HeaderMatchKind::Present(want) => present == *want,
-        HeaderMatchKind::String(sm) => {
-            if !present {
-                // An absent header never matches, inverted or not (Envoy).
-                return false;
-            }
-            // Several values are matched as one, joined by ',' (Envoy).
-            let first = values.next().and_then(|v| v.to_str().ok()).unwrap_or("");
-            if values.peek().is_none() {
-                sm.matches(first)
-            } else {
-                let rest: Vec<&str> = values.filter_map(|v| v.to_str().ok()).collect();
-                sm.matches(&format!("{first},{}", rest.join(",")))
-            }
+/// A gRPC request: `content-type` `application/grpc`, or that followed by `+` or `;` (Envoy's
+/// `Grpc::Common::isGrpcRequestHeaders`).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    match ct.strip_prefix("application/grpc") {
+        Some(rest) => rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'),
+        None => false,
+    }
+}
+
+fn header_matches(m: &HeaderMatch, req: &RequestView<'_>) -> bool {
+    let pseudo = match &m.name {
+        HeaderKey::Method => Some(req.method),
+        HeaderKey::Path => Some(req.path),
+        HeaderKey::Authority => Some(req.authority),
+        HeaderKey::Scheme => Some(req.scheme),
+        HeaderKey::OtherPseudo | HeaderKey::Header(_) => None,
+    };
+    let check = |value: &str| match &m.kind {
+        HeaderMatchKind::Present(_) => true,
+        HeaderMatchKind::String(sm) => sm.matches(value),
+        HeaderMatchKind::Range(start, end) => {
+            parse_i64(value).is_some_and(|n| n >= *start && n < *end)
         }
     };
+    // A header sent several times matches when any of its values does (Envoy 1.40).
+    let (present, any) = match (&m.name, pseudo) {
+        (_, Some(v)) => (true, check(v)),
+        (HeaderKey::Header(name), None) => {
+            let mut values = req.headers.get_all(name).iter().peekable();
+            let present = values.peek().is_some();
+            (present, values.any(|v| check(v.to_str().unwrap_or(""))))
+        }
+        _ => (false, false),
+    };
+    if let HeaderMatchKind::Present(want) = &m.kind {
+        return (present == *want) != m.invert;
+    }
+    let result = if present {
+        any
+    } else if m.missing_as_empty {
+        check("")
+    } else {
+        // An absent header never matches, inverted or not (Envoy).
+        return false;
+    };
     result != m.invert
+}
+
+/// A header value as a signed integer, as `absl::SimpleAtoi` reads it: surrounding whitespace
+/// and one sign allowed.
+fn parse_i64(v: &str) -> Option<i64> {
+    let v = v.trim_matches(|c: char| c.is_ascii_whitespace());
+    let digits = v.strip_prefix(['+', '-']).unwrap_or(v);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if let Some(pos) = v.strip_prefix('+') {
+        return pos.parse().ok();
+    }
+    v.parse().ok()
+}
+
+/// `query_parameters`: each parameter's first value, undecoded, as Envoy's route matching
+/// reads the query string.
+fn query_matches(matchers: &[QueryMatch], path: &str) -> bool {
+    let query = match path.split_once('?') {
+        Some((_, q)) => q.split('#').next().unwrap_or(q),
+        None => "",
+    };
+    matchers.iter().all(|m| {
+        let first = query
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+            .find(|(k, _)| *k == m.name)
+            .map(|(_, v)| v);
+        match &m.check {
+            QueryCheck::Present(want) => first.is_some() == *want,
+            QueryCheck::String(sm) => first.is_some_and(|v| sm.matches(v)),
+        }
+    })
 }
 
 /// A route.
@@ -99,10 +234,175 @@ pub struct Route {
     pub name: String,
     /// `match`.
     pub matcher: RouteMatch,
-    /// `route.cluster`.
-    pub cluster: String,
+    /// `route`, `redirect` or `direct_response`.
+    pub action: Action,
     /// `route.timeout` (default 15 s); `None` when disabled with 0.
     pub timeout: Option<Duration>,
+    /// `route.upgrade_configs`: upgrade types (lower case) this route enables or disables,
+    /// whatever the connection manager says.
+    pub upgrades: Vec<(String, bool)>,
+    /// `request_headers_to_add|remove`.
+    pub request_headers: Arc<HeaderParser>,
+    /// `response_headers_to_add|remove`.
+    pub response_headers: Arc<HeaderParser>,
+}
+
+/// What a route does with a request it matched.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// `route`: forward to a cluster.
+    Forward(Forward),
+    /// `redirect`: answer with a redirect.
+    Redirect(Redirect),
+    /// `direct_response`: answer with this status and body.
+    Direct {
+        /// `status`.
+        status: http::StatusCode,
+        /// `body`, read when the configuration loaded.
+        body: bytes::Bytes,
+    },
+}
+
+/// `RouteAction`: where a request goes and how it is rewritten on the way.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// `cluster`, `cluster_header` or `weighted_clusters`.
+    pub target: Target,
+    /// `cluster_not_found_response_code`: 503 (default) or 404.
+    pub cluster_not_found: http::StatusCode,
+    /// `prefix_rewrite` or `regex_rewrite`.
+    pub path_rewrite: Option<PathRewrite>,
+    /// `host_rewrite_literal`, `host_rewrite_header` or `auto_host_rewrite`.
+    pub host_rewrite: Option<HostRewrite>,
+}
+
+/// The cluster a request goes to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `cluster`.
+    Cluster(String),
+    /// `cluster_header`: the cluster named by this request header.
+    Header(http::HeaderName),
+    /// `weighted_clusters`: one picked at random by weight.
+    Weighted(Vec<(String, u64)>),
+}
+
+impl Target {
+    /// The cluster for a request with `headers`; `random` in `[0, u64::MAX]` picks among
+    /// weighted clusters.
+    pub fn pick<'a>(&'a self, headers: &'a HeaderMap, random: u64) -> Option<&'a str> {
+        match self {
+            Target::Cluster(c) => Some(c),
+            Target::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
+            Target::Weighted(clusters) => {
+                let total: u64 = clusters.iter().map(|(_, w)| w).sum();
+                if total == 0 {
+                    return None;
+                }
+                // As Envoy: a value in [0, total), then the first cluster whose running sum
+                // of weights exceeds it.
+                let mut at = random % total;
+                for (c, w) in clusters {
+                    if at < *w {
+                        return Some(c);
+                    }
+                    at -= w;
+                }
+                None
+            }
+        }
+    }
+}
+
+/// How the path is rewritten before the request is forwarded (or redirected).
+#[derive(Debug, Clone)]
+pub enum PathRewrite {
+    /// `prefix_rewrite`: the part the route's prefix matched is replaced.
+    Prefix(String),
+    /// `regex_rewrite`: every match of the pattern in the path (query excluded) is replaced.
+    Regex(regex::Regex, String),
+}
+
+/// How the `:authority` is rewritten before the request is forwarded.
+#[derive(Debug, Clone)]
+pub enum HostRewrite {
+    /// `host_rewrite_literal`.
+    Literal(http::HeaderValue),
+    /// `host_rewrite_header`: the value of this request header, when present.
+    Header(http::HeaderName),
+    /// `auto_host_rewrite`: the chosen host's hostname (for static and DNS clusters).
+    Auto,
+}
+
+/// `RedirectAction`.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    /// `scheme_redirect`, or `https` for `https_redirect`.
+    pub scheme: Option<String>,
+    /// `host_redirect`.
+    pub host: Option<String>,
+    /// `port_redirect`.
+    pub port: Option<u16>,
+    /// `path_redirect`, `prefix_rewrite` or `regex_rewrite`.
+    pub path: PathRedirect,
+    /// `response_code`.
+    pub status: http::StatusCode,
+    /// `strip_query`.
+    pub strip_query: bool,
+}
+
+/// The path of a redirect's location.
+#[derive(Debug, Clone)]
+pub enum PathRedirect {
+    /// The request's own path.
+    Keep,
+    /// `path_redirect`.
+    Path(String),
+    /// `prefix_rewrite` or `regex_rewrite` of the request's path.
+    Rewrite(PathRewrite),
+}
+
+impl Route {
+    /// Whether an upgrade of `kind` (lower case) may go through this route: the route's own
+    /// setting wins; without one, the connection manager's `upgrade_configs` decide (Envoy's
+    /// `createUpgradeFilterChain`).
+    pub fn allows_upgrade(&self, kind: &str, hcm: &[(String, bool)]) -> bool {
+        match self.upgrades.iter().find(|(t, _)| t == kind) {
+            Some((_, enabled)) => *enabled,
+            None => upgrade_allowed(kind, hcm),
+        }
+    }
+
+    /// The path with `rewrite` applied (`path` includes the query). The prefix a
+    /// `prefix_rewrite` replaces is this route's matched prefix.
+    pub fn rewrite_path(&self, rewrite: &PathRewrite, path: &str) -> String {
+        match rewrite {
+            PathRewrite::Prefix(new) => {
+                let len = match &self.matcher.path {
+                    PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => p.len(),
+                    PathMatch::Exact(_) => path.split(['?', '#']).next().unwrap_or(path).len(),
+                    PathMatch::Regex(_) => 0,
+                };
+                let len = len.min(path.len());
+                if !path.is_char_boundary(len) {
+                    return path.to_string();
+                }
+                format!("{new}{}", &path[len..])
+            }
+            PathRewrite::Regex(re, sub) => {
+                let (bare, query) = match path.find('?') {
+                    Some(i) => path.split_at(i),
+                    None => (path, ""),
+                };
+                format!("{}{query}", re.replace_all(bare, sub.as_str()))
+            }
+        }
+    }
+}
+
+/// Whether the connection manager's `upgrade_configs` enable an upgrade of `kind`.
+fn upgrade_allowed(kind: &str, hcm: &[(String, bool)]) -> bool {
+    hcm.iter().any(|(t, enabled)| t == kind && *enabled)
 }
 
 /// A virtual host.
@@ -114,14 +414,16 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     /// `routes`, in order.
     pub routes: Vec<Route>,
+    /// `request_headers_to_add|remove`.
+    pub request_headers: Arc<HeaderParser>,
+    /// `response_headers_to_add|remove`.
+    pub response_headers: Arc<HeaderParser>,
 }
 
 impl VirtualHost {
     /// The first route that accepts the request.
-    pub fn route(&self, path: &str, headers: &HeaderMap) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| r.matcher.matches(path, headers))
+    pub fn route(&self, req: &RequestView<'_>) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matcher.matches(req))
     }
 }
 
@@ -138,6 +440,12 @@ pub struct RouteTable {
     prefixes: BTreeMap<std::cmp::Reverse<usize>, HashMap<String, usize>>,
     default: Option<usize>,
     ignore_port: bool,
+    /// `request_headers_to_add|remove`.
+    pub request_headers: Arc<HeaderParser>,
+    /// `response_headers_to_add|remove`.
+    pub response_headers: Arc<HeaderParser>,
+    /// `most_specific_header_mutations_wins`.
+    pub most_specific_wins: bool,
 }
 
 impl RouteTable {
@@ -151,6 +459,9 @@ impl RouteTable {
             prefixes: BTreeMap::new(),
             default: None,
             ignore_port,
+            request_headers: Arc::default(),
+            response_headers: Arc::default(),
+            most_specific_wins: false,
         };
         for (i, vh) in vhosts.iter().enumerate() {
             for domain in &vh.domains {
@@ -244,6 +555,8 @@ mod tests {
             name: name.into(),
             domains: domains.iter().map(|d| d.to_string()).collect(),
             routes: vec![],
+            request_headers: Arc::default(),
+            response_headers: Arc::default(),
         }
     }
 
@@ -307,15 +620,80 @@ mod tests {
     }
 
     #[test]
+    fn upgrades_route_setting_wins_over_the_connection_manager() {
+        let mut r = Route {
+            name: String::new(),
+            matcher: RouteMatch::new(PathMatch::Prefix("/".into()), true, vec![]),
+            action: Action::Direct {
+                status: http::StatusCode::OK,
+                body: bytes::Bytes::new(),
+            },
+            timeout: None,
+            upgrades: vec![],
+            request_headers: Arc::default(),
+            response_headers: Arc::default(),
+        };
+        let hcm = vec![("websocket".to_string(), true), ("off".to_string(), false)];
+        assert!(r.allows_upgrade("websocket", &hcm));
+        assert!(!r.allows_upgrade("off", &hcm));
+        assert!(!r.allows_upgrade("other", &hcm));
+        r.upgrades = vec![("websocket".into(), false), ("other".into(), true)];
+        assert!(!r.allows_upgrade("websocket", &hcm));
+        assert!(r.allows_upgrade("other", &hcm));
+    }
+
+    #[test]
     fn path_matching() {
         let h = HeaderMap::new();
+        let get = |p| RequestView::get(p, &h);
         let m = RouteMatch::new(PathMatch::Prefix("/Api".into()), true, vec![]);
-        assert!(m.matches("/Api/x?q", &h));
-        assert!(!m.matches("/api/x", &h));
+        assert!(m.matches(&get("/Api/x?q")));
+        assert!(!m.matches(&get("/api/x")));
         let m = RouteMatch::new(PathMatch::Prefix("/Api".into()), false, vec![]);
-        assert!(m.matches("/api/x", &h));
+        assert!(m.matches(&get("/api/x")));
         let m = RouteMatch::new(PathMatch::Exact("/a".into()), true, vec![]);
-        assert!(m.matches("/a?x=1", &h));
-        assert!(!m.matches("/a/", &h));
+        assert!(m.matches(&get("/a?x=1")));
+        assert!(!m.matches(&get("/a/")));
+        let m = RouteMatch::new(PathMatch::SeparatedPrefix("/Api".into()), false, vec![]);
+        for (p, want) in [
+            ("/api", true),
+            ("/API/x", true),
+            ("/api?x", true),
+            ("/apix", false),
+            ("/ap", false),
+        ] {
+            assert_eq!(m.matches(&get(p)), want, "{p}");
+        }
+    }
+
+    #[test]
+    fn header_and_query_checks() {
+        assert_eq!(parse_i64(" 42 "), Some(42));
+        assert_eq!(parse_i64("+7"), Some(7));
+        assert_eq!(parse_i64("-7"), Some(-7));
+        assert_eq!(parse_i64("7a"), None);
+        assert_eq!(parse_i64("+-7"), None);
+        assert_eq!(parse_i64(""), None);
+        let q = |name: &str, check| QueryMatch {
+            name: name.into(),
+            check,
+        };
+        assert!(query_matches(
+            &[q("a", QueryCheck::Present(true))],
+            "/p?b=1&a"
+        ));
+        assert!(query_matches(
+            &[q("a", QueryCheck::Present(false))],
+            "/p?b=1"
+        ));
+        assert!(!query_matches(&[q("a", QueryCheck::Present(true))], "/p"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            "content-type",
+            "application/grpc+proto".parse().expect("value"),
+        );
+        assert!(is_grpc(&h));
+        h.insert("content-type", "application/grpcx".parse().expect("value"));
+        assert!(!is_grpc(&h));
     }
 }

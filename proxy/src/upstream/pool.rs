@@ -380,7 +380,8 @@ async fn http1_on(
     cluster.stats.upstream_cx_http1_total.inc();
     let guard = ConnGuard::new(cluster, host);
     tokio::task::spawn_local(async move {
-        if let Err(e) = conn.await {
+        // With upgrades, a 101 hands the connection over to the tunnel (websockets).
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
         }
         drop(guard);

@@ -3,6 +3,7 @@
 pub mod echo;
 pub mod h2c;
 pub mod tcp;
+pub mod ws;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use bytes::Bytes;
 pub use echo::{EchoOptions, EchoUpstream};
 pub use h2c::{H2Options, H2Upstream};
 pub use tcp::{TcpMode, TcpUpstream};
+pub use ws::WsUpstream;
 
 /// One request as an upstream received it.
 #[derive(Debug, Clone)]

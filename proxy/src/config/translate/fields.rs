@@ -418,43 +418,25 @@ pub(super) fn route_configuration(
         virtual_hosts: _,
         vhds,
         internal_only_headers,
-        response_headers_to_add,
-        response_headers_to_remove,
-        request_headers_to_add,
-        request_headers_to_remove,
-        most_specific_header_mutations_wins,
+        response_headers_to_add: _,
+        response_headers_to_remove: _,
+        request_headers_to_add: _,
+        request_headers_to_remove: _,
+        most_specific_header_mutations_wins: _,
         validate_clusters,
-        max_direct_response_body_size_bytes,
+        max_direct_response_body_size_bytes: _,
         cluster_specifier_plugins,
         request_mirror_policies,
         ignore_port_in_host_matching: _,
         vhost_header,
         ignore_path_parameters_in_path_matching,
         typed_per_filter_config,
-        metadata,
+        metadata: _,
         route_specifiers,
     } = m;
     refuse(path, "vhds", vhds)?;
     refuse(path, "internal_only_headers", internal_only_headers)?;
-    refuse(path, "response_headers_to_add", response_headers_to_add)?;
-    refuse(
-        path,
-        "response_headers_to_remove",
-        response_headers_to_remove,
-    )?;
-    refuse(path, "request_headers_to_add", request_headers_to_add)?;
-    refuse(path, "request_headers_to_remove", request_headers_to_remove)?;
-    refuse(
-        path,
-        "most_specific_header_mutations_wins",
-        most_specific_header_mutations_wins,
-    )?;
     refuse(path, "validate_clusters", validate_clusters)?;
-    refuse(
-        path,
-        "max_direct_response_body_size_bytes",
-        max_direct_response_body_size_bytes,
-    )?;
     refuse(path, "cluster_specifier_plugins", cluster_specifier_plugins)?;
     refuse(path, "request_mirror_policies", request_mirror_policies)?;
     refuse(path, "vhost_header", vhost_header)?;
@@ -464,7 +446,6 @@ pub(super) fn route_configuration(
         ignore_path_parameters_in_path_matching,
     )?;
     refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
-    refuse(path, "metadata", metadata)?;
     refuse(path, "route_specifiers", route_specifiers)?;
     Ok(())
 }
@@ -481,10 +462,10 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
         require_tls,
         virtual_clusters,
         rate_limits,
-        request_headers_to_add,
-        request_headers_to_remove,
-        response_headers_to_add,
-        response_headers_to_remove,
+        request_headers_to_add: _,
+        request_headers_to_remove: _,
+        response_headers_to_add: _,
+        response_headers_to_remove: _,
         cors,
         typed_per_filter_config,
         include_request_attempt_count,
@@ -496,21 +477,13 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
         per_request_buffer_limit_bytes,
         request_body_buffer_limit,
         request_mirror_policies,
-        metadata,
+        metadata: _,
         route_specifiers,
     } = m;
     refuse(path, "matcher", matcher)?;
     refuse(path, "require_tls", require_tls)?;
     refuse(path, "virtual_clusters", virtual_clusters)?;
     refuse(path, "rate_limits", rate_limits)?;
-    refuse(path, "request_headers_to_add", request_headers_to_add)?;
-    refuse(path, "request_headers_to_remove", request_headers_to_remove)?;
-    refuse(path, "response_headers_to_add", response_headers_to_add)?;
-    refuse(
-        path,
-        "response_headers_to_remove",
-        response_headers_to_remove,
-    )?;
     refuse(path, "cors", cors)?;
     refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
     refuse(
@@ -538,7 +511,6 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
     )?;
     refuse(path, "request_body_buffer_limit", request_body_buffer_limit)?;
     refuse(path, "request_mirror_policies", request_mirror_policies)?;
-    refuse(path, "metadata", metadata)?;
     refuse(path, "route_specifiers", route_specifiers)?;
     Ok(())
 }
@@ -550,13 +522,13 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
     let route_pb::Route {
         name: _,
         r#match: _,
-        metadata,
-        decorator,
+        metadata: _,
+        decorator: _,
         typed_per_filter_config,
-        request_headers_to_add,
-        request_headers_to_remove,
-        response_headers_to_add,
-        response_headers_to_remove,
+        request_headers_to_add: _,
+        request_headers_to_remove: _,
+        response_headers_to_add: _,
+        response_headers_to_remove: _,
         tracing,
         per_request_buffer_limit_bytes,
         stat_prefix,
@@ -564,17 +536,7 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
         route_specifiers,
         action,
     } = m;
-    refuse(path, "metadata", metadata)?;
-    refuse(path, "decorator", decorator)?;
     refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
-    refuse(path, "request_headers_to_add", request_headers_to_add)?;
-    refuse(path, "request_headers_to_remove", request_headers_to_remove)?;
-    refuse(path, "response_headers_to_add", response_headers_to_add)?;
-    refuse(
-        path,
-        "response_headers_to_remove",
-        response_headers_to_remove,
-    )?;
     refuse(path, "tracing", tracing)?;
     refuse(
         path,
@@ -584,12 +546,6 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
     refuse(path, "stat_prefix", stat_prefix)?;
     refuse(path, "request_body_buffer_limit", request_body_buffer_limit)?;
     refuse(path, "route_specifiers", route_specifiers)?;
-    if let Some(route_pb::route::Action::Redirect(_)) = action {
-        return Err(unsupported(path, "redirect"));
-    }
-    if let Some(route_pb::route::Action::DirectResponse(_)) = action {
-        return Err(unsupported(path, "direct_response"));
-    }
     if let Some(route_pb::route::Action::FilterAction(_)) = action {
         return Err(unsupported(path, "filter_action"));
     }
@@ -607,29 +563,21 @@ pub(super) fn route_match(m: &route_pb::RouteMatch, path: &str) -> Result<(), Co
         case_sensitive: _,
         runtime_fraction,
         headers: _,
-        query_parameters,
+        query_parameters: _,
         cookies,
-        grpc,
+        grpc: _,
         tls_context,
         dynamic_metadata,
         filter_state,
         path_specifier,
     } = m;
     refuse(path, "runtime_fraction", runtime_fraction)?;
-    refuse(path, "query_parameters", query_parameters)?;
     refuse(path, "cookies", cookies)?;
-    refuse(path, "grpc", grpc)?;
     refuse(path, "tls_context", tls_context)?;
     refuse(path, "dynamic_metadata", dynamic_metadata)?;
     refuse(path, "filter_state", filter_state)?;
-    if let Some(route_pb::route_match::PathSpecifier::SafeRegex(_)) = path_specifier {
-        return Err(unsupported(path, "safe_regex"));
-    }
     if let Some(route_pb::route_match::PathSpecifier::ConnectMatcher(_)) = path_specifier {
         return Err(unsupported(path, "connect_matcher"));
-    }
-    if let Some(route_pb::route_match::PathSpecifier::PathSeparatedPrefix(_)) = path_specifier {
-        return Err(unsupported(path, "path_separated_prefix"));
     }
     if let Some(route_pb::route_match::PathSpecifier::PathMatchPolicy(_)) = path_specifier {
         return Err(unsupported(path, "path_match_policy"));
@@ -642,10 +590,10 @@ pub(super) fn route_match(m: &route_pb::RouteMatch, path: &str) -> Result<(), Co
 #[allow(deprecated)]
 pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), ConfigError> {
     let route_pb::RouteAction {
-        cluster_not_found_response_code,
+        cluster_not_found_response_code: _,
         metadata_match,
-        prefix_rewrite,
-        regex_rewrite,
+        prefix_rewrite: _,
+        regex_rewrite: _,
         path_rewrite_policy,
         path_rewrite,
         append_x_forwarded_host,
@@ -663,7 +611,7 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
         cors,
         max_grpc_timeout,
         grpc_timeout_offset,
-        upgrade_configs,
+        upgrade_configs: _,
         internal_redirect_policy,
         internal_redirect_action,
         max_internal_redirects,
@@ -672,14 +620,7 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
         cluster_specifier,
         host_rewrite_specifier,
     } = m;
-    refuse(
-        path,
-        "cluster_not_found_response_code",
-        cluster_not_found_response_code,
-    )?;
     refuse(path, "metadata_match", metadata_match)?;
-    refuse(path, "prefix_rewrite", prefix_rewrite)?;
-    refuse(path, "regex_rewrite", regex_rewrite)?;
     refuse(path, "path_rewrite_policy", path_rewrite_policy)?;
     refuse(path, "path_rewrite", path_rewrite)?;
     refuse(path, "append_x_forwarded_host", append_x_forwarded_host)?;
@@ -696,18 +637,20 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     refuse(path, "cors", cors)?;
     refuse(path, "max_grpc_timeout", max_grpc_timeout)?;
     refuse(path, "grpc_timeout_offset", grpc_timeout_offset)?;
-    refuse(path, "upgrade_configs", upgrade_configs)?;
     refuse(path, "internal_redirect_policy", internal_redirect_policy)?;
     refuse(path, "internal_redirect_action", internal_redirect_action)?;
     refuse(path, "max_internal_redirects", max_internal_redirects)?;
     refuse(path, "hedge_policy", hedge_policy)?;
     refuse(path, "max_stream_duration", max_stream_duration)?;
-    refuse(path, "host_rewrite_specifier", host_rewrite_specifier)?;
-    if let Some(route_pb::route_action::ClusterSpecifier::ClusterHeader(_)) = cluster_specifier {
-        return Err(unsupported(path, "cluster_header"));
+    if let Some(route_pb::route_action::HostRewriteSpecifier::HostRewritePathRegex(_)) =
+        host_rewrite_specifier
+    {
+        return Err(unsupported(path, "host_rewrite_path_regex"));
     }
-    if let Some(route_pb::route_action::ClusterSpecifier::WeightedClusters(_)) = cluster_specifier {
-        return Err(unsupported(path, "weighted_clusters"));
+    if let Some(route_pb::route_action::HostRewriteSpecifier::HostRewrite(_)) =
+        host_rewrite_specifier
+    {
+        return Err(unsupported(path, "host_rewrite"));
     }
     if let Some(route_pb::route_action::ClusterSpecifier::ClusterSpecifierPlugin(_)) =
         cluster_specifier
@@ -735,7 +678,7 @@ pub(super) fn http_connection_manager(
         http_filters: _,
         add_user_agent,
         tracing,
-        common_http_protocol_options,
+        common_http_protocol_options: _,
         http1_safe_max_connection_duration,
         http_protocol_options,
         http2_protocol_options: _,
@@ -755,12 +698,12 @@ pub(super) fn http_connection_manager(
         access_log_flush_interval,
         flush_access_log_on_new_request,
         access_log_options,
-        use_remote_address,
-        xff_num_trusted_hops,
+        use_remote_address: _,
+        xff_num_trusted_hops: _,
         original_ip_detection_extensions,
         early_header_mutation_extensions,
-        internal_address_config,
-        skip_xff_append,
+        internal_address_config: _,
+        skip_xff_append: _,
         via: _,
         generate_request_id: _,
         preserve_external_request_id: _,
@@ -770,13 +713,13 @@ pub(super) fn http_connection_manager(
         forward_client_cert_matcher,
         proxy_100_continue,
         represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
-        upgrade_configs,
-        normalize_path,
-        merge_slashes,
-        path_with_escaped_slashes_action,
+        upgrade_configs: _,
+        normalize_path: _,
+        merge_slashes: _,
+        path_with_escaped_slashes_action: _,
         request_id_extension,
         local_reply_config,
-        strip_matching_host_port,
+        strip_matching_host_port: _,
         stream_error_on_invalid_http_message,
         path_normalization_options,
         strip_trailing_host_dot,
@@ -787,15 +730,10 @@ pub(super) fn http_connection_manager(
         add_proxy_protocol_connection_state,
         forward_proto_config,
         route_specifier,
-        strip_port_mode,
+        strip_port_mode: _,
     } = m;
     refuse(path, "add_user_agent", add_user_agent)?;
     refuse(path, "tracing", tracing)?;
-    refuse(
-        path,
-        "common_http_protocol_options",
-        common_http_protocol_options,
-    )?;
     refuse(
         path,
         "http1_safe_max_connection_duration",
@@ -823,8 +761,6 @@ pub(super) fn http_connection_manager(
         flush_access_log_on_new_request,
     )?;
     refuse(path, "access_log_options", access_log_options)?;
-    refuse(path, "use_remote_address", use_remote_address)?;
-    refuse(path, "xff_num_trusted_hops", xff_num_trusted_hops)?;
     refuse(
         path,
         "original_ip_detection_extensions",
@@ -835,8 +771,6 @@ pub(super) fn http_connection_manager(
         "early_header_mutation_extensions",
         early_header_mutation_extensions,
     )?;
-    refuse(path, "internal_address_config", internal_address_config)?;
-    refuse(path, "skip_xff_append", skip_xff_append)?;
     refuse(
         path,
         "forward_client_cert_details",
@@ -858,17 +792,8 @@ pub(super) fn http_connection_manager(
         "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
         represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
     )?;
-    refuse(path, "upgrade_configs", upgrade_configs)?;
-    refuse(path, "normalize_path", normalize_path)?;
-    refuse(path, "merge_slashes", merge_slashes)?;
-    refuse(
-        path,
-        "path_with_escaped_slashes_action",
-        path_with_escaped_slashes_action,
-    )?;
     refuse(path, "request_id_extension", request_id_extension)?;
     refuse(path, "local_reply_config", local_reply_config)?;
-    refuse(path, "strip_matching_host_port", strip_matching_host_port)?;
     refuse(
         path,
         "stream_error_on_invalid_http_message",
@@ -894,7 +819,6 @@ pub(super) fn http_connection_manager(
         add_proxy_protocol_connection_state,
     )?;
     refuse(path, "forward_proto_config", forward_proto_config)?;
-    refuse(path, "strip_port_mode", strip_port_mode)?;
     if let Some(hcm_pb::http_connection_manager::RouteSpecifier::ScopedRoutes(_)) = route_specifier
     {
         return Err(unsupported(path, "scoped_routes"));
@@ -1123,12 +1047,12 @@ mod tests {
         assert!(listener(&honoured, "r").is_ok());
         // A oneof skiff honours in part: the other members are refused by their own name.
         let r = route_pb::Route {
-            action: Some(route_pb::route::Action::DirectResponse(Default::default())),
+            action: Some(route_pb::route::Action::FilterAction(Default::default())),
             ..Default::default()
         };
         assert_eq!(
             route(&r, "").map_err(|e| e.to_string()),
-            Err("direct_response: unsupported".to_string())
+            Err("filter_action: unsupported".to_string())
         );
         let tls = tls_pb::CommonTlsContext {
             validation_context_type: Some(

@@ -2,7 +2,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::route::v3 as route;
@@ -17,7 +16,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use super::super::model::*;
 use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
-use super::{duration, required, typed_config};
+use super::{required, typed_config};
 use crate::access_log::{json, Extensions, Format};
 use crate::router::{Route, RouteMatch, RouteTable, VirtualHost};
 
@@ -159,7 +158,118 @@ pub(super) fn translate_hcm(
             ..Default::default()
         },
     };
+    let mut upgrades: Vec<(String, bool)> = Vec::new();
+    for (i, u) in h.upgrade_configs.iter().enumerate() {
+        let upath = format!("{path}.upgrade_configs[{i}]");
+        let hcm::http_connection_manager::UpgradeConfig {
+            upgrade_type,
+            filters,
+            enabled,
+        } = u;
+        if !filters.is_empty() {
+            return Err(ConfigError::unsupported(format!("{upath}.filters")));
+        }
+        let kind = upgrade_kind(upgrade_type, &format!("{upath}.upgrade_type"))?;
+        if upgrades.iter().any(|(t, _)| *t == kind) {
+            return Err(ConfigError::new(
+                upath,
+                format!("Error: multiple upgrade configs with the same name: '{upgrade_type}'"),
+            ));
+        }
+        upgrades.push((kind, enabled.as_ref().is_none_or(|v| v.value)));
+    }
+    use hcm::http_connection_manager::{PathWithEscapedSlashesAction as Esc, StripPortMode};
+    let escaped_slashes = match Esc::try_from(h.path_with_escaped_slashes_action) {
+        Ok(Esc::ImplementationSpecificDefault) | Ok(Esc::KeepUnchanged) => {
+            EscapedSlashes::KeepUnchanged
+        }
+        Ok(Esc::RejectRequest) => EscapedSlashes::RejectRequest,
+        Ok(Esc::UnescapeAndRedirect) => EscapedSlashes::UnescapeAndRedirect,
+        Ok(Esc::UnescapeAndForward) => EscapedSlashes::UnescapeAndForward,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.path_with_escaped_slashes_action"),
+                "unknown value",
+            ))
+        }
+    };
+    let strip_port = match (&h.strip_port_mode, h.strip_matching_host_port) {
+        (Some(StripPortMode::StripAnyHostPort(true)), true) => return Err(ConfigError::new(
+            path,
+            "Error: Only one of `strip_matching_host_port` or `strip_any_host_port` can be set.",
+        )),
+        (Some(StripPortMode::StripAnyHostPort(true)), false) => StripPort::Any,
+        (_, true) => StripPort::Matching,
+        _ => StripPort::None,
+    };
+    let internal_addresses = match &h.internal_address_config {
+        None => Vec::new(),
+        Some(c) => {
+            let ipath = format!("{path}.internal_address_config");
+            if c.unix_sockets {
+                return Err(ConfigError::unsupported(format!("{ipath}.unix_sockets")));
+            }
+            super::cidr_ranges(&c.cidr_ranges, &format!("{ipath}.cidr_ranges"))?
+        }
+    };
+    let underscores = match &h.common_http_protocol_options {
+        None => Underscores::Allow,
+        Some(o) => {
+            let opath = format!("{path}.common_http_protocol_options");
+            let core::HttpProtocolOptions {
+                idle_timeout,
+                max_connection_duration,
+                max_connection_duration_jitter,
+                max_headers_count,
+                max_response_headers_kb,
+                max_stream_duration,
+                headers_with_underscores_action,
+                max_requests_per_connection,
+            } = o;
+            for (name, set) in [
+                ("idle_timeout", idle_timeout.is_some()),
+                ("max_connection_duration", max_connection_duration.is_some()),
+                (
+                    "max_connection_duration_jitter",
+                    max_connection_duration_jitter.is_some(),
+                ),
+                ("max_headers_count", max_headers_count.is_some()),
+                ("max_response_headers_kb", max_response_headers_kb.is_some()),
+                ("max_stream_duration", max_stream_duration.is_some()),
+                (
+                    "max_requests_per_connection",
+                    max_requests_per_connection.is_some(),
+                ),
+            ] {
+                if set {
+                    return Err(ConfigError::unsupported(format!("{opath}.{name}")));
+                }
+            }
+            use core::http_protocol_options::HeadersWithUnderscoresAction as U;
+            match U::try_from(*headers_with_underscores_action) {
+                Ok(U::Allow) => Underscores::Allow,
+                Ok(U::RejectRequest) => Underscores::Reject,
+                Ok(U::DropHeader) => Underscores::Drop,
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        format!("{opath}.headers_with_underscores_action"),
+                        "unknown value",
+                    ))
+                }
+            }
+        }
+    };
     Ok(HttpConnectionManager {
+        underscores,
+        use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
+        xff_num_trusted_hops: h.xff_num_trusted_hops,
+        skip_xff_append: h.skip_xff_append,
+        internal_addresses,
+        normalize_path: h.normalize_path.as_ref().is_some_and(|v| v.value),
+        merge_slashes: h.merge_slashes,
+        escaped_slashes,
+        strip_port,
+        upgrades,
         http2,
         stat_prefix: h.stat_prefix.clone(),
         codec,
@@ -353,22 +463,54 @@ pub(crate) fn translate_routes(
                 r,
                 &format!("{vpath}.routes[{j}]"),
                 clusters,
+                rc.max_direct_response_body_size_bytes
+                    .as_ref()
+                    .map(|v| u64::from(v.value)),
             )?);
         }
+        use super::route_action::header_parser;
         vhosts.push(VirtualHost {
+            request_headers: header_parser(
+                &vh.request_headers_to_add,
+                &vh.request_headers_to_remove,
+                &vpath,
+                "request",
+            )?,
+            response_headers: header_parser(
+                &vh.response_headers_to_add,
+                &vh.response_headers_to_remove,
+                &vpath,
+                "response",
+            )?,
             name: vh.name.clone(),
             domains: vh.domains.clone(),
             routes,
         });
     }
-    RouteTable::new(rc.name.clone(), vhosts, rc.ignore_port_in_host_matching)
-        .map_err(|e| ConfigError::new(format!("{path}.virtual_hosts"), e))
+    let mut table = RouteTable::new(rc.name.clone(), vhosts, rc.ignore_port_in_host_matching)
+        .map_err(|e| ConfigError::new(format!("{path}.virtual_hosts"), e))?;
+    use super::route_action::header_parser;
+    table.request_headers = header_parser(
+        &rc.request_headers_to_add,
+        &rc.request_headers_to_remove,
+        path,
+        "request",
+    )?;
+    table.response_headers = header_parser(
+        &rc.response_headers_to_add,
+        &rc.response_headers_to_remove,
+        path,
+        "response",
+    )?;
+    table.most_specific_wins = rc.most_specific_header_mutations_wins;
+    Ok(table)
 }
 
 fn translate_route(
     r: &route::Route,
     path: &str,
     clusters: Option<&HashSet<String>>,
+    max_body: Option<u64>,
 ) -> Result<Route, ConfigError> {
     super::fields::route(r, path)?;
     let m = required(&r.r#match, &format!("{path}.match"))?;
@@ -382,12 +524,23 @@ fn translate_route(
         Some(route::route_match::PathSpecifier::Path(p)) => {
             crate::router::PathMatch::Exact(p.clone())
         }
-        Some(_) => {
-            return Err(ConfigError::new(
-                mpath,
-                "unsupported path specifier: only prefix and path",
-            ))
+        Some(route::route_match::PathSpecifier::PathSeparatedPrefix(p)) => {
+            // The proto's own rule: no `?` or `#`, and not ending with `/`.
+            if p.is_empty() || p.contains(['?', '#']) || p.ends_with('/') {
+                return Err(ConfigError::new(
+                    format!("{mpath}.path_separated_prefix"),
+                    "must not be empty, contain '?' or '#', or end with '/'",
+                ));
+            }
+            crate::router::PathMatch::SeparatedPrefix(p.clone())
         }
+        Some(route::route_match::PathSpecifier::SafeRegex(r)) => {
+            crate::router::PathMatch::Regex(regex(r, &format!("{mpath}.safe_regex"))?)
+        }
+        Some(_) => return Err(ConfigError::new(
+            mpath,
+            "unsupported path specifier: only prefix, path, path_separated_prefix and safe_regex",
+        )),
         None => {
             return Err(ConfigError::new(
                 mpath,
@@ -399,43 +552,48 @@ fn translate_route(
     for (i, h) in m.headers.iter().enumerate() {
         headers.push(translate_header_match(h, &format!("{mpath}.headers[{i}]"))?);
     }
-    let action = match &r.action {
-        Some(route::route::Action::Route(a)) => a,
-        Some(_) => {
-            return Err(ConfigError::new(
-                path,
-                "unsupported route action: only route",
-            ))
-        }
-        None => {
-            return Err(ConfigError::new(
-                format!("{path}.route"),
-                "an action is required",
-            ))
-        }
-    };
-    let apath = format!("{path}.route");
-    super::fields::route_action(action, &apath)?;
-    let cluster = match &action.cluster_specifier {
-        Some(route::route_action::ClusterSpecifier::Cluster(c)) => c.clone(),
-        _ => return Err(ConfigError::new(format!("{apath}.cluster"), "required")),
-    };
-    if clusters.is_some_and(|c| !c.contains(&cluster)) {
-        return Err(ConfigError::new(
-            format!("{apath}.cluster"),
-            format!("unknown cluster '{cluster}'"),
-        ));
+    let mut query = Vec::new();
+    for (i, q) in m.query_parameters.iter().enumerate() {
+        query.push(query_match(q, &format!("{mpath}.query_parameters[{i}]"))?);
     }
-    let timeout = match &action.timeout {
-        Some(d) => duration(d, &format!("{apath}.timeout"))?,
-        None => Duration::from_secs(15),
-    };
+    let max_body = max_body.unwrap_or(super::route_action::MAX_DIRECT_RESPONSE_BODY);
+    let t = super::route_action::translate(r, path, &path_match, clusters, max_body)?;
     Ok(Route {
         name: r.name.clone(),
-        matcher: RouteMatch::new(path_match, case_sensitive, headers),
-        cluster,
-        timeout: (!timeout.is_zero()).then_some(timeout),
+        matcher: RouteMatch::new(path_match, case_sensitive, headers)
+            .with_query(query)
+            .with_grpc(m.grpc.is_some()),
+        action: t.action,
+        timeout: t.timeout,
+        upgrades: t.upgrades,
+        request_headers: super::route_action::header_parser(
+            &r.request_headers_to_add,
+            &r.request_headers_to_remove,
+            path,
+            "request",
+        )?,
+        response_headers: super::route_action::header_parser(
+            &r.response_headers_to_add,
+            &r.response_headers_to_remove,
+            path,
+            "response",
+        )?,
     })
+}
+
+/// An upgrade type as the connection manager compares it (case-insensitively). CONNECT is
+/// refused: skiff does not terminate or forward CONNECT yet.
+pub(super) fn upgrade_kind(upgrade_type: &str, path: &str) -> Result<String, ConfigError> {
+    if upgrade_type.is_empty() {
+        return Err(ConfigError::new(path, "required"));
+    }
+    if upgrade_type.eq_ignore_ascii_case("connect") {
+        return Err(ConfigError::new(
+            path,
+            "unsupported: CONNECT is not forwarded yet (websocket and other upgrade types are)",
+        ));
+    }
+    Ok(upgrade_type.to_ascii_lowercase())
 }
 
 fn translate_header_match(
@@ -443,22 +601,91 @@ fn translate_header_match(
     path: &str,
 ) -> Result<HeaderMatch, ConfigError> {
     use route::header_matcher::HeaderMatchSpecifier as S;
-    let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
-        .map_err(|_| ConfigError::new(format!("{path}.name"), "not a valid header name"))?;
-    let kind = match &h.header_match_specifier {
+    #[allow(deprecated)]
+    let route::HeaderMatcher {
+        name,
+        invert_match,
+        treat_missing_header_as_empty,
+        header_match_specifier,
+    } = h;
+    let lower = name.to_ascii_lowercase();
+    let name = match lower.as_str() {
+        ":method" => HeaderKey::Method,
+        // Envoy's header map holds the Host header as `:authority`.
+        ":authority" | "host" => HeaderKey::Authority,
+        ":path" => HeaderKey::Path,
+        ":scheme" => HeaderKey::Scheme,
+        n if n.starts_with(':') && n.len() > 1 => HeaderKey::OtherPseudo,
+        n => HeaderKey::Header(
+            http::HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| ConfigError::new(format!("{path}.name"), "not a valid header name"))?,
+        ),
+    };
+    let plain = |kind| StringMatch {
+        kind,
+        ignore_case: false,
+    };
+    #[allow(deprecated)]
+    let kind = match header_match_specifier {
         Some(S::PresentMatch(p)) => HeaderMatchKind::Present(*p),
         Some(S::StringMatch(sm)) => {
             HeaderMatchKind::String(string_match(sm, &format!("{path}.string_match"))?)
         }
+        Some(S::ExactMatch(v)) => HeaderMatchKind::String(plain(StringMatchKind::Exact(v.clone()))),
+        Some(S::PrefixMatch(v)) => {
+            HeaderMatchKind::String(plain(StringMatchKind::Prefix(v.clone())))
+        }
+        Some(S::SuffixMatch(v)) => {
+            HeaderMatchKind::String(plain(StringMatchKind::Suffix(v.clone())))
+        }
+        Some(S::ContainsMatch(v)) => {
+            HeaderMatchKind::String(plain(StringMatchKind::Contains(v.clone())))
+        }
+        Some(S::SafeRegexMatch(r)) => HeaderMatchKind::String(plain(StringMatchKind::SafeRegex(
+            regex(r, &format!("{path}.safe_regex_match"))?,
+        ))),
+        Some(S::RangeMatch(r)) => HeaderMatchKind::Range(r.start, r.end),
         // No specifier: the header must be present.
         None => HeaderMatchKind::Present(true),
-        Some(_) => return Err(ConfigError::unsupported(path)),
     };
     Ok(HeaderMatch {
         name,
         kind,
-        invert: h.invert_match,
+        invert: *invert_match,
+        missing_as_empty: *treat_missing_header_as_empty,
     })
+}
+
+fn query_match(q: &route::QueryParameterMatcher, path: &str) -> Result<QueryMatch, ConfigError> {
+    use route::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+    let route::QueryParameterMatcher {
+        name,
+        query_parameter_match_specifier,
+    } = q;
+    if name.is_empty() {
+        return Err(ConfigError::new(format!("{path}.name"), "required"));
+    }
+    let check = match query_parameter_match_specifier {
+        Some(Q::StringMatch(sm)) => {
+            QueryCheck::String(string_match(sm, &format!("{path}.string_match"))?)
+        }
+        Some(Q::PresentMatch(p)) => QueryCheck::Present(*p),
+        None => QueryCheck::Present(true),
+    };
+    Ok(QueryMatch {
+        name: name.clone(),
+        check,
+    })
+}
+
+/// A `RegexMatcher` (RE2 syntax, which Rust's `regex` shares for what RE2 accepts), anchored:
+/// Envoy requires the whole value to match.
+pub(super) fn regex(m: &matcher::RegexMatcher, path: &str) -> Result<regex::Regex, ConfigError> {
+    if m.regex.is_empty() {
+        return Err(ConfigError::new(format!("{path}.regex"), "required"));
+    }
+    regex::Regex::new(&format!("^(?:{})$", m.regex))
+        .map_err(|e| ConfigError::new(format!("{path}.regex"), format!("invalid regex: {e}")))
 }
 
 pub(super) fn string_match(
@@ -478,10 +705,19 @@ pub(super) fn string_match(
         Some(P::Prefix(s)) => StringMatchKind::Prefix(norm(s)),
         Some(P::Suffix(s)) => StringMatchKind::Suffix(norm(s)),
         Some(P::Contains(s)) => StringMatchKind::Contains(norm(s)),
+        Some(P::SafeRegex(r)) => {
+            if m.ignore_case {
+                return Err(ConfigError::new(
+                    path,
+                    "ignore_case has no effect for safe_regex.",
+                ));
+            }
+            StringMatchKind::SafeRegex(regex(r, &format!("{path}.safe_regex"))?)
+        }
         Some(_) => {
             return Err(ConfigError::new(
                 path,
-                "unsupported: only exact, prefix, suffix, contains",
+                "unsupported: only exact, prefix, suffix, contains, safe_regex",
             ))
         }
         None => return Err(ConfigError::new(path, "a match pattern is required")),

@@ -20,6 +20,7 @@ mod fields;
 mod http_manager;
 mod listener_filters;
 mod operations;
+mod route_action;
 mod tls;
 
 use clusters::translate_cluster;
@@ -635,7 +636,10 @@ fn chain_match(
 }
 
 /// CIDR ranges with the host bits cleared, sorted and without duplicates.
-fn cidr_ranges(ranges: &[core::CidrRange], path: &str) -> Result<Vec<CidrRange>, ConfigError> {
+pub(super) fn cidr_ranges(
+    ranges: &[core::CidrRange],
+    path: &str,
+) -> Result<Vec<CidrRange>, ConfigError> {
     let mut out = Vec::new();
     for (i, r) in ranges.iter().enumerate() {
         let rpath = format!("{path}[{i}]");

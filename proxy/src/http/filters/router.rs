@@ -11,6 +11,7 @@ use crate::http::body::{Deadline, EndReason, ProxyBody, RequestProgress};
 use crate::http::conn_manager::authority;
 use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
+use crate::router::{Action, HostRewrite, PathRedirect, Redirect, Route};
 use crate::stream_info::StreamInfo;
 use crate::upstream::pool::{self, ConnectError, Http1Sender, Http2Stream};
 use crate::upstream::{Cluster, Host, HostStats};
@@ -110,7 +111,8 @@ impl Drop for Upstream {
 }
 
 /// Routes and forwards one request. `Err` is the local reply to send instead. With `source`
-/// (original_src), upstream connections come from that address.
+/// (original_src), upstream connections come from that address. `upgrade` is the type of an
+/// HTTP/1.1 upgrade the request asks for (lower case).
 #[allow(clippy::too_many_arguments)]
 pub async fn route(
     worker: &Rc<Worker>,
@@ -120,6 +122,7 @@ pub async fn route(
     request: &Rc<RequestProgress>,
     (downstream_remote, downstream_local): (std::net::SocketAddr, std::net::SocketAddr),
     source: Option<pool::Source>,
+    (scheme, upgrade, header_timeout): (&str, Option<&str>, Option<std::time::Duration>),
     mut info: Option<&mut StreamInfo>,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let host_header = authority(&parts).unwrap_or("").to_string();
@@ -127,26 +130,162 @@ pub async fn route(
     // Each stream reads the route table in force when it starts (RDS updates reach
     // long-lived connections on their next stream).
     let rds;
-    let table: &crate::router::RouteTable = match &cfg.routes {
-        model::RouteSource::Static(t) => t,
+    let table: Option<&crate::router::RouteTable> = match &cfg.routes {
+        model::RouteSource::Static(t) => Some(t),
         model::RouteSource::Rds { name, .. } => {
-            rds = worker.route_table(name).ok_or(LocalReply::NO_ROUTE)?;
-            &rds
+            rds = worker.route_table(name);
+            rds.as_deref()
         }
     };
-    let vhost = table
-        .virtual_host(&host_header)
-        .ok_or(LocalReply::NO_ROUTE)?;
-    let route = vhost
-        .route(path, &parts.headers)
-        .ok_or(LocalReply::NO_ROUTE)?;
-    let cluster = worker
-        .clusters
-        .get(&route.cluster)
-        .ok_or(LocalReply::NO_CLUSTER)?;
+    let view = crate::router::RequestView {
+        method: parts.method.as_str(),
+        path,
+        authority: &host_header,
+        scheme,
+        headers: &parts.headers,
+    };
+    let vhost = table.and_then(|t| t.virtual_host(&host_header));
+    let route = vhost.and_then(|vh| vh.route(&view));
+    let (Some(route), Some(table), Some(vhost)) = (route, table, vhost) else {
+        return Err(LocalReply::NO_ROUTE);
+    };
+    let order = |r: bool| {
+        let pick = |t: &std::sync::Arc<crate::router::HeaderParser>| t.clone();
+        let (g, v, rt) = if r {
+            (
+                &table.response_headers,
+                &vhost.response_headers,
+                &route.response_headers,
+            )
+        } else {
+            (
+                &table.request_headers,
+                &vhost.request_headers,
+                &route.request_headers,
+            )
+        };
+        let list = if table.most_specific_wins {
+            [g, v, rt]
+        } else {
+            [rt, v, g]
+        };
+        list.into_iter()
+            .filter(|p| !p.is_empty())
+            .map(pick)
+            .collect::<Vec<_>>()
+    };
+    // An upgrade neither the route nor the connection manager takes: Envoy's 403.
+    if upgrade.is_some_and(|kind| !route.allows_upgrade(kind, &cfg.upgrades)) {
+        return Err(LocalReply::UPGRADE_FORBIDDEN);
+    }
     if let Some(info) = info.as_deref_mut() {
         info.route_name = (!route.name.is_empty()).then(|| route.name.as_str().into());
+    }
+    let forward = match &route.action {
+        Action::Forward(f) => f,
+        Action::Direct { status, body } => {
+            let mut reply = LocalReply::direct(*status, body.clone());
+            reply.mutations = order(true);
+            // A 201 or a 3xx direct response says where: the request's own URL (Envoy).
+            if *status == StatusCode::CREATED || status.is_redirection() {
+                let here = Redirect {
+                    scheme: None,
+                    host: None,
+                    port: None,
+                    path: PathRedirect::Keep,
+                    status: *status,
+                    strip_query: false,
+                };
+                let location = redirect_location(route, &here, &parts, &host_header, scheme);
+                reply.headers.push((header::LOCATION, location));
+            }
+            return Err(reply);
+        }
+        Action::Redirect(r) => {
+            let location = redirect_location(route, r, &parts, &host_header, scheme);
+            let mut reply = LocalReply::redirect(r.status, location);
+            reply.mutations = order(true);
+            return Err(reply);
+        }
+    };
+    let cluster = forward
+        .target
+        .pick(&parts.headers, fastrand::u64(..))
+        .and_then(|name| worker.clusters.get(name))
+        .ok_or(LocalReply {
+            status: forward.cluster_not_found,
+            ..LocalReply::NO_CLUSTER
+        })?;
+    if let Some(info) = info.as_deref_mut() {
         info.upstream_cluster = Some(cluster.name.clone());
+    }
+    // Header changes, then rewrites, as Envoy's router applies them before the upstream request
+    // (the original path kept in x-envoy-original-path unless Envoy's headers are suppressed).
+    for p in order(false) {
+        p.apply(&mut parts.headers);
+    }
+    let response_headers = order(true);
+    if let Some(rw) = &forward.path_rewrite {
+        let old = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let new = route.rewrite_path(rw, &old);
+        if new != old {
+            if let Ok(pq) = http::uri::PathAndQuery::try_from(new.as_str()) {
+                let mut uri = parts.uri.clone().into_parts();
+                uri.path_and_query = Some(pq);
+                if let Ok(u) = Uri::from_parts(uri) {
+                    parts.uri = u;
+                    if !cfg.router.suppress_envoy_headers {
+                        if let Ok(v) = HeaderValue::from_str(&old) {
+                            parts
+                                .headers
+                                .insert(names::X_ENVOY_ORIGINAL_PATH.clone(), v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let rewritten = match &forward.host_rewrite {
+        Some(HostRewrite::Literal(v)) => v.to_str().ok().map(str::to_string),
+        Some(HostRewrite::Header(h)) => parts
+            .headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string),
+        // skiff's hosts have no hostnames (no DNS clusters), so nothing to rewrite to: Envoy
+        // leaves such requests alone too.
+        Some(HostRewrite::Auto) | None => None,
+    };
+    let host_header = match rewritten {
+        Some(new) => {
+            // The host before the rewrite goes upstream as x-envoy-original-host (Envoy 1.40).
+            if !cfg.router.suppress_envoy_headers {
+                if let Ok(v) = HeaderValue::from_str(&host_header) {
+                    parts
+                        .headers
+                        .insert(names::X_ENVOY_ORIGINAL_HOST.clone(), v);
+                }
+            }
+            new
+        }
+        None => host_header,
+    };
+    if host_header != authority(&parts).unwrap_or("") {
+        if let Ok(v) = HeaderValue::from_str(&host_header) {
+            parts.headers.insert(header::HOST, v);
+        }
+        if parts.uri.authority().is_some() {
+            let mut uri = parts.uri.clone().into_parts();
+            uri.authority = http::uri::Authority::try_from(host_header.as_str()).ok();
+            if let Ok(u) = Uri::from_parts(uri) {
+                parts.uri = u;
+            }
+        }
     }
     // ORIGINAL_DST with use_http_header: the header names the host; without it, the
     // connection's original destination does.
@@ -173,8 +312,15 @@ pub async fn route(
         Some(&host_header),
         source,
     );
+    // An internal request's x-envoy-upstream-rq-timeout-ms replaces the route's timeout (0:
+    // none), as in Envoy.
+    let route_timeout = match header_timeout {
+        Some(t) if t.is_zero() => None,
+        Some(t) => Some(t),
+        None => route.timeout,
+    };
     if !cfg.router.suppress_envoy_headers {
-        if let Some(t) = route.timeout {
+        if let Some(t) = route_timeout {
             parts.headers.insert(
                 names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
                 headers::number(t.as_millis() as u64),
@@ -204,6 +350,14 @@ pub async fn route(
         },
     };
 
+    // An upgrade over HTTP/2 needs an extended CONNECT, not built yet: refused here, before it
+    // could make a healthy upstream connection look broken.
+    if upgrade.is_some() && http2 {
+        return Err(LocalReply {
+            details: "upgrade_failed",
+            ..LocalReply::CONNECTION_TERMINATION
+        });
+    }
     let mut upstream = Upstream::start(cluster.clone(), host.clone(), request.clone());
     let target = Target {
         cluster: &cluster,
@@ -220,8 +374,14 @@ pub async fn route(
         }
     };
     // Envoy's route timeout runs from the end of the request to the end of the response; this
-    // part covers the wait for the response headers, the response body carries the rest.
-    let result = match route.timeout {
+    // part covers the wait for the response headers, the response body carries the rest. An
+    // upgrade's request never ends (its body is the tunnel), so its timeout never starts.
+    let timeout = if upgrade.is_some() {
+        None
+    } else {
+        route_timeout
+    };
+    let result = match timeout {
         Some(t) => {
             let timer = async {
                 request.wait_done().await;
@@ -245,13 +405,19 @@ pub async fn route(
         }
     }
     match result {
-        Ok((resp, conn)) => {
+        Ok((mut resp, conn)) => {
             if cfg.router.dynamic_stats {
                 cluster.stats.response_code(resp.status().as_u16());
             }
             upstream.failed = resp.status().is_server_error();
-            upstream.conn = Some(conn);
-            let deadline = route.timeout.map(|timeout| Deadline {
+            for p in &response_headers {
+                p.apply(resp.headers_mut());
+            }
+            // After a 101 the upstream connection belongs to the tunnel, never to the pool.
+            if upgrade.is_none() || resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                upstream.conn = Some(conn);
+            }
+            let deadline = timeout.map(|timeout| Deadline {
                 timeout,
                 request: request.clone(),
             });
@@ -476,4 +642,84 @@ async fn send_http2(
         }
     }
     Err(LocalReply::CONNECTION_TERMINATION)
+}
+
+/// The `location` of a redirect, as Envoy's `Http::Utility::newUri` builds it.
+fn redirect_location(
+    route: &Route,
+    r: &Redirect,
+    parts: &http::request::Parts,
+    host: &str,
+    scheme: &str,
+) -> HeaderValue {
+    let request_path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let final_scheme = r.scheme.as_deref().unwrap_or(scheme);
+    let port = r.port.map(|p| format!(":{p}")).unwrap_or_default();
+    let final_host = match &r.host {
+        Some(h) => h.clone(),
+        None => redirect_host(host, final_scheme, &port, parts),
+    };
+    let mut keep_query = true;
+    let path = match &r.path {
+        PathRedirect::Keep => request_path.to_string(),
+        PathRedirect::Rewrite(rw) => route.rewrite_path(rw, request_path),
+        PathRedirect::Path(p) if p.contains('?') => {
+            // A query in path_redirect replaces the request's and survives strip_query.
+            keep_query = false;
+            p.clone()
+        }
+        PathRedirect::Path(p) => match request_path.find('?') {
+            Some(i) => format!("{p}{}", &request_path[i..]),
+            None => p.clone(),
+        },
+    };
+    let mut path = if path.starts_with('/') {
+        path
+    } else {
+        format!("/{path}")
+    };
+    if keep_query && r.strip_query {
+        if let Some(i) = path.find('?') {
+            path.truncate(i);
+        }
+    }
+    let location = format!("{final_scheme}://{final_host}{port}{path}");
+    HeaderValue::from_str(&location).unwrap_or_else(|_| HeaderValue::from_static("/"))
+}
+
+/// The request's host for a redirect: its port dropped when the redirect sets one, or when
+/// the scheme changes away from the port's default (Envoy's `processRequestHost`).
+fn redirect_host(
+    host: &str,
+    new_scheme: &str,
+    new_port: &str,
+    parts: &http::request::Parts,
+) -> String {
+    if host.is_empty() {
+        return String::new();
+    }
+    let port_at = if host.starts_with('[') {
+        host.rfind("]:").map(|i| i + 1)
+    } else {
+        host.rfind(':')
+    };
+    let Some(at) = port_at else {
+        return host.to_string();
+    };
+    let request_port = &host[at..];
+    let proto = parts
+        .headers
+        .get(&names::X_FORWARDED_PROTO)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut remove = !new_port.is_empty();
+    if new_scheme != proto {
+        remove |= proto == "https" && request_port == ":443";
+        remove |= proto == "http" && request_port == ":80";
+    }
+    if remove {
+        host[..at].to_string()
+    } else {
+        host.to_string()
+    }
 }

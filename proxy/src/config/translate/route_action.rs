@@ -1,0 +1,484 @@
+//! A route's action: `route` (cluster, weighted clusters or a header naming the cluster, with
+//! rewrites), `redirect` and `direct_response`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+
+use super::super::ConfigError;
+use super::duration;
+use crate::router::{
+    Action, Forward, HostRewrite, PathMatch, PathRedirect, PathRewrite, Redirect, Target,
+};
+
+/// Envoy's default `max_direct_response_body_size_bytes`.
+pub(super) const MAX_DIRECT_RESPONSE_BODY: u64 = 4096;
+
+/// What translating a route's action gives: the action, the timeout and the upgrade settings
+/// (the last two only for `route`).
+pub(super) struct Translated {
+    pub action: Action,
+    pub timeout: Option<Duration>,
+    pub upgrades: Vec<(String, bool)>,
+}
+
+/// The action of route `r` at `path`, whose match is `path_match`. Inline route configurations
+/// have their clusters checked against `clusters`.
+pub(super) fn translate(
+    r: &route::Route,
+    path: &str,
+    path_match: &PathMatch,
+    clusters: Option<&HashSet<String>>,
+    max_body: u64,
+) -> Result<Translated, ConfigError> {
+    let local = |action| Translated {
+        action,
+        timeout: None,
+        upgrades: Vec::new(),
+    };
+    match &r.action {
+        Some(route::route::Action::Route(a)) => {
+            forward(a, &format!("{path}.route"), path_match, clusters)
+        }
+        Some(route::route::Action::Redirect(rd)) => Ok(local(Action::Redirect(redirect(
+            rd,
+            &format!("{path}.redirect"),
+            path_match,
+        )?))),
+        Some(route::route::Action::DirectResponse(d)) => {
+            let dpath = format!("{path}.direct_response");
+            if !(200..=599).contains(&d.status) {
+                return Err(ConfigError::new(
+                    format!("{dpath}.status"),
+                    "must be in [200, 600)",
+                ));
+            }
+            let status = http::StatusCode::from_u16(d.status as u16).map_err(|_| {
+                ConfigError::new(format!("{dpath}.status"), "not a valid status code")
+            })?;
+            let body = match &d.body {
+                Some(ds) => data_source(ds, &format!("{dpath}.body"))?,
+                None => bytes::Bytes::new(),
+            };
+            if body.len() as u64 > max_body {
+                return Err(ConfigError::new(
+                    format!("{dpath}.body"),
+                    format!(
+                        "response body size is {} bytes; maximum is {max_body}",
+                        body.len()
+                    ),
+                ));
+            }
+            Ok(local(Action::Direct { status, body }))
+        }
+        Some(_) => Err(ConfigError::new(
+            path,
+            "unsupported route action: only route, redirect and direct_response",
+        )),
+        None => Err(ConfigError::new(
+            format!("{path}.route"),
+            "an action is required",
+        )),
+    }
+}
+
+/// A `DataSource` read once, at load: inline text or bytes, or a file.
+fn data_source(ds: &core::DataSource, path: &str) -> Result<bytes::Bytes, ConfigError> {
+    use core::data_source::Specifier as S;
+    Ok(match &ds.specifier {
+        Some(S::InlineString(s)) => bytes::Bytes::from(s.clone()),
+        Some(S::InlineBytes(b)) => bytes::Bytes::from(b.clone()),
+        Some(S::Filename(f)) => std::fs::read(f).map(bytes::Bytes::from).map_err(|e| {
+            ConfigError::new(format!("{path}.filename"), format!("cannot read {f}: {e}"))
+        })?,
+        Some(S::EnvironmentVariable(_)) => {
+            return Err(ConfigError::unsupported(format!(
+                "{path}.environment_variable"
+            )))
+        }
+        None => bytes::Bytes::new(),
+    })
+}
+
+fn forward(
+    action: &route::RouteAction,
+    apath: &str,
+    path_match: &PathMatch,
+    clusters: Option<&HashSet<String>>,
+) -> Result<Translated, ConfigError> {
+    super::fields::route_action(action, apath)?;
+    use route::route_action::ClusterSpecifier as C;
+    let known = |name: &str, at: String| {
+        if clusters.is_some_and(|c| !c.contains(name)) {
+            return Err(ConfigError::new(at, format!("unknown cluster '{name}'")));
+        }
+        Ok(())
+    };
+    let target = match &action.cluster_specifier {
+        Some(C::Cluster(c)) => {
+            known(c, format!("{apath}.cluster"))?;
+            Target::Cluster(c.clone())
+        }
+        Some(C::ClusterHeader(h)) => Target::Header(
+            http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                ConfigError::new(format!("{apath}.cluster_header"), "not a valid header name")
+            })?,
+        ),
+        Some(C::WeightedClusters(w)) => {
+            let wpath = format!("{apath}.weighted_clusters");
+            #[allow(deprecated)]
+            let route::WeightedCluster {
+                clusters: list,
+                total_weight,
+                runtime_key_prefix,
+                random_value_specifier,
+            } = w;
+            if total_weight.is_some() {
+                return Err(ConfigError::unsupported(format!("{wpath}.total_weight")));
+            }
+            if !runtime_key_prefix.is_empty() {
+                return Err(ConfigError::unsupported(format!(
+                    "{wpath}.runtime_key_prefix"
+                )));
+            }
+            if random_value_specifier.is_some() {
+                return Err(ConfigError::unsupported(format!("{wpath}.header_name")));
+            }
+            if list.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{wpath}.clusters"),
+                    "at least one cluster is required",
+                ));
+            }
+            let mut out = Vec::new();
+            for (i, c) in list.iter().enumerate() {
+                let cpath = format!("{wpath}.clusters[{i}]");
+                if c.name.is_empty() {
+                    return Err(ConfigError::new(format!("{cpath}.name"), "required"));
+                }
+                known(&c.name, format!("{cpath}.name"))?;
+                out.push((
+                    c.name.clone(),
+                    u64::from(c.weight.as_ref().map_or(0, |w| w.value)),
+                ));
+            }
+            if out.iter().all(|(_, w)| *w == 0) {
+                return Err(ConfigError::new(
+                    wpath,
+                    "Sum of weights in the weighted_cluster must be greater than 0.",
+                ));
+            }
+            Target::Weighted(out)
+        }
+        _ => return Err(ConfigError::new(format!("{apath}.cluster"), "required")),
+    };
+    use route::route_action::ClusterNotFoundResponseCode as Nf;
+    let cluster_not_found = match Nf::try_from(action.cluster_not_found_response_code) {
+        Ok(Nf::ServiceUnavailable) => http::StatusCode::SERVICE_UNAVAILABLE,
+        Ok(Nf::NotFound) => http::StatusCode::NOT_FOUND,
+        Ok(Nf::InternalServerError) => http::StatusCode::INTERNAL_SERVER_ERROR,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{apath}.cluster_not_found_response_code"),
+                "unknown value",
+            ))
+        }
+    };
+    let path_rewrite = path_rewrite(
+        &action.prefix_rewrite,
+        action.regex_rewrite.as_ref(),
+        apath,
+        path_match,
+    )?;
+    use route::route_action::HostRewriteSpecifier as H;
+    let host_rewrite = match &action.host_rewrite_specifier {
+        None => None,
+        Some(H::HostRewriteLiteral(h)) => Some(HostRewrite::Literal(
+            http::HeaderValue::from_str(h).map_err(|_| {
+                ConfigError::new(
+                    format!("{apath}.host_rewrite_literal"),
+                    "not a valid header value",
+                )
+            })?,
+        )),
+        Some(H::HostRewriteHeader(h)) => Some(HostRewrite::Header(
+            http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                ConfigError::new(
+                    format!("{apath}.host_rewrite_header"),
+                    "not a valid header name",
+                )
+            })?,
+        )),
+        Some(H::AutoHostRewrite(b)) => b.value.then_some(HostRewrite::Auto),
+        Some(H::HostRewritePathRegex(_)) => {
+            return Err(ConfigError::unsupported(format!(
+                "{apath}.host_rewrite_path_regex"
+            )))
+        }
+        Some(H::HostRewrite(_)) => {
+            return Err(ConfigError::unsupported(format!("{apath}.host_rewrite")))
+        }
+    };
+    let mut upgrades: Vec<(String, bool)> = Vec::new();
+    for (i, u) in action.upgrade_configs.iter().enumerate() {
+        let upath = format!("{apath}.upgrade_configs[{i}]");
+        let route::route_action::UpgradeConfig {
+            upgrade_type,
+            enabled,
+            connect_config,
+        } = u;
+        if connect_config.is_some() {
+            return Err(ConfigError::unsupported(format!("{upath}.connect_config")));
+        }
+        let kind =
+            super::http_manager::upgrade_kind(upgrade_type, &format!("{upath}.upgrade_type"))?;
+        if upgrades.iter().any(|(t, _)| *t == kind) {
+            return Err(ConfigError::new(
+                upath,
+                format!("Duplicate upgrade {upgrade_type}"),
+            ));
+        }
+        upgrades.push((kind, enabled.as_ref().is_none_or(|v| v.value)));
+    }
+    let timeout = match &action.timeout {
+        Some(d) => duration(d, &format!("{apath}.timeout"))?,
+        None => Duration::from_secs(15),
+    };
+    Ok(Translated {
+        action: Action::Forward(Forward {
+            target,
+            cluster_not_found,
+            path_rewrite,
+            host_rewrite,
+        }),
+        timeout: (!timeout.is_zero()).then_some(timeout),
+        upgrades,
+    })
+}
+
+/// `prefix_rewrite` or `regex_rewrite` (at most one, as Envoy requires).
+fn path_rewrite(
+    prefix: &str,
+    regex_rewrite: Option<&matcher::RegexMatchAndSubstitute>,
+    path: &str,
+    path_match: &PathMatch,
+) -> Result<Option<PathRewrite>, ConfigError> {
+    if !prefix.is_empty() && regex_rewrite.is_some() {
+        return Err(ConfigError::new(
+            path,
+            "Specify only one of prefix_rewrite, regex_rewrite or path_rewrite_policy",
+        ));
+    }
+    if !prefix.is_empty() {
+        if matches!(path_match, PathMatch::Regex(_)) {
+            return Err(ConfigError::new(
+                format!("{path}.prefix_rewrite"),
+                "Cannot use prefix_rewrite with a safe_regex match",
+            ));
+        }
+        return Ok(Some(PathRewrite::Prefix(prefix.to_string())));
+    }
+    match regex_rewrite {
+        None => Ok(None),
+        Some(r) => {
+            let rpath = format!("{path}.regex_rewrite");
+            let pattern = r
+                .pattern
+                .as_ref()
+                .ok_or_else(|| ConfigError::new(format!("{rpath}.pattern"), "required"))?;
+            let pattern = &pattern.regex;
+            // Unanchored: every match in the path is replaced (RE2's GlobalReplace).
+            let re = regex::Regex::new(pattern).map_err(|e| {
+                ConfigError::new(
+                    format!("{rpath}.pattern.regex"),
+                    format!("invalid regex: {e}"),
+                )
+            })?;
+            Ok(Some(PathRewrite::Regex(re, substitution(&r.substitution))))
+        }
+    }
+}
+
+/// An RE2 rewrite string (`\1` for a group, `\\` for a backslash) in Rust's syntax.
+fn substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.peek() {
+                Some(d) if d.is_ascii_digit() => {
+                    out.push_str(&format!("${{{d}}}"));
+                    chars.next();
+                }
+                Some('\\') => {
+                    out.push('\\');
+                    chars.next();
+                }
+                _ => out.push('\\'),
+            },
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn redirect(
+    r: &route::RedirectAction,
+    path: &str,
+    path_match: &PathMatch,
+) -> Result<Redirect, ConfigError> {
+    use route::redirect_action::{
+        PathRewriteSpecifier as P, RedirectResponseCode as Code, SchemeRewriteSpecifier as S,
+    };
+    let scheme = match &r.scheme_rewrite_specifier {
+        Some(S::HttpsRedirect(true)) => Some("https".to_string()),
+        Some(S::HttpsRedirect(false)) | None => None,
+        Some(S::SchemeRedirect(s)) if s.is_empty() => None,
+        Some(S::SchemeRedirect(s)) => Some(s.to_ascii_lowercase()),
+    };
+    let port = match r.port_redirect {
+        0 => None,
+        p => Some(
+            u16::try_from(p)
+                .map_err(|_| ConfigError::new(format!("{path}.port_redirect"), "not a port"))?,
+        ),
+    };
+    let path_redirect = match &r.path_rewrite_specifier {
+        None => PathRedirect::Keep,
+        Some(P::PathRedirect(p)) if p.is_empty() => PathRedirect::Keep,
+        Some(P::PathRedirect(p)) => PathRedirect::Path(p.clone()),
+        Some(P::PrefixRewrite(p)) => match path_rewrite(p, None, path, path_match)? {
+            Some(rw) => PathRedirect::Rewrite(rw),
+            None => PathRedirect::Keep,
+        },
+        Some(P::RegexRewrite(rr)) => match path_rewrite("", Some(rr), path, path_match)? {
+            Some(rw) => PathRedirect::Rewrite(rw),
+            None => PathRedirect::Keep,
+        },
+        Some(P::PathRewrite(_)) => {
+            return Err(ConfigError::unsupported(format!("{path}.path_rewrite")))
+        }
+    };
+    let status = match Code::try_from(r.response_code) {
+        Ok(Code::MovedPermanently) => http::StatusCode::MOVED_PERMANENTLY,
+        Ok(Code::Found) => http::StatusCode::FOUND,
+        Ok(Code::SeeOther) => http::StatusCode::SEE_OTHER,
+        Ok(Code::TemporaryRedirect) => http::StatusCode::TEMPORARY_REDIRECT,
+        Ok(Code::PermanentRedirect) => http::StatusCode::PERMANENT_REDIRECT,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.response_code"),
+                "unknown value",
+            ))
+        }
+    };
+    Ok(Redirect {
+        scheme,
+        host: (!r.host_redirect.is_empty()).then(|| r.host_redirect.clone()),
+        port,
+        path: path_redirect,
+        status,
+        strip_query: r.strip_query,
+    })
+}
+
+/// `*_headers_to_add` and `*_headers_to_remove` of one level (`prefix` is `request` or
+/// `response`).
+pub(super) fn header_parser(
+    add: &[core::HeaderValueOption],
+    remove: &[String],
+    path: &str,
+    prefix: &str,
+) -> Result<std::sync::Arc<crate::router::HeaderParser>, ConfigError> {
+    use crate::router::header_parser::{AppendAction, HeaderParser};
+    use core::header_value_option::HeaderAppendAction as A;
+    let name = |n: &str, at: String| {
+        if n.starts_with(':') || n.eq_ignore_ascii_case("host") {
+            return Err(ConfigError::new(
+                at,
+                ":-prefixed or host headers may not be modified",
+            ));
+        }
+        http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+            .map_err(|_| ConfigError::new(at, "not a valid header name"))
+    };
+    let mut parser = HeaderParser::default();
+    for (i, r) in remove.iter().enumerate() {
+        parser
+            .remove
+            .push(name(r, format!("{path}.{prefix}_headers_to_remove[{i}]"))?);
+    }
+    for (i, o) in add.iter().enumerate() {
+        let opath = format!("{path}.{prefix}_headers_to_add[{i}]");
+        #[allow(deprecated)]
+        let core::HeaderValueOption {
+            header,
+            append,
+            append_action,
+            keep_empty_value,
+        } = o;
+        let h = header
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(format!("{opath}.header"), "required"))?;
+        let key = name(&h.key, format!("{opath}.header.key"))?;
+        let raw = if h.raw_value.is_empty() {
+            h.value.as_bytes().to_vec()
+        } else {
+            h.raw_value.clone()
+        };
+        // `%%` is a literal `%`; other `%` start substitution operators, not offered yet.
+        let text = String::from_utf8_lossy(&raw);
+        if text.replace("%%", "").contains('%') {
+            return Err(ConfigError::new(
+                format!("{opath}.header.value"),
+                "unsupported: substitution operators (%...%) in header values",
+            ));
+        }
+        let value =
+            http::HeaderValue::from_bytes(text.replace("%%", "%").as_bytes()).map_err(|_| {
+                ConfigError::new(format!("{opath}.header.value"), "not a valid header value")
+            })?;
+        let action = match (append, A::try_from(*append_action)) {
+            (Some(_), Ok(a)) if a != A::AppendIfExistsOrAdd => {
+                return Err(ConfigError::new(
+                    opath,
+                    "Both append and append_action are set and it's not allowed",
+                ))
+            }
+            (Some(a), _) if a.value => AppendAction::AppendIfExistsOrAdd,
+            (Some(_), _) => AppendAction::OverwriteIfExistsOrAdd,
+            (None, Ok(A::AppendIfExistsOrAdd)) => AppendAction::AppendIfExistsOrAdd,
+            (None, Ok(A::AddIfAbsent)) => AppendAction::AddIfAbsent,
+            (None, Ok(A::OverwriteIfExistsOrAdd)) => AppendAction::OverwriteIfExistsOrAdd,
+            (None, Ok(A::OverwriteIfExists)) => AppendAction::OverwriteIfExists,
+            (None, Err(_)) => {
+                return Err(ConfigError::new(
+                    format!("{opath}.append_action"),
+                    "unknown value",
+                ))
+            }
+        };
+        parser.add.push((key, value, action, *keep_empty_value));
+    }
+    Ok(std::sync::Arc::new(parser))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn re2_substitutions_become_rust_ones() {
+        assert_eq!(substitution(r"/v2/\1/x"), "/v2/${1}/x");
+        assert_eq!(substitution(r"a\\b$c"), r"a\b$$c");
+        let re = regex::Regex::new("^/a/([^/]+)").expect("regex");
+        assert_eq!(
+            re.replace_all("/a/b/c", substitution(r"/z/\1").as_str()),
+            "/z/b/c"
+        );
+    }
+}

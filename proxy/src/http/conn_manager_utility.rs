@@ -1,0 +1,404 @@
+//! What Envoy's `ConnectionManagerUtility` does to a request before routing: path
+//! normalization (`normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`), host
+//! port stripping, and the forwarding headers (`x-forwarded-for`, `x-envoy-internal`,
+//! `x-envoy-external-address`) under `use_remote_address` and `xff_num_trusted_hops`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::model::{EscapedSlashes, HttpConnectionManager, StripPort};
+use crate::http::headers::names;
+
+/// What path normalization decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathAction {
+    /// Route the request with this path (changed or not).
+    Continue(String),
+    /// Escaped slashes were unescaped: redirect the client to this path (307).
+    Redirect(String),
+    /// The path cannot be normalized, or has escaped slashes the configuration refuses: 400.
+    Reject,
+}
+
+/// Envoy's `maybeNormalizePath` for `path` (query included); `None` when nothing is to be
+/// done.
+pub fn normalize_path(cfg: &HttpConnectionManager, path: &str) -> Option<PathAction> {
+    let keep = cfg.escaped_slashes == EscapedSlashes::KeepUnchanged;
+    if keep && !cfg.normalize_path && !cfg.merge_slashes {
+        return None;
+    }
+    let mut path = path.to_string();
+    let mut redirect = false;
+    if !keep {
+        if let Some(unescaped) = unescape_slashes(&path) {
+            match cfg.escaped_slashes {
+                EscapedSlashes::RejectRequest => return Some(PathAction::Reject),
+                EscapedSlashes::UnescapeAndRedirect => redirect = true,
+                EscapedSlashes::UnescapeAndForward | EscapedSlashes::KeepUnchanged => {}
+            }
+            path = unescaped;
+        }
+    }
+    if cfg.normalize_path {
+        let (bare, query) = split_query(&path);
+        match canonical_path(bare) {
+            Some(c) => path = format!("{c}{query}"),
+            None => return Some(PathAction::Reject),
+        }
+    }
+    if cfg.merge_slashes {
+        path = merge_slashes(&path);
+    }
+    Some(if redirect {
+        PathAction::Redirect(path)
+    } else {
+        PathAction::Continue(path)
+    })
+}
+
+fn split_query(path: &str) -> (&str, &str) {
+    match path.find('?') {
+        Some(i) => path.split_at(i),
+        None => (path, ""),
+    }
+}
+
+/// `%2F`/`%2f` to `/` and `%5C`/`%5c` to `\` in the path (not the query); `None` if none.
+fn unescape_slashes(path: &str) -> Option<String> {
+    let (bare, query) = split_query(path);
+    if !bare.contains('%') {
+        return None;
+    }
+    let mut out = String::with_capacity(bare.len());
+    let mut rest = bare;
+    let mut found = false;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let esc = rest.get(i..i + 3).unwrap_or("");
+        if esc.eq_ignore_ascii_case("%2f") {
+            out.push('/');
+            found = true;
+            rest = &rest[i + 3..];
+        } else if esc.eq_ignore_ascii_case("%5c") {
+            out.push('\\');
+            found = true;
+            rest = &rest[i + 3..];
+        } else {
+            out.push('%');
+            rest = &rest[i + 1..];
+        }
+    }
+    out.push_str(rest);
+    found.then(|| format!("{out}{query}"))
+}
+
+/// Envoy's `mergeSlashes`: runs of `/` in the path (not the query) become one, keeping a
+/// leading and a trailing slash.
+fn merge_slashes(path: &str) -> String {
+    let (bare, query) = split_query(path);
+    if !bare.contains("//") {
+        return path.to_string();
+    }
+    let prefix = if bare.starts_with('/') { "/" } else { "" };
+    let suffix = if bare.ends_with('/') { "/" } else { "" };
+    let joined: Vec<&str> = bare.split('/').filter(|s| !s.is_empty()).collect();
+    format!("{prefix}{}{suffix}{query}", joined.join("/"))
+}
+
+/// How the URL canonicalizer Envoy uses (Chromium's) treats a path byte.
+#[derive(PartialEq, Eq)]
+enum Class {
+    Pass,
+    Escape,
+    /// Passed as is, and decoded when it arrives percent-encoded.
+    Unescape,
+    Invalid,
+}
+
+fn class(b: u8) -> Class {
+    match b {
+        0 => Class::Invalid,
+        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => Class::Unescape,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'/' | b':' | b';'
+        | b'=' | b'@' | b'[' | b']' => Class::Pass,
+        _ => Class::Escape,
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Envoy's `canonicalPath` (Chromium's path canonicalizer) for a path without its query:
+/// dot segments resolved (`%2e` counts as a dot), percent-encoded unreserved characters
+/// decoded, characters a path may not hold encoded. `None` for a path it refuses.
+pub fn canonical_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return Some(path.to_string());
+    }
+    let mut segments: Vec<String> = Vec::new();
+    // A backslash separates segments as a slash does (Chromium's canonicalizer).
+    let raw: Vec<&str> = path[1..].split(['/', '\\']).collect();
+    let last = raw.len() - 1;
+    let mut trailing_slash = false;
+    for (n, seg) in raw.iter().enumerate() {
+        let mut out = String::with_capacity(seg.len());
+        let bytes = seg.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            match class(b) {
+                Class::Invalid => return None,
+                Class::Pass | Class::Unescape if b != b'%' => out.push(b as char),
+                _ if b == b'%' => {
+                    match (
+                        bytes.get(i + 1).copied().and_then(hex),
+                        bytes.get(i + 2).copied().and_then(hex),
+                    ) {
+                        (Some(h), Some(l)) => {
+                            let v = h * 16 + l;
+                            if class(v) == Class::Unescape {
+                                out.push(v as char);
+                            } else {
+                                out.push_str(&seg[i..i + 3]);
+                            }
+                            i += 2;
+                        }
+                        _ => out.push('%'),
+                    }
+                }
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+            i += 1;
+        }
+        match out.as_str() {
+            "." => trailing_slash = n == last,
+            ".." => {
+                segments.pop();
+                trailing_slash = n == last;
+            }
+            _ => {
+                segments.push(out);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut result = format!("/{}", segments.join("/"));
+    if trailing_slash && !result.ends_with('/') {
+        result.push('/');
+    }
+    Some(result)
+}
+
+/// The host with its port removed as `strip_matching_host_port` / `strip_any_host_port` say
+/// (`listener_port` is the port the connection arrived on); `None` when it stays.
+pub fn strip_port(mode: StripPort, host: &str, listener_port: u16) -> Option<String> {
+    if mode == StripPort::None {
+        return None;
+    }
+    let colon = if host.starts_with('[') {
+        host.rfind("]:").map(|i| i + 1)?
+    } else {
+        let i = host.rfind(':')?;
+        // An IPv6 address without brackets has no port to strip.
+        if host[..i].contains(':') {
+            return None;
+        }
+        i
+    };
+    let port: u16 = host[colon + 1..].parse().ok()?;
+    match mode {
+        StripPort::Any => Some(host[..colon].to_string()),
+        StripPort::Matching if port == listener_port => Some(host[..colon].to_string()),
+        _ => None,
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+/// Stripped from edge requests (`cleanInternalHeaders`), so clients cannot set them.
+const EDGE_STRIPPED: &[&str] = &[
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+];
+
+/// The address `x-forwarded-for` holds `hops` entries from its end, if it parses.
+fn xff_address(headers: &HeaderMap, hops: u32) -> (Option<IpAddr>, bool) {
+    let joined: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let joined = joined.join(",");
+    let entries: Vec<&str> = joined.split(',').map(str::trim).collect();
+    if joined.is_empty() || entries.len() <= hops as usize {
+        return (None, false);
+    }
+    let entry = entries[entries.len() - 1 - hops as usize];
+    (entry.parse().ok(), entries.len() == 1)
+}
+
+/// Envoy's `mutateRequestHeaders` for the forwarding headers: `x-forwarded-for` appended under
+/// `use_remote_address`, the trusted client address found, `x-envoy-internal` set for internal
+/// requests (and removed otherwise), `x-envoy-external-address` set on edge requests.
+pub fn forwarding_headers(
+    cfg: &HttpConnectionManager,
+    headers: &mut HeaderMap,
+    remote: SocketAddr,
+    local: SocketAddr,
+    secure: bool,
+) {
+    join_xff(headers);
+    let hops = cfg.xff_num_trusted_hops;
+    let mut trusted: Option<IpAddr> = None;
+    let allow_checks;
+    if cfg.use_remote_address {
+        allow_checks = !headers.contains_key(&X_FORWARDED_FOR);
+        if hops > 0 {
+            trusted = xff_address(headers, hops - 1).0;
+        }
+        if trusted.is_none() {
+            trusted = Some(remote.ip());
+        }
+        if !cfg.skip_xff_append {
+            // A loopback peer is recorded as this machine's address, as Envoy does.
+            let peer = if remote.ip().is_loopback() {
+                machine_address().unwrap_or(local.ip())
+            } else {
+                remote.ip()
+            };
+            append_xff(headers, peer);
+        }
+        if hops == 0 || !headers.contains_key(&names::X_FORWARDED_PROTO) {
+            headers.insert(
+                names::X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(if secure { "https" } else { "http" }),
+            );
+        }
+    } else {
+        let (addr, single) = xff_address(headers, hops);
+        trusted = addr;
+        allow_checks = single;
+    }
+    let internal = allow_checks && trusted.is_some_and(|ip| cfg.is_internal(ip));
+    let edge = !internal && cfg.use_remote_address;
+    headers.remove(&X_ENVOY_INTERNAL);
+    if internal {
+        headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
+    } else if edge {
+        for h in EDGE_STRIPPED {
+            headers.remove(*h);
+        }
+    }
+    if edge {
+        let ip = trusted.unwrap_or(remote.ip());
+        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+            headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+        }
+    }
+}
+
+/// This machine's IPv4 address as Envoy's `Network::Utility::getLocalAddress` finds it (the
+/// first non-loopback interface address): the source address of the default route, learnt
+/// once by connecting a UDP socket (no packet is sent).
+fn machine_address() -> Option<IpAddr> {
+    static ADDRESS: std::sync::OnceLock<Option<IpAddr>> = std::sync::OnceLock::new();
+    *ADDRESS.get_or_init(|| {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        s.connect("198.51.100.1:9").ok()?;
+        let ip = s.local_addr().ok()?.ip();
+        (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+    })
+}
+
+/// Several `x-forwarded-for` headers become one, joined by ',', as Envoy's header map holds
+/// them.
+fn join_xff(headers: &mut HeaderMap) {
+    if headers.get_all(&X_FORWARDED_FOR).iter().nth(1).is_none() {
+        return;
+    }
+    let all: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&all.join(",")) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+fn append_xff(headers: &mut HeaderMap, ip: IpAddr) {
+    let ip = ip.to_string();
+    // Several x-forwarded-for headers are one list, joined by ',' (Envoy's header map).
+    let existing: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .collect();
+    let value = if existing.is_empty() {
+        ip
+    } else {
+        format!("{},{ip}", existing.join(","))
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_paths() {
+        for (input, want) in [
+            ("/a/b", "/a/b"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/../a", "/a"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/a/%2e%2E/b", "/b"),
+            ("/%61%7e", "/a~"),
+            ("/a%2fb", "/a%2fb"),
+            ("/a b", "/a%20b"),
+            ("/a%zz", "/a%zz"),
+            ("//a//b", "//a//b"),
+            ("/", "/"),
+            ("/a\\b", "/a/b"),
+        ] {
+            assert_eq!(canonical_path(input).as_deref(), Some(want), "{input}");
+        }
+    }
+
+    #[test]
+    fn slashes() {
+        assert_eq!(merge_slashes("//a///b/?x=//"), "/a/b/?x=//");
+        assert_eq!(merge_slashes("/a/b"), "/a/b");
+        assert_eq!(
+            unescape_slashes("/a%2Fb%5cc?q=%2F").as_deref(),
+            Some("/a/b\\c?q=%2F")
+        );
+        assert_eq!(unescape_slashes("/a%20b"), None);
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(strip_port(StripPort::Any, "a:80", 1).as_deref(), Some("a"));
+        assert_eq!(
+            strip_port(StripPort::Matching, "a:80", 80).as_deref(),
+            Some("a")
+        );
+        assert_eq!(strip_port(StripPort::Matching, "a:81", 80), None);
+        assert_eq!(
+            strip_port(StripPort::Any, "[::1]:80", 1).as_deref(),
+            Some("[::1]")
+        );
+        assert_eq!(strip_port(StripPort::Any, "::1", 1), None);
+        assert_eq!(strip_port(StripPort::Any, "a", 1), None);
+    }
+}

@@ -1,0 +1,1411 @@
+//! Route matching, route actions and upgrades side by side with Envoy 1.40: one bootstrap with
+//! many virtual hosts and routes, one pair of proxies per topic, and many small cases through
+//! both. Each case compares what the client got and what the upstream received.
+//!
+//! Upstreams: an HTTP/1.1 echo (cluster `echo`, recording every request) and a websocket
+//! upstream (cluster `ws`, see `upstream/ws.rs`).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use skiff_tests::client::{self, split_responses, Resp};
+use skiff_tests::config::{bootstrap, cluster, listener, router, to_yaml, HCM_TYPE};
+use skiff_tests::diff::{self, upstream_view};
+use skiff_tests::proxy::{run_cli, write_config, Kind, ProxyProcess};
+use skiff_tests::side_by_side::assert_same_response;
+use skiff_tests::upstream::ws::{client_frame, server_frame, GREETING};
+use skiff_tests::upstream::{EchoUpstream, Recorder, WsUpstream};
+use skiff_tests::{free_port, run};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One proxy with its upstreams.
+struct Side {
+    proxy: ProxyProcess,
+    port: u16,
+    echo: Recorder,
+    echo2: Recorder,
+    ws: Recorder,
+    _ups: (EchoUpstream, EchoUpstream, WsUpstream),
+}
+
+impl Side {
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Envoy and the proxy under test with the bootstrap `hcm_config` (the HCM's typed_config)
+/// over the clusters `echo`, `echo2` and `ws`.
+async fn pair(hcm_config: Value) -> (Side, Side) {
+    let mut sides = Vec::new();
+    for kind in [Kind::Envoy, Kind::under_test()] {
+        let echo = EchoUpstream::start("echo").await;
+        let echo2 = EchoUpstream::start("echo2").await;
+        let ws = WsUpstream::start().await;
+        let (admin, port) = (free_port(), free_port());
+        let filter = json!({
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": hcm_config,
+        });
+        let v = bootstrap(
+            admin,
+            vec![listener("routing", "127.0.0.1", port, filter)],
+            vec![
+                cluster("echo", &[echo.port()]),
+                cluster("echo2", &[echo2.port()]),
+                cluster("ws", &[ws.port()]),
+            ],
+        );
+        let proxy = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
+        sides.push(Side {
+            proxy,
+            port,
+            echo: echo.rec.clone(),
+            echo2: echo2.rec.clone(),
+            ws: ws.rec.clone(),
+            _ups: (echo, echo2, ws),
+        });
+    }
+    let s = sides.pop().expect("two sides");
+    let e = sides.pop().expect("two sides");
+    (e, s)
+}
+
+/// An HCM typed_config with `virtual_hosts` and `extra` fields merged in.
+fn hcm_with(virtual_hosts: Value, extra: Value) -> Value {
+    let mut v = json!({
+        "@type": HCM_TYPE,
+        "stat_prefix": "routing",
+        "route_config": { "name": "routes", "virtual_hosts": virtual_hosts },
+        "http_filters": [ router() ],
+    });
+    if let (Some(o), Some(x)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, val) in x {
+            o.insert(k.clone(), val.clone());
+        }
+    }
+    v
+}
+
+/// Asserts both upstreams saw the same requests (names, values, paths, bodies).
+#[track_caller]
+fn same_upstream(what: &str, e: &Recorder, s: &Recorder) {
+    let (e, s) = (e.requests(), s.requests());
+    assert_eq!(
+        e.len(),
+        s.len(),
+        "{what}: upstream request counts differ\nenvoy: {e:#?}\nskiff: {s:#?}"
+    );
+    for (a, b) in e.iter().zip(s.iter()) {
+        let d = diff::upstream_differences(&upstream_view(a), &upstream_view(b));
+        assert!(
+            d.is_empty(),
+            "{what}: upstream requests differ:\n  {}\nenvoy: {a:#?}\nskiff: {b:#?}",
+            d.join("\n  ")
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upgrades (websocket and other types)
+// ---------------------------------------------------------------------------------------------
+
+fn upgrade_config() -> Value {
+    hcm_with(
+        json!([
+            { "name": "ws", "domains": ["ws.example.com"], "routes": [
+                { "match": { "prefix": "/off" }, "route": { "cluster": "ws",
+                    "upgrade_configs": [ { "upgrade_type": "websocket", "enabled": false } ] } },
+                { "match": { "prefix": "/custom" }, "route": { "cluster": "ws",
+                    "upgrade_configs": [ { "upgrade_type": "Custom-Proto" } ] } },
+                { "match": { "prefix": "/" }, "route": { "cluster": "ws" } }
+            ] },
+            { "name": "partial", "domains": ["partial.example.com"], "routes": [
+                { "match": { "prefix": "/only" }, "route": { "cluster": "echo" } }
+            ] },
+            { "name": "rest", "domains": ["*"], "routes": [
+                { "match": { "prefix": "/" }, "route": { "cluster": "echo" } }
+            ] }
+        ]),
+        json!({ "upgrade_configs": [ { "upgrade_type": "websocket" } ] }),
+    )
+}
+
+/// What a client saw of an upgrade attempt: the response head (and body when not upgraded), the
+/// bytes of the exchange after a 101, and whether the connection closed.
+#[derive(Debug)]
+struct WsSeen {
+    resp: Resp,
+    transcript: Vec<u8>,
+    closed: bool,
+}
+
+async fn read_exact_within(s: &mut TcpStream, n: usize, out: &mut Vec<u8>) -> bool {
+    let mut buf = vec![0u8; n];
+    let ok = tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if ok {
+        out.extend_from_slice(&buf);
+    }
+    ok
+}
+
+/// Sends an upgrade request for `path` on `host` with `Upgrade: kind`; after a 101 exchanges a
+/// greeting, two echoed frames and a close handshake.
+async fn upgrade_once(side: &Side, host: &str, path: &str, kind: &str) -> WsSeen {
+    let mut s = TcpStream::connect(side.addr()).await.expect("connect");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {kind}\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut data = Vec::new();
+    let head_end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(3), s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => data.extend_from_slice(&chunk[..n]),
+            _ => panic!("no response head: {:?}", String::from_utf8_lossy(&data)),
+        }
+    };
+    let (_, head) = client::parse_http_dump(&data[..head_end]);
+    if head.status != 101 {
+        let rest = client::read_until_close(&mut s, Duration::from_secs(2)).await;
+        data.extend_from_slice(&rest.data);
+        let resp = split_responses(&data)
+            .into_iter()
+            .next()
+            .expect("a response");
+        return WsSeen {
+            resp,
+            transcript: Vec::new(),
+            closed: rest.closed,
+        };
+    }
+    let mut transcript = data[head_end..].to_vec();
+    let mut ok = true;
+    let need = GREETING.len().saturating_sub(transcript.len());
+    ok &= read_exact_within(&mut s, need, &mut transcript).await;
+    for (opcode, payload) in [(1u8, b"ping-1".to_vec()), (2u8, vec![7u8; 300])] {
+        s.write_all(&client_frame(opcode, &payload))
+            .await
+            .expect("write frame");
+        let n = server_frame(opcode, &payload).len();
+        ok &= read_exact_within(&mut s, n, &mut transcript).await;
+    }
+    s.write_all(&client_frame(8, b"\x03\xe8"))
+        .await
+        .expect("write close");
+    ok &= read_exact_within(&mut s, 4, &mut transcript).await;
+    assert!(ok, "exchange through {path}: {transcript:?}");
+    let end = client::read_until_close(&mut s, Duration::from_secs(3)).await;
+    transcript.extend_from_slice(&end.data);
+    WsSeen {
+        resp: head,
+        transcript,
+        closed: end.closed,
+    }
+}
+
+#[tokio::test]
+async fn upgrades_side_by_side() {
+    run(async {
+        let (e, s) = pair(upgrade_config()).await;
+        let cases: &[(&str, &str, &str, &str, u16)] = &[
+            // (what, host, path, upgrade type, Envoy's status)
+            (
+                "websocket accepted",
+                "ws.example.com",
+                "/chat",
+                "websocket",
+                101,
+            ),
+            (
+                "upgrade type is case-insensitive",
+                "ws.example.com",
+                "/chat",
+                "WebSocket",
+                101,
+            ),
+            (
+                "route disables websocket",
+                "ws.example.com",
+                "/off",
+                "websocket",
+                403,
+            ),
+            (
+                "route enables a type the HCM lacks",
+                "ws.example.com",
+                "/custom",
+                "custom-proto",
+                101,
+            ),
+            (
+                "type enabled nowhere",
+                "ws.example.com",
+                "/chat",
+                "custom-proto",
+                403,
+            ),
+            (
+                "upstream declines with 403",
+                "ws.example.com",
+                "/refuse",
+                "websocket",
+                403,
+            ),
+            (
+                "upstream answers 200",
+                "ws.example.com",
+                "/plain",
+                "websocket",
+                200,
+            ),
+            (
+                "no route, HCM takes websocket",
+                "partial.example.com",
+                "/x",
+                "websocket",
+                404,
+            ),
+            (
+                "no route, HCM lacks the type",
+                "partial.example.com",
+                "/x",
+                "custom-proto",
+                404,
+            ),
+        ];
+        for (what, host, path, kind, want) in cases {
+            let re = upgrade_once(&e, host, path, kind).await;
+            let rs = upgrade_once(&s, host, path, kind).await;
+            assert_eq!(re.resp.status, *want, "{what}: envoy {re:?}");
+            assert_same_response(what, &re.resp, &rs.resp);
+            assert_eq!(re.transcript, rs.transcript, "{what}: tunnel bytes");
+            assert_eq!(
+                re.closed, rs.closed,
+                "{what}: closed (envoy {re:?}, skiff {rs:?})"
+            );
+            same_upstream(what, &e.ws, &s.ws);
+            same_upstream(what, &e.echo, &s.echo);
+        }
+        // The refusals are counted alike.
+        for side in [&e, &s] {
+            let stats = side.proxy.admin().stats().await;
+            assert_eq!(
+                stats
+                    .get("http.routing.downstream_rq_ws_on_non_ws_route")
+                    .map(String::as_str),
+                Some("2"),
+                "{}",
+                side.proxy.kind.name()
+            );
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Route matching
+// ---------------------------------------------------------------------------------------------
+
+/// A route to `echo` told apart upstream by its timeout (`x-envoy-expected-rq-timeout-ms`).
+fn timed(m: Value, secs: u32) -> Value {
+    json!({ "match": m, "route": { "cluster": "echo", "timeout": format!("{secs}s") } })
+}
+
+fn hdr(name: &str, spec: Value) -> Value {
+    let mut h = json!({ "name": name });
+    if let (Some(o), Some(x)) = (h.as_object_mut(), spec.as_object()) {
+        for (k, v) in x {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    h
+}
+
+fn sel(v: &str) -> Value {
+    hdr("x-sel", json!({ "string_match": { "exact": v } }))
+}
+
+fn matching_config() -> Value {
+    let routes = vec![
+        timed(json!({ "path_separated_prefix": "/sep" }), 1001),
+        timed(json!({ "safe_regex": { "regex": "/re/[0-9]+" } }), 1002),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-exact", json!({ "exact_match": "a" }))] }),
+            1003,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-re", json!({ "string_match": { "safe_regex": { "regex": "v[0-9]+" } } }))] }),
+            1004,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-num", json!({ "range_match": { "start": 10, "end": 20 } }))] }),
+            1005,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr(":method", json!({ "string_match": { "exact": "DELETE" } }))] }),
+            1006,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr(":authority", json!({ "string_match": { "prefix": "auth." } }))] }),
+            1007,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr(":path", json!({ "string_match": { "suffix": ".json" } }))] }),
+            1008,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [sel("scheme"), hdr(":scheme", json!({ "string_match": { "exact": "http" } }))] }),
+            1009,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-inv", json!({ "string_match": { "exact": "nope" }, "invert_match": true }))] }),
+            1010,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [sel("missing"), hdr("x-missing", json!({ "string_match": { "exact": "" }, "treat_missing_header_as_empty": true }))] }),
+            1011,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-multi", json!({ "string_match": { "exact": "a,b" } }))] }),
+            1012,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [sel("host"), hdr("host", json!({ "present_match": true }))] }),
+            1013,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-any", json!({ "string_match": { "exact": "b" } }))] }),
+            1025,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-first", json!({ "exact_match": "a" }))] }),
+            1026,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-rng", json!({ "range_match": { "start": 1, "end": 3 } }))] }),
+            1027,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-invm", json!({ "string_match": { "exact": "a" }, "invert_match": true }))] }),
+            1028,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-pre", json!({ "prefix_match": "ab" }))] }),
+            1014,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-suf", json!({ "suffix_match": "yz" }))] }),
+            1015,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-con", json!({ "contains_match": "mid" }))] }),
+            1016,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [hdr("x-ic", json!({ "string_match": { "exact": "MiXed", "ignore_case": true } }))] }),
+            1017,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [sel("absent"), hdr("x-absent", json!({ "present_match": false }))] }),
+            1018,
+        ),
+        timed(
+            json!({ "prefix": "/hdr", "headers": [sel("invabsent"), hdr("x-absent", json!({ "string_match": { "exact": "z" }, "invert_match": true }))] }),
+            1019,
+        ),
+        timed(
+            json!({ "prefix": "/q", "query_parameters": [ { "name": "a", "string_match": { "exact": "1" } } ] }),
+            1020,
+        ),
+        timed(
+            json!({ "prefix": "/q", "query_parameters": [ { "name": "b", "present_match": true } ] }),
+            1021,
+        ),
+        timed(
+            json!({ "prefix": "/q", "headers": [sel("qc")], "query_parameters": [ { "name": "c", "present_match": false } ] }),
+            1022,
+        ),
+        timed(
+            json!({ "prefix": "/q", "query_parameters": [ { "name": "d", "string_match": { "prefix": "x%20y" } } ] }),
+            1023,
+        ),
+        timed(
+            json!({ "prefix": "/q", "query_parameters": [ { "name": "e" } ] }),
+            1024,
+        ),
+        timed(json!({ "prefix": "/g", "grpc": {} }), 1030),
+        timed(json!({ "prefix": "/CaSe", "case_sensitive": false }), 1040),
+        timed(json!({ "path": "/Exact", "case_sensitive": false }), 1041),
+        timed(
+            json!({ "safe_regex": { "regex": "/Re/[a-z]+" }, "case_sensitive": false }),
+            1042,
+        ),
+        timed(
+            json!({ "path_separated_prefix": "/Sep2", "case_sensitive": false }),
+            1043,
+        ),
+        timed(json!({ "prefix": "/" }), 1099),
+    ];
+    hcm_with(
+        json!([ { "name": "all", "domains": ["*"], "routes": routes } ]),
+        json!({}),
+    )
+}
+
+/// (method, path, authority, headers, Envoy's route by timeout in seconds)
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    u32,
+);
+
+const H: &str = "match.example.com";
+
+const MATCH_CASES: &[Case] = &[
+    ("GET", "/sep", H, &[], 1001),
+    ("GET", "/sep/x", H, &[], 1001),
+    ("GET", "/sep?x=1", H, &[], 1001),
+    ("GET", "/sepx", H, &[], 1099),
+    ("GET", "/SEP", H, &[], 1099),
+    ("GET", "/re/123", H, &[], 1002),
+    ("GET", "/re/123?q=a", H, &[], 1002),
+    ("GET", "/re/12a", H, &[], 1099),
+    ("GET", "/re/123/x", H, &[], 1099),
+    ("GET", "/hdr", H, &[("x-exact", "a")], 1003),
+    ("GET", "/hdr", H, &[("x-exact", "A")], 1099),
+    ("GET", "/hdr", H, &[("x-re", "v12")], 1004),
+    ("GET", "/hdr", H, &[("x-re", "v12x")], 1099),
+    ("GET", "/hdr", H, &[("x-num", "10")], 1005),
+    ("GET", "/hdr", H, &[("x-num", "19")], 1005),
+    ("GET", "/hdr", H, &[("x-num", "20")], 1099),
+    ("GET", "/hdr", H, &[("x-num", "+15")], 1005),
+    ("GET", "/hdr", H, &[("x-num", "1.5e1")], 1099),
+    ("DELETE", "/hdr", H, &[], 1006),
+    ("GET", "/hdr", "auth.example.com", &[], 1007),
+    ("GET", "/hdr/a.json", H, &[], 1008),
+    ("GET", "/hdr/a.json?x", H, &[], 1099),
+    ("GET", "/hdr", H, &[("x-sel", "scheme")], 1009),
+    ("GET", "/hdr", H, &[("x-inv", "yes")], 1010),
+    ("GET", "/hdr", H, &[("x-inv", "nope")], 1099),
+    ("GET", "/hdr", H, &[("x-sel", "missing")], 1011),
+    (
+        "GET",
+        "/hdr",
+        H,
+        &[("x-sel", "missing"), ("x-missing", "v")],
+        1099,
+    ),
+    (
+        "GET",
+        "/hdr",
+        H,
+        &[("x-multi", "a"), ("x-multi", "b")],
+        1099,
+    ),
+    ("GET", "/hdr", H, &[("x-any", "a"), ("x-any", "b")], 1025),
+    (
+        "GET",
+        "/hdr",
+        H,
+        &[("x-first", "b"), ("x-first", "a")],
+        1026,
+    ),
+    ("GET", "/hdr", H, &[("x-rng", "2"), ("x-rng", "5")], 1027),
+    ("GET", "/hdr", H, &[("x-invm", "a"), ("x-invm", "b")], 1099),
+    ("GET", "/hdr", H, &[("x-multi", "a,b")], 1012),
+    ("GET", "/hdr", H, &[("x-sel", "host")], 1013),
+    ("GET", "/hdr", H, &[("x-pre", "abc")], 1014),
+    ("GET", "/hdr", H, &[("x-suf", "xyz")], 1015),
+    ("GET", "/hdr", H, &[("x-con", "amidb")], 1016),
+    ("GET", "/hdr", H, &[("x-ic", "mixed")], 1017),
+    ("GET", "/hdr", H, &[("x-sel", "absent")], 1018),
+    (
+        "GET",
+        "/hdr",
+        H,
+        &[("x-sel", "absent"), ("x-absent", "1")],
+        1099,
+    ),
+    ("GET", "/hdr", H, &[("x-sel", "invabsent")], 1099),
+    (
+        "GET",
+        "/hdr",
+        H,
+        &[("x-sel", "invabsent"), ("x-absent", "y")],
+        1019,
+    ),
+    ("GET", "/q?a=1", H, &[], 1020),
+    ("GET", "/q?a=2&a=1", H, &[], 1099),
+    ("GET", "/q?x=0&a=1&a=2", H, &[], 1020),
+    ("GET", "/q?b", H, &[], 1021),
+    ("GET", "/q?b=", H, &[], 1021),
+    ("GET", "/q", H, &[("x-sel", "qc")], 1022),
+    ("GET", "/q?c=1", H, &[("x-sel", "qc")], 1099),
+    ("GET", "/q?d=x%20y", H, &[], 1023),
+    ("GET", "/q?d=x%20yz", H, &[], 1023),
+    ("GET", "/q?d=x+y", H, &[], 1099),
+    ("GET", "/q?e=1", H, &[], 1024),
+    (
+        "GET",
+        "/g",
+        H,
+        &[("content-type", "application/grpc")],
+        1030,
+    ),
+    (
+        "GET",
+        "/g",
+        H,
+        &[("content-type", "application/grpc+proto")],
+        1030,
+    ),
+    (
+        "GET",
+        "/g",
+        H,
+        &[("content-type", "application/grpc-web")],
+        1099,
+    ),
+    ("GET", "/g", H, &[], 1099),
+    ("GET", "/case/x", H, &[], 1040),
+    ("GET", "/exact", H, &[], 1041),
+    ("GET", "/EXACT?x", H, &[], 1041),
+    ("GET", "/Re/abc", H, &[], 1042),
+    ("GET", "/re/ABC", H, &[], 1099),
+    ("GET", "/sep2/x", H, &[], 1043),
+];
+
+/// The route Envoy's upstream request shows, by its timeout in seconds (0: not forwarded).
+fn route_seconds(r: &Recorder, before: usize) -> u32 {
+    let reqs = r.requests();
+    if reqs.len() == before {
+        return 0;
+    }
+    reqs.last()
+        .and_then(|q| q.header("x-envoy-expected-rq-timeout-ms"))
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or(0, |ms| ms / 1000)
+}
+
+fn build_request(
+    http2: bool,
+    (method, path, authority, headers, _): &Case,
+) -> http::Request<bytes::Bytes> {
+    let mut req = if http2 {
+        client::h2_request(method, authority, path, bytes::Bytes::new())
+    } else {
+        client::request(method, path, authority, bytes::Bytes::new())
+    };
+    for (k, v) in *headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            http::HeaderValue::from_str(v).expect("value"),
+        );
+    }
+    req
+}
+
+async fn send(side: &Side, http2: bool, case: &Case) -> Resp {
+    let req = build_request(http2, case);
+    let r = if http2 {
+        let c = client::H2Client::connect(&side.addr()).await.expect("h2");
+        c.send(req).await
+    } else {
+        client::http1_once(&side.addr(), req).await
+    };
+    r.unwrap_or_else(|e| panic!("{case:?}: {e}"))
+}
+
+/// Sends every case through both proxies over HTTP/1.1 and HTTP/2 and compares. With
+/// `ROUTING_PROBE` set, prints the route each proxy chose instead (to learn Envoy's answer).
+async fn compare_cases(e: &Side, s: &Side, cases: &[Case]) {
+    for http2 in [false, true] {
+        for case in cases {
+            let what = format!("{} {} {:?} (h2: {http2})", case.0, case.1, case.3);
+            let (be, bs) = (e.echo.requests().len(), s.echo.requests().len());
+            let re = send(e, http2, case).await;
+            let rs = send(s, http2, case).await;
+            if std::env::var("ROUTING_PROBE").is_ok() {
+                eprintln!(
+                    "PROBE {what}: envoy {} skiff {} want {}",
+                    route_seconds(&e.echo, be),
+                    route_seconds(&s.echo, bs),
+                    case.4
+                );
+                continue;
+            }
+            assert_eq!(
+                route_seconds(&e.echo, be),
+                case.4,
+                "{what}: Envoy's route\n{:?}",
+                e.echo.requests().last()
+            );
+            assert_eq!(route_seconds(&s.echo, bs), case.4, "{what}: skiff's route");
+            assert_same_response(&what, &re, &rs);
+            same_upstream(&what, &e.echo, &s.echo);
+        }
+    }
+}
+
+#[tokio::test]
+async fn route_matching_side_by_side() {
+    run(async {
+        let (e, s) = pair(matching_config()).await;
+        compare_cases(&e, &s, MATCH_CASES).await;
+    })
+    .await
+}
+
+/// Route configurations both proxies must refuse at load time.
+#[tokio::test]
+async fn invalid_route_matches_are_refused_by_both() {
+    run(async {
+        let bad: &[(&str, Value)] = &[
+            ("separated prefix ending with /", json!({ "path_separated_prefix": "/a/" })),
+            ("separated prefix with a query", json!({ "path_separated_prefix": "/a?b" })),
+            ("regex that does not compile", json!({ "safe_regex": { "regex": "/(a" } })),
+            (
+                "ignore_case with safe_regex",
+                json!({ "prefix": "/", "headers": [hdr("x", json!({ "string_match": { "safe_regex": { "regex": "a" }, "ignore_case": true } }))] }),
+            ),
+            (
+                "duplicate route upgrade",
+                json!({ "prefix": "/", "__upgrades": true }),
+            ),
+        ];
+        for (what, m) in bad {
+            let mut route = timed(m.clone(), 1);
+            if m.get("__upgrades").is_some() {
+                route = json!({ "match": { "prefix": "/" }, "route": { "cluster": "echo",
+                    "upgrade_configs": [ { "upgrade_type": "websocket" }, { "upgrade_type": "WebSocket" } ] } });
+            }
+            let hcm = hcm_with(json!([ { "name": "v", "domains": ["*"], "routes": [route] } ]), json!({}));
+            let filter = json!({ "name": "hcm", "typed_config": hcm });
+            let v = bootstrap(
+                free_port(),
+                vec![listener("l", "127.0.0.1", free_port(), filter)],
+                vec![cluster("echo", &[free_port()])],
+            );
+            let cfg = write_config("bad-route", &to_yaml(&v));
+            for kind in [Kind::Envoy, Kind::under_test()] {
+                let out = run_cli(kind, &["--mode", "validate", "-c", cfg.path()]).await;
+                assert_ne!(out.code, Some(0), "{what}: {} accepted it:\n{}", kind.name(), out.output());
+            }
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Route actions: direct responses, redirects, rewrites, cluster choice
+// ---------------------------------------------------------------------------------------------
+
+fn to(prefix: &str, action: Value) -> Value {
+    let mut r = json!({ "match": { "prefix": prefix } });
+    if let (Some(o), Some(x)) = (r.as_object_mut(), action.as_object()) {
+        for (k, v) in x {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    r
+}
+
+fn actions_config(body_file: &str) -> Value {
+    let routes = vec![
+        to(
+            "/direct/inline",
+            json!({ "direct_response": { "status": 200, "body": { "inline_string": "hello" } } }),
+        ),
+        to(
+            "/direct/empty",
+            json!({ "direct_response": { "status": 503 } }),
+        ),
+        to(
+            "/direct/file",
+            json!({ "direct_response": { "status": 418, "body": { "filename": body_file } } }),
+        ),
+        to(
+            "/direct/bytes",
+            json!({ "direct_response": { "status": 201, "body": { "inline_bytes": "aGk=" } } }),
+        ),
+        to(
+            "/redir/basic",
+            json!({ "redirect": { "host_redirect": "new.example.com" } }),
+        ),
+        to(
+            "/redir/https",
+            json!({ "redirect": { "https_redirect": true } }),
+        ),
+        to(
+            "/redir/scheme",
+            json!({ "redirect": { "scheme_redirect": "https", "host_redirect": "s.example.com" } }),
+        ),
+        to(
+            "/redir/port",
+            json!({ "redirect": { "port_redirect": 8443 } }),
+        ),
+        to(
+            "/redir/path",
+            json!({ "redirect": { "path_redirect": "/new/path", "response_code": "FOUND" } }),
+        ),
+        to(
+            "/redir/qpath",
+            json!({ "redirect": { "path_redirect": "/new?x=1", "strip_query": true } }),
+        ),
+        to(
+            "/redir/prefix",
+            json!({ "redirect": { "prefix_rewrite": "/p2", "response_code": "SEE_OTHER" } }),
+        ),
+        to(
+            "/redir/regex",
+            json!({ "redirect": { "regex_rewrite": { "pattern": { "regex": "^/redir/regex/([^/]+)$" }, "substitution": "/r/\\1" }, "response_code": "TEMPORARY_REDIRECT" } }),
+        ),
+        to(
+            "/redir/strip",
+            json!({ "redirect": { "strip_query": true, "response_code": "PERMANENT_REDIRECT" } }),
+        ),
+        to(
+            "/rw/prefix",
+            json!({ "route": { "cluster": "echo", "prefix_rewrite": "/new" } }),
+        ),
+        to(
+            "/rw/slash/",
+            json!({ "route": { "cluster": "echo", "prefix_rewrite": "/" } }),
+        ),
+        json!({ "match": { "path": "/rw/exact" }, "route": { "cluster": "echo", "prefix_rewrite": "/e2" } }),
+        json!({ "match": { "path_separated_prefix": "/rw/sep" }, "route": { "cluster": "echo", "prefix_rewrite": "/s2" } }),
+        to(
+            "/rw/regex",
+            json!({ "route": { "cluster": "echo", "regex_rewrite": { "pattern": { "regex": "/rw/regex/([0-9]+)" }, "substitution": "/id/\\1" } } }),
+        ),
+        to(
+            "/rw/host",
+            json!({ "route": { "cluster": "echo", "host_rewrite_literal": "literal.example.com" } }),
+        ),
+        to(
+            "/rw/hosthdr",
+            json!({ "route": { "cluster": "echo", "host_rewrite_header": "x-host" } }),
+        ),
+        to(
+            "/rw/auto",
+            json!({ "route": { "cluster": "echo", "auto_host_rewrite": true } }),
+        ),
+        to(
+            "/wc/one",
+            json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "echo", "weight": 100 }, { "name": "echo2", "weight": 0 } ] } } }),
+        ),
+        to(
+            "/wc/half",
+            json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "echo", "weight": 1 }, { "name": "echo2", "weight": 1 } ] } } }),
+        ),
+        to(
+            "/ch404",
+            json!({ "route": { "cluster_header": "x-cluster", "cluster_not_found_response_code": "NOT_FOUND" } }),
+        ),
+        to("/ch", json!({ "route": { "cluster_header": "x-cluster" } })),
+        to(
+            "/deco",
+            json!({ "route": { "cluster": "echo" }, "decorator": { "operation": "my-op", "propagate": true } }),
+        ),
+        to("/", json!({ "route": { "cluster": "echo" } })),
+    ];
+    hcm_with(
+        json!([ { "name": "all", "domains": ["*"], "routes": routes } ]),
+        json!({}),
+    )
+}
+
+const ACTION_CASES: &[Case] = &[
+    ("GET", "/direct/inline", H, &[], 200),
+    ("HEAD", "/direct/inline", H, &[], 200),
+    ("POST", "/direct/inline?x=1", H, &[], 200),
+    ("GET", "/direct/empty", H, &[], 503),
+    ("GET", "/direct/file", H, &[], 418),
+    ("GET", "/direct/bytes", H, &[], 201),
+    ("GET", "/redir/basic/x?q=1", H, &[], 301),
+    ("GET", "/redir/basic", "match.example.com:8080", &[], 301),
+    ("GET", "/redir/https/x", H, &[], 301),
+    ("GET", "/redir/https/x", "match.example.com:80", &[], 301),
+    ("GET", "/redir/https/x", "match.example.com:8080", &[], 301),
+    ("GET", "/redir/scheme", H, &[], 301),
+    ("GET", "/redir/port/x", "match.example.com:8080", &[], 301),
+    ("GET", "/redir/port/x", "[::1]:8080", &[], 301),
+    ("GET", "/redir/path?a=b", H, &[], 302),
+    ("GET", "/redir/qpath?a=b", H, &[], 301),
+    ("GET", "/redir/prefix/rest?k=v", H, &[], 303),
+    ("GET", "/redir/regex/abc", H, &[], 307),
+    ("GET", "/redir/regex/abc/d", H, &[], 307),
+    ("GET", "/redir/strip/x?a=1&b=2", H, &[], 308),
+    ("GET", "/rw/prefix/a?x=1", H, &[], 200),
+    ("GET", "/rw/prefix", H, &[], 200),
+    ("GET", "/rw/slash/a/b", H, &[], 200),
+    ("GET", "/rw/exact?q", H, &[], 200),
+    ("GET", "/rw/sep/x", H, &[], 200),
+    ("GET", "/rw/regex/42?x", H, &[], 200),
+    ("GET", "/rw/regex/x42/rw/regex/7", H, &[], 200),
+    ("GET", "/rw/host", H, &[], 200),
+    (
+        "GET",
+        "/rw/hosthdr",
+        H,
+        &[("x-host", "from-header.example.com")],
+        200,
+    ),
+    ("GET", "/rw/hosthdr", H, &[], 200),
+    ("GET", "/rw/auto", H, &[], 200),
+    ("GET", "/wc/one", H, &[], 200),
+    (
+        "GET",
+        "/deco",
+        H,
+        &[("x-envoy-decorator-operation", "client")],
+        200,
+    ),
+    ("GET", "/deco", H, &[], 200),
+    ("GET", "/ch", H, &[("x-cluster", "echo2")], 200),
+    ("GET", "/ch", H, &[("x-cluster", "nope")], 503),
+    ("GET", "/ch", H, &[], 503),
+    ("GET", "/ch404", H, &[("x-cluster", "nope")], 404),
+    ("GET", "/ch404", H, &[("x-cluster", "echo")], 200),
+];
+
+/// Sends every case through both proxies over HTTP/1.1 and HTTP/2: Envoy's status must be the
+/// expected one (0: any), and the two proxies' answers and upstream requests the same.
+async fn compare_status_cases(e: &Side, s: &Side, cases: &[Case]) {
+    for http2 in [false, true] {
+        for case in cases {
+            let what = format!(
+                "{} {} {} {:?} (h2: {http2})",
+                case.0, case.2, case.1, case.3
+            );
+            let re = send(e, http2, case).await;
+            let rs = send(s, http2, case).await;
+            if case.4 != 0 {
+                assert_eq!(re.status, case.4 as u16, "{what}: Envoy's status {re:?}");
+            }
+            assert_same_response(&what, &re, &rs);
+            same_upstream(&what, &e.echo, &s.echo);
+            same_upstream(&what, &e.echo2, &s.echo2);
+        }
+    }
+}
+
+#[tokio::test]
+async fn route_actions_side_by_side() {
+    run(async {
+        let dir = skiff_tests::scratch_dir("route-actions");
+        let file = dir.join("body.txt");
+        std::fs::write(&file, "from a file\n").expect("write body file");
+        let (e, s) = pair(actions_config(file.to_str().expect("utf-8"))).await;
+        compare_status_cases(&e, &s, ACTION_CASES).await;
+        // weighted_clusters 1:1 over 400 requests: both proxies split within bounds.
+        for side in [&e, &s] {
+            let before = side.echo2.requests().len();
+            let mut c = client::Http1Client::connect(&side.addr())
+                .await
+                .expect("connect");
+            for _ in 0..400 {
+                let r = c.send(client::get("/wc/half", H)).await.expect("request");
+                assert_eq!(r.status, 200);
+            }
+            let to_echo2 = side.echo2.requests().len() - before;
+            assert!(
+                (140..=260).contains(&to_echo2),
+                "{}: {to_echo2} of 400 went to echo2",
+                side.proxy.kind.name()
+            );
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn invalid_route_actions_are_refused_by_both() {
+    run(async {
+        let big = "x".repeat(4097);
+        let bad: &[(&str, Value)] = &[
+            ("direct body over 4 KiB", json!({ "direct_response": { "status": 200, "body": { "inline_string": big } } })),
+            ("weights summing to zero", json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "echo", "weight": 0 } ] } } })),
+            ("prefix and regex rewrites", json!({ "route": { "cluster": "echo", "prefix_rewrite": "/a", "regex_rewrite": { "pattern": { "regex": "a" }, "substitution": "b" } } })),
+            ("unknown weighted cluster", json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "nope", "weight": 1 } ] } } })),
+        ];
+        for (what, action) in bad {
+            let route = to("/", action.clone());
+            let hcm = hcm_with(json!([ { "name": "v", "domains": ["*"], "routes": [route] } ]), json!({}));
+            let filter = json!({ "name": "hcm", "typed_config": hcm });
+            let v = bootstrap(
+                free_port(),
+                vec![listener("l", "127.0.0.1", free_port(), filter)],
+                vec![cluster("echo", &[free_port()])],
+            );
+            let cfg = write_config("bad-action", &to_yaml(&v));
+            for kind in [Kind::Envoy, Kind::under_test()] {
+                let out = run_cli(kind, &["--mode", "validate", "-c", cfg.path()]).await;
+                assert_ne!(out.code, Some(0), "{what}: {} accepted it:\n{}", kind.name(), out.output());
+            }
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The connection manager: forwarding headers, path normalization, host ports
+// ---------------------------------------------------------------------------------------------
+
+fn plain_hcm(extra: Value) -> Value {
+    hcm_with(
+        json!([ { "name": "all", "domains": ["*"], "routes": [ to("/", json!({ "route": { "cluster": "echo" } })) ] } ]),
+        extra,
+    )
+}
+
+const FORWARDING_CASES: &[Case] = &[
+    ("GET", "/f", H, &[], 200),
+    ("GET", "/f", H, &[("x-forwarded-for", "10.1.2.3")], 200),
+    (
+        "GET",
+        "/f",
+        H,
+        &[("x-forwarded-for", "1.2.3.4, 10.0.0.1")],
+        200,
+    ),
+    (
+        "GET",
+        "/f",
+        H,
+        &[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+        ],
+        200,
+    ),
+    ("GET", "/f", H, &[("x-forwarded-for", "not-an-ip")], 200),
+    ("GET", "/f", H, &[("x-envoy-internal", "true")], 200),
+    (
+        "GET",
+        "/f",
+        H,
+        &[("x-envoy-external-address", "9.9.9.9")],
+        200,
+    ),
+    (
+        "GET",
+        "/f",
+        H,
+        &[
+            ("x-envoy-decorator-operation", "op"),
+            ("x-envoy-downstream-service-cluster", "c"),
+            ("x-envoy-downstream-service-node", "n"),
+        ],
+        200,
+    ),
+    ("GET", "/f", H, &[("x-forwarded-proto", "https")], 200),
+    (
+        "GET",
+        "/f",
+        H,
+        &[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ],
+        200,
+    ),
+];
+
+#[tokio::test]
+async fn forwarding_headers_side_by_side() {
+    run(async {
+        let variants = [
+            json!({ "use_remote_address": true }),
+            json!({ "use_remote_address": true, "xff_num_trusted_hops": 1,
+                    "internal_address_config": { "cidr_ranges": [
+                        { "address_prefix": "127.0.0.0", "prefix_len": 8 },
+                        { "address_prefix": "10.0.0.0", "prefix_len": 8 } ] } }),
+            json!({ "use_remote_address": true, "skip_xff_append": true,
+                    "internal_address_config": { "cidr_ranges": [ { "address_prefix": "127.0.0.1", "prefix_len": 32 } ] } }),
+            json!({ "use_remote_address": false,
+                    "internal_address_config": { "cidr_ranges": [ { "address_prefix": "10.0.0.0", "prefix_len": 8 } ] } }),
+            json!({ "xff_num_trusted_hops": 1,
+                    "internal_address_config": { "cidr_ranges": [ { "address_prefix": "1.2.3.0", "prefix_len": 24 } ] } }),
+        ];
+        for v in variants {
+            let (e, s) = pair(plain_hcm(v.clone())).await;
+            eprintln!("variant {v}");
+            compare_status_cases(&e, &s, FORWARDING_CASES).await;
+        }
+    })
+    .await
+}
+
+const PATH_CASES: &[Case] = &[
+    ("GET", "/a/../b", H, &[], 0),
+    ("GET", "/a/./b/.", H, &[], 0),
+    ("GET", "/a/b/..", H, &[], 0),
+    ("GET", "/../../x", H, &[], 0),
+    ("GET", "/a//b///c", H, &[], 0),
+    ("GET", "//", H, &[], 0),
+    ("GET", "/%61b%7E", H, &[], 0),
+    ("GET", "/a%2e%2E/b", H, &[], 0),
+    ("GET", "/a/%2e%2E/b", H, &[], 0),
+    ("GET", "/a%2Fb", H, &[], 0),
+    ("GET", "/a%2fb/..", H, &[], 0),
+    ("GET", "/a%5Cb", H, &[], 0),
+    ("GET", "/a%2Fb?x=%2F/../", H, &[], 0),
+    ("GET", "/a?x=/../y//z", H, &[], 0),
+    ("GET", "/a%20b%zz%3a", H, &[], 0),
+    ("GET", "/p", "match.example.com:80", &[], 0),
+    ("GET", "/p", "match.example.com:8080", &[], 0),
+    ("GET", "/p", "[::1]:8080", &[], 0),
+];
+
+#[tokio::test]
+async fn path_normalization_side_by_side() {
+    run(async {
+        let variants = [
+            json!({ "normalize_path": true, "merge_slashes": true,
+                    "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT" }),
+            json!({ "normalize_path": true, "path_with_escaped_slashes_action": "REJECT_REQUEST" }),
+            json!({ "merge_slashes": true, "path_with_escaped_slashes_action": "UNESCAPE_AND_FORWARD",
+                    "strip_any_host_port": true }),
+            json!({ "normalize_path": false, "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+                    "strip_matching_host_port": true }),
+        ];
+        for v in variants {
+            let (e, s) = pair(plain_hcm(v.clone())).await;
+            eprintln!("variant {v}");
+            compare_status_cases(&e, &s, PATH_CASES).await;
+            // The listener's own port, for strip_matching_host_port.
+            let own = format!("match.example.com:{}", s.port);
+            let own_e = format!("match.example.com:{}", e.port);
+            let re = client::http1_once(&e.addr(), client::get("/own", &own_e)).await.expect("envoy");
+            let rs = client::http1_once(&s.addr(), client::get("/own", &own)).await.expect("skiff");
+            assert_eq!(re.status, rs.status, "own port ({v})");
+            let (he, hs) = (e.echo.requests(), s.echo.requests());
+            let strip = |h: &str, port: u16| h.replace(&port.to_string(), "<port>");
+            assert_eq!(
+                he.last().and_then(|r| r.header("host")).map(|h| strip(h, e.port)),
+                hs.last().and_then(|r| r.header("host")).map(|h| strip(h, s.port)),
+                "host with the listener's port ({v})"
+            );
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header changes at route, virtual host and route configuration level
+// ---------------------------------------------------------------------------------------------
+
+fn hvo(key: &str, value: &str, action: Option<&str>) -> Value {
+    let mut o = json!({ "header": { "key": key, "value": value } });
+    if let Some(a) = action {
+        o["append_action"] = json!(a);
+    }
+    o
+}
+
+fn header_levels(most_specific_wins: bool) -> Value {
+    let level = |tag: &str| {
+        json!({
+            "request_headers_to_add": [
+                hvo("x-level", tag, None),
+                hvo("x-over", tag, Some("OVERWRITE_IF_EXISTS_OR_ADD")),
+                hvo("x-absent", tag, Some("ADD_IF_ABSENT")),
+                hvo("x-if-exists", tag, Some("OVERWRITE_IF_EXISTS")),
+                hvo(&format!("x-{tag}"), "1", None),
+            ],
+            "request_headers_to_remove": [ format!("x-drop-{tag}") ],
+            "response_headers_to_add": [
+                hvo("x-resp-level", tag, None),
+                hvo("x-resp-over", tag, Some("OVERWRITE_IF_EXISTS_OR_ADD")),
+                hvo("x-upstream", tag, Some("ADD_IF_ABSENT")),
+            ],
+            "response_headers_to_remove": [ if tag == "vhost" { "x-upstream".to_string() } else { format!("x-none-{tag}") } ],
+        })
+    };
+    let merge = |mut base: Value, extra: Value| {
+        if let (Some(o), Some(x)) = (base.as_object_mut(), extra.as_object()) {
+            for (k, v) in x {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        base
+    };
+    let routes = vec![
+        merge(
+            to(
+                "/direct",
+                json!({ "direct_response": { "status": 200, "body": { "inline_string": "{}" } } }),
+            ),
+            json!({ "response_headers_to_add": [ hvo("content-type", "application/json", None), hvo("x-direct", "1", None) ] }),
+        ),
+        merge(
+            to(
+                "/redirect",
+                json!({ "redirect": { "host_redirect": "r.example.com" } }),
+            ),
+            json!({ "response_headers_to_add": [ hvo("x-redirect", "1", None) ] }),
+        ),
+        merge(
+            to("/", json!({ "route": { "cluster": "echo" } })),
+            level("route"),
+        ),
+    ];
+    let vhost = merge(
+        json!({ "name": "all", "domains": ["*"], "routes": routes }),
+        level("vhost"),
+    );
+    let mut rc = merge(
+        json!({ "name": "routes", "virtual_hosts": [vhost] }),
+        level("global"),
+    );
+    rc["most_specific_header_mutations_wins"] = json!(most_specific_wins);
+    json!({
+        "@type": HCM_TYPE,
+        "stat_prefix": "routing",
+        "route_config": rc,
+        "http_filters": [ router() ],
+    })
+}
+
+const HEADER_CASES: &[Case] = &[
+    ("GET", "/h", H, &[], 200),
+    (
+        "GET",
+        "/h",
+        H,
+        &[
+            ("x-level", "client"),
+            ("x-over", "client"),
+            ("x-absent", "client"),
+            ("x-if-exists", "client"),
+        ],
+        200,
+    ),
+    (
+        "GET",
+        "/h",
+        H,
+        &[
+            ("x-drop-route", "1"),
+            ("x-drop-vhost", "1"),
+            ("x-drop-global", "1"),
+            ("x-keep", "1"),
+        ],
+        200,
+    ),
+    ("GET", "/direct", H, &[], 200),
+    ("GET", "/redirect", H, &[], 301),
+];
+
+#[tokio::test]
+async fn header_changes_side_by_side() {
+    run(async {
+        for most_specific_wins in [false, true] {
+            let (e, s) = pair(header_levels(most_specific_wins)).await;
+            compare_status_cases(&e, &s, HEADER_CASES).await;
+            // The configuration took effect: the overwrite of the level evaluated last wins.
+            let first = e.echo.requests().into_iter().next().expect("a request");
+            let want = if most_specific_wins {
+                "route"
+            } else {
+                "global"
+            };
+            assert_eq!(first.header("x-over"), Some(want));
+            assert_eq!(first.header_all("x-level").len(), 3);
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// common_http_protocol_options.headers_with_underscores_action
+// ---------------------------------------------------------------------------------------------
+
+const UNDERSCORE_CASES: &[Case] = &[
+    ("GET", "/u", H, &[("x-ok", "1")], 200),
+    ("GET", "/u", H, &[("x_under", "1"), ("x-ok", "1")], 0),
+    (
+        "GET",
+        "/u",
+        H,
+        &[("x_a", "1"), ("x_a", "2"), ("x_b", "3")],
+        0,
+    ),
+];
+
+#[tokio::test]
+async fn headers_with_underscores_side_by_side() {
+    run(async {
+        for action in ["ALLOW", "DROP_HEADER", "REJECT_REQUEST"] {
+            let hcm = plain_hcm(json!({ "common_http_protocol_options": { "headers_with_underscores_action": action } }));
+            let (e, s) = pair(hcm).await;
+            if action == "REJECT_REQUEST" {
+                // HTTP/1.1: Envoy's 400 and a closed connection; HTTP/2: the stream is reset.
+                for case in UNDERSCORE_CASES {
+                    let (re, rs) = (send(&e, false, case).await, send(&s, false, case).await);
+                    assert_same_response(action, &re, &rs);
+                    let (ce, cs) = (
+                        client::H2Client::connect(&e.addr()).await.expect("h2"),
+                        client::H2Client::connect(&s.addr()).await.expect("h2"),
+                    );
+                    let he = ce.send(build_request(true, case)).await;
+                    let hs = cs.send(build_request(true, case)).await;
+                    assert_eq!(he.is_err(), hs.is_err(), "{case:?}: envoy {he:?}, skiff {hs:?}");
+                }
+                same_upstream(action, &e.echo, &s.echo);
+            } else {
+                compare_status_cases(&e, &s, UNDERSCORE_CASES).await;
+            }
+            for name in [
+                "http1.requests_rejected_with_underscores_in_headers",
+                "http1.dropped_headers_with_underscores",
+                "http2.requests_rejected_with_underscores_in_headers",
+                "http2.dropped_headers_with_underscores",
+            ] {
+                let (se, ss) = (e.proxy.admin().stats().await, s.proxy.admin().stats().await);
+                let get = |m: &std::collections::BTreeMap<String, String>| {
+                    m.get(name).cloned().unwrap_or_else(|| "0".into())
+                };
+                assert_eq!(get(&se), get(&ss), "{action}: {name}");
+            }
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeouts a client asks for
+// ---------------------------------------------------------------------------------------------
+
+/// Envoy 1.40 honours a client's x-envoy-upstream-rq-timeout-ms on internal requests only
+/// (the first configuration); on the others the route's timeout stands.
+const TIMEOUT_CASES: &[Case] = &[
+    (
+        "GET",
+        "/t?sleep=600",
+        H,
+        &[("x-envoy-upstream-rq-timeout-ms", "200")],
+        0,
+    ),
+    (
+        "GET",
+        "/t?sleep=300",
+        H,
+        &[("x-envoy-upstream-rq-timeout-ms", "2000")],
+        200,
+    ),
+    (
+        "GET",
+        "/t?sleep=300",
+        H,
+        &[("x-envoy-upstream-rq-timeout-ms", "0")],
+        200,
+    ),
+    (
+        "GET",
+        "/t?sleep=300",
+        H,
+        &[("x-envoy-upstream-rq-timeout-ms", "x")],
+        200,
+    ),
+];
+
+#[tokio::test]
+async fn client_timeouts_side_by_side() {
+    run(async {
+        for extra in [
+            json!({ "use_remote_address": true, "internal_address_config": { "cidr_ranges": [ { "address_prefix": "127.0.0.0", "prefix_len": 8 } ] } }),
+            json!({}),
+            json!({ "use_remote_address": true }),
+        ] {
+            let (e, s) = pair(plain_hcm(extra)).await;
+            compare_status_cases(&e, &s, TIMEOUT_CASES).await;
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real configuration: Envoy Gateway's httproute-redirect bootstrap, verbatim but for its
+// addresses (redirects, path_separated_prefix, escaped-slash redirects, path normalization,
+// use_remote_address, headers with underscores, suppressed Envoy headers)
+// ---------------------------------------------------------------------------------------------
+
+const GATEWAY: &str = "gateway.envoyproxy.io";
+
+const GATEWAY_CASES: &[Case] = &[
+    ("GET", "/status/301", GATEWAY, &[], 301),
+    ("GET", "/status/302/x?q=1", GATEWAY, &[], 302),
+    ("GET", "/status/303", GATEWAY, &[], 303),
+    ("GET", "/status/307", GATEWAY, &[], 307),
+    ("GET", "/status/308", GATEWAY, &[], 308),
+    ("GET", "/status/3010", GATEWAY, &[], 404),
+    ("GET", "/x/../status/301", GATEWAY, &[], 301),
+    ("GET", "//status//302", GATEWAY, &[], 302),
+    ("GET", "/status%2F301", GATEWAY, &[], 307),
+    ("GET", "/status/301", "gateway.envoyproxy.io:8080", &[], 301),
+    ("GET", "/status/301", "other.example.com", &[], 404),
+    ("GET", "/status/301", GATEWAY, &[("x_bad", "1")], 0),
+];
+
+#[tokio::test]
+async fn envoy_gateway_redirect_bootstrap_side_by_side() {
+    run(async {
+        let path = skiff_tests::workspace_root().join(
+            "../shared/corpus/envoy-gateway-xds/internal__xds__translator__testdata__out__xds-ir__httproute-redirect.bootstrap.yaml",
+        );
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            eprintln!("{} not found: skipped", path.display());
+            return;
+        };
+        let mut sides = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let (admin, port) = (free_port(), free_port());
+            let yaml = format!(
+                "admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}\n{}",
+                text.replace("address: 0.0.0.0", "address: 127.0.0.1")
+                    .replace("portValue: 10080", &format!("portValue: {port}"))
+            );
+            let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+            sides.push((proxy, port));
+        }
+        for case in GATEWAY_CASES {
+            for http2 in [false, true] {
+                let mut got = Vec::new();
+                for (_, port) in &sides {
+                    let addr = format!("127.0.0.1:{port}");
+                    let req = build_request(http2, case);
+                    let r = if http2 {
+                        let c = client::H2Client::connect(&addr).await.expect("h2");
+                        c.send(req).await.ok()
+                    } else {
+                        Some(client::http1_once(&addr, req).await.expect("http1"))
+                    };
+                    got.push(r);
+                }
+                let what = format!("{} {} {} (h2: {http2})", case.0, case.2, case.1);
+                match (&got[0], &got[1]) {
+                    (Some(e), Some(s)) => {
+                        if case.4 != 0 {
+                            assert_eq!(e.status, case.4 as u16, "{what}: Envoy's status {e:?}");
+                        }
+                        assert_same_response(&what, e, s);
+                    }
+                    (e, s) => assert_eq!(e.is_none(), s.is_none(), "{what}: envoy {e:?} skiff {s:?}"),
+                }
+            }
+        }
+    })
+    .await
+}
