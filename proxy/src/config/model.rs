@@ -648,6 +648,9 @@ pub struct Host {
     pub address: SocketAddr,
     /// False when `health_status` says it must not receive traffic.
     pub healthy: bool,
+    /// The endpoint's `hostname`, or for a DNS cluster the name resolved (what
+    /// `auto_host_rewrite` sends and `/clusters` shows).
+    pub hostname: Option<Arc<str>>,
 }
 
 /// How a cluster finds its hosts.
@@ -659,6 +662,78 @@ pub enum DiscoveryType {
     OriginalDst,
     /// `EDS`: the hosts of the `ClusterLoadAssignment` its `eds_cluster_config` names.
     Eds,
+    /// `STRICT_DNS`: every address each `load_assignment` name resolves to is a host.
+    StrictDns,
+    /// `LOGICAL_DNS`: one host, at the first address its one name resolves to.
+    LogicalDns,
+}
+
+/// `dns_lookup_family`: which address families a DNS cluster asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DnsLookupFamily {
+    /// `AUTO` (the default): IPv6 addresses, IPv4 ones when there is none.
+    Auto,
+    /// `V4_ONLY`.
+    V4Only,
+    /// `V6_ONLY`.
+    V6Only,
+    /// `V4_PREFERRED`: IPv4 addresses, IPv6 ones when there is none.
+    V4Preferred,
+    /// `ALL`: both.
+    All,
+}
+
+/// The resolver a DNS cluster uses: `typed_dns_resolver_config` (c-ares's settings) or the
+/// deprecated `dns_resolvers`/`dns_resolution_config`; none of them: resolv.conf's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct DnsResolverConfig {
+    /// `resolvers`: the name servers (empty: resolv.conf's).
+    pub resolvers: Vec<SocketAddr>,
+    /// `dns_resolver_options.use_tcp_for_dns_lookups`.
+    pub use_tcp: bool,
+    /// `dns_resolver_options.no_default_search_domain`: resolv.conf's search domains unused.
+    pub no_search_domains: bool,
+    /// `query_timeout_seconds` (c-ares's default 5 s).
+    pub query_timeout: Option<Duration>,
+    /// `query_tries` (c-ares's default 4).
+    pub query_tries: Option<u32>,
+    /// `rotate_nameservers`.
+    pub rotate: bool,
+}
+
+/// A name a DNS cluster resolves: one `lb_endpoint` of its `load_assignment`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsTarget {
+    /// `socket_address.address`: the name (or an address literal).
+    pub name: String,
+    /// `socket_address.port_value`.
+    pub port: u16,
+    /// `endpoint.hostname`, else the name.
+    pub hostname: Arc<str>,
+    /// False when the endpoint's `health_status` says it must not receive traffic.
+    pub healthy: bool,
+}
+
+/// How a `STRICT_DNS` or `LOGICAL_DNS` cluster resolves its hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// The names to resolve (a LOGICAL_DNS cluster has exactly one).
+    pub targets: Vec<DnsTarget>,
+    /// `dns_lookup_family`.
+    pub family: DnsLookupFamily,
+    /// `dns_refresh_rate` (default 5 s).
+    pub refresh_rate: Duration,
+    /// `dns_failure_refresh_rate` (base, max); without it failures back off from the
+    /// refresh rate up to ten times it.
+    pub failure_refresh: Option<(Duration, Duration)>,
+    /// `respect_dns_ttl`: refresh after the answer's smallest TTL instead.
+    pub respect_ttl: bool,
+    /// `dns_jitter`: a random extra wait below this after each successful resolution.
+    pub jitter: Duration,
+    /// The resolver.
+    pub resolver: DnsResolverConfig,
+    /// `wait_for_warm_on_init` (default true): the cluster warms until its first resolution.
+    pub wait_for_warm: bool,
 }
 
 /// `eds_cluster_config`.
@@ -688,6 +763,8 @@ pub struct Cluster {
     pub hosts: Vec<Host>,
     /// `eds_cluster_config`, for `EDS` clusters.
     pub eds: Option<EdsConfig>,
+    /// For `STRICT_DNS` and `LOGICAL_DNS` clusters: what to resolve and how.
+    pub dns: Option<DnsConfig>,
     /// Upstream HTTP protocol.
     pub protocol: UpstreamProtocol,
     /// HTTP/2 settings.

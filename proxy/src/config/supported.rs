@@ -300,6 +300,39 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "original_dst_lb_config",
             "transport_socket",
             "eds_cluster_config",
+            "dns_refresh_rate",
+            "dns_jitter",
+            "dns_failure_refresh_rate",
+            "respect_dns_ttl",
+            "dns_lookup_family",
+            "dns_resolvers",
+            "use_tcp_for_dns_lookups",
+            "dns_resolution_config",
+            "typed_dns_resolver_config",
+            "wait_for_warm_on_init",
+        ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.RefreshRate",
+        &["base_interval", "max_interval"],
+    ),
+    (
+        "envoy.config.core.v3.DnsResolutionConfig",
+        &["resolvers", "dns_resolver_options"],
+    ),
+    (
+        "envoy.config.core.v3.DnsResolverOptions",
+        &["use_tcp_for_dns_lookups", "no_default_search_domain"],
+    ),
+    (
+        "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+        &[
+            "resolvers",
+            "dns_resolver_options",
+            "query_timeout_seconds",
+            "query_tries",
+            "rotate_nameservers",
+            "udp_max_queries",
         ],
     ),
     (
@@ -402,7 +435,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.endpoint.v3.LbEndpoint",
         &["endpoint", "health_status"],
     ),
-    ("envoy.config.endpoint.v3.Endpoint", &["address"]),
+    (
+        "envoy.config.endpoint.v3.Endpoint",
+        &["address", "hostname"],
+    ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         &[

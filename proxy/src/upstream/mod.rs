@@ -1,6 +1,7 @@
 //! Upstream: clusters, load balancing and connection pools. Each worker has its own
 //! [`ClusterManager`]; only the per-host counters shown by `/clusters` are shared.
 
+pub mod dns;
 pub mod pool;
 pub mod proxy_protocol;
 
@@ -210,6 +211,8 @@ pub struct Host {
     pub address: SocketAddr,
     /// Whether it may take traffic.
     pub healthy: bool,
+    /// The endpoint's hostname (a DNS cluster's: the name resolved), for `auto_host_rewrite`.
+    pub hostname: Option<Arc<str>>,
     /// Shared counters.
     pub stats: Arc<HostStats>,
     /// HTTP/1.1 connections of this worker.
@@ -269,7 +272,10 @@ impl Cluster {
         own: impl Fn(SocketAddr) -> bool,
     ) -> Option<Rc<Host>> {
         match self.config().discovery {
-            model::DiscoveryType::Static | model::DiscoveryType::Eds => self.pick_host().cloned(),
+            model::DiscoveryType::Static
+            | model::DiscoveryType::Eds
+            | model::DiscoveryType::StrictDns
+            | model::DiscoveryType::LogicalDns => self.pick_host().cloned(),
             model::DiscoveryType::OriginalDst if own(dest) => {
                 tracing::debug!(%dest, "original destination is this proxy's own listener; refusing");
                 None
@@ -287,7 +293,7 @@ impl Cluster {
             // Only the map holds these: no stream is using them (their idle connections go too).
             hosts.retain(|_, h| Rc::strong_count(h) > 1);
         }
-        let host = Rc::new(Host::new(dest, true, Arc::new(HostStats::default())));
+        let host = Rc::new(Host::new(dest, true, None, Arc::new(HostStats::default())));
         hosts.insert(dest, host.clone());
         host
     }
@@ -335,6 +341,7 @@ impl Cluster {
         let copy = Rc::new(Host {
             address: host.address,
             healthy: host.healthy,
+            hostname: host.hostname.clone(),
             stats: host.stats.clone(),
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),
@@ -381,11 +388,19 @@ impl Cluster {
                         .find(|o| {
                             o.address == h.address
                                 && o.healthy == h.healthy
+                                && o.hostname == h.hostname
                                 && Arc::ptr_eq(&o.stats, s)
                         })
                         .cloned()
                 });
-                kept.unwrap_or_else(|| Rc::new(Host::new(h.address, h.healthy, s.clone())))
+                kept.unwrap_or_else(|| {
+                    Rc::new(Host::new(
+                        h.address,
+                        h.healthy,
+                        h.hostname.clone(),
+                        s.clone(),
+                    ))
+                })
             })
             .collect();
         if let Some(p) = previous {
@@ -426,10 +441,16 @@ impl Cluster {
 }
 
 impl Host {
-    fn new(address: SocketAddr, healthy: bool, stats: Arc<HostStats>) -> Self {
+    fn new(
+        address: SocketAddr,
+        healthy: bool,
+        hostname: Option<Arc<str>>,
+        stats: Arc<HostStats>,
+    ) -> Self {
         Host {
             address,
             healthy,
+            hostname,
             stats,
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),

@@ -36,22 +36,29 @@ pub(super) fn translate_cluster(
         Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::Eds as i32 => {
             model::DiscoveryType::Eds
         }
+        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::StrictDns as i32 => {
+            model::DiscoveryType::StrictDns
+        }
+        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::LogicalDns as i32 => {
+            model::DiscoveryType::LogicalDns
+        }
         Some(ClusterDiscoveryType::Type(t)) => {
             let name = DiscoveryType::try_from(*t)
                 .map(|t| t.as_str_name())
                 .unwrap_or("unknown");
             return Err(ConfigError::new(
                 format!("{path}.type"),
-                format!("unsupported: {name} (only STATIC, EDS and ORIGINAL_DST)"),
+                format!("unsupported: {name} (only STATIC, STRICT_DNS, LOGICAL_DNS, EDS and ORIGINAL_DST)"),
             ));
         }
         Some(_) => return Err(ConfigError::unsupported(format!("{path}.cluster_type"))),
     };
     // Envoy's pairing: ORIGINAL_DST clusters take CLUSTER_PROVIDED, the others a real policy.
     let lb_ok = match discovery {
-        model::DiscoveryType::Static | model::DiscoveryType::Eds => {
-            c.lb_policy == LbPolicy::RoundRobin as i32
-        }
+        model::DiscoveryType::Static
+        | model::DiscoveryType::Eds
+        | model::DiscoveryType::StrictDns
+        | model::DiscoveryType::LogicalDns => c.lb_policy == LbPolicy::RoundRobin as i32,
         model::DiscoveryType::OriginalDst => c.lb_policy == LbPolicy::ClusterProvided as i32,
     };
     if !lb_ok {
@@ -59,7 +66,10 @@ pub(super) fn translate_cluster(
             .map(|t| t.as_str_name())
             .unwrap_or("unknown");
         let want = match discovery {
-            model::DiscoveryType::Static | model::DiscoveryType::Eds => "ROUND_ROBIN",
+            model::DiscoveryType::Static
+            | model::DiscoveryType::Eds
+            | model::DiscoveryType::StrictDns
+            | model::DiscoveryType::LogicalDns => "ROUND_ROBIN",
             model::DiscoveryType::OriginalDst => "CLUSTER_PROVIDED (required by ORIGINAL_DST)",
         };
         return Err(ConfigError::new(
@@ -158,7 +168,21 @@ pub(super) fn translate_cluster(
             "an EDS cluster takes its hosts from eds_cluster_config, not load_assignment",
         ));
     }
+    let is_dns = matches!(
+        discovery,
+        model::DiscoveryType::StrictDns | model::DiscoveryType::LogicalDns
+    );
+    let dns = if is_dns {
+        Some(super::dns::dns_config(
+            c,
+            discovery == model::DiscoveryType::LogicalDns,
+            path,
+        )?)
+    } else {
+        None
+    };
     let hosts = match &c.load_assignment {
+        Some(_) if is_dns => Vec::new(),
         Some(la) => load_assignment_hosts(la, &format!("{path}.load_assignment"))?,
         None => Vec::new(),
     };
@@ -261,6 +285,7 @@ pub(super) fn translate_cluster(
         connect_timeout,
         hosts,
         eds,
+        dns,
         protocol,
         http2,
         buffer_limit: c
@@ -344,7 +369,12 @@ pub(crate) fn load_assignment_hosts(
             )?;
             // Envoy routes to UNKNOWN, HEALTHY and DEGRADED hosts only.
             let healthy = matches!(lb.health_status, 0 | 1 | 5);
-            hosts.push(Host { address, healthy });
+            let hostname = (!ep.hostname.is_empty()).then(|| ep.hostname.as_str().into());
+            hosts.push(Host {
+                address,
+                healthy,
+                hostname,
+            });
         }
     }
     Ok(hosts)

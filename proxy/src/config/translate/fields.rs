@@ -218,16 +218,16 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         http_protocol_options,
         http2_protocol_options: _,
         typed_extension_protocol_options: _,
-        dns_refresh_rate,
-        dns_jitter,
-        dns_failure_refresh_rate,
-        respect_dns_ttl,
-        dns_lookup_family,
-        dns_resolvers,
-        use_tcp_for_dns_lookups,
-        dns_resolution_config,
-        typed_dns_resolver_config,
-        wait_for_warm_on_init,
+        dns_refresh_rate: _,
+        dns_jitter: _,
+        dns_failure_refresh_rate: _,
+        respect_dns_ttl: _,
+        dns_lookup_family: _,
+        dns_resolvers: _,
+        use_tcp_for_dns_lookups: _,
+        dns_resolution_config: _,
+        typed_dns_resolver_config: _,
+        wait_for_warm_on_init: _,
         outlier_detection,
         cleanup_interval,
         upstream_bind_config: _,
@@ -279,16 +279,6 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         common_http_protocol_options,
     )?;
     refuse(path, "http_protocol_options", http_protocol_options)?;
-    refuse(path, "dns_refresh_rate", dns_refresh_rate)?;
-    refuse(path, "dns_jitter", dns_jitter)?;
-    refuse(path, "dns_failure_refresh_rate", dns_failure_refresh_rate)?;
-    refuse(path, "respect_dns_ttl", respect_dns_ttl)?;
-    refuse(path, "dns_lookup_family", dns_lookup_family)?;
-    refuse(path, "dns_resolvers", dns_resolvers)?;
-    refuse(path, "use_tcp_for_dns_lookups", use_tcp_for_dns_lookups)?;
-    refuse(path, "dns_resolution_config", dns_resolution_config)?;
-    refuse(path, "typed_dns_resolver_config", typed_dns_resolver_config)?;
-    refuse(path, "wait_for_warm_on_init", wait_for_warm_on_init)?;
     refuse(path, "outlier_detection", outlier_detection)?;
     refuse(path, "cleanup_interval", cleanup_interval)?;
     refuse(path, "lb_subset_config", lb_subset_config)?;
@@ -402,9 +392,30 @@ pub(super) fn lb_endpoint(m: &endpoint_pb::LbEndpoint, path: &str) -> Result<(),
     } = m;
     refuse(path, "metadata", metadata)?;
     refuse(path, "load_balancing_weight", load_balancing_weight)?;
-    if let Some(endpoint_pb::lb_endpoint::HostIdentifier::EndpointName(_)) = host_identifier {
-        return Err(unsupported(path, "endpoint_name"));
+    match host_identifier {
+        Some(endpoint_pb::lb_endpoint::HostIdentifier::EndpointName(_)) => {
+            Err(unsupported(path, "endpoint_name"))
+        }
+        Some(endpoint_pb::lb_endpoint::HostIdentifier::Endpoint(e)) => {
+            endpoint(e, &format!("{path}.endpoint"))
+        }
+        None => Ok(()),
     }
+}
+
+/// Refuses the set fields of an `Endpoint` that skiff does not honour. Exhaustive: a field
+/// added to the proto is a compile error here until someone decides what it means.
+pub(super) fn endpoint(m: &endpoint_pb::Endpoint, path: &str) -> Result<(), ConfigError> {
+    let endpoint_pb::Endpoint {
+        address: _,
+        health_check_config,
+        hostname: _,
+        additional_addresses,
+        observability_name,
+    } = m;
+    refuse(path, "observability_name", observability_name)?;
+    refuse(path, "health_check_config", health_check_config)?;
+    refuse(path, "additional_addresses", additional_addresses)?;
     Ok(())
 }
 
@@ -1234,6 +1245,7 @@ mod tests {
             locality_lb_endpoints,
         );
         check("envoy.config.endpoint.v3.LbEndpoint", lb_endpoint);
+        check("envoy.config.endpoint.v3.Endpoint", endpoint);
         check(
             "envoy.config.route.v3.RouteConfiguration",
             route_configuration,

@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 
 mod clusters;
+mod dns;
 mod fields;
 mod http_manager;
 mod listener_filters;
