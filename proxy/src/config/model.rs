@@ -714,6 +714,45 @@ pub struct DnsTarget {
     pub healthy: bool,
 }
 
+/// `circuit_breakers.thresholds[]` of one priority (Envoy's defaults when not given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thresholds {
+    /// `max_connections` (1024).
+    pub max_connections: u64,
+    /// `max_pending_requests` (1024).
+    pub max_pending_requests: u64,
+    /// `max_requests` (1024).
+    pub max_requests: u64,
+    /// `max_retries` (3).
+    pub max_retries: u64,
+    /// `max_connection_pools` (unlimited).
+    pub max_connection_pools: u64,
+    /// `track_remaining`: `remaining_*` gauges.
+    pub track_remaining: bool,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            max_connection_pools: u64::MAX,
+            track_remaining: false,
+        }
+    }
+}
+
+/// `circuit_breakers`: the thresholds of the `DEFAULT` and `HIGH` priorities.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CircuitBreakers {
+    /// `DEFAULT`.
+    pub default: Thresholds,
+    /// `HIGH`.
+    pub high: Thresholds,
+}
+
 /// How a `STRICT_DNS` or `LOGICAL_DNS` cluster resolves its hosts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsConfig {
@@ -765,6 +804,8 @@ pub struct Cluster {
     pub eds: Option<EdsConfig>,
     /// For `STRICT_DNS` and `LOGICAL_DNS` clusters: what to resolve and how.
     pub dns: Option<DnsConfig>,
+    /// `circuit_breakers`.
+    pub circuit_breakers: CircuitBreakers,
     /// Upstream HTTP protocol.
     pub protocol: UpstreamProtocol,
     /// HTTP/2 settings.

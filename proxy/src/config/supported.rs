@@ -310,6 +310,19 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "dns_resolution_config",
             "typed_dns_resolver_config",
             "wait_for_warm_on_init",
+            "circuit_breakers",
+        ],
+    ),
+    ("envoy.config.cluster.v3.CircuitBreakers", &["thresholds"]),
+    (
+        "envoy.config.cluster.v3.CircuitBreakers.Thresholds",
+        &[
+            "priority",
+            "max_connections",
+            "max_pending_requests",
+            "max_requests",
+            "max_retries",
+            "track_remaining",
         ],
     ),
     (

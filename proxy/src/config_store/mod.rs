@@ -1243,6 +1243,7 @@ impl ConfigStore {
                         v.model.clone(),
                         hosts,
                         prev.map(|p| &**p),
+                        &self.main,
                     ))
                 }
             };

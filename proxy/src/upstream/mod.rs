@@ -1,6 +1,7 @@
 //! Upstream: clusters, load balancing and connection pools. Each worker has its own
 //! [`ClusterManager`]; only the per-host counters shown by `/clusters` are shared.
 
+pub mod circuit_breaker;
 pub mod dns;
 pub mod pool;
 pub mod proxy_protocol;
@@ -57,21 +58,30 @@ pub struct ClusterInfo {
     pub hosts: Vec<model::Host>,
     /// Per-host counters, in the order of `hosts`.
     pub host_stats: Vec<Arc<HostStats>>,
+    /// The circuit breakers' counts, shared by the workers (kept while the configuration is).
+    pub breakers: Arc<circuit_breaker::Breakers>,
 }
 
 impl ClusterInfo {
-    /// Shared state for a configured cluster with its `load_assignment` hosts.
-    pub fn new(config: Arc<model::Cluster>) -> Self {
+    /// Shared state for a configured cluster with its `load_assignment` hosts; breaker gauges
+    /// go to `main`.
+    pub fn new(config: Arc<model::Cluster>, main: &Shard) -> Self {
         let hosts = config.hosts.clone();
-        Self::with_hosts(config, hosts, None)
+        Self::with_hosts(config, hosts, None, main)
     }
 
-    /// Shared state with these hosts; hosts `previous` had keep their counters.
+    /// Shared state with these hosts; hosts `previous` had keep their counters, and the
+    /// breakers their counts when the configuration is the same.
     pub fn with_hosts(
         config: Arc<model::Cluster>,
         hosts: Vec<model::Host>,
         previous: Option<&ClusterInfo>,
+        main: &Shard,
     ) -> Self {
+        let breakers = match previous {
+            Some(p) if Arc::ptr_eq(&p.config, &config) => p.breakers.clone(),
+            _ => Arc::new(circuit_breaker::Breakers::new(main, &config)),
+        };
         let host_stats = hosts
             .iter()
             .map(|h| {
@@ -89,6 +99,7 @@ impl ClusterInfo {
             config,
             hosts,
             host_stats,
+            breakers,
         }
     }
 }
@@ -112,6 +123,17 @@ pub struct ClusterStats {
     pub upstream_cx_connect_timeout: Counter,
     /// `upstream_cx_none_healthy`.
     pub upstream_cx_none_healthy: Counter,
+    /// `upstream_cx_overflow`: a connection the `max_connections` breaker did not allow.
+    pub upstream_cx_overflow: Counter,
+    /// `upstream_rq_pending_overflow`: a request the `max_pending_requests` breaker refused
+    /// (503 UO).
+    pub upstream_rq_pending_overflow: Counter,
+    /// `upstream_rq_active_overflow`: a request the `max_requests` breaker refused (503 UO).
+    pub upstream_rq_active_overflow: Counter,
+    /// `upstream_rq_pending_total`: requests that waited for a connection.
+    pub upstream_rq_pending_total: Counter,
+    /// `upstream_rq_pending_active`.
+    pub upstream_rq_pending_active: Gauge,
     /// `upstream_cx_destroy`.
     pub upstream_cx_destroy: Counter,
     /// `original_dst_host_invalid`: an ORIGINAL_DST header that is not an address.
@@ -162,6 +184,11 @@ impl ClusterStats {
             upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
             upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
             upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+            upstream_cx_overflow: c("upstream_cx_overflow"),
+            upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
+            upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
+            upstream_rq_pending_total: c("upstream_rq_pending_total"),
+            upstream_rq_pending_active: g("upstream_rq_pending_active"),
             upstream_cx_destroy: c("upstream_cx_destroy"),
             original_dst_host_invalid: c("original_dst_host_invalid"),
             upstream_cx_close_notify: c("upstream_cx_close_notify"),

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::circuit_breaker::Held;
 use super::{Cluster, Host, HostStats};
 use crate::http::body::ProxyBody;
 use crate::io::{Counted, FlowPair, FlowSlot, Stream, WriteFlow};
@@ -43,6 +44,9 @@ pub enum ConnectError {
     /// The connection this request was waiting for could not be made.
     #[error("the pending connection failed")]
     PendingFailed,
+    /// A circuit breaker (`max_pending_requests`, `max_requests`) refused the request.
+    #[error("overflow")]
+    Overflow,
 }
 
 /// An upstream connection (TCP, or TLS for clusters with a `transport_socket`) that counts
@@ -199,9 +203,10 @@ impl ConnectError {
                 Some(format!("delayed connect error: {text}"))
             }
             ConnectError::Tls(e) => Some(format!("TLS error: {e}")),
-            ConnectError::Timeout | ConnectError::Handshake(_) | ConnectError::PendingFailed => {
-                None
-            }
+            ConnectError::Timeout
+            | ConnectError::Handshake(_)
+            | ConnectError::PendingFailed
+            | ConnectError::Overflow => None,
         }
     }
 }
@@ -242,20 +247,73 @@ pub struct ConnGuard {
     active: crate::stats::Gauge,
     destroyed: crate::stats::Counter,
     host: Arc<HostStats>,
+    /// Its place in the cluster's `max_connections` breaker.
+    _cx: Held,
 }
 
 impl ConnGuard {
-    /// Starts counting.
-    pub fn new(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Self {
+    /// Starts counting a connection that holds `cx` of the connection breaker.
+    pub fn new(cluster: &Rc<Cluster>, host: &Rc<Host>, cx: Held) -> Self {
         cluster.stats.upstream_cx_active.inc();
         HostStats::inc(&host.stats.cx_active);
         ConnGuard {
             active: cluster.stats.upstream_cx_active.clone(),
             destroyed: cluster.stats.upstream_cx_destroy.clone(),
             host: host.stats.clone(),
+            _cx: cx,
         }
     }
 }
+
+/// A request waiting for a connection: its place in the `max_pending_requests` breaker and
+/// `upstream_rq_pending_active`.
+struct Pending {
+    _held: Held,
+    active: crate::stats::Gauge,
+}
+
+impl Pending {
+    /// A pending request, or `Overflow` when the breaker is at its limit.
+    fn new(cluster: &Cluster) -> Result<Pending, ConnectError> {
+        let Some(held) = cluster.info.breakers.default.pending.try_acquire() else {
+            cluster.stats.upstream_rq_pending_overflow.inc();
+            return Err(ConnectError::Overflow);
+        };
+        cluster.stats.upstream_rq_pending_total.inc();
+        cluster.stats.upstream_rq_pending_active.inc();
+        Ok(Pending {
+            _held: held,
+            active: cluster.stats.upstream_rq_pending_active.clone(),
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+/// A request's place in the `max_requests` breaker, taken when it gets its connection (where
+/// Envoy checks it and counts the request), or `Overflow`.
+fn attach(cluster: &Cluster, host: &Host) -> Result<Held, ConnectError> {
+    let Some(held) = cluster.info.breakers.default.requests.try_acquire() else {
+        cluster.stats.upstream_rq_active_overflow.inc();
+        return Err(ConnectError::Overflow);
+    };
+    attached(cluster, host);
+    Ok(held)
+}
+
+/// Counts a request that got its connection (`upstream_rq_total`, the host's `rq_total`).
+fn attached(cluster: &Cluster, host: &Host) {
+    cluster.stats.upstream_rq_total.inc();
+    HostStats::inc(&host.stats.rq_total);
+}
+
+/// How long a request waiting for connection room sleeps between looks, when nothing in its
+/// own pool tells it that room was made (a connection of another worker or host closing).
+const PENDING_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
@@ -271,6 +329,8 @@ impl Drop for ConnGuard {
 pub struct Http1Sender {
     send: http1::SendRequest<ProxyBody>,
     flow: FlowSlot,
+    /// The request on it holds a place in the `max_requests` breaker.
+    rq: Option<Held>,
     /// What the access log shows of this connection.
     pub info: UpstreamConnection,
 }
@@ -299,6 +359,8 @@ impl std::ops::DerefMut for Http1Sender {
 #[derive(Debug, Default)]
 pub struct Http1Pool {
     idle: RefCell<Vec<Http1Sender>>,
+    /// Wakes a request waiting for a connection when one comes back idle.
+    released: Notify,
 }
 
 impl Http1Pool {
@@ -314,10 +376,65 @@ impl Http1Pool {
     }
 
     /// Returns a connection whose response has been read completely.
-    pub fn put_idle(&self, s: Http1Sender) {
+    pub fn put_idle(&self, mut s: Http1Sender) {
         s.flow.borrow_mut().take();
+        s.rq.take();
         if !s.is_closed() {
             self.idle.borrow_mut().push(s);
+            self.released.notify_one();
+        }
+    }
+
+    /// The request takes `s` if `max_requests` lets it; else `s` goes back to the pool.
+    fn attach_to(
+        &self,
+        cluster: &Cluster,
+        host: &Host,
+        mut s: Http1Sender,
+        reused: bool,
+    ) -> Result<(Http1Sender, bool), ConnectError> {
+        match attach(cluster, host) {
+            Ok(held) => {
+                s.rq = Some(held);
+                Ok((s, reused))
+            }
+            Err(e) => {
+                self.put_idle(s);
+                Err(e)
+            }
+        }
+    }
+
+    /// A connection for one request, with the cluster's circuit breakers as Envoy's pool
+    /// applies them: an idle connection if there is one; else the request is pending
+    /// (`max_pending_requests`) and a new connection opens if `max_connections` allows,
+    /// otherwise (`upstream_cx_overflow`) it waits for a connection to come back. The request
+    /// then takes its place in `max_requests`. True with a reused connection.
+    pub async fn acquire(
+        &self,
+        cluster: &Rc<Cluster>,
+        host: &Rc<Host>,
+    ) -> Result<(Http1Sender, bool), ConnectError> {
+        let (mut pending, mut overflowed) = (None, false);
+        loop {
+            if let Some(s) = self.take_idle() {
+                return self.attach_to(cluster, host, s, true);
+            }
+            if pending.is_none() {
+                pending = Some(Pending::new(cluster)?);
+            }
+            if let Some(cx) = cluster.info.breakers.default.connections.try_acquire() {
+                let stream = connect(cluster, host).await?;
+                let s = http1_on(cluster, host, stream, cx).await?;
+                drop(pending);
+                return self.attach_to(cluster, host, s, false);
+            }
+            if !overflowed {
+                // Once per request, as Envoy counts its failed attempt to add a connection.
+                cluster.stats.upstream_cx_overflow.inc();
+                overflowed = true;
+            }
+            let _ = tokio::time::timeout(PENDING_RECHECK, self.released.notified()).await;
         }
     }
 
@@ -339,10 +456,11 @@ pub async fn negotiate(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<bool, C
         _ => false,
     };
     host.negotiated_h2.set(Some(h2));
+    let cx = cluster.info.breakers.default.connections.acquire_anyway();
     if h2 {
-        host.h2.adopt(cluster, host, stream).await?;
+        host.h2.adopt(cluster, host, stream, cx).await?;
     } else {
-        host.h1.put_idle(http1_on(cluster, host, stream).await?);
+        host.h1.put_idle(http1_on(cluster, host, stream, cx).await?);
     }
     Ok(h2)
 }
@@ -353,14 +471,19 @@ pub async fn connect_http1(
     host: &Rc<Host>,
 ) -> Result<Http1Sender, ConnectError> {
     let stream = connect(cluster, host).await?;
-    http1_on(cluster, host, stream).await
+    let cx = cluster.info.breakers.default.connections.acquire_anyway();
+    let mut s = http1_on(cluster, host, stream, cx).await?;
+    s.rq = Some(cluster.info.breakers.default.requests.acquire_anyway());
+    attached(cluster, host);
+    Ok(s)
 }
 
-/// HTTP/1.1 over a connection already made.
+/// HTTP/1.1 over a connection already made, which holds `cx` of the connection breaker.
 async fn http1_on(
     cluster: &Rc<Cluster>,
     host: &Rc<Host>,
     mut stream: UpstreamStream,
+    cx: Held,
 ) -> Result<Http1Sender, ConnectError> {
     let info = connection_info(stream.get_mut());
     let flow = FlowSlot::default();
@@ -378,7 +501,7 @@ async fn http1_on(
         .await
         .map_err(|e| ConnectError::Handshake(e.to_string()))?;
     cluster.stats.upstream_cx_http1_total.inc();
-    let guard = ConnGuard::new(cluster, host);
+    let guard = ConnGuard::new(cluster, host, cx);
     tokio::task::spawn_local(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
@@ -388,6 +511,7 @@ async fn http1_on(
     Ok(Http1Sender {
         send: sender,
         flow,
+        rq: None,
         info,
     })
 }
@@ -427,6 +551,8 @@ impl Http2Conn {
 #[derive(Debug)]
 pub struct Http2Stream {
     conn: Rc<Http2Conn>,
+    /// The stream's place in the `max_requests` breaker.
+    _rq: Option<Held>,
 }
 
 impl Http2Stream {
@@ -482,7 +608,7 @@ impl Http2Pool {
         conns.retain(|c| !c.closed.get() || c.active.get() > 0);
         let conn = conns.iter().find(|c| c.has_room())?.clone();
         conn.active.set(conn.active.get() + 1);
-        Some(Http2Stream { conn })
+        Some(Http2Stream { conn, _rq: None })
     }
 
     /// A stream slot on a connection with room, opening a connection when all are full. While one
@@ -493,9 +619,14 @@ impl Http2Pool {
         cluster: &Rc<Cluster>,
         host: &Rc<Host>,
     ) -> Result<Http2Stream, ConnectError> {
+        let (mut pending, mut overflowed) = (None, false);
         loop {
-            if let Some(s) = self.reserve() {
+            if let Some(mut s) = self.reserve() {
+                s._rq = Some(attach(cluster, host)?);
                 return Ok(s);
+            }
+            if pending.is_none() {
+                pending = Some(Pending::new(cluster)?);
             }
             if self.connecting.get() {
                 let attempt = self.attempts.get();
@@ -508,17 +639,28 @@ impl Http2Pool {
                 }
                 continue;
             }
+            let Some(cx) = cluster.info.breakers.default.connections.try_acquire() else {
+                if !overflowed {
+                    cluster.stats.upstream_cx_overflow.inc();
+                    overflowed = true;
+                }
+                tokio::time::sleep(PENDING_RECHECK).await;
+                continue;
+            };
             self.connecting.set(true);
             let mut guard = Connecting {
                 pool: self,
                 failed: true,
             };
-            let conn = Rc::new(connect_http2(cluster, host).await?);
+            let conn = Rc::new(connect_http2(cluster, host, cx).await?);
             guard.failed = false;
             conn.active.set(1);
             self.conns.borrow_mut().push(conn.clone());
             drop(guard);
-            return Ok(Http2Stream { conn });
+            drop(pending);
+            let mut s = Http2Stream { conn, _rq: None };
+            s._rq = Some(attach(cluster, host)?);
+            return Ok(s);
         }
     }
 
@@ -528,8 +670,9 @@ impl Http2Pool {
         cluster: &Rc<Cluster>,
         host: &Rc<Host>,
         stream: UpstreamStream,
+        cx: Held,
     ) -> Result<(), ConnectError> {
-        let conn = Rc::new(http2_on(cluster, host, stream).await?);
+        let conn = Rc::new(http2_on(cluster, host, stream, cx).await?);
         self.conns.borrow_mut().push(conn);
         self.connected.notify_waiters();
         Ok(())
@@ -543,16 +686,21 @@ impl Http2Pool {
     }
 }
 
-async fn connect_http2(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<Http2Conn, ConnectError> {
+async fn connect_http2(
+    cluster: &Rc<Cluster>,
+    host: &Rc<Host>,
+    cx: Held,
+) -> Result<Http2Conn, ConnectError> {
     let stream = connect(cluster, host).await?;
-    http2_on(cluster, host, stream).await
+    http2_on(cluster, host, stream, cx).await
 }
 
-/// HTTP/2 over a connection already made.
+/// HTTP/2 over a connection already made, which holds `cx` of the connection breaker.
 async fn http2_on(
     cluster: &Rc<Cluster>,
     host: &Rc<Host>,
     mut stream: UpstreamStream,
+    cx: Held,
 ) -> Result<Http2Conn, ConnectError> {
     let info = connection_info(stream.get_mut());
     let cfg = cluster.config().http2;
@@ -567,7 +715,7 @@ async fn http2_on(
     cluster.stats.upstream_cx_http2_total.inc();
     let peer_max = Rc::new(Cell::new(usize::MAX));
     let closed = Rc::new(Cell::new(false));
-    let guard = ConnGuard::new(cluster, host);
+    let guard = ConnGuard::new(cluster, host, cx);
     let driver = Driver {
         conn,
         peer_max: peer_max.clone(),

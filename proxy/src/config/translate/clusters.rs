@@ -286,6 +286,7 @@ pub(super) fn translate_cluster(
         hosts,
         eds,
         dns,
+        circuit_breakers: circuit_breakers(c, path)?,
         protocol,
         http2,
         buffer_limit: c
@@ -296,6 +297,55 @@ pub(super) fn translate_cluster(
         proxy_protocol,
         auto_sni,
     })
+}
+
+/// `circuit_breakers`: each priority's thresholds over Envoy's defaults (a priority given twice:
+/// the last wins, as in Envoy).
+fn circuit_breakers(c: &cluster::Cluster, path: &str) -> Result<CircuitBreakers, ConfigError> {
+    let mut out = CircuitBreakers::default();
+    let Some(cb) = &c.circuit_breakers else {
+        return Ok(out);
+    };
+    let cpath = format!("{path}.circuit_breakers");
+    if !cb.per_host_thresholds.is_empty() {
+        return Err(ConfigError::unsupported(format!(
+            "{cpath}.per_host_thresholds"
+        )));
+    }
+    for (i, t) in cb.thresholds.iter().enumerate() {
+        let tpath = format!("{cpath}.thresholds[{i}]");
+        if t.retry_budget.is_some() {
+            return Err(ConfigError::unsupported(format!("{tpath}.retry_budget")));
+        }
+        if t.max_connection_pools.is_some() {
+            return Err(ConfigError::unsupported(format!(
+                "{tpath}.max_connection_pools"
+            )));
+        }
+        let d = Thresholds::default();
+        let v = |w: &Option<envoy_types::pb::google::protobuf::UInt32Value>, d: u64| {
+            w.as_ref().map_or(d, |v| u64::from(v.value))
+        };
+        let th = Thresholds {
+            max_connections: v(&t.max_connections, d.max_connections),
+            max_pending_requests: v(&t.max_pending_requests, d.max_pending_requests),
+            max_requests: v(&t.max_requests, d.max_requests),
+            max_retries: v(&t.max_retries, d.max_retries),
+            max_connection_pools: v(&t.max_connection_pools, d.max_connection_pools),
+            track_remaining: t.track_remaining,
+        };
+        match core::RoutingPriority::try_from(t.priority) {
+            Ok(core::RoutingPriority::Default) => out.default = th,
+            Ok(core::RoutingPriority::High) => out.high = th,
+            Err(_) => {
+                return Err(ConfigError::new(
+                    format!("{tpath}.priority"),
+                    format!("{} is not a priority", t.priority),
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub(super) fn http2_options(h2: &core::Http2ProtocolOptions) -> Http2Options {

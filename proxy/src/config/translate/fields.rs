@@ -212,7 +212,7 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         load_assignment: _,
         health_checks,
         max_requests_per_connection,
-        circuit_breakers,
+        circuit_breakers: _,
         upstream_http_protocol_options,
         common_http_protocol_options,
         http_protocol_options,
@@ -267,7 +267,6 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         "max_requests_per_connection",
         max_requests_per_connection,
     )?;
-    refuse(path, "circuit_breakers", circuit_breakers)?;
     refuse(
         path,
         "upstream_http_protocol_options",
