@@ -651,6 +651,8 @@ pub struct Host {
     /// The endpoint's `hostname`, or for a DNS cluster the name resolved (what
     /// `auto_host_rewrite` sends and `/clusters` shows).
     pub hostname: Option<Arc<str>>,
+    /// `load_balancing_weight` (default 1).
+    pub weight: u32,
 }
 
 /// How a cluster finds its hosts.
@@ -712,6 +714,27 @@ pub struct DnsTarget {
     pub hostname: Arc<str>,
     /// False when the endpoint's `health_status` says it must not receive traffic.
     pub healthy: bool,
+    /// `load_balancing_weight` (default 1).
+    pub weight: u32,
+}
+
+/// How a cluster picks a host: `lb_policy` (with `lb_config`) or `load_balancing_policy`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LbPolicy {
+    /// `ROUND_ROBIN`: in turn, weighted by `load_balancing_weight` (Envoy's EDF schedule).
+    RoundRobin,
+    /// `LEAST_REQUEST`: the host with the fewest active requests among `choice_count` random
+    /// ones; with weights, EDF on weight / (active + 1)^`active_request_bias`.
+    LeastRequest {
+        /// `choice_count` (default 2).
+        choice_count: u32,
+        /// `active_request_bias` (default 1.0).
+        active_request_bias: f64,
+    },
+    /// `RANDOM`.
+    Random,
+    /// `CLUSTER_PROVIDED` (ORIGINAL_DST).
+    ClusterProvided,
 }
 
 /// `circuit_breakers.thresholds[]` of one priority (Envoy's defaults when not given).
@@ -806,6 +829,11 @@ pub struct Cluster {
     pub dns: Option<DnsConfig>,
     /// `circuit_breakers`.
     pub circuit_breakers: CircuitBreakers,
+    /// The load balancer.
+    pub lb: LbPolicy,
+    /// `common_lb_config.healthy_panic_threshold` in percent (default 50; 0 disables): below
+    /// it, the share of healthy hosts no longer limits traffic to them.
+    pub panic_threshold: f64,
     /// Upstream HTTP protocol.
     pub protocol: UpstreamProtocol,
     /// HTTP/2 settings.

@@ -311,7 +311,77 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "typed_dns_resolver_config",
             "wait_for_warm_on_init",
             "circuit_breakers",
+            "load_balancing_policy",
+            "common_lb_config",
+            "ignore_health_on_host_removal",
+            "least_request_lb_config",
+            "round_robin_lb_config",
         ],
+    ),
+    (
+        "envoy.config.cluster.v3.LoadBalancingPolicy",
+        &["policies"],
+    ),
+    (
+        "envoy.config.cluster.v3.LoadBalancingPolicy.Policy",
+        &["typed_extension_config"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin",
+        &["locality_lb_config"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
+        &[
+            "choice_count",
+            "active_request_bias",
+            "locality_lb_config",
+            "selection_method",
+            "enable_full_scan",
+        ],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.random.v3.Random",
+        &["locality_lb_config"],
+    ),
+    // Zone-aware routing has no effect without the bootstrap's cluster_manager.local_cluster_name,
+    // which skiff refuses (docs/compatibility.md).
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig",
+        &["zone_aware_lb_config"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.ZoneAwareLbConfig",
+        &[
+            "routing_enabled",
+            "min_cluster_size",
+            "fail_traffic_on_panic",
+            "force_locality_direct_routing",
+            "force_local_zone",
+            "locality_basis",
+        ],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.ZoneAwareLbConfig.ForceLocalZone",
+        &["min_size"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig",
+        &["healthy_panic_threshold", "zone_aware_lb_config"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig.ZoneAwareLbConfig",
+        &["routing_enabled", "min_cluster_size", "fail_traffic_on_panic"],
+    ),
+    ("envoy.type.v3.Percent", &["value"]),
+    (
+        "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
+        &["choice_count", "active_request_bias"],
+    ),
+    ("envoy.config.cluster.v3.Cluster.RoundRobinLbConfig", &[]),
+    (
+        "envoy.config.core.v3.RuntimeDouble",
+        &["default_value", "runtime_key"],
     ),
     ("envoy.config.cluster.v3.CircuitBreakers", &["thresholds"]),
     (
@@ -442,11 +512,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints",
-        &["lb_endpoints"],
+        &["lb_endpoints", "load_balancing_weight"],
     ),
     (
         "envoy.config.endpoint.v3.LbEndpoint",
-        &["endpoint", "health_status"],
+        &["endpoint", "health_status", "load_balancing_weight"],
     ),
     (
         "envoy.config.endpoint.v3.Endpoint",

@@ -308,6 +308,7 @@ impl DnsClusters {
                         address,
                         healthy: spec.healthy,
                         hostname: Some(spec.hostname.clone()),
+                        weight: spec.weight,
                     });
                     ttl = Some(ttl.map_or(*t, |m| m.min(*t)));
                 }

@@ -3,6 +3,7 @@
 
 pub mod circuit_breaker;
 pub mod dns;
+pub mod lb;
 pub mod pool;
 pub mod proxy_protocol;
 
@@ -123,6 +124,8 @@ pub struct ClusterStats {
     pub upstream_cx_connect_timeout: Counter,
     /// `upstream_cx_none_healthy`.
     pub upstream_cx_none_healthy: Counter,
+    /// `lb_healthy_panic`: a host picked while too few hosts are healthy (all take traffic).
+    pub lb_healthy_panic: Counter,
     /// `upstream_cx_overflow`: a connection the `max_connections` breaker did not allow.
     pub upstream_cx_overflow: Counter,
     /// `upstream_rq_pending_overflow`: a request the `max_pending_requests` breaker refused
@@ -185,6 +188,7 @@ impl ClusterStats {
             upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
             upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
             upstream_cx_overflow: c("upstream_cx_overflow"),
+            lb_healthy_panic: c("lb_healthy_panic"),
             upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
             upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
             upstream_rq_pending_total: c("upstream_rq_pending_total"),
@@ -240,6 +244,8 @@ pub struct Host {
     pub healthy: bool,
     /// The endpoint's hostname (a DNS cluster's: the name resolved), for `auto_host_rewrite`.
     pub hostname: Option<Arc<str>>,
+    /// `load_balancing_weight`.
+    pub weight: u32,
     /// Shared counters.
     pub stats: Arc<HostStats>,
     /// HTTP/1.1 connections of this worker.
@@ -269,8 +275,7 @@ pub struct Cluster {
     pub stats: ClusterStats,
     /// Hosts.
     pub hosts: Vec<Rc<Host>>,
-    healthy: Vec<usize>,
-    rr: Cell<usize>,
+    lb: lb::Balancer,
     /// ORIGINAL_DST: one host per original destination seen, each with its own pools.
     by_destination: RefCell<HashMap<SocketAddr, Rc<Host>>>,
     /// Upstream PROXY protocol and `auto_sni`: one host per (host, downstream source and
@@ -369,6 +374,7 @@ impl Cluster {
             address: host.address,
             healthy: host.healthy,
             hostname: host.hostname.clone(),
+            weight: host.weight,
             stats: host.stats.clone(),
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),
@@ -385,14 +391,14 @@ impl Cluster {
         copy
     }
 
-    /// Round robin over healthy hosts; `None` when there is none.
+    /// The next host by the cluster's load balancer; `None` when there is none to take
+    /// traffic.
     pub fn pick_host(&self) -> Option<&Rc<Host>> {
-        if self.healthy.is_empty() {
-            return None;
+        let i = self.lb.pick(&self.hosts)?;
+        if self.lb.panic() {
+            self.stats.lb_healthy_panic.inc();
         }
-        let i = self.rr.get();
-        self.rr.set(i.wrapping_add(1));
-        Some(&self.hosts[self.healthy[i % self.healthy.len()]])
+        self.hosts.get(i)
     }
 
     /// The configuration.
@@ -416,17 +422,15 @@ impl Cluster {
                             o.address == h.address
                                 && o.healthy == h.healthy
                                 && o.hostname == h.hostname
+                                && o.weight == h.weight
                                 && Arc::ptr_eq(&o.stats, s)
                         })
                         .cloned()
                 });
                 kept.unwrap_or_else(|| {
-                    Rc::new(Host::new(
-                        h.address,
-                        h.healthy,
-                        h.hostname.clone(),
-                        s.clone(),
-                    ))
+                    let mut host = Host::new(h.address, h.healthy, h.hostname.clone(), s.clone());
+                    host.weight = h.weight;
+                    Rc::new(host)
                 })
             })
             .collect();
@@ -438,19 +442,11 @@ impl Cluster {
                 }
             }
         }
-        let healthy = hosts
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.healthy)
-            .map(|(i, _)| i)
-            .collect();
         Cluster {
             name: Arc::from(cfg.name.as_str()),
             stats: ClusterStats::new(shard.clone(), &cfg.name, cfg.tls.is_some()),
+            lb: lb::Balancer::new(cfg.lb.clone(), cfg.panic_threshold, &hosts),
             hosts,
-            healthy,
-            // Workers start at different hosts so load spreads from the first request.
-            rr: Cell::new(fastrand::usize(..)),
             by_destination: RefCell::new(HashMap::new()),
             by_downstream: RefCell::new(HashMap::new()),
             info,
@@ -478,6 +474,7 @@ impl Host {
             address,
             healthy,
             hostname,
+            weight: 1,
             stats,
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),
@@ -486,6 +483,18 @@ impl Host {
             source: None,
             negotiated_h2: Cell::new(None),
         }
+    }
+}
+
+impl lb::Candidate for Rc<Host> {
+    fn healthy(&self) -> bool {
+        self.healthy
+    }
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn active_requests(&self) -> u64 {
+        self.stats.rq_active.load(Ordering::Relaxed)
     }
 }
 

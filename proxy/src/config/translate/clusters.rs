@@ -17,7 +17,7 @@ pub(super) fn translate_cluster(
     secrets: &crate::config::Secrets,
 ) -> Result<Cluster, ConfigError> {
     super::fields::cluster(c, path)?;
-    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
+    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
     if c.name.is_empty() {
         return Err(ConfigError::new(format!("{path}.name"), "required"));
     }
@@ -53,30 +53,8 @@ pub(super) fn translate_cluster(
         }
         Some(_) => return Err(ConfigError::unsupported(format!("{path}.cluster_type"))),
     };
-    // Envoy's pairing: ORIGINAL_DST clusters take CLUSTER_PROVIDED, the others a real policy.
-    let lb_ok = match discovery {
-        model::DiscoveryType::Static
-        | model::DiscoveryType::Eds
-        | model::DiscoveryType::StrictDns
-        | model::DiscoveryType::LogicalDns => c.lb_policy == LbPolicy::RoundRobin as i32,
-        model::DiscoveryType::OriginalDst => c.lb_policy == LbPolicy::ClusterProvided as i32,
-    };
-    if !lb_ok {
-        let name = LbPolicy::try_from(c.lb_policy)
-            .map(|t| t.as_str_name())
-            .unwrap_or("unknown");
-        let want = match discovery {
-            model::DiscoveryType::Static
-            | model::DiscoveryType::Eds
-            | model::DiscoveryType::StrictDns
-            | model::DiscoveryType::LogicalDns => "ROUND_ROBIN",
-            model::DiscoveryType::OriginalDst => "CLUSTER_PROVIDED (required by ORIGINAL_DST)",
-        };
-        return Err(ConfigError::new(
-            format!("{path}.lb_policy"),
-            format!("unsupported: {name} (only {want})"),
-        ));
-    }
+    let lb = super::lb::lb_policy(c, discovery, path)?;
+    let panic_threshold = super::lb::common_lb_config(c, path)?;
     if discovery == model::DiscoveryType::OriginalDst && c.load_assignment.is_some() {
         return Err(ConfigError::new(
             format!("{path}.load_assignment"),
@@ -112,8 +90,8 @@ pub(super) fn translate_cluster(
                 None
             }
         }
-        Some(_) => return Err(ConfigError::unsupported(format!("{path}.lb_config"))),
-        None => None,
+        // The other policies' configs, read by `lb::lb_policy`.
+        Some(_) | None => None,
     };
     let source_address = match c
         .upstream_bind_config
@@ -287,6 +265,8 @@ pub(super) fn translate_cluster(
         eds,
         dns,
         circuit_breakers: circuit_breakers(c, path)?,
+        lb,
+        panic_threshold,
         protocol,
         http2,
         buffer_limit: c
@@ -424,8 +404,24 @@ pub(crate) fn load_assignment_hosts(
                 address,
                 healthy,
                 hostname,
+                weight: weight(lb, &epath)?,
             });
         }
     }
     Ok(hosts)
+}
+
+/// An endpoint's `load_balancing_weight` (default 1; Envoy refuses 0).
+pub(super) fn weight(
+    lb: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint,
+    path: &str,
+) -> Result<u32, ConfigError> {
+    match &lb.load_balancing_weight {
+        None => Ok(1),
+        Some(w) if w.value >= 1 => Ok(w.value),
+        Some(_) => Err(ConfigError::new(
+            format!("{path}.load_balancing_weight"),
+            "must be at least 1",
+        )),
+    }
 }

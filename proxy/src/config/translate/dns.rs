@@ -167,6 +167,7 @@ fn targets(c: &cluster::Cluster, logical: bool, path: &str) -> Result<Vec<DnsTar
                 hostname,
                 // Envoy routes to UNKNOWN, HEALTHY and DEGRADED hosts only.
                 healthy: matches!(lb.health_status, 0 | 1 | 5),
+                weight: super::clusters::weight(lb, &epath)?,
             });
         }
     }

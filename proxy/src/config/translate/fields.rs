@@ -232,15 +232,15 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         cleanup_interval,
         upstream_bind_config: _,
         lb_subset_config,
-        common_lb_config,
+        common_lb_config: _,
         transport_socket: _,
         metadata,
         protocol_selection,
         upstream_connection_options,
         close_connections_on_host_health_failure,
-        ignore_health_on_host_removal,
+        ignore_health_on_host_removal: _,
         filters,
-        load_balancing_policy,
+        load_balancing_policy: _,
         lrs_server,
         lrs_report_endpoint_metrics,
         track_timeout_budgets,
@@ -281,7 +281,6 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
     refuse(path, "outlier_detection", outlier_detection)?;
     refuse(path, "cleanup_interval", cleanup_interval)?;
     refuse(path, "lb_subset_config", lb_subset_config)?;
-    refuse(path, "common_lb_config", common_lb_config)?;
     refuse(path, "metadata", metadata)?;
     refuse(path, "protocol_selection", protocol_selection)?;
     refuse(
@@ -294,13 +293,7 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         "close_connections_on_host_health_failure",
         close_connections_on_host_health_failure,
     )?;
-    refuse(
-        path,
-        "ignore_health_on_host_removal",
-        ignore_health_on_host_removal,
-    )?;
     refuse(path, "filters", filters)?;
-    refuse(path, "load_balancing_policy", load_balancing_policy)?;
     refuse(path, "lrs_server", lrs_server)?;
     refuse(
         path,
@@ -326,12 +319,6 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
     }
     if let Some(cluster_pb::cluster::LbConfig::MaglevLbConfig(_)) = lb_config {
         return Err(unsupported(path, "maglev_lb_config"));
-    }
-    if let Some(cluster_pb::cluster::LbConfig::LeastRequestLbConfig(_)) = lb_config {
-        return Err(unsupported(path, "least_request_lb_config"));
-    }
-    if let Some(cluster_pb::cluster::LbConfig::RoundRobinLbConfig(_)) = lb_config {
-        return Err(unsupported(path, "round_robin_lb_config"));
     }
     Ok(())
 }
@@ -365,14 +352,13 @@ pub(super) fn locality_lb_endpoints(
         locality,
         metadata,
         lb_endpoints: _,
-        load_balancing_weight,
+        load_balancing_weight: _,
         priority,
         proximity,
         lb_config,
     } = m;
     refuse(path, "locality", locality)?;
     refuse(path, "metadata", metadata)?;
-    refuse(path, "load_balancing_weight", load_balancing_weight)?;
     refuse(path, "priority", priority)?;
     refuse(path, "proximity", proximity)?;
     refuse(path, "lb_config", lb_config)?;
@@ -386,11 +372,10 @@ pub(super) fn lb_endpoint(m: &endpoint_pb::LbEndpoint, path: &str) -> Result<(),
     let endpoint_pb::LbEndpoint {
         health_status: _,
         metadata,
-        load_balancing_weight,
+        load_balancing_weight: _,
         host_identifier,
     } = m;
     refuse(path, "metadata", metadata)?;
-    refuse(path, "load_balancing_weight", load_balancing_weight)?;
     match host_identifier {
         Some(endpoint_pb::lb_endpoint::HostIdentifier::EndpointName(_)) => {
             Err(unsupported(path, "endpoint_name"))

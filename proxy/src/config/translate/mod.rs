@@ -18,6 +18,7 @@ mod clusters;
 mod dns;
 mod fields;
 mod http_manager;
+mod lb;
 mod listener_filters;
 mod tls;
 
