@@ -17,6 +17,9 @@ struct Up {
     weight: Option<u32>,
     health: &'static str,
     delay: Duration,
+    /// Its locality: an index into the assignment's `endpoints`, whose weights are
+    /// `LOCALITY_WEIGHTS`.
+    locality: usize,
 }
 
 fn up() -> Up {
@@ -24,8 +27,12 @@ fn up() -> Up {
         weight: None,
         health: "HEALTHY",
         delay: Duration::ZERO,
+        locality: 0,
     }
 }
+
+/// The localities' `load_balancing_weight`s (locality 2 has none).
+const LOCALITY_WEIGHTS: [Option<u32>; 3] = [Some(1), Some(3), None];
 
 struct Side {
     kind: Kind,
@@ -37,7 +44,7 @@ struct Side {
 impl Side {
     async fn start(kind: Kind, ups: &[Up], extra: &Value) -> Side {
         let mut servers = Vec::new();
-        let mut endpoints = Vec::new();
+        let mut localities: Vec<Vec<Value>> = vec![Vec::new(); 3];
         for (i, u) in ups.iter().enumerate() {
             let mut o = EchoOptions::named(&format!("u{i}"));
             o.delay = u.delay;
@@ -50,14 +57,29 @@ impl Side {
             if let Some(w) = u.weight {
                 ep["load_balancing_weight"] = json!(w);
             }
-            endpoints.push(ep);
+            localities[u.locality].push(ep);
             servers.push(s);
         }
+        let localities: Vec<Value> = localities
+            .into_iter()
+            .enumerate()
+            .filter(|(_, eps)| !eps.is_empty())
+            .map(|(i, eps)| {
+                let mut l = json!({
+                    "locality": { "zone": format!("z{i}") },
+                    "lb_endpoints": eps
+                });
+                if let Some(w) = LOCALITY_WEIGHTS[i] {
+                    l["load_balancing_weight"] = json!(w);
+                }
+                l
+            })
+            .collect();
         let mut cluster = json!({
             "name": "svc",
             "type": "STATIC",
             "connect_timeout": "1s",
-            "load_assignment": { "cluster_name": "svc", "endpoints": [ { "lb_endpoints": endpoints } ] }
+            "load_assignment": { "cluster_name": "svc", "endpoints": localities }
         });
         if let (Some(c), Some(extra)) = (cluster.as_object_mut(), extra.as_object()) {
             for (k, v) in extra {
@@ -255,6 +277,38 @@ async fn below_the_panic_threshold_unhealthy_hosts_take_traffic_as_in_envoy() {
         for s in &sides {
             assert_eq!(s.spread(10).await, map(&[("u0", 10)]), "{}", s.kind.name());
             assert_eq!(s.counter("lb_healthy_panic").await, 0);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn locality_weighted_balancing_follows_the_locality_weights_as_envoy_does() {
+    run_for(Duration::from_secs(60), async {
+        let at = |l| Up {
+            locality: l,
+            ..up()
+        };
+        // Localities weighted 1 and 3 (one host each, the second's host twice as heavy, which
+        // changes nothing between localities), and one without a weight, which gets nothing.
+        let sides = pair(
+            &[at(0), Up { weight: Some(2), ..at(1) }, at(2)],
+            json!({ "load_balancing_policy": { "policies": [ { "typed_extension_config": {
+                "name": "envoy.load_balancing_policies.round_robin",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin",
+                    "locality_lb_config": { "locality_weighted_lb_config": {} }
+                }
+            } } ] } }),
+        )
+        .await;
+        for s in &sides {
+            assert_eq!(
+                s.spread(400).await,
+                map(&[("u0", 100), ("u1", 300)]),
+                "{}",
+                s.kind.name()
+            );
         }
     })
     .await;

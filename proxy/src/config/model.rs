@@ -653,6 +653,10 @@ pub struct Host {
     pub hostname: Option<Arc<str>>,
     /// `load_balancing_weight` (default 1).
     pub weight: u32,
+    /// Its locality: the index of its `LocalityLbEndpoints` in the assignment.
+    pub locality: u32,
+    /// That locality's `load_balancing_weight` (used with `locality_weighted_lb_config`).
+    pub locality_weight: Option<u32>,
 }
 
 /// How a cluster finds its hosts.
@@ -716,6 +720,10 @@ pub struct DnsTarget {
     pub healthy: bool,
     /// `load_balancing_weight` (default 1).
     pub weight: u32,
+    /// The index of its `LocalityLbEndpoints`.
+    pub locality: u32,
+    /// That locality's `load_balancing_weight`.
+    pub locality_weight: Option<u32>,
 }
 
 /// How a cluster picks a host: `lb_policy` (with `lb_config`) or `load_balancing_policy`.
@@ -831,6 +839,9 @@ pub struct Cluster {
     pub circuit_breakers: CircuitBreakers,
     /// The load balancer.
     pub lb: LbPolicy,
+    /// `locality_weighted_lb_config`: a locality is picked first, by its weight times its
+    /// share of healthy hosts, then a host in it.
+    pub locality_weighted: bool,
     /// `common_lb_config.healthy_panic_threshold` in percent (default 50; 0 disables): below
     /// it, the share of healthy hosts no longer limits traffic to them.
     pub panic_threshold: f64,

@@ -348,7 +348,19 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     // which skiff refuses (docs/compatibility.md).
     (
         "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig",
-        &["zone_aware_lb_config"],
+        &["zone_aware_lb_config", "locality_weighted_lb_config"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.LocalityWeightedLbConfig",
+        &[],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig",
+        &[],
+    ),
+    (
+        "envoy.config.core.v3.Locality",
+        &["region", "zone", "sub_zone"],
     ),
     (
         "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.ZoneAwareLbConfig",
@@ -367,7 +379,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.cluster.v3.Cluster.CommonLbConfig",
-        &["healthy_panic_threshold", "zone_aware_lb_config"],
+        &[
+            "healthy_panic_threshold",
+            "zone_aware_lb_config",
+            "locality_weighted_lb_config",
+        ],
     ),
     (
         "envoy.config.cluster.v3.Cluster.CommonLbConfig.ZoneAwareLbConfig",
@@ -512,7 +528,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints",
-        &["lb_endpoints", "load_balancing_weight"],
+        &["lb_endpoints", "load_balancing_weight", "locality"],
     ),
     (
         "envoy.config.endpoint.v3.LbEndpoint",

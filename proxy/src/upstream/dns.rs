@@ -309,6 +309,8 @@ impl DnsClusters {
                         healthy: spec.healthy,
                         hostname: Some(spec.hostname.clone()),
                         weight: spec.weight,
+                        locality: spec.locality,
+                        locality_weight: spec.locality_weight,
                     });
                     ttl = Some(ttl.map_or(*t, |m| m.min(*t)));
                 }

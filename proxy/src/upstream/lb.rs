@@ -88,6 +88,22 @@ pub trait Candidate {
     fn weight(&self) -> u32;
     /// Requests under way on it (all workers).
     fn active_requests(&self) -> u64;
+    /// Its locality (an index).
+    fn locality(&self) -> u32 {
+        0
+    }
+    /// Its locality's weight, if the locality has one.
+    fn locality_weight(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// Locality-weighted balancing: a locality by its effective weight (EDF), then a host of it.
+#[derive(Debug)]
+struct Localities {
+    groups: Vec<Balancer>,
+    weights: Vec<f64>,
+    edf: RefCell<Edf>,
 }
 
 /// One cluster's balancer on one worker, over the hosts it was built with.
@@ -100,11 +116,18 @@ pub struct Balancer {
     weighted: bool,
     rr: Cell<usize>,
     edf: RefCell<Edf>,
+    localities: Option<Localities>,
 }
 
 impl Balancer {
-    /// The balancer of `hosts` with `policy` and the panic threshold in percent.
-    pub fn new<H: Candidate>(policy: LbPolicy, panic_threshold: f64, hosts: &[H]) -> Self {
+    /// The balancer of `hosts` with `policy`, the panic threshold in percent and, with
+    /// `locality_weighted`, localities picked first.
+    pub fn new<H: Candidate>(
+        policy: LbPolicy,
+        panic_threshold: f64,
+        hosts: &[H],
+        locality_weighted: bool,
+    ) -> Self {
         let total = hosts.len();
         let healthy: Vec<usize> = (0..total).filter(|&i| hosts[i].healthy()).collect();
         // Envoy: a priority's health is healthy/total × 1.4 capped at 100; below 100 it is in
@@ -121,6 +144,61 @@ impl Balancer {
         };
         let panic = total > 0 && health < 100 && share < panic_threshold;
         let candidates = if panic { (0..total).collect() } else { healthy };
+        let localities = (locality_weighted && !panic)
+            .then(|| Self::localities(&policy, hosts, &candidates))
+            .flatten();
+        let mut b = Self::over(policy, candidates, hosts);
+        b.panic = panic;
+        b.localities = localities;
+        b
+    }
+
+    /// Envoy's effective locality weights: the locality's weight times its healthy share times
+    /// the overprovisioning factor, at most its weight. None when no locality has one.
+    fn localities<H: Candidate>(
+        policy: &LbPolicy,
+        hosts: &[H],
+        candidates: &[usize],
+    ) -> Option<Localities> {
+        let mut ids: Vec<u32> = hosts.iter().map(Candidate::locality).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut groups = Vec::new();
+        let mut weights = Vec::new();
+        for id in ids {
+            let all = hosts.iter().filter(|h| h.locality() == id).count();
+            let members: Vec<usize> = candidates
+                .iter()
+                .copied()
+                .filter(|&i| hosts[i].locality() == id)
+                .collect();
+            let weight = hosts
+                .iter()
+                .find(|h| h.locality() == id)
+                .and_then(Candidate::locality_weight)
+                .unwrap_or(0);
+            let ratio = (OVERPROVISIONING as f64 / 100.0 * members.len() as f64
+                / all.max(1) as f64)
+                .min(1.0);
+            let effective = f64::from(weight) * ratio;
+            if effective > 0.0 {
+                groups.push(Self::over(policy.clone(), members, hosts));
+                weights.push(effective);
+            }
+        }
+        if groups.is_empty() {
+            return None;
+        }
+        let edf = Edf::new(weights.iter().copied().enumerate());
+        Some(Localities {
+            groups,
+            weights,
+            edf: RefCell::new(edf),
+        })
+    }
+
+    /// A balancer over these candidates.
+    fn over<H: Candidate>(policy: LbPolicy, candidates: Vec<usize>, hosts: &[H]) -> Self {
         let weighted = candidates
             .windows(2)
             .any(|w| hosts[w[0]].weight() != hosts[w[1]].weight());
@@ -141,11 +219,12 @@ impl Balancer {
         Balancer {
             policy,
             candidates,
-            panic,
+            panic: false,
             weighted,
             // Workers start at different hosts so load spreads from the first request.
             rr: Cell::new(fastrand::usize(..)),
             edf: RefCell::new(edf),
+            localities: None,
         }
     }
 
@@ -159,11 +238,12 @@ impl Balancer {
         self.pick_with(hosts, || fastrand::u64(..))
     }
 
-    fn pick_with<H: Candidate>(
-        &self,
-        hosts: &[H],
-        mut random: impl FnMut() -> u64,
-    ) -> Option<usize> {
+    fn pick_with<H: Candidate>(&self, hosts: &[H], random: impl FnMut() -> u64) -> Option<usize> {
+        if let Some(l) = &self.localities {
+            let g = l.edf.borrow_mut().pick(|g| l.weights[g])?;
+            return l.groups.get(g)?.pick_with(hosts, random);
+        }
+        let mut random = random;
         let n = self.candidates.len();
         if n == 0 {
             return None;
@@ -241,12 +321,12 @@ mod tests {
     #[test]
     fn weighted_round_robin_follows_the_weights_exactly_over_each_cycle() {
         let hosts = [H(true, 1, 0), H(true, 3, 0), H(true, 4, 0)];
-        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts);
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
         assert_eq!(counts(&b, &hosts, 800), [100, 300, 400]);
         // Spread, not in runs: no host twice in a row when its weight is at most half.
         let mut last = None;
         let hosts = [H(true, 1, 0), H(true, 1, 0), H(true, 2, 0)];
-        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts);
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
         for _ in 0..40 {
             let i = b.pick(&hosts);
             if i != Some(2) {
@@ -260,23 +340,23 @@ mod tests {
     fn unhealthy_hosts_are_skipped_until_the_panic_threshold() {
         // 2 of 3 healthy: 93% health, 67% share: no panic.
         let hosts = [H(true, 1, 0), H(false, 1, 0), H(true, 1, 0)];
-        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts);
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
         assert!(!b.panic());
         assert_eq!(counts(&b, &hosts, 100)[1], 0);
         // 1 of 3: 33% < 50%: every host takes traffic.
         let hosts = [H(true, 1, 0), H(false, 1, 0), H(false, 1, 0)];
-        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts);
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
         assert!(b.panic());
         assert_eq!(counts(&b, &hosts, 99), [33, 33, 33]);
         // A threshold of 0 never panics: with no healthy host there is none to pick.
         let hosts = [H(false, 1, 0)];
-        let b = Balancer::new(LbPolicy::RoundRobin, 0.0, &hosts);
+        let b = Balancer::new(LbPolicy::RoundRobin, 0.0, &hosts, false);
         assert_eq!(b.pick(&hosts), None);
-        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts);
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
         assert_eq!(b.pick(&hosts), Some(0));
         // 3 of 4 healthy is 105% health: never panic, whatever the threshold.
         let hosts = [H(true, 1, 0), H(true, 1, 0), H(true, 1, 0), H(false, 1, 0)];
-        assert!(!Balancer::new(LbPolicy::RoundRobin, 100.0, &hosts).panic());
+        assert!(!Balancer::new(LbPolicy::RoundRobin, 100.0, &hosts, false).panic());
     }
 
     #[test]
@@ -286,7 +366,7 @@ mod tests {
             choice_count: 2,
             active_request_bias: 1.0,
         };
-        let b = Balancer::new(policy, 50.0, &hosts);
+        let b = Balancer::new(policy, 50.0, &hosts, false);
         // Choices (0, 1) and (1, 0) both give 1; only (0, 0) gives 0.
         let mut seq = [0u64, 1, 1, 0, 0, 0].into_iter();
         let picks: Vec<_> = (0..3)
@@ -295,7 +375,7 @@ mod tests {
         assert_eq!(picks, [Some(1), Some(1), Some(0)]);
         // Weighted: EDF on weight / (active + 1).
         let hosts = [H(true, 2, 3), H(true, 1, 0)];
-        let b = Balancer::new(policy_lr(), 50.0, &hosts);
+        let b = Balancer::new(policy_lr(), 50.0, &hosts, false);
         let c = counts(&b, &hosts, 300);
         assert!(c[1] > c[0], "{c:?}: 2/4 against 1/1");
     }
@@ -310,11 +390,62 @@ mod tests {
     #[test]
     fn random_spreads_over_the_healthy_hosts() {
         let hosts = [H(true, 1, 0), H(false, 1, 0), H(true, 1, 0), H(true, 1, 0)];
-        let b = Balancer::new(LbPolicy::Random, 50.0, &hosts);
+        let b = Balancer::new(LbPolicy::Random, 50.0, &hosts, false);
         let c = counts(&b, &hosts, 3000);
         assert_eq!(c[1], 0);
         for i in [0, 2, 3] {
             assert!((800..1200).contains(&c[i]), "{c:?}");
         }
+    }
+
+    struct L(bool, u32, Option<u32>);
+    impl Candidate for L {
+        fn healthy(&self) -> bool {
+            self.0
+        }
+        fn weight(&self) -> u32 {
+            1
+        }
+        fn active_requests(&self) -> u64 {
+            0
+        }
+        fn locality(&self) -> u32 {
+            self.1
+        }
+        fn locality_weight(&self) -> Option<u32> {
+            self.2
+        }
+    }
+
+    #[test]
+    fn locality_weighted_picks_localities_by_weight_and_healthy_share() {
+        // Locality 0 (weight 1): one host; locality 1 (weight 3): two hosts; locality 2 has no
+        // weight and takes nothing.
+        let hosts = [
+            L(true, 0, Some(1)),
+            L(true, 1, Some(3)),
+            L(true, 1, Some(3)),
+            L(true, 2, None),
+        ];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, true);
+        let mut c = [0; 4];
+        for _ in 0..400 {
+            c[b.pick(&hosts).expect("a host")] += 1;
+        }
+        assert_eq!(c, [100, 150, 150, 0]);
+        // Half of locality 1 unhealthy: 3 x min(1, 1.4 x 1/2) = 2.1 against 1.
+        let hosts = [
+            L(true, 0, Some(1)),
+            L(true, 1, Some(3)),
+            L(false, 1, Some(3)),
+            L(true, 0, Some(1)),
+        ];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, true);
+        let mut c = [0; 4];
+        for _ in 0..310 {
+            c[b.pick(&hosts).expect("a host")] += 1;
+        }
+        assert_eq!(c[0] + c[3], 100);
+        assert_eq!((c[1], c[2]), (210, 0));
     }
 }

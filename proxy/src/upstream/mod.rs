@@ -246,6 +246,8 @@ pub struct Host {
     pub hostname: Option<Arc<str>>,
     /// `load_balancing_weight`.
     pub weight: u32,
+    /// Its locality (index) and that locality's weight.
+    pub locality: (u32, Option<u32>),
     /// Shared counters.
     pub stats: Arc<HostStats>,
     /// HTTP/1.1 connections of this worker.
@@ -375,6 +377,7 @@ impl Cluster {
             healthy: host.healthy,
             hostname: host.hostname.clone(),
             weight: host.weight,
+            locality: host.locality,
             stats: host.stats.clone(),
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),
@@ -423,6 +426,7 @@ impl Cluster {
                                 && o.healthy == h.healthy
                                 && o.hostname == h.hostname
                                 && o.weight == h.weight
+                                && o.locality == (h.locality, h.locality_weight)
                                 && Arc::ptr_eq(&o.stats, s)
                         })
                         .cloned()
@@ -430,6 +434,7 @@ impl Cluster {
                 kept.unwrap_or_else(|| {
                     let mut host = Host::new(h.address, h.healthy, h.hostname.clone(), s.clone());
                     host.weight = h.weight;
+                    host.locality = (h.locality, h.locality_weight);
                     Rc::new(host)
                 })
             })
@@ -445,7 +450,12 @@ impl Cluster {
         Cluster {
             name: Arc::from(cfg.name.as_str()),
             stats: ClusterStats::new(shard.clone(), &cfg.name, cfg.tls.is_some()),
-            lb: lb::Balancer::new(cfg.lb.clone(), cfg.panic_threshold, &hosts),
+            lb: lb::Balancer::new(
+                cfg.lb.clone(),
+                cfg.panic_threshold,
+                &hosts,
+                cfg.locality_weighted,
+            ),
             hosts,
             by_destination: RefCell::new(HashMap::new()),
             by_downstream: RefCell::new(HashMap::new()),
@@ -475,6 +485,7 @@ impl Host {
             healthy,
             hostname,
             weight: 1,
+            locality: (0, None),
             stats,
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),
@@ -495,6 +506,12 @@ impl lb::Candidate for Rc<Host> {
     }
     fn active_requests(&self) -> u64 {
         self.stats.rq_active.load(Ordering::Relaxed)
+    }
+    fn locality(&self) -> u32 {
+        self.locality.0
+    }
+    fn locality_weight(&self) -> Option<u32> {
+        self.locality.1
     }
 }
 

@@ -53,7 +53,7 @@ pub(super) fn translate_cluster(
         }
         Some(_) => return Err(ConfigError::unsupported(format!("{path}.cluster_type"))),
     };
-    let lb = super::lb::lb_policy(c, discovery, path)?;
+    let (lb, locality_weighted) = super::lb::lb_policy(c, discovery, path)?;
     let panic_threshold = super::lb::common_lb_config(c, path)?;
     if discovery == model::DiscoveryType::OriginalDst && c.load_assignment.is_some() {
         return Err(ConfigError::new(
@@ -266,6 +266,7 @@ pub(super) fn translate_cluster(
         dns,
         circuit_breakers: circuit_breakers(c, path)?,
         lb,
+        locality_weighted: locality_weighted || super::lb::common_locality_weighted(c),
         panic_threshold,
         protocol,
         http2,
@@ -405,6 +406,8 @@ pub(crate) fn load_assignment_hosts(
                 healthy,
                 hostname,
                 weight: weight(lb, &epath)?,
+                locality: i as u32,
+                locality_weight: locality_weight(locality, &format!("{path}.endpoints[{i}]"))?,
             });
         }
     }
@@ -419,6 +422,21 @@ pub(super) fn weight(
     match &lb.load_balancing_weight {
         None => Ok(1),
         Some(w) if w.value >= 1 => Ok(w.value),
+        Some(_) => Err(ConfigError::new(
+            format!("{path}.load_balancing_weight"),
+            "must be at least 1",
+        )),
+    }
+}
+
+/// A locality's `load_balancing_weight` (Envoy refuses 0).
+pub(super) fn locality_weight(
+    l: &envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints,
+    path: &str,
+) -> Result<Option<u32>, ConfigError> {
+    match &l.load_balancing_weight {
+        None => Ok(None),
+        Some(w) if w.value >= 1 => Ok(Some(w.value)),
         Some(_) => Err(ConfigError::new(
             format!("{path}.load_balancing_weight"),
             "must be at least 1",

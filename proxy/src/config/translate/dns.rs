@@ -168,6 +168,11 @@ fn targets(c: &cluster::Cluster, logical: bool, path: &str) -> Result<Vec<DnsTar
                 // Envoy routes to UNKNOWN, HEALTHY and DEGRADED hosts only.
                 healthy: matches!(lb.health_status, 0 | 1 | 5),
                 weight: super::clusters::weight(lb, &epath)?,
+                locality: i as u32,
+                locality_weight: super::clusters::locality_weight(
+                    locality,
+                    &format!("{lpath}.endpoints[{i}]"),
+                )?,
             });
         }
     }

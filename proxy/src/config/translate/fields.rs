@@ -349,7 +349,7 @@ pub(super) fn locality_lb_endpoints(
     path: &str,
 ) -> Result<(), ConfigError> {
     let endpoint_pb::LocalityLbEndpoints {
-        locality,
+        locality: _,
         metadata,
         lb_endpoints: _,
         load_balancing_weight: _,
@@ -357,7 +357,6 @@ pub(super) fn locality_lb_endpoints(
         proximity,
         lb_config,
     } = m;
-    refuse(path, "locality", locality)?;
     refuse(path, "metadata", metadata)?;
     refuse(path, "priority", priority)?;
     refuse(path, "proximity", proximity)?;

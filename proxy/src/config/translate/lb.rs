@@ -23,12 +23,21 @@ pub(super) fn lb_policy(
     c: &cluster::Cluster,
     discovery: DiscoveryType,
     path: &str,
-) -> Result<LbPolicy, ConfigError> {
-    use cluster::cluster::{LbConfig, LbPolicy as P};
+) -> Result<(LbPolicy, bool), ConfigError> {
     // As Envoy: load_balancing_policy, when set, is the policy whatever lb_policy says.
     if let Some(p) = &c.load_balancing_policy {
         return extension(p, &format!("{path}.load_balancing_policy"));
     }
+    Ok((legacy(c, discovery, path)?, false))
+}
+
+/// `lb_policy` with `lb_config`.
+fn legacy(
+    c: &cluster::Cluster,
+    discovery: DiscoveryType,
+    path: &str,
+) -> Result<LbPolicy, ConfigError> {
+    use cluster::cluster::{LbConfig, LbPolicy as P};
     let policy = match P::try_from(c.lb_policy) {
         Ok(P::RoundRobin) => LbPolicy::RoundRobin,
         Ok(P::LeastRequest) => LbPolicy::LeastRequest {
@@ -146,7 +155,10 @@ fn least_request(
 /// `load_balancing_policy`: Envoy uses the first policy of the list it knows; skiff takes the
 /// first one too and refuses it, by path, when it is not one skiff runs.
 #[allow(deprecated)]
-fn extension(p: &cluster::LoadBalancingPolicy, path: &str) -> Result<LbPolicy, ConfigError> {
+fn extension(
+    p: &cluster::LoadBalancingPolicy,
+    path: &str,
+) -> Result<(LbPolicy, bool), ConfigError> {
     let Some(first) = p.policies.first() else {
         return Err(ConfigError::new(format!("{path}.policies"), "required"));
     };
@@ -170,8 +182,7 @@ fn extension(p: &cluster::LoadBalancingPolicy, path: &str) -> Result<LbPolicy, C
                     "{tpath}.slow_start_config"
                 )));
             }
-            locality(&r.locality_lb_config, &tpath)?;
-            Ok(LbPolicy::RoundRobin)
+            Ok((LbPolicy::RoundRobin, locality(&r.locality_lb_config)))
         }
         LEAST_REQUEST => {
             let l: LeastRequest = unpack(any, &tpath)?;
@@ -187,17 +198,18 @@ fn extension(p: &cluster::LoadBalancingPolicy, path: &str) -> Result<LbPolicy, C
                     "{tpath}.selection_method"
                 )));
             }
-            locality(&l.locality_lb_config, &tpath)?;
-            least_request(
-                l.choice_count.as_ref().map(|v| v.value),
-                l.active_request_bias.as_ref().map(|v| v.default_value),
-                &tpath,
-            )
+            Ok((
+                least_request(
+                    l.choice_count.as_ref().map(|v| v.value),
+                    l.active_request_bias.as_ref().map(|v| v.default_value),
+                    &tpath,
+                )?,
+                locality(&l.locality_lb_config),
+            ))
         }
         RANDOM => {
             let r: Random = unpack(any, &tpath)?;
-            locality(&r.locality_lb_config, &tpath)?;
-            Ok(LbPolicy::Random)
+            Ok((LbPolicy::Random, locality(&r.locality_lb_config)))
         }
         other => Err(ConfigError::new(
             tpath,
@@ -206,20 +218,27 @@ fn extension(p: &cluster::LoadBalancingPolicy, path: &str) -> Result<LbPolicy, C
     }
 }
 
-/// `locality_lb_config`: zone-aware routing needs the bootstrap's
-/// `cluster_manager.local_cluster_name`, which skiff refuses, so without it Envoy routes as if
-/// it were not set; locality-weighted balancing changes traffic and is refused.
-fn locality(l: &Option<common::LocalityLbConfig>, path: &str) -> Result<(), ConfigError> {
+/// `locality_lb_config`: whether it asks for locality-weighted balancing. Zone-aware routing
+/// needs the bootstrap's `cluster_manager.local_cluster_name`, which skiff refuses; without it
+/// Envoy routes as if it were not set.
+fn locality(l: &Option<common::LocalityLbConfig>) -> bool {
     use common::locality_lb_config::LocalityConfigSpecifier as S;
-    match l
-        .as_ref()
-        .and_then(|l| l.locality_config_specifier.as_ref())
-    {
-        Some(S::LocalityWeightedLbConfig(_)) => Err(ConfigError::unsupported(format!(
-            "{path}.locality_lb_config.locality_weighted_lb_config"
-        ))),
-        Some(S::ZoneAwareLbConfig(_)) | None => Ok(()),
-    }
+    matches!(
+        l.as_ref()
+            .and_then(|l| l.locality_config_specifier.as_ref()),
+        Some(S::LocalityWeightedLbConfig(_))
+    )
+}
+
+/// Whether `common_lb_config` asks for locality-weighted balancing.
+pub(super) fn common_locality_weighted(c: &cluster::Cluster) -> bool {
+    use cluster::cluster::common_lb_config::LocalityConfigSpecifier as S;
+    matches!(
+        c.common_lb_config
+            .as_ref()
+            .and_then(|l| l.locality_config_specifier.as_ref()),
+        Some(S::LocalityWeightedLbConfig(_))
+    )
 }
 
 /// `common_lb_config`: the panic threshold in percent (default 50).
@@ -258,12 +277,8 @@ pub(super) fn common_lb_config(c: &cluster::Cluster, path: &str) -> Result<f64, 
         "consistent_hashing_lb_config",
     )?;
     refuse(override_host_status.is_some(), "override_host_status")?;
-    use cluster::cluster::common_lb_config::LocalityConfigSpecifier as S;
-    if let Some(S::LocalityWeightedLbConfig(_)) = locality_config_specifier {
-        return Err(ConfigError::unsupported(format!(
-            "{cpath}.locality_weighted_lb_config"
-        )));
-    }
+    // Read by `common_locality_weighted`; zone-aware routing has no effect (see `locality`).
+    let _ = locality_config_specifier;
     let threshold = healthy_panic_threshold.as_ref().map_or(50.0, |p| p.value);
     if !(0.0..=100.0).contains(&threshold) {
         return Err(ConfigError::new(
