@@ -50,6 +50,35 @@ async fn upstreams(close: bool) -> (u16, Vec<EchoUpstream>) {
 }
 
 fn cluster(kind: &str, dns_port: u16, up_port: u16, extra: Value) -> Value {
+    let mut c = legacy_cluster(kind, dns_port, up_port, extra);
+    if let Some(logical) = kind.strip_prefix("extension:") {
+        // The `envoy.cluster.dns` extension form of the same cluster (as Envoy Gateway writes).
+        let mut dns = json!({
+            "@type": "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster",
+            "all_addresses_in_single_endpoint": logical == "LOGICAL_DNS"
+        });
+        if let Some(o) = c.as_object_mut() {
+            o.remove("type");
+            for k in [
+                "dns_lookup_family",
+                "typed_dns_resolver_config",
+                "dns_refresh_rate",
+                "respect_dns_ttl",
+            ] {
+                if let Some(v) = o.remove(k) {
+                    dns[k] = v;
+                }
+            }
+            o.insert(
+                "cluster_type".into(),
+                json!({ "name": "envoy.cluster.dns", "typed_config": dns }),
+            );
+        }
+    }
+    c
+}
+
+fn legacy_cluster(kind: &str, dns_port: u16, up_port: u16, extra: Value) -> Value {
     let mut c = json!({
         "name": "svc",
         "type": kind,
@@ -356,6 +385,33 @@ async fn a_dns_cluster_is_ready_after_its_first_resolution_even_a_failed_one() {
             s.dns.set(NAME, Zone::Addresses(vec![ip(2)], 30));
         }
         both_reach(&sides, &["u2"], "the answer after the failure").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_dns_cluster_extension_form_resolves_as_envoy_does() {
+    run_for(Duration::from_secs(60), async {
+        let sides = pair(
+            "extension:STRICT_DNS",
+            json!({ "dns_refresh_rate": "0.3s" }),
+            Zone::Addresses(vec![ip(2), ip(3)], 30),
+            false,
+        )
+        .await;
+        both_reach(&sides, &["u2", "u3"], "the first answer").await;
+        for s in &sides {
+            s.dns.set(NAME, Zone::Addresses(vec![ip(4)], 30));
+        }
+        both_reach(&sides, &["u4"], "a changed answer").await;
+        let sides = pair(
+            "extension:LOGICAL_DNS",
+            json!({ "dns_refresh_rate": "0.3s" }),
+            Zone::Addresses(vec![ip(3), ip(2)], 30),
+            true,
+        )
+        .await;
+        both_reach(&sides, &["u3"], "LOGICAL_DNS: the first address").await;
     })
     .await;
 }

@@ -311,12 +311,33 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "typed_dns_resolver_config",
             "wait_for_warm_on_init",
             "circuit_breakers",
+            "cluster_type",
             "load_balancing_policy",
             "common_lb_config",
             "ignore_health_on_host_removal",
             "least_request_lb_config",
             "round_robin_lb_config",
         ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CustomClusterType",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.clusters.dns.v3.DnsCluster",
+        &[
+            "dns_refresh_rate",
+            "dns_failure_refresh_rate",
+            "respect_dns_ttl",
+            "dns_jitter",
+            "typed_dns_resolver_config",
+            "dns_lookup_family",
+            "all_addresses_in_single_endpoint",
+        ],
+    ),
+    (
+        "envoy.extensions.clusters.dns.v3.DnsCluster.RefreshRate",
+        &["base_interval", "max_interval"],
     ),
     (
         "envoy.config.cluster.v3.LoadBalancingPolicy",

@@ -11,6 +11,8 @@ use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 use super::{duration, required, socket_address, DEFAULT_BUFFER_LIMIT, HTTP_PROTOCOL_OPTIONS};
 
+const DNS_CLUSTER: &str = "envoy.extensions.clusters.dns.v3.DnsCluster";
+
 pub(super) fn translate_cluster(
     c: &cluster::Cluster,
     path: &str,
@@ -51,7 +53,26 @@ pub(super) fn translate_cluster(
                 format!("unsupported: {name} (only STATIC, STRICT_DNS, LOGICAL_DNS, EDS and ORIGINAL_DST)"),
             ));
         }
-        Some(_) => return Err(ConfigError::unsupported(format!("{path}.cluster_type"))),
+        Some(ClusterDiscoveryType::ClusterType(t)) => {
+            let tpath = format!("{path}.cluster_type.typed_config");
+            let any = required(&t.typed_config, &tpath)?;
+            if type_name(&any.type_url) != DNS_CLUSTER {
+                return Err(ConfigError::new(
+                    tpath,
+                    format!(
+                        "unsupported cluster type '{}' (only {DNS_CLUSTER})",
+                        any.type_url
+                    ),
+                ));
+            }
+            let d: envoy_types::pb::envoy::extensions::clusters::dns::v3::DnsCluster =
+                unpack(any, &tpath)?;
+            if d.all_addresses_in_single_endpoint {
+                model::DiscoveryType::LogicalDns
+            } else {
+                model::DiscoveryType::StrictDns
+            }
+        }
     };
     let (lb, locality_weighted) = super::lb::lb_policy(c, discovery, path)?;
     let panic_threshold = super::lb::common_lb_config(c, path)?;
@@ -150,7 +171,12 @@ pub(super) fn translate_cluster(
         discovery,
         model::DiscoveryType::StrictDns | model::DiscoveryType::LogicalDns
     );
-    let dns = if is_dns {
+    let dns = if let Some(ClusterDiscoveryType::ClusterType(t)) = &c.cluster_discovery_type {
+        let tpath = format!("{path}.cluster_type.typed_config");
+        let any = required(&t.typed_config, &tpath)?;
+        let d = unpack(any, &tpath)?;
+        Some(super::dns::dns_cluster_config(c, &d, path)?)
+    } else if is_dns {
         Some(super::dns::dns_config(
             c,
             discovery == model::DiscoveryType::LogicalDns,

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::extensions::clusters::dns::v3::DnsCluster;
 use envoy_types::pb::envoy::extensions::network::dns_resolver::cares::v3::CaresDnsResolverConfig;
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
 
 use super::super::model::{DnsConfig, DnsLookupFamily, DnsResolverConfig, DnsTarget};
 use super::super::proto::{type_name, unpack};
@@ -24,7 +26,6 @@ pub(super) fn dns_config(
     logical: bool,
     path: &str,
 ) -> Result<DnsConfig, ConfigError> {
-    let targets = targets(c, logical, path)?;
     use cluster::cluster::DnsLookupFamily as F;
     let family = match F::try_from(c.dns_lookup_family) {
         Ok(F::Auto) => DnsLookupFamily::Auto,
@@ -39,24 +40,114 @@ pub(super) fn dns_config(
             ))
         }
     };
-    let refresh_rate = match &c.dns_refresh_rate {
+    let failure = c
+        .dns_failure_refresh_rate
+        .as_ref()
+        .map(|r| (r.base_interval.as_ref(), r.max_interval.as_ref()));
+    settings(
+        c,
+        logical,
+        Settings {
+            family,
+            refresh_rate: c.dns_refresh_rate.as_ref(),
+            failure,
+            respect_ttl: c.respect_dns_ttl,
+            jitter: c.dns_jitter.as_ref(),
+            resolver: resolver(c, path)?,
+            prefix: path.to_string(),
+        },
+        path,
+    )
+}
+
+/// The `envoy.clusters.dns` extension (`cluster_type` with a `DnsCluster`): the same settings
+/// in their own message; `all_addresses_in_single_endpoint` makes it LOGICAL_DNS.
+pub(super) fn dns_cluster_config(
+    c: &cluster::Cluster,
+    d: &DnsCluster,
+    path: &str,
+) -> Result<DnsConfig, ConfigError> {
+    use envoy_types::pb::envoy::extensions::clusters::common::dns::v3::DnsLookupFamily as F;
+    let dpath = format!("{path}.cluster_type.typed_config");
+    let family = match F::try_from(d.dns_lookup_family) {
+        Ok(F::Auto | F::Unspecified) => DnsLookupFamily::Auto,
+        Ok(F::V4Only) => DnsLookupFamily::V4Only,
+        Ok(F::V6Only) => DnsLookupFamily::V6Only,
+        Ok(F::V4Preferred) => DnsLookupFamily::V4Preferred,
+        Ok(F::All) => DnsLookupFamily::All,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{dpath}.dns_lookup_family"),
+                format!("{} is not a lookup family", d.dns_lookup_family),
+            ))
+        }
+    };
+    if d.dns_min_refresh_rate.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{dpath}.dns_min_refresh_rate"
+        )));
+    }
+    let resolver = match &d.typed_dns_resolver_config {
+        Some(t) => typed_resolver(t, &format!("{dpath}.typed_dns_resolver_config"))?,
+        None => DnsResolverConfig::default(),
+    };
+    settings(
+        c,
+        d.all_addresses_in_single_endpoint,
+        Settings {
+            family,
+            refresh_rate: d.dns_refresh_rate.as_ref(),
+            failure: d
+                .dns_failure_refresh_rate
+                .as_ref()
+                .map(|r| (r.base_interval.as_ref(), r.max_interval.as_ref())),
+            respect_ttl: d.respect_dns_ttl,
+            jitter: d.dns_jitter.as_ref(),
+            resolver,
+            prefix: dpath,
+        },
+        path,
+    )
+}
+
+/// The settings of either form, before their checks; `prefix` is where their fields are.
+struct Settings<'a> {
+    family: DnsLookupFamily,
+    refresh_rate: Option<&'a PbDuration>,
+    failure: Option<(Option<&'a PbDuration>, Option<&'a PbDuration>)>,
+    respect_ttl: bool,
+    jitter: Option<&'a PbDuration>,
+    resolver: DnsResolverConfig,
+    prefix: String,
+}
+
+fn settings(
+    c: &cluster::Cluster,
+    logical: bool,
+    s: Settings<'_>,
+    path: &str,
+) -> Result<DnsConfig, ConfigError> {
+    let targets = targets(c, logical, path)?;
+    let pre = &s.prefix;
+    let refresh_rate = match s.refresh_rate {
         Some(d) => at_least_1ms(
-            duration(d, &format!("{path}.dns_refresh_rate"))?,
-            &format!("{path}.dns_refresh_rate"),
+            duration(d, &format!("{pre}.dns_refresh_rate"))?,
+            &format!("{pre}.dns_refresh_rate"),
         )?,
         None => Duration::from_secs(5),
     };
-    let failure_refresh = match &c.dns_failure_refresh_rate {
-        Some(r) => {
-            let rpath = format!("{path}.dns_failure_refresh_rate");
+    let failure_refresh = match s.failure {
+        Some((base, max)) => {
+            let rpath = format!("{pre}.dns_failure_refresh_rate");
+            let bpath = format!("{rpath}.base_interval");
             let base = at_least_1ms(
                 duration(
-                    required(&r.base_interval, &format!("{rpath}.base_interval"))?,
-                    &format!("{rpath}.base_interval"),
+                    base.ok_or_else(|| ConfigError::new(&bpath, "required"))?,
+                    &bpath,
                 )?,
-                &format!("{rpath}.base_interval"),
+                &bpath,
             )?;
-            let max = match &r.max_interval {
+            let max = match max {
                 Some(m) => at_least_1ms(
                     duration(m, &format!("{rpath}.max_interval"))?,
                     &format!("{rpath}.max_interval"),
@@ -73,18 +164,18 @@ pub(super) fn dns_config(
         }
         None => None,
     };
-    let jitter = match &c.dns_jitter {
-        Some(d) => duration(d, &format!("{path}.dns_jitter"))?,
+    let jitter = match s.jitter {
+        Some(d) => duration(d, &format!("{pre}.dns_jitter"))?,
         None => Duration::ZERO,
     };
     Ok(DnsConfig {
         targets,
-        family,
+        family: s.family,
         refresh_rate,
         failure_refresh,
-        respect_ttl: c.respect_dns_ttl,
+        respect_ttl: s.respect_ttl,
         jitter,
-        resolver: resolver(c, path)?,
+        resolver: s.resolver,
         wait_for_warm: c.wait_for_warm_on_init.as_ref().is_none_or(|v| v.value),
     })
 }
@@ -185,41 +276,7 @@ fn targets(c: &cluster::Cluster, logical: bool, path: &str) -> Result<Vec<DnsTar
 fn resolver(c: &cluster::Cluster, path: &str) -> Result<DnsResolverConfig, ConfigError> {
     let mut r = DnsResolverConfig::default();
     if let Some(t) = &c.typed_dns_resolver_config {
-        let tpath = format!("{path}.typed_dns_resolver_config");
-        let any = required(&t.typed_config, &format!("{tpath}.typed_config"))?;
-        if type_name(&any.type_url) != CARES {
-            return Err(ConfigError::new(
-                format!("{tpath}.typed_config"),
-                format!("unsupported DNS resolver '{}' (only {CARES})", any.type_url),
-            ));
-        }
-        let cares: CaresDnsResolverConfig = unpack(any, &format!("{tpath}.typed_config"))?;
-        let cpath = format!("{tpath}.typed_config");
-        for (i, a) in cares.resolvers.iter().enumerate() {
-            r.resolvers
-                .push(resolver_address(a, &format!("{cpath}.resolvers[{i}]"))?);
-        }
-        if let Some(o) = &cares.dns_resolver_options {
-            r.use_tcp = o.use_tcp_for_dns_lookups;
-            r.no_search_domains = o.no_default_search_domain;
-        }
-        if cares.use_resolvers_as_fallback {
-            return Err(ConfigError::unsupported(format!(
-                "{cpath}.use_resolvers_as_fallback"
-            )));
-        }
-        if cares.filter_unroutable_families {
-            return Err(ConfigError::unsupported(format!(
-                "{cpath}.filter_unroutable_families"
-            )));
-        }
-        r.query_timeout = cares
-            .query_timeout_seconds
-            .as_ref()
-            .map(|v| Duration::from_secs(v.value.max(1)));
-        r.query_tries = cares.query_tries.as_ref().map(|v| v.value.max(1));
-        r.rotate = cares.rotate_nameservers;
-        return Ok(r);
+        return typed_resolver(t, &format!("{path}.typed_dns_resolver_config"));
     }
     if let Some(d) = &c.dns_resolution_config {
         let dpath = format!("{path}.dns_resolution_config");
@@ -238,6 +295,48 @@ fn resolver(c: &cluster::Cluster, path: &str) -> Result<DnsResolverConfig, Confi
             .push(resolver_address(a, &format!("{path}.dns_resolvers[{i}]"))?);
     }
     r.use_tcp = c.use_tcp_for_dns_lookups;
+    Ok(r)
+}
+
+/// `typed_dns_resolver_config`: c-ares's settings.
+fn typed_resolver(
+    t: &core::TypedExtensionConfig,
+    tpath: &str,
+) -> Result<DnsResolverConfig, ConfigError> {
+    let mut r = DnsResolverConfig::default();
+    let any = required(&t.typed_config, &format!("{tpath}.typed_config"))?;
+    if type_name(&any.type_url) != CARES {
+        return Err(ConfigError::new(
+            format!("{tpath}.typed_config"),
+            format!("unsupported DNS resolver '{}' (only {CARES})", any.type_url),
+        ));
+    }
+    let cares: CaresDnsResolverConfig = unpack(any, &format!("{tpath}.typed_config"))?;
+    let cpath = format!("{tpath}.typed_config");
+    for (i, a) in cares.resolvers.iter().enumerate() {
+        r.resolvers
+            .push(resolver_address(a, &format!("{cpath}.resolvers[{i}]"))?);
+    }
+    if let Some(o) = &cares.dns_resolver_options {
+        r.use_tcp = o.use_tcp_for_dns_lookups;
+        r.no_search_domains = o.no_default_search_domain;
+    }
+    if cares.use_resolvers_as_fallback {
+        return Err(ConfigError::unsupported(format!(
+            "{cpath}.use_resolvers_as_fallback"
+        )));
+    }
+    if cares.filter_unroutable_families {
+        return Err(ConfigError::unsupported(format!(
+            "{cpath}.filter_unroutable_families"
+        )));
+    }
+    r.query_timeout = cares
+        .query_timeout_seconds
+        .as_ref()
+        .map(|v| Duration::from_secs(v.value.max(1)));
+    r.query_tries = cares.query_tries.as_ref().map(|v| v.value.max(1));
+    r.rotate = cares.rotate_nameservers;
     Ok(r)
 }
 

@@ -310,10 +310,8 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         connection_pool_per_downstream_connection,
     )?;
     refuse(path, "queuing_policies", queuing_policies)?;
-    if let Some(cluster_pb::cluster::ClusterDiscoveryType::ClusterType(_)) = cluster_discovery_type
-    {
-        return Err(unsupported(path, "cluster_type"));
-    }
+    // `cluster_type` (a custom cluster) is checked by translation: only the DNS one is taken.
+    let _ = cluster_discovery_type;
     if let Some(cluster_pb::cluster::LbConfig::RingHashLbConfig(_)) = lb_config {
         return Err(unsupported(path, "ring_hash_lb_config"));
     }
