@@ -12,6 +12,10 @@ use skiff_tests::side_by_side::{assert_same_response, pair, Side, Up};
 use skiff_tests::{run_for, Resp};
 
 fn config(thresholds: Value, http2: bool) -> impl Fn(u16, u16, u16) -> String {
+    config_with(thresholds, http2, json!({}))
+}
+
+fn config_with(thresholds: Value, http2: bool, extra: Value) -> impl Fn(u16, u16, u16) -> String {
     move |admin, listen, upstream| {
         let mut cluster = json!({
             "name": "svc",
@@ -24,6 +28,11 @@ fn config(thresholds: Value, http2: bool) -> impl Fn(u16, u16, u16) -> String {
                     "address": "127.0.0.1", "port_value": upstream } } } } ] } ]
             }
         });
+        if let (Some(c), Some(extra)) = (cluster.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                c.insert(k.clone(), v.clone());
+            }
+        }
         if http2 {
             cluster["typed_extension_protocol_options"] = json!({
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -161,6 +170,55 @@ async fn max_requests_limits_http2_streams_as_envoy_does() {
             ],
         )
         .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn max_requests_per_connection_closes_connections_as_envoy_does() {
+    run_for(Duration::from_secs(60), async {
+        // Both forms: the cluster's field and the protocol options' common options.
+        let forms = [
+            json!({ "max_requests_per_connection": 2 }),
+            json!({ "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": skiff_tests::config::HTTP_PROTOCOL_OPTIONS_TYPE,
+                    "common_http_protocol_options": { "max_requests_per_connection": 2 },
+                    "explicit_http_config": { "http_protocol_options": {} }
+                }
+            } }),
+        ];
+        for extra in forms {
+            let (envoy, skiff) = pair(Up::H1, config_with(json!({}), false, extra)).await;
+            for side in [&envoy, &skiff] {
+                let mut c = skiff_tests::client::Http1Client::connect(&side.addr())
+                    .await
+                    .expect("connect");
+                for _ in 0..5 {
+                    let r = c.send(get("/", "cb.example.com")).await.expect("response");
+                    assert_eq!(r.status, 200);
+                }
+            }
+            // Five requests, two per connection: three upstream connections.
+            assert_eq!(envoy.rec.connections(), 3, "envoy");
+            assert_eq!(skiff.rec.connections(), 3, "skiff");
+            let names = [
+                "upstream_cx_total",
+                "upstream_cx_max_requests",
+                "upstream_rq_total",
+            ];
+            for side in [&envoy, &skiff] {
+                side.proxy
+                    .admin()
+                    .wait_stat(
+                        "cluster.svc.upstream_cx_total",
+                        Duration::from_secs(2),
+                        |v| v == 3,
+                    )
+                    .await;
+            }
+            assert_eq!(stats(&envoy, &names).await, stats(&skiff, &names).await);
+        }
     })
     .await;
 }

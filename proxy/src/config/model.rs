@@ -837,6 +837,9 @@ pub struct Cluster {
     pub dns: Option<DnsConfig>,
     /// `circuit_breakers`.
     pub circuit_breakers: CircuitBreakers,
+    /// `max_requests_per_connection` (the cluster's, or its HTTP protocol options'
+    /// `common_http_protocol_options`): a connection closes after this many requests.
+    pub max_requests_per_connection: Option<u32>,
     /// The load balancer.
     pub lb: LbPolicy,
     /// `locality_weighted_lb_config`: a locality is picked first, by its weight times its

@@ -311,6 +311,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "typed_dns_resolver_config",
             "wait_for_warm_on_init",
             "circuit_breakers",
+            "max_requests_per_connection",
             "cluster_type",
             "load_balancing_policy",
             "common_lb_config",
@@ -566,7 +567,14 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "use_downstream_protocol_config",
             "auto_config",
             "upstream_http_protocol_options",
+            "common_http_protocol_options",
         ],
+    ),
+    // Also the HCM's `common_http_protocol_options` type: the HCM's translation refuses that
+    // field itself (only clusters honour this one).
+    (
+        "envoy.config.core.v3.HttpProtocolOptions",
+        &["max_requests_per_connection"],
     ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.AutoHttpConfig",

@@ -126,6 +126,8 @@ pub struct ClusterStats {
     pub upstream_cx_none_healthy: Counter,
     /// `lb_healthy_panic`: a host picked while too few hosts are healthy (all take traffic).
     pub lb_healthy_panic: Counter,
+    /// `upstream_cx_max_requests`: a connection that reached `max_requests_per_connection`.
+    pub upstream_cx_max_requests: Counter,
     /// `upstream_cx_overflow`: a connection the `max_connections` breaker did not allow.
     pub upstream_cx_overflow: Counter,
     /// `upstream_rq_pending_overflow`: a request the `max_pending_requests` breaker refused
@@ -188,6 +190,7 @@ impl ClusterStats {
             upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
             upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
             upstream_cx_overflow: c("upstream_cx_overflow"),
+            upstream_cx_max_requests: c("upstream_cx_max_requests"),
             lb_healthy_panic: c("lb_healthy_panic"),
             upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
             upstream_rq_active_overflow: c("upstream_rq_active_overflow"),

@@ -331,6 +331,10 @@ pub struct Http1Sender {
     flow: FlowSlot,
     /// The request on it holds a place in the `max_requests` breaker.
     rq: Option<Held>,
+    /// Requests it took so far, and whether the last one allowed
+    /// (`max_requests_per_connection`) has: then it is not reused.
+    requests: u32,
+    spent: bool,
     /// What the access log shows of this connection.
     pub info: UpstreamConnection,
 }
@@ -379,7 +383,7 @@ impl Http1Pool {
     pub fn put_idle(&self, mut s: Http1Sender) {
         s.flow.borrow_mut().take();
         s.rq.take();
-        if !s.is_closed() {
+        if !s.is_closed() && !s.spent {
             self.idle.borrow_mut().push(s);
             self.released.notify_one();
         }
@@ -396,6 +400,17 @@ impl Http1Pool {
         match attach(cluster, host) {
             Ok(held) => {
                 s.rq = Some(held);
+                s.requests += 1;
+                if cluster
+                    .config()
+                    .max_requests_per_connection
+                    .is_some_and(|m| s.requests >= m)
+                {
+                    // As Envoy: counted when the last request it may take is attached; the
+                    // connection closes once that request ends.
+                    s.spent = true;
+                    cluster.stats.upstream_cx_max_requests.inc();
+                }
                 Ok((s, reused))
             }
             Err(e) => {
@@ -475,6 +490,15 @@ pub async fn connect_http1(
     let mut s = http1_on(cluster, host, stream, cx).await?;
     s.rq = Some(cluster.info.breakers.default.requests.acquire_anyway());
     attached(cluster, host);
+    s.requests = 1;
+    if cluster
+        .config()
+        .max_requests_per_connection
+        .is_some_and(|m| m <= 1)
+    {
+        s.spent = true;
+        cluster.stats.upstream_cx_max_requests.inc();
+    }
     Ok(s)
 }
 
@@ -512,6 +536,8 @@ async fn http1_on(
         send: sender,
         flow,
         rq: None,
+        requests: 0,
+        spent: false,
         info,
     })
 }
@@ -529,6 +555,8 @@ fn http1_read_buffer(buffer_limit: usize) -> usize {
 pub struct Http2Conn {
     send: h2::client::SendRequest<Bytes>,
     active: Cell<usize>,
+    /// Streams opened on it, for `max_requests_per_connection`.
+    opened: Cell<u32>,
     peer_max: Rc<Cell<usize>>,
     closed: Rc<Cell<bool>>,
     limit: usize,
@@ -564,6 +592,23 @@ impl Http2Stream {
     /// The connection, to retire it.
     pub fn conn(&self) -> &Rc<Http2Conn> {
         &self.conn
+    }
+}
+
+impl Http2Stream {
+    /// Counts the stream on its connection; the last one `max_requests_per_connection` allows
+    /// retires the connection (it finishes its streams and closes), as Envoy drains it.
+    fn opened(&self, cluster: &Cluster) {
+        let n = self.conn.opened.get() + 1;
+        self.conn.opened.set(n);
+        if cluster
+            .config()
+            .max_requests_per_connection
+            .is_some_and(|m| n >= m)
+        {
+            self.conn.retire();
+            cluster.stats.upstream_cx_max_requests.inc();
+        }
     }
 }
 
@@ -623,6 +668,7 @@ impl Http2Pool {
         loop {
             if let Some(mut s) = self.reserve() {
                 s._rq = Some(attach(cluster, host)?);
+                s.opened(cluster);
                 return Ok(s);
             }
             if pending.is_none() {
@@ -660,6 +706,7 @@ impl Http2Pool {
             drop(pending);
             let mut s = Http2Stream { conn, _rq: None };
             s._rq = Some(attach(cluster, host)?);
+            s.opened(cluster);
             return Ok(s);
         }
     }
@@ -734,6 +781,7 @@ async fn http2_on(
     Ok(Http2Conn {
         send,
         active: Cell::new(0),
+        opened: Cell::new(0),
         peer_max,
         closed,
         limit: cfg.max_concurrent_streams as usize,

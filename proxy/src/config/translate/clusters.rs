@@ -194,6 +194,9 @@ pub(super) fn translate_cluster(
     let mut http2 = Http2Options::default();
     let (mut auto_sni, mut auto_san_validation) = (false, false);
     let mut auto_config_path = None;
+    // The cluster's own (deprecated) field; the protocol options' one wins when both are set.
+    #[allow(deprecated)]
+    let mut max_requests_per_connection = c.max_requests_per_connection.as_ref().map(|v| v.value);
     #[allow(deprecated)]
     if let Some(h2) = &c.http2_protocol_options {
         protocol = UpstreamProtocol::Http2;
@@ -208,6 +211,11 @@ pub(super) fn translate_cluster(
             ));
         }
         let o: upstream_http::HttpProtocolOptions = unpack(any, &opath)?;
+        if let Some(common) = &o.common_http_protocol_options {
+            if let Some(m) = &common.max_requests_per_connection {
+                max_requests_per_connection = Some(m.value);
+            }
+        }
         if let Some(u) = &o.upstream_http_protocol_options {
             auto_sni = u.auto_sni;
             auto_san_validation = u.auto_san_validation;
@@ -291,6 +299,8 @@ pub(super) fn translate_cluster(
         eds,
         dns,
         circuit_breakers: circuit_breakers(c, path)?,
+        // 0 means no limit, as in Envoy.
+        max_requests_per_connection: max_requests_per_connection.filter(|m| *m > 0),
         lb,
         locality_weighted: locality_weighted || super::lb::common_locality_weighted(c),
         panic_threshold,

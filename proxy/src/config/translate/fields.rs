@@ -211,7 +211,7 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         lb_policy: _,
         load_assignment: _,
         health_checks,
-        max_requests_per_connection,
+        max_requests_per_connection: _,
         circuit_breakers: _,
         upstream_http_protocol_options,
         common_http_protocol_options,
@@ -262,11 +262,6 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         per_connection_buffer_high_watermark_timeout,
     )?;
     refuse(path, "health_checks", health_checks)?;
-    refuse(
-        path,
-        "max_requests_per_connection",
-        max_requests_per_connection,
-    )?;
     refuse(
         path,
         "upstream_http_protocol_options",
