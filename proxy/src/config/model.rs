@@ -726,6 +726,17 @@ pub struct DnsTarget {
     pub locality_weight: Option<u32>,
 }
 
+/// `TcpKeepalive`: SO_KEEPALIVE, and the settings given (the system's otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    /// `keepalive_probes`.
+    pub probes: Option<u32>,
+    /// `keepalive_time` in seconds.
+    pub time: Option<u32>,
+    /// `keepalive_interval` in seconds.
+    pub interval: Option<u32>,
+}
+
 /// How a cluster picks a host: `lb_policy` (with `lb_config`) or `load_balancing_policy`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LbPolicy {
@@ -840,6 +851,8 @@ pub struct Cluster {
     /// `max_requests_per_connection` (the cluster's, or its HTTP protocol options'
     /// `common_http_protocol_options`): a connection closes after this many requests.
     pub max_requests_per_connection: Option<u32>,
+    /// `upstream_connection_options.tcp_keepalive`: keepalive on upstream connections.
+    pub tcp_keepalive: Option<TcpKeepalive>,
     /// The load balancer.
     pub lb: LbPolicy,
     /// `locality_weighted_lb_config`: a locality is picked first, by its weight times its

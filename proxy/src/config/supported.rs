@@ -312,6 +312,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "wait_for_warm_on_init",
             "circuit_breakers",
             "max_requests_per_connection",
+            "upstream_connection_options",
             "cluster_type",
             "load_balancing_policy",
             "common_lb_config",
@@ -319,6 +320,14 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "least_request_lb_config",
             "round_robin_lb_config",
         ],
+    ),
+    (
+        "envoy.config.cluster.v3.UpstreamConnectionOptions",
+        &["tcp_keepalive"],
+    ),
+    (
+        "envoy.config.core.v3.TcpKeepalive",
+        &["keepalive_probes", "keepalive_time", "keepalive_interval"],
     ),
     (
         "envoy.config.cluster.v3.Cluster.CustomClusterType",

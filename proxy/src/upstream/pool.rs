@@ -89,6 +89,9 @@ pub async fn connect_from(
     let connect = async {
         let mut tcp = open(host.address, source).await?;
         let _ = tcp.set_nodelay(true);
+        if let Some(k) = &cluster.config().tcp_keepalive {
+            keepalive(&tcp, k)?;
+        }
         // upstream_proxy_protocol: the header first, before TLS or anything else.
         let header = match (cluster.config().proxy_protocol, host.downstream) {
             (Some(version), Some((src, dst))) => {
@@ -209,6 +212,21 @@ impl ConnectError {
             | ConnectError::Overflow => None,
         }
     }
+}
+
+/// `upstream_connection_options.tcp_keepalive`: SO_KEEPALIVE with the settings given.
+fn keepalive(tcp: &TcpStream, k: &crate::config::model::TcpKeepalive) -> std::io::Result<()> {
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(t) = k.time {
+        ka = ka.with_time(std::time::Duration::from_secs(u64::from(t)));
+    }
+    if let Some(i) = k.interval {
+        ka = ka.with_interval(std::time::Duration::from_secs(u64::from(i)));
+    }
+    if let Some(p) = k.probes {
+        ka = ka.with_retries(p);
+    }
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&ka)
 }
 
 /// A TCP connection to `addr`, from `source` when one is set.

@@ -301,6 +301,7 @@ pub(super) fn translate_cluster(
         circuit_breakers: circuit_breakers(c, path)?,
         // 0 means no limit, as in Envoy.
         max_requests_per_connection: max_requests_per_connection.filter(|m| *m > 0),
+        tcp_keepalive: tcp_keepalive(c, path)?,
         lb,
         locality_weighted: locality_weighted || super::lb::common_locality_weighted(c),
         panic_threshold,
@@ -478,4 +479,32 @@ pub(super) fn locality_weight(
             "must be at least 1",
         )),
     }
+}
+
+/// `upstream_connection_options`: TCP keepalive; the other options are refused by path.
+fn tcp_keepalive(c: &cluster::Cluster, path: &str) -> Result<Option<TcpKeepalive>, ConfigError> {
+    let Some(o) = &c.upstream_connection_options else {
+        return Ok(None);
+    };
+    let opath = format!("{path}.upstream_connection_options");
+    let cluster::UpstreamConnectionOptions {
+        tcp_keepalive,
+        set_local_interface_name_on_upstream_connections,
+        happy_eyeballs_config,
+    } = o;
+    if *set_local_interface_name_on_upstream_connections {
+        return Err(ConfigError::unsupported(format!(
+            "{opath}.set_local_interface_name_on_upstream_connections"
+        )));
+    }
+    if happy_eyeballs_config.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{opath}.happy_eyeballs_config"
+        )));
+    }
+    Ok(tcp_keepalive.as_ref().map(|k| TcpKeepalive {
+        probes: k.keepalive_probes.as_ref().map(|v| v.value),
+        time: k.keepalive_time.as_ref().map(|v| v.value),
+        interval: k.keepalive_interval.as_ref().map(|v| v.value),
+    }))
 }

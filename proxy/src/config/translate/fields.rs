@@ -236,7 +236,7 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         transport_socket: _,
         metadata,
         protocol_selection,
-        upstream_connection_options,
+        upstream_connection_options: _,
         close_connections_on_host_health_failure,
         ignore_health_on_host_removal: _,
         filters,
@@ -278,11 +278,6 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
     refuse(path, "lb_subset_config", lb_subset_config)?;
     refuse(path, "metadata", metadata)?;
     refuse(path, "protocol_selection", protocol_selection)?;
-    refuse(
-        path,
-        "upstream_connection_options",
-        upstream_connection_options,
-    )?;
     refuse(
         path,
         "close_connections_on_host_health_failure",
