@@ -210,6 +210,30 @@ async fn strict_dns_follows_the_answers_and_keeps_its_hosts_on_failure_as_envoy_
         )
         .await;
         both_reach(&sides, &["u2"], "the first answer").await;
+        // `/clusters` shows the host with the name it was resolved from.
+        let mut shown = Vec::new();
+        for s in &sides {
+            let text = s.proxy.admin().get("/clusters").await.text();
+            let port = s._ups[0].addr.port().to_string();
+            let mut lines: Vec<String> = text
+                .lines()
+                .filter(|l| {
+                    [
+                        "::hostname::",
+                        "::weight::",
+                        "::health_flags::",
+                        "_priority::max_",
+                    ]
+                    .iter()
+                    .any(|k| l.contains(k))
+                })
+                .map(|l| l.replace(&port, "PORT"))
+                .collect();
+            lines.sort();
+            shown.push(lines);
+        }
+        assert_eq!(shown[0], shown[1], "/clusters");
+        assert!(shown[1].iter().any(|l| l.ends_with("::hostname::svc.test")));
         for name in [
             "membership_total",
             "membership_healthy",
