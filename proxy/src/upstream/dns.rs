@@ -24,6 +24,9 @@ use tokio::time::Instant;
 use crate::config::model::{self, DnsLookupFamily, DnsResolverConfig};
 use crate::stats::Shard;
 
+/// The longest wait between two resolutions.
+const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// What one resolution found: addresses with their TTLs, or why it failed. A name that does
 /// not exist or has no address of the family asked is an empty answer, not a failure (as
 /// c-ares reports it to Envoy).
@@ -183,7 +186,7 @@ impl DnsClusters {
             let Some(dns) = &c.dns else { continue };
             let (base, max) = dns
                 .failure_refresh
-                .unwrap_or((dns.refresh_rate, dns.refresh_rate * 10));
+                .unwrap_or((dns.refresh_rate, dns.refresh_rate.saturating_mul(10)));
             let now = Instant::now();
             let targets = dns
                 .targets
@@ -336,7 +339,7 @@ impl DnsClusters {
                 }
                 let jitter = dns.jitter.as_millis() as u64;
                 if jitter > 0 {
-                    wait += Duration::from_millis(random % jitter);
+                    wait = wait.saturating_add(Duration::from_millis(random % jitter));
                 }
                 wait
             }
@@ -350,7 +353,9 @@ impl DnsClusters {
                 t.backoff.next_wait(random)
             }
         };
-        t.due = Some(Instant::now() + wait);
+        // A wait beyond a year (a configured rate that large) is a year: no overflow.
+        let now = Instant::now();
+        t.due = Some(now.checked_add(wait.min(MAX_WAIT)).unwrap_or(now));
         if !s.initialized {
             // As Envoy, the first resolution of any of its names warms the cluster.
             s.initialized = true;

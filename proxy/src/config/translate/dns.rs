@@ -152,7 +152,7 @@ fn settings(
                     duration(m, &format!("{rpath}.max_interval"))?,
                     &format!("{rpath}.max_interval"),
                 )?,
-                None => base * 10,
+                None => base.saturating_mul(10),
             };
             if max < base {
                 return Err(ConfigError::new(
