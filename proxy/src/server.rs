@@ -139,11 +139,15 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
         let mut signals = Signals::new();
         // The init manager: read the dynamic sources, then wait until nothing warms (or each
         // source's initial_fetch_timeout has passed) before the workers start.
+        let Some(mut dns_events) = config.dns_events() else {
+            return Err("the DNS resolution channel is gone".to_string());
+        };
         config.start();
         while config.initializing() {
             let next = config.next_deadline();
             tokio::select! {
                 Some(ev) = events.recv() => config.on_file_event(&ev),
+                Some(r) = dns_events.recv() => config.on_dns(r),
                 _ = sleep_until(next) => config.on_timer(Instant::now()),
                 _ = signals.recv() => return Ok(()),
                 _ = state.quit.notified() => return Ok(()),
@@ -176,6 +180,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
                 .min();
             tokio::select! {
                 Some(ev) = events.recv() => config.on_file_event(&ev),
+                Some(r) = dns_events.recv() => config.on_dns(r),
                 Some(cmd) = commands.recv() => match cmd {
                     Command::DrainListeners { inbound_only, graceful } => {
                         // Graceful: connections are asked to close over the drain time while

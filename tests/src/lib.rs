@@ -15,6 +15,7 @@ pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod diff;
+pub mod dns;
 pub mod fixture;
 pub mod flow;
 pub mod netns;

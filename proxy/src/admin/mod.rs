@@ -445,12 +445,16 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
         let name = &c.config.name;
         let mut hosts = Vec::new();
         out.push_str(&format!("{name}::observability_name::{name}\n"));
-        for p in ["default_priority", "high_priority"] {
+        let cb = &c.config.circuit_breakers;
+        for (p, t) in [
+            ("default_priority", &cb.default),
+            ("high_priority", &cb.high),
+        ] {
             for (k, v) in [
-                ("max_connections", 1024),
-                ("max_pending_requests", 1024),
-                ("max_requests", 1024),
-                ("max_retries", 3),
+                ("max_connections", t.max_connections),
+                ("max_pending_requests", t.max_pending_requests),
+                ("max_requests", t.max_requests),
+                ("max_retries", t.max_retries),
             ] {
                 out.push_str(&format!("{name}::{p}::{k}::{v}\n"));
             }
@@ -481,10 +485,11 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
             } else {
                 "/failed_eds_health"
             };
+            let weight = h.weight.to_string();
             for (k, v) in [
-                ("hostname", ""),
+                ("hostname", h.hostname.as_deref().unwrap_or("")),
                 ("health_flags", health),
-                ("weight", "1"),
+                ("weight", weight.as_str()),
                 ("region", ""),
                 ("zone", ""),
                 ("sub_zone", ""),
@@ -499,7 +504,8 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
                 "address": {"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}},
                 "stats": fields.iter().map(|(k, v)| json!({"name": k, "value": v.to_string(), "type": "COUNTER"})).collect::<Vec<_>>(),
                 "health_status": {"eds_health_status": if h.healthy { "HEALTHY" } else { "UNHEALTHY" }},
-                "weight": 1,
+                "weight": h.weight,
+                "hostname": h.hostname.as_deref().unwrap_or(""),
             }));
         }
         statuses.push(json!({"name": name, "observability_name": name, "host_statuses": hosts}));

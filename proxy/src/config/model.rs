@@ -902,6 +902,15 @@ pub struct Host {
     pub address: SocketAddr,
     /// False when `health_status` says it must not receive traffic.
     pub healthy: bool,
+    /// The endpoint's `hostname`, or for a DNS cluster the name resolved (what
+    /// `auto_host_rewrite` sends and `/clusters` shows).
+    pub hostname: Option<Arc<str>>,
+    /// `load_balancing_weight` (default 1).
+    pub weight: u32,
+    /// Its locality: the index of its `LocalityLbEndpoints` in the assignment.
+    pub locality: u32,
+    /// That locality's `load_balancing_weight` (used with `locality_weighted_lb_config`).
+    pub locality_weight: Option<u32>,
 }
 
 /// How a cluster finds its hosts.
@@ -913,6 +922,153 @@ pub enum DiscoveryType {
     OriginalDst,
     /// `EDS`: the hosts of the `ClusterLoadAssignment` its `eds_cluster_config` names.
     Eds,
+    /// `STRICT_DNS`: every address each `load_assignment` name resolves to is a host.
+    StrictDns,
+    /// `LOGICAL_DNS`: one host, at the first address its one name resolves to.
+    LogicalDns,
+}
+
+/// `dns_lookup_family`: which address families a DNS cluster asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DnsLookupFamily {
+    /// `AUTO` (the default): IPv6 addresses, IPv4 ones when there is none.
+    Auto,
+    /// `V4_ONLY`.
+    V4Only,
+    /// `V6_ONLY`.
+    V6Only,
+    /// `V4_PREFERRED`: IPv4 addresses, IPv6 ones when there is none.
+    V4Preferred,
+    /// `ALL`: both.
+    All,
+}
+
+/// The resolver a DNS cluster uses: `typed_dns_resolver_config` (c-ares's settings) or the
+/// deprecated `dns_resolvers`/`dns_resolution_config`; none of them: resolv.conf's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct DnsResolverConfig {
+    /// `resolvers`: the name servers (empty: resolv.conf's).
+    pub resolvers: Vec<SocketAddr>,
+    /// `dns_resolver_options.use_tcp_for_dns_lookups`.
+    pub use_tcp: bool,
+    /// `dns_resolver_options.no_default_search_domain`: resolv.conf's search domains unused.
+    pub no_search_domains: bool,
+    /// `query_timeout_seconds` (c-ares's default 5 s).
+    pub query_timeout: Option<Duration>,
+    /// `query_tries` (c-ares's default 4).
+    pub query_tries: Option<u32>,
+    /// `rotate_nameservers`.
+    pub rotate: bool,
+}
+
+/// A name a DNS cluster resolves: one `lb_endpoint` of its `load_assignment`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsTarget {
+    /// `socket_address.address`: the name (or an address literal).
+    pub name: String,
+    /// `socket_address.port_value`.
+    pub port: u16,
+    /// `endpoint.hostname`, else the name.
+    pub hostname: Arc<str>,
+    /// False when the endpoint's `health_status` says it must not receive traffic.
+    pub healthy: bool,
+    /// `load_balancing_weight` (default 1).
+    pub weight: u32,
+    /// The index of its `LocalityLbEndpoints`.
+    pub locality: u32,
+    /// That locality's `load_balancing_weight`.
+    pub locality_weight: Option<u32>,
+}
+
+/// `TcpKeepalive`: SO_KEEPALIVE, and the settings given (the system's otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    /// `keepalive_probes`.
+    pub probes: Option<u32>,
+    /// `keepalive_time` in seconds.
+    pub time: Option<u32>,
+    /// `keepalive_interval` in seconds.
+    pub interval: Option<u32>,
+}
+
+/// How a cluster picks a host: `lb_policy` (with `lb_config`) or `load_balancing_policy`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LbPolicy {
+    /// `ROUND_ROBIN`: in turn, weighted by `load_balancing_weight` (Envoy's EDF schedule).
+    RoundRobin,
+    /// `LEAST_REQUEST`: the host with the fewest active requests among `choice_count` random
+    /// ones; with weights, EDF on weight / (active + 1)^`active_request_bias`.
+    LeastRequest {
+        /// `choice_count` (default 2).
+        choice_count: u32,
+        /// `active_request_bias` (default 1.0).
+        active_request_bias: f64,
+    },
+    /// `RANDOM`.
+    Random,
+    /// `CLUSTER_PROVIDED` (ORIGINAL_DST).
+    ClusterProvided,
+}
+
+/// `circuit_breakers.thresholds[]` of one priority (Envoy's defaults when not given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thresholds {
+    /// `max_connections` (1024).
+    pub max_connections: u64,
+    /// `max_pending_requests` (1024).
+    pub max_pending_requests: u64,
+    /// `max_requests` (1024).
+    pub max_requests: u64,
+    /// `max_retries` (3).
+    pub max_retries: u64,
+    /// `max_connection_pools` (unlimited).
+    pub max_connection_pools: u64,
+    /// `track_remaining`: `remaining_*` gauges.
+    pub track_remaining: bool,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            max_connection_pools: u64::MAX,
+            track_remaining: false,
+        }
+    }
+}
+
+/// `circuit_breakers`: the thresholds of the `DEFAULT` and `HIGH` priorities.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CircuitBreakers {
+    /// `DEFAULT`.
+    pub default: Thresholds,
+    /// `HIGH`.
+    pub high: Thresholds,
+}
+
+/// How a `STRICT_DNS` or `LOGICAL_DNS` cluster resolves its hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// The names to resolve (a LOGICAL_DNS cluster has exactly one).
+    pub targets: Vec<DnsTarget>,
+    /// `dns_lookup_family`.
+    pub family: DnsLookupFamily,
+    /// `dns_refresh_rate` (default 5 s).
+    pub refresh_rate: Duration,
+    /// `dns_failure_refresh_rate` (base, max); without it failures back off from the
+    /// refresh rate up to ten times it.
+    pub failure_refresh: Option<(Duration, Duration)>,
+    /// `respect_dns_ttl`: refresh after the answer's smallest TTL instead.
+    pub respect_ttl: bool,
+    /// `dns_jitter`: a random extra wait below this after each successful resolution.
+    pub jitter: Duration,
+    /// The resolver.
+    pub resolver: DnsResolverConfig,
+    /// `wait_for_warm_on_init` (default true): the cluster warms until its first resolution.
+    pub wait_for_warm: bool,
 }
 
 /// `eds_cluster_config`.
@@ -942,6 +1098,23 @@ pub struct Cluster {
     pub hosts: Vec<Host>,
     /// `eds_cluster_config`, for `EDS` clusters.
     pub eds: Option<EdsConfig>,
+    /// For `STRICT_DNS` and `LOGICAL_DNS` clusters: what to resolve and how.
+    pub dns: Option<DnsConfig>,
+    /// `circuit_breakers`.
+    pub circuit_breakers: CircuitBreakers,
+    /// `max_requests_per_connection` (the cluster's, or its HTTP protocol options'
+    /// `common_http_protocol_options`): a connection closes after this many requests.
+    pub max_requests_per_connection: Option<u32>,
+    /// `upstream_connection_options.tcp_keepalive`: keepalive on upstream connections.
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    /// The load balancer.
+    pub lb: LbPolicy,
+    /// `locality_weighted_lb_config`: a locality is picked first, by its weight times its
+    /// share of healthy hosts, then a host in it.
+    pub locality_weighted: bool,
+    /// `common_lb_config.healthy_panic_threshold` in percent (default 50; 0 disables): below
+    /// it, the share of healthy hosts no longer limits traffic to them.
+    pub panic_threshold: f64,
     /// Upstream HTTP protocol.
     pub protocol: UpstreamProtocol,
     /// HTTP/2 settings.

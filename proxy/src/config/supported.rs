@@ -307,7 +307,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     // The connection manager's; a cluster's are not reachable through the table.
     (
         "envoy.config.core.v3.HttpProtocolOptions",
-        &["headers_with_underscores_action"],
+        // The connection manager honours headers_with_underscores_action and a cluster
+        // max_requests_per_connection; each translation refuses the other by path.
+        &["headers_with_underscores_action", "max_requests_per_connection"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",
@@ -637,6 +639,169 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "original_dst_lb_config",
             "transport_socket",
             "eds_cluster_config",
+            "dns_refresh_rate",
+            "dns_jitter",
+            "dns_failure_refresh_rate",
+            "respect_dns_ttl",
+            "dns_lookup_family",
+            "dns_resolvers",
+            "use_tcp_for_dns_lookups",
+            "dns_resolution_config",
+            "typed_dns_resolver_config",
+            "wait_for_warm_on_init",
+            "circuit_breakers",
+            "max_requests_per_connection",
+            "upstream_connection_options",
+            "cluster_type",
+            "load_balancing_policy",
+            "common_lb_config",
+            "ignore_health_on_host_removal",
+            "least_request_lb_config",
+            "round_robin_lb_config",
+        ],
+    ),
+    (
+        "envoy.config.cluster.v3.UpstreamConnectionOptions",
+        &["tcp_keepalive"],
+    ),
+    (
+        "envoy.config.core.v3.TcpKeepalive",
+        &["keepalive_probes", "keepalive_time", "keepalive_interval"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CustomClusterType",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.clusters.dns.v3.DnsCluster",
+        &[
+            "dns_refresh_rate",
+            "dns_failure_refresh_rate",
+            "respect_dns_ttl",
+            "dns_jitter",
+            "typed_dns_resolver_config",
+            "dns_lookup_family",
+            "all_addresses_in_single_endpoint",
+        ],
+    ),
+    (
+        "envoy.extensions.clusters.dns.v3.DnsCluster.RefreshRate",
+        &["base_interval", "max_interval"],
+    ),
+    (
+        "envoy.config.cluster.v3.LoadBalancingPolicy",
+        &["policies"],
+    ),
+    (
+        "envoy.config.cluster.v3.LoadBalancingPolicy.Policy",
+        &["typed_extension_config"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin",
+        &["locality_lb_config"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
+        &[
+            "choice_count",
+            "active_request_bias",
+            "locality_lb_config",
+            "selection_method",
+            "enable_full_scan",
+        ],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.random.v3.Random",
+        &["locality_lb_config"],
+    ),
+    // Zone-aware routing has no effect without the bootstrap's cluster_manager.local_cluster_name,
+    // which skiff refuses (docs/compatibility.md).
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig",
+        &["zone_aware_lb_config", "locality_weighted_lb_config"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.LocalityWeightedLbConfig",
+        &[],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig",
+        &[],
+    ),
+    (
+        "envoy.config.core.v3.Locality",
+        &["region", "zone", "sub_zone"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.ZoneAwareLbConfig",
+        &[
+            "routing_enabled",
+            "min_cluster_size",
+            "fail_traffic_on_panic",
+            "force_locality_direct_routing",
+            "force_local_zone",
+            "locality_basis",
+        ],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.ZoneAwareLbConfig.ForceLocalZone",
+        &["min_size"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig",
+        &[
+            "healthy_panic_threshold",
+            "zone_aware_lb_config",
+            "locality_weighted_lb_config",
+        ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig.ZoneAwareLbConfig",
+        &["routing_enabled", "min_cluster_size", "fail_traffic_on_panic"],
+    ),
+    ("envoy.type.v3.Percent", &["value"]),
+    (
+        "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
+        &["choice_count", "active_request_bias"],
+    ),
+    ("envoy.config.cluster.v3.Cluster.RoundRobinLbConfig", &[]),
+    (
+        "envoy.config.core.v3.RuntimeDouble",
+        &["default_value", "runtime_key"],
+    ),
+    ("envoy.config.cluster.v3.CircuitBreakers", &["thresholds"]),
+    (
+        "envoy.config.cluster.v3.CircuitBreakers.Thresholds",
+        &[
+            "priority",
+            "max_connections",
+            "max_pending_requests",
+            "max_requests",
+            "max_retries",
+            "track_remaining",
+        ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.RefreshRate",
+        &["base_interval", "max_interval"],
+    ),
+    (
+        "envoy.config.core.v3.DnsResolutionConfig",
+        &["resolvers", "dns_resolver_options"],
+    ),
+    (
+        "envoy.config.core.v3.DnsResolverOptions",
+        &["use_tcp_for_dns_lookups", "no_default_search_domain"],
+    ),
+    (
+        "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+        &[
+            "resolvers",
+            "dns_resolver_options",
+            "query_timeout_seconds",
+            "query_tries",
+            "rotate_nameservers",
+            "udp_max_queries",
         ],
     ),
     (
@@ -733,13 +898,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints",
-        &["lb_endpoints"],
+        &["lb_endpoints", "load_balancing_weight", "locality"],
     ),
     (
         "envoy.config.endpoint.v3.LbEndpoint",
-        &["endpoint", "health_status"],
+        &["endpoint", "health_status", "load_balancing_weight"],
     ),
-    ("envoy.config.endpoint.v3.Endpoint", &["address"]),
+    (
+        "envoy.config.endpoint.v3.Endpoint",
+        &["address", "hostname"],
+    ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         &[
@@ -747,8 +915,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "use_downstream_protocol_config",
             "auto_config",
             "upstream_http_protocol_options",
+            "common_http_protocol_options",
         ],
     ),
+    // Also the HCM's `common_http_protocol_options` type: the HCM's translation refuses that
+    // field itself (only clusters honour this one).
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.AutoHttpConfig",
         &["http_protocol_options", "http2_protocol_options"],

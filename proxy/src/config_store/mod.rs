@@ -33,6 +33,7 @@ use crate::config::{resource, ConfigError, Loaded, Secrets};
 use crate::drain::{DrainKind, Draining};
 use crate::router::RouteTable;
 use crate::stats::{Shard, Store};
+use crate::upstream::dns::{DnsClusters, Resolved};
 use crate::upstream::ClusterInfo;
 use crate::worker::WorkerUpdate;
 
@@ -239,6 +240,8 @@ pub struct ConfigStore {
     pending_prune: Vec<String>,
     watchers: Watchers,
     decoder: crate::config::discovery::Decoder,
+    /// STRICT_DNS and LOGICAL_DNS clusters' resolutions and hosts.
+    dns: DnsClusters,
 }
 
 impl std::fmt::Debug for ConfigStore {
@@ -282,8 +285,9 @@ impl ConfigStore {
         events: mpsc::UnboundedSender<FileEvent>,
     ) -> Self {
         let statics = loaded.proto.static_resources.clone().unwrap_or_default();
+        let main = stats.main().clone();
         let mut store = ConfigStore {
-            main: stats.main().clone(),
+            main: main.clone(),
             stats,
             drain_time,
             workers: Vec::new(),
@@ -303,6 +307,7 @@ impl ConfigStore {
             pending_prune: Vec::new(),
             watchers: Watchers::new(events),
             decoder: Default::default(),
+            dns: DnsClusters::new(main),
         };
         let model = &loaded.model;
         for s in &statics.secrets {
@@ -423,6 +428,25 @@ impl ConfigStore {
                 .clusters
                 .values()
                 .any(|s| s.warming.is_some() && s.active.is_none())
+            || self.clusters.values().any(|s| {
+                s.active
+                    .as_ref()
+                    .is_some_and(|v| v.model.dns.is_some() && !self.dns.ready(&v.model))
+            })
+    }
+
+    /// The channel DNS resolutions come back on; the main loop gives each to
+    /// [`ConfigStore::on_dns`]. Taken once.
+    pub fn dns_events(&mut self) -> Option<mpsc::UnboundedReceiver<Resolved>> {
+        self.dns.take_events()
+    }
+
+    /// A DNS resolution ended: a cluster whose hosts changed, or that it warmed, is published.
+    pub fn on_dns(&mut self, r: Resolved) {
+        if self.dns.on_resolved(r) {
+            self.promote();
+            self.publish();
+        }
     }
 
     /// The next time something is due: a subscription's initial fetch timeout or the end of a
@@ -441,6 +465,7 @@ impl ConfigStore {
             .chain(self.draining_chains.iter().copied())
             .chain(prune)
             .chain(self.decoder.idle_deadline())
+            .chain(self.dns.next_deadline())
             .min()
     }
 
@@ -467,6 +492,7 @@ impl ConfigStore {
             }
         }
         self.decoder.stop_if_idle();
+        self.dns.on_timer();
         self.draining_listeners.retain(|d| *d > now);
         self.draining_chains.retain(|d| *d > now);
         let stats = self.stats.clone();
@@ -1143,6 +1169,13 @@ impl ConfigStore {
 
     /// Warming versions whose dependencies are ready go into force.
     fn promote(&mut self) {
+        // DNS clusters, new ones among them, resolve before they can go into force.
+        self.dns.sync(
+            self.clusters
+                .values()
+                .flat_map(|s| s.active.iter().chain(s.warming.iter()))
+                .map(|v| &v.model),
+        );
         let rds_ready = |name: &str| self.rds.get(name).is_some_and(|r| r.sub.ready);
         let ends = Instant::now() + self.drain_time;
         for (name, slot) in self.listeners.iter_mut() {
@@ -1170,12 +1203,14 @@ impl ConfigStore {
             slot.active = next;
         }
         let eds_ready = |service: &str| self.eds.get(service).is_some_and(|e| e.sub.ready);
+        let dns = &self.dns;
         for slot in self.clusters.values_mut() {
             let ready = slot.warming.as_ref().is_some_and(|w| {
                 w.model
                     .eds
                     .as_ref()
                     .is_none_or(|e| eds_ready(&e.service_name))
+                    && (w.model.dns.is_none() || dns.ready(&w.model))
             });
             if ready {
                 slot.active = slot.warming.take();
@@ -1196,16 +1231,21 @@ impl ConfigStore {
                     .and_then(|s| s.hosts.as_ref())
                     .map(|h| h.model.clone())
                     .unwrap_or_default(),
+                None if v.model.dns.is_some() => self.dns.hosts(&v.model),
                 None => v.model.hosts.clone(),
             };
             let prev = self.infos.get(name);
             let info = match prev {
                 Some(p) if Arc::ptr_eq(&p.config, &v.model) && p.hosts == hosts => p.clone(),
-                _ => Arc::new(ClusterInfo::with_hosts(
-                    v.model.clone(),
-                    hosts,
-                    prev.map(|p| &**p),
-                )),
+                _ => {
+                    membership(&self.main, name, prev.map(|p| &p.hosts[..]), &hosts);
+                    Arc::new(ClusterInfo::with_hosts(
+                        v.model.clone(),
+                        hosts,
+                        prev.map(|p| &**p),
+                        &self.main,
+                    ))
+                }
             };
             next.insert(name.clone(), info);
         }
@@ -1439,6 +1479,27 @@ impl ConfigStore {
             .set(active as i64);
         m.gauge("cluster_manager.warming_clusters")
             .set(warming as i64);
+    }
+}
+
+/// `cluster.<name>.membership_*`: the hosts in force and, when the set of hosts changed,
+/// `membership_change`.
+fn membership(main: &Shard, name: &str, before: Option<&[model::Host]>, after: &[model::Host]) {
+    let g = |n: &str| main.gauge(&format!("cluster.{name}.{n}"));
+    g("membership_total").set(after.len() as i64);
+    g("membership_healthy").set(after.iter().filter(|h| h.healthy).count() as i64);
+    g("membership_degraded");
+    g("membership_excluded");
+    let change = main.counter(&format!("cluster.{name}.membership_change"));
+    let same = |a: &[model::Host], b: &[model::Host]| {
+        a.len() == b.len() && a.iter().all(|h| b.iter().any(|o| o.address == h.address))
+    };
+    let unchanged = match before {
+        Some(b) => same(b, after),
+        None => after.is_empty(),
+    };
+    if !unchanged {
+        change.inc();
     }
 }
 

@@ -99,6 +99,18 @@ impl LocalReply {
         details: "upstream_reset_before_response_started{connection_termination}",
         close: false,
     };
+    /// A circuit breaker refused the request: 503, UO, with `x-envoy-overloaded: true`.
+    pub const OVERFLOW: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: Bytes::from_static(
+            b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
+        ),
+        headers: Vec::new(),
+        mutations: Vec::new(),
+        flag: Some(ResponseFlag::UpstreamOverflow),
+        details: "upstream_reset_before_response_started{overflow}",
+        close: false,
+    };
     /// Upstream reset the stream: 503, UR.
     pub const REMOTE_RESET: LocalReply = LocalReply {
         status: StatusCode::SERVICE_UNAVAILABLE,
@@ -250,6 +262,12 @@ impl LocalReply {
         }
         if self.close {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if self.flag == Some(ResponseFlag::UpstreamOverflow) {
+            h.insert(
+                http::HeaderName::from_static("x-envoy-overloaded"),
+                HeaderValue::from_static("true"),
+            );
         }
         r
     }

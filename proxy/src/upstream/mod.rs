@@ -1,6 +1,9 @@
 //! Upstream: clusters, load balancing and connection pools. Each worker has its own
 //! [`ClusterManager`]; only the per-host counters shown by `/clusters` are shared.
 
+pub mod circuit_breaker;
+pub mod dns;
+pub mod lb;
 pub mod pool;
 pub mod proxy_protocol;
 
@@ -56,21 +59,30 @@ pub struct ClusterInfo {
     pub hosts: Vec<model::Host>,
     /// Per-host counters, in the order of `hosts`.
     pub host_stats: Vec<Arc<HostStats>>,
+    /// The circuit breakers' counts, shared by the workers (kept while the configuration is).
+    pub breakers: Arc<circuit_breaker::Breakers>,
 }
 
 impl ClusterInfo {
-    /// Shared state for a configured cluster with its `load_assignment` hosts.
-    pub fn new(config: Arc<model::Cluster>) -> Self {
+    /// Shared state for a configured cluster with its `load_assignment` hosts; breaker gauges
+    /// go to `main`.
+    pub fn new(config: Arc<model::Cluster>, main: &Shard) -> Self {
         let hosts = config.hosts.clone();
-        Self::with_hosts(config, hosts, None)
+        Self::with_hosts(config, hosts, None, main)
     }
 
-    /// Shared state with these hosts; hosts `previous` had keep their counters.
+    /// Shared state with these hosts; hosts `previous` had keep their counters, and the
+    /// breakers their counts when the configuration is the same.
     pub fn with_hosts(
         config: Arc<model::Cluster>,
         hosts: Vec<model::Host>,
         previous: Option<&ClusterInfo>,
+        main: &Shard,
     ) -> Self {
+        let breakers = match previous {
+            Some(p) if Arc::ptr_eq(&p.config, &config) => p.breakers.clone(),
+            _ => Arc::new(circuit_breaker::Breakers::new(main, &config)),
+        };
         let host_stats = hosts
             .iter()
             .map(|h| {
@@ -88,6 +100,7 @@ impl ClusterInfo {
             config,
             hosts,
             host_stats,
+            breakers,
         }
     }
 }
@@ -111,6 +124,21 @@ pub struct ClusterStats {
     pub upstream_cx_connect_timeout: Counter,
     /// `upstream_cx_none_healthy`.
     pub upstream_cx_none_healthy: Counter,
+    /// `lb_healthy_panic`: a host picked while too few hosts are healthy (all take traffic).
+    pub lb_healthy_panic: Counter,
+    /// `upstream_cx_max_requests`: a connection that reached `max_requests_per_connection`.
+    pub upstream_cx_max_requests: Counter,
+    /// `upstream_cx_overflow`: a connection the `max_connections` breaker did not allow.
+    pub upstream_cx_overflow: Counter,
+    /// `upstream_rq_pending_overflow`: a request the `max_pending_requests` breaker refused
+    /// (503 UO).
+    pub upstream_rq_pending_overflow: Counter,
+    /// `upstream_rq_active_overflow`: a request the `max_requests` breaker refused (503 UO).
+    pub upstream_rq_active_overflow: Counter,
+    /// `upstream_rq_pending_total`: requests that waited for a connection.
+    pub upstream_rq_pending_total: Counter,
+    /// `upstream_rq_pending_active`.
+    pub upstream_rq_pending_active: Gauge,
     /// `upstream_cx_destroy`.
     pub upstream_cx_destroy: Counter,
     /// `original_dst_host_invalid`: an ORIGINAL_DST header that is not an address.
@@ -161,6 +189,13 @@ impl ClusterStats {
             upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
             upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
             upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+            upstream_cx_overflow: c("upstream_cx_overflow"),
+            upstream_cx_max_requests: c("upstream_cx_max_requests"),
+            lb_healthy_panic: c("lb_healthy_panic"),
+            upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
+            upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
+            upstream_rq_pending_total: c("upstream_rq_pending_total"),
+            upstream_rq_pending_active: g("upstream_rq_pending_active"),
             upstream_cx_destroy: c("upstream_cx_destroy"),
             original_dst_host_invalid: c("original_dst_host_invalid"),
             upstream_cx_close_notify: c("upstream_cx_close_notify"),
@@ -210,6 +245,12 @@ pub struct Host {
     pub address: SocketAddr,
     /// Whether it may take traffic.
     pub healthy: bool,
+    /// The endpoint's hostname (a DNS cluster's: the name resolved), for `auto_host_rewrite`.
+    pub hostname: Option<Arc<str>>,
+    /// `load_balancing_weight`.
+    pub weight: u32,
+    /// Its locality (index) and that locality's weight.
+    pub locality: (u32, Option<u32>),
     /// Shared counters.
     pub stats: Arc<HostStats>,
     /// HTTP/1.1 connections of this worker.
@@ -239,8 +280,7 @@ pub struct Cluster {
     pub stats: ClusterStats,
     /// Hosts.
     pub hosts: Vec<Rc<Host>>,
-    healthy: Vec<usize>,
-    rr: Cell<usize>,
+    lb: lb::Balancer,
     /// ORIGINAL_DST: one host per original destination seen, each with its own pools.
     by_destination: RefCell<HashMap<SocketAddr, Rc<Host>>>,
     /// Upstream PROXY protocol and `auto_sni`: one host per (host, downstream source and
@@ -269,7 +309,10 @@ impl Cluster {
         own: impl Fn(SocketAddr) -> bool,
     ) -> Option<Rc<Host>> {
         match self.config().discovery {
-            model::DiscoveryType::Static | model::DiscoveryType::Eds => self.pick_host().cloned(),
+            model::DiscoveryType::Static
+            | model::DiscoveryType::Eds
+            | model::DiscoveryType::StrictDns
+            | model::DiscoveryType::LogicalDns => self.pick_host().cloned(),
             model::DiscoveryType::OriginalDst if own(dest) => {
                 tracing::debug!(%dest, "original destination is this proxy's own listener; refusing");
                 None
@@ -287,7 +330,7 @@ impl Cluster {
             // Only the map holds these: no stream is using them (their idle connections go too).
             hosts.retain(|_, h| Rc::strong_count(h) > 1);
         }
-        let host = Rc::new(Host::new(dest, true, Arc::new(HostStats::default())));
+        let host = Rc::new(Host::new(dest, true, None, Arc::new(HostStats::default())));
         hosts.insert(dest, host.clone());
         host
     }
@@ -335,6 +378,9 @@ impl Cluster {
         let copy = Rc::new(Host {
             address: host.address,
             healthy: host.healthy,
+            hostname: host.hostname.clone(),
+            weight: host.weight,
+            locality: host.locality,
             stats: host.stats.clone(),
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),
@@ -351,14 +397,14 @@ impl Cluster {
         copy
     }
 
-    /// Round robin over healthy hosts; `None` when there is none.
+    /// The next host by the cluster's load balancer; `None` when there is none to take
+    /// traffic.
     pub fn pick_host(&self) -> Option<&Rc<Host>> {
-        if self.healthy.is_empty() {
-            return None;
+        let i = self.lb.pick(&self.hosts)?;
+        if self.lb.panic() {
+            self.stats.lb_healthy_panic.inc();
         }
-        let i = self.rr.get();
-        self.rr.set(i.wrapping_add(1));
-        Some(&self.hosts[self.healthy[i % self.healthy.len()]])
+        self.hosts.get(i)
     }
 
     /// The configuration.
@@ -381,11 +427,19 @@ impl Cluster {
                         .find(|o| {
                             o.address == h.address
                                 && o.healthy == h.healthy
+                                && o.hostname == h.hostname
+                                && o.weight == h.weight
+                                && o.locality == (h.locality, h.locality_weight)
                                 && Arc::ptr_eq(&o.stats, s)
                         })
                         .cloned()
                 });
-                kept.unwrap_or_else(|| Rc::new(Host::new(h.address, h.healthy, s.clone())))
+                kept.unwrap_or_else(|| {
+                    let mut host = Host::new(h.address, h.healthy, h.hostname.clone(), s.clone());
+                    host.weight = h.weight;
+                    host.locality = (h.locality, h.locality_weight);
+                    Rc::new(host)
+                })
             })
             .collect();
         if let Some(p) = previous {
@@ -396,19 +450,16 @@ impl Cluster {
                 }
             }
         }
-        let healthy = hosts
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.healthy)
-            .map(|(i, _)| i)
-            .collect();
         Cluster {
             name: Arc::from(cfg.name.as_str()),
             stats: ClusterStats::new(shard.clone(), &cfg.name, cfg.tls.is_some()),
+            lb: lb::Balancer::new(
+                cfg.lb.clone(),
+                cfg.panic_threshold,
+                &hosts,
+                cfg.locality_weighted,
+            ),
             hosts,
-            healthy,
-            // Workers start at different hosts so load spreads from the first request.
-            rr: Cell::new(fastrand::usize(..)),
             by_destination: RefCell::new(HashMap::new()),
             by_downstream: RefCell::new(HashMap::new()),
             info,
@@ -426,10 +477,18 @@ impl Cluster {
 }
 
 impl Host {
-    fn new(address: SocketAddr, healthy: bool, stats: Arc<HostStats>) -> Self {
+    fn new(
+        address: SocketAddr,
+        healthy: bool,
+        hostname: Option<Arc<str>>,
+        stats: Arc<HostStats>,
+    ) -> Self {
         Host {
             address,
             healthy,
+            hostname,
+            weight: 1,
+            locality: (0, None),
             stats,
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),
@@ -438,6 +497,24 @@ impl Host {
             source: None,
             negotiated_h2: Cell::new(None),
         }
+    }
+}
+
+impl lb::Candidate for Rc<Host> {
+    fn healthy(&self) -> bool {
+        self.healthy
+    }
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn active_requests(&self) -> u64 {
+        self.stats.rq_active.load(Ordering::Relaxed)
+    }
+    fn locality(&self) -> u32 {
+        self.locality.0
+    }
+    fn locality_weight(&self) -> Option<u32> {
+        self.locality.1
     }
 }
 

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::circuit_breaker::Held;
 use super::{Cluster, Host, HostStats};
 use crate::http::body::ProxyBody;
 use crate::io::{Counted, FlowPair, FlowSlot, Stream, WriteFlow};
@@ -43,6 +44,9 @@ pub enum ConnectError {
     /// The connection this request was waiting for could not be made.
     #[error("the pending connection failed")]
     PendingFailed,
+    /// A circuit breaker (`max_pending_requests`, `max_requests`) refused the request.
+    #[error("overflow")]
+    Overflow,
 }
 
 /// An upstream connection (TCP, or TLS for clusters with a `transport_socket`) that counts
@@ -85,6 +89,9 @@ pub async fn connect_from(
     let connect = async {
         let mut tcp = open(host.address, source).await?;
         let _ = tcp.set_nodelay(true);
+        if let Some(k) = &cluster.config().tcp_keepalive {
+            keepalive(&tcp, k)?;
+        }
         // upstream_proxy_protocol: the header first, before TLS or anything else.
         let header = match (cluster.config().proxy_protocol, host.downstream) {
             (Some(version), Some((src, dst))) => {
@@ -199,11 +206,27 @@ impl ConnectError {
                 Some(format!("delayed connect error: {text}"))
             }
             ConnectError::Tls(e) => Some(format!("TLS error: {e}")),
-            ConnectError::Timeout | ConnectError::Handshake(_) | ConnectError::PendingFailed => {
-                None
-            }
+            ConnectError::Timeout
+            | ConnectError::Handshake(_)
+            | ConnectError::PendingFailed
+            | ConnectError::Overflow => None,
         }
     }
+}
+
+/// `upstream_connection_options.tcp_keepalive`: SO_KEEPALIVE with the settings given.
+fn keepalive(tcp: &TcpStream, k: &crate::config::model::TcpKeepalive) -> std::io::Result<()> {
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(t) = k.time {
+        ka = ka.with_time(std::time::Duration::from_secs(u64::from(t)));
+    }
+    if let Some(i) = k.interval {
+        ka = ka.with_interval(std::time::Duration::from_secs(u64::from(i)));
+    }
+    if let Some(p) = k.probes {
+        ka = ka.with_retries(p);
+    }
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&ka)
 }
 
 /// A TCP connection to `addr`, from `source` when one is set.
@@ -242,20 +265,73 @@ pub struct ConnGuard {
     active: crate::stats::Gauge,
     destroyed: crate::stats::Counter,
     host: Arc<HostStats>,
+    /// Its place in the cluster's `max_connections` breaker.
+    _cx: Held,
 }
 
 impl ConnGuard {
-    /// Starts counting.
-    pub fn new(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Self {
+    /// Starts counting a connection that holds `cx` of the connection breaker.
+    pub fn new(cluster: &Rc<Cluster>, host: &Rc<Host>, cx: Held) -> Self {
         cluster.stats.upstream_cx_active.inc();
         HostStats::inc(&host.stats.cx_active);
         ConnGuard {
             active: cluster.stats.upstream_cx_active.clone(),
             destroyed: cluster.stats.upstream_cx_destroy.clone(),
             host: host.stats.clone(),
+            _cx: cx,
         }
     }
 }
+
+/// A request waiting for a connection: its place in the `max_pending_requests` breaker and
+/// `upstream_rq_pending_active`.
+struct Pending {
+    _held: Held,
+    active: crate::stats::Gauge,
+}
+
+impl Pending {
+    /// A pending request, or `Overflow` when the breaker is at its limit.
+    fn new(cluster: &Cluster) -> Result<Pending, ConnectError> {
+        let Some(held) = cluster.info.breakers.default.pending.try_acquire() else {
+            cluster.stats.upstream_rq_pending_overflow.inc();
+            return Err(ConnectError::Overflow);
+        };
+        cluster.stats.upstream_rq_pending_total.inc();
+        cluster.stats.upstream_rq_pending_active.inc();
+        Ok(Pending {
+            _held: held,
+            active: cluster.stats.upstream_rq_pending_active.clone(),
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+/// A request's place in the `max_requests` breaker, taken when it gets its connection (where
+/// Envoy checks it and counts the request), or `Overflow`.
+fn attach(cluster: &Cluster, host: &Host) -> Result<Held, ConnectError> {
+    let Some(held) = cluster.info.breakers.default.requests.try_acquire() else {
+        cluster.stats.upstream_rq_active_overflow.inc();
+        return Err(ConnectError::Overflow);
+    };
+    attached(cluster, host);
+    Ok(held)
+}
+
+/// Counts a request that got its connection (`upstream_rq_total`, the host's `rq_total`).
+fn attached(cluster: &Cluster, host: &Host) {
+    cluster.stats.upstream_rq_total.inc();
+    HostStats::inc(&host.stats.rq_total);
+}
+
+/// How long a request waiting for connection room sleeps between looks, when nothing in its
+/// own pool tells it that room was made (a connection of another worker or host closing).
+const PENDING_RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
@@ -271,6 +347,12 @@ impl Drop for ConnGuard {
 pub struct Http1Sender {
     send: http1::SendRequest<ProxyBody>,
     flow: FlowSlot,
+    /// The request on it holds a place in the `max_requests` breaker.
+    rq: Option<Held>,
+    /// Requests it took so far, and whether the last one allowed
+    /// (`max_requests_per_connection`) has: then it is not reused.
+    requests: u32,
+    spent: bool,
     /// What the access log shows of this connection.
     pub info: UpstreamConnection,
 }
@@ -299,6 +381,8 @@ impl std::ops::DerefMut for Http1Sender {
 #[derive(Debug, Default)]
 pub struct Http1Pool {
     idle: RefCell<Vec<Http1Sender>>,
+    /// Wakes a request waiting for a connection when one comes back idle.
+    released: Notify,
 }
 
 impl Http1Pool {
@@ -314,10 +398,76 @@ impl Http1Pool {
     }
 
     /// Returns a connection whose response has been read completely.
-    pub fn put_idle(&self, s: Http1Sender) {
+    pub fn put_idle(&self, mut s: Http1Sender) {
         s.flow.borrow_mut().take();
-        if !s.is_closed() {
+        s.rq.take();
+        if !s.is_closed() && !s.spent {
             self.idle.borrow_mut().push(s);
+            self.released.notify_one();
+        }
+    }
+
+    /// The request takes `s` if `max_requests` lets it; else `s` goes back to the pool.
+    fn attach_to(
+        &self,
+        cluster: &Cluster,
+        host: &Host,
+        mut s: Http1Sender,
+        reused: bool,
+    ) -> Result<(Http1Sender, bool), ConnectError> {
+        match attach(cluster, host) {
+            Ok(held) => {
+                s.rq = Some(held);
+                s.requests += 1;
+                if cluster
+                    .config()
+                    .max_requests_per_connection
+                    .is_some_and(|m| s.requests >= m)
+                {
+                    // As Envoy: counted when the last request it may take is attached; the
+                    // connection closes once that request ends.
+                    s.spent = true;
+                    cluster.stats.upstream_cx_max_requests.inc();
+                }
+                Ok((s, reused))
+            }
+            Err(e) => {
+                self.put_idle(s);
+                Err(e)
+            }
+        }
+    }
+
+    /// A connection for one request, with the cluster's circuit breakers as Envoy's pool
+    /// applies them: an idle connection if there is one; else the request is pending
+    /// (`max_pending_requests`) and a new connection opens if `max_connections` allows,
+    /// otherwise (`upstream_cx_overflow`) it waits for a connection to come back. The request
+    /// then takes its place in `max_requests`. True with a reused connection.
+    pub async fn acquire(
+        &self,
+        cluster: &Rc<Cluster>,
+        host: &Rc<Host>,
+    ) -> Result<(Http1Sender, bool), ConnectError> {
+        let (mut pending, mut overflowed) = (None, false);
+        loop {
+            if let Some(s) = self.take_idle() {
+                return self.attach_to(cluster, host, s, true);
+            }
+            if pending.is_none() {
+                pending = Some(Pending::new(cluster)?);
+            }
+            if let Some(cx) = cluster.info.breakers.default.connections.try_acquire() {
+                let stream = connect(cluster, host).await?;
+                let s = http1_on(cluster, host, stream, cx).await?;
+                drop(pending);
+                return self.attach_to(cluster, host, s, false);
+            }
+            if !overflowed {
+                // Once per request, as Envoy counts its failed attempt to add a connection.
+                cluster.stats.upstream_cx_overflow.inc();
+                overflowed = true;
+            }
+            let _ = tokio::time::timeout(PENDING_RECHECK, self.released.notified()).await;
         }
     }
 
@@ -339,10 +489,11 @@ pub async fn negotiate(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<bool, C
         _ => false,
     };
     host.negotiated_h2.set(Some(h2));
+    let cx = cluster.info.breakers.default.connections.acquire_anyway();
     if h2 {
-        host.h2.adopt(cluster, host, stream).await?;
+        host.h2.adopt(cluster, host, stream, cx).await?;
     } else {
-        host.h1.put_idle(http1_on(cluster, host, stream).await?);
+        host.h1.put_idle(http1_on(cluster, host, stream, cx).await?);
     }
     Ok(h2)
 }
@@ -353,14 +504,28 @@ pub async fn connect_http1(
     host: &Rc<Host>,
 ) -> Result<Http1Sender, ConnectError> {
     let stream = connect(cluster, host).await?;
-    http1_on(cluster, host, stream).await
+    let cx = cluster.info.breakers.default.connections.acquire_anyway();
+    let mut s = http1_on(cluster, host, stream, cx).await?;
+    s.rq = Some(cluster.info.breakers.default.requests.acquire_anyway());
+    attached(cluster, host);
+    s.requests = 1;
+    if cluster
+        .config()
+        .max_requests_per_connection
+        .is_some_and(|m| m <= 1)
+    {
+        s.spent = true;
+        cluster.stats.upstream_cx_max_requests.inc();
+    }
+    Ok(s)
 }
 
-/// HTTP/1.1 over a connection already made.
+/// HTTP/1.1 over a connection already made, which holds `cx` of the connection breaker.
 async fn http1_on(
     cluster: &Rc<Cluster>,
     host: &Rc<Host>,
     mut stream: UpstreamStream,
+    cx: Held,
 ) -> Result<Http1Sender, ConnectError> {
     let info = connection_info(stream.get_mut());
     let flow = FlowSlot::default();
@@ -378,7 +543,7 @@ async fn http1_on(
         .await
         .map_err(|e| ConnectError::Handshake(e.to_string()))?;
     cluster.stats.upstream_cx_http1_total.inc();
-    let guard = ConnGuard::new(cluster, host);
+    let guard = ConnGuard::new(cluster, host, cx);
     tokio::task::spawn_local(async move {
         // With upgrades, a 101 hands the connection over to the tunnel (websockets).
         if let Err(e) = conn.with_upgrades().await {
@@ -389,6 +554,9 @@ async fn http1_on(
     Ok(Http1Sender {
         send: sender,
         flow,
+        rq: None,
+        requests: 0,
+        spent: false,
         info,
     })
 }
@@ -406,6 +574,8 @@ fn http1_read_buffer(buffer_limit: usize) -> usize {
 pub struct Http2Conn {
     send: h2::client::SendRequest<Bytes>,
     active: Cell<usize>,
+    /// Streams opened on it, for `max_requests_per_connection`.
+    opened: Cell<u32>,
     peer_max: Rc<Cell<usize>>,
     closed: Rc<Cell<bool>>,
     limit: usize,
@@ -428,6 +598,8 @@ impl Http2Conn {
 #[derive(Debug)]
 pub struct Http2Stream {
     conn: Rc<Http2Conn>,
+    /// The stream's place in the `max_requests` breaker.
+    _rq: Option<Held>,
 }
 
 impl Http2Stream {
@@ -439,6 +611,23 @@ impl Http2Stream {
     /// The connection, to retire it.
     pub fn conn(&self) -> &Rc<Http2Conn> {
         &self.conn
+    }
+}
+
+impl Http2Stream {
+    /// Counts the stream on its connection; the last one `max_requests_per_connection` allows
+    /// retires the connection (it finishes its streams and closes), as Envoy drains it.
+    fn opened(&self, cluster: &Cluster) {
+        let n = self.conn.opened.get() + 1;
+        self.conn.opened.set(n);
+        if cluster
+            .config()
+            .max_requests_per_connection
+            .is_some_and(|m| n >= m)
+        {
+            self.conn.retire();
+            cluster.stats.upstream_cx_max_requests.inc();
+        }
     }
 }
 
@@ -483,7 +672,7 @@ impl Http2Pool {
         conns.retain(|c| !c.closed.get() || c.active.get() > 0);
         let conn = conns.iter().find(|c| c.has_room())?.clone();
         conn.active.set(conn.active.get() + 1);
-        Some(Http2Stream { conn })
+        Some(Http2Stream { conn, _rq: None })
     }
 
     /// A stream slot on a connection with room, opening a connection when all are full. While one
@@ -494,9 +683,15 @@ impl Http2Pool {
         cluster: &Rc<Cluster>,
         host: &Rc<Host>,
     ) -> Result<Http2Stream, ConnectError> {
+        let (mut pending, mut overflowed) = (None, false);
         loop {
-            if let Some(s) = self.reserve() {
+            if let Some(mut s) = self.reserve() {
+                s._rq = Some(attach(cluster, host)?);
+                s.opened(cluster);
                 return Ok(s);
+            }
+            if pending.is_none() {
+                pending = Some(Pending::new(cluster)?);
             }
             if self.connecting.get() {
                 let attempt = self.attempts.get();
@@ -509,17 +704,29 @@ impl Http2Pool {
                 }
                 continue;
             }
+            let Some(cx) = cluster.info.breakers.default.connections.try_acquire() else {
+                if !overflowed {
+                    cluster.stats.upstream_cx_overflow.inc();
+                    overflowed = true;
+                }
+                tokio::time::sleep(PENDING_RECHECK).await;
+                continue;
+            };
             self.connecting.set(true);
             let mut guard = Connecting {
                 pool: self,
                 failed: true,
             };
-            let conn = Rc::new(connect_http2(cluster, host).await?);
+            let conn = Rc::new(connect_http2(cluster, host, cx).await?);
             guard.failed = false;
             conn.active.set(1);
             self.conns.borrow_mut().push(conn.clone());
             drop(guard);
-            return Ok(Http2Stream { conn });
+            drop(pending);
+            let mut s = Http2Stream { conn, _rq: None };
+            s._rq = Some(attach(cluster, host)?);
+            s.opened(cluster);
+            return Ok(s);
         }
     }
 
@@ -529,8 +736,9 @@ impl Http2Pool {
         cluster: &Rc<Cluster>,
         host: &Rc<Host>,
         stream: UpstreamStream,
+        cx: Held,
     ) -> Result<(), ConnectError> {
-        let conn = Rc::new(http2_on(cluster, host, stream).await?);
+        let conn = Rc::new(http2_on(cluster, host, stream, cx).await?);
         self.conns.borrow_mut().push(conn);
         self.connected.notify_waiters();
         Ok(())
@@ -544,16 +752,21 @@ impl Http2Pool {
     }
 }
 
-async fn connect_http2(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<Http2Conn, ConnectError> {
+async fn connect_http2(
+    cluster: &Rc<Cluster>,
+    host: &Rc<Host>,
+    cx: Held,
+) -> Result<Http2Conn, ConnectError> {
     let stream = connect(cluster, host).await?;
-    http2_on(cluster, host, stream).await
+    http2_on(cluster, host, stream, cx).await
 }
 
-/// HTTP/2 over a connection already made.
+/// HTTP/2 over a connection already made, which holds `cx` of the connection breaker.
 async fn http2_on(
     cluster: &Rc<Cluster>,
     host: &Rc<Host>,
     mut stream: UpstreamStream,
+    cx: Held,
 ) -> Result<Http2Conn, ConnectError> {
     let info = connection_info(stream.get_mut());
     let cfg = cluster.config().http2;
@@ -568,7 +781,7 @@ async fn http2_on(
     cluster.stats.upstream_cx_http2_total.inc();
     let peer_max = Rc::new(Cell::new(usize::MAX));
     let closed = Rc::new(Cell::new(false));
-    let guard = ConnGuard::new(cluster, host);
+    let guard = ConnGuard::new(cluster, host, cx);
     let driver = Driver {
         conn,
         peer_max: peer_max.clone(),
@@ -587,6 +800,7 @@ async fn http2_on(
     Ok(Http2Conn {
         send,
         active: Cell::new(0),
+        opened: Cell::new(0),
         peer_max,
         closed,
         limit: cfg.max_concurrent_streams as usize,

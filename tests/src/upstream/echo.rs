@@ -62,9 +62,13 @@ impl EchoUpstream {
 
     /// Starts an echo upstream with `opts`.
     pub async fn with_options(opts: EchoOptions) -> EchoUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind echo upstream");
+        Self::with_options_at(opts, "127.0.0.1:0".parse().expect("address")).await
+    }
+
+    /// Starts an echo upstream with `opts` listening on `at` (another loopback address, a
+    /// port shared with other upstreams).
+    pub async fn with_options_at(opts: EchoOptions, at: SocketAddr) -> EchoUpstream {
+        let listener = TcpListener::bind(at).await.expect("bind echo upstream");
         let addr = listener.local_addr().expect("local addr");
         let rec = Recorder::default();
         let opts = Arc::new(opts);

@@ -11,13 +11,15 @@ use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 use super::{duration, required, socket_address, DEFAULT_BUFFER_LIMIT, HTTP_PROTOCOL_OPTIONS};
 
+const DNS_CLUSTER: &str = "envoy.extensions.clusters.dns.v3.DnsCluster";
+
 pub(super) fn translate_cluster(
     c: &cluster::Cluster,
     path: &str,
     secrets: &crate::config::Secrets,
 ) -> Result<Cluster, ConfigError> {
     super::fields::cluster(c, path)?;
-    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
+    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
     if c.name.is_empty() {
         return Err(ConfigError::new(format!("{path}.name"), "required"));
     }
@@ -36,37 +38,44 @@ pub(super) fn translate_cluster(
         Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::Eds as i32 => {
             model::DiscoveryType::Eds
         }
+        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::StrictDns as i32 => {
+            model::DiscoveryType::StrictDns
+        }
+        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::LogicalDns as i32 => {
+            model::DiscoveryType::LogicalDns
+        }
         Some(ClusterDiscoveryType::Type(t)) => {
             let name = DiscoveryType::try_from(*t)
                 .map(|t| t.as_str_name())
                 .unwrap_or("unknown");
             return Err(ConfigError::new(
                 format!("{path}.type"),
-                format!("unsupported: {name} (only STATIC, EDS and ORIGINAL_DST)"),
+                format!("unsupported: {name} (only STATIC, STRICT_DNS, LOGICAL_DNS, EDS and ORIGINAL_DST)"),
             ));
         }
-        Some(_) => return Err(ConfigError::unsupported(format!("{path}.cluster_type"))),
-    };
-    // Envoy's pairing: ORIGINAL_DST clusters take CLUSTER_PROVIDED, the others a real policy.
-    let lb_ok = match discovery {
-        model::DiscoveryType::Static | model::DiscoveryType::Eds => {
-            c.lb_policy == LbPolicy::RoundRobin as i32
+        Some(ClusterDiscoveryType::ClusterType(t)) => {
+            let tpath = format!("{path}.cluster_type.typed_config");
+            let any = required(&t.typed_config, &tpath)?;
+            if type_name(&any.type_url) != DNS_CLUSTER {
+                return Err(ConfigError::new(
+                    tpath,
+                    format!(
+                        "unsupported cluster type '{}' (only {DNS_CLUSTER})",
+                        any.type_url
+                    ),
+                ));
+            }
+            let d: envoy_types::pb::envoy::extensions::clusters::dns::v3::DnsCluster =
+                unpack(any, &tpath)?;
+            if d.all_addresses_in_single_endpoint {
+                model::DiscoveryType::LogicalDns
+            } else {
+                model::DiscoveryType::StrictDns
+            }
         }
-        model::DiscoveryType::OriginalDst => c.lb_policy == LbPolicy::ClusterProvided as i32,
     };
-    if !lb_ok {
-        let name = LbPolicy::try_from(c.lb_policy)
-            .map(|t| t.as_str_name())
-            .unwrap_or("unknown");
-        let want = match discovery {
-            model::DiscoveryType::Static | model::DiscoveryType::Eds => "ROUND_ROBIN",
-            model::DiscoveryType::OriginalDst => "CLUSTER_PROVIDED (required by ORIGINAL_DST)",
-        };
-        return Err(ConfigError::new(
-            format!("{path}.lb_policy"),
-            format!("unsupported: {name} (only {want})"),
-        ));
-    }
+    let (lb, locality_weighted) = super::lb::lb_policy(c, discovery, path)?;
+    let panic_threshold = super::lb::common_lb_config(c, path)?;
     if discovery == model::DiscoveryType::OriginalDst && c.load_assignment.is_some() {
         return Err(ConfigError::new(
             format!("{path}.load_assignment"),
@@ -102,8 +111,8 @@ pub(super) fn translate_cluster(
                 None
             }
         }
-        Some(_) => return Err(ConfigError::unsupported(format!("{path}.lb_config"))),
-        None => None,
+        // The other policies' configs, read by `lb::lb_policy`.
+        Some(_) | None => None,
     };
     let source_address = match c
         .upstream_bind_config
@@ -158,7 +167,26 @@ pub(super) fn translate_cluster(
             "an EDS cluster takes its hosts from eds_cluster_config, not load_assignment",
         ));
     }
+    let is_dns = matches!(
+        discovery,
+        model::DiscoveryType::StrictDns | model::DiscoveryType::LogicalDns
+    );
+    let dns = if let Some(ClusterDiscoveryType::ClusterType(t)) = &c.cluster_discovery_type {
+        let tpath = format!("{path}.cluster_type.typed_config");
+        let any = required(&t.typed_config, &tpath)?;
+        let d = unpack(any, &tpath)?;
+        Some(super::dns::dns_cluster_config(c, &d, path)?)
+    } else if is_dns {
+        Some(super::dns::dns_config(
+            c,
+            discovery == model::DiscoveryType::LogicalDns,
+            path,
+        )?)
+    } else {
+        None
+    };
     let hosts = match &c.load_assignment {
+        Some(_) if is_dns => Vec::new(),
         Some(la) => load_assignment_hosts(la, &format!("{path}.load_assignment"))?,
         None => Vec::new(),
     };
@@ -166,6 +194,9 @@ pub(super) fn translate_cluster(
     let mut http2 = Http2Options::default();
     let (mut auto_sni, mut auto_san_validation) = (false, false);
     let mut auto_config_path = None;
+    // The cluster's own (deprecated) field; the protocol options' one wins when both are set.
+    #[allow(deprecated)]
+    let mut max_requests_per_connection = c.max_requests_per_connection.as_ref().map(|v| v.value);
     #[allow(deprecated)]
     if let Some(h2) = &c.http2_protocol_options {
         protocol = UpstreamProtocol::Http2;
@@ -180,6 +211,16 @@ pub(super) fn translate_cluster(
             ));
         }
         let o: upstream_http::HttpProtocolOptions = unpack(any, &opath)?;
+        if let Some(common) = &o.common_http_protocol_options {
+            if common.headers_with_underscores_action != 0 {
+                return Err(ConfigError::unsupported(format!(
+                    "{opath}.common_http_protocol_options.headers_with_underscores_action"
+                )));
+            }
+            if let Some(m) = &common.max_requests_per_connection {
+                max_requests_per_connection = Some(m.value);
+            }
+        }
         if let Some(u) = &o.upstream_http_protocol_options {
             auto_sni = u.auto_sni;
             auto_san_validation = u.auto_san_validation;
@@ -261,6 +302,14 @@ pub(super) fn translate_cluster(
         connect_timeout,
         hosts,
         eds,
+        dns,
+        circuit_breakers: circuit_breakers(c, path)?,
+        // 0 means no limit, as in Envoy.
+        max_requests_per_connection: max_requests_per_connection.filter(|m| *m > 0),
+        tcp_keepalive: tcp_keepalive(c, path)?,
+        lb,
+        locality_weighted: locality_weighted || super::lb::common_locality_weighted(c),
+        panic_threshold,
         protocol,
         http2,
         buffer_limit: c
@@ -271,6 +320,55 @@ pub(super) fn translate_cluster(
         proxy_protocol,
         auto_sni,
     })
+}
+
+/// `circuit_breakers`: each priority's thresholds over Envoy's defaults (a priority given twice:
+/// the last wins, as in Envoy).
+fn circuit_breakers(c: &cluster::Cluster, path: &str) -> Result<CircuitBreakers, ConfigError> {
+    let mut out = CircuitBreakers::default();
+    let Some(cb) = &c.circuit_breakers else {
+        return Ok(out);
+    };
+    let cpath = format!("{path}.circuit_breakers");
+    if !cb.per_host_thresholds.is_empty() {
+        return Err(ConfigError::unsupported(format!(
+            "{cpath}.per_host_thresholds"
+        )));
+    }
+    for (i, t) in cb.thresholds.iter().enumerate() {
+        let tpath = format!("{cpath}.thresholds[{i}]");
+        if t.retry_budget.is_some() {
+            return Err(ConfigError::unsupported(format!("{tpath}.retry_budget")));
+        }
+        if t.max_connection_pools.is_some() {
+            return Err(ConfigError::unsupported(format!(
+                "{tpath}.max_connection_pools"
+            )));
+        }
+        let d = Thresholds::default();
+        let v = |w: &Option<envoy_types::pb::google::protobuf::UInt32Value>, d: u64| {
+            w.as_ref().map_or(d, |v| u64::from(v.value))
+        };
+        let th = Thresholds {
+            max_connections: v(&t.max_connections, d.max_connections),
+            max_pending_requests: v(&t.max_pending_requests, d.max_pending_requests),
+            max_requests: v(&t.max_requests, d.max_requests),
+            max_retries: v(&t.max_retries, d.max_retries),
+            max_connection_pools: v(&t.max_connection_pools, d.max_connection_pools),
+            track_remaining: t.track_remaining,
+        };
+        match core::RoutingPriority::try_from(t.priority) {
+            Ok(core::RoutingPriority::Default) => out.default = th,
+            Ok(core::RoutingPriority::High) => out.high = th,
+            Err(_) => {
+                return Err(ConfigError::new(
+                    format!("{tpath}.priority"),
+                    format!("{} is not a priority", t.priority),
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub(super) fn http2_options(h2: &core::Http2ProtocolOptions) -> Http2Options {
@@ -344,8 +442,74 @@ pub(crate) fn load_assignment_hosts(
             )?;
             // Envoy routes to UNKNOWN, HEALTHY and DEGRADED hosts only.
             let healthy = matches!(lb.health_status, 0 | 1 | 5);
-            hosts.push(Host { address, healthy });
+            let hostname = (!ep.hostname.is_empty()).then(|| ep.hostname.as_str().into());
+            hosts.push(Host {
+                address,
+                healthy,
+                hostname,
+                weight: weight(lb, &epath)?,
+                locality: i as u32,
+                locality_weight: locality_weight(locality, &format!("{path}.endpoints[{i}]"))?,
+            });
         }
     }
     Ok(hosts)
+}
+
+/// An endpoint's `load_balancing_weight` (default 1; Envoy refuses 0).
+pub(super) fn weight(
+    lb: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint,
+    path: &str,
+) -> Result<u32, ConfigError> {
+    match &lb.load_balancing_weight {
+        None => Ok(1),
+        Some(w) if w.value >= 1 => Ok(w.value),
+        Some(_) => Err(ConfigError::new(
+            format!("{path}.load_balancing_weight"),
+            "must be at least 1",
+        )),
+    }
+}
+
+/// A locality's `load_balancing_weight` (Envoy refuses 0).
+pub(super) fn locality_weight(
+    l: &envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints,
+    path: &str,
+) -> Result<Option<u32>, ConfigError> {
+    match &l.load_balancing_weight {
+        None => Ok(None),
+        Some(w) if w.value >= 1 => Ok(Some(w.value)),
+        Some(_) => Err(ConfigError::new(
+            format!("{path}.load_balancing_weight"),
+            "must be at least 1",
+        )),
+    }
+}
+
+/// `upstream_connection_options`: TCP keepalive; the other options are refused by path.
+fn tcp_keepalive(c: &cluster::Cluster, path: &str) -> Result<Option<TcpKeepalive>, ConfigError> {
+    let Some(o) = &c.upstream_connection_options else {
+        return Ok(None);
+    };
+    let opath = format!("{path}.upstream_connection_options");
+    let cluster::UpstreamConnectionOptions {
+        tcp_keepalive,
+        set_local_interface_name_on_upstream_connections,
+        happy_eyeballs_config,
+    } = o;
+    if *set_local_interface_name_on_upstream_connections {
+        return Err(ConfigError::unsupported(format!(
+            "{opath}.set_local_interface_name_on_upstream_connections"
+        )));
+    }
+    if happy_eyeballs_config.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{opath}.happy_eyeballs_config"
+        )));
+    }
+    Ok(tcp_keepalive.as_ref().map(|k| TcpKeepalive {
+        probes: k.keepalive_probes.as_ref().map(|v| v.value),
+        time: k.keepalive_time.as_ref().map(|v| v.value),
+        interval: k.keepalive_interval.as_ref().map(|v| v.value),
+    }))
 }

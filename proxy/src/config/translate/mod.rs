@@ -16,8 +16,10 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 
 mod clusters;
 mod compressor;
+mod dns;
 mod fields;
 mod http_manager;
+mod lb;
 mod listener_filters;
 mod operations;
 mod route_action;

@@ -47,9 +47,9 @@ impl Upstream {
     }
 
     fn start(cluster: Rc<Cluster>, host: Rc<Host>, request: Rc<RequestProgress>) -> Self {
-        cluster.stats.upstream_rq_total.inc();
+        // `upstream_rq_total` and the host's `rq_total` count when the pool gives the request
+        // its connection, as in Envoy (a request refused by a circuit breaker is not counted).
         cluster.stats.upstream_rq_active.inc();
-        HostStats::inc(&host.stats.rq_total);
         HostStats::inc(&host.stats.rq_active);
         Upstream {
             cluster,
@@ -456,6 +456,7 @@ fn connect_failure(e: ConnectError, failure: &std::cell::RefCell<Option<String>>
         ConnectError::Io(_) | ConnectError::PendingFailed | ConnectError::Tls(_) => {
             LocalReply::CONNECT_FAILURE
         }
+        ConnectError::Overflow => LocalReply::OVERFLOW,
     }
 }
 
@@ -500,15 +501,11 @@ async fn send_http1(
     }
     parts.version = Version::HTTP_11;
     let mut req = Request::from_parts(parts, body);
-    let (mut sender, mut reused) = match host.h1.take_idle() {
-        Some(s) => (s, true),
-        None => (
-            pool::connect_http1(cluster, host)
-                .await
-                .map_err(connect_failure)?,
-            false,
-        ),
-    };
+    let (mut sender, mut reused) = host
+        .h1
+        .acquire(cluster, host)
+        .await
+        .map_err(connect_failure)?;
     loop {
         sender.sending_for(request.downstream_flow.clone());
         if let Err(e) = sender.ready().await {

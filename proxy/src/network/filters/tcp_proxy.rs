@@ -164,7 +164,9 @@ async fn proxy(
     if let Some(info) = info.as_deref_mut() {
         info.upstream_connection = Some(pool::connection_info(upstream.get_mut()));
     }
-    let _upstream = pool::ConnGuard::new(&cluster, &host);
+    // Counted in the connection breaker (tcp_proxy does not wait on it yet).
+    let cx = cluster.info.breakers.default.connections.acquire_anyway();
+    let _upstream = pool::ConnGuard::new(&cluster, &host, cx);
     let max = buffer_limit.clamp(1024, MAX_BUFFER);
     let last_activity = Rc::new(Cell::new(Instant::now()));
     let downstream = Counted::new(

@@ -1,0 +1,451 @@
+//! Load balancers, one per cluster and worker, as Envoy's: round robin (weighted: an earliest
+//! deadline first schedule), least request (power of `choice_count` choices; weighted: EDF on
+//! weight / (active + 1)^bias) and random; and the healthy panic threshold, below which
+//! every host takes traffic whatever its health.
+
+use std::cell::{Cell, RefCell};
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use crate::config::model::LbPolicy;
+
+/// Envoy's default overprovisioning factor (1.4), in percent.
+const OVERPROVISIONING: u64 = 140;
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    deadline: f64,
+    order: u64,
+    index: usize,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.deadline
+            .total_cmp(&other.deadline)
+            .then(self.order.cmp(&other.order))
+    }
+}
+
+/// Envoy's EDF scheduler: each entry is due 1/weight after its last pick; the earliest due
+/// (first added on a tie) is picked next.
+#[derive(Debug, Default)]
+pub struct Edf {
+    heap: BinaryHeap<Reverse<Entry>>,
+    now: f64,
+    order: u64,
+}
+
+impl Edf {
+    /// A schedule of `indices` with their weights.
+    pub fn new(indices: impl IntoIterator<Item = (usize, f64)>) -> Self {
+        let mut e = Edf::default();
+        for (index, w) in indices {
+            e.add(index, w);
+        }
+        e
+    }
+
+    fn add(&mut self, index: usize, weight: f64) {
+        let weight = if weight > 0.0 {
+            weight
+        } else {
+            f64::MIN_POSITIVE
+        };
+        self.heap.push(Reverse(Entry {
+            deadline: self.now + 1.0 / weight,
+            order: self.order,
+            index,
+        }));
+        self.order += 1;
+    }
+
+    /// The next index; it goes back in with the weight `weight` gives it now.
+    pub fn pick(&mut self, weight: impl Fn(usize) -> f64) -> Option<usize> {
+        let Reverse(e) = self.heap.pop()?;
+        self.now = e.deadline;
+        self.add(e.index, weight(e.index));
+        Some(e.index)
+    }
+}
+
+/// What the balancer knows of a host.
+pub trait Candidate {
+    /// Whether it may take traffic.
+    fn healthy(&self) -> bool;
+    /// `load_balancing_weight`.
+    fn weight(&self) -> u32;
+    /// Requests under way on it (all workers).
+    fn active_requests(&self) -> u64;
+    /// Its locality (an index).
+    fn locality(&self) -> u32 {
+        0
+    }
+    /// Its locality's weight, if the locality has one.
+    fn locality_weight(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// Locality-weighted balancing: a locality by its effective weight (EDF), then a host of it.
+#[derive(Debug)]
+struct Localities {
+    groups: Vec<Balancer>,
+    weights: Vec<f64>,
+    edf: RefCell<Edf>,
+}
+
+/// One cluster's balancer on one worker, over the hosts it was built with.
+#[derive(Debug)]
+pub struct Balancer {
+    policy: LbPolicy,
+    /// The hosts to choose from: the healthy ones, or all of them in panic.
+    candidates: Vec<usize>,
+    panic: bool,
+    weighted: bool,
+    rr: Cell<usize>,
+    edf: RefCell<Edf>,
+    localities: Option<Localities>,
+}
+
+impl Balancer {
+    /// The balancer of `hosts` with `policy`, the panic threshold in percent and, with
+    /// `locality_weighted`, localities picked first.
+    pub fn new<H: Candidate>(
+        policy: LbPolicy,
+        panic_threshold: f64,
+        hosts: &[H],
+        locality_weighted: bool,
+    ) -> Self {
+        let total = hosts.len();
+        let healthy: Vec<usize> = (0..total).filter(|&i| hosts[i].healthy()).collect();
+        // Envoy: a priority's health is healthy/total × 1.4 capped at 100; below 100 it is in
+        // panic when the healthy share is below the threshold (never with a threshold of 0).
+        let health = if total == 0 {
+            0
+        } else {
+            (OVERPROVISIONING * healthy.len() as u64 / total as u64).min(100)
+        };
+        let share = if total == 0 {
+            0.0
+        } else {
+            100.0 * healthy.len() as f64 / total as f64
+        };
+        let panic = total > 0 && health < 100 && share < panic_threshold;
+        let candidates = if panic { (0..total).collect() } else { healthy };
+        let localities = (locality_weighted && !panic)
+            .then(|| Self::localities(&policy, hosts, &candidates))
+            .flatten();
+        let mut b = Self::over(policy, candidates, hosts);
+        b.panic = panic;
+        b.localities = localities;
+        b
+    }
+
+    /// Envoy's effective locality weights: the locality's weight times its healthy share times
+    /// the overprovisioning factor, at most its weight. None when no locality has one.
+    fn localities<H: Candidate>(
+        policy: &LbPolicy,
+        hosts: &[H],
+        candidates: &[usize],
+    ) -> Option<Localities> {
+        let mut ids: Vec<u32> = hosts.iter().map(Candidate::locality).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut groups = Vec::new();
+        let mut weights = Vec::new();
+        for id in ids {
+            let all = hosts.iter().filter(|h| h.locality() == id).count();
+            let members: Vec<usize> = candidates
+                .iter()
+                .copied()
+                .filter(|&i| hosts[i].locality() == id)
+                .collect();
+            let weight = hosts
+                .iter()
+                .find(|h| h.locality() == id)
+                .and_then(Candidate::locality_weight)
+                .unwrap_or(0);
+            let ratio = (OVERPROVISIONING as f64 / 100.0 * members.len() as f64
+                / all.max(1) as f64)
+                .min(1.0);
+            let effective = f64::from(weight) * ratio;
+            if effective > 0.0 {
+                groups.push(Self::over(policy.clone(), members, hosts));
+                weights.push(effective);
+            }
+        }
+        if groups.is_empty() {
+            return None;
+        }
+        let edf = Edf::new(weights.iter().copied().enumerate());
+        Some(Localities {
+            groups,
+            weights,
+            edf: RefCell::new(edf),
+        })
+    }
+
+    /// A balancer over these candidates.
+    fn over<H: Candidate>(policy: LbPolicy, candidates: Vec<usize>, hosts: &[H]) -> Self {
+        let weighted = candidates
+            .windows(2)
+            .any(|w| hosts[w[0]].weight() != hosts[w[1]].weight());
+        let edf = if weighted {
+            let mut edf = Edf::new(
+                candidates
+                    .iter()
+                    .map(|&i| (i, f64::from(hosts[i].weight()))),
+            );
+            // Workers start at different points of the schedule, as Envoy's do.
+            for _ in 0..fastrand::usize(..candidates.len().max(1)) {
+                let _ = edf.pick(|i| f64::from(hosts[i].weight()));
+            }
+            edf
+        } else {
+            Edf::default()
+        };
+        Balancer {
+            policy,
+            candidates,
+            panic: false,
+            weighted,
+            // Workers start at different hosts so load spreads from the first request.
+            rr: Cell::new(fastrand::usize(..)),
+            edf: RefCell::new(edf),
+            localities: None,
+        }
+    }
+
+    /// Whether the cluster is in panic (`lb_healthy_panic` counts each pick then).
+    pub fn panic(&self) -> bool {
+        self.panic
+    }
+
+    /// The index of the next host, or `None` when there is no candidate.
+    pub fn pick<H: Candidate>(&self, hosts: &[H]) -> Option<usize> {
+        self.pick_with(hosts, || fastrand::u64(..))
+    }
+
+    fn pick_with<H: Candidate>(&self, hosts: &[H], random: impl FnMut() -> u64) -> Option<usize> {
+        if let Some(l) = &self.localities {
+            let g = l.edf.borrow_mut().pick(|g| l.weights[g])?;
+            return l.groups.get(g)?.pick_with(hosts, random);
+        }
+        let mut random = random;
+        let n = self.candidates.len();
+        if n == 0 {
+            return None;
+        }
+        let weight = |i: usize| f64::from(hosts[i].weight());
+        match &self.policy {
+            LbPolicy::RoundRobin | LbPolicy::ClusterProvided if self.weighted => {
+                self.edf.borrow_mut().pick(weight)
+            }
+            LbPolicy::RoundRobin | LbPolicy::ClusterProvided => {
+                let i = self.rr.get();
+                self.rr.set(i.wrapping_add(1));
+                Some(self.candidates[i % n])
+            }
+            LbPolicy::Random => Some(self.candidates[(random() % n as u64) as usize]),
+            LbPolicy::LeastRequest {
+                active_request_bias,
+                ..
+            } if self.weighted => {
+                let bias = *active_request_bias;
+                self.edf.borrow_mut().pick(|i| {
+                    let active = hosts[i].active_requests() as f64;
+                    if bias == 0.0 {
+                        weight(i)
+                    } else if bias == 1.0 {
+                        weight(i) / (active + 1.0)
+                    } else {
+                        weight(i) / (active + 1.0).powf(bias)
+                    }
+                })
+            }
+            LbPolicy::LeastRequest { choice_count, .. } => {
+                let mut best: Option<usize> = None;
+                for _ in 0..*choice_count {
+                    let i = self.candidates[(random() % n as u64) as usize];
+                    best = match best {
+                        Some(b) if hosts[i].active_requests() < hosts[b].active_requests() => {
+                            Some(i)
+                        }
+                        Some(b) => Some(b),
+                        None => Some(i),
+                    };
+                }
+                best
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct H(bool, u32, u64);
+    impl Candidate for H {
+        fn healthy(&self) -> bool {
+            self.0
+        }
+        fn weight(&self) -> u32 {
+            self.1
+        }
+        fn active_requests(&self) -> u64 {
+            self.2
+        }
+    }
+
+    fn counts(b: &Balancer, hosts: &[H], n: usize) -> Vec<usize> {
+        let mut c = vec![0; hosts.len()];
+        for _ in 0..n {
+            c[b.pick(hosts).expect("a host")] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn weighted_round_robin_follows_the_weights_exactly_over_each_cycle() {
+        let hosts = [H(true, 1, 0), H(true, 3, 0), H(true, 4, 0)];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
+        assert_eq!(counts(&b, &hosts, 800), [100, 300, 400]);
+        // Spread, not in runs: no host twice in a row when its weight is at most half.
+        let mut last = None;
+        let hosts = [H(true, 1, 0), H(true, 1, 0), H(true, 2, 0)];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
+        for _ in 0..40 {
+            let i = b.pick(&hosts);
+            if i != Some(2) {
+                assert_ne!(i, last);
+            }
+            last = i;
+        }
+    }
+
+    #[test]
+    fn unhealthy_hosts_are_skipped_until_the_panic_threshold() {
+        // 2 of 3 healthy: 93% health, 67% share: no panic.
+        let hosts = [H(true, 1, 0), H(false, 1, 0), H(true, 1, 0)];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
+        assert!(!b.panic());
+        assert_eq!(counts(&b, &hosts, 100)[1], 0);
+        // 1 of 3: 33% < 50%: every host takes traffic.
+        let hosts = [H(true, 1, 0), H(false, 1, 0), H(false, 1, 0)];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
+        assert!(b.panic());
+        assert_eq!(counts(&b, &hosts, 99), [33, 33, 33]);
+        // A threshold of 0 never panics: with no healthy host there is none to pick.
+        let hosts = [H(false, 1, 0)];
+        let b = Balancer::new(LbPolicy::RoundRobin, 0.0, &hosts, false);
+        assert_eq!(b.pick(&hosts), None);
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
+        assert_eq!(b.pick(&hosts), Some(0));
+        // 3 of 4 healthy is 105% health: never panic, whatever the threshold.
+        let hosts = [H(true, 1, 0), H(true, 1, 0), H(true, 1, 0), H(false, 1, 0)];
+        assert!(!Balancer::new(LbPolicy::RoundRobin, 100.0, &hosts, false).panic());
+    }
+
+    #[test]
+    fn least_request_takes_the_less_busy_of_its_choices() {
+        let hosts = [H(true, 1, 5), H(true, 1, 0)];
+        let policy = LbPolicy::LeastRequest {
+            choice_count: 2,
+            active_request_bias: 1.0,
+        };
+        let b = Balancer::new(policy, 50.0, &hosts, false);
+        // Choices (0, 1) and (1, 0) both give 1; only (0, 0) gives 0.
+        let mut seq = [0u64, 1, 1, 0, 0, 0].into_iter();
+        let picks: Vec<_> = (0..3)
+            .map(|_| b.pick_with(&hosts, || seq.next().unwrap_or(0)))
+            .collect();
+        assert_eq!(picks, [Some(1), Some(1), Some(0)]);
+        // Weighted: EDF on weight / (active + 1).
+        let hosts = [H(true, 2, 3), H(true, 1, 0)];
+        let b = Balancer::new(policy_lr(), 50.0, &hosts, false);
+        let c = counts(&b, &hosts, 300);
+        assert!(c[1] > c[0], "{c:?}: 2/4 against 1/1");
+    }
+
+    fn policy_lr() -> LbPolicy {
+        LbPolicy::LeastRequest {
+            choice_count: 2,
+            active_request_bias: 1.0,
+        }
+    }
+
+    #[test]
+    fn random_spreads_over_the_healthy_hosts() {
+        let hosts = [H(true, 1, 0), H(false, 1, 0), H(true, 1, 0), H(true, 1, 0)];
+        let b = Balancer::new(LbPolicy::Random, 50.0, &hosts, false);
+        let c = counts(&b, &hosts, 3000);
+        assert_eq!(c[1], 0);
+        for i in [0, 2, 3] {
+            assert!((800..1200).contains(&c[i]), "{c:?}");
+        }
+    }
+
+    struct L(bool, u32, Option<u32>);
+    impl Candidate for L {
+        fn healthy(&self) -> bool {
+            self.0
+        }
+        fn weight(&self) -> u32 {
+            1
+        }
+        fn active_requests(&self) -> u64 {
+            0
+        }
+        fn locality(&self) -> u32 {
+            self.1
+        }
+        fn locality_weight(&self) -> Option<u32> {
+            self.2
+        }
+    }
+
+    #[test]
+    fn locality_weighted_picks_localities_by_weight_and_healthy_share() {
+        // Locality 0 (weight 1): one host; locality 1 (weight 3): two hosts; locality 2 has no
+        // weight and takes nothing.
+        let hosts = [
+            L(true, 0, Some(1)),
+            L(true, 1, Some(3)),
+            L(true, 1, Some(3)),
+            L(true, 2, None),
+        ];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, true);
+        let mut c = [0; 4];
+        for _ in 0..400 {
+            c[b.pick(&hosts).expect("a host")] += 1;
+        }
+        assert_eq!(c, [100, 150, 150, 0]);
+        // Half of locality 1 unhealthy: 3 x min(1, 1.4 x 1/2) = 2.1 against 1.
+        let hosts = [
+            L(true, 0, Some(1)),
+            L(true, 1, Some(3)),
+            L(false, 1, Some(3)),
+            L(true, 0, Some(1)),
+        ];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, true);
+        let mut c = [0; 4];
+        for _ in 0..310 {
+            c[b.pick(&hosts).expect("a host")] += 1;
+        }
+        assert_eq!(c[0] + c[3], 100);
+        assert_eq!((c[1], c[2]), (210, 0));
+    }
+}
