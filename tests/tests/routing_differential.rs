@@ -801,6 +801,10 @@ fn actions_config(body_file: &str) -> Value {
             json!({ "route": { "cluster": "echo", "auto_host_rewrite": true } }),
         ),
         to(
+            "/rw/xfh",
+            json!({ "route": { "cluster": "echo", "host_rewrite_literal": "new.example.com", "append_x_forwarded_host": true } }),
+        ),
+        to(
             "/wc/one",
             json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "echo", "weight": 100 }, { "name": "echo2", "weight": 0 } ] } } }),
         ),
@@ -819,10 +823,13 @@ fn actions_config(body_file: &str) -> Value {
         ),
         to("/", json!({ "route": { "cluster": "echo" } })),
     ];
-    hcm_with(
-        json!([ { "name": "all", "domains": ["*"], "routes": routes } ]),
+    let mut hcm = hcm_with(
+        json!([ { "name": "all", "domains": ["*"], "routes": routes,
+                  "include_request_attempt_count": true, "include_attempt_count_in_response": true } ]),
         json!({}),
-    )
+    );
+    hcm["route_config"]["internal_only_headers"] = json!(["x-internal-secret"]);
+    hcm
 }
 
 const ACTION_CASES: &[Case] = &[
@@ -863,7 +870,22 @@ const ACTION_CASES: &[Case] = &[
     ),
     ("GET", "/rw/hosthdr", H, &[], 200),
     ("GET", "/rw/auto", H, &[], 200),
-    ("GET", "/wc/one", H, &[], 200),
+    ("GET", "/rw/xfh", H, &[], 200),
+    (
+        "GET",
+        "/rw/xfh",
+        H,
+        &[("x-forwarded-host", "a.example.com")],
+        200,
+    ),
+    (
+        "GET",
+        "/rw/xfh",
+        H,
+        &[("x-forwarded-host", "match.example.com")],
+        200,
+    ),
+    ("GET", "/wc/one", H, &[("x-internal-secret", "1")], 200),
     (
         "GET",
         "/deco",
@@ -908,6 +930,12 @@ async fn route_actions_side_by_side() {
         std::fs::write(&file, "from a file\n").expect("write body file");
         let (e, s) = pair(actions_config(file.to_str().expect("utf-8"))).await;
         compare_status_cases(&e, &s, ACTION_CASES).await;
+        // The virtual host's attempt counts and the internal-only header took effect.
+        let seen = e.echo.requests();
+        assert!(seen
+            .iter()
+            .all(|r| r.header("x-envoy-attempt-count") == Some("1")));
+        assert!(seen.iter().all(|r| !r.has("x-internal-secret")));
         // weighted_clusters 1:1 over 400 requests: both proxies split within bounds.
         for side in [&e, &s] {
             let before = side.echo2.requests().len();

@@ -264,6 +264,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "response_headers_to_add",
             "response_headers_to_remove",
             "most_specific_header_mutations_wins",
+            "internal_only_headers",
             // Data for filters and access logs skiff does not have; see docs/compatibility.md.
             "metadata",
         ],
@@ -287,6 +288,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "response_headers_to_add",
             "response_headers_to_remove",
             "metadata",
+            "include_request_attempt_count",
+            "include_attempt_count_in_response",
         ],
     ),
     (
@@ -402,6 +405,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "host_rewrite_literal",
             "host_rewrite_header",
             "auto_host_rewrite",
+            "append_x_forwarded_host",
         ],
     ),
     (

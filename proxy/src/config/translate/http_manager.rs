@@ -460,6 +460,8 @@ pub(crate) fn translate_routes(
         }
         use super::route_action::header_parser;
         vhosts.push(VirtualHost {
+            attempt_count_upstream: vh.include_request_attempt_count,
+            attempt_count_response: vh.include_attempt_count_in_response,
             request_headers: header_parser(
                 &vh.request_headers_to_add,
                 &vh.request_headers_to_remove,
@@ -493,6 +495,16 @@ pub(crate) fn translate_routes(
         "response",
     )?;
     table.most_specific_wins = rc.most_specific_header_mutations_wins;
+    for (i, h) in rc.internal_only_headers.iter().enumerate() {
+        table.internal_only_headers.push(
+            http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                ConfigError::new(
+                    format!("{path}.internal_only_headers[{i}]"),
+                    "not a valid header name",
+                )
+            })?,
+        );
+    }
     Ok(table)
 }
 
