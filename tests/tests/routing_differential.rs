@@ -1437,3 +1437,50 @@ async fn envoy_gateway_redirect_bootstrap_side_by_side() {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------------------------
+// Virtual host require_tls
+// ---------------------------------------------------------------------------------------------
+
+const TLS_CASES: &[Case] = &[
+    ("GET", "/a?b=1", "tls.example.com", &[], 301),
+    ("GET", "/a", "tls.example.com:8080", &[], 0),
+    (
+        "GET",
+        "/a",
+        "tls.example.com",
+        &[("x-forwarded-proto", "https")],
+        0,
+    ),
+    ("GET", "/a", "ext.example.com", &[], 0),
+    (
+        "GET",
+        "/a",
+        "ext.example.com",
+        &[("x-forwarded-proto", "https")],
+        0,
+    ),
+    ("GET", "/a", "plain.example.com", &[], 200),
+];
+
+#[tokio::test]
+async fn require_tls_side_by_side() {
+    run(async {
+        let vhosts = json!([
+            { "name": "tls", "domains": ["tls.example.com", "tls.example.com:8080"], "require_tls": "ALL",
+              "routes": [ to("/", json!({ "route": { "cluster": "echo" } })) ] },
+            { "name": "ext", "domains": ["ext.example.com"], "require_tls": "EXTERNAL_ONLY",
+              "routes": [ to("/", json!({ "route": { "cluster": "echo" } })) ] },
+            { "name": "plain", "domains": ["*"],
+              "routes": [ to("/", json!({ "route": { "cluster": "echo" } })) ] }
+        ]);
+        for extra in [
+            json!({}),
+            json!({ "use_remote_address": true, "internal_address_config": { "cidr_ranges": [ { "address_prefix": "127.0.0.0", "prefix_len": 8 } ] } }),
+        ] {
+            let (e, s) = pair(hcm_with(vhosts.clone(), extra)).await;
+            compare_status_cases(&e, &s, TLS_CASES).await;
+        }
+    })
+    .await
+}

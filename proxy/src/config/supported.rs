@@ -290,6 +290,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "metadata",
             "include_request_attempt_count",
             "include_attempt_count_in_response",
+            "require_tls",
         ],
     ),
     (

@@ -424,6 +424,20 @@ pub struct VirtualHost {
     pub attempt_count_upstream: bool,
     /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on responses.
     pub attempt_count_response: bool,
+    /// `require_tls`.
+    pub require_tls: RequireTls,
+}
+
+/// `VirtualHost.require_tls`: requests whose `x-forwarded-proto` is not `https` are redirected
+/// to https (301) — all of them, or those that are not internal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequireTls {
+    /// `NONE`.
+    None,
+    /// `EXTERNAL_ONLY`.
+    ExternalOnly,
+    /// `ALL`.
+    All,
 }
 
 impl VirtualHost {
@@ -568,6 +582,7 @@ mod tests {
             response_headers: Arc::default(),
             attempt_count_upstream: false,
             attempt_count_response: false,
+            require_tls: RequireTls::None,
         }
     }
 

@@ -460,7 +460,7 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
         domains: _,
         routes: _,
         matcher,
-        require_tls,
+        require_tls: _,
         virtual_clusters,
         rate_limits,
         request_headers_to_add: _,
@@ -482,7 +482,6 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
         route_specifiers,
     } = m;
     refuse(path, "matcher", matcher)?;
-    refuse(path, "require_tls", require_tls)?;
     refuse(path, "virtual_clusters", virtual_clusters)?;
     refuse(path, "rate_limits", rate_limits)?;
     refuse(path, "cors", cors)?;

@@ -459,7 +459,20 @@ pub(crate) fn translate_routes(
             )?);
         }
         use super::route_action::header_parser;
+        use route::virtual_host::TlsRequirementType as Tls;
+        let require_tls = match Tls::try_from(vh.require_tls) {
+            Ok(Tls::None) => crate::router::RequireTls::None,
+            Ok(Tls::ExternalOnly) => crate::router::RequireTls::ExternalOnly,
+            Ok(Tls::All) => crate::router::RequireTls::All,
+            Err(_) => {
+                return Err(ConfigError::new(
+                    format!("{vpath}.require_tls"),
+                    "unknown value",
+                ))
+            }
+        };
         vhosts.push(VirtualHost {
+            require_tls,
             attempt_count_upstream: vh.include_request_attempt_count,
             attempt_count_response: vh.include_attempt_count_in_response,
             request_headers: header_parser(

@@ -158,6 +158,40 @@ pub async fn route(
         headers: &parts.headers,
     };
     let vhost = table.and_then(|t| t.virtual_host(&host_header));
+    // require_tls: a request not forwarded as https is sent to https first (Envoy's SSL
+    // redirect route, a 301 built like a route's https_redirect).
+    if let Some(vh) = vhost {
+        let forwarded_https = view
+            .headers
+            .get(&names::X_FORWARDED_PROTO)
+            .is_some_and(|v| v == "https");
+        let internal = view
+            .headers
+            .get("x-envoy-internal")
+            .is_some_and(|v| v == "true");
+        let redirect = match vh.require_tls {
+            crate::router::RequireTls::None => false,
+            crate::router::RequireTls::All => !forwarded_https,
+            crate::router::RequireTls::ExternalOnly => !forwarded_https && !internal,
+        };
+        if redirect {
+            if let Some(r) = vh.routes.first() {
+                let to_https = Redirect {
+                    scheme: Some("https".into()),
+                    host: None,
+                    port: None,
+                    path: PathRedirect::Keep,
+                    status: StatusCode::MOVED_PERMANENTLY,
+                    strip_query: false,
+                };
+                let location = redirect_location(r, &to_https, &parts, &host_header, scheme);
+                return Err(LocalReply::redirect(
+                    StatusCode::MOVED_PERMANENTLY,
+                    location,
+                ));
+            }
+        }
+    }
     let route = vhost.and_then(|vh| vh.route(&view));
     let (Some(route), Some(table), Some(vhost)) = (route, table, vhost) else {
         return Err(LocalReply::NO_ROUTE);
