@@ -801,6 +801,10 @@ fn actions_config(body_file: &str) -> Value {
             json!({ "route": { "cluster": "echo", "auto_host_rewrite": true } }),
         ),
         to(
+            "/rw/xfh",
+            json!({ "route": { "cluster": "echo", "host_rewrite_literal": "new.example.com", "append_x_forwarded_host": true } }),
+        ),
+        to(
             "/wc/one",
             json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "echo", "weight": 100 }, { "name": "echo2", "weight": 0 } ] } } }),
         ),
@@ -819,10 +823,13 @@ fn actions_config(body_file: &str) -> Value {
         ),
         to("/", json!({ "route": { "cluster": "echo" } })),
     ];
-    hcm_with(
-        json!([ { "name": "all", "domains": ["*"], "routes": routes } ]),
+    let mut hcm = hcm_with(
+        json!([ { "name": "all", "domains": ["*"], "routes": routes,
+                  "include_request_attempt_count": true, "include_attempt_count_in_response": true } ]),
         json!({}),
-    )
+    );
+    hcm["route_config"]["internal_only_headers"] = json!(["x-internal-secret"]);
+    hcm
 }
 
 const ACTION_CASES: &[Case] = &[
@@ -863,7 +870,22 @@ const ACTION_CASES: &[Case] = &[
     ),
     ("GET", "/rw/hosthdr", H, &[], 200),
     ("GET", "/rw/auto", H, &[], 200),
-    ("GET", "/wc/one", H, &[], 200),
+    ("GET", "/rw/xfh", H, &[], 200),
+    (
+        "GET",
+        "/rw/xfh",
+        H,
+        &[("x-forwarded-host", "a.example.com")],
+        200,
+    ),
+    (
+        "GET",
+        "/rw/xfh",
+        H,
+        &[("x-forwarded-host", "match.example.com")],
+        200,
+    ),
+    ("GET", "/wc/one", H, &[("x-internal-secret", "1")], 200),
     (
         "GET",
         "/deco",
@@ -908,6 +930,12 @@ async fn route_actions_side_by_side() {
         std::fs::write(&file, "from a file\n").expect("write body file");
         let (e, s) = pair(actions_config(file.to_str().expect("utf-8"))).await;
         compare_status_cases(&e, &s, ACTION_CASES).await;
+        // The virtual host's attempt counts and the internal-only header took effect.
+        let seen = e.echo.requests();
+        assert!(seen
+            .iter()
+            .all(|r| r.header("x-envoy-attempt-count") == Some("1")));
+        assert!(seen.iter().all(|r| !r.has("x-internal-secret")));
         // weighted_clusters 1:1 over 400 requests: both proxies split within bounds.
         for side in [&e, &s] {
             let before = side.echo2.requests().len();
@@ -1405,6 +1433,53 @@ async fn envoy_gateway_redirect_bootstrap_side_by_side() {
                     (e, s) => assert_eq!(e.is_none(), s.is_none(), "{what}: envoy {e:?} skiff {s:?}"),
                 }
             }
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Virtual host require_tls
+// ---------------------------------------------------------------------------------------------
+
+const TLS_CASES: &[Case] = &[
+    ("GET", "/a?b=1", "tls.example.com", &[], 301),
+    ("GET", "/a", "tls.example.com:8080", &[], 0),
+    (
+        "GET",
+        "/a",
+        "tls.example.com",
+        &[("x-forwarded-proto", "https")],
+        0,
+    ),
+    ("GET", "/a", "ext.example.com", &[], 0),
+    (
+        "GET",
+        "/a",
+        "ext.example.com",
+        &[("x-forwarded-proto", "https")],
+        0,
+    ),
+    ("GET", "/a", "plain.example.com", &[], 200),
+];
+
+#[tokio::test]
+async fn require_tls_side_by_side() {
+    run(async {
+        let vhosts = json!([
+            { "name": "tls", "domains": ["tls.example.com", "tls.example.com:8080"], "require_tls": "ALL",
+              "routes": [ to("/", json!({ "route": { "cluster": "echo" } })) ] },
+            { "name": "ext", "domains": ["ext.example.com"], "require_tls": "EXTERNAL_ONLY",
+              "routes": [ to("/", json!({ "route": { "cluster": "echo" } })) ] },
+            { "name": "plain", "domains": ["*"],
+              "routes": [ to("/", json!({ "route": { "cluster": "echo" } })) ] }
+        ]);
+        for extra in [
+            json!({}),
+            json!({ "use_remote_address": true, "internal_address_config": { "cidr_ranges": [ { "address_prefix": "127.0.0.0", "prefix_len": 8 } ] } }),
+        ] {
+            let (e, s) = pair(hcm_with(vhosts.clone(), extra)).await;
+            compare_status_cases(&e, &s, TLS_CASES).await;
         }
     })
     .await

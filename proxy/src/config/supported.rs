@@ -344,6 +344,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "response_headers_to_add",
             "response_headers_to_remove",
             "most_specific_header_mutations_wins",
+            "internal_only_headers",
             // Data for filters and access logs skiff does not have; see docs/compatibility.md.
             "metadata",
         ],
@@ -367,6 +368,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "response_headers_to_add",
             "response_headers_to_remove",
             "metadata",
+            "include_request_attempt_count",
+            "include_attempt_count_in_response",
+            "require_tls",
         ],
     ),
     (
@@ -482,6 +486,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "host_rewrite_literal",
             "host_rewrite_header",
             "auto_host_rewrite",
+            "append_x_forwarded_host",
         ],
     ),
     (

@@ -274,6 +274,8 @@ pub struct Forward {
     pub path_rewrite: Option<PathRewrite>,
     /// `host_rewrite_literal`, `host_rewrite_header` or `auto_host_rewrite`.
     pub host_rewrite: Option<HostRewrite>,
+    /// `append_x_forwarded_host`: a rewritten host's original goes to `x-forwarded-host`.
+    pub append_x_forwarded_host: bool,
 }
 
 /// The cluster a request goes to.
@@ -418,6 +420,24 @@ pub struct VirtualHost {
     pub request_headers: Arc<HeaderParser>,
     /// `response_headers_to_add|remove`.
     pub response_headers: Arc<HeaderParser>,
+    /// `include_request_attempt_count`: `x-envoy-attempt-count` on upstream requests.
+    pub attempt_count_upstream: bool,
+    /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on responses.
+    pub attempt_count_response: bool,
+    /// `require_tls`.
+    pub require_tls: RequireTls,
+}
+
+/// `VirtualHost.require_tls`: requests whose `x-forwarded-proto` is not `https` are redirected
+/// to https (301) — all of them, or those that are not internal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequireTls {
+    /// `NONE`.
+    None,
+    /// `EXTERNAL_ONLY`.
+    ExternalOnly,
+    /// `ALL`.
+    All,
 }
 
 impl VirtualHost {
@@ -446,6 +466,8 @@ pub struct RouteTable {
     pub response_headers: Arc<HeaderParser>,
     /// `most_specific_header_mutations_wins`.
     pub most_specific_wins: bool,
+    /// `internal_only_headers`: removed from requests that are not internal.
+    pub internal_only_headers: Vec<http::HeaderName>,
 }
 
 impl RouteTable {
@@ -462,6 +484,7 @@ impl RouteTable {
             request_headers: Arc::default(),
             response_headers: Arc::default(),
             most_specific_wins: false,
+            internal_only_headers: Vec::new(),
         };
         for (i, vh) in vhosts.iter().enumerate() {
             for domain in &vh.domains {
@@ -557,6 +580,9 @@ mod tests {
             routes: vec![],
             request_headers: Arc::default(),
             response_headers: Arc::default(),
+            attempt_count_upstream: false,
+            attempt_count_response: false,
+            require_tls: RequireTls::None,
         }
     }
 

@@ -399,7 +399,7 @@ pub(super) fn route_configuration(
         name: _,
         virtual_hosts: _,
         vhds,
-        internal_only_headers,
+        internal_only_headers: _,
         response_headers_to_add: _,
         response_headers_to_remove: _,
         request_headers_to_add: _,
@@ -417,7 +417,6 @@ pub(super) fn route_configuration(
         route_specifiers,
     } = m;
     refuse(path, "vhds", vhds)?;
-    refuse(path, "internal_only_headers", internal_only_headers)?;
     refuse(path, "validate_clusters", validate_clusters)?;
     refuse(path, "cluster_specifier_plugins", cluster_specifier_plugins)?;
     refuse(path, "request_mirror_policies", request_mirror_policies)?;
@@ -441,7 +440,7 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
         domains: _,
         routes: _,
         matcher,
-        require_tls,
+        require_tls: _,
         virtual_clusters,
         rate_limits,
         request_headers_to_add: _,
@@ -450,8 +449,8 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
         response_headers_to_remove: _,
         cors,
         typed_per_filter_config,
-        include_request_attempt_count,
-        include_attempt_count_in_response,
+        include_request_attempt_count: _,
+        include_attempt_count_in_response: _,
         retry_policy,
         retry_policy_typed_config,
         hedge_policy,
@@ -463,21 +462,10 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
         route_specifiers,
     } = m;
     refuse(path, "matcher", matcher)?;
-    refuse(path, "require_tls", require_tls)?;
     refuse(path, "virtual_clusters", virtual_clusters)?;
     refuse(path, "rate_limits", rate_limits)?;
     refuse(path, "cors", cors)?;
     refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
-    refuse(
-        path,
-        "include_request_attempt_count",
-        include_request_attempt_count,
-    )?;
-    refuse(
-        path,
-        "include_attempt_count_in_response",
-        include_attempt_count_in_response,
-    )?;
     refuse(path, "retry_policy", retry_policy)?;
     refuse(path, "retry_policy_typed_config", retry_policy_typed_config)?;
     refuse(path, "hedge_policy", hedge_policy)?;
@@ -578,7 +566,7 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
         regex_rewrite: _,
         path_rewrite_policy,
         path_rewrite,
-        append_x_forwarded_host,
+        append_x_forwarded_host: _,
         timeout: _,
         idle_timeout,
         flush_timeout,
@@ -605,7 +593,6 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     refuse(path, "metadata_match", metadata_match)?;
     refuse(path, "path_rewrite_policy", path_rewrite_policy)?;
     refuse(path, "path_rewrite", path_rewrite)?;
-    refuse(path, "append_x_forwarded_host", append_x_forwarded_host)?;
     refuse(path, "idle_timeout", idle_timeout)?;
     refuse(path, "flush_timeout", flush_timeout)?;
     refuse(path, "early_data_policy", early_data_policy)?;

@@ -469,7 +469,22 @@ pub(crate) fn translate_routes(
             )?);
         }
         use super::route_action::header_parser;
+        use route::virtual_host::TlsRequirementType as Tls;
+        let require_tls = match Tls::try_from(vh.require_tls) {
+            Ok(Tls::None) => crate::router::RequireTls::None,
+            Ok(Tls::ExternalOnly) => crate::router::RequireTls::ExternalOnly,
+            Ok(Tls::All) => crate::router::RequireTls::All,
+            Err(_) => {
+                return Err(ConfigError::new(
+                    format!("{vpath}.require_tls"),
+                    "unknown value",
+                ))
+            }
+        };
         vhosts.push(VirtualHost {
+            require_tls,
+            attempt_count_upstream: vh.include_request_attempt_count,
+            attempt_count_response: vh.include_attempt_count_in_response,
             request_headers: header_parser(
                 &vh.request_headers_to_add,
                 &vh.request_headers_to_remove,
@@ -503,6 +518,16 @@ pub(crate) fn translate_routes(
         "response",
     )?;
     table.most_specific_wins = rc.most_specific_header_mutations_wins;
+    for (i, h) in rc.internal_only_headers.iter().enumerate() {
+        table.internal_only_headers.push(
+            http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                ConfigError::new(
+                    format!("{path}.internal_only_headers[{i}]"),
+                    "not a valid header name",
+                )
+            })?,
+        );
+    }
     Ok(table)
 }
 

@@ -253,6 +253,7 @@ fn forward(
             cluster_not_found,
             path_rewrite,
             host_rewrite,
+            append_x_forwarded_host: action.append_x_forwarded_host,
         }),
         timeout: (!timeout.is_zero()).then_some(timeout),
         upgrades,

@@ -137,6 +137,19 @@ pub async fn route(
             rds.as_deref()
         }
     };
+    // internal_only_headers reach only internal requests (Envoy removes them before routing).
+    if let Some(t) = table {
+        if !t.internal_only_headers.is_empty()
+            && parts
+                .headers
+                .get("x-envoy-internal")
+                .is_none_or(|v| v != "true")
+        {
+            for h in &t.internal_only_headers {
+                parts.headers.remove(h);
+            }
+        }
+    }
     let view = crate::router::RequestView {
         method: parts.method.as_str(),
         path,
@@ -145,6 +158,40 @@ pub async fn route(
         headers: &parts.headers,
     };
     let vhost = table.and_then(|t| t.virtual_host(&host_header));
+    // require_tls: a request not forwarded as https is sent to https first (Envoy's SSL
+    // redirect route, a 301 built like a route's https_redirect).
+    if let Some(vh) = vhost {
+        let forwarded_https = view
+            .headers
+            .get(&names::X_FORWARDED_PROTO)
+            .is_some_and(|v| v == "https");
+        let internal = view
+            .headers
+            .get("x-envoy-internal")
+            .is_some_and(|v| v == "true");
+        let redirect = match vh.require_tls {
+            crate::router::RequireTls::None => false,
+            crate::router::RequireTls::All => !forwarded_https,
+            crate::router::RequireTls::ExternalOnly => !forwarded_https && !internal,
+        };
+        if redirect {
+            if let Some(r) = vh.routes.first() {
+                let to_https = Redirect {
+                    scheme: Some("https".into()),
+                    host: None,
+                    port: None,
+                    path: PathRedirect::Keep,
+                    status: StatusCode::MOVED_PERMANENTLY,
+                    strip_query: false,
+                };
+                let location = redirect_location(r, &to_https, &parts, &host_header, scheme);
+                return Err(LocalReply::redirect(
+                    StatusCode::MOVED_PERMANENTLY,
+                    location,
+                ));
+            }
+        }
+    }
     let route = vhost.and_then(|vh| vh.route(&view));
     let (Some(route), Some(table), Some(vhost)) = (route, table, vhost) else {
         return Err(LocalReply::NO_ROUTE);
@@ -224,6 +271,11 @@ pub async fn route(
     for p in order(false) {
         p.apply(&mut parts.headers);
     }
+    if vhost.attempt_count_upstream {
+        parts
+            .headers
+            .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
+    }
     let response_headers = order(true);
     if let Some(rw) = &forward.path_rewrite {
         let old = parts
@@ -263,6 +315,9 @@ pub async fn route(
     };
     let host_header = match rewritten {
         Some(new) => {
+            if forward.append_x_forwarded_host && !host_header.is_empty() {
+                append_forwarded_host(&mut parts.headers, &host_header);
+            }
             // The host before the rewrite goes upstream as x-envoy-original-host (Envoy 1.40).
             if !cfg.router.suppress_envoy_headers {
                 if let Ok(v) = HeaderValue::from_str(&host_header) {
@@ -412,6 +467,10 @@ pub async fn route(
             upstream.failed = resp.status().is_server_error();
             for p in &response_headers {
                 p.apply(resp.headers_mut());
+            }
+            if vhost.attempt_count_response {
+                resp.headers_mut()
+                    .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
             }
             // After a 101 the upstream connection belongs to the tunnel, never to the pool.
             if upgrade.is_none() || resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -718,5 +777,30 @@ fn redirect_host(
         host[..at].to_string()
     } else {
         host.to_string()
+    }
+}
+
+/// `x-envoy-attempt-count`: one attempt, as skiff does not retry.
+static X_ENVOY_ATTEMPT_COUNT: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-attempt-count");
+
+/// Appends the host a rewrite replaced to `x-forwarded-host`, unless it is already the last
+/// value there (Envoy's `updateAuthority`).
+fn append_forwarded_host(headers: &mut http::HeaderMap, host: &str) {
+    static XFH: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+    let existing = headers
+        .get(&XFH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if existing.rsplit(',').next().map(str::trim) == Some(host) {
+        return;
+    }
+    let value = if existing.is_empty() {
+        host.to_string()
+    } else {
+        format!("{existing},{host}")
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(XFH.clone(), v);
     }
 }
