@@ -23,3 +23,4 @@ pub mod stream_info;
 pub mod tls;
 pub mod upstream;
 pub mod worker;
+pub mod xds;

@@ -110,6 +110,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     rt.block_on(async move {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let mut config = ConfigStore::new(&loaded, store.clone(), drain_time, events_tx);
+        let mut xds = config.take_xds_events();
         let (commands_tx, mut commands) = mpsc::unbounded_channel();
         let state = Arc::new(AdminState {
             store: store.clone(),
@@ -140,6 +141,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
             let next = config.next_deadline();
             tokio::select! {
                 Some(ev) = events.recv() => config.on_file_event(&ev),
+                Some(ev) = recv_xds(&mut xds) => config.on_xds(ev),
                 _ = sleep_until(next) => config.on_timer(Instant::now()),
                 _ = signals.recv() => return Ok(()),
                 _ = state.quit.notified() => return Ok(()),
@@ -172,6 +174,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
                 .min();
             tokio::select! {
                 Some(ev) = events.recv() => config.on_file_event(&ev),
+                Some(ev) = recv_xds(&mut xds) => config.on_xds(ev),
                 Some(cmd) = commands.recv() => match cmd {
                     Command::DrainListeners { inbound_only, graceful } => {
                         // Graceful: connections are asked to close over the drain time while
@@ -236,6 +239,16 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     })?;
     tracing::info!("skiff exiting");
     Ok(())
+}
+
+/// The next xDS response, or never when there are no streams.
+async fn recv_xds(
+    rx: &mut Option<mpsc::UnboundedReceiver<crate::xds::XdsEvent>>,
+) -> Option<crate::xds::XdsEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Sleeps until `at`, or for ever.

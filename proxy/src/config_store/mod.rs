@@ -12,7 +12,7 @@
 
 mod files;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -28,13 +28,14 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use crate::config::discovery::{Discovery, FileError};
-use crate::config::model::{self, ConfigSource};
+use crate::config::model::{self, ConfigSource, GrpcSource, GrpcTarget, SourceKind};
 use crate::config::{resource, ConfigError, Loaded, Secrets};
 use crate::drain::{DrainKind, Draining};
 use crate::router::RouteTable;
 use crate::stats::{Shard, Store};
 use crate::upstream::ClusterInfo;
 use crate::worker::WorkerUpdate;
+use crate::xds::{self, Interest, StreamKey, Update, XdsEvent};
 
 pub use files::{FileEvent, Watchers};
 
@@ -152,6 +153,9 @@ struct Subscription {
     ready: bool,
     created: Instant,
     version: String,
+    /// The version `/config_dump` shows: as Envoy's LDS and CDS, that of the last update
+    /// that changed something, even one partly rejected.
+    dump_version: String,
 }
 
 impl Subscription {
@@ -176,6 +180,7 @@ impl Subscription {
             ready: false,
             created: Instant::now(),
             version: String::new(),
+            dump_version: String::new(),
         }
     }
 
@@ -239,6 +244,20 @@ pub struct ConfigStore {
     pending_prune: Vec<String>,
     watchers: Watchers,
     decoder: crate::config::discovery::Decoder,
+    /// `ads_config`.
+    ads: Option<GrpcSource>,
+    /// Where each static cluster an xDS stream may use is.
+    xds_targets: BTreeMap<String, GrpcTarget>,
+    /// The bootstrap's `node`, sent to xDS servers.
+    node: envoy_types::pb::envoy::config::core::v3::Node,
+    /// The xDS streams running.
+    streams: BTreeMap<StreamKey, xds::Stream>,
+    /// What each stream was last asked for, per type.
+    interests: BTreeMap<(StreamKey, &'static str), Interest>,
+    /// Listeners are asked for once the first clusters are warm, as Envoy does.
+    lds_asked: bool,
+    xds_tx: mpsc::UnboundedSender<XdsEvent>,
+    xds_rx: Option<mpsc::UnboundedReceiver<XdsEvent>>,
 }
 
 impl std::fmt::Debug for ConfigStore {
@@ -282,6 +301,11 @@ impl ConfigStore {
         events: mpsc::UnboundedSender<FileEvent>,
     ) -> Self {
         let statics = loaded.proto.static_resources.clone().unwrap_or_default();
+        let (xds_tx, xds_rx) = mpsc::unbounded_channel();
+        let mut node = loaded.model.node.proto.clone();
+        if node.user_agent_name.is_empty() {
+            node.user_agent_name = "skiff".into();
+        }
         let mut store = ConfigStore {
             main: stats.main().clone(),
             stats,
@@ -303,6 +327,14 @@ impl ConfigStore {
             pending_prune: Vec::new(),
             watchers: Watchers::new(events),
             decoder: Default::default(),
+            ads: loaded.model.dynamic.ads.clone(),
+            xds_targets: loaded.model.xds_targets.clone(),
+            node,
+            streams: BTreeMap::new(),
+            interests: BTreeMap::new(),
+            lds_asked: false,
+            xds_tx,
+            xds_rx: Some(xds_rx),
         };
         let model = &loaded.model;
         for s in &statics.secrets {
@@ -394,6 +426,272 @@ impl ConfigStore {
         self.published.clone()
     }
 
+    /// The responses of the xDS streams, for the main loop to hand to [`Self::on_xds`] (once).
+    pub fn take_xds_events(&mut self) -> Option<mpsc::UnboundedReceiver<XdsEvent>> {
+        self.xds_rx.take()
+    }
+
+    /// A response from an xDS stream: checked, applied to every subscription it feeds, and
+    /// answered with the verdict (ACK, or one NACK with every rejection's message).
+    pub fn on_xds(&mut self, ev: XdsEvent) {
+        let verdict = self.apply_xds(&ev.stream, &ev.type_url, ev.update);
+        let _ = ev.verdict.send(verdict);
+        self.sync_eds();
+        self.sync_rds();
+        self.sync_sds();
+        self.promote();
+        self.publish();
+    }
+
+    /// Applies one xDS response; the error is the NACK's message.
+    fn apply_xds(&mut self, stream: &StreamKey, url: &str, update: Update) -> Result<(), String> {
+        let (version_info, anys, versions, removed) = match update {
+            Update::Sotw {
+                version_info,
+                resources,
+            } => (version_info, resources, Vec::new(), None),
+            Update::Delta {
+                system_version_info,
+                resources,
+                removed,
+            } => {
+                let (versions, anys) = resources.into_iter().map(|(_, v, a)| (v, a)).unzip();
+                (system_version_info, anys, versions, Some(removed))
+            }
+        };
+        let mut d = self.decoder.check(
+            envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse {
+                version_info,
+                resources: anys,
+                ..Default::default()
+            },
+        );
+        d.versions = versions;
+        let fed_by = |s: &Subscription| stream_feeds(stream, &s.source);
+        match url {
+            type_url::LISTENER | type_url::CLUSTER => {
+                let (kind, sub) = if url == type_url::LISTENER {
+                    (Kind::Lds, self.lds.as_ref())
+                } else {
+                    (Kind::Cds, self.cds.as_ref())
+                };
+                let Some(src) = sub.filter(|s| fed_by(s)).map(|s| s.source.clone()) else {
+                    return Ok(());
+                };
+                self.deliver(kind, &src, &Ok(d), removed.as_deref())
+            }
+            type_url::ROUTE | type_url::ENDPOINT | type_url::SECRET => {
+                self.apply_named(stream, url, d, removed.unwrap_or_default())
+            }
+            other => Err(format!("unexpected type URL '{other}'")),
+        }
+    }
+
+    /// An RDS, EDS or SDS response: each resource goes to the subscription of its name (a
+    /// name nothing subscribes to is ignored, as Envoy does); in delta, a removed endpoint
+    /// assignment leaves its cluster without hosts.
+    fn apply_named(
+        &mut self,
+        stream: &StreamKey,
+        url: &str,
+        d: Discovery,
+        removed: Vec<String>,
+    ) -> Result<(), String> {
+        let mut errors = Vec::new();
+        let mut by_name: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, any) in d.resources.iter().enumerate() {
+            match resource_name(url, any, &format!("resources[{i}]")) {
+                Ok(n) => by_name.entry(n).or_default().push(i),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        let kind_of = |name: String| match url {
+            type_url::ROUTE => Kind::Rds(name),
+            type_url::ENDPOINT => Kind::Eds(name),
+            _ => Kind::Sds(name),
+        };
+        for (name, idx) in by_name {
+            let kind = kind_of(name.clone());
+            let Some(src) = self
+                .subscription(&kind)
+                .filter(|s| stream_feeds(stream, &s.source))
+                .map(|s| s.source.clone())
+            else {
+                tracing::debug!(resource = %name, "xDS: ignoring a resource nothing subscribes to");
+                continue;
+            };
+            let version = match idx.first() {
+                Some(i) if !d.versions.is_empty() => d.version_of(*i).to_string(),
+                _ => d.version_info.clone(),
+            };
+            let one = match idx.iter().find_map(|i| d.errors.get(i)) {
+                Some(e) => Err(FileError::Rejected(e.clone())),
+                None => Ok(Discovery {
+                    version_info: version,
+                    resources: idx
+                        .iter()
+                        .filter_map(|i| d.resources.get(*i).cloned())
+                        .collect(),
+                    dumps: idx
+                        .iter()
+                        .filter_map(|i| d.dumps.get(*i).cloned())
+                        .collect(),
+                    ..Default::default()
+                }),
+            };
+            if let Err(e) = self.deliver(kind, &src, &one, None) {
+                errors.push(e);
+            }
+        }
+        if url == type_url::ENDPOINT {
+            for name in removed {
+                let kind = Kind::Eds(name);
+                let Some(src) = self
+                    .subscription(&kind)
+                    .filter(|s| stream_feeds(stream, &s.source))
+                    .map(|s| s.source.clone())
+                else {
+                    continue;
+                };
+                let empty = Ok(Discovery {
+                    version_info: d.version_info.clone(),
+                    ..Default::default()
+                });
+                if let Err(e) = self.deliver(kind, &src, &empty, None) {
+                    errors.push(e);
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("\n"))
+        }
+    }
+
+    /// Starts the xDS streams the subscriptions need and tells each the names it now wants:
+    /// every listener and cluster (wildcard), and the route configurations, endpoint
+    /// assignments and secrets that listeners and clusters name. Listeners are asked for once
+    /// the first round of clusters is warm, as Envoy's init manager does.
+    fn sync_xds(&mut self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let key_of = |src: &ConfigSource, t: &'static str| match &src.kind {
+            SourceKind::Ads => Some((StreamKey::Ads, t)),
+            SourceKind::Grpc(g) => Some((StreamKey::Api(g.clone(), t), t)),
+            SourceKind::File { .. } => None,
+        };
+        let mut want: BTreeMap<(StreamKey, &'static str), Interest> = BTreeMap::new();
+        if let Some(k) = self
+            .cds
+            .as_ref()
+            .and_then(|s| key_of(&s.source, type_url::CLUSTER))
+        {
+            want.insert(k, Interest::Wildcard);
+        }
+        if !self.lds_asked {
+            let clusters_warming = self.cds.as_ref().is_some_and(|s| !s.ready)
+                || self
+                    .clusters
+                    .values()
+                    .any(|s| s.warming.is_some() && s.active.is_none());
+            self.lds_asked = !clusters_warming;
+        }
+        if self.lds_asked {
+            if let Some(k) = self
+                .lds
+                .as_ref()
+                .and_then(|s| key_of(&s.source, type_url::LISTENER))
+            {
+                want.insert(k, Interest::Wildcard);
+            }
+        }
+        let named = self
+            .rds
+            .iter()
+            .map(|(n, r)| (n, &r.sub, type_url::ROUTE))
+            .chain(
+                self.eds
+                    .iter()
+                    .map(|(n, e)| (n, &e.sub, type_url::ENDPOINT)),
+            )
+            .chain(
+                self.secrets
+                    .iter()
+                    .filter_map(|(n, s)| s.sub.as_ref().map(|sub| (n, sub, type_url::SECRET))),
+            );
+        for (name, sub, t) in named {
+            let Some(k) = key_of(&sub.source, t) else {
+                continue;
+            };
+            if let Interest::Names(n) = want
+                .entry(k)
+                .or_insert_with(|| Interest::Names(BTreeSet::new()))
+            {
+                n.insert(name.clone());
+            }
+        }
+        // A type asked for before and wanted no more is told so (no names).
+        for k in self.interests.keys() {
+            if !want.contains_key(k) {
+                want.insert(k.clone(), Interest::Names(BTreeSet::new()));
+            }
+        }
+        for ((key, t), interest) in &want {
+            if self.interests.get(&(key.clone(), *t)) == Some(interest) {
+                continue;
+            }
+            let Some(stream) = self.stream(key) else {
+                continue;
+            };
+            stream.interest(t, interest.clone());
+            self.interests.insert((key.clone(), *t), interest.clone());
+        }
+        // A per-type stream that nothing needs any more stops.
+        let needed = |k: &StreamKey| {
+            matches!(k, StreamKey::Ads)
+                || want
+                    .iter()
+                    .any(|((kk, _), i)| kk == k && *i != Interest::Names(BTreeSet::new()))
+        };
+        self.streams.retain(|k, _| needed(k));
+        let streams = &self.streams;
+        self.interests.retain(|(k, _), _| streams.contains_key(k));
+    }
+
+    /// The stream for `key`, started on first use.
+    fn stream(&mut self, key: &StreamKey) -> Option<&xds::Stream> {
+        if !self.streams.contains_key(key) {
+            let source = match key {
+                StreamKey::Ads => match &self.ads {
+                    Some(a) => a.clone(),
+                    None => {
+                        tracing::error!(
+                            "a config source says 'ads' but the bootstrap has no ads_config"
+                        );
+                        return None;
+                    }
+                },
+                StreamKey::Api(g, _) => g.clone(),
+            };
+            let Some(target) = self.xds_targets.get(&source.cluster).cloned() else {
+                tracing::error!(cluster = %source.cluster, "xDS: no static cluster of that name with an endpoint");
+                return None;
+            };
+            let stream = xds::Stream::start(
+                key.clone(),
+                source,
+                target,
+                self.node.clone(),
+                self.xds_tx.clone(),
+                self.main.clone(),
+            );
+            self.streams.insert(key.clone(), stream);
+        }
+        self.streams.get(key)
+    }
+
     /// Reads the dynamic sources for the first time (clusters first, then their endpoints,
     /// then listeners and their routes, in Envoy's order) and starts following them.
     pub fn start(&mut self) {
@@ -459,7 +757,7 @@ impl ConfigStore {
             .chain(self.secrets.values_mut().filter_map(|s| s.sub.as_mut()));
         for sub in subs {
             if sub.deadline().is_some_and(|d| d <= now) {
-                tracing::warn!(path = %sub.source.path.display(), "initial fetch timed out");
+                tracing::warn!(source = %sub.source.describe(), "initial fetch timed out");
                 main.counter(&format!("{}init_fetch_timeout", sub.scope))
                     .inc();
                 sub.ready = true;
@@ -502,12 +800,15 @@ impl ConfigStore {
         if !wanted {
             return;
         }
-        let decoded = self.decoder.decode(&src.path);
+        let SourceKind::File { path, .. } = &src.kind else {
+            return;
+        };
+        let decoded = self.decoder.decode(path);
         if self.cds.as_ref().is_some_and(|s| &s.source == src) {
-            self.deliver(Kind::Cds, src, &decoded);
+            let _ = self.deliver(Kind::Cds, src, &decoded, None);
         }
         if self.lds.as_ref().is_some_and(|s| &s.source == src) {
-            self.deliver(Kind::Lds, src, &decoded);
+            let _ = self.deliver(Kind::Lds, src, &decoded, None);
         }
         let rds: Vec<String> = self
             .rds
@@ -516,7 +817,7 @@ impl ConfigStore {
             .map(|(n, _)| n.clone())
             .collect();
         for name in rds {
-            self.deliver(Kind::Rds(name), src, &decoded);
+            let _ = self.deliver(Kind::Rds(name), src, &decoded, None);
         }
         let eds: Vec<String> = self
             .eds
@@ -525,7 +826,7 @@ impl ConfigStore {
             .map(|(n, _)| n.clone())
             .collect();
         for name in eds {
-            self.deliver(Kind::Eds(name), src, &decoded);
+            let _ = self.deliver(Kind::Eds(name), src, &decoded, None);
         }
         let sds: Vec<String> = self
             .secrets
@@ -534,7 +835,7 @@ impl ConfigStore {
             .map(|(n, _)| n.clone())
             .collect();
         for name in sds {
-            self.deliver(Kind::Sds(name), src, &decoded);
+            let _ = self.deliver(Kind::Sds(name), src, &decoded, None);
         }
     }
 
@@ -548,35 +849,44 @@ impl ConfigStore {
         }
     }
 
-    /// Applies a decoded file to one subscription, counting as Envoy does.
-    fn deliver(&mut self, kind: Kind, src: &ConfigSource, decoded: &Result<Discovery, FileError>) {
+    /// Applies a decoded update (a file, or a response from an xDS server) to one
+    /// subscription, counting as Envoy does. `removed`: the names a delta response removes
+    /// (none: state of the world). Returns the rejection's message, for a NACK.
+    fn deliver(
+        &mut self,
+        kind: Kind,
+        src: &ConfigSource,
+        decoded: &Result<Discovery, FileError>,
+        removed: Option<&[String]>,
+    ) -> Result<(), String> {
         let main = self.main.clone();
         let Some(scope) = self.subscription(&kind).map(|s| s.scope.clone()) else {
-            return;
+            return Ok(());
         };
+        let file = matches!(src.kind, SourceKind::File { .. });
         main.counter(&format!("{scope}update_attempt")).inc();
         let result = match decoded {
             Err(FileError::Read(e)) => {
-                tracing::warn!(path = %src.path.display(), error = %e, "filesystem config update failure");
+                tracing::warn!(source = %src.describe(), error = %e, "config update failure");
                 main.counter(&format!("{scope}update_failure")).inc();
                 // As Envoy, a file that cannot be loaded ends the initial fetch too.
                 if let Some(sub) = self.subscription(&kind) {
                     sub.ready = true;
                 }
-                return;
+                return Err(e.clone());
             }
             Err(FileError::Rejected(e)) => Err(e.clone()),
             Ok(d) => {
                 if !d.unknown_fields.is_empty() {
                     for f in &d.unknown_fields {
-                        tracing::warn!(path = %src.path.display(), field = %f, "unknown field ignored");
+                        tracing::warn!(source = %src.describe(), field = %f, "unknown field ignored");
                     }
                     // As Envoy, one count per file that had any.
                     main.counter("server.dynamic_unknown_fields").inc();
                 }
                 match &kind {
-                    Kind::Lds => self.apply_lds(d),
-                    Kind::Cds => self.apply_cds(d),
+                    Kind::Lds => self.apply_lds(d, removed),
+                    Kind::Cds => self.apply_cds(d, removed),
                     Kind::Rds(name) => self.apply_rds(name, d),
                     Kind::Eds(name) => self.apply_eds(name, d),
                     Kind::Sds(name) => self.apply_sds(name, d),
@@ -584,7 +894,7 @@ impl ConfigStore {
             }
         };
         let Some(sub) = self.subscription(&kind) else {
-            return;
+            return result.map_err(|e| e.to_string());
         };
         sub.ready = true;
         match result {
@@ -602,13 +912,22 @@ impl ConfigStore {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64);
                 main.gauge(&format!("{scope}update_time")).set(ms);
-                if decoded.as_ref().is_ok_and(|d| d.resources.is_empty()) {
+                if decoded
+                    .as_ref()
+                    .is_ok_and(|d| d.resources.is_empty() && removed.is_none_or(|r| r.is_empty()))
+                {
                     main.counter(&format!("{scope}update_empty")).inc();
                 }
+                Ok(())
             }
             Err(e) => {
-                tracing::warn!(path = %src.path.display(), error = %e, "filesystem config update rejected");
+                if file {
+                    tracing::warn!(source = %src.describe(), error = %e, "filesystem config update rejected");
+                } else {
+                    tracing::warn!(source = %src.describe(), error = %e, "xDS config update rejected");
+                }
                 main.counter(&format!("{scope}update_rejected")).inc();
+                Err(e.to_string())
             }
         }
     }
@@ -618,15 +937,34 @@ impl ConfigStore {
         self.clusters.keys().cloned().collect()
     }
 
-    fn apply_lds(&mut self, d: &Discovery) -> Result<(), ConfigError> {
+    /// A listener update. As Envoy's LDS: a response that does not decode, or names a listener
+    /// twice, changes nothing; otherwise each listener is added or updated on its own, those
+    /// that fail keep their version in force, and the failures make one rejection. State of the
+    /// world removes the dynamic listeners the response does not name; delta (`removed`) those
+    /// it lists.
+    fn apply_lds(&mut self, d: &Discovery, removed: Option<&[String]>) -> Result<(), ConfigError> {
         let clusters = self.cluster_names();
         let mut secrets = self.secret_values();
         let mut in_place = HashSet::new();
         let mut next: BTreeMap<String, Version<listener_pb::Listener, Arc<model::Listener>>> =
             BTreeMap::new();
-        for (i, any) in d.resources.iter().enumerate() {
+        let protos = decode_all::<listener_pb::Listener>(d, type_url::LISTENER)?;
+        let mut named: HashSet<String> = HashSet::new();
+        for (_, p) in &protos {
+            if !named.insert(p.name.clone()) {
+                return Err(ConfigError::new(
+                    "resources",
+                    format!("duplicate listener {} found", p.name),
+                ));
+            }
+        }
+        let mut errors: Vec<(String, ConfigError)> = Vec::new();
+        for (i, proto) in protos {
             let path = format!("resources[{i}]");
-            let proto: listener_pb::Listener = decode_any(any, type_url::LISTENER, &path)?;
+            if let Some(e) = d.errors.get(&i) {
+                errors.push((proto.name.clone(), e.clone()));
+                continue;
+            }
             // Unchanged: the version in force stays, untranslated.
             if let Some(cur) = self
                 .listeners
@@ -635,40 +973,43 @@ impl ConfigStore {
                 .and_then(|s| s.latest())
                 .filter(|c| c.proto == proto)
             {
-                if next.insert(proto.name.clone(), cur.clone()).is_some() {
-                    return Err(ConfigError::new(
-                        format!("{path}.name"),
-                        format!("duplicate listener '{}' found", proto.name),
-                    ));
-                }
+                next.insert(proto.name.clone(), cur.clone());
                 continue;
             }
-            if self.follow_secrets(&secret_refs(&listener_tls(&proto)), &path)? {
-                secrets = self.secret_values();
-            }
-            let mut model = resource::listener(&proto, &path, &clusters, &secrets)?;
+            let built = (|| {
+                if self.follow_secrets(&secret_refs(&listener_tls(&proto)), &path)? {
+                    secrets = self.secret_values();
+                }
+                let model = resource::listener(&proto, &path, &clusters, &secrets)?;
+                if self.listeners.get(&model.name).is_some_and(|s| s.is_static) {
+                    return Err(ConfigError::new(
+                        format!("{path}.name"),
+                        format!(
+                            "cannot add or update listener '{}': it is a static listener",
+                            model.name
+                        ),
+                    ));
+                }
+                Ok(model)
+            })();
+            let mut model = match built {
+                Ok(m) => m,
+                Err(e) if e.invalid => return Err(e),
+                Err(e) => {
+                    errors.push((proto.name.clone(), e));
+                    continue;
+                }
+            };
             let name = model.name.clone();
             if let Some(cur) = self.listeners.get(&name).and_then(|s| s.latest()) {
                 if cur.proto != proto && adopt_chains(cur, &proto, &mut model) {
                     in_place.insert(name.clone());
                 }
             }
-            if self.listeners.get(&name).is_some_and(|s| s.is_static) {
-                return Err(ConfigError::new(
-                    format!("{path}.name"),
-                    format!("cannot add or update listener '{name}': it is a static listener"),
-                ));
-            }
-            if next.contains_key(&name) {
-                return Err(ConfigError::new(
-                    format!("{path}.name"),
-                    format!("duplicate listener '{name}' found"),
-                ));
-            }
             let dump = now_dumped(
                 &name,
                 d.dumps.get(i).cloned().unwrap_or_default(),
-                &d.version_info,
+                d.version_of(i),
             );
             next.insert(
                 name,
@@ -679,36 +1020,81 @@ impl ConfigStore {
                 },
             );
         }
-        // Two listeners may not share an address (the static ones included).
-        let mut seen: HashMap<std::net::SocketAddr, &str> = HashMap::new();
-        let statics = self
+        // In delta, the listeners the response does not name stay as they are.
+        let kept: Vec<String> = match removed {
+            Some(gone) => self
+                .listeners
+                .iter()
+                .filter(|(n, s)| {
+                    !s.is_static
+                        && !next.contains_key(*n)
+                        && !gone.contains(n)
+                        && !named.contains(*n)
+                })
+                .map(|(n, _)| n.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        // Two listeners may not share an address (the static ones included); a new one that
+        // takes the address of another fails alone.
+        let mut seen: HashMap<std::net::SocketAddr, String> = HashMap::new();
+        let fixed = self
             .listeners
             .iter()
-            .filter(|(_, s)| s.is_static)
-            .filter_map(|(n, s)| s.latest().map(|v| (n.as_str(), &v.model)));
-        for (name, l) in statics.chain(next.iter().map(|(n, v)| (n.as_str(), &v.model))) {
-            if !l.bind_to_port {
-                continue;
-            }
-            for a in l.addresses() {
-                if let Some(other) = seen.insert(a, name) {
-                    return Err(ConfigError::new(
-                        "resources",
-                        format!(
-                            "error adding listener '{name}': listener '{other}' already uses {a}"
-                        ),
-                    ));
+            .filter(|(n, s)| {
+                s.is_static || kept.contains(n) || (!next.contains_key(*n) && named.contains(*n))
+            })
+            .filter_map(|(n, s)| s.latest().map(|v| (n.clone(), v.model.clone())));
+        for (name, l) in fixed {
+            if l.bind_to_port {
+                for a in l.addresses() {
+                    seen.insert(a, name.clone());
                 }
             }
         }
-        // The update is valid: apply it.
+        let mut clash = Vec::new();
+        for (name, v) in &next {
+            if !v.model.bind_to_port {
+                continue;
+            }
+            let addrs: Vec<SocketAddr> = v.model.addresses().collect();
+            if let Some((a, other)) = addrs
+                .iter()
+                .find_map(|a| seen.get(a).map(|o| (*a, o.clone())))
+            {
+                errors.push((
+                    name.clone(),
+                    ConfigError::new(
+                        "address",
+                        format!(
+                            "error adding listener '{name}': listener '{other}' already uses {a}"
+                        ),
+                    ),
+                ));
+                clash.push(name.clone());
+                continue;
+            }
+            for a in addrs {
+                seen.insert(a, name.clone());
+            }
+        }
+        for n in clash {
+            next.remove(&n);
+        }
         let main = self.main.clone();
         let removed: Vec<String> = self
             .listeners
             .iter()
-            .filter(|(n, s)| !s.is_static && !next.contains_key(*n))
+            .filter(|(n, s)| {
+                !s.is_static
+                    && match removed {
+                        Some(gone) => gone.contains(n) && !next.contains_key(*n),
+                        None => !next.contains_key(*n) && !named.contains(*n),
+                    }
+            })
             .map(|(n, _)| n.clone())
             .collect();
+        let mut applied = !removed.is_empty();
         for name in removed {
             if let Some(slot) = self.listeners.remove(&name) {
                 if let Some(v) = slot.latest() {
@@ -732,6 +1118,7 @@ impl ConfigStore {
                     if slot.latest().is_some_and(|cur| cur.proto == v.proto) {
                         continue;
                     }
+                    applied = true;
                     main.counter("listener_manager.listener_modified").inc();
                     if in_place.contains(&name) {
                         main.counter("listener_manager.listener_in_place_updated")
@@ -744,6 +1131,7 @@ impl ConfigStore {
                     slot.warming = Some(v);
                 }
                 None => {
+                    applied = true;
                     main.counter("listener_manager.listener_added").inc();
                     tracing::info!(listener = %name, "listener added");
                     self.listeners.insert(
@@ -757,16 +1145,37 @@ impl ConfigStore {
                 }
             }
         }
-        Ok(())
+        if applied {
+            if let Some(sub) = self.lds.as_mut() {
+                sub.dump_version = d.version_info.clone();
+            }
+        }
+        failures("listener", errors)
     }
 
-    fn apply_cds(&mut self, d: &Discovery) -> Result<(), ConfigError> {
+    /// A cluster update, resource by resource as [`Self::apply_lds`].
+    fn apply_cds(&mut self, d: &Discovery, removed: Option<&[String]>) -> Result<(), ConfigError> {
         let mut next: BTreeMap<String, Version<cluster_pb::Cluster, Arc<model::Cluster>>> =
             BTreeMap::new();
         let mut secrets = self.secret_values();
-        for (i, any) in d.resources.iter().enumerate() {
+        let protos = decode_all::<cluster_pb::Cluster>(d, type_url::CLUSTER)?;
+        let mut failed = Vec::new();
+        let mut named: HashSet<String> = HashSet::new();
+        for (_, p) in &protos {
+            if !named.insert(p.name.clone()) {
+                return Err(ConfigError::new(
+                    "resources",
+                    format!("duplicate cluster {} found", p.name),
+                ));
+            }
+        }
+        let mut errors: Vec<(String, ConfigError)> = Vec::new();
+        for (i, proto) in protos {
             let path = format!("resources[{i}]");
-            let proto: cluster_pb::Cluster = decode_any(any, type_url::CLUSTER, &path)?;
+            if let Some(e) = d.errors.get(&i) {
+                errors.push((proto.name.clone(), e.clone()));
+                continue;
+            }
             // Unchanged: the version in force stays, untranslated (and keeps its version_info,
             // as in Envoy).
             if let Some(cur) = self
@@ -776,29 +1185,33 @@ impl ConfigStore {
                 .and_then(|s| s.latest())
                 .filter(|c| c.proto == proto)
             {
-                if next.insert(proto.name.clone(), cur.clone()).is_some() {
-                    return Err(ConfigError::new(
-                        format!("{path}.name"),
-                        format!("duplicate cluster '{}' found", proto.name),
-                    ));
-                }
+                next.insert(proto.name.clone(), cur.clone());
                 continue;
             }
-            if self.follow_secrets(&secret_refs(&cluster_tls(&proto)), &path)? {
-                secrets = self.secret_values();
-            }
-            let model = resource::cluster(&proto, &path, &secrets)?;
+            let built = (|| {
+                if self.follow_secrets(&secret_refs(&cluster_tls(&proto)), &path)? {
+                    secrets = self.secret_values();
+                }
+                resource::cluster(&proto, &path, &secrets)
+            })();
+            let model = match built {
+                Ok(m) => m,
+                Err(e) if e.invalid => return Err(e),
+                Err(e) => {
+                    // Envoy counts the cluster added or modified before it fails to load.
+                    failed.push(match self.clusters.get(&proto.name) {
+                        Some(s) if !s.is_static => "cluster_manager.cluster_modified",
+                        _ => "cluster_manager.cluster_added",
+                    });
+                    errors.push((proto.name.clone(), e));
+                    continue;
+                }
+            };
             let name = model.name.clone();
-            if next.contains_key(&name) {
-                return Err(ConfigError::new(
-                    format!("{path}.name"),
-                    format!("duplicate cluster '{name}' found"),
-                ));
-            }
             let dump = now_dumped(
                 &name,
                 d.dumps.get(i).cloned().unwrap_or_default(),
-                &d.version_info,
+                d.version_of(i),
             );
             next.insert(
                 name,
@@ -810,12 +1223,22 @@ impl ConfigStore {
             );
         }
         let main = self.main.clone();
+        for counter in failed {
+            main.counter(counter).inc();
+        }
         let removed: Vec<String> = self
             .clusters
             .iter()
-            .filter(|(n, s)| !s.is_static && !next.contains_key(*n))
+            .filter(|(n, s)| {
+                !s.is_static
+                    && match removed {
+                        Some(gone) => gone.contains(n) && !next.contains_key(*n),
+                        None => !next.contains_key(*n) && !named.contains(*n),
+                    }
+            })
             .map(|(n, _)| n.clone())
             .collect();
+        let mut applied = !removed.is_empty();
         for name in removed {
             self.clusters.remove(&name);
             main.counter("cluster_manager.cluster_removed").inc();
@@ -833,11 +1256,13 @@ impl ConfigStore {
                     if slot.latest().is_some_and(|cur| cur.proto == v.proto) {
                         continue;
                     }
+                    applied = true;
                     main.counter("cluster_manager.cluster_modified").inc();
                     tracing::info!(cluster = %name, "cluster modified");
                     slot.warming = Some(v);
                 }
                 None => {
+                    applied = true;
                     main.counter("cluster_manager.cluster_added").inc();
                     tracing::info!(cluster = %name, "cluster added");
                     self.clusters.insert(
@@ -851,7 +1276,12 @@ impl ConfigStore {
                 }
             }
         }
-        Ok(())
+        if applied {
+            if let Some(sub) = self.cds.as_mut() {
+                sub.dump_version = d.version_info.clone();
+            }
+        }
+        failures("cluster", errors)
     }
 
     fn apply_rds(&mut self, name: &str, d: &Discovery) -> Result<(), ConfigError> {
@@ -1272,12 +1702,12 @@ impl ConfigStore {
             lds_version: self
                 .lds
                 .as_ref()
-                .map(|s| s.version.clone())
+                .map(|s| s.dump_version.clone())
                 .unwrap_or_default(),
             cds_version: self
                 .cds
                 .as_ref()
-                .map(|s| s.version.clone())
+                .map(|s| s.dump_version.clone())
                 .unwrap_or_default(),
         };
         Snapshot {
@@ -1354,6 +1784,7 @@ impl ConfigStore {
             self.published.store(Arc::new(snapshot));
         }
         self.update_gauges();
+        self.sync_xds();
     }
 
     /// Hands the workers over; binds every listener (a static one that cannot be bound fails
@@ -1499,6 +1930,67 @@ fn the_one<T: Message + Default>(
         ));
     }
     Ok(proto)
+}
+
+/// Decodes every resource of a listener or cluster response with its name; a resource of
+/// another type or that does not decode refuses the whole response, as Envoy's decoding does.
+/// A resource already refused by the field check keeps its index.
+fn decode_all<T: Message + Default>(
+    d: &Discovery,
+    url: &str,
+) -> Result<Vec<(usize, T)>, ConfigError> {
+    let mut out = Vec::with_capacity(d.resources.len());
+    for (i, any) in d.resources.iter().enumerate() {
+        let path = format!("resources[{i}]");
+        match decode_any::<T>(any, url, &path) {
+            Ok(p) => out.push((i, p)),
+            Err(e) => return Err(d.errors.get(&i).cloned().unwrap_or(e)),
+        }
+    }
+    Ok(out)
+}
+
+/// The rejection of a listener or cluster update whose resources failed one by one, worded
+/// as Envoy's: `Error adding/updating listener(s) a: why, b: why`.
+fn failures(what: &str, errors: Vec<(String, ConfigError)>) -> Result<(), ConfigError> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let message = if what == "listener" {
+        // Envoy's LDS ends each failure with a newline; CDS joins them with commas.
+        let list: String = errors
+            .iter()
+            .map(|(name, e)| format!("{name}: {e}\n"))
+            .collect();
+        format!("Error adding/updating listener(s) {list}")
+    } else {
+        let list: Vec<String> = errors
+            .iter()
+            .map(|(name, e)| format!("{name}: {e}"))
+            .collect();
+        format!("Error adding/updating {what}(s) {}", list.join(", "))
+    };
+    Err(ConfigError::new("", message))
+}
+
+/// Whether `stream` carries the resources of `source`.
+fn stream_feeds(stream: &StreamKey, source: &ConfigSource) -> bool {
+    match (stream, &source.kind) {
+        (StreamKey::Ads, SourceKind::Ads) => true,
+        (StreamKey::Api(g, _), SourceKind::Grpc(h)) => g == h,
+        _ => false,
+    }
+}
+
+/// The name of an RDS, EDS or SDS resource.
+fn resource_name(url: &str, any: &Any, path: &str) -> Result<String, ConfigError> {
+    Ok(match url {
+        type_url::ROUTE => decode_any::<route_pb::RouteConfiguration>(any, url, path)?.name,
+        type_url::ENDPOINT => {
+            decode_any::<endpoint_pb::ClusterLoadAssignment>(any, url, path)?.cluster_name
+        }
+        _ => decode_any::<tls_pb::Secret>(any, url, path)?.name,
+    })
 }
 
 /// A listener's filter chains, the default one included.
