@@ -296,6 +296,8 @@ enum Request<'a> {
 #[derive(Default)]
 pub struct Decoder {
     running: Option<Running>,
+    /// Decode in this process (an executable that is not skiff: a fuzzer, a tool).
+    local: bool,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -331,7 +333,7 @@ impl Decoder {
                 .map_err(|e| FileError::Read(format!("cannot decode response: {e}"))),
         };
         // A unit test's executable is not skiff: decode in the test's own process.
-        if cfg!(test) {
+        if cfg!(test) || self.local {
             return local(&req);
         }
         if self
@@ -359,6 +361,14 @@ impl Decoder {
             }
         }
         local(&req)
+    }
+
+    /// A decoder that works in this process, for executables that are not skiff.
+    pub fn in_process() -> Self {
+        Decoder {
+            running: None,
+            local: true,
+        }
     }
 
     /// When the helper, if running, will have been idle long enough to stop.

@@ -426,6 +426,12 @@ impl ConfigStore {
         self.published.clone()
     }
 
+    /// Decodes discovery responses in this process rather than in skiff's helper (for
+    /// executables that are not skiff: fuzzers, tools).
+    pub fn decode_in_process(&mut self) {
+        self.decoder = crate::config::discovery::Decoder::in_process();
+    }
+
     /// The responses of the xDS streams, for the main loop to hand to [`Self::on_xds`] (once).
     pub fn take_xds_events(&mut self) -> Option<mpsc::UnboundedReceiver<XdsEvent>> {
         self.xds_rx.take()
@@ -2052,6 +2058,8 @@ fn bind_all(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod xds_tests;
 
 /// The TLS contexts' common parts of a listener's filter chains.
 fn listener_tls(l: &listener_pb::Listener) -> Vec<tls_pb::CommonTlsContext> {
