@@ -29,6 +29,11 @@ struct Side {
 }
 
 fn bootstrap(node: &str, admin: u16, delta: bool, cp: &ControlPlane) -> String {
+    bootstrap_with(node, admin, delta, cp, "")
+}
+
+/// The bootstrap, with `more` added to the LDS and CDS config sources.
+fn bootstrap_with(node: &str, admin: u16, delta: bool, cp: &ControlPlane, more: &str) -> String {
     let address = if delta {
         format!("{{pipe: {{path: {}}}}}", cp.uds.display())
     } else {
@@ -47,8 +52,8 @@ dynamic_resources:
     transport_api_version: V3
     set_node_on_first_message_only: true
     grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3{more}}}
+  cds_config: {{ads: {{}}, resource_api_version: V3{more}}}
 static_resources:
   clusters:
   - name: xds
@@ -523,6 +528,70 @@ async fn ads_sotw_and_delta_drive_skiff_as_they_drive_envoy() {
             &["/a: 200 C", "/b: 200 A", "/c: 404 -", "second: refused"],
         )
         .await;
+        cp.stop().await;
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_control_plane_delays_readiness_until_initial_fetch_timeout_as_in_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let up = EchoUpstream::start("A").await;
+        let dir = scratch_dir("xds-timeout");
+        let mut cp = ControlPlane::start(CP, 0, &dir.join("xds.sock")).await;
+        let mut sides = Vec::new();
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let node = format!("{}-quiet", kind.name());
+            let admin = free_port();
+            let yaml = bootstrap_with(&node, admin, false, &cp, ", initial_fetch_timeout: 1s");
+            let proxy = ProxyProcess::spawn(kind, &yaml, &["--concurrency", "1"], admin);
+            sides.push(Side {
+                node,
+                proxy: Some(proxy),
+                admin,
+                port: free_port(),
+                port2: free_port(),
+            });
+        }
+        // Nothing is served: neither is ready before the timeout, both are after it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for s in &sides {
+            let ready = skiff_tests::Admin::new(s.admin).get("/ready").await;
+            assert_eq!(
+                ready.status, 503,
+                "{}: ready before the initial fetch timed out",
+                s.node
+            );
+        }
+        for s in &mut sides {
+            if let Some(p) = s.proxy.as_mut() {
+                p.wait_ready(Duration::from_secs(10)).await;
+            }
+        }
+        let names = [
+            "cluster_manager.cds.init_fetch_timeout",
+            "listener_manager.lds.init_fetch_timeout",
+            "control_plane.connected_state",
+            "listener_manager.total_listeners_active",
+        ];
+        let envoy = sides[0].stats(&names).await;
+        let skiff = sides[1].stats(&names).await;
+        assert_eq!(skiff, envoy, "skiff (left) and Envoy (right) differ");
+        // Resources served late still apply.
+        for s in &sides {
+            cp.set(&s.node, CLUSTER, "1", &static_cluster("a", up.port()))
+                .await;
+            cp.set(&s.node, ROUTE, "1", &routes(&[("/", "a")])).await;
+            cp.set(&s.node, LISTENER, "1", &listeners(s, false)).await;
+        }
+        for s in &sides {
+            cp.answer(&s.node, LISTENER, "1").await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for s in &sides {
+            assert_eq!(s.probe(s.port, "/a").await, "200 A", "{}", s.node);
+        }
         cp.stop().await;
         let _ = std::fs::remove_dir_all(dir);
     })
