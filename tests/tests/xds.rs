@@ -1,6 +1,7 @@
 //! Configuration over xDS (ADS over gRPC), side by side with Envoy 1.40: the project's own
 //! control plane (`xds-control-plane`, a separate process) serves the same sequence of updates
-//! to Envoy and to skiff, state of the world over TCP and delta over a Unix socket. After each
+//! to Envoy and to skiff: ADS state of the world over TCP, ADS delta over a Unix socket, and a
+//! stream per type (`api_config_source`, both protocols) over TCP. After each
 //! step both must have answered alike (ACK, or NACK with an `error_detail`), be at the same
 //! versions, count the same update stats and route the same probes to the same upstreams.
 
@@ -19,22 +20,44 @@ struct Ups {
     c: EchoUpstream,
 }
 
-/// One proxy: its node id (its resources on the control plane) and ports.
+/// One proxy: its node id (its resources on the control plane), ports, and the config
+/// sources its listeners and clusters name for RDS and EDS.
 struct Side {
     node: String,
     proxy: Option<ProxyProcess>,
     admin: u16,
     port: u16,
     port2: u16,
+    rds_source: String,
+    eds_source: String,
 }
 
-fn bootstrap(node: &str, admin: u16, delta: bool, cp: &ControlPlane) -> String {
-    bootstrap_with(node, admin, delta, cp, "")
+/// How a pair of proxies takes its resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// ADS, state of the world, over TCP.
+    Sotw,
+    /// ADS, delta, over a Unix socket.
+    Delta,
+    /// A stream per type over TCP: LDS and EDS state of the world, CDS and RDS delta.
+    PerType,
 }
 
-/// The bootstrap, with `more` added to the LDS and CDS config sources.
-fn bootstrap_with(node: &str, admin: u16, delta: bool, cp: &ControlPlane, more: &str) -> String {
-    let address = if delta {
+const ADS_SOURCE: &str = "{ads: {}, resource_api_version: V3}";
+
+fn api_source(api: &str) -> String {
+    format!(
+        "{{api_config_source: {{api_type: {api}, transport_api_version: V3, set_node_on_first_message_only: true, grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]}}, resource_api_version: V3}}"
+    )
+}
+
+fn bootstrap(node: &str, admin: u16, mode: Mode, cp: &ControlPlane) -> String {
+    bootstrap_with(node, admin, mode, cp, "")
+}
+
+/// The bootstrap, with `more` added to the LDS and CDS config sources of ADS.
+fn bootstrap_with(node: &str, admin: u16, mode: Mode, cp: &ControlPlane, more: &str) -> String {
+    let address = if mode == Mode::Delta {
         format!("{{pipe: {{path: {}}}}}", cp.uds.display())
     } else {
         format!(
@@ -42,19 +65,34 @@ fn bootstrap_with(node: &str, admin: u16, delta: bool, cp: &ControlPlane, more: 
             cp.port
         )
     };
-    format!(
-        r#"
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
-node: {{id: {node}, cluster: xds-test, metadata: {{team: mesh}}}}
-dynamic_resources:
-  ads_config:
+    let dynamic = match mode {
+        Mode::PerType => format!(
+            "  lds_config: {}\n  cds_config: {}\n",
+            api_source("GRPC"),
+            api_source("DELTA_GRPC")
+        ),
+        _ => format!(
+            r#"  ads_config:
     api_type: {api}
     transport_api_version: V3
     set_node_on_first_message_only: true
     grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
   lds_config: {{ads: {{}}, resource_api_version: V3{more}}}
   cds_config: {{ads: {{}}, resource_api_version: V3{more}}}
-static_resources:
+"#,
+            api = if mode == Mode::Delta {
+                "DELTA_GRPC"
+            } else {
+                "GRPC"
+            },
+        ),
+    };
+    format!(
+        r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+node: {{id: {node}, cluster: xds-test, metadata: {{team: mesh}}}}
+dynamic_resources:
+{dynamic}static_resources:
   clusters:
   - name: xds
     type: STATIC
@@ -67,7 +105,6 @@ static_resources:
       cluster_name: xds
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {address}}}}}]}}]
 "#,
-        api = if delta { "DELTA_GRPC" } else { "GRPC" },
     )
 }
 
@@ -84,14 +121,15 @@ fn static_cluster(name: &str, port: u16) -> String {
     )
 }
 
-fn eds_cluster(name: &str) -> String {
+fn eds_cluster(side: &Side, name: &str) -> String {
     format!(
         r#"- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
   name: {name}
   type: EDS
   connect_timeout: 1s
-  eds_cluster_config: {{eds_config: {{ads: {{}}, resource_api_version: V3}}}}
-"#
+  eds_cluster_config: {{eds_config: {src}}}
+"#,
+        src = side.eds_source
     )
 }
 
@@ -125,10 +163,11 @@ fn listeners(side: &Side, second: bool) -> String {
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
         stat_prefix: ingress
-        rds: {{route_config_name: r1, config_source: {{ads: {{}}, resource_api_version: V3}}}}
+        rds: {{route_config_name: r1, config_source: {src}}}
         http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
 "#,
-        port = side.port
+        port = side.port,
+        src = side.rds_source
     );
     if second {
         out.push_str(&format!(
@@ -243,6 +282,11 @@ impl Side {
 
 const STATS: &[&str] = &[
     "control_plane.connected_state",
+    "control_plane.rate_limit_enforced",
+    "listener_manager.lds.control_plane.connected_state",
+    "cluster_manager.cds.control_plane.connected_state",
+    "http.ingress.rds.r1.control_plane.connected_state",
+    "cluster.b.control_plane.connected_state",
     "listener_manager.lds.update_success",
     "listener_manager.lds.update_rejected",
     "cluster_manager.cds.update_success",
@@ -258,9 +302,9 @@ const STATS: &[&str] = &[
     "cluster_manager.active_clusters",
 ];
 
-/// Envoy and skiff of one protocol.
+/// Envoy and skiff of one mode.
 struct Pair {
-    delta: bool,
+    mode: Mode,
     sides: [Side; 2],
 }
 
@@ -289,8 +333,8 @@ async fn answers(cp: &ControlPlane, pairs: &[Pair], t: &str, v: &str) -> Vec<Ans
         assert_eq!(
             (skiff.error.is_some(), &skiff.version),
             (envoy.error.is_some(), &envoy.version),
-            "{t} {v} (delta: {}): skiff answered {skiff:?}, Envoy {envoy:?}",
-            p.delta
+            "{t} {v} ({:?}): skiff answered {skiff:?}, Envoy {envoy:?}",
+            p.mode
         );
         out.push(envoy);
     }
@@ -315,28 +359,34 @@ async fn check(pairs: &[Pair], what: &str, want: &[&str]) {
         );
         assert_eq!(
             s, e,
-            "after '{what}' (delta: {}): skiff (left) and Envoy (right) differ",
-            p.delta
+            "after '{what}' ({:?}): skiff (left) and Envoy (right) differ",
+            p.mode
         );
         assert_eq!(
             e.0, want,
-            "after '{what}' (delta: {}): unexpected probe results",
-            p.delta
+            "after '{what}' ({:?}): unexpected probe results",
+            p.mode
         );
     }
 }
 
-async fn start_side(kind: Kind, delta: bool, cp: &ControlPlane) -> Side {
-    let node = format!("{}-{}", kind.name(), if delta { "delta" } else { "sotw" });
+async fn start_side(kind: Kind, mode: Mode, cp: &ControlPlane) -> Side {
+    let node = format!("{}-{mode:?}", kind.name());
     let admin = free_port();
+    let (rds_source, eds_source) = match mode {
+        Mode::PerType => (api_source("DELTA_GRPC"), api_source("GRPC")),
+        _ => (ADS_SOURCE.to_string(), ADS_SOURCE.to_string()),
+    };
     let mut side = Side {
         node,
         proxy: None,
         admin,
         port: free_port(),
         port2: free_port(),
+        rds_source,
+        eds_source,
     };
-    let yaml = bootstrap(&side.node, admin, delta, cp);
+    let yaml = bootstrap(&side.node, admin, mode, cp);
     side.proxy = Some(ProxyProcess::spawn(
         kind,
         &yaml,
@@ -359,18 +409,18 @@ async fn ads_sotw_and_delta_drive_skiff_as_they_drive_envoy() {
         let mut cp = ControlPlane::start(CP, 0, &uds).await;
         let cp_port = cp.port;
         let mut pairs = Vec::new();
-        for delta in [false, true] {
+        for mode in [Mode::Sotw, Mode::Delta, Mode::PerType] {
             pairs.push(Pair {
-                delta,
+                mode,
                 sides: [
-                    start_side(Kind::Envoy, delta, &cp).await,
-                    start_side(Kind::Skiff, delta, &cp).await,
+                    start_side(Kind::Envoy, mode, &cp).await,
+                    start_side(Kind::Skiff, mode, &cp).await,
                 ],
             });
         }
         let (pa, pb, pc) = (ups.a.port(), ups.b.port(), ups.c.port());
         let clusters_v1 =
-            move |_: &Side| format!("{}{}", static_cluster("a", pa), eds_cluster("b"));
+            move |s: &Side| format!("{}{}", static_cluster("a", pa), eds_cluster(s, "b"));
 
         // 1. Initial resources: both become ready once the first round has arrived.
         set_all(&mut cp, &pairs, CLUSTER, "1", clusters_v1).await;
@@ -388,20 +438,15 @@ async fn ads_sotw_and_delta_drive_skiff_as_they_drive_envoy() {
             }
         }
         answers(&cp, &pairs, ROUTE, "1").await;
-        // The node goes on the first request of the stream only.
+        // The node goes on the first request of each stream only.
         for p in &pairs {
             for s in &p.sides {
                 let reqs = cp.requests(&s.node);
-                assert!(
-                    reqs.first().is_some_and(|r| r["has_node"] == true),
-                    "{}: {reqs:?}",
-                    s.node
-                );
-                assert!(
-                    reqs.iter().skip(1).all(|r| r["has_node"] == false),
-                    "{}: {reqs:?}",
-                    s.node
-                );
+                let mut seen = std::collections::BTreeSet::new();
+                for r in &reqs {
+                    let first = seen.insert(r["stream"].as_u64());
+                    assert_eq!(r["has_node"] == true, first, "{}: {reqs:?}", s.node);
+                }
             }
         }
         check(
@@ -509,7 +554,7 @@ async fn ads_sotw_and_delta_drive_skiff_as_they_drive_envoy() {
                     .into_iter()
                     .find(|r| r["type_url"] == CLUSTER)
                     .expect("a CDS request after the restart");
-                if p.delta {
+                if p.mode != Mode::Sotw {
                     assert!(
                         first["initial_versions"]
                             .as_object()
@@ -544,7 +589,7 @@ async fn a_silent_control_plane_delays_readiness_until_initial_fetch_timeout_as_
         for kind in [Kind::Envoy, Kind::Skiff] {
             let node = format!("{}-quiet", kind.name());
             let admin = free_port();
-            let yaml = bootstrap_with(&node, admin, false, &cp, ", initial_fetch_timeout: 1s");
+            let yaml = bootstrap_with(&node, admin, Mode::Sotw, &cp, ", initial_fetch_timeout: 1s");
             let proxy = ProxyProcess::spawn(kind, &yaml, &["--concurrency", "1"], admin);
             sides.push(Side {
                 node,
@@ -552,14 +597,16 @@ async fn a_silent_control_plane_delays_readiness_until_initial_fetch_timeout_as_
                 admin,
                 port: free_port(),
                 port2: free_port(),
+                rds_source: ADS_SOURCE.to_string(),
+                eds_source: ADS_SOURCE.to_string(),
             });
         }
         // Nothing is served: neither is ready before the timeout, both are after it.
         tokio::time::sleep(Duration::from_millis(500)).await;
         for s in &sides {
-            let ready = skiff_tests::Admin::new(s.admin).get("/ready").await;
-            assert_eq!(
-                ready.status, 503,
+            let ready = skiff_tests::Admin::new(s.admin).try_get("/ready").await;
+            assert!(
+                ready.as_ref().map_or(true, |r| r.status == 503),
                 "{}: ready before the initial fetch timed out",
                 s.node
             );

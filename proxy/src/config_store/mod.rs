@@ -583,17 +583,23 @@ impl ConfigStore {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        let key_of = |src: &ConfigSource, t: &'static str| match &src.kind {
-            SourceKind::Ads => Some((StreamKey::Ads, t)),
-            SourceKind::Grpc(g) => Some((StreamKey::Api(g.clone(), t), t)),
+        // The stream of a subscription, and the scope of its stats when it has one of its own.
+        let key_of = |sub: &Subscription, t: &'static str, name: &str| match &sub.source.kind {
+            SourceKind::Ads => Some(((StreamKey::Ads, t), "control_plane.".to_string())),
+            SourceKind::Grpc(g) => Some((
+                (StreamKey::Api(g.clone(), t, name.to_string()), t),
+                format!("{}control_plane.", sub.scope),
+            )),
             SourceKind::File { .. } => None,
         };
         let mut want: BTreeMap<(StreamKey, &'static str), Interest> = BTreeMap::new();
-        if let Some(k) = self
+        let mut scopes: BTreeMap<StreamKey, String> = BTreeMap::new();
+        if let Some((k, scope)) = self
             .cds
             .as_ref()
-            .and_then(|s| key_of(&s.source, type_url::CLUSTER))
+            .and_then(|s| key_of(s, type_url::CLUSTER, ""))
         {
+            scopes.insert(k.0.clone(), scope);
             want.insert(k, Interest::Wildcard);
         }
         if !self.lds_asked {
@@ -605,11 +611,12 @@ impl ConfigStore {
             self.lds_asked = !clusters_warming;
         }
         if self.lds_asked {
-            if let Some(k) = self
+            if let Some((k, scope)) = self
                 .lds
                 .as_ref()
-                .and_then(|s| key_of(&s.source, type_url::LISTENER))
+                .and_then(|s| key_of(s, type_url::LISTENER, ""))
             {
+                scopes.insert(k.0.clone(), scope);
                 want.insert(k, Interest::Wildcard);
             }
         }
@@ -628,9 +635,10 @@ impl ConfigStore {
                     .filter_map(|(n, s)| s.sub.as_ref().map(|sub| (n, sub, type_url::SECRET))),
             );
         for (name, sub, t) in named {
-            let Some(k) = key_of(&sub.source, t) else {
+            let Some((k, scope)) = key_of(sub, t, name) else {
                 continue;
             };
+            scopes.entry(k.0.clone()).or_insert(scope);
             if let Interest::Names(n) = want
                 .entry(k)
                 .or_insert_with(|| Interest::Names(BTreeSet::new()))
@@ -648,7 +656,8 @@ impl ConfigStore {
             if self.interests.get(&(key.clone(), *t)) == Some(interest) {
                 continue;
             }
-            let Some(stream) = self.stream(key) else {
+            let scope = scopes.get(key).cloned().unwrap_or_default();
+            let Some(stream) = self.stream(key, scope) else {
                 continue;
             };
             stream.interest(t, interest.clone());
@@ -666,8 +675,8 @@ impl ConfigStore {
         self.interests.retain(|(k, _), _| streams.contains_key(k));
     }
 
-    /// The stream for `key`, started on first use.
-    fn stream(&mut self, key: &StreamKey) -> Option<&xds::Stream> {
+    /// The stream for `key`, started on first use with its stats under `scope`.
+    fn stream(&mut self, key: &StreamKey, scope: String) -> Option<&xds::Stream> {
         if !self.streams.contains_key(key) {
             let source = match key {
                 StreamKey::Ads => match &self.ads {
@@ -679,7 +688,7 @@ impl ConfigStore {
                         return None;
                     }
                 },
-                StreamKey::Api(g, _) => g.clone(),
+                StreamKey::Api(g, _, _) => g.clone(),
             };
             let Some(target) = self.xds_targets.get(&source.cluster).cloned() else {
                 tracing::error!(cluster = %source.cluster, "xDS: no static cluster of that name with an endpoint");
@@ -691,7 +700,7 @@ impl ConfigStore {
                 target,
                 self.node.clone(),
                 self.xds_tx.clone(),
-                self.main.clone(),
+                (self.main.clone(), scope),
             );
             self.streams.insert(key.clone(), stream);
         }
@@ -1983,7 +1992,7 @@ fn failures(what: &str, errors: Vec<(String, ConfigError)>) -> Result<(), Config
 fn stream_feeds(stream: &StreamKey, source: &ConfigSource) -> bool {
     match (stream, &source.kind) {
         (StreamKey::Ads, SourceKind::Ads) => true,
-        (StreamKey::Api(g, _), SourceKind::Grpc(h)) => g == h,
+        (StreamKey::Api(g, _, _), SourceKind::Grpc(h)) => g == h,
         _ => false,
     }
 }

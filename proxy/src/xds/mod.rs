@@ -30,8 +30,9 @@ use crate::stats::Shard;
 pub enum StreamKey {
     /// `ads_config`.
     Ads,
-    /// An `api_config_source` for one type URL.
-    Api(GrpcSource, &'static str),
+    /// An `api_config_source` for one type URL and, for the named types (RDS, EDS, SDS), one
+    /// resource name: as Envoy, each such subscription has a stream of its own.
+    Api(GrpcSource, &'static str, String),
 }
 
 /// A response, as the store applies it.
@@ -93,14 +94,15 @@ impl Drop for Stream {
 
 impl Stream {
     /// Starts a stream (inside a tokio runtime) that connects to `target`, sends what
-    /// [`Self::interest`] asks and hands each response to `events`.
+    /// [`Self::interest`] asks and hands each response to `events`. Its stats are
+    /// `<stats_prefix>connected_state` and so on (`control_plane.` for ADS).
     pub fn start(
         key: StreamKey,
         source: GrpcSource,
         target: GrpcTarget,
         node: Node,
         events: mpsc::UnboundedSender<XdsEvent>,
-        main: Arc<Shard>,
+        (main, stats_prefix): (Arc<Shard>, String),
     ) -> Stream {
         let (commands, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(
@@ -111,6 +113,7 @@ impl Stream {
                 node,
                 events,
                 main,
+                stats_prefix,
             },
             rx,
         ));
@@ -131,6 +134,14 @@ struct Conn {
     node: Node,
     events: mpsc::UnboundedSender<XdsEvent>,
     main: Arc<Shard>,
+    stats_prefix: String,
+}
+
+impl Conn {
+    fn connected(&self) -> crate::stats::Gauge {
+        self.main
+            .gauge(&format!("{}connected_state", self.stats_prefix))
+    }
 }
 
 /// One type's protocol state on a stream.
@@ -197,7 +208,7 @@ fn method(key: &StreamKey, delta: bool) -> &'static str {
                 "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
             }
         }
-        StreamKey::Api(_, t) => *t,
+        StreamKey::Api(_, t, _) => *t,
     };
     match (svc, delta) {
         (type_url::LISTENER, false) => {
@@ -277,9 +288,11 @@ async fn run(conn: Conn, mut commands: mpsc::UnboundedReceiver<(String, Interest
     // The order types were first asked for: requests go out in it (CDS before LDS, as Envoy).
     let mut order: Vec<String> = Vec::new();
     let mut backoff = Backoff::new();
-    let connected = conn.main.gauge("control_plane.connected_state");
-    conn.main.counter("control_plane.rate_limit_enforced");
-    conn.main.gauge("control_plane.pending_requests");
+    let p = &conn.stats_prefix;
+    let connected = conn.connected();
+    conn.main.counter(&format!("{p}rate_limit_enforced"));
+    conn.main.gauge(&format!("{p}pending_requests"));
+    conn.main.set_text(&format!("{p}identifier"), "");
     loop {
         // Take what the store asked for while disconnected.
         while let Ok((t, i)) = commands.try_recv() {
@@ -472,7 +485,7 @@ async fn run_sotw(
     }
     let (tx, mut incoming) =
         open::<DiscoveryRequest, DiscoveryResponse>(conn, channel, first).await?;
-    conn.main.gauge("control_plane.connected_state").set(1);
+    conn.connected().set(1);
     loop {
         tokio::select! {
             cmd = commands.recv() => {
@@ -553,7 +566,7 @@ async fn run_delta(
     }
     let (tx, mut incoming) =
         open::<DeltaDiscoveryRequest, DeltaDiscoveryResponse>(conn, channel, first).await?;
-    conn.main.gauge("control_plane.connected_state").set(1);
+    conn.connected().set(1);
     loop {
         tokio::select! {
             cmd = commands.recv() => {
@@ -681,9 +694,14 @@ mod tests {
             node_on_first_message_only: false,
             initial_metadata: Vec::new(),
         };
+        assert!(method(
+            &StreamKey::Api(g.clone(), type_url::ROUTE, "r".into()),
+            false
+        )
+        .ends_with("StreamRoutes"));
         assert!(
-            method(&StreamKey::Api(g.clone(), type_url::ROUTE), false).ends_with("StreamRoutes")
+            method(&StreamKey::Api(g, type_url::ENDPOINT, "e".into()), true)
+                .ends_with("DeltaEndpoints")
         );
-        assert!(method(&StreamKey::Api(g, type_url::ENDPOINT), true).ends_with("DeltaEndpoints"));
     }
 }

@@ -1,5 +1,6 @@
-//! A small xDS control plane for the tests: ADS, state of the world and delta, over TCP
-//! (`--tcp ADDR`) and a Unix socket (`--uds PATH`), both at once if asked.
+//! A small xDS control plane for the tests: ADS and the per-type services (listeners,
+//! clusters, routes, endpoints), state of the world and delta, over TCP (`--tcp ADDR`) and a
+//! Unix socket (`--uds PATH`), both at once if asked.
 //!
 //! Driven over stdin, one JSON command per line:
 //! - `{"cmd": "set", "node": N, "type_url": T, "version": V, "yaml": Y}`: the resources of type
@@ -108,15 +109,11 @@ fn outgoing<T: Send + 'static>(rx: mpsc::UnboundedReceiver<T>) -> BoxStream<T> {
     }))
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Server {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
+impl Server {
+    fn start_sotw(
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+    ) -> Result<Response<BoxStream<DiscoveryResponse>>, Status> {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.streams.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(sotw(
@@ -129,10 +126,10 @@ impl AggregatedDiscoveryService for Server {
         Ok(Response::new(outgoing(rx)))
     }
 
-    async fn delta_aggregated_resources(
+    fn start_delta(
         &self,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+    ) -> Result<Response<BoxStream<DeltaDiscoveryResponse>>, Status> {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.streams.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(delta(
@@ -145,6 +142,75 @@ impl AggregatedDiscoveryService for Server {
         Ok(Response::new(outgoing(rx)))
     }
 }
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Server {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        self.start_sotw(req)
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        req: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        self.start_delta(req)
+    }
+}
+
+/// A per-type discovery service: the same streams as ADS, one type each.
+macro_rules! per_type {
+    ($svc:path, $sotw_ty:ident, $sotw_fn:ident, $delta_ty:ident, $delta_fn:ident, $fetch_fn:ident) => {
+        #[tonic::async_trait]
+        impl $svc for Server {
+            type $sotw_ty = BoxStream<DiscoveryResponse>;
+            type $delta_ty = BoxStream<DeltaDiscoveryResponse>;
+
+            async fn $sotw_fn(
+                &self,
+                req: Request<Streaming<DiscoveryRequest>>,
+            ) -> Result<Response<Self::$sotw_ty>, Status> {
+                self.start_sotw(req)
+            }
+
+            async fn $delta_fn(
+                &self,
+                req: Request<Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<Response<Self::$delta_ty>, Status> {
+                self.start_delta(req)
+            }
+
+            async fn $fetch_fn(
+                &self,
+                _req: Request<DiscoveryRequest>,
+            ) -> Result<Response<DiscoveryResponse>, Status> {
+                Err(Status::unimplemented("REST-style fetch"))
+            }
+        }
+    };
+}
+
+per_type!(
+    envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryService,
+    StreamListenersStream, stream_listeners, DeltaListenersStream, delta_listeners, fetch_listeners
+);
+per_type!(
+    envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryService,
+    StreamClustersStream, stream_clusters, DeltaClustersStream, delta_clusters, fetch_clusters
+);
+per_type!(
+    envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryService,
+    StreamRoutesStream, stream_routes, DeltaRoutesStream, delta_routes, fetch_routes
+);
+per_type!(
+    envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryService,
+    StreamEndpointsStream, stream_endpoints, DeltaEndpointsStream, delta_endpoints, fetch_endpoints
+);
 
 /// A state-of-the-world subscription: its names (none: wildcard) and what was last sent.
 struct Sub {
@@ -350,16 +416,47 @@ async fn delta(
     emit(json!({"event": "closed", "stream": id, "node": node}));
 }
 
-/// Serves one HTTP/2 connection with the ADS service.
+/// Serves one HTTP/2 connection with ADS and the per-type services, chosen by path.
 async fn serve<S>(stream: S, server: Server)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    use envoy_types::pb::envoy::service::{cluster, endpoint, listener, route};
     use tonic::codegen::Service;
-    let svc = AggregatedDiscoveryServiceServer::new(server);
+    type Answer = Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<http::Response<tonic::body::Body>, std::convert::Infallible>,
+                > + Send,
+        >,
+    >;
     let hsvc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let mut svc = svc.clone();
-        async move { svc.call(req.map(tonic::body::Body::new)).await }
+        let req = req.map(tonic::body::Body::new);
+        let s = server.clone();
+        let path = req.uri().path().to_string();
+        let answer: Answer = if path.starts_with("/envoy.service.listener.v3.") {
+            let mut svc =
+                listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer::new(s);
+            Box::pin(async move { svc.call(req).await })
+        } else if path.starts_with("/envoy.service.cluster.v3.") {
+            let mut svc =
+                cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer::new(
+                    s,
+                );
+            Box::pin(async move { svc.call(req).await })
+        } else if path.starts_with("/envoy.service.route.v3.") {
+            let mut svc =
+                route::v3::route_discovery_service_server::RouteDiscoveryServiceServer::new(s);
+            Box::pin(async move { svc.call(req).await })
+        } else if path.starts_with("/envoy.service.endpoint.v3.") {
+            let mut svc =
+                endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer::new(s);
+            Box::pin(async move { svc.call(req).await })
+        } else {
+            let mut svc = AggregatedDiscoveryServiceServer::new(s);
+            Box::pin(async move { svc.call(req).await })
+        };
+        answer
     });
     let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
         .serve_connection(hyper_util::rt::TokioIo::new(stream), hsvc)
