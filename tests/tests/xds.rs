@@ -153,6 +153,11 @@ fn assignment(name: &str, port: u16) -> String {
 }
 
 fn listeners(side: &Side, second: bool) -> String {
+    listeners_for(side, second, "r1")
+}
+
+/// The listeners, the HCM's routes from RDS configuration `route`.
+fn listeners_for(side: &Side, second: bool, route: &str) -> String {
     let mut out = format!(
         r#"- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
   name: main
@@ -163,7 +168,7 @@ fn listeners(side: &Side, second: bool) -> String {
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
         stat_prefix: ingress
-        rds: {{route_config_name: r1, config_source: {src}}}
+        rds: {{route_config_name: {route}, config_source: {src}}}
         http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
 "#,
         port = side.port,
@@ -183,13 +188,17 @@ fn listeners(side: &Side, second: bool) -> String {
 }
 
 fn routes(table: &[(&str, &str)]) -> String {
+    routes_named("r1", table)
+}
+
+fn routes_named(name: &str, table: &[(&str, &str)]) -> String {
     let routes: Vec<String> = table
         .iter()
         .map(|(p, c)| format!("{{match: {{prefix: \"{p}\"}}, route: {{cluster: {c}}}}}"))
         .collect();
     format!(
         r#"- "@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration
-  name: r1
+  name: {name}
   virtual_hosts: [{{name: main, domains: ["*"], routes: [{}]}}]
 "#,
         routes.join(", ")
@@ -276,6 +285,8 @@ impl Side {
                 }
             }
         }
+        // The order of the entries is not part of the comparison.
+        out.sort();
         out
     }
 }
@@ -390,7 +401,7 @@ async fn start_side(kind: Kind, mode: Mode, cp: &ControlPlane) -> Side {
     side.proxy = Some(ProxyProcess::spawn(
         kind,
         &yaml,
-        &["--concurrency", "1"],
+        &["--concurrency", "1", "--drain-time-s", "1"],
         admin,
     ));
     side
@@ -529,21 +540,83 @@ async fn ads_sotw_and_delta_drive_skiff_as_they_drive_envoy() {
         )
         .await;
 
-        // 7. The control plane restarts: both reconnect and subscribe again, with what they
+        // 7. The listener takes another route configuration: r2 is subscribed, r1 is not any
+        // more (in delta an unsubscribe, in the state of the world a request without it, and
+        // per type its own stream closed).
+        let r1_r2 = |_: &Side| {
+            format!(
+                "{}{}",
+                routes(&[("/a", "a"), ("/b", "b"), ("/c", "c")]),
+                routes_named("r2", &[("/a", "b")])
+            )
+        };
+        set_all(&mut cp, &pairs, ROUTE, "5", r1_r2).await;
+        set_all(&mut cp, &pairs, LISTENER, "4", |s| {
+            listeners_for(s, false, "r2")
+        })
+        .await;
+        answers(&cp, &pairs, LISTENER, "4").await;
+        answers(&cp, &pairs, ROUTE, "5").await;
+        check(
+            &pairs,
+            "route configuration renamed",
+            &["/a: 200 C", "/b: 404 -", "/c: 404 -", "second: refused"],
+        )
+        .await;
+        // The old listener drains for a second and holds r1 until then.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        check(
+            &pairs,
+            "the old listener drained",
+            &["/a: 200 C", "/b: 404 -", "/c: 404 -", "second: refused"],
+        )
+        .await;
+        for p in &pairs {
+            for s in &p.sides {
+                let routes: Vec<serde_json::Value> = cp
+                    .requests(&s.node)
+                    .into_iter()
+                    .filter(|r| r["type_url"] == ROUTE)
+                    .collect();
+                let dropped = match p.mode {
+                    Mode::Sotw => routes
+                        .last()
+                        .is_some_and(|r| r["names"] == serde_json::json!(["r2"])),
+                    Mode::Delta => routes
+                        .iter()
+                        .any(|r| r["unsubscribe"] == serde_json::json!(["r1"])),
+                    Mode::PerType => {
+                        let r1_stream = routes
+                            .iter()
+                            .find(|r| r["names"] == serde_json::json!(["r1"]))
+                            .map(|r| r["stream"].clone());
+                        cp.events().iter().any(|e| {
+                            e["event"] == "closed" && Some(&e["stream"]) == r1_stream.as_ref()
+                        })
+                    }
+                };
+                assert!(dropped, "{}: r1 still subscribed: {routes:?}", s.node);
+            }
+        }
+
+        // 8. The control plane restarts: both reconnect and subscribe again, with what they
         // have; the configuration in force stays meanwhile.
         cp.stop().await;
         check(
             &pairs,
             "control plane down",
-            &["/a: 200 A", "/b: 200 C", "/c: 503 -", "second: refused"],
+            &["/a: 200 C", "/b: 404 -", "/c: 404 -", "second: refused"],
         )
         .await;
         let mut cp = ControlPlane::start(CP, cp_port, &uds).await;
         set_all(&mut cp, &pairs, CLUSTER, "5", clusters_v1).await;
         set_all(&mut cp, &pairs, ENDPOINT, "2", |_| assignment("b", pc)).await;
-        set_all(&mut cp, &pairs, LISTENER, "3", |s| listeners(s, false)).await;
+        set_all(&mut cp, &pairs, LISTENER, "4", |s| {
+            listeners_for(s, false, "r2")
+        })
+        .await;
         set_all(&mut cp, &pairs, ROUTE, "6", |_| {
-            routes(&[("/a", "b"), ("/b", "a")])
+            routes_named("r2", &[("/a", "b"), ("/b", "a")])
         })
         .await;
         answers(&cp, &pairs, ROUTE, "6").await;

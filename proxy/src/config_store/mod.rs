@@ -238,6 +238,9 @@ pub struct ConfigStore {
     draining_listeners: Vec<Instant>,
     /// When each filter chain drain (of listeners updated in place) ends.
     draining_chains: Vec<Instant>,
+    /// The RDS route configurations draining listeners still use, until their drain ends (as
+    /// in Envoy, their subscriptions stay until then).
+    draining_rds: Vec<(Instant, Vec<RdsUse>)>,
     /// Listeners whose warming version replaces the active one in place.
     in_place: HashSet<String>,
     /// Stat scopes of removed resources, pruned once nothing holds them.
@@ -323,6 +326,7 @@ impl ConfigStore {
             running: HashMap::new(),
             draining_listeners: Vec::new(),
             draining_chains: Vec::new(),
+            draining_rds: Vec::new(),
             in_place: HashSet::new(),
             pending_prune: Vec::new(),
             watchers: Watchers::new(events),
@@ -752,6 +756,7 @@ impl ConfigStore {
         let prune = (!self.pending_prune.is_empty()).then(|| Instant::now() + PRUNE_EVERY);
         subs.chain(self.draining_listeners.iter().copied())
             .chain(self.draining_chains.iter().copied())
+            .chain(self.draining_rds.iter().map(|(d, _)| *d))
             .chain(prune)
             .chain(self.decoder.idle_deadline())
             .min()
@@ -782,6 +787,12 @@ impl ConfigStore {
         self.decoder.stop_if_idle();
         self.draining_listeners.retain(|d| *d > now);
         self.draining_chains.retain(|d| *d > now);
+        let held = self.draining_rds.len();
+        self.draining_rds.retain(|(d, _)| *d > now);
+        if self.draining_rds.len() != held {
+            self.sync_rds();
+            changed = true;
+        }
         let stats = self.stats.clone();
         self.pending_prune.retain(|p| !stats.prune(p));
         if changed {
@@ -1016,16 +1027,15 @@ impl ConfigStore {
                 }
             };
             let name = model.name.clone();
+            let mut version = d.version_of(i).to_string();
             if let Some(cur) = self.listeners.get(&name).and_then(|s| s.latest()) {
                 if cur.proto != proto && adopt_chains(cur, &proto, &mut model) {
                     in_place.insert(name.clone());
+                    // Envoy's in-place filter chain update keeps the listener's version_info.
+                    version = cur.dump.version.clone();
                 }
             }
-            let dump = now_dumped(
-                &name,
-                d.dumps.get(i).cloned().unwrap_or_default(),
-                d.version_of(i),
-            );
+            let dump = now_dumped(&name, d.dumps.get(i).cloned().unwrap_or_default(), &version);
             next.insert(
                 name,
                 Version {
@@ -1117,9 +1127,10 @@ impl ConfigStore {
                     self.pending_prune
                         .push(format!("listener.{}.", v.model.stat_prefix));
                 }
-                if slot.active.is_some() {
-                    self.draining_listeners
-                        .push(Instant::now() + self.drain_time);
+                if let Some(old) = &slot.active {
+                    let ends = Instant::now() + self.drain_time;
+                    self.draining_listeners.push(ends);
+                    self.draining_rds.push((ends, rds_of(&old.model)));
                 }
             }
             main.counter("listener_manager.listener_removed").inc();
@@ -1520,11 +1531,27 @@ impl ConfigStore {
                 }
             }
         }
+        for (_, used) in &self.draining_rds {
+            for (name, source, prefix) in used {
+                wanted
+                    .entry(name.clone())
+                    .or_insert((source.clone(), prefix.clone()));
+            }
+        }
+        // A subscription nothing uses any more goes, and its stats with it, as in Envoy.
+        let gone: Vec<String> = self
+            .rds
+            .iter()
+            .filter(|(n, _)| !wanted.contains_key(*n))
+            .map(|(_, r)| r.sub.scope.clone())
+            .collect();
+        self.pending_prune.extend(gone);
         self.rds.retain(|n, _| wanted.contains_key(n));
         let mut fresh = Vec::new();
         for (name, (source, prefix)) in wanted {
             if let std::collections::btree_map::Entry::Vacant(e) = self.rds.entry(name) {
                 let scope = format!("http.{prefix}.rds.{}.", e.key());
+                self.pending_prune.retain(|p| *p != scope);
                 e.insert(Rds {
                     sub: Subscription::new(source.clone(), scope, &self.main),
                     table: None,
@@ -1600,6 +1627,7 @@ impl ConfigStore {
             }
             let next = slot.warming.take();
             if let (Some(old), Some(new)) = (&slot.active, &next) {
+                self.draining_rds.push((ends, rds_of(&old.model)));
                 // What drains: the whole old listener, or in place only its chains that the
                 // new version did not keep.
                 if self.in_place.remove(name) {
@@ -1898,9 +1926,13 @@ enum Kind {
     Sds(String),
 }
 
+/// An RDS route configuration an HTTP connection manager uses: its name, source and the
+/// HCM's stat prefix.
+type RdsUse = (String, ConfigSource, String);
+
 /// The RDS route configurations a listener's HTTP connection managers use, with their source
 /// and the first HCM's stat prefix.
-fn rds_of(l: &model::Listener) -> Vec<(String, ConfigSource, String)> {
+fn rds_of(l: &model::Listener) -> Vec<RdsUse> {
     let chains = l
         .filter_chains
         .iter()
