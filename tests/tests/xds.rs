@@ -620,6 +620,19 @@ async fn ads_sotw_and_delta_drive_skiff_as_they_drive_envoy() {
         })
         .await;
         answers(&cp, &pairs, ROUTE, "6").await;
+        // Every stream is back (each retries after its own jittered backoff).
+        for p in &pairs {
+            for s in &p.sides {
+                for t in [CLUSTER, LISTENER, ENDPOINT] {
+                    cp.wait(Duration::from_secs(15), |e| {
+                        e["event"] == "request"
+                            && e["node"] == s.node.as_str()
+                            && e["type_url"] == t
+                    })
+                    .await;
+                }
+            }
+        }
         for p in &pairs {
             for s in &p.sides {
                 let first = cp

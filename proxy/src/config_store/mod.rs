@@ -613,6 +613,15 @@ impl ConfigStore {
                     .values()
                     .any(|s| s.warming.is_some() && s.active.is_none());
             self.lds_asked = !clusters_warming;
+            // As Envoy, the listeners' initial fetch timeout runs from when they are asked for.
+            let asked = self.lds_asked;
+            if let Some(lds) = self
+                .lds
+                .as_mut()
+                .filter(|l| asked && !matches!(l.source.kind, SourceKind::File { .. }))
+            {
+                lds.created = Instant::now();
+            }
         }
         if self.lds_asked {
             if let Some((k, scope)) = self
