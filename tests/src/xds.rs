@@ -38,6 +38,8 @@ pub struct Answer {
     pub nonce: String,
     /// `error_detail.message`, for a NACK.
     pub error: Option<String>,
+    /// `error_detail.code`, for a NACK.
+    pub code: Option<i64>,
     /// `version_info` of the answer (state of the world): the version now in force.
     pub version: String,
 }
@@ -160,6 +162,7 @@ impl ControlPlane {
                     return Answer {
                         nonce,
                         error: r["error"].as_str().map(str::to_string),
+                        code: r["error_code"].as_i64(),
                         version: r["version"].as_str().unwrap_or_default().to_string(),
                     };
                 }

@@ -342,8 +342,8 @@ async fn answers(cp: &ControlPlane, pairs: &[Pair], t: &str, v: &str) -> Vec<Ans
         let envoy = cp.answer(&p.sides[0].node, t, v).await;
         let skiff = cp.answer(&p.sides[1].node, t, v).await;
         assert_eq!(
-            (skiff.error.is_some(), &skiff.version),
-            (envoy.error.is_some(), &envoy.version),
+            (skiff.error.is_some(), skiff.code, &skiff.version),
+            (envoy.error.is_some(), envoy.code, &envoy.version),
             "{t} {v} ({:?}): skiff answered {skiff:?}, Envoy {envoy:?}",
             p.mode
         );
