@@ -123,9 +123,10 @@ fn check_resources(
 pub fn check_binary(response: DiscoveryResponse) -> Discovery {
     let mut dumps = Vec::new();
     let mut errors = BTreeMap::new();
+    let mut unknown_fields = Vec::new();
     for (i, any) in response.resources.iter().enumerate() {
         let path = format!("resources[{i}]");
-        match dump_resource(any, &path) {
+        match dump_resource(any, &path, &mut unknown_fields) {
             Ok(d) => dumps.push(d),
             Err(e) => {
                 errors.insert(i, e);
@@ -137,18 +138,23 @@ pub fn check_binary(response: DiscoveryResponse) -> Discovery {
         version_info: response.version_info,
         resources: response.resources,
         dumps,
-        unknown_fields: Vec::new(),
+        unknown_fields,
         errors,
         versions: Vec::new(),
     }
 }
 
-fn dump_resource(any: &Any, path: &str) -> Result<serde_json::Value, ConfigError> {
+fn dump_resource(
+    any: &Any,
+    path: &str,
+    unknown: &mut Vec<String>,
+) -> Result<serde_json::Value, ConfigError> {
     let desc = proto::pool()
         .get_message_by_name(proto::type_name(&any.type_url))
         .ok_or_else(|| ConfigError::new(path, format!("unknown @type '{}'", any.type_url)))?;
     let inner = DynamicMessage::decode(desc, any.value.as_slice())
         .map_err(|e| ConfigError::new(path, format!("cannot decode: {e}")))?;
+    unknown_fields(&inner, path, unknown);
     supported::check_at(&inner, path)?;
     let mut dump = super::to_json(&inner);
     if let Some(o) = dump.as_object_mut() {
@@ -161,6 +167,36 @@ fn dump_resource(any: &Any, path: &str) -> Result<serde_json::Value, ConfigError
         );
     }
     Ok(dump)
+}
+
+/// The fields of a binary message (and the messages inside it) that the protos do not know,
+/// by path and field number: as in Envoy's dynamic resources they are dropped and counted.
+fn unknown_fields(msg: &DynamicMessage, path: &str, out: &mut Vec<String>) {
+    use prost_reflect::Value;
+    for f in msg.unknown_fields() {
+        out.push(format!("{path}.#{}", f.number()));
+    }
+    for (field, value) in msg.fields() {
+        let p = format!("{path}.{}", field.name());
+        match value {
+            Value::Message(m) => unknown_fields(m, &p, out),
+            Value::List(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    if let Value::Message(m) = v {
+                        unknown_fields(m, &format!("{p}[{i}]"), out);
+                    }
+                }
+            }
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    if let Value::Message(m) = v {
+                        unknown_fields(m, &format!("{p}[{k:?}]"), out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// What follows the binary response in a decoded frame: the dumps and the unknown fields.

@@ -507,6 +507,12 @@ impl ConfigStore {
         d: Discovery,
         removed: Vec<String>,
     ) -> Result<(), String> {
+        if !d.unknown_fields.is_empty() {
+            for f in &d.unknown_fields {
+                tracing::warn!(field = %f, "unknown field ignored");
+            }
+            self.main.counter("server.dynamic_unknown_fields").inc();
+        }
         let mut errors = Vec::new();
         let mut by_name: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, any) in d.resources.iter().enumerate() {

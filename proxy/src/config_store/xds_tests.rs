@@ -222,3 +222,22 @@ fn route_configurations_go_to_the_names_listeners_subscribe_and_bad_ones_are_nac
         Some("1")
     );
 }
+
+#[test]
+fn fields_the_protos_do_not_know_are_dropped_and_counted() {
+    let (mut s, stats) = store();
+    let mut resources = anys(&tcp_listener("l", 10020, ""));
+    // Field 999, varint 1: unknown to the Listener proto.
+    resources[0].value.extend_from_slice(&[0xb8, 0x3e, 0x01]);
+    let r = s.apply_xds(
+        &StreamKey::Ads,
+        type_url::LISTENER,
+        Update::Sotw {
+            version_info: "1".into(),
+            resources,
+        },
+    );
+    assert_eq!(r, Ok(()));
+    assert!(s.listeners.contains_key("l"));
+    assert_eq!(stat(&stats, "server.dynamic_unknown_fields"), 1);
+}
