@@ -528,6 +528,28 @@ async fn ads_sotw_and_delta_drive_skiff_as_they_drive_envoy() {
         )
         .await;
 
+        // 5b. A route configuration both refuse (a domain twice): NACKed, the routes in force
+        // stay.
+        set_all(&mut cp, &pairs, ROUTE, "4", |_| {
+            r#"- "@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+  name: r1
+  virtual_hosts:
+  - {name: one, domains: [x.example.com], routes: [{match: {prefix: /}, route: {cluster: a}}]}
+  - {name: two, domains: [x.example.com], routes: [{match: {prefix: /}, route: {cluster: b}}]}
+"#
+            .to_string()
+        })
+        .await;
+        for a in answers(&cp, &pairs, ROUTE, "4").await {
+            assert!(a.error.is_some(), "Envoy accepted the bad routes: {a:?}");
+        }
+        check(
+            &pairs,
+            "bad route configuration",
+            &["/a: 200 A", "/b: 200 C", "/c: 200 B", "second: 200 A"],
+        )
+        .await;
+
         // 6. A cluster and a listener removed.
         set_all(&mut cp, &pairs, CLUSTER, "5", clusters_v1).await;
         answers(&cp, &pairs, CLUSTER, "5").await;
