@@ -175,16 +175,20 @@ fn listeners_for(side: &Side, second: bool, route: &str) -> String {
         src = side.rds_source
     );
     if second {
-        out.push_str(&format!(
-            r#"- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
-  name: second
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {p2}}}}}
-  filter_chains: [{{filters: [{{name: envoy.filters.network.tcp_proxy, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: tcp2, cluster: a}}}}]}}]
-"#,
-            p2 = side.port2
-        ));
+        out.push_str(&tcp_listener("second", side.port2));
     }
     out
+}
+
+/// A tcp_proxy listener to cluster `a`.
+fn tcp_listener(name: &str, port: u16) -> String {
+    format!(
+        r#"- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: {name}
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+  filter_chains: [{{filters: [{{name: envoy.filters.network.tcp_proxy, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: tcp2, cluster: a}}}}]}}]
+"#
+    )
 }
 
 fn routes(table: &[(&str, &str)]) -> String {
@@ -504,6 +508,28 @@ async fn ads_sotw_and_delta_drive_skiff_as_they_drive_envoy() {
         check(
             &pairs,
             "cluster and listener added",
+            &["/a: 200 A", "/b: 200 C", "/c: 200 A", "second: 200 A"],
+        )
+        .await;
+
+        // 4b. A listener moved onto the address of another: NACKed, its version in force stays.
+        set_all(&mut cp, &pairs, LISTENER, "2b", |s| {
+            format!(
+                "{}{}",
+                tcp_listener("main", s.port2),
+                tcp_listener("second", s.port2)
+            )
+        })
+        .await;
+        for a in answers(&cp, &pairs, LISTENER, "2b").await {
+            assert!(
+                a.error.is_some(),
+                "Envoy accepted two listeners on one address: {a:?}"
+            );
+        }
+        check(
+            &pairs,
+            "listener moved onto another's address",
             &["/a: 200 A", "/b: 200 C", "/c: 200 A", "second: 200 A"],
         )
         .await;

@@ -695,18 +695,18 @@ impl ConfigStore {
         let mut next: BTreeMap<String, Version<listener_pb::Listener, Arc<model::Listener>>> =
             BTreeMap::new();
         let protos = decode_all::<listener_pb::Listener>(d, type_url::LISTENER)?;
-        let mut named: HashSet<String> = HashSet::new();
-        for (_, p) in &protos {
-            if !named.insert(p.name.clone()) {
-                return Err(ConfigError::new(
-                    "resources",
-                    format!("duplicate listener {} found", p.name),
-                ));
-            }
-        }
+        let named: HashSet<String> = protos.iter().map(|(_, p)| p.name.clone()).collect();
+        // As Envoy, a name given twice: the first applies, the second fails.
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut unchanged: HashSet<String> = HashSet::new();
         let mut errors: Vec<(String, ConfigError)> = Vec::new();
         for (i, proto) in protos {
             let path = format!("resources[{i}]");
+            if !seen.insert(proto.name.clone()) {
+                let e = ConfigError::new("", format!("duplicate listener {} found", proto.name));
+                errors.push((proto.name.clone(), e));
+                continue;
+            }
             if let Some(e) = d.errors.get(&i) {
                 errors.push((proto.name.clone(), e.clone()));
                 continue;
@@ -719,6 +719,7 @@ impl ConfigStore {
                 .and_then(|s| s.latest())
                 .filter(|c| c.proto == proto)
             {
+                unchanged.insert(proto.name.clone());
                 next.insert(proto.name.clone(), cur.clone());
                 continue;
             }
@@ -780,8 +781,8 @@ impl ConfigStore {
                 .collect(),
             None => Vec::new(),
         };
-        // Two listeners may not share an address (the static ones included); a new one that
-        // takes the address of another fails alone.
+        // Two listeners may not share an address (the static ones included); a new or changed
+        // one that takes the address of another (unchanged ones first) fails alone.
         let mut seen: HashMap<std::net::SocketAddr, String> = HashMap::new();
         let fixed = self
             .listeners
@@ -798,7 +799,11 @@ impl ConfigStore {
             }
         }
         let mut clash = Vec::new();
-        for (name, v) in &next {
+        let ordered = next
+            .iter()
+            .filter(|(n, _)| unchanged.contains(*n))
+            .chain(next.iter().filter(|(n, _)| !unchanged.contains(*n)));
+        for (name, v) in ordered {
             if !v.model.bind_to_port {
                 continue;
             }
@@ -906,18 +911,17 @@ impl ConfigStore {
         let mut secrets = self.secret_values();
         let protos = decode_all::<cluster_pb::Cluster>(d, type_url::CLUSTER)?;
         let mut failed = Vec::new();
-        let mut named: HashSet<String> = HashSet::new();
-        for (_, p) in &protos {
-            if !named.insert(p.name.clone()) {
-                return Err(ConfigError::new(
-                    "resources",
-                    format!("duplicate cluster {} found", p.name),
-                ));
-            }
-        }
+        let named: HashSet<String> = protos.iter().map(|(_, p)| p.name.clone()).collect();
+        // As Envoy, a name given twice: the first applies, the second fails.
+        let mut seen: HashSet<String> = HashSet::new();
         let mut errors: Vec<(String, ConfigError)> = Vec::new();
         for (i, proto) in protos {
             let path = format!("resources[{i}]");
+            if !seen.insert(proto.name.clone()) {
+                let e = ConfigError::new("", format!("duplicate cluster {} found", proto.name));
+                errors.push((proto.name.clone(), e));
+                continue;
+            }
             if let Some(e) = d.errors.get(&i) {
                 errors.push((proto.name.clone(), e.clone()));
                 continue;
