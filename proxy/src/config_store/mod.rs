@@ -1051,7 +1051,11 @@ impl ConfigStore {
         rds.table = Some(Version {
             proto,
             model: Arc::new(table),
-            dump: now_dumped(name, d.dumps[0].clone(), &d.version_info),
+            dump: now_dumped(
+                name,
+                d.dumps.first().cloned().unwrap_or_default(),
+                &d.version_info,
+            ),
         });
         Ok(())
     }
@@ -1091,7 +1095,11 @@ impl ConfigStore {
         eds.hosts = Some(Version {
             proto,
             model: hosts,
-            dump: now_dumped(service, d.dumps[0].clone(), &d.version_info),
+            dump: now_dumped(
+                service,
+                d.dumps.first().cloned().unwrap_or_default(),
+                &d.version_info,
+            ),
         });
         Ok(())
     }
@@ -1183,7 +1191,7 @@ impl ConfigStore {
         if slot.value.as_ref().is_some_and(|v| v.proto == proto) {
             return Ok(());
         }
-        let json = redacted(d.dumps[0].clone(), &proto);
+        let json = redacted(d.dumps.first().cloned().unwrap_or_default(), &proto);
         let previous = slot.value.replace(Version {
             proto,
             model: (),
