@@ -87,25 +87,10 @@ fn check_resources(
     unknown_fields: Vec<String>,
 ) -> Result<Discovery, ConfigError> {
     let mut dumps = Vec::new();
+    // Text has had its unknown fields dropped already (they are in `unknown_fields`).
+    let mut none = Vec::new();
     for (i, any) in response.resources.iter().enumerate() {
-        let path = format!("resources[{i}]");
-        let desc = proto::pool()
-            .get_message_by_name(proto::type_name(&any.type_url))
-            .ok_or_else(|| ConfigError::new(&path, format!("unknown @type '{}'", any.type_url)))?;
-        let inner = DynamicMessage::decode(desc, any.value.as_slice())
-            .map_err(|e| ConfigError::new(&path, format!("cannot decode: {e}")))?;
-        supported::check_at(&inner, &path)?;
-        let mut dump = super::to_json(&inner);
-        if let Some(o) = dump.as_object_mut() {
-            o.insert(
-                "@type".into(),
-                serde_json::Value::String(format!(
-                    "type.googleapis.com/{}",
-                    inner.descriptor().full_name()
-                )),
-            );
-        }
-        dumps.push(dump);
+        dumps.push(dump_resource(any, &format!("resources[{i}]"), &mut none)?);
     }
     Ok(Discovery {
         version_info: response.version_info,
