@@ -110,13 +110,25 @@ fn outgoing<T: Send + 'static>(rx: mpsc::UnboundedReceiver<T>) -> BoxStream<T> {
 }
 
 impl Server {
-    fn start_sotw(
+    /// Runs one stream with `run` (state of the world or delta) and answers with its responses.
+    fn start<Req, Resp, Fut>(
         &self,
-        req: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<BoxStream<DiscoveryResponse>>, Status> {
+        req: Request<Streaming<Req>>,
+        run: impl FnOnce(
+            u64,
+            Streaming<Req>,
+            mpsc::UnboundedSender<Resp>,
+            watch::Receiver<State>,
+            Arc<AtomicU64>,
+        ) -> Fut,
+    ) -> Result<Response<BoxStream<Resp>>, Status>
+    where
+        Resp: Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.streams.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(sotw(
+        tokio::spawn(run(
             id,
             req.into_inner(),
             tx,
@@ -126,20 +138,18 @@ impl Server {
         Ok(Response::new(outgoing(rx)))
     }
 
+    fn start_sotw(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<BoxStream<DiscoveryResponse>>, Status> {
+        self.start(req, sotw)
+    }
+
     fn start_delta(
         &self,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<BoxStream<DeltaDiscoveryResponse>>, Status> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let id = self.streams.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(delta(
-            id,
-            req.into_inner(),
-            tx,
-            self.state.clone(),
-            self.nonces.clone(),
-        ));
-        Ok(Response::new(outgoing(rx)))
+        self.start(req, delta)
     }
 }
 
