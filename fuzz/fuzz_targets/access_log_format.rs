@@ -4,9 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use skiff::access_log::{Extensions, Format};
-use skiff::stream_info::{
-    CertInfo, Connection, StreamInfo, TlsInfo, UpstreamConnection,
-};
+use skiff::stream_info::{CertInfo, Connection, StreamInfo, TlsInfo, UpstreamConnection};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -22,8 +22,14 @@ fuzz_target!(|data: &[u8]| {
     let entry = json!({"type": "skiff-cni", "backend": "ebpf"});
     if let Ok(Some(doc)) = with_entry(text, &entry) {
         let once = doc.to_string();
-        assert_eq!(with_entry(&once, &entry), Ok(None), "adding twice changes nothing");
-        let removed = without_entry(&once).expect("a list").expect("had the entry");
+        assert_eq!(
+            with_entry(&once, &entry),
+            Ok(None),
+            "adding twice changes nothing"
+        );
+        let removed = without_entry(&once)
+            .expect("a list")
+            .expect("had the entry");
         assert!(!removed.to_string().contains("\"skiff-cni\"") || text.contains("skiff-cni"));
     }
 });

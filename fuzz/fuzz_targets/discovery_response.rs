@@ -30,7 +30,9 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             "envoy.config.route.v3.RouteConfiguration" => {
-                if let Ok(r) = envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(v) {
+                if let Ok(r) =
+                    envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(v)
+                {
                     let _ = resource::route_configuration(&r, "r");
                 }
             }

@@ -17,9 +17,13 @@ fuzz_target!(|data: &[u8]| {
     let whole = Chunked::Start.feed(data);
     let split = data.len() / 2;
     let mut c = Chunked::Start;
-    let halves = c
-        .feed(&data[..split])
-        .and_then(|a| if c.is_end() { Ok(a) } else { c.feed(&data[split..]).map(|b| a + b) });
+    let halves = c.feed(&data[..split]).and_then(|a| {
+        if c.is_end() {
+            Ok(a)
+        } else {
+            c.feed(&data[split..]).map(|b| a + b)
+        }
+    });
     if let (Ok(w), Ok(h)) = (whole, halves) {
         assert_eq!(w, h);
     }

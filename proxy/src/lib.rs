@@ -24,3 +24,4 @@ pub mod stream_info;
 pub mod tls;
 pub mod upstream;
 pub mod worker;
+pub mod xds;

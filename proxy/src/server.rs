@@ -114,6 +114,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     rt.block_on(async move {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let mut config = ConfigStore::new(&loaded, store.clone(), drain_time, events_tx);
+        let mut xds = config.take_xds_events();
         let (commands_tx, mut commands) = mpsc::unbounded_channel();
         let state = Arc::new(AdminState {
             store: store.clone(),
@@ -148,6 +149,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
             tokio::select! {
                 Some(ev) = events.recv() => config.on_file_event(&ev),
                 Some(r) = dns_events.recv() => config.on_dns(r),
+                Some(ev) = recv_xds(&mut xds) => config.on_xds(ev),
                 _ = sleep_until(next) => config.on_timer(Instant::now()),
                 _ = signals.recv() => return Ok(()),
                 _ = state.quit.notified() => return Ok(()),
@@ -181,6 +183,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
             tokio::select! {
                 Some(ev) = events.recv() => config.on_file_event(&ev),
                 Some(r) = dns_events.recv() => config.on_dns(r),
+                Some(ev) = recv_xds(&mut xds) => config.on_xds(ev),
                 Some(cmd) = commands.recv() => match cmd {
                     Command::DrainListeners { inbound_only, graceful } => {
                         // Graceful: connections are asked to close over the drain time while
@@ -245,6 +248,16 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     })?;
     tracing::info!("skiff exiting");
     Ok(())
+}
+
+/// The next xDS response, or never when there are no streams.
+async fn recv_xds(
+    rx: &mut Option<mpsc::UnboundedReceiver<crate::xds::XdsEvent>>,
+) -> Option<crate::xds::XdsEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Sleeps until `at`, or for ever.

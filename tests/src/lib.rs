@@ -23,6 +23,7 @@ pub mod ports;
 pub mod proxy;
 pub mod side_by_side;
 pub mod upstream;
+pub mod xds;
 
 use std::future::Future;
 use std::path::PathBuf;

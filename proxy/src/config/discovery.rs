@@ -7,6 +7,7 @@
 //! Decoding text needs Envoy's whole descriptor set, so the serving process has a helper
 //! process of its own do it ([`Decoder`]) and receives binary protobuf.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
@@ -30,6 +31,19 @@ pub struct Discovery {
     pub dumps: Vec<serde_json::Value>,
     /// Paths of fields the protos do not know, dropped.
     pub unknown_fields: Vec<String>,
+    /// Resources refused one by one (by index), for responses from an xDS server: Envoy
+    /// applies the good resources of a listener or cluster response and NACKs the others.
+    /// Their dumps are `null`.
+    pub errors: BTreeMap<usize, ConfigError>,
+    /// Each resource's own version (delta xDS); empty: `version_info` for all.
+    pub versions: Vec<String>,
+}
+
+impl Discovery {
+    /// The version resource `i` came with.
+    pub fn version_of(&self, i: usize) -> &str {
+        self.versions.get(i).unwrap_or(&self.version_info)
+    }
 }
 
 /// Why a file gave no update.
@@ -73,32 +87,101 @@ fn check_resources(
     unknown_fields: Vec<String>,
 ) -> Result<Discovery, ConfigError> {
     let mut dumps = Vec::new();
+    // Text has had its unknown fields dropped already (they are in `unknown_fields`).
+    let mut none = Vec::new();
     for (i, any) in response.resources.iter().enumerate() {
-        let path = format!("resources[{i}]");
-        let desc = proto::pool()
-            .get_message_by_name(proto::type_name(&any.type_url))
-            .ok_or_else(|| ConfigError::new(&path, format!("unknown @type '{}'", any.type_url)))?;
-        let inner = DynamicMessage::decode(desc, any.value.as_slice())
-            .map_err(|e| ConfigError::new(&path, format!("cannot decode: {e}")))?;
-        supported::check_at(&inner, &path)?;
-        let mut dump = super::to_json(&inner);
-        if let Some(o) = dump.as_object_mut() {
-            o.insert(
-                "@type".into(),
-                serde_json::Value::String(format!(
-                    "type.googleapis.com/{}",
-                    inner.descriptor().full_name()
-                )),
-            );
-        }
-        dumps.push(dump);
+        dumps.push(dump_resource(any, &format!("resources[{i}]"), &mut none)?);
     }
     Ok(Discovery {
         version_info: response.version_info,
         resources: response.resources,
         dumps,
         unknown_fields,
+        errors: BTreeMap::new(),
+        versions: Vec::new(),
     })
+}
+
+/// Checks the resources of a binary response from an xDS server one by one against the
+/// supported-field table and dumps each in Envoy's JSON form; a resource that does not decode
+/// or sets a field skiff does not honour is refused alone (in [`Discovery::errors`]).
+pub fn check_binary(response: DiscoveryResponse) -> Discovery {
+    let mut dumps = Vec::new();
+    let mut errors = BTreeMap::new();
+    let mut unknown_fields = Vec::new();
+    for (i, any) in response.resources.iter().enumerate() {
+        let path = format!("resources[{i}]");
+        match dump_resource(any, &path, &mut unknown_fields) {
+            Ok(d) => dumps.push(d),
+            Err(e) => {
+                errors.insert(i, e);
+                dumps.push(serde_json::Value::Null);
+            }
+        }
+    }
+    Discovery {
+        version_info: response.version_info,
+        resources: response.resources,
+        dumps,
+        unknown_fields,
+        errors,
+        versions: Vec::new(),
+    }
+}
+
+fn dump_resource(
+    any: &Any,
+    path: &str,
+    unknown: &mut Vec<String>,
+) -> Result<serde_json::Value, ConfigError> {
+    let desc = proto::pool()
+        .get_message_by_name(proto::type_name(&any.type_url))
+        .ok_or_else(|| ConfigError::new(path, format!("unknown @type '{}'", any.type_url)))?;
+    let inner = DynamicMessage::decode(desc, any.value.as_slice())
+        .map_err(|e| ConfigError::new(path, format!("cannot decode: {e}")))?;
+    unknown_fields(&inner, path, unknown);
+    supported::check_at(&inner, path)?;
+    let mut dump = super::to_json(&inner);
+    if let Some(o) = dump.as_object_mut() {
+        o.insert(
+            "@type".into(),
+            serde_json::Value::String(format!(
+                "type.googleapis.com/{}",
+                inner.descriptor().full_name()
+            )),
+        );
+    }
+    Ok(dump)
+}
+
+/// The fields of a binary message (and the messages inside it) that the protos do not know,
+/// by path and field number: as in Envoy's dynamic resources they are dropped and counted.
+fn unknown_fields(msg: &DynamicMessage, path: &str, out: &mut Vec<String>) {
+    use prost_reflect::Value;
+    for f in msg.unknown_fields() {
+        out.push(format!("{path}.#{}", f.number()));
+    }
+    for (field, value) in msg.fields() {
+        let p = format!("{path}.{}", field.name());
+        match value {
+            Value::Message(m) => unknown_fields(m, &p, out),
+            Value::List(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    if let Value::Message(m) = v {
+                        unknown_fields(m, &format!("{p}[{i}]"), out);
+                    }
+                }
+            }
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    if let Value::Message(m) = v {
+                        unknown_fields(m, &format!("{p}[{k:?}]"), out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// What follows the binary response in a decoded frame: the dumps and the unknown fields.
@@ -106,7 +189,13 @@ fn check_resources(
 struct Extra {
     dumps: Vec<serde_json::Value>,
     unknown_fields: Vec<String>,
+    #[serde(default)]
+    errors: Vec<(usize, ChildError)>,
 }
+
+/// The line that announces a binary `DiscoveryResponse` to the decoder: this prefix, its
+/// length, a newline, then the bytes.
+const BINARY_LINE: &str = "\0binary ";
 
 /// The hidden flag with which skiff runs itself as a decoder: it reads one path per line on
 /// stdin and answers each with a frame on stdout (see [`serve_decoder`]).
@@ -123,12 +212,33 @@ fn frame(kind: u8, payload: &[u8], out: &mut impl std::io::Write) -> std::io::Re
 /// The decoder process: answers each path read from `input` with a frame on `out`, until
 /// `input` ends. It holds Envoy's descriptor set so that the serving process need not.
 pub fn serve_decoder(
-    input: impl std::io::BufRead,
+    mut input: impl std::io::BufRead,
     out: &mut impl std::io::Write,
 ) -> std::io::Result<()> {
-    for line in input.lines() {
-        let line = line?;
-        match decode_file(Path::new(line.trim_end())) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if input.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let decoded = match line.trim_end().strip_prefix(BINARY_LINE) {
+            Some(len) => {
+                let len: usize = len
+                    .parse()
+                    .map_err(|_| std::io::Error::other("decoder: bad length"))?;
+                if len > MAX_FRAME {
+                    return Err(std::io::Error::other("decoder: frame too large"));
+                }
+                let mut buf = vec![0u8; len];
+                input.read_exact(&mut buf)?;
+                match DiscoveryResponse::decode(buf.as_slice()) {
+                    Ok(r) => Ok(check_binary(r)),
+                    Err(e) => Err(FileError::Read(format!("cannot decode response: {e}"))),
+                }
+            }
+            None => decode_file(Path::new(line.trim_end())),
+        };
+        match decoded {
             Ok(d) => {
                 let pb = DiscoveryResponse {
                     version_info: d.version_info,
@@ -139,6 +249,19 @@ pub fn serve_decoder(
                 let extra = serde_json::to_vec(&Extra {
                     dumps: d.dumps,
                     unknown_fields: d.unknown_fields,
+                    errors: d
+                        .errors
+                        .into_iter()
+                        .map(|(i, e)| {
+                            (
+                                i,
+                                ChildError {
+                                    path: e.path,
+                                    message: e.message,
+                                },
+                            )
+                        })
+                        .collect(),
                 })
                 .unwrap_or_default();
                 let mut payload = Vec::with_capacity(8 + pb.len() + extra.len());
@@ -157,8 +280,10 @@ pub fn serve_decoder(
             }
         }
     }
-    Ok(())
 }
+
+/// The largest frame either side of the decoder accepts.
+const MAX_FRAME: usize = 1 << 30;
 
 /// How long the decoder process may sit idle before it is stopped (its memory returned); the
 /// next file starts it again.
@@ -178,12 +303,22 @@ impl Drop for Running {
     }
 }
 
+/// What the decoder is asked.
+enum Request<'a> {
+    /// A discovery file.
+    File(&'a Path),
+    /// A binary `DiscoveryResponse` from an xDS server.
+    Binary(&'a [u8]),
+}
+
 /// Decodes discovery files in a helper process of skiff's own, started on first use and
 /// stopped after [`DECODER_IDLE`] without work, so that the serving process never holds
 /// Envoy's descriptor set and a burst of updates pays for loading it once.
 #[derive(Default)]
 pub struct Decoder {
     running: Option<Running>,
+    /// Decode in this process (an executable that is not skiff: a fuzzer, a tool).
+    local: bool,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -197,9 +332,30 @@ impl std::fmt::Debug for Decoder {
 impl Decoder {
     /// Decodes `path`; falls back to this process when the helper cannot run.
     pub fn decode(&mut self, path: &Path) -> Result<Discovery, FileError> {
+        self.run(Request::File(path))
+    }
+
+    /// Checks and dumps the resources of a binary response from an xDS server (see
+    /// [`check_binary`]).
+    pub fn check(&mut self, response: DiscoveryResponse) -> Discovery {
+        let bytes = response.encode_to_vec();
+        match self.run(Request::Binary(&bytes)) {
+            Ok(d) => d,
+            // The helper could not answer: check here rather than refuse the response.
+            Err(_) => check_binary(response),
+        }
+    }
+
+    fn run(&mut self, req: Request<'_>) -> Result<Discovery, FileError> {
+        let local = |req: &Request<'_>| match req {
+            Request::File(p) => decode_file(p),
+            Request::Binary(b) => DiscoveryResponse::decode(*b)
+                .map(check_binary)
+                .map_err(|e| FileError::Read(format!("cannot decode response: {e}"))),
+        };
         // A unit test's executable is not skiff: decode in the test's own process.
-        if cfg!(test) {
-            return decode_file(path);
+        if cfg!(test) || self.local {
+            return local(&req);
         }
         if self
             .running
@@ -214,10 +370,10 @@ impl Decoder {
                 self.running = Self::spawn();
             }
             let Some(r) = self.running.as_mut() else {
-                return decode_file(path);
+                return local(&req);
             };
             r.last_used = std::time::Instant::now();
-            match Self::ask(r, path) {
+            match Self::ask(r, &req) {
                 Ok(answer) => return answer,
                 Err(e) => {
                     tracing::debug!(error = %e, "discovery decoder failed; starting it again");
@@ -225,7 +381,15 @@ impl Decoder {
                 }
             }
         }
-        decode_file(path)
+        local(&req)
+    }
+
+    /// A decoder that works in this process, for executables that are not skiff.
+    pub fn in_process() -> Self {
+        Decoder {
+            running: None,
+            local: true,
+        }
     }
 
     /// When the helper, if running, will have been idle long enough to stop.
@@ -264,19 +428,28 @@ impl Decoder {
         })
     }
 
-    fn ask(r: &mut Running, path: &Path) -> std::io::Result<Result<Discovery, FileError>> {
+    fn ask(r: &mut Running, req: &Request<'_>) -> std::io::Result<Result<Discovery, FileError>> {
         use std::io::{Read, Write};
         let bad = |what: &str| std::io::Error::other(format!("decoder: {what}"));
-        let p = path
-            .to_str()
-            .filter(|p| !p.contains('\n'))
-            .ok_or_else(|| bad("path is not UTF-8 on one line"))?;
-        r.input.write_all(format!("{p}\n").as_bytes())?;
+        match req {
+            Request::File(path) => {
+                let p = path
+                    .to_str()
+                    .filter(|p| !p.contains('\n') && !p.starts_with('\0'))
+                    .ok_or_else(|| bad("path is not UTF-8 on one line"))?;
+                r.input.write_all(format!("{p}\n").as_bytes())?;
+            }
+            Request::Binary(b) => {
+                r.input
+                    .write_all(format!("{BINARY_LINE}{}\n", b.len()).as_bytes())?;
+                r.input.write_all(b)?;
+            }
+        }
         r.input.flush()?;
         let mut head = [0u8; 9];
         r.output.read_exact(&mut head)?;
         let len = u64::from_le_bytes(head[1..9].try_into().map_err(|_| bad("frame"))?);
-        if len > 1 << 30 {
+        if len > MAX_FRAME as u64 {
             return Err(bad("frame too large"));
         }
         let mut payload = vec![0u8; len as usize];
@@ -305,6 +478,12 @@ fn parse_decoded(payload: &[u8]) -> Option<Result<Discovery, FileError>> {
         resources: response.resources,
         dumps: extra.dumps,
         unknown_fields: extra.unknown_fields,
+        errors: extra
+            .errors
+            .into_iter()
+            .map(|(i, e)| (i, ConfigError::new(e.path, e.message)))
+            .collect(),
+        versions: Vec::new(),
     }))
 }
 

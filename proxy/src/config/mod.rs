@@ -33,6 +33,9 @@ pub struct ConfigError {
     pub path: String,
     /// What is wrong, in words an operator can act on.
     pub message: String,
+    /// A value Envoy's proto validation refuses when it decodes a resource, so that a
+    /// discovery response holding it is rejected whole rather than resource by resource.
+    pub invalid: bool,
 }
 
 impl ConfigError {
@@ -41,6 +44,15 @@ impl ConfigError {
         ConfigError {
             path: path.into(),
             message: message.into(),
+            invalid: false,
+        }
+    }
+
+    /// An error of proto validation (see [`ConfigError::invalid`]).
+    pub fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            invalid: true,
+            ..Self::new(path, message)
         }
     }
 

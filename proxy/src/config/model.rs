@@ -28,6 +28,8 @@ pub struct Bootstrap {
     pub overload: Overload,
     /// `stats_config`.
     pub stats: StatsConfig,
+    /// The address of each static cluster an xDS stream may use (its first endpoint).
+    pub xds_targets: std::collections::BTreeMap<String, GrpcTarget>,
 }
 
 /// `stats_config`: which stats exist and how the Prometheus output tags them.
@@ -46,19 +48,83 @@ pub struct DynamicResources {
     pub lds: Option<ConfigSource>,
     /// `cds_config`.
     pub cds: Option<ConfigSource>,
+    /// `ads_config`: the aggregated stream that `ads: {}` sources share.
+    pub ads: Option<GrpcSource>,
 }
 
-/// A `ConfigSource` skiff can follow: a file holding a `DiscoveryResponse` (YAML, or JSON),
-/// read again when a new file is moved into place, as Envoy's filesystem subscriptions do.
+/// A `ConfigSource` skiff can follow.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConfigSource {
-    /// `path_config_source.path` (or the legacy `path`).
-    pub path: std::path::PathBuf,
-    /// `path_config_source.watched_directory.path`: a move into this directory reloads `path`
-    /// (for Kubernetes ConfigMaps, whose files are swapped through a symlink).
-    pub watched_directory: Option<std::path::PathBuf>,
+    /// Where the resources come from.
+    pub kind: SourceKind,
     /// `initial_fetch_timeout` (default 15 s; none: wait for ever).
     pub initial_fetch_timeout: Option<Duration>,
+}
+
+/// Where a `ConfigSource`'s resources come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SourceKind {
+    /// A file holding a `DiscoveryResponse` (YAML, or JSON), read again when a new file is
+    /// moved into place, as Envoy's filesystem subscriptions do.
+    File {
+        /// `path_config_source.path` (or the legacy `path`).
+        path: std::path::PathBuf,
+        /// `path_config_source.watched_directory.path`: a move into this directory reloads
+        /// `path` (for Kubernetes ConfigMaps, whose files are swapped through a symlink).
+        watched_directory: Option<std::path::PathBuf>,
+    },
+    /// `ads: {}`: the bootstrap's `ads_config` stream.
+    Ads,
+    /// `api_config_source` with `api_type` GRPC or DELTA_GRPC: a stream of its own per type.
+    Grpc(GrpcSource),
+}
+
+impl ConfigSource {
+    /// A file source (`path_config_source`).
+    pub fn file(path: impl Into<std::path::PathBuf>) -> Self {
+        ConfigSource {
+            kind: SourceKind::File {
+                path: path.into(),
+                watched_directory: None,
+            },
+            initial_fetch_timeout: Some(Duration::from_secs(15)),
+        }
+    }
+
+    /// What logs call this source: its file, or the xDS stream.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            SourceKind::File { path, .. } => path.display().to_string(),
+            SourceKind::Ads => "ads".into(),
+            SourceKind::Grpc(g) => format!("grpc cluster '{}'", g.cluster),
+        }
+    }
+}
+
+/// An xDS gRPC stream: `ads_config`, or an `api_config_source` of `api_type` GRPC or
+/// DELTA_GRPC, with its one `envoy_grpc` service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrpcSource {
+    /// DELTA_GRPC (incremental) rather than GRPC (state of the world).
+    pub delta: bool,
+    /// `envoy_grpc.cluster_name`: a static cluster of the bootstrap (its address is in
+    /// [`Bootstrap::xds_targets`]).
+    pub cluster: String,
+    /// `envoy_grpc.authority` (default: the cluster name).
+    pub authority: String,
+    /// `set_node_on_first_message_only`.
+    pub node_on_first_message_only: bool,
+    /// `grpc_services[].initial_metadata`: headers sent with the stream.
+    pub initial_metadata: Vec<(String, String)>,
+}
+
+/// The address of an xDS server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GrpcTarget {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket (`pipe.path`; a leading `@` names an abstract socket).
+    Unix(std::path::PathBuf),
 }
 
 /// `node`: identity only.
@@ -68,6 +134,8 @@ pub struct Node {
     pub id: String,
     /// `node.cluster`.
     pub cluster: String,
+    /// The whole `node` as the bootstrap gives it, sent to xDS servers.
+    pub proto: envoy_types::pb::envoy::config::core::v3::Node,
 }
 
 /// `admin`.

@@ -85,18 +85,41 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.bootstrap.v3.Bootstrap.DynamicResources",
-        &["lds_config", "cds_config"],
+        &["lds_config", "cds_config", "ads_config"],
     ),
-    // Only files so far; gRPC and REST sources are refused by name.
+    // Files, ADS and gRPC sources; REST is refused by value (api_type).
     (
         "envoy.config.core.v3.ConfigSource",
         &[
             "path",
             "path_config_source",
+            "ads",
+            "api_config_source",
             "initial_fetch_timeout",
             "resource_api_version",
         ],
     ),
+    ("envoy.config.core.v3.AggregatedConfigSource", &[]),
+    (
+        "envoy.config.core.v3.ApiConfigSource",
+        &[
+            "api_type",
+            "transport_api_version",
+            "grpc_services",
+            "set_node_on_first_message_only",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.GrpcService",
+        &["envoy_grpc", "initial_metadata"],
+    ),
+    (
+        "envoy.config.core.v3.GrpcService.EnvoyGrpc",
+        &["cluster_name", "authority"],
+    ),
+    ("envoy.config.core.v3.HeaderValue", &["key", "value"]),
+    // A Unix socket endpoint of a cluster that carries xDS or SDS streams.
+    ("envoy.config.core.v3.Pipe", &["path"]),
     (
         "envoy.config.core.v3.PathConfigSource",
         &["path", "watched_directory"],
@@ -126,7 +149,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.bootstrap.v3.Bootstrap.StaticResources",
         &["listeners", "clusters", "secrets"],
     ),
-    ("envoy.config.core.v3.Address", &["socket_address"]),
+    ("envoy.config.core.v3.Address", &["socket_address", "pipe"]),
     (
         "envoy.config.core.v3.SocketAddress",
         &["protocol", "address", "port_value"],

@@ -17,7 +17,7 @@ use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::model::ConfigSource;
+use crate::config::model::{ConfigSource, SourceKind};
 
 /// A source whose file was replaced.
 #[derive(Debug, Clone)]
@@ -60,19 +60,26 @@ impl Drop for Watchers {
     }
 }
 
-/// The directory to watch for `src`, and the file name to look for in it (none: any).
-fn target(src: &ConfigSource) -> (PathBuf, Option<OsString>) {
-    match &src.watched_directory {
+/// The directory to watch for `src`, and the file name to look for in it (none: any); none
+/// for a source that is not a file.
+fn target(src: &ConfigSource) -> Option<(PathBuf, Option<OsString>)> {
+    let SourceKind::File {
+        path,
+        watched_directory,
+    } = &src.kind
+    else {
+        return None;
+    };
+    Some(match watched_directory {
         Some(d) => (d.clone(), None),
         None => {
-            let dir = src
-                .path
+            let dir = path
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .map_or_else(|| ".".into(), |p| p.to_path_buf());
-            (dir, src.path.file_name().map(|n| n.to_os_string()))
+            (dir, path.file_name().map(|n| n.to_os_string()))
         }
-    }
+    })
 }
 
 impl Watchers {
@@ -120,8 +127,10 @@ impl Watchers {
         if self.sources.contains(src) {
             return;
         }
+        let Some((dir, name)) = target(src) else {
+            return;
+        };
         let Some(r) = self.running() else { return };
-        let (dir, name) = target(src);
         let wd = match r.dirs.get(&dir) {
             Some(wd) => wd.clone(),
             None => match r.watches.add(&dir, WatchMask::MOVED_TO) {

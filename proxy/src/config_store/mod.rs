@@ -11,8 +11,9 @@
 //! the workers begin only once nothing warms any more.
 
 mod files;
+mod xds_source;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -28,7 +29,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use crate::config::discovery::{Discovery, FileError};
-use crate::config::model::{self, ConfigSource};
+use crate::config::model::{self, ConfigSource, GrpcSource, GrpcTarget, SourceKind};
 use crate::config::{resource, ConfigError, Loaded, Secrets};
 use crate::drain::{DrainKind, Draining};
 use crate::router::RouteTable;
@@ -36,6 +37,7 @@ use crate::stats::{Shard, Store};
 use crate::upstream::dns::{DnsClusters, Resolved};
 use crate::upstream::ClusterInfo;
 use crate::worker::WorkerUpdate;
+use crate::xds::{self, Interest, StreamKey, Update, XdsEvent};
 
 pub use files::{FileEvent, Watchers};
 
@@ -153,6 +155,9 @@ struct Subscription {
     ready: bool,
     created: Instant,
     version: String,
+    /// The version `/config_dump` shows: as Envoy's LDS and CDS, that of the last update
+    /// that changed something, even one partly rejected.
+    dump_version: String,
 }
 
 impl Subscription {
@@ -177,6 +182,7 @@ impl Subscription {
             ready: false,
             created: Instant::now(),
             version: String::new(),
+            dump_version: String::new(),
         }
     }
 
@@ -234,6 +240,9 @@ pub struct ConfigStore {
     draining_listeners: Vec<Instant>,
     /// When each filter chain drain (of listeners updated in place) ends.
     draining_chains: Vec<Instant>,
+    /// The RDS route configurations draining listeners still use, until their drain ends (as
+    /// in Envoy, their subscriptions stay until then).
+    draining_rds: Vec<(Instant, Vec<RdsUse>)>,
     /// Listeners whose warming version replaces the active one in place.
     in_place: HashSet<String>,
     /// Stat scopes of removed resources, pruned once nothing holds them.
@@ -242,6 +251,20 @@ pub struct ConfigStore {
     decoder: crate::config::discovery::Decoder,
     /// STRICT_DNS and LOGICAL_DNS clusters' resolutions and hosts.
     dns: DnsClusters,
+    /// `ads_config`.
+    ads: Option<GrpcSource>,
+    /// Where each static cluster an xDS stream may use is.
+    xds_targets: BTreeMap<String, GrpcTarget>,
+    /// The bootstrap's `node`, sent to xDS servers.
+    node: envoy_types::pb::envoy::config::core::v3::Node,
+    /// The xDS streams running.
+    streams: BTreeMap<StreamKey, xds::Stream>,
+    /// What each stream was last asked for, per type.
+    interests: BTreeMap<(StreamKey, &'static str), Interest>,
+    /// Listeners are asked for once the first clusters are warm, as Envoy does.
+    lds_asked: bool,
+    xds_tx: mpsc::UnboundedSender<XdsEvent>,
+    xds_rx: Option<mpsc::UnboundedReceiver<XdsEvent>>,
 }
 
 impl std::fmt::Debug for ConfigStore {
@@ -286,6 +309,11 @@ impl ConfigStore {
     ) -> Self {
         let statics = loaded.proto.static_resources.clone().unwrap_or_default();
         let main = stats.main().clone();
+        let (xds_tx, xds_rx) = mpsc::unbounded_channel();
+        let mut node = loaded.model.node.proto.clone();
+        if node.user_agent_name.is_empty() {
+            node.user_agent_name = "skiff".into();
+        }
         let mut store = ConfigStore {
             main: main.clone(),
             stats,
@@ -303,11 +331,20 @@ impl ConfigStore {
             running: HashMap::new(),
             draining_listeners: Vec::new(),
             draining_chains: Vec::new(),
+            draining_rds: Vec::new(),
             in_place: HashSet::new(),
             pending_prune: Vec::new(),
             watchers: Watchers::new(events),
             decoder: Default::default(),
             dns: DnsClusters::new(main),
+            ads: loaded.model.dynamic.ads.clone(),
+            xds_targets: loaded.model.xds_targets.clone(),
+            node,
+            streams: BTreeMap::new(),
+            interests: BTreeMap::new(),
+            lds_asked: false,
+            xds_tx,
+            xds_rx: Some(xds_rx),
         };
         let model = &loaded.model;
         for s in &statics.secrets {
@@ -463,6 +500,7 @@ impl ConfigStore {
         let prune = (!self.pending_prune.is_empty()).then(|| Instant::now() + PRUNE_EVERY);
         subs.chain(self.draining_listeners.iter().copied())
             .chain(self.draining_chains.iter().copied())
+            .chain(self.draining_rds.iter().map(|(d, _)| *d))
             .chain(prune)
             .chain(self.decoder.idle_deadline())
             .chain(self.dns.next_deadline())
@@ -484,7 +522,7 @@ impl ConfigStore {
             .chain(self.secrets.values_mut().filter_map(|s| s.sub.as_mut()));
         for sub in subs {
             if sub.deadline().is_some_and(|d| d <= now) {
-                tracing::warn!(path = %sub.source.path.display(), "initial fetch timed out");
+                tracing::warn!(source = %sub.source.describe(), "initial fetch timed out");
                 main.counter(&format!("{}init_fetch_timeout", sub.scope))
                     .inc();
                 sub.ready = true;
@@ -495,6 +533,12 @@ impl ConfigStore {
         self.dns.on_timer();
         self.draining_listeners.retain(|d| *d > now);
         self.draining_chains.retain(|d| *d > now);
+        let held = self.draining_rds.len();
+        self.draining_rds.retain(|(d, _)| *d > now);
+        if self.draining_rds.len() != held {
+            self.sync_rds();
+            changed = true;
+        }
         let stats = self.stats.clone();
         self.pending_prune.retain(|p| !stats.prune(p));
         if changed {
@@ -528,12 +572,15 @@ impl ConfigStore {
         if !wanted {
             return;
         }
-        let decoded = self.decoder.decode(&src.path);
+        let SourceKind::File { path, .. } = &src.kind else {
+            return;
+        };
+        let decoded = self.decoder.decode(path);
         if self.cds.as_ref().is_some_and(|s| &s.source == src) {
-            self.deliver(Kind::Cds, src, &decoded);
+            let _ = self.deliver(Kind::Cds, src, &decoded, None);
         }
         if self.lds.as_ref().is_some_and(|s| &s.source == src) {
-            self.deliver(Kind::Lds, src, &decoded);
+            let _ = self.deliver(Kind::Lds, src, &decoded, None);
         }
         let rds: Vec<String> = self
             .rds
@@ -542,7 +589,7 @@ impl ConfigStore {
             .map(|(n, _)| n.clone())
             .collect();
         for name in rds {
-            self.deliver(Kind::Rds(name), src, &decoded);
+            let _ = self.deliver(Kind::Rds(name), src, &decoded, None);
         }
         let eds: Vec<String> = self
             .eds
@@ -551,7 +598,7 @@ impl ConfigStore {
             .map(|(n, _)| n.clone())
             .collect();
         for name in eds {
-            self.deliver(Kind::Eds(name), src, &decoded);
+            let _ = self.deliver(Kind::Eds(name), src, &decoded, None);
         }
         let sds: Vec<String> = self
             .secrets
@@ -560,7 +607,7 @@ impl ConfigStore {
             .map(|(n, _)| n.clone())
             .collect();
         for name in sds {
-            self.deliver(Kind::Sds(name), src, &decoded);
+            let _ = self.deliver(Kind::Sds(name), src, &decoded, None);
         }
     }
 
@@ -574,35 +621,44 @@ impl ConfigStore {
         }
     }
 
-    /// Applies a decoded file to one subscription, counting as Envoy does.
-    fn deliver(&mut self, kind: Kind, src: &ConfigSource, decoded: &Result<Discovery, FileError>) {
+    /// Applies a decoded update (a file, or a response from an xDS server) to one
+    /// subscription, counting as Envoy does. `removed`: the names a delta response removes
+    /// (none: state of the world). Returns the rejection's message, for a NACK.
+    fn deliver(
+        &mut self,
+        kind: Kind,
+        src: &ConfigSource,
+        decoded: &Result<Discovery, FileError>,
+        removed: Option<&[String]>,
+    ) -> Result<(), String> {
         let main = self.main.clone();
         let Some(scope) = self.subscription(&kind).map(|s| s.scope.clone()) else {
-            return;
+            return Ok(());
         };
+        let file = matches!(src.kind, SourceKind::File { .. });
         main.counter(&format!("{scope}update_attempt")).inc();
         let result = match decoded {
             Err(FileError::Read(e)) => {
-                tracing::warn!(path = %src.path.display(), error = %e, "filesystem config update failure");
+                tracing::warn!(source = %src.describe(), error = %e, "config update failure");
                 main.counter(&format!("{scope}update_failure")).inc();
                 // As Envoy, a file that cannot be loaded ends the initial fetch too.
                 if let Some(sub) = self.subscription(&kind) {
                     sub.ready = true;
                 }
-                return;
+                return Err(e.clone());
             }
             Err(FileError::Rejected(e)) => Err(e.clone()),
             Ok(d) => {
                 if !d.unknown_fields.is_empty() {
                     for f in &d.unknown_fields {
-                        tracing::warn!(path = %src.path.display(), field = %f, "unknown field ignored");
+                        tracing::warn!(source = %src.describe(), field = %f, "unknown field ignored");
                     }
                     // As Envoy, one count per file that had any.
                     main.counter("server.dynamic_unknown_fields").inc();
                 }
                 match &kind {
-                    Kind::Lds => self.apply_lds(d),
-                    Kind::Cds => self.apply_cds(d),
+                    Kind::Lds => self.apply_lds(d, removed),
+                    Kind::Cds => self.apply_cds(d, removed),
                     Kind::Rds(name) => self.apply_rds(name, d),
                     Kind::Eds(name) => self.apply_eds(name, d),
                     Kind::Sds(name) => self.apply_sds(name, d),
@@ -610,7 +666,7 @@ impl ConfigStore {
             }
         };
         let Some(sub) = self.subscription(&kind) else {
-            return;
+            return result.map_err(|e| e.to_string());
         };
         sub.ready = true;
         match result {
@@ -628,13 +684,22 @@ impl ConfigStore {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64);
                 main.gauge(&format!("{scope}update_time")).set(ms);
-                if decoded.as_ref().is_ok_and(|d| d.resources.is_empty()) {
+                if decoded
+                    .as_ref()
+                    .is_ok_and(|d| d.resources.is_empty() && removed.is_none_or(|r| r.is_empty()))
+                {
                     main.counter(&format!("{scope}update_empty")).inc();
                 }
+                Ok(())
             }
             Err(e) => {
-                tracing::warn!(path = %src.path.display(), error = %e, "filesystem config update rejected");
+                if file {
+                    tracing::warn!(source = %src.describe(), error = %e, "filesystem config update rejected");
+                } else {
+                    tracing::warn!(source = %src.describe(), error = %e, "xDS config update rejected");
+                }
                 main.counter(&format!("{scope}update_rejected")).inc();
+                Err(e.to_string())
             }
         }
     }
@@ -644,15 +709,34 @@ impl ConfigStore {
         self.clusters.keys().cloned().collect()
     }
 
-    fn apply_lds(&mut self, d: &Discovery) -> Result<(), ConfigError> {
+    /// A listener update. As Envoy's LDS: a response that does not decode, or names a listener
+    /// twice, changes nothing; otherwise each listener is added or updated on its own, those
+    /// that fail keep their version in force, and the failures make one rejection. State of the
+    /// world removes the dynamic listeners the response does not name; delta (`removed`) those
+    /// it lists.
+    fn apply_lds(&mut self, d: &Discovery, removed: Option<&[String]>) -> Result<(), ConfigError> {
         let clusters = self.cluster_names();
         let mut secrets = self.secret_values();
         let mut in_place = HashSet::new();
         let mut next: BTreeMap<String, Version<listener_pb::Listener, Arc<model::Listener>>> =
             BTreeMap::new();
-        for (i, any) in d.resources.iter().enumerate() {
+        let protos = decode_all::<listener_pb::Listener>(d, type_url::LISTENER)?;
+        let named: HashSet<String> = protos.iter().map(|(_, p)| p.name.clone()).collect();
+        // As Envoy, a name given twice: the first applies, the second fails.
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut unchanged: HashSet<String> = HashSet::new();
+        let mut errors: Vec<(String, ConfigError)> = Vec::new();
+        for (i, proto) in protos {
             let path = format!("resources[{i}]");
-            let proto: listener_pb::Listener = decode_any(any, type_url::LISTENER, &path)?;
+            if !seen.insert(proto.name.clone()) {
+                let e = ConfigError::new("", format!("duplicate listener {} found", proto.name));
+                errors.push((proto.name.clone(), e));
+                continue;
+            }
+            if let Some(e) = d.errors.get(&i) {
+                errors.push((proto.name.clone(), e.clone()));
+                continue;
+            }
             // Unchanged: the version in force stays, untranslated.
             if let Some(cur) = self
                 .listeners
@@ -661,41 +745,44 @@ impl ConfigStore {
                 .and_then(|s| s.latest())
                 .filter(|c| c.proto == proto)
             {
-                if next.insert(proto.name.clone(), cur.clone()).is_some() {
-                    return Err(ConfigError::new(
-                        format!("{path}.name"),
-                        format!("duplicate listener '{}' found", proto.name),
-                    ));
-                }
+                unchanged.insert(proto.name.clone());
+                next.insert(proto.name.clone(), cur.clone());
                 continue;
             }
-            if self.follow_secrets(&secret_refs(&listener_tls(&proto)), &path)? {
-                secrets = self.secret_values();
-            }
-            let mut model = resource::listener(&proto, &path, &clusters, &secrets)?;
+            let built = (|| {
+                if self.follow_secrets(&secret_refs(&listener_tls(&proto)), &path)? {
+                    secrets = self.secret_values();
+                }
+                let model = resource::listener(&proto, &path, &clusters, &secrets)?;
+                if self.listeners.get(&model.name).is_some_and(|s| s.is_static) {
+                    return Err(ConfigError::new(
+                        format!("{path}.name"),
+                        format!(
+                            "cannot add or update listener '{}': it is a static listener",
+                            model.name
+                        ),
+                    ));
+                }
+                Ok(model)
+            })();
+            let mut model = match built {
+                Ok(m) => m,
+                Err(e) if e.invalid => return Err(e),
+                Err(e) => {
+                    errors.push((proto.name.clone(), e));
+                    continue;
+                }
+            };
             let name = model.name.clone();
+            let mut version = d.version_of(i).to_string();
             if let Some(cur) = self.listeners.get(&name).and_then(|s| s.latest()) {
                 if cur.proto != proto && adopt_chains(cur, &proto, &mut model) {
                     in_place.insert(name.clone());
+                    // Envoy's in-place filter chain update keeps the listener's version_info.
+                    version = cur.dump.version.clone();
                 }
             }
-            if self.listeners.get(&name).is_some_and(|s| s.is_static) {
-                return Err(ConfigError::new(
-                    format!("{path}.name"),
-                    format!("cannot add or update listener '{name}': it is a static listener"),
-                ));
-            }
-            if next.contains_key(&name) {
-                return Err(ConfigError::new(
-                    format!("{path}.name"),
-                    format!("duplicate listener '{name}' found"),
-                ));
-            }
-            let dump = now_dumped(
-                &name,
-                d.dumps.get(i).cloned().unwrap_or_default(),
-                &d.version_info,
-            );
+            let dump = now_dumped(&name, d.dumps.get(i).cloned().unwrap_or_default(), &version);
             next.insert(
                 name,
                 Version {
@@ -705,36 +792,85 @@ impl ConfigStore {
                 },
             );
         }
-        // Two listeners may not share an address (the static ones included).
-        let mut seen: HashMap<std::net::SocketAddr, &str> = HashMap::new();
-        let statics = self
+        // In delta, the listeners the response does not name stay as they are.
+        let kept: Vec<String> = match removed {
+            Some(gone) => self
+                .listeners
+                .iter()
+                .filter(|(n, s)| {
+                    !s.is_static
+                        && !next.contains_key(*n)
+                        && !gone.contains(n)
+                        && !named.contains(*n)
+                })
+                .map(|(n, _)| n.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        // Two listeners may not share an address (the static ones included); a new or changed
+        // one that takes the address of another (unchanged ones first) fails alone.
+        let mut seen: HashMap<std::net::SocketAddr, String> = HashMap::new();
+        let fixed = self
             .listeners
             .iter()
-            .filter(|(_, s)| s.is_static)
-            .filter_map(|(n, s)| s.latest().map(|v| (n.as_str(), &v.model)));
-        for (name, l) in statics.chain(next.iter().map(|(n, v)| (n.as_str(), &v.model))) {
-            if !l.bind_to_port {
-                continue;
-            }
-            for a in l.addresses() {
-                if let Some(other) = seen.insert(a, name) {
-                    return Err(ConfigError::new(
-                        "resources",
-                        format!(
-                            "error adding listener '{name}': listener '{other}' already uses {a}"
-                        ),
-                    ));
+            .filter(|(n, s)| {
+                s.is_static || kept.contains(n) || (!next.contains_key(*n) && named.contains(*n))
+            })
+            .filter_map(|(n, s)| s.latest().map(|v| (n.clone(), v.model.clone())));
+        for (name, l) in fixed {
+            if l.bind_to_port {
+                for a in l.addresses() {
+                    seen.insert(a, name.clone());
                 }
             }
         }
-        // The update is valid: apply it.
+        let mut clash = Vec::new();
+        let ordered = next
+            .iter()
+            .filter(|(n, _)| unchanged.contains(*n))
+            .chain(next.iter().filter(|(n, _)| !unchanged.contains(*n)));
+        for (name, v) in ordered {
+            if !v.model.bind_to_port {
+                continue;
+            }
+            let addrs: Vec<SocketAddr> = v.model.addresses().collect();
+            if let Some((a, other)) = addrs
+                .iter()
+                .find_map(|a| seen.get(a).map(|o| (*a, o.clone())))
+            {
+                errors.push((
+                    name.clone(),
+                    ConfigError::new(
+                        "address",
+                        format!(
+                            "error adding listener '{name}': listener '{other}' already uses {a}"
+                        ),
+                    ),
+                ));
+                clash.push(name.clone());
+                continue;
+            }
+            for a in addrs {
+                seen.insert(a, name.clone());
+            }
+        }
+        for n in clash {
+            next.remove(&n);
+        }
         let main = self.main.clone();
         let removed: Vec<String> = self
             .listeners
             .iter()
-            .filter(|(n, s)| !s.is_static && !next.contains_key(*n))
+            .filter(|(n, s)| {
+                !s.is_static
+                    && match removed {
+                        Some(gone) => gone.contains(n) && !next.contains_key(*n),
+                        None => !next.contains_key(*n) && !named.contains(*n),
+                    }
+            })
             .map(|(n, _)| n.clone())
             .collect();
+        let mut applied = !removed.is_empty();
         for name in removed {
             if let Some(slot) = self.listeners.remove(&name) {
                 if let Some(v) = slot.latest() {
@@ -742,9 +878,10 @@ impl ConfigStore {
                     self.pending_prune
                         .push(format!("listener.{}.", v.model.stat_prefix));
                 }
-                if slot.active.is_some() {
-                    self.draining_listeners
-                        .push(Instant::now() + self.drain_time);
+                if let Some(old) = &slot.active {
+                    let ends = Instant::now() + self.drain_time;
+                    self.draining_listeners.push(ends);
+                    self.draining_rds.push((ends, rds_of(&old.model)));
                 }
             }
             main.counter("listener_manager.listener_removed").inc();
@@ -758,6 +895,7 @@ impl ConfigStore {
                     if slot.latest().is_some_and(|cur| cur.proto == v.proto) {
                         continue;
                     }
+                    applied = true;
                     main.counter("listener_manager.listener_modified").inc();
                     if in_place.contains(&name) {
                         main.counter("listener_manager.listener_in_place_updated")
@@ -770,6 +908,7 @@ impl ConfigStore {
                     slot.warming = Some(v);
                 }
                 None => {
+                    applied = true;
                     main.counter("listener_manager.listener_added").inc();
                     tracing::info!(listener = %name, "listener added");
                     self.listeners.insert(
@@ -783,16 +922,36 @@ impl ConfigStore {
                 }
             }
         }
-        Ok(())
+        if applied {
+            if let Some(sub) = self.lds.as_mut() {
+                sub.dump_version = d.version_info.clone();
+            }
+        }
+        failures("listener", errors)
     }
 
-    fn apply_cds(&mut self, d: &Discovery) -> Result<(), ConfigError> {
+    /// A cluster update, resource by resource as [`Self::apply_lds`].
+    fn apply_cds(&mut self, d: &Discovery, removed: Option<&[String]>) -> Result<(), ConfigError> {
         let mut next: BTreeMap<String, Version<cluster_pb::Cluster, Arc<model::Cluster>>> =
             BTreeMap::new();
         let mut secrets = self.secret_values();
-        for (i, any) in d.resources.iter().enumerate() {
+        let protos = decode_all::<cluster_pb::Cluster>(d, type_url::CLUSTER)?;
+        let mut failed = Vec::new();
+        let named: HashSet<String> = protos.iter().map(|(_, p)| p.name.clone()).collect();
+        // As Envoy, a name given twice: the first applies, the second fails.
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut errors: Vec<(String, ConfigError)> = Vec::new();
+        for (i, proto) in protos {
             let path = format!("resources[{i}]");
-            let proto: cluster_pb::Cluster = decode_any(any, type_url::CLUSTER, &path)?;
+            if !seen.insert(proto.name.clone()) {
+                let e = ConfigError::new("", format!("duplicate cluster {} found", proto.name));
+                errors.push((proto.name.clone(), e));
+                continue;
+            }
+            if let Some(e) = d.errors.get(&i) {
+                errors.push((proto.name.clone(), e.clone()));
+                continue;
+            }
             // Unchanged: the version in force stays, untranslated (and keeps its version_info,
             // as in Envoy).
             if let Some(cur) = self
@@ -802,29 +961,33 @@ impl ConfigStore {
                 .and_then(|s| s.latest())
                 .filter(|c| c.proto == proto)
             {
-                if next.insert(proto.name.clone(), cur.clone()).is_some() {
-                    return Err(ConfigError::new(
-                        format!("{path}.name"),
-                        format!("duplicate cluster '{}' found", proto.name),
-                    ));
-                }
+                next.insert(proto.name.clone(), cur.clone());
                 continue;
             }
-            if self.follow_secrets(&secret_refs(&cluster_tls(&proto)), &path)? {
-                secrets = self.secret_values();
-            }
-            let model = resource::cluster(&proto, &path, &secrets)?;
+            let built = (|| {
+                if self.follow_secrets(&secret_refs(&cluster_tls(&proto)), &path)? {
+                    secrets = self.secret_values();
+                }
+                resource::cluster(&proto, &path, &secrets)
+            })();
+            let model = match built {
+                Ok(m) => m,
+                Err(e) if e.invalid => return Err(e),
+                Err(e) => {
+                    // Envoy counts the cluster added or modified before it fails to load.
+                    failed.push(match self.clusters.get(&proto.name) {
+                        Some(s) if !s.is_static => "cluster_manager.cluster_modified",
+                        _ => "cluster_manager.cluster_added",
+                    });
+                    errors.push((proto.name.clone(), e));
+                    continue;
+                }
+            };
             let name = model.name.clone();
-            if next.contains_key(&name) {
-                return Err(ConfigError::new(
-                    format!("{path}.name"),
-                    format!("duplicate cluster '{name}' found"),
-                ));
-            }
             let dump = now_dumped(
                 &name,
                 d.dumps.get(i).cloned().unwrap_or_default(),
-                &d.version_info,
+                d.version_of(i),
             );
             next.insert(
                 name,
@@ -836,12 +999,22 @@ impl ConfigStore {
             );
         }
         let main = self.main.clone();
+        for counter in failed {
+            main.counter(counter).inc();
+        }
         let removed: Vec<String> = self
             .clusters
             .iter()
-            .filter(|(n, s)| !s.is_static && !next.contains_key(*n))
+            .filter(|(n, s)| {
+                !s.is_static
+                    && match removed {
+                        Some(gone) => gone.contains(n) && !next.contains_key(*n),
+                        None => !next.contains_key(*n) && !named.contains(*n),
+                    }
+            })
             .map(|(n, _)| n.clone())
             .collect();
+        let mut applied = !removed.is_empty();
         for name in removed {
             self.clusters.remove(&name);
             main.counter("cluster_manager.cluster_removed").inc();
@@ -859,11 +1032,13 @@ impl ConfigStore {
                     if slot.latest().is_some_and(|cur| cur.proto == v.proto) {
                         continue;
                     }
+                    applied = true;
                     main.counter("cluster_manager.cluster_modified").inc();
                     tracing::info!(cluster = %name, "cluster modified");
                     slot.warming = Some(v);
                 }
                 None => {
+                    applied = true;
                     main.counter("cluster_manager.cluster_added").inc();
                     tracing::info!(cluster = %name, "cluster added");
                     self.clusters.insert(
@@ -877,7 +1052,12 @@ impl ConfigStore {
                 }
             }
         }
-        Ok(())
+        if applied {
+            if let Some(sub) = self.cds.as_mut() {
+                sub.dump_version = d.version_info.clone();
+            }
+        }
+        failures("cluster", errors)
     }
 
     fn apply_rds(&mut self, name: &str, d: &Discovery) -> Result<(), ConfigError> {
@@ -897,7 +1077,11 @@ impl ConfigStore {
         rds.table = Some(Version {
             proto,
             model: Arc::new(table),
-            dump: now_dumped(name, d.dumps[0].clone(), &d.version_info),
+            dump: now_dumped(
+                name,
+                d.dumps.first().cloned().unwrap_or_default(),
+                &d.version_info,
+            ),
         });
         Ok(())
     }
@@ -937,7 +1121,11 @@ impl ConfigStore {
         eds.hosts = Some(Version {
             proto,
             model: hosts,
-            dump: now_dumped(service, d.dumps[0].clone(), &d.version_info),
+            dump: now_dumped(
+                service,
+                d.dumps.first().cloned().unwrap_or_default(),
+                &d.version_info,
+            ),
         });
         Ok(())
     }
@@ -1029,7 +1217,7 @@ impl ConfigStore {
         if slot.value.as_ref().is_some_and(|v| v.proto == proto) {
             return Ok(());
         }
-        let json = redacted(d.dumps[0].clone(), &proto);
+        let json = redacted(d.dumps.first().cloned().unwrap_or_default(), &proto);
         let previous = slot.value.replace(Version {
             proto,
             model: (),
@@ -1101,11 +1289,27 @@ impl ConfigStore {
                 }
             }
         }
+        for (_, used) in &self.draining_rds {
+            for (name, source, prefix) in used {
+                wanted
+                    .entry(name.clone())
+                    .or_insert((source.clone(), prefix.clone()));
+            }
+        }
+        // A subscription nothing uses any more goes, and its stats with it, as in Envoy.
+        let gone: Vec<String> = self
+            .rds
+            .iter()
+            .filter(|(n, _)| !wanted.contains_key(*n))
+            .map(|(_, r)| r.sub.scope.clone())
+            .collect();
+        self.pending_prune.extend(gone);
         self.rds.retain(|n, _| wanted.contains_key(n));
         let mut fresh = Vec::new();
         for (name, (source, prefix)) in wanted {
             if let std::collections::btree_map::Entry::Vacant(e) = self.rds.entry(name) {
                 let scope = format!("http.{prefix}.rds.{}.", e.key());
+                self.pending_prune.retain(|p| *p != scope);
                 e.insert(Rds {
                     sub: Subscription::new(source.clone(), scope, &self.main),
                     table: None,
@@ -1188,6 +1392,7 @@ impl ConfigStore {
             }
             let next = slot.warming.take();
             if let (Some(old), Some(new)) = (&slot.active, &next) {
+                self.draining_rds.push((ends, rds_of(&old.model)));
                 // What drains: the whole old listener, or in place only its chains that the
                 // new version did not keep.
                 if self.in_place.remove(name) {
@@ -1312,12 +1517,12 @@ impl ConfigStore {
             lds_version: self
                 .lds
                 .as_ref()
-                .map(|s| s.version.clone())
+                .map(|s| s.dump_version.clone())
                 .unwrap_or_default(),
             cds_version: self
                 .cds
                 .as_ref()
-                .map(|s| s.version.clone())
+                .map(|s| s.dump_version.clone())
                 .unwrap_or_default(),
         };
         Snapshot {
@@ -1394,6 +1599,7 @@ impl ConfigStore {
             self.published.store(Arc::new(snapshot));
         }
         self.update_gauges();
+        self.sync_xds();
     }
 
     /// Hands the workers over; binds every listener (a static one that cannot be bound fails
@@ -1513,9 +1719,13 @@ enum Kind {
     Sds(String),
 }
 
+/// An RDS route configuration an HTTP connection manager uses: its name, source and the
+/// HCM's stat prefix.
+type RdsUse = (String, ConfigSource, String);
+
 /// The RDS route configurations a listener's HTTP connection managers use, with their source
 /// and the first HCM's stat prefix.
-fn rds_of(l: &model::Listener) -> Vec<(String, ConfigSource, String)> {
+fn rds_of(l: &model::Listener) -> Vec<RdsUse> {
     let chains = l
         .filter_chains
         .iter()
@@ -1560,6 +1770,47 @@ fn the_one<T: Message + Default>(
         ));
     }
     Ok(proto)
+}
+
+/// Decodes every resource of a listener or cluster response with its name; a resource of
+/// another type or that does not decode refuses the whole response, as Envoy's decoding does.
+/// A resource already refused by the field check keeps its index.
+fn decode_all<T: Message + Default>(
+    d: &Discovery,
+    url: &str,
+) -> Result<Vec<(usize, T)>, ConfigError> {
+    let mut out = Vec::with_capacity(d.resources.len());
+    for (i, any) in d.resources.iter().enumerate() {
+        let path = format!("resources[{i}]");
+        match decode_any::<T>(any, url, &path) {
+            Ok(p) => out.push((i, p)),
+            Err(e) => return Err(d.errors.get(&i).cloned().unwrap_or(e)),
+        }
+    }
+    Ok(out)
+}
+
+/// The rejection of a listener or cluster update whose resources failed one by one, worded
+/// as Envoy's: `Error adding/updating listener(s) a: why, b: why`.
+fn failures(what: &str, errors: Vec<(String, ConfigError)>) -> Result<(), ConfigError> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let message = if what == "listener" {
+        // Envoy's LDS ends each failure with a newline; CDS joins them with commas.
+        let list: String = errors
+            .iter()
+            .map(|(name, e)| format!("{name}: {e}\n"))
+            .collect();
+        format!("Error adding/updating listener(s) {list}")
+    } else {
+        let list: Vec<String> = errors
+            .iter()
+            .map(|(name, e)| format!("{name}: {e}"))
+            .collect();
+        format!("Error adding/updating {what}(s) {}", list.join(", "))
+    };
+    Err(ConfigError::new("", message))
 }
 
 /// A listener's filter chains, the default one included.
@@ -1621,6 +1872,8 @@ fn bind_all(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod xds_tests;
 
 /// The TLS contexts' common parts of a listener's filter chains.
 fn listener_tls(l: &listener_pb::Listener) -> Vec<tls_pb::CommonTlsContext> {

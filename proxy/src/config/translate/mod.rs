@@ -98,6 +98,7 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         .map(|n| Node {
             id: n.id.clone(),
             cluster: n.cluster.clone(),
+            proto: n.clone(),
         })
         .unwrap_or_default();
     let admin = match &b.admin {
@@ -131,15 +132,45 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
                 .as_ref()
                 .map(|c| config_source(c, "dynamic_resources.cds_config"))
                 .transpose()?,
+            ads: d
+                .ads_config
+                .as_ref()
+                .map(|c| grpc_source(c, "dynamic_resources.ads_config"))
+                .transpose()?,
         },
         None => DynamicResources::default(),
     };
 
+    let ads_named = [
+        (&dynamic.lds, "dynamic_resources.lds_config"),
+        (&dynamic.cds, "dynamic_resources.cds_config"),
+    ];
+    for (src, p) in ads_named {
+        if src.as_ref().is_some_and(|s| s.kind == SourceKind::Ads) && dynamic.ads.is_none() {
+            return Err(ConfigError::new(
+                format!("{p}.ads"),
+                "ADS is not configured (dynamic_resources.ads_config)",
+            ));
+        }
+    }
     let mut clusters = Vec::new();
     let mut cluster_names = HashSet::new();
+    let mut xds_targets = std::collections::BTreeMap::new();
     for (i, c) in res.clusters.iter().enumerate() {
         let path = format!("static_resources.clusters[{i}]");
-        let c = translate_cluster(c, &path, &secrets)?;
+        let target = xds_target(c, &path)?;
+        // A cluster of Unix sockets carries xDS and SDS streams only (see xds_target).
+        let unix = matches!(target, Some(GrpcTarget::Unix(_)));
+        if let Some(t) = target {
+            xds_targets.insert(c.name.clone(), t);
+        }
+        let c = if unix {
+            let mut c = c.clone();
+            c.load_assignment = None;
+            translate_cluster(&c, &path, &secrets)?
+        } else {
+            translate_cluster(c, &path, &secrets)?
+        };
         if !cluster_names.insert(c.name.clone()) {
             return Err(ConfigError::new(
                 format!("{path}.name"),
@@ -149,6 +180,29 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         clusters.push(Arc::new(c));
     }
 
+    let grpc_named = dynamic
+        .ads
+        .iter()
+        .map(|g| (g, "dynamic_resources.ads_config"))
+        .chain(dynamic.lds.iter().filter_map(|s| match &s.kind {
+            SourceKind::Grpc(g) => Some((g, "dynamic_resources.lds_config.api_config_source")),
+            _ => None,
+        }))
+        .chain(dynamic.cds.iter().filter_map(|s| match &s.kind {
+            SourceKind::Grpc(g) => Some((g, "dynamic_resources.cds_config.api_config_source")),
+            _ => None,
+        }));
+    for (g, p) in grpc_named {
+        if !xds_targets.contains_key(&g.cluster) {
+            return Err(ConfigError::new(
+                format!("{p}.grpc_services[0].envoy_grpc.cluster_name"),
+                format!(
+                    "unknown gRPC client cluster '{}' (a static cluster with an endpoint is required)",
+                    g.cluster
+                ),
+            ));
+        }
+    }
     let mut listeners = Vec::new();
     let mut listener_names = HashSet::new();
     let mut addresses = HashSet::new();
@@ -177,6 +231,141 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         dynamic,
         overload,
         stats,
+        xds_targets,
+    })
+}
+
+/// Where an xDS stream through static cluster `c` connects: its first endpoint, a TCP address
+/// or a Unix socket (`pipe`). A cluster whose endpoints are all Unix sockets is accepted for
+/// xDS and SDS streams (as Istio's `xds-grpc` and `sds-grpc`); traffic routed to it finds no
+/// host (docs/compatibility.md).
+fn xds_target(
+    c: &envoy_types::pb::envoy::config::cluster::v3::Cluster,
+    path: &str,
+) -> Result<Option<GrpcTarget>, ConfigError> {
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    let Some(la) = &c.load_assignment else {
+        return Ok(None);
+    };
+    let mut first = None;
+    let mut pipes = 0;
+    let mut all = 0;
+    for (i, locality) in la.endpoints.iter().enumerate() {
+        for (j, lb) in locality.lb_endpoints.iter().enumerate() {
+            all += 1;
+            let epath =
+                format!("{path}.load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address");
+            let Some(HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
+                continue;
+            };
+            let Some(a) = &ep.address else { continue };
+            let t = match &a.address {
+                Some(core::address::Address::Pipe(p)) => {
+                    pipes += 1;
+                    if p.path.is_empty() {
+                        return Err(ConfigError::new(format!("{epath}.pipe.path"), "required"));
+                    }
+                    GrpcTarget::Unix(p.path.clone().into())
+                }
+                Some(core::address::Address::SocketAddress(_)) => match socket_address(a, &epath) {
+                    Ok(sa) => GrpcTarget::Tcp(sa),
+                    Err(_) => continue,
+                },
+                _ => continue,
+            };
+            first.get_or_insert(t);
+        }
+    }
+    if pipes > 0 && pipes != all {
+        return Err(ConfigError::new(
+            format!("{path}.load_assignment"),
+            "a cluster's endpoints must be all Unix sockets (pipe) or none",
+        ));
+    }
+    Ok(first)
+}
+
+/// An `ApiConfigSource` of `api_type` GRPC or DELTA_GRPC with one `envoy_grpc` service.
+pub fn grpc_source(c: &core::ApiConfigSource, path: &str) -> Result<GrpcSource, ConfigError> {
+    use core::api_config_source::ApiType;
+    use core::grpc_service::TargetSpecifier;
+    let delta = match ApiType::try_from(c.api_type) {
+        Ok(ApiType::Grpc) => false,
+        Ok(ApiType::DeltaGrpc) => true,
+        Ok(ApiType::Rest) => {
+            return Err(ConfigError::new(
+                format!("{path}.api_type"),
+                "unsupported: REST (only GRPC and DELTA_GRPC)",
+            ))
+        }
+        _ => {
+            return Err(ConfigError::new(
+                format!("{path}.api_type"),
+                "unsupported: only GRPC and DELTA_GRPC",
+            ))
+        }
+    };
+    if c.transport_api_version != core::ApiVersion::V3 as i32
+        && c.transport_api_version != core::ApiVersion::Auto as i32
+    {
+        return Err(ConfigError::new(
+            format!("{path}.transport_api_version"),
+            "only V3 is supported",
+        ));
+    }
+    if !c.cluster_names.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.cluster_names"),
+            "gRPC sources take grpc_services, not cluster_names",
+        ));
+    }
+    let service = match c.grpc_services.as_slice() {
+        [s] => s,
+        [] => {
+            return Err(ConfigError::new(
+                format!("{path}.grpc_services"),
+                "exactly one gRPC service is required",
+            ))
+        }
+        _ => {
+            return Err(ConfigError::new(
+                format!("{path}.grpc_services"),
+                "only one gRPC service is supported (Envoy uses the first)",
+            ))
+        }
+    };
+    let spath = format!("{path}.grpc_services[0]");
+    let (cluster, authority) = match &service.target_specifier {
+        Some(TargetSpecifier::EnvoyGrpc(e)) => {
+            if e.cluster_name.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{spath}.envoy_grpc.cluster_name"),
+                    "required",
+                ));
+            }
+            let authority = if e.authority.is_empty() {
+                e.cluster_name.clone()
+            } else {
+                e.authority.clone()
+            };
+            (e.cluster_name.clone(), authority)
+        }
+        Some(TargetSpecifier::GoogleGrpc(_)) => {
+            return Err(ConfigError::unsupported(format!("{spath}.google_grpc")))
+        }
+        None => return Err(ConfigError::new(format!("{spath}.envoy_grpc"), "required")),
+    };
+    let initial_metadata = service
+        .initial_metadata
+        .iter()
+        .map(|h| (h.key.to_ascii_lowercase(), h.value.clone()))
+        .collect();
+    Ok(GrpcSource {
+        delta,
+        cluster,
+        authority,
+        node_on_first_message_only: c.set_node_on_first_message_only,
+        initial_metadata,
     })
 }
 
@@ -203,7 +392,8 @@ pub(super) fn static_secrets(
     Ok(out)
 }
 
-/// A `ConfigSource`: only files so far (`path_config_source`, or the legacy `path`).
+/// A `ConfigSource`: a file (`path_config_source`, or the legacy `path`), `ads`, or an
+/// `api_config_source` of gRPC.
 pub fn config_source(c: &core::ConfigSource, path: &str) -> Result<ConfigSource, ConfigError> {
     use core::config_source::ConfigSourceSpecifier as Spec;
     // AUTO means V3 in Envoy 1.40.
@@ -215,6 +405,13 @@ pub fn config_source(c: &core::ConfigSource, path: &str) -> Result<ConfigSource,
             "only V3 resources are supported",
         ));
     }
+    let initial_fetch_timeout = match &c.initial_fetch_timeout {
+        Some(d) => {
+            let d = duration(d, &format!("{path}.initial_fetch_timeout"))?;
+            (!d.is_zero()).then_some(d)
+        }
+        None => Some(Duration::from_secs(15)),
+    };
     #[allow(deprecated)]
     let (file, watched_directory) = match &c.config_source_specifier {
         Some(Spec::Path(p)) => (p.clone(), None),
@@ -222,17 +419,23 @@ pub fn config_source(c: &core::ConfigSource, path: &str) -> Result<ConfigSource,
             p.path.clone(),
             p.watched_directory.as_ref().map(|w| w.path.clone()),
         ),
-        Some(Spec::ApiConfigSource(_)) => {
-            return Err(ConfigError::unsupported(format!(
-                "{path}.api_config_source"
-            )))
+        Some(Spec::ApiConfigSource(a)) => {
+            return Ok(ConfigSource {
+                kind: SourceKind::Grpc(grpc_source(a, &format!("{path}.api_config_source"))?),
+                initial_fetch_timeout,
+            })
         }
-        Some(Spec::Ads(_)) => return Err(ConfigError::unsupported(format!("{path}.ads"))),
+        Some(Spec::Ads(_)) => {
+            return Ok(ConfigSource {
+                kind: SourceKind::Ads,
+                initial_fetch_timeout,
+            })
+        }
         Some(Spec::Self_(_)) => return Err(ConfigError::unsupported(format!("{path}.self"))),
         None => {
             return Err(ConfigError::new(
                 path,
-                "a config source is required (path_config_source)",
+                "a config source is required (path_config_source, ads or api_config_source)",
             ))
         }
     };
@@ -248,16 +451,11 @@ pub fn config_source(c: &core::ConfigSource, path: &str) -> Result<ConfigSource,
             "required",
         ));
     }
-    let initial_fetch_timeout = match &c.initial_fetch_timeout {
-        Some(d) => {
-            let d = duration(d, &format!("{path}.initial_fetch_timeout"))?;
-            (!d.is_zero()).then_some(d)
-        }
-        None => Some(Duration::from_secs(15)),
-    };
     Ok(ConfigSource {
-        path: file.into(),
-        watched_directory: watched_directory.map(Into::into),
+        kind: SourceKind::File {
+            path: file.into(),
+            watched_directory: watched_directory.map(Into::into),
+        },
         initial_fetch_timeout,
     })
 }
@@ -298,7 +496,7 @@ pub(super) fn socket_address(a: &core::Address, path: &str) -> Result<SocketAddr
     let port = match sa.port_specifier {
         Some(core::socket_address::PortSpecifier::PortValue(p)) if p <= 65535 => p as u16,
         Some(core::socket_address::PortSpecifier::PortValue(p)) => {
-            return Err(ConfigError::new(
+            return Err(ConfigError::invalid(
                 format!("{path}.port_value"),
                 format!("{p} is not a port"),
             ))

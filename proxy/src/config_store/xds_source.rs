@@ -1,0 +1,328 @@
+//! The ConfigStore as the xDS streams' consumer: responses applied to the subscriptions they
+//! feed (listeners and clusters resource by resource, as Envoy's LDS and CDS), verdicts sent
+//! back for the ACK or NACK, and the streams told which names each type needs.
+
+use super::*;
+
+impl ConfigStore {
+    /// Decodes discovery responses in this process rather than in skiff's helper (for
+    /// executables that are not skiff: fuzzers, tools).
+    pub fn decode_in_process(&mut self) {
+        self.decoder = crate::config::discovery::Decoder::in_process();
+    }
+
+    /// The responses of the xDS streams, for the main loop to hand to [`Self::on_xds`] (once).
+    pub fn take_xds_events(&mut self) -> Option<mpsc::UnboundedReceiver<XdsEvent>> {
+        self.xds_rx.take()
+    }
+
+    /// A response from an xDS stream: checked, applied to every subscription it feeds, and
+    /// answered with the verdict (ACK, or one NACK with every rejection's message).
+    pub fn on_xds(&mut self, ev: XdsEvent) {
+        let verdict = self.apply_xds(&ev.stream, &ev.type_url, ev.update);
+        let _ = ev.verdict.send(verdict);
+        self.sync_eds();
+        self.sync_rds();
+        self.sync_sds();
+        self.promote();
+        self.publish();
+    }
+
+    /// Applies one xDS response; the error is the NACK's message.
+    pub(super) fn apply_xds(
+        &mut self,
+        stream: &StreamKey,
+        url: &str,
+        update: Update,
+    ) -> Result<(), String> {
+        let (version_info, anys, versions, removed) = match update {
+            Update::Sotw {
+                version_info,
+                resources,
+            } => (version_info, resources, Vec::new(), None),
+            Update::Delta {
+                system_version_info,
+                resources,
+                removed,
+            } => {
+                let (versions, anys) = resources.into_iter().map(|(_, v, a)| (v, a)).unzip();
+                (system_version_info, anys, versions, Some(removed))
+            }
+        };
+        let mut d = self.decoder.check(
+            envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse {
+                version_info,
+                resources: anys,
+                ..Default::default()
+            },
+        );
+        d.versions = versions;
+        let fed_by = |s: &Subscription| stream_feeds(stream, &s.source);
+        match url {
+            type_url::LISTENER | type_url::CLUSTER => {
+                let (kind, sub) = if url == type_url::LISTENER {
+                    (Kind::Lds, self.lds.as_ref())
+                } else {
+                    (Kind::Cds, self.cds.as_ref())
+                };
+                let Some(src) = sub.filter(|s| fed_by(s)).map(|s| s.source.clone()) else {
+                    return Ok(());
+                };
+                self.deliver(kind, &src, &Ok(d), removed.as_deref())
+            }
+            type_url::ROUTE | type_url::ENDPOINT | type_url::SECRET => {
+                self.apply_named(stream, url, d, removed.unwrap_or_default())
+            }
+            other => Err(format!("unexpected type URL '{other}'")),
+        }
+    }
+
+    /// An RDS, EDS or SDS response: each resource goes to the subscription of its name (a
+    /// name nothing subscribes to is ignored, as Envoy does); in delta, a removed endpoint
+    /// assignment leaves its cluster without hosts.
+    fn apply_named(
+        &mut self,
+        stream: &StreamKey,
+        url: &str,
+        d: Discovery,
+        removed: Vec<String>,
+    ) -> Result<(), String> {
+        if !d.unknown_fields.is_empty() {
+            for f in &d.unknown_fields {
+                tracing::warn!(field = %f, "unknown field ignored");
+            }
+            self.main.counter("server.dynamic_unknown_fields").inc();
+        }
+        let mut errors = Vec::new();
+        let mut by_name: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, any) in d.resources.iter().enumerate() {
+            match resource_name(url, any, &format!("resources[{i}]")) {
+                Ok(n) => by_name.entry(n).or_default().push(i),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        let kind_of = |name: String| match url {
+            type_url::ROUTE => Kind::Rds(name),
+            type_url::ENDPOINT => Kind::Eds(name),
+            _ => Kind::Sds(name),
+        };
+        for (name, idx) in by_name {
+            let kind = kind_of(name.clone());
+            let Some(src) = self
+                .subscription(&kind)
+                .filter(|s| stream_feeds(stream, &s.source))
+                .map(|s| s.source.clone())
+            else {
+                tracing::debug!(resource = %name, "xDS: ignoring a resource nothing subscribes to");
+                continue;
+            };
+            let version = match idx.first() {
+                Some(i) if !d.versions.is_empty() => d.version_of(*i).to_string(),
+                _ => d.version_info.clone(),
+            };
+            let one = match idx.iter().find_map(|i| d.errors.get(i)) {
+                Some(e) => Err(FileError::Rejected(e.clone())),
+                None => Ok(Discovery {
+                    version_info: version,
+                    resources: idx
+                        .iter()
+                        .filter_map(|i| d.resources.get(*i).cloned())
+                        .collect(),
+                    dumps: idx
+                        .iter()
+                        .filter_map(|i| d.dumps.get(*i).cloned())
+                        .collect(),
+                    ..Default::default()
+                }),
+            };
+            if let Err(e) = self.deliver(kind, &src, &one, None) {
+                errors.push(e);
+            }
+        }
+        if url == type_url::ENDPOINT {
+            for name in removed {
+                let kind = Kind::Eds(name);
+                let Some(src) = self
+                    .subscription(&kind)
+                    .filter(|s| stream_feeds(stream, &s.source))
+                    .map(|s| s.source.clone())
+                else {
+                    continue;
+                };
+                let empty = Ok(Discovery {
+                    version_info: d.version_info.clone(),
+                    ..Default::default()
+                });
+                if let Err(e) = self.deliver(kind, &src, &empty, None) {
+                    errors.push(e);
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("\n"))
+        }
+    }
+
+    /// Starts the xDS streams the subscriptions need and tells each the names it now wants:
+    /// every listener and cluster (wildcard), and the route configurations, endpoint
+    /// assignments and secrets that listeners and clusters name. Listeners are asked for once
+    /// the first round of clusters is warm, as Envoy's init manager does.
+    pub(super) fn sync_xds(&mut self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        // The stream of a subscription, and the scope of its stats when it has one of its own.
+        let key_of = |sub: &Subscription, t: &'static str, name: &str| match &sub.source.kind {
+            SourceKind::Ads => Some(((StreamKey::Ads, t), "control_plane.".to_string())),
+            SourceKind::Grpc(g) => Some((
+                (StreamKey::Api(g.clone(), t, name.to_string()), t),
+                format!("{}control_plane.", sub.scope),
+            )),
+            SourceKind::File { .. } => None,
+        };
+        let mut want: BTreeMap<(StreamKey, &'static str), Interest> = BTreeMap::new();
+        let mut scopes: BTreeMap<StreamKey, String> = BTreeMap::new();
+        if let Some((k, scope)) = self
+            .cds
+            .as_ref()
+            .and_then(|s| key_of(s, type_url::CLUSTER, ""))
+        {
+            scopes.insert(k.0.clone(), scope);
+            want.insert(k, Interest::Wildcard);
+        }
+        if !self.lds_asked {
+            let clusters_warming = self.cds.as_ref().is_some_and(|s| !s.ready)
+                || self
+                    .clusters
+                    .values()
+                    .any(|s| s.warming.is_some() && s.active.is_none());
+            self.lds_asked = !clusters_warming;
+            // As Envoy, the listeners' initial fetch timeout runs from when they are asked for.
+            let asked = self.lds_asked;
+            if let Some(lds) = self
+                .lds
+                .as_mut()
+                .filter(|l| asked && !matches!(l.source.kind, SourceKind::File { .. }))
+            {
+                lds.created = Instant::now();
+            }
+        }
+        if self.lds_asked {
+            if let Some((k, scope)) = self
+                .lds
+                .as_ref()
+                .and_then(|s| key_of(s, type_url::LISTENER, ""))
+            {
+                scopes.insert(k.0.clone(), scope);
+                want.insert(k, Interest::Wildcard);
+            }
+        }
+        let named = self
+            .rds
+            .iter()
+            .map(|(n, r)| (n, &r.sub, type_url::ROUTE))
+            .chain(
+                self.eds
+                    .iter()
+                    .map(|(n, e)| (n, &e.sub, type_url::ENDPOINT)),
+            )
+            .chain(
+                self.secrets
+                    .iter()
+                    .filter_map(|(n, s)| s.sub.as_ref().map(|sub| (n, sub, type_url::SECRET))),
+            );
+        for (name, sub, t) in named {
+            let Some((k, scope)) = key_of(sub, t, name) else {
+                continue;
+            };
+            scopes.entry(k.0.clone()).or_insert(scope);
+            if let Interest::Names(n) = want
+                .entry(k)
+                .or_insert_with(|| Interest::Names(BTreeSet::new()))
+            {
+                n.insert(name.clone());
+            }
+        }
+        // A type asked for before and wanted no more is told so (no names).
+        for k in self.interests.keys() {
+            if !want.contains_key(k) {
+                want.insert(k.clone(), Interest::Names(BTreeSet::new()));
+            }
+        }
+        for ((key, t), interest) in &want {
+            if self.interests.get(&(key.clone(), *t)) == Some(interest) {
+                continue;
+            }
+            let scope = scopes.get(key).cloned().unwrap_or_default();
+            let Some(stream) = self.stream(key, scope) else {
+                continue;
+            };
+            stream.interest(t, interest.clone());
+            self.interests.insert((key.clone(), *t), interest.clone());
+        }
+        // A per-type stream that nothing needs any more stops.
+        let needed = |k: &StreamKey| {
+            matches!(k, StreamKey::Ads)
+                || want
+                    .iter()
+                    .any(|((kk, _), i)| kk == k && *i != Interest::Names(BTreeSet::new()))
+        };
+        self.streams.retain(|k, _| needed(k));
+        let streams = &self.streams;
+        self.interests.retain(|(k, _), _| streams.contains_key(k));
+    }
+
+    /// The stream for `key`, started on first use with its stats under `scope`.
+    fn stream(&mut self, key: &StreamKey, scope: String) -> Option<&xds::Stream> {
+        if !self.streams.contains_key(key) {
+            let source = match key {
+                StreamKey::Ads => match &self.ads {
+                    Some(a) => a.clone(),
+                    None => {
+                        tracing::error!(
+                            "a config source says 'ads' but the bootstrap has no ads_config"
+                        );
+                        return None;
+                    }
+                },
+                StreamKey::Api(g, _, _) => g.clone(),
+            };
+            let Some(target) = self.xds_targets.get(&source.cluster).cloned() else {
+                tracing::error!(cluster = %source.cluster, "xDS: no static cluster of that name with an endpoint");
+                return None;
+            };
+            let stream = xds::Stream::start(
+                key.clone(),
+                source,
+                target,
+                self.node.clone(),
+                self.xds_tx.clone(),
+                (self.main.clone(), scope),
+            );
+            self.streams.insert(key.clone(), stream);
+        }
+        self.streams.get(key)
+    }
+}
+
+/// Whether `stream` carries the resources of `source`.
+fn stream_feeds(stream: &StreamKey, source: &ConfigSource) -> bool {
+    match (stream, &source.kind) {
+        (StreamKey::Ads, SourceKind::Ads) => true,
+        (StreamKey::Api(g, _, _), SourceKind::Grpc(h)) => g == h,
+        _ => false,
+    }
+}
+
+/// The name of an RDS, EDS or SDS resource.
+fn resource_name(url: &str, any: &Any, path: &str) -> Result<String, ConfigError> {
+    Ok(match url {
+        type_url::ROUTE => decode_any::<route_pb::RouteConfiguration>(any, url, path)?.name,
+        type_url::ENDPOINT => {
+            decode_any::<endpoint_pb::ClusterLoadAssignment>(any, url, path)?.cluster_name
+        }
+        _ => decode_any::<tls_pb::Secret>(any, url, path)?.name,
+    })
+}

@@ -1,0 +1,248 @@
+//! The ConfigStore fed by an ADS stream: responses applied resource by resource as Envoy's
+//! LDS and CDS do, delta removals, named RDS resources, and the NACK messages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::stats::{StatValue, Store};
+
+const BOOTSTRAP: &str = r#"
+node: {id: n, cluster: c}
+dynamic_resources:
+  ads_config: {api_type: GRPC, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: xds}}]}
+  lds_config: {ads: {}, resource_api_version: V3}
+  cds_config: {ads: {}, resource_api_version: V3}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    load_assignment: {cluster_name: xds, endpoints: [{lb_endpoints: [{endpoint: {address: {pipe: {path: /tmp/skiff-xds-test.sock}}}}]}]}
+"#;
+
+fn store() -> (ConfigStore, Arc<Store>) {
+    let loaded = crate::config::load_text(BOOTSTRAP).expect("bootstrap");
+    assert_eq!(
+        loaded.model.xds_targets.get("xds"),
+        Some(&GrpcTarget::Unix("/tmp/skiff-xds-test.sock".into()))
+    );
+    let stats = Arc::new(Store::new(1));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut s = ConfigStore::new(&loaded, stats.clone(), Duration::from_secs(1), tx);
+    s.start();
+    (s, stats)
+}
+
+fn stat(stats: &Store, name: &str) -> i64 {
+    match stats.snapshot().get(name) {
+        Some(StatValue::Counter(c)) => *c as i64,
+        Some(StatValue::Gauge(g)) => *g,
+        None => -1,
+    }
+}
+
+/// Binary resources from a YAML list of `@type` resources.
+fn anys(yaml: &str) -> Vec<Any> {
+    let text = format!("resources:\n{yaml}");
+    let desc = crate::config::proto::message("envoy.service.discovery.v3.DiscoveryResponse")
+        .expect("descriptor");
+    let (msg, _) = crate::config::proto::decode_text_lenient(&text, desc).expect("YAML");
+    let r: envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse =
+        crate::config::proto::to_typed(&msg).expect("typed");
+    r.resources
+}
+
+fn sotw(s: &mut ConfigStore, t: &str, version: &str, yaml: &str) -> Result<(), String> {
+    let r = s.apply_xds(
+        &StreamKey::Ads,
+        t,
+        Update::Sotw {
+            version_info: version.into(),
+            resources: anys(yaml),
+        },
+    );
+    s.promote();
+    s.publish();
+    r
+}
+
+fn tcp_listener(name: &str, port: u16, extra: &str) -> String {
+    format!(
+        r#"- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: {name}
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}{extra}
+  filter_chains: [{{filters: [{{name: t, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: a}}}}]}}]
+"#
+    )
+}
+
+fn cluster(name: &str) -> String {
+    format!(
+        r#"- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: {name}
+  type: STATIC
+  load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]}}
+"#
+    )
+}
+
+#[test]
+fn a_listener_response_applies_the_good_listeners_and_nacks_the_others_by_path() {
+    let (mut s, stats) = store();
+    let yaml = format!(
+        "{}{}",
+        tcp_listener("good", 10001, ""),
+        tcp_listener("bad", 10002, "\n  tcp_backlog_size: 5")
+    );
+    let e = sotw(&mut s, type_url::LISTENER, "1", &yaml).expect_err("a NACK");
+    assert_eq!(
+        e,
+        "Error adding/updating listener(s) bad: resources[1].tcp_backlog_size: unsupported\n"
+    );
+    assert!(s.listeners.contains_key("good"));
+    assert!(!s.listeners.contains_key("bad"));
+    assert_eq!(stat(&stats, "listener_manager.lds.update_rejected"), 1);
+    assert_eq!(stat(&stats, "listener_manager.lds.update_success"), 0);
+    // The dump shows the version that changed something, the stat does not move.
+    let dump = &s.published().load().dump;
+    assert_eq!(dump.lds_version, "1");
+    assert_eq!(s.lds.as_ref().map(|l| l.version.as_str()), Some(""));
+    // A listener absent from the next response is removed; a bad one named again stays
+    // untouched (it never existed here).
+    sotw(
+        &mut s,
+        type_url::LISTENER,
+        "2",
+        &tcp_listener("other", 10003, ""),
+    )
+    .expect("ACK");
+    assert!(!s.listeners.contains_key("good"));
+    assert!(s.listeners.contains_key("other"));
+    assert_eq!(stat(&stats, "listener_manager.listener_removed"), 1);
+}
+
+#[test]
+fn a_listener_named_twice_applies_once_and_a_response_that_does_not_decode_changes_nothing() {
+    let (mut s, _) = store();
+    let twice = format!(
+        "{}{}",
+        tcp_listener("l", 10001, ""),
+        tcp_listener("l", 10002, "")
+    );
+    let e = sotw(&mut s, type_url::LISTENER, "1", &twice).expect_err("duplicate");
+    assert_eq!(
+        e,
+        "Error adding/updating listener(s) l: duplicate listener l found\n"
+    );
+    let port = s.listeners["l"].latest().map(|v| v.model.address.port());
+    assert_eq!(port, Some(10001), "the first one applies");
+    let (mut s, _) = store();
+    let wrong = cluster("c");
+    let e = sotw(&mut s, type_url::LISTENER, "1", &wrong).expect_err("wrong type");
+    assert!(e.contains("unexpected resource type"), "{e}");
+}
+
+#[test]
+fn delta_clusters_are_added_changed_and_removed_by_name() {
+    let (mut s, stats) = store();
+    let delta = |s: &mut ConfigStore, resources: &str, removed: &[&str]| {
+        let resources = anys(resources)
+            .into_iter()
+            .map(|a| {
+                let name = resource_name_any(&a);
+                (name, "v".to_string(), a)
+            })
+            .collect();
+        let r = s.apply_xds(
+            &StreamKey::Ads,
+            type_url::CLUSTER,
+            Update::Delta {
+                system_version_info: String::new(),
+                resources,
+                removed: removed.iter().map(|r| r.to_string()).collect(),
+            },
+        );
+        s.promote();
+        s.publish();
+        r
+    };
+    delta(&mut s, &format!("{}{}", cluster("a"), cluster("b")), &[]).expect("ACK");
+    assert!(s.clusters.contains_key("a") && s.clusters.contains_key("b"));
+    // A delta response names only what changes: the others stay.
+    delta(&mut s, &cluster("c"), &["a", "never-had"]).expect("ACK");
+    let names: Vec<&String> = s.clusters.keys().collect();
+    assert_eq!(names, ["b", "c", "xds"]);
+    assert_eq!(stat(&stats, "cluster_manager.cluster_removed"), 1);
+    assert_eq!(stat(&stats, "cluster_manager.cds.update_success"), 2);
+}
+
+fn resource_name_any(a: &Any) -> String {
+    cluster_pb::Cluster::decode(a.value.as_slice())
+        .map(|c| c.name)
+        .unwrap_or_default()
+}
+
+#[test]
+fn route_configurations_go_to_the_names_listeners_subscribe_and_bad_ones_are_nacked() {
+    let (mut s, stats) = store();
+    let hcm = r#"- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: h
+  address: {socket_address: {address: 127.0.0.1, port_value: 10010}}
+  filter_chains: [{filters: [{name: hcm, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: in, rds: {route_config_name: r1, config_source: {ads: {}}}, http_filters: [{name: r, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]}}]}]
+"#;
+    sotw(&mut s, type_url::LISTENER, "1", hcm).expect("ACK");
+    s.sync_rds();
+    assert!(s.rds.contains_key("r1"));
+    assert!(s.listeners["h"].active.is_none(), "warming for its routes");
+    let routes = |name: &str, extra: &str| {
+        format!(
+            r#"- "@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+  name: {name}{extra}
+  virtual_hosts: [{{name: v, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: a}}}}]}}]
+"#
+        )
+    };
+    let both = format!("{}{}", routes("r1", ""), routes("unwanted", ""));
+    sotw(&mut s, type_url::ROUTE, "1", &both).expect("ACK");
+    assert!(s.rds["r1"].table.is_some());
+    assert!(!s.rds.contains_key("unwanted"));
+    assert!(
+        s.listeners["h"].active.is_some(),
+        "warm once its routes came"
+    );
+    assert_eq!(stat(&stats, "http.in.rds.r1.update_success"), 1);
+    let e = sotw(
+        &mut s,
+        type_url::ROUTE,
+        "2",
+        &routes("r1", "\n  vhds: {config_source: {ads: {}}}"),
+    )
+    .expect_err("NACK");
+    assert_eq!(e, "resources[0].vhds: unsupported");
+    assert_eq!(stat(&stats, "http.in.rds.r1.update_rejected"), 1);
+    assert_eq!(
+        s.rds["r1"].table.as_ref().map(|t| t.dump.version.as_str()),
+        Some("1")
+    );
+}
+
+#[test]
+fn fields_the_protos_do_not_know_are_dropped_and_counted() {
+    let (mut s, stats) = store();
+    let mut resources = anys(&tcp_listener("l", 10020, ""));
+    // Field 999, varint 1: unknown to the Listener proto.
+    resources[0].value.extend_from_slice(&[0xb8, 0x3e, 0x01]);
+    let r = s.apply_xds(
+        &StreamKey::Ads,
+        type_url::LISTENER,
+        Update::Sotw {
+            version_info: "1".into(),
+            resources,
+        },
+    );
+    assert_eq!(r, Ok(()));
+    assert!(s.listeners.contains_key("l"));
+    assert_eq!(stat(&stats, "server.dynamic_unknown_fields"), 1);
+}
