@@ -313,3 +313,55 @@ async fn locality_weighted_balancing_follows_the_locality_weights_as_envoy_does(
     })
     .await;
 }
+
+#[tokio::test]
+async fn degraded_hosts_take_the_rest_and_draining_ones_are_left_out_as_in_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let with = |health| Up { health, ..up() };
+        // One healthy, one degraded: 70% of picks to the healthy host (health 1/2 × 1.4).
+        let sides = pair(&[up(), with("DEGRADED")], json!({})).await;
+        for s in &sides {
+            let got = s.spread(1000).await;
+            let healthy = *got.get("u0").unwrap_or(&0);
+            // Binomial(1000, 0.7): 700 ± 14.5; ± 80 is more than five deviations.
+            assert!((620..=780).contains(&healthy), "{}: {got:?}", s.kind.name());
+            assert_eq!(
+                got.values().sum::<usize>(),
+                1000,
+                "{}: {got:?}",
+                s.kind.name()
+            );
+        }
+        // One healthy and three draining: the draining hosts do not count, so no panic.
+        let sides = pair(
+            &[up(), with("DRAINING"), with("DRAINING"), with("DRAINING")],
+            json!({}),
+        )
+        .await;
+        for s in &sides {
+            assert_eq!(s.spread(12).await, map(&[("u0", 12)]), "{}", s.kind.name());
+            assert_eq!(s.counter("lb_healthy_panic").await, 0, "{}", s.kind.name());
+        }
+        // The membership gauges and `/clusters` flags say the same on both.
+        let mut seen = Vec::new();
+        for s in &sides {
+            let mut m = Vec::new();
+            for g in [
+                "membership_total",
+                "membership_healthy",
+                "membership_excluded",
+            ] {
+                m.push(s.counter(g).await);
+            }
+            let text = s.proxy.admin().get("/clusters").await.text();
+            let mut flags: Vec<String> = text
+                .lines()
+                .filter_map(|l| l.split_once("::health_flags::").map(|(_, f)| f.to_string()))
+                .collect();
+            flags.sort();
+            seen.push((m, flags));
+        }
+        assert_eq!(seen[0], seen[1]);
+    })
+    .await;
+}

@@ -648,6 +648,10 @@ pub struct Host {
     pub address: SocketAddr,
     /// False when `health_status` says it must not receive traffic.
     pub healthy: bool,
+    /// `health_status: DEGRADED`: takes what the healthy hosts cannot.
+    pub degraded: bool,
+    /// `health_status: DRAINING`: left out of the health computation (Envoy's excluded hosts).
+    pub excluded: bool,
     /// The endpoint's `hostname`, or for a DNS cluster the name resolved (what
     /// `auto_host_rewrite` sends and `/clusters` shows).
     pub hostname: Option<Arc<str>>,
@@ -718,6 +722,10 @@ pub struct DnsTarget {
     pub hostname: Arc<str>,
     /// False when the endpoint's `health_status` says it must not receive traffic.
     pub healthy: bool,
+    /// `health_status: DEGRADED`.
+    pub degraded: bool,
+    /// `health_status: DRAINING`.
+    pub excluded: bool,
     /// `load_balancing_weight` (default 1).
     pub weight: u32,
     /// The index of its `LocalityLbEndpoints`.

@@ -310,6 +310,8 @@ impl DnsClusters {
                     hosts.push(model::Host {
                         address,
                         healthy: spec.healthy,
+                        degraded: spec.degraded,
+                        excluded: spec.excluded,
                         hostname: Some(spec.hostname.clone()),
                         weight: spec.weight,
                         locality: spec.locality,

@@ -92,6 +92,14 @@ pub trait Candidate {
     fn locality(&self) -> u32 {
         0
     }
+    /// `DEGRADED`: it takes the share of traffic the healthy hosts cannot.
+    fn degraded(&self) -> bool {
+        false
+    }
+    /// Excluded (`DRAINING`): left out of the health computation.
+    fn excluded(&self) -> bool {
+        false
+    }
     /// Its locality's weight, if the locality has one.
     fn locality_weight(&self) -> Option<u32> {
         None
@@ -117,6 +125,9 @@ pub struct Balancer {
     rr: Cell<usize>,
     edf: RefCell<Edf>,
     localities: Option<Localities>,
+    /// With degraded hosts: the percentage of picks that go to the healthy ones (Envoy's
+    /// healthy load), and the balancer of the degraded ones for the rest.
+    degraded: Option<(u64, Box<Balancer>)>,
 }
 
 impl Balancer {
@@ -129,20 +140,54 @@ impl Balancer {
         locality_weighted: bool,
     ) -> Self {
         let total = hosts.len();
-        let healthy: Vec<usize> = (0..total).filter(|&i| hosts[i].healthy()).collect();
-        // Envoy: a priority's health is healthy/total × 1.4 capped at 100; below 100 it is in
-        // panic when the healthy share is below the threshold (never with a threshold of 0).
-        let health = if total == 0 {
-            0
-        } else {
-            (OVERPROVISIONING * healthy.len() as u64 / total as u64).min(100)
+        // Envoy: excluded hosts do not count; health and degraded availability are each
+        // count/total × 1.4 capped at 100, their sum (capped) the normalized availability.
+        // Below 100, the priority is in panic when the share of healthy and degraded hosts is
+        // below the threshold (never with a threshold of 0).
+        let eligible: Vec<usize> = (0..total).filter(|&i| !hosts[i].excluded()).collect();
+        let n = eligible.len() as u64;
+        let healthy: Vec<usize> = eligible
+            .iter()
+            .copied()
+            .filter(|&i| hosts[i].healthy() && !hosts[i].degraded())
+            .collect();
+        let degraded: Vec<usize> = eligible
+            .iter()
+            .copied()
+            .filter(|&i| hosts[i].healthy() && hosts[i].degraded())
+            .collect();
+        let availability = |count: usize| {
+            (OVERPROVISIONING * count as u64)
+                .checked_div(n)
+                .map_or(0, |a| a.min(100))
         };
-        let share = if total == 0 {
+        let (health, degraded_health) = (availability(healthy.len()), availability(degraded.len()));
+        let normalized = (health + degraded_health).min(100);
+        let share = if n == 0 {
             0.0
         } else {
-            100.0 * healthy.len() as f64 / total as f64
+            100.0 * (healthy.len() + degraded.len()) as f64 / n as f64
         };
-        let panic = total > 0 && health < 100 && share < panic_threshold;
+        let panic = n > 0 && normalized < 100 && share < panic_threshold;
+        // The healthy load: Envoy's distribution of 100% between healthy and degraded hosts.
+        let healthy_load = if normalized == 0 || degraded.is_empty() {
+            100
+        } else {
+            let h = (health * 100 / normalized).min(100);
+            let d = (degraded_health * 100 / normalized).min(100 - h);
+            let rest = 100 - h - d;
+            if healthy.is_empty() {
+                h
+            } else {
+                h + rest
+            }
+        };
+        let degraded_part = (!panic && !degraded.is_empty() && healthy_load < 100).then(|| {
+            (
+                healthy_load,
+                Box::new(Self::over(policy.clone(), degraded, hosts)),
+            )
+        });
         let candidates = if panic { (0..total).collect() } else { healthy };
         let localities = (locality_weighted && !panic)
             .then(|| Self::localities(&policy, hosts, &candidates))
@@ -150,6 +195,7 @@ impl Balancer {
         let mut b = Self::over(policy, candidates, hosts);
         b.panic = panic;
         b.localities = localities;
+        b.degraded = degraded_part;
         b
     }
 
@@ -225,6 +271,7 @@ impl Balancer {
             rr: Cell::new(fastrand::usize(..)),
             edf: RefCell::new(edf),
             localities: None,
+            degraded: None,
         }
     }
 
@@ -238,12 +285,22 @@ impl Balancer {
         self.pick_with(hosts, || fastrand::u64(..))
     }
 
-    fn pick_with<H: Candidate>(&self, hosts: &[H], random: impl FnMut() -> u64) -> Option<usize> {
+    fn pick_with<H: Candidate>(
+        &self,
+        hosts: &[H],
+        mut random: impl FnMut() -> u64,
+    ) -> Option<usize> {
+        if let Some((healthy_load, d)) = &self.degraded {
+            // Envoy's choice of healthy or degraded hosts: a number in 1..=100 against the
+            // healthy load.
+            if random() % 100 + 1 > *healthy_load {
+                return d.pick_with(hosts, random);
+            }
+        }
         if let Some(l) = &self.localities {
             let g = l.edf.borrow_mut().pick(|g| l.weights[g])?;
             return l.groups.get(g)?.pick_with(hosts, random);
         }
-        let mut random = random;
         let n = self.candidates.len();
         if n == 0 {
             return None;
@@ -447,5 +504,67 @@ mod tests {
         }
         assert_eq!(c[0] + c[3], 100);
         assert_eq!((c[1], c[2]), (210, 0));
+    }
+
+    struct D(bool, bool, bool);
+    impl Candidate for D {
+        fn healthy(&self) -> bool {
+            self.0
+        }
+        fn weight(&self) -> u32 {
+            1
+        }
+        fn active_requests(&self) -> u64 {
+            0
+        }
+        fn degraded(&self) -> bool {
+            self.1
+        }
+        fn excluded(&self) -> bool {
+            self.2
+        }
+    }
+
+    #[test]
+    fn degraded_hosts_take_what_the_healthy_ones_cannot_and_excluded_ones_do_not_count() {
+        // One healthy, one degraded: 70% healthy load, the rest to the degraded host.
+        let hosts = [D(true, false, false), D(true, true, false)];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
+        let mut n = 0u64;
+        let picks: Vec<_> = (0..100)
+            .map(|_| {
+                n += 1;
+                b.pick_with(&hosts, || n - 1)
+            })
+            .collect();
+        assert_eq!(picks.iter().filter(|p| **p == Some(0)).count(), 70);
+        assert_eq!(picks.iter().filter(|p| **p == Some(1)).count(), 30);
+        // 3 healthy of 4: 105% health, the degraded host gets nothing.
+        let hosts = [
+            D(true, false, false),
+            D(true, false, false),
+            D(true, false, false),
+            D(true, true, false),
+        ];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
+        for _ in 0..50 {
+            assert_ne!(b.pick(&hosts), Some(3));
+        }
+        // Only degraded hosts: all traffic to them.
+        let hosts = [D(true, true, false), D(true, true, false)];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
+        assert!(b.pick(&hosts).is_some());
+        // One healthy and three draining: the draining ones are left out, so no panic.
+        let hosts = [
+            D(true, false, false),
+            D(false, false, true),
+            D(false, false, true),
+            D(false, false, true),
+        ];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
+        assert!(!b.panic());
+        for _ in 0..20 {
+            assert_eq!(b.pick(&hosts), Some(0));
+        }
     }
 }

@@ -245,6 +245,8 @@ pub struct Host {
     pub address: SocketAddr,
     /// Whether it may take traffic.
     pub healthy: bool,
+    /// `DEGRADED` and `DRAINING` (excluded), from the endpoint's `health_status`.
+    pub degraded: (bool, bool),
     /// The endpoint's hostname (a DNS cluster's: the name resolved), for `auto_host_rewrite`.
     pub hostname: Option<Arc<str>>,
     /// `load_balancing_weight`.
@@ -378,6 +380,7 @@ impl Cluster {
         let copy = Rc::new(Host {
             address: host.address,
             healthy: host.healthy,
+            degraded: host.degraded,
             hostname: host.hostname.clone(),
             weight: host.weight,
             locality: host.locality,
@@ -429,6 +432,7 @@ impl Cluster {
                                 && o.healthy == h.healthy
                                 && o.hostname == h.hostname
                                 && o.weight == h.weight
+                                && o.degraded == (h.degraded, h.excluded)
                                 && o.locality == (h.locality, h.locality_weight)
                                 && Arc::ptr_eq(&o.stats, s)
                         })
@@ -438,6 +442,7 @@ impl Cluster {
                     let mut host = Host::new(h.address, h.healthy, h.hostname.clone(), s.clone());
                     host.weight = h.weight;
                     host.locality = (h.locality, h.locality_weight);
+                    host.degraded = (h.degraded, h.excluded);
                     Rc::new(host)
                 })
             })
@@ -489,6 +494,7 @@ impl Host {
             hostname,
             weight: 1,
             locality: (0, None),
+            degraded: (false, false),
             stats,
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),
@@ -512,6 +518,12 @@ impl lb::Candidate for Rc<Host> {
     }
     fn locality(&self) -> u32 {
         self.locality.0
+    }
+    fn degraded(&self) -> bool {
+        self.degraded.0
+    }
+    fn excluded(&self) -> bool {
+        self.degraded.1
     }
     fn locality_weight(&self) -> Option<u32> {
         self.locality.1
