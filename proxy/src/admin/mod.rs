@@ -452,6 +452,7 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
                 "/failed_eds_health"
             };
             let weight = h.weight.to_string();
+            let priority = h.priority.to_string();
             for (k, v) in [
                 ("hostname", h.hostname.as_deref().unwrap_or("")),
                 ("health_flags", health),
@@ -460,7 +461,7 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
                 ("zone", ""),
                 ("sub_zone", ""),
                 ("canary", "false"),
-                ("priority", "0"),
+                ("priority", priority.as_str()),
                 ("success_rate", "-1"),
                 ("local_origin_success_rate", "-1"),
             ] {

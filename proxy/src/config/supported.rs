@@ -565,6 +565,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "load_balancing_weight",
             "locality",
             "metadata",
+            "priority",
         ],
     ),
     (

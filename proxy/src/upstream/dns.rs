@@ -312,6 +312,7 @@ impl DnsClusters {
                         healthy: spec.healthy,
                         degraded: spec.degraded,
                         excluded: spec.excluded,
+                        priority: spec.priority,
                         hostname: Some(spec.hostname.clone()),
                         weight: spec.weight,
                         locality: spec.locality,

@@ -100,10 +100,24 @@ pub trait Candidate {
     fn excluded(&self) -> bool {
         false
     }
+    /// Its priority (0 first).
+    fn priority(&self) -> u32 {
+        0
+    }
     /// Its locality's weight, if the locality has one.
     fn locality_weight(&self) -> Option<u32> {
         None
     }
+}
+
+/// One priority level of a cluster with several: its share of the picks for healthy and for
+/// degraded hosts, and the balancers of each.
+#[derive(Debug)]
+struct Level {
+    healthy_load: u64,
+    degraded_load: u64,
+    healthy: Balancer,
+    degraded: Balancer,
 }
 
 /// Locality-weighted balancing: a locality by its effective weight (EDF), then a host of it.
@@ -128,7 +142,12 @@ pub struct Balancer {
     /// With degraded hosts: the percentage of picks that go to the healthy ones (Envoy's
     /// healthy load), and the balancer of the degraded ones for the rest.
     degraded: Option<(u64, Box<Balancer>)>,
+    /// With several priorities: the levels, picked by their loads before anything else.
+    levels: Vec<Level>,
 }
+
+/// Per priority: (hosts of it, eligible count, healthy ones, degraded ones).
+type Split = (Vec<usize>, u64, Vec<usize>, Vec<usize>);
 
 impl Balancer {
     /// The balancer of `hosts` with `policy`, the panic threshold in percent and, with
@@ -139,6 +158,18 @@ impl Balancer {
         hosts: &[H],
         locality_weighted: bool,
     ) -> Self {
+        let mut priorities: Vec<u32> = hosts.iter().map(Candidate::priority).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        if priorities.len() > 1 {
+            return Self::prioritized(
+                policy,
+                panic_threshold,
+                hosts,
+                locality_weighted,
+                &priorities,
+            );
+        }
         let total = hosts.len();
         // Envoy: excluded hosts do not count; health and degraded availability are each
         // count/total × 1.4 capped at 100, their sum (capped) the normalized availability.
@@ -272,12 +303,133 @@ impl Balancer {
             edf: RefCell::new(edf),
             localities: None,
             degraded: None,
+            levels: Vec::new(),
         }
+    }
+
+    /// Envoy's priority levels: each level's health (and degraded availability) is its count /
+    /// total × 1.4 capped at 100; the load goes to the first levels as far as their health
+    /// allows, normalized when the sum is under 100, then to degraded hosts, the rounding rest to
+    /// the first healthy level. Under 100 in total, a level whose healthy share is below the
+    /// threshold is in panic (all its hosts take traffic); when all are, the load follows the
+    /// levels' host counts.
+    fn prioritized<H: Candidate>(
+        policy: LbPolicy,
+        panic_threshold: f64,
+        hosts: &[H],
+        locality_weighted: bool,
+        priorities: &[u32],
+    ) -> Self {
+        let split: Vec<Split> = priorities
+            .iter()
+            .map(|&p| {
+                let all: Vec<usize> = (0..hosts.len())
+                    .filter(|&i| hosts[i].priority() == p)
+                    .collect();
+                let eligible = all.iter().filter(|&&i| !hosts[i].excluded()).count() as u64;
+                let healthy = all
+                    .iter()
+                    .copied()
+                    .filter(|&i| !hosts[i].excluded() && hosts[i].healthy() && !hosts[i].degraded())
+                    .collect();
+                let degraded = all
+                    .iter()
+                    .copied()
+                    .filter(|&i| !hosts[i].excluded() && hosts[i].healthy() && hosts[i].degraded())
+                    .collect();
+                (all, eligible, healthy, degraded)
+            })
+            .collect();
+        let avail = |count: usize, n: u64| {
+            (OVERPROVISIONING * count as u64)
+                .checked_div(n)
+                .map_or(0, |a| a.min(100))
+        };
+        let health: Vec<u64> = split
+            .iter()
+            .map(|(_, n, h, _)| avail(h.len(), *n))
+            .collect();
+        let degraded: Vec<u64> = split
+            .iter()
+            .map(|(_, n, _, d)| avail(d.len(), *n))
+            .collect();
+        let normalized = (health.iter().sum::<u64>() + degraded.iter().sum::<u64>()).min(100);
+        let panic: Vec<bool> = split
+            .iter()
+            .map(|(_, n, h, d)| {
+                let share = if *n == 0 {
+                    0.0
+                } else {
+                    100.0 * (h.len() + d.len()) as f64 / *n as f64
+                };
+                normalized < 100 && share < panic_threshold
+            })
+            .collect();
+        let levels = split.len();
+        let mut healthy_load = vec![0u64; levels];
+        let mut degraded_load = vec![0u64; levels];
+        if panic_threshold == 0.0 && normalized == 0 {
+            healthy_load[0] = 100;
+        } else if panic.iter().all(|p| *p) {
+            let total = hosts.len().max(1) as u64;
+            let mut left = 100;
+            for (i, (all, ..)) in split.iter().enumerate() {
+                healthy_load[i] = 100 * all.len() as u64 / total;
+                left -= healthy_load[i];
+            }
+            if let Some(first) = split.iter().position(|(all, ..)| !all.is_empty()) {
+                healthy_load[first] += left;
+            }
+        } else if normalized > 0 {
+            let mut left = 100u64;
+            for i in 0..levels {
+                healthy_load[i] = left.min((health[i] * 100).checked_div(normalized).unwrap_or(0));
+                left -= healthy_load[i];
+            }
+            for i in 0..levels {
+                degraded_load[i] =
+                    left.min((degraded[i] * 100).checked_div(normalized).unwrap_or(0));
+                left -= degraded_load[i];
+            }
+            if left > 0 {
+                match health.iter().position(|h| *h > 0) {
+                    Some(first) => healthy_load[first] += left,
+                    None => {
+                        if let Some(first) = degraded.iter().position(|d| *d > 0) {
+                            degraded_load[first] += left;
+                        }
+                    }
+                }
+            }
+        }
+        let levels = split
+            .into_iter()
+            .zip(panic)
+            .enumerate()
+            .map(|(i, ((all, _, healthy, degraded), panic))| {
+                let candidates = if panic { all } else { healthy };
+                let localities = (locality_weighted && !panic)
+                    .then(|| Self::localities(&policy, hosts, &candidates))
+                    .flatten();
+                let mut h = Self::over(policy.clone(), candidates, hosts);
+                h.panic = panic;
+                h.localities = localities;
+                Level {
+                    healthy_load: healthy_load[i],
+                    degraded_load: degraded_load[i],
+                    healthy: h,
+                    degraded: Self::over(policy.clone(), degraded, hosts),
+                }
+            })
+            .collect();
+        let mut b = Self::over(policy, Vec::new(), hosts);
+        b.levels = levels;
+        b
     }
 
     /// Whether the cluster is in panic (`lb_healthy_panic` counts each pick then).
     pub fn panic(&self) -> bool {
-        self.panic
+        self.panic || self.levels.iter().any(|l| l.healthy.panic)
     }
 
     /// The index of the next host, or `None` when there is no candidate.
@@ -290,6 +442,25 @@ impl Balancer {
         hosts: &[H],
         mut random: impl FnMut() -> u64,
     ) -> Option<usize> {
+        if !self.levels.is_empty() {
+            // Envoy's choice of a priority: a number in 1..=100 against the levels' healthy
+            // loads, then their degraded loads.
+            let r = random() % 100 + 1;
+            let mut sum = 0;
+            for l in &self.levels {
+                sum += l.healthy_load;
+                if r <= sum {
+                    return l.healthy.pick_with(hosts, random);
+                }
+            }
+            for l in &self.levels {
+                sum += l.degraded_load;
+                if r <= sum {
+                    return l.degraded.pick_with(hosts, random);
+                }
+            }
+            return self.levels.first()?.healthy.pick_with(hosts, random);
+        }
         if let Some((healthy_load, d)) = &self.degraded {
             // Envoy's choice of healthy or degraded hosts: a number in 1..=100 against the
             // healthy load.
@@ -566,5 +737,43 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(b.pick(&hosts), Some(0));
         }
+    }
+
+    struct P(bool, u32);
+    impl Candidate for P {
+        fn healthy(&self) -> bool {
+            self.0
+        }
+        fn weight(&self) -> u32 {
+            1
+        }
+        fn active_requests(&self) -> u64 {
+            0
+        }
+        fn priority(&self) -> u32 {
+            self.1
+        }
+    }
+
+    fn shares(hosts: &[P]) -> Vec<usize> {
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, hosts, false);
+        let mut c = vec![0; hosts.len()];
+        for n in 0..100u64 {
+            c[b.pick_with(hosts, || n).expect("a host")] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn priorities_spill_over_by_health_as_envoy_does() {
+        // P0 all healthy: everything to P0.
+        assert_eq!(shares(&[P(true, 0), P(true, 0), P(true, 1)]), [50, 50, 0]);
+        // P0 half healthy: 70% health, 30% spills to P1.
+        assert_eq!(shares(&[P(true, 0), P(false, 0), P(true, 1)]), [70, 0, 30]);
+        // P0 all down: P1 takes it all.
+        assert_eq!(shares(&[P(false, 0), P(false, 0), P(true, 1)]), [0, 0, 100]);
+        // Everything down: total panic, load by host count.
+        let c = shares(&[P(false, 0), P(false, 1)]);
+        assert_eq!(c, [50, 50]);
     }
 }

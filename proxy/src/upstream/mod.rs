@@ -247,6 +247,8 @@ pub struct Host {
     pub healthy: bool,
     /// `DEGRADED` and `DRAINING` (excluded), from the endpoint's `health_status`.
     pub degraded: (bool, bool),
+    /// Its locality's priority.
+    pub priority: u32,
     /// The endpoint's hostname (a DNS cluster's: the name resolved), for `auto_host_rewrite`.
     pub hostname: Option<Arc<str>>,
     /// `load_balancing_weight`.
@@ -381,6 +383,7 @@ impl Cluster {
             address: host.address,
             healthy: host.healthy,
             degraded: host.degraded,
+            priority: host.priority,
             hostname: host.hostname.clone(),
             weight: host.weight,
             locality: host.locality,
@@ -433,6 +436,7 @@ impl Cluster {
                                 && o.hostname == h.hostname
                                 && o.weight == h.weight
                                 && o.degraded == (h.degraded, h.excluded)
+                                && o.priority == h.priority
                                 && o.locality == (h.locality, h.locality_weight)
                                 && Arc::ptr_eq(&o.stats, s)
                         })
@@ -443,6 +447,7 @@ impl Cluster {
                     host.weight = h.weight;
                     host.locality = (h.locality, h.locality_weight);
                     host.degraded = (h.degraded, h.excluded);
+                    host.priority = h.priority;
                     Rc::new(host)
                 })
             })
@@ -495,6 +500,7 @@ impl Host {
             weight: 1,
             locality: (0, None),
             degraded: (false, false),
+            priority: 0,
             stats,
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),
@@ -524,6 +530,9 @@ impl lb::Candidate for Rc<Host> {
     }
     fn excluded(&self) -> bool {
         self.degraded.1
+    }
+    fn priority(&self) -> u32 {
+        self.priority
     }
     fn locality_weight(&self) -> Option<u32> {
         self.locality.1

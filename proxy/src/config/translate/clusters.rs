@@ -447,6 +447,7 @@ pub(crate) fn load_assignment_hosts(
                 hostname,
                 weight: weight(lb, &epath)?,
                 locality: i as u32,
+                priority: locality.priority,
                 locality_weight: locality_weight(locality, &format!("{path}.endpoints[{i}]"))?,
             });
         }

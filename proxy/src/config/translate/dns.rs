@@ -262,6 +262,7 @@ fn targets(c: &cluster::Cluster, logical: bool, path: &str) -> Result<Vec<DnsTar
                 excluded: lb.health_status == 3,
                 weight: super::clusters::weight(lb, &epath)?,
                 locality: i as u32,
+                priority: if logical { 0 } else { locality.priority },
                 locality_weight: super::clusters::locality_weight(
                     locality,
                     &format!("{lpath}.endpoints[{i}]"),

@@ -340,11 +340,10 @@ pub(super) fn locality_lb_endpoints(
         metadata: _,
         lb_endpoints: _,
         load_balancing_weight: _,
-        priority,
+        priority: _,
         proximity,
         lb_config,
     } = m;
-    refuse(path, "priority", priority)?;
     refuse(path, "proximity", proximity)?;
     refuse(path, "lb_config", lb_config)?;
     Ok(())
