@@ -20,6 +20,8 @@ struct Up {
     /// Its locality: an index into the assignment's `endpoints`, whose weights are
     /// `LOCALITY_WEIGHTS`.
     locality: usize,
+    /// Its locality's priority.
+    priority: u32,
 }
 
 fn up() -> Up {
@@ -28,6 +30,7 @@ fn up() -> Up {
         health: "HEALTHY",
         delay: Duration::ZERO,
         locality: 0,
+        priority: 0,
     }
 }
 
@@ -45,6 +48,7 @@ impl Side {
     async fn start(kind: Kind, ups: &[Up], extra: &Value) -> Side {
         let mut servers = Vec::new();
         let mut localities: Vec<Vec<Value>> = vec![Vec::new(); 3];
+        let mut priorities = [0u32; 3];
         for (i, u) in ups.iter().enumerate() {
             let mut o = EchoOptions::named(&format!("u{i}"));
             o.delay = u.delay;
@@ -58,6 +62,7 @@ impl Side {
                 ep["load_balancing_weight"] = json!(w);
             }
             localities[u.locality].push(ep);
+            priorities[u.locality] = u.priority;
             servers.push(s);
         }
         let localities: Vec<Value> = localities
@@ -69,6 +74,9 @@ impl Side {
                     "locality": { "zone": format!("z{i}") },
                     "lb_endpoints": eps
                 });
+                if priorities[i] > 0 {
+                    l["priority"] = json!(priorities[i]);
+                }
                 if let Some(w) = LOCALITY_WEIGHTS[i] {
                     l["load_balancing_weight"] = json!(w);
                 }
@@ -310,6 +318,99 @@ async fn locality_weighted_balancing_follows_the_locality_weights_as_envoy_does(
                 s.kind.name()
             );
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn degraded_hosts_take_the_rest_and_draining_ones_are_left_out_as_in_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let with = |health| Up { health, ..up() };
+        // One healthy, one degraded: 70% of picks to the healthy host (health 1/2 × 1.4).
+        let sides = pair(&[up(), with("DEGRADED")], json!({})).await;
+        for s in &sides {
+            let got = s.spread(1000).await;
+            let healthy = *got.get("u0").unwrap_or(&0);
+            // Binomial(1000, 0.7): 700 ± 14.5; ± 80 is more than five deviations.
+            assert!((620..=780).contains(&healthy), "{}: {got:?}", s.kind.name());
+            assert_eq!(
+                got.values().sum::<usize>(),
+                1000,
+                "{}: {got:?}",
+                s.kind.name()
+            );
+        }
+        // One healthy and three draining: the draining hosts do not count, so no panic.
+        let sides = pair(
+            &[up(), with("DRAINING"), with("DRAINING"), with("DRAINING")],
+            json!({}),
+        )
+        .await;
+        for s in &sides {
+            assert_eq!(s.spread(12).await, map(&[("u0", 12)]), "{}", s.kind.name());
+            assert_eq!(s.counter("lb_healthy_panic").await, 0, "{}", s.kind.name());
+        }
+        // The membership gauges and `/clusters` flags say the same on both.
+        let mut seen = Vec::new();
+        for s in &sides {
+            let mut m = Vec::new();
+            for g in [
+                "membership_total",
+                "membership_healthy",
+                "membership_excluded",
+            ] {
+                m.push(s.counter(g).await);
+            }
+            let text = s.proxy.admin().get("/clusters").await.text();
+            let mut flags: Vec<String> = text
+                .lines()
+                .filter_map(|l| l.split_once("::health_flags::").map(|(_, f)| f.to_string()))
+                .collect();
+            flags.sort();
+            seen.push((m, flags));
+        }
+        assert_eq!(seen[0], seen[1]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_priority_spills_over_to_the_next_by_health_as_envoy_does() {
+    run_for(Duration::from_secs(60), async {
+        // P0: one healthy host of two (70% health); P1: one healthy host takes the other 30%.
+        let p1 = Up {
+            locality: 1,
+            priority: 1,
+            ..up()
+        };
+        let sick = Up {
+            health: "UNHEALTHY",
+            ..up()
+        };
+        let sides = pair(&[up(), sick, p1], json!({})).await;
+        for s in &sides {
+            let got = s.spread(1000).await;
+            let first = *got.get("u0").unwrap_or(&0);
+            assert!((620..=780).contains(&first), "{}: {got:?}", s.kind.name());
+            assert_eq!(got.get("u1"), None, "{}: {got:?}", s.kind.name());
+            assert_eq!(
+                first + got.get("u2").copied().unwrap_or(0),
+                1000,
+                "{}: {got:?}",
+                s.kind.name()
+            );
+        }
+        let mut shown = Vec::new();
+        for s in &sides {
+            let text = s.proxy.admin().get("/clusters").await.text();
+            let mut p: Vec<String> = text
+                .lines()
+                .filter_map(|l| l.split_once("::priority::").map(|(_, v)| v.to_string()))
+                .collect();
+            p.sort();
+            shown.push(p);
+        }
+        assert_eq!(shown[0], shown[1], "/clusters priorities");
     })
     .await;
 }

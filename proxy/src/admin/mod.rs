@@ -480,12 +480,17 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
             for (k, v) in fields {
                 out.push_str(&format!("{name}::{a}::{k}::{v}\n"));
             }
-            let health = if h.healthy {
+            let health = if h.excluded {
+                "/eds_status_draining"
+            } else if h.degraded {
+                "/degraded_eds_health"
+            } else if h.healthy {
                 "healthy"
             } else {
                 "/failed_eds_health"
             };
             let weight = h.weight.to_string();
+            let priority = h.priority.to_string();
             for (k, v) in [
                 ("hostname", h.hostname.as_deref().unwrap_or("")),
                 ("health_flags", health),
@@ -494,7 +499,7 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
                 ("zone", ""),
                 ("sub_zone", ""),
                 ("canary", "false"),
-                ("priority", "0"),
+                ("priority", priority.as_str()),
                 ("success_rate", "-1"),
                 ("local_origin_success_rate", "-1"),
             ] {
@@ -503,7 +508,7 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
             hosts.push(json!({
                 "address": {"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}},
                 "stats": fields.iter().map(|(k, v)| json!({"name": k, "value": v.to_string(), "type": "COUNTER"})).collect::<Vec<_>>(),
-                "health_status": {"eds_health_status": if h.healthy { "HEALTHY" } else { "UNHEALTHY" }},
+                "health_status": {"eds_health_status": if h.excluded { "DRAINING" } else if h.degraded { "DEGRADED" } else if h.healthy { "HEALTHY" } else { "UNHEALTHY" }},
                 "weight": h.weight,
                 "hostname": h.hostname.as_deref().unwrap_or(""),
             }));

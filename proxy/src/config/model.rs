@@ -970,6 +970,12 @@ pub struct Host {
     pub address: SocketAddr,
     /// False when `health_status` says it must not receive traffic.
     pub healthy: bool,
+    /// `health_status: DEGRADED`: takes what the healthy hosts cannot.
+    pub degraded: bool,
+    /// `health_status: DRAINING`: left out of the health computation (Envoy's excluded hosts).
+    pub excluded: bool,
+    /// Its locality's `priority` (0 first).
+    pub priority: u32,
     /// The endpoint's `hostname`, or for a DNS cluster the name resolved (what
     /// `auto_host_rewrite` sends and `/clusters` shows).
     pub hostname: Option<Arc<str>>,
@@ -1040,6 +1046,12 @@ pub struct DnsTarget {
     pub hostname: Arc<str>,
     /// False when the endpoint's `health_status` says it must not receive traffic.
     pub healthy: bool,
+    /// `health_status: DEGRADED`.
+    pub degraded: bool,
+    /// `health_status: DRAINING`.
+    pub excluded: bool,
+    /// Its locality's `priority` (LOGICAL_DNS: always 0, as Envoy).
+    pub priority: u32,
     /// `load_balancing_weight` (default 1).
     pub weight: u32,
     /// The index of its `LocalityLbEndpoints`.

@@ -680,6 +680,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "circuit_breakers",
             "max_requests_per_connection",
             "upstream_connection_options",
+            "metadata",
             "cluster_type",
             "load_balancing_policy",
             "common_lb_config",
@@ -926,11 +927,17 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints",
-        &["lb_endpoints", "load_balancing_weight", "locality"],
+        &[
+            "lb_endpoints",
+            "load_balancing_weight",
+            "locality",
+            "metadata",
+            "priority",
+        ],
     ),
     (
         "envoy.config.endpoint.v3.LbEndpoint",
-        &["endpoint", "health_status", "load_balancing_weight"],
+        &["endpoint", "health_status", "load_balancing_weight", "metadata"],
     ),
     (
         "envoy.config.endpoint.v3.Endpoint",

@@ -1693,9 +1693,9 @@ impl ConfigStore {
 fn membership(main: &Shard, name: &str, before: Option<&[model::Host]>, after: &[model::Host]) {
     let g = |n: &str| main.gauge(&format!("cluster.{name}.{n}"));
     g("membership_total").set(after.len() as i64);
-    g("membership_healthy").set(after.iter().filter(|h| h.healthy).count() as i64);
-    g("membership_degraded");
-    g("membership_excluded");
+    g("membership_healthy").set(after.iter().filter(|h| h.healthy && !h.degraded).count() as i64);
+    g("membership_degraded").set(after.iter().filter(|h| h.degraded).count() as i64);
+    g("membership_excluded").set(after.iter().filter(|h| h.excluded).count() as i64);
     let change = main.counter(&format!("cluster.{name}.membership_change"));
     let same = |a: &[model::Host], b: &[model::Host]| {
         a.len() == b.len() && a.iter().all(|h| b.iter().any(|o| o.address == h.address))

@@ -310,6 +310,9 @@ impl DnsClusters {
                     hosts.push(model::Host {
                         address,
                         healthy: spec.healthy,
+                        degraded: spec.degraded,
+                        excluded: spec.excluded,
+                        priority: spec.priority,
                         hostname: Some(spec.hostname.clone()),
                         weight: spec.weight,
                         locality: spec.locality,

@@ -92,10 +92,32 @@ pub trait Candidate {
     fn locality(&self) -> u32 {
         0
     }
+    /// `DEGRADED`: it takes the share of traffic the healthy hosts cannot.
+    fn degraded(&self) -> bool {
+        false
+    }
+    /// Excluded (`DRAINING`): left out of the health computation.
+    fn excluded(&self) -> bool {
+        false
+    }
+    /// Its priority (0 first).
+    fn priority(&self) -> u32 {
+        0
+    }
     /// Its locality's weight, if the locality has one.
     fn locality_weight(&self) -> Option<u32> {
         None
     }
+}
+
+/// One priority level of a cluster with several: its share of the picks for healthy and for
+/// degraded hosts, and the balancers of each.
+#[derive(Debug)]
+struct Level {
+    healthy_load: u64,
+    degraded_load: u64,
+    healthy: Balancer,
+    degraded: Balancer,
 }
 
 /// Locality-weighted balancing: a locality by its effective weight (EDF), then a host of it.
@@ -117,7 +139,15 @@ pub struct Balancer {
     rr: Cell<usize>,
     edf: RefCell<Edf>,
     localities: Option<Localities>,
+    /// With degraded hosts: the percentage of picks that go to the healthy ones (Envoy's
+    /// healthy load), and the balancer of the degraded ones for the rest.
+    degraded: Option<(u64, Box<Balancer>)>,
+    /// With several priorities: the levels, picked by their loads before anything else.
+    levels: Vec<Level>,
 }
+
+/// Per priority: (hosts of it, eligible count, healthy ones, degraded ones).
+type Split = (Vec<usize>, u64, Vec<usize>, Vec<usize>);
 
 impl Balancer {
     /// The balancer of `hosts` with `policy`, the panic threshold in percent and, with
@@ -128,21 +158,67 @@ impl Balancer {
         hosts: &[H],
         locality_weighted: bool,
     ) -> Self {
+        let mut priorities: Vec<u32> = hosts.iter().map(Candidate::priority).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        if priorities.len() > 1 {
+            return Self::prioritized(
+                policy,
+                panic_threshold,
+                hosts,
+                locality_weighted,
+                &priorities,
+            );
+        }
         let total = hosts.len();
-        let healthy: Vec<usize> = (0..total).filter(|&i| hosts[i].healthy()).collect();
-        // Envoy: a priority's health is healthy/total × 1.4 capped at 100; below 100 it is in
-        // panic when the healthy share is below the threshold (never with a threshold of 0).
-        let health = if total == 0 {
-            0
-        } else {
-            (OVERPROVISIONING * healthy.len() as u64 / total as u64).min(100)
+        // Envoy: excluded hosts do not count; health and degraded availability are each
+        // count/total × 1.4 capped at 100, their sum (capped) the normalized availability.
+        // Below 100, the priority is in panic when the share of healthy and degraded hosts is
+        // below the threshold (never with a threshold of 0).
+        let eligible: Vec<usize> = (0..total).filter(|&i| !hosts[i].excluded()).collect();
+        let n = eligible.len() as u64;
+        let healthy: Vec<usize> = eligible
+            .iter()
+            .copied()
+            .filter(|&i| hosts[i].healthy() && !hosts[i].degraded())
+            .collect();
+        let degraded: Vec<usize> = eligible
+            .iter()
+            .copied()
+            .filter(|&i| hosts[i].healthy() && hosts[i].degraded())
+            .collect();
+        let availability = |count: usize| {
+            (OVERPROVISIONING * count as u64)
+                .checked_div(n)
+                .map_or(0, |a| a.min(100))
         };
-        let share = if total == 0 {
+        let (health, degraded_health) = (availability(healthy.len()), availability(degraded.len()));
+        let normalized = (health + degraded_health).min(100);
+        let share = if n == 0 {
             0.0
         } else {
-            100.0 * healthy.len() as f64 / total as f64
+            100.0 * (healthy.len() + degraded.len()) as f64 / n as f64
         };
-        let panic = total > 0 && health < 100 && share < panic_threshold;
+        let panic = n > 0 && normalized < 100 && share < panic_threshold;
+        // The healthy load: Envoy's distribution of 100% between healthy and degraded hosts.
+        let healthy_load = if normalized == 0 || degraded.is_empty() {
+            100
+        } else {
+            let h = (health * 100 / normalized).min(100);
+            let d = (degraded_health * 100 / normalized).min(100 - h);
+            let rest = 100 - h - d;
+            if healthy.is_empty() {
+                h
+            } else {
+                h + rest
+            }
+        };
+        let degraded_part = (!panic && !degraded.is_empty() && healthy_load < 100).then(|| {
+            (
+                healthy_load,
+                Box::new(Self::over(policy.clone(), degraded, hosts)),
+            )
+        });
         let candidates = if panic { (0..total).collect() } else { healthy };
         let localities = (locality_weighted && !panic)
             .then(|| Self::localities(&policy, hosts, &candidates))
@@ -150,6 +226,7 @@ impl Balancer {
         let mut b = Self::over(policy, candidates, hosts);
         b.panic = panic;
         b.localities = localities;
+        b.degraded = degraded_part;
         b
     }
 
@@ -225,12 +302,134 @@ impl Balancer {
             rr: Cell::new(fastrand::usize(..)),
             edf: RefCell::new(edf),
             localities: None,
+            degraded: None,
+            levels: Vec::new(),
         }
+    }
+
+    /// Envoy's priority levels: each level's health (and degraded availability) is its count /
+    /// total × 1.4 capped at 100; the load goes to the first levels as far as their health
+    /// allows, normalized when the sum is under 100, then to degraded hosts, the rounding rest to
+    /// the first healthy level. Under 100 in total, a level whose healthy share is below the
+    /// threshold is in panic (all its hosts take traffic); when all are, the load follows the
+    /// levels' host counts.
+    fn prioritized<H: Candidate>(
+        policy: LbPolicy,
+        panic_threshold: f64,
+        hosts: &[H],
+        locality_weighted: bool,
+        priorities: &[u32],
+    ) -> Self {
+        let split: Vec<Split> = priorities
+            .iter()
+            .map(|&p| {
+                let all: Vec<usize> = (0..hosts.len())
+                    .filter(|&i| hosts[i].priority() == p)
+                    .collect();
+                let eligible = all.iter().filter(|&&i| !hosts[i].excluded()).count() as u64;
+                let healthy = all
+                    .iter()
+                    .copied()
+                    .filter(|&i| !hosts[i].excluded() && hosts[i].healthy() && !hosts[i].degraded())
+                    .collect();
+                let degraded = all
+                    .iter()
+                    .copied()
+                    .filter(|&i| !hosts[i].excluded() && hosts[i].healthy() && hosts[i].degraded())
+                    .collect();
+                (all, eligible, healthy, degraded)
+            })
+            .collect();
+        let avail = |count: usize, n: u64| {
+            (OVERPROVISIONING * count as u64)
+                .checked_div(n)
+                .map_or(0, |a| a.min(100))
+        };
+        let health: Vec<u64> = split
+            .iter()
+            .map(|(_, n, h, _)| avail(h.len(), *n))
+            .collect();
+        let degraded: Vec<u64> = split
+            .iter()
+            .map(|(_, n, _, d)| avail(d.len(), *n))
+            .collect();
+        let normalized = (health.iter().sum::<u64>() + degraded.iter().sum::<u64>()).min(100);
+        let panic: Vec<bool> = split
+            .iter()
+            .map(|(_, n, h, d)| {
+                let share = if *n == 0 {
+                    0.0
+                } else {
+                    100.0 * (h.len() + d.len()) as f64 / *n as f64
+                };
+                normalized < 100 && share < panic_threshold
+            })
+            .collect();
+        let levels = split.len();
+        let mut healthy_load = vec![0u64; levels];
+        let mut degraded_load = vec![0u64; levels];
+        if panic_threshold == 0.0 && normalized == 0 {
+            healthy_load[0] = 100;
+        } else if panic.iter().all(|p| *p) {
+            let total = hosts.len().max(1) as u64;
+            let mut left = 100;
+            for (i, (all, ..)) in split.iter().enumerate() {
+                healthy_load[i] = 100 * all.len() as u64 / total;
+                left -= healthy_load[i];
+            }
+            if let Some(first) = split.iter().position(|(all, ..)| !all.is_empty()) {
+                healthy_load[first] += left;
+            }
+        } else if normalized > 0 {
+            let mut left = 100u64;
+            for i in 0..levels {
+                healthy_load[i] = left.min((health[i] * 100).checked_div(normalized).unwrap_or(0));
+                left -= healthy_load[i];
+            }
+            for i in 0..levels {
+                degraded_load[i] =
+                    left.min((degraded[i] * 100).checked_div(normalized).unwrap_or(0));
+                left -= degraded_load[i];
+            }
+            if left > 0 {
+                match health.iter().position(|h| *h > 0) {
+                    Some(first) => healthy_load[first] += left,
+                    None => {
+                        if let Some(first) = degraded.iter().position(|d| *d > 0) {
+                            degraded_load[first] += left;
+                        }
+                    }
+                }
+            }
+        }
+        let levels = split
+            .into_iter()
+            .zip(panic)
+            .enumerate()
+            .map(|(i, ((all, _, healthy, degraded), panic))| {
+                let candidates = if panic { all } else { healthy };
+                let localities = (locality_weighted && !panic)
+                    .then(|| Self::localities(&policy, hosts, &candidates))
+                    .flatten();
+                let mut h = Self::over(policy.clone(), candidates, hosts);
+                h.panic = panic;
+                h.localities = localities;
+                Level {
+                    healthy_load: healthy_load[i],
+                    degraded_load: degraded_load[i],
+                    healthy: h,
+                    degraded: Self::over(policy.clone(), degraded, hosts),
+                }
+            })
+            .collect();
+        let mut b = Self::over(policy, Vec::new(), hosts);
+        b.levels = levels;
+        b
     }
 
     /// Whether the cluster is in panic (`lb_healthy_panic` counts each pick then).
     pub fn panic(&self) -> bool {
-        self.panic
+        self.panic || self.levels.iter().any(|l| l.healthy.panic)
     }
 
     /// The index of the next host, or `None` when there is no candidate.
@@ -238,12 +437,41 @@ impl Balancer {
         self.pick_with(hosts, || fastrand::u64(..))
     }
 
-    fn pick_with<H: Candidate>(&self, hosts: &[H], random: impl FnMut() -> u64) -> Option<usize> {
+    fn pick_with<H: Candidate>(
+        &self,
+        hosts: &[H],
+        mut random: impl FnMut() -> u64,
+    ) -> Option<usize> {
+        if !self.levels.is_empty() {
+            // Envoy's choice of a priority: a number in 1..=100 against the levels' healthy
+            // loads, then their degraded loads.
+            let r = random() % 100 + 1;
+            let mut sum = 0;
+            for l in &self.levels {
+                sum += l.healthy_load;
+                if r <= sum {
+                    return l.healthy.pick_with(hosts, random);
+                }
+            }
+            for l in &self.levels {
+                sum += l.degraded_load;
+                if r <= sum {
+                    return l.degraded.pick_with(hosts, random);
+                }
+            }
+            return self.levels.first()?.healthy.pick_with(hosts, random);
+        }
+        if let Some((healthy_load, d)) = &self.degraded {
+            // Envoy's choice of healthy or degraded hosts: a number in 1..=100 against the
+            // healthy load.
+            if random() % 100 + 1 > *healthy_load {
+                return d.pick_with(hosts, random);
+            }
+        }
         if let Some(l) = &self.localities {
             let g = l.edf.borrow_mut().pick(|g| l.weights[g])?;
             return l.groups.get(g)?.pick_with(hosts, random);
         }
-        let mut random = random;
         let n = self.candidates.len();
         if n == 0 {
             return None;
@@ -447,5 +675,105 @@ mod tests {
         }
         assert_eq!(c[0] + c[3], 100);
         assert_eq!((c[1], c[2]), (210, 0));
+    }
+
+    struct D(bool, bool, bool);
+    impl Candidate for D {
+        fn healthy(&self) -> bool {
+            self.0
+        }
+        fn weight(&self) -> u32 {
+            1
+        }
+        fn active_requests(&self) -> u64 {
+            0
+        }
+        fn degraded(&self) -> bool {
+            self.1
+        }
+        fn excluded(&self) -> bool {
+            self.2
+        }
+    }
+
+    #[test]
+    fn degraded_hosts_take_what_the_healthy_ones_cannot_and_excluded_ones_do_not_count() {
+        // One healthy, one degraded: 70% healthy load, the rest to the degraded host.
+        let hosts = [D(true, false, false), D(true, true, false)];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
+        let mut n = 0u64;
+        let picks: Vec<_> = (0..100)
+            .map(|_| {
+                n += 1;
+                b.pick_with(&hosts, || n - 1)
+            })
+            .collect();
+        assert_eq!(picks.iter().filter(|p| **p == Some(0)).count(), 70);
+        assert_eq!(picks.iter().filter(|p| **p == Some(1)).count(), 30);
+        // 3 healthy of 4: 105% health, the degraded host gets nothing.
+        let hosts = [
+            D(true, false, false),
+            D(true, false, false),
+            D(true, false, false),
+            D(true, true, false),
+        ];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
+        for _ in 0..50 {
+            assert_ne!(b.pick(&hosts), Some(3));
+        }
+        // Only degraded hosts: all traffic to them.
+        let hosts = [D(true, true, false), D(true, true, false)];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
+        assert!(b.pick(&hosts).is_some());
+        // One healthy and three draining: the draining ones are left out, so no panic.
+        let hosts = [
+            D(true, false, false),
+            D(false, false, true),
+            D(false, false, true),
+            D(false, false, true),
+        ];
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, &hosts, false);
+        assert!(!b.panic());
+        for _ in 0..20 {
+            assert_eq!(b.pick(&hosts), Some(0));
+        }
+    }
+
+    struct P(bool, u32);
+    impl Candidate for P {
+        fn healthy(&self) -> bool {
+            self.0
+        }
+        fn weight(&self) -> u32 {
+            1
+        }
+        fn active_requests(&self) -> u64 {
+            0
+        }
+        fn priority(&self) -> u32 {
+            self.1
+        }
+    }
+
+    fn shares(hosts: &[P]) -> Vec<usize> {
+        let b = Balancer::new(LbPolicy::RoundRobin, 50.0, hosts, false);
+        let mut c = vec![0; hosts.len()];
+        for n in 0..100u64 {
+            c[b.pick_with(hosts, || n).expect("a host")] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn priorities_spill_over_by_health_as_envoy_does() {
+        // P0 all healthy: everything to P0.
+        assert_eq!(shares(&[P(true, 0), P(true, 0), P(true, 1)]), [50, 50, 0]);
+        // P0 half healthy: 70% health, 30% spills to P1.
+        assert_eq!(shares(&[P(true, 0), P(false, 0), P(true, 1)]), [70, 0, 30]);
+        // P0 all down: P1 takes it all.
+        assert_eq!(shares(&[P(false, 0), P(false, 0), P(true, 1)]), [0, 0, 100]);
+        // Everything down: total panic, load by host count.
+        let c = shares(&[P(false, 0), P(false, 1)]);
+        assert_eq!(c, [50, 50]);
     }
 }

@@ -245,6 +245,10 @@ pub struct Host {
     pub address: SocketAddr,
     /// Whether it may take traffic.
     pub healthy: bool,
+    /// `DEGRADED` and `DRAINING` (excluded), from the endpoint's `health_status`.
+    pub degraded: (bool, bool),
+    /// Its locality's priority.
+    pub priority: u32,
     /// The endpoint's hostname (a DNS cluster's: the name resolved), for `auto_host_rewrite`.
     pub hostname: Option<Arc<str>>,
     /// `load_balancing_weight`.
@@ -378,6 +382,8 @@ impl Cluster {
         let copy = Rc::new(Host {
             address: host.address,
             healthy: host.healthy,
+            degraded: host.degraded,
+            priority: host.priority,
             hostname: host.hostname.clone(),
             weight: host.weight,
             locality: host.locality,
@@ -429,6 +435,8 @@ impl Cluster {
                                 && o.healthy == h.healthy
                                 && o.hostname == h.hostname
                                 && o.weight == h.weight
+                                && o.degraded == (h.degraded, h.excluded)
+                                && o.priority == h.priority
                                 && o.locality == (h.locality, h.locality_weight)
                                 && Arc::ptr_eq(&o.stats, s)
                         })
@@ -438,6 +446,8 @@ impl Cluster {
                     let mut host = Host::new(h.address, h.healthy, h.hostname.clone(), s.clone());
                     host.weight = h.weight;
                     host.locality = (h.locality, h.locality_weight);
+                    host.degraded = (h.degraded, h.excluded);
+                    host.priority = h.priority;
                     Rc::new(host)
                 })
             })
@@ -489,6 +499,8 @@ impl Host {
             hostname,
             weight: 1,
             locality: (0, None),
+            degraded: (false, false),
+            priority: 0,
             stats,
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),
@@ -512,6 +524,15 @@ impl lb::Candidate for Rc<Host> {
     }
     fn locality(&self) -> u32 {
         self.locality.0
+    }
+    fn degraded(&self) -> bool {
+        self.degraded.0
+    }
+    fn excluded(&self) -> bool {
+        self.degraded.1
+    }
+    fn priority(&self) -> u32 {
+        self.priority
     }
     fn locality_weight(&self) -> Option<u32> {
         self.locality.1

@@ -442,13 +442,17 @@ pub(crate) fn load_assignment_hosts(
             )?;
             // Envoy routes to UNKNOWN, HEALTHY and DEGRADED hosts only.
             let healthy = matches!(lb.health_status, 0 | 1 | 5);
+            let (degraded, excluded) = (lb.health_status == 5, lb.health_status == 3);
             let hostname = (!ep.hostname.is_empty()).then(|| ep.hostname.as_str().into());
             hosts.push(Host {
                 address,
                 healthy,
+                degraded,
+                excluded,
                 hostname,
                 weight: weight(lb, &epath)?,
                 locality: i as u32,
+                priority: locality.priority,
                 locality_weight: locality_weight(locality, &format!("{path}.endpoints[{i}]"))?,
             });
         }

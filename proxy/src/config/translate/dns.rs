@@ -258,8 +258,11 @@ fn targets(c: &cluster::Cluster, logical: bool, path: &str) -> Result<Vec<DnsTar
                 hostname,
                 // Envoy routes to UNKNOWN, HEALTHY and DEGRADED hosts only.
                 healthy: matches!(lb.health_status, 0 | 1 | 5),
+                degraded: lb.health_status == 5,
+                excluded: lb.health_status == 3,
                 weight: super::clusters::weight(lb, &epath)?,
                 locality: i as u32,
+                priority: if logical { 0 } else { locality.priority },
                 locality_weight: super::clusters::locality_weight(
                     locality,
                     &format!("{lpath}.endpoints[{i}]"),

@@ -232,7 +232,7 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         lb_subset_config,
         common_lb_config: _,
         transport_socket: _,
-        metadata,
+        metadata: _,
         protocol_selection,
         upstream_connection_options: _,
         close_connections_on_host_health_failure,
@@ -274,7 +274,6 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
     refuse(path, "outlier_detection", outlier_detection)?;
     refuse(path, "cleanup_interval", cleanup_interval)?;
     refuse(path, "lb_subset_config", lb_subset_config)?;
-    refuse(path, "metadata", metadata)?;
     refuse(path, "protocol_selection", protocol_selection)?;
     refuse(
         path,
@@ -336,15 +335,13 @@ pub(super) fn locality_lb_endpoints(
 ) -> Result<(), ConfigError> {
     let endpoint_pb::LocalityLbEndpoints {
         locality: _,
-        metadata,
+        metadata: _,
         lb_endpoints: _,
         load_balancing_weight: _,
-        priority,
+        priority: _,
         proximity,
         lb_config,
     } = m;
-    refuse(path, "metadata", metadata)?;
-    refuse(path, "priority", priority)?;
     refuse(path, "proximity", proximity)?;
     refuse(path, "lb_config", lb_config)?;
     Ok(())
@@ -356,11 +353,10 @@ pub(super) fn locality_lb_endpoints(
 pub(super) fn lb_endpoint(m: &endpoint_pb::LbEndpoint, path: &str) -> Result<(), ConfigError> {
     let endpoint_pb::LbEndpoint {
         health_status: _,
-        metadata,
+        metadata: _,
         load_balancing_weight: _,
         host_identifier,
     } = m;
-    refuse(path, "metadata", metadata)?;
     match host_identifier {
         Some(endpoint_pb::lb_endpoint::HostIdentifier::EndpointName(_)) => {
             Err(unsupported(path, "endpoint_name"))
