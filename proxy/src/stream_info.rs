@@ -237,6 +237,8 @@ pub struct StreamInfo {
     pub upstream_host: Option<SocketAddr>,
     /// The upstream cluster chosen.
     pub upstream_cluster: Option<Arc<str>>,
+    /// Its `alt_stat_name`, when it has one (`%UPSTREAM_CLUSTER%` shows it).
+    pub upstream_cluster_stat: Option<Arc<str>>,
     /// The route's name.
     pub route_name: Option<Arc<str>>,
     /// Upstream attempts made.
@@ -290,6 +292,7 @@ impl StreamInfo {
             bytes_sent: 0,
             upstream_host: None,
             upstream_cluster: None,
+            upstream_cluster_stat: None,
             route_name: None,
             attempts: 0,
             downstream_remote,

@@ -355,3 +355,81 @@ async fn stats_config_as_envoy() {
     })
     .await
 }
+
+/// A cluster's `alt_stat_name` (Istio gives every cluster one, ending in `;`): its stats,
+/// `/clusters` and `%UPSTREAM_CLUSTER%` use it, `%UPSTREAM_CLUSTER_RAW%` the name.
+#[tokio::test]
+async fn alt_stat_name_as_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let up = EchoUpstream::start("u1").await;
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let (admin, listen) = (free_port(), free_port());
+            let yaml = format!(
+                r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ing
+          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format: {{text_format_source: {{inline_string: "UC=%UPSTREAM_CLUSTER% RAW=%UPSTREAM_CLUSTER_RAW%\n"}}}}
+          route_config:
+            virtual_hosts: [{{name: a, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: up}}}}]}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: up
+    alt_stat_name: "up_alt;"
+    load_assignment:
+      cluster_name: up
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]
+"#,
+                up.port()
+            );
+            let p = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+            let mut s = TcpStream::connect(("127.0.0.1", listen)).await.expect("connect");
+            seen.push(exchange(&mut s).await);
+            drop(s);
+            let line = p
+                .wait_stdout_line(Duration::from_secs(5), |l| l.starts_with("UC="))
+                .await;
+            seen.push(line);
+            let stats = p.admin().stats().await;
+            for stat in ["upstream_rq_200", "upstream_rq_completed", "upstream_cx_total"] {
+                seen.push(format!(
+                    "{stat}: alt {:?}, name {:?}",
+                    stats.get(&format!("cluster.up_alt;.{stat}")),
+                    stats.get(&format!("cluster.up.{stat}"))
+                ));
+            }
+            let clusters = p.admin().get("/clusters").await.text();
+            seen.push(
+                clusters
+                    .lines()
+                    .find(|l| l.contains("observability_name"))
+                    .unwrap_or("")
+                    .to_string(),
+            );
+            let prom = p.admin().get("/stats/prometheus").await.text();
+            seen.push(
+                prom.lines()
+                    .find(|l| l.starts_with("envoy_cluster_upstream_rq_completed{"))
+                    .unwrap_or("")
+                    .to_string(),
+            );
+        }
+        let (envoy, skiff) = seen.split_at(seen.len() / 2);
+        assert_eq!(envoy, skiff);
+    })
+    .await
+}

@@ -552,7 +552,11 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
         Op::BytesSent => Some(info.bytes_sent.to_string()),
         Op::Duration => info.duration_ms.map(|d| d.to_string()),
         Op::UpstreamHost => info.upstream_host.map(|h| h.to_string()),
-        Op::UpstreamCluster => info.upstream_cluster.as_deref().map(str::to_string),
+        Op::UpstreamCluster => info
+            .upstream_cluster_stat
+            .as_deref()
+            .or(info.upstream_cluster.as_deref())
+            .map(str::to_string),
         Op::RouteName => info.route_name.as_deref().map(str::to_string),
         Op::AttemptCount => (info.attempts > 0).then(|| info.attempts.to_string()),
         Op::DownstreamRemoteAddress => Some(info.downstream_remote.to_string()),

@@ -444,7 +444,8 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
     for c in all {
         let name = &c.config.name;
         let mut hosts = Vec::new();
-        out.push_str(&format!("{name}::observability_name::{name}\n"));
+        let observed = c.config.stat_name();
+        out.push_str(&format!("{name}::observability_name::{observed}\n"));
         let cb = &c.config.circuit_breakers;
         for (p, t) in [
             ("default_priority", &cb.default),
@@ -513,7 +514,8 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
                 "hostname": h.hostname.as_deref().unwrap_or(""),
             }));
         }
-        statuses.push(json!({"name": name, "observability_name": name, "host_statuses": hosts}));
+        statuses
+            .push(json!({"name": name, "observability_name": observed, "host_statuses": hosts}));
     }
     if json_format {
         return json_response(&json!({ "cluster_statuses": statuses }));

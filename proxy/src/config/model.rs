@@ -1165,6 +1165,8 @@ pub struct EdsConfig {
 pub struct Cluster {
     /// `name`.
     pub name: String,
+    /// `alt_stat_name`: the name in stats, `/clusters` and `%UPSTREAM_CLUSTER%`.
+    pub alt_stat_name: Option<String>,
     /// `type`.
     pub discovery: DiscoveryType,
     /// ORIGINAL_DST with `original_dst_lb_config.use_http_header`: the request header naming
@@ -1208,6 +1210,13 @@ pub struct Cluster {
     pub proxy_protocol: Option<crate::upstream::proxy_protocol::Version>,
     /// `upstream_http_protocol_options.auto_sni`: TLS SNI from each request's host.
     pub auto_sni: bool,
+}
+
+impl Cluster {
+    /// The cluster's name for observability: `alt_stat_name`, else `name`.
+    pub fn stat_name(&self) -> &str {
+        self.alt_stat_name.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// A filter chain's TLS: `transport_socket` with a `DownstreamTlsContext`.

@@ -656,6 +656,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.cluster.v3.Cluster",
         &[
             "name",
+            "alt_stat_name",
             "type",
             "connect_timeout",
             "lb_policy",

@@ -1016,14 +1016,18 @@ impl ConfigStore {
             .collect();
         let mut applied = !removed.is_empty();
         for name in removed {
-            self.clusters.remove(&name);
+            let stat = self
+                .clusters
+                .remove(&name)
+                .and_then(|s| s.active.or(s.warming))
+                .map_or_else(|| name.clone(), |v| v.model.stat_name().to_string());
             main.counter("cluster_manager.cluster_removed").inc();
-            self.pending_prune.push(format!("cluster.{name}."));
+            self.pending_prune.push(format!("cluster.{stat}."));
             tracing::info!(cluster = %name, "cluster removed");
         }
         for (name, v) in next {
-            self.pending_prune
-                .retain(|p| *p != format!("cluster.{name}."));
+            let stat = format!("cluster.{}.", v.model.stat_name());
+            self.pending_prune.retain(|p| *p != stat);
             match self.clusters.get_mut(&name) {
                 Some(slot) if slot.is_static => {
                     tracing::warn!(cluster = %name, "cds: a static cluster of that name exists; update skipped");
@@ -1323,12 +1327,12 @@ impl ConfigStore {
     /// EDS subscriptions follow the clusters, as [`Self::sync_rds`] does the listeners.
     fn sync_eds(&mut self) {
         let mut wanted: BTreeMap<String, (ConfigSource, String)> = BTreeMap::new();
-        for (cname, slot) in &self.clusters {
+        for slot in self.clusters.values() {
             for v in slot.active.iter().chain(slot.warming.iter()) {
                 if let Some(e) = &v.model.eds {
                     wanted
                         .entry(e.service_name.clone())
-                        .or_insert((e.source.clone(), cname.clone()));
+                        .or_insert((e.source.clone(), v.model.stat_name().to_string()));
                 }
             }
         }
@@ -1443,7 +1447,12 @@ impl ConfigStore {
             let info = match prev {
                 Some(p) if Arc::ptr_eq(&p.config, &v.model) && p.hosts == hosts => p.clone(),
                 _ => {
-                    membership(&self.main, name, prev.map(|p| &p.hosts[..]), &hosts);
+                    membership(
+                        &self.main,
+                        v.model.stat_name(),
+                        prev.map(|p| &p.hosts[..]),
+                        &hosts,
+                    );
                     Arc::new(ClusterInfo::with_hosts(
                         v.model.clone(),
                         hosts,

@@ -149,11 +149,16 @@ impl Breakers {
         Breakers {
             default: Resources::new(
                 main,
-                &config.name,
+                config.stat_name(),
                 "default",
                 &config.circuit_breakers.default,
             ),
-            high: Resources::new(main, &config.name, "high", &config.circuit_breakers.high),
+            high: Resources::new(
+                main,
+                config.stat_name(),
+                "high",
+                &config.circuit_breakers.high,
+            ),
         }
     }
 }

@@ -254,7 +254,7 @@ impl DnsClusters {
                 }
                 t.due = None;
                 self.main
-                    .counter(&format!("cluster.{}.update_attempt", s.config.name))
+                    .counter(&format!("cluster.{}.update_attempt", s.config.stat_name()))
                     .inc();
                 let query = Query {
                     name: dns.targets[i].name.clone(),
@@ -293,7 +293,7 @@ impl DnsClusters {
             return false;
         };
         let logical = s.config.discovery == model::DiscoveryType::LogicalDns;
-        let name = &s.config.name;
+        let name = s.config.stat_name();
         let counter = |n: &str| self.main.counter(&format!("cluster.{name}.{n}"));
         let mut changed = false;
         let wait = match r.answer {

@@ -462,7 +462,7 @@ impl Cluster {
         }
         Cluster {
             name: Arc::from(cfg.name.as_str()),
-            stats: ClusterStats::new(shard.clone(), &cfg.name, cfg.tls.is_some()),
+            stats: ClusterStats::new(shard.clone(), cfg.stat_name(), cfg.tls.is_some()),
             lb: lb::Balancer::new(
                 cfg.lb.clone(),
                 cfg.panic_threshold,

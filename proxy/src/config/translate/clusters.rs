@@ -296,6 +296,7 @@ pub(super) fn translate_cluster(
     }
     Ok(Cluster {
         name: c.name.clone(),
+        alt_stat_name: (!c.alt_stat_name.is_empty()).then(|| c.alt_stat_name.clone()),
         discovery,
         original_dst_header,
         source_address,

@@ -200,7 +200,7 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         transport_socket_matches,
         transport_socket_matcher,
         name: _,
-        alt_stat_name,
+        alt_stat_name: _,
         stats_matcher,
         eds_cluster_config: _,
         connect_timeout: _,
@@ -252,7 +252,6 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
     } = m;
     refuse(path, "transport_socket_matches", transport_socket_matches)?;
     refuse(path, "transport_socket_matcher", transport_socket_matcher)?;
-    refuse(path, "alt_stat_name", alt_stat_name)?;
     refuse(path, "stats_matcher", stats_matcher)?;
     refuse(
         path,

@@ -265,6 +265,7 @@ pub async fn route(
         })?;
     if let Some(info) = info.as_deref_mut() {
         info.upstream_cluster = Some(cluster.name.clone());
+        info.upstream_cluster_stat = cluster.config().alt_stat_name.as_deref().map(Into::into);
     }
     // Header changes, then rewrites, as Envoy's router applies them before the upstream request
     // (the original path kept in x-envoy-original-path unless Envoy's headers are suppressed).

@@ -128,6 +128,7 @@ async fn proxy(
     };
     if let Some(info) = info.as_deref_mut() {
         info.upstream_cluster = Some(cluster.name.clone());
+        info.upstream_cluster_stat = cluster.config().alt_stat_name.as_deref().map(Into::into);
     }
     let Some(host) = cluster.select_host(local, |d| worker.is_own_listener(d)) else {
         cluster.stats.upstream_cx_none_healthy.inc();
