@@ -297,7 +297,8 @@ fn content_type_allowed(h: &HeaderMap, dir: &CompressionDirection) -> bool {
     dir.content_types.iter().any(|t| t == media)
 }
 
-fn has_token(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+/// Whether a comma-separated header lists `token` (any case); shared with the decompressor.
+pub(crate) fn has_token(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     h.get_all(name).iter().any(|v| {
         v.to_str()
             .unwrap_or("")

@@ -152,9 +152,7 @@ fn tokens(v: &str) -> impl Iterator<Item = &str> {
 
 /// Whether `h` asks not to be transformed.
 fn no_transform(h: &HeaderMap) -> bool {
-    h.get_all(header::CACHE_CONTROL)
-        .iter()
-        .any(|v| tokens(v.to_str().unwrap_or("")).any(|t| t.eq_ignore_ascii_case("no-transform")))
+    super::compressor::has_token(h, header::CACHE_CONTROL, "no-transform")
 }
 
 /// Decides for one message: when it is to be decoded, takes the library's token off
