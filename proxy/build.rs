@@ -8,6 +8,9 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    // Relative relocations packed (DT_RELR): the loader touches a few KiB of relocation table
+    // at start instead of ~750 KiB, which stays out of the proxy's resident memory.
+    println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     let manifest_dir =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let pkg = from_registry(&manifest_dir).or_else(|| from_metadata(&manifest_dir)).expect(

@@ -652,6 +652,41 @@ pub struct HttpConnectionManager {
     pub strip_port: StripPort,
     /// `common_http_protocol_options.headers_with_underscores_action`.
     pub underscores: Underscores,
+    /// The connection manager's timeouts and per-connection limits.
+    pub timeouts: HcmTimeouts,
+}
+
+/// The timeouts and limits of a connection manager's connections and streams, as Envoy applies
+/// them (`None`: off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HcmTimeouts {
+    /// `stream_idle_timeout` (Envoy's default 5 min; zero: off): a stream with no bytes either
+    /// way for this long ends (408 or 504 before its response, a reset after).
+    pub stream_idle: Option<Duration>,
+    /// `request_timeout`: the whole request must arrive within it.
+    pub request: Option<Duration>,
+    /// `common_http_protocol_options.max_stream_duration`.
+    pub max_stream_duration: Option<Duration>,
+    /// `common_http_protocol_options.idle_timeout` (default 1 h; zero: off): a connection with
+    /// no stream for this long closes.
+    pub connection_idle: Option<Duration>,
+    /// `common_http_protocol_options.max_connection_duration`: the connection drains after it.
+    pub max_connection_duration: Option<Duration>,
+    /// `common_http_protocol_options.max_requests_per_connection`.
+    pub max_requests_per_connection: Option<u32>,
+}
+
+impl Default for HcmTimeouts {
+    fn default() -> Self {
+        HcmTimeouts {
+            stream_idle: Some(Duration::from_secs(300)),
+            request: None,
+            max_stream_duration: None,
+            connection_idle: Some(Duration::from_secs(3600)),
+            max_connection_duration: None,
+            max_requests_per_connection: None,
+        }
+    }
 }
 
 /// `headers_with_underscores_action`: what becomes of a request header whose name has `_`.

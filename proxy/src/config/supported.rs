@@ -325,14 +325,22 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "strip_matching_host_port",
             "strip_any_host_port",
             "common_http_protocol_options",
+            "stream_idle_timeout",
+            "request_timeout",
         ],
     ),
     // The connection manager's; a cluster's are not reachable through the table.
     (
         "envoy.config.core.v3.HttpProtocolOptions",
-        // The connection manager honours headers_with_underscores_action and a cluster
-        // max_requests_per_connection; each translation refuses the other by path.
-        &["headers_with_underscores_action", "max_requests_per_connection"],
+        // The connection manager honours all of these, a cluster only
+        // max_requests_per_connection; the cluster translation refuses the others by path.
+        &[
+            "headers_with_underscores_action",
+            "max_requests_per_connection",
+            "idle_timeout",
+            "max_connection_duration",
+            "max_stream_duration",
+        ],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",

@@ -28,6 +28,9 @@ pub struct RequestProgress {
     failed: Cell<bool>,
     done_at: Cell<Option<tokio::time::Instant>>,
     done: tokio::sync::Notify,
+    /// The last time bytes moved either way on the stream, for its idle timeout (kept only
+    /// when the stream has one).
+    activity: Cell<Option<tokio::time::Instant>>,
 }
 
 impl RequestProgress {
@@ -54,6 +57,24 @@ impl RequestProgress {
         if self.done_at.get().is_none() {
             self.done_at.set(Some(tokio::time::Instant::now()));
             self.done.notify_waiters();
+        }
+    }
+
+    /// Records activity on the stream at `at` (starts tracking it).
+    pub fn touch_at(&self, at: tokio::time::Instant) {
+        self.activity.set(Some(at));
+    }
+
+    /// The last activity recorded (now, if none).
+    pub fn last_activity(&self) -> tokio::time::Instant {
+        self.activity
+            .get()
+            .unwrap_or_else(tokio::time::Instant::now)
+    }
+
+    fn touch(&self) {
+        if self.activity.get().is_some() {
+            self.activity.set(Some(tokio::time::Instant::now()));
         }
     }
 
@@ -126,6 +147,7 @@ impl Body for ProxyBody {
                         Some(Ok(f)) => {
                             if let Some(d) = f.data_ref() {
                                 p.bytes.set(p.bytes.get() + d.len() as u64);
+                                p.touch();
                             }
                             if inc.is_end_stream() {
                                 p.mark_done();
@@ -191,6 +213,8 @@ pub enum EndReason {
     UpstreamProtocolError,
     /// The route timeout passed in the middle of the response.
     Timeout,
+    /// A stream timer of the connection manager ran out in the middle of the response.
+    Expired(crate::http::timeouts::Expiry),
 }
 
 /// What to do when a response body ends.
@@ -217,6 +241,7 @@ pub struct Tracked<E: StreamEnd> {
     bytes: u64,
     deadline: Option<Deadline>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    stream_timers: Option<Rc<crate::http::timeouts::StreamTimers>>,
 }
 
 impl<E: StreamEnd> Tracked<E> {
@@ -228,7 +253,14 @@ impl<E: StreamEnd> Tracked<E> {
             bytes: 0,
             deadline,
             timer: None,
+            stream_timers: None,
         }
+    }
+
+    /// The connection manager's stream timers also end this response when they run out.
+    pub fn with_timers(mut self, timers: Option<Rc<crate::http::timeouts::StreamTimers>>) -> Self {
+        self.stream_timers = timers;
+        self
     }
 
     fn finish(&mut self, reason: EndReason) {
@@ -294,11 +326,22 @@ impl<E: StreamEnd + Unpin> Body for Tracked<E> {
             this.finish(EndReason::Timeout);
             return Poll::Ready(Some(Err("upstream request timeout".into())));
         }
+        if this.end.is_some() {
+            if let Some(t) = &this.stream_timers {
+                if let Some(e) = t.poll_expired(cx) {
+                    this.finish(EndReason::Expired(e));
+                    return Poll::Ready(Some(Err(e.details().into())));
+                }
+            }
+        }
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
                     this.bytes += d.len() as u64;
+                    if let Some(t) = &this.stream_timers {
+                        t.touch();
+                    }
                 }
                 if this.inner.is_end_stream() {
                     this.finish(EndReason::Complete);

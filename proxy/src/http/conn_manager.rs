@@ -24,6 +24,7 @@ use crate::http::filters::router::{self, Upstream};
 use crate::http::h1_guard::{self, H1Guard, RefusedSlot};
 use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
+use crate::http::timeouts::{Activity, Expiry, StreamTimers, WriteStall};
 use crate::io::{Counted, FlowPair, FlowSlot, WriteFlow};
 use crate::stats::{Counter, Gauge, Shard};
 use crate::stream_info::{headers_bytes, Connection, ResponseFlag, StreamInfo};
@@ -97,6 +98,19 @@ pub struct HcmStats {
     /// `downstream_rq_too_many_premature_resets`: connections closed for resetting streams
     /// early (rapid reset).
     pub downstream_rq_too_many_premature_resets: Counter,
+    /// `downstream_rq_idle_timeout`: streams ended by `stream_idle_timeout`.
+    pub downstream_rq_idle_timeout: Counter,
+    /// `downstream_rq_timeout`: streams ended by `request_timeout`.
+    pub downstream_rq_timeout: Counter,
+    /// `downstream_rq_max_duration_reached`: streams ended by `max_stream_duration`.
+    pub downstream_rq_max_duration_reached: Counter,
+    /// `downstream_cx_idle_timeout`: connections closed by the idle timeout.
+    pub downstream_cx_idle_timeout: Counter,
+    /// `downstream_cx_max_duration_reached`: connections ended by `max_connection_duration`.
+    pub downstream_cx_max_duration_reached: Counter,
+    /// `downstream_cx_max_requests_reached`: connections ended by
+    /// `max_requests_per_connection`.
+    pub downstream_cx_max_requests_reached: Counter,
     /// `http2.rx_reset` (root scope, as Envoy's codec stats): streams a downstream HTTP/2
     /// client reset while its connection stayed up.
     pub http2_rx_reset: Counter,
@@ -155,6 +169,12 @@ impl HcmStats {
             no_cluster: c("no_cluster"),
             rq_total: c("rq_total"),
             downstream_rq_too_many_premature_resets: c("downstream_rq_too_many_premature_resets"),
+            downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
+            downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
+            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
+            downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
             downstream_rq_failed_path_normalization: c("downstream_rq_failed_path_normalization"),
             downstream_rq_redirected_with_normalized_path: c(
@@ -176,6 +196,15 @@ impl HcmStats {
         }
     }
 
+    /// Counts a stream ended by one of the connection manager's timers.
+    fn expired(&self, e: Expiry) {
+        match e {
+            Expiry::Idle => self.downstream_rq_idle_timeout.inc(),
+            Expiry::Request => self.downstream_rq_timeout.inc(),
+            Expiry::MaxDuration => self.downstream_rq_max_duration_reached.inc(),
+        }
+    }
+
     fn response_class(&self, status: u16) {
         let k = (status / 100) as usize;
         if (1..=5).contains(&k) {
@@ -190,8 +219,8 @@ impl HcmStats {
     }
 }
 
-/// Envoy's default downstream connection idle timeout.
-const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long an idle connection's GOAWAY may take before the connection is closed anyway.
+const IDLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Envoy's default `max_request_headers_kb`.
 const MAX_HEADERS_KB: u32 = 60;
 /// `overload.premature_reset_min_stream_lifetime_seconds` (Envoy's default): a stream the client
@@ -244,6 +273,14 @@ struct Conn {
     switched: h1_guard::Switched,
     /// The tunnel of an upgraded request (websocket), run once hyper hands the connection over.
     tunnel: RefCell<Option<Pin<Box<dyn Future<Output = ()>>>>>,
+    /// Streams in flight, for the idle timeout.
+    activity: Activity,
+    /// Requests seen, for `max_requests_per_connection`.
+    requests: Cell<u32>,
+    /// The connection is to end: HTTP/1.1 responses say `connection: close`.
+    closing: Cell<bool>,
+    /// Asks the connection to finish (GOAWAY, or close once idle).
+    finish: Rc<tokio::sync::Notify>,
 }
 
 impl Conn {
@@ -321,6 +358,10 @@ pub async fn serve(
         ended: Cell::new(false),
         switched: h1_guard::Switched::default(),
         tunnel: RefCell::new(None),
+        activity: Activity::default(),
+        requests: Cell::new(0),
+        closing: Cell::new(false),
+        finish: Rc::default(),
     });
     let svc_conn = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -345,13 +386,12 @@ pub async fn serve(
     let (stream_window, conn_window) = h2.windows(buffer_limit);
     let mut builder = auto::Builder::new(LocalExec);
     // Headers must fit the HTTP/1.1 read buffer: 64 KiB gives Envoy's 60 KiB header limit (431
-    // above it). Waiting for the next request's headers is Envoy's 1 h connection idle timeout.
+    // above it). Waiting for the next request is the connection idle timeout (timeouts.rs).
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive(true)
-        .max_buf_size(64 * 1024)
-        .header_read_timeout(IDLE_TIMEOUT);
+        .max_buf_size(64 * 1024);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -370,6 +410,12 @@ pub async fn serve(
         hcm.config.codec != CodecType::Http2,
     )
     .switch_on(conn.switched.clone());
+    // A client that stops reading holds a write no longer than the stream idle timeout.
+    let guarded = WriteStall::new(
+        guarded,
+        hcm.config.timeouts.stream_idle,
+        stats.downstream_rq_idle_timeout.clone(),
+    );
     let io = TokioIo::new(WriteFlow::new(guarded, None, response_flow));
     // hyper's connection runs until it closes, or until `shutdown` asks it to finish gracefully
     // (GOAWAY, or `connection: close` on the next response).
@@ -400,8 +446,7 @@ pub async fn serve(
                 let mut h1 = hyper::server::conn::http1::Builder::new();
                 h1.timer(hyper_util::rt::TokioTimer::new())
                     .keep_alive(true)
-                    .max_buf_size(64 * 1024)
-                    .header_read_timeout(IDLE_TIMEOUT);
+                    .max_buf_size(64 * 1024);
                 until_shutdown!(h1.serve_connection(io, service).with_upgrades())
             }),
             CodecType::Http2 => {
@@ -412,21 +457,65 @@ pub async fn serve(
     let mut served = served;
     let mut drain = drain;
     let reset_abuse = conn.reset_abuse.clone();
-    let result = tokio::select! {
-        r = served.as_mut() => r,
-        // Too many premature resets: the connection is dropped at once, as Envoy aborts it.
-        _ = reset_abuse.notified() => Ok(()),
-        _ = drain.close_requested() => {
-            // HTTP/2 gets its GOAWAY now. An HTTP/1.1 connection is not cut while idle (its
-            // client may be sending): its next response carries `connection: close`, as in
-            // Envoy; only at shutdown are idle ones closed at once.
-            if conn.codec.get() == Some(Codec::Http2) || drain.shutting_down() {
-                if conn.codec.get() == Some(Codec::Http2) {
-                    stats.downstream_cx_drain_close.inc();
+    let timeouts = hcm.config.timeouts;
+    let idle = async {
+        match timeouts.connection_idle {
+            Some(limit) => conn.activity.idle_for(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    let lifetime = async {
+        match timeouts.max_connection_duration {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(idle, lifetime);
+    let (mut draining, mut finishing) = (false, false);
+    let http2 = |conn: &Conn| conn.codec.get() == Some(Codec::Http2);
+    let result = loop {
+        tokio::select! {
+            r = served.as_mut() => break r,
+            // Too many premature resets: the connection is dropped at once, as Envoy aborts it.
+            _ = reset_abuse.notified() => break Ok(()),
+            _ = drain.close_requested(), if !draining => {
+                draining = true;
+                // HTTP/2 gets its GOAWAY now. An HTTP/1.1 connection is not cut while idle (its
+                // client may be sending): its next response carries `connection: close`, as in
+                // Envoy; only at shutdown are idle ones closed at once.
+                if http2(&conn) || drain.shutting_down() {
+                    if http2(&conn) {
+                        stats.downstream_cx_drain_close.inc();
+                    }
+                    shutdown.notify_one();
+                }
+            }
+            // No stream for the idle timeout: HTTP/1.1 closes, HTTP/2 (or a connection whose
+            // protocol is not known yet) says GOAWAY first and gets a moment to send it.
+            _ = &mut idle => {
+                stats.downstream_cx_idle_timeout.inc();
+                if conn.codec.get() == Some(Codec::Http1) {
+                    break Ok(());
                 }
                 shutdown.notify_one();
+                break tokio::time::timeout(IDLE_CLOSE_GRACE, served.as_mut())
+                    .await
+                    .unwrap_or(Ok(()));
             }
-            served.await
+            // max_connection_duration: the connection finishes as for a drain (an idle
+            // HTTP/1.1 one closes now, a busy one after its response).
+            _ = &mut lifetime, if !finishing => {
+                finishing = true;
+                stats.downstream_cx_max_duration_reached.inc();
+                conn.closing.set(true);
+                shutdown.notify_one();
+            }
+            // max_requests_per_connection reached: the last response said `connection: close`
+            // (HTTP/1.1) or the connection says GOAWAY (HTTP/2).
+            _ = conn.finish.notified(), if !finishing => {
+                finishing = true;
+                shutdown.notify_one();
+            }
         }
     };
     // A request that switched protocols ended hyper's part: the connection is its tunnel now.
@@ -540,11 +629,16 @@ impl Done {
         stats.downstream_rq_active.dec();
         stats.downstream_rq_completed.inc();
         stats.listener_completed.inc();
+        self.conn.activity.stream_ended();
         match reason {
             EndReason::Complete => {}
             EndReason::DownstreamReset => stats.downstream_rq_rx_reset.inc(),
             EndReason::UpstreamReset | EndReason::UpstreamProtocolError | EndReason::Timeout => {
                 stats.downstream_rq_tx_reset.inc()
+            }
+            EndReason::Expired(e) => {
+                stats.expired(e);
+                stats.downstream_rq_tx_reset.inc();
             }
         }
         if let Some(up) = self.upstream.take() {
@@ -569,6 +663,12 @@ impl Done {
                     info.details = "upstream_reset_after_response_started{protocol_error}";
                 }
                 EndReason::Timeout => info.flags.set(ResponseFlag::UpstreamRequestTimeout),
+                EndReason::Expired(e) => {
+                    if let Some(f) = e.flag() {
+                        info.flags.set(f);
+                    }
+                    info.details = e.details();
+                }
             }
             info.finish();
             self.conn
@@ -599,6 +699,15 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     stats.downstream_rq_total.inc();
     stats.rq_total.inc();
     stats.downstream_rq_active.inc();
+    conn.activity.stream_started();
+    // max_requests_per_connection: the last request's response ends the connection.
+    let requests = conn.requests.get() + 1;
+    conn.requests.set(requests);
+    if cfg.timeouts.max_requests_per_connection == Some(requests) {
+        stats.downstream_cx_max_requests_reached.inc();
+        conn.closing.set(true);
+        conn.finish.notify_one();
+    }
     let version = req.version();
     let codec = if version == Version::HTTP_2 {
         Codec::Http2
@@ -634,6 +743,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if body.is_end_stream() {
         request.mark_done();
     }
+    let timers = StreamTimers::new(&cfg.timeouts, request.clone());
     let mut done = Done {
         conn: conn.clone(),
         started: Instant::now(),
@@ -864,7 +974,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         None if conn.secure => "https",
         None => "http",
     };
-    match router::route(
+    let routed = router::route(
         &conn.worker,
         &cfg,
         parts,
@@ -874,9 +984,24 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         conn.source,
         (scheme, upgrade.as_deref(), header_timeout),
         done.info.as_deref_mut(),
-    )
-    .await
-    {
+    );
+    // The connection manager's stream timers run while the router waits for the response
+    // headers; after that, the response body watches them.
+    let routed = match &timers {
+        None => routed.await,
+        Some(t) => tokio::select! {
+            r = routed => r,
+            e = t.fired() => {
+                stats.expired(e);
+                let mut reply = e.reply(t.request_done());
+                // The rest of an unfinished HTTP/1.1 request cannot be told from the next one:
+                // the connection ends with the reply, as in Envoy.
+                reply.close = !t.request_done() && codec == Codec::Http1;
+                Err(reply)
+            }
+        },
+    };
+    match routed {
         Ok((mut resp, upstream, deadline)) => {
             let switching =
                 upgrade.is_some() && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
@@ -950,7 +1075,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
                 *conn.tunnel.borrow_mut() = Some(Box::pin(tunnel(stream, down, up)));
                 return Response::from_parts(head, Tracked::new(body, done, None));
             }
-            Response::from_parts(head, Tracked::new(body, done, deadline))
+            Response::from_parts(head, Tracked::new(body, done, deadline).with_timers(timers))
         }
         Err(mut reply) => {
             // Whatever follows an upgrade request was meant for the upgraded protocol: a
@@ -1105,10 +1230,15 @@ fn finish_response(
     if let Some(id) = request_id {
         head.headers.insert(names::X_REQUEST_ID.clone(), id);
     }
-    if conn.drain.drain_close() && conn.codec.get() != Some(Codec::Http2) {
-        head.headers
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        conn.hcm.stats.downstream_cx_drain_close.inc();
+    if conn.codec.get() != Some(Codec::Http2) {
+        if conn.closing.get() {
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        } else if conn.drain.drain_close() {
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            conn.hcm.stats.downstream_cx_drain_close.inc();
+        }
     }
 }
 

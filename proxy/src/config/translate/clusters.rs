@@ -217,6 +217,21 @@ pub(super) fn translate_cluster(
                     "{opath}.common_http_protocol_options.headers_with_underscores_action"
                 )));
             }
+            // Upstream connection timeouts are not built yet.
+            for (name, set) in [
+                ("idle_timeout", common.idle_timeout.is_some()),
+                (
+                    "max_connection_duration",
+                    common.max_connection_duration.is_some(),
+                ),
+                ("max_stream_duration", common.max_stream_duration.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::unsupported(format!(
+                        "{opath}.common_http_protocol_options.{name}"
+                    )));
+                }
+            }
             if let Some(m) = &common.max_requests_per_connection {
                 max_requests_per_connection = Some(m.value);
             }

@@ -651,9 +651,9 @@ pub(super) fn http_connection_manager(
         server_header_transformation: _,
         scheme_header_transformation,
         max_request_headers_kb,
-        stream_idle_timeout,
+        stream_idle_timeout: _,
         stream_flush_timeout,
-        request_timeout,
+        request_timeout: _,
         request_headers_timeout,
         drain_timeout,
         drain_timeout_jitter,
@@ -711,9 +711,7 @@ pub(super) fn http_connection_manager(
         scheme_header_transformation,
     )?;
     refuse(path, "max_request_headers_kb", max_request_headers_kb)?;
-    refuse(path, "stream_idle_timeout", stream_idle_timeout)?;
     refuse(path, "stream_flush_timeout", stream_flush_timeout)?;
-    refuse(path, "request_timeout", request_timeout)?;
     refuse(path, "request_headers_timeout", request_headers_timeout)?;
     refuse(path, "drain_timeout", drain_timeout)?;
     refuse(path, "drain_timeout_jitter", drain_timeout_jitter)?;

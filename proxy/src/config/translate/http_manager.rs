@@ -212,6 +212,23 @@ pub(super) fn translate_hcm(
             super::cidr_ranges(&c.cidr_ranges, &format!("{ipath}.cidr_ranges"))?
         }
     };
+    let mut timeouts = HcmTimeouts::default();
+    // A zero duration turns the timeout off, as in Envoy.
+    let nonzero = |d: &Option<envoy_types::pb::google::protobuf::Duration>,
+                   p: &str|
+     -> Result<Option<Option<std::time::Duration>>, ConfigError> {
+        d.as_ref()
+            .map(|d| {
+                super::duration(d, &format!("{path}.{p}")).map(|d| (!d.is_zero()).then_some(d))
+            })
+            .transpose()
+    };
+    if let Some(d) = nonzero(&h.stream_idle_timeout, "stream_idle_timeout")? {
+        timeouts.stream_idle = d;
+    }
+    if let Some(d) = nonzero(&h.request_timeout, "request_timeout")? {
+        timeouts.request = d;
+    }
     let underscores = match &h.common_http_protocol_options {
         None => Underscores::Allow,
         Some(o) => {
@@ -227,24 +244,34 @@ pub(super) fn translate_hcm(
                 max_requests_per_connection,
             } = o;
             for (name, set) in [
-                ("idle_timeout", idle_timeout.is_some()),
-                ("max_connection_duration", max_connection_duration.is_some()),
                 (
                     "max_connection_duration_jitter",
                     max_connection_duration_jitter.is_some(),
                 ),
                 ("max_headers_count", max_headers_count.is_some()),
                 ("max_response_headers_kb", max_response_headers_kb.is_some()),
-                ("max_stream_duration", max_stream_duration.is_some()),
-                (
-                    "max_requests_per_connection",
-                    max_requests_per_connection.is_some(),
-                ),
             ] {
                 if set {
                     return Err(ConfigError::unsupported(format!("{opath}.{name}")));
                 }
             }
+            let opt = |d: &Option<envoy_types::pb::google::protobuf::Duration>, p: &str| {
+                nonzero(d, &format!("common_http_protocol_options.{p}"))
+            };
+            if let Some(d) = opt(idle_timeout, "idle_timeout")? {
+                timeouts.connection_idle = d;
+            }
+            if let Some(d) = opt(max_connection_duration, "max_connection_duration")? {
+                timeouts.max_connection_duration = d;
+            }
+            if let Some(d) = opt(max_stream_duration, "max_stream_duration")? {
+                timeouts.max_stream_duration = d;
+            }
+            // Zero (or unset) is no limit.
+            timeouts.max_requests_per_connection = max_requests_per_connection
+                .as_ref()
+                .map(|v| v.value)
+                .filter(|&n| n > 0);
             use core::http_protocol_options::HeadersWithUnderscoresAction as U;
             match U::try_from(*headers_with_underscores_action) {
                 Ok(U::Allow) => Underscores::Allow,
@@ -261,6 +288,7 @@ pub(super) fn translate_hcm(
     };
     Ok(HttpConnectionManager {
         underscores,
+        timeouts,
         use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
         xff_num_trusted_hops: h.xff_num_trusted_hops,
         skip_xff_append: h.skip_xff_append,

@@ -81,7 +81,7 @@ impl Upstream {
         }
         match reason {
             EndReason::Complete => {}
-            EndReason::DownstreamReset => stats.upstream_rq_tx_reset.inc(),
+            EndReason::DownstreamReset | EndReason::Expired(_) => stats.upstream_rq_tx_reset.inc(),
             EndReason::UpstreamReset | EndReason::UpstreamProtocolError => {
                 stats.upstream_rq_rx_reset.inc()
             }

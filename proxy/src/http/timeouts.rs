@@ -1,0 +1,394 @@
+//! The connection manager's timers, as Envoy's: per stream `stream_idle_timeout`,
+//! `request_timeout` and `max_stream_duration`; per connection the idle timeout,
+//! `max_connection_duration`, and a write that the client never lets finish.
+//!
+//! Timers are lazy: activity only moves a timestamp, and a timer that wakes early (there was
+//! activity since it was set) sets itself again for the new deadline, so a busy stream costs
+//! no timer work per byte.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::config::model::HcmTimeouts;
+use crate::http::body::RequestProgress;
+use crate::http::local_reply::LocalReply;
+use crate::stats::Counter;
+use crate::stream_info::ResponseFlag;
+
+/// Which stream timer ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// `stream_idle_timeout`: no bytes either way for that long.
+    Idle,
+    /// `request_timeout`: the request had not fully arrived in time.
+    Request,
+    /// `max_stream_duration`.
+    MaxDuration,
+}
+
+impl Expiry {
+    /// `%RESPONSE_CODE_DETAILS%` for the stream it ended.
+    pub fn details(self) -> &'static str {
+        match self {
+            Expiry::Idle => "stream_idle_timeout",
+            Expiry::Request => "request_overall_timeout",
+            Expiry::MaxDuration => "max_duration_timeout",
+        }
+    }
+
+    /// The response flag Envoy sets (only the idle timeout has one).
+    pub fn flag(self) -> Option<ResponseFlag> {
+        match self {
+            Expiry::Idle => Some(ResponseFlag::StreamIdleTimeout),
+            Expiry::Request | Expiry::MaxDuration => None,
+        }
+    }
+
+    /// The local reply for a stream whose response has not started. The idle timeout of a
+    /// request that has fully arrived (so the wait is on the upstream) is a 504, as in Envoy.
+    pub fn reply(self, request_done: bool) -> LocalReply {
+        let (status, body) = match self {
+            Expiry::Idle if request_done => (http::StatusCode::GATEWAY_TIMEOUT, "stream timeout"),
+            Expiry::Idle => (http::StatusCode::REQUEST_TIMEOUT, "stream timeout"),
+            Expiry::Request => (http::StatusCode::REQUEST_TIMEOUT, "request timeout"),
+            Expiry::MaxDuration => (
+                http::StatusCode::REQUEST_TIMEOUT,
+                "downstream duration timeout",
+            ),
+        };
+        LocalReply {
+            status,
+            body: bytes::Bytes::from_static(body.as_bytes()),
+            details: self.details(),
+            flag: self.flag(),
+            ..LocalReply::TIMEOUT
+        }
+    }
+}
+
+/// The timers of one stream. Activity is recorded in the stream's [`RequestProgress`] (request
+/// body) and by the response body ([`StreamTimers::touch`]).
+#[derive(Debug)]
+pub struct StreamTimers {
+    started: Instant,
+    idle: Option<Duration>,
+    request_limit: Option<Duration>,
+    max_duration: Option<Duration>,
+    request: Rc<RequestProgress>,
+    /// The one timer, set for the earliest deadline; made on first use.
+    sleep: RefCell<Option<Pin<Box<Sleep>>>>,
+}
+
+impl StreamTimers {
+    /// The timers `t` asks for on a stream that started now; `None` when all are off.
+    pub fn new(t: &HcmTimeouts, request: Rc<RequestProgress>) -> Option<Rc<StreamTimers>> {
+        if t.stream_idle.is_none() && t.request.is_none() && t.max_stream_duration.is_none() {
+            return None;
+        }
+        let started = Instant::now();
+        request.touch_at(started);
+        Some(Rc::new(StreamTimers {
+            started,
+            idle: t.stream_idle,
+            request_limit: t.request,
+            max_duration: t.max_stream_duration,
+            request,
+            sleep: RefCell::new(None),
+        }))
+    }
+
+    /// Records activity on the stream (bytes of the response).
+    pub fn touch(&self) {
+        if self.idle.is_some() {
+            self.request.touch_at(Instant::now());
+        }
+    }
+
+    /// The request has fully arrived.
+    pub fn request_done(&self) -> bool {
+        self.request.done_at().is_some()
+    }
+
+    /// The earliest time a timer may run out.
+    fn next(&self) -> Option<Instant> {
+        let idle = self.idle.map(|d| self.request.last_activity() + d);
+        let request = self
+            .request_limit
+            .filter(|_| self.request.done_at().is_none())
+            .map(|d| self.started + d);
+        let max = self.max_duration.map(|d| self.started + d);
+        [idle, request, max].into_iter().flatten().min()
+    }
+
+    /// The timer that has run out by `now`, if one has.
+    fn expired(&self, now: Instant) -> Option<Expiry> {
+        if self.max_duration.is_some_and(|d| now >= self.started + d) {
+            return Some(Expiry::MaxDuration);
+        }
+        if self.request.done_at().is_none()
+            && self.request_limit.is_some_and(|d| now >= self.started + d)
+        {
+            return Some(Expiry::Request);
+        }
+        if self
+            .idle
+            .is_some_and(|d| now >= self.request.last_activity() + d)
+        {
+            return Some(Expiry::Idle);
+        }
+        None
+    }
+
+    /// Resolves when a timer runs out.
+    pub async fn fired(&self) -> Expiry {
+        std::future::poll_fn(|cx| match self.poll_expired(cx) {
+            Some(e) => Poll::Ready(e),
+            None => Poll::Pending,
+        })
+        .await
+    }
+
+    /// Whether a timer has run out, waking `cx` when one may.
+    pub fn poll_expired(&self, cx: &mut Context<'_>) -> Option<Expiry> {
+        let mut sleep = self.sleep.borrow_mut();
+        loop {
+            let next = self.next()?;
+            match sleep.as_mut() {
+                Some(s) if s.deadline() == next => {}
+                Some(s) => s.as_mut().reset(next),
+                None => *sleep = Some(Box::pin(tokio::time::sleep_until(next))),
+            }
+            let s = sleep.as_mut()?;
+            if s.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            if let Some(e) = self.expired(Instant::now()) {
+                return Some(e);
+            }
+        }
+    }
+}
+
+/// A connection's streams in flight, for its idle timeout: the time it became idle, if it is.
+#[derive(Debug)]
+pub struct Activity {
+    active: Cell<u32>,
+    idle_since: Cell<Option<Instant>>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            active: Cell::new(0),
+            idle_since: Cell::new(Some(Instant::now())),
+        }
+    }
+}
+
+impl Activity {
+    /// A stream started.
+    pub fn stream_started(&self) {
+        self.active.set(self.active.get() + 1);
+        self.idle_since.set(None);
+    }
+
+    /// A stream ended.
+    pub fn stream_ended(&self) {
+        let n = self.active.get().saturating_sub(1);
+        self.active.set(n);
+        if n == 0 {
+            self.idle_since.set(Some(Instant::now()));
+        }
+    }
+
+    /// No stream is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.active.get() == 0
+    }
+
+    /// Resolves once the connection has had no stream for `limit`.
+    pub async fn idle_for(&self, limit: Duration) {
+        let mut sleep = Box::pin(tokio::time::sleep(limit));
+        loop {
+            sleep.as_mut().await;
+            let now = Instant::now();
+            match self.idle_since.get() {
+                Some(since) if now >= since + limit => return,
+                Some(since) => sleep.as_mut().reset(since + limit),
+                None => sleep.as_mut().reset(now + limit),
+            }
+        }
+    }
+}
+
+/// A downstream connection whose writes may wait for the client at most `limit` at a time
+/// (the stream idle timeout of a client that stops reading): past it the write fails, which
+/// ends the connection, and `expired` counts it.
+pub struct WriteStall<T> {
+    inner: T,
+    limit: Option<Duration>,
+    expired: Counter,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> WriteStall<T> {
+    /// Wraps `inner`; without a limit, writes wait as long as they must.
+    pub fn new(inner: T, limit: Option<Duration>, expired: Counter) -> Self {
+        WriteStall {
+            inner,
+            limit,
+            expired,
+            timer: None,
+        }
+    }
+
+    fn note<R>(&mut self, r: Poll<io::Result<R>>, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        let Some(limit) = self.limit else {
+            return r;
+        };
+        if r.is_ready() {
+            self.timer = None;
+            return r;
+        }
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.timer = None;
+            self.expired.inc();
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read within the stream idle timeout",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteStall<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStall<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.note(r, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(r, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::FlowPair;
+
+    fn timers(t: HcmTimeouts) -> (Rc<StreamTimers>, Rc<RequestProgress>) {
+        let request = Rc::new(RequestProgress::new(FlowPair::default()));
+        (StreamTimers::new(&t, request.clone()).expect("on"), request)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timer_moves_with_activity() {
+        let (t, _) = timers(HcmTimeouts {
+            stream_idle: Some(Duration::from_secs(5)),
+            ..HcmTimeouts::default()
+        });
+        let start = Instant::now();
+        let fired = t.fired();
+        tokio::pin!(fired);
+        tokio::select! {
+            _ = &mut fired => panic!("fired early"),
+            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+        }
+        t.touch();
+        let e = fired.await;
+        assert_eq!(e, Expiry::Idle);
+        assert_eq!(Instant::now() - start, Duration::from_secs(8));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_timer_stops_when_the_request_is_done() {
+        let (t, request) = timers(HcmTimeouts {
+            stream_idle: None,
+            request: Some(Duration::from_secs(2)),
+            max_stream_duration: Some(Duration::from_secs(10)),
+            ..HcmTimeouts::default()
+        });
+        let start = Instant::now();
+        request.mark_done();
+        assert_eq!(t.fired().await, Expiry::MaxDuration);
+        assert_eq!(Instant::now() - start, Duration::from_secs(10));
+        let (t, _) = timers(HcmTimeouts {
+            stream_idle: Some(Duration::from_secs(5)),
+            request: Some(Duration::from_secs(2)),
+            ..HcmTimeouts::default()
+        });
+        assert_eq!(t.fired().await, Expiry::Request);
+    }
+
+    #[test]
+    fn replies_as_envoy() {
+        assert_eq!(Expiry::Idle.reply(true).status, 504);
+        assert_eq!(Expiry::Idle.reply(false).status, 408);
+        assert_eq!(
+            Expiry::Request.reply(false).body,
+            "request timeout".as_bytes()
+        );
+        assert_eq!(Expiry::MaxDuration.reply(true).flag, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connection_idle_counts_from_the_last_stream() {
+        let a = Activity::default();
+        let start = Instant::now();
+        a.stream_started();
+        let wait = a.idle_for(Duration::from_secs(10));
+        tokio::pin!(wait);
+        tokio::select! {
+            _ = &mut wait => panic!("idle while a stream is active"),
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+        }
+        a.stream_ended();
+        wait.await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(25));
+    }
+}
