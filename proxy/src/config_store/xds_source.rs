@@ -106,6 +106,7 @@ impl ConfigStore {
             type_url::ENDPOINT => Kind::Eds(name),
             _ => Kind::Sds(name),
         };
+        let mut failed = BTreeSet::new();
         for (name, idx) in by_name {
             let kind = kind_of(name.clone());
             let Some(src) = self
@@ -137,6 +138,34 @@ impl ConfigStore {
             };
             if let Err(e) = self.deliver(kind, &src, &one, None) {
                 errors.push(e);
+                failed.insert(name);
+            }
+        }
+        if !errors.is_empty() {
+            // As Envoy's mux: a rejected response is a failed update for every subscription
+            // of its type on this stream, those whose own resource applied included.
+            let names: Vec<String> = match url {
+                type_url::ROUTE => self.rds.keys().cloned().collect(),
+                type_url::ENDPOINT => self.eds.keys().cloned().collect(),
+                _ => self.secrets.keys().cloned().collect(),
+            };
+            // A per-type stream of one name (skiff opens one per resource) feeds that name only.
+            let on_stream = |n: &String| match stream {
+                StreamKey::Api(_, _, own) if !own.is_empty() => own == n,
+                _ => true,
+            };
+            for name in names
+                .into_iter()
+                .filter(|n| !failed.contains(n) && on_stream(n))
+            {
+                let kind = kind_of(name);
+                if let Some(scope) = self
+                    .subscription(&kind)
+                    .filter(|s| stream_feeds(stream, &s.source))
+                    .map(|s| s.scope.clone())
+                {
+                    self.main.counter(&format!("{scope}update_rejected")).inc();
+                }
             }
         }
         if url == type_url::ENDPOINT {
