@@ -1988,10 +1988,16 @@ fn secret_refs(
         for s in &c.tls_certificate_sds_secret_configs {
             out.push((s.name.clone(), s.sds_config.clone()));
         }
-        if let Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) =
-            &c.validation_context_type
-        {
-            out.push((s.name.clone(), s.sds_config.clone()));
+        match &c.validation_context_type {
+            Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
+                out.push((s.name.clone(), s.sds_config.clone()));
+            }
+            Some(ValidationContextType::CombinedValidationContext(cv)) => {
+                if let Some(s) = &cv.validation_context_sds_secret_config {
+                    out.push((s.name.clone(), s.sds_config.clone()));
+                }
+            }
+            _ => {}
         }
     }
     out

@@ -247,7 +247,8 @@ fn fields_the_protos_do_not_know_are_dropped_and_counted() {
     assert_eq!(stat(&stats, "server.dynamic_unknown_fields"), 1);
 }
 
-/// A listener whose TLS names SDS secrets, Istio's way (certificate `default`, CA `ROOTCA`).
+/// A listener whose TLS names SDS secrets, Istio's way (certificate `default`, CA `ROOTCA`
+/// through a combined validation context).
 fn mtls_listener(name: &str, port: u16, fetch_timeout: &str) -> String {
     let src = format!("{{ads: {{}}, resource_api_version: V3{fetch_timeout}}}");
     format!(
@@ -263,7 +264,9 @@ fn mtls_listener(name: &str, port: u16, fetch_timeout: &str) -> String {
         require_client_certificate: true
         common_tls_context:
           tls_certificate_sds_secret_configs: [{{name: default, sds_config: {src}}}]
-          validation_context_sds_secret_config: {{name: ROOTCA, sds_config: {src}}}
+          combined_validation_context:
+            default_validation_context: {{match_typed_subject_alt_names: [{{san_type: URI, matcher: {{prefix: "spiffe://cluster.local/"}}}}]}}
+            validation_context_sds_secret_config: {{name: ROOTCA, sds_config: {src}}}
 "#
     )
 }

@@ -373,6 +373,38 @@ fn common_context(
                 }
             }
         }
+        Some(tls::common_tls_context::ValidationContextType::CombinedValidationContext(cv)) => {
+            let p = format!("{path}.combined_validation_context");
+            super::fields::combined_validation_context(cv, &p)?;
+            let empty = tls::CertificateValidationContext::default();
+            let default = cv.default_validation_context.as_ref().unwrap_or(&empty);
+            let Some(s) = cv.validation_context_sds_secret_config.as_ref() else {
+                return Err(ConfigError::new(
+                    format!("{p}.validation_context_sds_secret_config"),
+                    "required",
+                ));
+            };
+            let sp = format!("{p}.validation_context_sds_secret_config");
+            match validation_secret(secrets, s, &sp)? {
+                None => {
+                    // The default context alone is checked now, so a bad matcher is
+                    // refused before the secret arrives.
+                    validation_context_fields(default, &format!("{p}.default_validation_context"))?;
+                    pending = true;
+                    None
+                }
+                Some(dynamic) => {
+                    sources.validation = format!(
+                        "combined_validation_context.validation_context_sds_secret_config (secret '{}').validation_context",
+                        s.name
+                    );
+                    Some(validation_context(
+                        &combined(default, dynamic),
+                        &format!("{p} (with secret '{}')", s.name),
+                    )?)
+                }
+            }
+        }
         Some(_) => {
             return Err(ConfigError::unsupported(format!(
                 "{path}.validation_context_type"
@@ -395,6 +427,22 @@ fn common_context(
         pending,
         sources,
     ))
+}
+
+/// Envoy's combined validation context: the secret's context merged into the default one
+/// (protobuf merge: the secret's set fields win, its lists are appended), so the default
+/// context's SAN matchers apply with the secret's trusted CA.
+fn combined(
+    default: &tls::CertificateValidationContext,
+    dynamic: &tls::CertificateValidationContext,
+) -> tls::CertificateValidationContext {
+    use prost::Message;
+    let mut out = default.clone();
+    // Both are valid messages of the same type: merging the encoding of one cannot fail.
+    if out.merge(dynamic.encode_to_vec().as_slice()).is_err() {
+        return dynamic.clone();
+    }
+    out
 }
 
 /// The validation context secret `s` names: None while it has not arrived.
@@ -572,4 +620,98 @@ fn validation_context_fields(
         });
     }
     Ok(san_matchers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sds(name: &str) -> tls::SdsSecretConfig {
+        tls::SdsSecretConfig {
+            name: name.into(),
+            sds_config: Some(core::ConfigSource::default()),
+        }
+    }
+
+    /// Istio's shape: the default context's URI SAN matcher, the CA from secret `ROOTCA`.
+    fn istio_common() -> tls::CommonTlsContext {
+        use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+        let san = tls::SubjectAltNameMatcher {
+            san_type: PbSanType::Uri as i32,
+            matcher: Some(matcher::StringMatcher {
+                match_pattern: Some(matcher::string_matcher::MatchPattern::Prefix(
+                    "spiffe://cluster.local/".into(),
+                )),
+                ignore_case: false,
+            }),
+            oid: String::new(),
+        };
+        tls::CommonTlsContext {
+            validation_context_type: Some(
+                tls::common_tls_context::ValidationContextType::CombinedValidationContext(
+                    tls::common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(tls::CertificateValidationContext {
+                            match_typed_subject_alt_names: vec![san],
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(sds("ROOTCA")),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_combined_validation_context_takes_the_default_matchers_and_the_secret_ca() {
+        let c = istio_common();
+        let (_, _, _, v, pending, _) = common_context(&c, "c", &Secrets::new()).expect("pending");
+        assert!(pending && v.is_none(), "waits for ROOTCA");
+
+        let mut secrets = Secrets::new();
+        secrets.insert(
+            "ROOTCA".into(),
+            tls::Secret {
+                name: "ROOTCA".into(),
+                r#type: Some(tls::secret::Type::ValidationContext(
+                    tls::CertificateValidationContext {
+                        trusted_ca: Some(core::DataSource {
+                            specifier: Some(core::data_source::Specifier::InlineString(
+                                "PEM".into(),
+                            )),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )),
+            },
+        );
+        let (_, _, _, v, pending, sources) = common_context(&c, "c", &secrets).expect("built");
+        let v = v.expect("a validation");
+        assert!(!pending);
+        assert!(matches!(v.trusted_ca, Some(DataSource::Inline(ref b)) if b == b"PEM"));
+        assert_eq!(v.san_matchers.len(), 1);
+        assert_eq!(v.san_matchers[0].san_type, SanType::Uri);
+        assert_eq!(
+            sources.validation,
+            "combined_validation_context.validation_context_sds_secret_config (secret 'ROOTCA').validation_context"
+        );
+    }
+
+    #[test]
+    fn a_secret_named_without_sds_config_must_be_static() {
+        let c = tls::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![tls::SdsSecretConfig {
+                name: "missing".into(),
+                sds_config: None,
+            }],
+            ..Default::default()
+        };
+        let e = common_context(&c, "c", &Secrets::new()).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "c.tls_certificate_sds_secret_configs[0].name: secret 'missing' is not available"
+        );
+    }
 }
