@@ -306,7 +306,7 @@ impl Side {
             .collect()
     }
 
-    /// `/config_dump`'s dynamic active secrets: name and version.
+    /// `/config_dump`'s dynamic active and warming secrets: name and version.
     async fn secrets(&self) -> Vec<String> {
         let text = skiff_tests::Admin::new(self.admin)
             .get("/config_dump")
@@ -321,6 +321,17 @@ impl Side {
                 .ends_with("SecretsConfigDump")
             {
                 continue;
+            }
+            for s in c["dynamic_warming_secrets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                out.push(format!(
+                    "{} {} warming",
+                    s["name"].as_str().unwrap_or("-"),
+                    s["version_info"].as_str().unwrap_or("-"),
+                ));
             }
             for s in c["dynamic_active_secrets"].as_array().into_iter().flatten() {
                 let key = &s["secret"]["tls_certificate"]["private_key"];

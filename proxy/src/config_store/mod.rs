@@ -105,6 +105,8 @@ pub struct Dump {
     pub endpoints: Vec<(bool, Dumped)>,
     /// Secrets, private keys redacted: (static, the secret).
     pub secrets: Vec<(bool, Dumped)>,
+    /// SDS secrets subscribed to that have not arrived (version `uninitialized`, as Envoy).
+    pub warming_secrets: Vec<Dumped>,
     /// The last accepted LDS version.
     pub lds_version: String,
     /// The last accepted CDS version.
@@ -1549,6 +1551,23 @@ impl ConfigStore {
                 .secrets
                 .values()
                 .filter_map(|s| s.value.as_ref().map(|v| (s.sub.is_none(), v.dump.clone())))
+                .collect(),
+            warming_secrets: self
+                .secrets
+                .iter()
+                .filter(|(_, s)| s.value.is_none())
+                .filter_map(|(name, s)| {
+                    let sub = s.sub.as_ref()?;
+                    let json = serde_json::json!({"@type": type_url::SECRET, "name": name});
+                    Some(Dumped {
+                        name: name.clone(),
+                        json: Arc::new(json),
+                        version: "uninitialized".into(),
+                        last_updated: SystemTime::now()
+                            .checked_sub(sub.created.elapsed())
+                            .unwrap_or_else(SystemTime::now),
+                    })
+                })
                 .collect(),
             lds_version: self
                 .lds
