@@ -397,6 +397,24 @@ async fn set_all(
     }
 }
 
+/// Whether `node` answered the response of `t` at `v` yet.
+fn answered(cp: &ControlPlane, node: &str, t: &str, v: &str) -> bool {
+    let events = cp.events();
+    let Some(nonce) = events
+        .iter()
+        .rev()
+        .find(|e| {
+            e["event"] == "response" && e["node"] == node && e["type_url"] == t && e["version"] == v
+        })
+        .and_then(|e| e["nonce"].as_str().map(str::to_string))
+    else {
+        return false;
+    };
+    events
+        .iter()
+        .any(|e| e["event"] == "request" && e["node"] == node && e["nonce"] == nonce.as_str())
+}
+
 /// Both proxies of each pair answered `t` at `v` alike; returns skiff's NACK messages.
 async fn answers(cp: &ControlPlane, pairs: &[Pair], t: &str, v: &str) -> Vec<Option<String>> {
     let mut out = Vec::new();
@@ -509,10 +527,19 @@ async fn istio_shaped_mtls_over_sds_warms_rotates_and_refuses_as_envoy_does() {
             format!("{}{}", plain_cluster(up_port), mtls_cluster(s, sds))
         })
         .await;
-        // Over ADS Envoy holds the CDS ACK back while a cluster warms (skiff sends it at
-        // once; docs/compatibility.md): the answers are compared once the secrets are in.
         tokio::time::sleep(Duration::from_millis(300)).await;
         check(&pairs, "listener and cluster before their secrets", "failed").await;
+        // Over ADS the CDS answer is held back while a cluster warms (Envoy's cluster
+        // manager pauses CDS) and goes out once the secrets are in.
+        for p in &pairs {
+            for s in &p.sides {
+                assert!(
+                    !answered(&cp, &s.node, CLUSTER, "2"),
+                    "{}: answered CDS while self_mtls warms",
+                    s.node
+                );
+            }
+        }
 
         // 2. The secrets arrive: both warm, and traffic flows through both mTLS ends.
         set_all(&mut cp, &pairs, SECRET, "1", |_, _| secrets(&first, &ca)).await;

@@ -267,6 +267,8 @@ pub struct ConfigStore {
     lds_asked: bool,
     /// Start-up's first round is over (the workers run, or may).
     initialized: bool,
+    /// The types whose answers ADS holds back (CDS while clusters warm).
+    paused: tokio::sync::watch::Sender<BTreeSet<&'static str>>,
     xds_tx: mpsc::UnboundedSender<XdsEvent>,
     xds_rx: Option<mpsc::UnboundedReceiver<XdsEvent>>,
 }
@@ -348,6 +350,7 @@ impl ConfigStore {
             interests: BTreeMap::new(),
             lds_asked: false,
             initialized: false,
+            paused: tokio::sync::watch::Sender::new(BTreeSet::new()),
             xds_tx,
             xds_rx: Some(xds_rx),
         };
@@ -1655,6 +1658,7 @@ impl ConfigStore {
         }
         // The workers start once nothing warms any more (or they already run).
         self.initialized |= !self.workers.is_empty() || !self.initializing();
+        self.sync_pause();
         self.update_gauges();
         self.sync_xds();
     }

@@ -20,12 +20,33 @@ impl ConfigStore {
     /// answered with the verdict (ACK, or one NACK with every rejection's message).
     pub fn on_xds(&mut self, ev: XdsEvent) {
         let verdict = self.apply_xds(&ev.stream, &ev.type_url, ev.update);
-        let _ = ev.verdict.send(verdict);
         self.sync_eds();
         self.sync_rds();
         self.sync_sds();
         self.promote();
+        // Before the verdict, so that a CDS answer the warming clusters hold back is held.
+        self.sync_pause();
+        let _ = ev.verdict.send(verdict);
         self.publish();
+    }
+
+    /// As Envoy's cluster manager: once the first clusters are initialized, the CDS answers on
+    /// ADS are held back while any cluster warms (so a control plane can sequence CDS and
+    /// EDS or SDS), and go out when none does.
+    pub(super) fn sync_pause(&mut self) {
+        let cds_on_ads = self
+            .cds
+            .as_ref()
+            .is_some_and(|s| matches!(s.source.kind, SourceKind::Ads));
+        let warming = self.clusters.values().any(|s| s.warming.is_some());
+        let pause = cds_on_ads && self.lds_asked && warming;
+        self.paused.send_if_modified(|set| {
+            if pause {
+                set.insert(type_url::CLUSTER)
+            } else {
+                set.remove(type_url::CLUSTER)
+            }
+        });
     }
 
     /// Applies one xDS response; the error is the NACK's message.
@@ -329,6 +350,7 @@ impl ConfigStore {
                 self.node.clone(),
                 self.xds_tx.clone(),
                 (self.main.clone(), scope),
+                self.paused.subscribe(),
             );
             self.streams.insert(key.clone(), stream);
         }
