@@ -4,7 +4,8 @@
 //! `combined_validation_context`: the default context's SPIFFE URI SAN matcher with the trusted
 //! CA of secret `ROOTCA`) and a cluster that talks mTLS to it (`UpstreamTlsContext` built the
 //! same way), both with certificate `default`. The certificates' only names are SPIFFE URIs.
-//! Secrets come over ADS for one pair and over a separate SDS gRPC source for the other.
+//! Secrets come over ADS (state of the world, and delta) and over a separate SDS gRPC source,
+//! a pair of proxies each.
 //!
 //! Steps: the listener and cluster arrive before their secrets and warm; once the secrets
 //! arrive traffic flows (plain client → `out` listener → the mTLS cluster → the `mtls`
@@ -105,6 +106,8 @@ fn secrets(cert: &(String, String), ca: &str) -> String {
 enum Sds {
     /// Over ADS with everything else.
     Ads,
+    /// Over ADS, delta (incremental) protocol.
+    Delta,
     /// From their own SDS gRPC source (as Istio's `sds-grpc`).
     Grpc,
 }
@@ -128,7 +131,7 @@ struct Pair {
 
 fn sds_source(sds: Sds) -> &'static str {
     match sds {
-        Sds::Ads => "{ads: {}, resource_api_version: V3}",
+        Sds::Ads | Sds::Delta => "{ads: {}, resource_api_version: V3}",
         Sds::Grpc => "{api_config_source: {api_type: GRPC, transport_api_version: V3, set_node_on_first_message_only: true, grpc_services: [{envoy_grpc: {cluster_name: xds}}]}, resource_api_version: V3}",
     }
 }
@@ -239,14 +242,19 @@ fn mtls_cluster(side: &Side, sds: Sds) -> String {
     )
 }
 
-fn bootstrap(node: &str, admin: u16, cp_port: u16) -> String {
+fn bootstrap(node: &str, admin: u16, cp_port: u16, sds: Sds) -> String {
+    let api = if sds == Sds::Delta {
+        "DELTA_GRPC"
+    } else {
+        "GRPC"
+    };
     format!(
         r#"
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 node: {{id: {node}, cluster: sds-test}}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api}
     transport_api_version: V3
     set_node_on_first_message_only: true
     grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
@@ -483,7 +491,7 @@ fn start_side(kind: Kind, sds: Sds, cp_port: u16) -> Side {
     };
     side.proxy = Some(ProxyProcess::spawn(
         kind,
-        &bootstrap(&side.node, admin, cp_port),
+        &bootstrap(&side.node, admin, cp_port, sds),
         &["--concurrency", "1", "--drain-time-s", "1"],
         admin,
     ));
@@ -507,7 +515,7 @@ async fn istio_shaped_mtls_over_sds_warms_rotates_and_refuses_as_envoy_does() {
         let dir = scratch_dir("sds");
         let mut cp = ControlPlane::start(CP, 0, &dir.join("xds.sock")).await;
         let mut pairs = Vec::new();
-        for sds in [Sds::Ads, Sds::Grpc] {
+        for sds in [Sds::Ads, Sds::Delta, Sds::Grpc] {
             pairs.push(Pair {
                 sds,
                 sides: [
