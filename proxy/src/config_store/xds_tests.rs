@@ -368,3 +368,39 @@ async fn a_listener_whose_secrets_never_come_serves_after_the_initial_fetch_time
 }
 
 const SECRET_URL: &str = type_url::SECRET;
+
+#[tokio::test]
+async fn a_static_listener_follows_its_sds_secrets_as_istio_bootstraps_name_them() {
+    let src = "{ads: {}, resource_api_version: V3}";
+    let boot = format!(
+        r#"{BOOTSTRAP}  listeners:
+  - name: static_mtls
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 10013}}}}
+    filter_chains:
+    - filters: [{{name: t, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: xds}}}}]
+      transport_socket:
+        name: tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificate_sds_secret_configs: [{{name: default, sds_config: {src}}}]
+            combined_validation_context:
+              default_validation_context: {{}}
+              validation_context_sds_secret_config: {{name: ROOTCA, sds_config: {src}}}
+"#
+    );
+    let loaded = crate::config::load_text(&boot).expect("a static listener with SDS secrets loads");
+    let stats = Arc::new(Store::new(1));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut s = ConfigStore::new(&loaded, stats.clone(), Duration::from_secs(1), tx);
+    s.start();
+    assert!(s.secrets["default"].sub.is_some(), "subscribed at start");
+    sotw(&mut s, type_url::CLUSTER, "1", " []").expect("ACK");
+    sotw(&mut s, type_url::LISTENER, "1", " []").expect("ACK");
+    assert!(s.initializing(), "start-up waits for the secrets");
+    assert!(s.listeners["static_mtls"].active.is_none());
+    sotw(&mut s, SECRET_URL, "1", &istio_secrets(true)).expect("ACK");
+    assert!(s.listeners["static_mtls"].active.is_some());
+    assert!(!s.initializing());
+    assert_eq!(stat(&stats, "sds.default.update_success"), 1);
+}
