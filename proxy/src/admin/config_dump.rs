@@ -199,6 +199,11 @@ fn sections(state: &AdminState, include_eds: bool) -> Vec<Section> {
                     .map(|(_, s)| secret(s, true))
                     .collect(),
             ),
+            (
+                "dynamic_warming_secrets",
+                "SecretsConfigDump.DynamicSecret",
+                d.warming_secrets.iter().map(|s| secret(s, true)).collect(),
+            ),
         ],
     });
     out

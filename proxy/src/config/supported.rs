@@ -888,7 +888,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "alpn_protocols",
             "tls_certificate_sds_secret_configs",
             "validation_context_sds_secret_config",
+            "combined_validation_context",
         ],
+    ),
+    (
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext",
+        &["default_validation_context", "validation_context_sds_secret_config"],
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig",

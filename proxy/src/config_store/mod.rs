@@ -5,8 +5,8 @@
 //! (arc-swap). An update is checked whole before anything changes: a rejected one changes
 //! nothing.
 //!
-//! As Envoy's init manager does, a listener whose routes (RDS) or a cluster whose endpoints
-//! (EDS) have not arrived is *warming*: it is kept aside, and the version in force (if any)
+//! As Envoy's init manager does, a listener whose routes (RDS) or secrets (SDS), or a cluster
+//! whose endpoints (EDS) or secrets have not arrived is *warming*: it is kept aside, and the version in force (if any)
 //! goes on serving, until they arrive or the source's `initial_fetch_timeout` passes. At start
 //! the workers begin only once nothing warms any more.
 
@@ -105,6 +105,8 @@ pub struct Dump {
     pub endpoints: Vec<(bool, Dumped)>,
     /// Secrets, private keys redacted: (static, the secret).
     pub secrets: Vec<(bool, Dumped)>,
+    /// SDS secrets subscribed to that have not arrived (version `uninitialized`, as Envoy).
+    pub warming_secrets: Vec<Dumped>,
     /// The last accepted LDS version.
     pub lds_version: String,
     /// The last accepted CDS version.
@@ -263,6 +265,10 @@ pub struct ConfigStore {
     interests: BTreeMap<(StreamKey, &'static str), Interest>,
     /// Listeners are asked for once the first clusters are warm, as Envoy does.
     lds_asked: bool,
+    /// Start-up's first round is over (the workers run, or may).
+    initialized: bool,
+    /// The types whose answers ADS holds back (CDS while clusters warm).
+    paused: tokio::sync::watch::Sender<BTreeSet<&'static str>>,
     xds_tx: mpsc::UnboundedSender<XdsEvent>,
     xds_rx: Option<mpsc::UnboundedReceiver<XdsEvent>>,
 }
@@ -343,6 +349,8 @@ impl ConfigStore {
             streams: BTreeMap::new(),
             interests: BTreeMap::new(),
             lds_asked: false,
+            initialized: false,
+            paused: tokio::sync::watch::Sender::new(BTreeSet::new()),
             xds_tx,
             xds_rx: Some(xds_rx),
         };
@@ -439,6 +447,24 @@ impl ConfigStore {
     /// Reads the dynamic sources for the first time (clusters first, then their endpoints,
     /// then listeners and their routes, in Envoy's order) and starts following them.
     pub fn start(&mut self) {
+        // The SDS secrets static listeners and clusters name (their TLS waits for them).
+        let refs: Vec<_> = self
+            .listeners
+            .values()
+            .filter(|s| s.is_static)
+            .flat_map(|s| s.active.iter().chain(s.warming.iter()))
+            .flat_map(|v| secret_refs(&listener_tls(&v.proto)))
+            .chain(
+                self.clusters
+                    .values()
+                    .filter(|s| s.is_static)
+                    .flat_map(|s| s.active.iter().chain(s.warming.iter()))
+                    .flat_map(|v| secret_refs(&cluster_tls(&v.proto))),
+            )
+            .collect();
+        if let Err(e) = self.follow_secrets(&refs, "static_resources") {
+            tracing::error!(error = %e, "static resources: cannot follow their SDS secrets");
+        }
         if let Some(src) = self.cds.as_ref().map(|s| s.source.clone()) {
             self.watchers.watch(&src);
             self.refresh_source(&src);
@@ -470,6 +496,10 @@ impl ConfigStore {
                     .as_ref()
                     .is_some_and(|v| v.model.dns.is_some() && !self.dns.ready(&v.model))
             })
+            || self
+                .secrets
+                .values()
+                .any(|s| s.sub.as_ref().is_some_and(|sub| !sub.ready))
     }
 
     /// The channel DNS resolutions come back on; the main loop gives each to
@@ -1385,12 +1415,13 @@ impl ConfigStore {
                 .map(|v| &v.model),
         );
         let rds_ready = |name: &str| self.rds.get(name).is_some_and(|r| r.sub.ready);
+        let secrets = &self.secrets;
         let ends = Instant::now() + self.drain_time;
         for (name, slot) in self.listeners.iter_mut() {
-            let ready = slot
-                .warming
-                .as_ref()
-                .is_some_and(|w| rds_of(&w.model).iter().all(|(n, _, _)| rds_ready(n)));
+            let ready = slot.warming.as_ref().is_some_and(|w| {
+                rds_of(&w.model).iter().all(|(n, _, _)| rds_ready(n))
+                    && secrets_ready(secrets, &secret_refs(&listener_tls(&w.proto)))
+            });
             if !ready {
                 continue;
             }
@@ -1420,6 +1451,7 @@ impl ConfigStore {
                     .as_ref()
                     .is_none_or(|e| eds_ready(&e.service_name))
                     && (w.model.dns.is_none() || dns.ready(&w.model))
+                    && secrets_ready(secrets, &secret_refs(&cluster_tls(&w.proto)))
             });
             if ready {
                 slot.active = slot.warming.take();
@@ -1523,6 +1555,23 @@ impl ConfigStore {
                 .values()
                 .filter_map(|s| s.value.as_ref().map(|v| (s.sub.is_none(), v.dump.clone())))
                 .collect(),
+            warming_secrets: self
+                .secrets
+                .iter()
+                .filter(|(_, s)| s.value.is_none())
+                .filter_map(|(name, s)| {
+                    let sub = s.sub.as_ref()?;
+                    let json = serde_json::json!({"@type": type_url::SECRET, "name": name});
+                    Some(Dumped {
+                        name: name.clone(),
+                        json: Arc::new(json),
+                        version: "uninitialized".into(),
+                        last_updated: SystemTime::now()
+                            .checked_sub(sub.created.elapsed())
+                            .unwrap_or_else(SystemTime::now),
+                    })
+                })
+                .collect(),
             lds_version: self
                 .lds
                 .as_ref()
@@ -1607,6 +1656,9 @@ impl ConfigStore {
         } else {
             self.published.store(Arc::new(snapshot));
         }
+        // The workers start once nothing warms any more (or they already run).
+        self.initialized |= !self.workers.is_empty() || !self.initializing();
+        self.sync_pause();
         self.update_gauges();
         self.sync_xds();
     }
@@ -1662,15 +1714,18 @@ impl ConfigStore {
 
     fn update_gauges(&self) {
         let m = &self.main;
+        // As Envoy's listener manager: before the workers start, a listener goes straight
+        // into the active list (the server's initialization waits for it instead).
+        let started = self.initialized;
         let active = self
             .listeners
             .values()
-            .filter(|s| s.active.is_some())
+            .filter(|s| s.active.is_some() || (!started && s.warming.is_some()))
             .count();
         let warming = self
             .listeners
             .values()
-            .filter(|s| s.warming.is_some())
+            .filter(|s| started && s.warming.is_some())
             .count();
         m.gauge("listener_manager.total_listeners_active")
             .set(active as i64);
@@ -1926,6 +1981,23 @@ fn cluster_tls(c: &cluster_pb::Cluster) -> Vec<tls_pb::CommonTlsContext> {
     out
 }
 
+/// Whether every SDS secret of `refs` has arrived, or its initial fetch ended (a rejected
+/// first version or `initial_fetch_timeout`, after which, as in Envoy, the resource goes into
+/// force and its handshakes fail).
+fn secrets_ready(
+    secrets: &BTreeMap<String, SecretSlot>,
+    refs: &[(
+        String,
+        Option<envoy_types::pb::envoy::config::core::v3::ConfigSource>,
+    )],
+) -> bool {
+    refs.iter().filter(|(_, src)| src.is_some()).all(|(n, _)| {
+        secrets
+            .get(n)
+            .is_none_or(|s| s.value.is_some() || s.sub.as_ref().is_none_or(|sub| sub.ready))
+    })
+}
+
 /// The secrets TLS contexts name, with their SDS source (none: a static secret).
 fn secret_refs(
     contexts: &[tls_pb::CommonTlsContext],
@@ -1939,10 +2011,16 @@ fn secret_refs(
         for s in &c.tls_certificate_sds_secret_configs {
             out.push((s.name.clone(), s.sds_config.clone()));
         }
-        if let Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) =
-            &c.validation_context_type
-        {
-            out.push((s.name.clone(), s.sds_config.clone()));
+        match &c.validation_context_type {
+            Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
+                out.push((s.name.clone(), s.sds_config.clone()));
+            }
+            Some(ValidationContextType::CombinedValidationContext(cv)) => {
+                if let Some(s) = &cv.validation_context_sds_secret_config {
+                    out.push((s.name.clone(), s.sds_config.clone()));
+                }
+            }
+            _ => {}
         }
     }
     out

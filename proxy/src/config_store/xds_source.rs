@@ -20,12 +20,33 @@ impl ConfigStore {
     /// answered with the verdict (ACK, or one NACK with every rejection's message).
     pub fn on_xds(&mut self, ev: XdsEvent) {
         let verdict = self.apply_xds(&ev.stream, &ev.type_url, ev.update);
-        let _ = ev.verdict.send(verdict);
         self.sync_eds();
         self.sync_rds();
         self.sync_sds();
         self.promote();
+        // Before the verdict, so that a CDS answer the warming clusters hold back is held.
+        self.sync_pause();
+        let _ = ev.verdict.send(verdict);
         self.publish();
+    }
+
+    /// As Envoy's cluster manager: once the first clusters are initialized, the CDS answers on
+    /// ADS are held back while any cluster warms (so a control plane can sequence CDS and
+    /// EDS or SDS), and go out when none does.
+    pub(super) fn sync_pause(&mut self) {
+        let cds_on_ads = self
+            .cds
+            .as_ref()
+            .is_some_and(|s| matches!(s.source.kind, SourceKind::Ads));
+        let warming = self.clusters.values().any(|s| s.warming.is_some());
+        let pause = cds_on_ads && self.lds_asked && warming;
+        self.paused.send_if_modified(|set| {
+            if pause {
+                set.insert(type_url::CLUSTER)
+            } else {
+                set.remove(type_url::CLUSTER)
+            }
+        });
     }
 
     /// Applies one xDS response; the error is the NACK's message.
@@ -106,6 +127,7 @@ impl ConfigStore {
             type_url::ENDPOINT => Kind::Eds(name),
             _ => Kind::Sds(name),
         };
+        let mut failed = BTreeSet::new();
         for (name, idx) in by_name {
             let kind = kind_of(name.clone());
             let Some(src) = self
@@ -137,6 +159,34 @@ impl ConfigStore {
             };
             if let Err(e) = self.deliver(kind, &src, &one, None) {
                 errors.push(e);
+                failed.insert(name);
+            }
+        }
+        if !errors.is_empty() {
+            // As Envoy's mux: a rejected response is a failed update for every subscription
+            // of its type on this stream, those whose own resource applied included.
+            let names: Vec<String> = match url {
+                type_url::ROUTE => self.rds.keys().cloned().collect(),
+                type_url::ENDPOINT => self.eds.keys().cloned().collect(),
+                _ => self.secrets.keys().cloned().collect(),
+            };
+            // A per-type stream of one name (skiff opens one per resource) feeds that name only.
+            let on_stream = |n: &String| match stream {
+                StreamKey::Api(_, _, own) if !own.is_empty() => own == n,
+                _ => true,
+            };
+            for name in names
+                .into_iter()
+                .filter(|n| !failed.contains(n) && on_stream(n))
+            {
+                let kind = kind_of(name);
+                if let Some(scope) = self
+                    .subscription(&kind)
+                    .filter(|s| stream_feeds(stream, &s.source))
+                    .map(|s| s.scope.clone())
+                {
+                    self.main.counter(&format!("{scope}update_rejected")).inc();
+                }
             }
         }
         if url == type_url::ENDPOINT {
@@ -300,6 +350,7 @@ impl ConfigStore {
                 self.node.clone(),
                 self.xds_tx.clone(),
                 (self.main.clone(), scope),
+                self.paused.subscribe(),
             );
             self.streams.insert(key.clone(), stream);
         }

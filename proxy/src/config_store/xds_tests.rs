@@ -246,3 +246,161 @@ fn fields_the_protos_do_not_know_are_dropped_and_counted() {
     assert!(s.listeners.contains_key("l"));
     assert_eq!(stat(&stats, "server.dynamic_unknown_fields"), 1);
 }
+
+/// A listener whose TLS names SDS secrets, Istio's way (certificate `default`, CA `ROOTCA`
+/// through a combined validation context).
+fn mtls_listener(name: &str, port: u16, fetch_timeout: &str) -> String {
+    let src = format!("{{ads: {{}}, resource_api_version: V3{fetch_timeout}}}");
+    format!(
+        r#"- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: {name}
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+  filter_chains:
+  - filters: [{{name: t, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: a}}}}]
+    transport_socket:
+      name: tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+        require_client_certificate: true
+        common_tls_context:
+          tls_certificate_sds_secret_configs: [{{name: default, sds_config: {src}}}]
+          combined_validation_context:
+            default_validation_context: {{match_typed_subject_alt_names: [{{san_type: URI, matcher: {{prefix: "spiffe://cluster.local/"}}}}]}}
+            validation_context_sds_secret_config: {{name: ROOTCA, sds_config: {src}}}
+"#
+    )
+}
+
+/// Secrets `default` (a leaf whose only name is a SPIFFE URI) and `ROOTCA`, or a `default`
+/// whose PEM does not parse.
+fn istio_secrets(good: bool) -> String {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = p.self_signed(&ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.subject_alt_names.push(rcgen::SanType::URI(
+        "spiffe://cluster.local/ns/a/sa/b"
+            .to_string()
+            .try_into()
+            .expect("URI"),
+    ));
+    let leaf = p.signed_by(&key, &ca, &ca_key).expect("leaf");
+    let (chain, key) = if good {
+        (leaf.pem(), key.serialize_pem())
+    } else {
+        ("garbage".to_string(), "garbage".to_string())
+    };
+    let q = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    format!(
+        r#"- {{"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret, name: default, tls_certificate: {{certificate_chain: {{inline_string: {}}}, private_key: {{inline_string: {}}}}}}}
+- {{"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret, name: ROOTCA, validation_context: {{trusted_ca: {{inline_string: {}}}}}}}
+"#,
+        q(&chain),
+        q(&key),
+        q(&ca.pem())
+    )
+}
+
+#[tokio::test]
+async fn a_listener_waits_for_its_sds_secrets_and_a_bad_secret_changes_nothing() {
+    let (mut s, stats) = store();
+    sotw(&mut s, type_url::CLUSTER, "1", &cluster("a")).expect("ACK");
+    sotw(
+        &mut s,
+        type_url::LISTENER,
+        "1",
+        &mtls_listener("mtls", 10011, ""),
+    )
+    .expect("a listener whose secrets have not arrived is accepted");
+    let slot = &s.listeners["mtls"];
+    assert!(slot.active.is_none() && slot.warming.is_some(), "warming");
+    assert!(s.initializing());
+    assert!(s.secrets["default"].sub.is_some() && s.secrets["ROOTCA"].sub.is_some());
+
+    sotw(&mut s, SECRET_URL, "1", &istio_secrets(true)).expect("ACK");
+    assert!(
+        s.listeners["mtls"].active.is_some(),
+        "active once they arrived"
+    );
+    assert!(!s.initializing());
+    assert_eq!(stat(&stats, "sds.default.update_success"), 1);
+    assert_eq!(stat(&stats, "sds.ROOTCA.update_success"), 1);
+
+    let e = sotw(&mut s, SECRET_URL, "2", &istio_secrets(false)).expect_err("a NACK");
+    assert!(
+        e.contains(
+            "tls_certificate_sds_secret_configs[0] (secret 'default').tls_certificate.certificate_chain"
+        ),
+        "{e}"
+    );
+    assert_eq!(stat(&stats, "sds.default.update_rejected"), 1);
+    // As Envoy's mux, the whole response failed for the other secret too.
+    assert_eq!(stat(&stats, "sds.ROOTCA.update_rejected"), 1);
+    assert_eq!(
+        s.secrets["default"]
+            .value
+            .as_ref()
+            .map(|v| v.dump.version.as_str()),
+        Some("1")
+    );
+}
+
+#[tokio::test]
+async fn a_listener_whose_secrets_never_come_serves_after_the_initial_fetch_timeout() {
+    let (mut s, stats) = store();
+    sotw(&mut s, type_url::CLUSTER, "1", &cluster("a")).expect("ACK");
+    sotw(
+        &mut s,
+        type_url::LISTENER,
+        "1",
+        &mtls_listener("mtls", 10012, ", initial_fetch_timeout: 0.05s"),
+    )
+    .expect("ACK");
+    assert!(s.listeners["mtls"].active.is_none());
+    s.on_timer(Instant::now() + Duration::from_secs(1));
+    assert!(
+        s.listeners["mtls"].active.is_some(),
+        "in force, handshakes fail"
+    );
+    assert_eq!(stat(&stats, "sds.default.init_fetch_timeout"), 1);
+}
+
+const SECRET_URL: &str = type_url::SECRET;
+
+#[tokio::test]
+async fn a_static_listener_follows_its_sds_secrets_as_istio_bootstraps_name_them() {
+    let src = "{ads: {}, resource_api_version: V3}";
+    let boot = format!(
+        r#"{BOOTSTRAP}  listeners:
+  - name: static_mtls
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 10013}}}}
+    filter_chains:
+    - filters: [{{name: t, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: xds}}}}]
+      transport_socket:
+        name: tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificate_sds_secret_configs: [{{name: default, sds_config: {src}}}]
+            combined_validation_context:
+              default_validation_context: {{}}
+              validation_context_sds_secret_config: {{name: ROOTCA, sds_config: {src}}}
+"#
+    );
+    let loaded = crate::config::load_text(&boot).expect("a static listener with SDS secrets loads");
+    let stats = Arc::new(Store::new(1));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut s = ConfigStore::new(&loaded, stats.clone(), Duration::from_secs(1), tx);
+    s.start();
+    assert!(s.secrets["default"].sub.is_some(), "subscribed at start");
+    sotw(&mut s, type_url::CLUSTER, "1", " []").expect("ACK");
+    sotw(&mut s, type_url::LISTENER, "1", " []").expect("ACK");
+    assert!(s.initializing(), "start-up waits for the secrets");
+    assert!(s.listeners["static_mtls"].active.is_none());
+    sotw(&mut s, SECRET_URL, "1", &istio_secrets(true)).expect("ACK");
+    assert!(s.listeners["static_mtls"].active.is_some());
+    assert!(!s.initializing());
+    assert_eq!(stat(&stats, "sds.default.update_success"), 1);
+}

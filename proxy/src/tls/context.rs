@@ -166,6 +166,43 @@ pub fn client_config(u: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
+/// A resolver with no certificate: the server configuration of a listener whose SDS secrets
+/// have not arrived. Every handshake fails, as Envoy's do until then.
+#[derive(Debug)]
+struct NoCertificate;
+
+impl rustls::server::ResolvesServerCert for NoCertificate {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+}
+
+/// The server configuration of a listener whose SDS secrets have not arrived yet: every
+/// handshake fails.
+pub fn unready_server_config(p: &Params) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(provider(p)?);
+    let cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions(p))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(NoCertificate));
+    Ok(Arc::new(cfg))
+}
+
+/// The client configuration of a cluster whose SDS secrets have not arrived yet: it trusts no
+/// server, so every handshake fails.
+pub fn unready_client_config(u: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = Arc::new(provider(&u.params)?);
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions(&u.params))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn(&u.alpn);
+    Ok(Arc::new(cfg))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,9 @@
 //! NACK, and reconnection with jittered backoff. It owns no configuration: each response goes
 //! to the [`ConfigStore`](crate::config_store::ConfigStore) as an [`XdsEvent`], and the store's
 //! verdict (applied, or the NACK's message) comes back before the next response is read. The
-//! store tells the stream which names it wants with [`Stream::interest`].
+//! store tells the stream which names it wants with [`Stream::interest`], and which types'
+//! answers an ADS stream holds back for now ([`Paused`]: CDS while clusters warm, as Envoy's
+//! cluster manager pauses it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -70,6 +72,10 @@ pub struct XdsEvent {
     pub verdict: oneshot::Sender<Result<(), String>>,
 }
 
+/// The type URLs whose ACKs and NACKs an ADS stream holds back for now; the last one held
+/// goes out when the type leaves the set.
+pub type Paused = tokio::sync::watch::Receiver<BTreeSet<&'static str>>;
+
 /// What a stream is subscribed to for one type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interest {
@@ -103,6 +109,7 @@ impl Stream {
         node: Node,
         events: mpsc::UnboundedSender<XdsEvent>,
         (main, stats_prefix): (Arc<Shard>, String),
+        paused: Paused,
     ) -> Stream {
         let (commands, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(
@@ -114,6 +121,7 @@ impl Stream {
                 events,
                 main,
                 stats_prefix,
+                paused,
             },
             rx,
         ));
@@ -135,12 +143,18 @@ struct Conn {
     events: mpsc::UnboundedSender<XdsEvent>,
     main: Arc<Shard>,
     stats_prefix: String,
+    paused: Paused,
 }
 
 impl Conn {
     fn connected(&self) -> crate::stats::Gauge {
         self.main
             .gauge(&format!("{}connected_state", self.stats_prefix))
+    }
+
+    /// Whether the answers for `type_url` are held back now (ADS only, as Envoy's pause).
+    fn holds(&self, type_url: &str) -> bool {
+        self.key == StreamKey::Ads && self.paused.borrow().contains(type_url)
     }
 }
 
@@ -158,6 +172,11 @@ struct TypeState {
     sent: BTreeSet<String>,
     /// A request went out for this type on this connection.
     started: bool,
+    /// The answer held back while the type is paused (state of the world).
+    held_sotw: Option<DiscoveryRequest>,
+    /// The answers held back while the type is paused, in order (delta answers each
+    /// response).
+    held_delta: Vec<DeltaDiscoveryRequest>,
 }
 
 /// Envoy's backoff for xDS streams: 500 ms doubling to 30 s, each wait jittered in
@@ -336,6 +355,8 @@ async fn run(conn: Conn, mut commands: mpsc::UnboundedReceiver<(String, Interest
             s.nonce.clear();
             s.sent.clear();
             s.started = false;
+            s.held_sotw = None;
+            s.held_delta.clear();
         }
         let wait = backoff.next_wait();
         let sleep = tokio::time::sleep(wait);
@@ -486,8 +507,21 @@ async fn run_sotw(
     let (tx, mut incoming) =
         open::<DiscoveryRequest, DiscoveryResponse>(conn, channel, first).await?;
     conn.connected().set(1);
+    let mut paused = conn.paused.clone();
     loop {
         tokio::select! {
+            changed = paused.changed() => {
+                if changed.is_err() {
+                    return Ok(Ended::Stopped);
+                }
+                for (t, s) in types.iter_mut() {
+                    if !conn.holds(t) {
+                        if let Some(r) = s.held_sotw.take() {
+                            let _ = tx.send(r);
+                        }
+                    }
+                }
+            }
             cmd = commands.recv() => {
                 let Some((t, i)) = cmd else { return Ok(Ended::Stopped) };
                 if set_interest(types, order, t.clone(), i) {
@@ -521,7 +555,12 @@ async fn run_sotw(
                     }
                     Err(e) => Some(e),
                 };
-                let _ = tx.send(sotw_request(conn, &mut node_sent, &r.type_url, s, error));
+                let answer = sotw_request(conn, &mut node_sent, &r.type_url, s, error);
+                if conn.holds(&r.type_url) {
+                    s.held_sotw = Some(answer);
+                } else {
+                    let _ = tx.send(answer);
+                }
             }
         }
     }
@@ -567,8 +606,21 @@ async fn run_delta(
     let (tx, mut incoming) =
         open::<DeltaDiscoveryRequest, DeltaDiscoveryResponse>(conn, channel, first).await?;
     conn.connected().set(1);
+    let mut paused = conn.paused.clone();
     loop {
         tokio::select! {
+            changed = paused.changed() => {
+                if changed.is_err() {
+                    return Ok(Ended::Stopped);
+                }
+                for (t, s) in types.iter_mut() {
+                    if !conn.holds(t) {
+                        for r in s.held_delta.drain(..) {
+                            let _ = tx.send(r);
+                        }
+                    }
+                }
+            }
             cmd = commands.recv() => {
                 let Some((t, i)) = cmd else { return Ok(Ended::Stopped) };
                 if !set_interest(types, order, t.clone(), i) {
@@ -627,13 +679,18 @@ async fn run_delta(
                     Err(e) => Some(e),
                 };
                 let node = (!conn.source.node_on_first_message_only).then(|| conn.node.clone());
-                let _ = tx.send(DeltaDiscoveryRequest {
+                let answer = DeltaDiscoveryRequest {
                     node,
                     type_url: r.type_url.clone(),
                     response_nonce: r.nonce.clone(),
                     error_detail: error.map(error_detail),
                     ..Default::default()
-                });
+                };
+                if conn.holds(&r.type_url) {
+                    s.held_delta.push(answer);
+                } else {
+                    let _ = tx.send(answer);
+                }
             }
         }
     }

@@ -1,5 +1,5 @@
 //! A small xDS control plane for the tests: ADS and the per-type services (listeners,
-//! clusters, routes, endpoints), state of the world and delta, over TCP (`--tcp ADDR`) and a
+//! clusters, routes, endpoints, secrets), state of the world and delta, over TCP (`--tcp ADDR`) and a
 //! Unix socket (`--uds PATH`), both at once if asked.
 //!
 //! Driven over stdin, one JSON command per line:
@@ -222,6 +222,11 @@ per_type!(
     StreamEndpointsStream, stream_endpoints, DeltaEndpointsStream, delta_endpoints, fetch_endpoints
 );
 
+per_type!(
+    envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService,
+    StreamSecretsStream, stream_secrets, DeltaSecretsStream, delta_secrets, fetch_secrets
+);
+
 /// A state-of-the-world subscription: its names (none: wildcard) and what was last sent.
 struct Sub {
     names: Option<BTreeSet<String>>,
@@ -431,7 +436,7 @@ async fn serve<S>(stream: S, server: Server)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    use envoy_types::pb::envoy::service::{cluster, endpoint, listener, route};
+    use envoy_types::pb::envoy::service::{cluster, endpoint, listener, route, secret};
     use tonic::codegen::Service;
     type Answer = Pin<
         Box<
@@ -461,6 +466,10 @@ where
         } else if path.starts_with("/envoy.service.endpoint.v3.") {
             let mut svc =
                 endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer::new(s);
+            Box::pin(async move { svc.call(req).await })
+        } else if path.starts_with("/envoy.service.secret.v3.") {
+            let mut svc =
+                secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new(s);
             Box::pin(async move { svc.call(req).await })
         } else {
             let mut svc = AggregatedDiscoveryServiceServer::new(s);

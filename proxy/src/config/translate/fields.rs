@@ -955,11 +955,6 @@ pub(super) fn common_tls_context(
     )?;
     refuse(path, "custom_handshaker", custom_handshaker)?;
     refuse(path, "key_log", key_log)?;
-    if let Some(tls_pb::common_tls_context::ValidationContextType::CombinedValidationContext(_)) =
-        validation_context_type
-    {
-        return Err(unsupported(path, "combined_validation_context"));
-    }
     if let Some(
         tls_pb::common_tls_context::ValidationContextType::ValidationContextCertificateProvider(_),
     ) = validation_context_type
@@ -969,6 +964,33 @@ pub(super) fn common_tls_context(
     if let Some(tls_pb::common_tls_context::ValidationContextType::ValidationContextCertificateProviderInstance(_)) = validation_context_type {
         return Err(unsupported(path, "validation_context_certificate_provider_instance"));
     }
+    Ok(())
+}
+
+/// Refuses the set fields of a `CombinedCertificateValidationContext` that skiff does not
+/// honour. Exhaustive: a field added to the proto is a compile error here until someone decides
+/// what it means.
+#[allow(deprecated)]
+pub(super) fn combined_validation_context(
+    m: &tls_pb::common_tls_context::CombinedCertificateValidationContext,
+    path: &str,
+) -> Result<(), ConfigError> {
+    let tls_pb::common_tls_context::CombinedCertificateValidationContext {
+        default_validation_context: _,
+        validation_context_sds_secret_config: _,
+        validation_context_certificate_provider,
+        validation_context_certificate_provider_instance,
+    } = m;
+    refuse(
+        path,
+        "validation_context_certificate_provider",
+        validation_context_certificate_provider,
+    )?;
+    refuse(
+        path,
+        "validation_context_certificate_provider_instance",
+        validation_context_certificate_provider_instance,
+    )?;
     Ok(())
 }
 
@@ -991,6 +1013,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(deprecated)]
     fn set_fields_skiff_does_not_honour_are_refused_with_their_path_in_binary_resources() {
         let l = listener_pb::Listener {
             name: "l".into(),
@@ -1027,7 +1050,7 @@ mod tests {
         assert!(common_tls_context(&tls, "").is_ok(), "an honoured member");
         let tls = tls_pb::CommonTlsContext {
             validation_context_type: Some(
-                tls_pb::common_tls_context::ValidationContextType::CombinedValidationContext(
+                tls_pb::common_tls_context::ValidationContextType::ValidationContextCertificateProviderInstance(
                     Default::default(),
                 ),
             ),
@@ -1035,7 +1058,7 @@ mod tests {
         };
         assert_eq!(
             common_tls_context(&tls, "c").map_err(|e| e.to_string()),
-            Err("c.combined_validation_context: unsupported".to_string())
+            Err("c.validation_context_certificate_provider_instance: unsupported".to_string())
         );
     }
 
@@ -1148,5 +1171,9 @@ mod tests {
             common_tls_context,
         );
         check("envoy.extensions.transport_sockets.tls.v3.Secret", secret);
+        check(
+            "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext",
+            combined_validation_context,
+        );
     }
 }

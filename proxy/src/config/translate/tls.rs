@@ -63,17 +63,37 @@ pub(super) fn downstream(
     let cpath = format!("{path}.common_tls_context");
     let empty = tls::CommonTlsContext::default();
     let common = ctx.common_tls_context.as_ref().unwrap_or(&empty);
-    let (certificates, params, alpn, validation) = common_context(common, &cpath, secrets)?;
+    let (certificates, params, alpn, validation, pending, sources) =
+        common_context(common, &cpath, secrets)?;
+    let require_client_certificate = ctx
+        .require_client_certificate
+        .as_ref()
+        .is_some_and(|b| b.value);
+    if pending {
+        // As Envoy: the listener is kept (it warms until the secrets arrive, or serves after
+        // `initial_fetch_timeout` with handshakes that fail); the secrets' arrival rebuilds
+        // the configuration (`ConfigStore::rotate`).
+        let settings = DownstreamTls {
+            certificates,
+            params,
+            alpn,
+            validation,
+            require_client_certificate,
+        };
+        let unready = settings.params.clone();
+        let config = Watched::new(path.clone(), Vec::new(), move || {
+            context::unready_server_config(&unready)
+        })
+        .map(Rotating::new)
+        .map_err(|e| context_error(&cpath, &e))?;
+        return Ok(Some(Arc::new(DownstreamTransport { settings, config })));
+    }
     if certificates.is_empty() {
         return Err(ConfigError::new(
             format!("{cpath}.tls_certificates"),
             "a server context needs at least one certificate",
         ));
     }
-    let require_client_certificate = ctx
-        .require_client_certificate
-        .as_ref()
-        .is_some_and(|b| b.value);
     let has_ca = validation.as_ref().is_some_and(|v| v.trusted_ca.is_some());
     if require_client_certificate && !has_ca {
         return Err(ConfigError::new(
@@ -94,7 +114,7 @@ pub(super) fn downstream(
         context::server_config(&build_settings)
     })
     .map(Rotating::new)
-    .map_err(|e| context_error(&cpath, &e))?;
+    .map_err(|e| sources.error(&cpath, &e))?;
     Ok(Some(Arc::new(DownstreamTransport { settings, config })))
 }
 
@@ -175,7 +195,8 @@ fn upstream(
     let cpath = format!("{path}.common_tls_context");
     let empty = tls::CommonTlsContext::default();
     let common = ctx.common_tls_context.as_ref().unwrap_or(&empty);
-    let (mut certificates, params, alpn, validation) = common_context(common, &cpath, secrets)?;
+    let (mut certificates, params, alpn, validation, pending, sources) =
+        common_context(common, &cpath, secrets)?;
     if certificates.len() > 1 {
         return Err(ConfigError::new(
             format!("{cpath}.tls_certificates"),
@@ -214,10 +235,15 @@ fn upstream(
     );
     let build_settings = settings.clone();
     let config = Watched::new(path.clone(), files, move || {
-        context::client_config(&build_settings)
+        if pending {
+            // Until its secrets arrive no server can be trusted: handshakes fail.
+            context::unready_client_config(&build_settings)
+        } else {
+            context::client_config(&build_settings)
+        }
     })
     .map(Rotating::new)
-    .map_err(|e| context_error(&cpath, &e))?;
+    .map_err(|e| sources.error(&cpath, &e))?;
     Ok(Some(Arc::new(UpstreamTransport {
         settings,
         config,
@@ -241,12 +267,48 @@ fn settings_files<'a>(
     files
 }
 
+/// Certificates, parameters, ALPN, validation, whether an SDS secret they need has not
+/// arrived yet, and where each certificate and the validation context came from.
 type Common = (
     Vec<CertificateConfig>,
     Params,
     Vec<String>,
     Option<Validation>,
+    bool,
+    Sources,
 );
+
+/// Where the certificates and the validation context of a common context came from (a field,
+/// or a secret), so an error in building them names that place.
+#[derive(Debug, Default)]
+struct Sources {
+    certificates: Vec<String>,
+    validation: String,
+}
+
+impl Sources {
+    /// An error at the place its field names (a certificate or the validation context).
+    fn error(&self, cpath: &str, e: &crate::tls::TlsError) -> ConfigError {
+        let (field, inner) = e.split();
+        let Some(field) = field else {
+            return ConfigError::new(cpath, inner.to_string());
+        };
+        for (i, label) in self.certificates.iter().enumerate() {
+            if let Some(rest) = field.strip_prefix(&format!("tls_certificates[{i}]")) {
+                return ConfigError::new(format!("{cpath}.{label}{rest}"), inner.to_string());
+            }
+        }
+        if let Some(rest) = field.strip_prefix("validation_context") {
+            if !self.validation.is_empty() {
+                return ConfigError::new(
+                    format!("{cpath}.{}{rest}", self.validation),
+                    inner.to_string(),
+                );
+            }
+        }
+        context_error(cpath, e)
+    }
+}
 
 fn common_context(
     c: &tls::CommonTlsContext,
@@ -255,17 +317,25 @@ fn common_context(
 ) -> Result<Common, ConfigError> {
     super::fields::common_tls_context(c, path)?;
     let mut certs = Vec::with_capacity(c.tls_certificates.len());
+    let mut sources = Sources::default();
     for (i, t) in c.tls_certificates.iter().enumerate() {
         certs.push(certificate(t, &format!("{path}.tls_certificates[{i}]"))?);
+        sources.certificates.push(format!("tls_certificates[{i}]"));
     }
     // Certificates from secrets: static ones by name, or what SDS brought.
+    let mut pending = false;
     for (i, s) in c.tls_certificate_sds_secret_configs.iter().enumerate() {
         let p = format!("{path}.tls_certificate_sds_secret_configs[{i}]");
-        match secret(secrets, &s.name, &p)? {
-            tls::secret::Type::TlsCertificate(t) => {
-                certs.push(certificate(t, &format!("{p} (secret '{}')", s.name))?)
+        match secret(secrets, s, &p)? {
+            None => pending = true,
+            Some(tls::secret::Type::TlsCertificate(t)) => {
+                certs.push(certificate(t, &format!("{p} (secret '{}')", s.name))?);
+                sources.certificates.push(format!(
+                    "tls_certificate_sds_secret_configs[{i}] (secret '{}').tls_certificate",
+                    s.name
+                ));
             }
-            _ => {
+            Some(_) => {
                 return Err(ConfigError::new(
                     format!("{p}.name"),
                     format!("secret '{}' is not a tls_certificate", s.name),
@@ -286,16 +356,52 @@ fn common_context(
             s,
         )) => {
             let p = format!("{path}.validation_context_sds_secret_config");
-            match secret(secrets, &s.name, &p)? {
-                tls::secret::Type::ValidationContext(v) => Some(validation_context(
-                    v,
-                    &format!("{p} (secret '{}')", s.name),
-                )?),
-                _ => {
-                    return Err(ConfigError::new(
-                        format!("{p}.name"),
-                        format!("secret '{}' is not a validation_context", s.name),
-                    ))
+            match validation_secret(secrets, s, &p)? {
+                None => {
+                    pending = true;
+                    None
+                }
+                Some(v) => {
+                    sources.validation = format!(
+                        "validation_context_sds_secret_config (secret '{}').validation_context",
+                        s.name
+                    );
+                    Some(validation_context(
+                        v,
+                        &format!("{p} (secret '{}')", s.name),
+                    )?)
+                }
+            }
+        }
+        Some(tls::common_tls_context::ValidationContextType::CombinedValidationContext(cv)) => {
+            let p = format!("{path}.combined_validation_context");
+            super::fields::combined_validation_context(cv, &p)?;
+            let empty = tls::CertificateValidationContext::default();
+            let default = cv.default_validation_context.as_ref().unwrap_or(&empty);
+            let Some(s) = cv.validation_context_sds_secret_config.as_ref() else {
+                return Err(ConfigError::new(
+                    format!("{p}.validation_context_sds_secret_config"),
+                    "required",
+                ));
+            };
+            let sp = format!("{p}.validation_context_sds_secret_config");
+            match validation_secret(secrets, s, &sp)? {
+                None => {
+                    // The default context alone is checked now, so a bad matcher is
+                    // refused before the secret arrives.
+                    validation_context_fields(default, &format!("{p}.default_validation_context"))?;
+                    pending = true;
+                    None
+                }
+                Some(dynamic) => {
+                    sources.validation = format!(
+                        "combined_validation_context.validation_context_sds_secret_config (secret '{}').validation_context",
+                        s.name
+                    );
+                    Some(validation_context(
+                        &combined(default, dynamic),
+                        &format!("{p} (with secret '{}')", s.name),
+                    )?)
                 }
             }
         }
@@ -313,7 +419,46 @@ fn common_context(
             ));
         }
     }
-    Ok((certs, params, c.alpn_protocols.clone(), validation))
+    Ok((
+        certs,
+        params,
+        c.alpn_protocols.clone(),
+        validation,
+        pending,
+        sources,
+    ))
+}
+
+/// Envoy's combined validation context: the secret's context merged into the default one
+/// (protobuf merge: the secret's set fields win, its lists are appended), so the default
+/// context's SAN matchers apply with the secret's trusted CA.
+fn combined(
+    default: &tls::CertificateValidationContext,
+    dynamic: &tls::CertificateValidationContext,
+) -> tls::CertificateValidationContext {
+    use prost::Message;
+    let mut out = default.clone();
+    // Both are valid messages of the same type: merging the encoding of one cannot fail.
+    if out.merge(dynamic.encode_to_vec().as_slice()).is_err() {
+        return dynamic.clone();
+    }
+    out
+}
+
+/// The validation context secret `s` names: None while it has not arrived.
+fn validation_secret<'a>(
+    secrets: &'a Secrets,
+    s: &tls::SdsSecretConfig,
+    path: &str,
+) -> Result<Option<&'a tls::CertificateValidationContext>, ConfigError> {
+    match secret(secrets, s, path)? {
+        None => Ok(None),
+        Some(tls::secret::Type::ValidationContext(v)) => Ok(Some(v)),
+        Some(_) => Err(ConfigError::new(
+            format!("{path}.name"),
+            format!("secret '{}' is not a validation_context", s.name),
+        )),
+    }
 }
 
 /// A `TlsCertificate`'s chain and key.
@@ -327,25 +472,32 @@ fn certificate(t: &tls::TlsCertificate, path: &str) -> Result<CertificateConfig,
     })
 }
 
-/// The secret `name` names, which must be there (a static one, or one SDS brought; a
-/// listener or cluster waits for its secrets before it is translated).
+/// The secret `s` names: a static one, or one SDS brought; None for an SDS secret that has
+/// not arrived yet (the listener or cluster warms meanwhile, as in Envoy). A static name that
+/// is not there is an error.
 fn secret<'a>(
     secrets: &'a Secrets,
-    name: &str,
+    s: &tls::SdsSecretConfig,
     path: &str,
-) -> Result<&'a tls::secret::Type, ConfigError> {
-    if let Some(s) = secrets.get(name) {
-        super::fields::secret(s, &format!("{path} (secret '{name}')"))?;
+) -> Result<Option<&'a tls::secret::Type>, ConfigError> {
+    let name = &s.name;
+    match secrets.get(name) {
+        Some(found) => {
+            super::fields::secret(found, &format!("{path} (secret '{name}')"))?;
+            match found.r#type.as_ref() {
+                Some(t) => Ok(Some(t)),
+                None => Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("secret '{name}' is empty"),
+                )),
+            }
+        }
+        None if s.sds_config.is_some() => Ok(None),
+        None => Err(ConfigError::new(
+            format!("{path}.name"),
+            format!("secret '{name}' is not available"),
+        )),
     }
-    secrets
-        .get(name)
-        .and_then(|s| s.r#type.as_ref())
-        .ok_or_else(|| {
-            ConfigError::new(
-                format!("{path}.name"),
-                format!("secret '{name}' is not available"),
-            )
-        })
 }
 
 fn data_source(ds: Option<&core::DataSource>, path: &str) -> Result<DataSource, ConfigError> {
@@ -418,6 +570,25 @@ fn validation_context(
         .as_ref()
         .map(|ca| data_source(Some(ca), &format!("{path}.trusted_ca")))
         .transpose()?;
+    let san_matchers = validation_context_fields(v, path)?;
+    if !san_matchers.is_empty() && trusted_ca.is_none() {
+        // Envoy's rule: a name anyone can put in a self-made certificate proves nothing.
+        return Err(ConfigError::new(
+            path,
+            "SAN-based verification of peer certificates without trusted CA is insecure and not allowed",
+        ));
+    }
+    Ok(Validation {
+        trusted_ca,
+        san_matchers,
+    })
+}
+
+/// A validation context's SAN matchers, checked.
+fn validation_context_fields(
+    v: &tls::CertificateValidationContext,
+    path: &str,
+) -> Result<Vec<SanMatcher>, ConfigError> {
     let mut san_matchers = Vec::with_capacity(v.match_typed_subject_alt_names.len());
     for (i, m) in v.match_typed_subject_alt_names.iter().enumerate() {
         let p = format!("{path}.match_typed_subject_alt_names[{i}]");
@@ -448,15 +619,99 @@ fn validation_context(
             matcher: string_match(matcher, &format!("{p}.matcher"))?,
         });
     }
-    if !san_matchers.is_empty() && trusted_ca.is_none() {
-        // Envoy's rule: a name anyone can put in a self-made certificate proves nothing.
-        return Err(ConfigError::new(
-            path,
-            "SAN-based verification of peer certificates without trusted CA is insecure and not allowed",
-        ));
+    Ok(san_matchers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sds(name: &str) -> tls::SdsSecretConfig {
+        tls::SdsSecretConfig {
+            name: name.into(),
+            sds_config: Some(core::ConfigSource::default()),
+        }
     }
-    Ok(Validation {
-        trusted_ca,
-        san_matchers,
-    })
+
+    /// Istio's shape: the default context's URI SAN matcher, the CA from secret `ROOTCA`.
+    fn istio_common() -> tls::CommonTlsContext {
+        use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+        let san = tls::SubjectAltNameMatcher {
+            san_type: PbSanType::Uri as i32,
+            matcher: Some(matcher::StringMatcher {
+                match_pattern: Some(matcher::string_matcher::MatchPattern::Prefix(
+                    "spiffe://cluster.local/".into(),
+                )),
+                ignore_case: false,
+            }),
+            oid: String::new(),
+        };
+        tls::CommonTlsContext {
+            validation_context_type: Some(
+                tls::common_tls_context::ValidationContextType::CombinedValidationContext(
+                    tls::common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(tls::CertificateValidationContext {
+                            match_typed_subject_alt_names: vec![san],
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(sds("ROOTCA")),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_combined_validation_context_takes_the_default_matchers_and_the_secret_ca() {
+        let c = istio_common();
+        let (_, _, _, v, pending, _) = common_context(&c, "c", &Secrets::new()).expect("pending");
+        assert!(pending && v.is_none(), "waits for ROOTCA");
+
+        let mut secrets = Secrets::new();
+        secrets.insert(
+            "ROOTCA".into(),
+            tls::Secret {
+                name: "ROOTCA".into(),
+                r#type: Some(tls::secret::Type::ValidationContext(
+                    tls::CertificateValidationContext {
+                        trusted_ca: Some(core::DataSource {
+                            specifier: Some(core::data_source::Specifier::InlineString(
+                                "PEM".into(),
+                            )),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )),
+            },
+        );
+        let (_, _, _, v, pending, sources) = common_context(&c, "c", &secrets).expect("built");
+        let v = v.expect("a validation");
+        assert!(!pending);
+        assert!(matches!(v.trusted_ca, Some(DataSource::Inline(ref b)) if b == b"PEM"));
+        assert_eq!(v.san_matchers.len(), 1);
+        assert_eq!(v.san_matchers[0].san_type, SanType::Uri);
+        assert_eq!(
+            sources.validation,
+            "combined_validation_context.validation_context_sds_secret_config (secret 'ROOTCA').validation_context"
+        );
+    }
+
+    #[test]
+    fn a_secret_named_without_sds_config_must_be_static() {
+        let c = tls::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![tls::SdsSecretConfig {
+                name: "missing".into(),
+                sds_config: None,
+            }],
+            ..Default::default()
+        };
+        let e = common_context(&c, "c", &Secrets::new()).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "c.tls_certificate_sds_secret_configs[0].name: secret 'missing' is not available"
+        );
+    }
 }
