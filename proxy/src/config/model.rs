@@ -973,6 +973,20 @@ pub struct Http2Options {
     pub initial_stream_window_size: Option<u32>,
     /// `initial_connection_window_size`; unset, sixteen stream windows.
     pub initial_connection_window_size: Option<u32>,
+    /// `connection_keepalive`.
+    pub keepalive: Option<Http2Keepalive>,
+}
+
+/// `connection_keepalive`: PINGs every `interval` (plus up to `jitter` of it, at random); a
+/// connection whose PING is not answered within `timeout` is closed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Http2Keepalive {
+    /// `interval` (zero in Envoy: no PINGs, kept as `None` here).
+    pub interval: Duration,
+    /// `timeout`.
+    pub timeout: Duration,
+    /// `interval_jitter` as a fraction (default 0.15).
+    pub jitter: f64,
 }
 
 impl Default for Http2Options {
@@ -981,6 +995,7 @@ impl Default for Http2Options {
             max_concurrent_streams: 2_147_483_647,
             initial_stream_window_size: None,
             initial_connection_window_size: None,
+            keepalive: None,
         }
     }
 }

@@ -988,11 +988,18 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
     (
         "envoy.config.core.v3.Http2ProtocolOptions",
+        // connection_keepalive: upstream connections only; the connection manager refuses it
+        // by path.
         &[
             "max_concurrent_streams",
             "initial_stream_window_size",
             "initial_connection_window_size",
+            "connection_keepalive",
         ],
+    ),
+    (
+        "envoy.config.core.v3.KeepaliveSettings",
+        &["interval", "timeout", "interval_jitter"],
     ),
 ];
 

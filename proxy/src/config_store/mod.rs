@@ -257,6 +257,8 @@ pub struct ConfigStore {
     ads: Option<GrpcSource>,
     /// Where each static cluster an xDS stream may use is.
     xds_targets: BTreeMap<String, GrpcTarget>,
+    /// Those clusters' HTTP/2 `connection_keepalive`, for the streams' connections.
+    xds_keepalive: BTreeMap<String, crate::config::model::Http2Keepalive>,
     /// The bootstrap's `node`, sent to xDS servers.
     node: envoy_types::pb::envoy::config::core::v3::Node,
     /// The xDS streams running.
@@ -345,6 +347,13 @@ impl ConfigStore {
             dns: DnsClusters::new(main),
             ads: loaded.model.dynamic.ads.clone(),
             xds_targets: loaded.model.xds_targets.clone(),
+            xds_keepalive: loaded
+                .model
+                .clusters
+                .iter()
+                .filter(|c| loaded.model.xds_targets.contains_key(&c.name))
+                .filter_map(|c| Some((c.name.clone(), c.http2.keepalive?)))
+                .collect(),
             node,
             streams: BTreeMap::new(),
             interests: BTreeMap::new(),

@@ -343,10 +343,11 @@ impl ConfigStore {
                 tracing::error!(cluster = %source.cluster, "xDS: no static cluster of that name with an endpoint");
                 return None;
             };
+            let keepalive = self.xds_keepalive.get(&source.cluster).copied();
             let stream = xds::Stream::start(
                 key.clone(),
                 source,
-                target,
+                (target, keepalive),
                 self.node.clone(),
                 self.xds_tx.clone(),
                 (self.main.clone(), scope),

@@ -177,6 +177,12 @@ pub struct ClusterStats {
 }
 
 impl ClusterStats {
+    /// A counter of this cluster made when first needed (`http2.keepalive_timeout`), so it
+    /// shows only for clusters that can count it, as in Envoy.
+    pub fn lazy_counter(&self, name: &str) -> Counter {
+        self.shard.counter(&format!("{}{name}", self.prefix))
+    }
+
     fn new(shard: Arc<Shard>, name: &str, tls: bool) -> Self {
         let prefix = format!("cluster.{name}.");
         let c = |n: &str| shard.counter(&format!("{prefix}{n}"));

@@ -790,9 +790,29 @@ async fn http2_on(
         close_notify: cluster.stats.upstream_cx_close_notify.clone(),
     };
     let closed_by_driver = closed.clone();
+    let mut driver = driver;
+    let keepalive = cfg.keepalive.and_then(|k| {
+        let timeouts = cluster.stats.lazy_counter("http2.keepalive_timeout");
+        driver.conn.ping_pong().map(|pings| (k, pings, timeouts))
+    });
     tokio::task::spawn_local(async move {
-        if let Err(e) = driver.await {
-            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+        let alive = async {
+            match keepalive {
+                Some((k, pings, timeouts)) => {
+                    keep_alive(k, pings).await;
+                    timeouts.inc();
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = driver => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            }
+            // A PING left unanswered: the connection is closed with whatever it carries.
+            () = alive => tracing::debug!("upstream HTTP/2 keepalive timed out"),
         }
         closed_by_driver.set(true);
         drop(guard);
@@ -806,6 +826,21 @@ async fn http2_on(
         limit: cfg.max_concurrent_streams as usize,
         info,
     })
+}
+
+/// `connection_keepalive`: a PING every interval (plus jitter); returns when one is not
+/// answered within the timeout.
+async fn keep_alive(k: crate::config::model::Http2Keepalive, mut pings: h2::PingPong) {
+    loop {
+        let jitter = k.interval.mul_f64(k.jitter * fastrand::f64());
+        tokio::time::sleep(k.interval + jitter).await;
+        match tokio::time::timeout(k.timeout, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            // The connection is ending anyway; its driver reports how.
+            Ok(Err(_)) => std::future::pending::<()>().await,
+            Err(_) => return,
+        }
+    }
 }
 
 /// Drives an h2 connection, publishes the peer's stream limit after every poll, and retires the

@@ -23,7 +23,7 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::model::{GrpcSource, GrpcTarget};
+use crate::config::model::{GrpcSource, GrpcTarget, Http2Keepalive};
 use crate::config_store::type_url;
 use crate::stats::Shard;
 
@@ -105,7 +105,7 @@ impl Stream {
     pub fn start(
         key: StreamKey,
         source: GrpcSource,
-        target: GrpcTarget,
+        (target, keepalive): (GrpcTarget, Option<Http2Keepalive>),
         node: Node,
         events: mpsc::UnboundedSender<XdsEvent>,
         (main, stats_prefix): (Arc<Shard>, String),
@@ -117,6 +117,7 @@ impl Stream {
                 key,
                 source,
                 target,
+                keepalive,
                 node,
                 events,
                 main,
@@ -139,6 +140,8 @@ struct Conn {
     key: StreamKey,
     source: GrpcSource,
     target: GrpcTarget,
+    /// The cluster's HTTP/2 `connection_keepalive`.
+    keepalive: Option<Http2Keepalive>,
     node: Node,
     events: mpsc::UnboundedSender<XdsEvent>,
     main: Arc<Shard>,
@@ -258,21 +261,33 @@ fn method(key: &StreamKey, delta: bool) -> &'static str {
 async fn connect(
     target: &GrpcTarget,
     authority: &str,
+    keepalive: Option<Http2Keepalive>,
 ) -> Result<tonic::transport::Channel, String> {
     let origin: http::Uri = format!("http://{authority}")
         .parse()
         .map_err(|e| format!("authority '{authority}': {e}"))?;
+    // The cluster's keepalive PINGs (hyper's, without Envoy's jitter) run while the stream
+    // is open, idle or not.
+    let keep = |e: tonic::transport::Endpoint| match keepalive {
+        Some(k) => e
+            .http2_keep_alive_interval(k.interval)
+            .keep_alive_timeout(k.timeout)
+            .keep_alive_while_idle(true),
+        None => e,
+    };
     match target {
-        GrpcTarget::Tcp(addr) => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
-            .origin(origin)
-            .connect()
-            .await
-            .map_err(|e| format!("{addr}: {e}")),
+        GrpcTarget::Tcp(addr) => keep(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| e.to_string())?,
+        )
+        .origin(origin)
+        .connect()
+        .await
+        .map_err(|e| format!("{addr}: {e}")),
         GrpcTarget::Unix(path) => {
             let path = path.clone();
             let shown = path.display().to_string();
-            tonic::transport::Endpoint::from_static("http://localhost")
+            keep(tonic::transport::Endpoint::from_static("http://localhost"))
                 .origin(origin)
                 .connect_with_connector(tower::service_fn(move |_: http::Uri| {
                     let path = path.clone();
@@ -317,7 +332,7 @@ async fn run(conn: Conn, mut commands: mpsc::UnboundedReceiver<(String, Interest
         while let Ok((t, i)) = commands.try_recv() {
             set_interest(&mut types, &mut order, t, i);
         }
-        let outcome = match connect(&conn.target, &conn.source.authority).await {
+        let outcome = match connect(&conn.target, &conn.source.authority, conn.keepalive).await {
             Ok(channel) => {
                 let r = if conn.source.delta {
                     run_delta(

@@ -200,7 +200,7 @@ pub(super) fn translate_cluster(
     #[allow(deprecated)]
     if let Some(h2) = &c.http2_protocol_options {
         protocol = UpstreamProtocol::Http2;
-        http2 = http2_options(h2);
+        http2 = http2_options(h2, &format!("{path}.http2_protocol_options"))?;
     }
     for (key, any) in &c.typed_extension_protocol_options {
         let opath = format!("{path}.typed_extension_protocol_options[\"{key}\"]");
@@ -246,12 +246,11 @@ pub(super) fn translate_cluster(
             Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
                 Some(ProtocolConfig::HttpProtocolOptions(_)) => protocol = UpstreamProtocol::Http1,
                 Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
-                    check_http2_options(
+                    protocol = UpstreamProtocol::Http2;
+                    http2 = http2_options(
                         &h2,
                         &format!("{opath}.explicit_http_config.http2_protocol_options"),
                     )?;
-                    protocol = UpstreamProtocol::Http2;
-                    http2 = http2_options(&h2);
                 }
                 _ => {
                     return Err(ConfigError::new(
@@ -267,11 +266,8 @@ pub(super) fn translate_cluster(
                     return Err(ConfigError::unsupported(format!("{opath}.auto_config")));
                 }
                 if let Some(h2) = &a.http2_protocol_options {
-                    check_http2_options(
-                        h2,
-                        &format!("{opath}.auto_config.http2_protocol_options"),
-                    )?;
-                    http2 = http2_options(h2);
+                    http2 =
+                        http2_options(h2, &format!("{opath}.auto_config.http2_protocol_options"))?;
                 }
                 protocol = UpstreamProtocol::Auto;
                 auto_config_path = Some(format!("{opath}.auto_config"));
@@ -279,11 +275,10 @@ pub(super) fn translate_cluster(
             Some(U::UseDownstreamProtocolConfig(d)) => {
                 protocol = UpstreamProtocol::Downstream;
                 if let Some(h2) = &d.http2_protocol_options {
-                    check_http2_options(
+                    http2 = http2_options(
                         h2,
                         &format!("{opath}.use_downstream_protocol_config.http2_protocol_options"),
                     )?;
-                    http2 = http2_options(h2);
                 }
             }
             None => {}
@@ -387,23 +382,70 @@ fn circuit_breakers(c: &cluster::Cluster, path: &str) -> Result<CircuitBreakers,
     Ok(out)
 }
 
-pub(super) fn http2_options(h2: &core::Http2ProtocolOptions) -> Http2Options {
+/// `http2_protocol_options` checked (at `path`) and translated.
+pub(super) fn http2_options(
+    h2: &core::Http2ProtocolOptions,
+    path: &str,
+) -> Result<Http2Options, ConfigError> {
+    check_http2_options(h2, path)?;
     let d = Http2Options::default();
-    Http2Options {
+    let keepalive = match &h2.connection_keepalive {
+        None => None,
+        Some(k) => {
+            let kpath = format!("{path}.connection_keepalive");
+            let core::KeepaliveSettings {
+                interval,
+                timeout,
+                interval_jitter,
+                connection_idle_interval,
+            } = k;
+            if connection_idle_interval.is_some() {
+                return Err(ConfigError::unsupported(format!(
+                    "{kpath}.connection_idle_interval"
+                )));
+            }
+            let timeout = super::duration(
+                super::required(timeout, &format!("{kpath}.timeout"))?,
+                &format!("{kpath}.timeout"),
+            )?;
+            if timeout < std::time::Duration::from_millis(1) {
+                return Err(ConfigError::new(
+                    format!("{kpath}.timeout"),
+                    "must be at least 1ms",
+                ));
+            }
+            let interval = interval
+                .as_ref()
+                .map(|d| super::duration(d, &format!("{kpath}.interval")))
+                .transpose()?
+                .filter(|d| !d.is_zero());
+            let jitter = interval_jitter.as_ref().map_or(15.0, |p| p.value);
+            if !(0.0..=100.0).contains(&jitter) {
+                return Err(ConfigError::new(
+                    format!("{kpath}.interval_jitter"),
+                    "must be between 0 and 100",
+                ));
+            }
+            interval.map(|interval| Http2Keepalive {
+                interval,
+                timeout,
+                jitter: jitter / 100.0,
+            })
+        }
+    };
+    Ok(Http2Options {
         max_concurrent_streams: h2
             .max_concurrent_streams
             .as_ref()
             .map_or(d.max_concurrent_streams, |v| v.value),
         initial_stream_window_size: h2.initial_stream_window_size.as_ref().map(|v| v.value),
         initial_connection_window_size: h2.initial_connection_window_size.as_ref().map(|v| v.value),
-    }
+        keepalive,
+    })
 }
 
 /// Envoy's ranges: streams 1..=2^31-1, windows 65535..=2^31-1.
-pub(super) fn check_http2_options(
-    h2: &core::Http2ProtocolOptions,
-    path: &str,
-) -> Result<(), ConfigError> {
+fn check_http2_options(h2: &core::Http2ProtocolOptions, path: &str) -> Result<(), ConfigError> {
     const MAX: u32 = 2_147_483_647;
     let checks = [
         (
