@@ -926,3 +926,77 @@ async fn a_v1_certificate_with_another_key_is_refused_by_both() {
     })
     .await
 }
+
+/// Whether a second `openssl s_client` connection resumes the first one's session, for TLS 1.2
+/// and 1.3 (`Reused` or `New`).
+fn resumption(port: u16, dir: &Path) -> String {
+    skiff_tests::require_program("openssl", "apt-get install openssl");
+    let mut seen = Vec::new();
+    for version in ["-tls1_2", "-tls1_3"] {
+        let session = dir.join(format!("session{version}.pem"));
+        let _ = std::fs::remove_file(&session);
+        let connect = format!("127.0.0.1:{port}");
+        let mut lines = Vec::new();
+        for arg in ["-sess_out", "-sess_in"] {
+            // The client waits a little before it closes, so TLS 1.3 tickets sent after the
+            // handshake arrive.
+            let script = format!(
+                "sleep 0.5 | openssl s_client -connect {connect} {version} -servername a.test {arg} {}",
+                session.display()
+            );
+            let out = Command::new("sh")
+                .args(["-c", &script])
+                .output()
+                .expect("run openssl");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("New,") || l.starts_with("Reused,"))
+                .map_or("no session".to_string(), |l| {
+                    l.split(',').next().unwrap_or("").to_string()
+                });
+            lines.push(line);
+        }
+        seen.push(format!("{version}: {}", lines.join(" then ")));
+    }
+    seen.join("; ")
+}
+
+#[tokio::test]
+async fn session_resumption_without_stateless_tickets_as_in_envoy() {
+    run(async {
+        let pki = Pki::new("tls-resumption");
+        let a = pki.leaf("a", &["a.test"]);
+        let up = skiff_tests::upstream::EchoUpstream::start("svc").await;
+        let mut outcomes = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let mut seen = Vec::new();
+            // Without stateless tickets; then without the session cache too (Envoy Gateway).
+            for (i, stateful) in [false, true].into_iter().enumerate() {
+                let mut tls = downstream_tls(&[&a], None);
+                tls["typed_config"]["disable_stateless_session_resumption"] = json!(true);
+                if stateful {
+                    tls["typed_config"]["disable_stateful_session_resumption"] = json!(true);
+                }
+                let (admin, port) = (free_port(), free_port());
+                let yaml = terminating_config(admin, port, tls, cluster("svc", &[up.port()]));
+                let _p = ProxyProcess::start(kind, &yaml, &[]).await;
+                let dir = scratch_dir(&format!("tls-resumption-{}-{i}", kind.name()));
+                let r = tokio::task::spawn_blocking(move || resumption(port, &dir))
+                    .await
+                    .expect("openssl");
+                seen.push(format!("no stateful resumption {stateful}: {r}"));
+            }
+            outcomes.push(seen.join("\n"));
+        }
+        assert_eq!(outcomes[0], outcomes[1], "Envoy first, then skiff");
+        // TLS 1.2 resumes by session id unless the cache is off; without tickets TLS 1.3
+        // does not resume.
+        assert!(
+            outcomes[1].contains("false: -tls1_2: New then Reused"),
+            "{}",
+            outcomes[1]
+        );
+    })
+    .await
+}

@@ -873,7 +873,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-        &["common_tls_context", "require_client_certificate"],
+        &[
+            "common_tls_context",
+            "require_client_certificate",
+            "disable_stateless_session_resumption",
+            "disable_stateful_session_resumption",
+        ],
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",

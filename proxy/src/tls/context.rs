@@ -129,6 +129,13 @@ pub fn server_config(d: &DownstreamTls) -> Result<Arc<ServerConfig>, TlsError> {
     let resolver = SniResolver::new(&d.certificates, &provider)?;
     let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = alpn(&d.alpn);
+    if d.no_tickets {
+        cfg.send_tls13_tickets = 0;
+    }
+    if d.no_session_cache {
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(cfg))
 }
 
@@ -219,6 +226,8 @@ mod tests {
             alpn: vec!["h2".into(), "http/1.1".into()],
             validation: None,
             require_client_certificate: false,
+            no_tickets: false,
+            no_session_cache: false,
         }
     }
 
@@ -386,6 +395,8 @@ mod tests {
             alpn: vec![],
             validation: None,
             require_client_certificate: false,
+            no_tickets: false,
+            no_session_cache: false,
         };
         let server = server_config(&d).expect("server");
         let u = UpstreamTls {

@@ -125,6 +125,12 @@ pub struct DownstreamTls {
     pub validation: Option<Validation>,
     /// `require_client_certificate`.
     pub require_client_certificate: bool,
+    /// `disable_stateless_session_resumption`: no session tickets, so TLS 1.2 resumes by
+    /// session id only and TLS 1.3 does not resume (as BoringSSL without tickets).
+    pub no_tickets: bool,
+    /// `disable_stateful_session_resumption`: no server-side session cache, so no session-id
+    /// resumption (TLS 1.2).
+    pub no_session_cache: bool,
 }
 
 /// A cluster's `UpstreamTlsContext`.

@@ -864,7 +864,7 @@ pub(super) fn downstream_tls_context(
         common_tls_context: _,
         require_client_certificate: _,
         require_sni,
-        disable_stateful_session_resumption,
+        disable_stateful_session_resumption: _,
         session_timeout,
         ocsp_staple_policy,
         full_scan_certs_on_sni_mismatch,
@@ -872,11 +872,6 @@ pub(super) fn downstream_tls_context(
         session_ticket_keys_type,
     } = m;
     refuse(path, "require_sni", require_sni)?;
-    refuse(
-        path,
-        "disable_stateful_session_resumption",
-        disable_stateful_session_resumption,
-    )?;
     refuse(path, "session_timeout", session_timeout)?;
     refuse(path, "ocsp_staple_policy", ocsp_staple_policy)?;
     refuse(
@@ -885,7 +880,16 @@ pub(super) fn downstream_tls_context(
         full_scan_certs_on_sni_mismatch,
     )?;
     refuse(path, "prefer_client_ciphers", prefer_client_ciphers)?;
-    refuse(path, "session_ticket_keys_type", session_ticket_keys_type)?;
+    // disable_stateless_session_resumption is honoured (skiff issues no stateless tickets);
+    // ticket keys are not.
+    use tls_pb::downstream_tls_context::SessionTicketKeysType as Keys;
+    match session_ticket_keys_type {
+        None | Some(Keys::DisableStatelessSessionResumption(_)) => {}
+        Some(Keys::SessionTicketKeys(_)) => return Err(unsupported(path, "session_ticket_keys")),
+        Some(Keys::SessionTicketKeysSdsSecretConfig(_)) => {
+            return Err(unsupported(path, "session_ticket_keys_sds_secret_config"))
+        }
+    }
     Ok(())
 }
 

@@ -69,6 +69,14 @@ pub(super) fn downstream(
         .require_client_certificate
         .as_ref()
         .is_some_and(|b| b.value);
+    use tls::downstream_tls_context::SessionTicketKeysType;
+    let no_tickets = matches!(
+        ctx.session_ticket_keys_type,
+        Some(SessionTicketKeysType::DisableStatelessSessionResumption(
+            true
+        ))
+    );
+    let no_session_cache = ctx.disable_stateful_session_resumption;
     if pending {
         // As Envoy: the listener is kept (it warms until the secrets arrive, or serves after
         // `initial_fetch_timeout` with handshakes that fail); the secrets' arrival rebuilds
@@ -79,6 +87,8 @@ pub(super) fn downstream(
             alpn,
             validation,
             require_client_certificate,
+            no_tickets,
+            no_session_cache,
         };
         let unready = settings.params.clone();
         let config = Watched::new(path.clone(), Vec::new(), move || {
@@ -107,6 +117,8 @@ pub(super) fn downstream(
         alpn,
         validation,
         require_client_certificate,
+        no_tickets,
+        no_session_cache,
     };
     let files = settings_files(settings.certificates.iter(), settings.validation.as_ref());
     let build_settings = settings.clone();
