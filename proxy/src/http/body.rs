@@ -94,6 +94,8 @@ pub enum ProxyBody {
     },
     /// A body passing through HTTP filters.
     Filtered(Box<crate::http::filter::FilteredBody>),
+    /// A request body kept for retries.
+    Replay(crate::http::replay::ReplayBody),
 }
 
 impl ProxyBody {
@@ -155,6 +157,7 @@ impl Body for ProxyBody {
                 }
             }
             ProxyBody::Filtered(f) => Pin::new(f.as_mut()).poll_frame(cx),
+            ProxyBody::Replay(r) => r.poll_frame(cx),
         }
     }
 
@@ -165,6 +168,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(inc, _) => inc.is_end_stream(),
             ProxyBody::H2 { recv, .. } => recv.is_end_stream(),
             ProxyBody::Filtered(f) => f.is_end_stream(),
+            ProxyBody::Replay(r) => r.is_end_stream(),
         }
     }
 
@@ -173,6 +177,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => SizeHint::with_exact(0),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Incoming(inc, _) => inc.size_hint(),
+            ProxyBody::Replay(r) => r.size_hint(),
             ProxyBody::H2 { .. } | ProxyBody::Filtered(_) => SizeHint::default(),
         }
     }

@@ -9,3 +9,4 @@ pub mod framing;
 pub mod h1_guard;
 pub mod headers;
 pub mod local_reply;
+pub mod replay;
