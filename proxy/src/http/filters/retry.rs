@@ -268,8 +268,30 @@ pub(super) async fn forward(
     f: &Forward<'_>,
     parts: http::request::Parts,
     body: ProxyBody,
+    retry: Option<RetryState>,
+    info: Option<&mut StreamInfo>,
+) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
+    let mut attempts = 0;
+    let result = attempts_loop(f, parts, body, retry, info, &mut attempts).await;
+    // The router's local replies say how many attempts were made too (Envoy).
+    result.map_err(|mut reply| {
+        if f.attempt_count.1 {
+            reply.headers.push((
+                X_ENVOY_ATTEMPT_COUNT.clone(),
+                headers::number(attempts.into()),
+            ));
+        }
+        reply
+    })
+}
+
+async fn attempts_loop(
+    f: &Forward<'_>,
+    parts: http::request::Parts,
+    body: ProxyBody,
     mut retry: Option<RetryState>,
     mut info: Option<&mut StreamInfo>,
+    attempts: &mut u32,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let cluster = f.cluster;
     let stats = &cluster.stats;
@@ -290,9 +312,9 @@ pub(super) async fn forward(
     };
     let mut head = Some(parts);
     let mut tried: Vec<std::net::SocketAddr> = Vec::new();
-    let mut attempts: u32 = 0;
     loop {
-        attempts += 1;
+        *attempts += 1;
+        let attempts = *attempts;
         let avoid = retry.as_ref().and_then(RetryState::avoid_previous_hosts);
         let Some(host) = f.select_host(&tried, avoid.unwrap_or(0)) else {
             stats.upstream_cx_none_healthy.inc();
