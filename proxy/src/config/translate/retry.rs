@@ -133,3 +133,47 @@ pub(super) fn policy(p: &route::RetryPolicy, path: &str) -> Result<RetryPolicy, 
         })?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_text;
+
+    fn with_policy(policy: &str) -> String {
+        format!(
+            r#"static_resources: {{ listeners: [{{ name: l, address: {{socket_address: {{address: 127.0.0.1, port_value: 15001}}}}, filter_chains: [{{filters: [{{name: h, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: h, http_filters: [{{name: r, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}], route_config: {{virtual_hosts: [{{name: v, domains: ["*"], retry_policy: {{retry_on: 5xx}}, routes: [{{match: {{prefix: /}}, route: {{cluster: c, retry_policy: {policy}}}}}]}}]}}}}}}]}}] }}], clusters: [{{name: c, type: STATIC, load_assignment: {{cluster_name: c, endpoints: []}}}}] }}"#
+        )
+    }
+
+    const ROUTE: &str = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].route.retry_policy";
+
+    #[test]
+    fn policies_load_and_refusals_name_the_field() {
+        let ok = r#"{retry_on: "5xx,unavailable,bogus", num_retries: 3, per_try_timeout: 0.2s, retriable_status_codes: [418], retry_back_off: {base_interval: 0.01s}, host_selection_retry_max_attempts: 5, retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}], retriable_headers: [{name: x-retry}]}"#;
+        load_text(&with_policy(ok)).expect("loads");
+        let e = load_text(&with_policy(
+            "{retry_on: 5xx, retry_back_off: {base_interval: 1s, max_interval: 0.5s}}",
+        ))
+        .expect_err("max below base");
+        assert_eq!(
+            e.to_string(),
+            format!("{ROUTE}.retry_back_off.max_interval: retry_policy.max_interval must greater than or equal to the base_interval")
+        );
+        let e = load_text(&with_policy(
+            r#"{retry_on: 5xx, retry_priority: {name: envoy.retry_priorities.previous_priorities, typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig, update_frequency: 2}}}"#,
+        ))
+        .expect_err("priority");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{ROUTE}.retry_priority")),
+            "{e}"
+        );
+        let e = load_text(&with_policy(
+            "{retry_on: 5xx, refresh_cluster_on_retry: true}",
+        ))
+        .expect_err("refresh");
+        assert_eq!(
+            e.to_string(),
+            format!("{ROUTE}.refresh_cluster_on_retry: unsupported")
+        );
+    }
+}

@@ -524,3 +524,98 @@ fn copy_parts(p: &http::request::Parts) -> http::request::Parts {
     *req.headers_mut() = p.headers.clone();
     req.into_parts().0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(on: &str, headers: &[(&str, &str)]) -> Option<RetryState> {
+        let policy = Arc::new(RetryPolicy {
+            retry_on: RetryOn::parse_config(on).0,
+            retriable_status_codes: vec![418],
+            ..RetryPolicy::default()
+        });
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        let retry_headers = RetryHeaders::read(&h);
+        RetryState::new(Some(&policy), retry_headers.as_ref(), &h)
+    }
+
+    #[test]
+    fn no_state_without_conditions() {
+        assert!(state("", &[]).is_none());
+        assert!(state("bogus", &[]).is_none());
+        assert!(state("", &[("x-envoy-retry-on", "5xx")]).is_some());
+    }
+
+    #[test]
+    fn response_conditions_as_envoy() {
+        let h = HeaderMap::new();
+        let s = state("5xx", &[]).expect("state");
+        assert!(s.would_retry_headers(500, &h) && s.would_retry_headers(503, &h));
+        assert!(!s.would_retry_headers(409, &h));
+        let s = state("gateway-error", &[]).expect("state");
+        assert!(!s.would_retry_headers(500, &h) && s.would_retry_headers(504, &h));
+        let s = state("retriable-4xx,retriable-status-codes", &[]).expect("state");
+        assert!(s.would_retry_headers(409, &h) && s.would_retry_headers(418, &h));
+        assert!(!s.would_retry_headers(404, &h));
+        let mut limited = HeaderMap::new();
+        limited.insert("x-envoy-ratelimited", "true".parse().expect("value"));
+        let s = state("5xx", &[]).expect("state");
+        assert!(
+            !s.would_retry_headers(503, &limited),
+            "only envoy-ratelimited"
+        );
+        let s = state("envoy-ratelimited", &[]).expect("state");
+        assert!(s.would_retry_headers(429, &limited));
+        let mut grpc = HeaderMap::new();
+        grpc.insert("grpc-status", "14".parse().expect("value"));
+        let s = state("unavailable", &[]).expect("state");
+        assert!(s.would_retry_headers(200, &grpc));
+        let s = state("cancelled", &[]).expect("state");
+        assert!(!s.would_retry_headers(200, &grpc));
+    }
+
+    #[test]
+    fn reset_conditions_as_envoy() {
+        let s = state("connect-failure", &[]).expect("state");
+        assert!(s.would_retry_reset(Reset::ConnectFailure, false));
+        assert!(!s.would_retry_reset(Reset::Other, true));
+        let s = state("reset-before-request", &[]).expect("state");
+        assert!(s.would_retry_reset(Reset::ConnectFailure, false));
+        assert!(!s.would_retry_reset(Reset::Other, true));
+        let s = state("5xx", &[]).expect("state");
+        assert!(s.would_retry_reset(Reset::Other, true));
+        assert!(
+            !s.would_retry_reset(Reset::Overflow, false),
+            "never an overflow"
+        );
+        let s = state("refused-stream", &[]).expect("state");
+        assert!(s.would_retry_reset(Reset::RefusedStream, true));
+        assert!(!s.would_retry_reset(Reset::Other, true));
+    }
+
+    #[test]
+    fn headers_add_to_the_policy() {
+        let s = state(
+            "connect-failure",
+            &[
+                ("x-envoy-retry-on", "retriable-status-codes"),
+                ("x-envoy-retriable-status-codes", "429"),
+                ("x-envoy-max-retries", "4"),
+                ("x-envoy-upstream-rq-per-try-timeout-ms", "250"),
+            ],
+        )
+        .expect("state");
+        let h = HeaderMap::new();
+        assert!(s.would_retry_headers(429, &h) && s.would_retry_headers(418, &h));
+        assert_eq!(s.remaining, 4);
+        assert_eq!(s.per_try_timeout(), Some(Duration::from_millis(250)));
+        assert!(s.would_retry_reset(Reset::ConnectFailure, false));
+    }
+}
