@@ -355,11 +355,13 @@ async fn attempts_loop(
                     None => std::future::pending().await,
                 }
             };
+            // Timers that are not set are not polled: a request without retries or timeout
+            // waits on its attempt alone.
             tokio::select! {
                 r = send => Outcome::Done(r),
-                _ = per_try_timer => Outcome::PerTryTimeout,
-                _ = idle_timer => Outcome::PerTryIdleTimeout,
-                _ = route_timer.as_mut() => Outcome::RouteTimeout,
+                _ = per_try_timer, if per_try.is_some() => Outcome::PerTryTimeout,
+                _ = idle_timer, if idle.is_some() => Outcome::PerTryIdleTimeout,
+                _ = route_timer.as_mut(), if f.timeout.is_some() => Outcome::RouteTimeout,
             }
         };
         let upstream = state.upstream.take();
