@@ -104,18 +104,30 @@ const FLAGS: &[(ResponseFlag, &str, &str)] = &[
     ),
 ];
 
-/// A set of response flags.
+/// A set of response flags, printed in the order they were set (Envoy 1.40 keeps them in a
+/// list: a retry limit found exhausted before the failure is reported prints `URX,UF`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ResponseFlags(u32);
+pub struct ResponseFlags {
+    bits: u32,
+    /// The flags' bit positions plus one, 5 bits each, first set lowest.
+    order: u64,
+}
 
 impl ResponseFlags {
     /// Adds a flag.
     pub fn set(&mut self, f: ResponseFlag) {
-        self.0 |= f as u32;
+        if self.has(f) {
+            return;
+        }
+        let n = self.bits.count_ones();
+        self.bits |= f as u32;
+        if n < 12 {
+            self.order |= u64::from((f as u32).trailing_zeros() + 1) << (5 * n);
+        }
     }
     /// Whether a flag is set.
     pub fn has(&self, f: ResponseFlag) -> bool {
-        self.0 & f as u32 != 0
+        self.bits & f as u32 != 0
     }
     /// `UH,UF` style, or `-`.
     pub fn short(&self) -> String {
@@ -129,7 +141,24 @@ impl ResponseFlags {
         &self,
         pick: impl Fn(&(ResponseFlag, &'static str, &'static str)) -> &'static str,
     ) -> String {
-        let names: Vec<&str> = FLAGS.iter().filter(|f| self.has(f.0)).map(pick).collect();
+        let mut names: Vec<&str> = Vec::new();
+        let mut order = self.order;
+        let mut listed = 0u32;
+        while order != 0 {
+            let bit = 1u32 << ((order & 0x1f) as u32 - 1);
+            order >>= 5;
+            listed |= bit;
+            if let Some(f) = FLAGS.iter().find(|f| f.0 as u32 == bit) {
+                names.push(pick(f));
+            }
+        }
+        // Past twelve flags, the rest in Envoy's table order.
+        names.extend(
+            FLAGS
+                .iter()
+                .filter(|f| self.has(f.0) && listed & f.0 as u32 == 0)
+                .map(pick),
+        );
         if names.is_empty() {
             "-".into()
         } else {
@@ -340,15 +369,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flags_render_in_envoy_order() {
+    fn flags_render_in_the_order_they_were_set() {
         let mut f = ResponseFlags::default();
         assert_eq!(f.short(), "-");
         f.set(ResponseFlag::UpstreamRetryLimitExceeded);
         f.set(ResponseFlag::UpstreamConnectionFailure);
-        assert_eq!(f.short(), "UF,URX");
+        f.set(ResponseFlag::UpstreamRetryLimitExceeded);
+        assert_eq!(f.short(), "URX,UF");
         assert_eq!(
             f.long(),
-            "UpstreamConnectionFailure,UpstreamRetryLimitExceeded"
+            "UpstreamRetryLimitExceeded,UpstreamConnectionFailure"
         );
     }
 }

@@ -402,7 +402,35 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "include_request_attempt_count",
             "include_attempt_count_in_response",
             "require_tls",
+            "retry_policy",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy",
+        &[
+            "retry_on",
+            "num_retries",
+            "per_try_timeout",
+            "per_try_idle_timeout",
+            "retry_host_predicate",
+            "host_selection_retry_max_attempts",
+            "retriable_status_codes",
+            "retry_back_off",
+            "retriable_headers",
+            "retriable_request_headers",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.RetryBackOff",
+        &["base_interval", "max_interval"],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.RetryHostPredicate",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+        &[],
     ),
     (
         "envoy.config.route.v3.Route",
@@ -518,6 +546,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "host_rewrite_header",
             "auto_host_rewrite",
             "append_x_forwarded_host",
+            "retry_policy",
         ],
     ),
     (

@@ -115,6 +115,8 @@ pub enum ProxyBody {
     },
     /// A body passing through HTTP filters.
     Filtered(Box<crate::http::filter::FilteredBody>),
+    /// A request body kept for retries.
+    Replay(crate::http::replay::ReplayBody),
 }
 
 impl ProxyBody {
@@ -177,6 +179,7 @@ impl Body for ProxyBody {
                 }
             }
             ProxyBody::Filtered(f) => Pin::new(f.as_mut()).poll_frame(cx),
+            ProxyBody::Replay(r) => r.poll_frame(cx),
         }
     }
 
@@ -187,6 +190,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(inc, _) => inc.is_end_stream(),
             ProxyBody::H2 { recv, .. } => recv.is_end_stream(),
             ProxyBody::Filtered(f) => f.is_end_stream(),
+            ProxyBody::Replay(r) => r.is_end_stream(),
         }
     }
 
@@ -195,6 +199,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => SizeHint::with_exact(0),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Incoming(inc, _) => inc.size_hint(),
+            ProxyBody::Replay(r) => r.size_hint(),
             ProxyBody::H2 { .. } | ProxyBody::Filtered(_) => SizeHint::default(),
         }
     }

@@ -252,6 +252,9 @@ struct Conn {
     connection: Arc<Connection>,
     /// original_src: where upstream connections come from.
     source: Option<crate::upstream::pool::Source>,
+    /// `per_connection_buffer_limit_bytes`: what a stream may hold, a body kept for a retry
+    /// included.
+    buffer_limit: usize,
     /// HTTP/1.1: the cluster whose response is being written, whose reading pauses while
     /// writing to the client waits (`upstream_flow_control_{paused,resumed}_reading_total`).
     response_flow: FlowSlot,
@@ -348,6 +351,7 @@ pub async fn serve(
         local,
         connection,
         source,
+        buffer_limit,
         secure,
         codec: Cell::new(None),
         refused: RefusedSlot::default(),
@@ -904,13 +908,25 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if let Some(kept) = kept {
         restore(&mut parts.headers, kept);
     }
-    let header_timeout = parts
+    // The x-envoy-* control headers are read (for an internal request) and then removed; one
+    // look at the names spares the lookups on requests that carry none.
+    let envoy_headers = parts
         .headers
-        .get("x-envoy-upstream-rq-timeout-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(std::time::Duration::from_millis);
-    headers::strip_envoy_control_headers(&mut parts.headers);
+        .keys()
+        .any(|k| k.as_str().starts_with("x-envoy-"));
+    let (header_timeout, retry_headers) = if envoy_headers {
+        let timeout = parts
+            .headers
+            .get("x-envoy-upstream-rq-timeout-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(std::time::Duration::from_millis);
+        let retry = crate::router::retry::RetryHeaders::read(&parts.headers);
+        headers::strip_envoy_control_headers(&mut parts.headers);
+        (timeout, retry)
+    } else {
+        (None, None)
+    };
     crate::http::conn_manager_utility::forwarding_headers(
         &cfg,
         &mut parts.headers,
@@ -920,12 +936,14 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     );
     // Envoy's router reads x-envoy-upstream-rq-timeout-ms only on internal requests (the
     // connection manager removes it from all others).
-    let header_timeout = header_timeout.filter(|_| {
-        parts
+    // The same for the retry headers.
+    let internal = (header_timeout.is_some() || retry_headers.is_some())
+        && parts
             .headers
             .get("x-envoy-internal")
-            .is_some_and(|v| v == "true")
-    });
+            .is_some_and(|v| v == "true");
+    let header_timeout = header_timeout.filter(|_| internal);
+    let retry_headers = retry_headers.filter(|_| internal);
     parts.headers.remove(header::EXPECT);
     if !parts.headers.contains_key(&names::X_FORWARDED_PROTO) {
         parts.headers.insert(
@@ -983,6 +1001,8 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         (conn.remote, conn.local),
         conn.source,
         (scheme, upgrade.as_deref(), header_timeout),
+        retry_headers.as_ref(),
+        conn.buffer_limit,
         done.info.as_deref_mut(),
     );
     // The connection manager's stream timers run while the router waits for the response

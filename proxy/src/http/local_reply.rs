@@ -121,6 +121,16 @@ impl LocalReply {
         details: "upstream_reset_before_response_started{remote_reset}",
         close: false,
     };
+    /// The upstream refused the HTTP/2 stream (REFUSED_STREAM): 503 UR.
+    pub const REFUSED_STREAM: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: Bytes::from_static(b"upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
+        flag: Some(ResponseFlag::UpstreamRemoteReset),
+        details: "upstream_reset_before_response_started{remote_refused_stream_reset}",
+        close: false,
+    };
     /// Upstream spoke bad HTTP: 502, UPE.
     pub const PROTOCOL_ERROR: LocalReply = LocalReply {
         status: StatusCode::BAD_GATEWAY,

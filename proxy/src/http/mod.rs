@@ -9,4 +9,5 @@ pub mod framing;
 pub mod h1_guard;
 pub mod headers;
 pub mod local_reply;
+pub mod replay;
 pub mod timeouts;

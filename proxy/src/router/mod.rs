@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 
 pub mod header_parser;
+pub mod retry;
 
 pub use header_parser::HeaderParser;
 
@@ -153,7 +154,8 @@ fn is_grpc(headers: &HeaderMap) -> bool {
     }
 }
 
-fn header_matches(m: &HeaderMatch, req: &RequestView<'_>) -> bool {
+/// Whether the header matcher `m` accepts `req`.
+pub fn header_matches(m: &HeaderMatch, req: &RequestView<'_>) -> bool {
     let pseudo = match &m.name {
         HeaderKey::Method => Some(req.method),
         HeaderKey::Path => Some(req.path),
@@ -238,6 +240,8 @@ pub struct Route {
     pub action: Action,
     /// `route.timeout` (default 15 s); `None` when disabled with 0.
     pub timeout: Option<Duration>,
+    /// `route.retry_policy`, which replaces the virtual host's.
+    pub retry: Option<Arc<retry::RetryPolicy>>,
     /// `route.upgrade_configs`: upgrade types (lower case) this route enables or disables,
     /// whatever the connection manager says.
     pub upgrades: Vec<(String, bool)>,
@@ -426,6 +430,8 @@ pub struct VirtualHost {
     pub attempt_count_response: bool,
     /// `require_tls`.
     pub require_tls: RequireTls,
+    /// `retry_policy`, for routes without their own.
+    pub retry: Option<Arc<retry::RetryPolicy>>,
 }
 
 /// `VirtualHost.require_tls`: requests whose `x-forwarded-proto` is not `https` are redirected
@@ -583,6 +589,7 @@ mod tests {
             attempt_count_upstream: false,
             attempt_count_response: false,
             require_tls: RequireTls::None,
+            retry: None,
         }
     }
 
@@ -655,6 +662,7 @@ mod tests {
                 body: bytes::Bytes::new(),
             },
             timeout: None,
+            retry: None,
             upgrades: vec![],
             request_headers: Arc::default(),
             response_headers: Arc::default(),

@@ -171,6 +171,22 @@ pub struct ClusterStats {
     pub upstream_rq_rx_reset: Counter,
     /// `upstream_rq_tx_reset`.
     pub upstream_rq_tx_reset: Counter,
+    /// `upstream_rq_retry`.
+    pub upstream_rq_retry: Counter,
+    /// `upstream_rq_retry_success`.
+    pub upstream_rq_retry_success: Counter,
+    /// `upstream_rq_retry_overflow`: retries the `max_retries` circuit breaker refused.
+    pub upstream_rq_retry_overflow: Counter,
+    /// `upstream_rq_retry_limit_exceeded`.
+    pub upstream_rq_retry_limit_exceeded: Counter,
+    /// `upstream_rq_retry_backoff_exponential`.
+    pub upstream_rq_retry_backoff_exponential: Counter,
+    /// `upstream_rq_per_try_timeout`.
+    pub upstream_rq_per_try_timeout: Counter,
+    /// `upstream_rq_per_try_idle_timeout`.
+    pub upstream_rq_per_try_idle_timeout: Counter,
+    /// `retry_or_shadow_abandoned`: request bodies too large to keep for a retry.
+    pub retry_or_shadow_abandoned: Counter,
     by_code: RefCell<HashMap<u16, (Counter, Counter)>>,
     /// `ssl.*`, for clusters with TLS.
     pub tls: Option<crate::tls::stats::TlsStats>,
@@ -221,11 +237,34 @@ impl ClusterStats {
             upstream_rq_timeout: c("upstream_rq_timeout"),
             upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
             upstream_rq_tx_reset: c("upstream_rq_tx_reset"),
+            upstream_rq_retry: c("upstream_rq_retry"),
+            upstream_rq_retry_success: c("upstream_rq_retry_success"),
+            upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
+            upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
+            upstream_rq_retry_backoff_exponential: c("upstream_rq_retry_backoff_exponential"),
+            upstream_rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
+            upstream_rq_per_try_idle_timeout: c("upstream_rq_per_try_idle_timeout"),
+            retry_or_shadow_abandoned: c("retry_or_shadow_abandoned"),
             by_code: RefCell::new(HashMap::new()),
             tls: tls.then(|| crate::tls::stats::TlsStats::new(shard.clone(), &prefix)),
             shard,
             prefix,
         }
+    }
+
+    /// Counts the code of a response dropped for a retry: `retry.upstream_rq_<code>` and
+    /// `retry.upstream_rq_<N>xx`, as Envoy charges it.
+    pub fn retry_response_code(&self, code: u16) {
+        self.shard
+            .counter(&format!("{}retry.upstream_rq_{code}", self.prefix))
+            .inc();
+        self.shard
+            .counter(&format!(
+                "{}retry.upstream_rq_{}xx",
+                self.prefix,
+                code / 100
+            ))
+            .inc();
     }
 
     /// Counts a response code: `upstream_rq_<code>` and `upstream_rq_<N>xx`.

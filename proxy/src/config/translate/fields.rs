@@ -461,7 +461,8 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
     refuse(path, "rate_limits", rate_limits)?;
     refuse(path, "cors", cors)?;
     refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
-    refuse(path, "retry_policy", retry_policy)?;
+    // retry_policy: translated in translate::retry.
+    let _ = retry_policy;
     refuse(path, "retry_policy_typed_config", retry_policy_typed_config)?;
     refuse(path, "hedge_policy", hedge_policy)?;
     refuse(
@@ -591,7 +592,8 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     refuse(path, "idle_timeout", idle_timeout)?;
     refuse(path, "flush_timeout", flush_timeout)?;
     refuse(path, "early_data_policy", early_data_policy)?;
-    refuse(path, "retry_policy", retry_policy)?;
+    // retry_policy: translated in translate::retry.
+    let _ = retry_policy;
     refuse(path, "retry_policy_typed_config", retry_policy_typed_config)?;
     refuse(path, "request_mirror_policies", request_mirror_policies)?;
     refuse(path, "priority", priority)?;

@@ -515,7 +515,14 @@ pub(crate) fn translate_routes(
                 ))
             }
         };
+        let retry = vh
+            .retry_policy
+            .as_ref()
+            .map(|p| super::retry::policy(p, &format!("{vpath}.retry_policy")))
+            .transpose()?
+            .map(std::sync::Arc::new);
         vhosts.push(VirtualHost {
+            retry,
             require_tls,
             attempt_count_upstream: vh.include_request_attempt_count,
             attempt_count_response: vh.include_attempt_count_in_response,
@@ -624,6 +631,7 @@ fn translate_route(
             .with_grpc(m.grpc.is_some()),
         action: t.action,
         timeout: t.timeout,
+        retry: t.retry,
         upgrades: t.upgrades,
         request_headers: super::route_action::header_parser(
             &r.request_headers_to_add,
@@ -655,7 +663,7 @@ pub(super) fn upgrade_kind(upgrade_type: &str, path: &str) -> Result<String, Con
     Ok(upgrade_type.to_ascii_lowercase())
 }
 
-fn translate_header_match(
+pub(super) fn translate_header_match(
     h: &route::HeaderMatcher,
     path: &str,
 ) -> Result<HeaderMatch, ConfigError> {

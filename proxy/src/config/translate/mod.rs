@@ -22,6 +22,7 @@ mod http_manager;
 mod lb;
 mod listener_filters;
 mod operations;
+mod retry;
 mod route_action;
 mod tls;
 

@@ -22,6 +22,7 @@ pub(super) const MAX_DIRECT_RESPONSE_BODY: u64 = 4096;
 pub(super) struct Translated {
     pub action: Action,
     pub timeout: Option<Duration>,
+    pub retry: Option<std::sync::Arc<crate::router::retry::RetryPolicy>>,
     pub upgrades: Vec<(String, bool)>,
 }
 
@@ -37,6 +38,7 @@ pub(super) fn translate(
     let local = |action| Translated {
         action,
         timeout: None,
+        retry: None,
         upgrades: Vec::new(),
     };
     match &r.action {
@@ -256,6 +258,12 @@ fn forward(
             append_x_forwarded_host: action.append_x_forwarded_host,
         }),
         timeout: (!timeout.is_zero()).then_some(timeout),
+        retry: action
+            .retry_policy
+            .as_ref()
+            .map(|p| super::retry::policy(p, &format!("{apath}.retry_policy")))
+            .transpose()?
+            .map(std::sync::Arc::new),
         upgrades,
     })
 }

@@ -2,4 +2,5 @@
 
 pub mod compressor;
 pub mod decompressor;
+pub mod retry;
 pub mod router;

@@ -11,6 +11,7 @@ use crate::http::body::{Deadline, EndReason, ProxyBody, RequestProgress};
 use crate::http::conn_manager::authority;
 use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
+use crate::router::retry::RetryHeaders;
 use crate::router::{Action, HostRewrite, PathRedirect, Redirect, Route};
 use crate::stream_info::StreamInfo;
 use crate::upstream::pool::{self, ConnectError, Http1Sender, Http2Stream};
@@ -26,18 +27,28 @@ pub struct Upstream {
     host: Rc<Host>,
     conn: Option<Conn>,
     request: Rc<RequestProgress>,
-    failed: bool,
+    pub(super) failed: bool,
     finished: bool,
 }
 
 #[derive(Debug)]
-enum Conn {
+pub(super) enum Conn {
     Http1(Http1Sender),
     Http2 {
         // Held to keep the stream's slot on its connection until the response ends.
         stream: Http2Stream,
         pump: Option<tokio::task::AbortHandle>,
     },
+}
+
+impl Conn {
+    /// The connection, for the access log.
+    pub(super) fn info(&self) -> crate::stream_info::UpstreamConnection {
+        match self {
+            Conn::Http1(sender) => sender.info,
+            Conn::Http2 { stream, .. } => stream.conn().info,
+        }
+    }
 }
 
 impl Upstream {
@@ -64,6 +75,27 @@ impl Upstream {
     /// Ends the upstream side of the stream.
     pub fn finish(mut self, reason: EndReason) {
         self.settle(reason);
+    }
+
+    /// Ends an attempt whose response is dropped for a retry: its connection goes back to the
+    /// pool when the response had no body to read.
+    pub(super) fn finish_with(mut self, conn: Conn, complete: bool) {
+        let reason = if complete {
+            self.conn = Some(conn);
+            EndReason::Complete
+        } else {
+            EndReason::DownstreamReset
+        };
+        self.failed = true;
+        self.settle(reason);
+    }
+
+    /// Ends an attempt whose per-try timeout passed: the host counts a timeout, the cluster a
+    /// reset of ours.
+    pub(super) fn finish_try_timeout(mut self) {
+        HostStats::inc(&self.host.stats.rq_timeout);
+        self.failed = true;
+        self.settle(EndReason::DownstreamReset);
     }
 
     fn settle(&mut self, reason: EndReason) {
@@ -123,6 +155,8 @@ pub async fn route(
     (downstream_remote, downstream_local): (std::net::SocketAddr, std::net::SocketAddr),
     source: Option<pool::Source>,
     (scheme, upgrade, header_timeout): (&str, Option<&str>, Option<std::time::Duration>),
+    retry_headers: Option<&RetryHeaders>,
+    buffer_limit: usize,
     mut info: Option<&mut StreamInfo>,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let host_header = authority(&parts).unwrap_or("").to_string();
@@ -272,11 +306,6 @@ pub async fn route(
     for p in order(false) {
         p.apply(&mut parts.headers);
     }
-    if vhost.attempt_count_upstream {
-        parts
-            .headers
-            .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
-    }
     let response_headers = order(true);
     if let Some(rw) = &forward.path_rewrite {
         let old = parts
@@ -358,16 +387,6 @@ pub async fn route(
             }
         }
     }
-    let Some(host) = cluster.select_host(dest, |d| worker.is_own_listener(d)) else {
-        cluster.stats.upstream_cx_none_healthy.inc();
-        return Err(LocalReply::NO_HEALTHY_UPSTREAM);
-    };
-    let host = cluster.variant_from(
-        host,
-        (downstream_remote, downstream_local),
-        Some(&host_header),
-        source,
-    );
     // An internal request's x-envoy-upstream-rq-timeout-ms replaces the route's timeout (0:
     // none), as in Envoy.
     let route_timeout = match header_timeout {
@@ -375,8 +394,25 @@ pub async fn route(
         Some(t) => Some(t),
         None => route.timeout,
     };
+    // The route's retry policy, or its virtual host's, with what an internal request's
+    // x-envoy-retry-* headers add; none for upgrades, whose body is a tunnel.
+    let retry = upgrade
+        .is_none()
+        .then(|| {
+            super::retry::RetryState::new(
+                route.retry.as_ref().or(vhost.retry.as_ref()),
+                retry_headers,
+                &parts.headers,
+            )
+        })
+        .flatten();
+    // A per-try timeout no shorter than the route timeout never fires first (Envoy drops it).
+    let per_try_timeout = retry
+        .as_ref()
+        .and_then(|r| r.per_try_timeout())
+        .filter(|p| route_timeout.is_none_or(|t| *p < t));
     if !cfg.router.suppress_envoy_headers {
-        if let Some(t) = route_timeout {
+        if let Some(t) = per_try_timeout.or(route_timeout) {
             parts.headers.insert(
                 names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
                 headers::number(t.as_millis() as u64),
@@ -384,125 +420,179 @@ pub async fn route(
         }
     }
     if let Some(info) = info.as_deref_mut() {
-        info.upstream_host = Some(host.address);
-        info.attempts = 1;
         // The header map Envoy logs is the one the router forwards.
         info.request_headers_bytes =
             crate::http::conn_manager::request_headers_bytes(&parts, info.scheme);
     }
-    let failure = std::cell::RefCell::new(None);
+    let f = Forward {
+        worker,
+        cluster: &cluster,
+        dest,
+        downstream: (downstream_remote, downstream_local),
+        authority: &host_header,
+        source,
+        upgrade,
+        request,
+        dynamic_stats: cfg.router.dynamic_stats,
+        response_headers,
+        attempt_count: (vhost.attempt_count_upstream, vhost.attempt_count_response),
+        // Envoy's route timeout runs from the end of the request to the end of the response;
+        // an upgrade's request never ends (its body is the tunnel), so its timeout never starts.
+        timeout: if upgrade.is_some() {
+            None
+        } else {
+            route_timeout
+        },
+        per_try_timeout,
+        buffer_limit,
+    };
+    super::retry::forward(&f, parts, body, retry, info).await
+}
+
+/// What every attempt of one request shares.
+pub(super) struct Forward<'a> {
+    pub worker: &'a Rc<Worker>,
+    pub cluster: &'a Rc<Cluster>,
+    /// The original destination (ORIGINAL_DST clusters).
+    pub dest: std::net::SocketAddr,
+    pub downstream: (std::net::SocketAddr, std::net::SocketAddr),
+    pub authority: &'a str,
+    pub source: Option<pool::Source>,
+    pub upgrade: Option<&'a str>,
+    pub request: &'a Rc<RequestProgress>,
+    pub dynamic_stats: bool,
+    /// The header changes of the route, virtual host and table for the response.
+    pub response_headers: Vec<std::sync::Arc<crate::router::HeaderParser>>,
+    /// `include_request_attempt_count`, `include_attempt_count_in_response`.
+    pub attempt_count: (bool, bool),
+    /// The route timeout, over all attempts.
+    pub timeout: Option<std::time::Duration>,
+    pub per_try_timeout: Option<std::time::Duration>,
+    /// What the request body may hold to be sent again (`per_connection_buffer_limit_bytes`).
+    pub buffer_limit: usize,
+}
+
+impl Forward<'_> {
+    /// A host for the next attempt, avoiding `avoid` up to `tries` more picks.
+    pub(super) fn select_host(
+        &self,
+        avoid: &[std::net::SocketAddr],
+        tries: u32,
+    ) -> Option<Rc<Host>> {
+        let pick = || {
+            self.cluster
+                .select_host(self.dest, |d| self.worker.is_own_listener(d))
+        };
+        let mut host = pick()?;
+        for _ in 0..tries {
+            if !avoid.contains(&host.address) {
+                break;
+            }
+            host = pick()?;
+        }
+        Some(
+            self.cluster
+                .variant_from(host, self.downstream, Some(self.authority), self.source),
+        )
+    }
+
+    /// The response of a successful attempt as the client gets it.
+    pub(super) fn finish_response(
+        &self,
+        mut resp: Response<ProxyBody>,
+        conn: Conn,
+        mut upstream: Upstream,
+        attempts: u32,
+    ) -> (Response<ProxyBody>, Upstream, Option<Deadline>) {
+        if self.dynamic_stats {
+            self.cluster.stats.response_code(resp.status().as_u16());
+        }
+        upstream.failed = resp.status().is_server_error();
+        for p in &self.response_headers {
+            p.apply(resp.headers_mut());
+        }
+        if self.attempt_count.1 {
+            resp.headers_mut().insert(
+                X_ENVOY_ATTEMPT_COUNT.clone(),
+                headers::number(attempts.into()),
+            );
+        }
+        // After a 101 the upstream connection belongs to the tunnel, never to the pool.
+        if self.upgrade.is_none() || resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            upstream.conn = Some(conn);
+        }
+        let deadline = self.timeout.map(|timeout| Deadline {
+            timeout,
+            request: self.request.clone(),
+        });
+        (resp, upstream, deadline)
+    }
+}
+
+/// How far one attempt got.
+pub(super) struct AttemptState {
+    /// Its upstream request, once a connection was given to it.
+    pub upstream: std::cell::RefCell<Option<Upstream>>,
+    /// Why a connect failed, for `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+    pub failure: std::cell::RefCell<Option<String>>,
+    /// Whether it negotiated HTTP/2.
+    pub http2: std::cell::Cell<bool>,
+}
+
+impl AttemptState {
+    pub(super) fn new() -> Self {
+        AttemptState {
+            upstream: std::cell::RefCell::new(None),
+            failure: std::cell::RefCell::new(None),
+            http2: std::cell::Cell::new(false),
+        }
+    }
+}
+
+/// One attempt to `host`: the connection, the request, and the response headers.
+pub(super) async fn attempt(
+    f: &Forward<'_>,
+    host: &Rc<Host>,
+    parts: http::request::Parts,
+    body: ProxyBody,
+    state: &AttemptState,
+) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
+    let cluster = f.cluster;
+    let failure = &state.failure;
     let http2 = match cluster.config().protocol {
         UpstreamProtocol::Http1 => false,
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Downstream => parts.version == Version::HTTP_2,
-        UpstreamProtocol::Auto => match pool::negotiate(&cluster, &host).await {
+        UpstreamProtocol::Auto => match pool::negotiate(cluster, host).await {
             Ok(h2) => h2,
-            Err(e) => {
-                if let Some(info) = info.as_deref_mut() {
-                    info.upstream_transport_failure = e.transport_failure_reason();
-                }
-                return Err(connect_failure(e, &failure));
-            }
+            Err(e) => return Err(connect_failure(e, failure)),
         },
     };
-
+    state.http2.set(http2);
     // An upgrade over HTTP/2 needs an extended CONNECT, not built yet: refused here, before it
     // could make a healthy upstream connection look broken.
-    if upgrade.is_some() && http2 {
+    if f.upgrade.is_some() && http2 {
         return Err(LocalReply {
             details: "upgrade_failed",
             ..LocalReply::CONNECTION_TERMINATION
         });
     }
-    let mut upstream = Upstream::start(cluster.clone(), host.clone(), request.clone());
+    *state.upstream.borrow_mut() = Some(Upstream::start(
+        cluster.clone(),
+        host.clone(),
+        f.request.clone(),
+    ));
     let target = Target {
-        cluster: &cluster,
-        host: &host,
-        authority: &host_header,
-        request,
-        failure: &failure,
+        cluster,
+        host,
+        authority: f.authority,
+        request: f.request,
+        failure,
     };
-    let send = async {
-        if http2 {
-            send_http2(&target, parts, body).await
-        } else {
-            send_http1(&target, parts, body).await
-        }
-    };
-    // Envoy's route timeout runs from the end of the request to the end of the response; this
-    // part covers the wait for the response headers, the response body carries the rest. An
-    // upgrade's request never ends (its body is the tunnel), so its timeout never starts.
-    let timeout = if upgrade.is_some() {
-        None
+    if http2 {
+        send_http2(&target, parts, body).await
     } else {
-        route_timeout
-    };
-    let result = match timeout {
-        Some(t) => {
-            let timer = async {
-                request.wait_done().await;
-                tokio::time::sleep(t).await;
-            };
-            tokio::select! {
-                r = send => r,
-                _ = timer => Err(LocalReply::TIMEOUT),
-            }
-        }
-        None => send.await,
-    };
-    if let Some(info) = info {
-        info.upstream_transport_failure = failure.take();
-        if let Ok((_, conn)) = &result {
-            info.upstream_connection = Some(match conn {
-                Conn::Http1(sender) => sender.info,
-                Conn::Http2 { stream, .. } => stream.conn().info,
-            });
-            info.upstream_protocol = Some(if http2 { "HTTP/2" } else { "HTTP/1.1" });
-        }
-    }
-    match result {
-        Ok((mut resp, conn)) => {
-            if cfg.router.dynamic_stats {
-                cluster.stats.response_code(resp.status().as_u16());
-            }
-            upstream.failed = resp.status().is_server_error();
-            for p in &response_headers {
-                p.apply(resp.headers_mut());
-            }
-            if vhost.attempt_count_response {
-                resp.headers_mut()
-                    .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
-            }
-            // After a 101 the upstream connection belongs to the tunnel, never to the pool.
-            if upgrade.is_none() || resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                upstream.conn = Some(conn);
-            }
-            let deadline = timeout.map(|timeout| Deadline {
-                timeout,
-                request: request.clone(),
-            });
-            Ok((resp, upstream, deadline))
-        }
-        Err(reply) => {
-            // The upstream request failed because the client's body could not be read: that is
-            // the client's error, answered with 400 as Envoy does.
-            let reply = if request.failed() {
-                LocalReply::BAD_REQUEST
-            } else {
-                reply
-            };
-            if cfg.router.dynamic_stats {
-                cluster.stats.response_code(reply.status.as_u16());
-            }
-            upstream.failed = true;
-            let reason = if reply.status == StatusCode::GATEWAY_TIMEOUT {
-                EndReason::Timeout
-            } else {
-                EndReason::UpstreamReset
-            };
-            upstream.finish(reason);
-            Err(reply)
-        }
+        send_http1(&target, parts, body).await
     }
 }
 
@@ -690,7 +780,9 @@ async fn send_http2(
                     continue;
                 }
                 tracing::debug!(error = %e, "upstream HTTP/2 stream failed");
-                return Err(if e.is_io() {
+                return Err(if refused && !e.is_go_away() {
+                    LocalReply::REFUSED_STREAM
+                } else if e.is_io() {
                     LocalReply::CONNECTION_TERMINATION
                 } else {
                     LocalReply::REMOTE_RESET
@@ -781,8 +873,8 @@ fn redirect_host(
     }
 }
 
-/// `x-envoy-attempt-count`: one attempt, as skiff does not retry.
-static X_ENVOY_ATTEMPT_COUNT: http::HeaderName =
+/// `x-envoy-attempt-count`: the attempt a request is, or the attempts a response took.
+pub(super) static X_ENVOY_ATTEMPT_COUNT: http::HeaderName =
     http::HeaderName::from_static("x-envoy-attempt-count");
 
 /// Appends the host a rewrite replaced to `x-forwarded-host`, unless it is already the last

@@ -1,0 +1,179 @@
+//! `RetryPolicy` on a route or a virtual host, checked as Envoy's `RetryPolicyImpl` checks it.
+
+use envoy_types::pb::envoy::config::route::v3 as route;
+
+use super::super::ConfigError;
+use super::duration;
+use crate::router::retry::{RetryOn, RetryPolicy, DEFAULT_BASE_INTERVAL};
+
+/// The type of the only retry host predicate skiff runs (Istio sets it on every route).
+const PREVIOUS_HOSTS: &str = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
+
+/// The retry policy `p` at `path`.
+pub(super) fn policy(p: &route::RetryPolicy, path: &str) -> Result<RetryPolicy, ConfigError> {
+    let route::RetryPolicy {
+        retry_on,
+        num_retries,
+        per_try_timeout,
+        per_try_idle_timeout,
+        retry_priority,
+        retry_host_predicate,
+        retry_options_predicates,
+        host_selection_retry_max_attempts,
+        retriable_status_codes,
+        retry_back_off,
+        rate_limited_retry_back_off,
+        retriable_headers,
+        retriable_request_headers,
+        refresh_cluster_on_retry,
+    } = p;
+    let unsupported = |f: &str| Err(ConfigError::unsupported(format!("{path}.{f}")));
+    if retry_priority.is_some() {
+        return unsupported("retry_priority");
+    }
+    if !retry_options_predicates.is_empty() {
+        return unsupported("retry_options_predicates");
+    }
+    if rate_limited_retry_back_off.is_some() {
+        return unsupported("rate_limited_retry_back_off");
+    }
+    if *refresh_cluster_on_retry {
+        return unsupported("refresh_cluster_on_retry");
+    }
+    let (on, unknown) = RetryOn::parse_config(retry_on);
+    if !unknown.is_empty() {
+        // Envoy logs and ignores them too.
+        tracing::warn!(
+            path = %format!("{path}.retry_on"),
+            tokens = ?unknown,
+            "unknown retry_on tokens are ignored"
+        );
+    }
+    let mut out = RetryPolicy {
+        retry_on: on,
+        num_retries: num_retries.as_ref().map_or(1, |v| v.value),
+        ..RetryPolicy::default()
+    };
+    if let Some(d) = per_try_timeout {
+        let d = duration(d, &format!("{path}.per_try_timeout"))?;
+        out.per_try_timeout = (!d.is_zero()).then_some(d);
+    }
+    if let Some(d) = per_try_idle_timeout {
+        let d = duration(d, &format!("{path}.per_try_idle_timeout"))?;
+        out.per_try_idle_timeout = (!d.is_zero()).then_some(d);
+    }
+    if let Some(b) = retry_back_off {
+        let bpath = format!("{path}.retry_back_off");
+        let base = b
+            .base_interval
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(format!("{bpath}.base_interval"), "required"))?;
+        let base = duration(base, &format!("{bpath}.base_interval"))?;
+        if base.as_millis() == 0 {
+            return Err(ConfigError::new(
+                format!("{bpath}.base_interval"),
+                "must be at least 1ms",
+            ));
+        }
+        let max = match &b.max_interval {
+            Some(m) => duration(m, &format!("{bpath}.max_interval"))?,
+            None => base * 10,
+        };
+        if max < base {
+            return Err(ConfigError::new(
+                format!("{bpath}.max_interval"),
+                "retry_policy.max_interval must greater than or equal to the base_interval",
+            ));
+        }
+        out.base_interval = base;
+        out.max_interval = max;
+    } else {
+        out.base_interval = DEFAULT_BASE_INTERVAL;
+        out.max_interval = DEFAULT_BASE_INTERVAL * 10;
+    }
+    for (i, code) in retriable_status_codes.iter().enumerate() {
+        // Envoy compares the response's status with each: a code no status has never matches.
+        match u16::try_from(*code) {
+            Ok(c) => out.retriable_status_codes.push(c),
+            Err(_) => tracing::debug!(path, i, "retriable status code out of range"),
+        }
+    }
+    for (i, h) in retriable_headers.iter().enumerate() {
+        out.retriable_headers
+            .push(super::http_manager::translate_header_match(
+                h,
+                &format!("{path}.retriable_headers[{i}]"),
+            )?);
+    }
+    for (i, h) in retriable_request_headers.iter().enumerate() {
+        out.retriable_request_headers
+            .push(super::http_manager::translate_header_match(
+                h,
+                &format!("{path}.retriable_request_headers[{i}]"),
+            )?);
+    }
+    for (i, pred) in retry_host_predicate.iter().enumerate() {
+        let ppath = format!("{path}.retry_host_predicate[{i}]");
+        use route::retry_policy::retry_host_predicate::ConfigType;
+        match &pred.config_type {
+            Some(ConfigType::TypedConfig(any))
+                if super::super::proto::type_name(&any.type_url) == PREVIOUS_HOSTS =>
+            {
+                out.previous_hosts = true;
+            }
+            _ => return Err(ConfigError::unsupported(ppath)),
+        }
+    }
+    out.host_selection_max_attempts =
+        u32::try_from(*host_selection_retry_max_attempts).map_err(|_| {
+            ConfigError::new(
+                format!("{path}.host_selection_retry_max_attempts"),
+                "must be between 0 and 4294967295",
+            )
+        })?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_text;
+
+    fn with_policy(policy: &str) -> String {
+        format!(
+            r#"static_resources: {{ listeners: [{{ name: l, address: {{socket_address: {{address: 127.0.0.1, port_value: 15001}}}}, filter_chains: [{{filters: [{{name: h, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: h, http_filters: [{{name: r, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}], route_config: {{virtual_hosts: [{{name: v, domains: ["*"], retry_policy: {{retry_on: 5xx}}, routes: [{{match: {{prefix: /}}, route: {{cluster: c, retry_policy: {policy}}}}}]}}]}}}}}}]}}] }}], clusters: [{{name: c, type: STATIC, load_assignment: {{cluster_name: c, endpoints: []}}}}] }}"#
+        )
+    }
+
+    const ROUTE: &str = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].route.retry_policy";
+
+    #[test]
+    fn policies_load_and_refusals_name_the_field() {
+        let ok = r#"{retry_on: "5xx,unavailable,bogus", num_retries: 3, per_try_timeout: 0.2s, retriable_status_codes: [418], retry_back_off: {base_interval: 0.01s}, host_selection_retry_max_attempts: 5, retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}], retriable_headers: [{name: x-retry}]}"#;
+        load_text(&with_policy(ok)).expect("loads");
+        let e = load_text(&with_policy(
+            "{retry_on: 5xx, retry_back_off: {base_interval: 1s, max_interval: 0.5s}}",
+        ))
+        .expect_err("max below base");
+        assert_eq!(
+            e.to_string(),
+            format!("{ROUTE}.retry_back_off.max_interval: retry_policy.max_interval must greater than or equal to the base_interval")
+        );
+        let e = load_text(&with_policy(
+            r#"{retry_on: 5xx, retry_priority: {name: envoy.retry_priorities.previous_priorities, typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig, update_frequency: 2}}}"#,
+        ))
+        .expect_err("priority");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{ROUTE}.retry_priority")),
+            "{e}"
+        );
+        let e = load_text(&with_policy(
+            "{retry_on: 5xx, refresh_cluster_on_retry: true}",
+        ))
+        .expect_err("refresh");
+        assert_eq!(
+            e.to_string(),
+            format!("{ROUTE}.refresh_cluster_on_retry: unsupported")
+        );
+    }
+}

@@ -1,0 +1,623 @@
+//! The router's attempts: one upstream request after another until one gives a response the
+//! retry policy accepts, the retries run out, or the route timeout passes (Envoy's
+//! `RetryStateImpl` and the retry half of `Router::Filter`).
+//!
+//! A request without a retry policy (or retry headers) makes exactly one attempt, with no
+//! buffering and no allocation for retries.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Response};
+use http_body::Body as _;
+
+use super::router::{attempt, AttemptState, Forward, Upstream, X_ENVOY_ATTEMPT_COUNT};
+use crate::http::body::{Deadline, EndReason, ProxyBody};
+use crate::http::headers;
+use crate::http::local_reply::LocalReply;
+use crate::http::replay::ReplayBuffer;
+use crate::router::retry::{BackOff, RetryHeaders, RetryOn, RetryPolicy};
+use crate::router::{header_matches, RequestView};
+use crate::stream_info::{ResponseFlag, StreamInfo};
+use crate::upstream::circuit_breaker::Held;
+use crate::upstream::Cluster;
+
+/// How an attempt failed before its response headers, as Envoy's stream reset reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// The connection could not be made (refused, timed out, TLS failed).
+    ConnectFailure,
+    /// A circuit breaker refused the request: never retried.
+    Overflow,
+    /// The upstream refused the HTTP/2 stream without processing it.
+    RefusedStream,
+    /// Any other reset or closed connection after the request started.
+    Other,
+}
+
+impl Reset {
+    /// The reset a local reply of an attempt stands for.
+    fn of(reply: &LocalReply) -> Reset {
+        match reply.details {
+            d if d == LocalReply::CONNECT_FAILURE.details
+                || d == LocalReply::CONNECT_TIMEOUT.details =>
+            {
+                Reset::ConnectFailure
+            }
+            d if d == LocalReply::OVERFLOW.details => Reset::Overflow,
+            d if d == LocalReply::REFUSED_STREAM.details => Reset::RefusedStream,
+            _ => Reset::Other,
+        }
+    }
+}
+
+/// What the retry state says about a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Not a failure the policy retries.
+    No,
+    /// Retry after this wait.
+    Retry(Duration),
+    /// A retriable failure with no retries left (`URX`).
+    LimitExceeded,
+    /// A retriable failure the `max_retries` circuit breaker refused (`UO`).
+    Overflow,
+}
+
+/// One request's retry state: the policy with what its headers add, the retries left, the
+/// backoff, and the circuit-breaker hold of the retry under way.
+#[derive(Debug)]
+pub struct RetryState {
+    policy: Arc<RetryPolicy>,
+    retry_on: RetryOn,
+    remaining: u32,
+    status_codes: Vec<u16>,
+    header_names: Vec<http::HeaderName>,
+    per_try_timeout: Option<Duration>,
+    backoff: BackOff,
+    /// A retry was made and its outcome not yet judged (`upstream_rq_retry_success`).
+    pending: bool,
+    held: Option<Held>,
+}
+
+impl RetryState {
+    /// The state for a request with `headers` under `policy` (the route's, else its virtual
+    /// host's) and the retry headers of an internal request; `None` when nothing can be retried.
+    pub fn new(
+        policy: Option<&Arc<RetryPolicy>>,
+        retry_headers: Option<&RetryHeaders>,
+        headers: &HeaderMap,
+    ) -> Option<RetryState> {
+        let header_on = retry_headers.and_then(|h| h.retry_on);
+        if policy.is_none_or(|p| p.retry_on.is_empty()) && header_on.is_none() {
+            return None;
+        }
+        let policy = policy.cloned().unwrap_or_default();
+        let mut retry_on = policy.retry_on | header_on.unwrap_or_default();
+        if !policy.retriable_request_headers.is_empty() {
+            let view = RequestView::get("", headers);
+            if !policy
+                .retriable_request_headers
+                .iter()
+                .any(|m| header_matches(m, &view))
+            {
+                retry_on = RetryOn::default();
+            }
+        }
+        let mut remaining = policy.num_retries;
+        let mut status_codes = policy.retriable_status_codes.clone();
+        let mut header_names = Vec::new();
+        let mut per_try_timeout = policy.per_try_timeout;
+        if let Some(h) = retry_headers {
+            if let Some(n) = h.max_retries.filter(|_| !retry_on.is_empty()) {
+                remaining = n;
+            }
+            status_codes.extend_from_slice(&h.status_codes);
+            header_names.extend_from_slice(&h.header_names);
+            if h.per_try_timeout.is_some() {
+                per_try_timeout = h.per_try_timeout;
+            }
+        }
+        Some(RetryState {
+            backoff: BackOff::new(policy.base_interval, policy.max_interval),
+            policy,
+            retry_on,
+            remaining,
+            status_codes,
+            header_names,
+            per_try_timeout,
+            pending: false,
+            held: None,
+        })
+    }
+
+    /// `per_try_timeout`, or an internal request's `x-envoy-upstream-rq-per-try-timeout-ms`.
+    pub fn per_try_timeout(&self) -> Option<Duration> {
+        self.per_try_timeout
+    }
+
+    /// Envoy's `wouldRetryFromHeaders`.
+    pub fn would_retry_headers(&self, status: u16, h: &HeaderMap) -> bool {
+        let on = self.retry_on;
+        // A response an upstream Envoy rate limited is retried only under envoy-ratelimited.
+        if h.contains_key("x-envoy-ratelimited") {
+            return on.has(RetryOn::ENVOY_RATE_LIMITED);
+        }
+        if on.has(RetryOn::FIVE_XX) && (500..600).contains(&status) {
+            return true;
+        }
+        if on.has(RetryOn::GATEWAY_ERROR) && (502..=504).contains(&status) {
+            return true;
+        }
+        if on.has(RetryOn::RETRIABLE_4XX) && status == 409 {
+            return true;
+        }
+        if on.has(RetryOn::RETRIABLE_STATUS_CODES) && self.status_codes.contains(&status) {
+            return true;
+        }
+        if on.has(RetryOn::RETRIABLE_HEADERS) {
+            let view = RequestView::get("", h);
+            if self
+                .policy
+                .retriable_headers
+                .iter()
+                .any(|m| header_matches(m, &view))
+                || self.header_names.iter().any(|n| h.contains_key(n))
+            {
+                return true;
+            }
+        }
+        // gRPC statuses in the headers: a trailers-only response.
+        h.get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .is_some_and(|code| on.grpc_status(code))
+    }
+
+    /// Envoy's `wouldRetryFromReset`; `started` when the request headers went upstream.
+    pub fn would_retry_reset(&self, reset: Reset, started: bool) -> bool {
+        let on = self.retry_on;
+        if reset == Reset::Overflow {
+            return false;
+        }
+        if on.has(RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET)
+            || (on.has(RetryOn::RESET_BEFORE_REQUEST) && !started)
+        {
+            return true;
+        }
+        match reset {
+            Reset::RefusedStream => on.has(RetryOn::REFUSED_STREAM),
+            Reset::ConnectFailure => on.has(RetryOn::CONNECT_FAILURE),
+            _ => false,
+        }
+    }
+
+    /// Envoy's `shouldRetry`: the decision on an attempt's outcome, counted in the cluster's
+    /// stats, the retry taking one of the `max_retries` circuit breaker's slots until its own
+    /// outcome is known.
+    pub fn should_retry(&mut self, would: bool, cluster: &Cluster, random: u64) -> Decision {
+        let stats = &cluster.stats;
+        if self.pending && !would {
+            stats.upstream_rq_retry_success.inc();
+        }
+        self.pending = false;
+        self.held = None;
+        if !would {
+            return Decision::No;
+        }
+        if self.remaining == 0 {
+            stats.upstream_rq_retry_limit_exceeded.inc();
+            return Decision::LimitExceeded;
+        }
+        self.remaining -= 1;
+        let Some(held) = cluster.info.breakers.default.retries.try_acquire() else {
+            stats.upstream_rq_retry_overflow.inc();
+            return Decision::Overflow;
+        };
+        self.held = Some(held);
+        self.pending = true;
+        stats.upstream_rq_retry.inc();
+        stats.upstream_rq_retry_backoff_exponential.inc();
+        Decision::Retry(self.backoff.next(random))
+    }
+
+    fn avoid_previous_hosts(&self) -> Option<u32> {
+        self.policy
+            .previous_hosts
+            .then_some(self.policy.host_selection_max_attempts)
+    }
+}
+
+/// How an attempt ended (short-lived, on the stack of one request: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Outcome {
+    Done(Result<(Response<ProxyBody>, super::router::Conn), LocalReply>),
+    PerTryTimeout,
+    PerTryIdleTimeout,
+    RouteTimeout,
+}
+
+/// Resolves after `d` from the end of the request (from now for an attempt after the first),
+/// never without `d`.
+async fn after_request(request: &crate::http::body::RequestProgress, d: Option<Duration>) {
+    match d {
+        Some(d) => {
+            request.wait_done().await;
+            tokio::time::sleep(d).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Envoy's body for a reset after a retry: `… retried and the latest reset reason: …`.
+fn retried_body(reply: &mut LocalReply) {
+    const PLAIN: &[u8] =
+        b"upstream connect error or disconnect/reset before headers. reset reason: ";
+    if let Some(rest) = reply.body.strip_prefix(PLAIN) {
+        let mut b = b"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: ".to_vec();
+        b.extend_from_slice(rest);
+        reply.body = Bytes::from(b);
+    }
+}
+
+/// Sends the request upstream, attempt after attempt as `retry` allows, and returns the
+/// response of the last attempt (or the local reply for its failure).
+pub(super) async fn forward(
+    f: &Forward<'_>,
+    parts: http::request::Parts,
+    body: ProxyBody,
+    retry: Option<RetryState>,
+    info: Option<&mut StreamInfo>,
+) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
+    let mut attempts = 0;
+    let result = attempts_loop(f, parts, body, retry, info, &mut attempts).await;
+    // The router's local replies say how many attempts were made too (Envoy).
+    result.map_err(|mut reply| {
+        if f.attempt_count.1 {
+            reply.headers.push((
+                X_ENVOY_ATTEMPT_COUNT.clone(),
+                headers::number(attempts.into()),
+            ));
+        }
+        reply
+    })
+}
+
+async fn attempts_loop(
+    f: &Forward<'_>,
+    parts: http::request::Parts,
+    body: ProxyBody,
+    mut retry: Option<RetryState>,
+    mut info: Option<&mut StreamInfo>,
+    attempts: &mut u32,
+) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
+    let cluster = f.cluster;
+    let stats = &cluster.stats;
+    let route_timer = after_request(f.request, f.timeout);
+    tokio::pin!(route_timer);
+    // With a retry state the body is kept to be sent again; without one it passes once, as
+    // does the request head.
+    let (replay, mut body) = match &retry {
+        Some(_) => (
+            Some(ReplayBuffer::new(
+                body,
+                f.buffer_limit,
+                stats.retry_or_shadow_abandoned.clone(),
+            )),
+            None,
+        ),
+        None => (None, Some(body)),
+    };
+    let mut head = Some(parts);
+    let mut tried: Vec<std::net::SocketAddr> = Vec::new();
+    loop {
+        *attempts += 1;
+        let attempts = *attempts;
+        let avoid = retry.as_ref().and_then(RetryState::avoid_previous_hosts);
+        let Some(host) = f.select_host(&tried, avoid.unwrap_or(0)) else {
+            stats.upstream_cx_none_healthy.inc();
+            return Err(LocalReply::NO_HEALTHY_UPSTREAM);
+        };
+        if avoid.is_some() {
+            tried.push(host.address);
+        }
+        let mut parts = match (&replay, head.as_ref()) {
+            (Some(_), Some(p)) => copy_parts(p),
+            _ => head.take().ok_or(LocalReply::CONNECTION_TERMINATION)?,
+        };
+        if f.attempt_count.0 {
+            parts.headers.insert(
+                X_ENVOY_ATTEMPT_COUNT.clone(),
+                headers::number(attempts.into()),
+            );
+        }
+        let attempt_body = match &replay {
+            Some(r) => r.body(),
+            None => body.take().unwrap_or(ProxyBody::Empty),
+        };
+        if let Some(info) = info.as_deref_mut() {
+            info.upstream_host = Some(host.address);
+            info.attempts = attempts;
+        }
+        let state = AttemptState::new();
+        let (per_try, idle) = match &retry {
+            Some(r) => (f.per_try_timeout, r.policy.per_try_idle_timeout),
+            None => (None, None),
+        };
+        let outcome = {
+            let send = attempt(f, &host, parts, attempt_body, &state);
+            let per_try_timer = after_request(f.request, per_try);
+            let idle_timer = async {
+                match idle {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Timers that are not set are not polled: a request without retries or timeout
+            // waits on its attempt alone.
+            tokio::select! {
+                r = send => Outcome::Done(r),
+                _ = per_try_timer, if per_try.is_some() => Outcome::PerTryTimeout,
+                _ = idle_timer, if idle.is_some() => Outcome::PerTryIdleTimeout,
+                _ = route_timer.as_mut(), if f.timeout.is_some() => Outcome::RouteTimeout,
+            }
+        };
+        let upstream = state.upstream.take();
+        if let Some(info) = info.as_deref_mut() {
+            info.upstream_transport_failure = state.failure.take();
+        }
+        // A body too large to keep ends the chance of a retry (Envoy drops its retry state).
+        if replay.as_ref().is_some_and(|r| r.overflowed()) {
+            retry = None;
+        }
+        let (mut reply, reset, started) = match outcome {
+            Outcome::Done(Ok((resp, conn))) => {
+                let Some(upstream) = upstream else {
+                    return Err(LocalReply::CONNECTION_TERMINATION);
+                };
+                if let Some(info) = info.as_deref_mut() {
+                    info.upstream_connection = Some(conn.info());
+                    info.upstream_protocol = Some(if state.http2.get() {
+                        "HTTP/2"
+                    } else {
+                        "HTTP/1.1"
+                    });
+                }
+                let status = resp.status().as_u16();
+                if let Some(r) = retry.as_mut() {
+                    let would = r.would_retry_headers(status, resp.headers());
+                    match r.should_retry(would, cluster, fastrand::u64(..)) {
+                        Decision::Retry(wait) => {
+                            if f.dynamic_stats {
+                                stats.retry_response_code(status);
+                            }
+                            let complete = resp.body().is_end_stream();
+                            drop(resp);
+                            upstream.finish_with(conn, complete);
+                            if back_off(wait, route_timer.as_mut()).await {
+                                continue;
+                            }
+                            return Err(route_timeout(f, None));
+                        }
+                        Decision::LimitExceeded => {
+                            flag(&mut info, ResponseFlag::UpstreamRetryLimitExceeded)
+                        }
+                        Decision::Overflow => flag(&mut info, ResponseFlag::UpstreamOverflow),
+                        Decision::No => {}
+                    }
+                }
+                return Ok(f.finish_response(resp, conn, upstream, attempts));
+            }
+            Outcome::RouteTimeout => return Err(route_timeout(f, upstream)),
+            Outcome::Done(Err(reply)) => {
+                if f.request.failed() {
+                    // The upstream request failed because the client's body could not be read:
+                    // the client's error, answered with 400 as Envoy does.
+                    if let Some(mut u) = upstream {
+                        u.failed = true;
+                        u.finish(EndReason::UpstreamReset);
+                    }
+                    if f.dynamic_stats {
+                        stats.response_code(LocalReply::BAD_REQUEST.status.as_u16());
+                    }
+                    return Err(LocalReply::BAD_REQUEST);
+                }
+                let reset = Reset::of(&reply);
+                let started = reset != Reset::ConnectFailure && upstream.is_some();
+                if let Some(mut u) = upstream {
+                    u.failed = true;
+                    u.finish(EndReason::UpstreamReset);
+                }
+                (reply, reset, started)
+            }
+            Outcome::PerTryTimeout | Outcome::PerTryIdleTimeout => {
+                let idle = matches!(outcome, Outcome::PerTryIdleTimeout);
+                if idle {
+                    stats.upstream_rq_per_try_idle_timeout.inc();
+                } else {
+                    stats.upstream_rq_per_try_timeout.inc();
+                }
+                if let Some(u) = upstream {
+                    u.finish_try_timeout();
+                }
+                let details = if idle {
+                    "upstream_per_try_idle_timeout"
+                } else {
+                    "upstream_per_try_timeout"
+                };
+                (
+                    LocalReply {
+                        details,
+                        ..LocalReply::TIMEOUT
+                    },
+                    Reset::Other,
+                    true,
+                )
+            }
+        };
+        if let Some(r) = retry.as_mut() {
+            let would = r.would_retry_reset(reset, started);
+            match r.should_retry(would, cluster, fastrand::u64(..)) {
+                Decision::Retry(wait) => {
+                    if back_off(wait, route_timer.as_mut()).await {
+                        continue;
+                    }
+                    return Err(route_timeout(f, None));
+                }
+                Decision::LimitExceeded => {
+                    flag(&mut info, ResponseFlag::UpstreamRetryLimitExceeded)
+                }
+                Decision::Overflow => flag(&mut info, ResponseFlag::UpstreamOverflow),
+                Decision::No => {}
+            }
+        }
+        if attempts > 1 {
+            retried_body(&mut reply);
+        }
+        if f.dynamic_stats {
+            stats.response_code(reply.status.as_u16());
+        }
+        return Err(reply);
+    }
+}
+
+/// Waits `wait` before the next attempt; `false` when the route timeout passes first.
+async fn back_off(
+    wait: Duration,
+    route_timer: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = route_timer => false,
+    }
+}
+
+/// The route timeout passed: the attempt under way (if any) ends, and the client gets 504.
+fn route_timeout(f: &Forward<'_>, upstream: Option<Upstream>) -> LocalReply {
+    match upstream {
+        Some(mut u) => {
+            u.failed = true;
+            u.finish(EndReason::Timeout);
+        }
+        None => f.cluster.stats.upstream_rq_timeout.inc(),
+    }
+    if f.dynamic_stats {
+        f.cluster
+            .stats
+            .response_code(LocalReply::TIMEOUT.status.as_u16());
+    }
+    LocalReply::TIMEOUT
+}
+
+fn flag(info: &mut Option<&mut StreamInfo>, f: ResponseFlag) {
+    if let Some(i) = info.as_deref_mut() {
+        i.flags.set(f);
+    }
+}
+
+/// A copy of a request head for one more attempt (extensions belong to the first).
+fn copy_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut req = http::Request::new(());
+    *req.method_mut() = p.method.clone();
+    *req.uri_mut() = p.uri.clone();
+    *req.version_mut() = p.version;
+    *req.headers_mut() = p.headers.clone();
+    req.into_parts().0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(on: &str, headers: &[(&str, &str)]) -> Option<RetryState> {
+        let policy = Arc::new(RetryPolicy {
+            retry_on: RetryOn::parse_config(on).0,
+            retriable_status_codes: vec![418],
+            ..RetryPolicy::default()
+        });
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        let retry_headers = RetryHeaders::read(&h);
+        RetryState::new(Some(&policy), retry_headers.as_ref(), &h)
+    }
+
+    #[test]
+    fn no_state_without_conditions() {
+        assert!(state("", &[]).is_none());
+        assert!(state("bogus", &[]).is_none());
+        assert!(state("", &[("x-envoy-retry-on", "5xx")]).is_some());
+    }
+
+    #[test]
+    fn response_conditions_as_envoy() {
+        let h = HeaderMap::new();
+        let s = state("5xx", &[]).expect("state");
+        assert!(s.would_retry_headers(500, &h) && s.would_retry_headers(503, &h));
+        assert!(!s.would_retry_headers(409, &h));
+        let s = state("gateway-error", &[]).expect("state");
+        assert!(!s.would_retry_headers(500, &h) && s.would_retry_headers(504, &h));
+        let s = state("retriable-4xx,retriable-status-codes", &[]).expect("state");
+        assert!(s.would_retry_headers(409, &h) && s.would_retry_headers(418, &h));
+        assert!(!s.would_retry_headers(404, &h));
+        let mut limited = HeaderMap::new();
+        limited.insert("x-envoy-ratelimited", "true".parse().expect("value"));
+        let s = state("5xx", &[]).expect("state");
+        assert!(
+            !s.would_retry_headers(503, &limited),
+            "only envoy-ratelimited"
+        );
+        let s = state("envoy-ratelimited", &[]).expect("state");
+        assert!(s.would_retry_headers(429, &limited));
+        let mut grpc = HeaderMap::new();
+        grpc.insert("grpc-status", "14".parse().expect("value"));
+        let s = state("unavailable", &[]).expect("state");
+        assert!(s.would_retry_headers(200, &grpc));
+        let s = state("cancelled", &[]).expect("state");
+        assert!(!s.would_retry_headers(200, &grpc));
+    }
+
+    #[test]
+    fn reset_conditions_as_envoy() {
+        let s = state("connect-failure", &[]).expect("state");
+        assert!(s.would_retry_reset(Reset::ConnectFailure, false));
+        assert!(!s.would_retry_reset(Reset::Other, true));
+        let s = state("reset-before-request", &[]).expect("state");
+        assert!(s.would_retry_reset(Reset::ConnectFailure, false));
+        assert!(!s.would_retry_reset(Reset::Other, true));
+        let s = state("5xx", &[]).expect("state");
+        assert!(s.would_retry_reset(Reset::Other, true));
+        assert!(
+            !s.would_retry_reset(Reset::Overflow, false),
+            "never an overflow"
+        );
+        let s = state("refused-stream", &[]).expect("state");
+        assert!(s.would_retry_reset(Reset::RefusedStream, true));
+        assert!(!s.would_retry_reset(Reset::Other, true));
+    }
+
+    #[test]
+    fn headers_add_to_the_policy() {
+        let s = state(
+            "connect-failure",
+            &[
+                ("x-envoy-retry-on", "retriable-status-codes"),
+                ("x-envoy-retriable-status-codes", "429"),
+                ("x-envoy-max-retries", "4"),
+                ("x-envoy-upstream-rq-per-try-timeout-ms", "250"),
+            ],
+        )
+        .expect("state");
+        let h = HeaderMap::new();
+        assert!(s.would_retry_headers(429, &h) && s.would_retry_headers(418, &h));
+        assert_eq!(s.remaining, 4);
+        assert_eq!(s.per_try_timeout(), Some(Duration::from_millis(250)));
+        assert!(s.would_retry_reset(Reset::ConnectFailure, false));
+    }
+}
