@@ -1,5 +1,6 @@
 //! I/O adaptors shared by the network and HTTP layers.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -298,6 +299,10 @@ pub struct WriteFlow<T> {
     request: FlowSlot,
     /// While a write waits: the request pair counted at its start, if there was one.
     waiting: Option<Option<FlowPair>>,
+    /// How long one write may wait for the peer, and the counter of writes that waited longer
+    /// (the stream idle timeout of a client that stops reading).
+    stall: Option<(std::time::Duration, crate::stats::Counter)>,
+    stall_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<T> WriteFlow<T> {
@@ -309,7 +314,36 @@ impl<T> WriteFlow<T> {
             connection,
             request,
             waiting: None,
+            stall: None,
+            stall_timer: None,
         }
+    }
+
+    /// A write that waits longer than `limit` fails (which ends the connection) and counts in
+    /// `expired`; without a limit writes wait as long as they must.
+    pub fn stall_limit(mut self, limit: Option<std::time::Duration>, expired: Counter) -> Self {
+        self.stall = limit.map(|l| (l, expired));
+        self
+    }
+
+    /// Whether the write that `r` left waiting has now waited too long.
+    fn stalled<R>(&mut self, r: &Poll<R>, cx: &mut Context<'_>) -> bool {
+        let Some((limit, expired)) = &self.stall else {
+            return false;
+        };
+        if r.is_ready() {
+            self.stall_timer = None;
+            return false;
+        }
+        let timer = self
+            .stall_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(*limit)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.stall_timer = None;
+        expired.inc();
+        true
     }
 
     fn note<R>(&mut self, r: Poll<R>) -> Poll<R> {
@@ -355,6 +389,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteFlow<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if self.stalled(&r, cx) {
+            return Poll::Ready(Err(stall_error()));
+        }
         self.note(r)
     }
 
@@ -364,6 +401,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteFlow<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if self.stalled(&r, cx) {
+            return Poll::Ready(Err(stall_error()));
+        }
         self.note(r)
     }
 
@@ -372,12 +412,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteFlow<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        if self.stalled(&r, cx) {
+            return Poll::Ready(Err(stall_error()));
+        }
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+fn stall_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the peer did not read within the stream idle timeout",
+    )
 }
 
 #[cfg(test)]

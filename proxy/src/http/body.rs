@@ -60,8 +60,8 @@ impl RequestProgress {
         }
     }
 
-    /// Records activity on the stream at `at` (starts tracking it).
-    pub fn touch_at(&self, at: tokio::time::Instant) {
+    /// Starts recording activity on the stream, from `at` (for its idle timeout).
+    pub fn track_activity(&self, at: tokio::time::Instant) {
         self.activity.set(Some(at));
     }
 
@@ -72,7 +72,8 @@ impl RequestProgress {
             .unwrap_or_else(tokio::time::Instant::now)
     }
 
-    fn touch(&self) {
+    /// Records activity now, when the stream tracks it.
+    pub fn touch(&self) {
         if self.activity.get().is_some() {
             self.activity.set(Some(tokio::time::Instant::now()));
         }

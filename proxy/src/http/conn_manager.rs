@@ -24,7 +24,7 @@ use crate::http::filters::router::{self, Upstream};
 use crate::http::h1_guard::{self, H1Guard, RefusedSlot};
 use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
-use crate::http::timeouts::{Activity, Expiry, StreamTimers, WriteStall};
+use crate::http::timeouts::{Activity, Expiry, StreamTimers};
 use crate::io::{Counted, FlowPair, FlowSlot, WriteFlow};
 use crate::stats::{Counter, Gauge, Shard};
 use crate::stream_info::{headers_bytes, Connection, ResponseFlag, StreamInfo};
@@ -283,7 +283,7 @@ struct Conn {
     /// The connection is to end: HTTP/1.1 responses say `connection: close`.
     closing: Cell<bool>,
     /// Asks the connection to finish (GOAWAY, or close once idle).
-    finish: Rc<tokio::sync::Notify>,
+    finish: tokio::sync::Notify,
 }
 
 impl Conn {
@@ -365,7 +365,7 @@ pub async fn serve(
         activity: Activity::default(),
         requests: Cell::new(0),
         closing: Cell::new(false),
-        finish: Rc::default(),
+        finish: tokio::sync::Notify::new(),
     });
     let svc_conn = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -415,12 +415,10 @@ pub async fn serve(
     )
     .switch_on(conn.switched.clone());
     // A client that stops reading holds a write no longer than the stream idle timeout.
-    let guarded = WriteStall::new(
-        guarded,
+    let io = TokioIo::new(WriteFlow::new(guarded, None, response_flow).stall_limit(
         hcm.config.timeouts.stream_idle,
         stats.downstream_rq_idle_timeout.clone(),
-    );
-    let io = TokioIo::new(WriteFlow::new(guarded, None, response_flow));
+    ));
     // hyper's connection runs until it closes, or until `shutdown` asks it to finish gracefully
     // (GOAWAY, or `connection: close` on the next response).
     let shutdown = Rc::new(tokio::sync::Notify::new());

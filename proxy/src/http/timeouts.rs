@@ -1,6 +1,7 @@
 //! The connection manager's timers, as Envoy's: per stream `stream_idle_timeout`,
 //! `request_timeout` and `max_stream_duration`; per connection the idle timeout,
-//! `max_connection_duration`, and a write that the client never lets finish.
+//! `max_connection_duration` (a write that the client never lets finish is bounded by
+//! `io::WriteFlow::stall_limit`).
 //!
 //! Timers are lazy: activity only moves a timestamp, and a timer that wakes early (there was
 //! activity since it was set) sets itself again for the new deadline, so a busy stream costs
@@ -8,19 +9,16 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::model::HcmTimeouts;
 use crate::http::body::RequestProgress;
 use crate::http::local_reply::LocalReply;
-use crate::stats::Counter;
 use crate::stream_info::ResponseFlag;
 
 /// Which stream timer ran out.
@@ -94,7 +92,9 @@ impl StreamTimers {
             return None;
         }
         let started = Instant::now();
-        request.touch_at(started);
+        if t.stream_idle.is_some() {
+            request.track_activity(started);
+        }
         Some(Rc::new(StreamTimers {
             started,
             idle: t.stream_idle,
@@ -107,9 +107,7 @@ impl StreamTimers {
 
     /// Records activity on the stream (bytes of the response).
     pub fn touch(&self) {
-        if self.idle.is_some() {
-            self.request.touch_at(Instant::now());
-        }
+        self.request.touch();
     }
 
     /// The request has fully arrived.
@@ -226,93 +224,6 @@ impl Activity {
                 None => sleep.as_mut().reset(now + limit),
             }
         }
-    }
-}
-
-/// A downstream connection whose writes may wait for the client at most `limit` at a time
-/// (the stream idle timeout of a client that stops reading): past it the write fails, which
-/// ends the connection, and `expired` counts it.
-pub struct WriteStall<T> {
-    inner: T,
-    limit: Option<Duration>,
-    expired: Counter,
-    timer: Option<Pin<Box<Sleep>>>,
-}
-
-impl<T> WriteStall<T> {
-    /// Wraps `inner`; without a limit, writes wait as long as they must.
-    pub fn new(inner: T, limit: Option<Duration>, expired: Counter) -> Self {
-        WriteStall {
-            inner,
-            limit,
-            expired,
-            timer: None,
-        }
-    }
-
-    fn note<R>(&mut self, r: Poll<io::Result<R>>, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
-        let Some(limit) = self.limit else {
-            return r;
-        };
-        if r.is_ready() {
-            self.timer = None;
-            return r;
-        }
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        if timer.as_mut().poll(cx).is_ready() {
-            self.timer = None;
-            self.expired.inc();
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client did not read within the stream idle timeout",
-            )));
-        }
-        Poll::Pending
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for WriteStall<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStall<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        self.note(r, cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.note(r, cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut self.inner).poll_flush(cx);
-        self.note(r, cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -76,20 +76,19 @@ pub(super) fn downstream(
             true
         ))
     );
-    let no_session_cache = ctx.disable_stateful_session_resumption;
+    let settings = DownstreamTls {
+        certificates,
+        params,
+        alpn,
+        validation,
+        require_client_certificate,
+        no_tickets,
+        no_session_cache: ctx.disable_stateful_session_resumption,
+    };
     if pending {
         // As Envoy: the listener is kept (it warms until the secrets arrive, or serves after
         // `initial_fetch_timeout` with handshakes that fail); the secrets' arrival rebuilds
         // the configuration (`ConfigStore::rotate`).
-        let settings = DownstreamTls {
-            certificates,
-            params,
-            alpn,
-            validation,
-            require_client_certificate,
-            no_tickets,
-            no_session_cache,
-        };
         let unready = settings.params.clone();
         let config = Watched::new(path.clone(), Vec::new(), move || {
             context::unready_server_config(&unready)
@@ -98,28 +97,22 @@ pub(super) fn downstream(
         .map_err(|e| context_error(&cpath, &e))?;
         return Ok(Some(Arc::new(DownstreamTransport { settings, config })));
     }
-    if certificates.is_empty() {
+    if settings.certificates.is_empty() {
         return Err(ConfigError::new(
             format!("{cpath}.tls_certificates"),
             "a server context needs at least one certificate",
         ));
     }
-    let has_ca = validation.as_ref().is_some_and(|v| v.trusted_ca.is_some());
-    if require_client_certificate && !has_ca {
+    let has_ca = settings
+        .validation
+        .as_ref()
+        .is_some_and(|v| v.trusted_ca.is_some());
+    if settings.require_client_certificate && !has_ca {
         return Err(ConfigError::new(
             format!("{path}.require_client_certificate"),
             "needs common_tls_context.validation_context.trusted_ca to check client certificates against",
         ));
     }
-    let settings = DownstreamTls {
-        certificates,
-        params,
-        alpn,
-        validation,
-        require_client_certificate,
-        no_tickets,
-        no_session_cache,
-    };
     let files = settings_files(settings.certificates.iter(), settings.validation.as_ref());
     let build_settings = settings.clone();
     let config = Watched::new(path.clone(), files, move || {

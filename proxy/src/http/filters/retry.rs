@@ -412,23 +412,19 @@ async fn attempts_loop(
             }
             Outcome::RouteTimeout => return Err(route_timeout(f, upstream)),
             Outcome::Done(Err(reply)) => {
-                if f.request.failed() {
-                    // The upstream request failed because the client's body could not be read:
-                    // the client's error, answered with 400 as Envoy does.
-                    if let Some(mut u) = upstream {
-                        u.failed = true;
-                        u.finish(EndReason::UpstreamReset);
-                    }
-                    if f.dynamic_stats {
-                        stats.response_code(LocalReply::BAD_REQUEST.status.as_u16());
-                    }
-                    return Err(LocalReply::BAD_REQUEST);
-                }
                 let reset = Reset::of(&reply);
                 let started = reset != Reset::ConnectFailure && upstream.is_some();
                 if let Some(mut u) = upstream {
                     u.failed = true;
                     u.finish(EndReason::UpstreamReset);
+                }
+                if f.request.failed() {
+                    // The upstream request failed because the client's body could not be read:
+                    // the client's error, answered with 400 as Envoy does.
+                    if f.dynamic_stats {
+                        stats.response_code(LocalReply::BAD_REQUEST.status.as_u16());
+                    }
+                    return Err(LocalReply::BAD_REQUEST);
                 }
                 (reply, reset, started)
             }
