@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod attached;
 pub mod cli;
 pub mod config;
 pub mod config_store;

@@ -382,7 +382,8 @@ mod tests {
 
     #[test]
     fn filter_chains_match_port_then_longest_prefix_then_default() {
-        use model::ChainChoice::{Default, Index};
+        use crate::listener::filter_chain_match::ChainChoice::{Default, Index};
+        use crate::listener::filter_chain_match::Chains;
         let text = chains_config(
             &[
                 "{destination_port: 80}",
@@ -394,8 +395,8 @@ mod tests {
             true,
         );
         let loaded = load_text(&text).expect("loads");
-        let l = &loaded.model.listeners[0];
-        let pick = |a: &str| l.select_chain(a.parse().expect("addr"));
+        let l = Chains::new(loaded.model.listeners[0].clone());
+        let pick = |a: &str| l.select_local(a.parse().expect("addr"));
         assert_eq!(pick("10.1.2.3:80"), Some(Index(2)), "longest prefix wins");
         assert_eq!(pick("10.2.2.3:80"), Some(Index(1)));
         assert_eq!(
@@ -425,10 +426,10 @@ mod tests {
             false,
         );
         let loaded = load_text(&text).expect("loads");
-        let l = &loaded.model.listeners[0];
-        assert_eq!(l.select_chain("11.0.0.1:80".parse().expect("addr")), None);
+        let l = Chains::new(loaded.model.listeners[0].clone());
+        assert_eq!(l.select_local("11.0.0.1:80".parse().expect("addr")), None);
         assert_eq!(
-            l.select_chain("11.0.0.1:81".parse().expect("addr")),
+            l.select_local("11.0.0.1:81".parse().expect("addr")),
             Some(Index(1))
         );
     }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::access_log::Format;
-pub use crate::listener::filter_chain_match::{ChainInput, ChainTable, Lookup};
 use crate::router::RouteTable;
 
 /// The whole configuration.
@@ -169,8 +168,6 @@ pub struct Listener {
     pub filter_chains: Vec<(FilterChainMatch, Arc<FilterChain>)>,
     /// `default_filter_chain`: for connections no chain matches.
     pub default_filter_chain: Option<Arc<FilterChain>>,
-    /// The lookup tree of `filter_chains`, built once.
-    pub chain_table: ChainTable,
     /// `use_original_dst`: a redirected connection goes to the listener of its original
     /// destination, when there is one.
     pub use_original_dst: bool,
@@ -338,53 +335,10 @@ pub struct OriginalSrc {
     pub mark: u32,
 }
 
-/// Which chain a connection runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChainChoice {
-    /// `filter_chains[i]`.
-    Index(usize),
-    /// `default_filter_chain`.
-    Default,
-}
-
 impl Listener {
     /// Every address the listener serves: `address`, then `additional_addresses`.
     pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         std::iter::once(self.address).chain(self.additional_addresses.iter().copied())
-    }
-
-    /// The chain a connection runs, with Envoy's precedence (see [`ChainTable`]). None: no
-    /// chain matches and there is no default chain.
-    pub fn select_chain_for(&self, input: &ChainInput<'_>) -> Option<ChainChoice> {
-        match self.chain_table.lookup(input) {
-            Lookup::Chain(i) => Some(ChainChoice::Index(i)),
-            Lookup::Default => self
-                .default_filter_chain
-                .as_ref()
-                .map(|_| ChainChoice::Default),
-        }
-    }
-
-    /// The chain of a plaintext connection to `local` from a loopback peer, with nothing
-    /// detected by listener filters.
-    pub fn select_chain(&self, local: SocketAddr) -> Option<ChainChoice> {
-        let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
-        self.select_chain_for(&ChainInput {
-            local,
-            remote: peer,
-            direct_remote: peer,
-            server_name: "",
-            transport_protocol: "raw_buffer",
-            application_protocols: &crate::listener::filters::ApplicationProtocols::None,
-        })
-    }
-
-    /// The chain for a choice.
-    pub fn chain(&self, choice: ChainChoice) -> Option<&Arc<FilterChain>> {
-        match choice {
-            ChainChoice::Index(i) => self.filter_chains.get(i).map(|c| &c.1),
-            ChainChoice::Default => self.default_filter_chain.as_ref(),
-        }
     }
 }
 
@@ -467,13 +421,15 @@ pub struct FilterChain {
     pub name: String,
     /// `filters`, the terminal one last.
     pub filters: Vec<NetworkFilter>,
-    /// `transport_socket`: TLS termination (none: plain TCP).
-    pub tls: Option<Arc<DownstreamTransport>>,
+    /// `transport_socket`: TLS termination (none: plain TCP). What it serves with is the
+    /// runtime's (`tls::transport`).
+    pub tls: Option<Arc<crate::tls::DownstreamTls>>,
 }
 
-/// `envoy.filters.network.local_ratelimit`: a token bucket shared by every worker; a new
-/// connection takes a token or is closed at once.
-#[derive(Debug)]
+/// `envoy.filters.network.local_ratelimit`: every new connection takes a token or is closed
+/// at once. The bucket, shared by every worker, is the runtime's
+/// (`network::filters::local_ratelimit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalRateLimit {
     /// `stat_prefix`: stats are `local_rate_limit.<stat_prefix>.*`.
     pub stat_prefix: String,
@@ -483,48 +439,6 @@ pub struct LocalRateLimit {
     pub tokens_per_fill: u32,
     /// `token_bucket.fill_interval`.
     pub fill_interval: Duration,
-    bucket: std::sync::Mutex<(u32, std::time::Instant)>,
-}
-
-impl LocalRateLimit {
-    /// A full bucket.
-    pub fn new(
-        stat_prefix: String,
-        max_tokens: u32,
-        tokens_per_fill: u32,
-        fill_interval: Duration,
-    ) -> Self {
-        LocalRateLimit {
-            stat_prefix,
-            max_tokens,
-            tokens_per_fill,
-            fill_interval,
-            bucket: std::sync::Mutex::new((max_tokens, std::time::Instant::now())),
-        }
-    }
-
-    /// Takes a token if there is one. Tokens come back `tokens_per_fill` at a time, once per
-    /// whole `fill_interval` since the last fill, up to `max_tokens`.
-    pub fn try_take(&self, now: std::time::Instant) -> bool {
-        let mut b = self
-            .bucket
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (tokens, last) = &mut *b;
-        let elapsed = now.saturating_duration_since(*last);
-        let fills = (elapsed.as_nanos() / self.fill_interval.as_nanos().max(1)) as u64;
-        if fills > 0 {
-            let add = fills.saturating_mul(u64::from(self.tokens_per_fill));
-            *tokens = (u64::from(*tokens) + add).min(u64::from(self.max_tokens)) as u32;
-            // Whole intervals only, so the timing of fills does not drift.
-            *last += self.fill_interval * fills.min(u64::from(u32::MAX)) as u32;
-        }
-        if *tokens == 0 {
-            return false;
-        }
-        *tokens -= 1;
-        true
-    }
 }
 
 /// A network filter.
@@ -1254,7 +1168,7 @@ pub struct Cluster {
     /// `per_connection_buffer_limit_bytes` (default 1 MiB).
     pub buffer_limit: usize,
     /// `transport_socket`: TLS to the hosts (none: plain TCP).
-    pub tls: Option<Arc<UpstreamTransport>>,
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     /// `envoy.transport_sockets.upstream_proxy_protocol`: the PROXY header version each
     /// upstream connection starts with.
     pub proxy_protocol: Option<crate::upstream::proxy_protocol::Version>,
@@ -1267,26 +1181,6 @@ impl Cluster {
     pub fn stat_name(&self) -> &str {
         self.alt_stat_name.as_deref().unwrap_or(&self.name)
     }
-}
-
-/// A filter chain's TLS: `transport_socket` with a `DownstreamTlsContext`.
-#[derive(Debug)]
-pub struct DownstreamTransport {
-    /// The settings, as translated.
-    pub settings: crate::tls::DownstreamTls,
-    /// The rustls configuration, rebuilt when its certificate files change.
-    pub config: crate::tls::reload::Rotating<rustls::ServerConfig>,
-}
-
-/// A cluster's TLS: `transport_socket` with an `UpstreamTlsContext`.
-#[derive(Debug)]
-pub struct UpstreamTransport {
-    /// The settings, as translated.
-    pub settings: crate::tls::UpstreamTls,
-    /// The rustls configuration, rebuilt when its certificate files change.
-    pub config: crate::tls::reload::Rotating<rustls::ClientConfig>,
-    /// `sni`, parsed once.
-    pub server_name: Option<rustls_pki_types::ServerName<'static>>,
 }
 
 /// A string match as Envoy's `StringMatcher`.
@@ -1402,26 +1296,4 @@ pub enum QueryCheck {
     Present(bool),
     /// `string_match` on the parameter's first value.
     String(StringMatch),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Instant;
-
-    #[test]
-    fn the_bucket_starts_full_and_refills_whole_intervals_up_to_its_size() {
-        let l = LocalRateLimit::new("p".into(), 2, 1, Duration::from_secs(1));
-        let t0 = Instant::now();
-        assert!(l.try_take(t0));
-        assert!(l.try_take(t0));
-        assert!(!l.try_take(t0 + Duration::from_millis(999)));
-        assert!(l.try_take(t0 + Duration::from_millis(1000)));
-        assert!(!l.try_take(t0 + Duration::from_millis(1500)));
-        // Ten intervals later the bucket holds its size, not ten tokens.
-        let later = t0 + Duration::from_secs(11);
-        assert!(l.try_take(later));
-        assert!(l.try_take(later));
-        assert!(!l.try_take(later));
-    }
 }

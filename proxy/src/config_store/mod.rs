@@ -1304,18 +1304,33 @@ impl ConfigStore {
                 }
             }
         }
-        for (old, fresh) in listeners {
-            let pairs = chains_of(&old).zip(chains_of(&fresh));
-            for (o, n) in pairs {
-                if let (Some(o), Some(n)) = (&o.tls, &n.tls) {
-                    o.config.rotate_from(&n.config);
+        // Everything is built before anything is swapped in.
+        let tls_error =
+            |what: String, e: crate::tls::TlsError| ConfigError::new(what, e.to_string());
+        let mut servers = Vec::new();
+        for (old, fresh) in &listeners {
+            for (oc, nc) in chains_of(old).zip(chains_of(fresh)) {
+                if let (Some(o), Some(n)) = (&oc.tls, &nc.tls) {
+                    let t = crate::tls::transport::build_server(n).map_err(|e| {
+                        tls_error(format!("listener '{}' chain '{}'", old.name, oc.name), e)
+                    })?;
+                    servers.push((o.clone(), t));
                 }
             }
         }
-        for (old, fresh) in built {
+        let mut clients = Vec::new();
+        for (old, fresh) in &built {
             if let (Some(o), Some(n)) = (&old.tls, &fresh.tls) {
-                o.config.rotate_from(&n.config);
+                let t = crate::tls::transport::build_client(n)
+                    .map_err(|e| tls_error(format!("cluster '{}'", old.name), e))?;
+                clients.push((o.clone(), t));
             }
+        }
+        for (o, t) in servers {
+            crate::tls::transport::rotate_server(&o, t);
+        }
+        for (o, t) in clients {
+            crate::tls::transport::rotate_client(&o, t);
         }
         tracing::info!(secret = %name, "secret rotated");
         Ok(())
@@ -1604,8 +1619,8 @@ impl ConfigStore {
     /// workers, with sockets bound for listeners that need new ones. A listener whose address
     /// cannot be bound is dropped (`listener_create_failure`).
     pub fn publish(&mut self) {
-        let snapshot = self.snapshot();
-        let mut snapshot = snapshot;
+        let mut snapshot = self.snapshot();
+        attach_tls(&snapshot);
         if !self.workers.is_empty() {
             let mut sockets: Vec<HashMap<String, Vec<(SocketAddr, std::net::TcpListener)>>> =
                 (0..self.workers.len()).map(|_| HashMap::new()).collect();
@@ -1887,6 +1902,25 @@ fn failures(what: &str, errors: Vec<(String, ConfigError)>) -> Result<(), Config
 }
 
 /// A listener's filter chains, the default one included.
+/// Builds, here on the main thread, the TLS each chain and cluster in `s` serves and connects
+/// with, so no worker builds it (workers find it attached to the same settings). Translation
+/// built each once already; a failure here means files changed since, and is the workers' to
+/// report.
+fn attach_tls(s: &Snapshot) {
+    for l in &s.listeners {
+        for c in chains_of(l) {
+            if let Some(t) = &c.tls {
+                let _ = crate::tls::transport::server(t);
+            }
+        }
+    }
+    for c in s.clusters.values() {
+        if let Some(t) = &c.config.tls {
+            let _ = crate::tls::transport::client(t);
+        }
+    }
+}
+
 fn chains_of(l: &model::Listener) -> impl Iterator<Item = &Arc<model::FilterChain>> {
     l.filter_chains
         .iter()

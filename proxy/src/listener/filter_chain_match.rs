@@ -7,7 +7,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::model::{CidrRange, FilterChainMatch, SourceType};
+use std::sync::Arc;
+
+use crate::config::model::{self, CidrRange, FilterChainMatch, SourceType};
 
 use super::filters::ApplicationProtocols;
 
@@ -173,6 +175,67 @@ fn build(chains: &[(usize, &FilterChainMatch)], depth: usize) -> Result<Node, Ov
         entries.push((k, build(&members, depth + 1)?));
     }
     Ok(Node::Branch(entries))
+}
+
+/// Which chain a connection runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainChoice {
+    /// `filter_chains[i]`.
+    Index(usize),
+    /// `default_filter_chain`.
+    Default,
+}
+
+/// A listener's filter chains with the table that picks one: what a worker serves a listener
+/// with, built from its configuration.
+#[derive(Debug)]
+pub struct Chains {
+    table: ChainTable,
+    listener: Arc<model::Listener>,
+}
+
+impl Chains {
+    /// The table of `listener`'s chains. Translation refused overlapping matches, so it
+    /// builds; should it not, no chain matches but the default one.
+    pub fn new(listener: Arc<model::Listener>) -> Self {
+        let matches: Vec<&FilterChainMatch> =
+            listener.filter_chains.iter().map(|(m, _)| m).collect();
+        let table = ChainTable::new(&matches).unwrap_or_else(|o| {
+            tracing::error!(listener = %listener.name, chain = o.chain, "overlapping filter chain matches");
+            ChainTable {
+                root: None,
+                catch_all: false,
+            }
+        });
+        Chains { table, listener }
+    }
+
+    /// The chain a connection runs, with Envoy's precedence (see [`ChainTable`]). None: no
+    /// chain matches and there is no default chain.
+    pub fn select(&self, input: &ChainInput<'_>) -> Option<ChainChoice> {
+        match self.table.lookup(input) {
+            Lookup::Chain(i) => Some(ChainChoice::Index(i)),
+            Lookup::Default => self
+                .listener
+                .default_filter_chain
+                .as_ref()
+                .map(|_| ChainChoice::Default),
+        }
+    }
+
+    /// The chain of a plaintext connection to `local` from a loopback peer, with nothing
+    /// detected by listener filters.
+    pub fn select_local(&self, local: SocketAddr) -> Option<ChainChoice> {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
+        self.select(&ChainInput {
+            local,
+            remote: peer,
+            direct_remote: peer,
+            server_name: "",
+            transport_protocol: "raw_buffer",
+            application_protocols: &ApplicationProtocols::None,
+        })
+    }
 }
 
 impl ChainTable {

@@ -22,7 +22,7 @@ use crate::stream_info::{next_connection_id, Connection};
 use crate::tls::stats::TlsStats;
 use crate::upstream::pool;
 use crate::worker::Worker;
-use filter_chain_match::ChainInput;
+use filter_chain_match::{ChainChoice, ChainInput, Chains};
 use filters::Accepted;
 
 /// Binds a listen socket for one worker. Every worker binds its own with SO_REUSEPORT so the
@@ -191,6 +191,8 @@ pub struct Shared {
     stats: ListenerStats,
     /// `listener_filters`.
     filters: filters::Chain,
+    /// What picks a connection's chain.
+    chain_table: Chains,
     /// `filter_chains`, in order.
     chains: Vec<Rc<Chain>>,
     /// `default_filter_chain`.
@@ -208,8 +210,18 @@ struct Chain {
     model: Arc<model::FilterChain>,
     /// This chain's drain: its connections watch it.
     drain: Drain,
-    limits: Vec<(Arc<model::LocalRateLimit>, Counter)>,
-    tls: Option<Arc<model::DownstreamTransport>>,
+    /// `envoy.filters.network.local_ratelimit` filters: their configuration (which keeps the
+    /// shared bucket attached), the bucket, and its `rate_limited` counter.
+    limits: Vec<(
+        Arc<model::LocalRateLimit>,
+        Arc<crate::network::filters::local_ratelimit::TokenBucket>,
+        Counter,
+    )>,
+    /// TLS termination: the chain's settings and what they serve with.
+    tls: Option<(
+        Arc<crate::tls::DownstreamTls>,
+        Arc<crate::tls::transport::ServerTransport>,
+    )>,
     terminal: Terminal,
     /// The names of the chain's certificates, for access logs, as of the TLS configuration
     /// they were read for (made on first use, again after the files change).
@@ -239,9 +251,7 @@ impl Chain {
         let certs = match &*cache {
             Some((c, certs)) if Arc::ptr_eq(c, config) => certs.clone(),
             _ => {
-                let certs = Rc::new(crate::tls::info::local_certificates(
-                    &tls.settings.certificates,
-                ));
+                let certs = Rc::new(crate::tls::info::local_certificates(&tls.0.certificates));
                 *cache = Some((config.clone(), certs.clone()));
                 certs
             }
@@ -256,8 +266,8 @@ impl Chain {
             return true;
         }
         let now = std::time::Instant::now();
-        for (limit, rate_limited) in &self.limits {
-            if !limit.try_take(now) {
+        for (_, bucket, rate_limited) in &self.limits {
+            if !bucket.try_take(now) {
                 rate_limited.inc();
                 return false;
             }
@@ -271,21 +281,37 @@ fn chain(
     shard: &Arc<crate::stats::Shard>,
     scope: &str,
 ) -> Option<Rc<Chain>> {
-    let Some((last, front)) = fc.filters.split_last() else {
-        return Some(Rc::new(Chain {
+    let empty = || {
+        Some(Rc::new(Chain {
             model: fc.clone(),
             drain: Drain::new(),
             limits: Vec::new(),
-            tls: fc.tls.clone(),
+            tls: None,
             terminal: Terminal::Empty,
             local_certs: Default::default(),
-        }));
+        }))
+    };
+    let tls = match &fc.tls {
+        None => None,
+        Some(settings) => match crate::tls::transport::server(settings) {
+            Ok(t) => Some((settings.clone(), t)),
+            Err(e) => {
+                // Translation built it moments ago: its files changed since. Never serve the
+                // chain without its TLS; its connections are closed until it is updated.
+                tracing::error!(chain = %fc.name, error = %e, "the filter chain's TLS does not load; closing its connections");
+                return empty();
+            }
+        },
+    };
+    let Some((last, front)) = fc.filters.split_last() else {
+        return empty();
     };
     let limits = front
         .iter()
         .filter_map(|f| match f {
             NetworkFilter::LocalRateLimit(l) => Some((
                 l.clone(),
+                crate::network::filters::local_ratelimit::bucket(l),
                 shard.counter(&format!("local_rate_limit.{}.rate_limited", l.stat_prefix)),
             )),
             _ => None,
@@ -311,7 +337,7 @@ fn chain(
             model: fc.clone(),
             drain: Drain::new(),
             limits,
-            tls: fc.tls.clone(),
+            tls,
             terminal,
             local_certs: Default::default(),
         }))
@@ -372,6 +398,7 @@ impl Shared {
             drain: Drain::new(),
             health_failed,
             worker,
+            chain_table: Chains::new(config.clone()),
             config,
             stats,
             filters,
@@ -511,7 +538,7 @@ impl Shared {
     }
 
     async fn serve(self: Rc<Self>, sock: Accepted) {
-        let choice = self.config.select_chain_for(&ChainInput {
+        let choice = self.chain_table.select(&ChainInput {
             local: sock.local,
             remote: sock.remote,
             direct_remote: sock.direct_remote,
@@ -533,8 +560,8 @@ impl Shared {
         s.worker_cx_total.inc();
         s.worker_cx_active.inc();
         let chain = match choice {
-            Some(model::ChainChoice::Index(i)) => self.chains.get(i),
-            Some(model::ChainChoice::Default) => self.default_chain.as_ref(),
+            Some(ChainChoice::Index(i)) => self.chains.get(i),
+            Some(ChainChoice::Default) => self.default_chain.as_ref(),
             None => None,
         };
         let Some(chain) = chain.cloned() else {
@@ -591,7 +618,7 @@ impl Shared {
         };
         let stream = match &chain.tls {
             None => Stream::Tcp(stream),
-            Some(tls) => {
+            Some((_, tls)) => {
                 let config = tls.config.get();
                 let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
                 match acceptor.accept(stream).await {

@@ -100,6 +100,26 @@ fn trusted(ca: &crate::tls::DataSource) -> Result<Arc<rustls::RootCertStore>, Tl
     roots(ca).map_err(|e| e.at("validation_context.trusted_ca"))
 }
 
+/// What a listener serves with: [`server_config`], or [`unready_server_config`] while an SDS
+/// secret is pending.
+pub fn server(d: &DownstreamTls) -> Result<Arc<ServerConfig>, TlsError> {
+    if d.pending {
+        unready_server_config(&d.params)
+    } else {
+        server_config(d)
+    }
+}
+
+/// What a cluster connects with: [`client_config`], or [`unready_client_config`] while an SDS
+/// secret is pending.
+pub fn client(u: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
+    if u.pending {
+        unready_client_config(u)
+    } else {
+        client_config(u)
+    }
+}
+
 /// A listener's server configuration: certificates chosen by SNI, client certificates checked
 /// when a validation context has a trusted CA (and required when asked), ALPN.
 pub fn server_config(d: &DownstreamTls) -> Result<Arc<ServerConfig>, TlsError> {
@@ -228,6 +248,7 @@ mod tests {
             require_client_certificate: false,
             no_tickets: false,
             no_session_cache: false,
+            pending: false,
         }
     }
 
@@ -397,6 +418,7 @@ mod tests {
             require_client_certificate: false,
             no_tickets: false,
             no_session_cache: false,
+            pending: false,
         };
         let server = server_config(&d).expect("server");
         let u = UpstreamTls {

@@ -11,6 +11,7 @@ pub mod context;
 pub mod info;
 pub mod reload;
 pub mod stats;
+pub mod transport;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
@@ -131,6 +132,16 @@ pub struct DownstreamTls {
     /// `disable_stateful_session_resumption`: no server-side session cache, so no session-id
     /// resumption (TLS 1.2).
     pub no_session_cache: bool,
+    /// An SDS secret it needs has not arrived: every handshake fails until it does (the
+    /// listener warms meanwhile, as in Envoy).
+    pub pending: bool,
+}
+
+impl DownstreamTls {
+    /// The files its configuration is read from, to follow.
+    pub fn files(&self) -> Vec<PathBuf> {
+        files(self.certificates.iter(), self.validation.as_ref())
+    }
 }
 
 /// A cluster's `UpstreamTlsContext`.
@@ -148,6 +159,31 @@ pub struct UpstreamTls {
     /// The cluster's `auto_san_validation`: the server's certificate must also be valid for
     /// the SNI sent.
     pub check_sni: bool,
+    /// An SDS secret it needs has not arrived: no server is trusted until it does.
+    pub pending: bool,
+}
+
+impl UpstreamTls {
+    /// The files its configuration is read from, to follow.
+    pub fn files(&self) -> Vec<PathBuf> {
+        files(self.client_certificate.iter(), self.validation.as_ref())
+    }
+}
+
+/// The files of some certificates and a validation context.
+fn files<'a>(
+    certs: impl Iterator<Item = &'a CertificateConfig>,
+    validation: Option<&Validation>,
+) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for c in certs {
+        files.extend(c.chain.path().map(PathBuf::from));
+        files.extend(c.key.path().map(PathBuf::from));
+    }
+    if let Some(ca) = validation.and_then(|v| v.trusted_ca.as_ref()) {
+        files.extend(ca.path().map(PathBuf::from));
+    }
+    files
 }
 
 /// Why a TLS configuration could not be built.

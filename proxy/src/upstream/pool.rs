@@ -143,9 +143,12 @@ async fn tls_handshake(
     host: &Host,
     tcp: TcpStream,
 ) -> Result<Stream, ConnectError> {
-    let Some(tls) = &cluster.config().tls else {
+    let Some(settings) = &cluster.config().tls else {
         return Ok(Stream::Tcp(tcp));
     };
+    // Built when the configuration store took the cluster; shared by every worker.
+    let tls =
+        crate::tls::transport::client(settings).map_err(|e| ConnectError::Tls(e.to_string()))?;
     // Names were parsed once, at translation or when the auto_sni host was made; rustls
     // sends no SNI for an address.
     let name = host

@@ -574,15 +574,16 @@ fn translate_listener(
         }
         filter_chains.push((m, Arc::new(translate_chain(fc, &fpath, clusters, secrets)?)));
     }
-    let chain_table = {
+    {
+        // The runtime builds the table it serves with; here only whether it builds.
         let matches: Vec<&FilterChainMatch> = filter_chains.iter().map(|(m, _)| m).collect();
-        ChainTable::new(&matches).map_err(|o| {
+        crate::listener::filter_chain_match::ChainTable::new(&matches).map_err(|o| {
             ConfigError::new(
                 format!("{path}.filter_chains[{}].filter_chain_match", o.chain),
                 "multiple filter chains with overlapping matching rules are defined",
             )
-        })?
-    };
+        })?;
+    }
     let default_filter_chain = match &l.default_filter_chain {
         Some(fc) => Some(Arc::new(translate_chain(
             fc,
@@ -639,7 +640,6 @@ fn translate_listener(
         stat_prefix,
         filter_chains,
         default_filter_chain,
-        chain_table,
         use_original_dst: l.use_original_dst.as_ref().is_some_and(|v| v.value),
         bind_to_port: l.bind_to_port.as_ref().is_none_or(|v| v.value),
         listener_filters: lf.filters,
@@ -985,12 +985,12 @@ fn translate_local_ratelimit(
             "local rate limit token bucket fill timer must be >= 50ms",
         ));
     }
-    Ok(LocalRateLimit::new(
-        l.stat_prefix.clone(),
-        b.max_tokens,
+    Ok(LocalRateLimit {
+        stat_prefix: l.stat_prefix.clone(),
+        max_tokens: b.max_tokens,
         tokens_per_fill,
         fill_interval,
-    ))
+    })
 }
 
 fn translate_tcp_proxy(t: &tcp::TcpProxy, path: &str) -> Result<TcpProxy, ConfigError> {

@@ -11,11 +11,9 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use tls::subject_alt_name_matcher::SanType as PbSanType;
 use tls::tls_parameters::TlsProtocol;
 
-use super::super::model::{DownstreamTransport, UpstreamTransport};
 use super::super::proto::{type_name, unpack};
 use super::super::{ConfigError, Secrets};
 use super::http_manager::string_match;
-use crate::tls::reload::{Rotating, Watched};
 use crate::tls::{
     context, CertificateConfig, DataSource, DownstreamTls, Params, SanMatcher, SanType,
     UpstreamTls, Validation, Version,
@@ -53,7 +51,7 @@ pub(super) fn downstream(
     ts: &core::TransportSocket,
     path: &str,
     secrets: &Secrets,
-) -> Result<Option<Arc<DownstreamTransport>>, ConfigError> {
+) -> Result<Option<Arc<DownstreamTls>>, ConfigError> {
     let Some(any) = typed(ts, path, DOWNSTREAM_TLS)? else {
         return Ok(None);
     };
@@ -84,43 +82,32 @@ pub(super) fn downstream(
         require_client_certificate,
         no_tickets,
         no_session_cache: ctx.disable_stateful_session_resumption,
+        pending,
     };
-    if pending {
-        // As Envoy: the listener is kept (it warms until the secrets arrive, or serves after
-        // `initial_fetch_timeout` with handshakes that fail); the secrets' arrival rebuilds
-        // the configuration (`ConfigStore::rotate`).
-        let unready = settings.params.clone();
-        let config = Watched::new(path.clone(), Vec::new(), move || {
-            context::unready_server_config(&unready)
-        })
-        .map(Rotating::new)
-        .map_err(|e| context_error(&cpath, &e))?;
-        return Ok(Some(Arc::new(DownstreamTransport { settings, config })));
+    if !pending {
+        if settings.certificates.is_empty() {
+            return Err(ConfigError::new(
+                format!("{cpath}.tls_certificates"),
+                "a server context needs at least one certificate",
+            ));
+        }
+        let has_ca = settings
+            .validation
+            .as_ref()
+            .is_some_and(|v| v.trusted_ca.is_some());
+        if settings.require_client_certificate && !has_ca {
+            return Err(ConfigError::new(
+                format!("{path}.require_client_certificate"),
+                "needs common_tls_context.validation_context.trusted_ca to check client certificates against",
+            ));
+        }
     }
-    if settings.certificates.is_empty() {
-        return Err(ConfigError::new(
-            format!("{cpath}.tls_certificates"),
-            "a server context needs at least one certificate",
-        ));
-    }
-    let has_ca = settings
-        .validation
-        .as_ref()
-        .is_some_and(|v| v.trusted_ca.is_some());
-    if settings.require_client_certificate && !has_ca {
-        return Err(ConfigError::new(
-            format!("{path}.require_client_certificate"),
-            "needs common_tls_context.validation_context.trusted_ca to check client certificates against",
-        ));
-    }
-    let files = settings_files(settings.certificates.iter(), settings.validation.as_ref());
-    let build_settings = settings.clone();
-    let config = Watched::new(path.clone(), files, move || {
-        context::server_config(&build_settings)
-    })
-    .map(Rotating::new)
-    .map_err(|e| sources.error(&cpath, &e))?;
-    Ok(Some(Arc::new(DownstreamTransport { settings, config })))
+    // Built once here so a configuration that cannot serve is refused at load, naming the
+    // field; the runtime builds what it serves with from the same settings
+    // (`tls::transport`). A pending secret: as Envoy, the listener is kept and warms until
+    // the secrets arrive (or serves after `initial_fetch_timeout` with handshakes that fail).
+    context::server(&settings).map_err(|e| sources.error(&cpath, &e))?;
+    Ok(Some(Arc::new(settings)))
 }
 
 /// A TLS error at the field of the common context it names, else at the context itself.
@@ -142,7 +129,7 @@ pub(super) fn upstream_transport(
     check_sni: bool,
     auto_alpn: bool,
     secrets: &Secrets,
-) -> Result<(Option<Arc<UpstreamTransport>>, Option<ProxyVersion>), ConfigError> {
+) -> Result<(Option<Arc<UpstreamTls>>, Option<ProxyVersion>), ConfigError> {
     use core::transport_socket::ConfigType;
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
         return Ok((upstream(ts, path, check_sni, auto_alpn, secrets)?, None));
@@ -190,7 +177,7 @@ fn upstream(
     check_sni: bool,
     auto_alpn: bool,
     secrets: &Secrets,
-) -> Result<Option<Arc<UpstreamTransport>>, ConfigError> {
+) -> Result<Option<Arc<UpstreamTls>>, ConfigError> {
     let Some(any) = typed(ts, path, UPSTREAM_TLS)? else {
         return Ok(None);
     };
@@ -209,17 +196,14 @@ fn upstream(
         ));
     }
     let sni = (!ctx.sni.is_empty()).then(|| ctx.sni.clone());
-    let server_name = sni
-        .as_ref()
-        .map(|s| {
-            rustls_pki_types::ServerName::try_from(s.clone()).map_err(|_| {
-                ConfigError::new(
-                    format!("{path}.sni"),
-                    format!("'{s}' is not a valid server name"),
-                )
-            })
-        })
-        .transpose()?;
+    if let Some(s) = &sni {
+        if rustls_pki_types::ServerName::try_from(s.clone()).is_err() {
+            return Err(ConfigError::new(
+                format!("{path}.sni"),
+                format!("'{s}' is not a valid server name"),
+            ));
+        }
+    }
     // auto_config negotiates the protocol: offer both unless the context names its own.
     let alpn = if auto_alpn && alpn.is_empty() {
         vec!["h2".to_string(), "http/1.1".to_string()]
@@ -233,43 +217,11 @@ fn upstream(
         validation,
         sni,
         check_sni,
+        pending,
     };
-    let files = settings_files(
-        settings.client_certificate.iter(),
-        settings.validation.as_ref(),
-    );
-    let build_settings = settings.clone();
-    let config = Watched::new(path.clone(), files, move || {
-        if pending {
-            // Until its secrets arrive no server can be trusted: handshakes fail.
-            context::unready_client_config(&build_settings)
-        } else {
-            context::client_config(&build_settings)
-        }
-    })
-    .map(Rotating::new)
-    .map_err(|e| sources.error(&cpath, &e))?;
-    Ok(Some(Arc::new(UpstreamTransport {
-        settings,
-        config,
-        server_name,
-    })))
-}
-
-/// The files a configuration is built from, to follow for reloads.
-fn settings_files<'a>(
-    certs: impl Iterator<Item = &'a CertificateConfig>,
-    validation: Option<&Validation>,
-) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = Vec::new();
-    for c in certs {
-        files.extend(c.chain.path().map(PathBuf::from));
-        files.extend(c.key.path().map(PathBuf::from));
-    }
-    if let Some(ca) = validation.and_then(|v| v.trusted_ca.as_ref()) {
-        files.extend(ca.path().map(PathBuf::from));
-    }
-    files
+    // Built once here so a configuration that cannot connect is refused at load.
+    context::client(&settings).map_err(|e| sources.error(&cpath, &e))?;
+    Ok(Some(Arc::new(settings)))
 }
 
 /// Certificates, parameters, ALPN, validation, whether an SDS secret they need has not

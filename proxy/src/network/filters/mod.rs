@@ -1,3 +1,4 @@
 //! Network filters.
 
+pub mod local_ratelimit;
 pub mod tcp_proxy;
