@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use crate::access_log::Format;
-use crate::router::RouteTable;
+use crate::router::RouteConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone)]
@@ -653,7 +653,7 @@ pub const DOWNSTREAM_MAX_CONCURRENT_STREAMS: u32 = 1024;
 #[derive(Debug, Clone)]
 pub enum RouteSource {
     /// `route_config`: inline, fixed for the listener's life.
-    Static(Arc<RouteTable>),
+    Static(Arc<RouteConfig>),
     /// `rds`: the route configuration of that name in force when each stream starts.
     Rds {
         /// `rds.route_config_name`.

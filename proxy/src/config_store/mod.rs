@@ -1110,7 +1110,10 @@ impl ConfigStore {
             ("name", name),
             |r: &route_pb::RouteConfiguration| &r.name,
         )?;
-        let table = resource::route_configuration(&proto, "resources[0]")?;
+        let config = resource::route_configuration(&proto, "resources[0]")?;
+        // Translation checked that it indexes.
+        let table = RouteTable::new(Arc::new(config))
+            .map_err(|e| ConfigError::new("resources[0].virtual_hosts", e))?;
         let Some(rds) = self.rds.get_mut(name) else {
             return Ok(());
         };

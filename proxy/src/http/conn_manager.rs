@@ -238,6 +238,35 @@ pub struct HttpConnectionManager {
     pub stats: HcmStats,
     /// Its HTTP filters (before the router) on this worker.
     pub filters: Vec<filter::Factory>,
+    /// Its `route_config`, indexed (none with RDS: each stream takes the table in force).
+    pub routes: Option<Arc<crate::router::RouteTable>>,
+}
+
+impl HttpConnectionManager {
+    /// The connection manager a worker runs for `config`.
+    pub fn new(
+        config: Arc<model::HttpConnectionManager>,
+        shard: &Arc<crate::stats::Shard>,
+        scope: &str,
+    ) -> Self {
+        let routes = match &config.routes {
+            model::RouteSource::Static(c) => match crate::router::RouteTable::new(c.clone()) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(e) => {
+                    // Translation checked it; a table that does not index routes nothing.
+                    tracing::error!(error = %e, "route_config does not index");
+                    None
+                }
+            },
+            model::RouteSource::Rds { .. } => None,
+        };
+        HttpConnectionManager {
+            stats: HcmStats::new(shard.clone(), &config.stat_prefix, scope),
+            filters: filter::factories(&config.http_filters, shard, &config.stat_prefix),
+            routes,
+            config,
+        }
+    }
 }
 
 /// The downstream connection a stream belongs to.
@@ -992,7 +1021,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     };
     let routed = router::route(
         &conn.worker,
-        &cfg,
+        (&cfg, conn.hcm.routes.as_deref()),
         parts,
         body,
         &request,

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::model::{self, NetworkFilter};
 use crate::drain::{ConnectionDrain, Drain, Draining};
-use crate::http::conn_manager::{self, HcmStats, HttpConnectionManager};
+use crate::http::conn_manager::{self, HttpConnectionManager};
 use crate::io::Stream;
 use crate::network::filters::tcp_proxy::{self, TcpProxyStats};
 use crate::stats::{Counter, Gauge};
@@ -320,11 +320,7 @@ fn chain(
     Some(last).and_then(|f| {
         let terminal = match f {
             NetworkFilter::HttpConnectionManager(h) => {
-                Terminal::Http(Rc::new(HttpConnectionManager {
-                    config: h.clone(),
-                    stats: HcmStats::new(shard.clone(), &h.stat_prefix, scope),
-                    filters: crate::http::filter::factories(&h.http_filters, shard, &h.stat_prefix),
-                }))
+                Terminal::Http(Rc::new(HttpConnectionManager::new(h.clone(), shard, scope)))
             }
             NetworkFilter::TcpProxy(t) => Terminal::Tcp(
                 t.clone(),

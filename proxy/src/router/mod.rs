@@ -453,19 +453,15 @@ impl VirtualHost {
     }
 }
 
-/// The route table of one `RouteConfiguration`, indexed by domain.
-#[derive(Debug)]
-pub struct RouteTable {
+/// One `RouteConfiguration`: its virtual hosts in order and what applies to all of them.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
     /// `name`.
     pub name: String,
-    vhosts: Vec<VirtualHost>,
-    exact: HashMap<String, usize>,
-    /// Wildcard suffixes (`*.example.com` → `.example.com`), longest first.
-    suffixes: BTreeMap<std::cmp::Reverse<usize>, HashMap<String, usize>>,
-    /// Wildcard prefixes (`api.*` → `api.`), longest first.
-    prefixes: BTreeMap<std::cmp::Reverse<usize>, HashMap<String, usize>>,
-    default: Option<usize>,
-    ignore_port: bool,
+    /// `virtual_hosts`.
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// `ignore_port_in_host_matching`.
+    pub ignore_port: bool,
     /// `request_headers_to_add|remove`.
     pub request_headers: Arc<HeaderParser>,
     /// `response_headers_to_add|remove`.
@@ -476,30 +472,35 @@ pub struct RouteTable {
     pub internal_only_headers: Vec<http::HeaderName>,
 }
 
-impl RouteTable {
-    /// Indexes the virtual hosts; refuses duplicate domains and misplaced wildcards as Envoy does.
-    pub fn new(name: String, vhosts: Vec<VirtualHost>, ignore_port: bool) -> Result<Self, String> {
-        let mut t = RouteTable {
-            name,
-            vhosts: Vec::new(),
-            exact: HashMap::new(),
-            suffixes: BTreeMap::new(),
-            prefixes: BTreeMap::new(),
-            default: None,
-            ignore_port,
-            request_headers: Arc::default(),
-            response_headers: Arc::default(),
-            most_specific_wins: false,
-            internal_only_headers: Vec::new(),
-        };
+impl RouteConfig {
+    /// Refuses duplicate domains and misplaced wildcards as Envoy does (what
+    /// [`RouteTable::new`] would refuse).
+    pub fn check(&self) -> Result<(), String> {
+        DomainIndex::new(&self.name, &self.virtual_hosts).map(drop)
+    }
+}
+
+/// The virtual hosts of a route configuration by domain.
+#[derive(Debug, Default)]
+struct DomainIndex {
+    exact: HashMap<String, usize>,
+    /// Wildcard suffixes (`*.example.com` → `.example.com`), longest first.
+    suffixes: BTreeMap<std::cmp::Reverse<usize>, HashMap<String, usize>>,
+    /// Wildcard prefixes (`api.*` → `api.`), longest first.
+    prefixes: BTreeMap<std::cmp::Reverse<usize>, HashMap<String, usize>>,
+    default: Option<usize>,
+}
+
+impl DomainIndex {
+    fn new(name: &str, vhosts: &[VirtualHost]) -> Result<Self, String> {
+        let mut t = DomainIndex::default();
         for (i, vh) in vhosts.iter().enumerate() {
             for domain in &vh.domains {
                 let d = domain.to_ascii_lowercase();
                 let dup = if d == "*" {
                     if t.default.is_some() {
                         return Err(format!(
-                            "only a single wildcard domain is permitted in route {}",
-                            t.name
+                            "only a single wildcard domain is permitted in route {name}"
                         ));
                     }
                     t.default = Some(i);
@@ -521,46 +522,76 @@ impl RouteTable {
                 };
                 if dup {
                     return Err(format!(
-                        "only unique values for domains are permitted: duplicate entry of domain {d} in route {}",
-                        t.name
+                        "only unique values for domains are permitted: duplicate entry of domain {d} in route {name}"
                     ));
                 }
             }
         }
-        t.vhosts = vhosts;
         Ok(t)
+    }
+}
+
+/// A route configuration as a worker serves it: the configuration with its virtual hosts
+/// indexed by domain.
+#[derive(Debug)]
+pub struct RouteTable {
+    config: Arc<RouteConfig>,
+    index: DomainIndex,
+}
+
+impl std::ops::Deref for RouteTable {
+    type Target = RouteConfig;
+
+    fn deref(&self) -> &RouteConfig {
+        &self.config
+    }
+}
+
+impl RouteTable {
+    /// Indexes the virtual hosts; refuses what [`RouteConfig::check`] refuses.
+    pub fn new(config: Arc<RouteConfig>) -> Result<Self, String> {
+        let index = DomainIndex::new(&config.name, &config.virtual_hosts)?;
+        Ok(RouteTable { config, index })
+    }
+
+    /// The configuration it serves.
+    pub fn config(&self) -> &Arc<RouteConfig> {
+        &self.config
     }
 
     /// The virtual host for a `Host`/`:authority` value.
     pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
         // The common sidecar table has only `*`: nothing to look up.
-        if self.exact.is_empty() && self.suffixes.is_empty() && self.prefixes.is_empty() {
-            return self.default.map(|i| &self.vhosts[i]);
+        if self.index.exact.is_empty()
+            && self.index.suffixes.is_empty()
+            && self.index.prefixes.is_empty()
+        {
+            return self.index.default.map(|i| &self.config.virtual_hosts[i]);
         }
         let mut host = authority;
-        if self.ignore_port {
+        if self.config.ignore_port {
             host = strip_port(host);
         }
         let host = host.to_ascii_lowercase();
-        if let Some(i) = self.exact.get(&host) {
-            return Some(&self.vhosts[*i]);
+        if let Some(i) = self.index.exact.get(&host) {
+            return Some(&self.config.virtual_hosts[*i]);
         }
         // A wildcard must stand for at least one character.
-        for (std::cmp::Reverse(len), map) in &self.suffixes {
+        for (std::cmp::Reverse(len), map) in &self.index.suffixes {
             if *len < host.len() && host.is_char_boundary(host.len() - len) {
                 if let Some(i) = map.get(&host[host.len() - len..]) {
-                    return Some(&self.vhosts[*i]);
+                    return Some(&self.config.virtual_hosts[*i]);
                 }
             }
         }
-        for (std::cmp::Reverse(len), map) in &self.prefixes {
+        for (std::cmp::Reverse(len), map) in &self.index.prefixes {
             if *len < host.len() && host.is_char_boundary(*len) {
                 if let Some(i) = map.get(&host[..*len]) {
-                    return Some(&self.vhosts[*i]);
+                    return Some(&self.config.virtual_hosts[*i]);
                 }
             }
         }
-        self.default.map(|i| &self.vhosts[i])
+        self.index.default.map(|i| &self.config.virtual_hosts[i])
     }
 }
 
@@ -593,19 +624,27 @@ mod tests {
         }
     }
 
-    fn table(ignore_port: bool) -> RouteTable {
-        RouteTable::new(
-            "rc".into(),
-            vec![
-                vh("exact", &["example.com", "example.com:8080"]),
-                vh("suffix", &["*.example.com"]),
-                vh("longsuffix", &["*.api.example.com"]),
-                vh("prefix", &["api.*"]),
-                vh("default", &["*"]),
-            ],
+    fn config(virtual_hosts: Vec<VirtualHost>, ignore_port: bool) -> RouteConfig {
+        RouteConfig {
+            name: "rc".into(),
+            virtual_hosts,
             ignore_port,
-        )
-        .expect("valid table")
+            request_headers: Arc::default(),
+            response_headers: Arc::default(),
+            most_specific_wins: false,
+            internal_only_headers: Vec::new(),
+        }
+    }
+
+    fn table(ignore_port: bool) -> RouteTable {
+        let vhosts = vec![
+            vh("exact", &["example.com", "example.com:8080"]),
+            vh("suffix", &["*.example.com"]),
+            vh("longsuffix", &["*.api.example.com"]),
+            vh("prefix", &["api.*"]),
+            vh("default", &["*"]),
+        ];
+        RouteTable::new(Arc::new(config(vhosts, ignore_port))).expect("valid table")
     }
 
     fn pick<'a>(t: &'a RouteTable, host: &str) -> &'a str {
@@ -642,13 +681,9 @@ mod tests {
 
     #[test]
     fn duplicates_are_refused() {
-        let e = RouteTable::new(
-            "rc".into(),
-            vec![vh("a", &["x.com"]), vh("b", &["X.com"])],
-            false,
-        );
+        let e = config(vec![vh("a", &["x.com"]), vh("b", &["X.com"])], false).check();
         assert!(e.unwrap_err().contains("duplicate entry of domain x.com"));
-        let e = RouteTable::new("rc".into(), vec![vh("a", &["*"]), vh("b", &["*"])], false);
+        let e = config(vec![vh("a", &["*"]), vh("b", &["*"])], false).check();
         assert!(e.unwrap_err().contains("single wildcard"));
     }
 

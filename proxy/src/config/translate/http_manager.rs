@@ -18,7 +18,7 @@ use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 use super::{required, typed_config};
 use crate::access_log::{json, Extensions, Format};
-use crate::router::{Route, RouteMatch, RouteTable, VirtualHost};
+use crate::router::{Route, RouteConfig, RouteMatch, VirtualHost};
 
 pub(super) fn translate_hcm(
     h: &hcm::HttpConnectionManager,
@@ -479,7 +479,7 @@ pub(crate) fn translate_routes(
     rc: &route::RouteConfiguration,
     path: &str,
     clusters: Option<&HashSet<String>>,
-) -> Result<RouteTable, ConfigError> {
+) -> Result<RouteConfig, ConfigError> {
     super::fields::route_configuration(rc, path)?;
     let mut vhosts = Vec::new();
     for (i, vh) in rc.virtual_hosts.iter().enumerate() {
@@ -543,7 +543,17 @@ pub(crate) fn translate_routes(
             routes,
         });
     }
-    let mut table = RouteTable::new(rc.name.clone(), vhosts, rc.ignore_port_in_host_matching)
+    let mut table = RouteConfig {
+        name: rc.name.clone(),
+        virtual_hosts: vhosts,
+        ignore_port: rc.ignore_port_in_host_matching,
+        request_headers: Arc::default(),
+        response_headers: Arc::default(),
+        most_specific_wins: false,
+        internal_only_headers: Vec::new(),
+    };
+    table
+        .check()
         .map_err(|e| ConfigError::new(format!("{path}.virtual_hosts"), e))?;
     use super::route_action::header_parser;
     table.request_headers = header_parser(

@@ -44,7 +44,7 @@ pub mod resource {
 
     use super::super::model::{Cluster, Host, Listener};
     use super::super::{ConfigError, Secrets};
-    use crate::router::RouteTable;
+    use crate::router::RouteConfig;
 
     /// A listener; inline routes must name clusters in `clusters`.
     pub fn listener(
@@ -69,7 +69,7 @@ pub mod resource {
     pub fn route_configuration(
         rc: &route::RouteConfiguration,
         path: &str,
-    ) -> Result<RouteTable, ConfigError> {
+    ) -> Result<RouteConfig, ConfigError> {
         super::http_manager::translate_routes(rc, path, None)
     }
 

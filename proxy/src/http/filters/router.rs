@@ -148,7 +148,10 @@ impl Drop for Upstream {
 #[allow(clippy::too_many_arguments)]
 pub async fn route(
     worker: &Rc<Worker>,
-    cfg: &model::HttpConnectionManager,
+    (cfg, static_routes): (
+        &model::HttpConnectionManager,
+        Option<&crate::router::RouteTable>,
+    ),
     mut parts: http::request::Parts,
     body: ProxyBody,
     request: &Rc<RequestProgress>,
@@ -165,7 +168,7 @@ pub async fn route(
     // long-lived connections on their next stream).
     let rds;
     let table: Option<&crate::router::RouteTable> = match &cfg.routes {
-        model::RouteSource::Static(t) => Some(t),
+        model::RouteSource::Static(_) => static_routes,
         model::RouteSource::Rds { name, .. } => {
             rds = worker.route_table(name);
             rds.as_deref()
