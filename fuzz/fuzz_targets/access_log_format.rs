@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use skiff::access_log::{Extensions, Format};
+use skiff::access_log::{Extensions, Format, Render};
 use skiff::stream_info::{CertInfo, Connection, StreamInfo, TlsInfo, UpstreamConnection};
 
 fuzz_target!(|data: &[u8]| {

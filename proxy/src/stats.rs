@@ -229,133 +229,42 @@ impl Store {
     }
 }
 
-/// `stats_config.stats_matcher`: which stats exist.
-#[derive(Debug)]
-pub enum StatsMatcher {
-    /// `reject_all: true`.
-    RejectAll,
-    /// `inclusion_list`: only stats one of these names.
-    Inclusion(Vec<NameMatch>),
-    /// `exclusion_list`: every stat but those these name.
-    Exclusion(Vec<NameMatch>),
-}
+pub use skiff_config::stats::{NameMatch, NameMatchKind, StatsMatcher, Tagging};
 
-impl StatsMatcher {
-    /// Whether a stat of this name is kept.
-    pub fn accepts(&self, name: &str) -> bool {
-        match self {
-            StatsMatcher::RejectAll => false,
-            StatsMatcher::Inclusion(list) => list.iter().any(|m| m.matches(name)),
-            StatsMatcher::Exclusion(list) => !list.iter().any(|m| m.matches(name)),
-        }
-    }
-}
-
-/// One `StringMatcher` of a stats matcher list.
-#[derive(Debug)]
-pub struct NameMatch {
-    /// What is compared.
-    pub kind: NameMatchKind,
-    /// `ignore_case` (not for regexes).
-    pub ignore_case: bool,
-}
-
-/// The comparisons a stats matcher makes.
-#[derive(Debug)]
-pub enum NameMatchKind {
-    /// `exact`.
-    Exact(String),
-    /// `prefix`.
-    Prefix(String),
-    /// `suffix`.
-    Suffix(String),
-    /// `contains`.
-    Contains(String),
-    /// `safe_regex`: the whole name.
-    Regex(regex::Regex),
-}
-
-impl NameMatch {
-    fn matches(&self, name: &str) -> bool {
-        let lowered;
-        let name = if self.ignore_case {
-            lowered = name.to_ascii_lowercase();
-            lowered.as_str()
-        } else {
-            name
+/// The metric name and tags of a stat, as `tagging` says.
+fn extract(tagging: &Tagging, name: &str) -> (String, Vec<(String, String)>) {
+    let mut rest = name.to_string();
+    let mut tags: Vec<(String, String)> = Vec::new();
+    for (tag, re) in &tagging.extractors {
+        let Ok(Some(c)) = re.captures(&rest) else {
+            continue;
         };
-        let fold = |s: &str| {
-            if self.ignore_case {
-                s.to_ascii_lowercase()
-            } else {
-                s.to_string()
-            }
+        let Some(remove) = c.get(1) else {
+            continue;
         };
-        match &self.kind {
-            NameMatchKind::Exact(s) => name == fold(s),
-            NameMatchKind::Prefix(s) => name.starts_with(&fold(s)),
-            NameMatchKind::Suffix(s) => name.ends_with(&fold(s)),
-            NameMatchKind::Contains(s) => name.contains(&fold(s)),
-            NameMatchKind::Regex(r) => r.is_match(name),
-        }
+        let value = c.get(2).unwrap_or(remove).as_str().to_string();
+        let (start, end) = (remove.start(), remove.end());
+        tags.push((tag.clone(), value));
+        rest = format!("{}{}", &rest[..start], &rest[end..]);
     }
-}
-
-/// `stats_config`'s tag extraction for the Prometheus output: its `stats_tags` in order, then
-/// Envoy's default extractors unless `use_all_default_tags` is false.
-#[derive(Debug)]
-pub struct Tagging {
-    /// `stats_tags` with a regex: the first capture group leaves the name, the second (or the
-    /// first, if there is one) is the tag's value.
-    pub extractors: Vec<(String, fancy_regex::Regex)>,
-    /// `stats_tags` with a `fixed_value`: on every stat.
-    pub fixed: Vec<(String, String)>,
-    /// `use_all_default_tags` (default true).
-    pub defaults: bool,
-}
-
-impl Default for Tagging {
-    fn default() -> Self {
-        Tagging {
-            extractors: Vec::new(),
-            fixed: Vec::new(),
-            defaults: true,
-        }
+    if tagging.defaults {
+        let (metric, defaults) = extract_tags(&rest);
+        rest = metric;
+        // A `stats_tags` entry named like a default one (`envoy.cluster_name`) replaces it.
+        let named: Vec<String> = tagging
+            .extractors
+            .iter()
+            .map(|(t, _)| sanitize(t))
+            .collect();
+        let kept: Vec<(String, String)> = defaults
+            .into_iter()
+            .filter(|(k, _)| !named.iter().any(|t| t == k))
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        tags.extend(kept);
     }
-}
-
-impl Tagging {
-    /// The metric name and tags of a stat.
-    fn extract(&self, name: &str) -> (String, Vec<(String, String)>) {
-        let mut rest = name.to_string();
-        let mut tags: Vec<(String, String)> = Vec::new();
-        for (tag, re) in &self.extractors {
-            let Ok(Some(c)) = re.captures(&rest) else {
-                continue;
-            };
-            let Some(remove) = c.get(1) else {
-                continue;
-            };
-            let value = c.get(2).unwrap_or(remove).as_str().to_string();
-            let (start, end) = (remove.start(), remove.end());
-            tags.push((tag.clone(), value));
-            rest = format!("{}{}", &rest[..start], &rest[end..]);
-        }
-        if self.defaults {
-            let (metric, defaults) = extract_tags(&rest);
-            rest = metric;
-            // A `stats_tags` entry named like a default one (`envoy.cluster_name`) replaces it.
-            let named: Vec<String> = self.extractors.iter().map(|(t, _)| sanitize(t)).collect();
-            let kept: Vec<(String, String)> = defaults
-                .into_iter()
-                .filter(|(k, _)| !named.iter().any(|t| t == k))
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
-            tags.extend(kept);
-        }
-        tags.extend(self.fixed.iter().cloned());
-        (rest, tags)
-    }
+    tags.extend(tagging.fixed.iter().cloned());
+    (rest, tags)
 }
 
 /// Renders a snapshot in Prometheus text format with Envoy's default tag extraction for the
@@ -369,7 +278,7 @@ pub fn prometheus(snapshot: &BTreeMap<String, StatValue>) -> String {
 pub fn prometheus_tagged(snapshot: &BTreeMap<String, StatValue>, tagging: &Tagging) -> String {
     let mut families: BTreeMap<String, (bool, Vec<(String, String)>)> = BTreeMap::new();
     for (name, value) in snapshot {
-        let (metric, tags) = tagging.extract(name);
+        let (metric, tags) = extract(tagging, name);
         let metric = format!("envoy_{}", sanitize(&metric));
         let (is_counter, v) = match value {
             StatValue::Counter(v) => (true, v.to_string()),

@@ -839,7 +839,7 @@ print(ask(), flush=True)
 /// The X.509 v1 certificate and PKCS#8 RSA key inlined in Envoy's compression sandboxes
 /// (envoyproxy/examples brotli, gzip, zstd; subject `CN=front-envoy`).
 fn sandbox_v1_pair() -> (PathBuf, PathBuf) {
-    let dir = skiff_tests::workspace_root().join("proxy/src/tls/testdata");
+    let dir = skiff_tests::workspace_root().join("proxy/config/src/tls/testdata");
     (
         dir.join("envoy-examples-v1.crt"),
         dir.join("envoy-examples-v1.key"),

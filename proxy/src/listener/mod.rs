@@ -1,7 +1,7 @@
 //! Listeners: one SO_REUSEPORT socket per worker, accepting connections and running the listener
 //! filters and then a filter chain on each.
 
-pub mod filter_chain_match;
+pub use skiff_config::filter_chain_match;
 pub mod filters;
 
 use std::net::SocketAddr;

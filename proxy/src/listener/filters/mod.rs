@@ -62,29 +62,7 @@ impl TransportProtocol {
     }
 }
 
-/// The requested application protocols.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum ApplicationProtocols {
-    /// None requested.
-    #[default]
-    None,
-    /// A ClientHello's ALPN list, as on the wire (each name prefixed by its length).
-    Alpn(Box<[u8]>),
-    /// One protocol (the http_inspector's).
-    One(&'static str),
-}
-
-impl ApplicationProtocols {
-    /// Each requested protocol.
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        let (list, one): (&[u8], Option<&[u8]>) = match self {
-            ApplicationProtocols::None => (&[], None),
-            ApplicationProtocols::Alpn(l) => (l, None),
-            ApplicationProtocols::One(p) => (&[], Some(p.as_bytes())),
-        };
-        tls_inspector::client_hello::alpn_names(list).chain(one)
-    }
-}
+pub use crate::listener::filter_chain_match::ApplicationProtocols;
 
 impl Accepted {
     /// A socket as accepted.

@@ -19,13 +19,7 @@ pub const MAX_V1_LEN: usize = 107;
 pub const INITIAL_READ: usize = V2_HEADER_LEN + V2_ADDR_LEN_UNIX;
 
 /// A protocol version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Version {
-    /// The text line.
-    V1,
-    /// The binary header.
-    V2,
-}
+pub use crate::config::model::ProxyProtocolVersion as Version;
 
 /// What the parser accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -44,16 +44,7 @@ pub struct ClientHello {
     pub alpn: Option<Box<[u8]>>,
 }
 
-/// The names of an ALPN list kept in [`ClientHello::alpn`].
-pub fn alpn_names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = list;
-    std::iter::from_fn(move || {
-        let (&len, tail) = rest.split_first()?;
-        let name = tail.get(..usize::from(len))?;
-        rest = &tail[usize::from(len)..];
-        Some(name)
-    })
-}
+pub use skiff_config::filter_chain_match::alpn_names;
 
 /// Parses the bytes seen so far at the head of a connection.
 pub fn parse(buf: &[u8]) -> Parse {

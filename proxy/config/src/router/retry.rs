@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::config::model::HeaderMatch;
+use crate::model::HeaderMatch;
 
 /// The `retry_on` conditions, as a set of bits (Envoy's `RetryPolicy::RETRY_ON_*`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -155,7 +155,7 @@ impl std::ops::BitOr for RetryOn {
 pub const DEFAULT_BASE_INTERVAL: Duration = Duration::from_millis(25);
 
 /// A route's (or virtual host's) `retry_policy`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     /// `retry_on`.
     pub retry_on: RetryOn,
@@ -263,7 +263,7 @@ fn simple_atoi(v: &str) -> Option<u32> {
 
 /// Envoy's `JitteredExponentialBackOffStrategy`: each wait is uniform in `[0, interval)`, the
 /// interval doubling from the base up to the maximum, and no wait longer than the maximum.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackOff {
     next: u64,
     max: u64,

@@ -16,7 +16,7 @@ const DNS_CLUSTER: &str = "envoy.extensions.clusters.dns.v3.DnsCluster";
 pub(super) fn translate_cluster(
     c: &cluster::Cluster,
     path: &str,
-    secrets: &crate::config::Secrets,
+    secrets: &crate::Secrets,
 ) -> Result<Cluster, ConfigError> {
     super::fields::cluster(c, path)?;
     use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};

@@ -167,7 +167,7 @@ fn tls_inspector(t: &PbTlsInspector, path: &str) -> Result<TlsInspector, ConfigE
 
 #[cfg(test)]
 mod tests {
-    use crate::config::load_text;
+    use crate::load_text;
 
     fn listener_with(filters: &str) -> String {
         format!(

@@ -1,14 +1,23 @@
-//! Configuration: Envoy's v3 bootstrap in, skiff's own validated model out.
+//! skiff's configuration: Envoy's v3 bootstrap and discovery resources in, skiff's own
+//! validated model out. The model is plain data; nothing here runs traffic, and this crate
+//! depends on nothing of the proxy's runtime, which builds what it serves with (pools, token
+//! buckets, TLS that follows its files, lookup tables) from the model.
 //!
 //! Loading is three steps. `proto` decodes YAML or JSON into a dynamic message (unknown fields are
 //! errors with their path). `supported` walks every field that is set and refuses any that skiff
 //! does not honour, naming its path. `translate` then builds the immutable [`model`] that the
 //! workers run; it checks values (enums, references between resources) with the same paths.
 
+pub mod access_log;
 pub mod discovery;
+pub mod filter_chain_match;
 pub mod model;
+pub mod pattern;
 pub mod proto;
+pub mod router;
+pub mod stats;
 mod supported;
+pub mod tls;
 mod translate;
 
 use std::fmt;
@@ -208,7 +217,7 @@ pub fn load_text(text: &str) -> Result<Loaded, ConfigError> {
     })
 }
 
-pub(crate) fn to_json(msg: &DynamicMessage) -> serde_json::Value {
+pub fn to_json(msg: &DynamicMessage) -> serde_json::Value {
     let opts = prost_reflect::SerializeOptions::new()
         .skip_default_fields(true)
         .use_proto_field_name(true);
@@ -354,7 +363,7 @@ mod tests {
 
     fn repo_file(rel: &str) -> std::path::PathBuf {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
+            .join("../..")
             .join(rel)
     }
 
@@ -382,8 +391,8 @@ mod tests {
 
     #[test]
     fn filter_chains_match_port_then_longest_prefix_then_default() {
-        use crate::listener::filter_chain_match::ChainChoice::{Default, Index};
-        use crate::listener::filter_chain_match::Chains;
+        use crate::filter_chain_match::ChainChoice::{Default, Index};
+        use crate::filter_chain_match::Chains;
         let text = chains_config(
             &[
                 "{destination_port: 80}",
@@ -477,6 +486,42 @@ mod tests {
         };
         assert_eq!(load(&source).expect("loads").model.clusters.len(), 2);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The model is comparable data: a configuration translated twice gives equal models,
+    /// and one value changed gives another.
+    #[test]
+    fn the_model_compares_as_data() {
+        let mut dirs = vec![repo_file("fuzz/corpus/config_yaml")];
+        let reference = repo_file("../shared/reference/envoy-configs");
+        if reference.exists() {
+            dirs.push(reference);
+        }
+        let mut compared = 0;
+        for dir in dirs {
+            for entry in std::fs::read_dir(&dir).expect("corpus dir").flatten() {
+                let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                    continue;
+                };
+                let (Ok(a), Ok(b)) = (load_text(&text), load_text(&text)) else {
+                    continue;
+                };
+                assert_eq!(a.model, b.model, "{}", entry.path().display());
+                compared += 1;
+            }
+        }
+        assert!(compared > 5, "only {compared} configurations compared");
+        let one = |port: u16| {
+            load_text(&chains_config(
+                &[&format!("{{destination_port: {port}}}")],
+                true,
+            ))
+            .expect("loads")
+            .model
+        };
+        assert_eq!(one(80), one(80));
+        assert_ne!(one(80).listeners, one(81).listeners);
+        assert_eq!(one(80).clusters, one(81).clusters);
     }
 
     /// Every seed of the config fuzz target gives a model or an error, never a panic; errors on

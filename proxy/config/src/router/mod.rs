@@ -13,11 +13,11 @@ pub mod retry;
 
 pub use header_parser::HeaderParser;
 
-use crate::config::model::{HeaderKey, HeaderMatch, HeaderMatchKind, QueryCheck, QueryMatch};
+use crate::model::{HeaderKey, HeaderMatch, HeaderMatchKind, QueryCheck, QueryMatch};
 
 /// What route matching reads of a request: its pseudo-headers (as Envoy's header map holds
 /// them for HTTP/1.1 too) and its headers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RequestView<'a> {
     /// `:method`.
     pub method: &'a str,
@@ -45,7 +45,7 @@ impl<'a> RequestView<'a> {
 }
 
 /// How a route matches the path.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PathMatch {
     /// `prefix`: the start of `:path` (query included, as Envoy).
     Prefix(String),
@@ -55,11 +55,11 @@ pub enum PathMatch {
     /// followed by `/`.
     SeparatedPrefix(String),
     /// `safe_regex`: the whole path without its query (anchored at translation).
-    Regex(regex::Regex),
+    Regex(crate::pattern::Regex),
 }
 
 /// `RouteMatch`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteMatch {
     /// How the path matches.
     pub path: PathMatch,
@@ -230,7 +230,7 @@ fn query_matches(matchers: &[QueryMatch], path: &str) -> bool {
 }
 
 /// A route.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     /// `name`.
     pub name: String,
@@ -252,7 +252,7 @@ pub struct Route {
 }
 
 /// What a route does with a request it matched.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// `route`: forward to a cluster.
     Forward(Forward),
@@ -268,7 +268,7 @@ pub enum Action {
 }
 
 /// `RouteAction`: where a request goes and how it is rewritten on the way.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Forward {
     /// `cluster`, `cluster_header` or `weighted_clusters`.
     pub target: Target,
@@ -283,7 +283,7 @@ pub struct Forward {
 }
 
 /// The cluster a request goes to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Target {
     /// `cluster`.
     Cluster(String),
@@ -321,16 +321,16 @@ impl Target {
 }
 
 /// How the path is rewritten before the request is forwarded (or redirected).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PathRewrite {
     /// `prefix_rewrite`: the part the route's prefix matched is replaced.
     Prefix(String),
     /// `regex_rewrite`: every match of the pattern in the path (query excluded) is replaced.
-    Regex(regex::Regex, String),
+    Regex(crate::pattern::Regex, String),
 }
 
 /// How the `:authority` is rewritten before the request is forwarded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum HostRewrite {
     /// `host_rewrite_literal`.
     Literal(http::HeaderValue),
@@ -341,7 +341,7 @@ pub enum HostRewrite {
 }
 
 /// `RedirectAction`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Redirect {
     /// `scheme_redirect`, or `https` for `https_redirect`.
     pub scheme: Option<String>,
@@ -358,7 +358,7 @@ pub struct Redirect {
 }
 
 /// The path of a redirect's location.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum PathRedirect {
     /// The request's own path.
     Keep,
@@ -412,7 +412,7 @@ fn upgrade_allowed(kind: &str, hcm: &[(String, bool)]) -> bool {
 }
 
 /// A virtual host.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VirtualHost {
     /// `name`.
     pub name: String,
@@ -454,7 +454,7 @@ impl VirtualHost {
 }
 
 /// One `RouteConfiguration`: its virtual hosts in order and what applies to all of them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     /// `name`.
     pub name: String,
@@ -481,7 +481,7 @@ impl RouteConfig {
 }
 
 /// The virtual hosts of a route configuration by domain.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct DomainIndex {
     exact: HashMap<String, usize>,
     /// Wildcard suffixes (`*.example.com` → `.example.com`), longest first.
@@ -533,7 +533,7 @@ impl DomainIndex {
 
 /// A route configuration as a worker serves it: the configuration with its virtual hosts
 /// indexed by domain.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct RouteTable {
     config: Arc<RouteConfig>,
     index: DomainIndex,

@@ -300,7 +300,7 @@ fn path_rewrite(
                 .ok_or_else(|| ConfigError::new(format!("{rpath}.pattern"), "required"))?;
             let pattern = &pattern.regex;
             // Unanchored: every match in the path is replaced (RE2's GlobalReplace).
-            let re = regex::Regex::new(pattern).map_err(|e| {
+            let re = crate::pattern::Regex::new(pattern).map_err(|e| {
                 ConfigError::new(
                     format!("{rpath}.pattern.regex"),
                     format!("invalid regex: {e}"),
@@ -484,7 +484,7 @@ mod tests {
     fn re2_substitutions_become_rust_ones() {
         assert_eq!(substitution(r"/v2/\1/x"), "/v2/${1}/x");
         assert_eq!(substitution(r"a\\b$c"), r"a\b$$c");
-        let re = regex::Regex::new("^/a/([^/]+)").expect("regex");
+        let re = crate::pattern::Regex::new("^/a/([^/]+)").expect("regex");
         assert_eq!(
             re.replace_all("/a/b/c", substitution(r"/z/\1").as_str()),
             "/z/b/c"

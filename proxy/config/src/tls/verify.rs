@@ -19,7 +19,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::certs::{name_covers, names, parse_certs};
 use super::{DataSource, SanMatcher, SanType, TlsError};
-use crate::config::model::StringMatchKind;
+use crate::model::StringMatchKind;
 
 /// The trust anchors in a PEM blob.
 pub fn roots(ca: &DataSource) -> Result<Arc<RootCertStore>, TlsError> {
@@ -294,7 +294,7 @@ impl ClientCertVerifier for SanCheckingClientVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::model::StringMatch;
+    use crate::model::StringMatch;
 
     fn m(t: SanType, kind: StringMatchKind) -> SanMatcher {
         SanMatcher {

@@ -577,7 +577,7 @@ fn translate_listener(
     {
         // The runtime builds the table it serves with; here only whether it builds.
         let matches: Vec<&FilterChainMatch> = filter_chains.iter().map(|(m, _)| m).collect();
-        crate::listener::filter_chain_match::ChainTable::new(&matches).map_err(|o| {
+        crate::filter_chain_match::ChainTable::new(&matches).map_err(|o| {
             ConfigError::new(
                 format!("{path}.filter_chains[{}].filter_chain_match", o.chain),
                 "multiple filter chains with overlapping matching rules are defined",

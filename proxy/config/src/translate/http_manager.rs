@@ -155,12 +155,12 @@ pub(super) fn translate_hcm(
                 )));
             }
             if h2.max_concurrent_streams.is_none() {
-                o.max_concurrent_streams = crate::config::model::DOWNSTREAM_MAX_CONCURRENT_STREAMS;
+                o.max_concurrent_streams = crate::model::DOWNSTREAM_MAX_CONCURRENT_STREAMS;
             }
             o
         }
-        None => crate::config::model::Http2Options {
-            max_concurrent_streams: crate::config::model::DOWNSTREAM_MAX_CONCURRENT_STREAMS,
+        None => crate::model::Http2Options {
+            max_concurrent_streams: crate::model::DOWNSTREAM_MAX_CONCURRENT_STREAMS,
             ..Default::default()
         },
     };
@@ -757,11 +757,14 @@ fn query_match(q: &route::QueryParameterMatcher, path: &str) -> Result<QueryMatc
 
 /// A `RegexMatcher` (RE2 syntax, which Rust's `regex` shares for what RE2 accepts), anchored:
 /// Envoy requires the whole value to match.
-pub(super) fn regex(m: &matcher::RegexMatcher, path: &str) -> Result<regex::Regex, ConfigError> {
+pub(super) fn regex(
+    m: &matcher::RegexMatcher,
+    path: &str,
+) -> Result<crate::pattern::Regex, ConfigError> {
     if m.regex.is_empty() {
         return Err(ConfigError::new(format!("{path}.regex"), "required"));
     }
-    regex::Regex::new(&format!("^(?:{})$", m.regex))
+    crate::pattern::Regex::new(&format!("^(?:{})$", m.regex))
         .map_err(|e| ConfigError::new(format!("{path}.regex"), format!("invalid regex: {e}")))
 }
 

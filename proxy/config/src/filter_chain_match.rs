@@ -9,9 +9,42 @@ use std::net::{IpAddr, SocketAddr};
 
 use std::sync::Arc;
 
-use crate::config::model::{self, CidrRange, FilterChainMatch, SourceType};
+use crate::model::{self, CidrRange, FilterChainMatch, SourceType};
 
-use super::filters::ApplicationProtocols;
+/// The requested application protocols.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ApplicationProtocols {
+    /// None requested.
+    #[default]
+    None,
+    /// A ClientHello's ALPN list, as on the wire (each name prefixed by its length).
+    Alpn(Box<[u8]>),
+    /// One protocol (the http_inspector's).
+    One(&'static str),
+}
+
+impl ApplicationProtocols {
+    /// Each requested protocol.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let (list, one): (&[u8], Option<&[u8]>) = match self {
+            ApplicationProtocols::None => (&[], None),
+            ApplicationProtocols::Alpn(l) => (l, None),
+            ApplicationProtocols::One(p) => (&[], Some(p.as_bytes())),
+        };
+        alpn_names(list).chain(one)
+    }
+}
+
+/// The names of an ALPN list as on the wire (each prefixed by its length).
+pub fn alpn_names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = list;
+    std::iter::from_fn(move || {
+        let (&len, tail) = rest.split_first()?;
+        let name = tail.get(..usize::from(len))?;
+        rest = &tail[usize::from(len)..];
+        Some(name)
+    })
+}
 
 /// What a connection offers to the match.
 #[derive(Debug, Clone, Copy)]

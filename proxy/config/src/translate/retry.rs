@@ -136,7 +136,7 @@ pub(super) fn policy(p: &route::RetryPolicy, path: &str) -> Result<RetryPolicy, 
 
 #[cfg(test)]
 mod tests {
-    use crate::config::load_text;
+    use crate::load_text;
 
     fn with_policy(policy: &str) -> String {
         format!(

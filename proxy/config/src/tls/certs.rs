@@ -252,8 +252,10 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// Certificates made for tests (also for the proxy's tests, with the `test-util` feature).
+#[cfg(any(test, feature = "test-util"))]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::new_without_default)]
+pub mod tests {
     use super::*;
     use crate::tls::DataSource;
 
@@ -441,6 +443,7 @@ pub(crate) mod tests {
         }
     }
 
+    #[cfg(test)]
     fn provider() -> CryptoProvider {
         rustls::crypto::ring::default_provider()
     }
@@ -535,6 +538,7 @@ pub(crate) mod tests {
         );
     }
 
+    #[cfg(test)]
     /// The version field of a DER certificate (0 = v1).
     fn version(der: &[u8]) -> u32 {
         let (_, c) = x509_parser::parse_x509_certificate(der).expect("cert");
@@ -668,6 +672,7 @@ pub(crate) mod tests {
         );
     }
 
+    #[cfg(test)]
     fn base64_encode(data: &[u8]) -> String {
         const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut out = String::new();

@@ -17,7 +17,7 @@ pub enum AppendAction {
 }
 
 /// One level's header changes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HeaderParser {
     /// `*_headers_to_remove`.
     pub remove: Vec<HeaderName>,

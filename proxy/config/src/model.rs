@@ -11,7 +11,7 @@ use crate::access_log::Format;
 use crate::router::RouteConfig;
 
 /// The whole configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Bootstrap {
     /// `node`.
     pub node: Node,
@@ -32,7 +32,7 @@ pub struct Bootstrap {
 }
 
 /// `stats_config`: which stats exist and how the Prometheus output tags them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatsConfig {
     /// `stats_matcher`; `None` keeps every stat.
     pub matcher: Option<Arc<crate::stats::StatsMatcher>>,
@@ -127,7 +127,7 @@ pub enum GrpcTarget {
 }
 
 /// `node`: identity only.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Node {
     /// `node.id`.
     pub id: String,
@@ -138,7 +138,7 @@ pub struct Node {
 }
 
 /// `admin`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     /// `admin.address`.
     pub address: SocketAddr,
@@ -154,7 +154,7 @@ pub struct Overload {
 }
 
 /// A listener.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Listener {
     /// `name`.
     pub name: String,
@@ -251,7 +251,7 @@ pub enum DrainType {
 }
 
 /// A listener filter, in `listener_filters` order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ListenerFilter {
     /// `envoy.filters.listener.original_dst`: the connection's local address becomes its
     /// original destination (SO_ORIGINAL_DST).
@@ -415,7 +415,7 @@ impl CidrRange {
 }
 
 /// A filter chain.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct FilterChain {
     /// `name`.
     pub name: String,
@@ -442,7 +442,7 @@ pub struct LocalRateLimit {
 }
 
 /// A network filter.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum NetworkFilter {
     /// `envoy.filters.network.local_ratelimit` (never last).
     LocalRateLimit(Arc<LocalRateLimit>),
@@ -453,7 +453,7 @@ pub enum NetworkFilter {
 }
 
 /// Where a TCP proxy sends a connection.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ClusterChoice {
     /// `cluster`.
     Single(String),
@@ -482,7 +482,7 @@ impl ClusterChoice {
 }
 
 /// `envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy`.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct TcpProxy {
     /// `stat_prefix`.
     pub stat_prefix: String,
@@ -517,7 +517,7 @@ pub enum ServerHeader {
 }
 
 /// `envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct HttpConnectionManager {
     /// `stat_prefix`.
     pub stat_prefix: String,
@@ -650,7 +650,7 @@ pub enum StripPort {
 pub const DOWNSTREAM_MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 /// Where an HTTP connection manager's routes come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RouteSource {
     /// `route_config`: inline, fixed for the listener's life.
     Static(Arc<RouteConfig>),
@@ -835,7 +835,7 @@ impl CompressorLibrary {
 }
 
 /// `envoy.extensions.filters.http.router.v3.Router`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouterConfig {
     /// `dynamic_stats` (default true): per-code cluster stats.
     pub dynamic_stats: bool,
@@ -844,7 +844,7 @@ pub struct RouterConfig {
 }
 
 /// An access log sink with its format.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessLog {
     /// Where lines go.
     pub sink: AccessLogSink,
@@ -878,7 +878,7 @@ pub enum UpstreamProtocol {
 }
 
 /// HTTP/2 settings for upstream connections.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Http2Options {
     /// `max_concurrent_streams`: a cap on streams per connection on top of the peer's.
     pub max_concurrent_streams: u32,
@@ -1125,7 +1125,7 @@ pub struct EdsConfig {
 }
 
 /// A cluster.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Cluster {
     /// `name`.
     pub name: String,
@@ -1171,7 +1171,7 @@ pub struct Cluster {
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     /// `envoy.transport_sockets.upstream_proxy_protocol`: the PROXY header version each
     /// upstream connection starts with.
-    pub proxy_protocol: Option<crate::upstream::proxy_protocol::Version>,
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// `upstream_http_protocol_options.auto_sni`: TLS SNI from each request's host.
     pub auto_sni: bool,
 }
@@ -1184,7 +1184,7 @@ impl Cluster {
 }
 
 /// A string match as Envoy's `StringMatcher`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StringMatch {
     /// What to compare.
     pub kind: StringMatchKind,
@@ -1193,7 +1193,7 @@ pub struct StringMatch {
 }
 
 /// The comparison of a [`StringMatch`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StringMatchKind {
     /// `exact`.
     Exact(String),
@@ -1204,7 +1204,7 @@ pub enum StringMatchKind {
     /// `contains`.
     Contains(String),
     /// `safe_regex`: the whole value must match (anchored at translation).
-    SafeRegex(regex::Regex),
+    SafeRegex(crate::pattern::Regex),
 }
 
 impl StringMatch {
@@ -1238,7 +1238,7 @@ impl StringMatch {
 }
 
 /// A header match of a route.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HeaderMatch {
     /// `name`.
     pub name: HeaderKey,
@@ -1269,7 +1269,7 @@ pub enum HeaderKey {
 }
 
 /// The check of a [`HeaderMatch`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum HeaderMatchKind {
     /// `present_match`: the header is present (true) or absent (false).
     Present(bool),
@@ -1281,7 +1281,7 @@ pub enum HeaderMatchKind {
 }
 
 /// A `query_parameters` entry of a route match.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueryMatch {
     /// `name`.
     pub name: String,
@@ -1290,10 +1290,19 @@ pub struct QueryMatch {
 }
 
 /// The check of a [`QueryMatch`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum QueryCheck {
     /// `present_match` (and no specifier, which asks for presence).
     Present(bool),
     /// `string_match` on the parameter's first value.
     String(StringMatch),
+}
+
+/// A PROXY protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocolVersion {
+    /// The text line.
+    V1,
+    /// The binary header.
+    V2,
 }

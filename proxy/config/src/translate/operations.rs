@@ -173,7 +173,7 @@ pub(super) fn stats(
         }
         match &t.tag_value {
             Some(TagValue::Regex(r)) => {
-                let re = fancy_regex::Regex::new(r).map_err(|e| {
+                let re = crate::pattern::FancyRegex::new(r).map_err(|e| {
                     ConfigError::new(format!("{path}.regex"), format!("invalid regex: {e}"))
                 })?;
                 tagging.extractors.push((t.tag_name.clone(), re));
@@ -203,7 +203,7 @@ pub(super) fn stats(
                     Some(P::Suffix(s)) => NameMatchKind::Suffix(s.clone()),
                     Some(P::Contains(s)) => NameMatchKind::Contains(s.clone()),
                     Some(P::SafeRegex(r)) => NameMatchKind::Regex(
-                        regex::Regex::new(&format!("^(?:{})$", r.regex)).map_err(|e| {
+                        crate::pattern::Regex::new(&format!("^(?:{})$", r.regex)).map_err(|e| {
                             ConfigError::new(
                                 format!("{p}.safe_regex.regex"),
                                 format!("invalid regex: {e}"),
@@ -276,7 +276,7 @@ pub(super) fn extensions(
 
 #[cfg(test)]
 mod tests {
-    use crate::config::load_text;
+    use crate::load_text;
 
     fn verdict(extra: &str) -> Result<(), String> {
         let text = format!(
@@ -318,7 +318,7 @@ mod tests {
     fn the_runtime_key_sets_the_connection_limit_unless_the_monitor_does() {
         let runtime = "layered_runtime:\n  layers:\n  - name: a\n    static_layer: {overload.global_downstream_max_connections: \"5000\"}\n";
         let limit = |extra: &str| {
-            crate::config::load_text(&format!(
+            crate::load_text(&format!(
                 "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 9901}}}}}}\n{extra}"
             ))
             .map(|l| l.model.overload.max_downstream_connections)

@@ -14,11 +14,11 @@ use tls::tls_parameters::TlsProtocol;
 use super::super::proto::{type_name, unpack};
 use super::super::{ConfigError, Secrets};
 use super::http_manager::string_match;
+use crate::model::ProxyProtocolVersion as ProxyVersion;
 use crate::tls::{
     context, CertificateConfig, DataSource, DownstreamTls, Params, SanMatcher, SanType,
     UpstreamTls, Validation, Version,
 };
-use crate::upstream::proxy_protocol::Version as ProxyVersion;
 
 const DOWNSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 const UPSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";

@@ -1078,8 +1078,8 @@ mod tests {
             name: &str,
             f: fn(&T, &str) -> Result<(), ConfigError>,
         ) {
-            let desc = crate::config::proto::message(name).expect(name);
-            let honoured = crate::config::supported::fields_of(name);
+            let desc = crate::proto::message(name).expect(name);
+            let honoured = crate::supported::fields_of(name);
             for field in desc.fields() {
                 let mut m = DynamicMessage::new(desc.clone());
                 let value = match field.kind() {
@@ -1108,7 +1108,7 @@ mod tests {
                     value
                 };
                 m.set_field(&field, value);
-                let typed: T = crate::config::proto::to_typed(&m).expect("transcode");
+                let typed: T = crate::proto::to_typed(&m).expect("transcode");
                 let got = f(&typed, "m");
                 if honoured.contains(&field.name()) {
                     assert!(

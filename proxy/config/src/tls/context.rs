@@ -233,7 +233,7 @@ pub fn unready_client_config(u: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::model::{StringMatch, StringMatchKind};
+    use crate::model::{StringMatch, StringMatchKind};
     use crate::tls::certs::tests::TestPki;
     use crate::tls::{DataSource, SanMatcher, SanType, Validation};
     use rustls_pki_types::ServerName;
