@@ -917,6 +917,74 @@ async fn listener_socket_options_are_set_and_one_the_kernel_refuses_fails_the_li
     .await;
 }
 
+/// The receive buffer sizes (`ss`'s `rb`) of the listen sockets on `port`.
+fn listen_rcvbufs(port: u16) -> Vec<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-Hltnm", &format!("sport = :{port}")])
+        .output()
+        .expect("ss runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rb: Vec<String> = text
+        .split(|c: char| c == ',' || c == '(' || c.is_whitespace())
+        .filter_map(|w| w.strip_prefix("rb"))
+        .map(String::from)
+        .collect();
+    rb.sort();
+    rb.dedup();
+    rb
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_additional_address_takes_its_own_socket_options_as_in_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let ups = Ups {
+            a: EchoUpstream::start("A").await,
+            b: EchoUpstream::start("B").await,
+        };
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let side = FsSide::start(kind, &ups).await;
+            // SO_RCVBUF 65536 on the listener, 32768 on the additional address in its place.
+            let extra = format!(
+                "  name: main\n  socket_options: [{{level: 1, name: 8, int_value: 65536, state: STATE_LISTENING}}]\n  additional_addresses: [{{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}, socket_options: {{socket_options: [{{level: 1, name: 8, int_value: 32768, state: STATE_LISTENING}}]}}}}]\n",
+                side.port2
+            );
+            let l = lds("2", &side.dir, side.port, None, "ingress").replace("  name: main\n", &extra);
+            side.update("lds.yaml", &l, "listener_manager.lds.update_success").await;
+            let mut served = String::new();
+            for _ in 0..40 {
+                served = side.probe(side.port2, "x", "/a").await;
+                if served == "200 A" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(served, "200 A", "{}", kind.name());
+            seen.push((kind.name(), listen_rcvbufs(side.port), listen_rcvbufs(side.port2)));
+            // An option the kernel does not have, on the additional address only: the listener
+            // cannot be created.
+            let bad = format!(
+                "  name: main\n  additional_addresses: [{{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}, socket_options: {{socket_options: [{{level: 1, name: 99999, int_value: 1, state: STATE_PREBIND}}]}}}}]\n",
+                side.port2 + 1
+            );
+            let l = lds("3", &side.dir, side.port, None, "ingress").replace("  name: main\n", &bad);
+            side.update("lds.yaml", &l, "listener_manager.lds.update_attempt").await;
+            side.proxy
+                .admin()
+                .wait_stat("listener_manager.listener_create_failure", Duration::from_secs(5), |v| v >= 1)
+                .await;
+        }
+        assert_eq!(seen[0].1, vec!["131072".to_string()], "Envoy: the listener's option");
+        assert_eq!(seen[0].2, vec!["65536".to_string()], "Envoy: the address's own");
+        assert_eq!(
+            (&seen[1].1, &seen[1].2),
+            (&seen[0].1, &seen[0].2),
+            "skiff (left) and Envoy (right) differ"
+        );
+    })
+    .await;
+}
+
 /// The keys of a JSON object, sorted, for comparing shapes.
 fn keys(v: &serde_json::Value) -> Vec<String> {
     let mut k: Vec<String> = v

@@ -199,6 +199,9 @@ pub struct Listener {
     pub accept_batch: Option<u32>,
     /// `socket_options` that apply to this listener's sockets (TCP, its address family).
     pub socket_options: Vec<SocketOption>,
+    /// `additional_addresses[].socket_options`: the options of these addresses' sockets in
+    /// place of `socket_options` (an empty list: none), as Envoy's `SocketOptionsOverride`.
+    pub address_socket_options: Vec<(SocketAddr, Vec<SocketOption>)>,
     /// `tcp_fast_open_queue_length`: TCP Fast Open with this queue (0: off).
     pub tcp_fast_open_queue_length: Option<u32>,
     /// `ignore_global_conn_limit`: the overload manager's global connection limit neither
@@ -336,6 +339,14 @@ pub struct OriginalSrc {
 }
 
 impl Listener {
+    /// The socket options of the socket on `addr`.
+    pub fn socket_options_at(&self, addr: SocketAddr) -> &[SocketOption] {
+        self.address_socket_options
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map_or(&self.socket_options, |(_, o)| o)
+    }
+
     /// Every address the listener serves: `address`, then `additional_addresses`.
     pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         std::iter::once(self.address).chain(self.additional_addresses.iter().copied())

@@ -192,6 +192,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["address", "socket_options"],
     ),
     (
+        "envoy.config.core.v3.SocketOptionsOverride",
+        &["socket_options"],
+    ),
+    (
         "envoy.config.core.v3.SocketOption",
         &[
             "description",

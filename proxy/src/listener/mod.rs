@@ -50,9 +50,9 @@ pub fn bind(l: &model::Listener, addr: SocketAddr) -> std::io::Result<std::net::
         }
     }
     socket.set_nonblocking(true)?;
-    apply_options(&socket, l, model::SocketState::PreBind)?;
+    apply_options(&socket, l, addr, model::SocketState::PreBind)?;
     socket.bind(&addr.into())?;
-    apply_options(&socket, l, model::SocketState::Bound)?;
+    apply_options(&socket, l, addr, model::SocketState::Bound)?;
     if let Some(q) = l.tcp_fast_open_queue_length.filter(|q| *q > 0) {
         let q = i32::try_from(q).unwrap_or(i32::MAX);
         skiff_sys::setsockopt_int(
@@ -63,7 +63,7 @@ pub fn bind(l: &model::Listener, addr: SocketAddr) -> std::io::Result<std::net::
         )?;
     }
     socket.listen(1024)?;
-    apply_options(&socket, l, model::SocketState::Listening)?;
+    apply_options(&socket, l, addr, model::SocketState::Listening)?;
     Ok(socket.into())
 }
 
@@ -73,13 +73,18 @@ mod libc_tcp {
     pub const TCP_FASTOPEN: i32 = 23;
 }
 
-/// Sets the listener's `socket_options` of one state.
+/// Sets the socket options of one state on the listener's socket on `addr`.
 fn apply_options(
     socket: &Socket,
     l: &model::Listener,
+    addr: SocketAddr,
     state: model::SocketState,
 ) -> std::io::Result<()> {
-    for o in l.socket_options.iter().filter(|o| o.state == state) {
+    for o in l
+        .socket_options_at(addr)
+        .iter()
+        .filter(|o| o.state == state)
+    {
         let r = match &o.value {
             model::SocketOptionValue::Int(v) => {
                 skiff_sys::setsockopt_int(socket.as_fd(), o.level, o.name, *v)
@@ -174,6 +179,7 @@ fn same_socket_settings(old: &model::Listener, new: &model::Listener) -> bool {
     new.bind_to_port
         && old.bind_to_port
         && old.socket_options == new.socket_options
+        && old.address_socket_options == new.address_socket_options
         && old.tcp_fast_open_queue_length == new.tcp_fast_open_queue_length
         && old.transparent == new.transparent
         && old.freebind == new.freebind

@@ -524,15 +524,17 @@ fn translate_listener(
         &format!("{path}.address"),
     )?;
     let mut additional_addresses = Vec::new();
+    let mut address_socket_options = Vec::new();
     for (i, a) in l.additional_addresses.iter().enumerate() {
         let apath = format!("{path}.additional_addresses[{i}]");
-        if a.socket_options.is_some() {
-            return Err(ConfigError::unsupported(format!("{apath}.socket_options")));
-        }
         let addr = socket_address(
             required(&a.address, &format!("{apath}.address"))?,
             &format!("{apath}.address"),
         )?;
+        if let Some(o) = &a.socket_options {
+            let opath = format!("{apath}.socket_options.socket_options");
+            address_socket_options.push((addr, socket_options(&o.socket_options, &opath, addr)?));
+        }
         if addr == address || additional_addresses.contains(&addr) {
             return Err(ConfigError::new(
                 format!("{apath}.address"),
@@ -664,6 +666,7 @@ fn translate_listener(
             &format!("{path}.socket_options"),
             address,
         )?,
+        address_socket_options,
         tcp_fast_open_queue_length: l.tcp_fast_open_queue_length.as_ref().map(|v| v.value),
         ignore_global_conn_limit: l.ignore_global_conn_limit,
         accept_batch: match &l.max_connections_to_accept_per_socket_event {
