@@ -196,6 +196,20 @@ impl FsSide {
         }
     }
 
+    /// Probes `port` until it answers `want` (workers put an update in force a moment after
+    /// the main thread counts it), for two seconds at most; the last answer.
+    async fn probe_until(&self, port: u16, want: &str) -> String {
+        let mut seen = String::new();
+        for _ in 0..40 {
+            seen = self.probe(port, "x", "/a").await;
+            if seen == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        seen
+    }
+
     async fn probes(&self) -> Vec<String> {
         let mut out = Vec::new();
         for path in ["/a", "/b", "/c"] {
@@ -951,14 +965,7 @@ async fn an_additional_address_takes_its_own_socket_options_as_in_envoy() {
             );
             let l = lds("2", &side.dir, side.port, None, "ingress").replace("  name: main\n", &extra);
             side.update("lds.yaml", &l, "listener_manager.lds.update_success").await;
-            let mut served = String::new();
-            for _ in 0..40 {
-                served = side.probe(side.port2, "x", "/a").await;
-                if served == "200 A" {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let served = side.probe_until(side.port2, "200 A").await;
             assert_eq!(served, "200 A", "{}", kind.name());
             seen.push((kind.name(), listen_rcvbufs(side.port), listen_rcvbufs(side.port2)));
             // An option the kernel does not have, on the additional address only: the listener
@@ -1075,14 +1082,7 @@ async fn drain_listeners_stops_accepting_as_envoy_does() {
                 kind.name()
             );
             assert_eq!(admin.post("/drain_listeners").await.status, 200);
-            let mut seen = String::new();
-            for _ in 0..40 {
-                seen = side.probe(side.port, "x", "/a").await;
-                if seen == "refused" {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let seen = side.probe_until(side.port, "refused").await;
             assert_eq!(
                 seen,
                 "refused",
@@ -1115,27 +1115,13 @@ async fn a_listener_with_additional_addresses_serves_on_each_as_envoy_does() {
             );
             let l = lds("2", &side.dir, side.port, None, "ingress").replace("  name: main\n", &extra);
             side.update("lds.yaml", &l, "listener_manager.lds.update_success").await;
-            let mut seen = String::new();
-            for _ in 0..40 {
-                seen = side.probe(side.port2, "x", "/a").await;
-                if seen == "200 A" {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let seen = side.probe_until(side.port2, "200 A").await;
             assert_eq!(seen, "200 A", "{}: the additional address serves", kind.name());
             assert_eq!(side.probe(side.port, "x", "/a").await, "200 A", "{}", kind.name());
             // Removing the additional address closes it.
             let l = lds("3", &side.dir, side.port, None, "ingress");
             side.update("lds.yaml", &l, "listener_manager.lds.update_success").await;
-            let mut seen = String::new();
-            for _ in 0..40 {
-                seen = side.probe(side.port2, "x", "/a").await;
-                if seen == "refused" {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let seen = side.probe_until(side.port2, "refused").await;
             assert_eq!(seen, "refused", "{}", kind.name());
             assert_eq!(side.probe(side.port, "x", "/a").await, "200 A", "{}", kind.name());
         }
