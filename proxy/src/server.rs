@@ -101,6 +101,21 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     for f in unknown {
         tracing::warn!(field = %f, "unknown field in the bootstrap ignored (--allow-unknown-static-fields)");
     }
+    // Accepted without effect (docs/compatibility.md): said once, where an operator looks.
+    for (i, sink) in loaded.proto.stats_sinks.iter().enumerate() {
+        tracing::warn!(
+            field = %format!("stats_sinks[{i}]"),
+            sink = %sink.name,
+            "stats sink accepted without effect: skiff pushes no stats; scrape /stats or /stats/prometheus"
+        );
+    }
+    if let Some(http) = loaded.proto.tracing.as_ref().and_then(|t| t.http.as_ref()) {
+        tracing::warn!(
+            field = "tracing",
+            tracer = %http.name,
+            "tracer accepted without effect: skiff traces nothing (HCM tracing is refused)"
+        );
+    }
     // As Envoy, one count per document that had any (the file, --config-yaml).
     main.counter("server.static_unknown_fields")
         .add(loaded.dump.unknown_documents);

@@ -8,7 +8,8 @@ use super::{proto, ConfigError};
 
 /// Message full name → the fields of it that skiff honours.
 const SUPPORTED: &[(&str, &[&str])] = &[
-    // application_log_config, deferred_stat_options, stats_flush_interval, layered_runtime's
+    // application_log_config, deferred_stat_options, stats_flush_interval, stats_sinks, tracing,
+    // layered_runtime's
     // listed keys, cluster_manager's listed fields and the internal listener extension have no
     // effect on traffic in skiff: docs/compatibility.md.
     (
@@ -24,6 +25,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "application_log_config",
             "deferred_stat_options",
             "stats_flush_interval",
+            "stats_sinks",
+            "tracing",
             "bootstrap_extensions",
             "stats_config",
         ],
@@ -1091,8 +1094,14 @@ fn walk(msg: &DynamicMessage, path: &str, sink: &mut Sink<'_>) -> Result<(), Con
     if name == "google.protobuf.Any" {
         return walk_any(msg, path, sink);
     }
-    // Well-known types and metadata (opaque data for filters, whatever it holds) are leaves.
-    if name.starts_with("google.protobuf.") || name == "envoy.config.core.v3.Metadata" {
+    // Well-known types, metadata (opaque data for filters, whatever it holds), stats sinks
+    // and the bootstrap's tracer (subsystems skiff does not run: docs/compatibility.md) are
+    // leaves.
+    if name.starts_with("google.protobuf.")
+        || name == "envoy.config.core.v3.Metadata"
+        || name == "envoy.config.metrics.v3.StatsSink"
+        || name == "envoy.config.trace.v3.Tracing"
+    {
         return Ok(());
     }
     let allowed = supported_fields(&name);
