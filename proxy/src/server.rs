@@ -80,6 +80,26 @@ pub enum Command {
     },
 }
 
+/// Says once, where an operator looks, which bootstrap fields are accepted without effect
+/// (docs/compatibility.md).
+#[allow(deprecated)] // `tracing`: deprecated in Envoy's protos, still read by Envoy 1.40
+fn warn_accepted_without_effect(b: &envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap) {
+    for (i, sink) in b.stats_sinks.iter().enumerate() {
+        tracing::warn!(
+            field = %format!("stats_sinks[{i}]"),
+            sink = %sink.name,
+            "stats sink accepted without effect: skiff pushes no stats; scrape /stats or /stats/prometheus"
+        );
+    }
+    if let Some(http) = b.tracing.as_ref().and_then(|t| t.http.as_ref()) {
+        tracing::warn!(
+            field = "tracing",
+            tracer = %http.name,
+            "tracer accepted without effect: skiff traces nothing (HCM tracing is refused)"
+        );
+    }
+}
+
 fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     let workers = opts.workers();
     let loaded = Arc::new(loaded);
@@ -101,21 +121,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     for f in unknown {
         tracing::warn!(field = %f, "unknown field in the bootstrap ignored (--allow-unknown-static-fields)");
     }
-    // Accepted without effect (docs/compatibility.md): said once, where an operator looks.
-    for (i, sink) in loaded.proto.stats_sinks.iter().enumerate() {
-        tracing::warn!(
-            field = %format!("stats_sinks[{i}]"),
-            sink = %sink.name,
-            "stats sink accepted without effect: skiff pushes no stats; scrape /stats or /stats/prometheus"
-        );
-    }
-    if let Some(http) = loaded.proto.tracing.as_ref().and_then(|t| t.http.as_ref()) {
-        tracing::warn!(
-            field = "tracing",
-            tracer = %http.name,
-            "tracer accepted without effect: skiff traces nothing (HCM tracing is refused)"
-        );
-    }
+    warn_accepted_without_effect(&loaded.proto);
     // As Envoy, one count per document that had any (the file, --config-yaml).
     main.counter("server.static_unknown_fields")
         .add(loaded.dump.unknown_documents);
