@@ -355,6 +355,47 @@ async fn upstream_tls_without_a_validation_context_checks_nothing_and_sends_no_s
     .await
 }
 
+/// `transport_socket_matches` (Istio's auto-mTLS): each endpoint's connections take the
+/// transport socket its `envoy.transport_socket_match` metadata picks: TLS to the endpoint
+/// labelled `tlsMode: istio`, plain TCP to the unlabelled one (the empty match). A wrong pick
+/// either way fails the request (plain bytes to the TLS server, a handshake with the plain one).
+#[tokio::test]
+async fn transport_socket_matches_pick_each_endpoints_socket_by_its_metadata() {
+    run(async {
+        let pki = Pki::new("tls-matches");
+        let server = pki.leaf("upstream", &["upstream.test"]);
+        let tls_up = Upstream::start(&pki, &server, false);
+        let plain_up = skiff_tests::upstream::EchoUpstream::start("plain").await;
+        let mut c = cluster("svc", &[tls_up.port, plain_up.addr.port()]);
+        c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["metadata"] = json!({
+            "filter_metadata": { "envoy.transport_socket_match": { "tlsMode": "istio" } }
+        });
+        c["transport_socket_matches"] = json!([
+            { "name": "tlsMode-istio", "match": { "tlsMode": "istio" },
+              "transport_socket": upstream_tls(None, None, None) },
+            { "name": "tlsMode-disabled", "match": {},
+              "transport_socket": { "name": "envoy.transport_sockets.raw_buffer", "typed_config": {
+                  "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" } } }
+        ]);
+        let (p, port) = start_cluster(c).await;
+        let mut tls_answers = 0;
+        for _ in 0..4 {
+            let (status, seen) = request(port).await;
+            assert_eq!(status, 200, "{seen}");
+            // The TLS upstream answers with what it saw of the handshake; the echo one not.
+            if seen.get("peer_sans").is_some() {
+                tls_answers += 1;
+            }
+        }
+        assert_eq!(tls_answers, 2, "round robin over the TLS and the plain endpoint");
+        // The TLS upstream closes after each answer: two handshakes, none to the plain one.
+        p.admin()
+            .wait_stat("cluster.svc.ssl.handshake", Duration::from_secs(5), |v| v == 2)
+            .await;
+    })
+    .await
+}
+
 /// skiff follows certificate files (Envoy reloads static files only with SDS or a watched
 /// directory): a client certificate rotated by rename is used for the next connections.
 #[tokio::test]

@@ -939,7 +939,7 @@ impl Http2Options {
 }
 
 /// An upstream host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Host {
     /// Its address.
     pub address: SocketAddr,
@@ -960,6 +960,52 @@ pub struct Host {
     pub locality: u32,
     /// That locality's `load_balancing_weight` (used with `locality_weighted_lb_config`).
     pub locality_weight: Option<u32>,
+    /// The `envoy.transport_socket_match` metadata of the endpoint, then of its locality,
+    /// which the cluster's `transport_socket_matches` compare.
+    pub socket_match: SocketMatchLabels,
+}
+
+/// The `envoy.transport_socket_match` filter metadata of an endpoint and of its locality
+/// (none: the metadata has no such filter).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SocketMatchLabels {
+    /// The endpoint's.
+    pub endpoint: Option<Arc<Labels>>,
+    /// Its `LocalityLbEndpoints`'.
+    pub locality: Option<Arc<Labels>>,
+}
+
+/// Metadata fields by name.
+pub type Labels = std::collections::BTreeMap<String, envoy_types::pb::google::protobuf::Value>;
+
+/// One entry of a cluster's `transport_socket_matches`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransportSocketMatch {
+    /// `name`.
+    pub name: String,
+    /// `match`: each field must be in the host's labels with an equal value (none: any host).
+    pub criteria: Labels,
+    /// `transport_socket`: TLS, or plain TCP.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+}
+
+impl TransportSocketMatch {
+    /// The match a host takes: the first its endpoint's labels meet, else the first its
+    /// locality's labels meet (none: the cluster's own transport socket).
+    pub fn pick<'m>(matches: &'m [Self], host: &SocketMatchLabels) -> Option<&'m Self> {
+        [&host.endpoint, &host.locality]
+            .into_iter()
+            .find_map(|labels| matches.iter().find(|m| m.matches(labels.as_deref())))
+    }
+
+    /// Envoy's `metadataLabelMatch`: every criterion has an equal value among `labels`; with
+    /// no labels only a match without criteria matches.
+    fn matches(&self, labels: Option<&Labels>) -> bool {
+        match labels {
+            None => self.criteria.is_empty(),
+            Some(l) => self.criteria.iter().all(|(k, v)| l.get(k) == Some(v)),
+        }
+    }
 }
 
 /// How a cluster finds its hosts.
@@ -1011,7 +1057,7 @@ pub struct DnsResolverConfig {
 }
 
 /// A name a DNS cluster resolves: one `lb_endpoint` of its `load_assignment`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DnsTarget {
     /// `socket_address.address`: the name (or an address literal).
     pub name: String,
@@ -1033,6 +1079,8 @@ pub struct DnsTarget {
     pub locality: u32,
     /// That locality's `load_balancing_weight`.
     pub locality_weight: Option<u32>,
+    /// The endpoint's and its locality's `envoy.transport_socket_match` metadata.
+    pub socket_match: SocketMatchLabels,
 }
 
 /// `TcpKeepalive`: SO_KEEPALIVE, and the settings given (the system's otherwise).
@@ -1105,7 +1153,7 @@ pub struct CircuitBreakers {
 }
 
 /// How a `STRICT_DNS` or `LOGICAL_DNS` cluster resolves its hosts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DnsConfig {
     /// The names to resolve (a LOGICAL_DNS cluster has exactly one).
     pub targets: Vec<DnsTarget>,
@@ -1180,6 +1228,9 @@ pub struct Cluster {
     pub buffer_limit: usize,
     /// `transport_socket`: TLS to the hosts (none: plain TCP).
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// `transport_socket_matches`: per host, the first whose criteria its endpoint's labels
+    /// meet, else the first its locality's labels meet, else `tls`.
+    pub socket_matches: Vec<TransportSocketMatch>,
     /// `envoy.transport_sockets.upstream_proxy_protocol`: the PROXY header version each
     /// upstream connection starts with.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
@@ -1188,6 +1239,20 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The TLS of connections to `host` (none: plain TCP), as Envoy's transport socket
+    /// matcher picks it: endpoint labels first, then locality labels, then the default.
+    pub fn tls_for(&self, host: &SocketMatchLabels) -> Option<&Arc<crate::tls::UpstreamTls>> {
+        match TransportSocketMatch::pick(&self.socket_matches, host) {
+            Some(m) => m.tls.as_ref(),
+            None => self.tls.as_ref(),
+        }
+    }
+
+    /// Whether any connection of the cluster may use TLS.
+    pub fn any_tls(&self) -> bool {
+        self.tls.is_some() || self.socket_matches.iter().any(|m| m.tls.is_some())
+    }
+
     /// The cluster's name for observability: `alt_stat_name`, else `name`.
     pub fn stat_name(&self) -> &str {
         self.alt_stat_name.as_deref().unwrap_or(&self.name)
@@ -1316,4 +1381,71 @@ pub enum ProxyProtocolVersion {
     V1,
     /// The binary header.
     V2,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::{value::Kind, Value};
+
+    fn labels(pairs: &[(&str, &str)]) -> Option<Arc<Labels>> {
+        let s = |v: &str| Value {
+            kind: Some(Kind::StringValue(v.into())),
+        };
+        Some(Arc::new(
+            pairs.iter().map(|(k, v)| (k.to_string(), s(v))).collect(),
+        ))
+    }
+
+    fn tls(sni: &str) -> Option<Arc<crate::tls::UpstreamTls>> {
+        Some(Arc::new(crate::tls::UpstreamTls {
+            sni: Some(sni.into()),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn transport_socket_matches_take_endpoint_labels_then_locality_labels_then_the_default() {
+        let m = |name: &str, criteria: Option<Arc<Labels>>| TransportSocketMatch {
+            name: name.into(),
+            criteria: criteria.map(|c| (*c).clone()).unwrap_or_default(),
+            tls: tls(name),
+        };
+        let socket_matches = vec![
+            m("istio", labels(&[("tlsMode", "istio")])),
+            m("zone", labels(&[("zone", "a"), ("tier", "x")])),
+        ];
+        let pick = |endpoint, locality| {
+            let host = SocketMatchLabels { endpoint, locality };
+            let m = TransportSocketMatch::pick(&socket_matches, &host);
+            Some(m.map_or("default".to_string(), |m| m.name.clone()))
+        };
+        assert_eq!(
+            pick(labels(&[("tlsMode", "istio")]), None).as_deref(),
+            Some("istio")
+        );
+        // Every criterion must hold; extra labels do not matter.
+        assert_eq!(
+            pick(labels(&[("zone", "a"), ("tier", "x"), ("more", "y")]), None).as_deref(),
+            Some("zone")
+        );
+        assert_eq!(
+            pick(labels(&[("zone", "a")]), None).as_deref(),
+            Some("default")
+        );
+        // The endpoint's labels are tried against every match before the locality's.
+        assert_eq!(
+            pick(
+                labels(&[("tlsMode", "istio")]),
+                labels(&[("zone", "a"), ("tier", "x")])
+            )
+            .as_deref(),
+            Some("istio")
+        );
+        assert_eq!(
+            pick(None, labels(&[("zone", "a"), ("tier", "x")])).as_deref(),
+            Some("zone")
+        );
+        assert_eq!(pick(None, None).as_deref(), Some("default"));
+    }
 }

@@ -191,6 +191,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "envoy.config.cluster.v3.Cluster.TransportSocketMatch",
+        &["name", "match", "transport_socket"],
+    ),
+    (
         "envoy.config.listener.v3.AdditionalAddress",
         &["address", "socket_options"],
     ),
@@ -699,6 +703,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.config.cluster.v3.Cluster",
         &[
+            "transport_socket_matches",
             "name",
             "alt_stat_name",
             "type",

@@ -1323,10 +1323,18 @@ impl ConfigStore {
         }
         let mut clients = Vec::new();
         for (old, fresh) in &built {
-            if let (Some(o), Some(n)) = (&old.tls, &fresh.tls) {
-                let t = crate::tls::transport::build_client(n)
-                    .map_err(|e| tls_error(format!("cluster '{}'", old.name), e))?;
-                clients.push((o.clone(), t));
+            let all = |c: &model::Cluster| {
+                let matches: Vec<_> = c.socket_matches.iter().map(|m| m.tls.clone()).collect();
+                std::iter::once(c.tls.clone())
+                    .chain(matches)
+                    .collect::<Vec<_>>()
+            };
+            for (o, n) in all(old).into_iter().zip(all(fresh)) {
+                if let (Some(o), Some(n)) = (o, n) {
+                    let t = crate::tls::transport::build_client(&n)
+                        .map_err(|e| tls_error(format!("cluster '{}'", old.name), e))?;
+                    clients.push((o, t));
+                }
             }
         }
         for (o, t) in servers {
@@ -1918,7 +1926,8 @@ fn attach_tls(s: &Snapshot) {
         }
     }
     for c in s.clusters.values() {
-        if let Some(t) = &c.config.tls {
+        let matches = c.config.socket_matches.iter().map(|m| &m.tls);
+        for t in std::iter::once(&c.config.tls).chain(matches).flatten() {
             let _ = crate::tls::transport::client(t);
         }
     }
@@ -2008,20 +2017,27 @@ fn listener_tls(l: &listener_pb::Listener) -> Vec<tls_pb::CommonTlsContext> {
 fn cluster_tls(c: &cluster_pb::Cluster) -> Vec<tls_pb::CommonTlsContext> {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
-    let mut ts = c.transport_socket.clone();
+    let mut sockets: Vec<_> = c
+        .transport_socket_matches
+        .iter()
+        .map(|m| m.transport_socket.clone())
+        .collect();
+    sockets.push(c.transport_socket.clone());
     let mut out = Vec::new();
-    while let Some(Some(ConfigType::TypedConfig(any))) = ts.take().map(|t| t.config_type) {
-        if any.type_url.ends_with("UpstreamTlsContext") {
-            if let Some(common) = tls_pb::UpstreamTlsContext::decode(any.value.as_slice())
-                .ok()
-                .and_then(|c| c.common_tls_context)
-            {
-                out.push(common);
+    for mut ts in sockets {
+        while let Some(Some(ConfigType::TypedConfig(any))) = ts.take().map(|t| t.config_type) {
+            if any.type_url.ends_with("UpstreamTlsContext") {
+                if let Some(common) = tls_pb::UpstreamTlsContext::decode(any.value.as_slice())
+                    .ok()
+                    .and_then(|c| c.common_tls_context)
+                {
+                    out.push(common);
+                }
+            } else if any.type_url.ends_with("ProxyProtocolUpstreamTransport") {
+                ts = ProxyProtocolUpstreamTransport::decode(any.value.as_slice())
+                    .ok()
+                    .and_then(|p| p.transport_socket);
             }
-        } else if any.type_url.ends_with("ProxyProtocolUpstreamTransport") {
-            ts = ProxyProtocolUpstreamTransport::decode(any.value.as_slice())
-                .ok()
-                .and_then(|p| p.transport_socket);
         }
     }
     out

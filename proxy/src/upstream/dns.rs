@@ -317,6 +317,7 @@ impl DnsClusters {
                         weight: spec.weight,
                         locality: spec.locality,
                         locality_weight: spec.locality_weight,
+                        socket_match: spec.socket_match.clone(),
                     });
                     ttl = Some(ttl.map_or(*t, |m| m.min(*t)));
                 }

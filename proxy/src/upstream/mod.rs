@@ -314,6 +314,9 @@ pub struct Host {
     /// With original_src: the client address this host's connections come from; its pools
     /// serve that client address only.
     pub source: Option<pool::Source>,
+    /// The TLS of its connections (none: plain TCP): the cluster's transport socket, or the
+    /// one its `transport_socket_matches` pick for this host.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     /// `auto_config`: whether the last handshake chose HTTP/2 (unknown before the first).
     pub negotiated_h2: Cell<Option<bool>>,
 }
@@ -379,7 +382,12 @@ impl Cluster {
             // Only the map holds these: no stream is using them (their idle connections go too).
             hosts.retain(|_, h| Rc::strong_count(h) > 1);
         }
-        let host = Rc::new(Host::new(dest, true, None, Arc::new(HostStats::default())));
+        let mut host = Host::new(dest, true, None, Arc::new(HostStats::default()));
+        host.tls = self
+            .config()
+            .tls_for(&model::SocketMatchLabels::default())
+            .cloned();
+        let host = Rc::new(host);
         hosts.insert(dest, host.clone());
         host
     }
@@ -408,7 +416,7 @@ impl Cluster {
     ) -> Rc<Host> {
         let cfg = self.config();
         let downstream = cfg.proxy_protocol.is_some().then_some((remote, local));
-        let sni = if cfg.auto_sni && cfg.tls.is_some() {
+        let sni = if cfg.auto_sni && host.tls.is_some() {
             authority.and_then(authority_host)
         } else {
             None
@@ -442,6 +450,7 @@ impl Cluster {
                 .as_deref()
                 .and_then(|n| rustls_pki_types::ServerName::try_from(n.to_string()).ok()),
             source,
+            tls: host.tls.clone(),
             negotiated_h2: Cell::new(None),
         });
         hosts.insert(key, copy.clone());
@@ -484,6 +493,7 @@ impl Cluster {
                                 && o.priority == h.priority
                                 && o.locality == (h.locality, h.locality_weight)
                                 && Arc::ptr_eq(&o.stats, s)
+                                && same_tls(o.tls.as_ref(), cfg.tls_for(&h.socket_match))
                         })
                         .cloned()
                 });
@@ -493,6 +503,7 @@ impl Cluster {
                     host.locality = (h.locality, h.locality_weight);
                     host.degraded = (h.degraded, h.excluded);
                     host.priority = h.priority;
+                    host.tls = cfg.tls_for(&h.socket_match).cloned();
                     Rc::new(host)
                 })
             })
@@ -507,7 +518,7 @@ impl Cluster {
         }
         Cluster {
             name: Arc::from(cfg.name.as_str()),
-            stats: ClusterStats::new(shard.clone(), cfg.stat_name(), cfg.tls.is_some()),
+            stats: ClusterStats::new(shard.clone(), cfg.stat_name(), cfg.any_tls()),
             lb: lb::Balancer::new(
                 cfg.lb.clone(),
                 cfg.panic_threshold,
@@ -552,8 +563,21 @@ impl Host {
             downstream: None,
             sni: None,
             source: None,
+            tls: None,
             negotiated_h2: Cell::new(None),
         }
+    }
+}
+
+/// Whether two hosts connect with the same TLS (the same settings object, or none).
+fn same_tls(
+    a: Option<&Arc<crate::tls::UpstreamTls>>,
+    b: Option<&Arc<crate::tls::UpstreamTls>>,
+) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
     }
 }
 

@@ -101,7 +101,7 @@ pub async fn connect_from(
         };
         match header {
             // Plain: sent with the first bytes, in one segment.
-            Some(h) if cluster.config().tls.is_none() => {
+            Some(h) if host.tls.is_none() => {
                 Ok(Stream::TcpPrefixed(crate::io::Prefixed::new(tcp, h)))
             }
             Some(h) => {
@@ -143,7 +143,7 @@ async fn tls_handshake(
     host: &Host,
     tcp: TcpStream,
 ) -> Result<Stream, ConnectError> {
-    let Some(settings) = &cluster.config().tls else {
+    let Some(settings) = &host.tls else {
         return Ok(Stream::Tcp(tcp));
     };
     // Built when the configuration store took the cluster; shared by every worker.

@@ -1,5 +1,6 @@
 //! Clusters: discovery type, load balancing, hosts and upstream HTTP protocol options.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
@@ -294,6 +295,45 @@ pub(super) fn translate_cluster(
         )?,
         None => (None, None),
     };
+    let mut socket_matches = Vec::new();
+    for (i, m) in c.transport_socket_matches.iter().enumerate() {
+        let mpath = format!("{path}.transport_socket_matches[{i}]");
+        let tpath = format!("{mpath}.transport_socket");
+        let (mtls, mproxy) = match &m.transport_socket {
+            Some(ts) => super::tls::upstream_transport(
+                ts,
+                &tpath,
+                auto_san_validation,
+                auto_config_path.is_some(),
+                secrets,
+            )?,
+            None => return Err(ConfigError::new(tpath, "required")),
+        };
+        if mproxy.is_some() {
+            return Err(ConfigError::new(
+                format!("{tpath}.typed_config"),
+                "unsupported: upstream_proxy_protocol in a transport socket match",
+            ));
+        }
+        if auto_config_path.is_some() && mtls.is_none() {
+            return Err(ConfigError::new(
+                tpath,
+                format!(
+                    "ALPN configured for cluster {} which has a non-ALPN transport socket",
+                    c.name
+                ),
+            ));
+        }
+        socket_matches.push(TransportSocketMatch {
+            name: m.name.clone(),
+            criteria: m
+                .r#match
+                .as_ref()
+                .map(|s| s.fields.clone().into_iter().collect())
+                .unwrap_or_default(),
+            tls: mtls,
+        });
+    }
     if let (Some(p), None) = (&auto_config_path, &tls) {
         // Envoy's words: only a TLS transport socket can negotiate the protocol.
         return Err(ConfigError::new(
@@ -328,6 +368,7 @@ pub(super) fn translate_cluster(
             .as_ref()
             .map_or(DEFAULT_BUFFER_LIMIT, |v| v.value as usize),
         tls,
+        socket_matches,
         proxy_protocol,
         auto_sni,
     })
@@ -512,10 +553,26 @@ pub(crate) fn load_assignment_hosts(
                 locality: i as u32,
                 priority: locality.priority,
                 locality_weight: locality_weight(locality, &format!("{path}.endpoints[{i}]"))?,
+                socket_match: socket_match_labels(lb, locality),
             });
         }
     }
     Ok(hosts)
+}
+
+/// The `envoy.transport_socket_match` metadata of an endpoint and of its locality.
+pub(super) fn socket_match_labels(
+    lb: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint,
+    locality: &envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints,
+) -> SocketMatchLabels {
+    let labels = |m: Option<&envoy_types::pb::envoy::config::core::v3::Metadata>| {
+        m.and_then(|m| m.filter_metadata.get("envoy.transport_socket_match"))
+            .map(|s| Arc::new(s.fields.clone().into_iter().collect::<Labels>()))
+    };
+    SocketMatchLabels {
+        endpoint: labels(lb.metadata.as_ref()),
+        locality: labels(locality.metadata.as_ref()),
+    }
 }
 
 /// An endpoint's `load_balancing_weight` (default 1; Envoy refuses 0).

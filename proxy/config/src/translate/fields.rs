@@ -197,7 +197,7 @@ pub(super) fn filter_chain_match(
 #[allow(deprecated)]
 pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigError> {
     let cluster_pb::Cluster {
-        transport_socket_matches,
+        transport_socket_matches: _,
         transport_socket_matcher,
         name: _,
         alt_stat_name: _,
@@ -250,7 +250,6 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         cluster_discovery_type,
         lb_config,
     } = m;
-    refuse(path, "transport_socket_matches", transport_socket_matches)?;
     refuse(path, "transport_socket_matcher", transport_socket_matcher)?;
     refuse(path, "stats_matcher", stats_matcher)?;
     refuse(
