@@ -665,6 +665,9 @@ pub struct HcmTimeouts {
     pub stream_idle: Option<Duration>,
     /// `request_timeout`: the whole request must arrive within it.
     pub request: Option<Duration>,
+    /// `request_headers_timeout`: a request head must arrive within it of its first byte
+    /// (408, then the connection closes).
+    pub request_headers: Option<Duration>,
     /// `common_http_protocol_options.max_stream_duration`.
     pub max_stream_duration: Option<Duration>,
     /// `common_http_protocol_options.idle_timeout` (default 1 h; zero: off): a connection with
@@ -674,6 +677,9 @@ pub struct HcmTimeouts {
     pub max_connection_duration: Option<Duration>,
     /// `common_http_protocol_options.max_requests_per_connection`.
     pub max_requests_per_connection: Option<u32>,
+    /// `common_http_protocol_options.max_headers_count` (default 100): a request with more
+    /// headers gets 431 (HTTP/1.1) or a reset stream (HTTP/2).
+    pub max_headers_count: u32,
 }
 
 impl Default for HcmTimeouts {
@@ -681,10 +687,12 @@ impl Default for HcmTimeouts {
         HcmTimeouts {
             stream_idle: Some(Duration::from_secs(300)),
             request: None,
+            request_headers: None,
             max_stream_duration: None,
             connection_idle: Some(Duration::from_secs(3600)),
             max_connection_duration: None,
             max_requests_per_connection: None,
+            max_headers_count: 100,
         }
     }
 }

@@ -327,6 +327,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "common_http_protocol_options",
             "stream_idle_timeout",
             "request_timeout",
+            "request_headers_timeout",
         ],
     ),
     // The connection manager's; a cluster's are not reachable through the table.
@@ -340,6 +341,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "idle_timeout",
             "max_connection_duration",
             "max_stream_duration",
+            "max_headers_count",
         ],
     ),
     (

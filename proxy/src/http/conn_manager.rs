@@ -104,6 +104,9 @@ pub struct HcmStats {
     pub downstream_rq_timeout: Counter,
     /// `downstream_rq_max_duration_reached`: streams ended by `max_stream_duration`.
     pub downstream_rq_max_duration_reached: Counter,
+    /// `downstream_rq_header_timeout`: request heads that took longer than
+    /// `request_headers_timeout`.
+    pub downstream_rq_header_timeout: Counter,
     /// `downstream_cx_idle_timeout`: connections closed by the idle timeout.
     pub downstream_cx_idle_timeout: Counter,
     /// `downstream_cx_max_duration_reached`: connections ended by `max_connection_duration`.
@@ -122,6 +125,9 @@ pub struct HcmStats {
     pub http2_rejected_underscores: Counter,
     /// `http2.dropped_headers_with_underscores`.
     pub http2_dropped_underscores: Counter,
+    /// `http2.header_overflow`: HTTP/2 streams reset for more headers than
+    /// `max_headers_count`.
+    pub http2_header_overflow: Counter,
     /// `downstream_rq_<N>xx`, index N-1, then the listener's copies.
     classes: [Counter; 5],
     listener_classes: [Counter; 5],
@@ -172,6 +178,7 @@ impl HcmStats {
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
             downstream_rq_timeout: c("downstream_rq_timeout"),
             downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
+            downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
             downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
@@ -187,6 +194,7 @@ impl HcmStats {
             http2_rejected_underscores: shard
                 .counter("http2.requests_rejected_with_underscores_in_headers"),
             http2_dropped_underscores: shard.counter("http2.dropped_headers_with_underscores"),
+            http2_header_overflow: shard.counter("http2.header_overflow"),
             listener_completed: shard.counter(&format!("{listener_prefix}downstream_rq_completed")),
             classes,
             listener_classes,
@@ -371,6 +379,15 @@ pub async fn serve(
     let service = service_fn(move |req: Request<Incoming>| {
         let conn = svc_conn.clone();
         async move {
+            // max_headers_count: HTTP/2's codec resets a stream with more headers (pseudo-headers
+            // included), before the connection manager sees it.
+            if req.version() == Version::HTTP_2
+                && h2_header_count(&req) > conn.hcm.config.timeouts.max_headers_count as usize
+            {
+                conn.hcm.stats.http2_header_overflow.inc();
+                log_codec_reset(&conn, "http2.too_many_headers");
+                return Err(StreamRefused("too many headers"));
+            }
             // HTTP/2's codec refuses a header name with `_` by resetting the stream before the
             // connection manager sees it (headers_with_underscores_action: REJECT_REQUEST).
             if req.version() == Version::HTTP_2
@@ -378,9 +395,9 @@ pub async fn serve(
                 && has_underscore_name(req.headers())
             {
                 conn.hcm.stats.http2_rejected_underscores.inc();
-                return Err(UnderscoreRejected);
+                return Err(StreamRefused("header name contains underscores"));
             }
-            Ok::<_, UnderscoreRejected>(handle(conn, req).await)
+            Ok::<_, StreamRefused>(handle(conn, req).await)
         }
     });
     // per_connection_buffer_limit_bytes bounds what one connection or stream may hold: the
@@ -388,6 +405,9 @@ pub async fn serve(
     // slow upstream stops the client instead of growing memory here.
     let h2 = &hcm.config.http2;
     let (stream_window, conn_window) = h2.windows(buffer_limit);
+    // The guard refuses a head with more headers first (Envoy's 431); hyper's own limit must
+    // not be lower.
+    let max_headers = hcm.config.timeouts.max_headers_count as usize;
     let mut builder = auto::Builder::new(LocalExec);
     // Headers must fit the HTTP/1.1 read buffer: 64 KiB gives Envoy's 60 KiB header limit (431
     // above it). Waiting for the next request is the connection idle timeout (timeouts.rs).
@@ -395,7 +415,8 @@ pub async fn serve(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive(true)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(64 * 1024)
+        .max_headers(max_headers);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -412,6 +433,11 @@ pub async fn serve(
         ),
         conn.refused.clone(),
         hcm.config.codec != CodecType::Http2,
+    )
+    .limits(
+        hcm.config.timeouts.max_headers_count,
+        hcm.config.timeouts.request_headers,
+        stats.downstream_rq_header_timeout.clone(),
     )
     .switch_on(conn.switched.clone());
     // A client that stops reading holds a write no longer than the stream idle timeout.
@@ -448,7 +474,8 @@ pub async fn serve(
                 let mut h1 = hyper::server::conn::http1::Builder::new();
                 h1.timer(hyper_util::rt::TokioTimer::new())
                     .keep_alive(true)
-                    .max_buf_size(64 * 1024);
+                    .max_buf_size(64 * 1024)
+                    .max_headers(max_headers);
                 until_shutdown!(h1.serve_connection(io, service).with_upgrades())
             }),
             CodecType::Http2 => {
@@ -547,17 +574,44 @@ pub async fn serve(
 
 type ServeResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-/// An HTTP/2 stream refused for a header name with `_`: hyper resets it.
+/// An HTTP/2 stream its codec refuses (a header name with `_`, too many headers): hyper
+/// resets it.
 #[derive(Debug)]
-struct UnderscoreRejected;
+struct StreamRefused(&'static str);
 
-impl std::fmt::Display for UnderscoreRejected {
+impl std::fmt::Display for StreamRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("header name contains underscores")
+        f.write_str(self.0)
     }
 }
 
-impl std::error::Error for UnderscoreRejected {}
+impl std::error::Error for StreamRefused {}
+
+/// The header fields of an HTTP/2 request as its client sent them, pseudo-headers included.
+fn h2_header_count<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let pseudo = 1
+        + usize::from(uri.scheme().is_some())
+        + usize::from(uri.authority().is_some())
+        + usize::from(uri.path_and_query().is_some() && req.method() != http::Method::CONNECT)
+        + usize::from(req.extensions().get::<hyper::ext::Protocol>().is_some());
+    pseudo + req.headers().len()
+}
+
+/// The access log line of an HTTP/2 stream its codec reset (no response code; `DR`).
+fn log_codec_reset(conn: &Conn, details: &'static str) {
+    let logs = &conn.hcm.config.access_logs;
+    if logs.is_empty() {
+        return;
+    }
+    let mut info = StreamInfo::new(conn.remote, conn.local);
+    info.connection = Some(conn.connection.clone());
+    info.protocol = Some(protocol_name(Version::HTTP_2));
+    info.flags.set(ResponseFlag::DownstreamRemoteReset);
+    info.details = details;
+    info.finish();
+    conn.worker.access_log.log(logs, &info);
+}
 
 fn has_underscore_name(h: &http::HeaderMap) -> bool {
     h.keys().any(|n| n.as_str().contains('_'))
@@ -770,7 +824,11 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if codec == Codec::Http1 {
         // The stand-in for a head the guard refused (h1_guard.rs): Envoy's codec error reply.
         if let Some(refusal) = h1_guard::take_refusal(&conn.refused, parts.uri.path()) {
-            stats.downstream_cx_protocol_error.inc();
+            if refusal.reason == crate::http::framing::Reason::HeaderTimeout {
+                stats.downstream_rq_header_timeout.inc();
+            } else {
+                stats.downstream_cx_protocol_error.inc();
+            }
             if let Some(info) = done.info.as_mut() {
                 info.method = refusal
                     .method

@@ -656,7 +656,7 @@ pub(super) fn http_connection_manager(
         stream_idle_timeout: _,
         stream_flush_timeout,
         request_timeout: _,
-        request_headers_timeout,
+        request_headers_timeout: _,
         drain_timeout,
         drain_timeout_jitter,
         delayed_close_timeout,
@@ -714,7 +714,6 @@ pub(super) fn http_connection_manager(
     )?;
     refuse(path, "max_request_headers_kb", max_request_headers_kb)?;
     refuse(path, "stream_flush_timeout", stream_flush_timeout)?;
-    refuse(path, "request_headers_timeout", request_headers_timeout)?;
     refuse(path, "drain_timeout", drain_timeout)?;
     refuse(path, "drain_timeout_jitter", drain_timeout_jitter)?;
     refuse(path, "delayed_close_timeout", delayed_close_timeout)?;

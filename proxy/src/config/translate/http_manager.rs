@@ -235,6 +235,9 @@ pub(super) fn translate_hcm(
     if let Some(d) = nonzero(&h.request_timeout, "request_timeout")? {
         timeouts.request = d;
     }
+    if let Some(d) = nonzero(&h.request_headers_timeout, "request_headers_timeout")? {
+        timeouts.request_headers = d;
+    }
     let underscores = match &h.common_http_protocol_options {
         None => Underscores::Allow,
         Some(o) => {
@@ -254,7 +257,6 @@ pub(super) fn translate_hcm(
                     "max_connection_duration_jitter",
                     max_connection_duration_jitter.is_some(),
                 ),
-                ("max_headers_count", max_headers_count.is_some()),
                 ("max_response_headers_kb", max_response_headers_kb.is_some()),
             ] {
                 if set {
@@ -272,6 +274,16 @@ pub(super) fn translate_hcm(
             }
             if let Some(d) = opt(max_stream_duration, "max_stream_duration")? {
                 timeouts.max_stream_duration = d;
+            }
+            if let Some(n) = max_headers_count {
+                // Envoy's proto validation: at least 1.
+                if n.value == 0 {
+                    return Err(ConfigError::new(
+                        format!("{opath}.max_headers_count"),
+                        "must be at least 1",
+                    ));
+                }
+                timeouts.max_headers_count = n.value;
             }
             // Zero (or unset) is no limit.
             timeouts.max_requests_per_connection = max_requests_per_connection
