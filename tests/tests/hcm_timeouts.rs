@@ -1,7 +1,7 @@
 //! The connection manager's timeouts and per-connection limits, side by side with Envoy 1.40:
 //! `stream_idle_timeout`, `request_timeout`, `max_stream_duration`, the connection idle timeout,
 //! `max_connection_duration`, `max_requests_per_connection`, `request_headers_timeout` and
-//! `max_headers_count`, each with the client-visible
+//! `max_headers_count`, `drain_timeout` and `delayed_close_timeout`, each with the client-visible
 //! result, the access-log line (code, flags, details) and the stats Envoy counts.
 
 use std::time::{Duration, Instant};
@@ -650,6 +650,152 @@ async fn request_heads_as_envoy() {
             outcomes.push(seen.join("\n"));
         }
         assert_eq!(outcomes[0], outcomes[1], "Envoy first, then skiff");
+    })
+    .await
+}
+
+/// A request with more headers than the listener takes: the reply, and the seconds from the
+/// reply to the connection's close (the client does not close).
+async fn close_after_reply(port: u16) -> (String, f64) {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut head = "GET /many HTTP/1.1\r\nhost: a\r\n".to_string();
+    for i in 0..5 {
+        head.push_str(&format!("x{i}: y\r\n"));
+    }
+    s.write_all(format!("{head}\r\n").as_bytes())
+        .await
+        .expect("write");
+    let reply = read_response(&mut s, Duration::from_secs(3)).await;
+    let replied = Instant::now();
+    let mut buf = [0u8; 64];
+    let end = match tokio::time::timeout(Duration::from_secs(8), s.read(&mut buf)).await {
+        Err(_) => "still open",
+        Ok(Ok(0)) => "closed",
+        Ok(Ok(_)) => "data",
+        Ok(Err(_)) => "reset",
+    };
+    (
+        format!("{reply}, then {end}"),
+        replied.elapsed().as_secs_f64(),
+    )
+}
+
+/// An HTTP/2 connection left idle (answering PINGs when `answer_pings`): the GOAWAYs it gets
+/// (last stream ids), how it ends, and the seconds from the first GOAWAY to the close.
+async fn h2_idle_close(port: u16, answer_pings: bool) -> (String, f64) {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(4, 0, 0, b""));
+    s.write_all(&hello).await.expect("preface");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let (mut first_goaway, mut at) = (None, 0);
+    let mut goaways = Vec::new();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Err(_) => break "still open",
+            Ok(Ok(0)) => break "closed",
+            Ok(Err(_)) => break "reset",
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+        while at + 9 <= got.len() {
+            let len = (usize::from(got[at]) << 16)
+                | (usize::from(got[at + 1]) << 8)
+                | usize::from(got[at + 2]);
+            if at + 9 + len > got.len() {
+                break;
+            }
+            let (kind, flags) = (got[at + 3], got[at + 4]);
+            let payload = got[at + 9..at + 9 + len].to_vec();
+            match kind {
+                4 if flags & 1 == 0 => {
+                    let _ = s.write_all(&h2_frame(4, 1, 0, b"")).await;
+                }
+                6 if flags & 1 == 0 && answer_pings => {
+                    let _ = s.write_all(&h2_frame(6, 1, 0, &payload)).await;
+                }
+                7 if payload.len() >= 4 => {
+                    first_goaway.get_or_insert_with(Instant::now);
+                    let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                        & 0x7fff_ffff;
+                    goaways.push(last);
+                }
+                _ => {}
+            }
+            at += 9 + len;
+        }
+    };
+    let secs = first_goaway.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    // The first GOAWAY (a notice: the largest stream id) is the comparison; when the final one
+    // comes differs (tests/DIFFERENCES.md).
+    (
+        format!("first goaway {:?}, then {end}", goaways.first()),
+        secs,
+    )
+}
+
+/// `drain_timeout` and `delayed_close_timeout`, side by side with Envoy, with Envoy's defaults
+/// (5 s, 1 s) and with shorter ones: how long after a reply that closes the connection the
+/// socket closes, and how long an idle HTTP/2 connection stays after its GOAWAY.
+#[tokio::test]
+async fn closes_as_envoy() {
+    run_for(Duration::from_secs(120), async {
+        let up = upstream().await;
+        let mut outcomes = Vec::new();
+        let mut timings = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let dir = scratch_dir(&format!("hcm-closes-{}", kind.name()));
+            let log = dir.join("access.log").display().to_string();
+            let admin = free_port();
+            let (defaults, short) = (free_port(), free_port());
+            let limits = "common_http_protocol_options: {idle_timeout: 0.5s, max_headers_count: 5}";
+            let listeners = [
+                listener("defaults", defaults, &format!("          {limits}"), &log),
+                listener(
+                    "short",
+                    short,
+                    &format!("          drain_timeout: 1s\n          delayed_close_timeout: 0.3s\n          {limits}"),
+                    &log,
+                ),
+            ];
+            let yaml = bootstrap(admin, &listeners.concat(), up);
+            let _p = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+            let cases = tokio::join!(
+                close_after_reply(defaults),
+                close_after_reply(short),
+                h2_idle_close(defaults, true),
+                h2_idle_close(defaults, false),
+                h2_idle_close(short, true),
+                h2_idle_close(short, false),
+            );
+            let named = [
+                ("431, defaults", cases.0),
+                ("431, short", cases.1),
+                ("h2 idle, defaults, PINGs answered", cases.2),
+                ("h2 idle, defaults, PINGs unanswered", cases.3),
+                ("h2 idle, short, PINGs answered", cases.4),
+                ("h2 idle, short, PINGs unanswered", cases.5),
+            ];
+            eprintln!("{}: {named:#?}", kind.name());
+            outcomes.push(
+                named
+                    .iter()
+                    .map(|(n, (o, _))| format!("{n}: {o}"))
+                    .collect::<Vec<_>>(),
+            );
+            timings.push(named.map(|(n, (_, t))| (n, t)));
+        }
+        assert_eq!(outcomes[0], outcomes[1], "Envoy first, then skiff");
+        for ((name, envoy), (_, skiff)) in timings[0].iter().zip(timings[1].iter()) {
+            assert!(
+                (envoy - skiff).abs() < 0.35,
+                "{name}: closed after {envoy:.2} s by Envoy, {skiff:.2} s by skiff"
+            );
+        }
     })
     .await
 }

@@ -677,6 +677,12 @@ pub struct HcmTimeouts {
     pub max_connection_duration: Option<Duration>,
     /// `common_http_protocol_options.max_requests_per_connection`.
     pub max_requests_per_connection: Option<u32>,
+    /// `drain_timeout` (default 5 s): an HTTP/2 connection that drains (GOAWAY) is not closed
+    /// before this has passed.
+    pub drain: Duration,
+    /// `delayed_close_timeout` (default 1 s; zero: off): after the last bytes of a connection
+    /// the proxy closes, how long it waits for the client to close first.
+    pub delayed_close: Option<Duration>,
     /// `common_http_protocol_options.max_headers_count` (default 100): a request with more
     /// headers gets 431 (HTTP/1.1) or a reset stream (HTTP/2).
     pub max_headers_count: u32,
@@ -692,6 +698,8 @@ impl Default for HcmTimeouts {
             connection_idle: Some(Duration::from_secs(3600)),
             max_connection_duration: None,
             max_requests_per_connection: None,
+            drain: Duration::from_secs(5),
+            delayed_close: Some(Duration::from_secs(1)),
             max_headers_count: 100,
         }
     }

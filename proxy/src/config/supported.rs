@@ -328,6 +328,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "stream_idle_timeout",
             "request_timeout",
             "request_headers_timeout",
+            "drain_timeout",
+            "delayed_close_timeout",
         ],
     ),
     // The connection manager's; a cluster's are not reachable through the table.

@@ -19,6 +19,7 @@ use hyper_util::server::conn::auto;
 use crate::config::model::{self, CodecType, ServerHeader, Underscores};
 use crate::drain::ConnectionDrain;
 use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
+use crate::http::delayed_close::{CloseState, DelayedClose};
 use crate::http::filter::{self, Direction};
 use crate::http::filters::router::{self, Upstream};
 use crate::http::h1_guard::{self, H1Guard, RefusedSlot};
@@ -227,7 +228,8 @@ impl HcmStats {
     }
 }
 
-/// How long an idle connection's GOAWAY may take before the connection is closed anyway.
+/// How long an idle HTTP/2 connection may take past its drain and delayed close before it is
+/// closed anyway (a client that never answers the GOAWAY's PING).
 const IDLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Envoy's default `max_request_headers_kb`.
 const MAX_HEADERS_KB: u32 = 60;
@@ -425,11 +427,18 @@ pub async fn serve(
         .initial_stream_window_size(stream_window)
         .initial_connection_window_size(conn_window);
     // HTTP/1.1 request heads are judged by Envoy's codec rules before hyper reads them.
+    // The codec's own close waits for the client (delayed_close_timeout) and, for a draining
+    // HTTP/2 connection, for drain_timeout.
+    let close_state = Arc::new(CloseState::default());
     let guarded = H1Guard::new(
-        Counted::new(
-            stream,
-            stats.downstream_cx_rx_bytes_total.clone(),
-            stats.downstream_cx_tx_bytes_total.clone(),
+        DelayedClose::new(
+            Counted::new(
+                stream,
+                stats.downstream_cx_rx_bytes_total.clone(),
+                stats.downstream_cx_tx_bytes_total.clone(),
+            ),
+            hcm.config.timeouts.delayed_close,
+            close_state.clone(),
         ),
         conn.refused.clone(),
         hcm.config.codec != CodecType::Http2,
@@ -440,6 +449,7 @@ pub async fn serve(
         stats.downstream_rq_header_timeout.clone(),
     )
     .switch_on(conn.switched.clone());
+    let speaks_http2 = guarded.http2_flag();
     // A client that stops reading holds a write no longer than the stream idle timeout.
     let io = TokioIo::new(WriteFlow::new(guarded, None, response_flow).stall_limit(
         hcm.config.timeouts.stream_idle,
@@ -500,8 +510,15 @@ pub async fn serve(
         }
     };
     tokio::pin!(idle, lifetime);
-    let (mut draining, mut finishing) = (false, false);
+    let (mut draining, mut finishing, mut idle_done) = (false, false, false);
     let http2 = |conn: &Conn| conn.codec.get() == Some(Codec::Http2);
+    // An HTTP/2 connection's GOAWAY starts its drain: it closes no sooner than drain_timeout
+    // later, as Envoy's final GOAWAY comes then.
+    let start_drain = |conn: &Conn| {
+        if http2(conn) || speaks_http2.load(std::sync::atomic::Ordering::Relaxed) {
+            close_state.drain_for(timeouts.drain);
+        }
+    };
     let result = loop {
         tokio::select! {
             r = served.as_mut() => break r,
@@ -516,18 +533,28 @@ pub async fn serve(
                     if http2(&conn) {
                         stats.downstream_cx_drain_close.inc();
                     }
+                    start_drain(&conn);
                     shutdown.notify_one();
                 }
             }
             // No stream for the idle timeout: HTTP/1.1 closes, HTTP/2 (or a connection whose
             // protocol is not known yet) says GOAWAY first and gets a moment to send it.
-            _ = &mut idle => {
+            _ = &mut idle, if !idle_done => {
+                idle_done = true;
+                // A connection the codec is closing (its delayed close) is not idle.
+                if close_state.closing() {
+                    continue;
+                }
                 stats.downstream_cx_idle_timeout.inc();
                 if conn.codec.get() == Some(Codec::Http1) {
                     break Ok(());
                 }
+                start_drain(&conn);
                 shutdown.notify_one();
-                break tokio::time::timeout(IDLE_CLOSE_GRACE, served.as_mut())
+                // A client that never answers the GOAWAY's PING gets no final GOAWAY; it is
+                // closed when Envoy's would be.
+                let grace = timeouts.drain + timeouts.delayed_close.unwrap_or_default();
+                break tokio::time::timeout(grace.max(IDLE_CLOSE_GRACE), served.as_mut())
                     .await
                     .unwrap_or(Ok(()));
             }
@@ -537,12 +564,14 @@ pub async fn serve(
                 finishing = true;
                 stats.downstream_cx_max_duration_reached.inc();
                 conn.closing.set(true);
+                start_drain(&conn);
                 shutdown.notify_one();
             }
             // max_requests_per_connection reached: the last response said `connection: close`
             // (HTTP/1.1) or the connection says GOAWAY (HTTP/2).
             _ = conn.finish.notified(), if !finishing => {
                 finishing = true;
+                start_drain(&conn);
                 shutdown.notify_one();
             }
         }

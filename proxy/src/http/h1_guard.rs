@@ -99,6 +99,8 @@ pub struct H1Guard<T> {
     head_timer: Option<Pin<Box<Sleep>>>,
     /// HTTP/2 with `request_headers_timeout`: where the client is in its frames.
     h2: Option<HeaderBlocks>,
+    /// Set once the connection turned out to speak HTTP/2.
+    http2: Switched,
     /// `downstream_rq_header_timeout`, counted here for HTTP/2 (HTTP/1.1's 408 is counted by
     /// the connection manager).
     h2_timed_out: Option<Counter>,
@@ -127,7 +129,14 @@ impl<T> H1Guard<T> {
             head_timer: None,
             h2: None,
             h2_timed_out: None,
+            http2: Switched::new(AtomicBool::new(!http1)),
         }
+    }
+
+    /// Set once the connection turns out to speak HTTP/2 (its preface, or an HTTP/2-only
+    /// codec), before any request.
+    pub fn http2_flag(&self) -> Switched {
+        self.http2.clone()
     }
 
     /// `max_headers_count` and `request_headers_timeout` (`None`: off); an HTTP/2 header block
@@ -227,6 +236,7 @@ impl<T> H1Guard<T> {
                     true
                 } else if n == H2_PREFACE.len() {
                     self.state = State::Through;
+                    self.http2.store(true, Ordering::Relaxed);
                     if self.head_timeout.is_some() {
                         self.h2 = Some(HeaderBlocks::new(true));
                     }

@@ -3,6 +3,7 @@
 pub mod body;
 pub mod conn_manager;
 pub mod conn_manager_utility;
+pub mod delayed_close;
 pub mod filter;
 pub mod filters;
 pub mod framing;

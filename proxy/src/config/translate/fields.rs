@@ -657,9 +657,9 @@ pub(super) fn http_connection_manager(
         stream_flush_timeout,
         request_timeout: _,
         request_headers_timeout: _,
-        drain_timeout,
+        drain_timeout: _,
         drain_timeout_jitter,
-        delayed_close_timeout,
+        delayed_close_timeout: _,
         access_log: _,
         access_log_flush_interval,
         flush_access_log_on_new_request,
@@ -714,9 +714,7 @@ pub(super) fn http_connection_manager(
     )?;
     refuse(path, "max_request_headers_kb", max_request_headers_kb)?;
     refuse(path, "stream_flush_timeout", stream_flush_timeout)?;
-    refuse(path, "drain_timeout", drain_timeout)?;
     refuse(path, "drain_timeout_jitter", drain_timeout_jitter)?;
-    refuse(path, "delayed_close_timeout", delayed_close_timeout)?;
     refuse(path, "access_log_flush_interval", access_log_flush_interval)?;
     refuse(
         path,

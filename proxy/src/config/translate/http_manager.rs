@@ -238,6 +238,12 @@ pub(super) fn translate_hcm(
     if let Some(d) = nonzero(&h.request_headers_timeout, "request_headers_timeout")? {
         timeouts.request_headers = d;
     }
+    if let Some(d) = &h.drain_timeout {
+        timeouts.drain = super::duration(d, &format!("{path}.drain_timeout"))?;
+    }
+    if let Some(d) = nonzero(&h.delayed_close_timeout, "delayed_close_timeout")? {
+        timeouts.delayed_close = d;
+    }
     let underscores = match &h.common_http_protocol_options {
         None => Underscores::Allow,
         Some(o) => {
