@@ -1,8 +1,9 @@
 //! The connection manager's timeouts and per-connection limits, side by side with Envoy 1.40:
 //! `stream_idle_timeout`, `request_timeout`, `max_stream_duration`, the connection idle timeout,
-//! `max_connection_duration`, `max_requests_per_connection`, `request_headers_timeout` and
-//! `max_headers_count`, `drain_timeout` and `delayed_close_timeout`, each with the client-visible
-//! result, the access-log line (code, flags, details) and the stats Envoy counts.
+//! `max_connection_duration`, `max_requests_per_connection`, `request_headers_timeout`,
+//! `max_headers_count`, `drain_timeout`, `delayed_close_timeout` and HTTP/2
+//! `connection_keepalive`, each with the client-visible result, the access-log line (code,
+//! flags, details) and the stats Envoy counts.
 
 use std::time::{Duration, Instant};
 
@@ -796,6 +797,92 @@ async fn closes_as_envoy() {
                 "{name}: closed after {envoy:.2} s by Envoy, {skiff:.2} s by skiff"
             );
         }
+    })
+    .await
+}
+
+/// An idle HTTP/2 connection that answers PINGs for `answer_for`, then stops: the PINGs it got
+/// while answering, how the connection ended, and the seconds from the first unanswered PING
+/// to the end.
+async fn h2_keepalive(port: u16, answer_for: Duration) -> (String, f64) {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let start = Instant::now();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(4, 0, 0, b""));
+    s.write_all(&hello).await.expect("preface");
+    let (mut got, mut at, mut buf) = (Vec::new(), 0, [0u8; 4096]);
+    let (mut answered, mut unanswered, mut goaway) = (0, None, false);
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Err(_) => break "still open",
+            Ok(Ok(0)) => break "closed",
+            Ok(Err(_)) => break "reset",
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+        while at + 9 <= got.len() {
+            let len = (usize::from(got[at]) << 16)
+                | (usize::from(got[at + 1]) << 8)
+                | usize::from(got[at + 2]);
+            if at + 9 + len > got.len() {
+                break;
+            }
+            let (kind, flags) = (got[at + 3], got[at + 4]);
+            let payload = got[at + 9..at + 9 + len].to_vec();
+            match kind {
+                4 if flags & 1 == 0 => {
+                    let _ = s.write_all(&h2_frame(4, 1, 0, b"")).await;
+                }
+                6 if flags & 1 == 0 => {
+                    if start.elapsed() < answer_for {
+                        answered += 1;
+                        let _ = s.write_all(&h2_frame(6, 1, 0, &payload)).await;
+                    } else {
+                        unanswered.get_or_insert_with(Instant::now);
+                    }
+                }
+                7 => goaway = true,
+                _ => {}
+            }
+            at += 9 + len;
+        }
+    };
+    let secs = unanswered.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    // skiff's codec says GOAWAY before it closes, Envoy closes at once (tests/DIFFERENCES.md).
+    eprintln!("keepalive close on {port}: goaway {goaway}");
+    (format!("PINGs answered: {answered}, then {end}"), secs)
+}
+
+/// The connection manager's `http2_protocol_options.connection_keepalive`, side by side with
+/// Envoy: PINGs to an idle client every interval, and the connection closed when one is not
+/// answered within the timeout (`http2.keepalive_timeout`).
+#[tokio::test]
+async fn downstream_keepalive_as_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let up = upstream().await;
+        let mut outcomes = Vec::new();
+        let mut timings = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let dir = scratch_dir(&format!("hcm-keepalive-{}", kind.name()));
+            let log = dir.join("access.log").display().to_string();
+            let admin = free_port();
+            let port = free_port();
+            let options = "          http2_protocol_options: {connection_keepalive: {interval: 1s, timeout: 0.5s, interval_jitter: {value: 0}}}";
+            let yaml = bootstrap(admin, &listener("keepalive", port, options, &log), up);
+            let p = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+            let (outcome, secs) = h2_keepalive(port, Duration::from_millis(2500)).await;
+            let stats = p.admin().stats().await;
+            let key = "http2.keepalive_timeout";
+            eprintln!("{}: {outcome} after {secs:.2} s", kind.name());
+            outcomes.push(format!("{outcome}; {key}: {:?}", stats.get(key)));
+            timings.push(secs);
+        }
+        assert_eq!(outcomes[0], outcomes[1], "Envoy first, then skiff");
+        assert!(
+            (timings[0] - timings[1]).abs() < 0.3,
+            "closed after the unanswered PING: {timings:?} (Envoy, skiff)"
+        );
     })
     .await
 }

@@ -1026,8 +1026,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
     (
         "envoy.config.core.v3.Http2ProtocolOptions",
-        // connection_keepalive: upstream connections only; the connection manager refuses it
-        // by path.
+        // connection_keepalive: upstream connections and the connection manager's.
         &[
             "max_concurrent_streams",
             "initial_stream_window_size",

@@ -126,6 +126,9 @@ pub struct HcmStats {
     pub http2_rejected_underscores: Counter,
     /// `http2.dropped_headers_with_underscores`.
     pub http2_dropped_underscores: Counter,
+    /// `http2.keepalive_timeout`: HTTP/2 connections closed because a keepalive PING
+    /// (`connection_keepalive`) went unanswered.
+    pub http2_keepalive_timeout: Counter,
     /// `http2.header_overflow`: HTTP/2 streams reset for more headers than
     /// `max_headers_count`.
     pub http2_header_overflow: Counter,
@@ -196,6 +199,7 @@ impl HcmStats {
                 .counter("http2.requests_rejected_with_underscores_in_headers"),
             http2_dropped_underscores: shard.counter("http2.dropped_headers_with_underscores"),
             http2_header_overflow: shard.counter("http2.header_overflow"),
+            http2_keepalive_timeout: shard.counter("http2.keepalive_timeout"),
             listener_completed: shard.counter(&format!("{listener_prefix}downstream_rq_completed")),
             classes,
             listener_classes,
@@ -294,6 +298,8 @@ struct Conn {
     closing: Cell<bool>,
     /// Asks the connection to finish (GOAWAY, or close once idle).
     finish: tokio::sync::Notify,
+    /// How the codec's close of the connection waits (delayed_close_timeout, drain_timeout).
+    close_state: Arc<CloseState>,
 }
 
 impl Conn {
@@ -376,6 +382,7 @@ pub async fn serve(
         requests: Cell::new(0),
         closing: Cell::new(false),
         finish: tokio::sync::Notify::new(),
+        close_state: Arc::new(CloseState::default()),
     });
     let svc_conn = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -426,10 +433,20 @@ pub async fn serve(
         .max_concurrent_streams(h2.max_concurrent_streams)
         .initial_stream_window_size(stream_window)
         .initial_connection_window_size(conn_window);
-    // HTTP/1.1 request heads are judged by Envoy's codec rules before hyper reads them.
+    // connection_keepalive: hyper PINGs once no frame has arrived for the interval and closes
+    // the connection when the PING is not answered in time. The jitter is drawn once per
+    // connection.
+    if let Some(k) = h2.keepalive {
+        let jitter = k.interval.mul_f64(k.jitter * fastrand::f64());
+        builder
+            .http2()
+            .keep_alive_interval(k.interval + jitter)
+            .keep_alive_timeout(k.timeout);
+    }
     // The codec's own close waits for the client (delayed_close_timeout) and, for a draining
     // HTTP/2 connection, for drain_timeout.
-    let close_state = Arc::new(CloseState::default());
+    let close_state = conn.close_state.clone();
+    // HTTP/1.1 request heads are judged by Envoy's codec rules before hyper reads them.
     let guarded = H1Guard::new(
         DelayedClose::new(
             Counted::new(
@@ -448,8 +465,9 @@ pub async fn serve(
         hcm.config.timeouts.request_headers,
         stats.downstream_rq_header_timeout.clone(),
     )
-    .switch_on(conn.switched.clone());
-    let speaks_http2 = guarded.http2_flag();
+    .switch_on(conn.switched.clone())
+    .on_http2(close_state.http2_flag());
+    let speaks_http2 = close_state.http2_flag();
     // A client that stops reading holds a write no longer than the stream idle timeout.
     let io = TokioIo::new(WriteFlow::new(guarded, None, response_flow).stall_limit(
         hcm.config.timeouts.stream_idle,
@@ -587,6 +605,10 @@ pub async fn serve(
         tracing::debug!(error = %e, %remote, "downstream connection ended with an error");
         if is_protocol_error(&*e) {
             stats.downstream_cx_protocol_error.inc();
+        } else if speaks_http2.load(std::sync::atomic::Ordering::Relaxed)
+            && is_keepalive_timeout(&*e)
+        {
+            stats.http2_keepalive_timeout.inc();
         }
     }
     match conn.codec.get() {
@@ -663,6 +685,19 @@ fn is_protocol_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> boo
     false
 }
 
+/// Whether an HTTP/2 connection ended because its keepalive PING went unanswered (hyper's only
+/// timeout on an HTTP/2 server connection).
+fn is_keepalive_timeout(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return h.is_timeout() && !h.is_parse();
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// The accounting of one stream, settled exactly once: when the response body ends, or when the
 /// stream is dropped before that (the client went away while we waited for the upstream).
 pub struct Done {
@@ -676,6 +711,9 @@ pub struct Done {
     tunnel_received: u64,
     /// The request is a HEAD: local replies carry no body.
     head_request: bool,
+    /// Answered as Envoy's codec answers a request it refuses: a close after it waits for the
+    /// client (delayed_close_timeout).
+    codec_error: bool,
 }
 
 impl Unpin for Done {}
@@ -693,6 +731,7 @@ impl Done {
             settled: false,
             tunnel_received: 0,
             head_request: self.head_request,
+            codec_error: self.codec_error,
         };
         self.settled = true;
         d
@@ -715,6 +754,13 @@ impl Done {
         stats.downstream_rq_completed.inc();
         stats.listener_completed.inc();
         self.conn.activity.stream_ended();
+        if self.conn.codec.get() == Some(Codec::Http1) {
+            // Envoy closes at once after a response to a request that fully arrived.
+            let clean = reason == EndReason::Complete
+                && self.request.done_at().is_some()
+                && !self.codec_error;
+            self.conn.close_state.delay_close(!clean);
+        }
         match reason {
             EndReason::Complete => {}
             EndReason::DownstreamReset => stats.downstream_rq_rx_reset.inc(),
@@ -838,6 +884,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         settled: false,
         tunnel_received: 0,
         head_request: parts.method == http::Method::HEAD,
+        codec_error: false,
     };
     if let Some(info) = done.info.as_mut() {
         info.connection = Some(conn.connection.clone());
@@ -853,6 +900,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if codec == Codec::Http1 {
         // The stand-in for a head the guard refused (h1_guard.rs): Envoy's codec error reply.
         if let Some(refusal) = h1_guard::take_refusal(&conn.refused, parts.uri.path()) {
+            done.codec_error = true;
             if refusal.reason == crate::http::framing::Reason::HeaderTimeout {
                 stats.downstream_rq_header_timeout.inc();
             } else {
@@ -870,6 +918,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         }
     }
     if version == Version::HTTP_10 || version == Version::HTTP_09 {
+        done.codec_error = true;
         return local(done, LocalReply::UPGRADE_REQUIRED, None);
     }
     match cfg.underscores {

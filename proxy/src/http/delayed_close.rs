@@ -23,23 +23,53 @@ use tokio::time::{Instant, Sleep};
 use crate::io::Slot;
 
 /// What the connection manager and the close share about one connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CloseState {
     /// When the drain of an HTTP/2 connection allows it to close (`drain_timeout` after its
     /// first GOAWAY); set by the connection manager.
     drain_until: Slot<Option<Instant>>,
+    /// Whether a close now waits for the client (`delayed_close_timeout`). As in Envoy, it
+    /// does not after a response to a request that had fully arrived (the client expects the
+    /// close; nothing it sends can race it), and does otherwise: a codec error, a request cut
+    /// short, a drained HTTP/2 connection.
+    delay: AtomicBool,
     /// The codec has asked to close: the connection's own timers no longer apply.
     closing: AtomicBool,
+    /// The connection speaks HTTP/2 (set by the request-head guard): only a drain's close
+    /// waits (Envoy drops a connection whose keepalive PING went unanswered at once).
+    http2: Arc<AtomicBool>,
+}
+
+impl Default for CloseState {
+    fn default() -> Self {
+        CloseState {
+            drain_until: Slot::new(None),
+            delay: AtomicBool::new(true),
+            closing: AtomicBool::new(false),
+            http2: Arc::default(),
+        }
+    }
 }
 
 impl CloseState {
     /// The connection drains from now: it closes no sooner than `drain` later (the first
-    /// drain counts).
+    /// drain counts), and its close waits for the client.
     pub fn drain_for(&self, drain: Duration) {
+        self.delay.store(true, Ordering::Relaxed);
         let mut until = self.drain_until.borrow_mut();
         if until.is_none() {
             *until = Some(Instant::now() + drain);
         }
+    }
+
+    /// Whether a close after the stream that just ended waits for the client.
+    pub fn delay_close(&self, delay: bool) {
+        self.delay.store(delay, Ordering::Relaxed);
+    }
+
+    /// The flag that says the connection speaks HTTP/2.
+    pub fn http2_flag(&self) -> Arc<AtomicBool> {
+        self.http2.clone()
     }
 
     /// Whether the codec has begun to close the connection.
@@ -120,7 +150,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DelayedClose<T> {
                     let now = Instant::now();
                     let drain_until = *this.state.drain_until.borrow_mut();
                     let drained = drain_until.map_or(now, |t| t.max(now));
-                    let deadline = drained + this.delay.unwrap_or_default();
+                    let waits = this.state.delay.load(Ordering::Relaxed)
+                        && (drain_until.is_some() || !this.state.http2.load(Ordering::Relaxed));
+                    let delay = match waits {
+                        true => this.delay.unwrap_or_default(),
+                        false => Duration::ZERO,
+                    };
+                    let deadline = drained + delay;
                     this.closing = if deadline > now {
                         Closing::Waiting(Box::pin(tokio::time::sleep_until(deadline)))
                     } else {
@@ -195,5 +231,16 @@ mod tests {
         let mut s = DelayedClose::new(server, None, state);
         s.shutdown().await.expect("shutdown");
         assert_eq!(Instant::now() - start, Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_wait_after_a_request_that_fully_arrived() {
+        let (_client, server) = tokio::io::duplex(1024);
+        let state = Arc::new(CloseState::default());
+        state.delay_close(false);
+        let mut s = DelayedClose::new(server, Some(Duration::from_secs(1)), state);
+        let start = Instant::now();
+        s.shutdown().await.expect("shutdown");
+        assert_eq!(Instant::now(), start);
     }
 }

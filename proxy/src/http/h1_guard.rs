@@ -133,10 +133,12 @@ impl<T> H1Guard<T> {
         }
     }
 
-    /// Set once the connection turns out to speak HTTP/2 (its preface, or an HTTP/2-only
-    /// codec), before any request.
-    pub fn http2_flag(&self) -> Switched {
-        self.http2.clone()
+    /// `flag` is set once the connection turns out to speak HTTP/2 (its preface, or an
+    /// HTTP/2-only codec), before any request.
+    pub fn on_http2(mut self, flag: Switched) -> Self {
+        flag.store(self.http2.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.http2 = flag;
+        self
     }
 
     /// `max_headers_count` and `request_headers_timeout` (`None`: off); an HTTP/2 header block

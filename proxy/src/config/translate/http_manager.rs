@@ -148,12 +148,6 @@ pub(super) fn translate_hcm(
         Some(h2) => {
             let h2path = format!("{path}.http2_protocol_options");
             let mut o = super::clusters::http2_options(h2, &h2path)?;
-            // Downstream PINGs are not built yet (upstream connections have them).
-            if h2.connection_keepalive.is_some() {
-                return Err(ConfigError::unsupported(format!(
-                    "{h2path}.connection_keepalive"
-                )));
-            }
             if h2.max_concurrent_streams.is_none() {
                 o.max_concurrent_streams = crate::config::model::DOWNSTREAM_MAX_CONCURRENT_STREAMS;
             }
