@@ -655,15 +655,20 @@ async fn request_heads_as_envoy() {
     .await
 }
 
-/// A request with more headers than the listener takes: the reply, and the seconds from the
-/// reply to the connection's close (the client does not close).
-async fn close_after_reply(port: u16) -> (String, f64) {
+/// A request with more headers than the listener takes (or, with `clean`, one that asks for
+/// `connection: close`): the reply, and the seconds from the reply to the connection's close
+/// (the client does not close).
+async fn close_after_reply(port: u16, clean: bool) -> (String, f64) {
     let mut s = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
     let mut head = "GET /many HTTP/1.1\r\nhost: a\r\n".to_string();
-    for i in 0..5 {
-        head.push_str(&format!("x{i}: y\r\n"));
+    if clean {
+        head.push_str("connection: close\r\n");
+    } else {
+        for i in 0..5 {
+            head.push_str(&format!("x{i}: y\r\n"));
+        }
     }
     s.write_all(format!("{head}\r\n").as_bytes())
         .await
@@ -766,8 +771,9 @@ async fn closes_as_envoy() {
             let yaml = bootstrap(admin, &listeners.concat(), up);
             let _p = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
             let cases = tokio::join!(
-                close_after_reply(defaults),
-                close_after_reply(short),
+                close_after_reply(defaults, false),
+                close_after_reply(short, false),
+                close_after_reply(defaults, true),
                 h2_idle_close(defaults, true),
                 h2_idle_close(defaults, false),
                 h2_idle_close(short, true),
@@ -776,10 +782,12 @@ async fn closes_as_envoy() {
             let named = [
                 ("431, defaults", cases.0),
                 ("431, short", cases.1),
-                ("h2 idle, defaults, PINGs answered", cases.2),
-                ("h2 idle, defaults, PINGs unanswered", cases.3),
-                ("h2 idle, short, PINGs answered", cases.4),
-                ("h2 idle, short, PINGs unanswered", cases.5),
+                ("h2 idle, defaults, PINGs answered", cases.3),
+                ("h2 idle, defaults, PINGs unanswered", cases.4),
+                ("h2 idle, short, PINGs answered", cases.5),
+                ("h2 idle, short, PINGs unanswered", cases.6),
+                // A response to a request that fully arrived: no delayed close.
+                ("connection: close, defaults", cases.2),
             ];
             eprintln!("{}: {named:#?}", kind.name());
             outcomes.push(

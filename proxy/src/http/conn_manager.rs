@@ -551,7 +551,10 @@ pub async fn serve(
                     if http2(&conn) {
                         stats.downstream_cx_drain_close.inc();
                     }
-                    start_drain(&conn);
+                    // At shutdown the process is leaving: no drain_timeout to wait out.
+                    if !drain.shutting_down() {
+                        start_drain(&conn);
+                    }
                     shutdown.notify_one();
                 }
             }
