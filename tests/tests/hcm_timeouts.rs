@@ -1,7 +1,7 @@
 //! The connection manager's timeouts and per-connection limits, side by side with Envoy 1.40:
 //! `stream_idle_timeout`, `request_timeout`, `max_stream_duration`, the connection idle timeout,
 //! `max_connection_duration`, `max_requests_per_connection`, `request_headers_timeout`,
-//! `max_headers_count`, `drain_timeout`, `delayed_close_timeout` and HTTP/2
+//! `max_headers_count`, `max_request_headers_kb`, `drain_timeout`, `delayed_close_timeout` and HTTP/2
 //! `connection_keepalive`, each with the client-visible result, the access-log line (code,
 //! flags, details) and the stats Envoy counts.
 
@@ -456,6 +456,25 @@ fn h2_request(extra: usize) -> Vec<u8> {
     block
 }
 
+/// The HPACK block of `GET /` to `a` with one header `x` whose value is `n` bytes.
+fn h2_request_sized(n: usize) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, 0x01, b'a', 0x00, 0x01, b'x'];
+    // The value's length: an HPACK integer with a 7-bit prefix.
+    if n < 127 {
+        block.push(n as u8);
+    } else {
+        block.push(127);
+        let mut left = n - 127;
+        while left >= 128 {
+            block.push((left % 128) as u8 | 0x80);
+            left /= 128;
+        }
+        block.push(left as u8);
+    }
+    block.extend(std::iter::repeat_n(b'v', n));
+    block
+}
+
 /// Opens an HTTP/2 connection (prior knowledge), sends `frames` once the settings are
 /// exchanged, and says what came back within `wait`: whether stream 1 got response headers,
 /// how it was reset, and how the connection ended.
@@ -563,7 +582,7 @@ async fn request_heads_as_envoy() {
             let _ = std::fs::remove_file(&h2_log);
             let admin = free_port();
             let (port, h2_port) = (free_port(), free_port());
-            let options = "          request_headers_timeout: 1s\n          common_http_protocol_options: {max_headers_count: 5}";
+            let options = "          request_headers_timeout: 1s\n          max_request_headers_kb: 2\n          common_http_protocol_options: {max_headers_count: 5}";
             let listeners = [
                 listener("heads", port, options, &log.display().to_string()),
                 listener("h2heads", h2_port, options, &h2_log.display().to_string()),
@@ -580,6 +599,15 @@ async fn request_heads_as_envoy() {
                 h + "\r\n"
             };
             let (four, five) = (headers("/four", 4), headers("/five", 5));
+            // max_request_headers_kb: 2: a head of 2048 bytes passes, one more byte does not
+            // (the request line, `host`, `x` and the empty line: 35 bytes and the value).
+            let sized = |n: usize| {
+                format!(
+                    "GET /big HTTP/1.1\r\nhost: a\r\nx: {}\r\n\r\n",
+                    "v".repeat(n)
+                )
+            };
+            let (fits, too_long) = (sized(2048 - 35), sized(2049 - 35));
             let mut partial_block = h2_request(1);
             partial_block.truncate(3);
             let cases = tokio::join!(
@@ -605,6 +633,12 @@ async fn request_heads_as_envoy() {
                 h2_exchange(port, h2_frame(1, 0x5, 1, &h2_request(2)), long),
                 // A HEADERS frame without END_HEADERS, and no CONTINUATION.
                 h2_exchange(h2_port, h2_frame(1, 0x1, 1, &partial_block), long),
+                heads(port, vec![fits.as_bytes()], none, Duration::from_millis(1500)),
+                heads(port, vec![too_long.as_bytes()], none, long),
+                // Names and values of the header list, pseudo-headers included: 39 bytes and
+                // the value.
+                h2_exchange(port, h2_frame(1, 0x5, 1, &h2_request_sized(2048 - 39)), long),
+                h2_exchange(port, h2_frame(1, 0x5, 1, &h2_request_sized(2049 - 39)), long),
             );
             let mut seen = vec![
                 format!("partial head: {}", cases.0),
@@ -616,6 +650,10 @@ async fn request_heads_as_envoy() {
                 format!("6 headers: {}", cases.6),
                 format!("h2 5 headers: {}", cases.7),
                 format!("h2 6 headers: {}", cases.8),
+                format!("2048-byte head: {}", cases.10),
+                format!("2049-byte head: {}", cases.11),
+                format!("h2 2048-byte header list: {}", cases.12),
+                format!("h2 2049-byte header list: {}", cases.13),
             ];
             // Envoy answers the stalled HTTP/2 stream with its 408 and a reset; skiff, whose
             // codec keeps a partial header block to itself, ends the connection
@@ -626,7 +664,7 @@ async fn request_heads_as_envoy() {
                 stalled.contains("reset: Some") || stalled.ends_with("closed")
             ));
             eprintln!("{}: {seen:#?} (h2 stalled: {stalled})", kind.name());
-            let paths = ["/x", "/four", "too_many_headers"];
+            let paths = ["/x", "/four", "/big", "too_many_headers", "headers_too_large"];
             let _ = p
                 .wait_file_line(&log, Duration::from_secs(10), |_| {
                     let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -645,6 +683,7 @@ async fn request_heads_as_envoy() {
                 "http.heads.downstream_cx_protocol_error",
                 "http.h2heads.downstream_rq_header_timeout",
                 "http2.header_overflow",
+                "http2.header_list_size_too_large",
             ] {
                 seen.push(format!("{key}: {:?}", stats.get(key)));
             }

@@ -683,6 +683,9 @@ pub struct HcmTimeouts {
     /// `delayed_close_timeout` (default 1 s; zero: off): after the last bytes of a connection
     /// the proxy closes, how long it waits for the client to close first.
     pub delayed_close: Option<Duration>,
+    /// `max_request_headers_kb` (default 60): a request head (HTTP/1.1) or header list
+    /// (HTTP/2) longer than this many KiB gets 431 or a reset stream.
+    pub max_request_headers_kb: u32,
     /// `common_http_protocol_options.max_headers_count` (default 100): a request with more
     /// headers gets 431 (HTTP/1.1) or a reset stream (HTTP/2).
     pub max_headers_count: u32,
@@ -700,6 +703,7 @@ impl Default for HcmTimeouts {
             max_requests_per_connection: None,
             drain: Duration::from_secs(5),
             delayed_close: Some(Duration::from_secs(1)),
+            max_request_headers_kb: 60,
             max_headers_count: 100,
         }
     }

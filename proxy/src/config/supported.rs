@@ -328,6 +328,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "stream_idle_timeout",
             "request_timeout",
             "request_headers_timeout",
+            "max_request_headers_kb",
             "drain_timeout",
             "delayed_close_timeout",
         ],

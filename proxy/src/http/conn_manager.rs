@@ -126,6 +126,9 @@ pub struct HcmStats {
     pub http2_rejected_underscores: Counter,
     /// `http2.dropped_headers_with_underscores`.
     pub http2_dropped_underscores: Counter,
+    /// `http2.header_list_size_too_large`: HTTP/2 streams reset for a header list longer than
+    /// `max_request_headers_kb`.
+    pub http2_header_list_size_too_large: Counter,
     /// `http2.keepalive_timeout`: HTTP/2 connections closed because a keepalive PING
     /// (`connection_keepalive`) went unanswered.
     pub http2_keepalive_timeout: Counter,
@@ -200,6 +203,7 @@ impl HcmStats {
             http2_dropped_underscores: shard.counter("http2.dropped_headers_with_underscores"),
             http2_header_overflow: shard.counter("http2.header_overflow"),
             http2_keepalive_timeout: shard.counter("http2.keepalive_timeout"),
+            http2_header_list_size_too_large: shard.counter("http2.header_list_size_too_large"),
             listener_completed: shard.counter(&format!("{listener_prefix}downstream_rq_completed")),
             classes,
             listener_classes,
@@ -235,8 +239,6 @@ impl HcmStats {
 /// How long an idle HTTP/2 connection may take past its drain and delayed close before it is
 /// closed anyway (a client that never answers the GOAWAY's PING).
 const IDLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-/// Envoy's default `max_request_headers_kb`.
-const MAX_HEADERS_KB: u32 = 60;
 /// `overload.premature_reset_min_stream_lifetime_seconds` (Envoy's default): a stream the client
 /// resets sooner than this counts as a premature reset.
 const PREMATURE_RESET_MIN_STREAM_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
@@ -397,6 +399,14 @@ pub async fn serve(
                 log_codec_reset(&conn, "http2.too_many_headers");
                 return Err(StreamRefused("too many headers"));
             }
+            if req.version() == Version::HTTP_2
+                && h2_header_bytes(&req)
+                    > conn.hcm.config.timeouts.max_request_headers_kb as usize * 1024
+            {
+                conn.hcm.stats.http2_header_list_size_too_large.inc();
+                log_codec_reset(&conn, "http2.header_list_size_too_large");
+                return Err(StreamRefused("header list too large"));
+            }
             // HTTP/2's codec refuses a header name with `_` by resetting the stream before the
             // connection manager sees it (headers_with_underscores_action: REJECT_REQUEST).
             if req.version() == Version::HTTP_2
@@ -417,19 +427,25 @@ pub async fn serve(
     // The guard refuses a head with more headers first (Envoy's 431); hyper's own limit must
     // not be lower.
     let max_headers = hcm.config.timeouts.max_headers_count as usize;
+    // max_request_headers_kb: the guard (HTTP/1.1) and the stream handler (HTTP/2) refuse a
+    // longer head; hyper's read buffer and h2's header list limit must hold one that fits
+    // (h2 counts 32 more bytes a field).
+    let max_head = hcm.config.timeouts.max_request_headers_kb as usize * 1024;
+    let read_buf = (max_head + 1024).max(64 * 1024);
+    let header_list = u32::try_from(max_head + 32 * (max_headers + 8)).unwrap_or(u32::MAX);
     let mut builder = auto::Builder::new(LocalExec);
-    // Headers must fit the HTTP/1.1 read buffer: 64 KiB gives Envoy's 60 KiB header limit (431
-    // above it). Waiting for the next request is the connection idle timeout (timeouts.rs).
+    // The HTTP/1.1 read buffer (64 KiB unless a head may be longer) also bounds what a stream
+    // reads ahead. Waiting for the next request is the connection idle timeout (timeouts.rs).
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive(true)
-        .max_buf_size(64 * 1024)
+        .max_buf_size(read_buf)
         .max_headers(max_headers);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
-        .max_header_list_size(MAX_HEADERS_KB * 1024)
+        .max_header_list_size(header_list)
         .max_concurrent_streams(h2.max_concurrent_streams)
         .initial_stream_window_size(stream_window)
         .initial_connection_window_size(conn_window);
@@ -462,6 +478,7 @@ pub async fn serve(
     )
     .limits(
         hcm.config.timeouts.max_headers_count,
+        max_head,
         hcm.config.timeouts.request_headers,
         stats.downstream_rq_header_timeout.clone(),
     )
@@ -502,7 +519,7 @@ pub async fn serve(
                 let mut h1 = hyper::server::conn::http1::Builder::new();
                 h1.timer(hyper_util::rt::TokioTimer::new())
                     .keep_alive(true)
-                    .max_buf_size(64 * 1024)
+                    .max_buf_size(read_buf)
                     .max_headers(max_headers);
                 until_shutdown!(h1.serve_connection(io, service).with_upgrades())
             }),
@@ -650,6 +667,32 @@ fn h2_header_count<B>(req: &Request<B>) -> usize {
         + usize::from(uri.path_and_query().is_some() && req.method() != http::Method::CONNECT)
         + usize::from(req.extensions().get::<hyper::ext::Protocol>().is_some());
     pseudo + req.headers().len()
+}
+
+/// The bytes of an HTTP/2 request's header list as Envoy counts them: names and values,
+/// pseudo-headers included.
+fn h2_header_bytes<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let mut n = ":method".len() + req.method().as_str().len();
+    if let Some(s) = uri.scheme_str() {
+        n += ":scheme".len() + s.len();
+    }
+    if let Some(a) = uri.authority() {
+        n += ":authority".len() + a.as_str().len();
+    }
+    if req.method() != http::Method::CONNECT {
+        if let Some(p) = uri.path_and_query() {
+            n += ":path".len() + p.as_str().len();
+        }
+    }
+    if let Some(p) = req.extensions().get::<hyper::ext::Protocol>() {
+        n += ":protocol".len() + p.as_str().len();
+    }
+    n + req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum::<usize>()
 }
 
 /// The access log line of an HTTP/2 stream its codec reset (no response code; `DR`).

@@ -63,6 +63,8 @@ pub enum Reason {
     LowVersion,
     /// `http1.too_many_headers`: more header lines than `max_headers_count` (431).
     TooManyHeaders,
+    /// `http1.headers_too_large`: a head longer than `max_request_headers_kb` (431).
+    HeadersTooLarge,
     /// Not a codec verdict: the head did not arrive within `request_headers_timeout`
     /// (`request_header_timeout`, 408); the guard's timer gives it.
     HeaderTimeout,
@@ -77,6 +79,18 @@ pub struct Refusal {
     pub method: Option<String>,
     /// The request target, when the request line could be read.
     pub path: Option<String>,
+}
+
+impl Refusal {
+    /// A head longer than `max_request_headers_kb`: refused before it is whole, so the access
+    /// log shows no method or path.
+    pub fn too_large() -> Refusal {
+        Refusal {
+            reason: Reason::HeadersTooLarge,
+            method: None,
+            path: None,
+        }
+    }
 }
 
 /// Methods Envoy 1.40's codec knows; it refuses any other (`get`, `FOO`: observed 400).

@@ -25,8 +25,8 @@ use crate::http::h2_head::HeaderBlocks;
 use crate::io::Slot;
 use crate::stats::Counter;
 
-/// hyper's HTTP/1.1 read buffer: a head that does not end within it is hyper's 431.
-const MAX_HEAD: usize = 64 * 1024;
+/// Envoy's default `max_request_headers_kb` (60), in bytes.
+pub const DEFAULT_MAX_HEAD: usize = 60 * 1024;
 /// The HTTP/2 connection preface, which an `AUTO` codec hands to h2 untouched.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -91,6 +91,8 @@ pub struct H1Guard<T> {
     searched: usize,
     /// `max_headers_count`.
     max_headers: u32,
+    /// `max_request_headers_kb`, in bytes: a longer head is refused (431).
+    max_head: usize,
     /// `request_headers_timeout`: how long a head may take from its first byte.
     head_timeout: Option<Duration>,
     /// When the head in `pending` began to arrive, while one is incomplete.
@@ -124,6 +126,7 @@ impl<T> H1Guard<T> {
             eof: false,
             searched: 0,
             max_headers: framing::DEFAULT_MAX_HEADERS,
+            max_head: DEFAULT_MAX_HEAD,
             head_timeout: None,
             head_started: None,
             head_timer: None,
@@ -141,15 +144,18 @@ impl<T> H1Guard<T> {
         self
     }
 
-    /// `max_headers_count` and `request_headers_timeout` (`None`: off); an HTTP/2 header block
+    /// `max_headers_count`, `max_request_headers_kb` (in bytes) and `request_headers_timeout`
+    /// (`None`: off); an HTTP/2 header block
     /// that takes too long ends the connection and counts `timed_out`.
     pub fn limits(
         mut self,
         max_headers: u32,
+        max_head: usize,
         head_timeout: Option<Duration>,
         timed_out: Counter,
     ) -> Self {
         self.max_headers = max_headers;
+        self.max_head = max_head;
         self.head_timeout = head_timeout;
         if head_timeout.is_some() {
             self.h2_timed_out = Some(timed_out);
@@ -218,8 +224,8 @@ impl<T> H1Guard<T> {
             self.state = State::Through;
         }
         if self.state == State::Head && !self.may_hold_head_end() {
-            return if self.pending.len() > MAX_HEAD {
-                self.state = State::Through;
+            return if self.pending.len() > self.max_head {
+                self.refuse(Refusal::too_large());
                 true
             } else if self.eof {
                 // hyper sees the partial head and the end, as the client sent them.
@@ -252,8 +258,8 @@ impl<T> H1Guard<T> {
             }
             State::Head => match framing::scan_limited(&self.pending, self.max_headers) {
                 Scan::Incomplete => {
-                    if self.pending.len() > MAX_HEAD {
-                        self.state = State::Through;
+                    if self.pending.len() > self.max_head {
+                        self.refuse(Refusal::too_large());
                         true
                     } else if self.eof {
                         // hyper sees the partial head and the end, as the client sent them.
@@ -265,6 +271,12 @@ impl<T> H1Guard<T> {
                     }
                 }
                 Scan::Head { len, verdict } => {
+                    // max_request_headers_kb: Envoy counts the head's bytes as they come.
+                    let verdict = if len > self.max_head {
+                        Verdict::Refuse(Refusal::too_large())
+                    } else {
+                        verdict
+                    };
                     match verdict {
                         Verdict::Accept(f) => {
                             self.pass(len);
@@ -348,7 +360,7 @@ impl<T> H1Guard<T> {
                     Scan::Head {
                         len,
                         verdict: Verdict::Accept(f),
-                    } => {
+                    } if len <= self.max_head => {
                         at += len;
                         self.state = match f {
                             Framing::None | Framing::Length(0) => State::Head,
@@ -711,6 +723,7 @@ mod tests {
         let timed_out = Counter::default();
         let mut g = H1Guard::new(server, slot.clone(), true).limits(
             5,
+            DEFAULT_MAX_HEAD,
             Some(Duration::from_secs(1)),
             timed_out.clone(),
         );
@@ -749,12 +762,22 @@ mod tests {
     async fn too_many_headers_are_refused() {
         let slot = RefusedSlot::default();
         let head = b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n";
-        let mut g = H1Guard::new(&head[..], slot.clone(), true).limits(2, None, Counter::default());
+        let mut g = H1Guard::new(&head[..], slot.clone(), true).limits(
+            2,
+            DEFAULT_MAX_HEAD,
+            None,
+            Counter::default(),
+        );
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_millis(50), g.read_to_end(&mut out)).await;
         let refused = slot.borrow_mut().take().expect("refused");
         assert_eq!(refused.refusal.reason, framing::Reason::TooManyHeaders);
-        let mut g = H1Guard::new(&head[..], slot.clone(), true).limits(3, None, Counter::default());
+        let mut g = H1Guard::new(&head[..], slot.clone(), true).limits(
+            3,
+            DEFAULT_MAX_HEAD,
+            None,
+            Counter::default(),
+        );
         let mut out = Vec::new();
         g.read_to_end(&mut out).await.expect("read");
         assert_eq!(out, head);
@@ -767,6 +790,7 @@ mod tests {
         let timed_out = Counter::default();
         let mut g = H1Guard::new(server, RefusedSlot::default(), true).limits(
             100,
+            DEFAULT_MAX_HEAD,
             Some(Duration::from_secs(1)),
             timed_out.clone(),
         );
@@ -782,5 +806,28 @@ mod tests {
         assert_eq!(out, bytes);
         assert_eq!(Instant::now() - start, Duration::from_secs(1));
         assert_eq!(timed_out.value(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_head_longer_than_max_request_headers_kb_is_refused() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for (limit, refused) in [(head.len(), false), (head.len() - 1, true)] {
+            let slot = RefusedSlot::default();
+            let mut g = H1Guard::new(&head[..], slot.clone(), true).limits(
+                100,
+                limit,
+                None,
+                Counter::default(),
+            );
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_millis(50), g.read_to_end(&mut out)).await;
+            let reason = slot.borrow_mut().take().map(|r| r.refusal.reason);
+            assert_eq!(reason.is_some(), refused, "limit {limit}");
+            if refused {
+                assert_eq!(reason, Some(framing::Reason::HeadersTooLarge));
+            } else {
+                assert_eq!(out, head);
+            }
+        }
     }
 }

@@ -216,6 +216,16 @@ impl LocalReply {
         details: "http1.too_many_headers",
         close: true,
     };
+    /// A request head longer than `max_request_headers_kb` (HTTP/1.1): 431, DPE (observed).
+    pub const HEADERS_TOO_LARGE: LocalReply = LocalReply {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        body: Bytes::from_static(b"Request Header Fields Too Large"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
+        flag: Some(ResponseFlag::DownstreamProtocolError),
+        details: "http1.headers_too_large",
+        close: true,
+    };
     /// The request head did not arrive within `request_headers_timeout`: 408, no flag
     /// (observed).
     pub const REQUEST_HEADER_TIMEOUT: LocalReply = LocalReply {
@@ -274,6 +284,7 @@ impl LocalReply {
             Reason::ConnectionHeaderRejected => LocalReply::CONNECTION_HEADER_REJECTED,
             Reason::LowVersion => LocalReply::LOW_VERSION,
             Reason::TooManyHeaders => LocalReply::TOO_MANY_HEADERS,
+            Reason::HeadersTooLarge => LocalReply::HEADERS_TOO_LARGE,
             Reason::HeaderTimeout => LocalReply::REQUEST_HEADER_TIMEOUT,
         }
     }

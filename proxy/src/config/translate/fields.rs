@@ -652,7 +652,7 @@ pub(super) fn http_connection_manager(
         server_name: _,
         server_header_transformation: _,
         scheme_header_transformation,
-        max_request_headers_kb,
+        max_request_headers_kb: _,
         stream_idle_timeout: _,
         stream_flush_timeout,
         request_timeout: _,
@@ -712,7 +712,6 @@ pub(super) fn http_connection_manager(
         "scheme_header_transformation",
         scheme_header_transformation,
     )?;
-    refuse(path, "max_request_headers_kb", max_request_headers_kb)?;
     refuse(path, "stream_flush_timeout", stream_flush_timeout)?;
     refuse(path, "drain_timeout_jitter", drain_timeout_jitter)?;
     refuse(path, "access_log_flush_interval", access_log_flush_interval)?;

@@ -232,6 +232,16 @@ pub(super) fn translate_hcm(
     if let Some(d) = nonzero(&h.request_headers_timeout, "request_headers_timeout")? {
         timeouts.request_headers = d;
     }
+    if let Some(kb) = &h.max_request_headers_kb {
+        // Envoy's proto validation: 1 to 8192.
+        if !(1..=8192).contains(&kb.value) {
+            return Err(ConfigError::new(
+                format!("{path}.max_request_headers_kb"),
+                "must be between 1 and 8192",
+            ));
+        }
+        timeouts.max_request_headers_kb = kb.value;
+    }
     if let Some(d) = &h.drain_timeout {
         timeouts.drain = super::duration(d, &format!("{path}.drain_timeout"))?;
     }
