@@ -590,6 +590,9 @@ pub struct HcmTimeouts {
     pub stream_idle: Option<Duration>,
     /// `request_timeout`: the whole request must arrive within it.
     pub request: Option<Duration>,
+    /// `request_headers_timeout`: a request head must arrive within it of its first byte
+    /// (408, then the connection closes).
+    pub request_headers: Option<Duration>,
     /// `common_http_protocol_options.max_stream_duration`.
     pub max_stream_duration: Option<Duration>,
     /// `common_http_protocol_options.idle_timeout` (default 1 h; zero: off): a connection with
@@ -599,6 +602,18 @@ pub struct HcmTimeouts {
     pub max_connection_duration: Option<Duration>,
     /// `common_http_protocol_options.max_requests_per_connection`.
     pub max_requests_per_connection: Option<u32>,
+    /// `drain_timeout` (default 5 s): an HTTP/2 connection that drains (GOAWAY) is not closed
+    /// before this has passed.
+    pub drain: Duration,
+    /// `delayed_close_timeout` (default 1 s; zero: off): after the last bytes of a connection
+    /// the proxy closes, how long it waits for the client to close first.
+    pub delayed_close: Option<Duration>,
+    /// `max_request_headers_kb` (default 60): a request head (HTTP/1.1) or header list
+    /// (HTTP/2) longer than this many KiB gets 431 or a reset stream.
+    pub max_request_headers_kb: u32,
+    /// `common_http_protocol_options.max_headers_count` (default 100): a request with more
+    /// headers gets 431 (HTTP/1.1) or a reset stream (HTTP/2).
+    pub max_headers_count: u32,
 }
 
 impl Default for HcmTimeouts {
@@ -606,10 +621,15 @@ impl Default for HcmTimeouts {
         HcmTimeouts {
             stream_idle: Some(Duration::from_secs(300)),
             request: None,
+            request_headers: None,
             max_stream_duration: None,
             connection_idle: Some(Duration::from_secs(3600)),
             max_connection_duration: None,
             max_requests_per_connection: None,
+            drain: Duration::from_secs(5),
+            delayed_close: Some(Duration::from_secs(1)),
+            max_request_headers_kb: 60,
+            max_headers_count: 100,
         }
     }
 }

@@ -338,6 +338,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "common_http_protocol_options",
             "stream_idle_timeout",
             "request_timeout",
+            "request_headers_timeout",
+            "max_request_headers_kb",
+            "drain_timeout",
+            "delayed_close_timeout",
         ],
     ),
     // The connection manager's; a cluster's are not reachable through the table.
@@ -351,6 +355,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "idle_timeout",
             "max_connection_duration",
             "max_stream_duration",
+            "max_headers_count",
         ],
     ),
     (
@@ -1034,8 +1039,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
     (
         "envoy.config.core.v3.Http2ProtocolOptions",
-        // connection_keepalive: upstream connections only; the connection manager refuses it
-        // by path.
+        // connection_keepalive: upstream connections and the connection manager's.
         &[
             "max_concurrent_streams",
             "initial_stream_window_size",

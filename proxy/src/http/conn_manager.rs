@@ -19,6 +19,7 @@ use hyper_util::server::conn::auto;
 use crate::config::model::{self, CodecType, ServerHeader, Underscores};
 use crate::drain::ConnectionDrain;
 use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
+use crate::http::delayed_close::{CloseState, DelayedClose};
 use crate::http::filter::{self, Direction};
 use crate::http::filters::router::{self, Upstream};
 use crate::http::h1_guard::{self, H1Guard, RefusedSlot};
@@ -104,6 +105,9 @@ pub struct HcmStats {
     pub downstream_rq_timeout: Counter,
     /// `downstream_rq_max_duration_reached`: streams ended by `max_stream_duration`.
     pub downstream_rq_max_duration_reached: Counter,
+    /// `downstream_rq_header_timeout`: request heads that took longer than
+    /// `request_headers_timeout`.
+    pub downstream_rq_header_timeout: Counter,
     /// `downstream_cx_idle_timeout`: connections closed by the idle timeout.
     pub downstream_cx_idle_timeout: Counter,
     /// `downstream_cx_max_duration_reached`: connections ended by `max_connection_duration`.
@@ -122,6 +126,15 @@ pub struct HcmStats {
     pub http2_rejected_underscores: Counter,
     /// `http2.dropped_headers_with_underscores`.
     pub http2_dropped_underscores: Counter,
+    /// `http2.header_list_size_too_large`: HTTP/2 streams reset for a header list longer than
+    /// `max_request_headers_kb`.
+    pub http2_header_list_size_too_large: Counter,
+    /// `http2.keepalive_timeout`: HTTP/2 connections closed because a keepalive PING
+    /// (`connection_keepalive`) went unanswered.
+    pub http2_keepalive_timeout: Counter,
+    /// `http2.header_overflow`: HTTP/2 streams reset for more headers than
+    /// `max_headers_count`.
+    pub http2_header_overflow: Counter,
     /// `downstream_rq_<N>xx`, index N-1, then the listener's copies.
     classes: [Counter; 5],
     listener_classes: [Counter; 5],
@@ -172,6 +185,7 @@ impl HcmStats {
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
             downstream_rq_timeout: c("downstream_rq_timeout"),
             downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
+            downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
             downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
@@ -187,6 +201,9 @@ impl HcmStats {
             http2_rejected_underscores: shard
                 .counter("http2.requests_rejected_with_underscores_in_headers"),
             http2_dropped_underscores: shard.counter("http2.dropped_headers_with_underscores"),
+            http2_header_overflow: shard.counter("http2.header_overflow"),
+            http2_keepalive_timeout: shard.counter("http2.keepalive_timeout"),
+            http2_header_list_size_too_large: shard.counter("http2.header_list_size_too_large"),
             listener_completed: shard.counter(&format!("{listener_prefix}downstream_rq_completed")),
             classes,
             listener_classes,
@@ -219,10 +236,9 @@ impl HcmStats {
     }
 }
 
-/// How long an idle connection's GOAWAY may take before the connection is closed anyway.
+/// How long an idle HTTP/2 connection may take past its drain and delayed close before it is
+/// closed anyway (a client that never answers the GOAWAY's PING).
 const IDLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-/// Envoy's default `max_request_headers_kb`.
-const MAX_HEADERS_KB: u32 = 60;
 /// `overload.premature_reset_min_stream_lifetime_seconds` (Envoy's default): a stream the client
 /// resets sooner than this counts as a premature reset.
 const PREMATURE_RESET_MIN_STREAM_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
@@ -313,6 +329,8 @@ struct Conn {
     closing: Cell<bool>,
     /// Asks the connection to finish (GOAWAY, or close once idle).
     finish: tokio::sync::Notify,
+    /// How the codec's close of the connection waits (delayed_close_timeout, drain_timeout).
+    close_state: Arc<CloseState>,
 }
 
 impl Conn {
@@ -395,11 +413,29 @@ pub async fn serve(
         requests: Cell::new(0),
         closing: Cell::new(false),
         finish: tokio::sync::Notify::new(),
+        close_state: Arc::new(CloseState::default()),
     });
     let svc_conn = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let conn = svc_conn.clone();
         async move {
+            // max_headers_count: HTTP/2's codec resets a stream with more headers (pseudo-headers
+            // included), before the connection manager sees it.
+            if req.version() == Version::HTTP_2
+                && h2_header_count(&req) > conn.hcm.config.timeouts.max_headers_count as usize
+            {
+                conn.hcm.stats.http2_header_overflow.inc();
+                log_codec_reset(&conn, "http2.too_many_headers");
+                return Err(StreamRefused("too many headers"));
+            }
+            if req.version() == Version::HTTP_2
+                && h2_header_bytes(&req)
+                    > conn.hcm.config.timeouts.max_request_headers_kb as usize * 1024
+            {
+                conn.hcm.stats.http2_header_list_size_too_large.inc();
+                log_codec_reset(&conn, "http2.header_list_size_too_large");
+                return Err(StreamRefused("header list too large"));
+            }
             // HTTP/2's codec refuses a header name with `_` by resetting the stream before the
             // connection manager sees it (headers_with_underscores_action: REJECT_REQUEST).
             if req.version() == Version::HTTP_2
@@ -407,9 +443,9 @@ pub async fn serve(
                 && has_underscore_name(req.headers())
             {
                 conn.hcm.stats.http2_rejected_underscores.inc();
-                return Err(UnderscoreRejected);
+                return Err(StreamRefused("header name contains underscores"));
             }
-            Ok::<_, UnderscoreRejected>(handle(conn, req).await)
+            Ok::<_, StreamRefused>(handle(conn, req).await)
         }
     });
     // per_connection_buffer_limit_bytes bounds what one connection or stream may hold: the
@@ -417,32 +453,67 @@ pub async fn serve(
     // slow upstream stops the client instead of growing memory here.
     let h2 = &hcm.config.http2;
     let (stream_window, conn_window) = h2.windows(buffer_limit);
+    // The guard refuses a head with more headers first (Envoy's 431); hyper's own limit must
+    // not be lower.
+    let max_headers = hcm.config.timeouts.max_headers_count as usize;
+    // max_request_headers_kb: the guard (HTTP/1.1) and the stream handler (HTTP/2) refuse a
+    // longer head; hyper's read buffer and h2's header list limit must hold one that fits
+    // (h2 counts 32 more bytes a field).
+    let max_head = hcm.config.timeouts.max_request_headers_kb as usize * 1024;
+    let read_buf = (max_head + 1024).max(64 * 1024);
+    let header_list = u32::try_from(max_head + 32 * (max_headers + 8)).unwrap_or(u32::MAX);
     let mut builder = auto::Builder::new(LocalExec);
-    // Headers must fit the HTTP/1.1 read buffer: 64 KiB gives Envoy's 60 KiB header limit (431
-    // above it). Waiting for the next request is the connection idle timeout (timeouts.rs).
+    // The HTTP/1.1 read buffer (64 KiB unless a head may be longer) also bounds what a stream
+    // reads ahead. Waiting for the next request is the connection idle timeout (timeouts.rs).
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive(true)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(read_buf)
+        .max_headers(max_headers);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
-        .max_header_list_size(MAX_HEADERS_KB * 1024)
+        .max_header_list_size(header_list)
         .max_concurrent_streams(h2.max_concurrent_streams)
         .initial_stream_window_size(stream_window)
         .initial_connection_window_size(conn_window);
+    // connection_keepalive: hyper PINGs once no frame has arrived for the interval and closes
+    // the connection when the PING is not answered in time. The jitter is drawn once per
+    // connection.
+    if let Some(k) = h2.keepalive {
+        let jitter = k.interval.mul_f64(k.jitter * fastrand::f64());
+        builder
+            .http2()
+            .keep_alive_interval(k.interval + jitter)
+            .keep_alive_timeout(k.timeout);
+    }
+    // The codec's own close waits for the client (delayed_close_timeout) and, for a draining
+    // HTTP/2 connection, for drain_timeout.
+    let close_state = conn.close_state.clone();
     // HTTP/1.1 request heads are judged by Envoy's codec rules before hyper reads them.
     let guarded = H1Guard::new(
-        Counted::new(
-            stream,
-            stats.downstream_cx_rx_bytes_total.clone(),
-            stats.downstream_cx_tx_bytes_total.clone(),
+        DelayedClose::new(
+            Counted::new(
+                stream,
+                stats.downstream_cx_rx_bytes_total.clone(),
+                stats.downstream_cx_tx_bytes_total.clone(),
+            ),
+            hcm.config.timeouts.delayed_close,
+            close_state.clone(),
         ),
         conn.refused.clone(),
         hcm.config.codec != CodecType::Http2,
     )
-    .switch_on(conn.switched.clone());
+    .limits(
+        hcm.config.timeouts.max_headers_count,
+        max_head,
+        hcm.config.timeouts.request_headers,
+        stats.downstream_rq_header_timeout.clone(),
+    )
+    .switch_on(conn.switched.clone())
+    .on_http2(close_state.http2_flag());
+    let speaks_http2 = close_state.http2_flag();
     // A client that stops reading holds a write no longer than the stream idle timeout.
     let io = TokioIo::new(WriteFlow::new(guarded, None, response_flow).stall_limit(
         hcm.config.timeouts.stream_idle,
@@ -477,7 +548,8 @@ pub async fn serve(
                 let mut h1 = hyper::server::conn::http1::Builder::new();
                 h1.timer(hyper_util::rt::TokioTimer::new())
                     .keep_alive(true)
-                    .max_buf_size(64 * 1024);
+                    .max_buf_size(read_buf)
+                    .max_headers(max_headers);
                 until_shutdown!(h1.serve_connection(io, service).with_upgrades())
             }),
             CodecType::Http2 => {
@@ -502,8 +574,15 @@ pub async fn serve(
         }
     };
     tokio::pin!(idle, lifetime);
-    let (mut draining, mut finishing) = (false, false);
+    let (mut draining, mut finishing, mut idle_done) = (false, false, false);
     let http2 = |conn: &Conn| conn.codec.get() == Some(Codec::Http2);
+    // An HTTP/2 connection's GOAWAY starts its drain: it closes no sooner than drain_timeout
+    // later, as Envoy's final GOAWAY comes then.
+    let start_drain = |conn: &Conn| {
+        if http2(conn) || speaks_http2.load(std::sync::atomic::Ordering::Relaxed) {
+            close_state.drain_for(timeouts.drain);
+        }
+    };
     let result = loop {
         tokio::select! {
             r = served.as_mut() => break r,
@@ -518,18 +597,31 @@ pub async fn serve(
                     if http2(&conn) {
                         stats.downstream_cx_drain_close.inc();
                     }
+                    // At shutdown the process is leaving: no drain_timeout to wait out.
+                    if !drain.shutting_down() {
+                        start_drain(&conn);
+                    }
                     shutdown.notify_one();
                 }
             }
             // No stream for the idle timeout: HTTP/1.1 closes, HTTP/2 (or a connection whose
             // protocol is not known yet) says GOAWAY first and gets a moment to send it.
-            _ = &mut idle => {
+            _ = &mut idle, if !idle_done => {
+                idle_done = true;
+                // A connection the codec is closing (its delayed close) is not idle.
+                if close_state.closing() {
+                    continue;
+                }
                 stats.downstream_cx_idle_timeout.inc();
                 if conn.codec.get() == Some(Codec::Http1) {
                     break Ok(());
                 }
+                start_drain(&conn);
                 shutdown.notify_one();
-                break tokio::time::timeout(IDLE_CLOSE_GRACE, served.as_mut())
+                // A client that never answers the GOAWAY's PING gets no final GOAWAY; it is
+                // closed when Envoy's would be.
+                let grace = timeouts.drain + timeouts.delayed_close.unwrap_or_default();
+                break tokio::time::timeout(grace.max(IDLE_CLOSE_GRACE), served.as_mut())
                     .await
                     .unwrap_or(Ok(()));
             }
@@ -539,12 +631,14 @@ pub async fn serve(
                 finishing = true;
                 stats.downstream_cx_max_duration_reached.inc();
                 conn.closing.set(true);
+                start_drain(&conn);
                 shutdown.notify_one();
             }
             // max_requests_per_connection reached: the last response said `connection: close`
             // (HTTP/1.1) or the connection says GOAWAY (HTTP/2).
             _ = conn.finish.notified(), if !finishing => {
                 finishing = true;
+                start_drain(&conn);
                 shutdown.notify_one();
             }
         }
@@ -560,6 +654,10 @@ pub async fn serve(
         tracing::debug!(error = %e, %remote, "downstream connection ended with an error");
         if is_protocol_error(&*e) {
             stats.downstream_cx_protocol_error.inc();
+        } else if speaks_http2.load(std::sync::atomic::Ordering::Relaxed)
+            && is_keepalive_timeout(&*e)
+        {
+            stats.http2_keepalive_timeout.inc();
         }
     }
     match conn.codec.get() {
@@ -576,17 +674,70 @@ pub async fn serve(
 
 type ServeResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-/// An HTTP/2 stream refused for a header name with `_`: hyper resets it.
+/// An HTTP/2 stream its codec refuses (a header name with `_`, too many headers): hyper
+/// resets it.
 #[derive(Debug)]
-struct UnderscoreRejected;
+struct StreamRefused(&'static str);
 
-impl std::fmt::Display for UnderscoreRejected {
+impl std::fmt::Display for StreamRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("header name contains underscores")
+        f.write_str(self.0)
     }
 }
 
-impl std::error::Error for UnderscoreRejected {}
+impl std::error::Error for StreamRefused {}
+
+/// The header fields of an HTTP/2 request as its client sent them, pseudo-headers included.
+fn h2_header_count<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let pseudo = 1
+        + usize::from(uri.scheme().is_some())
+        + usize::from(uri.authority().is_some())
+        + usize::from(uri.path_and_query().is_some() && req.method() != http::Method::CONNECT)
+        + usize::from(req.extensions().get::<hyper::ext::Protocol>().is_some());
+    pseudo + req.headers().len()
+}
+
+/// The bytes of an HTTP/2 request's header list as Envoy counts them: names and values,
+/// pseudo-headers included.
+fn h2_header_bytes<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let mut n = ":method".len() + req.method().as_str().len();
+    if let Some(s) = uri.scheme_str() {
+        n += ":scheme".len() + s.len();
+    }
+    if let Some(a) = uri.authority() {
+        n += ":authority".len() + a.as_str().len();
+    }
+    if req.method() != http::Method::CONNECT {
+        if let Some(p) = uri.path_and_query() {
+            n += ":path".len() + p.as_str().len();
+        }
+    }
+    if let Some(p) = req.extensions().get::<hyper::ext::Protocol>() {
+        n += ":protocol".len() + p.as_str().len();
+    }
+    n + req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum::<usize>()
+}
+
+/// The access log line of an HTTP/2 stream its codec reset (no response code; `DR`).
+fn log_codec_reset(conn: &Conn, details: &'static str) {
+    let logs = &conn.hcm.config.access_logs;
+    if logs.is_empty() {
+        return;
+    }
+    let mut info = StreamInfo::new(conn.remote, conn.local);
+    info.connection = Some(conn.connection.clone());
+    info.protocol = Some(protocol_name(Version::HTTP_2));
+    info.flags.set(ResponseFlag::DownstreamRemoteReset);
+    info.details = details;
+    info.finish();
+    conn.worker.access_log.log(logs, &info);
+}
 
 fn has_underscore_name(h: &http::HeaderMap) -> bool {
     h.keys().any(|n| n.as_str().contains('_'))
@@ -609,6 +760,19 @@ fn is_protocol_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> boo
     false
 }
 
+/// Whether an HTTP/2 connection ended because its keepalive PING went unanswered (hyper's only
+/// timeout on an HTTP/2 server connection).
+fn is_keepalive_timeout(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return h.is_timeout() && !h.is_parse();
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// The accounting of one stream, settled exactly once: when the response body ends, or when the
 /// stream is dropped before that (the client went away while we waited for the upstream).
 pub struct Done {
@@ -622,6 +786,9 @@ pub struct Done {
     tunnel_received: u64,
     /// The request is a HEAD: local replies carry no body.
     head_request: bool,
+    /// Answered as Envoy's codec answers a request it refuses: a close after it waits for the
+    /// client (delayed_close_timeout).
+    codec_error: bool,
 }
 
 impl Unpin for Done {}
@@ -639,6 +806,7 @@ impl Done {
             settled: false,
             tunnel_received: 0,
             head_request: self.head_request,
+            codec_error: self.codec_error,
         };
         self.settled = true;
         d
@@ -661,6 +829,13 @@ impl Done {
         stats.downstream_rq_completed.inc();
         stats.listener_completed.inc();
         self.conn.activity.stream_ended();
+        if self.conn.codec.get() == Some(Codec::Http1) {
+            // Envoy closes at once after a response to a request that fully arrived.
+            let clean = reason == EndReason::Complete
+                && self.request.done_at().is_some()
+                && !self.codec_error;
+            self.conn.close_state.delay_close(!clean);
+        }
         match reason {
             EndReason::Complete => {}
             EndReason::DownstreamReset => stats.downstream_rq_rx_reset.inc(),
@@ -784,6 +959,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         settled: false,
         tunnel_received: 0,
         head_request: parts.method == http::Method::HEAD,
+        codec_error: false,
     };
     if let Some(info) = done.info.as_mut() {
         info.connection = Some(conn.connection.clone());
@@ -799,7 +975,12 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if codec == Codec::Http1 {
         // The stand-in for a head the guard refused (h1_guard.rs): Envoy's codec error reply.
         if let Some(refusal) = h1_guard::take_refusal(&conn.refused, parts.uri.path()) {
-            stats.downstream_cx_protocol_error.inc();
+            done.codec_error = true;
+            if refusal.reason == crate::http::framing::Reason::HeaderTimeout {
+                stats.downstream_rq_header_timeout.inc();
+            } else {
+                stats.downstream_cx_protocol_error.inc();
+            }
             if let Some(info) = done.info.as_mut() {
                 info.method = refusal
                     .method
@@ -812,6 +993,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         }
     }
     if version == Version::HTTP_10 || version == Version::HTTP_09 {
+        done.codec_error = true;
         return local(done, LocalReply::UPGRADE_REQUIRED, None);
     }
     match cfg.underscores {

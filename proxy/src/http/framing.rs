@@ -61,6 +61,13 @@ pub enum Reason {
     ConnectionHeaderRejected,
     /// `low_version`: an HTTP version other than 1.0 and 1.1 (426).
     LowVersion,
+    /// `http1.too_many_headers`: more header lines than `max_headers_count` (431).
+    TooManyHeaders,
+    /// `http1.headers_too_large`: a head longer than `max_request_headers_kb` (431).
+    HeadersTooLarge,
+    /// Not a codec verdict: the head did not arrive within `request_headers_timeout`
+    /// (`request_header_timeout`, 408); the guard's timer gives it.
+    HeaderTimeout,
 }
 
 /// A refused request: why, and what the access log shows of it.
@@ -72,6 +79,18 @@ pub struct Refusal {
     pub method: Option<String>,
     /// The request target, when the request line could be read.
     pub path: Option<String>,
+}
+
+impl Refusal {
+    /// A head longer than `max_request_headers_kb`: refused before it is whole, so the access
+    /// log shows no method or path.
+    pub fn too_large() -> Refusal {
+        Refusal {
+            reason: Reason::HeadersTooLarge,
+            method: None,
+            path: None,
+        }
+    }
 }
 
 /// Methods Envoy 1.40's codec knows; it refuses any other (`get`, `FOO`: observed 400).
@@ -123,8 +142,17 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Scans the request head at the start of `buf`.
+/// Envoy's default `max_headers_count`.
+pub const DEFAULT_MAX_HEADERS: u32 = 100;
+
+/// Scans the request head at the start of `buf`, with Envoy's default header count limit.
 pub fn scan(buf: &[u8]) -> Scan {
+    scan_limited(buf, DEFAULT_MAX_HEADERS)
+}
+
+/// Scans the request head at the start of `buf`; a head with more than `max_headers` header
+/// lines is refused (`max_headers_count`).
+pub fn scan_limited(buf: &[u8], max_headers: u32) -> Scan {
     // Empty lines before a request line are tolerated (RFC 9112 §2.2), by Envoy and hyper alike.
     let mut start = 0;
     while start < buf.len() && (buf[start] == b'\r' || buf[start] == b'\n') {
@@ -136,7 +164,7 @@ pub fn scan(buf: &[u8]) -> Scan {
     let head = &buf[start..start + len];
     Scan::Head {
         len: start + len,
-        verdict: judge(head),
+        verdict: judge(head, max_headers),
     }
 }
 
@@ -172,7 +200,7 @@ fn trim(v: &[u8]) -> &[u8] {
 }
 
 /// Envoy's verdict on one complete head (without leading empty lines).
-fn judge(head: &[u8]) -> Verdict {
+fn judge(head: &[u8], max_headers: u32) -> Verdict {
     let mut it = lines(head);
     let request_line = it.next().unwrap_or_default();
     let refuse = |reason, method: Option<&[u8]>, path: Option<&[u8]>| {
@@ -205,6 +233,7 @@ fn judge(head: &[u8]) -> Verdict {
     let mut transfer_encodings = Vec::new();
     let mut connection_tokens = 0usize;
     let mut undroppable = false;
+    let mut count = 0u32;
     for line in it {
         if line[0] == b' ' || line[0] == b'\t' || line.contains(&b'\r') {
             // obs-fold and a CR inside a line: hyper refuses both, Envoy folds or drops.
@@ -219,6 +248,12 @@ fn judge(head: &[u8]) -> Verdict {
         }
         if value.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f) {
             return refuse(Reason::InvalidCharacters, m, p);
+        }
+        // Envoy's codec counts each header as it completes, before the head is whole.
+        count += 1;
+        if count > max_headers {
+            // The head is refused before it is whole: the access log shows no method or path.
+            return refuse(Reason::TooManyHeaders, None, None);
         }
         if name.eq_ignore_ascii_case(b"content-length") {
             content_lengths.push(value);
@@ -551,5 +586,23 @@ mod tests {
             let b = c.feed(&body[at..]).expect("second part");
             assert_eq!(a + b, body.len() - 3, "split at {at}");
         }
+    }
+
+    #[test]
+    fn more_headers_than_max_headers_count() {
+        let head = b"GET /x HTTP/1.1\r\nHost: a\r\nA: 1\r\n\r\n";
+        assert!(matches!(
+            scan_limited(head, 2),
+            Scan::Head {
+                verdict: Verdict::Accept(Framing::None),
+                ..
+            }
+        ));
+        let refused = Verdict::Refuse(Refusal {
+            reason: Reason::TooManyHeaders,
+            method: None,
+            path: None,
+        });
+        assert!(matches!(scan_limited(head, 1), Scan::Head { verdict, .. } if verdict == refused));
     }
 }

@@ -8,20 +8,25 @@
 //! connection manager answers the stand-in with Envoy's reply for the refusal, so the reply
 //! goes out in order after any pipelined responses before it, and the connection closes.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 use crate::http::framing::{self, Chunked, Framing, Refusal, Scan, Verdict};
+use crate::http::h2_head::HeaderBlocks;
 use crate::io::Slot;
+use crate::stats::Counter;
 
-/// hyper's HTTP/1.1 read buffer: a head that does not end within it is hyper's 431.
-const MAX_HEAD: usize = 64 * 1024;
+/// Envoy's default `max_request_headers_kb` (60), in bytes.
+pub const DEFAULT_MAX_HEAD: usize = 60 * 1024;
 /// The HTTP/2 connection preface, which an `AUTO` codec hands to h2 untouched.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -84,6 +89,23 @@ pub struct H1Guard<T> {
     eof: bool,
     /// How much of `pending` was already searched for the end of a head without finding it.
     searched: usize,
+    /// `max_headers_count`.
+    max_headers: u32,
+    /// `max_request_headers_kb`, in bytes: a longer head is refused (431).
+    max_head: usize,
+    /// `request_headers_timeout`: how long a head may take from its first byte.
+    head_timeout: Option<Duration>,
+    /// When the head in `pending` began to arrive, while one is incomplete.
+    head_started: Option<Instant>,
+    /// The head timer, made the first time a head waits for more bytes.
+    head_timer: Option<Pin<Box<Sleep>>>,
+    /// HTTP/2 with `request_headers_timeout`: where the client is in its frames.
+    h2: Option<HeaderBlocks>,
+    /// Set once the connection turned out to speak HTTP/2.
+    http2: Switched,
+    /// `downstream_rq_header_timeout`, counted here for HTTP/2 (HTTP/1.1's 408 is counted by
+    /// the connection manager).
+    h2_timed_out: Option<Counter>,
 }
 
 impl<T> H1Guard<T> {
@@ -103,7 +125,91 @@ impl<T> H1Guard<T> {
             switched: Switched::default(),
             eof: false,
             searched: 0,
+            max_headers: framing::DEFAULT_MAX_HEADERS,
+            max_head: DEFAULT_MAX_HEAD,
+            head_timeout: None,
+            head_started: None,
+            head_timer: None,
+            h2: None,
+            h2_timed_out: None,
+            http2: Switched::new(AtomicBool::new(!http1)),
         }
+    }
+
+    /// `flag` is set once the connection turns out to speak HTTP/2 (its preface, or an
+    /// HTTP/2-only codec), before any request.
+    pub fn on_http2(mut self, flag: Switched) -> Self {
+        flag.store(self.http2.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.http2 = flag;
+        self
+    }
+
+    /// `max_headers_count`, `max_request_headers_kb` (in bytes) and `request_headers_timeout`
+    /// (`None`: off); an HTTP/2 header block
+    /// that takes too long ends the connection and counts `timed_out`.
+    pub fn limits(
+        mut self,
+        max_headers: u32,
+        max_head: usize,
+        head_timeout: Option<Duration>,
+        timed_out: Counter,
+    ) -> Self {
+        self.max_headers = max_headers;
+        self.max_head = max_head;
+        self.head_timeout = head_timeout;
+        if head_timeout.is_some() {
+            self.h2_timed_out = Some(timed_out);
+            if self.state == State::Through {
+                self.h2 = Some(HeaderBlocks::new(true));
+            }
+        }
+        self
+    }
+
+    /// Whether a request head (HTTP/1.1) or header block (HTTP/2) has begun and not ended.
+    fn head_arriving(&self) -> bool {
+        match &self.h2 {
+            Some(h2) => h2.in_header_block(),
+            None => matches!(self.state, State::Head | State::Preface) && !self.pending.is_empty(),
+        }
+    }
+
+    /// Whether the head that is arriving has taken longer than `request_headers_timeout`;
+    /// arms the timer (waking `cx`) while it has not. Called only when reading must wait.
+    fn head_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(limit) = self.head_timeout else {
+            return false;
+        };
+        if !self.head_arriving() {
+            self.head_started = None;
+            return false;
+        }
+        let deadline = *self.head_started.get_or_insert_with(Instant::now) + limit;
+        let timer = match &mut self.head_timer {
+            Some(t) => {
+                if t.deadline() != deadline {
+                    t.as_mut().reset(deadline);
+                }
+                t
+            }
+            None => self
+                .head_timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// Puts the stand-in request for `refusal` where hyper reads next; nothing the client
+    /// sends after it is read.
+    fn refuse(&mut self, refusal: Refusal) {
+        self.pending.clear();
+        self.searched = 0;
+        self.head_started = None;
+        let token = format!("/{}", uuid::Uuid::new_v4().simple());
+        self.ready
+            .extend_from_slice(format!("GET {token} HTTP/1.1\r\nhost: refused\r\n\r\n").as_bytes());
+        *self.slot.borrow_mut() = Some(Refused { token, refusal });
+        self.state = State::Refused;
     }
 
     /// Bytes pass unjudged once `switched` is set (the connection became a tunnel).
@@ -118,8 +224,8 @@ impl<T> H1Guard<T> {
             self.state = State::Through;
         }
         if self.state == State::Head && !self.may_hold_head_end() {
-            return if self.pending.len() > MAX_HEAD {
-                self.state = State::Through;
+            return if self.pending.len() > self.max_head {
+                self.refuse(Refusal::too_large());
                 true
             } else if self.eof {
                 // hyper sees the partial head and the end, as the client sent them.
@@ -138,6 +244,10 @@ impl<T> H1Guard<T> {
                     true
                 } else if n == H2_PREFACE.len() {
                     self.state = State::Through;
+                    self.http2.store(true, Ordering::Relaxed);
+                    if self.head_timeout.is_some() {
+                        self.h2 = Some(HeaderBlocks::new(true));
+                    }
                     true
                 } else if self.eof {
                     self.state = State::Head;
@@ -146,10 +256,10 @@ impl<T> H1Guard<T> {
                     false
                 }
             }
-            State::Head => match framing::scan(&self.pending) {
+            State::Head => match framing::scan_limited(&self.pending, self.max_headers) {
                 Scan::Incomplete => {
-                    if self.pending.len() > MAX_HEAD {
-                        self.state = State::Through;
+                    if self.pending.len() > self.max_head {
+                        self.refuse(Refusal::too_large());
                         true
                     } else if self.eof {
                         // hyper sees the partial head and the end, as the client sent them.
@@ -161,6 +271,12 @@ impl<T> H1Guard<T> {
                     }
                 }
                 Scan::Head { len, verdict } => {
+                    // max_request_headers_kb: Envoy counts the head's bytes as they come.
+                    let verdict = if len > self.max_head {
+                        Verdict::Refuse(Refusal::too_large())
+                    } else {
+                        verdict
+                    };
                     match verdict {
                         Verdict::Accept(f) => {
                             self.pass(len);
@@ -172,16 +288,7 @@ impl<T> H1Guard<T> {
                                 Framing::Opaque => State::Closed,
                             };
                         }
-                        Verdict::Refuse(refusal) => {
-                            self.pending.clear();
-                            self.searched = 0;
-                            let token = format!("/{}", uuid::Uuid::new_v4().simple());
-                            self.ready.extend_from_slice(
-                                format!("GET {token} HTTP/1.1\r\nhost: refused\r\n\r\n").as_bytes(),
-                            );
-                            *self.slot.borrow_mut() = Some(Refused { token, refusal });
-                            self.state = State::Refused;
-                        }
+                        Verdict::Refuse(refusal) => self.refuse(refusal),
                         Verdict::Codec => {
                             self.pass(len);
                             self.state = State::Closed;
@@ -249,11 +356,11 @@ impl<T> H1Guard<T> {
         while at < new.len() {
             let rest = &new[at..];
             match self.state {
-                State::Head => match framing::scan(rest) {
+                State::Head => match framing::scan_limited(rest, self.max_headers) {
                     Scan::Head {
                         len,
                         verdict: Verdict::Accept(f),
-                    } => {
+                    } if len <= self.max_head => {
                         at += len;
                         self.state = match f {
                             Framing::None | Framing::Length(0) => State::Head,
@@ -294,8 +401,12 @@ impl<T> H1Guard<T> {
 
     fn pass(&mut self, n: usize) {
         let bytes = self.pending.split_to(n);
+        if let Some(h2) = &mut self.h2 {
+            h2.feed(&bytes);
+        }
         self.ready.unsplit(bytes);
         self.searched = 0;
+        self.head_started = None;
     }
 
     /// Whether the bytes not searched yet may end a head (an empty line), so that a head
@@ -325,7 +436,30 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
                 return Poll::Ready(Ok(()));
             }
             if this.state == State::Through && this.pending.is_empty() {
-                return Pin::new(&mut this.inner).poll_read(cx, buf);
+                let Some(h2) = &mut this.h2 else {
+                    return Pin::new(&mut this.inner).poll_read(cx, buf);
+                };
+                let before = buf.filled().len();
+                if Pin::new(&mut this.inner).poll_read(cx, buf)?.is_ready() {
+                    h2.feed(&buf.filled()[before..]);
+                    if !h2.in_header_block() {
+                        this.head_started = None;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                if this.head_timed_out(cx) {
+                    // h2 keeps a partial header block to itself: the stream cannot be answered
+                    // as Envoy does (408), so the connection ends.
+                    if let Some(c) = &this.h2_timed_out {
+                        c.inc();
+                    }
+                    this.head_started = None;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request_headers_timeout: the header block did not arrive in time",
+                    )));
+                }
+                return Poll::Pending;
             }
             // A Content-Length body skips `pending`: it goes to hyper up to its last byte, so
             // the next head is judged from where hyper will parse it.
@@ -390,7 +524,20 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
             }
             let mut chunk = [0u8; 8192];
             let mut rb = ReadBuf::new(&mut chunk);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            if Pin::new(&mut this.inner)
+                .poll_read(cx, &mut rb)?
+                .is_pending()
+            {
+                if this.head_timed_out(cx) {
+                    this.refuse(Refusal {
+                        reason: framing::Reason::HeaderTimeout,
+                        method: None,
+                        path: None,
+                    });
+                    continue;
+                }
+                return Poll::Pending;
+            }
             if rb.filled().is_empty() {
                 this.eof = true;
             } else {
@@ -566,5 +713,121 @@ mod tests {
             format!("GET {} HTTP/1.1\r\nhost: refused\r\n\r\n", refused.token).as_bytes(),
         );
         assert_eq!(out, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_takes_too_long_is_refused_from_its_first_byte() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(4096);
+        let slot = RefusedSlot::default();
+        let timed_out = Counter::default();
+        let mut g = H1Guard::new(server, slot.clone(), true).limits(
+            5,
+            DEFAULT_MAX_HEAD,
+            Some(Duration::from_secs(1)),
+            timed_out.clone(),
+        );
+        let start = Instant::now();
+        // A whole head, then the first bytes of the next one, a few at a time.
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next")
+            .await
+            .expect("write");
+        let mut out = vec![0u8; 4096];
+        let n = g.read(&mut out).await.expect("read");
+        assert_eq!(&out[..n], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        let reader = async {
+            let n = g.read(&mut out).await.expect("read");
+            (
+                String::from_utf8_lossy(&out[..n]).to_string(),
+                Instant::now(),
+            )
+        };
+        let writer = async {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                client.write_all(b"x").await.expect("write");
+            }
+        };
+        let ((stand_in, at), ()) = tokio::join!(reader, writer);
+        assert!(stand_in.starts_with("GET /"), "{stand_in}");
+        assert_eq!(at - start, Duration::from_secs(1));
+        let refused = slot.borrow_mut().take().expect("refused");
+        assert_eq!(refused.refusal.reason, framing::Reason::HeaderTimeout);
+        // HTTP/1.1's 408 is counted by the connection manager.
+        assert_eq!(timed_out.value(), 0);
+    }
+
+    #[tokio::test]
+    async fn too_many_headers_are_refused() {
+        let slot = RefusedSlot::default();
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n";
+        let mut g = H1Guard::new(&head[..], slot.clone(), true).limits(
+            2,
+            DEFAULT_MAX_HEAD,
+            None,
+            Counter::default(),
+        );
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_millis(50), g.read_to_end(&mut out)).await;
+        let refused = slot.borrow_mut().take().expect("refused");
+        assert_eq!(refused.refusal.reason, framing::Reason::TooManyHeaders);
+        let mut g = H1Guard::new(&head[..], slot.clone(), true).limits(
+            3,
+            DEFAULT_MAX_HEAD,
+            None,
+            Counter::default(),
+        );
+        let mut out = Vec::new();
+        g.read_to_end(&mut out).await.expect("read");
+        assert_eq!(out, head);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_http2_header_block_ends_the_connection() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(4096);
+        let timed_out = Counter::default();
+        let mut g = H1Guard::new(server, RefusedSlot::default(), true).limits(
+            100,
+            DEFAULT_MAX_HEAD,
+            Some(Duration::from_secs(1)),
+            timed_out.clone(),
+        );
+        let start = Instant::now();
+        let mut bytes = H2_PREFACE.to_vec();
+        // SETTINGS, then a HEADERS frame without END_HEADERS.
+        bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&[0, 0, 1, 1, 1, 0, 0, 0, 1, 0x82]);
+        client.write_all(&bytes).await.expect("write");
+        let mut out = Vec::new();
+        let err = g.read_to_end(&mut out).await.expect_err("timed out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(out, bytes);
+        assert_eq!(Instant::now() - start, Duration::from_secs(1));
+        assert_eq!(timed_out.value(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_head_longer_than_max_request_headers_kb_is_refused() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for (limit, refused) in [(head.len(), false), (head.len() - 1, true)] {
+            let slot = RefusedSlot::default();
+            let mut g = H1Guard::new(&head[..], slot.clone(), true).limits(
+                100,
+                limit,
+                None,
+                Counter::default(),
+            );
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_millis(50), g.read_to_end(&mut out)).await;
+            let reason = slot.borrow_mut().take().map(|r| r.refusal.reason);
+            assert_eq!(reason.is_some(), refused, "limit {limit}");
+            if refused {
+                assert_eq!(reason, Some(framing::Reason::HeadersTooLarge));
+            } else {
+                assert_eq!(out, head);
+            }
+        }
     }
 }

@@ -206,6 +206,37 @@ impl LocalReply {
     /// A header name with `_` under `headers_with_underscores_action: REJECT_REQUEST`: 400.
     pub const UNEXPECTED_UNDERSCORE: LocalReply =
         LocalReply::bad_request("http1.unexpected_underscore");
+    /// More request headers than `max_headers_count` (HTTP/1.1): 431, DPE (observed).
+    pub const TOO_MANY_HEADERS: LocalReply = LocalReply {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        body: Bytes::from_static(b"Request Header Fields Too Large"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
+        flag: Some(ResponseFlag::DownstreamProtocolError),
+        details: "http1.too_many_headers",
+        close: true,
+    };
+    /// A request head longer than `max_request_headers_kb` (HTTP/1.1): 431, DPE (observed).
+    pub const HEADERS_TOO_LARGE: LocalReply = LocalReply {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        body: Bytes::from_static(b"Request Header Fields Too Large"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
+        flag: Some(ResponseFlag::DownstreamProtocolError),
+        details: "http1.headers_too_large",
+        close: true,
+    };
+    /// The request head did not arrive within `request_headers_timeout`: 408, no flag
+    /// (observed).
+    pub const REQUEST_HEADER_TIMEOUT: LocalReply = LocalReply {
+        status: StatusCode::REQUEST_TIMEOUT,
+        body: Bytes::from_static(b"request header timeout"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
+        flag: None,
+        details: "request_header_timeout",
+        close: true,
+    };
     /// Unusable request: 400.
     pub const BAD_REQUEST: LocalReply = LocalReply::bad_request("http1.codec_error");
 
@@ -252,6 +283,9 @@ impl LocalReply {
             Reason::InvalidCharacters => LocalReply::INVALID_CHARACTERS,
             Reason::ConnectionHeaderRejected => LocalReply::CONNECTION_HEADER_REJECTED,
             Reason::LowVersion => LocalReply::LOW_VERSION,
+            Reason::TooManyHeaders => LocalReply::TOO_MANY_HEADERS,
+            Reason::HeadersTooLarge => LocalReply::HEADERS_TOO_LARGE,
+            Reason::HeaderTimeout => LocalReply::REQUEST_HEADER_TIMEOUT,
         }
     }
 

@@ -3,10 +3,12 @@
 pub mod body;
 pub mod conn_manager;
 pub mod conn_manager_utility;
+pub mod delayed_close;
 pub mod filter;
 pub mod filters;
 pub mod framing;
 pub mod h1_guard;
+pub mod h2_head;
 pub mod headers;
 pub mod local_reply;
 pub mod replay;

@@ -226,6 +226,7 @@ pub(super) fn translate_cluster(
                     common.max_connection_duration.is_some(),
                 ),
                 ("max_stream_duration", common.max_stream_duration.is_some()),
+                ("max_headers_count", common.max_headers_count.is_some()),
             ] {
                 if set {
                     return Err(ConfigError::unsupported(format!(

@@ -651,14 +651,14 @@ pub(super) fn http_connection_manager(
         server_name: _,
         server_header_transformation: _,
         scheme_header_transformation,
-        max_request_headers_kb,
+        max_request_headers_kb: _,
         stream_idle_timeout: _,
         stream_flush_timeout,
         request_timeout: _,
-        request_headers_timeout,
-        drain_timeout,
+        request_headers_timeout: _,
+        drain_timeout: _,
         drain_timeout_jitter,
-        delayed_close_timeout,
+        delayed_close_timeout: _,
         access_log: _,
         access_log_flush_interval,
         flush_access_log_on_new_request,
@@ -711,12 +711,8 @@ pub(super) fn http_connection_manager(
         "scheme_header_transformation",
         scheme_header_transformation,
     )?;
-    refuse(path, "max_request_headers_kb", max_request_headers_kb)?;
     refuse(path, "stream_flush_timeout", stream_flush_timeout)?;
-    refuse(path, "request_headers_timeout", request_headers_timeout)?;
-    refuse(path, "drain_timeout", drain_timeout)?;
     refuse(path, "drain_timeout_jitter", drain_timeout_jitter)?;
-    refuse(path, "delayed_close_timeout", delayed_close_timeout)?;
     refuse(path, "access_log_flush_interval", access_log_flush_interval)?;
     refuse(
         path,

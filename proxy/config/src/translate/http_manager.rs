@@ -148,12 +148,6 @@ pub(super) fn translate_hcm(
         Some(h2) => {
             let h2path = format!("{path}.http2_protocol_options");
             let mut o = super::clusters::http2_options(h2, &h2path)?;
-            // Downstream PINGs are not built yet (upstream connections have them).
-            if h2.connection_keepalive.is_some() {
-                return Err(ConfigError::unsupported(format!(
-                    "{h2path}.connection_keepalive"
-                )));
-            }
             if h2.max_concurrent_streams.is_none() {
                 o.max_concurrent_streams = crate::model::DOWNSTREAM_MAX_CONCURRENT_STREAMS;
             }
@@ -235,6 +229,25 @@ pub(super) fn translate_hcm(
     if let Some(d) = nonzero(&h.request_timeout, "request_timeout")? {
         timeouts.request = d;
     }
+    if let Some(d) = nonzero(&h.request_headers_timeout, "request_headers_timeout")? {
+        timeouts.request_headers = d;
+    }
+    if let Some(kb) = &h.max_request_headers_kb {
+        // Envoy's proto validation: 1 to 8192.
+        if !(1..=8192).contains(&kb.value) {
+            return Err(ConfigError::new(
+                format!("{path}.max_request_headers_kb"),
+                "must be between 1 and 8192",
+            ));
+        }
+        timeouts.max_request_headers_kb = kb.value;
+    }
+    if let Some(d) = &h.drain_timeout {
+        timeouts.drain = super::duration(d, &format!("{path}.drain_timeout"))?;
+    }
+    if let Some(d) = nonzero(&h.delayed_close_timeout, "delayed_close_timeout")? {
+        timeouts.delayed_close = d;
+    }
     let underscores = match &h.common_http_protocol_options {
         None => Underscores::Allow,
         Some(o) => {
@@ -254,7 +267,6 @@ pub(super) fn translate_hcm(
                     "max_connection_duration_jitter",
                     max_connection_duration_jitter.is_some(),
                 ),
-                ("max_headers_count", max_headers_count.is_some()),
                 ("max_response_headers_kb", max_response_headers_kb.is_some()),
             ] {
                 if set {
@@ -272,6 +284,16 @@ pub(super) fn translate_hcm(
             }
             if let Some(d) = opt(max_stream_duration, "max_stream_duration")? {
                 timeouts.max_stream_duration = d;
+            }
+            if let Some(n) = max_headers_count {
+                // Envoy's proto validation: at least 1.
+                if n.value == 0 {
+                    return Err(ConfigError::new(
+                        format!("{opath}.max_headers_count"),
+                        "must be at least 1",
+                    ));
+                }
+                timeouts.max_headers_count = n.value;
             }
             // Zero (or unset) is no limit.
             timeouts.max_requests_per_connection = max_requests_per_connection
