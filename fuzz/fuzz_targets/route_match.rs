@@ -20,7 +20,7 @@ fn matchers() -> Vec<RouteMatch> {
         invert,
         missing_as_empty,
     };
-    let re = regex::Regex::new("^(?:/re/[0-9]+)$").expect("regex");
+    let re = skiff::config::pattern::Regex::new("^(?:/re/[0-9]+)$").expect("regex");
     vec![
         RouteMatch::new(PathMatch::SeparatedPrefix("/Sep".into()), false, vec![]),
         RouteMatch::new(PathMatch::Regex(re), true, vec![]),
