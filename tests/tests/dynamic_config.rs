@@ -1117,7 +1117,9 @@ async fn a_listener_with_additional_addresses_serves_on_each_as_envoy_does() {
             side.update("lds.yaml", &l, "listener_manager.lds.update_success").await;
             let seen = side.probe_until(side.port2, "200 A").await;
             assert_eq!(seen, "200 A", "{}: the additional address serves", kind.name());
-            assert_eq!(side.probe(side.port, "x", "/a").await, "200 A", "{}", kind.name());
+            // Envoy may close a connection its replaced listener took during the hand-over.
+            let seen = side.probe_until(side.port, "200 A").await;
+            assert_eq!(seen, "200 A", "{}", kind.name());
             // Removing the additional address closes it.
             let l = lds("3", &side.dir, side.port, None, "ingress");
             side.update("lds.yaml", &l, "listener_manager.lds.update_success").await;
