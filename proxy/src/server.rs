@@ -158,6 +158,9 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
                 Err(e) => tracing::error!(error = %e, "admin listener failed"),
             }
         }
+        // The overload manager reads its monitors on this thread from the start.
+        let overload = crate::overload::manager::Manager::new(&loaded.model.overload, &main);
+        tokio::spawn(overload.run());
         let mut signals = Signals::new();
         // The init manager: read the dynamic sources, then wait until nothing warms (or each
         // source's initial_fetch_timeout has passed) before the workers start.

@@ -146,11 +146,337 @@ pub struct Admin {
     pub access_logs: Vec<AccessLog>,
 }
 
-/// `overload_manager`: the resources skiff watches.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `overload_manager`: the resources skiff watches and what it does as they fill.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Overload {
     /// `global_downstream_max_connections`'s `max_active_downstream_connections`.
     pub max_downstream_connections: Option<u64>,
+    /// `refresh_interval` (default 1 s): how often the monitors are read.
+    pub refresh_interval: Duration,
+    /// `resource_monitors`, in order.
+    pub monitors: Vec<ResourceMonitor>,
+    /// `actions`, in order.
+    pub actions: Vec<OverloadAction>,
+    /// `loadshed_points`, in order.
+    pub loadshed_points: Vec<LoadShedPoint>,
+    /// `reduce_timeouts`'s `timer_scale_factors`: the shortest each scaled timer may become.
+    pub timer_minimums: Vec<(ScaledTimer, TimerMinimum)>,
+    /// `shrink_heap`'s `ShrinkHeapConfig`.
+    pub shrink_heap: ShrinkHeap,
+    /// `buffer_factory_config.minimum_account_to_track_power_of_two`: streams holding at least
+    /// 2^n bytes are tracked for `reset_high_memory_stream`.
+    pub minimum_account_power_of_two: Option<u32>,
+}
+
+impl Default for Overload {
+    fn default() -> Self {
+        Overload {
+            max_downstream_connections: None,
+            refresh_interval: Duration::from_secs(1),
+            monitors: Vec::new(),
+            actions: Vec::new(),
+            loadshed_points: Vec::new(),
+            timer_minimums: Vec::new(),
+            shrink_heap: ShrinkHeap::default(),
+            minimum_account_power_of_two: None,
+        }
+    }
+}
+
+/// A resource monitor: a named pressure between 0 and 1 (more when over its limit).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceMonitor {
+    /// `name`: what triggers name, and the stats scope `overload.<name>.`.
+    pub name: String,
+    /// What it measures.
+    pub kind: MonitorKind,
+}
+
+/// What a resource monitor measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MonitorKind {
+    /// `envoy.resource_monitors.fixed_heap`: bytes the allocator has handed out, over
+    /// `max_heap_size_bytes`.
+    FixedHeap {
+        /// `max_heap_size_bytes`.
+        max_bytes: u64,
+    },
+    /// `envoy.resource_monitors.cgroup_memory`: the process's cgroup memory use over its limit
+    /// (the lower of the cgroup's own limit and `max_memory_bytes`).
+    CgroupMemory {
+        /// `max_memory_bytes` (0: the cgroup's limit alone).
+        max_bytes: Option<u64>,
+    },
+    /// `envoy.resource_monitors.global_downstream_max_connections`: downstream connections
+    /// over `max_active_downstream_connections`.
+    DownstreamConnections {
+        /// `max_active_downstream_connections`.
+        max: u64,
+    },
+}
+
+/// An overload action and what sets it off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverloadAction {
+    /// Which action (`name`).
+    pub action: ActionName,
+    /// `triggers`: the action's state is the highest of theirs.
+    pub triggers: Vec<Trigger>,
+}
+
+/// The overload actions Envoy knows (`OverloadActionNames::WellKnownActions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActionName {
+    /// `envoy.overload_actions.stop_accepting_requests`: 503 to new requests.
+    StopAcceptingRequests,
+    /// `envoy.overload_actions.disable_http_keepalive`: responses end their connection.
+    DisableHttpKeepalive,
+    /// `envoy.overload_actions.stop_accepting_connections`: listeners stop accepting.
+    StopAcceptingConnections,
+    /// `envoy.overload_actions.reject_incoming_connections`: accepted connections are closed.
+    RejectIncomingConnections,
+    /// `envoy.overload_actions.shrink_heap`: free memory goes back to the system.
+    ShrinkHeap,
+    /// `envoy.overload_actions.reduce_timeouts`: scaled timers run shorter.
+    ReduceTimeouts,
+    /// `envoy.overload_actions.reset_high_memory_stream`: the streams holding the most memory
+    /// are reset.
+    ResetHighMemoryStream,
+}
+
+impl ActionName {
+    /// Every action, in the order of [`ActionName::index`].
+    pub const ALL: [ActionName; 7] = [
+        ActionName::StopAcceptingRequests,
+        ActionName::DisableHttpKeepalive,
+        ActionName::StopAcceptingConnections,
+        ActionName::RejectIncomingConnections,
+        ActionName::ShrinkHeap,
+        ActionName::ReduceTimeouts,
+        ActionName::ResetHighMemoryStream,
+    ];
+
+    /// The action's configured name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActionName::StopAcceptingRequests => "envoy.overload_actions.stop_accepting_requests",
+            ActionName::DisableHttpKeepalive => "envoy.overload_actions.disable_http_keepalive",
+            ActionName::StopAcceptingConnections => {
+                "envoy.overload_actions.stop_accepting_connections"
+            }
+            ActionName::RejectIncomingConnections => {
+                "envoy.overload_actions.reject_incoming_connections"
+            }
+            ActionName::ShrinkHeap => "envoy.overload_actions.shrink_heap",
+            ActionName::ReduceTimeouts => "envoy.overload_actions.reduce_timeouts",
+            ActionName::ResetHighMemoryStream => "envoy.overload_actions.reset_high_memory_stream",
+        }
+    }
+
+    /// The action a name stands for.
+    pub fn from_name(name: &str) -> Option<ActionName> {
+        ActionName::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// Its place in [`ActionName::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A trigger: from one monitor's pressure to an action state between 0 and 1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trigger {
+    /// `name`: the resource monitor.
+    pub resource: String,
+    /// `threshold` or `scaled`.
+    pub kind: TriggerKind,
+}
+
+/// How a trigger reads pressure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TriggerKind {
+    /// `threshold.value`: saturated at or above it, inactive below.
+    Threshold(f64),
+    /// `scaled`: inactive at or below `scaling_threshold`, saturated at or above
+    /// `saturation_threshold`, in proportion between.
+    Scaled {
+        /// `scaling_threshold`.
+        scaling: f64,
+        /// `saturation_threshold`.
+        saturation: f64,
+    },
+}
+
+impl TriggerKind {
+    /// The state (0 to 1) at `pressure`, as Envoy's triggers compute it.
+    pub fn state(self, pressure: f64) -> f64 {
+        match self {
+            TriggerKind::Threshold(v) => {
+                if pressure >= v {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            TriggerKind::Scaled {
+                scaling,
+                saturation,
+            } => {
+                if pressure <= scaling {
+                    0.0
+                } else if pressure >= saturation {
+                    1.0
+                } else {
+                    (pressure - scaling) / (saturation - scaling)
+                }
+            }
+        }
+    }
+}
+
+/// A load shed point and what sets it off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadShedPoint {
+    /// `name`: the stats scope `overload.<name>.`.
+    pub name: String,
+    /// Where it sheds.
+    pub point: ShedPoint,
+    /// `triggers`: the chance of shedding is the highest of their states.
+    pub triggers: Vec<Trigger>,
+}
+
+/// The load shed points skiff runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShedPoint {
+    /// `envoy.load_shed_points.tcp_listener_accept`: close a connection as it is accepted.
+    TcpListenerAccept,
+    /// `envoy.load_shed_points.http_connection_manager_decode_headers`: 503 to a new request.
+    HcmDecodeHeaders,
+    /// `envoy.load_shed_points.hcm_ondata_creating_codec`: close a new HTTP connection before
+    /// its codec reads it.
+    HcmCodecCreation,
+    /// `envoy.load_shed_points.http1_server_abort_dispatch`: 500 and close on an HTTP/1.1
+    /// request.
+    Http1AbortDispatch,
+    /// `envoy.load_shed_points.http2_server_go_away_on_dispatch`: GOAWAY on an HTTP/2
+    /// request.
+    Http2GoAway,
+    /// `envoy.load_shed_points.http2_server_go_away_and_close_on_dispatch`: GOAWAY and close on
+    /// an HTTP/2 request.
+    Http2GoAwayAndClose,
+    /// `envoy.load_shed_points.connection_pool_new_connection`: no new upstream connection.
+    ConnectionPoolNewConnection,
+    /// A name no Envoy code asks about (HTTP/3's points included, as skiff serves no
+    /// HTTP/3): it has stats and no effect, as in Envoy.
+    Unqueried,
+}
+
+impl ShedPoint {
+    /// Every point skiff queries, in the order of [`ShedPoint::index`].
+    pub const QUERIED: [ShedPoint; 7] = [
+        ShedPoint::TcpListenerAccept,
+        ShedPoint::HcmDecodeHeaders,
+        ShedPoint::HcmCodecCreation,
+        ShedPoint::Http1AbortDispatch,
+        ShedPoint::Http2GoAway,
+        ShedPoint::Http2GoAwayAndClose,
+        ShedPoint::ConnectionPoolNewConnection,
+    ];
+
+    /// The point's configured name (none for [`ShedPoint::Unqueried`]).
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            ShedPoint::TcpListenerAccept => "envoy.load_shed_points.tcp_listener_accept",
+            ShedPoint::HcmDecodeHeaders => {
+                "envoy.load_shed_points.http_connection_manager_decode_headers"
+            }
+            ShedPoint::HcmCodecCreation => "envoy.load_shed_points.hcm_ondata_creating_codec",
+            ShedPoint::Http1AbortDispatch => "envoy.load_shed_points.http1_server_abort_dispatch",
+            ShedPoint::Http2GoAway => "envoy.load_shed_points.http2_server_go_away_on_dispatch",
+            ShedPoint::Http2GoAwayAndClose => {
+                "envoy.load_shed_points.http2_server_go_away_and_close_on_dispatch"
+            }
+            ShedPoint::ConnectionPoolNewConnection => {
+                "envoy.load_shed_points.connection_pool_new_connection"
+            }
+            ShedPoint::Unqueried => return None,
+        })
+    }
+
+    /// Its place in [`ShedPoint::QUERIED`] (none for [`ShedPoint::Unqueried`]).
+    pub fn index(self) -> Option<usize> {
+        ShedPoint::QUERIED.iter().position(|p| *p == self)
+    }
+}
+
+/// The timers `reduce_timeouts` scales (`ScaleTimersOverloadActionConfig.TimerType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScaledTimer {
+    /// `HTTP_DOWNSTREAM_CONNECTION_IDLE`: the HCM's `idle_timeout`.
+    ConnectionIdle,
+    /// `HTTP_DOWNSTREAM_STREAM_IDLE`: `stream_idle_timeout` and a route's `idle_timeout`.
+    StreamIdle,
+    /// `TRANSPORT_SOCKET_CONNECT`: a filter chain's `transport_socket_connect_timeout`.
+    TransportSocketConnect,
+    /// `HTTP_DOWNSTREAM_CONNECTION_MAX`: the HCM's `max_connection_duration`.
+    ConnectionMax,
+    /// `HTTP_DOWNSTREAM_STREAM_FLUSH`: `stream_flush_timeout`.
+    StreamFlush,
+}
+
+impl ScaledTimer {
+    /// Every scaled timer, in the order of [`ScaledTimer::index`].
+    pub const ALL: [ScaledTimer; 5] = [
+        ScaledTimer::ConnectionIdle,
+        ScaledTimer::StreamIdle,
+        ScaledTimer::TransportSocketConnect,
+        ScaledTimer::ConnectionMax,
+        ScaledTimer::StreamFlush,
+    ];
+
+    /// Its place in [`ScaledTimer::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How short a scaled timer may become.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TimerMinimum {
+    /// `min_timeout`.
+    Absolute(Duration),
+    /// `min_scale`: a share (0 to 1) of the configured timeout.
+    Scale(f64),
+}
+
+impl TimerMinimum {
+    /// The shortest `configured` may become.
+    pub fn of(self, configured: Duration) -> Duration {
+        match self {
+            TimerMinimum::Absolute(d) => d.min(configured),
+            TimerMinimum::Scale(s) => configured.mul_f64(s.clamp(0.0, 1.0)),
+        }
+    }
+}
+
+/// `ShrinkHeapConfig`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShrinkHeap {
+    /// `timer_interval` (default 10 s): how often free memory is released while the action
+    /// is saturated.
+    pub interval: Duration,
+    /// `max_unfreed_memory_bytes` (default 100 MiB): free memory kept before releasing.
+    pub max_unfreed_bytes: u64,
+}
+
+impl Default for ShrinkHeap {
+    fn default() -> Self {
+        ShrinkHeap {
+            interval: Duration::from_secs(10),
+            max_unfreed_bytes: 100 * 1024 * 1024,
+        }
+    }
 }
 
 /// A listener.
@@ -207,6 +533,9 @@ pub struct Listener {
     /// `ignore_global_conn_limit`: the overload manager's global connection limit neither
     /// counts nor limits this listener's connections.
     pub ignore_global_conn_limit: bool,
+    /// `bypass_overload_manager`: no overload action or load shed point applies to this
+    /// listener's connections and requests.
+    pub bypass_overload_manager: bool,
 }
 
 /// `envoy.config.core.v3.SocketOption`.

@@ -46,7 +46,54 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
     (
         "envoy.config.overload.v3.OverloadManager",
-        &["refresh_interval", "resource_monitors"],
+        &[
+            "refresh_interval",
+            "resource_monitors",
+            "actions",
+            "loadshed_points",
+            "buffer_factory_config",
+        ],
+    ),
+    (
+        "envoy.config.overload.v3.OverloadAction",
+        &["name", "triggers", "typed_config"],
+    ),
+    (
+        "envoy.config.overload.v3.LoadShedPoint",
+        &["name", "triggers"],
+    ),
+    (
+        "envoy.config.overload.v3.Trigger",
+        &["name", "threshold", "scaled"],
+    ),
+    ("envoy.config.overload.v3.ThresholdTrigger", &["value"]),
+    (
+        "envoy.config.overload.v3.ScaledTrigger",
+        &["scaling_threshold", "saturation_threshold"],
+    ),
+    (
+        "envoy.config.overload.v3.BufferFactoryConfig",
+        &["minimum_account_to_track_power_of_two"],
+    ),
+    (
+        "envoy.config.overload.v3.ScaleTimersOverloadActionConfig",
+        &["timer_scale_factors"],
+    ),
+    (
+        "envoy.config.overload.v3.ScaleTimersOverloadActionConfig.ScaleTimer",
+        &["timer", "min_timeout", "min_scale"],
+    ),
+    (
+        "envoy.config.overload.v3.ShrinkHeapConfig",
+        &["timer_interval", "max_unfreed_memory_bytes"],
+    ),
+    (
+        "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+        &["max_heap_size_bytes", "max_heap_size_bytes_runtime"],
+    ),
+    (
+        "envoy.extensions.resource_monitors.cgroup_memory.v3.CgroupMemoryConfig",
+        &["max_memory_bytes"],
     ),
     (
         "envoy.config.overload.v3.ResourceMonitor",
@@ -186,7 +233,6 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "listener_filters_timeout",
             "continue_on_listener_filters_timeout",
             "ignore_global_conn_limit",
-            // skiff runs no overload actions (they are refused), so there is nothing to bypass.
             "bypass_overload_manager",
         ],
     ),

@@ -16,7 +16,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 
-use crate::config::model::{self, CodecType, ServerHeader, Underscores};
+use crate::config::model::{
+    self, ActionName, CodecType, ScaledTimer, ServerHeader, ShedPoint, Underscores,
+};
 use crate::drain::ConnectionDrain;
 use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
 use crate::http::delayed_close::{CloseState, DelayedClose};
@@ -69,6 +71,10 @@ pub struct HcmStats {
     pub downstream_flow_control_resumed_reading_total: Counter,
     /// `downstream_cx_drain_close`.
     pub downstream_cx_drain_close: Counter,
+    /// `downstream_rq_overload_close`: requests the overload manager answered 503.
+    pub downstream_rq_overload_close: Counter,
+    /// `downstream_cx_overload_disable_keepalive`: connections `disable_http_keepalive` ended.
+    pub downstream_cx_overload_disable_keepalive: Counter,
     /// `downstream_rq_total`.
     pub downstream_rq_total: Counter,
     /// `downstream_rq_active`.
@@ -171,6 +177,8 @@ impl HcmStats {
                 "downstream_flow_control_resumed_reading_total",
             ),
             downstream_cx_drain_close: c("downstream_cx_drain_close"),
+            downstream_rq_overload_close: c("downstream_rq_overload_close"),
+            downstream_cx_overload_disable_keepalive: c("downstream_cx_overload_disable_keepalive"),
             downstream_rq_total: c("downstream_rq_total"),
             downstream_rq_active: g("downstream_rq_active"),
             downstream_rq_http1_total: c("downstream_rq_http1_total"),
@@ -239,6 +247,8 @@ impl HcmStats {
 /// How long an idle HTTP/2 connection may take past its drain and delayed close before it is
 /// closed anyway (a client that never answers the GOAWAY's PING).
 const IDLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a connection the overload manager ends gets to send its GOAWAY.
+const ABORT_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 /// `overload.premature_reset_min_stream_lifetime_seconds` (Envoy's default): a stream the client
 /// resets sooner than this counts as a premature reset.
 const PREMATURE_RESET_MIN_STREAM_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
@@ -331,6 +341,11 @@ struct Conn {
     finish: tokio::sync::Notify,
     /// How the codec's close of the connection waits (delayed_close_timeout, drain_timeout).
     close_state: Arc<CloseState>,
+    /// Whether the overload manager's actions apply (not on a `bypass_overload_manager`
+    /// listener).
+    overload: bool,
+    /// The overload manager ends the connection now (after a GOAWAY).
+    abort: tokio::sync::Notify,
 }
 
 impl Conn {
@@ -379,7 +394,13 @@ pub async fn serve(
     worker: Rc<Worker>,
     drain: ConnectionDrain,
     buffer_limit: usize,
+    overload: bool,
 ) {
+    // The hcm_ondata_creating_codec load shed point: the connection is closed before a codec
+    // reads it.
+    if overload && crate::overload::shed(ShedPoint::HcmCodecCreation) {
+        return;
+    }
     let stats = &hcm.stats;
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
@@ -414,6 +435,8 @@ pub async fn serve(
         closing: Cell::new(false),
         finish: tokio::sync::Notify::new(),
         close_state: Arc::new(CloseState::default()),
+        overload,
+        abort: tokio::sync::Notify::new(),
     });
     let svc_conn = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -567,9 +590,12 @@ pub async fn serve(
             None => std::future::pending().await,
         }
     };
+    let started = tokio::time::Instant::now();
     let lifetime = async {
         match timeouts.max_connection_duration {
-            Some(limit) => tokio::time::sleep(limit).await,
+            Some(limit) => {
+                crate::overload::sleep_scaled(ScaledTimer::ConnectionMax, started, limit).await
+            }
             None => std::future::pending().await,
         }
     };
@@ -588,6 +614,13 @@ pub async fn serve(
             r = served.as_mut() => break r,
             // Too many premature resets: the connection is dropped at once, as Envoy aborts it.
             _ = reset_abuse.notified() => break Ok(()),
+            // The overload manager ends the connection: GOAWAY, and a moment to send it.
+            _ = conn.abort.notified() => {
+                shutdown.notify_one();
+                break tokio::time::timeout(ABORT_GRACE, served.as_mut())
+                    .await
+                    .unwrap_or(Ok(()));
+            }
             _ = drain.close_requested(), if !draining => {
                 draining = true;
                 // HTTP/2 gets its GOAWAY now. An HTTP/1.1 connection is not cut while idle (its
@@ -830,11 +863,13 @@ impl Done {
         stats.listener_completed.inc();
         self.conn.activity.stream_ended();
         if self.conn.codec.get() == Some(Codec::Http1) {
-            // Envoy closes at once after a response to a request that fully arrived.
+            // Envoy closes at once after a response to a request that fully arrived, unless
+            // the connection drains (disable_http_keepalive).
             let clean = reason == EndReason::Complete
                 && self.request.done_at().is_some()
                 && !self.codec_error;
-            self.conn.close_state.delay_close(!clean);
+            let draining = self.conn.close_state.draining();
+            self.conn.close_state.delay_close(!clean || draining);
         }
         match reason {
             EndReason::Complete => {}
@@ -992,9 +1027,19 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             return local(done, LocalReply::for_codec(refusal.reason), None);
         }
     }
-    if version == Version::HTTP_10 || version == Version::HTTP_09 {
-        done.codec_error = true;
-        return local(done, LocalReply::UPGRADE_REQUIRED, None);
+    if conn.overload {
+        // The overload manager's points in the codecs, before a request is decoded.
+        if codec == Codec::Http1 && crate::overload::shed(ShedPoint::Http1AbortDispatch) {
+            done.codec_error = true;
+            return local(done, LocalReply::OVERLOAD_ABORT, None);
+        }
+        if codec == Codec::Http2 {
+            if crate::overload::shed(ShedPoint::Http2GoAwayAndClose) {
+                conn.abort.notify_one();
+            } else if crate::overload::shed(ShedPoint::Http2GoAway) {
+                conn.finish.notify_one();
+            }
+        }
     }
     match cfg.underscores {
         Underscores::Allow => {}
@@ -1024,6 +1069,19 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
                 }
             }
         }
+    }
+    // New requests are refused while the overload manager says so (Envoy checks as soon as
+    // the head is decoded, before anything else of the connection manager's).
+    if conn.overload
+        && (crate::overload::act(ActionName::StopAcceptingRequests)
+            || crate::overload::shed(ShedPoint::HcmDecodeHeaders))
+    {
+        stats.downstream_rq_overload_close.inc();
+        return local(done, LocalReply::OVERLOADED, None);
+    }
+    if version == Version::HTTP_10 || version == Version::HTTP_09 {
+        done.codec_error = true;
+        return local(done, LocalReply::UPGRADE_REQUIRED, None);
     }
     if codec == Codec::Http1 {
         headers::join_hosts(&mut parts.headers);
@@ -1458,6 +1516,25 @@ fn finish_response(
     }
     if let Some(id) = request_id {
         head.headers.insert(names::X_REQUEST_ID.clone(), id);
+    }
+    // disable_http_keepalive: this response ends its connection (`connection: close`, or a
+    // GOAWAY over HTTP/2).
+    if conn.overload
+        && !conn.closing.get()
+        && crate::overload::act(ActionName::DisableHttpKeepalive)
+    {
+        conn.hcm
+            .stats
+            .downstream_cx_overload_disable_keepalive
+            .inc();
+        conn.closing.set(true);
+        if conn.codec.get() == Some(Codec::Http2) {
+            conn.finish.notify_one();
+        } else {
+            // Envoy's drain sequence: the connection closes drain_timeout after the response
+            // (and its delayed close), unless the client closes first.
+            conn.close_state.drain_for(cfg.timeouts.drain);
+        }
     }
     if conn.codec.get() != Some(Codec::Http2) {
         if conn.closing.get() {

@@ -62,6 +62,11 @@ impl CloseState {
         }
     }
 
+    /// Whether the connection drains (its close waits for `drain_timeout`).
+    pub fn draining(&self) -> bool {
+        self.drain_until.borrow_mut().is_some()
+    }
+
     /// Whether a close after the stream that just ended waits for the client.
     pub fn delay_close(&self, delay: bool) {
         self.delay.store(delay, Ordering::Relaxed);

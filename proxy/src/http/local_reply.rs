@@ -237,6 +237,27 @@ impl LocalReply {
         details: "request_header_timeout",
         close: true,
     };
+    /// The overload manager stops new requests (`stop_accepting_requests`, the
+    /// `http_connection_manager_decode_headers` point): 503, no flag (observed).
+    pub const OVERLOADED: LocalReply = LocalReply {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: Bytes::from_static(b"envoy overloaded"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
+        flag: None,
+        details: "overload",
+        close: false,
+    };
+    /// The `http1_server_abort_dispatch` point: the codec's 500, and the connection closes.
+    pub const OVERLOAD_ABORT: LocalReply = LocalReply {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        body: Bytes::from_static(b"Internal Server Error"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
+        flag: Some(ResponseFlag::OverloadManager),
+        details: "overload",
+        close: true,
+    };
     /// Unusable request: 400.
     pub const BAD_REQUEST: LocalReply = LocalReply::bad_request("http1.codec_error");
 

@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::config::model::HcmTimeouts;
+use crate::config::model::{HcmTimeouts, ScaledTimer};
 use crate::http::body::RequestProgress;
 use crate::http::local_reply::LocalReply;
+use crate::overload;
 use crate::stream_info::ResponseFlag;
 
 /// Which stream timer ran out.
@@ -83,6 +84,9 @@ pub struct StreamTimers {
     request: Rc<RequestProgress>,
     /// The one timer, set for the earliest deadline; made on first use.
     sleep: RefCell<Option<Pin<Box<Sleep>>>>,
+    /// With `reduce_timeouts` scaling the idle timer: a change of the action's state, to
+    /// look at the deadline again.
+    overload: RefCell<Option<Pin<Box<tokio::sync::futures::Notified<'static>>>>>,
 }
 
 impl StreamTimers {
@@ -102,6 +106,10 @@ impl StreamTimers {
             max_duration: t.max_stream_duration,
             request,
             sleep: RefCell::new(None),
+            overload: RefCell::new(
+                (t.stream_idle.is_some() && overload::minimum(ScaledTimer::StreamIdle).is_some())
+                    .then(|| Box::pin(overload::changed())),
+            ),
         }))
     }
 
@@ -117,7 +125,9 @@ impl StreamTimers {
 
     /// The earliest time a timer may run out.
     fn next(&self) -> Option<Instant> {
-        let idle = self.idle.map(|d| self.request.last_activity() + d);
+        let idle = self
+            .idle
+            .map(|d| self.request.last_activity() + overload::scaled(ScaledTimer::StreamIdle, d));
         let request = self
             .request_limit
             .filter(|_| self.request.done_at().is_none())
@@ -136,10 +146,9 @@ impl StreamTimers {
         {
             return Some(Expiry::Request);
         }
-        if self
-            .idle
-            .is_some_and(|d| now >= self.request.last_activity() + d)
-        {
+        if self.idle.is_some_and(|d| {
+            now >= self.request.last_activity() + overload::scaled(ScaledTimer::StreamIdle, d)
+        }) {
             return Some(Expiry::Idle);
         }
         None
@@ -158,6 +167,13 @@ impl StreamTimers {
     pub fn poll_expired(&self, cx: &mut Context<'_>) -> Option<Expiry> {
         let mut sleep = self.sleep.borrow_mut();
         loop {
+            // A change of reduce_timeouts' state moves the idle deadline.
+            if let Some(changed) = self.overload.borrow_mut().as_mut() {
+                if changed.as_mut().poll(cx).is_ready() {
+                    changed.set(overload::changed());
+                    continue;
+                }
+            }
             let next = self.next()?;
             match sleep.as_mut() {
                 Some(s) if s.deadline() == next => {}
@@ -213,15 +229,27 @@ impl Activity {
     }
 
     /// Resolves once the connection has had no stream for `limit`.
+    /// With `reduce_timeouts` scaling it, `limit` shrinks as the action's state grows.
     pub async fn idle_for(&self, limit: Duration) {
-        let mut sleep = Box::pin(tokio::time::sleep(limit));
+        let scaled = overload::minimum(ScaledTimer::ConnectionIdle).is_some();
+        let length = || overload::scaled(ScaledTimer::ConnectionIdle, limit);
+        let mut sleep = Box::pin(tokio::time::sleep(length()));
         loop {
-            sleep.as_mut().await;
+            if scaled {
+                let changed = overload::changed();
+                tokio::select! {
+                    _ = sleep.as_mut() => {}
+                    _ = changed => {}
+                }
+            } else {
+                sleep.as_mut().await;
+            }
             let now = Instant::now();
+            let length = length();
             match self.idle_since.get() {
-                Some(since) if now >= since + limit => return,
-                Some(since) => sleep.as_mut().reset(since + limit),
-                None => sleep.as_mut().reset(now + limit),
+                Some(since) if now >= since + length => return,
+                Some(since) => sleep.as_mut().reset(since + length),
+                None => sleep.as_mut().reset(now + length),
             }
         }
     }

@@ -17,6 +17,7 @@ use crate::drain::{ConnectionDrain, Drain, Draining};
 use crate::http::conn_manager::{self, HttpConnectionManager};
 use crate::io::Stream;
 use crate::network::filters::tcp_proxy::{self, TcpProxyStats};
+use crate::overload;
 use crate::stats::{Counter, Gauge};
 use crate::stream_info::{next_connection_id, Connection};
 use crate::tls::stats::TlsStats;
@@ -24,6 +25,7 @@ use crate::upstream::pool;
 use crate::worker::Worker;
 use filter_chain_match::{ChainChoice, ChainInput, Chains};
 use filters::Accepted;
+use skiff_config::model::{ActionName, ShedPoint};
 
 /// Binds a listen socket for one worker. Every worker binds its own with SO_REUSEPORT so the
 /// kernel spreads connections across workers without a shared accept queue.
@@ -114,6 +116,7 @@ struct ListenerStats {
     no_filter_chain_match: Counter,
     network_extension_config_missing: Counter,
     downstream_global_cx_overflow: Counter,
+    downstream_cx_overload_reject: Counter,
 }
 
 /// The network filters of a chain, built for one worker.
@@ -373,6 +376,8 @@ impl Shared {
                 .counter(&format!("{scope}network_extension_config_missing")),
             downstream_global_cx_overflow: shard
                 .counter(&format!("{scope}downstream_global_cx_overflow")),
+            downstream_cx_overload_reject: shard
+                .counter(&format!("{scope}downstream_cx_overload_reject")),
         };
         let filters = filters::Chain::new(&config, shard, &scope);
         let build = |fc: &Arc<model::FilterChain>| {
@@ -453,6 +458,8 @@ impl Shared {
 pub async fn accept_loop(listener: Rc<Shared>, socket: Rc<TcpListener>) {
     let mut stop = listener.drain.watch();
     let batch = listener.config.accept_batch.unwrap_or(u32::MAX);
+    // A listener the overload manager may pause looks again when an action changes.
+    let overload_watch = !listener.config.bypass_overload_manager;
     let mut in_a_row = 0u32;
     loop {
         // max_connections_to_accept_per_socket_event: let the accepted connections run before
@@ -462,9 +469,21 @@ pub async fn accept_loop(listener: Rc<Shared>, socket: Rc<TcpListener>) {
             in_a_row = 1;
             tokio::task::yield_now().await;
         }
+        // stop_accepting_connections: while it is saturated the listener takes nothing from
+        // the kernel; connections wait in its backlog.
+        if !listener.config.bypass_overload_manager
+            && overload::saturated(ActionName::StopAcceptingConnections)
+        {
+            tokio::select! {
+                biased;
+                _ = stop.started_where(|d| !d.accepting) => break,
+                _ = overload::changed() => continue,
+            }
+        }
         let accepted = tokio::select! {
             biased;
             _ = stop.started_where(|d| !d.accepting) => break,
+            _ = overload::changed(), if overload_watch => continue,
             r = socket.accept() => r,
         };
         match accepted {
@@ -484,12 +503,22 @@ pub async fn accept_loop(listener: Rc<Shared>, socket: Rc<TcpListener>) {
 
 impl Shared {
     async fn handle(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
+        // reject_incoming_connections and the tcp_listener_accept load shed point: the
+        // connection is closed as it is accepted, as Envoy's listener does.
+        if !self.config.bypass_overload_manager
+            && (overload::act(ActionName::RejectIncomingConnections)
+                || overload::shed(ShedPoint::TcpListenerAccept))
+        {
+            self.stats.downstream_cx_overload_reject.inc();
+            return;
+        }
         // The overload manager's global connection limit: over it, the connection is closed
-        // before anything else happens to it (and counted only here).
-        let _slot = if self.config.ignore_global_conn_limit {
+        // before anything else happens to it (and counted only here). A listener that
+        // bypasses the overload manager is not counted, as in Envoy.
+        let _slot = if self.config.ignore_global_conn_limit || self.config.bypass_overload_manager {
             None
         } else {
-            match crate::overload::GLOBAL_CONNECTIONS.try_acquire() {
+            match overload::GLOBAL_CONNECTIONS.try_acquire() {
                 Some(slot) => Some(slot),
                 None => {
                     self.stats.downstream_global_cx_overflow.inc();
@@ -665,6 +694,7 @@ impl Shared {
                     self.worker.clone(),
                     self.connection_drain(Some(chain)),
                     self.config.buffer_limit,
+                    !self.config.bypass_overload_manager,
                 )
                 .await
             }

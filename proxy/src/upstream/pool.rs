@@ -77,6 +77,11 @@ pub async fn connect_from(
     host: &Host,
     source: Option<Source>,
 ) -> Result<UpstreamStream, ConnectError> {
+    // The overload manager's connection_pool_new_connection point: no new connection, the
+    // request fails as when a pool overflows.
+    if crate::overload::shed(crate::config::model::ShedPoint::ConnectionPoolNewConnection) {
+        return Err(ConnectError::Overflow);
+    }
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
     HostStats::inc(&host.stats.cx_total);

@@ -1,6 +1,7 @@
 //! System calls the proxy needs that neither std nor socket2 wraps: setting an arbitrary socket
-//! option, as Envoy's `SocketOption` (level, name, integer or bytes) does.
-#![allow(unsafe_code)] // setsockopt(2) with a level, a name and a value from the configuration.
+//! option, as Envoy's `SocketOption` (level, name, integer or bytes) does, and asking the
+//! allocator (glibc's malloc) what it holds, for the overload manager.
+#![allow(unsafe_code)] // setsockopt(2) with values from the configuration; mallinfo2 and malloc_trim.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -47,5 +48,34 @@ mod tests {
         setsockopt_int(l.as_fd(), libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1).expect("keepalive");
         let e = setsockopt_int(l.as_fd(), libc::SOL_SOCKET, 99_999, 1).expect_err("no such option");
         assert!(e.raw_os_error().is_some());
+    }
+}
+
+/// What glibc's allocator holds, from `mallinfo2(3)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapInfo {
+    /// Bytes handed out and not yet freed: chunks in use in the arenas plus directly mapped
+    /// ones (`uordblks + hblkhd`).
+    pub in_use: u64,
+    /// Free bytes kept in the arenas (`fordblks`).
+    pub free: u64,
+}
+
+/// The allocator's counts now.
+pub fn heap_info() -> HeapInfo {
+    // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value; glibc locks
+    // each arena while it sums it.
+    let m = unsafe { libc::mallinfo2() };
+    HeapInfo {
+        in_use: (m.uordblks + m.hblkhd) as u64,
+        free: m.fordblks as u64,
+    }
+}
+
+/// Gives the allocator's free memory back to the system (`malloc_trim(0)`).
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only releases memory no allocation uses; it takes a plain integer.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

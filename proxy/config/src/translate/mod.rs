@@ -669,6 +669,7 @@ fn translate_listener(
         address_socket_options,
         tcp_fast_open_queue_length: l.tcp_fast_open_queue_length.as_ref().map(|v| v.value),
         ignore_global_conn_limit: l.ignore_global_conn_limit,
+        bypass_overload_manager: l.bypass_overload_manager,
         accept_batch: match &l.max_connections_to_accept_per_socket_event {
             Some(v) if v.value == 0 => {
                 return Err(ConfigError::new(

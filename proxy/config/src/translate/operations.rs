@@ -3,13 +3,19 @@
 //! (docs/compatibility.md).
 
 use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
+use envoy_types::pb::envoy::config::overload::v3 as ov;
+use envoy_types::pb::envoy::extensions::resource_monitors::cgroup_memory::v3::CgroupMemoryConfig;
 use envoy_types::pb::envoy::extensions::resource_monitors::downstream_connections::v3::DownstreamConnectionsConfig;
+use envoy_types::pb::envoy::extensions::resource_monitors::fixed_heap::v3::FixedHeapConfig;
 use envoy_types::pb::google::protobuf::value::Kind;
 
-use super::super::model::{AccessLog, Overload, StatsConfig};
+use super::super::model::{
+    AccessLog, ActionName, LoadShedPoint, MonitorKind, Overload, OverloadAction, ResourceMonitor,
+    ScaledTimer, ShedPoint, StatsConfig, TimerMinimum, Trigger, TriggerKind,
+};
 use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
-use super::translate_access_log;
+use super::{duration, translate_access_log};
 use crate::stats::{NameMatch, NameMatchKind, StatsMatcher, Tagging};
 
 /// Whether a runtime value is one skiff can stand behind.
@@ -26,8 +32,12 @@ const RUNTIME_KEYS: &[(&str, ValueCheck)] = &[
     ),
     // How Envoy batches its own load-balancer rebuilds.
     ("envoy.reloadable_features.coalesce_lb_rebuilds_on_batch_update", |_| true),
-    // The fixed-heap monitor's accounting; skiff has no heap monitor.
-    ("envoy.reloadable_features.fixed_heap_use_allocated", |_| true),
+    // The fixed-heap monitor's accounting: true (the default) counts the bytes the allocator
+    // has handed out, which is what skiff's monitor reads (its allocator keeps no other count).
+    ("envoy.reloadable_features.fixed_heap_use_allocated", |v| {
+        matches!(v, Kind::BoolValue(true))
+            || matches!(v, Kind::StringValue(s) if s == "true")
+    }),
     // Regex program size limits: skiff's regex engine has its own size limit.
     ("re2.max_program_size.error_level", |_| true),
     ("re2.max_program_size.warn_level", |_| true),
@@ -48,22 +58,35 @@ const RUNTIME_KEYS: &[(&str, ValueCheck)] = &[
     }),
 ];
 
-/// `overload_manager`.
-pub(super) fn overload(
-    o: Option<&envoy_types::pb::envoy::config::overload::v3::OverloadManager>,
-) -> Result<Overload, ConfigError> {
+/// `overload_manager`, checked as Envoy's `OverloadManagerImpl` checks it (its messages).
+pub(super) fn overload(o: Option<&ov::OverloadManager>) -> Result<Overload, ConfigError> {
     let mut out = Overload::default();
     let Some(o) = o else {
         return Ok(out);
     };
+    if let Some(d) = &o.refresh_interval {
+        out.refresh_interval = duration(d, "overload_manager.refresh_interval")?;
+        if out.refresh_interval.is_zero() {
+            return Err(ConfigError::new(
+                "overload_manager.refresh_interval",
+                "must be greater than 0",
+            ));
+        }
+    }
     for (i, m) in o.resource_monitors.iter().enumerate() {
         let path = format!("overload_manager.resource_monitors[{i}]");
+        if m.name.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                "must not be empty",
+            ));
+        }
         let typed = match &m.config_type {
-            Some(envoy_types::pb::envoy::config::overload::v3::resource_monitor::ConfigType::TypedConfig(any)) => any,
+            Some(ov::resource_monitor::ConfigType::TypedConfig(any)) => any,
             None => return Err(ConfigError::new(format!("{path}.typed_config"), "required")),
         };
         let tpath = format!("{path}.typed_config");
-        match type_name(&typed.type_url) {
+        let kind = match type_name(&typed.type_url) {
             "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig" => {
                 let c: DownstreamConnectionsConfig = unpack(typed, &tpath)?;
                 if c.max_active_downstream_connections <= 0 {
@@ -72,7 +95,39 @@ pub(super) fn overload(
                         "must be greater than 0",
                     ));
                 }
-                out.max_downstream_connections = Some(c.max_active_downstream_connections as u64);
+                // Envoy counts connections for this monitor only under its well-known name.
+                if m.name != DOWNSTREAM_CONNECTIONS {
+                    return Err(ConfigError::new(
+                        format!("{path}.name"),
+                        format!("the connection-count monitor must be named '{DOWNSTREAM_CONNECTIONS}'"),
+                    ));
+                }
+                let max = c.max_active_downstream_connections as u64;
+                out.max_downstream_connections = Some(max);
+                MonitorKind::DownstreamConnections { max }
+            }
+            "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig" => {
+                let c: FixedHeapConfig = unpack(typed, &tpath)?;
+                if c.max_heap_size_bytes_runtime.is_some() {
+                    return Err(ConfigError::unsupported(format!(
+                        "{tpath}.max_heap_size_bytes_runtime"
+                    )));
+                }
+                if c.max_heap_size_bytes == 0 {
+                    return Err(ConfigError::new(
+                        format!("{tpath}.max_heap_size_bytes"),
+                        "must be greater than 0",
+                    ));
+                }
+                MonitorKind::FixedHeap {
+                    max_bytes: c.max_heap_size_bytes,
+                }
+            }
+            "envoy.extensions.resource_monitors.cgroup_memory.v3.CgroupMemoryConfig" => {
+                let c: CgroupMemoryConfig = unpack(typed, &tpath)?;
+                MonitorKind::CgroupMemory {
+                    max_bytes: (c.max_memory_bytes > 0).then_some(c.max_memory_bytes),
+                }
             }
             other => {
                 return Err(ConfigError::new(
@@ -80,7 +135,226 @@ pub(super) fn overload(
                     format!("unsupported resource monitor '{other}'"),
                 ))
             }
+        };
+        if out.monitors.iter().any(|x| x.name == m.name) {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!("Duplicate resource monitor {}", m.name),
+            ));
         }
+        out.monitors.push(ResourceMonitor {
+            name: m.name.clone(),
+            kind,
+        });
+    }
+    if let Some(b) = &o.buffer_factory_config {
+        out.minimum_account_power_of_two = Some(b.minimum_account_to_track_power_of_two);
+    }
+    for (i, a) in o.actions.iter().enumerate() {
+        let path = format!("overload_manager.actions[{i}]");
+        let Some(action) = ActionName::from_name(&a.name) else {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!("Unknown Overload Manager Action {}", a.name),
+            ));
+        };
+        if out.actions.iter().any(|x| x.action == action) {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!("Duplicate overload action {}", a.name),
+            ));
+        }
+        let triggers = triggers(&out.monitors, &a.triggers, &path, || {
+            format!("overload action {}", a.name)
+        })?;
+        let tpath = format!("{path}.typed_config");
+        match (action, &a.typed_config) {
+            (ActionName::ReduceTimeouts, t) => {
+                let Some(t) = t else {
+                    return Err(ConfigError::new(tpath, "required"));
+                };
+                out.timer_minimums = timer_minimums(t, &tpath)?;
+            }
+            (ActionName::ShrinkHeap, Some(t)) => {
+                let c: ov::ShrinkHeapConfig = unpack(t, &tpath)?;
+                if let Some(d) = &c.timer_interval {
+                    out.shrink_heap.interval = duration(d, &format!("{tpath}.timer_interval"))?;
+                }
+                if let Some(v) = c.max_unfreed_memory_bytes {
+                    out.shrink_heap.max_unfreed_bytes = v.value;
+                }
+            }
+            (ActionName::ResetHighMemoryStream, _) => {
+                if o.buffer_factory_config.is_none() {
+                    return Err(ConfigError::new(
+                        format!("{path}.name"),
+                        format!(
+                            "Overload action \"{}\" requires buffer_factory_config.",
+                            a.name
+                        ),
+                    ));
+                }
+                return Err(ConfigError::unsupported(format!("{path}.name")));
+            }
+            (_, Some(_)) => {
+                return Err(ConfigError::new(
+                    tpath,
+                    format!(
+                        "Overload action \"{}\" has an unexpected value for the typed_config field",
+                        a.name
+                    ),
+                ))
+            }
+            (_, None) => {}
+        }
+        out.actions.push(OverloadAction { action, triggers });
+    }
+    for (i, p) in o.loadshed_points.iter().enumerate() {
+        let path = format!("overload_manager.loadshed_points[{i}]");
+        let triggers = triggers(&out.monitors, &p.triggers, &path, || {
+            format!("loadshed point {}", p.name)
+        })?;
+        if out.loadshed_points.iter().any(|x| x.name == p.name) {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!("Duplicate loadshed point {}", p.name),
+            ));
+        }
+        let point = ShedPoint::QUERIED
+            .into_iter()
+            .find(|q| q.name() == Some(p.name.as_str()));
+        let point = match point {
+            Some(q) => q,
+            // A filter-level point: Envoy's filters that ask it (ext_authz and the like) are
+            // not in skiff, but the connection manager asks it too, and skiff does not.
+            None if p.name == "envoy.load_shed_points.http_downstream_filter_check" => {
+                return Err(ConfigError::unsupported(format!("{path}.name")))
+            }
+            None => ShedPoint::Unqueried,
+        };
+        out.loadshed_points.push(LoadShedPoint {
+            name: p.name.clone(),
+            point,
+            triggers,
+        });
+    }
+    Ok(out)
+}
+
+/// The well-known name of the connection-count monitor.
+const DOWNSTREAM_CONNECTIONS: &str = "envoy.resource_monitors.global_downstream_max_connections";
+
+/// An action's or load shed point's `triggers`.
+fn triggers(
+    monitors: &[ResourceMonitor],
+    list: &[ov::Trigger],
+    path: &str,
+    owner: impl Fn() -> String,
+) -> Result<Vec<Trigger>, ConfigError> {
+    let mut out: Vec<Trigger> = Vec::new();
+    for (j, t) in list.iter().enumerate() {
+        let tpath = format!("{path}.triggers[{j}]");
+        let in_unit = |v: f64, field: &str| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(v)
+            } else {
+                Err(ConfigError::new(
+                    format!("{tpath}.{field}"),
+                    "must be between 0 and 1",
+                ))
+            }
+        };
+        let kind = match &t.trigger_oneof {
+            Some(ov::trigger::TriggerOneof::Threshold(th)) => {
+                TriggerKind::Threshold(in_unit(th.value, "threshold.value")?)
+            }
+            Some(ov::trigger::TriggerOneof::Scaled(sc)) => {
+                let scaling = in_unit(sc.scaling_threshold, "scaled.scaling_threshold")?;
+                let saturation = in_unit(sc.saturation_threshold, "scaled.saturation_threshold")?;
+                if scaling >= saturation {
+                    return Err(ConfigError::new(
+                        format!("{tpath}.scaled"),
+                        "scaling_threshold must be less than saturation_threshold",
+                    ));
+                }
+                TriggerKind::Scaled {
+                    scaling,
+                    saturation,
+                }
+            }
+            None => {
+                return Err(ConfigError::new(
+                    tpath,
+                    format!("action not set for trigger {}", t.name),
+                ))
+            }
+        };
+        if !monitors.iter().any(|m| m.name == t.name) {
+            return Err(ConfigError::new(
+                format!("{tpath}.name"),
+                format!("Unknown trigger resource {} for {}", t.name, owner()),
+            ));
+        }
+        if out.iter().any(|x| x.resource == t.name) {
+            return Err(ConfigError::new(
+                format!("{tpath}.name"),
+                format!("Duplicate trigger resource for {}", owner()),
+            ));
+        }
+        out.push(Trigger {
+            resource: t.name.clone(),
+            kind,
+        });
+    }
+    Ok(out)
+}
+
+/// `reduce_timeouts`'s `ScaleTimersOverloadActionConfig`.
+fn timer_minimums(
+    any: &envoy_types::pb::google::protobuf::Any,
+    path: &str,
+) -> Result<Vec<(ScaledTimer, TimerMinimum)>, ConfigError> {
+    use ov::scale_timers_overload_action_config::scale_timer::OverloadAdjust;
+    use ov::scale_timers_overload_action_config::TimerType;
+    let c: ov::ScaleTimersOverloadActionConfig = unpack(any, path)?;
+    let mut out: Vec<(ScaledTimer, TimerMinimum)> = Vec::new();
+    for (i, t) in c.timer_scale_factors.iter().enumerate() {
+        let tpath = format!("{path}.timer_scale_factors[{i}]");
+        let timer = match TimerType::try_from(t.timer) {
+            Ok(TimerType::HttpDownstreamConnectionIdle) => ScaledTimer::ConnectionIdle,
+            Ok(TimerType::HttpDownstreamStreamIdle) => ScaledTimer::StreamIdle,
+            Ok(TimerType::TransportSocketConnect) => ScaledTimer::TransportSocketConnect,
+            Ok(TimerType::HttpDownstreamConnectionMax) => ScaledTimer::ConnectionMax,
+            Ok(TimerType::HttpDownstreamStreamFlush) => ScaledTimer::StreamFlush,
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{tpath}.timer"),
+                    "must be a defined timer type other than UNSPECIFIED",
+                ))
+            }
+        };
+        let minimum = match &t.overload_adjust {
+            Some(OverloadAdjust::MinTimeout(d)) => {
+                TimerMinimum::Absolute(duration(d, &format!("{tpath}.min_timeout"))?)
+            }
+            Some(OverloadAdjust::MinScale(p)) => TimerMinimum::Scale(p.value / 100.0),
+            None => {
+                return Err(ConfigError::new(
+                    tpath,
+                    "one of min_timeout or min_scale is required",
+                ))
+            }
+        };
+        if out.iter().any(|(x, _)| *x == timer) {
+            let name = TimerType::try_from(t.timer)
+                .map(|t| t.as_str_name())
+                .unwrap_or("?");
+            return Err(ConfigError::new(
+                format!("{tpath}.timer"),
+                format!("Found duplicate entry for timer type {name}"),
+            ));
+        }
+        out.push((timer, minimum));
     }
     Ok(out)
 }
@@ -325,20 +599,98 @@ mod tests {
             .map_err(|e| e.to_string())
         };
         assert_eq!(limit(runtime), Ok(Some(5000)));
-        let monitor = "overload_manager:\n  resource_monitors:\n  - name: g\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig\n      max_active_downstream_connections: 10\n";
+        let monitor = "overload_manager:\n  resource_monitors:\n  - name: envoy.resource_monitors.global_downstream_max_connections\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig\n      max_active_downstream_connections: 10\n";
         assert_eq!(limit(&format!("{runtime}{monitor}")), Ok(Some(10)));
         assert!(limit(&runtime.replace("\"5000\"", "\"lots\"")).is_err());
     }
 
+    const CONNECTIONS: &str = "  - name: envoy.resource_monitors.global_downstream_max_connections\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig\n      max_active_downstream_connections: 10\n";
+    const HEAP: &str = "  - name: heap\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig\n      max_heap_size_bytes: 1000\n";
+
+    fn manager(rest: &str) -> Result<crate::model::Overload, String> {
+        crate::load_text(&format!(
+            "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 9901}}}}}}\noverload_manager:\n  refresh_interval: 0.25s\n  resource_monitors:\n{CONNECTIONS}{HEAP}{rest}"
+        ))
+        .map(|l| l.model.overload.clone())
+        .map_err(|e| e.to_string())
+    }
+
     #[test]
-    fn only_the_connection_limit_monitor_and_no_actions() {
-        let ok = "overload_manager:\n  resource_monitors:\n  - name: g\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig\n      max_active_downstream_connections: 10\n";
-        assert_eq!(verdict(ok), Ok(()));
-        let e = verdict(&format!("{ok}  actions:\n  - name: envoy.overload_actions.stop_accepting_requests\n    triggers: [{{name: g, threshold: {{value: 0.9}}}}]\n"))
-            .expect_err("actions");
-        assert!(e.starts_with("overload_manager.actions"), "{e}");
-        let e = verdict("overload_manager:\n  resource_monitors:\n  - name: h\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig\n      max_heap_size_bytes: 1000\n")
-            .expect_err("heap monitor");
-        assert!(e.contains("resource_monitors[0].typed_config"), "{e}");
+    fn monitors_actions_and_points_translate() {
+        use crate::model::{ActionName, ScaledTimer, ShedPoint, TimerMinimum, TriggerKind};
+        let o = manager(
+            "  actions:\n  - name: envoy.overload_actions.stop_accepting_requests\n    triggers: [{name: heap, scaled: {scaling_threshold: 0.5, saturation_threshold: 0.9}}]\n  - name: envoy.overload_actions.reduce_timeouts\n    triggers: [{name: envoy.resource_monitors.global_downstream_max_connections, threshold: {value: 0.8}}]\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig\n      timer_scale_factors:\n      - {timer: HTTP_DOWNSTREAM_CONNECTION_IDLE, min_timeout: 2s}\n      - {timer: HTTP_DOWNSTREAM_STREAM_IDLE, min_scale: {value: 25}}\n  loadshed_points:\n  - name: envoy.load_shed_points.tcp_listener_accept\n    triggers: [{name: heap, threshold: {value: 0.95}}]\n  - name: envoy.load_shed_points.priority.high\n    triggers: [{name: heap, threshold: {value: 0.7}}]\n",
+        )
+        .expect("loads");
+        assert_eq!(o.refresh_interval, std::time::Duration::from_millis(250));
+        assert_eq!(o.max_downstream_connections, Some(10));
+        assert_eq!(o.monitors.len(), 2);
+        assert_eq!(o.actions[0].action, ActionName::StopAcceptingRequests);
+        assert_eq!(
+            o.actions[0].triggers[0].kind,
+            TriggerKind::Scaled {
+                scaling: 0.5,
+                saturation: 0.9
+            }
+        );
+        assert_eq!(
+            o.timer_minimums,
+            vec![
+                (
+                    ScaledTimer::ConnectionIdle,
+                    TimerMinimum::Absolute(std::time::Duration::from_secs(2))
+                ),
+                (ScaledTimer::StreamIdle, TimerMinimum::Scale(0.25)),
+            ]
+        );
+        assert_eq!(o.loadshed_points[0].point, ShedPoint::TcpListenerAccept);
+        assert_eq!(o.loadshed_points[1].point, ShedPoint::Unqueried);
+    }
+
+    #[test]
+    fn overload_errors_are_envoys() {
+        let err = |rest: &str| manager(rest).expect_err("refused");
+        let e = err("  actions:\n  - name: envoy.overload_actions.no_such\n");
+        assert!(
+            e.contains("Unknown Overload Manager Action envoy.overload_actions.no_such"),
+            "{e}"
+        );
+        let e = err("  actions:\n  - name: envoy.overload_actions.shrink_heap\n  - name: envoy.overload_actions.shrink_heap\n");
+        assert!(e.contains("Duplicate overload action"), "{e}");
+        let e = err("  actions:\n  - name: envoy.overload_actions.shrink_heap\n    triggers: [{name: nope, threshold: {value: 0.9}}]\n");
+        assert!(e.contains("Unknown trigger resource nope for overload action envoy.overload_actions.shrink_heap"), "{e}");
+        let e = err("  actions:\n  - name: envoy.overload_actions.shrink_heap\n    triggers: [{name: heap, scaled: {scaling_threshold: 0.9, saturation_threshold: 0.5}}]\n");
+        assert!(
+            e.contains("scaling_threshold must be less than saturation_threshold"),
+            "{e}"
+        );
+        let e = err("  actions:\n  - name: envoy.overload_actions.shrink_heap\n    triggers: [{name: heap, threshold: {value: 0.9}}, {name: heap, threshold: {value: 0.8}}]\n");
+        assert!(
+            e.contains("Duplicate trigger resource for overload action"),
+            "{e}"
+        );
+        let e = err("  actions:\n  - name: envoy.overload_actions.stop_accepting_requests\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.config.overload.v3.ShrinkHeapConfig\n");
+        assert!(
+            e.contains("unexpected value for the typed_config field"),
+            "{e}"
+        );
+        let e = err("  actions:\n  - name: envoy.overload_actions.reset_high_memory_stream\n");
+        assert!(e.contains("requires buffer_factory_config"), "{e}");
+        let e = err("  loadshed_points:\n  - name: p\n    triggers: [{name: nope, threshold: {value: 0.9}}]\n");
+        assert!(
+            e.contains("Unknown trigger resource nope for loadshed point p"),
+            "{e}"
+        );
+        let e = err("  actions:\n  - name: envoy.overload_actions.reduce_timeouts\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.config.overload.v3.ScaleTimersOverloadActionConfig\n      timer_scale_factors:\n      - {timer: HTTP_DOWNSTREAM_CONNECTION_IDLE, min_timeout: 2s}\n      - {timer: HTTP_DOWNSTREAM_CONNECTION_IDLE, min_timeout: 1s}\n");
+        assert!(
+            e.contains("Found duplicate entry for timer type HTTP_DOWNSTREAM_CONNECTION_IDLE"),
+            "{e}"
+        );
+        let e = verdict("overload_manager:\n  resource_monitors:\n  - name: g\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig\n      max_active_downstream_connections: 10\n")
+            .expect_err("the connection monitor goes by its name");
+        assert!(
+            e.starts_with("overload_manager.resource_monitors[0].name"),
+            "{e}"
+        );
     }
 }
