@@ -43,8 +43,6 @@ pub enum ResponseFlag {
     UpstreamProtocolError = 1 << 20,
     /// DR: downstream remote reset.
     DownstreamRemoteReset = 1 << 26,
-    /// OM: the overload manager ended the stream.
-    OverloadManager = 1 << 27,
 }
 
 const FLAGS: &[(ResponseFlag, &str, &str)] = &[
@@ -103,11 +101,6 @@ const FLAGS: &[(ResponseFlag, &str, &str)] = &[
         ResponseFlag::DownstreamRemoteReset,
         "DR",
         "DownstreamRemoteReset",
-    ),
-    (
-        ResponseFlag::OverloadManager,
-        "OM",
-        "OverloadManagerTerminated",
     ),
 ];
 

@@ -381,3 +381,58 @@ async fn stop_accepting_connections_as_envoy() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http1_load_shed_points_as_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let point = |name: &str| {
+            json!({
+                "refresh_interval": "0.1s",
+                "resource_monitors": [heap_monitor()],
+                "loadshed_points": [{
+                    "name": format!("envoy.load_shed_points.{name}"),
+                    "triggers": threshold(HEAP, 0.9)
+                }]
+            })
+        };
+        // http1_server_abort_dispatch: the codec's 500 and a closed connection;
+        // hcm_ondata_creating_codec: closed before any reply. Both count as requests refused.
+        let ((ae, as_, _, _), (ce, cs, _, _)) = tokio::join!(
+            start(point("http1_server_abort_dispatch")),
+            start(point("hcm_ondata_creating_codec"))
+        );
+        wait_both(
+            &ae,
+            &as_,
+            "overload.envoy.load_shed_points.http1_server_abort_dispatch.scale_percent",
+            |v| v == 100,
+        )
+        .await;
+        wait_both(
+            &ce,
+            &cs,
+            "overload.envoy.load_shed_points.hcm_ondata_creating_codec.scale_percent",
+            |v| v == 100,
+        )
+        .await;
+        let (ea, sa) = (ae.addr(), as_.addr());
+        let (re, rs) = tokio::join!(
+            raw_exchange(&ea, GET, Duration::from_secs(3)),
+            raw_exchange(&sa, GET, Duration::from_secs(3))
+        );
+        let (pe, ps) = (re.responses(), rs.responses());
+        assert_eq!(ps.len(), 1, "{}", rs.text());
+        assert_same_response("abort dispatch", &pe[0], &ps[0]);
+        assert_eq!(ps[0].status, 500);
+        assert!(re.closed && rs.closed);
+        assert_eq!(last_log_line(&ae).await, last_log_line(&as_).await);
+        let close = "http.ingress_http.downstream_rq_overload_close";
+        assert_eq!(stat_both(&ae, &as_, close).await, (1, 1));
+        for side in [&ce, &cs] {
+            let r = raw_exchange(&side.addr(), GET, Duration::from_secs(3)).await;
+            assert!(r.closed && r.data.is_empty(), "{}", r.text());
+        }
+        assert_eq!(stat_both(&ce, &cs, close).await, (1, 1));
+    })
+    .await;
+}

@@ -396,12 +396,15 @@ pub async fn serve(
     buffer_limit: usize,
     overload: bool,
 ) {
+    let stats = &hcm.stats;
     // The hcm_ondata_creating_codec load shed point: the connection is closed before a codec
-    // reads it.
+    // reads it (counted as a request refused for overload, as Envoy counts it).
     if overload && crate::overload::shed(ShedPoint::HcmCodecCreation) {
+        stats.downstream_cx_total.inc();
+        stats.downstream_rq_overload_close.inc();
+        stats.downstream_cx_destroy.inc();
         return;
     }
-    let stats = &hcm.stats;
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
     let secure = matches!(stream, Stream::ServerTls(_));
@@ -1027,10 +1030,19 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             return local(done, LocalReply::for_codec(refusal.reason), None);
         }
     }
+    if version == Version::HTTP_10 || version == Version::HTTP_09 {
+        done.codec_error = true;
+        return local(done, LocalReply::UPGRADE_REQUIRED, None);
+    }
     if conn.overload {
-        // The overload manager's points in the codecs, before a request is decoded.
+        // The overload manager's points in the codecs, before a request is decoded: the
+        // HTTP/1.1 codec's 500 (logged as its other errors, without a path).
         if codec == Codec::Http1 && crate::overload::shed(ShedPoint::Http1AbortDispatch) {
             done.codec_error = true;
+            stats.downstream_rq_overload_close.inc();
+            if let Some(info) = done.info.as_mut() {
+                info.path = None;
+            }
             return local(done, LocalReply::OVERLOAD_ABORT, None);
         }
         if codec == Codec::Http2 {
@@ -1078,10 +1090,6 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     {
         stats.downstream_rq_overload_close.inc();
         return local(done, LocalReply::OVERLOADED, None);
-    }
-    if version == Version::HTTP_10 || version == Version::HTTP_09 {
-        done.codec_error = true;
-        return local(done, LocalReply::UPGRADE_REQUIRED, None);
     }
     if codec == Codec::Http1 {
         headers::join_hosts(&mut parts.headers);

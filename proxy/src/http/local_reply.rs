@@ -248,13 +248,14 @@ impl LocalReply {
         details: "overload",
         close: false,
     };
-    /// The `http1_server_abort_dispatch` point: the codec's 500, and the connection closes.
+    /// The `http1_server_abort_dispatch` point: the codec's 500 with flag DPE (observed), and
+    /// the connection closes.
     pub const OVERLOAD_ABORT: LocalReply = LocalReply {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         body: Bytes::from_static(b"Internal Server Error"),
         headers: Vec::new(),
         mutations: Vec::new(),
-        flag: Some(ResponseFlag::OverloadManager),
+        flag: Some(ResponseFlag::DownstreamProtocolError),
         details: "overload",
         close: true,
     };
