@@ -436,3 +436,186 @@ async fn http1_load_shed_points_as_envoy() {
     })
     .await;
 }
+
+/// VmRSS of `pid` in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// An upstream that accepts and never reads: uploads to it stall in the proxy.
+async fn stalled_upstream() -> (u16, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    (port, task)
+}
+
+/// Opens `streams` HTTP/2 uploads of `each` bytes, one every `pace`, on one connection; the
+/// statuses of those answered before the end, and the proxy's peak RSS meanwhile.
+async fn squeeze(
+    pid: u32,
+    port: u16,
+    streams: usize,
+    each: usize,
+    pace: Duration,
+) -> (Vec<u16>, u64) {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (mut h2, conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut responses = Vec::new();
+    let mut senders = Vec::new();
+    let mut peak = 0;
+    let chunk = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+    for _ in 0..streams {
+        h2 = match h2.ready().await {
+            Ok(h) => h,
+            Err(_) => break,
+        };
+        let req = http::Request::post(format!("http://127.0.0.1:{port}/up"))
+            .body(())
+            .expect("request");
+        let Ok((resp, mut body)) = h2.send_request(req, false) else {
+            break;
+        };
+        responses.push(resp);
+        let chunk = chunk.clone();
+        // Each stream sends what the proxy's window lets through; its sender is kept so the
+        // stream stays open.
+        senders.push(tokio::spawn(async move {
+            let mut sent = 0;
+            while sent < each {
+                body.reserve_capacity(chunk.len());
+                match std::future::poll_fn(|cx| body.poll_capacity(cx)).await {
+                    Some(Ok(n)) if n > 0 => {
+                        if body.send_data(chunk.slice(..n), false).is_err() {
+                            return body;
+                        }
+                        sent += n;
+                    }
+                    _ => return body,
+                }
+            }
+            body
+        }));
+        tokio::time::sleep(pace).await;
+        peak = peak.max(rss(pid));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    peak = peak.max(rss(pid));
+    let mut statuses = Vec::new();
+    for r in responses {
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(20), r).await {
+            statuses.push(r.status().as_u16());
+        }
+    }
+    for s in senders {
+        s.abort();
+    }
+    (statuses, peak)
+}
+
+/// A memory squeeze, skiff alone: uploads that stall upstream fill the proxy's HTTP/2 stream
+/// windows (8 MiB each). Without an overload manager the proxy holds all of them; with a
+/// `fixed_heap` monitor at 48 MiB and `stop_accepting_requests` at half of it, new uploads get
+/// 503 once the heap passes it, and memory stays bounded while the proxy keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_memory_squeeze_is_contained() {
+    if skiff_tests::proxy::skiff_only("a_memory_squeeze_is_contained") {
+        return;
+    }
+    run_for(Duration::from_secs(90), async {
+        let (upstream, _task) = stalled_upstream().await;
+        let start = |overload: Option<Value>| async move {
+            let (admin, listen) = (skiff_tests::free_port(), skiff_tests::free_port());
+            let mut h = hcm(
+                "ingress_http",
+                vec![vhost("backend", &["*"], vec![route("/", "backend")])],
+            );
+            h["typed_config"]["http2_protocol_options"] = json!({
+                "initial_stream_window_size": 8388608,
+                "initial_connection_window_size": 1073741824
+            });
+            let mut b = bootstrap(
+                admin,
+                vec![listener("main", "127.0.0.1", listen, h)],
+                vec![config::cluster("backend", &[upstream])],
+            );
+            b["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] =
+                json!(8388608);
+            if let Some(o) = overload {
+                b["overload_manager"] = o;
+            }
+            let p = skiff_tests::proxy::Skiff::start(&to_yaml(&b), &["--concurrency", "1"]).await;
+            (p, listen)
+        };
+        let overload = json!({
+            "refresh_interval": "0.05s",
+            "resource_monitors": [{
+                "name": HEAP,
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                    "max_heap_size_bytes": 48u64 << 20
+                }
+            }],
+            "actions": [{
+                "name": "envoy.overload_actions.stop_accepting_requests",
+                "triggers": threshold(HEAP, 0.5)
+            }]
+        });
+        let ((bare, bare_port), (managed, managed_port)) =
+            tokio::join!(start(None), start(Some(overload)));
+        let (base_bare, base_managed) = (rss(bare.pid()), rss(managed.pid()));
+        let pace = Duration::from_millis(100);
+        let (s_bare, peak_bare) = squeeze(bare.pid(), bare_port, 24, 8 << 20, pace).await;
+        let (s_managed, peak_managed) =
+            squeeze(managed.pid(), managed_port, 24, 8 << 20, pace).await;
+        let grew = |peak: u64, base: u64| peak.saturating_sub(base) >> 20;
+        let (g_bare, g_managed) = (grew(peak_bare, base_bare), grew(peak_managed, base_managed));
+        eprintln!(
+            "RSS growth: without overload manager {g_bare} MiB (statuses {s_bare:?}), \
+             with it {g_managed} MiB (statuses {s_managed:?})"
+        );
+        assert!(
+            s_bare.iter().all(|s| *s != 503),
+            "nothing refused without a manager: {s_bare:?}"
+        );
+        assert!(g_bare >= 80, "the squeeze holds memory without a manager: {g_bare} MiB");
+        assert!(
+            s_managed.iter().filter(|s| **s == 503).count() >= 10,
+            "the manager refuses new uploads: {s_managed:?}"
+        );
+        assert!(
+            g_managed * 2 < g_bare && g_managed < 60,
+            "bounded with the manager: {g_managed} MiB against {g_bare} MiB"
+        );
+        let admin = managed.admin();
+        assert!(
+            admin
+                .counter("http.ingress_http.downstream_rq_overload_close")
+                .await
+                >= 10
+        );
+        assert_eq!(admin.get("/ready").await.status, 200, "still serving");
+    })
+    .await;
+}

@@ -226,4 +226,58 @@ mod tests {
         let many: Vec<_> = (0..100).filter_map(|_| G.try_acquire()).collect();
         assert_eq!(many.len(), 100);
     }
+
+    /// reduce_timeouts moves a running scaled timer as its state changes (paused time). Only
+    /// this test fixes a minimum, for `HTTP_DOWNSTREAM_CONNECTION_MAX` alone.
+    #[tokio::test(start_paused = true)]
+    async fn scaled_timers_follow_the_action_state() {
+        let _ = FIXED.set(Fixed {
+            timer_minimums: [
+                None,
+                None,
+                None,
+                Some(TimerMinimum::Absolute(Duration::from_secs(1))),
+                None,
+            ],
+            shed_counts: Default::default(),
+        });
+        let timer = ScaledTimer::ConnectionMax;
+        let ten = Duration::from_secs(10);
+        assert_eq!(scaled(timer, ten), ten);
+        assert_eq!(scaled(ScaledTimer::StreamIdle, ten), ten, "not scaled");
+        let start = tokio::time::Instant::now();
+        let fired = tokio::spawn(async move {
+            sleep_scaled(timer, start, ten).await;
+            start.elapsed()
+        });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!fired.is_finished());
+        // Half way: 1 s + 9 s × 0.5 from the start.
+        set_action(ActionName::ReduceTimeouts, 0.5);
+        assert_eq!(scaled(timer, ten), Duration::from_millis(5500));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!fired.is_finished());
+        // Saturated: the minimum, already past, so it fires at once.
+        set_action(ActionName::ReduceTimeouts, 1.0);
+        let at = fired.await.expect("timer task");
+        assert_eq!(at, Duration::from_secs(5));
+        set_action(ActionName::ReduceTimeouts, 0.0);
+        assert!(!saturated(ActionName::ReduceTimeouts));
+    }
+
+    #[test]
+    fn actions_act_by_their_state() {
+        set_action(ActionName::ShrinkHeap, 0.0);
+        assert!(!act(ActionName::ShrinkHeap));
+        set_action(ActionName::ShrinkHeap, 1.0);
+        assert!(act(ActionName::ShrinkHeap) && saturated(ActionName::ShrinkHeap));
+        set_action(ActionName::ShrinkHeap, 0.5);
+        let hits = (0..10_000).filter(|_| act(ActionName::ShrinkHeap)).count();
+        assert!((4_000..6_000).contains(&hits), "{hits}");
+        set_action(ActionName::ShrinkHeap, 0.0);
+        assert!(
+            !shed(ShedPoint::TcpListenerAccept),
+            "an unconfigured point never sheds"
+        );
+    }
 }
