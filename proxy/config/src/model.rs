@@ -908,6 +908,16 @@ pub struct HttpConnectionManager {
     pub underscores: Underscores,
     /// The connection manager's timeouts and per-connection limits.
     pub timeouts: HcmTimeouts,
+    /// `http_protocol_options.accept_http_10`: HTTP/1.0 requests are served (else 426), with
+    /// `default_host_for_http_10` as the host of those without one.
+    pub http10: Option<Http10>,
+}
+
+/// How a connection manager serves HTTP/1.0 (`accept_http_10`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http10 {
+    /// `default_host_for_http_10`.
+    pub default_host: Option<http::HeaderValue>,
 }
 
 /// The timeouts and limits of a connection manager's connections and streams, as Envoy applies

@@ -370,6 +370,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "preserve_external_request_id",
             "always_set_request_id_in_response",
             "via",
+            "http_protocol_options",
             "http2_protocol_options",
             "upgrade_configs",
             "use_remote_address",
@@ -1082,7 +1083,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig",
         &["http_protocol_options", "http2_protocol_options"],
     ),
-    ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
+    // Both serve only a downstream (the connection manager's codec): on a cluster they do
+    // nothing in Envoy either.
+    (
+        "envoy.config.core.v3.Http1ProtocolOptions",
+        &["accept_http_10", "default_host_for_http_10"],
+    ),
     (
         "envoy.config.core.v3.Http2ProtocolOptions",
         // connection_keepalive: upstream connections and the connection manager's.

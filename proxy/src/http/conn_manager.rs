@@ -1031,8 +1031,25 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         }
     }
     if version == Version::HTTP_10 || version == Version::HTTP_09 {
-        done.codec_error = true;
-        return local(done, LocalReply::UPGRADE_REQUIRED, None);
+        let Some(http10) = &cfg.http10 else {
+            done.codec_error = true;
+            return local(done, LocalReply::UPGRADE_REQUIRED, None);
+        };
+        // accept_http_10: served as HTTP/1.1 upstream. Unless the client asked to keep the
+        // connection, the response says `connection: close` and the connection closes after
+        // it as Envoy's does (waiting for the client, delayed_close_timeout).
+        if !headers::asks_keep_alive(&parts.headers) {
+            conn.closing.set(true);
+            conn.close_state.drain_for(std::time::Duration::ZERO);
+        }
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(host) = &http10.default_host {
+                parts.headers.insert(header::HOST, host.clone());
+                if let Some(info) = done.info.as_mut() {
+                    info.authority = host.to_str().ok().map(str::to_string);
+                }
+            }
+        }
     }
     if conn.overload {
         // The overload manager's points in the codecs, before a request is decoded: the

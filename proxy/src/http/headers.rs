@@ -206,6 +206,16 @@ pub fn number(n: u64) -> HeaderValue {
     HeaderValue::from(n)
 }
 
+/// Whether a `Connection` header asks to keep the connection (`keep-alive`, HTTP/1.0's way).
+pub fn asks_keep_alive(h: &http::HeaderMap) -> bool {
+    h.get_all(http::header::CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("keep-alive"))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -645,7 +645,7 @@ pub(super) fn http_connection_manager(
         tracing,
         common_http_protocol_options: _,
         http1_safe_max_connection_duration,
-        http_protocol_options,
+        http_protocol_options: _,
         http2_protocol_options: _,
         http3_protocol_options,
         server_name: _,
@@ -704,7 +704,6 @@ pub(super) fn http_connection_manager(
         "http1_safe_max_connection_duration",
         http1_safe_max_connection_duration,
     )?;
-    refuse(path, "http_protocol_options", http_protocol_options)?;
     refuse(path, "http3_protocol_options", http3_protocol_options)?;
     refuse(
         path,

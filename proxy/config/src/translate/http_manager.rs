@@ -314,9 +314,24 @@ pub(super) fn translate_hcm(
             }
         }
     };
+    let http10 = match &h.http_protocol_options {
+        Some(o) if o.accept_http_10 => Some(Http10 {
+            default_host: match o.default_host_for_http_10.as_str() {
+                "" => None,
+                host => Some(http::HeaderValue::from_str(host).map_err(|_| {
+                    ConfigError::new(
+                        format!("{path}.http_protocol_options.default_host_for_http_10"),
+                        "not a valid host",
+                    )
+                })?),
+            },
+        }),
+        _ => None,
+    };
     Ok(HttpConnectionManager {
         underscores,
         timeouts,
+        http10,
         use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
         xff_num_trusted_hops: h.xff_num_trusted_hops,
         skip_xff_append: h.skip_xff_append,
