@@ -911,6 +911,22 @@ pub struct HttpConnectionManager {
     /// `http_protocol_options.accept_http_10`: HTTP/1.0 requests are served (else 426), with
     /// `default_host_for_http_10` as the host of those without one.
     pub http10: Option<Http10>,
+    /// `http_protocol_options.header_key_format`: the case of the header names written to the
+    /// client, and with `preserve_case`, that of the request's names kept for the upstream.
+    pub header_case: HeaderCase,
+}
+
+/// `http_protocol_options.header_key_format`: how HTTP/1.1 header names are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderCase {
+    /// Lower case (Envoy's default).
+    #[default]
+    Lower,
+    /// `proper_case_words`: `Content-Type`.
+    ProperCase,
+    /// The `preserve_case` stateful formatter: names keep the case they arrived in (the
+    /// downstream's in requests, the upstream's in responses); others are lower case.
+    Preserve,
 }
 
 /// How a connection manager serves HTTP/1.0 (`accept_http_10`).
@@ -1595,6 +1611,10 @@ pub struct Cluster {
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// `upstream_http_protocol_options.auto_sni`: TLS SNI from each request's host.
     pub auto_sni: bool,
+    /// The HTTP/1.1 `http_protocol_options.header_key_format`: the case of the header names
+    /// written upstream, and with `preserve_case`, that of the response's names kept for the
+    /// client.
+    pub header_case: HeaderCase,
 }
 
 impl Cluster {

@@ -1087,7 +1087,20 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     // nothing in Envoy either.
     (
         "envoy.config.core.v3.Http1ProtocolOptions",
-        &["accept_http_10", "default_host_for_http_10"],
+        &["accept_http_10", "default_host_for_http_10", "header_key_format"],
+    ),
+    (
+        "envoy.config.core.v3.Http1ProtocolOptions.HeaderKeyFormat",
+        &["proper_case_words", "stateful_formatter"],
+    ),
+    (
+        "envoy.config.core.v3.Http1ProtocolOptions.HeaderKeyFormat.ProperCaseWords",
+        &[],
+    ),
+    // forward_reason_phrase and formatter_type_on_envoy_headers are refused (not listed).
+    (
+        "envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig",
+        &[],
     ),
     (
         "envoy.config.core.v3.Http2ProtocolOptions",

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 
 use crate::config::model::{
-    self, ActionName, CodecType, ScaledTimer, ServerHeader, ShedPoint, Underscores,
+    self, ActionName, CodecType, HeaderCase, ScaledTimer, ServerHeader, ShedPoint, Underscores,
 };
 use crate::drain::ConnectionDrain;
 use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
@@ -491,12 +491,18 @@ pub async fn serve(
     let mut builder = auto::Builder::new(LocalExec);
     // The HTTP/1.1 read buffer (64 KiB unless a head may be longer) also bounds what a stream
     // reads ahead. Waiting for the next request is the connection idle timeout (timeouts.rs).
+    // header_key_format: proper case for what is written; preserve_case also records the
+    // request's names, which go upstream with it (and a response's recorded by its cluster).
+    let proper_case = hcm.config.header_case == HeaderCase::ProperCase;
+    let preserve_case = hcm.config.header_case == HeaderCase::Preserve;
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive(true)
         .max_buf_size(read_buf)
-        .max_headers(max_headers);
+        .max_headers(max_headers)
+        .title_case_headers(proper_case)
+        .preserve_header_case(preserve_case);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -575,7 +581,9 @@ pub async fn serve(
                 h1.timer(hyper_util::rt::TokioTimer::new())
                     .keep_alive(true)
                     .max_buf_size(read_buf)
-                    .max_headers(max_headers);
+                    .max_headers(max_headers)
+                    .title_case_headers(proper_case)
+                    .preserve_header_case(preserve_case);
                 until_shutdown!(h1.serve_connection(io, service).with_upgrades())
             }),
             CodecType::Http2 => {

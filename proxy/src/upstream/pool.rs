@@ -545,8 +545,11 @@ async fn http1_on(
         )),
         flow.clone(),
     );
+    let case = cluster.config().header_case;
     let (sender, conn) = http1::Builder::new()
         .max_buf_size(http1_read_buffer(cluster.config().buffer_limit))
+        .title_case_headers(case == crate::config::model::HeaderCase::ProperCase)
+        .preserve_header_case(case == crate::config::model::HeaderCase::Preserve)
         .handshake::<_, ProxyBody>(TokioIo::new(stream))
         .await
         .map_err(|e| ConnectError::Handshake(e.to_string()))?;

@@ -195,6 +195,7 @@ pub(super) fn translate_cluster(
     let mut http2 = Http2Options::default();
     let (mut auto_sni, mut auto_san_validation) = (false, false);
     let mut auto_config_path = None;
+    let mut header_case = HeaderCase::Lower;
     // The cluster's own (deprecated) field; the protocol options' one wins when both are set.
     #[allow(deprecated)]
     let mut max_requests_per_connection = c.max_requests_per_connection.as_ref().map(|v| v.value);
@@ -246,7 +247,13 @@ pub(super) fn translate_cluster(
         use upstream_http::http_protocol_options::UpstreamProtocolOptions as U;
         match o.upstream_protocol_options {
             Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
-                Some(ProtocolConfig::HttpProtocolOptions(_)) => protocol = UpstreamProtocol::Http1,
+                Some(ProtocolConfig::HttpProtocolOptions(h1)) => {
+                    protocol = UpstreamProtocol::Http1;
+                    header_case = super::header_case(
+                        &h1,
+                        &format!("{opath}.explicit_http_config.http_protocol_options"),
+                    )?;
+                }
                 Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
                     protocol = UpstreamProtocol::Http2;
                     http2 = http2_options(
@@ -271,11 +278,23 @@ pub(super) fn translate_cluster(
                     http2 =
                         http2_options(h2, &format!("{opath}.auto_config.http2_protocol_options"))?;
                 }
+                if let Some(h1) = &a.http_protocol_options {
+                    header_case = super::header_case(
+                        h1,
+                        &format!("{opath}.auto_config.http_protocol_options"),
+                    )?;
+                }
                 protocol = UpstreamProtocol::Auto;
                 auto_config_path = Some(format!("{opath}.auto_config"));
             }
             Some(U::UseDownstreamProtocolConfig(d)) => {
                 protocol = UpstreamProtocol::Downstream;
+                if let Some(h1) = &d.http_protocol_options {
+                    header_case = super::header_case(
+                        h1,
+                        &format!("{opath}.use_downstream_protocol_config.http_protocol_options"),
+                    )?;
+                }
                 if let Some(h2) = &d.http2_protocol_options {
                     http2 = http2_options(
                         h2,
@@ -372,6 +391,7 @@ pub(super) fn translate_cluster(
         socket_matches,
         proxy_protocol,
         auto_sni,
+        header_case,
     })
 }
 

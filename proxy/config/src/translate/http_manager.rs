@@ -328,10 +328,15 @@ pub(super) fn translate_hcm(
         }),
         _ => None,
     };
+    let header_case = match &h.http_protocol_options {
+        Some(o) => super::header_case(o, &format!("{path}.http_protocol_options"))?,
+        None => HeaderCase::Lower,
+    };
     Ok(HttpConnectionManager {
         underscores,
         timeouts,
         http10,
+        header_case,
         use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
         xff_num_trusted_hops: h.xff_num_trusted_hops,
         skip_xff_append: h.skip_xff_append,

@@ -461,6 +461,40 @@ pub fn config_source(c: &core::ConfigSource, path: &str) -> Result<ConfigSource,
     })
 }
 
+/// `Http1ProtocolOptions.header_key_format`.
+pub(super) fn header_case(
+    o: &core::Http1ProtocolOptions,
+    path: &str,
+) -> Result<HeaderCase, ConfigError> {
+    use core::http1_protocol_options::header_key_format::HeaderFormat;
+    let Some(f) = o
+        .header_key_format
+        .as_ref()
+        .and_then(|f| f.header_format.as_ref())
+    else {
+        return Ok(HeaderCase::Lower);
+    };
+    match f {
+        HeaderFormat::ProperCaseWords(_) => Ok(HeaderCase::ProperCase),
+        HeaderFormat::StatefulFormatter(ext) => {
+            let tpath = format!("{path}.header_key_format.stateful_formatter.typed_config");
+            let any = ext
+                .typed_config
+                .as_ref()
+                .ok_or_else(|| ConfigError::new(tpath.clone(), "required"))?;
+            match super::proto::type_name(&any.type_url) {
+                "envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig" => {
+                    Ok(HeaderCase::Preserve)
+                }
+                other => Err(ConfigError::new(
+                    tpath,
+                    format!("unsupported header formatter '{other}'"),
+                )),
+            }
+        }
+    }
+}
+
 pub(super) fn required<'a, T>(v: &'a Option<T>, path: &str) -> Result<&'a T, ConfigError> {
     v.as_ref().ok_or_else(|| ConfigError::new(path, "required"))
 }
