@@ -914,6 +914,9 @@ pub struct HttpConnectionManager {
     /// `http_protocol_options.header_key_format`: the case of the header names written to the
     /// client, and with `preserve_case`, that of the request's names kept for the upstream.
     pub header_case: HeaderCase,
+    /// `http_protocol_options.allow_chunked_length`: a request with `Content-Length` and a
+    /// chunked `Transfer-Encoding` is taken as chunked, its length dropped (else 400).
+    pub allow_chunked_length: bool,
 }
 
 /// `http_protocol_options.header_key_format`: how HTTP/1.1 header names are written.

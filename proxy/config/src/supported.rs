@@ -1083,11 +1083,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig",
         &["http_protocol_options", "http2_protocol_options"],
     ),
-    // Both serve only a downstream (the connection manager's codec): on a cluster they do
-    // nothing in Envoy either.
+    // accept_http_10, default_host_for_http_10 and allow_chunked_length serve only a
+    // downstream (the connection manager's codec): on a cluster they do nothing in Envoy either.
     (
         "envoy.config.core.v3.Http1ProtocolOptions",
-        &["accept_http_10", "default_host_for_http_10", "header_key_format"],
+        &[
+            "accept_http_10",
+            "default_host_for_http_10",
+            "header_key_format",
+            "allow_chunked_length",
+        ],
     ),
     (
         "envoy.config.core.v3.Http1ProtocolOptions.HeaderKeyFormat",

@@ -543,6 +543,7 @@ pub async fn serve(
         hcm.config.timeouts.request_headers,
         stats.downstream_rq_header_timeout.clone(),
     )
+    .allow_chunked_length(hcm.config.allow_chunked_length)
     .switch_on(conn.switched.clone())
     .on_http2(close_state.http2_flag());
     let speaks_http2 = close_state.http2_flag();

@@ -145,14 +145,32 @@ fn is_tchar(b: u8) -> bool {
 /// Envoy's default `max_headers_count`.
 pub const DEFAULT_MAX_HEADERS: u32 = 100;
 
-/// Scans the request head at the start of `buf`, with Envoy's default header count limit.
-pub fn scan(buf: &[u8]) -> Scan {
-    scan_limited(buf, DEFAULT_MAX_HEADERS)
+/// What a connection manager's codec allows of a request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// `max_headers_count`: a head with more header lines is refused.
+    pub max_headers: u32,
+    /// `http_protocol_options.allow_chunked_length`: `Content-Length` with a chunked
+    /// `Transfer-Encoding` is taken as chunked (the length is dropped) instead of refused.
+    pub allow_chunked_length: bool,
 }
 
-/// Scans the request head at the start of `buf`; a head with more than `max_headers` header
-/// lines is refused (`max_headers_count`).
-pub fn scan_limited(buf: &[u8], max_headers: u32) -> Scan {
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            max_headers: DEFAULT_MAX_HEADERS,
+            allow_chunked_length: false,
+        }
+    }
+}
+
+/// Scans the request head at the start of `buf`, with Envoy's default rules.
+pub fn scan(buf: &[u8]) -> Scan {
+    scan_limited(buf, Rules::default())
+}
+
+/// Scans the request head at the start of `buf` under `rules`.
+pub fn scan_limited(buf: &[u8], rules: Rules) -> Scan {
     // Empty lines before a request line are tolerated (RFC 9112 §2.2), by Envoy and hyper alike.
     let mut start = 0;
     while start < buf.len() && (buf[start] == b'\r' || buf[start] == b'\n') {
@@ -164,7 +182,7 @@ pub fn scan_limited(buf: &[u8], max_headers: u32) -> Scan {
     let head = &buf[start..start + len];
     Scan::Head {
         len: start + len,
-        verdict: judge(head, max_headers),
+        verdict: judge(head, rules),
     }
 }
 
@@ -200,7 +218,7 @@ fn trim(v: &[u8]) -> &[u8] {
 }
 
 /// Envoy's verdict on one complete head (without leading empty lines).
-fn judge(head: &[u8], max_headers: u32) -> Verdict {
+fn judge(head: &[u8], rules: Rules) -> Verdict {
     let mut it = lines(head);
     let request_line = it.next().unwrap_or_default();
     let refuse = |reason, method: Option<&[u8]>, path: Option<&[u8]>| {
@@ -251,7 +269,7 @@ fn judge(head: &[u8], max_headers: u32) -> Verdict {
         }
         // Envoy's codec counts each header as it completes, before the head is whole.
         count += 1;
-        if count > max_headers {
+        if count > rules.max_headers {
             // The head is refused before it is whole: the access log shows no method or path.
             return refuse(Reason::TooManyHeaders, None, None);
         }
@@ -278,7 +296,14 @@ fn judge(head: &[u8], max_headers: u32) -> Verdict {
         },
         _ => return refuse(Reason::CodecError, m, p),
     };
-    if !transfer_encodings.is_empty() && length.is_some() {
+    // allow_chunked_length takes a length with a lone `chunked` coding as chunked (hyper drops
+    // the length, as Envoy's codec does); a length with any other coding is still refused.
+    let lone_chunked =
+        matches!(&transfer_encodings[..], [te] if te.eq_ignore_ascii_case(b"chunked"));
+    if !transfer_encodings.is_empty()
+        && length.is_some()
+        && !(rules.allow_chunked_length && lone_chunked)
+    {
         return refuse(Reason::ContentLengthAndChunked, m, p);
     }
     if connection_tokens >= MAX_NOMINATED || undroppable {
@@ -592,7 +617,13 @@ mod tests {
     fn more_headers_than_max_headers_count() {
         let head = b"GET /x HTTP/1.1\r\nHost: a\r\nA: 1\r\n\r\n";
         assert!(matches!(
-            scan_limited(head, 2),
+            scan_limited(
+                head,
+                Rules {
+                    max_headers: 2,
+                    ..Rules::default()
+                }
+            ),
             Scan::Head {
                 verdict: Verdict::Accept(Framing::None),
                 ..
@@ -603,6 +634,32 @@ mod tests {
             method: None,
             path: None,
         });
-        assert!(matches!(scan_limited(head, 1), Scan::Head { verdict, .. } if verdict == refused));
+        assert!(
+            matches!(scan_limited(head, Rules { max_headers: 1, ..Rules::default() }), Scan::Head { verdict, .. } if verdict == refused)
+        );
+    }
+
+    #[test]
+    fn allow_chunked_length_takes_a_length_with_a_lone_chunked_coding() {
+        let allow = Rules {
+            allow_chunked_length: true,
+            ..Rules::default()
+        };
+        let verdict = |head: &str| match scan_limited(head.as_bytes(), allow) {
+            Scan::Head { verdict, .. } => verdict,
+            Scan::Incomplete => panic!("incomplete"),
+        };
+        let h = |extra: &str| format!("POST / HTTP/1.1\r\nHost: a\r\n{extra}\r\n");
+        assert_eq!(
+            verdict(&h("Content-Length: 3\r\nTransfer-Encoding: chunked\r\n")),
+            Verdict::Accept(Framing::Chunked)
+        );
+        assert!(matches!(
+            verdict(&h("Content-Length: 3\r\nTransfer-Encoding: identity\r\n")),
+            Verdict::Refuse(Refusal {
+                reason: Reason::ContentLengthAndChunked,
+                ..
+            })
+        ));
     }
 }

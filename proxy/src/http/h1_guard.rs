@@ -89,8 +89,8 @@ pub struct H1Guard<T> {
     eof: bool,
     /// How much of `pending` was already searched for the end of a head without finding it.
     searched: usize,
-    /// `max_headers_count`.
-    max_headers: u32,
+    /// `max_headers_count` and `allow_chunked_length`.
+    rules: framing::Rules,
     /// `max_request_headers_kb`, in bytes: a longer head is refused (431).
     max_head: usize,
     /// `request_headers_timeout`: how long a head may take from its first byte.
@@ -125,7 +125,7 @@ impl<T> H1Guard<T> {
             switched: Switched::default(),
             eof: false,
             searched: 0,
-            max_headers: framing::DEFAULT_MAX_HEADERS,
+            rules: framing::Rules::default(),
             max_head: DEFAULT_MAX_HEAD,
             head_timeout: None,
             head_started: None,
@@ -154,7 +154,7 @@ impl<T> H1Guard<T> {
         head_timeout: Option<Duration>,
         timed_out: Counter,
     ) -> Self {
-        self.max_headers = max_headers;
+        self.rules.max_headers = max_headers;
         self.max_head = max_head;
         self.head_timeout = head_timeout;
         if head_timeout.is_some() {
@@ -163,6 +163,12 @@ impl<T> H1Guard<T> {
                 self.h2 = Some(HeaderBlocks::new(true));
             }
         }
+        self
+    }
+
+    /// `allow_chunked_length`: `Content-Length` with chunked is taken as chunked.
+    pub fn allow_chunked_length(mut self, allow: bool) -> Self {
+        self.rules.allow_chunked_length = allow;
         self
     }
 
@@ -256,7 +262,7 @@ impl<T> H1Guard<T> {
                     false
                 }
             }
-            State::Head => match framing::scan_limited(&self.pending, self.max_headers) {
+            State::Head => match framing::scan_limited(&self.pending, self.rules) {
                 Scan::Incomplete => {
                     if self.pending.len() > self.max_head {
                         self.refuse(Refusal::too_large());
@@ -356,7 +362,7 @@ impl<T> H1Guard<T> {
         while at < new.len() {
             let rest = &new[at..];
             match self.state {
-                State::Head => match framing::scan_limited(rest, self.max_headers) {
+                State::Head => match framing::scan_limited(rest, self.rules) {
                     Scan::Head {
                         len,
                         verdict: Verdict::Accept(f),

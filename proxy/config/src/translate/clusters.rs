@@ -249,7 +249,7 @@ pub(super) fn translate_cluster(
             Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
                 Some(ProtocolConfig::HttpProtocolOptions(h1)) => {
                     protocol = UpstreamProtocol::Http1;
-                    header_case = super::header_case(
+                    header_case = super::upstream_http1(
                         &h1,
                         &format!("{opath}.explicit_http_config.http_protocol_options"),
                     )?;
@@ -279,7 +279,7 @@ pub(super) fn translate_cluster(
                         http2_options(h2, &format!("{opath}.auto_config.http2_protocol_options"))?;
                 }
                 if let Some(h1) = &a.http_protocol_options {
-                    header_case = super::header_case(
+                    header_case = super::upstream_http1(
                         h1,
                         &format!("{opath}.auto_config.http_protocol_options"),
                     )?;
@@ -290,7 +290,7 @@ pub(super) fn translate_cluster(
             Some(U::UseDownstreamProtocolConfig(d)) => {
                 protocol = UpstreamProtocol::Downstream;
                 if let Some(h1) = &d.http_protocol_options {
-                    header_case = super::header_case(
+                    header_case = super::upstream_http1(
                         h1,
                         &format!("{opath}.use_downstream_protocol_config.http_protocol_options"),
                     )?;

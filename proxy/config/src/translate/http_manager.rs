@@ -337,6 +337,10 @@ pub(super) fn translate_hcm(
         timeouts,
         http10,
         header_case,
+        allow_chunked_length: h
+            .http_protocol_options
+            .as_ref()
+            .is_some_and(|o| o.allow_chunked_length),
         use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
         xff_num_trusted_hops: h.xff_num_trusted_hops,
         skip_xff_append: h.skip_xff_append,

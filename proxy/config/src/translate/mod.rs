@@ -461,6 +461,20 @@ pub fn config_source(c: &core::ConfigSource, path: &str) -> Result<ConfigSource,
     })
 }
 
+/// A cluster's `Http1ProtocolOptions`: the case of the names it writes. `allow_chunked_length`
+/// would also take upstream responses with both framings, which skiff refuses (502).
+pub(super) fn upstream_http1(
+    o: &core::Http1ProtocolOptions,
+    path: &str,
+) -> Result<HeaderCase, ConfigError> {
+    if o.allow_chunked_length {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.allow_chunked_length"
+        )));
+    }
+    header_case(o, path)
+}
+
 /// `Http1ProtocolOptions.header_key_format`.
 pub(super) fn header_case(
     o: &core::Http1ProtocolOptions,
