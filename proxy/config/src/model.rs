@@ -166,6 +166,29 @@ pub struct Overload {
     /// `buffer_factory_config.minimum_account_to_track_power_of_two`: streams holding at least
     /// 2^n bytes are tracked for `reset_high_memory_stream`.
     pub minimum_account_power_of_two: Option<u32>,
+    /// HTTP/2's premature-reset protection, from the `overload.premature_reset_*` runtime keys.
+    pub premature_reset: PrematureReset,
+}
+
+/// Envoy's protection against clients that open streams and reset them at once
+/// (`overload.premature_reset_*` runtime keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrematureReset {
+    /// `overload.premature_reset_min_stream_lifetime_seconds` (default 1 s): a stream reset
+    /// sooner counts as premature.
+    pub min_stream_lifetime: Duration,
+    /// `overload.premature_reset_total_stream_count` (default 500): before this many streams,
+    /// half of this many premature resets end the connection; after, half of all streams.
+    pub total_stream_count: u64,
+}
+
+impl Default for PrematureReset {
+    fn default() -> Self {
+        PrematureReset {
+            min_stream_lifetime: Duration::from_secs(1),
+            total_stream_count: 500,
+        }
+    }
 }
 
 impl Default for Overload {
@@ -179,6 +202,7 @@ impl Default for Overload {
             timer_minimums: Vec::new(),
             shrink_heap: ShrinkHeap::default(),
             minimum_account_power_of_two: None,
+            premature_reset: PrematureReset::default(),
         }
     }
 }

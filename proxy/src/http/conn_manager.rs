@@ -249,11 +249,6 @@ impl HcmStats {
 const IDLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a connection the overload manager ends gets to send its GOAWAY.
 const ABORT_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
-/// `overload.premature_reset_min_stream_lifetime_seconds` (Envoy's default): a stream the client
-/// resets sooner than this counts as a premature reset.
-const PREMATURE_RESET_MIN_STREAM_LIFETIME: std::time::Duration = std::time::Duration::from_secs(1);
-/// `overload.premature_reset_total_stream_count` (Envoy's default).
-const PREMATURE_RESET_TOTAL_STREAM_COUNT: u64 = 500;
 
 /// One HCM as configured on one worker.
 #[derive(Debug)]
@@ -352,7 +347,8 @@ impl Conn {
     /// Envoy's premature-reset protection (`ConnectionManagerImpl::maybeDrainDueToPrematureResets`):
     /// a client that opens streams and resets them at once makes the proxy start upstream work
     /// it never pays for (CVE-2023-44487). Once half of the first 500 streams, or half of all
-    /// streams after that, were reset within a second of opening, the connection is closed.
+    /// streams after that, were reset within a second of opening, the connection is closed
+    /// (the `overload.premature_reset_*` runtime keys set the 500 and the second).
     fn stream_closed(&self, premature: bool) {
         let closed = self.closed_streams.get() + 1;
         self.closed_streams.set(closed);
@@ -361,7 +357,7 @@ impl Conn {
         if resets == 0 || self.reset_abuse_seen.get() {
             return;
         }
-        let limit = PREMATURE_RESET_TOTAL_STREAM_COUNT;
+        let limit = crate::overload::premature_reset().total_stream_count;
         let over = if closed < limit {
             resets * 2 >= limit
         } else {
@@ -868,7 +864,8 @@ impl Done {
             stats.http2_rx_reset.inc();
         }
         self.conn.stream_closed(
-            client_reset && self.started.elapsed() < PREMATURE_RESET_MIN_STREAM_LIFETIME,
+            client_reset
+                && self.started.elapsed() < crate::overload::premature_reset().min_stream_lifetime,
         );
         stats.downstream_rq_active.dec();
         stats.downstream_rq_completed.inc();

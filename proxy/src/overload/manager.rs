@@ -181,6 +181,7 @@ impl Manager {
         let _ = super::FIXED.set(super::Fixed {
             timer_minimums,
             shed_counts,
+            premature_reset: config.premature_reset,
         });
         let _ = shard.counter("envoy.overload_actions.reset_high_memory_stream.count");
         let shrink = config

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use skiff_config::model::{ActionName, ScaledTimer, ShedPoint, TimerMinimum};
+use skiff_config::model::{ActionName, PrematureReset, ScaledTimer, ShedPoint, TimerMinimum};
 
 use crate::stats::Counter;
 
@@ -111,6 +111,13 @@ struct Fixed {
     timer_minimums: [Option<TimerMinimum>; ScaledTimer::ALL.len()],
     /// `overload.<point>.shed_load_count` of each configured point.
     shed_counts: [Option<Counter>; ShedPoint::QUERIED.len()],
+    /// The `overload.premature_reset_*` runtime keys.
+    premature_reset: PrematureReset,
+}
+
+/// HTTP/2's premature-reset protection in force (Envoy's defaults until the manager starts).
+pub fn premature_reset() -> PrematureReset {
+    FIXED.get().map(|f| f.premature_reset).unwrap_or_default()
 }
 
 fn load(a: &AtomicU32) -> f32 {
@@ -240,6 +247,7 @@ mod tests {
                 None,
             ],
             shed_counts: Default::default(),
+            premature_reset: PrematureReset::default(),
         });
         let timer = ScaledTimer::ConnectionMax;
         let ten = Duration::from_secs(10);

@@ -115,8 +115,15 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
     let mut overload = operations::overload(b.overload_manager.as_ref())?;
     let stats = operations::stats(b.stats_config.as_ref())?;
     // The runtime key is the older form of the limit; the resource monitor wins over it.
-    let runtime_limit = operations::runtime(b.layered_runtime.as_ref())?;
-    overload.max_downstream_connections = overload.max_downstream_connections.or(runtime_limit);
+    let runtime = operations::runtime(b.layered_runtime.as_ref())?;
+    overload.max_downstream_connections =
+        overload.max_downstream_connections.or(runtime.global_limit);
+    if let Some(s) = runtime.premature_reset_min_lifetime {
+        overload.premature_reset.min_stream_lifetime = Duration::from_secs(s);
+    }
+    if let Some(n) = runtime.premature_reset_total {
+        overload.premature_reset.total_stream_count = n;
+    }
     operations::extensions(&b.bootstrap_extensions)?;
     let empty = bootstrap::bootstrap::StaticResources::default();
     let res = b.static_resources.as_ref().unwrap_or(&empty);

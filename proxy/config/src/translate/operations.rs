@@ -51,6 +51,11 @@ const RUNTIME_KEYS: &[(&str, ValueCheck)] = &[
     ("envoy.reloadable_features.google_grpc_disable_tls_13", |_| true),
     // The older form of the global connection limit: honoured (see `runtime`).
     ("overload.global_downstream_max_connections", |v| global_limit(v).is_some()),
+    // Envoy's premature-reset protection of HTTP/2 connections: honoured (see `runtime`).
+    ("overload.premature_reset_min_stream_lifetime_seconds", |v| {
+        global_limit(v).is_some()
+    }),
+    ("overload.premature_reset_total_stream_count", |v| global_limit(v).is_some()),
     // false: a fragment in a request path is stripped rather than refused. skiff's codec
     // never sees one to refuse (tests/hostile_http1.rs); only the default `true` would differ.
     ("envoy.reloadable_features.http_reject_path_with_fragment", |v| {
@@ -367,13 +372,23 @@ fn global_limit(v: &Kind) -> Option<u64> {
     }
 }
 
+/// What the runtime keys skiff honours set (the last layer wins).
+#[derive(Debug, Default)]
+pub(super) struct RuntimeValues {
+    /// `overload.global_downstream_max_connections`.
+    pub global_limit: Option<u64>,
+    /// `overload.premature_reset_min_stream_lifetime_seconds`.
+    pub premature_reset_min_lifetime: Option<u64>,
+    /// `overload.premature_reset_total_stream_count`.
+    pub premature_reset_total: Option<u64>,
+}
+
 /// `layered_runtime`: static layers with the keys skiff can stand behind, and admin layers
-/// (empty until `/runtime_modify` exists). Returns the global connection limit the
-/// `overload.global_downstream_max_connections` key sets, if any (the last layer wins).
-pub(super) fn runtime(r: Option<&bootstrap::LayeredRuntime>) -> Result<Option<u64>, ConfigError> {
-    let mut limit = None;
+/// (empty until `/runtime_modify` exists).
+pub(super) fn runtime(r: Option<&bootstrap::LayeredRuntime>) -> Result<RuntimeValues, ConfigError> {
+    let mut out = RuntimeValues::default();
     let Some(r) = r else {
-        return Ok(limit);
+        return Ok(out);
     };
     for (i, layer) in r.layers.iter().enumerate() {
         let path = format!("layered_runtime.layers[{i}]");
@@ -393,8 +408,17 @@ pub(super) fn runtime(r: Option<&bootstrap::LayeredRuntime>) -> Result<Option<u6
                             "unsupported runtime key (or value)",
                         ));
                     }
-                    if key == "overload.global_downstream_max_connections" {
-                        limit = global_limit(value);
+                    match key.as_str() {
+                        "overload.global_downstream_max_connections" => {
+                            out.global_limit = global_limit(value)
+                        }
+                        "overload.premature_reset_min_stream_lifetime_seconds" => {
+                            out.premature_reset_min_lifetime = global_limit(value)
+                        }
+                        "overload.premature_reset_total_stream_count" => {
+                            out.premature_reset_total = global_limit(value)
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -402,7 +426,7 @@ pub(super) fn runtime(r: Option<&bootstrap::LayeredRuntime>) -> Result<Option<u6
             _ => return Err(ConfigError::unsupported(path)),
         }
     }
-    Ok(limit)
+    Ok(out)
 }
 
 /// A static layer's keys: nested objects join their names with dots, as Envoy reads them.
@@ -691,6 +715,22 @@ mod tests {
         assert!(
             e.starts_with("overload_manager.resource_monitors[0].name"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_premature_reset_runtime_keys_are_honoured() {
+        let o = crate::load_text("admin: {address: {socket_address: {address: 127.0.0.1, port_value: 9901}}}\nlayered_runtime:\n  layers:\n  - name: a\n    static_layer:\n      overload.premature_reset_min_stream_lifetime_seconds: 3\n      overload.premature_reset_total_stream_count: \"100\"\n")
+            .expect("loads")
+            .model
+            .overload
+            .premature_reset;
+        assert_eq!(o.min_stream_lifetime, std::time::Duration::from_secs(3));
+        assert_eq!(o.total_stream_count, 100);
+        assert_eq!(
+            verdict("layered_runtime:\n  layers:\n  - name: a\n    static_layer: {overload.premature_reset_total_stream_count: -1}\n")
+                .map_err(|e| e.contains("premature_reset_total_stream_count")),
+            Err(true)
         );
     }
 }
