@@ -459,7 +459,8 @@ pub async fn accept_loop(listener: Rc<Shared>, socket: Rc<TcpListener>) {
     let mut stop = listener.drain.watch();
     let batch = listener.config.accept_batch.unwrap_or(u32::MAX);
     // A listener the overload manager may pause looks again when an action changes.
-    let overload_watch = !listener.config.bypass_overload_manager;
+    let overload_watch = !listener.config.bypass_overload_manager
+        && overload::configured(ActionName::StopAcceptingConnections);
     let mut in_a_row = 0u32;
     loop {
         // max_connections_to_accept_per_socket_event: let the accepted connections run before

@@ -182,6 +182,7 @@ impl Manager {
             timer_minimums,
             shed_counts,
             premature_reset: config.premature_reset,
+            configured: ActionName::ALL.map(|a| config.actions.iter().any(|c| c.action == a)),
         });
         let _ = shard.counter("envoy.overload_actions.reset_high_memory_stream.count");
         let shrink = config

@@ -113,6 +113,13 @@ struct Fixed {
     shed_counts: [Option<Counter>; ShedPoint::QUERIED.len()],
     /// The `overload.premature_reset_*` runtime keys.
     premature_reset: PrematureReset,
+    /// Which actions are configured.
+    configured: [bool; ActionName::ALL.len()],
+}
+
+/// Whether `action` is configured (its state can change at all).
+pub fn configured(action: ActionName) -> bool {
+    FIXED.get().is_some_and(|f| f.configured[action.index()])
 }
 
 /// HTTP/2's premature-reset protection in force (Envoy's defaults until the manager starts).
@@ -248,6 +255,7 @@ mod tests {
             ],
             shed_counts: Default::default(),
             premature_reset: PrematureReset::default(),
+            configured: [false; ActionName::ALL.len()],
         });
         let timer = ScaledTimer::ConnectionMax;
         let ten = Duration::from_secs(10);
