@@ -975,11 +975,12 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if codec == Codec::Http1 {
         // The stand-in for a head the guard refused (h1_guard.rs): Envoy's codec error reply.
         if let Some(refusal) = h1_guard::take_refusal(&conn.refused, parts.uri.path()) {
-            done.codec_error = true;
-            if refusal.reason == crate::http::framing::Reason::HeaderTimeout {
-                stats.downstream_rq_header_timeout.inc();
-            } else {
-                stats.downstream_cx_protocol_error.inc();
+            use crate::http::framing::Reason;
+            done.codec_error = refusal.reason != Reason::Fragment;
+            match refusal.reason {
+                Reason::HeaderTimeout => stats.downstream_rq_header_timeout.inc(),
+                Reason::Fragment => stats.downstream_rq_failed_path_normalization.inc(),
+                _ => stats.downstream_cx_protocol_error.inc(),
             }
             if let Some(info) = done.info.as_mut() {
                 info.method = refusal
@@ -1040,7 +1041,10 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if missing {
         return local(done, LocalReply::MISSING_HOST, None);
     }
-    if !authority(&parts).is_some_and(headers::authority_is_valid) {
+    // HTTP/2 forbids userinfo in `:authority` (RFC 9113 §8.3.1; Envoy's codec refuses the
+    // stream); an HTTP/1.1 `Host` with one passes, as in Envoy.
+    let userinfo = codec == Codec::Http2 && authority(&parts).is_some_and(|a| a.contains('@'));
+    if userinfo || !authority(&parts).is_some_and(headers::authority_is_valid) {
         return local(done, LocalReply::INVALID_AUTHORITY, None);
     }
 
