@@ -1027,6 +1027,20 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         }
     }
     if codec == Codec::Http1 {
+        // An absolute-form target's userinfo (`http://u:p@a/x`) is not part of the host:
+        // Envoy forwards `Host: a`.
+        let host_only = parts
+            .uri
+            .authority()
+            .and_then(|a| a.as_str().rsplit_once('@'))
+            .and_then(|(_, h)| http::uri::Authority::try_from(h).ok());
+        if let Some(host) = host_only {
+            let mut uri = parts.uri.clone().into_parts();
+            uri.authority = Some(host);
+            if let Ok(u) = http::Uri::from_parts(uri) {
+                parts.uri = u;
+            }
+        }
         headers::join_hosts(&mut parts.headers);
         headers::remove_nominated(&mut parts.headers);
         if let Some(info) = done.info.as_mut() {
