@@ -272,6 +272,11 @@ async fn stream_flood_past_max_concurrent_streams_as_envoy() {
                 c.closed
             );
             assert!(upstream <= 100, "{} upstream requests bounded: {upstream}", kind.name());
+            assert!(
+                c.closed || goaway.is_some() || refused >= 1000,
+                "{} refuses the streams past the limit",
+                kind.name()
+            );
             assert!(rss < 64 * 1024, "{} RSS +{rss} KiB", kind.name());
             // The proxy still serves others.
             let mut other = Conn::open(port).await;
@@ -325,11 +330,19 @@ async fn unpaced_rapid_reset_closes_the_connection_as_envoy() {
                 c.closed,
                 up.accepted()
             );
+            assert!(
+                c.closed || goaway.is_some(),
+                "{} ends the connection",
+                kind.name()
+            );
             seen.push((kind.name(), goaway, too_many, upstream_rq, rx_reset));
         }
         let (envoy, skiff) = (&seen[0], &seen[1]);
-        assert_eq!(envoy.1, skiff.1, "GOAWAY code: {seen:?}");
-        assert_eq!(envoy.2, skiff.2, "too_many_premature_resets: {seen:?}");
+        // Envoy closes once half of the streams were reset early (250 of 500, counted as
+        // `too_many_premature_resets`); skiff's codec (h2) sends GOAWAY ENHANCE_YOUR_CALM once 20
+        // streams were reset before they were accepted (tests/DIFFERENCES.md).
+        assert_eq!(envoy.2, 1, "{seen:?}");
+        assert_eq!(skiff.1.as_deref(), Some("ENHANCE_YOUR_CALM"), "{seen:?}");
         assert!(
             skiff.3 <= envoy.3 + 10,
             "upstream requests bounded as Envoy's: {seen:?}"
@@ -342,6 +355,7 @@ async fn unpaced_rapid_reset_closes_the_connection_as_envoy() {
 /// progressing (the proxy no longer reading).
 #[derive(Debug)]
 struct Flood {
+    /// Bytes written (what the kernel took, not what the proxy read).
     sent: usize,
     closed: bool,
     stalled: bool,
@@ -433,7 +447,11 @@ async fn control_frame_floods_as_envoy() {
             let mut got = Vec::new();
             for side in [&e, &s] {
                 let f = flood(&side.proxy, side.port, prefix, unit, Duration::from_secs(8)).await;
-                eprintln!("[{}] {name} flood: {f:?}", side.proxy.kind.name());
+                eprintln!(
+                    "[{}] {name} flood: {:.1} MB written, {f:?}",
+                    side.proxy.kind.name(),
+                    f.sent as f64 / 1e6
+                );
                 // Alive and serving.
                 let mut c = Conn::open(side.port).await;
                 let o = c.probe(1, "/after-flood").await;
