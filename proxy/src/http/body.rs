@@ -293,8 +293,8 @@ impl<E: StreamEnd> Tracked<E> {
 /// Whether a body error is the peer breaking HTTP/1.1 framing: hyper's decoders report bad chunk
 /// lines and sizes as `InvalidData`/`InvalidInput` I/O errors, and a connection closed before
 /// the body's length or last chunk as `UnexpectedEof` with hyper's `IncompleteBody` or a cut
-/// chunk size line (Envoy's
-/// HTTP/1.1 codec counts that as a protocol error too: `UPE`); a reset is not one.
+/// chunk size line (Envoy's HTTP/1.1 codec counts that as a protocol error too: `UPE`); a
+/// reset is not one.
 fn is_framing_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {

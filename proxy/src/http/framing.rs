@@ -471,6 +471,11 @@ mod tests {
     #[test]
     fn verdicts_as_envoy() {
         use Reason::*;
+        assert_eq!(reason("GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n"), Fragment);
+        assert_eq!(
+            reason("GET http://a/x?q#f HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Fragment
+        );
         let h = |extra: &str| format!("POST / HTTP/1.1\r\nHost: a\r\n{extra}\r\n");
         assert_eq!(
             reason(&h("Content-Length: 3\r\nTransfer-Encoding: chunked\r\n")),
