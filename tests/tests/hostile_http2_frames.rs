@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use skiff_tests::config::{bootstrap, cluster, hcm, listener, route, vhost};
+use skiff_tests::diff::{self, upstream_view};
 use skiff_tests::h2raw::{self, hpack, Conn, Event};
 use skiff_tests::run_for;
 use skiff_tests::side_by_side::{pair, Side, Up};
@@ -459,6 +460,52 @@ fn cases() -> Vec<Case> {
         with("value_high_bytes", &[("x-foo", "caf\u{e9}")]),
         with("underscore_name", &[("x_foo", "1")]),
         with("cookie_split", &[("cookie", "a=1"), ("cookie", "b=2")]),
+        with(
+            "cookie_three_crumbs",
+            &[
+                ("cookie", "a=1"),
+                ("x-between", "1"),
+                ("cookie", "b=2"),
+                ("cookie", "c=3"),
+            ],
+        ),
+        with("header_repeated", &[("x-a", "1"), ("x-a", "2")]),
+        with(
+            "x_forwarded_for_from_client",
+            &[("x-forwarded-for", "192.0.2.7")],
+        ),
+        with(
+            "envoy_control_headers_from_client",
+            &[
+                ("x-envoy-retry-on", "5xx"),
+                ("x-envoy-upstream-rq-timeout-ms", "1"),
+            ],
+        ),
+        with("content_length_zero_get", &[("content-length", "0")]),
+        raw(
+            "post_without_content_length",
+            cat(&[
+                headers(1, EH, &post("post_without_content_length", &[])),
+                data(1, false, b"ab"),
+                data(1, true, b"c"),
+            ]),
+        ),
+        raw(
+            "empty_data_end_stream",
+            cat(&[
+                headers(1, EH, &post("empty_data_end_stream", &[])),
+                data(1, true, b""),
+            ]),
+        ),
+        raw("padded_headers_and_data", {
+            let mut b = vec![3];
+            b.extend(post("padded_headers_and_data", &[("content-length", "3")]));
+            b.extend_from_slice(&[0, 0, 0]);
+            cat(&[
+                headers(1, EH | PADDED, &b),
+                frame(DATA, PADDED | ES, 1, &[2, b'a', b'b', b'c', 0, 0]),
+            ])
+        }),
         raw(
             "cl_more_than_data",
             cat(&[
@@ -1009,20 +1056,25 @@ fn build(admin: u16, listen: u16, upstream: u16) -> String {
     .to_string()
 }
 
-async fn run_all(side: &Side, cases: &[Case]) -> Vec<Outcome> {
+/// Each case's outcome, and the requests of it the upstream received.
+async fn run_all(side: &Side, cases: &[Case]) -> (Vec<Outcome>, Vec<Vec<RecordedRequest>>) {
     let runs = cases.iter().map(|c| run_case(side.port, c));
     let mut out = futures_util::future::join_all(runs).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let reqs = side.rec.requests();
+    let mut forwarded = Vec::new();
     for (o, c) in out.iter_mut().zip(cases) {
         let p = path(c.name);
         // The path as forwarded, up to a query or fragment.
-        o.upstream = reqs
+        let mine: Vec<RecordedRequest> = reqs
             .iter()
             .filter(|r| r.path.split(['?', '#']).next() == Some(p.as_str()))
-            .count();
+            .cloned()
+            .collect();
+        o.upstream = mine.len();
+        forwarded.push(mine);
     }
-    out
+    (out, forwarded)
 }
 
 #[tokio::test]
@@ -1034,10 +1086,10 @@ async fn hostile_http2_frames_as_envoy() {
             assert!(cases.iter().any(|c| c.name == *name), "no case {name}");
         }
         let (e, s) = pair(Up::H1, build).await;
-        let (oe, os) = tokio::join!(run_all(&e, &cases), run_all(&s, &cases));
+        let ((oe, fe), (os, fs)) = tokio::join!(run_all(&e, &cases), run_all(&s, &cases));
         let mut failures = Vec::new();
         let mut table = String::new();
-        for ((c, a), b) in cases.iter().zip(&oe).zip(&os) {
+        for (i, ((c, a), b)) in cases.iter().zip(&oe).zip(&os).enumerate() {
             table.push_str(&format!(
                 "{:34} envoy {:42} skiff {}\n",
                 c.name,
@@ -1050,7 +1102,16 @@ async fn hostile_http2_frames_as_envoy() {
                 SkiffForwards(want) => summary(b) == want,
             };
             if !ok {
-                failures.push(c.name);
+                failures.push(c.name.to_string());
+            }
+            // Where both forward, the upstream gets the same request from each.
+            if expectation(c.name) == Same {
+                for (re, rs) in fe[i].iter().zip(&fs[i]) {
+                    let d = diff::upstream_differences(&upstream_view(re), &upstream_view(rs));
+                    if !d.is_empty() {
+                        failures.push(format!("{}: upstream request differs: {d:?}", c.name));
+                    }
+                }
             }
         }
         eprintln!("{table}");

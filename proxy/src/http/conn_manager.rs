@@ -1046,6 +1046,8 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         if let Some(info) = done.info.as_mut() {
             info.authority = authority(&parts).map(str::to_string);
         }
+    } else {
+        headers::join_cookies(&mut parts.headers);
     }
     // An HTTP/1.1 `Host:` with an empty value is a host (Envoy forwards it); none at all is not.
     let missing = match authority(&parts) {
