@@ -1480,6 +1480,10 @@ fn finish_response(
         head.headers.insert(names::X_REQUEST_ID.clone(), id);
     }
     if conn.codec.get() != Some(Codec::Http2) {
+        // The client's connection speaks HTTP/1.1 whatever the upstream spoke (an `HTTP/1.0`
+        // upstream reply goes out as `HTTP/1.1`, chunked when its length is unknown, as in
+        // Envoy); hyper answers an HTTP/1.0 client in HTTP/1.0 by itself.
+        head.version = http::Version::HTTP_11;
         if conn.closing.get() {
             head.headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
