@@ -18,6 +18,7 @@ pub mod diff;
 pub mod dns;
 pub mod fixture;
 pub mod flow;
+pub mod h2raw;
 pub mod netns;
 pub mod ports;
 pub mod proxy;

@@ -291,16 +291,23 @@ impl<E: StreamEnd> Tracked<E> {
 }
 
 /// Whether a body error is the peer breaking HTTP/1.1 framing: hyper's decoders report bad chunk
-/// lines and sizes as `InvalidData`/`InvalidInput` I/O errors (a cut connection is
-/// `UnexpectedEof` or a reset).
+/// lines and sizes as `InvalidData`/`InvalidInput` I/O errors, and a connection closed before
+/// the body's length or last chunk as `UnexpectedEof` with hyper's `IncompleteBody` or a cut
+/// chunk size line (Envoy's HTTP/1.1 codec counts that as a protocol error too: `UPE`); a
+/// reset is not one.
 fn is_framing_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
-            );
+            return match io.kind() {
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => true,
+                std::io::ErrorKind::UnexpectedEof => io.get_ref().is_some_and(|i| {
+                    let m = i.to_string();
+                    m == "end of file before message length reached"
+                        || m == "unexpected EOF during chunk size line"
+                }),
+                _ => false,
+            };
         }
         cur = err.source();
     }
@@ -349,7 +356,8 @@ impl<E: StreamEnd + Unpin> Body for Tracked<E> {
                         t.touch();
                     }
                 }
-                if this.inner.is_end_stream() {
+                // Trailers are a body's last frame, whether or not the body says it ended.
+                if this.inner.is_end_stream() || f.is_trailers() {
                     this.finish(EndReason::Complete);
                 }
             }

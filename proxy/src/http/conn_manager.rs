@@ -1019,11 +1019,12 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if codec == Codec::Http1 {
         // The stand-in for a head the guard refused (h1_guard.rs): Envoy's codec error reply.
         if let Some(refusal) = h1_guard::take_refusal(&conn.refused, parts.uri.path()) {
-            done.codec_error = true;
-            if refusal.reason == crate::http::framing::Reason::HeaderTimeout {
-                stats.downstream_rq_header_timeout.inc();
-            } else {
-                stats.downstream_cx_protocol_error.inc();
+            use crate::http::framing::Reason;
+            done.codec_error = refusal.reason != Reason::Fragment;
+            match refusal.reason {
+                Reason::HeaderTimeout => stats.downstream_rq_header_timeout.inc(),
+                Reason::Fragment => stats.downstream_rq_failed_path_normalization.inc(),
+                _ => stats.downstream_cx_protocol_error.inc(),
             }
             if let Some(info) = done.info.as_mut() {
                 info.method = refusal
@@ -1115,11 +1116,27 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         return local(done, LocalReply::OVERLOADED, None);
     }
     if codec == Codec::Http1 {
+        // An absolute-form target's userinfo (`http://u:p@a/x`) is not part of the host:
+        // Envoy forwards `Host: a`.
+        let host_only = parts
+            .uri
+            .authority()
+            .and_then(|a| a.as_str().rsplit_once('@'))
+            .and_then(|(_, h)| http::uri::Authority::try_from(h).ok());
+        if let Some(host) = host_only {
+            let mut uri = parts.uri.clone().into_parts();
+            uri.authority = Some(host);
+            if let Ok(u) = http::Uri::from_parts(uri) {
+                parts.uri = u;
+            }
+        }
         headers::join_hosts(&mut parts.headers);
         headers::remove_nominated(&mut parts.headers);
         if let Some(info) = done.info.as_mut() {
             info.authority = authority(&parts).map(str::to_string);
         }
+    } else {
+        headers::join_cookies(&mut parts.headers);
     }
     // An HTTP/1.1 `Host:` with an empty value is a host (Envoy forwards it); none at all is not.
     let missing = match authority(&parts) {
@@ -1129,7 +1146,10 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if missing {
         return local(done, LocalReply::MISSING_HOST, None);
     }
-    if !authority(&parts).is_some_and(headers::authority_is_valid) {
+    // HTTP/2 forbids userinfo in `:authority` (RFC 9113 §8.3.1; Envoy's codec refuses the
+    // stream); an HTTP/1.1 `Host` with one passes, as in Envoy.
+    let userinfo = codec == Codec::Http2 && authority(&parts).is_some_and(|a| a.contains('@'));
+    if userinfo || !authority(&parts).is_some_and(headers::authority_is_valid) {
         return local(done, LocalReply::INVALID_AUTHORITY, None);
     }
 
@@ -1568,6 +1588,10 @@ fn finish_response(
         }
     }
     if conn.codec.get() != Some(Codec::Http2) {
+        // The client's connection speaks HTTP/1.1 whatever the upstream spoke (an `HTTP/1.0`
+        // upstream reply goes out as `HTTP/1.1`, chunked when its length is unknown, as in
+        // Envoy); hyper answers an HTTP/1.0 client in HTTP/1.0 by itself.
+        head.version = http::Version::HTTP_11;
         if conn.closing.get() {
             head.headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

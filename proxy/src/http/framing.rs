@@ -65,6 +65,9 @@ pub enum Reason {
     TooManyHeaders,
     /// `http1.headers_too_large`: a head longer than `max_request_headers_kb` (431).
     HeadersTooLarge,
+    /// Not a codec verdict: a fragment (`#`) in the request target, which Envoy's connection
+    /// manager refuses as `path_normalization_failed` (400).
+    Fragment,
     /// Not a codec verdict: the head did not arrive within `request_headers_timeout`
     /// (`request_header_timeout`, 408); the guard's timer gives it.
     HeaderTimeout,
@@ -315,6 +318,12 @@ fn judge(head: &[u8], rules: Rules) -> Verdict {
         ([te], _) if te.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
         _ => return refuse(Reason::InvalidTransferEncoding, m, p),
     };
+    // A fragment in the request target: the codec takes the head, the connection manager then
+    // refuses it (400 `path_normalization_failed`, the connection closed; observed). hyper would
+    // drop the fragment and route the rest.
+    if target.contains(&b'#') {
+        return refuse(Reason::Fragment, m, p);
+    }
     // An upgrade skiff does not take (h2c is ignored, others get 403) leaves the connection
     // speaking HTTP/1.1, so its framing is followed as any other request's.
     if method == b"CONNECT" {
@@ -337,7 +346,18 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 /// `Content-Length` with `Transfer-Encoding`, several `Content-Length`s or a list, or a transfer
 /// coding other than one `chunked`. hyper's client reads such responses one way or another; an
 /// upstream and a proxy that read them differently is how responses get desynchronised.
-pub fn ambiguous_response(h: &http::HeaderMap) -> bool {
+/// A `204` may carry no body at all: `Transfer-Encoding` or a `Content-Length` other than `0`
+/// on one is refused too (hyper would read it as bodiless and leave the body on the connection,
+/// to be read as the next response).
+pub fn ambiguous_response(status: http::StatusCode, h: &http::HeaderMap) -> bool {
+    if status == http::StatusCode::NO_CONTENT
+        && (h.contains_key(http::header::TRANSFER_ENCODING)
+            || h.get_all(http::header::CONTENT_LENGTH)
+                .iter()
+                .any(|v| trim(v.as_bytes()) != b"0"))
+    {
+        return true;
+    }
     // At most one of each is looked at: two of either is ambiguous already.
     let first_two = |name| {
         let mut values = h.get_all(name).iter().map(|v| trim(v.as_bytes()));
@@ -476,6 +496,11 @@ mod tests {
     #[test]
     fn verdicts_as_envoy() {
         use Reason::*;
+        assert_eq!(reason("GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n"), Fragment);
+        assert_eq!(
+            reason("GET http://a/x?q#f HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Fragment
+        );
         let h = |extra: &str| format!("POST / HTTP/1.1\r\nHost: a\r\n{extra}\r\n");
         assert_eq!(
             reason(&h("Content-Length: 3\r\nTransfer-Encoding: chunked\r\n")),
@@ -575,7 +600,7 @@ mod tests {
                     http::HeaderValue::from_str(v).expect("value"),
                 );
             }
-            ambiguous_response(&m)
+            ambiguous_response(http::StatusCode::OK, &m)
         };
         assert!(h(&[
             ("content-length", "3"),
@@ -588,6 +613,20 @@ mod tests {
         assert!(!h(&[("transfer-encoding", "Chunked")]));
         assert!(!h(&[("content-length", "3")]));
         assert!(!h(&[]));
+        let no_content = |pairs: &[(&str, &str)]| {
+            let mut m = http::HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    http::HeaderValue::from_str(v).expect("value"),
+                );
+            }
+            ambiguous_response(http::StatusCode::NO_CONTENT, &m)
+        };
+        assert!(no_content(&[("content-length", "3")]));
+        assert!(no_content(&[("transfer-encoding", "chunked")]));
+        assert!(!no_content(&[("content-length", "0")]));
+        assert!(!no_content(&[]));
     }
 
     #[test]

@@ -160,6 +160,22 @@ pub fn join_hosts(h: &mut HeaderMap) {
     }
 }
 
+/// Joins the `cookie` fields of an HTTP/2 request into one, `; `-separated (RFC 9113 §8.2.3),
+/// as Envoy's HTTP/2 codec does: an HTTP/1.1 upstream must not get several `Cookie` lines.
+pub fn join_cookies(h: &mut HeaderMap) {
+    if h.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        h.insert(header::COOKIE, v);
+    }
+}
+
 /// Whether an authority holds only the characters nghttp2's `check_authority` (which Envoy
 /// uses) allows: no spaces, quotes or controls.
 pub fn authority_is_valid(a: &str) -> bool {
@@ -260,6 +276,15 @@ mod tests {
         assert_eq!(h.get_all("host").iter().collect::<Vec<_>>(), ["a,b"]);
         assert!(authority_is_valid("u@a:80") && authority_is_valid("a,b"));
         assert!(!authority_is_valid("a, b") && !authority_is_valid("a\"b"));
+        let mut h = HeaderMap::new();
+        for c in ["a=1", "b=2", "c=3"] {
+            h.append("cookie", c.parse().expect("v"));
+        }
+        join_cookies(&mut h);
+        assert_eq!(
+            h.get_all("cookie").iter().collect::<Vec<_>>(),
+            ["a=1; b=2; c=3"]
+        );
     }
 
     #[test]

@@ -308,6 +308,7 @@ impl LocalReply {
             Reason::TooManyHeaders => LocalReply::TOO_MANY_HEADERS,
             Reason::HeadersTooLarge => LocalReply::HEADERS_TOO_LARGE,
             Reason::HeaderTimeout => LocalReply::REQUEST_HEADER_TIMEOUT,
+            Reason::Fragment => LocalReply::PATH_NORMALIZATION_FAILED,
         }
     }
 

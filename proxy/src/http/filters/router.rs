@@ -674,7 +674,7 @@ async fn send_http1(
         }
         match sender.try_send_request(req).await {
             Ok(resp) => {
-                if crate::http::framing::ambiguous_response(resp.headers()) {
+                if crate::http::framing::ambiguous_response(resp.status(), resp.headers()) {
                     // Envoy refuses the response (502 UPE); dropping the sender and the body
                     // here closes the connection, so nothing after it is read as a response.
                     tracing::debug!("upstream response with ambiguous framing");
