@@ -46,6 +46,35 @@ fn threshold(resource: &str, value: f64) -> Value {
     json!([{ "name": resource, "threshold": { "value": value } }])
 }
 
+/// An overload manager with the heap monitor alone and one action or load shed point
+/// (`kind`: `actions` or `loadshed_points`) saturated by it.
+fn on_heap(kind: &str, name: &str) -> Value {
+    let mut o = json!({
+        "refresh_interval": "0.1s",
+        "resource_monitors": [heap_monitor()],
+    });
+    o[kind] = json!([{ "name": name, "triggers": threshold(HEAP, 0.9) }]);
+    o
+}
+
+/// Each of `ports` (listeners with `bypass_overload_manager`) answers a request.
+async fn bypass_serves(ports: &[u16]) {
+    for port in ports {
+        let r = raw_exchange(
+            &format!("127.0.0.1:{port}"),
+            GET,
+            Duration::from_millis(800),
+        )
+        .await;
+        let r = r.responses();
+        assert_eq!(
+            r.first().map(|r| r.status),
+            Some(200),
+            "bypass listener {port}"
+        );
+    }
+}
+
 /// The everyday listener on `listen`, a second one on `bypass` with
 /// `bypass_overload_manager`, and `overload_manager` set to `overload`.
 fn build(admin: u16, listen: u16, upstream: u16, bypass: u16, overload: Value) -> String {
@@ -114,14 +143,7 @@ async fn last_log_line(side: &Side) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stop_accepting_requests_as_envoy() {
     run_for(Duration::from_secs(60), async {
-        let overload = json!({
-            "refresh_interval": "0.1s",
-            "resource_monitors": [heap_monitor()],
-            "actions": [{
-                "name": "envoy.overload_actions.stop_accepting_requests",
-                "triggers": threshold(HEAP, 0.9)
-            }]
-        });
+        let overload = on_heap("actions", "envoy.overload_actions.stop_accepting_requests");
         let (e, s, eb, sb) = start(overload).await;
         let active = "overload.envoy.overload_actions.stop_accepting_requests.active";
         wait_both(&e, &s, active, |v| v == 1).await;
@@ -157,20 +179,7 @@ async fn stop_accepting_requests_as_envoy() {
             "nothing reached skiff's upstream"
         );
         // The bypass listener serves as usual on both.
-        for port in [eb, sb] {
-            let r = raw_exchange(
-                &format!("127.0.0.1:{port}"),
-                GET,
-                Duration::from_millis(800),
-            )
-            .await;
-            let r = r.responses();
-            assert_eq!(
-                r.first().map(|r| r.status),
-                Some(200),
-                "bypass listener {port}"
-            );
-        }
+        bypass_serves(&[eb, sb]).await;
     })
     .await;
 }
@@ -314,14 +323,10 @@ async fn reject_incoming_connections_as_envoy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tcp_listener_accept_point_as_envoy() {
     run_for(Duration::from_secs(60), async {
-        let overload = json!({
-            "refresh_interval": "0.1s",
-            "resource_monitors": [heap_monitor()],
-            "loadshed_points": [{
-                "name": "envoy.load_shed_points.tcp_listener_accept",
-                "triggers": threshold(HEAP, 0.9)
-            }]
-        });
+        let overload = on_heap(
+            "loadshed_points",
+            "envoy.load_shed_points.tcp_listener_accept",
+        );
         let (e, s, eb, sb) = start(overload).await;
         let point = "overload.envoy.load_shed_points.tcp_listener_accept";
         wait_both(&e, &s, &format!("{point}.scale_percent"), |v| v == 100).await;
@@ -332,15 +337,7 @@ async fn tcp_listener_accept_point_as_envoy() {
         }
         let count = format!("{point}.shed_load_count");
         assert_eq!(stat_both(&e, &s, &count).await, (1, 1));
-        for port in [eb, sb] {
-            let r = raw_exchange(
-                &format!("127.0.0.1:{port}"),
-                GET,
-                Duration::from_millis(800),
-            )
-            .await;
-            assert_eq!(r.responses().first().map(|r| r.status), Some(200));
-        }
+        bypass_serves(&[eb, sb]).await;
     })
     .await;
 }
@@ -348,14 +345,10 @@ async fn tcp_listener_accept_point_as_envoy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stop_accepting_connections_as_envoy() {
     run_for(Duration::from_secs(60), async {
-        let overload = json!({
-            "refresh_interval": "0.1s",
-            "resource_monitors": [heap_monitor()],
-            "actions": [{
-                "name": "envoy.overload_actions.stop_accepting_connections",
-                "triggers": threshold(HEAP, 0.9)
-            }]
-        });
+        let overload = on_heap(
+            "actions",
+            "envoy.overload_actions.stop_accepting_connections",
+        );
         let (e, s, eb, sb) = start(overload).await;
         wait_both(
             &e,
@@ -369,15 +362,7 @@ async fn stop_accepting_connections_as_envoy() {
             let r = raw_exchange(&side.addr(), GET, Duration::from_millis(700)).await;
             assert!(!r.closed && r.data.is_empty(), "{}", r.text());
         }
-        for port in [eb, sb] {
-            let r = raw_exchange(
-                &format!("127.0.0.1:{port}"),
-                GET,
-                Duration::from_millis(800),
-            )
-            .await;
-            assert_eq!(r.responses().first().map(|r| r.status), Some(200));
-        }
+        bypass_serves(&[eb, sb]).await;
     })
     .await;
 }
@@ -385,16 +370,8 @@ async fn stop_accepting_connections_as_envoy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http1_load_shed_points_as_envoy() {
     run_for(Duration::from_secs(60), async {
-        let point = |name: &str| {
-            json!({
-                "refresh_interval": "0.1s",
-                "resource_monitors": [heap_monitor()],
-                "loadshed_points": [{
-                    "name": format!("envoy.load_shed_points.{name}"),
-                    "triggers": threshold(HEAP, 0.9)
-                }]
-            })
-        };
+        let point =
+            |name: &str| on_heap("loadshed_points", &format!("envoy.load_shed_points.{name}"));
         // http1_server_abort_dispatch: the codec's 500 and a closed connection;
         // hcm_ondata_creating_codec: closed before any reply. Both count as requests refused.
         let ((ae, as_, _, _), (ce, cs, _, _)) = tokio::join!(
