@@ -1025,8 +1025,10 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             }
         }
     }
+    // Several `Host` headers become one whatever the codec (an HTTP/2 request without
+    // `:authority` would otherwise take them all to an HTTP/1.1 upstream).
+    headers::join_hosts(&mut parts.headers);
     if codec == Codec::Http1 {
-        headers::join_hosts(&mut parts.headers);
         headers::remove_nominated(&mut parts.headers);
         if let Some(info) = done.info.as_mut() {
             info.authority = authority(&parts).map(str::to_string);
