@@ -436,16 +436,33 @@ pub async fn serve(
                 log_codec_reset(&conn, "http2.header_list_size_too_large");
                 return Err(StreamRefused("header list too large"));
             }
-            // A `content-length` that is not a number resets the stream in Envoy's HTTP/2 codec;
-            // h2 takes an empty one for 0, and it would reach an HTTP/1.1 upstream as it is.
-            if req.version() == Version::HTTP_2
-                && req
-                    .headers()
-                    .get_all(http::header::CONTENT_LENGTH)
-                    .iter()
-                    .any(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
-            {
-                return Err(StreamRefused("invalid content-length"));
+            // A `content-length` that is not a number, or several that differ, reset the stream
+            // in Envoy's HTTP/2 codec, and repeats of the same one are dropped (h2 takes an empty
+            // one for 0 and checks only the first: they would reach an HTTP/1.1 upstream as
+            // they are).
+            let mut req = req;
+            if req.version() == Version::HTTP_2 {
+                let lengths = req.headers().get_all(http::header::CONTENT_LENGTH);
+                let mut values = lengths.iter();
+                if let Some(first) = values.next().cloned() {
+                    let number = |v: &HeaderValue| {
+                        !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit)
+                    };
+                    let mut repeated = false;
+                    for v in values {
+                        if v != first {
+                            return Err(StreamRefused("several content-lengths"));
+                        }
+                        repeated = true;
+                    }
+                    if !number(&first) {
+                        return Err(StreamRefused("invalid content-length"));
+                    }
+                    if repeated {
+                        req.headers_mut()
+                            .insert(http::header::CONTENT_LENGTH, first);
+                    }
+                }
             }
             // HTTP/2's codec refuses a header name with `_` by resetting the stream before the
             // connection manager sees it (headers_with_underscores_action: REJECT_REQUEST).
