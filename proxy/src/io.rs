@@ -18,6 +18,9 @@ pub enum Stream {
     TcpPrefixed(Prefixed<TcpStream>),
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// An in-memory connection (the `fuzzing` feature's harness only).
+    #[cfg(feature = "fuzzing")]
+    Memory(tokio::io::DuplexStream),
 }
 
 macro_rules! each {
@@ -27,6 +30,8 @@ macro_rules! each {
             Stream::TcpPrefixed($s) => $e,
             Stream::ClientTls($s) => $e,
             Stream::ServerTls($s) => $e,
+            #[cfg(feature = "fuzzing")]
+            Stream::Memory($s) => $e,
         }
     };
 }
@@ -64,6 +69,8 @@ impl AsyncWrite for Stream {
             Stream::TcpPrefixed(s) => s.is_write_vectored(),
             Stream::ClientTls(s) => s.is_write_vectored(),
             Stream::ServerTls(s) => s.is_write_vectored(),
+            #[cfg(feature = "fuzzing")]
+            Stream::Memory(s) => s.is_write_vectored(),
         }
     }
 

@@ -13,6 +13,8 @@ pub mod cli;
 pub use skiff_config as config;
 pub mod config_store;
 pub mod drain;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod http;
 pub mod io;
 pub mod listener;

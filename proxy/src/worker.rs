@@ -117,6 +117,24 @@ impl std::fmt::Debug for Active {
 }
 
 impl Worker {
+    /// Worker `id`'s state, with no configuration in force yet.
+    pub(crate) fn new(id: usize, shard: Arc<Shard>, shared: &Shared) -> Rc<Self> {
+        Rc::new(Worker {
+            id,
+            clusters: ClusterManager::default(),
+            shard,
+            access_log: access_log::Writer::new(),
+            routes: RefCell::new(HashMap::new()),
+            health_failed: shared.health_failed.clone(),
+            drain_strategy: shared.drain_strategy,
+            listener_addresses: RefCell::new(Vec::new()),
+            listeners: RefCell::new(HashMap::new()),
+            handoff: Rc::new(listener::HandOff::default()),
+            connections: Cell::new(0),
+            idle: Notify::new(),
+        })
+    }
+
     /// True when `dest` is one of this proxy's own listeners: a connection that was not
     /// redirected reports its listener as its original destination, and following it to an
     /// ORIGINAL_DST cluster would loop back into the proxy.
@@ -297,20 +315,7 @@ async fn run(
     shared: Shared,
     mut updates: mpsc::UnboundedReceiver<WorkerUpdate>,
 ) {
-    let worker = Rc::new(Worker {
-        id,
-        clusters: ClusterManager::default(),
-        shard,
-        access_log: access_log::Writer::new(),
-        routes: RefCell::new(HashMap::new()),
-        health_failed: shared.health_failed.clone(),
-        drain_strategy: shared.drain_strategy,
-        listener_addresses: RefCell::new(Vec::new()),
-        listeners: RefCell::new(HashMap::new()),
-        handoff: Rc::new(listener::HandOff::default()),
-        connections: Cell::new(0),
-        idle: Notify::new(),
-    });
+    let worker = Worker::new(id, shard, &shared);
     tokio::task::spawn_local(worker.access_log.clone().run_flusher(shared.flush_interval));
     let mut shutdown = None;
     while let Some(update) = updates.recv().await {

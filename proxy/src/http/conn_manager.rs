@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::io::Stream;
-use http::{header, HeaderValue, Request, Response, Version};
+use http::{header, HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -457,6 +457,43 @@ pub async fn serve(
                 conn.hcm.stats.http2_header_list_size_too_large.inc();
                 log_codec_reset(&conn, "http2.header_list_size_too_large");
                 return Err(StreamRefused("header list too large"));
+            }
+            // A `content-length` that is not a number, or several that differ, reset the stream
+            // in Envoy's HTTP/2 codec, and repeats of the same one are dropped (h2 takes an empty
+            // one for 0 and checks only the first: they would reach an HTTP/1.1 upstream as
+            // they are).
+            let mut req = req;
+            if req.version() == Version::HTTP_2 {
+                let lengths = req.headers().get_all(http::header::CONTENT_LENGTH);
+                let mut values = lengths.iter();
+                if let Some(first) = values.next().cloned() {
+                    let number = |v: &HeaderValue| {
+                        !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit)
+                    };
+                    let mut repeated = false;
+                    for v in values {
+                        if v != first {
+                            return Err(StreamRefused("several content-lengths"));
+                        }
+                        repeated = true;
+                    }
+                    if !number(&first) {
+                        return Err(StreamRefused("invalid content-length"));
+                    }
+                    if repeated {
+                        req.headers_mut()
+                            .insert(http::header::CONTENT_LENGTH, first);
+                    }
+                }
+            }
+            // A `:path` that is only a fragment (`#p`) leaves h2 an empty path; it would reach
+            // an HTTP/1.1 upstream as an empty request target. Envoy's codec resets the stream
+            // for a path that does not start with `/`.
+            if req.version() == Version::HTTP_2
+                && req.method() != Method::CONNECT
+                && req.uri().path_and_query().is_none_or(|p| p.as_str().is_empty())
+            {
+                return Err(StreamRefused("empty path"));
             }
             // HTTP/2's codec refuses a header name with `_` by resetting the stream before the
             // connection manager sees it (headers_with_underscores_action: REJECT_REQUEST).
@@ -1115,6 +1152,9 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         stats.downstream_rq_overload_close.inc();
         return local(done, LocalReply::OVERLOADED, None);
     }
+    // Several `Host` headers become one whatever the codec (an HTTP/2 request without
+    // `:authority` would otherwise take them all to an HTTP/1.1 upstream).
+    headers::join_hosts(&mut parts.headers);
     if codec == Codec::Http1 {
         // An absolute-form target's userinfo (`http://u:p@a/x`) is not part of the host:
         // Envoy forwards `Host: a`.
@@ -1130,7 +1170,6 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
                 parts.uri = u;
             }
         }
-        headers::join_hosts(&mut parts.headers);
         headers::remove_nominated(&mut parts.headers);
         if let Some(info) = done.info.as_mut() {
             info.authority = authority(&parts).map(str::to_string);

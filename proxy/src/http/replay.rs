@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -27,6 +27,9 @@ pub struct ReplayBuffer {
     /// The attempt whose body may read: a body of an earlier attempt still held by its
     /// connection stops with an error instead of taking bytes meant for the next one.
     current: Cell<u32>,
+    /// The attempt waiting for the client's next bytes: woken when a later attempt takes over,
+    /// so that it stops (and its connection closes) rather than wait for bytes it cannot have.
+    waiting: RefCell<Option<Waker>>,
     abandoned: Counter,
 }
 
@@ -44,6 +47,7 @@ impl ReplayBuffer {
             overflowed: Cell::new(false),
             ended: Cell::new(ended),
             current: Cell::new(0),
+            waiting: RefCell::default(),
             abandoned,
         })
     }
@@ -57,6 +61,9 @@ impl ReplayBuffer {
     pub fn body(self: &Rc<Self>) -> ProxyBody {
         let id = self.current.get() + 1;
         self.current.set(id);
+        if let Some(w) = self.waiting.borrow_mut().take() {
+            w.wake();
+        }
         ProxyBody::Replay(ReplayBody {
             buf: self.clone(),
             id,
@@ -104,7 +111,10 @@ impl ReplayBody {
         let frame = {
             let mut inner = buf.inner.borrow_mut();
             match Pin::new(&mut *inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    *buf.waiting.borrow_mut() = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
                 Poll::Ready(f) => {
                     if inner.is_end_stream() {
                         buf.ended.set(true);

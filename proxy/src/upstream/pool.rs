@@ -92,6 +92,10 @@ pub async fn connect_from(
         mark: 0,
     }));
     let connect = async {
+        #[cfg(feature = "fuzzing")]
+        if let Some(s) = crate::fuzzing::upstream(host.address) {
+            return Ok(Stream::Memory(s));
+        }
         let mut tcp = open(host.address, source).await?;
         let _ = tcp.set_nodelay(true);
         if let Some(k) = &cluster.config().tcp_keepalive {
@@ -192,6 +196,8 @@ pub fn connection_info(s: &mut Stream) -> UpstreamConnection {
             )
         }
         Stream::ServerTls(_) => (None, None),
+        #[cfg(feature = "fuzzing")]
+        Stream::Memory(_) => (None, None),
     };
     UpstreamConnection {
         id: next_connection_id(),
@@ -592,6 +598,15 @@ pub struct Http2Conn {
     limit: usize,
     /// What the access log shows of this connection.
     pub info: UpstreamConnection,
+    /// Tells the connection's driver that the pool and its streams are done with it: the
+    /// connection then closes (GOAWAY) once its last stream ends.
+    release: Rc<Notify>,
+}
+
+impl Drop for Http2Conn {
+    fn drop(&mut self) {
+        self.release.notify_one();
+    }
 }
 
 impl Http2Conn {
@@ -755,9 +770,9 @@ impl Http2Pool {
         Ok(())
     }
 
-    /// Stops using every connection for new streams (drain).
+    /// Stops using every connection for new streams (drain): each closes once its streams end.
     pub fn clear(&self) {
-        for c in self.conns.borrow().iter() {
+        for c in self.conns.borrow_mut().drain(..) {
             c.retire();
         }
     }
@@ -806,6 +821,8 @@ async fn http2_on(
         let timeouts = cluster.stats.lazy_counter("http2.keepalive_timeout");
         driver.conn.ping_pong().map(|pings| (k, pings, timeouts))
     });
+    let release = Rc::new(Notify::new());
+    let released = release.clone();
     tokio::task::spawn_local(async move {
         let alive = async {
             match keepalive {
@@ -816,14 +833,24 @@ async fn http2_on(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            r = driver => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+        tokio::pin!(alive);
+        loop {
+            tokio::select! {
+                r = &mut driver => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                    }
+                    break;
                 }
+                // A PING left unanswered: the connection is closed with whatever it carries.
+                () = &mut alive => {
+                    tracing::debug!("upstream HTTP/2 keepalive timed out");
+                    break;
+                }
+                // Nothing but the probe holds the connection now: h2 closes it once its streams
+                // end.
+                () = released.notified(), if driver.probe.is_some() => driver.probe = None,
             }
-            // A PING left unanswered: the connection is closed with whatever it carries.
-            () = alive => tracing::debug!("upstream HTTP/2 keepalive timed out"),
         }
         closed_by_driver.set(true);
         drop(guard);
@@ -836,6 +863,7 @@ async fn http2_on(
         closed,
         limit: cfg.max_concurrent_streams as usize,
         info,
+        release,
     })
 }
 
