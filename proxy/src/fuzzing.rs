@@ -127,6 +127,8 @@ impl Proxy {
             self.worker.clone(),
             drain,
             self.listener.buffer_limit,
+            // Not exempt from the overload manager (none is configured in these harnesses).
+            true,
         )
         .await;
     }

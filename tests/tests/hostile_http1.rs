@@ -113,6 +113,7 @@ const CASES: &[(&str, &str, Expect)] = &[
     ("path_fragment_with_query", "GET /a?q=1#b HTTP/1.1\r\nHost: a\r\n\r\n", Same),
     ("absolute_uri_fragment", "GET http://a/x#y HTTP/1.1\r\nHost: a\r\n\r\n", Same),
     ("absolute_uri_userinfo", "GET http://u:p@a/x HTTP/1.1\r\nHost: a\r\n\r\n", Same),
+    ("absolute_uri_without_path", "GET http://a HTTP/1.1\r\nHost: a\r\n\r\n", Same),
     ("version_1_2", "GET / HTTP/1.2\r\nHost: a\r\n\r\n", Same),
     ("version_2_0", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", Same),
     ("smuggle_cl_te", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n", Same),

@@ -65,6 +65,7 @@ const DIFFERENT: &[(&str, Expect)] = &[
         "path_with_fragment",
         SkiffForwards("1:200 open usable up=1"),
     ),
+    ("path_fragment_only", RST),
     ("authority_userinfo", Skiff("1:400 open usable up=0")),
     ("authority_empty", RST),
     ("authority_with_space", RST),
@@ -379,6 +380,15 @@ fn cases() -> Vec<Case> {
                 (":method", "GET"),
                 (":scheme", "http"),
                 (":path", "/c/path_with_fragment#frag"),
+                (":authority", "diff.example.com"),
+            ],
+        ),
+        fields(
+            "path_fragment_only",
+            &[
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "#path_fragment_only"),
                 (":authority", "diff.example.com"),
             ],
         ),

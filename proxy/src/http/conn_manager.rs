@@ -448,7 +448,7 @@ pub async fn serve(
             {
                 conn.hcm.stats.http2_header_overflow.inc();
                 log_codec_reset(&conn, "http2.too_many_headers");
-                return Err(StreamRefused("too many headers"));
+                return Err(StreamRefused("too many headers").into());
             }
             if req.version() == Version::HTTP_2
                 && h2_header_bytes(&req)
@@ -456,7 +456,7 @@ pub async fn serve(
             {
                 conn.hcm.stats.http2_header_list_size_too_large.inc();
                 log_codec_reset(&conn, "http2.header_list_size_too_large");
-                return Err(StreamRefused("header list too large"));
+                return Err(StreamRefused("header list too large").into());
             }
             // A `content-length` that is not a number, or several that differ, reset the stream
             // in Envoy's HTTP/2 codec, and repeats of the same one are dropped (h2 takes an empty
@@ -473,12 +473,12 @@ pub async fn serve(
                     let mut repeated = false;
                     for v in values {
                         if v != first {
-                            return Err(StreamRefused("several content-lengths"));
+                            return Err(Malformed("several content-lengths").into());
                         }
                         repeated = true;
                     }
                     if !number(&first) {
-                        return Err(StreamRefused("invalid content-length"));
+                        return Err(Malformed("invalid content-length").into());
                     }
                     if repeated {
                         req.headers_mut()
@@ -491,9 +491,13 @@ pub async fn serve(
             // for a path that does not start with `/`.
             if req.version() == Version::HTTP_2
                 && req.method() != Method::CONNECT
-                && req.uri().path_and_query().is_none_or(|p| p.as_str().is_empty())
+                && req
+                    .uri()
+                    .path_and_query()
+                    // `as_str` says `/` for an empty path; the origin form says what it is.
+                    .is_none_or(|p| http::Uri::from(p.clone()).path().is_empty())
             {
-                return Err(StreamRefused("empty path"));
+                return Err(Malformed("empty path").into());
             }
             // HTTP/2's codec refuses a header name with `_` by resetting the stream before the
             // connection manager sees it (headers_with_underscores_action: REJECT_REQUEST).
@@ -502,9 +506,9 @@ pub async fn serve(
                 && has_underscore_name(req.headers())
             {
                 conn.hcm.stats.http2_rejected_underscores.inc();
-                return Err(StreamRefused("header name contains underscores"));
+                return Err(StreamRefused("header name contains underscores").into());
             }
-            Ok::<_, StreamRefused>(handle(conn, req).await)
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(handle(conn, req).await)
         }
     });
     // per_connection_buffer_limit_bytes bounds what one connection or stream may hold: the
@@ -753,9 +757,17 @@ pub async fn serve(
 type ServeResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 /// An HTTP/2 stream its codec refuses (a header name with `_`, too many headers): hyper
-/// resets it.
+/// resets it with INTERNAL_ERROR, as Envoy does for a limit.
 #[derive(Debug)]
 struct StreamRefused(&'static str);
+
+/// A malformed HTTP/2 request (RFC 9113 §8.1.1): reset with PROTOCOL_ERROR (hyper takes the
+/// code from the `h2::Error` it finds among the error's sources).
+#[derive(Debug)]
+struct Malformed(&'static str);
+
+static PROTOCOL_ERROR: std::sync::LazyLock<h2::Error> =
+    std::sync::LazyLock::new(|| h2::Error::from(h2::Reason::PROTOCOL_ERROR));
 
 impl std::fmt::Display for StreamRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -764,6 +776,18 @@ impl std::fmt::Display for StreamRefused {
 }
 
 impl std::error::Error for StreamRefused {}
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Malformed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*PROTOCOL_ERROR)
+    }
+}
 
 /// The header fields of an HTTP/2 request as its client sent them, pseudo-headers included.
 fn h2_header_count<B>(req: &Request<B>) -> usize {

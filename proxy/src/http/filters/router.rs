@@ -650,7 +650,10 @@ async fn send_http1(
         parts.uri = parts
             .uri
             .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+            .map(|pq| Uri::from(pq.clone()))
+            // An absolute-form target without a path (`http://a`) has an empty one.
+            .filter(|u| !u.path().is_empty())
+            .unwrap_or_else(|| Uri::from_static("/"));
     }
     parts.version = Version::HTTP_11;
     let mut req = Request::from_parts(parts, body);
