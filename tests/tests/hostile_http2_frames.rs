@@ -99,6 +99,8 @@ const DIFFERENT: &[(&str, Expect)] = &[
     ("cl_twice_differ", RST),
     ("cl_list", RST),
     ("cl_negative", RST),
+    ("content_length_empty", RST),
+    ("content_length_twice_same", RST),
     ("data_after_end_stream", GOAWAY),
     ("headers_on_even_stream", GOAWAY),
     ("decreasing_stream_ids", GOAWAY),
@@ -526,6 +528,11 @@ fn cases() -> Vec<Case> {
         ),
         with("te_trailers_and_gzip", &[("te", "trailers, gzip")]),
         with("content_length_plus", &[("content-length", "+0")]),
+        with("content_length_empty", &[("content-length", "")]),
+        with(
+            "content_length_twice_same",
+            &[("content-length", "0"), ("content-length", "0")],
+        ),
         with("value_8k", &[("x-long", &"v".repeat(8192))]),
         raw("headers_over_max_count", {
             let extra: Vec<(String, String)> = (0..150)
@@ -599,6 +606,38 @@ fn cases() -> Vec<Case> {
                 data(1, true, b""),
             ]),
         ),
+        // Envoy's inbound flood limits at their defaults: one empty frame in a row, 100
+        // PRIORITY frames per stream opened (plus 100), 5 WINDOW_UPDATEs before any stream or
+        // DATA. Over one, the connection is closed.
+        raw(
+            "one_empty_data_frame",
+            cat(&[
+                headers(1, EH, &post("one_empty_data_frame", &[])),
+                data(1, false, b""),
+                data(1, true, b"x"),
+            ]),
+        ),
+        raw(
+            "empty_continuation_flood",
+            cat(&[
+                headers(1, 0, &get("empty_continuation_flood", &[])),
+                frame(CONTINUATION, 0, 1, b""),
+                frame(CONTINUATION, 0, 1, b""),
+                frame(CONTINUATION, EH, 1, b""),
+            ]),
+        ),
+        raw("priority_frames_at_limit", {
+            cat(&vec![priority(3, 0, 16); 100])
+        }),
+        raw("priority_frames_over_limit", {
+            cat(&vec![priority(3, 0, 16); 101])
+        }),
+        raw("window_updates_at_limit", {
+            cat(&vec![window_update(0, 1); 5])
+        }),
+        raw("window_updates_over_limit", {
+            cat(&vec![window_update(0, 1); 6])
+        }),
         raw("padded_headers_and_data", {
             let mut b = vec![3];
             b.extend(post("padded_headers_and_data", &[("content-length", "3")]));

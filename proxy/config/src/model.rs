@@ -1290,7 +1290,8 @@ pub enum UpstreamProtocol {
     Auto,
 }
 
-/// HTTP/2 settings for upstream connections.
+/// HTTP/2 settings (a cluster's for upstream connections, a connection manager's for its
+/// clients).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Http2Options {
     /// `max_concurrent_streams`: a cap on streams per connection on top of the peer's.
@@ -1302,6 +1303,12 @@ pub struct Http2Options {
     pub initial_connection_window_size: Option<u32>,
     /// `connection_keepalive`.
     pub keepalive: Option<Http2Keepalive>,
+    /// `max_consecutive_inbound_frames_with_empty_payload` (default 1; downstream only).
+    pub max_consecutive_empty_frames: u32,
+    /// `max_inbound_priority_frames_per_stream` (default 100; downstream only).
+    pub max_priority_frames_per_stream: u32,
+    /// `max_inbound_window_update_frames_per_data_frame_sent` (default 10; downstream only).
+    pub max_window_update_frames_per_data_frame: u32,
 }
 
 /// `connection_keepalive`: PINGs every `interval` (plus up to `jitter` of it, at random); a
@@ -1323,6 +1330,9 @@ impl Default for Http2Options {
             initial_stream_window_size: None,
             initial_connection_window_size: None,
             keepalive: None,
+            max_consecutive_empty_frames: 1,
+            max_priority_frames_per_stream: 100,
+            max_window_update_frames_per_data_frame: 10,
         }
     }
 }

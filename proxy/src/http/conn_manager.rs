@@ -25,6 +25,7 @@ use crate::http::delayed_close::{CloseState, DelayedClose};
 use crate::http::filter::{self, Direction};
 use crate::http::filters::router::{self, Upstream};
 use crate::http::h1_guard::{self, H1Guard, RefusedSlot};
+use crate::http::h2_frames::FloodLimits;
 use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
 use crate::http::timeouts::{Activity, Expiry, StreamTimers};
@@ -141,6 +142,9 @@ pub struct HcmStats {
     /// `http2.header_overflow`: HTTP/2 streams reset for more headers than
     /// `max_headers_count`.
     pub http2_header_overflow: Counter,
+    /// `http2.inbound_empty_frames_flood`, `http2.inbound_priority_frames_flood` and
+    /// `http2.inbound_window_update_frames_flood`.
+    pub http2_floods: h1_guard::FloodCounters,
     /// `downstream_rq_<N>xx`, index N-1, then the listener's copies.
     classes: [Counter; 5],
     listener_classes: [Counter; 5],
@@ -210,6 +214,11 @@ impl HcmStats {
                 .counter("http2.requests_rejected_with_underscores_in_headers"),
             http2_dropped_underscores: shard.counter("http2.dropped_headers_with_underscores"),
             http2_header_overflow: shard.counter("http2.header_overflow"),
+            http2_floods: h1_guard::FloodCounters {
+                empty_frames: shard.counter("http2.inbound_empty_frames_flood"),
+                priority: shard.counter("http2.inbound_priority_frames_flood"),
+                window_update: shard.counter("http2.inbound_window_update_frames_flood"),
+            },
             http2_keepalive_timeout: shard.counter("http2.keepalive_timeout"),
             http2_header_list_size_too_large: shard.counter("http2.header_list_size_too_large"),
             listener_completed: shard.counter(&format!("{listener_prefix}downstream_rq_completed")),
@@ -458,31 +467,18 @@ pub async fn serve(
                 log_codec_reset(&conn, "http2.header_list_size_too_large");
                 return Err(StreamRefused("header list too large").into());
             }
-            // A `content-length` that is not a number, or several that differ, reset the stream
-            // in Envoy's HTTP/2 codec, and repeats of the same one are dropped (h2 takes an empty
-            // one for 0 and checks only the first: they would reach an HTTP/1.1 upstream as
-            // they are).
-            let mut req = req;
+            // A `content-length` that is not a number, or given more than once, resets the
+            // stream (Envoy's HTTP/2 codec closes the connection on either; h2 takes an empty
+            // one for 0 and checks only the first, so they would reach an HTTP/1.1 upstream
+            // as they are).
             if req.version() == Version::HTTP_2 {
-                let lengths = req.headers().get_all(http::header::CONTENT_LENGTH);
-                let mut values = lengths.iter();
-                if let Some(first) = values.next().cloned() {
-                    let number = |v: &HeaderValue| {
-                        !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit)
-                    };
-                    let mut repeated = false;
-                    for v in values {
-                        if v != first {
-                            return Err(Malformed("several content-lengths").into());
-                        }
-                        repeated = true;
+                let mut lengths = req.headers().get_all(http::header::CONTENT_LENGTH).iter();
+                if let Some(first) = lengths.next() {
+                    if lengths.next().is_some() {
+                        return Err(Malformed("several content-lengths").into());
                     }
-                    if !number(&first) {
+                    if first.is_empty() || !first.as_bytes().iter().all(u8::is_ascii_digit) {
                         return Err(Malformed("invalid content-length").into());
-                    }
-                    if repeated {
-                        req.headers_mut()
-                            .insert(http::header::CONTENT_LENGTH, first);
                     }
                 }
             }
@@ -581,6 +577,14 @@ pub async fn serve(
         stats.downstream_rq_header_timeout.clone(),
     )
     .allow_chunked_length(hcm.config.allow_chunked_length)
+    .h2_floods(
+        FloodLimits {
+            empty_frames: hcm.config.http2.max_consecutive_empty_frames,
+            priority_per_stream: hcm.config.http2.max_priority_frames_per_stream,
+            window_update_per_data_frame: hcm.config.http2.max_window_update_frames_per_data_frame,
+        },
+        stats.http2_floods.clone(),
+    )
     .switch_on(conn.switched.clone())
     .on_http2(close_state.http2_flag());
     let speaks_http2 = close_state.http2_flag();

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::http::framing::{self, Chunked, Framing, Refusal, Scan, Verdict};
-use crate::http::h2_head::HeaderBlocks;
+use crate::http::h2_frames::{Flood, FloodLimits, Frames};
 use crate::io::Slot;
 use crate::stats::Counter;
 
@@ -99,8 +99,13 @@ pub struct H1Guard<T> {
     head_started: Option<Instant>,
     /// The head timer, made the first time a head waits for more bytes.
     head_timer: Option<Pin<Box<Sleep>>>,
-    /// HTTP/2 with `request_headers_timeout`: where the client is in its frames.
-    h2: Option<HeaderBlocks>,
+    /// HTTP/2 with `request_headers_timeout` or flood limits: where the client is in its
+    /// frames.
+    h2: Option<Frames>,
+    /// HTTP/2's inbound flood limits, and the counters of each flood.
+    floods: Option<(FloodLimits, FloodCounters)>,
+    /// The client went over a flood limit: nothing more is read or written.
+    flooded: Option<Flood>,
     /// Set once the connection turned out to speak HTTP/2.
     http2: Switched,
     /// `downstream_rq_header_timeout`, counted here for HTTP/2 (HTTP/1.1's 408 is counted by
@@ -131,6 +136,8 @@ impl<T> H1Guard<T> {
             head_started: None,
             head_timer: None,
             h2: None,
+            floods: None,
+            flooded: None,
             h2_timed_out: None,
             http2: Switched::new(AtomicBool::new(!http1)),
         }
@@ -159,11 +166,38 @@ impl<T> H1Guard<T> {
         self.head_timeout = head_timeout;
         if head_timeout.is_some() {
             self.h2_timed_out = Some(timed_out);
-            if self.state == State::Through {
-                self.h2 = Some(HeaderBlocks::new(true));
-            }
         }
+        self.follow_h2_frames();
         self
+    }
+
+    /// HTTP/2's inbound flood limits: a client over one has its connection closed, and the
+    /// flood counted.
+    pub fn h2_floods(mut self, limits: FloodLimits, counters: FloodCounters) -> Self {
+        self.floods = Some((limits, counters));
+        self.follow_h2_frames();
+        self
+    }
+
+    /// Follows the client's frames once the connection speaks HTTP/2, when anything needs
+    /// them.
+    fn follow_h2_frames(&mut self) {
+        let needed = self.head_timeout.is_some() || self.floods.is_some();
+        if self.state == State::Through && self.h2.is_none() && needed {
+            let frames = Frames::new(true);
+            self.h2 = Some(match &self.floods {
+                Some((limits, _)) => frames.with_limits(*limits),
+                None => frames,
+            });
+        }
+    }
+
+    /// The client went over a flood limit: counted, and nothing more passes.
+    fn flood(&mut self, flood: Flood) {
+        if let Some((_, counters)) = &self.floods {
+            counters.of(flood).inc();
+        }
+        self.flooded = Some(flood);
     }
 
     /// `allow_chunked_length`: `Content-Length` with chunked is taken as chunked.
@@ -251,9 +285,7 @@ impl<T> H1Guard<T> {
                 } else if n == H2_PREFACE.len() {
                     self.state = State::Through;
                     self.http2.store(true, Ordering::Relaxed);
-                    if self.head_timeout.is_some() {
-                        self.h2 = Some(HeaderBlocks::new(true));
-                    }
+                    self.follow_h2_frames();
                     true
                 } else if self.eof {
                     self.state = State::Head;
@@ -406,9 +438,13 @@ impl<T> H1Guard<T> {
     }
 
     fn pass(&mut self, n: usize) {
-        let bytes = self.pending.split_to(n);
+        let mut bytes = self.pending.split_to(n);
         if let Some(h2) = &mut self.h2 {
-            h2.feed(&bytes);
+            if let Err((flood, before)) = h2.feed(&bytes) {
+                bytes.truncate(before);
+                self.pending.clear();
+                self.flood(flood);
+            }
         }
         self.ready.unsplit(bytes);
         self.searched = 0;
@@ -427,6 +463,28 @@ impl<T> H1Guard<T> {
     }
 }
 
+/// The connection manager's counters of HTTP/2 floods (`http2.inbound_*_flood`).
+#[derive(Debug, Clone)]
+pub struct FloodCounters {
+    pub empty_frames: Counter,
+    pub priority: Counter,
+    pub window_update: Counter,
+}
+
+impl FloodCounters {
+    fn of(&self, flood: Flood) -> &Counter {
+        match flood {
+            Flood::EmptyFrames => &self.empty_frames,
+            Flood::Priority => &self.priority,
+            Flood::WindowUpdate => &self.window_update,
+        }
+    }
+}
+
+fn flood_error(flood: Flood) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, flood.message())
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -441,14 +499,22 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
                 this.ready.advance(n);
                 return Poll::Ready(Ok(()));
             }
+            if let Some(flood) = this.flooded {
+                return Poll::Ready(Err(flood_error(flood)));
+            }
             if this.state == State::Through && this.pending.is_empty() {
                 let Some(h2) = &mut this.h2 else {
                     return Pin::new(&mut this.inner).poll_read(cx, buf);
                 };
                 let before = buf.filled().len();
                 if Pin::new(&mut this.inner).poll_read(cx, buf)?.is_ready() {
-                    h2.feed(&buf.filled()[before..]);
-                    if !h2.in_header_block() {
+                    if let Err((flood, n)) = h2.feed(&buf.filled()[before..]) {
+                        buf.set_filled(before + n);
+                        this.flood(flood);
+                        if n == 0 {
+                            continue;
+                        }
+                    } else if !h2.in_header_block() {
                         this.head_started = None;
                     }
                     return Poll::Ready(Ok(()));
@@ -559,7 +625,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        let this = &mut *self;
+        if let Some(flood) = this.flooded {
+            return Poll::Ready(Err(flood_error(flood)));
+        }
+        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
+        if let Some(h2) = &mut this.h2 {
+            h2.sent(&data[..n]);
+        }
+        Poll::Ready(Ok(n))
     }
 
     fn poll_write_vectored(
@@ -567,7 +641,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        if let Some(flood) = this.flooded {
+            return Poll::Ready(Err(flood_error(flood)));
+        }
+        let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        if let Some(h2) = &mut this.h2 {
+            let mut left = n;
+            for b in bufs {
+                let take = left.min(b.len());
+                h2.sent(&b[..take]);
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {

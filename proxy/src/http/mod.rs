@@ -8,7 +8,7 @@ pub mod filter;
 pub mod filters;
 pub mod framing;
 pub mod h1_guard;
-pub mod h2_head;
+pub mod h2_frames;
 pub mod headers;
 pub mod local_reply;
 pub mod replay;

@@ -202,7 +202,7 @@ pub(super) fn translate_cluster(
     #[allow(deprecated)]
     if let Some(h2) = &c.http2_protocol_options {
         protocol = UpstreamProtocol::Http2;
-        http2 = http2_options(h2, &format!("{path}.http2_protocol_options"))?;
+        http2 = cluster_http2_options(h2, &format!("{path}.http2_protocol_options"))?;
     }
     for (key, any) in &c.typed_extension_protocol_options {
         let opath = format!("{path}.typed_extension_protocol_options[\"{key}\"]");
@@ -256,7 +256,7 @@ pub(super) fn translate_cluster(
                 }
                 Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
                     protocol = UpstreamProtocol::Http2;
-                    http2 = http2_options(
+                    http2 = cluster_http2_options(
                         &h2,
                         &format!("{opath}.explicit_http_config.http2_protocol_options"),
                     )?;
@@ -275,8 +275,10 @@ pub(super) fn translate_cluster(
                     return Err(ConfigError::unsupported(format!("{opath}.auto_config")));
                 }
                 if let Some(h2) = &a.http2_protocol_options {
-                    http2 =
-                        http2_options(h2, &format!("{opath}.auto_config.http2_protocol_options"))?;
+                    http2 = cluster_http2_options(
+                        h2,
+                        &format!("{opath}.auto_config.http2_protocol_options"),
+                    )?;
                 }
                 if let Some(h1) = &a.http_protocol_options {
                     header_case = super::upstream_http1(
@@ -296,7 +298,7 @@ pub(super) fn translate_cluster(
                     )?;
                 }
                 if let Some(h2) = &d.http2_protocol_options {
-                    http2 = http2_options(
+                    http2 = cluster_http2_options(
                         h2,
                         &format!("{opath}.use_downstream_protocol_config.http2_protocol_options"),
                     )?;
@@ -503,7 +505,59 @@ pub(super) fn http2_options(
         initial_stream_window_size: h2.initial_stream_window_size.as_ref().map(|v| v.value),
         initial_connection_window_size: h2.initial_connection_window_size.as_ref().map(|v| v.value),
         keepalive,
+        max_consecutive_empty_frames: h2
+            .max_consecutive_inbound_frames_with_empty_payload
+            .as_ref()
+            .map_or(d.max_consecutive_empty_frames, |v| v.value),
+        max_priority_frames_per_stream: h2
+            .max_inbound_priority_frames_per_stream
+            .as_ref()
+            .map_or(d.max_priority_frames_per_stream, |v| v.value),
+        max_window_update_frames_per_data_frame: h2
+            .max_inbound_window_update_frames_per_data_frame_sent
+            .as_ref()
+            .map_or(d.max_window_update_frames_per_data_frame, |v| v.value),
     })
+}
+
+/// A cluster's `http2_protocol_options` (at `path`).
+fn cluster_http2_options(
+    h2: &core::Http2ProtocolOptions,
+    path: &str,
+) -> Result<Http2Options, ConfigError> {
+    refuse_upstream_flood_limits(h2, path)?;
+    http2_options(h2, path)
+}
+
+/// The inbound flood limits guard a connection manager's clients; skiff does not check what an
+/// upstream sends against them, so on a cluster they are refused.
+fn refuse_upstream_flood_limits(
+    h2: &core::Http2ProtocolOptions,
+    path: &str,
+) -> Result<(), ConfigError> {
+    let fields = [
+        (
+            "max_consecutive_inbound_frames_with_empty_payload",
+            h2.max_consecutive_inbound_frames_with_empty_payload
+                .is_some(),
+        ),
+        (
+            "max_inbound_priority_frames_per_stream",
+            h2.max_inbound_priority_frames_per_stream.is_some(),
+        ),
+        (
+            "max_inbound_window_update_frames_per_data_frame_sent",
+            h2.max_inbound_window_update_frames_per_data_frame_sent
+                .is_some(),
+        ),
+    ];
+    match fields.iter().find(|(_, set)| *set) {
+        Some((field, _)) => Err(ConfigError::new(
+            format!("{path}.{field}"),
+            "unsupported on clusters: upstream HTTP/2 connections are not checked for floods",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Envoy's ranges: streams 1..=2^31-1, windows 65535..=2^31-1.
@@ -535,6 +589,16 @@ fn check_http2_options(h2: &core::Http2ProtocolOptions, path: &str) -> Result<()
                 ));
             }
         }
+    }
+    if h2
+        .max_inbound_window_update_frames_per_data_frame_sent
+        .as_ref()
+        .is_some_and(|v| v.value == 0)
+    {
+        return Err(ConfigError::new(
+            format!("{path}.max_inbound_window_update_frames_per_data_frame_sent"),
+            "value must be greater than or equal to 1",
+        ));
     }
     Ok(())
 }
@@ -652,4 +716,75 @@ fn tcp_keepalive(c: &cluster::Cluster, path: &str) -> Result<Option<TcpKeepalive
         time: k.keepalive_time.as_ref().map(|v| v.value),
         interval: k.keepalive_interval.as_ref().map(|v| v.value),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::load_text;
+    use crate::model::NetworkFilter;
+
+    fn bootstrap(hcm_h2: &str, cluster_h2: &str) -> String {
+        format!(
+            r#"
+static_resources:
+  listeners:
+  - address: {{ socket_address: {{ address: 127.0.0.1, port_value: 10000 }} }}
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: p
+          http2_protocol_options: {hcm_h2}
+          route_config: {{ virtual_hosts: [ {{ name: a, domains: ["*"], routes: [ {{ match: {{ prefix: "/" }}, route: {{ cluster: up }} }} ] }} ] }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: up
+    http2_protocol_options: {cluster_h2}
+    load_assignment: {{ cluster_name: up, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 1 }} }} }} }} ] }} ] }}
+"#
+        )
+    }
+
+    #[test]
+    fn flood_limits_serve_the_connection_manager_only() {
+        let loaded = load_text(&bootstrap(
+            "{max_consecutive_inbound_frames_with_empty_payload: 3, max_inbound_priority_frames_per_stream: 7, max_inbound_window_update_frames_per_data_frame_sent: 2, override_stream_error_on_invalid_http_message: true}",
+            "{}",
+        ))
+        .expect("loads");
+        let chain = &loaded.model.listeners[0].filter_chains[0].1;
+        let Some(NetworkFilter::HttpConnectionManager(hcm)) = chain.filters.last() else {
+            panic!("an HCM");
+        };
+        assert_eq!(
+            (
+                hcm.http2.max_consecutive_empty_frames,
+                hcm.http2.max_priority_frames_per_stream,
+                hcm.http2.max_window_update_frames_per_data_frame
+            ),
+            (3, 7, 2)
+        );
+        let e = load_text(&bootstrap(
+            "{}",
+            "{max_inbound_priority_frames_per_stream: 7}",
+        ))
+        .expect_err("refused on a cluster")
+        .to_string();
+        assert!(
+            e.starts_with(
+                "static_resources.clusters[0].http2_protocol_options.max_inbound_priority_frames_per_stream"
+            ),
+            "{e}"
+        );
+        let e = load_text(&bootstrap(
+            "{max_inbound_window_update_frames_per_data_frame_sent: 0}",
+            "{}",
+        ))
+        .expect_err("0 is refused, as by Envoy")
+        .to_string();
+        assert!(e.contains("greater than or equal to 1"), "{e}");
+    }
 }
