@@ -135,6 +135,12 @@ pub enum StatValue {
     Gauge(i64),
 }
 
+/// A gauge as the admin shows it: unsigned, as Envoy's gauges are (a `version` gauge holds a
+/// 64-bit hash).
+pub fn shown_gauge(g: i64) -> u64 {
+    g as u64
+}
+
 /// Every shard of the process.
 #[derive(Debug)]
 pub struct Store {
@@ -282,7 +288,7 @@ pub fn prometheus_tagged(snapshot: &BTreeMap<String, StatValue>, tagging: &Taggi
         let metric = format!("envoy_{}", sanitize(&metric));
         let (is_counter, v) = match value {
             StatValue::Counter(v) => (true, v.to_string()),
-            StatValue::Gauge(v) => (false, v.to_string()),
+            StatValue::Gauge(v) => (false, shown_gauge(*v).to_string()),
         };
         let labels = if tags.is_empty() {
             String::new()

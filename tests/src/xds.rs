@@ -1,5 +1,6 @@
 //! The test control plane (`src/bin/xds-control-plane.rs`) as a test drives it: a separate
-//! process serving ADS, state of the world and delta, over TCP and a Unix socket; commands on
+//! process serving ADS, state of the world and delta, over TCP and a Unix socket, and REST
+//! over HTTP/1.1; commands on
 //! its stdin, and every request and response it sees collected from its stdout.
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,8 @@ pub struct ControlPlane {
     pub port: u16,
     /// Its Unix socket.
     pub uds: PathBuf,
+    /// Its REST (HTTP/1.1) port.
+    pub rest_port: u16,
 }
 
 /// How a proxy answered one response.
@@ -50,6 +53,7 @@ impl ControlPlane {
         let mut child = Command::new(bin)
             .args(["--tcp", &format!("127.0.0.1:{tcp_port}")])
             .args(["--uds", &uds.display().to_string()])
+            .args(["--rest", "127.0.0.1:0"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -74,11 +78,13 @@ impl ControlPlane {
             events,
             port: 0,
             uds: uds.to_path_buf(),
+            rest_port: 0,
         };
         let ready = cp
             .wait(Duration::from_secs(10), |e| e["event"] == "ready")
             .await;
         cp.port = ready["port"].as_u64().unwrap_or(0) as u16;
+        cp.rest_port = ready["rest_port"].as_u64().unwrap_or(0) as u16;
         cp
     }
 
@@ -188,6 +194,16 @@ impl ControlPlane {
             .into_iter()
             .filter(|e| e["event"] == "request" && e["node"] == node)
             .collect()
+    }
+
+    /// Makes REST answers carry `status` and no body (0: answer normally again).
+    pub async fn rest_status(&mut self, status: u16) {
+        let cmd = serde_json::json!({"cmd": "rest_status", "status": status});
+        self.stdin
+            .write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .expect("control plane stdin");
+        self.stdin.flush().await.expect("flush");
     }
 
     /// Stops the control plane (its streams close).

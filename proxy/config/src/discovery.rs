@@ -196,6 +196,21 @@ struct Extra {
 /// The line that announces a binary `DiscoveryResponse` to the decoder: this prefix, its
 /// length, a newline, then the bytes.
 const BINARY_LINE: &str = "\0binary ";
+/// The same for a JSON `DiscoveryResponse` (a REST xDS server's answer).
+const JSON_LINE: &str = "\0json ";
+
+/// Decodes a REST xDS server's JSON `DiscoveryResponse`: text that is not one is refused as a
+/// whole (Envoy counts it `update_rejected`); its resources are then checked one by one, as
+/// those of a binary response ([`check_binary`]).
+pub fn decode_json(text: &str) -> Result<Discovery, FileError> {
+    let refuse = |e: ConfigError| FileError::Rejected(e);
+    let desc = proto::message(DISCOVERY_RESPONSE).map_err(refuse)?;
+    let (msg, unknown_fields) = proto::decode_text_lenient(text, desc).map_err(refuse)?;
+    let response: DiscoveryResponse = proto::to_typed(&msg).map_err(refuse)?;
+    let mut d = check_binary(response);
+    d.unknown_fields.extend(unknown_fields);
+    Ok(d)
+}
 
 /// The hidden flag with which skiff runs itself as a decoder: it reads one path per line on
 /// stdin and answers each with a frame on stdout (see [`serve_decoder`]).
@@ -221,22 +236,41 @@ pub fn serve_decoder(
         if input.read_line(&mut line)? == 0 {
             return Ok(());
         }
-        let decoded = match line.trim_end().strip_prefix(BINARY_LINE) {
-            Some(len) => {
-                let len: usize = len
-                    .parse()
-                    .map_err(|_| std::io::Error::other("decoder: bad length"))?;
-                if len > MAX_FRAME {
-                    return Err(std::io::Error::other("decoder: frame too large"));
-                }
-                let mut buf = vec![0u8; len];
-                input.read_exact(&mut buf)?;
-                match DiscoveryResponse::decode(buf.as_slice()) {
-                    Ok(r) => Ok(check_binary(r)),
-                    Err(e) => Err(FileError::Read(format!("cannot decode response: {e}"))),
-                }
+        let head = line.trim_end();
+        let decoded = if let Some(len) = head.strip_prefix(JSON_LINE) {
+            let len: usize = len
+                .parse()
+                .map_err(|_| std::io::Error::other("decoder: bad length"))?;
+            if len > MAX_FRAME {
+                return Err(std::io::Error::other("decoder: frame too large"));
             }
-            None => decode_file(Path::new(line.trim_end())),
+            let mut buf = vec![0u8; len];
+            input.read_exact(&mut buf)?;
+            match String::from_utf8(buf) {
+                Ok(text) => decode_json(&text),
+                Err(_) => Err(FileError::Rejected(ConfigError::new(
+                    "",
+                    "the response is not UTF-8",
+                ))),
+            }
+        } else {
+            match head.strip_prefix(BINARY_LINE) {
+                Some(len) => {
+                    let len: usize = len
+                        .parse()
+                        .map_err(|_| std::io::Error::other("decoder: bad length"))?;
+                    if len > MAX_FRAME {
+                        return Err(std::io::Error::other("decoder: frame too large"));
+                    }
+                    let mut buf = vec![0u8; len];
+                    input.read_exact(&mut buf)?;
+                    match DiscoveryResponse::decode(buf.as_slice()) {
+                        Ok(r) => Ok(check_binary(r)),
+                        Err(e) => Err(FileError::Read(format!("cannot decode response: {e}"))),
+                    }
+                }
+                None => decode_file(Path::new(line.trim_end())),
+            }
         };
         match decoded {
             Ok(d) => {
@@ -309,6 +343,8 @@ enum Request<'a> {
     File(&'a Path),
     /// A binary `DiscoveryResponse` from an xDS server.
     Binary(&'a [u8]),
+    /// A JSON `DiscoveryResponse` from a REST xDS server.
+    Json(&'a str),
 }
 
 /// Decodes discovery files in a helper process of skiff's own, started on first use and
@@ -346,9 +382,15 @@ impl Decoder {
         }
     }
 
+    /// Decodes and checks a REST xDS server's JSON response (see [`decode_json`]).
+    pub fn check_json(&mut self, text: &str) -> Result<Discovery, FileError> {
+        self.run(Request::Json(text))
+    }
+
     fn run(&mut self, req: Request<'_>) -> Result<Discovery, FileError> {
         let local = |req: &Request<'_>| match req {
             Request::File(p) => decode_file(p),
+            Request::Json(t) => decode_json(t),
             Request::Binary(b) => DiscoveryResponse::decode(*b)
                 .map(check_binary)
                 .map_err(|e| FileError::Read(format!("cannot decode response: {e}"))),
@@ -443,6 +485,11 @@ impl Decoder {
                 r.input
                     .write_all(format!("{BINARY_LINE}{}\n", b.len()).as_bytes())?;
                 r.input.write_all(b)?;
+            }
+            Request::Json(t) => {
+                r.input
+                    .write_all(format!("{JSON_LINE}{}\n", t.len()).as_bytes())?;
+                r.input.write_all(t.as_bytes())?;
             }
         }
         r.input.flush()?;

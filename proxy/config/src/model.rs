@@ -74,7 +74,8 @@ pub enum SourceKind {
     },
     /// `ads: {}`: the bootstrap's `ads_config` stream.
     Ads,
-    /// `api_config_source` with `api_type` GRPC or DELTA_GRPC: a stream of its own per type.
+    /// `api_config_source` with `api_type` GRPC or DELTA_GRPC (a stream of its own per
+    /// type), or REST (polled).
     Grpc(GrpcSource),
 }
 
@@ -115,6 +116,19 @@ pub struct GrpcSource {
     pub node_on_first_message_only: bool,
     /// `grpc_services[].initial_metadata`: headers sent with the stream.
     pub initial_metadata: Vec<(String, String)>,
+    /// `api_type: REST`: no stream; JSON requests polled over HTTP/1.1 to `cluster`
+    /// (`cluster_names`).
+    pub rest: Option<RestPolling>,
+}
+
+/// How a REST xDS source is polled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RestPolling {
+    /// `refresh_delay` (required): the next request goes out this long after an answer, plus
+    /// up to as long again at random, as Envoy's.
+    pub refresh_delay: Duration,
+    /// `request_timeout` (default 1 s).
+    pub request_timeout: Duration,
 }
 
 /// The address of an xDS server.

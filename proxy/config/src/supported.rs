@@ -157,6 +157,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "transport_api_version",
             "grpc_services",
             "set_node_on_first_message_only",
+            // REST: its server, how often it is polled and how long a request may take. On
+            // gRPC sources Envoy reads neither delay nor timeout either.
+            "cluster_names",
+            "refresh_delay",
+            "request_timeout",
         ],
     ),
     (

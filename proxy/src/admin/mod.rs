@@ -345,7 +345,9 @@ fn stats_endpoint(state: &AdminState, q: &BTreeMap<String, String>) -> Response<
         let mut stats: Vec<serde_json::Value> = selected
             .map(|(name, v)| match v {
                 StatValue::Counter(c) => json!({"name": name, "value": c}),
-                StatValue::Gauge(g) => json!({"name": name, "value": g}),
+                StatValue::Gauge(g) => {
+                    json!({"name": name, "value": crate::stats::shown_gauge(*g)})
+                }
             })
             .collect();
         stats.extend(texts.map(|(name, v)| json!({"name": name, "value": v})));
@@ -355,7 +357,7 @@ fn stats_endpoint(state: &AdminState, q: &BTreeMap<String, String>) -> Response<
         .map(|(name, v)| {
             let v = match v {
                 StatValue::Counter(c) => c.to_string(),
-                StatValue::Gauge(g) => g.to_string(),
+                StatValue::Gauge(g) => crate::stats::shown_gauge(*g).to_string(),
             };
             (name.as_str(), v)
         })

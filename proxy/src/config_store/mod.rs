@@ -261,6 +261,8 @@ pub struct ConfigStore {
     xds_keepalive: BTreeMap<String, crate::config::model::Http2Keepalive>,
     /// The bootstrap's `node`, sent to xDS servers.
     node: envoy_types::pb::envoy::config::core::v3::Node,
+    /// The same node in Envoy's JSON form (the bootstrap's), for REST requests.
+    node_json: serde_json::Value,
     /// The xDS streams running.
     streams: BTreeMap<StreamKey, xds::Stream>,
     /// What each stream was last asked for, per type.
@@ -322,6 +324,16 @@ impl ConfigStore {
         if node.user_agent_name.is_empty() {
             node.user_agent_name = "skiff".into();
         }
+        let mut node_json = loaded
+            .dump
+            .bootstrap
+            .get("node")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({}));
+        if let Some(o) = node_json.as_object_mut() {
+            o.entry("user_agent_name")
+                .or_insert_with(|| node.user_agent_name.clone().into());
+        }
         let mut store = ConfigStore {
             main: main.clone(),
             stats,
@@ -355,6 +367,7 @@ impl ConfigStore {
                 .filter_map(|c| Some((c.name.clone(), c.http2.keepalive?)))
                 .collect(),
             node,
+            node_json,
             streams: BTreeMap::new(),
             interests: BTreeMap::new(),
             lds_asked: false,

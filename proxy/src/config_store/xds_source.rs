@@ -56,28 +56,35 @@ impl ConfigStore {
         url: &str,
         update: Update,
     ) -> Result<(), String> {
-        let (version_info, anys, versions, removed) = match update {
+        let response = |version_info, resources| {
+            envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse {
+                version_info,
+                resources,
+                ..Default::default()
+            }
+        };
+        let (d, removed) = match update {
             Update::Sotw {
                 version_info,
                 resources,
-            } => (version_info, resources, Vec::new(), None),
+            } => (self.decoder.check(response(version_info, resources)), None),
             Update::Delta {
                 system_version_info,
                 resources,
                 removed,
             } => {
                 let (versions, anys) = resources.into_iter().map(|(_, v, a)| (v, a)).unzip();
-                (system_version_info, anys, versions, Some(removed))
+                let mut d = self.decoder.check(response(system_version_info, anys));
+                d.versions = versions;
+                (d, Some(removed))
             }
-        };
-        let mut d = self.decoder.check(
-            envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse {
-                version_info,
-                resources: anys,
-                ..Default::default()
+            // A REST answer, decoded by the helper (which holds the descriptors): JSON that is
+            // not a discovery response is rejected as a whole, as Envoy rejects it.
+            Update::Json(text) => match self.decoder.check_json(&text) {
+                Ok(d) => (d, None),
+                Err(e) => return self.reject_rest_answer(stream, url, e),
             },
-        );
-        d.versions = versions;
+        };
         let fed_by = |s: &Subscription| stream_feeds(stream, &s.source);
         match url {
             type_url::LISTENER | type_url::CLUSTER => {
@@ -96,6 +103,35 @@ impl ConfigStore {
             }
             other => Err(format!("unexpected type URL '{other}'")),
         }
+    }
+
+    /// A REST answer that is not a discovery response: counted as rejected by the
+    /// subscription it was polled for.
+    fn reject_rest_answer(
+        &mut self,
+        stream: &StreamKey,
+        url: &str,
+        e: FileError,
+    ) -> Result<(), String> {
+        let StreamKey::Api(source, _, name) = stream else {
+            return Err(e.to_string());
+        };
+        let kind = match url {
+            type_url::LISTENER => Kind::Lds,
+            type_url::CLUSTER => Kind::Cds,
+            type_url::ROUTE => Kind::Rds(name.clone()),
+            type_url::ENDPOINT => Kind::Eds(name.clone()),
+            _ => Kind::Sds(name.clone()),
+        };
+        let src = ConfigSource {
+            kind: SourceKind::Grpc(source.clone()),
+            initial_fetch_timeout: None,
+        };
+        let rejected = match e {
+            FileError::Read(m) => FileError::Rejected(ConfigError::new("", m)),
+            r => r,
+        };
+        self.deliver(kind, &src, &Err(rejected), None)
     }
 
     /// An RDS, EDS or SDS response: each resource goes to the subscription of its name (a
@@ -226,6 +262,11 @@ impl ConfigStore {
         // The stream of a subscription, and the scope of its stats when it has one of its own.
         let key_of = |sub: &Subscription, t: &'static str, name: &str| match &sub.source.kind {
             SourceKind::Ads => Some(((StreamKey::Ads, t), "control_plane.".to_string())),
+            // A REST source counts its failed polls in the subscription's own stats.
+            SourceKind::Grpc(g) if g.rest.is_some() => Some((
+                (StreamKey::Api(g.clone(), t, name.to_string()), t),
+                sub.scope.clone(),
+            )),
             SourceKind::Grpc(g) => Some((
                 (StreamKey::Api(g.clone(), t, name.to_string()), t),
                 format!("{}control_plane.", sub.scope),
@@ -348,7 +389,7 @@ impl ConfigStore {
                 key.clone(),
                 source,
                 (target, keepalive),
-                self.node.clone(),
+                (self.node.clone(), self.node_json.clone()),
                 self.xds_tx.clone(),
                 (self.main.clone(), scope),
                 self.paused.subscribe(),

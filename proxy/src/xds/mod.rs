@@ -10,6 +10,8 @@
 //! store tells the stream which names it wants with [`Stream::interest`], and which types'
 //! answers an ADS stream holds back for now ([`Paused`]: CDS while clusters warm, as Envoy's
 //! cluster manager pauses it).
+//!
+//! A REST source ([`rest`]) has no stream: a task of the same shape polls for its one type.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -24,6 +26,8 @@ use envoy_types::pb::google::rpc::Status;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::model::{GrpcSource, GrpcTarget, Http2Keepalive};
+
+mod rest;
 use crate::config_store::type_url;
 use crate::stats::Shard;
 
@@ -57,6 +61,8 @@ pub enum Update {
         /// `removed_resources`.
         removed: Vec<String>,
     },
+    /// A REST server's JSON `DiscoveryResponse`, as it came (the store decodes it).
+    Json(String),
 }
 
 /// A response for the store, with the channel its verdict goes back on.
@@ -106,26 +112,29 @@ impl Stream {
         key: StreamKey,
         source: GrpcSource,
         (target, keepalive): (GrpcTarget, Option<Http2Keepalive>),
-        node: Node,
+        (node, node_json): (Node, serde_json::Value),
         events: mpsc::UnboundedSender<XdsEvent>,
         (main, stats_prefix): (Arc<Shard>, String),
         paused: Paused,
     ) -> Stream {
         let (commands, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(
-            Conn {
-                key,
-                source,
-                target,
-                keepalive,
-                node,
-                events,
-                main,
-                stats_prefix,
-                paused,
-            },
-            rx,
-        ));
+        let rest = source.rest;
+        let conn = Conn {
+            key,
+            source,
+            target,
+            keepalive,
+            node,
+            node_json,
+            events,
+            main,
+            stats_prefix,
+            paused,
+        };
+        let task = match rest {
+            Some(polling) => tokio::spawn(rest::run(conn, polling, rx)),
+            None => tokio::spawn(run(conn, rx)),
+        };
         Stream { commands, task }
     }
 
@@ -143,6 +152,8 @@ struct Conn {
     /// The cluster's HTTP/2 `connection_keepalive`.
     keepalive: Option<Http2Keepalive>,
     node: Node,
+    /// The node in JSON, for REST requests.
+    node_json: serde_json::Value,
     events: mpsc::UnboundedSender<XdsEvent>,
     main: Arc<Shard>,
     stats_prefix: String,
@@ -765,6 +776,7 @@ mod tests {
             authority: "x".into(),
             node_on_first_message_only: false,
             initial_metadata: Vec::new(),
+            rest: None,
         };
         assert!(method(
             &StreamKey::Api(g.clone(), type_url::ROUTE, "r".into()),

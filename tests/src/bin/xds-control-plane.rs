@@ -7,7 +7,13 @@
 //!   `T` for node `N` are now those of `Y` (a YAML list of `@type` resources); a resource whose
 //!   content changed takes version `V` (delta), the type's version is `V` (state of the world).
 //!   Every stream of that node that subscribed to `T` is sent what changed for it.
+//! - `{"cmd": "rest_status", "status": S}`: REST answers get status `S` with no body (0: answer
+//!   normally again).
 //! - `{"cmd": "quit"}`.
+//!
+//! With `--rest ADDR` it also serves REST xDS over HTTP/1.1: a JSON `DiscoveryRequest` POSTed to
+//! `/v3/discovery:<type>` is answered with the node's current resources of that type in JSON,
+//! or `304` when the request already has the current version (as go-control-plane's gateway).
 //!
 //! It reports on stdout, one JSON object per line: `ready` (with the TCP port), each request
 //! received (`request`: stream, node id, protocol, type, version, nonce, names, error) and each
@@ -482,6 +488,97 @@ where
         .await;
 }
 
+/// REST answers' forced status (0: none).
+static REST_STATUS: AtomicU64 = AtomicU64::new(0);
+
+/// Answers one REST request.
+fn rest_answer(path: &str, body: &[u8], state: &State) -> http::Response<String> {
+    let reply = |status: u16, body: String| {
+        let mut r = http::Response::new(body);
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    let text = String::from_utf8_lossy(body);
+    let decoded = skiff::config::proto::message("envoy.service.discovery.v3.DiscoveryRequest")
+        .and_then(|d| skiff::config::proto::decode_text_lenient(&text, d))
+        .and_then(|(m, _)| skiff::config::proto::to_typed::<DiscoveryRequest>(&m));
+    let r = match decoded {
+        Ok(r) => r,
+        Err(e) => return reply(400, e.to_string()),
+    };
+    let node = r.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+    emit(json!({
+        "event": "request", "stream": "rest", "rest": true, "path": path, "node": node,
+        "has_node": r.node.is_some(), "type_url": r.type_url,
+        "version": r.version_info, "names": r.resource_names,
+        "error": r.error_detail.as_ref().map(|e| e.message.clone()),
+    }));
+    let forced = REST_STATUS.load(Ordering::Relaxed);
+    if forced != 0 {
+        return reply(forced as u16, String::new());
+    }
+    let Some(ts) = state.get(&(node, r.type_url.clone())) else {
+        return reply(503, "no resources of that type yet".into());
+    };
+    if r.version_info == ts.version {
+        return reply(304, String::new());
+    }
+    let wildcard = is_wildcard_type(&r.type_url) && r.resource_names.is_empty();
+    let resources = ts
+        .resources
+        .iter()
+        .filter(|(n, _)| wildcard || r.resource_names.contains(n))
+        .map(|(_, (_, any))| any.clone())
+        .collect();
+    let response = DiscoveryResponse {
+        version_info: ts.version.clone(),
+        resources,
+        type_url: r.type_url.clone(),
+        ..Default::default()
+    };
+    let json = skiff::config::proto::message("envoy.service.discovery.v3.DiscoveryResponse")
+        .ok()
+        .and_then(|d| {
+            prost_reflect::DynamicMessage::decode(d, response.encode_to_vec().as_slice()).ok()
+        })
+        .map(|m| skiff::config::to_json(&m));
+    emit(
+        json!({"event": "response", "stream": "rest", "type_url": r.type_url, "version": ts.version}),
+    );
+    match json {
+        Some(j) => reply(200, j.to_string()),
+        None => reply(500, "cannot encode".into()),
+    }
+}
+
+/// Serves REST xDS on one HTTP/1.1 connection.
+async fn serve_rest(stream: tokio::net::TcpStream, state: watch::Receiver<State>) {
+    use http_body_util::BodyExt;
+    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let state = state.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let answer = rest_answer(&path, &body, &state.borrow());
+            Ok::<_, std::convert::Infallible>(
+                answer.map(|b| http_body_util::Full::new(bytes::Bytes::from(b))),
+            )
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+        .await;
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |flag: &str| {
@@ -515,6 +612,20 @@ fn main() {
                 }
             });
         }
+        let mut rest_port = 0;
+        if let Some(addr) = arg("--rest") {
+            let l = tokio::net::TcpListener::bind(&addr)
+                .await
+                .expect("bind rest");
+            rest_port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+            let state = server.state.clone();
+            tokio::spawn(async move {
+                while let Ok((s, _)) = l.accept().await {
+                    let _ = s.set_nodelay(true);
+                    tokio::spawn(serve_rest(s, state.clone()));
+                }
+            });
+        }
         if let Some(path) = arg("--uds") {
             let _ = std::fs::remove_file(&path);
             let l = tokio::net::UnixListener::bind(&path).expect("bind uds");
@@ -525,7 +636,7 @@ fn main() {
                 }
             });
         }
-        emit(json!({"event": "ready", "port": port}));
+        emit(json!({"event": "ready", "port": port, "rest_port": rest_port}));
         let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
         std::thread::spawn(move || {
             for line in std::io::stdin().lock().lines() {
@@ -567,6 +678,10 @@ fn main() {
                         ts.version = version.clone();
                     });
                     emit(json!({"event": "set", "node": node, "type_url": t, "version": version}));
+                }
+                Some("rest_status") => {
+                    REST_STATUS.store(cmd["status"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                    emit(json!({"event": "rest_status"}));
                 }
                 Some("quit") => break,
                 _ => emit(json!({"event": "error", "message": format!("unknown command: {line}")})),

@@ -143,7 +143,17 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
             ads: d
                 .ads_config
                 .as_ref()
-                .map(|c| grpc_source(c, "dynamic_resources.ads_config"))
+                .map(|c| {
+                    let path = "dynamic_resources.ads_config";
+                    let g = grpc_source(c, path)?;
+                    if g.rest.is_some() {
+                        return Err(ConfigError::new(
+                            format!("{path}.api_type"),
+                            "ADS is a gRPC stream: GRPC or DELTA_GRPC",
+                        ));
+                    }
+                    Ok(g)
+                })
                 .transpose()?,
         },
         None => DynamicResources::default(),
@@ -300,16 +310,11 @@ pub fn grpc_source(c: &core::ApiConfigSource, path: &str) -> Result<GrpcSource, 
     let delta = match ApiType::try_from(c.api_type) {
         Ok(ApiType::Grpc) => false,
         Ok(ApiType::DeltaGrpc) => true,
-        Ok(ApiType::Rest) => {
-            return Err(ConfigError::new(
-                format!("{path}.api_type"),
-                "unsupported: REST (only GRPC and DELTA_GRPC)",
-            ))
-        }
+        Ok(ApiType::Rest) => return rest_source(c, path),
         _ => {
             return Err(ConfigError::new(
                 format!("{path}.api_type"),
-                "unsupported: only GRPC and DELTA_GRPC",
+                "unsupported: only GRPC, DELTA_GRPC and REST",
             ))
         }
     };
@@ -374,6 +379,57 @@ pub fn grpc_source(c: &core::ApiConfigSource, path: &str) -> Result<GrpcSource, 
         authority,
         node_on_first_message_only: c.set_node_on_first_message_only,
         initial_metadata,
+        rest: None,
+    })
+}
+
+/// An `ApiConfigSource` of `api_type` REST: one cluster in `cluster_names`, `refresh_delay`
+/// required (Envoy's words when it is missing), `request_timeout` 1 s by default.
+fn rest_source(c: &core::ApiConfigSource, path: &str) -> Result<GrpcSource, ConfigError> {
+    if !c.grpc_services.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.grpc_services"),
+            "must be empty for REST (the server is the cluster in cluster_names)",
+        ));
+    }
+    let cluster = match c.cluster_names.as_slice() {
+        [one] if !one.is_empty() => one.clone(),
+        _ => {
+            return Err(ConfigError::new(
+                format!("{path}.cluster_names"),
+                "exactly one cluster name is required for REST",
+            ))
+        }
+    };
+    let refresh_delay = match &c.refresh_delay {
+        Some(d) => duration(d, &format!("{path}.refresh_delay"))?,
+        None => {
+            return Err(ConfigError::new(
+                format!("{path}.refresh_delay"),
+                "refresh_delay is required for REST API configuration sources",
+            ))
+        }
+    };
+    if refresh_delay.is_zero() {
+        return Err(ConfigError::new(
+            format!("{path}.refresh_delay"),
+            "must be greater than zero",
+        ));
+    }
+    let request_timeout = match &c.request_timeout {
+        Some(d) => duration(d, &format!("{path}.request_timeout"))?,
+        None => Duration::from_secs(1),
+    };
+    Ok(GrpcSource {
+        delta: false,
+        authority: cluster.clone(),
+        cluster,
+        node_on_first_message_only: false,
+        initial_metadata: Vec::new(),
+        rest: Some(crate::model::RestPolling {
+            refresh_delay,
+            request_timeout,
+        }),
     })
 }
 
@@ -1100,4 +1156,62 @@ fn translate_tcp_proxy(t: &tcp::TcpProxy, path: &str) -> Result<TcpProxy, Config
         idle_timeout,
         access_logs,
     })
+}
+
+#[cfg(test)]
+mod rest_source_tests {
+    use crate::load_text;
+
+    fn verdict(cds: &str, ads: &str) -> Result<(), String> {
+        let text = format!(
+            r#"
+dynamic_resources:
+  cds_config: {cds}
+{ads}static_resources:
+  clusters:
+  - name: xds
+    load_assignment: {{ cluster_name: xds, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 1 }} }} }} }} ] }} ] }}
+"#
+        );
+        load_text(&text).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn rest_sources_need_one_cluster_and_a_refresh_delay() {
+        let rest = |more: &str| {
+            format!("{{api_config_source: {{api_type: REST, transport_api_version: V3{more}}}}}")
+        };
+        assert_eq!(
+            verdict(
+                &rest(", cluster_names: [xds], refresh_delay: 1s, request_timeout: 2s"),
+                ""
+            ),
+            Ok(())
+        );
+        let e = verdict(&rest(", cluster_names: [xds]"), "").expect_err("no refresh_delay");
+        assert!(
+            e.contains("refresh_delay is required for REST API configuration sources"),
+            "{e}"
+        );
+        let e = verdict(&rest(", refresh_delay: 1s"), "").expect_err("no cluster");
+        assert!(
+            e.contains("cds_config.api_config_source.cluster_names"),
+            "{e}"
+        );
+        let e = verdict(
+            &rest(", cluster_names: [xds], refresh_delay: 1s, grpc_services: [{envoy_grpc: {cluster_name: xds}}]"),
+            "",
+        )
+        .expect_err("gRPC services on REST");
+        assert!(e.contains("grpc_services"), "{e}");
+        let e = verdict(
+            "{ads: {}}",
+            "  ads_config: {api_type: REST, transport_api_version: V3, cluster_names: [xds], refresh_delay: 1s}\n",
+        )
+        .expect_err("REST ADS");
+        assert!(
+            e.starts_with("dynamic_resources.ads_config.api_type"),
+            "{e}"
+        );
+    }
 }
