@@ -40,16 +40,142 @@ pub fn decode_text(text: &str, desc: MessageDescriptor) -> Result<DynamicMessage
     if text.contains("TypedStruct") {
         let mut value = parse_value(text)?;
         unwrap_typed_structs(&mut value, "")?;
+        loosen(&mut value, &desc);
         return decode_with(&value, desc, &opts);
     }
     let result = if trimmed.starts_with('{') {
         let mut de = serde_json::Deserializer::from_str(text);
-        decode_with(&mut de, desc, &opts)
+        decode_with(&mut de, desc.clone(), &opts)
     } else {
         let de = serde_yaml::Deserializer::from_str(text);
-        decode_with(de, desc, &opts)
+        decode_with(de, desc.clone(), &opts)
     };
-    result
+    // What Envoy's loader takes beyond proto3 JSON (a duration or wrapper as an object, one
+    // item for a list) is rewritten and decoded again; the first error (with its line) stands
+    // when that does not help.
+    result.or_else(|first| {
+        let mut value = parse_value(text).map_err(|_| first.clone())?;
+        loosen(&mut value, &desc);
+        decode_with(&value, desc, &opts).map_err(|_| first)
+    })
+}
+
+/// The wrappers of scalars (`google.protobuf.UInt32Value` and the like).
+fn is_wrapper(name: &str) -> bool {
+    matches!(
+        name,
+        "google.protobuf.DoubleValue"
+            | "google.protobuf.FloatValue"
+            | "google.protobuf.Int64Value"
+            | "google.protobuf.UInt64Value"
+            | "google.protobuf.Int32Value"
+            | "google.protobuf.UInt32Value"
+            | "google.protobuf.BoolValue"
+            | "google.protobuf.StringValue"
+            | "google.protobuf.BytesValue"
+    )
+}
+
+/// Rewrites, in a document for `desc`, what Envoy's YAML loader accepts and proto3 JSON does
+/// not (it goes through protobuf's own reflection): a `Duration` as `{seconds, nanos}`, a
+/// wrapper as `{value: x}`, and a single item where a list is expected.
+pub fn loosen(value: &mut serde_json::Value, desc: &MessageDescriptor) {
+    use prost_reflect::Kind;
+    use serde_json::Value;
+    let name = desc.full_name();
+    if name == "google.protobuf.Duration" {
+        if let Value::Object(o) = value {
+            let part = |k: &str| match o.get(k) {
+                Some(Value::Number(n)) => n.as_i64(),
+                Some(Value::String(s)) => s.parse().ok(),
+                None => Some(0),
+                _ => None,
+            };
+            let only_known = o.keys().all(|k| k == "seconds" || k == "nanos");
+            if let (true, Some(secs), Some(nanos)) = (only_known, part("seconds"), part("nanos")) {
+                let text = if nanos == 0 {
+                    format!("{secs}s")
+                } else {
+                    let sign = if secs < 0 || nanos < 0 { "-" } else { "" };
+                    format!("{sign}{}.{:09}s", secs.abs(), nanos.abs())
+                };
+                *value = Value::String(text);
+            }
+        }
+        return;
+    }
+    if is_wrapper(name) {
+        if let Value::Object(o) = value {
+            if o.len() == 1 {
+                if let Some(inner) = o.remove("value") {
+                    *value = inner;
+                }
+            }
+        }
+        return;
+    }
+    if name.starts_with("google.protobuf.") && name != "google.protobuf.Any" {
+        return;
+    }
+    let Value::Object(o) = value else {
+        return;
+    };
+    if name == "google.protobuf.Any" {
+        let inner = o
+            .get("@type")
+            .and_then(Value::as_str)
+            .and_then(|t| pool().get_message_by_name(type_name(t)));
+        if let Some(inner) = inner {
+            if !inner.full_name().starts_with("google.protobuf.") {
+                for (k, v) in o.iter_mut() {
+                    if k != "@type" {
+                        loosen_field(&inner, k, v);
+                    }
+                }
+            }
+        }
+        return;
+    }
+    for (k, v) in o.iter_mut() {
+        loosen_field(desc, k, v);
+    }
+
+    fn loosen_field(desc: &MessageDescriptor, key: &str, v: &mut Value) {
+        let Some(field) = desc
+            .get_field_by_name(key)
+            .or_else(|| desc.get_field_by_json_name(key))
+        else {
+            return;
+        };
+        if field.is_map() {
+            let Kind::Message(entry) = field.kind() else {
+                return;
+            };
+            let Kind::Message(m) = entry.map_entry_value_field().kind() else {
+                return;
+            };
+            if let Value::Object(entries) = v {
+                for e in entries.values_mut() {
+                    loosen(e, &m);
+                }
+            }
+            return;
+        }
+        if field.is_list() && !v.is_array() && !v.is_null() {
+            *v = Value::Array(vec![v.take()]);
+        }
+        let Kind::Message(m) = field.kind() else {
+            return;
+        };
+        match v {
+            Value::Array(items) => {
+                for item in items {
+                    loosen(item, &m);
+                }
+            }
+            other => loosen(other, &m),
+        }
+    }
 }
 
 fn decode_with<'de, D>(
@@ -81,6 +207,7 @@ pub fn decode_text_lenient(
 ) -> Result<(DynamicMessage, Vec<String>), ConfigError> {
     let mut value = parse_value(text)?;
     unwrap_typed_structs(&mut value, "")?;
+    loosen(&mut value, &desc);
     let opts = DeserializeOptions::new().deny_unknown_fields(true);
     let mut unknown = Vec::new();
     loop {
@@ -263,6 +390,40 @@ fn describe_error(path: String, raw: &str) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn envoys_loose_forms_decode_and_real_errors_keep_their_line() {
+        let desc = message("envoy.config.bootstrap.v3.Bootstrap").expect("descriptor");
+        let text = r#"
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: "9901"}}
+static_resources:
+  clusters:
+    name: one
+    connect_timeout: {seconds: 2, nanos: 500000000}
+    per_connection_buffer_limit_bytes: {value: 1024}
+    load_assignment:
+      cluster_name: one
+      endpoints: {lb_endpoints: {endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}}}
+"#;
+        let msg = decode_text(text, desc.clone()).expect("Envoy's loader takes these forms");
+        let b: envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap =
+            to_typed(&msg).expect("typed");
+        let c = &b.static_resources.as_ref().expect("static").clusters[0];
+        let t = c.connect_timeout.as_ref().expect("timeout");
+        assert_eq!((t.seconds, t.nanos), (2, 500_000_000));
+        assert_eq!(
+            c.per_connection_buffer_limit_bytes
+                .as_ref()
+                .map(|v| v.value),
+            Some(1024)
+        );
+        let lb = &c.load_assignment.as_ref().expect("assignment").endpoints[0].lb_endpoints;
+        assert_eq!(lb.len(), 1);
+        // A real mistake still reports where it is.
+        let e = decode_text("admin: {bogus: 1}\n", desc).expect_err("unknown field");
+        assert!(e.to_string().contains("line 1"), "{e}");
+    }
 
     #[test]
     fn unknown_fields_get_their_own_path() {

@@ -198,7 +198,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     // profile_path: where Envoy's CPU profiler writes; skiff has no profiler.
     (
         "envoy.config.bootstrap.v3.Admin",
-        &["address", "profile_path", "access_log"],
+        &["address", "profile_path", "access_log", "access_log_path"],
     ),
     (
         "envoy.config.bootstrap.v3.Bootstrap.StaticResources",

@@ -540,13 +540,23 @@ pub(super) fn stats(
     })
 }
 
-/// `admin.access_log`.
+/// `admin.access_log`, and the deprecated `admin.access_log_path` (a file log in Envoy's
+/// default format, as Envoy 1.40 still makes of it).
 pub(super) fn admin_access_logs(a: &bootstrap::Admin) -> Result<Vec<AccessLog>, ConfigError> {
-    a.access_log
+    let mut logs = a
+        .access_log
         .iter()
         .enumerate()
         .map(|(i, l)| translate_access_log(l, &format!("admin.access_log[{i}]")))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    #[allow(deprecated)]
+    if !a.access_log_path.is_empty() {
+        logs.push(AccessLog {
+            sink: crate::model::AccessLogSink::File(a.access_log_path.clone()),
+            format: std::sync::Arc::new(crate::access_log::Format::envoy_default()),
+        });
+    }
+    Ok(logs)
 }
 
 /// `bootstrap_extensions`: the internal-listener extension only lets listeners use internal
