@@ -83,12 +83,32 @@ pub enum Command {
 /// Says once, where an operator looks, which bootstrap fields are accepted without effect
 /// (docs/compatibility.md).
 #[allow(deprecated)] // `tracing`: deprecated in Envoy's protos, still read by Envoy 1.40
-fn warn_accepted_without_effect(b: &envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap) {
+fn warn_accepted_without_effect(
+    b: &envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap,
+    dump: &serde_json::Value,
+) {
     for (i, sink) in b.stats_sinks.iter().enumerate() {
         tracing::warn!(
             field = %format!("stats_sinks[{i}]"),
             sink = %sink.name,
             "stats sink accepted without effect: skiff pushes no stats; scrape /stats or /stats/prometheus"
+        );
+    }
+    // Newer than the typed protos: seen in the bootstrap as decoded.
+    if dump.get("stats_eviction_interval").is_some() {
+        tracing::warn!(
+            field = "stats_eviction_interval",
+            "accepted without effect: skiff does not evict unused stats"
+        );
+    }
+    if b
+        .cluster_manager
+        .as_ref()
+        .is_some_and(|c| c.load_stats_config.is_some())
+    {
+        tracing::warn!(
+            field = "cluster_manager.load_stats_config",
+            "accepted without effect: skiff sends no load reports (LRS)"
         );
     }
     if let Some(http) = b.tracing.as_ref().and_then(|t| t.http.as_ref()) {
@@ -121,7 +141,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     for f in unknown {
         tracing::warn!(field = %f, "unknown field in the bootstrap ignored (--allow-unknown-static-fields)");
     }
-    warn_accepted_without_effect(&loaded.proto);
+    warn_accepted_without_effect(&loaded.proto, &loaded.dump.bootstrap);
     // As Envoy, one count per document that had any (the file, --config-yaml).
     main.counter("server.static_unknown_fields")
         .add(loaded.dump.unknown_documents);

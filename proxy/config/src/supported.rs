@@ -9,6 +9,8 @@ use super::{proto, ConfigError};
 /// Message full name → the fields of it that skiff honours.
 const SUPPORTED: &[(&str, &[&str])] = &[
     // application_log_config, deferred_stat_options, stats_flush_interval, stats_sinks, tracing,
+    // stats_eviction_interval, stats_config.histogram_bucket_settings,
+    // cluster_manager.load_stats_config,
     // layered_runtime's
     // listed keys, cluster_manager's listed fields and the internal listener extension have no
     // effect on traffic in skiff: docs/compatibility.md.
@@ -29,11 +31,22 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "tracing",
             "bootstrap_extensions",
             "stats_config",
+            "stats_eviction_interval",
         ],
     ),
     (
         "envoy.config.metrics.v3.StatsConfig",
-        &["stats_tags", "use_all_default_tags", "stats_matcher"],
+        &[
+            "stats_tags",
+            "use_all_default_tags",
+            "stats_matcher",
+            "histogram_bucket_settings",
+        ],
+    ),
+    // skiff keeps no histograms: their buckets change nothing (docs/compatibility.md).
+    (
+        "envoy.config.metrics.v3.HistogramBucketSettings",
+        &["match", "buckets", "bins"],
     ),
     (
         "envoy.config.metrics.v3.TagSpecifier",
@@ -111,7 +124,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.bootstrap.v3.RuntimeLayer.AdminLayer", &[]),
     (
         "envoy.config.bootstrap.v3.ClusterManager",
-        &["outlier_detection", "enable_deferred_cluster_creation"],
+        &[
+            "outlier_detection",
+            "enable_deferred_cluster_creation",
+            "load_stats_config",
+        ],
     ),
     (
         "envoy.config.bootstrap.v3.ClusterManager.OutlierDetection",
