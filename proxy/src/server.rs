@@ -101,8 +101,7 @@ fn warn_accepted_without_effect(
             "accepted without effect: skiff does not evict unused stats"
         );
     }
-    if b
-        .cluster_manager
+    if b.cluster_manager
         .as_ref()
         .is_some_and(|c| c.load_stats_config.is_some())
     {

@@ -1049,3 +1049,56 @@ async fn session_resumption_without_stateless_tickets_as_in_envoy() {
     })
     .await
 }
+
+/// The ALPN `openssl s_client` negotiated offering `offered`, or the handshake's failure.
+fn negotiated_alpn(port: u16, ca: &Path, offered: &str) -> String {
+    skiff_tests::require_program("openssl", "apt-get install openssl");
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", "svc.test", "-alpn", offered, "-CAfile"])
+        .arg(ca)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    if let Some(l) = text.lines().find(|l| l.starts_with("ALPN protocol:")) {
+        return l.trim().to_string();
+    }
+    if text.contains("No ALPN negotiated") {
+        return "no ALPN".to_string();
+    }
+    format!("handshake failed: {}", String::from_utf8_lossy(&out.stderr))
+}
+
+/// ALPN as Envoy's server chooses it: the chain's first protocol the client offers; a client
+/// offering none of them gets no protocol, and the handshake goes on (rustls alone would end
+/// it). Istio's `istio-peer-exchange` is never negotiated by skiff (tests/DIFFERENCES.md).
+#[tokio::test]
+async fn downstream_alpn_as_envoy() {
+    run(async {
+        let pki = Pki::new("tls-alpn");
+        let server = pki.leaf("server", &["svc.test"]);
+        let up = skiff_tests::upstream::EchoUpstream::start("svc").await;
+        let mut tls = downstream_tls(&[&server], None);
+        tls["typed_config"]["common_tls_context"]["alpn_protocols"] =
+            json!(["istio-peer-exchange", "h2", "http/1.1"]);
+        let ca = pki.ca();
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let (admin, port) = (free_port(), free_port());
+            let yaml = terminating_config(admin, port, tls.clone(), cluster("svc", &[up.port()]));
+            let _p = ProxyProcess::start(kind, &yaml, &[]).await;
+            seen.push(
+                ["http/1.1,h2", "foo,bar", "istio-peer-exchange,istio"]
+                    .map(|offered| negotiated_alpn(port, &ca, offered)),
+            );
+        }
+        let (envoy, skiff) = (&seen[0], &seen[1]);
+        assert_eq!(envoy[..2], skiff[..2], "Envoy (left), skiff (right)");
+        assert_eq!(skiff[0], "ALPN protocol: h2");
+        assert_eq!(skiff[1], "no ALPN");
+        assert_eq!(envoy[2], "ALPN protocol: istio-peer-exchange");
+        assert_eq!(skiff[2], "no ALPN");
+    })
+    .await
+}

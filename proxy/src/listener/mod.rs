@@ -652,8 +652,7 @@ impl Shared {
             None => Stream::Tcp(stream),
             Some((_, tls)) => {
                 let config = tls.config.get();
-                let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-                match acceptor.accept(stream).await {
+                match accept_tls(stream, &config).await {
                     Ok(t) => {
                         let conn = t.get_ref().1;
                         if let Some(st) = &self.tls_stats {
@@ -735,4 +734,32 @@ impl Shared {
         s.worker_cx_active.dec();
         s.downstream_cx_destroy.inc();
     }
+}
+
+/// The server side of a TLS handshake. A client whose ALPN list has nothing in common with
+/// the chain's gets no protocol and the handshake goes on, as BoringSSL's selection in Envoy
+/// (rustls alone would end it with `no_application_protocol`).
+async fn accept_tls(
+    stream: TcpStream,
+    config: &Arc<rustls::ServerConfig>,
+) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let disjoint = !config.alpn_protocols.is_empty()
+        && start.client_hello().alpn().is_some_and(|mut offered| {
+            offered.all(|p| {
+                !config
+                    .alpn_protocols
+                    .iter()
+                    .any(|ours| ours.as_slice() == p)
+            })
+        });
+    let config = if disjoint {
+        let mut without = (**config).clone();
+        without.alpn_protocols.clear();
+        Arc::new(without)
+    } else {
+        config.clone()
+    };
+    start.into_stream(config).await
 }

@@ -92,8 +92,16 @@ fn versions(p: &Params) -> Vec<&'static SupportedProtocolVersion> {
     v
 }
 
+/// Istio's metadata-exchange protocol: the peer that negotiates it sends a binary header and
+/// blob first, which skiff does not read, so it is never offered nor accepted (Istio's own
+/// `PILOT_DISABLE_MX_ALPN` does the same); the peer falls back to `istio`.
+const ISTIO_PEER_EXCHANGE: &str = "istio-peer-exchange";
+
 fn alpn(list: &[String]) -> Vec<Vec<u8>> {
-    list.iter().map(|p| p.as_bytes().to_vec()).collect()
+    list.iter()
+        .filter(|p| p.as_str() != ISTIO_PEER_EXCHANGE)
+        .map(|p| p.as_bytes().to_vec())
+        .collect()
 }
 
 fn trusted(ca: &crate::tls::DataSource) -> Result<Arc<rustls::RootCertStore>, TlsError> {
