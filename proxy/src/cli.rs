@@ -66,6 +66,28 @@ pub struct Options {
     #[arg(long = "service-node")]
     pub service_node: Option<String>,
 
+    /// Local zone (node.locality.zone when the bootstrap sets none).
+    #[arg(long = "service-zone")]
+    pub service_zone: Option<String>,
+
+    /// The format of Envoy's own log lines (spdlog). Accepted: skiff's log lines keep their
+    /// format, as with the bootstrap's `application_log_config` (docs/compatibility.md).
+    #[arg(long = "log-format")]
+    pub log_format: Option<String>,
+
+    /// Accepted: the shared-memory id of Envoy's hot restart, which skiff does not have.
+    #[arg(long = "base-id")]
+    pub base_id: Option<u64>,
+
+    /// Accepted: picks a free hot-restart base id; skiff has no hot restart.
+    #[arg(long = "use-dynamic-base-id")]
+    pub use_dynamic_base_id: bool,
+
+    /// Hot restart epoch: only 0 (a fresh start), as skiff has no hot restart to hand
+    /// sockets over.
+    #[arg(long = "restart-epoch", default_value_t = 0, value_parser = restart_epoch)]
+    pub restart_epoch: u32,
+
     /// How often access logs are flushed, in milliseconds.
     #[arg(long = "file-flush-interval-msec", default_value_t = 10_000)]
     pub file_flush_interval_msec: u64,
@@ -85,6 +107,15 @@ pub struct Options {
     /// Instead of proxying: a redirection task.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// `--restart-epoch`: a later epoch asks for a hot restart from a parent process.
+fn restart_epoch(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Ok(0),
+        Ok(_) => Err("hot restart is not supported: only epoch 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Checks `--component-log-level`: comma-separated `component:level` pairs with Envoy's levels.

@@ -26,12 +26,45 @@ pub fn load(opts: &Options) -> Result<Loaded, config::ConfigError> {
         Mode::Validate => config::load(&source)?,
         Mode::Serve => config::load_isolated(&source)?,
     };
+    // The command line fills in what the bootstrap's node leaves empty, as Envoy's does: in
+    // the model, the node sent to xDS servers and its JSON form (REST).
     let node = &mut loaded.model.node;
     if node.id.is_empty() {
-        node.id = opts.service_node.clone().unwrap_or_default();
+        if let Some(id) = &opts.service_node {
+            node.id = id.clone();
+            node.proto.id = id.clone();
+        }
     }
     if node.cluster.is_empty() {
-        node.cluster = opts.service_cluster.clone().unwrap_or_default();
+        if let Some(cluster) = &opts.service_cluster {
+            node.cluster = cluster.clone();
+            node.proto.cluster = cluster.clone();
+        }
+    }
+    if let Some(zone) = &opts.service_zone {
+        let locality = node.proto.locality.get_or_insert_with(Default::default);
+        if locality.zone.is_empty() {
+            locality.zone = zone.clone();
+        }
+    }
+    let proto = node.proto.clone();
+    if let Some(b) = loaded.dump.bootstrap.as_object_mut() {
+        let n = b.entry("node").or_insert_with(|| serde_json::json!({}));
+        if let Some(n) = n.as_object_mut() {
+            for (key, value) in [("id", &proto.id), ("cluster", &proto.cluster)] {
+                if !value.is_empty() {
+                    n.insert(key.into(), value.clone().into());
+                }
+            }
+            if let Some(zone) = proto.locality.as_ref().map(|l| &l.zone) {
+                if !zone.is_empty() {
+                    let l = n.entry("locality").or_insert_with(|| serde_json::json!({}));
+                    if let Some(l) = l.as_object_mut() {
+                        l.insert("zone".into(), zone.clone().into());
+                    }
+                }
+            }
+        }
     }
     Ok(loaded)
 }

@@ -364,6 +364,13 @@ async fn pilot_agent_flags_are_accepted_and_unknown_static_fields_counted_as_env
             "--component-log-level",
             "misc:error",
             "--skip-deprecated-logs",
+            "--log-format",
+            "%Y-%m-%dT%T.%fZ\t%l\tenvoy %n %g:%#\t%v\tthread=%t",
+            "--use-dynamic-base-id",
+            "--restart-epoch",
+            "0",
+            "--service-zone",
+            "zone-a",
         ];
         for kind in [Kind::Envoy, Kind::Skiff] {
             let mut v = base();
@@ -384,7 +391,21 @@ async fn pilot_agent_flags_are_accepted_and_unknown_static_fields_counted_as_env
                 "{}: {info}",
                 kind.name()
             );
+            let info: serde_json::Value = serde_json::from_str(&info).expect("JSON");
+            assert_eq!(
+                info["node"]["locality"]["zone"],
+                "zone-a",
+                "{}: --service-zone fills the node's zone",
+                kind.name()
+            );
         }
+        // A later restart epoch asks for a hot restart, which skiff does not have.
+        let run = run_cli(Kind::Skiff, &["--restart-epoch", "1", "--mode", "validate"]).await;
+        assert_ne!(run.code, Some(0), "{run:?}");
+        assert!(
+            run.stderr.contains("hot restart is not supported"),
+            "{run:?}"
+        );
     })
     .await;
 }

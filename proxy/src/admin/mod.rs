@@ -373,7 +373,21 @@ fn stats_endpoint(state: &AdminState, q: &BTreeMap<String, String>) -> Response<
 fn server_info(state: &AdminState) -> serde_json::Value {
     let o = &state.options;
     let uptime = format!("{}s", state.started.elapsed().as_secs());
-    let node = &state.config.model.node;
+    // The node as the bootstrap and the command line give it (metadata, locality included),
+    // as Envoy shows it.
+    let mut node = state
+        .config
+        .dump
+        .bootstrap
+        .get("node")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if let Some(n) = node.as_object_mut() {
+        let m = &state.config.model.node;
+        n.insert("id".into(), m.id.clone().into());
+        n.insert("cluster".into(), m.cluster.clone().into());
+        n.entry("user_agent_name").or_insert_with(|| "skiff".into());
+    }
     json!({
         "version": VERSION,
         "state": state.state_name(),
@@ -387,6 +401,10 @@ fn server_info(state: &AdminState) -> serde_json::Value {
             "log_level": o.log_level,
             "service_cluster": o.service_cluster.clone().unwrap_or_default(),
             "service_node": o.service_node.clone().unwrap_or_default(),
+            "service_zone": o.service_zone.clone().unwrap_or_default(),
+            "log_format": o.log_format.clone().unwrap_or_default(),
+            "base_id": o.base_id.unwrap_or_default(),
+            "use_dynamic_base_id": o.use_dynamic_base_id,
             "file_flush_interval": proto_duration(o.file_flush_interval_msec),
             "drain_time": format!("{}s", o.drain_time_s),
             "parent_shutdown_time": format!("{}s", o.parent_shutdown_time_s),
@@ -402,7 +420,7 @@ fn server_info(state: &AdminState) -> serde_json::Value {
             "component_log_level": o.component_log_level.clone().unwrap_or_default(),
             "skip_deprecated_logs": o.skip_deprecated_logs,
         },
-        "node": { "id": node.id, "cluster": node.cluster, "user_agent_name": "skiff" },
+        "node": node,
     })
 }
 
