@@ -322,6 +322,42 @@ async fn upstream_tls_refuses_a_server_whose_san_does_not_match() {
     .await
 }
 
+/// The deprecated `match_subject_alt_names` (Istio's outbound clusters send it): each matcher
+/// takes a name of any kind, here the server's SPIFFE URI; one that matches none of its names
+/// is refused as with the typed matchers.
+#[tokio::test]
+async fn upstream_tls_checks_the_deprecated_untyped_san_matchers() {
+    run(async {
+        let pki = Pki::new("tls-untyped-san");
+        let server = pki.leaf("upstream", &["upstream.test", SERVER_SAN]);
+        let up = Upstream::start(&pki, &server, false);
+        let untyped = |exact: &str| {
+            let mut tls = upstream_tls(Some("upstream.test"), None, Some((&pki.ca(), vec![])));
+            let v = &mut tls["typed_config"]["common_tls_context"]["validation_context"];
+            v.as_object_mut()
+                .expect("validation context")
+                .remove("match_typed_subject_alt_names");
+            v["match_subject_alt_names"] = json!([{ "exact": exact }]);
+            tls
+        };
+        let (p, port) = start(up.port, untyped(SERVER_SAN)).await;
+        let (status, seen) = request(port).await;
+        assert_eq!(status, 200, "{seen}");
+        drop(p);
+        // A DNS name matches too.
+        let (p, port) = start(up.port, untyped("upstream.test")).await;
+        assert_eq!(request(port).await.0, 200);
+        drop(p);
+        refused_with(
+            up.port,
+            untyped("spiffe://cluster.local/ns/other/sa/x"),
+            "fail_verify_san",
+        )
+        .await;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn upstream_tls_refuses_a_server_of_another_ca() {
     run(async {

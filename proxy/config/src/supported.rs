@@ -1043,6 +1043,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &[
             "trusted_ca",
             "match_typed_subject_alt_names",
+            "match_subject_alt_names",
             "watched_directory",
         ],
     ),

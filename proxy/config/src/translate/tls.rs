@@ -576,6 +576,23 @@ fn validation_context_fields(
             matcher: string_match(matcher, &format!("{p}.matcher"))?,
         });
     }
+    // The deprecated untyped matchers (Istio's outbound clusters still send them): as in
+    // Envoy, each matches a name of any of the four kinds, alongside the typed ones.
+    #[allow(deprecated)]
+    for (i, m) in v.match_subject_alt_names.iter().enumerate() {
+        let matcher = string_match(m, &format!("{path}.match_subject_alt_names[{i}]"))?;
+        for san_type in [
+            SanType::Dns,
+            SanType::Uri,
+            SanType::Email,
+            SanType::IpAddress,
+        ] {
+            san_matchers.push(SanMatcher {
+                san_type,
+                matcher: matcher.clone(),
+            });
+        }
+    }
     Ok(san_matchers)
 }
 
