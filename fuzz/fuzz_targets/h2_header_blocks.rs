@@ -1,22 +1,47 @@
-//! Any bytes from a downstream HTTP/2 client: the header-block watcher of
-//! `request_headers_timeout` must not panic, and must reach the same state however its input
-//! is split.
+//! Any bytes from a downstream HTTP/2 client: the frame follower (the header blocks of
+//! `request_headers_timeout`, Envoy's inbound flood limits) must not panic, and must come to the
+//! same verdict however its input is split: the same flood, found no earlier than in the whole
+//! input, or the same state.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use skiff::http::h2_head::HeaderBlocks;
+use skiff::http::h2_frames::{Flood, FloodLimits, Frames};
+
+/// Feeds `pieces` in order: the first flood (with the offset of what may pass) and the state.
+fn run<'a>(
+    pieces: impl Iterator<Item = &'a [u8]>,
+    limits: bool,
+) -> (Option<(Flood, usize)>, Frames) {
+    let mut frames = Frames::default();
+    if limits {
+        frames = frames.with_limits(FloodLimits::default());
+    }
+    let mut at = 0;
+    for piece in pieces {
+        if let Err((flood, before)) = frames.feed(piece) {
+            return (Some((flood, at + before)), frames);
+        }
+        at += piece.len();
+    }
+    (None, frames)
+}
 
 fuzz_target!(|data: &[u8]| {
-    let mut whole = HeaderBlocks::default();
-    whole.feed(data);
     let split = data.first().map_or(0, |&b| usize::from(b)).min(data.len());
-    let mut halves = HeaderBlocks::default();
-    halves.feed(&data[..split]);
-    halves.feed(&data[split..]);
-    assert_eq!(whole, halves);
-    let mut bytes = HeaderBlocks::default();
-    for b in data.chunks(1) {
-        bytes.feed(b);
+    for limits in [false, true] {
+        let (flood, whole) = run(std::iter::once(data), limits);
+        let halves = run([&data[..split], &data[split..]].into_iter(), limits);
+        let bytes = run(data.chunks(1), limits);
+        for (other, how) in [(halves, "halves"), (bytes, "bytes")] {
+            match (flood, other.0) {
+                (None, None) => assert_eq!(whole, other.1, "{how}"),
+                (Some((a, at)), Some((b, bt))) => {
+                    assert_eq!(a, b, "{how}");
+                    // A piece passes up to the flooding frame, or up to its own start.
+                    assert!(bt >= at && bt <= data.len(), "{how}: {bt} < {at}");
+                }
+                (a, b) => panic!("{how}: {a:?} vs {b:?}"),
+            }
+        }
     }
-    assert_eq!(whole, bytes);
 });
