@@ -147,7 +147,7 @@ fn warn_accepted_without_effect(
         tracing::warn!(
             field = "tracing",
             tracer = %http.name,
-            "tracer accepted without effect: skiff traces nothing (HCM tracing is refused)"
+            "tracer accepted without effect: skiff traces nothing (HCM tracing is refused with it)"
         );
     }
 }
@@ -174,6 +174,27 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
         tracing::warn!(field = %f, "unknown field in the bootstrap ignored (--allow-unknown-static-fields)");
     }
     warn_accepted_without_effect(&loaded.proto, &loaded.dump.bootstrap);
+    // Extensions of listeners and clusters accepted without effect (docs/compatibility.md),
+    // counted by name wherever they come from.
+    {
+        let main = main.clone();
+        crate::config::on_accepted_without_effect(Box::new(move |name| {
+            main.counter(&format!(
+                "server.accepted_without_effect.{}",
+                name.replace('.', "_")
+            ))
+            .inc();
+        }));
+    }
+    crate::http::filters::istio::set_node(loaded.model.node.proto.clone());
+    #[allow(deprecated)] // `tracing`: deprecated in Envoy's protos, still read by Envoy 1.40
+    crate::config::set_bootstrap_tracer(
+        loaded
+            .proto
+            .tracing
+            .as_ref()
+            .is_some_and(|t| t.http.is_some()),
+    );
     // As Envoy, one count per document that had any (the file, --config-yaml).
     main.counter("server.static_unknown_fields")
         .add(loaded.dump.unknown_documents);

@@ -50,8 +50,14 @@ pub struct Answer {
 impl ControlPlane {
     /// Starts the control plane binary `bin` on `127.0.0.1:tcp_port` (0: any) and `uds`.
     pub async fn start(bin: &str, tcp_port: u16, uds: &Path) -> ControlPlane {
+        ControlPlane::start_with(bin, tcp_port, uds, &[]).await
+    }
+
+    /// [`Self::start`] with more arguments (`--tls-cert` …).
+    pub async fn start_with(bin: &str, tcp_port: u16, uds: &Path, more: &[&str]) -> ControlPlane {
         let mut child = Command::new(bin)
             .args(["--tcp", &format!("127.0.0.1:{tcp_port}")])
+            .args(more)
             .args(["--uds", &uds.display().to_string()])
             .args(["--rest", "127.0.0.1:0"])
             .stdin(Stdio::piped())

@@ -4,8 +4,8 @@
 //! `combined_validation_context`: the default context's SPIFFE URI SAN matcher with the trusted
 //! CA of secret `ROOTCA`) and a cluster that talks mTLS to it (`UpstreamTlsContext` built the
 //! same way), both with certificate `default`. The certificates' only names are SPIFFE URIs.
-//! Secrets come over ADS (state of the world, and delta) and over a separate SDS gRPC source,
-//! a pair of proxies each.
+//! Secrets come over ADS (state of the world, and delta), over a separate SDS gRPC source
+//! (`envoy_grpc`) and over one named by `google_grpc`'s `target_uri`, a pair of proxies each.
 //!
 //! Steps: the listener and cluster arrive before their secrets and warm; once the secrets
 //! arrive traffic flows (plain client → `out` listener → the mTLS cluster → the `mtls`
@@ -110,7 +110,13 @@ enum Sds {
     Delta,
     /// From their own SDS gRPC source (as Istio's `sds-grpc`).
     Grpc,
+    /// From their own source through `google_grpc` (`target_uri` the control plane's
+    /// address, no channel credentials).
+    Google,
 }
+
+/// The control plane's TCP port, for `google_grpc` targets.
+static CP_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
 struct Side {
     node: String,
@@ -129,10 +135,14 @@ struct Pair {
     sides: [Side; 2],
 }
 
-fn sds_source(sds: Sds) -> &'static str {
+fn sds_source(sds: Sds) -> String {
     match sds {
-        Sds::Ads | Sds::Delta => "{ads: {}, resource_api_version: V3}",
-        Sds::Grpc => "{api_config_source: {api_type: GRPC, transport_api_version: V3, set_node_on_first_message_only: true, grpc_services: [{envoy_grpc: {cluster_name: xds}}]}, resource_api_version: V3}",
+        Sds::Ads | Sds::Delta => "{ads: {}, resource_api_version: V3}".into(),
+        Sds::Grpc => "{api_config_source: {api_type: GRPC, transport_api_version: V3, set_node_on_first_message_only: true, grpc_services: [{envoy_grpc: {cluster_name: xds}}]}, resource_api_version: V3}".into(),
+        Sds::Google => format!(
+            "{{api_config_source: {{api_type: GRPC, transport_api_version: V3, set_node_on_first_message_only: true, grpc_services: [{{google_grpc: {{target_uri: \"127.0.0.1:{}\", stat_prefix: sds}}}}]}}, resource_api_version: V3}}",
+            CP_PORT.load(std::sync::atomic::Ordering::Relaxed)
+        ),
     }
 }
 
@@ -514,8 +524,9 @@ async fn istio_shaped_mtls_over_sds_warms_rotates_and_refuses_as_envoy_does() {
         pki.leaf("client");
         let dir = scratch_dir("sds");
         let mut cp = ControlPlane::start(CP, 0, &dir.join("xds.sock")).await;
+        CP_PORT.store(cp.port, std::sync::atomic::Ordering::Relaxed);
         let mut pairs = Vec::new();
-        for sds in [Sds::Ads, Sds::Delta, Sds::Grpc] {
+        for sds in [Sds::Ads, Sds::Delta, Sds::Grpc, Sds::Google] {
             pairs.push(Pair {
                 sds,
                 sides: [

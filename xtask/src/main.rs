@@ -45,8 +45,8 @@ commands:
   bench [options]       direct vs skiff vs Envoy 1.40 (see benchmarking notes in BENCHMARKS.md)
       --reps N          repetitions, alternating the proxies (default 3)
       --duration S      seconds per measurement (default 10)
-      --rows LIST       comma-separated subset of: h1,h1-64k,h2,close,tcp,update,scale
-                        (and, as root, sidecar-h1,sidecar-close)
+      --rows LIST       comma-separated subset of: h1,h1-64k,h2,close,tcp,update,scale,
+                        xds-scale (and, as root, sidecar-h1,sidecar-close)
       --skiff PATH      use this skiff binary instead of building release skiff
       --no-skiff        measure only direct and Envoy
       --write           rewrite BENCHMARKS.md with the results

@@ -89,12 +89,13 @@ fn check_resources(
     let mut dumps = Vec::new();
     // Text has had its unknown fields dropped already (they are in `unknown_fields`).
     let mut none = Vec::new();
-    for (i, any) in response.resources.iter().enumerate() {
+    let mut resources = response.resources;
+    for (i, any) in resources.iter_mut().enumerate() {
         dumps.push(dump_resource(any, &format!("resources[{i}]"), &mut none)?);
     }
     Ok(Discovery {
         version_info: response.version_info,
-        resources: response.resources,
+        resources,
         dumps,
         unknown_fields,
         errors: BTreeMap::new(),
@@ -109,7 +110,8 @@ pub fn check_binary(response: DiscoveryResponse) -> Discovery {
     let mut dumps = Vec::new();
     let mut errors = BTreeMap::new();
     let mut unknown_fields = Vec::new();
-    for (i, any) in response.resources.iter().enumerate() {
+    let mut resources = response.resources;
+    for (i, any) in resources.iter_mut().enumerate() {
         let path = format!("resources[{i}]");
         match dump_resource(any, &path, &mut unknown_fields) {
             Ok(d) => dumps.push(d),
@@ -121,7 +123,7 @@ pub fn check_binary(response: DiscoveryResponse) -> Discovery {
     }
     Discovery {
         version_info: response.version_info,
-        resources: response.resources,
+        resources,
         dumps,
         unknown_fields,
         errors,
@@ -130,16 +132,26 @@ pub fn check_binary(response: DiscoveryResponse) -> Discovery {
 }
 
 fn dump_resource(
-    any: &Any,
+    any: &mut Any,
     path: &str,
     unknown: &mut Vec<String>,
 ) -> Result<serde_json::Value, ConfigError> {
     let desc = proto::pool()
         .get_message_by_name(proto::type_name(&any.type_url))
         .ok_or_else(|| ConfigError::new(path, format!("unknown @type '{}'", any.type_url)))?;
-    let inner = DynamicMessage::decode(desc, any.value.as_slice())
+    let mut inner = DynamicMessage::decode(desc, any.value.as_slice())
         .map_err(|e| ConfigError::new(path, format!("cannot decode: {e}")))?;
     unknown_fields(&inner, path, unknown);
+    // Extensions wrapped in a TypedStruct (Istio sends its own so) become the message they
+    // carry, in the resource that is translated too.
+    if contains(&any.value, b"TypedStruct") {
+        if let Some(rewritten) = proto::without_typed_structs(&inner)
+            .map_err(|e| ConfigError::new(path, e.to_string()))?
+        {
+            any.value = rewritten.encode_to_vec();
+            inner = rewritten;
+        }
+    }
     supported::check_at(&inner, path)?;
     let mut dump = super::to_json(&inner);
     if let Some(o) = dump.as_object_mut() {
@@ -152,6 +164,10 @@ fn dump_resource(
         );
     }
     Ok(dump)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The fields of a binary message (and the messages inside it) that the protos do not know,
@@ -537,6 +553,55 @@ fn parse_decoded(payload: &[u8]) -> Option<Result<Discovery, FileError>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A binary cluster whose upstream network filter is Istio's metadata exchange in a
+    /// TypedStruct, as istiod sends it: checked and handed on as the message it carries.
+    #[test]
+    fn binary_typed_structs_become_the_message_they_carry() {
+        use envoy_types::pb::envoy::config::cluster::v3::{Cluster, Filter};
+        use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+        use prost::Message;
+        let mut value = Struct::default();
+        value.fields.insert(
+            "protocol".into(),
+            Value {
+                kind: Some(Kind::StringValue("istio-peer-exchange".into())),
+            },
+        );
+        // TypedStruct { type_url = 1; value = 2 }.
+        let mut typed = Vec::new();
+        let url = b"type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange";
+        prost::encoding::bytes::encode(1, &url.to_vec(), &mut typed);
+        prost::encoding::message::encode(2, &value, &mut typed);
+        let cluster = Cluster {
+            name: "outbound|9080||reviews".into(),
+            filters: vec![Filter {
+                name: "istio.metadata_exchange".into(),
+                typed_config: Some(Any {
+                    type_url: "type.googleapis.com/xds.type.v3.TypedStruct".into(),
+                    value: typed,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let d = check_binary(DiscoveryResponse {
+            resources: vec![Any {
+                type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+                value: cluster.encode_to_vec(),
+            }],
+            ..Default::default()
+        });
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        let back = Cluster::decode(d.resources[0].value.as_slice()).expect("a cluster");
+        let inner = back.filters[0].typed_config.as_ref().expect("typed_config");
+        assert_eq!(
+            inner.type_url,
+            "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange"
+        );
+        let mx = crate::istio::MetadataExchange::decode(inner.value.as_slice()).expect("MX");
+        assert_eq!(mx.protocol, "istio-peer-exchange");
+    }
 
     #[test]
     fn unknown_fields_are_dropped_and_reported_known_unsupported_ones_refused() {

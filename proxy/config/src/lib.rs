@@ -11,6 +11,7 @@
 pub mod access_log;
 pub mod discovery;
 pub mod filter_chain_match;
+pub mod istio;
 pub mod model;
 pub mod pattern;
 pub mod proto;
@@ -25,7 +26,8 @@ use std::fmt;
 use prost_reflect::DynamicMessage;
 
 pub use translate::{
-    config_source as translate_config_source, listener_stat_prefix, resource, translate,
+    config_source as translate_config_source, listener_stat_prefix, on_accepted_without_effect,
+    resource, set_bootstrap_tracer, translate,
 };
 
 /// Secrets by name (`static_resources.secrets`, and those SDS brought), which TLS contexts'
@@ -387,6 +389,51 @@ mod tests {
             r#"static_resources: {{ listeners: [{{ name: l, address: {{socket_address: {{address: 0.0.0.0, port_value: 15001}}}}, filter_chains: [{}]{default} }}], clusters: [{{name: c, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED}}] }}"#,
             chains.join(", ")
         )
+    }
+
+    /// Checked as Envoy 1.40 checks it (`envoy --mode validate`): inline tables by default,
+    /// not with `validate_clusters: false`; `true` on an RDS table is refused.
+    #[test]
+    fn validate_clusters_as_envoy() {
+        let hcm = |rc: &str| {
+            format!(
+                r#"static_resources: {{ listeners: [{{ name: l, address: {{socket_address: {{address: 127.0.0.1, port_value: 10000}}}}, filter_chains: [{{ filters: [{{ name: hcm, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: x, {rc}, http_filters: [{{name: r, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}] }} }}] }}] }}] }}"#
+            )
+        };
+        let routes = "virtual_hosts: [{name: a, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: missing}}]}]";
+        let e = load_text(&hcm(&format!("route_config: {{{routes}}}"))).expect_err("unknown");
+        assert!(e.to_string().contains("unknown cluster 'missing'"), "{e}");
+        assert!(load_text(&hcm(&format!(
+            "route_config: {{validate_clusters: false, {routes}}}"
+        )))
+        .is_ok());
+        let rc = envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
+            name: "r".into(),
+            validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+            ..Default::default()
+        };
+        let e = crate::resource::route_configuration(&rc, "r").expect_err("refused");
+        assert_eq!(e.path, "r.validate_clusters");
+    }
+
+    /// HCM `tracing` loads without a tracer; with the bootstrap's, Envoy would send spans'
+    /// context upstream, so it is refused.
+    #[test]
+    fn hcm_tracing_only_without_a_tracer() {
+        let hcm = r#"static_resources: { listeners: [{ name: l, address: {socket_address: {address: 127.0.0.1, port_value: 10000}}, filter_chains: [{ filters: [{ name: hcm, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: x, tracing: {random_sampling: {value: 1}}, route_config: {}, http_filters: [{name: r, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}] } }] }] }] }"#;
+        assert!(load_text(hcm).is_ok());
+        let tracer = "tracing: {http: {name: envoy.tracers.zipkin, typed_config: {'@type': type.googleapis.com/envoy.config.trace.v3.ZipkinConfig, collector_cluster: z, collector_endpoint: /api/v2/spans, collector_endpoint_version: HTTP_JSON}}}";
+        let e = load_text(&format!(
+            "{hcm}
+{tracer}"
+        ))
+        .expect_err("refused");
+        assert!(e.to_string().contains("tracing"), "{e}");
+        let provider = hcm.replace(
+            "tracing: {random_sampling: {value: 1}}",
+            "tracing: {provider: {name: envoy.tracers.zipkin, typed_config: {'@type': type.googleapis.com/envoy.config.trace.v3.ZipkinConfig, collector_cluster: z, collector_endpoint: /x, collector_endpoint_version: HTTP_JSON}}}",
+        );
+        assert!(load_text(&provider).is_err());
     }
 
     #[test]

@@ -119,6 +119,97 @@ pub struct GrpcSource {
     /// `api_type: REST`: no stream; JSON requests polled over HTTP/1.1 to `cluster`
     /// (`cluster_names`).
     pub rest: Option<RestPolling>,
+    /// `rate_limit_settings`: a token bucket that every request on the stream takes from.
+    pub rate_limit: Option<XdsRateLimit>,
+    /// `google_grpc`: the server is named by its `target_uri`, not by `cluster` (empty).
+    pub google: Option<Box<GoogleGrpc>>,
+}
+
+/// A `google_grpc` service: where its `target_uri` leads and the TLS its channel credentials
+/// ask for. Two are the same service when their target and credentials are.
+#[derive(Debug, Clone)]
+pub struct GoogleGrpc {
+    /// `target_uri`, as given.
+    pub target_uri: String,
+    pub target: GrpcTarget,
+    /// `channel_credentials.ssl_credentials` (none: plain, as without credentials or with
+    /// `local_credentials`).
+    pub ssl: Option<GoogleSsl>,
+    /// The target and credentials in one text, for comparisons.
+    pub key: String,
+}
+
+/// `ssl_credentials` as gRPC applies them: the server's chain must lead to `root_certs` and
+/// name `host`; SNI is the host unless it is an address.
+#[derive(Debug, Clone)]
+pub struct GoogleSsl {
+    /// `root_certs`.
+    pub root_certs: crate::tls::DataSource,
+    /// `cert_chain` and `private_key`.
+    pub client: Option<crate::tls::CertificateConfig>,
+    /// The target's host name or address.
+    pub host: String,
+}
+
+impl GoogleSsl {
+    /// The TLS settings of connections to the server.
+    pub fn upstream_tls(&self) -> crate::tls::UpstreamTls {
+        use crate::tls::{Params, SanMatcher, SanType, UpstreamTls, Validation};
+        let ip = self.host.parse::<IpAddr>().is_ok();
+        UpstreamTls {
+            client_certificate: self.client.clone(),
+            params: Params::default(),
+            alpn: Vec::new(),
+            validation: Some(Validation {
+                trusted_ca: Some(self.root_certs.clone()),
+                san_matchers: vec![SanMatcher {
+                    san_type: if ip { SanType::IpAddress } else { SanType::Dns },
+                    matcher: StringMatch {
+                        kind: StringMatchKind::Exact(self.host.clone()),
+                        ignore_case: !ip,
+                    },
+                }],
+            }),
+            sni: (!ip).then(|| self.host.clone()),
+            check_sni: false,
+            pending: false,
+        }
+    }
+}
+
+impl PartialEq for GoogleGrpc {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for GoogleGrpc {}
+
+impl std::hash::Hash for GoogleGrpc {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
+}
+
+impl PartialOrd for GoogleGrpc {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for GoogleGrpc {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
+/// `ApiConfigSource.rate_limit_settings`, as Envoy's token bucket: it starts full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct XdsRateLimit {
+    /// `max_tokens` (default 100).
+    pub max_tokens: u32,
+    /// The time one token takes to come back: 1 / `fill_rate` (default 10 per second).
+    pub refill: Duration,
 }
 
 /// How a REST xDS source is polled.
@@ -138,6 +229,9 @@ pub enum GrpcTarget {
     Tcp(SocketAddr),
     /// A Unix socket (`pipe.path`; a leading `@` names an abstract socket).
     Unix(std::path::PathBuf),
+    /// The name and port of a `STRICT_DNS` or `LOGICAL_DNS` cluster's first endpoint,
+    /// resolved with the cluster's DNS settings each time the stream connects.
+    Dns(String, u16),
 }
 
 /// `node`: identity only.
@@ -543,6 +637,9 @@ pub struct Listener {
     /// `listener_filters` that run code on accept, in order (original_src is applied by the
     /// terminal filter instead, see `original_src`).
     pub listener_filters: Vec<ListenerFilter>,
+    /// Each listener filter's `filter_disabled` (by index; empty when none has one): the
+    /// filter is skipped for a connection the predicate matches.
+    pub listener_filters_disabled: Vec<Option<ListenerPredicate>>,
     /// `listener_filters_timeout` (default 15 s; zero: none).
     pub listener_filters_timeout: Option<Duration>,
     /// `continue_on_listener_filters_timeout`: a timed-out socket goes on to the filter chain
@@ -643,6 +740,37 @@ pub struct TlsInspector {
     pub max_client_hello_size: usize,
     /// `close_connection_on_client_hello_parsing_errors`.
     pub close_connection_on_client_hello_parsing_errors: bool,
+}
+
+/// `ListenerFilterChainMatchPredicate`: when a listener filter is skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerPredicate {
+    /// `any_match: true`.
+    Any,
+    /// `or_match`.
+    Or(Vec<ListenerPredicate>),
+    /// `and_match`.
+    And(Vec<ListenerPredicate>),
+    /// `not_match`.
+    Not(Box<ListenerPredicate>),
+    /// `destination_port_range`: the local port (the original destination's, once
+    /// original_dst has run) in `[start, end)`.
+    DestinationPorts { start: i32, end: i32 },
+}
+
+impl ListenerPredicate {
+    /// Whether a connection to local port `port` matches.
+    pub fn matches(&self, port: u16) -> bool {
+        match self {
+            ListenerPredicate::Any => true,
+            ListenerPredicate::Or(all) => all.iter().any(|p| p.matches(port)),
+            ListenerPredicate::And(all) => all.iter().all(|p| p.matches(port)),
+            ListenerPredicate::Not(p) => !p.matches(port),
+            ListenerPredicate::DestinationPorts { start, end } => {
+                (*start..*end).contains(&i32::from(port))
+            }
+        }
+    }
 }
 
 impl ListenerFilter {
@@ -921,6 +1049,10 @@ pub struct HttpConnectionManager {
     pub always_set_request_id_in_response: bool,
     /// `via`.
     pub via: Option<http::HeaderValue>,
+    /// `forward_client_cert_details` and `set_current_client_cert_details`.
+    pub forward_client_cert: ForwardClientCert,
+    /// `tracing` (no tracer runs: only its sampling decision, packed into `x-request-id`).
+    pub tracing: Option<TraceSampling>,
     /// `http2_protocol_options` for downstream HTTP/2 connections.
     pub http2: Http2Options,
     /// `upgrade_configs`: the upgrade types (lower case) this connection manager takes, and
@@ -1076,6 +1208,54 @@ pub enum StripPort {
 /// `http2_protocol_options.max_concurrent_streams` is unset (observed with `nghttp -v`).
 pub const DOWNSTREAM_MAX_CONCURRENT_STREAMS: u32 = 1024;
 
+/// The sampling of `tracing` and what the UUID request id extension does with it, as Envoy's
+/// connection manager decides it without a tracer: the decision goes into `x-request-id`
+/// (Sampled `9`, Client `b`, Forced `a`, not traced `4` at its 15th character).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceSampling {
+    /// `client_sampling`, `random_sampling`, `overall_sampling`, out of 10,000 (default all).
+    pub client: u32,
+    pub random: u32,
+    pub overall: u32,
+    /// The request id extension's `pack_trace_reason` (default true).
+    pub pack_trace_reason: bool,
+    /// Its `use_request_id_for_trace_sampling` (default true).
+    pub use_request_id: bool,
+}
+
+/// `forward_client_cert_details`: what happens to `x-forwarded-client-cert`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XfccMode {
+    /// Removed (the default).
+    #[default]
+    Sanitize,
+    /// Forwarded as it came, on mutual TLS connections only.
+    ForwardOnly,
+    /// This connection's client certificate appended, on mutual TLS connections only.
+    AppendForward,
+    /// Replaced by this connection's client certificate, on mutual TLS connections only.
+    SanitizeSet,
+    /// Forwarded as it came, always.
+    AlwaysForwardOnly,
+}
+
+/// `x-forwarded-client-cert` handling.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ForwardClientCert {
+    pub mode: XfccMode,
+    /// `set_current_client_cert_details`, in the order Envoy writes them.
+    pub details: Vec<XfccDetail>,
+}
+
+/// One element `set_current_client_cert_details` adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XfccDetail {
+    Cert,
+    Subject,
+    Uri,
+    Dns,
+}
+
 /// Where an HTTP connection manager's routes come from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RouteSource {
@@ -1097,6 +1277,50 @@ pub enum HttpFilterConfig {
     Compressor(Arc<Compressor>),
     /// `envoy.filters.http.decompressor`.
     Decompressor(Arc<Decompressor>),
+    /// Istio's `istio.alpn`.
+    IstioAlpn(Arc<IstioAlpn>),
+    /// Istio's `istio.metadata_exchange` (`io.istio.http.peer_metadata.Config`).
+    PeerMetadata(Arc<PeerMetadata>),
+}
+
+/// Istio's `istio.alpn`: the ALPN list upstream TLS offers for a request, by the HTTP
+/// protocol the request goes upstream in, instead of the cluster's (none: no override). Each
+/// list is made once, and shared by the requests and the pools that use it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IstioAlpn {
+    pub http10: Option<Arc<[Vec<u8>]>>,
+    pub http11: Option<Arc<[Vec<u8>]>>,
+    pub http2: Option<Arc<[Vec<u8>]>>,
+}
+
+/// Istio's peer metadata exchange over HTTP headers (`x-envoy-peer-metadata-id`,
+/// `x-envoy-peer-metadata`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerMetadata {
+    /// `downstream_discovery` reads the headers of requests: they are removed before the
+    /// request goes on.
+    pub downstream_headers: bool,
+    /// `upstream_discovery` reads the headers of responses: removed likewise.
+    pub upstream_headers: bool,
+    /// `downstream_propagation`: responses carry this proxy's identity, when the request
+    /// carried the peer's (`skip_external_clusters` with it).
+    pub downstream_propagation: Option<bool>,
+    /// `upstream_propagation`: requests carry this proxy's identity (`skip_external_clusters`
+    /// with it).
+    pub upstream_propagation: Option<bool>,
+    /// `additional_labels`: node labels sent besides Istio's four.
+    pub additional_labels: Vec<String>,
+}
+
+/// The `istio` filter metadata of a cluster, as Istio's filters read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IstioClusterMetadata {
+    /// `alpn_override: "false"`: `istio.alpn` leaves this cluster's ALPN alone.
+    pub no_alpn_override: bool,
+    /// `disable_mx: true`: no peer metadata headers are sent to it.
+    pub disable_mx: bool,
+    /// `external: true`: a service outside the mesh.
+    pub external: bool,
 }
 
 /// `envoy.extensions.filters.http.decompressor.v3.Decompressor`.
@@ -1666,6 +1890,8 @@ pub struct Cluster {
     /// written upstream, and with `preserve_case`, that of the response's names kept for the
     /// client.
     pub header_case: HeaderCase,
+    /// `metadata.filter_metadata.istio`.
+    pub istio: IstioClusterMetadata,
 }
 
 impl Cluster {

@@ -19,7 +19,12 @@ pub const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
 pub fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {
-        DescriptorPool::decode(DESCRIPTORS).expect("the embedded Envoy descriptor set decodes")
+        let mut pool =
+            DescriptorPool::decode(DESCRIPTORS).expect("the embedded Envoy descriptor set decodes");
+        let ours = crate::istio::descriptors(|name| pool.get_message_by_name(name).is_none());
+        pool.add_file_descriptor_protos(ours)
+            .expect("Istio's extension descriptors are well formed");
+        pool
     })
 }
 
@@ -199,14 +204,44 @@ where
     }
 }
 
+/// A binary message whose `Any`s hold `TypedStruct`s, with each replaced by the message it
+/// carries (as Envoy converts them for the extension); `None` when it holds none.
+pub fn without_typed_structs(msg: &DynamicMessage) -> Result<Option<DynamicMessage>, ConfigError> {
+    let mut value = crate::to_json(msg);
+    if unwrap_typed_structs(&mut value, "")? == 0 {
+        return Ok(None);
+    }
+    let opts = DeserializeOptions::new().deny_unknown_fields(true);
+    decode_with(&value, msg.descriptor(), &opts).map(Some)
+}
+
 /// Decodes like [`decode_text`], but drops fields the protos do not know, returning their paths
 /// (Envoy warns about and ignores them in dynamic resources).
 pub fn decode_text_lenient(
     text: &str,
     desc: MessageDescriptor,
 ) -> Result<(DynamicMessage, Vec<String>), ConfigError> {
+    decode_lenient(text, desc, true)
+}
+
+/// [`decode_text_lenient`], with each `TypedStruct` kept as it is (as a control plane sends
+/// it), not replaced by the message it carries.
+pub fn decode_text_lenient_keeping_typed_structs(
+    text: &str,
+    desc: MessageDescriptor,
+) -> Result<(DynamicMessage, Vec<String>), ConfigError> {
+    decode_lenient(text, desc, false)
+}
+
+fn decode_lenient(
+    text: &str,
+    desc: MessageDescriptor,
+    unwrap: bool,
+) -> Result<(DynamicMessage, Vec<String>), ConfigError> {
     let mut value = parse_value(text)?;
-    unwrap_typed_structs(&mut value, "")?;
+    if unwrap {
+        unwrap_typed_structs(&mut value, "")?;
+    }
     loosen(&mut value, &desc);
     let opts = DeserializeOptions::new().deny_unknown_fields(true);
     let mut unknown = Vec::new();

@@ -179,12 +179,32 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "cluster_names",
             "refresh_delay",
             "request_timeout",
+            // gRPC: a token bucket for the stream's requests; REST ignores it, as Envoy's.
+            "rate_limit_settings",
         ],
     ),
     (
-        "envoy.config.core.v3.GrpcService",
-        &["envoy_grpc", "initial_metadata"],
+        "envoy.config.core.v3.RateLimitSettings",
+        &["max_tokens", "fill_rate"],
     ),
+    (
+        "envoy.config.core.v3.GrpcService",
+        &["envoy_grpc", "google_grpc", "initial_metadata"],
+    ),
+    // A google_grpc server reached as an envoy_grpc cluster would reach it (google_grpc.rs).
+    (
+        "envoy.config.core.v3.GrpcService.GoogleGrpc",
+        &["target_uri", "channel_credentials", "stat_prefix"],
+    ),
+    (
+        "envoy.config.core.v3.GrpcService.GoogleGrpc.ChannelCredentials",
+        &["ssl_credentials", "local_credentials", "google_default"],
+    ),
+    (
+        "envoy.config.core.v3.GrpcService.GoogleGrpc.SslCredentials",
+        &["root_certs", "private_key", "cert_chain"],
+    ),
+    ("envoy.config.core.v3.GrpcService.GoogleGrpc.GoogleLocalCredentials", &[]),
     (
         "envoy.config.core.v3.GrpcService.EnvoyGrpc",
         &["cluster_name", "authority"],
@@ -321,7 +341,48 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.listener.v3.ListenerFilter",
-        &["name", "typed_config"],
+        &["name", "typed_config", "filter_disabled"],
+    ),
+    (
+        "envoy.config.listener.v3.ListenerFilterChainMatchPredicate",
+        &[
+            "or_match",
+            "and_match",
+            "not_match",
+            "any_match",
+            "destination_port_range",
+        ],
+    ),
+    (
+        "envoy.config.listener.v3.ListenerFilterChainMatchPredicate.MatchSet",
+        &["rules"],
+    ),
+    ("envoy.type.v3.Int32Range", &["start", "end"]),
+    // Without a tracer, only the sampling decision acts (on x-request-id); the rest names
+    // spans that are never made (docs/compatibility.md).
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing",
+        &[
+            "client_sampling",
+            "random_sampling",
+            "overall_sampling",
+            "verbose",
+            "max_path_tag_length",
+            "custom_tags",
+            "spawn_upstream_span",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.RequestIDExtension",
+        &["typed_config"],
+    ),
+    (
+        "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig",
+        &["pack_trace_reason", "use_request_id_for_trace_sampling"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails",
+        &["subject", "cert", "chain", "dns", "uri"],
     ),
     (
         "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
@@ -380,6 +441,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         &[
+            "forward_client_cert_details",
+            "set_current_client_cert_details",
+            "tracing",
+            "request_id_extension",
             "codec_type",
             "stat_prefix",
             "route_config",
@@ -461,6 +526,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "response_headers_to_remove",
             "most_specific_header_mutations_wins",
             "internal_only_headers",
+            "validate_clusters",
             // Data for filters and access logs skiff does not have; see docs/compatibility.md.
             "metadata",
         ],
@@ -632,6 +698,15 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "auto_host_rewrite",
             "append_x_forwarded_host",
             "retry_policy",
+            "max_stream_duration",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.MaxStreamDuration",
+        &[
+            "max_stream_duration",
+            "grpc_timeout_header_max",
+            "grpc_timeout_header_offset",
         ],
     ),
     (
@@ -811,7 +886,43 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "ignore_health_on_host_removal",
             "least_request_lb_config",
             "round_robin_lb_config",
+            // Istio's metadata exchange only (translate/istio.rs).
+            "filters",
         ],
+    ),
+    ("envoy.config.cluster.v3.Filter", &["name", "typed_config"]),
+    // Istio's extensions (istio.rs).
+    (crate::istio::ALPN, &["alpn_override"]),
+    (
+        "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig.AlpnOverride",
+        &["upstream_protocol", "alpn_override"],
+    ),
+    (
+        crate::istio::PEER_METADATA,
+        &[
+            "downstream_discovery",
+            "upstream_discovery",
+            "downstream_propagation",
+            "upstream_propagation",
+            "shared_with_upstream",
+            "additional_labels",
+        ],
+    ),
+    (
+        "io.istio.http.peer_metadata.Config.DiscoveryMethod",
+        &["workload_discovery", "istio_headers", "baggage"],
+    ),
+    (
+        "io.istio.http.peer_metadata.Config.PropagationMethod",
+        &["istio_headers"],
+    ),
+    (
+        "io.istio.http.peer_metadata.Config.IstioHeaders",
+        &["skip_external_clusters"],
+    ),
+    (
+        crate::istio::METADATA_EXCHANGE,
+        &["protocol", "enable_discovery", "additional_labels"],
     ),
     (
         "envoy.config.cluster.v3.UpstreamConnectionOptions",
@@ -1210,6 +1321,10 @@ fn walk(msg: &DynamicMessage, path: &str, sink: &mut Sink<'_>) -> Result<(), Con
         || name == "envoy.config.core.v3.Metadata"
         || name == "envoy.config.metrics.v3.StatsSink"
         || name == "envoy.config.trace.v3.Tracing"
+        // Telemetry filters: accepted without effect whatever they hold (compatibility.md).
+        || name == crate::istio::STATS
+        || name == "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
+        || name == "envoy.type.tracing.v3.CustomTag"
     {
         return Ok(());
     }

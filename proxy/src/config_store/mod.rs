@@ -257,8 +257,8 @@ pub struct ConfigStore {
     ads: Option<GrpcSource>,
     /// Where each static cluster an xDS stream may use is.
     xds_targets: BTreeMap<String, GrpcTarget>,
-    /// Those clusters' HTTP/2 `connection_keepalive`, for the streams' connections.
-    xds_keepalive: BTreeMap<String, crate::config::model::Http2Keepalive>,
+    /// Those clusters, for how the streams connect through them (TLS, DNS, keepalive).
+    xds_clusters: BTreeMap<String, Arc<model::Cluster>>,
     /// The bootstrap's `node`, sent to xDS servers.
     node: envoy_types::pb::envoy::config::core::v3::Node,
     /// The same node in Envoy's JSON form (the bootstrap's), for REST requests.
@@ -359,12 +359,12 @@ impl ConfigStore {
             dns: DnsClusters::new(main),
             ads: loaded.model.dynamic.ads.clone(),
             xds_targets: loaded.model.xds_targets.clone(),
-            xds_keepalive: loaded
+            xds_clusters: loaded
                 .model
                 .clusters
                 .iter()
                 .filter(|c| loaded.model.xds_targets.contains_key(&c.name))
-                .filter_map(|c| Some((c.name.clone(), c.http2.keepalive?)))
+                .map(|c| (c.name.clone(), c.clone()))
                 .collect(),
             node,
             node_json,

@@ -380,15 +380,20 @@ impl ConfigStore {
                 },
                 StreamKey::Api(g, _, _) => g.clone(),
             };
-            let Some(target) = self.xds_targets.get(&source.cluster).cloned() else {
-                tracing::error!(cluster = %source.cluster, "xDS: no static cluster of that name with an endpoint");
-                return None;
+            let peer = match &source.google {
+                Some(g) => xds::Peer::google(g),
+                None => {
+                    let Some(target) = self.xds_targets.get(&source.cluster).cloned() else {
+                        tracing::error!(cluster = %source.cluster, "xDS: no static cluster of that name with an endpoint");
+                        return None;
+                    };
+                    xds::Peer::of(target, self.xds_clusters.get(&source.cluster).map(|c| &**c))
+                }
             };
-            let keepalive = self.xds_keepalive.get(&source.cluster).copied();
             let stream = xds::Stream::start(
                 key.clone(),
                 source,
-                (target, keepalive),
+                peer,
                 (self.node.clone(), self.node_json.clone()),
                 self.xds_tx.clone(),
                 (self.main.clone(), scope),

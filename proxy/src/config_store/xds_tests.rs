@@ -404,3 +404,43 @@ async fn a_static_listener_follows_its_sds_secrets_as_istio_bootstraps_name_them
     assert!(!s.initializing());
     assert_eq!(stat(&stats, "sds.default.update_success"), 1);
 }
+
+#[test]
+fn rate_limit_settings_take_envoys_defaults_and_its_check_of_the_fill_rate() {
+    let with = |rl: &str| {
+        crate::config::load_text(&BOOTSTRAP.replace(
+            "ads_config: {api_type: GRPC,",
+            &format!("ads_config: {{rate_limit_settings: {rl}, api_type: GRPC,"),
+        ))
+        .map(|l| l.model.dynamic.ads.and_then(|a| a.rate_limit))
+        .map_err(|e| e.to_string())
+    };
+    let limit = |max_tokens, ms| {
+        Ok(Some(crate::config::model::XdsRateLimit {
+            max_tokens,
+            refill: Duration::from_millis(ms),
+        }))
+    };
+    assert_eq!(with("{}"), limit(100, 100));
+    assert_eq!(with("{max_tokens: 3, fill_rate: 0.5}"), limit(3, 2000));
+    let e = with("{fill_rate: 0}").expect_err("refused");
+    assert!(
+        e.starts_with("dynamic_resources.ads_config.rate_limit_settings.fill_rate: value must be greater than 0"),
+        "{e}"
+    );
+    let e = with("{max_tokens: 0}").expect_err("refused");
+    assert!(e.contains("rate_limit_settings.max_tokens"), "{e}");
+}
+
+#[test]
+fn a_dns_cluster_carries_xds_by_its_name() {
+    let yaml = BOOTSTRAP.replace(
+        "type: STATIC\n    load_assignment: {cluster_name: xds, endpoints: [{lb_endpoints: [{endpoint: {address: {pipe: {path: /tmp/skiff-xds-test.sock}}}}]}]}",
+        "type: STRICT_DNS\n    load_assignment: {cluster_name: xds, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: control-plane, port_value: 18000}}}}]}]}",
+    );
+    let loaded = crate::config::load_text(&yaml).expect("bootstrap");
+    assert_eq!(
+        loaded.model.xds_targets.get("xds"),
+        Some(&GrpcTarget::Dns("control-plane".into(), 18000))
+    );
+}

@@ -892,6 +892,8 @@ pub struct Done {
     tunnel_received: u64,
     /// The request is a HEAD: local replies carry no body.
     head_request: bool,
+    /// The request is gRPC (`content-type: application/grpc…`): local replies are gRPC ones.
+    grpc: bool,
     /// Answered as Envoy's codec answers a request it refuses: a close after it waits for the
     /// client (delayed_close_timeout).
     codec_error: bool,
@@ -912,6 +914,7 @@ impl Done {
             settled: false,
             tunnel_received: 0,
             head_request: self.head_request,
+            grpc: self.grpc,
             codec_error: self.codec_error,
         };
         self.settled = true;
@@ -1058,7 +1061,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if body.is_end_stream() {
         request.mark_done();
     }
-    let timers = StreamTimers::new(&cfg.timeouts, request.clone());
+    let timers = Some(StreamTimers::new(&cfg.timeouts, request.clone()));
     let mut done = Done {
         conn: conn.clone(),
         started: Instant::now(),
@@ -1068,6 +1071,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         settled: false,
         tunnel_received: 0,
         head_request: parts.method == http::Method::HEAD,
+        grpc: crate::router::is_grpc(&parts.headers),
         codec_error: false,
     };
     if let Some(info) = done.info.as_mut() {
@@ -1299,6 +1303,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         .headers
         .keys()
         .any(|k| k.as_str().starts_with("x-envoy-"));
+    let force_trace = envoy_headers && parts.headers.contains_key("x-envoy-force-trace");
     let (header_timeout, retry_headers) = if envoy_headers {
         let timeout = parts
             .headers
@@ -1318,6 +1323,11 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         conn.remote,
         conn.local,
         conn.secure,
+    );
+    crate::http::conn_manager_utility::forwarded_client_cert(
+        &cfg.forward_client_cert,
+        &mut parts.headers,
+        conn.connection.tls.as_ref(),
     );
     // Envoy's router reads x-envoy-upstream-rq-timeout-ms only on internal requests (the
     // connection manager removes it from all others).
@@ -1340,6 +1350,18 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         parts
             .headers
             .insert(names::X_REQUEST_ID.clone(), headers::new_request_id());
+    }
+    if let Some(t) = &cfg.tracing {
+        // x-envoy-force-trace counts only on an internal request, as in Envoy.
+        let internal = parts
+            .headers
+            .get("x-envoy-internal")
+            .is_some_and(|v| v == "true");
+        crate::http::conn_manager_utility::trace_reason(
+            t,
+            &mut parts.headers,
+            force_trace && internal,
+        );
     }
     if let Some(via) = &cfg.via {
         headers::append_via(&mut parts.headers, via);
@@ -1387,7 +1409,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         conn.source,
         (scheme, upgrade.as_deref(), header_timeout),
         retry_headers.as_ref(),
-        conn.buffer_limit,
+        (conn.buffer_limit, timers.as_ref()),
         done.info.as_deref_mut(),
     );
     // The connection manager's stream timers run while the router waits for the response
@@ -1480,6 +1502,8 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
                 *conn.tunnel.borrow_mut() = Some(Box::pin(tunnel(stream, down, up)));
                 return Response::from_parts(head, Tracked::new(body, done, None));
             }
+            // The response body watches the timers only if one can run out.
+            let timers = timers.filter(|t| t.active());
             Response::from_parts(head, Tracked::new(body, done, deadline).with_timers(timers))
         }
         Err(mut reply) => {
@@ -1670,11 +1694,56 @@ fn finish_response(
     }
 }
 
+/// Envoy's local reply to a gRPC request: `200`, `application/grpc`, the reply's status as a
+/// `grpc-status` and its body as a percent-encoded `grpc-message`, nothing else (a
+/// trailers-only response).
+fn grpc_reply(reply: &LocalReply, head: &mut http::response::Parts, head_request: bool) {
+    let code = if reply.details == crate::http::timeouts::Expiry::MaxDuration.details() {
+        4 // DEADLINE_EXCEEDED, as Envoy's stream duration timer says.
+    } else {
+        match reply.status.as_u16() {
+            400 => 13,
+            401 => 16,
+            403 => 7,
+            404 => 12,
+            429 | 502 | 503 | 504 => 14,
+            _ => 2,
+        }
+    };
+    head.status = http::StatusCode::OK;
+    head.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    head.headers.remove(header::CONTENT_LENGTH);
+    if !head.headers.contains_key("grpc-status") {
+        head.headers
+            .insert("grpc-status", crate::http::headers::number(code));
+    }
+    if !reply.body.is_empty() && !head_request {
+        let mut msg = String::new();
+        for &b in reply.body.iter() {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                msg.push(b as char);
+            } else {
+                msg.push_str(&format!("%{b:02X}"));
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&msg) {
+            head.headers.insert("grpc-message", v);
+        }
+    }
+}
+
 fn local(mut done: Done, reply: LocalReply, request_id: Option<HeaderValue>) -> Resp {
     let conn = done.conn.clone();
     let (mut head, mut body) = reply.response().into_parts();
     // A HEAD gets the head of the reply alone, its content-length kept.
     if done.head_request {
+        body = ProxyBody::full(bytes::Bytes::new());
+    }
+    if done.grpc {
+        grpc_reply(&reply, &mut head, done.head_request);
         body = ProxyBody::full(bytes::Bytes::new());
     }
     // Over HTTP/2 an empty reply has no content-length (Envoy adds one only for a body; its
@@ -1683,9 +1752,9 @@ fn local(mut done: Done, reply: LocalReply, request_id: Option<HeaderValue>) -> 
         head.headers.remove(header::CONTENT_LENGTH);
     }
     finish_response(&conn, &conn.hcm.config, &mut head, request_id);
-    conn.hcm.stats.response_class(reply.status.as_u16());
+    conn.hcm.stats.response_class(head.status.as_u16());
     if let Some(info) = done.info.as_mut() {
-        info.response_code = Some(reply.status.as_u16());
+        info.response_code = Some(head.status.as_u16());
         if let Some(f) = reply.flag {
             info.flags.set(f);
         }

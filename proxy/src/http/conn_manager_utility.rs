@@ -349,6 +349,118 @@ fn append_xff(headers: &mut HeaderMap, ip: IpAddr) {
     }
 }
 
+/// `x-forwarded-client-cert`.
+pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// Envoy's `mutateXfccRequestHeader`: the header removed, kept, appended to or replaced by the
+/// client certificate of a mutual TLS connection (`tls`: the connection's), as
+/// `forward_client_cert_details` says.
+pub fn forwarded_client_cert(
+    x: &crate::config::model::ForwardClientCert,
+    headers: &mut HeaderMap,
+    tls: Option<&crate::stream_info::TlsInfo>,
+) {
+    use crate::config::model::{XfccDetail, XfccMode};
+    if x.mode == XfccMode::AlwaysForwardOnly {
+        return;
+    }
+    let peer = tls.and_then(|t| t.peer.as_ref());
+    let Some(peer) = peer.filter(|_| x.mode != XfccMode::Sanitize) else {
+        headers.remove(&X_FORWARDED_CLIENT_CERT);
+        return;
+    };
+    if x.mode == XfccMode::ForwardOnly {
+        return;
+    }
+    let mut parts: Vec<String> = Vec::new();
+    for uri in tls
+        .and_then(|t| t.local.as_ref())
+        .map_or(&[][..], |l| &l.uri_sans[..])
+    {
+        parts.push(format!("By={uri}"));
+    }
+    if let Some(digest) = crate::tls::info::sha256(&peer.der) {
+        parts.push(format!("Hash={}", crate::tls::info::hex(&digest)));
+    }
+    for d in &x.details {
+        match d {
+            XfccDetail::Cert => {
+                parts.push(format!(
+                    "Cert=\"{}\"",
+                    crate::tls::info::url_encoded_pem(&peer.der)
+                ));
+            }
+            // The key is there even when the subject is empty, as in Envoy.
+            XfccDetail::Subject => parts.push(format!("Subject=\"{}\"", peer.subject)),
+            XfccDetail::Uri if peer.uri_sans.is_empty() => parts.push("URI=".into()),
+            XfccDetail::Uri => parts.extend(peer.uri_sans.iter().map(|u| format!("URI={u}"))),
+            XfccDetail::Dns => parts.extend(peer.dns_sans.iter().map(|d| format!("DNS={d}"))),
+        }
+    }
+    let value = parts.join(";");
+    let value = match (x.mode, headers.get(&X_FORWARDED_CLIENT_CERT)) {
+        (XfccMode::AppendForward, Some(old)) if !old.is_empty() => {
+            format!("{},{value}", String::from_utf8_lossy(old.as_bytes()))
+        }
+        _ => value,
+    };
+    headers.remove(&X_FORWARDED_CLIENT_CERT);
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_CLIENT_CERT.clone(), v);
+    }
+}
+
+/// Envoy's `mutateTracingRequestHeader` without a tracer: the sampling decision, from the
+/// request id's first eight hex digits (modulo 10,000) and the request's own marks, packed
+/// into the 15th character of a 36-character `x-request-id`. `force` is an internal request's
+/// `x-envoy-force-trace`.
+pub fn trace_reason(t: &crate::config::model::TraceSampling, headers: &mut HeaderMap, force: bool) {
+    if !t.use_request_id {
+        return;
+    }
+    let Some(id) = headers.get(&names::X_REQUEST_ID).map(HeaderValue::as_bytes) else {
+        return;
+    };
+    let Some(n) = id
+        .get(..8)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+    else {
+        return;
+    };
+    let result = (n % 10_000) as u32;
+    const SAMPLED: u8 = b'9';
+    const CLIENT: u8 = b'b';
+    const FORCED: u8 = b'a';
+    const NONE: u8 = b'4';
+    let reason = match (id.len(), id.get(14)) {
+        (36, Some(&c)) if c == SAMPLED || c == CLIENT || c == FORCED => c,
+        _ => NONE,
+    };
+    let mut decided = reason;
+    if decided == NONE {
+        if headers.contains_key("x-client-trace-id") && fastrand::u32(..10_000) < t.client {
+            decided = CLIENT;
+        } else if force {
+            decided = FORCED;
+        } else if result < t.random {
+            decided = SAMPLED;
+        }
+    }
+    // Measured: a request id already marked forced is unmarked here too.
+    if result >= t.overall {
+        decided = NONE;
+    }
+    if decided == reason || !t.pack_trace_reason || id.len() != 36 {
+        return;
+    }
+    let mut bytes = id.to_vec();
+    bytes[14] = decided;
+    if let Ok(v) = HeaderValue::from_bytes(&bytes) {
+        headers.insert(names::X_REQUEST_ID.clone(), v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

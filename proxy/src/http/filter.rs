@@ -88,6 +88,10 @@ pub enum Factory {
     Compressor(Rc<crate::http::filters::compressor::Factory>),
     /// `envoy.filters.http.decompressor`.
     Decompressor(Rc<crate::http::filters::decompressor::Factory>),
+    /// Istio's `istio.alpn`.
+    IstioAlpn(std::sync::Arc<crate::config::model::IstioAlpn>),
+    /// Istio's `istio.metadata_exchange` (HTTP).
+    PeerMetadata(Rc<crate::http::filters::istio::PeerFactory>),
 }
 
 /// The worker's factories for an HCM's filters; stats go under `http.<stat_prefix>.`.
@@ -105,6 +109,10 @@ pub fn factories(
             )),
             HttpFilterConfig::Decompressor(cfg) => Factory::Decompressor(Rc::new(
                 crate::http::filters::decompressor::Factory::new(cfg.clone(), shard, stat_prefix),
+            )),
+            HttpFilterConfig::IstioAlpn(cfg) => Factory::IstioAlpn(cfg.clone()),
+            HttpFilterConfig::PeerMetadata(cfg) => Factory::PeerMetadata(Rc::new(
+                crate::http::filters::istio::PeerFactory::new(cfg.clone()),
             )),
         })
         .collect()
@@ -125,6 +133,10 @@ pub fn build(factories: &[Factory]) -> Option<FilterChain> {
             match f {
                 Factory::Compressor(c) => Box::new(c.filter(&negotiation)),
                 Factory::Decompressor(d) => Box::new(d.filter()),
+                Factory::IstioAlpn(t) => {
+                    Box::new(crate::http::filters::istio::AlpnFilter::new(t.clone()))
+                }
+                Factory::PeerMetadata(p) => Box::new(p.filter()),
             }
         })
         .collect();

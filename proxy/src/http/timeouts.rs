@@ -58,6 +58,12 @@ impl Expiry {
             Expiry::Idle if request_done => (http::StatusCode::GATEWAY_TIMEOUT, "stream timeout"),
             Expiry::Idle => (http::StatusCode::REQUEST_TIMEOUT, "stream timeout"),
             Expiry::Request => (http::StatusCode::REQUEST_TIMEOUT, "request timeout"),
+            // Measured: 504 once the request is complete, as Envoy's
+            // `maybeRequestTimeoutCode`.
+            Expiry::MaxDuration if request_done => (
+                http::StatusCode::GATEWAY_TIMEOUT,
+                "downstream duration timeout",
+            ),
             Expiry::MaxDuration => (
                 http::StatusCode::REQUEST_TIMEOUT,
                 "downstream duration timeout",
@@ -80,8 +86,13 @@ pub struct StreamTimers {
     started: Instant,
     idle: Option<Duration>,
     request_limit: Option<Duration>,
-    max_duration: Option<Duration>,
+    /// `max_stream_duration`: the connection manager's, then the route's once it is chosen.
+    max_duration: Cell<Option<Duration>>,
+    /// The connection manager's, for a route that falls back to it.
+    hcm_max_duration: Option<Duration>,
     request: Rc<RequestProgress>,
+    /// Who waits on [`Self::fired`], woken when the route moves the deadline.
+    waiter: RefCell<Option<std::task::Waker>>,
     /// The one timer, set for the earliest deadline; made on first use.
     sleep: RefCell<Option<Pin<Box<Sleep>>>>,
     /// With `reduce_timeouts` scaling the idle timer: a change of the action's state, to
@@ -90,27 +101,46 @@ pub struct StreamTimers {
 }
 
 impl StreamTimers {
-    /// The timers `t` asks for on a stream that started now; `None` when all are off.
-    pub fn new(t: &HcmTimeouts, request: Rc<RequestProgress>) -> Option<Rc<StreamTimers>> {
-        if t.stream_idle.is_none() && t.request.is_none() && t.max_stream_duration.is_none() {
-            return None;
-        }
+    /// The timers `t` asks for on a stream that started now (none may run until a route
+    /// sets a duration).
+    pub fn new(t: &HcmTimeouts, request: Rc<RequestProgress>) -> Rc<StreamTimers> {
         let started = Instant::now();
         if t.stream_idle.is_some() {
             request.track_activity(started);
         }
-        Some(Rc::new(StreamTimers {
+        Rc::new(StreamTimers {
             started,
             idle: t.stream_idle,
             request_limit: t.request,
-            max_duration: t.max_stream_duration,
+            max_duration: Cell::new(t.max_stream_duration),
+            hcm_max_duration: t.max_stream_duration,
             request,
+            waiter: RefCell::new(None),
             sleep: RefCell::new(None),
             overload: RefCell::new(
                 (t.stream_idle.is_some() && overload::minimum(ScaledTimer::StreamIdle).is_some())
                     .then(|| Box::pin(overload::changed())),
             ),
-        }))
+        })
+    }
+
+    /// The route's `max_stream_duration` for a request with this `grpc-timeout`: the
+    /// stream's limit from now on, counted from its start (Envoy's `refreshDurationTimeout`).
+    pub fn route_duration(
+        &self,
+        d: &crate::router::StreamDuration,
+        grpc_timeout: Option<Duration>,
+    ) {
+        self.max_duration
+            .set(d.limit(grpc_timeout, self.hcm_max_duration));
+        if let Some(w) = self.waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Whether any timer can run out.
+    pub fn active(&self) -> bool {
+        self.idle.is_some() || self.request_limit.is_some() || self.max_duration.get().is_some()
     }
 
     /// Records activity on the stream (bytes of the response).
@@ -132,13 +162,17 @@ impl StreamTimers {
             .request_limit
             .filter(|_| self.request.done_at().is_none())
             .map(|d| self.started + d);
-        let max = self.max_duration.map(|d| self.started + d);
+        let max = self.max_duration.get().map(|d| self.started + d);
         [idle, request, max].into_iter().flatten().min()
     }
 
     /// The timer that has run out by `now`, if one has.
     fn expired(&self, now: Instant) -> Option<Expiry> {
-        if self.max_duration.is_some_and(|d| now >= self.started + d) {
+        if self
+            .max_duration
+            .get()
+            .is_some_and(|d| now >= self.started + d)
+        {
             return Some(Expiry::MaxDuration);
         }
         if self.request.done_at().is_none()
@@ -165,6 +199,12 @@ impl StreamTimers {
 
     /// Whether a timer has run out, waking `cx` when one may.
     pub fn poll_expired(&self, cx: &mut Context<'_>) -> Option<Expiry> {
+        {
+            let mut waiter = self.waiter.borrow_mut();
+            if !waiter.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waiter = Some(cx.waker().clone());
+            }
+        }
         let mut sleep = self.sleep.borrow_mut();
         loop {
             // A change of reduce_timeouts' state moves the idle deadline.
@@ -262,7 +302,7 @@ mod tests {
 
     fn timers(t: HcmTimeouts) -> (Rc<StreamTimers>, Rc<RequestProgress>) {
         let request = Rc::new(RequestProgress::new(FlowPair::default()));
-        (StreamTimers::new(&t, request.clone()).expect("on"), request)
+        (StreamTimers::new(&t, request.clone()), request)
     }
 
     #[tokio::test(start_paused = true)]

@@ -240,10 +240,18 @@ struct Chain {
 type LocalCerts = Vec<(Vec<String>, Option<crate::stream_info::CertInfo>)>;
 
 impl Chain {
-    /// Whether the terminal filter writes access logs (only then is TLS described).
+    /// Whether the terminal filter writes access logs or forwards the client certificate
+    /// (only then is TLS described).
     fn logs(&self) -> bool {
         match &self.terminal {
-            Terminal::Http(h) => !h.config.access_logs.is_empty(),
+            Terminal::Http(h) => {
+                !h.config.access_logs.is_empty()
+                    || !matches!(
+                        h.config.forward_client_cert.mode,
+                        crate::config::model::XfccMode::Sanitize
+                            | crate::config::model::XfccMode::AlwaysForwardOnly
+                    )
+            }
             Terminal::Tcp(t, _) => !t.access_logs.is_empty(),
             Terminal::Empty => false,
         }

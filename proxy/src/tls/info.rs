@@ -81,11 +81,11 @@ pub fn sha256(data: &[u8]) -> Option<Vec<u8>> {
     Some(hash.hash(data).as_ref().to_vec())
 }
 
-/// A certificate as PEM, URL-encoded as Envoy logs it (`%DOWNSTREAM_PEER_CERT%`).
-pub fn url_encoded_pem(der: &[u8]) -> String {
+/// Standard base64, with padding.
+pub fn base64(bytes: &[u8]) -> String {
     const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::with_capacity(der.len() * 4 / 3 + 4);
-    for chunk in der.chunks(3) {
+    let mut b64 = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
         let b = [
             chunk[0],
             chunk.get(1).copied().unwrap_or(0),
@@ -100,6 +100,12 @@ pub fn url_encoded_pem(der: &[u8]) -> String {
             }
         }
     }
+    b64
+}
+
+/// A certificate as PEM, URL-encoded as Envoy logs it (`%DOWNSTREAM_PEER_CERT%`).
+pub fn url_encoded_pem(der: &[u8]) -> String {
+    let b64 = base64(der);
     let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
     for line in b64.as_bytes().chunks(64) {
         pem.push_str(&String::from_utf8_lossy(line));

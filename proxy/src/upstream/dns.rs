@@ -428,6 +428,21 @@ fn build_resolver(r: &DnsResolverConfig, family: DnsLookupFamily) -> Option<Toki
     Some(b.build())
 }
 
+/// One resolution of `name` with a cluster's resolver settings, outside the refresh cycle
+/// (an xDS stream through a DNS cluster resolves its server each time it connects).
+pub async fn resolve_once(
+    name: &str,
+    family: DnsLookupFamily,
+    resolver: &DnsResolverConfig,
+) -> Result<Vec<IpAddr>, String> {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    let r = build_resolver(resolver, family).ok_or("no resolver: resolv.conf is unreadable")?;
+    let found = lookup(&r, name).await?;
+    Ok(found.into_iter().map(|(ip, _)| ip).collect())
+}
+
 async fn lookup(r: &TokioResolver, name: &str) -> Answer {
     if let Ok(ip) = name.parse::<IpAddr>() {
         return Ok(vec![(ip, Duration::ZERO)]);

@@ -319,6 +319,9 @@ pub struct Host {
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     /// `auto_config`: whether the last handshake chose HTTP/2 (unknown before the first).
     pub negotiated_h2: Cell<Option<bool>>,
+    /// Istio's `istio.alpn`: the ALPN list its TLS connections offer instead of the
+    /// cluster's; its pools serve requests with that list only.
+    pub alpn: Option<Arc<[Vec<u8>]>>,
 }
 
 /// A cluster as one worker sees it.
@@ -346,6 +349,7 @@ type VariantKey = (
     Option<(SocketAddr, SocketAddr)>,
     Option<Box<str>>,
     Option<pool::Source>,
+    Option<Arc<[Vec<u8>]>>,
 );
 
 /// Above this many ORIGINAL_DST hosts on a worker, hosts no stream uses are dropped.
@@ -402,17 +406,19 @@ impl Cluster {
         downstream: (SocketAddr, SocketAddr),
         authority: Option<&str>,
     ) -> Rc<Host> {
-        self.variant_from(host, downstream, authority, None)
+        self.variant_from(host, downstream, authority, None, None)
     }
 
     /// [`Cluster::variant`], whose connections come from `source` (original_src) when given:
-    /// pooled apart per source, so no connection carries another client's address.
+    /// pooled apart per source, so no connection carries another client's address; and whose
+    /// TLS offers `alpn` (Istio's `istio.alpn`) when given, pooled apart per list.
     pub fn variant_from(
         &self,
         host: Rc<Host>,
         (remote, local): (SocketAddr, SocketAddr),
         authority: Option<&str>,
         source: Option<pool::Source>,
+        alpn: Option<Arc<[Vec<u8>]>>,
     ) -> Rc<Host> {
         let cfg = self.config();
         let downstream = cfg.proxy_protocol.is_some().then_some((remote, local));
@@ -421,10 +427,11 @@ impl Cluster {
         } else {
             None
         };
-        if downstream.is_none() && sni.is_none() && source.is_none() {
+        let alpn = alpn.filter(|_| host.tls.is_some());
+        if downstream.is_none() && sni.is_none() && source.is_none() && alpn.is_none() {
             return host;
         }
-        let key = (host.address, downstream, sni.map(Box::from), source);
+        let key = (host.address, downstream, sni.map(Box::from), source, alpn);
         let mut hosts = self.by_downstream.borrow_mut();
         if let Some(h) = hosts.get(&key) {
             return h.clone();
@@ -452,6 +459,7 @@ impl Cluster {
             source,
             tls: host.tls.clone(),
             negotiated_h2: Cell::new(None),
+            alpn: key.4.clone(),
         });
         hosts.insert(key, copy.clone());
         copy
@@ -565,6 +573,7 @@ impl Host {
             source: None,
             tls: None,
             negotiated_h2: Cell::new(None),
+            alpn: None,
         }
     }
 }

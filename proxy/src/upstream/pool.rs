@@ -165,7 +165,14 @@ async fn tls_handshake(
         .clone()
         .or_else(|| tls.server_name.clone())
         .unwrap_or_else(|| rustls_pki_types::ServerName::IpAddress(host.address.ip().into()));
-    let connector = tokio_rustls::TlsConnector::from(tls.config.get());
+    let mut config = tls.config.get();
+    // Istio's istio.alpn: this host's list instead of the cluster's.
+    if let Some(alpn) = &host.alpn {
+        let mut c = (*config).clone();
+        c.alpn_protocols = alpn.to_vec();
+        config = std::sync::Arc::new(c);
+    }
+    let connector = tokio_rustls::TlsConnector::from(config);
     match connector.connect(name, tcp).await {
         Ok(s) => {
             if let Some(st) = &cluster.stats.tls {

@@ -25,11 +25,15 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::model::{GrpcSource, GrpcTarget, Http2Keepalive};
+use crate::config::model::GrpcSource;
 
+pub mod dial;
+mod rate_limit;
 mod rest;
+
 use crate::config_store::type_url;
 use crate::stats::Shard;
+pub use dial::Peer;
 
 /// Which stream: the bootstrap's `ads_config`, or an `api_config_source` (one per type).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -111,7 +115,7 @@ impl Stream {
     pub fn start(
         key: StreamKey,
         source: GrpcSource,
-        (target, keepalive): (GrpcTarget, Option<Http2Keepalive>),
+        peer: Peer,
         (node, node_json): (Node, serde_json::Value),
         events: mpsc::UnboundedSender<XdsEvent>,
         (main, stats_prefix): (Arc<Shard>, String),
@@ -119,11 +123,14 @@ impl Stream {
     ) -> Stream {
         let (commands, rx) = mpsc::unbounded_channel();
         let rest = source.rest;
+        let bucket = source
+            .rate_limit
+            .map(|r| Arc::new(std::sync::Mutex::new(rate_limit::Bucket::new(r))));
         let conn = Conn {
             key,
             source,
-            target,
-            keepalive,
+            peer,
+            bucket,
             node,
             node_json,
             events,
@@ -148,9 +155,10 @@ impl Stream {
 struct Conn {
     key: StreamKey,
     source: GrpcSource,
-    target: GrpcTarget,
-    /// The cluster's HTTP/2 `connection_keepalive`.
-    keepalive: Option<Http2Keepalive>,
+    /// The server, through the source's bootstrap cluster.
+    peer: Peer,
+    /// `rate_limit_settings`' token bucket.
+    bucket: Option<Arc<std::sync::Mutex<rate_limit::Bucket>>>,
     node: Node,
     /// The node in JSON, for REST requests.
     node_json: serde_json::Value,
@@ -269,48 +277,39 @@ fn method(key: &StreamKey, delta: bool) -> &'static str {
     }
 }
 
-async fn connect(
-    target: &GrpcTarget,
-    authority: &str,
-    keepalive: Option<Http2Keepalive>,
-) -> Result<tonic::transport::Channel, String> {
+async fn connect(peer: &Peer, authority: &str) -> Result<tonic::transport::Channel, String> {
     let origin: http::Uri = format!("http://{authority}")
         .parse()
         .map_err(|e| format!("authority '{authority}': {e}"))?;
+    let mut endpoint = tonic::transport::Endpoint::from_static("http://localhost").origin(origin);
     // The cluster's keepalive PINGs (hyper's, without Envoy's jitter) run while the stream
     // is open, idle or not.
-    let keep = |e: tonic::transport::Endpoint| match keepalive {
-        Some(k) => e
+    if let Some(k) = peer.keepalive {
+        endpoint = endpoint
             .http2_keep_alive_interval(k.interval)
             .keep_alive_timeout(k.timeout)
-            .keep_alive_while_idle(true),
-        None => e,
-    };
-    match target {
-        GrpcTarget::Tcp(addr) => keep(
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| e.to_string())?,
-        )
-        .origin(origin)
-        .connect()
-        .await
-        .map_err(|e| format!("{addr}: {e}")),
-        GrpcTarget::Unix(path) => {
-            let path = path.clone();
-            let shown = path.display().to_string();
-            keep(tonic::transport::Endpoint::from_static("http://localhost"))
-                .origin(origin)
-                .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-                    let path = path.clone();
-                    async move {
-                        let s = unix_connect(&path).await?;
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-                    }
-                }))
-                .await
-                .map_err(|e| format!("{shown}: {e}"))
-        }
+            .keep_alive_while_idle(true);
     }
+    let p = peer.clone();
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let p = p.clone();
+            async move {
+                let io = dial::dial(&p, b"h2").await.map_err(std::io::Error::other)?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(io))
+            }
+        }))
+        .await
+        .map_err(|e| {
+            // tonic wraps the connector's error: show the cause.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text = s.to_string();
+                source = s.source();
+            }
+            text
+        })
 }
 
 /// Connects to a Unix socket; a path starting with `@` names an abstract socket, as in Envoy.
@@ -343,7 +342,7 @@ async fn run(conn: Conn, mut commands: mpsc::UnboundedReceiver<(String, Interest
         while let Ok((t, i)) = commands.try_recv() {
             set_interest(&mut types, &mut order, t, i);
         }
-        let outcome = match connect(&conn.target, &conn.source.authority, conn.keepalive).await {
+        let outcome = match connect(&conn.peer, &conn.source.authority).await {
             Ok(channel) => {
                 let r = if conn.source.delta {
                     run_delta(
@@ -441,15 +440,29 @@ async fn open<Req, Resp>(
     first: Vec<Req>,
 ) -> Result<(mpsc::UnboundedSender<Req>, tonic::codec::Streaming<Resp>), String>
 where
-    Req: prost::Message + Send + Sync + 'static,
+    Req: prost::Message + rate_limit::Coalesce + Send + Sync + 'static,
     Resp: prost::Message + Default + Send + Sync + 'static,
 {
     let (tx, rx) = mpsc::unbounded_channel::<Req>();
     for m in first {
         let _ = tx.send(m);
     }
-    let outgoing =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let p = &conn.stats_prefix;
+    let limit = conn.bucket.clone().map(|b| rate_limit::Limiter {
+        bucket: b,
+        enforced: conn.main.counter(&format!("{p}rate_limit_enforced")),
+        pending: conn.main.gauge(&format!("{p}pending_requests")),
+        queue: std::collections::VecDeque::new(),
+    });
+    let outgoing = futures_util::stream::unfold((rx, limit), |(mut rx, limit)| async move {
+        match limit {
+            None => rx.recv().await.map(|m| (m, (rx, None))),
+            Some(mut l) => {
+                let m = l.next(&mut rx).await?;
+                Some((m, (rx, Some(l))))
+            }
+        }
+    });
     let mut req = tonic::Request::new(outgoing);
     for (k, v) in &conn.source.initial_metadata {
         if let (Ok(k), Ok(v)) = (
@@ -777,6 +790,8 @@ mod tests {
             node_on_first_message_only: false,
             initial_metadata: Vec::new(),
             rest: None,
+            rate_limit: None,
+            google: None,
         };
         assert!(method(
             &StreamKey::Api(g.clone(), type_url::ROUTE, "r".into()),

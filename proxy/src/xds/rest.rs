@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::mpsc;
 
 use super::{verdict, Conn, Interest, StreamKey, Update};
-use crate::config::model::{GrpcTarget, RestPolling};
+use crate::config::model::RestPolling;
 use crate::config_store::type_url;
 
 /// The largest answer taken (an answer with every endpoint of a large mesh is tens of MB).
@@ -39,41 +39,21 @@ fn path_of(type_url: &str) -> &'static str {
 /// An HTTP/1.1 connection to the server, kept between polls.
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-async fn connect(target: &GrpcTarget) -> Result<Sender, String> {
-    async fn handshake<S>(io: S) -> Result<Sender, String>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
-    }
-    match target {
-        GrpcTarget::Tcp(addr) => {
-            let s = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("{addr}: {e}"))?;
-            let _ = s.set_nodelay(true);
-            handshake(s).await
-        }
-        GrpcTarget::Unix(path) => {
-            let s = super::unix_connect(path)
-                .await
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            handshake(s).await
-        }
-    }
+async fn connect(peer: &super::Peer) -> Result<Sender, String> {
+    let io = super::dial::dial(peer, b"http/1.1").await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 /// One poll: the answer's status and body.
 async fn fetch(
     sender: &mut Option<Sender>,
-    target: &GrpcTarget,
+    peer: &super::Peer,
     host: &str,
     path: &str,
     body: Vec<u8>,
@@ -84,7 +64,7 @@ async fn fetch(
     };
     let mut s = match kept {
         Some(s) => s,
-        None => connect(target).await?,
+        None => connect(peer).await?,
     };
     let req = http::Request::post(path)
         .header(http::header::HOST, host)
@@ -146,7 +126,7 @@ pub(super) async fn run(
         let body = request_body(&conn, type_url, &names, &version);
         let answer = tokio::time::timeout(
             polling.request_timeout,
-            fetch(&mut sender, &conn.target, &host, path, body),
+            fetch(&mut sender, &conn.peer, &host, path, body),
         )
         .await
         .unwrap_or_else(|_| Err("request timeout".into()));

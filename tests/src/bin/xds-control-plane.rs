@@ -15,9 +15,14 @@
 //! `/v3/discovery:<type>` is answered with the node's current resources of that type in JSON,
 //! or `304` when the request already has the current version (as go-control-plane's gateway).
 //!
+//! With `--tls-cert PATH --tls-key PATH` the TCP listener takes TLS (HTTP/2 by ALPN only, as
+//! gRPC servers do), and with `--tls-client-ca PATH` it requires a client certificate; each
+//! handshake is reported (`tls`: SNI, ALPN, whether a client certificate came; `tls_error`).
+//!
 //! It reports on stdout, one JSON object per line: `ready` (with the TCP port), each request
 //! received (`request`: stream, node id, protocol, type, version, nonce, names, error) and each
-//! response sent (`response`), and `set` once a command is applied.
+//! response sent (`response`), and `set` once a command is applied; each with `ms`, the
+//! milliseconds since the process started.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
@@ -53,7 +58,14 @@ type State = BTreeMap<(String, String), TypeState>;
 
 static OUT: Mutex<()> = Mutex::new(());
 
-fn emit(v: serde_json::Value) {
+/// When the process started: every event carries its time since (`ms`).
+static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+fn emit(mut v: serde_json::Value) {
+    let start = *START.get_or_init(std::time::Instant::now);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("ms".into(), (start.elapsed().as_millis() as u64).into());
+    }
     let _g = OUT.lock().unwrap_or_else(|e| e.into_inner());
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{v}");
@@ -94,8 +106,9 @@ fn decode_resources(yaml: &str) -> Result<Vec<Any>, String> {
     let text = format!("resources:\n{yaml}");
     let desc = skiff::config::proto::message("envoy.service.discovery.v3.DiscoveryResponse")
         .map_err(|e| e.to_string())?;
-    let (msg, _) =
-        skiff::config::proto::decode_text_lenient(&text, desc).map_err(|e| e.to_string())?;
+    // TypedStructs go out as they are written, as istiod sends them.
+    let (msg, _) = skiff::config::proto::decode_text_lenient_keeping_typed_structs(&text, desc)
+        .map_err(|e| e.to_string())?;
     let r: DiscoveryResponse = skiff::config::proto::to_typed(&msg).map_err(|e| e.to_string())?;
     Ok(r.resources)
 }
@@ -488,6 +501,47 @@ where
         .await;
 }
 
+/// TLS for the TCP listener (`--tls-cert`, `--tls-key`): HTTP/2 only, as gRPC servers
+/// insist (a client that offers no ALPN, or another protocol, is refused); with
+/// `--tls-client-ca`, a client certificate signed by that CA is required.
+fn tls_acceptor(cert: &str, key: &str, client_ca: Option<&str>) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .expect("read --tls-cert")
+        .collect::<Result<_, _>>()
+        .expect("parse --tls-cert");
+    let key = PrivateKeyDer::from_pem_file(key).expect("read --tls-key");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions");
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).expect("read --tls-client-ca") {
+                roots
+                    .add(c.expect("parse --tls-client-ca"))
+                    .expect("add CA");
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .expect("certificate and key");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.ignore_client_order = true;
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
+
 /// REST answers' forced status (0: none).
 static REST_STATUS: AtomicU64 = AtomicU64::new(0);
 
@@ -605,10 +659,42 @@ fn main() {
                 .expect("bind tcp");
             port = l.local_addr().map(|a| a.port()).unwrap_or(0);
             let server = server.clone();
+            let tls = arg("--tls-cert").map(|cert| {
+                tls_acceptor(
+                    &cert,
+                    &arg("--tls-key").expect("--tls-key"),
+                    arg("--tls-client-ca").as_deref(),
+                )
+            });
             tokio::spawn(async move {
                 while let Ok((s, _)) = l.accept().await {
                     let _ = s.set_nodelay(true);
-                    tokio::spawn(serve(s, server.clone()));
+                    match &tls {
+                        None => {
+                            tokio::spawn(serve(s, server.clone()));
+                        }
+                        Some(acceptor) => {
+                            let (acceptor, server) = (acceptor.clone(), server.clone());
+                            tokio::spawn(async move {
+                                match acceptor.accept(s).await {
+                                    Ok(t) if t.get_ref().1.alpn_protocol() != Some(b"h2") => {
+                                        emit(json!({"event": "tls_error", "error": "the client did not negotiate h2"}));
+                                    }
+                                    Ok(t) => {
+                                        let (_, c) = t.get_ref();
+                                        emit(json!({
+                                            "event": "tls",
+                                            "sni": c.server_name(),
+                                            "alpn": c.alpn_protocol().map(|a| String::from_utf8_lossy(a).into_owned()),
+                                            "client_cert": c.peer_certificates().is_some_and(|p| !p.is_empty()),
+                                        }));
+                                        serve(t, server).await
+                                    }
+                                    Err(e) => emit(json!({"event": "tls_error", "error": e.to_string()})),
+                                }
+                            });
+                        }
+                    }
                 }
             });
         }

@@ -177,10 +177,17 @@ static_resources:
 /// nginx as the upstream: one process (`master_process off`), everything under `dir`.
 pub fn nginx_conf(p: &Ports, dir: &Path) -> String {
     let d = dir.display();
+    // The "ok" and "alt" servers also on 127.0.0.2 to 127.0.0.10: the live-configuration
+    // rows give one cluster ten endpoints on them.
+    let more = |port: u16| -> String {
+        (2..=10)
+            .map(|i| format!("        listen 127.0.0.{i}:{port};\n"))
+            .collect()
+    };
     let servers = format!(
         r#"    server {{
         listen 127.0.0.1:{h1} backlog=4096;
-        location = /64k {{
+{h1_more}        location = /64k {{
             root {d}/www;
         }}
         location / {{
@@ -196,7 +203,7 @@ pub fn nginx_conf(p: &Ports, dir: &Path) -> String {
     }}
     server {{
         listen 127.0.0.1:{alt} backlog=4096;
-        location / {{
+{alt_more}        location / {{
             return 200 "alt";
         }}
     }}
@@ -204,6 +211,8 @@ pub fn nginx_conf(p: &Ports, dir: &Path) -> String {
         h1 = p.nginx_h1,
         h2 = p.nginx_h2,
         alt = p.nginx_alt,
+        h1_more = more(p.nginx_h1),
+        alt_more = more(p.nginx_alt),
     );
     nginx_conf_with(dir, "nginx", &servers)
 }

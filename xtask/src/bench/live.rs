@@ -17,6 +17,8 @@ use super::sidecar::Peer;
 use crate::process::{self, tail, Proc};
 use crate::{bail, http, Error, Result};
 
+mod xds;
+
 /// Route changes per proxy start in the `update` row, alternating between the two versions.
 pub const CHANGES: usize = 20;
 /// Clusters (CDS) and routes (RDS) loaded in the `scale` row.
@@ -42,15 +44,19 @@ pub enum Row {
     Update,
     /// Update time, CPU and RSS with 1,000 clusters and 1,000 routes.
     Scale,
+    /// 5,000 EDS clusters and 5,000 routes over ADS from a control plane, and an EDS update
+    /// of 10,000 endpoints.
+    XdsScale,
 }
 
 impl Row {
-    pub const ALL: [Row; 2] = [Row::Update, Row::Scale];
+    pub const ALL: [Row; 3] = [Row::Update, Row::Scale, Row::XdsScale];
 
     pub fn id(self) -> &'static str {
         match self {
             Row::Update => "update",
             Row::Scale => "scale",
+            Row::XdsScale => "xds-scale",
         }
     }
 }
@@ -89,17 +95,21 @@ pub struct Results {
     pub rows: Vec<Row>,
     pub update: Vec<(Peer, std::result::Result<UpdateSample, String>)>,
     pub scale: Vec<(Peer, std::result::Result<ScaleSample, String>)>,
+    pub xds: Vec<(Peer, std::result::Result<xds::XdsSample, String>)>,
     pub notes: Vec<String>,
     /// The files of the first `update` start, for the report.
     pub update_yaml: String,
     /// The bootstrap and the first resources of each file of the `scale` row, for the report.
     pub scale_yaml: String,
+    /// The bootstrap and the first resources of each type of the `xds-scale` row.
+    pub xds_yaml: String,
 }
 
 impl Results {
     pub fn failures(&self) -> usize {
         self.update.iter().filter(|s| s.1.is_err()).count()
             + self.scale.iter().filter(|s| s.1.is_err()).count()
+            + self.xds.iter().filter(|s| s.1.is_err()).count()
     }
 }
 
@@ -462,7 +472,14 @@ fn wait_stat(
 
 // ---- running ------------------------------------------------------------------------------
 
-fn start(peer: Peer, bin: &Path, cfg: &Path, log: &Path, admin: SocketAddr) -> Result<Proc> {
+fn start(
+    peer: Peer,
+    bin: &Path,
+    cfg: &Path,
+    log: &Path,
+    admin: SocketAddr,
+    ready: Duration,
+) -> Result<Proc> {
     let mut cmd = process::guarded("taskset");
     cmd.args(["-c", super::PROXY_CPU])
         .arg(bin)
@@ -473,22 +490,24 @@ fn start(peer: Peer, bin: &Path, cfg: &Path, log: &Path, admin: SocketAddr) -> R
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?);
     let mut p = Proc::spawn(peer.name(), &mut cmd)?;
-    if let Err(e) = http::wait_ready(admin, &mut p, TIMEOUT) {
+    if let Err(e) = http::wait_ready(admin, &mut p, ready) {
         bail!("{e:?}\n{}", tail(log, 15));
     }
     Ok(p)
 }
 
-/// Runs `f` against a fresh proxy, then stops it (reporting a crash and its log).
+/// Runs `f` against a fresh proxy (ready within `ready`), then stops it (reporting a crash
+/// and its log).
 fn with_proxy<T>(
     peer: Peer,
     bin: &Path,
     cfg: &Path,
     log: &Path,
     admin: SocketAddr,
+    ready: Duration,
     f: impl FnOnce(&mut Proc) -> Result<T>,
 ) -> Result<T> {
-    let mut p = start(peer, bin, cfg, log, admin)?;
+    let mut p = start(peer, bin, cfg, log, admin, ready)?;
     let r = f(&mut p);
     let crashed = p.exited();
     let stop = http::quit(admin, &mut p, Duration::from_secs(10));
@@ -548,7 +567,7 @@ fn measure_update(
     }
     let admin = SocketAddr::from(([127, 0, 0, 1], p.admin));
     let log = dir.join(format!("{}.log", peer_file(peer)));
-    with_proxy(peer, bin, &cfg, &log, admin, |proc| {
+    with_proxy(peer, bin, &cfg, &log, admin, TIMEOUT, |proc| {
         let mut c = Client::new(p.http);
         until_body(&mut c, "bench", BODY_A, Instant::now())?;
         let name = "http.bench_update.rds.bench_route.update_success";
@@ -630,7 +649,7 @@ fn measure_scale(
     let admin = SocketAddr::from(([127, 0, 0, 1], p.admin));
     let log = dir.join(format!("{}.log", peer_file(peer)));
     let started = Instant::now();
-    with_proxy(peer, bin, &cfg, &log, admin, |proc| {
+    with_proxy(peer, bin, &cfg, &log, admin, TIMEOUT, |proc| {
         let mut s = ScaleSample::default();
         let mut c = Client::new(p.http);
         until_body(&mut c, &vhost_domain(SCALE - 1), BODY_A, started)?;
@@ -710,11 +729,13 @@ fn peer_file(peer: Peer) -> &'static str {
 }
 
 /// Runs the live-configuration rows, `reps` proxy starts per row and proxy, alternating.
+/// `control_plane` is the xDS control plane binary the `xds-scale` row needs.
 pub fn run(
     rows: &[Row],
     reps: usize,
     skiff: Option<&Path>,
     envoy: &Path,
+    control_plane: Option<&Path>,
     ports: &Ports,
     scratch: &Path,
 ) -> Result<Results> {
@@ -722,9 +743,11 @@ pub fn run(
         rows: rows.to_vec(),
         update: Vec::new(),
         scale: Vec::new(),
+        xds: Vec::new(),
         notes: Vec::new(),
         update_yaml: String::new(),
         scale_yaml: String::new(),
+        xds_yaml: String::new(),
     };
     let mut peers = Vec::new();
     if let Some(s) = skiff {
@@ -741,7 +764,7 @@ pub fn run(
     for rep in 1..=reps {
         for &row in rows {
             for &(peer, bin) in &peers {
-                let label = format!("[{rep}/{reps}] {:<7} {:<10}", row.id(), peer.name());
+                let label = format!("[{rep}/{reps}] {:<9} {:<10}", row.id(), peer.name());
                 let mut tries = 0;
                 let r = loop {
                     let dir = scratch.join(format!(
@@ -756,6 +779,11 @@ pub fn run(
                             .map(Sample::Update),
                         Row::Scale => measure_scale(peer, bin, ports, &dir, &mut out.scale_yaml)
                             .map(Sample::Scale),
+                        Row::XdsScale => match control_plane {
+                            Some(cp) => xds::measure(peer, bin, cp, ports, &dir, &mut out.xds_yaml)
+                                .map(Sample::Xds),
+                            None => Err(Error("no xDS control plane binary".into())),
+                        },
                     };
                     let share = match (busy0, super::cpu_busy_us(), own0, own_cpu_us()) {
                         (Some(b0), Some(b1), Some(o0), Some(o1)) => {
@@ -792,11 +820,16 @@ pub fn run(
                         eprintln!("{label} {}", scale_line(&s));
                         out.scale.push((peer, Ok(s)));
                     }
+                    Ok(Sample::Xds(s)) => {
+                        eprintln!("{label} {}", xds::sample_line(&s));
+                        out.xds.push((peer, Ok(s)));
+                    }
                     Err(e) => {
                         eprintln!("{label} FAILED: {e:?}");
                         match row {
                             Row::Update => out.update.push((peer, Err(e.0))),
                             Row::Scale => out.scale.push((peer, Err(e.0))),
+                            Row::XdsScale => out.xds.push((peer, Err(e.0))),
                         }
                     }
                 }
@@ -811,6 +844,7 @@ pub fn run(
 enum Sample {
     Update(UpdateSample),
     Scale(ScaleSample),
+    Xds(xds::XdsSample),
 }
 
 /// The calling thread pinned to one CPU (`taskset -p`, so no libc), put back when dropped.
@@ -951,8 +985,24 @@ fn update_cell(r: &Results, peer: Peer) -> (Vec<f64>, usize) {
     (ms, failed)
 }
 
-/// The live-configuration table: one line per measurement, skiff and Envoy side by side.
+/// The live-configuration tables: one line per measurement, skiff and Envoy side by side;
+/// the `xds-scale` row in a table of its own.
 pub fn table(r: &Results) -> String {
+    let mut t = String::new();
+    if r.rows.iter().any(|&row| row != Row::XdsScale) {
+        t.push_str(&files_table(r));
+    }
+    if r.rows.contains(&Row::XdsScale) {
+        if !t.is_empty() {
+            t.push('\n');
+        }
+        t.push_str(&xds::table(&r.xds));
+    }
+    t
+}
+
+/// The table of the rows that read discovery files (`update`, `scale`).
+fn files_table(r: &Results) -> String {
     let mut t =
         String::from("| measurement | skiff | Envoy 1.40 | skiff/Envoy |\n|---|---:|---:|---:|\n");
     let mut line = |what: &str, s: Option<f64>, e: Option<f64>, prec: usize| {
@@ -1065,11 +1115,10 @@ pub fn section(r: &Results, reps: usize) -> String {
     } else {
         format!("\nNotes from this run:\n\n{notes}")
     };
-    format!(
-        r#"
-## Live configuration: updates and scale
-
-{table}{notes}
+    let files = if r.rows.iter().any(|&row| row != Row::XdsScale) {
+        format!(
+            r#"
+{table}
 {method}
 ```sh
 taskset -c 0 target/release/skiff -c update.yaml {flags}    # and .venv/bin/envoy
@@ -1084,12 +1133,21 @@ taskset -c 0 target/release/skiff -c scale.yaml {flags}
 
 </details>
 "#,
-        table = table(r),
-        method = method(reps),
-        flags = super::proxy_flags().join(" "),
-        update = r.update_yaml,
-        scale = r.scale_yaml,
-    )
+            table = files_table(r),
+            method = method(reps),
+            flags = super::proxy_flags().join(" "),
+            update = r.update_yaml,
+            scale = r.scale_yaml,
+        )
+    } else {
+        String::new()
+    };
+    let xds = if r.rows.contains(&Row::XdsScale) {
+        xds::section(&r.xds, &r.xds_yaml, reps)
+    } else {
+        String::new()
+    };
+    format!("\n## Live configuration: updates and scale\n{files}{xds}{notes}")
 }
 
 /// How the live-configuration rows are measured.

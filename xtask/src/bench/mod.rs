@@ -135,7 +135,8 @@ pub struct Options {
     pub rows: Vec<Row>,
     /// The sidecar rows (they need root: by default only when running as root).
     pub sidecar: Vec<sidecar::Row>,
-    /// The live-configuration rows (route change → traffic; 1,000 clusters and routes).
+    /// The live-configuration rows (route change → traffic; 1,000 clusters and routes from
+    /// files; 5,000 clusters and routes over ADS).
     pub live: Vec<live::Row>,
     pub skiff: Option<PathBuf>,
     pub no_skiff: bool,
@@ -249,6 +250,17 @@ pub fn run(args: &[String]) -> Result {
         None => None,
     };
 
+    // The xDS control plane of the `xds-scale` row, copied for the same reason.
+    let control_plane = if opts.live.contains(&live::Row::XdsScale) {
+        let src = build_control_plane()?;
+        let copy = tmp.path().join("xds-control-plane");
+        std::fs::copy(&src, &copy)
+            .map_err(|e| Error(format!("cannot copy {}: {e}", src.display())))?;
+        Some(copy)
+    } else {
+        None
+    };
+
     let mut notes = Vec::new();
     let cfg = tmp.path().join("bench.yaml");
     let (tuning, skiff_ok) = choose_tuning(&cfg, &ports, &envoy, skiff_bin.as_deref(), &mut notes)?;
@@ -321,6 +333,7 @@ pub fn run(args: &[String]) -> Result {
             opts.reps,
             skiff_bin.as_deref(),
             &envoy,
+            control_plane.as_deref(),
             &ports,
             tmp.path(),
         )?;
@@ -382,6 +395,19 @@ pub fn run(args: &[String]) -> Result {
         bail!("{failures} measurement(s) failed (see above)");
     }
     Ok(())
+}
+
+/// Builds the project's xDS control plane (`tests/src/bin/xds-control-plane.rs`, the debug
+/// build the tests use) and returns its path.
+fn build_control_plane() -> Result<PathBuf> {
+    let mut cmd = crate::cargo();
+    cmd.args(["build", "-p", "skiff-tests", "--bin", "xds-control-plane"]);
+    crate::run_status(&mut cmd)?;
+    let bin = crate::target_dir().join("debug").join("xds-control-plane");
+    if !bin.is_file() {
+        bail!("the build succeeded but {} does not exist", bin.display());
+    }
+    Ok(bin)
 }
 
 fn envoy_version(envoy: &Path) -> Result<String> {

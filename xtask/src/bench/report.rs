@@ -247,7 +247,8 @@ taskset -c 0 .venv/bin/envoy -c bench.yaml {flags}
 
 Upstream: nginx with `return 200 "ok"` on :{h1}, a 65,536-byte file at `/64k`, h2c
 (prior knowledge, `listen … http2`) on :{h2}, and `return 200 "alt"` on :{alt} (the other
-cluster of the live-configuration rows).
+cluster of the live-configuration rows); the "ok" and "alt" servers also listen on 127.0.0.2
+to 127.0.0.10 (the ten endpoints of one cluster in the `xds-scale` row).
 
 <details><summary>bench.yaml (the config both proxies ran)</summary>
 

@@ -141,7 +141,7 @@ fn starts_with(s: &str, prefix: &str, case_sensitive: bool) -> bool {
 
 /// A gRPC request: `content-type` `application/grpc`, or that followed by `+` or `;` (Envoy's
 /// `Grpc::Common::isGrpcRequestHeaders`).
-fn is_grpc(headers: &HeaderMap) -> bool {
+pub fn is_grpc(headers: &HeaderMap) -> bool {
     let Some(ct) = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -280,6 +280,70 @@ pub struct Forward {
     pub host_rewrite: Option<HostRewrite>,
     /// `append_x_forwarded_host`: a rewritten host's original goes to `x-forwarded-host`.
     pub append_x_forwarded_host: bool,
+    /// `max_stream_duration`: the stream's duration limit on this route.
+    pub stream_duration: Option<StreamDuration>,
+}
+
+/// A route's `max_stream_duration`, applied to the connection manager's stream timer once the
+/// route is chosen, as Envoy's `refreshDurationTimeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamDuration {
+    /// `max_stream_duration` (zero: no limit, the connection manager's too).
+    pub max: Option<std::time::Duration>,
+    /// `grpc_timeout_header_max`: a request's `grpc-timeout` is the limit, capped by this
+    /// (zero: not capped).
+    pub grpc_header_max: Option<std::time::Duration>,
+    /// `grpc_timeout_header_offset`: taken off the `grpc-timeout`.
+    pub grpc_header_offset: Option<std::time::Duration>,
+}
+
+impl StreamDuration {
+    /// The limit for a request with `grpc_timeout` (its header, parsed), given the connection
+    /// manager's own; `None`: no limit.
+    pub fn limit(
+        &self,
+        grpc_timeout: Option<std::time::Duration>,
+        hcm: Option<std::time::Duration>,
+    ) -> Option<std::time::Duration> {
+        use std::time::Duration;
+        match (grpc_timeout, self.grpc_header_max) {
+            (Some(t), Some(cap)) => {
+                let t = if !cap.is_zero() && t > cap { cap } else { t };
+                let t = match self.grpc_header_offset {
+                    Some(o) if !t.is_zero() => t.saturating_sub(o),
+                    _ => t,
+                };
+                Some(t)
+            }
+            _ => match self.max {
+                Some(m) if m.is_zero() => None,
+                Some(m) => Some(m),
+                None => hcm.filter(|d| *d > Duration::ZERO),
+            },
+        }
+    }
+}
+
+/// A `grpc-timeout` header's value (`<up to 8 digits><H|M|S|m|u|n>`), as Envoy parses it.
+pub fn grpc_timeout(v: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    if !v.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The cluster a request goes to.
@@ -608,6 +672,34 @@ fn strip_port(host: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn grpc_timeouts_and_route_stream_durations_as_envoy() {
+        use std::time::Duration;
+        assert_eq!(grpc_timeout("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("10u"), Some(Duration::from_micros(10)));
+        assert_eq!(grpc_timeout("123456789S"), None);
+        assert_eq!(grpc_timeout("S"), None);
+        assert_eq!(grpc_timeout("5s"), None);
+        assert_eq!(grpc_timeout("\u{537}"), None);
+        let ms = Duration::from_millis;
+        let istio = StreamDuration {
+            max: Some(Duration::ZERO),
+            grpc_header_max: Some(Duration::ZERO),
+            grpc_header_offset: None,
+        };
+        assert_eq!(istio.limit(Some(ms(300)), Some(ms(9))), Some(ms(300)));
+        assert_eq!(istio.limit(None, Some(ms(9))), None);
+        let capped = StreamDuration {
+            max: None,
+            grpc_header_max: Some(ms(200)),
+            grpc_header_offset: Some(ms(50)),
+        };
+        assert_eq!(capped.limit(Some(ms(10_000)), None), Some(ms(150)));
+        assert_eq!(capped.limit(Some(ms(20)), None), Some(Duration::ZERO));
+        assert_eq!(capped.limit(None, Some(ms(9))), Some(ms(9)));
+    }
+
     use super::*;
 
     fn vh(name: &str, domains: &[&str]) -> VirtualHost {

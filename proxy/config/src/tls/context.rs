@@ -50,6 +50,29 @@ pub fn check_params(p: &Params) -> Result<(), TlsError> {
     provider(p).map(drop)
 }
 
+/// TLS 1.2 suites of Envoy's default list that rustls does not implement (static RSA key
+/// exchange, CBC). In a list that also names a suite rustls implements they are left out
+/// (Istio's servers list two of them after four ECDHE suites); alone they are refused.
+const NOT_OFFERED: &[&str] = &[
+    "AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-SHA",
+    "AES256-SHA",
+    "ECDHE-ECDSA-AES128-SHA",
+    "ECDHE-RSA-AES128-SHA",
+    "ECDHE-ECDSA-AES256-SHA",
+    "ECDHE-RSA-AES256-SHA",
+];
+
+/// The configured suites rustls does not implement and leaves out.
+pub fn suites_not_offered(p: &Params) -> Vec<&str> {
+    p.cipher_suites
+        .iter()
+        .flat_map(|e| suite_names(e))
+        .filter(|n| cipher_suite(n).is_none() && NOT_OFFERED.contains(n))
+        .collect()
+}
+
 /// rustls' ring provider narrowed to the configured suites and curves, in their order. TLS 1.3
 /// suites are always offered (BoringSSL does not let `cipher_suites` choose them either).
 pub fn provider(p: &Params) -> Result<CryptoProvider, TlsError> {
@@ -61,13 +84,25 @@ pub fn provider(p: &Params) -> Result<CryptoProvider, TlsError> {
             .copied()
             .filter(|s| s.tls13().is_some())
             .collect();
+        let mut left_out = None;
+        let mut tls12 = 0;
         for entry in &p.cipher_suites {
             for name in suite_names(entry) {
-                let s = cipher_suite(name).ok_or_else(|| TlsError::CipherSuite(name.into()))?;
+                let Some(s) = cipher_suite(name) else {
+                    if NOT_OFFERED.contains(&name) {
+                        left_out.get_or_insert(name);
+                        continue;
+                    }
+                    return Err(TlsError::CipherSuite(name.into()));
+                };
+                tls12 += 1;
                 if !suites.contains(&s) {
                     suites.push(s);
                 }
             }
+        }
+        if let (0, Some(name)) = (tls12, left_out) {
+            return Err(TlsError::CipherSuite(name.into()));
         }
         prov.cipher_suites = suites;
     }
@@ -404,6 +439,40 @@ mod tests {
         assert_eq!(
             check_params(&bad),
             Err(TlsError::CipherSuite("AES128-SHA".into()))
+        );
+        // Istio's server list: the two static-RSA suites are left out, the four ECDHE kept.
+        let istio = Params {
+            cipher_suites: [
+                "ECDHE-ECDSA-AES256-GCM-SHA384",
+                "ECDHE-RSA-AES256-GCM-SHA384",
+                "ECDHE-ECDSA-AES128-GCM-SHA256",
+                "ECDHE-RSA-AES128-GCM-SHA256",
+                "AES256-GCM-SHA384",
+                "AES128-GCM-SHA256",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Params::default()
+        };
+        let prov = provider(&istio).expect("accepted");
+        assert_eq!(
+            prov.cipher_suites
+                .iter()
+                .filter(|s| s.tls13().is_none())
+                .count(),
+            4
+        );
+        assert_eq!(
+            suites_not_offered(&istio),
+            ["AES256-GCM-SHA384", "AES128-GCM-SHA256"]
+        );
+        let unknown = Params {
+            cipher_suites: vec!["ECDHE-RSA-AES128-GCM-SHA256".into(), "NOT-A-SUITE".into()],
+            ..Params::default()
+        };
+        assert_eq!(
+            check_params(&unknown),
+            Err(TlsError::CipherSuite("NOT-A-SUITE".into()))
         );
         let bad = Params {
             curves: vec!["P-521".into()],

@@ -20,6 +20,7 @@ pub(super) fn translate_cluster(
     secrets: &crate::Secrets,
 ) -> Result<Cluster, ConfigError> {
     super::fields::cluster(c, path)?;
+    super::istio::cluster_filters(c, path)?;
     use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
     if c.name.is_empty() {
         return Err(ConfigError::new(format!("{path}.name"), "required"));
@@ -394,6 +395,7 @@ pub(super) fn translate_cluster(
         proxy_protocol,
         auto_sni,
         header_case,
+        istio: super::istio::cluster_metadata(c),
     })
 }
 

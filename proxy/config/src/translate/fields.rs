@@ -237,7 +237,8 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         upstream_connection_options: _,
         close_connections_on_host_health_failure,
         ignore_health_on_host_removal: _,
-        filters,
+        // Istio's metadata exchange only: istio::cluster_filters.
+        filters: _,
         load_balancing_policy: _,
         lrs_server,
         lrs_report_endpoint_metrics,
@@ -278,7 +279,7 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         "close_connections_on_host_health_failure",
         close_connections_on_host_health_failure,
     )?;
-    refuse(path, "filters", filters)?;
+
     refuse(path, "lrs_server", lrs_server)?;
     refuse(
         path,
@@ -411,7 +412,8 @@ pub(super) fn route_configuration(
         route_specifiers,
     } = m;
     refuse(path, "vhds", vhds)?;
-    refuse(path, "validate_clusters", validate_clusters)?;
+    // `validate_clusters`: read by translate_routes.
+    let _ = validate_clusters;
     refuse(path, "cluster_specifier_plugins", cluster_specifier_plugins)?;
     refuse(path, "request_mirror_policies", request_mirror_policies)?;
     refuse(path, "vhost_header", vhost_header)?;
@@ -606,7 +608,8 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     refuse(path, "internal_redirect_action", internal_redirect_action)?;
     refuse(path, "max_internal_redirects", max_internal_redirects)?;
     refuse(path, "hedge_policy", hedge_policy)?;
-    refuse(path, "max_stream_duration", max_stream_duration)?;
+    // max_stream_duration: route_action::stream_duration.
+    let _ = max_stream_duration;
     if let Some(route_pb::route_action::HostRewriteSpecifier::HostRewritePathRegex(_)) =
         host_rewrite_specifier
     {
@@ -698,7 +701,8 @@ pub(super) fn http_connection_manager(
         strip_port_mode: _,
     } = m;
     refuse(path, "add_user_agent", add_user_agent)?;
-    refuse(path, "tracing", tracing)?;
+    // tracing, request_id_extension: http_manager::tracing.
+    let _ = (&tracing, &request_id_extension);
     refuse(
         path,
         "http1_safe_max_connection_duration",
@@ -729,16 +733,8 @@ pub(super) fn http_connection_manager(
         "early_header_mutation_extensions",
         early_header_mutation_extensions,
     )?;
-    refuse(
-        path,
-        "forward_client_cert_details",
-        forward_client_cert_details,
-    )?;
-    refuse(
-        path,
-        "set_current_client_cert_details",
-        set_current_client_cert_details,
-    )?;
+    // forward_client_cert_details, set_current_client_cert_details: http_manager::xfcc.
+    let _ = (forward_client_cert_details, set_current_client_cert_details);
     refuse(
         path,
         "forward_client_cert_matcher",
@@ -750,7 +746,6 @@ pub(super) fn http_connection_manager(
         "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
         represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
     )?;
-    refuse(path, "request_id_extension", request_id_extension)?;
     refuse(path, "local_reply_config", local_reply_config)?;
     refuse(
         path,

@@ -100,6 +100,21 @@ pub(super) fn translate_hcm(
                     &tpath,
                 )?);
             }
+            crate::istio::ALPN => http_filters.push(HttpFilterConfig::IstioAlpn(Arc::new(
+                super::istio::alpn(&unpack(any, &tpath)?, &tpath)?,
+            ))),
+            crate::istio::PEER_METADATA => http_filters.push(HttpFilterConfig::PeerMetadata(
+                Arc::new(super::istio::peer_metadata(&unpack(any, &tpath)?, &tpath)?),
+            )),
+            // With no field set (any set field is refused by path), the fault and CORS filters
+            // act only through per-route configuration, which skiff refuses: no effect.
+            "envoy.extensions.filters.http.fault.v3.HTTPFault"
+            | "envoy.extensions.filters.http.cors.v3.Cors" => {}
+            // Telemetry only (docs/compatibility.md).
+            crate::istio::STATS => super::istio::without_effect("istio.stats"),
+            "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig" => {
+                super::istio::without_effect("envoy.filters.http.grpc_stats")
+            }
             other => {
                 return Err(ConfigError::new(
                     tpath,
@@ -332,7 +347,11 @@ pub(super) fn translate_hcm(
         Some(o) => super::header_case(o, &format!("{path}.http_protocol_options"))?,
         None => HeaderCase::Lower,
     };
+    let forward_client_cert = xfcc(h, path)?;
+    let tracing = tracing(h, path)?;
     Ok(HttpConnectionManager {
+        forward_client_cert,
+        tracing,
         underscores,
         timeouts,
         http10,
@@ -518,6 +537,104 @@ fn stream_format_err(
     })
 }
 
+/// Whether the bootstrap names a tracer (set once by the serving process): then Envoy would
+/// make spans and send their context upstream, which skiff does not, so `tracing` is refused.
+static BOOTSTRAP_TRACER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Says whether the bootstrap names a tracer.
+pub fn set_bootstrap_tracer(present: bool) {
+    let _ = BOOTSTRAP_TRACER.set(present);
+}
+
+/// `tracing` without a tracer, and `request_id_extension` (the UUID one only).
+fn tracing(
+    h: &hcm::HttpConnectionManager,
+    path: &str,
+) -> Result<Option<TraceSampling>, ConfigError> {
+    let (mut pack_trace_reason, mut use_request_id) = (true, true);
+    if let Some(ext) = &h.request_id_extension {
+        let tpath = format!("{path}.request_id_extension.typed_config");
+        let any = required(&ext.typed_config, &tpath)?;
+        let uuid: envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig =
+            unpack(any, &tpath)?;
+        pack_trace_reason = uuid.pack_trace_reason.is_none_or(|v| v.value);
+        use_request_id = uuid
+            .use_request_id_for_trace_sampling
+            .is_none_or(|v| v.value);
+    }
+    let Some(t) = &h.tracing else {
+        return Ok(None);
+    };
+    let tpath = format!("{path}.tracing");
+    if t.provider.is_some() {
+        return Err(ConfigError::unsupported(format!("{tpath}.provider")));
+    }
+    if BOOTSTRAP_TRACER.get().copied().unwrap_or(false) {
+        return Err(ConfigError::new(
+            tpath,
+            "unsupported with the bootstrap's tracer: skiff makes no spans",
+        ));
+    }
+    // A percentage, as Envoy rounds it to ten-thousandths.
+    let share = |p: &Option<envoy_types::pb::envoy::r#type::v3::Percent>, field: &str| match p {
+        None => Ok(10_000),
+        Some(p) if (0.0..=100.0).contains(&p.value) => Ok((p.value * 100.0).round() as u32),
+        Some(_) => Err(ConfigError::new(
+            format!("{tpath}.{field}.value"),
+            "value must be inside range [0, 100]",
+        )),
+    };
+    Ok(Some(TraceSampling {
+        client: share(&t.client_sampling, "client_sampling")?,
+        random: share(&t.random_sampling, "random_sampling")?,
+        overall: share(&t.overall_sampling, "overall_sampling")?,
+        pack_trace_reason,
+        use_request_id,
+    }))
+}
+
+/// `forward_client_cert_details` and `set_current_client_cert_details` (whose elements Envoy
+/// writes in its own order, whatever the proto's).
+fn xfcc(h: &hcm::HttpConnectionManager, path: &str) -> Result<ForwardClientCert, ConfigError> {
+    use hcm::http_connection_manager::ForwardClientCertDetails as F;
+    let mode = match F::try_from(h.forward_client_cert_details) {
+        Ok(F::Sanitize) => XfccMode::Sanitize,
+        Ok(F::ForwardOnly) => XfccMode::ForwardOnly,
+        Ok(F::AppendForward) => XfccMode::AppendForward,
+        Ok(F::SanitizeSet) => XfccMode::SanitizeSet,
+        Ok(F::AlwaysForwardOnly) => XfccMode::AlwaysForwardOnly,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.forward_client_cert_details"),
+                "unknown value",
+            ))
+        }
+    };
+    let mut details = Vec::new();
+    if let Some(d) = &h.set_current_client_cert_details {
+        let dpath = format!("{path}.set_current_client_cert_details");
+        if d.chain {
+            return Err(ConfigError::new(
+                format!("{dpath}.chain"),
+                "unsupported: skiff keeps only the client's leaf certificate",
+            ));
+        }
+        if d.cert {
+            details.push(XfccDetail::Cert);
+        }
+        if d.subject.as_ref().is_some_and(|v| v.value) {
+            details.push(XfccDetail::Subject);
+        }
+        if d.uri {
+            details.push(XfccDetail::Uri);
+        }
+        if d.dns {
+            details.push(XfccDetail::Dns);
+        }
+    }
+    Ok(ForwardClientCert { mode, details })
+}
+
 /// A route configuration. Inline ones have their clusters checked against `clusters`, as
 /// Envoy's `validate_clusters` does by default for them; RDS ones (`None`) are not, and a route
 /// to a cluster that does not exist answers 503 at request time.
@@ -527,6 +644,18 @@ pub(crate) fn translate_routes(
     clusters: Option<&HashSet<String>>,
 ) -> Result<RouteConfig, ConfigError> {
     super::fields::route_configuration(rc, path)?;
+    // `validate_clusters`: by default inline tables are checked and RDS ones are not, as in
+    // Envoy; `false` turns the check off (a missing cluster answers 503 at request time).
+    let clusters = match (rc.validate_clusters.map(|v| v.value), clusters) {
+        (Some(false), _) => None,
+        (Some(true), None) => {
+            return Err(ConfigError::new(
+                format!("{path}.validate_clusters"),
+                "unsupported: true for a route configuration from RDS",
+            ))
+        }
+        (_, clusters) => clusters,
+    };
     let mut vhosts = Vec::new();
     for (i, vh) in rc.virtual_hosts.iter().enumerate() {
         let vpath = format!("{path}.virtual_hosts[{i}]");

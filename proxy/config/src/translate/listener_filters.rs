@@ -10,7 +10,9 @@ use envoy_types::pb::envoy::extensions::filters::listener::proxy_protocol::v3::P
 
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector as PbTlsInspector;
 
-use super::super::model::{ListenerFilter, OriginalSrc, ProxyProtocol, TlsInspector, TlvSet};
+use super::super::model::{
+    ListenerFilter, ListenerPredicate, OriginalSrc, ProxyProtocol, TlsInspector, TlvSet,
+};
 use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 use super::typed_config;
@@ -28,6 +30,8 @@ const LARGEST_MAX_CLIENT_HELLO: u32 = 64 * 1024;
 #[derive(Debug, Default)]
 pub(super) struct Translated {
     pub filters: Vec<ListenerFilter>,
+    /// Each filter's `filter_disabled` (empty when none has one).
+    pub disabled: Vec<Option<ListenerPredicate>>,
     /// original_src, with the path of its filter for later errors.
     pub original_src: Option<(OriginalSrc, String)>,
 }
@@ -46,6 +50,15 @@ pub(super) fn translate(
         };
         let any = typed_config(typed, f.config_type.is_some(), &fpath)?;
         let tpath = format!("{fpath}.typed_config");
+        let disabled = f
+            .filter_disabled
+            .as_ref()
+            .map(|p| predicate(p, &format!("{fpath}.filter_disabled")))
+            .transpose()?;
+        if disabled.is_some() && type_name(&any.type_url) == ORIGINAL_SRC {
+            return Err(ConfigError::unsupported(format!("{fpath}.filter_disabled")));
+        }
+        let before = out.filters.len();
         match type_name(&any.type_url) {
             ORIGINAL_DST => out.filters.push(ListenerFilter::OriginalDst),
             ORIGINAL_SRC => {
@@ -84,8 +97,66 @@ pub(super) fn translate(
                 ))
             }
         }
+        if out.filters.len() > before {
+            out.disabled.resize(before, None);
+            out.disabled.push(disabled);
+        }
+    }
+    if out.disabled.iter().all(Option::is_none) {
+        out.disabled.clear();
+    } else {
+        out.disabled.resize(out.filters.len(), None);
     }
     Ok(out)
+}
+
+/// `ListenerFilterChainMatchPredicate`, checked as Envoy checks it (one rule set, a match set
+/// with at least two rules).
+fn predicate(
+    p: &listener::ListenerFilterChainMatchPredicate,
+    path: &str,
+) -> Result<ListenerPredicate, ConfigError> {
+    use listener::listener_filter_chain_match_predicate::Rule;
+    let set = |m: &listener::listener_filter_chain_match_predicate::MatchSet, field: &str| {
+        if m.rules.len() < 2 {
+            return Err(ConfigError::new(
+                format!("{path}.{field}.rules"),
+                "value must contain at least 2 item(s)",
+            ));
+        }
+        m.rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| predicate(r, &format!("{path}.{field}.rules[{i}]")))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(match &p.rule {
+        None => return Err(ConfigError::new(path, "a rule is required")),
+        Some(Rule::AnyMatch(true)) => ListenerPredicate::Any,
+        Some(Rule::AnyMatch(false)) => {
+            return Err(ConfigError::new(
+                format!("{path}.any_match"),
+                "value must equal true",
+            ))
+        }
+        Some(Rule::OrMatch(m)) => ListenerPredicate::Or(set(m, "or_match")?),
+        Some(Rule::AndMatch(m)) => ListenerPredicate::And(set(m, "and_match")?),
+        Some(Rule::NotMatch(n)) => {
+            ListenerPredicate::Not(Box::new(predicate(n, &format!("{path}.not_match"))?))
+        }
+        Some(Rule::DestinationPortRange(r)) => {
+            if r.start > r.end {
+                return Err(ConfigError::new(
+                    format!("{path}.destination_port_range"),
+                    "start must not be greater than end",
+                ));
+            }
+            ListenerPredicate::DestinationPorts {
+                start: r.start,
+                end: r.end,
+            }
+        }
+    })
 }
 
 fn proxy_protocol(p: &PbProxyProtocol, path: &str) -> Result<ProxyProtocol, ConfigError> {

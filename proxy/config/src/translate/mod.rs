@@ -18,7 +18,9 @@ mod clusters;
 mod compressor;
 mod dns;
 mod fields;
+mod google_grpc;
 mod http_manager;
+mod istio;
 mod lb;
 mod listener_filters;
 mod operations;
@@ -27,7 +29,9 @@ mod route_action;
 mod tls;
 
 use clusters::translate_cluster;
+pub use http_manager::set_bootstrap_tracer;
 use http_manager::{translate_access_log, translate_hcm};
+pub use istio::on_accepted_without_effect;
 
 use super::model::*;
 use super::proto::{type_name, unpack};
@@ -189,6 +193,12 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         } else {
             translate_cluster(c, &path, &secrets)?
         };
+        // A DNS cluster's name is resolved when a stream through it connects.
+        if let Some(t) = c.dns.as_ref().and_then(|d| d.targets.first()) {
+            xds_targets
+                .entry(c.name.clone())
+                .or_insert_with(|| GrpcTarget::Dns(t.name.clone(), t.port));
+        }
         if !cluster_names.insert(c.name.clone()) {
             return Err(ConfigError::new(
                 format!("{path}.name"),
@@ -211,11 +221,11 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
             _ => None,
         }));
     for (g, p) in grpc_named {
-        if !xds_targets.contains_key(&g.cluster) {
+        if g.google.is_none() && !xds_targets.contains_key(&g.cluster) {
             return Err(ConfigError::new(
                 format!("{p}.grpc_services[0].envoy_grpc.cluster_name"),
                 format!(
-                    "unknown gRPC client cluster '{}' (a static cluster with an endpoint is required)",
+                    "unknown gRPC client cluster '{}' (a static or DNS cluster with an endpoint is required)",
                     g.cluster
                 ),
             ));
@@ -238,6 +248,24 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
                 format!("{path}.address"),
                 format!("another listener already uses {}", l.address),
             ));
+        }
+        #[allow(deprecated)] // `tracing`: deprecated in Envoy's protos, still read by 1.40
+        if b.tracing.as_ref().is_some_and(|t| t.http.is_some()) {
+            let traced = l
+                .filter_chains
+                .iter()
+                .map(|(_, c)| c)
+                .chain(l.default_filter_chain.iter())
+                .flat_map(|c| c.filters.iter())
+                .any(
+                    |f| matches!(f, NetworkFilter::HttpConnectionManager(h) if h.tracing.is_some()),
+                );
+            if traced {
+                return Err(ConfigError::new(
+                    format!("{path}: an HTTP connection manager's tracing"),
+                    "unsupported with the bootstrap's tracer: skiff makes no spans",
+                ));
+            }
         }
         listeners.push(Arc::new(l));
     }
@@ -348,6 +376,7 @@ pub fn grpc_source(c: &core::ApiConfigSource, path: &str) -> Result<GrpcSource, 
         }
     };
     let spath = format!("{path}.grpc_services[0]");
+    let mut google = None;
     let (cluster, authority) = match &service.target_specifier {
         Some(TargetSpecifier::EnvoyGrpc(e)) => {
             if e.cluster_name.is_empty() {
@@ -363,8 +392,10 @@ pub fn grpc_source(c: &core::ApiConfigSource, path: &str) -> Result<GrpcSource, 
             };
             (e.cluster_name.clone(), authority)
         }
-        Some(TargetSpecifier::GoogleGrpc(_)) => {
-            return Err(ConfigError::unsupported(format!("{spath}.google_grpc")))
+        Some(TargetSpecifier::GoogleGrpc(g)) => {
+            let (g, authority) = google_grpc::google_grpc(g, &format!("{spath}.google_grpc"))?;
+            google = Some(Box::new(g));
+            (String::new(), authority)
         }
         None => return Err(ConfigError::new(format!("{spath}.envoy_grpc"), "required")),
     };
@@ -380,7 +411,44 @@ pub fn grpc_source(c: &core::ApiConfigSource, path: &str) -> Result<GrpcSource, 
         node_on_first_message_only: c.set_node_on_first_message_only,
         initial_metadata,
         rest: None,
+        rate_limit: xds_rate_limit(c, path)?,
+        google,
     })
+}
+
+/// `rate_limit_settings`, with Envoy's defaults (100 tokens, 10 a second) and its check of
+/// `fill_rate`.
+fn xds_rate_limit(
+    c: &core::ApiConfigSource,
+    path: &str,
+) -> Result<Option<crate::model::XdsRateLimit>, ConfigError> {
+    let Some(r) = &c.rate_limit_settings else {
+        return Ok(None);
+    };
+    let path = format!("{path}.rate_limit_settings");
+    let max_tokens = r.max_tokens.map_or(100, |v| v.value);
+    if max_tokens == 0 {
+        return Err(ConfigError::new(
+            format!("{path}.max_tokens"),
+            "must be at least 1: an empty bucket would never let a request out",
+        ));
+    }
+    let fill_rate = r.fill_rate.map_or(10.0, |v| v.value);
+    if fill_rate.is_nan() || fill_rate <= 0.0 {
+        return Err(ConfigError::new(
+            format!("{path}.fill_rate"),
+            "value must be greater than 0",
+        ));
+    }
+    // Envoy takes the default for a rate it cannot use (subnormal or infinite).
+    let fill_rate = if fill_rate.is_normal() {
+        fill_rate
+    } else {
+        10.0
+    };
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let refill = Duration::try_from_secs_f64(1.0 / fill_rate).map_or(year, |d| d.min(year));
+    Ok(Some(crate::model::XdsRateLimit { max_tokens, refill }))
 }
 
 /// An `ApiConfigSource` of `api_type` REST: one cluster in `cluster_names`, `refresh_delay`
@@ -426,6 +494,9 @@ fn rest_source(c: &core::ApiConfigSource, path: &str) -> Result<GrpcSource, Conf
         cluster,
         node_on_first_message_only: false,
         initial_metadata: Vec::new(),
+        // Envoy's REST subscriptions do not read `rate_limit_settings` either.
+        rate_limit: None,
+        google: None,
         rest: Some(crate::model::RestPolling {
             refresh_delay,
             request_timeout,
@@ -756,6 +827,7 @@ fn translate_listener(
         use_original_dst: l.use_original_dst.as_ref().is_some_and(|v| v.value),
         bind_to_port: l.bind_to_port.as_ref().is_none_or(|v| v.value),
         listener_filters: lf.filters,
+        listener_filters_disabled: lf.disabled,
         listener_filters_timeout,
         continue_on_listener_filters_timeout: l.continue_on_listener_filters_timeout,
         original_src,
@@ -1028,6 +1100,15 @@ fn translate_chain(
             LOCAL_RATELIMIT_TYPE => NetworkFilter::LocalRateLimit(Arc::new(
                 translate_local_ratelimit(&unpack(any, &tpath)?, &tpath)?,
             )),
+            // Istio's metadata exchange and stats: no effect in skiff (docs/compatibility.md).
+            crate::istio::METADATA_EXCHANGE => {
+                istio::metadata_exchange(&unpack(any, &tpath)?, &tpath)?;
+                continue;
+            }
+            crate::istio::STATS => {
+                istio::without_effect("istio.stats");
+                continue;
+            }
             other => {
                 return Err(ConfigError::new(
                     tpath,

@@ -256,6 +256,25 @@ fn forward(
             path_rewrite,
             host_rewrite,
             append_x_forwarded_host: action.append_x_forwarded_host,
+            stream_duration: match &action.max_stream_duration {
+                None => None,
+                Some(m) => {
+                    let mpath = format!("{apath}.max_stream_duration");
+                    let d = |v: &Option<envoy_types::pb::google::protobuf::Duration>, f: &str| {
+                        v.as_ref()
+                            .map(|v| super::duration(v, &format!("{mpath}.{f}")))
+                            .transpose()
+                    };
+                    Some(crate::router::StreamDuration {
+                        max: d(&m.max_stream_duration, "max_stream_duration")?,
+                        grpc_header_max: d(&m.grpc_timeout_header_max, "grpc_timeout_header_max")?,
+                        grpc_header_offset: d(
+                            &m.grpc_timeout_header_offset,
+                            "grpc_timeout_header_offset",
+                        )?,
+                    })
+                }
+            },
         }),
         timeout: (!timeout.is_zero()).then_some(timeout),
         retry: action

@@ -457,7 +457,10 @@ fn secret<'a>(
     }
 }
 
-fn data_source(ds: Option<&core::DataSource>, path: &str) -> Result<DataSource, ConfigError> {
+pub(super) fn data_source(
+    ds: Option<&core::DataSource>,
+    path: &str,
+) -> Result<DataSource, ConfigError> {
     use core::data_source::Specifier;
     match ds.and_then(|d| d.specifier.as_ref()) {
         Some(Specifier::Filename(f)) => Ok(DataSource::File(PathBuf::from(f))),
@@ -515,6 +518,9 @@ fn params(p: &tls::TlsParameters, path: &str) -> Result<Params, ConfigError> {
         };
         ConfigError::new(format!("{path}.{field}"), e.to_string())
     })?;
+    for _ in context::suites_not_offered(&out) {
+        super::istio::without_effect("tls_cipher_suite_not_offered");
+    }
     Ok(out)
 }
 

@@ -2,5 +2,6 @@
 
 pub mod compressor;
 pub mod decompressor;
+pub mod istio;
 pub mod retry;
 pub mod router;

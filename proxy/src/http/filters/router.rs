@@ -159,7 +159,7 @@ pub async fn route(
     source: Option<pool::Source>,
     (scheme, upgrade, header_timeout): (&str, Option<&str>, Option<std::time::Duration>),
     retry_headers: Option<&RetryHeaders>,
-    buffer_limit: usize,
+    (buffer_limit, timers): (usize, Option<&Rc<crate::http::timeouts::StreamTimers>>),
     mut info: Option<&mut StreamInfo>,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let host_header = authority(&parts).unwrap_or("").to_string();
@@ -292,6 +292,15 @@ pub async fn route(
             return Err(reply);
         }
     };
+    // The route's max_stream_duration moves the connection manager's stream timer.
+    if let (Some(t), Some(d)) = (timers, &forward.stream_duration) {
+        let grpc_timeout = parts
+            .headers
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::router::grpc_timeout);
+        t.route_duration(d, grpc_timeout);
+    }
     let cluster = forward
         .target
         .pick(&parts.headers, fastrand::u64(..))
@@ -304,6 +313,19 @@ pub async fn route(
         info.upstream_cluster = Some(cluster.name.clone());
         info.upstream_cluster_stat = cluster.config().alt_stat_name.as_deref().map(Into::into);
     }
+    // Istio's filters, which look at the routed cluster (before the route's header changes,
+    // as they run before the router in Envoy).
+    if let Some(mx) = parts
+        .extensions
+        .get::<super::istio::PeerExchange>()
+        .cloned()
+    {
+        mx.routed(&cluster.name, cluster.config().istio, &mut parts.headers);
+    }
+    let alpn = parts
+        .extensions
+        .get::<super::istio::AlpnChoice>()
+        .and_then(|a| a.pick(cluster.config()));
     // Header changes, then rewrites, as Envoy's router applies them before the upstream request
     // (the original path kept in x-envoy-original-path unless Envoy's headers are suppressed).
     for p in order(false) {
@@ -434,6 +456,7 @@ pub async fn route(
         downstream: (downstream_remote, downstream_local),
         authority: &host_header,
         source,
+        alpn,
         upgrade,
         request,
         dynamic_stats: cfg.router.dynamic_stats,
@@ -461,6 +484,8 @@ pub(super) struct Forward<'a> {
     pub downstream: (std::net::SocketAddr, std::net::SocketAddr),
     pub authority: &'a str,
     pub source: Option<pool::Source>,
+    /// Istio's `istio.alpn`: the ALPN list upstream TLS offers instead of the cluster's.
+    pub alpn: Option<std::sync::Arc<[Vec<u8>]>>,
     pub upgrade: Option<&'a str>,
     pub request: &'a Rc<RequestProgress>,
     pub dynamic_stats: bool,
@@ -493,10 +518,13 @@ impl Forward<'_> {
             }
             host = pick()?;
         }
-        Some(
-            self.cluster
-                .variant_from(host, self.downstream, Some(self.authority), self.source),
-        )
+        Some(self.cluster.variant_from(
+            host,
+            self.downstream,
+            Some(self.authority),
+            self.source,
+            self.alpn.clone(),
+        ))
     }
 
     /// The response of a successful attempt as the client gets it.

@@ -117,6 +117,8 @@ enum Filter {
 #[derive(Debug)]
 pub struct Chain {
     filters: Vec<Filter>,
+    /// Each filter's `filter_disabled` (empty: none has one).
+    disabled: Vec<Option<model::ListenerPredicate>>,
     /// Some filter waits for bytes, so the timeout applies.
     reads: bool,
     timeout: Option<Duration>,
@@ -130,13 +132,23 @@ pub struct Chain {
 impl Chain {
     /// The filters of `l` for one worker; `scope` is the listener's stat scope.
     pub fn new(l: &model::Listener, shard: &Arc<Shard>, scope: &str) -> Self {
-        Self::with(
+        let mut chain = Self::with(
             &l.listener_filters,
             l.listener_filters_timeout,
             l.continue_on_listener_filters_timeout,
             shard,
             scope,
-        )
+        );
+        chain.disabled = l.listener_filters_disabled.clone();
+        chain
+    }
+
+    /// Whether filter `i` is skipped for a connection to `local`.
+    fn skipped(&self, i: usize, local: SocketAddr) -> bool {
+        self.disabled
+            .get(i)
+            .and_then(Option::as_ref)
+            .is_some_and(|p| p.matches(local.port()))
     }
 
     /// `listener_filters` with their timeout settings, for one worker.
@@ -164,6 +176,7 @@ impl Chain {
             .collect();
         Chain {
             filters,
+            disabled: Vec::new(),
             reads: config.iter().any(|f| f.needs_bytes()),
             timeout,
             continue_on_timeout,
@@ -183,9 +196,11 @@ impl Chain {
     pub async fn run(&self, sock: &mut Accepted) -> bool {
         if !self.reads {
             // Nothing can stall: no timer, no buffer.
-            for f in &self.filters {
+            for (i, f) in self.filters.iter().enumerate() {
                 if let Filter::OriginalDst = f {
-                    original_dst::on_accept(sock);
+                    if !self.skipped(i, sock.local) {
+                        original_dst::on_accept(sock);
+                    }
                 }
             }
             return true;
@@ -208,7 +223,11 @@ impl Chain {
     }
 
     async fn run_all(&self, sock: &mut Accepted, peek: &mut Peek) -> bool {
-        for f in &self.filters {
+        for (i, f) in self.filters.iter().enumerate() {
+            // filter_disabled looks at the local address as the filters before left it.
+            if self.skipped(i, sock.local) {
+                continue;
+            }
             let status = match f {
                 Filter::OriginalDst => {
                     original_dst::on_accept(sock);
