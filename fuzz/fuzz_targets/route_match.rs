@@ -76,6 +76,8 @@ fuzz_target!(|data: &[u8]| {
         authority,
         scheme: "http",
         headers: &headers,
+        runtime: &skiff::config::runtime::EMPTY,
+        random: data.len() as u64,
     };
     for m in matchers() {
         let _ = m.matches(&req);

@@ -21,6 +21,7 @@ pub mod listener;
 pub mod network;
 pub mod overload;
 pub use skiff_config::router;
+pub mod runtime;
 pub mod server;
 pub mod stats;
 pub mod stream_info;

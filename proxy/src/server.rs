@@ -207,7 +207,14 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
         .map_err(|e| format!("cannot start main runtime: {e}"))?;
     rt.block_on(async move {
         let (events_tx, mut events) = mpsc::unbounded_channel();
+        let runtime = Arc::new(std::sync::Mutex::new(crate::runtime::Loader::new(
+            &loaded.model.runtime,
+            &loaded.model.node.cluster,
+            main.clone(),
+        )));
+        crate::runtime::follow(runtime.clone());
         let mut config = ConfigStore::new(&loaded, store.clone(), drain_time, events_tx);
+        config.set_runtime(runtime.clone());
         let mut xds = config.take_xds_events();
         let (commands_tx, mut commands) = mpsc::unbounded_channel();
         let state = Arc::new(AdminState {
@@ -222,6 +229,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
             initializing: AtomicBool::new(true),
             quit: Notify::new(),
             commands: commands_tx,
+            runtime: runtime.clone(),
         });
         if let Some(sock) = admin_socket {
             match tokio::net::TcpListener::from_std(sock) {

@@ -21,6 +21,9 @@ pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigur
 /// `ClusterLoadAssignment`.
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
+/// `Runtime` (RTDS).
+pub const RUNTIME: &str = "type.googleapis.com/envoy.service.runtime.v3.Runtime";
+
 /// A running control plane.
 pub struct ControlPlane {
     child: Child,

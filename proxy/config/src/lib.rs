@@ -16,6 +16,7 @@ pub mod model;
 pub mod pattern;
 pub mod proto;
 pub mod router;
+pub mod runtime;
 pub mod stats;
 mod supported;
 pub mod tls;

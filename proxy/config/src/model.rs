@@ -29,6 +29,8 @@ pub struct Bootstrap {
     pub stats: StatsConfig,
     /// The address of each static cluster an xDS stream may use (its first endpoint).
     pub xds_targets: std::collections::BTreeMap<String, GrpcTarget>,
+    /// `layered_runtime.layers`.
+    pub runtime: Vec<crate::runtime::Layer>,
 }
 
 /// `stats_config`: which stats exist and how the Prometheus output tags them.
@@ -1340,10 +1342,19 @@ pub struct Decompressor {
 }
 
 /// `Decompressor.CommonDirectionConfig`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecompressionDirection {
     /// `ignore_no_transform_header`: decompress despite `cache-control: no-transform`.
     pub ignore_no_transform_header: bool,
+    /// `enabled` with a runtime key: read per stream.
+    pub runtime: Option<crate::runtime::RuntimeFlag>,
+}
+
+impl DecompressionDirection {
+    /// Whether the direction is on under the runtime values in force.
+    pub fn on(&self, runtime: &crate::runtime::Values) -> bool {
+        self.runtime.as_ref().is_none_or(|f| f.enabled(runtime))
+    }
 }
 
 /// A decompression library and its settings.
@@ -1423,6 +1434,15 @@ pub struct CompressionDirection {
     pub min_content_length: u64,
     /// `content_type`: media types (without parameters) compressed; Envoy's list by default.
     pub content_types: Vec<String>,
+    /// `enabled` (or `runtime_enabled`) with a runtime key: read per stream.
+    pub runtime: Option<crate::runtime::RuntimeFlag>,
+}
+
+impl CompressionDirection {
+    /// Whether the direction is on under the runtime values in force.
+    pub fn on(&self, runtime: &crate::runtime::Values) -> bool {
+        self.runtime.as_ref().is_none_or(|f| f.enabled(runtime))
+    }
 }
 
 /// A compression library and its settings.

@@ -119,9 +119,19 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.bootstrap.v3.LayeredRuntime", &["layers"]),
     (
         "envoy.config.bootstrap.v3.RuntimeLayer",
-        &["name", "static_layer", "admin_layer"],
+        &["name", "static_layer", "admin_layer", "disk_layer", "rtds_layer"],
     ),
     ("envoy.config.bootstrap.v3.RuntimeLayer.AdminLayer", &[]),
+    // RTDS's resource; `layer` is checked key by key when it applies.
+    ("envoy.service.runtime.v3.Runtime", &["name", "layer"]),
+    (
+        "envoy.config.bootstrap.v3.RuntimeLayer.DiskLayer",
+        &["symlink_root", "subdirectory", "append_service_cluster"],
+    ),
+    (
+        "envoy.config.bootstrap.v3.RuntimeLayer.RtdsLayer",
+        &["name", "rtds_config"],
+    ),
     (
         "envoy.config.bootstrap.v3.ClusterManager",
         &[
@@ -622,7 +632,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.route.v3.DirectResponseAction",
         &["status", "body"],
     ),
-    ("envoy.config.route.v3.WeightedCluster", &["clusters"]),
+    (
+        "envoy.config.route.v3.WeightedCluster",
+        &["clusters", "runtime_key_prefix"],
+    ),
     (
         "envoy.config.route.v3.WeightedCluster.ClusterWeight",
         &["name", "weight"],
@@ -642,6 +655,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "headers",
             "query_parameters",
             "grpc",
+            "runtime_fraction",
         ],
     ),
     ("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", &[]),
@@ -746,7 +760,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.http.compressor.v3.Compressor.CommonDirectionConfig",
         &["enabled", "min_content_length", "content_type"],
     ),
-    // With no runtime layer, a flag is its default value.
+    // Read per stream from the runtime in force.
     (
         "envoy.config.core.v3.RuntimeFeatureFlag",
         &["default_value", "runtime_key"],
@@ -1025,14 +1039,20 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     ("envoy.type.v3.Percent", &["value"]),
     (
+        "envoy.config.core.v3.RuntimeFractionalPercent",
+        &["default_value", "runtime_key"],
+    ),
+    (
+        "envoy.type.v3.FractionalPercent",
+        &["numerator", "denominator"],
+    ),
+    (
         "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
         &["choice_count", "active_request_bias"],
     ),
     ("envoy.config.cluster.v3.Cluster.RoundRobinLbConfig", &[]),
-    (
-        "envoy.config.core.v3.RuntimeDouble",
-        &["default_value", "runtime_key"],
-    ),
+    // `runtime_key` is not read yet (least request's `active_request_bias`).
+    ("envoy.config.core.v3.RuntimeDouble", &["default_value"]),
     ("envoy.config.cluster.v3.CircuitBreakers", &["thresholds"]),
     (
         "envoy.config.cluster.v3.CircuitBreakers.Thresholds",

@@ -56,6 +56,8 @@ pub struct AdminState {
     pub quit: Notify,
     /// Requests to the main loop.
     pub commands: mpsc::UnboundedSender<Command>,
+    /// The layered runtime (`/runtime`, `/runtime_modify`).
+    pub runtime: Arc<std::sync::Mutex<crate::runtime::Loader>>,
 }
 
 impl AdminState {
@@ -112,6 +114,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
                 let state = state.clone();
                 let logs = logs.clone();
                 async move {
+                    let req = with_form(req).await;
                     if logs.is_empty() {
                         return Ok::<_, Infallible>(handle(&state, req));
                     }
@@ -197,6 +200,8 @@ const ENDPOINTS: &[(&str, &str, bool)] = &[
     ("/help", "print out list of admin commands", false),
     ("/listeners", "print listener info", false),
     ("/quitquitquit", "exit the server", true),
+    ("/runtime", "print runtime values", false),
+    ("/runtime_modify", "Adds or modifies runtime values as passed in query parameters. To delete a previously added key, use an empty string as the value. Note that deletion only applies to overrides added via this endpoint; values loaded from disk can be modified via override but not deleted. E.g. ?key1=value1&key2=value2...", true),
     (
         "/ready",
         "print server state, return 200 if LIVE, otherwise return 503",
@@ -223,11 +228,12 @@ fn help() -> String {
     s
 }
 
-fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
+fn query(req: &Request<String>) -> BTreeMap<String, String> {
+    form(req.uri().query().unwrap_or(""))
+}
+
+fn form(text: &str) -> BTreeMap<String, String> {
+    text.split('&')
         .filter(|s| !s.is_empty())
         .map(|kv| match kv.split_once('=') {
             Some((k, v)) => (k.to_string(), percent_decode(v)),
@@ -257,7 +263,26 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// A request with its body read when it may carry form values (`/runtime_modify`), which
+/// then count as query parameters.
+async fn with_form(req: Request<Incoming>) -> Request<String> {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let text = if parts.uri.path() == "/runtime_modify" && parts.method == Method::POST {
+        match http_body_util::Limited::new(body, 64 * 1024)
+            .collect()
+            .await
+        {
+            Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+            Err(_) => String::new(),
+        }
+    } else {
+        String::new()
+    };
+    Request::from_parts(parts, text)
+}
+
+fn handle(state: &AdminState, req: Request<String>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let Some((_, _, post_only)) = ENDPOINTS.iter().find(|(p, _, _)| *p == path) else {
         return text(StatusCode::NOT_FOUND, format!("invalid path. {}", help()));
@@ -308,6 +333,38 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/listeners" => listeners(state, &q),
         "/clusters" => clusters(state, &q),
         "/config_dump" => config_dump::respond(state, &q),
+        "/runtime" => json_response(
+            &state
+                .runtime
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .dump(),
+        ),
+        "/runtime_modify" => {
+            let mut changes = q.clone();
+            changes.extend(form(req.body()));
+            if changes.is_empty() {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "usage: /runtime_modify?key1=value1&key2=value2&keyN=valueN\n       or send the parameters as form values\nuse an empty value to remove a previously added override",
+                );
+            }
+            let changes: Vec<(String, String)> = changes.into_iter().collect();
+            let r = state
+                .runtime
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .modify(&changes);
+            match r {
+                Ok(()) => text(StatusCode::OK, "OK\n"),
+                Err(crate::runtime::ModifyError::NoAdminLayer) => {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "No admin layer specified")
+                }
+                Err(crate::runtime::ModifyError::Refused(m)) => {
+                    text(StatusCode::BAD_REQUEST, format!("{m}\n"))
+                }
+            }
+        }
         "/drain_listeners" => {
             let cmd = Command::DrainListeners {
                 inbound_only: q.contains_key("inboundonly"),

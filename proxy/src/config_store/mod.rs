@@ -53,6 +53,8 @@ pub mod type_url {
     pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
     /// `Secret`.
     pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+    /// `Runtime` (RTDS).
+    pub const RUNTIME: &str = "type.googleapis.com/envoy.service.runtime.v3.Runtime";
 }
 
 /// The configuration in force, as workers and the admin server see it. Immutable.
@@ -236,6 +238,9 @@ pub struct ConfigStore {
     rds: BTreeMap<String, Rds>,
     eds: BTreeMap<String, Eds>,
     secrets: BTreeMap<String, SecretSlot>,
+    /// RTDS subscriptions by resource name, and the runtime their layers feed.
+    rtds: BTreeMap<String, Subscription>,
+    runtime: Option<Arc<std::sync::Mutex<crate::runtime::Loader>>>,
     /// The listeners the workers run, to know which need new sockets.
     running: HashMap<String, Arc<model::Listener>>,
     /// When each listener drain in progress ends.
@@ -348,6 +353,8 @@ impl ConfigStore {
             rds: BTreeMap::new(),
             eds: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            rtds: BTreeMap::new(),
+            runtime: None,
             running: HashMap::new(),
             draining_listeners: Vec::new(),
             draining_chains: Vec::new(),
@@ -461,6 +468,20 @@ impl ConfigStore {
         store
     }
 
+    /// The runtime whose RTDS layers this store follows (once, before [`Self::start`]).
+    pub fn set_runtime(&mut self, runtime: Arc<std::sync::Mutex<crate::runtime::Loader>>) {
+        let wanted = runtime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .rtds();
+        for (name, source) in wanted {
+            self.rtds
+                .entry(name)
+                .or_insert_with(|| Subscription::new(source, "runtime.".into(), &self.main));
+        }
+        self.runtime = Some(runtime);
+    }
+
     /// The snapshot the admin server reads.
     pub fn published(&self) -> Arc<ArcSwap<Snapshot>> {
         self.published.clone()
@@ -469,6 +490,17 @@ impl ConfigStore {
     /// Reads the dynamic sources for the first time (clusters first, then their endpoints,
     /// then listeners and their routes, in Envoy's order) and starts following them.
     pub fn start(&mut self) {
+        // RTDS first, as Envoy's runtime starts before the cluster manager.
+        let files: Vec<ConfigSource> = self
+            .rtds
+            .values()
+            .map(|s| s.source.clone())
+            .filter(|s| matches!(s.kind, SourceKind::File { .. }))
+            .collect();
+        for src in files {
+            self.watchers.watch(&src);
+            self.refresh_source(&src);
+        }
         // The SDS secrets static listeners and clusters name (their TLS waits for them).
         let refs: Vec<_> = self
             .listeners
@@ -522,6 +554,7 @@ impl ConfigStore {
                 .secrets
                 .values()
                 .any(|s| s.sub.as_ref().is_some_and(|sub| !sub.ready))
+            || self.rtds.values().any(|s| !s.ready)
     }
 
     /// The channel DNS resolutions come back on; the main loop gives each to
@@ -548,6 +581,7 @@ impl ConfigStore {
             .chain(self.rds.values().map(|r| &r.sub))
             .chain(self.eds.values().map(|e| &e.sub))
             .chain(self.secrets.values().filter_map(|s| s.sub.as_ref()))
+            .chain(self.rtds.values())
             .filter_map(Subscription::deadline);
         let prune = (!self.pending_prune.is_empty()).then(|| Instant::now() + PRUNE_EVERY);
         subs.chain(self.draining_listeners.iter().copied())
@@ -571,7 +605,8 @@ impl ConfigStore {
             .chain(self.cds.iter_mut())
             .chain(self.rds.values_mut().map(|r| &mut r.sub))
             .chain(self.eds.values_mut().map(|e| &mut e.sub))
-            .chain(self.secrets.values_mut().filter_map(|s| s.sub.as_mut()));
+            .chain(self.secrets.values_mut().filter_map(|s| s.sub.as_mut()))
+            .chain(self.rtds.values_mut());
         for sub in subs {
             if sub.deadline().is_some_and(|d| d <= now) {
                 tracing::warn!(source = %sub.source.describe(), "initial fetch timed out");
@@ -620,7 +655,8 @@ impl ConfigStore {
             || self
                 .secrets
                 .values()
-                .any(|s| s.sub.as_ref().is_some_and(|s| &s.source == src));
+                .any(|s| s.sub.as_ref().is_some_and(|s| &s.source == src))
+            || self.rtds.values().any(|s| &s.source == src);
         if !wanted {
             return;
         }
@@ -661,6 +697,15 @@ impl ConfigStore {
         for name in sds {
             let _ = self.deliver(Kind::Sds(name), src, &decoded, None);
         }
+        let rtds: Vec<String> = self
+            .rtds
+            .iter()
+            .filter(|(_, s)| &s.source == src)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in rtds {
+            let _ = self.deliver(Kind::Rtds(name), src, &decoded, None);
+        }
     }
 
     fn subscription(&mut self, kind: &Kind) -> Option<&mut Subscription> {
@@ -670,6 +715,7 @@ impl ConfigStore {
             Kind::Rds(n) => self.rds.get_mut(n).map(|r| &mut r.sub),
             Kind::Eds(n) => self.eds.get_mut(n).map(|e| &mut e.sub),
             Kind::Sds(n) => self.secrets.get_mut(n).and_then(|s| s.sub.as_mut()),
+            Kind::Rtds(n) => self.rtds.get_mut(n),
         }
     }
 
@@ -714,6 +760,7 @@ impl ConfigStore {
                     Kind::Rds(name) => self.apply_rds(name, d),
                     Kind::Eds(name) => self.apply_eds(name, d),
                     Kind::Sds(name) => self.apply_sds(name, d),
+                    Kind::Rtds(name) => self.apply_rtds(name, d, removed),
                 }
             }
         };
@@ -754,6 +801,49 @@ impl ConfigStore {
                 Err(e.to_string())
             }
         }
+    }
+
+    /// An RTDS update, as Envoy's `RtdsSubscription`: no resource (or its removal) empties
+    /// the layer; one resource, named as the layer asks, replaces its values, each key checked
+    /// as a static layer's (Envoy's own keys only where skiff honours them).
+    fn apply_rtds(
+        &mut self,
+        name: &str,
+        d: &Discovery,
+        removed: Option<&[String]>,
+    ) -> Result<(), ConfigError> {
+        use envoy_types::pb::envoy::service::runtime::v3::Runtime;
+        let values = match d.resources.as_slice() {
+            [] => {
+                if removed.is_some() && !removed.is_some_and(|r| r.iter().any(|n| n == name)) {
+                    return Ok(());
+                }
+                BTreeMap::new()
+            }
+            [any] => {
+                let r: Runtime = decode_any(any, type_url::RUNTIME, "resources[0]")?;
+                if r.name != name {
+                    return Err(ConfigError::new(
+                        "resources[0].name",
+                        format!("Unexpected RTDS runtime (expecting {name}): {}", r.name),
+                    ));
+                }
+                let layer = r.layer.unwrap_or_default();
+                crate::config::runtime::proto_layer(&layer, "resources[0].layer", false)?
+            }
+            more => {
+                return Err(ConfigError::new(
+                    "resources",
+                    format!("Unexpected RTDS resource length: {}", more.len()),
+                ))
+            }
+        };
+        if let Some(rt) = &self.runtime {
+            rt.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .set_rtds(name, values);
+        }
+        Ok(())
     }
 
     /// Every cluster name a route may name now (active and warming).
@@ -1829,6 +1919,7 @@ enum Kind {
     Rds(String),
     Eds(String),
     Sds(String),
+    Rtds(String),
 }
 
 /// An RDS route configuration an HTTP connection manager uses: its name, source and the

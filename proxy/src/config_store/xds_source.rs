@@ -98,11 +98,41 @@ impl ConfigStore {
                 };
                 self.deliver(kind, &src, &Ok(d), removed.as_deref())
             }
-            type_url::ROUTE | type_url::ENDPOINT | type_url::SECRET => {
-                self.apply_named(stream, url, d, removed.unwrap_or_default())
+            type_url::ROUTE | type_url::ENDPOINT | type_url::SECRET | type_url::RUNTIME => {
+                // State of the world: an RTDS resource left out is removed (Envoy empties the
+                // layer).
+                let removed = match removed {
+                    Some(r) => r,
+                    None if url == type_url::RUNTIME => self.rtds_left_out(stream, &d),
+                    None => Vec::new(),
+                };
+                self.apply_named(stream, url, d, removed)
             }
             other => Err(format!("unexpected type URL '{other}'")),
         }
+    }
+
+    /// The RTDS resources this stream feeds that a state-of-the-world response leaves out.
+    fn rtds_left_out(&self, stream: &StreamKey, d: &Discovery) -> Vec<String> {
+        let named: BTreeSet<String> = d
+            .resources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| {
+                resource_name(type_url::RUNTIME, a, &format!("resources[{i}]")).ok()
+            })
+            .collect();
+        self.rtds
+            .iter()
+            .filter(|(n, s)| {
+                let own = match stream {
+                    StreamKey::Api(_, _, own) if !own.is_empty() => own == *n,
+                    _ => true,
+                };
+                own && stream_feeds(stream, &s.source) && !named.contains(*n)
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// A REST answer that is not a discovery response: counted as rejected by the
@@ -161,6 +191,7 @@ impl ConfigStore {
         let kind_of = |name: String| match url {
             type_url::ROUTE => Kind::Rds(name),
             type_url::ENDPOINT => Kind::Eds(name),
+            type_url::RUNTIME => Kind::Rtds(name),
             _ => Kind::Sds(name),
         };
         let mut failed = BTreeSet::new();
@@ -204,6 +235,7 @@ impl ConfigStore {
             let names: Vec<String> = match url {
                 type_url::ROUTE => self.rds.keys().cloned().collect(),
                 type_url::ENDPOINT => self.eds.keys().cloned().collect(),
+                type_url::RUNTIME => self.rtds.keys().cloned().collect(),
                 _ => self.secrets.keys().cloned().collect(),
             };
             // A per-type stream of one name (skiff opens one per resource) feeds that name only.
@@ -225,9 +257,13 @@ impl ConfigStore {
                 }
             }
         }
-        if url == type_url::ENDPOINT {
+        if url == type_url::ENDPOINT || url == type_url::RUNTIME {
             for name in removed {
-                let kind = Kind::Eds(name);
+                let kind = if url == type_url::RUNTIME {
+                    Kind::Rtds(name)
+                } else {
+                    Kind::Eds(name)
+                };
                 let Some(src) = self
                     .subscription(&kind)
                     .filter(|s| stream_feeds(stream, &s.source))
@@ -323,7 +359,8 @@ impl ConfigStore {
                 self.secrets
                     .iter()
                     .filter_map(|(n, s)| s.sub.as_ref().map(|sub| (n, sub, type_url::SECRET))),
-            );
+            )
+            .chain(self.rtds.iter().map(|(n, s)| (n, s, type_url::RUNTIME)));
         for (name, sub, t) in named {
             let Some((k, scope)) = key_of(sub, t, name) else {
                 continue;
@@ -420,6 +457,10 @@ fn resource_name(url: &str, any: &Any, path: &str) -> Result<String, ConfigError
         type_url::ROUTE => decode_any::<route_pb::RouteConfiguration>(any, url, path)?.name,
         type_url::ENDPOINT => {
             decode_any::<endpoint_pb::ClusterLoadAssignment>(any, url, path)?.cluster_name
+        }
+        type_url::RUNTIME => {
+            decode_any::<envoy_types::pb::envoy::service::runtime::v3::Runtime>(any, url, path)?
+                .name
         }
         _ => decode_any::<tls_pb::Secret>(any, url, path)?.name,
     })

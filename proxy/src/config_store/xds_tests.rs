@@ -444,3 +444,65 @@ fn a_dns_cluster_carries_xds_by_its_name() {
         Some(&GrpcTarget::Dns("control-plane".into(), 18000))
     );
 }
+
+#[test]
+fn an_rtds_layer_takes_its_resource_and_nacks_keys_skiff_does_not_honour() {
+    let text = format!(
+        "{BOOTSTRAP}layered_runtime:\n  layers:\n  - name: rt\n    rtds_layer: {{name: rt0, rtds_config: {{ads: {{}}, resource_api_version: V3}}}}\n  - name: admin\n    admin_layer: {{}}\n"
+    );
+    let loaded = crate::config::load_text(&text).expect("bootstrap");
+    let stats = Arc::new(Store::new(1));
+    let runtime = Arc::new(std::sync::Mutex::new(crate::runtime::Loader::new(
+        &loaded.model.runtime,
+        "c",
+        stats.main().clone(),
+    )));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut s = ConfigStore::new(&loaded, stats.clone(), Duration::from_secs(1), tx);
+    s.set_runtime(runtime.clone());
+    s.start();
+    assert!(!s.rtds["rt0"].ready, "start-up waits for the runtime");
+    let layer = |k: &str| {
+        runtime.lock().expect("lock").dump()["entries"][k]["layer_values"][0]
+            .as_str()
+            .map(str::to_string)
+    };
+    let rt = |name: &str, layer: &str| {
+        format!(
+            "- \"@type\": type.googleapis.com/envoy.service.runtime.v3.Runtime\n  name: {name}\n  layer: {layer}\n"
+        )
+    };
+    sotw(
+        &mut s,
+        type_url::RUNTIME,
+        "1",
+        &rt("rt0", "{routing: {traffic_shift: {a: 30}}}"),
+    )
+    .expect("ACK");
+    assert_eq!(layer("routing.traffic_shift.a").as_deref(), Some("30"));
+    assert_eq!(stat(&stats, "runtime.update_success"), 1);
+    let e = sotw(
+        &mut s,
+        type_url::RUNTIME,
+        "2",
+        &rt("rt0", "{tracing: {random_sampling: 5}, b: 1}"),
+    )
+    .expect_err("a NACK");
+    assert_eq!(
+        e,
+        "resources[0].layer.tracing.random_sampling: skiff does not honour runtime key 'tracing.random_sampling'"
+    );
+    assert_eq!(
+        layer("routing.traffic_shift.a").as_deref(),
+        Some("30"),
+        "unchanged"
+    );
+    assert_eq!(stat(&stats, "runtime.update_rejected"), 1);
+    let e = sotw(&mut s, type_url::RUNTIME, "3", &rt("rt0", "{a: [1]}")).expect_err("a NACK");
+    assert!(e.contains("Invalid runtime entry value for a"), "{e}");
+    // A response without the layer's resource empties it, as Envoy's.
+    sotw(&mut s, type_url::RUNTIME, "4", &rt("other", "{x: 1}")).expect("ACK");
+    assert_eq!(layer("routing.traffic_shift.a"), None);
+    assert_eq!(layer("x"), None);
+    assert!(s.rtds["rt0"].ready);
+}

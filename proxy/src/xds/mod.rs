@@ -272,6 +272,12 @@ fn method(key: &StreamKey, delta: bool) -> &'static str {
         (type_url::ENDPOINT, true) => {
             "/envoy.service.endpoint.v3.EndpointDiscoveryService/DeltaEndpoints"
         }
+        (type_url::RUNTIME, false) => {
+            "/envoy.service.runtime.v3.RuntimeDiscoveryService/StreamRuntime"
+        }
+        (type_url::RUNTIME, true) => {
+            "/envoy.service.runtime.v3.RuntimeDiscoveryService/DeltaRuntime"
+        }
         (_, false) => "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
         (_, true) => "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets",
     }

@@ -95,6 +95,11 @@ fn name_of(any: &Any) -> String {
                 .map(|r| r.cluster_name)
                 .unwrap_or_default()
         }
+        "envoy.service.runtime.v3.Runtime" => {
+            envoy_types::pb::envoy::service::runtime::v3::Runtime::decode(v)
+                .map(|r| r.name)
+                .unwrap_or_default()
+        }
         _ => envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret::decode(v)
             .map(|r| r.name)
             .unwrap_or_default(),
@@ -241,6 +246,10 @@ per_type!(
     StreamEndpointsStream, stream_endpoints, DeltaEndpointsStream, delta_endpoints, fetch_endpoints
 );
 
+per_type!(
+    envoy_types::pb::envoy::service::runtime::v3::runtime_discovery_service_server::RuntimeDiscoveryService,
+    StreamRuntimeStream, stream_runtime, DeltaRuntimeStream, delta_runtime, fetch_runtime
+);
 per_type!(
     envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService,
     StreamSecretsStream, stream_secrets, DeltaSecretsStream, delta_secrets, fetch_secrets
@@ -485,6 +494,9 @@ where
         } else if path.starts_with("/envoy.service.endpoint.v3.") {
             let mut svc =
                 endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer::new(s);
+            Box::pin(async move { svc.call(req).await })
+        } else if path.starts_with("/envoy.service.runtime.v3.") {
+            let mut svc = envoy_types::pb::envoy::service::runtime::v3::runtime_discovery_service_server::RuntimeDiscoveryServiceServer::new(s);
             Box::pin(async move { svc.call(req).await })
         } else if path.starts_with("/envoy.service.secret.v3.") {
             let mut svc =

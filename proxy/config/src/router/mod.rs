@@ -29,6 +29,11 @@ pub struct RequestView<'a> {
     pub scheme: &'a str,
     /// The other headers.
     pub headers: &'a HeaderMap,
+    /// The runtime values in force when the stream started.
+    pub runtime: &'a crate::runtime::Values,
+    /// The stream's random value (Envoy's stream id), which `runtime_fraction` and weighted
+    /// clusters read.
+    pub random: u64,
 }
 
 impl<'a> RequestView<'a> {
@@ -40,6 +45,8 @@ impl<'a> RequestView<'a> {
             authority: "",
             scheme: "http",
             headers,
+            runtime: &crate::runtime::EMPTY,
+            random: 0,
         }
     }
 }
@@ -67,6 +74,7 @@ pub struct RouteMatch {
     headers: Vec<HeaderMatch>,
     query: Vec<QueryMatch>,
     grpc: bool,
+    runtime_fraction: Option<crate::runtime::RuntimeFraction>,
 }
 
 impl RouteMatch {
@@ -89,7 +97,14 @@ impl RouteMatch {
             headers,
             query: Vec::new(),
             grpc: false,
+            runtime_fraction: None,
         }
+    }
+
+    /// With `runtime_fraction`: only that share of requests match.
+    pub fn with_runtime_fraction(mut self, f: Option<crate::runtime::RuntimeFraction>) -> Self {
+        self.runtime_fraction = f;
+        self
     }
 
     /// With `query_parameters`.
@@ -124,6 +139,10 @@ impl RouteMatch {
             PathMatch::Regex(r) => r.is_match(bare),
         };
         path_ok
+            && self
+                .runtime_fraction
+                .as_ref()
+                .is_none_or(|f| f.enabled(req.runtime, req.random))
             && (!self.grpc || is_grpc(req.headers))
             && self.headers.iter().all(|h| header_matches(h, req))
             && (self.query.is_empty() || query_matches(&self.query, path))
@@ -354,29 +373,50 @@ pub enum Target {
     /// `cluster_header`: the cluster named by this request header.
     Header(http::HeaderName),
     /// `weighted_clusters`: one picked at random by weight.
-    Weighted(Vec<(String, u64)>),
+    Weighted(Weighted),
+}
+
+/// `weighted_clusters`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weighted {
+    /// Each cluster with its configured weight.
+    pub clusters: Vec<(String, u64)>,
+    /// `runtime_key_prefix`: a cluster's weight is the runtime integer at
+    /// `<prefix>.<cluster name>` when set.
+    pub runtime_key_prefix: Option<String>,
 }
 
 impl Target {
     /// The cluster for a request with `headers`; `random` in `[0, u64::MAX]` picks among
-    /// weighted clusters.
-    pub fn pick<'a>(&'a self, headers: &'a HeaderMap, random: u64) -> Option<&'a str> {
+    /// weighted clusters, whose weights the runtime may set.
+    pub fn pick<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+        runtime: &crate::runtime::Values,
+        random: u64,
+    ) -> Option<&'a str> {
         match self {
             Target::Cluster(c) => Some(c),
             Target::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
-            Target::Weighted(clusters) => {
-                let total: u64 = clusters.iter().map(|(_, w)| w).sum();
+            Target::Weighted(w) => {
+                let weight = |(c, d): &(String, u64)| match &w.runtime_key_prefix {
+                    Some(p) => runtime.integer(&format!("{p}.{c}"), *d),
+                    None => *d,
+                };
+                let total: u64 = w.clusters.iter().map(weight).sum();
                 if total == 0 {
                     return None;
                 }
                 // As Envoy: a value in [0, total), then the first cluster whose running sum
-                // of weights exceeds it.
+                // of weights exceeds it (the runtime read again: a change in between only
+                // moves this one pick).
                 let mut at = random % total;
-                for (c, w) in clusters {
-                    if at < *w {
-                        return Some(c);
+                for c in &w.clusters {
+                    let cw = weight(c);
+                    if at < cw {
+                        return Some(&c.0);
                     }
-                    at -= w;
+                    at -= cw;
                 }
                 None
             }

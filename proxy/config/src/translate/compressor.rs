@@ -111,16 +111,14 @@ pub(super) fn translate(
             )
         }
         None => {
-            let enabled = c
-                .runtime_enabled
-                .as_ref()
-                .is_none_or(|f| f.default_value.as_ref().is_none_or(|v| v.value));
-            let direction = enabled.then(|| CompressionDirection {
+            let (on, runtime) = enabled(c.runtime_enabled.as_ref(), true);
+            let direction = on.then(|| CompressionDirection {
                 min_content_length: c
                     .content_length
                     .as_ref()
                     .map_or(MIN_CONTENT_LENGTH, |v| u64::from(v.value)),
                 content_types: content_types(&c.content_type),
+                runtime,
             });
             (
                 direction,
@@ -163,9 +161,11 @@ fn direction(
         return Ok(enabled_by_default.then(|| CompressionDirection {
             min_content_length: MIN_CONTENT_LENGTH,
             content_types: content_types(&[]),
+            runtime: None,
         }));
     };
-    if !enabled(c.enabled.as_ref(), enabled_by_default) {
+    let (on, runtime) = enabled(c.enabled.as_ref(), enabled_by_default);
+    if !on {
         return Ok(None);
     }
     if !c.content_type_matcher.is_empty() {
@@ -179,14 +179,33 @@ fn direction(
             .as_ref()
             .map_or(MIN_CONTENT_LENGTH, |v| u64::from(v.value)),
         content_types: content_types(&c.content_type),
+        runtime,
     }))
 }
 
-/// A `RuntimeFeatureFlag`: with no runtime layer overriding its key, its default value.
-fn enabled(flag: Option<&core::RuntimeFeatureFlag>, default: bool) -> bool {
-    flag.map_or(default, |f| {
-        f.default_value.as_ref().is_none_or(|v| v.value)
-    })
+/// A `RuntimeFeatureFlag`: whether the direction may ever be on (its default, or any value
+/// of a runtime key), and the flag to read per stream when a key names it.
+fn enabled(
+    flag: Option<&core::RuntimeFeatureFlag>,
+    default: bool,
+) -> (bool, Option<crate::runtime::RuntimeFlag>) {
+    match flag {
+        None => (default, None),
+        Some(f) => {
+            let default = f.default_value.as_ref().is_none_or(|v| v.value);
+            if f.runtime_key.is_empty() {
+                (default, None)
+            } else {
+                (
+                    true,
+                    Some(crate::runtime::RuntimeFlag {
+                        key: f.runtime_key.clone(),
+                        default,
+                    }),
+                )
+            }
+        }
+    }
 }
 
 fn content_types(configured: &[String]) -> Vec<String> {
@@ -381,10 +400,15 @@ pub(super) fn translate_decompressor(
     let common = |c: Option<&decompressor::decompressor::CommonDirectionConfig>| match c {
         None => Some(DecompressionDirection {
             ignore_no_transform_header: false,
+            runtime: None,
         }),
-        Some(c) => enabled(c.enabled.as_ref(), true).then_some(DecompressionDirection {
-            ignore_no_transform_header: c.ignore_no_transform_header,
-        }),
+        Some(c) => {
+            let (on, runtime) = enabled(c.enabled.as_ref(), true);
+            on.then_some(DecompressionDirection {
+                ignore_no_transform_header: c.ignore_no_transform_header,
+                runtime,
+            })
+        }
     };
     let request = common(
         d.request_direction_config

@@ -528,7 +528,7 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
 pub(super) fn route_match(m: &route_pb::RouteMatch, path: &str) -> Result<(), ConfigError> {
     let route_pb::RouteMatch {
         case_sensitive: _,
-        runtime_fraction,
+        runtime_fraction: _,
         headers: _,
         query_parameters: _,
         cookies,
@@ -538,7 +538,6 @@ pub(super) fn route_match(m: &route_pb::RouteMatch, path: &str) -> Result<(), Co
         filter_state,
         path_specifier,
     } = m;
-    refuse(path, "runtime_fraction", runtime_fraction)?;
     refuse(path, "cookies", cookies)?;
     refuse(path, "tls_context", tls_context)?;
     refuse(path, "dynamic_metadata", dynamic_metadata)?;

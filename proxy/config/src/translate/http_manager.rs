@@ -757,6 +757,41 @@ pub(crate) fn translate_routes(
     Ok(table)
 }
 
+/// A `RuntimeFractionalPercent`.
+pub(super) fn runtime_fraction(
+    f: &envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent,
+    path: &str,
+) -> Result<crate::runtime::RuntimeFraction, ConfigError> {
+    let d = required(&f.default_value, &format!("{path}.default_value"))?;
+    Ok(crate::runtime::RuntimeFraction {
+        key: f.runtime_key.clone(),
+        default: fraction(d, &format!("{path}.default_value"))?,
+    })
+}
+
+/// A `FractionalPercent`.
+pub(super) fn fraction(
+    d: &envoy_types::pb::envoy::r#type::v3::FractionalPercent,
+    path: &str,
+) -> Result<crate::runtime::Fraction, ConfigError> {
+    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+    let denominator = match D::try_from(d.denominator) {
+        Ok(D::Hundred) => 100,
+        Ok(D::TenThousand) => 10_000,
+        Ok(D::Million) => 1_000_000,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.denominator"),
+                "unknown value",
+            ))
+        }
+    };
+    Ok(crate::runtime::Fraction {
+        numerator: u64::from(d.numerator),
+        denominator,
+    })
+}
+
 fn translate_route(
     r: &route::Route,
     path: &str,
@@ -813,7 +848,13 @@ fn translate_route(
         name: r.name.clone(),
         matcher: RouteMatch::new(path_match, case_sensitive, headers)
             .with_query(query)
-            .with_grpc(m.grpc.is_some()),
+            .with_grpc(m.grpc.is_some())
+            .with_runtime_fraction(
+                m.runtime_fraction
+                    .as_ref()
+                    .map(|f| runtime_fraction(f, &format!("{mpath}.runtime_fraction")))
+                    .transpose()?,
+            ),
         action: t.action,
         timeout: t.timeout,
         retry: t.retry,

@@ -278,6 +278,7 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         overload,
         stats,
         xds_targets,
+        runtime: runtime.layers,
     })
 }
 

@@ -7,7 +7,6 @@ use envoy_types::pb::envoy::config::overload::v3 as ov;
 use envoy_types::pb::envoy::extensions::resource_monitors::cgroup_memory::v3::CgroupMemoryConfig;
 use envoy_types::pb::envoy::extensions::resource_monitors::downstream_connections::v3::DownstreamConnectionsConfig;
 use envoy_types::pb::envoy::extensions::resource_monitors::fixed_heap::v3::FixedHeapConfig;
-use envoy_types::pb::google::protobuf::value::Kind;
 
 use super::super::model::{
     AccessLog, ActionName, LoadShedPoint, MonitorKind, Overload, OverloadAction, ResourceMonitor,
@@ -16,52 +15,8 @@ use super::super::model::{
 use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 use super::{duration, translate_access_log};
+use crate::runtime;
 use crate::stats::{NameMatch, NameMatchKind, StatsMatcher, Tagging};
-
-/// Whether a runtime value is one skiff can stand behind.
-type ValueCheck = fn(&Kind) -> bool;
-
-/// Runtime keys a static layer may set, each because skiff already behaves as the value asks
-/// or because the key concerns something skiff does not run. Any other key is refused: a
-/// runtime key can change what Envoy does to traffic.
-const RUNTIME_KEYS: &[(&str, ValueCheck)] = &[
-    // A deprecated listener field skiff refuses anyway.
-    (
-        "envoy.deprecated_features:envoy.config.listener.v3.Listener.hidden_envoy_deprecated_use_original_dst",
-        |_| true,
-    ),
-    // How Envoy batches its own load-balancer rebuilds.
-    ("envoy.reloadable_features.coalesce_lb_rebuilds_on_batch_update", |_| true),
-    // The fixed-heap monitor's accounting: true (the default) counts the bytes the allocator
-    // has handed out, which is what skiff's monitor reads (its allocator keeps no other count).
-    ("envoy.reloadable_features.fixed_heap_use_allocated", |v| {
-        matches!(v, Kind::BoolValue(true))
-            || matches!(v, Kind::StringValue(s) if s == "true")
-    }),
-    // Regex program size limits: skiff's regex engine has its own size limit.
-    ("re2.max_program_size.error_level", |_| true),
-    ("re2.max_program_size.warn_level", |_| true),
-    // true is Envoy 1.40's default and skiff's behaviour: no address is internal unless
-    // internal_address_config lists it.
-    ("envoy.reloadable_features.explicit_internal_address_config", |v| {
-        matches!(v, Kind::BoolValue(true))
-            || matches!(v, Kind::StringValue(s) if s == "true")
-    }),
-    // The Google gRPC client, which skiff does not run.
-    ("envoy.reloadable_features.google_grpc_disable_tls_13", |_| true),
-    // The older form of the global connection limit: honoured (see `runtime`).
-    ("overload.global_downstream_max_connections", |v| global_limit(v).is_some()),
-    // Envoy's premature-reset protection of HTTP/2 connections: honoured (see `runtime`).
-    ("overload.premature_reset_min_stream_lifetime_seconds", |v| {
-        global_limit(v).is_some()
-    }),
-    ("overload.premature_reset_total_stream_count", |v| global_limit(v).is_some()),
-    // false: a fragment in a request path is stripped rather than refused. skiff's codec
-    // never sees one to refuse (tests/hostile_http1.rs); only the default `true` would differ.
-    ("envoy.reloadable_features.http_reject_path_with_fragment", |v| {
-        matches!(v, Kind::BoolValue(false) | Kind::StringValue(_))
-    }),
-];
 
 /// `overload_manager`, checked as Envoy's `OverloadManagerImpl` checks it (its messages).
 pub(super) fn overload(o: Option<&ov::OverloadManager>) -> Result<Overload, ConfigError> {
@@ -364,15 +319,8 @@ fn timer_minimums(
     Ok(out)
 }
 
-fn global_limit(v: &Kind) -> Option<u64> {
-    match v {
-        Kind::NumberValue(n) if *n >= 1.0 => Some(*n as u64),
-        Kind::StringValue(s) => s.trim().parse().ok().filter(|n| *n >= 1),
-        _ => None,
-    }
-}
-
-/// What the runtime keys skiff honours set (the last layer wins).
+/// What the runtime keys skiff reads at start-up set (the last static layer wins), and the
+/// layers.
 #[derive(Debug, Default)]
 pub(super) struct RuntimeValues {
     /// `overload.global_downstream_max_connections`.
@@ -381,72 +329,96 @@ pub(super) struct RuntimeValues {
     pub premature_reset_min_lifetime: Option<u64>,
     /// `overload.premature_reset_total_stream_count`.
     pub premature_reset_total: Option<u64>,
+    /// `layered_runtime.layers`.
+    pub layers: Vec<runtime::Layer>,
 }
 
-/// `layered_runtime`: static layers with the keys skiff can stand behind, and admin layers
-/// (empty until `/runtime_modify` exists).
+/// `layered_runtime`, checked as Envoy's `LoaderImpl` checks it (its messages). A static
+/// layer's keys go through [`runtime::check_key`]: Envoy's own keys only where skiff honours
+/// them.
 pub(super) fn runtime(r: Option<&bootstrap::LayeredRuntime>) -> Result<RuntimeValues, ConfigError> {
     let mut out = RuntimeValues::default();
     let Some(r) = r else {
         return Ok(out);
     };
+    let mut admin = false;
     for (i, layer) in r.layers.iter().enumerate() {
         let path = format!("layered_runtime.layers[{i}]");
+        if out.layers.iter().any(|l| l.name == layer.name) {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!("Duplicate layer name: {}", layer.name),
+            ));
+        }
         use bootstrap::runtime_layer::LayerSpecifier;
-        match &layer.layer_specifier {
+        let kind = match &layer.layer_specifier {
             Some(LayerSpecifier::StaticLayer(s)) => {
-                let mut flat = Vec::new();
-                flatten("", s, &mut flat);
-                for (key, value) in flat {
-                    let known = RUNTIME_KEYS
-                        .iter()
-                        .find(|(k, _)| *k == key)
-                        .is_some_and(|(_, ok)| ok(value));
-                    if !known {
-                        return Err(ConfigError::new(
-                            format!("{path}.static_layer.{key}"),
-                            "unsupported runtime key (or value)",
-                        ));
-                    }
+                let values = runtime::proto_layer(s, &format!("{path}.static_layer"), true)?;
+                for (key, e) in &values {
+                    let n = runtime::count(&e.raw);
                     match key.as_str() {
-                        "overload.global_downstream_max_connections" => {
-                            out.global_limit = global_limit(value)
-                        }
+                        "overload.global_downstream_max_connections" => out.global_limit = n,
                         "overload.premature_reset_min_stream_lifetime_seconds" => {
-                            out.premature_reset_min_lifetime = global_limit(value)
+                            out.premature_reset_min_lifetime = n
                         }
                         "overload.premature_reset_total_stream_count" => {
-                            out.premature_reset_total = global_limit(value)
+                            out.premature_reset_total = n
                         }
                         _ => {}
                     }
                 }
+                runtime::LayerKind::Static(values)
             }
-            Some(LayerSpecifier::AdminLayer(_)) => {}
-            _ => return Err(ConfigError::unsupported(path)),
-        }
+            Some(LayerSpecifier::DiskLayer(d)) => {
+                let bootstrap::runtime_layer::DiskLayer {
+                    symlink_root,
+                    subdirectory,
+                    append_service_cluster,
+                } = d;
+                if symlink_root.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{path}.disk_layer.symlink_root"),
+                        "required",
+                    ));
+                }
+                runtime::LayerKind::Disk {
+                    symlink_root: symlink_root.into(),
+                    subdirectory: subdirectory.clone(),
+                    append_service_cluster: *append_service_cluster,
+                }
+            }
+            Some(LayerSpecifier::AdminLayer(_)) => {
+                if admin {
+                    return Err(ConfigError::new(
+                        path,
+                        "Too many admin layers specified in LayeredRuntime, at most one may be specified",
+                    ));
+                }
+                admin = true;
+                runtime::LayerKind::Admin
+            }
+            Some(LayerSpecifier::RtdsLayer(rt)) => {
+                let bootstrap::runtime_layer::RtdsLayer { name, rtds_config } = rt;
+                let cpath = format!("{path}.rtds_layer.rtds_config");
+                let source = super::required(rtds_config, &cpath)?;
+                runtime::LayerKind::Rtds {
+                    resource: name.clone(),
+                    source: super::config_source(source, &cpath)?,
+                }
+            }
+            None => {
+                return Err(ConfigError::new(
+                    path,
+                    "a layer needs one of static_layer, disk_layer, admin_layer, rtds_layer",
+                ))
+            }
+        };
+        out.layers.push(runtime::Layer {
+            name: layer.name.clone(),
+            kind,
+        });
     }
     Ok(out)
-}
-
-/// A static layer's keys: nested objects join their names with dots, as Envoy reads them.
-fn flatten<'a>(
-    prefix: &str,
-    s: &'a envoy_types::pb::google::protobuf::Struct,
-    out: &mut Vec<(String, &'a Kind)>,
-) {
-    for (k, v) in &s.fields {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match &v.kind {
-            Some(Kind::StructValue(inner)) => flatten(&key, inner, out),
-            Some(kind) => out.push((key, kind)),
-            None => {}
-        }
-    }
 }
 
 /// `stats_config`.
@@ -613,13 +585,48 @@ mod tests {
         ))
         .expect_err("true changes traffic");
         assert!(e.starts_with("layered_runtime.layers[0].static_layer.envoy.reloadable_features.http_reject_path_with_fragment"), "{e}");
-        let e = verdict(&layer("routing: {traffic_shift: {a: 50}}")).expect_err("unknown key");
-        assert!(e.contains("static_layer.routing.traffic_shift.a"), "{e}");
+        let e = verdict(&layer("envoy: {made: {up: 50}}")).expect_err("unknown key");
+        assert!(e.contains("static_layer.envoy.made.up"), "{e}");
+        // Keys only the configuration reads are the operator's own.
+        assert_eq!(verdict(&layer("routing: {traffic_shift: {a: 50}}")), Ok(()));
+        let e = verdict(&layer("a: [1, 2]")).expect_err("a list");
+        assert!(e.contains("Invalid runtime entry value for a"), "{e}");
         let e = verdict(
-            "layered_runtime:\n  layers:\n  - name: d\n    disk_layer: {symlink_root: /srv}\n",
+            "layered_runtime:\n  layers:\n  - name: d\n    admin_layer: {}\n  - name: d\n    admin_layer: {}\n",
         )
-        .expect_err("disk layer");
-        assert!(e.contains("disk_layer"), "{e}");
+        .expect_err("two layers named d");
+        assert!(e.contains("Duplicate layer name: d"), "{e}");
+        let e = verdict(
+            "layered_runtime:\n  layers:\n  - name: d\n    admin_layer: {}\n  - name: e\n    admin_layer: {}\n",
+        )
+        .expect_err("two admin layers");
+        assert!(e.contains("Too many admin layers"), "{e}");
+        assert_eq!(
+            verdict(
+                "layered_runtime:\n  layers:\n  - name: d\n    disk_layer: {symlink_root: /srv}\n"
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_static_layer_reads_as_envoys_proto_layer() {
+        let l = crate::load_text("layered_runtime:\n  layers:\n  - name: s\n    static_layer: {a: {b: 1, c: 2.5}, d: true, f: {numerator: 5, denominator: TEN_THOUSAND}, g: \" 7\"}\n")
+            .expect("loads");
+        let crate::runtime::LayerKind::Static(v) = &l.model.runtime[0].kind else {
+            panic!("static");
+        };
+        let v = crate::runtime::Values::merge([v]);
+        assert_eq!(v.get("a.b"), Some("1"));
+        assert_eq!(v.get("a.c"), Some("2.5"));
+        assert_eq!(v.get("d"), Some("true"));
+        assert_eq!(v.integer("g", 0), 7);
+        let none = crate::runtime::Fraction {
+            numerator: 0,
+            denominator: 100,
+        };
+        assert!(v.fraction_enabled("f", none, 10_004));
+        assert!(!v.fraction_enabled("f", none, 10_005));
     }
 
     #[test]

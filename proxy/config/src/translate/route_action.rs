@@ -141,11 +141,6 @@ fn forward(
             if total_weight.is_some() {
                 return Err(ConfigError::unsupported(format!("{wpath}.total_weight")));
             }
-            if !runtime_key_prefix.is_empty() {
-                return Err(ConfigError::unsupported(format!(
-                    "{wpath}.runtime_key_prefix"
-                )));
-            }
             if random_value_specifier.is_some() {
                 return Err(ConfigError::unsupported(format!("{wpath}.header_name")));
             }
@@ -173,7 +168,11 @@ fn forward(
                     "Sum of weights in the weighted_cluster must be greater than 0.",
                 ));
             }
-            Target::Weighted(out)
+            Target::Weighted(crate::router::Weighted {
+                clusters: out,
+                runtime_key_prefix: (!runtime_key_prefix.is_empty())
+                    .then(|| runtime_key_prefix.clone()),
+            })
         }
         _ => return Err(ConfigError::new(format!("{apath}.cluster"), "required")),
     };

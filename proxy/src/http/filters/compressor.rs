@@ -132,10 +132,9 @@ impl Negotiation {
     fn offered(&self, response: &HeaderMap) -> Vec<&'static str> {
         let mut offered = Vec::new();
         for c in &self.registered {
-            let allowed = c
-                .response
-                .as_ref()
-                .is_some_and(|dir| content_type_allowed(response, dir));
+            let allowed = c.response.as_ref().is_some_and(|dir| {
+                dir.on(&crate::runtime::snapshot()) && content_type_allowed(response, dir)
+            });
             let encoding = c.library.encoding();
             if allowed && !offered.contains(&encoding) {
                 offered.push(encoding);
@@ -365,14 +364,14 @@ impl HttpFilter for CompressorFilter {
 
         let stats = &self.factory.stats.request;
         let compress = match &config.request {
-            Some(dir) => {
+            Some(dir) if dir.on(&crate::runtime::snapshot()) => {
                 !end_stream
                     && long_enough(&head.headers, dir, &stats.content_length_too_small)
                     && content_type_allowed(&head.headers, dir)
                     && !head.headers.contains_key(header::CONTENT_ENCODING)
                     && transfer_encoding_allowed(&head.headers)
             }
-            None => false,
+            _ => false,
         };
         if compress {
             head.headers.remove(header::CONTENT_LENGTH);
@@ -411,7 +410,7 @@ impl HttpFilter for CompressorFilter {
         let end_stream = end_stream || self.head_request;
         let h = &head.headers;
         let (long_enough, compressible) = match &config.response {
-            Some(dir) => {
+            Some(dir) if dir.on(&crate::runtime::snapshot()) => {
                 let long = long_enough(h, dir, &stats.content_length_too_small);
                 let compressible = long
                     && !is_upgrade(head.status, h)
@@ -427,7 +426,7 @@ impl HttpFilter for CompressorFilter {
                     && !h.contains_key(header::CONTENT_ENCODING);
                 (long, compressible)
             }
-            None => (false, false),
+            _ => (false, false),
         };
         // Envoy's order: accept-encoding is weighed (and its stats counted) for every response
         // with a body that is long enough, compressible or not.

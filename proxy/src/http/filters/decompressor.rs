@@ -164,11 +164,13 @@ fn start(
     stats: &DirectionStats,
 ) -> Option<Inflater> {
     let encoding = library.encoding();
-    let matches = dir.is_some_and(|d| d.ignore_no_transform_header || !no_transform(h))
-        && h.get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| tokens(v).next())
-            .is_some_and(|first| first.eq_ignore_ascii_case(encoding));
+    let matches = dir.is_some_and(|d| {
+        d.on(&crate::runtime::snapshot()) && (d.ignore_no_transform_header || !no_transform(h))
+    }) && h
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| tokens(v).next())
+        .is_some_and(|first| first.eq_ignore_ascii_case(encoding));
     if !matches {
         stats.not_decompressed.inc();
         return None;
@@ -199,7 +201,12 @@ impl HttpFilter for DecompressorFilter {
     ) -> HeadersStatus {
         let config = self.factory.config.clone();
         self.head_request = head.method == http::Method::HEAD;
-        if config.response.is_some() && config.advertise_accept_encoding {
+        if config
+            .response
+            .as_ref()
+            .is_some_and(|d| d.on(&crate::runtime::snapshot()))
+            && config.advertise_accept_encoding
+        {
             advertise(&mut head.headers, config.library.encoding());
         }
         if end_stream {

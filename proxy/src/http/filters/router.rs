@@ -187,12 +187,18 @@ pub async fn route(
             }
         }
     }
+    // The stream's runtime values and random value (Envoy's stream id), which route matching
+    // and the weighted cluster pick both read.
+    let runtime = crate::runtime::snapshot();
+    let random = fastrand::u64(..);
     let view = crate::router::RequestView {
         method: parts.method.as_str(),
         path,
         authority: &host_header,
         scheme,
         headers: &parts.headers,
+        runtime: &runtime,
+        random,
     };
     let vhost = table.and_then(|t| t.virtual_host(&host_header));
     // require_tls: a request not forwarded as https is sent to https first (Envoy's SSL
@@ -303,7 +309,7 @@ pub async fn route(
     }
     let cluster = forward
         .target
-        .pick(&parts.headers, fastrand::u64(..))
+        .pick(&parts.headers, &runtime, random)
         .and_then(|name| worker.clusters.get(name))
         .ok_or(LocalReply {
             status: forward.cluster_not_found,
