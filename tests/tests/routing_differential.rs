@@ -805,6 +805,28 @@ fn actions_config(body_file: &str) -> Value {
             json!({ "route": { "cluster": "echo", "host_rewrite_literal": "new.example.com", "append_x_forwarded_host": true } }),
         ),
         to(
+            "/wc/hdr",
+            json!({
+                "route": { "weighted_clusters": { "clusters": [
+                    { "name": "echo", "weight": 100,
+                      "request_headers_to_add": [
+                          { "header": { "key": "x-wc", "value": "cluster" }, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD" },
+                          { "header": { "key": "x-wc-only", "value": "1" } } ],
+                      "request_headers_to_remove": ["x-drop"],
+                      "response_headers_to_add": [ { "header": { "key": "x-wc-resp", "value": "cluster" } } ],
+                      "response_headers_to_remove": ["x-upstream"],
+                      "host_rewrite_literal": "cluster.example.com" },
+                    { "name": "echo2", "weight": 0 } ] } },
+                "request_headers_to_add": [ { "header": { "key": "x-wc", "value": "route" } } ],
+                "response_headers_to_add": [ { "header": { "key": "x-wc-resp", "value": "route" }, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD" } ]
+            }),
+        ),
+        to(
+            "/wc/hosts",
+            json!({ "route": { "host_rewrite_literal": "route.example.com", "weighted_clusters": { "clusters": [
+                { "name": "echo2", "weight": 5, "host_rewrite_literal": "cluster.example.com" } ] } } }),
+        ),
+        to(
             "/wc/one",
             json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "echo", "weight": 100 }, { "name": "echo2", "weight": 0 } ] } } }),
         ),
@@ -886,6 +908,15 @@ const ACTION_CASES: &[Case] = &[
         200,
     ),
     ("GET", "/wc/one", H, &[("x-internal-secret", "1")], 200),
+    (
+        "GET",
+        "/wc/hdr",
+        H,
+        &[("x-drop", "1"), ("x-wc", "client")],
+        200,
+    ),
+    ("GET", "/wc/hdr", H, &[], 200),
+    ("GET", "/wc/hosts", H, &[], 200),
     (
         "GET",
         "/deco",

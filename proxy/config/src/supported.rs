@@ -638,7 +638,15 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.WeightedCluster.ClusterWeight",
-        &["name", "weight"],
+        &[
+            "name",
+            "weight",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+            "host_rewrite_literal",
+        ],
     ),
     (
         "envoy.type.matcher.v3.RegexMatchAndSubstitute",

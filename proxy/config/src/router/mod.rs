@@ -381,9 +381,24 @@ pub enum Target {
 pub struct Weighted {
     /// Each cluster with its configured weight.
     pub clusters: Vec<(String, u64)>,
+    /// What each cluster (same order) changes when it is picked; `None` when none changes
+    /// anything.
+    pub each: Option<Vec<ClusterChanges>>,
     /// `runtime_key_prefix`: a cluster's weight is the runtime integer at
     /// `<prefix>.<cluster name>` when set.
     pub runtime_key_prefix: Option<String>,
+}
+
+/// A weighted cluster's own `request_headers_to_add|remove`, `response_headers_to_add|remove`
+/// and `host_rewrite_literal`, applied before the route's (Envoy's `WeightedClusterEntry`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClusterChanges {
+    /// Request header changes.
+    pub request_headers: Arc<HeaderParser>,
+    /// Response header changes.
+    pub response_headers: Arc<HeaderParser>,
+    /// `host_rewrite_literal`.
+    pub host_rewrite: Option<http::HeaderValue>,
 }
 
 impl Target {
@@ -395,9 +410,23 @@ impl Target {
         runtime: &crate::runtime::Values,
         random: u64,
     ) -> Option<&'a str> {
+        self.pick_with_changes(headers, runtime, random)
+            .map(|(c, _)| c)
+    }
+
+    /// [`Self::pick`], with what the picked weighted cluster changes.
+    pub fn pick_with_changes<'a: 'h, 'h>(
+        &'a self,
+        headers: &'h HeaderMap,
+        runtime: &crate::runtime::Values,
+        random: u64,
+    ) -> Option<(&'h str, Option<&'a ClusterChanges>)> {
         match self {
-            Target::Cluster(c) => Some(c),
-            Target::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()),
+            Target::Cluster(c) => Some((c, None)),
+            Target::Header(h) => headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(|c| (c, None)),
             Target::Weighted(w) => {
                 let weight = |(c, d): &(String, u64)| match &w.runtime_key_prefix {
                     Some(p) => runtime.integer(&format!("{p}.{c}"), *d),
@@ -411,10 +440,10 @@ impl Target {
                 // of weights exceeds it (the runtime read again: a change in between only
                 // moves this one pick).
                 let mut at = random % total;
-                for c in &w.clusters {
+                for (i, c) in w.clusters.iter().enumerate() {
                     let cw = weight(c);
                     if at < cw {
-                        return Some(&c.0);
+                        return Some((&c.0, w.each.as_ref().and_then(|e| e.get(i))));
                     }
                     at -= cw;
                 }

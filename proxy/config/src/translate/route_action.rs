@@ -151,6 +151,7 @@ fn forward(
                 ));
             }
             let mut out = Vec::new();
+            let mut each = Vec::new();
             for (i, c) in list.iter().enumerate() {
                 let cpath = format!("{wpath}.clusters[{i}]");
                 if c.name.is_empty() {
@@ -161,7 +162,41 @@ fn forward(
                     c.name.clone(),
                     u64::from(c.weight.as_ref().map_or(0, |w| w.value)),
                 ));
+                use route::weighted_cluster::cluster_weight::HostRewriteSpecifier as Hr;
+                each.push(crate::router::ClusterChanges {
+                    request_headers: header_parser(
+                        &c.request_headers_to_add,
+                        &c.request_headers_to_remove,
+                        &cpath,
+                        "request",
+                    )?,
+                    response_headers: header_parser(
+                        &c.response_headers_to_add,
+                        &c.response_headers_to_remove,
+                        &cpath,
+                        "response",
+                    )?,
+                    host_rewrite: match &c.host_rewrite_specifier {
+                        Some(Hr::HostRewriteLiteral(h)) => {
+                            Some(http::HeaderValue::from_str(h).map_err(|_| {
+                                ConfigError::new(
+                                    format!("{cpath}.host_rewrite_literal"),
+                                    "not a valid header value",
+                                )
+                            })?)
+                        }
+                        None => None,
+                    },
+                });
             }
+            let each = each
+                .iter()
+                .any(|c| {
+                    !c.request_headers.is_empty()
+                        || !c.response_headers.is_empty()
+                        || c.host_rewrite.is_some()
+                })
+                .then_some(each);
             if out.iter().all(|(_, w)| *w == 0) {
                 return Err(ConfigError::new(
                     wpath,
@@ -170,6 +205,7 @@ fn forward(
             }
             Target::Weighted(crate::router::Weighted {
                 clusters: out,
+                each,
                 runtime_key_prefix: (!runtime_key_prefix.is_empty())
                     .then(|| runtime_key_prefix.clone()),
             })

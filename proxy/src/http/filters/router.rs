@@ -307,10 +307,10 @@ pub async fn route(
             .and_then(crate::router::grpc_timeout);
         t.route_duration(d, grpc_timeout);
     }
-    let cluster = forward
+    let (cluster, changes) = forward
         .target
-        .pick(&parts.headers, &runtime, random)
-        .and_then(|name| worker.clusters.get(name))
+        .pick_with_changes(&parts.headers, &runtime, random)
+        .and_then(|(name, changes)| worker.clusters.get(name).map(|c| (c, changes)))
         .ok_or(LocalReply {
             status: forward.cluster_not_found,
             ..LocalReply::NO_CLUSTER
@@ -334,10 +334,26 @@ pub async fn route(
         .and_then(|a| a.pick(cluster.config()));
     // Header changes, then rewrites, as Envoy's router applies them before the upstream request
     // (the original path kept in x-envoy-original-path unless Envoy's headers are suppressed).
+    // A weighted cluster's own changes come first (Envoy's `WeightedClusterEntry`).
+    // Its host_rewrite_literal sets the host as it is (no x-envoy-original-host); the
+    // route's own host rewrite may still follow.
+    if let Some(c) = changes {
+        c.request_headers.apply(&mut parts.headers);
+    }
+    let host_header = match changes
+        .and_then(|c| c.host_rewrite.as_ref())
+        .and_then(|h| h.to_str().ok())
+    {
+        Some(h) => h.to_string(),
+        None => host_header,
+    };
     for p in order(false) {
         p.apply(&mut parts.headers);
     }
-    let response_headers = order(true);
+    let mut response_headers = order(true);
+    if let Some(c) = changes.filter(|c| !c.response_headers.is_empty()) {
+        response_headers.insert(0, c.response_headers.clone());
+    }
     if let Some(rw) = &forward.path_rewrite {
         let old = parts
             .uri
