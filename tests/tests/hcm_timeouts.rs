@@ -101,6 +101,17 @@ async fn upstream() -> u16 {
 /// A listener named `name` on `port` with one connection manager, `options` (HCM fields, at
 /// its indentation) added, logging to `log`, routing to the cluster `up`.
 fn listener(name: &str, port: u16, options: &str, log: &str) -> String {
+    listener_with_routes(
+        name,
+        port,
+        options,
+        log,
+        "[{match: {prefix: /}, route: {cluster: up, timeout: 0s}}]",
+    )
+}
+
+/// [`listener`] with its own `routes`.
+fn listener_with_routes(name: &str, port: u16, options: &str, log: &str, routes: &str) -> String {
     format!(
         r#"
   - name: {name}
@@ -119,7 +130,7 @@ fn listener(name: &str, port: u16, options: &str, log: &str) -> String {
               path: {log}
               log_format: {{text_format_source: {{inline_string: "{name} %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"}}}}
           route_config:
-            virtual_hosts: [{{name: a, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: up, timeout: 0s}}}}]}}]
+            virtual_hosts: [{{name: a, domains: ["*"], routes: {routes}}}]
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"#
@@ -430,6 +441,58 @@ async fn hcm_timeouts_as_envoy() {
             outcomes.push(seen.join("\n"));
         }
         assert_eq!(outcomes[0], outcomes[1], "Envoy first, then skiff");
+    })
+    .await
+}
+
+/// A route's `idle_timeout` replaces the connection manager's `stream_idle_timeout` once the
+/// route is chosen (shorter, longer, or zero for none), side by side with Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_idle_timeout_as_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let up = upstream().await;
+        let routes = "[{match: {prefix: /short}, route: {cluster: up, timeout: 0s, idle_timeout: 0.3s, prefix_rewrite: /hang}}, {match: {prefix: /long}, route: {cluster: up, timeout: 0s, idle_timeout: 3s, prefix_rewrite: /slow}}, {match: {prefix: /none}, route: {cluster: up, timeout: 0s, idle_timeout: 0s, prefix_rewrite: /slow}}, {match: {prefix: /}, route: {cluster: up, timeout: 0s}}]";
+        let mut outcomes = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let dir = scratch_dir(&format!("route-idle-{}", kind.name()));
+            let log = dir.join("access.log");
+            let (admin, port) = (free_port(), free_port());
+            let l = listener_with_routes(
+                "routeidle",
+                port,
+                "          stream_idle_timeout: 0.8s",
+                &log.display().to_string(),
+                routes,
+            );
+            let p = ProxyProcess::start(kind, &bootstrap(admin, &l, up), &["--concurrency", "1"]).await;
+            let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: a\r\n\r\n");
+            let none = Duration::ZERO;
+            let cases = tokio::join!(
+                // 0.3 s instead of 0.8 s.
+                timed("short", exchange(port, get("/short"), b"", none)),
+                // The upstream answers after 1.5 s: past the connection manager's 0.8 s, within
+                // the route's 3 s, and with none at all.
+                timed("long", exchange(port, get("/long"), b"", none)),
+                timed("none", exchange(port, get("/none"), b"", none)),
+                // The connection manager's own.
+                timed("default", exchange(port, get("/slow"), b"", none)),
+            );
+            let mut seen = vec![
+                format!("short: {}", cases.0),
+                format!("long: {}", cases.1),
+                format!("none: {}", cases.2),
+                format!("default: {}", cases.3),
+            ];
+            let stats = p.admin().stats().await;
+            seen.push(format!(
+                "idle timeouts: {:?}",
+                stats.get("http.routeidle.downstream_rq_idle_timeout")
+            ));
+            outcomes.push(seen.join("\n"));
+        }
+        assert_eq!(outcomes[0], outcomes[1], "Envoy first, then skiff");
+        assert!(outcomes[0].contains("short: HTTP/1.1 504"), "{}", outcomes[0]);
+        assert!(outcomes[0].contains("long: HTTP/1.1 200"), "{}", outcomes[0]);
     })
     .await
 }

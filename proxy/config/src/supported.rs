@@ -721,6 +721,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "append_x_forwarded_host",
             "retry_policy",
             "max_stream_duration",
+            "idle_timeout",
         ],
     ),
     (

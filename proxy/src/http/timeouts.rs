@@ -84,7 +84,8 @@ impl Expiry {
 #[derive(Debug)]
 pub struct StreamTimers {
     started: Instant,
-    idle: Option<Duration>,
+    /// `stream_idle_timeout`, then the route's `idle_timeout` once it is chosen.
+    idle: Cell<Option<Duration>>,
     request_limit: Option<Duration>,
     /// `max_stream_duration`: the connection manager's, then the route's once it is chosen.
     max_duration: Cell<Option<Duration>>,
@@ -110,7 +111,7 @@ impl StreamTimers {
         }
         Rc::new(StreamTimers {
             started,
-            idle: t.stream_idle,
+            idle: Cell::new(t.stream_idle),
             request_limit: t.request,
             max_duration: Cell::new(t.max_stream_duration),
             hcm_max_duration: t.max_stream_duration,
@@ -138,9 +139,25 @@ impl StreamTimers {
         }
     }
 
+    /// The route's `idle_timeout`: the stream's idle timeout from now on, counted from now
+    /// (Envoy resets the idle timer when the route sets it); zero turns it off.
+    pub fn route_idle(&self, d: Duration) {
+        if d.is_zero() {
+            self.idle.set(None);
+        } else {
+            self.request.track_activity(Instant::now());
+            self.idle.set(Some(d));
+        }
+        if let Some(w) = self.waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
     /// Whether any timer can run out.
     pub fn active(&self) -> bool {
-        self.idle.is_some() || self.request_limit.is_some() || self.max_duration.get().is_some()
+        self.idle.get().is_some()
+            || self.request_limit.is_some()
+            || self.max_duration.get().is_some()
     }
 
     /// Records activity on the stream (bytes of the response).
@@ -157,6 +174,7 @@ impl StreamTimers {
     fn next(&self) -> Option<Instant> {
         let idle = self
             .idle
+            .get()
             .map(|d| self.request.last_activity() + overload::scaled(ScaledTimer::StreamIdle, d));
         let request = self
             .request_limit
@@ -180,7 +198,7 @@ impl StreamTimers {
         {
             return Some(Expiry::Request);
         }
-        if self.idle.is_some_and(|d| {
+        if self.idle.get().is_some_and(|d| {
             now >= self.request.last_activity() + overload::scaled(ScaledTimer::StreamIdle, d)
         }) {
             return Some(Expiry::Idle);
@@ -322,6 +340,32 @@ mod tests {
         let e = fired.await;
         assert_eq!(e, Expiry::Idle);
         assert_eq!(Instant::now() - start, Duration::from_secs(8));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_route_idle_timeout_replaces_the_connection_managers_from_when_it_is_set() {
+        let (t, _) = timers(HcmTimeouts {
+            stream_idle: Some(Duration::from_secs(5)),
+            ..HcmTimeouts::default()
+        });
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        t.route_idle(Duration::from_secs(2));
+        assert_eq!(t.fired().await, Expiry::Idle);
+        assert_eq!(Instant::now() - start, Duration::from_secs(6));
+        // Zero: none, even where the connection manager had one.
+        let (t, _) = timers(HcmTimeouts {
+            stream_idle: Some(Duration::from_secs(1)),
+            ..HcmTimeouts::default()
+        });
+        t.route_idle(Duration::ZERO);
+        assert!(!t.active());
+        // A route's timeout where the connection manager has none.
+        let (t, _) = timers(HcmTimeouts::default());
+        let start = Instant::now();
+        t.route_idle(Duration::from_secs(3));
+        assert_eq!(t.fired().await, Expiry::Idle);
+        assert_eq!(Instant::now() - start, Duration::from_secs(3));
     }
 
     #[tokio::test(start_paused = true)]

@@ -301,6 +301,9 @@ pub struct Forward {
     pub append_x_forwarded_host: bool,
     /// `max_stream_duration`: the stream's duration limit on this route.
     pub stream_duration: Option<StreamDuration>,
+    /// `idle_timeout`: replaces the connection manager's `stream_idle_timeout` once the route
+    /// is chosen (zero: none).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A route's `max_stream_duration`, applied to the connection manager's stream timer once the

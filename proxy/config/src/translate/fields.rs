@@ -564,7 +564,7 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
         path_rewrite,
         append_x_forwarded_host: _,
         timeout: _,
-        idle_timeout,
+        idle_timeout: _,
         flush_timeout,
         early_data_policy,
         retry_policy,
@@ -589,7 +589,6 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     refuse(path, "metadata_match", metadata_match)?;
     refuse(path, "path_rewrite_policy", path_rewrite_policy)?;
     refuse(path, "path_rewrite", path_rewrite)?;
-    refuse(path, "idle_timeout", idle_timeout)?;
     refuse(path, "flush_timeout", flush_timeout)?;
     refuse(path, "early_data_policy", early_data_policy)?;
     // retry_policy: translated in translate::retry.

@@ -291,6 +291,11 @@ fn forward(
             path_rewrite,
             host_rewrite,
             append_x_forwarded_host: action.append_x_forwarded_host,
+            idle_timeout: action
+                .idle_timeout
+                .as_ref()
+                .map(|d| super::duration(d, &format!("{apath}.idle_timeout")))
+                .transpose()?,
             stream_duration: match &action.max_stream_duration {
                 None => None,
                 Some(m) => {

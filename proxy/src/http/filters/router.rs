@@ -307,6 +307,9 @@ pub async fn route(
             .and_then(crate::router::grpc_timeout);
         t.route_duration(d, grpc_timeout);
     }
+    if let (Some(t), Some(d)) = (timers, forward.idle_timeout) {
+        t.route_idle(d);
+    }
     let (cluster, changes) = forward
         .target
         .pick_with_changes(&parts.headers, &runtime, random)
