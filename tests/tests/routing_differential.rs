@@ -1515,3 +1515,157 @@ async fn require_tls_side_by_side() {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------------------------
+// Request mirroring
+// ---------------------------------------------------------------------------------------------
+
+fn mirror_config() -> Value {
+    let m = |prefix: &str, policies: Value| {
+        to(
+            prefix,
+            json!({ "route": { "cluster": "echo", "request_mirror_policies": policies } }),
+        )
+    };
+    let routes = vec![
+        m("/mirror/all", json!([{ "cluster": "echo2" }])),
+        m(
+            "/mirror/same",
+            json!([{ "cluster": "echo2", "disable_shadow_host_suffix_append": true }]),
+        ),
+        m(
+            "/mirror/literal",
+            json!([{ "cluster": "echo2", "host_rewrite_literal": "m.example.com" }]),
+        ),
+        m("/mirror/hdr", json!([{ "cluster_header": "x-mirror" }])),
+        m(
+            "/mirror/none",
+            json!([{ "cluster": "echo2", "runtime_fraction": { "default_value": { "numerator": 0 } } }]),
+        ),
+        m(
+            "/mirror/half",
+            json!([{ "cluster": "echo2", "runtime_fraction": { "default_value": { "numerator": 50 } } }]),
+        ),
+        m(
+            "/mirror/twice",
+            json!([{ "cluster": "echo2" }, { "cluster": "echo2", "disable_shadow_host_suffix_append": true }]),
+        ),
+        to("/", json!({ "route": { "cluster": "echo" } })),
+    ];
+    hcm_with(
+        json!([ { "name": "all", "domains": ["*"], "routes": routes } ]),
+        json!({}),
+    )
+}
+
+/// Waits until `rec` holds `n` requests (mirrors arrive on their own time), up to 2 s.
+async fn settle(rec: &Recorder, n: usize) {
+    for _ in 0..100 {
+        if rec.requests().len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A copy that should not come would come about as fast.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn request_mirroring_side_by_side() {
+    run(async {
+        let (e, s) = pair(mirror_config()).await;
+        let cases: &[(&str, &str, &str, &[(&str, &str)], usize)] = &[
+            ("GET", "/mirror/all", H, &[], 1),
+            ("GET", "/mirror/all?q=1", "match.example.com:8080", &[], 1),
+            (
+                "POST",
+                "/mirror/all",
+                H,
+                &[("content-type", "text/plain")],
+                1,
+            ),
+            ("GET", "/mirror/same", H, &[], 1),
+            ("GET", "/mirror/literal", H, &[], 1),
+            ("GET", "/mirror/hdr", H, &[("x-mirror", "echo2")], 1),
+            ("GET", "/mirror/hdr", H, &[("x-mirror", "nope")], 0),
+            ("GET", "/mirror/hdr", H, &[], 0),
+            ("GET", "/mirror/none", H, &[], 0),
+            ("GET", "/mirror/twice", H, &[], 2),
+            ("GET", "/other", H, &[], 0),
+        ];
+        for http2 in [false, true] {
+            for (method, path, authority, headers, mirrored) in cases {
+                let what = format!("{method} {authority}{path} {headers:?} (h2: {http2})");
+                let body = if *method == "POST" {
+                    bytes::Bytes::from_static(b"a body for the mirror too")
+                } else {
+                    bytes::Bytes::new()
+                };
+                let mut want = 0;
+                for side in [&e, &s] {
+                    let before = side.echo2.requests().len();
+                    want = before + mirrored;
+                    let mut req = if http2 {
+                        client::h2_request(method, authority, path, body.clone())
+                    } else {
+                        client::request(method, path, authority, body.clone())
+                    };
+                    for (k, v) in *headers {
+                        req.headers_mut().insert(
+                            http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                            http::HeaderValue::from_str(v).expect("value"),
+                        );
+                    }
+                    let r = if http2 {
+                        let c = client::H2Client::connect(&side.addr()).await.expect("h2");
+                        c.send(req).await
+                    } else {
+                        client::http1_once(&side.addr(), req).await
+                    }
+                    .expect("a response");
+                    assert_eq!(r.status, 200, "{what}: {}", side.proxy.kind.name());
+                    settle(&side.echo2, want).await;
+                }
+                assert_eq!(e.echo2.requests().len(), want, "{what}: Envoy's mirrors");
+                same_upstream(&what, &e.echo, &s.echo);
+                // Two mirrors of one request arrive in either order.
+                let sorted = |r: &Recorder| {
+                    let mut v: Vec<String> = r
+                        .requests()
+                        .iter()
+                        .map(|q| format!("{:?}", upstream_view(q)))
+                        .collect();
+                    v.sort();
+                    v
+                };
+                assert_eq!(
+                    sorted(&s.echo2),
+                    sorted(&e.echo2),
+                    "{what}: mirrors, skiff (left)"
+                );
+            }
+        }
+        // Half the requests over 300, each proxy within bounds.
+        for side in [&e, &s] {
+            let before = side.echo2.requests().len();
+            let mut c = client::Http1Client::connect(&side.addr())
+                .await
+                .expect("connect");
+            for _ in 0..300 {
+                let r = c
+                    .send(client::get("/mirror/half", H))
+                    .await
+                    .expect("request");
+                assert_eq!(r.status, 200);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let n = side.echo2.requests().len() - before;
+            assert!(
+                (100..=200).contains(&n),
+                "{}: {n} of 300 mirrored",
+                side.proxy.kind.name()
+            );
+        }
+    })
+    .await
+}

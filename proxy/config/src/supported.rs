@@ -722,6 +722,17 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "retry_policy",
             "max_stream_duration",
             "idle_timeout",
+            "request_mirror_policies",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
+        &[
+            "cluster",
+            "cluster_header",
+            "runtime_fraction",
+            "disable_shadow_host_suffix_append",
+            "host_rewrite_literal",
         ],
     ),
     (

@@ -118,6 +118,10 @@ pub enum ProxyBody {
     Filtered(Box<crate::http::filter::FilteredBody>),
     /// A request body kept for retries.
     Replay(crate::http::replay::ReplayBody),
+    /// A request body copied to mirrors as it passes.
+    Tee(Box<crate::http::shadow::Tee>),
+    /// A mirror's copy of a request body.
+    Shadow(crate::http::shadow::ShadowBody),
 }
 
 impl ProxyBody {
@@ -181,6 +185,8 @@ impl Body for ProxyBody {
             }
             ProxyBody::Filtered(f) => Pin::new(f.as_mut()).poll_frame(cx),
             ProxyBody::Replay(r) => r.poll_frame(cx),
+            ProxyBody::Tee(t) => t.poll_frame(cx),
+            ProxyBody::Shadow(s) => s.poll_frame(cx),
         }
     }
 
@@ -192,6 +198,8 @@ impl Body for ProxyBody {
             ProxyBody::H2 { recv, .. } => recv.is_end_stream(),
             ProxyBody::Filtered(f) => f.is_end_stream(),
             ProxyBody::Replay(r) => r.is_end_stream(),
+            ProxyBody::Tee(t) => t.is_end_stream(),
+            ProxyBody::Shadow(s) => s.is_end_stream(),
         }
     }
 
@@ -201,7 +209,10 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Incoming(inc, _) => inc.size_hint(),
             ProxyBody::Replay(r) => r.size_hint(),
-            ProxyBody::H2 { .. } | ProxyBody::Filtered(_) => SizeHint::default(),
+            ProxyBody::H2 { .. }
+            | ProxyBody::Filtered(_)
+            | ProxyBody::Tee(_)
+            | ProxyBody::Shadow(_) => SizeHint::default(),
         }
     }
 }

@@ -304,7 +304,7 @@ pub fn forwarding_headers(
 /// This machine's IPv4 address as Envoy's `Network::Utility::getLocalAddress` finds it (the
 /// first non-loopback interface address): the source address of the default route, learnt
 /// once by connecting a UDP socket (no packet is sent).
-fn machine_address() -> Option<IpAddr> {
+pub(crate) fn machine_address() -> Option<IpAddr> {
     static ADDRESS: std::sync::OnceLock<Option<IpAddr>> = std::sync::OnceLock::new();
     *ADDRESS.get_or_init(|| {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
@@ -330,7 +330,7 @@ fn join_xff(headers: &mut HeaderMap) {
     }
 }
 
-fn append_xff(headers: &mut HeaderMap, ip: IpAddr) {
+pub(crate) fn append_xff(headers: &mut HeaderMap, ip: IpAddr) {
     let ip = ip.to_string();
     // Several x-forwarded-for headers are one list, joined by ',' (Envoy's header map).
     let existing: Vec<&str> = headers

@@ -12,4 +12,5 @@ pub mod h2_frames;
 pub mod headers;
 pub mod local_reply;
 pub mod replay;
+pub mod shadow;
 pub mod timeouts;

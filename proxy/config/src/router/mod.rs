@@ -304,6 +304,39 @@ pub struct Forward {
     /// `idle_timeout`: replaces the connection manager's `stream_idle_timeout` once the route
     /// is chosen (zero: none).
     pub idle_timeout: Option<Duration>,
+    /// `request_mirror_policies`.
+    pub mirrors: Vec<Mirror>,
+}
+
+/// One of `request_mirror_policies`: where a copy of the request goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mirror {
+    /// `cluster`, or `cluster_header` (no copy when the request lacks it).
+    pub target: MirrorTarget,
+    /// `runtime_fraction`: the share of requests mirrored (all without it).
+    pub fraction: Option<crate::runtime::RuntimeFraction>,
+    /// The copy's host.
+    pub host: MirrorHost,
+}
+
+/// Where a mirror sends its copy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MirrorTarget {
+    /// `cluster`.
+    Cluster(String),
+    /// `cluster_header`.
+    Header(http::HeaderName),
+}
+
+/// The host a mirror's copy carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MirrorHost {
+    /// The request's with `-shadow` appended to its name (the default).
+    Suffixed,
+    /// `disable_shadow_host_suffix_append`: the request's.
+    Same,
+    /// `host_rewrite_literal`.
+    Literal(http::HeaderValue),
 }
 
 /// A route's `max_stream_duration`, applied to the connection manager's stream timer once the

@@ -569,7 +569,7 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
         early_data_policy,
         retry_policy,
         retry_policy_typed_config,
-        request_mirror_policies,
+        request_mirror_policies: _,
         priority,
         rate_limits,
         include_vh_rate_limits,
@@ -594,7 +594,6 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     // retry_policy: translated in translate::retry.
     let _ = retry_policy;
     refuse(path, "retry_policy_typed_config", retry_policy_typed_config)?;
-    refuse(path, "request_mirror_policies", request_mirror_policies)?;
     refuse(path, "priority", priority)?;
     refuse(path, "rate_limits", rate_limits)?;
     refuse(path, "include_vh_rate_limits", include_vh_rate_limits)?;

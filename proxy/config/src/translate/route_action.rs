@@ -291,6 +291,12 @@ fn forward(
             path_rewrite,
             host_rewrite,
             append_x_forwarded_host: action.append_x_forwarded_host,
+            mirrors: action
+                .request_mirror_policies
+                .iter()
+                .enumerate()
+                .map(|(i, m)| mirror(m, &format!("{apath}.request_mirror_policies[{i}]"), &known))
+                .collect::<Result<_, _>>()?,
             idle_timeout: action
                 .idle_timeout
                 .as_ref()
@@ -456,6 +462,77 @@ fn redirect(
 
 /// `*_headers_to_add` and `*_headers_to_remove` of one level (`prefix` is `request` or
 /// `response`).
+/// One of `request_mirror_policies`, checked as Envoy checks it (its messages).
+fn mirror(
+    m: &route::route_action::RequestMirrorPolicy,
+    path: &str,
+    known: &dyn Fn(&str, String) -> Result<(), ConfigError>,
+) -> Result<crate::router::Mirror, ConfigError> {
+    use crate::router::{MirrorHost, MirrorTarget};
+    let route::route_action::RequestMirrorPolicy {
+        cluster,
+        cluster_header,
+        runtime_fraction,
+        trace_sampled,
+        disable_shadow_host_suffix_append,
+        request_headers_mutations,
+        host_rewrite_literal,
+    } = m;
+    if trace_sampled.is_some() {
+        return Err(ConfigError::unsupported(format!("{path}.trace_sampled")));
+    }
+    if !request_headers_mutations.is_empty() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.request_headers_mutations"
+        )));
+    }
+    let target = match (cluster.is_empty(), cluster_header.is_empty()) {
+        (false, true) => {
+            known(cluster, format!("{path}.cluster"))?;
+            MirrorTarget::Cluster(cluster.clone())
+        }
+        (true, false) => MirrorTarget::Header(
+            http::HeaderName::from_bytes(cluster_header.to_ascii_lowercase().as_bytes()).map_err(
+                |_| ConfigError::new(format!("{path}.cluster_header"), "not a valid header name"),
+            )?,
+        ),
+        (false, false) => {
+            return Err(ConfigError::new(
+                path,
+                format!("Only one of cluster '{cluster}' or cluster_header '{cluster_header}' in request mirror policy can be specified"),
+            ))
+        }
+        (true, true) => {
+            return Err(ConfigError::new(
+                path,
+                "Exactly one of cluster or cluster_header in request mirror policy need to be specified",
+            ))
+        }
+    };
+    let host = if !host_rewrite_literal.is_empty() {
+        MirrorHost::Literal(
+            http::HeaderValue::from_str(host_rewrite_literal).map_err(|_| {
+                ConfigError::new(
+                    format!("{path}.host_rewrite_literal"),
+                    "not a valid header value",
+                )
+            })?,
+        )
+    } else if *disable_shadow_host_suffix_append {
+        MirrorHost::Same
+    } else {
+        MirrorHost::Suffixed
+    };
+    Ok(crate::router::Mirror {
+        target,
+        fraction: runtime_fraction
+            .as_ref()
+            .map(|f| super::http_manager::runtime_fraction(f, &format!("{path}.runtime_fraction")))
+            .transpose()?,
+        host,
+    })
+}
+
 pub(super) fn header_parser(
     add: &[core::HeaderValueOption],
     remove: &[String],

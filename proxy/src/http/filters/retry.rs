@@ -514,7 +514,7 @@ fn flag(info: &mut Option<&mut StreamInfo>, f: ResponseFlag) {
 }
 
 /// A copy of a request head for one more attempt (extensions belong to the first).
-fn copy_parts(p: &http::request::Parts) -> http::request::Parts {
+pub(super) fn copy_parts(p: &http::request::Parts) -> http::request::Parts {
     let mut req = http::Request::new(());
     *req.method_mut() = p.method.clone();
     *req.uri_mut() = p.uri.clone();

@@ -474,6 +474,22 @@ pub async fn route(
         info.request_headers_bytes =
             crate::http::conn_manager::request_headers_bytes(&parts, info.scheme);
     }
+    // Mirrors get a copy of the request as it goes upstream (not of an upgrade's tunnel).
+    let body = if forward.mirrors.is_empty() || upgrade.is_some() {
+        body
+    } else {
+        let ctx = MirrorContext {
+            worker,
+            dest,
+            downstream: (downstream_remote, downstream_local),
+            source,
+            request,
+            timeout: route_timeout,
+            buffer_limit,
+            dynamic_stats: cfg.router.dynamic_stats,
+        };
+        start_mirrors(&ctx, &forward.mirrors, &runtime, &parts, &host_header, body)
+    };
     let f = Forward {
         worker,
         cluster: &cluster,
@@ -498,6 +514,129 @@ pub async fn route(
         buffer_limit,
     };
     super::retry::forward(&f, parts, body, retry, info).await
+}
+
+/// What the mirrors of one request share with it.
+struct MirrorContext<'a> {
+    worker: &'a Rc<Worker>,
+    dest: std::net::SocketAddr,
+    downstream: (std::net::SocketAddr, std::net::SocketAddr),
+    source: Option<pool::Source>,
+    request: &'a Rc<RequestProgress>,
+    timeout: Option<std::time::Duration>,
+    buffer_limit: usize,
+    dynamic_stats: bool,
+}
+
+/// Sends a copy of the request (`parts` as it goes upstream, to `host`) to each mirror whose
+/// share admits it, on its own task, and returns the body the main request reads (copying to
+/// the mirrors as it goes). Their responses are read and thrown away.
+fn start_mirrors(
+    ctx: &MirrorContext<'_>,
+    mirrors: &[crate::router::Mirror],
+    runtime: &crate::config::runtime::Values,
+    parts: &http::request::Parts,
+    host: &str,
+    body: ProxyBody,
+) -> ProxyBody {
+    use crate::router::{MirrorHost, MirrorTarget};
+    let mut picked = Vec::new();
+    for m in mirrors {
+        if m.fraction
+            .as_ref()
+            .is_some_and(|f| !f.enabled(runtime, fastrand::u64(..)))
+        {
+            continue;
+        }
+        let name = match &m.target {
+            MirrorTarget::Cluster(c) => Some(c.as_str()),
+            MirrorTarget::Header(h) => parts.headers.get(h).and_then(|v| v.to_str().ok()),
+        };
+        let Some(cluster) = name.and_then(|n| ctx.worker.clusters.get(n)) else {
+            continue;
+        };
+        let shadow_host = match &m.host {
+            MirrorHost::Suffixed => crate::http::shadow::shadow_host(host),
+            MirrorHost::Same => host.to_string(),
+            MirrorHost::Literal(v) => v.to_str().unwrap_or(host).to_string(),
+        };
+        picked.push((cluster.clone(), shadow_host));
+    }
+    if picked.is_empty() {
+        return body;
+    }
+    let counters = picked
+        .iter()
+        .map(|(c, _)| c.stats.retry_or_shadow_abandoned.clone())
+        .collect();
+    let (body, copies) = crate::http::shadow::tee(body, counters, ctx.buffer_limit);
+    for ((cluster, shadow_host), copy) in picked.into_iter().zip(copies) {
+        let mut head = super::retry::copy_parts(parts);
+        // A mirror goes out as Envoy's internal requests do: marked internal, this machine's
+        // address appended to x-forwarded-for.
+        head.headers
+            .insert("x-envoy-internal", HeaderValue::from_static("true"));
+        crate::http::conn_manager_utility::append_xff(
+            &mut head.headers,
+            crate::http::conn_manager_utility::machine_address()
+                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+        );
+        if let Ok(v) = HeaderValue::from_str(&shadow_host) {
+            head.headers.insert(header::HOST, v);
+        }
+        if head.uri.authority().is_some() {
+            let mut uri = head.uri.clone().into_parts();
+            uri.authority = http::uri::Authority::try_from(shadow_host.as_str()).ok();
+            if let Ok(u) = Uri::from_parts(uri) {
+                head.uri = u;
+            }
+        }
+        let worker = ctx.worker.clone();
+        let request = ctx.request.clone();
+        let (dest, downstream, source) = (ctx.dest, ctx.downstream, ctx.source);
+        let (timeout, buffer_limit, dynamic_stats) =
+            (ctx.timeout, ctx.buffer_limit, ctx.dynamic_stats);
+        tokio::task::spawn_local(async move {
+            let f = Forward {
+                worker: &worker,
+                cluster: &cluster,
+                dest,
+                downstream,
+                authority: &shadow_host,
+                source,
+                alpn: None,
+                upgrade: None,
+                request: &request,
+                dynamic_stats,
+                response_headers: Vec::new(),
+                attempt_count: (false, false),
+                timeout,
+                per_try_timeout: None,
+                buffer_limit,
+            };
+            if let Ok((resp, upstream, _)) = super::retry::forward(&f, head, copy, None, None).await
+            {
+                let mut body = resp.into_body();
+                let drain = async {
+                    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                        if frame.is_err() {
+                            return EndReason::UpstreamReset;
+                        }
+                    }
+                    EndReason::Complete
+                };
+                // The route timeout bounds the mirror's whole response too.
+                let reason = match timeout {
+                    Some(t) => tokio::time::timeout(t, drain)
+                        .await
+                        .unwrap_or(EndReason::Timeout),
+                    None => drain.await,
+                };
+                upstream.finish(reason);
+            }
+        });
+    }
+    body
 }
 
 /// What every attempt of one request shares.
