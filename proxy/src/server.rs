@@ -200,6 +200,10 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
         .add(loaded.dump.unknown_documents);
     crate::overload::GLOBAL_CONNECTIONS.set_limit(loaded.model.overload.max_downstream_connections);
     let health_failed = Arc::new(AtomicBool::new(false));
+    crate::http::filters::health_check::set_server(
+        health_failed.clone(),
+        &loaded.model.node.cluster,
+    );
     let drain_time = Duration::from_secs(opts.drain_time_s);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

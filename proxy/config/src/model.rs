@@ -1283,6 +1283,18 @@ pub enum HttpFilterConfig {
     IstioAlpn(Arc<IstioAlpn>),
     /// Istio's `istio.metadata_exchange` (`io.istio.http.peer_metadata.Config`).
     PeerMetadata(Arc<PeerMetadata>),
+    /// `envoy.filters.http.health_check`.
+    HealthCheck(Arc<HealthCheck>),
+}
+
+/// `envoy.filters.http.health_check`: which requests are the server's health checks, and
+/// whether they go upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// `pass_through_mode`: health checks go upstream unless the server fails them.
+    pub pass_through: bool,
+    /// `headers`: a request matching all of them is a health check.
+    pub headers: Vec<HeaderMatch>,
 }
 
 /// Istio's `istio.alpn`: the ALPN list upstream TLS offers for a request, by the HTTP

@@ -122,6 +122,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["name", "static_layer", "admin_layer", "disk_layer", "rtds_layer"],
     ),
     ("envoy.config.bootstrap.v3.RuntimeLayer.AdminLayer", &[]),
+    (
+        "envoy.extensions.filters.http.health_check.v3.HealthCheck",
+        &["pass_through_mode", "headers"],
+    ),
     // RTDS's resource; `layer` is checked key by key when it applies.
     ("envoy.service.runtime.v3.Runtime", &["name", "layer"]),
     (

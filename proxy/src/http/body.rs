@@ -209,10 +209,8 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Incoming(inc, _) => inc.size_hint(),
             ProxyBody::Replay(r) => r.size_hint(),
-            ProxyBody::H2 { .. }
-            | ProxyBody::Filtered(_)
-            | ProxyBody::Tee(_)
-            | ProxyBody::Shadow(_) => SizeHint::default(),
+            ProxyBody::Filtered(f) => f.size_hint(),
+            ProxyBody::H2 { .. } | ProxyBody::Tee(_) | ProxyBody::Shadow(_) => SizeHint::default(),
         }
     }
 }

@@ -92,6 +92,8 @@ pub enum Factory {
     IstioAlpn(std::sync::Arc<crate::config::model::IstioAlpn>),
     /// Istio's `istio.metadata_exchange` (HTTP).
     PeerMetadata(Rc<crate::http::filters::istio::PeerFactory>),
+    /// `envoy.filters.http.health_check`.
+    HealthCheck(std::sync::Arc<crate::config::model::HealthCheck>),
 }
 
 /// The worker's factories for an HCM's filters; stats go under `http.<stat_prefix>.`.
@@ -114,6 +116,7 @@ pub fn factories(
             HttpFilterConfig::PeerMetadata(cfg) => Factory::PeerMetadata(Rc::new(
                 crate::http::filters::istio::PeerFactory::new(cfg.clone()),
             )),
+            HttpFilterConfig::HealthCheck(cfg) => Factory::HealthCheck(cfg.clone()),
         })
         .collect()
 }
@@ -137,6 +140,9 @@ pub fn build(factories: &[Factory]) -> Option<FilterChain> {
                     Box::new(crate::http::filters::istio::AlpnFilter::new(t.clone()))
                 }
                 Factory::PeerMetadata(p) => Box::new(p.filter()),
+                Factory::HealthCheck(c) => Box::new(
+                    crate::http::filters::health_check::HealthCheckFilter::new(c.clone()),
+                ),
             }
         })
         .collect();
@@ -218,13 +224,16 @@ impl FilterChain {
     }
 
     /// Wraps a body so its frames pass through the data and trailers hooks.
-    pub fn filter_body<B>(&self, inner: B, direction: Direction) -> FilteredBody<B> {
+    pub fn filter_body<B: Body>(&self, inner: B, direction: Direction) -> FilteredBody<B> {
+        // A body that is over before it starts stays so (a request's `content-length: 0`
+        // goes upstream as it came, not as a chunked body).
+        let done = inner.is_end_stream();
         FilteredBody {
             inner,
             chain: self.clone(),
             direction,
             held: None,
-            done: false,
+            done,
             trailers: None,
         }
     }
@@ -373,6 +382,14 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.done
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.done && self.held.is_none() && self.trailers.is_none() {
+            http_body::SizeHint::with_exact(0)
+        } else {
+            http_body::SizeHint::default()
+        }
     }
 }
 

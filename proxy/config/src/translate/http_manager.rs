@@ -103,6 +103,12 @@ pub(super) fn translate_hcm(
             crate::istio::ALPN => http_filters.push(HttpFilterConfig::IstioAlpn(Arc::new(
                 super::istio::alpn(&unpack(any, &tpath)?, &tpath)?,
             ))),
+            "envoy.extensions.filters.http.health_check.v3.HealthCheck" => {
+                http_filters.push(HttpFilterConfig::HealthCheck(Arc::new(health_check(
+                    &unpack(any, &tpath)?,
+                    &tpath,
+                )?)))
+            }
             crate::istio::PEER_METADATA => http_filters.push(HttpFilterConfig::PeerMetadata(
                 Arc::new(super::istio::peer_metadata(&unpack(any, &tpath)?, &tpath)?),
             )),
@@ -755,6 +761,41 @@ pub(crate) fn translate_routes(
         );
     }
     Ok(table)
+}
+
+/// `envoy.filters.http.health_check`, checked as Envoy's proto validation checks it.
+fn health_check(
+    h: &envoy_types::pb::envoy::extensions::filters::http::health_check::v3::HealthCheck,
+    path: &str,
+) -> Result<crate::model::HealthCheck, ConfigError> {
+    let envoy_types::pb::envoy::extensions::filters::http::health_check::v3::HealthCheck {
+        pass_through_mode,
+        cache_time,
+        cluster_min_healthy_percentages,
+        headers,
+    } = h;
+    let Some(pass_through) = pass_through_mode else {
+        return Err(ConfigError::new(
+            format!("{path}.pass_through_mode"),
+            "value is required",
+        ));
+    };
+    if cache_time.is_some() {
+        return Err(ConfigError::unsupported(format!("{path}.cache_time")));
+    }
+    if !cluster_min_healthy_percentages.is_empty() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.cluster_min_healthy_percentages"
+        )));
+    }
+    Ok(crate::model::HealthCheck {
+        pass_through: pass_through.value,
+        headers: headers
+            .iter()
+            .enumerate()
+            .map(|(i, m)| translate_header_match(m, &format!("{path}.headers[{i}]")))
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 /// A `RuntimeFractionalPercent`.

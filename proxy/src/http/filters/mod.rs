@@ -2,6 +2,7 @@
 
 pub mod compressor;
 pub mod decompressor;
+pub mod health_check;
 pub mod istio;
 pub mod retry;
 pub mod router;
