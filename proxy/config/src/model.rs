@@ -618,6 +618,9 @@ impl Default for ShrinkHeap {
 pub struct Listener {
     /// `name`.
     pub name: String,
+    /// `access_log`: one line for each connection closed before a filter chain took it (no
+    /// chain matched, or the listener filters ended it).
+    pub access_logs: Vec<AccessLog>,
     /// `address`.
     pub address: SocketAddr,
     /// `additional_addresses`: more addresses the listener serves (Istio's dual stack).
@@ -1533,7 +1536,70 @@ pub struct AccessLog {
     pub sink: AccessLogSink,
     /// The line format.
     pub format: Arc<Format>,
+    /// `filter`: which streams get a line (none: all).
+    pub filter: Option<LogFilter>,
 }
+
+/// An access log `filter`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogFilter {
+    /// `status_code_filter`: the response code (0 without one) against a value.
+    StatusCode(Comparison),
+    /// `duration_filter`: the stream's duration in milliseconds against a value.
+    Duration(Comparison),
+    /// `response_flag_filter`: any of these flags set (any flag when empty).
+    ResponseFlags(Vec<String>),
+    /// `header_filter`: a request header matcher.
+    Header(HeaderMatch),
+    /// `and_filter`.
+    And(Vec<LogFilter>),
+    /// `or_filter`.
+    Or(Vec<LogFilter>),
+}
+
+/// A `ComparisonFilter`: `op` and a value the runtime may set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comparison {
+    /// `op`.
+    pub op: ComparisonOp,
+    /// `value.default_value`.
+    pub value: u32,
+    /// `value.runtime_key` (empty: none).
+    pub runtime_key: String,
+}
+
+/// `ComparisonFilter.Op`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComparisonOp {
+    /// `EQ`.
+    Eq,
+    /// `GE`.
+    Ge,
+    /// `LE`.
+    Le,
+    /// `NE`.
+    Ne,
+}
+
+impl Comparison {
+    /// Whether `n` passes under the runtime values in force (Envoy's `ComparisonFilter`).
+    pub fn passes(&self, n: u64, runtime: &crate::runtime::Values) -> bool {
+        let v = runtime.integer(&self.runtime_key, u64::from(self.value));
+        match self.op {
+            ComparisonOp::Eq => n == v,
+            ComparisonOp::Ge => n >= v,
+            ComparisonOp::Le => n <= v,
+            ComparisonOp::Ne => n != v,
+        }
+    }
+}
+
+/// The response flags Envoy's `response_flag_filter` takes.
+pub const RESPONSE_FLAG_NAMES: &[&str] = &[
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
+    "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR",
+    "UDO",
+];
 
 /// Where access log lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -265,6 +265,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &[
             "name",
             "address",
+            "access_log",
             "stat_prefix",
             "filter_chains",
             "default_filter_chain",
@@ -854,8 +855,30 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.accesslog.v3.AccessLog",
-        &["name", "typed_config"],
+        &["name", "typed_config", "filter"],
     ),
+    (
+        "envoy.config.accesslog.v3.AccessLogFilter",
+        &[
+            "status_code_filter",
+            "duration_filter",
+            "response_flag_filter",
+            "header_filter",
+            "and_filter",
+            "or_filter",
+        ],
+    ),
+    ("envoy.config.accesslog.v3.StatusCodeFilter", &["comparison"]),
+    ("envoy.config.accesslog.v3.DurationFilter", &["comparison"]),
+    ("envoy.config.accesslog.v3.ComparisonFilter", &["op", "value"]),
+    (
+        "envoy.config.core.v3.RuntimeUInt32",
+        &["default_value", "runtime_key"],
+    ),
+    ("envoy.config.accesslog.v3.ResponseFlagFilter", &["flags"]),
+    ("envoy.config.accesslog.v3.HeaderFilter", &["header"]),
+    ("envoy.config.accesslog.v3.AndFilter", &["filters"]),
+    ("envoy.config.accesslog.v3.OrFilter", &["filters"]),
     (
         "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
         &["log_format"],

@@ -383,6 +383,42 @@ pub struct Writer {
     buffers: RefCell<Vec<Buffer>>,
 }
 
+/// Whether a stream gets a line under an access log `filter`.
+pub fn passes(f: &crate::config::model::LogFilter, info: &StreamInfo) -> bool {
+    use crate::config::model::LogFilter;
+    match f {
+        LogFilter::StatusCode(c) => c.passes(
+            u64::from(info.response_code.unwrap_or(0)),
+            &crate::runtime::snapshot(),
+        ),
+        LogFilter::Duration(c) => {
+            c.passes(info.duration_ms.unwrap_or(0), &crate::runtime::snapshot())
+        }
+        LogFilter::ResponseFlags(names) => {
+            let set = info.flags.short();
+            if set == "-" {
+                return false;
+            }
+            names.is_empty() || set.split(',').any(|f| names.iter().any(|n| n == f))
+        }
+        LogFilter::Header(m) => {
+            let method = info.method.as_ref().map_or("", |m| m.as_str());
+            let view = crate::router::RequestView {
+                method,
+                path: info.path.as_deref().unwrap_or(""),
+                authority: info.authority.as_deref().unwrap_or(""),
+                scheme: info.scheme,
+                headers: &info.request_headers,
+                runtime: &crate::config::runtime::EMPTY,
+                random: 0,
+            };
+            crate::router::header_matches(m, &view)
+        }
+        LogFilter::And(all) => all.iter().all(|f| passes(f, info)),
+        LogFilter::Or(any) => any.iter().any(|f| passes(f, info)),
+    }
+}
+
 impl Writer {
     /// A writer shared by the tasks of one worker.
     pub fn new() -> Rc<Writer> {
@@ -396,6 +432,9 @@ impl Writer {
         }
         let mut buffers = self.buffers.borrow_mut();
         for log in logs {
+            if log.filter.as_ref().is_some_and(|f| !passes(f, info)) {
+                continue;
+            }
             let idx = match buffers.iter().position(|b| b.sink == log.sink) {
                 Some(i) => i,
                 None => {

@@ -557,8 +557,10 @@ impl Shared {
     ) -> Option<(Rc<Shared>, Accepted)> {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(self.config.address);
+        let accepted = (std::time::SystemTime::now(), tokio::time::Instant::now());
         let mut sock = Accepted::new(stream, remote, local);
         if !self.filters.is_empty() && !self.filters.run(&mut sock).await {
+            self.log_unserved((remote, local), accepted, None);
             return None;
         }
         // use_original_dst: the listener of the original destination takes the connection
@@ -575,6 +577,29 @@ impl Shared {
             }
         }
         Some((owner, sock))
+    }
+
+    /// The listener's `access_log` for a connection closed before a filter chain took it:
+    /// accepted at `accepted`; with a flag and details when no chain matched.
+    fn log_unserved(
+        &self,
+        (remote, local): (SocketAddr, SocketAddr),
+        accepted: (std::time::SystemTime, tokio::time::Instant),
+        why: Option<(crate::stream_info::ResponseFlag, &'static str)>,
+    ) {
+        if self.config.access_logs.is_empty() {
+            return;
+        }
+        let mut info = crate::stream_info::StreamInfo::new(remote, local);
+        (info.start_time, info.start) = (accepted.0, accepted.1.into_std());
+        if let Some((flag, details)) = why {
+            info.flags.set(flag);
+            info.details = details;
+        }
+        info.finish();
+        let writer = crate::access_log::Writer::default();
+        writer.log(&self.config.access_logs, &info);
+        writer.flush();
     }
 
     async fn serve(self: Rc<Self>, sock: Accepted) {
@@ -606,6 +631,14 @@ impl Shared {
         };
         let Some(chain) = chain.cloned() else {
             s.no_filter_chain_match.inc();
+            self.log_unserved(
+                (remote, local),
+                (std::time::SystemTime::now(), tokio::time::Instant::now()),
+                Some((
+                    crate::stream_info::ResponseFlag::NoRouteFound,
+                    "filter_chain_not_found",
+                )),
+            );
             self.closed();
             return;
         };

@@ -114,7 +114,7 @@ pub(super) fn listener(m: &listener_pb::Listener, path: &str) -> Result<(), Conf
         connection_balance_config: _,
         reuse_port,
         enable_reuse_port: _,
-        access_log,
+        access_log: _,
         tcp_backlog_size,
         max_connections_to_accept_per_socket_event: _,
         bind_to_port: _,
@@ -136,7 +136,6 @@ pub(super) fn listener(m: &listener_pb::Listener, path: &str) -> Result<(), Conf
     refuse(path, "udp_listener_config", udp_listener_config)?;
     refuse(path, "api_listener", api_listener)?;
     refuse(path, "reuse_port", reuse_port)?;
-    refuse(path, "access_log", access_log)?;
     refuse(path, "tcp_backlog_size", tcp_backlog_size)?;
     refuse(path, "enable_mptcp", enable_mptcp)?;
     refuse(path, "tcp_keepalive", tcp_keepalive)?;

@@ -391,6 +391,82 @@ pub(super) fn translate_hcm(
     })
 }
 
+/// An access log `filter`, checked as Envoy checks it (its messages).
+fn log_filter(
+    f: &envoy_types::pb::envoy::config::accesslog::v3::AccessLogFilter,
+    path: &str,
+) -> Result<crate::model::LogFilter, ConfigError> {
+    use crate::model::{Comparison, ComparisonOp, LogFilter};
+    use al::access_log_filter::FilterSpecifier as F;
+    use envoy_types::pb::envoy::config::accesslog::v3 as al;
+    let comparison =
+        |c: &Option<al::ComparisonFilter>, p: &str| -> Result<Comparison, ConfigError> {
+            let c = required(c, &format!("{p}.comparison"))?;
+            let op = match al::comparison_filter::Op::try_from(c.op) {
+                Ok(al::comparison_filter::Op::Eq) => ComparisonOp::Eq,
+                Ok(al::comparison_filter::Op::Ge) => ComparisonOp::Ge,
+                Ok(al::comparison_filter::Op::Le) => ComparisonOp::Le,
+                Ok(al::comparison_filter::Op::Ne) => ComparisonOp::Ne,
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        format!("{p}.comparison.op"),
+                        "unknown value",
+                    ))
+                }
+            };
+            let v = required(&c.value, &format!("{p}.comparison.value"))?;
+            Ok(Comparison {
+                op,
+                value: v.default_value,
+                runtime_key: v.runtime_key.clone(),
+            })
+        };
+    let list = |fs: &[al::AccessLogFilter], p: &str| -> Result<Vec<LogFilter>, ConfigError> {
+        if fs.len() < 2 {
+            return Err(ConfigError::new(
+                format!("{p}.filters"),
+                "value must contain at least 2 item(s)",
+            ));
+        }
+        fs.iter()
+            .enumerate()
+            .map(|(i, f)| log_filter(f, &format!("{p}.filters[{i}]")))
+            .collect()
+    };
+    Ok(match &f.filter_specifier {
+        Some(F::StatusCodeFilter(s)) => LogFilter::StatusCode(comparison(
+            &s.comparison,
+            &format!("{path}.status_code_filter"),
+        )?),
+        Some(F::DurationFilter(d)) => LogFilter::Duration(comparison(
+            &d.comparison,
+            &format!("{path}.duration_filter"),
+        )?),
+        Some(F::ResponseFlagFilter(r)) => {
+            for (i, flag) in r.flags.iter().enumerate() {
+                if !crate::model::RESPONSE_FLAG_NAMES.contains(&flag.as_str()) {
+                    return Err(ConfigError::new(
+                        format!("{path}.response_flag_filter.flags[{i}]"),
+                        format!(
+                            "value must be in list {:?}",
+                            crate::model::RESPONSE_FLAG_NAMES
+                        ),
+                    ));
+                }
+            }
+            LogFilter::ResponseFlags(r.flags.clone())
+        }
+        Some(F::HeaderFilter(h)) => LogFilter::Header(translate_header_match(
+            required(&h.header, &format!("{path}.header_filter.header"))?,
+            &format!("{path}.header_filter.header"),
+        )?),
+        Some(F::AndFilter(a)) => LogFilter::And(list(&a.filters, &format!("{path}.and_filter"))?),
+        Some(F::OrFilter(o)) => LogFilter::Or(list(&o.filters, &format!("{path}.or_filter"))?),
+        Some(_) => return Err(ConfigError::unsupported(path)),
+        None => return Err(ConfigError::new(path, "a filter is required")),
+    })
+}
+
 pub(super) fn translate_access_log(
     a: &envoy_types::pb::envoy::config::accesslog::v3::AccessLog,
     path: &str,
@@ -433,6 +509,11 @@ pub(super) fn translate_access_log(
             ))
         }
     };
+    let filter = a
+        .filter
+        .as_ref()
+        .map(|f| log_filter(f, &format!("{path}.filter")))
+        .transpose()?;
     let format = match log_format {
         None => Format::envoy_default(),
         Some(sfs) => {
@@ -476,6 +557,7 @@ pub(super) fn translate_access_log(
                     return Ok(AccessLog {
                         sink,
                         format: Arc::new(Format::json(json_template(&st, ext, &path)?)),
+                        filter,
                     });
                 }
                 None => return Err(ConfigError::new(fpath, "needs text_format_source")),
@@ -487,6 +569,7 @@ pub(super) fn translate_access_log(
     Ok(AccessLog {
         sink,
         format: Arc::new(format),
+        filter,
     })
 }
 

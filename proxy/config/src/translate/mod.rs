@@ -814,7 +814,14 @@ fn translate_listener(
             "a listener needs at least one filter chain",
         ));
     }
+    let access_logs = l
+        .access_log
+        .iter()
+        .enumerate()
+        .map(|(i, a)| translate_access_log(a, &format!("{path}.access_log[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Listener {
+        access_logs,
         name: if l.name.is_empty() {
             address.to_string()
         } else {

@@ -526,6 +526,7 @@ pub(super) fn admin_access_logs(a: &bootstrap::Admin) -> Result<Vec<AccessLog>, 
         logs.push(AccessLog {
             sink: crate::model::AccessLogSink::File(a.access_log_path.clone()),
             format: std::sync::Arc::new(crate::access_log::Format::envoy_default()),
+            filter: None,
         });
     }
     Ok(logs)
