@@ -55,6 +55,14 @@ static_resources:
     )
 }
 
+/// The listener (0: local checks, 1: pass-through), method, path and headers of a request.
+type Case = (
+    usize,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_as_envoy() {
     run_for(Duration::from_secs(60), async {
@@ -65,7 +73,7 @@ async fn health_checks_as_envoy() {
             let p = ProxyProcess::start(kind, &config(admin, ports, up.port()), &[]).await;
             sides.push((p, ports, up));
         }
-        let cases: &[(usize, &str, &str, &[(&str, &str)])] = &[
+        let cases: &[Case] = &[
             (0, "GET", "/healthz", &[]),
             (0, "GET", "/healthz?full=1", &[]),
             (0, "GET", "/other", &[]),

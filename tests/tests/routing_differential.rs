@@ -1574,7 +1574,8 @@ async fn settle(rec: &Recorder, n: usize) {
 async fn request_mirroring_side_by_side() {
     run(async {
         let (e, s) = pair(mirror_config()).await;
-        let cases: &[(&str, &str, &str, &[(&str, &str)], usize)] = &[
+        // The last field: how many mirrored copies the request makes.
+        let cases: &[Case] = &[
             ("GET", "/mirror/all", H, &[], 1),
             ("GET", "/mirror/all?q=1", "match.example.com:8080", &[], 1),
             (
@@ -1604,7 +1605,7 @@ async fn request_mirroring_side_by_side() {
                 let mut want = 0;
                 for side in [&e, &s] {
                     let before = side.echo2.requests().len();
-                    want = before + mirrored;
+                    want = before + *mirrored as usize;
                     let mut req = if http2 {
                         client::h2_request(method, authority, path, body.clone())
                     } else {
