@@ -411,16 +411,7 @@ pub async fn route(
         None => host_header,
     };
     if host_header != authority(&parts).unwrap_or("") {
-        if let Ok(v) = HeaderValue::from_str(&host_header) {
-            parts.headers.insert(header::HOST, v);
-        }
-        if parts.uri.authority().is_some() {
-            let mut uri = parts.uri.clone().into_parts();
-            uri.authority = http::uri::Authority::try_from(host_header.as_str()).ok();
-            if let Ok(u) = Uri::from_parts(uri) {
-                parts.uri = u;
-            }
-        }
+        set_host(&mut parts, &host_header);
     }
     // ORIGINAL_DST with use_http_header: the header names the host; without it, the
     // connection's original destination does.
@@ -516,6 +507,21 @@ pub async fn route(
     super::retry::forward(&f, parts, body, retry, info).await
 }
 
+/// Makes `host` the request's host: its `Host` header, and its URI's authority when it has one
+/// (HTTP/2's `:authority`).
+fn set_host(parts: &mut http::request::Parts, host: &str) {
+    if let Ok(v) = HeaderValue::from_str(host) {
+        parts.headers.insert(header::HOST, v);
+    }
+    if parts.uri.authority().is_some() {
+        let mut uri = parts.uri.clone().into_parts();
+        uri.authority = http::uri::Authority::try_from(host).ok();
+        if let Ok(u) = Uri::from_parts(uri) {
+            parts.uri = u;
+        }
+    }
+}
+
 /// What the mirrors of one request share with it.
 struct MirrorContext<'a> {
     worker: &'a Rc<Worker>,
@@ -581,16 +587,7 @@ fn start_mirrors(
             crate::http::conn_manager_utility::machine_address()
                 .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
         );
-        if let Ok(v) = HeaderValue::from_str(&shadow_host) {
-            head.headers.insert(header::HOST, v);
-        }
-        if head.uri.authority().is_some() {
-            let mut uri = head.uri.clone().into_parts();
-            uri.authority = http::uri::Authority::try_from(shadow_host.as_str()).ok();
-            if let Ok(u) = Uri::from_parts(uri) {
-                head.uri = u;
-            }
-        }
+        set_host(&mut head, &shadow_host);
         let worker = ctx.worker.clone();
         let request = ctx.request.clone();
         let (dest, downstream, source) = (ctx.dest, ctx.downstream, ctx.source);
