@@ -57,13 +57,26 @@ pub fn cert_info(der: &[u8]) -> Option<CertInfo> {
         } else {
             Vec::new()
         },
-        serial: hex(cert.raw_serial()),
+        serial: serial_hex(cert.raw_serial()),
         validity: (
             cert.validity().not_before.timestamp(),
             cert.validity().not_after.timestamp(),
         ),
         der: der.to_vec(),
     })
+}
+
+/// A certificate's serial as Envoy writes it (BoringSSL's `BN_bn2hex`, lowered): the number's
+/// bytes without the leading zero bytes DER adds for the sign, `0` for zero.
+pub fn serial_hex(der_integer: &[u8]) -> String {
+    let start = der_integer
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(der_integer.len());
+    if start == der_integer.len() {
+        return "0".into();
+    }
+    hex(&der_integer[start..])
 }
 
 /// Lower-case hex, as Envoy writes serials and fingerprints.
@@ -207,6 +220,13 @@ fn escape_into(out: &mut String, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serials_lose_the_sign_byte_as_in_envoy() {
+        assert_eq!(serial_hex(&[0x00, 0x90, 0x55]), "9055");
+        assert_eq!(serial_hex(&[0x0a, 0x01]), "0a01");
+        assert_eq!(serial_hex(&[0x00]), "0");
+    }
     use crate::tls::certs::tests::TestPki;
 
     #[test]
