@@ -50,6 +50,8 @@ pub struct Loader {
     layers: Vec<LayerState>,
     service_cluster: String,
     stats: Arc<Shard>,
+    /// `runtime.unhonoured_keys` exists (skiff's own gauge, made only once it has a count).
+    unhonoured_shown: bool,
 }
 
 impl Loader {
@@ -69,6 +71,7 @@ impl Loader {
                 .collect(),
             service_cluster: service_cluster.to_string(),
             stats,
+            unhonoured_shown: false,
         };
         for name in [
             "runtime.admin_overrides_active",
@@ -132,7 +135,7 @@ impl Loader {
     }
 
     /// Merges the layers, publishes the result and updates the stats.
-    fn publish(&self) {
+    fn publish(&mut self) {
         let values = Values::merge(self.present().map(|s| &s.values));
         self.stats
             .gauge("runtime.num_keys")
@@ -147,9 +150,12 @@ impl Loader {
             .flat_map(|s| s.values.iter())
             .filter(|(k, e)| check_key(k, &e.raw, false).is_err())
             .count();
-        self.stats
-            .gauge("runtime.unhonoured_keys")
-            .set(unhonoured as i64);
+        if unhonoured > 0 || self.unhonoured_shown {
+            self.unhonoured_shown = true;
+            self.stats
+                .gauge("runtime.unhonoured_keys")
+                .set(unhonoured as i64);
+        }
         CURRENT.store(Arc::new(values));
     }
 
