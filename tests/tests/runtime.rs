@@ -381,11 +381,18 @@ async fn rtds_shifts_traffic_as_in_envoy() {
                 sides.push((node, kind, port, p));
             }
         }
-        // Start-up waits for the runtime, as Envoy's init manager does.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Start-up waits for the runtime, as Envoy's init manager does: once the admin
+        // answers, it says not ready.
         for (node, _, _, p) in &sides {
-            let r = p.admin().try_get("/ready").await;
-            assert!(r.is_ok_and(|r| r.status == 503), "{node}: ready before RTDS");
+            let mut status = None;
+            for _ in 0..200 {
+                if let Ok(r) = p.admin().try_get("/ready").await {
+                    status = Some(r.status);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(status, Some(503), "{node}: ready before RTDS");
         }
         for (version, pct) in [("1", 100u32), ("2", 0), ("3", 30)] {
             for (node, _, _, _) in &sides {
