@@ -232,7 +232,12 @@ async fn traffic_shifts_with_the_runtime_as_in_envoy() {
                 "c",
                 &[("share", "numerator: 60\ndenominator: HUNDRED\n")],
             );
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            for _ in 0..50 {
+                if a.get("/runtime").await.text().contains("numerator: 60") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             within(
                 share_of_v1(&mut c, "/fine", 400).await,
                 400,
