@@ -23,6 +23,12 @@ pub fn snapshot() -> arc_swap::Guard<Arc<Values>> {
     CURRENT.load()
 }
 
+/// Whether a runtime feature flag is on: no flag, on; a flag reads the values in force (only
+/// then, so streams without one never touch them).
+pub fn flag_on(flag: Option<&crate::config::runtime::RuntimeFlag>) -> bool {
+    flag.is_none_or(|f| f.enabled(&snapshot()))
+}
+
 /// How deep a disk layer's directories are read (Envoy's `MaxWalkDepth`).
 const MAX_DEPTH: u32 = 16;
 

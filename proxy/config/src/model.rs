@@ -1365,13 +1365,6 @@ pub struct DecompressionDirection {
     pub runtime: Option<crate::runtime::RuntimeFlag>,
 }
 
-impl DecompressionDirection {
-    /// Whether the direction is on under the runtime values in force.
-    pub fn on(&self, runtime: &crate::runtime::Values) -> bool {
-        self.runtime.as_ref().is_none_or(|f| f.enabled(runtime))
-    }
-}
-
 /// A decompression library and its settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecompressorLibrary {
@@ -1451,13 +1444,6 @@ pub struct CompressionDirection {
     pub content_types: Vec<String>,
     /// `enabled` (or `runtime_enabled`) with a runtime key: read per stream.
     pub runtime: Option<crate::runtime::RuntimeFlag>,
-}
-
-impl CompressionDirection {
-    /// Whether the direction is on under the runtime values in force.
-    pub fn on(&self, runtime: &crate::runtime::Values) -> bool {
-        self.runtime.as_ref().is_none_or(|f| f.enabled(runtime))
-    }
 }
 
 /// A compression library and its settings.

@@ -133,7 +133,7 @@ impl Negotiation {
         let mut offered = Vec::new();
         for c in &self.registered {
             let allowed = c.response.as_ref().is_some_and(|dir| {
-                dir.on(&crate::runtime::snapshot()) && content_type_allowed(response, dir)
+                crate::runtime::flag_on(dir.runtime.as_ref()) && content_type_allowed(response, dir)
             });
             let encoding = c.library.encoding();
             if allowed && !offered.contains(&encoding) {
@@ -364,7 +364,7 @@ impl HttpFilter for CompressorFilter {
 
         let stats = &self.factory.stats.request;
         let compress = match &config.request {
-            Some(dir) if dir.on(&crate::runtime::snapshot()) => {
+            Some(dir) if crate::runtime::flag_on(dir.runtime.as_ref()) => {
                 !end_stream
                     && long_enough(&head.headers, dir, &stats.content_length_too_small)
                     && content_type_allowed(&head.headers, dir)
@@ -410,7 +410,7 @@ impl HttpFilter for CompressorFilter {
         let end_stream = end_stream || self.head_request;
         let h = &head.headers;
         let (long_enough, compressible) = match &config.response {
-            Some(dir) if dir.on(&crate::runtime::snapshot()) => {
+            Some(dir) if crate::runtime::flag_on(dir.runtime.as_ref()) => {
                 let long = long_enough(h, dir, &stats.content_length_too_small);
                 let compressible = long
                     && !is_upgrade(head.status, h)

@@ -165,7 +165,8 @@ fn start(
 ) -> Option<Inflater> {
     let encoding = library.encoding();
     let matches = dir.is_some_and(|d| {
-        d.on(&crate::runtime::snapshot()) && (d.ignore_no_transform_header || !no_transform(h))
+        crate::runtime::flag_on(d.runtime.as_ref())
+            && (d.ignore_no_transform_header || !no_transform(h))
     }) && h
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -204,7 +205,7 @@ impl HttpFilter for DecompressorFilter {
         if config
             .response
             .as_ref()
-            .is_some_and(|d| d.on(&crate::runtime::snapshot()))
+            .is_some_and(|d| crate::runtime::flag_on(d.runtime.as_ref()))
             && config.advertise_accept_encoding
         {
             advertise(&mut head.headers, config.library.encoding());
