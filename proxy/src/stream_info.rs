@@ -29,6 +29,12 @@ pub enum ResponseFlag {
     UpstreamOverflow = 1 << 7,
     /// NR: no route.
     NoRouteFound = 1 << 8,
+    /// DI: a fault filter delayed the request.
+    DelayInjected = 1 << 9,
+    /// FI: a fault filter aborted the request.
+    FaultInjected = 1 << 10,
+    /// RL: rate limited locally.
+    RateLimited = 1 << 12,
     /// DC: downstream connection termination.
     DownstreamConnectionTermination = 1 << 13,
     /// URX: retry limit exceeded.
@@ -75,6 +81,9 @@ const FLAGS: &[(ResponseFlag, &str, &str)] = &[
     ),
     (ResponseFlag::UpstreamOverflow, "UO", "UpstreamOverflow"),
     (ResponseFlag::NoRouteFound, "NR", "NoRouteFound"),
+    (ResponseFlag::DelayInjected, "DI", "DelayInjected"),
+    (ResponseFlag::FaultInjected, "FI", "FaultInjected"),
+    (ResponseFlag::RateLimited, "RL", "RateLimited"),
     (
         ResponseFlag::DownstreamConnectionTermination,
         "DC",

@@ -1037,7 +1037,7 @@ pub struct HttpConnectionManager {
     /// `route_config` or `rds`.
     pub routes: RouteSource,
     /// `http_filters` before the router.
-    pub http_filters: Vec<HttpFilterConfig>,
+    pub http_filters: Vec<HttpFilter>,
     /// The terminal `envoy.filters.http.router`.
     pub router: RouterConfig,
     /// `access_log`.
@@ -1288,6 +1288,193 @@ pub enum HttpFilterConfig {
     PeerMetadata(Arc<PeerMetadata>),
     /// `envoy.filters.http.health_check`.
     HealthCheck(Arc<HealthCheck>),
+    /// `envoy.filters.http.local_ratelimit`.
+    LocalRateLimit(Arc<HttpLocalRateLimit>),
+    /// `envoy.filters.http.fault`.
+    Fault(Arc<HttpFault>),
+}
+
+/// One of an HCM's `http_filters` before the router.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpFilter {
+    /// `name`: what routes' `typed_per_filter_config` call it.
+    pub name: String,
+    /// `disabled`: the filter runs only on routes whose `typed_per_filter_config` names it.
+    pub disabled: bool,
+    /// `typed_config`.
+    pub config: HttpFilterConfig,
+}
+
+/// `envoy.filters.http.local_ratelimit`, as the filter's own configuration or a route's.
+#[derive(Debug, PartialEq)]
+pub struct HttpLocalRateLimit {
+    /// `stat_prefix`: stats go under `<stat_prefix>.http_local_rate_limit.`.
+    pub stat_prefix: String,
+    /// `status` (default 429).
+    pub status: http::StatusCode,
+    /// `token_bucket`: the default bucket (none: only descriptors limit).
+    pub bucket: Option<TokenBucket>,
+    /// `filter_enabled` (unset: 0%, the filter does nothing).
+    pub enabled: Option<crate::runtime::RuntimeFraction>,
+    /// `filter_enforced` (unset: 0%, limited requests are counted and let through).
+    pub enforced: Option<crate::runtime::RuntimeFraction>,
+    /// `request_headers_to_add_when_not_enforced`.
+    pub request_headers_not_enforced: Arc<crate::router::HeaderParser>,
+    /// `response_headers_to_add`: on the replies to limited requests.
+    pub response_headers: Arc<crate::router::HeaderParser>,
+    /// `descriptors`, each with its own bucket.
+    pub descriptors: Vec<LocalDescriptor>,
+    /// `rate_limits`: how a request's descriptors are made (none: the route's, with `stage`).
+    pub rate_limits: Vec<RateLimitPolicy>,
+    /// `stage`: which of the route's `rate_limits` apply.
+    pub stage: u32,
+    /// `vh_rate_limits`.
+    pub vh_rate_limits: VhRateLimits,
+    /// `local_rate_limit_per_downstream_connection`: buckets per connection, not shared.
+    pub per_connection: bool,
+    /// `enable_x_ratelimit_headers` DRAFT_VERSION_03: `x-ratelimit-*` on responses.
+    pub x_ratelimit_headers: bool,
+    /// `always_consume_default_token_bucket` (default true): the default bucket is taken from
+    /// even when a descriptor matched.
+    pub always_consume_default: bool,
+}
+
+/// `envoy.filters.http.fault` (`HTTPFault`), as the filter's own configuration or a route's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpFault {
+    /// `delay`.
+    pub delay: Option<FaultDelay>,
+    /// `abort`.
+    pub abort: Option<FaultAbort>,
+    /// `headers`: faults apply only to requests matching all of them.
+    pub headers: Vec<HeaderMatch>,
+    /// `downstream_nodes`: faults apply only to requests whose
+    /// `x-envoy-downstream-service-node` is one of them (empty: any request).
+    pub downstream_nodes: Vec<String>,
+    /// `max_active_faults` (none: no limit).
+    pub max_active_faults: Option<u64>,
+    /// The runtime keys (Envoy's `fault.http.*` unless the configuration names others).
+    pub keys: FaultRuntimeKeys,
+    /// Not `disable_downstream_cluster_stats`: faults are also counted under the
+    /// `x-envoy-downstream-service-cluster` of the request.
+    pub downstream_cluster_stats: bool,
+}
+
+/// The runtime keys a fault reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultRuntimeKeys {
+    /// `delay_percent_runtime`.
+    pub delay_percent: String,
+    /// `abort_percent_runtime`.
+    pub abort_percent: String,
+    /// `delay_duration_runtime`.
+    pub delay_duration: String,
+    /// `abort_http_status_runtime`.
+    pub abort_http_status: String,
+    /// `max_active_faults_runtime`.
+    pub max_active_faults: String,
+}
+
+/// `FaultDelay`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultDelay {
+    /// `fixed_delay`; `None`: `header_delay` (`x-envoy-fault-delay-request`, milliseconds).
+    pub fixed: Option<Duration>,
+    /// `percentage` (with `header_delay`, `x-envoy-fault-delay-request-percentage` may lower it).
+    pub percentage: crate::runtime::Fraction,
+}
+
+/// `FaultAbort` with an HTTP status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultAbort {
+    /// `http_status`.
+    pub http_status: u16,
+    /// `percentage`.
+    pub percentage: crate::runtime::Fraction,
+    /// `response_body` (default `fault filter abort`).
+    pub body: bytes::Bytes,
+}
+
+/// `vh_rate_limits`: whether a route's limits add to its virtual host's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VhRateLimits {
+    /// `OVERRIDE` (default): the virtual host's only when the route has none.
+    Override,
+    /// `INCLUDE`.
+    Include,
+    /// `IGNORE`.
+    Ignore,
+}
+
+/// `envoy.type.v3.TokenBucket`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// `max_tokens`: the bucket's size, and what it starts with.
+    pub max_tokens: u32,
+    /// `tokens_per_fill` (default 1).
+    pub tokens_per_fill: u32,
+    /// `fill_interval`.
+    pub fill_interval: Duration,
+}
+
+/// A `LocalRateLimitDescriptor`: the requests whose descriptor has these entries share a bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalDescriptor {
+    /// `entries`: key and value (an empty value matches any value of the key).
+    pub entries: Vec<(String, String)>,
+    /// `token_bucket`.
+    pub bucket: TokenBucket,
+    /// `shadow_mode`: counted, never limits.
+    pub shadow: bool,
+}
+
+/// A route's `RateLimit`: the actions that make one descriptor for a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitPolicy {
+    /// `stage`.
+    pub stage: u32,
+    /// `actions`, in order; a request for which one yields nothing has no descriptor.
+    pub actions: Vec<RateLimitAction>,
+}
+
+/// One `RateLimit.Action`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RateLimitAction {
+    /// `request_headers`: (`descriptor_key`, the header's value).
+    RequestHeaders {
+        header: HeaderName,
+        key: String,
+        skip_if_absent: bool,
+    },
+    /// `remote_address`: (`remote_address`, the trusted client address).
+    RemoteAddress,
+    /// `masked_remote_address`: (`masked_remote_address`, the client's network).
+    MaskedRemoteAddress { v4: u8, v6: u8 },
+    /// `generic_key`: (`descriptor_key` or `generic_key`, `descriptor_value`).
+    GenericKey { key: String, value: String },
+    /// `header_value_match`: (`descriptor_key` or `header_match`, `descriptor_value`) when the
+    /// headers match as `expect_match` says.
+    HeaderValueMatch {
+        key: String,
+        value: String,
+        expect_match: bool,
+        headers: Vec<HeaderMatch>,
+    },
+    /// `remote_address_match`: (`descriptor_key` or `remote_address_match`,
+    /// `descriptor_value`) when the client address is in `ranges` (or, inverted, is not).
+    RemoteAddressMatch {
+        key: String,
+        value: String,
+        ranges: Vec<CidrRange>,
+        invert: bool,
+    },
+    /// `query_parameter_value_match`, like `header_value_match` over query parameters.
+    QueryValueMatch {
+        key: String,
+        value: String,
+        expect_match: bool,
+        params: Vec<QueryMatch>,
+    },
 }
 
 /// `envoy.filters.http.health_check`: which requests are the server's health checks, and

@@ -81,6 +81,16 @@ fn is_wrapper(name: &str) -> bool {
     )
 }
 
+/// A FilterConfig's `config: {}` is an Any without a type: Envoy reads it as no
+/// configuration (the filter is only turned on).
+fn drop_empty_filter_config(o: &mut serde_json::Map<String, serde_json::Value>) {
+    if o.get("config")
+        .is_some_and(|c| c.as_object().is_some_and(|m| m.is_empty()))
+    {
+        o.remove("config");
+    }
+}
+
 /// Rewrites, in a document for `desc`, what Envoy's YAML loader accepts and proto3 JSON does
 /// not (it goes through protobuf's own reflection): a `Duration` as `{seconds, nanos}`, a
 /// wrapper as `{value: x}`, and a single item where a list is expected.
@@ -131,6 +141,9 @@ pub fn loosen(value: &mut serde_json::Value, desc: &MessageDescriptor) {
             .and_then(Value::as_str)
             .and_then(|t| pool().get_message_by_name(type_name(t)));
         if let Some(inner) = inner {
+            if inner.full_name() == "envoy.config.route.v3.FilterConfig" {
+                drop_empty_filter_config(o);
+            }
             if !inner.full_name().starts_with("google.protobuf.") {
                 for (k, v) in o.iter_mut() {
                     if k != "@type" {
@@ -140,6 +153,9 @@ pub fn loosen(value: &mut serde_json::Value, desc: &MessageDescriptor) {
             }
         }
         return;
+    }
+    if name == "envoy.config.route.v3.FilterConfig" {
+        drop_empty_filter_config(o);
     }
     for (k, v) in o.iter_mut() {
         loosen_field(desc, k, v);

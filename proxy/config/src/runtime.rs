@@ -362,10 +362,29 @@ fn is_count(v: &str) -> bool {
     count(v).is_some()
 }
 
+/// The fault filter's keys, which skiff reads as Envoy does: `fault.http.<what>` and
+/// `fault.http.<downstream cluster>.<what>` (the gRPC status and response rate limit keys are
+/// not: skiff refuses those faults).
+fn fault_key(key: &str) -> bool {
+    const READ: [&str; 4] = [
+        "delay.fixed_delay_percent",
+        "abort.abort_percent",
+        "delay.fixed_duration_ms",
+        "abort.http_status",
+    ];
+    let Some(rest) = key.strip_prefix("fault.http.") else {
+        return false;
+    };
+    rest == "max_active_faults"
+        || READ
+            .iter()
+            .any(|r| rest == *r || rest.strip_suffix(r).is_some_and(|c| c.ends_with('.')))
+}
+
 /// Whether a layer may set `key` to `value`; `startup` says whether the layer is read only at
 /// start-up (a static layer). The error says why not.
 pub fn check_key(key: &str, value: &str, startup: bool) -> Result<(), String> {
-    if !RESERVED.iter().any(|p| key.starts_with(p)) {
+    if !RESERVED.iter().any(|p| key.starts_with(p)) || fault_key(key) {
         return Ok(());
     }
     match ENVOY_KEYS.iter().find(|(k, _, _)| *k == key) {

@@ -517,7 +517,140 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
-        &["name", "typed_config"],
+        // is_optional lets Envoy skip a filter it does not know; skiff refuses those anyway.
+        &["name", "typed_config", "disabled", "is_optional"],
+    ),
+    (
+        "envoy.config.route.v3.FilterConfig",
+        &["config", "is_optional", "disabled"],
+    ),
+    (
+        "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        &[
+            "stat_prefix",
+            "status",
+            "token_bucket",
+            "filter_enabled",
+            "filter_enforced",
+            "request_headers_to_add_when_not_enforced",
+            "response_headers_to_add",
+            "descriptors",
+            "stage",
+            "local_rate_limit_per_downstream_connection",
+            "enable_x_ratelimit_headers",
+            "vh_rate_limits",
+            "always_consume_default_token_bucket",
+            "rate_limits",
+        ],
+    ),
+    ("envoy.type.v3.HttpStatus", &["code"]),
+    (
+        "envoy.extensions.filters.http.fault.v3.HTTPFault",
+        &[
+            "delay",
+            "abort",
+            "headers",
+            "downstream_nodes",
+            "max_active_faults",
+            "delay_percent_runtime",
+            "abort_percent_runtime",
+            "delay_duration_runtime",
+            "abort_http_status_runtime",
+            "max_active_faults_runtime",
+            "disable_downstream_cluster_stats",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.common.fault.v3.FaultDelay",
+        &["fixed_delay", "header_delay", "percentage"],
+    ),
+    (
+        "envoy.extensions.filters.common.fault.v3.FaultDelay.HeaderDelay",
+        &[],
+    ),
+    (
+        "envoy.extensions.filters.http.fault.v3.FaultAbort",
+        &["http_status", "percentage", "response_body"],
+    ),
+    (
+        "envoy.extensions.common.ratelimit.v3.LocalRateLimitDescriptor",
+        &["entries", "token_bucket", "shadow_mode"],
+    ),
+    (
+        "envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry",
+        &["key", "value"],
+    ),
+    ("envoy.config.route.v3.RateLimit", &["stage", "actions"]),
+    (
+        "envoy.config.route.v3.RateLimit.Action",
+        &[
+            "request_headers",
+            "remote_address",
+            "generic_key",
+            "header_value_match",
+            "masked_remote_address",
+            "query_parameter_value_match",
+            "remote_address_match",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RateLimit.Action.RequestHeaders",
+        &["header_name", "descriptor_key", "skip_if_absent"],
+    ),
+    ("envoy.config.route.v3.RateLimit.Action.RemoteAddress", &[]),
+    (
+        "envoy.config.route.v3.RateLimit.Action.GenericKey",
+        &["descriptor_value", "descriptor_key", "default_value"],
+    ),
+    (
+        "envoy.config.route.v3.RateLimit.Action.HeaderValueMatch",
+        &[
+            "descriptor_value",
+            "descriptor_key",
+            "default_value",
+            "expect_match",
+            "headers",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RateLimit.Action.MaskedRemoteAddress",
+        &["v4_prefix_mask_len", "v6_prefix_mask_len"],
+    ),
+    (
+        "envoy.config.route.v3.RateLimit.Action.QueryParameterValueMatch",
+        &[
+            "descriptor_value",
+            "descriptor_key",
+            "default_value",
+            "expect_match",
+            "query_parameters",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RateLimit.Action.RemoteAddressMatch",
+        &[
+            "descriptor_value",
+            "descriptor_key",
+            "default_value",
+            "address_matcher",
+        ],
+    ),
+    (
+        "envoy.type.matcher.v3.AddressMatcher",
+        &["ranges", "invert_match"],
+    ),
+    ("xds.core.v3.CidrRange", &["address_prefix", "prefix_len"]),
+    (
+        "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute",
+        &["disabled", "overrides"],
+    ),
+    (
+        "envoy.extensions.filters.http.compressor.v3.CompressorOverrides",
+        &["response_direction_config"],
+    ),
+    (
+        "envoy.extensions.filters.http.compressor.v3.ResponseDirectionOverrides",
+        &["remove_accept_encoding_header"],
     ),
     (
         "envoy.extensions.filters.http.router.v3.Router",
@@ -532,6 +665,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.route.v3.RouteConfiguration",
         &[
             "name",
+            "typed_per_filter_config",
             "virtual_hosts",
             "ignore_port_in_host_matching",
             "max_direct_response_body_size_bytes",
@@ -558,6 +692,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.route.v3.VirtualHost",
         &[
             "name",
+            "typed_per_filter_config",
             "domains",
             "routes",
             "request_headers_to_add",
@@ -602,6 +737,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.route.v3.Route",
         &[
             "name",
+            "typed_per_filter_config",
             "match",
             "route",
             "redirect",
@@ -1401,6 +1537,15 @@ fn walk(msg: &DynamicMessage, path: &str, sink: &mut Sink<'_>) -> Result<(), Con
         if !allowed.contains(&field.name()) {
             sink(ConfigError::unsupported(here))?;
             continue;
+        }
+        // A FilterConfig's `config: {}` (no type) only turns the filter on.
+        if name == "envoy.config.route.v3.FilterConfig" && field.name() == "config" {
+            if let Value::Message(m) = value {
+                let any: envoy_types::pb::google::protobuf::Any = proto::to_typed(m)?;
+                if any.type_url.is_empty() {
+                    continue;
+                }
+            }
         }
         walk_value(value, &here, sink)?;
     }

@@ -305,6 +305,8 @@ struct Conn {
     worker: Rc<Worker>,
     /// The listener's drain: `connection: close` and GOAWAY once it asks for it.
     drain: ConnectionDrain,
+    /// What the HTTP filters of the connection's streams share.
+    filter_state: filter::ConnectionState,
     remote: SocketAddr,
     local: SocketAddr,
     /// What the access log shows of the connection.
@@ -423,6 +425,7 @@ pub async fn serve(
         hcm: hcm.clone(),
         worker: worker.clone(),
         drain: drain.clone(),
+        filter_state: filter::ConnectionState::default(),
         remote,
         local,
         connection,
@@ -1317,7 +1320,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     } else {
         (None, None)
     };
-    crate::http::conn_manager_utility::forwarding_headers(
+    let client = crate::http::conn_manager_utility::forwarding_headers(
         &cfg,
         &mut parts.headers,
         conn.remote,
@@ -1383,15 +1386,6 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         .flatten();
 
     let body = ProxyBody::Incoming(body, Some(request.clone()));
-    // The decoder filters, then the router as the terminal filter.
-    let chain = filter::build(&conn.hcm.filters);
-    if let Some(chain) = &chain {
-        if let Some(reply) = chain.decode_headers(&mut parts, body.is_end_stream()).await {
-            return local(done, reply, request_id);
-        }
-    }
-    let body = filter::wrap(chain.as_ref(), body, Direction::Decode);
-    let start = Instant::now();
     // `:scheme` as Envoy's header map holds it: the client's over HTTP/2, else the connection's.
     let scheme = match parts.uri.scheme_str() {
         Some(s) if s.eq_ignore_ascii_case("https") => "https",
@@ -1399,9 +1393,34 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         None if conn.secure => "https",
         None => "http",
     };
+    // The route is resolved once, before the filters (which see its per-route configuration);
+    // the router forwards by it.
+    let selection = router::select(
+        &conn.worker,
+        (&cfg, conn.hcm.routes.as_ref()),
+        &mut parts,
+        scheme,
+    );
+    // The decoder filters, then the router as the terminal filter.
+    let chain = filter::build(
+        &conn.hcm.filters,
+        &filter::StreamContext {
+            selection: &selection,
+            remote: client,
+            connection: &conn.filter_state,
+        },
+    );
+    if let Some(chain) = &chain {
+        if let Some(reply) = chain.decode_headers(&mut parts, body.is_end_stream()).await {
+            return routed_local(done, reply, request_id, &selection, Some(chain)).await;
+        }
+    }
+    let body = filter::wrap(chain.as_ref(), body, Direction::Decode);
+    let start = Instant::now();
     let routed = router::route(
         &conn.worker,
-        (&cfg, conn.hcm.routes.as_deref()),
+        &cfg,
+        &selection,
         parts,
         body,
         &request,
@@ -1430,6 +1449,8 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     };
     match routed {
         Ok((mut resp, upstream, deadline)) => {
+            // Envoy writes the standard reason phrase, not the upstream's.
+            resp.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
             let switching =
                 upgrade.is_some() && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
             let upstream_io = if switching {
@@ -1519,9 +1540,42 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             if reply.flag == Some(ResponseFlag::NoClusterFound) {
                 stats.no_cluster.inc();
             }
-            local(done, reply, request_id)
+            routed_local(done, reply, request_id, &selection, chain.as_ref()).await
         }
     }
+}
+
+/// A local reply to a request that selected its route: the route's response header changes
+/// apply to it (unless it brings its own, as direct responses and redirects do), and it passes
+/// the stream's encoder filters, as Envoy's local replies do.
+async fn routed_local(
+    done: Done,
+    mut reply: LocalReply,
+    request_id: Option<HeaderValue>,
+    selection: &router::Selection,
+    chain: Option<&filter::FilterChain>,
+) -> Resp {
+    if !selection.redirects_to_https() {
+        let mut all = selection.header_mutations(true);
+        if !all.is_empty() {
+            all.append(&mut reply.mutations);
+            reply.mutations = all;
+        }
+    }
+    let Some(chain) = chain else {
+        return local(done, reply, request_id);
+    };
+    let mut done = done;
+    let (mut head, body) = local_parts(&mut done, &reply, request_id);
+    // A reply from an encoder hook goes out as it is: the chain already had its say.
+    if let Some(reply) = chain.encode_headers(&mut head, body.is_end_stream()).await {
+        return local(done, reply, None);
+    }
+    if let Some(info) = done.info.as_mut() {
+        info.response_headers = head.headers.clone();
+    }
+    let body = filter::wrap(Some(chain), body, Direction::Encode);
+    Response::from_parts(head, Tracked::new(body, done, None))
 }
 
 /// The size of a request's headers as Envoy counts its header map: `:authority`, `:path`,
@@ -1736,6 +1790,16 @@ fn grpc_reply(reply: &LocalReply, head: &mut http::response::Parts, head_request
 }
 
 fn local(mut done: Done, reply: LocalReply, request_id: Option<HeaderValue>) -> Resp {
+    let (head, body) = local_parts(&mut done, &reply, request_id);
+    Response::from_parts(head, Tracked::new(body, done, None))
+}
+
+/// The head and body of a local reply, counted and recorded for the access log.
+fn local_parts(
+    done: &mut Done,
+    reply: &LocalReply,
+    request_id: Option<HeaderValue>,
+) -> (http::response::Parts, ProxyBody) {
     let conn = done.conn.clone();
     let (mut head, mut body) = reply.response().into_parts();
     // A HEAD gets the head of the reply alone, its content-length kept.
@@ -1743,7 +1807,7 @@ fn local(mut done: Done, reply: LocalReply, request_id: Option<HeaderValue>) -> 
         body = ProxyBody::full(bytes::Bytes::new());
     }
     if done.grpc {
-        grpc_reply(&reply, &mut head, done.head_request);
+        grpc_reply(reply, &mut head, done.head_request);
         body = ProxyBody::full(bytes::Bytes::new());
     }
     // Over HTTP/2 an empty reply has no content-length (Envoy adds one only for a body; its
@@ -1761,5 +1825,5 @@ fn local(mut done: Done, reply: LocalReply, request_id: Option<HeaderValue>) -> 
         info.details = reply.details;
         info.response_headers = head.headers.clone();
     }
-    Response::from_parts(head, Tracked::new(body, done, None))
+    (head, body)
 }

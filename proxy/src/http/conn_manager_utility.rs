@@ -243,14 +243,15 @@ fn xff_address(headers: &HeaderMap, hops: u32) -> (Option<IpAddr>, bool) {
 
 /// Envoy's `mutateRequestHeaders` for the forwarding headers: `x-forwarded-for` appended under
 /// `use_remote_address`, the trusted client address found, `x-envoy-internal` set for internal
-/// requests (and removed otherwise), `x-envoy-external-address` set on edge requests.
+/// requests (and removed otherwise), `x-envoy-external-address` set on edge requests. Returns
+/// the client's address as trusted (Envoy's downstream remote address from then on).
 pub fn forwarding_headers(
     cfg: &HttpConnectionManager,
     headers: &mut HeaderMap,
     remote: SocketAddr,
     local: SocketAddr,
     secure: bool,
-) {
+) -> IpAddr {
     join_xff(headers);
     let hops = cfg.xff_num_trusted_hops;
     let mut trusted: Option<IpAddr> = None;
@@ -299,6 +300,7 @@ pub fn forwarding_headers(
             headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
         }
     }
+    trusted.unwrap_or(remote.ip())
 }
 
 /// This machine's IPv4 address as Envoy's `Network::Utility::getLocalAddress` finds it (the

@@ -81,9 +81,19 @@ pub trait HttpFilter {
     fn encode_trailers(&mut self, _trailers: &mut HeaderMap) {}
 }
 
-/// One configured HTTP filter on one worker: its configuration and its stats.
+/// One configured HTTP filter on one worker: its name, whether it runs by default, its
+/// configuration and its stats.
 #[derive(Debug)]
-pub enum Factory {
+pub struct Factory {
+    /// `name`, which routes' `typed_per_filter_config` use.
+    name: String,
+    /// `disabled`: runs only where a route's configuration names it.
+    disabled: bool,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
     /// `envoy.filters.http.compressor`.
     Compressor(Rc<crate::http::filters::compressor::Factory>),
     /// `envoy.filters.http.decompressor`.
@@ -94,37 +104,99 @@ pub enum Factory {
     PeerMetadata(Rc<crate::http::filters::istio::PeerFactory>),
     /// `envoy.filters.http.health_check`.
     HealthCheck(std::sync::Arc<crate::config::model::HealthCheck>),
+    /// `envoy.filters.http.local_ratelimit`.
+    LocalRateLimit(Rc<crate::http::filters::local_ratelimit::Factory>),
+    /// `envoy.filters.http.fault`.
+    Fault(Rc<crate::http::filters::fault::Factory>),
 }
 
 /// The worker's factories for an HCM's filters; stats go under `http.<stat_prefix>.`.
 pub fn factories(
-    configs: &[crate::config::model::HttpFilterConfig],
-    shard: &crate::stats::Shard,
+    configs: &[crate::config::model::HttpFilter],
+    shard: &std::sync::Arc<crate::stats::Shard>,
     stat_prefix: &str,
 ) -> Vec<Factory> {
     use crate::config::model::HttpFilterConfig;
     configs
         .iter()
-        .map(|c| match c {
-            HttpFilterConfig::Compressor(cfg) => Factory::Compressor(Rc::new(
-                crate::http::filters::compressor::Factory::new(cfg.clone(), shard, stat_prefix),
-            )),
-            HttpFilterConfig::Decompressor(cfg) => Factory::Decompressor(Rc::new(
-                crate::http::filters::decompressor::Factory::new(cfg.clone(), shard, stat_prefix),
-            )),
-            HttpFilterConfig::IstioAlpn(cfg) => Factory::IstioAlpn(cfg.clone()),
-            HttpFilterConfig::PeerMetadata(cfg) => Factory::PeerMetadata(Rc::new(
-                crate::http::filters::istio::PeerFactory::new(cfg.clone()),
-            )),
-            HttpFilterConfig::HealthCheck(cfg) => Factory::HealthCheck(cfg.clone()),
+        .map(|f| Factory {
+            name: f.name.clone(),
+            disabled: f.disabled,
+            kind: match &f.config {
+                HttpFilterConfig::Compressor(cfg) => Kind::Compressor(Rc::new(
+                    crate::http::filters::compressor::Factory::new(cfg.clone(), shard, stat_prefix),
+                )),
+                HttpFilterConfig::Decompressor(cfg) => {
+                    Kind::Decompressor(Rc::new(crate::http::filters::decompressor::Factory::new(
+                        cfg.clone(),
+                        shard,
+                        stat_prefix,
+                    )))
+                }
+                HttpFilterConfig::IstioAlpn(cfg) => Kind::IstioAlpn(cfg.clone()),
+                HttpFilterConfig::PeerMetadata(cfg) => Kind::PeerMetadata(Rc::new(
+                    crate::http::filters::istio::PeerFactory::new(cfg.clone()),
+                )),
+                HttpFilterConfig::HealthCheck(cfg) => Kind::HealthCheck(cfg.clone()),
+                HttpFilterConfig::LocalRateLimit(cfg) => Kind::LocalRateLimit(Rc::new(
+                    crate::http::filters::local_ratelimit::Factory::new(cfg.clone(), shard),
+                )),
+                HttpFilterConfig::Fault(cfg) => Kind::Fault(Rc::new(
+                    crate::http::filters::fault::Factory::new(cfg.clone(), shard, stat_prefix),
+                )),
+            },
         })
         .collect()
 }
 
+/// What a stream's filters are made with: the route it selected (each filter's per-route
+/// configuration) and what they need to know of the connection.
+pub struct StreamContext<'a> {
+    /// The route, resolved before the filters run.
+    pub selection: &'a crate::http::filters::router::Selection,
+    /// The client's address as the connection manager trusts it (from `x-forwarded-for`
+    /// where configured), Envoy's downstream remote address.
+    pub remote: std::net::IpAddr,
+    /// What the connection's streams share.
+    pub connection: &'a ConnectionState,
+}
+
+/// What the filters of one connection's streams share: the buckets of local rate limits kept
+/// per connection.
+#[derive(Debug, Default)]
+pub struct ConnectionState {
+    limiters: RefCell<
+        Vec<(
+            usize,
+            std::sync::Arc<crate::http::filters::token_bucket::Limiter>,
+        )>,
+    >,
+}
+
+impl ConnectionState {
+    /// This connection's buckets for the configuration `c`.
+    pub fn limiter(
+        &self,
+        c: &std::sync::Arc<crate::config::model::HttpLocalRateLimit>,
+    ) -> std::sync::Arc<crate::http::filters::token_bucket::Limiter> {
+        let key = std::sync::Arc::as_ptr(c) as usize;
+        let mut all = self.limiters.borrow_mut();
+        if let Some((_, l)) = all.iter().find(|(k, _)| *k == key) {
+            return l.clone();
+        }
+        let l = std::sync::Arc::new(crate::http::filters::token_bucket::Limiter::new(c));
+        all.push((key, l.clone()));
+        l
+    }
+}
+
 /// Creates the filters of a new stream, in order; `None` when there are none, so a stream
 /// without filters allocates nothing for them. The router is not among them: it is the
-/// terminal filter the connection manager runs after the chain.
-pub fn build(factories: &[Factory]) -> Option<FilterChain> {
+/// terminal filter the connection manager runs after the chain. A filter a route disables
+/// (or that is disabled unless a route names it) is left out, as Envoy leaves it out of the
+/// stream's chain.
+pub fn build(factories: &[Factory], cx: &StreamContext<'_>) -> Option<FilterChain> {
+    use crate::router::PerFilterConfig;
     if factories.is_empty() {
         return None;
     }
@@ -132,20 +204,49 @@ pub fn build(factories: &[Factory]) -> Option<FilterChain> {
     let negotiation = Rc::default();
     let filters: Vec<Box<dyn HttpFilter>> = factories
         .iter()
-        .map(|f| -> Box<dyn HttpFilter> {
-            match f {
-                Factory::Compressor(c) => Box::new(c.filter(&negotiation)),
-                Factory::Decompressor(d) => Box::new(d.filter()),
-                Factory::IstioAlpn(t) => {
+        .filter_map(|f| -> Option<Box<dyn HttpFilter>> {
+            let per_route = cx.selection.per_filter(&f.name);
+            match per_route {
+                Some(PerFilterConfig::Disabled) => return None,
+                None if f.disabled => return None,
+                _ => {}
+            }
+            Some(match &f.kind {
+                Kind::Compressor(c) => {
+                    let route = match per_route {
+                        Some(PerFilterConfig::Compressor(r)) => Some(*r),
+                        _ => None,
+                    };
+                    Box::new(c.filter(&negotiation, route))
+                }
+                Kind::Decompressor(d) => Box::new(d.filter()),
+                Kind::IstioAlpn(t) => {
                     Box::new(crate::http::filters::istio::AlpnFilter::new(t.clone()))
                 }
-                Factory::PeerMetadata(p) => Box::new(p.filter()),
-                Factory::HealthCheck(c) => Box::new(
+                Kind::PeerMetadata(p) => Box::new(p.filter()),
+                Kind::HealthCheck(c) => Box::new(
                     crate::http::filters::health_check::HealthCheckFilter::new(c.clone()),
                 ),
-            }
+                Kind::LocalRateLimit(l) => {
+                    let route = match per_route {
+                        Some(PerFilterConfig::LocalRateLimit(r)) => Some(r),
+                        _ => None,
+                    };
+                    Box::new(l.filter(route, cx))
+                }
+                Kind::Fault(f) => {
+                    let route = match per_route {
+                        Some(PerFilterConfig::Fault(r)) => Some(r),
+                        _ => None,
+                    };
+                    Box::new(f.filter(route))
+                }
+            })
         })
         .collect();
+    if filters.is_empty() {
+        return None;
+    }
     Some(FilterChain::new(filters))
 }
 

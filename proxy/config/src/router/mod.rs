@@ -229,7 +229,7 @@ fn parse_i64(v: &str) -> Option<i64> {
 
 /// `query_parameters`: each parameter's first value, undecoded, as Envoy's route matching
 /// reads the query string.
-fn query_matches(matchers: &[QueryMatch], path: &str) -> bool {
+pub fn query_matches(matchers: &[QueryMatch], path: &str) -> bool {
     let query = match path.split_once('?') {
         Some((_, q)) => q.split('#').next().unwrap_or(q),
         None => "",
@@ -268,6 +268,8 @@ pub struct Route {
     pub request_headers: Arc<HeaderParser>,
     /// `response_headers_to_add|remove`.
     pub response_headers: Arc<HeaderParser>,
+    /// `typed_per_filter_config`.
+    pub per_filter: PerFilterConfigs,
 }
 
 /// What a route does with a request it matched.
@@ -580,6 +582,49 @@ fn upgrade_allowed(kind: &str, hcm: &[(String, bool)]) -> bool {
     hcm.iter().any(|(t, enabled)| t == kind && *enabled)
 }
 
+/// An HTTP filter's configuration for the requests of a route, a virtual host or a route
+/// table (one entry of `typed_per_filter_config`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PerFilterConfig {
+    /// A `FilterConfig` with `disabled`: the filter does not run.
+    Disabled,
+    /// A `FilterConfig` without a configuration: the filter runs (even one `disabled` in the
+    /// connection manager) with its own configuration.
+    Enabled,
+    /// `envoy.filters.http.local_ratelimit`'s own configuration, with its own buckets.
+    LocalRateLimit(Arc<crate::model::HttpLocalRateLimit>),
+    /// `envoy.filters.http.compressor`'s `CompressorPerRoute`.
+    Compressor(CompressorPerRoute),
+    /// `envoy.filters.http.fault`'s own configuration.
+    Fault(Arc<crate::model::HttpFault>),
+}
+
+/// `CompressorPerRoute`: what it changes in the filter's response direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CompressorPerRoute {
+    /// `disabled` (false) or `overrides.response_direction_config` (true): whether responses
+    /// are compressed, whatever the filter's `enabled` says.
+    pub response_enabled: Option<bool>,
+    /// `overrides.response_direction_config.remove_accept_encoding_header`.
+    pub remove_accept_encoding: Option<bool>,
+}
+
+/// `typed_per_filter_config`, by filter name.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PerFilterConfigs(pub Vec<(String, PerFilterConfig)>);
+
+impl PerFilterConfigs {
+    /// The configuration for the filter called `name`.
+    pub fn get(&self, name: &str) -> Option<&PerFilterConfig> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, c)| c)
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// A virtual host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VirtualHost {
@@ -601,6 +646,8 @@ pub struct VirtualHost {
     pub require_tls: RequireTls,
     /// `retry_policy`, for routes without their own.
     pub retry: Option<Arc<retry::RetryPolicy>>,
+    /// `typed_per_filter_config`, for routes without their own.
+    pub per_filter: PerFilterConfigs,
 }
 
 /// `VirtualHost.require_tls`: requests whose `x-forwarded-proto` is not `https` are redirected
@@ -637,6 +684,8 @@ pub struct RouteConfig {
     pub response_headers: Arc<HeaderParser>,
     /// `most_specific_header_mutations_wins`.
     pub most_specific_wins: bool,
+    /// `typed_per_filter_config`, for virtual hosts and routes without their own.
+    pub per_filter: PerFilterConfigs,
     /// `internal_only_headers`: removed from requests that are not internal.
     pub internal_only_headers: Vec<http::HeaderName>,
 }
@@ -728,14 +777,14 @@ impl RouteTable {
         &self.config
     }
 
-    /// The virtual host for a `Host`/`:authority` value.
-    pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+    /// The index of the virtual host for a `Host`/`:authority` value.
+    pub fn virtual_host_index(&self, authority: &str) -> Option<usize> {
         // The common sidecar table has only `*`: nothing to look up.
         if self.index.exact.is_empty()
             && self.index.suffixes.is_empty()
             && self.index.prefixes.is_empty()
         {
-            return self.index.default.map(|i| &self.config.virtual_hosts[i]);
+            return self.index.default;
         }
         let mut host = authority;
         if self.config.ignore_port {
@@ -743,24 +792,30 @@ impl RouteTable {
         }
         let host = host.to_ascii_lowercase();
         if let Some(i) = self.index.exact.get(&host) {
-            return Some(&self.config.virtual_hosts[*i]);
+            return Some(*i);
         }
         // A wildcard must stand for at least one character.
         for (std::cmp::Reverse(len), map) in &self.index.suffixes {
             if *len < host.len() && host.is_char_boundary(host.len() - len) {
                 if let Some(i) = map.get(&host[host.len() - len..]) {
-                    return Some(&self.config.virtual_hosts[*i]);
+                    return Some(*i);
                 }
             }
         }
         for (std::cmp::Reverse(len), map) in &self.index.prefixes {
             if *len < host.len() && host.is_char_boundary(*len) {
                 if let Some(i) = map.get(&host[..*len]) {
-                    return Some(&self.config.virtual_hosts[*i]);
+                    return Some(*i);
                 }
             }
         }
-        self.index.default.map(|i| &self.config.virtual_hosts[i])
+        self.index.default
+    }
+
+    /// The virtual host for a `Host`/`:authority` value.
+    pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
+        self.virtual_host_index(authority)
+            .map(|i| &self.config.virtual_hosts[i])
     }
 }
 
@@ -818,6 +873,7 @@ mod tests {
             attempt_count_response: false,
             require_tls: RequireTls::None,
             retry: None,
+            per_filter: PerFilterConfigs::default(),
         }
     }
 
@@ -830,6 +886,7 @@ mod tests {
             response_headers: Arc::default(),
             most_specific_wins: false,
             internal_only_headers: Vec::new(),
+            per_filter: PerFilterConfigs::default(),
         }
     }
 
@@ -898,6 +955,7 @@ mod tests {
             upgrades: vec![],
             request_headers: Arc::default(),
             response_headers: Arc::default(),
+            per_filter: PerFilterConfigs::default(),
         };
         let hcm = vec![("websocket".to_string(), true), ("off".to_string(), false)];
         assert!(r.allows_upgrade("websocket", &hcm));

@@ -333,6 +333,40 @@ fn zstd(z: &Zstd, path: &str) -> Result<CompressorLibrary, ConfigError> {
     })
 }
 
+/// `CompressorPerRoute`.
+pub(super) fn per_route(
+    c: &compressor::CompressorPerRoute,
+    path: &str,
+) -> Result<crate::router::CompressorPerRoute, ConfigError> {
+    use compressor::compressor_per_route::Override;
+    let mut out = crate::router::CompressorPerRoute::default();
+    match &c.r#override {
+        Some(Override::Disabled(d)) => {
+            if *d {
+                out.response_enabled = Some(false);
+            }
+        }
+        Some(Override::Overrides(o)) => {
+            if o.compressor_library.is_some() {
+                return Err(ConfigError::unsupported(format!(
+                    "{path}.overrides.compressor_library"
+                )));
+            }
+            if let Some(r) = &o.response_direction_config {
+                out.response_enabled = Some(true);
+                out.remove_accept_encoding = r.remove_accept_encoding_header.map(|v| v.value);
+            }
+        }
+        None => {
+            return Err(ConfigError::new(
+                format!("{path}.override"),
+                "value is required",
+            ))
+        }
+    }
+    Ok(out)
+}
+
 pub(super) fn translate_decompressor(
     d: &decompressor::Decompressor,
     path: &str,

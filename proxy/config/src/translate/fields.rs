@@ -421,7 +421,8 @@ pub(super) fn route_configuration(
         "ignore_path_parameters_in_path_matching",
         ignore_path_parameters_in_path_matching,
     )?;
-    refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
+    // typed_per_filter_config: translate::ratelimit::per_filter_configs.
+    let _ = typed_per_filter_config;
     refuse(path, "route_specifiers", route_specifiers)?;
     Ok(())
 }
@@ -460,7 +461,8 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
     refuse(path, "virtual_clusters", virtual_clusters)?;
     refuse(path, "rate_limits", rate_limits)?;
     refuse(path, "cors", cors)?;
-    refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
+    // typed_per_filter_config: translate::ratelimit::per_filter_configs.
+    let _ = typed_per_filter_config;
     // retry_policy: translated in translate::retry.
     let _ = retry_policy;
     refuse(path, "retry_policy_typed_config", retry_policy_typed_config)?;
@@ -502,7 +504,8 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
         route_specifiers,
         action,
     } = m;
-    refuse(path, "typed_per_filter_config", typed_per_filter_config)?;
+    // typed_per_filter_config: translate::ratelimit::per_filter_configs.
+    let _ = typed_per_filter_config;
     refuse(path, "tracing", tracing)?;
     refuse(
         path,

@@ -77,7 +77,7 @@ pub(super) fn translate_hcm(
         };
         let any = typed_config(typed, f.config_type.is_some(), &fpath)?;
         let tpath = format!("{fpath}.typed_config");
-        match type_name(&any.type_url) {
+        let config = match type_name(&any.type_url) {
             "envoy.extensions.filters.http.router.v3.Router" => {
                 if i + 1 != h.http_filters.len() {
                     return Err(ConfigError::new(
@@ -85,41 +85,57 @@ pub(super) fn translate_hcm(
                         "the router must be the last HTTP filter",
                     ));
                 }
+                if f.disabled {
+                    return Err(ConfigError::new(
+                        format!("{fpath}.disabled"),
+                        "the terminal filter cannot be disabled",
+                    ));
+                }
                 let r: Router = unpack(any, &tpath)?;
                 router = Some(RouterConfig {
                     dynamic_stats: r.dynamic_stats.as_ref().is_none_or(|v| v.value),
                     suppress_envoy_headers: r.suppress_envoy_headers,
                 });
+                None
             }
             "envoy.extensions.filters.http.compressor.v3.Compressor" => {
-                http_filters.push(super::compressor::translate(&unpack(any, &tpath)?, &tpath)?);
+                Some(super::compressor::translate(&unpack(any, &tpath)?, &tpath)?)
             }
-            "envoy.extensions.filters.http.decompressor.v3.Decompressor" => {
-                http_filters.push(super::compressor::translate_decompressor(
-                    &unpack(any, &tpath)?,
-                    &tpath,
-                )?);
+            "envoy.extensions.filters.http.decompressor.v3.Decompressor" => Some(
+                super::compressor::translate_decompressor(&unpack(any, &tpath)?, &tpath)?,
+            ),
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => {
+                Some(HttpFilterConfig::LocalRateLimit(Arc::new(
+                    super::ratelimit::translate(&unpack(any, &tpath)?, &tpath)?,
+                )))
             }
-            crate::istio::ALPN => http_filters.push(HttpFilterConfig::IstioAlpn(Arc::new(
-                super::istio::alpn(&unpack(any, &tpath)?, &tpath)?,
-            ))),
+            crate::istio::ALPN => Some(HttpFilterConfig::IstioAlpn(Arc::new(super::istio::alpn(
+                &unpack(any, &tpath)?,
+                &tpath,
+            )?))),
             "envoy.extensions.filters.http.health_check.v3.HealthCheck" => {
-                http_filters.push(HttpFilterConfig::HealthCheck(Arc::new(health_check(
+                Some(HttpFilterConfig::HealthCheck(Arc::new(health_check(
                     &unpack(any, &tpath)?,
                     &tpath,
                 )?)))
             }
-            crate::istio::PEER_METADATA => http_filters.push(HttpFilterConfig::PeerMetadata(
-                Arc::new(super::istio::peer_metadata(&unpack(any, &tpath)?, &tpath)?),
+            crate::istio::PEER_METADATA => Some(HttpFilterConfig::PeerMetadata(Arc::new(
+                super::istio::peer_metadata(&unpack(any, &tpath)?, &tpath)?,
+            ))),
+            "envoy.extensions.filters.http.fault.v3.HTTPFault" => Some(HttpFilterConfig::Fault(
+                Arc::new(super::fault::translate(&unpack(any, &tpath)?, &tpath)?),
             )),
-            // With no field set (any set field is refused by path), the fault and CORS filters
-            // act only through per-route configuration, which skiff refuses: no effect.
-            "envoy.extensions.filters.http.fault.v3.HTTPFault"
-            | "envoy.extensions.filters.http.cors.v3.Cors" => {}
+            // With no field set (any set field is refused by path), the CORS filter acts only
+            // through per-route configuration of its type, which skiff refuses: no effect.
+            "envoy.extensions.filters.http.cors.v3.Cors" => None,
             // Telemetry only (docs/compatibility.md).
-            crate::istio::STATS => super::istio::without_effect("istio.stats"),
+            crate::istio::STATS => {
+                super::istio::without_effect("istio.stats");
+                None
+            }
             "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig" => {
-                super::istio::without_effect("envoy.filters.http.grpc_stats")
+                super::istio::without_effect("envoy.filters.http.grpc_stats");
+                None
             }
             other => {
                 return Err(ConfigError::new(
@@ -127,6 +143,13 @@ pub(super) fn translate_hcm(
                     format!("unsupported HTTP filter '{}' ({other})", f.name),
                 ))
             }
+        };
+        if let Some(config) = config {
+            http_filters.push(HttpFilter {
+                name: f.name.clone(),
+                disabled: f.disabled,
+                config,
+            });
         }
     }
     let router = router.ok_or_else(|| {
@@ -805,6 +828,7 @@ pub(crate) fn translate_routes(
             name: vh.name.clone(),
             domains: vh.domains.clone(),
             routes,
+            per_filter: super::ratelimit::per_filter_configs(&vh.typed_per_filter_config, &vpath)?,
         });
     }
     let mut table = RouteConfig {
@@ -815,6 +839,7 @@ pub(crate) fn translate_routes(
         response_headers: Arc::default(),
         most_specific_wins: false,
         internal_only_headers: Vec::new(),
+        per_filter: super::ratelimit::per_filter_configs(&rc.typed_per_filter_config, path)?,
     };
     table
         .check()
@@ -995,6 +1020,7 @@ fn translate_route(
             path,
             "response",
         )?,
+        per_filter: super::ratelimit::per_filter_configs(&r.typed_per_filter_config, path)?,
     })
 }
 
@@ -1073,7 +1099,10 @@ pub(super) fn translate_header_match(
     })
 }
 
-fn query_match(q: &route::QueryParameterMatcher, path: &str) -> Result<QueryMatch, ConfigError> {
+pub(super) fn query_match(
+    q: &route::QueryParameterMatcher,
+    path: &str,
+) -> Result<QueryMatch, ConfigError> {
     use route::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
     let route::QueryParameterMatcher {
         name,

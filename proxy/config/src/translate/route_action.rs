@@ -539,26 +539,48 @@ pub(super) fn header_parser(
     path: &str,
     prefix: &str,
 ) -> Result<std::sync::Arc<crate::router::HeaderParser>, ConfigError> {
-    use crate::router::header_parser::{AppendAction, HeaderParser};
-    use core::header_value_option::HeaderAppendAction as A;
-    let name = |n: &str, at: String| {
-        if n.starts_with(':') || n.eq_ignore_ascii_case("host") {
-            return Err(ConfigError::new(
-                at,
-                ":-prefixed or host headers may not be modified",
-            ));
-        }
-        http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
-            .map_err(|_| ConfigError::new(at, "not a valid header name"))
-    };
+    use crate::router::header_parser::HeaderParser;
     let mut parser = HeaderParser::default();
     for (i, r) in remove.iter().enumerate() {
         parser
             .remove
             .push(name(r, format!("{path}.{prefix}_headers_to_remove[{i}]"))?);
     }
+    add_options(&mut parser, add, &format!("{path}.{prefix}_headers_to_add"))?;
+    Ok(std::sync::Arc::new(parser))
+}
+
+/// A list of `HeaderValueOption`s alone (a filter's headers to add), at `field`.
+pub(super) fn header_adds(
+    add: &[core::HeaderValueOption],
+    field: &str,
+) -> Result<crate::router::HeaderParser, ConfigError> {
+    let mut parser = crate::router::HeaderParser::default();
+    add_options(&mut parser, add, field)?;
+    Ok(parser)
+}
+
+/// A header name a configuration may add or remove.
+fn name(n: &str, at: String) -> Result<http::HeaderName, ConfigError> {
+    if n.starts_with(':') || n.eq_ignore_ascii_case("host") {
+        return Err(ConfigError::new(
+            at,
+            ":-prefixed or host headers may not be modified",
+        ));
+    }
+    http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+        .map_err(|_| ConfigError::new(at, "not a valid header name"))
+}
+
+fn add_options(
+    parser: &mut crate::router::HeaderParser,
+    add: &[core::HeaderValueOption],
+    field: &str,
+) -> Result<(), ConfigError> {
+    use crate::router::header_parser::AppendAction;
+    use core::header_value_option::HeaderAppendAction as A;
     for (i, o) in add.iter().enumerate() {
-        let opath = format!("{path}.{prefix}_headers_to_add[{i}]");
+        let opath = format!("{field}[{i}]");
         #[allow(deprecated)]
         let core::HeaderValueOption {
             header,
@@ -609,7 +631,7 @@ pub(super) fn header_parser(
         };
         parser.add.push((key, value, action, *keep_empty_value));
     }
-    Ok(std::sync::Arc::new(parser))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -105,10 +105,16 @@ impl Factory {
     }
 
     /// The filter for one stream; `shared` is common to the stream's compressor filters.
-    pub fn filter(self: &Rc<Self>, shared: &Rc<RefCell<Negotiation>>) -> CompressorFilter {
+    /// `route` is the route's `CompressorPerRoute`, if it has one.
+    pub fn filter(
+        self: &Rc<Self>,
+        shared: &Rc<RefCell<Negotiation>>,
+        route: Option<crate::router::CompressorPerRoute>,
+    ) -> CompressorFilter {
         shared.borrow_mut().registered.push(self.config.clone());
         CompressorFilter {
             factory: self.clone(),
+            route: route.unwrap_or_default(),
             shared: shared.clone(),
             accept_encoding: None,
             head_request: false,
@@ -211,6 +217,8 @@ pub fn choose(accept_encoding: &str, offered: &[&'static str]) -> Decision {
 pub struct CompressorFilter {
     factory: Rc<Factory>,
     shared: Rc<RefCell<Negotiation>>,
+    /// The route's `CompressorPerRoute`.
+    route: crate::router::CompressorPerRoute,
     /// The request's `accept-encoding`, all values joined; `None` without one.
     accept_encoding: Option<String>,
     /// A HEAD request's response has no body to compress.
@@ -341,6 +349,17 @@ fn insert_vary(h: &mut HeaderMap) {
     }
 }
 
+impl CompressorFilter {
+    /// Whether responses may be compressed: the route's word, else the filter's `enabled`.
+    fn response_on(&self, config: &model::Compressor) -> bool {
+        match (&config.response, self.route.response_enabled) {
+            (None, _) => false,
+            (Some(_), Some(on)) => on,
+            (Some(dir), None) => crate::runtime::flag_on(dir.runtime.as_ref()),
+        }
+    }
+}
+
 impl HttpFilter for CompressorFilter {
     fn decode_headers(
         &mut self,
@@ -357,7 +376,11 @@ impl HttpFilter for CompressorFilter {
             .collect();
         if !values.is_empty() {
             self.accept_encoding = Some(values.join(","));
-            if config.response.is_some() && config.remove_accept_encoding_header {
+            let remove = self
+                .route
+                .remove_accept_encoding
+                .unwrap_or(config.remove_accept_encoding_header);
+            if self.response_on(&config) && remove {
                 head.headers.remove(header::ACCEPT_ENCODING);
             }
         }
@@ -410,7 +433,7 @@ impl HttpFilter for CompressorFilter {
         let end_stream = end_stream || self.head_request;
         let h = &head.headers;
         let (long_enough, compressible) = match &config.response {
-            Some(dir) if crate::runtime::flag_on(dir.runtime.as_ref()) => {
+            Some(dir) if self.response_on(&config) => {
                 let long = long_enough(h, dir, &stats.content_length_too_small);
                 let compressible = long
                     && !is_upgrade(head.status, h)

@@ -2,7 +2,10 @@
 
 pub mod compressor;
 pub mod decompressor;
+pub mod fault;
 pub mod health_check;
 pub mod istio;
+pub mod local_ratelimit;
 pub mod retry;
 pub mod router;
+pub mod token_bucket;

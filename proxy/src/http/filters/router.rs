@@ -142,106 +142,54 @@ impl Drop for Upstream {
     }
 }
 
-/// Routes and forwards one request. `Err` is the local reply to send instead. With `source`
-/// (original_src), upstream connections come from that address. `upgrade` is the type of an
-/// HTTP/1.1 upgrade the request asks for (lower case).
-#[allow(clippy::too_many_arguments)]
-pub async fn route(
-    worker: &Rc<Worker>,
-    (cfg, static_routes): (
-        &model::HttpConnectionManager,
-        Option<&crate::router::RouteTable>,
-    ),
-    mut parts: http::request::Parts,
-    body: ProxyBody,
-    request: &Rc<RequestProgress>,
-    (downstream_remote, downstream_local): (std::net::SocketAddr, std::net::SocketAddr),
-    source: Option<pool::Source>,
-    (scheme, upgrade, header_timeout): (&str, Option<&str>, Option<std::time::Duration>),
-    retry_headers: Option<&RetryHeaders>,
-    (buffer_limit, timers): (usize, Option<&Rc<crate::http::timeouts::StreamTimers>>),
-    mut info: Option<&mut StreamInfo>,
-) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
-    let host_header = authority(&parts).unwrap_or("").to_string();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    // Each stream reads the route table in force when it starts (RDS updates reach
-    // long-lived connections on their next stream).
-    let rds;
-    let table: Option<&crate::router::RouteTable> = match &cfg.routes {
-        model::RouteSource::Static(_) => static_routes,
-        model::RouteSource::Rds { name, .. } => {
-            rds = worker.route_table(name);
-            rds.as_deref()
-        }
-    };
-    // internal_only_headers reach only internal requests (Envoy removes them before routing).
-    if let Some(t) = table {
-        if !t.internal_only_headers.is_empty()
-            && parts
-                .headers
-                .get("x-envoy-internal")
-                .is_none_or(|v| v != "true")
-        {
-            for h in &t.internal_only_headers {
-                parts.headers.remove(h);
-            }
-        }
+/// The route a stream resolved before its filters run (Envoy's cached route): the filters
+/// see it (their per-route configuration), and the router forwards by it.
+pub struct Selection {
+    table: Option<std::sync::Arc<crate::router::RouteTable>>,
+    vhost: Option<usize>,
+    route: Option<usize>,
+    /// `require_tls`: the request is sent to https first.
+    to_https: bool,
+    /// The runtime values in force when the stream started; route matching and the weighted
+    /// cluster pick read them.
+    pub runtime: std::sync::Arc<crate::config::runtime::Values>,
+    /// The stream's random value (Envoy's stream id).
+    pub random: u64,
+}
+
+impl Selection {
+    /// The route configuration the stream reads.
+    pub fn table(&self) -> Option<&crate::router::RouteTable> {
+        self.table.as_deref()
     }
-    // The stream's runtime values and random value (Envoy's stream id), which route matching
-    // and the weighted cluster pick both read.
-    let runtime = crate::runtime::snapshot();
-    let random = fastrand::u64(..);
-    let view = crate::router::RequestView {
-        method: parts.method.as_str(),
-        path,
-        authority: &host_header,
-        scheme,
-        headers: &parts.headers,
-        runtime: &runtime,
-        random,
-    };
-    let vhost = table.and_then(|t| t.virtual_host(&host_header));
-    // require_tls: a request not forwarded as https is sent to https first (Envoy's SSL
-    // redirect route, a 301 built like a route's https_redirect).
-    if let Some(vh) = vhost {
-        let forwarded_https = view
-            .headers
-            .get(&names::X_FORWARDED_PROTO)
-            .is_some_and(|v| v == "https");
-        let internal = view
-            .headers
-            .get("x-envoy-internal")
-            .is_some_and(|v| v == "true");
-        let redirect = match vh.require_tls {
-            crate::router::RequireTls::None => false,
-            crate::router::RequireTls::All => !forwarded_https,
-            crate::router::RequireTls::ExternalOnly => !forwarded_https && !internal,
+
+    /// The virtual host the request's authority picked.
+    pub fn vhost(&self) -> Option<&crate::router::VirtualHost> {
+        Some(&self.table.as_ref()?.virtual_hosts[self.vhost?])
+    }
+
+    /// The route the request matched.
+    pub fn route(&self) -> Option<&Route> {
+        Some(&self.vhost()?.routes[self.route?])
+    }
+
+    /// Whether the virtual host's `require_tls` sends the request to https.
+    pub fn redirects_to_https(&self) -> bool {
+        self.to_https
+    }
+
+    /// The route's header changes for requests (`false`) or responses (`true`), with its
+    /// virtual host's and route configuration's, in the order they apply (none without a
+    /// route).
+    pub fn header_mutations(
+        &self,
+        response: bool,
+    ) -> Vec<std::sync::Arc<crate::router::HeaderParser>> {
+        let (Some(table), Some(vhost), Some(route)) = (self.table(), self.vhost(), self.route())
+        else {
+            return Vec::new();
         };
-        if redirect {
-            if let Some(r) = vh.routes.first() {
-                let to_https = Redirect {
-                    scheme: Some("https".into()),
-                    host: None,
-                    port: None,
-                    path: PathRedirect::Keep,
-                    status: StatusCode::MOVED_PERMANENTLY,
-                    strip_query: false,
-                };
-                let location = redirect_location(r, &to_https, &parts, &host_header, scheme);
-                return Err(LocalReply::redirect(
-                    StatusCode::MOVED_PERMANENTLY,
-                    location,
-                ));
-            }
-        }
-    }
-    let route = vhost.and_then(|vh| vh.route(&view));
-    let (Some(route), Some(table), Some(vhost)) = (route, table, vhost) else {
-        return Err(LocalReply::NO_ROUTE);
-    };
-    let order = |r: bool| {
-        let pick = |t: &std::sync::Arc<crate::router::HeaderParser>| t.clone();
-        let (g, v, rt) = if r {
+        let (g, v, rt) = if response {
             (
                 &table.response_headers,
                 &vhost.response_headers,
@@ -261,9 +209,142 @@ pub async fn route(
         };
         list.into_iter()
             .filter(|p| !p.is_empty())
-            .map(pick)
-            .collect::<Vec<_>>()
+            .cloned()
+            .collect()
+    }
+
+    /// The most specific per-route configuration of the filter called `name`: the route's,
+    /// else its virtual host's, else the route configuration's.
+    pub fn per_filter(&self, name: &str) -> Option<&crate::router::PerFilterConfig> {
+        let table = self.table.as_ref()?;
+        let vhost = self.vhost.map(|v| &table.virtual_hosts[v]);
+        let route = vhost.zip(self.route).map(|(v, r)| &v.routes[r]);
+        route
+            .and_then(|r| r.per_filter.get(name))
+            .or_else(|| vhost.and_then(|v| v.per_filter.get(name)))
+            .or_else(|| table.per_filter.get(name))
+    }
+}
+
+/// Resolves the route of a request whose headers the connection manager has finished with.
+/// `internal_only_headers` are removed here from requests that are not internal.
+pub fn select(
+    worker: &Worker,
+    (cfg, static_routes): (
+        &model::HttpConnectionManager,
+        Option<&std::sync::Arc<crate::router::RouteTable>>,
+    ),
+    parts: &mut http::request::Parts,
+    scheme: &str,
+) -> Selection {
+    // Each stream reads the route table in force when it starts (RDS updates reach
+    // long-lived connections on their next stream).
+    let table = match &cfg.routes {
+        model::RouteSource::Static(_) => static_routes.cloned(),
+        model::RouteSource::Rds { name, .. } => worker.route_table(name),
     };
+    let runtime = arc_swap::Guard::into_inner(crate::runtime::snapshot());
+    let random = fastrand::u64(..);
+    let mut out = Selection {
+        table: None,
+        vhost: None,
+        route: None,
+        to_https: false,
+        runtime,
+        random,
+    };
+    let Some(t) = table else {
+        return out;
+    };
+    // internal_only_headers reach only internal requests (Envoy removes them before routing).
+    if !t.internal_only_headers.is_empty()
+        && parts
+            .headers
+            .get("x-envoy-internal")
+            .is_none_or(|v| v != "true")
+    {
+        for h in &t.internal_only_headers {
+            parts.headers.remove(h);
+        }
+    }
+    let host_header = authority(parts).unwrap_or("");
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let view = crate::router::RequestView {
+        method: parts.method.as_str(),
+        path,
+        authority: host_header,
+        scheme,
+        headers: &parts.headers,
+        runtime: &out.runtime,
+        random,
+    };
+    if let Some(vi) = t.virtual_host_index(host_header) {
+        let vh = &t.virtual_hosts[vi];
+        // require_tls: a request not forwarded as https is sent to https first (Envoy's SSL
+        // redirect route, a 301 built like a route's https_redirect).
+        let forwarded_https = view
+            .headers
+            .get(&names::X_FORWARDED_PROTO)
+            .is_some_and(|v| v == "https");
+        let internal = view
+            .headers
+            .get("x-envoy-internal")
+            .is_some_and(|v| v == "true");
+        out.to_https = !vh.routes.is_empty()
+            && match vh.require_tls {
+                crate::router::RequireTls::None => false,
+                crate::router::RequireTls::All => !forwarded_https,
+                crate::router::RequireTls::ExternalOnly => !forwarded_https && !internal,
+            };
+        out.vhost = Some(vi);
+        out.route = vh.routes.iter().position(|r| r.matcher.matches(&view));
+    }
+    out.table = Some(t);
+    out
+}
+
+/// Forwards one request by the route its stream selected. `Err` is the local reply to send
+/// instead. With `source` (original_src), upstream connections come from that address.
+/// `upgrade` is the type of an HTTP/1.1 upgrade the request asks for (lower case).
+#[allow(clippy::too_many_arguments)]
+pub async fn route(
+    worker: &Rc<Worker>,
+    cfg: &model::HttpConnectionManager,
+    selection: &Selection,
+    mut parts: http::request::Parts,
+    body: ProxyBody,
+    request: &Rc<RequestProgress>,
+    (downstream_remote, downstream_local): (std::net::SocketAddr, std::net::SocketAddr),
+    source: Option<pool::Source>,
+    (scheme, upgrade, header_timeout): (&str, Option<&str>, Option<std::time::Duration>),
+    retry_headers: Option<&RetryHeaders>,
+    (buffer_limit, timers): (usize, Option<&Rc<crate::http::timeouts::StreamTimers>>),
+    mut info: Option<&mut StreamInfo>,
+) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
+    let host_header = authority(&parts).unwrap_or("").to_string();
+    let runtime = &selection.runtime;
+    let random = selection.random;
+    if selection.to_https {
+        if let Some(r) = selection.vhost().and_then(|vh| vh.routes.first()) {
+            let to_https = Redirect {
+                scheme: Some("https".into()),
+                host: None,
+                port: None,
+                path: PathRedirect::Keep,
+                status: StatusCode::MOVED_PERMANENTLY,
+                strip_query: false,
+            };
+            let location = redirect_location(r, &to_https, &parts, &host_header, scheme);
+            return Err(LocalReply::redirect(
+                StatusCode::MOVED_PERMANENTLY,
+                location,
+            ));
+        }
+    }
+    let (Some(route), Some(vhost)) = (selection.route(), selection.vhost()) else {
+        return Err(LocalReply::NO_ROUTE);
+    };
+    let order = |response: bool| selection.header_mutations(response);
     // An upgrade neither the route nor the connection manager takes: Envoy's 403.
     if upgrade.is_some_and(|kind| !route.allows_upgrade(kind, &cfg.upgrades)) {
         return Err(LocalReply::UPGRADE_FORBIDDEN);
@@ -274,8 +355,9 @@ pub async fn route(
     let forward = match &route.action {
         Action::Forward(f) => f,
         Action::Direct { status, body } => {
+            // The route's header changes apply as to every local reply (the connection
+            // manager's `routed_local`).
             let mut reply = LocalReply::direct(*status, body.clone());
-            reply.mutations = order(true);
             // A 201 or a 3xx direct response says where: the request's own URL (Envoy).
             if *status == StatusCode::CREATED || status.is_redirection() {
                 let here = Redirect {
@@ -293,9 +375,7 @@ pub async fn route(
         }
         Action::Redirect(r) => {
             let location = redirect_location(route, r, &parts, &host_header, scheme);
-            let mut reply = LocalReply::redirect(r.status, location);
-            reply.mutations = order(true);
-            return Err(reply);
+            return Err(LocalReply::redirect(r.status, location));
         }
     };
     // The route's max_stream_duration moves the connection manager's stream timer.
@@ -312,7 +392,7 @@ pub async fn route(
     }
     let (cluster, changes) = forward
         .target
-        .pick_with_changes(&parts.headers, &runtime, random)
+        .pick_with_changes(&parts.headers, runtime, random)
         .and_then(|(name, changes)| worker.clusters.get(name).map(|c| (c, changes)))
         .ok_or(LocalReply {
             status: forward.cluster_not_found,
@@ -479,7 +559,7 @@ pub async fn route(
             buffer_limit,
             dynamic_stats: cfg.router.dynamic_stats,
         };
-        start_mirrors(&ctx, &forward.mirrors, &runtime, &parts, &host_header, body)
+        start_mirrors(&ctx, &forward.mirrors, runtime, &parts, &host_header, body)
     };
     let f = Forward {
         worker,

@@ -1,0 +1,519 @@
+//! `envoy.filters.http.local_ratelimit` and the route `rate_limits` actions its descriptors
+//! come from.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as lrl;
+use envoy_types::pb::envoy::r#type::v3 as type_pb;
+
+use super::super::model::{
+    HttpLocalRateLimit, LocalDescriptor, RateLimitAction, RateLimitPolicy, TokenBucket,
+    VhRateLimits,
+};
+use super::super::ConfigError;
+
+/// Envoy's floor for a local rate limit's `fill_interval`.
+const MIN_FILL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The filter's configuration (in the connection manager or on a route), checked as Envoy
+/// checks it.
+pub(super) fn translate(
+    l: &lrl::LocalRateLimit,
+    path: &str,
+) -> Result<HttpLocalRateLimit, ConfigError> {
+    let lrl::LocalRateLimit {
+        stat_prefix,
+        status,
+        token_bucket,
+        filter_enabled,
+        filter_enforced,
+        request_headers_to_add_when_not_enforced,
+        response_headers_to_add,
+        descriptors,
+        stage,
+        local_rate_limit_per_downstream_connection,
+        local_cluster_rate_limit,
+        enable_x_ratelimit_headers,
+        vh_rate_limits,
+        always_consume_default_token_bucket,
+        rate_limited_as_resource_exhausted,
+        rate_limits,
+        max_dynamic_descriptors,
+        enable_retry_after_header,
+    } = l;
+    if stat_prefix.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.stat_prefix"),
+            "value length must be at least 1 characters",
+        ));
+    }
+    if local_cluster_rate_limit.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.local_cluster_rate_limit"
+        )));
+    }
+    if *rate_limited_as_resource_exhausted {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.rate_limited_as_resource_exhausted"
+        )));
+    }
+    if *enable_retry_after_header {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.enable_retry_after_header"
+        )));
+    }
+    if max_dynamic_descriptors.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.max_dynamic_descriptors"
+        )));
+    }
+    if *stage > 10 {
+        return Err(ConfigError::new(
+            format!("{path}.stage"),
+            "value must be less than or equal to 10",
+        ));
+    }
+    // A status below 400 becomes 429 (Envoy's `toErrorCode`).
+    let status = match status {
+        None => http::StatusCode::TOO_MANY_REQUESTS,
+        Some(s) => match u16::try_from(s.code)
+            .ok()
+            .filter(|c| (100..600).contains(c))
+            .and_then(|c| http::StatusCode::from_u16(c).ok())
+        {
+            Some(c) if c.as_u16() >= 400 => c,
+            Some(_) => http::StatusCode::TOO_MANY_REQUESTS,
+            None => {
+                return Err(ConfigError::new(
+                    format!("{path}.status.code"),
+                    "value must be one of the defined enum values",
+                ))
+            }
+        },
+    };
+    let bucket = token_bucket
+        .as_ref()
+        .map(|b| self::bucket(b, &format!("{path}.token_bucket")))
+        .transpose()?;
+    let fraction =
+        |f: &Option<envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent>,
+         name: &str| {
+            f.as_ref()
+                .map(|f| super::http_manager::runtime_fraction(f, &format!("{path}.{name}")))
+                .transpose()
+        };
+    let mut out_descriptors = Vec::new();
+    for (i, d) in descriptors.iter().enumerate() {
+        let dpath = format!("{path}.descriptors[{i}]");
+        if d.entries.is_empty() {
+            return Err(ConfigError::new(
+                format!("{dpath}.entries"),
+                "value must contain at least 1 item(s)",
+            ));
+        }
+        if let Some(j) = d.entries.iter().position(|e| e.value.is_empty()) {
+            return Err(ConfigError::new(
+                format!("{dpath}.entries[{j}].value"),
+                "unsupported: an empty value (a wildcard with its own bucket per value)",
+            ));
+        }
+        let entries: Vec<(String, String)> = d
+            .entries
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect();
+        if out_descriptors
+            .iter()
+            .any(|o: &LocalDescriptor| o.entries == entries)
+        {
+            return Err(ConfigError::new(
+                dpath,
+                "duplicate descriptor in the local rate descriptor",
+            ));
+        }
+        let b = super::required(&d.token_bucket, &format!("{dpath}.token_bucket"))?;
+        out_descriptors.push(LocalDescriptor {
+            entries,
+            bucket: self::bucket(b, &format!("{dpath}.token_bucket"))?,
+            shadow: d.shadow_mode,
+        });
+    }
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::VhRateLimitsOptions as Vh;
+    let vh_rate_limits = match Vh::try_from(*vh_rate_limits) {
+        Ok(Vh::Override) => VhRateLimits::Override,
+        Ok(Vh::Include) => VhRateLimits::Include,
+        Ok(Vh::Ignore) => VhRateLimits::Ignore,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.vh_rate_limits"),
+                "unknown value",
+            ))
+        }
+    };
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::XRateLimitHeadersRfcVersion as X;
+    let x_ratelimit_headers = match X::try_from(*enable_x_ratelimit_headers) {
+        Ok(X::Off) => false,
+        Ok(X::DraftVersion03) => true,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.enable_x_ratelimit_headers"),
+                "unknown value",
+            ))
+        }
+    };
+    use super::route_action::header_adds;
+    Ok(HttpLocalRateLimit {
+        stat_prefix: stat_prefix.clone(),
+        status,
+        bucket,
+        enabled: fraction(filter_enabled, "filter_enabled")?,
+        enforced: fraction(filter_enforced, "filter_enforced")?,
+        request_headers_not_enforced: Arc::new(header_adds(
+            request_headers_to_add_when_not_enforced,
+            &format!("{path}.request_headers_to_add_when_not_enforced"),
+        )?),
+        response_headers: Arc::new(header_adds(
+            response_headers_to_add,
+            &format!("{path}.response_headers_to_add"),
+        )?),
+        descriptors: out_descriptors,
+        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"))?,
+        stage: *stage,
+        vh_rate_limits,
+        per_connection: *local_rate_limit_per_downstream_connection,
+        x_ratelimit_headers,
+        always_consume_default: always_consume_default_token_bucket
+            .as_ref()
+            .is_none_or(|v| v.value),
+    })
+}
+
+/// A `TokenBucket`, checked as Envoy's local rate limiter checks it.
+fn bucket(b: &type_pb::TokenBucket, path: &str) -> Result<TokenBucket, ConfigError> {
+    if b.max_tokens == 0 {
+        return Err(ConfigError::new(
+            format!("{path}.max_tokens"),
+            "value must be greater than 0",
+        ));
+    }
+    let tokens_per_fill = b.tokens_per_fill.as_ref().map_or(1, |v| v.value);
+    if tokens_per_fill == 0 {
+        return Err(ConfigError::new(
+            format!("{path}.tokens_per_fill"),
+            "value must be greater than 0",
+        ));
+    }
+    let d = super::required(&b.fill_interval, &format!("{path}.fill_interval"))?;
+    let fill_interval = super::duration(d, &format!("{path}.fill_interval"))?;
+    if fill_interval < MIN_FILL_INTERVAL {
+        return Err(ConfigError::new(
+            format!("{path}.fill_interval"),
+            "local rate limit token bucket fill timer must be >= 50ms",
+        ));
+    }
+    Ok(TokenBucket {
+        max_tokens: b.max_tokens,
+        tokens_per_fill,
+        fill_interval,
+    })
+}
+
+/// A list of `RateLimit`s (a route's, a virtual host's or the filter's own).
+pub(super) fn policies(
+    list: &[route::RateLimit],
+    path: &str,
+) -> Result<Vec<RateLimitPolicy>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, r)| policy(r, &format!("{path}[{i}]")))
+        .collect()
+}
+
+fn policy(r: &route::RateLimit, path: &str) -> Result<RateLimitPolicy, ConfigError> {
+    let route::RateLimit {
+        stage,
+        disable_key,
+        actions,
+        limit,
+        hits_addend,
+        apply_on_stream_done,
+        x_ratelimit_option,
+    } = r;
+    if *x_ratelimit_option != 0 {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.x_ratelimit_option"
+        )));
+    }
+    let stage = stage.as_ref().map_or(0, |v| v.value);
+    if stage > 10 {
+        return Err(ConfigError::new(
+            format!("{path}.stage"),
+            "value must be less than or equal to 10",
+        ));
+    }
+    if !disable_key.is_empty() {
+        return Err(ConfigError::unsupported(format!("{path}.disable_key")));
+    }
+    if limit.is_some() {
+        return Err(ConfigError::unsupported(format!("{path}.limit")));
+    }
+    if hits_addend.is_some() {
+        return Err(ConfigError::unsupported(format!("{path}.hits_addend")));
+    }
+    if *apply_on_stream_done {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.apply_on_stream_done"
+        )));
+    }
+    if actions.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.actions"),
+            "value must contain at least 1 item(s)",
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, a) in actions.iter().enumerate() {
+        out.push(action(a, &format!("{path}.actions[{i}]"))?);
+    }
+    Ok(RateLimitPolicy {
+        stage,
+        actions: out,
+    })
+}
+
+/// A descriptor value as written: `%` operators are not offered.
+fn literal(v: &str, path: &str) -> Result<String, ConfigError> {
+    if v.replace("%%", "").contains('%') {
+        return Err(ConfigError::new(
+            path,
+            "unsupported: substitution operators (%...%) in descriptor values",
+        ));
+    }
+    Ok(v.replace("%%", "%"))
+}
+
+fn key_or(key: &str, default: &str) -> String {
+    if key.is_empty() {
+        default.to_string()
+    } else {
+        key.to_string()
+    }
+}
+
+fn action(a: &route::rate_limit::Action, path: &str) -> Result<RateLimitAction, ConfigError> {
+    use route::rate_limit::action::ActionSpecifier as A;
+    let value = |v: &str, default: &str, field: &str| -> Result<String, ConfigError> {
+        let v = literal(v, &format!("{path}.{field}.descriptor_value"))?;
+        Ok(if v.is_empty() { default.to_string() } else { v })
+    };
+    Ok(match &a.action_specifier {
+        Some(A::SourceCluster(_)) => {
+            return Err(ConfigError::unsupported(format!("{path}.source_cluster")))
+        }
+        Some(A::DestinationCluster(_)) => {
+            return Err(ConfigError::unsupported(format!(
+                "{path}.destination_cluster"
+            )))
+        }
+        Some(A::RequestHeaders(h)) => {
+            let hpath = format!("{path}.request_headers");
+            if h.header_name.is_empty() {
+                return Err(ConfigError::new(format!("{hpath}.header_name"), "required"));
+            }
+            if h.descriptor_key.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{hpath}.descriptor_key"),
+                    "required",
+                ));
+            }
+            RateLimitAction::RequestHeaders {
+                header: http::HeaderName::from_bytes(h.header_name.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| {
+                        ConfigError::new(format!("{hpath}.header_name"), "not a valid header name")
+                    })?,
+                key: h.descriptor_key.clone(),
+                skip_if_absent: h.skip_if_absent,
+            }
+        }
+        Some(A::RemoteAddress(_)) => RateLimitAction::RemoteAddress,
+        Some(A::MaskedRemoteAddress(m)) => {
+            let v4 = m.v4_prefix_mask_len.as_ref().map_or(32, |v| v.value);
+            let v6 = m.v6_prefix_mask_len.as_ref().map_or(128, |v| v.value);
+            if v4 > 32 {
+                return Err(ConfigError::new(
+                    format!("{path}.masked_remote_address.v4_prefix_mask_len"),
+                    "value must be less than or equal to 32",
+                ));
+            }
+            if v6 > 128 {
+                return Err(ConfigError::new(
+                    format!("{path}.masked_remote_address.v6_prefix_mask_len"),
+                    "value must be less than or equal to 128",
+                ));
+            }
+            RateLimitAction::MaskedRemoteAddress {
+                v4: v4 as u8,
+                v6: v6 as u8,
+            }
+        }
+        Some(A::GenericKey(g)) => {
+            if g.descriptor_value.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.generic_key.descriptor_value"),
+                    "value length must be at least 1 characters",
+                ));
+            }
+            RateLimitAction::GenericKey {
+                key: key_or(&g.descriptor_key, "generic_key"),
+                value: value(&g.descriptor_value, &g.default_value, "generic_key")?,
+            }
+        }
+        Some(A::HeaderValueMatch(h)) => {
+            let hpath = format!("{path}.header_value_match");
+            if h.headers.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{hpath}.headers"),
+                    "value must contain at least 1 item(s)",
+                ));
+            }
+            RateLimitAction::HeaderValueMatch {
+                key: key_or(&h.descriptor_key, "header_match"),
+                value: value(&h.descriptor_value, &h.default_value, "header_value_match")?,
+                expect_match: h.expect_match.as_ref().is_none_or(|v| v.value),
+                headers: h
+                    .headers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        super::http_manager::translate_header_match(
+                            m,
+                            &format!("{hpath}.headers[{i}]"),
+                        )
+                    })
+                    .collect::<Result<_, _>>()?,
+            }
+        }
+        Some(A::QueryParameterValueMatch(q)) => {
+            let qpath = format!("{path}.query_parameter_value_match");
+            if q.query_parameters.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{qpath}.query_parameters"),
+                    "value must contain at least 1 item(s)",
+                ));
+            }
+            RateLimitAction::QueryValueMatch {
+                key: key_or(&q.descriptor_key, "query_match"),
+                value: value(
+                    &q.descriptor_value,
+                    &q.default_value,
+                    "query_parameter_value_match",
+                )?,
+                expect_match: q.expect_match.as_ref().is_none_or(|v| v.value),
+                params: q
+                    .query_parameters
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        super::http_manager::query_match(
+                            m,
+                            &format!("{qpath}.query_parameters[{i}]"),
+                        )
+                    })
+                    .collect::<Result<_, _>>()?,
+            }
+        }
+        Some(A::RemoteAddressMatch(r)) => {
+            let rpath = format!("{path}.remote_address_match");
+            let m = super::required(&r.address_matcher, &format!("{rpath}.address_matcher"))?;
+            RateLimitAction::RemoteAddressMatch {
+                key: key_or(&r.descriptor_key, "remote_address_match"),
+                value: value(
+                    &r.descriptor_value,
+                    &r.default_value,
+                    "remote_address_match",
+                )?,
+                ranges: super::cidr_ranges(
+                    &m.ranges
+                        .iter()
+                        .map(|r| envoy_types::pb::envoy::config::core::v3::CidrRange {
+                            address_prefix: r.address_prefix.clone(),
+                            prefix_len: r.prefix_len,
+                        })
+                        .collect::<Vec<_>>(),
+                    &format!("{rpath}.address_matcher.ranges"),
+                )?,
+                invert: m.invert_match,
+            }
+        }
+        Some(A::QueryParameters(_)) => {
+            return Err(ConfigError::unsupported(format!("{path}.query_parameters")))
+        }
+        #[allow(deprecated)]
+        Some(A::DynamicMetadata(_)) => {
+            return Err(ConfigError::unsupported(format!("{path}.dynamic_metadata")))
+        }
+        Some(A::Metadata(_)) => return Err(ConfigError::unsupported(format!("{path}.metadata"))),
+        Some(A::Extension(_)) => return Err(ConfigError::unsupported(format!("{path}.extension"))),
+        None => return Err(ConfigError::new(path, "an action is required")),
+    })
+}
+
+/// `typed_per_filter_config` of a route, a virtual host or a route table: each entry checked
+/// by its type, as Envoy checks it whether or not a filter of that name runs.
+pub(super) fn per_filter_configs(
+    map: &std::collections::HashMap<String, envoy_types::pb::google::protobuf::Any>,
+    path: &str,
+) -> Result<crate::router::PerFilterConfigs, ConfigError> {
+    use crate::router::PerFilterConfig;
+    let mut names: Vec<&String> = map.keys().collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let epath = format!("{path}.typed_per_filter_config[\"{name}\"]");
+        let any = &map[name];
+        let config = if super::super::proto::type_name(&any.type_url)
+            == "envoy.config.route.v3.FilterConfig"
+        {
+            let f: route::FilterConfig = super::super::proto::unpack(any, &epath)?;
+            // `is_optional` lets Envoy skip a configuration for a filter it does not have;
+            // skiff refuses those configurations all the same.
+            match f.config.as_ref().filter(|c| !c.type_url.is_empty()) {
+                _ if f.disabled => PerFilterConfig::Disabled,
+                None => PerFilterConfig::Enabled,
+                Some(c) => one(c, &format!("{epath}.config"), name)?,
+            }
+        } else {
+            one(any, &epath, name)?
+        };
+        out.push((name.clone(), config));
+    }
+    Ok(crate::router::PerFilterConfigs(out))
+}
+
+/// One per-route configuration, by its type.
+fn one(
+    any: &envoy_types::pb::google::protobuf::Any,
+    path: &str,
+    name: &str,
+) -> Result<crate::router::PerFilterConfig, ConfigError> {
+    use super::super::proto::{type_name, unpack};
+    use crate::router::PerFilterConfig;
+    Ok(match type_name(&any.type_url) {
+        "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => {
+            PerFilterConfig::LocalRateLimit(Arc::new(translate(&unpack(any, path)?, path)?))
+        }
+        "envoy.extensions.filters.http.fault.v3.HTTPFault" => PerFilterConfig::Fault(Arc::new(
+            super::fault::translate(&unpack(any, path)?, path)?,
+        )),
+        "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute" => {
+            PerFilterConfig::Compressor(super::compressor::per_route(&unpack(any, path)?, path)?)
+        }
+        other => {
+            return Err(ConfigError::new(
+                path,
+                format!("unsupported per-route configuration for filter '{name}' ({other})"),
+            ))
+        }
+    })
+}

@@ -1,0 +1,403 @@
+//! `envoy.filters.http.local_ratelimit`: token buckets shared by the workers (or kept per
+//! connection) that answer the requests they have no token for with a local reply (429 by
+//! default). A route's own configuration replaces the filter's, with buckets of its own.
+//!
+//! A request takes a token from the bucket of each configured descriptor its own descriptors
+//! (made by the `rate_limits` actions) match, the slowest-refilling first, and from the default
+//! bucket when none matched or `always_consume_default_token_bucket` says so, as Envoy's
+//! `LocalRateLimiterImpl::requestAllowed` does.
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+
+use crate::config::model::{HttpLocalRateLimit, RateLimitAction, RateLimitPolicy};
+use crate::http::filter::{HeadersStatus, HttpFilter, StreamContext};
+use crate::http::filters::token_bucket::{Limiter, Verdict};
+use crate::http::local_reply::LocalReply;
+use crate::stats::{Counter, Shard};
+use crate::stream_info::ResponseFlag;
+
+/// `<stat_prefix>.http_local_rate_limit.*`.
+#[derive(Debug)]
+struct Stats {
+    enabled: Counter,
+    enforced: Counter,
+    rate_limited: Counter,
+    ok: Counter,
+    shadow_mode: Counter,
+}
+
+impl Stats {
+    fn new(shard: &Shard, stat_prefix: &str) -> Stats {
+        let c = |n: &str| shard.counter(&format!("{stat_prefix}.http_local_rate_limit.{n}"));
+        Stats {
+            enabled: c("enabled"),
+            enforced: c("enforced"),
+            rate_limited: c("rate_limited"),
+            ok: c("ok"),
+            shadow_mode: c("shadow_mode"),
+        }
+    }
+}
+
+/// The filter on one worker.
+#[derive(Debug)]
+pub struct Factory {
+    config: Arc<HttpLocalRateLimit>,
+    shard: Arc<Shard>,
+    stats: Rc<Stats>,
+    /// Stats of routes' own configurations, by stat prefix, made when first used.
+    route_stats: RefCell<Vec<(String, Rc<Stats>)>>,
+}
+
+impl Factory {
+    /// The filter for `config`.
+    pub fn new(config: Arc<HttpLocalRateLimit>, shard: &Arc<Shard>) -> Self {
+        Factory {
+            stats: Rc::new(Stats::new(shard, &config.stat_prefix)),
+            config,
+            shard: shard.clone(),
+            route_stats: RefCell::default(),
+        }
+    }
+
+    /// The filter for one stream, with the route's own configuration if it has one.
+    pub fn filter(
+        &self,
+        route: Option<&Arc<HttpLocalRateLimit>>,
+        cx: &StreamContext<'_>,
+    ) -> LocalRateLimitFilter {
+        let (config, stats) = match route {
+            None => (self.config.clone(), self.stats.clone()),
+            Some(r) => {
+                let mut all = self.route_stats.borrow_mut();
+                let stats = match all.iter().find(|(p, _)| *p == r.stat_prefix) {
+                    Some((_, s)) => s.clone(),
+                    None => {
+                        let s = Rc::new(Stats::new(&self.shard, &r.stat_prefix));
+                        all.push((r.stat_prefix.clone(), s.clone()));
+                        s
+                    }
+                };
+                (r.clone(), stats)
+            }
+        };
+        let limiter = if config.per_connection {
+            cx.connection.limiter(&config)
+        } else {
+            crate::http::filters::token_bucket::shared(&config)
+        };
+        LocalRateLimitFilter {
+            config,
+            limiter,
+            stats,
+            remote: cx.remote,
+            verdict: None,
+        }
+    }
+}
+
+/// The filter on one stream.
+pub struct LocalRateLimitFilter {
+    config: Arc<HttpLocalRateLimit>,
+    limiter: Arc<Limiter>,
+    stats: Rc<Stats>,
+    remote: IpAddr,
+    /// What the bucket that decided said, for the `x-ratelimit-*` headers.
+    verdict: Option<Verdict>,
+}
+
+/// What one descriptor action adds: an entry, nothing (the action is skipped), or the end of
+/// the descriptor.
+enum Step {
+    Entry(String, String),
+    Skip,
+    Drop,
+}
+
+fn step(a: &RateLimitAction, head: &http::request::Parts, remote: IpAddr) -> Step {
+    use crate::router::RequestView;
+    match a {
+        RateLimitAction::RequestHeaders {
+            header,
+            key,
+            skip_if_absent,
+        } => match head.headers.get(header).and_then(|v| v.to_str().ok()) {
+            Some(v) if !v.is_empty() => Step::Entry(key.clone(), v.to_string()),
+            _ if *skip_if_absent => Step::Skip,
+            _ => Step::Drop,
+        },
+        RateLimitAction::RemoteAddress => Step::Entry("remote_address".into(), remote.to_string()),
+        RateLimitAction::MaskedRemoteAddress { v4, v6 } => {
+            let (ip, len) = match remote {
+                IpAddr::V4(a) => {
+                    let bits =
+                        u32::from(a) & u32::MAX.checked_shl(32 - u32::from(*v4)).unwrap_or(0);
+                    (IpAddr::V4(bits.into()), *v4)
+                }
+                IpAddr::V6(a) => {
+                    let bits =
+                        u128::from(a) & u128::MAX.checked_shl(128 - u32::from(*v6)).unwrap_or(0);
+                    (IpAddr::V6(bits.into()), *v6)
+                }
+            };
+            Step::Entry("masked_remote_address".into(), format!("{ip}/{len}"))
+        }
+        RateLimitAction::GenericKey { key, value } => Step::Entry(key.clone(), value.clone()),
+        RateLimitAction::HeaderValueMatch {
+            key,
+            value,
+            expect_match,
+            headers,
+        } => {
+            let authority = head
+                .headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .or(head.uri.authority().map(|a| a.as_str()))
+                .unwrap_or("");
+            let view = RequestView {
+                method: head.method.as_str(),
+                path: head.uri.path_and_query().map_or("/", |p| p.as_str()),
+                authority,
+                scheme: head.uri.scheme_str().unwrap_or("http"),
+                headers: &head.headers,
+                runtime: &crate::config::runtime::EMPTY,
+                random: 0,
+            };
+            if headers
+                .iter()
+                .all(|m| crate::router::header_matches(m, &view))
+                == *expect_match
+            {
+                Step::Entry(key.clone(), value.clone())
+            } else {
+                Step::Drop
+            }
+        }
+        RateLimitAction::QueryValueMatch {
+            key,
+            value,
+            expect_match,
+            params,
+        } => {
+            let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+            if crate::router::query_matches(params, path) == *expect_match {
+                Step::Entry(key.clone(), value.clone())
+            } else {
+                Step::Drop
+            }
+        }
+        RateLimitAction::RemoteAddressMatch {
+            key,
+            value,
+            ranges,
+            invert,
+        } => {
+            if ranges.iter().any(|r| r.contains(remote)) != *invert {
+                Step::Entry(key.clone(), value.clone())
+            } else {
+                Step::Drop
+            }
+        }
+    }
+}
+
+/// The descriptors the policies make for a request.
+fn descriptors(
+    policies: &[RateLimitPolicy],
+    head: &http::request::Parts,
+    remote: IpAddr,
+) -> Vec<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    'policy: for p in policies {
+        let mut entries = Vec::new();
+        for a in &p.actions {
+            match step(a, head, remote) {
+                Step::Entry(k, v) => entries.push((k, v)),
+                Step::Skip => {}
+                Step::Drop => continue 'policy,
+            }
+        }
+        if !entries.is_empty() {
+            out.push(entries);
+        }
+    }
+    out
+}
+
+impl LocalRateLimitFilter {
+    /// Envoy's `requestAllowed`: the matched descriptors' buckets, slowest first, then the
+    /// default bucket.
+    fn allowed(&self, head: &http::request::Parts) -> Verdict {
+        let c = &self.config;
+        let now = Instant::now();
+        let mut matched: Vec<usize> = Vec::new();
+        if !c.descriptors.is_empty() {
+            for d in descriptors(&c.rate_limits, head, self.remote) {
+                if let Some(i) = c.descriptors.iter().position(|x| x.entries == d) {
+                    if !matched.contains(&i) {
+                        matched.push(i);
+                    }
+                }
+            }
+        }
+        let buckets = &self.limiter.descriptors;
+        matched.sort_by(|a, b| buckets[*a].rate().total_cmp(&buckets[*b].rate()));
+        let mut first: Option<Verdict> = None;
+        for i in &matched {
+            let v = buckets[*i].take(now);
+            if !v.allowed {
+                // A shadow descriptor's refusal is counted and let through.
+                if !c.descriptors[*i].shadow {
+                    return v;
+                }
+                self.stats.shadow_mode.inc();
+            }
+            first.get_or_insert(Verdict { allowed: true, ..v });
+        }
+        if matched.is_empty() || c.always_consume_default {
+            if let Some(b) = &self.limiter.default {
+                let v = b.take(now);
+                if !v.allowed || first.is_none() {
+                    return v;
+                }
+            }
+        }
+        first.unwrap_or(Verdict {
+            allowed: true,
+            limit: 0,
+            remaining: 0,
+            reset: 0,
+        })
+    }
+}
+
+fn number(n: u64) -> HeaderValue {
+    HeaderValue::from(n)
+}
+
+static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+impl LocalRateLimitFilter {
+    fn x_ratelimit(&self, headers: &mut Vec<(HeaderName, HeaderValue)>) {
+        if let (true, Some(v)) = (self.config.x_ratelimit_headers, self.verdict) {
+            if v.limit > 0 {
+                headers.push((X_RATELIMIT_LIMIT.clone(), number(u64::from(v.limit))));
+                headers.push((
+                    X_RATELIMIT_REMAINING.clone(),
+                    number(u64::from(v.remaining)),
+                ));
+                headers.push((X_RATELIMIT_RESET.clone(), number(v.reset)));
+            }
+        }
+    }
+}
+
+impl HttpFilter for LocalRateLimitFilter {
+    fn decode_headers(&mut self, head: &mut http::request::Parts, _end: bool) -> HeadersStatus {
+        let c = self.config.clone();
+        let values = crate::runtime::snapshot();
+        let on = |f: &Option<crate::config::runtime::RuntimeFraction>| {
+            f.as_ref()
+                .is_some_and(|f| f.enabled(&values, fastrand::u64(..)))
+        };
+        if !on(&c.enabled) {
+            return HeadersStatus::Continue;
+        }
+        self.stats.enabled.inc();
+        let verdict = self.allowed(head);
+        self.verdict = Some(verdict);
+        if verdict.allowed {
+            self.stats.ok.inc();
+            return HeadersStatus::Continue;
+        }
+        self.stats.rate_limited.inc();
+        if !on(&c.enforced) {
+            c.request_headers_not_enforced.apply(&mut head.headers);
+            return HeadersStatus::Continue;
+        }
+        self.stats.enforced.inc();
+        // The reply passes this filter's encode hook, which adds the x-ratelimit headers.
+        HeadersStatus::LocalReply(LocalReply {
+            status: c.status,
+            body: Bytes::from_static(b"local_rate_limited"),
+            headers: Vec::new(),
+            mutations: if c.response_headers.is_empty() {
+                Vec::new()
+            } else {
+                vec![c.response_headers.clone()]
+            },
+            flag: Some(ResponseFlag::RateLimited),
+            details: "local_rate_limited",
+            close: false,
+        })
+    }
+
+    fn encode_headers(&mut self, head: &mut http::response::Parts, _end: bool) -> HeadersStatus {
+        let mut headers = Vec::new();
+        self.x_ratelimit(&mut headers);
+        for (n, v) in headers {
+            head.headers.insert(n, v);
+        }
+        HeadersStatus::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn descriptors_follow_envoy_actions() {
+        let policies = vec![RateLimitPolicy {
+            stage: 0,
+            actions: vec![
+                RateLimitAction::GenericKey {
+                    key: "k".into(),
+                    value: "v".into(),
+                },
+                RateLimitAction::RequestHeaders {
+                    header: HeaderName::from_static("x-user"),
+                    key: "user".into(),
+                    skip_if_absent: false,
+                },
+            ],
+        }];
+        let ip: IpAddr = "10.1.2.3".parse().expect("ip");
+        let with = parts("/", &[("x-user", "ann")]);
+        assert_eq!(
+            descriptors(&policies, &with, ip),
+            vec![vec![
+                ("k".to_string(), "v".to_string()),
+                ("user".to_string(), "ann".to_string())
+            ]]
+        );
+        // A missing header drops the whole descriptor.
+        assert!(descriptors(&policies, &parts("/", &[]), ip).is_empty());
+        let masked = vec![RateLimitPolicy {
+            stage: 0,
+            actions: vec![RateLimitAction::MaskedRemoteAddress { v4: 16, v6: 64 }],
+        }];
+        assert_eq!(
+            descriptors(&masked, &with, ip)[0][0].1,
+            "10.1.0.0/16".to_string()
+        );
+    }
+}

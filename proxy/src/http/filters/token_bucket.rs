@@ -1,0 +1,127 @@
+//! Token buckets as Envoy's local rate limiter keeps them: full at the start, refilled
+//! continuously at `tokens_per_fill / fill_interval`, never above `max_tokens`. One bucket is
+//! shared by every worker (attached to the configuration, they live as long as it does).
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::config::model::{HttpLocalRateLimit, TokenBucket};
+
+/// One bucket.
+#[derive(Debug)]
+pub struct Bucket {
+    max: f64,
+    /// Tokens per second.
+    rate: f64,
+    /// The tokens when last looked at, and when that was.
+    state: Mutex<(f64, Instant)>,
+}
+
+/// What a bucket said to a request: whether it may go, and what the `x-ratelimit-*` headers
+/// show.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    /// A token was taken.
+    pub allowed: bool,
+    /// `max_tokens`.
+    pub limit: u32,
+    /// Whole tokens left.
+    pub remaining: u32,
+    /// Seconds until a token is there again (rounded up; 0 while one is).
+    pub reset: u64,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub fn new(b: &TokenBucket) -> Bucket {
+        Bucket {
+            max: f64::from(b.max_tokens),
+            rate: f64::from(b.tokens_per_fill) / b.fill_interval.as_secs_f64(),
+            state: Mutex::new((f64::from(b.max_tokens), Instant::now())),
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn take(&self, now: Instant) -> Verdict {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
+        let tokens = (s.0 + elapsed * self.rate).min(self.max);
+        let allowed = tokens >= 1.0;
+        let left = if allowed { tokens - 1.0 } else { tokens };
+        *s = (left, now.max(s.1));
+        Verdict {
+            allowed,
+            limit: self.max as u32,
+            remaining: left.floor() as u32,
+            reset: if left >= 1.0 {
+                0
+            } else {
+                ((1.0 - left) / self.rate).ceil() as u64
+            },
+        }
+    }
+
+    /// Tokens per second: the more restrictive of two buckets refills slower.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+}
+
+/// The buckets of one local rate limit configuration: the default one and one per descriptor.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    /// `token_bucket`.
+    pub default: Option<Bucket>,
+    /// `descriptors`, in the configuration's order.
+    pub descriptors: Vec<Bucket>,
+}
+
+impl Limiter {
+    /// Fresh, full buckets for `c`.
+    pub fn new(c: &HttpLocalRateLimit) -> Limiter {
+        Limiter {
+            default: c.bucket.as_ref().map(Bucket::new),
+            descriptors: c
+                .descriptors
+                .iter()
+                .map(|d| Bucket::new(&d.bucket))
+                .collect(),
+        }
+    }
+}
+
+static LIMITERS: crate::attached::Attached<HttpLocalRateLimit, Limiter> =
+    crate::attached::Attached::new();
+
+/// The buckets every worker shares for `config`: made by the first stream that needs them,
+/// dropped with the configuration.
+pub fn shared(config: &std::sync::Arc<HttpLocalRateLimit>) -> std::sync::Arc<Limiter> {
+    LIMITERS.get_or_insert_with(config, || Limiter::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn starts_full_and_refills_continuously() {
+        let b = Bucket::new(&TokenBucket {
+            max_tokens: 2,
+            tokens_per_fill: 1,
+            fill_interval: Duration::from_secs(1),
+        });
+        let t0 = Instant::now();
+        assert!(b.take(t0).allowed);
+        let v = b.take(t0);
+        assert!(v.allowed);
+        assert_eq!((v.remaining, v.reset), (0, 1));
+        assert!(!b.take(t0).allowed);
+        // Half a second gives half a token: not enough.
+        assert!(!b.take(t0 + Duration::from_millis(500)).allowed);
+        assert!(b.take(t0 + Duration::from_millis(1000)).allowed);
+        // Never above max_tokens.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(b.take(later).remaining, 1);
+    }
+}
