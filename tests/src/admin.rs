@@ -57,6 +57,15 @@ impl Admin {
         parse_stats(&r.text())
     }
 
+    /// The stats whose names contain `part`, in name order.
+    pub async fn stats_containing(&self, part: &str) -> Vec<(String, String)> {
+        self.stats()
+            .await
+            .into_iter()
+            .filter(|(k, _)| k.contains(part))
+            .collect()
+    }
+
     /// One counter or gauge from `/stats`, if present and numeric.
     pub async fn stat(&self, name: &str) -> Option<u64> {
         self.stats()

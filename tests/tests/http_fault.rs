@@ -241,12 +241,7 @@ async fn faults_as_envoy() {
         }
         let mut stats = Vec::new();
         for (p, _, _) in &sides {
-            let all = p.admin().stats().await;
-            let ours: Vec<(String, String)> = all
-                .into_iter()
-                .filter(|(k, _)| k.contains(".fault."))
-                .collect();
-            stats.push(ours);
+            stats.push(p.admin().stats_containing(".fault.").await);
         }
         assert!(!stats[0].is_empty(), "Envoy has the filter's stats");
         assert_eq!(stats[0], stats[1], "fault stats (Envoy, skiff)");

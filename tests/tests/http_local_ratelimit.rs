@@ -254,12 +254,7 @@ async fn local_rate_limits_as_envoy() {
         }
         let mut stats = Vec::new();
         for (p, _, _) in &sides {
-            let all = p.admin().stats().await;
-            let ours: Vec<(String, String)> = all
-                .into_iter()
-                .filter(|(k, _)| k.contains(".http_local_rate_limit."))
-                .collect();
-            stats.push(ours);
+            stats.push(p.admin().stats_containing(".http_local_rate_limit.").await);
         }
         assert!(!stats[0].is_empty(), "Envoy has the filter's stats");
         assert_eq!(stats[0], stats[1], "local rate limit stats (Envoy, skiff)");

@@ -149,6 +149,29 @@ pub fn factories(
         .collect()
 }
 
+/// Whether a request's head matches every one of `matchers` (a filter's `headers`), pseudo
+/// headers included, as Envoy's `HeaderUtility::matchHeaders`.
+pub fn headers_match(
+    matchers: &[crate::config::model::HeaderMatch],
+    head: &http::request::Parts,
+) -> bool {
+    if matchers.is_empty() {
+        return true;
+    }
+    let view = crate::router::RequestView {
+        method: head.method.as_str(),
+        path: head.uri.path_and_query().map_or("/", |p| p.as_str()),
+        authority: crate::http::conn_manager::authority(head).unwrap_or(""),
+        scheme: head.uri.scheme_str().unwrap_or("http"),
+        headers: &head.headers,
+        runtime: &crate::config::runtime::EMPTY,
+        random: 0,
+    };
+    matchers
+        .iter()
+        .all(|m| crate::router::header_matches(m, &view))
+}
+
 /// What a stream's filters are made with: the route it selected (each filter's per-route
 /// configuration) and what they need to know of the connection.
 pub struct StreamContext<'a> {

@@ -225,24 +225,8 @@ impl HttpFilter for FaultFilter {
                 return HeadersStatus::Continue;
             }
         }
-        if !config.headers.is_empty() {
-            let authority = crate::http::conn_manager::authority(head).unwrap_or("");
-            let view = crate::router::RequestView {
-                method: head.method.as_str(),
-                path: head.uri.path_and_query().map_or("/", |p| p.as_str()),
-                authority,
-                scheme: head.uri.scheme_str().unwrap_or("http"),
-                headers: &head.headers,
-                runtime: &crate::config::runtime::EMPTY,
-                random: 0,
-            };
-            if !config
-                .headers
-                .iter()
-                .all(|m| crate::router::header_matches(m, &view))
-            {
-                return HeadersStatus::Continue;
-            }
+        if !crate::http::filter::headers_match(&config.headers, head) {
+            return HeadersStatus::Continue;
         }
         let values = crate::runtime::snapshot();
         if self.too_many(&values) {

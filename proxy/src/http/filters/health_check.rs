@@ -55,27 +55,7 @@ impl HttpFilter for HealthCheckFilter {
         head: &mut http::request::Parts,
         _end_stream: bool,
     ) -> HeadersStatus {
-        let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-        let authority = head
-            .headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .or(head.uri.authority().map(|a| a.as_str()))
-            .unwrap_or("");
-        let view = crate::router::RequestView {
-            method: head.method.as_str(),
-            path,
-            authority,
-            scheme: head.uri.scheme_str().unwrap_or("http"),
-            headers: &head.headers,
-            runtime: &crate::config::runtime::EMPTY,
-            random: 0,
-        };
-        self.is_check = self
-            .config
-            .headers
-            .iter()
-            .all(|m| crate::router::header_matches(m, &view));
+        self.is_check = crate::http::filter::headers_match(&self.config.headers, head);
         if !self.is_check || (self.config.pass_through && !failed()) {
             return HeadersStatus::Continue;
         }

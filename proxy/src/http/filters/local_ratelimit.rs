@@ -122,7 +122,6 @@ enum Step {
 }
 
 fn step(a: &RateLimitAction, head: &http::request::Parts, remote: IpAddr) -> Step {
-    use crate::router::RequestView;
     match a {
         RateLimitAction::RequestHeaders {
             header,
@@ -156,26 +155,7 @@ fn step(a: &RateLimitAction, head: &http::request::Parts, remote: IpAddr) -> Ste
             expect_match,
             headers,
         } => {
-            let authority = head
-                .headers
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .or(head.uri.authority().map(|a| a.as_str()))
-                .unwrap_or("");
-            let view = RequestView {
-                method: head.method.as_str(),
-                path: head.uri.path_and_query().map_or("/", |p| p.as_str()),
-                authority,
-                scheme: head.uri.scheme_str().unwrap_or("http"),
-                headers: &head.headers,
-                runtime: &crate::config::runtime::EMPTY,
-                random: 0,
-            };
-            if headers
-                .iter()
-                .all(|m| crate::router::header_matches(m, &view))
-                == *expect_match
-            {
+            if crate::http::filter::headers_match(headers, head) == *expect_match {
                 Step::Entry(key.clone(), value.clone())
             } else {
                 Step::Drop
