@@ -1562,6 +1562,9 @@ fn walk_value(value: &Value, path: &str, sink: &mut Sink<'_>) -> Result<(), Conf
             Ok(())
         }
         Value::Map(entries) => {
+            // In key order, so the first refusal is the same on every run.
+            let mut entries: Vec<_> = entries.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
             for (key, item) in entries {
                 let key = match key {
                     MapKey::String(s) => format!("{path}[\"{s}\"]"),
