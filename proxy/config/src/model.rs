@@ -1324,12 +1324,8 @@ pub struct HttpLocalRateLimit {
     pub response_headers: Arc<crate::router::HeaderParser>,
     /// `descriptors`, each with its own bucket.
     pub descriptors: Vec<LocalDescriptor>,
-    /// `rate_limits`: how a request's descriptors are made (none: the route's, with `stage`).
+    /// `rate_limits`: how a request's descriptors are made (the routes' own are refused).
     pub rate_limits: Vec<RateLimitPolicy>,
-    /// `stage`: which of the route's `rate_limits` apply.
-    pub stage: u32,
-    /// `vh_rate_limits`.
-    pub vh_rate_limits: VhRateLimits,
     /// `local_rate_limit_per_downstream_connection`: buckets per connection, not shared.
     pub per_connection: bool,
     /// `enable_x_ratelimit_headers` DRAFT_VERSION_03: `x-ratelimit-*` on responses.
@@ -1395,17 +1391,6 @@ pub struct FaultAbort {
     pub body: bytes::Bytes,
 }
 
-/// `vh_rate_limits`: whether a route's limits add to its virtual host's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VhRateLimits {
-    /// `OVERRIDE` (default): the virtual host's only when the route has none.
-    Override,
-    /// `INCLUDE`.
-    Include,
-    /// `IGNORE`.
-    Ignore,
-}
-
 /// `envoy.type.v3.TokenBucket`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenBucket {
@@ -1431,8 +1416,6 @@ pub struct LocalDescriptor {
 /// A route's `RateLimit`: the actions that make one descriptor for a request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitPolicy {
-    /// `stage`.
-    pub stage: u32,
     /// `actions`, in order; a request for which one yields nothing has no descriptor.
     pub actions: Vec<RateLimitAction>,
 }

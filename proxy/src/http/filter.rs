@@ -185,12 +185,12 @@ pub struct StreamContext<'a> {
 }
 
 /// What the filters of one connection's streams share: the buckets of local rate limits kept
-/// per connection.
+/// per connection, by configuration object (held, so its address cannot pass to another).
 #[derive(Debug, Default)]
 pub struct ConnectionState {
     limiters: RefCell<
         Vec<(
-            usize,
+            std::sync::Arc<crate::config::model::HttpLocalRateLimit>,
             std::sync::Arc<crate::http::filters::token_bucket::Limiter>,
         )>,
     >,
@@ -202,13 +202,12 @@ impl ConnectionState {
         &self,
         c: &std::sync::Arc<crate::config::model::HttpLocalRateLimit>,
     ) -> std::sync::Arc<crate::http::filters::token_bucket::Limiter> {
-        let key = std::sync::Arc::as_ptr(c) as usize;
         let mut all = self.limiters.borrow_mut();
-        if let Some((_, l)) = all.iter().find(|(k, _)| *k == key) {
+        if let Some((_, l)) = all.iter().find(|(k, _)| std::sync::Arc::ptr_eq(k, c)) {
             return l.clone();
         }
         let l = std::sync::Arc::new(crate::http::filters::token_bucket::Limiter::new(c));
-        all.push((key, l.clone()));
+        all.push((c.clone(), l.clone()));
         l
     }
 }

@@ -9,7 +9,6 @@ use envoy_types::pb::envoy::r#type::v3 as type_pb;
 
 use super::super::model::{
     HttpLocalRateLimit, LocalDescriptor, RateLimitAction, RateLimitPolicy, TokenBucket,
-    VhRateLimits,
 };
 use super::super::ConfigError;
 
@@ -139,18 +138,15 @@ pub(super) fn translate(
             shadow: d.shadow_mode,
         });
     }
+    // `stage` and `vh_rate_limits` choose among the routes' own `rate_limits`, which are
+    // refused: no effect (docs/compatibility.md).
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::VhRateLimitsOptions as Vh;
-    let vh_rate_limits = match Vh::try_from(*vh_rate_limits) {
-        Ok(Vh::Override) => VhRateLimits::Override,
-        Ok(Vh::Include) => VhRateLimits::Include,
-        Ok(Vh::Ignore) => VhRateLimits::Ignore,
-        Err(_) => {
-            return Err(ConfigError::new(
-                format!("{path}.vh_rate_limits"),
-                "unknown value",
-            ))
-        }
-    };
+    if Vh::try_from(*vh_rate_limits).is_err() {
+        return Err(ConfigError::new(
+            format!("{path}.vh_rate_limits"),
+            "unknown value",
+        ));
+    }
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::XRateLimitHeadersRfcVersion as X;
     let x_ratelimit_headers = match X::try_from(*enable_x_ratelimit_headers) {
         Ok(X::Off) => false,
@@ -179,8 +175,6 @@ pub(super) fn translate(
         )?),
         descriptors: out_descriptors,
         rate_limits: policies(rate_limits, &format!("{path}.rate_limits"))?,
-        stage: *stage,
-        vh_rate_limits,
         per_connection: *local_rate_limit_per_downstream_connection,
         x_ratelimit_headers,
         always_consume_default: always_consume_default_token_bucket
@@ -276,10 +270,7 @@ fn policy(r: &route::RateLimit, path: &str) -> Result<RateLimitPolicy, ConfigErr
     for (i, a) in actions.iter().enumerate() {
         out.push(action(a, &format!("{path}.actions[{i}]"))?);
     }
-    Ok(RateLimitPolicy {
-        stage,
-        actions: out,
-    })
+    Ok(RateLimitPolicy { actions: out })
 }
 
 /// A descriptor value as written: `%` operators are not offered.

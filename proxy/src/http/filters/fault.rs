@@ -198,15 +198,14 @@ impl FaultFilter {
             self.stats.active_faults.inc();
         }
     }
+}
 
-    /// Counts an injected fault, under the downstream cluster too.
-    fn count(&self, cluster: Option<&str>, which: &str, total: &Counter) {
-        total.inc();
-        if let (Some(c), true) = (cluster, self.config.downstream_cluster_stats) {
-            self.shard
-                .counter(&format!("{}{c}.{which}", self.stats.prefix))
-                .inc();
-        }
+/// Counts an injected fault (`which`: `aborts_injected` or `delays_injected`), under the
+/// request's downstream cluster too unless the configuration says not to.
+fn count(stats: &Stats, shard: &Shard, per_cluster: Option<&str>, which: &str, total: &Counter) {
+    total.inc();
+    if let Some(c) = per_cluster {
+        shard.counter(&format!("{}{c}.{which}", stats.prefix)).inc();
     }
 }
 
@@ -243,16 +242,18 @@ impl HttpFilter for FaultFilter {
             values: &values,
             cluster: cluster.clone(),
         };
+        let per_cluster = cluster.clone().filter(|_| config.downstream_cluster_stats);
         if let Some(delay) = decide.delay(&head.headers) {
             self.activate();
-            self.count(
-                cluster.as_deref(),
+            count(
+                &self.stats,
+                &self.shard,
+                per_cluster.as_deref(),
                 "delays_injected",
                 &self.stats.delays_injected,
             );
             let stats = self.stats.clone();
             let shard = self.shard.clone();
-            let downstream_stats = config.downstream_cluster_stats;
             return HeadersStatus::StopIteration(Box::pin(async move {
                 tokio::time::sleep(delay).await;
                 // The abort is decided after the delay, as Envoy's `postDelayInjection` does.
@@ -264,12 +265,13 @@ impl HttpFilter for FaultFilter {
                 };
                 match decide.abort() {
                     Some(reply) => {
-                        stats.aborts_injected.inc();
-                        if let (Some(c), true) = (&cluster, downstream_stats) {
-                            shard
-                                .counter(&format!("{}{c}.aborts_injected", stats.prefix))
-                                .inc();
-                        }
+                        count(
+                            &stats,
+                            &shard,
+                            per_cluster.as_deref(),
+                            "aborts_injected",
+                            &stats.aborts_injected,
+                        );
                         Resume::LocalReply(reply)
                     }
                     None => Resume::Continue,
@@ -279,8 +281,10 @@ impl HttpFilter for FaultFilter {
         match decide.abort() {
             Some(reply) => {
                 self.activate();
-                self.count(
-                    cluster.as_deref(),
+                count(
+                    &self.stats,
+                    &self.shard,
+                    per_cluster.as_deref(),
                     "aborts_injected",
                     &self.stats.aborts_injected,
                 );

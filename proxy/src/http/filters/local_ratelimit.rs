@@ -98,6 +98,7 @@ impl Factory {
             limiter,
             stats,
             remote: cx.remote,
+            runtime: cx.selection.runtime.clone(),
             verdict: None,
         }
     }
@@ -109,6 +110,8 @@ pub struct LocalRateLimitFilter {
     limiter: Arc<Limiter>,
     stats: Rc<Stats>,
     remote: IpAddr,
+    /// The runtime values the stream started with.
+    runtime: Arc<crate::config::runtime::Values>,
     /// What the bucket that decided said, for the `x-ratelimit-*` headers.
     verdict: Option<Verdict>,
 }
@@ -285,10 +288,10 @@ impl LocalRateLimitFilter {
 impl HttpFilter for LocalRateLimitFilter {
     fn decode_headers(&mut self, head: &mut http::request::Parts, _end: bool) -> HeadersStatus {
         let c = self.config.clone();
-        let values = crate::runtime::snapshot();
+        let values = &self.runtime;
         let on = |f: &Option<crate::config::runtime::RuntimeFraction>| {
             f.as_ref()
-                .is_some_and(|f| f.enabled(&values, fastrand::u64(..)))
+                .is_some_and(|f| f.enabled(values, fastrand::u64(..)))
         };
         if !on(&c.enabled) {
             return HeadersStatus::Continue;
@@ -347,7 +350,6 @@ mod tests {
     #[test]
     fn descriptors_follow_envoy_actions() {
         let policies = vec![RateLimitPolicy {
-            stage: 0,
             actions: vec![
                 RateLimitAction::GenericKey {
                     key: "k".into(),
@@ -372,7 +374,6 @@ mod tests {
         // A missing header drops the whole descriptor.
         assert!(descriptors(&policies, &parts("/", &[]), ip).is_empty());
         let masked = vec![RateLimitPolicy {
-            stage: 0,
             actions: vec![RateLimitAction::MaskedRemoteAddress { v4: 16, v6: 64 }],
         }];
         assert_eq!(
