@@ -1801,6 +1801,10 @@ pub struct Http2Options {
     pub max_priority_frames_per_stream: u32,
     /// `max_inbound_window_update_frames_per_data_frame_sent` (default 10; downstream only).
     pub max_window_update_frames_per_data_frame: u32,
+    /// `max_outbound_frames` (default 10000; downstream only).
+    pub max_outbound_frames: u32,
+    /// `max_outbound_control_frames` (default 1000; downstream only).
+    pub max_outbound_control_frames: u32,
 }
 
 /// `connection_keepalive`: PINGs every `interval` (plus up to `jitter` of it, at random); a
@@ -1825,6 +1829,8 @@ impl Default for Http2Options {
             max_consecutive_empty_frames: 1,
             max_priority_frames_per_stream: 100,
             max_window_update_frames_per_data_frame: 10,
+            max_outbound_frames: 10_000,
+            max_outbound_control_frames: 1_000,
         }
     }
 }

@@ -1447,7 +1447,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.config.core.v3.Http2ProtocolOptions",
         // connection_keepalive: upstream connections and the connection manager's. The
-        // inbound flood limits: the connection manager's only (refused on clusters).
+        // flood limits, inbound and outbound: the connection manager's only (refused on
+        // clusters).
         // override_stream_error_on_invalid_http_message: skiff always resets only the stream
         // (true); false, Envoy's default, is the difference in tests/DIFFERENCES.md.
         &[
@@ -1458,6 +1459,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "max_consecutive_inbound_frames_with_empty_payload",
             "max_inbound_priority_frames_per_stream",
             "max_inbound_window_update_frames_per_data_frame_sent",
+            "max_outbound_frames",
+            "max_outbound_control_frames",
             "override_stream_error_on_invalid_http_message",
         ],
     ),

@@ -218,6 +218,8 @@ impl HcmStats {
                 empty_frames: shard.counter("http2.inbound_empty_frames_flood"),
                 priority: shard.counter("http2.inbound_priority_frames_flood"),
                 window_update: shard.counter("http2.inbound_window_update_frames_flood"),
+                outbound: shard.counter("http2.outbound_flood"),
+                outbound_control: shard.counter("http2.outbound_control_flood"),
             },
             http2_keepalive_timeout: shard.counter("http2.keepalive_timeout"),
             http2_header_list_size_too_large: shard.counter("http2.header_list_size_too_large"),
@@ -585,8 +587,11 @@ pub async fn serve(
             empty_frames: hcm.config.http2.max_consecutive_empty_frames,
             priority_per_stream: hcm.config.http2.max_priority_frames_per_stream,
             window_update_per_data_frame: hcm.config.http2.max_window_update_frames_per_data_frame,
+            outbound_frames: hcm.config.http2.max_outbound_frames,
+            outbound_control_frames: hcm.config.http2.max_outbound_control_frames,
         },
         stats.http2_floods.clone(),
+        buffer_limit,
     )
     .switch_on(conn.switched.clone())
     .on_http2(close_state.http2_flag());

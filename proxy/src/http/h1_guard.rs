@@ -106,6 +106,13 @@ pub struct H1Guard<T> {
     floods: Option<(FloodLimits, FloodCounters)>,
     /// The client went over a flood limit: nothing more is read or written.
     flooded: Option<Flood>,
+    /// HTTP/2 with flood limits: what was written to the client while the socket took nothing
+    /// (Envoy's connection write buffer), so that h2 goes on answering a client that does not
+    /// read until the outbound limits end the connection.
+    queue: BytesMut,
+    /// What `queue` may hold before writes wait (`per_connection_buffer_limit_bytes`, Envoy's
+    /// high watermark).
+    queue_cap: usize,
     /// Set once the connection turned out to speak HTTP/2.
     http2: Switched,
     /// `downstream_rq_header_timeout`, counted here for HTTP/2 (HTTP/1.1's 408 is counted by
@@ -138,6 +145,8 @@ impl<T> H1Guard<T> {
             h2: None,
             floods: None,
             flooded: None,
+            queue: BytesMut::new(),
+            queue_cap: 0,
             h2_timed_out: None,
             http2: Switched::new(AtomicBool::new(!http1)),
         }
@@ -171,10 +180,17 @@ impl<T> H1Guard<T> {
         self
     }
 
-    /// HTTP/2's inbound flood limits: a client over one has its connection closed, and the
-    /// flood counted.
-    pub fn h2_floods(mut self, limits: FloodLimits, counters: FloodCounters) -> Self {
+    /// HTTP/2's flood limits: a client over one has its connection closed, and the flood
+    /// counted. Up to `queue_cap` bytes written to the client wait here while the socket takes
+    /// nothing.
+    pub fn h2_floods(
+        mut self,
+        limits: FloodLimits,
+        counters: FloodCounters,
+        queue_cap: usize,
+    ) -> Self {
         self.floods = Some((limits, counters));
+        self.queue_cap = queue_cap;
         self.follow_h2_frames();
         self
     }
@@ -469,6 +485,10 @@ pub struct FloodCounters {
     pub empty_frames: Counter,
     pub priority: Counter,
     pub window_update: Counter,
+    /// `http2.outbound_flood`.
+    pub outbound: Counter,
+    /// `http2.outbound_control_flood`.
+    pub outbound_control: Counter,
 }
 
 impl FloodCounters {
@@ -477,6 +497,8 @@ impl FloodCounters {
             Flood::EmptyFrames => &self.empty_frames,
             Flood::Priority => &self.priority,
             Flood::WindowUpdate => &self.window_update,
+            Flood::Outbound => &self.outbound,
+            Flood::OutboundControl => &self.outbound_control,
         }
     }
 }
@@ -619,6 +641,90 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
     }
 }
 
+impl<T: AsyncWrite + Unpin> H1Guard<T> {
+    /// Whether writes to an HTTP/2 client are followed frame by frame and may wait in `queue`.
+    fn queueing(&self) -> bool {
+        self.h2.is_some() && self.floods.is_some()
+    }
+
+    /// Bytes for the client taken (by the socket or into the queue): their frames counted.
+    fn account(&mut self, data: &[u8]) -> io::Result<()> {
+        let Some(h2) = &mut self.h2 else {
+            return Ok(());
+        };
+        if let Err(flood) = h2.sent(data) {
+            self.flood(flood);
+            return Err(flood_error(flood));
+        }
+        Ok(())
+    }
+
+    /// Writes out what waits in the queue; ready once it is empty.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.queue.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.queue))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.queue.advance(n);
+            if let Some(h2) = &mut self.h2 {
+                h2.written(n);
+            }
+        }
+        if self.queue.capacity() > 64 * 1024 {
+            self.queue = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// A write to an HTTP/2 client: straight to the socket when nothing waits and the socket
+    /// takes it, else into the queue while it has room.
+    fn write_h2(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Err(e)) = self.drain(cx) {
+            return Poll::Ready(Err(e));
+        }
+        if self.queue.is_empty() {
+            let r = match bufs {
+                [one] => Pin::new(&mut self.inner).poll_write(cx, one),
+                _ => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+            };
+            match r {
+                Poll::Ready(Ok(n)) => {
+                    if let Some(h2) = &mut self.h2 {
+                        h2.written(n);
+                    }
+                    let mut left = n;
+                    for b in bufs {
+                        let take = left.min(b.len());
+                        self.account(&b[..take])?;
+                        left -= take;
+                        if left == 0 {
+                            break;
+                        }
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        } else if self.queue.len() >= self.queue_cap {
+            // The socket's waker is registered by the drain above.
+            return Poll::Pending;
+        }
+        let mut total = 0;
+        for b in bufs {
+            self.queue.extend_from_slice(b);
+            self.account(b)?;
+            total += b.len();
+        }
+        Poll::Ready(Ok(total))
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -629,11 +735,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
         if let Some(flood) = this.flooded {
             return Poll::Ready(Err(flood_error(flood)));
         }
-        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
-        if let Some(h2) = &mut this.h2 {
-            h2.sent(&data[..n]);
+        if this.queueing() {
+            return this.write_h2(cx, &[io::IoSlice::new(data)]);
         }
-        Poll::Ready(Ok(n))
+        Pin::new(&mut this.inner).poll_write(cx, data)
     }
 
     fn poll_write_vectored(
@@ -645,31 +750,35 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
         if let Some(flood) = this.flooded {
             return Poll::Ready(Err(flood_error(flood)));
         }
-        let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
-        if let Some(h2) = &mut this.h2 {
-            let mut left = n;
-            for b in bufs {
-                let take = left.min(b.len());
-                h2.sent(&b[..take]);
-                left -= take;
-                if left == 0 {
-                    break;
-                }
-            }
+        if this.queueing() {
+            return this.write_h2(cx, bufs);
         }
-        Poll::Ready(Ok(n))
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
 
+    /// A flush writes out what it can of the queue and does not wait for the rest, as Envoy's
+    /// codec does not wait for its connection's buffer: h2 goes on reading meanwhile. The
+    /// socket wakes the connection when it can take more, and h2 flushes again on each poll.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        if this.flooded.is_none() {
+            if let Poll::Ready(Err(e)) = this.drain(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.flooded.is_none() {
+            ready!(this.drain(cx))?;
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 

@@ -7,12 +7,21 @@
 //! - Envoy's inbound flood limits (`http2_protocol_options`): consecutive frames with an empty
 //!   payload, PRIORITY frames per stream opened, WINDOW_UPDATE frames per DATA frame sent. A
 //!   connection over one is closed, as Envoy closes it.
+//! - Envoy's outbound limits: the frames written to the client that wait for the socket, all of
+//!   them (`max_outbound_frames`) and the control frames among them
+//!   (`max_outbound_control_frames`). A client that does not read while it makes the proxy
+//!   answer (PING, SETTINGS, a stream reset) has its connection closed.
+
+use std::collections::VecDeque;
 
 /// The client connection preface, which comes before the first frame.
 const PREFACE_LEN: usize = 24;
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const PRIORITY: u8 = 0x2;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
 const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
@@ -31,6 +40,10 @@ pub struct FloodLimits {
     /// `max_inbound_window_update_frames_per_data_frame_sent`: WINDOW_UPDATE frames may number
     /// `5 + 2 * (streams opened + this * DATA frames sent)`.
     pub window_update_per_data_frame: u32,
+    /// `max_outbound_frames`: frames written to the client and not yet taken by the socket.
+    pub outbound_frames: u32,
+    /// `max_outbound_control_frames`: the PING, SETTINGS and RST_STREAM frames among them.
+    pub outbound_control_frames: u32,
 }
 
 impl Default for FloodLimits {
@@ -40,6 +53,8 @@ impl Default for FloodLimits {
             empty_frames: 1,
             priority_per_stream: 100,
             window_update_per_data_frame: 10,
+            outbound_frames: 10_000,
+            outbound_control_frames: 1_000,
         }
     }
 }
@@ -53,6 +68,10 @@ pub enum Flood {
     Priority,
     /// `http2.inbound_window_update_frames_flood`.
     WindowUpdate,
+    /// `http2.outbound_flood`.
+    Outbound,
+    /// `http2.outbound_control_flood`.
+    OutboundControl,
 }
 
 impl Flood {
@@ -62,6 +81,8 @@ impl Flood {
             Flood::EmptyFrames => "too many consecutive frames with an empty payload",
             Flood::Priority => "too many PRIORITY frames",
             Flood::WindowUpdate => "too many WINDOW_UPDATE frames",
+            Flood::Outbound => "too many frames in the outbound queue",
+            Flood::OutboundControl => "too many control frames in the outbound queue",
         }
     }
 }
@@ -148,6 +169,14 @@ pub struct Frames {
     data_frames_sent: u64,
     /// The frames written to the client.
     outbound: Walker,
+    /// Bytes written to the client so far, and of those, taken by the socket.
+    outbound_at: u64,
+    socket_at: u64,
+    /// The frames written to the client that the socket has not wholly taken: where each ends,
+    /// and whether it is a control frame.
+    waiting: VecDeque<(u64, bool)>,
+    /// The control frames in `waiting`.
+    waiting_control: usize,
 }
 
 impl Default for Frames {
@@ -173,6 +202,10 @@ impl Frames {
             highest_stream: 0,
             data_frames_sent: 0,
             outbound: Walker::default(),
+            outbound_at: 0,
+            socket_at: 0,
+            waiting: VecDeque::new(),
+            waiting_control: 0,
         }
     }
 
@@ -235,22 +268,51 @@ impl Frames {
         Ok(())
     }
 
-    /// Takes bytes written to the client (frames only, from the first), counting DATA frames.
-    pub fn sent(&mut self, mut data: &[u8]) {
-        if self.limits.is_none() {
-            return;
-        }
+    /// Takes bytes written to the client (frames only, from the first), counting DATA frames
+    /// and the frames the socket has not taken yet; says when those are over the outbound
+    /// limits. Bytes the socket took at once are given to [`Frames::written`] first.
+    pub fn sent(&mut self, mut data: &[u8]) -> Result<(), Flood> {
+        let Some(limits) = self.limits else {
+            return Ok(());
+        };
         while !data.is_empty() {
+            let before = data.len();
             match self.outbound.step(data) {
-                Step::Partial => return,
+                Step::Partial => data = &[],
                 Step::Payload(n, _) => data = &data[n..],
                 Step::Header(n, h) => {
                     data = &data[n..];
                     if h.kind == DATA {
                         self.data_frames_sent += 1;
                     }
+                    let end = self.outbound_at + n as u64 + h.len as u64;
+                    if end > self.socket_at {
+                        let control = matches!(h.kind, PING | SETTINGS | RST_STREAM);
+                        self.waiting.push_back((end, control));
+                        self.waiting_control += usize::from(control);
+                    }
                 }
             }
+            self.outbound_at += (before - data.len()) as u64;
+        }
+        if self.waiting.len() > limits.outbound_frames as usize {
+            return Err(Flood::Outbound);
+        }
+        if self.waiting_control > limits.outbound_control_frames as usize {
+            return Err(Flood::OutboundControl);
+        }
+        Ok(())
+    }
+
+    /// `n` more bytes written to the client were taken by the socket.
+    pub fn written(&mut self, n: usize) {
+        self.socket_at += n as u64;
+        while let Some(&(end, control)) = self.waiting.front() {
+            if end > self.socket_at {
+                break;
+            }
+            self.waiting.pop_front();
+            self.waiting_control -= usize::from(control);
         }
     }
 
@@ -449,12 +511,55 @@ mod tests {
         // Each DATA frame sent allows 20 more.
         let mut w = Frames::new(false).with_limits(FloodLimits::default());
         let data = on_stream(1, DATA, 0, b"hello");
-        w.sent(&data[..4]);
-        w.sent(&data[4..]);
+        w.written(data.len());
+        w.sent(&data[..4]).expect("no flood");
+        w.sent(&data[4..]).expect("no flood");
         for _ in 0..25 {
             assert!(w.feed(&update).is_ok());
         }
         assert!(w.feed(&update).is_err());
+    }
+
+    #[test]
+    fn frames_waiting_for_the_socket_are_limited() {
+        let limits = FloodLimits {
+            outbound_frames: 5,
+            outbound_control_frames: 3,
+            ..FloodLimits::default()
+        };
+        let ack = frame(PING, 1, b"01234567");
+        let data = on_stream(1, DATA, 0, b"hello");
+        // Taken by the socket as they are written: never waiting.
+        let mut w = Frames::new(false).with_limits(limits);
+        for _ in 0..100 {
+            w.written(ack.len());
+            assert_eq!(w.sent(&ack), Ok(()));
+        }
+        // Waiting: the fourth control frame is one too many.
+        for _ in 0..3 {
+            assert_eq!(w.sent(&ack), Ok(()));
+        }
+        assert_eq!(w.sent(&ack), Err(Flood::OutboundControl));
+        // Once the socket takes two of them, two more fit, and DATA frames count only in all.
+        let mut w = Frames::new(false).with_limits(limits);
+        for _ in 0..3 {
+            assert_eq!(w.sent(&ack), Ok(()));
+        }
+        w.written(2 * ack.len() + 3);
+        assert_eq!(w.sent(&ack), Ok(()));
+        assert_eq!(w.sent(&ack), Ok(()));
+        assert_eq!(w.sent(&data), Ok(()));
+        assert_eq!(w.sent(&data), Ok(()));
+        assert_eq!(w.sent(&data), Err(Flood::Outbound));
+        // A frame whose header the socket took but not its payload still waits.
+        let mut w = Frames::new(false).with_limits(limits);
+        let mut split = data.clone();
+        split.extend_from_slice(&data);
+        w.written(10);
+        assert_eq!(w.sent(&split), Ok(()));
+        assert_eq!(w.waiting.len(), 2);
+        w.written(split.len() - 10);
+        assert!(w.waiting.is_empty());
     }
 
     #[test]

@@ -519,6 +519,14 @@ pub(super) fn http2_options(
             .max_inbound_window_update_frames_per_data_frame_sent
             .as_ref()
             .map_or(d.max_window_update_frames_per_data_frame, |v| v.value),
+        max_outbound_frames: h2
+            .max_outbound_frames
+            .as_ref()
+            .map_or(d.max_outbound_frames, |v| v.value),
+        max_outbound_control_frames: h2
+            .max_outbound_control_frames
+            .as_ref()
+            .map_or(d.max_outbound_control_frames, |v| v.value),
     })
 }
 
@@ -531,8 +539,8 @@ fn cluster_http2_options(
     http2_options(h2, path)
 }
 
-/// The inbound flood limits guard a connection manager's clients; skiff does not check what an
-/// upstream sends against them, so on a cluster they are refused.
+/// The flood limits guard a connection manager's clients; skiff does not check an upstream
+/// connection against them, so on a cluster they are refused.
 fn refuse_upstream_flood_limits(
     h2: &core::Http2ProtocolOptions,
     path: &str,
@@ -551,6 +559,11 @@ fn refuse_upstream_flood_limits(
             "max_inbound_window_update_frames_per_data_frame_sent",
             h2.max_inbound_window_update_frames_per_data_frame_sent
                 .is_some(),
+        ),
+        ("max_outbound_frames", h2.max_outbound_frames.is_some()),
+        (
+            "max_outbound_control_frames",
+            h2.max_outbound_control_frames.is_some(),
         ),
     ];
     match fields.iter().find(|(_, set)| *set) {
@@ -592,15 +605,24 @@ fn check_http2_options(h2: &core::Http2ProtocolOptions, path: &str) -> Result<()
             }
         }
     }
-    if h2
-        .max_inbound_window_update_frames_per_data_frame_sent
-        .as_ref()
-        .is_some_and(|v| v.value == 0)
-    {
-        return Err(ConfigError::new(
-            format!("{path}.max_inbound_window_update_frames_per_data_frame_sent"),
-            "value must be greater than or equal to 1",
-        ));
+    let at_least_one = [
+        (
+            "max_inbound_window_update_frames_per_data_frame_sent",
+            &h2.max_inbound_window_update_frames_per_data_frame_sent,
+        ),
+        ("max_outbound_frames", &h2.max_outbound_frames),
+        (
+            "max_outbound_control_frames",
+            &h2.max_outbound_control_frames,
+        ),
+    ];
+    for (field, value) in at_least_one {
+        if value.as_ref().is_some_and(|v| v.value == 0) {
+            return Err(ConfigError::new(
+                format!("{path}.{field}"),
+                "value must be greater than or equal to 1",
+            ));
+        }
     }
     Ok(())
 }
@@ -753,7 +775,7 @@ static_resources:
     #[test]
     fn flood_limits_serve_the_connection_manager_only() {
         let loaded = load_text(&bootstrap(
-            "{max_consecutive_inbound_frames_with_empty_payload: 3, max_inbound_priority_frames_per_stream: 7, max_inbound_window_update_frames_per_data_frame_sent: 2, override_stream_error_on_invalid_http_message: true}",
+            "{max_consecutive_inbound_frames_with_empty_payload: 3, max_inbound_priority_frames_per_stream: 7, max_inbound_window_update_frames_per_data_frame_sent: 2, max_outbound_frames: 50, max_outbound_control_frames: 5, override_stream_error_on_invalid_http_message: true}",
             "{}",
         ))
         .expect("loads");
@@ -765,10 +787,20 @@ static_resources:
             (
                 hcm.http2.max_consecutive_empty_frames,
                 hcm.http2.max_priority_frames_per_stream,
-                hcm.http2.max_window_update_frames_per_data_frame
+                hcm.http2.max_window_update_frames_per_data_frame,
+                hcm.http2.max_outbound_frames,
+                hcm.http2.max_outbound_control_frames,
             ),
-            (3, 7, 2)
+            (3, 7, 2, 50, 5)
         );
+        let e = load_text(&bootstrap("{}", "{max_outbound_control_frames: 5}"))
+            .expect_err("refused on a cluster")
+            .to_string();
+        assert!(e.contains("max_outbound_control_frames"), "{e}");
+        let e = load_text(&bootstrap("{max_outbound_frames: 0}", "{}"))
+            .expect_err("at least one")
+            .to_string();
+        assert!(e.contains("max_outbound_frames"), "{e}");
         let e = load_text(&bootstrap(
             "{}",
             "{max_inbound_priority_frames_per_stream: 7}",
