@@ -25,6 +25,7 @@ const PING: u8 = 0x6;
 const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 
@@ -42,7 +43,8 @@ pub struct FloodLimits {
     pub window_update_per_data_frame: u32,
     /// `max_outbound_frames`: frames written to the client and not yet taken by the socket.
     pub outbound_frames: u32,
-    /// `max_outbound_control_frames`: the PING, SETTINGS and RST_STREAM frames among them.
+    /// `max_outbound_control_frames`: the PING and SETTINGS acknowledgements and RST_STREAM
+    /// frames among them.
     pub outbound_control_frames: u32,
 }
 
@@ -287,7 +289,9 @@ impl Frames {
                     }
                     let end = self.outbound_at + n as u64 + h.len as u64;
                     if end > self.socket_at {
-                        let control = matches!(h.kind, PING | SETTINGS | RST_STREAM);
+                        // Envoy's control frames: the ACKs it owes the client, and resets.
+                        let control = (matches!(h.kind, PING | SETTINGS) && h.flags & ACK != 0)
+                            || h.kind == RST_STREAM;
                         self.waiting.push_back((end, control));
                         self.waiting_control += usize::from(control);
                     }
@@ -527,8 +531,13 @@ mod tests {
             outbound_control_frames: 3,
             ..FloodLimits::default()
         };
-        let ack = frame(PING, 1, b"01234567");
+        let ack = frame(PING, ACK, b"01234567");
         let data = on_stream(1, DATA, 0, b"hello");
+        // A PING of the proxy's own is not a control frame.
+        let mut w = Frames::new(false).with_limits(limits);
+        for _ in 0..5 {
+            assert_eq!(w.sent(&frame(PING, 0, b"01234567")), Ok(()));
+        }
         // Taken by the socket as they are written: never waiting.
         let mut w = Frames::new(false).with_limits(limits);
         for _ in 0..100 {
