@@ -112,6 +112,17 @@ fn same_upstream(what: &str, e: &Recorder, s: &Recorder) {
 // ---------------------------------------------------------------------------------------------
 
 fn upgrade_config() -> Value {
+    upgrade_config_with(json!({}))
+}
+
+/// [`upgrade_config`] with `extra` HCM fields.
+fn upgrade_config_with(extra: Value) -> Value {
+    let mut fields = json!({ "upgrade_configs": [ { "upgrade_type": "websocket" } ] });
+    if let (Some(o), Some(x)) = (fields.as_object_mut(), extra.as_object()) {
+        for (k, v) in x {
+            o.insert(k.clone(), v.clone());
+        }
+    }
     hcm_with(
         json!([
             { "name": "ws", "domains": ["ws.example.com"], "routes": [
@@ -128,7 +139,7 @@ fn upgrade_config() -> Value {
                 { "match": { "prefix": "/" }, "route": { "cluster": "echo" } }
             ] }
         ]),
-        json!({ "upgrade_configs": [ { "upgrade_type": "websocket" } ] }),
+        fields,
     )
 }
 
@@ -295,6 +306,193 @@ async fn upgrades_side_by_side() {
             same_upstream(what, &e.echo, &s.echo);
         }
         // The refusals are counted alike.
+        for side in [&e, &s] {
+            let stats = side.proxy.admin().stats().await;
+            assert_eq!(
+                stats
+                    .get("http.routing.downstream_rq_ws_on_non_ws_route")
+                    .map(String::as_str),
+                Some("2"),
+                "{}",
+                side.proxy.kind.name()
+            );
+        }
+    })
+    .await
+}
+
+/// What an HTTP/2 client saw of an extended CONNECT: the status, the tunnel's bytes, and how
+/// the stream ended.
+#[derive(Debug, PartialEq)]
+struct H2Seen {
+    status: Option<u16>,
+    transcript: Vec<u8>,
+    ended: String,
+}
+
+/// Reads from `body` until `out` holds `n` more bytes (or 3 s pass).
+async fn recv_exactly(body: &mut h2::RecvStream, n: usize, out: &mut Vec<u8>) -> bool {
+    let want = out.len() + n;
+    while out.len() < want {
+        match tokio::time::timeout(Duration::from_secs(3), body.data()).await {
+            Ok(Some(Ok(chunk))) => {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                out.extend_from_slice(&chunk);
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// An extended CONNECT (RFC 8441) for `path` on `host` with `:protocol kind`; after a 200,
+/// the same exchange as [`upgrade_once`]: a greeting, two echoed frames and a close handshake.
+async fn extended_connect_once(side: &Side, host: &str, path: &str, kind: &str) -> H2Seen {
+    let tcp = TcpStream::connect(side.addr()).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.expect("ready");
+    // The server's SETTINGS announce extended CONNECT.
+    for _ in 0..100 {
+        if client.is_extended_connect_protocol_enabled() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        client = client.ready().await.expect("ready");
+    }
+    assert!(
+        client.is_extended_connect_protocol_enabled(),
+        "{}: SETTINGS_ENABLE_CONNECT_PROTOCOL",
+        side.proxy.kind.name()
+    );
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{host}{path}"))
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(())
+        .expect("request");
+    req.extensions_mut().insert(h2::ext::Protocol::from(kind));
+    let (resp, mut send) = client.send_request(req, false).expect("send");
+    let resp = match tokio::time::timeout(Duration::from_secs(3), resp).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            return H2Seen {
+                status: None,
+                transcript: Vec::new(),
+                ended: format!("reset {:?}", e.reason()),
+            }
+        }
+        Err(_) => panic!("{}: no response to {path}", side.proxy.kind.name()),
+    };
+    let status = Some(resp.status().as_u16());
+    let mut body = resp.into_body();
+    let mut transcript = Vec::new();
+    if status != Some(200) {
+        while let Ok(Some(Ok(chunk))) =
+            tokio::time::timeout(Duration::from_secs(2), body.data()).await
+        {
+            transcript.extend_from_slice(&chunk);
+        }
+        return H2Seen {
+            status,
+            transcript,
+            ended: format!("end_stream {}", body.is_end_stream()),
+        };
+    }
+    let mut ok = recv_exactly(&mut body, GREETING.len(), &mut transcript).await;
+    for (opcode, payload) in [(1u8, b"ping-1".to_vec()), (2u8, vec![7u8; 300])] {
+        send.send_data(client_frame(opcode, &payload).into(), false)
+            .expect("send frame");
+        let n = server_frame(opcode, &payload).len();
+        ok &= recv_exactly(&mut body, n, &mut transcript).await;
+    }
+    send.send_data(client_frame(8, b"\x03\xe8").into(), false)
+        .expect("send close");
+    ok &= recv_exactly(&mut body, 4, &mut transcript).await;
+    assert!(
+        ok,
+        "{}: exchange through {path}: {transcript:?}",
+        side.proxy.kind.name()
+    );
+    // The upstream closes after its close frame: the stream ends (an empty DATA frame may
+    // carry its END_STREAM).
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(3), body.data()).await {
+            Ok(None) => break "end_stream".to_string(),
+            Ok(Some(Ok(more))) if more.is_empty() => continue,
+            Ok(Some(Ok(more))) => break format!("more data {more:?}"),
+            Ok(Some(Err(e))) => break format!("reset {:?}", e.reason()),
+            Err(_) => break "open".to_string(),
+        }
+    };
+    H2Seen {
+        status,
+        transcript,
+        ended,
+    }
+}
+
+#[tokio::test]
+async fn extended_connect_side_by_side() {
+    run(async {
+        let (e, s) = pair(upgrade_config_with(
+            json!({ "http2_protocol_options": { "allow_connect": true } }),
+        ))
+        .await;
+        let cases: &[(&str, &str, &str, &str, u16)] = &[
+            // (what, host, path, :protocol, Envoy's status)
+            (
+                "websocket accepted",
+                "ws.example.com",
+                "/chat",
+                "websocket",
+                200,
+            ),
+            (
+                "route disables websocket",
+                "ws.example.com",
+                "/off",
+                "websocket",
+                403,
+            ),
+            (
+                "type enabled nowhere",
+                "ws.example.com",
+                "/chat",
+                "custom-proto",
+                403,
+            ),
+            (
+                "upstream declines with 403",
+                "ws.example.com",
+                "/refuse",
+                "websocket",
+                403,
+            ),
+            ("no route", "partial.example.com", "/x", "websocket", 404),
+        ];
+        for (what, host, path, kind, want) in cases {
+            let re = extended_connect_once(&e, host, path, kind).await;
+            let rs = extended_connect_once(&s, host, path, kind).await;
+            assert_eq!(re.status, Some(*want), "{what}: envoy {re:?}");
+            assert_eq!(
+                (re.status, &re.transcript),
+                (rs.status, &rs.transcript),
+                "{what}"
+            );
+            // Once the upstream closes, Envoy resets the stream with CONNECT_ERROR; skiff ends
+            // it (tests/DIFFERENCES.md).
+            if re.ended.contains("CONNECT_ERROR") {
+                assert_eq!(rs.ended, "end_stream", "{what}: {rs:?}");
+            } else {
+                assert_eq!(re.ended, rs.ended, "{what}");
+            }
+            same_upstream(what, &e.ws, &s.ws);
+            same_upstream(what, &e.echo, &s.echo);
+        }
         for side in [&e, &s] {
             let stats = side.proxy.admin().stats().await;
             assert_eq!(

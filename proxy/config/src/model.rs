@@ -1805,6 +1805,9 @@ pub struct Http2Options {
     pub max_outbound_frames: u32,
     /// `max_outbound_control_frames` (default 1000; downstream only).
     pub max_outbound_control_frames: u32,
+    /// `allow_connect`: extended CONNECT (RFC 8441) is announced and taken as an upgrade
+    /// (downstream only).
+    pub allow_connect: bool,
 }
 
 /// `connection_keepalive`: PINGs every `interval` (plus up to `jitter` of it, at random); a
@@ -1831,6 +1834,7 @@ impl Default for Http2Options {
             max_window_update_frames_per_data_frame: 10,
             max_outbound_frames: 10_000,
             max_outbound_control_frames: 1_000,
+            allow_connect: false,
         }
     }
 }

@@ -1447,8 +1447,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.config.core.v3.Http2ProtocolOptions",
         // connection_keepalive: upstream connections and the connection manager's. The
-        // flood limits, inbound and outbound: the connection manager's only (refused on
-        // clusters).
+        // flood limits, inbound and outbound, and allow_connect: the connection manager's only
+        // (refused on clusters).
         // override_stream_error_on_invalid_http_message: skiff always resets only the stream
         // (true); false, Envoy's default, is the difference in tests/DIFFERENCES.md.
         &[
@@ -1461,6 +1461,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "max_inbound_window_update_frames_per_data_frame_sent",
             "max_outbound_frames",
             "max_outbound_control_frames",
+            "allow_connect",
             "override_stream_error_on_invalid_http_message",
         ],
     ),

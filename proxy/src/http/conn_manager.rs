@@ -548,6 +548,9 @@ pub async fn serve(
         .max_concurrent_streams(h2.max_concurrent_streams)
         .initial_stream_window_size(stream_window)
         .initial_connection_window_size(conn_window);
+    if h2.allow_connect {
+        builder.http2().enable_connect_protocol();
+    }
     // connection_keepalive: hyper PINGs once no frame has arrived for the interval and closes
     // the connection when the PING is not answered in time. The jitter is drawn once per
     // connection.
@@ -1232,6 +1235,32 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         return local(done, LocalReply::INVALID_AUTHORITY, None);
     }
 
+    // An HTTP/2 extended CONNECT (RFC 8441, with `allow_connect`) is the HTTP/2 form of an
+    // upgrade: as Envoy's codec does, it becomes `GET` with `Upgrade: <protocol>` and
+    // `Connection: upgrade`, and its 101 goes back as a 200.
+    let extended_connect = codec == Codec::Http2
+        && parts.method == http::Method::CONNECT
+        && parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str() != "bytestream");
+    if extended_connect {
+        let protocol = parts.extensions.remove::<hyper::ext::Protocol>();
+        match protocol.and_then(|p| HeaderValue::from_str(p.as_str()).ok()) {
+            Some(p) => {
+                parts.method = http::Method::GET;
+                parts.headers.insert(header::UPGRADE, p);
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                if let Some(info) = done.info.as_mut() {
+                    info.method = Some(http::Method::GET);
+                }
+            }
+            None => return local(done, LocalReply::INVALID_HEADER_FIELD, None),
+        }
+    }
+
     // CONNECT matches no prefix or path route (Envoy needs a connect_matcher, which skiff does
     // not offer): Envoy's 404 and a closed connection, nothing upstream.
     if parts.method == http::Method::CONNECT {
@@ -1245,7 +1274,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
 
     // An upgrade (websocket…) goes through when `upgrade_configs` take its type; the router
     // decides, with the route. An h2c upgrade offer is simply ignored, as Envoy does.
-    let upgrade = if codec == Codec::Http1 {
+    let upgrade = if codec == Codec::Http1 || extended_connect {
         upgrade_type(&parts.headers)
     } else {
         None
@@ -1491,11 +1520,12 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
                 }
             }
             let body = filter::wrap(chain.as_ref(), body, Direction::Encode);
-            let kept = switching.then(|| upgrade_headers(&head.headers));
+            // An extended CONNECT's 101 loses its `Upgrade` and `Connection` (HTTP/2 has neither).
+            let kept = (switching && !extended_connect).then(|| upgrade_headers(&head.headers));
             headers::remove_hop_by_hop(&mut head.headers);
             if let Some(kept) = kept {
                 restore(&mut head.headers, kept);
-            } else if upgrade.is_some() {
+            } else if upgrade.is_some() && !extended_connect {
                 // The upstream declined the upgrade: what the client sends next was meant for
                 // the upgraded protocol, so the connection ends with this response (Envoy).
                 head.headers
@@ -1518,6 +1548,23 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
                 info.response_code = Some(status);
                 info.details = "via_upstream";
                 info.response_headers = head.headers.clone();
+            }
+            if extended_connect && on_upgrade.is_some() && upstream_io.is_some() {
+                // The stream carries the tunnel from its 200 on (hyper hands it over); the
+                // access log keeps the upstream's 101, as Envoy's does.
+                head.status = http::StatusCode::OK;
+                if head
+                    .headers
+                    .get(header::CONTENT_LENGTH)
+                    .is_some_and(|v| v == "0")
+                {
+                    head.headers.remove(header::CONTENT_LENGTH);
+                }
+                if let (Some(down), Some(up)) = (on_upgrade, upstream_io) {
+                    let stream = done.detach();
+                    tokio::task::spawn_local(stream_tunnel(stream, down, up));
+                }
+                return Response::from_parts(head, Tracked::new(body, done, None));
             }
             if let (Some(down), Some(up)) = (on_upgrade, upstream_io) {
                 // From the 101 on, the connection carries the upgraded protocol both ways until
@@ -1658,6 +1705,59 @@ async fn tunnel(mut stream: Done, down: hyper::upgrade::OnUpgrade, up: hyper::up
             stream.end(EndReason::DownstreamReset, 0);
         }
     }
+}
+
+/// The tunnel of an HTTP/2 extended CONNECT: bytes both ways until the upstream closes, which
+/// ends the stream (the client's end is passed on and the upstream's answer awaited), as
+/// Envoy resets a CONNECT stream once its upstream connection ends.
+async fn stream_tunnel(
+    mut stream: Done,
+    down: hyper::upgrade::OnUpgrade,
+    up: hyper::upgrade::OnUpgrade,
+) {
+    use tokio::io::AsyncWriteExt;
+    let (down, up) = match (down.await, up.await) {
+        (Ok(d), Ok(u)) => (d, u),
+        (d, u) => {
+            tracing::debug!(down = ?d.err(), up = ?u.err(), "upgrade hand-over failed");
+            stream.end(EndReason::UpstreamReset, 0);
+            return;
+        }
+    };
+    let (from_client, to_client) = (Counter::default(), Counter::default());
+    let down = Counted::new(TokioIo::new(down), from_client.clone(), to_client.clone());
+    let (mut down_rx, mut down_tx) = tokio::io::split(down);
+    let (mut up_rx, mut up_tx) = tokio::io::split(TokioIo::new(up));
+    let to_upstream = async {
+        let r = tokio::io::copy(&mut down_rx, &mut up_tx).await;
+        let _ = up_tx.shutdown().await;
+        r
+    };
+    let to_downstream = async {
+        let r = tokio::io::copy(&mut up_rx, &mut down_tx).await;
+        let _ = down_tx.shutdown().await;
+        r
+    };
+    tokio::pin!(to_upstream, to_downstream);
+    let mut client_done = false;
+    let ended = loop {
+        tokio::select! {
+            r = &mut to_downstream => break r.is_ok(),
+            r = &mut to_upstream, if !client_done => {
+                client_done = true;
+                if r.is_err() {
+                    break false;
+                }
+            }
+        }
+    };
+    stream.tunnel_received = from_client.value();
+    let reason = if ended {
+        EndReason::Complete
+    } else {
+        EndReason::DownstreamReset
+    };
+    stream.end(reason, to_client.value());
 }
 
 fn protocol_name(v: Version) -> &'static str {

@@ -183,6 +183,9 @@ impl LocalReply {
         LocalReply::bad_request("http1.connection_header_rejected");
     /// A Host or `:authority` with characters an authority cannot hold: 400.
     pub const INVALID_AUTHORITY: LocalReply = LocalReply::bad_request("http.invalid_authority");
+    /// An HTTP/2 header field Envoy's codec refuses.
+    pub const INVALID_HEADER_FIELD: LocalReply =
+        LocalReply::bad_request("http2.invalid.header.field");
     /// HTTP/1.1 request without Host: 400, empty body, no flag (observed on Envoy 1.40).
     pub const MISSING_HOST: LocalReply = LocalReply {
         status: StatusCode::BAD_REQUEST,

@@ -527,6 +527,7 @@ pub(super) fn http2_options(
             .max_outbound_control_frames
             .as_ref()
             .map_or(d.max_outbound_control_frames, |v| v.value),
+        allow_connect: h2.allow_connect,
     })
 }
 
@@ -536,6 +537,12 @@ fn cluster_http2_options(
     path: &str,
 ) -> Result<Http2Options, ConfigError> {
     refuse_upstream_flood_limits(h2, path)?;
+    if h2.allow_connect {
+        return Err(ConfigError::new(
+            format!("{path}.allow_connect"),
+            "unsupported on clusters: skiff does not send extended CONNECT upstream",
+        ));
+    }
     http2_options(h2, path)
 }
 
@@ -775,7 +782,7 @@ static_resources:
     #[test]
     fn flood_limits_serve_the_connection_manager_only() {
         let loaded = load_text(&bootstrap(
-            "{max_consecutive_inbound_frames_with_empty_payload: 3, max_inbound_priority_frames_per_stream: 7, max_inbound_window_update_frames_per_data_frame_sent: 2, max_outbound_frames: 50, max_outbound_control_frames: 5, override_stream_error_on_invalid_http_message: true}",
+            "{max_consecutive_inbound_frames_with_empty_payload: 3, max_inbound_priority_frames_per_stream: 7, max_inbound_window_update_frames_per_data_frame_sent: 2, max_outbound_frames: 50, max_outbound_control_frames: 5, allow_connect: true, override_stream_error_on_invalid_http_message: true}",
             "{}",
         ))
         .expect("loads");
@@ -790,13 +797,18 @@ static_resources:
                 hcm.http2.max_window_update_frames_per_data_frame,
                 hcm.http2.max_outbound_frames,
                 hcm.http2.max_outbound_control_frames,
+                hcm.http2.allow_connect,
             ),
-            (3, 7, 2, 50, 5)
+            (3, 7, 2, 50, 5, true)
         );
         let e = load_text(&bootstrap("{}", "{max_outbound_control_frames: 5}"))
             .expect_err("refused on a cluster")
             .to_string();
         assert!(e.contains("max_outbound_control_frames"), "{e}");
+        let e = load_text(&bootstrap("{}", "{allow_connect: true}"))
+            .expect_err("refused on a cluster")
+            .to_string();
+        assert!(e.contains("allow_connect"), "{e}");
         let e = load_text(&bootstrap("{max_outbound_frames: 0}", "{}"))
             .expect_err("at least one")
             .to_string();
