@@ -805,9 +805,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "query_parameters",
             "grpc",
             "runtime_fraction",
+            "connect_matcher",
         ],
     ),
     ("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", &[]),
+    ("envoy.config.route.v3.RouteMatch.ConnectMatcher", &[]),
     (
         "envoy.config.route.v3.QueryParameterMatcher",
         &["name", "string_match", "present_match"],

@@ -1261,20 +1261,12 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         }
     }
 
-    // CONNECT matches no prefix or path route (Envoy needs a connect_matcher, which skiff does
-    // not offer): Envoy's 404 and a closed connection, nothing upstream.
-    if parts.method == http::Method::CONNECT {
-        stats.no_route.inc();
-        let reply = LocalReply {
-            close: true,
-            ..LocalReply::NO_ROUTE
-        };
-        return local(done, reply, None);
-    }
-
     // An upgrade (websocket…) goes through when `upgrade_configs` take its type; the router
-    // decides, with the route. An h2c upgrade offer is simply ignored, as Envoy does.
-    let upgrade = if codec == Codec::Http1 || extended_connect {
+    // decides, with the route. A CONNECT is the upgrade `connect`: only `connect_matcher`
+    // routes match it (it has no path). An h2c upgrade offer is simply ignored, as Envoy does.
+    let upgrade = if parts.method == http::Method::CONNECT {
+        Some("connect".to_string())
+    } else if codec == Codec::Http1 || extended_connect {
         upgrade_type(&parts.headers)
     } else {
         None
@@ -1485,8 +1477,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         Ok((mut resp, upstream, deadline)) => {
             // Envoy writes the standard reason phrase, not the upstream's.
             resp.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
-            let switching =
-                upgrade.is_some() && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+            let switching = router::switches(upgrade.as_deref(), resp.status());
             let upstream_io = if switching {
                 resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()
             } else {
@@ -1511,8 +1502,14 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
                 // A 2xx to an upgrade is taken as its start, like a CONNECT's (Envoy's codec):
                 // the client gets the head alone, with no body, and the connection closes.
                 body = ProxyBody::full(bytes::Bytes::new());
-                head.headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                if switching {
+                    // A CONNECT's 2xx starts its tunnel: no framing headers.
+                    head.headers.remove(header::CONTENT_LENGTH);
+                    head.headers.remove(header::TRANSFER_ENCODING);
+                } else {
+                    head.headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                }
             }
             if let Some(chain) = &chain {
                 if let Some(reply) = chain.encode_headers(&mut head, body.is_end_stream()).await {
@@ -1525,7 +1522,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             headers::remove_hop_by_hop(&mut head.headers);
             if let Some(kept) = kept {
                 restore(&mut head.headers, kept);
-            } else if upgrade.is_some() && !extended_connect {
+            } else if upgrade.is_some() && codec == Codec::Http1 {
                 // The upstream declined the upgrade: what the client sends next was meant for
                 // the upgraded protocol, so the connection ends with this response (Envoy).
                 head.headers
@@ -1549,10 +1546,13 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
                 info.details = "via_upstream";
                 info.response_headers = head.headers.clone();
             }
-            if extended_connect && on_upgrade.is_some() && upstream_io.is_some() {
-                // The stream carries the tunnel from its 200 on (hyper hands it over); the
-                // access log keeps the upstream's 101, as Envoy's does.
-                head.status = http::StatusCode::OK;
+            if codec == Codec::Http2 && on_upgrade.is_some() && upstream_io.is_some() {
+                // The stream carries the tunnel from its 2xx on (hyper hands it over). An
+                // extended CONNECT's 101 is sent as a 200; the access log keeps the 101, as
+                // Envoy's does.
+                if extended_connect {
+                    head.status = http::StatusCode::OK;
+                }
                 if head
                     .headers
                     .get(header::CONTENT_LENGTH)
@@ -1707,9 +1707,9 @@ async fn tunnel(mut stream: Done, down: hyper::upgrade::OnUpgrade, up: hyper::up
     }
 }
 
-/// The tunnel of an HTTP/2 extended CONNECT: bytes both ways until the upstream closes, which
-/// ends the stream (the client's end is passed on and the upstream's answer awaited), as
-/// Envoy resets a CONNECT stream once its upstream connection ends.
+/// The tunnel of an HTTP/2 stream (CONNECT, extended CONNECT): bytes both ways until the
+/// upstream closes, which ends the stream (the client's end is passed on and the upstream's
+/// answer awaited), as Envoy resets a CONNECT stream once its upstream connection ends.
 async fn stream_tunnel(
     mut stream: Done,
     down: hyper::upgrade::OnUpgrade,

@@ -160,7 +160,7 @@ pub fn headers_match(
     }
     let view = crate::router::RequestView {
         method: head.method.as_str(),
-        path: head.uri.path_and_query().map_or("/", |p| p.as_str()),
+        path: route_path(head),
         authority: crate::http::conn_manager::authority(head).unwrap_or(""),
         scheme: head.uri.scheme_str().unwrap_or("http"),
         headers: &head.headers,
@@ -541,6 +541,14 @@ impl<B> FilteredBody<B> {
         // Re-queue the trailers behind the released data.
         self.trailers = Some(trailers);
     }
+}
+
+/// The path routes match a request by: a CONNECT has none (its target is an authority).
+pub fn route_path(head: &http::request::Parts) -> &str {
+    if head.method == http::Method::CONNECT {
+        return "";
+    }
+    head.uri.path_and_query().map_or("/", |p| p.as_str())
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ pub enum TcpMode {
     Stall(std::time::Duration),
     /// Read the first bytes, write this reply, then close (e.g. a garbage HTTP response).
     ReadThenReply(Vec<u8>),
+    /// Read a request head, write this reply, then echo as `Echo` does (a CONNECT's target).
+    ReplyThenEcho(Vec<u8>),
 }
 
 /// What one upstream connection received, once it ended.
@@ -95,8 +97,18 @@ impl TcpUpstream {
                             tokio::time::sleep(*d).await;
                             return;
                         }
+                        TcpMode::ReplyThenEcho(reply) => {
+                            while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+                                match s.read(&mut buf).await {
+                                    Ok(n) if n > 0 => received.extend_from_slice(&buf[..n]),
+                                    _ => break,
+                                }
+                            }
+                            let _ = s.write_all(reply).await;
+                        }
                         TcpMode::Echo => {}
                     }
+                    let echo = matches!(mode, TcpMode::Echo | TcpMode::ReplyThenEcho(_));
                     loop {
                         match s.read(&mut buf).await {
                             Ok(0) => {
@@ -105,16 +117,14 @@ impl TcpUpstream {
                             }
                             Ok(n) => {
                                 received.extend_from_slice(&buf[..n]);
-                                if matches!(mode, TcpMode::Echo)
-                                    && s.write_all(&buf[..n]).await.is_err()
-                                {
+                                if echo && s.write_all(&buf[..n]).await.is_err() {
                                     break;
                                 }
                             }
                             Err(_) => break,
                         }
                     }
-                    if matches!(mode, TcpMode::Echo) {
+                    if echo {
                         let _ = s.shutdown().await;
                     }
                     fin.lock()

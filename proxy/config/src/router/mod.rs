@@ -63,6 +63,9 @@ pub enum PathMatch {
     SeparatedPrefix(String),
     /// `safe_regex`: the whole path without its query (anchored at translation).
     Regex(crate::pattern::Regex),
+    /// `connect_matcher`: CONNECT requests (which have no path, so no other path matcher but
+    /// an empty prefix or a regex that takes the empty path matches them).
+    Connect,
 }
 
 /// `RouteMatch`.
@@ -89,6 +92,7 @@ impl RouteMatch {
                 PathMatch::SeparatedPrefix(p) => PathMatch::SeparatedPrefix(p.to_ascii_lowercase()),
                 // case_sensitive does not apply to regexes (Envoy).
                 PathMatch::Regex(r) => PathMatch::Regex(r),
+                PathMatch::Connect => PathMatch::Connect,
             }
         };
         RouteMatch {
@@ -137,6 +141,7 @@ impl RouteMatch {
                     && starts_with(bare, p, self.case_sensitive)
             }
             PathMatch::Regex(r) => r.is_match(bare),
+            PathMatch::Connect => req.method == "CONNECT",
         };
         path_ok
             && self
@@ -558,7 +563,7 @@ impl Route {
                 let len = match &self.matcher.path {
                     PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => p.len(),
                     PathMatch::Exact(_) => path.split(['?', '#']).next().unwrap_or(path).len(),
-                    PathMatch::Regex(_) => 0,
+                    PathMatch::Regex(_) | PathMatch::Connect => 0,
                 };
                 let len = len.min(path.len());
                 if !path.is_char_boundary(len) {

@@ -544,9 +544,6 @@ pub(super) fn route_match(m: &route_pb::RouteMatch, path: &str) -> Result<(), Co
     refuse(path, "tls_context", tls_context)?;
     refuse(path, "dynamic_metadata", dynamic_metadata)?;
     refuse(path, "filter_state", filter_state)?;
-    if let Some(route_pb::route_match::PathSpecifier::ConnectMatcher(_)) = path_specifier {
-        return Err(unsupported(path, "connect_matcher"));
-    }
     if let Some(route_pb::route_match::PathSpecifier::PathMatchPolicy(_)) = path_specifier {
         return Err(unsupported(path, "path_match_policy"));
     }

@@ -972,9 +972,12 @@ fn translate_route(
         Some(route::route_match::PathSpecifier::SafeRegex(r)) => {
             crate::router::PathMatch::Regex(regex(r, &format!("{mpath}.safe_regex"))?)
         }
+        Some(route::route_match::PathSpecifier::ConnectMatcher(_)) => {
+            crate::router::PathMatch::Connect
+        }
         Some(_) => return Err(ConfigError::new(
             mpath,
-            "unsupported path specifier: only prefix, path, path_separated_prefix and safe_regex",
+            "unsupported path specifier: only prefix, path, path_separated_prefix, safe_regex and connect_matcher",
         )),
         None => {
             return Err(ConfigError::new(
@@ -1024,17 +1027,11 @@ fn translate_route(
     })
 }
 
-/// An upgrade type as the connection manager compares it (case-insensitively). CONNECT is
-/// refused: skiff does not terminate or forward CONNECT yet.
+/// An upgrade type as the connection manager compares it (case-insensitively; `connect` is
+/// CONNECT's).
 pub(super) fn upgrade_kind(upgrade_type: &str, path: &str) -> Result<String, ConfigError> {
     if upgrade_type.is_empty() {
         return Err(ConfigError::new(path, "required"));
-    }
-    if upgrade_type.eq_ignore_ascii_case("connect") {
-        return Err(ConfigError::new(
-            path,
-            "unsupported: CONNECT is not forwarded yet (websocket and other upgrade types are)",
-        ));
     }
     Ok(upgrade_type.to_ascii_lowercase())
 }

@@ -268,7 +268,7 @@ pub fn select(
         }
     }
     let host_header = authority(parts).unwrap_or("");
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = crate::http::filter::route_path(parts);
     let view = crate::router::RequestView {
         method: parts.method.as_str(),
         path,
@@ -789,8 +789,9 @@ impl Forward<'_> {
                 headers::number(attempts.into()),
             );
         }
-        // After a 101 the upstream connection belongs to the tunnel, never to the pool.
-        if self.upgrade.is_none() || resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // After a 101 (or a CONNECT's 2xx) the upstream connection belongs to the tunnel,
+        // never to the pool.
+        if self.upgrade.is_none() || !switches(self.upgrade, resp.status()) {
             upstream.conn = Some(conn);
         }
         let deadline = self.timeout.map(|timeout| Deadline {
@@ -901,6 +902,16 @@ struct Target<'a> {
     failure: &'a std::cell::RefCell<Option<String>>,
 }
 
+/// Whether a response with `status` starts the tunnel of an upgrade of type `upgrade`: a 101,
+/// or any 2xx to a CONNECT.
+pub fn switches(upgrade: Option<&str>, status: StatusCode) -> bool {
+    match upgrade {
+        Some("connect") => status.is_success(),
+        Some(_) => status == StatusCode::SWITCHING_PROTOCOLS,
+        None => false,
+    }
+}
+
 async fn send_http1(
     t: &Target<'_>,
     mut parts: http::request::Parts,
@@ -914,8 +925,11 @@ async fn send_http1(
             parts.headers.insert(header::HOST, v);
         }
     }
-    // HTTP/1.1 upstream requests use origin-form and carry the authority in Host.
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+    // HTTP/1.1 upstream requests use origin-form and carry the authority in Host; a CONNECT
+    // keeps its authority-form target.
+    if parts.method != http::Method::CONNECT
+        && (parts.uri.scheme().is_some() || parts.uri.authority().is_some())
+    {
         parts.uri = parts
             .uri
             .path_and_query()

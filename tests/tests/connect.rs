@@ -1,0 +1,229 @@
+//! CONNECT side by side with Envoy 1.40: `connect_matcher` routes and the `CONNECT` upgrade type,
+//! over HTTP/1.1 and HTTP/2. The upstream answers the forwarded CONNECT with a 200 and then
+//! echoes the tunnel's bytes; each case compares the client's response, the bytes back through
+//! the tunnel and the request head the upstream received.
+
+use std::time::Duration;
+
+use serde_json::json;
+use skiff_tests::client::{self, Resp};
+use skiff_tests::config::{bootstrap, cluster, hcm, listener, to_yaml};
+use skiff_tests::proxy::{Kind, ProxyProcess};
+use skiff_tests::side_by_side::assert_same_response;
+use skiff_tests::upstream::{TcpMode, TcpUpstream};
+use skiff_tests::{free_port, run};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One proxy and its CONNECT upstream.
+struct Side {
+    proxy: ProxyProcess,
+    port: u16,
+    upstream: TcpUpstream,
+}
+
+async fn start(kind: Kind) -> Side {
+    let upstream = TcpUpstream::start(TcpMode::ReplyThenEcho(
+        b"HTTP/1.1 200 OK\r\nx-tunnel: open\r\n\r\n".to_vec(),
+    ))
+    .await;
+    let (admin, port) = (free_port(), free_port());
+    let mut m = hcm(
+        "connect",
+        vec![json!({ "name": "all", "domains": ["*"], "routes": [
+            { "match": { "connect_matcher": {}, "headers": [ { "name": "x-deny", "present_match": true } ] },
+              "route": { "cluster": "tunnel",
+                "upgrade_configs": [ { "upgrade_type": "CONNECT", "enabled": false } ] } },
+            { "match": { "connect_matcher": {} }, "route": { "cluster": "tunnel" } },
+            { "match": { "prefix": "/" }, "direct_response": { "status": 200 } }
+        ] })],
+    );
+    m["typed_config"]["upgrade_configs"] = json!([{ "upgrade_type": "CONNECT" }]);
+    m["typed_config"]["access_log"] = json!([]);
+    let v = bootstrap(
+        admin,
+        vec![listener("l", "127.0.0.1", port, m)],
+        vec![cluster("tunnel", &[upstream.port()])],
+    );
+    let proxy = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
+    Side {
+        proxy,
+        port,
+        upstream,
+    }
+}
+
+/// The request head an upstream received, with the per-request id taken out.
+fn upstream_head(received: &[u8]) -> Vec<String> {
+    let end = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(received.len());
+    let mut lines: Vec<String> = String::from_utf8_lossy(&received[..end])
+        .split("\r\n")
+        .map(|l| l.to_ascii_lowercase())
+        .filter(|l| !l.starts_with("x-request-id:"))
+        .collect();
+    lines[1..].sort();
+    lines
+}
+
+/// What an HTTP/1.1 client saw of one CONNECT: the response head, the echo of its bytes, and
+/// whether the connection closed once it ended its side.
+#[derive(Debug)]
+struct Seen {
+    resp: Resp,
+    echo: Vec<u8>,
+    closed: bool,
+}
+
+async fn connect_h1(side: &Side, extra: &str) -> Seen {
+    let mut s = TcpStream::connect(("127.0.0.1", side.port))
+        .await
+        .expect("connect");
+    let req = format!("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n{extra}\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut data = Vec::new();
+    let head_end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(3), s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => data.extend_from_slice(&chunk[..n]),
+            _ => panic!("no response head: {:?}", String::from_utf8_lossy(&data)),
+        }
+    };
+    let (_, resp) = client::parse_http_dump(&data[..head_end]);
+    let mut echo = data[head_end..].to_vec();
+    if resp.status == 200 {
+        s.write_all(b"through the tunnel").await.expect("write");
+        while echo.len() < 18 {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_secs(3), s.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => echo.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        let _ = s.shutdown().await;
+    }
+    let rest = client::read_until_close(&mut s, Duration::from_secs(3)).await;
+    echo.extend_from_slice(&rest.data);
+    Seen {
+        resp,
+        echo,
+        closed: rest.closed,
+    }
+}
+
+/// An HTTP/2 CONNECT: the status, and the echo of the bytes sent through the stream.
+async fn connect_h2(side: &Side) -> (u16, Vec<u8>) {
+    let tcp = TcpStream::connect(("127.0.0.1", side.port))
+        .await
+        .expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.expect("ready");
+    let req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("example.com:443")
+        .body(())
+        .expect("request");
+    let (resp, mut send) = client.send_request(req, false).expect("send");
+    let resp = tokio::time::timeout(Duration::from_secs(3), resp)
+        .await
+        .expect("a response in time")
+        .expect("a response");
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut echo = Vec::new();
+    if status == 200 {
+        send.send_data("through the stream".into(), false)
+            .expect("send");
+        while let Ok(Some(Ok(chunk))) =
+            tokio::time::timeout(Duration::from_secs(3), body.data()).await
+        {
+            let _ = body.flow_control().release_capacity(chunk.len());
+            echo.extend_from_slice(&chunk);
+            if echo.len() >= 18 {
+                break;
+            }
+        }
+        let _ = send.send_data(bytes::Bytes::new(), true);
+    }
+    (status, echo)
+}
+
+#[tokio::test]
+async fn connect_side_by_side() {
+    run(async {
+        let e = start(Kind::Envoy).await;
+        let s = start(Kind::under_test()).await;
+
+        // Forwarded: the upstream's 200 opens the tunnel.
+        let (re, rs) = (connect_h1(&e, "").await, connect_h1(&s, "").await);
+        assert_eq!(re.resp.status, 200, "envoy: {re:?}");
+        assert_same_response("CONNECT forwarded", &re.resp, &rs.resp);
+        assert_eq!(re.echo, b"through the tunnel", "envoy: {re:?}");
+        assert_eq!(rs.echo, re.echo, "skiff: {rs:?}");
+        assert_eq!(rs.closed, re.closed, "closed: envoy {re:?}, skiff {rs:?}");
+        let (ue, us) = (
+            e.upstream.wait_finished(1, Duration::from_secs(3)).await,
+            s.upstream.wait_finished(1, Duration::from_secs(3)).await,
+        );
+        assert_eq!(
+            upstream_head(&ue[0].received),
+            upstream_head(&us[0].received),
+            "the CONNECT the upstream received"
+        );
+
+        // The route turns CONNECT off: Envoy's 403, nothing upstream.
+        let (re, rs) = (
+            connect_h1(&e, "x-deny: 1\r\n").await,
+            connect_h1(&s, "x-deny: 1\r\n").await,
+        );
+        assert_eq!(re.resp.status, 403, "envoy: {re:?}");
+        assert_same_response("CONNECT refused by the route", &re.resp, &rs.resp);
+        assert_eq!(rs.closed, re.closed, "closed: envoy {re:?}, skiff {rs:?}");
+        assert_eq!(e.upstream.accepted(), 1);
+        assert_eq!(s.upstream.accepted(), 1);
+
+        // A GET matches no connect_matcher route, and a CONNECT no prefix route.
+        for side in [&e, &s] {
+            let addr = format!("127.0.0.1:{}", side.port);
+            let r = client::http1_once(&addr, client::get("/x", "example.com"))
+                .await
+                .expect("a response");
+            assert_eq!(r.status, 200, "{}", side.proxy.kind.name());
+        }
+
+        // HTTP/2: the stream is the tunnel.
+        let (he, hs) = (connect_h2(&e).await, connect_h2(&s).await);
+        assert_eq!(he, (200, b"through the stream".to_vec()), "envoy");
+        assert_eq!(hs, he, "skiff");
+        let (ue, us) = (
+            e.upstream.wait_finished(2, Duration::from_secs(3)).await,
+            s.upstream.wait_finished(2, Duration::from_secs(3)).await,
+        );
+        assert_eq!(
+            upstream_head(&ue[1].received),
+            upstream_head(&us[1].received),
+            "the CONNECT from an HTTP/2 client the upstream received"
+        );
+
+        for side in [&e, &s] {
+            let stats = side.proxy.admin().stats().await;
+            assert_eq!(
+                stats
+                    .get("http.connect.downstream_rq_ws_on_non_ws_route")
+                    .map(String::as_str),
+                Some("1"),
+                "{}",
+                side.proxy.kind.name()
+            );
+        }
+    })
+    .await
+}
