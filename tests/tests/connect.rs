@@ -1,7 +1,8 @@
 //! CONNECT side by side with Envoy 1.40: `connect_matcher` routes and the `CONNECT` upgrade type,
-//! over HTTP/1.1 and HTTP/2. The upstream answers the forwarded CONNECT with a 200 and then
-//! echoes the tunnel's bytes; each case compares the client's response, the bytes back through
-//! the tunnel and the request head the upstream received.
+//! over HTTP/1.1 and HTTP/2. Forwarded, the upstream answers the CONNECT with a 200 and then
+//! echoes the tunnel's bytes; terminated (`connect_config`), the proxy answers and a plain TCP
+//! echo gets the payload. Each case compares the client's response, the bytes back through the
+//! tunnel and the request head the upstream received.
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ struct Side {
     proxy: ProxyProcess,
     port: u16,
     upstream: TcpUpstream,
+    echo: TcpUpstream,
 }
 
 async fn start(kind: Kind) -> Side {
@@ -27,6 +29,7 @@ async fn start(kind: Kind) -> Side {
         b"HTTP/1.1 200 OK\r\nx-tunnel: open\r\n\r\n".to_vec(),
     ))
     .await;
+    let echo = TcpUpstream::start(TcpMode::Echo).await;
     let (admin, port) = (free_port(), free_port());
     let mut m = hcm(
         "connect",
@@ -34,6 +37,12 @@ async fn start(kind: Kind) -> Side {
             { "match": { "connect_matcher": {}, "headers": [ { "name": "x-deny", "present_match": true } ] },
               "route": { "cluster": "tunnel",
                 "upgrade_configs": [ { "upgrade_type": "CONNECT", "enabled": false } ] } },
+            { "match": { "connect_matcher": {}, "headers": [ { "name": "x-original-dst", "present_match": true } ] },
+              "route": { "cluster": "original_dst",
+                "upgrade_configs": [ { "upgrade_type": "CONNECT", "connect_config": {} } ] } },
+            { "match": { "connect_matcher": {}, "headers": [ { "name": "x-terminate", "present_match": true } ] },
+              "route": { "cluster": "echo",
+                "upgrade_configs": [ { "upgrade_type": "CONNECT", "connect_config": {} } ] } },
             { "match": { "connect_matcher": {} }, "route": { "cluster": "tunnel" } },
             { "match": { "prefix": "/" }, "direct_response": { "status": 200 } }
         ] })],
@@ -43,13 +52,21 @@ async fn start(kind: Kind) -> Side {
     let v = bootstrap(
         admin,
         vec![listener("l", "127.0.0.1", port, m)],
-        vec![cluster("tunnel", &[upstream.port()])],
+        vec![
+            cluster("tunnel", &[upstream.port()]),
+            cluster("echo", &[echo.port()]),
+            // The CONNECT's target is the host (Envoy's terminate_http1_connect example).
+            json!({ "name": "original_dst", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+                "connect_timeout": "1s",
+                "original_dst_lb_config": { "use_http_header": true, "http_header_name": ":authority" } }),
+        ],
     );
     let proxy = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
     Side {
         proxy,
         port,
         upstream,
+        echo,
     }
 }
 
@@ -77,11 +94,11 @@ struct Seen {
     closed: bool,
 }
 
-async fn connect_h1(side: &Side, extra: &str) -> Seen {
+async fn connect_h1(side: &Side, target: &str, extra: &str) -> Seen {
     let mut s = TcpStream::connect(("127.0.0.1", side.port))
         .await
         .expect("connect");
-    let req = format!("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n{extra}\r\n");
+    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n");
     s.write_all(req.as_bytes()).await.expect("write");
     let mut data = Vec::new();
     let head_end = loop {
@@ -117,7 +134,7 @@ async fn connect_h1(side: &Side, extra: &str) -> Seen {
 }
 
 /// An HTTP/2 CONNECT: the status, and the echo of the bytes sent through the stream.
-async fn connect_h2(side: &Side) -> (u16, Vec<u8>) {
+async fn connect_h2(side: &Side, extra: &[(&str, &str)]) -> (u16, Vec<u8>) {
     let tcp = TcpStream::connect(("127.0.0.1", side.port))
         .await
         .expect("connect");
@@ -126,11 +143,13 @@ async fn connect_h2(side: &Side) -> (u16, Vec<u8>) {
         let _ = conn.await;
     });
     let mut client = client.ready().await.expect("ready");
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .method(http::Method::CONNECT)
-        .uri("example.com:443")
-        .body(())
-        .expect("request");
+        .uri("example.com:443");
+    for (name, value) in extra {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(()).expect("request");
     let (resp, mut send) = client.send_request(req, false).expect("send");
     let resp = tokio::time::timeout(Duration::from_secs(3), resp)
         .await
@@ -163,7 +182,10 @@ async fn connect_side_by_side() {
         let s = start(Kind::under_test()).await;
 
         // Forwarded: the upstream's 200 opens the tunnel.
-        let (re, rs) = (connect_h1(&e, "").await, connect_h1(&s, "").await);
+        let (re, rs) = (
+            connect_h1(&e, "example.com:443", "").await,
+            connect_h1(&s, "example.com:443", "").await,
+        );
         assert_eq!(re.resp.status, 200, "envoy: {re:?}");
         assert_same_response("CONNECT forwarded", &re.resp, &rs.resp);
         assert_eq!(re.echo, b"through the tunnel", "envoy: {re:?}");
@@ -181,8 +203,8 @@ async fn connect_side_by_side() {
 
         // The route turns CONNECT off: Envoy's 403, nothing upstream.
         let (re, rs) = (
-            connect_h1(&e, "x-deny: 1\r\n").await,
-            connect_h1(&s, "x-deny: 1\r\n").await,
+            connect_h1(&e, "example.com:443", "x-deny: 1\r\n").await,
+            connect_h1(&s, "example.com:443", "x-deny: 1\r\n").await,
         );
         assert_eq!(re.resp.status, 403, "envoy: {re:?}");
         assert_same_response("CONNECT refused by the route", &re.resp, &rs.resp);
@@ -200,7 +222,7 @@ async fn connect_side_by_side() {
         }
 
         // HTTP/2: the stream is the tunnel.
-        let (he, hs) = (connect_h2(&e).await, connect_h2(&s).await);
+        let (he, hs) = (connect_h2(&e, &[]).await, connect_h2(&s, &[]).await);
         assert_eq!(he, (200, b"through the stream".to_vec()), "envoy");
         assert_eq!(hs, he, "skiff");
         let (ue, us) = (
@@ -212,6 +234,54 @@ async fn connect_side_by_side() {
             upstream_head(&us[1].received),
             "the CONNECT from an HTTP/2 client the upstream received"
         );
+
+        // Terminated at the proxy: its own 200, and the payload alone reaches the upstream.
+        let (re, rs) = (
+            connect_h1(&e, "example.com:443", "x-terminate: 1\r\n").await,
+            connect_h1(&s, "example.com:443", "x-terminate: 1\r\n").await,
+        );
+        assert_eq!(re.resp.status, 200, "envoy: {re:?}");
+        assert_same_response("CONNECT terminated", &re.resp, &rs.resp);
+        assert_eq!(re.echo, b"through the tunnel", "envoy: {re:?}");
+        assert_eq!(rs.echo, re.echo, "skiff: {rs:?}");
+        assert_eq!(rs.closed, re.closed, "closed: envoy {re:?}, skiff {rs:?}");
+        let (he, hs) = (
+            connect_h2(&e, &[("x-terminate", "1")]).await,
+            connect_h2(&s, &[("x-terminate", "1")]).await,
+        );
+        assert_eq!(he, (200, b"through the stream".to_vec()), "envoy");
+        assert_eq!(hs, he, "skiff");
+        // The target names the host (an ORIGINAL_DST cluster reading `:authority`).
+        for side in [&e, &s] {
+            let target = format!("127.0.0.1:{}", side.echo.port());
+            let seen = connect_h1(side, &target, "x-original-dst: 1\r\n").await;
+            assert_eq!(
+                seen.resp.status,
+                200,
+                "{}: {seen:?}",
+                side.proxy.kind.name()
+            );
+            assert_eq!(
+                seen.echo,
+                b"through the tunnel",
+                "{}",
+                side.proxy.kind.name()
+            );
+        }
+        for side in [&e, &s] {
+            let got = side.echo.wait_finished(3, Duration::from_secs(3)).await;
+            let received: Vec<&[u8]> = got.iter().map(|r| r.received.as_slice()).collect();
+            assert_eq!(
+                received,
+                [
+                    &b"through the tunnel"[..],
+                    &b"through the stream"[..],
+                    &b"through the tunnel"[..]
+                ],
+                "{}",
+                side.proxy.kind.name()
+            );
+        }
 
         for side in [&e, &s] {
             let stats = side.proxy.admin().stats().await;

@@ -2108,7 +2108,7 @@ pub struct Cluster {
     pub discovery: DiscoveryType,
     /// ORIGINAL_DST with `original_dst_lb_config.use_http_header`: the request header naming
     /// the host (`x-envoy-original-dst-host` unless `http_header_name` says otherwise).
-    pub original_dst_header: Option<HeaderName>,
+    pub original_dst_header: Option<OriginalDstHeader>,
     /// `upstream_bind_config.source_address`: the local address of upstream connections.
     pub source_address: Option<std::net::SocketAddr>,
     /// `connect_timeout` (default 5 s).
@@ -2368,4 +2368,13 @@ mod tests {
         );
         assert_eq!(pick(None, None).as_deref(), Some("default"));
     }
+}
+
+/// Where an ORIGINAL_DST cluster with `use_http_header` reads the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginalDstHeader {
+    /// `:authority` (the request's authority, a CONNECT's target).
+    Authority,
+    /// A header.
+    Header(HeaderName),
 }

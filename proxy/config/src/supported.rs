@@ -888,7 +888,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.RouteAction.UpgradeConfig",
-        &["upgrade_type", "enabled"],
+        &["upgrade_type", "enabled", "connect_config"],
+    ),
+    // allow_post (CONNECT sent as a POST) and proxy_protocol_config are refused.
+    (
+        "envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig",
+        &[],
     ),
     // gzip's memory_level and compression_strategy tune how hard zlib works; the output decodes
     // to the same bytes (docs/compatibility.md).

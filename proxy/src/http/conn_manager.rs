@@ -1478,10 +1478,14 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             // Envoy writes the standard reason phrase, not the upstream's.
             resp.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
             let switching = router::switches(upgrade.as_deref(), resp.status());
-            let upstream_io = if switching {
-                resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()
-            } else {
+            let upstream_io = if !switching {
                 None
+            } else if let Some(t) = resp.extensions_mut().remove::<router::TcpTunnel>() {
+                t.take().map(UpstreamTunnel::Tcp)
+            } else {
+                resp.extensions_mut()
+                    .remove::<hyper::upgrade::OnUpgrade>()
+                    .map(UpstreamTunnel::Upgrade)
             };
             // An HTTP/1.1 connection writes one response at a time; HTTP/2 streams wait for
             // window inside the codec, unseen here.
@@ -1683,10 +1687,30 @@ fn restore(h: &mut http::HeaderMap, kept: KeptHeaders) {
     }
 }
 
+/// The upstream side of a tunnel: the upstream's upgraded connection, or the TCP connection of
+/// a CONNECT terminated here.
+enum UpstreamTunnel {
+    Upgrade(hyper::upgrade::OnUpgrade),
+    Tcp(crate::upstream::pool::UpstreamStream),
+}
+
+/// Either side's bytes, once the hand-over is done.
+trait TunnelIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> TunnelIo for T {}
+
+impl UpstreamTunnel {
+    async fn open(self) -> Result<Box<dyn TunnelIo>, hyper::Error> {
+        Ok(match self {
+            UpstreamTunnel::Upgrade(u) => Box::new(TokioIo::new(u.await?)),
+            UpstreamTunnel::Tcp(s) => Box::new(s),
+        })
+    }
+}
+
 /// Copies bytes both ways between the client and the upstream of an upgraded stream until both
 /// sides have closed, then ends the stream (stats, access log) with what it carried.
-async fn tunnel(mut stream: Done, down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
-    let (down, up) = match (down.await, up.await) {
+async fn tunnel(mut stream: Done, down: hyper::upgrade::OnUpgrade, up: UpstreamTunnel) {
+    let (down, up) = match (down.await, up.open().await) {
         (Ok(d), Ok(u)) => (d, u),
         (d, u) => {
             tracing::debug!(down = ?d.err(), up = ?u.err(), "upgrade hand-over failed");
@@ -1694,7 +1718,7 @@ async fn tunnel(mut stream: Done, down: hyper::upgrade::OnUpgrade, up: hyper::up
             return;
         }
     };
-    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+    let (mut down, mut up) = (TokioIo::new(down), up);
     match tokio::io::copy_bidirectional(&mut down, &mut up).await {
         Ok((from_client, to_client)) => {
             stream.tunnel_received = from_client;
@@ -1710,13 +1734,9 @@ async fn tunnel(mut stream: Done, down: hyper::upgrade::OnUpgrade, up: hyper::up
 /// The tunnel of an HTTP/2 stream (CONNECT, extended CONNECT): bytes both ways until the
 /// upstream closes, which ends the stream (the client's end is passed on and the upstream's
 /// answer awaited), as Envoy resets a CONNECT stream once its upstream connection ends.
-async fn stream_tunnel(
-    mut stream: Done,
-    down: hyper::upgrade::OnUpgrade,
-    up: hyper::upgrade::OnUpgrade,
-) {
+async fn stream_tunnel(mut stream: Done, down: hyper::upgrade::OnUpgrade, up: UpstreamTunnel) {
     use tokio::io::AsyncWriteExt;
-    let (down, up) = match (down.await, up.await) {
+    let (down, up) = match (down.await, up.open().await) {
         (Ok(d), Ok(u)) => (d, u),
         (d, u) => {
             tracing::debug!(down = ?d.err(), up = ?u.err(), "upgrade hand-over failed");
@@ -1727,7 +1747,7 @@ async fn stream_tunnel(
     let (from_client, to_client) = (Counter::default(), Counter::default());
     let down = Counted::new(TokioIo::new(down), from_client.clone(), to_client.clone());
     let (mut down_rx, mut down_tx) = tokio::io::split(down);
-    let (mut up_rx, mut up_tx) = tokio::io::split(TokioIo::new(up));
+    let (mut up_rx, mut up_tx) = tokio::io::split(up);
     let to_upstream = async {
         let r = tokio::io::copy(&mut down_rx, &mut up_tx).await;
         let _ = up_tx.shutdown().await;

@@ -269,6 +269,9 @@ pub struct Route {
     /// `route.upgrade_configs`: upgrade types (lower case) this route enables or disables,
     /// whatever the connection manager says.
     pub upgrades: Vec<(String, bool)>,
+    /// `upgrade_configs[].connect_config`: a CONNECT is terminated here, its payload sent to
+    /// the cluster over TCP.
+    pub connect_terminate: bool,
     /// `request_headers_to_add|remove`.
     pub request_headers: Arc<HeaderParser>,
     /// `response_headers_to_add|remove`.
@@ -958,6 +961,7 @@ mod tests {
             timeout: None,
             retry: None,
             upgrades: vec![],
+            connect_terminate: false,
             request_headers: Arc::default(),
             response_headers: Arc::default(),
             per_filter: PerFilterConfigs::default(),

@@ -99,16 +99,19 @@ pub(super) fn translate_cluster(
                 } else {
                     o.http_header_name.as_str()
                 };
-                Some(
-                    http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(
-                        |_| {
-                            ConfigError::new(
-                                format!("{opath}.http_header_name"),
-                                "not a header name",
-                            )
-                        },
-                    )?,
-                )
+                if name.eq_ignore_ascii_case(":authority") {
+                    Some(model::OriginalDstHeader::Authority)
+                } else {
+                    Some(model::OriginalDstHeader::Header(
+                        http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                            .map_err(|_| {
+                                ConfigError::new(
+                                    format!("{opath}.http_header_name"),
+                                    "not a header name",
+                                )
+                            })?,
+                    ))
+                }
             } else {
                 None
             }

@@ -1011,6 +1011,7 @@ fn translate_route(
         timeout: t.timeout,
         retry: t.retry,
         upgrades: t.upgrades,
+        connect_terminate: t.connect_terminate,
         request_headers: super::route_action::header_parser(
             &r.request_headers_to_add,
             &r.request_headers_to_remove,

@@ -24,6 +24,7 @@ pub(super) struct Translated {
     pub timeout: Option<Duration>,
     pub retry: Option<std::sync::Arc<crate::router::retry::RetryPolicy>>,
     pub upgrades: Vec<(String, bool)>,
+    pub connect_terminate: bool,
 }
 
 /// The action of route `r` at `path`, whose match is `path_match`. Inline route configurations
@@ -40,6 +41,7 @@ pub(super) fn translate(
         timeout: None,
         retry: None,
         upgrades: Vec::new(),
+        connect_terminate: false,
     };
     match &r.action {
         Some(route::route::Action::Route(a)) => {
@@ -260,6 +262,7 @@ fn forward(
         }
     };
     let mut upgrades: Vec<(String, bool)> = Vec::new();
+    let mut connect_terminate = false;
     for (i, u) in action.upgrade_configs.iter().enumerate() {
         let upath = format!("{apath}.upgrade_configs[{i}]");
         let route::route_action::UpgradeConfig {
@@ -267,11 +270,18 @@ fn forward(
             enabled,
             connect_config,
         } = u;
-        if connect_config.is_some() {
-            return Err(ConfigError::unsupported(format!("{upath}.connect_config")));
-        }
         let kind =
             super::http_manager::upgrade_kind(upgrade_type, &format!("{upath}.upgrade_type"))?;
+        // connect_config: CONNECT is terminated here (its fields are checked as the proto's).
+        if connect_config.is_some() {
+            if kind != "connect" {
+                return Err(ConfigError::new(
+                    format!("{upath}.connect_config"),
+                    "only the CONNECT upgrade type takes a connect_config",
+                ));
+            }
+            connect_terminate = true;
+        }
         if upgrades.iter().any(|(t, _)| *t == kind) {
             return Err(ConfigError::new(
                 upath,
@@ -330,6 +340,7 @@ fn forward(
             .transpose()?
             .map(std::sync::Arc::new),
         upgrades,
+        connect_terminate,
     })
 }
 

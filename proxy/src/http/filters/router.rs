@@ -6,7 +6,7 @@ use std::rc::Rc;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 
-use crate::config::model::{self, UpstreamProtocol};
+use crate::config::model::{self, OriginalDstHeader, UpstreamProtocol};
 use crate::http::body::{Deadline, EndReason, ProxyBody, RequestProgress};
 use crate::http::conn_manager::authority;
 use crate::http::headers::{self, names};
@@ -34,6 +34,8 @@ pub struct Upstream {
 #[derive(Debug)]
 pub(super) enum Conn {
     Http1(Http1Sender),
+    /// A terminated CONNECT's TCP connection (the tunnel holds the socket itself).
+    Tunnel(crate::stream_info::UpstreamConnection),
     Http2 {
         // Held to keep the stream's slot on its connection until the response ends.
         stream: Http2Stream,
@@ -46,6 +48,7 @@ impl Conn {
     pub(super) fn info(&self) -> crate::stream_info::UpstreamConnection {
         match self {
             Conn::Http1(sender) => sender.info,
+            Conn::Tunnel(info) => *info,
             Conn::Http2 { stream, .. } => stream.conn().info,
         }
     }
@@ -497,8 +500,12 @@ pub async fn route(
     // connection's original destination does.
     let mut dest = downstream_local;
     if let Some(h) = &cluster.config().original_dst_header {
-        if let Some(v) = parts.headers.get(h) {
-            match v.to_str().ok().and_then(|s| s.parse().ok()) {
+        let value = match h {
+            OriginalDstHeader::Authority => authority(&parts),
+            OriginalDstHeader::Header(h) => parts.headers.get(h).map(|v| v.to_str().unwrap_or("")),
+        };
+        if let Some(v) = value {
+            match v.parse().ok() {
                 Some(a) => dest = a,
                 None => {
                     cluster.stats.original_dst_host_invalid.inc();
@@ -570,6 +577,7 @@ pub async fn route(
         source,
         alpn,
         upgrade,
+        terminate: upgrade == Some("connect") && route.connect_terminate,
         request,
         dynamic_stats: cfg.router.dynamic_stats,
         response_headers,
@@ -683,6 +691,7 @@ fn start_mirrors(
                 source,
                 alpn: None,
                 upgrade: None,
+                terminate: false,
                 request: &request,
                 dynamic_stats,
                 response_headers: Vec::new(),
@@ -728,6 +737,9 @@ pub(super) struct Forward<'a> {
     /// Istio's `istio.alpn`: the ALPN list upstream TLS offers instead of the cluster's.
     pub alpn: Option<std::sync::Arc<[Vec<u8>]>>,
     pub upgrade: Option<&'a str>,
+    /// A CONNECT the route terminates (`connect_config`): a TCP connection to the host, and a
+    /// 200 for the client.
+    pub terminate: bool,
     pub request: &'a Rc<RequestProgress>,
     pub dynamic_stats: bool,
     /// The header changes of the route, virtual host and table for the response.
@@ -832,6 +844,20 @@ pub(super) async fn attempt(
 ) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
     let cluster = f.cluster;
     let failure = &state.failure;
+    if f.terminate {
+        *state.upstream.borrow_mut() = Some(Upstream::start(
+            cluster.clone(),
+            host.clone(),
+            f.request.clone(),
+        ));
+        let mut stream = pool::connect(cluster, host)
+            .await
+            .map_err(|e| connect_failure(e, failure))?;
+        let info = pool::connection_info(stream.get_mut());
+        let mut resp = Response::new(ProxyBody::full(bytes::Bytes::new()));
+        resp.extensions_mut().insert(TcpTunnel::new(stream));
+        return Ok((resp, Conn::Tunnel(info)));
+    }
     let http2 = match cluster.config().protocol {
         UpstreamProtocol::Http1 => false,
         UpstreamProtocol::Http2 => true,
@@ -900,6 +926,22 @@ struct Target<'a> {
     request: &'a RequestProgress,
     /// Why a connect failed, for `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
     failure: &'a std::cell::RefCell<Option<String>>,
+}
+
+/// The TCP connection of a terminated CONNECT, handed to the connection manager with its 200
+/// (response extensions must be `Clone`; the connection is taken once).
+#[derive(Clone)]
+pub struct TcpTunnel(std::sync::Arc<std::sync::Mutex<Option<pool::UpstreamStream>>>);
+
+impl TcpTunnel {
+    fn new(stream: pool::UpstreamStream) -> Self {
+        TcpTunnel(std::sync::Arc::new(std::sync::Mutex::new(Some(stream))))
+    }
+
+    /// The connection, the first time.
+    pub fn take(&self) -> Option<pool::UpstreamStream> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// Whether a response with `status` starts the tunnel of an upgrade of type `upgrade`: a 101,
