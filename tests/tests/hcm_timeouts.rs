@@ -859,7 +859,7 @@ async fn closes_as_envoy() {
             let dir = scratch_dir(&format!("hcm-closes-{}", kind.name()));
             let log = dir.join("access.log").display().to_string();
             let admin = free_port();
-            let (defaults, short) = (free_port(), free_port());
+            let (defaults, short, jittered) = (free_port(), free_port(), free_port());
             let limits = "common_http_protocol_options: {idle_timeout: 0.5s, max_headers_count: 5}";
             let listeners = [
                 listener("defaults", defaults, &format!("          {limits}"), &log),
@@ -867,6 +867,12 @@ async fn closes_as_envoy() {
                     "short",
                     short,
                     &format!("          drain_timeout: 1s\n          delayed_close_timeout: 0.3s\n          {limits}"),
+                    &log,
+                ),
+                listener(
+                    "jittered",
+                    jittered,
+                    &format!("          drain_timeout: 1s\n          drain_timeout_jitter: {{value: 100}}\n          delayed_close_timeout: 0.3s\n          {limits}"),
                     &log,
                 ),
             ];
@@ -880,6 +886,32 @@ async fn closes_as_envoy() {
                 h2_idle_close(defaults, false),
                 h2_idle_close(short, true),
                 h2_idle_close(short, false),
+            );
+            // drain_timeout_jitter: each connection's drain lasts up to twice as long.
+            let jitter = tokio::join!(
+                h2_idle_close(jittered, true),
+                h2_idle_close(jittered, true),
+                h2_idle_close(jittered, true),
+                h2_idle_close(jittered, true),
+            );
+            let base = (cases.5).1;
+            let extra: Vec<f64> = [jitter.0, jitter.1, jitter.2, jitter.3]
+                .iter()
+                .map(|(o, t)| {
+                    assert_eq!(*o, (cases.5).0, "{}: jittered drain", kind.name());
+                    t - base
+                })
+                .collect();
+            eprintln!("{}: drain jitter {extra:?}", kind.name());
+            assert!(
+                extra.iter().all(|x| (-0.3..=1.35).contains(x)),
+                "{}: jittered drains end within drain_timeout's second more: {extra:?}",
+                kind.name()
+            );
+            assert!(
+                extra.iter().any(|x| *x > 0.1),
+                "{}: some drain is jittered: {extra:?}",
+                kind.name()
             );
             let named = [
                 ("431, defaults", cases.0),

@@ -1138,6 +1138,9 @@ pub struct HcmTimeouts {
     /// `drain_timeout` (default 5 s): an HTTP/2 connection that drains (GOAWAY) is not closed
     /// before this has passed.
     pub drain: Duration,
+    /// `drain_timeout_jitter`: each draining connection waits up to this much longer, drawn
+    /// at random (`drain_timeout` times the percentage).
+    pub drain_jitter: Duration,
     /// `delayed_close_timeout` (default 1 s; zero: off): after the last bytes of a connection
     /// the proxy closes, how long it waits for the client to close first.
     pub delayed_close: Option<Duration>,
@@ -1160,6 +1163,7 @@ impl Default for HcmTimeouts {
             max_connection_duration: None,
             max_requests_per_connection: None,
             drain: Duration::from_secs(5),
+            drain_jitter: Duration::ZERO,
             delayed_close: Some(Duration::from_secs(1)),
             max_request_headers_kb: 60,
             max_headers_count: 100,

@@ -490,6 +490,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "request_headers_timeout",
             "max_request_headers_kb",
             "drain_timeout",
+            "drain_timeout_jitter",
             "delayed_close_timeout",
         ],
     ),
@@ -1474,7 +1475,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.KeepaliveSettings",
-        &["interval", "timeout", "interval_jitter"],
+        // connection_idle_interval: on a connection manager only, where Envoy ignores it too
+        // (refused on clusters).
+        &["interval", "timeout", "interval_jitter", "connection_idle_interval"],
     ),
 ];
 

@@ -648,6 +648,8 @@ pub async fn serve(
     let mut drain = drain;
     let reset_abuse = conn.reset_abuse.clone();
     let timeouts = hcm.config.timeouts;
+    // drain_timeout, with this connection's draw of drain_timeout_jitter.
+    let drain_time = drain_time(&timeouts);
     let idle = async {
         match timeouts.connection_idle {
             Some(limit) => conn.activity.idle_for(limit).await,
@@ -670,7 +672,7 @@ pub async fn serve(
     // later, as Envoy's final GOAWAY comes then.
     let start_drain = |conn: &Conn| {
         if http2(conn) || speaks_http2.load(std::sync::atomic::Ordering::Relaxed) {
-            close_state.drain_for(timeouts.drain);
+            close_state.drain_for(drain_time);
         }
     };
     let result = loop {
@@ -717,7 +719,7 @@ pub async fn serve(
                 shutdown.notify_one();
                 // A client that never answers the GOAWAY's PING gets no final GOAWAY; it is
                 // closed when Envoy's would be.
-                let grace = timeouts.drain + timeouts.delayed_close.unwrap_or_default();
+                let grace = drain_time + timeouts.delayed_close.unwrap_or_default();
                 break tokio::time::timeout(grace.max(IDLE_CLOSE_GRACE), served.as_mut())
                     .await
                     .unwrap_or(Ok(()));
@@ -1780,6 +1782,11 @@ async fn stream_tunnel(mut stream: Done, down: hyper::upgrade::OnUpgrade, up: Up
     stream.end(reason, to_client.value());
 }
 
+/// `drain_timeout` plus a random part of `drain_timeout_jitter` (drawn per connection).
+fn drain_time(t: &crate::config::model::HcmTimeouts) -> std::time::Duration {
+    t.drain + t.drain_jitter.mul_f64(fastrand::f64())
+}
+
 fn protocol_name(v: Version) -> &'static str {
     match v {
         Version::HTTP_2 => "HTTP/2",
@@ -1854,7 +1861,7 @@ fn finish_response(
         } else {
             // Envoy's drain sequence: the connection closes drain_timeout after the response
             // (and its delayed close), unless the client closes first.
-            conn.close_state.drain_for(cfg.timeouts.drain);
+            conn.close_state.drain_for(drain_time(&cfg.timeouts));
         }
     }
     if conn.codec.get() != Some(Codec::Http2) {

@@ -468,10 +468,11 @@ pub(super) fn http2_options(
                 interval_jitter,
                 connection_idle_interval,
             } = k;
-            if connection_idle_interval.is_some() {
-                return Err(ConfigError::unsupported(format!(
-                    "{kpath}.connection_idle_interval"
-                )));
+            // connection_idle_interval acts only on client codecs (a PING ahead of a new
+            // stream on a connection idle that long): cluster_http2_options refuses it, and on
+            // a connection manager it does nothing, in Envoy as here.
+            if let Some(d) = connection_idle_interval {
+                super::duration(d, &format!("{kpath}.connection_idle_interval"))?;
             }
             let timeout = super::duration(
                 super::required(timeout, &format!("{kpath}.timeout"))?,
@@ -540,6 +541,16 @@ fn cluster_http2_options(
     path: &str,
 ) -> Result<Http2Options, ConfigError> {
     refuse_upstream_flood_limits(h2, path)?;
+    if h2
+        .connection_keepalive
+        .as_ref()
+        .is_some_and(|k| k.connection_idle_interval.is_some())
+    {
+        return Err(ConfigError::new(
+            format!("{path}.connection_keepalive.connection_idle_interval"),
+            "unsupported on clusters: no PING is sent ahead of a new stream on an idle connection",
+        ));
+    }
     if h2.allow_connect {
         return Err(ConfigError::new(
             format!("{path}.allow_connect"),
@@ -808,6 +819,15 @@ static_resources:
             .expect_err("refused on a cluster")
             .to_string();
         assert!(e.contains("max_outbound_control_frames"), "{e}");
+        // connection_idle_interval does nothing on a connection manager, in Envoy too; a
+        // cluster's is refused.
+        let keepalive =
+            "{connection_keepalive: {interval: 1s, timeout: 1s, connection_idle_interval: 5s}}";
+        load_text(&bootstrap(keepalive, "{}")).expect("loads on the connection manager");
+        let e = load_text(&bootstrap("{}", keepalive))
+            .expect_err("refused on a cluster")
+            .to_string();
+        assert!(e.contains("connection_idle_interval"), "{e}");
         let e = load_text(&bootstrap("{}", "{allow_connect: true}"))
             .expect_err("refused on a cluster")
             .to_string();

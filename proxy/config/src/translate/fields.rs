@@ -656,7 +656,7 @@ pub(super) fn http_connection_manager(
         request_timeout: _,
         request_headers_timeout: _,
         drain_timeout: _,
-        drain_timeout_jitter,
+        drain_timeout_jitter: _,
         delayed_close_timeout: _,
         access_log: _,
         access_log_flush_interval,
@@ -711,7 +711,6 @@ pub(super) fn http_connection_manager(
         scheme_header_transformation,
     )?;
     refuse(path, "stream_flush_timeout", stream_flush_timeout)?;
-    refuse(path, "drain_timeout_jitter", drain_timeout_jitter)?;
     refuse(path, "access_log_flush_interval", access_log_flush_interval)?;
     refuse(
         path,

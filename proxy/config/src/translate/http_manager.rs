@@ -289,6 +289,15 @@ pub(super) fn translate_hcm(
     if let Some(d) = &h.drain_timeout {
         timeouts.drain = super::duration(d, &format!("{path}.drain_timeout"))?;
     }
+    if let Some(p) = &h.drain_timeout_jitter {
+        if !(0.0..=100.0).contains(&p.value) {
+            return Err(ConfigError::new(
+                format!("{path}.drain_timeout_jitter.value"),
+                "must be between 0 and 100",
+            ));
+        }
+        timeouts.drain_jitter = timeouts.drain.mul_f64(p.value / 100.0);
+    }
     if let Some(d) = nonzero(&h.delayed_close_timeout, "delayed_close_timeout")? {
         timeouts.delayed_close = d;
     }
