@@ -433,3 +433,96 @@ static_resources:
     })
     .await
 }
+
+/// A bootstrap whose listener `limited` takes `limit` connections at a time (its runtime key,
+/// in a static layer; an admin layer can change it), next to a listener `free`.
+fn listener_limit_config(admin: u16, limited: u16, free: u16, limit: u32) -> String {
+    let listener = |name: &str, port: u16| {
+        format!(
+            r#"
+  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            virtual_hosts: [{{name: a, domains: ["*"], routes: [{{match: {{prefix: /}}, direct_response: {{status: 200}}}}]}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"#
+        )
+    };
+    format!(
+        r#"
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+layered_runtime:
+  layers:
+  - name: static
+    static_layer:
+      envoy.resource_limits.listener.limited.connection_limit: {limit}
+  - name: admin
+    admin_layer: {{}}
+static_resources:
+  listeners:{}{}
+"#,
+        listener("limited", limited),
+        listener("free", free)
+    )
+}
+
+/// `envoy.resource_limits.listener.<name>.connection_limit`: past it a listener closes new
+/// connections at once and counts them in `downstream_cx_overflow`; the limit follows the
+/// runtime as it changes.
+#[tokio::test]
+async fn listener_connection_limit_as_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let mut outcomes = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let (admin, limited, free) = (free_port(), free_port(), free_port());
+            let yaml = listener_limit_config(admin, limited, free, 2);
+            let p = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+            let mut seen = Vec::new();
+            let mut held = Vec::new();
+            for port in [limited, limited, limited, free, free, free] {
+                let mut s = TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let name = if port == limited { "limited" } else { "free" };
+                seen.push(format!("{name}: {}", exchange(&mut s).await));
+                held.push(s);
+            }
+            // Raised at run time: a third connection is taken.
+            let r = p
+                .admin()
+                .post("/runtime_modify?envoy.resource_limits.listener.limited.connection_limit=3")
+                .await;
+            seen.push(format!("runtime_modify: {}", r.status));
+            let mut s = TcpStream::connect(("127.0.0.1", limited))
+                .await
+                .expect("connect");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            seen.push(format!("limited at 3: {}", exchange(&mut s).await));
+            drop(s);
+            drop(held);
+            let stats = p.admin().stats().await;
+            for port in [limited, free] {
+                let stat = format!("listener.127.0.0.1_{port}.downstream_cx_overflow");
+                let name = if port == limited { "limited" } else { "free" };
+                seen.push(format!("{name} overflow: {:?}", stats.get(&stat)));
+            }
+            eprintln!("{}: {seen:#?}", kind.name());
+            outcomes.push(seen);
+        }
+        assert_eq!(outcomes[0], outcomes[1], "Envoy first, then skiff");
+        assert_eq!(
+            outcomes[0][2], "limited: ",
+            "the third connection is closed"
+        );
+    })
+    .await
+}

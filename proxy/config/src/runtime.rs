@@ -381,11 +381,32 @@ fn fault_key(key: &str) -> bool {
             .any(|r| rest == *r || rest.strip_suffix(r).is_some_and(|c| c.ends_with('.')))
 }
 
+/// A listener's connection limit (`envoy.resource_limits.listener.<name>.connection_limit`),
+/// read as each connection is accepted.
+fn listener_connection_limit_key(key: &str) -> bool {
+    key.strip_prefix("envoy.resource_limits.listener.")
+        .and_then(|rest| rest.strip_suffix(".connection_limit"))
+        .is_some_and(|name| !name.is_empty())
+}
+
+/// The runtime key of listener `name`'s connection limit.
+pub fn listener_connection_limit(name: &str) -> String {
+    format!("envoy.resource_limits.listener.{name}.connection_limit")
+}
+
 /// Whether a layer may set `key` to `value`; `startup` says whether the layer is read only at
 /// start-up (a static layer). The error says why not.
 pub fn check_key(key: &str, value: &str, startup: bool) -> Result<(), String> {
     if !RESERVED.iter().any(|p| key.starts_with(p)) || fault_key(key) {
         return Ok(());
+    }
+    if listener_connection_limit_key(key) {
+        return match count(value) {
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "skiff does not honour runtime key '{key}' with value '{value}'"
+            )),
+        };
     }
     match ENVOY_KEYS.iter().find(|(k, _, _)| *k == key) {
         Some((_, _, ok)) if !ok(value) => Err(format!(
@@ -573,6 +594,15 @@ mod tests {
 
     #[test]
     fn envoy_keys_are_refused_unless_skiff_honours_them() {
+        let limit = listener_connection_limit("front");
+        assert!(check_key(&limit, "100", false).is_ok());
+        assert!(check_key(&limit, "-1", true).is_err());
+        assert!(check_key(
+            "envoy.resource_limits.listener..connection_limit",
+            "1",
+            true
+        )
+        .is_err());
         assert!(check_key("routing.traffic_shift.a", "5", false).is_ok());
         assert!(check_key("my.key", "x", false).is_ok());
         assert!(check_key("envoy.something.made.up", "1", true)

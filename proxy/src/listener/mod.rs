@@ -7,6 +7,7 @@ pub mod filters;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -117,6 +118,7 @@ struct ListenerStats {
     network_extension_config_missing: Counter,
     downstream_global_cx_overflow: Counter,
     downstream_cx_overload_reject: Counter,
+    downstream_cx_overflow: Counter,
 }
 
 /// The network filters of a chain, built for one worker.
@@ -190,6 +192,26 @@ fn same_socket_settings(old: &model::Listener, new: &model::Listener) -> bool {
 
 /// A listener on one worker: what its connections share, and its drain. It does not hold the
 /// socket, so the socket closes as soon as no accept loop uses it, while connections still run.
+/// Each listener's open connections, over all workers (its connection limit's count).
+static OPEN_CONNECTIONS: crate::attached::Attached<model::Listener, AtomicU64> =
+    crate::attached::Attached::new();
+
+/// One connection counted open on its listener until dropped.
+struct OpenConnection(Arc<AtomicU64>);
+
+impl OpenConnection {
+    fn count(open: Arc<AtomicU64>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(open)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub struct Shared {
     /// This listener's drain: started when it is replaced or removed, by `/drain_listeners`
     /// and at shutdown.
@@ -197,6 +219,8 @@ pub struct Shared {
     health_failed: Arc<std::sync::atomic::AtomicBool>,
     worker: Rc<Worker>,
     config: Arc<model::Listener>,
+    /// The runtime key of this listener's connection limit.
+    connection_limit_key: String,
     stats: ListenerStats,
     /// `listener_filters`.
     filters: filters::Chain,
@@ -386,6 +410,7 @@ impl Shared {
                 .counter(&format!("{scope}downstream_global_cx_overflow")),
             downstream_cx_overload_reject: shard
                 .counter(&format!("{scope}downstream_cx_overload_reject")),
+            downstream_cx_overflow: shard.counter(&format!("{scope}downstream_cx_overflow")),
         };
         let filters = filters::Chain::new(&config, shard, &scope);
         let build = |fc: &Arc<model::FilterChain>| {
@@ -414,6 +439,7 @@ impl Shared {
             health_failed,
             worker,
             chain_table: Chains::new(config.clone()),
+            connection_limit_key: crate::config::runtime::listener_connection_limit(&config.name),
             config,
             stats,
             filters,
@@ -535,6 +561,17 @@ impl Shared {
                 }
             }
         };
+        // The listener's own limit (runtime key
+        // envoy.resource_limits.listener.<name>.connection_limit), over all workers.
+        let open = OPEN_CONNECTIONS.get_or_insert_with(&self.config, AtomicU64::default);
+        let limit = crate::runtime::snapshot()
+            .get(&self.connection_limit_key)
+            .and_then(crate::config::runtime::count);
+        if limit.is_some_and(|l| open.load(Ordering::Relaxed) >= l) {
+            self.stats.downstream_cx_overflow.inc();
+            return;
+        }
+        let _open = OpenConnection::count(open);
         let _conn = self.worker.track_connection();
         // Whatever is still open when its drain's deadline passes is closed (the listener's
         // until a chain is chosen, then the chain's).
