@@ -1709,18 +1709,30 @@ impl UpstreamTunnel {
     }
 }
 
-/// Copies bytes both ways between the client and the upstream of an upgraded stream until both
-/// sides have closed, then ends the stream (stats, access log) with what it carried.
-async fn tunnel(mut stream: Done, down: hyper::upgrade::OnUpgrade, up: UpstreamTunnel) {
-    let (down, up) = match (down.await, up.open().await) {
-        (Ok(d), Ok(u)) => (d, u),
+/// Both sides of a tunnel once hyper hands them over; if either fails, the stream ends as an
+/// upstream reset.
+async fn hand_over(
+    stream: Done,
+    down: hyper::upgrade::OnUpgrade,
+    up: UpstreamTunnel,
+) -> Option<(Done, hyper::upgrade::Upgraded, Box<dyn TunnelIo>)> {
+    match (down.await, up.open().await) {
+        (Ok(d), Ok(u)) => Some((stream, d, u)),
         (d, u) => {
             tracing::debug!(down = ?d.err(), up = ?u.err(), "upgrade hand-over failed");
             stream.end(EndReason::UpstreamReset, 0);
-            return;
+            None
         }
+    }
+}
+
+/// Copies bytes both ways between the client and the upstream of an upgraded stream until both
+/// sides have closed, then ends the stream (stats, access log) with what it carried.
+async fn tunnel(stream: Done, down: hyper::upgrade::OnUpgrade, up: UpstreamTunnel) {
+    let Some((mut stream, down, mut up)) = hand_over(stream, down, up).await else {
+        return;
     };
-    let (mut down, mut up) = (TokioIo::new(down), up);
+    let mut down = TokioIo::new(down);
     match tokio::io::copy_bidirectional(&mut down, &mut up).await {
         Ok((from_client, to_client)) => {
             stream.tunnel_received = from_client;
@@ -1736,15 +1748,10 @@ async fn tunnel(mut stream: Done, down: hyper::upgrade::OnUpgrade, up: UpstreamT
 /// The tunnel of an HTTP/2 stream (CONNECT, extended CONNECT): bytes both ways until the
 /// upstream closes, which ends the stream (the client's end is passed on and the upstream's
 /// answer awaited), as Envoy resets a CONNECT stream once its upstream connection ends.
-async fn stream_tunnel(mut stream: Done, down: hyper::upgrade::OnUpgrade, up: UpstreamTunnel) {
+async fn stream_tunnel(stream: Done, down: hyper::upgrade::OnUpgrade, up: UpstreamTunnel) {
     use tokio::io::AsyncWriteExt;
-    let (down, up) = match (down.await, up.open().await) {
-        (Ok(d), Ok(u)) => (d, u),
-        (d, u) => {
-            tracing::debug!(down = ?d.err(), up = ?u.err(), "upgrade hand-over failed");
-            stream.end(EndReason::UpstreamReset, 0);
-            return;
-        }
+    let Some((mut stream, down, up)) = hand_over(stream, down, up).await else {
+        return;
     };
     let (from_client, to_client) = (Counter::default(), Counter::default());
     let down = Counted::new(TokioIo::new(down), from_client.clone(), to_client.clone());
