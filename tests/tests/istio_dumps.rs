@@ -40,8 +40,10 @@ const NOT_YET: &[&str] = &[
     // upstreams that reach them).
     "istio.set_internal_dst_address",
     "envoy.extensions.transport_sockets.internal_upstream",
-    // HBONE's CONNECT termination (routes that match CONNECT).
+    // HBONE's CONNECT termination (routes that match CONNECT, the target kept as filter state
+    // for the internal listener).
     ".connect_matcher",
+    "envoy.extensions.filters.http.set_filter_state.v3.Config",
 ];
 
 fn corpus() -> Option<PathBuf> {

@@ -199,13 +199,14 @@ impl<T> H1Guard<T> {
     /// them.
     fn follow_h2_frames(&mut self) {
         let needed = self.head_timeout.is_some() || self.floods.is_some();
-        if self.state == State::Through && self.h2.is_none() && needed {
-            let frames = Frames::new(true);
-            self.h2 = Some(match &self.floods {
-                Some((limits, _)) => frames.with_limits(*limits),
-                None => frames,
-            });
+        if self.state != State::Through || !needed {
+            return;
         }
+        let frames = self.h2.take().unwrap_or_else(|| Frames::new(true));
+        self.h2 = Some(match &self.floods {
+            Some((limits, _)) => frames.with_limits(*limits),
+            None => frames,
+        });
     }
 
     /// The client went over a flood limit: counted, and nothing more passes.

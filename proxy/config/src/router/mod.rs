@@ -63,8 +63,7 @@ pub enum PathMatch {
     SeparatedPrefix(String),
     /// `safe_regex`: the whole path without its query (anchored at translation).
     Regex(crate::pattern::Regex),
-    /// `connect_matcher`: CONNECT requests (which have no path, so no other path matcher but
-    /// an empty prefix or a regex that takes the empty path matches them).
+    /// `connect_matcher`: CONNECT requests, which no other path matcher takes.
     Connect,
 }
 
@@ -143,6 +142,9 @@ impl RouteMatch {
             PathMatch::Regex(r) => r.is_match(bare),
             PathMatch::Connect => req.method == "CONNECT",
         };
+        // A CONNECT has no path: only connect_matcher routes take it (Envoy skips routes
+        // that need a path).
+        let path_ok = path_ok && (req.method != "CONNECT" || self.path == PathMatch::Connect);
         path_ok
             && self
                 .runtime_fraction
