@@ -426,8 +426,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteFlow<T> {
         r
     }
 
+    /// A shutdown writes out what waits first: a peer that does not read lets it wait no longer
+    /// than a write.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        if self.stalled(&r, cx) {
+            return Poll::Ready(Err(stall_error()));
+        }
+        r
     }
 }
 

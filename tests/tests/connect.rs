@@ -95,11 +95,18 @@ struct Seen {
 }
 
 async fn connect_h1(side: &Side, target: &str, extra: &str) -> Seen {
+    connect_h1_early(side, target, extra, b"").await
+}
+
+/// [`connect_h1`] with `early` bytes for the tunnel sent with the CONNECT, before its reply.
+async fn connect_h1_early(side: &Side, target: &str, extra: &str, early: &[u8]) -> Seen {
     let mut s = TcpStream::connect(("127.0.0.1", side.port))
         .await
         .expect("connect");
-    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
+    let mut req =
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n").into_bytes();
+    req.extend_from_slice(early);
+    s.write_all(&req).await.expect("write");
     let mut data = Vec::new();
     let head_end = loop {
         if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -115,7 +122,7 @@ async fn connect_h1(side: &Side, target: &str, extra: &str) -> Seen {
     let mut echo = data[head_end..].to_vec();
     if resp.status == 200 {
         s.write_all(b"through the tunnel").await.expect("write");
-        while echo.len() < 18 {
+        while echo.len() < early.len() + 18 {
             let mut chunk = [0u8; 4096];
             match tokio::time::timeout(Duration::from_secs(3), s.read(&mut chunk)).await {
                 Ok(Ok(n)) if n > 0 => echo.extend_from_slice(&chunk[..n]),
@@ -281,6 +288,30 @@ async fn connect_side_by_side() {
                 "{}",
                 side.proxy.kind.name()
             );
+        }
+
+        // Bytes sent with the CONNECT, before its reply, go through the tunnel first: forwarded
+        // (after the upstream's 200) and terminated.
+        for side in [&e, &s] {
+            let echo_target = format!("127.0.0.1:{}", side.echo.port());
+            for (target, extra) in [
+                ("example.com:443", ""),
+                (echo_target.as_str(), "x-original-dst: 1\r\n"),
+            ] {
+                let seen = connect_h1_early(side, target, extra, b"early;").await;
+                assert_eq!(
+                    seen.resp.status,
+                    200,
+                    "{}: {seen:?}",
+                    side.proxy.kind.name()
+                );
+                assert_eq!(
+                    String::from_utf8_lossy(&seen.echo),
+                    "early;through the tunnel",
+                    "{} {extra:?}",
+                    side.proxy.kind.name()
+                );
+            }
         }
 
         for side in [&e, &s] {

@@ -1261,6 +1261,16 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             }
             None => return local(done, LocalReply::INVALID_HEADER_FIELD, None),
         }
+    } else if codec == Codec::Http2 && parts.method == http::Method::CONNECT {
+        // `:protocol: bytestream` is a plain CONNECT (Envoy's codec drops the `:protocol`, and
+        // the `:path` with it): its target is the authority alone.
+        if parts.extensions.remove::<hyper::ext::Protocol>().is_some() {
+            let mut uri = http::uri::Parts::default();
+            uri.authority = parts.uri.authority().cloned();
+            if let Ok(u) = http::Uri::from_parts(uri) {
+                parts.uri = u;
+            }
+        }
     }
 
     // An upgrade (websocket…) goes through when `upgrade_configs` take its type; the router
@@ -1749,7 +1759,6 @@ async fn tunnel(stream: Done, down: hyper::upgrade::OnUpgrade, up: UpstreamTunne
 /// upstream closes, which ends the stream (the client's end is passed on and the upstream's
 /// answer awaited), as Envoy resets a CONNECT stream once its upstream connection ends.
 async fn stream_tunnel(stream: Done, down: hyper::upgrade::OnUpgrade, up: UpstreamTunnel) {
-    use tokio::io::AsyncWriteExt;
     let Some((mut stream, down, up)) = hand_over(stream, down, up).await else {
         return;
     };
@@ -1757,36 +1766,60 @@ async fn stream_tunnel(stream: Done, down: hyper::upgrade::OnUpgrade, up: Upstre
     let down = Counted::new(TokioIo::new(down), from_client.clone(), to_client.clone());
     let (mut down_rx, mut down_tx) = tokio::io::split(down);
     let (mut up_rx, mut up_tx) = tokio::io::split(up);
-    let to_upstream = async {
-        let r = tokio::io::copy(&mut down_rx, &mut up_tx).await;
-        let _ = up_tx.shutdown().await;
-        r
-    };
-    let to_downstream = async {
-        let r = tokio::io::copy(&mut up_rx, &mut down_tx).await;
-        let _ = down_tx.shutdown().await;
-        r
-    };
+    let to_upstream = pump(
+        &mut down_rx,
+        &mut up_tx,
+        EndReason::DownstreamReset,
+        EndReason::UpstreamReset,
+    );
+    let to_downstream = pump(
+        &mut up_rx,
+        &mut down_tx,
+        EndReason::UpstreamReset,
+        EndReason::DownstreamReset,
+    );
     tokio::pin!(to_upstream, to_downstream);
     let mut client_done = false;
-    let ended = loop {
+    let reason = loop {
         tokio::select! {
-            r = &mut to_downstream => break r.is_ok(),
+            r = &mut to_downstream => break r.err().unwrap_or(EndReason::Complete),
             r = &mut to_upstream, if !client_done => {
                 client_done = true;
-                if r.is_err() {
-                    break false;
+                if let Err(reason) = r {
+                    break reason;
                 }
             }
         }
     };
     stream.tunnel_received = from_client.value();
-    let reason = if ended {
-        EndReason::Complete
-    } else {
-        EndReason::DownstreamReset
-    };
     stream.end(reason, to_client.value());
+}
+
+/// Copies `rx` to `tx` until `rx` ends, then ends `tx`; a failure says which side failed.
+async fn pump<R, W>(
+    rx: &mut R,
+    tx: &mut W,
+    read_failed: EndReason,
+    write_failed: EndReason,
+) -> Result<(), EndReason>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    let r = loop {
+        let n = match rx.read(&mut buf).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(_) => break Err(read_failed),
+        };
+        if tx.write_all(&buf[..n]).await.is_err() {
+            break Err(write_failed);
+        }
+    };
+    let _ = tx.shutdown().await;
+    r
 }
 
 /// `drain_timeout` plus a random part of `drain_timeout_jitter` (drawn per connection).

@@ -41,7 +41,8 @@ pub enum Framing {
     Length(u64),
     /// Chunked, up to the last chunk and its trailers.
     Chunked,
-    /// CONNECT: skiff answers it and closes (no tunnels), so nothing after it is a request.
+    /// CONNECT: what follows is the tunnel's (once its reply switches the connection), never
+    /// a request.
     Opaque,
 }
 
@@ -324,8 +325,9 @@ fn judge(head: &[u8], rules: Rules) -> Verdict {
     if target.contains(&b'#') {
         return refuse(Reason::Fragment, m, p);
     }
-    // An upgrade skiff does not take (h2c is ignored, others get 403) leaves the connection
-    // speaking HTTP/1.1, so its framing is followed as any other request's.
+    // A CONNECT's body is its tunnel, whatever its framing headers say. (Any other upgrade
+    // leaves the connection speaking HTTP/1.1 until its 101, so its framing is followed as any
+    // other request's.)
     if method == b"CONNECT" {
         return Verdict::Accept(Framing::Opaque);
     }

@@ -28,6 +28,10 @@ use crate::stats::Counter;
 /// Envoy's default `max_request_headers_kb` (60), in bytes.
 pub const DEFAULT_MAX_HEAD: usize = 60 * 1024;
 /// The HTTP/2 connection preface, which an `AUTO` codec hands to h2 untouched.
+/// What a client may send after a CONNECT before its reply: Envoy's default connection
+/// buffer (`per_connection_buffer_limit_bytes`). Past it, reading waits for the reply.
+const OPAQUE_HOLD: usize = 1024 * 1024;
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A refusal waiting for the stand-in request that carries it.
@@ -67,6 +71,10 @@ enum State {
     Chunked(Chunked),
     /// Not HTTP/1.1 (HTTP/2, a head larger than hyper takes): bytes pass.
     Through,
+    /// A CONNECT went through: what the client sends next is its tunnel's. It waits here (up
+    /// to [`OPAQUE_HOLD`] bytes) until the reply switches the connection, when it passes, or
+    /// ends it.
+    Opaque,
     /// Nothing more for hyper: a head or body hyper will refuse itself went through; the
     /// client's bytes after it are dropped until it closes.
     Closed,
@@ -339,8 +347,7 @@ impl<T> H1Guard<T> {
                                 Framing::None | Framing::Length(0) => State::Head,
                                 Framing::Length(n) => State::Length(n),
                                 Framing::Chunked => State::Chunked(Chunked::Start),
-                                // skiff answers CONNECT itself and closes.
-                                Framing::Opaque => State::Closed,
+                                Framing::Opaque => State::Opaque,
                             };
                         }
                         Verdict::Refuse(refusal) => self.refuse(refusal),
@@ -396,6 +403,7 @@ impl<T> H1Guard<T> {
                 self.pass(self.pending.len());
                 true
             }
+            State::Opaque => false,
             State::Closed | State::Refused => {
                 self.pending.clear();
                 false
@@ -421,7 +429,7 @@ impl<T> H1Guard<T> {
                             Framing::None | Framing::Length(0) => State::Head,
                             Framing::Length(n) => State::Length(n),
                             Framing::Chunked => State::Chunked(Chunked::Start),
-                            Framing::Opaque => State::Closed,
+                            Framing::Opaque => State::Opaque,
                         };
                     }
                     _ => return at,
@@ -448,7 +456,7 @@ impl<T> H1Guard<T> {
                     _ => return at,
                 },
                 State::Through => return new.len(),
-                State::Preface | State::Closed | State::Refused => return at,
+                State::Preface | State::Opaque | State::Closed | State::Refused => return at,
             }
         }
         at
@@ -611,7 +619,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
             if this.advance() {
                 continue;
             }
-            if this.state == State::Refused {
+            // A CONNECT's reply is awaited: hyper is woken by it, not by the client, and does
+            // not see the client's end before the tunnel does.
+            if this.state == State::Refused
+                || (this.state == State::Opaque && (this.eof || this.pending.len() >= OPAQUE_HOLD))
+            {
                 return Poll::Pending;
             }
             if this.eof {
@@ -679,7 +691,7 @@ impl<T: AsyncWrite + Unpin> H1Guard<T> {
     }
 
     /// A write to an HTTP/2 client: straight to the socket when nothing waits and the socket
-    /// takes it, else into the queue while it has room.
+    /// takes it, else into the queue, as much as it has room for.
     fn write_h2(
         &mut self,
         cx: &mut Context<'_>,
@@ -712,15 +724,23 @@ impl<T: AsyncWrite + Unpin> H1Guard<T> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
-        } else if self.queue.len() >= self.queue_cap {
+        }
+        // The queue holds no more than its cap: a longer write is taken in part.
+        let mut room = self.queue_cap.saturating_sub(self.queue.len());
+        if room == 0 {
             // The socket's waker is registered by the drain above.
             return Poll::Pending;
         }
         let mut total = 0;
         for b in bufs {
-            self.queue.extend_from_slice(b);
-            self.account(b)?;
-            total += b.len();
+            let take = room.min(b.len());
+            self.queue.extend_from_slice(&b[..take]);
+            self.account(&b[..take])?;
+            total += take;
+            room -= take;
+            if room == 0 {
+                break;
+            }
         }
         Poll::Ready(Ok(total))
     }
@@ -1012,6 +1032,51 @@ mod tests {
         assert_eq!(out, bytes);
         assert_eq!(Instant::now() - start, Duration::from_secs(1));
         assert_eq!(timed_out.value(), 1);
+    }
+
+    #[tokio::test]
+    async fn bytes_after_a_connect_wait_for_its_tunnel() {
+        let slot = RefusedSlot::default();
+        let switched = Switched::default();
+        let head = b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\n\r\n";
+        let mut input = head.to_vec();
+        input.extend_from_slice(b"early");
+        let mut g = H1Guard::new(&input[..], slot, true).switch_on(switched.clone());
+        let mut out = vec![0u8; 1024];
+        let n = g.read(&mut out).await.expect("read");
+        assert_eq!(&out[..n], head);
+        // The reply is awaited: nothing more, not even the client's end.
+        let more = tokio::time::timeout(Duration::from_millis(50), g.read(&mut out)).await;
+        assert!(more.is_err(), "{more:?}");
+        switched.store(true, Ordering::Relaxed);
+        let mut rest = Vec::new();
+        g.read_to_end(&mut rest).await.expect("read");
+        assert_eq!(rest, b"early");
+    }
+
+    #[tokio::test]
+    async fn the_write_queue_takes_no_more_than_its_cap() {
+        let (_client, server) = tokio::io::duplex(64);
+        let counters = FloodCounters {
+            empty_frames: Counter::default(),
+            priority: Counter::default(),
+            window_update: Counter::default(),
+            outbound: Counter::default(),
+            outbound_control: Counter::default(),
+        };
+        let mut g = H1Guard::new(server, RefusedSlot::default(), false).h2_floods(
+            FloodLimits::default(),
+            counters,
+            1000,
+        );
+        // One DATA frame of 4096 bytes in all, to a client that reads nothing.
+        let mut frame = vec![0x00, 0x0f, 0xf7, 0, 0, 0, 0, 0, 1];
+        frame.resize(4096, 0);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut write = |data: &[u8]| Pin::new(&mut g).poll_write(&mut cx, data);
+        assert!(matches!(write(&frame), Poll::Ready(Ok(64))));
+        assert!(matches!(write(&frame[64..]), Poll::Ready(Ok(1000))));
+        assert!(write(&frame[1064..]).is_pending());
     }
 
     #[tokio::test]

@@ -190,8 +190,6 @@ fn same_socket_settings(old: &model::Listener, new: &model::Listener) -> bool {
         && old.freebind == new.freebind
 }
 
-/// A listener on one worker: what its connections share, and its drain. It does not hold the
-/// socket, so the socket closes as soon as no accept loop uses it, while connections still run.
 /// Each listener's open connections, over all workers (its connection limit's count).
 static OPEN_CONNECTIONS: crate::attached::Attached<model::Listener, AtomicU64> =
     crate::attached::Attached::new();
@@ -200,9 +198,13 @@ static OPEN_CONNECTIONS: crate::attached::Attached<model::Listener, AtomicU64> =
 struct OpenConnection(Arc<AtomicU64>);
 
 impl OpenConnection {
-    fn count(open: Arc<AtomicU64>) -> Self {
-        open.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(open)
+    /// Counts one more connection open, unless `limit` are open already.
+    fn count(open: &Arc<AtomicU64>, limit: Option<u64>) -> Option<Self> {
+        open.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (limit.is_none_or(|l| n < l)).then_some(n + 1)
+        })
+        .ok()?;
+        Some(OpenConnection(open.clone()))
     }
 }
 
@@ -212,6 +214,8 @@ impl Drop for OpenConnection {
     }
 }
 
+/// A listener on one worker: what its connections share, and its drain. It does not hold the
+/// socket, so the socket closes as soon as no accept loop uses it, while connections still run.
 pub struct Shared {
     /// This listener's drain: started when it is replaced or removed, by `/drain_listeners`
     /// and at shutdown.
@@ -219,8 +223,10 @@ pub struct Shared {
     health_failed: Arc<std::sync::atomic::AtomicBool>,
     worker: Rc<Worker>,
     config: Arc<model::Listener>,
-    /// The runtime key of this listener's connection limit.
+    /// The runtime key of this listener's connection limit, and its open connections over all
+    /// workers.
     connection_limit_key: String,
+    open: Arc<AtomicU64>,
     stats: ListenerStats,
     /// `listener_filters`.
     filters: filters::Chain,
@@ -440,6 +446,7 @@ impl Shared {
             worker,
             chain_table: Chains::new(config.clone()),
             connection_limit_key: crate::config::runtime::listener_connection_limit(&config.name),
+            open: OPEN_CONNECTIONS.get_or_insert_with(&config, AtomicU64::default),
             config,
             stats,
             filters,
@@ -563,15 +570,13 @@ impl Shared {
         };
         // The listener's own limit (runtime key
         // envoy.resource_limits.listener.<name>.connection_limit), over all workers.
-        let open = OPEN_CONNECTIONS.get_or_insert_with(&self.config, AtomicU64::default);
         let limit = crate::runtime::snapshot()
             .get(&self.connection_limit_key)
             .and_then(crate::config::runtime::count);
-        if limit.is_some_and(|l| open.load(Ordering::Relaxed) >= l) {
+        let Some(_open) = OpenConnection::count(&self.open, limit) else {
             self.stats.downstream_cx_overflow.inc();
             return;
-        }
-        let _open = OpenConnection::count(open);
+        };
         let _conn = self.worker.track_connection();
         // Whatever is still open when its drain's deadline passes is closed (the listener's
         // until a chain is chosen, then the chain's).

@@ -21,7 +21,8 @@ pub enum TcpMode {
     Stall(std::time::Duration),
     /// Read the first bytes, write this reply, then close (e.g. a garbage HTTP response).
     ReadThenReply(Vec<u8>),
-    /// Read a request head, write this reply, then echo as `Echo` does (a CONNECT's target).
+    /// Read a request head, write this reply, then echo (what came with the head, and then as
+    /// `Echo` does: a CONNECT's target).
     ReplyThenEcho(Vec<u8>),
 }
 
@@ -98,13 +99,20 @@ impl TcpUpstream {
                             return;
                         }
                         TcpMode::ReplyThenEcho(reply) => {
-                            while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let end = loop {
+                                if let Some(i) = received.windows(4).position(|w| w == b"\r\n\r\n")
+                                {
+                                    break i + 4;
+                                }
                                 match s.read(&mut buf).await {
                                     Ok(n) if n > 0 => received.extend_from_slice(&buf[..n]),
-                                    _ => break,
+                                    _ => break received.len(),
                                 }
-                            }
-                            let _ = s.write_all(reply).await;
+                            };
+                            // Bytes that came with the head are the tunnel's first.
+                            let mut out = reply.clone();
+                            out.extend_from_slice(&received[end..]);
+                            let _ = s.write_all(&out).await;
                         }
                         TcpMode::Echo => {}
                     }
