@@ -1,13 +1,17 @@
 //! Route matching on any request: path, query string and header values straight from the
 //! network against every kind of match (prefixes, separated prefixes, regexes, ranges, query
-//! parameters, pseudo-headers, repeated headers). Matching must never panic.
+//! parameters, pseudo-headers, repeated headers). Matching must never panic. The same request
+//! is hashed by every kind of hash policy (headers, cookies, query parameters) and the hash
+//! looked up on a ring and a Maglev table: the same hash each time, a host always found.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use skiff::config::model::{
     HeaderKey, HeaderMatch, HeaderMatchKind, QueryCheck, QueryMatch, StringMatch, StringMatchKind,
 };
-use skiff::router::{PathMatch, RequestView, RouteMatch};
+use skiff::http::filters::router::request_hash;
+use skiff::router::{HashKind, HashPolicy, PathMatch, RequestView, RouteMatch};
+use skiff::upstream::hashing::{normalize, Maglev, Ring};
 
 fn matchers() -> Vec<RouteMatch> {
     let s = |kind| StringMatch {
@@ -82,4 +86,77 @@ fuzz_target!(|data: &[u8]| {
     for m in matchers() {
         let _ = m.matches(&req);
     }
+
+    for value in text.split('\n').skip(2) {
+        if let Ok(v) = http::HeaderValue::from_str(value) {
+            headers.append(http::header::COOKIE, v);
+        }
+    }
+    let mut builder = http::Request::builder().header("host", authority);
+    if let Ok(uri) = http::Uri::try_from(path) {
+        builder = builder.uri(uri);
+    }
+    let Ok(request) = builder.body(()) else {
+        return;
+    };
+    let (mut head, ()) = request.into_parts();
+    head.headers.extend(headers);
+    let (policies, ring, maglev) = hashing();
+    let addrs = ("127.0.0.1:1".parse().expect("addr"), "127.0.0.1:2".parse().expect("addr"));
+    let ip = std::net::IpAddr::from([10, 0, 0, 1]);
+    let mut cookies = Vec::new();
+    let hash = request_hash(&policies, &head, "http", ip, addrs, &mut cookies);
+    let mut again = Vec::new();
+    assert_eq!(request_hash(&policies, &head, "http", ip, addrs, &mut again), hash);
+    assert!(cookies.len() <= 1 && cookies == again);
+    let h = hash.unwrap_or_default();
+    for attempt in 0..3 {
+        assert!(ring.pick(h, attempt).is_some_and(|i| i < 3));
+        assert!(maglev.pick(h, attempt).is_some_and(|i| i < 3));
+    }
 });
+
+/// Every kind of hash policy, and a ring and a Maglev table of three hosts.
+fn hashing() -> (Vec<HashPolicy>, Ring, Maglev) {
+    let re = skiff::config::pattern::Regex::new("[a-z]+").expect("regex");
+    let policies = vec![
+        HashPolicy {
+            kind: HashKind::Header {
+                name: HeaderKey::Header(http::HeaderName::from_static("x-n")),
+                rewrite: Some((re, "${0}!".into())),
+            },
+            terminal: false,
+        },
+        HashPolicy {
+            kind: HashKind::Header {
+                name: HeaderKey::Path,
+                rewrite: None,
+            },
+            terminal: false,
+        },
+        HashPolicy {
+            kind: HashKind::QueryParameter("a".into()),
+            terminal: false,
+        },
+        HashPolicy {
+            kind: HashKind::Cookie {
+                name: "s".into(),
+                ttl: Some(std::time::Duration::from_secs(5)),
+                path: "/".into(),
+                attributes: vec![("SameSite".into(), String::new())],
+            },
+            terminal: true,
+        },
+        HashPolicy {
+            kind: HashKind::SourceIp,
+            terminal: false,
+        },
+    ];
+    let (placed, min, max) =
+        normalize((0..3).map(|i| (format!("10.0.0.{i}:80"), i as u32 + 1, i)));
+    (
+        policies,
+        Ring::new(&placed, min, 16, 64, false),
+        Maglev::new(&placed, max, 13),
+    )
+}

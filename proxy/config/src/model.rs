@@ -1881,6 +1881,9 @@ pub struct Host {
     /// The `envoy.transport_socket_match` metadata of the endpoint, then of its locality,
     /// which the cluster's `transport_socket_matches` compare.
     pub socket_match: SocketMatchLabels,
+    /// The endpoint's `envoy.lb` metadata `hash_key`: what RING_HASH and MAGLEV hash for it
+    /// instead of its address.
+    pub hash_key: Option<Arc<str>>,
 }
 
 /// The `envoy.transport_socket_match` filter metadata of an endpoint and of its locality
@@ -1999,6 +2002,8 @@ pub struct DnsTarget {
     pub locality_weight: Option<u32>,
     /// The endpoint's and its locality's `envoy.transport_socket_match` metadata.
     pub socket_match: SocketMatchLabels,
+    /// The endpoint's `envoy.lb` `hash_key`.
+    pub hash_key: Option<Arc<str>>,
 }
 
 /// `TcpKeepalive`: SO_KEEPALIVE, and the settings given (the system's otherwise).
@@ -2029,6 +2034,28 @@ pub enum LbPolicy {
     Random,
     /// `CLUSTER_PROVIDED` (ORIGINAL_DST).
     ClusterProvided,
+    /// `RING_HASH`: the host at the request's hash on a ring of the hosts' hashes (Envoy's
+    /// ketama ring, hashed as Envoy hashes).
+    RingHash {
+        /// `minimum_ring_size` (1024).
+        min_ring: u64,
+        /// `maximum_ring_size` (8M).
+        max_ring: u64,
+        /// `hash_function: MURMUR_HASH_2` (else xxHash).
+        murmur: bool,
+    },
+    /// `MAGLEV`: the host in Maglev's lookup table at the request's hash.
+    Maglev {
+        /// `table_size` (65537, a prime).
+        table_size: u64,
+    },
+}
+
+impl LbPolicy {
+    /// Whether hosts are picked by the request's hash (its route's `hash_policy`).
+    pub fn hashed(&self) -> bool {
+        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+    }
 }
 
 /// `circuit_breakers.thresholds[]` of one priority (Envoy's defaults when not given).

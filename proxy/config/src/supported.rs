@@ -867,7 +867,38 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "max_stream_duration",
             "idle_timeout",
             "request_mirror_policies",
+            "hash_policy",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy",
+        &[
+            "header",
+            "cookie",
+            "connection_properties",
+            "query_parameter",
+            "terminal",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.Header",
+        &["header_name", "regex_rewrite"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.Cookie",
+        &["name", "ttl", "path", "attributes"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute",
+        &["name", "value"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties",
+        &["source_ip"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter",
+        &["name"],
     ),
     (
         "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
@@ -1091,6 +1122,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "ignore_health_on_host_removal",
             "least_request_lb_config",
             "round_robin_lb_config",
+            "ring_hash_lb_config",
+            "maglev_lb_config",
             // Istio's metadata exchange only (translate/istio.rs).
             "filters",
         ],
@@ -1183,6 +1216,33 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.extensions.load_balancing_policies.random.v3.Random",
         &["locality_lb_config"],
     ),
+    (
+        "envoy.config.cluster.v3.Cluster.RingHashLbConfig",
+        &["minimum_ring_size", "hash_function", "maximum_ring_size"],
+    ),
+    ("envoy.config.cluster.v3.Cluster.MaglevLbConfig", &["table_size"]),
+    (
+        "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
+        &[
+            "hash_function",
+            "minimum_ring_size",
+            "maximum_ring_size",
+            "consistent_hashing_lb_config",
+        ],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+        &["table_size", "consistent_hashing_lb_config"],
+    ),
+    // Hosts hashed by hostname and bounded loads are refused.
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.ConsistentHashingLbConfig",
+        &[],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig.ConsistentHashingLbConfig",
+        &[],
+    ),
     // Zone-aware routing has no effect without the bootstrap's cluster_manager.local_cluster_name,
     // which skiff refuses (docs/compatibility.md).
     (
@@ -1220,6 +1280,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.cluster.v3.Cluster.CommonLbConfig",
         &[
             "healthy_panic_threshold",
+            "consistent_hashing_lb_config",
             "zone_aware_lb_config",
             "locality_weighted_lb_config",
         ],

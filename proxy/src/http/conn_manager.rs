@@ -1462,7 +1462,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         parts,
         body,
         &request,
-        (conn.remote, conn.local),
+        (conn.remote, conn.local, client),
         conn.source,
         (scheme, upgrade.as_deref(), header_timeout),
         retry_headers.as_ref(),

@@ -318,6 +318,7 @@ impl DnsClusters {
                         locality: spec.locality,
                         locality_weight: spec.locality_weight,
                         socket_match: spec.socket_match.clone(),
+                        hash_key: spec.hash_key.clone(),
                     });
                     ttl = Some(ttl.map_or(*t, |m| m.min(*t)));
                 }

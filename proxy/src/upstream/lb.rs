@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
+use super::hashing;
 use crate::config::model::LbPolicy;
 
 /// Envoy's default overprovisioning factor (1.4), in percent.
@@ -108,6 +109,17 @@ pub trait Candidate {
     fn locality_weight(&self) -> Option<u32> {
         None
     }
+    /// What RING_HASH and MAGLEV hash for it.
+    fn hash_key(&self) -> String {
+        String::new()
+    }
+}
+
+/// A hashing policy's table over a balancer's candidates.
+#[derive(Debug)]
+enum Table {
+    Ring(hashing::Ring),
+    Maglev(hashing::Maglev),
 }
 
 /// One priority level of a cluster with several: its share of the picks for healthy and for
@@ -144,6 +156,8 @@ pub struct Balancer {
     degraded: Option<(u64, Box<Balancer>)>,
     /// With several priorities: the levels, picked by their loads before anything else.
     levels: Vec<Level>,
+    /// RING_HASH and MAGLEV: the table over the candidates.
+    table: Option<Table>,
 }
 
 /// Per priority: (hosts of it, eligible count, healthy ones, degraded ones).
@@ -293,11 +307,41 @@ impl Balancer {
         } else {
             Edf::default()
         };
+        let table = match &policy {
+            LbPolicy::RingHash {
+                min_ring,
+                max_ring,
+                murmur,
+            } => {
+                let (placed, min, _) = hashing::normalize(
+                    candidates
+                        .iter()
+                        .map(|&i| (hosts[i].hash_key(), hosts[i].weight(), i)),
+                );
+                Some(Table::Ring(hashing::Ring::new(
+                    &placed, min, *min_ring, *max_ring, *murmur,
+                )))
+            }
+            LbPolicy::Maglev { table_size } => {
+                let (placed, _, max) = hashing::normalize(
+                    candidates
+                        .iter()
+                        .map(|&i| (hosts[i].hash_key(), hosts[i].weight(), i)),
+                );
+                Some(Table::Maglev(hashing::Maglev::new(
+                    &placed,
+                    max,
+                    *table_size,
+                )))
+            }
+            _ => None,
+        };
         Balancer {
             policy,
             candidates,
             panic: false,
             weighted,
+            table,
             // Workers start at different hosts so load spreads from the first request.
             rr: Cell::new(fastrand::usize(..)),
             edf: RefCell::new(edf),
@@ -434,13 +478,30 @@ impl Balancer {
 
     /// The index of the next host, or `None` when there is no candidate.
     pub fn pick<H: Candidate>(&self, hosts: &[H]) -> Option<usize> {
-        self.pick_with(hosts, || fastrand::u64(..))
+        self.pick_with(hosts, || fastrand::u64(..), 0)
+    }
+
+    /// [`Balancer::pick`] for a request with this hash (RING_HASH and MAGLEV; a random one
+    /// without), on the `attempt`th try of its host selection: as Envoy, the hash also picks
+    /// the priority.
+    pub fn pick_hashed<H: Candidate>(
+        &self,
+        hosts: &[H],
+        hash: Option<u64>,
+        attempt: u32,
+    ) -> Option<usize> {
+        if !self.policy.hashed() {
+            return self.pick(hosts);
+        }
+        let hash = hash.unwrap_or_else(|| fastrand::u64(..));
+        self.pick_with(hosts, || hash, attempt)
     }
 
     fn pick_with<H: Candidate>(
         &self,
         hosts: &[H],
         mut random: impl FnMut() -> u64,
+        attempt: u32,
     ) -> Option<usize> {
         if !self.levels.is_empty() {
             // Envoy's choice of a priority: a number in 1..=100 against the levels' healthy
@@ -450,27 +511,31 @@ impl Balancer {
             for l in &self.levels {
                 sum += l.healthy_load;
                 if r <= sum {
-                    return l.healthy.pick_with(hosts, random);
+                    return l.healthy.pick_with(hosts, random, attempt);
                 }
             }
             for l in &self.levels {
                 sum += l.degraded_load;
                 if r <= sum {
-                    return l.degraded.pick_with(hosts, random);
+                    return l.degraded.pick_with(hosts, random, attempt);
                 }
             }
-            return self.levels.first()?.healthy.pick_with(hosts, random);
+            return self
+                .levels
+                .first()?
+                .healthy
+                .pick_with(hosts, random, attempt);
         }
         if let Some((healthy_load, d)) = &self.degraded {
             // Envoy's choice of healthy or degraded hosts: a number in 1..=100 against the
             // healthy load.
             if random() % 100 + 1 > *healthy_load {
-                return d.pick_with(hosts, random);
+                return d.pick_with(hosts, random, attempt);
             }
         }
         if let Some(l) = &self.localities {
             let g = l.edf.borrow_mut().pick(|g| l.weights[g])?;
-            return l.groups.get(g)?.pick_with(hosts, random);
+            return l.groups.get(g)?.pick_with(hosts, random, attempt);
         }
         let n = self.candidates.len();
         if n == 0 {
@@ -487,6 +552,11 @@ impl Balancer {
                 Some(self.candidates[i % n])
             }
             LbPolicy::Random => Some(self.candidates[(random() % n as u64) as usize]),
+            LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => match &self.table {
+                Some(Table::Ring(r)) => r.pick(random(), attempt),
+                Some(Table::Maglev(m)) => m.pick(random(), attempt),
+                None => None,
+            },
             LbPolicy::LeastRequest {
                 active_request_bias,
                 ..
@@ -598,7 +668,7 @@ mod tests {
         // Choices (0, 1) and (1, 0) both give 1; only (0, 0) gives 0.
         let mut seq = [0u64, 1, 1, 0, 0, 0].into_iter();
         let picks: Vec<_> = (0..3)
-            .map(|_| b.pick_with(&hosts, || seq.next().unwrap_or(0)))
+            .map(|_| b.pick_with(&hosts, || seq.next().unwrap_or(0), 0))
             .collect();
         assert_eq!(picks, [Some(1), Some(1), Some(0)]);
         // Weighted: EDF on weight / (active + 1).
@@ -705,7 +775,7 @@ mod tests {
         let picks: Vec<_> = (0..100)
             .map(|_| {
                 n += 1;
-                b.pick_with(&hosts, || n - 1)
+                b.pick_with(&hosts, || n - 1, 0)
             })
             .collect();
         assert_eq!(picks.iter().filter(|p| **p == Some(0)).count(), 70);
@@ -759,7 +829,7 @@ mod tests {
         let b = Balancer::new(LbPolicy::RoundRobin, 50.0, hosts, false);
         let mut c = vec![0; hosts.len()];
         for n in 0..100u64 {
-            c[b.pick_with(hosts, || n).expect("a host")] += 1;
+            c[b.pick_with(hosts, || n, 0).expect("a host")] += 1;
         }
         c
     }

@@ -3,6 +3,7 @@
 
 pub mod circuit_breaker;
 pub mod dns;
+pub mod hashing;
 pub mod lb;
 pub mod pool;
 pub mod proxy_protocol;
@@ -300,6 +301,8 @@ pub struct Host {
     pub weight: u32,
     /// Its locality (index) and that locality's weight.
     pub locality: (u32, Option<u32>),
+    /// The endpoint's `envoy.lb` `hash_key`, hashed instead of its address.
+    pub hash_key: Option<Arc<str>>,
     /// Shared counters.
     pub stats: Arc<HostStats>,
     /// HTTP/1.1 connections of this worker.
@@ -364,11 +367,23 @@ impl Cluster {
         dest: SocketAddr,
         own: impl Fn(SocketAddr) -> bool,
     ) -> Option<Rc<Host>> {
+        self.select_host_hashed(dest, own, None, 0)
+    }
+
+    /// [`Cluster::select_host`] for a request with this hash (RING_HASH and MAGLEV), on the
+    /// `attempt`th try of its host selection.
+    pub fn select_host_hashed(
+        &self,
+        dest: SocketAddr,
+        own: impl Fn(SocketAddr) -> bool,
+        hash: Option<u64>,
+        attempt: u32,
+    ) -> Option<Rc<Host>> {
         match self.config().discovery {
             model::DiscoveryType::Static
             | model::DiscoveryType::Eds
             | model::DiscoveryType::StrictDns
-            | model::DiscoveryType::LogicalDns => self.pick_host().cloned(),
+            | model::DiscoveryType::LogicalDns => self.pick_host(hash, attempt).cloned(),
             model::DiscoveryType::OriginalDst if own(dest) => {
                 tracing::debug!(%dest, "original destination is this proxy's own listener; refusing");
                 None
@@ -447,6 +462,7 @@ impl Cluster {
             hostname: host.hostname.clone(),
             weight: host.weight,
             locality: host.locality,
+            hash_key: host.hash_key.clone(),
             stats: host.stats.clone(),
             h1: pool::Http1Pool::default(),
             h2: pool::Http2Pool::default(),
@@ -467,8 +483,8 @@ impl Cluster {
 
     /// The next host by the cluster's load balancer; `None` when there is none to take
     /// traffic.
-    pub fn pick_host(&self) -> Option<&Rc<Host>> {
-        let i = self.lb.pick(&self.hosts)?;
+    pub fn pick_host(&self, hash: Option<u64>, attempt: u32) -> Option<&Rc<Host>> {
+        let i = self.lb.pick_hashed(&self.hosts, hash, attempt)?;
         if self.lb.panic() {
             self.stats.lb_healthy_panic.inc();
         }
@@ -500,6 +516,7 @@ impl Cluster {
                                 && o.degraded == (h.degraded, h.excluded)
                                 && o.priority == h.priority
                                 && o.locality == (h.locality, h.locality_weight)
+                                && o.hash_key == h.hash_key
                                 && Arc::ptr_eq(&o.stats, s)
                                 && same_tls(o.tls.as_ref(), cfg.tls_for(&h.socket_match))
                         })
@@ -509,6 +526,7 @@ impl Cluster {
                     let mut host = Host::new(h.address, h.healthy, h.hostname.clone(), s.clone());
                     host.weight = h.weight;
                     host.locality = (h.locality, h.locality_weight);
+                    host.hash_key = h.hash_key.clone();
                     host.degraded = (h.degraded, h.excluded);
                     host.priority = h.priority;
                     host.tls = cfg.tls_for(&h.socket_match).cloned();
@@ -563,6 +581,7 @@ impl Host {
             hostname,
             weight: 1,
             locality: (0, None),
+            hash_key: None,
             degraded: (false, false),
             priority: 0,
             stats,
@@ -614,6 +633,12 @@ impl lb::Candidate for Rc<Host> {
     }
     fn locality_weight(&self) -> Option<u32> {
         self.locality.1
+    }
+    fn hash_key(&self) -> String {
+        match &self.hash_key {
+            Some(k) => k.to_string(),
+            None => self.address.to_string(),
+        }
     }
 }
 

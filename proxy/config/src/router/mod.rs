@@ -318,6 +318,43 @@ pub struct Forward {
     pub idle_timeout: Option<Duration>,
     /// `request_mirror_policies`.
     pub mirrors: Vec<Mirror>,
+    /// `hash_policy`: the request's hash for RING_HASH and MAGLEV clusters, in order.
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+/// One of a route's `hash_policy`: a part of the request hashed, combined with the parts
+/// before it (Envoy's rotate and xor).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashPolicy {
+    pub kind: HashKind,
+    /// `terminal`: once a hash exists, the policies after this one are not looked at.
+    pub terminal: bool,
+}
+
+/// What a hash policy hashes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HashKind {
+    /// `header`: all the header's values, sorted (each rewritten first by `regex_rewrite`).
+    Header {
+        name: crate::model::HeaderKey,
+        rewrite: Option<(crate::pattern::Regex, String)>,
+    },
+    /// `cookie`: its value; without the cookie and with a `ttl`, a cookie is made and sent in
+    /// the response.
+    Cookie {
+        name: String,
+        /// `ttl` (zero: a session cookie).
+        ttl: Option<Duration>,
+        path: String,
+        /// `attributes`: (name, value), added after `Path`.
+        attributes: Vec<(String, String)>,
+    },
+    /// `connection_properties.source_ip`: the downstream address, without its port.
+    SourceIp,
+    /// `query_parameter`: the first value of the parameter, as sent.
+    QueryParameter(String),
+    /// `connection_properties` without `source_ip`: no hash.
+    Nothing,
 }
 
 /// One of `request_mirror_policies`: where a copy of the request goes.

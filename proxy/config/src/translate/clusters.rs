@@ -77,6 +77,11 @@ pub(super) fn translate_cluster(
         }
     };
     let (lb, locality_weighted) = super::lb::lb_policy(c, discovery, path)?;
+    if lb.hashed() && super::lb::common_locality_weighted(c) {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.common_lb_config.locality_weighted_lb_config"
+        )));
+    }
     let panic_threshold = super::lb::common_lb_config(c, path)?;
     if discovery == model::DiscoveryType::OriginalDst && c.load_assignment.is_some() {
         return Err(ConfigError::new(
@@ -684,10 +689,30 @@ pub(crate) fn load_assignment_hosts(
                 priority: locality.priority,
                 locality_weight: locality_weight(locality, &format!("{path}.endpoints[{i}]"))?,
                 socket_match: socket_match_labels(lb, locality),
+                hash_key: hash_key(lb),
             });
         }
     }
     Ok(hosts)
+}
+
+/// The endpoint's `envoy.lb` metadata `hash_key`, when it is a non-empty string (Envoy
+/// hashes the address otherwise).
+pub(super) fn hash_key(
+    lb: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint,
+) -> Option<Arc<str>> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let v = lb
+        .metadata
+        .as_ref()?
+        .filter_metadata
+        .get("envoy.lb")?
+        .fields
+        .get("hash_key")?;
+    match &v.kind {
+        Some(Kind::StringValue(s)) if !s.is_empty() => Some(Arc::from(s.as_str())),
+        _ => None,
+    }
 }
 
 /// The `envoy.transport_socket_match` metadata of an endpoint and of its locality.

@@ -268,6 +268,7 @@ fn targets(c: &cluster::Cluster, logical: bool, path: &str) -> Result<Vec<DnsTar
                     &format!("{lpath}.endpoints[{i}]"),
                 )?,
                 socket_match: super::clusters::socket_match_labels(lb, locality),
+                hash_key: super::clusters::hash_key(lb),
             });
         }
     }

@@ -297,12 +297,8 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
     refuse(path, "queuing_policies", queuing_policies)?;
     // `cluster_type` (a custom cluster) is checked by translation: only the DNS one is taken.
     let _ = cluster_discovery_type;
-    if let Some(cluster_pb::cluster::LbConfig::RingHashLbConfig(_)) = lb_config {
-        return Err(unsupported(path, "ring_hash_lb_config"));
-    }
-    if let Some(cluster_pb::cluster::LbConfig::MaglevLbConfig(_)) = lb_config {
-        return Err(unsupported(path, "maglev_lb_config"));
-    }
+    // lb_config: translated with the policy (translate::lb).
+    let _ = lb_config;
     Ok(())
 }
 
@@ -596,7 +592,8 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     refuse(path, "priority", priority)?;
     refuse(path, "rate_limits", rate_limits)?;
     refuse(path, "include_vh_rate_limits", include_vh_rate_limits)?;
-    refuse(path, "hash_policy", hash_policy)?;
+    // hash_policy: route_action::hash_policy.
+    let _ = hash_policy;
     refuse(path, "cors", cors)?;
     refuse(path, "max_grpc_timeout", max_grpc_timeout)?;
     refuse(path, "grpc_timeout_offset", grpc_timeout_offset)?;

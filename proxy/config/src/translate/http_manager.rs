@@ -1046,6 +1046,22 @@ pub(super) fn upgrade_kind(upgrade_type: &str, path: &str) -> Result<String, Con
     Ok(upgrade_type.to_ascii_lowercase())
 }
 
+/// A header name as Envoy's request header map reads it: the pseudo-headers it holds for every
+/// request (the `Host` header is `:authority`), or a regular header.
+pub(super) fn header_key(name: &str, path: &str) -> Result<HeaderKey, ConfigError> {
+    let lower = name.to_ascii_lowercase();
+    Ok(match lower.as_str() {
+        ":method" => HeaderKey::Method,
+        ":authority" | "host" => HeaderKey::Authority,
+        ":path" => HeaderKey::Path,
+        ":scheme" => HeaderKey::Scheme,
+        n if n.starts_with(':') && n.len() > 1 => HeaderKey::OtherPseudo,
+        n => HeaderKey::Header(
+            http::HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| ConfigError::new(path, "not a valid header name"))?,
+        ),
+    })
+}
 pub(super) fn translate_header_match(
     h: &route::HeaderMatcher,
     path: &str,
@@ -1058,19 +1074,7 @@ pub(super) fn translate_header_match(
         treat_missing_header_as_empty,
         header_match_specifier,
     } = h;
-    let lower = name.to_ascii_lowercase();
-    let name = match lower.as_str() {
-        ":method" => HeaderKey::Method,
-        // Envoy's header map holds the Host header as `:authority`.
-        ":authority" | "host" => HeaderKey::Authority,
-        ":path" => HeaderKey::Path,
-        ":scheme" => HeaderKey::Scheme,
-        n if n.starts_with(':') && n.len() > 1 => HeaderKey::OtherPseudo,
-        n => HeaderKey::Header(
-            http::HeaderName::from_bytes(n.as_bytes())
-                .map_err(|_| ConfigError::new(format!("{path}.name"), "not a valid header name"))?,
-        ),
-    };
+    let name = header_key(name, &format!("{path}.name"))?;
     let plain = |kind| StringMatch {
         kind,
         ignore_case: false,

@@ -6,7 +6,9 @@ use envoy_types::pb::envoy::extensions::load_balancing_policies::common::v3 as c
 use envoy_types::pb::envoy::extensions::load_balancing_policies::least_request::v3::{
     least_request::SelectionMethod, LeastRequest,
 };
+use envoy_types::pb::envoy::extensions::load_balancing_policies::maglev::v3 as maglev;
 use envoy_types::pb::envoy::extensions::load_balancing_policies::random::v3::Random;
+use envoy_types::pb::envoy::extensions::load_balancing_policies::ring_hash::v3 as ring_hash;
 use envoy_types::pb::envoy::extensions::load_balancing_policies::round_robin::v3::RoundRobin;
 
 use super::super::model::{DiscoveryType, LbPolicy};
@@ -17,6 +19,107 @@ const ROUND_ROBIN: &str = "envoy.extensions.load_balancing_policies.round_robin.
 const LEAST_REQUEST: &str =
     "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest";
 const RANDOM: &str = "envoy.extensions.load_balancing_policies.random.v3.Random";
+const RING_HASH: &str = "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash";
+const MAGLEV: &str = "envoy.extensions.load_balancing_policies.maglev.v3.Maglev";
+
+/// Envoy's largest ring (`minimum_ring_size` and `maximum_ring_size` at most this).
+const MAX_RING: u64 = 8 * 1024 * 1024;
+/// Envoy's largest Maglev table.
+const MAX_MAGLEV: u64 = 5_000_011;
+
+/// `RING_HASH`'s sizes, checked as Envoy checks them.
+fn ring_hash(
+    min: Option<u64>,
+    max: Option<u64>,
+    murmur: bool,
+    path: &str,
+) -> Result<LbPolicy, ConfigError> {
+    let (min_ring, max_ring) = (min.unwrap_or(1024), max.unwrap_or(MAX_RING));
+    for (v, field) in [
+        (min_ring, "minimum_ring_size"),
+        (max_ring, "maximum_ring_size"),
+    ] {
+        if v > MAX_RING {
+            return Err(ConfigError::new(
+                format!("{path}.{field}"),
+                format!("must be at most {MAX_RING}"),
+            ));
+        }
+    }
+    if min_ring > max_ring {
+        return Err(ConfigError::new(
+            path,
+            format!("ring hash: minimum_ring_size ({min_ring}) > maximum_ring_size ({max_ring})"),
+        ));
+    }
+    Ok(LbPolicy::RingHash {
+        min_ring,
+        max_ring,
+        murmur,
+    })
+}
+
+/// `MAGLEV`'s table size: a prime, at most 5000011 (65537 by default).
+fn maglev(size: Option<u64>, path: &str) -> Result<LbPolicy, ConfigError> {
+    let table_size = size.unwrap_or(65537);
+    if table_size > MAX_MAGLEV {
+        return Err(ConfigError::new(
+            format!("{path}.table_size"),
+            format!("must be at most {MAX_MAGLEV}"),
+        ));
+    }
+    let prime = table_size >= 2
+        && (2..)
+            .take_while(|d| d * d <= table_size)
+            .all(|d| !table_size.is_multiple_of(d));
+    if !prime {
+        return Err(ConfigError::new(
+            format!("{path}.table_size"),
+            "The table size of maglev must be prime number",
+        ));
+    }
+    Ok(LbPolicy::Maglev { table_size })
+}
+
+/// The hashing policies' options skiff does not run: hosts hashed by hostname, bounded
+/// loads, locality weights.
+fn hashing_common(
+    use_hostname: bool,
+    balance_factor: bool,
+    common: Option<&common::ConsistentHashingLbConfig>,
+    locality_weighted: bool,
+    path: &str,
+) -> Result<(), ConfigError> {
+    if use_hostname {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.use_hostname_for_hashing"
+        )));
+    }
+    if balance_factor {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.hash_balance_factor"
+        )));
+    }
+    if let Some(c) = common {
+        let cpath = format!("{path}.consistent_hashing_lb_config");
+        if c.use_hostname_for_hashing {
+            return Err(ConfigError::unsupported(format!(
+                "{cpath}.use_hostname_for_hashing"
+            )));
+        }
+        if c.hash_balance_factor.is_some() {
+            return Err(ConfigError::unsupported(format!(
+                "{cpath}.hash_balance_factor"
+            )));
+        }
+    }
+    if locality_weighted {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.locality_weighted_lb_config"
+        )));
+    }
+    Ok(())
+}
 
 /// The cluster's load balancer, checked against its discovery type as Envoy pairs them.
 pub(super) fn lb_policy(
@@ -46,19 +149,12 @@ fn legacy(
         },
         Ok(P::Random) => LbPolicy::Random,
         Ok(P::ClusterProvided) => LbPolicy::ClusterProvided,
+        Ok(P::RingHash) => ring_hash(None, None, false, path)?,
+        Ok(P::Maglev) => maglev(None, path)?,
         Ok(P::LoadBalancingPolicyConfig) => {
             return Err(ConfigError::new(
                 format!("{path}.load_balancing_policy"),
                 "required with lb_policy LOAD_BALANCING_POLICY_CONFIG",
-            ))
-        }
-        Ok(other) => {
-            return Err(ConfigError::new(
-                format!("{path}.lb_policy"),
-                format!(
-                "unsupported: {} (only ROUND_ROBIN, LEAST_REQUEST, RANDOM and CLUSTER_PROVIDED)",
-                other.as_str_name()
-            ),
             ))
         }
         Err(_) => {
@@ -96,14 +192,31 @@ fn legacy(
             // Envoy ignores the config of another policy; so does skiff.
             p
         }
-        (Some(LbConfig::RingHashLbConfig(_)), _) => {
-            return Err(ConfigError::unsupported(format!(
-                "{path}.ring_hash_lb_config"
-            )))
+        (Some(LbConfig::RingHashLbConfig(r)), LbPolicy::RingHash { .. }) => {
+            use cluster::cluster::ring_hash_lb_config::HashFunction as F;
+            let rpath = format!("{path}.ring_hash_lb_config");
+            let murmur = match F::try_from(r.hash_function) {
+                Ok(F::XxHash) => false,
+                Ok(F::MurmurHash2) => true,
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        format!("{rpath}.hash_function"),
+                        "unknown value",
+                    ))
+                }
+            };
+            ring_hash(
+                r.minimum_ring_size.as_ref().map(|v| v.value),
+                r.maximum_ring_size.as_ref().map(|v| v.value),
+                murmur,
+                &rpath,
+            )?
         }
-        (Some(LbConfig::MaglevLbConfig(_)), _) => {
-            return Err(ConfigError::unsupported(format!("{path}.maglev_lb_config")))
-        }
+        (Some(LbConfig::MaglevLbConfig(m)), LbPolicy::Maglev { .. }) => maglev(
+            m.table_size.as_ref().map(|v| v.value),
+            &format!("{path}.maglev_lb_config"),
+        )?,
+        (Some(LbConfig::RingHashLbConfig(_)), p) | (Some(LbConfig::MaglevLbConfig(_)), p) => p,
         (None, p) => p,
     };
     // Envoy's pairing: ORIGINAL_DST clusters take CLUSTER_PROVIDED, the others a real policy.
@@ -114,7 +227,7 @@ fn legacy(
     if !ok {
         let want = match discovery {
             DiscoveryType::OriginalDst => "CLUSTER_PROVIDED (required by ORIGINAL_DST)",
-            _ => "ROUND_ROBIN, LEAST_REQUEST or RANDOM",
+            _ => "ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH or MAGLEV",
         };
         let name = cluster::cluster::LbPolicy::try_from(c.lb_policy)
             .map(|p| p.as_str_name())
@@ -211,9 +324,48 @@ fn extension(
             let r: Random = unpack(any, &tpath)?;
             Ok((LbPolicy::Random, locality(&r.locality_lb_config)))
         }
+        RING_HASH => {
+            use ring_hash::ring_hash::HashFunction as F;
+            let r: ring_hash::RingHash = unpack(any, &tpath)?;
+            hashing_common(
+                r.use_hostname_for_hashing,
+                r.hash_balance_factor.is_some(),
+                r.consistent_hashing_lb_config.as_ref(),
+                r.locality_weighted_lb_config.is_some(),
+                &tpath,
+            )?;
+            let murmur = match F::try_from(r.hash_function) {
+                Ok(F::DefaultHash | F::XxHash) => false,
+                Ok(F::MurmurHash2) => true,
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        format!("{tpath}.hash_function"),
+                        "unknown value",
+                    ))
+                }
+            };
+            let policy = ring_hash(
+                r.minimum_ring_size.as_ref().map(|v| v.value),
+                r.maximum_ring_size.as_ref().map(|v| v.value),
+                murmur,
+                &tpath,
+            )?;
+            Ok((policy, false))
+        }
+        MAGLEV => {
+            let m: maglev::Maglev = unpack(any, &tpath)?;
+            hashing_common(
+                false,
+                false,
+                m.consistent_hashing_lb_config.as_ref(),
+                m.locality_weighted_lb_config.is_some(),
+                &tpath,
+            )?;
+            Ok((maglev(m.table_size.as_ref().map(|v| v.value), &tpath)?, false))
+        }
         other => Err(ConfigError::new(
             tpath,
-            format!("unsupported load balancing policy '{other}' (only round_robin, least_request and random)"),
+            format!("unsupported load balancing policy '{other}' (only round_robin, least_request, random, ring_hash and maglev)"),
         )),
     }
 }
@@ -272,10 +424,16 @@ pub(super) fn common_lb_config(c: &cluster::Cluster, path: &str) -> Result<f64, 
         *close_connections_on_host_set_change,
         "close_connections_on_host_set_change",
     )?;
-    refuse(
-        consistent_hashing_lb_config.is_some(),
-        "consistent_hashing_lb_config",
-    )?;
+    if let Some(c) = consistent_hashing_lb_config {
+        refuse(
+            c.use_hostname_for_hashing,
+            "consistent_hashing_lb_config.use_hostname_for_hashing",
+        )?;
+        refuse(
+            c.hash_balance_factor.is_some(),
+            "consistent_hashing_lb_config.hash_balance_factor",
+        )?;
+    }
     refuse(override_host_status.is_some(), "override_host_status")?;
     // Read by `common_locality_weighted`; zone-aware routing has no effect (see `locality`).
     let _ = locality_config_specifier;

@@ -301,6 +301,12 @@ fn forward(
             path_rewrite,
             host_rewrite,
             append_x_forwarded_host: action.append_x_forwarded_host,
+            hash_policy: action
+                .hash_policy
+                .iter()
+                .enumerate()
+                .map(|(i, h)| hash_policy(h, &format!("{apath}.hash_policy[{i}]")))
+                .collect::<Result<_, _>>()?,
             mirrors: action
                 .request_mirror_policies
                 .iter()
@@ -341,6 +347,105 @@ fn forward(
             .map(std::sync::Arc::new),
         upgrades,
         connect_terminate,
+    })
+}
+
+/// One of `hash_policy`.
+fn hash_policy(
+    h: &route::route_action::HashPolicy,
+    path: &str,
+) -> Result<crate::router::HashPolicy, ConfigError> {
+    use crate::router::HashKind;
+    use route::route_action::hash_policy::PolicySpecifier as P;
+    let required = |v: &str, field: &str| {
+        if v.is_empty() {
+            Err(ConfigError::new(format!("{path}.{field}"), "required"))
+        } else {
+            Ok(())
+        }
+    };
+    let kind = match &h.policy_specifier {
+        Some(P::Header(hd)) => {
+            let hpath = format!("{path}.header");
+            required(&hd.header_name, "header.header_name")?;
+            let name = super::http_manager::header_key(
+                &hd.header_name,
+                &format!("{hpath}.header_name"),
+            )?;
+            let rewrite = match &hd.regex_rewrite {
+                None => None,
+                Some(r) => {
+                    let rpath = format!("{hpath}.regex_rewrite");
+                    let pattern = r
+                        .pattern
+                        .as_ref()
+                        .ok_or_else(|| ConfigError::new(format!("{rpath}.pattern"), "required"))?;
+                    let re = crate::pattern::Regex::new(&pattern.regex).map_err(|e| {
+                        ConfigError::new(
+                            format!("{rpath}.pattern.regex"),
+                            format!("invalid regex: {e}"),
+                        )
+                    })?;
+                    Some((re, substitution(&r.substitution)))
+                }
+            };
+            HashKind::Header { name, rewrite }
+        }
+        Some(P::Cookie(c)) => {
+            required(&c.name, "cookie.name")?;
+            let ttl = c
+                .ttl
+                .as_ref()
+                .map(|d| duration(d, &format!("{path}.cookie.ttl")))
+                .transpose()?;
+            let attributes = c
+                .attributes
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    if a.name.is_empty() {
+                        return Err(ConfigError::new(
+                            format!("{path}.cookie.attributes[{i}].name"),
+                            "required",
+                        ));
+                    }
+                    Ok((a.name.clone(), a.value.clone()))
+                })
+                .collect::<Result<_, _>>()?;
+            HashKind::Cookie {
+                name: c.name.clone(),
+                ttl,
+                path: c.path.clone(),
+                attributes,
+            }
+        }
+        Some(P::ConnectionProperties(c)) => {
+            if !c.source_ip {
+                // Envoy leaves such a policy out.
+                return Ok(crate::router::HashPolicy {
+                    kind: HashKind::Nothing,
+                    terminal: h.terminal,
+                });
+            }
+            HashKind::SourceIp
+        }
+        Some(P::QueryParameter(q)) => {
+            required(&q.name, "query_parameter.name")?;
+            HashKind::QueryParameter(q.name.clone())
+        }
+        Some(P::FilterState(_)) => {
+            return Err(ConfigError::unsupported(format!("{path}.filter_state")))
+        }
+        None => {
+            return Err(ConfigError::new(
+                path,
+                "one of header, cookie, connection_properties, query_parameter or filter_state is required",
+            ))
+        }
+    };
+    Ok(crate::router::HashPolicy {
+        kind,
+        terminal: h.terminal,
     })
 }
 

@@ -317,7 +317,11 @@ pub async fn route(
     mut parts: http::request::Parts,
     body: ProxyBody,
     request: &Rc<RequestProgress>,
-    (downstream_remote, downstream_local): (std::net::SocketAddr, std::net::SocketAddr),
+    (downstream_remote, downstream_local, client): (
+        std::net::SocketAddr,
+        std::net::SocketAddr,
+        std::net::IpAddr,
+    ),
     source: Option<pool::Source>,
     (scheme, upgrade, header_timeout): (&str, Option<&str>, Option<std::time::Duration>),
     retry_headers: Option<&RetryHeaders>,
@@ -405,6 +409,21 @@ pub async fn route(
         info.upstream_cluster = Some(cluster.name.clone());
         info.upstream_cluster_stat = cluster.config().alt_stat_name.as_deref().map(Into::into);
     }
+    // The request's hash, for a cluster that picks hosts by it: from the request as the
+    // router got it (before the route's header changes, as Envoy picks the host first).
+    let mut set_cookies = Vec::new();
+    let hash = if cluster.config().lb.hashed() && !forward.hash_policy.is_empty() {
+        request_hash(
+            &forward.hash_policy,
+            &parts,
+            scheme,
+            client,
+            (downstream_remote, downstream_local),
+            &mut set_cookies,
+        )
+    } else {
+        None
+    };
     // Istio's filters, which look at the routed cluster (before the route's header changes,
     // as they run before the router in Envoy).
     if let Some(mx) = parts
@@ -591,8 +610,149 @@ pub async fn route(
         },
         per_try_timeout,
         buffer_limit,
+        hash,
+        set_cookies,
     };
     super::retry::forward(&f, parts, body, retry, info).await
+}
+
+/// The request's hash by its route's `hash_policy` (Envoy's `HashPolicyImpl::generateHash`):
+/// each policy's hash combined with those before (the old one rotated left by one, then xor);
+/// a `terminal` policy with a hash so far ends it. A cookie policy whose cookie is missing and
+/// that has a `ttl` makes one (the hex xxHash of the connection's addresses, as Envoy's) and
+/// adds its `Set-Cookie` to `set_cookies`.
+pub fn request_hash(
+    policies: &[crate::router::HashPolicy],
+    parts: &http::request::Parts,
+    scheme: &str,
+    client: std::net::IpAddr,
+    (remote, local): (std::net::SocketAddr, std::net::SocketAddr),
+    set_cookies: &mut Vec<HeaderValue>,
+) -> Option<u64> {
+    use crate::config::model::HeaderKey;
+    use crate::router::HashKind;
+    use crate::upstream::hashing::{xxhash, xxhash_parts};
+    let mut hash: Option<u64> = None;
+    for p in policies {
+        let new = match &p.kind {
+            HashKind::Header { name, rewrite } => {
+                let mut values: Vec<Vec<u8>> = match name {
+                    HeaderKey::Header(h) => parts
+                        .headers
+                        .get_all(h)
+                        .iter()
+                        .map(|v| v.as_bytes().to_vec())
+                        .collect(),
+                    HeaderKey::Method => vec![parts.method.as_str().into()],
+                    HeaderKey::Authority => {
+                        authority(parts).map(|a| a.into()).into_iter().collect()
+                    }
+                    HeaderKey::Path => parts
+                        .uri
+                        .path_and_query()
+                        .map(|p| p.as_str().into())
+                        .into_iter()
+                        .collect(),
+                    HeaderKey::Scheme => vec![scheme.into()],
+                    HeaderKey::OtherPseudo => Vec::new(),
+                };
+                if values.is_empty() {
+                    None
+                } else {
+                    if let Some((re, sub)) = rewrite {
+                        for v in &mut values {
+                            let text = String::from_utf8_lossy(v);
+                            *v = re.replace_all(&text, sub.as_str()).as_bytes().to_vec();
+                        }
+                    }
+                    // The same hash whatever order the values came in.
+                    values.sort();
+                    let parts: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+                    Some(xxhash_parts(&parts))
+                }
+            }
+            HashKind::Cookie {
+                name,
+                ttl,
+                path,
+                attributes,
+            } => match cookie_value(&parts.headers, name) {
+                Some(v) if !v.is_empty() => Some(xxhash(v.as_bytes())),
+                _ => ttl.map(|ttl| {
+                    let value = format!("{:016x}", xxhash(format!("{remote}{local}").as_bytes()));
+                    let mut cookie = format!("{name}=\"{value}\"");
+                    // Whole seconds, as Envoy keeps the ttl.
+                    if ttl.as_secs() != 0 {
+                        cookie.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+                    }
+                    if !path.is_empty() {
+                        cookie.push_str(&format!("; Path={path}"));
+                    }
+                    for (n, v) in attributes {
+                        if v.is_empty() {
+                            cookie.push_str(&format!("; {n}"));
+                        } else {
+                            cookie.push_str(&format!("; {n}={v}"));
+                        }
+                    }
+                    cookie.push_str("; HttpOnly");
+                    if let Ok(v) = HeaderValue::from_str(&cookie) {
+                        set_cookies.push(v);
+                    }
+                    xxhash(value.as_bytes())
+                }),
+            },
+            HashKind::SourceIp => Some(xxhash(client.to_string().as_bytes())),
+            HashKind::QueryParameter(name) => parts
+                .uri
+                .query()
+                .and_then(|q| query_value(q, name))
+                .map(|v| xxhash(v.as_bytes())),
+            // Envoy drops such a policy: it hashes nothing and ends nothing.
+            HashKind::Nothing => continue,
+        };
+        if let Some(n) = new {
+            hash = Some(hash.map_or(0, |h| h.rotate_left(1)) ^ n);
+        }
+        if p.terminal && hash.is_some() {
+            break;
+        }
+    }
+    hash
+}
+
+/// The first value of cookie `name` in the request's `Cookie` headers, without the quotes
+/// around a quoted value (Envoy's `parseCookieValue`).
+fn cookie_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    for h in headers.get_all(header::COOKIE) {
+        let Ok(s) = std::str::from_utf8(h.as_bytes()) else {
+            continue;
+        };
+        for pair in s.split(';') {
+            let pair = pair.trim_start_matches(' ');
+            let Some((k, v)) = pair.split_once('=') else {
+                continue;
+            };
+            if k == name {
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v);
+                return Some(v.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// The first value of query parameter `name`, as sent (a parameter without `=` has the empty
+/// value), as Envoy's `parseQueryString`.
+fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|p| match p.split_once('=') {
+        Some((k, v)) if k == name => Some(v),
+        None if p == name => Some(""),
+        _ => None,
+    })
 }
 
 /// Makes `host` the request's host: its `Host` header, and its URI's authority when it has one
@@ -699,6 +859,8 @@ fn start_mirrors(
                 timeout,
                 per_try_timeout: None,
                 buffer_limit,
+                hash: None,
+                set_cookies: Vec::new(),
             };
             if let Ok((resp, upstream, _)) = super::retry::forward(&f, head, copy, None, None).await
             {
@@ -751,6 +913,10 @@ pub(super) struct Forward<'a> {
     pub per_try_timeout: Option<std::time::Duration>,
     /// What the request body may hold to be sent again (`per_connection_buffer_limit_bytes`).
     pub buffer_limit: usize,
+    /// The request's hash (RING_HASH and MAGLEV clusters).
+    pub hash: Option<u64>,
+    /// Cookies its hash policy made, for the response.
+    pub set_cookies: Vec<HeaderValue>,
 }
 
 impl Forward<'_> {
@@ -760,16 +926,20 @@ impl Forward<'_> {
         avoid: &[std::net::SocketAddr],
         tries: u32,
     ) -> Option<Rc<Host>> {
-        let pick = || {
-            self.cluster
-                .select_host(self.dest, |d| self.worker.is_own_listener(d))
+        let pick = |attempt| {
+            self.cluster.select_host_hashed(
+                self.dest,
+                |d| self.worker.is_own_listener(d),
+                self.hash,
+                attempt,
+            )
         };
-        let mut host = pick()?;
-        for _ in 0..tries {
+        let mut host = pick(0)?;
+        for attempt in 1..=tries {
             if !avoid.contains(&host.address) {
                 break;
             }
-            host = pick()?;
+            host = pick(attempt)?;
         }
         Some(self.cluster.variant_from(
             host,
@@ -794,6 +964,10 @@ impl Forward<'_> {
         upstream.failed = resp.status().is_server_error();
         for p in &self.response_headers {
             p.apply(resp.headers_mut());
+        }
+        // After the route's changes, as Envoy's router adds them.
+        for c in &self.set_cookies {
+            resp.headers_mut().append(header::SET_COOKIE, c.clone());
         }
         if self.attempt_count.1 {
             resp.headers_mut().insert(

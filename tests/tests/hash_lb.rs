@@ -1,0 +1,289 @@
+//! Consistent hashing side by side with Envoy 1.40: RING_HASH and MAGLEV clusters (both forms
+//! of each policy) over the same upstreams behind both proxies, and routes' `hash_policy` of
+//! every kind. A host's place on the ring or in the table depends on its address, so both
+//! proxies balance over the very same upstreams, and each request must reach the same one
+//! behind skiff as behind Envoy.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use skiff_tests::client::{get, Http1Client, Resp};
+use skiff_tests::config::{bootstrap, hcm, listener, to_yaml, vhost};
+use skiff_tests::proxy::{run_cli, write_config};
+use skiff_tests::upstream::{EchoOptions, EchoUpstream};
+use skiff_tests::{free_port, run_for, Kind, ProxyProcess};
+
+/// The upstreams' weights.
+const WEIGHTS: [u32; 5] = [1, 1, 2, 1, 3];
+
+fn cluster(name: &str, ports: &[u16], policy: Value) -> Value {
+    let eps: Vec<Value> = ports
+        .iter()
+        .zip(WEIGHTS)
+        .map(|(p, w)| {
+            json!({ "endpoint": { "address": { "socket_address": {
+                "address": "127.0.0.1", "port_value": p } } },
+                "load_balancing_weight": w })
+        })
+        .collect();
+    let mut c = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": { "cluster_name": name, "endpoints": [ { "lb_endpoints": eps } ] }
+    });
+    if let (Some(c), Some(p)) = (c.as_object_mut(), policy.as_object()) {
+        for (k, v) in p {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    c
+}
+
+fn extension(name: &str, typed: Value) -> Value {
+    json!({ "lb_policy": "LOAD_BALANCING_POLICY_CONFIG", "load_balancing_policy": { "policies": [ {
+        "typed_extension_config": { "name": name, "typed_config": typed } } ] } })
+}
+
+fn hashed(prefix: &str, cluster: &str, policy: Value) -> Value {
+    json!({ "match": { "prefix": prefix },
+            "route": { "cluster": cluster, "hash_policy": policy } })
+}
+
+fn config(admin: u16, port: u16, ports: &[u16]) -> String {
+    let user = json!([ { "header": { "header_name": "x-user" } } ]);
+    let routes = vec![
+        hashed("/ring", "ring", user.clone()),
+        hashed("/murmur", "murmur", user.clone()),
+        hashed("/ring-ext", "ring_ext", user.clone()),
+        hashed("/maglev", "maglev", user.clone()),
+        hashed("/maglev-ext", "maglev_ext", user.clone()),
+        // Several parts: each rotates what came before; the terminal one ends it when it hashed.
+        hashed(
+            "/multi",
+            "ring",
+            json!([
+                { "header": { "header_name": "x-a" } },
+                { "header": { "header_name": "x-b",
+                    "regex_rewrite": { "pattern": { "regex": "[0-9]+" }, "substitution": "num" } },
+                  "terminal": true },
+                { "query_parameter": { "name": "q" } },
+                { "header": { "header_name": ":path" } }
+            ]),
+        ),
+        hashed(
+            "/cookie",
+            "maglev",
+            json!([ { "cookie": { "name": "sticky", "ttl": "60s", "path": "/app",
+                "attributes": [ { "name": "SameSite", "value": "Strict" }, { "name": "Secure" } ] } } ]),
+        ),
+        hashed(
+            "/ip",
+            "ring",
+            json!([ { "connection_properties": { "source_ip": true } } ]),
+        ),
+    ];
+    to_yaml(&bootstrap(
+        admin,
+        vec![listener(
+            "l",
+            "127.0.0.1",
+            port,
+            hcm("h", vec![vhost("v", &["*"], routes)]),
+        )],
+        vec![
+            cluster("ring", ports, json!({ "lb_policy": "RING_HASH" })),
+            cluster(
+                "murmur",
+                ports,
+                json!({ "lb_policy": "RING_HASH", "ring_hash_lb_config": {
+                    "hash_function": "MURMUR_HASH_2", "minimum_ring_size": 64 } }),
+            ),
+            cluster(
+                "ring_ext",
+                ports,
+                extension(
+                    "envoy.load_balancing_policies.ring_hash",
+                    json!({ "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
+                        "minimum_ring_size": 100, "maximum_ring_size": 200 }),
+                ),
+            ),
+            cluster("maglev", ports, json!({ "lb_policy": "MAGLEV" })),
+            cluster(
+                "maglev_ext",
+                ports,
+                extension(
+                    "envoy.load_balancing_policies.maglev",
+                    json!({ "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+                        "table_size": 251 }),
+                ),
+            ),
+        ],
+    ))
+}
+
+struct Side {
+    kind: Kind,
+    _proxy: ProxyProcess,
+    client: Http1Client,
+}
+
+impl Side {
+    async fn send(&mut self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut req = get(path, "hash.example.com");
+        for (k, v) in headers {
+            req.headers_mut().append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                http::HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        let r = self.client.send(req).await.expect("response");
+        assert_eq!(r.status, 200, "{}: {path} {headers:?}", self.kind.name());
+        r
+    }
+
+    async fn upstream(&mut self, path: &str, headers: &[(&str, &str)]) -> String {
+        let r = self.send(path, headers).await;
+        r.header("x-upstream").unwrap_or("?").to_string()
+    }
+}
+
+/// Which upstream each proxy sent the request to: the same.
+async fn same(sides: &mut [Side; 2], path: &str, headers: &[(&str, &str)]) -> String {
+    let e = sides[0].upstream(path, headers).await;
+    let s = sides[1].upstream(path, headers).await;
+    assert_eq!(s, e, "{path} {headers:?}: skiff's upstream, Envoy's");
+    e
+}
+
+#[tokio::test]
+async fn consistent_hashing_side_by_side() {
+    run_for(Duration::from_secs(120), async {
+        let mut ups = Vec::new();
+        for i in 0..WEIGHTS.len() {
+            ups.push(EchoUpstream::with_options(EchoOptions::named(&format!("u{i}"))).await);
+        }
+        let ports: Vec<u16> = ups.iter().map(|u| u.port()).collect();
+        let mut sides = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let (admin, port) = (free_port(), free_port());
+            let proxy =
+                ProxyProcess::start(kind, &config(admin, port, &ports), &["--concurrency", "1"])
+                    .await;
+            let client = Http1Client::connect(&format!("127.0.0.1:{port}"))
+                .await
+                .expect("connect");
+            sides.push(Side {
+                kind,
+                _proxy: proxy,
+                client,
+            });
+        }
+        let mut sides: [Side; 2] = sides.try_into().map_err(|_| ()).expect("two sides");
+
+        // Each policy over 60 users: the same host for each, and more than one host in all.
+        for path in ["/ring", "/murmur", "/ring-ext", "/maglev", "/maglev-ext"] {
+            let mut seen = std::collections::BTreeSet::new();
+            for n in 0..60 {
+                let user = format!("user-{n}");
+                seen.insert(same(&mut sides, path, &[("x-user", &user)]).await);
+            }
+            assert!(seen.len() >= 3, "{path}: {seen:?}");
+            // A header sent twice hashes its values sorted: the order does not matter.
+            let a = same(&mut sides, path, &[("x-user", "b"), ("x-user", "a")]).await;
+            let b = same(&mut sides, path, &[("x-user", "a"), ("x-user", "b")]).await;
+            assert_eq!(a, b, "{path}");
+        }
+
+        // Parts combined, a regex rewrite, a terminal part, query parameters and :path.
+        for n in 0..30 {
+            let (a, b, q) = (format!("a{n}"), format!("b{}", n % 7), format!("q{n}"));
+            let with_q = format!("/multi?x=1&q={q}");
+            same(&mut sides, &with_q, &[("x-a", &a)]).await;
+            same(&mut sides, &with_q, &[("x-a", &a), ("x-b", &b)]).await;
+            same(&mut sides, &format!("/multi/{n}?q"), &[]).await;
+            same(&mut sides, &format!("/multi/{n}"), &[("x-b", &b)]).await;
+        }
+
+        // A cookie: hashed when sent (quoted or not); made and set when missing.
+        for n in 0..20 {
+            let v = format!("v{n}");
+            let plain = format!("other=1; sticky={v}");
+            let quoted = format!("sticky=\"{v}\"");
+            let a = same(&mut sides, "/cookie", &[("cookie", &plain)]).await;
+            let b = same(&mut sides, "/cookie", &[("cookie", &quoted)]).await;
+            assert_eq!(a, b);
+        }
+        let mut made = Vec::new();
+        for side in sides.iter_mut() {
+            let r = side.send("/cookie", &[]).await;
+            let cookie = r.header("set-cookie").unwrap_or_default().to_string();
+            // The value is the hash of the connection's addresses (its port differs).
+            let value = cookie
+                .strip_prefix("sticky=\"")
+                .and_then(|c| c.split_once('"'))
+                .map(|(v, _)| v.to_string())
+                .unwrap_or_default();
+            assert!(
+                value.len() == 16 && value.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{}: {cookie:?}",
+                side.kind.name()
+            );
+            made.push(cookie.replace(&value, "V"));
+            // The cookie made leads where the request went.
+            let again = side
+                .upstream("/cookie", &[("cookie", &format!("sticky={value}"))])
+                .await;
+            assert_eq!(again, r.header("x-upstream").unwrap_or("?"));
+        }
+        assert_eq!(
+            made[1], made[0],
+            "the Set-Cookie skiff made, Envoy's (value aside)"
+        );
+        assert_eq!(
+            made[0],
+            "sticky=\"V\"; Max-Age=60; Path=/app; SameSite=Strict; Secure; HttpOnly"
+        );
+
+        // The client's address: every request from here lands on one host.
+        let first = same(&mut sides, "/ip", &[]).await;
+        for _ in 0..5 {
+            assert_eq!(same(&mut sides, "/ip", &[]).await, first);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_hashing_configs_are_refused_by_both() {
+    run_for(Duration::from_secs(60), async {
+        let port = free_port();
+        let bad: [(Value, &str); 2] = [
+            (
+                json!({ "lb_policy": "RING_HASH", "ring_hash_lb_config": {
+                    "minimum_ring_size": 2048, "maximum_ring_size": 1024 } }),
+                "minimum_ring_size",
+            ),
+            (
+                json!({ "lb_policy": "MAGLEV", "maglev_lb_config": { "table_size": 100 } }),
+                "table_size",
+            ),
+        ];
+        for (policy, field) in bad {
+            let yaml = to_yaml(&bootstrap(
+                free_port(),
+                vec![],
+                vec![cluster("c", &[port], policy.clone())],
+            ));
+            let cfg = write_config("bad-hashing", &yaml);
+            for kind in [Kind::Envoy, Kind::under_test()] {
+                let out = run_cli(kind, &["--mode", "validate", "-c", cfg.path()]).await;
+                assert_ne!(out.code, Some(0), "{}: {policy} accepted", kind.name());
+                if kind != Kind::Envoy {
+                    assert!(out.output().contains(field), "{}", out.output());
+                }
+            }
+        }
+    })
+    .await;
+}
