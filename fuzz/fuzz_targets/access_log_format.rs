@@ -42,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
                 peer: Some(cert.clone()),
                 local: Some(cert),
             }),
+            peer_certificate: true,
         }));
         info.upstream_host = "127.0.0.1:9".parse().ok();
         info.upstream_connection = Some(UpstreamConnection {

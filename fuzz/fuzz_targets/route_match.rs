@@ -82,6 +82,7 @@ fuzz_target!(|data: &[u8]| {
         headers: &headers,
         runtime: &skiff::config::runtime::EMPTY,
         random: data.len() as u64,
+        peer_certificate: data.first().is_some_and(|b| b & 1 == 1),
     };
     for m in matchers() {
         let _ = m.matches(&req);

@@ -110,6 +110,7 @@ impl Proxy {
             direct_remote: Some(remote),
             requested_server_name: None,
             tls: None,
+            peer_certificate: false,
         };
         let drain = crate::drain::ConnectionDrain::new(
             self.drain.watch(),

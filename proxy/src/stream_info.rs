@@ -225,8 +225,11 @@ pub struct Connection {
     pub direct_remote: Option<SocketAddr>,
     /// The SNI tls_inspector read (`%REQUESTED_SERVER_NAME%`).
     pub requested_server_name: Option<String>,
-    /// When the connection terminates TLS.
+    /// When the connection terminates TLS (described only for what reads it: access logs, the
+    /// client certificate forwarded).
     pub tls: Option<TlsInfo>,
+    /// Whether the client presented a certificate over TLS (routes' `tls_context`).
+    pub peer_certificate: bool,
 }
 
 /// The upstream connection a stream used.

@@ -26,6 +26,7 @@ const MODES: &[(&str, &str)] = &[
     ("APPEND_FORWARD", ""),
 ];
 
+#[derive(Clone)]
 struct Pki {
     ca: PathBuf,
     server: (PathBuf, PathBuf),
@@ -126,24 +127,10 @@ static_resources:
     )
 }
 
-/// One request with curl: over TLS with or without the client certificate, with or without an
-/// incoming header; `tag` marks it for the upstream.
-fn curl(port: u16, tls: Option<(&Pki, bool)>, incoming: bool, tag: &str) {
+/// curl for `path` over TLS (with or without the client certificate) or plain text.
+fn curl_command(port: u16, tls: Option<(&Pki, bool)>, path: &str) -> Command {
     let mut cmd = Command::new("curl");
-    cmd.args([
-        "-s",
-        "-S",
-        "-o",
-        "/dev/null",
-        "-H",
-        &format!("x-tag: {tag}"),
-    ]);
-    if incoming {
-        cmd.args([
-            "-H",
-            "x-forwarded-client-cert: By=spiffe://earlier;Hash=00ff",
-        ]);
-    }
+    cmd.args(["-s", "-S"]);
     match tls {
         Some((pki, with_cert)) => {
             cmd.args([
@@ -160,18 +147,38 @@ fn curl(port: u16, tls: Option<(&Pki, bool)>, incoming: bool, tag: &str) {
                     &pki.client.1.display().to_string(),
                 ]);
             }
-            cmd.arg(format!("https://server.test:{port}/"));
+            cmd.arg(format!("https://server.test:{port}{path}"));
         }
         None => {
-            cmd.arg(format!("http://127.0.0.1:{port}/"));
+            cmd.arg(format!("http://127.0.0.1:{port}{path}"));
         }
     }
+    cmd
+}
+
+/// Runs `cmd`, which must succeed; its output.
+fn output(mut cmd: Command) -> String {
     let out = cmd.output().expect("curl");
     assert!(
         out.status.success(),
         "curl: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One request with curl: over TLS with or without the client certificate, with or without an
+/// incoming header; `tag` marks it for the upstream.
+fn curl(port: u16, tls: Option<(&Pki, bool)>, incoming: bool, tag: &str) {
+    let mut cmd = curl_command(port, tls, "/");
+    cmd.args(["-o", "/dev/null", "-H", &format!("x-tag: {tag}")]);
+    if incoming {
+        cmd.args([
+            "-H",
+            "x-forwarded-client-cert: By=spiffe://earlier;Hash=00ff",
+        ]);
+    }
+    output(cmd);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,6 +240,84 @@ async fn forwarded_client_cert_as_envoy() {
             "{:#?}",
             seen[0]
         );
+    })
+    .await;
+}
+
+/// Routes that match on the client's certificate (`tls_context`), over TLS with and without
+/// one and over plain text: the route each proxy picks.
+fn tls_match_config(admin: u16, tls: u16, plain: u16, pki: &Pki) -> String {
+    let hcm = r#"{name: hcm, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: t, route_config: {virtual_hosts: [{name: a, domains: ["*"], routes: [
+        {match: {prefix: /v, tls_context: {validated: false}}, direct_response: {status: 200, body: {inline_string: unvalidated}}},
+        {match: {prefix: /, tls_context: {presented: true, validated: true}}, direct_response: {status: 200, body: {inline_string: presented}}},
+        {match: {prefix: /, tls_context: {presented: false}}, direct_response: {status: 200, body: {inline_string: none}}},
+        {match: {prefix: /}, direct_response: {status: 200, body: {inline_string: other}}}]}]}, http_filters: [{name: r, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]}}"#;
+    format!(
+        r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - name: tls
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {tls}}}}}
+    filter_chains:
+    - filters: [{hcm}]
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]
+            validation_context: {{trusted_ca: {{filename: {ca}}}}}
+  - name: plain
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {plain}}}}}
+    filter_chains: [{{filters: [{hcm}]}}]
+"#,
+        cert = pki.server.0.display(),
+        key = pki.server.1.display(),
+        ca = pki.ca.display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_match_the_client_certificate_as_envoy() {
+    skiff_tests::require_program("curl", "apt-get install curl");
+    run_for(Duration::from_secs(60), async {
+        let dir = scratch_dir("tls-match");
+        let pki = pki(&dir);
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let (admin, tls, plain) = (free_port(), free_port(), free_port());
+            let _p =
+                ProxyProcess::start(kind, &tls_match_config(admin, tls, plain, &pki), &[]).await;
+            let got = tokio::task::spawn_blocking({
+                let pki = pki.clone();
+                move || {
+                    let mut got = Vec::new();
+                    for path in ["/", "/v"] {
+                        got.push(output(curl_command(tls, Some((&pki, true)), path)));
+                        got.push(output(curl_command(tls, Some((&pki, false)), path)));
+                        got.push(output(curl_command(plain, None, path)));
+                    }
+                    got
+                }
+            })
+            .await
+            .expect("curl");
+            seen.push(got);
+        }
+        assert_eq!(
+            seen[0],
+            [
+                "presented",
+                "none",
+                "none",
+                "presented",
+                "unvalidated",
+                "unvalidated"
+            ],
+            "envoy"
+        );
+        assert_eq!(seen[1], seen[0], "skiff");
     })
     .await;
 }

@@ -952,11 +952,30 @@ pub struct LocalRateLimit {
     pub fill_interval: Duration,
 }
 
+/// `envoy.filters.network.connection_limit`: at most `max_connections` open at once through
+/// the filter (over every worker); one more is closed, after `delay` if set. The count is the
+/// runtime's (`network::filters::connection_limit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimit {
+    /// `stat_prefix`: stats are `connection_limit.<stat_prefix>.*`.
+    pub stat_prefix: String,
+    /// `max_connections` (at least 1).
+    pub max_connections: u64,
+    /// `delay`: how long a refused connection is held before it is closed (none: at once).
+    pub delay: Option<Duration>,
+    /// `runtime_enabled`: the filter limits only while this is on (none: always).
+    pub enabled: Option<crate::runtime::RuntimeFlag>,
+    /// `runtime_enabled.default_value` without a runtime key: whether the filter limits.
+    pub on: bool,
+}
+
 /// A network filter.
 #[derive(Debug, PartialEq)]
 pub enum NetworkFilter {
     /// `envoy.filters.network.local_ratelimit` (never last).
     LocalRateLimit(Arc<LocalRateLimit>),
+    /// `envoy.filters.network.connection_limit` (never last).
+    ConnectionLimit(Arc<ConnectionLimit>),
     /// `envoy.filters.network.tcp_proxy`.
     TcpProxy(Arc<TcpProxy>),
     /// `envoy.filters.network.http_connection_manager`.

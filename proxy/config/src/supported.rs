@@ -807,7 +807,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "grpc",
             "runtime_fraction",
             "connect_matcher",
+            "tls_context",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RouteMatch.TlsContextMatchOptions",
+        &["presented", "validated"],
     ),
     ("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", &[]),
     ("envoy.config.route.v3.RouteMatch.ConnectMatcher", &[]),
@@ -1360,6 +1365,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit",
         &["stat_prefix", "token_bucket"],
+    ),
+    (
+        "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+        &["stat_prefix", "max_connections", "delay", "runtime_enabled"],
     ),
     (
         "envoy.type.v3.TokenBucket",

@@ -411,6 +411,7 @@ pub fn passes(f: &crate::config::model::LogFilter, info: &StreamInfo) -> bool {
                 headers: &info.request_headers,
                 runtime: &crate::config::runtime::EMPTY,
                 random: 0,
+                peer_certificate: false,
             };
             crate::router::header_matches(m, &view)
         }

@@ -1438,6 +1438,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         (&cfg, conn.hcm.routes.as_ref()),
         &mut parts,
         scheme,
+        conn.connection.peer_certificate,
     );
     // The decoder filters, then the router as the terminal filter.
     let chain = filter::build(

@@ -166,6 +166,7 @@ pub fn headers_match(
         headers: &head.headers,
         runtime: &crate::config::runtime::EMPTY,
         random: 0,
+        peer_certificate: false,
     };
     matchers
         .iter()

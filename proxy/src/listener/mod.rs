@@ -249,13 +249,8 @@ struct Chain {
     model: Arc<model::FilterChain>,
     /// This chain's drain: its connections watch it.
     drain: Drain,
-    /// `envoy.filters.network.local_ratelimit` filters: their configuration (which keeps the
-    /// shared bucket attached), the bucket, and its `rate_limited` counter.
-    limits: Vec<(
-        Arc<model::LocalRateLimit>,
-        Arc<crate::network::filters::local_ratelimit::TokenBucket>,
-        Counter,
-    )>,
+    /// The read filters in front of the terminal one, in order.
+    gates: Vec<Gate>,
     /// TLS termination: the chain's settings and what they serve with.
     tls: Option<(
         Arc<crate::tls::DownstreamTls>,
@@ -268,6 +263,30 @@ struct Chain {
 }
 
 type LocalCerts = Vec<(Vec<String>, Option<crate::stream_info::CertInfo>)>;
+
+/// A read filter that may close a new connection.
+enum Gate {
+    /// `envoy.filters.network.local_ratelimit`: the shared bucket and its `rate_limited`
+    /// counter.
+    RateLimit {
+        /// Keeps the bucket attached to the configuration.
+        _config: Arc<model::LocalRateLimit>,
+        bucket: Arc<crate::network::filters::local_ratelimit::TokenBucket>,
+        rate_limited: Counter,
+    },
+    /// `envoy.filters.network.connection_limit`.
+    ConnectionLimit(crate::network::filters::connection_limit::Limiter),
+}
+
+/// A new connection the read filters turned away.
+struct Refused {
+    /// What it holds of the filters' counts until it is closed.
+    held: Vec<crate::network::filters::connection_limit::Held>,
+    /// How long it is kept (not read) before it is closed.
+    delay: Option<std::time::Duration>,
+    /// Reset rather than closed (a rate limit's, as Envoy's).
+    reset: bool,
+}
 
 impl Chain {
     /// Whether the terminal filter writes access logs or forwards the client certificate
@@ -307,19 +326,42 @@ impl Chain {
         certs.get(i).and_then(|(_, info)| info.clone())
     }
 
-    /// Runs the filters in front of the terminal one on a new connection; false: close it.
-    fn admit(&self) -> bool {
-        if self.limits.is_empty() {
-            return true;
-        }
-        let now = std::time::Instant::now();
-        for (_, bucket, rate_limited) in &self.limits {
-            if !bucket.try_take(now) {
-                rate_limited.inc();
-                return false;
+    /// Runs the filters in front of the terminal one on a new connection, in order: what it
+    /// holds of their counts while it lasts, or why it is closed.
+    fn admit(&self) -> Result<Vec<crate::network::filters::connection_limit::Held>, Refused> {
+        use crate::network::filters::connection_limit::Verdict;
+        let mut held = Vec::new();
+        for gate in &self.gates {
+            match gate {
+                Gate::RateLimit {
+                    bucket,
+                    rate_limited,
+                    ..
+                } => {
+                    if !bucket.try_take(std::time::Instant::now()) {
+                        rate_limited.inc();
+                        return Err(Refused {
+                            held,
+                            delay: None,
+                            reset: true,
+                        });
+                    }
+                }
+                Gate::ConnectionLimit(limiter) => match limiter.admit() {
+                    Verdict::Off => {}
+                    Verdict::Admitted(h) => held.push(h),
+                    Verdict::Refused(h, delay) => {
+                        held.push(h);
+                        return Err(Refused {
+                            held,
+                            delay,
+                            reset: false,
+                        });
+                    }
+                },
             }
         }
-        true
+        Ok(held)
     }
 }
 
@@ -332,7 +374,7 @@ fn chain(
         Some(Rc::new(Chain {
             model: fc.clone(),
             drain: Drain::new(),
-            limits: Vec::new(),
+            gates: Vec::new(),
             tls: None,
             terminal: Terminal::Empty,
             local_certs: Default::default(),
@@ -353,13 +395,17 @@ fn chain(
     let Some((last, front)) = fc.filters.split_last() else {
         return empty();
     };
-    let limits = front
+    let gates = front
         .iter()
         .filter_map(|f| match f {
-            NetworkFilter::LocalRateLimit(l) => Some((
-                l.clone(),
-                crate::network::filters::local_ratelimit::bucket(l),
-                shard.counter(&format!("local_rate_limit.{}.rate_limited", l.stat_prefix)),
+            NetworkFilter::LocalRateLimit(l) => Some(Gate::RateLimit {
+                _config: l.clone(),
+                bucket: crate::network::filters::local_ratelimit::bucket(l),
+                rate_limited: shard
+                    .counter(&format!("local_rate_limit.{}.rate_limited", l.stat_prefix)),
+            }),
+            NetworkFilter::ConnectionLimit(c) => Some(Gate::ConnectionLimit(
+                crate::network::filters::connection_limit::Limiter::new(c, shard),
             )),
             _ => None,
         })
@@ -374,12 +420,12 @@ fn chain(
                 Rc::new(TcpProxyStats::new(shard, &t.stat_prefix)),
             ),
             // Translation keeps read filters out of the last place.
-            NetworkFilter::LocalRateLimit(_) => return None,
+            NetworkFilter::LocalRateLimit(_) | NetworkFilter::ConnectionLimit(_) => return None,
         };
         Some(Rc::new(Chain {
             model: fc.clone(),
             drain: Drain::new(),
-            limits,
+            gates,
             tls,
             terminal,
             local_certs: Default::default(),
@@ -711,25 +757,37 @@ impl Shared {
         (remote, local, direct_remote): (SocketAddr, SocketAddr, SocketAddr),
         server_name: Option<Box<str>>,
     ) {
-        if !chain.admit() {
-            // Envoy resets a rate-limited connection rather than closing it, and its terminal
-            // filter has already counted the connection.
-            let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
-            match &chain.terminal {
-                Terminal::Http(hcm) => {
-                    hcm.stats.downstream_cx_total.inc();
-                    hcm.stats.downstream_cx_destroy.inc();
+        let _held = match chain.admit() {
+            Ok(held) => held,
+            Err(refused) => {
+                // Envoy resets a rate-limited connection rather than closing it, and its
+                // terminal filter has already counted the connection.
+                if refused.reset {
+                    let _ =
+                        socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
                 }
-                Terminal::Tcp(_, stats) => stats.downstream_cx_total.inc(),
-                Terminal::Empty => {}
+                match &chain.terminal {
+                    Terminal::Http(hcm) => {
+                        hcm.stats.downstream_cx_total.inc();
+                        hcm.stats.downstream_cx_destroy.inc();
+                    }
+                    Terminal::Tcp(_, stats) => stats.downstream_cx_total.inc(),
+                    Terminal::Empty => {}
+                }
+                // A connection limit may hold the connection (unread) a while first.
+                if let Some(delay) = refused.delay {
+                    tokio::time::sleep(delay).await;
+                }
+                drop(refused.held);
+                return;
             }
-            return;
-        }
+        };
         let mut connection = Connection {
             id: next_connection_id(),
             direct_remote: Some(direct_remote),
             requested_server_name: server_name.map(String::from),
             tls: None,
+            peer_certificate: false,
         };
         let stream = match &chain.tls {
             None => Stream::Tcp(stream),
@@ -741,6 +799,7 @@ impl Shared {
                         if let Some(st) = &self.tls_stats {
                             st.completed(conn);
                         }
+                        connection.peer_certificate = conn.peer_certificates().is_some();
                         if chain.logs() {
                             let local = chain.local_cert(&config, conn.server_name());
                             connection.tls = Some(crate::tls::info::connection_info(conn, local));

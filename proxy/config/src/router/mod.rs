@@ -34,6 +34,9 @@ pub struct RequestView<'a> {
     /// The stream's random value (Envoy's stream id), which `runtime_fraction` and weighted
     /// clusters read.
     pub random: u64,
+    /// Whether the client presented a certificate over TLS (skiff asks for one only with a
+    /// trusted CA to check it against, so a presented certificate is also a validated one).
+    pub peer_certificate: bool,
 }
 
 impl<'a> RequestView<'a> {
@@ -47,6 +50,7 @@ impl<'a> RequestView<'a> {
             headers,
             runtime: &crate::runtime::EMPTY,
             random: 0,
+            peer_certificate: false,
         }
     }
 }
@@ -77,6 +81,23 @@ pub struct RouteMatch {
     query: Vec<QueryMatch>,
     grpc: bool,
     runtime_fraction: Option<crate::runtime::RuntimeFraction>,
+    tls: Option<TlsMatch>,
+}
+
+/// `tls_context`: what the client's TLS must show (unset: either).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TlsMatch {
+    /// `presented`: whether it presented a certificate.
+    pub presented: Option<bool>,
+    /// `validated`: whether its certificate was validated.
+    pub validated: Option<bool>,
+}
+
+impl TlsMatch {
+    fn matches(&self, peer_certificate: bool) -> bool {
+        self.presented.is_none_or(|p| p == peer_certificate)
+            && self.validated.is_none_or(|v| v == peer_certificate)
+    }
 }
 
 impl RouteMatch {
@@ -101,7 +122,14 @@ impl RouteMatch {
             query: Vec::new(),
             grpc: false,
             runtime_fraction: None,
+            tls: None,
         }
+    }
+
+    /// With `tls_context`.
+    pub fn with_tls(mut self, tls: Option<TlsMatch>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// With `runtime_fraction`: only that share of requests match.
@@ -151,6 +179,7 @@ impl RouteMatch {
                 .as_ref()
                 .is_none_or(|f| f.enabled(req.runtime, req.random))
             && (!self.grpc || is_grpc(req.headers))
+            && self.tls.is_none_or(|t| t.matches(req.peer_certificate))
             && self.headers.iter().all(|h| header_matches(h, req))
             && (self.query.is_empty() || query_matches(&self.query, path))
     }

@@ -185,7 +185,7 @@ fn direction(
 
 /// A `RuntimeFeatureFlag`: whether the direction may ever be on (its default, or any value
 /// of a runtime key), and the flag to read per stream when a key names it.
-fn enabled(
+pub(super) fn enabled(
     flag: Option<&core::RuntimeFeatureFlag>,
     default: bool,
 ) -> (bool, Option<crate::runtime::RuntimeFlag>) {

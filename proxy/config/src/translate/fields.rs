@@ -531,13 +531,12 @@ pub(super) fn route_match(m: &route_pb::RouteMatch, path: &str) -> Result<(), Co
         query_parameters: _,
         cookies,
         grpc: _,
-        tls_context,
+        tls_context: _,
         dynamic_metadata,
         filter_state,
         path_specifier,
     } = m;
     refuse(path, "cookies", cookies)?;
-    refuse(path, "tls_context", tls_context)?;
     refuse(path, "dynamic_metadata", dynamic_metadata)?;
     refuse(path, "filter_state", filter_state)?;
     if let Some(route_pb::route_match::PathSpecifier::PathMatchPolicy(_)) = path_specifier {

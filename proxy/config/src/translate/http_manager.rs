@@ -1010,6 +1010,10 @@ fn translate_route(
         matcher: RouteMatch::new(path_match, case_sensitive, headers)
             .with_query(query)
             .with_grpc(m.grpc.is_some())
+            .with_tls(m.tls_context.as_ref().map(|t| crate::router::TlsMatch {
+                presented: t.presented.as_ref().map(|v| v.value),
+                validated: t.validated.as_ref().map(|v| v.value),
+            }))
             .with_runtime_fraction(
                 m.runtime_fraction
                     .as_ref()

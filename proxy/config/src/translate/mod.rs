@@ -10,6 +10,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3 as connection_limit;
 use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3 as local_ratelimit;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
@@ -92,6 +93,8 @@ pub(super) const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
 const HCM_TYPE: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY_TYPE: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const CONNECTION_LIMIT_TYPE: &str =
+    "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
 const LOCAL_RATELIMIT_TYPE: &str =
     "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit";
 pub(super) const HTTP_PROTOCOL_OPTIONS: &str =
@@ -1110,6 +1113,9 @@ fn translate_chain(
             LOCAL_RATELIMIT_TYPE => NetworkFilter::LocalRateLimit(Arc::new(
                 translate_local_ratelimit(&unpack(any, &tpath)?, &tpath)?,
             )),
+            CONNECTION_LIMIT_TYPE => NetworkFilter::ConnectionLimit(Arc::new(
+                translate_connection_limit(&unpack(any, &tpath)?, &tpath)?,
+            )),
             // Istio's metadata exchange and stats: no effect in skiff (docs/compatibility.md).
             crate::istio::METADATA_EXCHANGE => {
                 istio::metadata_exchange(&unpack(any, &tpath)?, &tpath)?;
@@ -1127,7 +1133,10 @@ fn translate_chain(
             }
         };
         let last = i + 1 == fc.filters.len();
-        let terminal = !matches!(filter, NetworkFilter::LocalRateLimit(_));
+        let terminal = !matches!(
+            filter,
+            NetworkFilter::LocalRateLimit(_) | NetworkFilter::ConnectionLimit(_)
+        );
         if terminal && !last {
             return Err(ConfigError::new(
                 fpath,
@@ -1157,6 +1166,50 @@ fn translate_chain(
         name: fc.name.clone(),
         filters,
         tls,
+    })
+}
+
+fn translate_connection_limit(
+    c: &connection_limit::ConnectionLimit,
+    path: &str,
+) -> Result<ConnectionLimit, ConfigError> {
+    if c.stat_prefix.is_empty() {
+        return Err(ConfigError::new(format!("{path}.stat_prefix"), "required"));
+    }
+    let max_connections = match &c.max_connections {
+        Some(v) if v.value >= 1 => v.value,
+        Some(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.max_connections"),
+                "value must be greater than or equal to 1",
+            ))
+        }
+        None => {
+            return Err(ConfigError::new(
+                format!("{path}.max_connections"),
+                "required",
+            ))
+        }
+    };
+    let delay = c
+        .delay
+        .as_ref()
+        .map(|d| duration(d, &format!("{path}.delay")))
+        .transpose()?
+        .filter(|d| d.as_millis() > 0);
+    let (on, enabled) = match &c.runtime_enabled {
+        None => (true, None),
+        Some(f) => (
+            f.default_value.as_ref().is_none_or(|v| v.value),
+            compressor::enabled(Some(f), true).1,
+        ),
+    };
+    Ok(ConnectionLimit {
+        stat_prefix: c.stat_prefix.clone(),
+        max_connections,
+        delay,
+        enabled,
+        on,
     })
 }
 

@@ -372,23 +372,11 @@ fn hash_policy(
                 &hd.header_name,
                 &format!("{hpath}.header_name"),
             )?;
-            let rewrite = match &hd.regex_rewrite {
-                None => None,
-                Some(r) => {
-                    let rpath = format!("{hpath}.regex_rewrite");
-                    let pattern = r
-                        .pattern
-                        .as_ref()
-                        .ok_or_else(|| ConfigError::new(format!("{rpath}.pattern"), "required"))?;
-                    let re = crate::pattern::Regex::new(&pattern.regex).map_err(|e| {
-                        ConfigError::new(
-                            format!("{rpath}.pattern.regex"),
-                            format!("invalid regex: {e}"),
-                        )
-                    })?;
-                    Some((re, substitution(&r.substitution)))
-                }
-            };
+            let rewrite = hd
+                .regex_rewrite
+                .as_ref()
+                .map(|r| regex_substitution(r, &format!("{hpath}.regex_rewrite")))
+                .transpose()?;
             HashKind::Header { name, rewrite }
         }
         Some(P::Cookie(c)) => {
@@ -474,22 +462,29 @@ fn path_rewrite(
     match regex_rewrite {
         None => Ok(None),
         Some(r) => {
-            let rpath = format!("{path}.regex_rewrite");
-            let pattern = r
-                .pattern
-                .as_ref()
-                .ok_or_else(|| ConfigError::new(format!("{rpath}.pattern"), "required"))?;
-            let pattern = &pattern.regex;
             // Unanchored: every match in the path is replaced (RE2's GlobalReplace).
-            let re = crate::pattern::Regex::new(pattern).map_err(|e| {
-                ConfigError::new(
-                    format!("{rpath}.pattern.regex"),
-                    format!("invalid regex: {e}"),
-                )
-            })?;
-            Ok(Some(PathRewrite::Regex(re, substitution(&r.substitution))))
+            let (re, sub) = regex_substitution(r, &format!("{path}.regex_rewrite"))?;
+            Ok(Some(PathRewrite::Regex(re, sub)))
         }
     }
+}
+
+/// A `RegexMatchAndSubstitute`: its pattern compiled, its substitution in Rust's syntax.
+fn regex_substitution(
+    r: &matcher::RegexMatchAndSubstitute,
+    path: &str,
+) -> Result<(crate::pattern::Regex, String), ConfigError> {
+    let pattern = r
+        .pattern
+        .as_ref()
+        .ok_or_else(|| ConfigError::new(format!("{path}.pattern"), "required"))?;
+    let re = crate::pattern::Regex::new(&pattern.regex).map_err(|e| {
+        ConfigError::new(
+            format!("{path}.pattern.regex"),
+            format!("invalid regex: {e}"),
+        )
+    })?;
+    Ok((re, substitution(&r.substitution)))
 }
 
 /// An RE2 rewrite string (`\1` for a group, `\\` for a backslash) in Rust's syntax.

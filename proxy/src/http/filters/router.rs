@@ -239,6 +239,7 @@ pub fn select(
     ),
     parts: &mut http::request::Parts,
     scheme: &str,
+    peer_certificate: bool,
 ) -> Selection {
     // Each stream reads the route table in force when it starts (RDS updates reach
     // long-lived connections on their next stream).
@@ -280,6 +281,7 @@ pub fn select(
         headers: &parts.headers,
         runtime: &out.runtime,
         random,
+        peer_certificate,
     };
     if let Some(vi) = t.virtual_host_index(host_header) {
         let vh = &t.virtual_hosts[vi];
