@@ -78,6 +78,7 @@ impl Proxy {
                 flush_interval: std::time::Duration::from_secs(1),
                 health_failed: Arc::new(AtomicBool::new(false)),
                 drain_strategy: crate::drain::DrainStrategy::default(),
+                local_zone: None,
             },
         );
         let infos: HashMap<String, Arc<ClusterInfo>> = loaded

@@ -268,6 +268,18 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
             health_failed: health_failed.clone(),
             drain_strategy: opts.drain_strategy,
             flush_interval: Duration::from_millis(opts.file_flush_interval_msec.max(1)),
+            local_zone: loaded.model.local_cluster.clone().map(|cluster| {
+                crate::upstream::LocalZone {
+                    cluster,
+                    mine: loaded.model.node.proto.locality.as_ref().map(|l| {
+                        crate::config::model::Locality {
+                            region: l.region.clone(),
+                            zone: l.zone.clone(),
+                            sub_zone: l.sub_zone.clone(),
+                        }
+                    }),
+                }
+            }),
         };
         let mut handles = Vec::new();
         let mut senders = Vec::new();

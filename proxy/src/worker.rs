@@ -74,6 +74,8 @@ pub struct Shared {
     pub health_failed: Arc<AtomicBool>,
     /// `--drain-strategy`.
     pub drain_strategy: crate::drain::DrainStrategy,
+    /// The bootstrap's local cluster and the node's locality (zone-aware routing).
+    pub local_zone: Option<crate::upstream::LocalZone>,
 }
 
 /// A listener running on this worker.
@@ -121,7 +123,7 @@ impl Worker {
     pub(crate) fn new(id: usize, shard: Arc<Shard>, shared: &Shared) -> Rc<Self> {
         Rc::new(Worker {
             id,
-            clusters: ClusterManager::default(),
+            clusters: ClusterManager::new(shared.local_zone.clone()),
             shard,
             access_log: access_log::Writer::new(),
             routes: RefCell::new(HashMap::new()),

@@ -31,6 +31,9 @@ pub struct Bootstrap {
     pub xds_targets: std::collections::BTreeMap<String, GrpcTarget>,
     /// `layered_runtime.layers`.
     pub runtime: Vec<crate::runtime::Layer>,
+    /// `cluster_manager.local_cluster_name`: the cluster of this proxy's peers, whose
+    /// localities zone-aware routing compares with each cluster's.
+    pub local_cluster: Option<String>,
 }
 
 /// `stats_config`: which stats exist and how the Prometheus output tags them.
@@ -1897,12 +1900,56 @@ pub struct Host {
     pub locality: u32,
     /// That locality's `load_balancing_weight` (used with `locality_weighted_lb_config`).
     pub locality_weight: Option<u32>,
+    /// That locality's `region`, `zone` and `sub_zone` (zone-aware routing compares them).
+    pub place: Arc<Locality>,
     /// The `envoy.transport_socket_match` metadata of the endpoint, then of its locality,
     /// which the cluster's `transport_socket_matches` compare.
     pub socket_match: SocketMatchLabels,
     /// The endpoint's `envoy.lb` metadata `hash_key`: what RING_HASH and MAGLEV hash for it
     /// instead of its address.
     pub hash_key: Option<Arc<str>>,
+}
+
+/// A locality's `region`, `zone` and `sub_zone`, ordered as Envoy orders localities.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Locality {
+    /// `region`.
+    pub region: String,
+    /// `zone`.
+    pub zone: String,
+    /// `sub_zone`.
+    pub sub_zone: String,
+}
+
+/// `zone_aware_lb_config`: how a cluster routes to its hosts in this proxy's locality when
+/// the bootstrap names a local cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZoneAware {
+    /// `routing_enabled`: the percentage of picks that consider localities (default 100).
+    pub routing_enabled: u64,
+    /// `min_cluster_size`: fewer healthy hosts than this and localities are not considered
+    /// (default 6).
+    pub min_cluster_size: u64,
+    /// `fail_traffic_on_panic`: no host at all while the cluster (or the local one) is in panic.
+    pub fail_traffic_on_panic: bool,
+    /// `force_local_zone.min_size` (1 for `force_locality_direct_routing`): with at least
+    /// this many healthy hosts in this proxy's locality, every pick goes there.
+    pub force_local_zone: Option<u64>,
+    /// `locality_basis: HEALTHY_HOSTS_WEIGHT`: localities compared by the weights of their
+    /// healthy hosts, not their number.
+    pub by_weight: bool,
+}
+
+impl Default for ZoneAware {
+    fn default() -> Self {
+        ZoneAware {
+            routing_enabled: 100,
+            min_cluster_size: 6,
+            fail_traffic_on_panic: false,
+            force_local_zone: None,
+            by_weight: false,
+        }
+    }
 }
 
 /// The `envoy.transport_socket_match` filter metadata of an endpoint and of its locality
@@ -2019,6 +2066,8 @@ pub struct DnsTarget {
     pub locality: u32,
     /// That locality's `load_balancing_weight`.
     pub locality_weight: Option<u32>,
+    /// That locality's `region`, `zone` and `sub_zone`.
+    pub place: Arc<Locality>,
     /// The endpoint's and its locality's `envoy.transport_socket_match` metadata.
     pub socket_match: SocketMatchLabels,
     /// The endpoint's `envoy.lb` `hash_key`.
@@ -2181,6 +2230,9 @@ pub struct Cluster {
     /// `locality_weighted_lb_config`: a locality is picked first, by its weight times its
     /// share of healthy hosts, then a host in it.
     pub locality_weighted: bool,
+    /// `zone_aware_lb_config` (Envoy's defaults when absent): used when the bootstrap names a
+    /// local cluster.
+    pub zone_aware: ZoneAware,
     /// `common_lb_config.healthy_panic_threshold` in percent (default 50; 0 disables): below
     /// it, the share of healthy hosts no longer limits traffic to them.
     pub panic_threshold: f64,

@@ -139,6 +139,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.config.bootstrap.v3.ClusterManager",
         &[
+            "local_cluster_name",
             "outlier_detection",
             "enable_deferred_cluster_creation",
             "load_stats_config",
@@ -1248,8 +1249,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.cluster.v3.Cluster.CommonLbConfig.ConsistentHashingLbConfig",
         &[],
     ),
-    // Zone-aware routing has no effect without the bootstrap's cluster_manager.local_cluster_name,
-    // which skiff refuses (docs/compatibility.md).
+    // Zone-aware routing takes effect with the bootstrap's cluster_manager.local_cluster_name.
     (
         "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig",
         &["zone_aware_lb_config", "locality_weighted_lb_config"],

@@ -317,6 +317,7 @@ impl DnsClusters {
                         weight: spec.weight,
                         locality: spec.locality,
                         locality_weight: spec.locality_weight,
+                        place: spec.place.clone(),
                         socket_match: spec.socket_match.clone(),
                         hash_key: spec.hash_key.clone(),
                     });

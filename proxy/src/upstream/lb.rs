@@ -5,10 +5,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use super::hashing;
-use crate::config::model::LbPolicy;
+use crate::config::model::{LbPolicy, Locality, ZoneAware};
+use crate::stats::Counter;
 
 /// Envoy's default overprovisioning factor (1.4), in percent.
 const OVERPROVISIONING: u64 = 140;
@@ -113,6 +114,278 @@ pub trait Candidate {
     fn hash_key(&self) -> String {
         String::new()
     }
+    /// Its locality's region, zone and sub-zone.
+    fn place(&self) -> &Locality {
+        &NOWHERE
+    }
+}
+
+/// The locality of a host that has none.
+static NOWHERE: Locality = Locality {
+    region: String::new(),
+    zone: String::new(),
+    sub_zone: String::new(),
+};
+
+/// What zone-aware routing knows of the local cluster (this proxy's peers): Envoy's view of
+/// its priority 0, against this proxy's own locality.
+#[derive(Debug, Default)]
+pub struct LocalView {
+    /// The node's locality (`node.locality`, `--service-zone`), if it has one.
+    mine: Option<Locality>,
+    /// How many localities its hosts are in.
+    localities: usize,
+    /// Whether some host is in this proxy's locality.
+    has_mine: bool,
+    /// Per locality: its healthy hosts' number and weight.
+    healthy: BTreeMap<Locality, (u64, u64)>,
+    /// Over all localities.
+    total: (u64, u64),
+    /// The share of its (non-excluded) hosts that are healthy or degraded, in percent.
+    share: f64,
+}
+
+impl LocalView {
+    /// The view of the local cluster's `hosts` from a proxy in `mine`.
+    pub fn new<H: Candidate>(mine: Option<Locality>, hosts: &[H]) -> Self {
+        let p0: Vec<&H> = hosts.iter().filter(|h| h.priority() == 0).collect();
+        let mut places: Vec<&Locality> = p0.iter().map(|h| h.place()).collect();
+        places.sort_unstable();
+        places.dedup();
+        let has_mine = mine.as_ref().is_some_and(|m| places.contains(&m));
+        let mut healthy: BTreeMap<Locality, (u64, u64)> = BTreeMap::new();
+        let mut total = (0, 0);
+        for h in p0.iter().filter(|h| usable(**h)) {
+            let e = healthy.entry(h.place().clone()).or_default();
+            e.0 += 1;
+            e.1 += u64::from(h.weight());
+            total.0 += 1;
+            total.1 += u64::from(h.weight());
+        }
+        let eligible = p0.iter().filter(|h| !h.excluded()).count();
+        let up = p0.iter().filter(|h| !h.excluded() && h.healthy()).count();
+        let share = if eligible == 0 {
+            0.0
+        } else {
+            100.0 * up as f64 / eligible as f64
+        };
+        LocalView {
+            localities: places.len(),
+            mine,
+            has_mine,
+            healthy,
+            total,
+            share,
+        }
+    }
+}
+
+/// Healthy and neither degraded nor excluded.
+fn usable<H: Candidate>(h: &H) -> bool {
+    h.healthy() && !h.degraded() && !h.excluded()
+}
+
+/// `cluster.<name>.lb_zone_*`, `lb_local_cluster_not_ok` and
+/// `lb_recalculate_zone_structures`.
+#[derive(Debug, Clone, Default)]
+pub struct ZoneCounters {
+    /// `lb_zone_routing_all_directly`.
+    pub all_directly: Counter,
+    /// `lb_zone_routing_sampled`.
+    pub sampled: Counter,
+    /// `lb_zone_routing_cross_zone`.
+    pub cross_zone: Counter,
+    /// `lb_zone_no_capacity_left`.
+    pub no_capacity_left: Counter,
+    /// `lb_local_cluster_not_ok`.
+    pub local_cluster_not_ok: Counter,
+    /// `lb_zone_cluster_too_small`.
+    pub cluster_too_small: Counter,
+    /// `lb_recalculate_zone_structures`.
+    pub recalculate: Counter,
+}
+
+/// Zone-aware routing for one cluster: the local cluster's view, the cluster's settings and
+/// its counters.
+#[derive(Debug)]
+pub struct Zone<'a> {
+    /// The local cluster.
+    pub view: &'a LocalView,
+    /// `zone_aware_lb_config`.
+    pub config: ZoneAware,
+    /// Where its decisions are counted.
+    pub counters: ZoneCounters,
+}
+
+/// Envoy's locality routing state of priority 0.
+#[derive(Debug)]
+struct ZoneRouting {
+    /// Every pick to this proxy's locality (LocalityDirect).
+    direct: bool,
+    /// LocalityResidual: of 10000 picks, how many stay in this proxy's locality.
+    local_percent: u64,
+    /// LocalityResidual: the other localities' spare capacity, accumulated.
+    residual: Vec<u64>,
+    /// A balancer per locality (this proxy's first, if the cluster has hosts there).
+    groups: Vec<Balancer>,
+    routing_enabled: u64,
+    /// The local cluster is in panic: no zone routing (or no host, with
+    /// `fail_traffic_on_panic`).
+    local_panic: bool,
+    fail_on_panic: bool,
+    counters: ZoneCounters,
+}
+
+impl ZoneRouting {
+    /// Envoy's `regenerateLocalityRoutingStructures` over the priority-0 hosts `all`, with
+    /// `members` (the healthy or the degraded ones) grouped by locality; `None` where Envoy
+    /// routes without localities.
+    fn build<H: Candidate>(
+        zone: &Zone<'_>,
+        policy: &LbPolicy,
+        panic_threshold: f64,
+        hosts: &[H],
+        all: &[usize],
+        members: &[usize],
+    ) -> Option<Self> {
+        let c = &zone.counters;
+        c.recalculate.inc();
+        let view = zone.view;
+        let mut places: Vec<&Locality> = all.iter().map(|&i| hosts[i].place()).collect();
+        places.sort_unstable();
+        places.dedup();
+        let mine = view.mine.as_ref();
+        if let Some(m) = mine.and_then(|m| places.iter().position(|p| *p == m)) {
+            let m = places.remove(m);
+            places.insert(0, m);
+        }
+        let has_local = mine.is_some_and(|m| places.first() == Some(&m));
+        if places.len() < 2 {
+            return None;
+        }
+        let config = zone.config;
+        if view.localities < 2 && config.force_local_zone.is_none() {
+            return None;
+        }
+        if !view.has_mine {
+            c.local_cluster_not_ok.inc();
+            return None;
+        }
+        let healthy: Vec<usize> = all.iter().copied().filter(|&i| usable(&hosts[i])).collect();
+        if (healthy.len() as u64) < config.min_cluster_size {
+            c.cluster_too_small.inc();
+            return None;
+        }
+        let measure = |i: usize| {
+            if config.by_weight {
+                u64::from(hosts[i].weight())
+            } else {
+                1
+            }
+        };
+        let upstream: Vec<u64> = places
+            .iter()
+            .map(|p| {
+                healthy
+                    .iter()
+                    .filter(|&&i| hosts[i].place() == *p)
+                    .map(|&i| measure(i))
+                    .sum()
+            })
+            .collect();
+        let upstream_total: u64 = upstream.iter().sum();
+        let local_total = if config.by_weight {
+            view.total.1
+        } else {
+            view.total.0
+        };
+        // Envoy's percentages, in 1/10000.
+        let percentages: Vec<(u64, u64)> = places
+            .iter()
+            .zip(&upstream)
+            .map(|(p, &u)| {
+                if u == 0 {
+                    return (0, 0);
+                }
+                let l =
+                    view.healthy
+                        .get(*p)
+                        .map_or(0, |&(n, w)| if config.by_weight { w } else { n });
+                let local = (10000 * l).checked_div(local_total).unwrap_or(0);
+                let up = (10000 * u).checked_div(upstream_total).unwrap_or(0);
+                (local, up)
+            })
+            .collect();
+        let groups = places
+            .iter()
+            .map(|p| {
+                let of: Vec<usize> = members
+                    .iter()
+                    .copied()
+                    .filter(|&i| hosts[i].place() == *p)
+                    .collect();
+                Balancer::over(policy.clone(), of, hosts)
+            })
+            .collect();
+        let healthy_here = healthy
+            .iter()
+            .filter(|&&i| has_local && Some(hosts[i].place()) == mine)
+            .count() as u64;
+        let (local_pct, up_pct) = percentages[0];
+        let direct = has_local
+            && ((up_pct > 0 && up_pct >= local_pct)
+                || config
+                    .force_local_zone
+                    .is_some_and(|min| healthy_here >= min));
+        let local_percent = if has_local && local_pct > 0 {
+            up_pct * 10000 / local_pct
+        } else {
+            0
+        };
+        let mut residual = Vec::with_capacity(places.len());
+        let mut sum = 0;
+        for (i, &(local, up)) in percentages.iter().enumerate() {
+            if !(i == 0 && has_local) && up > local {
+                sum += up - local;
+            }
+            residual.push(sum);
+        }
+        Some(ZoneRouting {
+            direct,
+            local_percent,
+            residual,
+            groups,
+            routing_enabled: config.routing_enabled,
+            local_panic: view.share < panic_threshold,
+            fail_on_panic: config.fail_traffic_on_panic,
+            counters: c.clone(),
+        })
+    }
+
+    /// Envoy's `tryChooseLocalLocalityHosts`: the index of the locality for this pick.
+    fn locality(&self) -> usize {
+        let c = &self.counters;
+        if self.direct {
+            c.all_directly.inc();
+            return 0;
+        }
+        if fastrand::u64(..10000) < self.local_percent {
+            c.sampled.inc();
+            return 0;
+        }
+        c.cross_zone.inc();
+        let n = self.groups.len();
+        let last = self.residual.last().copied().unwrap_or(0);
+        if last == 0 {
+            c.no_capacity_left.inc();
+            return fastrand::usize(..n.max(1));
+        }
+        let threshold = fastrand::u64(..last);
+        self.residual
+            .iter()
+            .position(|&r| threshold < r)
+            .unwrap_or(n - 1)
+    }
 }
 
 /// A hashing policy's table over a balancer's candidates.
@@ -158,6 +431,10 @@ pub struct Balancer {
     levels: Vec<Level>,
     /// RING_HASH and MAGLEV: the table over the candidates.
     table: Option<Table>,
+    /// Zone-aware routing (priority 0 with a local cluster).
+    zones: Option<ZoneRouting>,
+    /// `fail_traffic_on_panic`: no host while in panic.
+    fail_on_panic: bool,
 }
 
 /// Per priority: (hosts of it, eligible count, healthy ones, degraded ones).
@@ -172,6 +449,33 @@ impl Balancer {
         hosts: &[H],
         locality_weighted: bool,
     ) -> Self {
+        Self::new_zoned(
+            policy,
+            panic_threshold,
+            hosts,
+            locality_weighted,
+            false,
+            None,
+        )
+    }
+
+    /// [`Balancer::new`], with zone-aware routing when the bootstrap names a local cluster,
+    /// and with `fail_traffic_on_panic` no host while in panic (round robin, least request and
+    /// random only, as Envoy's).
+    pub fn new_zoned<H: Candidate>(
+        policy: LbPolicy,
+        panic_threshold: f64,
+        hosts: &[H],
+        locality_weighted: bool,
+        fail_on_panic: bool,
+        zone: Option<&Zone<'_>>,
+    ) -> Self {
+        let zoned_policy = matches!(
+            policy,
+            LbPolicy::RoundRobin | LbPolicy::LeastRequest { .. } | LbPolicy::Random
+        );
+        let zone = zone.filter(|_| zoned_policy);
+        let fail_on_panic = fail_on_panic && zoned_policy;
         let mut priorities: Vec<u32> = hosts.iter().map(Candidate::priority).collect();
         priorities.sort_unstable();
         priorities.dedup();
@@ -182,6 +486,7 @@ impl Balancer {
                 hosts,
                 locality_weighted,
                 &priorities,
+                (fail_on_panic, zone),
             );
         }
         let total = hosts.len();
@@ -227,12 +532,17 @@ impl Balancer {
                 h + rest
             }
         };
+        // Priority 0 only, as Envoy (a single level of another priority has none).
+        let all: Vec<usize> = (0..total).filter(|&i| hosts[i].priority() == 0).collect();
+        let zoned = |members: &[usize]| {
+            zone.and_then(|z| ZoneRouting::build(z, &policy, panic_threshold, hosts, &all, members))
+        };
         let degraded_part = (!panic && !degraded.is_empty() && healthy_load < 100).then(|| {
-            (
-                healthy_load,
-                Box::new(Self::over(policy.clone(), degraded, hosts)),
-            )
+            let mut d = Self::over(policy.clone(), degraded.clone(), hosts);
+            d.zones = zoned(&degraded);
+            (healthy_load, Box::new(d))
         });
+        let zones = zoned(&healthy);
         let candidates = if panic { (0..total).collect() } else { healthy };
         let localities = (locality_weighted && !panic)
             .then(|| Self::localities(&policy, hosts, &candidates))
@@ -241,6 +551,8 @@ impl Balancer {
         b.panic = panic;
         b.localities = localities;
         b.degraded = degraded_part;
+        b.zones = zones;
+        b.fail_on_panic = fail_on_panic;
         b
     }
 
@@ -348,6 +660,8 @@ impl Balancer {
             localities: None,
             degraded: None,
             levels: Vec::new(),
+            zones: None,
+            fail_on_panic: false,
         }
     }
 
@@ -363,6 +677,7 @@ impl Balancer {
         hosts: &[H],
         locality_weighted: bool,
         priorities: &[u32],
+        (fail_on_panic, zone): (bool, Option<&Zone<'_>>),
     ) -> Self {
         let split: Vec<Split> = priorities
             .iter()
@@ -451,6 +766,16 @@ impl Balancer {
             .zip(panic)
             .enumerate()
             .map(|(i, ((all, _, healthy, degraded), panic))| {
+                // Envoy routes by locality at priority 0 only.
+                let zone = zone.filter(|_| priorities[i] == 0);
+                let zoned = |members: &[usize]| {
+                    zone.and_then(|z| {
+                        ZoneRouting::build(z, &policy, panic_threshold, hosts, &all, members)
+                    })
+                };
+                let zones = zoned(&healthy);
+                let mut d = Self::over(policy.clone(), degraded.clone(), hosts);
+                d.zones = zoned(&degraded);
                 let candidates = if panic { all } else { healthy };
                 let localities = (locality_weighted && !panic)
                     .then(|| Self::localities(&policy, hosts, &candidates))
@@ -458,11 +783,13 @@ impl Balancer {
                 let mut h = Self::over(policy.clone(), candidates, hosts);
                 h.panic = panic;
                 h.localities = localities;
+                h.zones = zones;
+                h.fail_on_panic = fail_on_panic;
                 Level {
                     healthy_load: healthy_load[i],
                     degraded_load: degraded_load[i],
                     healthy: h,
-                    degraded: Self::over(policy.clone(), degraded, hosts),
+                    degraded: d,
                 }
             })
             .collect();
@@ -533,9 +860,28 @@ impl Balancer {
                 return d.pick_with(hosts, random, attempt);
             }
         }
+        if self.panic && self.fail_on_panic {
+            return None;
+        }
         if let Some(l) = &self.localities {
             let g = l.edf.borrow_mut().pick(|g| l.weights[g])?;
             return l.groups.get(g)?.pick_with(hosts, random, attempt);
+        }
+        if let Some(z) = self.zones.as_ref().filter(|_| !self.panic) {
+            // Envoy: `routing_enabled` percent of picks consider localities; none while the
+            // local cluster is in panic.
+            if fastrand::u64(..100) < z.routing_enabled {
+                if !z.local_panic {
+                    return z
+                        .groups
+                        .get(z.locality())?
+                        .pick_with(hosts, random, attempt);
+                }
+                z.counters.local_cluster_not_ok.inc();
+                if z.fail_on_panic {
+                    return None;
+                }
+            }
         }
         let n = self.candidates.len();
         if n == 0 {
@@ -845,5 +1191,75 @@ mod tests {
         // Everything down: total panic, load by host count.
         let c = shares(&[P(false, 0), P(false, 1)]);
         assert_eq!(c, [50, 50]);
+    }
+}
+
+#[cfg(test)]
+mod zone_tests {
+    use super::*;
+
+    struct Z(Locality);
+    impl Candidate for Z {
+        fn healthy(&self) -> bool {
+            true
+        }
+        fn weight(&self) -> u32 {
+            1
+        }
+        fn active_requests(&self) -> u64 {
+            0
+        }
+        fn place(&self) -> &Locality {
+            &self.0
+        }
+    }
+
+    fn zone(z: &str) -> Locality {
+        Locality {
+            zone: z.into(),
+            ..Locality::default()
+        }
+    }
+
+    fn hosts(counts: &[(&str, usize)]) -> Vec<Z> {
+        counts
+            .iter()
+            .flat_map(|&(z, n)| (0..n).map(move |_| Z(zone(z))))
+            .collect()
+    }
+
+    #[test]
+    fn residual_capacity_follows_envoys_example() {
+        // Envoy's example: local 40% 40% 20%, upstream 25% 50% 25%: 25/40 of the picks stay,
+        // the rest goes to b (10 points of spare capacity) and c (5).
+        let local = hosts(&[("a", 2), ("b", 2), ("c", 1)]);
+        let upstream = hosts(&[("c", 1), ("b", 2), ("a", 1)]);
+        let view = LocalView::new(Some(zone("a")), &local);
+        let zone = Zone {
+            view: &view,
+            config: ZoneAware {
+                min_cluster_size: 1,
+                ..ZoneAware::default()
+            },
+            counters: ZoneCounters::default(),
+        };
+        let all: Vec<usize> = (0..upstream.len()).collect();
+        let r = ZoneRouting::build(&zone, &LbPolicy::RoundRobin, 50.0, &upstream, &all, &all)
+            .expect("zone routing");
+        assert!(!r.direct);
+        assert_eq!(r.local_percent, 2500 * 10000 / 4000);
+        // This proxy's locality first, then the others in order.
+        assert_eq!(r.residual, [0, 1000, 1500]);
+        assert_eq!(r.groups[0].candidates, [3]);
+        // Without a locality of its own, the node routes without localities.
+        let view = LocalView::new(None, &local);
+        let zone = Zone {
+            view: &view,
+            ..zone
+        };
+        assert!(
+            ZoneRouting::build(&zone, &LbPolicy::RoundRobin, 50.0, &upstream, &all, &all).is_none()
+        );
+        assert_eq!(zone.counters.local_cluster_not_ok.value(), 1);
     }
 }

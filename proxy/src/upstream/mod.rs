@@ -200,6 +200,20 @@ impl ClusterStats {
         self.shard.counter(&format!("{}{name}", self.prefix))
     }
 
+    /// The zone-aware routing counters (made only when the bootstrap names a local cluster).
+    fn zone_counters(&self) -> lb::ZoneCounters {
+        let c = |n: &str| self.lazy_counter(n);
+        lb::ZoneCounters {
+            all_directly: c("lb_zone_routing_all_directly"),
+            sampled: c("lb_zone_routing_sampled"),
+            cross_zone: c("lb_zone_routing_cross_zone"),
+            no_capacity_left: c("lb_zone_no_capacity_left"),
+            local_cluster_not_ok: c("lb_local_cluster_not_ok"),
+            cluster_too_small: c("lb_zone_cluster_too_small"),
+            recalculate: c("lb_recalculate_zone_structures"),
+        }
+    }
+
     fn new(shard: Arc<Shard>, name: &str, tls: bool) -> Self {
         let prefix = format!("cluster.{name}.");
         let c = |n: &str| shard.counter(&format!("{prefix}{n}"));
@@ -301,6 +315,8 @@ pub struct Host {
     pub weight: u32,
     /// Its locality (index) and that locality's weight.
     pub locality: (u32, Option<u32>),
+    /// Its locality's region, zone and sub-zone.
+    pub place: Arc<model::Locality>,
     /// The endpoint's `envoy.lb` `hash_key`, hashed instead of its address.
     pub hash_key: Option<Arc<str>>,
     /// Shared counters.
@@ -462,6 +478,7 @@ impl Cluster {
             hostname: host.hostname.clone(),
             weight: host.weight,
             locality: host.locality,
+            place: host.place.clone(),
             hash_key: host.hash_key.clone(),
             stats: host.stats.clone(),
             h1: pool::Http1Pool::default(),
@@ -484,11 +501,11 @@ impl Cluster {
     /// The next host by the cluster's load balancer; `None` when there is none to take
     /// traffic.
     pub fn pick_host(&self, hash: Option<u64>, attempt: u32) -> Option<&Rc<Host>> {
-        let i = self.lb.pick_hashed(&self.hosts, hash, attempt)?;
+        let i = self.lb.pick_hashed(&self.hosts, hash, attempt);
         if self.lb.panic() {
             self.stats.lb_healthy_panic.inc();
         }
-        self.hosts.get(i)
+        self.hosts.get(i?)
     }
 
     /// The configuration.
@@ -498,7 +515,12 @@ impl Cluster {
 
     /// This worker's view of a cluster; with `previous` (the same configuration, other hosts)
     /// hosts that stay keep their pools.
-    fn new(info: Arc<ClusterInfo>, shard: &Arc<Shard>, previous: Option<&Cluster>) -> Self {
+    fn new(
+        info: Arc<ClusterInfo>,
+        shard: &Arc<Shard>,
+        previous: Option<&Cluster>,
+        local: Option<&lb::LocalView>,
+    ) -> Self {
         let cfg = &info.config;
         let hosts: Vec<Rc<Host>> = info
             .hosts
@@ -516,6 +538,7 @@ impl Cluster {
                                 && o.degraded == (h.degraded, h.excluded)
                                 && o.priority == h.priority
                                 && o.locality == (h.locality, h.locality_weight)
+                                && o.place == h.place
                                 && o.hash_key == h.hash_key
                                 && Arc::ptr_eq(&o.stats, s)
                                 && same_tls(o.tls.as_ref(), cfg.tls_for(&h.socket_match))
@@ -526,6 +549,7 @@ impl Cluster {
                     let mut host = Host::new(h.address, h.healthy, h.hostname.clone(), s.clone());
                     host.weight = h.weight;
                     host.locality = (h.locality, h.locality_weight);
+                    host.place = h.place.clone();
                     host.hash_key = h.hash_key.clone();
                     host.degraded = (h.degraded, h.excluded);
                     host.priority = h.priority;
@@ -542,15 +566,23 @@ impl Cluster {
                 }
             }
         }
+        let stats = ClusterStats::new(shard.clone(), cfg.stat_name(), cfg.any_tls());
+        let zone = local.map(|view| lb::Zone {
+            view,
+            config: cfg.zone_aware,
+            counters: stats.zone_counters(),
+        });
         Cluster {
             name: Arc::from(cfg.name.as_str()),
-            stats: ClusterStats::new(shard.clone(), cfg.stat_name(), cfg.any_tls()),
-            lb: lb::Balancer::new(
+            lb: lb::Balancer::new_zoned(
                 cfg.lb.clone(),
                 cfg.panic_threshold,
                 &hosts,
                 cfg.locality_weighted,
+                cfg.zone_aware.fail_traffic_on_panic,
+                zone.as_ref(),
             ),
+            stats,
             hosts,
             by_destination: RefCell::new(HashMap::new()),
             by_downstream: RefCell::new(HashMap::new()),
@@ -581,6 +613,7 @@ impl Host {
             hostname,
             weight: 1,
             locality: (0, None),
+            place: Arc::default(),
             hash_key: None,
             degraded: (false, false),
             priority: 0,
@@ -640,6 +673,34 @@ impl lb::Candidate for Rc<Host> {
             None => self.address.to_string(),
         }
     }
+    fn place(&self) -> &model::Locality {
+        &self.place
+    }
+}
+
+/// The local cluster's hosts as zone-aware routing counts them.
+impl lb::Candidate for model::Host {
+    fn healthy(&self) -> bool {
+        self.healthy
+    }
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn active_requests(&self) -> u64 {
+        0
+    }
+    fn degraded(&self) -> bool {
+        self.degraded
+    }
+    fn excluded(&self) -> bool {
+        self.excluded
+    }
+    fn priority(&self) -> u32 {
+        self.priority
+    }
+    fn place(&self) -> &model::Locality {
+        &self.place
+    }
 }
 
 /// One worker's clusters, swapped as a whole when the configuration changes; a stream keeps
@@ -647,6 +708,19 @@ impl lb::Candidate for Rc<Host> {
 #[derive(Debug, Default)]
 pub struct ClusterManager {
     clusters: RefCell<HashMap<String, Rc<Cluster>>>,
+    /// `cluster_manager.local_cluster_name` and the node's locality: zone-aware routing.
+    zone: Option<LocalZone>,
+    /// The local cluster's shared state the clusters were last built against.
+    local: RefCell<Option<Arc<ClusterInfo>>>,
+}
+
+/// What zone-aware routing needs from the bootstrap.
+#[derive(Debug, Clone)]
+pub struct LocalZone {
+    /// `cluster_manager.local_cluster_name`.
+    pub cluster: String,
+    /// `node.locality` (with `--service-zone`), if the node has one.
+    pub mine: Option<model::Locality>,
 }
 
 impl ClusterManager {
@@ -657,10 +731,30 @@ impl ClusterManager {
     pub fn update(&self, infos: &HashMap<String, Arc<ClusterInfo>>, shard: &Arc<Shard>) {
         let mut old = std::mem::take(&mut *self.clusters.borrow_mut());
         let mut next = HashMap::with_capacity(infos.len());
+        // With a local cluster, every cluster routes by comparing its localities with the
+        // local cluster's: a change there rebuilds them all (keeping their pools).
+        let local = self
+            .zone
+            .as_ref()
+            .and_then(|z| infos.get(&z.cluster).cloned());
+        let local_changed = {
+            let mut last = self.local.borrow_mut();
+            let changed = match (&*last, &local) {
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                (None, None) => false,
+                _ => true,
+            };
+            *last = local.clone();
+            changed
+        };
+        let view = self.zone.as_ref().map(|z| {
+            let hosts = local.as_ref().map_or(&[][..], |l| &l.hosts[..]);
+            lb::LocalView::new(z.mine.clone(), hosts)
+        });
         for (name, info) in infos {
             let prev = old.remove(name);
             let c = match prev {
-                Some(c) if Arc::ptr_eq(&c.info, info) => c,
+                Some(c) if Arc::ptr_eq(&c.info, info) && !local_changed => c,
                 prev => {
                     let same_config = prev
                         .as_ref()
@@ -669,6 +763,7 @@ impl ClusterManager {
                         info.clone(),
                         shard,
                         prev.as_deref().filter(|_| same_config),
+                        view.as_ref(),
                     ));
                     if let Some(p) = prev {
                         if !same_config {
@@ -684,6 +779,14 @@ impl ClusterManager {
             gone.close_idle();
         }
         *self.clusters.borrow_mut() = next;
+    }
+
+    /// A worker's clusters, routing by zone against `zone`'s local cluster when given.
+    pub fn new(zone: Option<LocalZone>) -> Self {
+        ClusterManager {
+            zone,
+            ..Self::default()
+        }
     }
 
     /// A cluster by name.

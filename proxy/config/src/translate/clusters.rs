@@ -76,7 +76,7 @@ pub(super) fn translate_cluster(
             }
         }
     };
-    let (lb, locality_weighted) = super::lb::lb_policy(c, discovery, path)?;
+    let (lb, locality_weighted, zone_aware) = super::lb::lb_policy(c, discovery, path)?;
     if lb.hashed() && super::lb::common_locality_weighted(c) {
         return Err(ConfigError::unsupported(format!(
             "{path}.common_lb_config.locality_weighted_lb_config"
@@ -391,6 +391,7 @@ pub(super) fn translate_cluster(
         tcp_keepalive: tcp_keepalive(c, path)?,
         lb,
         locality_weighted: locality_weighted || super::lb::common_locality_weighted(c),
+        zone_aware,
         panic_threshold,
         protocol,
         http2,
@@ -688,6 +689,7 @@ pub(crate) fn load_assignment_hosts(
                 locality: i as u32,
                 priority: locality.priority,
                 locality_weight: locality_weight(locality, &format!("{path}.endpoints[{i}]"))?,
+                place: place(locality),
                 socket_match: socket_match_labels(lb, locality),
                 hash_key: hash_key(lb),
             });
@@ -712,6 +714,24 @@ pub(super) fn hash_key(
     match &v.kind {
         Some(Kind::StringValue(s)) if !s.is_empty() => Some(Arc::from(s.as_str())),
         _ => None,
+    }
+}
+
+/// A locality's `region`, `zone` and `sub_zone` (all empty when it has none).
+pub(super) fn place(
+    l: &envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints,
+) -> Arc<model::Locality> {
+    Arc::new(l.locality.as_ref().map(locality_of).unwrap_or_default())
+}
+
+/// A `Locality` message as the model's.
+pub(crate) fn locality_of(
+    l: &envoy_types::pb::envoy::config::core::v3::Locality,
+) -> model::Locality {
+    model::Locality {
+        region: l.region.clone(),
+        zone: l.zone.clone(),
+        sub_zone: l.sub_zone.clone(),
     }
 }
 

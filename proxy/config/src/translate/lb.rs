@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::extensions::load_balancing_policies::random::v3::Ran
 use envoy_types::pb::envoy::extensions::load_balancing_policies::ring_hash::v3 as ring_hash;
 use envoy_types::pb::envoy::extensions::load_balancing_policies::round_robin::v3::RoundRobin;
 
-use super::super::model::{DiscoveryType, LbPolicy};
+use super::super::model::{DiscoveryType, LbPolicy, ZoneAware};
 use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 
@@ -126,12 +126,13 @@ pub(super) fn lb_policy(
     c: &cluster::Cluster,
     discovery: DiscoveryType,
     path: &str,
-) -> Result<(LbPolicy, bool), ConfigError> {
+) -> Result<(LbPolicy, bool, ZoneAware), ConfigError> {
     // As Envoy: load_balancing_policy, when set, is the policy whatever lb_policy says.
     if let Some(p) = &c.load_balancing_policy {
         return extension(p, &format!("{path}.load_balancing_policy"));
     }
-    Ok((legacy(c, discovery, path)?, false))
+    let zone = legacy_zone_aware(c, &format!("{path}.common_lb_config"))?;
+    Ok((legacy(c, discovery, path)?, false, zone))
 }
 
 /// `lb_policy` with `lb_config`.
@@ -271,7 +272,7 @@ fn least_request(
 fn extension(
     p: &cluster::LoadBalancingPolicy,
     path: &str,
-) -> Result<(LbPolicy, bool), ConfigError> {
+) -> Result<(LbPolicy, bool, ZoneAware), ConfigError> {
     let Some(first) = p.policies.first() else {
         return Err(ConfigError::new(format!("{path}.policies"), "required"));
     };
@@ -295,7 +296,8 @@ fn extension(
                     "{tpath}.slow_start_config"
                 )));
             }
-            Ok((LbPolicy::RoundRobin, locality(&r.locality_lb_config)))
+            let (weighted, zone) = locality(&r.locality_lb_config, &tpath)?;
+            Ok((LbPolicy::RoundRobin, weighted, zone))
         }
         LEAST_REQUEST => {
             let l: LeastRequest = unpack(any, &tpath)?;
@@ -311,18 +313,21 @@ fn extension(
                     "{tpath}.selection_method"
                 )));
             }
+            let (weighted, zone) = locality(&l.locality_lb_config, &tpath)?;
             Ok((
                 least_request(
                     l.choice_count.as_ref().map(|v| v.value),
                     l.active_request_bias.as_ref().map(|v| v.default_value),
                     &tpath,
                 )?,
-                locality(&l.locality_lb_config),
+                weighted,
+                zone,
             ))
         }
         RANDOM => {
             let r: Random = unpack(any, &tpath)?;
-            Ok((LbPolicy::Random, locality(&r.locality_lb_config)))
+            let (weighted, zone) = locality(&r.locality_lb_config, &tpath)?;
+            Ok((LbPolicy::Random, weighted, zone))
         }
         RING_HASH => {
             use ring_hash::ring_hash::HashFunction as F;
@@ -350,7 +355,7 @@ fn extension(
                 murmur,
                 &tpath,
             )?;
-            Ok((policy, false))
+            Ok((policy, false, ZoneAware::default()))
         }
         MAGLEV => {
             let m: maglev::Maglev = unpack(any, &tpath)?;
@@ -361,7 +366,11 @@ fn extension(
                 m.locality_weighted_lb_config.is_some(),
                 &tpath,
             )?;
-            Ok((maglev(m.table_size.as_ref().map(|v| v.value), &tpath)?, false))
+            Ok((
+                maglev(m.table_size.as_ref().map(|v| v.value), &tpath)?,
+                false,
+                ZoneAware::default(),
+            ))
         }
         other => Err(ConfigError::new(
             tpath,
@@ -370,16 +379,85 @@ fn extension(
     }
 }
 
-/// `locality_lb_config`: whether it asks for locality-weighted balancing. Zone-aware routing
-/// needs the bootstrap's `cluster_manager.local_cluster_name`, which skiff refuses; without it
-/// Envoy routes as if it were not set.
-fn locality(l: &Option<common::LocalityLbConfig>) -> bool {
+/// `locality_lb_config`: whether it asks for locality-weighted balancing, and its
+/// `zone_aware_lb_config` (which takes effect when the bootstrap names a local cluster).
+fn locality(
+    l: &Option<common::LocalityLbConfig>,
+    path: &str,
+) -> Result<(bool, ZoneAware), ConfigError> {
+    use common::locality_lb_config::zone_aware_lb_config::LocalityBasis;
     use common::locality_lb_config::LocalityConfigSpecifier as S;
-    matches!(
-        l.as_ref()
-            .and_then(|l| l.locality_config_specifier.as_ref()),
-        Some(S::LocalityWeightedLbConfig(_))
-    )
+    match l
+        .as_ref()
+        .and_then(|l| l.locality_config_specifier.as_ref())
+    {
+        Some(S::LocalityWeightedLbConfig(_)) => Ok((true, ZoneAware::default())),
+        Some(S::ZoneAwareLbConfig(z)) => {
+            let zpath = format!("{path}.locality_lb_config.zone_aware_lb_config");
+            let by_weight = match LocalityBasis::try_from(z.locality_basis) {
+                Ok(LocalityBasis::HealthyHostsNum) => false,
+                Ok(LocalityBasis::HealthyHostsWeight) => true,
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        format!("{zpath}.locality_basis"),
+                        "unknown value",
+                    ))
+                }
+            };
+            #[allow(deprecated)] // force_locality_direct_routing: deprecated, still read by 1.40
+            let force_local_zone = match &z.force_local_zone {
+                Some(f) => Some(f.min_size.as_ref().map_or(1, |v| u64::from(v.value))),
+                None => z.force_locality_direct_routing.then_some(1),
+            };
+            Ok((
+                false,
+                ZoneAware {
+                    routing_enabled: routing_enabled(z.routing_enabled.as_ref(), &zpath)?,
+                    min_cluster_size: z.min_cluster_size.as_ref().map_or(6, |v| v.value),
+                    fail_traffic_on_panic: z.fail_traffic_on_panic,
+                    force_local_zone,
+                    by_weight,
+                },
+            ))
+        }
+        None => Ok((false, ZoneAware::default())),
+    }
+}
+
+/// `routing_enabled`, a percentage rounded to a whole number as Envoy rounds it (default 100).
+fn routing_enabled(
+    p: Option<&envoy_types::pb::envoy::r#type::v3::Percent>,
+    path: &str,
+) -> Result<u64, ConfigError> {
+    let Some(p) = p else { return Ok(100) };
+    if !(0.0..=100.0).contains(&p.value) {
+        return Err(ConfigError::new(
+            format!("{path}.routing_enabled.value"),
+            "must be between 0 and 100",
+        ));
+    }
+    Ok(p.value.round() as u64)
+}
+
+/// `common_lb_config.zone_aware_lb_config`, which the `lb_policy` form reads.
+fn legacy_zone_aware(c: &cluster::Cluster, path: &str) -> Result<ZoneAware, ConfigError> {
+    use cluster::cluster::common_lb_config::LocalityConfigSpecifier as S;
+    match c
+        .common_lb_config
+        .as_ref()
+        .and_then(|l| l.locality_config_specifier.as_ref())
+    {
+        Some(S::ZoneAwareLbConfig(z)) => {
+            let zpath = format!("{path}.zone_aware_lb_config");
+            Ok(ZoneAware {
+                routing_enabled: routing_enabled(z.routing_enabled.as_ref(), &zpath)?,
+                min_cluster_size: z.min_cluster_size.as_ref().map_or(6, |v| v.value),
+                fail_traffic_on_panic: z.fail_traffic_on_panic,
+                ..ZoneAware::default()
+            })
+        }
+        _ => Ok(ZoneAware::default()),
+    }
 }
 
 /// Whether `common_lb_config` asks for locality-weighted balancing.
@@ -435,7 +513,7 @@ pub(super) fn common_lb_config(c: &cluster::Cluster, path: &str) -> Result<f64, 
         )?;
     }
     refuse(override_host_status.is_some(), "override_host_status")?;
-    // Read by `common_locality_weighted`; zone-aware routing has no effect (see `locality`).
+    // Read by `common_locality_weighted` and `legacy_zone_aware`.
     let _ = locality_config_specifier;
     let threshold = healthy_panic_threshold.as_ref().map_or(50.0, |p| p.value);
     if !(0.0..=100.0).contains(&threshold) {

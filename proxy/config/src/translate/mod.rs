@@ -236,6 +236,19 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
             ));
         }
     }
+    let local_cluster = b
+        .cluster_manager
+        .as_ref()
+        .map(|m| m.local_cluster_name.clone())
+        .filter(|n| !n.is_empty());
+    if let Some(name) = &local_cluster {
+        if !cluster_names.contains(name) {
+            return Err(ConfigError::new(
+                "cluster_manager.local_cluster_name",
+                format!("local cluster '{name}' must be defined"),
+            ));
+        }
+    }
     let mut listeners = Vec::new();
     let mut listener_names = HashSet::new();
     let mut addresses = HashSet::new();
@@ -284,6 +297,7 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         stats,
         xds_targets,
         runtime: runtime.layers,
+        local_cluster,
     })
 }
 
