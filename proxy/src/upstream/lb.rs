@@ -307,10 +307,8 @@ impl ZoneRouting {
                 if u == 0 {
                     return (0, 0);
                 }
-                let l =
-                    view.healthy
-                        .get(*p)
-                        .map_or(0, |&(n, w)| if config.by_weight { w } else { n });
+                let (n, w) = view.healthy.get(*p).copied().unwrap_or_default();
+                let l = if config.by_weight { w } else { n };
                 let local = (10000 * l).checked_div(local_total).unwrap_or(0);
                 let up = (10000 * u).checked_div(upstream_total).unwrap_or(0);
                 (local, up)
