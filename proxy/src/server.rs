@@ -252,12 +252,16 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
         let Some(mut dns_events) = config.dns_events() else {
             return Err("the DNS resolution channel is gone".to_string());
         };
+        let Some(mut health_events) = config.health_events() else {
+            return Err("the health check channel is gone".to_string());
+        };
         config.start();
         while config.initializing() {
             let next = config.next_deadline();
             tokio::select! {
                 Some(ev) = events.recv() => config.on_file_event(&ev),
                 Some(r) = dns_events.recv() => config.on_dns(r),
+                Some(h) = health_events.recv() => config.on_health(h),
                 Some(ev) = recv_xds(&mut xds) => config.on_xds(ev),
                 _ = sleep_until(next) => config.on_timer(Instant::now()),
                 _ = signals.recv() => return Ok(()),
@@ -304,6 +308,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
             tokio::select! {
                 Some(ev) = events.recv() => config.on_file_event(&ev),
                 Some(r) = dns_events.recv() => config.on_dns(r),
+                Some(h) = health_events.recv() => config.on_health(h),
                 Some(ev) = recv_xds(&mut xds) => config.on_xds(ev),
                 Some(cmd) = commands.recv() => match cmd {
                     Command::DrainListeners { inbound_only, graceful } => {

@@ -172,6 +172,11 @@ impl Store {
         &self.shards[n + 1]
     }
 
+    /// Every shard: the main thread's, then the workers'.
+    pub fn shards(&self) -> &[Arc<Shard>] {
+        &self.shards
+    }
+
     /// Removes the unheld stats under `prefix` from every shard; true when none is left.
     pub fn prune(&self, prefix: &str) -> bool {
         self.shards.iter().map(|s| s.prune(prefix)).sum::<usize>() == 0

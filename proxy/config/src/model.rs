@@ -1908,6 +1908,110 @@ pub struct Host {
     /// The endpoint's `envoy.lb` metadata `hash_key`: what RING_HASH and MAGLEV hash for it
     /// instead of its address.
     pub hash_key: Option<Arc<str>>,
+    /// What the cluster's active health checks say of it.
+    pub checks: HcFlags,
+}
+
+impl Host {
+    /// Whether it may take traffic: healthy by discovery and not failed by the active checks.
+    pub fn usable(&self) -> bool {
+        self.healthy && !self.checks.failed
+    }
+
+    /// Degraded by discovery or by the active checks.
+    pub fn degraded_now(&self) -> bool {
+        self.degraded || self.checks.degraded
+    }
+}
+
+/// A host's active health check flags, as Envoy names them in `/clusters`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HcFlags {
+    /// `failed_active_hc` (also before the first check passes).
+    pub failed: bool,
+    /// `active_hc_timeout`.
+    pub timeout: bool,
+    /// `degraded_active_hc`.
+    pub degraded: bool,
+    /// `pending_dynamic_removal`: discovery removed it, kept while its checks pass.
+    pub removed: bool,
+}
+
+/// A cluster's active health check (`health_checks[0]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveHealthCheck {
+    /// `timeout`: a check without an answer by then is a network failure.
+    pub timeout: Duration,
+    /// `interval`.
+    pub interval: Duration,
+    /// `initial_jitter`: the first check waits a random time below it.
+    pub initial_jitter: Duration,
+    /// `interval_jitter`: a random time below it is added to each wait.
+    pub interval_jitter: Duration,
+    /// `interval_jitter_percent`: a random time below this share of the wait is added.
+    pub interval_jitter_percent: u32,
+    /// `unhealthy_threshold`: network failures in a row before a healthy host is marked
+    /// unhealthy (other failures mark it at once).
+    pub unhealthy_threshold: u32,
+    /// `healthy_threshold`: successes in a row before an unhealthy host is marked healthy
+    /// (one, for a host never checked before).
+    pub healthy_threshold: u32,
+    /// `reuse_connection` (default true).
+    pub reuse_connection: bool,
+    /// `no_traffic_interval` (default 60 s): the wait while the cluster has had no traffic.
+    pub no_traffic_interval: Duration,
+    /// `no_traffic_healthy_interval` (default `no_traffic_interval`): the same, for a healthy
+    /// host.
+    pub no_traffic_healthy_interval: Duration,
+    /// `unhealthy_interval` (default `interval`).
+    pub unhealthy_interval: Duration,
+    /// `unhealthy_edge_interval` (default `unhealthy_interval`): after a failure that has not
+    /// yet made the host unhealthy.
+    pub unhealthy_edge_interval: Duration,
+    /// `healthy_edge_interval` (default `interval`): after a success that has not yet made
+    /// the host healthy.
+    pub healthy_edge_interval: Duration,
+    /// What a check sends and expects.
+    pub kind: HealthCheckKind,
+}
+
+/// `http_health_check` or `tcp_health_check`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthCheckKind {
+    /// `http_health_check`.
+    Http(HttpHealthCheck),
+    /// `tcp_health_check`: connect, send `send`, and find each of `receive` in what comes back.
+    Tcp {
+        /// `send` (none: the connection alone is the check).
+        send: Vec<u8>,
+        /// `receive`, in order.
+        receive: Vec<Vec<u8>>,
+    },
+}
+
+/// `http_health_check`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpHealthCheck {
+    /// `host` (empty: the cluster's name).
+    pub host: String,
+    /// `path`.
+    pub path: String,
+    /// `method` (default GET).
+    pub method: String,
+    /// `send`: the request body.
+    pub send: Vec<u8>,
+    /// `receive`: what the response body must contain, in order.
+    pub receive: Vec<Vec<u8>>,
+    /// `response_buffer_size` (default 1024): how much of the body is searched.
+    pub response_buffer_size: usize,
+    /// `request_headers_to_add` and `request_headers_to_remove`.
+    pub headers: Arc<crate::router::HeaderParser>,
+    /// `expected_statuses` as `[start, end)` ranges (default 200 only).
+    pub expected: Vec<(u16, u16)>,
+    /// `retriable_statuses`: failures that count toward `unhealthy_threshold`.
+    pub retriable: Vec<(u16, u16)>,
+    /// `codec_client_type: HTTP2`.
+    pub http2: bool,
 }
 
 /// A locality's `region`, `zone` and `sub_zone`, ordered as Envoy orders localities.
@@ -2233,6 +2337,11 @@ pub struct Cluster {
     /// `zone_aware_lb_config` (Envoy's defaults when absent): used when the bootstrap names a
     /// local cluster.
     pub zone_aware: ZoneAware,
+    /// `health_checks` (at most one, as Envoy): active checks of every host.
+    pub health_check: Option<Arc<ActiveHealthCheck>>,
+    /// `ignore_health_on_host_removal`: a host EDS or DNS removes goes at once even while
+    /// its active checks pass.
+    pub ignore_health_on_host_removal: bool,
     /// `common_lb_config.healthy_panic_threshold` in percent (default 50; 0 disables): below
     /// it, the share of healthy hosts no longer limits traffic to them.
     pub panic_threshold: f64,

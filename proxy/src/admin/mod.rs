@@ -558,15 +558,22 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
             for (k, v) in fields {
                 out.push_str(&format!("{name}::{a}::{k}::{v}\n"));
             }
-            let health = if h.excluded {
-                "/eds_status_draining"
-            } else if h.degraded {
-                "/degraded_eds_health"
-            } else if h.healthy {
-                "healthy"
-            } else {
-                "/failed_eds_health"
-            };
+            // Envoy's flags, in its order.
+            let hc = h.checks;
+            let flags: String = [
+                (hc.failed, "/failed_active_hc"),
+                (!h.healthy && !h.excluded, "/failed_eds_health"),
+                (hc.degraded, "/degraded_active_hc"),
+                (h.degraded, "/degraded_eds_health"),
+                (hc.removed, "/pending_dynamic_removal"),
+                (hc.timeout, "/active_hc_timeout"),
+                (h.excluded, "/eds_status_draining"),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, f)| *f)
+            .collect();
+            let health = if flags.is_empty() { "healthy" } else { &flags };
             let weight = h.weight.to_string();
             let priority = h.priority.to_string();
             for (k, v) in [

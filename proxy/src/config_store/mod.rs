@@ -35,6 +35,7 @@ use crate::drain::{DrainKind, Draining};
 use crate::router::RouteTable;
 use crate::stats::{Shard, Store};
 use crate::upstream::dns::{DnsClusters, Resolved};
+use crate::upstream::health::{HealthCheckers, HealthEvent};
 use crate::upstream::ClusterInfo;
 use crate::worker::WorkerUpdate;
 use crate::xds::{self, Interest, StreamKey, Update, XdsEvent};
@@ -258,6 +259,8 @@ pub struct ConfigStore {
     decoder: crate::config::discovery::Decoder,
     /// STRICT_DNS and LOGICAL_DNS clusters' resolutions and hosts.
     dns: DnsClusters,
+    /// Active health checks of the clusters that have them.
+    health: HealthCheckers,
     /// `ads_config`.
     ads: Option<GrpcSource>,
     /// Where each static cluster an xDS stream may use is.
@@ -339,6 +342,7 @@ impl ConfigStore {
             o.entry("user_agent_name")
                 .or_insert_with(|| node.user_agent_name.clone().into());
         }
+        let health = HealthCheckers::new(main.clone(), stats.clone());
         let mut store = ConfigStore {
             main: main.clone(),
             stats,
@@ -364,6 +368,7 @@ impl ConfigStore {
             watchers: Watchers::new(events),
             decoder: Default::default(),
             dns: DnsClusters::new(main),
+            health,
             ads: loaded.model.dynamic.ads.clone(),
             xds_targets: loaded.model.xds_targets.clone(),
             xds_clusters: loaded
@@ -566,6 +571,20 @@ impl ConfigStore {
     /// A DNS resolution ended: a cluster whose hosts changed, or that it warmed, is published.
     pub fn on_dns(&mut self, r: Resolved) {
         if self.dns.on_resolved(r) {
+            self.promote();
+            self.publish();
+        }
+    }
+
+    /// The results of active health checks, for [`ConfigStore::on_health`]. Taken once.
+    pub fn health_events(&mut self) -> Option<mpsc::UnboundedReceiver<HealthEvent>> {
+        self.health.take_events()
+    }
+
+    /// A check's result: a host whose health changed goes into the next snapshot; a cluster
+    /// whose hosts all had their first check may go into force.
+    pub fn on_health(&mut self, ev: HealthEvent) {
+        if self.health.on_event(ev) {
             self.promote();
             self.publish();
         }
@@ -1581,6 +1600,17 @@ impl ConfigStore {
             slot.active = next;
         }
         let eds_ready = |service: &str| self.eds.get(service).is_some_and(|e| e.sub.ready);
+        // Health checks run on the hosts of active and warming versions alike.
+        let checked: Vec<(Arc<model::Cluster>, Vec<model::Host>)> = self
+            .clusters
+            .values()
+            .flat_map(|s| s.active.iter().chain(s.warming.iter()))
+            .filter(|v| v.model.health_check.is_some())
+            .map(|v| (v.model.clone(), self.discovered_hosts(&v.model)))
+            .collect();
+        self.health
+            .sync(checked.iter().map(|(c, h)| (c, h.clone())));
+        let health = &self.health;
         let dns = &self.dns;
         for slot in self.clusters.values_mut() {
             let ready = slot.warming.as_ref().is_some_and(|w| {
@@ -1590,10 +1620,29 @@ impl ConfigStore {
                     .is_none_or(|e| eds_ready(&e.service_name))
                     && (w.model.dns.is_none() || dns.ready(&w.model))
                     && secrets_ready(secrets, &secret_refs(&cluster_tls(&w.proto)))
+                    && checked
+                        .iter()
+                        .find(|(c, _)| Arc::ptr_eq(c, &w.model))
+                        .is_none_or(|(c, hosts)| health.ready(c, hosts))
             });
             if ready {
                 slot.active = slot.warming.take();
             }
+        }
+    }
+
+    /// A cluster version's hosts as discovery gives them: its EDS resource's, its DNS
+    /// answers', or its `load_assignment`'s.
+    fn discovered_hosts(&self, model: &Arc<model::Cluster>) -> Vec<model::Host> {
+        match &model.eds {
+            Some(e) => self
+                .eds
+                .get(&e.service_name)
+                .and_then(|s| s.hosts.as_ref())
+                .map(|h| h.model.clone())
+                .unwrap_or_default(),
+            None if model.dns.is_some() => self.dns.hosts(model),
+            None => model.hosts.clone(),
         }
     }
 
@@ -1603,16 +1652,7 @@ impl ConfigStore {
         let mut next = HashMap::new();
         for (name, slot) in &self.clusters {
             let Some(v) = &slot.active else { continue };
-            let hosts = match &v.model.eds {
-                Some(e) => self
-                    .eds
-                    .get(&e.service_name)
-                    .and_then(|s| s.hosts.as_ref())
-                    .map(|h| h.model.clone())
-                    .unwrap_or_default(),
-                None if v.model.dns.is_some() => self.dns.hosts(&v.model),
-                None => v.model.hosts.clone(),
-            };
+            let hosts = self.health.apply(&v.model, self.discovered_hosts(&v.model));
             let prev = self.infos.get(name);
             let info = match prev {
                 Some(p) if Arc::ptr_eq(&p.config, &v.model) && p.hosts == hosts => p.clone(),
@@ -1895,7 +1935,12 @@ impl ConfigStore {
 fn membership(main: &Shard, name: &str, before: Option<&[model::Host]>, after: &[model::Host]) {
     let g = |n: &str| main.gauge(&format!("cluster.{name}.{n}"));
     g("membership_total").set(after.len() as i64);
-    g("membership_healthy").set(after.iter().filter(|h| h.healthy && !h.degraded).count() as i64);
+    g("membership_healthy").set(
+        after
+            .iter()
+            .filter(|h| h.usable() && !h.degraded_now())
+            .count() as i64,
+    );
     g("membership_degraded").set(after.iter().filter(|h| h.degraded).count() as i64);
     g("membership_excluded").set(after.iter().filter(|h| h.excluded).count() as i64);
     let change = main.counter(&format!("cluster.{name}.membership_change"));

@@ -320,6 +320,7 @@ impl DnsClusters {
                         place: spec.place.clone(),
                         socket_match: spec.socket_match.clone(),
                         hash_key: spec.hash_key.clone(),
+                        checks: model::HcFlags::default(),
                     });
                     ttl = Some(ttl.map_or(*t, |m| m.min(*t)));
                 }

@@ -4,6 +4,7 @@
 pub mod circuit_breaker;
 pub mod dns;
 pub mod hashing;
+pub mod health;
 pub mod lb;
 pub mod pool;
 pub mod proxy_protocol;
@@ -532,10 +533,10 @@ impl Cluster {
                         .iter()
                         .find(|o| {
                             o.address == h.address
-                                && o.healthy == h.healthy
+                                && o.healthy == h.usable()
                                 && o.hostname == h.hostname
                                 && o.weight == h.weight
-                                && o.degraded == (h.degraded, h.excluded)
+                                && o.degraded == (h.degraded_now(), h.excluded)
                                 && o.priority == h.priority
                                 && o.locality == (h.locality, h.locality_weight)
                                 && o.place == h.place
@@ -546,12 +547,12 @@ impl Cluster {
                         .cloned()
                 });
                 kept.unwrap_or_else(|| {
-                    let mut host = Host::new(h.address, h.healthy, h.hostname.clone(), s.clone());
+                    let mut host = Host::new(h.address, h.usable(), h.hostname.clone(), s.clone());
                     host.weight = h.weight;
                     host.locality = (h.locality, h.locality_weight);
                     host.place = h.place.clone();
                     host.hash_key = h.hash_key.clone();
-                    host.degraded = (h.degraded, h.excluded);
+                    host.degraded = (h.degraded_now(), h.excluded);
                     host.priority = h.priority;
                     host.tls = cfg.tls_for(&h.socket_match).cloned();
                     Rc::new(host)
@@ -681,7 +682,7 @@ impl lb::Candidate for Rc<Host> {
 /// The local cluster's hosts as zone-aware routing counts them.
 impl lb::Candidate for model::Host {
     fn healthy(&self) -> bool {
-        self.healthy
+        self.usable()
     }
     fn weight(&self) -> u32 {
         self.weight
@@ -690,7 +691,7 @@ impl lb::Candidate for model::Host {
         0
     }
     fn degraded(&self) -> bool {
-        self.degraded
+        self.degraded_now()
     }
     fn excluded(&self) -> bool {
         self.excluded

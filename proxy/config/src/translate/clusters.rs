@@ -392,6 +392,12 @@ pub(super) fn translate_cluster(
         lb,
         locality_weighted: locality_weighted || super::lb::common_locality_weighted(c),
         zone_aware,
+        health_check: super::health_check::health_checks(
+            &c.health_checks,
+            c.transport_socket.is_some() || !c.transport_socket_matches.is_empty(),
+            path,
+        )?,
+        ignore_health_on_host_removal: c.ignore_health_on_host_removal,
         panic_threshold,
         protocol,
         http2,
@@ -692,6 +698,7 @@ pub(crate) fn load_assignment_hosts(
                 place: place(locality),
                 socket_match: socket_match_labels(lb, locality),
                 hash_key: hash_key(lb),
+                checks: HcFlags::default(),
             });
         }
     }

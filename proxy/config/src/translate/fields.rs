@@ -207,7 +207,7 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         per_connection_buffer_high_watermark_timeout,
         lb_policy: _,
         load_assignment: _,
-        health_checks,
+        health_checks: _,
         max_requests_per_connection: _,
         circuit_breakers: _,
         upstream_http_protocol_options,
@@ -235,6 +235,7 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         protocol_selection,
         upstream_connection_options: _,
         close_connections_on_host_health_failure,
+        // Both translated with the cluster (translate::health_check).
         ignore_health_on_host_removal: _,
         // Istio's metadata exchange only: istio::cluster_filters.
         filters: _,
@@ -257,7 +258,6 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         "per_connection_buffer_high_watermark_timeout",
         per_connection_buffer_high_watermark_timeout,
     )?;
-    refuse(path, "health_checks", health_checks)?;
     refuse(
         path,
         "upstream_http_protocol_options",

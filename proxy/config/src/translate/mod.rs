@@ -21,6 +21,7 @@ mod dns;
 mod fault;
 mod fields;
 mod google_grpc;
+mod health_check;
 mod http_manager;
 mod istio;
 mod lb;

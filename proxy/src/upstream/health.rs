@@ -1,0 +1,796 @@
+//! Active health checks (`health_checks`), on the main thread as Envoy's: a session per host
+//! checks it over HTTP/1.1, HTTP/2 or TCP, keeps Envoy's state machine (a never-checked host
+//! becomes healthy on its first success; a failure other than a network one, that is not a
+//! retriable status, makes it unhealthy at once; otherwise the thresholds count) and waits
+//! Envoy's intervals between checks (the no-traffic ones until the cluster has had a
+//! connection). A change of a host's health goes to the configuration store, which puts it in
+//! the next snapshot; workers never wait for a check.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::config::model::{
+    self, ActiveHealthCheck as HealthCheck, HealthCheckKind, HttpHealthCheck,
+};
+use crate::stats::{Counter, Gauge, Shard, Store};
+
+/// What the checks say of a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostHealth {
+    /// `FAILED_ACTIVE_HC`: not to be used (a host starts so, until its first check passes).
+    pub failed: bool,
+    /// `ACTIVE_HC_TIMEOUT`: failed by a timeout.
+    pub timeout: bool,
+    /// `DEGRADED_ACTIVE_HC`: the upstream answered `x-envoy-degraded`.
+    pub degraded: bool,
+    /// The first check has finished (the cluster waits for it before it goes into force).
+    pub checked: bool,
+}
+
+impl HostHealth {
+    const NEW: HostHealth = HostHealth {
+        failed: true,
+        timeout: false,
+        degraded: false,
+        checked: false,
+    };
+}
+
+/// A host's health after a check, sent to the main loop.
+#[derive(Debug)]
+pub struct HealthEvent {
+    generation: u64,
+    address: SocketAddr,
+    health: HostHealth,
+}
+
+/// `cluster.<name>.health_check.*`.
+#[derive(Debug, Clone)]
+struct Stats {
+    attempt: Counter,
+    success: Counter,
+    failure: Counter,
+    network_failure: Counter,
+    healthy: Gauge,
+    degraded: Gauge,
+}
+
+impl Stats {
+    fn new(main: &Shard, stat_name: &str) -> Self {
+        let p = format!("cluster.{stat_name}.health_check.");
+        // Envoy has these too; nothing here counts them (no passive checks, no
+        // service name check).
+        main.counter(&format!("{p}passive_failure"));
+        main.counter(&format!("{p}verify_cluster"));
+        Stats {
+            attempt: main.counter(&format!("{p}attempt")),
+            success: main.counter(&format!("{p}success")),
+            failure: main.counter(&format!("{p}failure")),
+            network_failure: main.counter(&format!("{p}network_failure")),
+            healthy: main.gauge(&format!("{p}healthy")),
+            degraded: main.gauge(&format!("{p}degraded")),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    health: HostHealth,
+    abort: AbortHandle,
+    /// The host as discovery last gave it.
+    host: model::Host,
+    /// Removed by discovery while healthy: kept (as Envoy's `PENDING_DYNAMIC_REMOVAL`) until
+    /// a check fails, unless `ignore_health_on_host_removal`.
+    removed: bool,
+}
+
+impl Session {
+    fn flags(&self) -> model::HcFlags {
+        model::HcFlags {
+            failed: self.health.failed,
+            timeout: self.health.timeout,
+            degraded: self.health.degraded,
+            removed: self.removed,
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.abort.abort();
+    }
+}
+
+#[derive(Debug)]
+struct Checked {
+    config: Arc<model::Cluster>,
+    generation: u64,
+    sessions: HashMap<SocketAddr, Session>,
+    stats: Stats,
+}
+
+/// Every cluster's checks.
+pub struct HealthCheckers {
+    main: Arc<Shard>,
+    store: Arc<Store>,
+    /// One per cluster version (an active and a warming version are checked apart, as in
+    /// Envoy).
+    clusters: Vec<Checked>,
+    next_generation: u64,
+    tx: mpsc::UnboundedSender<HealthEvent>,
+    rx: Option<mpsc::UnboundedReceiver<HealthEvent>>,
+}
+
+impl std::fmt::Debug for HealthCheckers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthCheckers")
+            .field("clusters", &self.clusters.len())
+            .finish()
+    }
+}
+
+impl HealthCheckers {
+    /// No checks yet.
+    pub fn new(main: Arc<Shard>, store: Arc<Store>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        HealthCheckers {
+            main,
+            store,
+            clusters: Vec::new(),
+            next_generation: 0,
+            tx,
+            rx: Some(rx),
+        }
+    }
+
+    /// The results, for the main loop. Taken once.
+    pub fn take_events(&mut self) -> Option<mpsc::UnboundedReceiver<HealthEvent>> {
+        self.rx.take()
+    }
+
+    /// Checks the hosts of these clusters (each with its discovered hosts): sessions start for
+    /// new hosts and clusters, stop for those gone. A cluster whose configuration changed starts
+    /// over, its hosts unchecked, as a new cluster in Envoy.
+    pub fn sync<'a>(
+        &mut self,
+        clusters: impl Iterator<Item = (&'a Arc<model::Cluster>, Vec<model::Host>)>,
+    ) {
+        let mut seen: Vec<u64> = Vec::new();
+        let handle = tokio::runtime::Handle::try_current().ok();
+        for (config, hosts) in clusters {
+            let Some(check) = &config.health_check else {
+                continue;
+            };
+            let i = match self
+                .clusters
+                .iter()
+                .position(|c| Arc::ptr_eq(&c.config, config))
+            {
+                Some(i) => i,
+                None => {
+                    self.next_generation += 1;
+                    self.clusters.push(Checked {
+                        config: config.clone(),
+                        generation: self.next_generation,
+                        sessions: HashMap::new(),
+                        stats: Stats::new(&self.main, config.stat_name()),
+                    });
+                    self.clusters.len() - 1
+                }
+            };
+            let c = &mut self.clusters[i];
+            seen.push(c.generation);
+            let traffic: Vec<Counter> = self
+                .store
+                .shards()
+                .iter()
+                .map(|s| s.counter(&format!("cluster.{}.upstream_cx_total", config.stat_name())))
+                .collect();
+            for h in &hosts {
+                if let Some(s) = c.sessions.get_mut(&h.address) {
+                    s.removed = false;
+                    s.host = h.clone();
+                    continue;
+                }
+                let Some(handle) = &handle else { continue };
+                let host = if check_host_is_cluster(check) {
+                    config.name.clone()
+                } else {
+                    match &check.kind {
+                        HealthCheckKind::Http(http) => http.host.clone(),
+                        HealthCheckKind::Tcp { .. } => String::new(),
+                    }
+                };
+                let run = Run {
+                    check: check.clone(),
+                    address: h.address,
+                    host,
+                    stats: c.stats.clone(),
+                    traffic: traffic.clone(),
+                    generation: c.generation,
+                    tx: self.tx.clone(),
+                };
+                let abort = handle.spawn(run.session()).abort_handle();
+                c.sessions.insert(
+                    h.address,
+                    Session {
+                        health: HostHealth::NEW,
+                        abort,
+                        host: h.clone(),
+                        removed: false,
+                    },
+                );
+            }
+            // Hosts discovery no longer has: kept while healthy (Envoy's default), else gone.
+            let keep_healthy = !config.ignore_health_on_host_removal;
+            let stats = c.stats.clone();
+            c.sessions.retain(|address, s| {
+                if hosts.iter().any(|h| h.address == *address) {
+                    return true;
+                }
+                if keep_healthy && !s.health.failed {
+                    s.removed = true;
+                    return true;
+                }
+                leave(&stats, &s.health);
+                false
+            });
+        }
+        self.clusters.retain(|c| {
+            let keep = seen.contains(&c.generation);
+            if !keep {
+                for s in c.sessions.values() {
+                    leave(&c.stats, &s.health);
+                }
+            }
+            keep
+        });
+    }
+
+    /// Takes a check's result; true when a host's health changed (a new snapshot is due).
+    pub fn on_event(&mut self, ev: HealthEvent) -> bool {
+        let Some(c) = self
+            .clusters
+            .iter_mut()
+            .find(|c| c.generation == ev.generation)
+        else {
+            return false;
+        };
+        let Some(s) = c.sessions.get_mut(&ev.address) else {
+            return false;
+        };
+        let before = s.health;
+        s.health = ev.health;
+        let stats = &c.stats;
+        if before.failed != ev.health.failed {
+            if ev.health.failed {
+                stats.healthy.dec();
+            } else {
+                stats.healthy.inc();
+            }
+        }
+        if before.degraded != ev.health.degraded {
+            if ev.health.degraded {
+                stats.degraded.inc();
+            } else {
+                stats.degraded.dec();
+            }
+        }
+        if ev.health.failed && s.removed {
+            // A host kept after its removal goes once it fails.
+            c.sessions.remove(&ev.address);
+            return true;
+        }
+        before != ev.health
+    }
+
+    /// Whether every host of `config` (with its hosts `hosts`) has had its first check: a
+    /// cluster with checks goes into force only then, as in Envoy.
+    pub fn ready(&self, config: &Arc<model::Cluster>, hosts: &[model::Host]) -> bool {
+        if config.health_check.is_none() {
+            return true;
+        }
+        let Some(c) = self
+            .clusters
+            .iter()
+            .find(|c| Arc::ptr_eq(&c.config, config))
+        else {
+            return hosts.is_empty();
+        };
+        hosts
+            .iter()
+            .all(|h| c.sessions.get(&h.address).is_some_and(|s| s.health.checked))
+    }
+
+    /// `hosts` (of `config`) with what the checks say, and the hosts kept after their removal.
+    pub fn apply(&self, config: &Arc<model::Cluster>, hosts: Vec<model::Host>) -> Vec<model::Host> {
+        let Some(c) = self
+            .clusters
+            .iter()
+            .find(|c| Arc::ptr_eq(&c.config, config))
+        else {
+            return hosts;
+        };
+        let mut out: Vec<model::Host> = hosts
+            .into_iter()
+            .map(|mut h| {
+                if let Some(s) = c.sessions.get(&h.address) {
+                    h.checks = s.flags();
+                }
+                h
+            })
+            .collect();
+        for s in c.sessions.values().filter(|s| s.removed) {
+            let mut h = s.host.clone();
+            h.checks = s.flags();
+            out.push(h);
+        }
+        out
+    }
+}
+
+fn leave(stats: &Stats, h: &HostHealth) {
+    if !h.failed {
+        stats.healthy.dec();
+    }
+    if h.degraded {
+        stats.degraded.dec();
+    }
+}
+
+/// Envoy's default `:authority` is the cluster's name when `host` is empty.
+fn check_host_is_cluster(check: &HealthCheck) -> bool {
+    matches!(&check.kind, HealthCheckKind::Http(h) if h.host.is_empty())
+}
+
+/// How a check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Success {
+        degraded: bool,
+    },
+    /// An answer that is not the expected one (`retriable`: a `retriable_statuses` status).
+    Active {
+        retriable: bool,
+    },
+    /// No connection, a reset, or a malformed answer.
+    Network,
+    /// No answer within `timeout`.
+    Timeout,
+}
+
+/// Whether a check changed the host's health, as Envoy's `HealthTransition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transition {
+    Unchanged,
+    Changed,
+    ChangePending,
+}
+
+/// One host's checks.
+struct Run {
+    check: Arc<HealthCheck>,
+    address: SocketAddr,
+    host: String,
+    stats: Stats,
+    traffic: Vec<Counter>,
+    generation: u64,
+    tx: mpsc::UnboundedSender<HealthEvent>,
+}
+
+/// Envoy's session counters.
+#[derive(Debug)]
+struct Machine {
+    health: HostHealth,
+    first: bool,
+    healthy_in_row: u32,
+    unhealthy_in_row: u32,
+}
+
+impl Machine {
+    fn new() -> Self {
+        Machine {
+            health: HostHealth::NEW,
+            first: true,
+            healthy_in_row: 0,
+            unhealthy_in_row: 0,
+        }
+    }
+
+    /// Envoy's `handleSuccess` and `setUnhealthy`.
+    fn on(&mut self, outcome: Outcome, check: &HealthCheck) -> Transition {
+        let mut t = Transition::Unchanged;
+        match outcome {
+            Outcome::Success { degraded } => {
+                self.unhealthy_in_row = 0;
+                if self.health.failed {
+                    self.healthy_in_row += 1;
+                    if self.first || self.healthy_in_row == check.healthy_threshold {
+                        self.health.timeout = false;
+                        self.health.failed = false;
+                        t = Transition::Changed;
+                    } else {
+                        t = Transition::ChangePending;
+                    }
+                }
+                if self.first && t != Transition::Changed {
+                    t = Transition::Changed;
+                }
+                if degraded != self.health.degraded {
+                    self.health.degraded = degraded;
+                    if t == Transition::Unchanged {
+                        t = Transition::Changed;
+                    }
+                }
+            }
+            Outcome::Active { .. } | Outcome::Network | Outcome::Timeout => {
+                self.healthy_in_row = 0;
+                let network = matches!(outcome, Outcome::Network | Outcome::Timeout);
+                let retriable = matches!(outcome, Outcome::Active { retriable: true });
+                if !self.health.failed {
+                    self.unhealthy_in_row += 1;
+                    if (!network && !retriable)
+                        || self.unhealthy_in_row == check.unhealthy_threshold
+                    {
+                        self.health.failed = true;
+                        t = Transition::Changed;
+                    } else {
+                        t = Transition::ChangePending;
+                    }
+                }
+                self.health.timeout = outcome == Outcome::Timeout && self.health.failed;
+                if self.first {
+                    t = Transition::Changed;
+                }
+            }
+        }
+        self.first = false;
+        self.health.checked = true;
+        t
+    }
+}
+
+impl Run {
+    async fn session(self) {
+        let check = self.check.clone();
+        let mut machine = Machine::new();
+        let mut conn: Option<Conn> = None;
+        let mut wait = if check.initial_jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            self.jittered(0, check.initial_jitter)
+        };
+        loop {
+            tokio::time::sleep(wait).await;
+            self.stats.attempt.inc();
+            let outcome = match tokio::time::timeout(check.timeout, self.once(&mut conn)).await {
+                Ok(o) => o,
+                Err(_) => {
+                    conn = None;
+                    Outcome::Timeout
+                }
+            };
+            // A failed answer keeps the connection; no answer, or no reuse, closes it.
+            if matches!(outcome, Outcome::Network | Outcome::Timeout) || !check.reuse_connection {
+                conn = None;
+            }
+            let before = machine.health;
+            let t = machine.on(outcome, &check);
+            match outcome {
+                Outcome::Success { .. } => self.stats.success.inc(),
+                Outcome::Network | Outcome::Timeout => {
+                    self.stats.failure.inc();
+                    self.stats.network_failure.inc();
+                }
+                Outcome::Active { .. } => self.stats.failure.inc(),
+            }
+            if machine.health != before {
+                let _ = self.tx.send(HealthEvent {
+                    generation: self.generation,
+                    address: self.address,
+                    health: machine.health,
+                });
+            }
+            // Envoy: the wait follows this check's result, not the host's state.
+            wait = self.interval(matches!(outcome, Outcome::Success { .. }), t);
+        }
+    }
+
+    /// Envoy's `interval`: the wait after a passed (`healthy`) or failed check, or the
+    /// no-traffic ones while the cluster has had no connection, jittered.
+    fn interval(&self, healthy: bool, t: Transition) -> Duration {
+        let c = &self.check;
+        let traffic = self.traffic.iter().any(|c| c.value() > 0);
+        let pending = t == Transition::ChangePending;
+        let base = if traffic {
+            match (healthy, pending) {
+                (false, true) => c.unhealthy_edge_interval,
+                (false, false) => c.unhealthy_interval,
+                (true, true) => c.healthy_edge_interval,
+                (true, false) => c.interval,
+            }
+        } else if healthy && !pending {
+            c.no_traffic_healthy_interval
+        } else {
+            c.no_traffic_interval
+        };
+        self.jittered(base.as_millis() as u64, c.interval_jitter)
+    }
+
+    /// Envoy's `intervalWithJitter`: the percent jitter, then the absolute one; at least 1 ms.
+    fn jittered(&self, base_ms: u64, jitter: Duration) -> Duration {
+        let mut ms = base_ms;
+        let percent = u64::from(self.check.interval_jitter_percent) * base_ms / 100;
+        if percent > 0 {
+            ms += fastrand::u64(..percent);
+        }
+        let j = jitter.as_millis() as u64;
+        if j > 0 {
+            ms += fastrand::u64(..j);
+        }
+        Duration::from_millis(ms.max(1))
+    }
+
+    async fn once(&self, conn: &mut Option<Conn>) -> Outcome {
+        match &self.check.kind {
+            HealthCheckKind::Http(http) => self.http(http, conn).await,
+            HealthCheckKind::Tcp { send, receive } => self.tcp(send, receive, conn).await,
+        }
+    }
+
+    async fn tcp(&self, send: &[u8], receive: &[Vec<u8>], conn: &mut Option<Conn>) -> Outcome {
+        let (mut stream, mut got) = match conn.take() {
+            Some(Conn::Tcp(s, got)) => (s, got),
+            _ => match TcpStream::connect(self.address).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    (s, Vec::new())
+                }
+                Err(_) => return Outcome::Network,
+            },
+        };
+        // As Envoy: without `receive` the connection is the check (nothing is sent, and the
+        // connection closes).
+        if receive.is_empty() {
+            return Outcome::Success { degraded: false };
+        }
+        if !send.is_empty() && stream.write_all(send).await.is_err() {
+            return Outcome::Network;
+        }
+        // What does not match stays (Envoy's read buffer) until it does, or the timeout.
+        let mut buf = [0u8; 4096];
+        while !contains_in_order(&got, receive) {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return Outcome::Network,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        *conn = Some(Conn::Tcp(stream, Vec::new()));
+        Outcome::Success { degraded: false }
+    }
+
+    async fn http(&self, http: &HttpHealthCheck, conn: &mut Option<Conn>) -> Outcome {
+        let mut sender = match conn.take() {
+            Some(Conn::Http(s)) if s.is_ready() => s,
+            _ => match self.connect_http(http.http2).await {
+                Some(s) => s,
+                None => return Outcome::Network,
+            },
+        };
+        let mut req = http::Request::builder()
+            .method(http.method.as_str())
+            .uri(http.path.as_str());
+        if http.http2 {
+            req = req.uri(format!("http://{}{}", self.host, http.path));
+        }
+        let Ok(mut req) = req.body(Full::new(Bytes::from(http.send.clone()))) else {
+            return Outcome::Network;
+        };
+        let headers = req.headers_mut();
+        if !http.http2 {
+            if let Ok(v) = http::HeaderValue::from_str(&self.host) {
+                headers.insert(http::header::HOST, v);
+            }
+        }
+        headers.insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("Envoy/HC"),
+        );
+        // Envoy's HTTP/1.1 codec: a request without a body says `content-length: 0` unless
+        // its method has no body.
+        let bodiless = matches!(http.method.as_str(), "GET" | "HEAD" | "DELETE" | "TRACE");
+        if !http.http2 && (!bodiless || !http.send.is_empty()) {
+            headers.insert(http::header::CONTENT_LENGTH, http.send.len().into());
+        }
+        http.headers.apply(headers);
+        let resp = match sender.send(req).await {
+            Ok(r) => r,
+            Err(_) => return Outcome::Network,
+        };
+        let status = resp.status().as_u16();
+        let degraded = resp.headers().contains_key("x-envoy-degraded");
+        let close = resp
+            .headers()
+            .get(http::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        // The body: read (up to the buffer size searched) so the connection can serve again.
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref().filter(|_| !http.receive.is_empty()) {
+                        let room = http.response_buffer_size.saturating_sub(got.len());
+                        got.extend_from_slice(&d[..d.len().min(room)]);
+                    }
+                }
+                Err(_) => return Outcome::Network,
+            }
+        }
+        // Envoy's order: the body, then the status, then `x-envoy-degraded`.
+        let in_ranges = |r: &[(u16, u16)]| r.iter().any(|&(a, b)| (a..b).contains(&status));
+        let outcome = if !http.receive.is_empty() && !contains_in_order(&got, &http.receive) {
+            Outcome::Active { retriable: false }
+        } else if !in_ranges(&http.expected) {
+            Outcome::Active {
+                retriable: in_ranges(&http.retriable),
+            }
+        } else {
+            Outcome::Success { degraded }
+        };
+        if !close {
+            *conn = Some(Conn::Http(sender));
+        }
+        outcome
+    }
+
+    async fn connect_http(&self, http2: bool) -> Option<Sender> {
+        let stream = TcpStream::connect(self.address).await.ok()?;
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(stream);
+        if http2 {
+            let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            Some(Sender::H2(send))
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
+            tokio::spawn(conn);
+            Some(Sender::H1(send))
+        }
+    }
+}
+
+type CheckBody = Full<Bytes>;
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<CheckBody>),
+    H2(hyper::client::conn::http2::SendRequest<CheckBody>),
+}
+
+impl Sender {
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(s) => s.is_ready(),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        req: http::Request<CheckBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
+enum Conn {
+    /// With what was read and not yet matched.
+    Tcp(TcpStream, Vec<u8>),
+    Http(Sender),
+}
+
+/// Envoy's payload match: each block found in `data`, each after the one before.
+fn contains_in_order(data: &[u8], blocks: &[Vec<u8>]) -> bool {
+    let mut from = 0;
+    for b in blocks {
+        if b.is_empty() {
+            continue;
+        }
+        match data[from..]
+            .windows(b.len())
+            .position(|w| w == b.as_slice())
+        {
+            Some(i) => from += i + b.len(),
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(healthy: u32, unhealthy: u32) -> HealthCheck {
+        HealthCheck {
+            timeout: Duration::from_secs(1),
+            interval: Duration::from_secs(1),
+            initial_jitter: Duration::ZERO,
+            interval_jitter: Duration::ZERO,
+            interval_jitter_percent: 0,
+            unhealthy_threshold: unhealthy,
+            healthy_threshold: healthy,
+            reuse_connection: true,
+            no_traffic_interval: Duration::from_secs(60),
+            no_traffic_healthy_interval: Duration::from_secs(60),
+            unhealthy_interval: Duration::from_secs(1),
+            unhealthy_edge_interval: Duration::from_secs(1),
+            healthy_edge_interval: Duration::from_secs(1),
+            kind: HealthCheckKind::Tcp {
+                send: Vec::new(),
+                receive: Vec::new(),
+            },
+        }
+    }
+
+    const OK: Outcome = Outcome::Success { degraded: false };
+
+    #[test]
+    fn the_first_success_makes_a_host_healthy_then_thresholds_count() {
+        let c = check(2, 3);
+        let mut m = Machine::new();
+        assert_eq!(m.on(OK, &c), Transition::Changed);
+        assert!(!m.health.failed);
+        // Network failures: the third in a row makes it unhealthy.
+        assert_eq!(m.on(Outcome::Timeout, &c), Transition::ChangePending);
+        assert_eq!(m.on(Outcome::Network, &c), Transition::ChangePending);
+        assert!(!m.health.failed);
+        assert_eq!(m.on(Outcome::Timeout, &c), Transition::Changed);
+        assert!(m.health.failed && m.health.timeout);
+        // Back: two successes in a row.
+        assert_eq!(m.on(OK, &c), Transition::ChangePending);
+        assert!(m.health.failed);
+        assert_eq!(m.on(OK, &c), Transition::Changed);
+        assert!(!m.health.failed && !m.health.timeout);
+        // A wrong status fails at once; a retriable one counts.
+        assert_eq!(
+            m.on(Outcome::Active { retriable: true }, &c),
+            Transition::ChangePending
+        );
+        assert_eq!(
+            m.on(Outcome::Active { retriable: false }, &c),
+            Transition::Changed
+        );
+        assert!(m.health.failed && !m.health.timeout);
+    }
+
+    #[test]
+    fn payloads_are_found_in_order() {
+        let d = b"hello pong world";
+        assert!(contains_in_order(d, &[b"pong".to_vec()]));
+        assert!(contains_in_order(
+            d,
+            &[b"hello".to_vec(), b"world".to_vec()]
+        ));
+        assert!(!contains_in_order(
+            d,
+            &[b"world".to_vec(), b"hello".to_vec()]
+        ));
+        assert!(!contains_in_order(d, &[b"ping".to_vec()]));
+    }
+}

@@ -1,0 +1,291 @@
+//! Active health checks side by side with Envoy 1.40: each proxy checks its own set of the
+//! same upstreams (a healthy one, one answering 503, one that goes away and comes back, and
+//! TCP ones), and the test compares what each check sends, which hosts take traffic, the
+//! `/clusters` flags and the `health_check.*` stats as the upstreams change.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use skiff_tests::client::{get, Http1Client};
+use skiff_tests::config::{bootstrap, hcm, listener, to_yaml, vhost};
+use skiff_tests::proxy::{run_cli, write_config};
+use skiff_tests::upstream::tcp::{TcpMode, TcpUpstream};
+use skiff_tests::upstream::{EchoOptions, EchoUpstream};
+use skiff_tests::{free_port, run_for, Kind, ProxyProcess};
+
+fn endpoints(ports: &[u16]) -> Value {
+    let eps: Vec<Value> = ports
+        .iter()
+        .map(|p| {
+            json!({ "endpoint": { "address": { "socket_address": {
+                "address": "127.0.0.1", "port_value": p } } } })
+        })
+        .collect();
+    json!([ { "lb_endpoints": eps } ])
+}
+
+fn config(admin: u16, port: u16, http: &[u16], tcp: &[u16]) -> String {
+    let fast = json!({ "interval": "0.1s", "no_traffic_interval": "0.1s", "timeout": "0.5s",
+        "unhealthy_threshold": 2, "healthy_threshold": 2 });
+    let mut http_check = fast.clone();
+    // A new connection per check: an upstream that stops listening fails the next one.
+    http_check["reuse_connection"] = json!(false);
+    http_check["http_health_check"] = json!({ "path": "/healthz?probe=1",
+        "request_headers_to_add": [ { "header": { "key": "x-hc", "value": "probe" } } ] });
+    let mut tcp_check = fast;
+    tcp_check["tcp_health_check"] =
+        json!({ "send": { "text": "70696e67" }, "receive": [ { "text": "70696e67" } ] });
+    to_yaml(&bootstrap(
+        admin,
+        vec![listener(
+            "l",
+            "127.0.0.1",
+            port,
+            hcm(
+                "h",
+                vec![vhost(
+                    "v",
+                    &["*"],
+                    vec![json!({ "match": { "prefix": "/" }, "route": { "cluster": "web" } })],
+                )],
+            ),
+        )],
+        vec![
+            json!({ "name": "web", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": { "cluster_name": "web", "endpoints": endpoints(http) },
+                // One host of three left must not put the cluster in panic.
+                "common_lb_config": { "healthy_panic_threshold": { "value": 0 } },
+                "health_checks": [ http_check ] }),
+            json!({ "name": "raw", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": { "cluster_name": "raw", "endpoints": endpoints(tcp) },
+                "health_checks": [ tcp_check ] }),
+        ],
+    ))
+}
+
+const BAD_REPLY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
+
+struct Side {
+    kind: Kind,
+    proxy: ProxyProcess,
+    port: u16,
+    good: EchoUpstream,
+    flappy: Option<EchoUpstream>,
+    flappy_addr: std::net::SocketAddr,
+    _bad: TcpUpstream,
+    _tcp: [TcpUpstream; 2],
+}
+
+impl Side {
+    async fn start(kind: Kind) -> Side {
+        let good = EchoUpstream::with_options(EchoOptions::named("good")).await;
+        let flappy = EchoUpstream::with_options(EchoOptions::named("flappy")).await;
+        let bad = TcpUpstream::start(TcpMode::ReadThenReply(BAD_REPLY.to_vec())).await;
+        let echo = TcpUpstream::start(TcpMode::Echo).await;
+        let silent = TcpUpstream::start(TcpMode::ReadThenClose).await;
+        let (admin, port) = (free_port(), free_port());
+        let yaml = config(
+            admin,
+            port,
+            &[good.port(), bad.port(), flappy.port()],
+            &[echo.port(), silent.port()],
+        );
+        let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+        Side {
+            kind,
+            proxy,
+            port,
+            good,
+            flappy_addr: flappy.addr,
+            flappy: Some(flappy),
+            _bad: bad,
+            _tcp: [echo, silent],
+        }
+    }
+
+    /// Which upstreams 12 requests reach.
+    async fn reached(&self) -> std::collections::BTreeSet<String> {
+        let mut client = Http1Client::connect(&format!("127.0.0.1:{}", self.port))
+            .await
+            .expect("connect");
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..12 {
+            let r = client
+                .send(get("/", "hc.example.com"))
+                .await
+                .expect("response");
+            seen.insert(r.header("x-upstream").unwrap_or("?").to_string());
+        }
+        seen
+    }
+
+    /// Waits (up to 5 s) until the requests reach exactly `want`.
+    async fn wait_reached(&self, want: &[&str]) {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self.reached().await;
+            if got.iter().map(String::as_str).eq(want.iter().copied()) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "{}: requests reach {got:?}, waiting for {want:?}",
+                self.kind.name()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `/clusters`' health flags of the host on `port`.
+    async fn flags(&self, cluster: &str, port: u16) -> String {
+        let text = self.proxy.admin().get("/clusters").await.text();
+        let key = format!("{cluster}::127.0.0.1:{port}::health_flags::");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or("?")
+            .to_string()
+    }
+
+    async fn wait_flags(&self, cluster: &str, port: u16, want: &str) {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.flags(cluster, port).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "{}: {cluster} {port}: flags {got:?}, waiting for {want:?}",
+                self.kind.name()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stat(&self, name: &str) -> u64 {
+        self.proxy
+            .admin()
+            .stat(&format!("cluster.{name}"))
+            .await
+            .unwrap_or(0)
+    }
+}
+
+#[tokio::test]
+async fn active_health_checks_side_by_side() {
+    run_for(Duration::from_secs(120), async {
+        let mut sides = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            sides.push(Side::start(kind).await);
+        }
+        let mut checks = Vec::new();
+        for side in sides.iter_mut() {
+            let who = side.kind.name();
+            let (bad, flappy) = (side._bad.port(), side.flappy_addr.port());
+            // The first checks ran before the listener took traffic: the 503 host is out.
+            side.wait_flags("web", bad, "/failed_active_hc").await;
+            assert_eq!(
+                side.flags("web", side.good.port()).await,
+                "healthy",
+                "{who}"
+            );
+            side.wait_reached(&["flappy", "good"]).await;
+            // The TCP check: the echo upstream sends "ping" back; the silent one never does.
+            side.wait_flags("raw", side._tcp[0].port(), "healthy").await;
+            side.wait_flags("raw", side._tcp[1].port(), "/failed_active_hc")
+                .await;
+
+            // What a check sends.
+            let hc = side
+                .good
+                .rec
+                .requests()
+                .into_iter()
+                .find(|r| r.path.starts_with("/healthz"))
+                .expect("a health check");
+            checks.push((
+                hc.method.clone(),
+                hc.path.clone(),
+                hc.headers
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>(),
+            ));
+
+            // The flappy host goes away: two refused connections make it unhealthy.
+            side.flappy = None;
+            side.wait_flags("web", flappy, "/failed_active_hc").await;
+            side.wait_reached(&["good"]).await;
+            // Back on the same port: two passed checks make it healthy again.
+            side.flappy = Some(
+                EchoUpstream::with_options_at(EchoOptions::named("flappy"), side.flappy_addr).await,
+            );
+            side.wait_flags("web", flappy, "healthy").await;
+            side.wait_reached(&["flappy", "good"]).await;
+
+            assert_eq!(side.stat("web.health_check.healthy").await, 2, "{who}");
+            assert_eq!(side.stat("raw.health_check.healthy").await, 1, "{who}");
+            for s in ["attempt", "success", "failure", "network_failure"] {
+                assert!(
+                    side.stat(&format!("web.health_check.{s}")).await > 0,
+                    "{who}: {s}"
+                );
+            }
+            assert_eq!(side.stat("web.membership_healthy").await, 2, "{who}");
+        }
+        assert_eq!(checks[1], checks[0], "the check skiff sends, Envoy's");
+        assert_eq!(checks[0].0, "GET");
+        assert_eq!(checks[0].1, "/healthz?probe=1");
+        assert!(
+            checks[0].2.contains(&"host: web".to_string())
+                && checks[0].2.contains(&"user-agent: Envoy/HC".to_string())
+                && checks[0].2.contains(&"x-hc: probe".to_string()),
+            "{:?}",
+            checks[0].2
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_health_checks_are_refused_by_both() {
+    run_for(Duration::from_secs(60), async {
+        let bad: [(Value, &str); 3] = [
+            (
+                json!({ "timeout": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+                    "http_health_check": { "path": "/" } }),
+                "interval",
+            ),
+            (
+                json!({ "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1,
+                    "healthy_threshold": 1, "http_health_check": { "path": "/",
+                    "send": { "text": "6869" } } }),
+                "payload",
+            ),
+            (
+                json!({ "timeout": "1s", "interval": "1s", "unhealthy_threshold": 1,
+                    "healthy_threshold": 1, "tcp_health_check": {
+                    "receive": [ { "text": "zz" } ] } }),
+                "hex",
+            ),
+        ];
+        for (check, why) in bad {
+            let yaml = to_yaml(&bootstrap(
+                free_port(),
+                vec![],
+                vec![json!({ "name": "c", "type": "STATIC", "connect_timeout": "1s",
+                    "load_assignment": { "cluster_name": "c", "endpoints": endpoints(&[free_port()]) },
+                    "health_checks": [ check.clone() ] })],
+            ));
+            let cfg = write_config("bad-health-check", &yaml);
+            for kind in [Kind::Envoy, Kind::under_test()] {
+                let out = run_cli(kind, &["--mode", "validate", "-c", cfg.path()]).await;
+                assert_ne!(out.code, Some(0), "{}: {check} accepted", kind.name());
+                if kind != Kind::Envoy {
+                    assert!(out.output().contains(why), "{why}: {}", out.output());
+                }
+            }
+        }
+    })
+    .await;
+}
