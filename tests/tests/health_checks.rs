@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use skiff_tests::client::{get, Http1Client};
 use skiff_tests::config::{bootstrap, hcm, listener, to_yaml, vhost};
 use skiff_tests::proxy::{run_cli, write_config};
+use skiff_tests::upstream::h2c::H2Upstream;
 use skiff_tests::upstream::tcp::{TcpMode, TcpUpstream};
 use skiff_tests::upstream::{EchoOptions, EchoUpstream};
 use skiff_tests::{free_port, run_for, Kind, ProxyProcess};
@@ -24,7 +25,7 @@ fn endpoints(ports: &[u16]) -> Value {
     json!([ { "lb_endpoints": eps } ])
 }
 
-fn config(admin: u16, port: u16, http: &[u16], tcp: &[u16]) -> String {
+fn config(admin: u16, port: u16, http: &[u16], tcp: &[u16], h2: u16) -> String {
     let fast = json!({ "interval": "0.1s", "no_traffic_interval": "0.1s", "timeout": "0.5s",
         "unhealthy_threshold": 2, "healthy_threshold": 2 });
     let mut http_check = fast.clone();
@@ -32,6 +33,15 @@ fn config(admin: u16, port: u16, http: &[u16], tcp: &[u16]) -> String {
     http_check["reuse_connection"] = json!(false);
     http_check["http_health_check"] = json!({ "path": "/healthz?probe=1",
         "request_headers_to_add": [ { "header": { "key": "x-hc", "value": "probe" } } ] });
+    let mut h2_check = fast.clone();
+    h2_check["http_health_check"] = json!({ "path": "/ready", "host": "svc.local",
+        "codec_client_type": "HTTP2" });
+    let mut post_check = fast.clone();
+    post_check["http_health_check"] = json!({ "path": "/post", "method": "POST",
+        "send": { "text": "70696e67" },
+        // "POST", then "Envoy/HC", in the echo of the request.
+        "receive": [ { "text": "504f5354" }, { "binary": "RW52b3kvSEM=" } ],
+        "expected_statuses": [ { "start": 200, "end": 300 } ] });
     let mut tcp_check = fast;
     tcp_check["tcp_health_check"] =
         json!({ "send": { "text": "70696e67" }, "receive": [ { "text": "70696e67" } ] });
@@ -56,6 +66,12 @@ fn config(admin: u16, port: u16, http: &[u16], tcp: &[u16]) -> String {
                 // One host of three left must not put the cluster in panic.
                 "common_lb_config": { "healthy_panic_threshold": { "value": 0 } },
                 "health_checks": [ http_check ] }),
+            json!({ "name": "h2", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": { "cluster_name": "h2", "endpoints": endpoints(&[h2]) },
+                "health_checks": [ h2_check ] }),
+            json!({ "name": "post", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": { "cluster_name": "post", "endpoints": endpoints(&http[..1]) },
+                "health_checks": [ post_check ] }),
             json!({ "name": "raw", "type": "STATIC", "connect_timeout": "1s",
                 "load_assignment": { "cluster_name": "raw", "endpoints": endpoints(tcp) },
                 "health_checks": [ tcp_check ] }),
@@ -74,6 +90,7 @@ struct Side {
     flappy_addr: std::net::SocketAddr,
     _bad: TcpUpstream,
     _tcp: [TcpUpstream; 2],
+    h2: H2Upstream,
 }
 
 impl Side {
@@ -83,12 +100,14 @@ impl Side {
         let bad = TcpUpstream::start(TcpMode::ReadThenReply(BAD_REPLY.to_vec())).await;
         let echo = TcpUpstream::start(TcpMode::Echo).await;
         let silent = TcpUpstream::start(TcpMode::ReadThenClose).await;
+        let h2 = H2Upstream::start("h2").await;
         let (admin, port) = (free_port(), free_port());
         let yaml = config(
             admin,
             port,
             &[good.port(), bad.port(), flappy.port()],
             &[echo.port(), silent.port()],
+            h2.port(),
         );
         let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
         Side {
@@ -100,6 +119,7 @@ impl Side {
             flappy: Some(flappy),
             _bad: bad,
             _tcp: [echo, silent],
+            h2,
         }
     }
 
@@ -179,6 +199,7 @@ async fn active_health_checks_side_by_side() {
             sides.push(Side::start(kind).await);
         }
         let mut checks = Vec::new();
+        let mut h2_checks = Vec::new();
         for side in sides.iter_mut() {
             let who = side.kind.name();
             let (bad, flappy) = (side._bad.port(), side.flappy_addr.port());
@@ -194,6 +215,28 @@ async fn active_health_checks_side_by_side() {
             side.wait_flags("raw", side._tcp[0].port(), "healthy").await;
             side.wait_flags("raw", side._tcp[1].port(), "/failed_active_hc")
                 .await;
+
+            // An HTTP/2 check.
+            side.wait_flags("h2", side.h2.port(), "healthy").await;
+            let h2 = side
+                .h2
+                .rec
+                .requests()
+                .into_iter()
+                .next()
+                .expect("an HTTP/2 check");
+            h2_checks.push((h2.method, h2.path, h2.authority, h2.headers));
+
+            // A POST with a body; the echo of its head holds what the check looks for.
+            side.wait_flags("post", side.good.port(), "healthy").await;
+            let post = side
+                .good
+                .rec
+                .requests()
+                .into_iter()
+                .find(|r| r.path == "/post")
+                .expect("a POST check");
+            h2_checks.push((post.method, post.path, post.authority, post.headers));
 
             // What a check sends.
             let hc = side
@@ -234,6 +277,16 @@ async fn active_health_checks_side_by_side() {
             assert_eq!(side.stat("web.membership_healthy").await, 2, "{who}");
         }
         assert_eq!(checks[1], checks[0], "the check skiff sends, Envoy's");
+        // HTTP/2 and POST checks, Envoy's then skiff's.
+        assert_eq!(
+            h2_checks[2], h2_checks[0],
+            "the HTTP/2 check skiff sends, Envoy's"
+        );
+        assert_eq!(
+            h2_checks[3], h2_checks[1],
+            "the POST check skiff sends, Envoy's"
+        );
+        assert_eq!(h2_checks[0].2.as_deref(), Some("svc.local"));
         assert_eq!(checks[0].0, "GET");
         assert_eq!(checks[0].1, "/healthz?probe=1");
         assert!(
