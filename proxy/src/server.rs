@@ -255,6 +255,10 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
         let Some(mut health_events) = config.health_events() else {
             return Err("the health check channel is gone".to_string());
         };
+        // Another server in this process took the channel: its detections go there.
+        let mut outlier_events = config
+            .outlier_events()
+            .unwrap_or_else(|| tokio::sync::mpsc::unbounded_channel().1);
         config.start();
         while config.initializing() {
             let next = config.next_deadline();
@@ -262,6 +266,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
                 Some(ev) = events.recv() => config.on_file_event(&ev),
                 Some(r) = dns_events.recv() => config.on_dns(r),
                 Some(h) = health_events.recv() => config.on_health(h),
+                Some(o) = outlier_events.recv() => config.on_outlier(o),
                 Some(ev) = recv_xds(&mut xds) => config.on_xds(ev),
                 _ = sleep_until(next) => config.on_timer(Instant::now()),
                 _ = signals.recv() => return Ok(()),
@@ -309,6 +314,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
                 Some(ev) = events.recv() => config.on_file_event(&ev),
                 Some(r) = dns_events.recv() => config.on_dns(r),
                 Some(h) = health_events.recv() => config.on_health(h),
+                Some(o) = outlier_events.recv() => config.on_outlier(o),
                 Some(ev) = recv_xds(&mut xds) => config.on_xds(ev),
                 Some(cmd) = commands.recv() => match cmd {
                     Command::DrainListeners { inbound_only, graceful } => {

@@ -1915,13 +1915,66 @@ pub struct Host {
 impl Host {
     /// Whether it may take traffic: healthy by discovery and not failed by the active checks.
     pub fn usable(&self) -> bool {
-        self.healthy && !self.checks.failed
+        self.healthy && !self.checks.failed && !self.checks.ejected
     }
 
     /// Degraded by discovery or by the active checks.
     pub fn degraded_now(&self) -> bool {
         self.degraded || self.checks.degraded
     }
+}
+
+/// `outlier_detection`, with Envoy's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierDetection {
+    /// `consecutive_5xx` (5).
+    pub consecutive_5xx: u32,
+    /// `consecutive_gateway_failure` (5).
+    pub consecutive_gateway_failure: u32,
+    /// `consecutive_local_origin_failure` (5).
+    pub consecutive_local_origin_failure: u32,
+    /// `interval` (10 s): how often success rates are judged and ejections end.
+    pub interval: Duration,
+    /// `base_ejection_time` (30 s), times the host's ejection count.
+    pub base_ejection_time: Duration,
+    /// `max_ejection_time` (300 s, at least the base).
+    pub max_ejection_time: Duration,
+    /// `max_ejection_time_jitter` (0): a random time below it is added to each ejection.
+    pub max_ejection_time_jitter: Duration,
+    /// `max_ejection_percent` (10).
+    pub max_ejection_percent: u32,
+    /// `enforcing_consecutive_5xx` (100).
+    pub enforcing_consecutive_5xx: u32,
+    /// `enforcing_consecutive_gateway_failure` (0).
+    pub enforcing_consecutive_gateway_failure: u32,
+    /// `enforcing_consecutive_local_origin_failure` (100).
+    pub enforcing_consecutive_local_origin_failure: u32,
+    /// `enforcing_success_rate` (100).
+    pub enforcing_success_rate: u32,
+    /// `enforcing_local_origin_success_rate` (100).
+    pub enforcing_local_origin_success_rate: u32,
+    /// `enforcing_failure_percentage` (0).
+    pub enforcing_failure_percentage: u32,
+    /// `enforcing_failure_percentage_local_origin` (0).
+    pub enforcing_failure_percentage_local_origin: u32,
+    /// `success_rate_minimum_hosts` (5).
+    pub success_rate_minimum_hosts: u32,
+    /// `success_rate_request_volume` (100).
+    pub success_rate_request_volume: u32,
+    /// `success_rate_stdev_factor` (1900: 1.9 standard deviations).
+    pub success_rate_stdev_factor: u32,
+    /// `failure_percentage_threshold` (85).
+    pub failure_percentage_threshold: u32,
+    /// `failure_percentage_minimum_hosts` (5).
+    pub failure_percentage_minimum_hosts: u32,
+    /// `failure_percentage_request_volume` (50).
+    pub failure_percentage_request_volume: u32,
+    /// `split_external_local_origin_errors`.
+    pub split_external_local_origin_errors: bool,
+    /// `successful_active_health_check_uneject_host` (true).
+    pub successful_active_health_check_uneject_host: bool,
+    /// `always_eject_one_host`.
+    pub always_eject_one_host: bool,
 }
 
 /// A host's active health check flags, as Envoy names them in `/clusters`.
@@ -1935,6 +1988,8 @@ pub struct HcFlags {
     pub degraded: bool,
     /// `pending_dynamic_removal`: discovery removed it, kept while its checks pass.
     pub removed: bool,
+    /// `failed_outlier_check`: ejected by outlier detection.
+    pub ejected: bool,
 }
 
 /// A cluster's active health check (`health_checks[0]`).
@@ -2342,6 +2397,8 @@ pub struct Cluster {
     /// `ignore_health_on_host_removal`: a host EDS or DNS removes goes at once even while
     /// its active checks pass.
     pub ignore_health_on_host_removal: bool,
+    /// `outlier_detection`: hosts ejected for their errors.
+    pub outlier: Option<Arc<OutlierDetection>>,
     /// `common_lb_config.healthy_panic_threshold` in percent (default 50; 0 disables): below
     /// it, the share of healthy hosts no longer limits traffic to them.
     pub panic_threshold: f64,

@@ -510,6 +510,15 @@ fn listeners(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<
     text(StatusCode::OK, out)
 }
 
+/// A success rate as `/clusters` prints it (`{:g}`: -1 when none).
+fn rate(v: f64) -> String {
+    if v < 0.0 {
+        "-1".to_string()
+    } else {
+        format!("{v}")
+    }
+}
+
 fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<Bytes>> {
     use std::sync::atomic::Ordering::Relaxed;
     let json_format = q.get("format").map(String::as_str) == Some("json");
@@ -523,6 +532,20 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
         let mut hosts = Vec::new();
         let observed = c.config.stat_name();
         out.push_str(&format!("{name}::observability_name::{observed}\n"));
+        if c.config.outlier.is_some() {
+            let [avg, threshold, local_avg, local_threshold] = c.outlier_averages.get();
+            for (k, v) in [
+                ("success_rate_average", avg),
+                ("success_rate_ejection_threshold", threshold),
+                ("local_origin_success_rate_average", local_avg),
+                (
+                    "local_origin_success_rate_ejection_threshold",
+                    local_threshold,
+                ),
+            ] {
+                out.push_str(&format!("{name}::outlier::{k}::{}\n", rate(v)));
+            }
+        }
         let cb = &c.config.circuit_breakers;
         for (p, t) in [
             ("default_priority", &cb.default),
@@ -562,6 +585,7 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
             let hc = h.checks;
             let flags: String = [
                 (hc.failed, "/failed_active_hc"),
+                (hc.ejected, "/failed_outlier_check"),
                 (!h.healthy && !h.excluded, "/failed_eds_health"),
                 (hc.degraded, "/degraded_active_hc"),
                 (h.degraded, "/degraded_eds_health"),
@@ -576,6 +600,8 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
             let health = if flags.is_empty() { "healthy" } else { &flags };
             let weight = h.weight.to_string();
             let priority = h.priority.to_string();
+            let (sr, local_sr) = s.outlier.success_rates();
+            let (sr, local_sr) = (rate(sr), rate(local_sr));
             for (k, v) in [
                 ("hostname", h.hostname.as_deref().unwrap_or("")),
                 ("health_flags", health),
@@ -585,8 +611,8 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
                 ("sub_zone", ""),
                 ("canary", "false"),
                 ("priority", priority.as_str()),
-                ("success_rate", "-1"),
-                ("local_origin_success_rate", "-1"),
+                ("success_rate", sr.as_str()),
+                ("local_origin_success_rate", local_sr.as_str()),
             ] {
                 out.push_str(&format!("{name}::{a}::{k}::{v}\n"));
             }

@@ -36,6 +36,7 @@ use crate::router::RouteTable;
 use crate::stats::{Shard, Store};
 use crate::upstream::dns::{DnsClusters, Resolved};
 use crate::upstream::health::{HealthCheckers, HealthEvent};
+use crate::upstream::outlier::{Detected, OutlierDetectors};
 use crate::upstream::ClusterInfo;
 use crate::worker::WorkerUpdate;
 use crate::xds::{self, Interest, StreamKey, Update, XdsEvent};
@@ -261,6 +262,8 @@ pub struct ConfigStore {
     dns: DnsClusters,
     /// Active health checks of the clusters that have them.
     health: HealthCheckers,
+    /// Outlier detection of the clusters in force that have it.
+    outlier: OutlierDetectors,
     /// `ads_config`.
     ads: Option<GrpcSource>,
     /// Where each static cluster an xDS stream may use is.
@@ -367,6 +370,7 @@ impl ConfigStore {
             pending_prune: Vec::new(),
             watchers: Watchers::new(events),
             decoder: Default::default(),
+            outlier: OutlierDetectors::new(main.clone()),
             dns: DnsClusters::new(main),
             health,
             ads: loaded.model.dynamic.ads.clone(),
@@ -584,8 +588,26 @@ impl ConfigStore {
     /// A check's result: a host whose health changed goes into the next snapshot; a cluster
     /// whose hosts all had their first check may go into force.
     pub fn on_health(&mut self, ev: HealthEvent) {
-        if self.health.on_event(ev) {
+        // A passed check brings back a host outlier detection ejected (Envoy's
+        // successful_active_health_check_uneject_host).
+        let unejected = match self.health.passed(&ev) {
+            Some((config, address)) => self.outlier.on_check_passed(&config, address),
+            None => false,
+        };
+        if self.health.on_event(ev) || unejected {
             self.promote();
+            self.publish();
+        }
+    }
+
+    /// Outlier detections from the workers, for [`ConfigStore::on_outlier`]. Taken once.
+    pub fn outlier_events(&mut self) -> Option<mpsc::UnboundedReceiver<Detected>> {
+        self.outlier.take_events()
+    }
+
+    /// A worker's detection: an ejected host goes out with the next snapshot.
+    pub fn on_outlier(&mut self, ev: Detected) {
+        if self.outlier.on_detected(ev) {
             self.publish();
         }
     }
@@ -609,6 +631,7 @@ impl ConfigStore {
             .chain(prune)
             .chain(self.decoder.idle_deadline())
             .chain(self.dns.next_deadline())
+            .chain(self.outlier.next_deadline())
             .min()
     }
 
@@ -637,6 +660,7 @@ impl ConfigStore {
         }
         self.decoder.stop_if_idle();
         self.dns.on_timer();
+        changed |= self.outlier.on_timer();
         self.draining_listeners.retain(|d| *d > now);
         self.draining_chains.retain(|d| *d > now);
         let held = self.draining_rds.len();
@@ -1652,7 +1676,10 @@ impl ConfigStore {
         let mut next = HashMap::new();
         for (name, slot) in &self.clusters {
             let Some(v) = &slot.active else { continue };
-            let hosts = self.health.apply(&v.model, self.discovered_hosts(&v.model));
+            let hosts = self.outlier.apply(
+                &v.model,
+                self.health.apply(&v.model, self.discovered_hosts(&v.model)),
+            );
             let prev = self.infos.get(name);
             let info = match prev {
                 Some(p) if Arc::ptr_eq(&p.config, &v.model) && p.hosts == hosts => p.clone(),
@@ -1673,6 +1700,7 @@ impl ConfigStore {
             };
             next.insert(name.clone(), info);
         }
+        self.outlier.sync(&next);
         self.infos = next.clone();
         next
     }

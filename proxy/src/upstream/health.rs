@@ -52,6 +52,8 @@ pub struct HealthEvent {
     generation: u64,
     address: SocketAddr,
     health: HostHealth,
+    /// This check passed.
+    passed: bool,
 }
 
 /// `cluster.<name>.health_check.*`.
@@ -101,6 +103,7 @@ impl Session {
             timeout: self.health.timeout,
             degraded: self.health.degraded,
             removed: self.removed,
+            ejected: false,
         }
     }
 }
@@ -255,6 +258,17 @@ impl HealthCheckers {
             }
             keep
         });
+    }
+
+    /// The cluster version and host of a passed check whose host is healthy.
+    pub fn passed(&self, ev: &HealthEvent) -> Option<(Arc<model::Cluster>, SocketAddr)> {
+        if !ev.passed || ev.health.failed {
+            return None;
+        }
+        self.clusters
+            .iter()
+            .find(|c| c.generation == ev.generation)
+            .map(|c| (c.config.clone(), ev.address))
     }
 
     /// Takes a check's result; true when a host's health changed (a new snapshot is due).
@@ -494,11 +508,15 @@ impl Run {
                 }
                 Outcome::Active { .. } => self.stats.failure.inc(),
             }
-            if machine.health != before {
+            // A change, and every passed check (it may bring back a host outlier detection
+            // ejected).
+            let passed = matches!(outcome, Outcome::Success { .. });
+            if machine.health != before || passed {
                 let _ = self.tx.send(HealthEvent {
                     generation: self.generation,
                     address: self.address,
                     health: machine.health,
+                    passed,
                 });
             }
             // Envoy: the wait follows this check's result, not the host's state.

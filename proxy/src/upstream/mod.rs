@@ -6,6 +6,7 @@ pub mod dns;
 pub mod hashing;
 pub mod health;
 pub mod lb;
+pub mod outlier;
 pub mod pool;
 pub mod proxy_protocol;
 
@@ -38,6 +39,8 @@ pub struct HostStats {
     pub rq_error: AtomicU64,
     /// `rq_timeout`.
     pub rq_timeout: AtomicU64,
+    /// Outlier detection's counts.
+    pub outlier: outlier::Monitor,
 }
 
 impl HostStats {
@@ -63,6 +66,9 @@ pub struct ClusterInfo {
     pub host_stats: Vec<Arc<HostStats>>,
     /// The circuit breakers' counts, shared by the workers (kept while the configuration is).
     pub breakers: Arc<circuit_breaker::Breakers>,
+    /// Outlier detection's success rate average and threshold (kept while the configuration
+    /// is).
+    pub outlier_averages: Arc<outlier::Averages>,
 }
 
 impl ClusterInfo {
@@ -81,9 +87,14 @@ impl ClusterInfo {
         previous: Option<&ClusterInfo>,
         main: &Shard,
     ) -> Self {
-        let breakers = match previous {
-            Some(p) if Arc::ptr_eq(&p.config, &config) => p.breakers.clone(),
-            _ => Arc::new(circuit_breaker::Breakers::new(main, &config)),
+        let (breakers, outlier_averages) = match previous {
+            Some(p) if Arc::ptr_eq(&p.config, &config) => {
+                (p.breakers.clone(), p.outlier_averages.clone())
+            }
+            _ => (
+                Arc::new(circuit_breaker::Breakers::new(main, &config)),
+                Arc::default(),
+            ),
         };
         let host_stats = hosts
             .iter()
@@ -103,6 +114,7 @@ impl ClusterInfo {
             hosts,
             host_stats,
             breakers,
+            outlier_averages,
         }
     }
 }

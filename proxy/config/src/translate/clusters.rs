@@ -398,6 +398,7 @@ pub(super) fn translate_cluster(
             path,
         )?,
         ignore_health_on_host_removal: c.ignore_health_on_host_removal,
+        outlier: super::outlier::outlier_detection(c.outlier_detection.as_ref(), path)?,
         panic_threshold,
         protocol,
         http2,

@@ -225,7 +225,8 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         dns_resolution_config: _,
         typed_dns_resolver_config: _,
         wait_for_warm_on_init: _,
-        outlier_detection,
+        // Translated with the cluster (translate::outlier).
+        outlier_detection: _,
         cleanup_interval,
         upstream_bind_config: _,
         lb_subset_config,
@@ -269,7 +270,6 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         common_http_protocol_options,
     )?;
     refuse(path, "http_protocol_options", http_protocol_options)?;
-    refuse(path, "outlier_detection", outlier_detection)?;
     refuse(path, "cleanup_interval", cleanup_interval)?;
     refuse(path, "lb_subset_config", lb_subset_config)?;
     refuse(path, "protocol_selection", protocol_selection)?;

@@ -27,6 +27,7 @@ mod istio;
 mod lb;
 mod listener_filters;
 mod operations;
+mod outlier;
 mod ratelimit;
 mod retry;
 mod route_action;

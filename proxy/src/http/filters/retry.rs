@@ -368,6 +368,7 @@ async fn attempts_loop(
         if let Some(info) = info.as_deref_mut() {
             info.upstream_transport_failure = state.failure.take();
         }
+        report_outlier(f, &host, &outcome, upstream.is_some());
         // A body too large to keep ends the chance of a retry (Envoy drops its retry state).
         if replay.as_ref().is_some_and(|r| r.overflowed()) {
             retry = None;
@@ -476,6 +477,36 @@ async fn attempts_loop(
             stats.response_code(reply.status.as_u16());
         }
         return Err(reply);
+    }
+}
+
+/// What an attempt tells outlier detection, as Envoy's router: the connection it had, the
+/// response's status, a failure to connect or a reset (never a circuit breaker's refusal or
+/// the client's own failure), or a timeout before the response.
+fn report_outlier(
+    f: &Forward<'_>,
+    host: &crate::upstream::Host,
+    outcome: &Outcome,
+    connected: bool,
+) {
+    use crate::upstream::outlier::Monitor;
+    let Some(o) = &f.cluster.config().outlier else {
+        return;
+    };
+    let stats = &host.stats;
+    if connected {
+        Monitor::put_connected(stats, o);
+    }
+    match outcome {
+        Outcome::Done(Ok((resp, _))) => Monitor::put_status(stats, o, resp.status().as_u16()),
+        Outcome::Done(Err(reply)) => {
+            if Reset::of(reply) != Reset::Overflow && !f.request.failed() {
+                Monitor::put_connect_failed(stats, o);
+            }
+        }
+        Outcome::PerTryTimeout | Outcome::PerTryIdleTimeout | Outcome::RouteTimeout => {
+            Monitor::put_timeout(stats, o, LocalReply::TIMEOUT.status.as_u16())
+        }
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Upstream {
     request: Rc<RequestProgress>,
     pub(super) failed: bool,
     finished: bool,
+    /// The response head arrived: a reset from now on is reported to outlier detection.
+    responded: bool,
 }
 
 #[derive(Debug)]
@@ -72,6 +74,7 @@ impl Upstream {
             request,
             failed: false,
             finished: false,
+            responded: false,
         }
     }
 
@@ -113,6 +116,18 @@ impl Upstream {
         match reason {
             EndReason::Complete if !self.failed => HostStats::inc(&self.host.stats.rq_success),
             _ => HostStats::inc(&self.host.stats.rq_error),
+        }
+        // Envoy's router reports a reset after the response head too (before it, the retry
+        // loop reported it).
+        if self.responded
+            && matches!(
+                reason,
+                EndReason::UpstreamReset | EndReason::UpstreamProtocolError
+            )
+        {
+            if let Some(o) = &self.cluster.config().outlier {
+                crate::upstream::outlier::Monitor::put_connect_failed(&self.host.stats, o);
+            }
         }
         match reason {
             EndReason::Complete => {}
@@ -964,6 +979,7 @@ impl Forward<'_> {
             self.cluster.stats.response_code(resp.status().as_u16());
         }
         upstream.failed = resp.status().is_server_error();
+        upstream.responded = true;
         for p in &self.response_headers {
             p.apply(resp.headers_mut());
         }

@@ -151,6 +151,14 @@ async fn proxy(
             .map_err(pool::ConnectError::Io),
         Err(e) => Err(e),
     };
+    if let Some(o) = &cluster.config().outlier {
+        use crate::upstream::outlier::Monitor;
+        match &connected {
+            Ok(_) => Monitor::put_connected_final(&host.stats, o),
+            Err(pool::ConnectError::Timeout) => Monitor::put_timeout(&host.stats, o, 504),
+            Err(_) => Monitor::put_connect_failed(&host.stats, o),
+        }
+    }
     let mut upstream = match connected {
         Ok(s) => s,
         Err(e) => {
