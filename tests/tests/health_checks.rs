@@ -25,7 +25,7 @@ fn endpoints(ports: &[u16]) -> Value {
     json!([ { "lb_endpoints": eps } ])
 }
 
-fn config(admin: u16, port: u16, http: &[u16], tcp: &[u16], h2: u16) -> String {
+fn config(admin: u16, port: u16, http: &[u16], tcp: &[u16], h2: u16, closed: [u16; 2]) -> String {
     let fast = json!({ "interval": "0.1s", "no_traffic_interval": "0.1s", "timeout": "0.5s",
         "unhealthy_threshold": 2, "healthy_threshold": 2 });
     let mut http_check = fast.clone();
@@ -69,6 +69,20 @@ fn config(admin: u16, port: u16, http: &[u16], tcp: &[u16], h2: u16) -> String {
             json!({ "name": "h2", "type": "STATIC", "connect_timeout": "1s",
                 "load_assignment": { "cluster_name": "h2", "endpoints": endpoints(&[h2]) },
                 "health_checks": [ h2_check ] }),
+            // Endpoints with their own health_check_config: one checked on another port (the
+            // good upstream's) under its own name, one not checked at all.
+            json!({ "name": "alt", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": { "cluster_name": "alt", "endpoints": [ { "lb_endpoints": [
+                    { "endpoint": { "address": { "socket_address": {
+                        "address": "127.0.0.1", "port_value": closed[0] } },
+                      "health_check_config": { "port_value": http[0], "hostname": "alt.hc" } } },
+                    { "endpoint": { "address": { "socket_address": {
+                        "address": "127.0.0.1", "port_value": closed[1] } },
+                      "health_check_config": { "disable_active_health_check": true } } }
+                ] } ] },
+                "health_checks": [ { "interval": "0.1s", "no_traffic_interval": "0.1s",
+                    "timeout": "0.5s", "unhealthy_threshold": 2, "healthy_threshold": 2,
+                    "http_health_check": { "path": "/alt" } } ] }),
             json!({ "name": "post", "type": "STATIC", "connect_timeout": "1s",
                 "load_assignment": { "cluster_name": "post", "endpoints": endpoints(&http[..1]) },
                 "health_checks": [ post_check ] }),
@@ -91,6 +105,7 @@ struct Side {
     _bad: TcpUpstream,
     _tcp: [TcpUpstream; 2],
     h2: H2Upstream,
+    closed: [u16; 2],
 }
 
 impl Side {
@@ -102,12 +117,14 @@ impl Side {
         let silent = TcpUpstream::start(TcpMode::ReadThenClose).await;
         let h2 = H2Upstream::start("h2").await;
         let (admin, port) = (free_port(), free_port());
+        let closed = [free_port(), free_port()];
         let yaml = config(
             admin,
             port,
             &[good.port(), bad.port(), flappy.port()],
             &[echo.port(), silent.port()],
             h2.port(),
+            closed,
         );
         let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
         Side {
@@ -120,6 +137,7 @@ impl Side {
             _bad: bad,
             _tcp: [echo, silent],
             h2,
+            closed,
         }
     }
 
@@ -215,6 +233,18 @@ async fn active_health_checks_side_by_side() {
             side.wait_flags("raw", side._tcp[0].port(), "healthy").await;
             side.wait_flags("raw", side._tcp[1].port(), "/failed_active_hc")
                 .await;
+
+            // The endpoint's own port and name; an endpoint left unchecked is healthy.
+            side.wait_flags("alt", side.closed[0], "healthy").await;
+            assert_eq!(side.flags("alt", side.closed[1]).await, "healthy", "{who}");
+            let alt = side
+                .good
+                .rec
+                .requests()
+                .into_iter()
+                .find(|r| r.path == "/alt")
+                .expect("a check on the endpoint's health check port");
+            assert_eq!(alt.header("host"), Some("alt.hc"), "{who}");
 
             // An HTTP/2 check.
             side.wait_flags("h2", side.h2.port(), "healthy").await;

@@ -1910,6 +1910,19 @@ pub struct Host {
     pub hash_key: Option<Arc<str>>,
     /// What the cluster's active health checks say of it.
     pub checks: HcFlags,
+    /// The endpoint's `health_check_config`.
+    pub check_config: Option<Arc<EndpointCheck>>,
+}
+
+/// An endpoint's `health_check_config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointCheck {
+    /// `port_value`: checks go to this port (0: the endpoint's).
+    pub port: u16,
+    /// `hostname`: the checks' `:authority`, before the check's own `host`.
+    pub hostname: String,
+    /// `disable_active_health_check`: the host is not checked.
+    pub disabled: bool,
 }
 
 impl Host {
@@ -2231,6 +2244,8 @@ pub struct DnsTarget {
     pub socket_match: SocketMatchLabels,
     /// The endpoint's `envoy.lb` `hash_key`.
     pub hash_key: Option<Arc<str>>,
+    /// The endpoint's `health_check_config`.
+    pub check_config: Option<Arc<EndpointCheck>>,
 }
 
 /// `TcpKeepalive`: SO_KEEPALIVE, and the settings given (the system's otherwise).

@@ -1542,7 +1542,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.endpoint.v3.Endpoint",
-        &["address", "hostname"],
+        &["address", "hostname", "health_check_config"],
+    ),
+    (
+        "envoy.config.endpoint.v3.Endpoint.HealthCheckConfig",
+        &["port_value", "hostname", "disable_active_health_check"],
     ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",

@@ -321,6 +321,7 @@ impl DnsClusters {
                         socket_match: spec.socket_match.clone(),
                         hash_key: spec.hash_key.clone(),
                         checks: model::HcFlags::default(),
+                        check_config: spec.check_config.clone(),
                     });
                     ttl = Some(ttl.map_or(*t, |m| m.min(*t)));
                 }

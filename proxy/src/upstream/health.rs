@@ -206,17 +206,27 @@ impl HealthCheckers {
                     continue;
                 }
                 let Some(handle) = &handle else { continue };
-                let host = if check_host_is_cluster(check) {
-                    config.name.clone()
-                } else {
-                    match &check.kind {
-                        HealthCheckKind::Http(http) => http.host.clone(),
-                        HealthCheckKind::Tcp { .. } => String::new(),
+                // The endpoint's `health_check_config`: not checked, or checked on another
+                // port, with its own `:authority`.
+                if unchecked(h) {
+                    continue;
+                }
+                let own = h.check_config.as_deref();
+                let host = match (own.filter(|c| !c.hostname.is_empty()), &check.kind) {
+                    (Some(c), _) => c.hostname.clone(),
+                    (None, HealthCheckKind::Http(http)) if !http.host.is_empty() => {
+                        http.host.clone()
                     }
+                    (None, _) => config.name.clone(),
+                };
+                let target = match own.map(|c| c.port).filter(|p| *p != 0) {
+                    Some(port) => SocketAddr::new(h.address.ip(), port),
+                    None => h.address,
                 };
                 let run = Run {
                     check: check.clone(),
-                    address: h.address,
+                    key: h.address,
+                    address: target,
                     host,
                     stats: c.stats.clone(),
                     traffic: traffic.clone(),
@@ -319,11 +329,11 @@ impl HealthCheckers {
             .iter()
             .find(|c| Arc::ptr_eq(&c.config, config))
         else {
-            return hosts.is_empty();
+            return hosts.iter().all(unchecked);
         };
         hosts
             .iter()
-            .all(|h| c.sessions.get(&h.address).is_some_and(|s| s.health.checked))
+            .all(|h| unchecked(h) || c.sessions.get(&h.address).is_some_and(|s| s.health.checked))
     }
 
     /// `hosts` (of `config`) with what the checks say, and the hosts kept after their removal.
@@ -362,9 +372,9 @@ fn leave(stats: &Stats, h: &HostHealth) {
     }
 }
 
-/// Envoy's default `:authority` is the cluster's name when `host` is empty.
-fn check_host_is_cluster(check: &HealthCheck) -> bool {
-    matches!(&check.kind, HealthCheckKind::Http(h) if h.host.is_empty())
+/// `disable_active_health_check`: a host the checks leave alone.
+fn unchecked(h: &model::Host) -> bool {
+    h.check_config.as_ref().is_some_and(|c| c.disabled)
 }
 
 /// How a check ended.
@@ -394,6 +404,9 @@ enum Transition {
 /// One host's checks.
 struct Run {
     check: Arc<HealthCheck>,
+    /// The host (its endpoint address), as its events name it.
+    key: SocketAddr,
+    /// Where the checks connect (the endpoint's `health_check_config.port_value`).
     address: SocketAddr,
     host: String,
     stats: Stats,
@@ -514,7 +527,7 @@ impl Run {
             if machine.health != before || passed {
                 let _ = self.tx.send(HealthEvent {
                     generation: self.generation,
-                    address: self.address,
+                    address: self.key,
                     health: machine.health,
                     passed,
                 });

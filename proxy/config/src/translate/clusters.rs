@@ -700,6 +700,7 @@ pub(crate) fn load_assignment_hosts(
                 socket_match: socket_match_labels(lb, locality),
                 hash_key: hash_key(lb),
                 checks: HcFlags::default(),
+                check_config: check_config(ep),
             });
         }
     }
@@ -723,6 +724,19 @@ pub(super) fn hash_key(
         Some(Kind::StringValue(s)) if !s.is_empty() => Some(Arc::from(s.as_str())),
         _ => None,
     }
+}
+
+/// An endpoint's `health_check_config` (its `address` is refused by `fields::endpoint`).
+pub(super) fn check_config(
+    ep: &envoy_types::pb::envoy::config::endpoint::v3::Endpoint,
+) -> Option<Arc<model::EndpointCheck>> {
+    ep.health_check_config.as_ref().map(|c| {
+        Arc::new(model::EndpointCheck {
+            port: c.port_value as u16,
+            hostname: c.hostname.clone(),
+            disabled: c.disable_active_health_check,
+        })
+    })
 }
 
 /// A locality's `region`, `zone` and `sub_zone` (all empty when it has none).

@@ -373,7 +373,13 @@ pub(super) fn endpoint(m: &endpoint_pb::Endpoint, path: &str) -> Result<(), Conf
         observability_name,
     } = m;
     refuse(path, "observability_name", observability_name)?;
-    refuse(path, "health_check_config", health_check_config)?;
+    if let Some(c) = health_check_config {
+        refuse(
+            &format!("{path}.health_check_config"),
+            "address",
+            &c.address,
+        )?;
+    }
     refuse(path, "additional_addresses", additional_addresses)?;
     Ok(())
 }
