@@ -543,6 +543,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "vh_rate_limits",
             "always_consume_default_token_bucket",
             "rate_limits",
+            "max_dynamic_descriptors",
         ],
     ),
     ("envoy.type.v3.HttpStatus", &["code"]),

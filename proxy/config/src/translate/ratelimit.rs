@@ -62,11 +62,9 @@ pub(super) fn translate(
             "{path}.enable_retry_after_header"
         )));
     }
-    if max_dynamic_descriptors.is_some() {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.max_dynamic_descriptors"
-        )));
-    }
+    // It bounds the buckets of wildcard descriptors (an entry without a value), which are
+    // refused below: without them it changes nothing (docs/compatibility.md).
+    let _ = max_dynamic_descriptors;
     if *stage > 10 {
         return Err(ConfigError::new(
             format!("{path}.stage"),
