@@ -25,12 +25,24 @@ fn endpoints(ports: &[u16]) -> Value {
     json!([ { "lb_endpoints": eps } ])
 }
 
-fn config(admin: u16, port: u16, http: &[u16], tcp: &[u16], h2: u16, closed: [u16; 2]) -> String {
+fn config(
+    admin: u16,
+    port: u16,
+    http: &[u16],
+    tcp: &[u16],
+    h2: u16,
+    closed: [u16; 2],
+    events: &str,
+) -> String {
     let fast = json!({ "interval": "0.1s", "no_traffic_interval": "0.1s", "timeout": "0.5s",
         "unhealthy_threshold": 2, "healthy_threshold": 2 });
     let mut http_check = fast.clone();
     // A new connection per check: an upstream that stops listening fails the next one.
     http_check["reuse_connection"] = json!(false);
+    // The event log, in both its forms.
+    http_check["event_logger"] = json!([ { "name": "envoy.health_check.event_sinks.file",
+        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink",
+            "event_log_path": events } } ]);
     http_check["http_health_check"] = json!({ "path": "/healthz?probe=1",
         "request_headers_to_add": [ { "header": { "key": "x-hc", "value": "probe" } } ] });
     let mut h2_check = fast.clone();
@@ -43,6 +55,7 @@ fn config(admin: u16, port: u16, http: &[u16], tcp: &[u16], h2: u16, closed: [u1
         "receive": [ { "text": "504f5354" }, { "binary": "RW52b3kvSEM=" } ],
         "expected_statuses": [ { "start": 200, "end": 300 } ] });
     let mut tcp_check = fast;
+    tcp_check["event_log_path"] = json!(events);
     tcp_check["tcp_health_check"] =
         json!({ "send": { "text": "70696e67" }, "receive": [ { "text": "70696e67" } ] });
     to_yaml(&bootstrap(
@@ -106,6 +119,7 @@ struct Side {
     _tcp: [TcpUpstream; 2],
     h2: H2Upstream,
     closed: [u16; 2],
+    events: std::path::PathBuf,
 }
 
 impl Side {
@@ -118,6 +132,12 @@ impl Side {
         let h2 = H2Upstream::start("h2").await;
         let (admin, port) = (free_port(), free_port());
         let closed = [free_port(), free_port()];
+        let events = std::env::temp_dir().join(format!(
+            "skiff-hc-events-{}-{}.log",
+            std::process::id(),
+            kind.name()
+        ));
+        let _ = std::fs::remove_file(&events);
         let yaml = config(
             admin,
             port,
@@ -125,6 +145,7 @@ impl Side {
             &[echo.port(), silent.port()],
             h2.port(),
             closed,
+            &events.to_string_lossy(),
         );
         let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
         Side {
@@ -138,6 +159,7 @@ impl Side {
             _tcp: [echo, silent],
             h2,
             closed,
+            events,
         }
     }
 
@@ -218,6 +240,7 @@ async fn active_health_checks_side_by_side() {
         }
         let mut checks = Vec::new();
         let mut h2_checks = Vec::new();
+        let mut logs = Vec::new();
         for side in sides.iter_mut() {
             let who = side.kind.name();
             let (bad, flappy) = (side._bad.port(), side.flappy_addr.port());
@@ -305,8 +328,39 @@ async fn active_health_checks_side_by_side() {
                 );
             }
             assert_eq!(side.stat("web.membership_healthy").await, 2, "{who}");
+
+            // The event log: each line with its timestamp and ports replaced, sorted (the
+            // hosts' events interleave as their checks happen to run).
+            let text = std::fs::read_to_string(&side.events).unwrap_or_default();
+            let names = [
+                (side.good.port(), "good"),
+                (bad, "bad"),
+                (flappy, "flappy"),
+                (side._tcp[0].port(), "echo"),
+                (side._tcp[1].port(), "silent"),
+            ];
+            let mut lines: Vec<String> = text
+                .lines()
+                .map(|l| {
+                    let mut l = l.to_string();
+                    if let Some(i) = l.find("\"timestamp\":\"") {
+                        l.replace_range(i + 13..i + 37, "T");
+                    }
+                    for (p, n) in names {
+                        l = l.replace(
+                            &format!("\"port_value\":{p},"),
+                            &format!("\"port_value\":\"{n}\","),
+                        );
+                    }
+                    l
+                })
+                .collect();
+            lines.sort();
+            logs.push(lines);
         }
         assert_eq!(checks[1], checks[0], "the check skiff sends, Envoy's");
+        assert_eq!(logs[1], logs[0], "skiff's health check event log, Envoy's");
+        assert_eq!(logs[0].len(), 7, "{:#?}", logs[0]);
         // HTTP/2 and POST checks, Envoy's then skiff's.
         assert_eq!(
             h2_checks[2], h2_checks[0],

@@ -2041,6 +2041,13 @@ pub struct ActiveHealthCheck {
     pub healthy_edge_interval: Duration,
     /// What a check sends and expects.
     pub kind: HealthCheckKind,
+    /// `event_log_path` and the `envoy.health_check.event_sinks.file` `event_logger`s: files
+    /// that get a JSON line per health event.
+    pub event_logs: Vec<std::path::PathBuf>,
+    /// `always_log_health_check_failures`: every failure is logged, not only a host's first.
+    pub always_log_failures: bool,
+    /// `always_log_health_check_success`: every pass is logged.
+    pub always_log_success: bool,
 }
 
 /// `http_health_check` or `tcp_health_check`.

@@ -1157,9 +1157,15 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "healthy_edge_interval",
             "always_log_health_check_failures",
             "always_log_health_check_success",
+            "event_log_path",
+            "event_logger",
             "http_health_check",
             "tcp_health_check",
         ],
+    ),
+    (
+        "envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink",
+        &["event_log_path"],
     ),
     (
         "envoy.config.core.v3.HealthCheck.HttpHealthCheck",

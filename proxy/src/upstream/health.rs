@@ -232,6 +232,7 @@ impl HealthCheckers {
                     traffic: traffic.clone(),
                     generation: c.generation,
                     tx: self.tx.clone(),
+                    log: EventLog::open(check, &config.name, h),
                 };
                 let abort = handle.spawn(run.session()).abort_handle();
                 c.sessions.insert(
@@ -383,9 +384,11 @@ enum Outcome {
     Success {
         degraded: bool,
     },
-    /// An answer that is not the expected one (`retriable`: a `retriable_statuses` status).
+    /// An answer that is not the expected one (`retriable`: a `retriable_statuses` status),
+    /// with its HTTP status.
     Active {
         retriable: bool,
+        status: u16,
     },
     /// No connection, a reset, or a malformed answer.
     Network,
@@ -401,6 +404,131 @@ enum Transition {
     ChangePending,
 }
 
+/// A host's health check event log: a JSON line per event, as Envoy writes
+/// `envoy.data.core.v3.HealthCheckEvent` (fields in their numbers' order, defaults printed).
+struct EventLog {
+    files: Vec<std::fs::File>,
+    /// Everything before the event: the checker type, the host and the cluster.
+    head: String,
+    /// The host's locality.
+    locality: String,
+}
+
+impl EventLog {
+    fn open(check: &HealthCheck, cluster: &str, host: &model::Host) -> Option<EventLog> {
+        if check.event_logs.is_empty() {
+            return None;
+        }
+        let files = check
+            .event_logs
+            .iter()
+            .filter_map(|p| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| tracing::warn!(path = %p.display(), error = %e, "cannot open the health check event log"))
+                    .ok()
+            })
+            .collect();
+        let kind = match check.kind {
+            HealthCheckKind::Http(_) => "HTTP",
+            HealthCheckKind::Tcp { .. } => "TCP",
+        };
+        let a = host.address;
+        let head = format!(
+            "{{\"health_checker_type\":\"{kind}\",\"host\":{{\"socket_address\":{{\"protocol\":\"TCP\",\"address\":{},\"port_value\":{},\"resolver_name\":\"\",\"ipv4_compat\":false,\"network_namespace_filepath\":\"\"}}}},\"cluster_name\":{}",
+            serde_json::Value::from(a.ip().to_string()),
+            a.port(),
+            serde_json::Value::from(cluster),
+        );
+        let p = &host.place;
+        let locality = format!(
+            "\"locality\":{{\"region\":{},\"zone\":{},\"sub_zone\":{}}}",
+            serde_json::Value::from(p.region.as_str()),
+            serde_json::Value::from(p.zone.as_str()),
+            serde_json::Value::from(p.sub_zone.as_str()),
+        );
+        Some(EventLog {
+            files,
+            head,
+            locality,
+        })
+    }
+
+    /// The events of one check, as Envoy's session logs them.
+    fn events(
+        &self,
+        check: &HealthCheck,
+        outcome: Outcome,
+        first: bool,
+        before: HostHealth,
+        after: HostHealth,
+    ) {
+        let failure = |o: Outcome| match o {
+            Outcome::Active { status, .. } => ("ACTIVE", status),
+            Outcome::Timeout => ("NETWORK_TIMEOUT", 0),
+            _ => ("NETWORK", 0),
+        };
+        match outcome {
+            Outcome::Success { .. } => {
+                if before.failed && !after.failed {
+                    self.write(
+                        4,
+                        &format!("\"add_healthy_event\":{{\"first_check\":{first}}}"),
+                    );
+                } else if check.always_log_success {
+                    self.write(12, "\"successful_health_check_event\":{}");
+                }
+                if after.degraded && !before.degraded {
+                    self.write(8, "\"degraded_healthy_host\":{}");
+                } else if before.degraded && !after.degraded {
+                    self.write(9, "\"no_longer_degraded_host\":{}");
+                }
+            }
+            o => {
+                let (kind, status) = failure(o);
+                if !before.failed && after.failed {
+                    self.write(
+                        4,
+                        &format!("\"eject_unhealthy_event\":{{\"failure_type\":\"{kind}\",\"http_status_code\":{status}}}"),
+                    );
+                }
+                if first || check.always_log_failures {
+                    self.write(
+                        7,
+                        &format!("\"health_check_failure_event\":{{\"failure_type\":\"{kind}\",\"first_check\":{first},\"http_status_code\":{status}}}"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// One line: the event goes before the timestamp (field 6) or after it, before the
+    /// locality (11), or after the locality (12), by its field number.
+    fn write(&self, field: u32, event: &str) {
+        use std::io::Write;
+        let ts = crate::access_log::format_time(std::time::SystemTime::now());
+        let line = match field {
+            f if f < 6 => format!(
+                "{},{event},\"timestamp\":\"{ts}\",{}}}\n",
+                self.head, self.locality
+            ),
+            f if f < 11 => format!(
+                "{},\"timestamp\":\"{ts}\",{event},{}}}\n",
+                self.head, self.locality
+            ),
+            _ => format!(
+                "{},\"timestamp\":\"{ts}\",{},{event}}}\n",
+                self.head, self.locality
+            ),
+        };
+        for mut f in &self.files {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
 /// One host's checks.
 struct Run {
     check: Arc<HealthCheck>,
@@ -413,6 +541,8 @@ struct Run {
     traffic: Vec<Counter>,
     generation: u64,
     tx: mpsc::UnboundedSender<HealthEvent>,
+    /// The event log, when the check has one.
+    log: Option<EventLog>,
 }
 
 /// Envoy's session counters.
@@ -463,7 +593,13 @@ impl Machine {
             Outcome::Active { .. } | Outcome::Network | Outcome::Timeout => {
                 self.healthy_in_row = 0;
                 let network = matches!(outcome, Outcome::Network | Outcome::Timeout);
-                let retriable = matches!(outcome, Outcome::Active { retriable: true });
+                let retriable = matches!(
+                    outcome,
+                    Outcome::Active {
+                        retriable: true,
+                        ..
+                    }
+                );
                 if !self.health.failed {
                     self.unhealthy_in_row += 1;
                     if (!network && !retriable)
@@ -512,7 +648,11 @@ impl Run {
                 conn = None;
             }
             let before = machine.health;
+            let first = machine.first;
             let t = machine.on(outcome, &check);
+            if let Some(log) = &self.log {
+                log.events(&check, outcome, first, before, machine.health);
+            }
             match outcome {
                 Outcome::Success { .. } => self.stats.success.inc(),
                 Outcome::Network | Outcome::Timeout => {
@@ -671,10 +811,14 @@ impl Run {
         // Envoy's order: the body, then the status, then `x-envoy-degraded`.
         let in_ranges = |r: &[(u16, u16)]| r.iter().any(|&(a, b)| (a..b).contains(&status));
         let outcome = if !http.receive.is_empty() && !contains_in_order(&got, &http.receive) {
-            Outcome::Active { retriable: false }
+            Outcome::Active {
+                retriable: false,
+                status,
+            }
         } else if !in_ranges(&http.expected) {
             Outcome::Active {
                 retriable: in_ranges(&http.retriable),
+                status,
             }
         } else {
             Outcome::Success { degraded }
@@ -776,6 +920,9 @@ mod tests {
                 send: Vec::new(),
                 receive: Vec::new(),
             },
+            event_logs: Vec::new(),
+            always_log_failures: false,
+            always_log_success: false,
         }
     }
 
@@ -800,11 +947,23 @@ mod tests {
         assert!(!m.health.failed && !m.health.timeout);
         // A wrong status fails at once; a retriable one counts.
         assert_eq!(
-            m.on(Outcome::Active { retriable: true }, &c),
+            m.on(
+                Outcome::Active {
+                    retriable: true,
+                    status: 503
+                },
+                &c
+            ),
             Transition::ChangePending
         );
         assert_eq!(
-            m.on(Outcome::Active { retriable: false }, &c),
+            m.on(
+                Outcome::Active {
+                    retriable: false,
+                    status: 503
+                },
+                &c
+            ),
             Transition::Changed
         );
         assert!(m.health.failed && !m.health.timeout);

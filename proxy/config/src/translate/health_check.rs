@@ -66,14 +66,35 @@ fn health_check(h: &core::HealthCheck, path: &str) -> Result<HealthCheck, Config
         }
     };
     refuse(alt_port.is_some(), "alt_port")?;
-    refuse(!event_log_path.is_empty(), "event_log_path")?;
-    refuse(!event_logger.is_empty(), "event_logger")?;
     refuse(event_service.is_some(), "event_service")?;
-    // Only what the event log writes (no event log is kept).
-    let _ = (
-        always_log_health_check_failures,
-        always_log_health_check_success,
-    );
+    let mut event_logs = Vec::new();
+    if !event_log_path.is_empty() {
+        event_logs.push(std::path::PathBuf::from(event_log_path));
+    }
+    for (i, e) in event_logger.iter().enumerate() {
+        use envoy_types::pb::envoy::extensions::health_check::event_sinks::file::v3::HealthCheckEventFileSink;
+        const FILE_SINK: &str =
+            "envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink";
+        let epath = format!("{path}.event_logger[{i}].typed_config");
+        let Some(any) = &e.typed_config else {
+            return Err(ConfigError::new(epath, "required"));
+        };
+        let ty = super::super::proto::type_name(&any.type_url);
+        if ty != FILE_SINK {
+            return Err(ConfigError::new(
+                epath,
+                format!("unsupported event sink '{ty}' (only envoy.health_check.event_sinks.file)"),
+            ));
+        }
+        let sink: HealthCheckEventFileSink = super::super::proto::unpack(any, &epath)?;
+        if sink.event_log_path.is_empty() {
+            return Err(ConfigError::new(
+                format!("{epath}.event_log_path"),
+                "value length must be at least 1 characters",
+            ));
+        }
+        event_logs.push(std::path::PathBuf::from(sink.event_log_path));
+    }
     refuse(tls_options.is_some(), "tls_options")?;
     refuse(
         transport_socket_match_criteria.is_some(),
@@ -195,6 +216,9 @@ fn health_check(h: &core::HealthCheck, path: &str) -> Result<HealthCheck, Config
         unhealthy_edge_interval,
         healthy_edge_interval,
         kind,
+        event_logs,
+        always_log_failures: *always_log_health_check_failures,
+        always_log_success: *always_log_health_check_success,
     })
 }
 
