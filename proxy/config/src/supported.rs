@@ -418,13 +418,15 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
         &[],
     ),
-    // JA3/JA4 fingerprints feed nothing skiff has yet.
+    // JA3/JA4 fingerprints feed nothing skiff runs (docs/compatibility.md).
     (
         "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
         &[
             "initial_read_buffer_size",
             "max_client_hello_size",
             "close_connection_on_client_hello_parsing_errors",
+            "enable_ja3_fingerprinting",
+            "enable_ja4_fingerprinting",
         ],
     ),
     (
@@ -1703,6 +1705,11 @@ fn walk(msg: &DynamicMessage, path: &str, sink: &mut Sink<'_>) -> Result<(), Con
     let allowed = supported_fields(&name);
     for (field, value) in msg.fields() {
         let here = join(path, field.name());
+        // A field without presence set to its default is the field unset (the binary form
+        // cannot even tell them apart): it changes nothing in Envoy either.
+        if !field.supports_presence() && *value == field.default_value() {
+            continue;
+        }
         if !allowed.contains(&field.name()) {
             sink(ConfigError::unsupported(here))?;
             continue;
