@@ -1131,6 +1131,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "ignore_health_on_host_removal",
             "health_checks",
             "outlier_detection",
+            "track_cluster_stats",
             "least_request_lb_config",
             "round_robin_lb_config",
             "ring_hash_lb_config",
@@ -1140,6 +1141,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.config.cluster.v3.Filter", &["name", "typed_config"]),
+    (
+        "envoy.config.cluster.v3.TrackClusterStats",
+        &["timeout_budgets", "request_response_sizes"],
+    ),
     // Active health checks (translate/health_check.rs refuses what it does not run).
     (
         "envoy.config.core.v3.HealthCheck",

@@ -245,7 +245,9 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         lrs_report_endpoint_metrics,
         track_timeout_budgets,
         upstream_config,
-        track_cluster_stats,
+        // Only histograms (timeout budgets, request and response sizes), which skiff does
+        // not keep (docs/compatibility.md).
+        track_cluster_stats: _,
         preconnect_policy,
         connection_pool_per_downstream_connection,
         queuing_policies,
@@ -287,7 +289,6 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
     )?;
     refuse(path, "track_timeout_budgets", track_timeout_budgets)?;
     refuse(path, "upstream_config", upstream_config)?;
-    refuse(path, "track_cluster_stats", track_cluster_stats)?;
     refuse(path, "preconnect_policy", preconnect_policy)?;
     refuse(
         path,
