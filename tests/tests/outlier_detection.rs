@@ -15,7 +15,7 @@ use skiff_tests::{free_port, run_for, Kind, ProxyProcess};
 
 const BAD_REPLY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
 
-fn config(admin: u16, port: u16, ports: &[u16], od: serde_json::Value) -> String {
+fn config(admin: u16, port: u16, ports: &[u16], od: serde_json::Value, log: &str) -> String {
     let eps: Vec<_> = ports
         .iter()
         .map(|p| {
@@ -23,7 +23,7 @@ fn config(admin: u16, port: u16, ports: &[u16], od: serde_json::Value) -> String
                 "address": "127.0.0.1", "port_value": p } } } })
         })
         .collect();
-    to_yaml(&bootstrap(
+    let mut b = bootstrap(
         admin,
         vec![listener(
             "l",
@@ -43,7 +43,9 @@ fn config(admin: u16, port: u16, ports: &[u16], od: serde_json::Value) -> String
             "load_assignment": { "cluster_name": "web", "endpoints": [ { "lb_endpoints": eps } ] },
             "outlier_detection": od }),
         ],
-    ))
+    );
+    b["cluster_manager"] = json!({ "outlier_detection": { "event_log_path": log } });
+    to_yaml(&b)
 }
 
 struct Side {
@@ -51,6 +53,7 @@ struct Side {
     proxy: ProxyProcess,
     client: Http1Client,
     bad: u16,
+    log: std::path::PathBuf,
     _ups: (EchoUpstream, EchoUpstream, TcpUpstream),
 }
 
@@ -60,7 +63,19 @@ impl Side {
         let b = EchoUpstream::with_options(EchoOptions::named("b")).await;
         let bad = TcpUpstream::start(TcpMode::ReadThenReply(BAD_REPLY.to_vec())).await;
         let (admin, port) = (free_port(), free_port());
-        let yaml = config(admin, port, &[a.port(), b.port(), bad.port()], od);
+        let log = std::env::temp_dir().join(format!(
+            "skiff-od-events-{}-{}-{port}.log",
+            std::process::id(),
+            kind.name()
+        ));
+        let _ = std::fs::remove_file(&log);
+        let yaml = config(
+            admin,
+            port,
+            &[a.port(), b.port(), bad.port()],
+            od,
+            &log.to_string_lossy(),
+        );
         let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
         let client = Http1Client::connect(&format!("127.0.0.1:{port}"))
             .await
@@ -70,6 +85,7 @@ impl Side {
             proxy,
             client,
             bad: bad.port(),
+            log,
             _ups: (a, b, bad),
         }
     }
@@ -104,6 +120,30 @@ impl Side {
             failed += self.failures(1).await;
         }
         failed
+    }
+
+    /// The event log, timestamps, seconds since the last action and the bad host's port
+    /// replaced.
+    async fn events(&self) -> Vec<String> {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                let mut l = l.replace(&format!("127.0.0.1:{}", self.bad), "BAD");
+                if let Some(i) = l.find("\"timestamp\":\"") {
+                    l.replace_range(i + 13..i + 37, "T");
+                }
+                // Whole seconds since the last action: timing, not logic.
+                let key = "\"secs_since_last_action\":\"";
+                if let Some(i) = l.find(key) {
+                    let from = i + key.len();
+                    if let Some(n) = l[from..].find('"') {
+                        l.replace_range(from..from + n, "S");
+                    }
+                }
+                l
+            })
+            .collect()
     }
 
     async fn flags(&self) -> String {
@@ -186,10 +226,12 @@ async fn consecutive_5xx_ejections_side_by_side() {
                 lasted >= Duration::from_millis(500),
                 "{who}: second ejection lasted {lasted:?}"
             );
-            results.push((first, second, counted));
+            results.push((first, second, counted, side.events().await));
         }
         assert_eq!(results[1], results[0], "skiff's results, Envoy's");
         assert_eq!(results[0].0, 3);
+        // Two ejections and two returns in the event log.
+        assert_eq!(results[0].3.len(), 4, "{:#?}", results[0].3);
     })
     .await;
 }
@@ -222,9 +264,12 @@ async fn success_rate_ejections_side_by_side() {
             ] {
                 counted.push((s, side.stat(s).await));
             }
-            results.push(counted);
+            results.push((counted, side.events().await));
         }
-        assert_eq!(results[1], results[0], "skiff's stats, Envoy's");
+        assert_eq!(
+            results[1], results[0],
+            "skiff's stats and event log, Envoy's"
+        );
     })
     .await;
 }

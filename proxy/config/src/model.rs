@@ -34,6 +34,9 @@ pub struct Bootstrap {
     /// `cluster_manager.local_cluster_name`: the cluster of this proxy's peers, whose
     /// localities zone-aware routing compares with each cluster's.
     pub local_cluster: Option<String>,
+    /// `cluster_manager.outlier_detection.event_log_path`: a JSON line per ejection and
+    /// return.
+    pub outlier_event_log: Option<std::path::PathBuf>,
 }
 
 /// `stats_config`: which stats exist and how the Prometheus output tags them.

@@ -370,7 +370,14 @@ impl ConfigStore {
             pending_prune: Vec::new(),
             watchers: Watchers::new(events),
             decoder: Default::default(),
-            outlier: OutlierDetectors::new(main.clone()),
+            outlier: OutlierDetectors::new(
+                main.clone(),
+                loaded
+                    .model
+                    .outlier_event_log
+                    .as_deref()
+                    .and_then(crate::upstream::outlier::EventLog::open),
+            ),
             dns: DnsClusters::new(main),
             health,
             ads: loaded.model.dynamic.ads.clone(),

@@ -95,6 +95,19 @@ impl Kind {
         }
     }
 
+    /// Its name in the event log (`envoy.data.cluster.v3.OutlierEjectionType`).
+    fn event_name(self) -> &'static str {
+        match self {
+            Kind::Consecutive5xx => "CONSECUTIVE_5XX",
+            Kind::ConsecutiveGateway => "CONSECUTIVE_GATEWAY_FAILURE",
+            Kind::ConsecutiveLocal => "CONSECUTIVE_LOCAL_ORIGIN_FAILURE",
+            Kind::SuccessRate => "SUCCESS_RATE",
+            Kind::LocalSuccessRate => "SUCCESS_RATE_LOCAL_ORIGIN",
+            Kind::FailurePercentage => "FAILURE_PERCENTAGE",
+            Kind::LocalFailurePercentage => "FAILURE_PERCENTAGE_LOCAL_ORIGIN",
+        }
+    }
+
     fn enforcing(self, o: &OutlierDetection) -> u32 {
         match self {
             Kind::Consecutive5xx => o.enforcing_consecutive_5xx,
@@ -255,6 +268,69 @@ struct HostState {
     last_ejection: Instant,
     last_unejection: Option<Instant>,
     jitter: Duration,
+    /// Enforced ejections so far.
+    ejections: u32,
+    /// The last ejection's kind (a return is logged under it).
+    last_kind: Kind,
+}
+
+/// `cluster_manager.outlier_detection.event_log_path`: Envoy's JSON line
+/// (`envoy.data.cluster.v3.OutlierDetectionEvent`, fields in their numbers' order) per
+/// ejection and return.
+#[derive(Debug, Clone)]
+pub struct EventLog(Arc<std::sync::Mutex<std::fs::File>>);
+
+impl EventLog {
+    /// The log at `path` (appended to).
+    pub fn open(path: &std::path::Path) -> Option<EventLog> {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => Some(EventLog(Arc::new(std::sync::Mutex::new(f)))),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot open the outlier detection event log");
+                None
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        kind: Kind,
+        since: Option<Duration>,
+        cluster: &str,
+        host: SocketAddr,
+        eject: bool,
+        ejections: u32,
+        enforced: bool,
+        detail: Option<String>,
+    ) {
+        use std::io::Write;
+        let ts = crate::access_log::format_time(std::time::SystemTime::now());
+        let mut line = format!(
+            "{{\"type\":\"{}\",\"timestamp\":\"{ts}\"",
+            kind.event_name()
+        );
+        if let Some(d) = since {
+            line.push_str(&format!(",\"secs_since_last_action\":\"{}\"", d.as_secs()));
+        }
+        line.push_str(&format!(
+            ",\"cluster_name\":{},\"upstream_url\":\"{host}\",\"action\":\"{}\",\"num_ejections\":{ejections},\"enforced\":{enforced}",
+            serde_json::Value::from(cluster),
+            if eject { "EJECT" } else { "UNEJECT" },
+        ));
+        if let Some(d) = detail {
+            line.push(',');
+            line.push_str(&d);
+        }
+        line.push_str("}\n");
+        if let Ok(mut f) = self.0.lock() {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
 }
 
 /// `cluster.<name>.outlier_detection.*`.
@@ -316,11 +392,13 @@ struct Detector {
     averages: Arc<Averages>,
     next_tick: Instant,
     stats: Stats,
+    log: Option<EventLog>,
 }
 
 /// Every active cluster's outlier detection, on the main thread.
 pub struct OutlierDetectors {
     main: Arc<Shard>,
+    log: Option<EventLog>,
     detectors: Vec<Detector>,
     rx: Option<mpsc::UnboundedReceiver<Detected>>,
 }
@@ -334,12 +412,14 @@ impl std::fmt::Debug for OutlierDetectors {
 }
 
 impl OutlierDetectors {
-    /// No cluster yet. Workers' detections reach the first detectors made in the process.
-    pub fn new(main: Arc<Shard>) -> Self {
+    /// No cluster yet; ejections logged to `log`. Workers' detections reach the first
+    /// detectors made in the process.
+    pub fn new(main: Arc<Shard>, log: Option<EventLog>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = EVENTS.set(tx).is_ok().then_some(rx);
         OutlierDetectors {
             main,
+            log,
             detectors: Vec::new(),
             rx,
         }
@@ -374,6 +454,7 @@ impl OutlierDetectors {
                         averages: info.outlier_averages.clone(),
                         next_tick: now + od.interval,
                         stats: Stats::new(&self.main, info.config.stat_name()),
+                        log: self.log.clone(),
                     });
                     self.detectors.len() - 1
                 }
@@ -390,6 +471,8 @@ impl OutlierDetectors {
                         last_ejection: now,
                         last_unejection: None,
                         jitter: Duration::ZERO,
+                        ejections: 0,
+                        last_kind: Kind::Consecutive5xx,
                     });
             }
             let stats = &d.stats;
@@ -451,7 +534,7 @@ impl OutlierDetectors {
                 return false;
             }
             d.stats.kind("detected", ev.kind).inc();
-            let ejected = d.eject(addr, ev.kind, now);
+            let ejected = d.eject(addr, ev.kind, now, None);
             if ev.kind == Kind::Consecutive5xx {
                 d.stats.consecutive_5xx.inc();
             }
@@ -502,7 +585,15 @@ impl OutlierDetectors {
 impl Detector {
     /// Envoy's `ejectHost`: within `max_ejection_percent` (or the first with
     /// `always_eject_one_host`), by the enforcement draw.
-    fn eject(&mut self, addr: SocketAddr, kind: Kind, now: Instant) -> bool {
+    /// `rates`: the host's success rate, and the cluster's average and threshold (for the
+    /// event log of success rate and failure percentage ejections).
+    fn eject(
+        &mut self,
+        addr: SocketAddr,
+        kind: Kind,
+        now: Instant,
+        rates: Option<(f64, f64, f64)>,
+    ) -> bool {
         let od = &self.od;
         let active = self.hosts.values().filter(|s| s.ejected).count();
         let max = od.max_ejection_percent.min(100) as f64;
@@ -518,7 +609,45 @@ impl Detector {
         if matches!(kind, Kind::Consecutive5xx | Kind::SuccessRate) {
             self.stats.total.inc();
         }
-        if !enforced(kind.enforcing(od)) {
+        let enforce = enforced(kind.enforcing(od));
+        if let (Some(log), Some(st)) = (&self.log, self.hosts.get_mut(&addr)) {
+            let since = st
+                .last_unejection
+                .into_iter()
+                .chain((st.ejections > 0).then_some(st.last_ejection))
+                .max()
+                .map(|t| now.duration_since(t));
+            if enforce {
+                st.ejections += 1;
+            }
+            let detail = match (kind, rates) {
+                (Kind::SuccessRate | Kind::LocalSuccessRate, Some((host, avg, threshold))) => {
+                    format!("\"eject_success_rate_event\":{{\"host_success_rate\":{},\"cluster_average_success_rate\":{},\"cluster_success_rate_ejection_threshold\":{}}}", host as u32, avg as u32, threshold as u32)
+                }
+                (Kind::FailurePercentage | Kind::LocalFailurePercentage, Some((host, _, _))) => {
+                    format!(
+                        "\"eject_failure_percentage_event\":{{\"host_success_rate\":{}}}",
+                        host as u32
+                    )
+                }
+                _ => "\"eject_consecutive_event\":{}".to_string(),
+            };
+            log.write(
+                kind,
+                since,
+                &self.config.name,
+                addr,
+                true,
+                st.ejections,
+                enforce,
+                Some(detail),
+            );
+        } else if enforce {
+            if let Some(st) = self.hosts.get_mut(&addr) {
+                st.ejections += 1;
+            }
+        }
+        if !enforce {
             return false;
         }
         self.stats.active.inc();
@@ -530,6 +659,7 @@ impl Detector {
         };
         st.ejected = true;
         st.last_ejection = now;
+        st.last_kind = kind;
         st.jitter = Duration::from_millis(fastrand::u64(..=jitter_ms));
         let backoff = self.backoff.entry(addr).or_insert(0);
         let base = od.base_ejection_time.as_millis() as u64;
@@ -545,6 +675,21 @@ impl Detector {
             return false;
         };
         st.ejected = false;
+        if let Some(log) = &self.log {
+            let since = st
+                .last_unejection
+                .map_or(st.last_ejection, |u| u.max(st.last_ejection));
+            log.write(
+                st.last_kind,
+                Some(now.duration_since(since)),
+                &self.config.name,
+                addr,
+                false,
+                st.ejections,
+                false,
+                None,
+            );
+        }
         st.last_unejection = Some(now);
         let m = &st.stats.outlier;
         m.consecutive_5xx.store(0, Relaxed);
@@ -661,7 +806,7 @@ impl Detector {
                 if *r < threshold {
                     self.stats.success_rate.inc();
                     self.stats.kind("detected", kind).inc();
-                    changed |= self.eject(*a, kind, now);
+                    changed |= self.eject(*a, kind, now, Some((*r, mean, threshold)));
                 }
             }
         }
@@ -678,7 +823,7 @@ impl Detector {
                     if self.hosts.get(a).is_some_and(|s| s.ejected) {
                         continue;
                     }
-                    changed |= self.eject(*a, kind, now);
+                    changed |= self.eject(*a, kind, now, Some((*r, 0.0, 0.0)));
                 }
             }
         }

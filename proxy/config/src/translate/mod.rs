@@ -300,6 +300,13 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         xds_targets,
         runtime: runtime.layers,
         local_cluster,
+        outlier_event_log: b
+            .cluster_manager
+            .as_ref()
+            .and_then(|m| m.outlier_detection.as_ref())
+            .map(|o| o.event_log_path.clone())
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from),
     })
 }
 
