@@ -69,6 +69,17 @@ pub fn vhost(name: &str, domains: &[&str], routes: Vec<Value>) -> Value {
     json!({ "name": name, "domains": domains, "routes": routes })
 }
 
+/// Listener `l` on 127.0.0.1:`port`: a connection manager (stat prefix `h`) with one virtual
+/// host for every domain and these routes.
+pub fn http_listener(port: u16, routes: Vec<Value>) -> Value {
+    listener(
+        "l",
+        "127.0.0.1",
+        port,
+        hcm("h", vec![vhost("v", &["*"], routes)]),
+    )
+}
+
 /// A route `prefix` → `cluster`.
 pub fn route(prefix: &str, cluster: &str) -> Value {
     json!({ "match": { "prefix": prefix }, "route": { "cluster": cluster } })

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use skiff_tests::client::{get, Http1Client};
-use skiff_tests::config::{bootstrap, hcm, listener, to_yaml, vhost};
+use skiff_tests::config::{bootstrap, http_listener, route, to_yaml};
 use skiff_tests::proxy::{run_cli, write_config};
 use skiff_tests::upstream::h2c::H2Upstream;
 use skiff_tests::upstream::tcp::{TcpMode, TcpUpstream};
@@ -60,19 +60,7 @@ fn config(
         json!({ "send": { "text": "70696e67" }, "receive": [ { "text": "70696e67" } ] });
     to_yaml(&bootstrap(
         admin,
-        vec![listener(
-            "l",
-            "127.0.0.1",
-            port,
-            hcm(
-                "h",
-                vec![vhost(
-                    "v",
-                    &["*"],
-                    vec![json!({ "match": { "prefix": "/" }, "route": { "cluster": "web" } })],
-                )],
-            ),
-        )],
+        vec![http_listener(port, vec![route("/", "web")])],
         vec![
             json!({ "name": "web", "type": "STATIC", "connect_timeout": "1s",
                 "load_assignment": { "cluster_name": "web", "endpoints": endpoints(http) },

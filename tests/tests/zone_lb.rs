@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use skiff_tests::client::{get, Http1Client};
-use skiff_tests::config::{bootstrap, hcm, listener, to_yaml, vhost};
+use skiff_tests::config::{bootstrap, http_listener, route, to_yaml};
 use skiff_tests::proxy::{run_cli, write_config};
 use skiff_tests::upstream::{EchoOptions, EchoUpstream};
 use skiff_tests::{free_port, run_for, Kind, ProxyProcess};
@@ -60,10 +60,6 @@ fn zoned(policy: &str, zone_aware: Value) -> Value {
             "locality_lb_config": { "zone_aware_lb_config": zone_aware } } } } ] } })
 }
 
-fn route(prefix: &str, cluster: &str) -> Value {
-    json!({ "match": { "prefix": prefix }, "route": { "cluster": cluster } })
-}
-
 fn config(admin: u16, port: u16, u: &[u16]) -> String {
     // The peers: one in zone a (this proxy's), one in zone b. They are never connected to.
     let peers = cluster("peers", &[("a", 1, 1), ("b", 2, 1)], json!({}));
@@ -93,26 +89,14 @@ fn config(admin: u16, port: u16, u: &[u16]) -> String {
     ];
     let mut b = bootstrap(
         admin,
-        vec![listener(
-            "l",
-            "127.0.0.1",
+        vec![http_listener(
             port,
-            hcm(
-                "h",
-                vec![vhost(
-                    "v",
-                    &["*"],
-                    vec![
-                        route("/direct", "direct"),
-                        route("/residual", "residual"),
-                        route("/small", "small"),
-                        route("/min1", "min1"),
-                        route("/forced", "forced"),
-                        route("/weight", "weight"),
-                        route("/legacy", "legacy"),
-                    ],
-                )],
-            ),
+            [
+                "direct", "residual", "small", "min1", "forced", "weight", "legacy",
+            ]
+            .iter()
+            .map(|c| route(&format!("/{c}"), c))
+            .collect(),
         )],
         vec![
             peers,
