@@ -230,6 +230,8 @@ fn config(admin: u16, listen: u16, upstream: u16, dead: u16, http2: bool) -> Str
         ),
         route("/dead/", "dead", Some(retry("connect-failure", 2))),
         route("/tight/", "tight", Some(retry("5xx", 2))),
+        route("/budget0/", "budget0", Some(retry("5xx", 2))),
+        route("/budget/", "budget", Some(retry("5xx", 2))),
         route("/rnone/", "svc", None),
     ];
     let vh_routes = vec![
@@ -270,6 +272,21 @@ fn config(admin: u16, listen: u16, upstream: u16, dead: u16, http2: bool) -> Str
                 upstream,
                 http2,
                 json!({ "circuit_breakers": { "thresholds": [ { "max_retries": 0 } ] } }),
+            ),
+            // A retry budget that allows none (0 % of the requests under way, no minimum),
+            // and Envoy's default one (20 %, at least 3).
+            cluster(
+                "budget0",
+                upstream,
+                http2,
+                json!({ "circuit_breakers": { "thresholds": [ { "retry_budget": {
+                    "budget_percent": { "value": 0 }, "min_retry_concurrency": 0 } } ] } }),
+            ),
+            cluster(
+                "budget",
+                upstream,
+                http2,
+                json!({ "circuit_breakers": { "thresholds": [ { "retry_budget": {} } ] } }),
             ),
         ],
     ))
@@ -373,7 +390,7 @@ const STATS: &[&str] = &[
 async fn stats(side: &Side) -> Vec<(String, Option<u64>)> {
     let admin = side.proxy.admin();
     let mut out = Vec::new();
-    for c in ["svc", "dead", "tight"] {
+    for c in ["svc", "dead", "tight", "budget0", "budget"] {
         for s in STATS {
             let name = format!("cluster.{c}.{s}");
             out.push((name.clone(), admin.stat(&name).await));
@@ -407,6 +424,8 @@ async fn side_by_side(http2: bool) {
         get("/rnone/a/503/1"),
         get("/dead/a"),
         get("/tight/a/503/1"),
+        get("/budget0/a/503/1"),
+        get("/budget/a/503/1"),
     ];
     let mut c = get("/rreq/b/503/1");
     c.headers.push(("x-may-retry", "1"));

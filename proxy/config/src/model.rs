@@ -2325,6 +2325,9 @@ pub struct Thresholds {
     pub max_connection_pools: u64,
     /// `track_remaining`: `remaining_*` gauges.
     pub track_remaining: bool,
+    /// `retry_budget`: `(budget_percent` as millionths of the active requests,
+    /// `min_retry_concurrency)` (20 % and 3 by default), in place of `max_retries`.
+    pub retry_budget: Option<(u64, u64)>,
 }
 
 impl Default for Thresholds {
@@ -2336,6 +2339,7 @@ impl Default for Thresholds {
             max_retries: 3,
             max_connection_pools: u64::MAX,
             track_remaining: false,
+            retry_budget: None,
         }
     }
 }

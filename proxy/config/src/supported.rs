@@ -1408,7 +1408,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "max_requests",
             "max_retries",
             "track_remaining",
+            "retry_budget",
         ],
+    ),
+    (
+        "envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget",
+        &["budget_percent", "min_retry_concurrency"],
     ),
     (
         "envoy.config.cluster.v3.Cluster.RefreshRate",

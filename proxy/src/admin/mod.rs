@@ -547,15 +547,16 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
             }
         }
         let cb = &c.config.circuit_breakers;
-        for (p, t) in [
-            ("default_priority", &cb.default),
-            ("high_priority", &cb.high),
+        for (p, t, live) in [
+            ("default_priority", &cb.default, &c.breakers.default),
+            ("high_priority", &cb.high, &c.breakers.high),
         ] {
             for (k, v) in [
                 ("max_connections", t.max_connections),
                 ("max_pending_requests", t.max_pending_requests),
                 ("max_requests", t.max_requests),
-                ("max_retries", t.max_retries),
+                // A retry budget's limit follows the requests under way.
+                ("max_retries", live.retries.max()),
             ] {
                 out.push_str(&format!("{name}::{p}::{k}::{v}\n"));
             }

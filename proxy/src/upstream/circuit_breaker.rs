@@ -16,6 +16,18 @@ pub struct Resource {
     count: AtomicU64,
     open: Gauge,
     remaining: Option<Gauge>,
+    /// Retries with a `retry_budget`: the limit follows the requests under way.
+    budget: Option<Budget>,
+}
+
+/// Envoy's retry budget: `budget_percent` of the active and pending requests, at least
+/// `min_retry_concurrency`.
+#[derive(Debug)]
+struct Budget {
+    per_million: u64,
+    min: u64,
+    requests: Arc<Resource>,
+    pending: Arc<Resource>,
 }
 
 impl Resource {
@@ -25,23 +37,43 @@ impl Resource {
             count: AtomicU64::new(0),
             open: main.gauge(&format!("{prefix}{open}")),
             remaining: track.then(|| main.gauge(&format!("{prefix}{remaining}"))),
+            budget: None,
         };
         r.publish(0);
         r
     }
 
+    /// The limit now: the configured one, or the retry budget's.
+    pub fn max(&self) -> u64 {
+        match &self.budget {
+            None => self.max,
+            Some(b) => {
+                let active = b.requests.count() + b.pending.count();
+                (active * b.per_million / 1_000_000).max(b.min)
+            }
+        }
+    }
+
     fn publish(&self, count: u64) {
-        self.open.set(i64::from(count >= self.max));
+        let max = self.max();
+        self.open.set(i64::from(count >= max));
         if let Some(g) = &self.remaining {
-            g.set(self.max.saturating_sub(count) as i64);
+            // Envoy keeps no remaining count under a budget.
+            let left = if self.budget.is_some() {
+                0
+            } else {
+                max.saturating_sub(count)
+            };
+            g.set(left as i64);
         }
     }
 
     /// One more, unless the limit is reached: the hold releases it when dropped.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Held> {
         let mut current = self.count.load(Ordering::Relaxed);
+        let max = self.max();
         loop {
-            if current >= self.max {
+            if current >= max {
                 return None;
             }
             match self.count.compare_exchange_weak(
@@ -73,7 +105,7 @@ impl Resource {
 
     /// Whether one more would go past the limit.
     pub fn at_limit(&self) -> bool {
-        self.count() >= self.max
+        self.count() >= self.max()
     }
 }
 
@@ -120,15 +152,34 @@ impl Resources {
                 t.track_remaining,
             ))
         };
+        let pending = r(
+            "rq_pending_open",
+            "remaining_pending",
+            t.max_pending_requests,
+        );
+        let requests = r("rq_open", "remaining_rq", t.max_requests);
+        let mut retries = Resource::new(
+            main,
+            &prefix,
+            "rq_retry_open",
+            "remaining_retries",
+            t.max_retries,
+            t.track_remaining,
+        );
+        if let Some((per_million, min)) = t.retry_budget {
+            retries.budget = Some(Budget {
+                per_million,
+                min,
+                requests: requests.clone(),
+                pending: pending.clone(),
+            });
+            retries.publish(0);
+        }
         Resources {
             connections: r("cx_open", "remaining_cx", t.max_connections),
-            pending: r(
-                "rq_pending_open",
-                "remaining_pending",
-                t.max_pending_requests,
-            ),
-            requests: r("rq_open", "remaining_rq", t.max_requests),
-            retries: r("rq_retry_open", "remaining_retries", t.max_retries),
+            pending,
+            requests,
+            retries: Arc::new(retries),
             pools: r("cx_pool_open", "remaining_cx_pools", t.max_connection_pools),
         }
     }

@@ -430,9 +430,23 @@ fn circuit_breakers(c: &cluster::Cluster, path: &str) -> Result<CircuitBreakers,
     }
     for (i, t) in cb.thresholds.iter().enumerate() {
         let tpath = format!("{cpath}.thresholds[{i}]");
-        if t.retry_budget.is_some() {
-            return Err(ConfigError::unsupported(format!("{tpath}.retry_budget")));
-        }
+        let retry_budget = match &t.retry_budget {
+            Some(b) => {
+                let percent = b.budget_percent.as_ref().map_or(20.0, |p| p.value);
+                if !(0.0..=100.0).contains(&percent) {
+                    return Err(ConfigError::new(
+                        format!("{tpath}.retry_budget.budget_percent.value"),
+                        "must be between 0 and 100",
+                    ));
+                }
+                let min = b
+                    .min_retry_concurrency
+                    .as_ref()
+                    .map_or(3, |v| u64::from(v.value));
+                Some(((percent * 10_000.0).round() as u64, min))
+            }
+            None => None,
+        };
         if t.max_connection_pools.is_some() {
             return Err(ConfigError::unsupported(format!(
                 "{tpath}.max_connection_pools"
@@ -449,6 +463,7 @@ fn circuit_breakers(c: &cluster::Cluster, path: &str) -> Result<CircuitBreakers,
             max_retries: v(&t.max_retries, d.max_retries),
             max_connection_pools: v(&t.max_connection_pools, d.max_connection_pools),
             track_remaining: t.track_remaining,
+            retry_budget,
         };
         match core::RoutingPriority::try_from(t.priority) {
             Ok(core::RoutingPriority::Default) => out.default = th,
