@@ -55,7 +55,15 @@ async fn exchange(port: u16, bytes: &[u8], payload: &[u8]) -> (Vec<u8>, bool) {
         .expect("connect");
     s.write_all(bytes).await.expect("write header");
     if !payload.is_empty() {
-        s.write_all(payload).await.expect("write payload");
+        // The proxy may already have refused the header and reset the socket.
+        if let Err(e) = s.write_all(payload).await {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+            assert!(
+                matches!(e.kind(), ConnectionReset | BrokenPipe),
+                "write payload: {e}"
+            );
+            return (Vec::new(), true);
+        }
     }
     let mut back = Vec::new();
     let mut buf = [0u8; 4096];
