@@ -18,6 +18,10 @@ pub struct Ports {
     pub h2: u16,
     /// Proxy tcp_proxy listener to the HTTP/1.1 upstream.
     pub tcp: u16,
+    /// Proxy HTTP listener to ten HTTP/1.1 endpoints (127.0.0.1–10) by least request.
+    pub least_request: u16,
+    /// Proxy HTTP listener to the same ten endpoints by a ring hash of `x-user`.
+    pub ring_hash: u16,
 }
 
 /// Optional tuning from the benchmarking method. A proxy that rejects one of these gets it
@@ -72,6 +76,18 @@ fn router(tuning: &[Tuning]) -> String {
 }
 
 fn http_listener(name: &str, port: u16, cluster: &str, tuning: &[Tuning]) -> String {
+    http_listener_with(name, port, cluster, "", tuning)
+}
+
+/// An HTTP listener whose one route has `extra` in its route action (flow style, e.g.
+/// `, hash_policy: [...]`).
+fn http_listener_with(
+    name: &str,
+    port: u16,
+    cluster: &str,
+    extra: &str,
+    tuning: &[Tuning],
+) -> String {
     format!(
         r#"  - name: {name}
     address:
@@ -89,7 +105,7 @@ fn http_listener(name: &str, port: u16, cluster: &str, tuning: &[Tuning]) -> Str
               domains: ["*"]
               routes:
               - match: {{ prefix: "/" }}
-                route: {{ cluster: {cluster} }}
+                route: {{ cluster: {cluster}{extra} }}
           http_filters:
 {router}"#,
         router = router(tuning)
@@ -97,11 +113,23 @@ fn http_listener(name: &str, port: u16, cluster: &str, tuning: &[Tuning]) -> Str
 }
 
 fn cluster(name: &str, port: u16, h2: bool, tuning: &[Tuning]) -> String {
+    cluster_with(name, port, 1, "ROUND_ROBIN", h2, tuning)
+}
+
+/// A static cluster of `hosts` endpoints, 127.0.0.1 to 127.0.0.<hosts>, all on `port`.
+fn cluster_with(
+    name: &str,
+    port: u16,
+    hosts: u8,
+    lb_policy: &str,
+    h2: bool,
+    tuning: &[Tuning],
+) -> String {
     let mut s = format!(
         r#"  - name: {name}
     connect_timeout: 1s
     type: STATIC
-    lb_policy: ROUND_ROBIN
+    lb_policy: {lb_policy}
 "#
     );
     if tuning.contains(&Tuning::CircuitBreakers) {
@@ -129,11 +157,16 @@ fn cluster(name: &str, port: u16, h2: bool, tuning: &[Tuning]) -> String {
       cluster_name: {name}
       endpoints:
       - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
 "#
     ));
+    for i in 1..=hosts {
+        s.push_str(&format!(
+            r#"        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.{i}, port_value: {port} }}
+"#
+        ));
+    }
     s
 }
 
@@ -148,7 +181,7 @@ admin:
     socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
 static_resources:
   listeners:
-{l_http}{l_h2}  - name: bench_tcp
+{l_http}{l_h2}{l_lr}{l_ring}  - name: bench_tcp
     address:
       socket_address: {{ address: 127.0.0.1, port_value: {tcp} }}
     filter_chains:
@@ -159,7 +192,7 @@ static_resources:
           stat_prefix: bench_tcp
           cluster: upstream_h1
   clusters:
-{c_h1}{c_h2}"#,
+{c_h1}{c_h2}{c_lr}{c_ring}"#,
         fields = if fields.is_empty() {
             "none".to_string()
         } else {
@@ -171,6 +204,30 @@ static_resources:
         l_h2 = http_listener("bench_h2", p.h2, "upstream_h2", tuning),
         c_h1 = cluster("upstream_h1", p.nginx_h1, false, tuning),
         c_h2 = cluster("upstream_h2", p.nginx_h2, true, tuning),
+        l_lr = http_listener("bench_lr10", p.least_request, "upstream_lr10", tuning),
+        l_ring = http_listener_with(
+            "bench_ring10",
+            p.ring_hash,
+            "upstream_ring10",
+            ", hash_policy: [{ header: { header_name: x-user } }]",
+            tuning
+        ),
+        c_lr = cluster_with(
+            "upstream_lr10",
+            p.nginx_h1,
+            10,
+            "LEAST_REQUEST",
+            false,
+            tuning
+        ),
+        c_ring = cluster_with(
+            "upstream_ring10",
+            p.nginx_h1,
+            10,
+            "RING_HASH",
+            false,
+            tuning
+        ),
     )
 }
 

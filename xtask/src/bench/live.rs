@@ -1219,6 +1219,8 @@ mod tests {
             http: 1005,
             h2: 1006,
             tcp: 1007,
+            least_request: 1008,
+            ring_hash: 1009,
         }
     }
 

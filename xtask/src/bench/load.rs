@@ -22,8 +22,9 @@ pub struct Load {
 /// How to generate load for a row.
 #[derive(Clone, Copy, Debug)]
 pub enum Tool {
-    /// `wrk -t1 -c50 --latency`, optionally with `Connection: close`.
-    Wrk { close: bool },
+    /// `wrk -t1 -c50 --latency`, optionally with `Connection: close`, optionally with a
+    /// script that gives each request an `x-user` header out of 1,000 values.
+    Wrk { close: bool, vary: bool },
     /// `h2load -c10 -m10`, h2c with prior knowledge.
     H2load,
 }
@@ -33,10 +34,13 @@ pub fn command(tool: Tool, url: &str, secs: u64, scratch: &Path) -> Command {
     let mut cmd = crate::process::guarded("taskset");
     cmd.args(["-c", CLIENT_CPU]);
     match tool {
-        Tool::Wrk { close } => {
+        Tool::Wrk { close, vary } => {
             cmd.args(["wrk", "-t1", "-c50", &format!("-d{secs}s"), "--latency"]);
             if close {
                 cmd.args(["-H", "Connection: close"]);
+            }
+            if vary {
+                cmd.arg("-s").arg(vary_script(scratch));
             }
         }
         Tool::H2load => {
@@ -51,14 +55,38 @@ pub fn command(tool: Tool, url: &str, secs: u64, scratch: &Path) -> Command {
 /// The command line as printed in reports (without the scratch log path).
 pub fn display_command(tool: Tool, url: &str, secs: u64) -> String {
     match tool {
-        Tool::Wrk { close: false } => format!("wrk -t1 -c50 -d{secs}s --latency {url}"),
-        Tool::Wrk { close: true } => {
+        Tool::Wrk {
+            close: false,
+            vary: false,
+        } => {
+            format!("wrk -t1 -c50 -d{secs}s --latency {url}")
+        }
+        Tool::Wrk { close: true, .. } => {
             format!("wrk -t1 -c50 -d{secs}s --latency -H 'Connection: close' {url}")
+        }
+        Tool::Wrk { vary: true, .. } => {
+            format!("wrk -t1 -c50 -d{secs}s --latency -s $DIR/{VARY_LUA} {url}")
         }
         Tool::H2load => {
             format!("h2load -c10 -m10 -D {secs} --log-file=$DIR/h2load-requests.log {url}")
         }
     }
+}
+
+/// The wrk script of the hashing rows: request n carries `x-user: <n mod 1000>`.
+const VARY_LUA: &str = "x-user.lua";
+
+fn vary_script(scratch: &Path) -> std::path::PathBuf {
+    let path = scratch.join(VARY_LUA);
+    if !path.exists() {
+        // Written once per run; a failure shows as wrk's own complaint about the file.
+        let _ = std::fs::write(
+            &path,
+            "local n = 0\nrequest = function()\n  n = n + 1\n  \
+             return wrk.format(nil, nil, { [\"x-user\"] = tostring(n % 1000) })\nend\n",
+        );
+    }
+    path
 }
 
 fn h2load_log(scratch: &Path) -> std::path::PathBuf {

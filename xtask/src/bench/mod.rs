@@ -31,10 +31,20 @@ pub enum Row {
     H2,
     Close,
     Tcp,
+    LeastRequest,
+    RingHash,
 }
 
 impl Row {
-    pub const ALL: [Row; 5] = [Row::H1, Row::H1Big, Row::H2, Row::Close, Row::Tcp];
+    pub const ALL: [Row; 7] = [
+        Row::H1,
+        Row::H1Big,
+        Row::H2,
+        Row::Close,
+        Row::Tcp,
+        Row::LeastRequest,
+        Row::RingHash,
+    ];
 
     pub fn id(self) -> &'static str {
         match self {
@@ -43,6 +53,8 @@ impl Row {
             Row::H2 => "h2",
             Row::Close => "close",
             Row::Tcp => "tcp",
+            Row::LeastRequest => "lr10",
+            Row::RingHash => "ring10",
         }
     }
 
@@ -53,14 +65,26 @@ impl Row {
             Row::H2 => "HTTP/2 h2c, 10 conns × 10 streams",
             Row::Close => "HTTP/1.1 new connection per request",
             Row::Tcp => "TCP proxy, HTTP/1.1 2-byte body through it",
+            Row::LeastRequest => "HTTP/1.1 keep-alive, LEAST_REQUEST over 10 endpoints",
+            Row::RingHash => "HTTP/1.1 keep-alive, RING_HASH on a header over 10 endpoints",
         }
     }
 
     fn tool(self) -> Tool {
         match self {
             Row::H2 => Tool::H2load,
-            Row::Close => Tool::Wrk { close: true },
-            _ => Tool::Wrk { close: false },
+            Row::Close => Tool::Wrk {
+                close: true,
+                vary: false,
+            },
+            Row::RingHash => Tool::Wrk {
+                close: false,
+                vary: true,
+            },
+            _ => Tool::Wrk {
+                close: false,
+                vary: false,
+            },
         }
     }
 
@@ -72,6 +96,8 @@ impl Row {
             (Target::Direct, _) => p.nginx_h1,
             (_, Row::H2) => p.h2,
             (_, Row::Tcp) => p.tcp,
+            (_, Row::LeastRequest) => p.least_request,
+            (_, Row::RingHash) => p.ring_hash,
             (_, _) => p.http,
         };
         format!("http://127.0.0.1:{port}{path}")
@@ -228,8 +254,11 @@ pub fn run(args: &[String]) -> Result {
     };
 
     let tmp = TempDir::new("skiff-bench")?;
-    let [nginx_h1, nginx_h2, nginx_alt, admin, http, h2, tcp] = free_ports()?;
+    let [nginx_h1, nginx_h2, nginx_alt, admin, http, h2, tcp, least_request, ring_hash] =
+        free_ports()?;
     let ports = Ports {
+        least_request,
+        ring_hash,
         nginx_h1,
         nginx_h2,
         nginx_alt,
