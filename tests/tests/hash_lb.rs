@@ -40,6 +40,17 @@ fn cluster(name: &str, ports: &[u16], policy: Value) -> Value {
     c
 }
 
+/// [`cluster`] whose endpoints have hostnames (`svc-<i>.example`).
+fn named_cluster(name: &str, ports: &[u16], policy: Value) -> Value {
+    let mut c = cluster(name, ports, policy);
+    if let Some(eps) = c["load_assignment"]["endpoints"][0]["lb_endpoints"].as_array_mut() {
+        for (i, e) in eps.iter_mut().enumerate() {
+            e["endpoint"]["hostname"] = json!(format!("svc-{i}.example"));
+        }
+    }
+    c
+}
+
 fn extension(name: &str, typed: Value) -> Value {
     json!({ "lb_policy": "LOAD_BALANCING_POLICY_CONFIG", "load_balancing_policy": { "policies": [ {
         "typed_extension_config": { "name": name, "typed_config": typed } } ] } })
@@ -58,6 +69,9 @@ fn config(admin: u16, port: u16, ports: &[u16]) -> String {
         hashed("/ring-ext", "ring_ext", user.clone()),
         hashed("/maglev", "maglev", user.clone()),
         hashed("/maglev-ext", "maglev_ext", user.clone()),
+        hashed("/byname", "byname", user.clone()),
+        hashed("/byname-maglev", "byname_maglev", user.clone()),
+        hashed("/bounded", "bounded", user.clone()),
         // Several parts: each rotates what came before; the terminal one ends it when it hashed.
         hashed(
             "/multi",
@@ -117,6 +131,33 @@ fn config(admin: u16, port: u16, ports: &[u16]) -> String {
                     json!({ "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
                         "table_size": 251 }),
                 ),
+            ),
+            // Hosts placed by hostname: not where their addresses would put them.
+            named_cluster(
+                "byname",
+                ports,
+                extension(
+                    "envoy.load_balancing_policies.ring_hash",
+                    json!({ "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
+                        "consistent_hashing_lb_config": { "use_hostname_for_hashing": true } }),
+                ),
+            ),
+            // (common_lb_config's form is for STRICT_DNS clusters only; this one is not.)
+            named_cluster(
+                "byname_maglev",
+                ports,
+                extension(
+                    "envoy.load_balancing_policies.maglev",
+                    json!({ "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+                        "consistent_hashing_lb_config": { "use_hostname_for_hashing": true } }),
+                ),
+            ),
+            // Bounded loads: with one request at a time, every host has room.
+            cluster(
+                "bounded",
+                ports,
+                json!({ "lb_policy": "RING_HASH", "common_lb_config": {
+                    "consistent_hashing_lb_config": { "hash_balance_factor": 150 } } }),
             ),
         ],
     ))
@@ -182,18 +223,38 @@ async fn consistent_hashing_side_by_side() {
         let mut sides: [Side; 2] = sides.try_into().map_err(|_| ()).expect("two sides");
 
         // Each policy over 60 users: the same host for each, and more than one host in all.
-        for path in ["/ring", "/murmur", "/ring-ext", "/maglev", "/maglev-ext"] {
+        let mut by_path = std::collections::BTreeMap::new();
+        for path in [
+            "/ring",
+            "/murmur",
+            "/ring-ext",
+            "/maglev",
+            "/maglev-ext",
+            "/byname",
+            "/byname-maglev",
+            "/bounded",
+        ] {
             let mut seen = std::collections::BTreeSet::new();
+            let mut picks = Vec::new();
             for n in 0..60 {
                 let user = format!("user-{n}");
-                seen.insert(same(&mut sides, path, &[("x-user", &user)]).await);
+                let up = same(&mut sides, path, &[("x-user", &user)]).await;
+                seen.insert(up.clone());
+                picks.push(up);
             }
             assert!(seen.len() >= 3, "{path}: {seen:?}");
+            by_path.insert(path, picks);
             // A header sent twice hashes its values sorted: the order does not matter.
             let a = same(&mut sides, path, &[("x-user", "b"), ("x-user", "a")]).await;
             let b = same(&mut sides, path, &[("x-user", "a"), ("x-user", "b")]).await;
             assert_eq!(a, b, "{path}");
         }
+
+        // Hostnames place the hosts elsewhere than their addresses do; an idle bounded ring
+        // is the plain ring.
+        assert_ne!(by_path["/byname"], by_path["/ring"]);
+        assert_ne!(by_path["/byname-maglev"], by_path["/maglev"]);
+        assert_eq!(by_path["/bounded"], by_path["/ring"]);
 
         // Parts combined, a regex rewrite, a terminal part, query parameters and :path.
         for n in 0..30 {
@@ -258,7 +319,17 @@ async fn consistent_hashing_side_by_side() {
 async fn invalid_hashing_configs_are_refused_by_both() {
     run_for(Duration::from_secs(60), async {
         let port = free_port();
-        let bad: [(Value, &str); 2] = [
+        let bad: [(Value, &str); 4] = [
+            (
+                json!({ "lb_policy": "MAGLEV", "common_lb_config": {
+                    "consistent_hashing_lb_config": { "use_hostname_for_hashing": true } } }),
+                "use_hostname_for_hashing",
+            ),
+            (
+                json!({ "lb_policy": "RING_HASH", "common_lb_config": {
+                    "consistent_hashing_lb_config": { "hash_balance_factor": 99 } } }),
+                "hash_balance_factor",
+            ),
             (
                 json!({ "lb_policy": "RING_HASH", "ring_hash_lb_config": {
                     "minimum_ring_size": 2048, "maximum_ring_size": 1024 } }),

@@ -2269,6 +2269,29 @@ pub struct TcpKeepalive {
     pub interval: Option<u32>,
 }
 
+/// `slow_start_config` (ROUND_ROBIN and LEAST_REQUEST): a host that has just become healthy
+/// takes a growing share of its weight over the window, as Envoy's: weight ×
+/// max(`min_weight`, (t / window)^(1 / `aggression`)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlowStart {
+    /// `slow_start_window`.
+    pub window: Duration,
+    /// `aggression` (1.0: linear; a value that is not above 0 is 1.0, as Envoy's).
+    pub aggression: f64,
+    /// `min_weight_percent` as a fraction (0.1).
+    pub min_weight: f64,
+}
+
+/// `consistent_hashing_lb_config` of RING_HASH and MAGLEV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConsistentHashing {
+    /// `use_hostname_for_hashing`: hosts are placed by their hostname, not their address.
+    pub use_hostname: bool,
+    /// `hash_balance_factor` (at least 100), or 0: no host takes more than this percentage of
+    /// its share of the cluster's requests under way; a busier one passes the request on.
+    pub balance_factor: u32,
+}
+
 /// How a cluster picks a host: `lb_policy` (with `lb_config`) or `load_balancing_policy`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LbPolicy {
@@ -2421,6 +2444,10 @@ pub struct Cluster {
     /// `zone_aware_lb_config` (Envoy's defaults when absent): used when the bootstrap names a
     /// local cluster.
     pub zone_aware: ZoneAware,
+    /// `slow_start_config` of ROUND_ROBIN or LEAST_REQUEST.
+    pub slow_start: Option<SlowStart>,
+    /// RING_HASH and MAGLEV: hostnames and bounded loads.
+    pub consistent_hashing: ConsistentHashing,
     /// `health_checks` (at most one, as Envoy): active checks of every host.
     pub health_check: Option<Arc<ActiveHealthCheck>>,
     /// `ignore_health_on_host_removal`: a host EDS or DNS removes goes at once even while

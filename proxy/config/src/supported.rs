@@ -1294,7 +1294,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin",
-        &["locality_lb_config"],
+        &["locality_lb_config", "slow_start_config"],
     ),
     (
         "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
@@ -1304,6 +1304,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "locality_lb_config",
             "selection_method",
             "enable_full_scan",
+            "slow_start_config",
         ],
     ),
     (
@@ -1322,20 +1323,29 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "minimum_ring_size",
             "maximum_ring_size",
             "consistent_hashing_lb_config",
+            "use_hostname_for_hashing",
+            "hash_balance_factor",
         ],
     ),
     (
         "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
         &["table_size", "consistent_hashing_lb_config"],
     ),
-    // Hosts hashed by hostname and bounded loads are refused.
     (
         "envoy.extensions.load_balancing_policies.common.v3.ConsistentHashingLbConfig",
-        &[],
+        &["use_hostname_for_hashing", "hash_balance_factor"],
     ),
     (
         "envoy.config.cluster.v3.Cluster.CommonLbConfig.ConsistentHashingLbConfig",
-        &[],
+        &["use_hostname_for_hashing", "hash_balance_factor"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.common.v3.SlowStartConfig",
+        &["slow_start_window", "aggression", "min_weight_percent"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.SlowStartConfig",
+        &["slow_start_window", "aggression", "min_weight_percent"],
     ),
     // Zone-aware routing takes effect with the bootstrap's cluster_manager.local_cluster_name.
     (
@@ -1393,9 +1403,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
-        &["choice_count", "active_request_bias"],
+        &["choice_count", "active_request_bias", "slow_start_config"],
     ),
-    ("envoy.config.cluster.v3.Cluster.RoundRobinLbConfig", &[]),
+    (
+        "envoy.config.cluster.v3.Cluster.RoundRobinLbConfig",
+        &["slow_start_config"],
+    ),
     // `runtime_key` is not read yet (least request's `active_request_bias`).
     ("envoy.config.core.v3.RuntimeDouble", &["default_value"]),
     ("envoy.config.cluster.v3.CircuitBreakers", &["thresholds"]),

@@ -8,7 +8,7 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap};
 
 use super::hashing;
-use crate::config::model::{LbPolicy, Locality, ZoneAware};
+use crate::config::model::{LbPolicy, Locality, SlowStart, ZoneAware};
 use crate::stats::Counter;
 
 /// Envoy's default overprovisioning factor (1.4), in percent.
@@ -118,6 +118,85 @@ pub trait Candidate {
     fn place(&self) -> &Locality {
         &NOWHERE
     }
+    /// Starts its slow-start clock at `now` (on [`clock_ms`]) unless it runs already; returns
+    /// when it started (Envoy's `lastHcPassTime`), `None` for a host without one.
+    fn start_clock(&self, now: u64) -> Option<u64> {
+        let _ = now;
+        None
+    }
+    /// When its slow-start clock started, if it did.
+    fn healthy_since(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Milliseconds on the balancers' clock (tokio's, so tests can pause it), from 1: 0 stands
+/// for "not started".
+pub fn clock_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+}
+
+/// Slow start over a balancer's hosts (Envoy's `EdfLoadBalancerBase`): while some host's
+/// clock is within the window, a host's weight is scaled by max(min, (t / window)^(1 /
+/// aggression)).
+#[derive(Debug, Clone)]
+struct Ramp {
+    window_ms: u64,
+    aggression: f64,
+    min_weight: f64,
+    /// The latest clock start among the hosts (Envoy's `latest_host_added_time_`).
+    latest: u64,
+}
+
+impl Ramp {
+    /// Whether any host may still be in slow start (Envoy's `!noHostsAreInSlowStart()`).
+    fn active(&self, now: u64) -> bool {
+        now.saturating_sub(self.latest) <= self.window_ms
+    }
+
+    /// The factor of a host's weight at `now` (Envoy's `applySlowStartFactor`): only healthy
+    /// (not degraded) hosts whose clock started less than a window ago are scaled.
+    fn factor<H: Candidate>(&self, h: &H, now: u64) -> f64 {
+        if !h.healthy() || h.degraded() {
+            return 1.0;
+        }
+        let Some(since) = h.healthy_since() else {
+            return 1.0;
+        };
+        let t = now.saturating_sub(since);
+        if t >= self.window_ms {
+            return 1.0;
+        }
+        let time = t.max(1) as f64 / self.window_ms as f64;
+        let ramp = if self.aggression == 1.0 {
+            time
+        } else {
+            time.powf(1.0 / self.aggression)
+        };
+        ramp.max(self.min_weight)
+    }
+}
+
+/// Bounded loads (`hash_balance_factor`): a hashed host takes a request only while its
+/// requests under way are at most its share (by weight, among the candidates) of the
+/// cluster's, times the factor; otherwise hosts are tried in an order the hash seeds.
+#[derive(Debug, Clone)]
+struct Bounded {
+    /// The factor in percent (at least 100).
+    factor: u64,
+    /// Each candidate's normalized weight, in the order of the candidates.
+    shares: Vec<f64>,
+}
+
+/// The cluster-wide options a balancer is built with, beyond its policy.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// `slow_start_config` (ROUND_ROBIN and LEAST_REQUEST).
+    pub slow_start: Option<SlowStart>,
+    /// `hash_balance_factor` (RING_HASH and MAGLEV), 0 for none.
+    pub balance_factor: u32,
 }
 
 /// The locality of a host that has none.
@@ -433,6 +512,10 @@ pub struct Balancer {
     zones: Option<ZoneRouting>,
     /// `fail_traffic_on_panic`: no host while in panic.
     fail_on_panic: bool,
+    /// Slow start.
+    ramp: Option<Ramp>,
+    /// Bounded loads of a hashing policy.
+    bounded: Option<Bounded>,
 }
 
 /// Per priority: (hosts of it, eligible count, healthy ones, degraded ones).
@@ -660,7 +743,154 @@ impl Balancer {
             levels: Vec::new(),
             zones: None,
             fail_on_panic: false,
+            ramp: None,
+            bounded: None,
         }
+    }
+
+    /// Every balancer within this one (levels, localities, degraded hosts, zones), and itself.
+    fn each(&mut self, f: &mut impl FnMut(&mut Balancer)) {
+        f(self);
+        for l in &mut self.levels {
+            l.healthy.each(f);
+            l.degraded.each(f);
+        }
+        if let Some(l) = &mut self.localities {
+            for g in &mut l.groups {
+                g.each(f);
+            }
+        }
+        if let Some((_, d)) = &mut self.degraded {
+            d.each(f);
+        }
+        if let Some(z) = &mut self.zones {
+            for g in &mut z.groups {
+                g.each(f);
+            }
+        }
+    }
+
+    /// This balancer with slow start and bounded loads. Healthy hosts' slow-start clocks
+    /// start now if they have not; while one is within the window, round robin and least
+    /// request pick by an EDF schedule of the scaled weights, as Envoy's do.
+    pub fn with_extras<H: Candidate>(mut self, hosts: &[H], extras: &Extras) -> Self {
+        let ramp = extras.slow_start.as_ref().and_then(|s| {
+            let now = clock_ms();
+            let latest = hosts
+                .iter()
+                .filter(|h| h.healthy() && !h.degraded())
+                .filter_map(|h| h.start_clock(now))
+                .max()?;
+            Some(Ramp {
+                window_ms: u64::try_from(s.window.as_millis()).unwrap_or(u64::MAX),
+                aggression: s.aggression,
+                min_weight: s.min_weight,
+                latest,
+            })
+        });
+        let factor = u64::from(extras.balance_factor);
+        self.each(&mut |b| {
+            if b.policy.hashed() && factor > 0 {
+                let sum: u64 = b
+                    .candidates
+                    .iter()
+                    .map(|&i| u64::from(hosts[i].weight()))
+                    .sum();
+                b.bounded = Some(Bounded {
+                    factor,
+                    shares: b
+                        .candidates
+                        .iter()
+                        .map(|&i| f64::from(hosts[i].weight()) / sum.max(1) as f64)
+                        .collect(),
+                });
+            }
+            let ramped = matches!(
+                b.policy,
+                LbPolicy::RoundRobin | LbPolicy::LeastRequest { .. }
+            );
+            let Some(r) = ramp.as_ref().filter(|_| ramped) else {
+                return;
+            };
+            b.ramp = Some(r.clone());
+            let now = clock_ms();
+            if r.active(now) && b.candidates.len() > 1 {
+                b.weighted = true;
+                let weight = |i: usize| b.weight(hosts, i, now);
+                let mut edf = Edf::new(b.candidates.iter().map(|&i| (i, weight(i))));
+                for _ in 0..fastrand::usize(..b.candidates.len()) {
+                    let _ = edf.pick(weight);
+                }
+                b.edf = RefCell::new(edf);
+            }
+        });
+        self
+    }
+
+    /// A host's weight for the EDF schedule now: its weight, by least request's active
+    /// request bias, scaled by slow start.
+    fn weight<H: Candidate>(&self, hosts: &[H], i: usize, now: u64) -> f64 {
+        let h = &hosts[i];
+        let w = f64::from(h.weight());
+        let w = match &self.policy {
+            LbPolicy::LeastRequest {
+                active_request_bias: bias,
+                ..
+            } => {
+                let active = h.active_requests() as f64;
+                if *bias == 0.0 {
+                    w
+                } else if *bias == 1.0 {
+                    w / (active + 1.0)
+                } else {
+                    w / (active + 1.0).powf(*bias)
+                }
+            }
+            _ => w,
+        };
+        match &self.ramp {
+            Some(r) if r.active(now) => w * r.factor(h, now),
+            _ => w,
+        }
+    }
+
+    /// Bounded loads: the hashed host `first` if it has room, else the first with room in an
+    /// order the hash seeds, else the least loaded.
+    fn bounded<H: Candidate>(&self, b: &Bounded, hosts: &[H], first: usize, hash: u64) -> usize {
+        let total: u64 = hosts.iter().map(Candidate::active_requests).sum();
+        let slots = (total + 1) * b.factor;
+        let slots = slots.div_ceil(100);
+        // A host's load: its requests under way over its slots; above 1, it has no room.
+        let load = |pos: usize| {
+            let share = b.shares.get(pos).copied().unwrap_or(0.0);
+            let mine = ((slots as f64 * share).ceil() as u64).max(1);
+            hosts[self.candidates[pos]].active_requests() as f64 / mine as f64
+        };
+        let Some(first_pos) = self.candidates.iter().position(|&c| c == first) else {
+            return first;
+        };
+        let mut best = (load(first_pos), first_pos);
+        if best.0 <= 1.0 {
+            return first;
+        }
+        let mut order: Vec<usize> = (0..self.candidates.len()).collect();
+        let mut rng = fastrand::Rng::with_seed(hash & u64::from(u32::MAX));
+        for k in 0..order.len() {
+            let j = k + rng.usize(..order.len() - k);
+            order.swap(k, j);
+            let pos = order[k];
+            if pos == first_pos {
+                continue;
+            }
+            let l = load(pos);
+            if l <= 1.0 {
+                return self.candidates[pos];
+            }
+            if l < best.0 {
+                best = (l, pos);
+            }
+        }
+        self.candidates[best.1]
     }
 
     /// Envoy's priority levels: each level's health (and degraded availability) is its count /
@@ -885,7 +1115,8 @@ impl Balancer {
         if n == 0 {
             return None;
         }
-        let weight = |i: usize| f64::from(hosts[i].weight());
+        let now = if self.ramp.is_some() { clock_ms() } else { 0 };
+        let weight = |i: usize| self.weight(hosts, i, now);
         match &self.policy {
             LbPolicy::RoundRobin | LbPolicy::ClusterProvided if self.weighted => {
                 self.edf.borrow_mut().pick(weight)
@@ -896,27 +1127,19 @@ impl Balancer {
                 Some(self.candidates[i % n])
             }
             LbPolicy::Random => Some(self.candidates[(random() % n as u64) as usize]),
-            LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => match &self.table {
-                Some(Table::Ring(r)) => r.pick(random(), attempt),
-                Some(Table::Maglev(m)) => m.pick(random(), attempt),
-                None => None,
-            },
-            LbPolicy::LeastRequest {
-                active_request_bias,
-                ..
-            } if self.weighted => {
-                let bias = *active_request_bias;
-                self.edf.borrow_mut().pick(|i| {
-                    let active = hosts[i].active_requests() as f64;
-                    if bias == 0.0 {
-                        weight(i)
-                    } else if bias == 1.0 {
-                        weight(i) / (active + 1.0)
-                    } else {
-                        weight(i) / (active + 1.0).powf(bias)
-                    }
-                })
+            LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => {
+                let hash = random();
+                let first = match &self.table {
+                    Some(Table::Ring(r)) => r.pick(hash, attempt),
+                    Some(Table::Maglev(m)) => m.pick(hash, attempt),
+                    None => None,
+                }?;
+                match &self.bounded {
+                    Some(b) => Some(self.bounded(b, hosts, first, hash)),
+                    None => Some(first),
+                }
             }
+            LbPolicy::LeastRequest { .. } if self.weighted => self.edf.borrow_mut().pick(weight),
             LbPolicy::LeastRequest { choice_count, .. } => {
                 let mut best: Option<usize> = None;
                 for _ in 0..*choice_count {
@@ -1259,5 +1482,191 @@ mod zone_tests {
             ZoneRouting::build(&zone, &LbPolicy::RoundRobin, 50.0, &upstream, &all, &all).is_none()
         );
         assert_eq!(zone.counters.local_cluster_not_ok.value(), 1);
+    }
+}
+
+#[cfg(test)]
+mod extras_tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A healthy host with a weight, requests under way and a slow-start clock.
+    struct S {
+        weight: u32,
+        active: u64,
+        since: Cell<u64>,
+    }
+    impl S {
+        fn new(weight: u32) -> Self {
+            S {
+                weight,
+                active: 0,
+                since: Cell::new(0),
+            }
+        }
+    }
+    impl Candidate for S {
+        fn healthy(&self) -> bool {
+            true
+        }
+        fn weight(&self) -> u32 {
+            self.weight
+        }
+        fn active_requests(&self) -> u64 {
+            self.active
+        }
+        fn hash_key(&self) -> String {
+            format!("{:p}", self)
+        }
+        fn start_clock(&self, now: u64) -> Option<u64> {
+            if self.since.get() == 0 {
+                self.since.set(now);
+            }
+            Some(self.since.get())
+        }
+        fn healthy_since(&self) -> Option<u64> {
+            Some(self.since.get()).filter(|&t| t > 0)
+        }
+    }
+
+    fn ramped(policy: LbPolicy, hosts: &[S], aggression: f64) -> Balancer {
+        Balancer::new(policy, 50.0, hosts, false).with_extras(
+            hosts,
+            &Extras {
+                slow_start: Some(SlowStart {
+                    window: Duration::from_secs(10),
+                    aggression,
+                    min_weight: 0.1,
+                }),
+                balance_factor: 0,
+            },
+        )
+    }
+
+    fn count(b: &Balancer, hosts: &[S], n: usize) -> Vec<usize> {
+        let mut c = vec![0; hosts.len()];
+        for _ in 0..n {
+            c[b.pick(hosts).expect("a host")] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn the_factor_is_envoys() {
+        let r = Ramp {
+            window_ms: 10_000,
+            aggression: 1.0,
+            min_weight: 0.1,
+            latest: 1,
+        };
+        let h = S::new(1);
+        h.since.set(1);
+        let at = |r: &Ramp, ms: u64| r.factor(&h, 1 + ms);
+        assert_eq!(at(&r, 0), 0.1, "the floor");
+        assert!((at(&r, 5_000) - 0.5).abs() < 1e-9);
+        assert_eq!(at(&r, 10_000), 1.0, "the window is over");
+        let r2 = Ramp {
+            aggression: 2.0,
+            ..r.clone()
+        };
+        assert!((at(&r2, 5_000) - 0.5f64.sqrt()).abs() < 1e-9);
+        let r_half = Ramp {
+            aggression: 0.5,
+            ..r.clone()
+        };
+        assert!((at(&r_half, 5_000) - 0.25).abs() < 1e-9);
+        assert_eq!(at(&r_half, 1_000), 0.1, "0.01 is below the floor");
+        // A host without a clock, or a degraded one, keeps its weight.
+        let fresh = S::new(1);
+        assert_eq!(r.factor(&fresh, 5_000), 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_host_ramps_up_over_the_window() {
+        // An old host (its window long over) and a new one.
+        let hosts = [S::new(1), S::new(1)];
+        hosts[0].since.set(clock_ms());
+        tokio::time::advance(Duration::from_secs(60)).await;
+        for policy in [
+            LbPolicy::RoundRobin,
+            LbPolicy::LeastRequest {
+                choice_count: 2,
+                active_request_bias: 1.0,
+            },
+        ] {
+            hosts[1].since.set(0);
+            let b = ramped(policy.clone(), &hosts, 1.0);
+            assert!(b.weighted, "{policy:?}: an EDF schedule while a host ramps");
+            // At the start: 0.1 of the weight, a share of 1/11.
+            let c = count(&b, &hosts, 1100);
+            assert!((95..=105).contains(&c[1]), "{policy:?}: {c:?}");
+            tokio::time::advance(Duration::from_secs(5)).await;
+            // Half way: a factor of 0.5, a share of 1/3 (its stale deadline first).
+            let c = count(&b, &hosts, 3000);
+            assert!((950..=1050).contains(&c[1]), "{policy:?}: {c:?}");
+            tokio::time::advance(Duration::from_secs(5)).await;
+            let c = count(&b, &hosts, 1000);
+            assert!((495..=505).contains(&c[1]), "{policy:?}: {c:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hosts_out_of_their_window_balance_as_without_slow_start() {
+        let hosts = [S::new(1), S::new(3)];
+        let b = ramped(LbPolicy::RoundRobin, &hosts, 1.0);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        // The deadlines from the ramp go stale pick by pick, as in Envoy.
+        let c = count(&b, &hosts, 4000);
+        assert!((990..=1010).contains(&c[0]), "{c:?}");
+        // A balancer built after the window: no EDF for equal weights.
+        let equal = [S::new(1), S::new(1)];
+        equal[0].since.set(1);
+        equal[1].since.set(1);
+        let b = ramped(LbPolicy::RoundRobin, &equal, 1.0);
+        assert!(!b.weighted);
+    }
+
+    #[test]
+    fn a_busy_hashed_host_passes_its_requests_on() {
+        let mut hosts: Vec<S> = (1..=4).map(|_| S::new(1)).collect();
+        let policy = LbPolicy::RingHash {
+            min_ring: 1024,
+            max_ring: 8 << 20,
+            murmur: false,
+        };
+        let extras = Extras {
+            slow_start: None,
+            balance_factor: 150,
+        };
+        let keys = |hosts: &[S]| {
+            let b = Balancer::new(policy.clone(), 50.0, hosts, false).with_extras(hosts, &extras);
+            (0..200u64)
+                .map(|k| b.pick_hashed(hosts, Some(k * 7919), 0).expect("a host"))
+                .collect::<Vec<_>>()
+        };
+        let idle = keys(&hosts);
+        // The host most keys go to gets busy: 10 of the 12 requests under way.
+        let top = (0..4)
+            .max_by_key(|i| idle.iter().filter(|h| **h == *i).count())
+            .expect("a host");
+        hosts[top].active = 10;
+        hosts[(top + 1) % 4].active = 2;
+        // Slots: ceil(13 × 150 / 100) = 20 in all, ceil(20 / 4) = 5 each: the busy host has
+        // no room, the others do.
+        let busy = keys(&hosts);
+        assert!(!busy.contains(&top), "{busy:?}");
+        for (a, b) in idle.iter().zip(&busy) {
+            if *a != top {
+                assert_eq!(a, b, "keys of hosts with room stay");
+            }
+        }
+        // The same hash passes on to the same host each time.
+        assert_eq!(busy, keys(&hosts));
+        // Everyone busy: the least loaded.
+        for h in hosts.iter_mut() {
+            h.active = 50;
+        }
+        hosts[2].active = 40;
+        assert!(keys(&hosts).iter().all(|h| *h == 2 || idle.contains(h)));
     }
 }

@@ -41,6 +41,9 @@ pub struct HostStats {
     pub rq_timeout: AtomicU64,
     /// Outlier detection's counts.
     pub outlier: outlier::Monitor,
+    /// When slow start's clock started for it ([`lb::clock_ms`]; 0: not yet): when a
+    /// balancer first saw it healthy, again after active checks brought it back.
+    pub healthy_since: AtomicU64,
 }
 
 impl HostStats {
@@ -101,10 +104,14 @@ impl ClusterInfo {
             .map(|h| {
                 previous
                     .and_then(|p| {
-                        p.hosts
-                            .iter()
-                            .position(|o| o.address == h.address)
-                            .map(|i| p.host_stats[i].clone())
+                        let i = p.hosts.iter().position(|o| o.address == h.address)?;
+                        let stats = p.host_stats[i].clone();
+                        if p.hosts[i].checks.failed && !h.checks.failed {
+                            // A host active checks bring back starts slow start again, as
+                            // Envoy's (its last passed check while failed).
+                            stats.healthy_since.store(0, Ordering::Relaxed);
+                        }
+                        Some(stats)
                     })
                     .unwrap_or_default()
             })
@@ -552,7 +559,7 @@ impl Cluster {
                                 && o.priority == h.priority
                                 && o.locality == (h.locality, h.locality_weight)
                                 && o.place == h.place
-                                && o.hash_key == h.hash_key
+                                && o.hash_key == hash_key(cfg, h)
                                 && Arc::ptr_eq(&o.stats, s)
                                 && same_tls(o.tls.as_ref(), cfg.tls_for(&h.socket_match))
                         })
@@ -563,7 +570,7 @@ impl Cluster {
                     host.weight = h.weight;
                     host.locality = (h.locality, h.locality_weight);
                     host.place = h.place.clone();
-                    host.hash_key = h.hash_key.clone();
+                    host.hash_key = hash_key(cfg, h);
                     host.degraded = (h.degraded_now(), h.excluded);
                     host.priority = h.priority;
                     host.tls = cfg.tls_for(&h.socket_match).cloned();
@@ -594,6 +601,13 @@ impl Cluster {
                 cfg.locality_weighted,
                 cfg.zone_aware.fail_traffic_on_panic,
                 zone.as_ref(),
+            )
+            .with_extras(
+                &hosts,
+                &lb::Extras {
+                    slow_start: cfg.slow_start.clone(),
+                    balance_factor: cfg.consistent_hashing.balance_factor,
+                },
             ),
             stats,
             hosts,
@@ -643,6 +657,18 @@ impl Host {
     }
 }
 
+/// What RING_HASH and MAGLEV hash for a host: its `envoy.lb` `hash_key`, else with
+/// `use_hostname_for_hashing` its hostname (empty without one, as Envoy's), else its address.
+fn hash_key(cfg: &model::Cluster, h: &model::Host) -> Option<Arc<str>> {
+    match &h.hash_key {
+        Some(k) => Some(k.clone()),
+        None if cfg.consistent_hashing.use_hostname => {
+            Some(h.hostname.clone().unwrap_or_else(|| Arc::from("")))
+        }
+        None => None,
+    }
+}
+
 /// Whether two hosts connect with the same TLS (the same settings object, or none).
 fn same_tls(
     a: Option<&Arc<crate::tls::UpstreamTls>>,
@@ -688,6 +714,18 @@ impl lb::Candidate for Rc<Host> {
     }
     fn place(&self) -> &model::Locality {
         &self.place
+    }
+    fn start_clock(&self, now: u64) -> Option<u64> {
+        let c = &self.stats.healthy_since;
+        Some(
+            match c.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => now,
+                Err(since) => since,
+            },
+        )
+    }
+    fn healthy_since(&self) -> Option<u64> {
+        Some(self.stats.healthy_since.load(Ordering::Relaxed)).filter(|&t| t > 0)
     }
 }
 

@@ -76,7 +76,13 @@ pub(super) fn translate_cluster(
             }
         }
     };
-    let (lb, locality_weighted, zone_aware) = super::lb::lb_policy(c, discovery, path)?;
+    let super::lb::Lb {
+        policy: lb,
+        locality_weighted,
+        zone: zone_aware,
+        slow_start,
+        consistent_hashing,
+    } = super::lb::lb_policy(c, discovery, path)?;
     if lb.hashed() && super::lb::common_locality_weighted(c) {
         return Err(ConfigError::unsupported(format!(
             "{path}.common_lb_config.locality_weighted_lb_config"
@@ -392,6 +398,8 @@ pub(super) fn translate_cluster(
         lb,
         locality_weighted: locality_weighted || super::lb::common_locality_weighted(c),
         zone_aware,
+        slow_start,
+        consistent_hashing,
         health_check: super::health_check::health_checks(
             &c.health_checks,
             c.transport_socket.is_some() || !c.transport_socket_matches.is_empty(),

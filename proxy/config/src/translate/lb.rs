@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::extensions::load_balancing_policies::random::v3::Ran
 use envoy_types::pb::envoy::extensions::load_balancing_policies::ring_hash::v3 as ring_hash;
 use envoy_types::pb::envoy::extensions::load_balancing_policies::round_robin::v3::RoundRobin;
 
-use super::super::model::{DiscoveryType, LbPolicy, ZoneAware};
+use super::super::model::{ConsistentHashing, DiscoveryType, LbPolicy, SlowStart, ZoneAware};
 use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 
@@ -81,44 +81,87 @@ fn maglev(size: Option<u64>, path: &str) -> Result<LbPolicy, ConfigError> {
     Ok(LbPolicy::Maglev { table_size })
 }
 
-/// The hashing policies' options skiff does not run: hosts hashed by hostname, bounded
-/// loads, locality weights.
-fn hashing_common(
+/// The hashing policies' host keys and bounded loads: `consistent_hashing_lb_config` when set,
+/// else the ring hash's own (deprecated) fields, as Envoy reads them; locality-weighted hashing
+/// is refused.
+fn consistent_hashing(
     use_hostname: bool,
-    balance_factor: bool,
+    balance_factor: Option<u32>,
     common: Option<&common::ConsistentHashingLbConfig>,
     locality_weighted: bool,
     path: &str,
-) -> Result<(), ConfigError> {
-    if use_hostname {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.use_hostname_for_hashing"
-        )));
-    }
-    if balance_factor {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.hash_balance_factor"
-        )));
-    }
-    if let Some(c) = common {
-        let cpath = format!("{path}.consistent_hashing_lb_config");
-        if c.use_hostname_for_hashing {
-            return Err(ConfigError::unsupported(format!(
-                "{cpath}.use_hostname_for_hashing"
-            )));
-        }
-        if c.hash_balance_factor.is_some() {
-            return Err(ConfigError::unsupported(format!(
-                "{cpath}.hash_balance_factor"
-            )));
-        }
-    }
+) -> Result<ConsistentHashing, ConfigError> {
     if locality_weighted {
         return Err(ConfigError::unsupported(format!(
             "{path}.locality_weighted_lb_config"
         )));
     }
-    Ok(())
+    match common {
+        Some(c) => checked_hashing(
+            c.use_hostname_for_hashing,
+            c.hash_balance_factor.as_ref().map(|v| v.value),
+            &format!("{path}.consistent_hashing_lb_config"),
+        ),
+        None => checked_hashing(use_hostname, balance_factor, path),
+    }
+}
+
+/// `hash_balance_factor` is at least 100 when set (Envoy's validation).
+fn checked_hashing(
+    use_hostname: bool,
+    balance_factor: Option<u32>,
+    path: &str,
+) -> Result<ConsistentHashing, ConfigError> {
+    if let Some(f) = balance_factor.filter(|f| *f < 100) {
+        return Err(ConfigError::new(
+            format!("{path}.hash_balance_factor"),
+            format!("value must be greater than or equal to 100 (is {f})"),
+        ));
+    }
+    Ok(ConsistentHashing {
+        use_hostname,
+        balance_factor: balance_factor.unwrap_or(0),
+    })
+}
+
+/// `slow_start_config` (either form): none without a window, as Envoy's.
+fn slow_start(
+    window: Option<&envoy_types::pb::google::protobuf::Duration>,
+    aggression: Option<&envoy_types::pb::envoy::config::core::v3::RuntimeDouble>,
+    min_weight_percent: Option<&envoy_types::pb::envoy::r#type::v3::Percent>,
+    path: &str,
+) -> Result<Option<SlowStart>, ConfigError> {
+    let window = match window {
+        Some(w) => super::duration(w, &format!("{path}.slow_start_window"))?,
+        None => return Ok(None),
+    };
+    let min_weight = min_weight_percent.map_or(10.0, |p| p.value);
+    if !(0.0..=100.0).contains(&min_weight) {
+        return Err(ConfigError::new(
+            format!("{path}.min_weight_percent.value"),
+            "must be between 0 and 100",
+        ));
+    }
+    // Envoy takes an aggression that is not above 0 as 1.0 (and logs it).
+    let aggression = aggression
+        .map(|a| a.default_value)
+        .filter(|a| *a > 0.0 && a.is_finite())
+        .unwrap_or(1.0);
+    Ok((!window.is_zero()).then_some(SlowStart {
+        window,
+        aggression,
+        min_weight: min_weight / 100.0,
+    }))
+}
+
+/// What the load-balancing fields give a cluster.
+pub(super) struct Lb {
+    pub policy: LbPolicy,
+    /// Localities picked first, by weight.
+    pub locality_weighted: bool,
+    pub zone: ZoneAware,
+    pub slow_start: Option<SlowStart>,
+    pub consistent_hashing: ConsistentHashing,
 }
 
 /// The cluster's load balancer, checked against its discovery type as Envoy pairs them.
@@ -126,13 +169,48 @@ pub(super) fn lb_policy(
     c: &cluster::Cluster,
     discovery: DiscoveryType,
     path: &str,
-) -> Result<(LbPolicy, bool, ZoneAware), ConfigError> {
+) -> Result<Lb, ConfigError> {
     // As Envoy: load_balancing_policy, when set, is the policy whatever lb_policy says.
     if let Some(p) = &c.load_balancing_policy {
         return extension(p, &format!("{path}.load_balancing_policy"));
     }
     let zone = legacy_zone_aware(c, &format!("{path}.common_lb_config"))?;
-    Ok((legacy(c, discovery, path)?, false, zone))
+    let common_hashing = c
+        .common_lb_config
+        .as_ref()
+        .and_then(|l| l.consistent_hashing_lb_config.as_ref());
+    // Envoy's check, on this form only: hostnames are hashed in STRICT_DNS clusters.
+    if common_hashing.is_some_and(|h| h.use_hostname_for_hashing)
+        && discovery != DiscoveryType::StrictDns
+    {
+        let kind = match discovery {
+            DiscoveryType::Static => "static",
+            DiscoveryType::OriginalDst => "original_dst",
+            DiscoveryType::Eds => "eds",
+            DiscoveryType::LogicalDns => "logical_dns",
+            DiscoveryType::StrictDns => "strict_dns",
+        };
+        return Err(ConfigError::new(
+            format!("{path}.common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing"),
+            format!("Cannot use hostname for consistent hashing loadbalancing for cluster of type: 'envoy.cluster.{kind}'"),
+        ));
+    }
+    let (policy, slow_start) = legacy(c, discovery, path)?;
+    let consistent_hashing = match common_hashing {
+        Some(h) if policy.hashed() => checked_hashing(
+            h.use_hostname_for_hashing,
+            h.hash_balance_factor.as_ref().map(|v| v.value),
+            &format!("{path}.common_lb_config.consistent_hashing_lb_config"),
+        )?,
+        _ => ConsistentHashing::default(),
+    };
+    Ok(Lb {
+        policy,
+        locality_weighted: false,
+        zone,
+        slow_start,
+        consistent_hashing,
+    })
 }
 
 /// `lb_policy` with `lb_config`.
@@ -140,7 +218,7 @@ fn legacy(
     c: &cluster::Cluster,
     discovery: DiscoveryType,
     path: &str,
-) -> Result<LbPolicy, ConfigError> {
+) -> Result<(LbPolicy, Option<SlowStart>), ConfigError> {
     use cluster::cluster::{LbConfig, LbPolicy as P};
     let policy = match P::try_from(c.lb_policy) {
         Ok(P::RoundRobin) => LbPolicy::RoundRobin,
@@ -165,14 +243,21 @@ fn legacy(
             ))
         }
     };
+    let legacy_slow_start = |s: &Option<cluster::cluster::SlowStartConfig>, path: &str| {
+        s.as_ref().map_or(Ok(None), |s| {
+            slow_start(
+                s.slow_start_window.as_ref(),
+                s.aggression.as_ref(),
+                s.min_weight_percent.as_ref(),
+                &format!("{path}.slow_start_config"),
+            )
+        })
+    };
+    let mut slow = None;
     let policy = match (&c.lb_config, policy) {
         (Some(LbConfig::LeastRequestLbConfig(l)), LbPolicy::LeastRequest { .. }) => {
             let lpath = format!("{path}.least_request_lb_config");
-            if l.slow_start_config.is_some() {
-                return Err(ConfigError::unsupported(format!(
-                    "{lpath}.slow_start_config"
-                )));
-            }
+            slow = legacy_slow_start(&l.slow_start_config, &lpath)?;
             least_request(
                 l.choice_count.as_ref().map(|v| v.value),
                 l.active_request_bias.as_ref().map(|v| v.default_value),
@@ -180,11 +265,10 @@ fn legacy(
             )?
         }
         (Some(LbConfig::RoundRobinLbConfig(r)), LbPolicy::RoundRobin) => {
-            if r.slow_start_config.is_some() {
-                return Err(ConfigError::unsupported(format!(
-                    "{path}.round_robin_lb_config.slow_start_config"
-                )));
-            }
+            slow = legacy_slow_start(
+                &r.slow_start_config,
+                &format!("{path}.round_robin_lb_config"),
+            )?;
             LbPolicy::RoundRobin
         }
         (Some(LbConfig::OriginalDstLbConfig(_)), p) => p,
@@ -238,7 +322,7 @@ fn legacy(
             format!("unsupported: {name} (only {want})"),
         ));
     }
-    Ok(policy)
+    Ok((policy, slow))
 }
 
 fn least_request(
@@ -269,10 +353,7 @@ fn least_request(
 /// `load_balancing_policy`: Envoy uses the first policy of the list it knows; skiff takes the
 /// first one too and refuses it, by path, when it is not one skiff runs.
 #[allow(deprecated)]
-fn extension(
-    p: &cluster::LoadBalancingPolicy,
-    path: &str,
-) -> Result<(LbPolicy, bool, ZoneAware), ConfigError> {
+fn extension(p: &cluster::LoadBalancingPolicy, path: &str) -> Result<Lb, ConfigError> {
     let Some(first) = p.policies.first() else {
         return Err(ConfigError::new(format!("{path}.policies"), "required"));
     };
@@ -288,24 +369,35 @@ fn extension(
         ));
     };
     let tpath = format!("{ppath}.typed_config");
+    let common_slow_start = |s: &Option<common::SlowStartConfig>| {
+        s.as_ref().map_or(Ok(None), |s| {
+            slow_start(
+                s.slow_start_window.as_ref(),
+                s.aggression.as_ref(),
+                s.min_weight_percent.as_ref(),
+                &format!("{tpath}.slow_start_config"),
+            )
+        })
+    };
+    let lb = |policy, (locality_weighted, zone), slow_start, consistent_hashing| Lb {
+        policy,
+        locality_weighted,
+        zone,
+        slow_start,
+        consistent_hashing,
+    };
     match type_name(&any.type_url) {
         ROUND_ROBIN => {
             let r: RoundRobin = unpack(any, &tpath)?;
-            if r.slow_start_config.is_some() {
-                return Err(ConfigError::unsupported(format!(
-                    "{tpath}.slow_start_config"
-                )));
-            }
-            let (weighted, zone) = locality(&r.locality_lb_config, &tpath)?;
-            Ok((LbPolicy::RoundRobin, weighted, zone))
+            Ok(lb(
+                LbPolicy::RoundRobin,
+                locality(&r.locality_lb_config, &tpath)?,
+                common_slow_start(&r.slow_start_config)?,
+                ConsistentHashing::default(),
+            ))
         }
         LEAST_REQUEST => {
             let l: LeastRequest = unpack(any, &tpath)?;
-            if l.slow_start_config.is_some() {
-                return Err(ConfigError::unsupported(format!(
-                    "{tpath}.slow_start_config"
-                )));
-            }
             if l.enable_full_scan.as_ref().is_some_and(|v| v.value)
                 || l.selection_method == SelectionMethod::FullScan as i32
             {
@@ -313,28 +405,32 @@ fn extension(
                     "{tpath}.selection_method"
                 )));
             }
-            let (weighted, zone) = locality(&l.locality_lb_config, &tpath)?;
-            Ok((
+            Ok(lb(
                 least_request(
                     l.choice_count.as_ref().map(|v| v.value),
                     l.active_request_bias.as_ref().map(|v| v.default_value),
                     &tpath,
                 )?,
-                weighted,
-                zone,
+                locality(&l.locality_lb_config, &tpath)?,
+                common_slow_start(&l.slow_start_config)?,
+                ConsistentHashing::default(),
             ))
         }
         RANDOM => {
             let r: Random = unpack(any, &tpath)?;
-            let (weighted, zone) = locality(&r.locality_lb_config, &tpath)?;
-            Ok((LbPolicy::Random, weighted, zone))
+            Ok(lb(
+                LbPolicy::Random,
+                locality(&r.locality_lb_config, &tpath)?,
+                None,
+                ConsistentHashing::default(),
+            ))
         }
         RING_HASH => {
             use ring_hash::ring_hash::HashFunction as F;
             let r: ring_hash::RingHash = unpack(any, &tpath)?;
-            hashing_common(
+            let hashing = consistent_hashing(
                 r.use_hostname_for_hashing,
-                r.hash_balance_factor.is_some(),
+                r.hash_balance_factor.as_ref().map(|v| v.value),
                 r.consistent_hashing_lb_config.as_ref(),
                 r.locality_weighted_lb_config.is_some(),
                 &tpath,
@@ -355,21 +451,22 @@ fn extension(
                 murmur,
                 &tpath,
             )?;
-            Ok((policy, false, ZoneAware::default()))
+            Ok(lb(policy, (false, ZoneAware::default()), None, hashing))
         }
         MAGLEV => {
             let m: maglev::Maglev = unpack(any, &tpath)?;
-            hashing_common(
+            let hashing = consistent_hashing(
                 false,
-                false,
+                None,
                 m.consistent_hashing_lb_config.as_ref(),
                 m.locality_weighted_lb_config.is_some(),
                 &tpath,
             )?;
-            Ok((
+            Ok(lb(
                 maglev(m.table_size.as_ref().map(|v| v.value), &tpath)?,
-                false,
-                ZoneAware::default(),
+                (false, ZoneAware::default()),
+                None,
+                hashing,
             ))
         }
         other => Err(ConfigError::new(
@@ -502,16 +599,8 @@ pub(super) fn common_lb_config(c: &cluster::Cluster, path: &str) -> Result<f64, 
         *close_connections_on_host_set_change,
         "close_connections_on_host_set_change",
     )?;
-    if let Some(c) = consistent_hashing_lb_config {
-        refuse(
-            c.use_hostname_for_hashing,
-            "consistent_hashing_lb_config.use_hostname_for_hashing",
-        )?;
-        refuse(
-            c.hash_balance_factor.is_some(),
-            "consistent_hashing_lb_config.hash_balance_factor",
-        )?;
-    }
+    // Read by `lb_policy` for RING_HASH and MAGLEV (the other policies ignore it, as Envoy's).
+    let _ = consistent_hashing_lb_config;
     refuse(override_host_status.is_some(), "override_host_status")?;
     // Read by `common_locality_weighted` and `legacy_zone_aware`.
     let _ = locality_config_specifier;
