@@ -1,6 +1,7 @@
 //! skiff's own configuration model: validated, immutable, and shaped for the hot path. Built once
 //! per configuration change by `translate`; workers only read it.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -1915,6 +1916,96 @@ pub struct Host {
     pub checks: HcFlags,
     /// The endpoint's `health_check_config`.
     pub check_config: Option<Arc<EndpointCheck>>,
+    /// The endpoint's `envoy.lb` metadata, which subsets group hosts by.
+    pub lb_metadata: Arc<LbMetadata>,
+}
+
+/// A metadata value as the subset load balancer compares it (Envoy's `ValueUtil::equal`): its
+/// canonical text, where numbers are doubles (1 and 1.0 alike), strings and booleans differ from
+/// each other and from numbers, and lists and structs compare by their contents.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MetaValue(pub Arc<str>);
+
+/// An endpoint's `envoy.lb` metadata: each key's value and, when it is a list, its elements
+/// (`list_as_any` groups a host by each of them).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LbMetadata(pub BTreeMap<String, (MetaValue, Vec<MetaValue>)>);
+
+/// A route's `metadata_match` (`filter_metadata["envoy.lb"]`), merged with a weighted
+/// cluster's: the criteria a subset must meet, sorted by key.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MatchCriteria {
+    pub keys: Vec<(String, MetaValue)>,
+    /// `fallback_list` (a list of structs), for clusters with `metadata_fallback_policy:
+    /// FALLBACK_LIST`; other clusters see it as an ordinary key.
+    pub fallback_list: Option<Vec<Vec<(String, MetaValue)>>>,
+}
+
+impl MatchCriteria {
+    /// `over` merged over these criteria: its keys replace or add to theirs (Envoy's
+    /// `mergeMatchCriteria`).
+    pub fn merged(&self, over: &[(String, MetaValue)]) -> Vec<(String, MetaValue)> {
+        let mut keys: BTreeMap<&str, &MetaValue> =
+            self.keys.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        for (k, v) in over {
+            keys.insert(k, v);
+        }
+        keys.into_iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+}
+
+/// `lb_subset_config` with at least one selector: hosts grouped by their `envoy.lb` metadata,
+/// a request sent to the group its route's `metadata_match` names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubsetConfig {
+    /// `fallback_policy`.
+    pub fallback: SubsetFallback,
+    /// `default_subset`: what a host of the default subset has (empty: every host).
+    pub default_subset: Vec<(String, MetaValue)>,
+    /// `subset_selectors` with keys, in order.
+    pub selectors: Vec<SubsetSelector>,
+    /// `panic_mode_any`: when the fallback has no host, any host.
+    pub panic_mode_any: bool,
+    /// `list_as_any`: a list value puts a host in a subset per element.
+    pub list_as_any: bool,
+    /// `metadata_fallback_policy: FALLBACK_LIST`.
+    pub fallback_list: bool,
+}
+
+/// Where a request goes when no subset matches its criteria.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubsetFallback {
+    /// `NO_FALLBACK`: nowhere (503 `UH`).
+    NoFallback,
+    /// `ANY_ENDPOINT`: any host of the cluster.
+    AnyEndpoint,
+    /// `DEFAULT_SUBSET`: the hosts that meet `default_subset`.
+    DefaultSubset,
+}
+
+/// One of `subset_selectors`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubsetSelector {
+    /// `keys`, sorted and without repeats.
+    pub keys: Vec<String>,
+    /// `single_host_per_subset`.
+    pub single_host: bool,
+    /// `fallback_policy`, for criteria with exactly these keys that no subset meets.
+    pub fallback: SelectorFallback,
+}
+
+/// A selector's `fallback_policy`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SelectorFallback {
+    /// `NOT_DEFINED`: the cluster's.
+    NotDefined,
+    NoFallback,
+    AnyEndpoint,
+    DefaultSubset,
+    /// `KEYS_SUBSET`: again with only `fallback_keys_subset` of the criteria.
+    KeysSubset(Vec<String>),
 }
 
 /// An endpoint's `health_check_config`.
@@ -2256,6 +2347,8 @@ pub struct DnsTarget {
     pub hash_key: Option<Arc<str>>,
     /// The endpoint's `health_check_config`.
     pub check_config: Option<Arc<EndpointCheck>>,
+    /// The endpoint's `envoy.lb` metadata.
+    pub lb_metadata: Arc<LbMetadata>,
 }
 
 /// `TcpKeepalive`: SO_KEEPALIVE, and the settings given (the system's otherwise).
@@ -2448,6 +2541,8 @@ pub struct Cluster {
     pub slow_start: Option<SlowStart>,
     /// RING_HASH and MAGLEV: hostnames and bounded loads.
     pub consistent_hashing: ConsistentHashing,
+    /// `lb_subset_config` (with selectors).
+    pub subsets: Option<Arc<SubsetConfig>>,
     /// `health_checks` (at most one, as Envoy): active checks of every host.
     pub health_check: Option<Arc<ActiveHealthCheck>>,
     /// `ignore_health_on_host_removal`: a host EDS or DNS removes goes at once even while

@@ -792,6 +792,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "response_headers_to_add",
             "response_headers_to_remove",
             "host_rewrite_literal",
+            "metadata_match",
         ],
     ),
     (
@@ -877,6 +878,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "idle_timeout",
             "request_mirror_policies",
             "hash_policy",
+            "metadata_match",
         ],
     ),
     (
@@ -1136,8 +1138,32 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "round_robin_lb_config",
             "ring_hash_lb_config",
             "maglev_lb_config",
+            "lb_subset_config",
             // Istio's metadata exchange only (translate/istio.rs).
             "filters",
+        ],
+    ),
+    // locality_weight_aware is refused by translate/subset.rs.
+    (
+        "envoy.config.cluster.v3.Cluster.LbSubsetConfig",
+        &[
+            "fallback_policy",
+            "default_subset",
+            "subset_selectors",
+            "locality_weight_aware",
+            "scale_locality_weight",
+            "panic_mode_any",
+            "list_as_any",
+            "metadata_fallback_policy",
+        ],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.LbSubsetConfig.LbSubsetSelector",
+        &[
+            "keys",
+            "single_host_per_subset",
+            "fallback_policy",
+            "fallback_keys_subset",
         ],
     ),
     ("envoy.config.cluster.v3.Filter", &["name", "typed_config"]),

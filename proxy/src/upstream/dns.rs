@@ -322,6 +322,7 @@ impl DnsClusters {
                         hash_key: spec.hash_key.clone(),
                         checks: model::HcFlags::default(),
                         check_config: spec.check_config.clone(),
+                        lb_metadata: spec.lb_metadata.clone(),
                     });
                     ttl = Some(ttl.map_or(*t, |m| m.min(*t)));
                 }

@@ -9,6 +9,7 @@ pub mod lb;
 pub mod outlier;
 pub mod pool;
 pub mod proxy_protocol;
+pub mod subset;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -72,6 +73,8 @@ pub struct ClusterInfo {
     /// Outlier detection's success rate average and threshold (kept while the configuration
     /// is).
     pub outlier_averages: Arc<outlier::Averages>,
+    /// The main thread's count of the cluster's subsets (as Envoy's main thread counts them).
+    pub subsets: Option<subset::MainCount>,
 }
 
 impl ClusterInfo {
@@ -116,12 +119,24 @@ impl ClusterInfo {
                     .unwrap_or_default()
             })
             .collect();
+        let subsets = config.subsets.as_ref().map(|sc| {
+            subset::MainCount::new(
+                sc,
+                hosts.iter().map(|h| h.lb_metadata.as_ref()),
+                main,
+                &format!("cluster.{}.", config.stat_name()),
+                previous
+                    .filter(|p| Arc::ptr_eq(&p.config, &config))
+                    .and_then(|p| p.subsets.as_ref()),
+            )
+        });
         ClusterInfo {
             config,
             hosts,
             host_stats,
             breakers,
             outlier_averages,
+            subsets,
         }
     }
 }
@@ -375,6 +390,8 @@ pub struct Cluster {
     /// Hosts.
     pub hosts: Vec<Rc<Host>>,
     lb: lb::Balancer,
+    /// `lb_subset_config`: the hosts grouped by their metadata, each group balanced alone.
+    subsets: Option<subset::Subsets>,
     /// ORIGINAL_DST: one host per original destination seen, each with its own pools.
     by_destination: RefCell<HashMap<SocketAddr, Rc<Host>>>,
     /// Upstream PROXY protocol and `auto_sni`: one host per (host, downstream source and
@@ -403,23 +420,24 @@ impl Cluster {
         dest: SocketAddr,
         own: impl Fn(SocketAddr) -> bool,
     ) -> Option<Rc<Host>> {
-        self.select_host_hashed(dest, own, None, 0)
+        self.select_host_hashed(dest, own, None, 0, None)
     }
 
     /// [`Cluster::select_host`] for a request with this hash (RING_HASH and MAGLEV), on the
-    /// `attempt`th try of its host selection.
+    /// `attempt`th try of its host selection, with its route's `metadata_match`.
     pub fn select_host_hashed(
         &self,
         dest: SocketAddr,
         own: impl Fn(SocketAddr) -> bool,
         hash: Option<u64>,
         attempt: u32,
+        criteria: Option<&model::MatchCriteria>,
     ) -> Option<Rc<Host>> {
         match self.config().discovery {
             model::DiscoveryType::Static
             | model::DiscoveryType::Eds
             | model::DiscoveryType::StrictDns
-            | model::DiscoveryType::LogicalDns => self.pick_host(hash, attempt).cloned(),
+            | model::DiscoveryType::LogicalDns => self.pick_host(hash, attempt, criteria),
             model::DiscoveryType::OriginalDst if own(dest) => {
                 tracing::debug!(%dest, "original destination is this proxy's own listener; refusing");
                 None
@@ -518,14 +536,22 @@ impl Cluster {
         copy
     }
 
-    /// The next host by the cluster's load balancer; `None` when there is none to take
-    /// traffic.
-    pub fn pick_host(&self, hash: Option<u64>, attempt: u32) -> Option<&Rc<Host>> {
+    /// The next host by the cluster's load balancer (of the subset the criteria name, with
+    /// subsets); `None` when there is none to take traffic.
+    pub fn pick_host(
+        &self,
+        hash: Option<u64>,
+        attempt: u32,
+        criteria: Option<&model::MatchCriteria>,
+    ) -> Option<Rc<Host>> {
+        if let Some(s) = &self.subsets {
+            return s.pick(criteria, hash, attempt);
+        }
         let i = self.lb.pick_hashed(&self.hosts, hash, attempt);
         if self.lb.panic() {
             self.stats.lb_healthy_panic.inc();
         }
-        self.hosts.get(i?)
+        self.hosts.get(i?).cloned()
     }
 
     /// The configuration.
@@ -592,23 +618,44 @@ impl Cluster {
             config: cfg.zone_aware,
             counters: stats.zone_counters(),
         });
-        Cluster {
-            name: Arc::from(cfg.name.as_str()),
-            lb: lb::Balancer::new_zoned(
+        let extras = lb::Extras {
+            slow_start: cfg.slow_start.clone(),
+            balance_factor: cfg.consistent_hashing.balance_factor,
+        };
+        let balancer = |group: &[Rc<Host>]| {
+            lb::Balancer::new_zoned(
                 cfg.lb.clone(),
                 cfg.panic_threshold,
-                &hosts,
+                group,
                 cfg.locality_weighted,
                 cfg.zone_aware.fail_traffic_on_panic,
                 zone.as_ref(),
             )
-            .with_extras(
+            .with_extras(group, &extras)
+        };
+        let subsets = cfg.subsets.as_ref().map(|sc| {
+            let metadata: Vec<Arc<model::LbMetadata>> =
+                info.hosts.iter().map(|h| h.lb_metadata.clone()).collect();
+            subset::Subsets::build(
+                sc,
                 &hosts,
-                &lb::Extras {
-                    slow_start: cfg.slow_start.clone(),
-                    balance_factor: cfg.consistent_hashing.balance_factor,
-                },
-            ),
+                &metadata,
+                balancer,
+                shard,
+                &stats.prefix,
+                previous.and_then(|p| p.subsets.as_ref()),
+            )
+        });
+        // With subsets, the whole cluster's balancer takes no picks.
+        let lb = if subsets.is_some() {
+            balancer(&[])
+        } else {
+            balancer(&hosts)
+        };
+        Cluster {
+            name: Arc::from(cfg.name.as_str()),
+            lb,
+            subsets,
             stats,
             hosts,
             by_destination: RefCell::new(HashMap::new()),

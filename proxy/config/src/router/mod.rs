@@ -349,6 +349,9 @@ pub struct Forward {
     pub mirrors: Vec<Mirror>,
     /// `hash_policy`: the request's hash for RING_HASH and MAGLEV clusters, in order.
     pub hash_policy: Vec<HashPolicy>,
+    /// `metadata_match`: the subset of the cluster's hosts to use (a weighted cluster's own
+    /// replaces it).
+    pub metadata_match: Option<Arc<crate::model::MatchCriteria>>,
 }
 
 /// One of a route's `hash_policy`: a part of the request hashed, combined with the parts
@@ -513,6 +516,8 @@ pub struct ClusterChanges {
     pub response_headers: Arc<HeaderParser>,
     /// `host_rewrite_literal`.
     pub host_rewrite: Option<http::HeaderValue>,
+    /// `metadata_match` merged over the route's: the subset this cluster's requests go to.
+    pub metadata_match: Option<Arc<crate::model::MatchCriteria>>,
 }
 
 impl Target {

@@ -83,6 +83,7 @@ pub(super) fn translate_cluster(
         slow_start,
         consistent_hashing,
     } = super::lb::lb_policy(c, discovery, path)?;
+    let subsets = super::subset::subset_config(c, &lb, path)?;
     if lb.hashed() && super::lb::common_locality_weighted(c) {
         return Err(ConfigError::unsupported(format!(
             "{path}.common_lb_config.locality_weighted_lb_config"
@@ -400,6 +401,7 @@ pub(super) fn translate_cluster(
         zone_aware,
         slow_start,
         consistent_hashing,
+        subsets,
         health_check: super::health_check::health_checks(
             &c.health_checks,
             c.transport_socket.is_some() || !c.transport_socket_matches.is_empty(),
@@ -724,6 +726,7 @@ pub(crate) fn load_assignment_hosts(
                 hash_key: hash_key(lb),
                 checks: HcFlags::default(),
                 check_config: check_config(ep),
+                lb_metadata: super::subset::lb_metadata(lb.metadata.as_ref()),
             });
         }
     }

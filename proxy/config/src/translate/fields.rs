@@ -273,7 +273,8 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
     )?;
     refuse(path, "http_protocol_options", http_protocol_options)?;
     refuse(path, "cleanup_interval", cleanup_interval)?;
-    refuse(path, "lb_subset_config", lb_subset_config)?;
+    // lb_subset_config: translated in translate::subset.
+    let _ = lb_subset_config;
     refuse(path, "protocol_selection", protocol_selection)?;
     refuse(
         path,
@@ -587,7 +588,8 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
         cluster_specifier,
         host_rewrite_specifier,
     } = m;
-    refuse(path, "metadata_match", metadata_match)?;
+    // metadata_match: translated in translate::route_action.
+    let _ = metadata_match;
     refuse(path, "path_rewrite_policy", path_rewrite_policy)?;
     refuse(path, "path_rewrite", path_rewrite)?;
     refuse(path, "flush_timeout", flush_timeout)?;

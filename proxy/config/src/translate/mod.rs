@@ -31,6 +31,7 @@ mod outlier;
 mod ratelimit;
 mod retry;
 mod route_action;
+mod subset;
 mod tls;
 
 use clusters::translate_cluster;

@@ -2,6 +2,7 @@
 //! rewrites), `redirect` and `direct_response`.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
@@ -121,6 +122,7 @@ fn forward(
         }
         Ok(())
     };
+    let route_criteria = super::subset::criteria(action.metadata_match.as_ref()).map(Arc::new);
     let target = match &action.cluster_specifier {
         Some(C::Cluster(c)) => {
             known(c, format!("{apath}.cluster"))?;
@@ -178,6 +180,17 @@ fn forward(
                         &cpath,
                         "response",
                     )?,
+                    // Envoy: the cluster's criteria merged over the route's.
+                    metadata_match: match super::subset::criteria(c.metadata_match.as_ref()) {
+                        Some(own) => Some(Arc::new(match &route_criteria {
+                            Some(r) => crate::model::MatchCriteria {
+                                keys: r.merged(&own.keys),
+                                fallback_list: own.fallback_list.or(r.fallback_list.clone()),
+                            },
+                            None => own,
+                        })),
+                        None => route_criteria.clone(),
+                    },
                     host_rewrite: match &c.host_rewrite_specifier {
                         Some(Hr::HostRewriteLiteral(h)) => {
                             Some(http::HeaderValue::from_str(h).map_err(|_| {
@@ -197,6 +210,7 @@ fn forward(
                     !c.request_headers.is_empty()
                         || !c.response_headers.is_empty()
                         || c.host_rewrite.is_some()
+                        || c.metadata_match != route_criteria
                 })
                 .then_some(each);
             if out.iter().all(|(_, w)| *w == 0) {
@@ -301,6 +315,7 @@ fn forward(
             path_rewrite,
             host_rewrite,
             append_x_forwarded_host: action.append_x_forwarded_host,
+            metadata_match: route_criteria,
             hash_policy: action
                 .hash_policy
                 .iter()

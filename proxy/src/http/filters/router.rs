@@ -628,6 +628,10 @@ pub async fn route(
         per_try_timeout,
         buffer_limit,
         hash,
+        criteria: match changes {
+            Some(c) => c.metadata_match.clone(),
+            None => forward.metadata_match.clone(),
+        },
         set_cookies,
     };
     super::retry::forward(&f, parts, body, retry, info).await
@@ -877,6 +881,7 @@ fn start_mirrors(
                 per_try_timeout: None,
                 buffer_limit,
                 hash: None,
+                criteria: None,
                 set_cookies: Vec::new(),
             };
             if let Ok((resp, upstream, _)) = super::retry::forward(&f, head, copy, None, None).await
@@ -932,6 +937,8 @@ pub(super) struct Forward<'a> {
     pub buffer_limit: usize,
     /// The request's hash (RING_HASH and MAGLEV clusters).
     pub hash: Option<u64>,
+    /// The route's (or its weighted cluster's) `metadata_match`, for subsets.
+    pub criteria: Option<std::sync::Arc<crate::config::model::MatchCriteria>>,
     /// Cookies its hash policy made, for the response.
     pub set_cookies: Vec<HeaderValue>,
 }
@@ -949,6 +956,7 @@ impl Forward<'_> {
                 |d| self.worker.is_own_listener(d),
                 self.hash,
                 attempt,
+                self.criteria.as_deref(),
             )
         };
         let mut host = pick(0)?;

@@ -1,0 +1,271 @@
+//! Subset load balancing side by side with Envoy 1.40: six upstreams with `envoy.lb` metadata
+//! behind clusters with `lb_subset_config` (every fallback policy, a selector's own fallback
+//! and `KEYS_SUBSET`, `list_as_any`, `single_host_per_subset`, `FALLBACK_LIST`), and routes
+//! whose `metadata_match` (merged with a weighted cluster's) names a subset. Each route's
+//! requests must reach the same upstreams behind skiff as behind Envoy, with the same status,
+//! and the `lb_subsets_*` stats must agree.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use skiff_tests::client::{get, Http1Client};
+use skiff_tests::config::{bootstrap, http_listener, to_yaml};
+use skiff_tests::proxy::{run_cli, write_config};
+use skiff_tests::upstream::{EchoOptions, EchoUpstream};
+use skiff_tests::{free_port, run_for, Kind, ProxyProcess};
+
+/// Each upstream's `envoy.lb` metadata.
+fn metadata() -> Vec<Value> {
+    vec![
+        json!({ "version": "v1", "stage": "prod" }),
+        json!({ "version": "v1", "stage": "canary" }),
+        json!({ "version": "v2", "stage": "prod" }),
+        json!({ "version": "v2", "stage": "prod", "tags": ["a", "b"] }),
+        json!({ "version": 3, "stage": "prod" }),
+        json!({}),
+    ]
+}
+
+fn cluster(name: &str, ports: &[u16], subsets: Value) -> Value {
+    let eps: Vec<Value> = ports
+        .iter()
+        .zip(metadata())
+        .map(|(p, md)| {
+            json!({ "endpoint": { "address": { "socket_address": {
+                "address": "127.0.0.1", "port_value": p } } },
+                "metadata": { "filter_metadata": { "envoy.lb": md } } })
+        })
+        .collect();
+    json!({ "name": name, "type": "STATIC", "connect_timeout": "1s",
+        "lb_subset_config": subsets,
+        "load_assignment": { "cluster_name": name, "endpoints": [ { "lb_endpoints": eps } ] } })
+}
+
+fn to(path: &str, cluster: &str, criteria: Value) -> Value {
+    json!({ "match": { "path": path }, "route": { "cluster": cluster,
+        "metadata_match": { "filter_metadata": { "envoy.lb": criteria } } } })
+}
+
+/// (path, the upstreams it may reach; empty: a 503).
+fn cases() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("/any/v1", &["u0", "u1"]),
+        ("/any/v1-prod", &["u0"]),
+        ("/any/v9", &["u0", "u1", "u2", "u3", "u4", "u5"]),
+        ("/any/extra-key", &["u0", "u1", "u2", "u3", "u4", "u5"]),
+        ("/plain", &["u0", "u1", "u2", "u3", "u4", "u5"]),
+        ("/default/v9", &["u2", "u3"]),
+        ("/none/v9", &[]),
+        ("/none/number", &["u4"]),
+        ("/none/text-3", &[]),
+        ("/keys/v2-canary", &["u2", "u3"]),
+        ("/keys/v9-canary", &[]),
+        ("/lists/a", &["u3"]),
+        ("/single/prod", &["u0"]),
+        ("/fallback-list", &["u2", "u3"]),
+        ("/weighted", &["u0"]),
+    ]
+}
+
+fn config(admin: u16, port: u16, ports: &[u16]) -> String {
+    let routes = vec![
+        to("/any/v1", "any", json!({ "version": "v1" })),
+        to(
+            "/any/v1-prod",
+            "any",
+            json!({ "version": "v1", "stage": "prod" }),
+        ),
+        to("/any/v9", "any", json!({ "version": "v9" })),
+        to(
+            "/any/extra-key",
+            "any",
+            json!({ "version": "v1", "zone": "z" }),
+        ),
+        json!({ "match": { "path": "/plain" }, "route": { "cluster": "any" } }),
+        to("/default/v9", "default", json!({ "version": "v9" })),
+        to("/none/v9", "none", json!({ "version": "v9" })),
+        to("/none/number", "none", json!({ "version": 3 })),
+        to("/none/text-3", "none", json!({ "version": "3" })),
+        to(
+            "/keys/v2-canary",
+            "keys",
+            json!({ "version": "v2", "stage": "canary" }),
+        ),
+        to(
+            "/keys/v9-canary",
+            "keys",
+            json!({ "version": "v9", "stage": "canary" }),
+        ),
+        to("/lists/a", "lists", json!({ "tags": "a" })),
+        to("/single/prod", "single", json!({ "stage": "prod" })),
+        to(
+            "/fallback-list",
+            "flist",
+            json!({ "version": "v1", "fallback_list": [ { "version": "v9" }, { "version": "v2" } ] }),
+        ),
+        json!({ "match": { "path": "/weighted" }, "route": {
+            "metadata_match": { "filter_metadata": { "envoy.lb": { "version": "v1" } } },
+            "weighted_clusters": { "clusters": [ { "name": "any", "weight": 1,
+                "metadata_match": { "filter_metadata": { "envoy.lb": { "stage": "prod" } } } } ] } } }),
+    ];
+    to_yaml(&bootstrap(
+        admin,
+        vec![http_listener(port, routes)],
+        vec![
+            cluster(
+                "any",
+                ports,
+                json!({ "fallback_policy": "ANY_ENDPOINT", "subset_selectors": [
+                    { "keys": ["version"] }, { "keys": ["version", "stage"] } ] }),
+            ),
+            cluster(
+                "default",
+                ports,
+                json!({ "fallback_policy": "DEFAULT_SUBSET", "default_subset": { "version": "v2" },
+                    "subset_selectors": [ { "keys": ["version"] } ] }),
+            ),
+            cluster(
+                "none",
+                ports,
+                json!({ "subset_selectors": [ { "keys": ["version"] } ] }),
+            ),
+            cluster(
+                "keys",
+                ports,
+                json!({ "subset_selectors": [
+                    { "keys": ["stage", "version"], "fallback_policy": "KEYS_SUBSET",
+                      "fallback_keys_subset": ["version"] },
+                    { "keys": ["version"] } ] }),
+            ),
+            cluster(
+                "lists",
+                ports,
+                json!({ "list_as_any": true, "subset_selectors": [ { "keys": ["tags"] } ] }),
+            ),
+            cluster(
+                "single",
+                ports,
+                json!({ "subset_selectors": [ { "keys": ["stage"], "single_host_per_subset": true } ] }),
+            ),
+            cluster(
+                "flist",
+                ports,
+                json!({ "metadata_fallback_policy": "FALLBACK_LIST",
+                    "subset_selectors": [ { "keys": ["version"] } ] }),
+            ),
+        ],
+    ))
+}
+
+const STATS: [&str; 6] = [
+    "lb_subsets_active",
+    "lb_subsets_created",
+    "lb_subsets_removed",
+    "lb_subsets_selected",
+    "lb_subsets_fallback",
+    "lb_subsets_fallback_panic",
+];
+
+#[tokio::test]
+async fn subsets_side_by_side() {
+    run_for(Duration::from_secs(120), async {
+        let mut ups = Vec::new();
+        for i in 0..6 {
+            ups.push(EchoUpstream::with_options(EchoOptions::named(&format!("u{i}"))).await);
+        }
+        let ports: Vec<u16> = ups.iter().map(|u| u.port()).collect();
+        let mut seen = Vec::new();
+        let mut stats = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let who = kind.name();
+            let (admin, port) = (free_port(), free_port());
+            let proxy =
+                ProxyProcess::start(kind, &config(admin, port, &ports), &["--concurrency", "1"])
+                    .await;
+            let mut client = Http1Client::connect(&format!("127.0.0.1:{port}"))
+                .await
+                .expect("connect");
+            let mut got = Vec::new();
+            for (path, want) in cases() {
+                let mut reached = BTreeSet::new();
+                let mut statuses = BTreeSet::new();
+                for _ in 0..24 {
+                    let r = client
+                        .send(get(path, "subsets.example.com"))
+                        .await
+                        .expect("response");
+                    statuses.insert(r.status);
+                    if r.status == 200 {
+                        reached.insert(r.header("x-upstream").unwrap_or("?").to_string());
+                    }
+                }
+                let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+                let want_status = if want.is_empty() { 503 } else { 200 };
+                assert_eq!(statuses, BTreeSet::from([want_status]), "{who}: {path}");
+                assert_eq!(reached, want, "{who}: {path}");
+                got.push((path, reached));
+            }
+            let admin = proxy.admin();
+            let mut s = Vec::new();
+            for c in ["any", "default", "none", "keys", "lists", "single", "flist"] {
+                for st in STATS {
+                    let name = format!("cluster.{c}.{st}");
+                    s.push((name.clone(), admin.stat(&name).await.unwrap_or(0)));
+                }
+            }
+            stats.push(s);
+            seen.push(got);
+        }
+        assert_eq!(seen[1], seen[0], "skiff's upstreams, Envoy's");
+        assert_eq!(stats[1], stats[0], "skiff's lb_subsets stats, Envoy's");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_subset_configs_are_refused_by_both() {
+    run_for(Duration::from_secs(60), async {
+        let port = free_port();
+        let bad = [
+            (
+                json!({ "subset_selectors": [ { "keys": ["a", "b"], "fallback_policy": "KEYS_SUBSET" } ] }),
+                "fallback_keys_subset",
+            ),
+            (
+                json!({ "subset_selectors": [ { "keys": ["a", "b"], "fallback_policy": "KEYS_SUBSET",
+                    "fallback_keys_subset": ["c"] } ] }),
+                "fallback_keys_subset",
+            ),
+            (
+                json!({ "subset_selectors": [ { "keys": ["a", "b"], "fallback_policy": "KEYS_SUBSET",
+                    "fallback_keys_subset": ["a", "b"] } ] }),
+                "fallback_keys_subset",
+            ),
+            (
+                json!({ "subset_selectors": [ { "keys": ["a"], "fallback_keys_subset": ["a"] } ] }),
+                "fallback_keys_subset",
+            ),
+            (
+                json!({ "locality_weight_aware": true, "subset_selectors": [ { "keys": ["a"] } ] }),
+                "locality_weight_aware",
+            ),
+        ];
+        for (subsets, field) in bad {
+            let yaml = to_yaml(&bootstrap(
+                free_port(),
+                vec![],
+                vec![cluster("c", &[port], subsets.clone())],
+            ));
+            let cfg = write_config("bad-subsets", &yaml);
+            for kind in [Kind::Envoy, Kind::under_test()] {
+                let out = run_cli(kind, &["--mode", "validate", "-c", cfg.path()]).await;
+                assert_ne!(out.code, Some(0), "{}: {subsets} accepted", kind.name());
+                if kind != Kind::Envoy {
+                    assert!(out.output().contains(field), "{}", out.output());
+                }
+            }
+        }
+    })
+    .await;
+}
