@@ -2149,6 +2149,8 @@ pub struct ActiveHealthCheck {
 pub enum HealthCheckKind {
     /// `http_health_check`.
     Http(HttpHealthCheck),
+    /// `grpc_health_check`: `grpc.health.v1.Health/Check` over HTTP/2.
+    Grpc(GrpcHealthCheck),
     /// `tcp_health_check`: connect, send `send`, and find each of `receive` in what comes back.
     Tcp {
         /// `send` (none: the connection alone is the check).
@@ -2156,6 +2158,17 @@ pub enum HealthCheckKind {
         /// `receive`, in order.
         receive: Vec<Vec<u8>>,
     },
+}
+
+/// `grpc_health_check`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpcHealthCheck {
+    /// `service_name`: the `service` of the `HealthCheckRequest`.
+    pub service: String,
+    /// `authority` (empty: the cluster's name).
+    pub authority: String,
+    /// `initial_metadata`: headers added to the request.
+    pub metadata: Arc<crate::router::HeaderParser>,
 }
 
 /// `http_health_check`.

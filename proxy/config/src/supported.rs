@@ -1194,7 +1194,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "event_logger",
             "http_health_check",
             "tcp_health_check",
+            "grpc_health_check",
         ],
+    ),
+    (
+        "envoy.config.core.v3.HealthCheck.GrpcHealthCheck",
+        &["service_name", "authority", "initial_metadata"],
     ),
     (
         "envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink",

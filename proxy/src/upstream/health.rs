@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::config::model::{
-    self, ActiveHealthCheck as HealthCheck, HealthCheckKind, HttpHealthCheck,
+    self, ActiveHealthCheck as HealthCheck, GrpcHealthCheck, HealthCheckKind, HttpHealthCheck,
 };
 use crate::stats::{Counter, Gauge, Shard, Store};
 
@@ -216,6 +216,9 @@ impl HealthCheckers {
                     (Some(c), _) => c.hostname.clone(),
                     (None, HealthCheckKind::Http(http)) if !http.host.is_empty() => {
                         http.host.clone()
+                    }
+                    (None, HealthCheckKind::Grpc(grpc)) if !grpc.authority.is_empty() => {
+                        grpc.authority.clone()
                     }
                     (None, _) => config.name.clone(),
                 };
@@ -433,6 +436,7 @@ impl EventLog {
             .collect();
         let kind = match check.kind {
             HealthCheckKind::Http(_) => "HTTP",
+            HealthCheckKind::Grpc(_) => "GRPC",
             HealthCheckKind::Tcp { .. } => "TCP",
         };
         let a = host.address;
@@ -715,7 +719,89 @@ impl Run {
     async fn once(&self, conn: &mut Option<Conn>) -> Outcome {
         match &self.check.kind {
             HealthCheckKind::Http(http) => self.http(http, conn).await,
+            HealthCheckKind::Grpc(grpc) => self.grpc(grpc, conn).await,
             HealthCheckKind::Tcp { send, receive } => self.tcp(send, receive, conn).await,
+        }
+    }
+
+    /// Envoy's gRPC checker: `grpc.health.v1.Health/Check` with the service's name; healthy
+    /// on a 200 `application/grpc` response of one `SERVING` message and `grpc-status: 0`
+    /// trailers. Any other answer fails the host at once; no answer is a network failure.
+    async fn grpc(&self, g: &GrpcHealthCheck, conn: &mut Option<Conn>) -> Outcome {
+        let mut sender = match conn.take() {
+            Some(Conn::Http(s)) if s.is_ready() => s,
+            _ => match self.connect_http(true).await {
+                Some(s) => s,
+                None => return Outcome::Network,
+            },
+        };
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/grpc.health.v1.Health/Check", self.host))
+            // Without a content-length, as Envoy's gRPC checker sends it.
+            .body(CheckBody {
+                inner: Full::new(Bytes::from(grpc_request(&g.service))),
+                sized: false,
+            });
+        let Ok(mut req) = req else {
+            return Outcome::Network;
+        };
+        let headers = req.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        headers.insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("Envoy/HC"),
+        );
+        if let Ok(t) = http::HeaderValue::from_str(&format!("{}m", self.check.timeout.as_millis()))
+        {
+            headers.insert("grpc-timeout", t);
+        }
+        g.metadata.apply(headers);
+        let resp = match sender.send(req).await {
+            Ok(r) => r,
+            Err(_) => return Outcome::Network,
+        };
+        let status = resp.status().as_u16();
+        let grpc_type = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let mut body = resp.into_body();
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(d) => {
+                        // One small message is all a check needs; more is a failure anyway.
+                        if data.len() < 64 * 1024 {
+                            data.extend_from_slice(&d);
+                        }
+                    }
+                    Err(f) => trailers = f.into_trailers().ok(),
+                },
+                Err(_) => return Outcome::Network,
+            }
+        }
+        let serving = status == 200
+            && grpc_type
+            && trailers
+                .as_ref()
+                .and_then(|t| t.get("grpc-status"))
+                .is_some_and(|v| v.as_bytes() == b"0")
+            && grpc_serving(&data);
+        *conn = Some(Conn::Http(sender));
+        if serving {
+            Outcome::Success { degraded: false }
+        } else {
+            Outcome::Active {
+                retriable: false,
+                status,
+            }
         }
     }
 
@@ -764,7 +850,10 @@ impl Run {
         if http.http2 {
             req = req.uri(format!("http://{}{}", self.host, http.path));
         }
-        let Ok(mut req) = req.body(Full::new(Bytes::from(http.send.clone()))) else {
+        let Ok(mut req) = req.body(CheckBody {
+            inner: Full::new(Bytes::from(http.send.clone())),
+            sized: true,
+        }) else {
             return Outcome::Network;
         };
         let headers = req.headers_mut();
@@ -847,7 +936,36 @@ impl Run {
     }
 }
 
-type CheckBody = Full<Bytes>;
+/// A check's request body; `sized: false` hides its length, so no content-length goes with
+/// it over HTTP/2.
+struct CheckBody {
+    inner: Full<Bytes>,
+    sized: bool,
+}
+
+impl hyper::body::Body for CheckBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sized && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        if self.sized {
+            self.inner.size_hint()
+        } else {
+            hyper::body::SizeHint::default()
+        }
+    }
+}
 
 enum Sender {
     H1(hyper::client::conn::http1::SendRequest<CheckBody>),
@@ -877,6 +995,71 @@ enum Conn {
     /// With what was read and not yet matched.
     Tcp(TcpStream, Vec<u8>),
     Http(Sender),
+}
+
+/// A `HealthCheckRequest { service }` in gRPC's 5-byte framing.
+pub fn grpc_request(service: &str) -> Vec<u8> {
+    let mut msg = Vec::new();
+    if !service.is_empty() {
+        msg.push(0x0a); // field 1, length-delimited
+        let mut n = service.len();
+        while n >= 0x80 {
+            msg.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        msg.push(n as u8);
+        msg.extend_from_slice(service.as_bytes());
+    }
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(&msg);
+    out
+}
+
+/// Whether `data` is exactly one uncompressed gRPC message, a `HealthCheckResponse` whose
+/// `status` (field 1) is `SERVING` (1).
+pub fn grpc_serving(data: &[u8]) -> bool {
+    let [0, a, b, c, d, rest @ ..] = data else {
+        return false;
+    };
+    let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+    if rest.len() != len {
+        return false;
+    }
+    let varint = |buf: &mut &[u8]| -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, tail) = buf.split_first()?;
+            *buf = tail;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    };
+    let mut buf = rest;
+    let mut status = 0;
+    while !buf.is_empty() {
+        let Some(key) = varint(&mut buf) else {
+            return false;
+        };
+        match key & 7 {
+            0 => match varint(&mut buf) {
+                Some(v) if key >> 3 == 1 => status = v,
+                Some(_) => {}
+                None => return false,
+            },
+            1 if buf.len() >= 8 => buf = &buf[8..],
+            5 if buf.len() >= 4 => buf = &buf[4..],
+            2 => match varint(&mut buf) {
+                Some(n) if (n as usize) <= buf.len() => buf = &buf[n as usize..],
+                _ => return false,
+            },
+            _ => return false,
+        }
+    }
+    status == 1
 }
 
 /// Envoy's payload match: each block found in `data`, each after the one before.
@@ -982,5 +1165,29 @@ mod tests {
             &[b"world".to_vec(), b"hello".to_vec()]
         ));
         assert!(!contains_in_order(d, &[b"ping".to_vec()]));
+    }
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    use super::*;
+
+    #[test]
+    fn the_request_and_the_answers_are_grpcs() {
+        assert_eq!(grpc_request(""), vec![0, 0, 0, 0, 0]);
+        assert_eq!(grpc_request("a"), vec![0, 0, 0, 0, 3, 0x0a, 1, b'a']);
+        let long = "s".repeat(200);
+        assert_eq!(&grpc_request(&long)[5..8], &[0x0a, 0xc8, 0x01]);
+        assert!(grpc_serving(&[0, 0, 0, 0, 2, 0x08, 1]));
+        assert!(!grpc_serving(&[0, 0, 0, 0, 2, 0x08, 2]), "NOT_SERVING");
+        assert!(!grpc_serving(&[1, 0, 0, 0, 2, 0x08, 1]), "compressed");
+        assert!(
+            !grpc_serving(&[0, 0, 0, 0, 2, 0x08, 1, 0, 0]),
+            "more than one message"
+        );
+        assert!(!grpc_serving(&[0, 0, 0, 0, 0]), "status UNKNOWN");
+        assert!(!grpc_serving(&[0, 0, 0, 0, 2, 0x08]), "cut short");
+        // Unknown fields are skipped.
+        assert!(grpc_serving(&[0, 0, 0, 0, 5, 0x12, 1, b'x', 0x08, 1]));
     }
 }

@@ -405,6 +405,7 @@ pub(super) fn translate_cluster(
         health_check: super::health_check::health_checks(
             &c.health_checks,
             c.transport_socket.is_some() || !c.transport_socket_matches.is_empty(),
+            (&c.name, !matches!(protocol, model::UpstreamProtocol::Http1)),
             path,
         )?,
         ignore_health_on_host_removal: c.ignore_health_on_host_removal,

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
 
-use super::super::model::{ActiveHealthCheck as HealthCheck, HealthCheckKind, HttpHealthCheck};
+use super::super::model::{
+    ActiveHealthCheck as HealthCheck, GrpcHealthCheck, HealthCheckKind, HttpHealthCheck,
+};
 use super::super::ConfigError;
 use super::{duration, required};
 
@@ -13,6 +15,7 @@ use super::{duration, required};
 pub(super) fn health_checks(
     checks: &[core::HealthCheck],
     tls: bool,
+    (cluster, http2): (&str, bool),
     path: &str,
 ) -> Result<Option<Arc<HealthCheck>>, ConfigError> {
     let Some(first) = checks.first() else {
@@ -28,7 +31,14 @@ pub(super) fn health_checks(
             "unsupported: active health checks of a cluster with a TLS transport socket",
         ));
     }
-    health_check(first, &path).map(|h| Some(Arc::new(h)))
+    let check = health_check(first, &path)?;
+    if matches!(check.kind, HealthCheckKind::Grpc(_)) && !http2 {
+        return Err(ConfigError::new(
+            format!("{path}.grpc_health_check"),
+            format!("{cluster} cluster must support HTTP/2 for gRPC healthchecking"),
+        ));
+    }
+    Ok(Some(Arc::new(check)))
 }
 
 #[allow(deprecated)] // event_log_path: deprecated, still read by 1.40
@@ -184,10 +194,16 @@ fn health_check(h: &core::HealthCheck, path: &str) -> Result<HealthCheck, Config
                 receive: payloads(&tcp.receive, &format!("{tpath}.receive"))?,
             }
         }
-        Some(HealthChecker::GrpcHealthCheck(_)) => {
-            return Err(ConfigError::unsupported(format!(
-                "{path}.grpc_health_check"
-            )))
+        Some(HealthChecker::GrpcHealthCheck(g)) => {
+            let gpath = format!("{path}.grpc_health_check");
+            HealthCheckKind::Grpc(GrpcHealthCheck {
+                service: g.service_name.clone(),
+                authority: g.authority.clone(),
+                metadata: Arc::new(super::route_action::header_adds(
+                    &g.initial_metadata,
+                    &format!("{gpath}.initial_metadata"),
+                )?),
+            })
         }
         Some(HealthChecker::CustomHealthCheck(_)) => {
             return Err(ConfigError::unsupported(format!(
