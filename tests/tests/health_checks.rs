@@ -84,6 +84,27 @@ fn config(
                 "health_checks": [ { "interval": "0.1s", "no_traffic_interval": "0.1s",
                     "timeout": "0.5s", "unhealthy_threshold": 2, "healthy_threshold": 2,
                     "http_health_check": { "path": "/alt" } } ] }),
+            // Endpoints checked at another address: the good upstream's (one of them by its
+            // port_value over a closed address's port), and a good endpoint checked at a
+            // closed one.
+            json!({ "name": "elsewhere", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": { "cluster_name": "elsewhere", "endpoints": [ { "lb_endpoints": [
+                    { "endpoint": { "address": { "socket_address": {
+                        "address": "127.0.0.1", "port_value": closed[0] } },
+                      "health_check_config": { "address": { "socket_address": {
+                        "address": "127.0.0.1", "port_value": http[0] } } } } },
+                    { "endpoint": { "address": { "socket_address": {
+                        "address": "127.0.0.1", "port_value": closed[1] } },
+                      "health_check_config": { "port_value": http[0], "address": { "socket_address": {
+                        "address": "127.0.0.1", "port_value": closed[0] } } } } },
+                    { "endpoint": { "address": { "socket_address": {
+                        "address": "127.0.0.1", "port_value": http[0] } },
+                      "health_check_config": { "address": { "socket_address": {
+                        "address": "127.0.0.1", "port_value": closed[1] } } } } }
+                ] } ] },
+                "health_checks": [ { "interval": "0.1s", "no_traffic_interval": "0.1s",
+                    "timeout": "0.5s", "unhealthy_threshold": 2, "healthy_threshold": 2,
+                    "http_health_check": { "path": "/elsewhere" } } ] }),
             json!({ "name": "post", "type": "STATIC", "connect_timeout": "1s",
                 "load_assignment": { "cluster_name": "post", "endpoints": endpoints(&http[..1]) },
                 "health_checks": [ post_check ] }),
@@ -256,6 +277,14 @@ async fn active_health_checks_side_by_side() {
                 .find(|r| r.path == "/alt")
                 .expect("a check on the endpoint's health check port");
             assert_eq!(alt.header("host"), Some("alt.hc"), "{who}");
+
+            // Checked at the health check address.
+            side.wait_flags("elsewhere", side.closed[0], "healthy")
+                .await;
+            side.wait_flags("elsewhere", side.closed[1], "healthy")
+                .await;
+            side.wait_flags("elsewhere", side.good.port(), "/failed_active_hc")
+                .await;
 
             // An HTTP/2 check.
             side.wait_flags("h2", side.h2.port(), "healthy").await;

@@ -2011,7 +2011,9 @@ pub enum SelectorFallback {
 /// An endpoint's `health_check_config`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointCheck {
-    /// `port_value`: checks go to this port (0: the endpoint's).
+    /// `address`: checks go to this address instead of the endpoint's.
+    pub address: Option<SocketAddr>,
+    /// `port_value`: checks go to this port (0: the endpoint's, or `address`'s).
     pub port: u16,
     /// `hostname`: the checks' `:authority`, before the check's own `host`.
     pub hostname: String,

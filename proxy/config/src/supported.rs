@@ -1609,7 +1609,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.endpoint.v3.Endpoint.HealthCheckConfig",
-        &["port_value", "hostname", "disable_active_health_check"],
+        &[
+            "port_value",
+            "hostname",
+            "disable_active_health_check",
+            "address",
+        ],
     ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",

@@ -222,9 +222,12 @@ impl HealthCheckers {
                     }
                     (None, _) => config.name.clone(),
                 };
+                // Its `address` instead of the endpoint's, with `port_value` (when set) as
+                // the port of whichever it is.
+                let base = own.and_then(|c| c.address).unwrap_or(h.address);
                 let target = match own.map(|c| c.port).filter(|p| *p != 0) {
-                    Some(port) => SocketAddr::new(h.address.ip(), port),
-                    None => h.address,
+                    Some(port) => SocketAddr::new(base.ip(), port),
+                    None => base,
                 };
                 let run = Run {
                     check: check.clone(),

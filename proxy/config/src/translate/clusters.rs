@@ -726,7 +726,7 @@ pub(crate) fn load_assignment_hosts(
                 socket_match: socket_match_labels(lb, locality),
                 hash_key: hash_key(lb),
                 checks: HcFlags::default(),
-                check_config: check_config(ep),
+                check_config: check_config(ep, &epath)?,
                 lb_metadata: super::subset::lb_metadata(lb.metadata.as_ref()),
             });
         }
@@ -753,17 +753,32 @@ pub(super) fn hash_key(
     }
 }
 
-/// An endpoint's `health_check_config` (its `address` is refused by `fields::endpoint`).
+/// An endpoint's `health_check_config`.
 pub(super) fn check_config(
     ep: &envoy_types::pb::envoy::config::endpoint::v3::Endpoint,
-) -> Option<Arc<model::EndpointCheck>> {
-    ep.health_check_config.as_ref().map(|c| {
-        Arc::new(model::EndpointCheck {
-            port: c.port_value as u16,
-            hostname: c.hostname.clone(),
-            disabled: c.disable_active_health_check,
-        })
-    })
+    path: &str,
+) -> Result<Option<Arc<model::EndpointCheck>>, ConfigError> {
+    let Some(c) = &ep.health_check_config else {
+        return Ok(None);
+    };
+    let cpath = format!("{path}.endpoint.health_check_config");
+    let port = u16::try_from(c.port_value).map_err(|_| {
+        ConfigError::new(
+            format!("{cpath}.port_value"),
+            "value must be less than or equal to 65535",
+        )
+    })?;
+    let address = c
+        .address
+        .as_ref()
+        .map(|a| socket_address(a, &format!("{cpath}.address")))
+        .transpose()?;
+    Ok(Some(Arc::new(model::EndpointCheck {
+        address,
+        port,
+        hostname: c.hostname.clone(),
+        disabled: c.disable_active_health_check,
+    })))
 }
 
 /// A locality's `region`, `zone` and `sub_zone` (all empty when it has none).

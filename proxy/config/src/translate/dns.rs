@@ -270,7 +270,7 @@ fn targets(c: &cluster::Cluster, logical: bool, path: &str) -> Result<Vec<DnsTar
                 place: super::clusters::place(locality),
                 socket_match: super::clusters::socket_match_labels(lb, locality),
                 hash_key: super::clusters::hash_key(lb),
-                check_config: super::clusters::check_config(ep),
+                check_config: super::clusters::check_config(ep, &epath)?,
                 lb_metadata: super::subset::lb_metadata(lb.metadata.as_ref()),
             });
         }

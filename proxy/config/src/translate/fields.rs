@@ -375,13 +375,8 @@ pub(super) fn endpoint(m: &endpoint_pb::Endpoint, path: &str) -> Result<(), Conf
         observability_name,
     } = m;
     refuse(path, "observability_name", observability_name)?;
-    if let Some(c) = health_check_config {
-        refuse(
-            &format!("{path}.health_check_config"),
-            "address",
-            &c.address,
-        )?;
-    }
+    // health_check_config: translated in translate::clusters.
+    let _ = health_check_config;
     refuse(path, "additional_addresses", additional_addresses)?;
     Ok(())
 }
