@@ -1138,3 +1138,73 @@ async fn downstream_alpn_as_envoy() {
     })
     .await
 }
+
+/// Active health checks over the cluster's TLS, side by side with Envoy: an mTLS upstream that
+/// requires a client certificate is healthy when the checks connect with the cluster's
+/// transport socket (client certificate and all), and failed when
+/// `transport_socket_match_criteria` picks a plain socket for them.
+#[tokio::test]
+async fn health_checks_connect_over_the_clusters_tls_as_envoys() {
+    run(async {
+        let pki = Pki::new("tls-hc");
+        let server = pki.leaf("upstream", &["upstream.test"]);
+        let client = pki.leaf("client", &[CLIENT_SAN]);
+        let up = Upstream::start(&pki, &server, true);
+        let check = json!([ { "interval": "0.2s", "no_traffic_interval": "0.2s",
+            "timeout": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+            "tls_options": { "alpn_protocols": ["http/1.1"] },
+            "http_health_check": { "path": "/hc", "host": "upstream.test" } } ]);
+        let ca = pki.ca();
+        let mtls = upstream_tls(Some("upstream.test"), Some(&client), Some((&ca, vec![])));
+        let mut svc = cluster("svc", &[up.port]);
+        svc["transport_socket"] = mtls.clone();
+        svc["health_checks"] = check.clone();
+        let mut plain = cluster("plain", &[up.port]);
+        plain["transport_socket"] = mtls;
+        plain["transport_socket_matches"] = json!([
+            { "name": "plain", "match": { "mode": "plain" },
+              "transport_socket": { "name": "envoy.transport_sockets.raw_buffer", "typed_config": {
+                  "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" } } }
+        ]);
+        plain["health_checks"] = check;
+        plain["health_checks"][0]["transport_socket_match_criteria"] = json!({ "mode": "plain" });
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let who = kind.name();
+            let (admin, port) = (free_port(), free_port());
+            let v = bootstrap(
+                admin,
+                vec![listener(
+                    "http",
+                    "127.0.0.1",
+                    port,
+                    hcm("in", vec![vhost("all", &["*"], vec![route("/", "svc")])]),
+                )],
+                vec![svc.clone(), plain.clone()],
+            );
+            let p = ProxyProcess::start(kind, &to_yaml(&v), &[]).await;
+            let flags = |c: &'static str| {
+                let a = p.admin();
+                let key = format!("{c}::127.0.0.1:{}::health_flags::", up.port);
+                async move {
+                    let text = a.get("/clusters").await.text();
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(&key))
+                        .unwrap_or("?")
+                        .to_string()
+                }
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (s, pl) = (flags("svc").await, flags("plain").await);
+                if s == "healthy" && pl == "/failed_active_hc" {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{who}: svc {s:?}, plain {pl:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let (status, seen) = request(port).await;
+            assert_eq!(status, 200, "{who}: {seen}");
+        }
+    })
+    .await
+}

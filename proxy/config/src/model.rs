@@ -2144,6 +2144,11 @@ pub struct ActiveHealthCheck {
     pub always_log_failures: bool,
     /// `always_log_health_check_success`: every pass is logged.
     pub always_log_success: bool,
+    /// `tls_options.alpn_protocols`: the ALPN of checks over TLS (none: the TLS context's).
+    pub alpn: Vec<String>,
+    /// `transport_socket_match_criteria`: what picks the checks' transport socket among the
+    /// cluster's `transport_socket_matches`, instead of the endpoint's metadata.
+    pub socket_criteria: Option<Arc<Labels>>,
 }
 
 /// `http_health_check` or `tcp_health_check`.

@@ -1195,8 +1195,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "http_health_check",
             "tcp_health_check",
             "grpc_health_check",
+            "tls_options",
+            "transport_socket_match_criteria",
         ],
     ),
+    ("envoy.config.core.v3.HealthCheck.TlsOptions", &["alpn_protocols"]),
     (
         "envoy.config.core.v3.HealthCheck.GrpcHealthCheck",
         &["service_name", "authority", "initial_metadata"],

@@ -229,10 +229,21 @@ impl HealthCheckers {
                     Some(port) => SocketAddr::new(base.ip(), port),
                     None => base,
                 };
+                // Checks connect with the host's transport socket, or the one
+                // `transport_socket_match_criteria` picks.
+                let tls = match &check.socket_criteria {
+                    Some(c) => config.tls_for(&model::SocketMatchLabels {
+                        endpoint: Some(c.clone()),
+                        locality: h.socket_match.locality.clone(),
+                    }),
+                    None => config.tls_for(&h.socket_match),
+                }
+                .cloned();
                 let run = Run {
                     check: check.clone(),
                     key: h.address,
                     address: target,
+                    tls,
                     host,
                     stats: c.stats.clone(),
                     traffic: traffic.clone(),
@@ -543,6 +554,8 @@ struct Run {
     key: SocketAddr,
     /// Where the checks connect (the endpoint's `health_check_config.port_value`).
     address: SocketAddr,
+    /// TLS to the host, as its traffic's.
+    tls: Option<Arc<crate::tls::UpstreamTls>>,
     host: String,
     stats: Stats,
     traffic: Vec<Counter>,
@@ -811,12 +824,9 @@ impl Run {
     async fn tcp(&self, send: &[u8], receive: &[Vec<u8>], conn: &mut Option<Conn>) -> Outcome {
         let (mut stream, mut got) = match conn.take() {
             Some(Conn::Tcp(s, got)) => (s, got),
-            _ => match TcpStream::connect(self.address).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    (s, Vec::new())
-                }
-                Err(_) => return Outcome::Network,
+            _ => match self.connect().await {
+                Some(s) => (s, Vec::new()),
+                None => return Outcome::Network,
             },
         };
         // As Envoy: without `receive` the connection is the check (nothing is sent, and the
@@ -921,10 +931,47 @@ impl Run {
         outcome
     }
 
+    /// A connection for a check: TCP, then TLS when the host's traffic has it, with the
+    /// check's `alpn_protocols` or else the TLS context's own (none by default, as Envoy's).
+    async fn connect(&self) -> Option<CheckStream> {
+        let tcp = TcpStream::connect(self.address).await.ok()?;
+        let _ = tcp.set_nodelay(true);
+        let Some(settings) = &self.tls else {
+            return Some(Box::new(tcp));
+        };
+        let t = crate::tls::transport::client(settings).ok()?;
+        let name = t
+            .server_name
+            .clone()
+            .unwrap_or_else(|| rustls_pki_types::ServerName::IpAddress(self.address.ip().into()));
+        let alpn: Vec<Vec<u8>> = if self.check.alpn.is_empty() {
+            settings
+                .alpn
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect()
+        } else {
+            self.check
+                .alpn
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect()
+        };
+        let mut config = t.config.get();
+        if config.alpn_protocols != alpn {
+            let mut c = (*config).clone();
+            c.alpn_protocols = alpn;
+            config = Arc::new(c);
+        }
+        let s = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .ok()?;
+        Some(Box::new(s))
+    }
+
     async fn connect_http(&self, http2: bool) -> Option<Sender> {
-        let stream = TcpStream::connect(self.address).await.ok()?;
-        let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
+        let io = TokioIo::new(self.connect().await?);
         if http2 {
             let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await
@@ -994,9 +1041,14 @@ impl Sender {
     }
 }
 
+/// A check's connection, plain or TLS.
+trait CheckIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> CheckIo for T {}
+type CheckStream = Box<dyn CheckIo>;
+
 enum Conn {
     /// With what was read and not yet matched.
-    Tcp(TcpStream, Vec<u8>),
+    Tcp(CheckStream, Vec<u8>),
     Http(Sender),
 }
 
@@ -1109,6 +1161,8 @@ mod tests {
             event_logs: Vec::new(),
             always_log_failures: false,
             always_log_success: false,
+            alpn: Vec::new(),
+            socket_criteria: None,
         }
     }
 

@@ -404,7 +404,6 @@ pub(super) fn translate_cluster(
         subsets,
         health_check: super::health_check::health_checks(
             &c.health_checks,
-            c.transport_socket.is_some() || !c.transport_socket_matches.is_empty(),
             (&c.name, !matches!(protocol, model::UpstreamProtocol::Http1)),
             path,
         )?,

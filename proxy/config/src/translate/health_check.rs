@@ -14,7 +14,6 @@ use super::{duration, required};
 /// `health_checks`: none, or one check (several are refused: skiff runs one per cluster).
 pub(super) fn health_checks(
     checks: &[core::HealthCheck],
-    tls: bool,
     (cluster, http2): (&str, bool),
     path: &str,
 ) -> Result<Option<Arc<HealthCheck>>, ConfigError> {
@@ -25,12 +24,6 @@ pub(super) fn health_checks(
         return Err(ConfigError::unsupported(format!("{path}.health_checks[1]")));
     }
     let path = format!("{path}.health_checks[0]");
-    if tls {
-        return Err(ConfigError::new(
-            path,
-            "unsupported: active health checks of a cluster with a TLS transport socket",
-        ));
-    }
     let check = health_check(first, &path)?;
     if matches!(check.kind, HealthCheckKind::Grpc(_)) && !http2 {
         return Err(ConfigError::new(
@@ -105,11 +98,13 @@ fn health_check(h: &core::HealthCheck, path: &str) -> Result<HealthCheck, Config
         }
         event_logs.push(std::path::PathBuf::from(sink.event_log_path));
     }
-    refuse(tls_options.is_some(), "tls_options")?;
-    refuse(
-        transport_socket_match_criteria.is_some(),
-        "transport_socket_match_criteria",
-    )?;
+    let alpn = tls_options
+        .as_ref()
+        .map(|t| t.alpn_protocols.clone())
+        .unwrap_or_default();
+    let socket_criteria = transport_socket_match_criteria
+        .as_ref()
+        .map(|s| Arc::new(s.fields.clone().into_iter().collect()));
     // Envoy's checks: these four are required, the durations above zero.
     let positive = |d: &Option<envoy_types::pb::google::protobuf::Duration>, field: &str| {
         let p = format!("{path}.{field}");
@@ -235,6 +230,8 @@ fn health_check(h: &core::HealthCheck, path: &str) -> Result<HealthCheck, Config
         event_logs,
         always_log_failures: *always_log_health_check_failures,
         always_log_success: *always_log_health_check_success,
+        alpn,
+        socket_criteria,
     })
 }
 
