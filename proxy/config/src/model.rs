@@ -2547,6 +2547,12 @@ pub struct Cluster {
     /// `max_requests_per_connection` (the cluster's, or its HTTP protocol options'
     /// `common_http_protocol_options`): a connection closes after this many requests.
     pub max_requests_per_connection: Option<u32>,
+    /// `common_http_protocol_options.idle_timeout` of its HTTP protocol options (Envoy's 1 h
+    /// default; zero: none): a pooled connection without requests for this long closes.
+    pub pool_idle_timeout: Option<Duration>,
+    /// `common_http_protocol_options.max_connection_duration`: a pooled connection drains
+    /// after this long (it takes no new request and closes once idle).
+    pub max_connection_duration: Option<Duration>,
     /// `upstream_connection_options.tcp_keepalive`: keepalive on upstream connections.
     pub tcp_keepalive: Option<TcpKeepalive>,
     /// The load balancer.

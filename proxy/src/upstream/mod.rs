@@ -164,6 +164,10 @@ pub struct ClusterStats {
     pub lb_healthy_panic: Counter,
     /// `upstream_cx_max_requests`: a connection that reached `max_requests_per_connection`.
     pub upstream_cx_max_requests: Counter,
+    /// `upstream_cx_idle_timeout`.
+    pub upstream_cx_idle_timeout: Counter,
+    /// `upstream_cx_max_duration_reached`.
+    pub upstream_cx_max_duration_reached: Counter,
     /// `upstream_cx_overflow`: a connection the `max_connections` breaker did not allow.
     pub upstream_cx_overflow: Counter,
     /// `upstream_rq_pending_overflow`: a request the `max_pending_requests` breaker refused
@@ -263,6 +267,8 @@ impl ClusterStats {
             upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
             upstream_cx_overflow: c("upstream_cx_overflow"),
             upstream_cx_max_requests: c("upstream_cx_max_requests"),
+            upstream_cx_idle_timeout: c("upstream_cx_idle_timeout"),
+            upstream_cx_max_duration_reached: c("upstream_cx_max_duration_reached"),
             lb_healthy_panic: c("lb_healthy_panic"),
             upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
             upstream_rq_active_overflow: c("upstream_rq_active_overflow"),

@@ -376,6 +376,29 @@ pub struct Http1Sender {
     spent: bool,
     /// What the access log shows of this connection.
     pub info: UpstreamConnection,
+    /// Shared with the connection's driver, which runs its idle and duration timers.
+    state: Rc<H1State>,
+}
+
+/// What an HTTP/1.1 connection's driver knows of its use (no wake-up per request: the
+/// driver looks when its timers fire).
+#[derive(Debug)]
+struct H1State {
+    /// A request has it (it is not in the pool).
+    busy: Cell<bool>,
+    /// When it last went back to the pool.
+    idle_since: Cell<tokio::time::Instant>,
+    /// `max_connection_duration` passed: it takes no new request.
+    expired: Cell<bool>,
+}
+
+impl H1State {
+    fn set_busy(&self, busy: bool) {
+        self.busy.set(busy);
+        if !busy {
+            self.idle_since.set(tokio::time::Instant::now());
+        }
+    }
 }
 
 impl Http1Sender {
@@ -411,7 +434,8 @@ impl Http1Pool {
     pub fn take_idle(&self) -> Option<Http1Sender> {
         let mut idle = self.idle.borrow_mut();
         while let Some(s) = idle.pop() {
-            if !s.is_closed() {
+            if !s.is_closed() && !s.state.expired.get() {
+                s.state.set_busy(true);
                 return Some(s);
             }
         }
@@ -422,7 +446,8 @@ impl Http1Pool {
     pub fn put_idle(&self, mut s: Http1Sender) {
         s.flow.borrow_mut().take();
         s.rq.take();
-        if !s.is_closed() && !s.spent {
+        s.state.set_busy(false);
+        if !s.is_closed() && !s.spent && !s.state.expired.get() {
             self.idle.borrow_mut().push(s);
             self.released.notify_one();
         }
@@ -568,10 +593,54 @@ async fn http1_on(
         .map_err(|e| ConnectError::Handshake(e.to_string()))?;
     cluster.stats.upstream_cx_http1_total.inc();
     let guard = ConnGuard::new(cluster, host, cx);
+    let state = Rc::new(H1State {
+        busy: Cell::new(true),
+        idle_since: Cell::new(tokio::time::Instant::now()),
+        expired: Cell::new(false),
+    });
+    let timers = Timers::of(cluster);
+    let driver_state = state.clone();
     tokio::task::spawn_local(async move {
+        let state = driver_state;
         // With upgrades, a 101 hands the connection over to the tunnel (websockets).
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+        let conn = conn.with_upgrades();
+        tokio::pin!(conn);
+        let max = timers.max_deadline();
+        let idle_timer = sleep_for(timers.idle);
+        tokio::pin!(idle_timer);
+        loop {
+            tokio::select! {
+                r = &mut conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+                    }
+                    break;
+                }
+                // An hour (or `idle_timeout`) in the pool without a request: closed.
+                () = &mut idle_timer => {
+                    let Some(idle) = timers.idle else { continue };
+                    let now = tokio::time::Instant::now();
+                    let due = if state.busy.get() {
+                        now + idle
+                    } else {
+                        state.idle_since.get() + idle
+                    };
+                    if due <= now {
+                        timers.idle_timeout.inc();
+                        break;
+                    }
+                    idle_timer.set(sleep_for(Some(due - now)));
+                }
+                // `max_connection_duration`: no new request; closed now if idle, else once its
+                // request ends (it does not go back to the pool).
+                () = sleep_until(max), if !state.expired.get() => {
+                    state.expired.set(true);
+                    timers.max_duration.inc();
+                    if !state.busy.get() {
+                        break;
+                    }
+                }
+            }
         }
         drop(guard);
     });
@@ -582,7 +651,49 @@ async fn http1_on(
         requests: 0,
         spent: false,
         info,
+        state,
     })
+}
+
+/// A pooled connection's timers: `idle_timeout` and `max_connection_duration`, and their
+/// counters.
+struct Timers {
+    idle: Option<std::time::Duration>,
+    max: Option<std::time::Duration>,
+    idle_timeout: crate::stats::Counter,
+    max_duration: crate::stats::Counter,
+}
+
+impl Timers {
+    fn of(cluster: &Cluster) -> Timers {
+        Timers {
+            idle: cluster.config().pool_idle_timeout,
+            max: cluster.config().max_connection_duration,
+            idle_timeout: cluster.stats.upstream_cx_idle_timeout.clone(),
+            max_duration: cluster.stats.upstream_cx_max_duration_reached.clone(),
+        }
+    }
+
+    /// When the connection's duration ends, if it has a limit.
+    fn max_deadline(&self) -> Option<tokio::time::Instant> {
+        self.max.map(|d| tokio::time::Instant::now() + d)
+    }
+}
+
+/// Sleeps for `d`, or for ever without one.
+async fn sleep_for(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or for ever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The most an upstream HTTP/1.1 connection buffers: the cluster's
@@ -597,7 +708,12 @@ fn http1_read_buffer(buffer_limit: usize) -> usize {
 #[derive(Debug)]
 pub struct Http2Conn {
     send: h2::client::SendRequest<Bytes>,
-    active: Cell<usize>,
+    /// Streams under way, and since when it has had none (shared with its driver, which runs
+    /// the idle and duration timers).
+    active: Rc<Cell<usize>>,
+    idle_since: Rc<Cell<tokio::time::Instant>>,
+    /// Wakes the driver when the last stream of a retired connection ends.
+    drained: Rc<Notify>,
     /// Streams opened on it, for `max_requests_per_connection`.
     opened: Cell<u32>,
     peer_max: Rc<Cell<usize>>,
@@ -666,9 +782,14 @@ impl Http2Stream {
 
 impl Drop for Http2Stream {
     fn drop(&mut self) {
-        self.conn
-            .active
-            .set(self.conn.active.get().saturating_sub(1));
+        let n = self.conn.active.get().saturating_sub(1);
+        self.conn.active.set(n);
+        if n == 0 {
+            self.conn.idle_since.set(tokio::time::Instant::now());
+            if self.conn.closed.get() {
+                self.conn.drained.notify_one();
+            }
+        }
     }
 }
 
@@ -830,7 +951,21 @@ async fn http2_on(
     });
     let release = Rc::new(Notify::new());
     let released = release.clone();
+    let active = Rc::new(Cell::new(0usize));
+    let idle_since = Rc::new(Cell::new(tokio::time::Instant::now()));
+    let drained = Rc::new(Notify::new());
+    let (d_active, d_idle_since, d_drained, d_closed) = (
+        active.clone(),
+        idle_since.clone(),
+        drained.clone(),
+        closed.clone(),
+    );
+    let timers = Timers::of(cluster);
     tokio::task::spawn_local(async move {
+        let max = timers.max_deadline();
+        let idle_timer = sleep_for(timers.idle);
+        tokio::pin!(idle_timer);
+        let mut expired = false;
         let alive = async {
             match keepalive {
                 Some((k, pings, timeouts)) => {
@@ -857,6 +992,36 @@ async fn http2_on(
                 // Nothing but the probe holds the connection now: h2 closes it once its streams
                 // end.
                 () = released.notified(), if driver.probe.is_some() => driver.probe = None,
+                // An hour (or `idle_timeout`) without a stream: closed.
+                () = &mut idle_timer => {
+                    let Some(idle) = timers.idle else { continue };
+                    let now = tokio::time::Instant::now();
+                    let due = if d_active.get() > 0 {
+                        now + idle
+                    } else {
+                        d_idle_since.get() + idle
+                    };
+                    if due <= now {
+                        d_closed.set(true);
+                        timers.idle_timeout.inc();
+                        break;
+                    }
+                    idle_timer.set(sleep_for(Some(due - now)));
+                }
+                // `max_connection_duration`: no new stream; closed once the last one ends.
+                () = sleep_until(max), if !expired => {
+                    expired = true;
+                    d_closed.set(true);
+                    timers.max_duration.inc();
+                    if d_active.get() == 0 {
+                        break;
+                    }
+                }
+                () = d_drained.notified(), if expired => {
+                    if d_active.get() == 0 {
+                        break;
+                    }
+                }
             }
         }
         closed_by_driver.set(true);
@@ -864,7 +1029,9 @@ async fn http2_on(
     });
     Ok(Http2Conn {
         send,
-        active: Cell::new(0),
+        active,
+        idle_since,
+        drained,
         opened: Cell::new(0),
         peer_max,
         closed,

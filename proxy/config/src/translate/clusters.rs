@@ -215,6 +215,9 @@ pub(super) fn translate_cluster(
     // The cluster's own (deprecated) field; the protocol options' one wins when both are set.
     #[allow(deprecated)]
     let mut max_requests_per_connection = c.max_requests_per_connection.as_ref().map(|v| v.value);
+    // Envoy's default for upstream HTTP connections: an hour without requests.
+    let mut pool_idle_timeout = Some(std::time::Duration::from_secs(3600));
+    let mut max_connection_duration = None;
     #[allow(deprecated)]
     if let Some(h2) = &c.http2_protocol_options {
         protocol = UpstreamProtocol::Http2;
@@ -235,13 +238,17 @@ pub(super) fn translate_cluster(
                     "{opath}.common_http_protocol_options.headers_with_underscores_action"
                 )));
             }
-            // Upstream connection timeouts are not built yet.
+            let cpath = format!("{opath}.common_http_protocol_options");
+            if let Some(d) = &common.idle_timeout {
+                let d = duration(d, &format!("{cpath}.idle_timeout"))?;
+                pool_idle_timeout = (!d.is_zero()).then_some(d);
+            }
+            if let Some(d) = &common.max_connection_duration {
+                let d = duration(d, &format!("{cpath}.max_connection_duration"))?;
+                max_connection_duration = (!d.is_zero()).then_some(d);
+            }
+            // The upstream stream limits are not built yet.
             for (name, set) in [
-                ("idle_timeout", common.idle_timeout.is_some()),
-                (
-                    "max_connection_duration",
-                    common.max_connection_duration.is_some(),
-                ),
                 ("max_stream_duration", common.max_stream_duration.is_some()),
                 ("max_headers_count", common.max_headers_count.is_some()),
             ] {
@@ -395,6 +402,8 @@ pub(super) fn translate_cluster(
         circuit_breakers: circuit_breakers(c, path)?,
         // 0 means no limit, as in Envoy.
         max_requests_per_connection: max_requests_per_connection.filter(|m| *m > 0),
+        pool_idle_timeout,
+        max_connection_duration,
         tcp_keepalive: tcp_keepalive(c, path)?,
         lb,
         locality_weighted: locality_weighted || super::lb::common_locality_weighted(c),
