@@ -41,6 +41,8 @@ pub enum ResponseFlag {
     UpstreamRetryLimitExceeded = 1 << 16,
     /// SI: stream idle timeout.
     StreamIdleTimeout = 1 << 17,
+    /// UMSDR: the upstream stream's max_stream_duration passed.
+    UpstreamMaxStreamDurationReached = 1 << 18,
     /// DPE: downstream protocol error.
     DownstreamProtocolError = 1 << 19,
     /// NC: no cluster.
@@ -104,6 +106,11 @@ const FLAGS: &[(ResponseFlag, &str, &str)] = &[
         ResponseFlag::UpstreamProtocolError,
         "UPE",
         "UpstreamProtocolError",
+    ),
+    (
+        ResponseFlag::UpstreamMaxStreamDurationReached,
+        "UMSDR",
+        "UpstreamMaxStreamDurationReached",
     ),
     (ResponseFlag::NoClusterFound, "NC", "NoClusterFound"),
     (

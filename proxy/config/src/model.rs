@@ -2553,6 +2553,9 @@ pub struct Cluster {
     /// `common_http_protocol_options.max_connection_duration`: a pooled connection drains
     /// after this long (it takes no new request and closes once idle).
     pub max_connection_duration: Option<Duration>,
+    /// `common_http_protocol_options.max_stream_duration`: an upstream request that has not
+    /// ended this long after it started is ended (504 `UMSDR`, or the response cut).
+    pub max_stream_duration: Option<Duration>,
     /// `upstream_connection_options.tcp_keepalive`: keepalive on upstream connections.
     pub tcp_keepalive: Option<TcpKeepalive>,
     /// The load balancer.

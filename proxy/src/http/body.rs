@@ -242,9 +242,11 @@ pub trait StreamEnd {
 #[derive(Debug)]
 pub struct Deadline {
     /// The route timeout.
-    pub timeout: Duration,
+    pub timeout: Option<Duration>,
     /// The request whose end starts the timer.
     pub request: Rc<RequestProgress>,
+    /// The cluster's `max_stream_duration` from the start of the upstream request.
+    pub upstream_until: Option<tokio::time::Instant>,
 }
 
 /// A response body that reports once, when it finishes, fails or is dropped: the end of the
@@ -256,6 +258,7 @@ pub struct Tracked<E: StreamEnd> {
     bytes: u64,
     deadline: Option<Deadline>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    upstream_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     stream_timers: Option<Rc<crate::http::timeouts::StreamTimers>>,
 }
 
@@ -268,6 +271,7 @@ impl<E: StreamEnd> Tracked<E> {
             bytes: 0,
             deadline,
             timer: None,
+            upstream_timer: None,
             stream_timers: None,
         }
     }
@@ -284,18 +288,34 @@ impl<E: StreamEnd> Tracked<E> {
         }
     }
 
-    fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Why the response must end now: the route timeout (from the end of the request), or
+    /// the cluster's `max_stream_duration` (from the start of the upstream request).
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> Option<EndReason> {
         if self.timer.is_none() {
             if let Some(d) = &self.deadline {
-                if let Some(at) = d.request.done_at() {
-                    self.timer = Some(Box::pin(tokio::time::sleep_until(at + d.timeout)));
+                if let (Some(at), Some(t)) = (d.request.done_at(), d.timeout) {
+                    self.timer = Some(Box::pin(tokio::time::sleep_until(at + t)));
                 }
             }
         }
-        match &mut self.timer {
-            Some(t) => t.as_mut().poll(cx).is_ready(),
-            None => false,
+        if self.upstream_timer.is_none() {
+            if let Some(until) = self.deadline.as_ref().and_then(|d| d.upstream_until) {
+                self.upstream_timer = Some(Box::pin(tokio::time::sleep_until(until)));
+            }
         }
+        if let Some(t) = &mut self.upstream_timer {
+            if t.as_mut().poll(cx).is_ready() {
+                return Some(EndReason::Expired(
+                    crate::http::timeouts::Expiry::UpstreamMaxDuration,
+                ));
+            }
+        }
+        let route = self.timer.as_mut()?;
+        route
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+            .then_some(EndReason::Timeout)
     }
 }
 
@@ -344,9 +364,14 @@ impl<E: StreamEnd + Unpin> Body for Tracked<E> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.end.is_some() && this.timed_out(cx) {
-            this.finish(EndReason::Timeout);
-            return Poll::Ready(Some(Err("upstream request timeout".into())));
+        if this.end.is_some() {
+            if let Some(reason) = this.timed_out(cx) {
+                this.finish(reason);
+                return Poll::Ready(Some(Err(match reason {
+                    EndReason::Expired(e) => e.details().into(),
+                    _ => "upstream request timeout".into(),
+                })));
+            }
         }
         if this.end.is_some() {
             if let Some(t) = &this.stream_timers {

@@ -238,6 +238,8 @@ impl HcmStats {
             Expiry::Idle => self.downstream_rq_idle_timeout.inc(),
             Expiry::Request => self.downstream_rq_timeout.inc(),
             Expiry::MaxDuration => self.downstream_rq_max_duration_reached.inc(),
+            // The router counts it on the cluster.
+            Expiry::UpstreamMaxDuration => {}
         }
     }
 

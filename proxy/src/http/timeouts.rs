@@ -31,6 +31,8 @@ pub enum Expiry {
     Request,
     /// `max_stream_duration`.
     MaxDuration,
+    /// The cluster's `max_stream_duration`: the upstream stream lasted too long.
+    UpstreamMaxDuration,
 }
 
 impl Expiry {
@@ -40,6 +42,7 @@ impl Expiry {
             Expiry::Idle => "stream_idle_timeout",
             Expiry::Request => "request_overall_timeout",
             Expiry::MaxDuration => "max_duration_timeout",
+            Expiry::UpstreamMaxDuration => "upstream_max_stream_duration_reached",
         }
     }
 
@@ -47,6 +50,7 @@ impl Expiry {
     pub fn flag(self) -> Option<ResponseFlag> {
         match self {
             Expiry::Idle => Some(ResponseFlag::StreamIdleTimeout),
+            Expiry::UpstreamMaxDuration => Some(ResponseFlag::UpstreamMaxStreamDurationReached),
             Expiry::Request | Expiry::MaxDuration => None,
         }
     }
@@ -67,6 +71,14 @@ impl Expiry {
             Expiry::MaxDuration => (
                 http::StatusCode::REQUEST_TIMEOUT,
                 "downstream duration timeout",
+            ),
+            Expiry::UpstreamMaxDuration if request_done => (
+                http::StatusCode::GATEWAY_TIMEOUT,
+                "upstream max stream duration reached",
+            ),
+            Expiry::UpstreamMaxDuration => (
+                http::StatusCode::REQUEST_TIMEOUT,
+                "upstream max stream duration reached",
             ),
         };
         LocalReply {

@@ -168,6 +168,8 @@ pub struct ClusterStats {
     pub upstream_cx_idle_timeout: Counter,
     /// `upstream_cx_max_duration_reached`.
     pub upstream_cx_max_duration_reached: Counter,
+    /// `upstream_rq_max_duration_reached`.
+    pub upstream_rq_max_duration_reached: Counter,
     /// `upstream_cx_overflow`: a connection the `max_connections` breaker did not allow.
     pub upstream_cx_overflow: Counter,
     /// `upstream_rq_pending_overflow`: a request the `max_pending_requests` breaker refused
@@ -269,6 +271,7 @@ impl ClusterStats {
             upstream_cx_max_requests: c("upstream_cx_max_requests"),
             upstream_cx_idle_timeout: c("upstream_cx_idle_timeout"),
             upstream_cx_max_duration_reached: c("upstream_cx_max_duration_reached"),
+            upstream_rq_max_duration_reached: c("upstream_rq_max_duration_reached"),
             lb_healthy_panic: c("lb_healthy_panic"),
             upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
             upstream_rq_active_overflow: c("upstream_rq_active_overflow"),

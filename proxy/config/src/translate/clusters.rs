@@ -218,6 +218,7 @@ pub(super) fn translate_cluster(
     // Envoy's default for upstream HTTP connections: an hour without requests.
     let mut pool_idle_timeout = Some(std::time::Duration::from_secs(3600));
     let mut max_connection_duration = None;
+    let mut max_stream_duration = None;
     #[allow(deprecated)]
     if let Some(h2) = &c.http2_protocol_options {
         protocol = UpstreamProtocol::Http2;
@@ -247,11 +248,12 @@ pub(super) fn translate_cluster(
                 let d = duration(d, &format!("{cpath}.max_connection_duration"))?;
                 max_connection_duration = (!d.is_zero()).then_some(d);
             }
-            // The upstream stream limits are not built yet.
-            for (name, set) in [
-                ("max_stream_duration", common.max_stream_duration.is_some()),
-                ("max_headers_count", common.max_headers_count.is_some()),
-            ] {
+            if let Some(d) = &common.max_stream_duration {
+                let d = duration(d, &format!("{cpath}.max_stream_duration"))?;
+                max_stream_duration = (!d.is_zero()).then_some(d);
+            }
+            // The upstream header count limit is not built yet.
+            for (name, set) in [("max_headers_count", common.max_headers_count.is_some())] {
                 if set {
                     return Err(ConfigError::unsupported(format!(
                         "{opath}.common_http_protocol_options.{name}"
@@ -404,6 +406,7 @@ pub(super) fn translate_cluster(
         max_requests_per_connection: max_requests_per_connection.filter(|m| *m > 0),
         pool_idle_timeout,
         max_connection_duration,
+        max_stream_duration,
         tcp_keepalive: tcp_keepalive(c, path)?,
         lb,
         locality_weighted: locality_weighted || super::lb::common_locality_weighted(c),

@@ -237,6 +237,8 @@ enum Outcome {
     PerTryTimeout,
     PerTryIdleTimeout,
     RouteTimeout,
+    /// The cluster's `max_stream_duration` passed before the response head.
+    MaxStreamDuration,
 }
 
 /// Resolves after `d` from the end of the request (from now for an attempt after the first),
@@ -346,8 +348,18 @@ async fn attempts_loop(
             Some(r) => (f.per_try_timeout, r.policy.per_try_idle_timeout),
             None => (None, None),
         };
+        let stream_until = cluster
+            .config()
+            .max_stream_duration
+            .map(|d| tokio::time::Instant::now() + d);
         let outcome = {
             let send = attempt(f, &host, parts, attempt_body, &state);
+            let stream_timer = async {
+                match stream_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let per_try_timer = after_request(f.request, per_try);
             let idle_timer = async {
                 match idle {
@@ -362,6 +374,7 @@ async fn attempts_loop(
                 _ = per_try_timer, if per_try.is_some() => Outcome::PerTryTimeout,
                 _ = idle_timer, if idle.is_some() => Outcome::PerTryIdleTimeout,
                 _ = route_timer.as_mut(), if f.timeout.is_some() => Outcome::RouteTimeout,
+                _ = stream_timer, if stream_until.is_some() => Outcome::MaxStreamDuration,
             }
         };
         let upstream = state.upstream.take();
@@ -409,9 +422,25 @@ async fn attempts_loop(
                         Decision::No => {}
                     }
                 }
-                return Ok(f.finish_response(resp, conn, upstream, attempts));
+                return Ok(f.finish_response(resp, conn, upstream, attempts, stream_until));
             }
             Outcome::RouteTimeout => return Err(route_timeout(f, upstream)),
+            // Envoy's router ends the stream with a local reply and no retry.
+            Outcome::MaxStreamDuration => {
+                use crate::http::timeouts::Expiry;
+                match upstream {
+                    Some(mut u) => {
+                        u.failed = true;
+                        u.finish(EndReason::Expired(Expiry::UpstreamMaxDuration));
+                    }
+                    None => stats.upstream_rq_max_duration_reached.inc(),
+                }
+                let reply = Expiry::UpstreamMaxDuration.reply(f.request.done_at().is_some());
+                if f.dynamic_stats {
+                    stats.response_code(reply.status.as_u16());
+                }
+                return Err(reply);
+            }
             Outcome::Done(Err(reply)) => {
                 let reset = Reset::of(&reply);
                 let started = reset != Reset::ConnectFailure && upstream.is_some();
@@ -504,7 +533,10 @@ fn report_outlier(
                 Monitor::put_connect_failed(stats, o);
             }
         }
-        Outcome::PerTryTimeout | Outcome::PerTryIdleTimeout | Outcome::RouteTimeout => {
+        Outcome::PerTryTimeout
+        | Outcome::PerTryIdleTimeout
+        | Outcome::RouteTimeout
+        | Outcome::MaxStreamDuration => {
             Monitor::put_timeout(stats, o, LocalReply::TIMEOUT.status.as_u16())
         }
     }

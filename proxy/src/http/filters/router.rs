@@ -131,6 +131,9 @@ impl Upstream {
         }
         match reason {
             EndReason::Complete => {}
+            EndReason::Expired(crate::http::timeouts::Expiry::UpstreamMaxDuration) => {
+                stats.upstream_rq_max_duration_reached.inc()
+            }
             EndReason::DownstreamReset | EndReason::Expired(_) => stats.upstream_rq_tx_reset.inc(),
             EndReason::UpstreamReset | EndReason::UpstreamProtocolError => {
                 stats.upstream_rq_rx_reset.inc()
@@ -982,6 +985,7 @@ impl Forward<'_> {
         conn: Conn,
         mut upstream: Upstream,
         attempts: u32,
+        stream_until: Option<tokio::time::Instant>,
     ) -> (Response<ProxyBody>, Upstream, Option<Deadline>) {
         if self.dynamic_stats {
             self.cluster.stats.response_code(resp.status().as_u16());
@@ -1006,9 +1010,10 @@ impl Forward<'_> {
         if self.upgrade.is_none() || !switches(self.upgrade, resp.status()) {
             upstream.conn = Some(conn);
         }
-        let deadline = self.timeout.map(|timeout| Deadline {
-            timeout,
+        let deadline = (self.timeout.is_some() || stream_until.is_some()).then(|| Deadline {
+            timeout: self.timeout,
             request: self.request.clone(),
+            upstream_until: stream_until,
         });
         (resp, upstream, deadline)
     }
