@@ -84,8 +84,13 @@ async fn stats(side: &Side, names: &[&str]) -> Vec<(String, Option<u64>)> {
 }
 
 async fn compare(thresholds: Value, http2: bool, want: &[u16], names: &[&str]) {
+    compare_with(thresholds, http2, json!({}), want, names).await
+}
+
+/// [`compare`] with more cluster fields.
+async fn compare_with(thresholds: Value, http2: bool, extra: Value, want: &[u16], names: &[&str]) {
     let up = if http2 { Up::H2 } else { Up::H1 };
-    let (envoy, skiff) = pair(up, config(thresholds, http2)).await;
+    let (envoy, skiff) = pair(up, config_with(thresholds, http2, extra)).await;
     let (e, s) = tokio::join!(staggered(&envoy, want.len()), staggered(&skiff, want.len()));
     let statuses = |r: &[Resp]| r.iter().map(|r| r.status).collect::<Vec<_>>();
     assert_eq!(statuses(&e), want, "envoy");
@@ -123,6 +128,32 @@ async fn max_connections_and_max_pending_requests_overflow_as_envoy_does() {
                 "circuit_breakers.default.remaining_rq",
                 "circuit_breakers.default.remaining_retries",
                 "circuit_breakers.high.cx_open",
+            ],
+        )
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn per_host_max_connections_overflow_as_envoy_does() {
+    run_for(Duration::from_secs(60), async {
+        // One connection per host (the cluster allows more): the second request waits for it,
+        // the others find the pending queue full.
+        compare_with(
+            json!({}),
+            false,
+            json!({ "circuit_breakers": {
+                "thresholds": [ { "max_pending_requests": 1 } ],
+                "per_host_thresholds": [ { "max_connections": 1 } ] } }),
+            &[200, 200, 503, 503, 503],
+            &[
+                "upstream_cx_overflow",
+                "upstream_rq_pending_overflow",
+                "upstream_rq_pending_total",
+                "upstream_cx_total",
+                "upstream_rq_total",
+                "circuit_breakers.default.cx_open",
             ],
         )
         .await;

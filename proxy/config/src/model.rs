@@ -2487,6 +2487,9 @@ pub struct CircuitBreakers {
     pub default: Thresholds,
     /// `HIGH`.
     pub high: Thresholds,
+    /// `per_host_thresholds`' `max_connections` (of `DEFAULT`): no host has more connections
+    /// open.
+    pub per_host_max_connections: Option<u64>,
 }
 
 /// How a `STRICT_DNS` or `LOGICAL_DNS` cluster resolves its hosts.

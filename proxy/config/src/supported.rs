@@ -1445,7 +1445,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     // `runtime_key` is not read yet (least request's `active_request_bias`).
     ("envoy.config.core.v3.RuntimeDouble", &["default_value"]),
-    ("envoy.config.cluster.v3.CircuitBreakers", &["thresholds"]),
+    (
+        "envoy.config.cluster.v3.CircuitBreakers",
+        &["thresholds", "per_host_thresholds"],
+    ),
     (
         "envoy.config.cluster.v3.CircuitBreakers.Thresholds",
         &[

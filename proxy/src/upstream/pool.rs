@@ -502,7 +502,10 @@ impl Http1Pool {
             if pending.is_none() {
                 pending = Some(Pending::new(cluster)?);
             }
-            if let Some(cx) = cluster.info.breakers.default.connections.try_acquire() {
+            if let Some(cx) = host_room(cluster, host)
+                .then(|| cluster.info.breakers.default.connections.try_acquire())
+                .flatten()
+            {
                 let stream = connect(cluster, host).await?;
                 let s = http1_on(cluster, host, stream, cx).await?;
                 drop(pending);
@@ -653,6 +656,21 @@ async fn http1_on(
         info,
         state,
     })
+}
+
+/// Whether `host` may have one more connection (`per_host_thresholds`' `max_connections`,
+/// over all workers).
+fn host_room(cluster: &Cluster, host: &Host) -> bool {
+    cluster
+        .config()
+        .circuit_breakers
+        .per_host_max_connections
+        .is_none_or(|m| {
+            host.stats
+                .cx_active
+                .load(std::sync::atomic::Ordering::Relaxed)
+                < m
+        })
 }
 
 /// A pooled connection's timers: `idle_timeout` and `max_connection_duration`, and their
@@ -858,7 +876,10 @@ impl Http2Pool {
                 }
                 continue;
             }
-            let Some(cx) = cluster.info.breakers.default.connections.try_acquire() else {
+            let Some(cx) = host_room(cluster, host)
+                .then(|| cluster.info.breakers.default.connections.try_acquire())
+                .flatten()
+            else {
                 if !overflowed {
                     cluster.stats.upstream_cx_overflow.inc();
                     overflowed = true;

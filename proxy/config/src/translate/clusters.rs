@@ -445,10 +445,23 @@ fn circuit_breakers(c: &cluster::Cluster, path: &str) -> Result<CircuitBreakers,
         return Ok(out);
     };
     let cpath = format!("{path}.circuit_breakers");
-    if !cb.per_host_thresholds.is_empty() {
-        return Err(ConfigError::unsupported(format!(
-            "{cpath}.per_host_thresholds"
-        )));
+    // Per host, Envoy honours `max_connections` alone; skiff refuses the others by path.
+    for (i, t) in cb.per_host_thresholds.iter().enumerate() {
+        let tpath = format!("{cpath}.per_host_thresholds[{i}]");
+        for (field, set) in [
+            ("max_pending_requests", t.max_pending_requests.is_some()),
+            ("max_requests", t.max_requests.is_some()),
+            ("max_retries", t.max_retries.is_some()),
+            ("retry_budget", t.retry_budget.is_some()),
+            ("max_connection_pools", t.max_connection_pools.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::unsupported(format!("{tpath}.{field}")));
+            }
+        }
+        if t.priority == 0 {
+            out.per_host_max_connections = t.max_connections.as_ref().map(|v| u64::from(v.value));
+        }
     }
     for (i, t) in cb.thresholds.iter().enumerate() {
         let tpath = format!("{cpath}.thresholds[{i}]");
