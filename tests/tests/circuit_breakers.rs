@@ -11,10 +11,6 @@ use skiff_tests::config::{bootstrap, hcm, listener, route, to_yaml, vhost};
 use skiff_tests::side_by_side::{assert_same_response, pair, Side, Up};
 use skiff_tests::{run_for, Resp};
 
-fn config(thresholds: Value, http2: bool) -> impl Fn(u16, u16, u16) -> String {
-    config_with(thresholds, http2, json!({}))
-}
-
 fn config_with(thresholds: Value, http2: bool, extra: Value) -> impl Fn(u16, u16, u16) -> String {
     move |admin, listen, upstream| {
         let mut cluster = json!({
