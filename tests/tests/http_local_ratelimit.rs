@@ -120,6 +120,9 @@ fn config(admin: u16, ports: [u16; 4], upstream: u16) -> String {
                 token_bucket: {{max_tokens: 1, tokens_per_fill: 1, fill_interval: 3600s}}
               - entries: [{{key: user, value: ann}}]
                 token_bucket: {{max_tokens: 2, tokens_per_fill: 1, fill_interval: 3600s}}
+              - entries: [{{key: client, value: ""}}]
+                token_bucket: {{max_tokens: 2, tokens_per_fill: 1, fill_interval: 3600s}}
+              max_dynamic_descriptors: 2
               rate_limits:
               - actions:
                 - header_value_match:
@@ -127,7 +130,9 @@ fn config(admin: u16, ports: [u16; 4], upstream: u16) -> String {
                     descriptor_value: gold
                     headers: [{{name: x-tier, string_match: {{exact: gold}}}}]
               - actions:
-                - request_headers: {{header_name: x-user, descriptor_key: user}}"#
+                - request_headers: {{header_name: x-user, descriptor_key: user}}
+              - actions:
+                - request_headers: {{header_name: x-client, descriptor_key: client}}"#
     );
     // 3: compression, off on one route.
     let compress_routes = r#"
@@ -208,6 +213,19 @@ async fn local_rate_limits_as_envoy() {
             (2, "/", &[("x-user", "bob")]),
             (2, "/", &[("x-tier", "silver")]),
             (2, "/", &[("x-user", "ann"), ("x-tier", "gold")]),
+            // A wildcard: a bucket of two per client, at most two clients' buckets kept (the
+            // least recently used goes, and its client starts again with a full one).
+            (2, "/", &[("x-client", "a")]),
+            (2, "/", &[("x-client", "a")]),
+            (2, "/", &[("x-client", "a")]),
+            (2, "/", &[("x-client", "b")]),
+            (2, "/", &[("x-client", "b")]),
+            (2, "/", &[("x-client", "b")]),
+            (2, "/", &[("x-client", "c")]),
+            (2, "/", &[("x-client", "a")]),
+            (2, "/", &[("x-client", "b")]),
+            (2, "/", &[("x-client", "c")]),
+            (2, "/", &[("x-client", "c")]),
             // Compression on one route and not the other.
             (3, "/z", &[("accept-encoding", "gzip")]),
             (3, "/plain", &[("accept-encoding", "gzip")]),

@@ -1363,6 +1363,9 @@ pub struct HttpLocalRateLimit {
     /// `always_consume_default_token_bucket` (default true): the default bucket is taken from
     /// even when a descriptor matched.
     pub always_consume_default: bool,
+    /// `max_dynamic_descriptors` (20): how many values' buckets each wildcard descriptor keeps,
+    /// the least recently used going first.
+    pub max_dynamic_descriptors: usize,
 }
 
 /// `envoy.filters.http.fault` (`HTTPFault`), as the filter's own configuration or a route's.
@@ -1435,7 +1438,8 @@ pub struct TokenBucket {
 /// A `LocalRateLimitDescriptor`: the requests whose descriptor has these entries share a bucket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalDescriptor {
-    /// `entries`: key and value (an empty value matches any value of the key).
+    /// `entries`: key and value (an empty value matches any value of the key: a wildcard, with
+    /// a bucket of its own for each set of values).
     pub entries: Vec<(String, String)>,
     /// `token_bucket`.
     pub bucket: TokenBucket,

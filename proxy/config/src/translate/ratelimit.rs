@@ -62,9 +62,6 @@ pub(super) fn translate(
             "{path}.enable_retry_after_header"
         )));
     }
-    // It bounds the buckets of wildcard descriptors (an entry without a value), which are
-    // refused below: without them it changes nothing (docs/compatibility.md).
-    let _ = max_dynamic_descriptors;
     if *stage > 10 {
         return Err(ConfigError::new(
             format!("{path}.stage"),
@@ -107,12 +104,6 @@ pub(super) fn translate(
             return Err(ConfigError::new(
                 format!("{dpath}.entries"),
                 "value must contain at least 1 item(s)",
-            ));
-        }
-        if let Some(j) = d.entries.iter().position(|e| e.value.is_empty()) {
-            return Err(ConfigError::new(
-                format!("{dpath}.entries[{j}].value"),
-                "unsupported: an empty value (a wildcard with its own bucket per value)",
             ));
         }
         let entries: Vec<(String, String)> = d
@@ -178,6 +169,9 @@ pub(super) fn translate(
         always_consume_default: always_consume_default_token_bucket
             .as_ref()
             .is_none_or(|v| v.value),
+        max_dynamic_descriptors: max_dynamic_descriptors
+            .as_ref()
+            .map_or(20, |v| v.value as usize),
     })
 }
 

@@ -18,7 +18,7 @@ use http::{HeaderName, HeaderValue};
 
 use crate::config::model::{HttpLocalRateLimit, RateLimitAction, RateLimitPolicy};
 use crate::http::filter::{HeadersStatus, HttpFilter, StreamContext};
-use crate::http::filters::token_bucket::{Limiter, Verdict};
+use crate::http::filters::token_bucket::{Bucket, Limiter, Verdict};
 use crate::http::local_reply::LocalReply;
 use crate::stats::{Counter, Shard};
 use crate::stream_info::ResponseFlag;
@@ -215,30 +215,72 @@ fn descriptors(
     out
 }
 
+/// Whether a wildcard descriptor's entries match a request's: the same keys in order, each value
+/// equal or left empty in the configuration.
+fn wildcard_matches(config: &[(String, String)], request: &[(String, String)]) -> bool {
+    config.len() == request.len()
+        && config.iter().any(|(_, v)| v.is_empty())
+        && config
+            .iter()
+            .zip(request)
+            .all(|((ck, cv), (rk, rv))| ck == rk && (cv.is_empty() || cv == rv))
+}
+
 impl LocalRateLimitFilter {
     /// Envoy's `requestAllowed`: the matched descriptors' buckets, slowest first, then the
     /// default bucket.
     fn allowed(&self, head: &http::request::Parts) -> Verdict {
         let c = &self.config;
         let now = Instant::now();
-        let mut matched: Vec<usize> = Vec::new();
+        // (the descriptor's index, its bucket for these values when it is a wildcard)
+        let mut matched: Vec<(usize, Option<Arc<Bucket>>)> = Vec::new();
         if !c.descriptors.is_empty() {
             for d in descriptors(&c.rate_limits, head, self.remote) {
-                if let Some(i) = c.descriptors.iter().position(|x| x.entries == d) {
-                    if !matched.contains(&i) {
-                        matched.push(i);
+                // An exact descriptor first, else a wildcard whose keys match.
+                let exact = c.descriptors.iter().position(|x| x.entries == d);
+                let hit = exact.map(|i| (i, None)).or_else(|| {
+                    let i = c
+                        .descriptors
+                        .iter()
+                        .position(|x| wildcard_matches(&x.entries, &d))?;
+                    let dynamic = self.limiter.dynamic.get(i)?.as_ref()?;
+                    Some((i, Some(dynamic.bucket(&d))))
+                });
+                if let Some((i, b)) = hit {
+                    let seen = matched.iter().any(|(j, o)| {
+                        *j == i
+                            && match (o, &b) {
+                                (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+                                _ => true,
+                            }
+                    });
+                    if !seen {
+                        matched.push((i, b));
                     }
                 }
             }
         }
         let buckets = &self.limiter.descriptors;
-        matched.sort_by(|a, b| buckets[*a].rate().total_cmp(&buckets[*b].rate()));
+        fn pick<'a>(
+            buckets: &'a [Bucket],
+            m: &'a (usize, Option<Arc<Bucket>>),
+        ) -> Option<&'a Bucket> {
+            match &m.1 {
+                Some(b) => Some(b.as_ref()),
+                None => buckets.get(m.0),
+            }
+        }
+        matched.sort_by(|a, b| {
+            let rate = |m| pick(buckets, m).map_or(0.0, Bucket::rate);
+            rate(a).total_cmp(&rate(b))
+        });
         let mut first: Option<Verdict> = None;
-        for i in &matched {
-            let v = buckets[*i].take(now);
+        for m in &matched {
+            let Some(b) = pick(buckets, m) else { continue };
+            let v = b.take(now);
             if !v.allowed {
                 // A shadow descriptor's refusal is counted and let through.
-                if !c.descriptors[*i].shadow {
+                if !c.descriptors[m.0].shadow {
                     return v;
                 }
                 self.stats.shadow_mode.inc();

@@ -74,6 +74,9 @@ pub struct Limiter {
     pub default: Option<Bucket>,
     /// `descriptors`, in the configuration's order.
     pub descriptors: Vec<Bucket>,
+    /// For each wildcard descriptor (same order; `None` for the others), the buckets of the
+    /// values it met.
+    pub dynamic: Vec<Option<Dynamic>>,
 }
 
 impl Limiter {
@@ -86,7 +89,65 @@ impl Limiter {
                 .iter()
                 .map(|d| Bucket::new(&d.bucket))
                 .collect(),
+            dynamic: c
+                .descriptors
+                .iter()
+                .map(|d| {
+                    d.entries
+                        .iter()
+                        .any(|(_, v)| v.is_empty())
+                        .then(|| Dynamic {
+                            template: d.bucket,
+                            capacity: c.max_dynamic_descriptors,
+                            buckets: Mutex::new((0, Vec::new())),
+                        })
+                })
+                .collect(),
         }
+    }
+}
+
+/// The buckets a wildcard descriptor made, one per set of values, each a full copy of the
+/// wildcard's when first met; past `max_dynamic_descriptors` the least recently used goes
+/// (Envoy's dynamic descriptors).
+#[derive(Debug)]
+pub struct Dynamic {
+    template: TokenBucket,
+    capacity: usize,
+    /// A use counter, and (values, bucket, last use).
+    #[allow(clippy::type_complexity)]
+    buckets: Mutex<(
+        u64,
+        Vec<(Vec<(String, String)>, std::sync::Arc<Bucket>, u64)>,
+    )>,
+}
+
+impl Dynamic {
+    /// The bucket of these values.
+    pub fn bucket(&self, values: &[(String, String)]) -> std::sync::Arc<Bucket> {
+        let mut g = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 += 1;
+        let tick = g.0;
+        if let Some(e) = g.1.iter_mut().find(|e| e.0 == values) {
+            e.2 = tick;
+            return e.1.clone();
+        }
+        let b = std::sync::Arc::new(Bucket::new(&self.template));
+        if self.capacity == 0 {
+            return b;
+        }
+        if g.1.len() >= self.capacity {
+            if let Some(oldest) =
+                g.1.iter()
+                    .enumerate()
+                    .min_by_key(|(_, e)| e.2)
+                    .map(|(i, _)| i)
+            {
+                g.1.swap_remove(oldest);
+            }
+        }
+        g.1.push((values.to_vec(), b.clone(), tick));
+        b
     }
 }
 
@@ -123,5 +184,32 @@ mod tests {
         // Never above max_tokens.
         let later = t0 + Duration::from_secs(60);
         assert_eq!(b.take(later).remaining, 1);
+    }
+
+    #[test]
+    fn a_wildcard_keeps_a_bucket_per_value_and_drops_the_least_recently_used() {
+        let d = Dynamic {
+            template: TokenBucket {
+                max_tokens: 1,
+                tokens_per_fill: 1,
+                fill_interval: Duration::from_secs(3600),
+            },
+            capacity: 2,
+            buckets: Mutex::new((0, Vec::new())),
+        };
+        let v = |s: &str| vec![("client".to_string(), s.to_string())];
+        let now = Instant::now();
+        assert!(d.bucket(&v("a")).take(now).allowed);
+        assert!(
+            !d.bucket(&v("a")).take(now).allowed,
+            "a's own bucket, empty"
+        );
+        assert!(d.bucket(&v("b")).take(now).allowed);
+        // c pushes out a (b was used after it); a comes back with a full bucket.
+        assert!(d.bucket(&v("c")).take(now).allowed);
+        assert!(d.bucket(&v("a")).take(now).allowed);
+        // ... which pushed out b.
+        assert!(d.bucket(&v("b")).take(now).allowed);
+        assert!(!d.bucket(&v("a")).take(now).allowed, "a kept its bucket");
     }
 }
