@@ -137,17 +137,27 @@ impl Subsets {
         // host of the lowest priority.
         let mut members: HashMap<Criteria, (Vec<usize>, bool)> = HashMap::new();
         let mut order: Vec<Criteria> = Vec::new();
+        // Selectors with the same keys make the same subsets (a single-host one makes them
+        // single-host).
+        let mut key_sets: Vec<(&[String], bool)> = Vec::new();
         for sel in &cfg.selectors {
+            match key_sets.iter_mut().find(|(k, _)| *k == sel.keys.as_slice()) {
+                Some(k) => k.1 |= sel.single_host,
+                None => key_sets.push((&sel.keys, sel.single_host)),
+            }
+        }
+        for (keys, single) in key_sets {
             for (i, md) in metadata.iter().enumerate() {
-                for c in combinations(md, &sel.keys, cfg.list_as_any) {
+                for c in combinations(md, keys, cfg.list_as_any) {
                     let e = members.entry(c.clone()).or_insert_with(|| {
                         order.push(c);
                         (Vec::new(), false)
                     });
-                    if !e.0.contains(&i) {
+                    // Hosts come in order: a repeat (a list with a value twice) is the last.
+                    if e.0.last() != Some(&i) {
                         e.0.push(i);
                     }
-                    e.1 |= sel.single_host;
+                    e.1 |= single;
                 }
             }
         }
