@@ -318,6 +318,10 @@ pub struct StreamInfo {
     /// The size of the request headers as forwarded, pseudo-headers included, as Envoy counts
     /// its header map (`%REQUEST_HEADERS_BYTES%`).
     pub request_headers_bytes: u64,
+    /// The virtual cluster the router counted the request in (`%VIRTUAL_CLUSTER_NAME%`).
+    pub virtual_cluster: Option<std::sync::Arc<str>>,
+    /// A local reply's body while `local_reply_config` formats it (`%LOCAL_REPLY_BODY%`).
+    pub local_reply_body: Option<bytes::Bytes>,
 }
 
 impl StreamInfo {
@@ -356,6 +360,8 @@ impl StreamInfo {
             response_done: None,
             stream_id: None,
             request_headers_bytes: 0,
+            local_reply_body: None,
+            virtual_cluster: None,
         }
     }
 

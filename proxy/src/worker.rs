@@ -95,6 +95,8 @@ pub struct Worker {
     pub shard: Arc<Shard>,
     /// This worker's clusters and pools.
     pub clusters: ClusterManager,
+    /// Its virtual clusters' stats.
+    pub vclusters: crate::http::vcluster::Vclusters,
     /// This worker's access log buffers.
     pub access_log: Rc<access_log::Writer>,
     /// Route configurations from RDS, by name.
@@ -124,6 +126,7 @@ impl Worker {
         Rc::new(Worker {
             id,
             clusters: ClusterManager::new(shared.local_zone.clone()),
+            vclusters: Default::default(),
             shard,
             access_log: access_log::Writer::new(),
             routes: RefCell::new(HashMap::new()),

@@ -1068,6 +1068,8 @@ pub struct HttpConnectionManager {
     pub router: RouterConfig,
     /// `access_log`.
     pub access_logs: Vec<AccessLog>,
+    /// `local_reply_config`: how the connection manager's own replies are rewritten.
+    pub local_reply: Option<Arc<LocalReplyConfig>>,
     /// `server_name` (default `envoy`, as Envoy).
     pub server_name: http::HeaderValue,
     /// `server_header_transformation`.
@@ -1728,6 +1730,40 @@ pub struct AccessLog {
     pub format: Arc<Format>,
     /// `filter`: which streams get a line (none: all).
     pub filter: Option<LogFilter>,
+}
+
+/// A connection manager's `local_reply_config`.
+#[derive(Debug, PartialEq)]
+pub struct LocalReplyConfig {
+    /// `mappers`, tried in order; the first whose filter passes applies.
+    pub mappers: Vec<ReplyMapper>,
+    /// `body_format` (none: the body as it is, `text/plain`).
+    pub body_format: Option<BodyFormat>,
+}
+
+/// A `ResponseMapper`.
+#[derive(Debug, PartialEq)]
+pub struct ReplyMapper {
+    /// `filter`: which replies it rewrites (an access log filter).
+    pub filter: LogFilter,
+    /// `status_code`.
+    pub status: Option<http::StatusCode>,
+    /// `body`.
+    pub body: Option<bytes::Bytes>,
+    /// `body_format_override`.
+    pub body_format: Option<BodyFormat>,
+    /// `headers_to_add`.
+    pub headers: crate::router::HeaderParser,
+}
+
+/// A local reply's `body_format`: the body made by a format (`%LOCAL_REPLY_BODY%` is the body
+/// as it was), and its content type.
+#[derive(Debug, PartialEq)]
+pub struct BodyFormat {
+    /// The format.
+    pub format: Arc<Format>,
+    /// `content_type`, else `text/plain` or, for a `json_format`, `application/json`.
+    pub content_type: http::HeaderValue,
 }
 
 /// An access log `filter`.

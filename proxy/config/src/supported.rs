@@ -495,6 +495,21 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "drain_timeout",
             "drain_timeout_jitter",
             "delayed_close_timeout",
+            "local_reply_config",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.LocalReplyConfig",
+        &["mappers", "body_format"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.ResponseMapper",
+        &[
+            "filter",
+            "status_code",
+            "body",
+            "body_format_override",
+            "headers_to_add",
         ],
     ),
     // The connection manager's; a cluster's are not reachable through the table.
@@ -709,8 +724,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "include_attempt_count_in_response",
             "require_tls",
             "retry_policy",
+            "virtual_clusters",
         ],
     ),
+    ("envoy.config.route.v3.VirtualCluster", &["name", "headers"]),
     (
         "envoy.config.route.v3.RetryPolicy",
         &[
@@ -1084,6 +1101,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "text_format",
             "json_format",
             "formatters",
+            // A local reply's; Envoy's access logs do not read it either.
+            "content_type",
         ],
     ),
     // Formatter extensions: which ones are known is checked in translation.

@@ -244,7 +244,11 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
         Op::StreamId => info.stream_id.clone(),
         Op::UniqueId => Some(uuid::Uuid::new_v4().to_string()),
         // skiff's route tables have no virtual clusters.
-        Op::VirtualClusterName => None,
+        Op::VirtualClusterName => info.virtual_cluster.as_deref().map(str::to_string),
+        Op::LocalReplyBody => Some(
+            String::from_utf8_lossy(info.local_reply_body.as_deref().unwrap_or_default())
+                .into_owned(),
+        ),
         Op::RequestHeadersBytes => Some(info.request_headers_bytes.to_string()),
         Op::ResponseHeadersBytes => Some(response_headers_bytes(info).to_string()),
         Op::Fixed(v) => v.clone(),

@@ -1067,7 +1067,8 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         }
     }
 
-    let logging = !cfg.access_logs.is_empty();
+    // The stream's record is kept for access logs, and for local replies that formats rewrite.
+    let logging = !cfg.access_logs.is_empty() || cfg.local_reply.is_some();
     let (mut parts, body) = req.into_parts();
     let request = Rc::new(RequestProgress::new(FlowPair::new(
         &stats.downstream_flow_control_paused_reading_total,
@@ -1111,11 +1112,15 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
                 _ => stats.downstream_cx_protocol_error.inc(),
             }
             if let Some(info) = done.info.as_mut() {
+                // A request the codec refuses has no headers in Envoy's access log (`-`); one
+                // refused for its path's fragment passed the codec.
+                let passed_codec = refusal.reason == Reason::Fragment;
                 info.method = refusal
                     .method
                     .as_deref()
+                    .filter(|_| passed_codec)
                     .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
-                info.path = refusal.path;
+                info.path = refusal.path.filter(|_| passed_codec);
                 info.authority = None;
             }
             return local(done, LocalReply::for_codec(refusal.reason), None);
@@ -1124,6 +1129,9 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if version == Version::HTTP_10 || version == Version::HTTP_09 {
         let Some(http10) = &cfg.http10 else {
             done.codec_error = true;
+            if let Some(info) = done.info.as_mut() {
+                (info.method, info.path, info.authority) = (None, None, None);
+            }
             return local(done, LocalReply::UPGRADE_REQUIRED, None);
         };
         // accept_http_10: served as HTTP/1.1 upstream. Unless the client asked to keep the
@@ -1924,13 +1932,19 @@ fn finish_response(
 }
 
 /// Envoy's local reply to a gRPC request: `200`, `application/grpc`, the reply's status as a
-/// `grpc-status` and its body as a percent-encoded `grpc-message`, nothing else (a
-/// trailers-only response).
-fn grpc_reply(reply: &LocalReply, head: &mut http::response::Parts, head_request: bool) {
+/// `grpc-status` and its body as a percent-encoded `grpc-message` (a JSON body without its
+/// final newline), nothing else (a trailers-only response).
+fn grpc_reply(
+    reply: &LocalReply,
+    head: &mut http::response::Parts,
+    body: &[u8],
+    json: bool,
+    head_request: bool,
+) {
     let code = if reply.details == crate::http::timeouts::Expiry::MaxDuration.details() {
         4 // DEADLINE_EXCEEDED, as Envoy's stream duration timer says.
     } else {
-        match reply.status.as_u16() {
+        match head.status.as_u16() {
             400 => 13,
             401 => 16,
             403 => 7,
@@ -1949,9 +1963,13 @@ fn grpc_reply(reply: &LocalReply, head: &mut http::response::Parts, head_request
         head.headers
             .insert("grpc-status", crate::http::headers::number(code));
     }
-    if !reply.body.is_empty() && !head_request {
+    let body = match body {
+        [rest @ .., b'\n'] if json => rest,
+        b => b,
+    };
+    if !body.is_empty() && !head_request {
         let mut msg = String::new();
-        for &b in reply.body.iter() {
+        for &b in body {
             if (0x20..0x7f).contains(&b) && b != b'%' {
                 msg.push(b as char);
             } else {
@@ -1976,28 +1994,44 @@ fn local_parts(
     request_id: Option<HeaderValue>,
 ) -> (http::response::Parts, ProxyBody) {
     let conn = done.conn.clone();
-    let (mut head, mut body) = reply.response().into_parts();
-    // A HEAD gets the head of the reply alone, its content-length kept.
-    if done.head_request {
-        body = ProxyBody::full(bytes::Bytes::new());
+    let started = done.started;
+    // The flag and details are the stream's before a local_reply_config's mappers look.
+    if let Some(info) = done.info.as_mut() {
+        if let Some(f) = reply.flag {
+            info.flags.set(f);
+        }
+        info.details = reply.details;
     }
+    let (mut head, bytes, json) = match (&conn.hcm.config.local_reply, done.info.as_mut()) {
+        (Some(cfg), Some(info)) => {
+            let (head, body, rewrite) = reply.rewrite(cfg, info, started);
+            (head, body, rewrite.content_type == "application/json")
+        }
+        _ => {
+            let (head, body) = reply.finish(reply.head(), reply.body.clone(), None);
+            (head, body, false)
+        }
+    };
+    let empty = bytes.is_empty();
+    // A HEAD gets the head of the reply alone, its content-length kept.
+    let mut body = ProxyBody::full(if done.head_request {
+        bytes::Bytes::new()
+    } else {
+        bytes.clone()
+    });
     if done.grpc {
-        grpc_reply(reply, &mut head, done.head_request);
+        grpc_reply(reply, &mut head, &bytes, json, done.head_request);
         body = ProxyBody::full(bytes::Bytes::new());
     }
     // Over HTTP/2 an empty reply has no content-length (Envoy adds one only for a body; its
     // HTTP/1.1 codec writes `content-length: 0` itself).
-    if reply.body.is_empty() && conn.codec.get() == Some(Codec::Http2) {
+    if empty && conn.codec.get() == Some(Codec::Http2) {
         head.headers.remove(header::CONTENT_LENGTH);
     }
     finish_response(&conn, &conn.hcm.config, &mut head, request_id);
     conn.hcm.stats.response_class(head.status.as_u16());
     if let Some(info) = done.info.as_mut() {
         info.response_code = Some(head.status.as_u16());
-        if let Some(f) = reply.flag {
-            info.flags.set(f);
-        }
-        info.details = reply.details;
         info.response_headers = head.headers.clone();
     }
     (head, body)

@@ -4,9 +4,10 @@
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 
+use crate::config::model::LocalReplyConfig;
 use crate::http::body::ProxyBody;
 use crate::http::framing::Reason;
-use crate::stream_info::ResponseFlag;
+use crate::stream_info::{ResponseFlag, StreamInfo};
 
 /// A local reply: status, body, the response flag and the detail for access logs.
 #[derive(Debug, Clone)]
@@ -317,21 +318,21 @@ impl LocalReply {
 
     /// The response, before the connection manager's own headers (server, via…).
     pub fn response(&self) -> Response<ProxyBody> {
-        let mut r = Response::new(ProxyBody::full(self.body.clone()));
-        *r.status_mut() = self.status;
-        let h = r.headers_mut();
+        let (head, body) = self.finish(self.head(), self.body.clone(), None);
+        Response::from_parts(head, ProxyBody::full(body))
+    }
+
+    /// The status and the headers a reply starts with: its own, then the route's changes
+    /// (Envoy's `modify_headers`).
+    pub fn head(&self) -> http::response::Parts {
+        let (mut head, ()) = Response::new(()).into_parts();
+        head.status = self.status;
+        let h = &mut head.headers;
         for (k, v) in &self.headers {
             h.append(k.clone(), v.clone());
         }
         for m in &self.mutations {
             m.apply(h);
-        }
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(self.body.len()));
-        if !self.body.is_empty() && !h.contains_key(header::CONTENT_TYPE) {
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        }
-        if self.close {
-            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self.flag == Some(ResponseFlag::UpstreamOverflow) {
             h.insert(
@@ -339,6 +340,104 @@ impl LocalReply {
                 HeaderValue::from_static("true"),
             );
         }
-        r
+        head
     }
+
+    /// The framing headers for `body` as Envoy's `prepareLocalReply` sets them: a body gets its
+    /// length and, unless it has one or a rewrite changed the body (and no mapper named its
+    /// own), the content type; an empty reply has neither.
+    pub fn finish(
+        &self,
+        mut head: http::response::Parts,
+        body: Bytes,
+        rewrite: Option<&Rewrite>,
+    ) -> (http::response::Parts, Bytes) {
+        let h = &mut head.headers;
+        if body.is_empty() {
+            h.remove(header::CONTENT_TYPE);
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        } else {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            let changed = rewrite.is_some_and(|r| !r.custom_content_type && body != self.body);
+            if changed || !h.contains_key(header::CONTENT_TYPE) {
+                let ct = rewrite.map_or(HeaderValue::from_static("text/plain"), |r| {
+                    r.content_type.clone()
+                });
+                h.insert(header::CONTENT_TYPE, ct);
+            }
+        }
+        if self.close {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        (head, body)
+    }
+
+    /// The reply as the connection manager's `local_reply_config` makes it: the first mapper
+    /// whose filter passes sets the body, adds its headers and changes the status; then the
+    /// body format (the mapper's, else the configuration's) writes the body. The stream's
+    /// record sees the status as it goes, as Envoy's does.
+    pub fn rewrite(
+        &self,
+        cfg: &LocalReplyConfig,
+        info: &mut StreamInfo,
+        started: std::time::Instant,
+    ) -> (http::response::Parts, Bytes, Rewrite) {
+        let mut head = self.head();
+        let mut body = self.body.clone();
+        info.response_code = Some(head.status.as_u16());
+        info.response_headers = head.headers.clone();
+        let before = head.headers.get(header::CONTENT_TYPE).cloned();
+        // Envoy's duration filter reads the time so far.
+        let duration = info.duration_ms;
+        if duration.is_none() {
+            info.duration_ms = Some(started.elapsed().as_millis() as u64);
+        }
+        let mut format = cfg.body_format.as_ref();
+        for m in &cfg.mappers {
+            if !crate::access_log::passes(&m.filter, info) {
+                continue;
+            }
+            if let Some(b) = &m.body {
+                body = b.clone();
+            }
+            m.headers.apply(&mut head.headers);
+            if let Some(s) = m.status {
+                head.status = s;
+                info.response_code = Some(s.as_u16());
+            }
+            if m.body_format.is_some() {
+                format = m.body_format.as_ref();
+            }
+            break;
+        }
+        info.duration_ms = duration;
+        let custom_content_type = head.headers.get(header::CONTENT_TYPE) != before.as_ref();
+        let content_type = match format {
+            Some(f) => {
+                info.response_headers = head.headers.clone();
+                info.local_reply_body = Some(body);
+                let mut out = String::new();
+                crate::access_log::Render::render(&*f.format, info, &mut out);
+                info.local_reply_body = None;
+                body = Bytes::from(out);
+                f.content_type.clone()
+            }
+            None => HeaderValue::from_static("text/plain"),
+        };
+        let rewrite = Rewrite {
+            content_type,
+            custom_content_type,
+        };
+        let (head, body) = self.finish(head, body, Some(&rewrite));
+        (head, body, rewrite)
+    }
+}
+
+/// What a `local_reply_config` made of a reply's framing.
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    /// The content type of the body format.
+    pub content_type: HeaderValue,
+    /// A mapper's headers changed the content type.
+    pub custom_content_type: bool,
 }

@@ -14,3 +14,4 @@ pub mod local_reply;
 pub mod replay;
 pub mod shadow;
 pub mod timeouts;
+pub mod vcluster;

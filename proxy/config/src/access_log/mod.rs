@@ -64,6 +64,8 @@ pub enum Op {
     StreamId,
     UniqueId,
     VirtualClusterName,
+    /// `%LOCAL_REPLY_BODY%`: a local reply's body, in its `body_format` (empty elsewhere).
+    LocalReplyBody,
     RequestHeadersBytes,
     ResponseHeadersBytes,
     /// `%HOSTNAME%` and `%ENVIRONMENT(X)%`: fixed when the format is built, as in Envoy.
@@ -414,6 +416,7 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
         "STREAM_ID" => Op::StreamId,
         "UNIQUE_ID" => Op::UniqueId,
         "VIRTUAL_CLUSTER_NAME" => Op::VirtualClusterName,
+        "LOCAL_REPLY_BODY" => Op::LocalReplyBody,
         "REQUEST_HEADERS_BYTES" => Op::RequestHeadersBytes,
         "RESPONSE_HEADERS_BYTES" => Op::ResponseHeadersBytes,
         "HOSTNAME" => Op::Fixed(hostname()),

@@ -729,6 +729,19 @@ pub struct VirtualHost {
     pub retry: Option<Arc<retry::RetryPolicy>>,
     /// `typed_per_filter_config`, for routes without their own.
     pub per_filter: PerFilterConfigs,
+    /// `virtual_clusters`: the first whose headers all match names the request's; with any,
+    /// the others count as `other`.
+    pub virtual_clusters: Vec<VirtualCluster>,
+}
+
+/// A `VirtualCluster`: requests its header matchers pick count in
+/// `vhost.<vhost>.vcluster.<name>.*` and show `%VIRTUAL_CLUSTER_NAME%`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VirtualCluster {
+    /// `name`.
+    pub name: Arc<str>,
+    /// `headers` (pseudo-headers too), all of which must match.
+    pub headers: Vec<HeaderMatch>,
 }
 
 /// `VirtualHost.require_tls`: requests whose `x-forwarded-proto` is not `https` are redirected
@@ -747,6 +760,19 @@ impl VirtualHost {
     /// The first route that accepts the request.
     pub fn route(&self, req: &RequestView<'_>) -> Option<&Route> {
         self.routes.iter().find(|r| r.matcher.matches(req))
+    }
+
+    /// The virtual cluster a request counts in: the first that matches, else `other` (`None`
+    /// when the virtual host has no virtual clusters).
+    pub fn virtual_cluster(&self, req: &RequestView<'_>) -> Option<Option<&VirtualCluster>> {
+        if self.virtual_clusters.is_empty() {
+            return None;
+        }
+        Some(
+            self.virtual_clusters
+                .iter()
+                .find(|vc| vc.headers.iter().all(|h| header_matches(h, req))),
+        )
     }
 }
 
@@ -955,6 +981,7 @@ mod tests {
             require_tls: RequireTls::None,
             retry: None,
             per_filter: PerFilterConfigs::default(),
+            virtual_clusters: Vec::new(),
         }
     }
 

@@ -457,7 +457,8 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
         route_specifiers,
     } = m;
     refuse(path, "matcher", matcher)?;
-    refuse(path, "virtual_clusters", virtual_clusters)?;
+    // virtual_clusters: http_manager::virtual_clusters.
+    let _ = virtual_clusters;
     refuse(path, "rate_limits", rate_limits)?;
     refuse(path, "cors", cors)?;
     // typed_per_filter_config: translate::ratelimit::per_filter_configs.
@@ -741,7 +742,8 @@ pub(super) fn http_connection_manager(
         "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
         represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
     )?;
-    refuse(path, "local_reply_config", local_reply_config)?;
+    // local_reply_config: http_manager::local_reply_config.
+    let _ = local_reply_config;
     refuse(
         path,
         "stream_error_on_invalid_http_message",

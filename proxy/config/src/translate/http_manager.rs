@@ -162,6 +162,12 @@ pub(super) fn translate_hcm(
     for (i, a) in h.access_log.iter().enumerate() {
         access_logs.push(translate_access_log(a, &format!("{path}.access_log[{i}]"))?);
     }
+    let local_reply = h
+        .local_reply_config
+        .as_ref()
+        .map(|c| local_reply_config(c, &format!("{path}.local_reply_config")))
+        .transpose()?
+        .map(Arc::new);
     let server_name = if h.server_name.is_empty() {
         "envoy"
     } else {
@@ -414,6 +420,7 @@ pub(super) fn translate_hcm(
         http_filters,
         router,
         access_logs,
+        local_reply,
         server_name,
         server_header,
         generate_request_id: h.generate_request_id.as_ref().is_none_or(|v| v.value),
@@ -548,60 +555,144 @@ pub(super) fn translate_access_log(
         .transpose()?;
     let format = match log_format {
         None => Format::envoy_default(),
-        Some(sfs) => {
-            use core::substitution_format_string::Format as F;
-            let fpath = format!("{tpath}.log_format");
-            let mut ext = Extensions::default();
-            for (i, f) in sfs.formatters.iter().enumerate() {
-                let path = format!("{fpath}.formatters[{i}].typed_config");
-                let any = f
-                    .typed_config
-                    .as_ref()
-                    .ok_or_else(|| ConfigError::new(&path, "required"))?;
-                match type_name(&any.type_url) {
-                    "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery" => {
-                        ext.req_without_query = true
-                    }
-                    other => {
-                        return Err(ConfigError::new(
-                            path,
-                            format!("unsupported formatter extension '{}' ({other})", f.name),
-                        ))
-                    }
-                }
-            }
-            let text = match sfs.format {
-                #[allow(deprecated)]
-                Some(F::TextFormat(t)) => t,
-                Some(F::TextFormatSource(ds)) => match ds.specifier {
-                    Some(core::data_source::Specifier::InlineString(s)) => s,
-                    _ => {
-                        return Err(ConfigError::unsupported(format!(
-                            "{fpath}.text_format_source"
-                        )))
-                    }
-                },
-                Some(F::JsonFormat(st)) => {
-                    let path = format!("{fpath}.json_format");
-                    if st.fields.is_empty() {
-                        return Err(ConfigError::new(path, "needs at least one field"));
-                    }
-                    return Ok(AccessLog {
-                        sink,
-                        format: Arc::new(Format::json(json_template(&st, ext, &path)?)),
-                        filter,
-                    });
-                }
-                None => return Err(ConfigError::new(fpath, "needs text_format_source")),
-            };
-            Format::parse_with(&text, ext)
-                .map_err(|e| ConfigError::new(format!("{fpath}.text_format_source"), e))?
-        }
+        Some(sfs) => substitution_format(&sfs, &format!("{tpath}.log_format"))?,
     };
     Ok(AccessLog {
         sink,
         format: Arc::new(format),
         filter,
+    })
+}
+
+/// A `SubstitutionFormatString`: a text format (inline) or a `json_format`, with its formatter
+/// extensions.
+fn substitution_format(
+    sfs: &core::SubstitutionFormatString,
+    fpath: &str,
+) -> Result<Format, ConfigError> {
+    use core::substitution_format_string::Format as F;
+    let mut ext = Extensions::default();
+    for (i, f) in sfs.formatters.iter().enumerate() {
+        let path = format!("{fpath}.formatters[{i}].typed_config");
+        let any = f
+            .typed_config
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(&path, "required"))?;
+        match type_name(&any.type_url) {
+            "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery" => {
+                ext.req_without_query = true
+            }
+            other => {
+                return Err(ConfigError::new(
+                    path,
+                    format!("unsupported formatter extension '{}' ({other})", f.name),
+                ))
+            }
+        }
+    }
+    let text = match &sfs.format {
+        #[allow(deprecated)]
+        Some(F::TextFormat(t)) => t.clone(),
+        Some(F::TextFormatSource(ds)) => match &ds.specifier {
+            Some(core::data_source::Specifier::InlineString(s)) => s.clone(),
+            _ => {
+                return Err(ConfigError::unsupported(format!(
+                    "{fpath}.text_format_source"
+                )))
+            }
+        },
+        Some(F::JsonFormat(st)) => {
+            let path = format!("{fpath}.json_format");
+            if st.fields.is_empty() {
+                return Err(ConfigError::new(path, "needs at least one field"));
+            }
+            return Ok(Format::json(json_template(st, ext, &path)?));
+        }
+        None => return Err(ConfigError::new(fpath, "needs text_format_source")),
+    };
+    Format::parse_with(&text, ext)
+        .map_err(|e| ConfigError::new(format!("{fpath}.text_format_source"), e))
+}
+
+/// A connection manager's `local_reply_config`.
+fn local_reply_config(
+    c: &hcm::LocalReplyConfig,
+    path: &str,
+) -> Result<crate::model::LocalReplyConfig, ConfigError> {
+    use crate::model::{LocalReplyConfig, ReplyMapper};
+    let mut mappers = Vec::with_capacity(c.mappers.len());
+    for (i, m) in c.mappers.iter().enumerate() {
+        let mpath = format!("{path}.mappers[{i}]");
+        let filter = m
+            .filter
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(format!("{mpath}.filter"), "required"))?;
+        let status = match &m.status_code {
+            None => None,
+            Some(v) if (200..600).contains(&v.value) => {
+                http::StatusCode::from_u16(v.value as u16).ok()
+            }
+            Some(v) => {
+                return Err(ConfigError::new(
+                    format!("{mpath}.status_code"),
+                    format!("{} is not in [200, 600)", v.value),
+                ))
+            }
+        };
+        if m.headers_to_add.len() > 1000 {
+            return Err(ConfigError::new(
+                format!("{mpath}.headers_to_add"),
+                "at most 1000 entries",
+            ));
+        }
+        mappers.push(ReplyMapper {
+            filter: log_filter(filter, &format!("{mpath}.filter"))?,
+            status,
+            body: m
+                .body
+                .as_ref()
+                .map(|ds| super::route_action::data_source(ds, &format!("{mpath}.body")))
+                .transpose()?,
+            body_format: m
+                .body_format_override
+                .as_ref()
+                .map(|f| body_format(f, &format!("{mpath}.body_format_override")))
+                .transpose()?,
+            headers: super::route_action::header_adds(
+                &m.headers_to_add,
+                &format!("{mpath}.headers_to_add"),
+            )?,
+        });
+    }
+    Ok(LocalReplyConfig {
+        mappers,
+        body_format: c
+            .body_format
+            .as_ref()
+            .map(|f| body_format(f, &format!("{path}.body_format")))
+            .transpose()?,
+    })
+}
+
+/// A local reply's body format and its content type (Envoy's: `content_type`, else JSON's or
+/// plain text's).
+fn body_format(
+    sfs: &core::SubstitutionFormatString,
+    path: &str,
+) -> Result<crate::model::BodyFormat, ConfigError> {
+    use core::substitution_format_string::Format as F;
+    let content_type = if !sfs.content_type.is_empty() {
+        http::HeaderValue::from_str(&sfs.content_type).map_err(|_| {
+            ConfigError::new(format!("{path}.content_type"), "not a valid header value")
+        })?
+    } else if matches!(sfs.format, Some(F::JsonFormat(_))) {
+        http::HeaderValue::from_static("application/json")
+    } else {
+        http::HeaderValue::from_static("text/plain")
+    };
+    Ok(crate::model::BodyFormat {
+        format: Arc::new(substitution_format(sfs, path)?),
+        content_type,
     })
 }
 
@@ -838,6 +929,7 @@ pub(crate) fn translate_routes(
             domains: vh.domains.clone(),
             routes,
             per_filter: super::ratelimit::per_filter_configs(&vh.typed_per_filter_config, &vpath)?,
+            virtual_clusters: virtual_clusters(&vh.virtual_clusters, &vpath)?,
         });
     }
     let mut table = RouteConfig {
@@ -1066,6 +1158,34 @@ pub(super) fn header_key(name: &str, path: &str) -> Result<HeaderKey, ConfigErro
         ),
     })
 }
+/// A virtual host's `virtual_clusters`.
+fn virtual_clusters(
+    vcs: &[route::VirtualCluster],
+    vpath: &str,
+) -> Result<Vec<crate::router::VirtualCluster>, ConfigError> {
+    let mut out = Vec::with_capacity(vcs.len());
+    for (i, vc) in vcs.iter().enumerate() {
+        let path = format!("{vpath}.virtual_clusters[{i}]");
+        if vc.name.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                "must not be empty",
+            ));
+        }
+        let headers = vc
+            .headers
+            .iter()
+            .enumerate()
+            .map(|(j, h)| translate_header_match(h, &format!("{path}.headers[{j}]")))
+            .collect::<Result<_, _>>()?;
+        out.push(crate::router::VirtualCluster {
+            name: vc.name.as_str().into(),
+            headers,
+        });
+    }
+    Ok(out)
+}
+
 pub(super) fn translate_header_match(
     h: &route::HeaderMatcher,
     path: &str,

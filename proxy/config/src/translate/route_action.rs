@@ -91,7 +91,7 @@ pub(super) fn translate(
 }
 
 /// A `DataSource` read once, at load: inline text or bytes, or a file.
-fn data_source(ds: &core::DataSource, path: &str) -> Result<bytes::Bytes, ConfigError> {
+pub(super) fn data_source(ds: &core::DataSource, path: &str) -> Result<bytes::Bytes, ConfigError> {
     use core::data_source::Specifier as S;
     Ok(match &ds.specifier {
         Some(S::InlineString(s)) => bytes::Bytes::from(s.clone()),

@@ -5,6 +5,7 @@
 //! A request without a retry policy (or retry headers) makes exactly one attempt, with no
 //! buffering and no allocation for retries.
 
+use crate::http::vcluster::VclusterStats;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -197,10 +198,19 @@ impl RetryState {
     /// Envoy's `shouldRetry`: the decision on an attempt's outcome, counted in the cluster's
     /// stats, the retry taking one of the `max_retries` circuit breaker's slots until its own
     /// outcome is known.
-    pub fn should_retry(&mut self, would: bool, cluster: &Cluster, random: u64) -> Decision {
+    pub fn should_retry(
+        &mut self,
+        would: bool,
+        cluster: &Cluster,
+        vcluster: Option<&VclusterStats>,
+        random: u64,
+    ) -> Decision {
         let stats = &cluster.stats;
         if self.pending && !would {
             stats.upstream_rq_retry_success.inc();
+            if let Some(vc) = vcluster {
+                vc.upstream_rq_retry_success.inc();
+            }
         }
         self.pending = false;
         self.held = None;
@@ -209,16 +219,25 @@ impl RetryState {
         }
         if self.remaining == 0 {
             stats.upstream_rq_retry_limit_exceeded.inc();
+            if let Some(vc) = vcluster {
+                vc.upstream_rq_retry_limit_exceeded.inc();
+            }
             return Decision::LimitExceeded;
         }
         self.remaining -= 1;
         let Some(held) = cluster.info.breakers.default.retries.try_acquire() else {
             stats.upstream_rq_retry_overflow.inc();
+            if let Some(vc) = vcluster {
+                vc.upstream_rq_retry_overflow.inc();
+            }
             return Decision::Overflow;
         };
         self.held = Some(held);
         self.pending = true;
         stats.upstream_rq_retry.inc();
+        if let Some(vc) = vcluster {
+            vc.upstream_rq_retry.inc();
+        }
         stats.upstream_rq_retry_backoff_exponential.inc();
         Decision::Retry(self.backoff.next(random))
     }
@@ -382,6 +401,10 @@ async fn attempts_loop(
             info.upstream_transport_failure = state.failure.take();
         }
         report_outlier(f, &host, &outcome, upstream.is_some());
+        // The virtual cluster counts the attempts that got a connection (Envoy's onPoolReady).
+        if let (Some(vc), true) = (&f.vcluster, state.connected.get()) {
+            vc.upstream_rq_total.inc();
+        }
         // A body too large to keep ends the chance of a retry (Envoy drops its retry state).
         if replay.as_ref().is_some_and(|r| r.overflowed()) {
             retry = None;
@@ -402,7 +425,7 @@ async fn attempts_loop(
                 let status = resp.status().as_u16();
                 if let Some(r) = retry.as_mut() {
                     let would = r.would_retry_headers(status, resp.headers());
-                    match r.should_retry(would, cluster, fastrand::u64(..)) {
+                    match r.should_retry(would, cluster, f.vcluster.as_deref(), fastrand::u64(..)) {
                         Decision::Retry(wait) => {
                             if f.dynamic_stats {
                                 stats.retry_response_code(status);
@@ -436,9 +459,7 @@ async fn attempts_loop(
                     None => stats.upstream_rq_max_duration_reached.inc(),
                 }
                 let reply = Expiry::UpstreamMaxDuration.reply(f.request.done_at().is_some());
-                if f.dynamic_stats {
-                    stats.response_code(reply.status.as_u16());
-                }
+                f.charge(reply.status.as_u16());
                 return Err(reply);
             }
             Outcome::Done(Err(reply)) => {
@@ -451,9 +472,7 @@ async fn attempts_loop(
                 if f.request.failed() {
                     // The upstream request failed because the client's body could not be read:
                     // the client's error, answered with 400 as Envoy does.
-                    if f.dynamic_stats {
-                        stats.response_code(LocalReply::BAD_REQUEST.status.as_u16());
-                    }
+                    f.charge(LocalReply::BAD_REQUEST.status.as_u16());
                     return Err(LocalReply::BAD_REQUEST);
                 }
                 (reply, reset, started)
@@ -485,7 +504,7 @@ async fn attempts_loop(
         };
         if let Some(r) = retry.as_mut() {
             let would = r.would_retry_reset(reset, started);
-            match r.should_retry(would, cluster, fastrand::u64(..)) {
+            match r.should_retry(would, cluster, f.vcluster.as_deref(), fastrand::u64(..)) {
                 Decision::Retry(wait) => {
                     if back_off(wait, route_timer.as_mut()).await {
                         continue;
@@ -502,9 +521,7 @@ async fn attempts_loop(
         if attempts > 1 {
             retried_body(&mut reply);
         }
-        if f.dynamic_stats {
-            stats.response_code(reply.status.as_u16());
-        }
+        f.charge(reply.status.as_u16());
         return Err(reply);
     }
 }
@@ -562,11 +579,10 @@ fn route_timeout(f: &Forward<'_>, upstream: Option<Upstream>) -> LocalReply {
         }
         None => f.cluster.stats.upstream_rq_timeout.inc(),
     }
-    if f.dynamic_stats {
-        f.cluster
-            .stats
-            .response_code(LocalReply::TIMEOUT.status.as_u16());
+    if let Some(vc) = &f.vcluster {
+        vc.upstream_rq_timeout.inc();
     }
+    f.charge(LocalReply::TIMEOUT.status.as_u16());
     LocalReply::TIMEOUT
 }
 

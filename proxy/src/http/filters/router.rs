@@ -429,6 +429,27 @@ pub async fn route(
         info.upstream_cluster = Some(cluster.name.clone());
         info.upstream_cluster_stat = cluster.config().alt_stat_name.as_deref().map(Into::into);
     }
+    // The virtual cluster the request counts in (the virtual host's first that matches, or
+    // `other`), judged on the request as the router got it.
+    let vcluster = {
+        let view = crate::router::RequestView {
+            method: parts.method.as_str(),
+            path: parts.uri.path_and_query().map_or("", |p| p.as_str()),
+            authority: authority(&parts).unwrap_or(""),
+            scheme,
+            headers: &parts.headers,
+            runtime,
+            random,
+            peer_certificate: false,
+        };
+        vhost.virtual_cluster(&view).map(|vc| {
+            let name = vc.map_or("other", |v| &v.name);
+            if let (Some(info), Some(vc)) = (info.as_deref_mut(), vc) {
+                info.virtual_cluster = Some(vc.name.clone());
+            }
+            worker.vclusters.get(&worker.shard, &vhost.name, name)
+        })
+    };
     // The request's hash, for a cluster that picks hosts by it: from the request as the
     // router got it (before the route's header changes, as Envoy picks the host first).
     let mut set_cookies = Vec::new();
@@ -636,6 +657,7 @@ pub async fn route(
             None => forward.metadata_match.clone(),
         },
         set_cookies,
+        vcluster,
     };
     super::retry::forward(&f, parts, body, retry, info).await
 }
@@ -886,6 +908,7 @@ fn start_mirrors(
                 hash: None,
                 criteria: None,
                 set_cookies: Vec::new(),
+                vcluster: None,
             };
             if let Ok((resp, upstream, _)) = super::retry::forward(&f, head, copy, None, None).await
             {
@@ -944,9 +967,21 @@ pub(super) struct Forward<'a> {
     pub criteria: Option<std::sync::Arc<crate::config::model::MatchCriteria>>,
     /// Cookies its hash policy made, for the response.
     pub set_cookies: Vec<HeaderValue>,
+    /// The virtual cluster the request counts in.
+    pub vcluster: Option<Rc<crate::http::vcluster::VclusterStats>>,
 }
 
 impl Forward<'_> {
+    /// Counts a response code for the cluster and the virtual cluster, with dynamic stats on.
+    pub(super) fn charge(&self, code: u16) {
+        if self.dynamic_stats {
+            self.cluster.stats.response_code(code);
+            if let Some(vc) = &self.vcluster {
+                vc.response_code(code);
+            }
+        }
+    }
+
     /// A host for the next attempt, avoiding `avoid` up to `tries` more picks.
     pub(super) fn select_host(
         &self,
@@ -987,9 +1022,7 @@ impl Forward<'_> {
         attempts: u32,
         stream_until: Option<tokio::time::Instant>,
     ) -> (Response<ProxyBody>, Upstream, Option<Deadline>) {
-        if self.dynamic_stats {
-            self.cluster.stats.response_code(resp.status().as_u16());
-        }
+        self.charge(resp.status().as_u16());
         upstream.failed = resp.status().is_server_error();
         upstream.responded = true;
         for p in &self.response_headers {
@@ -1027,6 +1060,8 @@ pub(super) struct AttemptState {
     pub failure: std::cell::RefCell<Option<String>>,
     /// Whether it negotiated HTTP/2.
     pub http2: std::cell::Cell<bool>,
+    /// Whether the pool gave it a connection (Envoy's `onPoolReady`).
+    pub connected: std::cell::Cell<bool>,
 }
 
 impl AttemptState {
@@ -1035,6 +1070,7 @@ impl AttemptState {
             upstream: std::cell::RefCell::new(None),
             failure: std::cell::RefCell::new(None),
             http2: std::cell::Cell::new(false),
+            connected: std::cell::Cell::new(false),
         }
     }
 }
@@ -1058,6 +1094,7 @@ pub(super) async fn attempt(
         let mut stream = pool::connect(cluster, host)
             .await
             .map_err(|e| connect_failure(e, failure))?;
+        state.connected.set(true);
         let info = pool::connection_info(stream.get_mut());
         let mut resp = Response::new(ProxyBody::full(bytes::Bytes::new()));
         resp.extensions_mut().insert(TcpTunnel::new(stream));
@@ -1092,6 +1129,7 @@ pub(super) async fn attempt(
         authority: f.authority,
         request: f.request,
         failure,
+        connected: &state.connected,
     };
     if http2 {
         send_http2(&target, parts, body).await
@@ -1131,6 +1169,8 @@ struct Target<'a> {
     request: &'a RequestProgress,
     /// Why a connect failed, for `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
     failure: &'a std::cell::RefCell<Option<String>>,
+    /// Set when the pool gives the request a connection.
+    connected: &'a std::cell::Cell<bool>,
 }
 
 /// The TCP connection of a terminated CONNECT, handed to the connection manager with its 200
@@ -1192,6 +1232,7 @@ async fn send_http1(
         .acquire(cluster, host)
         .await
         .map_err(connect_failure)?;
+    t.connected.set(true);
     loop {
         sender.sending_for(request.downstream_flow.clone());
         if let Err(e) = sender.ready().await {
@@ -1262,6 +1303,7 @@ async fn send_http2(
             .stream(cluster, host)
             .await
             .map_err(connect_failure)?;
+        t.connected.set(true);
         let mut req = Request::new(());
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();

@@ -1,0 +1,91 @@
+//! Virtual clusters' stats (`vhost.<vhost>.vcluster.<name>.*`), charged as Envoy's router
+//! charges them: the requests that got a connection, every response code (those dropped for a
+//! retry too) with `upstream_rq_completed`, the retry decisions and route timeouts.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::stats::{Counter, Shard};
+
+/// One virtual cluster's stats on one worker.
+#[derive(Debug)]
+pub struct VclusterStats {
+    shard: Arc<Shard>,
+    prefix: String,
+    by_code: RefCell<HashMap<u16, (Counter, Counter)>>,
+    /// `upstream_rq_total`.
+    pub upstream_rq_total: Counter,
+    /// `upstream_rq_completed`.
+    pub upstream_rq_completed: Counter,
+    /// `upstream_rq_retry`.
+    pub upstream_rq_retry: Counter,
+    /// `upstream_rq_retry_limit_exceeded`.
+    pub upstream_rq_retry_limit_exceeded: Counter,
+    /// `upstream_rq_retry_overflow`.
+    pub upstream_rq_retry_overflow: Counter,
+    /// `upstream_rq_retry_success`.
+    pub upstream_rq_retry_success: Counter,
+    /// `upstream_rq_timeout`.
+    pub upstream_rq_timeout: Counter,
+}
+
+impl VclusterStats {
+    fn new(shard: Arc<Shard>, vhost: &str, name: &str) -> Self {
+        let prefix = format!("vhost.{vhost}.vcluster.{name}.");
+        let c = |n: &str| shard.counter(&format!("{prefix}{n}"));
+        VclusterStats {
+            upstream_rq_total: c("upstream_rq_total"),
+            upstream_rq_completed: c("upstream_rq_completed"),
+            upstream_rq_retry: c("upstream_rq_retry"),
+            upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
+            upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
+            upstream_rq_retry_success: c("upstream_rq_retry_success"),
+            upstream_rq_timeout: c("upstream_rq_timeout"),
+            by_code: RefCell::default(),
+            shard,
+            prefix,
+        }
+    }
+
+    /// Counts a response: `upstream_rq_completed`, `upstream_rq_<code>`, `upstream_rq_<N>xx`.
+    pub fn response_code(&self, code: u16) {
+        self.upstream_rq_completed.inc();
+        let mut map = self.by_code.borrow_mut();
+        let (exact, class) = map.entry(code).or_insert_with(|| {
+            (
+                self.shard
+                    .counter(&format!("{}upstream_rq_{code}", self.prefix)),
+                self.shard
+                    .counter(&format!("{}upstream_rq_{}xx", self.prefix, code / 100)),
+            )
+        });
+        exact.inc();
+        class.inc();
+    }
+}
+
+/// One virtual host's virtual cluster stats, by name.
+type ByName = HashMap<Arc<str>, Rc<VclusterStats>>;
+
+/// A worker's virtual cluster stats, by virtual host and name, made when first used.
+#[derive(Debug, Default)]
+pub struct Vclusters {
+    by_vhost: RefCell<HashMap<String, ByName>>,
+}
+
+impl Vclusters {
+    /// The stats of virtual cluster `name` (`other` for none) of virtual host `vhost`.
+    pub fn get(&self, shard: &Arc<Shard>, vhost: &str, name: &str) -> Rc<VclusterStats> {
+        let mut map = self.by_vhost.borrow_mut();
+        if let Some(s) = map.get(vhost).and_then(|m| m.get(name)) {
+            return s.clone();
+        }
+        let s = Rc::new(VclusterStats::new(shard.clone(), vhost, name));
+        map.entry(vhost.to_string())
+            .or_default()
+            .insert(name.into(), s.clone());
+        s
+    }
+}
