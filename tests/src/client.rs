@@ -620,3 +620,101 @@ pub async fn h2load(args: &[&str]) -> H2loadReply {
         output,
     }
 }
+
+/// What an HTTP/1.1 client saw of one CONNECT.
+#[derive(Debug)]
+pub struct ConnectSeen {
+    /// The response head.
+    pub resp: Resp,
+    /// What came back through the tunnel.
+    pub echo: Vec<u8>,
+    /// Whether the connection closed once the client ended its side.
+    pub closed: bool,
+}
+
+/// A CONNECT to `target` through the proxy on `port` from an HTTP/1.1 client, with `extra`
+/// header lines and `early` bytes for the tunnel sent with it, before its reply; after a 200,
+/// 18 bytes go through and the client ends its side.
+pub async fn connect_h1(port: u16, target: &str, extra: &str, early: &[u8]) -> ConnectSeen {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut req =
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n").into_bytes();
+    req.extend_from_slice(early);
+    s.write_all(&req).await.expect("write");
+    let mut data = Vec::new();
+    let head_end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(3), s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => data.extend_from_slice(&chunk[..n]),
+            _ => panic!("no response head: {:?}", String::from_utf8_lossy(&data)),
+        }
+    };
+    let (_, resp) = parse_http_dump(&data[..head_end]);
+    let mut echo = data[head_end..].to_vec();
+    if resp.status == 200 {
+        s.write_all(b"through the tunnel").await.expect("write");
+        while echo.len() < early.len() + 18 {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_secs(3), s.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => echo.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        let _ = s.shutdown().await;
+    }
+    let rest = read_until_close(&mut s, Duration::from_secs(3)).await;
+    echo.extend_from_slice(&rest.data);
+    ConnectSeen {
+        resp,
+        echo,
+        closed: rest.closed,
+    }
+}
+
+/// An HTTP/2 CONNECT to `authority` through the proxy on `port`: the status, and the echo of
+/// the 18 bytes sent through the stream.
+pub async fn connect_h2(port: u16, authority: &str, extra: &[(&str, &str)]) -> (u16, Vec<u8>) {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.expect("ready");
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(authority);
+    for (name, value) in extra {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(()).expect("request");
+    let (resp, mut send) = client.send_request(req, false).expect("send");
+    let resp = tokio::time::timeout(Duration::from_secs(3), resp)
+        .await
+        .expect("a response in time")
+        .expect("a response");
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut echo = Vec::new();
+    if status == 200 {
+        send.send_data("through the stream".into(), false)
+            .expect("send");
+        while let Ok(Some(Ok(chunk))) =
+            tokio::time::timeout(Duration::from_secs(3), body.data()).await
+        {
+            let _ = body.flow_control().release_capacity(chunk.len());
+            echo.extend_from_slice(&chunk);
+            if echo.len() >= 18 {
+                break;
+            }
+        }
+        let _ = send.send_data(bytes::Bytes::new(), true);
+    }
+    (status, echo)
+}

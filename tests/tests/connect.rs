@@ -7,14 +7,12 @@
 use std::time::Duration;
 
 use serde_json::json;
-use skiff_tests::client::{self, Resp};
+use skiff_tests::client;
 use skiff_tests::config::{bootstrap, cluster, hcm, listener, to_yaml};
 use skiff_tests::proxy::{Kind, ProxyProcess};
 use skiff_tests::side_by_side::assert_same_response;
 use skiff_tests::upstream::{TcpMode, TcpUpstream};
 use skiff_tests::{free_port, run};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// One proxy and its CONNECT upstream.
 struct Side {
@@ -85,101 +83,19 @@ fn upstream_head(received: &[u8]) -> Vec<String> {
     lines
 }
 
-/// What an HTTP/1.1 client saw of one CONNECT: the response head, the echo of its bytes, and
-/// whether the connection closed once it ended its side.
-#[derive(Debug)]
-struct Seen {
-    resp: Resp,
-    echo: Vec<u8>,
-    closed: bool,
-}
+use client::ConnectSeen as Seen;
 
 async fn connect_h1(side: &Side, target: &str, extra: &str) -> Seen {
-    connect_h1_early(side, target, extra, b"").await
+    client::connect_h1(side.port, target, extra, b"").await
 }
 
 /// [`connect_h1`] with `early` bytes for the tunnel sent with the CONNECT, before its reply.
 async fn connect_h1_early(side: &Side, target: &str, extra: &str, early: &[u8]) -> Seen {
-    let mut s = TcpStream::connect(("127.0.0.1", side.port))
-        .await
-        .expect("connect");
-    let mut req =
-        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n").into_bytes();
-    req.extend_from_slice(early);
-    s.write_all(&req).await.expect("write");
-    let mut data = Vec::new();
-    let head_end = loop {
-        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(Duration::from_secs(3), s.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => data.extend_from_slice(&chunk[..n]),
-            _ => panic!("no response head: {:?}", String::from_utf8_lossy(&data)),
-        }
-    };
-    let (_, resp) = client::parse_http_dump(&data[..head_end]);
-    let mut echo = data[head_end..].to_vec();
-    if resp.status == 200 {
-        s.write_all(b"through the tunnel").await.expect("write");
-        while echo.len() < early.len() + 18 {
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout(Duration::from_secs(3), s.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => echo.extend_from_slice(&chunk[..n]),
-                _ => break,
-            }
-        }
-        let _ = s.shutdown().await;
-    }
-    let rest = client::read_until_close(&mut s, Duration::from_secs(3)).await;
-    echo.extend_from_slice(&rest.data);
-    Seen {
-        resp,
-        echo,
-        closed: rest.closed,
-    }
+    client::connect_h1(side.port, target, extra, early).await
 }
 
-/// An HTTP/2 CONNECT: the status, and the echo of the bytes sent through the stream.
 async fn connect_h2(side: &Side, extra: &[(&str, &str)]) -> (u16, Vec<u8>) {
-    let tcp = TcpStream::connect(("127.0.0.1", side.port))
-        .await
-        .expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut client = client.ready().await.expect("ready");
-    let mut req = http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri("example.com:443");
-    for (name, value) in extra {
-        req = req.header(*name, *value);
-    }
-    let req = req.body(()).expect("request");
-    let (resp, mut send) = client.send_request(req, false).expect("send");
-    let resp = tokio::time::timeout(Duration::from_secs(3), resp)
-        .await
-        .expect("a response in time")
-        .expect("a response");
-    let status = resp.status().as_u16();
-    let mut body = resp.into_body();
-    let mut echo = Vec::new();
-    if status == 200 {
-        send.send_data("through the stream".into(), false)
-            .expect("send");
-        while let Ok(Some(Ok(chunk))) =
-            tokio::time::timeout(Duration::from_secs(3), body.data()).await
-        {
-            let _ = body.flow_control().release_capacity(chunk.len());
-            echo.extend_from_slice(&chunk);
-            if echo.len() >= 18 {
-                break;
-            }
-        }
-        let _ = send.send_data(bytes::Bytes::new(), true);
-    }
-    (status, echo)
+    client::connect_h2(side.port, "example.com:443", extra).await
 }
 
 #[tokio::test]

@@ -1505,6 +1505,8 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
                 None
             } else if let Some(t) = resp.extensions_mut().remove::<router::TcpTunnel>() {
                 t.take().map(UpstreamTunnel::Tcp)
+            } else if let Some(t) = resp.extensions_mut().remove::<router::H2Tunnel>() {
+                t.take().map(UpstreamTunnel::H2)
             } else {
                 resp.extensions_mut()
                     .remove::<hyper::upgrade::OnUpgrade>()
@@ -1715,6 +1717,8 @@ fn restore(h: &mut http::HeaderMap, kept: KeptHeaders) {
 enum UpstreamTunnel {
     Upgrade(hyper::upgrade::OnUpgrade),
     Tcp(crate::upstream::pool::UpstreamStream),
+    /// A CONNECT's stream on an HTTP/2 connection.
+    H2(crate::http::h2_tunnel::H2Io),
 }
 
 /// Either side's bytes, once the hand-over is done.
@@ -1726,6 +1730,7 @@ impl UpstreamTunnel {
         Ok(match self {
             UpstreamTunnel::Upgrade(u) => Box::new(TokioIo::new(u.await?)),
             UpstreamTunnel::Tcp(s) => Box::new(s),
+            UpstreamTunnel::H2(s) => Box::new(s),
         })
     }
 }

@@ -9,6 +9,7 @@ pub mod filters;
 pub mod framing;
 pub mod h1_guard;
 pub mod h2_frames;
+pub mod h2_tunnel;
 pub mod headers;
 pub mod local_reply;
 pub mod replay;

@@ -1110,9 +1110,9 @@ pub(super) async fn attempt(
         },
     };
     state.http2.set(http2);
-    // An upgrade over HTTP/2 needs an extended CONNECT, not built yet: refused here, before it
-    // could make a healthy upstream connection look broken.
-    if f.upgrade.is_some() && http2 {
+    // An upgrade other than CONNECT over HTTP/2 needs an extended CONNECT, not built yet:
+    // refused here, before it could make a healthy upstream connection look broken.
+    if f.upgrade.is_some_and(|u| u != "connect") && http2 {
         return Err(LocalReply {
             details: "upgrade_failed",
             ..LocalReply::CONNECTION_TERMINATION
@@ -1130,6 +1130,7 @@ pub(super) async fn attempt(
         request: f.request,
         failure,
         connected: &state.connected,
+        tunnel: f.upgrade == Some("connect"),
     };
     if http2 {
         send_http2(&target, parts, body).await
@@ -1171,6 +1172,8 @@ struct Target<'a> {
     failure: &'a std::cell::RefCell<Option<String>>,
     /// Set when the pool gives the request a connection.
     connected: &'a std::cell::Cell<bool>,
+    /// A CONNECT: its stream is the tunnel.
+    tunnel: bool,
 }
 
 /// The TCP connection of a terminated CONNECT, handed to the connection manager with its 200
@@ -1185,6 +1188,18 @@ impl TcpTunnel {
 
     /// The connection, the first time.
     pub fn take(&self) -> Option<pool::UpstreamStream> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// The HTTP/2 stream of a CONNECT the upstream accepted, handed to the connection manager with
+/// its 2xx (taken once).
+#[derive(Clone)]
+pub struct H2Tunnel(std::sync::Arc<std::sync::Mutex<Option<crate::http::h2_tunnel::H2Io>>>);
+
+impl H2Tunnel {
+    /// The stream, the first time.
+    pub fn take(&self) -> Option<crate::http::h2_tunnel::H2Io> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
@@ -1286,13 +1301,32 @@ async fn send_http2(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| LocalReply::MISSING_HOST)?;
+    // A CONNECT names its authority alone (`:path` and `:scheme` absent).
+    let uri = if t.tunnel {
+        Uri::builder().authority(authority).build()
+    } else {
+        Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(pq)
+            .build()
+    }
+    .map_err(|_| LocalReply::MISSING_HOST)?;
     parts.headers.remove(header::HOST);
+    if t.tunnel {
+        // HTTP/1.1's connection headers have no place on an HTTP/2 stream.
+        for h in [
+            header::CONNECTION,
+            header::UPGRADE,
+            header::TRANSFER_ENCODING,
+            header::CONTENT_LENGTH,
+        ] {
+            parts.headers.remove(h);
+        }
+        parts.headers.remove("keep-alive");
+        parts.headers.remove("proxy-connection");
+        return send_h2_connect(t, parts, uri).await;
+    }
     let end_stream = body.is_end_stream();
     let mut body = Some(body);
     // A stream the upstream refused without processing (GOAWAY, REFUSED_STREAM) is retried once on
@@ -1369,6 +1403,81 @@ async fn send_http2(
         }
     }
     Err(LocalReply::CONNECTION_TERMINATION)
+}
+
+/// A CONNECT over an HTTP/2 connection: the stream stays open for the tunnel; a 2xx hands it
+/// to the connection manager ([`H2Tunnel`]), any other answer goes to the client as it is.
+async fn send_h2_connect(
+    t: &Target<'_>,
+    parts: http::request::Parts,
+    uri: Uri,
+) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
+    let (cluster, host) = (t.cluster, t.host);
+    let slot = host
+        .h2
+        .stream(cluster, host)
+        .await
+        .map_err(|e| connect_failure(e, t.failure))?;
+    t.connected.set(true);
+    let mut req = Request::new(());
+    *req.method_mut() = http::Method::CONNECT;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_2;
+    *req.headers_mut() = parts.headers;
+    let mut sender = match slot.sender().ready().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection refuses new streams");
+            slot.conn().retire();
+            return Err(LocalReply::CONNECTION_TERMINATION);
+        }
+    };
+    let (response, send) = sender.send_request(req, false).map_err(|e| {
+        tracing::debug!(error = %e, "upstream HTTP/2 connection refused a stream");
+        slot.conn().retire();
+        LocalReply::CONNECTION_TERMINATION
+    })?;
+    match response.await {
+        Ok(resp) if resp.status().is_success() => {
+            let (head, recv) = resp.into_parts();
+            let mut resp = Response::from_parts(head, ProxyBody::Empty);
+            let io = crate::http::h2_tunnel::H2Io::new(send, recv);
+            resp.extensions_mut()
+                .insert(H2Tunnel(std::sync::Arc::new(std::sync::Mutex::new(Some(
+                    io,
+                )))));
+            Ok((
+                resp,
+                Conn::Http2 {
+                    stream: slot,
+                    pump: None,
+                },
+            ))
+        }
+        Ok(resp) => {
+            let resp = resp.map(|recv| ProxyBody::H2 {
+                recv,
+                data_done: false,
+            });
+            Ok((
+                resp,
+                Conn::Http2 {
+                    stream: slot,
+                    pump: None,
+                },
+            ))
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "upstream HTTP/2 CONNECT failed");
+            Err(if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                LocalReply::REFUSED_STREAM
+            } else if e.is_io() {
+                LocalReply::CONNECTION_TERMINATION
+            } else {
+                LocalReply::REMOTE_RESET
+            })
+        }
+    }
 }
 
 /// The `location` of a redirect, as Envoy's `Http::Utility::newUri` builds it.
