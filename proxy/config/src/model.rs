@@ -1029,9 +1029,22 @@ pub struct TcpProxy {
     pub idle_timeout: Option<Duration>,
     /// `access_log`.
     pub access_logs: Vec<AccessLog>,
+    /// `tunneling_config`: the connection carried in an HTTP CONNECT (or POST) to the upstream.
+    pub tunneling: Option<Arc<Tunneling>>,
 }
 
-/// `codec_type`.
+/// tcp_proxy's `tunneling_config`.
+#[derive(Debug, PartialEq)]
+pub struct Tunneling {
+    /// `hostname`: the CONNECT's authority, a format of the connection.
+    pub hostname: Arc<Format>,
+    /// `use_post`: a POST to `post_path` instead of a CONNECT.
+    pub use_post: bool,
+    /// `post_path` (default `/`).
+    pub post_path: String,
+    /// `headers_to_add`.
+    pub headers: crate::router::HeaderParser,
+}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodecType {
     /// HTTP/1.1, or HTTP/2 when the connection opens with the h2 preface.

@@ -446,7 +446,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "weighted_clusters",
             "idle_timeout",
             "access_log",
+            "tunneling_config",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.TunnelingConfig",
+        &["hostname", "use_post", "post_path", "headers_to_add"],
     ),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster",

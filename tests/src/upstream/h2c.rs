@@ -155,6 +155,39 @@ async fn handle(
     opts: &H2Options,
 ) {
     let (parts, mut body) = req.into_parts();
+    // A CONNECT, or a POST to `/tunnel…`, is a tunnel: recorded at once, answered 200, and
+    // its bytes echoed until the client ends its side.
+    if parts.method == http::Method::CONNECT || parts.uri.path().starts_with("/tunnel") {
+        rec.push(RecordedRequest {
+            conn,
+            method: parts.method.as_str().to_string(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default(),
+            authority: parts.uri.authority().map(|a| a.as_str().to_string()),
+            version: parts.version,
+            headers: crate::client::header_list(&parts.headers),
+            body: Bytes::new(),
+        });
+        let resp = http::Response::builder()
+            .status(200)
+            .header("x-upstream", opts.name.as_str())
+            .body(())
+            .expect("valid response");
+        let Ok(mut send) = respond.send_response(resp, false) else {
+            return;
+        };
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if send.send_data(chunk, false).is_err() {
+                return;
+            }
+        }
+        let _ = send.send_data(Bytes::new(), true);
+        return;
+    }
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.data().await {
         let Ok(chunk) = chunk else {

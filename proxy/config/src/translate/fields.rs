@@ -811,7 +811,8 @@ pub(super) fn tcp_proxy(m: &tcp_pb::TcpProxy, path: &str) -> Result<(), ConfigEr
     refuse(path, "max_connect_attempts", max_connect_attempts)?;
     refuse(path, "backoff_options", backoff_options)?;
     refuse(path, "hash_policy", hash_policy)?;
-    refuse(path, "tunneling_config", tunneling_config)?;
+    // tunneling_config: translate_tcp_proxy.
+    let _ = tunneling_config;
     refuse(
         path,
         "max_downstream_connection_duration",

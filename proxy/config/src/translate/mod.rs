@@ -1318,11 +1318,49 @@ fn translate_tcp_proxy(t: &tcp::TcpProxy, path: &str) -> Result<TcpProxy, Config
     for (i, a) in t.access_log.iter().enumerate() {
         access_logs.push(translate_access_log(a, &format!("{path}.access_log[{i}]"))?);
     }
+    let tunneling = t
+        .tunneling_config
+        .as_ref()
+        .map(|c| tunneling(c, &format!("{path}.tunneling_config")))
+        .transpose()?
+        .map(Arc::new);
     Ok(TcpProxy {
         stat_prefix: t.stat_prefix.clone(),
         cluster,
         idle_timeout,
         access_logs,
+        tunneling,
+    })
+}
+
+/// tcp_proxy's `tunneling_config`, checked as Envoy checks it.
+fn tunneling(
+    c: &tcp::tcp_proxy::TunnelingConfig,
+    path: &str,
+) -> Result<crate::model::Tunneling, ConfigError> {
+    if c.hostname.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.hostname"),
+            "value length must be at least 1 characters",
+        ));
+    }
+    if !c.post_path.is_empty() && !c.use_post {
+        return Err(ConfigError::new(
+            format!("{path}.post_path"),
+            "Can't set a post path when POST method isn't used",
+        ));
+    }
+    let hostname = crate::access_log::Format::parse(&c.hostname)
+        .map_err(|e| ConfigError::new(format!("{path}.hostname"), e))?;
+    Ok(crate::model::Tunneling {
+        hostname: Arc::new(hostname),
+        use_post: c.use_post,
+        post_path: if c.post_path.is_empty() {
+            "/".to_string()
+        } else {
+            c.post_path.clone()
+        },
+        headers: route_action::header_adds(&c.headers_to_add, &format!("{path}.headers_to_add"))?,
     })
 }
 

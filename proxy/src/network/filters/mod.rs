@@ -2,4 +2,5 @@
 
 pub mod connection_limit;
 pub mod local_ratelimit;
+pub mod post_tunnel;
 pub mod tcp_proxy;

@@ -12,6 +12,7 @@ use crate::io::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::post_tunnel;
 use crate::config::model;
 use crate::io::Counted;
 use crate::stats::{Counter, Shard};
@@ -141,41 +142,77 @@ async fn proxy(
     if let Some(info) = info.as_deref_mut() {
         info.upstream_host = Some(host.address);
     }
-    let connected = match pool::connect_from(&cluster, &host, source).await {
-        // tcp_proxy does not know who speaks first: a PROXY header goes out at once.
-        Ok(mut s) => s
-            .get_mut()
-            .send_prefix()
-            .await
-            .map(|()| s)
-            .map_err(pool::ConnectError::Io),
-        Err(e) => Err(e),
-    };
-    if let Some(o) = &cluster.config().outlier {
-        use crate::upstream::outlier::Monitor;
-        match &connected {
-            Ok(_) => Monitor::put_connected_final(&host.stats, o),
-            Err(pool::ConnectError::Timeout) => Monitor::put_timeout(&host.stats, o, 504),
-            Err(_) => Monitor::put_connect_failed(&host.stats, o),
-        }
-    }
-    let mut upstream = match connected {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(error = %e, upstream = %host.address, "tcp_proxy connect failed");
-            if let Some(info) = info {
-                info.flags.set(ResponseFlag::UpstreamConnectionFailure);
-                info.upstream_transport_failure = e.transport_failure_reason();
+    let tunneling = cfg.tunneling.as_deref();
+    let h2_tunnel =
+        tunneling.is_some() && cluster.config().protocol == model::UpstreamProtocol::Http2;
+    let upstream: Box<dyn Io>;
+    let _guard;
+    if let (Some(t), true) = (tunneling, h2_tunnel) {
+        // An HTTP/2 stream of the cluster's pool carries the connection.
+        let authority = tunnel_authority(t, info.as_deref(), remote, local);
+        match open_h2_tunnel(&cluster, &host, t, &authority).await {
+            Ok(io) => upstream = Box::new(io),
+            Err(flag) => {
+                if let Some(info) = info {
+                    info.flags.set(flag);
+                }
+                return;
             }
-            return;
         }
-    };
-    if let Some(info) = info.as_deref_mut() {
-        info.upstream_connection = Some(pool::connection_info(upstream.get_mut()));
+        _guard = None;
+    } else {
+        let connected = match pool::connect_from(&cluster, &host, source).await {
+            // tcp_proxy does not know who speaks first: a PROXY header goes out at once.
+            Ok(mut s) => s
+                .get_mut()
+                .send_prefix()
+                .await
+                .map(|()| s)
+                .map_err(pool::ConnectError::Io),
+            Err(e) => Err(e),
+        };
+        if let Some(o) = &cluster.config().outlier {
+            use crate::upstream::outlier::Monitor;
+            match &connected {
+                Ok(_) => Monitor::put_connected_final(&host.stats, o),
+                Err(pool::ConnectError::Timeout) => Monitor::put_timeout(&host.stats, o, 504),
+                Err(_) => Monitor::put_connect_failed(&host.stats, o),
+            }
+        }
+        let mut conn = match connected {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, upstream = %host.address, "tcp_proxy connect failed");
+                if let Some(info) = info {
+                    info.flags.set(ResponseFlag::UpstreamConnectionFailure);
+                    info.upstream_transport_failure = e.transport_failure_reason();
+                }
+                return;
+            }
+        };
+        if let Some(info) = info.as_deref_mut() {
+            info.upstream_connection = Some(pool::connection_info(conn.get_mut()));
+        }
+        // Counted in the connection breaker (tcp_proxy does not wait on it yet).
+        let cx = cluster.info.breakers.default.connections.acquire_anyway();
+        _guard = Some(pool::ConnGuard::new(&cluster, &host, cx));
+        upstream = match tunneling {
+            None => Box::new(conn),
+            Some(t) => {
+                let authority = tunnel_authority(t, info.as_deref(), remote, local);
+                match open_h1_tunnel(conn, t, &authority).await {
+                    Ok(io) => Box::new(io),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "tcp_proxy tunnel refused");
+                        if let Some(info) = info {
+                            info.flags.set(ResponseFlag::UpstreamConnectionFailure);
+                        }
+                        return;
+                    }
+                }
+            }
+        };
     }
-    // Counted in the connection breaker (tcp_proxy does not wait on it yet).
-    let cx = cluster.info.breakers.default.connections.acquire_anyway();
-    let _upstream = pool::ConnGuard::new(&cluster, &host, cx);
     let max = buffer_limit.clamp(1024, MAX_BUFFER);
     let last_activity = Rc::new(Cell::new(Instant::now()));
     let downstream = Counted::new(
@@ -198,7 +235,19 @@ async fn proxy(
     };
     let up = pump(dr, uw, max, &last_activity, &moved.received, up_pauses);
     let down = pump(ur, dw, max, &last_activity, &moved.sent, down_pauses);
-    let both = async { tokio::join!(up, down) };
+    // Over an HTTP/1.1 tunnel either side's end ends the connection (Envoy's HTTP/1.1 upstream
+    // has no half-close: the client's FIN closes both, after a POST's last chunk).
+    let h1_tunnel = tunneling.is_some() && !h2_tunnel;
+    let both = async {
+        if h1_tunnel {
+            tokio::select! {
+                _ = up => {}
+                _ = down => {}
+            }
+        } else {
+            tokio::join!(up, down);
+        }
+    };
     match cfg.idle_timeout {
         Some(idle) => {
             tokio::select! {
@@ -215,6 +264,207 @@ async fn proxy(
         None => {
             both.await;
         }
+    }
+}
+
+/// The upstream side of a proxied connection: the connection itself, or a tunnel in it.
+trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+
+/// The tunnel's authority: `hostname` with its operators filled in for this connection.
+fn tunnel_authority(
+    t: &model::Tunneling,
+    info: Option<&StreamInfo>,
+    remote: SocketAddr,
+    local: SocketAddr,
+) -> String {
+    use crate::access_log::Render;
+    let mut out = String::new();
+    match info {
+        Some(i) => t.hostname.render(i, &mut out),
+        None => t.hostname.render(&StreamInfo::new(remote, local), &mut out),
+    }
+    out
+}
+
+/// The request head that opens a tunnel over HTTP/1.1, as Envoy writes it: `CONNECT` with the
+/// authority as target (or a `POST` to `post_path`), `host`, then `headers_to_add`.
+fn h1_tunnel_head(t: &model::Tunneling, authority: &str) -> Vec<u8> {
+    let mut extra = http::HeaderMap::new();
+    t.headers.apply(&mut extra);
+    let mut head = if t.use_post {
+        format!(
+            "POST {} HTTP/1.1\r\nhost: {authority}\r\ntransfer-encoding: chunked\r\n",
+            t.post_path
+        )
+    } else {
+        format!("CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n")
+    }
+    .into_bytes();
+    for (k, v) in &extra {
+        head.extend_from_slice(k.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(v.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Opens a tunnel on an HTTP/1.1 connection: the upstream must answer 200 (Envoy takes no
+/// other status); bytes after its head are the tunnel's first. A POST's bytes go up as chunks,
+/// and come back in the response's own framing.
+async fn open_h1_tunnel(
+    mut s: pool::UpstreamStream,
+    t: &model::Tunneling,
+    authority: &str,
+) -> std::io::Result<Box<dyn Io>> {
+    use std::io::{Error, ErrorKind};
+    s.write_all(&h1_tunnel_head(t, authority)).await?;
+    let mut buf = Vec::with_capacity(1024);
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                "tunnel response head too long",
+            ));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(&buf[..end]) {
+        Ok(httparse::Status::Complete(_)) if resp.code == Some(200) => {}
+        Ok(_) => {
+            return Err(Error::new(
+                ErrorKind::ConnectionRefused,
+                format!("tunnel answered {:?}", resp.code),
+            ))
+        }
+        Err(e) => return Err(Error::new(ErrorKind::InvalidData, e)),
+    }
+    let prefixed = Prefixed {
+        first: bytes::Bytes::copy_from_slice(&buf[end..]),
+        inner: s,
+    };
+    if !t.use_post {
+        return Ok(Box::new(prefixed));
+    }
+    let header = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+    };
+    let framing = if header("transfer-encoding").is_some_and(|v| v.ends_with("chunked")) {
+        post_tunnel::Framing::chunked()
+    } else if let Some(n) = header("content-length") {
+        let n = n
+            .parse()
+            .map_err(|_| Error::new(ErrorKind::InvalidData, "bad content-length"))?;
+        post_tunnel::Framing::Length(n)
+    } else {
+        post_tunnel::Framing::Close
+    };
+    Ok(Box::new(post_tunnel::PostTunnel::new(prefixed, framing)))
+}
+
+/// Opens a tunnel on an HTTP/2 stream of the cluster's pool: a CONNECT to the authority (or a
+/// POST to `post_path`) with `headers_to_add`, taken on a 2xx.
+async fn open_h2_tunnel(
+    cluster: &Rc<crate::upstream::Cluster>,
+    host: &Rc<crate::upstream::Host>,
+    t: &model::Tunneling,
+    authority: &str,
+) -> Result<crate::http::h2_tunnel::H2Io, ResponseFlag> {
+    let slot = host.h2.stream(cluster, host).await.map_err(|e| {
+        tracing::debug!(error = %e, "tcp_proxy tunnel connect failed");
+        ResponseFlag::UpstreamConnectionFailure
+    })?;
+    let uri = if t.use_post {
+        http::Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(t.post_path.as_str())
+            .build()
+    } else {
+        http::Uri::builder().authority(authority).build()
+    }
+    .map_err(|_| ResponseFlag::UpstreamConnectionFailure)?;
+    let mut req = http::Request::new(());
+    *req.method_mut() = if t.use_post {
+        http::Method::POST
+    } else {
+        http::Method::CONNECT
+    };
+    *req.uri_mut() = uri;
+    *req.version_mut() = http::Version::HTTP_2;
+    t.headers.apply(req.headers_mut());
+    let refused = |e: h2::Error| {
+        tracing::debug!(error = %e, "tcp_proxy tunnel stream failed");
+        ResponseFlag::UpstreamConnectionFailure
+    };
+    let mut sender = slot.sender().ready().await.map_err(refused)?;
+    let (response, send) = sender.send_request(req, false).map_err(refused)?;
+    let resp = response.await.map_err(refused)?;
+    if !resp.status().is_success() {
+        tracing::debug!(status = %resp.status(), "tcp_proxy tunnel refused");
+        return Err(ResponseFlag::UpstreamConnectionFailure);
+    }
+    Ok(crate::http::h2_tunnel::H2Io::new(send, resp.into_body()))
+}
+
+/// A stream whose first bytes were already read (after a tunnel's response head).
+struct Prefixed<S> {
+    first: bytes::Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.first.is_empty() {
+            let n = self.first.len().min(out.remaining());
+            out.put_slice(&self.first[..n]);
+            bytes::Buf::advance(&mut self.first, n);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, out)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
