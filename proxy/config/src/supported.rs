@@ -835,7 +835,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "runtime_fraction",
             "connect_matcher",
             "tls_context",
+            "path_match_policy",
         ],
+    ),
+    (
+        "envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
+        &["path_template"],
+    ),
+    (
+        "envoy.extensions.path.rewrite.uri_template.v3.UriTemplateRewriteConfig",
+        &["path_template_rewrite"],
     ),
     (
         "envoy.config.route.v3.RouteMatch.TlsContextMatchOptions",
@@ -891,6 +900,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "upgrade_configs",
             "prefix_rewrite",
             "regex_rewrite",
+            "path_rewrite_policy",
             "host_rewrite_literal",
             "host_rewrite_header",
             "auto_host_rewrite",

@@ -10,6 +10,7 @@ use http::HeaderMap;
 
 pub mod header_parser;
 pub mod retry;
+pub mod uri_template;
 
 pub use header_parser::HeaderParser;
 
@@ -69,6 +70,8 @@ pub enum PathMatch {
     Regex(crate::pattern::Regex),
     /// `connect_matcher`: CONNECT requests, which no other path matcher takes.
     Connect,
+    /// `path_match_policy` with Envoy's URI template matcher (always case sensitive).
+    Template(Arc<uri_template::PathTemplate>),
 }
 
 /// `RouteMatch`.
@@ -113,6 +116,7 @@ impl RouteMatch {
                 // case_sensitive does not apply to regexes (Envoy).
                 PathMatch::Regex(r) => PathMatch::Regex(r),
                 PathMatch::Connect => PathMatch::Connect,
+                PathMatch::Template(t) => PathMatch::Template(t),
             }
         };
         RouteMatch {
@@ -169,6 +173,7 @@ impl RouteMatch {
             }
             PathMatch::Regex(r) => r.is_match(bare),
             PathMatch::Connect => req.method == "CONNECT",
+            PathMatch::Template(t) => t.matches(bare),
         };
         // A CONNECT has no path: only connect_matcher routes take it (Envoy skips routes
         // that need a path).
@@ -579,6 +584,9 @@ pub enum PathRewrite {
     Prefix(String),
     /// `regex_rewrite`: every match of the pattern in the path (query excluded) is replaced.
     Regex(crate::pattern::Regex, String),
+    /// `path_rewrite_policy` with Envoy's URI template rewriter, filled from the route's path
+    /// template.
+    Template(uri_template::RewriteTemplate),
 }
 
 /// How the `:authority` is rewritten before the request is forwarded.
@@ -639,7 +647,7 @@ impl Route {
                 let len = match &self.matcher.path {
                     PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => p.len(),
                     PathMatch::Exact(_) => path.split(['?', '#']).next().unwrap_or(path).len(),
-                    PathMatch::Regex(_) | PathMatch::Connect => 0,
+                    PathMatch::Regex(_) | PathMatch::Connect | PathMatch::Template(_) => 0,
                 };
                 let len = len.min(path.len());
                 if !path.is_char_boundary(len) {
@@ -654,6 +662,10 @@ impl Route {
                 };
                 format!("{}{query}", re.replace_all(bare, sub.as_str()))
             }
+            PathRewrite::Template(rw) => match &self.matcher.path {
+                PathMatch::Template(m) => rw.rewrite(m, path).unwrap_or_else(|| path.to_string()),
+                _ => path.to_string(),
+            },
         }
     }
 }

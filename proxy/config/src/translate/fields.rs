@@ -543,9 +543,8 @@ pub(super) fn route_match(m: &route_pb::RouteMatch, path: &str) -> Result<(), Co
     refuse(path, "cookies", cookies)?;
     refuse(path, "dynamic_metadata", dynamic_metadata)?;
     refuse(path, "filter_state", filter_state)?;
-    if let Some(route_pb::route_match::PathSpecifier::PathMatchPolicy(_)) = path_specifier {
-        return Err(unsupported(path, "path_match_policy"));
-    }
+    // path_specifier: translate_route (path_match_policy with the URI template matcher).
+    let _ = path_specifier;
     Ok(())
 }
 
@@ -586,7 +585,8 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     } = m;
     // metadata_match: translated in translate::route_action.
     let _ = metadata_match;
-    refuse(path, "path_rewrite_policy", path_rewrite_policy)?;
+    // path_rewrite_policy: route_action::path_rewrite.
+    let _ = path_rewrite_policy;
     refuse(path, "path_rewrite", path_rewrite)?;
     refuse(path, "flush_timeout", flush_timeout)?;
     refuse(path, "early_data_policy", early_data_policy)?;

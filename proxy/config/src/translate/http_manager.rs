@@ -1076,10 +1076,12 @@ fn translate_route(
         Some(route::route_match::PathSpecifier::ConnectMatcher(_)) => {
             crate::router::PathMatch::Connect
         }
-        Some(_) => return Err(ConfigError::new(
-            mpath,
-            "unsupported path specifier: only prefix, path, path_separated_prefix, safe_regex and connect_matcher",
-        )),
+        Some(route::route_match::PathSpecifier::PathMatchPolicy(p)) => {
+            crate::router::PathMatch::Template(std::sync::Arc::new(path_template(
+                p,
+                &format!("{mpath}.path_match_policy"),
+            )?))
+        }
         None => {
             return Err(ConfigError::new(
                 mpath,
@@ -1158,6 +1160,34 @@ pub(super) fn header_key(name: &str, path: &str) -> Result<HeaderKey, ConfigErro
         ),
     })
 }
+/// A route's `path_match_policy`: Envoy's URI template matcher.
+fn path_template(
+    p: &core::TypedExtensionConfig,
+    path: &str,
+) -> Result<crate::router::uri_template::PathTemplate, ConfigError> {
+    use envoy_types::pb::envoy::extensions::path::r#match::uri_template::v3::UriTemplateMatchConfig;
+    let tpath = format!("{path}.typed_config");
+    let any = required(&p.typed_config, &tpath)?;
+    match type_name(&any.type_url) {
+        "envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig" => {
+            let c: UriTemplateMatchConfig = unpack(any, &tpath)?;
+            crate::router::uri_template::PathTemplate::parse(&c.path_template).map_err(|e| {
+                ConfigError::new(
+                    format!("{tpath}.path_template"),
+                    format!(
+                        "path_match_policy.path_template {} is invalid: {e}",
+                        c.path_template
+                    ),
+                )
+            })
+        }
+        other => Err(ConfigError::new(
+            tpath,
+            format!("unsupported path matcher '{}' ({other})", p.name),
+        )),
+    }
+}
+
 /// A virtual host's `virtual_clusters`.
 fn virtual_clusters(
     vcs: &[route::VirtualCluster],

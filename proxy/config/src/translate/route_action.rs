@@ -240,12 +240,21 @@ fn forward(
             ))
         }
     };
-    let path_rewrite = path_rewrite(
-        &action.prefix_rewrite,
-        action.regex_rewrite.as_ref(),
-        apath,
-        path_match,
-    )?;
+    let path_rewrite = match &action.path_rewrite_policy {
+        None => path_rewrite(
+            &action.prefix_rewrite,
+            action.regex_rewrite.as_ref(),
+            apath,
+            path_match,
+        )?,
+        Some(_) if !action.prefix_rewrite.is_empty() || action.regex_rewrite.is_some() => {
+            return Err(ConfigError::new(
+                apath,
+                "Specify only one of prefix_rewrite, regex_rewrite or path_rewrite_policy",
+            ))
+        }
+        Some(p) => Some(template_rewrite(p, apath, path_match)?),
+    };
     use route::route_action::HostRewriteSpecifier as H;
     let host_rewrite = match &action.host_rewrite_specifier {
         None => None,
@@ -450,6 +459,47 @@ fn hash_policy(
         kind,
         terminal: h.terminal,
     })
+}
+
+/// A route's `path_rewrite_policy`: Envoy's URI template rewriter, which needs the URI template
+/// matcher and only its variables.
+fn template_rewrite(
+    p: &core::TypedExtensionConfig,
+    apath: &str,
+    path_match: &PathMatch,
+) -> Result<PathRewrite, ConfigError> {
+    use envoy_types::pb::envoy::extensions::path::rewrite::uri_template::v3::UriTemplateRewriteConfig;
+    let tpath = format!("{apath}.path_rewrite_policy.typed_config");
+    let any = p
+        .typed_config
+        .as_ref()
+        .ok_or_else(|| ConfigError::new(&tpath, "required"))?;
+    if crate::proto::type_name(&any.type_url)
+        != "envoy.extensions.path.rewrite.uri_template.v3.UriTemplateRewriteConfig"
+    {
+        return Err(ConfigError::new(
+            tpath,
+            format!("unsupported path rewriter '{}'", p.name),
+        ));
+    }
+    let c: UriTemplateRewriteConfig = crate::proto::unpack(any, &tpath)?;
+    let PathMatch::Template(m) = path_match else {
+        return Err(ConfigError::new(
+            format!("{apath}.path_rewrite_policy"),
+            "unable to use envoy.path.rewrite.uri_template.uri_template_rewriter extension without envoy.path.match.uri_template.uri_template_matcher extension",
+        ));
+    };
+    let rw = crate::router::uri_template::RewriteTemplate::parse(&c.path_template_rewrite, m)
+        .map_err(|e| {
+            ConfigError::new(
+                format!("{tpath}.path_template_rewrite"),
+                format!(
+                    "path_rewrite_policy.path_template_rewrite {} is invalid: {e}",
+                    c.path_template_rewrite
+                ),
+            )
+        })?;
+    Ok(PathRewrite::Template(rw))
 }
 
 /// `prefix_rewrite` or `regex_rewrite` (at most one, as Envoy requires).
