@@ -1083,6 +1083,12 @@ pub struct HttpConnectionManager {
     pub access_logs: Vec<AccessLog>,
     /// `local_reply_config`: how the connection manager's own replies are rewritten.
     pub local_reply: Option<Arc<LocalReplyConfig>>,
+    /// `scheme_header_transformation.scheme_to_overwrite`: the request's `:scheme` (and
+    /// `x-forwarded-proto`) before routing.
+    pub scheme_to_overwrite: Option<&'static str>,
+    /// `scheme_header_transformation.match_upstream`: the upstream's `:scheme` is that of the
+    /// upstream connection.
+    pub scheme_matches_upstream: bool,
     /// `server_name` (default `envoy`, as Envoy).
     pub server_name: http::HeaderValue,
     /// `server_header_transformation`.

@@ -501,7 +501,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "drain_timeout_jitter",
             "delayed_close_timeout",
             "local_reply_config",
+            "scheme_header_transformation",
         ],
+    ),
+    (
+        "envoy.config.core.v3.SchemeHeaderTransformation",
+        &["scheme_to_overwrite", "match_upstream"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.LocalReplyConfig",

@@ -1391,6 +1391,21 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     let header_timeout = header_timeout.filter(|_| internal);
     let retry_headers = retry_headers.filter(|_| internal);
     parts.headers.remove(header::EXPECT);
+    // `:scheme` as Envoy's header map holds it: the client's over HTTP/2, else the connection's;
+    // `scheme_to_overwrite` replaces it, and x-forwarded-proto with it.
+    let scheme = match (cfg.scheme_to_overwrite, parts.uri.scheme_str()) {
+        (Some(s), _) => s,
+        (None, Some(s)) if s.eq_ignore_ascii_case("https") => "https",
+        (None, Some(_)) => "http",
+        (None, None) if conn.secure => "https",
+        (None, None) => "http",
+    };
+    if let Some(s) = cfg.scheme_to_overwrite {
+        parts.headers.insert(
+            names::X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(s),
+        );
+    }
     if !parts.headers.contains_key(&names::X_FORWARDED_PROTO) {
         parts.headers.insert(
             names::X_FORWARDED_PROTO.clone(),
@@ -1420,6 +1435,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if let Some(info) = done.info.as_mut() {
         // Access logs see the request as the connection manager forwards it (generated
         // x-request-id included), as in Envoy.
+        info.scheme = scheme;
         info.request_headers = parts.headers.clone();
         info.stream_id = parts
             .headers
@@ -1434,13 +1450,6 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         .flatten();
 
     let body = ProxyBody::Incoming(body, Some(request.clone()));
-    // `:scheme` as Envoy's header map holds it: the client's over HTTP/2, else the connection's.
-    let scheme = match parts.uri.scheme_str() {
-        Some(s) if s.eq_ignore_ascii_case("https") => "https",
-        Some(_) => "http",
-        None if conn.secure => "https",
-        None => "http",
-    };
     // The route is resolved once, before the filters (which see its per-route configuration);
     // the router forwards by it.
     let selection = router::select(

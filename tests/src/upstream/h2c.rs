@@ -222,6 +222,10 @@ async fn handle(
         .header("content-type", "text/plain")
         .header("content-length", text.len().to_string())
         .header("x-upstream", opts.name.as_str())
+        .header(
+            "x-upstream-scheme",
+            parts.uri.scheme_str().unwrap_or("-").to_string(),
+        )
         .body(())
         .expect("valid response");
     if let Ok(mut send) = respond.send_response(resp, false) {

@@ -706,11 +706,8 @@ pub(super) fn http_connection_manager(
         http1_safe_max_connection_duration,
     )?;
     refuse(path, "http3_protocol_options", http3_protocol_options)?;
-    refuse(
-        path,
-        "scheme_header_transformation",
-        scheme_header_transformation,
-    )?;
+    // scheme_header_transformation: http_manager.
+    let _ = scheme_header_transformation;
     refuse(path, "stream_flush_timeout", stream_flush_timeout)?;
     refuse(path, "access_log_flush_interval", access_log_flush_interval)?;
     refuse(

@@ -162,6 +162,26 @@ pub(super) fn translate_hcm(
     for (i, a) in h.access_log.iter().enumerate() {
         access_logs.push(translate_access_log(a, &format!("{path}.access_log[{i}]"))?);
     }
+    let (scheme_to_overwrite, scheme_matches_upstream) = match &h.scheme_header_transformation {
+        None => (None, false),
+        Some(t) => {
+            use core::scheme_header_transformation::Transformation;
+            let overwrite = match &t.transformation {
+                None => None,
+                Some(Transformation::SchemeToOverwrite(s)) => match s.as_str() {
+                    "http" => Some("http"),
+                    "https" => Some("https"),
+                    other => {
+                        return Err(ConfigError::new(
+                            format!("{path}.scheme_header_transformation.scheme_to_overwrite"),
+                            format!("value must be in list [http https], not {other:?}"),
+                        ))
+                    }
+                },
+            };
+            (overwrite, t.match_upstream)
+        }
+    };
     let local_reply = h
         .local_reply_config
         .as_ref()
@@ -421,6 +441,8 @@ pub(super) fn translate_hcm(
         router,
         access_logs,
         local_reply,
+        scheme_to_overwrite,
+        scheme_matches_upstream,
         server_name,
         server_header,
         generate_request_id: h.generate_request_id.as_ref().is_none_or(|v| v.value),

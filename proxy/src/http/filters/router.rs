@@ -582,6 +582,21 @@ pub async fn route(
         Some(t) => Some(t),
         None => route.timeout,
     };
+    // The upstream's `:scheme`: the request's, or with `match_upstream` the upstream
+    // connection's (the stream's record sees the change, as Envoy's header map does).
+    let upstream_scheme = if cfg.scheme_matches_upstream {
+        let s = if cluster.config().any_tls() {
+            "https"
+        } else {
+            "http"
+        };
+        if let Some(info) = info.as_deref_mut() {
+            info.scheme = s;
+        }
+        s
+    } else {
+        scheme
+    };
     // The route's retry policy, or its virtual host's, with what an internal request's
     // x-envoy-retry-* headers add; none for upgrades, whose body is a tunnel.
     let retry = upgrade
@@ -625,6 +640,11 @@ pub async fn route(
             timeout: route_timeout,
             buffer_limit,
             dynamic_stats: cfg.router.dynamic_stats,
+            scheme: if upstream_scheme == "https" {
+                "https"
+            } else {
+                "http"
+            },
         };
         start_mirrors(&ctx, &forward.mirrors, runtime, &parts, &host_header, body)
     };
@@ -658,6 +678,7 @@ pub async fn route(
         },
         set_cookies,
         vcluster,
+        scheme: upstream_scheme,
     };
     super::retry::forward(&f, parts, body, retry, info).await
 }
@@ -826,6 +847,7 @@ struct MirrorContext<'a> {
     timeout: Option<std::time::Duration>,
     buffer_limit: usize,
     dynamic_stats: bool,
+    scheme: &'static str,
 }
 
 /// Sends a copy of the request (`parts` as it goes upstream, to `host`) to each mirror whose
@@ -884,7 +906,7 @@ fn start_mirrors(
         set_host(&mut head, &shadow_host);
         let worker = ctx.worker.clone();
         let request = ctx.request.clone();
-        let (dest, downstream, source) = (ctx.dest, ctx.downstream, ctx.source);
+        let (dest, downstream, source, scheme) = (ctx.dest, ctx.downstream, ctx.source, ctx.scheme);
         let (timeout, buffer_limit, dynamic_stats) =
             (ctx.timeout, ctx.buffer_limit, ctx.dynamic_stats);
         tokio::task::spawn_local(async move {
@@ -909,6 +931,7 @@ fn start_mirrors(
                 criteria: None,
                 set_cookies: Vec::new(),
                 vcluster: None,
+                scheme,
             };
             if let Ok((resp, upstream, _)) = super::retry::forward(&f, head, copy, None, None).await
             {
@@ -969,6 +992,8 @@ pub(super) struct Forward<'a> {
     pub set_cookies: Vec<HeaderValue>,
     /// The virtual cluster the request counts in.
     pub vcluster: Option<Rc<crate::http::vcluster::VclusterStats>>,
+    /// The `:scheme` an HTTP/2 upstream gets.
+    pub scheme: &'a str,
 }
 
 impl Forward<'_> {
@@ -1131,6 +1156,7 @@ pub(super) async fn attempt(
         failure,
         connected: &state.connected,
         tunnel: f.upgrade == Some("connect"),
+        scheme: f.scheme,
     };
     if http2 {
         send_http2(&target, parts, body).await
@@ -1174,6 +1200,8 @@ struct Target<'a> {
     connected: &'a std::cell::Cell<bool>,
     /// A CONNECT: its stream is the tunnel.
     tunnel: bool,
+    /// The `:scheme` an HTTP/2 upstream gets.
+    scheme: &'a str,
 }
 
 /// The TCP connection of a terminated CONNECT, handed to the connection manager with its 200
@@ -1306,7 +1334,7 @@ async fn send_http2(
         Uri::builder().authority(authority).build()
     } else {
         Uri::builder()
-            .scheme("http")
+            .scheme(t.scheme)
             .authority(authority)
             .path_and_query(pq)
             .build()
