@@ -204,6 +204,10 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
         health_failed.clone(),
         &loaded.model.node.cluster,
     );
+    crate::http::conn_manager_utility::set_local_node(
+        &loaded.model.node.cluster,
+        &loaded.model.node.id,
+    );
     let drain_time = Duration::from_secs(opts.drain_time_s);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1083,6 +1083,9 @@ pub struct HttpConnectionManager {
     pub access_logs: Vec<AccessLog>,
     /// `local_reply_config`: how the connection manager's own replies are rewritten.
     pub local_reply: Option<Arc<LocalReplyConfig>>,
+    /// `add_user_agent`: the node's cluster as `x-envoy-downstream-service-cluster` (and
+    /// `user-agent` when the request has none), its id as `x-envoy-downstream-service-node`.
+    pub add_user_agent: bool,
     /// `scheme_header_transformation.scheme_to_overwrite`: the request's `:scheme` (and
     /// `x-forwarded-proto`) before routing.
     pub scheme_to_overwrite: Option<&'static str>,

@@ -502,6 +502,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "delayed_close_timeout",
             "local_reply_config",
             "scheme_header_transformation",
+            "add_user_agent",
         ],
     ),
     (

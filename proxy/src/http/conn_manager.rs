@@ -1412,6 +1412,9 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             HeaderValue::from_static(if conn.secure { "https" } else { "http" }),
         );
     }
+    if cfg.add_user_agent {
+        crate::http::conn_manager_utility::add_user_agent(&mut parts.headers);
+    }
     if cfg.generate_request_id && !parts.headers.contains_key(&names::X_REQUEST_ID) {
         parts
             .headers

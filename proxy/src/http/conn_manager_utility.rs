@@ -412,6 +412,37 @@ pub fn forwarded_client_cert(
     }
 }
 
+/// The node's cluster and id, for `add_user_agent`.
+static LOCAL_NODE: std::sync::OnceLock<(HeaderValue, Option<HeaderValue>)> =
+    std::sync::OnceLock::new();
+
+/// Names the node (`node.cluster`, `node.id`, or `--service-cluster` and `--service-node`).
+pub fn set_local_node(cluster: &str, id: &str) {
+    let cluster = HeaderValue::from_str(cluster).unwrap_or(HeaderValue::from_static(""));
+    let id = (!id.is_empty())
+        .then(|| HeaderValue::from_str(id).ok())
+        .flatten();
+    let _ = LOCAL_NODE.set((cluster, id));
+}
+
+/// `add_user_agent`, as Envoy's `mutateRequestHeaders`: the node's cluster (empty when none
+/// is named, as Envoy sends it) as `x-envoy-downstream-service-cluster` and as `user-agent`
+/// when the request has none or an empty one, and the node's id, when named, as
+/// `x-envoy-downstream-service-node`.
+pub fn add_user_agent(headers: &mut HeaderMap) {
+    let (cluster, id) = LOCAL_NODE.get_or_init(|| (HeaderValue::from_static(""), None));
+    headers.insert("x-envoy-downstream-service-cluster", cluster.clone());
+    if headers
+        .get(http::header::USER_AGENT)
+        .is_none_or(|v| v.is_empty())
+    {
+        headers.insert(http::header::USER_AGENT, cluster.clone());
+    }
+    if let Some(id) = id {
+        headers.insert("x-envoy-downstream-service-node", id.clone());
+    }
+}
+
 /// Envoy's `mutateTracingRequestHeader` without a tracer: the sampling decision, from the
 /// request id's first eight hex digits (modulo 10,000) and the request's own marks, packed
 /// into the 15th character of a 36-character `x-request-id`. `force` is an internal request's

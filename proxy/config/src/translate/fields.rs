@@ -697,7 +697,8 @@ pub(super) fn http_connection_manager(
         route_specifier,
         strip_port_mode: _,
     } = m;
-    refuse(path, "add_user_agent", add_user_agent)?;
+    // add_user_agent: http_manager.
+    let _ = add_user_agent;
     // tracing, request_id_extension: http_manager::tracing.
     let _ = (&tracing, &request_id_extension);
     refuse(

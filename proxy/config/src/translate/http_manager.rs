@@ -443,6 +443,7 @@ pub(super) fn translate_hcm(
         local_reply,
         scheme_to_overwrite,
         scheme_matches_upstream,
+        add_user_agent: h.add_user_agent.as_ref().is_some_and(|v| v.value),
         server_name,
         server_header,
         generate_request_id: h.generate_request_id.as_ref().is_none_or(|v| v.value),
