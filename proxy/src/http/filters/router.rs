@@ -1135,14 +1135,6 @@ pub(super) async fn attempt(
         },
     };
     state.http2.set(http2);
-    // An upgrade other than CONNECT over HTTP/2 needs an extended CONNECT, not built yet:
-    // refused here, before it could make a healthy upstream connection look broken.
-    if f.upgrade.is_some_and(|u| u != "connect") && http2 {
-        return Err(LocalReply {
-            details: "upgrade_failed",
-            ..LocalReply::CONNECTION_TERMINATION
-        });
-    }
     *state.upstream.borrow_mut() = Some(Upstream::start(
         cluster.clone(),
         host.clone(),
@@ -1155,7 +1147,7 @@ pub(super) async fn attempt(
         request: f.request,
         failure,
         connected: &state.connected,
-        tunnel: f.upgrade == Some("connect"),
+        tunnel: f.upgrade.is_some(),
         scheme: f.scheme,
     };
     if http2 {
@@ -1198,7 +1190,8 @@ struct Target<'a> {
     failure: &'a std::cell::RefCell<Option<String>>,
     /// Set when the pool gives the request a connection.
     connected: &'a std::cell::Cell<bool>,
-    /// A CONNECT: its stream is the tunnel.
+    /// A CONNECT or an upgrade: over HTTP/2 its stream is the tunnel (a CONNECT, or an
+    /// extended CONNECT naming the upgrade's protocol).
     tunnel: bool,
     /// The `:scheme` an HTTP/2 upstream gets.
     scheme: &'a str,
@@ -1329,8 +1322,19 @@ async fn send_http2(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    // An upgrade goes as an extended CONNECT (RFC 8441): `:protocol` from its `Upgrade`
+    // header, as Envoy's `transformUpgradeRequestFromH1toH2`.
+    let protocol = (t.tunnel && parts.method != http::Method::CONNECT)
+        .then(|| {
+            parts
+                .headers
+                .get(header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .flatten();
     // A CONNECT names its authority alone (`:path` and `:scheme` absent).
-    let uri = if t.tunnel {
+    let uri = if t.tunnel && protocol.is_none() {
         Uri::builder().authority(authority).build()
     } else {
         Uri::builder()
@@ -1353,7 +1357,7 @@ async fn send_http2(
         }
         parts.headers.remove("keep-alive");
         parts.headers.remove("proxy-connection");
-        return send_h2_connect(t, parts, uri).await;
+        return send_h2_connect(t, parts, uri, protocol).await;
     }
     let end_stream = body.is_end_stream();
     let mut body = Some(body);
@@ -1435,10 +1439,13 @@ async fn send_http2(
 
 /// A CONNECT over an HTTP/2 connection: the stream stays open for the tunnel; a 2xx hands it
 /// to the connection manager ([`H2Tunnel`]), any other answer goes to the client as it is.
+/// With `protocol`, an upgrade as an extended CONNECT: its 200 goes to the client as the
+/// `101` that switches protocols (Envoy's `transformUpgradeResponseFromH2toH1`).
 async fn send_h2_connect(
     t: &Target<'_>,
     parts: http::request::Parts,
     uri: Uri,
+    protocol: Option<String>,
 ) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
     let (cluster, host) = (t.cluster, t.host);
     let slot = host
@@ -1452,6 +1459,10 @@ async fn send_h2_connect(
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_2;
     *req.headers_mut() = parts.headers;
+    if let Some(p) = &protocol {
+        req.extensions_mut()
+            .insert(h2::ext::Protocol::from(p.as_str()));
+    }
     let mut sender = match slot.sender().ready().await {
         Ok(s) => s,
         Err(e) => {
@@ -1465,9 +1476,21 @@ async fn send_h2_connect(
         slot.conn().retire();
         LocalReply::CONNECTION_TERMINATION
     })?;
+    let switched = |s: StatusCode| match &protocol {
+        Some(_) => s == StatusCode::OK,
+        None => s.is_success(),
+    };
     match response.await {
-        Ok(resp) if resp.status().is_success() => {
-            let (head, recv) = resp.into_parts();
+        Ok(resp) if switched(resp.status()) => {
+            let (mut head, recv) = resp.into_parts();
+            if let Some(p) = &protocol {
+                head.status = StatusCode::SWITCHING_PROTOCOLS;
+                if let Ok(v) = HeaderValue::from_str(p) {
+                    head.headers.insert(header::UPGRADE, v);
+                }
+                head.headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
             let mut resp = Response::from_parts(head, ProxyBody::Empty);
             let io = crate::http::h2_tunnel::H2Io::new(send, recv);
             resp.extensions_mut()
