@@ -318,6 +318,10 @@ pub struct StreamInfo {
     /// The size of the request headers as forwarded, pseudo-headers included, as Envoy counts
     /// its header map (`%REQUEST_HEADERS_BYTES%`).
     pub request_headers_bytes: u64,
+    /// The health check filter took the request as a health check.
+    pub health_check: bool,
+    /// The response's trailers, when it had any.
+    pub response_trailers: Option<Box<http::HeaderMap>>,
     /// The virtual cluster the router counted the request in (`%VIRTUAL_CLUSTER_NAME%`).
     pub virtual_cluster: Option<std::sync::Arc<str>>,
     /// A local reply's body while `local_reply_config` formats it (`%LOCAL_REPLY_BODY%`).
@@ -362,6 +366,8 @@ impl StreamInfo {
             request_headers_bytes: 0,
             local_reply_body: None,
             virtual_cluster: None,
+            health_check: false,
+            response_trailers: None,
         }
     }
 

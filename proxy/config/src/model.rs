@@ -1803,6 +1803,31 @@ pub enum LogFilter {
     And(Vec<LogFilter>),
     /// `or_filter`.
     Or(Vec<LogFilter>),
+    /// `not_health_check_filter`: streams the health check filter did not answer or mark.
+    NotHealthCheck,
+    /// `runtime_filter`: a share of streams, drawn from the request id (the first eight hex
+    /// digits of a UUID) unless `use_independent_randomness`.
+    Runtime {
+        /// `runtime_key` and `percent_sampled`.
+        fraction: crate::runtime::RuntimeFraction,
+        /// `use_independent_randomness`.
+        independent: bool,
+    },
+    /// `grpc_status_filter`: the stream's gRPC status (trailers, else headers, else from the
+    /// HTTP status) among `statuses`, or not with `exclude`.
+    GrpcStatus {
+        /// `statuses`, as gRPC codes.
+        statuses: Vec<u32>,
+        /// `exclude`.
+        exclude: bool,
+    },
+    /// `log_type_filter`: the line's access log type among `types`, or not with `exclude`.
+    LogType {
+        /// `types`, by Envoy's names (`DownstreamEnd`, `TcpConnectionEnd`, …).
+        types: Vec<String>,
+        /// `exclude`.
+        exclude: bool,
+    },
 }
 
 /// A `ComparisonFilter`: `op` and a value the runtime may set.

@@ -270,14 +270,7 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
             }
         }),
         // Envoy's names for a stream's final line and a TCP connection's.
-        Op::AccessLogType => Some(
-            if info.protocol.is_some() {
-                "DownstreamEnd"
-            } else {
-                "TcpConnectionEnd"
-            }
-            .to_string(),
-        ),
+        Op::AccessLogType => Some(log_type(info).to_string()),
         Op::Path { query, from } => {
             let original = || {
                 info.request_headers
@@ -421,6 +414,68 @@ pub fn passes(f: &crate::config::model::LogFilter, info: &StreamInfo) -> bool {
         }
         LogFilter::And(all) => all.iter().all(|f| passes(f, info)),
         LogFilter::Or(any) => any.iter().any(|f| passes(f, info)),
+        LogFilter::NotHealthCheck => !info.health_check,
+        LogFilter::Runtime {
+            fraction,
+            independent,
+        } => {
+            // Envoy's UUID request id: its first eight hex digits, unless told otherwise.
+            let from_id = (!independent)
+                .then(|| info.request_headers.get("x-request-id"))
+                .flatten()
+                .and_then(|v| v.as_bytes().get(..8))
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u64::from_str_radix(h, 16).ok());
+            let random = from_id.unwrap_or_else(|| fastrand::u64(..));
+            fraction.enabled(&crate::runtime::snapshot(), random)
+        }
+        LogFilter::GrpcStatus { statuses, exclude } => {
+            let found = statuses.contains(&grpc_status(info));
+            found != *exclude
+        }
+        LogFilter::LogType { types, exclude } => {
+            let found = types.iter().any(|t| t == log_type(info));
+            found != *exclude
+        }
+    }
+}
+
+/// Envoy's name for the line a stream gets (`%ACCESS_LOG_TYPE%`).
+fn log_type(info: &StreamInfo) -> &'static str {
+    if info.protocol.is_some() {
+        "DownstreamEnd"
+    } else {
+        "TcpConnectionEnd"
+    }
+}
+
+/// A stream's gRPC status as Envoy's `getGrpcStatus` finds it: the trailers' `grpc-status`,
+/// else the headers', else from the HTTP status; UNKNOWN without a response. A status that is
+/// not a known code (over 16, or not a number) matches none.
+fn grpc_status(info: &StreamInfo) -> u32 {
+    const INVALID: u32 = u32::MAX;
+    let parse = |h: &http::HeaderMap| {
+        h.get("grpc-status").map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+                .filter(|c| *c <= 16)
+                .unwrap_or(INVALID)
+        })
+    };
+    if let Some(c) = info.response_trailers.as_deref().and_then(parse) {
+        return c;
+    }
+    if let Some(c) = parse(&info.response_headers) {
+        return c;
+    }
+    match info.response_code {
+        Some(400) => 13,
+        Some(401) => 16,
+        Some(403) => 7,
+        Some(404) => 12,
+        Some(429 | 502 | 503 | 504) => 14,
+        _ => 2,
     }
 }
 

@@ -236,6 +236,9 @@ pub enum EndReason {
 pub trait StreamEnd {
     /// Called once, with why the stream ended and the body bytes sent.
     fn end(self, reason: EndReason, bytes: u64);
+
+    /// The response's trailers, as they pass.
+    fn trailers(&mut self, _trailers: &http::HeaderMap) {}
 }
 
 /// The route timeout as a response body sees it: it runs from the end of the request.
@@ -389,6 +392,9 @@ impl<E: StreamEnd + Unpin> Body for Tracked<E> {
                     if let Some(t) = &this.stream_timers {
                         t.touch();
                     }
+                }
+                if let (Some(t), Some(end)) = (f.trailers_ref(), this.end.as_mut()) {
+                    end.trailers(t);
                 }
                 // Trailers are a body's last frame, whether or not the body says it ended.
                 if this.inner.is_end_stream() || f.is_trailers() {

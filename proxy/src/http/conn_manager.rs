@@ -1016,6 +1016,12 @@ impl StreamEnd for Done {
     fn end(mut self, reason: EndReason, bytes: u64) {
         self.settle(reason, bytes);
     }
+
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(info) = self.info.as_mut() {
+            info.response_trailers = Some(Box::new(trailers.clone()));
+        }
+    }
 }
 
 impl Drop for Done {
@@ -1472,7 +1478,14 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         },
     );
     if let Some(chain) = &chain {
-        if let Some(reply) = chain.decode_headers(&mut parts, body.is_end_stream()).await {
+        let reply = chain.decode_headers(&mut parts, body.is_end_stream()).await;
+        if let Some(info) = done.info.as_mut() {
+            info.health_check = parts
+                .extensions
+                .get::<crate::http::filters::health_check::HealthCheckRequest>()
+                .is_some();
+        }
+        if let Some(reply) = reply {
             return routed_local(done, reply, request_id, &selection, Some(chain)).await;
         }
     }

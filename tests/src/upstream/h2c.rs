@@ -216,11 +216,16 @@ async fn handle(
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
-    let resp = http::Response::builder()
+    // A gRPC-like answer (trailers) has no content-length, as gRPC servers send none.
+    let with_trailers = path.contains("/grpc-status/");
+    let mut resp = http::Response::builder()
         .status(status_from_path(&path))
         .header("server", "h2-test-upstream")
-        .header("content-type", "text/plain")
-        .header("content-length", text.len().to_string())
+        .header("content-type", "text/plain");
+    if !with_trailers {
+        resp = resp.header("content-length", text.len().to_string());
+    }
+    let resp = resp
         .header("x-upstream", opts.name.as_str())
         .header(
             "x-upstream-scheme",
@@ -229,6 +234,28 @@ async fn handle(
         .body(())
         .expect("valid response");
     if let Ok(mut send) = respond.send_response(resp, false) {
-        let _ = send.send_data(Bytes::from(text), true);
+        // `/grpc-status/N` anywhere in the path: the body, then trailers with that status.
+        let grpc = path
+            .find("/grpc-status/")
+            .map(|i| &path[i + 13..])
+            .map(|r| {
+                r.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
+            .filter(|c| !c.is_empty());
+        match grpc {
+            Some(code) => {
+                let _ = send.send_data(Bytes::from(text), false);
+                let mut trailers = http::HeaderMap::new();
+                if let Ok(v) = code.parse() {
+                    trailers.insert("grpc-status", v);
+                }
+                let _ = send.send_trailers(trailers);
+            }
+            None => {
+                let _ = send.send_data(Bytes::from(text), true);
+            }
+        }
     }
 }

@@ -524,6 +524,66 @@ fn log_filter(
         )?),
         Some(F::AndFilter(a)) => LogFilter::And(list(&a.filters, &format!("{path}.and_filter"))?),
         Some(F::OrFilter(o)) => LogFilter::Or(list(&o.filters, &format!("{path}.or_filter"))?),
+        Some(F::NotHealthCheckFilter(_)) => LogFilter::NotHealthCheck,
+        Some(F::RuntimeFilter(r)) => {
+            let rpath = format!("{path}.runtime_filter");
+            if r.runtime_key.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{rpath}.runtime_key"),
+                    "value length must be at least 1 characters",
+                ));
+            }
+            let default = match &r.percent_sampled {
+                Some(p) => fraction(p, &format!("{rpath}.percent_sampled"))?,
+                None => crate::runtime::Fraction {
+                    numerator: 0,
+                    denominator: 100,
+                },
+            };
+            LogFilter::Runtime {
+                fraction: crate::runtime::RuntimeFraction {
+                    key: r.runtime_key.clone(),
+                    default,
+                },
+                independent: r.use_independent_randomness,
+            }
+        }
+        Some(F::GrpcStatusFilter(g)) => {
+            let mut statuses = Vec::with_capacity(g.statuses.len());
+            for (i, s) in g.statuses.iter().enumerate() {
+                if !(0..=16).contains(s) {
+                    return Err(ConfigError::new(
+                        format!("{path}.grpc_status_filter.statuses[{i}]"),
+                        "value must be one of the defined enum values",
+                    ));
+                }
+                statuses.push(*s as u32);
+            }
+            LogFilter::GrpcStatus {
+                statuses,
+                exclude: g.exclude,
+            }
+        }
+        Some(F::LogTypeFilter(t)) => {
+            use envoy_types::pb::envoy::data::accesslog::v3::AccessLogType;
+            let mut types = Vec::with_capacity(t.types.len());
+            for (i, v) in t.types.iter().enumerate() {
+                let name = AccessLogType::try_from(*v)
+                    .map_err(|_| {
+                        ConfigError::new(
+                            format!("{path}.log_type_filter.types[{i}]"),
+                            "value must be one of the defined enum values",
+                        )
+                    })?
+                    .as_str_name();
+                // The proto's names are Envoy's operator names (`DownstreamEnd`).
+                types.push(name.to_string());
+            }
+            LogFilter::LogType {
+                types,
+                exclude: t.exclude,
+            }
+        }
         Some(_) => return Err(ConfigError::unsupported(path)),
         None => return Err(ConfigError::new(path, "a filter is required")),
     })

@@ -33,6 +33,10 @@ static CHECKED_CLUSTER: HeaderName =
 static IMMEDIATE_FAIL: HeaderName = HeaderName::from_static("x-envoy-immediate-health-check-fail");
 
 /// The filter on one stream.
+/// Marks a request the health check filter took as a health check.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthCheckRequest;
+
 #[derive(Debug)]
 pub struct HealthCheckFilter {
     config: Arc<HealthCheck>,
@@ -56,6 +60,11 @@ impl HttpFilter for HealthCheckFilter {
         _end_stream: bool,
     ) -> HeadersStatus {
         self.is_check = crate::http::filter::headers_match(&self.config.headers, head);
+        if self.is_check {
+            // The stream is a health check (Envoy's `streamInfo().healthCheck(true)`), for
+            // `not_health_check_filter`.
+            head.extensions.insert(HealthCheckRequest);
+        }
         if !self.is_check || (self.config.pass_through && !failed()) {
             return HeadersStatus::Continue;
         }
