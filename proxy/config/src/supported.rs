@@ -845,6 +845,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "envoy.config.route.v3.InternalRedirectPolicy",
+        &[
+            "max_internal_redirects",
+            "redirect_response_codes",
+            "predicates",
+            "allow_cross_scheme_redirect",
+            "response_headers_to_copy",
+        ],
+    ),
+    (
         "envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
         &["path_template"],
     ),
@@ -907,6 +917,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "prefix_rewrite",
             "regex_rewrite",
             "path_rewrite_policy",
+            "internal_redirect_policy",
             "host_rewrite_literal",
             "host_rewrite_header",
             "auto_host_rewrite",

@@ -326,6 +326,11 @@ impl ClusterStats {
             .inc();
     }
 
+    /// The cluster's counter `name` (one counted rarely, made when first used).
+    pub fn counter(&self, name: &str) -> crate::stats::Counter {
+        self.shard.counter(&format!("{}{name}", self.prefix))
+    }
+
     /// Counts a response code: `upstream_rq_<code>` and `upstream_rq_<N>xx`.
     pub fn response_code(&self, code: u16) {
         let mut map = self.by_code.borrow_mut();

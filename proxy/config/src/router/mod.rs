@@ -357,6 +357,20 @@ pub struct Forward {
     /// `metadata_match`: the subset of the cluster's hosts to use (a weighted cluster's own
     /// replaces it).
     pub metadata_match: Option<Arc<crate::model::MatchCriteria>>,
+    /// `internal_redirect_policy`: upstream redirects followed inside the proxy.
+    pub internal_redirect: Option<Arc<InternalRedirect>>,
+}
+
+/// A route's `internal_redirect_policy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalRedirect {
+    /// `max_internal_redirects` (default 1).
+    pub max: u32,
+    /// `redirect_response_codes` among 301, 302, 303, 307 and 308 (default 302 alone; Envoy
+    /// ignores others).
+    pub codes: Vec<u16>,
+    /// `allow_cross_scheme_redirect`.
+    pub cross_scheme: bool,
 }
 
 /// One of a route's `hash_policy`: a part of the request hashed, combined with the parts

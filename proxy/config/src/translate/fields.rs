@@ -601,7 +601,8 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     refuse(path, "cors", cors)?;
     refuse(path, "max_grpc_timeout", max_grpc_timeout)?;
     refuse(path, "grpc_timeout_offset", grpc_timeout_offset)?;
-    refuse(path, "internal_redirect_policy", internal_redirect_policy)?;
+    // internal_redirect_policy: route_action::internal_redirect.
+    let _ = internal_redirect_policy;
     refuse(path, "internal_redirect_action", internal_redirect_action)?;
     refuse(path, "max_internal_redirects", max_internal_redirects)?;
     refuse(path, "hedge_policy", hedge_policy)?;

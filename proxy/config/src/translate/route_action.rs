@@ -325,6 +325,12 @@ fn forward(
             host_rewrite,
             append_x_forwarded_host: action.append_x_forwarded_host,
             metadata_match: route_criteria,
+            internal_redirect: action
+                .internal_redirect_policy
+                .as_ref()
+                .map(|p| internal_redirect(p, &format!("{apath}.internal_redirect_policy")))
+                .transpose()?
+                .map(Arc::new),
             hash_policy: action
                 .hash_policy
                 .iter()
@@ -500,6 +506,41 @@ fn template_rewrite(
             )
         })?;
     Ok(PathRewrite::Template(rw))
+}
+
+/// A route's `internal_redirect_policy`. Predicates and `response_headers_to_copy` are refused.
+fn internal_redirect(
+    p: &route::InternalRedirectPolicy,
+    path: &str,
+) -> Result<crate::router::InternalRedirect, ConfigError> {
+    if !p.predicates.is_empty() {
+        return Err(ConfigError::unsupported(format!("{path}.predicates")));
+    }
+    if !p.response_headers_to_copy.is_empty() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.response_headers_to_copy"
+        )));
+    }
+    if p.redirect_response_codes.len() > 5 {
+        return Err(ConfigError::new(
+            format!("{path}.redirect_response_codes"),
+            "value must contain no more than 5 item(s)",
+        ));
+    }
+    let mut codes: Vec<u16> = p
+        .redirect_response_codes
+        .iter()
+        .filter(|c| matches!(c, 301 | 302 | 303 | 307 | 308))
+        .map(|c| *c as u16)
+        .collect();
+    if p.redirect_response_codes.is_empty() {
+        codes.push(302);
+    }
+    Ok(crate::router::InternalRedirect {
+        max: p.max_internal_redirects.as_ref().map_or(1, |v| v.value),
+        codes,
+        cross_scheme: p.allow_cross_scheme_redirect,
+    })
 }
 
 /// `prefix_rewrite` or `regex_rewrite` (at most one, as Envoy requires).

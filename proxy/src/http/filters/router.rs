@@ -176,6 +176,8 @@ pub struct Selection {
     pub runtime: std::sync::Arc<crate::config::runtime::Values>,
     /// The stream's random value (Envoy's stream id).
     pub random: u64,
+    /// The client presented a certificate (routes' `tls_context`).
+    peer_certificate: bool,
 }
 
 impl Selection {
@@ -274,6 +276,7 @@ pub fn select(
         to_https: false,
         runtime,
         random,
+        peer_certificate,
     };
     let Some(t) = table else {
         return out;
@@ -404,6 +407,25 @@ pub async fn route(
             let location = redirect_location(route, r, &parts, &host_header, scheme);
             return Err(LocalReply::redirect(r.status, location));
         }
+    };
+    // A route that follows redirects keeps the request as it came (and its body, to send
+    // again) for the next pass.
+    let redirect = forward.internal_redirect.as_ref().map(|policy| {
+        let mut saved = super::retry::copy_parts(&parts);
+        saved.extensions = std::mem::take(&mut parts.extensions);
+        parts.extensions = saved.extensions.clone();
+        (policy.clone(), saved)
+    });
+    let (body, replay) = match &redirect {
+        Some(_) if !body.is_end_stream() => {
+            let r = crate::http::replay::ReplayBuffer::new(
+                body,
+                buffer_limit,
+                crate::stats::Counter::default(),
+            );
+            (r.body(), Some(r))
+        }
+        _ => (body, None),
     };
     // The route's max_stream_duration moves the connection manager's stream timer.
     if let (Some(t), Some(d)) = (timers, &forward.stream_duration) {
@@ -680,7 +702,83 @@ pub async fn route(
         vcluster,
         scheme: upstream_scheme,
     };
-    super::retry::forward(&f, parts, body, retry, info).await
+    let result = super::retry::forward(&f, parts, body, retry, info.as_deref_mut()).await;
+    let Some((policy, saved)) = redirect else {
+        return result;
+    };
+    let (resp, upstream, deadline) = result?;
+    if !policy.codes.contains(&resp.status().as_u16()) {
+        return Ok((resp, upstream, deadline));
+    }
+    let body_kept = replay.as_ref().is_none_or(|r| !r.overflowed());
+    let next = if request.done_at().is_some() && body_kept {
+        redirect_request(&policy, saved, resp.headers(), scheme, resp.status())
+    } else {
+        Err(None)
+    };
+    let next = next.and_then(|(mut parts, scheme)| {
+        let selection = select(
+            worker,
+            (cfg, selection.table.as_ref()),
+            &mut parts,
+            scheme,
+            selection.peer_certificate,
+        );
+        if selection.route().is_none() {
+            return Err(Some("no_route"));
+        }
+        Ok((parts, scheme, selection))
+    });
+    let (parts, next_scheme, next_selection) = match next {
+        Ok(n) => n,
+        Err(reason) => {
+            cluster
+                .stats
+                .counter("upstream_internal_redirect_failed_total")
+                .inc();
+            if let Some(r) = reason {
+                worker
+                    .shard
+                    .counter(&format!(
+                        "http.{}.passthrough_internal_redirect_{r}",
+                        cfg.stat_prefix
+                    ))
+                    .inc();
+            }
+            return Ok((resp, upstream, deadline));
+        }
+    };
+    cluster
+        .stats
+        .counter("upstream_internal_redirect_succeeded_total")
+        .inc();
+    // The redirect's own response is not the client's: its upstream request ends here.
+    drop(resp);
+    upstream.finish(EndReason::DownstreamReset);
+    let body = match (&replay, parts.method == http::Method::GET) {
+        (Some(r), false) => r.body(),
+        _ => ProxyBody::Empty,
+    };
+    let scheme: &'static str = if next_scheme == "https" {
+        "https"
+    } else {
+        "http"
+    };
+    Box::pin(self::route(
+        worker,
+        cfg,
+        &next_selection,
+        parts,
+        body,
+        request,
+        (downstream_remote, downstream_local, client),
+        source,
+        (scheme, None, header_timeout),
+        retry_headers,
+        (buffer_limit, timers),
+        info,
+    ))
+    .await
 }
 
 /// The request's hash by its route's `hash_policy` (Envoy's `HashPolicyImpl::generateHash`):
@@ -1529,6 +1627,78 @@ async fn send_h2_connect(
             })
         }
     }
+}
+
+/// The number of internal redirects a request has followed (Envoy keeps it in filter state).
+#[derive(Debug, Clone, Copy)]
+struct InternalRedirects(u32);
+
+/// The request an upstream's redirect leads to, as Envoy's
+/// `convertRequestHeadersForInternalRedirect` makes it: the `Location`'s scheme, authority and
+/// path (its fragment dropped), `x-envoy-original-url` naming the request as it was, and a 303
+/// to anything but GET or HEAD turned into a GET without a body. `Err` names the
+/// `passthrough_internal_redirect_*` reason (none for a missing `Location`).
+fn redirect_request(
+    policy: &crate::router::InternalRedirect,
+    mut parts: http::request::Parts,
+    response: &http::HeaderMap,
+    scheme: &str,
+    status: StatusCode,
+) -> Result<(http::request::Parts, &'static str), Option<&'static str>> {
+    let location = response.get(header::LOCATION).ok_or(None)?;
+    let url = location
+        .to_str()
+        .ok()
+        .filter(|l| !l.is_empty())
+        .and_then(|l| Uri::try_from(l).ok())
+        .filter(|u| u.scheme().is_some() && u.authority().is_some())
+        .ok_or(Some("bad_location"))?;
+    let from_http = scheme != "https";
+    let to_http = url.scheme_str() != Some("https");
+    if !policy.cross_scheme && from_http != to_http {
+        return Err(Some("unsafe_scheme"));
+    }
+    let count = parts
+        .extensions
+        .get::<InternalRedirects>()
+        .map_or(0, |c| c.0);
+    if count >= policy.max {
+        return Err(Some("too_many_redirects"));
+    }
+    let original = format!(
+        "{}://{}{}",
+        if from_http { "http" } else { "https" },
+        authority(&parts).unwrap_or(""),
+        parts.uri.path_and_query().map_or("", |p| p.as_str())
+    );
+    let pq = url.path_and_query().map_or("/", |p| p.as_str());
+    let pq = pq.split('#').next().unwrap_or(pq);
+    let pq = if pq.is_empty() || pq.starts_with('?') {
+        format!("/{pq}")
+    } else {
+        pq.to_string()
+    };
+    let authority = url.authority().map_or("", |a| a.as_str()).to_string();
+    parts.uri = Uri::builder()
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| Some("bad_location"))?;
+    set_host(&mut parts, &authority);
+    if status == StatusCode::SEE_OTHER
+        && parts.method != http::Method::GET
+        && parts.method != http::Method::HEAD
+    {
+        parts.method = http::Method::GET;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::TRANSFER_ENCODING);
+    }
+    if let Ok(v) = HeaderValue::from_str(&original) {
+        parts
+            .headers
+            .insert(http::HeaderName::from_static("x-envoy-original-url"), v);
+    }
+    parts.extensions.insert(InternalRedirects(count + 1));
+    Ok((parts, if to_http { "http" } else { "https" }))
 }
 
 /// The `location` of a redirect, as Envoy's `Http::Utility::newUri` builds it.
