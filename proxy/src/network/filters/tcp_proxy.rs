@@ -150,7 +150,7 @@ async fn proxy(
     if let (Some(t), true) = (tunneling, h2_tunnel) {
         // An HTTP/2 stream of the cluster's pool carries the connection.
         let authority = tunnel_authority(t, info.as_deref(), remote, local);
-        match open_h2_tunnel(&cluster, &host, t, &authority).await {
+        match Box::pin(open_h2_tunnel(&cluster, &host, t, &authority)).await {
             Ok(io) => upstream = Box::new(io),
             Err(flag) => {
                 if let Some(info) = info {
@@ -200,7 +200,7 @@ async fn proxy(
             None => Box::new(conn),
             Some(t) => {
                 let authority = tunnel_authority(t, info.as_deref(), remote, local);
-                match open_h1_tunnel(conn, t, &authority).await {
+                match Box::pin(open_h1_tunnel(conn, t, &authority)).await {
                     Ok(io) => Box::new(io),
                     Err(e) => {
                         tracing::debug!(error = %e, "tcp_proxy tunnel refused");
