@@ -1939,12 +1939,12 @@ mod tests {
     #[test]
     fn unsupported_field_inside_typed_config() {
         let err = check_yaml(
-            r#"static_resources: { listeners: [ { name: a, filter_chains: [ { filters: [ { name: hcm, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: x, add_user_agent: true } } ] } ] } ] }"#,
+            r#"static_resources: { listeners: [ { name: a, filter_chains: [ { filters: [ { name: hcm, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: x, proxy_100_continue: true } } ] } ] } ] }"#,
         )
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.add_user_agent: unsupported"
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.proxy_100_continue: unsupported"
         );
     }
 
