@@ -483,3 +483,38 @@ mod tests {
         assert_eq!(text, "# TYPE envoy_cluster_upstream_rq counter\nenvoy_cluster_upstream_rq{envoy_cluster_name=\"a\",envoy_response_code=\"200\"} 4\n");
     }
 }
+
+/// `<prefix>upstream_rq_<code>` and `<prefix>upstream_rq_<N>xx`, made when a code is first seen
+/// (a cluster's and a virtual cluster's response codes).
+#[derive(Debug)]
+pub struct CodeCounters {
+    shard: Arc<Shard>,
+    prefix: String,
+    by_code: std::cell::RefCell<std::collections::HashMap<u16, (Counter, Counter)>>,
+}
+
+impl CodeCounters {
+    /// The counters under `prefix` (ending in `.`).
+    pub fn new(shard: Arc<Shard>, prefix: String) -> Self {
+        CodeCounters {
+            shard,
+            prefix,
+            by_code: Default::default(),
+        }
+    }
+
+    /// Counts one response with `code`.
+    pub fn count(&self, code: u16) {
+        let mut map = self.by_code.borrow_mut();
+        let (exact, class) = map.entry(code).or_insert_with(|| {
+            (
+                self.shard
+                    .counter(&format!("{}upstream_rq_{code}", self.prefix)),
+                self.shard
+                    .counter(&format!("{}upstream_rq_{}xx", self.prefix, code / 100)),
+            )
+        });
+        exact.inc();
+        class.inc();
+    }
+}

@@ -423,9 +423,7 @@ pub fn passes(f: &crate::config::model::LogFilter, info: &StreamInfo) -> bool {
             let from_id = (!independent)
                 .then(|| info.request_headers.get("x-request-id"))
                 .flatten()
-                .and_then(|v| v.as_bytes().get(..8))
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u64::from_str_radix(h, 16).ok());
+                .and_then(|v| crate::http::conn_manager_utility::request_id_integer(v.as_bytes()));
             let random = from_id.unwrap_or_else(|| fastrand::u64(..));
             fraction.enabled(&crate::runtime::snapshot(), random)
         }
@@ -469,14 +467,8 @@ fn grpc_status(info: &StreamInfo) -> u32 {
     if let Some(c) = parse(&info.response_headers) {
         return c;
     }
-    match info.response_code {
-        Some(400) => 13,
-        Some(401) => 16,
-        Some(403) => 7,
-        Some(404) => 12,
-        Some(429 | 502 | 503 | 504) => 14,
-        _ => 2,
-    }
+    info.response_code
+        .map_or(2, crate::http::local_reply::grpc_status_of_http)
 }
 
 impl Writer {

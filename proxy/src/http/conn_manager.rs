@@ -1974,14 +1974,7 @@ fn grpc_reply(
     let code = if reply.details == crate::http::timeouts::Expiry::MaxDuration.details() {
         4 // DEADLINE_EXCEEDED, as Envoy's stream duration timer says.
     } else {
-        match head.status.as_u16() {
-            400 => 13,
-            401 => 16,
-            403 => 7,
-            404 => 12,
-            429 | 502 | 503 | 504 => 14,
-            _ => 2,
-        }
+        crate::http::local_reply::grpc_status_of_http(head.status.as_u16())
     };
     head.status = http::StatusCode::OK;
     head.headers.insert(
@@ -1991,7 +1984,7 @@ fn grpc_reply(
     head.headers.remove(header::CONTENT_LENGTH);
     if !head.headers.contains_key("grpc-status") {
         head.headers
-            .insert("grpc-status", crate::http::headers::number(code));
+            .insert("grpc-status", crate::http::headers::number(code.into()));
     }
     let body = match body {
         [rest @ .., b'\n'] if json => rest,

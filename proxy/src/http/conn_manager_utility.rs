@@ -412,6 +412,13 @@ pub fn forwarded_client_cert(
     }
 }
 
+/// Envoy's UUID request id as a number (`toInteger`): its first eight hex digits.
+pub fn request_id_integer(id: &[u8]) -> Option<u64> {
+    id.get(..8)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+}
+
 /// The node's cluster and id, for `add_user_agent`.
 static LOCAL_NODE: std::sync::OnceLock<(HeaderValue, Option<HeaderValue>)> =
     std::sync::OnceLock::new();
@@ -454,11 +461,7 @@ pub fn trace_reason(t: &crate::config::model::TraceSampling, headers: &mut Heade
     let Some(id) = headers.get(&names::X_REQUEST_ID).map(HeaderValue::as_bytes) else {
         return;
     };
-    let Some(n) = id
-        .get(..8)
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .and_then(|h| u64::from_str_radix(h, 16).ok())
-    else {
+    let Some(n) = request_id_integer(id) else {
         return;
     };
     let result = (n % 10_000) as u32;

@@ -5,7 +5,6 @@ use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::config::model::LocalReplyConfig;
-use crate::http::body::ProxyBody;
 use crate::http::framing::Reason;
 use crate::stream_info::{ResponseFlag, StreamInfo};
 
@@ -316,12 +315,6 @@ impl LocalReply {
         }
     }
 
-    /// The response, before the connection manager's own headers (server, via…).
-    pub fn response(&self) -> Response<ProxyBody> {
-        let (head, body) = self.finish(self.head(), self.body.clone(), None);
-        Response::from_parts(head, ProxyBody::full(body))
-    }
-
     /// The status and the headers a reply starts with: its own, then the route's changes
     /// (Envoy's `modify_headers`).
     pub fn head(&self) -> http::response::Parts {
@@ -430,6 +423,18 @@ impl LocalReply {
         };
         let (head, body) = self.finish(head, body, Some(&rewrite));
         (head, body, rewrite)
+    }
+}
+
+/// Envoy's `Grpc::Utility::httpToGrpcStatus`: the gRPC status an HTTP status stands for.
+pub fn grpc_status_of_http(code: u16) -> u32 {
+    match code {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Virtual clusters' stats (`vhost.<vhost>.vcluster.<name>.*`), charged as Envoy's router
-//! charges them: the requests that got a connection, every response code (those dropped for a
-//! retry too) with `upstream_rq_completed`, the retry decisions and route timeouts.
+//! charges them: the requests that got a connection, the final response code with
+//! `upstream_rq_completed` (not the responses dropped for a retry), the retry decisions and
+//! route timeouts.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -12,9 +13,7 @@ use crate::stats::{Counter, Shard};
 /// One virtual cluster's stats on one worker.
 #[derive(Debug)]
 pub struct VclusterStats {
-    shard: Arc<Shard>,
-    prefix: String,
-    by_code: RefCell<HashMap<u16, (Counter, Counter)>>,
+    by_code: crate::stats::CodeCounters,
     /// `upstream_rq_total`.
     pub upstream_rq_total: Counter,
     /// `upstream_rq_completed`.
@@ -43,26 +42,14 @@ impl VclusterStats {
             upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
             upstream_rq_retry_success: c("upstream_rq_retry_success"),
             upstream_rq_timeout: c("upstream_rq_timeout"),
-            by_code: RefCell::default(),
-            shard,
-            prefix,
+            by_code: crate::stats::CodeCounters::new(shard, prefix),
         }
     }
 
     /// Counts a response: `upstream_rq_completed`, `upstream_rq_<code>`, `upstream_rq_<N>xx`.
     pub fn response_code(&self, code: u16) {
         self.upstream_rq_completed.inc();
-        let mut map = self.by_code.borrow_mut();
-        let (exact, class) = map.entry(code).or_insert_with(|| {
-            (
-                self.shard
-                    .counter(&format!("{}upstream_rq_{code}", self.prefix)),
-                self.shard
-                    .counter(&format!("{}upstream_rq_{}xx", self.prefix, code / 100)),
-            )
-        });
-        exact.inc();
-        class.inc();
+        self.by_code.count(code);
     }
 }
 

@@ -229,7 +229,7 @@ pub struct ClusterStats {
     pub upstream_rq_per_try_idle_timeout: Counter,
     /// `retry_or_shadow_abandoned`: request bodies too large to keep for a retry.
     pub retry_or_shadow_abandoned: Counter,
-    by_code: RefCell<HashMap<u16, (Counter, Counter)>>,
+    by_code: crate::stats::CodeCounters,
     /// `ssl.*`, for clusters with TLS.
     pub tls: Option<crate::tls::stats::TlsStats>,
 }
@@ -304,7 +304,7 @@ impl ClusterStats {
             upstream_rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
             upstream_rq_per_try_idle_timeout: c("upstream_rq_per_try_idle_timeout"),
             retry_or_shadow_abandoned: c("retry_or_shadow_abandoned"),
-            by_code: RefCell::new(HashMap::new()),
+            by_code: crate::stats::CodeCounters::new(shard.clone(), prefix.clone()),
             tls: tls.then(|| crate::tls::stats::TlsStats::new(shard.clone(), &prefix)),
             shard,
             prefix,
@@ -333,17 +333,7 @@ impl ClusterStats {
 
     /// Counts a response code: `upstream_rq_<code>` and `upstream_rq_<N>xx`.
     pub fn response_code(&self, code: u16) {
-        let mut map = self.by_code.borrow_mut();
-        let (exact, class) = map.entry(code).or_insert_with(|| {
-            (
-                self.shard
-                    .counter(&format!("{}upstream_rq_{code}", self.prefix)),
-                self.shard
-                    .counter(&format!("{}upstream_rq_{}xx", self.prefix, code / 100)),
-            )
-        });
-        exact.inc();
-        class.inc();
+        self.by_code.count(code);
     }
 }
 

@@ -412,8 +412,7 @@ pub async fn route(
     // again) for the next pass.
     let redirect = forward.internal_redirect.as_ref().map(|policy| {
         let mut saved = super::retry::copy_parts(&parts);
-        saved.extensions = std::mem::take(&mut parts.extensions);
-        parts.extensions = saved.extensions.clone();
+        saved.extensions = parts.extensions.clone();
         (policy.clone(), saved)
     });
     let (body, replay) = match &redirect {
@@ -453,7 +452,9 @@ pub async fn route(
     }
     // The virtual cluster the request counts in (the virtual host's first that matches, or
     // `other`), judged on the request as the router got it.
-    let vcluster = {
+    let vcluster = if vhost.virtual_clusters.is_empty() {
+        None
+    } else {
         let view = crate::router::RequestView {
             method: parts.method.as_str(),
             path: parts.uri.path_and_query().map_or("", |p| p.as_str()),
