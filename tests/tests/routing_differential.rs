@@ -1868,3 +1868,167 @@ async fn request_mirroring_side_by_side() {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------------------------
+// Header values with substitution operators (Envoy's header formatter)
+// ---------------------------------------------------------------------------------------------
+
+fn formatted_headers_config() -> Value {
+    let req = |k: &str, v: &str| hvo(k, v, None);
+    let keep_empty = |k: &str, v: &str| {
+        let mut o = hvo(k, v, None);
+        o["keep_empty_value"] = json!(true);
+        o
+    };
+    let request_side = vec![
+        req("x-remote", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+        req("x-local", "%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%"),
+        req("x-missing", "%REQ(x-nothere)%"),
+        req("x-around", "a-%REQ(x-nothere)%-b"),
+        req("x-copy", "%REQ(x-in)%"),
+        req("x-alt", "%REQ(x-nothere?x-in)%"),
+        req("x-cut", "%REQ(x-in):2%"),
+        req("x-uhost", "%UPSTREAM_HOST%"),
+        req("x-ucluster", "%UPSTREAM_CLUSTER%"),
+        req("x-route", "%ROUTE_NAME%"),
+        req("x-proto", "%PROTOCOL%"),
+        req("x-code", "%RESPONSE_CODE%"),
+        req("x-path", "%REQ(:PATH)%"),
+        req("x-method", "%REQ(:METHOD)%"),
+        req("x-flags", "%RESPONSE_FLAGS%"),
+        req("x-bytes", "%BYTES_RECEIVED%"),
+        req("x-year", "%START_TIME(%Y)%"),
+        req("x-pct", "100%% of %REQ(x-in)%"),
+        keep_empty("x-kept", "%REQ(x-nothere)%"),
+        hvo("x-over", "%REQ(x-in)%", Some("OVERWRITE_IF_EXISTS_OR_ADD")),
+        hvo("x-absent", "%REQ(x-nothere)%", Some("ADD_IF_ABSENT")),
+    ];
+    let response_side = vec![
+        req("x-r-code", "%RESPONSE_CODE%"),
+        req("x-r-resp", "%RESP(x-upstream)%"),
+        req("x-r-req", "%REQ(x-in)%"),
+        req("x-r-flags", "%RESPONSE_FLAGS%"),
+        req("x-r-remote", "%UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+        req("x-r-ulocal", "%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%"),
+        req("x-r-uproto", "%UPSTREAM_PROTOCOL%"),
+        req("x-r-attempts", "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"),
+        req("x-r-sent", "%BYTES_SENT%"),
+        req("x-r-route", "%ROUTE_NAME%"),
+    ];
+    let mut fmt = to("/fmt", json!({ "route": { "cluster": "echo" } }));
+    fmt["name"] = json!("formatted");
+    fmt["request_headers_to_add"] = json!(request_side);
+    fmt["response_headers_to_add"] = json!(response_side.clone());
+    let mut weighted = to(
+        "/weighted",
+        json!({ "route": { "weighted_clusters": { "clusters": [ {
+            "name": "echo2", "weight": 1,
+            "request_headers_to_add": [ req("x-wc", "%UPSTREAM_CLUSTER%/%REQ(x-in)%") ],
+            "response_headers_to_add": [ req("x-r-wc", "%RESP(x-upstream)%") ],
+        } ] } } }),
+    );
+    weighted["name"] = json!("weighted");
+    let mut direct = to(
+        "/direct",
+        json!({ "direct_response": { "status": 201, "body": { "inline_string": "made" } } }),
+    );
+    direct["response_headers_to_add"] = json!(response_side.clone());
+    let mut missing = to(
+        "/nocluster",
+        json!({ "route": { "cluster_header": "x-pick" } }),
+    );
+    missing["response_headers_to_add"] = json!(response_side);
+    let vhost = json!({
+        "name": "all", "domains": ["*"],
+        "routes": [fmt, weighted, direct, missing, to("/", json!({ "route": { "cluster": "echo" } }))],
+        "request_headers_to_add": [ req("x-vh", "vh-%REQ(x-in)%") ],
+        "response_headers_to_add": [ req("x-r-vh", "%RESPONSE_CODE%") ],
+    });
+    json!({
+        "@type": HCM_TYPE,
+        "stat_prefix": "routing",
+        "route_config": {
+            "name": "routes", "virtual_hosts": [vhost],
+            "response_headers_to_add": [ req("x-r-global", "%UPSTREAM_CLUSTER%") ],
+        },
+        "http_filters": [ router() ],
+    })
+}
+
+const FORMAT_CASES: &[Case] = &[
+    ("GET", "/fmt?q=1", H, &[("x-in", "hello")], 200),
+    (
+        "GET",
+        "/fmt",
+        H,
+        &[("x-over", "client"), ("x-absent", "client")],
+        200,
+    ),
+    ("POST", "/fmt/p", H, &[("x-in", "x")], 200),
+    ("GET", "/weighted", H, &[("x-in", "w")], 200),
+    ("GET", "/direct", H, &[("x-in", "d")], 201),
+    ("GET", "/nocluster", H, &[("x-in", "n")], 503),
+    ("GET", "/plain", H, &[], 200),
+];
+
+/// Header values with `%` operators: what each renders on requests and responses, at every
+/// level, for forwarded requests, direct responses and local replies. The proxies keep no
+/// access log here, so the stream's record exists for the headers alone.
+#[tokio::test]
+async fn formatted_header_values_side_by_side() {
+    run(async {
+        let (e, s) = pair(formatted_headers_config()).await;
+        compare_status_cases(&e, &s, FORMAT_CASES).await;
+        // The values rendered at all (the comparison alone would pass on two empty sides).
+        let first = s.echo.requests().into_iter().next().expect("a request");
+        assert_eq!(first.header("x-copy"), Some("hello"));
+        assert_eq!(first.header("x-remote"), Some("127.0.0.1"));
+        assert_eq!(first.header("x-route"), Some("formatted"));
+        assert_eq!(first.header("x-code"), Some("0"));
+        assert_eq!(first.header("x-around"), Some("a--b"));
+        assert_eq!(first.header("x-missing"), None);
+        assert_eq!(first.header("x-uhost"), None);
+        assert_eq!(first.header("x-pct"), Some("100% of hello"));
+        let wc = s
+            .echo2
+            .requests()
+            .into_iter()
+            .next()
+            .expect("a weighted request");
+        assert_eq!(wc.header("x-wc"), Some("echo2/w"));
+    })
+    .await
+}
+
+/// Formats Envoy refuses in header values, refused by both.
+#[tokio::test]
+async fn invalid_header_formats_are_refused_by_both() {
+    run(async {
+        for value in ["%NOT_AN_OPERATOR%", "%REQ(x-a", "50%"] {
+            let mut route = to("/", json!({ "route": { "cluster": "echo" } }));
+            route["request_headers_to_add"] = json!([hvo("x-a", value, None)]);
+            let hcm = hcm_with(
+                json!([ { "name": "v", "domains": ["*"], "routes": [route] } ]),
+                json!({}),
+            );
+            let filter = json!({ "name": "hcm", "typed_config": hcm });
+            let v = bootstrap(
+                free_port(),
+                vec![listener("l", "127.0.0.1", free_port(), filter)],
+                vec![cluster("echo", &[free_port()])],
+            );
+            let cfg = write_config("bad-header-format", &to_yaml(&v));
+            for kind in [Kind::Envoy, Kind::under_test()] {
+                let out = run_cli(kind, &["--mode", "validate", "-c", cfg.path()]).await;
+                assert_ne!(
+                    out.code,
+                    Some(0),
+                    "{value}: {} accepted it:\n{}",
+                    kind.name(),
+                    out.output()
+                );
+            }
+        }
+    })
+    .await
+}

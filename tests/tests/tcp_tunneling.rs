@@ -1,6 +1,7 @@
 //! tcp_proxy's `tunneling_config`, side by side with Envoy 1.40: a TCP connection carried in
 //! an HTTP/1.1 CONNECT, an HTTP/2 CONNECT stream, or an HTTP/2 POST (`use_post`, `post_path`),
-//! with the hostname from a format (`%DOWNSTREAM_LOCAL_PORT%`) and `headers_to_add`. The
+//! with the hostname from a format (`%DOWNSTREAM_LOCAL_PORT%`) and `headers_to_add` (values
+//! with operators too). The
 //! upstream records the request that opened the tunnel and echoes the bytes; an upstream that
 //! refuses the tunnel ends the client's connection.
 
@@ -90,7 +91,11 @@ async fn tunneling_config_as_envoy() {
                 TcpUpstream::start(TcpMode::ReplyThenEcho(b"HTTP/1.1 200 OK\r\n\r\n".to_vec()))
                     .await;
             let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
-            let headers = json!([{ "header": { "key": "x-tunnel", "value": "tunnel-1" } }]);
+            let headers = json!([
+                { "header": { "key": "x-tunnel", "value": "tunnel-1" } },
+                { "header": { "key": "x-client", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" } },
+                { "header": { "key": "x-none", "value": "%REQ(x-nothing)%" } },
+            ]);
             let v = bootstrap(
                 free_port(),
                 vec![
@@ -212,6 +217,7 @@ async fn tunneling_config_as_envoy() {
         assert!(all.contains("h2: back=\"through the tunnel\""), "{all}");
         assert!(all.contains("post: back=\"through the tunnel\""), "{all}");
         assert!(all.contains("transfer-encoding: chunked"), "{all}");
+        assert!(all.contains("x-client: 127.0.0.1"), "{all}");
         assert!(all.contains("refused: back=\"\" closed=true"), "{all}");
     })
     .await;

@@ -81,6 +81,33 @@ fn render_json(t: &json::Template, info: &StreamInfo, out: &mut String) {
     }
 }
 
+/// Renders a header value's format as Envoy's header formatter does: a value the stream does
+/// not have is empty. `request` and `response` are the headers being changed, which `%REQ%`
+/// and `%RESP%` read where given.
+pub fn header_value(
+    format: &Format,
+    info: &StreamInfo,
+    request: Option<&HeaderMap>,
+    response: Option<&HeaderMap>,
+) -> String {
+    let req = request.unwrap_or(&info.request_headers);
+    let resp = response.unwrap_or(&info.response_headers);
+    let mut out = String::new();
+    if let Body::Text(pieces) = format.body() {
+        for p in pieces {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Op(op, max) => {
+                    if let Some(v) = value_in(op, info, req, resp) {
+                        out.push_str(truncated(&v, *max));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Renders pieces as text: a missing value is `-`.
 fn render_pieces(pieces: &[Piece], info: &StreamInfo, out: &mut String) {
     for p in pieces {
@@ -135,6 +162,11 @@ fn local_cert(info: &StreamInfo) -> Option<&crate::stream_info::CertInfo> {
 }
 
 fn value(op: &Op, info: &StreamInfo) -> Option<String> {
+    value_in(op, info, &info.request_headers, &info.response_headers)
+}
+
+/// An operator's value, `%REQ%` reading `req` and `%RESP%` reading `resp`.
+fn value_in(op: &Op, info: &StreamInfo, req: &HeaderMap, resp: &HeaderMap) -> Option<String> {
     let upstream_conn = info.upstream_connection.as_ref();
     // Envoy knows the upstream's remote address only once a connection to it exists.
     let upstream_remote = upstream_conn.and(info.upstream_host);
@@ -146,14 +178,10 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
     match op {
         Op::StartTime => Some(format_time(info.start_time)),
         Op::StartTimeFormat(f) => Some(f.format(info.start_time)),
-        Op::Req(a, b) => pseudo_or_header(a, &info.request_headers, info).or_else(|| {
-            b.as_ref()
-                .and_then(|b| pseudo_or_header(b, &info.request_headers, info))
-        }),
-        Op::Resp(a, b) => pseudo_or_header(a, &info.response_headers, info).or_else(|| {
-            b.as_ref()
-                .and_then(|b| pseudo_or_header(b, &info.response_headers, info))
-        }),
+        Op::Req(a, b) => pseudo_or_header(a, req, info)
+            .or_else(|| b.as_ref().and_then(|b| pseudo_or_header(b, req, info))),
+        Op::Resp(a, b) => pseudo_or_header(a, resp, info)
+            .or_else(|| b.as_ref().and_then(|b| pseudo_or_header(b, resp, info))),
         Op::Protocol => info.protocol.map(str::to_string),
         Op::ResponseCode => Some(info.response_code.unwrap_or(0).to_string()),
         Op::ResponseCodeDetails => (!info.details.is_empty()).then(|| {
@@ -174,7 +202,12 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
         Op::ResponseFlagsLong => Some(info.flags.long()),
         Op::BytesReceived => Some(info.bytes_received.to_string()),
         Op::BytesSent => Some(info.bytes_sent.to_string()),
-        Op::Duration => info.duration_ms.map(|d| d.to_string()),
+        // Envoy's current duration: until now while the stream goes on.
+        Op::Duration => Some(
+            info.duration_ms
+                .unwrap_or_else(|| info.start.elapsed().as_millis() as u64)
+                .to_string(),
+        ),
         Op::UpstreamHost => info.upstream_host.map(|h| h.to_string()),
         Op::UpstreamCluster => info
             .upstream_cluster_stat
@@ -182,7 +215,7 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
             .or(info.upstream_cluster.as_deref())
             .map(str::to_string),
         Op::RouteName => info.route_name.as_deref().map(str::to_string),
-        Op::AttemptCount => (info.attempts > 0).then(|| info.attempts.to_string()),
+        Op::AttemptCount => Some(info.attempts.to_string()),
         Op::DownstreamRemoteAddress => Some(info.downstream_remote.to_string()),
         Op::DownstreamRemoteAddressWithoutPort => Some(info.downstream_remote.ip().to_string()),
         Op::DownstreamLocalAddress => Some(info.downstream_local.to_string()),
@@ -273,8 +306,7 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
         Op::AccessLogType => Some(log_type(info).to_string()),
         Op::Path { query, from } => {
             let original = || {
-                info.request_headers
-                    .get("x-envoy-original-path")
+                req.get("x-envoy-original-path")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string)
             };
@@ -289,11 +321,8 @@ fn value(op: &Op, info: &StreamInfo) -> Option<String> {
                 path.map(without_query)
             }
         }
-        Op::ReqWithoutQuery(a, b) => pseudo_or_header(a, &info.request_headers, info)
-            .or_else(|| {
-                b.as_ref()
-                    .and_then(|b| pseudo_or_header(b, &info.request_headers, info))
-            })
+        Op::ReqWithoutQuery(a, b) => pseudo_or_header(a, req, info)
+            .or_else(|| b.as_ref().and_then(|b| pseudo_or_header(b, req, info)))
             .map(without_query),
     }
 }

@@ -1097,14 +1097,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         codec_error: false,
     };
     if let Some(info) = done.info.as_mut() {
-        info.connection = Some(conn.connection.clone());
-        if conn.secure {
-            info.scheme = "https";
-        }
-        info.protocol = Some(protocol_name(version));
-        info.method = Some(parts.method.clone());
-        info.path = parts.uri.path_and_query().map(|p| p.as_str().to_string());
-        info.authority = authority(&parts).map(str::to_string);
+        record_start(info, &conn, &parts, version);
     }
 
     if codec == Codec::Http1 {
@@ -1442,16 +1435,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         headers::append_via(&mut parts.headers, via);
     }
     if let Some(info) = done.info.as_mut() {
-        // Access logs see the request as the connection manager forwards it (generated
-        // x-request-id included), as in Envoy.
-        info.scheme = scheme;
-        info.request_headers = parts.headers.clone();
-        info.stream_id = parts
-            .headers
-            .get(&names::X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        info.request_headers_bytes = request_headers_bytes(&parts, info.scheme);
+        record_request(info, &parts, scheme);
     }
     let request_id = cfg
         .always_set_request_id_in_response
@@ -1468,6 +1452,13 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
         scheme,
         conn.connection.peer_certificate,
     );
+    // Header values with operators render from the stream's record: kept for them too.
+    if done.info.is_none() && selection.formats_headers() {
+        let mut info = Box::new(StreamInfo::new(conn.remote, conn.local));
+        record_start(&mut info, &conn, &parts, version);
+        record_request(&mut info, &parts, scheme);
+        done.info = Some(info);
+    }
     // The decoder filters, then the router as the terminal filter.
     let chain = filter::build(
         &conn.hcm.filters,
@@ -1903,6 +1894,36 @@ pub fn authority(parts: &http::request::Parts) -> Option<&str> {
     })
 }
 
+/// What a stream's record knows when its request head arrives.
+fn record_start(
+    info: &mut StreamInfo,
+    conn: &Conn,
+    parts: &http::request::Parts,
+    version: Version,
+) {
+    info.connection = Some(conn.connection.clone());
+    if conn.secure {
+        info.scheme = "https";
+    }
+    info.protocol = Some(protocol_name(version));
+    info.method = Some(parts.method.clone());
+    info.path = parts.uri.path_and_query().map(|p| p.as_str().to_string());
+    info.authority = authority(parts).map(str::to_string);
+}
+
+/// Access logs see the request as the connection manager forwards it (generated
+/// x-request-id included), as in Envoy.
+fn record_request(info: &mut StreamInfo, parts: &http::request::Parts, scheme: &'static str) {
+    info.scheme = scheme;
+    info.request_headers = parts.headers.clone();
+    info.stream_id = parts
+        .headers
+        .get(&names::X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    info.request_headers_bytes = request_headers_bytes(parts, info.scheme);
+}
+
 fn finish_response(
     conn: &Conn,
     cfg: &model::HttpConnectionManager,
@@ -2031,7 +2052,8 @@ fn local_parts(
             (head, body, rewrite.content_type == "application/json")
         }
         _ => {
-            let (head, body) = reply.finish(reply.head(), reply.body.clone(), None);
+            let head = reply.head(done.info.as_deref());
+            let (head, body) = reply.finish(head, reply.body.clone(), None);
             (head, body, false)
         }
     };

@@ -316,16 +316,21 @@ impl LocalReply {
     }
 
     /// The status and the headers a reply starts with: its own, then the route's changes
-    /// (Envoy's `modify_headers`).
-    pub fn head(&self) -> http::response::Parts {
+    /// (Envoy's `modify_headers`), their operators rendered from the stream's record.
+    pub fn head(&self, info: Option<&StreamInfo>) -> http::response::Parts {
         let (mut head, ()) = Response::new(()).into_parts();
         head.status = self.status;
         let h = &mut head.headers;
         for (k, v) in &self.headers {
             h.append(k.clone(), v.clone());
         }
+        let render = |f: &crate::access_log::Format, h: &http::HeaderMap| {
+            info.map_or_else(String::new, |i| {
+                crate::access_log::header_value(f, i, None, Some(h))
+            })
+        };
         for m in &self.mutations {
-            m.apply(h);
+            m.apply_with(h, &render);
         }
         if self.flag == Some(ResponseFlag::UpstreamOverflow) {
             h.insert(
@@ -375,7 +380,7 @@ impl LocalReply {
         info: &mut StreamInfo,
         started: std::time::Instant,
     ) -> (http::response::Parts, Bytes, Rewrite) {
-        let mut head = self.head();
+        let mut head = self.head(Some(info));
         let mut body = self.body.clone();
         info.response_code = Some(head.status.as_u16());
         info.response_headers = head.headers.clone();
@@ -393,7 +398,9 @@ impl LocalReply {
             if let Some(b) = &m.body {
                 body = b.clone();
             }
-            m.headers.apply(&mut head.headers);
+            m.headers.apply_with(&mut head.headers, &|f, h| {
+                crate::access_log::header_value(f, info, None, Some(h))
+            });
             if let Some(s) = m.status {
                 head.status = s;
                 info.response_code = Some(s.as_u16());

@@ -888,6 +888,7 @@ impl DomainIndex {
 pub struct RouteTable {
     config: Arc<RouteConfig>,
     index: DomainIndex,
+    formats: bool,
 }
 
 impl std::ops::Deref for RouteTable {
@@ -898,11 +899,48 @@ impl std::ops::Deref for RouteTable {
     }
 }
 
+impl RouteConfig {
+    /// Whether a header value of any level renders operators for the stream.
+    fn formats_headers(&self) -> bool {
+        let pair = |a: &HeaderParser, b: &HeaderParser| a.formats() || b.formats();
+        pair(&self.request_headers, &self.response_headers)
+            || self.virtual_hosts.iter().any(|vh| {
+                pair(&vh.request_headers, &vh.response_headers)
+                    || vh.routes.iter().any(|r| {
+                        pair(&r.request_headers, &r.response_headers)
+                            || match &r.action {
+                                Action::Forward(Forward {
+                                    target:
+                                        Target::Weighted(Weighted {
+                                            each: Some(each), ..
+                                        }),
+                                    ..
+                                }) => each
+                                    .iter()
+                                    .any(|c| pair(&c.request_headers, &c.response_headers)),
+                                _ => false,
+                            }
+                    })
+            })
+    }
+}
+
 impl RouteTable {
     /// Indexes the virtual hosts; refuses what [`RouteConfig::check`] refuses.
     pub fn new(config: Arc<RouteConfig>) -> Result<Self, String> {
         let index = DomainIndex::new(&config.name, &config.virtual_hosts)?;
-        Ok(RouteTable { config, index })
+        let formats = config.formats_headers();
+        Ok(RouteTable {
+            config,
+            index,
+            formats,
+        })
+    }
+
+    /// Whether a header value anywhere in it renders operators for the stream (the stream's
+    /// record must be kept).
+    pub fn formats_headers(&self) -> bool {
+        self.formats
     }
 
     /// The configuration it serves.

@@ -194,8 +194,11 @@ fn health_check(h: &core::HealthCheck, path: &str) -> Result<HealthCheck, Config
             HealthCheckKind::Grpc(GrpcHealthCheck {
                 service: g.service_name.clone(),
                 authority: g.authority.clone(),
-                metadata: Arc::new(super::route_action::header_adds(
-                    &g.initial_metadata,
+                metadata: Arc::new(super::route_action::fixed_values(
+                    super::route_action::header_adds(
+                        &g.initial_metadata,
+                        &format!("{gpath}.initial_metadata"),
+                    )?,
                     &format!("{gpath}.initial_metadata"),
                 )?),
             })
@@ -335,12 +338,16 @@ fn http_check(
         } else {
             response_buffer_size
         },
-        headers: super::route_action::header_parser(
-            &h.request_headers_to_add,
-            &h.request_headers_to_remove,
-            path,
-            "request",
-        )?,
+        headers: Arc::new(super::route_action::fixed_values(
+            (*super::route_action::header_parser(
+                &h.request_headers_to_add,
+                &h.request_headers_to_remove,
+                path,
+                "request",
+            )?)
+            .clone(),
+            &format!("{path}.request_headers_to_add"),
+        )?),
         expected,
         retriable: ranges(&h.retriable_statuses, "retriable_statuses")?,
         http2,

@@ -147,21 +147,23 @@ pub(super) fn translate(
             ))
         }
     };
-    use super::route_action::header_adds;
+    use super::route_action::{fixed_values, header_adds};
+    let adds = |field: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption],
+                name: &str| {
+        let at = format!("{path}.{name}");
+        fixed_values(header_adds(field, &at)?, &at).map(Arc::new)
+    };
     Ok(HttpLocalRateLimit {
         stat_prefix: stat_prefix.clone(),
         status,
         bucket,
         enabled: fraction(filter_enabled, "filter_enabled")?,
         enforced: fraction(filter_enforced, "filter_enforced")?,
-        request_headers_not_enforced: Arc::new(header_adds(
+        request_headers_not_enforced: adds(
             request_headers_to_add_when_not_enforced,
-            &format!("{path}.request_headers_to_add_when_not_enforced"),
-        )?),
-        response_headers: Arc::new(header_adds(
-            response_headers_to_add,
-            &format!("{path}.response_headers_to_add"),
-        )?),
+            "request_headers_to_add_when_not_enforced",
+        )?,
+        response_headers: adds(response_headers_to_add, "response_headers_to_add")?,
         descriptors: out_descriptors,
         rate_limits: policies(rate_limits, &format!("{path}.rate_limits"))?,
         per_connection: *local_rate_limit_per_downstream_connection,

@@ -777,6 +777,46 @@ pub(super) fn header_adds(
     Ok(parser)
 }
 
+/// `parser` where no stream is there to render values: one with operators is refused, naming
+/// the first at `field` (its `*_headers_to_add`).
+pub(super) fn fixed_values(
+    parser: crate::router::HeaderParser,
+    field: &str,
+) -> Result<crate::router::HeaderParser, ConfigError> {
+    use crate::router::header_parser::HeaderText;
+    match parser
+        .add
+        .iter()
+        .position(|(_, v, _, _)| matches!(v, HeaderText::Format(_)))
+    {
+        Some(i) => Err(ConfigError::new(
+            format!("{field}[{i}].header.value"),
+            "unsupported: substitution operators (%...%) here",
+        )),
+        None => Ok(parser),
+    }
+}
+
+/// A header value: fixed, or a format of substitution operators (`%%` is a literal `%`).
+pub(super) fn header_text(
+    text: &str,
+    at: &str,
+) -> Result<crate::router::header_parser::HeaderText, ConfigError> {
+    use crate::router::header_parser::HeaderText;
+    let invalid = || ConfigError::new(at, "not a valid header value");
+    if !text.replace("%%", "").contains('%') {
+        return http::HeaderValue::from_str(&text.replace("%%", "%"))
+            .map(HeaderText::Fixed)
+            .map_err(|_| invalid());
+    }
+    // The literal text around the operators must be valid in a header on its own.
+    if text.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(invalid());
+    }
+    let format = crate::access_log::Format::parse(text).map_err(|e| ConfigError::new(at, e))?;
+    Ok(HeaderText::Format(std::sync::Arc::new(format)))
+}
+
 /// A header name a configuration may add or remove.
 fn name(n: &str, at: String) -> Result<http::HeaderName, ConfigError> {
     if n.starts_with(':') || n.eq_ignore_ascii_case("host") {
@@ -814,18 +854,14 @@ fn add_options(
         } else {
             h.raw_value.clone()
         };
-        // `%%` is a literal `%`; other `%` start substitution operators, not offered yet.
-        let text = String::from_utf8_lossy(&raw);
-        if text.replace("%%", "").contains('%') {
-            return Err(ConfigError::new(
-                format!("{opath}.header.value"),
-                "unsupported: substitution operators (%...%) in header values",
-            ));
-        }
-        let value =
-            http::HeaderValue::from_bytes(text.replace("%%", "%").as_bytes()).map_err(|_| {
-                ConfigError::new(format!("{opath}.header.value"), "not a valid header value")
-            })?;
+        let vpath = format!("{opath}.header.value");
+        let value = match std::str::from_utf8(&raw) {
+            Ok(text) => header_text(text, &vpath)?,
+            // Bytes that are not text hold no operators.
+            Err(_) => http::HeaderValue::from_bytes(&raw)
+                .map(crate::router::header_parser::HeaderText::Fixed)
+                .map_err(|_| ConfigError::new(vpath, "not a valid header value"))?,
+        };
         let action = match (append, A::try_from(*append_action)) {
             (Some(_), Ok(a)) if a != A::AppendIfExistsOrAdd => {
                 return Err(ConfigError::new(

@@ -445,7 +445,19 @@ async fn attempts_loop(
                         Decision::No => {}
                     }
                 }
-                return Ok(f.finish_response(resp, conn, upstream, attempts, stream_until));
+                // The code is known from here on (Envoy's router sets it before the route's
+                // response header changes).
+                if let Some(info) = info.as_deref_mut() {
+                    info.response_code = Some(status);
+                }
+                return Ok(f.finish_response(
+                    resp,
+                    conn,
+                    upstream,
+                    attempts,
+                    stream_until,
+                    info.as_deref(),
+                ));
             }
             Outcome::RouteTimeout => return Err(route_timeout(f, upstream)),
             // Envoy's router ends the stream with a local reply and no retry.

@@ -187,6 +187,11 @@ impl Selection {
     }
 
     /// The virtual host the request's authority picked.
+    /// Whether its route table has header values that render operators.
+    pub fn formats_headers(&self) -> bool {
+        self.table.as_ref().is_some_and(|t| t.formats_headers())
+    }
+
     pub fn vhost(&self) -> Option<&crate::router::VirtualHost> {
         Some(&self.table.as_ref()?.virtual_hosts[self.vhost?])
     }
@@ -506,8 +511,16 @@ pub async fn route(
     // A weighted cluster's own changes come first (Envoy's `WeightedClusterEntry`).
     // Its host_rewrite_literal sets the host as it is (no x-envoy-original-host); the
     // route's own host rewrite may still follow.
+    // Values with operators render for this stream, `%REQ%` reading the headers as changed so
+    // far.
+    let recorded = info.as_deref();
+    let render = |f: &crate::access_log::Format, h: &http::HeaderMap| {
+        recorded.map_or_else(String::new, |i| {
+            crate::access_log::header_value(f, i, Some(h), None)
+        })
+    };
     if let Some(c) = changes {
-        c.request_headers.apply(&mut parts.headers);
+        c.request_headers.apply_with(&mut parts.headers, &render);
     }
     let host_header = match changes
         .and_then(|c| c.host_rewrite.as_ref())
@@ -517,7 +530,7 @@ pub async fn route(
         None => host_header,
     };
     for p in order(false) {
-        p.apply(&mut parts.headers);
+        p.apply_with(&mut parts.headers, &render);
     }
     let mut response_headers = order(true);
     if let Some(c) = changes.filter(|c| !c.response_headers.is_empty()) {
@@ -1145,12 +1158,18 @@ impl Forward<'_> {
         mut upstream: Upstream,
         attempts: u32,
         stream_until: Option<tokio::time::Instant>,
+        info: Option<&StreamInfo>,
     ) -> (Response<ProxyBody>, Upstream, Option<Deadline>) {
         self.charge(resp.status().as_u16());
         upstream.failed = resp.status().is_server_error();
         upstream.responded = true;
+        let render = |f: &crate::access_log::Format, h: &http::HeaderMap| {
+            info.map_or_else(String::new, |i| {
+                crate::access_log::header_value(f, i, None, Some(h))
+            })
+        };
         for p in &self.response_headers {
-            p.apply(resp.headers_mut());
+            p.apply_with(resp.headers_mut(), &render);
         }
         // After the route's changes, as Envoy's router adds them.
         for c in &self.set_cookies {
@@ -1359,6 +1378,24 @@ async fn send_http1(
             // An absolute-form target without a path (`http://a`) has an empty one.
             .filter(|u| !u.path().is_empty())
             .unwrap_or_else(|| Uri::from_static("/"));
+    }
+    // A request without a body says so in its framing, as Envoy's codec writes it:
+    // `content-length: 0`, but for the methods that carry no body.
+    if body.is_end_stream()
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && !matches!(
+            parts.method,
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::DELETE
+                | http::Method::TRACE
+                | http::Method::CONNECT
+        )
+    {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     }
     parts.version = Version::HTTP_11;
     let mut req = Request::from_parts(parts, body);

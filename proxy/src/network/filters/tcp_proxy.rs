@@ -149,8 +149,8 @@ async fn proxy(
     let _guard;
     if let (Some(t), true) = (tunneling, h2_tunnel) {
         // An HTTP/2 stream of the cluster's pool carries the connection.
-        let authority = tunnel_authority(t, info.as_deref(), remote, local);
-        match Box::pin(open_h2_tunnel(&cluster, &host, t, &authority)).await {
+        let request = tunnel_request(t, info.as_deref(), remote, local);
+        match Box::pin(open_h2_tunnel(&cluster, &host, t, request)).await {
             Ok(io) => upstream = Box::new(io),
             Err(flag) => {
                 if let Some(info) = info {
@@ -199,8 +199,8 @@ async fn proxy(
         upstream = match tunneling {
             None => Box::new(conn),
             Some(t) => {
-                let authority = tunnel_authority(t, info.as_deref(), remote, local);
-                match Box::pin(open_h1_tunnel(conn, t, &authority)).await {
+                let request = tunnel_request(t, info.as_deref(), remote, local);
+                match Box::pin(open_h1_tunnel(conn, t, request)).await {
                     Ok(io) => Box::new(io),
                     Err(e) => {
                         tracing::debug!(error = %e, "tcp_proxy tunnel refused");
@@ -271,27 +271,35 @@ async fn proxy(
 trait Io: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 
-/// The tunnel's authority: `hostname` with its operators filled in for this connection.
-fn tunnel_authority(
+/// The tunnel's request for this connection: its authority (`hostname` with its operators
+/// filled in) and its `headers_to_add` (values with operators rendered).
+fn tunnel_request(
     t: &model::Tunneling,
     info: Option<&StreamInfo>,
     remote: SocketAddr,
     local: SocketAddr,
-) -> String {
+) -> (String, http::HeaderMap) {
     use crate::access_log::Render;
-    let mut out = String::new();
-    match info {
-        Some(i) => t.hostname.render(i, &mut out),
-        None => t.hostname.render(&StreamInfo::new(remote, local), &mut out),
-    }
-    out
+    let fallback;
+    let info = match info {
+        Some(i) => i,
+        None => {
+            fallback = StreamInfo::new(remote, local);
+            &fallback
+        }
+    };
+    let mut authority = String::new();
+    t.hostname.render(info, &mut authority);
+    let mut headers = http::HeaderMap::new();
+    t.headers.apply_with(&mut headers, &|f, _| {
+        crate::access_log::header_value(f, info, None, None)
+    });
+    (authority, headers)
 }
 
 /// The request head that opens a tunnel over HTTP/1.1, as Envoy writes it: `CONNECT` with the
 /// authority as target (or a `POST` to `post_path`), `host`, then `headers_to_add`.
-fn h1_tunnel_head(t: &model::Tunneling, authority: &str) -> Vec<u8> {
-    let mut extra = http::HeaderMap::new();
-    t.headers.apply(&mut extra);
+fn h1_tunnel_head(t: &model::Tunneling, authority: &str, extra: &http::HeaderMap) -> Vec<u8> {
     let mut head = if t.use_post {
         format!(
             "POST {} HTTP/1.1\r\nhost: {authority}\r\ntransfer-encoding: chunked\r\n",
@@ -301,7 +309,7 @@ fn h1_tunnel_head(t: &model::Tunneling, authority: &str) -> Vec<u8> {
         format!("CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n")
     }
     .into_bytes();
-    for (k, v) in &extra {
+    for (k, v) in extra {
         head.extend_from_slice(k.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(v.as_bytes());
@@ -317,10 +325,11 @@ fn h1_tunnel_head(t: &model::Tunneling, authority: &str) -> Vec<u8> {
 async fn open_h1_tunnel(
     mut s: pool::UpstreamStream,
     t: &model::Tunneling,
-    authority: &str,
+    (authority, headers): (String, http::HeaderMap),
 ) -> std::io::Result<Box<dyn Io>> {
     use std::io::{Error, ErrorKind};
-    s.write_all(&h1_tunnel_head(t, authority)).await?;
+    s.write_all(&h1_tunnel_head(t, &authority, &headers))
+        .await?;
     let mut buf = Vec::with_capacity(1024);
     let end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -383,7 +392,7 @@ async fn open_h2_tunnel(
     cluster: &Rc<crate::upstream::Cluster>,
     host: &Rc<crate::upstream::Host>,
     t: &model::Tunneling,
-    authority: &str,
+    (authority, headers): (String, http::HeaderMap),
 ) -> Result<crate::http::h2_tunnel::H2Io, ResponseFlag> {
     let slot = host.h2.stream(cluster, host).await.map_err(|e| {
         tracing::debug!(error = %e, "tcp_proxy tunnel connect failed");
@@ -407,7 +416,7 @@ async fn open_h2_tunnel(
     };
     *req.uri_mut() = uri;
     *req.version_mut() = http::Version::HTTP_2;
-    t.headers.apply(req.headers_mut());
+    *req.headers_mut() = headers;
     let refused = |e: h2::Error| {
         tracing::debug!(error = %e, "tcp_proxy tunnel stream failed");
         ResponseFlag::UpstreamConnectionFailure
