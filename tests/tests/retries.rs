@@ -132,6 +132,27 @@ async fn answer(
                 return Ok(b.body(Full::new(Bytes::new())).expect("response"));
             }
             "hdr" => b = b.header("x-retry-me", "now"),
+            // 503 asking to come back: `retry-after: <rest>`, or `x-ratelimit-reset` at
+            // <rest> seconds from now.
+            m if m.starts_with("ra") => {
+                return Ok(b
+                    .status(503)
+                    .header("retry-after", &m[2..])
+                    .body(Full::new(Bytes::from_static(b"come back later")))
+                    .expect("response"));
+            }
+            m if m.starts_with("ts") => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_secs();
+                let at = now + m[2..].parse::<u64>().unwrap_or(0);
+                return Ok(b
+                    .status(503)
+                    .header("x-ratelimit-reset", at.to_string())
+                    .body(Full::new(Bytes::from_static(b"come back later")))
+                    .expect("response"));
+            }
             code => {
                 let status = code.parse::<u16>().unwrap_or(500);
                 return Ok(b
@@ -233,6 +254,16 @@ fn config(admin: u16, listen: u16, upstream: u16, dead: u16, http2: bool) -> Str
         route("/budget0/", "budget0", Some(retry("5xx", 2))),
         route("/budget/", "budget", Some(retry("5xx", 2))),
         route("/rnone/", "svc", None),
+        route(
+            "/rlimit/",
+            "svc",
+            Some(json!({ "retry_on": "5xx", "num_retries": 1,
+                "retry_back_off": { "base_interval": "0.005s" },
+                "rate_limited_retry_back_off": {
+                    "reset_headers": [ { "name": "retry-after" },
+                        { "name": "x-ratelimit-reset", "format": "UNIX_TIMESTAMP" } ],
+                    "max_interval": "2s" } })),
+        ),
     ];
     let vh_routes = vec![
         route("/vhr/", "svc", Some(retry("retriable-4xx", 1))),
@@ -382,6 +413,7 @@ const STATS: &[&str] = &[
     "upstream_rq_retry_overflow",
     "upstream_rq_retry_limit_exceeded",
     "upstream_rq_retry_backoff_exponential",
+    "upstream_rq_retry_backoff_ratelimited",
     "upstream_rq_per_try_timeout",
     "retry_or_shadow_abandoned",
     "retry.upstream_rq_503",
@@ -426,6 +458,13 @@ async fn side_by_side(http2: bool) {
         get("/tight/a/503/1"),
         get("/budget0/a/503/1"),
         get("/budget/a/503/1"),
+        // rate_limited_retry_back_off: a wait the response asks for within max_interval (in
+        // seconds, or until a time), else the exponential backoff.
+        get("/rlimit/a/ra1/1"),
+        get("/rlimit/b/ra5/1"),
+        get("/rlimit/c/ts2/1"),
+        get("/rlimit/d/rasoon/1"),
+        get("/rlimit/e/ra0/1"),
     ];
     let mut c = get("/rreq/b/503/1");
     c.headers.push(("x-may-retry", "1"));
@@ -475,10 +514,22 @@ async fn side_by_side(http2: bool) {
     cases.push(c);
     let mut failures = Vec::new();
     for c in &cases {
+        let started = std::time::Instant::now();
         let e = send(&envoy, c).await;
+        let envoy_took = started.elapsed();
+        let started = std::time::Instant::now();
         let s = send(&skiff, c).await;
+        let skiff_took = started.elapsed();
         if e != s {
             failures.push(format!("{}:\n  envoy {e:?}\n  skiff {s:?}", c.path));
+        }
+        // A retry-after of a second waits at least that long, and less than one and a half.
+        if c.path.contains("/ra1/") {
+            for (who, took) in [("envoy", envoy_took), ("skiff", skiff_took)] {
+                if took < Duration::from_secs(1) || took > Duration::from_millis(1900) {
+                    failures.push(format!("{}: {who} took {took:?}", c.path));
+                }
+            }
         }
     }
     let (es, ss) = (stats(&envoy).await, stats(&skiff).await);

@@ -752,11 +752,20 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "retry_back_off",
             "retriable_headers",
             "retriable_request_headers",
+            "rate_limited_retry_back_off",
         ],
     ),
     (
         "envoy.config.route.v3.RetryPolicy.RetryBackOff",
         &["base_interval", "max_interval"],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.RateLimitedRetryBackOff",
+        &["reset_headers", "max_interval"],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.ResetHeader",
+        &["name", "format"],
     ),
     (
         "envoy.config.route.v3.RetryPolicy.RetryHostPredicate",

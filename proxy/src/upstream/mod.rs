@@ -223,6 +223,8 @@ pub struct ClusterStats {
     pub upstream_rq_retry_limit_exceeded: Counter,
     /// `upstream_rq_retry_backoff_exponential`.
     pub upstream_rq_retry_backoff_exponential: Counter,
+    /// `upstream_rq_retry_backoff_ratelimited`: retries that waited as the response asked.
+    pub upstream_rq_retry_backoff_ratelimited: Counter,
     /// `upstream_rq_per_try_timeout`.
     pub upstream_rq_per_try_timeout: Counter,
     /// `upstream_rq_per_try_idle_timeout`.
@@ -301,6 +303,7 @@ impl ClusterStats {
             upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
             upstream_rq_retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
             upstream_rq_retry_backoff_exponential: c("upstream_rq_retry_backoff_exponential"),
+            upstream_rq_retry_backoff_ratelimited: c("upstream_rq_retry_backoff_ratelimited"),
             upstream_rq_per_try_timeout: c("upstream_rq_per_try_timeout"),
             upstream_rq_per_try_idle_timeout: c("upstream_rq_per_try_idle_timeout"),
             retry_or_shadow_abandoned: c("retry_or_shadow_abandoned"),

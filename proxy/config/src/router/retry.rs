@@ -181,6 +181,52 @@ pub struct RetryPolicy {
     /// `host_selection_retry_max_attempts`: how many times a host is picked again when the
     /// predicate rejects it.
     pub host_selection_max_attempts: u32,
+    /// `rate_limited_retry_back_off`: a retried response that says when to come back sets the
+    /// wait.
+    pub rate_limited: Option<RateLimitedBackOff>,
+}
+
+/// `rate_limited_retry_back_off`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitedBackOff {
+    /// `reset_headers`, in order: the first that gives an interval within `max_interval` wins.
+    pub reset_headers: Vec<(http::HeaderName, ResetFormat)>,
+    /// `max_interval` (default 300 s).
+    pub max_interval: Duration,
+}
+
+/// `ResetHeaderFormat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetFormat {
+    /// `SECONDS`: the seconds to wait.
+    Seconds,
+    /// `UNIX_TIMESTAMP`: the second, since the epoch, to wait for.
+    UnixTimestamp,
+}
+
+impl RateLimitedBackOff {
+    /// The wait a response asks for, as Envoy's `parseResetInterval`: the first reset header
+    /// (its first value) that parses as a whole number to an interval within `max_interval`;
+    /// `now` is the time since the epoch.
+    pub fn interval(&self, h: &http::HeaderMap, now: Duration) -> Option<Duration> {
+        self.reset_headers.iter().find_map(|(name, format)| {
+            let v = h.get(name)?.to_str().ok()?.trim();
+            let n: u64 = v.strip_prefix('+').unwrap_or(v).parse().ok()?;
+            let secs = match format {
+                ResetFormat::Seconds => n,
+                ResetFormat::UnixTimestamp => n.checked_sub(now.as_secs())?,
+            };
+            let d = Duration::from_secs(secs);
+            (d <= self.max_interval).then_some(d)
+        })
+    }
+
+    /// Envoy's jittered lower bound: a wait in `[interval, 1.5 × interval)`, `random` being
+    /// uniform over `u64`.
+    pub fn wait(interval: Duration, random: u64) -> Duration {
+        let ms = interval.as_millis() as u64;
+        Duration::from_millis(ms + random % (ms >> 1).max(1))
+    }
 }
 
 impl Default for RetryPolicy {
@@ -197,6 +243,7 @@ impl Default for RetryPolicy {
             retriable_request_headers: Vec::new(),
             previous_hosts: false,
             host_selection_max_attempts: 1,
+            rate_limited: None,
         }
     }
 }
@@ -360,5 +407,43 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn reset_headers_give_the_wait_as_envoy_reads_them() {
+        let policy = RateLimitedBackOff {
+            reset_headers: vec![
+                (http::HeaderName::from_static("retry-after"), ResetFormat::Seconds),
+                (
+                    http::HeaderName::from_static("x-ratelimit-reset"),
+                    ResetFormat::UnixTimestamp,
+                ),
+            ],
+            max_interval: Duration::from_secs(300),
+        };
+        let now = Duration::from_secs(1_000_000);
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, http::HeaderValue::from_static(v));
+            }
+            policy.interval(&h, now)
+        };
+        assert_eq!(with(&[("retry-after", "2")]), Some(Duration::from_secs(2)));
+        assert_eq!(with(&[("retry-after", " 3 ")]), Some(Duration::from_secs(3)));
+        // Over max_interval, or not a number: the next header is tried.
+        assert_eq!(
+            with(&[("retry-after", "301"), ("x-ratelimit-reset", "1000005")]),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            with(&[("retry-after", "soon"), ("x-ratelimit-reset", "1000001")]),
+            Some(Duration::from_secs(1))
+        );
+        // A time already past gives nothing.
+        assert_eq!(with(&[("x-ratelimit-reset", "999999")]), None);
+        assert_eq!(with(&[]), None);
+        let w = RateLimitedBackOff::wait(Duration::from_secs(2), 12345);
+        assert!(w >= Duration::from_secs(2) && w < Duration::from_secs(3), "{w:?}");
     }
 }

@@ -34,9 +34,6 @@ pub(super) fn policy(p: &route::RetryPolicy, path: &str) -> Result<RetryPolicy, 
     if !retry_options_predicates.is_empty() {
         return unsupported("retry_options_predicates");
     }
-    if rate_limited_retry_back_off.is_some() {
-        return unsupported("rate_limited_retry_back_off");
-    }
     if *refresh_cluster_on_retry {
         return unsupported("refresh_cluster_on_retry");
     }
@@ -124,6 +121,9 @@ pub(super) fn policy(p: &route::RetryPolicy, path: &str) -> Result<RetryPolicy, 
             _ => return Err(ConfigError::unsupported(ppath)),
         }
     }
+    if let Some(r) = rate_limited_retry_back_off {
+        out.rate_limited = Some(rate_limited(r, &format!("{path}.rate_limited_retry_back_off"))?);
+    }
     out.host_selection_max_attempts =
         u32::try_from(*host_selection_retry_max_attempts).map_err(|_| {
             ConfigError::new(
@@ -131,6 +131,56 @@ pub(super) fn policy(p: &route::RetryPolicy, path: &str) -> Result<RetryPolicy, 
                 "must be between 0 and 4294967295",
             )
         })?;
+    Ok(out)
+}
+
+/// `rate_limited_retry_back_off`, with Envoy's validation.
+fn rate_limited(
+    r: &route::retry_policy::RateLimitedRetryBackOff,
+    path: &str,
+) -> Result<crate::router::retry::RateLimitedBackOff, ConfigError> {
+    use crate::router::retry::{RateLimitedBackOff, ResetFormat};
+    use route::retry_policy::RateLimitedRetryBackOff as R;
+    let R {
+        reset_headers,
+        max_interval,
+    } = r;
+    if reset_headers.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.reset_headers"),
+            "value must contain at least 1 item(s)",
+        ));
+    }
+    let mut out = RateLimitedBackOff {
+        reset_headers: Vec::with_capacity(reset_headers.len()),
+        max_interval: std::time::Duration::from_secs(300),
+    };
+    for (i, h) in reset_headers.iter().enumerate() {
+        let hpath = format!("{path}.reset_headers[{i}]");
+        let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| ConfigError::new(format!("{hpath}.name"), "not a valid header name"))?;
+        let format = match route::retry_policy::ResetHeaderFormat::try_from(h.format) {
+            Ok(route::retry_policy::ResetHeaderFormat::Seconds) => ResetFormat::Seconds,
+            Ok(route::retry_policy::ResetHeaderFormat::UnixTimestamp) => ResetFormat::UnixTimestamp,
+            Err(_) => {
+                return Err(ConfigError::new(
+                    format!("{hpath}.format"),
+                    "value must be one of the defined enum values",
+                ))
+            }
+        };
+        out.reset_headers.push((name, format));
+    }
+    if let Some(m) = max_interval {
+        let d = duration(m, &format!("{path}.max_interval"))?;
+        if d <= std::time::Duration::from_millis(1) {
+            return Err(ConfigError::new(
+                format!("{path}.max_interval"),
+                "value must be greater than 0.001s",
+            ));
+        }
+        out.max_interval = d;
+    }
     Ok(out)
 }
 

@@ -19,7 +19,7 @@ use crate::http::body::{Deadline, EndReason, ProxyBody};
 use crate::http::headers;
 use crate::http::local_reply::LocalReply;
 use crate::http::replay::ReplayBuffer;
-use crate::router::retry::{BackOff, RetryHeaders, RetryOn, RetryPolicy};
+use crate::router::retry::{BackOff, RateLimitedBackOff, RetryHeaders, RetryOn, RetryPolicy};
 use crate::router::{header_matches, RequestView};
 use crate::stream_info::{ResponseFlag, StreamInfo};
 use crate::upstream::circuit_breaker::Held;
@@ -198,9 +198,11 @@ impl RetryState {
     /// Envoy's `shouldRetry`: the decision on an attempt's outcome, counted in the cluster's
     /// stats, the retry taking one of the `max_retries` circuit breaker's slots until its own
     /// outcome is known.
+    /// `reset` is the wait a rate-limited response asked for ([`Self::reset_interval`]).
     pub fn should_retry(
         &mut self,
         would: bool,
+        reset: Option<Duration>,
         cluster: &Cluster,
         vcluster: Option<&VclusterStats>,
         random: u64,
@@ -238,8 +240,25 @@ impl RetryState {
         if let Some(vc) = vcluster {
             vc.upstream_rq_retry.inc();
         }
+        if let Some(interval) = reset {
+            stats.upstream_rq_retry_backoff_ratelimited.inc();
+            return Decision::Retry(RateLimitedBackOff::wait(interval, random));
+        }
         stats.upstream_rq_retry_backoff_exponential.inc();
         Decision::Retry(self.backoff.next(random))
+    }
+
+    /// The wait a response to be retried asks for in its `rate_limited_retry_back_off` reset
+    /// headers, when the policy has them (Envoy's `parseResetInterval`, taken above 1 ms).
+    pub fn reset_interval(&self, h: &HeaderMap) -> Option<Duration> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.policy
+            .rate_limited
+            .as_ref()?
+            .interval(h, now)
+            .filter(|d| *d > Duration::from_millis(1))
     }
 
     fn avoid_previous_hosts(&self) -> Option<u32> {
@@ -425,7 +444,9 @@ async fn attempts_loop(
                 let status = resp.status().as_u16();
                 if let Some(r) = retry.as_mut() {
                     let would = r.would_retry_headers(status, resp.headers());
-                    match r.should_retry(would, cluster, f.vcluster.as_deref(), fastrand::u64(..)) {
+                    let reset = would.then(|| r.reset_interval(resp.headers())).flatten();
+                    let random = fastrand::u64(..);
+                    match r.should_retry(would, reset, cluster, f.vcluster.as_deref(), random) {
                         Decision::Retry(wait) => {
                             if f.dynamic_stats {
                                 stats.retry_response_code(status);
@@ -516,7 +537,7 @@ async fn attempts_loop(
         };
         if let Some(r) = retry.as_mut() {
             let would = r.would_retry_reset(reset, started);
-            match r.should_retry(would, cluster, f.vcluster.as_deref(), fastrand::u64(..)) {
+            match r.should_retry(would, None, cluster, f.vcluster.as_deref(), fastrand::u64(..)) {
                 Decision::Retry(wait) => {
                     if back_off(wait, route_timer.as_mut()).await {
                         continue;
