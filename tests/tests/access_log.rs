@@ -834,3 +834,76 @@ async fn json_format_side_by_side_with_envoy() {
     })
     .await
 }
+
+/// The file logger's deprecated format fields, which Envoy 1.40 still takes: `format` (text;
+/// empty is the default format), `json_format` and `typed_json_format` (both written typed,
+/// keys sorted, as `log_format.json_format`).
+#[tokio::test]
+async fn deprecated_file_formats_side_by_side_with_envoy() {
+    use skiff_tests::config;
+    use skiff_tests::side_by_side::{curl_on, pair, Up};
+    run(async {
+        let dir = skiff_tests::scratch_dir("alog-deprecated");
+        let base = dir.to_str().expect("utf-8").to_string();
+        let build = move |admin: u16, listen: u16, upstream: u16| {
+            let mut v = config::simple_http(admin, listen, &[upstream]);
+            let file = |name: &str, format: serde_json::Value| {
+                let mut typed = json!({
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": format!("{base}/{listen}-{name}.log"),
+                });
+                if let (Some(t), Some(f)) = (typed.as_object_mut(), format.as_object()) {
+                    for (k, v) in f {
+                        t.insert(k.clone(), v.clone());
+                    }
+                }
+                json!({ "name": "envoy.access_loggers.file", "typed_config": typed })
+            };
+            let fields = json!({ "zcode": "%RESPONSE_CODE%", "path": "%REQ(:PATH)%",
+                "missing": "%REQ(x-nothing)%", "n": { "proto": "%PROTOCOL%" } });
+            config::hcm_config(&mut v)["access_log"] = json!([
+                file("text", json!({ "format": "%RESPONSE_CODE% %REQ(:PATH)% %PROTOCOL%\n" })),
+                file("default", json!({ "format": "" })),
+                file("json", json!({ "json_format": fields })),
+                file("typed", json!({ "typed_json_format": fields })),
+            ]);
+            config::to_yaml(&v)
+        };
+        let (e, s) = pair(Up::H1, build).await;
+        let mut seen = Vec::new();
+        for side in [&e, &s] {
+            curl_on(side, &[], "/d/1").await;
+            curl_on(side, &[], "/d/2?q").await;
+            let listen = side.port;
+            let mut got = Vec::new();
+            for name in ["text", "default", "json", "typed"] {
+                let path = dir.join(format!("{listen}-{name}.log"));
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                let text = loop {
+                    let t = std::fs::read_to_string(&path).unwrap_or_default();
+                    if t.lines().count() >= 2 || std::time::Instant::now() > deadline {
+                        break t;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                if name == "default" {
+                    // Times, durations and ids differ: the request line and status suffice.
+                    got.push(
+                        text.lines()
+                            .map(|l| l.split(" - ").next().unwrap_or("").split("] ").nth(1).unwrap_or("").to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                    );
+                } else {
+                    got.push(text);
+                }
+            }
+            seen.push(got);
+        }
+        assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+        assert!(seen[0][2].contains(r#""n":{"proto":"HTTP/1.1"}"#), "{:?}", seen[0]);
+        assert!(seen[0][1].contains(r#""GET /d/1 HTTP/1.1" 200"#), "{:?}", seen[0]);
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}

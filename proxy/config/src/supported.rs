@@ -1144,7 +1144,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.access_loggers.file.v3.FileAccessLog",
-        &["path", "log_format"],
+        &["path", "log_format", "format", "json_format", "typed_json_format"],
     ),
     (
         "envoy.config.core.v3.SubstitutionFormatString",

@@ -413,7 +413,10 @@ mod tests {
     fn reset_headers_give_the_wait_as_envoy_reads_them() {
         let policy = RateLimitedBackOff {
             reset_headers: vec![
-                (http::HeaderName::from_static("retry-after"), ResetFormat::Seconds),
+                (
+                    http::HeaderName::from_static("retry-after"),
+                    ResetFormat::Seconds,
+                ),
                 (
                     http::HeaderName::from_static("x-ratelimit-reset"),
                     ResetFormat::UnixTimestamp,
@@ -430,7 +433,10 @@ mod tests {
             policy.interval(&h, now)
         };
         assert_eq!(with(&[("retry-after", "2")]), Some(Duration::from_secs(2)));
-        assert_eq!(with(&[("retry-after", " 3 ")]), Some(Duration::from_secs(3)));
+        assert_eq!(
+            with(&[("retry-after", " 3 ")]),
+            Some(Duration::from_secs(3))
+        );
         // Over max_interval, or not a number: the next header is tried.
         assert_eq!(
             with(&[("retry-after", "301"), ("x-ratelimit-reset", "1000005")]),
@@ -444,6 +450,9 @@ mod tests {
         assert_eq!(with(&[("x-ratelimit-reset", "999999")]), None);
         assert_eq!(with(&[]), None);
         let w = RateLimitedBackOff::wait(Duration::from_secs(2), 12345);
-        assert!(w >= Duration::from_secs(2) && w < Duration::from_secs(3), "{w:?}");
+        assert!(
+            w >= Duration::from_secs(2) && w < Duration::from_secs(3),
+            "{w:?}"
+        );
     }
 }

@@ -616,10 +616,27 @@ pub(super) fn translate_access_log(
             if f.path.is_empty() {
                 return Err(ConfigError::new(format!("{tpath}.path"), "required"));
             }
+            use core::substitution_format_string::Format as F;
             use envoy_types::pb::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat;
+            // The deprecated forms are the same formats as `log_format` (Envoy 1.40 renders
+            // `json_format` typed, as `typed_json_format`); an empty `format` is the default.
+            let as_sfs = |format| core::SubstitutionFormatString {
+                format: Some(format),
+                ..Default::default()
+            };
+            #[allow(deprecated)]
             let fmt = match f.access_log_format {
                 Some(AccessLogFormat::LogFormat(s)) => Some(s),
-                Some(_) => return Err(ConfigError::unsupported(format!("{tpath}.format"))),
+                Some(AccessLogFormat::Format(t)) if t.is_empty() => None,
+                Some(AccessLogFormat::Format(t)) => {
+                    Some(as_sfs(F::TextFormatSource(core::DataSource {
+                        specifier: Some(core::data_source::Specifier::InlineString(t)),
+                        ..Default::default()
+                    })))
+                }
+                Some(AccessLogFormat::JsonFormat(st) | AccessLogFormat::TypedJsonFormat(st)) => {
+                    Some(as_sfs(F::JsonFormat(st)))
+                }
                 None => None,
             };
             (AccessLogSink::File(f.path), fmt)

@@ -122,7 +122,10 @@ pub(super) fn policy(p: &route::RetryPolicy, path: &str) -> Result<RetryPolicy, 
         }
     }
     if let Some(r) = rate_limited_retry_back_off {
-        out.rate_limited = Some(rate_limited(r, &format!("{path}.rate_limited_retry_back_off"))?);
+        out.rate_limited = Some(rate_limited(
+            r,
+            &format!("{path}.rate_limited_retry_back_off"),
+        )?);
     }
     out.host_selection_max_attempts =
         u32::try_from(*host_selection_retry_max_attempts).map_err(|_| {

@@ -537,7 +537,13 @@ async fn attempts_loop(
         };
         if let Some(r) = retry.as_mut() {
             let would = r.would_retry_reset(reset, started);
-            match r.should_retry(would, None, cluster, f.vcluster.as_deref(), fastrand::u64(..)) {
+            match r.should_retry(
+                would,
+                None,
+                cluster,
+                f.vcluster.as_deref(),
+                fastrand::u64(..),
+            ) {
                 Decision::Retry(wait) => {
                     if back_off(wait, route_timer.as_mut()).await {
                         continue;
