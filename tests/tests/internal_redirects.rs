@@ -1,7 +1,9 @@
 //! Routes' `internal_redirect_policy`, side by side with Envoy 1.40: an upstream's redirect is
 //! followed inside the proxy (the request routed again to the `Location`, with
 //! `x-envoy-original-url`), or passed to the client when the code, the scheme, the count or
-//! the request's body does not allow it. The client's response, what the final upstream
+//! the request's body does not allow it, or a predicate (`previous_routes`,
+//! `allow_listed_routes`, `safe_cross_scheme`) refuses the route it leads to; with
+//! `response_headers_to_copy`. The client's response, what the final upstream
 //! received and the stats must be the same.
 
 use std::time::Duration;
@@ -30,6 +32,17 @@ fn policy(extra: Value) -> Value {
     p
 }
 
+/// An internal redirect predicate of type `envoy.extensions.internal_redirect.<kind>`.
+fn predicate(kind: &str, config: Value) -> Value {
+    let mut typed = json!({ "@type": format!("type.googleapis.com/envoy.extensions.internal_redirect.{kind}") });
+    if let (Some(t), Some(c)) = (typed.as_object_mut(), config.as_object()) {
+        for (k, v) in c {
+            t.insert(k.clone(), v.clone());
+        }
+    }
+    json!({ "name": kind, "typed_config": typed })
+}
+
 fn routes() -> Vec<Value> {
     vec![
         json!({ "match": { "prefix": "/start" }, "route": { "cluster": "redir_a",
@@ -45,7 +58,24 @@ fn routes() -> Vec<Value> {
         json!({ "match": { "prefix": "/loop" }, "route": { "cluster": "redir_d",
             "internal_redirect_policy": policy(json!({ "max_internal_redirects": 3 })) } }),
         json!({ "match": { "prefix": "/nofollow" }, "route": { "cluster": "redir_a" } }),
-        json!({ "match": { "prefix": "/target" }, "route": { "cluster": "final" },
+        json!({ "name": "prev", "match": { "prefix": "/prev" }, "route": { "cluster": "redir_e",
+            "internal_redirect_policy": policy(json!({ "max_internal_redirects": 3,
+                "predicates": [ predicate("previous_routes.v3.PreviousRoutesConfig", json!({})) ] })) } }),
+        json!({ "match": { "prefix": "/allowed" }, "route": { "cluster": "redir_a",
+            "internal_redirect_policy": policy(json!({ "predicates": [ predicate(
+                "allow_listed_routes.v3.AllowListedRoutesConfig",
+                json!({ "allowed_route_names": ["elsewhere", "target"] })) ] })) } }),
+        json!({ "match": { "prefix": "/notlisted" }, "route": { "cluster": "redir_a",
+            "internal_redirect_policy": policy(json!({ "predicates": [ predicate(
+                "allow_listed_routes.v3.AllowListedRoutesConfig",
+                json!({ "allowed_route_names": ["elsewhere"] })) ] })) } }),
+        json!({ "match": { "prefix": "/safe" }, "route": { "cluster": "redir_b",
+            "internal_redirect_policy": policy(json!({ "allow_cross_scheme_redirect": true,
+                "predicates": [ predicate("safe_cross_scheme.v3.SafeCrossSchemeConfig", json!({})) ] })) } }),
+        json!({ "match": { "prefix": "/copy" }, "route": { "cluster": "redir_f",
+            "internal_redirect_policy": policy(json!({
+                "response_headers_to_copy": ["x-copied", "x-absent"] })) } }),
+        json!({ "name": "target", "match": { "prefix": "/target" }, "route": { "cluster": "final" },
             "response_headers_to_add": [{ "header": { "key": "x-final", "value": "reached" } }] }),
     ]
 }
@@ -64,6 +94,11 @@ const CASES: &[(&str, &str, &str)] = &[
     ("GET", "/relative/status/302", ""),
     ("GET", "/loop/status/302", ""),
     ("GET", "/nofollow/status/302", ""),
+    ("GET", "/prev/status/302", ""),
+    ("GET", "/allowed/status/302", ""),
+    ("GET", "/notlisted/status/302", ""),
+    ("GET", "/safe/status/302", ""),
+    ("GET", "/copy/status/302", ""),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,6 +110,16 @@ async fn internal_redirects_as_envoy() {
             let b = redirector("redir_b", "https://redirect.example/target").await;
             let c = redirector("redir_c", "/target/relative").await;
             let d = redirector("redir_d", "http://loop.example/loop/status/302").await;
+            let e = redirector("redir_e", "http://loop.example/prev/status/302").await;
+            let mut o = EchoOptions::named("redir_f");
+            o.extra_headers = vec![
+                (
+                    "location".into(),
+                    "http://redirect.example/target?copy".into(),
+                ),
+                ("x-copied".into(), "from-the-redirect".into()),
+            ];
+            let f = EchoUpstream::with_options(o).await;
             let fin = EchoUpstream::start("final").await;
             let (admin, port) = (free_port(), free_port());
             let m = hcm(
@@ -89,6 +134,8 @@ async fn internal_redirects_as_envoy() {
                     cluster("redir_b", &[b.port()]),
                     cluster("redir_c", &[c.port()]),
                     cluster("redir_d", &[d.port()]),
+                    cluster("redir_e", &[e.port()]),
+                    cluster("redir_f", &[f.port()]),
                     cluster("final", &[fin.port()]),
                 ],
             );
@@ -157,6 +204,10 @@ async fn internal_redirects_as_envoy() {
             "GET /loop/status/302: 302",
             "cluster.redir_d.upstream_internal_redirect_succeeded_total: 3",
             "http.ir.passthrough_internal_redirect_too_many_redirects: 1",
+            "http.ir.passthrough_internal_redirect_predicate: 3",
+            "cluster.redir_e.upstream_internal_redirect_succeeded_total: 1",
+            "GET /allowed/status/302: 200",
+            "x-copied: from-the-redirect",
         ] {
             assert!(all.contains(want), "{want} missing from\n{all}");
         }

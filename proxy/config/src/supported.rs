@@ -864,6 +864,18 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "envoy.extensions.internal_redirect.allow_listed_routes.v3.AllowListedRoutesConfig",
+        &["allowed_route_names"],
+    ),
+    (
+        "envoy.extensions.internal_redirect.previous_routes.v3.PreviousRoutesConfig",
+        &[],
+    ),
+    (
+        "envoy.extensions.internal_redirect.safe_cross_scheme.v3.SafeCrossSchemeConfig",
+        &[],
+    ),
+    (
         "envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
         &["path_template"],
     ),

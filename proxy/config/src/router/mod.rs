@@ -371,6 +371,24 @@ pub struct InternalRedirect {
     pub codes: Vec<u16>,
     /// `allow_cross_scheme_redirect`.
     pub cross_scheme: bool,
+    /// `predicates`: each must accept the route the redirect leads to.
+    pub predicates: Vec<RedirectPredicate>,
+    /// `response_headers_to_copy`: set on the next request from the redirect's response (or
+    /// removed when it has none), before the route is chosen again.
+    pub copy_headers: Vec<http::HeaderName>,
+    /// The name of the route with this policy (what `previous_routes` keeps its record under).
+    pub route_name: Arc<str>,
+}
+
+/// An internal redirect predicate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedirectPredicate {
+    /// `allow_listed_routes`: the target route's name must be one of these.
+    AllowListed(Vec<String>),
+    /// `previous_routes`: a route already led to from this policy's route is not again.
+    PreviousRoutes,
+    /// `safe_cross_scheme`: no redirect from plain HTTP to HTTPS.
+    SafeCrossScheme,
 }
 
 /// One of a route's `hash_policy`: a part of the request hashed, combined with the parts

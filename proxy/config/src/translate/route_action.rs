@@ -46,7 +46,7 @@ pub(super) fn translate(
     };
     match &r.action {
         Some(route::route::Action::Route(a)) => {
-            forward(a, &format!("{path}.route"), path_match, clusters)
+            forward(a, &format!("{path}.route"), path_match, clusters, &r.name)
         }
         Some(route::route::Action::Redirect(rd)) => Ok(local(Action::Redirect(redirect(
             rd,
@@ -113,6 +113,7 @@ fn forward(
     apath: &str,
     path_match: &PathMatch,
     clusters: Option<&HashSet<String>>,
+    route_name: &str,
 ) -> Result<Translated, ConfigError> {
     super::fields::route_action(action, apath)?;
     use route::route_action::ClusterSpecifier as C;
@@ -328,7 +329,9 @@ fn forward(
             internal_redirect: action
                 .internal_redirect_policy
                 .as_ref()
-                .map(|p| internal_redirect(p, &format!("{apath}.internal_redirect_policy")))
+                .map(|p| {
+                    internal_redirect(p, &format!("{apath}.internal_redirect_policy"), route_name)
+                })
                 .transpose()?
                 .map(Arc::new),
             hash_policy: action
@@ -508,18 +511,55 @@ fn template_rewrite(
     Ok(PathRewrite::Template(rw))
 }
 
-/// A route's `internal_redirect_policy`. Predicates and `response_headers_to_copy` are refused.
+/// A route's `internal_redirect_policy`, for the route named `route_name`.
 fn internal_redirect(
     p: &route::InternalRedirectPolicy,
     path: &str,
+    route_name: &str,
 ) -> Result<crate::router::InternalRedirect, ConfigError> {
-    if !p.predicates.is_empty() {
-        return Err(ConfigError::unsupported(format!("{path}.predicates")));
+    use crate::router::RedirectPredicate;
+    use envoy_types::pb::envoy::extensions::internal_redirect as ir;
+    let mut predicates = Vec::with_capacity(p.predicates.len());
+    for (i, pred) in p.predicates.iter().enumerate() {
+        let tpath = format!("{path}.predicates[{i}].typed_config");
+        let any = pred
+            .typed_config
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(&tpath, "required"))?;
+        predicates.push(match super::super::proto::type_name(&any.type_url) {
+            "envoy.extensions.internal_redirect.allow_listed_routes.v3.AllowListedRoutesConfig" => {
+                let c: ir::allow_listed_routes::v3::AllowListedRoutesConfig =
+                    super::super::proto::unpack(any, &tpath)?;
+                if let Some(j) = c.allowed_route_names.iter().position(String::is_empty) {
+                    return Err(ConfigError::new(
+                        format!("{tpath}.allowed_route_names[{j}]"),
+                        "value length must be at least 1 characters",
+                    ));
+                }
+                RedirectPredicate::AllowListed(c.allowed_route_names)
+            }
+            "envoy.extensions.internal_redirect.previous_routes.v3.PreviousRoutesConfig" => {
+                RedirectPredicate::PreviousRoutes
+            }
+            "envoy.extensions.internal_redirect.safe_cross_scheme.v3.SafeCrossSchemeConfig" => {
+                RedirectPredicate::SafeCrossScheme
+            }
+            _ => return Err(ConfigError::unsupported(tpath)),
+        });
     }
-    if !p.response_headers_to_copy.is_empty() {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.response_headers_to_copy"
-        )));
+    let mut copy_headers = Vec::with_capacity(p.response_headers_to_copy.len());
+    for (i, h) in p.response_headers_to_copy.iter().enumerate() {
+        let at = format!("{path}.response_headers_to_copy[{i}]");
+        if h.starts_with(':') || h.eq_ignore_ascii_case("host") {
+            return Err(ConfigError::new(
+                at,
+                ":-prefixed headers or Hosts may not be specified here.",
+            ));
+        }
+        copy_headers.push(
+            http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                .map_err(|_| ConfigError::new(at, "not a valid header name"))?,
+        );
     }
     if p.redirect_response_codes.len() > 5 {
         return Err(ConfigError::new(
@@ -540,6 +580,9 @@ fn internal_redirect(
         max: p.max_internal_redirects.as_ref().map_or(1, |v| v.value),
         codes,
         cross_scheme: p.allow_cross_scheme_redirect,
+        predicates,
+        copy_headers,
+        route_name: route_name.into(),
     })
 }
 

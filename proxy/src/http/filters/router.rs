@@ -730,6 +730,7 @@ pub async fn route(
     } else {
         Err(None)
     };
+    let scheme_of_request = scheme;
     let next = next.and_then(|(mut parts, scheme)| {
         let selection = select(
             worker,
@@ -738,8 +739,18 @@ pub async fn route(
             scheme,
             selection.peer_certificate,
         );
-        if selection.route().is_none() {
+        let Some(target) = selection.route() else {
             return Err(Some("no_route"));
+        };
+        let from_https = scheme_of_request == "https";
+        if !redirect_accepted(
+            &policy,
+            &mut parts,
+            &target.name,
+            from_https,
+            scheme == "https",
+        ) {
+            return Err(Some("predicate"));
         }
         Ok((parts, scheme, selection))
     });
@@ -1671,6 +1682,48 @@ async fn send_h2_connect(
 #[derive(Debug, Clone, Copy)]
 struct InternalRedirects(u32);
 
+/// The routes `previous_routes` predicates have let a request's redirects lead to, by the name
+/// of the route whose policy has the predicate (Envoy keeps them in filter state).
+#[derive(Debug, Clone, Default)]
+struct PreviousRoutes(Vec<(std::sync::Arc<str>, Vec<String>)>);
+
+/// Whether every predicate of `policy` accepts the route named `target` (Envoy's
+/// `acceptTargetRoute`, in order, each one's record kept on the request).
+fn redirect_accepted(
+    policy: &crate::router::InternalRedirect,
+    parts: &mut http::request::Parts,
+    target: &str,
+    from_https: bool,
+    to_https: bool,
+) -> bool {
+    use crate::router::RedirectPredicate as P;
+    policy.predicates.iter().all(|p| match p {
+        P::AllowListed(names) => names.iter().any(|n| n == target),
+        P::SafeCrossScheme => from_https || !to_https,
+        P::PreviousRoutes => {
+            let seen = parts
+                .extensions
+                .get_mut::<PreviousRoutes>()
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let mut seen = seen.0;
+            let i = match seen.iter().position(|(r, _)| *r == policy.route_name) {
+                Some(i) => i,
+                None => {
+                    seen.push((policy.route_name.clone(), Vec::new()));
+                    seen.len() - 1
+                }
+            };
+            let fresh = !seen[i].1.iter().any(|r| r == target);
+            if fresh {
+                seen[i].1.push(target.to_string());
+            }
+            parts.extensions.insert(PreviousRoutes(seen));
+            fresh
+        }
+    })
+}
+
 /// The request an upstream's redirect leads to, as Envoy's
 /// `convertRequestHeadersForInternalRedirect` makes it: the `Location`'s scheme, authority and
 /// path (its fragment dropped), `x-envoy-original-url` naming the request as it was, and a 303
@@ -1722,6 +1775,14 @@ fn redirect_request(
         .build()
         .map_err(|_| Some("bad_location"))?;
     set_host(&mut parts, &authority);
+    // response_headers_to_copy: the redirect's values replace the request's; a header the
+    // redirect lacks is removed.
+    for name in &policy.copy_headers {
+        parts.headers.remove(name);
+        for v in response.get_all(name) {
+            parts.headers.append(name.clone(), v.clone());
+        }
+    }
     if status == StatusCode::SEE_OTHER
         && parts.method != http::Method::GET
         && parts.method != http::Method::HEAD
