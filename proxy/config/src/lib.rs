@@ -15,6 +15,7 @@ pub mod istio;
 pub mod model;
 pub mod pattern;
 pub mod proto;
+pub mod rbac;
 pub mod router;
 pub mod runtime;
 pub mod stats;

@@ -1346,6 +1346,8 @@ pub enum HttpFilterConfig {
     LocalRateLimit(Arc<HttpLocalRateLimit>),
     /// `envoy.filters.http.fault`.
     Fault(Arc<HttpFault>),
+    /// `envoy.filters.http.rbac`.
+    Rbac(Arc<crate::rbac::HttpRbac>),
 }
 
 /// One of an HCM's `http_filters` before the router.

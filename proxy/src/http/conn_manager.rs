@@ -1466,6 +1466,11 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
             selection: &selection,
             remote: client,
             connection: &conn.filter_state,
+            downstream: filter::Downstream {
+                local: conn.local,
+                peer: conn.remote,
+                connection: &conn.connection,
+            },
         },
     );
     if let Some(chain) = &chain {

@@ -108,6 +108,8 @@ enum Kind {
     LocalRateLimit(Rc<crate::http::filters::local_ratelimit::Factory>),
     /// `envoy.filters.http.fault`.
     Fault(Rc<crate::http::filters::fault::Factory>),
+    /// `envoy.filters.http.rbac`.
+    Rbac(Rc<crate::http::filters::rbac::Factory>),
 }
 
 /// The worker's factories for an HCM's filters; stats go under `http.<stat_prefix>.`.
@@ -143,6 +145,9 @@ pub fn factories(
                 )),
                 HttpFilterConfig::Fault(cfg) => Kind::Fault(Rc::new(
                     crate::http::filters::fault::Factory::new(cfg.clone(), shard, stat_prefix),
+                )),
+                HttpFilterConfig::Rbac(cfg) => Kind::Rbac(Rc::new(
+                    crate::http::filters::rbac::Factory::new(cfg.clone(), shard, stat_prefix),
                 )),
             },
         })
@@ -183,6 +188,18 @@ pub struct StreamContext<'a> {
     pub remote: std::net::IpAddr,
     /// What the connection's streams share.
     pub connection: &'a ConnectionState,
+    /// The downstream connection.
+    pub downstream: Downstream<'a>,
+}
+
+/// The downstream connection a stream arrived on, as filters see it.
+pub struct Downstream<'a> {
+    /// Its local address (the original destination once listener filters ran).
+    pub local: std::net::SocketAddr,
+    /// Its peer (after a PROXY protocol header).
+    pub peer: std::net::SocketAddr,
+    /// What the listener learnt of it: the direct peer, the SNI, TLS.
+    pub connection: &'a std::sync::Arc<crate::stream_info::Connection>,
 }
 
 /// What the filters of one connection's streams share: the buckets of local rate limits kept
@@ -263,6 +280,13 @@ pub fn build(factories: &[Factory], cx: &StreamContext<'_>) -> Option<FilterChai
                         _ => None,
                     };
                     Box::new(f.filter(route))
+                }
+                Kind::Rbac(r) => {
+                    let route = match per_route {
+                        Some(PerFilterConfig::Rbac(c)) => Some(c),
+                        _ => None,
+                    };
+                    Box::new(r.filter(route, cx))
                 }
             })
         })

@@ -289,12 +289,20 @@ struct Refused {
 }
 
 impl Chain {
-    /// Whether the terminal filter writes access logs or forwards the client certificate
-    /// (only then is TLS described).
+    /// Whether the terminal filter writes access logs, forwards the client certificate, runs
+    /// RBAC, or may render header values (only then is TLS described).
     fn logs(&self) -> bool {
         match &self.terminal {
             Terminal::Http(h) => {
                 !h.config.access_logs.is_empty()
+                    || h.config.http_filters.iter().any(|f| {
+                        matches!(f.config, crate::config::model::HttpFilterConfig::Rbac(_))
+                    })
+                    || match &h.routes {
+                        Some(t) => t.formats_headers(),
+                        // Route tables from RDS change while the listener lives.
+                        None => true,
+                    }
                     || !matches!(
                         h.config.forward_client_cert.mode,
                         crate::config::model::XfccMode::Sanitize

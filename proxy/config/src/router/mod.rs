@@ -722,6 +722,8 @@ pub enum PerFilterConfig {
     Compressor(CompressorPerRoute),
     /// `envoy.filters.http.fault`'s own configuration.
     Fault(Arc<crate::model::HttpFault>),
+    /// `envoy.filters.http.rbac`'s `RBACPerRoute` with rules.
+    Rbac(Arc<crate::rbac::HttpRbac>),
 }
 
 /// `CompressorPerRoute`: what it changes in the filter's response direction.

@@ -122,6 +122,9 @@ pub(super) fn translate_hcm(
             crate::istio::PEER_METADATA => Some(HttpFilterConfig::PeerMetadata(Arc::new(
                 super::istio::peer_metadata(&unpack(any, &tpath)?, &tpath)?,
             ))),
+            "envoy.extensions.filters.http.rbac.v3.RBAC" => Some(HttpFilterConfig::Rbac(Arc::new(
+                super::rbac::filter(&unpack(any, &tpath)?, &tpath)?,
+            ))),
             "envoy.extensions.filters.http.fault.v3.HTTPFault" => Some(HttpFilterConfig::Fault(
                 Arc::new(super::fault::translate(&unpack(any, &tpath)?, &tpath)?),
             )),

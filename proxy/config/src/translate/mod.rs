@@ -29,6 +29,7 @@ mod listener_filters;
 mod operations;
 mod outlier;
 mod ratelimit;
+mod rbac;
 mod retry;
 mod route_action;
 mod subset;

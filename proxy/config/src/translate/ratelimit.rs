@@ -491,6 +491,12 @@ fn one(
         "envoy.extensions.filters.http.fault.v3.HTTPFault" => PerFilterConfig::Fault(Arc::new(
             super::fault::translate(&unpack(any, path)?, path)?,
         )),
+        "envoy.extensions.filters.http.rbac.v3.RBACPerRoute" => {
+            match super::rbac::per_route(&unpack(any, path)?, path)? {
+                Some(c) => PerFilterConfig::Rbac(Arc::new(c)),
+                None => PerFilterConfig::Disabled,
+            }
+        }
         "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute" => {
             PerFilterConfig::Compressor(super::compressor::per_route(&unpack(any, path)?, path)?)
         }

@@ -6,6 +6,7 @@ pub mod fault;
 pub mod health_check;
 pub mod istio;
 pub mod local_ratelimit;
+pub mod rbac;
 pub mod retry;
 pub mod router;
 pub mod token_bucket;

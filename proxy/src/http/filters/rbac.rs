@@ -1,0 +1,160 @@
+//! `envoy.filters.http.rbac`: each request judged by the filter's rules (or its route's
+//! `RBACPerRoute`), a denied one answered 403 `RBAC: access denied`; shadow rules judged and
+//! counted only. Stats as Envoy's: `http.<prefix>.rbac.<rules_stat_prefix>{allowed,denied}`
+//! and `…<shadow_rules_stat_prefix>{shadow_allowed,shadow_denied}`.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::http::filter::{HeadersStatus, HttpFilter, StreamContext};
+use crate::http::local_reply::LocalReply;
+use crate::stats::{Counter, Shard};
+use skiff_config::rbac::{HttpRbac, Peer, Request, Rules};
+
+#[derive(Debug)]
+struct Stats {
+    allowed: Counter,
+    denied: Counter,
+    shadow_allowed: Counter,
+    shadow_denied: Counter,
+}
+
+/// The filter of one connection manager on one worker.
+#[derive(Debug)]
+pub struct Factory {
+    config: Arc<HttpRbac>,
+    stats: Rc<Stats>,
+}
+
+impl Factory {
+    /// The filter of an HCM whose stat prefix is `stat_prefix`.
+    pub fn new(config: Arc<HttpRbac>, shard: &Arc<Shard>, stat_prefix: &str) -> Self {
+        let c = |rules_prefix: &str, n: &str| {
+            shard.counter(&format!("http.{stat_prefix}.rbac.{rules_prefix}{n}"))
+        };
+        let stats = Stats {
+            allowed: c(&config.rules_stat_prefix, "allowed"),
+            denied: c(&config.rules_stat_prefix, "denied"),
+            shadow_allowed: c(&config.shadow_stat_prefix, "shadow_allowed"),
+            shadow_denied: c(&config.shadow_stat_prefix, "shadow_denied"),
+        };
+        Factory {
+            config,
+            stats: Rc::new(stats),
+        }
+    }
+
+    /// The filter for one stream, with its route's own rules if it has them.
+    pub fn filter(&self, route: Option<&Arc<HttpRbac>>, cx: &StreamContext<'_>) -> RbacFilter {
+        RbacFilter {
+            config: route.cloned().unwrap_or_else(|| self.config.clone()),
+            stats: self.stats.clone(),
+            remote: cx.remote,
+            local: cx.downstream.local,
+            source: cx.downstream.peer.ip(),
+            connection: cx.downstream.connection.clone(),
+        }
+    }
+}
+
+/// The filter on one stream.
+pub struct RbacFilter {
+    config: Arc<HttpRbac>,
+    stats: Rc<Stats>,
+    remote: IpAddr,
+    local: SocketAddr,
+    source: IpAddr,
+    connection: Arc<crate::stream_info::Connection>,
+}
+
+/// `rbac_access_denied_matched_policy[<policy>]`, kept for the life of the process (one per
+/// policy name ever configured).
+fn denied_details(policy: Option<&str>) -> &'static str {
+    static ALL: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let text = format!(
+        "rbac_access_denied_matched_policy[{}]",
+        policy.unwrap_or("none")
+    );
+    let mut all = ALL
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = all.get(text.as_str()) {
+        return d;
+    }
+    let d: &'static str = Box::leak(text.into_boxed_str());
+    all.insert(d);
+    d
+}
+
+impl RbacFilter {
+    fn judge(&self, rules: &Rules, head: &http::request::Parts) -> (bool, Option<String>) {
+        let tls = self.connection.tls.as_ref();
+        let peer_cert = tls.and_then(|t| t.peer.as_ref());
+        let request = Request {
+            view: crate::router::RequestView {
+                method: head.method.as_str(),
+                path: crate::http::filter::route_path(head),
+                authority: crate::http::conn_manager::authority(head).unwrap_or(""),
+                scheme: head.uri.scheme_str().unwrap_or("http"),
+                headers: &head.headers,
+                runtime: &crate::config::runtime::EMPTY,
+                random: 0,
+                peer_certificate: false,
+            },
+            local: self.local,
+            source: self.source,
+            direct_remote: self
+                .connection
+                .direct_remote
+                .map_or(self.source, |a| a.ip()),
+            remote: self.remote,
+            server_name: self.connection.requested_server_name.as_deref(),
+            peer: tls.map(|_| Peer {
+                uri_sans: peer_cert.map_or(&[][..], |c| &c.uri_sans),
+                dns_sans: peer_cert.map_or(&[][..], |c| &c.dns_sans),
+                subject: peer_cert.map_or("", |c| &c.subject),
+            }),
+        };
+        let (allowed, policy) = rules.decide(&request);
+        (allowed, policy.map(str::to_string))
+    }
+}
+
+impl HttpFilter for RbacFilter {
+    fn decode_headers(
+        &mut self,
+        head: &mut http::request::Parts,
+        _end_stream: bool,
+    ) -> HeadersStatus {
+        if let Some(shadow) = &self.config.shadow {
+            match self.judge(shadow, head).0 {
+                true => self.stats.shadow_allowed.inc(),
+                false => self.stats.shadow_denied.inc(),
+            }
+        }
+        let Some(rules) = &self.config.rules else {
+            return HeadersStatus::Continue;
+        };
+        let (allowed, policy) = self.judge(rules, head);
+        if allowed {
+            self.stats.allowed.inc();
+            return HeadersStatus::Continue;
+        }
+        self.stats.denied.inc();
+        HeadersStatus::LocalReply(LocalReply {
+            status: StatusCode::FORBIDDEN,
+            body: Bytes::from_static(b"RBAC: access denied"),
+            headers: Vec::new(),
+            mutations: Vec::new(),
+            flag: None,
+            details: denied_details(policy.as_deref()),
+            close: false,
+        })
+    }
+}

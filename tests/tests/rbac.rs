@@ -1,0 +1,316 @@
+//! `envoy.filters.http.rbac`, side by side with Envoy 1.40: DENY and ALLOW rules over paths,
+//! headers and pseudo-headers, addresses, ports and SNI, combined with `and_rules`, `or_rules`,
+//! `not_rule`, `or_ids`, `not_id`; shadow rules; `RBACPerRoute` turning the filter off for a
+//! route or giving it its own rules; and over mutual TLS, `authenticated` principals by URI SAN
+//! and subject. Each case compares the status, the body, whether the upstream saw the request and
+//! the access log's code, flags and details; then the `rbac` stats are compared.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use skiff_tests::client::curl;
+use skiff_tests::config::{self, router};
+use skiff_tests::side_by_side::{pair, Side, Up, HOST};
+use skiff_tests::{run_for, scratch_dir};
+
+const RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+const PER_ROUTE: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
+const LOG: &str = "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n";
+
+fn path_prefix(p: &str) -> Value {
+    json!({ "url_path": { "path": { "prefix": p } } })
+}
+
+fn header_present(name: &str) -> Value {
+    json!({ "header": { "name": name, "present_match": true } })
+}
+
+fn cidr(ip: &str, len: u32) -> Value {
+    json!({ "address_prefix": ip, "prefix_len": len })
+}
+
+fn rbac_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": RBAC,
+            "rules": { "action": "DENY", "policies": {
+                "admin": { "permissions": [ path_prefix("/admin") ], "principals": [ { "any": true } ] },
+                "posts": {
+                    "permissions": [ { "and_rules": { "rules": [
+                        { "header": { "name": ":method", "string_match": { "exact": "POST" } } },
+                        { "not_rule": header_present("x-allow-post") } ] } } ],
+                    "principals": [ { "or_ids": { "ids": [
+                        { "remote_ip": cidr("10.0.0.0", 8) }, header_present("x-evil") ] } } ]
+                },
+                "dest": {
+                    "permissions": [ { "and_rules": { "rules": [
+                        { "destination_ip": cidr("127.0.0.0", 8) },
+                        { "destination_port_range": { "start": 1, "end": 65535 } },
+                        { "url_path": { "path": { "exact": "/dest" } } } ] } } ],
+                    "principals": [ { "direct_remote_ip": cidr("127.0.0.1", 32) } ]
+                },
+                "sni": {
+                    "permissions": [ { "and_rules": { "rules": [
+                        { "requested_server_name": { "exact": "" } }, path_prefix("/sni") ] } } ],
+                    "principals": [ { "source_ip": cidr("127.0.0.1", 32) } ]
+                },
+                "tls-only": {
+                    "permissions": [ path_prefix("/mtls") ],
+                    "principals": [ { "not_id": { "authenticated": {} } } ]
+                }
+            } },
+            "shadow_rules": { "action": "ALLOW", "policies": {
+                "gets": {
+                    "permissions": [ { "header": { "name": ":method", "string_match": { "exact": "GET" } } } ],
+                    "principals": [ { "any": true } ]
+                }
+            } },
+            "shadow_rules_stat_prefix": "dry_run."
+        }
+    })
+}
+
+fn routes() -> Value {
+    json!([
+        { "match": { "prefix": "/open" }, "route": { "cluster": "backend" },
+          "typed_per_filter_config": { "envoy.filters.http.rbac": { "@type": PER_ROUTE } } },
+        { "match": { "prefix": "/strict" }, "route": { "cluster": "backend" },
+          "typed_per_filter_config": { "envoy.filters.http.rbac": { "@type": PER_ROUTE,
+            "rbac": { "rules": { "action": "ALLOW", "policies": {
+                "token": {
+                    "permissions": [ { "or_rules": { "rules": [
+                        { "header": { "name": "x-token", "string_match": { "exact": "t" } } },
+                        { "url_path": { "path": { "suffix": "/public", "ignore_case": true } } } ] } } ],
+                    "principals": [ { "not_id": { "remote_ip": cidr("10.0.0.0", 8) } } ]
+                },
+                "mtls-client": {
+                    "permissions": [ { "any": true } ],
+                    "principals": [ { "authenticated": { "principal_name": {
+                        "exact": "spiffe://cluster.local/ns/default/sa/client" } } } ]
+                }
+            } } } } } },
+        { "match": { "prefix": "/" }, "route": { "cluster": "backend" } }
+    ])
+}
+
+/// The bootstrap: one HCM with the RBAC filter; with `tls`, its listener asks clients for a
+/// certificate of the test CA.
+fn build(admin: u16, listen: u16, upstream: u16, tls: Option<&Pki>) -> String {
+    let mut v = config::simple_http(admin, listen, &[upstream]);
+    let hcm = config::hcm_config(&mut v);
+    hcm["http_filters"] = json!([rbac_filter(), router()]);
+    hcm["access_log"] = json!([{ "name": "envoy.access_loggers.stdout", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+        "log_format": { "text_format_source": { "inline_string": LOG } } } }]);
+    config::route_config(&mut v)["virtual_hosts"][0]["routes"] = routes();
+    if let Some(p) = tls {
+        v["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": false,
+            "common_tls_context": {
+                "tls_certificates": [{ "certificate_chain": { "filename": p.server.0 },
+                                       "private_key": { "filename": p.server.1 } }],
+                "validation_context": { "trusted_ca": { "filename": p.ca } }
+            } } });
+    }
+    config::to_yaml(&v)
+}
+
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+    other: (String, String),
+}
+
+/// A CA, a server certificate, a client certificate with the SPIFFE identity the rules name,
+/// and one with another.
+fn pki() -> Pki {
+    let dir = scratch_dir("rbac-pki");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "rbac test CA");
+    let ca = p.self_signed(&ca_key).expect("CA");
+    let leaf = |name: &str, sans: Vec<rcgen::SanType>| {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.subject_alt_names = sans;
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.signed_by(&key, &ca, &ca_key).expect("leaf");
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write");
+        std::fs::write(&k, key.serialize_pem()).expect("write");
+        (
+            c.to_str().expect("utf-8").to_string(),
+            k.to_str().expect("utf-8").to_string(),
+        )
+    };
+    let uri = |s: &str| rcgen::SanType::URI(s.to_string().try_into().expect("URI"));
+    let dns = |s: &str| rcgen::SanType::DnsName(s.to_string().try_into().expect("DNS"));
+    let server = leaf("server", vec![dns("rbac.test")]);
+    let client = leaf(
+        "client",
+        vec![uri("spiffe://cluster.local/ns/default/sa/client")],
+    );
+    let other = leaf(
+        "other",
+        vec![uri("spiffe://cluster.local/ns/default/sa/other")],
+    );
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).expect("write");
+    Pki {
+        ca: ca_path.to_str().expect("utf-8").to_string(),
+        server,
+        client,
+        other,
+    }
+}
+
+/// What one proxy did with a request.
+async fn seen(side: &Side, curl_args: &[&str], path: &str, tls: bool) -> String {
+    let before = side.rec.requests().len();
+    let url = if tls {
+        format!("https://rbac.test:{}{path}", side.port)
+    } else {
+        side.url(path)
+    };
+    let host = format!("Host: {HOST}");
+    let resolve = format!("rbac.test:{}:127.0.0.1", side.port);
+    let mut args: Vec<&str> = vec!["-H", &host, "--resolve", &resolve];
+    args.extend_from_slice(curl_args);
+    args.push(&url);
+    let r = curl(&args).await;
+    let upstream = side.rec.requests().len() > before;
+    let prefix = format!("{path} ");
+    let line = side
+        .proxy
+        .wait_stdout_line(Duration::from_secs(5), |l| l.starts_with(&prefix))
+        .await;
+    format!(
+        "{path} {:?}: {} {:?} upstream={upstream} log={line:?}",
+        curl_args, r.resp.status, skiff_tests::diff::mask_uuids(&r.resp.text())
+    )
+}
+
+async fn rbac_stats(side: &Side) -> Vec<(String, String)> {
+    let mut s = side.proxy.admin().stats_containing(".rbac.").await;
+    s.sort();
+    s
+}
+
+#[tokio::test]
+async fn rbac_side_by_side_with_envoy() {
+    run_for(Duration::from_secs(120), async {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "/"),
+            (&[], "/admin/x"),
+            (&[], "/admin?x"),
+            (&["-X", "POST"], "/post"),
+            (&["-X", "POST", "-H", "x-evil: 1"], "/post-evil"),
+            (
+                &["-X", "POST", "-H", "x-evil: 1", "-H", "x-allow-post: 1"],
+                "/post-allowed",
+            ),
+            (&[], "/dest"),
+            (&[], "/dest/not"),
+            (&[], "/sni"),
+            (&[], "/mtls"),
+            (&[], "/open/admin"),
+            (&["-X", "POST", "-H", "x-evil: 1"], "/open/post"),
+            (&[], "/strict/a"),
+            (&["-H", "x-token: t"], "/strict/b"),
+            (&[], "/strict/c/PUBLIC"),
+            (
+                &["-H", "x-forwarded-for: 10.1.2.3", "-H", "x-token: t"],
+                "/strict/d",
+            ),
+        ];
+        let (e, s) = pair(Up::H1, |a, l, u| build(a, l, u, None)).await;
+        let mut failures = Vec::new();
+        for (args, path) in cases {
+            let (ge, gs) = (
+                seen(&e, args, path, false).await,
+                seen(&s, args, path, false).await,
+            );
+            if ge != gs {
+                failures.push(format!("envoy {ge}\nskiff {gs}"));
+            }
+        }
+        let (se, ss) = (rbac_stats(&e).await, rbac_stats(&s).await);
+        if se != ss {
+            failures.push(format!("stats: envoy {se:?}\nskiff {ss:?}"));
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+        let all = se
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            all.contains("rbac.denied=") && !all.contains("rbac.denied=0"),
+            "{all}"
+        );
+        assert!(all.contains("dry_run.shadow_denied="), "{all}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rbac_authenticated_principals_over_mtls() {
+    run_for(Duration::from_secs(120), async {
+        let p = pki();
+        let client = [
+            "--cacert",
+            &p.ca,
+            "--cert",
+            &p.client.0,
+            "--key",
+            &p.client.1,
+        ];
+        let other = ["--cacert", &p.ca, "--cert", &p.other.0, "--key", &p.other.1];
+        let none = ["--cacert", &p.ca];
+        let cases: Vec<(&[&str], &str)> = vec![
+            (&client, "/mtls/a"),
+            (&none, "/mtls/b"),
+            (&client, "/strict/e"),
+            (&other, "/strict/f"),
+            (&none, "/strict/g"),
+        ];
+        let (e, s) = pair(Up::H1, |a, l, u| build(a, l, u, Some(&p))).await;
+        let mut failures = Vec::new();
+        let mut all = Vec::new();
+        for (args, path) in &cases {
+            let (ge, gs) = (
+                seen(&e, args, path, true).await,
+                seen(&s, args, path, true).await,
+            );
+            if ge != gs {
+                failures.push(format!("envoy {ge}\nskiff {gs}"));
+            }
+            all.push(ge);
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+        let status = |path: &str| {
+            all.iter()
+                .find(|l| l.starts_with(&format!("{path} ")))
+                .and_then(|l| l.split("]: ").nth(1))
+                .and_then(|r| r.split(' ').next())
+                .unwrap_or("?")
+                .to_string()
+        };
+        // The SPIFFE identity the rule names passes; another, or none, does not; any TLS
+        // connection counts as authenticated without a principal name.
+        assert_eq!(status("/strict/e"), "200", "{all:#?}");
+        assert_eq!(status("/strict/f"), "403", "{all:#?}");
+        assert_eq!(status("/strict/g"), "403", "{all:#?}");
+        assert_eq!(status("/mtls/b"), "200", "{all:#?}");
+    })
+    .await;
+}
