@@ -195,7 +195,9 @@ async fn seen(side: &Side, curl_args: &[&str], path: &str, tls: bool) -> String 
         .await;
     format!(
         "{path} {:?}: {} {:?} upstream={upstream} log={line:?}",
-        curl_args, r.resp.status, skiff_tests::diff::mask_uuids(&r.resp.text())
+        curl_args,
+        r.resp.status,
+        skiff_tests::diff::mask_uuids(&r.resp.text())
     )
 }
 
@@ -311,6 +313,113 @@ async fn rbac_authenticated_principals_over_mtls() {
         assert_eq!(status("/strict/f"), "403", "{all:#?}");
         assert_eq!(status("/strict/g"), "403", "{all:#?}");
         assert_eq!(status("/mtls/b"), "200", "{all:#?}");
+    })
+    .await;
+}
+
+/// `envoy.filters.network.rbac` in front of tcp_proxy and of an HTTP connection manager: a
+/// connection its rules deny is closed before anything reaches the upstream.
+#[tokio::test]
+async fn network_rbac_side_by_side_with_envoy() {
+    use skiff_tests::config::{
+        bootstrap, cluster, hcm, listener, route, tcp_proxy, to_yaml, vhost,
+    };
+    use skiff_tests::proxy::{Kind, ProxyProcess};
+    use skiff_tests::upstream::EchoUpstream;
+    run_for(Duration::from_secs(120), async {
+        let network_rbac = |stat_prefix: &str, rules: Value, shadow: Option<Value>| {
+            let mut typed = json!({
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+                "stat_prefix": stat_prefix, "rules": rules });
+            if let Some(s) = shadow {
+                typed["shadow_rules"] = s;
+                typed["shadow_rules_stat_prefix"] = json!("dry_run.");
+            }
+            json!({ "name": "envoy.filters.network.rbac", "typed_config": typed })
+        };
+        let allow_local = json!({ "action": "ALLOW", "policies": { "local": {
+            "permissions": [ { "any": true } ],
+            "principals": [ { "direct_remote_ip": cidr("127.0.0.1", 32) } ] } } });
+        let deny_loopback = json!({ "action": "DENY", "policies": { "loopback": {
+            "permissions": [ { "and_rules": { "rules": [
+                { "destination_ip": cidr("127.0.0.0", 8) },
+                { "not_rule": { "requested_server_name": { "exact": "x" } } } ] } } ],
+            "principals": [ { "any": true } ] } } });
+        let mtls_only = json!({ "action": "ALLOW", "policies": { "mtls": {
+            "permissions": [ { "any": true } ],
+            "principals": [ { "authenticated": {} } ] } } });
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let up = EchoUpstream::start("u1").await;
+            let ports = [
+                skiff_tests::free_port(),
+                skiff_tests::free_port(),
+                skiff_tests::free_port(),
+            ];
+            let with = |mut l: Value, gate: Value| {
+                let f = l["filter_chains"][0]["filters"][0].clone();
+                l["filter_chains"][0]["filters"] = json!([gate, f]);
+                l
+            };
+            let http = hcm(
+                "guarded",
+                vec![vhost("backend", &["*"], vec![route("/", "backend")])],
+            );
+            let v = bootstrap(
+                skiff_tests::free_port(),
+                vec![
+                    with(
+                        listener(
+                            "tcp_ok",
+                            "127.0.0.1",
+                            ports[0],
+                            tcp_proxy("tcp_ok", "backend"),
+                        ),
+                        network_rbac("tcp_ok", allow_local.clone(), Some(deny_loopback.clone())),
+                    ),
+                    with(
+                        listener(
+                            "tcp_no",
+                            "127.0.0.1",
+                            ports[1],
+                            tcp_proxy("tcp_no", "backend"),
+                        ),
+                        network_rbac("tcp_no.", deny_loopback.clone(), None),
+                    ),
+                    with(
+                        listener("http_no", "127.0.0.1", ports[2], http),
+                        network_rbac("http_no", mtls_only.clone(), None),
+                    ),
+                ],
+                vec![cluster("backend", &[up.port()])],
+            );
+            let proxy = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
+            let mut got = Vec::new();
+            for (name, port) in ["tcp_ok", "tcp_no", "http_no"].iter().zip(ports) {
+                let before = up.rec.requests().len();
+                let r = curl(&[
+                    "-s",
+                    "-H",
+                    "Host: rbac.test",
+                    &format!("http://127.0.0.1:{port}/{name}"),
+                ])
+                .await;
+                got.push(format!(
+                    "{name}: status {} upstream={}",
+                    r.resp.status,
+                    up.rec.requests().len() > before
+                ));
+            }
+            let mut stats = proxy.admin().stats_containing("rbac.").await;
+            stats.sort();
+            got.extend(stats.into_iter().map(|(k, v)| format!("{k}={v}")));
+            seen.push(got);
+        }
+        assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+        let all = seen[0].join("\n");
+        assert!(all.contains("tcp_ok: status 200 upstream=true"), "{all}");
+        assert!(all.contains("tcp_no: status 0 upstream=false"), "{all}");
+        assert!(all.contains("http_no: status 0 upstream=false"), "{all}");
     })
     .await;
 }

@@ -983,6 +983,8 @@ pub enum NetworkFilter {
     LocalRateLimit(Arc<LocalRateLimit>),
     /// `envoy.filters.network.connection_limit` (never last).
     ConnectionLimit(Arc<ConnectionLimit>),
+    /// `envoy.filters.network.rbac` (never last).
+    Rbac(Arc<crate::rbac::NetworkRbac>),
     /// `envoy.filters.network.tcp_proxy`.
     TcpProxy(Arc<TcpProxy>),
     /// `envoy.filters.network.http_connection_manager`.

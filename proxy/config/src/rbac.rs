@@ -113,6 +113,9 @@ pub struct Request<'a> {
     pub server_name: Option<&'a str>,
     /// `None` without TLS; a TLS connection without a client certificate has empty names.
     pub peer: Option<Peer<'a>>,
+    /// Whether this is an HTTP request (the network filter judges connections: header and
+    /// path rules never match there, as Envoy's find no request headers).
+    pub http: bool,
 }
 
 impl Request<'_> {
@@ -131,8 +134,8 @@ impl Permission {
             Permission::And(all) => all.iter().all(|p| p.matches(r)),
             Permission::Or(any) => any.iter().any(|p| p.matches(r)),
             Permission::Not(p) => !p.matches(r),
-            Permission::Header(m) => crate::router::header_matches(m, &r.view),
-            Permission::UrlPath(m) => m.matches(r.path_without_query()),
+            Permission::Header(m) => r.http && crate::router::header_matches(m, &r.view),
+            Permission::UrlPath(m) => r.http && m.matches(r.path_without_query()),
             Permission::DestinationIp(c) => c.contains(r.local.ip()),
             Permission::DestinationPort(p) => r.local.port() == *p,
             Permission::DestinationPortRange(start, end) => {
@@ -163,8 +166,8 @@ impl Principal {
             Principal::SourceIp(c) => c.contains(r.source),
             Principal::DirectRemoteIp(c) => c.contains(r.direct_remote),
             Principal::RemoteIp(c) => c.contains(r.remote),
-            Principal::Header(m) => crate::router::header_matches(m, &r.view),
-            Principal::UrlPath(m) => m.matches(r.path_without_query()),
+            Principal::Header(m) => r.http && crate::router::header_matches(m, &r.view),
+            Principal::UrlPath(m) => r.http && m.matches(r.path_without_query()),
         }
     }
 }
@@ -206,6 +209,19 @@ pub struct HttpRbac {
     pub shadow_stat_prefix: String,
 }
 
+/// `envoy.filters.network.rbac`: judged once per connection, before its first byte is read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkRbac {
+    /// `rules`: none enforces nothing.
+    pub rules: Option<Rules>,
+    /// `shadow_rules`.
+    pub shadow: Option<Rules>,
+    /// `stat_prefix`: stats under `<stat_prefix>.rbac.`.
+    pub stat_prefix: String,
+    /// `shadow_rules_stat_prefix`.
+    pub shadow_stat_prefix: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +250,7 @@ mod tests {
                 dns_sans: &[],
                 subject: "CN=sleep",
             }),
+            http: true,
         };
         let admin = Permission::UrlPath(StringMatch {
             kind: StringMatchKind::Prefix("/admin/".into()),

@@ -591,6 +591,19 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     ("envoy.extensions.filters.http.rbac.v3.RBACPerRoute", &["rbac"]),
     (
+        "envoy.extensions.filters.network.rbac.v3.RBAC",
+        &[
+            "rules",
+            "matcher",
+            "shadow_rules",
+            "shadow_matcher",
+            "shadow_rules_stat_prefix",
+            "stat_prefix",
+            "enforcement_type",
+            "delay_deny",
+        ],
+    ),
+    (
         "envoy.config.rbac.v3.RBAC",
         &["action", "policies", "audit_logging_options"],
     ),

@@ -251,6 +251,8 @@ struct Chain {
     drain: Drain,
     /// The read filters in front of the terminal one, in order.
     gates: Vec<Gate>,
+    /// `envoy.filters.network.rbac` filters, judged once TLS tells who the peer is.
+    rbac: Vec<crate::http::filters::rbac::NetworkGate>,
     /// TLS termination: the chain's settings and what they serve with.
     tls: Option<(
         Arc<crate::tls::DownstreamTls>,
@@ -292,6 +294,9 @@ impl Chain {
     /// Whether the terminal filter writes access logs, forwards the client certificate, runs
     /// RBAC, or may render header values (only then is TLS described).
     fn logs(&self) -> bool {
+        if !self.rbac.is_empty() {
+            return true;
+        }
         match &self.terminal {
             Terminal::Http(h) => {
                 !h.config.access_logs.is_empty()
@@ -383,6 +388,7 @@ fn chain(
             model: fc.clone(),
             drain: Drain::new(),
             gates: Vec::new(),
+            rbac: Vec::new(),
             tls: None,
             terminal: Terminal::Empty,
             local_certs: Default::default(),
@@ -418,6 +424,16 @@ fn chain(
             _ => None,
         })
         .collect();
+    let rbac = front
+        .iter()
+        .filter_map(|f| match f {
+            NetworkFilter::Rbac(r) => Some(crate::http::filters::rbac::NetworkGate::new(
+                r.clone(),
+                shard,
+            )),
+            _ => None,
+        })
+        .collect();
     Some(last).and_then(|f| {
         let terminal = match f {
             NetworkFilter::HttpConnectionManager(h) => {
@@ -428,12 +444,15 @@ fn chain(
                 Rc::new(TcpProxyStats::new(shard, &t.stat_prefix)),
             ),
             // Translation keeps read filters out of the last place.
-            NetworkFilter::LocalRateLimit(_) | NetworkFilter::ConnectionLimit(_) => return None,
+            NetworkFilter::LocalRateLimit(_)
+            | NetworkFilter::ConnectionLimit(_)
+            | NetworkFilter::Rbac(_) => return None,
         };
         Some(Rc::new(Chain {
             model: fc.clone(),
             drain: Drain::new(),
             gates,
+            rbac,
             tls,
             terminal,
             local_certs: Default::default(),
@@ -824,6 +843,23 @@ impl Shared {
                 }
             }
         };
+        // Network RBAC judges the connection before its first byte is read (Envoy judges it on
+        // its first byte; the rules read nothing the bytes change).
+        if !chain
+            .rbac
+            .iter()
+            .all(|r| r.admits(&connection, remote, local))
+        {
+            match &chain.terminal {
+                Terminal::Http(hcm) => {
+                    hcm.stats.downstream_cx_total.inc();
+                    hcm.stats.downstream_cx_destroy.inc();
+                }
+                Terminal::Tcp(_, stats) => stats.downstream_cx_total.inc(),
+                Terminal::Empty => {}
+            }
+            return;
+        }
         match &chain.terminal {
             Terminal::Http(hcm) => {
                 // original_src: pooled upstream connections come from the client's address; the

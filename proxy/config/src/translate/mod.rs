@@ -1141,6 +1141,9 @@ fn translate_chain(
             CONNECTION_LIMIT_TYPE => NetworkFilter::ConnectionLimit(Arc::new(
                 translate_connection_limit(&unpack(any, &tpath)?, &tpath)?,
             )),
+            "envoy.extensions.filters.network.rbac.v3.RBAC" => {
+                NetworkFilter::Rbac(Arc::new(rbac::network(&unpack(any, &tpath)?, &tpath)?))
+            }
             // Istio's metadata exchange and stats: no effect in skiff (docs/compatibility.md).
             crate::istio::METADATA_EXCHANGE => {
                 istio::metadata_exchange(&unpack(any, &tpath)?, &tpath)?;
@@ -1160,7 +1163,9 @@ fn translate_chain(
         let last = i + 1 == fc.filters.len();
         let terminal = !matches!(
             filter,
-            NetworkFilter::LocalRateLimit(_) | NetworkFilter::ConnectionLimit(_)
+            NetworkFilter::LocalRateLimit(_)
+                | NetworkFilter::ConnectionLimit(_)
+                | NetworkFilter::Rbac(_)
         );
         if terminal && !last {
             return Err(ConfigError::new(

@@ -43,6 +43,51 @@ pub(super) fn filter(c: &http_rbac::Rbac, path: &str) -> Result<HttpRbac, Config
     })
 }
 
+/// `envoy.filters.network.rbac` at `path`.
+pub(super) fn network(
+    c: &envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac,
+    path: &str,
+) -> Result<crate::rbac::NetworkRbac, ConfigError> {
+    use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::rbac::EnforcementType;
+    if c.matcher.is_some() {
+        return Err(ConfigError::unsupported(format!("{path}.matcher")));
+    }
+    if c.shadow_matcher.is_some() {
+        return Err(ConfigError::unsupported(format!("{path}.shadow_matcher")));
+    }
+    if c.delay_deny.is_some() {
+        return Err(ConfigError::unsupported(format!("{path}.delay_deny")));
+    }
+    if c.stat_prefix.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.stat_prefix"),
+            "value length must be at least 1 characters",
+        ));
+    }
+    // The rules read nothing a connection's data changes (metadata matchers are refused),
+    // so judging them again as data arrives (CONTINUOUS) gives the first verdict again.
+    if EnforcementType::try_from(c.enforcement_type).is_err() {
+        return Err(ConfigError::new(
+            format!("{path}.enforcement_type"),
+            "value must be one of the defined enum values",
+        ));
+    }
+    Ok(crate::rbac::NetworkRbac {
+        rules: c
+            .rules
+            .as_ref()
+            .map(|r| translate_rules(r, &format!("{path}.rules")))
+            .transpose()?,
+        shadow: c
+            .shadow_rules
+            .as_ref()
+            .map(|r| translate_rules(r, &format!("{path}.shadow_rules")))
+            .transpose()?,
+        stat_prefix: c.stat_prefix.clone(),
+        shadow_stat_prefix: c.shadow_rules_stat_prefix.clone(),
+    })
+}
+
 /// `RBACPerRoute`: its own configuration, or none (the filter off for the route).
 pub(super) fn per_route(
     c: &http_rbac::RbacPerRoute,

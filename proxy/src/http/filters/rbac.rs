@@ -120,9 +120,76 @@ impl RbacFilter {
                 dns_sans: peer_cert.map_or(&[][..], |c| &c.dns_sans),
                 subject: peer_cert.map_or("", |c| &c.subject),
             }),
+            http: true,
         };
         let (allowed, policy) = rules.decide(&request);
         (allowed, policy.map(str::to_string))
+    }
+}
+
+/// The connection's verdict under a network RBAC filter, counted in its stats.
+pub struct NetworkGate {
+    config: Arc<skiff_config::rbac::NetworkRbac>,
+    stats: Stats,
+}
+
+impl NetworkGate {
+    /// The filter's stats under `<stat_prefix>.rbac.`.
+    pub fn new(config: Arc<skiff_config::rbac::NetworkRbac>, shard: &Arc<Shard>) -> Self {
+        let prefix = if config.stat_prefix.ends_with('.') {
+            format!("{}rbac.", config.stat_prefix)
+        } else {
+            format!("{}.rbac.", config.stat_prefix)
+        };
+        let c = |n: &str| shard.counter(&format!("{prefix}{n}"));
+        let stats = Stats {
+            allowed: c("allowed"),
+            denied: c("denied"),
+            shadow_allowed: c(&format!("{}shadow_allowed", config.shadow_stat_prefix)),
+            shadow_denied: c(&format!("{}shadow_denied", config.shadow_stat_prefix)),
+        };
+        NetworkGate { config, stats }
+    }
+
+    /// Whether the connection may go on (from `peer`, directly from `direct`, to `local`).
+    pub fn admits(
+        &self,
+        connection: &crate::stream_info::Connection,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> bool {
+        let empty = http::HeaderMap::new();
+        let tls = connection.tls.as_ref();
+        let peer_cert = tls.and_then(|t| t.peer.as_ref());
+        let request = Request {
+            view: crate::router::RequestView::get("", &empty),
+            local,
+            source: peer.ip(),
+            direct_remote: connection.direct_remote.map_or(peer.ip(), |a| a.ip()),
+            remote: peer.ip(),
+            server_name: connection.requested_server_name.as_deref(),
+            peer: tls.map(|_| Peer {
+                uri_sans: peer_cert.map_or(&[][..], |c| &c.uri_sans),
+                dns_sans: peer_cert.map_or(&[][..], |c| &c.dns_sans),
+                subject: peer_cert.map_or("", |c| &c.subject),
+            }),
+            http: false,
+        };
+        if let Some(shadow) = &self.config.shadow {
+            match shadow.decide(&request).0 {
+                true => self.stats.shadow_allowed.inc(),
+                false => self.stats.shadow_denied.inc(),
+            }
+        }
+        let Some(rules) = &self.config.rules else {
+            return true;
+        };
+        let allowed = rules.decide(&request).0;
+        match allowed {
+            true => self.stats.allowed.inc(),
+            false => self.stats.denied.inc(),
+        }
+        allowed
     }
 }
 
