@@ -2032,3 +2032,100 @@ async fn invalid_header_formats_are_refused_by_both() {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------------------------
+// original_ip_detection_extensions
+// ---------------------------------------------------------------------------------------------
+
+const IP_DETECTION_CASES: &[Case] = &[
+    ("GET", "/ip", H, &[], 0),
+    ("GET", "/ip", H, &[("x-real-ip", "10.9.9.9")], 0),
+    ("GET", "/ip", H, &[("x-real-ip", "8.8.8.8")], 0),
+    ("GET", "/ip", H, &[("x-real-ip", "2001:db8::1")], 0),
+    ("GET", "/ip", H, &[("x-real-ip", "bogus")], 0),
+    (
+        "GET",
+        "/ip",
+        H,
+        &[("x-forwarded-for", "1.2.3.4, 10.0.0.1")],
+        0,
+    ),
+    ("GET", "/ip", H, &[("x-forwarded-for", "10.0.0.2")], 0),
+    (
+        "GET",
+        "/ip",
+        H,
+        &[("x-forwarded-for", "10.0.0.2, 10.0.0.3")],
+        0,
+    ),
+    ("GET", "/ip", H, &[("x-forwarded-for", "5.6.7.8, bogus")], 0),
+];
+
+/// The client address each extension finds: what the upstream sees of it (the stream's
+/// downstream address, rendered into a header; `x-envoy-internal`) and the requests rejected.
+#[tokio::test]
+async fn original_ip_detection_side_by_side() {
+    run(async {
+        let custom = |extra: Value| {
+            let mut c = json!({
+                "@type": "type.googleapis.com/envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig",
+                "header_name": "x-real-ip" });
+            if let (Some(o), Some(x)) = (c.as_object_mut(), extra.as_object()) {
+                for (k, v) in x {
+                    o.insert(k.clone(), v.clone());
+                }
+            }
+            json!({ "name": "custom", "typed_config": c })
+        };
+        let xff = |config: Value| {
+            let mut c = json!({ "@type": "type.googleapis.com/envoy.extensions.http.original_ip_detection.xff.v3.XffConfig" });
+            if let (Some(o), Some(x)) = (c.as_object_mut(), config.as_object()) {
+                for (k, v) in x {
+                    o.insert(k.clone(), v.clone());
+                }
+            }
+            json!({ "name": "xff", "typed_config": c })
+        };
+        let variants = [
+            json!([custom(json!({ "allow_extension_to_set_address_as_trusted": true,
+                "reject_with_status": { "code": 421 } }))]),
+            json!([custom(json!({})), xff(json!({ "xff_num_trusted_hops": 1 }))]),
+            json!([xff(json!({ "xff_trusted_cidrs": { "cidrs": [
+                { "address_prefix": "127.0.0.1", "prefix_len": 32 },
+                { "address_prefix": "10.0.0.0", "prefix_len": 8 } ] } }))]),
+        ];
+        for (i, v) in variants.into_iter().enumerate() {
+            let vhost = json!([ { "name": "all", "domains": ["*"],
+                "routes": [ to("/", json!({ "route": { "cluster": "echo" } })) ],
+                "request_headers_to_add": [ hvo("x-client", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", None) ] } ]);
+            let cfg = hcm_with(
+                vhost,
+                json!({ "original_ip_detection_extensions": v,
+                    "internal_address_config": { "cidr_ranges": [
+                        { "address_prefix": "10.0.0.0", "prefix_len": 8 } ] } }),
+            );
+            let (e, s) = pair(cfg).await;
+            compare_status_cases(&e, &s, IP_DETECTION_CASES).await;
+            let got: Vec<Option<String>> = s
+                .echo
+                .requests()
+                .iter()
+                .map(|r| r.header("x-client").map(str::to_string))
+                .collect();
+            let stat = "http.routing.downstream_rq_rejected_via_ip_detection";
+            let rejected = (e.proxy.admin().stat(stat).await, s.proxy.admin().stat(stat).await);
+            assert_eq!(rejected.1, rejected.0, "{v}: {stat}, skiff (left), Envoy (right)");
+            if i == 0 {
+                // reject_with_status answers what the header does not name an address in.
+                assert!(rejected.0.unwrap_or(0) > 0, "{v}: {rejected:?}");
+            }
+            // Some address came from the request, not from the peer.
+            assert!(
+                got.iter()
+                    .any(|c| c.as_deref().is_some_and(|c| !c.starts_with("127."))),
+                "{v}: {got:?}"
+            );
+        }
+    })
+    .await
+}

@@ -976,6 +976,30 @@ pub struct ConnectionLimit {
     pub on: bool,
 }
 
+/// An original IP detection extension: how the client's address is found when the connection
+/// manager does not take its peer's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IpDetection {
+    /// `envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig`.
+    CustomHeader {
+        /// `header_name`: its first value, an IP address.
+        header: http::HeaderName,
+        /// `allow_extension_to_set_address_as_trusted`: the address may make the request
+        /// internal.
+        trusted: bool,
+        /// `reject_with_status`: a request without a usable address is answered so.
+        reject: Option<http::StatusCode>,
+    },
+    /// `envoy.extensions.http.original_ip_detection.xff.v3.XffConfig`.
+    Xff {
+        /// `xff_num_trusted_hops`.
+        hops: u32,
+        /// `xff_trusted_cidrs`: a peer in them, and the `x-forwarded-for` entries in them
+        /// from the end, are proxies; the first entry outside them is the client.
+        trusted_cidrs: Vec<CidrRange>,
+    },
+}
+
 /// A network filter.
 #[derive(Debug, PartialEq)]
 pub enum NetworkFilter {
@@ -1121,6 +1145,8 @@ pub struct HttpConnectionManager {
     pub xff_num_trusted_hops: u32,
     /// `skip_xff_append`.
     pub skip_xff_append: bool,
+    /// `original_ip_detection_extensions`, in order (without `use_remote_address`).
+    pub ip_detection: Vec<IpDetection>,
     /// `internal_address_config.cidr_ranges`: the addresses whose requests are internal.
     pub internal_addresses: Vec<CidrRange>,
     /// `normalize_path`.

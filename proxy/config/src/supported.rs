@@ -486,6 +486,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "use_remote_address",
             "xff_num_trusted_hops",
             "skip_xff_append",
+            "original_ip_detection_extensions",
             "internal_address_config",
             "normalize_path",
             "merge_slashes",
@@ -590,6 +591,22 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.extensions.filters.http.rbac.v3.RBACPerRoute", &["rbac"]),
+    (
+        "envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig",
+        &[
+            "header_name",
+            "allow_extension_to_set_address_as_trusted",
+            "reject_with_status",
+        ],
+    ),
+    (
+        "envoy.extensions.http.original_ip_detection.xff.v3.XffConfig",
+        &["xff_num_trusted_hops", "xff_trusted_cidrs", "skip_xff_append"],
+    ),
+    (
+        "envoy.extensions.http.original_ip_detection.xff.v3.XffTrustedCidrs",
+        &["cidrs"],
+    ),
     (
         "envoy.extensions.filters.network.rbac.v3.RBAC",
         &[

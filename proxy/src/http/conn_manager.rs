@@ -101,6 +101,8 @@ pub struct HcmStats {
     pub downstream_rq_ws_on_non_ws_route: Counter,
     /// `downstream_rq_failed_path_normalization`.
     pub downstream_rq_failed_path_normalization: Counter,
+    /// `downstream_rq_rejected_via_ip_detection`.
+    pub downstream_rq_rejected_via_ip_detection: Counter,
     /// `downstream_rq_redirected_with_normalized_path`.
     pub downstream_rq_redirected_with_normalized_path: Counter,
     /// `downstream_rq_too_many_premature_resets`: connections closed for resetting streams
@@ -203,6 +205,7 @@ impl HcmStats {
             downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
             downstream_rq_failed_path_normalization: c("downstream_rq_failed_path_normalization"),
+            downstream_rq_rejected_via_ip_detection: c("downstream_rq_rejected_via_ip_detection"),
             downstream_rq_redirected_with_normalized_path: c(
                 "downstream_rq_redirected_with_normalized_path",
             ),
@@ -1367,13 +1370,23 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     } else {
         (None, None)
     };
-    let client = crate::http::conn_manager_utility::forwarding_headers(
+    let (client, client_from_headers) = match crate::http::conn_manager_utility::forwarding_headers(
         &cfg,
         &mut parts.headers,
         conn.remote,
         conn.local,
         conn.secure,
-    );
+    ) {
+        Ok(found) => found,
+        Err(status) => {
+            stats.downstream_rq_rejected_via_ip_detection.inc();
+            let reply = LocalReply {
+                status,
+                ..LocalReply::IP_DETECTION_FAILED
+            };
+            return local(done, reply, None);
+        }
+    };
     crate::http::conn_manager_utility::forwarded_client_cert(
         &cfg.forward_client_cert,
         &mut parts.headers,
@@ -1434,7 +1447,15 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     if let Some(via) = &cfg.via {
         headers::append_via(&mut parts.headers, via);
     }
+    // An address from the request's headers is the stream's downstream remote address from
+    // now on (without a port), as Envoy's connection manager sets it.
+    let downstream_remote = if client_from_headers {
+        SocketAddr::new(client, 0)
+    } else {
+        conn.remote
+    };
     if let Some(info) = done.info.as_mut() {
+        info.downstream_remote = downstream_remote;
         record_request(info, &parts, scheme);
     }
     let request_id = cfg
@@ -1454,7 +1475,7 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     );
     // Header values with operators render from the stream's record: kept for them too.
     if done.info.is_none() && selection.formats_headers() {
-        let mut info = Box::new(StreamInfo::new(conn.remote, conn.local));
+        let mut info = Box::new(StreamInfo::new(downstream_remote, conn.local));
         record_start(&mut info, &conn, &parts, version);
         record_request(&mut info, &parts, scheme);
         done.info = Some(info);

@@ -244,23 +244,27 @@ fn xff_address(headers: &HeaderMap, hops: u32) -> (Option<IpAddr>, bool) {
 /// Envoy's `mutateRequestHeaders` for the forwarding headers: `x-forwarded-for` appended under
 /// `use_remote_address`, the trusted client address found, `x-envoy-internal` set for internal
 /// requests (and removed otherwise), `x-envoy-external-address` set on edge requests. Returns
-/// the client's address as trusted (Envoy's downstream remote address from then on).
+/// the client's address as trusted (Envoy's downstream remote address from then on) and
+/// whether it came from the request's headers rather than the peer, or the status an original
+/// IP detection extension rejects the request with.
 pub fn forwarding_headers(
     cfg: &HttpConnectionManager,
     headers: &mut HeaderMap,
     remote: SocketAddr,
     local: SocketAddr,
     secure: bool,
-) -> IpAddr {
+) -> Result<(IpAddr, bool), http::StatusCode> {
     join_xff(headers);
     let hops = cfg.xff_num_trusted_hops;
     let mut trusted: Option<IpAddr> = None;
     let allow_checks;
+    let from_headers;
     if cfg.use_remote_address {
         allow_checks = !headers.contains_key(&X_FORWARDED_FOR);
         if hops > 0 {
             trusted = xff_address(headers, hops - 1).0;
         }
+        from_headers = trusted.is_some();
         if trusted.is_none() {
             trusted = Some(remote.ip());
         }
@@ -279,10 +283,28 @@ pub fn forwarding_headers(
                 HeaderValue::from_static(if secure { "https" } else { "http" }),
             );
         }
+    } else if !cfg.ip_detection.is_empty() {
+        // The extensions in order: the first that finds an address decides; one that cannot
+        // may reject the request.
+        let mut found = None;
+        for d in &cfg.ip_detection {
+            match detect(d, headers, remote.ip()) {
+                Detected::Address(ip, checks) => {
+                    found = Some((ip, checks));
+                    break;
+                }
+                Detected::Reject(status) => return Err(status),
+                Detected::Nothing => {}
+            }
+        }
+        trusted = found.map(|(ip, _)| ip);
+        allow_checks = found.is_some_and(|(_, checks)| checks);
+        from_headers = trusted.is_some();
     } else {
         let (addr, single) = xff_address(headers, hops);
         trusted = addr;
         allow_checks = single;
+        from_headers = trusted.is_some();
     }
     let internal = allow_checks && trusted.is_some_and(|ip| cfg.is_internal(ip));
     let edge = !internal && cfg.use_remote_address;
@@ -300,7 +322,77 @@ pub fn forwarding_headers(
             headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
         }
     }
-    trusted.unwrap_or(remote.ip())
+    Ok((trusted.unwrap_or(remote.ip()), from_headers))
+}
+
+/// What an original IP detection extension made of a request.
+enum Detected {
+    /// The client, and whether it may make the request internal.
+    Address(IpAddr, bool),
+    /// Nothing found; the next extension looks.
+    Nothing,
+    /// Nothing found, and the request is answered with this status.
+    Reject(http::StatusCode),
+}
+
+/// Envoy's `CustomHeaderIPDetection` and `XffIPDetection`.
+fn detect(d: &crate::config::model::IpDetection, headers: &HeaderMap, peer: IpAddr) -> Detected {
+    use crate::config::model::IpDetection;
+    match d {
+        IpDetection::CustomHeader {
+            header,
+            trusted,
+            reject,
+        } => {
+            let ip = headers
+                .get(header)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<IpAddr>().ok());
+            match (ip, reject) {
+                (Some(ip), _) => Detected::Address(ip, *trusted),
+                (None, Some(status)) => Detected::Reject(*status),
+                (None, None) => Detected::Nothing,
+            }
+        }
+        IpDetection::Xff {
+            hops,
+            trusted_cidrs,
+        } if trusted_cidrs.is_empty() => match xff_address(headers, *hops) {
+            (Some(ip), single) => Detected::Address(ip, single),
+            (None, _) => Detected::Nothing,
+        },
+        IpDetection::Xff { trusted_cidrs, .. } => {
+            if !trusted_cidrs.iter().any(|c| c.contains(peer)) {
+                return Detected::Nothing;
+            }
+            // From the end, the first entry that is not a trusted proxy; every one trusted:
+            // the first entry.
+            let joined: Vec<&str> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let joined = joined.join(",");
+            if joined.is_empty() {
+                return Detected::Nothing;
+            }
+            let entries: Vec<&str> = joined.split(',').map(str::trim).collect();
+            let mut last = None;
+            for e in entries.iter().rev() {
+                let Ok(ip) = e.parse::<IpAddr>() else {
+                    return Detected::Nothing;
+                };
+                last = Some(ip);
+                if !trusted_cidrs.iter().any(|c| c.contains(ip)) {
+                    return Detected::Address(ip, entries.len() == 1);
+                }
+            }
+            match last {
+                Some(ip) => Detected::Address(ip, entries.len() == 1),
+                None => Detected::Nothing,
+            }
+        }
+    }
 }
 
 /// This machine's IPv4 address as Envoy's `Network::Utility::getLocalAddress` finds it (the

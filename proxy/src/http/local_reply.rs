@@ -29,6 +29,16 @@ pub struct LocalReply {
 }
 
 impl LocalReply {
+    /// An original IP detection extension found no client address (its status replaces 403).
+    pub const IP_DETECTION_FAILED: LocalReply = LocalReply {
+        status: StatusCode::FORBIDDEN,
+        body: Bytes::from_static(b""),
+        headers: Vec::new(),
+        mutations: Vec::new(),
+        flag: None,
+        details: "rejecting_because_detection_failed",
+        close: false,
+    };
     /// No route: 404, empty body, NR.
     pub const NO_ROUTE: LocalReply = LocalReply {
         status: StatusCode::NOT_FOUND,

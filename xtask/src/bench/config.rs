@@ -172,6 +172,65 @@ fn cluster_with(
 
 /// The bootstrap both proxies run.
 pub fn proxy_yaml(p: &Ports, tuning: &[Tuning]) -> String {
+    proxy_yaml_with(
+        p,
+        tuning,
+        http_listener("bench_http", p.http, "upstream_h1", tuning),
+    )
+}
+
+/// Virtual hosts and routes of the route-table row: this many hosts of this many routes.
+pub const ROUTE_HOSTS: usize = 1_000;
+/// Routes per virtual host of the route-table row.
+pub const ROUTES_PER_HOST: usize = 10;
+
+/// The bootstrap of the route-table row: the same, with the HTTP listener's table holding
+/// 1,000 virtual hosts of 10 prefix routes each. The requests (any host but the 999 named
+/// ones) go to the last, `*`, whose last route (`/`) matches after nine prefixes that do not.
+pub fn proxy_yaml_routes(p: &Ports, tuning: &[Tuning]) -> String {
+    let mut hosts = String::new();
+    for h in 0..ROUTE_HOSTS {
+        let domain = if h + 1 == ROUTE_HOSTS {
+            "\"*\"".to_string()
+        } else {
+            format!("\"vh{h}.bench.example\"")
+        };
+        hosts.push_str(&format!(
+            "            - name: vh{h}\n              domains: [{domain}]\n              routes:\n"
+        ));
+        for r in 0..ROUTES_PER_HOST {
+            let prefix = if h + 1 == ROUTE_HOSTS && r + 1 == ROUTES_PER_HOST {
+                "/".to_string()
+            } else {
+                format!("/v{h}/r{r}/")
+            };
+            hosts.push_str(&format!(
+                "              - match: {{ prefix: \"{prefix}\" }}\n                route: {{ cluster: upstream_h1 }}\n"
+            ));
+        }
+    }
+    let listener = format!(
+        r#"  - name: bench_http
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench_http
+          route_config:
+            name: bench_http
+            virtual_hosts:
+{hosts}          http_filters:
+{router}"#,
+        port = p.http,
+        router = router(tuning)
+    );
+    proxy_yaml_with(p, tuning, listener)
+}
+
+fn proxy_yaml_with(p: &Ports, tuning: &[Tuning], l_http: String) -> String {
     let fields: Vec<&str> = tuning.iter().map(|t| t.field()).collect();
     format!(
         r#"# skiff benchmark bootstrap; the same file is given to skiff and to Envoy.
@@ -200,7 +259,6 @@ static_resources:
         },
         admin = p.admin,
         tcp = p.tcp,
-        l_http = http_listener("bench_http", p.http, "upstream_h1", tuning),
         l_h2 = http_listener("bench_h2", p.h2, "upstream_h2", tuning),
         c_h1 = cluster("upstream_h1", p.nginx_h1, false, tuning),
         c_h2 = cluster("upstream_h2", p.nginx_h2, true, tuning),

@@ -33,10 +33,11 @@ pub enum Row {
     Tcp,
     LeastRequest,
     RingHash,
+    Routes,
 }
 
 impl Row {
-    pub const ALL: [Row; 7] = [
+    pub const ALL: [Row; 8] = [
         Row::H1,
         Row::H1Big,
         Row::H2,
@@ -44,6 +45,7 @@ impl Row {
         Row::Tcp,
         Row::LeastRequest,
         Row::RingHash,
+        Row::Routes,
     ];
 
     pub fn id(self) -> &'static str {
@@ -55,6 +57,7 @@ impl Row {
             Row::Tcp => "tcp",
             Row::LeastRequest => "lr10",
             Row::RingHash => "ring10",
+            Row::Routes => "routes10k",
         }
     }
 
@@ -67,6 +70,9 @@ impl Row {
             Row::Tcp => "TCP proxy, HTTP/1.1 2-byte body through it",
             Row::LeastRequest => "HTTP/1.1 keep-alive, LEAST_REQUEST over 10 endpoints",
             Row::RingHash => "HTTP/1.1 keep-alive, RING_HASH on a header over 10 endpoints",
+            Row::Routes => {
+                "HTTP/1.1 keep-alive, 10,000 routes in 1,000 virtual hosts (last host, last route)"
+            }
         }
     }
 
@@ -297,6 +303,9 @@ pub fn run(args: &[String]) -> Result {
         notes.push("skiff was not measured (--no-skiff)".to_string());
     }
     let yaml = std::fs::read_to_string(&cfg)?;
+    // The route-table row runs its own bootstrap: the same with a large table.
+    let routes_cfg = tmp.path().join("bench-routes.yaml");
+    std::fs::write(&routes_cfg, config::proxy_yaml_routes(&ports, &tuning))?;
 
     let mut bench = Run {
         opts: opts.clone(),
@@ -340,7 +349,12 @@ pub fn run(args: &[String]) -> Result {
                     row.id(),
                     target.name()
                 );
-                let r = measure(row, target, bin, &cfg, &mut bench, tmp.path(), rep);
+                let row_cfg = if row == Row::Routes {
+                    &routes_cfg
+                } else {
+                    &cfg
+                };
+                let r = measure(row, target, bin, row_cfg, &mut bench, tmp.path(), rep);
                 match &r {
                     Ok(s) => eprintln!("{label} {}", report::sample_line(s)),
                     Err(e) => eprintln!("{label} FAILED: {e:?}"),

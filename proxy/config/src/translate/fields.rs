@@ -718,11 +718,8 @@ pub(super) fn http_connection_manager(
         flush_access_log_on_new_request,
     )?;
     refuse(path, "access_log_options", access_log_options)?;
-    refuse(
-        path,
-        "original_ip_detection_extensions",
-        original_ip_detection_extensions,
-    )?;
+    // original_ip_detection_extensions: http_manager::ip_detection.
+    let _ = original_ip_detection_extensions;
     refuse(
         path,
         "early_header_mutation_extensions",

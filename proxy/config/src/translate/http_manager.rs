@@ -430,6 +430,7 @@ pub(super) fn translate_hcm(
         use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
         xff_num_trusted_hops: h.xff_num_trusted_hops,
         skip_xff_append: h.skip_xff_append,
+        ip_detection: ip_detection(h, path)?,
         internal_addresses,
         normalize_path: h.normalize_path.as_ref().is_some_and(|v| v.value),
         merge_slashes: h.merge_slashes,
@@ -1443,4 +1444,92 @@ pub(super) fn string_match(
         kind,
         ignore_case: m.ignore_case,
     })
+}
+
+/// `original_ip_detection_extensions`, checked as Envoy checks them.
+fn ip_detection(
+    h: &hcm::HttpConnectionManager,
+    path: &str,
+) -> Result<Vec<crate::model::IpDetection>, ConfigError> {
+    use crate::model::IpDetection;
+    use envoy_types::pb::envoy::extensions::http::original_ip_detection as ipd;
+    if h.original_ip_detection_extensions.is_empty() {
+        return Ok(Vec::new());
+    }
+    if h.xff_num_trusted_hops > 0 {
+        return Err(ConfigError::new(
+            format!("{path}.original_ip_detection_extensions"),
+            "Original IP detection extensions and xff_num_trusted_hops can not be set at the same time",
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, e) in h.original_ip_detection_extensions.iter().enumerate() {
+        let tpath = format!("{path}.original_ip_detection_extensions[{i}].typed_config");
+        let any = e
+            .typed_config
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(&tpath, "required"))?;
+        out.push(match type_name(&any.type_url) {
+            "envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig" => {
+                let c: ipd::custom_header::v3::CustomHeaderConfig = unpack(any, &tpath)?;
+                let header =
+                    http::HeaderName::from_bytes(c.header_name.to_ascii_lowercase().as_bytes())
+                        .map_err(|_| {
+                            ConfigError::new(
+                                format!("{tpath}.header_name"),
+                                "not a valid header name",
+                            )
+                        })?;
+                let reject = match &c.reject_with_status {
+                    None => None,
+                    Some(s) => Some(
+                        http::StatusCode::from_u16(s.code as u16)
+                            .ok()
+                            .filter(|_| (200..600).contains(&s.code))
+                            .ok_or_else(|| {
+                                ConfigError::new(
+                                    format!("{tpath}.reject_with_status.code"),
+                                    "not an HTTP status",
+                                )
+                            })?,
+                    ),
+                };
+                IpDetection::CustomHeader {
+                    header,
+                    trusted: c.allow_extension_to_set_address_as_trusted,
+                    reject,
+                }
+            }
+            "envoy.extensions.http.original_ip_detection.xff.v3.XffConfig" => {
+                let c: ipd::xff::v3::XffConfig = unpack(any, &tpath)?;
+                if c.skip_xff_append.as_ref().is_some_and(|v| !v.value) {
+                    // Appending is use_remote_address's, which these extensions do not run with.
+                    return Err(ConfigError::unsupported(format!("{tpath}.skip_xff_append")));
+                }
+                let trusted_cidrs = match &c.xff_trusted_cidrs {
+                    Some(t) => {
+                        super::cidr_ranges(&t.cidrs, &format!("{tpath}.xff_trusted_cidrs.cidrs"))?
+                    }
+                    None => Vec::new(),
+                };
+                if !trusted_cidrs.is_empty() && c.xff_num_trusted_hops > 0 {
+                    return Err(ConfigError::new(
+                        &tpath,
+                        "Cannot set both xff_num_trusted_hops and xff_trusted_cidrs",
+                    ));
+                }
+                IpDetection::Xff {
+                    hops: c.xff_num_trusted_hops,
+                    trusted_cidrs,
+                }
+            }
+            other => {
+                return Err(ConfigError::new(
+                    tpath,
+                    format!("unsupported original IP detection extension ({other})"),
+                ))
+            }
+        });
+    }
+    Ok(out)
 }
