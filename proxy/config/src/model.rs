@@ -2670,6 +2670,9 @@ pub struct Cluster {
     /// `common_http_protocol_options.idle_timeout` of its HTTP protocol options (Envoy's 1 h
     /// default; zero: none): a pooled connection without requests for this long closes.
     pub pool_idle_timeout: Option<Duration>,
+    /// `common_http_protocol_options.max_headers_count` (default 100): a response with more
+    /// headers is refused (502, `UPE`).
+    pub max_response_headers: u32,
     /// `common_http_protocol_options.max_connection_duration`: a pooled connection drains
     /// after this long (it takes no new request and closes once idle).
     pub max_connection_duration: Option<Duration>,

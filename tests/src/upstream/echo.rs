@@ -163,6 +163,9 @@ async fn answer(
     for (k, v) in &opts.extra_headers {
         b = b.header(k.as_str(), v.as_str());
     }
+    for i in 0..super::extra_headers_from_path(&path) {
+        b = b.header(format!("x-h{i}"), "v");
+    }
     let body: EchoBody = if opts.chunked && !bodiless {
         // Two frames and no length: hyper sends the body chunked.
         let bytes = Bytes::from(text);

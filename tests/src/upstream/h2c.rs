@@ -225,6 +225,9 @@ async fn handle(
     if !with_trailers {
         resp = resp.header("content-length", text.len().to_string());
     }
+    for i in 0..super::extra_headers_from_path(&path) {
+        resp = resp.header(format!("x-h{i}"), "v");
+    }
     let resp = resp
         .header("x-upstream", opts.name.as_str())
         .header(

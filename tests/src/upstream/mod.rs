@@ -138,6 +138,19 @@ pub fn status_from_path(path: &str) -> u16 {
         .unwrap_or(200)
 }
 
+/// `/headers/N` in a path: the response carries N more headers (`x-h0` … `x-h<N-1>`).
+pub fn extra_headers_from_path(path: &str) -> usize {
+    path.find("/headers/")
+        .map(|i| &path[i + 9..])
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect::<String>()
+        })
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Parses `sleep=MS` from a query (milliseconds the upstream waits before answering).
 pub fn sleep_from_path(path: &str) -> Option<Duration> {
     let q = path.split_once('?')?.1;

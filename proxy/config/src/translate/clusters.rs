@@ -217,6 +217,7 @@ pub(super) fn translate_cluster(
     let mut max_requests_per_connection = c.max_requests_per_connection.as_ref().map(|v| v.value);
     // Envoy's default for upstream HTTP connections: an hour without requests.
     let mut pool_idle_timeout = Some(std::time::Duration::from_secs(3600));
+    let mut max_response_headers = 100;
     let mut max_connection_duration = None;
     let mut max_stream_duration = None;
     #[allow(deprecated)]
@@ -252,13 +253,14 @@ pub(super) fn translate_cluster(
                 let d = duration(d, &format!("{cpath}.max_stream_duration"))?;
                 max_stream_duration = (!d.is_zero()).then_some(d);
             }
-            // The upstream header count limit is not built yet.
-            for (name, set) in [("max_headers_count", common.max_headers_count.is_some())] {
-                if set {
-                    return Err(ConfigError::unsupported(format!(
-                        "{opath}.common_http_protocol_options.{name}"
-                    )));
+            if let Some(n) = &common.max_headers_count {
+                if n.value < 1 {
+                    return Err(ConfigError::new(
+                        format!("{cpath}.max_headers_count"),
+                        "value must be greater than or equal to 1",
+                    ));
                 }
+                max_response_headers = n.value;
             }
             if let Some(m) = &common.max_requests_per_connection {
                 max_requests_per_connection = Some(m.value);
@@ -405,6 +407,7 @@ pub(super) fn translate_cluster(
         // 0 means no limit, as in Envoy.
         max_requests_per_connection: max_requests_per_connection.filter(|m| *m > 0),
         pool_idle_timeout,
+        max_response_headers,
         max_connection_duration,
         max_stream_duration,
         tcp_keepalive: tcp_keepalive(c, path)?,

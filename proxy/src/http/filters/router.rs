@@ -1431,7 +1431,11 @@ async fn send_http1(
         }
         match sender.try_send_request(req).await {
             Ok(resp) => {
-                if crate::http::framing::ambiguous_response(resp.status(), resp.headers()) {
+                // More headers than the cluster's max_headers_count: Envoy's codec refuses the
+                // response (502, UPE) and the connection with it.
+                if crate::http::framing::ambiguous_response(resp.status(), resp.headers())
+                    || resp.headers().len() > cluster.config().max_response_headers as usize
+                {
                     // Envoy refuses the response (502 UPE); dropping the sender and the body
                     // here closes the connection, so nothing after it is read as a response.
                     tracing::debug!("upstream response with ambiguous framing");
@@ -1554,6 +1558,17 @@ async fn send_http2(
             }
         }
         match response.await {
+            // Envoy's HTTP/2 codec counts `:status` among the headers it limits; it resets the
+            // stream, which the router reports as the upstream's reset (503, UR).
+            Ok(resp)
+                if resp.headers().len() + 1 > cluster.config().max_response_headers as usize =>
+            {
+                tracing::debug!("upstream HTTP/2 response with too many headers");
+                if let Some(p) = pump {
+                    p.abort();
+                }
+                return Err(LocalReply::REMOTE_RESET);
+            }
             Ok(resp) => {
                 let resp = resp.map(|recv| ProxyBody::H2 {
                     recv,
