@@ -152,8 +152,15 @@ fn warn_accepted_without_effect(
     }
 }
 
-fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
+fn serve(opts: Options, mut loaded: Loaded) -> Result<(), String> {
     let workers = opts.workers();
+    warn_accepted_without_effect(&loaded.proto, &loaded.dump.bootstrap);
+    // The bootstrap's dump as text: its tree would cost ten times as much for the life of
+    // the process.
+    let bootstrap_dump = Arc::new(crate::config_store::CompactJson::new(
+        &loaded.dump.bootstrap,
+    ));
+    loaded.dump.bootstrap = serde_json::Value::Null;
     let loaded = Arc::new(loaded);
     let admin_socket = match &loaded.model.admin {
         Some(a) => Some(
@@ -173,7 +180,6 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
     for f in unknown {
         tracing::warn!(field = %f, "unknown field in the bootstrap ignored (--allow-unknown-static-fields)");
     }
-    warn_accepted_without_effect(&loaded.proto, &loaded.dump.bootstrap);
     // Extensions of listeners and clusters accepted without effect (docs/compatibility.md),
     // counted by name wherever they come from.
     {
@@ -228,6 +234,7 @@ fn serve(opts: Options, loaded: Loaded) -> Result<(), String> {
         let state = Arc::new(AdminState {
             store: store.clone(),
             config: loaded.clone(),
+            bootstrap_dump: bootstrap_dump.clone(),
             published: config.published(),
             options: opts.clone(),
             concurrency: workers,

@@ -21,11 +21,11 @@ fn time(t: SystemTime) -> String {
 }
 
 fn dynamic(d: &Dumped, key: &str) -> Value {
-    json!({"version_info": d.version, key: *d.json, "last_updated": time(d.last_updated)})
+    json!({"version_info": d.version, key: d.json.value(), "last_updated": time(d.last_updated)})
 }
 
 fn stat(d: &Dumped, key: &str) -> Value {
-    json!({key: *d.json, "last_updated": time(d.last_updated)})
+    json!({key: d.json.value(), "last_updated": time(d.last_updated)})
 }
 
 /// A list field of a section: its name, its items' `@type`, and (resource name, item).
@@ -113,7 +113,7 @@ fn sections(state: &AdminState, include_eds: bool) -> Vec<Section> {
     let bootstrap = Section {
         type_name: "BootstrapConfigDump",
         scalars: vec![
-            ("bootstrap", state.config.dump.bootstrap.clone()),
+            ("bootstrap", state.bootstrap_dump.value()),
             ("last_updated", Value::String(time(SystemTime::now()))),
         ],
         lists: Vec::new(),
@@ -171,7 +171,7 @@ fn sections(state: &AdminState, include_eds: bool) -> Vec<Section> {
     out.push(routes);
     let secret = |d: &Dumped, dynamic: bool| {
         let mut item =
-            json!({"name": d.name, "last_updated": time(d.last_updated), "secret": *d.json});
+            json!({"name": d.name, "last_updated": time(d.last_updated), "secret": d.json.value()});
         if dynamic {
             item["version_info"] = Value::String(d.version.clone());
         }

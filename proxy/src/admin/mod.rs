@@ -36,8 +36,10 @@ pub const VERSION: &str = concat!("skiff/", env!("CARGO_PKG_VERSION"));
 pub struct AdminState {
     /// All stats.
     pub store: Arc<Store>,
-    /// The bootstrap.
+    /// The bootstrap (its dump's tree emptied: `bootstrap_dump` keeps it as text).
     pub config: Arc<Loaded>,
+    /// The bootstrap as `/config_dump` shows it.
+    pub bootstrap_dump: Arc<crate::config_store::CompactJson>,
     /// The configuration in force.
     pub published: Arc<ArcSwap<Snapshot>>,
     /// The command line.

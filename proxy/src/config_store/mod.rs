@@ -78,11 +78,33 @@ pub struct Dumped {
     /// Its name.
     pub name: String,
     /// The resource in Envoy's JSON form.
-    pub json: Arc<serde_json::Value>,
+    pub json: Arc<CompactJson>,
     /// `version_info` of the update that brought it (empty for static resources).
     pub version: String,
     /// When it arrived.
     pub last_updated: SystemTime,
+}
+
+/// A JSON document kept as its text: a tree of maps costs ten times as much, and a dump is
+/// read only when `/config_dump` asks (a route table of 10,000 routes held 20 MiB as trees).
+#[derive(Debug, Clone, Default)]
+pub struct CompactJson(Box<str>);
+
+impl CompactJson {
+    /// Keeps `v`'s text.
+    pub fn new(v: &serde_json::Value) -> Self {
+        CompactJson(v.to_string().into_boxed_str())
+    }
+
+    /// A document already in text.
+    pub fn from_text(text: &str) -> Self {
+        CompactJson(text.into())
+    }
+
+    /// The document again.
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
 }
 
 /// A listener or cluster's dump: static, or its dynamic active and warming versions.
@@ -226,6 +248,8 @@ struct SecretSlot {
 
 /// The main thread's owner of the configuration in force.
 pub struct ConfigStore {
+    /// When the allocator last gave free memory back (after a configuration was applied).
+    last_trim: Option<std::time::Instant>,
     main: Arc<Shard>,
     stats: Arc<Store>,
     drain_time: Duration,
@@ -298,6 +322,10 @@ impl std::fmt::Debug for ConfigStore {
 }
 
 fn now_dumped(name: &str, json: serde_json::Value, version: &str) -> Dumped {
+    now_dumped_compact(name, CompactJson::new(&json), version)
+}
+
+fn now_dumped_compact(name: &str, json: CompactJson, version: &str) -> Dumped {
     Dumped {
         name: name.to_string(),
         json: Arc::new(json),
@@ -347,6 +375,7 @@ impl ConfigStore {
         }
         let health = HealthCheckers::new(main.clone(), stats.clone());
         let mut store = ConfigStore {
+            last_trim: None,
             main: main.clone(),
             stats,
             drain_time,
@@ -415,7 +444,7 @@ impl ConfigStore {
             );
         }
         for (i, c) in model.clusters.iter().enumerate() {
-            let json = loaded.dump.clusters.get(i).cloned().unwrap_or_default();
+            let json = CompactJson::from_text(loaded.dump.clusters.get(i).map_or("null", |s| s));
             let proto = statics.clusters.get(i).cloned().unwrap_or_default();
             store.clusters.insert(
                 c.name.clone(),
@@ -424,14 +453,14 @@ impl ConfigStore {
                     active: Some(Version {
                         proto,
                         model: c.clone(),
-                        dump: now_dumped(&c.name, json, ""),
+                        dump: now_dumped_compact(&c.name, json, ""),
                     }),
                     warming: None,
                 },
             );
         }
         for (i, l) in model.listeners.iter().enumerate() {
-            let json = loaded.dump.listeners.get(i).cloned().unwrap_or_default();
+            let json = CompactJson::from_text(loaded.dump.listeners.get(i).map_or("null", |s| s));
             let proto = statics.listeners.get(i).cloned().unwrap_or_default();
             store.listeners.insert(
                 l.name.clone(),
@@ -441,7 +470,7 @@ impl ConfigStore {
                     warming: Some(Version {
                         proto,
                         model: l.clone(),
-                        dump: now_dumped(&l.name, json, ""),
+                        dump: now_dumped_compact(&l.name, json, ""),
                     }),
                 },
             );
@@ -1724,14 +1753,14 @@ impl ConfigStore {
                     .get(&e.service_name)
                     .and_then(|s| s.hosts.as_ref())
                     .map(|h| h.dump.clone()),
-                None => v.dump.json.get("load_assignment").map(|la| {
+                None => v.dump.json.value().get("load_assignment").map(|la| {
                     let mut la = la.clone();
                     if la.get("cluster_name").is_none() {
                         la["cluster_name"] = serde_json::Value::String(name.clone());
                     }
                     Dumped {
                         name: name.clone(),
-                        json: Arc::new(la),
+                        json: Arc::new(CompactJson::new(&la)),
                         version: v.dump.version.clone(),
                         last_updated: v.dump.last_updated,
                     }
@@ -1777,7 +1806,7 @@ impl ConfigStore {
                     let json = serde_json::json!({"@type": type_url::SECRET, "name": name});
                     Some(Dumped {
                         name: name.clone(),
-                        json: Arc::new(json),
+                        json: Arc::new(CompactJson::new(&json)),
                         version: "uninitialized".into(),
                         last_updated: SystemTime::now()
                             .checked_sub(sub.created.elapsed())
@@ -1874,6 +1903,15 @@ impl ConfigStore {
         self.sync_pause();
         self.update_gauges();
         self.sync_xds();
+        // Reading a configuration leaves its parse trees' memory free but held by the
+        // allocator; give it back, at most every ten seconds (it walks the heap).
+        if self
+            .last_trim
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            crate::overload::monitors::release_free_memory();
+            self.last_trim = Some(std::time::Instant::now());
+        }
     }
 
     /// Hands the workers over; binds every listener (a static one that cannot be bound fails
