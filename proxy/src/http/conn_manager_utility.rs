@@ -225,14 +225,19 @@ const EDGE_STRIPPED: &[&str] = &[
     "x-envoy-downstream-service-node",
 ];
 
-/// The address `x-forwarded-for` holds `hops` entries from its end, if it parses.
-fn xff_address(headers: &HeaderMap, hops: u32) -> (Option<IpAddr>, bool) {
-    let joined: Vec<&str> = headers
+/// Every `x-forwarded-for` value, joined by ',' as Envoy's header map holds them.
+fn xff_joined(headers: &HeaderMap) -> String {
+    let all: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    let joined = joined.join(",");
+    all.join(",")
+}
+
+/// The address `x-forwarded-for` holds `hops` entries from its end, if it parses.
+fn xff_address(headers: &HeaderMap, hops: u32) -> (Option<IpAddr>, bool) {
+    let joined = xff_joined(headers);
     let entries: Vec<&str> = joined.split(',').map(str::trim).collect();
     if joined.is_empty() || entries.len() <= hops as usize {
         return (None, false);
@@ -367,12 +372,7 @@ fn detect(d: &crate::config::model::IpDetection, headers: &HeaderMap, peer: IpAd
             }
             // From the end, the first entry that is not a trusted proxy; every one trusted:
             // the first entry.
-            let joined: Vec<&str> = headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            let joined = joined.join(",");
+            let joined = xff_joined(headers);
             if joined.is_empty() {
                 return Detected::Nothing;
             }
@@ -414,12 +414,7 @@ fn join_xff(headers: &mut HeaderMap) {
     if headers.get_all(&X_FORWARDED_FOR).iter().nth(1).is_none() {
         return;
     }
-    let all: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if let Ok(v) = HeaderValue::from_str(&all.join(",")) {
+    if let Ok(v) = HeaderValue::from_str(&xff_joined(headers)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
 }

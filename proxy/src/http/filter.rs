@@ -163,7 +163,15 @@ pub fn headers_match(
     if matchers.is_empty() {
         return true;
     }
-    let view = crate::router::RequestView {
+    let view = request_view(head);
+    matchers
+        .iter()
+        .all(|m| crate::router::header_matches(m, &view))
+}
+
+/// A request head as header matchers read it (pseudo-headers included), outside routing.
+pub fn request_view(head: &http::request::Parts) -> crate::router::RequestView<'_> {
+    crate::router::RequestView {
         method: head.method.as_str(),
         path: route_path(head),
         authority: crate::http::conn_manager::authority(head).unwrap_or(""),
@@ -172,10 +180,7 @@ pub fn headers_match(
         runtime: &crate::config::runtime::EMPTY,
         random: 0,
         peer_certificate: false,
-    };
-    matchers
-        .iter()
-        .all(|m| crate::router::header_matches(m, &view))
+    }
 }
 
 /// What a stream's filters are made with: the route it selected (each filter's per-route

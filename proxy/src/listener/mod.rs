@@ -291,6 +291,19 @@ struct Refused {
 }
 
 impl Chain {
+    /// A connection a read filter turned away: the terminal filter has counted it already
+    /// in Envoy (its filters were made with the connection).
+    fn count_turned_away(&self) {
+        match &self.terminal {
+            Terminal::Http(hcm) => {
+                hcm.stats.downstream_cx_total.inc();
+                hcm.stats.downstream_cx_destroy.inc();
+            }
+            Terminal::Tcp(_, stats) => stats.downstream_cx_total.inc(),
+            Terminal::Empty => {}
+        }
+    }
+
     /// Whether the terminal filter writes access logs, forwards the client certificate, runs
     /// RBAC, or may render header values (only then is TLS described).
     fn logs(&self) -> bool {
@@ -793,14 +806,7 @@ impl Shared {
                     let _ =
                         socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
                 }
-                match &chain.terminal {
-                    Terminal::Http(hcm) => {
-                        hcm.stats.downstream_cx_total.inc();
-                        hcm.stats.downstream_cx_destroy.inc();
-                    }
-                    Terminal::Tcp(_, stats) => stats.downstream_cx_total.inc(),
-                    Terminal::Empty => {}
-                }
+                chain.count_turned_away();
                 // A connection limit may hold the connection (unread) a while first.
                 if let Some(delay) = refused.delay {
                     tokio::time::sleep(delay).await;
@@ -850,14 +856,7 @@ impl Shared {
             .iter()
             .all(|r| r.admits(&connection, remote, local))
         {
-            match &chain.terminal {
-                Terminal::Http(hcm) => {
-                    hcm.stats.downstream_cx_total.inc();
-                    hcm.stats.downstream_cx_destroy.inc();
-                }
-                Terminal::Tcp(_, stats) => stats.downstream_cx_total.inc(),
-                Terminal::Empty => {}
-            }
+            chain.count_turned_away();
             return;
         }
         match &chain.terminal {

@@ -88,6 +88,19 @@ fn http_listener_with(
     extra: &str,
     tuning: &[Tuning],
 ) -> String {
+    let hosts = format!(
+        r#"            - name: {name}
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: {cluster}{extra} }}
+"#
+    );
+    http_listener_hosts(name, port, &hosts, tuning)
+}
+
+/// An HTTP listener whose route table holds the virtual hosts `hosts` (YAML, indented).
+fn http_listener_hosts(name: &str, port: u16, hosts: &str, tuning: &[Tuning]) -> String {
     format!(
         r#"  - name: {name}
     address:
@@ -101,12 +114,7 @@ fn http_listener_with(
           route_config:
             name: {name}
             virtual_hosts:
-            - name: {name}
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: {cluster}{extra} }}
-          http_filters:
+{hosts}          http_filters:
 {router}"#,
         router = router(tuning)
     )
@@ -209,24 +217,7 @@ pub fn proxy_yaml_routes(p: &Ports, tuning: &[Tuning]) -> String {
             ));
         }
     }
-    let listener = format!(
-        r#"  - name: bench_http
-    address:
-      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench_http
-          route_config:
-            name: bench_http
-            virtual_hosts:
-{hosts}          http_filters:
-{router}"#,
-        port = p.http,
-        router = router(tuning)
-    );
+    let listener = http_listener_hosts("bench_http", p.http, &hosts, tuning);
     proxy_yaml_with(p, tuning, listener)
 }
 

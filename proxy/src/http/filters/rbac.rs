@@ -97,16 +97,7 @@ impl RbacFilter {
         let tls = self.connection.tls.as_ref();
         let peer_cert = tls.and_then(|t| t.peer.as_ref());
         let request = Request {
-            view: crate::router::RequestView {
-                method: head.method.as_str(),
-                path: crate::http::filter::route_path(head),
-                authority: crate::http::conn_manager::authority(head).unwrap_or(""),
-                scheme: head.uri.scheme_str().unwrap_or("http"),
-                headers: &head.headers,
-                runtime: &crate::config::runtime::EMPTY,
-                random: 0,
-                peer_certificate: false,
-            },
+            view: crate::http::filter::request_view(head),
             local: self.local,
             source: self.source,
             direct_remote: self
