@@ -2093,6 +2093,7 @@ async fn original_ip_detection_side_by_side() {
             json!([xff(json!({ "xff_trusted_cidrs": { "cidrs": [
                 { "address_prefix": "127.0.0.1", "prefix_len": 32 },
                 { "address_prefix": "10.0.0.0", "prefix_len": 8 } ] } }))]),
+            json!([xff(json!({ "skip_xff_append": false }))]),
         ];
         for (i, v) in variants.into_iter().enumerate() {
             let vhost = json!([ { "name": "all", "domains": ["*"],

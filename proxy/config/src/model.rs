@@ -997,6 +997,9 @@ pub enum IpDetection {
         /// `xff_trusted_cidrs`: a peer in them, and the `x-forwarded-for` entries in them
         /// from the end, are proxies; the first entry outside them is the client.
         trusted_cidrs: Vec<CidrRange>,
+        /// `skip_xff_append: false`: once it finds the client, the peer is appended to
+        /// `x-forwarded-for` (unset or true: nothing is appended).
+        append: bool,
     },
 }
 

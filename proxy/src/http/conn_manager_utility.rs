@@ -274,13 +274,7 @@ pub fn forwarding_headers(
             trusted = Some(remote.ip());
         }
         if !cfg.skip_xff_append {
-            // A loopback peer is recorded as this machine's address, as Envoy does.
-            let peer = if remote.ip().is_loopback() {
-                machine_address().unwrap_or(local.ip())
-            } else {
-                remote.ip()
-            };
-            append_xff(headers, peer);
+            append_xff(headers, xff_peer(remote, local));
         }
         if hops == 0 || !headers.contains_key(&names::X_FORWARDED_PROTO) {
             headers.insert(
@@ -292,7 +286,14 @@ pub fn forwarding_headers(
         // The extensions in order: the first that finds an address decides; one that cannot
         // may reject the request.
         let mut found = None;
+        let mut append = false;
         for d in &cfg.ip_detection {
+            // An xff extension with `skip_xff_append: false` that looked appends the peer
+            // once the extensions are done, found or not (measured against Envoy 1.40).
+            append |= matches!(
+                d,
+                crate::config::model::IpDetection::Xff { append: true, .. }
+            );
             match detect(d, headers, remote.ip()) {
                 Detected::Address(ip, checks) => {
                     found = Some((ip, checks));
@@ -301,6 +302,9 @@ pub fn forwarding_headers(
                 Detected::Reject(status) => return Err(status),
                 Detected::Nothing => {}
             }
+        }
+        if append {
+            append_xff(headers, xff_peer(remote, local));
         }
         trusted = found.map(|(ip, _)| ip);
         allow_checks = found.is_some_and(|(_, checks)| checks);
@@ -362,6 +366,7 @@ fn detect(d: &crate::config::model::IpDetection, headers: &HeaderMap, peer: IpAd
         IpDetection::Xff {
             hops,
             trusted_cidrs,
+            ..
         } if trusted_cidrs.is_empty() => match xff_address(headers, *hops) {
             (Some(ip), single) => Detected::Address(ip, single),
             (None, _) => Detected::Nothing,
@@ -392,6 +397,16 @@ fn detect(d: &crate::config::model::IpDetection, headers: &HeaderMap, peer: IpAd
                 None => Detected::Nothing,
             }
         }
+    }
+}
+
+/// The peer as `x-forwarded-for` records it: a loopback peer as this machine's address, as
+/// Envoy does.
+fn xff_peer(remote: SocketAddr, local: SocketAddr) -> IpAddr {
+    if remote.ip().is_loopback() {
+        machine_address().unwrap_or(local.ip())
+    } else {
+        remote.ip()
     }
 }
 

@@ -1502,10 +1502,6 @@ fn ip_detection(
             }
             "envoy.extensions.http.original_ip_detection.xff.v3.XffConfig" => {
                 let c: ipd::xff::v3::XffConfig = unpack(any, &tpath)?;
-                if c.skip_xff_append.as_ref().is_some_and(|v| !v.value) {
-                    // Appending is use_remote_address's, which these extensions do not run with.
-                    return Err(ConfigError::unsupported(format!("{tpath}.skip_xff_append")));
-                }
                 let trusted_cidrs = match &c.xff_trusted_cidrs {
                     Some(t) => {
                         super::cidr_ranges(&t.cidrs, &format!("{tpath}.xff_trusted_cidrs.cidrs"))?
@@ -1521,6 +1517,7 @@ fn ip_detection(
                 IpDetection::Xff {
                     hops: c.xff_num_trusted_hops,
                     trusted_cidrs,
+                    append: c.skip_xff_append.as_ref().is_some_and(|v| !v.value),
                 }
             }
             other => {
