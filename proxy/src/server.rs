@@ -156,11 +156,15 @@ fn serve(opts: Options, mut loaded: Loaded) -> Result<(), String> {
     let workers = opts.workers();
     warn_accepted_without_effect(&loaded.proto, &loaded.dump.bootstrap);
     // The bootstrap's dump as text: its tree would cost ten times as much for the life of
-    // the process.
+    // the process. Its node stays a tree (`/server_info` and the xDS clients read it).
     let bootstrap_dump = Arc::new(crate::config_store::CompactJson::new(
         &loaded.dump.bootstrap,
     ));
-    loaded.dump.bootstrap = serde_json::Value::Null;
+    let node = loaded.dump.bootstrap.get("node").cloned();
+    loaded.dump.bootstrap = match node {
+        Some(n) => serde_json::json!({ "node": n }),
+        None => serde_json::json!({}),
+    };
     let loaded = Arc::new(loaded);
     let admin_socket = match &loaded.model.admin {
         Some(a) => Some(

@@ -36,7 +36,8 @@ pub const VERSION: &str = concat!("skiff/", env!("CARGO_PKG_VERSION"));
 pub struct AdminState {
     /// All stats.
     pub store: Arc<Store>,
-    /// The bootstrap (its dump's tree emptied: `bootstrap_dump` keeps it as text).
+    /// The bootstrap (its dump's tree holds only the node: `bootstrap_dump` keeps the whole
+    /// as text).
     pub config: Arc<Loaded>,
     /// The bootstrap as `/config_dump` shows it.
     pub bootstrap_dump: Arc<crate::config_store::CompactJson>,
