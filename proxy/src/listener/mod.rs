@@ -253,6 +253,8 @@ struct Chain {
     gates: Vec<Gate>,
     /// `envoy.filters.network.rbac` filters, judged once TLS tells who the peer is.
     rbac: Vec<crate::http::filters::rbac::NetworkGate>,
+    /// Whether a connection's TLS is described for what reads it ([`Chain::logs`]).
+    describe_tls: bool,
     /// TLS termination: the chain's settings and what they serve with.
     tls: Option<(
         Arc<crate::tls::DownstreamTls>,
@@ -305,7 +307,8 @@ impl Chain {
     }
 
     /// Whether the terminal filter writes access logs, forwards the client certificate, runs
-    /// RBAC, or may render header values (only then is TLS described).
+    /// RBAC, or may render header values (only then is TLS described). Judged once, when
+    /// the chain is built (`describe_tls`).
     fn logs(&self) -> bool {
         if !self.rbac.is_empty() {
             return true;
@@ -402,6 +405,7 @@ fn chain(
             drain: Drain::new(),
             gates: Vec::new(),
             rbac: Vec::new(),
+            describe_tls: false,
             tls: None,
             terminal: Terminal::Empty,
             local_certs: Default::default(),
@@ -461,15 +465,18 @@ fn chain(
             | NetworkFilter::ConnectionLimit(_)
             | NetworkFilter::Rbac(_) => return None,
         };
-        Some(Rc::new(Chain {
+        let mut chain = Chain {
             model: fc.clone(),
             drain: Drain::new(),
             gates,
             rbac,
+            describe_tls: false,
             tls,
             terminal,
             local_certs: Default::default(),
-        }))
+        };
+        chain.describe_tls = chain.logs();
+        Some(Rc::new(chain))
     })
 }
 
@@ -833,7 +840,7 @@ impl Shared {
                             st.completed(conn);
                         }
                         connection.peer_certificate = conn.peer_certificates().is_some();
-                        if chain.logs() {
+                        if chain.describe_tls {
                             let local = chain.local_cert(&config, conn.server_name());
                             connection.tls = Some(crate::tls::info::connection_info(conn, local));
                         }
