@@ -1,6 +1,7 @@
 //! A cluster's `common_http_protocol_options.max_headers_count` (default 100) on upstream
 //! responses, side by side with Envoy 1.40: a response with more headers than the limit is
 //! refused (502, `UPE`), over HTTP/1.1 and HTTP/2 upstreams, at the default and a lower limit.
+//! A cluster's `headers_with_underscores_action` leaves responses alone in both.
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ async fn upstream_header_count_limits_as_envoy() {
             let h1 = EchoUpstream::start("h1").await;
             let h2 = H2Upstream::start("h2").await;
             let port = free_port();
-            let limited = |mut c: serde_json::Value| {
+            let limited = |mut c: serde_json::Value, common: serde_json::Value| {
                 let opts = c["typed_extension_protocol_options"]
                     ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
                     .take();
@@ -31,14 +32,23 @@ async fn upstream_header_count_limits_as_envoy() {
                 } else {
                     opts
                 };
-                opts["common_http_protocol_options"] = json!({ "max_headers_count": 20 });
+                opts["common_http_protocol_options"] = common;
                 c["typed_extension_protocol_options"] =
                     json!({ "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts });
                 c
             };
-            let mut h1_20 = limited(cluster("h1_20", &[h1.port()]));
-            h1_20["name"] = json!("h1_20");
-            let h2_20 = limited(h2_cluster("h2_20", &[h2.port()], None));
+            let twenty = json!({ "max_headers_count": 20 });
+            let h1_20 = limited(cluster("h1_20", &[h1.port()]), twenty.clone());
+            let h2_20 = limited(h2_cluster("h2_20", &[h2.port()], None), twenty);
+            let mut under = Vec::new();
+            for action in ["DROP_HEADER", "REJECT_REQUEST"] {
+                let c = json!({ "headers_with_underscores_action": action });
+                under.push(limited(cluster(&format!("h1_{action}"), &[h1.port()]), c.clone()));
+                under.push(limited(
+                    h2_cluster(&format!("h2_{action}"), &[h2.port()], None),
+                    c,
+                ));
+            }
             let mut m = hcm(
                 "count",
                 vec![vhost(
@@ -49,6 +59,10 @@ async fn upstream_header_count_limits_as_envoy() {
                         route("/h2/", "h2"),
                         route("/h1_20/", "h1_20"),
                         route("/h2_20/", "h2_20"),
+                        route("/h1_DROP_HEADER/", "h1_DROP_HEADER"),
+                        route("/h2_DROP_HEADER/", "h2_DROP_HEADER"),
+                        route("/h1_REJECT_REQUEST/", "h1_REJECT_REQUEST"),
+                        route("/h2_REJECT_REQUEST/", "h2_REJECT_REQUEST"),
                     ],
                 )],
             );
@@ -60,12 +74,16 @@ async fn upstream_header_count_limits_as_envoy() {
             let v = bootstrap(
                 free_port(),
                 vec![listener("l", "127.0.0.1", port, m)],
-                vec![
-                    cluster("h1", &[h1.port()]),
-                    h2_cluster("h2", &[h2.port()], None),
-                    h1_20,
-                    h2_20,
-                ],
+                [
+                    vec![
+                        cluster("h1", &[h1.port()]),
+                        h2_cluster("h2", &[h2.port()], None),
+                        h1_20,
+                        h2_20,
+                    ],
+                    under,
+                ]
+                .concat(),
             );
             let p = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
             let mut got = Vec::new();
@@ -84,6 +102,31 @@ async fn upstream_header_count_limits_as_envoy() {
                     ));
                 }
             }
+            for prefix in [
+                "h1_DROP_HEADER",
+                "h2_DROP_HEADER",
+                "h1_REJECT_REQUEST",
+                "h2_REJECT_REQUEST",
+            ] {
+                for _ in 0..2 {
+                    let url = format!("http://127.0.0.1:{port}/{prefix}/underscore/");
+                    let r = curl(&["-s", &url]).await;
+                    let path = format!("/{prefix}/underscore/ ");
+                    let log = p
+                        .wait_stdout_line(Duration::from_secs(5), |l| l.starts_with(&path))
+                        .await;
+                    got.push(format!(
+                        "{prefix}: {} x_under={:?} log={log:?}",
+                        r.resp.status,
+                        r.resp.header("x_under")
+                    ));
+                }
+            }
+            for (name, value) in p.admin().stats_containing("underscore").await {
+                if value.trim() != "0" {
+                    got.push(format!("{name}: {value}"));
+                }
+            }
             seen.push(got);
         }
         for (e, s) in seen[0].iter().zip(&seen[1]) {
@@ -94,6 +137,10 @@ async fn upstream_header_count_limits_as_envoy() {
             assert!(all.contains(&format!("{prefix} +")), "{all}");
         }
         assert!(all.contains(": 200") && all.contains(": 502"), "{all}");
+        assert!(
+            all.contains("h2_REJECT_REQUEST: 200 x_under=Some(\"1\")"),
+            "{all}"
+        );
     })
     .await;
 }

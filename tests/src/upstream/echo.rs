@@ -166,6 +166,9 @@ async fn answer(
     for i in 0..super::extra_headers_from_path(&path) {
         b = b.header(format!("x-h{i}"), "v");
     }
+    if path.contains("/underscore/") {
+        b = b.header("x_under", "1");
+    }
     let body: EchoBody = if opts.chunked && !bodiless {
         // Two frames and no length: hyper sends the body chunked.
         let bytes = Bytes::from(text);

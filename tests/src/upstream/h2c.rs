@@ -228,6 +228,9 @@ async fn handle(
     for i in 0..super::extra_headers_from_path(&path) {
         resp = resp.header(format!("x-h{i}"), "v");
     }
+    if path.contains("/underscore/") {
+        resp = resp.header("x_under", "1");
+    }
     let resp = resp
         .header("x-upstream", opts.name.as_str())
         .header(

@@ -138,7 +138,8 @@ pub fn status_from_path(path: &str) -> u16 {
         .unwrap_or(200)
 }
 
-/// `/headers/N` in a path: the response carries N more headers (`x-h0` … `x-h<N-1>`).
+/// `/headers/N` in a path: the response carries N more headers (`x-h0` … `x-h<N-1>`);
+/// `/underscore/` adds `x_under: 1`.
 pub fn extra_headers_from_path(path: &str) -> usize {
     path.find("/headers/")
         .map(|i| &path[i + 9..])

@@ -235,11 +235,9 @@ pub(super) fn translate_cluster(
         }
         let o: upstream_http::HttpProtocolOptions = unpack(any, &opath)?;
         if let Some(common) = &o.common_http_protocol_options {
-            if common.headers_with_underscores_action != 0 {
-                return Err(ConfigError::unsupported(format!(
-                    "{opath}.common_http_protocol_options.headers_with_underscores_action"
-                )));
-            }
+            // headers_with_underscores_action on a cluster is accepted without effect: Envoy
+            // 1.40 passes it only to its server codecs, so upstream responses keep their
+            // names with `_` whatever it says (docs/compatibility.md).
             let cpath = format!("{opath}.common_http_protocol_options");
             if let Some(d) = &common.idle_timeout {
                 let d = duration(d, &format!("{cpath}.idle_timeout"))?;
