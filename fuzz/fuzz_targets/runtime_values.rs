@@ -1,7 +1,8 @@
 //! Runtime values as they arrive from a disk layer's files, `/runtime_modify` and RTDS: a
 //! file's text, a value read as an integer, a boolean or a fractional percent, and an RTDS
 //! layer (`Struct`) walked and checked key by key. None may panic; an integer value up to 100
-//! admits exactly that percentage of random values, as Envoy's `featureEnabled`.
+//! admits exactly that percentage of random values, as Envoy's `featureEnabled`. The same text
+//! as an injected resource monitor's file: a pressure from 0 to 1 or an error.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -49,6 +50,11 @@ fuzz_target!(|data: &[u8]| {
     let on = v.fraction_enabled("k", default, random);
     if n <= 100 && value.trim().parse::<u64>().is_ok() {
         assert_eq!(on, random % 100 < n, "{value:?}");
+    }
+
+    // An injected resource monitor's file.
+    if let Ok(p) = skiff::overload::monitors::parse_pressure(&text) {
+        assert!((0.0..=1.0).contains(&p), "{text:?}");
     }
 
     // An RTDS layer.

@@ -49,6 +49,8 @@ pub enum ResponseFlag {
     NoClusterFound = 1 << 22,
     /// UPE: upstream protocol error.
     UpstreamProtocolError = 1 << 20,
+    /// OM: the overload manager ended the stream.
+    OverloadManager = 1 << 24,
     /// DR: downstream remote reset.
     DownstreamRemoteReset = 1 << 26,
 }
@@ -113,6 +115,11 @@ const FLAGS: &[(ResponseFlag, &str, &str)] = &[
         "UpstreamMaxStreamDurationReached",
     ),
     (ResponseFlag::NoClusterFound, "NC", "NoClusterFound"),
+    (
+        ResponseFlag::OverloadManager,
+        "OM",
+        "OverloadManagerTerminated",
+    ),
     (
         ResponseFlag::DownstreamRemoteReset,
         "DR",

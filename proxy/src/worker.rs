@@ -322,6 +322,11 @@ async fn run(
 ) {
     let worker = Worker::new(id, shard, &shared);
     tokio::task::spawn_local(worker.access_log.clone().run_flusher(shared.flush_interval));
+    crate::overload::accounts::start_worker(
+        worker
+            .shard
+            .counter("envoy.overload_actions.reset_high_memory_stream.count"),
+    );
     let mut shutdown = None;
     while let Some(update) = updates.recv().await {
         match update {

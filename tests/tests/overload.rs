@@ -514,7 +514,8 @@ async fn squeeze(
 /// A memory squeeze, skiff alone: uploads that stall upstream fill the proxy's HTTP/2 stream
 /// windows (8 MiB each). Without an overload manager the proxy holds all of them; with a
 /// `fixed_heap` monitor at 48 MiB and `stop_accepting_requests` at half of it, new uploads get
-/// 503 once the heap passes it, and memory stays bounded while the proxy keeps serving.
+/// 503 once the heap passes it, and memory stays bounded while the proxy keeps serving; with
+/// `reset_high_memory_stream` scaled from half of it, the stalled uploads are reset instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_memory_squeeze_is_contained() {
     if skiff_tests::proxy::skiff_only("a_memory_squeeze_is_contained") {
@@ -559,19 +560,55 @@ async fn a_memory_squeeze_is_contained() {
                 "triggers": threshold(HEAP, 0.5)
             }]
         });
-        let ((bare, bare_port), (managed, managed_port)) =
-            tokio::join!(start(None), start(Some(overload)));
-        let (base_bare, base_managed) = (rss(bare.pid()), rss(managed.pid()));
+        // The same heap monitor resetting the streams that hold the most memory as the heap
+        // grows past half of it (every stalled upload is in the highest class from 512 bytes).
+        let resetting = json!({
+            "refresh_interval": "0.05s",
+            "buffer_factory_config": { "minimum_account_to_track_power_of_two": 10 },
+            "resource_monitors": overload["resource_monitors"].clone(),
+            "actions": [{
+                "name": "envoy.overload_actions.reset_high_memory_stream",
+                "triggers": [{ "name": HEAP, "scaled": { "scaling_threshold": 0.5, "saturation_threshold": 0.9 } }]
+            }]
+        });
+        let ((bare, bare_port), (managed, managed_port), (reset, reset_port)) = tokio::join!(
+            start(None),
+            start(Some(overload)),
+            start(Some(resetting))
+        );
+        let (base_bare, base_managed, base_reset) =
+            (rss(bare.pid()), rss(managed.pid()), rss(reset.pid()));
         let pace = Duration::from_millis(100);
         let (s_bare, peak_bare) = squeeze(bare.pid(), bare_port, 24, 8 << 20, pace).await;
         let (s_managed, peak_managed) =
             squeeze(managed.pid(), managed_port, 24, 8 << 20, pace).await;
+        let (s_reset, peak_reset) = squeeze(reset.pid(), reset_port, 24, 8 << 20, pace).await;
         let grew = |peak: u64, base: u64| peak.saturating_sub(base) >> 20;
-        let (g_bare, g_managed) = (grew(peak_bare, base_bare), grew(peak_managed, base_managed));
+        let (g_bare, g_managed, g_reset) = (
+            grew(peak_bare, base_bare),
+            grew(peak_managed, base_managed),
+            grew(peak_reset, base_reset),
+        );
         eprintln!(
             "RSS growth: without overload manager {g_bare} MiB (statuses {s_bare:?}), \
-             with it {g_managed} MiB (statuses {s_managed:?})"
+             with stop_accepting_requests {g_managed} MiB (statuses {s_managed:?}), \
+             with reset_high_memory_stream {g_reset} MiB (statuses {s_reset:?})"
         );
+        let resets = reset
+            .admin()
+            .counter("envoy.overload_actions.reset_high_memory_stream.count")
+            .await;
+        let heap = reset
+            .admin()
+            .stat(&format!("overload.{HEAP}.pressure"))
+            .await;
+        eprintln!("resets {resets}, heap pressure {heap:?}%");
+        assert!(resets >= 4, "streams reset: {resets}");
+        assert!(
+            g_reset * 2 < g_bare && g_reset < 60,
+            "bounded by resets: {g_reset} MiB against {g_bare} MiB"
+        );
+        assert_eq!(reset.admin().get("/ready").await.status, 200, "still serving");
         assert!(
             s_bare.iter().all(|s| *s != 503),
             "nothing refused without a manager: {s_bare:?}"

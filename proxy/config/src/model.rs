@@ -334,7 +334,7 @@ pub struct ResourceMonitor {
 }
 
 /// What a resource monitor measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MonitorKind {
     /// `envoy.resource_monitors.fixed_heap`: bytes the allocator has handed out, over
     /// `max_heap_size_bytes`.
@@ -347,6 +347,12 @@ pub enum MonitorKind {
     CgroupMemory {
         /// `max_memory_bytes` (0: the cgroup's limit alone).
         max_bytes: Option<u64>,
+    },
+    /// `envoy.resource_monitors.injected_resource`: a pressure written in a file, read again
+    /// when a new file is moved onto the path (for tests and drills).
+    Injected {
+        /// `filename`.
+        path: std::path::PathBuf,
     },
     /// `envoy.resource_monitors.global_downstream_max_connections`: downstream connections
     /// over `max_active_downstream_connections`.

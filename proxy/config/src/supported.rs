@@ -109,6 +109,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["max_memory_bytes"],
     ),
     (
+        "envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig",
+        &["filename"],
+    ),
+    (
         "envoy.config.overload.v3.ResourceMonitor",
         &["name", "typed_config"],
     ),

@@ -11,7 +11,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use std::sync::Arc;
+
 use crate::io::FlowPair;
+use crate::overload::accounts::{self, Account};
 
 /// The error type of proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -31,6 +34,9 @@ pub struct RequestProgress {
     /// The last time bytes moved either way on the stream, for its idle timeout (kept only
     /// when the stream has one).
     activity: Cell<Option<tokio::time::Instant>>,
+    /// The stream's buffer memory account (HTTP/2 streams under `reset_high_memory_stream`):
+    /// body chunks it holds, either way, are charged to it.
+    pub account: Option<Arc<Account>>,
 }
 
 impl RequestProgress {
@@ -40,6 +46,12 @@ impl RequestProgress {
             downstream_flow,
             ..Default::default()
         }
+    }
+
+    /// The same, with the stream's memory account.
+    pub fn with_account(mut self, account: Option<Arc<Account>>) -> Self {
+        self.account = account;
+        self
     }
 
     /// Bytes of request body read so far.
@@ -148,7 +160,15 @@ impl Body for ProxyBody {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Incoming(inc, progress) => {
-                let frame = ready!(Pin::new(&mut *inc).poll_frame(cx));
+                let mut frame = ready!(Pin::new(&mut *inc).poll_frame(cx));
+                if let (Some(account), Some(Ok(f))) = (
+                    progress.as_ref().and_then(|p| p.account.as_ref()),
+                    frame.as_mut(),
+                ) {
+                    if let Some(d) = f.data_mut() {
+                        *d = accounts::charge(account, std::mem::take(d));
+                    }
+                }
                 if let Some(p) = progress {
                     match &frame {
                         Some(Ok(f)) => {
@@ -215,6 +235,14 @@ impl Body for ProxyBody {
     }
 }
 
+/// The error that makes hyper reset an HTTP/2 stream the overload manager ended.
+pub fn overload_reset() -> BoxError {
+    Box::new(h2::Error::from(OVERLOAD_RESET_CODE))
+}
+
+/// The RST_STREAM code of a stream the overload manager reset, as Envoy sends it.
+pub const OVERLOAD_RESET_CODE: h2::Reason = h2::Reason::INTERNAL_ERROR;
+
 /// Why a stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
@@ -228,6 +256,8 @@ pub enum EndReason {
     UpstreamProtocolError,
     /// The route timeout passed in the middle of the response.
     Timeout,
+    /// The overload manager reset the stream (`reset_high_memory_stream`).
+    Overload,
     /// A stream timer of the connection manager ran out in the middle of the response.
     Expired(crate::http::timeouts::Expiry),
 }
@@ -239,6 +269,12 @@ pub trait StreamEnd {
 
     /// The response's trailers, as they pass.
     fn trailers(&mut self, _trailers: &http::HeaderMap) {}
+
+    /// The stream's buffer memory account, which the response's chunks are charged to and
+    /// whose reset ends the response.
+    fn account(&self) -> Option<&Arc<Account>> {
+        None
+    }
 }
 
 /// The route timeout as a response body sees it: it runs from the end of the request.
@@ -384,7 +420,20 @@ impl<E: StreamEnd + Unpin> Body for Tracked<E> {
                 }
             }
         }
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(account) = this.end.as_ref().and_then(|e| e.account()) {
+            if account.poll_reset(cx).is_ready() {
+                this.finish(EndReason::Overload);
+                return Poll::Ready(Some(Err(overload_reset())));
+            }
+        }
+        let mut frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let (Some(account), Some(Ok(f))) =
+            (this.end.as_ref().and_then(|e| e.account()), frame.as_mut())
+        {
+            if let Some(d) = f.data_mut() {
+                *d = accounts::charge(account, std::mem::take(d));
+            }
+        }
         match &frame {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {

@@ -514,7 +514,24 @@ pub async fn serve(
                 conn.hcm.stats.http2_rejected_underscores.inc();
                 return Err(StreamRefused("header name contains underscores").into());
             }
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(handle(conn, req).await)
+            // reset_high_memory_stream: an HTTP/2 stream's account; until the response
+            // starts, its reset is the service's error (hyper sends RST_STREAM), after that
+            // the response body's.
+            let account = if req.version() == Version::HTTP_2 {
+                crate::overload::accounts::new_account()
+            } else {
+                None
+            };
+            let Some(account) = account else {
+                return Ok(handle(conn, req).await);
+            };
+            let mut req = req;
+            req.extensions_mut().insert(StreamAccount(account.clone()));
+            tokio::select! {
+                biased;
+                r = handle(conn, req) => Ok(r),
+                () = account.reset() => Err(crate::http::body::overload_reset()),
+            }
         }
     });
     // per_connection_buffer_limit_bytes bounds what one connection or stream may hold: the
@@ -897,6 +914,10 @@ fn is_keepalive_timeout(e: &(dyn std::error::Error + Send + Sync + 'static)) -> 
     false
 }
 
+/// An HTTP/2 stream's buffer memory account, handed from the service to [`handle`].
+#[derive(Clone)]
+struct StreamAccount(std::sync::Arc<crate::overload::accounts::Account>);
+
 /// The accounting of one stream, settled exactly once: when the response body ends, or when the
 /// stream is dropped before that (the client went away while we waited for the upstream).
 pub struct Done {
@@ -966,9 +987,14 @@ impl Done {
             let draining = self.conn.close_state.draining();
             self.conn.close_state.delay_close(!clean || draining);
         }
+        if let Some(a) = &self.request.account {
+            a.close();
+        }
         match reason {
             EndReason::Complete => {}
-            EndReason::DownstreamReset => stats.downstream_rq_rx_reset.inc(),
+            // Envoy's connection manager counts a reset it hears of from its codec as
+            // received, whoever asked for it.
+            EndReason::DownstreamReset | EndReason::Overload => stats.downstream_rq_rx_reset.inc(),
             EndReason::UpstreamReset | EndReason::UpstreamProtocolError | EndReason::Timeout => {
                 stats.downstream_rq_tx_reset.inc()
             }
@@ -999,6 +1025,10 @@ impl Done {
                     info.details = "upstream_reset_after_response_started{protocol_error}";
                 }
                 EndReason::Timeout => info.flags.set(ResponseFlag::UpstreamRequestTimeout),
+                EndReason::Overload => {
+                    info.flags.set(ResponseFlag::OverloadManager);
+                    info.details = OVERLOAD_RESET_DETAILS;
+                }
                 EndReason::Expired(e) => {
                     if let Some(f) = e.flag() {
                         info.flags.set(f);
@@ -1015,9 +1045,16 @@ impl Done {
     }
 }
 
+/// `%RESPONSE_CODE_DETAILS%` of a stream the overload manager reset.
+const OVERLOAD_RESET_DETAILS: &str = "overload";
+
 impl StreamEnd for Done {
     fn end(mut self, reason: EndReason, bytes: u64) {
         self.settle(reason, bytes);
+    }
+
+    fn account(&self) -> Option<&std::sync::Arc<crate::overload::accounts::Account>> {
+        self.request.account.as_ref()
     }
 
     fn trailers(&mut self, trailers: &http::HeaderMap) {
@@ -1029,7 +1066,13 @@ impl StreamEnd for Done {
 
 impl Drop for Done {
     fn drop(&mut self) {
-        self.settle(EndReason::DownstreamReset, 0);
+        // A stream dropped before its response: the client went away, or the overload
+        // manager reset it (the service gave hyper the reset).
+        let reason = match &self.request.account {
+            Some(a) if a.is_reset() => EndReason::Overload,
+            _ => EndReason::DownstreamReset,
+        };
+        self.settle(reason, 0);
     }
 }
 
@@ -1079,10 +1122,14 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     // The stream's record is kept for access logs, and for local replies that formats rewrite.
     let logging = !cfg.access_logs.is_empty() || cfg.local_reply.is_some();
     let (mut parts, body) = req.into_parts();
-    let request = Rc::new(RequestProgress::new(FlowPair::new(
-        &stats.downstream_flow_control_paused_reading_total,
-        &stats.downstream_flow_control_resumed_reading_total,
-    )));
+    let account = parts.extensions.remove::<StreamAccount>().map(|a| a.0);
+    let request = Rc::new(
+        RequestProgress::new(FlowPair::new(
+            &stats.downstream_flow_control_paused_reading_total,
+            &stats.downstream_flow_control_resumed_reading_total,
+        ))
+        .with_account(account),
+    );
     if body.is_end_stream() {
         request.mark_done();
     }

@@ -20,18 +20,44 @@ struct Monitor {
     config: ResourceMonitor,
     pressure: Gauge,
     failed_updates: Counter,
+    /// The injected monitor's file as last read: which file it was, and what it said.
+    injected: Option<((u64, u64), Result<f64, String>)>,
 }
 
 impl Monitor {
+    fn new(config: ResourceMonitor, pressure: Gauge, failed_updates: Counter) -> Self {
+        Monitor {
+            config,
+            pressure,
+            failed_updates,
+            injected: None,
+        }
+    }
+
     /// The monitor's pressure now (1 is its limit).
-    fn read(&self) -> Result<f64, String> {
-        match self.config.kind {
+    fn read(&mut self) -> Result<f64, String> {
+        match &self.config.kind {
+            MonitorKind::Injected { path } => {
+                // Envoy reads the file again only when a file is moved onto the path: a new
+                // file is a new inode.
+                use std::os::unix::fs::MetadataExt;
+                let id = std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+                match (&self.injected, id) {
+                    (Some((seen, last)), Some(id)) if *seen == id => last.clone(),
+                    (Some((_, last)), None) => last.clone(),
+                    (_, id) => {
+                        let read = monitors::injected_pressure(path);
+                        self.injected = Some((id.unwrap_or_default(), read.clone()));
+                        read
+                    }
+                }
+            }
             MonitorKind::FixedHeap { max_bytes } => {
-                Ok(monitors::heap_in_use() as f64 / max_bytes as f64)
+                Ok(monitors::heap_in_use() as f64 / *max_bytes as f64)
             }
             MonitorKind::CgroupMemory { max_bytes } => {
                 let m = monitors::cgroup_memory().map_err(|e| e.to_string())?;
-                let limit = match (m.limit, max_bytes) {
+                let limit = match (m.limit, *max_bytes) {
                     (Some(a), Some(b)) => a.min(b),
                     (Some(a), None) | (None, Some(a)) => a,
                     (None, None) => return Err("the cgroup has no memory limit".into()),
@@ -39,7 +65,7 @@ impl Monitor {
                 Ok(m.usage as f64 / limit.max(1) as f64)
             }
             MonitorKind::DownstreamConnections { max } => {
-                Ok(super::GLOBAL_CONNECTIONS.active() as f64 / max as f64)
+                Ok(super::GLOBAL_CONNECTIONS.active() as f64 / *max as f64)
             }
         }
     }
@@ -134,11 +160,11 @@ impl Manager {
             .map(|m| {
                 let scope = format!("overload.{}.", m.name);
                 let _ = shard.counter(&format!("{scope}skipped_updates"));
-                Monitor {
-                    config: m.clone(),
-                    pressure: shard.gauge(&format!("{scope}pressure")),
-                    failed_updates: shard.counter(&format!("{scope}failed_updates")),
-                }
+                Monitor::new(
+                    m.clone(),
+                    shard.gauge(&format!("{scope}pressure")),
+                    shard.counter(&format!("{scope}failed_updates")),
+                )
             })
             .collect();
         let actions = config
@@ -183,8 +209,8 @@ impl Manager {
             shed_counts,
             premature_reset: config.premature_reset,
             configured: ActionName::ALL.map(|a| config.actions.iter().any(|c| c.action == a)),
+            account_power_of_two: config.minimum_account_power_of_two,
         });
-        let _ = shard.counter("envoy.overload_actions.reset_high_memory_stream.count");
         let shrink = config
             .actions
             .iter()
@@ -207,7 +233,7 @@ impl Manager {
     /// Reads every monitor once and publishes what changed.
     pub fn refresh(&mut self) {
         for m in 0..self.monitors.len() {
-            let monitor = &self.monitors[m];
+            let monitor = &mut self.monitors[m];
             // The connection count is a proactive resource: Envoy 1.40 checks it as each
             // connection is accepted and never feeds it to triggers (its pressure stays 0).
             if matches!(
@@ -288,13 +314,15 @@ mod tests {
     fn triggered(kinds: &[TriggerKind]) -> (Triggered, Vec<Monitor>) {
         let shard = Arc::new(Shard::with_matcher(None));
         let monitors: Vec<Monitor> = (0..kinds.len())
-            .map(|i| Monitor {
-                config: ResourceMonitor {
-                    name: format!("m{i}"),
-                    kind: MonitorKind::FixedHeap { max_bytes: 1 },
-                },
-                pressure: shard.gauge(&format!("p{i}")),
-                failed_updates: shard.counter(&format!("f{i}")),
+            .map(|i| {
+                Monitor::new(
+                    ResourceMonitor {
+                        name: format!("m{i}"),
+                        kind: MonitorKind::FixedHeap { max_bytes: 1 },
+                    },
+                    shard.gauge(&format!("p{i}")),
+                    shard.counter(&format!("f{i}")),
+                )
             })
             .collect();
         let triggers: Vec<Trigger> = kinds

@@ -16,6 +16,7 @@
 //! accepted and counted in its listener's `downstream_global_cx_overflow`; listeners with
 //! `ignore_global_conn_limit` neither count nor are limited.
 
+pub mod accounts;
 pub mod manager;
 pub mod monitors;
 
@@ -115,6 +116,13 @@ struct Fixed {
     premature_reset: PrematureReset,
     /// Which actions are configured.
     configured: [bool; ActionName::ALL.len()],
+    /// `buffer_factory_config.minimum_account_to_track_power_of_two`.
+    account_power_of_two: Option<u32>,
+}
+
+/// `buffer_factory_config.minimum_account_to_track_power_of_two`, when set.
+pub fn account_power_of_two() -> Option<u32> {
+    FIXED.get().and_then(|f| f.account_power_of_two)
 }
 
 /// Whether `action` is configured (its state can change at all).
@@ -256,6 +264,7 @@ mod tests {
             shed_counts: Default::default(),
             premature_reset: PrematureReset::default(),
             configured: [false; ActionName::ALL.len()],
+            account_power_of_two: None,
         });
         let timer = ScaledTimer::ConnectionMax;
         let ten = Duration::from_secs(10);

@@ -20,6 +20,25 @@ pub fn release_free_memory() {
     skiff_sys::release_free_memory()
 }
 
+/// The pressure written in an injected monitor's file: a number from 0 to 1, as Envoy's
+/// `injected_resource` reads it.
+pub fn injected_pressure(path: &Path) -> Result<f64, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_pressure(&text)
+}
+
+/// The pressure an injected monitor's file says (Envoy's messages for what it refuses).
+pub fn parse_pressure(text: &str) -> Result<f64, String> {
+    let p: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| "failed to parse injected resource pressure".to_string())?;
+    if !(0.0..=1.0).contains(&p) {
+        return Err("pressure out of range".into());
+    }
+    Ok(p)
+}
+
 /// Memory of one cgroup: what it uses and its limit, if it has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CgroupMemory {
@@ -156,6 +175,15 @@ mod tests {
             cgroup_dirs("0::/kubepods/pod1/x\n", mounts).v2,
             Some(PathBuf::from("/sys/fs/cgroup/x"))
         );
+    }
+
+    #[test]
+    fn injected_pressure_is_a_number_from_zero_to_one() {
+        assert_eq!(parse_pressure("0.95\n"), Ok(0.95));
+        assert_eq!(parse_pressure(" 1 "), Ok(1.0));
+        assert_eq!(parse_pressure("1.5"), Err("pressure out of range".into()));
+        assert_eq!(parse_pressure("NaN"), Err("pressure out of range".into()));
+        assert!(parse_pressure("high").is_err());
     }
 
     #[test]

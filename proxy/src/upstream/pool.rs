@@ -380,6 +380,25 @@ pub struct Http1Sender {
     state: Rc<H1State>,
 }
 
+/// Closes an HTTP/1.1 connection when dropped armed ([`Http1Sender::abandon_guard`]).
+#[derive(Debug)]
+pub struct AbandonGuard(Option<Rc<H1State>>);
+
+impl AbandonGuard {
+    /// The wait ended: nothing to do.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.abandoned.notify_one();
+        }
+    }
+}
+
 /// What an HTTP/1.1 connection's driver knows of its use (no wake-up per request: the
 /// driver looks when its timers fire).
 #[derive(Debug)]
@@ -390,6 +409,8 @@ struct H1State {
     idle_since: Cell<tokio::time::Instant>,
     /// `max_connection_duration` passed: it takes no new request.
     expired: Cell<bool>,
+    /// Its request was reset half way: the connection closes now.
+    abandoned: tokio::sync::Notify,
 }
 
 impl H1State {
@@ -402,6 +423,19 @@ impl H1State {
 }
 
 impl Http1Sender {
+    /// Its request was reset before both ends of the exchange were through: the connection
+    /// closes at once, whatever it was still writing or reading (Envoy closes it too).
+    pub fn abandon(self) {
+        self.state.abandoned.notify_one();
+    }
+
+    /// A guard that closes the connection if it is dropped before [`AbandonGuard::disarm`]:
+    /// held across the wait for a response, so that a stream reset meanwhile (its future
+    /// dropped) does not leave the connection writing the rest of the request.
+    pub fn abandon_guard(&self) -> AbandonGuard {
+        AbandonGuard(Some(self.state.clone()))
+    }
+
     /// From now on, back-ups of this connection also count in `flow` (the request's HCM).
     pub fn sending_for(&self, flow: FlowPair) {
         *self.flow.borrow_mut() = Some(flow);
@@ -600,6 +634,7 @@ async fn http1_on(
         busy: Cell::new(true),
         idle_since: Cell::new(tokio::time::Instant::now()),
         expired: Cell::new(false),
+        abandoned: tokio::sync::Notify::new(),
     });
     let timers = Timers::of(cluster);
     let driver_state = state.clone();
@@ -619,6 +654,7 @@ async fn http1_on(
                     }
                     break;
                 }
+                () = state.abandoned.notified() => break,
                 // An hour (or `idle_timeout`) in the pool without a request: closed.
                 () = &mut idle_timer => {
                     let Some(idle) = timers.idle else { continue };

@@ -7,6 +7,7 @@ use envoy_types::pb::envoy::config::overload::v3 as ov;
 use envoy_types::pb::envoy::extensions::resource_monitors::cgroup_memory::v3::CgroupMemoryConfig;
 use envoy_types::pb::envoy::extensions::resource_monitors::downstream_connections::v3::DownstreamConnectionsConfig;
 use envoy_types::pb::envoy::extensions::resource_monitors::fixed_heap::v3::FixedHeapConfig;
+use envoy_types::pb::envoy::extensions::resource_monitors::injected_resource::v3::InjectedResourceConfig;
 
 use super::super::model::{
     AccessLog, ActionName, LoadShedPoint, MonitorKind, Overload, OverloadAction, ResourceMonitor,
@@ -89,6 +90,18 @@ pub(super) fn overload(o: Option<&ov::OverloadManager>) -> Result<Overload, Conf
                     max_bytes: (c.max_memory_bytes > 0).then_some(c.max_memory_bytes),
                 }
             }
+            "envoy.extensions.resource_monitors.injected_resource.v3.InjectedResourceConfig" => {
+                let c: InjectedResourceConfig = unpack(typed, &tpath)?;
+                if c.filename.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{tpath}.filename"),
+                        "must not be empty",
+                    ));
+                }
+                MonitorKind::Injected {
+                    path: std::path::PathBuf::from(c.filename),
+                }
+            }
             other => {
                 return Err(ConfigError::new(
                     tpath,
@@ -108,7 +121,14 @@ pub(super) fn overload(o: Option<&ov::OverloadManager>) -> Result<Overload, Conf
         });
     }
     if let Some(b) = &o.buffer_factory_config {
-        out.minimum_account_power_of_two = Some(b.minimum_account_to_track_power_of_two);
+        let p = b.minimum_account_to_track_power_of_two;
+        if !(10..=56).contains(&p) {
+            return Err(ConfigError::new(
+                "overload_manager.buffer_factory_config.minimum_account_to_track_power_of_two",
+                format!("value must be inside range [10, 56], got {p}"),
+            ));
+        }
+        out.minimum_account_power_of_two = Some(p);
     }
     for (i, a) in o.actions.iter().enumerate() {
         let path = format!("overload_manager.actions[{i}]");
@@ -154,7 +174,15 @@ pub(super) fn overload(o: Option<&ov::OverloadManager>) -> Result<Overload, Conf
                         ),
                     ));
                 }
-                return Err(ConfigError::unsupported(format!("{path}.name")));
+                if a.typed_config.is_some() {
+                    return Err(ConfigError::new(
+                        tpath,
+                        format!(
+                            "Overload action \"{}\" has an unexpected value for the typed_config field",
+                            a.name
+                        ),
+                    ));
+                }
             }
             (_, Some(_)) => {
                 return Err(ConfigError::new(
@@ -718,6 +746,12 @@ mod tests {
         );
         let e = err("  actions:\n  - name: envoy.overload_actions.reset_high_memory_stream\n");
         assert!(e.contains("requires buffer_factory_config"), "{e}");
+        for p in [9, 57] {
+            let e = err(&format!(
+                "  buffer_factory_config: {{minimum_account_to_track_power_of_two: {p}}}\n"
+            ));
+            assert!(e.contains("value must be inside range [10, 56]"), "{e}");
+        }
         let e = err("  loadshed_points:\n  - name: p\n    triggers: [{name: nope, threshold: {value: 0.9}}]\n");
         assert!(
             e.contains("Unknown trigger resource nope for loadshed point p"),

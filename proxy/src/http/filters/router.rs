@@ -134,7 +134,13 @@ impl Upstream {
             EndReason::Expired(crate::http::timeouts::Expiry::UpstreamMaxDuration) => {
                 stats.upstream_rq_max_duration_reached.inc()
             }
-            EndReason::DownstreamReset | EndReason::Expired(_) => stats.upstream_rq_tx_reset.inc(),
+            // Envoy counts a reset it sends only on multiplexed connections: its HTTP/1.1
+            // pool closes the connection uncounted (measured: 0 after an overload reset).
+            EndReason::DownstreamReset | EndReason::Expired(_) | EndReason::Overload => {
+                if matches!(self.conn, Some(Conn::Http2 { .. })) {
+                    stats.upstream_rq_tx_reset.inc()
+                }
+            }
             EndReason::UpstreamReset | EndReason::UpstreamProtocolError => {
                 stats.upstream_rq_rx_reset.inc()
             }
@@ -149,6 +155,10 @@ impl Upstream {
             Some(Conn::Http1(sender)) if reason == EndReason::Complete && request_done => {
                 self.host.h1.put_idle(sender)
             }
+            // A reset in the middle (the client's, a timer's, the overload manager's): the
+            // connection cannot carry another request, and what it still holds of this one
+            // (the rest of the request body, the client's stream with it) goes now.
+            Some(Conn::Http1(sender)) if reason != EndReason::Complete => sender.abandon(),
             Some(Conn::Http2 {
                 pump: Some(pump), ..
             }) if !request_done => pump.abort(),
@@ -1429,7 +1439,10 @@ async fn send_http1(
             }
             return Err(hyper_failure(&e));
         }
-        match sender.try_send_request(req).await {
+        let guard = sender.abandon_guard();
+        let sent = sender.try_send_request(req).await;
+        guard.disarm();
+        match sent {
             Ok(resp) => {
                 // More headers than the cluster's max_headers_count: Envoy's codec refuses the
                 // response (502, UPE) and the connection with it.
