@@ -12,6 +12,7 @@ pub mod access_log;
 pub mod discovery;
 pub mod filter_chain_match;
 pub mod istio;
+pub mod jwt;
 pub mod model;
 pub mod pattern;
 pub mod proto;

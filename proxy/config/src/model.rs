@@ -1385,6 +1385,8 @@ pub enum HttpFilterConfig {
     Fault(Arc<HttpFault>),
     /// `envoy.filters.http.rbac`.
     Rbac(Arc<crate::rbac::HttpRbac>),
+    /// `envoy.filters.http.jwt_authn`.
+    JwtAuthn(Arc<crate::jwt::JwtAuthn>),
 }
 
 /// One of an HCM's `http_filters` before the router.

@@ -595,6 +595,90 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.extensions.filters.http.rbac.v3.RBACPerRoute", &["rbac"]),
+    // jwt_authn: the translation refuses by path what it does not run (remote JWKS,
+    // metadata, filter state rules, route cache clearing, claim paths, extract-only).
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        &[
+            "providers",
+            "rules",
+            "filter_state_rules",
+            "bypass_cors_preflight",
+            "requirement_map",
+            "strip_failure_response",
+            "stat_prefix",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtProvider",
+        &[
+            "issuer",
+            "audiences",
+            "subjects",
+            "require_expiration",
+            "max_lifetime",
+            "forward",
+            "from_headers",
+            "from_params",
+            "from_cookies",
+            "forward_payload_header",
+            "pad_forward_payload_header",
+            "payload_in_metadata",
+            "normalize_payload_in_metadata",
+            "header_in_metadata",
+            "failed_status_in_metadata",
+            "clock_skew_seconds",
+            "jwt_cache_config",
+            "claim_to_headers",
+            "clear_route_cache",
+            "remote_jwks",
+            "local_jwks",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtHeader",
+        &["name", "value_prefix"],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtCacheConfig",
+        &["jwt_cache_size", "jwt_max_token_size"],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtClaimToHeader",
+        &["header_name", "claim_name", "claim_path"],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.ProviderWithAudiences",
+        &["provider_name", "audiences"],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirement",
+        &[
+            "provider_name",
+            "provider_and_audiences",
+            "requires_any",
+            "requires_all",
+            "allow_missing_or_failed",
+            "allow_missing",
+            "extract_only_without_validation",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementOrList",
+        &["requirements"],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtRequirementAndList",
+        &["requirements"],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.RequirementRule",
+        &["match", "requires", "requirement_name"],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig",
+        &["disabled", "requirement_name"],
+    ),
     (
         "envoy.extensions.http.original_ip_detection.custom_header.v3.CustomHeaderConfig",
         &[

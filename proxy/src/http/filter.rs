@@ -110,6 +110,8 @@ enum Kind {
     Fault(Rc<crate::http::filters::fault::Factory>),
     /// `envoy.filters.http.rbac`.
     Rbac(Rc<crate::http::filters::rbac::Factory>),
+    /// `envoy.filters.http.jwt_authn`.
+    JwtAuthn(Rc<crate::http::filters::jwt_authn::Factory>),
 }
 
 /// The worker's factories for an HCM's filters; stats go under `http.<stat_prefix>.`.
@@ -148,6 +150,9 @@ pub fn factories(
                 )),
                 HttpFilterConfig::Rbac(cfg) => Kind::Rbac(Rc::new(
                     crate::http::filters::rbac::Factory::new(cfg.clone(), shard, stat_prefix),
+                )),
+                HttpFilterConfig::JwtAuthn(cfg) => Kind::JwtAuthn(Rc::new(
+                    crate::http::filters::jwt_authn::Factory::new(cfg.clone(), shard, stat_prefix),
                 )),
             },
         })
@@ -293,6 +298,7 @@ pub fn build(factories: &[Factory], cx: &StreamContext<'_>) -> Option<FilterChai
                     };
                     Box::new(r.filter(route, cx))
                 }
+                Kind::JwtAuthn(j) => Box::new(j.filter(per_route)),
             })
         })
         .collect();

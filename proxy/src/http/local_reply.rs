@@ -463,3 +463,21 @@ pub struct Rewrite {
     /// A mapper's headers changed the content type.
     pub custom_content_type: bool,
 }
+
+/// `text` as a `&'static str` for `%RESPONSE_CODE_DETAILS%`, kept for the life of the process
+/// (each distinct text once: details made from configuration, such as a policy's name).
+pub fn intern_details(text: String) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static ALL: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut all = ALL
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(d) = all.get(text.as_str()) {
+        return d;
+    }
+    let d: &'static str = Box::leak(text.into_boxed_str());
+    all.insert(d);
+    d
+}

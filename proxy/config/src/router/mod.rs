@@ -724,6 +724,8 @@ pub enum PerFilterConfig {
     Fault(Arc<crate::model::HttpFault>),
     /// `envoy.filters.http.rbac`'s `RBACPerRoute` with rules.
     Rbac(Arc<crate::rbac::HttpRbac>),
+    /// `envoy.filters.http.jwt_authn`'s `PerRouteConfig`.
+    Jwt(crate::jwt::PerRoute),
 }
 
 /// `CompressorPerRoute`: what it changes in the filter's response direction.

@@ -125,6 +125,12 @@ pub(super) fn translate_hcm(
             "envoy.extensions.filters.http.rbac.v3.RBAC" => Some(HttpFilterConfig::Rbac(Arc::new(
                 super::rbac::filter(&unpack(any, &tpath)?, &tpath)?,
             ))),
+            "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication" => {
+                Some(HttpFilterConfig::JwtAuthn(Arc::new(super::jwt::filter(
+                    &unpack(any, &tpath)?,
+                    &tpath,
+                )?)))
+            }
             "envoy.extensions.filters.http.fault.v3.HTTPFault" => Some(HttpFilterConfig::Fault(
                 Arc::new(super::fault::translate(&unpack(any, &tpath)?, &tpath)?),
             )),
@@ -1146,16 +1152,13 @@ pub(super) fn fraction(
     })
 }
 
-fn translate_route(
-    r: &route::Route,
-    path: &str,
-    clusters: Option<&HashSet<String>>,
-    max_body: Option<u64>,
-) -> Result<Route, ConfigError> {
-    super::fields::route(r, path)?;
-    let m = required(&r.r#match, &format!("{path}.match"))?;
-    let mpath = format!("{path}.match");
-    super::fields::route_match(m, &mpath)?;
+/// A `RouteMatch` at `mpath`, and its path match as configured (before a case-insensitive
+/// match lowers it).
+pub(super) fn route_match(
+    m: &route::RouteMatch,
+    mpath: &str,
+) -> Result<(RouteMatch, crate::router::PathMatch), ConfigError> {
+    super::fields::route_match(m, mpath)?;
     let case_sensitive = m.case_sensitive.as_ref().is_none_or(|v| v.value);
     let path_match = match &m.path_specifier {
         Some(route::route_match::PathSpecifier::Prefix(p)) => {
@@ -1201,23 +1204,36 @@ fn translate_route(
     for (i, q) in m.query_parameters.iter().enumerate() {
         query.push(query_match(q, &format!("{mpath}.query_parameters[{i}]"))?);
     }
+    let matcher = RouteMatch::new(path_match.clone(), case_sensitive, headers)
+        .with_query(query)
+        .with_grpc(m.grpc.is_some())
+        .with_tls(m.tls_context.as_ref().map(|t| crate::router::TlsMatch {
+            presented: t.presented.as_ref().map(|v| v.value),
+            validated: t.validated.as_ref().map(|v| v.value),
+        }))
+        .with_runtime_fraction(
+            m.runtime_fraction
+                .as_ref()
+                .map(|f| runtime_fraction(f, &format!("{mpath}.runtime_fraction")))
+                .transpose()?,
+        );
+    Ok((matcher, path_match))
+}
+
+fn translate_route(
+    r: &route::Route,
+    path: &str,
+    clusters: Option<&HashSet<String>>,
+    max_body: Option<u64>,
+) -> Result<Route, ConfigError> {
+    super::fields::route(r, path)?;
+    let m = required(&r.r#match, &format!("{path}.match"))?;
+    let (matcher, path_match) = route_match(m, &format!("{path}.match"))?;
     let max_body = max_body.unwrap_or(super::route_action::MAX_DIRECT_RESPONSE_BODY);
     let t = super::route_action::translate(r, path, &path_match, clusters, max_body)?;
     Ok(Route {
         name: r.name.clone(),
-        matcher: RouteMatch::new(path_match, case_sensitive, headers)
-            .with_query(query)
-            .with_grpc(m.grpc.is_some())
-            .with_tls(m.tls_context.as_ref().map(|t| crate::router::TlsMatch {
-                presented: t.presented.as_ref().map(|v| v.value),
-                validated: t.validated.as_ref().map(|v| v.value),
-            }))
-            .with_runtime_fraction(
-                m.runtime_fraction
-                    .as_ref()
-                    .map(|f| runtime_fraction(f, &format!("{mpath}.runtime_fraction")))
-                    .transpose()?,
-            ),
+        matcher,
         action: t.action,
         timeout: t.timeout,
         retry: t.retry,

@@ -24,6 +24,7 @@ mod google_grpc;
 mod health_check;
 mod http_manager;
 mod istio;
+mod jwt;
 mod lb;
 mod listener_filters;
 mod operations;

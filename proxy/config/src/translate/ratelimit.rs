@@ -497,6 +497,9 @@ fn one(
                 None => PerFilterConfig::Disabled,
             }
         }
+        "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig" => {
+            PerFilterConfig::Jwt(super::jwt::per_route(&unpack(any, path)?, path)?)
+        }
         "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute" => {
             PerFilterConfig::Compressor(super::compressor::per_route(&unpack(any, path)?, path)?)
         }

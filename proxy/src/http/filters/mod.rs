@@ -5,6 +5,7 @@ pub mod decompressor;
 pub mod fault;
 pub mod health_check;
 pub mod istio;
+pub mod jwt_authn;
 pub mod local_ratelimit;
 pub mod rbac;
 pub mod retry;

@@ -3,10 +3,9 @@
 //! counted only. Stats as Envoy's: `http.<prefix>.rbac.<rules_stat_prefix>{allowed,denied}`
 //! and `…<shadow_rules_stat_prefix>{shadow_allowed,shadow_denied}`.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -72,24 +71,12 @@ pub struct RbacFilter {
     connection: Arc<crate::stream_info::Connection>,
 }
 
-/// `rbac_access_denied_matched_policy[<policy>]`, kept for the life of the process (one per
-/// policy name ever configured).
+/// `rbac_access_denied_matched_policy[<policy>]`.
 fn denied_details(policy: Option<&str>) -> &'static str {
-    static ALL: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let text = format!(
+    crate::http::local_reply::intern_details(format!(
         "rbac_access_denied_matched_policy[{}]",
         policy.unwrap_or("none")
-    );
-    let mut all = ALL
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(d) = all.get(text.as_str()) {
-        return d;
-    }
-    let d: &'static str = Box::leak(text.into_boxed_str());
-    all.insert(d);
-    d
+    ))
 }
 
 impl RbacFilter {

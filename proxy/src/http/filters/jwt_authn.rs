@@ -1,0 +1,591 @@
+//! `envoy.filters.http.jwt_authn`: each request's tokens found where its providers look
+//! (`Authorization: Bearer` and `access_token` unless configured otherwise), checked against
+//! the requirement its route or the filter's rules give, as Envoy's filter does it:
+//!
+//! - every token found for a requirement must verify (the last found first);
+//! - a verified token is taken out of the request unless `forward`, and its payload and claims
+//!   are added as `forward_payload_header` and `claim_to_headers` (a client's own copies of
+//!   those headers are removed first, always);
+//! - a failure is a 401 with `www-authenticate: Bearer realm="<url>"` (and
+//!   `error="invalid_token"` once a token was found), a 403 for audiences; the body is the
+//!   verifier's message.
+//!
+//! Stats under `http.<prefix>.jwt_authn.<stat_prefix>`: `allowed`, `denied`,
+//! `cors_preflight_bypassed` (and Envoy's cache and fetch counters, which stay 0 for local keys
+//! except `jwt_cache_miss`, a token checked).
+
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use crate::http::filter::{HeadersStatus, HttpFilter};
+use crate::http::local_reply::LocalReply;
+use crate::router::PerFilterConfig;
+use crate::stats::{Counter, Shard};
+use skiff_config::jwt::{self, Failure, Jwt, JwtAuthn, PerRoute, Provider, Requirement};
+
+#[derive(Debug)]
+struct Stats {
+    allowed: Counter,
+    denied: Counter,
+    cors_preflight_bypassed: Counter,
+    jwt_cache_miss: Counter,
+}
+
+/// The filter of one connection manager on one worker.
+#[derive(Debug)]
+pub struct Factory {
+    config: Arc<JwtAuthn>,
+    stats: Rc<Stats>,
+}
+
+impl Factory {
+    /// The filter of an HCM whose stat prefix is `stat_prefix`.
+    pub fn new(config: Arc<JwtAuthn>, shard: &Arc<Shard>, stat_prefix: &str) -> Self {
+        let prefix = format!("http.{stat_prefix}.jwt_authn.{}", config.stat_prefix);
+        let c = |n: &str| shard.counter(&format!("{prefix}{n}"));
+        for n in ["jwks_fetch_success", "jwks_fetch_failed", "jwt_cache_hit"] {
+            let _ = c(n);
+        }
+        let stats = Stats {
+            allowed: c("allowed"),
+            denied: c("denied"),
+            cors_preflight_bypassed: c("cors_preflight_bypassed"),
+            jwt_cache_miss: c("jwt_cache_miss"),
+        };
+        Factory {
+            config,
+            stats: Rc::new(stats),
+        }
+    }
+
+    /// The filter for one stream, with its route's `PerRouteConfig` if it has one.
+    pub fn filter(&self, route: Option<&PerFilterConfig>) -> JwtFilter {
+        JwtFilter {
+            config: self.config.clone(),
+            stats: self.stats.clone(),
+            per_route: match route {
+                Some(PerFilterConfig::Jwt(p)) => Some(p.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The filter on one stream.
+pub struct JwtFilter {
+    config: Arc<JwtAuthn>,
+    stats: Rc<Stats>,
+    per_route: Option<PerRoute>,
+}
+
+/// Where a token was found.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Location {
+    /// A header, with the prefix before the token.
+    Header(HeaderName, String),
+    /// A query parameter.
+    Param(String),
+    /// A cookie.
+    Cookie(String),
+}
+
+/// A token and where it was.
+#[derive(Debug, Clone)]
+struct Token {
+    value: String,
+    location: Location,
+}
+
+/// What a verified token adds to the request.
+struct Verified {
+    provider: Arc<Provider>,
+    location: Location,
+    jwt: Jwt,
+}
+
+/// Where a provider looks: its own locations, or Envoy's defaults.
+fn locations(p: &Provider) -> Vec<Location> {
+    if p.from_headers.is_empty() && p.from_params.is_empty() && p.from_cookies.is_empty() {
+        return vec![
+            Location::Header(http::header::AUTHORIZATION, "Bearer ".to_string()),
+            Location::Param("access_token".to_string()),
+        ];
+    }
+    let mut out: Vec<Location> = p
+        .from_headers
+        .iter()
+        .map(|(h, prefix)| Location::Header(h.clone(), prefix.clone()))
+        .collect();
+    out.extend(p.from_params.iter().cloned().map(Location::Param));
+    out.extend(p.from_cookies.iter().cloned().map(Location::Cookie));
+    out
+}
+
+/// The characters a token is made of (base64url and the dots between its parts).
+fn token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'
+}
+
+/// The token in a header value after `prefix`: from the first token character after it to the
+/// end of the value (Envoy's `extractJWT`).
+fn after_prefix(value: &str, prefix: &str) -> Option<String> {
+    if prefix.is_empty() {
+        return Some(value.to_string());
+    }
+    let at = value.find(prefix)? + prefix.len();
+    let rest = &value[at..];
+    Some(match rest.find(token_char) {
+        Some(start) => rest[start..].to_string(),
+        None => rest.to_string(),
+    })
+}
+
+fn query_pairs(path: &str) -> impl Iterator<Item = (&str, &str)> {
+    path.split_once('?')
+        .map(|(_, q)| q)
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+}
+
+/// The tokens found at `locs`, in the order Envoy's extractor lists them.
+fn extract(head: &http::request::Parts, locs: &[Location]) -> Vec<Token> {
+    let mut out = Vec::new();
+    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    for loc in locs {
+        match loc {
+            Location::Header(name, prefix) => {
+                let values: Vec<&str> = head
+                    .headers
+                    .get_all(name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                // Envoy keeps `authorization` as one header: several are joined.
+                let values = if *name == http::header::AUTHORIZATION && values.len() > 1 {
+                    vec![values.join(",")]
+                } else {
+                    values.into_iter().map(str::to_string).collect()
+                };
+                for v in values {
+                    if let Some(t) = after_prefix(&v, prefix) {
+                        out.push(Token {
+                            value: t,
+                            location: loc.clone(),
+                        });
+                    }
+                }
+            }
+            Location::Param(name) => {
+                if let Some((_, v)) = query_pairs(path).find(|(k, _)| k == name) {
+                    out.push(Token {
+                        value: percent_decode(v),
+                        location: loc.clone(),
+                    });
+                }
+            }
+            Location::Cookie(name) => {
+                let found = head
+                    .headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .filter_map(|kv| kv.trim().split_once('='))
+                    .find(|(k, _)| k == name);
+                if let Some((_, v)) = found {
+                    out.push(Token {
+                        value: v.trim_matches('"').to_string(),
+                        location: loc.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(x) = u8::from_str_radix(&v[i + 1..i + 3], 16) {
+                out.push(x);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The outcome of a requirement: what verified, or why it failed and whether a token was
+/// found.
+type Outcome = Result<Vec<Verified>, Failure>;
+
+impl JwtFilter {
+    /// Checks every token `p` finds (the last found first): all must verify.
+    fn provider(
+        &self,
+        head: &http::request::Parts,
+        p: &Arc<Provider>,
+        audiences: Option<&[String]>,
+    ) -> Outcome {
+        self.verify_all(extract(head, &locations(p)), audiences, |_| Ok(p))
+    }
+
+    /// `allow_missing` and `allow_missing_or_failed`: tokens where any provider looks, each
+    /// checked by the provider of its issuer.
+    fn any_provider(&self, head: &http::request::Parts) -> Outcome {
+        let mut names: Vec<&String> = self.config.providers.keys().collect();
+        names.sort();
+        let providers: Vec<&Arc<Provider>> =
+            names.iter().map(|n| &self.config.providers[*n]).collect();
+        let mut locs: Vec<Location> = Vec::new();
+        let mut seen = HashSet::new();
+        for p in &providers {
+            for l in locations(p) {
+                if seen.insert(l.clone()) {
+                    locs.push(l);
+                }
+            }
+        }
+        self.verify_all(extract(head, &locs), None, |jwt| {
+            let iss = jwt.claims.get("iss").and_then(|v| v.as_str()).unwrap_or("");
+            providers
+                .iter()
+                .copied()
+                .find(|p| p.issuer == iss || p.issuer.is_empty())
+                .ok_or(Failure::UnknownIssuer)
+        })
+    }
+
+    /// Verifies every token, the last found first, each with the provider `pick` gives it.
+    fn verify_all<'p>(
+        &self,
+        tokens: Vec<Token>,
+        audiences: Option<&[String]>,
+        pick: impl Fn(&Jwt) -> Result<&'p Arc<Provider>, Failure>,
+    ) -> Outcome {
+        if tokens.is_empty() {
+            return Err(Failure::Missing);
+        }
+        let mut out = Vec::new();
+        for t in tokens.into_iter().rev() {
+            self.stats.jwt_cache_miss.inc();
+            let jwt = Jwt::parse(&t.value)?;
+            let p = pick(&jwt)?;
+            p.verify(&jwt, audiences, now())?;
+            out.push(Verified {
+                provider: p.clone(),
+                location: t.location,
+                jwt,
+            });
+        }
+        Ok(out)
+    }
+
+    fn requirement(&self, head: &http::request::Parts, r: &Requirement) -> Outcome {
+        match r {
+            Requirement::Provider(p, auds) => self.provider(head, p, auds.as_deref()),
+            Requirement::AllowMissing => match self.any_provider(head) {
+                Err(Failure::Missing) => Ok(Vec::new()),
+                other => other,
+            },
+            Requirement::AllowMissingOrFailed => Ok(self.any_provider(head).unwrap_or_default()),
+            Requirement::All(list) => {
+                let mut out = Vec::new();
+                for r in list {
+                    out.extend(self.requirement(head, r)?);
+                }
+                Ok(out)
+            }
+            Requirement::Any(list) => {
+                let mut failure = None;
+                for r in list {
+                    match self.requirement(head, r) {
+                        Ok(v) => return Ok(v),
+                        Err(Failure::Missing) => {
+                            failure.get_or_insert(Failure::Missing);
+                        }
+                        Err(f) => {
+                            if matches!(failure, None | Some(Failure::Missing)) {
+                                failure = Some(f);
+                            }
+                        }
+                    }
+                }
+                Err(failure.unwrap_or(Failure::Missing))
+            }
+        }
+    }
+
+    /// What the request must satisfy: its route's requirement, or the first rule it matches.
+    fn requirement_for(
+        &self,
+        head: &http::request::Parts,
+    ) -> Result<Option<Arc<Requirement>>, String> {
+        match &self.per_route {
+            Some(PerRoute::Disabled) => return Ok(None),
+            Some(PerRoute::Requirement(name)) => {
+                return match self.config.requirement_map.get(name) {
+                    Some(r) => Ok(Some(r.clone())),
+                    None => {
+                        let mut known: Vec<&str> = self
+                            .config
+                            .requirement_map
+                            .keys()
+                            .map(String::as_str)
+                            .collect();
+                        known.sort();
+                        Err(format!(
+                            "Wrong requirement_name: {name}. It should be one of [{}]",
+                            known.join(", ")
+                        ))
+                    }
+                };
+            }
+            None => {}
+        }
+        let view = crate::http::filter::request_view(head);
+        Ok(self
+            .config
+            .rules
+            .iter()
+            .find(|(m, _)| m.matches(&view))
+            .and_then(|(_, r)| r.clone()))
+    }
+
+    /// Removes a verified token from the request and adds its payload and claims.
+    fn apply(&self, head: &mut http::request::Parts, verified: &[Verified]) {
+        for v in verified {
+            if !v.provider.forward {
+                match &v.location {
+                    Location::Header(h, _) => {
+                        head.headers.remove(h);
+                    }
+                    Location::Param(name) => remove_param(head, name),
+                    Location::Cookie(_) => {}
+                }
+            }
+            if let Some(h) = &v.provider.forward_payload_header {
+                let p = jwt::payload_header(&v.jwt, v.provider.pad_forward_payload_header);
+                if let Ok(value) = HeaderValue::from_str(&p) {
+                    head.headers.append(h.clone(), value);
+                }
+            }
+            for (h, path) in &v.provider.claim_to_headers {
+                if let Some(value) = v
+                    .jwt
+                    .claim_text(path)
+                    .and_then(|t| HeaderValue::from_str(&t).ok())
+                {
+                    head.headers.append(h.clone(), value);
+                }
+            }
+        }
+    }
+
+    fn deny(&mut self, head: &http::request::Parts, failure: Failure) -> HeadersStatus {
+        self.stats.denied.inc();
+        let message = failure.message();
+        let status = if failure == Failure::AudienceNotAllowed {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        let mut headers = Vec::new();
+        if !self.config.strip_failure_response {
+            let scheme = head.uri.scheme_str().unwrap_or("http");
+            let host = crate::http::conn_manager::authority(head).unwrap_or("");
+            let mut path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+            if path.len() > 256 {
+                let mut end = 256;
+                while !path.is_char_boundary(end) {
+                    end -= 1;
+                }
+                path = &path[..end];
+            }
+            let mut realm = format!("Bearer realm=\"{scheme}://{host}{path}\"");
+            if failure != Failure::Missing {
+                realm.push_str(", error=\"invalid_token\"");
+            }
+            if let Ok(v) = HeaderValue::from_str(&realm) {
+                headers.push((http::header::WWW_AUTHENTICATE, v));
+            }
+        }
+        HeadersStatus::LocalReply(reply(
+            status,
+            if self.config.strip_failure_response {
+                ""
+            } else {
+                message
+            },
+            headers,
+            message,
+        ))
+    }
+}
+
+/// A reply of the filter's, its details `jwt_authn_access_denied{<message>}`.
+fn reply(
+    status: StatusCode,
+    body: &str,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    message: &str,
+) -> LocalReply {
+    LocalReply {
+        status,
+        body: Bytes::copy_from_slice(body.as_bytes()),
+        headers,
+        mutations: Vec::new(),
+        flag: None,
+        details: details(message),
+        close: false,
+    }
+}
+
+/// `jwt_authn_access_denied{<message, spaces as _>}`.
+fn details(message: &str) -> &'static str {
+    crate::http::local_reply::intern_details(format!(
+        "jwt_authn_access_denied{{{}}}",
+        message.replace(' ', "_")
+    ))
+}
+
+/// Removes the query parameter `name` from the request's path.
+fn remove_param(head: &mut http::request::Parts, name: &str) {
+    let Some(pq) = head.uri.path_and_query() else {
+        return;
+    };
+    let Some((path, query)) = pq.as_str().split_once('?') else {
+        return;
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| kv.split_once('=').map_or(*kv, |(k, _)| k) != name)
+        .collect();
+    let new = if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let mut parts = head.uri.clone().into_parts();
+    if let Ok(p) = http::uri::PathAndQuery::from_maybe_shared(Bytes::from(new)) {
+        parts.path_and_query = Some(p);
+        if let Ok(u) = http::Uri::from_parts(parts) {
+            head.uri = u;
+        }
+    }
+}
+
+impl HttpFilter for JwtFilter {
+    fn decode_headers(
+        &mut self,
+        head: &mut http::request::Parts,
+        _end_stream: bool,
+    ) -> HeadersStatus {
+        // A client's own copies of the headers verified tokens set are not kept.
+        for p in self.config.providers.values() {
+            if let Some(h) = &p.forward_payload_header {
+                head.headers.remove(h);
+            }
+            for (h, _) in &p.claim_to_headers {
+                head.headers.remove(h);
+            }
+        }
+        if self.config.bypass_cors_preflight
+            && head.method == http::Method::OPTIONS
+            && head.headers.contains_key(http::header::ORIGIN)
+            && head
+                .headers
+                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            self.stats.cors_preflight_bypassed.inc();
+            self.stats.allowed.inc();
+            return HeadersStatus::Continue;
+        }
+        let requirement = match self.requirement_for(head) {
+            Ok(r) => r,
+            Err(text) => {
+                self.stats.denied.inc();
+                let message = format!("Failed JWT authentication: {text}");
+                return HeadersStatus::LocalReply(reply(
+                    StatusCode::FORBIDDEN,
+                    &message,
+                    Vec::new(),
+                    &text,
+                ));
+            }
+        };
+        let Some(requirement) = requirement else {
+            self.stats.allowed.inc();
+            return HeadersStatus::Continue;
+        };
+        match self.requirement(head, &requirement) {
+            Ok(verified) => {
+                self.apply(head, &verified);
+                self.stats.allowed.inc();
+                HeadersStatus::Continue
+            }
+            Err(f) => self.deny(head, f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_taken_after_their_prefix_to_the_end() {
+        assert_eq!(
+            after_prefix("Bearer a.b.c", "Bearer ").as_deref(),
+            Some("a.b.c")
+        );
+        assert_eq!(
+            after_prefix("Bearer  a.b.c", "Bearer ").as_deref(),
+            Some("a.b.c")
+        );
+        assert_eq!(after_prefix("bearer a.b.c", "Bearer "), None);
+        assert_eq!(
+            after_prefix("Bearer t1,Bearer t2", "Bearer ").as_deref(),
+            Some("t1,Bearer t2")
+        );
+        assert_eq!(
+            after_prefix("Bearer @@@.###", "Bearer ").as_deref(),
+            Some(".###")
+        );
+    }
+
+    #[test]
+    fn a_parameter_leaves_the_path() {
+        let (mut head, _) = http::Request::get("/req?x=1&access_token=t&y=2")
+            .body(())
+            .expect("request")
+            .into_parts();
+        remove_param(&mut head, "access_token");
+        assert_eq!(head.uri, "/req?x=1&y=2");
+        let (mut head, _) = http::Request::get("/req?access_token=t")
+            .body(())
+            .expect("request")
+            .into_parts();
+        remove_param(&mut head, "access_token");
+        assert_eq!(head.uri, "/req");
+    }
+}
