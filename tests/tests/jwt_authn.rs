@@ -1,5 +1,6 @@
 //! `envoy.filters.http.jwt_authn` with local JWKS, side by side with Envoy 1.40: RS256, ES256
-//! and HS256 tokens, good and bad, in the default locations and in configured ones, against
+//! and HS256 tokens, good and bad, in the default locations and in configured ones (headers,
+//! parameters, cookies), with `max_lifetime`, `subjects` and `strip_failure_response`, against
 //! provider, `requires_any`, `allow_missing_or_failed` and per-route requirements. For each
 //! request: the status, the body of a refusal, `www-authenticate`, the access log's code and
 //! details, and what the upstream received (the request line and the headers the filter
@@ -312,9 +313,29 @@ async fn jwt_authn_as_envoy() {
             "clock_skew_seconds": 10,
             "require_expiration": true,
         });
+        // Cookies, a padded payload header, max_lifetime, subjects, requires_all with the
+        // route's own audiences, and failures stripped of their body and www-authenticate.
+        let provider_c = json!({
+            "issuer": "https://issuer.example",
+            "audiences": ["aud1"],
+            "local_jwks": { "inline_string": keys.jwks },
+            "from_cookies": ["jwtc"],
+            "forward_payload_header": "x-payload",
+            "pad_forward_payload_header": true,
+            "max_lifetime": "3600s",
+            "subjects": { "prefix": "user" },
+        });
+        let rules_c = json!([
+            { "match": { "prefix": "/all" }, "requires": { "requires_all": { "requirements": [
+                { "provider_and_audiences": { "provider_name": "p1", "audiences": ["aud9"] } },
+                { "allow_missing": {} } ] } } },
+            { "match": { "prefix": "/" }, "requires": { "provider_name": "p1" } },
+        ]);
+        let long = bad(json!({ "exp": now() + 7200 }));
+        let admin_sub = bad(json!({ "sub": "admin" }));
         let mut seen = Vec::new();
         for kind in [Kind::Envoy, Kind::under_test()] {
-            let (pa, pb) = (free_port(), free_port());
+            let (pa, pb, pc) = (free_port(), free_port(), free_port());
             let b = bootstrap(
                 free_port(),
                 vec![
@@ -331,6 +352,15 @@ async fn jwt_authn_as_envoy() {
                         "b",
                         pb,
                         filter(provider_b.clone(), rules_a.clone(), json!({})),
+                    ),
+                    with_filter(
+                        "c",
+                        pc,
+                        filter(
+                            provider_c.clone(),
+                            rules_c.clone(),
+                            json!({ "strip_failure_response": true }),
+                        ),
                     ),
                 ],
                 vec![config::cluster("echo", &[echo.port()])],
@@ -449,6 +479,18 @@ async fn jwt_authn_as_envoy() {
             ];
             for (case, path, headers) in &b_cases {
                 got.push(send(&p, pb, case, path, headers).await);
+            }
+            let cookie = |t: &str| ("cookie", format!("a=b; jwtc={t}"));
+            let c_cases: Vec<Case> = vec![
+                ("c_cookie", "/req".into(), vec![cookie(&good)]),
+                ("c_missing", "/req".into(), vec![]),
+                ("c_long", "/req".into(), vec![cookie(&long)]),
+                ("c_no_exp", "/req".into(), vec![cookie(&no_exp)]),
+                ("c_subject", "/req".into(), vec![cookie(&admin_sub)]),
+                ("c_all", "/all".into(), vec![cookie(&good)]),
+            ];
+            for (case, path, headers) in &c_cases {
+                got.push(send(&p, pc, case, path, headers).await);
             }
             let admin = p.admin();
             for stat in [

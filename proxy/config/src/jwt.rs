@@ -183,10 +183,11 @@ impl Failure {
             Failure::AudienceNotAllowed => "Audiences in Jwt are not allowed",
             Failure::Expired => "Jwt is expired",
             Failure::NotYetValid => "Jwt not yet valid",
-            // Measured: a token without `exp` under `require_expiration` is told this.
-            Failure::MissingExpiration => "Jwt verification fails",
-            Failure::LifetimeTooLong => "Jwt has an expiration too far in the future",
-            Failure::WrongSubject => "Jwt subject is not allowed",
+            // Measured: no `exp` under `require_expiration` or `max_lifetime`, a lifetime over
+            // `max_lifetime` and a subject `subjects` does not match are all told this.
+            Failure::MissingExpiration | Failure::LifetimeTooLong | Failure::WrongSubject => {
+                "Jwt verification fails"
+            }
             Failure::KidAlgMismatch => "Jwks doesn't have key to match kid or alg from Jwt",
             Failure::VerificationFail => "Jwt verification fails",
             Failure::JwksBad => "Jwks remote fetch is failed",
@@ -379,11 +380,12 @@ impl Provider {
             None if self.require_expiration => return Err(Failure::MissingExpiration),
             _ => {}
         }
+        // max_lifetime bounds the time left (`exp` - now) and so needs an `exp` (measured).
         if let Some(max) = self.max_lifetime {
-            match (jwt.number("exp"), jwt.number("iat")) {
-                (Some(exp), Some(iat)) if exp.saturating_sub(iat) <= max.as_secs() => {}
-                (Some(exp), None) if exp.saturating_sub(now) <= max.as_secs() => {}
-                _ => return Err(Failure::LifetimeTooLong),
+            match jwt.number("exp") {
+                Some(exp) if exp.saturating_sub(now) <= max.as_secs() => {}
+                Some(_) => return Err(Failure::LifetimeTooLong),
+                None => return Err(Failure::MissingExpiration),
             }
         }
         let allowed = audiences.unwrap_or(&self.audiences);

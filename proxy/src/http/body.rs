@@ -161,14 +161,10 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Incoming(inc, progress) => {
                 let mut frame = ready!(Pin::new(&mut *inc).poll_frame(cx));
-                if let (Some(account), Some(Ok(f))) = (
+                charge_frame(
                     progress.as_ref().and_then(|p| p.account.as_ref()),
-                    frame.as_mut(),
-                ) {
-                    if let Some(d) = f.data_mut() {
-                        *d = accounts::charge(account, std::mem::take(d));
-                    }
-                }
+                    &mut frame,
+                );
                 if let Some(p) = progress {
                     match &frame {
                         Some(Ok(f)) => {
@@ -231,6 +227,15 @@ impl Body for ProxyBody {
             ProxyBody::Replay(r) => r.size_hint(),
             ProxyBody::Filtered(f) => f.size_hint(),
             ProxyBody::H2 { .. } | ProxyBody::Tee(_) | ProxyBody::Shadow(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// Charges a data frame to the stream's memory account, if it has one.
+fn charge_frame<E>(account: Option<&Arc<Account>>, frame: &mut Option<Result<Frame<Bytes>, E>>) {
+    if let (Some(account), Some(Ok(f))) = (account, frame.as_mut()) {
+        if let Some(d) = f.data_mut() {
+            *d = accounts::charge(account, std::mem::take(d));
         }
     }
 }
@@ -420,20 +425,13 @@ impl<E: StreamEnd + Unpin> Body for Tracked<E> {
                 }
             }
         }
-        if let Some(account) = this.end.as_ref().and_then(|e| e.account()) {
-            if account.poll_reset(cx).is_ready() {
-                this.finish(EndReason::Overload);
-                return Poll::Ready(Some(Err(overload_reset())));
-            }
+        let account = this.end.as_ref().and_then(|e| e.account());
+        if account.is_some_and(|a| a.poll_reset(cx).is_ready()) {
+            this.finish(EndReason::Overload);
+            return Poll::Ready(Some(Err(overload_reset())));
         }
         let mut frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let (Some(account), Some(Ok(f))) =
-            (this.end.as_ref().and_then(|e| e.account()), frame.as_mut())
-        {
-            if let Some(d) = f.data_mut() {
-                *d = accounts::charge(account, std::mem::take(d));
-            }
-        }
+        charge_frame(this.end.as_ref().and_then(|e| e.account()), &mut frame);
         match &frame {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {

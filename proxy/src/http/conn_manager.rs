@@ -523,13 +523,11 @@ pub async fn serve(
                 None
             };
             let Some(account) = account else {
-                return Ok(handle(conn, req).await);
+                return Ok(handle(conn, req, None).await);
             };
-            let mut req = req;
-            req.extensions_mut().insert(StreamAccount(account.clone()));
             tokio::select! {
                 biased;
-                r = handle(conn, req) => Ok(r),
+                r = handle(conn, req, Some(account.clone())) => Ok(r),
                 () = account.reset() => Err(crate::http::body::overload_reset()),
             }
         }
@@ -914,10 +912,6 @@ fn is_keepalive_timeout(e: &(dyn std::error::Error + Send + Sync + 'static)) -> 
     false
 }
 
-/// An HTTP/2 stream's buffer memory account, handed from the service to [`handle`].
-#[derive(Clone)]
-struct StreamAccount(std::sync::Arc<crate::overload::accounts::Account>);
-
 /// The accounting of one stream, settled exactly once: when the response body ends, or when the
 /// stream is dropped before that (the client went away while we waited for the upstream).
 pub struct Done {
@@ -1078,7 +1072,12 @@ impl Drop for Done {
 
 type Resp = Response<Tracked<Done>>;
 
-async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
+/// One stream, with its buffer memory account when it has one (`reset_high_memory_stream`).
+async fn handle(
+    conn: Rc<Conn>,
+    req: Request<Incoming>,
+    account: Option<std::sync::Arc<crate::overload::accounts::Account>>,
+) -> Resp {
     let cfg = conn.hcm.config.clone();
     let stats = &conn.hcm.stats;
     stats.downstream_rq_total.inc();
@@ -1122,7 +1121,6 @@ async fn handle(conn: Rc<Conn>, req: Request<Incoming>) -> Resp {
     // The stream's record is kept for access logs, and for local replies that formats rewrite.
     let logging = !cfg.access_logs.is_empty() || cfg.local_reply.is_some();
     let (mut parts, body) = req.into_parts();
-    let account = parts.extensions.remove::<StreamAccount>().map(|a| a.0);
     let request = Rc::new(
         RequestProgress::new(FlowPair::new(
             &stats.downstream_flow_control_paused_reading_total,

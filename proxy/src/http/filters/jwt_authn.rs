@@ -14,7 +14,7 @@
 //! `cors_preflight_bypassed` (and Envoy's cache and fetch counters, which stay 0 for local keys
 //! except `jwt_cache_miss`, a token checked).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -38,8 +38,23 @@ struct Stats {
 /// The filter of one connection manager on one worker.
 #[derive(Debug)]
 pub struct Factory {
+    prepared: Rc<Prepared>,
+}
+
+/// What every stream's filter reads, worked out once from the configuration.
+#[derive(Debug)]
+struct Prepared {
     config: Arc<JwtAuthn>,
-    stats: Rc<Stats>,
+    stats: Stats,
+    /// Each provider's token locations, by provider name.
+    locations: HashMap<String, Vec<Location>>,
+    /// The providers in name order, for `allow_missing` and `allow_missing_or_failed`, which
+    /// pick a token's provider by its issuer.
+    ordered: Vec<Arc<Provider>>,
+    /// Every provider's locations, each once, in that order.
+    all_locations: Vec<Location>,
+    /// The headers verified tokens set: a client's own copies are removed first.
+    set_headers: Vec<HeaderName>,
 }
 
 impl Factory {
@@ -56,17 +71,45 @@ impl Factory {
             cors_preflight_bypassed: c("cors_preflight_bypassed"),
             jwt_cache_miss: c("jwt_cache_miss"),
         };
+        let mut ordered: Vec<Arc<Provider>> = config.providers.values().cloned().collect();
+        ordered.sort_by(|a, b| a.name.cmp(&b.name));
+        let locations: HashMap<String, Vec<Location>> = ordered
+            .iter()
+            .map(|p| (p.name.clone(), locations(p)))
+            .collect();
+        let mut all_locations: Vec<Location> = Vec::new();
+        for p in &ordered {
+            for l in &locations[&p.name] {
+                if !all_locations.contains(l) {
+                    all_locations.push(l.clone());
+                }
+            }
+        }
+        let set_headers = ordered
+            .iter()
+            .flat_map(|p| {
+                p.forward_payload_header
+                    .iter()
+                    .chain(p.claim_to_headers.iter().map(|(h, _)| h))
+                    .cloned()
+            })
+            .collect();
         Factory {
-            config,
-            stats: Rc::new(stats),
+            prepared: Rc::new(Prepared {
+                config,
+                stats,
+                locations,
+                ordered,
+                all_locations,
+                set_headers,
+            }),
         }
     }
 
     /// The filter for one stream, with its route's `PerRouteConfig` if it has one.
     pub fn filter(&self, route: Option<&PerFilterConfig>) -> JwtFilter {
         JwtFilter {
-            config: self.config.clone(),
-            stats: self.stats.clone(),
+            prepared: self.prepared.clone(),
             per_route: match route {
                 Some(PerFilterConfig::Jwt(p)) => Some(p.clone()),
                 _ => None,
@@ -77,8 +120,7 @@ impl Factory {
 
 /// The filter on one stream.
 pub struct JwtFilter {
-    config: Arc<JwtAuthn>,
-    stats: Rc<Stats>,
+    prepared: Rc<Prepared>,
     per_route: Option<PerRoute>,
 }
 
@@ -246,30 +288,23 @@ impl JwtFilter {
         p: &Arc<Provider>,
         audiences: Option<&[String]>,
     ) -> Outcome {
-        self.verify_all(extract(head, &locations(p)), audiences, |_| Ok(p))
+        let locs = self
+            .prepared
+            .locations
+            .get(&p.name)
+            .map_or(&[][..], Vec::as_slice);
+        self.verify_all(extract(head, locs), audiences, |_| Ok(p))
     }
 
     /// `allow_missing` and `allow_missing_or_failed`: tokens where any provider looks, each
     /// checked by the provider of its issuer.
     fn any_provider(&self, head: &http::request::Parts) -> Outcome {
-        let mut names: Vec<&String> = self.config.providers.keys().collect();
-        names.sort();
-        let providers: Vec<&Arc<Provider>> =
-            names.iter().map(|n| &self.config.providers[*n]).collect();
-        let mut locs: Vec<Location> = Vec::new();
-        let mut seen = HashSet::new();
-        for p in &providers {
-            for l in locations(p) {
-                if seen.insert(l.clone()) {
-                    locs.push(l);
-                }
-            }
-        }
-        self.verify_all(extract(head, &locs), None, |jwt| {
+        let tokens = extract(head, &self.prepared.all_locations);
+        self.verify_all(tokens, None, |jwt| {
             let iss = jwt.claims.get("iss").and_then(|v| v.as_str()).unwrap_or("");
-            providers
+            self.prepared
+                .ordered
                 .iter()
-                .copied()
                 .find(|p| p.issuer == iss || p.issuer.is_empty())
                 .ok_or(Failure::UnknownIssuer)
         })
@@ -287,7 +322,7 @@ impl JwtFilter {
         }
         let mut out = Vec::new();
         for t in tokens.into_iter().rev() {
-            self.stats.jwt_cache_miss.inc();
+            self.prepared.stats.jwt_cache_miss.inc();
             let jwt = Jwt::parse(&t.value)?;
             let p = pick(&jwt)?;
             p.verify(&jwt, audiences, now())?;
@@ -343,10 +378,11 @@ impl JwtFilter {
         match &self.per_route {
             Some(PerRoute::Disabled) => return Ok(None),
             Some(PerRoute::Requirement(name)) => {
-                return match self.config.requirement_map.get(name) {
+                return match self.prepared.config.requirement_map.get(name) {
                     Some(r) => Ok(Some(r.clone())),
                     None => {
                         let mut known: Vec<&str> = self
+                            .prepared
                             .config
                             .requirement_map
                             .keys()
@@ -364,6 +400,7 @@ impl JwtFilter {
         }
         let view = crate::http::filter::request_view(head);
         Ok(self
+            .prepared
             .config
             .rules
             .iter()
@@ -402,7 +439,7 @@ impl JwtFilter {
     }
 
     fn deny(&mut self, head: &http::request::Parts, failure: Failure) -> HeadersStatus {
-        self.stats.denied.inc();
+        self.prepared.stats.denied.inc();
         let message = failure.message();
         let status = if failure == Failure::AudienceNotAllowed {
             StatusCode::FORBIDDEN
@@ -410,7 +447,7 @@ impl JwtFilter {
             StatusCode::UNAUTHORIZED
         };
         let mut headers = Vec::new();
-        if !self.config.strip_failure_response {
+        if !self.prepared.config.strip_failure_response {
             let scheme = head.uri.scheme_str().unwrap_or("http");
             let host = crate::http::conn_manager::authority(head).unwrap_or("");
             let mut path = head.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -431,7 +468,7 @@ impl JwtFilter {
         }
         HeadersStatus::LocalReply(reply(
             status,
-            if self.config.strip_failure_response {
+            if self.prepared.config.strip_failure_response {
                 ""
             } else {
                 message
@@ -501,29 +538,25 @@ impl HttpFilter for JwtFilter {
         _end_stream: bool,
     ) -> HeadersStatus {
         // A client's own copies of the headers verified tokens set are not kept.
-        for p in self.config.providers.values() {
-            if let Some(h) = &p.forward_payload_header {
-                head.headers.remove(h);
-            }
-            for (h, _) in &p.claim_to_headers {
-                head.headers.remove(h);
-            }
+        for h in &self.prepared.set_headers {
+            head.headers.remove(h);
         }
-        if self.config.bypass_cors_preflight
+        let (config, stats) = (&self.prepared.config, &self.prepared.stats);
+        if config.bypass_cors_preflight
             && head.method == http::Method::OPTIONS
             && head.headers.contains_key(http::header::ORIGIN)
             && head
                 .headers
                 .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
         {
-            self.stats.cors_preflight_bypassed.inc();
-            self.stats.allowed.inc();
+            stats.cors_preflight_bypassed.inc();
+            stats.allowed.inc();
             return HeadersStatus::Continue;
         }
         let requirement = match self.requirement_for(head) {
             Ok(r) => r,
             Err(text) => {
-                self.stats.denied.inc();
+                stats.denied.inc();
                 let message = format!("Failed JWT authentication: {text}");
                 return HeadersStatus::LocalReply(reply(
                     StatusCode::FORBIDDEN,
@@ -534,13 +567,13 @@ impl HttpFilter for JwtFilter {
             }
         };
         let Some(requirement) = requirement else {
-            self.stats.allowed.inc();
+            stats.allowed.inc();
             return HeadersStatus::Continue;
         };
         match self.requirement(head, &requirement) {
             Ok(verified) => {
                 self.apply(head, &verified);
-                self.stats.allowed.inc();
+                stats.allowed.inc();
                 HeadersStatus::Continue
             }
             Err(f) => self.deny(head, f),
