@@ -13,6 +13,7 @@ use skiff_tests::client::{self, raw_exchange};
 use skiff_tests::config::{self, bootstrap, hcm, listener, route, to_yaml, vhost};
 use skiff_tests::run_for;
 use skiff_tests::side_by_side::{assert_same_response, pair, Side, Up};
+use skiff_tests::upstream::stalled_upstream;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -424,21 +425,6 @@ fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// An upstream that accepts and never reads: uploads to it stall in the proxy.
-async fn stalled_upstream() -> (u16, tokio::task::JoinHandle<()>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = l.accept().await {
-            held.push(s);
-        }
-    });
-    (port, task)
-}
-
 /// Opens `streams` HTTP/2 uploads of `each` bytes, one every `pace`, on one connection; the
 /// statuses of those answered before the end, and the proxy's peak RSS meanwhile.
 async fn squeeze(
@@ -522,7 +508,7 @@ async fn a_memory_squeeze_is_contained() {
         return;
     }
     run_for(Duration::from_secs(90), async {
-        let (upstream, _task) = stalled_upstream().await;
+        let (upstream, _task) = stalled_upstream(None).await;
         let start = |overload: Option<Value>| async move {
             let (admin, listen) = (skiff_tests::free_port(), skiff_tests::free_port());
             let mut h = hcm(

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use skiff_tests::config::{self, bootstrap, hcm, listener, route, to_yaml, vhost};
 use skiff_tests::proxy::{Kind, ProxyProcess};
-use skiff_tests::upstream::EchoUpstream;
+use skiff_tests::upstream::{stalled_upstream, EchoUpstream};
 use skiff_tests::{free_port, run_for};
 use tokio::net::TcpStream;
 
@@ -55,23 +55,6 @@ fn overload(path: &Path, trigger: Value) -> Value {
         }],
         "actions": [{ "name": RESET, "triggers": [t] }]
     })
-}
-
-/// An upstream that accepts and never reads, with a small receive buffer: an upload to it
-/// stays in the proxy.
-async fn stalled_upstream() -> (u16, tokio::task::JoinHandle<()>) {
-    let s = tokio::net::TcpSocket::new_v4().expect("socket");
-    s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    s.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-    let l = s.listen(16).expect("listen");
-    let port = l.local_addr().expect("addr").port();
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = l.accept().await {
-            held.push(s);
-        }
-    });
-    (port, task)
 }
 
 /// An HTTP/2 (prior knowledge) client connection to `port`.
@@ -216,7 +199,7 @@ async fn start(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stalled_uploads_are_reset_as_envoy() {
     run_for(Duration::from_secs(120), async {
-        let (stalled, _task) = stalled_upstream().await;
+        let (stalled, _task) = stalled_upstream(Some(4096)).await;
         let echo = EchoUpstream::start("echo").await;
         let mut seen = Vec::new();
         for kind in [Kind::Envoy, Kind::under_test()] {
@@ -284,7 +267,7 @@ async fn stalled_uploads_are_reset_as_envoy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scaled_pressure_resets_the_largest_streams_first_as_envoy() {
     run_for(Duration::from_secs(120), async {
-        let (stalled, _task) = stalled_upstream().await;
+        let (stalled, _task) = stalled_upstream(Some(4096)).await;
         let echo = EchoUpstream::start("echo").await;
         let mut seen = Vec::new();
         for kind in [Kind::Envoy, Kind::under_test()] {

@@ -12,6 +12,20 @@ use skiff_tests::proxy::{Kind, ProxyProcess};
 use skiff_tests::upstream::{EchoUpstream, H2Upstream};
 use skiff_tests::{free_port, run_for};
 
+/// `GET path` through the proxy, and the access log line it wrote.
+async fn get_logged(
+    p: &ProxyProcess,
+    port: u16,
+    path: &str,
+) -> (skiff_tests::client::CurlReply, String) {
+    let r = curl(&["-s", &format!("http://127.0.0.1:{port}{path}")]).await;
+    let prefix = format!("{path} ");
+    let log = p
+        .wait_stdout_line(Duration::from_secs(5), |l| l.starts_with(&prefix))
+        .await;
+    (r, log)
+}
+
 #[tokio::test]
 async fn upstream_header_count_limits_as_envoy() {
     run_for(Duration::from_secs(120), async {
@@ -89,12 +103,7 @@ async fn upstream_header_count_limits_as_envoy() {
             let mut got = Vec::new();
             for (prefix, around) in [("h1", 100), ("h2", 100), ("h1_20", 20), ("h2_20", 20)] {
                 for extra in around - 12..around - 2 {
-                    let url = format!("http://127.0.0.1:{port}/{prefix}/headers/{extra}");
-                    let r = curl(&["-s", &url]).await;
-                    let path = format!("/{prefix}/headers/{extra} ");
-                    let log = p
-                        .wait_stdout_line(Duration::from_secs(5), |l| l.starts_with(&path))
-                        .await;
+                    let (r, log) = get_logged(&p, port, &format!("/{prefix}/headers/{extra}")).await;
                     got.push(format!(
                         "{prefix} +{extra}: {} {:?} log={log:?}",
                         r.resp.status,
@@ -109,12 +118,7 @@ async fn upstream_header_count_limits_as_envoy() {
                 "h2_REJECT_REQUEST",
             ] {
                 for _ in 0..2 {
-                    let url = format!("http://127.0.0.1:{port}/{prefix}/underscore/");
-                    let r = curl(&["-s", &url]).await;
-                    let path = format!("/{prefix}/underscore/ ");
-                    let log = p
-                        .wait_stdout_line(Duration::from_secs(5), |l| l.starts_with(&path))
-                        .await;
+                    let (r, log) = get_logged(&p, port, &format!("/{prefix}/underscore/")).await;
                     got.push(format!(
                         "{prefix}: {} x_under={:?} log={log:?}",
                         r.resp.status,

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 pub use echo::{EchoOptions, EchoUpstream};
 pub use h2c::{H2Options, H2Upstream};
-pub use tcp::{TcpMode, TcpUpstream};
+pub use tcp::{stalled_upstream, TcpMode, TcpUpstream};
 pub use ws::WsUpstream;
 
 /// One request as an upstream received it.

@@ -191,3 +191,23 @@ impl Drop for TcpUpstream {
         self.task.abort();
     }
 }
+
+/// An upstream that accepts connections and never reads from them (with this receive buffer
+/// size when given, so that little of what is sent to it fits in the kernel): uploads to it
+/// stall in the proxy. Its port, and the task that holds the connections.
+pub async fn stalled_upstream(recv_buffer: Option<u32>) -> (u16, tokio::task::JoinHandle<()>) {
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    if let Some(size) = recv_buffer {
+        s.set_recv_buffer_size(size).expect("SO_RCVBUF");
+    }
+    s.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let l = s.listen(16).expect("listen");
+    let port = l.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    (port, task)
+}
