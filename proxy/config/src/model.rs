@@ -1179,6 +1179,13 @@ pub struct HttpConnectionManager {
     /// `http_protocol_options.allow_chunked_length`: a request with `Content-Length` and a
     /// chunked `Transfer-Encoding` is taken as chunked, its length dropped (else 400).
     pub allow_chunked_length: bool,
+    /// `http_protocol_options.allow_absolute_url` (default true): an HTTP/1.1 request in
+    /// absolute form (`GET http://a/x`) is routed by its URL's authority; without it, 404.
+    pub allow_absolute_url: bool,
+    /// `proxy_100_continue`: `Expect: 100-continue` goes upstream and the upstream's `100
+    /// Continue` comes back; without it the connection manager answers it at once and drops
+    /// the upstream's.
+    pub proxy_100_continue: bool,
 }
 
 /// `http_protocol_options.header_key_format`: how HTTP/1.1 header names are written.

@@ -508,6 +508,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "local_reply_config",
             "scheme_header_transformation",
             "add_user_agent",
+            "proxy_100_continue",
         ],
     ),
     (
@@ -1925,6 +1926,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "default_host_for_http_10",
             "header_key_format",
             "allow_chunked_length",
+            "allow_absolute_url",
         ],
     ),
     (
@@ -2143,12 +2145,12 @@ mod tests {
     #[test]
     fn unsupported_field_inside_typed_config() {
         let err = check_yaml(
-            r#"static_resources: { listeners: [ { name: a, filter_chains: [ { filters: [ { name: hcm, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: x, proxy_100_continue: true } } ] } ] } ] }"#,
+            r#"static_resources: { listeners: [ { name: a, filter_chains: [ { filters: [ { name: hcm, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: x, stream_error_on_invalid_http_message: true } } ] } ] } ] }"#,
         )
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.proxy_100_continue: unsupported"
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.stream_error_on_invalid_http_message: unsupported"
         );
     }
 

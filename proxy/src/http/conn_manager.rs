@@ -101,6 +101,8 @@ pub struct HcmStats {
     pub downstream_rq_ws_on_non_ws_route: Counter,
     /// `downstream_rq_failed_path_normalization`.
     pub downstream_rq_failed_path_normalization: Counter,
+    /// `downstream_rq_non_relative_path`: a path that does not start with `/` (404).
+    pub downstream_rq_non_relative_path: Counter,
     /// `downstream_rq_rejected_via_ip_detection`.
     pub downstream_rq_rejected_via_ip_detection: Counter,
     /// `downstream_rq_redirected_with_normalized_path`.
@@ -205,6 +207,7 @@ impl HcmStats {
             downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
             downstream_rq_failed_path_normalization: c("downstream_rq_failed_path_normalization"),
+            downstream_rq_non_relative_path: c("downstream_rq_non_relative_path"),
             downstream_rq_rejected_via_ip_detection: c("downstream_rq_rejected_via_ip_detection"),
             downstream_rq_redirected_with_normalized_path: c(
                 "downstream_rq_redirected_with_normalized_path",
@@ -244,6 +247,16 @@ impl HcmStats {
             // The router counts it on the cluster.
             Expiry::UpstreamMaxDuration => {}
         }
+    }
+
+    /// The counters of each 1xx sent (Envoy's connection manager counts one as a response).
+    fn informational(&self) -> Vec<Counter> {
+        vec![
+            self.classes[0].clone(),
+            self.listener_classes[0].clone(),
+            self.downstream_rq_completed.clone(),
+            self.listener_completed.clone(),
+        ]
     }
 
     fn response_class(&self, status: u16) {
@@ -332,6 +345,9 @@ struct Conn {
     codec: Cell<Option<Codec>>,
     /// A request head the HTTP/1.1 guard refused, for the stand-in request that follows it.
     refused: RefusedSlot,
+    /// HTTP/1.1: the `100 Continue` heads for the client, which the guard writes (hyper sees
+    /// no `Expect: 100-continue`, so never answers one itself).
+    interim: Option<h1_guard::InterimSlot>,
     /// Streams closed so far, and those the client reset prematurely.
     closed_streams: Cell<u64>,
     premature_resets: Cell<u64>,
@@ -441,6 +457,7 @@ pub async fn serve(
         secure,
         codec: Cell::new(None),
         refused: RefusedSlot::default(),
+        interim: (hcm.config.codec != CodecType::Http2).then(h1_guard::InterimSlot::default),
         closed_streams: Cell::new(0),
         premature_resets: Cell::new(0),
         reset_abuse: Rc::default(),
@@ -523,7 +540,17 @@ pub async fn serve(
                 None
             };
             let Some(account) = account else {
-                return Ok(handle(conn, req, None).await);
+                // proxy_100_continue: a `100 Continue` not written by the time the response
+                // is ready is dropped; after the response it would read as the next one.
+                let relayed = conn
+                    .interim
+                    .clone()
+                    .filter(|_| conn.hcm.config.proxy_100_continue);
+                let resp = handle(conn, req, None).await;
+                if let Some(slot) = relayed {
+                    h1_guard::clear_interim(&slot);
+                }
+                return Ok(resp);
             };
             tokio::select! {
                 biased;
@@ -605,6 +632,8 @@ pub async fn serve(
         stats.downstream_rq_header_timeout.clone(),
     )
     .allow_chunked_length(hcm.config.allow_chunked_length)
+    .allow_absolute_url(hcm.config.allow_absolute_url)
+    .interim(conn.interim.clone())
     .h2_floods(
         FloodLimits {
             empty_frames: hcm.config.http2.max_consecutive_empty_frames,
@@ -1254,6 +1283,46 @@ async fn handle(
         stats.downstream_rq_overload_close.inc();
         return local(done, LocalReply::OVERLOADED, None);
     }
+    // `Expect: 100-continue` (any case): without proxy_100_continue the connection manager
+    // answers it at once, before routing, and removes it; with it, it goes upstream and the
+    // upstream's `100 Continue` comes back. The guard hid it from hyper.
+    if let Some(slot) = conn.interim.as_ref().filter(|_| codec == Codec::Http1) {
+        unhide_continue(&mut parts.headers);
+        if cfg.proxy_100_continue {
+            parts.extensions.insert(h1_guard::ContinueRelay {
+                slot: slot.clone(),
+                counters: stats.informational(),
+            });
+        }
+    }
+    if !cfg.proxy_100_continue
+        && parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        parts.headers.remove(header::EXPECT);
+        // hyper's HTTP/2 server sends no informational responses: the client waits for its
+        // own timeout before the body (tests/DIFFERENCES.md).
+        if let Some(slot) = conn.interim.as_ref().filter(|_| codec == Codec::Http1) {
+            h1_guard::send_interim(slot, b"HTTP/1.1 100 Continue\r\n\r\n");
+            for c in stats.informational() {
+                c.inc();
+            }
+        }
+    }
+    // allow_absolute_url false: the codec takes an absolute-form target as the path, which
+    // the connection manager then refuses as not relative (below).
+    let mut non_relative = parts.uri.scheme().is_some()
+        && codec == Codec::Http1
+        && !cfg.allow_absolute_url
+        && parts.method != Method::CONNECT;
+    if non_relative {
+        if let Some(info) = done.info.as_mut() {
+            info.path = Some(parts.uri.to_string());
+        }
+        parts.uri = http::Uri::from_static("/");
+    }
     // Several `Host` headers become one whatever the codec (an HTTP/2 request without
     // `:authority` would otherwise take them all to an HTTP/1.1 upstream).
     headers::join_hosts(&mut parts.headers);
@@ -1344,6 +1413,17 @@ async fn handle(
         .as_ref()
         .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
 
+    // Only relative paths are routed (`OPTIONS *` and, without allow_absolute_url, an
+    // absolute-form target: 404).
+    non_relative |= parts.method != Method::CONNECT
+        && parts
+            .uri
+            .path_and_query()
+            .is_some_and(|p| !p.as_str().starts_with('/'));
+    if non_relative {
+        stats.downstream_rq_non_relative_path.inc();
+        return local(done, LocalReply::ABSOLUTE_PATH_REJECTED, None);
+    }
     // Path normalization, then the host's port, as Envoy's connection manager does them before
     // routing.
     if let Some(pq) = parts.uri.path_and_query() {
@@ -1447,7 +1527,6 @@ async fn handle(
             .is_some_and(|v| v == "true");
     let header_timeout = header_timeout.filter(|_| internal);
     let retry_headers = retry_headers.filter(|_| internal);
-    parts.headers.remove(header::EXPECT);
     // `:scheme` as Envoy's header map holds it: the client's over HTTP/2, else the connection's;
     // `scheme_to_overwrite` replaces it, and x-forwarded-proto with it.
     let scheme = match (cfg.scheme_to_overwrite, parts.uri.scheme_str()) {
@@ -1951,6 +2030,23 @@ fn set_authority(parts: &mut http::request::Parts, host: &str) {
     if parts.headers.contains_key(header::HOST) {
         if let Ok(v) = HeaderValue::from_str(host) {
             parts.headers.insert(header::HOST, v);
+        }
+    }
+}
+
+/// Puts back the `Expect: 100-continue` values the guard hid from hyper.
+fn unhide_continue(h: &mut http::HeaderMap) {
+    if let http::header::Entry::Occupied(mut e) = h.entry(header::EXPECT) {
+        for v in e.iter_mut() {
+            if v.as_bytes()
+                .eq_ignore_ascii_case(crate::http::framing::HIDDEN_CONTINUE.as_bytes())
+            {
+                let mut b = v.as_bytes().to_vec();
+                b[0] = b'1';
+                if let Ok(restored) = HeaderValue::from_bytes(&b) {
+                    *v = restored;
+                }
+            }
         }
     }
 }

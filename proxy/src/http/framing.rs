@@ -62,6 +62,11 @@ pub enum Reason {
     ConnectionHeaderRejected,
     /// `low_version`: an HTTP version other than 1.0 and 1.1 (426).
     LowVersion,
+    /// `http1.invalid_url`: a request target that is neither a path, `*` for `OPTIONS`, nor an
+    /// absolute URL.
+    InvalidUrl,
+    /// `http1.invalid_scheme`: an absolute URL whose scheme is not `http` or `https`.
+    InvalidScheme,
     /// `http1.too_many_headers`: more header lines than `max_headers_count` (431).
     TooManyHeaders,
     /// `http1.headers_too_large`: a head longer than `max_request_headers_kb` (431).
@@ -157,6 +162,10 @@ pub struct Rules {
     /// `http_protocol_options.allow_chunked_length`: `Content-Length` with a chunked
     /// `Transfer-Encoding` is taken as chunked (the length is dropped) instead of refused.
     pub allow_chunked_length: bool,
+    /// `http_protocol_options.allow_absolute_url` (default true): a target that is not a path
+    /// must be an `http` or `https` URL. Without it any target passes, as a path (which the
+    /// connection manager refuses unless it starts with `/`).
+    pub allow_absolute_url: bool,
 }
 
 impl Default for Rules {
@@ -164,6 +173,7 @@ impl Default for Rules {
         Rules {
             max_headers: DEFAULT_MAX_HEADERS,
             allow_chunked_length: false,
+            allow_absolute_url: true,
         }
     }
 }
@@ -221,6 +231,42 @@ fn trim(v: &[u8]) -> &[u8] {
     }
 }
 
+/// What a hidden `Expect: 100-continue` reads as (see [`hide_continue`]).
+pub const HIDDEN_CONTINUE: &str = "~00-continue";
+
+/// Rewrites, in place, the value of each `Expect: 100-continue` line of a head (the request
+/// line first) to [`HIDDEN_CONTINUE`], so that hyper, which answers `100 Continue` itself when
+/// a body is first read, leaves it to the upstream (`proxy_100_continue`). The connection
+/// manager puts the value back.
+pub fn hide_continue(head: &mut [u8]) {
+    let mut at = 0;
+    let mut first = true;
+    while at < head.len() {
+        let end = head[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(head.len(), |n| at + n);
+        if !first {
+            let line = &head[at..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(colon) = line.iter().position(|&b| b == b':') {
+                if line[..colon].eq_ignore_ascii_case(b"expect") {
+                    let value = &line[colon + 1..];
+                    let lead = value
+                        .iter()
+                        .take_while(|&&b| b == b' ' || b == b'\t')
+                        .count();
+                    if trim(value).eq_ignore_ascii_case(b"100-continue") {
+                        head[at + colon + 1 + lead] = HIDDEN_CONTINUE.as_bytes()[0];
+                    }
+                }
+            }
+        }
+        first = false;
+        at = end + 1;
+    }
+}
+
 /// Envoy's verdict on one complete head (without leading empty lines).
 fn judge(head: &[u8], rules: Rules) -> Verdict {
     let mut it = lines(head);
@@ -243,6 +289,13 @@ fn judge(head: &[u8], rules: Rules) -> Verdict {
         return refuse(Reason::CodecError, Some(method), None);
     }
     let (m, p) = (Some(method), Some(target));
+    // Envoy's codec reads a target that is not a path (nor `OPTIONS *`) as an absolute URL.
+    let relative = target[0] == b'/' || (method == b"OPTIONS" && target[0] == b'*');
+    if !relative && method != b"CONNECT" && rules.allow_absolute_url {
+        if let Some(reason) = absolute_url_refusal(target) {
+            return refuse(reason, m, p);
+        }
+    }
     match version {
         b"HTTP/1.1" | b"HTTP/1.0" => {}
         [b'H', b'T', b'T', b'P', b'/', a, b'.', b] if a.is_ascii_digit() && b.is_ascii_digit() => {
@@ -332,6 +385,21 @@ fn judge(head: &[u8], rules: Rules) -> Verdict {
         return Verdict::Accept(Framing::Opaque);
     }
     Verdict::Accept(framing)
+}
+
+/// Why Envoy's codec refuses `target` as an absolute URL, if it does.
+fn absolute_url_refusal(target: &[u8]) -> Option<Reason> {
+    let Ok(uri) = http::Uri::try_from(target) else {
+        return Some(Reason::InvalidUrl);
+    };
+    let (Some(scheme), Some(_)) = (uri.scheme_str(), uri.authority()) else {
+        return Some(Reason::InvalidUrl);
+    };
+    if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") {
+        None
+    } else {
+        Some(Reason::InvalidScheme)
+    }
 }
 
 /// Digits only, as Envoy: no sign, no list (`3, 3` is refused), no overflow.
@@ -503,6 +571,34 @@ mod tests {
             reason("GET http://a/x?q#f HTTP/1.1\r\nHost: a\r\n\r\n"),
             Fragment
         );
+        assert_eq!(reason("GET * HTTP/1.1\r\nHost: a\r\n\r\n"), InvalidUrl);
+        assert_eq!(
+            reason("GET a.test/x HTTP/1.1\r\nHost: a\r\n\r\n"),
+            InvalidUrl
+        );
+        assert_eq!(
+            reason("GET ftp://a/x HTTP/1.1\r\nHost: a\r\n\r\n"),
+            InvalidScheme
+        );
+        for ok in [
+            "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET HTTPS://a/x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert!(matches!(verdict(ok), Verdict::Accept(_)), "{ok}");
+        }
+        // Without allow_absolute_url any target passes the codec, as a path.
+        let rules = Rules {
+            allow_absolute_url: false,
+            ..Rules::default()
+        };
+        assert!(matches!(
+            scan_limited(b"GET ftp://a/x HTTP/1.1\r\nHost: a\r\n\r\n", rules),
+            Scan::Head {
+                verdict: Verdict::Accept(_),
+                ..
+            }
+        ));
         let h = |extra: &str| format!("POST / HTTP/1.1\r\nHost: a\r\n{extra}\r\n");
         assert_eq!(
             reason(&h("Content-Length: 3\r\nTransfer-Encoding: chunked\r\n")),
@@ -678,6 +774,20 @@ mod tests {
         assert!(
             matches!(scan_limited(head, Rules { max_headers: 1, ..Rules::default() }), Scan::Head { verdict, .. } if verdict == refused)
         );
+    }
+
+    #[test]
+    fn hide_continue_marks_only_expect_lines() {
+        let mut head = b"POST /expect HTTP/1.1\r\nHost: a\r\nEXPECT:  100-Continue \r\nx-expect: 100-continue\r\nexpect: 100-continue\n\r\n".to_vec();
+        hide_continue(&mut head);
+        assert_eq!(
+            String::from_utf8(head).expect("text"),
+            "POST /expect HTTP/1.1\r\nHost: a\r\nEXPECT:  ~00-Continue \r\nx-expect: 100-continue\r\nexpect: ~00-continue\n\r\n"
+        );
+        let mut other = b"GET / HTTP/1.1\r\nexpect: 100-continue-x\r\n\r\n".to_vec();
+        let before = other.clone();
+        hide_continue(&mut other);
+        assert_eq!(other, before);
     }
 
     #[test]

@@ -126,6 +126,76 @@ pub struct H1Guard<T> {
     /// `downstream_rq_header_timeout`, counted here for HTTP/2 (HTTP/1.1's 408 is counted by
     /// the connection manager).
     h2_timed_out: Option<Counter>,
+    /// `proxy_100_continue`: each head's `Expect: 100-continue` is hidden from hyper, and the
+    /// upstream's `100 Continue` heads come through here.
+    interim: Option<InterimSlot>,
+    /// hyper wrote since it last flushed: what it holds may be the end of an earlier
+    /// response, which an informational head must not pass.
+    mid_write: bool,
+}
+
+/// Informational heads (`100 Continue` from an upstream, with `proxy_100_continue`) for an
+/// HTTP/1.1 client. hyper's server writes no 1xx of its own making but the one it answers an
+/// `Expect` with; these go to the socket ahead of anything hyper writes after them.
+#[derive(Debug, Default)]
+pub struct Interim {
+    bytes: Vec<u8>,
+    /// The connection's task, woken when a head is queued.
+    waker: Option<std::task::Waker>,
+}
+
+/// Shared between the guard and the streams of its connection.
+pub type InterimSlot = Arc<std::sync::Mutex<Interim>>;
+
+/// Drops the informational heads not written yet (the final response is on its way: a
+/// `100 Continue` after it would be read as the next response).
+pub fn clear_interim(slot: &InterimSlot) {
+    slot.lock().unwrap_or_else(|e| e.into_inner()).bytes.clear();
+}
+
+/// `proxy_100_continue` on an HTTP/1.1 stream: where its upstream's `100 Continue` goes, and
+/// what counts it (`downstream_rq_1xx` and `downstream_rq_completed`, as Envoy's connection
+/// manager counts each 1xx it sends).
+#[derive(Clone)]
+pub struct ContinueRelay {
+    /// The connection's guard.
+    pub slot: InterimSlot,
+    /// The counters of each 1xx sent.
+    pub counters: Vec<Counter>,
+}
+
+impl ContinueRelay {
+    /// Passes an upstream's informational response on to the client if it is a `100`; other
+    /// 1xx are dropped, as Envoy drops them.
+    pub fn forward(&self, status: http::StatusCode, headers: &http::HeaderMap) {
+        if status != http::StatusCode::CONTINUE {
+            return;
+        }
+        let mut head = b"HTTP/1.1 100 Continue\r\n".to_vec();
+        for (name, value) in headers {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        send_interim(&self.slot, &head);
+        for c in &self.counters {
+            c.inc();
+        }
+    }
+}
+
+/// Queues an informational head for the client and wakes the connection to write it.
+pub fn send_interim(slot: &InterimSlot, head: &[u8]) {
+    let waker = {
+        let mut i = slot.lock().unwrap_or_else(|e| e.into_inner());
+        i.bytes.extend_from_slice(head);
+        i.waker.take()
+    };
+    if let Some(w) = waker {
+        w.wake();
+    }
 }
 
 impl<T> H1Guard<T> {
@@ -157,7 +227,17 @@ impl<T> H1Guard<T> {
             queue_cap: 0,
             h2_timed_out: None,
             http2: Switched::new(AtomicBool::new(!http1)),
+            interim: None,
+            mid_write: false,
         }
+    }
+
+    /// Hides each head's `Expect: 100-continue` from hyper (the connection manager restores
+    /// it), and writes the `100 Continue` heads queued in `slot` (the connection manager's own,
+    /// or an upstream's with `proxy_100_continue`).
+    pub fn interim(mut self, slot: Option<InterimSlot>) -> Self {
+        self.interim = slot;
+        self
     }
 
     /// `flag` is set once the connection turns out to speak HTTP/2 (its preface, or an
@@ -228,6 +308,12 @@ impl<T> H1Guard<T> {
     /// `allow_chunked_length`: `Content-Length` with chunked is taken as chunked.
     pub fn allow_chunked_length(mut self, allow: bool) -> Self {
         self.rules.allow_chunked_length = allow;
+        self
+    }
+
+    /// `allow_absolute_url`: a target that is not a path must be an `http(s)` URL.
+    pub fn allow_absolute_url(mut self, allow: bool) -> Self {
+        self.rules.allow_absolute_url = allow;
         self
     }
 
@@ -342,6 +428,9 @@ impl<T> H1Guard<T> {
                     };
                     match verdict {
                         Verdict::Accept(f) => {
+                            if self.interim.is_some() {
+                                framing::hide_continue(&mut self.pending[..len]);
+                            }
                             self.pass(len);
                             self.state = match f {
                                 Framing::None | Framing::Length(0) => State::Head,
@@ -414,7 +503,7 @@ impl<T> H1Guard<T> {
     /// Follows the framing over bytes already in hyper's buffer; returns how many of them hyper
     /// may read now. It stops before anything that needs [`Self::advance`]: a head that is not
     /// complete or not accepted, or a chunked body hyper will refuse.
-    fn judge_in_place(&mut self, new: &[u8]) -> usize {
+    fn judge_in_place(&mut self, new: &mut [u8]) -> usize {
         let mut at = 0;
         while at < new.len() {
             let rest = &new[at..];
@@ -424,6 +513,9 @@ impl<T> H1Guard<T> {
                         len,
                         verdict: Verdict::Accept(f),
                     } if len <= self.max_head => {
+                        if self.interim.is_some() {
+                            framing::hide_continue(&mut new[at..at + len]);
+                        }
                         at += len;
                         self.state = match f {
                             Framing::None | Framing::Length(0) => State::Head,
@@ -604,7 +696,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
                     this.eof = true;
                     continue;
                 }
-                let keep = this.judge_in_place(&buf.filled()[before..]);
+                let keep = this.judge_in_place(&mut buf.filled_mut()[before..]);
                 if before + keep < after {
                     this.pending
                         .extend_from_slice(&buf.filled()[before + keep..]);
@@ -746,6 +838,33 @@ impl<T: AsyncWrite + Unpin> H1Guard<T> {
     }
 }
 
+impl<T: AsyncWrite + Unpin> H1Guard<T> {
+    /// Writes out the informational heads queued for the client; ready once none waits. The
+    /// connection's task is kept to be woken for the next one.
+    ///
+    /// hyper writes only when it flushes its buffer, and calls `poll_flush` once the buffer is
+    /// empty: a head goes out then, or before the first write after such a flush. (A head for
+    /// a pipelined request whose predecessor's response could not all be written waits for the
+    /// flush after hyper's next writes.)
+    fn write_interim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(slot) = &self.interim else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut i = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if !i.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            i.waker = Some(cx.waker().clone());
+        }
+        while !i.bytes.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &i.bytes))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            i.bytes.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -759,6 +878,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
         if this.queueing() {
             return this.write_h2(cx, &[io::IoSlice::new(data)]);
         }
+        if this.interim.is_none() {
+            return Pin::new(&mut this.inner).poll_write(cx, data);
+        }
+        if !this.mid_write {
+            ready!(this.write_interim(cx))?;
+        }
+        this.mid_write = true;
         Pin::new(&mut this.inner).poll_write(cx, data)
     }
 
@@ -774,6 +900,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
         if this.queueing() {
             return this.write_h2(cx, bufs);
         }
+        if this.interim.is_none() {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
+        if !this.mid_write {
+            ready!(this.write_interim(cx))?;
+        }
+        this.mid_write = true;
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -791,6 +924,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
                 return Poll::Ready(Err(e));
             }
         }
+        this.mid_write = false;
+        ready!(this.write_interim(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 

@@ -196,6 +196,17 @@ impl LocalReply {
     /// An HTTP/2 header field Envoy's codec refuses.
     pub const INVALID_HEADER_FIELD: LocalReply =
         LocalReply::bad_request("http2.invalid.header.field");
+    /// A path that does not start with `/` (`OPTIONS *`, or an absolute URL without
+    /// `allow_absolute_url`).
+    pub const ABSOLUTE_PATH_REJECTED: LocalReply = LocalReply {
+        status: StatusCode::NOT_FOUND,
+        body: Bytes::from_static(b""),
+        headers: Vec::new(),
+        mutations: Vec::new(),
+        flag: None,
+        details: "absolute_path_rejected",
+        close: false,
+    };
     /// HTTP/1.1 request without Host: 400, empty body, no flag (observed on Envoy 1.40).
     pub const MISSING_HOST: LocalReply = LocalReply {
         status: StatusCode::BAD_REQUEST,
@@ -316,6 +327,8 @@ impl LocalReply {
             Reason::InvalidTransferEncoding => LocalReply::INVALID_TRANSFER_ENCODING,
             Reason::CodecError => LocalReply::BAD_REQUEST,
             Reason::InvalidCharacters => LocalReply::INVALID_CHARACTERS,
+            Reason::InvalidUrl => LocalReply::bad_request("http1.invalid_url"),
+            Reason::InvalidScheme => LocalReply::bad_request("http1.invalid_scheme"),
             Reason::ConnectionHeaderRejected => LocalReply::CONNECTION_HEADER_REJECTED,
             Reason::LowVersion => LocalReply::LOW_VERSION,
             Reason::TooManyHeaders => LocalReply::TOO_MANY_HEADERS,

@@ -677,7 +677,7 @@ pub(super) fn http_connection_manager(
         forward_client_cert_details,
         set_current_client_cert_details,
         forward_client_cert_matcher,
-        proxy_100_continue,
+        proxy_100_continue: _,
         represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
         upgrade_configs: _,
         normalize_path: _,
@@ -732,7 +732,6 @@ pub(super) fn http_connection_manager(
         "forward_client_cert_matcher",
         forward_client_cert_matcher,
     )?;
-    refuse(path, "proxy_100_continue", proxy_100_continue)?;
     refuse(
         path,
         "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",

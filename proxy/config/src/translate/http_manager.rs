@@ -433,6 +433,12 @@ pub(super) fn translate_hcm(
             .http_protocol_options
             .as_ref()
             .is_some_and(|o| o.allow_chunked_length),
+        allow_absolute_url: h
+            .http_protocol_options
+            .as_ref()
+            .and_then(|o| o.allow_absolute_url)
+            .is_none_or(|v| v.value),
+        proxy_100_continue: h.proxy_100_continue,
         use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
         xff_num_trusted_hops: h.xff_num_trusted_hops,
         skip_xff_append: h.skip_xff_append,

@@ -1419,7 +1419,14 @@ async fn send_http1(
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     }
     parts.version = Version::HTTP_11;
+    // proxy_100_continue: the upstream's `100 Continue` goes on to an HTTP/1.1 client.
+    let relay = parts
+        .extensions
+        .remove::<crate::http::h1_guard::ContinueRelay>();
     let mut req = Request::from_parts(parts, body);
+    if let Some(relay) = relay {
+        hyper::ext::on_informational(&mut req, move |r| relay.forward(r.status(), r.headers()));
+    }
     let (mut sender, mut reused) = host
         .h1
         .acquire(cluster, host)
