@@ -1,6 +1,7 @@
-//! What the connection manager and the router read from request headers and write back:
-//! `grpc-timeout` (a route's stream duration), the trace decision packed into `x-request-id`,
-//! and `x-forwarded-client-cert` appended to. None may panic; the request id keeps its length
+//! What the connection manager, the router and the filters read from request headers and
+//! write back: `grpc-timeout` (a route's stream duration), the trace decision packed into
+//! `x-request-id`, `x-forwarded-client-cert` appended to, and header_to_metadata's values
+//! (numbers, base64, serialized `google.protobuf.Value`s) rendered as Envoy writes metadata. None may panic; the request id keeps its length
 //! and changes at most its 15th character; a parsed `grpc-timeout` is its digits in its unit.
 #![no_main]
 
@@ -91,4 +92,17 @@ fuzz_target!(|data: &[u8]| {
         ],
     };
     forwarded_client_cert(&x, &mut headers, Some(&tls));
+
+    // header_to_metadata: the value as each type and encoding, and its rendering.
+    if let Ok(text) = std::str::from_utf8(rest) {
+        use skiff::config::metadata::header_value;
+        use skiff::config::model::MetadataValueType as T;
+        for kind in [T::String, T::Number, T::ProtobufValue] {
+            for base64 in [false, true] {
+                if let Ok(v) = header_value(text, kind, base64) {
+                    let _ = v.render();
+                }
+            }
+        }
+    }
 });

@@ -260,6 +260,11 @@ pub struct UpstreamConnection {
 /// The record of one stream (an HTTP request) or one TCP proxy connection.
 #[derive(Debug, Clone)]
 pub struct StreamInfo {
+    /// The stream's dynamic metadata, when its filters may write some.
+    pub dynamic_metadata: Option<DynamicMetadata>,
+    /// `tracing` is configured and the request id says the service forced the trace
+    /// (`traceable_filter`).
+    pub trace_forced: bool,
     /// Wall clock at the start.
     pub start_time: SystemTime,
     /// Monotonic clock at the start.
@@ -335,6 +340,19 @@ pub struct StreamInfo {
     pub local_reply_body: Option<bytes::Bytes>,
 }
 
+/// A stream's dynamic metadata: what its filters write (header_to_metadata, jwt_authn, …), and
+/// routes, access logs and formatters read. Shared by the stream's request and response sides
+/// (request extensions, the filters, the stream's record).
+#[derive(Debug, Clone, Default)]
+pub struct DynamicMetadata(Arc<std::sync::Mutex<skiff_config::metadata::Metadata>>);
+
+impl DynamicMetadata {
+    /// Runs `f` over the metadata.
+    pub fn with<R>(&self, f: impl FnOnce(&mut skiff_config::metadata::Metadata) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 impl StreamInfo {
     /// A new record for a stream starting now.
     pub fn new(downstream_remote: SocketAddr, downstream_local: SocketAddr) -> Self {
@@ -375,6 +393,8 @@ impl StreamInfo {
             virtual_cluster: None,
             health_check: false,
             response_trailers: None,
+            dynamic_metadata: None,
+            trace_forced: false,
         }
     }
 

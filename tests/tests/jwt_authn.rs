@@ -524,3 +524,133 @@ async fn jwt_authn_as_envoy() {
     })
     .await;
 }
+
+/// What jwt_authn writes into the dynamic metadata (`payload_in_metadata`,
+/// `header_in_metadata`, `normalize_payload_in_metadata`, `failed_status_in_metadata`) and
+/// routes picked again after `clear_route_cache`, side by side with Envoy 1.40.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jwt_metadata_and_route_cache_as_envoy() {
+    run_for(Duration::from_secs(120), async {
+        let keys = Keys::new();
+        let echo = EchoUpstream::start("echo").await;
+        let tok = |extra: Value| keys.token("RS256", Some("rsa1"), &claims(extra));
+        let good = tok(json!({ "scope": "  read   write ", "groups": ["g1", "g2"],
+            "big": 12345678901_u64, "flt": 1.5, "flag": true, "nul": null }));
+        let user2 = tok(json!({ "sub": "user2", "scope": "" }));
+        let expired = tok(json!({ "exp": now() - 3600 }));
+        let wrong_aud = tok(json!({ "aud": "aud3" }));
+        let mut flipped = good.clone().into_bytes();
+        let at = flipped.len() - 20;
+        flipped[at] = if flipped[at] == b'A' { b'B' } else { b'A' };
+        let flipped = String::from_utf8(flipped).expect("ascii");
+        let provider = |key: &str, header: &str, clear: bool| {
+            json!({
+                "issuer": "https://issuer.example",
+                "audiences": ["aud1"],
+                "local_jwks": { "inline_string": keys.jwks },
+                "from_headers": [{ "name": header, "value_prefix": "Bearer " }],
+                "payload_in_metadata": key,
+                "header_in_metadata": format!("{key}_header"),
+                "failed_status_in_metadata": format!("{key}_failure"),
+                "normalize_payload_in_metadata": { "space_delimited_claims": ["scope"] },
+                "claim_to_headers": [{ "header_name": "x-sub", "claim_name": "sub" }],
+                "clear_route_cache": clear,
+            })
+        };
+        let jwt = json!({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {
+                    "p1": provider("jwt_payload", "authorization", true),
+                    "p2": provider("jwt_payload2", "x-jwt2", false),
+                },
+                "rules": [
+                    { "match": { "prefix": "/any" }, "requires": { "requires_any": { "requirements": [
+                        { "provider_name": "p1" }, { "provider_name": "p2" } ] } } },
+                    { "match": { "prefix": "/all" }, "requires": { "requires_all": { "requirements": [
+                        { "provider_name": "p1" }, { "provider_name": "p2" } ] } } },
+                    { "match": { "prefix": "/fail_ok" }, "requires": { "requires_any": { "requirements": [
+                        { "provider_name": "p1" }, { "allow_missing_or_failed": {} } ] } } },
+                    { "match": { "prefix": "/p2" }, "requires": { "provider_name": "p2" } },
+                    { "match": { "prefix": "/" }, "requires": { "provider_name": "p1" } },
+                ],
+            }
+        });
+        const NS: &str = "envoy.filters.http.jwt_authn";
+        let md_route = |name: &str, path: &[&str], value: Value| {
+            let path: Vec<Value> = path.iter().map(|k| json!({ "key": k })).collect();
+            json!({ "name": name, "match": { "prefix": "/", "dynamic_metadata": [
+                { "filter": NS, "path": path, "value": value } ] },
+                "route": { "cluster": "echo" } })
+        };
+        let routes = json!([
+            md_route("md_user1", &["jwt_payload", "sub"], json!({ "string_match": { "exact": "user1" } })),
+            { "name": "hdr_user2", "match": { "prefix": "/", "headers": [
+                { "name": "x-sub", "string_match": { "exact": "user2" } } ] },
+              "route": { "cluster": "echo" } },
+            md_route("md_failed", &["jwt_payload_failure", "code"], json!({ "present_match": true })),
+            md_route("md_p2", &["jwt_payload2", "sub"], json!({ "present_match": true })),
+            { "name": "default", "match": { "prefix": "/" }, "route": { "cluster": "echo" } },
+        ]);
+        let log = format!(
+            "%RESPONSE_CODE% %ROUTE_NAME% md=%DYNAMIC_METADATA({NS})% sub=%DYNAMIC_METADATA({NS}:jwt_payload:sub)% %REQ(X-CASE)%\n"
+        );
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let port = free_port();
+            let mut h = hcm("d", vec![]);
+            h["typed_config"]["route_config"] =
+                json!({ "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": routes }] });
+            h["typed_config"]["http_filters"] = json!([jwt, {
+                "name": "envoy.filters.http.router",
+                "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
+            }]);
+            h["typed_config"]["access_log"] = json!([config::file_log("/dev/stdout", Some(&log))]);
+            let b = bootstrap(
+                free_port(),
+                vec![listener("d", "127.0.0.1", port, h)],
+                vec![config::cluster("echo", &[echo.port()])],
+            );
+            let p = ProxyProcess::start(kind, &to_yaml(&b), &["--concurrency", "1"]).await;
+            let bearer = |t: &str| ("authorization", format!("Bearer {t}"));
+            let second = |t: &str| ("x-jwt2", format!("Bearer {t}"));
+            let cases: Vec<Case> = vec![
+                ("good", "/".into(), vec![bearer(&good)]),
+                ("user2", "/".into(), vec![bearer(&user2)]),
+                ("missing", "/".into(), vec![]),
+                ("expired", "/".into(), vec![bearer(&expired)]),
+                ("wrong_aud", "/".into(), vec![bearer(&wrong_aud)]),
+                ("malformed", "/".into(), vec![bearer("a.b")]),
+                ("flipped", "/".into(), vec![bearer(&flipped)]),
+                ("any_first_fails", "/any".into(), vec![bearer(&flipped), second(&user2)]),
+                ("any_first_good", "/any".into(), vec![bearer(&good), second(&user2)]),
+                ("all_good", "/all".into(), vec![bearer(&good), second(&user2)]),
+                ("all_second_missing", "/all".into(), vec![bearer(&good)]),
+                ("fail_ok_bad", "/fail_ok".into(), vec![bearer(&flipped)]),
+                ("p2_no_clear", "/p2".into(), vec![second(&user2)]),
+            ];
+            let mut got = Vec::new();
+            for (case, path, headers) in &cases {
+                got.push(send(&p, port, case, path, headers).await);
+            }
+            seen.push(got);
+        }
+        let mut diffs = Vec::new();
+        for (e, s) in seen[0].iter().zip(&seen[1]) {
+            if e != s {
+                diffs.push(format!("envoy: {e}\nskiff: {s}"));
+            }
+        }
+        assert!(
+            diffs.is_empty(),
+            "{} differences:\n{}\n\nEnvoy:\n{}",
+            diffs.len(),
+            diffs.join("\n\n"),
+            seen[0].join("\n")
+        );
+        let all = seen[0].join("\n");
+        assert!(all.contains("md_user1"), "{all}");
+    })
+    .await;
+}

@@ -72,7 +72,21 @@ pub struct Provider {
     pub claim_to_headers: Vec<(HeaderName, Vec<String>)>,
     /// The keys (`local_jwks`); `Err` holds why they did not parse, and every token then fails.
     pub jwks: Result<Vec<Jwk>, String>,
+    /// `payload_in_metadata`: a verified token's payload under this key of the
+    /// `envoy.filters.http.jwt_authn` dynamic metadata.
+    pub payload_in_metadata: Option<String>,
+    /// `normalize_payload_in_metadata.space_delimited_claims`: claims written as lists.
+    pub space_delimited_claims: Vec<String>,
+    /// `header_in_metadata`: a verified token's header under this key.
+    pub header_in_metadata: Option<String>,
+    /// `failed_status_in_metadata`: a failed token's `{code, message}` under this key.
+    pub failed_status_in_metadata: Option<String>,
+    /// `clear_route_cache`: the route is picked again after a token verifies.
+    pub clear_route_cache: bool,
 }
+
+/// The dynamic metadata namespace the filter writes in.
+pub const METADATA_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 
 /// A `JwtRequirement`.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,6 +177,48 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// The status code Envoy's JWT library gives it (`failed_status_in_metadata`'s `code`).
+    pub fn code(self) -> u32 {
+        match self {
+            Failure::Missing => 1,
+            Failure::NotYetValid => 2,
+            Failure::Expired => 3,
+            Failure::BadFormat => 4,
+            Failure::HeaderBase64 => 5,
+            Failure::HeaderParse => 6,
+            Failure::HeaderBadAlg => 7,
+            Failure::HeaderNotImplementedAlg => 8,
+            Failure::HeaderBadKid => 9,
+            Failure::PayloadBase64 => 10,
+            Failure::PayloadParse => 11,
+            Failure::PayloadBadClaim(m) => {
+                const CLAIMS: [(&str, u32); 7] = [
+                    ("[iss]", 12),
+                    ("[sub]", 13),
+                    ("[iat]", 14),
+                    ("[nbf]", 16),
+                    ("[exp]", 18),
+                    ("[jti]", 20),
+                    ("[aud]", 21),
+                ];
+                CLAIMS
+                    .iter()
+                    .find(|(c, _)| m.contains(c))
+                    .map_or(11, |(_, code)| *code)
+            }
+            Failure::SignatureParse => 22,
+            Failure::UnknownIssuer => 24,
+            Failure::AudienceNotAllowed => 25,
+            Failure::MissingExpiration
+            | Failure::LifetimeTooLong
+            | Failure::WrongSubject
+            | Failure::VerificationFail => 26,
+            Failure::KidAlgMismatch => 32,
+            Failure::JwksBad => 28,
+            Failure::WrongRequirement => 26,
+        }
+    }
+
     /// The message Envoy sends as the reply's body.
     pub fn message(self) -> &'static str {
         match self {
@@ -207,6 +263,8 @@ pub struct Jwt {
     pub claims: serde_json::Map<String, serde_json::Value>,
     /// The payload as sent (base64url).
     pub payload_b64: String,
+    /// The header's fields.
+    pub header: serde_json::Map<String, serde_json::Value>,
     signed: String,
     signature: Vec<u8>,
 }
@@ -289,10 +347,12 @@ impl Jwt {
             }
         }
         let signature = b64(parts[2]).ok_or(Failure::SignatureParse)?;
+        let header = header.clone();
         Ok(Jwt {
             alg,
             kid,
             claims,
+            header,
             payload_b64: parts[1].to_string(),
             signed: format!("{}.{}", parts[0], parts[1]),
             signature,
@@ -356,7 +416,19 @@ impl Provider {
             clock_skew: 60,
             claim_to_headers: Vec::new(),
             jwks,
+            payload_in_metadata: None,
+            space_delimited_claims: Vec::new(),
+            header_in_metadata: None,
+            failed_status_in_metadata: None,
+            clear_route_cache: false,
         }
+    }
+
+    /// Whether a token of this provider writes dynamic metadata.
+    pub fn writes_metadata(&self) -> bool {
+        self.payload_in_metadata.is_some()
+            || self.header_in_metadata.is_some()
+            || self.failed_status_in_metadata.is_some()
     }
 
     /// Checks a parsed token against this provider at `now` (seconds since the epoch), with

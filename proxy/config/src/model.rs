@@ -1394,6 +1394,73 @@ pub enum HttpFilterConfig {
     Rbac(Arc<crate::rbac::HttpRbac>),
     /// `envoy.filters.http.jwt_authn`.
     JwtAuthn(Arc<crate::jwt::JwtAuthn>),
+    /// `envoy.filters.http.header_to_metadata`.
+    HeaderToMetadata(Arc<HeaderToMetadata>),
+}
+
+/// `envoy.filters.http.header_to_metadata` (the filter's configuration, or a route's, which
+/// replaces it whole).
+#[derive(Debug, PartialEq)]
+pub struct HeaderToMetadata {
+    /// `request_rules`, in order (a later rule wins a key).
+    pub request_rules: Vec<MetadataRule>,
+    /// `response_rules`.
+    pub response_rules: Vec<MetadataRule>,
+    /// `stat_prefix`: stats under `http_filter_name.<stat_prefix>.` (none: no stats).
+    pub stat_prefix: Option<String>,
+}
+
+/// A header_to_metadata `Rule`.
+#[derive(Debug, PartialEq)]
+pub struct MetadataRule {
+    /// `header` or `cookie`.
+    pub source: MetadataSource,
+    /// `on_header_present`.
+    pub on_present: Option<MetadataKeyValue>,
+    /// `on_header_missing` (always with a value).
+    pub on_missing: Option<MetadataKeyValue>,
+    /// `remove`: the header does not go on (headers only).
+    pub remove: bool,
+}
+
+/// Where a header_to_metadata rule reads its value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetadataSource {
+    /// `header`: every value, joined with `,`.
+    Header(http::HeaderName),
+    /// `header` naming a pseudo-header (`:path`, `:authority`, `:method`, `:scheme`,
+    /// `:status`).
+    Pseudo(String),
+    /// `cookie`: the cookie's value (an empty one is missing).
+    Cookie(String),
+}
+
+/// A header_to_metadata `KeyValuePair`.
+#[derive(Debug, PartialEq)]
+pub struct MetadataKeyValue {
+    /// `metadata_namespace` (default `envoy.filters.http.header_to_metadata`).
+    pub namespace: String,
+    /// `key`.
+    pub key: String,
+    /// `value`: what is written instead of the header's value (none: the header's).
+    pub value: Option<String>,
+    /// `regex_value_rewrite`: the header's value rewritten (every match replaced).
+    pub rewrite: Option<(crate::pattern::Regex, String)>,
+    /// `type`.
+    pub kind: MetadataValueType,
+    /// `encode: BASE64`: the value is decoded first.
+    pub base64: bool,
+}
+
+/// A header_to_metadata `ValueType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataValueType {
+    /// `STRING`.
+    String,
+    /// `NUMBER`: the value read as a double.
+    Number,
+    /// `PROTOBUF_VALUE`: the value is a serialized `google.protobuf.Value`.
+    ProtobufValue,
 }
 
 /// One of an HCM's `http_filters` before the router.
@@ -1853,6 +1920,18 @@ pub enum LogFilter {
     Or(Vec<LogFilter>),
     /// `not_health_check_filter`: streams the health check filter did not answer or mark.
     NotHealthCheck,
+    /// `metadata_filter`: the stream's dynamic metadata at `matcher`'s path matches it (its
+    /// `invert` ignored, as Envoy's filter ignores it), or, where there is nothing (or no
+    /// matcher), `match_if_key_not_found` (default true).
+    Metadata {
+        /// `matcher`.
+        matcher: Option<crate::metadata::MetadataMatcher>,
+        /// `match_if_key_not_found`.
+        if_not_found: bool,
+    },
+    /// `traceable_filter`: streams whose trace the service forced (`x-envoy-force-trace` on
+    /// an internal request, or a request id that says so) with `tracing` configured.
+    Traceable,
     /// `runtime_filter`: a share of streams, drawn from the request id (the first eight hex
     /// digits of a UUID) unless `use_independent_randomness`.
     Runtime {

@@ -641,6 +641,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["name", "value_prefix"],
     ),
     (
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtProvider.NormalizePayload",
+        &["space_delimited_claims"],
+    ),
+    (
         "envoy.extensions.filters.http.jwt_authn.v3.JwtCacheConfig",
         &["jwt_cache_size", "jwt_max_token_size"],
     ),
@@ -1035,6 +1039,54 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "connect_matcher",
             "tls_context",
             "path_match_policy",
+            "dynamic_metadata",
+        ],
+    ),
+    (
+        "envoy.type.matcher.v3.MetadataMatcher",
+        &["filter", "path", "value", "invert"],
+    ),
+    ("envoy.type.matcher.v3.MetadataMatcher.PathSegment", &["key"]),
+    (
+        "envoy.type.matcher.v3.ValueMatcher",
+        &[
+            "null_match",
+            "double_match",
+            "string_match",
+            "bool_match",
+            "present_match",
+            "list_match",
+            "or_match",
+        ],
+    ),
+    ("envoy.type.matcher.v3.ValueMatcher.NullMatch", &[]),
+    ("envoy.type.matcher.v3.DoubleMatcher", &["range", "exact"]),
+    ("envoy.type.v3.DoubleRange", &["start", "end"]),
+    ("envoy.type.matcher.v3.ListMatcher", &["one_of"]),
+    ("envoy.type.matcher.v3.OrMatcher", &["value_matchers"]),
+    (
+        "envoy.extensions.filters.http.header_to_metadata.v3.Config",
+        &["request_rules", "response_rules", "stat_prefix"],
+    ),
+    (
+        "envoy.extensions.filters.http.header_to_metadata.v3.Config.Rule",
+        &[
+            "header",
+            "cookie",
+            "on_header_present",
+            "on_header_missing",
+            "remove",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.header_to_metadata.v3.Config.KeyValuePair",
+        &[
+            "metadata_namespace",
+            "key",
+            "value",
+            "regex_value_rewrite",
+            "type",
+            "encode",
         ],
     ),
     (
@@ -1310,8 +1362,15 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "runtime_filter",
             "grpc_status_filter",
             "log_type_filter",
+            "metadata_filter",
+            "traceable_filter",
         ],
     ),
+    (
+        "envoy.config.accesslog.v3.MetadataFilter",
+        &["matcher", "match_if_key_not_found"],
+    ),
+    ("envoy.config.accesslog.v3.TraceableFilter", &[]),
     (
         "envoy.config.accesslog.v3.RuntimeFilter",
         &["runtime_key", "percent_sampled", "use_independent_randomness"],

@@ -61,6 +61,17 @@ fn render_json(t: &json::Template, info: &StreamInfo, out: &mut String) {
         }
         Node::Literal(text) => out.push_str(text),
         Node::Text(pieces) => match pieces.as_slice() {
+            // Metadata keeps its type in a JSON line (a struct as an object).
+            [Piece::Op(Op::DynamicMetadata(ns, path), None)] => {
+                match info
+                    .dynamic_metadata
+                    .as_ref()
+                    .and_then(|m| m.with(|m| m.value(ns, path)))
+                {
+                    Some(v) => v.write_json(out),
+                    None => out.push_str("null"),
+                }
+            }
             [Piece::Op(op, max)] => match value(op, info) {
                 None => out.push_str("null"),
                 Some(v) => {
@@ -282,6 +293,10 @@ fn value_in(op: &Op, info: &StreamInfo, req: &HeaderMap, resp: &HeaderMap) -> Op
             String::from_utf8_lossy(info.local_reply_body.as_deref().unwrap_or_default())
                 .into_owned(),
         ),
+        Op::DynamicMetadata(ns, path) => info
+            .dynamic_metadata
+            .as_ref()
+            .and_then(|m| m.with(|m| m.render(ns, path))),
         Op::RequestHeadersBytes => Some(info.request_headers_bytes.to_string()),
         Op::ResponseHeadersBytes => Some(response_headers_bytes(info).to_string()),
         Op::Fixed(v) => v.clone(),
@@ -438,12 +453,24 @@ pub fn passes(f: &crate::config::model::LogFilter, info: &StreamInfo) -> bool {
                 runtime: &crate::config::runtime::EMPTY,
                 random: 0,
                 peer_certificate: false,
+                metadata: None,
             };
             crate::router::header_matches(m, &view)
         }
         LogFilter::And(all) => all.iter().all(|f| passes(f, info)),
         LogFilter::Or(any) => any.iter().any(|f| passes(f, info)),
         LogFilter::NotHealthCheck => !info.health_check,
+        LogFilter::Traceable => info.trace_forced,
+        LogFilter::Metadata {
+            matcher,
+            if_not_found,
+        } => {
+            let found = matcher.as_ref().and_then(|m| match &info.dynamic_metadata {
+                Some(d) => d.with(|md| m.matches_present(Some(md))),
+                None => m.matches_present(None),
+            });
+            found.unwrap_or(*if_not_found)
+        }
         LogFilter::Runtime {
             fraction,
             independent,

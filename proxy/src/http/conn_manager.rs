@@ -1581,6 +1581,13 @@ async fn handle(
     if let Some(info) = done.info.as_mut() {
         info.downstream_remote = downstream_remote;
         record_request(info, &parts, scheme);
+        // The trace decision the request id carries (`traceable_filter`): forced by the
+        // service.
+        info.trace_forced = cfg.tracing.is_some()
+            && parts
+                .headers
+                .get(&names::X_REQUEST_ID)
+                .is_some_and(|id| id.len() == 36 && id.as_bytes()[14] == b'a');
     }
     let request_id = cfg
         .always_set_request_id_in_response
@@ -1590,7 +1597,7 @@ async fn handle(
     let body = ProxyBody::Incoming(body, Some(request.clone()));
     // The route is resolved once, before the filters (which see its per-route configuration);
     // the router forwards by it.
-    let selection = router::select(
+    let mut selection = router::select(
         &conn.worker,
         (&cfg, conn.hcm.routes.as_ref()),
         &mut parts,
@@ -1604,6 +1611,16 @@ async fn handle(
         record_request(&mut info, &parts, scheme);
         done.info = Some(info);
     }
+    // The stream's dynamic metadata, when a filter may write some.
+    let metadata = conn
+        .hcm
+        .filters
+        .iter()
+        .any(|f| f.writes_metadata())
+        .then(crate::stream_info::DynamicMetadata::default);
+    if let (Some(m), Some(info)) = (&metadata, done.info.as_mut()) {
+        info.dynamic_metadata = Some(m.clone());
+    }
     // The decoder filters, then the router as the terminal filter.
     let chain = filter::build(
         &conn.hcm.filters,
@@ -1616,10 +1633,20 @@ async fn handle(
                 peer: conn.remote,
                 connection: &conn.connection,
             },
+            metadata: metadata.as_ref(),
         },
     );
     if let Some(chain) = &chain {
         let reply = chain.decode_headers(&mut parts, body.is_end_stream()).await;
+        // A filter cleared the route cache: the route is picked again, with what the filters
+        // changed and the metadata they wrote.
+        if parts
+            .extensions
+            .remove::<filter::ClearRouteCache>()
+            .is_some()
+        {
+            selection.reselect(&mut parts, scheme, metadata.as_ref());
+        }
         if let Some(info) = done.info.as_mut() {
             info.health_check = parts
                 .extensions
@@ -1802,6 +1829,13 @@ async fn routed_local(
     selection: &router::Selection,
     chain: Option<&filter::FilterChain>,
 ) -> Resp {
+    let mut done = done;
+    // The stream's route is known to a filter's reply's log line, as in Envoy.
+    if let (Some(info), Some(route)) = (done.info.as_mut(), selection.route()) {
+        if !route.name.is_empty() {
+            info.route_name = Some(route.name.as_str().into());
+        }
+    }
     if !selection.redirects_to_https() {
         let mut all = selection.header_mutations(true);
         if !all.is_empty() {
@@ -1812,7 +1846,6 @@ async fn routed_local(
     let Some(chain) = chain else {
         return local(done, reply, request_id);
     };
-    let mut done = done;
     let (mut head, body) = local_parts(&mut done, &reply, request_id);
     // A reply from an encoder hook goes out as it is: the chain already had its say.
     if let Some(reply) = chain.encode_headers(&mut head, body.is_end_stream()).await {

@@ -39,6 +39,11 @@ pub enum HeadersStatus {
     LocalReply(LocalReply),
 }
 
+/// Put into a request's extensions by a filter that clears the route cache (jwt_authn's
+/// `clear_route_cache`): the route is picked again once the decoder filters ran.
+#[derive(Debug, Clone, Copy)]
+pub struct ClearRouteCache;
+
 /// The result of a data hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataStatus {
@@ -112,6 +117,19 @@ enum Kind {
     Rbac(Rc<crate::http::filters::rbac::Factory>),
     /// `envoy.filters.http.jwt_authn`.
     JwtAuthn(Rc<crate::http::filters::jwt_authn::Factory>),
+    /// `envoy.filters.http.header_to_metadata`.
+    HeaderToMetadata(Rc<crate::http::filters::header_to_metadata::Factory>),
+}
+
+impl Factory {
+    /// Whether the filter may write the stream's dynamic metadata.
+    pub fn writes_metadata(&self) -> bool {
+        match &self.kind {
+            Kind::HeaderToMetadata(_) => true,
+            Kind::JwtAuthn(j) => j.writes_metadata(),
+            _ => false,
+        }
+    }
 }
 
 /// The worker's factories for an HCM's filters; stats go under `http.<stat_prefix>.`.
@@ -154,6 +172,9 @@ pub fn factories(
                 HttpFilterConfig::JwtAuthn(cfg) => Kind::JwtAuthn(Rc::new(
                     crate::http::filters::jwt_authn::Factory::new(cfg.clone(), shard, stat_prefix),
                 )),
+                HttpFilterConfig::HeaderToMetadata(cfg) => Kind::HeaderToMetadata(Rc::new(
+                    crate::http::filters::header_to_metadata::Factory::new(cfg.clone(), shard),
+                )),
             },
         })
         .collect()
@@ -185,6 +206,7 @@ pub fn request_view(head: &http::request::Parts) -> crate::router::RequestView<'
         runtime: &crate::config::runtime::EMPTY,
         random: 0,
         peer_certificate: false,
+        metadata: None,
     }
 }
 
@@ -200,6 +222,8 @@ pub struct StreamContext<'a> {
     pub connection: &'a ConnectionState,
     /// The downstream connection.
     pub downstream: Downstream<'a>,
+    /// The stream's dynamic metadata, when a filter of the chain writes some.
+    pub metadata: Option<&'a crate::stream_info::DynamicMetadata>,
 }
 
 /// The downstream connection a stream arrived on, as filters see it.
@@ -298,7 +322,14 @@ pub fn build(factories: &[Factory], cx: &StreamContext<'_>) -> Option<FilterChai
                     };
                     Box::new(r.filter(route, cx))
                 }
-                Kind::JwtAuthn(j) => Box::new(j.filter(per_route)),
+                Kind::JwtAuthn(j) => Box::new(j.filter(per_route, cx.metadata)),
+                Kind::HeaderToMetadata(h) => {
+                    let route = match per_route {
+                        Some(PerFilterConfig::HeaderToMetadata(r)) => Some(r),
+                        _ => None,
+                    };
+                    Box::new(h.filter(route, cx.metadata))
+                }
             })
         })
         .collect();

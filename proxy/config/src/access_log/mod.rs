@@ -66,6 +66,9 @@ pub enum Op {
     VirtualClusterName,
     /// `%LOCAL_REPLY_BODY%`: a local reply's body, in its `body_format` (empty elsewhere).
     LocalReplyBody,
+    /// `%DYNAMIC_METADATA(namespace:key:…)%` (and `%METADATA(DYNAMIC:…)%`): the stream's
+    /// dynamic metadata, a namespace as JSON, a string as it is.
+    DynamicMetadata(String, Vec<String>),
     RequestHeadersBytes,
     ResponseHeadersBytes,
     /// `%HOSTNAME%` and `%ENVIRONMENT(X)%`: fixed when the format is built, as in Envoy.
@@ -307,6 +310,16 @@ fn header_args(inner: &str) -> (String, Option<String>) {
     }
 }
 
+/// `NAMESPACE:KEY:…` of a metadata operator.
+fn metadata_args(inner: &str) -> Result<(String, Vec<String>), String> {
+    let mut parts = inner.split(':');
+    let ns = parts.next().unwrap_or_default();
+    if ns.is_empty() {
+        return Err("Invalid header configuration. Expected format TYPE:NAMESPACE:KEY*".into());
+    }
+    Ok((ns.to_string(), parts.map(str::to_string).collect()))
+}
+
 fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
     if let Some(inner) = cmd
         .strip_prefix("REQ_WITHOUT_QUERY(")
@@ -351,6 +364,25 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
         } else {
             Op::StartTimeFormat(time::TimeFormat::parse(fmt)?)
         });
+    }
+    if let Some(inner) = cmd
+        .strip_prefix("DYNAMIC_METADATA(")
+        .and_then(|s| s.strip_suffix(')'))
+    {
+        return metadata_args(inner).map(|(ns, path)| Op::DynamicMetadata(ns, path));
+    }
+    if let Some(inner) = cmd
+        .strip_prefix("METADATA(")
+        .and_then(|s| s.strip_suffix(')'))
+    {
+        let (kind, rest) = inner.split_once(':').unwrap_or((inner, ""));
+        return match kind {
+            "DYNAMIC" => metadata_args(rest).map(|(ns, path)| Op::DynamicMetadata(ns, path)),
+            "ROUTE" | "CLUSTER" | "UPSTREAM_HOST" | "LISTENER" | "VIRTUAL_HOST" => Err(format!(
+                "Not supported field in StreamInfo: METADATA({kind}) (skiff keeps only dynamic metadata for access logs)"
+            )),
+            _ => Err(format!("Unknown metadata type: {kind}")),
+        };
     }
     if let Some(inner) = cmd.strip_prefix("REQ(").and_then(|s| s.strip_suffix(')')) {
         let (a, b) = header_args(inner);
@@ -428,8 +460,8 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
             // Envoy has these; say why skiff does not, rather than that they do not exist.
             let why = match other.split('(').next().unwrap_or(other) {
                 "CEL" => " (skiff does not evaluate CEL expressions)",
-                "METADATA" | "DYNAMIC_METADATA" | "CLUSTER_METADATA" | "UPSTREAM_METADATA" => {
-                    " (skiff keeps no metadata for access logs)"
+                "CLUSTER_METADATA" | "UPSTREAM_METADATA" => {
+                    " (skiff keeps only dynamic metadata for access logs)"
                 }
                 "FILTER_STATE" | "UPSTREAM_FILTER_STATE" => {
                     " (skiff keeps no filter state for access logs)"

@@ -38,6 +38,9 @@ pub struct RequestView<'a> {
     /// Whether the client presented a certificate over TLS (skiff asks for one only with a
     /// trusted CA to check it against, so a presented certificate is also a validated one).
     pub peer_certificate: bool,
+    /// The stream's dynamic metadata, as the filters that ran before the route was picked
+    /// (or picked again) left it.
+    pub metadata: Option<&'a crate::metadata::Metadata>,
 }
 
 impl<'a> RequestView<'a> {
@@ -52,6 +55,7 @@ impl<'a> RequestView<'a> {
             runtime: &crate::runtime::EMPTY,
             random: 0,
             peer_certificate: false,
+            metadata: None,
         }
     }
 }
@@ -85,6 +89,7 @@ pub struct RouteMatch {
     grpc: bool,
     runtime_fraction: Option<crate::runtime::RuntimeFraction>,
     tls: Option<TlsMatch>,
+    metadata: Vec<crate::metadata::MetadataMatcher>,
 }
 
 /// `tls_context`: what the client's TLS must show (unset: either).
@@ -127,7 +132,19 @@ impl RouteMatch {
             grpc: false,
             runtime_fraction: None,
             tls: None,
+            metadata: Vec::new(),
         }
+    }
+
+    /// With `dynamic_metadata`: each matcher must accept the stream's dynamic metadata.
+    pub fn with_dynamic_metadata(mut self, m: Vec<crate::metadata::MetadataMatcher>) -> Self {
+        self.metadata = m;
+        self
+    }
+
+    /// Whether it reads the stream's dynamic metadata.
+    pub fn reads_metadata(&self) -> bool {
+        !self.metadata.is_empty()
     }
 
     /// With `tls_context`.
@@ -187,6 +204,7 @@ impl RouteMatch {
             && self.tls.is_none_or(|t| t.matches(req.peer_certificate))
             && self.headers.iter().all(|h| header_matches(h, req))
             && (self.query.is_empty() || query_matches(&self.query, path))
+            && self.metadata.iter().all(|m| m.matches(req.metadata))
     }
 }
 
@@ -726,6 +744,8 @@ pub enum PerFilterConfig {
     Rbac(Arc<crate::rbac::HttpRbac>),
     /// `envoy.filters.http.jwt_authn`'s `PerRouteConfig`.
     Jwt(crate::jwt::PerRoute),
+    /// `envoy.filters.http.header_to_metadata`'s own configuration (it replaces the filter's).
+    HeaderToMetadata(Arc<crate::model::HeaderToMetadata>),
 }
 
 /// `CompressorPerRoute`: what it changes in the filter's response direction.

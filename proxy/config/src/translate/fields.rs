@@ -536,12 +536,12 @@ pub(super) fn route_match(m: &route_pb::RouteMatch, path: &str) -> Result<(), Co
         cookies,
         grpc: _,
         tls_context: _,
-        dynamic_metadata,
+        dynamic_metadata: _,
         filter_state,
         path_specifier,
     } = m;
     refuse(path, "cookies", cookies)?;
-    refuse(path, "dynamic_metadata", dynamic_metadata)?;
+    // dynamic_metadata: http_manager::route_match.
     refuse(path, "filter_state", filter_state)?;
     // path_specifier: translate_route (path_match_policy with the URI template matcher).
     let _ = path_specifier;

@@ -131,6 +131,11 @@ pub(super) fn translate_hcm(
                     &tpath,
                 )?)))
             }
+            "envoy.extensions.filters.http.header_to_metadata.v3.Config" => {
+                Some(HttpFilterConfig::HeaderToMetadata(Arc::new(
+                    super::header_to_metadata::translate(&unpack(any, &tpath)?, &tpath, false)?,
+                )))
+            }
             "envoy.extensions.filters.http.fault.v3.HTTPFault" => Some(HttpFilterConfig::Fault(
                 Arc::new(super::fault::translate(&unpack(any, &tpath)?, &tpath)?),
             )),
@@ -541,6 +546,20 @@ fn log_filter(
         Some(F::AndFilter(a)) => LogFilter::And(list(&a.filters, &format!("{path}.and_filter"))?),
         Some(F::OrFilter(o)) => LogFilter::Or(list(&o.filters, &format!("{path}.or_filter"))?),
         Some(F::NotHealthCheckFilter(_)) => LogFilter::NotHealthCheck,
+        Some(F::TraceableFilter(_)) => LogFilter::Traceable,
+        Some(F::MetadataFilter(m)) => LogFilter::Metadata {
+            matcher: m
+                .matcher
+                .as_ref()
+                .map(|mm| {
+                    super::metadata::metadata_matcher(
+                        mm,
+                        &format!("{path}.metadata_filter.matcher"),
+                    )
+                })
+                .transpose()?,
+            if_not_found: m.match_if_key_not_found.as_ref().is_none_or(|v| v.value),
+        },
         Some(F::RuntimeFilter(r)) => {
             let rpath = format!("{path}.runtime_filter");
             if r.runtime_key.is_empty() {
@@ -1210,8 +1229,17 @@ pub(super) fn route_match(
     for (i, q) in m.query_parameters.iter().enumerate() {
         query.push(query_match(q, &format!("{mpath}.query_parameters[{i}]"))?);
     }
+    let metadata = m
+        .dynamic_metadata
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            super::metadata::metadata_matcher(d, &format!("{mpath}.dynamic_metadata[{i}]"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let matcher = RouteMatch::new(path_match.clone(), case_sensitive, headers)
         .with_query(query)
+        .with_dynamic_metadata(metadata)
         .with_grpc(m.grpc.is_some())
         .with_tls(m.tls_context.as_ref().map(|t| crate::router::TlsMatch {
             presented: t.presented.as_ref().map(|v| v.value),

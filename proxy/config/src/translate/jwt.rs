@@ -131,23 +131,8 @@ fn provider(name: &str, p: &pb::JwtProvider, path: &str) -> Result<Provider, Con
         clear_route_cache,
         jwks_source_specifier,
     } = p;
-    for (set, field) in [
-        (!payload_in_metadata.is_empty(), "payload_in_metadata"),
-        (
-            normalize_payload_in_metadata.is_some(),
-            "normalize_payload_in_metadata",
-        ),
-        (!header_in_metadata.is_empty(), "header_in_metadata"),
-        (
-            !failed_status_in_metadata.is_empty(),
-            "failed_status_in_metadata",
-        ),
-        (*clear_route_cache, "clear_route_cache"),
-    ] {
-        if set {
-            return Err(ConfigError::unsupported(format!("{path}.{field}")));
-        }
-    }
+    // payload_in_metadata, normalize_payload_in_metadata, header_in_metadata,
+    // failed_status_in_metadata and clear_route_cache: below.
     // The cache of verified tokens changes how often a signature is checked, not the verdict.
     let _ = jwt_cache_config;
     use pb::jwt_provider::JwksSourceSpecifier as J;
@@ -228,6 +213,15 @@ fn provider(name: &str, p: &pb::JwtProvider, path: &str) -> Result<Provider, Con
         },
         claim_to_headers: claims,
         jwks,
+        payload_in_metadata: (!payload_in_metadata.is_empty()).then(|| payload_in_metadata.clone()),
+        space_delimited_claims: normalize_payload_in_metadata
+            .as_ref()
+            .map(|n| n.space_delimited_claims.clone())
+            .unwrap_or_default(),
+        header_in_metadata: (!header_in_metadata.is_empty()).then(|| header_in_metadata.clone()),
+        failed_status_in_metadata: (!failed_status_in_metadata.is_empty())
+            .then(|| failed_status_in_metadata.clone()),
+        clear_route_cache: *clear_route_cache,
     })
 }
 

@@ -488,6 +488,13 @@ fn one(
         "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => {
             PerFilterConfig::LocalRateLimit(Arc::new(translate(&unpack(any, path)?, path)?))
         }
+        "envoy.extensions.filters.http.header_to_metadata.v3.Config" => {
+            PerFilterConfig::HeaderToMetadata(Arc::new(super::header_to_metadata::translate(
+                &unpack(any, path)?,
+                path,
+                true,
+            )?))
+        }
         "envoy.extensions.filters.http.fault.v3.HTTPFault" => PerFilterConfig::Fault(Arc::new(
             super::fault::translate(&unpack(any, path)?, path)?,
         )),

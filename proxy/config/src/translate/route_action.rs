@@ -619,7 +619,7 @@ fn path_rewrite(
 }
 
 /// A `RegexMatchAndSubstitute`: its pattern compiled, its substitution in Rust's syntax.
-fn regex_substitution(
+pub(super) fn regex_substitution(
     r: &matcher::RegexMatchAndSubstitute,
     path: &str,
 ) -> Result<(crate::pattern::Regex, String), ConfigError> {

@@ -106,14 +106,26 @@ impl Factory {
         }
     }
 
-    /// The filter for one stream, with its route's `PerRouteConfig` if it has one.
-    pub fn filter(&self, route: Option<&PerFilterConfig>) -> JwtFilter {
+    /// Whether a provider writes the stream's dynamic metadata.
+    pub fn writes_metadata(&self) -> bool {
+        self.prepared.ordered.iter().any(|p| p.writes_metadata())
+    }
+
+    /// The filter for one stream, with its route's `PerRouteConfig` if it has one, writing
+    /// into `metadata`.
+    pub fn filter(
+        &self,
+        route: Option<&PerFilterConfig>,
+        metadata: Option<&crate::stream_info::DynamicMetadata>,
+    ) -> JwtFilter {
         JwtFilter {
             prepared: self.prepared.clone(),
             per_route: match route {
                 Some(PerFilterConfig::Jwt(p)) => Some(p.clone()),
                 _ => None,
             },
+            metadata: metadata.cloned(),
+            clear_route_cache: std::cell::Cell::new(false),
         }
     }
 }
@@ -122,6 +134,10 @@ impl Factory {
 pub struct JwtFilter {
     prepared: Rc<Prepared>,
     per_route: Option<PerRoute>,
+    /// The stream's dynamic metadata, when a provider writes some.
+    metadata: Option<crate::stream_info::DynamicMetadata>,
+    /// A token of a provider with `clear_route_cache` verified.
+    clear_route_cache: std::cell::Cell<bool>,
 }
 
 /// Where a token was found.
@@ -284,23 +300,33 @@ impl JwtFilter {
     /// Checks every token `p` finds (the last found first): all must verify.
     fn provider(
         &self,
-        head: &http::request::Parts,
+        head: &mut http::request::Parts,
         p: &Arc<Provider>,
         audiences: Option<&[String]>,
     ) -> Outcome {
+        // Each provider's check starts by removing the headers its tokens set (what an earlier
+        // provider of the same requirement set under the same names included), as Envoy's.
+        for h in p
+            .forward_payload_header
+            .iter()
+            .chain(p.claim_to_headers.iter().map(|(h, _)| h))
+        {
+            head.headers.remove(h);
+        }
         let locs = self
             .prepared
             .locations
             .get(&p.name)
             .map_or(&[][..], Vec::as_slice);
-        self.verify_all(extract(head, locs), audiences, |_| Ok(p))
+        let tokens = extract(head, locs);
+        self.verify_all(head, tokens, audiences, Some(p), |_| Ok(p))
     }
 
     /// `allow_missing` and `allow_missing_or_failed`: tokens where any provider looks, each
     /// checked by the provider of its issuer.
-    fn any_provider(&self, head: &http::request::Parts) -> Outcome {
+    fn any_provider(&self, head: &mut http::request::Parts) -> Outcome {
         let tokens = extract(head, &self.prepared.all_locations);
-        self.verify_all(tokens, None, |jwt| {
+        self.verify_all(head, tokens, None, None, |jwt| {
             let iss = jwt.claims.get("iss").and_then(|v| v.as_str()).unwrap_or("");
             self.prepared
                 .ordered
@@ -310,11 +336,15 @@ impl JwtFilter {
         })
     }
 
-    /// Verifies every token, the last found first, each with the provider `pick` gives it.
+    /// Verifies every token, the last found first, each with the provider `pick` gives it
+    /// (`fixed`, when the requirement names it). Each token's metadata is written as it is
+    /// judged, as Envoy's verifier writes it, whatever the requirement then decides.
     fn verify_all<'p>(
         &self,
+        head: &mut http::request::Parts,
         tokens: Vec<Token>,
         audiences: Option<&[String]>,
+        fixed: Option<&'p Arc<Provider>>,
         pick: impl Fn(&Jwt) -> Result<&'p Arc<Provider>, Failure>,
     ) -> Outcome {
         if tokens.is_empty() {
@@ -323,19 +353,25 @@ impl JwtFilter {
         let mut out = Vec::new();
         for t in tokens.into_iter().rev() {
             self.prepared.stats.jwt_cache_miss.inc();
-            let jwt = Jwt::parse(&t.value)?;
-            let p = pick(&jwt)?;
-            p.verify(&jwt, audiences, now())?;
-            out.push(Verified {
+            let jwt = Jwt::parse(&t.value).inspect_err(|f| self.failed(fixed, *f))?;
+            let p = pick(&jwt).inspect_err(|f| self.failed(fixed, *f))?;
+            p.verify(&jwt, audiences, now())
+                .inspect_err(|f| self.failed(Some(p), *f))?;
+            self.verified(p, &jwt);
+            let v = Verified {
                 provider: p.clone(),
                 location: t.location,
                 jwt,
-            });
+            };
+            // What a verified token changes applies at once, as Envoy's verifier applies it,
+            // whatever the rest of the requirement then decides.
+            self.apply(head, &v);
+            out.push(v);
         }
         Ok(out)
     }
 
-    fn requirement(&self, head: &http::request::Parts, r: &Requirement) -> Outcome {
+    fn requirement(&self, head: &mut http::request::Parts, r: &Requirement) -> Outcome {
         match r {
             Requirement::Provider(p, auds) => self.provider(head, p, auds.as_deref()),
             Requirement::AllowMissing => match self.any_provider(head) {
@@ -408,9 +444,67 @@ impl JwtFilter {
             .and_then(|(_, r)| r.clone()))
     }
 
+    /// A token of `p` verified: its payload and header into the metadata, as `p` asks.
+    fn verified(&self, p: &Provider, jwt: &Jwt) {
+        if p.clear_route_cache {
+            self.clear_route_cache.set(true);
+        }
+        let Some(md) = &self.metadata else {
+            return;
+        };
+        use crate::config::metadata::Value;
+        md.with(|md| {
+            if let Some(key) = &p.payload_in_metadata {
+                let mut payload: crate::config::metadata::Struct = jwt
+                    .claims
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                    .collect();
+                // normalize_payload_in_metadata: a space-delimited claim as a list.
+                for claim in &p.space_delimited_claims {
+                    if let Some(Value::String(text)) = payload.get(claim) {
+                        let words: Vec<Value> = text
+                            .split(' ')
+                            .filter(|w| !w.is_empty())
+                            .map(|w| Value::String(w.to_string()))
+                            .collect();
+                        if !words.is_empty() {
+                            payload.insert(claim.clone(), Value::List(words));
+                        }
+                    }
+                }
+                md.set(jwt::METADATA_NAMESPACE, key, Value::Struct(payload));
+            }
+            if let Some(key) = &p.header_in_metadata {
+                let header = jwt
+                    .header
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                    .collect();
+                md.set(jwt::METADATA_NAMESPACE, key, Value::Struct(header));
+            }
+        });
+    }
+
+    /// A token failed (for `p`, when its provider is known): `{code, message}` into the
+    /// metadata, as `p` asks.
+    fn failed(&self, p: Option<&Arc<Provider>>, f: Failure) {
+        let (Some(md), Some(key)) = (
+            &self.metadata,
+            p.and_then(|p| p.failed_status_in_metadata.as_ref()),
+        ) else {
+            return;
+        };
+        use crate::config::metadata::{Struct, Value};
+        let mut status = Struct::new();
+        status.insert("code".into(), Value::Number(f64::from(f.code())));
+        status.insert("message".into(), Value::String(f.message().to_string()));
+        md.with(|md| md.set(jwt::METADATA_NAMESPACE, key, Value::Struct(status)));
+    }
+
     /// Removes a verified token from the request and adds its payload and claims.
-    fn apply(&self, head: &mut http::request::Parts, verified: &[Verified]) {
-        for v in verified {
+    fn apply(&self, head: &mut http::request::Parts, v: &Verified) {
+        {
             if !v.provider.forward {
                 match &v.location {
                     Location::Header(h, _) => {
@@ -570,9 +664,15 @@ impl HttpFilter for JwtFilter {
             stats.allowed.inc();
             return HeadersStatus::Continue;
         };
-        match self.requirement(head, &requirement) {
-            Ok(verified) => {
-                self.apply(head, &verified);
+        let outcome = self.requirement(head, &requirement);
+        // clear_route_cache: the route is picked again, the token's headers and metadata in
+        // view, once a token of such a provider verified (even if the request is then
+        // refused, as Envoy).
+        if self.clear_route_cache.get() {
+            head.extensions.insert(crate::http::filter::ClearRouteCache);
+        }
+        match outcome {
+            Ok(_) => {
                 stats.allowed.inc();
                 HeadersStatus::Continue
             }

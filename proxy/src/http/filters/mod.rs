@@ -3,6 +3,7 @@
 pub mod compressor;
 pub mod decompressor;
 pub mod fault;
+pub mod header_to_metadata;
 pub mod health_check;
 pub mod istio;
 pub mod jwt_authn;

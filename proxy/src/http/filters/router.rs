@@ -296,52 +296,87 @@ pub fn select(
     let Some(t) = table else {
         return out;
     };
-    // internal_only_headers reach only internal requests (Envoy removes them before routing).
-    if !t.internal_only_headers.is_empty()
-        && parts
-            .headers
-            .get("x-envoy-internal")
-            .is_none_or(|v| v != "true")
-    {
-        for h in &t.internal_only_headers {
-            parts.headers.remove(h);
+    out.pick(t, parts, scheme, None);
+    out
+}
+
+impl Selection {
+    /// Picks the route again (a filter cleared the route cache), the stream's dynamic metadata
+    /// as it is now in view; the same runtime values and random value as the first time.
+    pub fn reselect(
+        &mut self,
+        parts: &mut http::request::Parts,
+        scheme: &str,
+        metadata: Option<&crate::stream_info::DynamicMetadata>,
+    ) {
+        let Some(t) = self.table.take() else {
+            return;
+        };
+        self.vhost = None;
+        self.route = None;
+        self.to_https = false;
+        match metadata {
+            Some(m) => m.with(|m| self.pick(t, parts, scheme, Some(m))),
+            None => self.pick(t, parts, scheme, None),
         }
     }
-    let host_header = authority(parts).unwrap_or("");
-    let path = crate::http::filter::route_path(parts);
-    let view = crate::router::RequestView {
-        method: parts.method.as_str(),
-        path,
-        authority: host_header,
-        scheme,
-        headers: &parts.headers,
-        runtime: &out.runtime,
-        random,
-        peer_certificate,
-    };
-    if let Some(vi) = t.virtual_host_index(host_header) {
-        let vh = &t.virtual_hosts[vi];
-        // require_tls: a request not forwarded as https is sent to https first (Envoy's SSL
-        // redirect route, a 301 built like a route's https_redirect).
-        let forwarded_https = view
-            .headers
-            .get(&names::X_FORWARDED_PROTO)
-            .is_some_and(|v| v == "https");
-        let internal = view
-            .headers
-            .get("x-envoy-internal")
-            .is_some_and(|v| v == "true");
-        out.to_https = !vh.routes.is_empty()
-            && match vh.require_tls {
-                crate::router::RequireTls::None => false,
-                crate::router::RequireTls::All => !forwarded_https,
-                crate::router::RequireTls::ExternalOnly => !forwarded_https && !internal,
-            };
-        out.vhost = Some(vi);
-        out.route = vh.routes.iter().position(|r| r.matcher.matches(&view));
+
+    fn pick(
+        &mut self,
+        t: std::sync::Arc<crate::router::RouteTable>,
+        parts: &mut http::request::Parts,
+        scheme: &str,
+        metadata: Option<&crate::config::metadata::Metadata>,
+    ) {
+        let out = self;
+        let (random, peer_certificate) = (out.random, out.peer_certificate);
+        // internal_only_headers reach only internal requests (Envoy removes them before routing).
+        if !t.internal_only_headers.is_empty()
+            && parts
+                .headers
+                .get("x-envoy-internal")
+                .is_none_or(|v| v != "true")
+        {
+            for h in &t.internal_only_headers {
+                parts.headers.remove(h);
+            }
+        }
+        let host_header = authority(parts).unwrap_or("");
+        let path = crate::http::filter::route_path(parts);
+        let view = crate::router::RequestView {
+            method: parts.method.as_str(),
+            path,
+            authority: host_header,
+            scheme,
+            headers: &parts.headers,
+            runtime: &out.runtime,
+            random,
+            peer_certificate,
+            metadata,
+        };
+        if let Some(vi) = t.virtual_host_index(host_header) {
+            let vh = &t.virtual_hosts[vi];
+            // require_tls: a request not forwarded as https is sent to https first (Envoy's SSL
+            // redirect route, a 301 built like a route's https_redirect).
+            let forwarded_https = view
+                .headers
+                .get(&names::X_FORWARDED_PROTO)
+                .is_some_and(|v| v == "https");
+            let internal = view
+                .headers
+                .get("x-envoy-internal")
+                .is_some_and(|v| v == "true");
+            out.to_https = !vh.routes.is_empty()
+                && match vh.require_tls {
+                    crate::router::RequireTls::None => false,
+                    crate::router::RequireTls::All => !forwarded_https,
+                    crate::router::RequireTls::ExternalOnly => !forwarded_https && !internal,
+                };
+            out.vhost = Some(vi);
+            out.route = vh.routes.iter().position(|r| r.matcher.matches(&view));
+        }
+        out.table = Some(t);
     }
-    out.table = Some(t);
-    out
 }
 
 /// Forwards one request by the route its stream selected. `Err` is the local reply to send
@@ -479,6 +514,7 @@ pub async fn route(
             runtime,
             random,
             peer_certificate: false,
+            metadata: None,
         };
         vhost.virtual_cluster(&view).map(|vc| {
             let name = vc.map_or("other", |v| &v.name);
@@ -669,9 +705,11 @@ pub async fn route(
         }
     }
     if let Some(info) = info.as_deref_mut() {
-        // The header map Envoy logs is the one the router forwards.
+        // The header map Envoy logs is the one the router forwards: what the filters and the
+        // route changed in it included.
         info.request_headers_bytes =
             crate::http::conn_manager::request_headers_bytes(&parts, info.scheme);
+        info.request_headers = parts.headers.clone();
     }
     // Mirrors get a copy of the request as it goes upstream (not of an upgrade's tunnel).
     let body = if forward.mirrors.is_empty() || upgrade.is_some() {
