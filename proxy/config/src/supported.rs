@@ -941,7 +941,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "retriable_headers",
             "retriable_request_headers",
             "rate_limited_retry_back_off",
+            "retry_priority",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.RetryPriority",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+        &["update_frequency"],
     ),
     (
         "envoy.config.route.v3.RetryPolicy.RetryBackOff",

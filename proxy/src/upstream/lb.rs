@@ -476,10 +476,23 @@ enum Table {
 /// degraded hosts, and the balancers of each.
 #[derive(Debug)]
 struct Level {
+    /// The priority it holds.
+    priority: u32,
+    /// Its healthy and degraded availability (percent of its hosts × 1.4, capped at 100).
+    health: u64,
+    degraded_avail: u64,
     healthy_load: u64,
     degraded_load: u64,
     healthy: Balancer,
     degraded: Balancer,
+}
+
+/// A request's own share of picks per priority level (a retry priority's): healthy loads, then
+/// degraded loads, in the levels' order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorityLoad {
+    healthy: Vec<u64>,
+    degraded: Vec<u64>,
 }
 
 /// Locality-weighted balancing: a locality by its effective weight (EDF), then a host of it.
@@ -989,6 +1002,7 @@ impl Balancer {
                 }
             }
         }
+        let degraded_avail = degraded;
         let levels = split
             .into_iter()
             .zip(panic)
@@ -1014,6 +1028,9 @@ impl Balancer {
                 h.zones = zones;
                 h.fail_on_panic = fail_on_panic;
                 Level {
+                    priority: priorities[i],
+                    health: health[i],
+                    degraded_avail: degraded_avail[i],
                     healthy_load: healthy_load[i],
                     degraded_load: degraded_load[i],
                     healthy: h,
@@ -1024,6 +1041,92 @@ impl Balancer {
         let mut b = Self::over(policy, Vec::new(), hosts);
         b.levels = levels;
         b
+    }
+
+    /// The load over the priority levels with those in `excluded` left out (Envoy's
+    /// `PreviousPrioritiesRetryPriority`): each level's availability shared out from the first
+    /// level on, the rounding rest to the first; `None` when nothing is left (or the cluster has
+    /// a single level).
+    pub fn load_without(&self, excluded: &[u32]) -> Option<PriorityLoad> {
+        if self.levels.is_empty() {
+            return None;
+        }
+        let avail = |l: &Level, v: u64| if excluded.contains(&l.priority) { 0 } else { v };
+        let health: Vec<u64> = self.levels.iter().map(|l| avail(l, l.health)).collect();
+        let degraded: Vec<u64> = self
+            .levels
+            .iter()
+            .map(|l| avail(l, l.degraded_avail))
+            .collect();
+        let total = (health.iter().sum::<u64>() + degraded.iter().sum::<u64>()).min(100);
+        if total == 0 {
+            return None;
+        }
+        let mut out = PriorityLoad {
+            healthy: vec![0; health.len()],
+            degraded: vec![0; degraded.len()],
+        };
+        let mut left = 100u64;
+        while left != 0 {
+            let before = left;
+            for (i, h) in health.iter().enumerate() {
+                let d = left.min(h * 100 / total);
+                out.healthy[i] += d;
+                left -= d;
+            }
+            for (i, g) in degraded.iter().enumerate() {
+                let d = left.min(g * 100 / total);
+                out.degraded[i] += d;
+                left -= d;
+            }
+            if left == before {
+                // Nothing more can be given out in shares: the rest goes to the first level
+                // that takes any.
+                match health.iter().position(|h| *h > 0) {
+                    Some(i) => out.healthy[i] += left,
+                    None => {
+                        let i = degraded.iter().position(|d| *d > 0)?;
+                        out.degraded[i] += left;
+                    }
+                }
+                left = 0;
+            }
+        }
+        Some(out)
+    }
+
+    /// [`Balancer::pick_hashed`], the priority chosen by `load` instead of the levels' own.
+    pub fn pick_with_load<H: Candidate>(
+        &self,
+        hosts: &[H],
+        hash: Option<u64>,
+        attempt: u32,
+        load: &PriorityLoad,
+    ) -> Option<usize> {
+        if self.levels.len() != load.healthy.len() {
+            return self.pick_hashed(hosts, hash, attempt);
+        }
+        let hashed = self.policy.hashed();
+        let hash = hash.unwrap_or_else(|| fastrand::u64(..));
+        let random = || if hashed { hash } else { fastrand::u64(..) };
+        let r = random() % 100 + 1;
+        let mut sum = 0;
+        for (l, share) in self.levels.iter().zip(&load.healthy) {
+            sum += share;
+            if r <= sum {
+                return l.healthy.pick_with(hosts, random, attempt);
+            }
+        }
+        for (l, share) in self.levels.iter().zip(&load.degraded) {
+            sum += share;
+            if r <= sum {
+                return l.degraded.pick_with(hosts, random, attempt);
+            }
+        }
+        self.levels
+            .first()?
+            .healthy
+            .pick_with(hosts, random, attempt)
     }
 
     /// Whether the cluster is in panic (`lb_healthy_panic` counts each pick then).

@@ -561,6 +561,30 @@ impl Cluster {
         self.hosts.get(i?).cloned()
     }
 
+    /// [`Cluster::pick_host`] for a retry whose retry priority gives its own `load` over the
+    /// priorities (subsets and original-destination clusters pick as usual).
+    pub fn pick_host_with_load(
+        &self,
+        hash: Option<u64>,
+        attempt: u32,
+        criteria: Option<&model::MatchCriteria>,
+        load: &lb::PriorityLoad,
+    ) -> Option<Rc<Host>> {
+        if self.subsets.is_some() || self.config().discovery == model::DiscoveryType::OriginalDst {
+            return self.pick_host(hash, attempt, criteria);
+        }
+        let i = self.lb.pick_with_load(&self.hosts, hash, attempt, load);
+        if self.lb.panic() {
+            self.stats.lb_healthy_panic.inc();
+        }
+        self.hosts.get(i?).cloned()
+    }
+
+    /// The load over the priorities without those in `excluded` (a retry priority's).
+    pub fn load_without(&self, excluded: &[u32]) -> Option<lb::PriorityLoad> {
+        self.lb.load_without(excluded)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &model::Cluster {
         &self.info.config

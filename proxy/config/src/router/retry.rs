@@ -184,6 +184,8 @@ pub struct RetryPolicy {
     /// `rate_limited_retry_back_off`: a retried response that says when to come back sets the
     /// wait.
     pub rate_limited: Option<RateLimitedBackOff>,
+    /// `retry_priority` `envoy.retry_priorities.previous_priorities`: its `update_frequency`.
+    pub previous_priorities: Option<u32>,
 }
 
 /// `rate_limited_retry_back_off`.
@@ -244,6 +246,7 @@ impl Default for RetryPolicy {
             previous_hosts: false,
             host_selection_max_attempts: 1,
             rate_limited: None,
+            previous_priorities: None,
         }
     }
 }

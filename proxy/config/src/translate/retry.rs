@@ -28,9 +28,6 @@ pub(super) fn policy(p: &route::RetryPolicy, path: &str) -> Result<RetryPolicy, 
         refresh_cluster_on_retry,
     } = p;
     let unsupported = |f: &str| Err(ConfigError::unsupported(format!("{path}.{f}")));
-    if retry_priority.is_some() {
-        return unsupported("retry_priority");
-    }
     if !retry_options_predicates.is_empty() {
         return unsupported("retry_options_predicates");
     }
@@ -127,6 +124,9 @@ pub(super) fn policy(p: &route::RetryPolicy, path: &str) -> Result<RetryPolicy, 
             &format!("{path}.rate_limited_retry_back_off"),
         )?);
     }
+    if let Some(rp) = retry_priority {
+        out.previous_priorities = Some(previous_priorities(rp, &format!("{path}.retry_priority"))?);
+    }
     out.host_selection_max_attempts =
         u32::try_from(*host_selection_retry_max_attempts).map_err(|_| {
             ConfigError::new(
@@ -135,6 +135,47 @@ pub(super) fn policy(p: &route::RetryPolicy, path: &str) -> Result<RetryPolicy, 
             )
         })?;
     Ok(out)
+}
+
+/// `retry_priority`: `envoy.retry_priorities.previous_priorities` (found by its config's type,
+/// as Envoy finds it), its `update_frequency`.
+fn previous_priorities(
+    rp: &route::retry_policy::RetryPriority,
+    path: &str,
+) -> Result<u32, ConfigError> {
+    use route::retry_policy::retry_priority::ConfigType;
+    const TYPE: &str =
+        "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig";
+    let Some(ConfigType::TypedConfig(any)) = &rp.config_type else {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "Didn't find a registered implementation for '{}' with type URL: ''",
+                rp.name
+            ),
+        ));
+    };
+    let type_name = super::super::proto::type_name(&any.type_url);
+    if type_name != TYPE {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "Didn't find a registered implementation for '{}' with type URL: '{type_name}'",
+                rp.name
+            ),
+        ));
+    }
+    let tpath = format!("{path}.typed_config");
+    let c: envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig =
+        super::super::proto::unpack(any, &tpath)?;
+    if c.update_frequency <= 0 {
+        // Envoy takes the configuration and then fails on the first request that uses it.
+        return Err(ConfigError::new(
+            format!("{tpath}.update_frequency"),
+            "value must be greater than 0",
+        ));
+    }
+    Ok(c.update_frequency as u32)
 }
 
 /// `rate_limited_retry_back_off`, with Envoy's validation.
@@ -212,14 +253,25 @@ mod tests {
             format!("{ROUTE}.retry_back_off.max_interval: retry_policy.max_interval must greater than or equal to the base_interval")
         );
         let e = load_text(&with_policy(
-            r#"{retry_on: 5xx, retry_priority: {name: envoy.retry_priorities.previous_priorities, typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig, update_frequency: 2}}}"#,
+            r#"{retry_on: 5xx, retry_priority: {name: envoy.retry_priorities.previous_priorities, typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig}}}"#,
         ))
         .expect_err("priority");
-        assert!(
-            e.to_string()
-                .starts_with(&format!("{ROUTE}.retry_priority")),
-            "{e}"
+        assert_eq!(
+            e.to_string(),
+            format!("{ROUTE}.retry_priority.typed_config.update_frequency: value must be greater than 0")
         );
+        let e = load_text(&with_policy(
+            r#"{retry_on: 5xx, retry_priority: {name: envoy.retry_priorities.bogus}}"#,
+        ))
+        .expect_err("priority");
+        assert_eq!(
+            e.to_string(),
+            format!("{ROUTE}.retry_priority: Didn't find a registered implementation for 'envoy.retry_priorities.bogus' with type URL: ''")
+        );
+        load_text(&with_policy(
+            r#"{retry_on: 5xx, retry_priority: {name: any.name, typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig, update_frequency: 2}}}"#,
+        ))
+        .expect("found by its type");
         let e = load_text(&with_policy(
             "{retry_on: 5xx, refresh_cluster_on_retry: true}",
         ))

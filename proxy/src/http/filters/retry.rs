@@ -81,6 +81,42 @@ pub struct RetryState {
     /// A retry was made and its outcome not yet judged (`upstream_rq_retry_success`).
     pending: bool,
     held: Option<Held>,
+    /// `retry_priority` `previous_priorities`.
+    priorities: Option<PreviousPriorities>,
+}
+
+/// Envoy's `PreviousPrioritiesRetryPriority`: every `update_frequency` attempts, the
+/// priorities of the hosts tried so far are left out of the load retries pick by; once none
+/// is left, the load is the cluster's own again and the count starts over.
+#[derive(Debug)]
+struct PreviousPriorities {
+    update_frequency: usize,
+    /// The priorities of the hosts tried, the first attempt's included.
+    attempted: Vec<u32>,
+    excluded: Vec<u32>,
+    /// The load worked out last (`None`: the cluster's own).
+    load: Option<crate::upstream::lb::PriorityLoad>,
+}
+
+impl PreviousPriorities {
+    fn load(&mut self, cluster: &Cluster) -> Option<crate::upstream::lb::PriorityLoad> {
+        if self.attempted.len() < self.update_frequency {
+            return None;
+        }
+        if self.attempted.len() % self.update_frequency == 0 {
+            for p in &self.attempted {
+                if !self.excluded.contains(p) {
+                    self.excluded.push(*p);
+                }
+            }
+            self.load = cluster.load_without(&self.excluded);
+            if self.load.is_none() {
+                self.excluded.clear();
+                self.attempted.clear();
+            }
+        }
+        self.load.clone()
+    }
 }
 
 impl RetryState {
@@ -121,6 +157,12 @@ impl RetryState {
                 per_try_timeout = h.per_try_timeout;
             }
         }
+        let priorities = policy.previous_priorities.map(|n| PreviousPriorities {
+            update_frequency: n as usize,
+            attempted: Vec::new(),
+            excluded: Vec::new(),
+            load: None,
+        });
         Some(RetryState {
             backoff: BackOff::new(policy.base_interval, policy.max_interval),
             policy,
@@ -131,7 +173,20 @@ impl RetryState {
             per_try_timeout,
             pending: false,
             held: None,
+            priorities,
         })
+    }
+
+    /// The load over the cluster's priorities the next retry picks by (`None`: the cluster's).
+    fn priority_load(&mut self, cluster: &Cluster) -> Option<crate::upstream::lb::PriorityLoad> {
+        self.priorities.as_mut()?.load(cluster)
+    }
+
+    /// An attempt went to a host of `priority`.
+    fn attempted(&mut self, priority: u32) {
+        if let Some(p) = &mut self.priorities {
+            p.attempted.push(priority);
+        }
     }
 
     /// `per_try_timeout`, or an internal request's `x-envoy-upstream-rq-per-try-timeout-ms`.
@@ -356,10 +411,17 @@ async fn attempts_loop(
         *attempts += 1;
         let attempts = *attempts;
         let avoid = retry.as_ref().and_then(RetryState::avoid_previous_hosts);
-        let Some(host) = f.select_host(&tried, avoid.unwrap_or(0)) else {
+        let load = match retry.as_mut() {
+            Some(r) if attempts > 1 => r.priority_load(cluster),
+            _ => None,
+        };
+        let Some(host) = f.select_host(&tried, avoid.unwrap_or(0), load.as_ref()) else {
             stats.upstream_cx_none_healthy.inc();
             return Err(LocalReply::NO_HEALTHY_UPSTREAM);
         };
+        if let Some(r) = retry.as_mut() {
+            r.attempted(host.priority);
+        }
         if avoid.is_some() {
             tried.push(host.address);
         }

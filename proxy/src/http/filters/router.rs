@@ -1183,15 +1183,20 @@ impl Forward<'_> {
         &self,
         avoid: &[std::net::SocketAddr],
         tries: u32,
+        load: Option<&crate::upstream::lb::PriorityLoad>,
     ) -> Option<Rc<Host>> {
-        let pick = |attempt| {
-            self.cluster.select_host_hashed(
+        let pick = |attempt| match load {
+            Some(load) => {
+                self.cluster
+                    .pick_host_with_load(self.hash, attempt, self.criteria.as_deref(), load)
+            }
+            None => self.cluster.select_host_hashed(
                 self.dest,
                 |d| self.worker.is_own_listener(d),
                 self.hash,
                 attempt,
                 self.criteria.as_deref(),
-            )
+            ),
         };
         let mut host = pick(0)?;
         for attempt in 1..=tries {
