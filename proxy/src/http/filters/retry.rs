@@ -103,7 +103,7 @@ impl PreviousPriorities {
         if self.attempted.len() < self.update_frequency {
             return None;
         }
-        if self.attempted.len() % self.update_frequency == 0 {
+        if self.attempted.len().is_multiple_of(self.update_frequency) {
             for p in &self.attempted {
                 if !self.excluded.contains(p) {
                     self.excluded.push(*p);
