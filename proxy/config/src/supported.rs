@@ -923,6 +923,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "include_attempt_count_in_response",
             "require_tls",
             "retry_policy",
+            "hedge_policy",
             "virtual_clusters",
         ],
     ),
@@ -942,6 +943,14 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "retriable_request_headers",
             "rate_limited_retry_back_off",
             "retry_priority",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.HedgePolicy",
+        &[
+            "initial_requests",
+            "additional_request_chance",
+            "hedge_on_per_try_timeout",
         ],
     ),
     (
@@ -1189,6 +1198,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "auto_host_rewrite",
             "append_x_forwarded_host",
             "retry_policy",
+            "hedge_policy",
             "max_stream_duration",
             "idle_timeout",
             "request_mirror_policies",

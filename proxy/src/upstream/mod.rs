@@ -334,8 +334,11 @@ impl ClusterStats {
         self.shard.counter(&format!("{}{name}", self.prefix))
     }
 
-    /// Counts a response code: `upstream_rq_<code>` and `upstream_rq_<N>xx`.
+    /// Counts a response the router charges (the final one of a request, a local reply for an
+    /// upstream's failure, each attempt a hedged request's route timeout ends):
+    /// `upstream_rq_completed`, `upstream_rq_<code>` and `upstream_rq_<N>xx`.
     pub fn response_code(&self, code: u16) {
+        self.upstream_rq_completed.inc();
         self.by_code.count(code);
     }
 }

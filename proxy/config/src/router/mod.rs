@@ -320,6 +320,9 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// `route.retry_policy`, which replaces the virtual host's.
     pub retry: Option<Arc<retry::RetryPolicy>>,
+    /// `route.hedge_policy.hedge_on_per_try_timeout` when the route has a hedge policy, which
+    /// replaces the virtual host's whole.
+    pub hedge: Option<bool>,
     /// `route.upgrade_configs`: upgrade types (lower case) this route enables or disables,
     /// whatever the connection manager says.
     pub upgrades: Vec<(String, bool)>,
@@ -795,6 +798,8 @@ pub struct VirtualHost {
     pub require_tls: RequireTls,
     /// `retry_policy`, for routes without their own.
     pub retry: Option<Arc<retry::RetryPolicy>>,
+    /// `hedge_policy.hedge_on_per_try_timeout`, for routes without a hedge policy.
+    pub hedge: bool,
     /// `typed_per_filter_config`, for routes without their own.
     pub per_filter: PerFilterConfigs,
     /// `virtual_clusters`: the first whose headers all match names the request's; with any,
@@ -1086,6 +1091,7 @@ mod tests {
             attempt_count_response: false,
             require_tls: RequireTls::None,
             retry: None,
+            hedge: false,
             per_filter: PerFilterConfigs::default(),
             virtual_clusters: Vec::new(),
         }
@@ -1166,6 +1172,7 @@ mod tests {
             },
             timeout: None,
             retry: None,
+            hedge: None,
             upgrades: vec![],
             connect_terminate: false,
             request_headers: Arc::default(),

@@ -466,7 +466,8 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
     // retry_policy: translated in translate::retry.
     let _ = retry_policy;
     refuse(path, "retry_policy_typed_config", retry_policy_typed_config)?;
-    refuse(path, "hedge_policy", hedge_policy)?;
+    // hedge_policy: http_manager (retry::hedge).
+    let _ = hedge_policy;
     refuse(
         path,
         "include_is_timeout_retry_header",
@@ -605,7 +606,8 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     let _ = internal_redirect_policy;
     refuse(path, "internal_redirect_action", internal_redirect_action)?;
     refuse(path, "max_internal_redirects", max_internal_redirects)?;
-    refuse(path, "hedge_policy", hedge_policy)?;
+    // hedge_policy: route_action (retry::hedge).
+    let _ = hedge_policy;
     // max_stream_duration: route_action::stream_duration.
     let _ = max_stream_duration;
     if let Some(route_pb::route_action::HostRewriteSpecifier::HostRewritePathRegex(_)) =

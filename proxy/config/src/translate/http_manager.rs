@@ -1043,8 +1043,15 @@ pub(crate) fn translate_routes(
             .map(|p| super::retry::policy(p, &format!("{vpath}.retry_policy")))
             .transpose()?
             .map(std::sync::Arc::new);
+        let hedge = vh
+            .hedge_policy
+            .as_ref()
+            .map(|h| super::retry::hedge(h, &format!("{vpath}.hedge_policy")))
+            .transpose()?
+            .unwrap_or(false);
         vhosts.push(VirtualHost {
             retry,
+            hedge,
             require_tls,
             attempt_count_upstream: vh.include_request_attempt_count,
             attempt_count_response: vh.include_attempt_count_in_response,
@@ -1271,6 +1278,7 @@ fn translate_route(
         action: t.action,
         timeout: t.timeout,
         retry: t.retry,
+        hedge: t.hedge,
         upgrades: t.upgrades,
         connect_terminate: t.connect_terminate,
         request_headers: super::route_action::header_parser(

@@ -137,6 +137,19 @@ pub(super) fn policy(p: &route::RetryPolicy, path: &str) -> Result<RetryPolicy, 
     Ok(out)
 }
 
+/// A `hedge_policy`: whether it hedges on per-try timeouts. `initial_requests` and
+/// `additional_request_chance` are taken and do nothing, as in Envoy 1.40 (measured: one
+/// upstream request per client request), after its checks.
+pub(super) fn hedge(h: &route::HedgePolicy, path: &str) -> Result<bool, ConfigError> {
+    if h.initial_requests.as_ref().is_some_and(|v| v.value < 1) {
+        return Err(ConfigError::new(
+            format!("{path}.initial_requests"),
+            "value must be greater than or equal to 1",
+        ));
+    }
+    Ok(h.hedge_on_per_try_timeout)
+}
+
 /// `retry_priority`: `envoy.retry_priorities.previous_priorities` (found by its config's type,
 /// as Envoy finds it), its `update_frequency`.
 fn previous_priorities(

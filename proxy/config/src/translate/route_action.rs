@@ -24,6 +24,7 @@ pub(super) struct Translated {
     pub action: Action,
     pub timeout: Option<Duration>,
     pub retry: Option<std::sync::Arc<crate::router::retry::RetryPolicy>>,
+    pub hedge: Option<bool>,
     pub upgrades: Vec<(String, bool)>,
     pub connect_terminate: bool,
 }
@@ -41,6 +42,7 @@ pub(super) fn translate(
         action,
         timeout: None,
         retry: None,
+        hedge: None,
         upgrades: Vec::new(),
         connect_terminate: false,
     };
@@ -378,6 +380,11 @@ fn forward(
             .map(|p| super::retry::policy(p, &format!("{apath}.retry_policy")))
             .transpose()?
             .map(std::sync::Arc::new),
+        hedge: action
+            .hedge_policy
+            .as_ref()
+            .map(|h| super::retry::hedge(h, &format!("{apath}.hedge_policy")))
+            .transpose()?,
         upgrades,
         connect_terminate,
     })

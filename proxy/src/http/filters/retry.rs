@@ -388,6 +388,11 @@ async fn attempts_loop(
     mut info: Option<&mut StreamInfo>,
     attempts: &mut u32,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
+    if f.hedge {
+        if let Some(r) = retry {
+            return hedged(f, parts, body, r, info, attempts).await;
+        }
+    }
     let cluster = f.cluster;
     let stats = &cluster.stats;
     let route_timer = after_request(f.request, f.timeout);
@@ -624,6 +629,345 @@ async fn attempts_loop(
         }
         f.charge(reply.status.as_u16());
         return Err(reply);
+    }
+}
+
+/// An attempt's response head (or its local reply), as its future gives it.
+type Sending<'a> = std::pin::Pin<
+    Box<dyn Future<Output = Result<(Response<ProxyBody>, super::router::Conn), LocalReply>> + 'a>,
+>;
+
+/// One attempt of a hedged request, under way.
+struct Flight<'a> {
+    host: std::rc::Rc<crate::upstream::Host>,
+    state: std::rc::Rc<AttemptState>,
+    send: Sending<'a>,
+    /// Its per-try timer, until it fires.
+    per_try: Option<std::pin::Pin<Box<dyn Future<Output = ()> + 'a>>>,
+    /// Its per-try timeout passed and the next attempt was asked for: its response is never
+    /// retried.
+    hedged: bool,
+    stream_until: Option<tokio::time::Instant>,
+}
+
+impl Flight<'_> {
+    /// Resets it: another attempt's response won.
+    fn overtaken(self) {
+        drop(self.send);
+        if let Some(u) = self.state.upstream.take() {
+            u.finish_overtaken();
+        }
+    }
+}
+
+/// What a hedged request waits for (short-lived, on the stack of one request).
+#[allow(clippy::large_enum_variant)]
+enum Event {
+    Done(
+        usize,
+        Result<(Response<ProxyBody>, super::router::Conn), LocalReply>,
+    ),
+    PerTry(usize),
+    Start,
+    RouteTimeout,
+}
+
+/// The attempts of a request whose route hedges on per-try timeouts (Envoy's
+/// `hedge_on_per_try_timeout`): an attempt past its per-try timeout goes on while the next
+/// starts after the usual backoff (a retry, counted as one); the first response that is not to
+/// be retried wins and the others are reset; a response to be retried from an attempt that
+/// already asked for the next one is dropped while others are under way, as is any failure
+/// that cannot be retried; the route timeout ends them all.
+async fn hedged(
+    f: &Forward<'_>,
+    head: http::request::Parts,
+    body: ProxyBody,
+    mut retry: RetryState,
+    mut info: Option<&mut StreamInfo>,
+    attempts: &mut u32,
+) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
+    use std::task::Poll;
+    let cluster = f.cluster;
+    let stats = &cluster.stats;
+    let route_timer = after_request(f.request, f.timeout);
+    tokio::pin!(route_timer);
+    let replay = ReplayBuffer::new(
+        body,
+        f.buffer_limit,
+        stats.retry_or_shadow_abandoned.clone(),
+    );
+    let expected_header = head
+        .headers
+        .contains_key(&crate::http::headers::names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS);
+    let mut flights: Vec<Flight<'_>> = Vec::new();
+    let mut tried: Vec<std::net::SocketAddr> = Vec::new();
+    let mut next: Option<std::pin::Pin<Box<tokio::time::Sleep>>> =
+        Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
+    loop {
+        let event = std::future::poll_fn(|cx| {
+            if f.timeout.is_some() && route_timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::RouteTimeout);
+            }
+            if let Some(n) = next.as_mut() {
+                if n.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Start);
+                }
+            }
+            for (i, fl) in flights.iter_mut().enumerate() {
+                if let Poll::Ready(r) = fl.send.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Done(i, r));
+                }
+                if let Some(t) = fl.per_try.as_mut() {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::PerTry(i));
+                    }
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::RouteTimeout => {
+                // Every attempt under way times out (each counted, as Envoy counts them).
+                let mut reply = flights.is_empty().then(|| route_timeout(f, None));
+                for fl in flights.drain(..) {
+                    let upstream = fl.state.upstream.take();
+                    drop(fl.send);
+                    reply = Some(route_timeout(f, upstream));
+                }
+                // Envoy's details for the route timeout of a hedged request.
+                return Err(LocalReply {
+                    details: "response_timeout",
+                    ..reply.unwrap_or(LocalReply::TIMEOUT)
+                });
+            }
+            Event::Start => {
+                next = None;
+                *attempts += 1;
+                let n = *attempts;
+                let avoid = retry.avoid_previous_hosts();
+                let load = if n > 1 {
+                    retry.priority_load(cluster)
+                } else {
+                    None
+                };
+                let Some(host) = f.select_host(&tried, avoid.unwrap_or(0), load.as_ref()) else {
+                    stats.upstream_cx_none_healthy.inc();
+                    if flights.is_empty() {
+                        return Err(LocalReply::NO_HEALTHY_UPSTREAM);
+                    }
+                    continue;
+                };
+                retry.attempted(host.priority);
+                if avoid.is_some() {
+                    tried.push(host.address);
+                }
+                let mut parts = copy_parts(&head);
+                if f.attempt_count.0 {
+                    parts
+                        .headers
+                        .insert(X_ENVOY_ATTEMPT_COUNT.clone(), headers::number(n.into()));
+                }
+                // A later attempt expects what is left of the route timeout.
+                if let (true, Some(t), Some(done)) =
+                    (expected_header && n > 1, f.timeout, f.request.done_at())
+                {
+                    let left = t.saturating_sub(done.elapsed());
+                    parts.headers.insert(
+                        crate::http::headers::names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+                        headers::number(left.as_millis() as u64),
+                    );
+                }
+                if let Some(info) = info.as_deref_mut() {
+                    info.upstream_host = Some(host.address);
+                    info.attempts = n;
+                }
+                let state = std::rc::Rc::new(AttemptState::new());
+                let (st, h, b) = (state.clone(), host.clone(), replay.body());
+                let send: Sending<'_> =
+                    Box::pin(async move { attempt(f, &h, parts, b, &st).await });
+                let per_try = f.per_try_timeout;
+                flights.push(Flight {
+                    host,
+                    state,
+                    send,
+                    per_try: Some(Box::pin(after_request(f.request, per_try))),
+                    hedged: false,
+                    stream_until: cluster
+                        .config()
+                        .max_stream_duration
+                        .map(|d| tokio::time::Instant::now() + d),
+                });
+            }
+            Event::PerTry(i) => {
+                let fl = &mut flights[i];
+                fl.per_try = None;
+                report_outlier(
+                    f,
+                    &fl.host,
+                    &Outcome::PerTryTimeout,
+                    fl.state.upstream.borrow().is_some(),
+                );
+                match retry.should_retry(
+                    true,
+                    None,
+                    cluster,
+                    f.vcluster.as_deref(),
+                    fastrand::u64(..),
+                ) {
+                    Decision::Retry(wait) => {
+                        // Only an attempt that did start the next one is never retried itself
+                        // (Envoy's `retried`): one past the retry limit is judged again on its
+                        // response.
+                        fl.hedged = true;
+                        if next.is_none() {
+                            next = Some(Box::pin(tokio::time::sleep(wait)));
+                        }
+                    }
+                    Decision::LimitExceeded => {
+                        flag(&mut info, ResponseFlag::UpstreamRetryLimitExceeded)
+                    }
+                    Decision::Overflow => flag(&mut info, ResponseFlag::UpstreamOverflow),
+                    Decision::No => {}
+                }
+            }
+            Event::Done(i, r) => {
+                let fl = flights.remove(i);
+                let upstream = fl.state.upstream.take();
+                if let Some(info) = info.as_deref_mut() {
+                    info.upstream_transport_failure = fl.state.failure.take();
+                }
+                let outcome = Outcome::Done(r);
+                report_outlier(f, &fl.host, &outcome, upstream.is_some());
+                if let (Some(vc), true) = (&f.vcluster, fl.state.connected.get()) {
+                    vc.upstream_rq_total.inc();
+                }
+                let Outcome::Done(r) = outcome else {
+                    unreachable!("built as Done above")
+                };
+                let others = !flights.is_empty() || next.is_some();
+                match r {
+                    Ok((resp, conn)) => {
+                        let Some(upstream) = upstream else {
+                            return Err(LocalReply::CONNECTION_TERMINATION);
+                        };
+                        let status = resp.status().as_u16();
+                        let would = retry.would_retry_headers(status, resp.headers());
+                        let mut dropped = false;
+                        if would && !fl.hedged {
+                            let reset = retry.reset_interval(resp.headers());
+                            match retry.should_retry(
+                                true,
+                                reset,
+                                cluster,
+                                f.vcluster.as_deref(),
+                                fastrand::u64(..),
+                            ) {
+                                Decision::Retry(wait) => {
+                                    if f.dynamic_stats {
+                                        stats.retry_response_code(status);
+                                    }
+                                    if next.is_none() {
+                                        next = Some(Box::pin(tokio::time::sleep(wait)));
+                                    }
+                                    dropped = true;
+                                }
+                                Decision::LimitExceeded => {
+                                    flag(&mut info, ResponseFlag::UpstreamRetryLimitExceeded);
+                                    dropped = others;
+                                }
+                                Decision::Overflow => {
+                                    flag(&mut info, ResponseFlag::UpstreamOverflow);
+                                    dropped = others;
+                                }
+                                Decision::No => {}
+                            }
+                        } else if would {
+                            dropped = others;
+                        } else if !fl.hedged {
+                            retry.should_retry(
+                                false,
+                                None,
+                                cluster,
+                                f.vcluster.as_deref(),
+                                fastrand::u64(..),
+                            );
+                        }
+                        if dropped {
+                            let complete = resp.body().is_end_stream();
+                            drop(resp);
+                            upstream.finish_with(conn, complete);
+                            continue;
+                        }
+                        for other in flights.drain(..) {
+                            other.overtaken();
+                        }
+                        if let Some(info) = info.as_deref_mut() {
+                            info.upstream_host = Some(fl.host.address);
+                            info.upstream_connection = Some(conn.info());
+                            info.upstream_protocol = Some(if fl.state.http2.get() {
+                                "HTTP/2"
+                            } else {
+                                "HTTP/1.1"
+                            });
+                            info.response_code = Some(status);
+                        }
+                        return Ok(f.finish_response(
+                            resp,
+                            conn,
+                            upstream,
+                            *attempts,
+                            fl.stream_until,
+                            info.as_deref(),
+                        ));
+                    }
+                    Err(mut reply) => {
+                        let reset = Reset::of(&reply);
+                        let started = reset != Reset::ConnectFailure && upstream.is_some();
+                        if let Some(mut u) = upstream {
+                            u.failed = true;
+                            u.finish(EndReason::UpstreamReset);
+                        }
+                        if f.request.failed() {
+                            f.charge(LocalReply::BAD_REQUEST.status.as_u16());
+                            return Err(LocalReply::BAD_REQUEST);
+                        }
+                        if !fl.hedged {
+                            let would = retry.would_retry_reset(reset, started);
+                            match retry.should_retry(
+                                would,
+                                None,
+                                cluster,
+                                f.vcluster.as_deref(),
+                                fastrand::u64(..),
+                            ) {
+                                Decision::Retry(wait) => {
+                                    if next.is_none() {
+                                        next = Some(Box::pin(tokio::time::sleep(wait)));
+                                    }
+                                    continue;
+                                }
+                                Decision::LimitExceeded => {
+                                    flag(&mut info, ResponseFlag::UpstreamRetryLimitExceeded)
+                                }
+                                Decision::Overflow => {
+                                    flag(&mut info, ResponseFlag::UpstreamOverflow)
+                                }
+                                Decision::No => {}
+                            }
+                        }
+                        if others {
+                            continue;
+                        }
+                        if *attempts > 1 {
+                            retried_body(&mut reply);
+                        }
+                        f.charge(reply.status.as_u16());
+                        return Err(reply);
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -96,6 +96,16 @@ impl Upstream {
         self.settle(reason);
     }
 
+    /// Ends a hedged attempt another one's response overtook: reset by us, and not counted as
+    /// a completed request (Envoy's).
+    pub(super) fn finish_overtaken(mut self) {
+        self.failed = true;
+        self.finished = true;
+        self.cluster.stats.upstream_rq_active.dec();
+        HostStats::dec(&self.host.stats.rq_active);
+        HostStats::inc(&self.host.stats.rq_error);
+    }
+
     /// Ends an attempt whose per-try timeout passed: the host counts a timeout, the cluster a
     /// reset of ours.
     pub(super) fn finish_try_timeout(mut self) {
@@ -109,9 +119,10 @@ impl Upstream {
             return;
         }
         self.finished = true;
+        // upstream_rq_completed counts the responses charged (Envoy's code stats), not the
+        // attempts: a retried response or an overtaken attempt is not one.
         let stats = &self.cluster.stats;
         stats.upstream_rq_active.dec();
-        stats.upstream_rq_completed.inc();
         HostStats::dec(&self.host.stats.rq_active);
         match reason {
             EndReason::Complete if !self.failed => HostStats::inc(&self.host.stats.rq_success),
@@ -696,8 +707,18 @@ pub async fn route(
         .as_ref()
         .and_then(|r| r.per_try_timeout())
         .filter(|p| route_timeout.is_none_or(|t| *p < t));
+    // hedge_policy.hedge_on_per_try_timeout: the route's policy, else its virtual host's; it
+    // matters only with a per-try timeout.
+    let hedge = per_try_timeout.is_some() && route.hedge.unwrap_or(vhost.hedge);
     if !cfg.router.suppress_envoy_headers {
-        if let Some(t) = per_try_timeout.or(route_timeout) {
+        // A hedged request's attempts may all run to the route timeout: that is what each
+        // expects (the time left of it, for a later attempt).
+        let expected = if hedge {
+            route_timeout
+        } else {
+            per_try_timeout.or(route_timeout)
+        };
+        if let Some(t) = expected {
             parts.headers.insert(
                 names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
                 headers::number(t.as_millis() as u64),
@@ -754,6 +775,7 @@ pub async fn route(
             route_timeout
         },
         per_try_timeout,
+        hedge,
         buffer_limit,
         hash,
         criteria: match changes {
@@ -1097,6 +1119,7 @@ fn start_mirrors(
                 attempt_count: (false, false),
                 timeout,
                 per_try_timeout: None,
+                hedge: false,
                 buffer_limit,
                 hash: None,
                 criteria: None,
@@ -1153,6 +1176,9 @@ pub(super) struct Forward<'a> {
     /// The route timeout, over all attempts.
     pub timeout: Option<std::time::Duration>,
     pub per_try_timeout: Option<std::time::Duration>,
+    /// `hedge_on_per_try_timeout`: an attempt past its per-try timeout goes on while the next
+    /// one starts; the first response wins.
+    pub hedge: bool,
     /// What the request body may hold to be sent again (`per_connection_buffer_limit_bytes`).
     pub buffer_limit: usize,
     /// The request's hash (RING_HASH and MAGLEV clusters).
