@@ -265,6 +265,9 @@ pub struct StreamInfo {
     /// `tracing` is configured and the request id says the service forced the trace
     /// (`traceable_filter`).
     pub trace_forced: bool,
+    /// The kind of line being written before the end (`DownstreamStart`, `TcpPeriodic`, …);
+    /// `None`: the end's.
+    pub log_type: Option<&'static str>,
     /// Wall clock at the start.
     pub start_time: SystemTime,
     /// Monotonic clock at the start.
@@ -395,6 +398,7 @@ impl StreamInfo {
             response_trailers: None,
             dynamic_metadata: None,
             trace_forced: false,
+            log_type: None,
         }
     }
 

@@ -158,10 +158,10 @@ async fn an_unsupported_hcm_field_is_named() {
             return;
         }
         let mut v = base();
-        config::hcm_config(&mut v)["proxy_100_continue"] = json!(true);
+        config::hcm_config(&mut v)["stream_error_on_invalid_http_message"] = json!(true);
         assert_rejected(
             &to_yaml(&v),
-            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.proxy_100_continue: unsupported",
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.stream_error_on_invalid_http_message: unsupported",
         )
         .await;
     })

@@ -1066,6 +1066,22 @@ pub struct TcpProxy {
     pub access_logs: Vec<AccessLog>,
     /// `tunneling_config`: the connection carried in an HTTP CONNECT (or POST) to the upstream.
     pub tunneling: Option<Arc<Tunneling>>,
+    /// `access_log_options` (or the older fields): when lines are written besides the end.
+    pub log_flush: LogFlush,
+}
+
+/// `access_log_options` of a connection manager or tcp_proxy (or their deprecated fields):
+/// the lines written before a stream or connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogFlush {
+    /// `access_log_flush_interval`: a periodic line (`DownstreamPeriodic`, `TcpPeriodic`),
+    /// timed from the start.
+    pub interval: Option<Duration>,
+    /// `flush_access_log_on_new_request` (`DownstreamStart`, once the route is known) or
+    /// tcp_proxy's `flush_access_log_on_connected` (`TcpUpstreamConnected`).
+    pub on_start: bool,
+    /// `flush_log_on_tunnel_successfully_established` (`DownstreamTunnelSuccessfullyEstablished`).
+    pub on_tunnel: bool,
 }
 
 /// tcp_proxy's `tunneling_config`.
@@ -1182,6 +1198,8 @@ pub struct HttpConnectionManager {
     /// `http_protocol_options.allow_absolute_url` (default true): an HTTP/1.1 request in
     /// absolute form (`GET http://a/x`) is routed by its URL's authority; without it, 404.
     pub allow_absolute_url: bool,
+    /// `access_log_options` (or the older fields): when lines are written besides the end.
+    pub log_flush: LogFlush,
     /// `proxy_100_continue`: `Expect: 100-continue` goes upstream and the upstream's `100
     /// Continue` comes back; without it the connection manager answers it at once and drops
     /// the upstream's.

@@ -451,6 +451,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "idle_timeout",
             "access_log",
             "tunneling_config",
+            "access_log_flush_interval",
+            "flush_access_log_on_connected",
+            "access_log_options",
         ],
     ),
     (
@@ -509,6 +512,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "scheme_header_transformation",
             "add_user_agent",
             "proxy_100_continue",
+            "access_log_flush_interval",
+            "flush_access_log_on_new_request",
+            "access_log_options",
         ],
     ),
     (
@@ -944,6 +950,18 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "rate_limited_retry_back_off",
             "retry_priority",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.HcmAccessLogOptions",
+        &[
+            "access_log_flush_interval",
+            "flush_access_log_on_new_request",
+            "flush_log_on_tunnel_successfully_established",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.TcpAccessLogOptions",
+        &["access_log_flush_interval", "flush_access_log_on_connected"],
     ),
     (
         "envoy.config.route.v3.HedgePolicy",

@@ -496,6 +496,9 @@ pub fn passes(f: &crate::config::model::LogFilter, info: &StreamInfo) -> bool {
 
 /// Envoy's name for the line a stream gets (`%ACCESS_LOG_TYPE%`).
 fn log_type(info: &StreamInfo) -> &'static str {
+    if let Some(t) = info.log_type {
+        return t;
+    }
     if info.protocol.is_some() {
         "DownstreamEnd"
     } else {
@@ -531,6 +534,14 @@ impl Writer {
     /// A writer shared by the tasks of one worker.
     pub fn new() -> Rc<Writer> {
         Rc::new(Writer::default())
+    }
+
+    /// Formats and buffers a line of `kind` (`DownstreamStart`, `DownstreamPeriodic`,
+    /// `TcpUpstreamConnected`, …) for each configured log, before the stream ends.
+    pub fn log_early(&self, logs: &[AccessLog], info: &mut StreamInfo, kind: &'static str) {
+        info.log_type = Some(kind);
+        self.log(logs, info);
+        info.log_type = None;
     }
 
     /// Formats and buffers a line for each configured log.

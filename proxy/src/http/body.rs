@@ -280,6 +280,19 @@ pub trait StreamEnd {
     fn account(&self) -> Option<&Arc<Account>> {
         None
     }
+
+    /// Writes the periodic access log lines due (`access_log_flush_interval`), and has `cx`
+    /// woken for the next.
+    fn poll_periodic(&mut self, _cx: &mut Context<'_>) {}
+}
+
+/// The next time a periodic line is due for a stream that started at `start`: a whole number
+/// of `interval`s after it, later than now.
+pub fn next_tick(start: std::time::Instant, interval: Duration) -> tokio::time::Instant {
+    let elapsed = start.elapsed().as_nanos();
+    let step = interval.as_nanos().max(1);
+    let k = u32::try_from(elapsed / step + 1).unwrap_or(u32::MAX);
+    tokio::time::Instant::from_std(start + interval.saturating_mul(k))
 }
 
 /// The route timeout as a response body sees it: it runs from the end of the request.
@@ -408,6 +421,9 @@ impl<E: StreamEnd + Unpin> Body for Tracked<E> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(e) = this.end.as_mut() {
+            e.poll_periodic(cx);
+        }
         if this.end.is_some() {
             if let Some(reason) = this.timed_out(cx) {
                 this.finish(reason);

@@ -959,6 +959,8 @@ pub struct Done {
     /// Answered as Envoy's codec answers a request it refuses: a close after it waits for the
     /// client (delayed_close_timeout).
     codec_error: bool,
+    /// The timer of the next periodic access log line (`access_log_flush_interval`).
+    periodic: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Unpin for Done {}
@@ -978,6 +980,7 @@ impl Done {
             head_request: self.head_request,
             grpc: self.grpc,
             codec_error: self.codec_error,
+            periodic: None,
         };
         self.settled = true;
         d
@@ -1080,6 +1083,31 @@ impl StreamEnd for Done {
         self.request.account.as_ref()
     }
 
+    fn poll_periodic(&mut self, cx: &mut std::task::Context<'_>) {
+        let cfg = &self.conn.hcm.config;
+        let Some(interval) = cfg.log_flush.interval else {
+            return;
+        };
+        let Some(info) = self.info.as_mut() else {
+            return;
+        };
+        loop {
+            let timer = self.periodic.get_or_insert_with(|| {
+                Box::pin(tokio::time::sleep_until(crate::http::body::next_tick(
+                    info.start, interval,
+                )))
+            });
+            if timer.as_mut().poll(cx).is_pending() {
+                return;
+            }
+            self.periodic = None;
+            self.conn
+                .worker
+                .access_log
+                .log_early(&cfg.access_logs, info, "DownstreamPeriodic");
+        }
+    }
+
     fn trailers(&mut self, trailers: &http::HeaderMap) {
         if let Some(info) = self.info.as_mut() {
             info.response_trailers = Some(Box::new(trailers.clone()));
@@ -1172,6 +1200,7 @@ async fn handle(
         head_request: parts.method == http::Method::HEAD,
         grpc: crate::router::is_grpc(&parts.headers),
         codec_error: false,
+        periodic: None,
     };
     if let Some(info) = done.info.as_mut() {
         record_start(info, &conn, &parts, version);
@@ -1611,6 +1640,24 @@ async fn handle(
         record_request(&mut info, &parts, scheme);
         done.info = Some(info);
     }
+    // flush_access_log_on_new_request: a line once the route is known, before the filters.
+    if cfg.log_flush.on_start {
+        if let Some(info) = done.info.as_mut() {
+            if let Some(route) = selection.route() {
+                if !route.name.is_empty() {
+                    info.route_name = Some(route.name.as_str().into());
+                }
+                if let crate::router::Action::Forward(fw) = &route.action {
+                    if let crate::router::Target::Cluster(c) = &fw.target {
+                        info.upstream_cluster = Some(c.as_str().into());
+                    }
+                }
+            }
+            conn.worker
+                .access_log
+                .log_early(&cfg.access_logs, info, "DownstreamStart");
+        }
+    }
     // The stream's dynamic metadata, when a filter may write some.
     let metadata = conn
         .hcm
@@ -1767,6 +1814,14 @@ async fn handle(
                 info.response_code = Some(status);
                 info.details = "via_upstream";
                 info.response_headers = head.headers.clone();
+                // flush_log_on_tunnel_successfully_established: a line once the tunnel is up.
+                if switching && cfg.log_flush.on_tunnel {
+                    conn.worker.access_log.log_early(
+                        &cfg.access_logs,
+                        info,
+                        "DownstreamTunnelSuccessfullyEstablished",
+                    );
+                }
             }
             if codec == Codec::Http2 && on_upgrade.is_some() && upstream_io.is_some() {
                 // The stream carries the tunnel from its 2xx on (hyper hands it over). An

@@ -713,13 +713,13 @@ pub(super) fn http_connection_manager(
     // scheme_header_transformation: http_manager.
     let _ = scheme_header_transformation;
     refuse(path, "stream_flush_timeout", stream_flush_timeout)?;
-    refuse(path, "access_log_flush_interval", access_log_flush_interval)?;
-    refuse(
-        path,
-        "flush_access_log_on_new_request",
+    // access_log_flush_interval, flush_access_log_on_new_request, access_log_options:
+    // super::log_flush.
+    let _ = (
+        access_log_flush_interval,
         flush_access_log_on_new_request,
-    )?;
-    refuse(path, "access_log_options", access_log_options)?;
+        access_log_options,
+    );
     // original_ip_detection_extensions: http_manager::ip_detection.
     let _ = original_ip_detection_extensions;
     refuse(
@@ -820,13 +820,13 @@ pub(super) fn tcp_proxy(m: &tcp_pb::TcpProxy, path: &str) -> Result<(), ConfigEr
         "max_downstream_connection_duration_jitter_percentage",
         max_downstream_connection_duration_jitter_percentage,
     )?;
-    refuse(path, "access_log_flush_interval", access_log_flush_interval)?;
-    refuse(
-        path,
-        "flush_access_log_on_connected",
+    // access_log_flush_interval, flush_access_log_on_connected, access_log_options:
+    // super::log_flush.
+    let _ = (
+        access_log_flush_interval,
         flush_access_log_on_connected,
-    )?;
-    refuse(path, "access_log_options", access_log_options)?;
+        access_log_options,
+    );
     refuse(path, "proxy_protocol_tlvs", proxy_protocol_tlvs)?;
     refuse(
         path,

@@ -444,6 +444,22 @@ pub(super) fn translate_hcm(
             .and_then(|o| o.allow_absolute_url)
             .is_none_or(|v| v.value),
         proxy_100_continue: h.proxy_100_continue,
+        #[allow(deprecated)]
+        log_flush: super::log_flush(
+            h.access_log_options.as_ref().map(|o| {
+                (
+                    o.access_log_flush_interval.as_ref(),
+                    o.flush_access_log_on_new_request,
+                    o.flush_log_on_tunnel_successfully_established,
+                )
+            }),
+            (
+                h.access_log_flush_interval.as_ref(),
+                h.flush_access_log_on_new_request,
+            ),
+            "flush_access_log_on_new_request",
+            path,
+        )?,
         use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
         xff_num_trusted_hops: h.xff_num_trusted_hops,
         skip_xff_append: h.skip_xff_append,

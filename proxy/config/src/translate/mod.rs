@@ -1333,13 +1333,80 @@ fn translate_tcp_proxy(t: &tcp::TcpProxy, path: &str) -> Result<TcpProxy, Config
         .map(|c| tunneling(c, &format!("{path}.tunneling_config")))
         .transpose()?
         .map(Arc::new);
+    #[allow(deprecated)]
+    let log_flush = log_flush(
+        t.access_log_options.as_ref().map(|o| {
+            (
+                o.access_log_flush_interval.as_ref(),
+                o.flush_access_log_on_connected,
+                false,
+            )
+        }),
+        (
+            t.access_log_flush_interval.as_ref(),
+            t.flush_access_log_on_connected,
+        ),
+        "flush_access_log_on_connected",
+        path,
+    )?;
     Ok(TcpProxy {
         stat_prefix: t.stat_prefix.clone(),
         cluster,
         idle_timeout,
         access_logs,
         tunneling,
+        log_flush,
     })
+}
+
+/// `access_log_options` (`options`: its interval, its flag for the first line, and
+/// `flush_log_on_tunnel_successfully_established`), or the older `access_log_flush_interval`
+/// and `flag` fields (`older`), checked as Envoy checks them.
+pub(super) fn log_flush(
+    options: Option<(Option<&PbDuration>, bool, bool)>,
+    older: (Option<&PbDuration>, bool),
+    flag: &str,
+    path: &str,
+) -> Result<crate::model::LogFlush, ConfigError> {
+    let at_least_1ms = |d: &PbDuration, at: String| {
+        let d = duration(d, &at)?;
+        if d < Duration::from_millis(1) {
+            return Err(ConfigError::new(
+                at,
+                "value must be greater than or equal to 1ms",
+            ));
+        }
+        Ok(d)
+    };
+    match (options, older) {
+        (Some(_), (Some(_), _)) => Err(ConfigError::new(
+            path,
+            "Only one of access_log_flush_interval or access_log_options can be specified.",
+        )),
+        (Some(_), (None, true)) => Err(ConfigError::new(
+            path,
+            format!("Only one of {flag} or access_log_options can be specified."),
+        )),
+        (Some((interval, on_start, on_tunnel)), (None, false)) => Ok(crate::model::LogFlush {
+            interval: interval
+                .map(|d| {
+                    at_least_1ms(
+                        d,
+                        format!("{path}.access_log_options.access_log_flush_interval"),
+                    )
+                })
+                .transpose()?,
+            on_start,
+            on_tunnel,
+        }),
+        (None, (interval, on_start)) => Ok(crate::model::LogFlush {
+            interval: interval
+                .map(|d| at_least_1ms(d, format!("{path}.access_log_flush_interval")))
+                .transpose()?,
+            on_start,
+            on_tunnel: false,
+        }),
+    }
 }
 
 /// tcp_proxy's `tunneling_config`, checked as Envoy checks it.

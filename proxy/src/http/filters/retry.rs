@@ -472,14 +472,34 @@ async fn attempts_loop(
                     None => std::future::pending().await,
                 }
             };
+            tokio::pin!(send, stream_timer, per_try_timer, idle_timer);
             // Timers that are not set are not polled: a request without retries or timeout
             // waits on its attempt alone.
-            tokio::select! {
-                r = send => Outcome::Done(r),
-                _ = per_try_timer, if per_try.is_some() => Outcome::PerTryTimeout,
-                _ = idle_timer, if idle.is_some() => Outcome::PerTryIdleTimeout,
-                _ = route_timer.as_mut(), if f.timeout.is_some() => Outcome::RouteTimeout,
-                _ = stream_timer, if stream_until.is_some() => Outcome::MaxStreamDuration,
+            loop {
+                let periodic = async {
+                    match (&f.periodic, info.as_deref()) {
+                        (Some(p), Some(i)) => {
+                            tokio::time::sleep_until(crate::http::body::next_tick(
+                                i.start, p.interval,
+                            ))
+                            .await
+                        }
+                        _ => std::future::pending().await,
+                    }
+                };
+                break tokio::select! {
+                    r = &mut send => Outcome::Done(r),
+                    _ = &mut per_try_timer, if per_try.is_some() => Outcome::PerTryTimeout,
+                    _ = &mut idle_timer, if idle.is_some() => Outcome::PerTryIdleTimeout,
+                    _ = route_timer.as_mut(), if f.timeout.is_some() => Outcome::RouteTimeout,
+                    _ = &mut stream_timer, if stream_until.is_some() => Outcome::MaxStreamDuration,
+                    _ = periodic, if f.periodic.is_some() => {
+                        if let Some(p) = &f.periodic {
+                            p.tick(info.as_deref_mut());
+                        }
+                        continue;
+                    }
+                };
             }
         };
         let upstream = state.upstream.take();
@@ -670,6 +690,7 @@ enum Event {
     PerTry(usize),
     Start,
     RouteTimeout,
+    Periodic,
 }
 
 /// The attempts of a request whose route hedges on per-try timeouts (Envoy's
@@ -703,10 +724,21 @@ async fn hedged(
     let mut tried: Vec<std::net::SocketAddr> = Vec::new();
     let mut next: Option<std::pin::Pin<Box<tokio::time::Sleep>>> =
         Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
+    let mut periodic: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let event = std::future::poll_fn(|cx| {
             if f.timeout.is_some() && route_timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::RouteTimeout);
+            }
+            if let (Some(p), Some(i)) = (&f.periodic, info.as_deref()) {
+                let t = periodic.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(crate::http::body::next_tick(
+                        i.start, p.interval,
+                    )))
+                });
+                if t.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Periodic);
+                }
             }
             if let Some(n) = next.as_mut() {
                 if n.as_mut().poll(cx).is_ready() {
@@ -727,6 +759,12 @@ async fn hedged(
         })
         .await;
         match event {
+            Event::Periodic => {
+                periodic = None;
+                if let Some(p) = &f.periodic {
+                    p.tick(info.as_deref_mut());
+                }
+            }
             Event::RouteTimeout => {
                 // Every attempt under way times out (each counted, as Envoy counts them).
                 let mut reply = flights.is_empty().then(|| route_timeout(f, None));

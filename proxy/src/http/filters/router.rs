@@ -776,6 +776,15 @@ pub async fn route(
         },
         per_try_timeout,
         hedge,
+        periodic: cfg
+            .log_flush
+            .interval
+            .filter(|_| info.is_some() && !cfg.access_logs.is_empty())
+            .map(|interval| Periodic {
+                interval,
+                logs: &cfg.access_logs,
+                writer: &worker.access_log,
+            }),
         buffer_limit,
         hash,
         criteria: match changes {
@@ -1120,6 +1129,7 @@ fn start_mirrors(
                 timeout,
                 per_try_timeout: None,
                 hedge: false,
+                periodic: None,
                 buffer_limit,
                 hash: None,
                 criteria: None,
@@ -1179,6 +1189,8 @@ pub(super) struct Forward<'a> {
     /// `hedge_on_per_try_timeout`: an attempt past its per-try timeout goes on while the next
     /// one starts; the first response wins.
     pub hedge: bool,
+    /// `access_log_flush_interval`: periodic lines while the response head is awaited.
+    pub periodic: Option<Periodic<'a>>,
     /// What the request body may hold to be sent again (`per_connection_buffer_limit_bytes`).
     pub buffer_limit: usize,
     /// The request's hash (RING_HASH and MAGLEV clusters).
@@ -1304,6 +1316,23 @@ impl AttemptState {
             failure: std::cell::RefCell::new(None),
             http2: std::cell::Cell::new(false),
             connected: std::cell::Cell::new(false),
+        }
+    }
+}
+
+/// The connection manager's `access_log_flush_interval` and its logs.
+#[derive(Clone, Copy)]
+pub(super) struct Periodic<'a> {
+    pub interval: std::time::Duration,
+    pub logs: &'a [crate::config::model::AccessLog],
+    pub writer: &'a crate::access_log::Writer,
+}
+
+impl Periodic<'_> {
+    /// Writes a periodic line for the stream, and waits for the next one.
+    pub(super) fn tick(&self, info: Option<&mut StreamInfo>) {
+        if let Some(info) = info {
+            self.writer.log_early(self.logs, info, "DownstreamPeriodic");
         }
     }
 }

@@ -213,6 +213,14 @@ async fn proxy(
             }
         };
     }
+    // flush_access_log_on_connected: a line once the upstream connection is up.
+    if cfg.log_flush.on_start {
+        if let Some(info) = info.as_deref_mut() {
+            worker
+                .access_log
+                .log_early(&cfg.access_logs, info, "TcpUpstreamConnected");
+        }
+    }
     let max = buffer_limit.clamp(1024, MAX_BUFFER);
     let last_activity = Rc::new(Cell::new(Instant::now()));
     let downstream = Counted::new(
@@ -248,21 +256,40 @@ async fn proxy(
             tokio::join!(up, down);
         }
     };
-    match cfg.idle_timeout {
-        Some(idle) => {
-            tokio::select! {
-                _ = both => {}
-                _ = idle_watch(idle, &last_activity) => {
-                    stats.idle_timeout.inc();
-                    if let Some(info) = info {
-                        info.flags.set(ResponseFlag::StreamIdleTimeout);
-                    }
-                    tracing::debug!("tcp_proxy connection idle timeout");
+    tokio::pin!(both);
+    let idle = idle_watch(cfg.idle_timeout, &last_activity);
+    tokio::pin!(idle);
+    // access_log_flush_interval: a line every interval from the connection's start.
+    let periodic = cfg
+        .log_flush
+        .interval
+        .filter(|_| !cfg.access_logs.is_empty());
+    loop {
+        let tick = async {
+            match (periodic, info.as_deref()) {
+                (Some(p), Some(i)) => {
+                    tokio::time::sleep_until(crate::http::body::next_tick(i.start, p)).await
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut both => break,
+            _ = &mut idle => {
+                stats.idle_timeout.inc();
+                if let Some(info) = info {
+                    info.flags.set(ResponseFlag::StreamIdleTimeout);
+                }
+                tracing::debug!("tcp_proxy connection idle timeout");
+                break;
+            }
+            _ = tick => {
+                if let Some(info) = info.as_deref_mut() {
+                    info.bytes_received = moved.received.get();
+                    info.bytes_sent = moved.sent.get();
+                    worker.access_log.log_early(&cfg.access_logs, info, "TcpPeriodic");
                 }
             }
-        }
-        None => {
-            both.await;
         }
     }
 }
@@ -477,7 +504,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-async fn idle_watch(idle: Duration, last: &Cell<Instant>) {
+async fn idle_watch(idle: Option<Duration>, last: &Cell<Instant>) {
+    match idle {
+        Some(idle) => idle_watch_for(idle, last).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn idle_watch_for(idle: Duration, last: &Cell<Instant>) {
     loop {
         let deadline = last.get() + idle;
         if Instant::now() >= deadline {
@@ -556,7 +590,7 @@ mod tests {
         let start = Instant::now();
         tokio::time::sleep(Duration::from_secs(3)).await;
         last.set(Instant::now());
-        idle_watch(Duration::from_secs(10), &last).await;
+        idle_watch(Some(Duration::from_secs(10)), &last).await;
         assert_eq!(start.elapsed(), Duration::from_secs(13));
     }
 }
