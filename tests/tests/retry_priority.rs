@@ -1,7 +1,8 @@
-//! `retry_policy.retry_priority` with `envoy.retry_priorities.previous_priorities`, side by side
-//! with Envoy 1.40: which priority each attempt of a failing request goes to, for several
-//! `update_frequency` values and retry counts, over a cluster with one failing host in each of
-//! priorities 0, 1 and 2.
+//! Where retries go, side by side with Envoy 1.40: `retry_policy.retry_priority` with
+//! `envoy.retry_priorities.previous_priorities` (which priority each attempt of a failing
+//! request goes to, for several `update_frequency` values and retry counts, over a cluster with
+//! one failing host in each of priorities 0, 1 and 2), and the `omit_canary_hosts` and
+//! `omit_host_metadata` retry host predicates.
 
 use std::time::Duration;
 
@@ -121,6 +122,120 @@ async fn previous_priorities_as_envoy() {
             "{:?}",
             seen[0]
         );
+    })
+    .await
+}
+
+/// `retry_host_predicate` `omit_canary_hosts` and `omit_host_metadata` (with
+/// `host_selection_retry_max_attempts`), side by side with Envoy 1.40: over a canary host, a
+/// host whose `envoy.lb` metadata says `version: v1` and a plain one, all answering 503, the
+/// hosts each predicate leaves out never get a request.
+#[tokio::test]
+async fn omitted_hosts_as_envoy() {
+    run_for(Duration::from_secs(120), async {
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let ups = [
+                EchoUpstream::start("canary").await,
+                EchoUpstream::start("v1").await,
+                EchoUpstream::start("plain").await,
+            ];
+            let metadata = [
+                json!({ "canary": true }),
+                json!({ "version": "v1" }),
+                json!({ "version": "v2" }),
+            ];
+            let lb_endpoints: Vec<Value> = ups
+                .iter()
+                .zip(&metadata)
+                .map(|(u, md)| {
+                    json!({ "endpoint": { "address": { "socket_address": {
+                        "address": "127.0.0.1", "port_value": u.port() } } },
+                        "metadata": { "filter_metadata": { "envoy.lb": md } } })
+                })
+                .collect();
+            let cluster = json!({
+                "name": "prio", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": { "cluster_name": "prio",
+                    "endpoints": [{ "lb_endpoints": lb_endpoints }] },
+            });
+            let predicate = |name: &str, config: Value| {
+                let mut c = config;
+                c["@type"] = json!(format!("type.googleapis.com/{name}"));
+                json!({ "name": name, "typed_config": c })
+            };
+            let route = |prefix: &str, predicates: Vec<Value>| {
+                json!({ "match": { "prefix": prefix }, "route": { "cluster": "prio",
+                    "retry_policy": {
+                        "retry_on": "5xx", "num_retries": 2,
+                        "retry_back_off": { "base_interval": "0.001s", "max_interval": "0.002s" },
+                        "retry_host_predicate": predicates,
+                        "host_selection_retry_max_attempts": 10,
+                    } } })
+            };
+            let canary = predicate(
+                "envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate",
+                json!({}),
+            );
+            let v1 = predicate(
+                "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
+                json!({ "metadata_match": { "filter_metadata": { "envoy.lb": { "version": "v1" } } } }),
+            );
+            let routes = vec![
+                route("/canary", vec![canary.clone()]),
+                route("/v1", vec![v1.clone()]),
+                route("/both", vec![canary, v1]),
+            ];
+            let port = free_port();
+            let mut h = hcm("prio", vec![vhost("all", &["*"], routes)]);
+            h["typed_config"]["route_config"]["virtual_hosts"][0]["include_request_attempt_count"] =
+                json!(true);
+            let v = bootstrap(
+                free_port(),
+                vec![listener("l", "127.0.0.1", port, h)],
+                vec![cluster],
+            );
+            let _proxy = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
+            let mut got = Vec::new();
+            let names = ["canary", "v1", "plain"];
+            for prefix in ["/canary", "/v1", "/both"] {
+                for n in 0..6 {
+                    let path = format!("{prefix}/{n}/status/503");
+                    let r = curl(&["-s", &format!("http://127.0.0.1:{port}{path}")]).await;
+                    assert_eq!(r.resp.status, 503);
+                }
+                // Which hosts retries (attempts after the first) reached.
+                let counts: Vec<String> = ups
+                    .iter()
+                    .zip(names)
+                    .map(|(u, name)| {
+                        let n = u
+                            .rec
+                            .requests()
+                            .iter()
+                            .filter(|r| r.path.starts_with(&format!("{prefix}/")))
+                            .filter(|r| r.header("x-envoy-attempt-count") != Some("1"))
+                            .count();
+                        format!("{name}={}", if n == 0 { "none" } else { "some" })
+                    })
+                    .collect();
+                let total: usize = ups
+                    .iter()
+                    .map(|u| {
+                        u.rec
+                            .requests()
+                            .iter()
+                            .filter(|r| r.path.starts_with(&format!("{prefix}/")))
+                            .count()
+                    })
+                    .sum();
+                got.push(format!("{prefix}: {} attempts={total}", counts.join(" ")));
+            }
+            seen.push(got);
+        }
+        eprintln!("Envoy:\n{}\nskiff:\n{}", seen[0].join("\n"), seen[1].join("\n"));
+        assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+        assert!(seen[0][0].contains("canary=none"), "{:?}", seen[0]);
     })
     .await
 }

@@ -1000,6 +1000,14 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &[],
     ),
     (
+        "envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate",
+        &[],
+    ),
+    (
+        "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
+        &["metadata_match"],
+    ),
+    (
         "envoy.config.route.v3.Route",
         &[
             "name",

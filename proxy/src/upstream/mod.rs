@@ -362,6 +362,8 @@ pub struct Host {
     pub locality: (u32, Option<u32>),
     /// Its locality's region, zone and sub-zone.
     pub place: Arc<model::Locality>,
+    /// The endpoint's `envoy.lb` metadata (`canary`, and what retry host predicates read).
+    pub lb_metadata: Arc<model::LbMetadata>,
     /// The endpoint's `envoy.lb` `hash_key`, hashed instead of its address.
     pub hash_key: Option<Arc<str>>,
     /// Shared counters.
@@ -527,6 +529,7 @@ impl Cluster {
             weight: host.weight,
             locality: host.locality,
             place: host.place.clone(),
+            lb_metadata: host.lb_metadata.clone(),
             hash_key: host.hash_key.clone(),
             stats: host.stats.clone(),
             h1: pool::Http1Pool::default(),
@@ -619,6 +622,7 @@ impl Cluster {
                                 && o.priority == h.priority
                                 && o.locality == (h.locality, h.locality_weight)
                                 && o.place == h.place
+                                && o.lb_metadata == h.lb_metadata
                                 && o.hash_key == hash_key(cfg, h)
                                 && Arc::ptr_eq(&o.stats, s)
                                 && same_tls(o.tls.as_ref(), cfg.tls_for(&h.socket_match))
@@ -630,6 +634,7 @@ impl Cluster {
                     host.weight = h.weight;
                     host.locality = (h.locality, h.locality_weight);
                     host.place = h.place.clone();
+                    host.lb_metadata = h.lb_metadata.clone();
                     host.hash_key = hash_key(cfg, h);
                     host.degraded = (h.degraded_now(), h.excluded);
                     host.priority = h.priority;
@@ -722,6 +727,7 @@ impl Host {
             weight: 1,
             locality: (0, None),
             place: Arc::default(),
+            lb_metadata: Arc::default(),
             hash_key: None,
             degraded: (false, false),
             priority: 0,

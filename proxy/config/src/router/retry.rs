@@ -186,6 +186,12 @@ pub struct RetryPolicy {
     pub rate_limited: Option<RateLimitedBackOff>,
     /// `retry_priority` `envoy.retry_priorities.previous_priorities`: its `update_frequency`.
     pub previous_priorities: Option<u32>,
+    /// `retry_host_predicate` `envoy.retry_host_predicates.omit_canary_hosts`: hosts whose
+    /// `envoy.lb` `canary` is true are picked again.
+    pub omit_canary_hosts: bool,
+    /// `retry_host_predicate` `envoy.retry_host_predicates.omit_host_metadata`: hosts whose
+    /// `envoy.lb` metadata has all these values are picked again.
+    pub omit_host_metadata: Option<Vec<(String, crate::model::MetaValue)>>,
 }
 
 /// `rate_limited_retry_back_off`.
@@ -247,6 +253,8 @@ impl Default for RetryPolicy {
             host_selection_max_attempts: 1,
             rate_limited: None,
             previous_priorities: None,
+            omit_canary_hosts: false,
+            omit_host_metadata: None,
         }
     }
 }
@@ -457,5 +465,30 @@ mod tests {
             w >= Duration::from_secs(2) && w < Duration::from_secs(3),
             "{w:?}"
         );
+    }
+}
+
+impl RetryPolicy {
+    /// Whether a retry host predicate sends a pick of `host` (its address, its `envoy.lb`
+    /// metadata) back for another one; `tried`: the hosts attempted so far.
+    pub fn rejects(
+        &self,
+        address: std::net::SocketAddr,
+        lb: &crate::model::LbMetadata,
+        tried: &[std::net::SocketAddr],
+    ) -> bool {
+        (self.previous_hosts && tried.contains(&address))
+            || (self.omit_canary_hosts
+                && lb.0.get("canary").is_some_and(|(v, _)| &*v.0 == "b:true"))
+            || self.omit_host_metadata.as_ref().is_some_and(|labels| {
+                labels
+                    .iter()
+                    .all(|(k, v)| lb.0.get(k).is_some_and(|(h, _)| h == v))
+            })
+    }
+
+    /// Whether any retry host predicate is configured.
+    pub fn has_host_predicate(&self) -> bool {
+        self.previous_hosts || self.omit_canary_hosts || self.omit_host_metadata.is_some()
     }
 }

@@ -6,8 +6,12 @@ use super::super::ConfigError;
 use super::duration;
 use crate::router::retry::{RetryOn, RetryPolicy, DEFAULT_BASE_INTERVAL};
 
-/// The type of the only retry host predicate skiff runs (Istio sets it on every route).
+/// The retry host predicates (Istio sets previous_hosts on every route).
 const PREVIOUS_HOSTS: &str = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
+const OMIT_CANARY_HOSTS: &str =
+    "envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate";
+const OMIT_HOST_METADATA: &str =
+    "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig";
 
 /// The retry policy `p` at `path`.
 pub(super) fn policy(p: &route::RetryPolicy, path: &str) -> Result<RetryPolicy, ConfigError> {
@@ -114,6 +118,23 @@ pub(super) fn policy(p: &route::RetryPolicy, path: &str) -> Result<RetryPolicy, 
                 if super::super::proto::type_name(&any.type_url) == PREVIOUS_HOSTS =>
             {
                 out.previous_hosts = true;
+            }
+            Some(ConfigType::TypedConfig(any))
+                if super::super::proto::type_name(&any.type_url) == OMIT_CANARY_HOSTS =>
+            {
+                out.omit_canary_hosts = true;
+            }
+            Some(ConfigType::TypedConfig(any))
+                if super::super::proto::type_name(&any.type_url) == OMIT_HOST_METADATA =>
+            {
+                let c: envoy_types::pb::envoy::extensions::retry::host::omit_host_metadata::v3::OmitHostMetadataConfig =
+                    super::super::proto::unpack(any, &format!("{ppath}.typed_config"))?;
+                // Its `envoy.lb` values (none: every host matches, as in Envoy).
+                out.omit_host_metadata = Some(
+                    super::subset::criteria(c.metadata_match.as_ref())
+                        .map(|c| c.keys)
+                        .unwrap_or_default(),
+                );
             }
             _ => return Err(ConfigError::unsupported(ppath)),
         }

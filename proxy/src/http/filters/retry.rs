@@ -316,10 +316,18 @@ impl RetryState {
             .filter(|d| *d > Duration::from_millis(1))
     }
 
-    fn avoid_previous_hosts(&self) -> Option<u32> {
-        self.policy
-            .previous_hosts
-            .then_some(self.policy.host_selection_max_attempts)
+    /// How many more picks the retry host predicates allow (none without one).
+    fn host_selection_tries(&self) -> u32 {
+        if self.policy.has_host_predicate() {
+            self.policy.host_selection_max_attempts
+        } else {
+            0
+        }
+    }
+
+    /// Whether a retry host predicate sends this pick back (`tried`: the hosts attempted).
+    fn rejects(&self, host: &crate::upstream::Host, tried: &[std::net::SocketAddr]) -> bool {
+        self.policy.rejects(host.address, &host.lb_metadata, tried)
     }
 }
 
@@ -415,21 +423,28 @@ async fn attempts_loop(
     loop {
         *attempts += 1;
         let attempts = *attempts;
-        let avoid = retry.as_ref().and_then(RetryState::avoid_previous_hosts);
+        // Retry host predicates judge the hosts of retries only (Envoy's docs, and measured:
+        // a first attempt may go to a host a predicate would send back).
+        let retrying = attempts > 1;
+        let tries = retry
+            .as_ref()
+            .filter(|_| retrying)
+            .map_or(0, RetryState::host_selection_tries);
         let load = match retry.as_mut() {
-            Some(r) if attempts > 1 => r.priority_load(cluster),
+            Some(r) if retrying => r.priority_load(cluster),
             _ => None,
         };
-        let Some(host) = f.select_host(&tried, avoid.unwrap_or(0), load.as_ref()) else {
+        let reject = |h: &crate::upstream::Host| {
+            retrying && retry.as_ref().is_some_and(|r| r.rejects(h, &tried))
+        };
+        let Some(host) = f.select_host(&reject, tries, load.as_ref()) else {
             stats.upstream_cx_none_healthy.inc();
             return Err(LocalReply::NO_HEALTHY_UPSTREAM);
         };
         if let Some(r) = retry.as_mut() {
             r.attempted(host.priority);
         }
-        if avoid.is_some() {
-            tried.push(host.address);
-        }
+        tried.push(host.address);
         let mut parts = match (&replay, head.as_ref()) {
             (Some(_), Some(p)) => copy_parts(p),
             _ => head.take().ok_or(LocalReply::CONNECTION_TERMINATION)?,
@@ -783,13 +798,18 @@ async fn hedged(
                 next = None;
                 *attempts += 1;
                 let n = *attempts;
-                let avoid = retry.avoid_previous_hosts();
+                let tries = if n > 1 {
+                    retry.host_selection_tries()
+                } else {
+                    0
+                };
                 let load = if n > 1 {
                     retry.priority_load(cluster)
                 } else {
                     None
                 };
-                let Some(host) = f.select_host(&tried, avoid.unwrap_or(0), load.as_ref()) else {
+                let reject = |h: &crate::upstream::Host| n > 1 && retry.rejects(h, &tried);
+                let Some(host) = f.select_host(&reject, tries, load.as_ref()) else {
                     stats.upstream_cx_none_healthy.inc();
                     if flights.is_empty() {
                         return Err(LocalReply::NO_HEALTHY_UPSTREAM);
@@ -797,9 +817,7 @@ async fn hedged(
                     continue;
                 };
                 retry.attempted(host.priority);
-                if avoid.is_some() {
-                    tried.push(host.address);
-                }
+                tried.push(host.address);
                 let mut parts = copy_parts(&head);
                 if f.attempt_count.0 {
                     parts

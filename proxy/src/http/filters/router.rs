@@ -1219,7 +1219,7 @@ impl Forward<'_> {
     /// A host for the next attempt, avoiding `avoid` up to `tries` more picks.
     pub(super) fn select_host(
         &self,
-        avoid: &[std::net::SocketAddr],
+        reject: &dyn Fn(&Host) -> bool,
         tries: u32,
         load: Option<&crate::upstream::lb::PriorityLoad>,
     ) -> Option<Rc<Host>> {
@@ -1238,7 +1238,7 @@ impl Forward<'_> {
         };
         let mut host = pick(0)?;
         for attempt in 1..=tries {
-            if !avoid.contains(&host.address) {
+            if !reject(&host) {
                 break;
             }
             host = pick(attempt)?;
