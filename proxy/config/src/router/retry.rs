@@ -348,6 +348,31 @@ impl BackOff {
     }
 }
 
+impl RetryPolicy {
+    /// Whether a retry host predicate sends a pick of `host` (its address, its `envoy.lb`
+    /// metadata) back for another one; `tried`: the hosts attempted so far.
+    pub fn rejects(
+        &self,
+        address: std::net::SocketAddr,
+        lb: &crate::model::LbMetadata,
+        tried: &[std::net::SocketAddr],
+    ) -> bool {
+        (self.previous_hosts && tried.contains(&address))
+            || (self.omit_canary_hosts
+                && lb.0.get("canary").is_some_and(|(v, _)| &*v.0 == "b:true"))
+            || self.omit_host_metadata.as_ref().is_some_and(|labels| {
+                labels
+                    .iter()
+                    .all(|(k, v)| lb.0.get(k).is_some_and(|(h, _)| h == v))
+            })
+    }
+
+    /// Whether any retry host predicate is configured.
+    pub fn has_host_predicate(&self) -> bool {
+        self.previous_hosts || self.omit_canary_hosts || self.omit_host_metadata.is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,30 +490,5 @@ mod tests {
             w >= Duration::from_secs(2) && w < Duration::from_secs(3),
             "{w:?}"
         );
-    }
-}
-
-impl RetryPolicy {
-    /// Whether a retry host predicate sends a pick of `host` (its address, its `envoy.lb`
-    /// metadata) back for another one; `tried`: the hosts attempted so far.
-    pub fn rejects(
-        &self,
-        address: std::net::SocketAddr,
-        lb: &crate::model::LbMetadata,
-        tried: &[std::net::SocketAddr],
-    ) -> bool {
-        (self.previous_hosts && tried.contains(&address))
-            || (self.omit_canary_hosts
-                && lb.0.get("canary").is_some_and(|(v, _)| &*v.0 == "b:true"))
-            || self.omit_host_metadata.as_ref().is_some_and(|labels| {
-                labels
-                    .iter()
-                    .all(|(k, v)| lb.0.get(k).is_some_and(|(h, _)| h == v))
-            })
-    }
-
-    /// Whether any retry host predicate is configured.
-    pub fn has_host_predicate(&self) -> bool {
-        self.previous_hosts || self.omit_canary_hosts || self.omit_host_metadata.is_some()
     }
 }
