@@ -265,6 +265,10 @@ pub struct StreamInfo {
     /// `tracing` is configured and the request id says the service forced the trace
     /// (`traceable_filter`).
     pub trace_forced: bool,
+    /// The upstream host's metadata (`%UPSTREAM_METADATA%`), once one is picked.
+    pub upstream_metadata: Option<Arc<skiff_config::metadata::Metadata>>,
+    /// The upstream cluster's metadata (`%CLUSTER_METADATA%`), once one is picked.
+    pub cluster_metadata: Option<Arc<skiff_config::metadata::Metadata>>,
     /// The kind of line being written before the end (`DownstreamStart`, `TcpPeriodic`, …);
     /// `None`: the end's.
     pub log_type: Option<&'static str>,
@@ -399,6 +403,8 @@ impl StreamInfo {
             dynamic_metadata: None,
             trace_forced: false,
             log_type: None,
+            upstream_metadata: None,
+            cluster_metadata: None,
         }
     }
 

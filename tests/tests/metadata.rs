@@ -298,3 +298,59 @@ async fn dynamic_metadata_as_envoy() {
     })
     .await
 }
+
+/// `%UPSTREAM_METADATA%` and `%CLUSTER_METADATA%` (and `%METADATA(UPSTREAM_HOST|CLUSTER:…)%`)
+/// in route header values and access logs, side by side with Envoy 1.40.
+#[tokio::test]
+async fn upstream_and_cluster_metadata_as_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let up = EchoUpstream::start("up").await;
+            let port = free_port();
+            let mut c = cluster("up", &[up.port()]);
+            c["metadata"] = json!({ "filter_metadata": { "team": { "owner": "blue", "n": 3 } } });
+            c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["metadata"] = json!({
+                "filter_metadata": { "envoy.lb": { "version": "v1" },
+                    "host": { "zone": "z1", "nested": { "k": "v" } } } });
+            let route = json!({ "name": "r", "match": { "prefix": "/" }, "route": { "cluster": "up" },
+                "request_headers_to_add": [
+                    { "header": { "key": "x-up", "value": "%UPSTREAM_METADATA(host:zone)%" } },
+                    { "header": { "key": "x-cl", "value": "%CLUSTER_METADATA(team:owner)%" } } ],
+                "response_headers_to_add": [
+                    { "header": { "key": "x-up", "value": "%UPSTREAM_METADATA(host:nested)%" } },
+                    { "header": { "key": "x-cl", "value": "%CLUSTER_METADATA(team)%" } } ] });
+            let mut h = skiff_tests::config::hcm("md", vec![skiff_tests::config::vhost("all", &["*"], vec![route])]);
+            h["typed_config"]["access_log"] = json!([
+                stdout_log("L up=%UPSTREAM_METADATA(host)% zone=%UPSTREAM_METADATA(host:zone)% lb=%METADATA(UPSTREAM_HOST:envoy.lb:version)% cl=%CLUSTER_METADATA(team)% n=%METADATA(CLUSTER:team:n)% none=%UPSTREAM_METADATA(nope)%\n", None),
+                { "name": "envoy.access_loggers.stdout",
+                  "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                    "log_format": { "json_format": { "up": "%UPSTREAM_METADATA(host)%",
+                        "n": "%CLUSTER_METADATA(team:n)%" } } } },
+            ]);
+            let v = bootstrap(free_port(), vec![listener("l", "127.0.0.1", port, h)], vec![c]);
+            let p = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
+            let r = curl(&["-s", &format!("http://127.0.0.1:{port}/x")]).await;
+            let last = up.rec.last();
+            let mut got = vec![format!(
+                "status={} upstream x-up={:?} x-cl={:?} | client x-up={:?} x-cl={:?}",
+                r.resp.status,
+                last.header("x-up"),
+                last.header("x-cl"),
+                r.resp.header("x-up"),
+                r.resp.header("x-cl"),
+            )];
+            p.wait_stdout_line(Duration::from_secs(5), |l| l.starts_with('{')).await;
+            for l in p.stdout().lines() {
+                if l.starts_with("L ") || l.starts_with('{') {
+                    got.push(l.to_string());
+                }
+            }
+            seen.push(got);
+        }
+        eprintln!("Envoy:\n{}\nskiff:\n{}", seen[0].join("\n"), seen[1].join("\n"));
+        assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+    })
+    .await
+}

@@ -2150,6 +2150,8 @@ pub struct Host {
     pub check_config: Option<Arc<EndpointCheck>>,
     /// The endpoint's `envoy.lb` metadata, which subsets group hosts by.
     pub lb_metadata: Arc<LbMetadata>,
+    /// The endpoint's `metadata` (`%UPSTREAM_METADATA%`).
+    pub metadata: Arc<crate::metadata::Metadata>,
 }
 
 /// A metadata value as the subset load balancer compares it (Envoy's `ValueUtil::equal`): its
@@ -2601,6 +2603,8 @@ pub struct DnsTarget {
     pub check_config: Option<Arc<EndpointCheck>>,
     /// The endpoint's `envoy.lb` metadata.
     pub lb_metadata: Arc<LbMetadata>,
+    /// The endpoint's `metadata` (`%UPSTREAM_METADATA%`).
+    pub metadata: Arc<crate::metadata::Metadata>,
 }
 
 /// `TcpKeepalive`: SO_KEEPALIVE, and the settings given (the system's otherwise).
@@ -2762,6 +2766,8 @@ pub struct Cluster {
     pub name: String,
     /// `alt_stat_name`: the name in stats, `/clusters` and `%UPSTREAM_CLUSTER%`.
     pub alt_stat_name: Option<String>,
+    /// `metadata` (`%CLUSTER_METADATA%`).
+    pub metadata: Arc<crate::metadata::Metadata>,
     /// `type`.
     pub discovery: DiscoveryType,
     /// ORIGINAL_DST with `original_dst_lb_config.use_http_header`: the request header naming

@@ -62,12 +62,27 @@ fn render_json(t: &json::Template, info: &StreamInfo, out: &mut String) {
         Node::Literal(text) => out.push_str(text),
         Node::Text(pieces) => match pieces.as_slice() {
             // Metadata keeps its type in a JSON line (a struct as an object).
-            [Piece::Op(Op::DynamicMetadata(ns, path), None)] => {
-                match info
-                    .dynamic_metadata
-                    .as_ref()
-                    .and_then(|m| m.with(|m| m.value(ns, path)))
-                {
+            [Piece::Op(
+                op @ (Op::DynamicMetadata(ns, path)
+                | Op::UpstreamMetadata(ns, path)
+                | Op::ClusterMetadata(ns, path)),
+                None,
+            )] => {
+                let v = match op {
+                    Op::DynamicMetadata(..) => info
+                        .dynamic_metadata
+                        .as_ref()
+                        .and_then(|m| m.with(|m| m.value(ns, path))),
+                    Op::UpstreamMetadata(..) => info
+                        .upstream_metadata
+                        .as_ref()
+                        .and_then(|m| m.value(ns, path)),
+                    _ => info
+                        .cluster_metadata
+                        .as_ref()
+                        .and_then(|m| m.value(ns, path)),
+                };
+                match v {
                     Some(v) => v.write_json(out),
                     None => out.push_str("null"),
                 }
@@ -297,6 +312,14 @@ fn value_in(op: &Op, info: &StreamInfo, req: &HeaderMap, resp: &HeaderMap) -> Op
             .dynamic_metadata
             .as_ref()
             .and_then(|m| m.with(|m| m.render(ns, path))),
+        Op::UpstreamMetadata(ns, path) => info
+            .upstream_metadata
+            .as_ref()
+            .and_then(|m| m.render(ns, path)),
+        Op::ClusterMetadata(ns, path) => info
+            .cluster_metadata
+            .as_ref()
+            .and_then(|m| m.render(ns, path)),
         Op::RequestHeadersBytes => Some(info.request_headers_bytes.to_string()),
         Op::ResponseHeadersBytes => Some(response_headers_bytes(info).to_string()),
         Op::Fixed(v) => v.clone(),

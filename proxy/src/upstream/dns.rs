@@ -323,6 +323,7 @@ impl DnsClusters {
                         checks: model::HcFlags::default(),
                         check_config: spec.check_config.clone(),
                         lb_metadata: spec.lb_metadata.clone(),
+                        metadata: spec.metadata.clone(),
                     });
                     ttl = Some(ttl.map_or(*t, |m| m.min(*t)));
                 }

@@ -364,6 +364,8 @@ pub struct Host {
     pub place: Arc<model::Locality>,
     /// The endpoint's `envoy.lb` metadata (`canary`, and what retry host predicates read).
     pub lb_metadata: Arc<model::LbMetadata>,
+    /// The endpoint's metadata (`%UPSTREAM_METADATA%`).
+    pub metadata: Arc<crate::config::metadata::Metadata>,
     /// The endpoint's `envoy.lb` `hash_key`, hashed instead of its address.
     pub hash_key: Option<Arc<str>>,
     /// Shared counters.
@@ -530,6 +532,7 @@ impl Cluster {
             locality: host.locality,
             place: host.place.clone(),
             lb_metadata: host.lb_metadata.clone(),
+            metadata: host.metadata.clone(),
             hash_key: host.hash_key.clone(),
             stats: host.stats.clone(),
             h1: pool::Http1Pool::default(),
@@ -623,6 +626,7 @@ impl Cluster {
                                 && o.locality == (h.locality, h.locality_weight)
                                 && o.place == h.place
                                 && o.lb_metadata == h.lb_metadata
+                                && o.metadata == h.metadata
                                 && o.hash_key == hash_key(cfg, h)
                                 && Arc::ptr_eq(&o.stats, s)
                                 && same_tls(o.tls.as_ref(), cfg.tls_for(&h.socket_match))
@@ -635,6 +639,7 @@ impl Cluster {
                     host.locality = (h.locality, h.locality_weight);
                     host.place = h.place.clone();
                     host.lb_metadata = h.lb_metadata.clone();
+                    host.metadata = h.metadata.clone();
                     host.hash_key = hash_key(cfg, h);
                     host.degraded = (h.degraded_now(), h.excluded);
                     host.priority = h.priority;
@@ -728,6 +733,7 @@ impl Host {
             locality: (0, None),
             place: Arc::default(),
             lb_metadata: Arc::default(),
+            metadata: Arc::default(),
             hash_key: None,
             degraded: (false, false),
             priority: 0,

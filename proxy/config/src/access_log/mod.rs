@@ -69,6 +69,11 @@ pub enum Op {
     /// `%DYNAMIC_METADATA(namespace:key:…)%` (and `%METADATA(DYNAMIC:…)%`): the stream's
     /// dynamic metadata, a namespace as JSON, a string as it is.
     DynamicMetadata(String, Vec<String>),
+    /// `%UPSTREAM_METADATA(namespace:key:…)%` (and `%METADATA(UPSTREAM_HOST:…)%`): the
+    /// upstream host's metadata.
+    UpstreamMetadata(String, Vec<String>),
+    /// `%CLUSTER_METADATA(namespace:key:…)%` (and `%METADATA(CLUSTER:…)%`).
+    ClusterMetadata(String, Vec<String>),
     RequestHeadersBytes,
     ResponseHeadersBytes,
     /// `%HOSTNAME%` and `%ENVIRONMENT(X)%`: fixed when the format is built, as in Envoy.
@@ -371,6 +376,17 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
     {
         return metadata_args(inner).map(|(ns, path)| Op::DynamicMetadata(ns, path));
     }
+    for (name, op) in [
+        (
+            "UPSTREAM_METADATA(",
+            Op::UpstreamMetadata as fn(String, Vec<String>) -> Op,
+        ),
+        ("CLUSTER_METADATA(", Op::ClusterMetadata),
+    ] {
+        if let Some(inner) = cmd.strip_prefix(name).and_then(|s| s.strip_suffix(')')) {
+            return metadata_args(inner).map(|(ns, path)| op(ns, path));
+        }
+    }
     if let Some(inner) = cmd
         .strip_prefix("METADATA(")
         .and_then(|s| s.strip_suffix(')'))
@@ -378,8 +394,12 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
         let (kind, rest) = inner.split_once(':').unwrap_or((inner, ""));
         return match kind {
             "DYNAMIC" => metadata_args(rest).map(|(ns, path)| Op::DynamicMetadata(ns, path)),
-            "ROUTE" | "CLUSTER" | "UPSTREAM_HOST" | "LISTENER" | "VIRTUAL_HOST" => Err(format!(
-                "Not supported field in StreamInfo: METADATA({kind}) (skiff keeps only dynamic metadata for access logs)"
+            "CLUSTER" => metadata_args(rest).map(|(ns, path)| Op::ClusterMetadata(ns, path)),
+            "UPSTREAM_HOST" => {
+                metadata_args(rest).map(|(ns, path)| Op::UpstreamMetadata(ns, path))
+            }
+            "ROUTE" | "LISTENER" | "VIRTUAL_HOST" => Err(format!(
+                "Not supported field in StreamInfo: METADATA({kind}) (skiff keeps no route, listener or virtual host metadata for access logs)"
             )),
             _ => Err(format!("Unknown metadata type: {kind}")),
         };
@@ -460,9 +480,7 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
             // Envoy has these; say why skiff does not, rather than that they do not exist.
             let why = match other.split('(').next().unwrap_or(other) {
                 "CEL" => " (skiff does not evaluate CEL expressions)",
-                "CLUSTER_METADATA" | "UPSTREAM_METADATA" => {
-                    " (skiff keeps only dynamic metadata for access logs)"
-                }
+
                 "FILTER_STATE" | "UPSTREAM_FILTER_STATE" => {
                     " (skiff keeps no filter state for access logs)"
                 }

@@ -394,6 +394,12 @@ pub(super) fn translate_cluster(
     Ok(Cluster {
         name: c.name.clone(),
         alt_stat_name: (!c.alt_stat_name.is_empty()).then(|| c.alt_stat_name.clone()),
+        metadata: Arc::new(
+            c.metadata
+                .as_ref()
+                .map(crate::metadata::Metadata::from_pb)
+                .unwrap_or_default(),
+        ),
         discovery,
         original_dst_header,
         source_address,
@@ -753,6 +759,12 @@ pub(crate) fn load_assignment_hosts(
                 checks: HcFlags::default(),
                 check_config: check_config(ep, &epath)?,
                 lb_metadata: super::subset::lb_metadata(lb.metadata.as_ref()),
+                metadata: Arc::new(
+                    lb.metadata
+                        .as_ref()
+                        .map(crate::metadata::Metadata::from_pb)
+                        .unwrap_or_default(),
+                ),
             });
         }
     }

@@ -272,6 +272,12 @@ fn targets(c: &cluster::Cluster, logical: bool, path: &str) -> Result<Vec<DnsTar
                 hash_key: super::clusters::hash_key(lb),
                 check_config: super::clusters::check_config(ep, &epath)?,
                 lb_metadata: super::subset::lb_metadata(lb.metadata.as_ref()),
+                metadata: Arc::new(
+                    lb.metadata
+                        .as_ref()
+                        .map(crate::metadata::Metadata::from_pb)
+                        .unwrap_or_default(),
+                ),
             });
         }
     }

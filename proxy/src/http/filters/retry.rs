@@ -461,6 +461,7 @@ async fn attempts_loop(
         };
         if let Some(info) = info.as_deref_mut() {
             info.upstream_host = Some(host.address);
+            info.upstream_metadata = Some(host.metadata.clone());
             info.attempts = attempts;
         }
         let state = AttemptState::new();
@@ -836,6 +837,7 @@ async fn hedged(
                 }
                 if let Some(info) = info.as_deref_mut() {
                     info.upstream_host = Some(host.address);
+                    info.upstream_metadata = Some(host.metadata.clone());
                     info.attempts = n;
                 }
                 let state = std::rc::Rc::new(AttemptState::new());
@@ -960,6 +962,7 @@ async fn hedged(
                         }
                         if let Some(info) = info.as_deref_mut() {
                             info.upstream_host = Some(fl.host.address);
+                            info.upstream_metadata = Some(fl.host.metadata.clone());
                             info.upstream_connection = Some(conn.info());
                             info.upstream_protocol = Some(if fl.state.http2.get() {
                                 "HTTP/2"

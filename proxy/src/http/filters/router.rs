@@ -509,6 +509,7 @@ pub async fn route(
         })?;
     if let Some(info) = info.as_deref_mut() {
         info.upstream_cluster = Some(cluster.name.clone());
+        info.cluster_metadata = Some(cluster.config().metadata.clone());
         info.upstream_cluster_stat = cluster.config().alt_stat_name.as_deref().map(Into::into);
     }
     // The virtual cluster the request counts in (the virtual host's first that matches, or

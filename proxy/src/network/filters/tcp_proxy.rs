@@ -129,6 +129,7 @@ async fn proxy(
     };
     if let Some(info) = info.as_deref_mut() {
         info.upstream_cluster = Some(cluster.name.clone());
+        info.cluster_metadata = Some(cluster.config().metadata.clone());
         info.upstream_cluster_stat = cluster.config().alt_stat_name.as_deref().map(Into::into);
     }
     let Some(host) = cluster.select_host(local, |d| worker.is_own_listener(d)) else {
@@ -141,6 +142,7 @@ async fn proxy(
     let host = cluster.variant(host, (remote, local), None);
     if let Some(info) = info.as_deref_mut() {
         info.upstream_host = Some(host.address);
+        info.upstream_metadata = Some(host.metadata.clone());
     }
     let tunneling = cfg.tunneling.as_deref();
     let h2_tunnel =
