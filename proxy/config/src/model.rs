@@ -1164,6 +1164,9 @@ pub struct HttpConnectionManager {
     /// `upgrade_configs`: the upgrade types (lower case) this connection manager takes, and
     /// whether each is enabled unless a route says otherwise.
     pub upgrades: Vec<(String, bool)>,
+    /// `upgrade_configs[].filters`: an upgrade type's own filters (before its router), which
+    /// replace `http_filters` for its requests when the route lets it through.
+    pub upgrade_filters: Vec<(String, Vec<HttpFilter>)>,
     /// `use_remote_address`.
     pub use_remote_address: bool,
     /// `xff_num_trusted_hops`.

@@ -555,7 +555,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
-        &["upgrade_type", "enabled"],
+        &["upgrade_type", "enabled", "filters"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",

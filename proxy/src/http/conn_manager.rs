@@ -288,6 +288,8 @@ pub struct HttpConnectionManager {
     pub stats: HcmStats,
     /// Its HTTP filters (before the router) on this worker.
     pub filters: Vec<filter::Factory>,
+    /// The filters of the upgrade types that have their own, by type.
+    pub upgrade_filters: Vec<(String, Vec<filter::Factory>)>,
     /// Its `route_config`, indexed (none with RDS: each stream takes the table in force).
     pub routes: Option<Arc<crate::router::RouteTable>>,
 }
@@ -313,6 +315,16 @@ impl HttpConnectionManager {
         HttpConnectionManager {
             stats: HcmStats::new(shard.clone(), &config.stat_prefix, scope),
             filters: filter::factories(&config.http_filters, shard, &config.stat_prefix),
+            upgrade_filters: config
+                .upgrade_filters
+                .iter()
+                .map(|(kind, list)| {
+                    (
+                        kind.clone(),
+                        filter::factories(list, shard, &config.stat_prefix),
+                    )
+                })
+                .collect(),
             routes,
             config,
         }
@@ -1658,10 +1670,24 @@ async fn handle(
                 .log_early(&cfg.access_logs, info, "DownstreamStart");
         }
     }
+    // An upgrade with its own filters (`upgrade_configs[].filters`) runs them instead of the
+    // connection manager's, when its route lets it through (Envoy's upgrade filter chain).
+    let factories = upgrade
+        .as_deref()
+        .and_then(|kind| {
+            conn.hcm
+                .upgrade_filters
+                .iter()
+                .find(|(t, _)| t == kind)
+                .filter(|_| {
+                    selection
+                        .route()
+                        .is_some_and(|r| r.allows_upgrade(kind, &cfg.upgrades))
+                })
+        })
+        .map_or(&conn.hcm.filters, |(_, f)| f);
     // The stream's dynamic metadata, when a filter may write some.
-    let metadata = conn
-        .hcm
-        .filters
+    let metadata = factories
         .iter()
         .any(|f| f.writes_metadata())
         .then(crate::stream_info::DynamicMetadata::default);
@@ -1670,7 +1696,7 @@ async fn handle(
     }
     // The decoder filters, then the router as the terminal filter.
     let chain = filter::build(
-        &conn.hcm.filters,
+        factories,
         &filter::StreamContext {
             selection: &selection,
             remote: client,

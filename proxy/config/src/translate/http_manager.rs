@@ -67,111 +67,8 @@ pub(super) fn translate_hcm(
             }
             None => return Err(ConfigError::new(format!("{path}.route_config"), "required")),
         };
-    let mut router = None;
-    let mut http_filters = Vec::new();
-    for (i, f) in h.http_filters.iter().enumerate() {
-        let fpath = format!("{path}.http_filters[{i}]");
-        let typed = match &f.config_type {
-            Some(hcm::http_filter::ConfigType::TypedConfig(any)) => Some(any),
-            _ => None,
-        };
-        let any = typed_config(typed, f.config_type.is_some(), &fpath)?;
-        let tpath = format!("{fpath}.typed_config");
-        let config = match type_name(&any.type_url) {
-            "envoy.extensions.filters.http.router.v3.Router" => {
-                if i + 1 != h.http_filters.len() {
-                    return Err(ConfigError::new(
-                        fpath,
-                        "the router must be the last HTTP filter",
-                    ));
-                }
-                if f.disabled {
-                    return Err(ConfigError::new(
-                        format!("{fpath}.disabled"),
-                        "the terminal filter cannot be disabled",
-                    ));
-                }
-                let r: Router = unpack(any, &tpath)?;
-                router = Some(RouterConfig {
-                    dynamic_stats: r.dynamic_stats.as_ref().is_none_or(|v| v.value),
-                    suppress_envoy_headers: r.suppress_envoy_headers,
-                });
-                None
-            }
-            "envoy.extensions.filters.http.compressor.v3.Compressor" => {
-                Some(super::compressor::translate(&unpack(any, &tpath)?, &tpath)?)
-            }
-            "envoy.extensions.filters.http.decompressor.v3.Decompressor" => Some(
-                super::compressor::translate_decompressor(&unpack(any, &tpath)?, &tpath)?,
-            ),
-            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => {
-                Some(HttpFilterConfig::LocalRateLimit(Arc::new(
-                    super::ratelimit::translate(&unpack(any, &tpath)?, &tpath)?,
-                )))
-            }
-            crate::istio::ALPN => Some(HttpFilterConfig::IstioAlpn(Arc::new(super::istio::alpn(
-                &unpack(any, &tpath)?,
-                &tpath,
-            )?))),
-            "envoy.extensions.filters.http.health_check.v3.HealthCheck" => {
-                Some(HttpFilterConfig::HealthCheck(Arc::new(health_check(
-                    &unpack(any, &tpath)?,
-                    &tpath,
-                )?)))
-            }
-            crate::istio::PEER_METADATA => Some(HttpFilterConfig::PeerMetadata(Arc::new(
-                super::istio::peer_metadata(&unpack(any, &tpath)?, &tpath)?,
-            ))),
-            "envoy.extensions.filters.http.rbac.v3.RBAC" => Some(HttpFilterConfig::Rbac(Arc::new(
-                super::rbac::filter(&unpack(any, &tpath)?, &tpath)?,
-            ))),
-            "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication" => {
-                Some(HttpFilterConfig::JwtAuthn(Arc::new(super::jwt::filter(
-                    &unpack(any, &tpath)?,
-                    &tpath,
-                )?)))
-            }
-            "envoy.extensions.filters.http.header_to_metadata.v3.Config" => {
-                Some(HttpFilterConfig::HeaderToMetadata(Arc::new(
-                    super::header_to_metadata::translate(&unpack(any, &tpath)?, &tpath, false)?,
-                )))
-            }
-            "envoy.extensions.filters.http.fault.v3.HTTPFault" => Some(HttpFilterConfig::Fault(
-                Arc::new(super::fault::translate(&unpack(any, &tpath)?, &tpath)?),
-            )),
-            // With no field set (any set field is refused by path), the CORS filter acts only
-            // through per-route configuration of its type, which skiff refuses: no effect.
-            "envoy.extensions.filters.http.cors.v3.Cors" => None,
-            // Telemetry only (docs/compatibility.md).
-            crate::istio::STATS => {
-                super::istio::without_effect("istio.stats");
-                None
-            }
-            "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig" => {
-                super::istio::without_effect("envoy.filters.http.grpc_stats");
-                None
-            }
-            other => {
-                return Err(ConfigError::new(
-                    tpath,
-                    format!("unsupported HTTP filter '{}' ({other})", f.name),
-                ))
-            }
-        };
-        if let Some(config) = config {
-            http_filters.push(HttpFilter {
-                name: f.name.clone(),
-                disabled: f.disabled,
-                config,
-            });
-        }
-    }
-    let router = router.ok_or_else(|| {
-        ConfigError::new(
-            format!("{path}.http_filters"),
-            "must end with envoy.filters.http.router",
-        )
-    })?;
+    let (http_filters, router) =
+        http_filter_list(&h.http_filters, &format!("{path}.http_filters"))?;
     let mut access_logs = Vec::new();
     for (i, a) in h.access_log.iter().enumerate() {
         access_logs.push(translate_access_log(a, &format!("{path}.access_log[{i}]"))?);
@@ -243,6 +140,7 @@ pub(super) fn translate_hcm(
         },
     };
     let mut upgrades: Vec<(String, bool)> = Vec::new();
+    let mut upgrade_filters: Vec<(String, Vec<HttpFilter>)> = Vec::new();
     for (i, u) in h.upgrade_configs.iter().enumerate() {
         let upath = format!("{path}.upgrade_configs[{i}]");
         let hcm::http_connection_manager::UpgradeConfig {
@@ -250,10 +148,19 @@ pub(super) fn translate_hcm(
             filters,
             enabled,
         } = u;
-        if !filters.is_empty() {
-            return Err(ConfigError::unsupported(format!("{upath}.filters")));
-        }
         let kind = upgrade_kind(upgrade_type, &format!("{upath}.upgrade_type"))?;
+        // An upgrade's own filters replace the connection manager's for its requests.
+        if !filters.is_empty() {
+            let fpath = format!("{upath}.filters");
+            let (list, upgrade_router) = http_filter_list(filters, &fpath)?;
+            if upgrade_router != router {
+                return Err(ConfigError::new(
+                    fpath,
+                    "unsupported: a router configured otherwise than the connection manager's",
+                ));
+            }
+            upgrade_filters.push((kind.clone(), list));
+        }
         if upgrades.iter().any(|(t, _)| *t == kind) {
             return Err(ConfigError::new(
                 upath,
@@ -470,6 +377,7 @@ pub(super) fn translate_hcm(
         escaped_slashes,
         strip_port,
         upgrades,
+        upgrade_filters,
         http2,
         stat_prefix: h.stat_prefix.clone(),
         codec,
@@ -954,6 +862,116 @@ fn tracing(
         pack_trace_reason,
         use_request_id,
     }))
+}
+
+/// An `http_filters` list at `path` (the connection manager's, or an upgrade's): the filters
+/// before the router, and the router's configuration.
+fn http_filter_list(
+    list: &[hcm::HttpFilter],
+    path: &str,
+) -> Result<(Vec<HttpFilter>, RouterConfig), ConfigError> {
+    let mut router = None;
+    let mut http_filters = Vec::new();
+    for (i, f) in list.iter().enumerate() {
+        let fpath = format!("{path}[{i}]");
+        let typed = match &f.config_type {
+            Some(hcm::http_filter::ConfigType::TypedConfig(any)) => Some(any),
+            _ => None,
+        };
+        let any = typed_config(typed, f.config_type.is_some(), &fpath)?;
+        let tpath = format!("{fpath}.typed_config");
+        let config = match type_name(&any.type_url) {
+            "envoy.extensions.filters.http.router.v3.Router" => {
+                if i + 1 != list.len() {
+                    return Err(ConfigError::new(
+                        fpath,
+                        "the router must be the last HTTP filter",
+                    ));
+                }
+                if f.disabled {
+                    return Err(ConfigError::new(
+                        format!("{fpath}.disabled"),
+                        "the terminal filter cannot be disabled",
+                    ));
+                }
+                let r: Router = unpack(any, &tpath)?;
+                router = Some(RouterConfig {
+                    dynamic_stats: r.dynamic_stats.as_ref().is_none_or(|v| v.value),
+                    suppress_envoy_headers: r.suppress_envoy_headers,
+                });
+                None
+            }
+            "envoy.extensions.filters.http.compressor.v3.Compressor" => {
+                Some(super::compressor::translate(&unpack(any, &tpath)?, &tpath)?)
+            }
+            "envoy.extensions.filters.http.decompressor.v3.Decompressor" => Some(
+                super::compressor::translate_decompressor(&unpack(any, &tpath)?, &tpath)?,
+            ),
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => {
+                Some(HttpFilterConfig::LocalRateLimit(Arc::new(
+                    super::ratelimit::translate(&unpack(any, &tpath)?, &tpath)?,
+                )))
+            }
+            crate::istio::ALPN => Some(HttpFilterConfig::IstioAlpn(Arc::new(super::istio::alpn(
+                &unpack(any, &tpath)?,
+                &tpath,
+            )?))),
+            "envoy.extensions.filters.http.health_check.v3.HealthCheck" => {
+                Some(HttpFilterConfig::HealthCheck(Arc::new(health_check(
+                    &unpack(any, &tpath)?,
+                    &tpath,
+                )?)))
+            }
+            crate::istio::PEER_METADATA => Some(HttpFilterConfig::PeerMetadata(Arc::new(
+                super::istio::peer_metadata(&unpack(any, &tpath)?, &tpath)?,
+            ))),
+            "envoy.extensions.filters.http.rbac.v3.RBAC" => Some(HttpFilterConfig::Rbac(Arc::new(
+                super::rbac::filter(&unpack(any, &tpath)?, &tpath)?,
+            ))),
+            "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication" => {
+                Some(HttpFilterConfig::JwtAuthn(Arc::new(super::jwt::filter(
+                    &unpack(any, &tpath)?,
+                    &tpath,
+                )?)))
+            }
+            "envoy.extensions.filters.http.header_to_metadata.v3.Config" => {
+                Some(HttpFilterConfig::HeaderToMetadata(Arc::new(
+                    super::header_to_metadata::translate(&unpack(any, &tpath)?, &tpath, false)?,
+                )))
+            }
+            "envoy.extensions.filters.http.fault.v3.HTTPFault" => Some(HttpFilterConfig::Fault(
+                Arc::new(super::fault::translate(&unpack(any, &tpath)?, &tpath)?),
+            )),
+            // With no field set (any set field is refused by path), the CORS filter acts only
+            // through per-route configuration of its type, which skiff refuses: no effect.
+            "envoy.extensions.filters.http.cors.v3.Cors" => None,
+            // Telemetry only (docs/compatibility.md).
+            crate::istio::STATS => {
+                super::istio::without_effect("istio.stats");
+                None
+            }
+            "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig" => {
+                super::istio::without_effect("envoy.filters.http.grpc_stats");
+                None
+            }
+            other => {
+                return Err(ConfigError::new(
+                    tpath,
+                    format!("unsupported HTTP filter '{}' ({other})", f.name),
+                ))
+            }
+        };
+        if let Some(config) = config {
+            http_filters.push(HttpFilter {
+                name: f.name.clone(),
+                disabled: f.disabled,
+                config,
+            });
+        }
+    }
+    let router =
+        router.ok_or_else(|| ConfigError::new(path, "must end with envoy.filters.http.router"))?;
+    Ok((http_filters, router))
 }
 
 /// `forward_client_cert_details` and `set_current_client_cert_details` (whose elements Envoy
