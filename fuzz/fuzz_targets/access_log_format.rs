@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
                 version: Some("TLSv1.3"),
                 cipher: Some("TLS_AES_128_GCM_SHA256"),
                 peer: Some(cert.clone()),
+                peer_intermediates: Vec::new(),
                 local: Some(cert),
             }),
             peer_certificate: true,

@@ -73,6 +73,7 @@ fuzz_target!(|data: &[u8]| {
         version: None,
         cipher: None,
         peer: Some(peer),
+        peer_intermediates: vec![rest.to_vec()],
         local: None,
     };
     let modes = [
@@ -86,6 +87,7 @@ fuzz_target!(|data: &[u8]| {
         mode: modes[usize::from(knobs) % modes.len()],
         details: vec![
             XfccDetail::Cert,
+            XfccDetail::Chain,
             XfccDetail::Subject,
             XfccDetail::Uri,
             XfccDetail::Dns,

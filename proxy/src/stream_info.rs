@@ -207,6 +207,8 @@ pub struct TlsInfo {
     pub cipher: Option<&'static str>,
     /// The peer's certificate, if it sent one.
     pub peer: Option<CertInfo>,
+    /// The certificates the client sent after its leaf (XFCC's `Chain`), DER.
+    pub peer_intermediates: Vec<Vec<u8>>,
     /// The certificate this side presented.
     pub local: Option<CertInfo>,
 }

@@ -20,7 +20,7 @@ const MODES: &[(&str, &str)] = &[
     ),
     (
         "SANITIZE_SET",
-        "set_current_client_cert_details: {cert: true, subject: true, uri: true, dns: true}",
+        "set_current_client_cert_details: {cert: true, chain: true, subject: true, uri: true, dns: true}",
     ),
     ("ALWAYS_FORWARD_ONLY", ""),
     ("APPEND_FORWARD", ""),

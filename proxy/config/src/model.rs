@@ -1375,6 +1375,8 @@ pub struct ForwardClientCert {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XfccDetail {
     Cert,
+    /// `chain`: the client's whole certificate chain (its leaf first), PEM, URL-encoded.
+    Chain,
     Subject,
     Uri,
     Dns,

@@ -494,6 +494,16 @@ pub fn forwarded_client_cert(
                     crate::tls::info::url_encoded_pem(&peer.der)
                 ));
             }
+            XfccDetail::Chain => {
+                let intermediates = tls.map_or(&[][..], |t| &t.peer_intermediates[..]);
+                parts.push(format!(
+                    "Chain=\"{}\"",
+                    crate::tls::info::url_encoded_pems(
+                        std::iter::once(&peer.der[..])
+                            .chain(intermediates.iter().map(Vec::as_slice))
+                    )
+                ));
+            }
             // The key is there even when the subject is empty, as in Envoy.
             XfccDetail::Subject => parts.push(format!("Subject=\"{}\"", peer.subject)),
             XfccDetail::Uri if peer.uri_sans.is_empty() => parts.push("URI=".into()),

@@ -23,6 +23,10 @@ pub fn connection_info(conn: &CommonState, local: Option<CertInfo>) -> TlsInfo {
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|leaf| cert_info(leaf)),
+        peer_intermediates: conn
+            .peer_certificates()
+            .map(|c| c.iter().skip(1).map(|d| d.to_vec()).collect())
+            .unwrap_or_default(),
         local,
     }
 }
@@ -118,13 +122,21 @@ pub fn base64(bytes: &[u8]) -> String {
 
 /// A certificate as PEM, URL-encoded as Envoy logs it (`%DOWNSTREAM_PEER_CERT%`).
 pub fn url_encoded_pem(der: &[u8]) -> String {
-    let b64 = base64(der);
-    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
+    url_encoded_pems(std::iter::once(der))
+}
+
+/// Certificates (DER) as PEM one after the other, URL-encoded (XFCC's `Chain`).
+pub fn url_encoded_pems<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut pem = String::new();
+    for der in ders {
+        let b64 = base64(der);
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
     }
-    pem.push_str("-----END CERTIFICATE-----\n");
     let mut out = String::with_capacity(pem.len() + pem.len() / 8);
     for b in pem.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

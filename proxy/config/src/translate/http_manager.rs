@@ -993,15 +993,11 @@ fn xfcc(h: &hcm::HttpConnectionManager, path: &str) -> Result<ForwardClientCert,
     };
     let mut details = Vec::new();
     if let Some(d) = &h.set_current_client_cert_details {
-        let dpath = format!("{path}.set_current_client_cert_details");
-        if d.chain {
-            return Err(ConfigError::new(
-                format!("{dpath}.chain"),
-                "unsupported: skiff keeps only the client's leaf certificate",
-            ));
-        }
         if d.cert {
             details.push(XfccDetail::Cert);
+        }
+        if d.chain {
+            details.push(XfccDetail::Chain);
         }
         if d.subject.as_ref().is_some_and(|v| v.value) {
             details.push(XfccDetail::Subject);
