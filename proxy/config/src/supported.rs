@@ -1225,6 +1225,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "append_x_forwarded_host",
             "retry_policy",
             "hedge_policy",
+            "priority",
             "max_stream_duration",
             "idle_timeout",
             "request_mirror_policies",

@@ -195,6 +195,15 @@ pub struct Breakers {
 }
 
 impl Breakers {
+    /// The breakers of a route priority: `HIGH`'s, or `DEFAULT`'s.
+    pub fn of(&self, high: bool) -> &Resources {
+        if high {
+            &self.high
+        } else {
+            &self.default
+        }
+    }
+
     /// The breakers of `config`, their gauges in the main thread's shard.
     pub fn new(main: &Shard, config: &model::Cluster) -> Self {
         Breakers {

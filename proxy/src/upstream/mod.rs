@@ -366,6 +366,9 @@ pub struct Host {
     pub lb_metadata: Arc<model::LbMetadata>,
     /// The endpoint's metadata (`%UPSTREAM_METADATA%`).
     pub metadata: Arc<crate::config::metadata::Metadata>,
+    /// This copy serves routes of `priority: HIGH`: its own pools, the cluster's `HIGH`
+    /// circuit breakers (Envoy keys its pools by priority).
+    pub high: bool,
     /// The endpoint's `envoy.lb` `hash_key`, hashed instead of its address.
     pub hash_key: Option<Arc<str>>,
     /// Shared counters.
@@ -420,6 +423,7 @@ type VariantKey = (
     Option<Box<str>>,
     Option<pool::Source>,
     Option<Arc<[Vec<u8>]>>,
+    bool,
 );
 
 /// Above this many ORIGINAL_DST hosts on a worker, hosts no stream uses are dropped.
@@ -489,7 +493,7 @@ impl Cluster {
         downstream: (SocketAddr, SocketAddr),
         authority: Option<&str>,
     ) -> Rc<Host> {
-        self.variant_from(host, downstream, authority, None, None)
+        self.variant_from(host, downstream, authority, None, None, false)
     }
 
     /// [`Cluster::variant`], whose connections come from `source` (original_src) when given:
@@ -502,6 +506,7 @@ impl Cluster {
         authority: Option<&str>,
         source: Option<pool::Source>,
         alpn: Option<Arc<[Vec<u8>]>>,
+        high: bool,
     ) -> Rc<Host> {
         let cfg = self.config();
         let downstream = cfg.proxy_protocol.is_some().then_some((remote, local));
@@ -511,10 +516,17 @@ impl Cluster {
             None
         };
         let alpn = alpn.filter(|_| host.tls.is_some());
-        if downstream.is_none() && sni.is_none() && source.is_none() && alpn.is_none() {
+        if downstream.is_none() && sni.is_none() && source.is_none() && alpn.is_none() && !high {
             return host;
         }
-        let key = (host.address, downstream, sni.map(Box::from), source, alpn);
+        let key = (
+            host.address,
+            downstream,
+            sni.map(Box::from),
+            source,
+            alpn,
+            high,
+        );
         let mut hosts = self.by_downstream.borrow_mut();
         if let Some(h) = hosts.get(&key) {
             return h.clone();
@@ -547,6 +559,7 @@ impl Cluster {
             tls: host.tls.clone(),
             negotiated_h2: Cell::new(None),
             alpn: key.4.clone(),
+            high,
         });
         hosts.insert(key, copy.clone());
         copy
@@ -746,6 +759,7 @@ impl Host {
             tls: None,
             negotiated_h2: Cell::new(None),
             alpn: None,
+            high: false,
         }
     }
 }

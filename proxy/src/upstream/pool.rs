@@ -313,8 +313,8 @@ struct Pending {
 
 impl Pending {
     /// A pending request, or `Overflow` when the breaker is at its limit.
-    fn new(cluster: &Cluster) -> Result<Pending, ConnectError> {
-        let Some(held) = cluster.info.breakers.default.pending.try_acquire() else {
+    fn new(cluster: &Cluster, host: &Host) -> Result<Pending, ConnectError> {
+        let Some(held) = cluster.info.breakers.of(host.high).pending.try_acquire() else {
             cluster.stats.upstream_rq_pending_overflow.inc();
             return Err(ConnectError::Overflow);
         };
@@ -336,7 +336,7 @@ impl Drop for Pending {
 /// A request's place in the `max_requests` breaker, taken when it gets its connection (where
 /// Envoy checks it and counts the request), or `Overflow`.
 fn attach(cluster: &Cluster, host: &Host) -> Result<Held, ConnectError> {
-    let Some(held) = cluster.info.breakers.default.requests.try_acquire() else {
+    let Some(held) = cluster.info.breakers.of(host.high).requests.try_acquire() else {
         cluster.stats.upstream_rq_active_overflow.inc();
         return Err(ConnectError::Overflow);
     };
@@ -534,10 +534,17 @@ impl Http1Pool {
                 return self.attach_to(cluster, host, s, true);
             }
             if pending.is_none() {
-                pending = Some(Pending::new(cluster)?);
+                pending = Some(Pending::new(cluster, host)?);
             }
             if let Some(cx) = host_room(cluster, host)
-                .then(|| cluster.info.breakers.default.connections.try_acquire())
+                .then(|| {
+                    cluster
+                        .info
+                        .breakers
+                        .of(host.high)
+                        .connections
+                        .try_acquire()
+                })
                 .flatten()
             {
                 let stream = connect(cluster, host).await?;
@@ -572,7 +579,12 @@ pub async fn negotiate(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<bool, C
         _ => false,
     };
     host.negotiated_h2.set(Some(h2));
-    let cx = cluster.info.breakers.default.connections.acquire_anyway();
+    let cx = cluster
+        .info
+        .breakers
+        .of(host.high)
+        .connections
+        .acquire_anyway();
     if h2 {
         host.h2.adopt(cluster, host, stream, cx).await?;
     } else {
@@ -587,9 +599,21 @@ pub async fn connect_http1(
     host: &Rc<Host>,
 ) -> Result<Http1Sender, ConnectError> {
     let stream = connect(cluster, host).await?;
-    let cx = cluster.info.breakers.default.connections.acquire_anyway();
+    let cx = cluster
+        .info
+        .breakers
+        .of(host.high)
+        .connections
+        .acquire_anyway();
     let mut s = http1_on(cluster, host, stream, cx).await?;
-    s.rq = Some(cluster.info.breakers.default.requests.acquire_anyway());
+    s.rq = Some(
+        cluster
+            .info
+            .breakers
+            .of(host.high)
+            .requests
+            .acquire_anyway(),
+    );
     attached(cluster, host);
     s.requests = 1;
     if cluster
@@ -899,7 +923,7 @@ impl Http2Pool {
                 return Ok(s);
             }
             if pending.is_none() {
-                pending = Some(Pending::new(cluster)?);
+                pending = Some(Pending::new(cluster, host)?);
             }
             if self.connecting.get() {
                 let attempt = self.attempts.get();
@@ -913,7 +937,14 @@ impl Http2Pool {
                 continue;
             }
             let Some(cx) = host_room(cluster, host)
-                .then(|| cluster.info.breakers.default.connections.try_acquire())
+                .then(|| {
+                    cluster
+                        .info
+                        .breakers
+                        .of(host.high)
+                        .connections
+                        .try_acquire()
+                })
                 .flatten()
             else {
                 if !overflowed {

@@ -368,6 +368,8 @@ pub struct Forward {
     pub append_x_forwarded_host: bool,
     /// `max_stream_duration`: the stream's duration limit on this route.
     pub stream_duration: Option<StreamDuration>,
+    /// `priority: HIGH`: the cluster's `HIGH` circuit breakers and connection pools.
+    pub high_priority: bool,
     /// `idle_timeout`: replaces the connection manager's `stream_idle_timeout` once the route
     /// is chosen (zero: none).
     pub idle_timeout: Option<Duration>,

@@ -568,7 +568,7 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
         retry_policy,
         retry_policy_typed_config,
         request_mirror_policies: _,
-        priority,
+        priority: _,
         rate_limits,
         include_vh_rate_limits,
         hash_policy,
@@ -594,7 +594,7 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     // retry_policy: translated in translate::retry.
     let _ = retry_policy;
     refuse(path, "retry_policy_typed_config", retry_policy_typed_config)?;
-    refuse(path, "priority", priority)?;
+    // priority: route_action.
     refuse(path, "rate_limits", rate_limits)?;
     refuse(path, "include_vh_rate_limits", include_vh_rate_limits)?;
     // hash_policy: route_action::hash_policy.

@@ -322,6 +322,16 @@ fn forward(
     };
     Ok(Translated {
         action: Action::Forward(Forward {
+            high_priority: match core::RoutingPriority::try_from(action.priority) {
+                Ok(core::RoutingPriority::Default) => false,
+                Ok(core::RoutingPriority::High) => true,
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        format!("{apath}.priority"),
+                        "value must be one of the defined enum values",
+                    ))
+                }
+            },
             target,
             cluster_not_found,
             path_rewrite,

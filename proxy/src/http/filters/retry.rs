@@ -83,6 +83,8 @@ pub struct RetryState {
     held: Option<Held>,
     /// `retry_priority` `previous_priorities`.
     priorities: Option<PreviousPriorities>,
+    /// The route's `priority: HIGH`: retries count in the `HIGH` `max_retries` breaker.
+    pub high: bool,
 }
 
 /// Envoy's `PreviousPrioritiesRetryPriority`: every `update_frequency` attempts, the
@@ -174,6 +176,7 @@ impl RetryState {
             pending: false,
             held: None,
             priorities,
+            high: false,
         })
     }
 
@@ -282,7 +285,7 @@ impl RetryState {
             return Decision::LimitExceeded;
         }
         self.remaining -= 1;
-        let Some(held) = cluster.info.breakers.default.retries.try_acquire() else {
+        let Some(held) = cluster.info.breakers.of(self.high).retries.try_acquire() else {
             stats.upstream_rq_retry_overflow.inc();
             if let Some(vc) = vcluster {
                 vc.upstream_rq_retry_overflow.inc();
@@ -375,6 +378,10 @@ pub(super) async fn forward(
     info: Option<&mut StreamInfo>,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     let mut attempts = 0;
+    let retry = retry.map(|mut r| {
+        r.high = f.high;
+        r
+    });
     let result = attempts_loop(f, parts, body, retry, info, &mut attempts).await;
     // The router's local replies say how many attempts were made too (Envoy).
     result.map_err(|mut reply| {

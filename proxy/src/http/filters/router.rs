@@ -777,6 +777,7 @@ pub async fn route(
         },
         per_try_timeout,
         hedge,
+        high: forward.high_priority,
         periodic: cfg
             .log_flush
             .interval
@@ -1131,6 +1132,7 @@ fn start_mirrors(
                 per_try_timeout: None,
                 hedge: false,
                 periodic: None,
+                high: false,
                 buffer_limit,
                 hash: None,
                 criteria: None,
@@ -1192,6 +1194,9 @@ pub(super) struct Forward<'a> {
     pub hedge: bool,
     /// `access_log_flush_interval`: periodic lines while the response head is awaited.
     pub periodic: Option<Periodic<'a>>,
+    /// The route's `priority: HIGH`: the hosts' `HIGH` copies (their own pools and the
+    /// cluster's `HIGH` circuit breakers).
+    pub high: bool,
     /// What the request body may hold to be sent again (`per_connection_buffer_limit_bytes`).
     pub buffer_limit: usize,
     /// The request's hash (RING_HASH and MAGLEV clusters).
@@ -1250,6 +1255,7 @@ impl Forward<'_> {
             Some(self.authority),
             self.source,
             self.alpn.clone(),
+            self.high,
         ))
     }
 
