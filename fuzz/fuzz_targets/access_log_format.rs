@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
                 local: Some(cert),
             }),
             peer_certificate: true,
+            listener_metadata: None,
         }));
         info.upstream_host = "127.0.0.1:9".parse().ok();
         info.upstream_connection = Some(UpstreamConnection {

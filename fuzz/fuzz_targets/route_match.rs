@@ -83,6 +83,7 @@ fuzz_target!(|data: &[u8]| {
         runtime: &skiff::config::runtime::EMPTY,
         random: data.len() as u64,
         peer_certificate: data.first().is_some_and(|b| b & 1 == 1),
+        metadata: None,
     };
     for m in matchers() {
         let _ = m.matches(&req);

@@ -112,6 +112,7 @@ impl Proxy {
             requested_server_name: None,
             tls: None,
             peer_certificate: false,
+            listener_metadata: None,
         };
         let drain = crate::drain::ConnectionDrain::new(
             self.drain.watch(),

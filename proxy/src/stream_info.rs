@@ -233,7 +233,7 @@ pub struct CertInfo {
 }
 
 /// The downstream connection a stream arrived on.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Connection {
     /// `%CONNECTION_ID%`.
     pub id: u64,
@@ -246,6 +246,8 @@ pub struct Connection {
     pub tls: Option<TlsInfo>,
     /// Whether the client presented a certificate over TLS (routes' `tls_context`).
     pub peer_certificate: bool,
+    /// The listener's `metadata` (`%METADATA(LISTENER:…)%`).
+    pub listener_metadata: Option<Arc<skiff_config::metadata::Metadata>>,
 }
 
 /// The upstream connection a stream used.
@@ -271,6 +273,12 @@ pub struct StreamInfo {
     pub upstream_metadata: Option<Arc<skiff_config::metadata::Metadata>>,
     /// The upstream cluster's metadata (`%CLUSTER_METADATA%`), once one is picked.
     pub cluster_metadata: Option<Arc<skiff_config::metadata::Metadata>>,
+    /// The route's and its virtual host's metadata (`%METADATA(ROUTE|VIRTUAL_HOST:…)%`), once
+    /// the route is picked.
+    pub route_metadata: Option<(
+        Arc<skiff_config::metadata::Metadata>,
+        Arc<skiff_config::metadata::Metadata>,
+    )>,
     /// The kind of line being written before the end (`DownstreamStart`, `TcpPeriodic`, …);
     /// `None`: the end's.
     pub log_type: Option<&'static str>,
@@ -407,6 +415,7 @@ impl StreamInfo {
             log_type: None,
             upstream_metadata: None,
             cluster_metadata: None,
+            route_metadata: None,
         }
     }
 

@@ -164,10 +164,12 @@ async fn expect_continue_and_absolute_urls_as_envoy() {
                     "log_format": { "text_format_source": { "inline_string":
                         "%REQ(:PATH)% %REQ(:AUTHORITY)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n" } } } }]);
             let routes = || {
+                let mut retried = route("/retry", "up");
+                retried["route"]["retry_policy"] = json!({ "retry_on": "5xx", "num_retries": 2 });
                 vec![vhost(
                     "all",
                     &["*"],
-                    vec![route("/up", "up"), route("/reject", "up")],
+                    vec![route("/up", "up"), route("/reject", "up"), retried],
                 )]
             };
             let mut a = hcm("plain", routes());
@@ -204,6 +206,7 @@ async fn expect_continue_and_absolute_urls_as_envoy() {
                 ("proxied continue", proxied, post("/up/5", "expect: 100-continue\r\n"), b"hello"),
                 ("proxied rejection", proxied, post("/reject/6", "expect: 100-continue\r\n"), b"hello"),
                 ("proxied, no expectation", proxied, post("/up/7", ""), b"hello"),
+                ("proxied continue, retry policy", proxied, post("/retry/13", "expect: 100-continue\r\n"), b"hello"),
                 ("proxied, no route", proxied, post("/none/8", "expect: 100-continue\r\n"), b"hello"),
                 (
                     "absolute URL",

@@ -43,6 +43,37 @@ fn normalized(line: &str, ports: &[u16]) -> String {
     s
 }
 
+/// An upstream that answers its head at once, then a chunk of its body every 0.8 s, three in all.
+async fn drip_upstream() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 1024];
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                for _ in 0..3 {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                    let _ = s.write_all(b"2\r\nab\r\n").await;
+                }
+                let _ = s.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    port
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn log_flush_as_envoy() {
     run_for(Duration::from_secs(120), async {
@@ -51,9 +82,15 @@ async fn log_flush_as_envoy() {
             let up = EchoUpstream::start("up").await;
             let tcp_up = TcpUpstream::start(TcpMode::Echo).await;
             let (new_port, old_port, tcp_port) = (free_port(), free_port(), free_port());
+            let drip = drip_upstream().await;
             let mut named = route("/", "up");
             named["name"] = json!("r_up");
-            let mut new_opts = hcm("new", vec![vhost("all", &["*"], vec![named.clone()])]);
+            let mut dripping = route("/drip", "drip");
+            dripping["name"] = json!("r_drip");
+            let mut new_opts = hcm(
+                "new",
+                vec![vhost("all", &["*"], vec![dripping, named.clone()])],
+            );
             new_opts["typed_config"]["access_log"] = stdout(HTTP_LOG);
             new_opts["typed_config"]["access_log_options"] = json!({
                 "access_log_flush_interval": "1s",
@@ -96,9 +133,18 @@ async fn log_flush_as_envoy() {
                 vec![
                     cluster("up", &[up.port()]),
                     cluster("tcp_up", &[tcp_up.port()]),
+                    cluster("drip", &[drip]),
                 ],
             );
             let p = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
+            // A response whose body takes 2.4 s: periodic lines while it flows.
+            let url = format!("http://127.0.0.1:{new_port}/drip");
+            let r = curl(&["-s", "-H", "x-case: drip", &url]).await;
+            assert_eq!(r.resp.status, 200);
+            p.wait_stdout_line(Duration::from_secs(5), |l| {
+                l.starts_with("DownstreamEnd drip ")
+            })
+            .await;
             for (case, port) in [("new", new_port), ("old", old_port)] {
                 let url = format!("http://127.0.0.1:{port}/slow?sleep=2500");
                 let r = curl(&["-s", "-H", &format!("x-case: {case}"), &url]).await;
@@ -145,7 +191,7 @@ async fn log_flush_as_envoy() {
                 l.starts_with("TcpConnectionEnd ")
             })
             .await;
-            let ports = [up.port(), tcp_up.port()];
+            let ports = [up.port(), tcp_up.port(), drip];
             let lines: Vec<String> = p
                 .stdout()
                 .lines()

@@ -299,8 +299,8 @@ async fn dynamic_metadata_as_envoy() {
     .await
 }
 
-/// `%UPSTREAM_METADATA%` and `%CLUSTER_METADATA%` (and `%METADATA(UPSTREAM_HOST|CLUSTER:…)%`)
-/// in route header values and access logs, side by side with Envoy 1.40.
+/// `%UPSTREAM_METADATA%` and `%CLUSTER_METADATA%` (and `%METADATA(UPSTREAM_HOST|CLUSTER|ROUTE|
+/// VIRTUAL_HOST:…)%`) in route header values and access logs, side by side with Envoy 1.40.
 #[tokio::test]
 async fn upstream_and_cluster_metadata_as_envoy() {
     run_for(Duration::from_secs(60), async {
@@ -314,22 +314,27 @@ async fn upstream_and_cluster_metadata_as_envoy() {
                 "filter_metadata": { "envoy.lb": { "version": "v1" },
                     "host": { "zone": "z1", "nested": { "k": "v" } } } });
             let route = json!({ "name": "r", "match": { "prefix": "/" }, "route": { "cluster": "up" },
+                "metadata": { "filter_metadata": { "rt": { "tier": "gold", "w": 2 } } },
                 "request_headers_to_add": [
                     { "header": { "key": "x-up", "value": "%UPSTREAM_METADATA(host:zone)%" } },
                     { "header": { "key": "x-cl", "value": "%CLUSTER_METADATA(team:owner)%" } } ],
                 "response_headers_to_add": [
                     { "header": { "key": "x-up", "value": "%UPSTREAM_METADATA(host:nested)%" } },
                     { "header": { "key": "x-cl", "value": "%CLUSTER_METADATA(team)%" } } ] });
-            let mut h = skiff_tests::config::hcm("md", vec![skiff_tests::config::vhost("all", &["*"], vec![route])]);
+            let mut vh = skiff_tests::config::vhost("all", &["*"], vec![route]);
+            vh["metadata"] = json!({ "filter_metadata": { "vh": { "name": "all" } } });
+            let mut h = skiff_tests::config::hcm("md", vec![vh]);
             h["typed_config"]["access_log"] = json!([
-                stdout_log("L up=%UPSTREAM_METADATA(host)% zone=%UPSTREAM_METADATA(host:zone)% lb=%METADATA(UPSTREAM_HOST:envoy.lb:version)% cl=%CLUSTER_METADATA(team)% n=%METADATA(CLUSTER:team:n)% none=%UPSTREAM_METADATA(nope)%\n", None),
+                stdout_log("L up=%UPSTREAM_METADATA(host)% zone=%UPSTREAM_METADATA(host:zone)% lb=%METADATA(UPSTREAM_HOST:envoy.lb:version)% cl=%CLUSTER_METADATA(team)% n=%METADATA(CLUSTER:team:n)% none=%UPSTREAM_METADATA(nope)% rt=%METADATA(ROUTE:rt)% tier=%METADATA(ROUTE:rt:tier)% vh=%METADATA(VIRTUAL_HOST:vh:name)% ls=%METADATA(LISTENER:ls)%\n", None),
                 { "name": "envoy.access_loggers.stdout",
                   "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
                     "log_format": { "json_format": { "up": "%UPSTREAM_METADATA(host)%",
-                        "n": "%CLUSTER_METADATA(team:n)%" } } } },
+                        "n": "%CLUSTER_METADATA(team:n)%", "rt": "%METADATA(ROUTE:rt)%" } } } },
             ]);
-            let v = bootstrap(free_port(), vec![listener("l", "127.0.0.1", port, h)], vec![c]);
+            let mut l = listener("l", "127.0.0.1", port, h);
+            l["metadata"] = json!({ "filter_metadata": { "ls": { "k": "lv" } } });
+            let v = bootstrap(free_port(), vec![l], vec![c]);
             let p = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
             let r = curl(&["-s", &format!("http://127.0.0.1:{port}/x")]).await;
             let last = up.rec.last();
@@ -346,6 +351,80 @@ async fn upstream_and_cluster_metadata_as_envoy() {
                 if l.starts_with("L ") || l.starts_with('{') {
                     got.push(l.to_string());
                 }
+            }
+            seen.push(got);
+        }
+        eprintln!("Envoy:\n{}\nskiff:\n{}", seen[0].join("\n"), seen[1].join("\n"));
+        assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+    })
+    .await
+}
+
+/// The stream's `envoy.lb` dynamic metadata (written by header_to_metadata) picks the subset,
+/// over the route's `metadata_match`, side by side with Envoy 1.40.
+#[tokio::test]
+async fn subsets_from_dynamic_metadata_as_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let v1 = EchoUpstream::start("v1").await;
+            let v2 = EchoUpstream::start("v2").await;
+            let port = free_port();
+            let endpoint = |port: u16, version: &str| {
+                json!({ "endpoint": { "address": { "socket_address": {
+                    "address": "127.0.0.1", "port_value": port } } },
+                    "metadata": { "filter_metadata": { "envoy.lb": { "version": version } } } })
+            };
+            let c = json!({
+                "name": "up", "type": "STATIC", "connect_timeout": "1s",
+                "lb_subset_config": { "fallback_policy": "ANY_ENDPOINT",
+                    "subset_selectors": [{ "keys": ["version"] }] },
+                "load_assignment": { "cluster_name": "up", "endpoints": [{ "lb_endpoints": [
+                    endpoint(v1.port(), "v1"), endpoint(v2.port(), "v2") ] }] },
+            });
+            let routes = vec![
+                json!({ "match": { "prefix": "/pinned" }, "route": { "cluster": "up",
+                    "metadata_match": { "filter_metadata": { "envoy.lb": { "version": "v1" } } } } }),
+                json!({ "match": { "prefix": "/" }, "route": { "cluster": "up" } }),
+            ];
+            let mut h = skiff_tests::config::hcm("sub", vec![skiff_tests::config::vhost("all", &["*"], routes)]);
+            h["typed_config"]["http_filters"] = json!([
+                { "name": H2M, "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+                    "request_rules": [{ "header": "x-version", "on_header_present": {
+                        "metadata_namespace": "envoy.lb", "key": "version" } }] } },
+                skiff_tests::config::router(),
+            ]);
+            let v = bootstrap(free_port(), vec![listener("l", "127.0.0.1", port, h)], vec![c]);
+            let _proxy = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
+            let mut got = Vec::new();
+            for (path, version) in [
+                ("/a", Some("v1")),
+                ("/b", Some("v2")),
+                ("/pinned/c", Some("v2")),
+                ("/pinned/d", None),
+            ] {
+                let mut hits = Vec::new();
+                for n in 0..4 {
+                    let url = format!("http://127.0.0.1:{port}{path}/{n}");
+                    let mut args = vec!["-s", "-o", "/dev/null", url.as_str()];
+                    let header;
+                    if let Some(v) = version {
+                        header = format!("x-version: {v}");
+                        args.extend(["-H", header.as_str()]);
+                    }
+                    curl(&args).await;
+                }
+                for (name, up) in [("v1", &v1), ("v2", &v2)] {
+                    let n = up
+                        .rec
+                        .requests()
+                        .iter()
+                        .filter(|r| r.path.starts_with(&format!("{path}/")))
+                        .count();
+                    hits.push(format!("{name}={n}"));
+                }
+                got.push(format!("{path} {version:?}: {}", hits.join(" ")));
             }
             seen.push(got);
         }

@@ -181,10 +181,16 @@ async fn omitted_hosts_as_envoy() {
                 "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
                 json!({ "metadata_match": { "filter_metadata": { "envoy.lb": { "version": "v1" } } } }),
             );
+            // Without labels no host is sent back.
+            let empty = predicate(
+                "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
+                json!({}),
+            );
             let routes = vec![
                 route("/canary", vec![canary.clone()]),
                 route("/v1", vec![v1.clone()]),
                 route("/both", vec![canary, v1]),
+                route("/empty", vec![empty]),
             ];
             let port = free_port();
             let mut h = hcm("prio", vec![vhost("all", &["*"], routes)]);
@@ -198,7 +204,7 @@ async fn omitted_hosts_as_envoy() {
             let _proxy = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
             let mut got = Vec::new();
             let names = ["canary", "v1", "plain"];
-            for prefix in ["/canary", "/v1", "/both"] {
+            for prefix in ["/canary", "/v1", "/both", "/empty"] {
                 for n in 0..6 {
                     let path = format!("{prefix}/{n}/status/503");
                     let r = curl(&["-s", &format!("http://127.0.0.1:{port}{path}")]).await;

@@ -1,6 +1,6 @@
 //! A route's `priority`, side by side with Envoy 1.40: `HIGH` routes count in the cluster's
 //! `HIGH` circuit breakers and use connections of their own; `DEFAULT` ones in the default
-//! thresholds.
+//! thresholds. And routes with `non_forwarding_action`.
 
 use std::time::Duration;
 
@@ -68,6 +68,53 @@ async fn route_priority_as_envoy() {
             seen[1].join("\n")
         );
         assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+    })
+    .await
+}
+
+/// A route with `non_forwarding_action` that reaches the router, side by side with Envoy 1.40:
+/// answered as for a missing cluster (503, `NC`, `cluster_not_found`), with the route's and
+/// virtual host's response headers.
+#[tokio::test]
+async fn non_forwarding_routes_as_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let up = EchoUpstream::start("up").await;
+            let port = free_port();
+            let routes = vec![
+                json!({ "name": "nf", "match": { "prefix": "/nf" }, "non_forwarding_action": {},
+                    "response_headers_to_add": [{ "header": { "key": "x-rt", "value": "r1" } }] }),
+                json!({ "match": { "prefix": "/" }, "route": { "cluster": "up" } }),
+            ];
+            let mut vh = vhost("all", &["*"], routes);
+            vh["response_headers_to_add"] = json!([{ "header": { "key": "x-vh", "value": "v1" } }]);
+            let mut h = hcm("nf", vec![vh]);
+            h["typed_config"]["access_log"] = json!([{ "name": "envoy.access_loggers.stdout",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                    "log_format": { "text_format_source": { "inline_string":
+                        "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% route=%ROUTE_NAME%\n" } } } }]);
+            let v = bootstrap(
+                free_port(),
+                vec![listener("l", "127.0.0.1", port, h)],
+                vec![cluster("up", &[up.port()])],
+            );
+            let p = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
+            let r = curl(&["-s", &format!("http://127.0.0.1:{port}/nf/x")]).await;
+            let log = p
+                .wait_stdout_line(Duration::from_secs(5), |l| l.starts_with("/nf/x "))
+                .await;
+            seen.push(format!(
+                "{} {:?} x-rt={:?} x-vh={:?} | {log}",
+                r.resp.status,
+                r.resp.text(),
+                r.resp.header("x-rt"),
+                r.resp.header("x-vh")
+            ));
+        }
+        assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+        assert!(seen[0].starts_with("503 "), "{}", seen[0]);
     })
     .await
 }

@@ -102,6 +102,32 @@ impl Value {
     }
 }
 
+impl Value {
+    /// A value's canonical text, equal for the values Envoy's `ValueUtil::equal` calls equal
+    /// (what the subset load balancer compares).
+    pub fn canonical(&self) -> String {
+        match self {
+            Value::Null => "null".to_string(),
+            // As doubles: 1 and 1.0 (and 0 and -0) alike.
+            Value::Number(n) if *n == 0.0 => "n:0".to_string(),
+            Value::Number(n) => format!("n:{n}"),
+            Value::String(s) => format!("s:{s:?}"),
+            Value::Bool(b) => format!("b:{b}"),
+            Value::List(l) => {
+                let items: Vec<String> = l.iter().map(Value::canonical).collect();
+                format!("[{}]", items.join(","))
+            }
+            Value::Struct(s) => {
+                let parts: Vec<String> = s
+                    .iter()
+                    .map(|(k, v)| format!("{k:?}:{}", v.canonical()))
+                    .collect();
+                format!("{{{}}}", parts.join(","))
+            }
+        }
+    }
+}
+
 /// A struct as compact JSON, fields in name order.
 pub fn write_json_struct(s: &Struct, out: &mut String) {
     out.push('{');
@@ -117,19 +143,7 @@ pub fn write_json_struct(s: &Struct, out: &mut String) {
 }
 
 fn write_json_string(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    crate::access_log::json::string(s, out);
 }
 
 /// A number as protobuf's JSON printer writes a double.

@@ -631,6 +631,8 @@ impl Default for ShrinkHeap {
 pub struct Listener {
     /// `name`.
     pub name: String,
+    /// `metadata` (`%METADATA(LISTENER:…)%`).
+    pub metadata: Arc<crate::metadata::Metadata>,
     /// `access_log`: one line for each connection closed before a filter chain took it (no
     /// chain matched, or the listener filters ended it).
     pub access_logs: Vec<AccessLog>,

@@ -963,6 +963,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.TcpAccessLogOptions",
         &["access_log_flush_interval", "flush_access_log_on_connected"],
     ),
+    ("envoy.config.route.v3.NonForwardingAction", &[]),
     (
         "envoy.config.route.v3.HedgePolicy",
         &[
@@ -1016,6 +1017,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "route",
             "redirect",
             "direct_response",
+            "non_forwarding_action",
             "request_headers_to_add",
             "request_headers_to_remove",
             "response_headers_to_add",

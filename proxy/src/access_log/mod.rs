@@ -65,7 +65,9 @@ fn render_json(t: &json::Template, info: &StreamInfo, out: &mut String) {
             [Piece::Op(
                 op @ (Op::DynamicMetadata(ns, path)
                 | Op::UpstreamMetadata(ns, path)
-                | Op::ClusterMetadata(ns, path)),
+                | Op::ClusterMetadata(ns, path)
+                | Op::RouteMetadata(ns, path)
+                | Op::VirtualHostMetadata(ns, path)),
                 None,
             )] => {
                 let v = match op {
@@ -77,10 +79,18 @@ fn render_json(t: &json::Template, info: &StreamInfo, out: &mut String) {
                         .upstream_metadata
                         .as_ref()
                         .and_then(|m| m.value(ns, path)),
-                    _ => info
+                    Op::ClusterMetadata(..) => info
                         .cluster_metadata
                         .as_ref()
                         .and_then(|m| m.value(ns, path)),
+                    Op::RouteMetadata(..) => info
+                        .route_metadata
+                        .as_ref()
+                        .and_then(|(r, _)| r.value(ns, path)),
+                    _ => info
+                        .route_metadata
+                        .as_ref()
+                        .and_then(|(_, v)| v.value(ns, path)),
                 };
                 match v {
                     Some(v) => v.write_json(out),
@@ -319,6 +329,19 @@ fn value_in(op: &Op, info: &StreamInfo, req: &HeaderMap, resp: &HeaderMap) -> Op
         Op::ClusterMetadata(ns, path) => info
             .cluster_metadata
             .as_ref()
+            .and_then(|m| m.render(ns, path)),
+        Op::RouteMetadata(ns, path) => info
+            .route_metadata
+            .as_ref()
+            .and_then(|(r, _)| r.render(ns, path)),
+        Op::VirtualHostMetadata(ns, path) => info
+            .route_metadata
+            .as_ref()
+            .and_then(|(_, v)| v.render(ns, path)),
+        Op::ListenerMetadata(ns, path) => info
+            .connection
+            .as_ref()
+            .and_then(|c| c.listener_metadata.as_ref())
             .and_then(|m| m.render(ns, path)),
         Op::RequestHeadersBytes => Some(info.request_headers_bytes.to_string()),
         Op::ResponseHeadersBytes => Some(response_headers_bytes(info).to_string()),

@@ -291,8 +291,9 @@ pub trait StreamEnd {
 pub fn next_tick(start: std::time::Instant, interval: Duration) -> tokio::time::Instant {
     let elapsed = start.elapsed().as_nanos();
     let step = interval.as_nanos().max(1);
-    let k = u32::try_from(elapsed / step + 1).unwrap_or(u32::MAX);
-    tokio::time::Instant::from_std(start + interval.saturating_mul(k))
+    let at = (elapsed / step + 1).saturating_mul(step);
+    let at = Duration::from_nanos(u64::try_from(at).unwrap_or(u64::MAX));
+    tokio::time::Instant::from_std(start + at)
 }
 
 /// The route timeout as a response body sees it: it runs from the end of the request.

@@ -1333,6 +1333,7 @@ async fn handle(
             parts.extensions.insert(h1_guard::ContinueRelay {
                 slot: slot.clone(),
                 counters: stats.informational(),
+                sent: Arc::default(),
             });
         }
     }
@@ -1655,10 +1656,11 @@ async fn handle(
     // flush_access_log_on_new_request: a line once the route is known, before the filters.
     if cfg.log_flush.on_start {
         if let Some(info) = done.info.as_mut() {
-            if let Some(route) = selection.route() {
+            if let (Some(route), Some(vhost)) = (selection.route(), selection.vhost()) {
                 if !route.name.is_empty() {
                     info.route_name = Some(route.name.as_str().into());
                 }
+                info.route_metadata = Some((route.metadata.clone(), vhost.metadata.clone()));
                 if let crate::router::Action::Forward(fw) = &route.action {
                     if let crate::router::Target::Cluster(c) = &fw.target {
                         info.upstream_cluster = Some(c.as_str().into());
@@ -1691,8 +1693,12 @@ async fn handle(
         .iter()
         .any(|f| f.writes_metadata())
         .then(crate::stream_info::DynamicMetadata::default);
-    if let (Some(m), Some(info)) = (&metadata, done.info.as_mut()) {
-        info.dynamic_metadata = Some(m.clone());
+    if let Some(m) = &metadata {
+        // The router reads its `envoy.lb` values (subset criteria).
+        parts.extensions.insert(m.clone());
+        if let Some(info) = done.info.as_mut() {
+            info.dynamic_metadata = Some(m.clone());
+        }
     }
     // The decoder filters, then the router as the terminal filter.
     let chain = filter::build(
@@ -1912,10 +1918,13 @@ async fn routed_local(
 ) -> Resp {
     let mut done = done;
     // The stream's route is known to a filter's reply's log line, as in Envoy.
-    if let (Some(info), Some(route)) = (done.info.as_mut(), selection.route()) {
+    if let (Some(info), Some(route), Some(vhost)) =
+        (done.info.as_mut(), selection.route(), selection.vhost())
+    {
         if !route.name.is_empty() {
             info.route_name = Some(route.name.as_str().into());
         }
+        info.route_metadata = Some((route.metadata.clone(), vhost.metadata.clone()));
     }
     if !selection.redirects_to_https() {
         let mut all = selection.header_mutations(true);

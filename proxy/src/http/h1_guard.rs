@@ -162,13 +162,15 @@ pub struct ContinueRelay {
     pub slot: InterimSlot,
     /// The counters of each 1xx sent.
     pub counters: Vec<Counter>,
+    /// A `100 Continue` went to the client: a retry's is not sent again.
+    pub sent: Arc<AtomicBool>,
 }
 
 impl ContinueRelay {
     /// Passes an upstream's informational response on to the client if it is a `100`; other
     /// 1xx are dropped, as Envoy drops them.
     pub fn forward(&self, status: http::StatusCode, headers: &http::HeaderMap) {
-        if status != http::StatusCode::CONTINUE {
+        if status != http::StatusCode::CONTINUE || self.sent.swap(true, Ordering::Relaxed) {
             return;
         }
         let mut head = b"HTTP/1.1 100 Continue\r\n".to_vec();

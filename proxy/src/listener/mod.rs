@@ -828,6 +828,8 @@ impl Shared {
             requested_server_name: server_name.map(String::from),
             tls: None,
             peer_certificate: false,
+            listener_metadata: (!self.config.metadata.is_empty())
+                .then(|| self.config.metadata.clone()),
         };
         let stream = match &chain.tls {
             None => Stream::Tcp(stream),

@@ -74,6 +74,12 @@ pub enum Op {
     UpstreamMetadata(String, Vec<String>),
     /// `%CLUSTER_METADATA(namespace:key:…)%` (and `%METADATA(CLUSTER:…)%`).
     ClusterMetadata(String, Vec<String>),
+    /// `%METADATA(ROUTE:namespace:key:…)%`: the route's metadata.
+    RouteMetadata(String, Vec<String>),
+    /// `%METADATA(VIRTUAL_HOST:namespace:key:…)%`: the virtual host's metadata.
+    VirtualHostMetadata(String, Vec<String>),
+    /// `%METADATA(LISTENER:namespace:key:…)%`: the listener's metadata.
+    ListenerMetadata(String, Vec<String>),
     RequestHeadersBytes,
     ResponseHeadersBytes,
     /// `%HOSTNAME%` and `%ENVIRONMENT(X)%`: fixed when the format is built, as in Envoy.
@@ -395,12 +401,12 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
         return match kind {
             "DYNAMIC" => metadata_args(rest).map(|(ns, path)| Op::DynamicMetadata(ns, path)),
             "CLUSTER" => metadata_args(rest).map(|(ns, path)| Op::ClusterMetadata(ns, path)),
-            "UPSTREAM_HOST" => {
-                metadata_args(rest).map(|(ns, path)| Op::UpstreamMetadata(ns, path))
+            "UPSTREAM_HOST" => metadata_args(rest).map(|(ns, path)| Op::UpstreamMetadata(ns, path)),
+            "ROUTE" => metadata_args(rest).map(|(ns, path)| Op::RouteMetadata(ns, path)),
+            "VIRTUAL_HOST" => {
+                metadata_args(rest).map(|(ns, path)| Op::VirtualHostMetadata(ns, path))
             }
-            "ROUTE" | "LISTENER" | "VIRTUAL_HOST" => Err(format!(
-                "Not supported field in StreamInfo: METADATA({kind}) (skiff keeps no route, listener or virtual host metadata for access logs)"
-            )),
+            "LISTENER" => metadata_args(rest).map(|(ns, path)| Op::ListenerMetadata(ns, path)),
             _ => Err(format!("Unknown metadata type: {kind}")),
         };
     }

@@ -312,6 +312,8 @@ pub fn query_matches(matchers: &[QueryMatch], path: &str) -> bool {
 pub struct Route {
     /// `name`.
     pub name: String,
+    /// `metadata` (`%METADATA(ROUTE:…)%`).
+    pub metadata: Arc<crate::metadata::Metadata>,
     /// `match`.
     pub matcher: RouteMatch,
     /// `route`, `redirect` or `direct_response`.
@@ -351,6 +353,9 @@ pub enum Action {
         /// `body`, read when the configuration loaded.
         body: bytes::Bytes,
     },
+    /// `non_forwarding_action`: for a filter to answer; one that reaches the router is
+    /// answered as for a missing cluster (503, `NC`), as in Envoy.
+    NonForwarding,
 }
 
 /// `RouteAction`: where a request goes and how it is rewritten on the way.
@@ -784,6 +789,8 @@ impl PerFilterConfigs {
 pub struct VirtualHost {
     /// `name`.
     pub name: String,
+    /// `metadata` (`%METADATA(VIRTUAL_HOST:…)%`).
+    pub metadata: Arc<crate::metadata::Metadata>,
     /// `domains`.
     pub domains: Vec<String>,
     /// `routes`, in order.
@@ -1085,6 +1092,7 @@ mod tests {
     fn vh(name: &str, domains: &[&str]) -> VirtualHost {
         VirtualHost {
             name: name.into(),
+            metadata: Arc::default(),
             domains: domains.iter().map(|d| d.to_string()).collect(),
             routes: vec![],
             request_headers: Arc::default(),
@@ -1167,6 +1175,7 @@ mod tests {
     fn upgrades_route_setting_wins_over_the_connection_manager() {
         let mut r = Route {
             name: String::new(),
+            metadata: Arc::default(),
             matcher: RouteMatch::new(PathMatch::Prefix("/".into()), true, vec![]),
             action: Action::Direct {
                 status: http::StatusCode::OK,

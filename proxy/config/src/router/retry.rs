@@ -273,6 +273,8 @@ pub struct RetryHeaders {
     pub header_names: Vec<http::HeaderName>,
     /// `x-envoy-upstream-rq-per-try-timeout-ms`.
     pub per_try_timeout: Option<Duration>,
+    /// `x-envoy-hedge-on-per-try-timeout`: `true` or `false` override the route's hedge policy.
+    pub hedge: Option<bool>,
 }
 
 impl RetryHeaders {
@@ -305,6 +307,11 @@ impl RetryHeaders {
         out.per_try_timeout = get("x-envoy-upstream-rq-per-try-timeout-ms")
             .and_then(simple_atoi)
             .map(|ms| Duration::from_millis(u64::from(ms)));
+        out.hedge = match get("x-envoy-hedge-on-per-try-timeout") {
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            _ => None,
+        };
         (out != RetryHeaders::default()).then_some(out)
     }
 }
@@ -361,9 +368,11 @@ impl RetryPolicy {
             || (self.omit_canary_hosts
                 && lb.0.get("canary").is_some_and(|(v, _)| &*v.0 == "b:true"))
             || self.omit_host_metadata.as_ref().is_some_and(|labels| {
-                labels
-                    .iter()
-                    .all(|(k, v)| lb.0.get(k).is_some_and(|(h, _)| h == v))
+                // Without labels nothing is sent back (Envoy's `OmitHostsRetryPredicate`).
+                !labels.is_empty()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| lb.0.get(k).is_some_and(|(h, _)| h == v))
             })
     }
 

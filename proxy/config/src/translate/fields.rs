@@ -519,9 +519,6 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
     if let Some(route_pb::route::Action::FilterAction(_)) = action {
         return Err(unsupported(path, "filter_action"));
     }
-    if let Some(route_pb::route::Action::NonForwardingAction(_)) = action {
-        return Err(unsupported(path, "non_forwarding_action"));
-    }
     Ok(())
 }
 

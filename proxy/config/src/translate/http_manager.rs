@@ -1098,6 +1098,12 @@ pub(crate) fn translate_routes(
                 "response",
             )?,
             name: vh.name.clone(),
+            metadata: Arc::new(
+                vh.metadata
+                    .as_ref()
+                    .map(crate::metadata::Metadata::from_pb)
+                    .unwrap_or_default(),
+            ),
             domains: vh.domains.clone(),
             routes,
             per_filter: super::ratelimit::per_filter_configs(&vh.typed_per_filter_config, &vpath)?,
@@ -1304,6 +1310,12 @@ fn translate_route(
     let t = super::route_action::translate(r, path, &path_match, clusters, max_body)?;
     Ok(Route {
         name: r.name.clone(),
+        metadata: Arc::new(
+            r.metadata
+                .as_ref()
+                .map(crate::metadata::Metadata::from_pb)
+                .unwrap_or_default(),
+        ),
         matcher,
         action: t.action,
         timeout: t.timeout,

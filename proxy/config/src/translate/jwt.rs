@@ -53,6 +53,13 @@ pub(super) fn filter(c: &pb::JwtAuthentication, path: &str) -> Result<JwtAuthn, 
             .r#match
             .as_ref()
             .ok_or_else(|| ConfigError::new(format!("{rpath}.match"), "required"))?;
+        // A rule's match is judged without the stream's dynamic metadata (nothing has written
+        // any yet when the filter starts): a matcher on it is refused.
+        if !m.dynamic_metadata.is_empty() {
+            return Err(ConfigError::unsupported(format!(
+                "{rpath}.match.dynamic_metadata"
+            )));
+        }
         let (matcher, _) = super::http_manager::route_match(m, &format!("{rpath}.match"))?;
         use pb::requirement_rule::RequirementType as T;
         let req = match &r.requirement_type {
@@ -285,4 +292,18 @@ fn list(
         .enumerate()
         .map(|(i, r)| requirement(r, providers, &format!("{path}.requirements[{i}]")))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_rule_matching_dynamic_metadata_is_refused() {
+        let config = r#"static_resources: { listeners: [{ name: l, address: {socket_address: {address: 127.0.0.1, port_value: 1}}, filter_chains: [{ filters: [{ name: h, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: s, route_config: { virtual_hosts: [{ name: v, domains: ["*"], routes: [{ match: {prefix: /}, route: {cluster: c} }] }] }, http_filters: [{ name: envoy.filters.http.jwt_authn, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication, providers: { p: { local_jwks: { inline_string: '{"keys":[]}' } } }, rules: [{ match: { prefix: /, dynamic_metadata: [{ filter: f, path: [{key: k}], value: {present_match: true} }] }, requires: { provider_name: p } }] } }, { name: envoy.filters.http.router, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router } }] } }] }] }], clusters: [{ name: c, connect_timeout: 1s }] }"#;
+        let e = crate::load_text(config).expect_err("refused");
+        assert!(
+            e.to_string()
+                .ends_with("rules[0].match.dynamic_metadata: unsupported"),
+            "{e}"
+        );
+    }
 }

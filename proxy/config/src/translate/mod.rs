@@ -854,6 +854,12 @@ fn translate_listener(
         .map(|(i, a)| translate_access_log(a, &format!("{path}.access_log[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Listener {
+        metadata: Arc::new(
+            l.metadata
+                .as_ref()
+                .map(crate::metadata::Metadata::from_pb)
+                .unwrap_or_default(),
+        ),
         access_logs,
         name: if l.name.is_empty() {
             address.to_string()

@@ -129,7 +129,7 @@ pub(super) fn policy(p: &route::RetryPolicy, path: &str) -> Result<RetryPolicy, 
             {
                 let c: envoy_types::pb::envoy::extensions::retry::host::omit_host_metadata::v3::OmitHostMetadataConfig =
                     super::super::proto::unpack(any, &format!("{ppath}.typed_config"))?;
-                // Its `envoy.lb` values (none: every host matches, as in Envoy).
+                // Its `envoy.lb` values (none: no host is sent back, as in Envoy).
                 out.omit_host_metadata = Some(
                     super::subset::criteria(c.metadata_match.as_ref())
                         .map(|c| c.keys)

@@ -81,6 +81,7 @@ pub(super) fn translate(
             }
             Ok(local(Action::Direct { status, body }))
         }
+        Some(route::route::Action::NonForwardingAction(_)) => Ok(local(Action::NonForwarding)),
         Some(_) => Err(ConfigError::new(
             path,
             "unsupported route action: only route, redirect and direct_response",

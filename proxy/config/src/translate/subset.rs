@@ -23,29 +23,7 @@ pub(super) fn meta_value(v: &Value) -> MetaValue {
 }
 
 fn canonical(v: &Value) -> String {
-    match &v.kind {
-        None | Some(Kind::NullValue(_)) => "null".to_string(),
-        // As doubles: 1 and 1.0 (and 0 and -0) alike.
-        Some(Kind::NumberValue(n)) if *n == 0.0 => "n:0".to_string(),
-        Some(Kind::NumberValue(n)) => format!("n:{n}"),
-        Some(Kind::StringValue(s)) => format!("s:{s:?}"),
-        Some(Kind::BoolValue(b)) => format!("b:{b}"),
-        Some(Kind::ListValue(l)) => {
-            let items: Vec<String> = l.values.iter().map(canonical).collect();
-            format!("[{}]", items.join(","))
-        }
-        Some(Kind::StructValue(s)) => canonical_struct(s),
-    }
-}
-
-fn canonical_struct(s: &Struct) -> String {
-    let fields: BTreeMap<&String, String> =
-        s.fields.iter().map(|(k, v)| (k, canonical(v))).collect();
-    let parts: Vec<String> = fields
-        .into_iter()
-        .map(|(k, v)| format!("{k:?}:{v}"))
-        .collect();
-    format!("{{{}}}", parts.join(","))
+    crate::metadata::Value::from_pb(v).canonical()
 }
 
 /// An endpoint's `envoy.lb` metadata.

@@ -198,30 +198,11 @@ fn extract(source: &MetadataSource, headers: &mut HeaderMap, remove: bool) -> Op
             }
             Some(out)
         }
-        MetadataSource::Cookie(name) => cookie(headers, name).filter(|v| !v.is_empty()),
+        MetadataSource::Cookie(name) => {
+            crate::http::filters::router::cookie_value(headers, name).filter(|v| !v.is_empty())
+        }
         MetadataSource::Pseudo(_) => None,
     }
-}
-
-/// The value of the cookie `name` in the request's `Cookie` headers (Envoy's
-/// `parseCookieValue`: the first, its double quotes taken off).
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    for h in headers.get_all(http::header::COOKIE) {
-        let Ok(text) = h.to_str() else { continue };
-        for part in text.split(';') {
-            let Some((k, v)) = part.trim().split_once('=') else {
-                continue;
-            };
-            if k == name {
-                let v = v
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .unwrap_or(v);
-                return Some(v.to_string());
-            }
-        }
-    }
-    None
 }
 
 /// Writes `raw` as `kv` says; false when nothing was written.
@@ -282,24 +263,5 @@ impl HttpFilter for HeaderToMetadataFilter {
             false,
         );
         HeadersStatus::Continue
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cookies_as_envoy_reads_them() {
-        let mut h = HeaderMap::new();
-        h.append(
-            http::header::COOKIE,
-            "a=1; session=abc123; b=2".parse().expect("v"),
-        );
-        assert_eq!(cookie(&h, "session").as_deref(), Some("abc123"));
-        assert_eq!(cookie(&h, "c"), None);
-        let mut q = HeaderMap::new();
-        q.append(http::header::COOKIE, "s=\"q\"".parse().expect("v"));
-        assert_eq!(cookie(&q, "s").as_deref(), Some("q"));
     }
 }

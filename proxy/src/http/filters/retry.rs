@@ -357,6 +357,27 @@ async fn after_request(request: &crate::http::body::RequestProgress, d: Option<D
     }
 }
 
+/// An attempt that failed before its response head (`reply`): its upstream request ended, and
+/// what reset it was and whether the request had started; `Err` is the reply to send at once
+/// (the client's own body failed: 400, as Envoy answers).
+fn attempt_failed(
+    f: &Forward<'_>,
+    reply: &LocalReply,
+    upstream: Option<Upstream>,
+) -> Result<(Reset, bool), LocalReply> {
+    let reset = Reset::of(reply);
+    let started = reset != Reset::ConnectFailure && upstream.is_some();
+    if let Some(mut u) = upstream {
+        u.failed = true;
+        u.finish(EndReason::UpstreamReset);
+    }
+    if f.request.failed() {
+        f.charge(LocalReply::BAD_REQUEST.status.as_u16());
+        return Err(LocalReply::BAD_REQUEST);
+    }
+    Ok((reset, started))
+}
+
 /// Envoy's body for a reset after a retry: `… retried and the latest reset reason: …`.
 fn retried_body(reply: &mut LocalReply) {
     const PLAIN: &[u8] =
@@ -456,6 +477,13 @@ async fn attempts_loop(
             (Some(_), Some(p)) => copy_parts(p),
             _ => head.take().ok_or(LocalReply::CONNECTION_TERMINATION)?,
         };
+        // proxy_100_continue: each attempt's upstream `100 Continue` may reach the client.
+        if let Some(relay) = head
+            .as_ref()
+            .and_then(|h| h.extensions.get::<crate::http::h1_guard::ContinueRelay>())
+        {
+            parts.extensions.insert(relay.clone());
+        }
         if f.attempt_count.0 {
             parts.headers.insert(
                 X_ENVOY_ATTEMPT_COUNT.clone(),
@@ -606,18 +634,7 @@ async fn attempts_loop(
                 return Err(reply);
             }
             Outcome::Done(Err(reply)) => {
-                let reset = Reset::of(&reply);
-                let started = reset != Reset::ConnectFailure && upstream.is_some();
-                if let Some(mut u) = upstream {
-                    u.failed = true;
-                    u.finish(EndReason::UpstreamReset);
-                }
-                if f.request.failed() {
-                    // The upstream request failed because the client's body could not be read:
-                    // the client's error, answered with 400 as Envoy does.
-                    f.charge(LocalReply::BAD_REQUEST.status.as_u16());
-                    return Err(LocalReply::BAD_REQUEST);
-                }
+                let (reset, started) = attempt_failed(f, &reply, upstream)?;
                 (reply, reset, started)
             }
             Outcome::PerTryTimeout | Outcome::PerTryIdleTimeout => {
@@ -687,6 +704,10 @@ struct Flight<'a> {
     send: Sending<'a>,
     /// Its per-try timer, until it fires.
     per_try: Option<std::pin::Pin<Box<dyn Future<Output = ()> + 'a>>>,
+    /// `per_try_idle_timeout`, from its start.
+    idle: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The cluster's `max_stream_duration`, from its start.
+    stream_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// Its per-try timeout passed and the next attempt was asked for: its response is never
     /// retried.
     hedged: bool,
@@ -711,6 +732,8 @@ enum Event {
         Result<(Response<ProxyBody>, super::router::Conn), LocalReply>,
     ),
     PerTry(usize),
+    Idle(usize),
+    StreamDuration(usize),
     Start,
     RouteTimeout,
     Periodic,
@@ -777,6 +800,16 @@ async fn hedged(
                         return Poll::Ready(Event::PerTry(i));
                     }
                 }
+                if let Some(t) = fl.idle.as_mut() {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Idle(i));
+                    }
+                }
+                if let Some(t) = fl.stream_timer.as_mut() {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::StreamDuration(i));
+                    }
+                }
             }
             Poll::Pending
         })
@@ -822,11 +855,19 @@ async fn hedged(
                     if flights.is_empty() {
                         return Err(LocalReply::NO_HEALTHY_UPSTREAM);
                     }
+                    // No attempt was made: the others go on.
+                    *attempts -= 1;
                     continue;
                 };
                 retry.attempted(host.priority);
                 tried.push(host.address);
                 let mut parts = copy_parts(&head);
+                if let Some(relay) = head
+                    .extensions
+                    .get::<crate::http::h1_guard::ContinueRelay>()
+                {
+                    parts.extensions.insert(relay.clone());
+                }
                 if f.attempt_count.0 {
                     parts
                         .headers
@@ -852,17 +893,91 @@ async fn hedged(
                 let send: Sending<'_> =
                     Box::pin(async move { attempt(f, &h, parts, b, &st).await });
                 let per_try = f.per_try_timeout;
+                let stream_until = cluster
+                    .config()
+                    .max_stream_duration
+                    .map(|d| tokio::time::Instant::now() + d);
                 flights.push(Flight {
                     host,
                     state,
                     send,
                     per_try: Some(Box::pin(after_request(f.request, per_try))),
+                    idle: retry
+                        .policy
+                        .per_try_idle_timeout
+                        .map(|d| Box::pin(tokio::time::sleep(d))),
+                    stream_timer: stream_until.map(|at| Box::pin(tokio::time::sleep_until(at))),
                     hedged: false,
-                    stream_until: cluster
-                        .config()
-                        .max_stream_duration
-                        .map(|d| tokio::time::Instant::now() + d),
+                    stream_until,
                 });
+            }
+            Event::StreamDuration(i) => {
+                // The cluster's `max_stream_duration` ends the stream, as in the other loop.
+                use crate::http::timeouts::Expiry;
+                let fl = flights.remove(i);
+                drop(fl.send);
+                match fl.state.upstream.take() {
+                    Some(mut u) => {
+                        u.failed = true;
+                        u.finish(EndReason::Expired(Expiry::UpstreamMaxDuration));
+                    }
+                    None => stats.upstream_rq_max_duration_reached.inc(),
+                }
+                for other in flights.drain(..) {
+                    other.overtaken();
+                }
+                let reply = Expiry::UpstreamMaxDuration.reply(f.request.done_at().is_some());
+                f.charge(reply.status.as_u16());
+                return Err(reply);
+            }
+            Event::Idle(i) => {
+                // `per_try_idle_timeout`: the attempt is reset, and retried as a reset.
+                let fl = flights.remove(i);
+                drop(fl.send);
+                stats.upstream_rq_per_try_idle_timeout.inc();
+                report_outlier(
+                    f,
+                    &fl.host,
+                    &Outcome::PerTryIdleTimeout,
+                    fl.state.upstream.borrow().is_some(),
+                );
+                if let Some(u) = fl.state.upstream.take() {
+                    u.finish_try_timeout();
+                }
+                if !fl.hedged {
+                    let would = retry.would_retry_reset(Reset::Other, true);
+                    match retry.should_retry(
+                        would,
+                        None,
+                        cluster,
+                        f.vcluster.as_deref(),
+                        fastrand::u64(..),
+                    ) {
+                        Decision::Retry(wait) => {
+                            if next.is_none() {
+                                next = Some(Box::pin(tokio::time::sleep(wait)));
+                            }
+                            continue;
+                        }
+                        Decision::LimitExceeded => {
+                            flag(&mut info, ResponseFlag::UpstreamRetryLimitExceeded)
+                        }
+                        Decision::Overflow => flag(&mut info, ResponseFlag::UpstreamOverflow),
+                        Decision::No => {}
+                    }
+                }
+                if !flights.is_empty() || next.is_some() {
+                    continue;
+                }
+                let mut reply = LocalReply {
+                    details: "upstream_per_try_idle_timeout",
+                    ..LocalReply::TIMEOUT
+                };
+                if *attempts > 1 {
+                    retried_body(&mut reply);
+                }
+                f.charge(reply.status.as_u16());
+                return Err(reply);
             }
             Event::PerTry(i) => {
                 let fl = &mut flights[i];
@@ -988,16 +1103,7 @@ async fn hedged(
                         ));
                     }
                     Err(mut reply) => {
-                        let reset = Reset::of(&reply);
-                        let started = reset != Reset::ConnectFailure && upstream.is_some();
-                        if let Some(mut u) = upstream {
-                            u.failed = true;
-                            u.finish(EndReason::UpstreamReset);
-                        }
-                        if f.request.failed() {
-                            f.charge(LocalReply::BAD_REQUEST.status.as_u16());
-                            return Err(LocalReply::BAD_REQUEST);
-                        }
+                        let (reset, started) = attempt_failed(f, &reply, upstream)?;
                         if !fl.hedged {
                             let would = retry.would_retry_reset(reset, started);
                             match retry.should_retry(

@@ -442,6 +442,7 @@ pub async fn route(
     }
     if let Some(info) = info.as_deref_mut() {
         info.route_name = (!route.name.is_empty()).then(|| route.name.as_str().into());
+        info.route_metadata = Some((route.metadata.clone(), vhost.metadata.clone()));
     }
     let forward = match &route.action {
         Action::Forward(f) => f,
@@ -468,6 +469,8 @@ pub async fn route(
             let location = redirect_location(route, r, &parts, &host_header, scheme);
             return Err(LocalReply::redirect(r.status, location));
         }
+        // Meant for a filter to answer; the router has no cluster for it (Envoy: 503, NC).
+        Action::NonForwarding => return Err(LocalReply::NO_CLUSTER),
     };
     // A route that follows redirects keeps the request as it came (and its body, to send
     // again) for the next pass.
@@ -710,7 +713,11 @@ pub async fn route(
         .filter(|p| route_timeout.is_none_or(|t| *p < t));
     // hedge_policy.hedge_on_per_try_timeout: the route's policy, else its virtual host's; it
     // matters only with a per-try timeout.
-    let hedge = per_try_timeout.is_some() && route.hedge.unwrap_or(vhost.hedge);
+    // An internal request's x-envoy-hedge-on-per-try-timeout overrides it.
+    let hedge = per_try_timeout.is_some()
+        && retry_headers
+            .and_then(|h| h.hedge)
+            .unwrap_or_else(|| route.hedge.unwrap_or(vhost.hedge));
     if !cfg.router.suppress_envoy_headers {
         // A hedged request's attempts may all run to the route timeout: that is what each
         // expects (the time left of it, for a later attempt).
@@ -789,10 +796,13 @@ pub async fn route(
             }),
         buffer_limit,
         hash,
-        criteria: match changes {
-            Some(c) => c.metadata_match.clone(),
-            None => forward.metadata_match.clone(),
-        },
+        criteria: dynamic_lb_criteria(
+            match changes {
+                Some(c) => c.metadata_match.clone(),
+                None => forward.metadata_match.clone(),
+            },
+            &parts,
+        ),
         set_cookies,
         vcluster,
         scheme: upstream_scheme,
@@ -994,7 +1004,7 @@ pub fn request_hash(
 
 /// The first value of cookie `name` in the request's `Cookie` headers, without the quotes
 /// around a quoted value (Envoy's `parseCookieValue`).
-fn cookie_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
     for h in headers.get_all(header::COOKIE) {
         let Ok(s) = std::str::from_utf8(h.as_bytes()) else {
             continue;
@@ -1325,6 +1335,45 @@ impl AttemptState {
             connected: std::cell::Cell::new(false),
         }
     }
+}
+
+/// The subset criteria of a request: its route's, with the `envoy.lb` values the stream's
+/// dynamic metadata holds (a filter's, header_to_metadata's) over them, as Envoy's router
+/// merges them.
+fn dynamic_lb_criteria(
+    route: Option<std::sync::Arc<crate::config::model::MatchCriteria>>,
+    parts: &http::request::Parts,
+) -> Option<std::sync::Arc<crate::config::model::MatchCriteria>> {
+    use crate::config::model::{MatchCriteria, MetaValue};
+    let Some(md) = parts
+        .extensions
+        .get::<crate::stream_info::DynamicMetadata>()
+    else {
+        return route;
+    };
+    let keys: Vec<(String, MetaValue)> = md.with(|m| {
+        m.filter_metadata
+            .get("envoy.lb")
+            .map(|s| {
+                s.iter()
+                    .map(|(k, v)| (k.clone(), MetaValue(v.canonical().into())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    if keys.is_empty() {
+        return route;
+    }
+    Some(std::sync::Arc::new(match route {
+        Some(r) => MatchCriteria {
+            keys: r.merged(&keys),
+            fallback_list: r.fallback_list.clone(),
+        },
+        None => MatchCriteria {
+            keys,
+            fallback_list: None,
+        },
+    }))
 }
 
 /// The connection manager's `access_log_flush_interval` and its logs.
