@@ -9,9 +9,20 @@ use skiff::http::framing::{scan, Chunked, Scan};
 fuzz_target!(|data: &[u8]| {
     match scan(data) {
         Scan::Incomplete => {}
-        Scan::Head { len, verdict } => {
+        Scan::Head {
+            len,
+            verdict,
+            expect,
+        } => {
             assert!(len <= data.len());
-            assert_eq!(scan(&data[..len]), Scan::Head { len, verdict });
+            assert_eq!(
+                scan(&data[..len]),
+                Scan::Head {
+                    len,
+                    verdict,
+                    expect
+                }
+            );
         }
     }
     let whole = Chunked::Start.feed(data);

@@ -290,6 +290,9 @@ pub struct HttpConnectionManager {
     pub filters: Vec<filter::Factory>,
     /// The filters of the upgrade types that have their own, by type.
     pub upgrade_filters: Vec<(String, Vec<filter::Factory>)>,
+    /// Whether a filter of `filters`, or of an upgrade's, may write dynamic metadata (the
+    /// streams that run them get some).
+    writes_metadata: bool,
     /// Its `route_config`, indexed (none with RDS: each stream takes the table in force).
     pub routes: Option<Arc<crate::router::RouteTable>>,
 }
@@ -312,19 +315,26 @@ impl HttpConnectionManager {
             },
             model::RouteSource::Rds { .. } => None,
         };
+        let filters = filter::factories(&config.http_filters, shard, &config.stat_prefix);
+        let upgrade_filters: Vec<(String, Vec<filter::Factory>)> = config
+            .upgrade_filters
+            .iter()
+            .map(|(kind, list)| {
+                (
+                    kind.clone(),
+                    filter::factories(list, shard, &config.stat_prefix),
+                )
+            })
+            .collect();
+        let writes_metadata = filters
+            .iter()
+            .chain(upgrade_filters.iter().flat_map(|(_, f)| f))
+            .any(filter::Factory::writes_metadata);
         HttpConnectionManager {
             stats: HcmStats::new(shard.clone(), &config.stat_prefix, scope),
-            filters: filter::factories(&config.http_filters, shard, &config.stat_prefix),
-            upgrade_filters: config
-                .upgrade_filters
-                .iter()
-                .map(|(kind, list)| {
-                    (
-                        kind.clone(),
-                        filter::factories(list, shard, &config.stat_prefix),
-                    )
-                })
-                .collect(),
+            filters,
+            upgrade_filters,
+            writes_metadata,
             routes,
             config,
         }
@@ -1656,11 +1666,8 @@ async fn handle(
     // flush_access_log_on_new_request: a line once the route is known, before the filters.
     if cfg.log_flush.on_start {
         if let Some(info) = done.info.as_mut() {
-            if let (Some(route), Some(vhost)) = (selection.route(), selection.vhost()) {
-                if !route.name.is_empty() {
-                    info.route_name = Some(route.name.as_str().into());
-                }
-                info.route_metadata = Some((route.metadata.clone(), vhost.metadata.clone()));
+            selection.record(info);
+            if let Some(route) = selection.route() {
                 if let crate::router::Action::Forward(fw) = &route.action {
                     if let crate::router::Target::Cluster(c) = &fw.target {
                         info.upstream_cluster = Some(c.as_str().into());
@@ -1689,9 +1696,9 @@ async fn handle(
         })
         .map_or(&conn.hcm.filters, |(_, f)| f);
     // The stream's dynamic metadata, when a filter may write some.
-    let metadata = factories
-        .iter()
-        .any(|f| f.writes_metadata())
+    let metadata = conn
+        .hcm
+        .writes_metadata
         .then(crate::stream_info::DynamicMetadata::default);
     if let Some(m) = &metadata {
         // The router reads its `envoy.lb` values (subset criteria).
@@ -1918,13 +1925,8 @@ async fn routed_local(
 ) -> Resp {
     let mut done = done;
     // The stream's route is known to a filter's reply's log line, as in Envoy.
-    if let (Some(info), Some(route), Some(vhost)) =
-        (done.info.as_mut(), selection.route(), selection.vhost())
-    {
-        if !route.name.is_empty() {
-            info.route_name = Some(route.name.as_str().into());
-        }
-        info.route_metadata = Some((route.metadata.clone(), vhost.metadata.clone()));
+    if let Some(info) = done.info.as_mut() {
+        selection.record(info);
     }
     if !selection.redirects_to_https() {
         let mut all = selection.header_mutations(true);

@@ -18,6 +18,8 @@ pub enum Scan {
         len: usize,
         /// Forward it, or refuse it.
         verdict: Verdict,
+        /// It has an `Expect` header (read as its lines are, for [`hide_continue`]).
+        expect: bool,
     },
 }
 
@@ -194,9 +196,12 @@ pub fn scan_limited(buf: &[u8], rules: Rules) -> Scan {
         return Scan::Incomplete;
     };
     let head = &buf[start..start + len];
+    let mut expect = false;
+    let verdict = judge(head, rules, &mut expect);
     Scan::Head {
         len: start + len,
-        verdict: judge(head, rules),
+        verdict,
+        expect,
     }
 }
 
@@ -268,7 +273,7 @@ pub fn hide_continue(head: &mut [u8]) {
 }
 
 /// Envoy's verdict on one complete head (without leading empty lines).
-fn judge(head: &[u8], rules: Rules) -> Verdict {
+fn judge(head: &[u8], rules: Rules, expect: &mut bool) -> Verdict {
     let mut it = lines(head);
     let request_line = it.next().unwrap_or_default();
     let refuse = |reason, method: Option<&[u8]>, path: Option<&[u8]>| {
@@ -334,6 +339,8 @@ fn judge(head: &[u8], rules: Rules) -> Verdict {
             content_lengths.push(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encodings.push(value);
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            *expect = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|&b| b == b',').map(trim) {
                 connection_tokens += 1;
@@ -548,7 +555,7 @@ mod tests {
 
     fn verdict(head: &str) -> Verdict {
         match scan(head.as_bytes()) {
-            Scan::Head { verdict, len } => {
+            Scan::Head { verdict, len, .. } => {
                 assert_eq!(len, head.len());
                 verdict
             }

@@ -421,7 +421,11 @@ impl<T> H1Guard<T> {
                         false
                     }
                 }
-                Scan::Head { len, verdict } => {
+                Scan::Head {
+                    len,
+                    verdict,
+                    expect,
+                } => {
                     // max_request_headers_kb: Envoy counts the head's bytes as they come.
                     let verdict = if len > self.max_head {
                         Verdict::Refuse(Refusal::too_large())
@@ -430,7 +434,7 @@ impl<T> H1Guard<T> {
                     };
                     match verdict {
                         Verdict::Accept(f) => {
-                            if self.interim.is_some() {
+                            if expect && self.interim.is_some() {
                                 framing::hide_continue(&mut self.pending[..len]);
                             }
                             self.pass(len);
@@ -514,8 +518,9 @@ impl<T> H1Guard<T> {
                     Scan::Head {
                         len,
                         verdict: Verdict::Accept(f),
+                        expect,
                     } if len <= self.max_head => {
-                        if self.interim.is_some() {
+                        if expect && self.interim.is_some() {
                             framing::hide_continue(&mut new[at..at + len]);
                         }
                         at += len;

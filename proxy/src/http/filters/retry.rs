@@ -474,16 +474,9 @@ async fn attempts_loop(
         }
         tried.push(host.address);
         let mut parts = match (&replay, head.as_ref()) {
-            (Some(_), Some(p)) => copy_parts(p),
+            (Some(_), Some(p)) => attempt_parts(p),
             _ => head.take().ok_or(LocalReply::CONNECTION_TERMINATION)?,
         };
-        // proxy_100_continue: each attempt's upstream `100 Continue` may reach the client.
-        if let Some(relay) = head
-            .as_ref()
-            .and_then(|h| h.extensions.get::<crate::http::h1_guard::ContinueRelay>())
-        {
-            parts.extensions.insert(relay.clone());
-        }
         if f.attempt_count.0 {
             parts.headers.insert(
                 X_ENVOY_ATTEMPT_COUNT.clone(),
@@ -739,6 +732,41 @@ enum Event {
     Periodic,
 }
 
+/// A hedged attempt that failed or timed out and may be retried (`would`): a retry is
+/// scheduled in `next` after its backoff (true), a refusal flagged on the stream.
+fn hedge_retry(
+    f: &Forward<'_>,
+    retry: &mut RetryState,
+    would: bool,
+    reset: Option<Duration>,
+    next: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    info: &mut Option<&mut StreamInfo>,
+) -> bool {
+    match retry.should_retry(
+        would,
+        reset,
+        f.cluster,
+        f.vcluster.as_deref(),
+        fastrand::u64(..),
+    ) {
+        Decision::Retry(wait) => {
+            if next.is_none() {
+                *next = Some(Box::pin(tokio::time::sleep(wait)));
+            }
+            true
+        }
+        Decision::LimitExceeded => {
+            flag(info, ResponseFlag::UpstreamRetryLimitExceeded);
+            false
+        }
+        Decision::Overflow => {
+            flag(info, ResponseFlag::UpstreamOverflow);
+            false
+        }
+        Decision::No => false,
+    }
+}
+
 /// The attempts of a request whose route hedges on per-try timeouts (Envoy's
 /// `hedge_on_per_try_timeout`): an attempt past its per-try timeout goes on while the next
 /// starts after the usual backoff (a retry, counted as one); the first response that is not to
@@ -861,13 +889,7 @@ async fn hedged(
                 };
                 retry.attempted(host.priority);
                 tried.push(host.address);
-                let mut parts = copy_parts(&head);
-                if let Some(relay) = head
-                    .extensions
-                    .get::<crate::http::h1_guard::ContinueRelay>()
-                {
-                    parts.extensions.insert(relay.clone());
-                }
+                let mut parts = attempt_parts(&head);
                 if f.attempt_count.0 {
                     parts
                         .headers
@@ -946,24 +968,8 @@ async fn hedged(
                 }
                 if !fl.hedged {
                     let would = retry.would_retry_reset(Reset::Other, true);
-                    match retry.should_retry(
-                        would,
-                        None,
-                        cluster,
-                        f.vcluster.as_deref(),
-                        fastrand::u64(..),
-                    ) {
-                        Decision::Retry(wait) => {
-                            if next.is_none() {
-                                next = Some(Box::pin(tokio::time::sleep(wait)));
-                            }
-                            continue;
-                        }
-                        Decision::LimitExceeded => {
-                            flag(&mut info, ResponseFlag::UpstreamRetryLimitExceeded)
-                        }
-                        Decision::Overflow => flag(&mut info, ResponseFlag::UpstreamOverflow),
-                        Decision::No => {}
+                    if hedge_retry(f, &mut retry, would, None, &mut next, &mut info) {
+                        continue;
                     }
                 }
                 if !flights.is_empty() || next.is_some() {
@@ -988,28 +994,9 @@ async fn hedged(
                     &Outcome::PerTryTimeout,
                     fl.state.upstream.borrow().is_some(),
                 );
-                match retry.should_retry(
-                    true,
-                    None,
-                    cluster,
-                    f.vcluster.as_deref(),
-                    fastrand::u64(..),
-                ) {
-                    Decision::Retry(wait) => {
-                        // Only an attempt that did start the next one is never retried itself
-                        // (Envoy's `retried`): one past the retry limit is judged again on its
-                        // response.
-                        fl.hedged = true;
-                        if next.is_none() {
-                            next = Some(Box::pin(tokio::time::sleep(wait)));
-                        }
-                    }
-                    Decision::LimitExceeded => {
-                        flag(&mut info, ResponseFlag::UpstreamRetryLimitExceeded)
-                    }
-                    Decision::Overflow => flag(&mut info, ResponseFlag::UpstreamOverflow),
-                    Decision::No => {}
-                }
+                // Only an attempt that did start the next one is never retried itself
+                // (Envoy's `retried`): one past the retry limit is judged again on its response.
+                fl.hedged = hedge_retry(f, &mut retry, true, None, &mut next, &mut info);
             }
             Event::Done(i, r) => {
                 let fl = flights.remove(i);
@@ -1036,31 +1023,13 @@ async fn hedged(
                         let mut dropped = false;
                         if would && !fl.hedged {
                             let reset = retry.reset_interval(resp.headers());
-                            match retry.should_retry(
-                                true,
-                                reset,
-                                cluster,
-                                f.vcluster.as_deref(),
-                                fastrand::u64(..),
-                            ) {
-                                Decision::Retry(wait) => {
-                                    if f.dynamic_stats {
-                                        stats.retry_response_code(status);
-                                    }
-                                    if next.is_none() {
-                                        next = Some(Box::pin(tokio::time::sleep(wait)));
-                                    }
-                                    dropped = true;
+                            if hedge_retry(f, &mut retry, true, reset, &mut next, &mut info) {
+                                if f.dynamic_stats {
+                                    stats.retry_response_code(status);
                                 }
-                                Decision::LimitExceeded => {
-                                    flag(&mut info, ResponseFlag::UpstreamRetryLimitExceeded);
-                                    dropped = others;
-                                }
-                                Decision::Overflow => {
-                                    flag(&mut info, ResponseFlag::UpstreamOverflow);
-                                    dropped = others;
-                                }
-                                Decision::No => {}
+                                dropped = true;
+                            } else {
+                                dropped = others;
                             }
                         } else if would {
                             dropped = others;
@@ -1106,26 +1075,8 @@ async fn hedged(
                         let (reset, started) = attempt_failed(f, &reply, upstream)?;
                         if !fl.hedged {
                             let would = retry.would_retry_reset(reset, started);
-                            match retry.should_retry(
-                                would,
-                                None,
-                                cluster,
-                                f.vcluster.as_deref(),
-                                fastrand::u64(..),
-                            ) {
-                                Decision::Retry(wait) => {
-                                    if next.is_none() {
-                                        next = Some(Box::pin(tokio::time::sleep(wait)));
-                                    }
-                                    continue;
-                                }
-                                Decision::LimitExceeded => {
-                                    flag(&mut info, ResponseFlag::UpstreamRetryLimitExceeded)
-                                }
-                                Decision::Overflow => {
-                                    flag(&mut info, ResponseFlag::UpstreamOverflow)
-                                }
-                                Decision::No => {}
+                            if hedge_retry(f, &mut retry, would, None, &mut next, &mut info) {
+                                continue;
                             }
                         }
                         if others {
@@ -1207,6 +1158,16 @@ fn flag(info: &mut Option<&mut StreamInfo>, f: ResponseFlag) {
     if let Some(i) = info.as_deref_mut() {
         i.flags.set(f);
     }
+}
+
+/// The head of one more attempt: a copy, with the relay of the upstream's `100 Continue`
+/// (`proxy_100_continue`), the one extension every attempt needs.
+fn attempt_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut parts = copy_parts(p);
+    if let Some(relay) = p.extensions.get::<crate::http::h1_guard::ContinueRelay>() {
+        parts.extensions.insert(relay.clone());
+    }
+    parts
 }
 
 /// A copy of a request head for one more attempt (extensions belong to the first).

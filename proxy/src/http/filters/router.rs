@@ -312,6 +312,15 @@ pub fn select(
 }
 
 impl Selection {
+    /// What the stream's record shows of the route: its name and its and its virtual host's
+    /// metadata.
+    pub fn record(&self, info: &mut StreamInfo) {
+        if let (Some(route), Some(vhost)) = (self.route(), self.vhost()) {
+            info.route_name = (!route.name.is_empty()).then(|| route.name.as_str().into());
+            info.route_metadata = Some((route.metadata.clone(), vhost.metadata.clone()));
+        }
+    }
+
     /// Picks the route again (a filter cleared the route cache), the stream's dynamic metadata
     /// as it is now in view; the same runtime values and random value as the first time.
     pub fn reselect(
@@ -441,8 +450,7 @@ pub async fn route(
         return Err(LocalReply::UPGRADE_FORBIDDEN);
     }
     if let Some(info) = info.as_deref_mut() {
-        info.route_name = (!route.name.is_empty()).then(|| route.name.as_str().into());
-        info.route_metadata = Some((route.metadata.clone(), vhost.metadata.clone()));
+        selection.record(info);
     }
     let forward = match &route.action {
         Action::Forward(f) => f,
