@@ -531,6 +531,13 @@ pub async fn serve(
                     }
                 }
             }
+            // A header name h2 lets through that is not a token (`"`): Envoy's codec refuses
+            // it; an HTTP/1.1 upstream could not read it.
+            if req.version() == Version::HTTP_2
+                && req.headers().keys().any(|n| n.as_str().contains('"'))
+            {
+                return Err(Malformed("invalid header name").into());
+            }
             // A `:path` that is only a fragment (`#p`) leaves h2 an empty path; it would reach
             // an HTTP/1.1 upstream as an empty request target. Envoy's codec resets the stream
             // for a path that does not start with `/`.
