@@ -153,6 +153,7 @@ fn warn_accepted_without_effect(
 }
 
 fn serve(opts: Options, mut loaded: Loaded) -> Result<(), String> {
+    let begun = Instant::now();
     let workers = opts.workers();
     warn_accepted_without_effect(&loaded.proto, &loaded.dump.bootstrap);
     // The bootstrap's dump as text: its tree would cost ten times as much for the life of
@@ -258,6 +259,24 @@ fn serve(opts: Options, mut loaded: Loaded) -> Result<(), String> {
                 Err(e) => tracing::error!(error = %e, "admin listener failed"),
             }
         }
+        // Each stats flush merges the threads' histograms (their interval values).
+        {
+            let store = store.clone();
+            let every = loaded
+                .model
+                .stats
+                .flush_interval
+                .unwrap_or(Duration::from_secs(5));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    store.merge_histograms();
+                }
+            });
+        }
+        let initialization_time = main.histogram("server.initialization_time_ms");
         // The overload manager reads its monitors on this thread from the start.
         let overload = crate::overload::manager::Manager::new(&loaded.model.overload, &main);
         tokio::spawn(overload.run());
@@ -316,6 +335,7 @@ fn serve(opts: Options, mut loaded: Loaded) -> Result<(), String> {
         }
         config.attach_workers(senders)?;
         state.initializing.store(false, Ordering::Relaxed);
+        initialization_time.record_ms(begun.elapsed());
         main.gauge("listener_manager.workers_started").set(1);
         tracing::info!(workers, "skiff started");
 

@@ -49,11 +49,48 @@ impl Gauge {
     }
 }
 
+/// A distribution of values (milliseconds, counts) recorded by one thread; the admin merges
+/// every thread's at each stats flush, as Envoy does.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram(Option<Arc<Mutex<histogram::Bins>>>);
+
+impl Histogram {
+    /// Records one value.
+    pub fn record(&self, v: u64) {
+        if let Some(bins) = &self.0 {
+            let mut bins = bins.lock().unwrap_or_else(PoisonError::into_inner);
+            *bins.entry(histogram::bin_of(v)).or_default() += 1;
+        }
+    }
+
+    /// Records a duration in whole milliseconds.
+    pub fn record_ms(&self, d: std::time::Duration) {
+        self.record(d.as_millis().try_into().unwrap_or(u64::MAX));
+    }
+}
+
+/// A histogram as the admin shows it: the values of the last flush interval and of all time.
+#[derive(Debug, Clone, Default)]
+pub struct Merged {
+    /// Recorded in the last interval.
+    pub interval: histogram::Bins,
+    /// Recorded since the start.
+    pub cumulative: histogram::Bins,
+}
+
+impl Merged {
+    /// Whether any value was ever recorded (merged).
+    pub fn used(&self) -> bool {
+        !self.cumulative.is_empty()
+    }
+}
+
 /// The stats of one thread. Lookups by name lock; the hot path keeps the handles it got.
 #[derive(Debug, Default)]
 pub struct Shard {
     counters: Mutex<BTreeMap<String, Counter>>,
     gauges: Mutex<BTreeMap<String, Gauge>>,
+    histograms: Mutex<BTreeMap<String, Arc<Mutex<histogram::Bins>>>>,
     texts: Mutex<BTreeMap<String, String>>,
     /// `stats_config.stats_matcher`: a stat it rejects is handed out but never kept, so it
     /// neither shows nor takes memory beyond its handle.
@@ -91,6 +128,18 @@ impl Shard {
         map.entry(name.to_string()).or_default().clone()
     }
 
+    /// The histogram called `name`.
+    pub fn histogram(&self, name: &str) -> Histogram {
+        if !self.keeps(name) {
+            return Histogram::default();
+        }
+        let mut map = self
+            .histograms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Histogram(Some(map.entry(name.to_string()).or_default().clone()))
+    }
+
     /// Sets the text readout called `name` (Envoy's `version_text`, for example).
     pub fn set_text(&self, name: &str, value: &str) {
         if !self.keeps(name) {
@@ -122,6 +171,7 @@ impl Shard {
         }
         go(&self.counters, prefix, |c| Arc::strong_count(&c.0) > 1)
             + go(&self.gauges, prefix, |g| Arc::strong_count(&g.0) > 1)
+            + go(&self.histograms, prefix, |h| Arc::strong_count(h) > 1)
             + go(&self.texts, prefix, |_| false)
     }
 }
@@ -145,6 +195,8 @@ pub fn shown_gauge(g: i64) -> u64 {
 #[derive(Debug)]
 pub struct Store {
     shards: Vec<Arc<Shard>>,
+    /// Every thread's histograms, merged at the last flush.
+    merged: Mutex<BTreeMap<String, Merged>>,
 }
 
 impl Store {
@@ -159,6 +211,7 @@ impl Store {
             shards: (0..=workers)
                 .map(|_| Arc::new(Shard::with_matcher(matcher.clone())))
                 .collect(),
+            merged: Mutex::default(),
         }
     }
 
@@ -179,7 +232,62 @@ impl Store {
 
     /// Removes the unheld stats under `prefix` from every shard; true when none is left.
     pub fn prune(&self, prefix: &str) -> bool {
-        self.shards.iter().map(|s| s.prune(prefix)).sum::<usize>() == 0
+        let gone = self.shards.iter().map(|s| s.prune(prefix)).sum::<usize>() == 0;
+        if gone {
+            let mut merged = self.merged.lock().unwrap_or_else(PoisonError::into_inner);
+            merged.retain(|name, _| !name.starts_with(prefix));
+        }
+        gone
+    }
+
+    /// A stats flush: what every thread recorded since the last one becomes the histograms'
+    /// interval values and is added to their cumulative ones.
+    pub fn merge_histograms(&self) {
+        let mut fresh: BTreeMap<String, histogram::Bins> = BTreeMap::new();
+        for shard in &self.shards {
+            let map = shard
+                .histograms
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (name, h) in map.iter() {
+                let taken = std::mem::take(&mut *h.lock().unwrap_or_else(PoisonError::into_inner));
+                histogram::add(fresh.entry(name.clone()).or_default(), &taken);
+            }
+        }
+        let mut merged = self.merged.lock().unwrap_or_else(PoisonError::into_inner);
+        for m in merged.values_mut() {
+            m.interval.clear();
+        }
+        for (name, bins) in fresh {
+            let m = merged.entry(name).or_default();
+            histogram::add(&mut m.cumulative, &bins);
+            m.interval = bins;
+        }
+    }
+
+    /// The histograms whose names `keep` accepts, as of the last flush (one made since shows
+    /// with no values).
+    pub fn histograms(&self, keep: impl Fn(&str) -> bool) -> BTreeMap<String, Merged> {
+        let mut out: BTreeMap<String, Merged> = self
+            .merged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(name, _)| keep(name))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for shard in &self.shards {
+            let map = shard
+                .histograms
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for name in map.keys() {
+                if !out.contains_key(name) && keep(name) {
+                    out.insert(name.clone(), Merged::default());
+                }
+            }
+        }
+        out
     }
 
     /// Every text readout, by name.
@@ -298,11 +406,7 @@ pub fn prometheus_tagged(snapshot: &BTreeMap<String, StatValue>, tagging: &Taggi
         let labels = if tags.is_empty() {
             String::new()
         } else {
-            let parts: Vec<String> = tags
-                .iter()
-                .map(|(k, v)| format!("{}=\"{}\"", sanitize(k), escape(v)))
-                .collect();
-            format!("{{{}}}", parts.join(","))
+            format!("{{{}}}", labels(&tags).join(","))
         };
         families
             .entry(metric)
@@ -320,6 +424,65 @@ pub fn prometheus_tagged(snapshot: &BTreeMap<String, StatValue>, tagging: &Taggi
             out.push_str(&format!("{metric}{labels} {v}\n"));
         }
     }
+    out
+}
+
+/// Histograms in Prometheus text format, after the counters and gauges: cumulative buckets
+/// (`histogram_bucket_settings` or Envoy's defaults), `+Inf`, sum and count.
+pub fn prometheus_histograms(
+    histograms: &BTreeMap<String, Merged>,
+    tagging: &Tagging,
+    buckets: &skiff_config::stats::HistogramBuckets,
+) -> String {
+    let mut families: BTreeMap<String, Vec<(Vec<String>, &str)>> = BTreeMap::new();
+    for (name, _) in histograms.iter() {
+        let (metric, tags) = extract(tagging, name);
+        let labels = labels(&tags);
+        families
+            .entry(format!("envoy_{}", sanitize(&metric)))
+            .or_default()
+            .push((labels, name.as_str()));
+    }
+    let mut out = String::new();
+    for (metric, series) in families {
+        out.push_str(&format!("# TYPE {metric} histogram\n"));
+        for (labels, name) in series {
+            let bins = &histograms[name].cumulative;
+            let with = |extra: &str| {
+                let mut l = labels.clone();
+                l.push(extra.to_string());
+                l.join(",")
+            };
+            for b in buckets.of(name) {
+                out.push_str(&format!(
+                    "{metric}_bucket{{{}}} {}\n",
+                    with(&format!("le=\"{}\"", histogram::show(*b))),
+                    histogram::count_below(bins, *b)
+                ));
+            }
+            let count = histogram::count(bins);
+            out.push_str(&format!(
+                "{metric}_bucket{{{}}} {count}\n",
+                with("le=\"+Inf\"")
+            ));
+            let plain = labels.join(",");
+            out.push_str(&format!(
+                "{metric}_sum{{{plain}}} {}\n",
+                histogram::g32(histogram::sum(bins))
+            ));
+            out.push_str(&format!("{metric}_count{{{plain}}} {count}\n"));
+        }
+    }
+    out
+}
+
+/// A series' labels, by name as Envoy orders them.
+fn labels(tags: &[(String, String)]) -> Vec<String> {
+    let mut out: Vec<String> = tags
+        .iter()
+        .map(|(k, v)| format!("{}=\"{}\"", sanitize(k), escape(v)))
+        .collect();
+    out.sort();
     out
 }
 
@@ -367,6 +530,19 @@ fn extract_tags(name: &str) -> (String, Vec<(&'static str, String)>) {
                 }
             }
             break;
+        }
+    }
+    // vhost.<host>.vcluster.<cluster>.… : a virtual cluster's stats.
+    if let Some(tail) = rest.strip_prefix("vhost.") {
+        if let Some((host, after)) = tail.split_once('.') {
+            if let Some((vc, stat)) = after
+                .strip_prefix("vcluster.")
+                .and_then(|t| t.split_once('.'))
+            {
+                tags.push(("envoy_virtual_host", host.to_string()));
+                tags.push(("envoy_virtual_cluster", vc.to_string()));
+                rest = format!("vhost.vcluster.{stat}");
+            }
         }
     }
     if let Some(pos) = rest.find(".worker_") {
@@ -516,5 +692,251 @@ impl CodeCounters {
         });
         exact.inc();
         class.inc();
+    }
+}
+
+/// Envoy's histograms (libcircllhist's log-linear bins): a value lands in the bin of its first
+/// two significant digits, `[d.d × 10^e, (d.d + 0.1) × 10^e)`, or in the zero bin. A bin is kept
+/// as `e * 100 + dd` (`dd` in 10..=99), so bins sort as their values do.
+pub mod histogram {
+    use std::collections::BTreeMap;
+
+    /// The quantiles Envoy computes, as fractions.
+    pub const QUANTILES: [f64; 10] = [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0];
+    /// The same, in percent, as the admin names them.
+    pub const PERCENTS: [&str; 10] = [
+        "0", "25", "50", "75", "90", "95", "99", "99.5", "99.9", "100",
+    ];
+
+    /// Counts per bin.
+    pub type Bins = BTreeMap<u16, u64>;
+
+    /// The bin of an integer value (Envoy records integers at scale 0).
+    pub fn bin_of(v: u64) -> u16 {
+        if v == 0 {
+            return 0;
+        }
+        let (mut v, mut exp) = if v < 10 { (v * 10, 0u16) } else { (v, 1u16) };
+        while v >= 100 {
+            v /= 10;
+            exp += 1;
+        }
+        exp * 100 + v as u16
+    }
+
+    fn pow10(e: i32) -> f64 {
+        if e >= 0 {
+            10f64.powi(e)
+        } else {
+            1.0 / 10f64.powi(-e)
+        }
+    }
+
+    /// A bin's (two digits, exponent); `None` for the zero bin.
+    fn parts(bin: u16) -> Option<(i32, i32)> {
+        (bin != 0).then(|| (i32::from(bin % 100), i32::from(bin / 100)))
+    }
+
+    fn lower(bin: u16) -> f64 {
+        parts(bin).map_or(0.0, |(d, e)| (f64::from(d) / 10.0) * pow10(e))
+    }
+
+    fn width(bin: u16) -> f64 {
+        parts(bin).map_or(0.0, |(_, e)| pow10(e) / 10.0)
+    }
+
+    /// The value a bin stands for in a sum: nearer the bottom, as libcircllhist weighs it.
+    fn midpoint(bin: u16) -> f64 {
+        if bin == 0 {
+            return 0.0;
+        }
+        let (bottom, w) = (lower(bin), width(bin));
+        bottom + w * (bottom / (bottom + bottom + w))
+    }
+
+    /// The number of values.
+    pub fn count(bins: &Bins) -> u64 {
+        bins.values().sum()
+    }
+
+    /// The approximate sum of the values.
+    pub fn sum(bins: &Bins) -> f64 {
+        bins.iter().map(|(b, n)| midpoint(*b) * *n as f64).sum()
+    }
+
+    /// The values at or below `threshold`'s bin (Envoy's cumulative Prometheus buckets).
+    pub fn count_below(bins: &Bins, threshold: f64) -> u64 {
+        // The bin of a real threshold, as (exponent, digits), or below every positive bin.
+        let target = if threshold.is_nan() || threshold < 0.0 {
+            return 0;
+        } else if threshold == 0.0 || threshold.is_infinite() {
+            if threshold.is_infinite() {
+                return 0;
+            }
+            None
+        } else {
+            let mut e = threshold.log10().floor() as i32;
+            if e > 127 {
+                return 0;
+            }
+            if e < -128 {
+                None
+            } else {
+                let mut d = ((threshold / pow10(e)) * 10.0 + 1e-13).floor() as i32;
+                if d == 100 {
+                    d = 10;
+                    e += 1;
+                }
+                (d != 0).then_some((e, d))
+            }
+        };
+        bins.iter()
+            .take_while(|(b, _)| match (parts(**b), target) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some((d, e)), Some((te, td))) => (e, d) <= (te, td),
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Envoy's quantiles (libcircllhist's type-1 approximation); NaN when empty.
+    pub fn quantiles(bins: &Bins) -> [f64; 10] {
+        let total = count(bins) as f64;
+        let mut out = [f64::NAN; 10];
+        if total == 0.0 {
+            return out;
+        }
+        let list: Vec<(u16, u64)> = bins.iter().map(|(b, n)| (*b, *n)).collect();
+        let mut i = 0;
+        let (mut lower_cnt, mut upper_cnt) = (0.0, list[0].1 as f64);
+        for (q, slot) in QUANTILES.iter().zip(out.iter_mut()) {
+            let qn = total * q;
+            while i < list.len() - 1 && upper_cnt < qn {
+                i += 1;
+                lower_cnt = upper_cnt;
+                upper_cnt = lower_cnt + list[i].1 as f64;
+            }
+            let (bin, n) = list[i];
+            let w = width(bin);
+            *slot = if w == 0.0 {
+                lower(bin)
+            } else {
+                let k = (qn - lower_cnt).ceil();
+                let k = if k == 0.0 { 1.0 } else { k };
+                lower(bin) + k / (n as f64 + 1.0) * w
+            };
+        }
+        out
+    }
+
+    /// A value as Envoy's admin prints it: the shortest form that reads back, `nan` for none.
+    pub fn show(v: f64) -> String {
+        if v.is_nan() {
+            "nan".to_string()
+        } else {
+            format!("{v}")
+        }
+    }
+
+    /// A value as `printf("%.32g")` writes it (Envoy's Prometheus sums).
+    pub fn g32(v: f64) -> String {
+        if v == 0.0 || !v.is_finite() {
+            return show(v);
+        }
+        let sci = format!("{:.31e}", v);
+        let exp: i32 = sci
+            .rsplit_once('e')
+            .and_then(|(_, e)| e.parse().ok())
+            .unwrap_or(0);
+        let trim = |s: String| -> String {
+            if s.contains('.') {
+                s.trim_end_matches('0').trim_end_matches('.').to_string()
+            } else {
+                s
+            }
+        };
+        if (-4..32).contains(&exp) {
+            trim(format!("{:.*}", (31 - exp) as usize, v))
+        } else {
+            let (m, _) = sci.split_once('e').unwrap_or((&sci, ""));
+            format!(
+                "{}e{}{:02}",
+                trim(m.to_string()),
+                if exp < 0 { '-' } else { '+' },
+                exp.abs()
+            )
+        }
+    }
+
+    /// Adds `from`'s counts into `into`.
+    pub fn add(into: &mut Bins, from: &Bins) {
+        for (b, n) in from {
+            *into.entry(*b).or_default() += n;
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn of(values: &[u64]) -> Bins {
+            let mut b = Bins::new();
+            for v in values {
+                *b.entry(bin_of(*v)).or_default() += 1;
+            }
+            b
+        }
+
+        #[test]
+        fn bins_as_libcircllhist() {
+            assert_eq!(bin_of(0), 0);
+            assert_eq!(bin_of(1), 10);
+            assert_eq!(bin_of(9), 90);
+            assert_eq!(bin_of(10), 110);
+            assert_eq!(bin_of(99), 199);
+            assert_eq!(bin_of(123), 212);
+            assert_eq!((lower(212), width(212)), (120.0, 10.0));
+        }
+
+        /// Values Envoy 1.40 printed for the same samples.
+        #[test]
+        fn quantiles_and_sums_as_envoy() {
+            let q = quantiles(&of(&[0, 2, 3, 3, 3]));
+            let shown: Vec<String> = q.iter().map(|v| show(*v)).collect();
+            assert_eq!(
+                shown,
+                [
+                    "0", "2.05", "3.025", "3.05", "3.075", "3.075", "3.075", "3.075", "3.075",
+                    "3.075"
+                ]
+            );
+            assert_eq!(
+                g32(sum(&of(&[0, 2, 3, 3, 3]))),
+                "11.196321471411435410914236854296"
+            );
+            let q = quantiles(&of(&[1, 1, 1, 1, 1]));
+            assert_eq!(show(q[0]), "1.0166666666666666");
+            assert_eq!(show(q[1]), "1.0333333333333334");
+            assert_eq!(show(q[9]), "1.0833333333333333");
+            let q = quantiles(&of(&[1, 2, 3, 3, 4]));
+            assert_eq!(show(q[2]), "3.033333333333333");
+            assert_eq!(show(q[3]), "3.066666666666667");
+            assert_eq!(show(quantiles(&of(&[33]))[0]), "33.5");
+            assert!(quantiles(&Bins::new())[0].is_nan());
+        }
+
+        #[test]
+        fn buckets_count_values_in_and_below_the_threshold_bin() {
+            let b = of(&[0, 1, 5, 24, 25, 26, 2509, 2600]);
+            assert_eq!(count_below(&b, 0.5), 1);
+            assert_eq!(count_below(&b, 1.0), 2);
+            assert_eq!(count_below(&b, 5.0), 3);
+            assert_eq!(count_below(&b, 25.0), 5);
+            assert_eq!(count_below(&b, 2500.0), 7);
+            assert_eq!(count_below(&b, 3600000.0), 8);
+            assert_eq!(g32(0.5), "0.5");
+            assert_eq!(g32(3600000.0), "3600000");
+        }
     }
 }

@@ -47,6 +47,11 @@ pub struct StatsConfig {
     pub matcher: Option<Arc<crate::stats::StatsMatcher>>,
     /// `stats_tags` and `use_all_default_tags`.
     pub tagging: Arc<crate::stats::Tagging>,
+    /// `histogram_bucket_settings`.
+    pub buckets: Arc<crate::stats::HistogramBuckets>,
+    /// The bootstrap's `stats_flush_interval`: how often histograms are merged (their interval
+    /// values); `None` is Envoy's 5 s.
+    pub flush_interval: Option<std::time::Duration>,
 }
 
 /// `dynamic_resources`.

@@ -94,3 +94,24 @@ impl Default for Tagging {
         }
     }
 }
+
+/// `histogram_bucket_settings`: a histogram's Prometheus buckets by its name, the first match
+/// winning; Envoy's defaults otherwise.
+#[derive(Debug, Default, PartialEq)]
+pub struct HistogramBuckets(pub Vec<(NameMatch, Vec<f64>)>);
+
+/// Envoy's default histogram buckets (milliseconds, mostly).
+pub const DEFAULT_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+impl HistogramBuckets {
+    /// The buckets of the histogram called `name`.
+    pub fn of(&self, name: &str) -> &[f64] {
+        self.0
+            .iter()
+            .find(|(m, _)| m.matches(name))
+            .map_or(&DEFAULT_BUCKETS[..], |(_, b)| b.as_slice())
+    }
+}

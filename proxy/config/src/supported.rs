@@ -8,8 +8,8 @@ use super::{proto, ConfigError};
 
 /// Message full name → the fields of it that skiff honours.
 const SUPPORTED: &[(&str, &[&str])] = &[
-    // application_log_config, deferred_stat_options, stats_flush_interval, stats_sinks, tracing,
-    // stats_eviction_interval, stats_config.histogram_bucket_settings,
+    // application_log_config, deferred_stat_options, stats_sinks, tracing,
+    // stats_eviction_interval, stats_config.histogram_bucket_settings' bins,
     // cluster_manager.load_stats_config,
     // layered_runtime's
     // listed keys, cluster_manager's listed fields and the internal listener extension have no
@@ -43,7 +43,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "histogram_bucket_settings",
         ],
     ),
-    // skiff keeps no histograms: their buckets change nothing (docs/compatibility.md).
+    // `bins` sizes Envoy's per-thread storage only (docs/compatibility.md).
     (
         "envoy.config.metrics.v3.HistogramBucketSettings",
         &["match", "buckets", "bins"],

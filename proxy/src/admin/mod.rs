@@ -330,6 +330,10 @@ fn handle(state: &AdminState, req: Request<String>) -> Response<Full<Bytes>> {
                 stats::prometheus_tagged(
                     &state.store.snapshot(),
                     &state.config.model.stats.tagging,
+                ) + &stats::prometheus_histograms(
+                    &state.store.histograms(|_| true),
+                    &state.config.model.stats.tagging,
+                    &state.config.model.stats.buckets,
                 ),
             )
         }
@@ -401,6 +405,11 @@ fn stats_endpoint(state: &AdminState, q: &BTreeMap<String, String>) -> Response<
     let texts = texts
         .iter()
         .filter(|(name, v)| keep(name) && (!used_only || !v.is_empty()));
+    let histograms = state
+        .store
+        .histograms(keep)
+        .into_iter()
+        .filter(|(_, h)| !used_only || h.used());
     if q.get("format").map(String::as_str) == Some("json") {
         let mut stats: Vec<serde_json::Value> = selected
             .map(|(name, v)| match v {
@@ -411,6 +420,28 @@ fn stats_endpoint(state: &AdminState, q: &BTreeMap<String, String>) -> Response<
             })
             .collect();
         stats.extend(texts.map(|(name, v)| json!({"name": name, "value": v})));
+        let computed: Vec<serde_json::Value> = histograms
+            .map(|(name, h)| {
+                let interval = stats::histogram::quantiles(&h.interval);
+                let cumulative = stats::histogram::quantiles(&h.cumulative);
+                let values: Vec<serde_json::Value> = interval
+                    .iter()
+                    .zip(&cumulative)
+                    .map(|(i, c)| json!({"cumulative": json_number(*c), "interval": json_number(*i)}))
+                    .collect();
+                json!({"name": name, "values": values})
+            })
+            .collect();
+        if !computed.is_empty() {
+            let supported: Vec<serde_json::Value> = stats::histogram::QUANTILES
+                .iter()
+                .map(|q| json_number(q * 100.0))
+                .collect();
+            stats.push(json!({"histograms": {
+                "supported_quantiles": supported,
+                "computed_quantiles": computed,
+            }}));
+        }
         return json_response(&json!({ "stats": stats }));
     }
     let mut lines: BTreeMap<&str, String> = selected
@@ -427,7 +458,40 @@ fn stats_endpoint(state: &AdminState, q: &BTreeMap<String, String>) -> Response<
     for (name, v) in lines {
         out.push_str(&format!("{name}: {v}\n"));
     }
+    // Histograms after the rest, as Envoy lists them: each quantile's interval and cumulative
+    // value.
+    for (name, h) in histograms {
+        if !h.used() {
+            out.push_str(&format!("{name}: No recorded values\n"));
+            continue;
+        }
+        let interval = stats::histogram::quantiles(&h.interval);
+        let cumulative = stats::histogram::quantiles(&h.cumulative);
+        let parts: Vec<String> = stats::histogram::PERCENTS
+            .iter()
+            .zip(interval.iter().zip(&cumulative))
+            .map(|(p, (i, c))| {
+                format!(
+                    "P{p}({},{})",
+                    stats::histogram::show(*i),
+                    stats::histogram::show(*c)
+                )
+            })
+            .collect();
+        out.push_str(&format!("{name}: {}\n", parts.join(" ")));
+    }
     text(StatusCode::OK, out)
+}
+
+/// A number in the admin's JSON: whole values without a fraction, NaN as null.
+fn json_number(v: f64) -> serde_json::Value {
+    if v.is_nan() {
+        serde_json::Value::Null
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        json!(v as i64)
+    } else {
+        json!(v)
+    }
 }
 
 fn server_info(state: &AdminState) -> serde_json::Value {

@@ -59,6 +59,10 @@ pub struct HcmStats {
     pub downstream_cx_http2_active: Gauge,
     /// `downstream_cx_destroy`.
     pub downstream_cx_destroy: Counter,
+    /// `downstream_cx_length_ms`.
+    pub downstream_cx_length_ms: crate::stats::Histogram,
+    /// `downstream_rq_time`: from the start of a stream to its end.
+    pub downstream_rq_time: crate::stats::Histogram,
     /// `downstream_cx_rx_bytes_total`.
     pub downstream_cx_rx_bytes_total: Counter,
     /// `downstream_cx_tx_bytes_total`.
@@ -175,6 +179,8 @@ impl HcmStats {
             downstream_cx_http2_total: c("downstream_cx_http2_total"),
             downstream_cx_http2_active: g("downstream_cx_http2_active"),
             downstream_cx_destroy: c("downstream_cx_destroy"),
+            downstream_cx_length_ms: shard.histogram(&format!("{prefix}downstream_cx_length_ms")),
+            downstream_rq_time: shard.histogram(&format!("{prefix}downstream_rq_time")),
             downstream_cx_rx_bytes_total: c("downstream_cx_rx_bytes_total"),
             downstream_cx_tx_bytes_total: c("downstream_cx_tx_bytes_total"),
             downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
@@ -459,6 +465,7 @@ pub async fn serve(
     }
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
+    let opened = Instant::now();
     let secure = matches!(stream, Stream::ServerTls(_));
     if secure {
         stats.downstream_cx_ssl_total.inc();
@@ -847,6 +854,7 @@ pub async fn serve(
         stats.downstream_cx_ssl_active.dec();
     }
     stats.downstream_cx_destroy.inc();
+    stats.downstream_cx_length_ms.record_ms(opened.elapsed());
 }
 
 type ServeResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -1032,6 +1040,7 @@ impl Done {
         stats.downstream_rq_active.dec();
         stats.downstream_rq_completed.inc();
         stats.listener_completed.inc();
+        stats.downstream_rq_time.record_ms(self.started.elapsed());
         self.conn.activity.stream_ended();
         if self.conn.codec.get() == Some(Codec::Http1) {
             // Envoy closes at once after a response to a request that fully arrived, unless

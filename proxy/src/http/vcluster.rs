@@ -28,6 +28,10 @@ pub struct VclusterStats {
     pub upstream_rq_retry_success: Counter,
     /// `upstream_rq_timeout`.
     pub upstream_rq_timeout: Counter,
+    /// `upstream_rq_time` (made when first recorded, as Envoy's).
+    upstream_rq_time: std::cell::OnceCell<crate::stats::Histogram>,
+    shard: Arc<Shard>,
+    prefix: String,
 }
 
 impl VclusterStats {
@@ -42,8 +46,19 @@ impl VclusterStats {
             upstream_rq_retry_overflow: c("upstream_rq_retry_overflow"),
             upstream_rq_retry_success: c("upstream_rq_retry_success"),
             upstream_rq_timeout: c("upstream_rq_timeout"),
-            by_code: crate::stats::CodeCounters::new(shard, prefix),
+            upstream_rq_time: std::cell::OnceCell::new(),
+            by_code: crate::stats::CodeCounters::new(shard.clone(), prefix.clone()),
+            shard,
+            prefix,
         }
+    }
+
+    /// `upstream_rq_time`.
+    pub fn upstream_rq_time(&self) -> &crate::stats::Histogram {
+        self.upstream_rq_time.get_or_init(|| {
+            self.shard
+                .histogram(&format!("{}upstream_rq_time", self.prefix))
+        })
     }
 
     /// Counts a response: `upstream_rq_completed`, `upstream_rq_<code>`, `upstream_rq_<N>xx`.

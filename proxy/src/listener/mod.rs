@@ -119,6 +119,7 @@ struct ListenerStats {
     downstream_global_cx_overflow: Counter,
     downstream_cx_overload_reject: Counter,
     downstream_cx_overflow: Counter,
+    downstream_cx_length_ms: crate::stats::Histogram,
 }
 
 /// The network filters of a chain, built for one worker.
@@ -498,6 +499,7 @@ impl Shared {
             downstream_cx_total: shard.counter(&format!("{scope}downstream_cx_total")),
             downstream_cx_active: shard.gauge(&format!("{scope}downstream_cx_active")),
             downstream_cx_destroy: shard.counter(&format!("{scope}downstream_cx_destroy")),
+            downstream_cx_length_ms: shard.histogram(&format!("{scope}downstream_cx_length_ms")),
             worker_cx_total: shard
                 .counter(&format!("{scope}worker_{}.downstream_cx_total", worker.id)),
             worker_cx_active: shard
@@ -787,12 +789,16 @@ impl Shared {
         // The chain's drain governs the connection from now on; what is still open at its
         // deadline is closed.
         let mut deadline = self.connection_drain(Some(&chain));
+        let since = std::time::Instant::now();
         tokio::select! {
             _ = self.run_chain(&chain, stream, (remote, local, direct_remote), server_name) => {}
             _ = deadline.deadline() => {
                 tracing::debug!(listener = %self.config.name, %remote, "drain deadline: closing");
             }
         }
+        self.stats
+            .downstream_cx_length_ms
+            .record_ms(since.elapsed());
         self.closed();
     }
 

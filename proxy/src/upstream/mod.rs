@@ -231,6 +231,15 @@ pub struct ClusterStats {
     pub upstream_rq_per_try_idle_timeout: Counter,
     /// `retry_or_shadow_abandoned`: request bodies too large to keep for a retry.
     pub retry_or_shadow_abandoned: Counter,
+    /// `upstream_rq_time`: from the end of the downstream request to the end of the response
+    /// (made when first recorded, as Envoy's).
+    upstream_rq_time: std::cell::OnceCell<crate::stats::Histogram>,
+    /// `upstream_cx_connect_ms`: connecting, TLS included.
+    pub upstream_cx_connect_ms: crate::stats::Histogram,
+    /// `upstream_cx_length_ms`.
+    pub upstream_cx_length_ms: crate::stats::Histogram,
+    /// `upstream_rq_per_cx`: requests a connection carried.
+    pub upstream_rq_per_cx: crate::stats::Histogram,
     by_code: crate::stats::CodeCounters,
     /// `ssl.*`, for clusters with TLS.
     pub tls: Option<crate::tls::stats::TlsStats>,
@@ -261,7 +270,12 @@ impl ClusterStats {
         let prefix = format!("cluster.{name}.");
         let c = |n: &str| shard.counter(&format!("{prefix}{n}"));
         let g = |n: &str| shard.gauge(&format!("{prefix}{n}"));
+        let h = |n: &str| shard.histogram(&format!("{prefix}{n}"));
         ClusterStats {
+            upstream_rq_time: std::cell::OnceCell::new(),
+            upstream_cx_connect_ms: h("upstream_cx_connect_ms"),
+            upstream_cx_length_ms: h("upstream_cx_length_ms"),
+            upstream_rq_per_cx: h("upstream_rq_per_cx"),
             upstream_cx_total: c("upstream_cx_total"),
             upstream_cx_active: g("upstream_cx_active"),
             upstream_cx_http1_total: c("upstream_cx_http1_total"),
@@ -332,6 +346,14 @@ impl ClusterStats {
     /// The cluster's counter `name` (one counted rarely, made when first used).
     pub fn counter(&self, name: &str) -> crate::stats::Counter {
         self.shard.counter(&format!("{}{name}", self.prefix))
+    }
+
+    /// `upstream_rq_time`.
+    pub fn upstream_rq_time(&self) -> &crate::stats::Histogram {
+        self.upstream_rq_time.get_or_init(|| {
+            self.shard
+                .histogram(&format!("{}upstream_rq_time", self.prefix))
+        })
     }
 
     /// Counts a response the router charges (the final one of a request, a local reply for an

@@ -85,6 +85,7 @@ pub async fn connect_from(
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
     HostStats::inc(&host.stats.cx_total);
+    let began = std::time::Instant::now();
     let timeout = cluster.config().connect_timeout;
     let source = source.or(cluster.config().source_address.map(|address| Source {
         address,
@@ -129,11 +130,13 @@ pub async fn connect_from(
         Ok(r) => r,
     };
     match result {
+        // Envoy's connection is made once its transport (TLS) is up.
         Ok(s) => Ok(Counted::new(
             s,
             stats.upstream_cx_rx_bytes_total.clone(),
             stats.upstream_cx_tx_bytes_total.clone(),
-        )),
+        ))
+        .inspect(|_| stats.upstream_cx_connect_ms.record_ms(began.elapsed())),
         Err(e) => {
             stats.upstream_cx_connect_fail.inc();
             HostStats::inc(&host.stats.cx_connect_fail);
@@ -285,6 +288,9 @@ async fn open(addr: SocketAddr, source: Option<Source>) -> std::io::Result<TcpSt
 pub struct ConnGuard {
     active: crate::stats::Gauge,
     destroyed: crate::stats::Counter,
+    /// `upstream_cx_length_ms`, from when it was made.
+    length: crate::stats::Histogram,
+    since: std::time::Instant,
     host: Arc<HostStats>,
     /// Its place in the cluster's `max_connections` breaker.
     _cx: Held,
@@ -298,6 +304,8 @@ impl ConnGuard {
         ConnGuard {
             active: cluster.stats.upstream_cx_active.clone(),
             destroyed: cluster.stats.upstream_cx_destroy.clone(),
+            length: cluster.stats.upstream_cx_length_ms.clone(),
+            since: std::time::Instant::now(),
             host: host.stats.clone(),
             _cx: cx,
         }
@@ -358,6 +366,7 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.active.dec();
         self.destroyed.inc();
+        self.length.record_ms(self.since.elapsed());
         HostStats::dec(&self.host.cx_active);
     }
 }
@@ -378,6 +387,14 @@ pub struct Http1Sender {
     pub info: UpstreamConnection,
     /// Shared with the connection's driver, which runs its idle and duration timers.
     state: Rc<H1State>,
+    /// `upstream_rq_per_cx`, when the connection is done with.
+    per_cx: crate::stats::Histogram,
+}
+
+impl Drop for Http1Sender {
+    fn drop(&mut self) {
+        self.per_cx.record(u64::from(self.requests));
+    }
 }
 
 /// Closes an HTTP/1.1 connection when dropped armed ([`Http1Sender::abandon_guard`]).
@@ -715,6 +732,7 @@ async fn http1_on(
         spent: false,
         info,
         state,
+        per_cx: cluster.stats.upstream_rq_per_cx.clone(),
     })
 }
 
@@ -802,11 +820,14 @@ pub struct Http2Conn {
     /// Tells the connection's driver that the pool and its streams are done with it: the
     /// connection then closes (GOAWAY) once its last stream ends.
     release: Rc<Notify>,
+    /// `upstream_rq_per_cx`, when the connection is done with.
+    per_cx: crate::stats::Histogram,
 }
 
 impl Drop for Http2Conn {
     fn drop(&mut self) {
         self.release.notify_one();
+        self.per_cx.record(u64::from(self.opened.get()));
     }
 }
 
@@ -1126,6 +1147,7 @@ async fn http2_on(
         limit: cfg.max_concurrent_streams as usize,
         info,
         release,
+        per_cx: cluster.stats.upstream_rq_per_cx.clone(),
     })
 }
 

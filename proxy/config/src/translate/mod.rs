@@ -129,7 +129,17 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         None => None,
     };
     let mut overload = operations::overload(b.overload_manager.as_ref())?;
-    let stats = operations::stats(b.stats_config.as_ref())?;
+    let mut stats = operations::stats(b.stats_config.as_ref())?;
+    if let Some(d) = &b.stats_flush_interval {
+        let d = duration(d, "stats_flush_interval")?;
+        if d < Duration::from_millis(1) || d >= Duration::from_secs(300) {
+            return Err(ConfigError::new(
+                "stats_flush_interval",
+                "must be at least 1ms and under 300s",
+            ));
+        }
+        stats.flush_interval = Some(d);
+    }
     // The runtime key is the older form of the limit; the resource monitor wins over it.
     let runtime = operations::runtime(b.layered_runtime.as_ref())?;
     overload.max_downstream_connections =

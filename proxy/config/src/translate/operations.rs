@@ -489,34 +489,60 @@ pub(super) fn stats(
             }
         }
     }
+    let one = |m: &envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher, p: String| {
+        let kind = match &m.match_pattern {
+            Some(P::Exact(s)) => NameMatchKind::Exact(s.clone()),
+            Some(P::Prefix(s)) => NameMatchKind::Prefix(s.clone()),
+            Some(P::Suffix(s)) => NameMatchKind::Suffix(s.clone()),
+            Some(P::Contains(s)) => NameMatchKind::Contains(s.clone()),
+            Some(P::SafeRegex(r)) => NameMatchKind::Regex(
+                crate::pattern::Regex::new(&format!("^(?:{})$", r.regex)).map_err(|e| {
+                    ConfigError::new(
+                        format!("{p}.safe_regex.regex"),
+                        format!("invalid regex: {e}"),
+                    )
+                })?,
+            ),
+            _ => return Err(ConfigError::unsupported(p)),
+        };
+        Ok(NameMatch {
+            kind,
+            ignore_case: m.ignore_case,
+        })
+    };
     let list = |l: &envoy_types::pb::envoy::r#type::matcher::v3::ListStringMatcher, path: &str| {
         l.patterns
             .iter()
             .enumerate()
-            .map(|(i, m)| {
-                let p = format!("{path}.patterns[{i}]");
-                let kind = match &m.match_pattern {
-                    Some(P::Exact(s)) => NameMatchKind::Exact(s.clone()),
-                    Some(P::Prefix(s)) => NameMatchKind::Prefix(s.clone()),
-                    Some(P::Suffix(s)) => NameMatchKind::Suffix(s.clone()),
-                    Some(P::Contains(s)) => NameMatchKind::Contains(s.clone()),
-                    Some(P::SafeRegex(r)) => NameMatchKind::Regex(
-                        crate::pattern::Regex::new(&format!("^(?:{})$", r.regex)).map_err(|e| {
-                            ConfigError::new(
-                                format!("{p}.safe_regex.regex"),
-                                format!("invalid regex: {e}"),
-                            )
-                        })?,
-                    ),
-                    _ => return Err(ConfigError::unsupported(p)),
-                };
-                Ok(NameMatch {
-                    kind,
-                    ignore_case: m.ignore_case,
-                })
-            })
+            .map(|(i, m)| one(m, format!("{path}.patterns[{i}]")))
             .collect::<Result<Vec<_>, ConfigError>>()
     };
+    // histogram_bucket_settings: the first whose matcher takes a histogram's name gives its
+    // buckets (`bins` sizes Envoy's per-thread histograms, nothing that shows).
+    let mut buckets = Vec::new();
+    for (i, h) in c.histogram_bucket_settings.iter().enumerate() {
+        let path = format!("stats_config.histogram_bucket_settings[{i}]");
+        let Some(m) = &h.r#match else {
+            return Err(ConfigError::new(format!("{path}.match"), "required"));
+        };
+        if h.buckets.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.buckets"),
+                "needs at least one bucket",
+            ));
+        }
+        for (j, b) in h.buckets.iter().enumerate() {
+            if b.is_nan() || *b <= 0.0 || h.buckets[..j].contains(b) {
+                return Err(ConfigError::new(
+                    format!("{path}.buckets[{j}]"),
+                    "a bucket must be above 0 and given once",
+                ));
+            }
+        }
+        let mut values = h.buckets.clone();
+        values.sort_by(f64::total_cmp);
+        buckets.push((one(m, format!("{path}.match"))?, values));
+    }
     let matcher = match c
         .stats_matcher
         .as_ref()
@@ -537,6 +563,8 @@ pub(super) fn stats(
     Ok(StatsConfig {
         matcher: matcher.map(std::sync::Arc::new),
         tagging: std::sync::Arc::new(tagging),
+        buckets: std::sync::Arc::new(crate::stats::HistogramBuckets(buckets)),
+        flush_interval: None,
     })
 }
 
@@ -592,6 +620,34 @@ mod tests {
             "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 9901}}}}}}\n{extra}"
         );
         load_text(&text).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn histogram_buckets_and_the_flush_interval_are_checked() {
+        let settings = |b: &str| {
+            format!("stats_config:\n  histogram_bucket_settings:\n  - match: {{prefix: cluster.}}\n    buckets: {b}\n")
+        };
+        assert_eq!(verdict(&settings("[1, 10, 100]")), Ok(()));
+        let e = verdict(&settings("[1, 0]")).expect_err("0 is not a bucket");
+        assert!(
+            e.starts_with("stats_config.histogram_bucket_settings[0].buckets[1]"),
+            "{e}"
+        );
+        let e = verdict(&settings("[2, 2]")).expect_err("twice");
+        assert!(e.contains("buckets[1]"), "{e}");
+        let e = verdict(&settings("[]")).expect_err("none");
+        assert!(e.contains("buckets"), "{e}");
+        assert_eq!(verdict("stats_flush_interval: 1s"), Ok(()));
+        let e = verdict("stats_flush_interval: 600s").expect_err("too long");
+        assert!(e.starts_with("stats_flush_interval"), "{e}");
+        let b = crate::load_text(&format!(
+            "{}\n{}",
+            "admin: {address: {socket_address: {address: 127.0.0.1, port_value: 9901}}}",
+            settings("[100, 5]")
+        ))
+        .expect("loads");
+        assert_eq!(b.model.stats.buckets.of("cluster.a.upstream_rq_time"), &[5.0, 100.0]);
+        assert_eq!(b.model.stats.buckets.of("http.a.downstream_rq_time").len(), 19);
     }
 
     #[test]

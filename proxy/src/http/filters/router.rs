@@ -31,6 +31,10 @@ pub struct Upstream {
     finished: bool,
     /// The response head arrived: a reset from now on is reported to outlier detection.
     responded: bool,
+    /// Whether `upstream_rq_time` is recorded (dynamic stats on), and for which virtual
+    /// cluster too.
+    timed: bool,
+    vcluster: Option<Rc<crate::http::vcluster::VclusterStats>>,
 }
 
 #[derive(Debug)]
@@ -62,7 +66,11 @@ impl Upstream {
         &self.cluster
     }
 
-    fn start(cluster: Rc<Cluster>, host: Rc<Host>, request: Rc<RequestProgress>) -> Self {
+    fn start(f: &Forward<'_>, host: Rc<Host>) -> Self {
+        let cluster = f.cluster.clone();
+        let request = f.request.clone();
+        let timed = f.dynamic_stats;
+        let vcluster = f.vcluster.clone().filter(|_| timed);
         // `upstream_rq_total` and the host's `rq_total` count when the pool gives the request
         // its connection, as in Envoy (a request refused by a circuit breaker is not counted).
         cluster.stats.upstream_rq_active.inc();
@@ -75,6 +83,8 @@ impl Upstream {
             failed: false,
             finished: false,
             responded: false,
+            timed,
+            vcluster,
         }
     }
 
@@ -125,7 +135,17 @@ impl Upstream {
         stats.upstream_rq_active.dec();
         HostStats::dec(&self.host.stats.rq_active);
         match reason {
-            EndReason::Complete if !self.failed => HostStats::inc(&self.host.stats.rq_success),
+            EndReason::Complete if !self.failed => {
+                HostStats::inc(&self.host.stats.rq_success);
+                // From the end of the client's request, as Envoy's router measures it.
+                if let Some(done) = self.request.done_at().filter(|_| self.timed) {
+                    let took = done.elapsed();
+                    stats.upstream_rq_time().record_ms(took);
+                    if let Some(vc) = &self.vcluster {
+                        vc.upstream_rq_time().record_ms(took);
+                    }
+                }
+            }
             _ => HostStats::inc(&self.host.stats.rq_error),
         }
         // Envoy's router reports a reset after the response head too (before it, the retry
@@ -1412,11 +1432,7 @@ pub(super) async fn attempt(
     let cluster = f.cluster;
     let failure = &state.failure;
     if f.terminate {
-        *state.upstream.borrow_mut() = Some(Upstream::start(
-            cluster.clone(),
-            host.clone(),
-            f.request.clone(),
-        ));
+        *state.upstream.borrow_mut() = Some(Upstream::start(f, host.clone()));
         let mut stream = pool::connect(cluster, host)
             .await
             .map_err(|e| connect_failure(e, failure))?;
@@ -1436,11 +1452,7 @@ pub(super) async fn attempt(
         },
     };
     state.http2.set(http2);
-    *state.upstream.borrow_mut() = Some(Upstream::start(
-        cluster.clone(),
-        host.clone(),
-        f.request.clone(),
-    ));
+    *state.upstream.borrow_mut() = Some(Upstream::start(f, host.clone()));
     let target = Target {
         cluster,
         host,
