@@ -181,8 +181,8 @@ pub struct ClusterStats {
     pub upstream_rq_pending_total: Counter,
     /// `upstream_rq_pending_active`.
     pub upstream_rq_pending_active: Gauge,
-    /// `upstream_cx_destroy`.
-    pub upstream_cx_destroy: Counter,
+    /// `upstream_cx_destroy` and its split by side and by request under way.
+    pub upstream_cx_destroy: Arc<DestroyCounters>,
     /// `original_dst_host_invalid`: an ORIGINAL_DST header that is not an address.
     pub original_dst_host_invalid: Counter,
     /// `upstream_cx_close_notify`: the upstream announced the close (HTTP/2 GOAWAY).
@@ -245,6 +245,39 @@ pub struct ClusterStats {
     pub tls: Option<crate::tls::stats::TlsStats>,
 }
 
+/// `upstream_cx_destroy`, `_local`, `_remote`, `_with_active_rq`, `_local_with_active_rq`,
+/// `_remote_with_active_rq`.
+#[derive(Debug)]
+pub struct DestroyCounters {
+    all: Counter,
+    local: Counter,
+    remote: Counter,
+    with_active_rq: Counter,
+    local_with_active_rq: Counter,
+    remote_with_active_rq: Counter,
+}
+
+impl DestroyCounters {
+    /// Counts a connection closed by the upstream (`remote`) or by skiff, with a request under
+    /// way or not.
+    pub fn count(&self, remote: bool, active: bool) {
+        self.all.inc();
+        if remote {
+            self.remote.inc();
+        } else {
+            self.local.inc();
+        }
+        if active {
+            self.with_active_rq.inc();
+            if remote {
+                self.remote_with_active_rq.inc();
+            } else {
+                self.local_with_active_rq.inc();
+            }
+        }
+    }
+}
+
 impl ClusterStats {
     /// A counter of this cluster made when first needed (`http2.keepalive_timeout`), so it
     /// shows only for clusters that can count it, as in Envoy.
@@ -293,7 +326,14 @@ impl ClusterStats {
             upstream_rq_active_overflow: c("upstream_rq_active_overflow"),
             upstream_rq_pending_total: c("upstream_rq_pending_total"),
             upstream_rq_pending_active: g("upstream_rq_pending_active"),
-            upstream_cx_destroy: c("upstream_cx_destroy"),
+            upstream_cx_destroy: Arc::new(DestroyCounters {
+                all: c("upstream_cx_destroy"),
+                local: c("upstream_cx_destroy_local"),
+                remote: c("upstream_cx_destroy_remote"),
+                with_active_rq: c("upstream_cx_destroy_with_active_rq"),
+                local_with_active_rq: c("upstream_cx_destroy_local_with_active_rq"),
+                remote_with_active_rq: c("upstream_cx_destroy_remote_with_active_rq"),
+            }),
             original_dst_host_invalid: c("original_dst_host_invalid"),
             upstream_cx_close_notify: c("upstream_cx_close_notify"),
             upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),

@@ -287,7 +287,9 @@ async fn open(addr: SocketAddr, source: Option<Source>) -> std::io::Result<TcpSt
 #[derive(Debug)]
 pub struct ConnGuard {
     active: crate::stats::Gauge,
-    destroyed: crate::stats::Counter,
+    destroyed: Arc<super::DestroyCounters>,
+    /// How it ended: closed by the upstream, and with a request on it.
+    how: Cell<(bool, bool)>,
     /// `upstream_cx_length_ms`, from when it was made.
     length: crate::stats::Histogram,
     since: std::time::Instant,
@@ -297,6 +299,13 @@ pub struct ConnGuard {
 }
 
 impl ConnGuard {
+    /// How the connection ends (`upstream_cx_destroy_{local,remote}[_with_active_rq]`):
+    /// closed by the upstream or by skiff, and with a request under way or not. Without a
+    /// word, it ended idle and by skiff's hand.
+    pub fn ended(&self, remote: bool, active: bool) {
+        self.how.set((remote, active));
+    }
+
     /// Starts counting a connection that holds `cx` of the connection breaker.
     pub fn new(cluster: &Rc<Cluster>, host: &Rc<Host>, cx: Held) -> Self {
         cluster.stats.upstream_cx_active.inc();
@@ -304,6 +313,7 @@ impl ConnGuard {
         ConnGuard {
             active: cluster.stats.upstream_cx_active.clone(),
             destroyed: cluster.stats.upstream_cx_destroy.clone(),
+            how: Cell::new((false, false)),
             length: cluster.stats.upstream_cx_length_ms.clone(),
             since: std::time::Instant::now(),
             host: host.stats.clone(),
@@ -365,7 +375,8 @@ const PENDING_RECHECK: std::time::Duration = std::time::Duration::from_millis(20
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.active.dec();
-        self.destroyed.inc();
+        let (remote, active) = self.how.get();
+        self.destroyed.count(remote, active);
         self.length.record_ms(self.since.elapsed());
         HostStats::dec(&self.host.cx_active);
     }
@@ -394,6 +405,7 @@ pub struct Http1Sender {
 impl Drop for Http1Sender {
     fn drop(&mut self) {
         self.per_cx.record(u64::from(self.requests));
+        self.state.local_close.set(true);
     }
 }
 
@@ -428,6 +440,9 @@ struct H1State {
     expired: Cell<bool>,
     /// Its request was reset half way: the connection closes now.
     abandoned: tokio::sync::Notify,
+    /// skiff closes it (its sender is gone, its request was reset, or the response said
+    /// the connection ends): an end now is not the upstream's doing.
+    local_close: Cell<bool>,
 }
 
 impl H1State {
@@ -443,7 +458,29 @@ impl Http1Sender {
     /// Its request was reset before both ends of the exchange were through: the connection
     /// closes at once, whatever it was still writing or reading (Envoy closes it too).
     pub fn abandon(self) {
+        self.state.local_close.set(true);
         self.state.abandoned.notify_one();
+    }
+
+    /// The response says the connection ends after it (`connection: close`, or HTTP/1.0
+    /// without keep-alive): skiff closes it then, as Envoy does.
+    pub fn saw_response<B>(&self, resp: &http::Response<B>) {
+        let says = |word: &str| {
+            resp.headers()
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case(word))
+        };
+        let closes = if resp.version() == http::Version::HTTP_10 {
+            !says("keep-alive")
+        } else {
+            says("close")
+        };
+        if closes {
+            self.state.local_close.set(true);
+        }
     }
 
     /// A guard that closes the connection if it is dropped before [`AbandonGuard::disarm`]:
@@ -469,6 +506,100 @@ impl std::ops::Deref for Http1Sender {
 impl std::ops::DerefMut for Http1Sender {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.send
+    }
+}
+
+/// Which side of a connection ended first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The peer's FIN (a read of nothing) or a reset.
+    Peer,
+    /// skiff shut its side.
+    Ours,
+}
+
+/// A connection that notes which side ended first.
+struct EndWatch<S> {
+    inner: S,
+    /// Shared with the connection's driver (an upgraded connection must be `Send`).
+    ends: Arc<Ends>,
+}
+
+/// What an [`EndWatch`] saw.
+#[derive(Debug, Default)]
+struct Ends {
+    /// The side that ended first.
+    first: std::sync::OnceLock<End>,
+    /// Bytes went out and none came back since: a request waits for its response.
+    unanswered: std::sync::atomic::AtomicBool,
+}
+
+impl<S> EndWatch<S> {
+    fn note(&self, end: End) {
+        let _ = self.ends.first.set(end);
+    }
+
+    fn unanswered(&self, yes: bool) {
+        self.ends
+            .unanswered
+            .store(yes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EndWatch<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.unanswered(false),
+            Poll::Ready(Ok(())) if buf.remaining() > 0 => self.note(End::Peer),
+            Poll::Ready(Err(_)) => self.note(End::Peer),
+            _ => {}
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for EndWatch<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.unanswered(true);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.unanswered(true);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.note(End::Ours);
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -661,6 +792,11 @@ async fn http1_on(
         )),
         flow.clone(),
     );
+    let ends = Arc::new(Ends::default());
+    let stream = EndWatch {
+        inner: stream,
+        ends: ends.clone(),
+    };
     let case = cluster.config().header_case;
     let (sender, conn) = http1::Builder::new()
         .max_buf_size(http1_read_buffer(cluster.config().buffer_limit))
@@ -676,6 +812,7 @@ async fn http1_on(
         idle_since: Cell::new(tokio::time::Instant::now()),
         expired: Cell::new(false),
         abandoned: tokio::sync::Notify::new(),
+        local_close: Cell::new(false),
     });
     let timers = Timers::of(cluster);
     let driver_state = state.clone();
@@ -690,9 +827,16 @@ async fn http1_on(
         loop {
             tokio::select! {
                 r = &mut conn => {
-                    if let Err(e) = r {
+                    // The upstream's end came first (its FIN while skiff had not shut its
+                    // side), or the exchange broke: the upstream closed it. hyper ends a
+                    // connection in the middle of a response with an error.
+                    let remote = !state.local_close.get()
+                        && (r.is_err() || ends.first.get() == Some(&End::Peer));
+                    if let Err(e) = &r {
                         tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
                     }
+                    let unanswered = ends.unanswered.load(std::sync::atomic::Ordering::Relaxed);
+                    guard.ended(remote, remote && (r.is_err() || unanswered));
                     break;
                 }
                 () = state.abandoned.notified() => break,
@@ -1090,6 +1234,10 @@ async fn http2_on(
                 r = &mut driver => {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                    }
+                    // Not released nor retired by skiff: the upstream ended it.
+                    if driver.probe.is_some() && !d_closed.get() {
+                        guard.ended(true, d_active.get() > 0);
                     }
                     break;
                 }

@@ -646,8 +646,14 @@ mod tests {
             settings("[100, 5]")
         ))
         .expect("loads");
-        assert_eq!(b.model.stats.buckets.of("cluster.a.upstream_rq_time"), &[5.0, 100.0]);
-        assert_eq!(b.model.stats.buckets.of("http.a.downstream_rq_time").len(), 19);
+        assert_eq!(
+            b.model.stats.buckets.of("cluster.a.upstream_rq_time"),
+            &[5.0, 100.0]
+        );
+        assert_eq!(
+            b.model.stats.buckets.of("http.a.downstream_rq_time").len(),
+            19
+        );
     }
 
     #[test]

@@ -1635,6 +1635,7 @@ async fn send_http1(
                     tracing::debug!("upstream response with ambiguous framing");
                     return Err(LocalReply::PROTOCOL_ERROR);
                 }
+                sender.saw_response(&resp);
                 return Ok((
                     resp.map(|b| ProxyBody::Incoming(b, None)),
                     Conn::Http1(sender),

@@ -148,7 +148,7 @@ async fn proxy(
     let h2_tunnel =
         tunneling.is_some() && cluster.config().protocol == model::UpstreamProtocol::Http2;
     let upstream: Box<dyn Io>;
-    let _guard;
+    let _guard: Option<pool::ConnGuard>;
     if let (Some(t), true) = (tunneling, h2_tunnel) {
         // An HTTP/2 stream of the cluster's pool carries the connection.
         let request = tunnel_request(t, info.as_deref(), remote, local);
@@ -243,8 +243,23 @@ async fn proxy(
         paused: &cluster.stats.upstream_flow_control_paused_reading_total,
         resumed: &cluster.stats.upstream_flow_control_resumed_reading_total,
     };
-    let up = pump(dr, uw, max, &last_activity, &moved.received, up_pauses);
-    let down = pump(ur, dw, max, &last_activity, &moved.sent, down_pauses);
+    // Which side ended first. Envoy's upstream connection is closed by whoever ends last:
+    // the upstream when the client ended first (`destroy_remote`), else skiff; its
+    // request is under way until then.
+    let upstream_first: Cell<Option<bool>> = Cell::new(None);
+    let first = |upstream: bool| {
+        if upstream_first.get().is_none() {
+            upstream_first.set(Some(upstream));
+        }
+    };
+    let up = async {
+        pump(dr, uw, max, &last_activity, &moved.received, up_pauses).await;
+        first(false);
+    };
+    let down = async {
+        pump(ur, dw, max, &last_activity, &moved.sent, down_pauses).await;
+        first(true);
+    };
     // Over an HTTP/1.1 tunnel either side's end ends the connection (Envoy's HTTP/1.1 upstream
     // has no half-close: the client's FIN closes both, after a POST's last chunk).
     let h1_tunnel = tunneling.is_some() && !h2_tunnel;
@@ -276,8 +291,16 @@ async fn proxy(
             }
         };
         tokio::select! {
-            _ = &mut both => break,
+            _ = &mut both => {
+                if let Some(g) = &_guard {
+                    g.ended(upstream_first.get() == Some(false), true);
+                }
+                break;
+            }
             _ = &mut idle => {
+                if let Some(g) = &_guard {
+                    g.ended(false, true);
+                }
                 stats.idle_timeout.inc();
                 if let Some(info) = info {
                     info.flags.set(ResponseFlag::StreamIdleTimeout);
