@@ -108,6 +108,19 @@ fn config(
             json!({ "name": "post", "type": "STATIC", "connect_timeout": "1s",
                 "load_assignment": { "cluster_name": "post", "endpoints": endpoints(&http[..1]) },
                 "health_checks": [ post_check ] }),
+            // service_name_matcher: the upstream names no checked cluster (an empty name).
+            json!({ "name": "svc_no", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": { "cluster_name": "svc_no", "endpoints": endpoints(&http[..1]) },
+                "health_checks": [ { "interval": "0.1s", "no_traffic_interval": "0.1s",
+                    "timeout": "0.5s", "unhealthy_threshold": 2, "healthy_threshold": 2,
+                    "http_health_check": { "path": "/svc",
+                        "service_name_matcher": { "prefix": "svc" } } } ] }),
+            json!({ "name": "svc_ok", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": { "cluster_name": "svc_ok", "endpoints": endpoints(&http[..1]) },
+                "health_checks": [ { "interval": "0.1s", "no_traffic_interval": "0.1s",
+                    "timeout": "0.5s", "unhealthy_threshold": 2, "healthy_threshold": 2,
+                    "http_health_check": { "path": "/svc",
+                        "service_name_matcher": { "exact": "" } } } ] }),
             json!({ "name": "raw", "type": "STATIC", "connect_timeout": "1s",
                 "load_assignment": { "cluster_name": "raw", "endpoints": endpoints(tcp) },
                 "health_checks": [ tcp_check ] }),
@@ -307,6 +320,18 @@ async fn active_health_checks_side_by_side() {
                 .find(|r| r.path == "/post")
                 .expect("a POST check");
             h2_checks.push((post.method, post.path, post.authority, post.headers));
+
+            // The answer must name a checked cluster the matcher takes.
+            side.wait_flags("svc_no", side.good.port(), "/failed_active_hc")
+                .await;
+            side.wait_flags("svc_ok", side.good.port(), "healthy").await;
+            let admin = side.proxy.admin();
+            for c in ["svc_no", "svc_ok"] {
+                let n = admin
+                    .counter(&format!("cluster.{c}.health_check.verify_cluster"))
+                    .await;
+                assert!(n >= 2, "{who}: {c} verify_cluster {n}");
+            }
 
             // What a check sends.
             let hc = side

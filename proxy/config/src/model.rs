@@ -2427,6 +2427,9 @@ pub struct GrpcHealthCheck {
 /// `http_health_check`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpHealthCheck {
+    /// `service_name_matcher`: a passing answer's `x-envoy-upstream-healthchecked-cluster`
+    /// must match it (a missing header reads as empty).
+    pub service_name: Option<StringMatch>,
     /// `host` (empty: the cluster's name).
     pub host: String,
     /// `path`.

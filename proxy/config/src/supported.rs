@@ -1596,6 +1596,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "retriable_statuses",
             "codec_client_type",
             "method",
+            "service_name_matcher",
         ],
     ),
     ("envoy.config.core.v3.HealthCheck.TcpHealthCheck", &["send", "receive"]),

@@ -65,16 +65,16 @@ struct Stats {
     network_failure: Counter,
     healthy: Gauge,
     degraded: Gauge,
+    verify_cluster: Counter,
 }
 
 impl Stats {
     fn new(main: &Shard, stat_name: &str) -> Self {
         let p = format!("cluster.{stat_name}.health_check.");
-        // Envoy has these too; nothing here counts them (no passive checks, no
-        // service name check).
+        // Envoy has this too; nothing here counts it (no passive checks).
         main.counter(&format!("{p}passive_failure"));
-        main.counter(&format!("{p}verify_cluster"));
         Stats {
+            verify_cluster: main.counter(&format!("{p}verify_cluster")),
             attempt: main.counter(&format!("{p}attempt")),
             success: main.counter(&format!("{p}success")),
             failure: main.counter(&format!("{p}failure")),
@@ -892,6 +892,11 @@ impl Run {
         };
         let status = resp.status().as_u16();
         let degraded = resp.headers().contains_key("x-envoy-degraded");
+        let checked_cluster = resp
+            .headers()
+            .get("x-envoy-upstream-healthchecked-cluster")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
         let close = resp
             .headers()
             .get(http::header::CONNECTION)
@@ -921,6 +926,17 @@ impl Run {
             Outcome::Active {
                 retriable: in_ranges(&http.retriable),
                 status,
+            }
+        } else if let Some(m) = &http.service_name {
+            // service_name_matcher: the answer names the cluster the upstream checked for.
+            self.stats.verify_cluster.inc();
+            if m.matches(&checked_cluster) {
+                Outcome::Success { degraded }
+            } else {
+                Outcome::Active {
+                    retriable: false,
+                    status,
+                }
             }
         } else {
             Outcome::Success { degraded }

@@ -243,11 +243,11 @@ fn http_check(
     path: &str,
 ) -> Result<HttpHealthCheck, ConfigError> {
     use core::RequestMethod as M;
-    if h.service_name_matcher.is_some() {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.service_name_matcher"
-        )));
-    }
+    let service_name = h
+        .service_name_matcher
+        .as_ref()
+        .map(|m| super::http_manager::string_match(m, &format!("{path}.service_name_matcher")))
+        .transpose()?;
     // Envoy: the path must be set, and a header name valid.
     if h.path.is_empty() {
         return Err(ConfigError::new(format!("{path}.path"), "required"));
@@ -328,6 +328,7 @@ fn http_check(
         ));
     }
     Ok(HttpHealthCheck {
+        service_name,
         host: h.host.clone(),
         path: h.path.clone(),
         method: method.to_string(),
