@@ -1426,6 +1426,8 @@ pub enum HttpFilterConfig {
     JwtAuthn(Arc<crate::jwt::JwtAuthn>),
     /// `envoy.filters.http.header_to_metadata`.
     HeaderToMetadata(Arc<HeaderToMetadata>),
+    /// `envoy.filters.http.cors`: it acts by the routes' policies.
+    Cors,
 }
 
 /// `envoy.filters.http.header_to_metadata` (the filter's configuration, or a route's, which
@@ -2884,6 +2886,33 @@ impl Cluster {
     pub fn stat_name(&self) -> &str {
         self.alt_stat_name.as_deref().unwrap_or(&self.name)
     }
+}
+
+/// A CORS policy (`envoy.extensions.filters.http.cors.v3.CorsPolicy`) of a route, a virtual
+/// host or a route table. The CORS filter takes each field from the most specific policy that
+/// sets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorsPolicy {
+    /// `allow_origin_string_match`.
+    pub allow_origins: Vec<StringMatch>,
+    /// `allow_methods` (`*`: the requested method).
+    pub allow_methods: String,
+    /// `allow_headers` (`*`: the requested headers).
+    pub allow_headers: String,
+    /// `expose_headers`.
+    pub expose_headers: String,
+    /// `max_age`.
+    pub max_age: String,
+    /// `allow_credentials`.
+    pub allow_credentials: Option<bool>,
+    /// `allow_private_network_access`.
+    pub allow_private_network_access: Option<bool>,
+    /// `forward_not_matching_preflights` (default true).
+    pub forward_not_matching_preflights: Option<bool>,
+    /// `filter_enabled` (unset: on).
+    pub filter_enabled: Option<crate::runtime::RuntimeFraction>,
+    /// `shadow_enabled` (unset: off): origins are judged and counted, nothing else.
+    pub shadow_enabled: Option<crate::runtime::RuntimeFraction>,
 }
 
 /// A string match as Envoy's `StringMatcher`.

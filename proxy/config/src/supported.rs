@@ -1111,6 +1111,21 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.type.matcher.v3.ListMatcher", &["one_of"]),
     ("envoy.type.matcher.v3.OrMatcher", &["value_matchers"]),
     (
+        "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        &[
+            "allow_origin_string_match",
+            "allow_methods",
+            "allow_headers",
+            "expose_headers",
+            "max_age",
+            "allow_credentials",
+            "filter_enabled",
+            "shadow_enabled",
+            "allow_private_network_access",
+            "forward_not_matching_preflights",
+        ],
+    ),
+    (
         "envoy.extensions.filters.http.header_to_metadata.v3.Config",
         &["request_rules", "response_rules", "stat_prefix"],
     ),

@@ -119,6 +119,8 @@ enum Kind {
     JwtAuthn(Rc<crate::http::filters::jwt_authn::Factory>),
     /// `envoy.filters.http.header_to_metadata`.
     HeaderToMetadata(Rc<crate::http::filters::header_to_metadata::Factory>),
+    /// `envoy.filters.http.cors`.
+    Cors(Rc<crate::http::filters::cors::Factory>),
 }
 
 impl Factory {
@@ -174,6 +176,9 @@ pub fn factories(
                 )),
                 HttpFilterConfig::HeaderToMetadata(cfg) => Kind::HeaderToMetadata(Rc::new(
                     crate::http::filters::header_to_metadata::Factory::new(cfg.clone(), shard),
+                )),
+                HttpFilterConfig::Cors => Kind::Cors(Rc::new(
+                    crate::http::filters::cors::Factory::new(shard, stat_prefix),
                 )),
             },
         })
@@ -329,6 +334,17 @@ pub fn build(factories: &[Factory], cx: &StreamContext<'_>) -> Option<FilterChai
                         _ => None,
                     };
                     Box::new(h.filter(route, cx.metadata))
+                }
+                Kind::Cors(c) => {
+                    let policies = cx
+                        .selection
+                        .per_filter_all(&f.name)
+                        .filter_map(|p| match p {
+                            PerFilterConfig::Cors(p) => Some(p.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    Box::new(c.filter(policies, cx.selection))
                 }
             })
         })

@@ -756,6 +756,8 @@ pub enum PerFilterConfig {
     Jwt(crate::jwt::PerRoute),
     /// `envoy.filters.http.header_to_metadata`'s own configuration (it replaces the filter's).
     HeaderToMetadata(Arc<crate::model::HeaderToMetadata>),
+    /// `envoy.filters.http.cors`'s `CorsPolicy`.
+    Cors(Arc<crate::model::CorsPolicy>),
 }
 
 /// `CompressorPerRoute`: what it changes in the filter's response direction.

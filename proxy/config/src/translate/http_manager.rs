@@ -942,9 +942,8 @@ fn http_filter_list(
             "envoy.extensions.filters.http.fault.v3.HTTPFault" => Some(HttpFilterConfig::Fault(
                 Arc::new(super::fault::translate(&unpack(any, &tpath)?, &tpath)?),
             )),
-            // With no field set (any set field is refused by path), the CORS filter acts only
-            // through per-route configuration of its type, which skiff refuses: no effect.
-            "envoy.extensions.filters.http.cors.v3.Cors" => None,
+            // The CORS filter acts by the routes' policies (`typed_per_filter_config`).
+            "envoy.extensions.filters.http.cors.v3.Cors" => Some(HttpFilterConfig::Cors),
             // Telemetry only (docs/compatibility.md).
             crate::istio::STATS => {
                 super::istio::without_effect("istio.stats");

@@ -17,6 +17,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 
 mod clusters;
 mod compressor;
+mod cors;
 mod dns;
 mod fault;
 mod fields;

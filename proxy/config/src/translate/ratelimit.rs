@@ -507,6 +507,9 @@ fn one(
         "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig" => {
             PerFilterConfig::Jwt(super::jwt::per_route(&unpack(any, path)?, path)?)
         }
+        "envoy.extensions.filters.http.cors.v3.CorsPolicy" => {
+            PerFilterConfig::Cors(Arc::new(super::cors::policy(&unpack(any, path)?, path)?))
+        }
         "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute" => {
             PerFilterConfig::Compressor(super::compressor::per_route(&unpack(any, path)?, path)?)
         }

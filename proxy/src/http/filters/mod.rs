@@ -1,6 +1,7 @@
 //! HTTP filters. The router is the terminal decoder filter.
 
 pub mod compressor;
+pub mod cors;
 pub mod decompressor;
 pub mod fault;
 pub mod header_to_metadata;

@@ -282,6 +282,24 @@ impl Selection {
             .collect()
     }
 
+    /// Every level's configuration for the filter called `name`, the most specific first:
+    /// the route's, the virtual host's, the route table's.
+    pub fn per_filter_all<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a crate::router::PerFilterConfig> + 'a {
+        let table = self.table.as_ref();
+        let vhost = table.zip(self.vhost).map(|(t, v)| &t.virtual_hosts[v]);
+        let route = vhost.zip(self.route).map(|(v, r)| &v.routes[r]);
+        [
+            route.and_then(|r| r.per_filter.get(name)),
+            vhost.and_then(|v| v.per_filter.get(name)),
+            table.and_then(|t| t.per_filter.get(name)),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
     /// The most specific per-route configuration of the filter called `name`: the route's,
     /// else its virtual host's, else the route configuration's.
     pub fn per_filter(&self, name: &str) -> Option<&crate::router::PerFilterConfig> {
