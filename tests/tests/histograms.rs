@@ -16,8 +16,7 @@ use skiff_tests::side_by_side::{pair, Side, Up};
 
 /// Envoy's histograms skiff does not keep (tests/DIFFERENCES.md).
 fn envoy_only(name: &str) -> bool {
-    name.contains(".external.")
-        || name.starts_with("http.admin.")
+    name.starts_with("http.admin.")
         || name.starts_with("listener.admin.")
         || name.ends_with(".connections_accepted_per_socket_event")
         || name == "overload.refresh_interval_delay"
@@ -184,7 +183,6 @@ async fn histograms_as_envoy() {
             !k.ends_with("_sum}") && !k.contains("_sum{") && {
                 let name = k.split('{').next().unwrap_or("");
                 !name.contains("admin")
-                    && !name.contains("_external_")
                     && !name.contains("connections_accepted_per_socket_event")
                     && !name.contains("refresh_interval_delay")
                     && !k.contains("envoy_http_conn_manager_prefix=\"admin\"")
@@ -220,6 +218,14 @@ async fn histograms_as_envoy() {
         };
         assert_eq!(le(&pe), le(&ps));
         assert_eq!(le(&ps).len(), 4, "three buckets and +Inf");
+        // Per origin: the client is external (no x-envoy-internal).
+        let ext = "envoy_cluster_external_upstream_rq_time_count{envoy_cluster_name=\"up\"}";
+        assert_eq!(ps.get(ext).map(String::as_str), Some("4"), "{ps:#?}");
+        for side in [&e, &s] {
+            let a = side.proxy.admin();
+            assert_eq!(a.counter("cluster.up.external.upstream_rq_200").await, 4);
+            assert_eq!(a.counter("cluster.up.external.upstream_rq_2xx").await, 4);
+        }
         let vc = "envoy_vhost_vcluster_upstream_rq_time_count";
         let vcount = |p: &BTreeMap<String, String>| {
             p.iter()

@@ -241,6 +241,10 @@ pub struct ClusterStats {
     /// `upstream_rq_per_cx`: requests a connection carried.
     pub upstream_rq_per_cx: crate::stats::Histogram,
     by_code: crate::stats::CodeCounters,
+    /// `external.` and `internal.` response codes (`x-envoy-internal`), made when first seen.
+    by_origin: [crate::stats::CodeCounters; 2],
+    /// `external.upstream_rq_time` and `internal.upstream_rq_time`.
+    origin_time: [std::cell::OnceCell<crate::stats::Histogram>; 2],
     /// `ssl.*`, for clusters with TLS.
     pub tls: Option<crate::tls::stats::TlsStats>,
 }
@@ -362,6 +366,9 @@ impl ClusterStats {
             upstream_rq_per_try_idle_timeout: c("upstream_rq_per_try_idle_timeout"),
             retry_or_shadow_abandoned: c("retry_or_shadow_abandoned"),
             by_code: crate::stats::CodeCounters::new(shard.clone(), prefix.clone()),
+            by_origin: ["external.", "internal."]
+                .map(|o| crate::stats::CodeCounters::new(shard.clone(), format!("{prefix}{o}"))),
+            origin_time: Default::default(),
             tls: tls.then(|| crate::tls::stats::TlsStats::new(shard.clone(), &prefix)),
             shard,
             prefix,
@@ -388,20 +395,33 @@ impl ClusterStats {
         self.shard.counter(&format!("{}{name}", self.prefix))
     }
 
-    /// `upstream_rq_time`.
-    pub fn upstream_rq_time(&self) -> &crate::stats::Histogram {
-        self.upstream_rq_time.get_or_init(|| {
-            self.shard
-                .histogram(&format!("{}upstream_rq_time", self.prefix))
-        })
+    /// Records a response's time: `upstream_rq_time`, and `internal.` or `external.` as the
+    /// request was (`x-envoy-internal`).
+    pub fn response_time(&self, took: std::time::Duration, internal: bool) {
+        self.upstream_rq_time
+            .get_or_init(|| {
+                self.shard
+                    .histogram(&format!("{}upstream_rq_time", self.prefix))
+            })
+            .record_ms(took);
+        let i = usize::from(internal);
+        self.origin_time[i]
+            .get_or_init(|| {
+                let origin = if internal { "internal" } else { "external" };
+                self.shard
+                    .histogram(&format!("{}{origin}.upstream_rq_time", self.prefix))
+            })
+            .record_ms(took);
     }
 
     /// Counts a response the router charges (the final one of a request, a local reply for an
     /// upstream's failure, each attempt a hedged request's route timeout ends):
-    /// `upstream_rq_completed`, `upstream_rq_<code>` and `upstream_rq_<N>xx`.
-    pub fn response_code(&self, code: u16) {
+    /// `upstream_rq_completed`, `upstream_rq_<code>` and `upstream_rq_<N>xx`, and the same
+    /// under `internal.` or `external.` as the request was (`x-envoy-internal`).
+    pub fn response_code(&self, code: u16, internal: bool) {
         self.upstream_rq_completed.inc();
         self.by_code.count(code);
+        self.by_origin[usize::from(internal)].count(code);
     }
 }
 

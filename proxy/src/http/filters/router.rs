@@ -31,9 +31,10 @@ pub struct Upstream {
     finished: bool,
     /// The response head arrived: a reset from now on is reported to outlier detection.
     responded: bool,
-    /// Whether `upstream_rq_time` is recorded (dynamic stats on), and for which virtual
-    /// cluster too.
+    /// Whether `upstream_rq_time` is recorded (dynamic stats on), for an internal request or
+    /// not, and for which virtual cluster too.
     timed: bool,
+    internal: bool,
     vcluster: Option<Rc<crate::http::vcluster::VclusterStats>>,
 }
 
@@ -69,7 +70,7 @@ impl Upstream {
     fn start(f: &Forward<'_>, host: Rc<Host>) -> Self {
         let cluster = f.cluster.clone();
         let request = f.request.clone();
-        let timed = f.dynamic_stats;
+        let (timed, internal) = (f.dynamic_stats, f.internal);
         let vcluster = f.vcluster.clone().filter(|_| timed);
         // `upstream_rq_total` and the host's `rq_total` count when the pool gives the request
         // its connection, as in Envoy (a request refused by a circuit breaker is not counted).
@@ -84,6 +85,7 @@ impl Upstream {
             finished: false,
             responded: false,
             timed,
+            internal,
             vcluster,
         }
     }
@@ -140,7 +142,7 @@ impl Upstream {
                 // From the end of the client's request, as Envoy's router measures it.
                 if let Some(done) = self.request.done_at().filter(|_| self.timed) {
                     let took = done.elapsed();
-                    stats.upstream_rq_time().record_ms(took);
+                    stats.response_time(took, self.internal);
                     if let Some(vc) = &self.vcluster {
                         vc.upstream_rq_time().record_ms(took);
                     }
@@ -852,6 +854,10 @@ pub async fn route(
         set_cookies,
         vcluster,
         scheme: upstream_scheme,
+        internal: parts
+            .headers
+            .get("x-envoy-internal")
+            .is_some_and(|v| v.as_bytes() == b"true"),
     };
     let result = super::retry::forward(&f, parts, body, retry, info.as_deref_mut()).await;
     let Some((policy, saved)) = redirect else {
@@ -1195,6 +1201,8 @@ fn start_mirrors(
                 set_cookies: Vec::new(),
                 vcluster: None,
                 scheme,
+                // A shadow is sent with `x-envoy-internal: true`.
+                internal: true,
             };
             if let Ok((resp, upstream, _)) = super::retry::forward(&f, head, copy, None, None).await
             {
@@ -1265,13 +1273,16 @@ pub(super) struct Forward<'a> {
     pub vcluster: Option<Rc<crate::http::vcluster::VclusterStats>>,
     /// The `:scheme` an HTTP/2 upstream gets.
     pub scheme: &'a str,
+    /// The request is internal (`x-envoy-internal: true`): its codes and times count under
+    /// the cluster's `internal.`, else `external.`.
+    pub internal: bool,
 }
 
 impl Forward<'_> {
     /// Counts a response code for the cluster and the virtual cluster, with dynamic stats on.
     pub(super) fn charge(&self, code: u16) {
         if self.dynamic_stats {
-            self.cluster.stats.response_code(code);
+            self.cluster.stats.response_code(code, self.internal);
             if let Some(vc) = &self.vcluster {
                 vc.response_code(code);
             }
