@@ -69,6 +69,7 @@ async fn serve(mut s: TcpStream, seen: Seen) {
         let attempt: usize = header("x-envoy-attempt-count")
             .and_then(|v| v.parse().ok())
             .unwrap_or(1);
+        let timeout_retry = header("x-envoy-is-timeout-retry").unwrap_or_else(|| "-".to_string());
         let expected = header("x-envoy-expected-rq-timeout-ms")
             .and_then(|v| v.parse::<u64>().ok())
             .map_or("-".to_string(), |ms| format!("{}", (ms + 50) / 100));
@@ -93,12 +94,12 @@ async fn serve(mut s: TcpStream, seen: Seen) {
         };
         if !answered {
             record(format!(
-                "attempt {attempt} expected={expected} body={body_len} reset"
+                "attempt {attempt} expected={expected} timeout_retry={timeout_retry} body={body_len} reset"
             ));
             return;
         }
         record(format!(
-            "attempt {attempt} expected={expected} body={body_len} answered {status}"
+            "attempt {attempt} expected={expected} timeout_retry={timeout_retry} body={body_len} answered {status}"
         ));
         let text = format!("attempt {attempt}");
         let resp = format!(
@@ -146,6 +147,7 @@ async fn hedging_as_envoy() {
             let mut h = hcm("hedge", vec![vhost("all", &["*"], routes)]);
             let vh = &mut h["typed_config"]["route_config"]["virtual_hosts"][0];
             vh["include_request_attempt_count"] = json!(true);
+            vh["include_is_timeout_retry_header"] = json!(true);
             vh["hedge_policy"] = json!({ "hedge_on_per_try_timeout": true, "initial_requests": 1 });
             h["typed_config"]["access_log"] = json!([{ "name": "envoy.access_loggers.stdout",
                 "typed_config": {

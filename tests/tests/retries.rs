@@ -106,6 +106,12 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_string();
+    let timeout_retry = req
+        .headers()
+        .get("x-envoy-is-timeout-retry")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
     let count = {
         let mut m = seen.lock().expect("lock");
         let c = m.entry(key).or_default();
@@ -120,7 +126,8 @@ async fn answer(
         .unwrap_or(0);
     let mut b = http::Response::builder()
         .header("x-body-len", body.to_string())
-        .header("x-seen-attempt", attempt);
+        .header("x-seen-attempt", attempt)
+        .header("x-seen-timeout-retry", timeout_retry);
     if count <= n {
         match mode.as_str() {
             "reset" => return Err(Reset),
@@ -284,7 +291,8 @@ fn config(admin: u16, listen: u16, upstream: u16, dead: u16, http2: bool) -> Str
                   "retry_policy": retry("5xx", 1) },
                 { "name": "main", "domains": ["*"], "routes": routes,
                   "include_request_attempt_count": true,
-                  "include_attempt_count_in_response": true }
+                  "include_attempt_count_in_response": true,
+                  "include_is_timeout_retry_header": true }
             ] },
             "http_filters": [ { "name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } } ]
@@ -365,6 +373,7 @@ struct Seen {
     attempts_seen_upstream: u32,
     attempt_count_header: Option<String>,
     upstream_saw_attempt: Option<String>,
+    upstream_saw_timeout_retry: Option<String>,
     body_len_upstream: Option<String>,
     /// `%RESPONSE_FLAGS% %UPSTREAM_REQUEST_ATTEMPT_COUNT% %RESPONSE_CODE_DETAILS%`.
     log: String,
@@ -402,6 +411,7 @@ async fn send(side: &Side, c: &Case) -> Seen {
         attempts_seen_upstream: side.up.seen(c.path),
         attempt_count_header: r.header("x-envoy-attempt-count").map(str::to_string),
         upstream_saw_attempt: r.header("x-seen-attempt").map(str::to_string),
+        upstream_saw_timeout_retry: r.header("x-seen-timeout-retry").map(str::to_string),
         body_len_upstream: r.header("x-body-len").map(str::to_string),
         log,
     }

@@ -927,6 +927,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "metadata",
             "include_request_attempt_count",
             "include_attempt_count_in_response",
+            "include_is_timeout_retry_header",
             "require_tls",
             "retry_policy",
             "hedge_policy",

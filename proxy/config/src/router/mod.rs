@@ -805,6 +805,8 @@ pub struct VirtualHost {
     pub attempt_count_upstream: bool,
     /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on responses.
     pub attempt_count_response: bool,
+    /// `include_is_timeout_retry_header`: `x-envoy-is-timeout-retry` on retried requests.
+    pub is_timeout_retry_header: bool,
     /// `require_tls`.
     pub require_tls: RequireTls,
     /// `retry_policy`, for routes without their own.
@@ -1101,6 +1103,7 @@ mod tests {
             response_headers: Arc::default(),
             attempt_count_upstream: false,
             attempt_count_response: false,
+            is_timeout_retry_header: false,
             require_tls: RequireTls::None,
             retry: None,
             hedge: false,

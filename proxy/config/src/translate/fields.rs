@@ -468,11 +468,8 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
     refuse(path, "retry_policy_typed_config", retry_policy_typed_config)?;
     // hedge_policy: http_manager (retry::hedge).
     let _ = hedge_policy;
-    refuse(
-        path,
-        "include_is_timeout_retry_header",
-        include_is_timeout_retry_header,
-    )?;
+    // include_is_timeout_retry_header: http_manager (the virtual host).
+    let _ = include_is_timeout_retry_header;
     refuse(
         path,
         "per_request_buffer_limit_bytes",

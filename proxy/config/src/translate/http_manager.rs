@@ -1084,6 +1084,7 @@ pub(crate) fn translate_routes(
             require_tls,
             attempt_count_upstream: vh.include_request_attempt_count,
             attempt_count_response: vh.include_attempt_count_in_response,
+            is_timeout_retry_header: vh.include_is_timeout_retry_header,
             request_headers: header_parser(
                 &vh.request_headers_to_add,
                 &vh.request_headers_to_remove,

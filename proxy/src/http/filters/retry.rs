@@ -14,7 +14,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Response};
 use http_body::Body as _;
 
-use super::router::{attempt, AttemptState, Forward, Upstream, X_ENVOY_ATTEMPT_COUNT};
+use super::router::{
+    attempt, AttemptState, Forward, Upstream, X_ENVOY_ATTEMPT_COUNT, X_ENVOY_IS_TIMEOUT_RETRY,
+};
 use crate::http::body::{Deadline, EndReason, ProxyBody};
 use crate::http::headers;
 use crate::http::local_reply::LocalReply;
@@ -447,6 +449,8 @@ async fn attempts_loop(
         None => (None, Some(body)),
     };
     let mut head = Some(parts);
+    // The last attempt ended in a per-try timeout (`x-envoy-is-timeout-retry`).
+    let mut timed_out = false;
     let mut tried: Vec<std::net::SocketAddr> = Vec::new();
     loop {
         *attempts += 1;
@@ -483,6 +487,13 @@ async fn attempts_loop(
                 headers::number(attempts.into()),
             );
         }
+        if f.is_timeout_retry_header && retrying {
+            parts.headers.insert(
+                X_ENVOY_IS_TIMEOUT_RETRY.clone(),
+                is_timeout_retry(timed_out),
+            );
+        }
+        timed_out = false;
         let attempt_body = match &replay {
             Some(r) => r.body(),
             None => body.take().unwrap_or(ProxyBody::Empty),
@@ -631,6 +642,7 @@ async fn attempts_loop(
                 (reply, reset, started)
             }
             Outcome::PerTryTimeout | Outcome::PerTryIdleTimeout => {
+                timed_out = true;
                 let idle = matches!(outcome, Outcome::PerTryIdleTimeout);
                 if idle {
                     stats.upstream_rq_per_try_idle_timeout.inc();
@@ -737,9 +749,9 @@ enum Event {
 fn hedge_retry(
     f: &Forward<'_>,
     retry: &mut RetryState,
-    would: bool,
+    (would, timeout): (bool, bool),
     reset: Option<Duration>,
-    next: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    (next, next_timeout): (&mut Next, &mut bool),
     info: &mut Option<&mut StreamInfo>,
 ) -> bool {
     match retry.should_retry(
@@ -752,6 +764,7 @@ fn hedge_retry(
         Decision::Retry(wait) => {
             if next.is_none() {
                 *next = Some(Box::pin(tokio::time::sleep(wait)));
+                *next_timeout = timeout;
             }
             true
         }
@@ -765,6 +778,14 @@ fn hedge_retry(
         }
         Decision::No => false,
     }
+}
+
+/// The next attempt of a hedged request, once its backoff has passed.
+type Next = Option<std::pin::Pin<Box<tokio::time::Sleep>>>;
+
+/// `x-envoy-is-timeout-retry`: whether a retry follows a per-try timeout.
+fn is_timeout_retry(yes: bool) -> http::HeaderValue {
+    http::HeaderValue::from_static(if yes { "true" } else { "false" })
 }
 
 /// The attempts of a request whose route hedges on per-try timeouts (Envoy's
@@ -796,8 +817,8 @@ async fn hedged(
         .contains_key(&crate::http::headers::names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS);
     let mut flights: Vec<Flight<'_>> = Vec::new();
     let mut tried: Vec<std::net::SocketAddr> = Vec::new();
-    let mut next: Option<std::pin::Pin<Box<tokio::time::Sleep>>> =
-        Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
+    let mut next_timeout = false;
+    let mut next: Next = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
     let mut periodic: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let event = std::future::poll_fn(|cx| {
@@ -895,6 +916,12 @@ async fn hedged(
                         .headers
                         .insert(X_ENVOY_ATTEMPT_COUNT.clone(), headers::number(n.into()));
                 }
+                if f.is_timeout_retry_header && n > 1 {
+                    parts.headers.insert(
+                        X_ENVOY_IS_TIMEOUT_RETRY.clone(),
+                        is_timeout_retry(next_timeout),
+                    );
+                }
                 // A later attempt expects what is left of the route timeout.
                 if let (true, Some(t), Some(done)) =
                     (expected_header && n > 1, f.timeout, f.request.done_at())
@@ -968,7 +995,14 @@ async fn hedged(
                 }
                 if !fl.hedged {
                     let would = retry.would_retry_reset(Reset::Other, true);
-                    if hedge_retry(f, &mut retry, would, None, &mut next, &mut info) {
+                    if hedge_retry(
+                        f,
+                        &mut retry,
+                        (would, true),
+                        None,
+                        (&mut next, &mut next_timeout),
+                        &mut info,
+                    ) {
                         continue;
                     }
                 }
@@ -996,7 +1030,14 @@ async fn hedged(
                 );
                 // Only an attempt that did start the next one is never retried itself
                 // (Envoy's `retried`): one past the retry limit is judged again on its response.
-                fl.hedged = hedge_retry(f, &mut retry, true, None, &mut next, &mut info);
+                fl.hedged = hedge_retry(
+                    f,
+                    &mut retry,
+                    (true, true),
+                    None,
+                    (&mut next, &mut next_timeout),
+                    &mut info,
+                );
             }
             Event::Done(i, r) => {
                 let fl = flights.remove(i);
@@ -1023,7 +1064,14 @@ async fn hedged(
                         let mut dropped = false;
                         if would && !fl.hedged {
                             let reset = retry.reset_interval(resp.headers());
-                            if hedge_retry(f, &mut retry, true, reset, &mut next, &mut info) {
+                            if hedge_retry(
+                                f,
+                                &mut retry,
+                                (true, false),
+                                reset,
+                                (&mut next, &mut next_timeout),
+                                &mut info,
+                            ) {
                                 if f.dynamic_stats {
                                     stats.retry_response_code(status);
                                 }
@@ -1075,7 +1123,14 @@ async fn hedged(
                         let (reset, started) = attempt_failed(f, &reply, upstream)?;
                         if !fl.hedged {
                             let would = retry.would_retry_reset(reset, started);
-                            if hedge_retry(f, &mut retry, would, None, &mut next, &mut info) {
+                            if hedge_retry(
+                                f,
+                                &mut retry,
+                                (would, false),
+                                None,
+                                (&mut next, &mut next_timeout),
+                                &mut info,
+                            ) {
                                 continue;
                             }
                         }

@@ -823,6 +823,7 @@ pub async fn route(
         dynamic_stats: cfg.router.dynamic_stats,
         response_headers,
         attempt_count: (vhost.attempt_count_upstream, vhost.attempt_count_response),
+        is_timeout_retry_header: vhost.is_timeout_retry_header,
         // Envoy's route timeout runs from the end of the request to the end of the response;
         // an upgrade's request never ends (its body is the tunnel), so its timeout never starts.
         timeout: if upgrade.is_some() {
@@ -1190,6 +1191,7 @@ fn start_mirrors(
                 dynamic_stats,
                 response_headers: Vec::new(),
                 attempt_count: (false, false),
+                is_timeout_retry_header: false,
                 timeout,
                 per_try_timeout: None,
                 hedge: false,
@@ -1250,6 +1252,8 @@ pub(super) struct Forward<'a> {
     pub response_headers: Vec<std::sync::Arc<crate::router::HeaderParser>>,
     /// `include_request_attempt_count`, `include_attempt_count_in_response`.
     pub attempt_count: (bool, bool),
+    /// `include_is_timeout_retry_header`.
+    pub is_timeout_retry_header: bool,
     /// The route timeout, over all attempts.
     pub timeout: Option<std::time::Duration>,
     pub per_try_timeout: Option<std::time::Duration>,
@@ -2118,6 +2122,10 @@ fn redirect_host(
         host.to_string()
     }
 }
+
+/// `x-envoy-is-timeout-retry`.
+pub(super) static X_ENVOY_IS_TIMEOUT_RETRY: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-is-timeout-retry");
 
 /// `x-envoy-attempt-count`: the attempt a request is, or the attempts a response took.
 pub(super) static X_ENVOY_ATTEMPT_COUNT: http::HeaderName =
