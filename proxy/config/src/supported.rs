@@ -1850,6 +1850,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "max_retries",
             "track_remaining",
             "retry_budget",
+            "max_connection_pools",
         ],
     ),
     (

@@ -172,6 +172,8 @@ pub struct ClusterStats {
     pub upstream_rq_max_duration_reached: Counter,
     /// `upstream_cx_overflow`: a connection the `max_connections` breaker did not allow.
     pub upstream_cx_overflow: Counter,
+    /// `upstream_cx_pool_overflow`: a pool the `max_connection_pools` breaker did not allow.
+    pub upstream_cx_pool_overflow: Counter,
     /// `upstream_rq_pending_overflow`: a request the `max_pending_requests` breaker refused
     /// (503 UO).
     pub upstream_rq_pending_overflow: Counter,
@@ -321,6 +323,7 @@ impl ClusterStats {
             upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
             upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
             upstream_cx_overflow: c("upstream_cx_overflow"),
+            upstream_cx_pool_overflow: c("upstream_cx_pool_overflow"),
             upstream_cx_max_requests: c("upstream_cx_max_requests"),
             upstream_cx_idle_timeout: c("upstream_cx_idle_timeout"),
             upstream_cx_max_duration_reached: c("upstream_cx_max_duration_reached"),

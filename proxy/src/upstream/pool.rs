@@ -47,6 +47,48 @@ pub enum ConnectError {
     /// A circuit breaker (`max_pending_requests`, `max_requests`) refused the request.
     #[error("overflow")]
     Overflow,
+    /// `max_connection_pools`: the host's pool on this worker could not be made.
+    #[error("connection pool overflow")]
+    PoolOverflow,
+}
+
+/// A worker's pool for one host and protocol holds a place in the cluster's
+/// `max_connection_pools` breaker while it has a connection (Envoy keeps a pool until it has
+/// none left).
+#[derive(Debug, Default)]
+pub struct PoolSlot {
+    conns: Cell<usize>,
+    held: RefCell<Option<Held>>,
+}
+
+/// One connection of a pool, counted in its [`PoolSlot`] until dropped.
+#[derive(Debug)]
+pub struct SlotLease(Rc<PoolSlot>);
+
+impl PoolSlot {
+    /// A new connection of the pool: the pool's place in the breaker is taken with its first
+    /// connection, or the pool cannot be made (`upstream_cx_pool_overflow`).
+    fn lease(self: &Rc<Self>, cluster: &Cluster, host: &Host) -> Result<SlotLease, ConnectError> {
+        if self.held.borrow().is_none() {
+            let Some(h) = cluster.info.breakers.of(host.high).pools.try_acquire() else {
+                cluster.stats.upstream_cx_pool_overflow.inc();
+                return Err(ConnectError::PoolOverflow);
+            };
+            *self.held.borrow_mut() = Some(h);
+        }
+        self.conns.set(self.conns.get() + 1);
+        Ok(SlotLease(self.clone()))
+    }
+}
+
+impl Drop for SlotLease {
+    fn drop(&mut self) {
+        let n = self.0.conns.get().saturating_sub(1);
+        self.0.conns.set(n);
+        if n == 0 {
+            self.0.held.borrow_mut().take();
+        }
+    }
 }
 
 /// An upstream connection (TCP, or TLS for clusters with a `transport_socket`) that counts
@@ -233,7 +275,8 @@ impl ConnectError {
             ConnectError::Timeout
             | ConnectError::Handshake(_)
             | ConnectError::PendingFailed
-            | ConnectError::Overflow => None,
+            | ConnectError::Overflow
+            | ConnectError::PoolOverflow => None,
         }
     }
 }
@@ -296,6 +339,8 @@ pub struct ConnGuard {
     host: Arc<HostStats>,
     /// Its place in the cluster's `max_connections` breaker.
     _cx: Held,
+    /// Its pool's place in `max_connection_pools` (HTTP pools).
+    _pool: Option<SlotLease>,
 }
 
 impl ConnGuard {
@@ -304,6 +349,12 @@ impl ConnGuard {
     /// word, it ended idle and by skiff's hand.
     pub fn ended(&self, remote: bool, active: bool) {
         self.how.set((remote, active));
+    }
+
+    /// A pooled connection, counted in its pool's place in `max_connection_pools`.
+    pub fn in_pool(mut self, lease: SlotLease) -> Self {
+        self._pool = Some(lease);
+        self
     }
 
     /// Starts counting a connection that holds `cx` of the connection breaker.
@@ -318,6 +369,7 @@ impl ConnGuard {
             since: std::time::Instant::now(),
             host: host.stats.clone(),
             _cx: cx,
+            _pool: None,
         }
     }
 }
@@ -606,6 +658,8 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for EndWatch<S> {
 /// Idle HTTP/1.1 connections to one host.
 #[derive(Debug, Default)]
 pub struct Http1Pool {
+    /// Its place in `max_connection_pools`.
+    slot: Rc<PoolSlot>,
     idle: RefCell<Vec<Http1Sender>>,
     /// Wakes a request waiting for a connection when one comes back idle.
     released: Notify,
@@ -695,8 +749,9 @@ impl Http1Pool {
                 })
                 .flatten()
             {
+                let lease = self.slot.lease(cluster, host)?;
                 let stream = connect(cluster, host).await?;
-                let s = http1_on(cluster, host, stream, cx).await?;
+                let s = http1_on(cluster, host, stream, (cx, lease)).await?;
                 drop(pending);
                 return self.attach_to(cluster, host, s, false);
             }
@@ -734,9 +789,12 @@ pub async fn negotiate(cluster: &Rc<Cluster>, host: &Rc<Host>) -> Result<bool, C
         .connections
         .acquire_anyway();
     if h2 {
-        host.h2.adopt(cluster, host, stream, cx).await?;
+        let lease = host.h2.slot.lease(cluster, host)?;
+        host.h2.adopt(cluster, host, stream, (cx, lease)).await?;
     } else {
-        host.h1.put_idle(http1_on(cluster, host, stream, cx).await?);
+        let lease = host.h1.slot.lease(cluster, host)?;
+        host.h1
+            .put_idle(http1_on(cluster, host, stream, (cx, lease)).await?);
     }
     Ok(h2)
 }
@@ -746,6 +804,7 @@ pub async fn connect_http1(
     cluster: &Rc<Cluster>,
     host: &Rc<Host>,
 ) -> Result<Http1Sender, ConnectError> {
+    let lease = host.h1.slot.lease(cluster, host)?;
     let stream = connect(cluster, host).await?;
     let cx = cluster
         .info
@@ -753,7 +812,7 @@ pub async fn connect_http1(
         .of(host.high)
         .connections
         .acquire_anyway();
-    let mut s = http1_on(cluster, host, stream, cx).await?;
+    let mut s = http1_on(cluster, host, stream, (cx, lease)).await?;
     s.rq = Some(
         cluster
             .info
@@ -780,7 +839,7 @@ async fn http1_on(
     cluster: &Rc<Cluster>,
     host: &Rc<Host>,
     mut stream: UpstreamStream,
-    cx: Held,
+    (cx, lease): (Held, SlotLease),
 ) -> Result<Http1Sender, ConnectError> {
     let info = connection_info(stream.get_mut());
     let flow = FlowSlot::default();
@@ -806,7 +865,7 @@ async fn http1_on(
         .await
         .map_err(|e| ConnectError::Handshake(e.to_string()))?;
     cluster.stats.upstream_cx_http1_total.inc();
-    let guard = ConnGuard::new(cluster, host, cx);
+    let guard = ConnGuard::new(cluster, host, cx).in_pool(lease);
     let state = Rc::new(H1State {
         busy: Cell::new(true),
         idle_since: Cell::new(tokio::time::Instant::now()),
@@ -1039,6 +1098,8 @@ impl Drop for Http2Stream {
 /// HTTP/2 connections to one host.
 #[derive(Debug, Default)]
 pub struct Http2Pool {
+    /// Its place in `max_connection_pools`.
+    slot: Rc<PoolSlot>,
     conns: RefCell<Vec<Rc<Http2Conn>>>,
     connecting: Cell<bool>,
     /// Counts finished connect attempts; waiters compare it to learn that an attempt ended.
@@ -1124,7 +1185,8 @@ impl Http2Pool {
                 pool: self,
                 failed: true,
             };
-            let conn = Rc::new(connect_http2(cluster, host, cx).await?);
+            let lease = self.slot.lease(cluster, host)?;
+            let conn = Rc::new(connect_http2(cluster, host, (cx, lease)).await?);
             guard.failed = false;
             conn.active.set(1);
             self.conns.borrow_mut().push(conn.clone());
@@ -1143,7 +1205,7 @@ impl Http2Pool {
         cluster: &Rc<Cluster>,
         host: &Rc<Host>,
         stream: UpstreamStream,
-        cx: Held,
+        cx: (Held, SlotLease),
     ) -> Result<(), ConnectError> {
         let conn = Rc::new(http2_on(cluster, host, stream, cx).await?);
         self.conns.borrow_mut().push(conn);
@@ -1162,7 +1224,7 @@ impl Http2Pool {
 async fn connect_http2(
     cluster: &Rc<Cluster>,
     host: &Rc<Host>,
-    cx: Held,
+    cx: (Held, SlotLease),
 ) -> Result<Http2Conn, ConnectError> {
     let stream = connect(cluster, host).await?;
     http2_on(cluster, host, stream, cx).await
@@ -1173,7 +1235,7 @@ async fn http2_on(
     cluster: &Rc<Cluster>,
     host: &Rc<Host>,
     mut stream: UpstreamStream,
-    cx: Held,
+    (cx, lease): (Held, SlotLease),
 ) -> Result<Http2Conn, ConnectError> {
     let info = connection_info(stream.get_mut());
     let cfg = cluster.config().http2;
@@ -1188,7 +1250,7 @@ async fn http2_on(
     cluster.stats.upstream_cx_http2_total.inc();
     let peer_max = Rc::new(Cell::new(usize::MAX));
     let closed = Rc::new(Cell::new(false));
-    let guard = ConnGuard::new(cluster, host, cx);
+    let guard = ConnGuard::new(cluster, host, cx).in_pool(lease);
     let driver = Driver {
         conn,
         peer_max: peer_max.clone(),

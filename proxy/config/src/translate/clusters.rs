@@ -489,11 +489,6 @@ fn circuit_breakers(c: &cluster::Cluster, path: &str) -> Result<CircuitBreakers,
             }
             None => None,
         };
-        if t.max_connection_pools.is_some() {
-            return Err(ConfigError::unsupported(format!(
-                "{tpath}.max_connection_pools"
-            )));
-        }
         let d = Thresholds::default();
         let v = |w: &Option<envoy_types::pb::google::protobuf::UInt32Value>, d: u64| {
             w.as_ref().map_or(d, |v| u64::from(v.value))

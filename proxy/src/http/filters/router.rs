@@ -1514,6 +1514,8 @@ fn connect_failure(e: ConnectError, failure: &std::cell::RefCell<Option<String>>
             LocalReply::CONNECT_FAILURE
         }
         ConnectError::Overflow => LocalReply::OVERFLOW,
+        // As Envoy's router when no pool can be had: no healthy upstream.
+        ConnectError::PoolOverflow => LocalReply::NO_HEALTHY_UPSTREAM,
     }
 }
 
