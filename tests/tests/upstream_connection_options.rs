@@ -25,7 +25,9 @@ fn config(admin: u16, listen: u16, upstream: u16) -> String {
             "type": "STATIC",
             "connect_timeout": "1s",
             "upstream_connection_options": { "tcp_keepalive": {
-                "keepalive_time": 77, "keepalive_interval": 5, "keepalive_probes": 3 } },
+                "keepalive_time": 77, "keepalive_interval": 5, "keepalive_probes": 3 },
+                // Nothing either proxy shows reads it (docs/compatibility.md).
+                "set_local_interface_name_on_upstream_connections": true },
             "load_assignment": {
                 "cluster_name": "svc",
                 "endpoints": [ { "lb_endpoints": [ { "endpoint": { "address": { "socket_address": {
@@ -76,6 +78,9 @@ async fn tcp_keepalive_is_set_on_upstream_connections_as_envoy_does() {
             // `timer:(keepalive,1min16sec,0)`: idle time counting down from 77 s.
             assert!(t[0].starts_with("timer:(keepalive,1min1"), "{name}: {t:?}");
         }
+        let name =
+            "server.accepted_without_effect.set_local_interface_name_on_upstream_connections";
+        assert_eq!(skiff.proxy.admin().counter(name).await, 1);
     })
     .await;
 }

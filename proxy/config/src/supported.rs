@@ -1683,7 +1683,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.cluster.v3.UpstreamConnectionOptions",
-        &["tcp_keepalive"],
+        &["tcp_keepalive", "set_local_interface_name_on_upstream_connections"],
     ),
     (
         "envoy.config.core.v3.TcpKeepalive",

@@ -887,10 +887,10 @@ fn tcp_keepalive(c: &cluster::Cluster, path: &str) -> Result<Option<TcpKeepalive
         set_local_interface_name_on_upstream_connections,
         happy_eyeballs_config,
     } = o;
+    // The interface's name goes into Envoy's connection info, which nothing skiff runs reads
+    // (no access log operator shows it): counted and listed in docs/compatibility.md.
     if *set_local_interface_name_on_upstream_connections {
-        return Err(ConfigError::unsupported(format!(
-            "{opath}.set_local_interface_name_on_upstream_connections"
-        )));
+        super::istio::without_effect("set_local_interface_name_on_upstream_connections");
     }
     if happy_eyeballs_config.is_some() {
         return Err(ConfigError::unsupported(format!(
