@@ -2819,6 +2819,9 @@ pub struct Cluster {
     pub max_stream_duration: Option<Duration>,
     /// `upstream_connection_options.tcp_keepalive`: keepalive on upstream connections.
     pub tcp_keepalive: Option<TcpKeepalive>,
+    /// `preconnect_policy.per_upstream_preconnect_ratio` (HTTP/1.1 pools): connections made
+    /// ahead so that the pool has this many per request under way or waiting.
+    pub preconnect_ratio: Option<f64>,
     /// The load balancer.
     pub lb: LbPolicy,
     /// `locality_weighted_lb_config`: a locality is picked first, by its weight times its

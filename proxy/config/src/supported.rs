@@ -1489,6 +1489,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.config.cluster.v3.Cluster",
         &[
+            "preconnect_policy",
             "transport_socket_matches",
             "name",
             "alt_stat_name",
@@ -1680,6 +1681,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         crate::istio::METADATA_EXCHANGE,
         &["protocol", "enable_discovery", "additional_labels"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.PreconnectPolicy",
+        &["per_upstream_preconnect_ratio", "predictive_preconnect_ratio"],
     ),
     (
         "envoy.config.cluster.v3.UpstreamConnectionOptions",

@@ -57,8 +57,29 @@ pub enum ConnectError {
 /// none left).
 #[derive(Debug, Default)]
 pub struct PoolSlot {
+    /// Connections of the pool, made or being made.
     conns: Cell<usize>,
     held: RefCell<Option<Held>>,
+    /// Requests on a connection of the pool, and requests waiting for one (what
+    /// `preconnect_policy` provisions for).
+    active: Cell<usize>,
+    waiting: Cell<usize>,
+}
+
+/// A request waiting for a connection of a pool.
+struct Waiting(Rc<PoolSlot>);
+
+impl Waiting {
+    fn new(slot: &Rc<PoolSlot>) -> Self {
+        slot.waiting.set(slot.waiting.get() + 1);
+        Waiting(slot.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.set(self.0.waiting.get().saturating_sub(1));
+    }
 }
 
 /// One connection of a pool, counted in its [`PoolSlot`] until dropped.
@@ -452,10 +473,31 @@ pub struct Http1Sender {
     state: Rc<H1State>,
     /// `upstream_rq_per_cx`, when the connection is done with.
     per_cx: crate::stats::Histogram,
+    /// Its pool's counts.
+    slot: Rc<PoolSlot>,
+}
+
+impl Http1Sender {
+    /// A request takes it (with its place in `max_requests`).
+    fn taken(&mut self, rq: Held) {
+        if self.rq.replace(rq).is_none() {
+            self.slot.active.set(self.slot.active.get() + 1);
+        }
+    }
+
+    /// Its request is over.
+    fn released(&mut self) {
+        if self.rq.take().is_some() {
+            self.slot
+                .active
+                .set(self.slot.active.get().saturating_sub(1));
+        }
+    }
 }
 
 impl Drop for Http1Sender {
     fn drop(&mut self) {
+        self.released();
         self.per_cx.record(u64::from(self.requests));
         self.state.local_close.set(true);
     }
@@ -681,7 +723,7 @@ impl Http1Pool {
     /// Returns a connection whose response has been read completely.
     pub fn put_idle(&self, mut s: Http1Sender) {
         s.flow.borrow_mut().take();
-        s.rq.take();
+        s.released();
         s.state.set_busy(false);
         if !s.is_closed() && !s.spent && !s.state.expired.get() {
             self.idle.borrow_mut().push(s);
@@ -699,7 +741,7 @@ impl Http1Pool {
     ) -> Result<(Http1Sender, bool), ConnectError> {
         match attach(cluster, host) {
             Ok(held) => {
-                s.rq = Some(held);
+                s.taken(held);
                 s.requests += 1;
                 if cluster
                     .config()
@@ -731,14 +773,23 @@ impl Http1Pool {
         host: &Rc<Host>,
     ) -> Result<(Http1Sender, bool), ConnectError> {
         let (mut pending, mut overflowed) = (None, false);
+        let ratio = cluster.config().preconnect_ratio;
+        let mut waiting = None;
         loop {
             if let Some(s) = self.take_idle() {
-                return self.attach_to(cluster, host, s, true);
+                drop(waiting);
+                let r = self.attach_to(cluster, host, s, true);
+                self.preconnect(cluster, host);
+                return r;
             }
             if pending.is_none() {
                 pending = Some(Pending::new(cluster, host)?);
+                waiting = Some(Waiting::new(&self.slot));
             }
-            if let Some(cx) = host_room(cluster, host)
+            // With a preconnect ratio, a connection is made only when the pool is short of
+            // its provision (the others being made may serve this request).
+            let short = ratio.is_none_or(|r| self.short(r));
+            if let Some(cx) = (short && host_room(cluster, host))
                 .then(|| {
                     cluster
                         .info
@@ -750,12 +801,14 @@ impl Http1Pool {
                 .flatten()
             {
                 let lease = self.slot.lease(cluster, host)?;
+                self.preconnect(cluster, host);
                 let stream = connect(cluster, host).await?;
                 let s = http1_on(cluster, host, stream, (cx, lease)).await?;
                 drop(pending);
+                drop(waiting);
                 return self.attach_to(cluster, host, s, false);
             }
-            if !overflowed {
+            if short && !overflowed {
                 // Once per request, as Envoy counts its failed attempt to add a connection.
                 cluster.stats.upstream_cx_overflow.inc();
                 overflowed = true;
@@ -767,6 +820,47 @@ impl Http1Pool {
     /// Drops every idle connection (drain).
     pub fn clear(&self) {
         self.idle.borrow_mut().clear();
+    }
+
+    /// Whether the pool has fewer connections (made or being made) than `ratio` times its
+    /// requests, those under way and those waiting (Envoy's provisioning).
+    fn short(&self, ratio: f64) -> bool {
+        let demand = (self.slot.active.get() + self.slot.waiting.get()) as f64;
+        demand * ratio > self.slot.conns.get() as f64
+    }
+
+    /// `preconnect_policy`: connections made ahead, up to three at a time, while the pool is
+    /// short of its provision; each joins the idle ones when it is up.
+    fn preconnect(&self, cluster: &Rc<Cluster>, host: &Rc<Host>) {
+        let Some(ratio) = cluster.config().preconnect_ratio else {
+            return;
+        };
+        for _ in 0..3 {
+            if !self.short(ratio) || !host_room(cluster, host) {
+                return;
+            }
+            let Some(cx) = cluster
+                .info
+                .breakers
+                .of(host.high)
+                .connections
+                .try_acquire()
+            else {
+                return;
+            };
+            let Ok(lease) = self.slot.lease(cluster, host) else {
+                return;
+            };
+            let (cluster, host) = (cluster.clone(), host.clone());
+            tokio::task::spawn_local(async move {
+                let Ok(stream) = connect(&cluster, &host).await else {
+                    return;
+                };
+                if let Ok(s) = http1_on(&cluster, &host, stream, (cx, lease)).await {
+                    host.h1.put_idle(s);
+                }
+            });
+        }
     }
 }
 
@@ -813,7 +907,7 @@ pub async fn connect_http1(
         .connections
         .acquire_anyway();
     let mut s = http1_on(cluster, host, stream, (cx, lease)).await?;
-    s.rq = Some(
+    s.taken(
         cluster
             .info
             .breakers
@@ -841,6 +935,7 @@ async fn http1_on(
     mut stream: UpstreamStream,
     (cx, lease): (Held, SlotLease),
 ) -> Result<Http1Sender, ConnectError> {
+    let slot = lease.0.clone();
     let info = connection_info(stream.get_mut());
     let flow = FlowSlot::default();
     let stream = WriteFlow::new(
@@ -936,6 +1031,7 @@ async fn http1_on(
         info,
         state,
         per_cx: cluster.stats.upstream_rq_per_cx.clone(),
+        slot,
     })
 }
 

@@ -415,6 +415,7 @@ pub(super) fn translate_cluster(
         max_connection_duration,
         max_stream_duration,
         tcp_keepalive: tcp_keepalive(c, path)?,
+        preconnect_ratio: preconnect(c, protocol, path)?,
         lb,
         locality_weighted: locality_weighted || super::lb::common_locality_weighted(c),
         zone_aware,
@@ -877,6 +878,39 @@ pub(super) fn locality_weight(
 }
 
 /// `upstream_connection_options`: TCP keepalive; the other options are refused by path.
+/// `preconnect_policy`: the per-upstream ratio, for HTTP/1.1 pools.
+fn preconnect(
+    c: &cluster::Cluster,
+    protocol: model::UpstreamProtocol,
+    path: &str,
+) -> Result<Option<f64>, ConfigError> {
+    let Some(p) = &c.preconnect_policy else {
+        return Ok(None);
+    };
+    let ppath = format!("{path}.preconnect_policy");
+    if p.predictive_preconnect_ratio.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{ppath}.predictive_preconnect_ratio"
+        )));
+    }
+    let Some(ratio) = p.per_upstream_preconnect_ratio.as_ref().map(|v| v.value) else {
+        return Ok(None);
+    };
+    if !(1.0..=3.0).contains(&ratio) {
+        return Err(ConfigError::new(
+            format!("{ppath}.per_upstream_preconnect_ratio"),
+            "must be between 1 and 3",
+        ));
+    }
+    if ratio > 1.0 && protocol != model::UpstreamProtocol::Http1 {
+        return Err(ConfigError::new(
+            format!("{ppath}.per_upstream_preconnect_ratio"),
+            "unsupported: skiff preconnects only HTTP/1.1 connections",
+        ));
+    }
+    Ok(Some(ratio).filter(|r| *r > 1.0))
+}
+
 fn tcp_keepalive(c: &cluster::Cluster, path: &str) -> Result<Option<TcpKeepalive>, ConfigError> {
     let Some(o) = &c.upstream_connection_options else {
         return Ok(None);
@@ -932,6 +966,54 @@ static_resources:
     load_assignment: {{ cluster_name: up, endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 1 }} }} }} }} ] }} ] }}
 "#
         )
+    }
+
+    #[test]
+    fn preconnect_ratios_are_checked() {
+        let with = |extra: &str, h2: bool| {
+            let mut b = bootstrap("{}", "{}");
+            if !h2 {
+                b = b.replace(
+                    "    http2_protocol_options: {}\n    load_assignment",
+                    "    load_assignment",
+                );
+            }
+            load_text(&b.replace("  - name: up\n", &format!("  - name: up\n    {extra}\n")))
+                .map(|l| l.model.clusters[0].preconnect_ratio)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            with(
+                "preconnect_policy: { per_upstream_preconnect_ratio: 1.5 }",
+                false
+            ),
+            Ok(Some(1.5))
+        );
+        assert_eq!(
+            with(
+                "preconnect_policy: { per_upstream_preconnect_ratio: 1 }",
+                false
+            ),
+            Ok(None)
+        );
+        let e = with(
+            "preconnect_policy: { per_upstream_preconnect_ratio: 4 }",
+            false,
+        )
+        .expect_err("above 3");
+        assert!(e.contains("per_upstream_preconnect_ratio"), "{e}");
+        let e = with(
+            "preconnect_policy: { per_upstream_preconnect_ratio: 2 }",
+            true,
+        )
+        .expect_err("HTTP/2");
+        assert!(e.contains("HTTP/1.1"), "{e}");
+        let e = with(
+            "preconnect_policy: { predictive_preconnect_ratio: 2 }",
+            false,
+        )
+        .expect_err("predictive");
+        assert!(e.contains("predictive_preconnect_ratio"), "{e}");
     }
 
     #[test]

@@ -290,7 +290,8 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
     )?;
     refuse(path, "track_timeout_budgets", track_timeout_budgets)?;
     refuse(path, "upstream_config", upstream_config)?;
-    refuse(path, "preconnect_policy", preconnect_policy)?;
+    // preconnect_policy: clusters::preconnect.
+    let _ = preconnect_policy;
     refuse(
         path,
         "connection_pool_per_downstream_connection",
