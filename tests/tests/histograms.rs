@@ -177,6 +177,18 @@ async fn histograms_as_envoy() {
             "usedonly"
         );
 
+        // type=: one kind of stat only, the same on both.
+        for kind in ["Histograms", "Counters", "Foo"] {
+            let names = |side: &Side| {
+                let a = side.proxy.admin();
+                async move {
+                    let r = a.get(&format!("/stats?type={kind}&filter=cluster.up.upstream_(rq_time|rq_total|cx_length)")).await;
+                    (r.status, r.text().lines().map(|l| l.split(':').next().unwrap_or("").to_string()).collect::<Vec<_>>())
+                }
+            };
+            assert_eq!(names(&e).await, names(&s).await, "type={kind}");
+        }
+
         // Prometheus: the buckets (custom ones for upstream_rq_time), sums of counts.
         let (pe, ps) = (prometheus(&e).await, prometheus(&s).await);
         let wanted = |k: &String| {

@@ -396,18 +396,31 @@ fn stats_endpoint(state: &AdminState, q: &BTreeMap<String, String>) -> Response<
         None => None,
     };
     let used_only = q.contains_key("usedonly");
+    // `type`: one kind of stat only.
+    let kind = match q.get("type").map(String::as_str) {
+        None | Some("All") => None,
+        Some(k @ ("Counters" | "Gauges" | "Histograms" | "TextReadouts")) => Some(k),
+        Some(_) => return text(StatusCode::BAD_REQUEST, "invalid &type= param"),
+    };
+    let wants = |k: &str| kind.is_none_or(|want| want == k);
     let keep = |name: &str| filter.as_ref().is_none_or(|r| r.is_match(name));
     let snap = state.store.snapshot_where(keep);
     let texts = state.store.texts();
     let selected = snap.iter().filter(|(name, v)| {
-        keep(name) && (!used_only || !matches!(v, StatValue::Counter(0) | StatValue::Gauge(0)))
+        let k = match v {
+            StatValue::Counter(_) => "Counters",
+            StatValue::Gauge(_) => "Gauges",
+        };
+        wants(k)
+            && keep(name)
+            && (!used_only || !matches!(v, StatValue::Counter(0) | StatValue::Gauge(0)))
     });
     let texts = texts
         .iter()
-        .filter(|(name, v)| keep(name) && (!used_only || !v.is_empty()));
+        .filter(|(name, v)| wants("TextReadouts") && keep(name) && (!used_only || !v.is_empty()));
     let histograms = state
         .store
-        .histograms(keep)
+        .histograms(|name| wants("Histograms") && keep(name))
         .into_iter()
         .filter(|(_, h)| !used_only || h.used());
     if q.get("format").map(String::as_str) == Some("json") {
