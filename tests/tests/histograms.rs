@@ -19,7 +19,6 @@ fn envoy_only(name: &str) -> bool {
     name.starts_with("http.admin.")
         || name.starts_with("listener.admin.")
         || name.ends_with(".connections_accepted_per_socket_event")
-        || name == "overload.refresh_interval_delay"
 }
 
 fn build(admin: u16, listen: u16, upstream: u16) -> String {
@@ -196,7 +195,6 @@ async fn histograms_as_envoy() {
                 let name = k.split('{').next().unwrap_or("");
                 !name.contains("admin")
                     && !name.contains("connections_accepted_per_socket_event")
-                    && !name.contains("refresh_interval_delay")
                     && !k.contains("envoy_http_conn_manager_prefix=\"admin\"")
                     && !k.contains("envoy_listener_address=\"admin\"")
             }

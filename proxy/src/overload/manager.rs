@@ -148,6 +148,8 @@ pub struct Manager {
     actions: Vec<(ActionName, Triggered)>,
     points: Vec<(ShedPoint, Triggered)>,
     shrink: Option<(skiff_config::model::ShrinkHeap, Counter)>,
+    /// `overload.refresh_interval_delay`: the time between two refreshes.
+    delays: crate::stats::Histogram,
 }
 
 impl Manager {
@@ -222,6 +224,7 @@ impl Manager {
                 )
             });
         Manager {
+            delays: shard.histogram("overload.refresh_interval_delay"),
             refresh: config.refresh_interval,
             monitors,
             actions,
@@ -297,8 +300,12 @@ impl Manager {
             let mut tick = tokio::time::interval(self.refresh);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let mut last = std::time::Instant::now();
             loop {
                 tick.tick().await;
+                let now = std::time::Instant::now();
+                self.delays.record_ms(now - last);
+                last = now;
                 self.refresh();
             }
         };
