@@ -204,6 +204,7 @@ impl Subscription {
         for g in ["version", "update_time"] {
             main.gauge(&format!("{scope}{g}"));
         }
+        main.histogram(&format!("{scope}update_duration"));
         Subscription {
             source,
             scope,
@@ -813,6 +814,14 @@ impl ConfigStore {
             return Ok(());
         };
         let file = matches!(src.kind, SourceKind::File { .. });
+        // `update_duration`: the time an update took to apply, for gRPC streams (Envoy's
+        // filesystem and REST subscriptions record none).
+        let timed = match &src.kind {
+            SourceKind::Ads => true,
+            SourceKind::Grpc(g) => g.rest.is_none(),
+            SourceKind::File { .. } => false,
+        };
+        let began = Instant::now();
         main.counter(&format!("{scope}update_attempt")).inc();
         let result = match decoded {
             Err(FileError::Read(e)) => {
@@ -862,6 +871,10 @@ impl ConfigStore {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64);
                 main.gauge(&format!("{scope}update_time")).set(ms);
+                if timed {
+                    main.histogram(&format!("{scope}update_duration"))
+                        .record_ms(began.elapsed());
+                }
                 if decoded
                     .as_ref()
                     .is_ok_and(|d| d.resources.is_empty() && removed.is_none_or(|r| r.is_empty()))
