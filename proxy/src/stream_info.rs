@@ -35,6 +35,8 @@ pub enum ResponseFlag {
     FaultInjected = 1 << 10,
     /// RL: rate limited locally.
     RateLimited = 1 << 12,
+    /// RLSE: the rate limit service failed and the request was answered.
+    RateLimitServiceError = 1 << 14,
     /// DC: downstream connection termination.
     DownstreamConnectionTermination = 1 << 13,
     /// URX: retry limit exceeded.
@@ -88,6 +90,11 @@ const FLAGS: &[(ResponseFlag, &str, &str)] = &[
     (ResponseFlag::DelayInjected, "DI", "DelayInjected"),
     (ResponseFlag::FaultInjected, "FI", "FaultInjected"),
     (ResponseFlag::RateLimited, "RL", "RateLimited"),
+    (
+        ResponseFlag::RateLimitServiceError,
+        "RLSE",
+        "RateLimitServiceError",
+    ),
     (
         ResponseFlag::DownstreamConnectionTermination,
         "DC",

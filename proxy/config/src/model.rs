@@ -1428,6 +1428,82 @@ pub enum HttpFilterConfig {
     HeaderToMetadata(Arc<HeaderToMetadata>),
     /// `envoy.filters.http.cors`: it acts by the routes' policies.
     Cors,
+    /// `envoy.filters.http.ratelimit`: the global rate limit service.
+    RateLimit(Arc<HttpRateLimit>),
+}
+
+/// `envoy.filters.http.ratelimit`: each request's descriptors (from the route's, the virtual
+/// host's or the filter's `rate_limits`) go to a rate limit service (gRPC
+/// `envoy.service.ratelimit.v3.RateLimitService`), which lets the request through or has it
+/// answered with 429.
+#[derive(Debug, PartialEq)]
+pub struct HttpRateLimit {
+    /// `domain`.
+    pub domain: String,
+    /// `stage`: only `rate_limits` of the same stage apply.
+    pub stage: u32,
+    /// `request_type`: which requests the filter acts on, by `x-envoy-internal`.
+    pub request_type: RateLimitRequestType,
+    /// `timeout` of the call (default 20 ms; 0: none).
+    pub timeout: Option<Duration>,
+    /// `failure_mode_deny`: a failed call answers the request (`status_on_error`) instead of
+    /// letting it through.
+    pub failure_mode_deny: bool,
+    /// `rate_limit_service.grpc_service.envoy_grpc.cluster_name`.
+    pub cluster: String,
+    /// `rate_limit_service.grpc_service.envoy_grpc.authority` (default: the cluster's name).
+    pub authority: String,
+    /// `enable_x_ratelimit_headers` DRAFT_VERSION_03: `x-ratelimit-*` from the service's
+    /// descriptor statuses.
+    pub x_ratelimit_headers: bool,
+    /// Not `disable_x_envoy_ratelimited_header`: `x-envoy-ratelimited: true` on the 429.
+    pub x_envoy_ratelimited: bool,
+    /// `rate_limited_status` (default 429; below 400 becomes 429).
+    pub rate_limited_status: http::StatusCode,
+    /// `status_on_error` (default 500).
+    pub status_on_error: http::StatusCode,
+    /// `response_headers_to_add`: on the replies to limited requests.
+    pub response_headers: Arc<crate::router::HeaderParser>,
+    /// `stat_prefix`: the cluster's stats go under `ratelimit.<stat_prefix>.` instead of
+    /// `ratelimit.`.
+    pub stat_prefix: String,
+    /// `filter_enabled` (unset: runtime `ratelimit.http_filter_enabled`, 100%).
+    pub enabled: Option<crate::runtime::RuntimeFraction>,
+    /// `filter_enforced` (unset: runtime `ratelimit.http_filter_enforcing`, 100%).
+    pub enforced: Option<crate::runtime::RuntimeFraction>,
+    /// `rate_limits`: the filter's own descriptors, instead of the routes'.
+    pub rate_limits: Vec<RateLimitPolicy>,
+}
+
+/// The rate limit filter's `request_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitRequestType {
+    Both,
+    Internal,
+    External,
+}
+
+/// Which virtual host `rate_limits` a request's descriptors include (`vh_rate_limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VhRateLimits {
+    /// The virtual host's unless the route has its own.
+    #[default]
+    Override,
+    /// The virtual host's as well as the route's.
+    Include,
+    /// Never the virtual host's.
+    Ignore,
+}
+
+/// `RateLimitPerRoute`: a route's choices for the rate limit filter.
+#[derive(Debug, PartialEq)]
+pub struct RateLimitPerRoute {
+    /// `vh_rate_limits`.
+    pub vh_rate_limits: VhRateLimits,
+    /// `rate_limits`: descriptors instead of the route's, the virtual host's and the filter's.
+    pub rate_limits: Vec<RateLimitPolicy>,
+    /// `domain`, instead of the filter's.
+    pub domain: Option<String>,
 }
 
 /// `envoy.filters.http.header_to_metadata` (the filter's configuration, or a route's, which
@@ -1525,8 +1601,13 @@ pub struct HttpLocalRateLimit {
     pub response_headers: Arc<crate::router::HeaderParser>,
     /// `descriptors`, each with its own bucket.
     pub descriptors: Vec<LocalDescriptor>,
-    /// `rate_limits`: how a request's descriptors are made (the routes' own are refused).
+    /// `rate_limits`: how a request's descriptors are made, instead of the route's and the
+    /// virtual host's.
     pub rate_limits: Vec<RateLimitPolicy>,
+    /// `stage`: the routes' `rate_limits` of this stage apply.
+    pub stage: u32,
+    /// `vh_rate_limits`: whether the virtual host's `rate_limits` apply too.
+    pub vh_rate_limits: VhRateLimits,
     /// `local_rate_limit_per_downstream_connection`: buckets per connection, not shared.
     pub per_connection: bool,
     /// `enable_x_ratelimit_headers` DRAFT_VERSION_03: `x-ratelimit-*` on responses.
@@ -1618,9 +1699,23 @@ pub struct LocalDescriptor {
     pub shadow: bool,
 }
 
+/// A descriptor value as configured: text, in which `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`
+/// stands for the client's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescriptorValue(pub Vec<ValuePart>);
+
+/// A piece of a [`DescriptorValue`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValuePart {
+    Text(String),
+    RemoteAddress,
+}
+
 /// A route's `RateLimit`: the actions that make one descriptor for a request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitPolicy {
+    /// `stage`: the filters of this stage use it.
+    pub stage: u32,
     /// `actions`, in order; a request for which one yields nothing has no descriptor.
     pub actions: Vec<RateLimitAction>,
 }
@@ -1628,9 +1723,9 @@ pub struct RateLimitPolicy {
 /// One `RateLimit.Action`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RateLimitAction {
-    /// `request_headers`: (`descriptor_key`, the header's value).
+    /// `request_headers`: (`descriptor_key`, the header's value; pseudo-headers too).
     RequestHeaders {
-        header: HeaderName,
+        header: HeaderKey,
         key: String,
         skip_if_absent: bool,
     },
@@ -1652,7 +1747,7 @@ pub enum RateLimitAction {
     /// `descriptor_value`) when the client address is in `ranges` (or, inverted, is not).
     RemoteAddressMatch {
         key: String,
-        value: String,
+        value: DescriptorValue,
         ranges: Vec<CidrRange>,
         invert: bool,
     },

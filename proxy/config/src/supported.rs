@@ -587,6 +587,38 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.type.v3.HttpStatus", &["code"]),
+    // The global rate limit filter: the translation refuses by path what it does not run.
+    (
+        "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        &[
+            "domain",
+            "stage",
+            "request_type",
+            "timeout",
+            "failure_mode_deny",
+            "rate_limited_as_resource_exhausted",
+            "rate_limit_service",
+            "enable_x_ratelimit_headers",
+            "disable_x_envoy_ratelimited_header",
+            "rate_limited_status",
+            "response_headers_to_add",
+            "status_on_error",
+            "stat_prefix",
+            "filter_enabled",
+            "filter_enforced",
+            "failure_mode_deny_percent",
+            "rate_limits",
+            "enable_retry_after_header",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute",
+        &["vh_rate_limits", "override_option", "rate_limits", "domain"],
+    ),
+    (
+        "envoy.config.ratelimit.v3.RateLimitServiceConfig",
+        &["grpc_service", "transport_api_version"],
+    ),
     // RBAC: the translation refuses by path what it does not run (matchers, metadata, CEL
     // conditions, filter state, custom extensions, audit logging, per-rule stats).
     (
@@ -932,6 +964,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "retry_policy",
             "hedge_policy",
             "virtual_clusters",
+            "rate_limits",
         ],
     ),
     ("envoy.config.route.v3.VirtualCluster", &["name", "headers"]),
@@ -1249,6 +1282,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "request_mirror_policies",
             "hash_policy",
             "metadata_match",
+            "rate_limits",
+            "include_vh_rate_limits",
         ],
     ),
     (

@@ -1727,6 +1727,7 @@ async fn handle(
     let chain = filter::build(
         factories,
         &filter::StreamContext {
+            worker: &conn.worker,
             selection: &selection,
             remote: client,
             connection: &conn.filter_state,

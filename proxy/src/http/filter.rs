@@ -25,6 +25,9 @@ use crate::http::local_reply::LocalReply;
 pub enum Resume {
     /// Go on with the next filter.
     Continue,
+    /// Go on with the next filter, these headers appended to the request first (a rate
+    /// limit service's `request_headers_to_add`).
+    ContinueAdding(Vec<(http::HeaderName, http::HeaderValue)>),
     /// Answer with this reply.
     LocalReply(LocalReply),
 }
@@ -121,6 +124,8 @@ enum Kind {
     HeaderToMetadata(Rc<crate::http::filters::header_to_metadata::Factory>),
     /// `envoy.filters.http.cors`.
     Cors(Rc<crate::http::filters::cors::Factory>),
+    /// `envoy.filters.http.ratelimit`.
+    RateLimit(Rc<crate::http::filters::ratelimit::Factory>),
 }
 
 impl Factory {
@@ -180,6 +185,9 @@ pub fn factories(
                 HttpFilterConfig::Cors => Kind::Cors(Rc::new(
                     crate::http::filters::cors::Factory::new(shard, stat_prefix),
                 )),
+                HttpFilterConfig::RateLimit(cfg) => Kind::RateLimit(Rc::new(
+                    crate::http::filters::ratelimit::Factory::new(cfg.clone(), shard),
+                )),
             },
         })
         .collect()
@@ -218,6 +226,8 @@ pub fn request_view(head: &http::request::Parts) -> crate::router::RequestView<'
 /// What a stream's filters are made with: the route it selected (each filter's per-route
 /// configuration) and what they need to know of the connection.
 pub struct StreamContext<'a> {
+    /// The worker the stream runs on (its clusters, for the filters' own requests).
+    pub worker: &'a Rc<crate::worker::Worker>,
     /// The route, resolved before the filters run.
     pub selection: &'a crate::http::filters::router::Selection,
     /// The client's address as the connection manager trusts it (from `x-forwarded-for`
@@ -346,6 +356,13 @@ pub fn build(factories: &[Factory], cx: &StreamContext<'_>) -> Option<FilterChai
                         .collect();
                     Box::new(c.filter(policies, cx.selection))
                 }
+                Kind::RateLimit(r) => {
+                    let route = match per_route {
+                        Some(PerFilterConfig::RateLimit(c)) => Some(c.clone()),
+                        _ => None,
+                    };
+                    Box::new(r.filter(route, cx))
+                }
             })
         })
         .collect();
@@ -406,7 +423,17 @@ impl FilterChain {
         let n = self.filters.borrow().len();
         for i in 0..n {
             let status = self.filters.borrow_mut()[i].decode_headers(head, end_stream);
-            if let Some(reply) = resolve(status).await {
+            if let HeadersStatus::StopIteration(fut) = status {
+                match fut.await {
+                    Resume::Continue => {}
+                    Resume::ContinueAdding(headers) => {
+                        for (name, value) in headers {
+                            head.headers.append(name, value);
+                        }
+                    }
+                    Resume::LocalReply(r) => return Some(r),
+                }
+            } else if let Some(reply) = resolve(status).await {
                 return Some(reply);
             }
         }
@@ -488,7 +515,7 @@ async fn resolve(status: HeadersStatus) -> Option<LocalReply> {
         HeadersStatus::Continue => None,
         HeadersStatus::LocalReply(r) => Some(r),
         HeadersStatus::StopIteration(fut) => match fut.await {
-            Resume::Continue => None,
+            Resume::Continue | Resume::ContinueAdding(_) => None,
             Resume::LocalReply(r) => Some(r),
         },
     }

@@ -245,6 +245,8 @@ pub struct ClusterStats {
     by_code: crate::stats::CodeCounters,
     /// `external.` and `internal.` response codes (`x-envoy-internal`), made when first seen.
     by_origin: [crate::stats::CodeCounters; 2],
+    /// `external.upstream_rq_completed` and `internal.upstream_rq_completed`.
+    origin_completed: [std::cell::OnceCell<Counter>; 2],
     /// `external.upstream_rq_time` and `internal.upstream_rq_time`.
     origin_time: [std::cell::OnceCell<crate::stats::Histogram>; 2],
     /// `ssl.*`, for clusters with TLS.
@@ -372,6 +374,7 @@ impl ClusterStats {
             by_origin: ["external.", "internal."]
                 .map(|o| crate::stats::CodeCounters::new(shard.clone(), format!("{prefix}{o}"))),
             origin_time: Default::default(),
+            origin_completed: Default::default(),
             tls: tls.then(|| crate::tls::stats::TlsStats::new(shard.clone(), &prefix)),
             shard,
             prefix,
@@ -424,7 +427,15 @@ impl ClusterStats {
     pub fn response_code(&self, code: u16, internal: bool) {
         self.upstream_rq_completed.inc();
         self.by_code.count(code);
-        self.by_origin[usize::from(internal)].count(code);
+        let o = usize::from(internal);
+        self.by_origin[o].count(code);
+        self.origin_completed[o]
+            .get_or_init(|| {
+                let origin = if internal { "internal" } else { "external" };
+                self.shard
+                    .counter(&format!("{}{origin}.upstream_rq_completed", self.prefix))
+            })
+            .inc();
     }
 }
 

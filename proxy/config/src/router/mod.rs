@@ -387,6 +387,17 @@ pub struct Forward {
     pub metadata_match: Option<Arc<crate::model::MatchCriteria>>,
     /// `internal_redirect_policy`: upstream redirects followed inside the proxy.
     pub internal_redirect: Option<Arc<InternalRedirect>>,
+    /// `rate_limits` and `include_vh_rate_limits` (none: neither set).
+    pub rate_limits: Option<Box<RouteRateLimits>>,
+}
+
+/// A route's `rate_limits`: the descriptors rate limit filters make for its requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteRateLimits {
+    /// `rate_limits`.
+    pub policies: Vec<crate::model::RateLimitPolicy>,
+    /// `include_vh_rate_limits`: the virtual host's `rate_limits` apply as well.
+    pub include_vh: bool,
 }
 
 /// A route's `internal_redirect_policy`.
@@ -758,6 +769,8 @@ pub enum PerFilterConfig {
     HeaderToMetadata(Arc<crate::model::HeaderToMetadata>),
     /// `envoy.filters.http.cors`'s `CorsPolicy`.
     Cors(Arc<crate::model::CorsPolicy>),
+    /// `envoy.filters.http.ratelimit`'s `RateLimitPerRoute`.
+    RateLimit(Arc<crate::model::RateLimitPerRoute>),
 }
 
 /// `CompressorPerRoute`: what it changes in the filter's response direction.
@@ -815,6 +828,8 @@ pub struct VirtualHost {
     pub hedge: bool,
     /// `typed_per_filter_config`, for routes without their own.
     pub per_filter: PerFilterConfigs,
+    /// `rate_limits`: descriptors for the rate limit filters, by the routes' choice.
+    pub rate_limits: Vec<crate::model::RateLimitPolicy>,
     /// `virtual_clusters`: the first whose headers all match names the request's; with any,
     /// the others count as `other`.
     pub virtual_clusters: Vec<VirtualCluster>,
@@ -1108,6 +1123,7 @@ mod tests {
             retry: None,
             hedge: false,
             per_filter: PerFilterConfigs::default(),
+            rate_limits: Vec::new(),
             virtual_clusters: Vec::new(),
         }
     }

@@ -460,7 +460,8 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
     refuse(path, "matcher", matcher)?;
     // virtual_clusters: http_manager::virtual_clusters.
     let _ = virtual_clusters;
-    refuse(path, "rate_limits", rate_limits)?;
+    // rate_limits: ratelimit::policies.
+    let _ = rate_limits;
     refuse(path, "cors", cors)?;
     // typed_per_filter_config: translate::ratelimit::per_filter_configs.
     let _ = typed_per_filter_config;
@@ -590,8 +591,8 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     let _ = retry_policy;
     refuse(path, "retry_policy_typed_config", retry_policy_typed_config)?;
     // priority: route_action.
-    refuse(path, "rate_limits", rate_limits)?;
-    refuse(path, "include_vh_rate_limits", include_vh_rate_limits)?;
+    // rate_limits, include_vh_rate_limits: route_action.
+    let _ = (rate_limits, include_vh_rate_limits);
     // hash_policy: route_action::hash_policy.
     let _ = hash_policy;
     refuse(path, "cors", cors)?;

@@ -942,6 +942,11 @@ fn http_filter_list(
             "envoy.extensions.filters.http.fault.v3.HTTPFault" => Some(HttpFilterConfig::Fault(
                 Arc::new(super::fault::translate(&unpack(any, &tpath)?, &tpath)?),
             )),
+            "envoy.extensions.filters.http.ratelimit.v3.RateLimit" => {
+                Some(HttpFilterConfig::RateLimit(Arc::new(
+                    super::ratelimit::global(&unpack(any, &tpath)?, &tpath)?,
+                )))
+            }
             // The CORS filter acts by the routes' policies (`typed_per_filter_config`).
             "envoy.extensions.filters.http.cors.v3.Cors" => Some(HttpFilterConfig::Cors),
             // Telemetry only (docs/compatibility.md).
@@ -1107,6 +1112,10 @@ pub(crate) fn translate_routes(
             domains: vh.domains.clone(),
             routes,
             per_filter: super::ratelimit::per_filter_configs(&vh.typed_per_filter_config, &vpath)?,
+            rate_limits: super::ratelimit::policies(
+                &vh.rate_limits,
+                &format!("{vpath}.rate_limits"),
+            )?,
             virtual_clusters: virtual_clusters(&vh.virtual_clusters, &vpath)?,
         });
     }

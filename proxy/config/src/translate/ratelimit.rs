@@ -1,5 +1,5 @@
-//! `envoy.filters.http.local_ratelimit` and the route `rate_limits` actions its descriptors
-//! come from.
+//! `envoy.filters.http.local_ratelimit`, `envoy.filters.http.ratelimit` (the global rate limit
+//! service) and the `rate_limits` actions their descriptors come from.
 
 use std::sync::Arc;
 
@@ -8,9 +8,11 @@ use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as lr
 use envoy_types::pb::envoy::r#type::v3 as type_pb;
 
 use super::super::model::{
-    HttpLocalRateLimit, LocalDescriptor, RateLimitAction, RateLimitPolicy, TokenBucket,
+    HttpLocalRateLimit, HttpRateLimit, LocalDescriptor, RateLimitAction, RateLimitPerRoute,
+    RateLimitPolicy, RateLimitRequestType, TokenBucket, VhRateLimits,
 };
 use super::super::ConfigError;
+use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3 as rl;
 
 /// Envoy's floor for a local rate limit's `fill_interval`.
 const MIN_FILL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
@@ -127,15 +129,18 @@ pub(super) fn translate(
             shadow: d.shadow_mode,
         });
     }
-    // `stage` and `vh_rate_limits` choose among the routes' own `rate_limits`, which are
-    // refused: no effect (docs/compatibility.md).
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::VhRateLimitsOptions as Vh;
-    if Vh::try_from(*vh_rate_limits).is_err() {
-        return Err(ConfigError::new(
-            format!("{path}.vh_rate_limits"),
-            "unknown value",
-        ));
-    }
+    let vh_rate_limits = match Vh::try_from(*vh_rate_limits) {
+        Ok(Vh::Override) => VhRateLimits::Override,
+        Ok(Vh::Include) => VhRateLimits::Include,
+        Ok(Vh::Ignore) => VhRateLimits::Ignore,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.vh_rate_limits"),
+                "unknown value",
+            ))
+        }
+    };
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::XRateLimitHeadersRfcVersion as X;
     let x_ratelimit_headers = match X::try_from(*enable_x_ratelimit_headers) {
         Ok(X::Off) => false,
@@ -166,6 +171,8 @@ pub(super) fn translate(
         response_headers: adds(response_headers_to_add, "response_headers_to_add")?,
         descriptors: out_descriptors,
         rate_limits: policies(rate_limits, &format!("{path}.rate_limits"))?,
+        stage: *stage,
+        vh_rate_limits,
         per_connection: *local_rate_limit_per_downstream_connection,
         x_ratelimit_headers,
         always_consume_default: always_consume_default_token_bucket
@@ -264,7 +271,10 @@ fn policy(r: &route::RateLimit, path: &str) -> Result<RateLimitPolicy, ConfigErr
     for (i, a) in actions.iter().enumerate() {
         out.push(action(a, &format!("{path}.actions[{i}]"))?);
     }
-    Ok(RateLimitPolicy { actions: out })
+    Ok(RateLimitPolicy {
+        stage,
+        actions: out,
+    })
 }
 
 /// A descriptor value as written: `%` operators are not offered.
@@ -276,6 +286,23 @@ fn literal(v: &str, path: &str) -> Result<String, ConfigError> {
         ));
     }
     Ok(v.replace("%%", "%"))
+}
+
+/// A descriptor value that may name the client's address
+/// (`%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`); other operators are not offered.
+fn formatted(v: &str, path: &str) -> Result<super::super::model::DescriptorValue, ConfigError> {
+    use super::super::model::{DescriptorValue, ValuePart};
+    const REMOTE: &str = "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%";
+    let mut parts = Vec::new();
+    for (i, text) in v.split(REMOTE).enumerate() {
+        if i > 0 {
+            parts.push(ValuePart::RemoteAddress);
+        }
+        if !text.is_empty() {
+            parts.push(ValuePart::Text(literal(text, path)?));
+        }
+    }
+    Ok(DescriptorValue(parts))
 }
 
 fn key_or(key: &str, default: &str) -> String {
@@ -313,10 +340,10 @@ fn action(a: &route::rate_limit::Action, path: &str) -> Result<RateLimitAction, 
                 ));
             }
             RateLimitAction::RequestHeaders {
-                header: http::HeaderName::from_bytes(h.header_name.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| {
-                        ConfigError::new(format!("{hpath}.header_name"), "not a valid header name")
-                    })?,
+                header: super::http_manager::header_key(
+                    &h.header_name,
+                    &format!("{hpath}.header_name"),
+                )?,
                 key: h.descriptor_key.clone(),
                 skip_if_absent: h.skip_if_absent,
             }
@@ -413,10 +440,13 @@ fn action(a: &route::rate_limit::Action, path: &str) -> Result<RateLimitAction, 
             let m = super::required(&r.address_matcher, &format!("{rpath}.address_matcher"))?;
             RateLimitAction::RemoteAddressMatch {
                 key: key_or(&r.descriptor_key, "remote_address_match"),
-                value: value(
-                    &r.descriptor_value,
-                    &r.default_value,
-                    "remote_address_match",
+                value: formatted(
+                    if r.descriptor_value.is_empty() {
+                        &r.default_value
+                    } else {
+                        &r.descriptor_value
+                    },
+                    &format!("{rpath}.descriptor_value"),
                 )?,
                 ranges: super::cidr_ranges(
                     &m.ranges
@@ -441,6 +471,204 @@ fn action(a: &route::rate_limit::Action, path: &str) -> Result<RateLimitAction, 
         Some(A::Metadata(_)) => return Err(ConfigError::unsupported(format!("{path}.metadata"))),
         Some(A::Extension(_)) => return Err(ConfigError::unsupported(format!("{path}.extension"))),
         None => return Err(ConfigError::new(path, "an action is required")),
+    })
+}
+
+/// A status a configuration names for a reply: below 400 (or not one) becomes `default`, as
+/// Envoy's `toErrorCode`.
+fn error_status(s: &Option<type_pb::HttpStatus>, default: http::StatusCode) -> http::StatusCode {
+    s.as_ref()
+        .and_then(|s| u16::try_from(s.code).ok())
+        .filter(|c| (400..600).contains(c))
+        .and_then(|c| http::StatusCode::from_u16(c).ok())
+        .unwrap_or(default)
+}
+
+/// `envoy.filters.http.ratelimit`'s configuration, checked as Envoy checks it.
+pub(super) fn global(r: &rl::RateLimit, path: &str) -> Result<HttpRateLimit, ConfigError> {
+    let rl::RateLimit {
+        domain,
+        stage,
+        request_type,
+        timeout,
+        failure_mode_deny,
+        rate_limited_as_resource_exhausted,
+        rate_limit_service,
+        enable_x_ratelimit_headers,
+        disable_x_envoy_ratelimited_header,
+        rate_limited_status,
+        response_headers_to_add,
+        status_on_error,
+        stat_prefix,
+        filter_enabled,
+        filter_enforced,
+        failure_mode_deny_percent,
+        rate_limits,
+        metadata_namespace: _,
+        enable_retry_after_header,
+    } = r;
+    if domain.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.domain"),
+            "value length must be at least 1 characters",
+        ));
+    }
+    if *stage > 10 {
+        return Err(ConfigError::new(
+            format!("{path}.stage"),
+            "value must be less than or equal to 10",
+        ));
+    }
+    let request_type = match request_type.as_str() {
+        "" | "both" => RateLimitRequestType::Both,
+        "internal" => RateLimitRequestType::Internal,
+        "external" => RateLimitRequestType::External,
+        _ => {
+            return Err(ConfigError::new(
+                format!("{path}.request_type"),
+                "value must be in list [internal external both]",
+            ))
+        }
+    };
+    if *rate_limited_as_resource_exhausted {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.rate_limited_as_resource_exhausted"
+        )));
+    }
+    if failure_mode_deny_percent.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.failure_mode_deny_percent"
+        )));
+    }
+    if *enable_retry_after_header {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.enable_retry_after_header"
+        )));
+    }
+    // Without a service Envoy lets every request through; skiff asks for one.
+    let spath = format!("{path}.rate_limit_service");
+    let service = super::required(rate_limit_service, &spath)?;
+    if service.transport_api_version
+        != envoy_types::pb::envoy::config::core::v3::ApiVersion::V3 as i32
+    {
+        return Err(ConfigError::new(
+            format!("{spath}.transport_api_version"),
+            "only V3 is supported",
+        ));
+    }
+    let gpath = format!("{spath}.grpc_service");
+    let grpc = super::required(&service.grpc_service, &gpath)?;
+    use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+    let e = match &grpc.target_specifier {
+        Some(TargetSpecifier::EnvoyGrpc(e)) => e,
+        Some(TargetSpecifier::GoogleGrpc(_)) => {
+            return Err(ConfigError::unsupported(format!("{gpath}.google_grpc")))
+        }
+        None => return Err(ConfigError::new(format!("{gpath}.envoy_grpc"), "required")),
+    };
+    if e.cluster_name.is_empty() {
+        return Err(ConfigError::new(
+            format!("{gpath}.envoy_grpc.cluster_name"),
+            "value length must be at least 1 characters",
+        ));
+    }
+    if e.retry_policy.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{gpath}.envoy_grpc.retry_policy"
+        )));
+    }
+    if grpc.retry_policy.is_some() {
+        return Err(ConfigError::unsupported(format!("{gpath}.retry_policy")));
+    }
+    if !grpc.initial_metadata.is_empty() {
+        return Err(ConfigError::unsupported(format!(
+            "{gpath}.initial_metadata"
+        )));
+    }
+    let timeout = match timeout {
+        None => Some(std::time::Duration::from_millis(20)),
+        Some(d) => Some(super::duration(d, &format!("{path}.timeout"))?).filter(|d| !d.is_zero()),
+    };
+    use rl::rate_limit::XRateLimitHeadersRfcVersion as X;
+    let x_ratelimit_headers = match X::try_from(*enable_x_ratelimit_headers) {
+        Ok(X::Off) => false,
+        Ok(X::DraftVersion03) => true,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.enable_x_ratelimit_headers"),
+                "unknown value",
+            ))
+        }
+    };
+    let fraction =
+        |f: &Option<envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent>,
+         name: &str| {
+            f.as_ref()
+                .map(|f| super::http_manager::runtime_fraction(f, &format!("{path}.{name}")))
+                .transpose()
+        };
+    use super::route_action::{fixed_values, header_adds};
+    let hpath = format!("{path}.response_headers_to_add");
+    let response_headers = Arc::new(fixed_values(
+        header_adds(response_headers_to_add, &hpath)?,
+        &hpath,
+    )?);
+    Ok(HttpRateLimit {
+        domain: domain.clone(),
+        stage: *stage,
+        request_type,
+        timeout,
+        failure_mode_deny: *failure_mode_deny,
+        cluster: e.cluster_name.clone(),
+        authority: if e.authority.is_empty() {
+            e.cluster_name.clone()
+        } else {
+            e.authority.clone()
+        },
+        x_ratelimit_headers,
+        x_envoy_ratelimited: !*disable_x_envoy_ratelimited_header,
+        rate_limited_status: error_status(rate_limited_status, http::StatusCode::TOO_MANY_REQUESTS),
+        status_on_error: error_status(status_on_error, http::StatusCode::INTERNAL_SERVER_ERROR),
+        response_headers,
+        stat_prefix: stat_prefix.clone(),
+        enabled: fraction(filter_enabled, "filter_enabled")?,
+        enforced: fraction(filter_enforced, "filter_enforced")?,
+        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"))?,
+    })
+}
+
+/// `RateLimitPerRoute`.
+fn global_per_route(
+    r: &rl::RateLimitPerRoute,
+    path: &str,
+) -> Result<RateLimitPerRoute, ConfigError> {
+    use rl::rate_limit_per_route::VhRateLimitsOptions as Vh;
+    let rl::RateLimitPerRoute {
+        vh_rate_limits,
+        override_option,
+        rate_limits,
+        domain,
+    } = r;
+    let vh_rate_limits = match Vh::try_from(*vh_rate_limits) {
+        Ok(Vh::Override) => VhRateLimits::Override,
+        Ok(Vh::Include) => VhRateLimits::Include,
+        Ok(Vh::Ignore) => VhRateLimits::Ignore,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.vh_rate_limits"),
+                "value must be one of the defined enum values",
+            ))
+        }
+    };
+    // `override_option` is not implemented in Envoy (hidden from its docs): a value other
+    // than the default is refused rather than ignored.
+    if *override_option != 0 {
+        return Err(ConfigError::unsupported(format!("{path}.override_option")));
+    }
+    Ok(RateLimitPerRoute {
+        vh_rate_limits,
+        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"))?,
+        domain: Some(domain.clone()).filter(|d| !d.is_empty()),
     })
 }
 
@@ -509,6 +737,9 @@ fn one(
         }
         "envoy.extensions.filters.http.cors.v3.CorsPolicy" => {
             PerFilterConfig::Cors(Arc::new(super::cors::policy(&unpack(any, path)?, path)?))
+        }
+        "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute" => {
+            PerFilterConfig::RateLimit(Arc::new(global_per_route(&unpack(any, path)?, path)?))
         }
         "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute" => {
             PerFilterConfig::Compressor(super::compressor::per_route(&unpack(any, path)?, path)?)

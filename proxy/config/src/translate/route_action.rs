@@ -338,6 +338,19 @@ fn forward(
             path_rewrite,
             host_rewrite,
             append_x_forwarded_host: action.append_x_forwarded_host,
+            rate_limits: {
+                let policies = super::ratelimit::policies(
+                    &action.rate_limits,
+                    &format!("{apath}.rate_limits"),
+                )?;
+                let include_vh = include_vh_rate_limits(action);
+                (include_vh || !policies.is_empty()).then(|| {
+                    Box::new(crate::router::RouteRateLimits {
+                        policies,
+                        include_vh,
+                    })
+                })
+            },
             metadata_match: route_criteria,
             internal_redirect: action
                 .internal_redirect_policy
@@ -402,6 +415,16 @@ fn forward(
 }
 
 /// One of `hash_policy`.
+/// `include_vh_rate_limits` (deprecated in favour of the filters' `vh_rate_limits`, still
+/// honoured by Envoy).
+#[allow(deprecated)]
+fn include_vh_rate_limits(action: &route::RouteAction) -> bool {
+    action
+        .include_vh_rate_limits
+        .as_ref()
+        .is_some_and(|v| v.value)
+}
+
 fn hash_policy(
     h: &route::route_action::HashPolicy,
     path: &str,

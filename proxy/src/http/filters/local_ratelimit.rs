@@ -16,7 +16,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
-use crate::config::model::{HttpLocalRateLimit, RateLimitAction, RateLimitPolicy};
+use crate::config::model::{
+    HeaderKey, HttpLocalRateLimit, RateLimitAction, RateLimitPolicy, ValuePart, VhRateLimits,
+};
 use crate::http::filter::{HeadersStatus, HttpFilter, StreamContext};
 use crate::http::filters::token_bucket::{Bucket, Limiter, Verdict};
 use crate::http::local_reply::LocalReply;
@@ -93,10 +95,17 @@ impl Factory {
         } else {
             crate::http::filters::token_bucket::shared(&config)
         };
+        // The route's descriptors are read when the configuration has none of its own.
+        let route = if config.descriptors.is_empty() || !config.rate_limits.is_empty() {
+            None
+        } else {
+            cx.selection.route_ref()
+        };
         LocalRateLimitFilter {
             config,
             limiter,
             stats,
+            route,
             remote: cx.remote,
             runtime: cx.selection.runtime.clone(),
             verdict: None,
@@ -109,6 +118,8 @@ pub struct LocalRateLimitFilter {
     config: Arc<HttpLocalRateLimit>,
     limiter: Arc<Limiter>,
     stats: Rc<Stats>,
+    /// The route and virtual host whose `rate_limits` make the descriptors.
+    route: Option<crate::http::filters::router::RouteRef>,
     remote: IpAddr,
     /// The runtime values the stream started with.
     runtime: Arc<crate::config::runtime::Values>,
@@ -130,7 +141,7 @@ fn step(a: &RateLimitAction, head: &http::request::Parts, remote: IpAddr) -> Ste
             header,
             key,
             skip_if_absent,
-        } => match head.headers.get(header).and_then(|v| v.to_str().ok()) {
+        } => match header_value(header, head) {
             Some(v) if !v.is_empty() => Step::Entry(key.clone(), v.to_string()),
             _ if *skip_if_absent => Step::Skip,
             _ => Step::Drop,
@@ -184,7 +195,11 @@ fn step(a: &RateLimitAction, head: &http::request::Parts, remote: IpAddr) -> Ste
             invert,
         } => {
             if ranges.iter().any(|r| r.contains(remote)) != *invert {
-                Step::Entry(key.clone(), value.clone())
+                let text = value.0.iter().map(|p| match p {
+                    ValuePart::Text(t) => t.clone(),
+                    ValuePart::RemoteAddress => remote.to_string(),
+                });
+                Step::Entry(key.clone(), text.collect())
             } else {
                 Step::Drop
             }
@@ -192,9 +207,59 @@ fn step(a: &RateLimitAction, head: &http::request::Parts, remote: IpAddr) -> Ste
     }
 }
 
+/// The policies a rate limit filter of `stage` applies to a request on `route`: the filter's
+/// own when it has some; else the route's of that stage, with its virtual host's as `vh` (or
+/// the route's `include_vh_rate_limits`) says, as Envoy's filters choose.
+pub(super) fn applicable<'a>(
+    own: &'a [RateLimitPolicy],
+    route: Option<&'a crate::http::filters::router::RouteRef>,
+    stage: u32,
+    vh: VhRateLimits,
+) -> Vec<&'a RateLimitPolicy> {
+    if !own.is_empty() {
+        return own.iter().collect();
+    }
+    let Some(r) = route else { return Vec::new() };
+    let crate::router::Action::Forward(fw) = &r.route().action else {
+        return Vec::new();
+    };
+    let (own, include_vh) = fw
+        .rate_limits
+        .as_deref()
+        .map_or((&[][..], false), |r| (&r.policies[..], r.include_vh));
+    let vh = if include_vh {
+        VhRateLimits::Include
+    } else {
+        vh
+    };
+    let of_stage = |list: &'a [RateLimitPolicy]| list.iter().filter(move |p| p.stage == stage);
+    let mut out: Vec<&RateLimitPolicy> = of_stage(own).collect();
+    let with_vhost = match vh {
+        VhRateLimits::Include => true,
+        VhRateLimits::Override => own.is_empty(),
+        VhRateLimits::Ignore => false,
+    };
+    if with_vhost {
+        out.extend(of_stage(&r.vhost().rate_limits));
+    }
+    out
+}
+
+/// A request header's value, pseudo-headers included, as Envoy's header map holds them.
+fn header_value<'a>(key: &HeaderKey, head: &'a http::request::Parts) -> Option<&'a str> {
+    match key {
+        HeaderKey::Header(name) => head.headers.get(name).and_then(|v| v.to_str().ok()),
+        HeaderKey::Method => Some(head.method.as_str()),
+        HeaderKey::Path => Some(crate::http::filter::route_path(head)),
+        HeaderKey::Authority => crate::http::conn_manager::authority(head),
+        HeaderKey::Scheme => Some(head.uri.scheme_str().unwrap_or("http")),
+        HeaderKey::OtherPseudo => None,
+    }
+}
+
 /// The descriptors the policies make for a request.
-fn descriptors(
-    policies: &[RateLimitPolicy],
+pub(super) fn descriptors<'a>(
+    policies: impl IntoIterator<Item = &'a RateLimitPolicy>,
     head: &http::request::Parts,
     remote: IpAddr,
 ) -> Vec<Vec<(String, String)>> {
@@ -235,7 +300,13 @@ impl LocalRateLimitFilter {
         // (the descriptor's index, its bucket for these values when it is a wildcard)
         let mut matched: Vec<(usize, Option<Arc<Bucket>>)> = Vec::new();
         if !c.descriptors.is_empty() {
-            for d in descriptors(&c.rate_limits, head, self.remote) {
+            let policies = applicable(
+                &c.rate_limits,
+                self.route.as_ref(),
+                c.stage,
+                c.vh_rate_limits,
+            );
+            for d in descriptors(policies, head, self.remote) {
                 // An exact descriptor first, else a wildcard whose keys match.
                 let exact = c.descriptors.iter().position(|x| x.entries == d);
                 let hit = exact.map(|i| (i, None)).or_else(|| {
@@ -392,13 +463,14 @@ mod tests {
     #[test]
     fn descriptors_follow_envoy_actions() {
         let policies = vec![RateLimitPolicy {
+            stage: 0,
             actions: vec![
                 RateLimitAction::GenericKey {
                     key: "k".into(),
                     value: "v".into(),
                 },
                 RateLimitAction::RequestHeaders {
-                    header: HeaderName::from_static("x-user"),
+                    header: HeaderKey::Header(HeaderName::from_static("x-user")),
                     key: "user".into(),
                     skip_if_absent: false,
                 },
@@ -416,6 +488,7 @@ mod tests {
         // A missing header drops the whole descriptor.
         assert!(descriptors(&policies, &parts("/", &[]), ip).is_empty());
         let masked = vec![RateLimitPolicy {
+            stage: 0,
             actions: vec![RateLimitAction::MaskedRemoteAddress { v4: 16, v6: 64 }],
         }];
         assert_eq!(

@@ -9,6 +9,7 @@ pub mod health_check;
 pub mod istio;
 pub mod jwt_authn;
 pub mod local_ratelimit;
+pub mod ratelimit;
 pub mod rbac;
 pub mod retry;
 pub mod router;

@@ -284,6 +284,15 @@ impl Selection {
             .collect()
     }
 
+    /// The route, held: the table it is in stays while a filter holds it.
+    pub fn route_ref(&self) -> Option<RouteRef> {
+        Some(RouteRef {
+            table: self.table.clone()?,
+            vhost: self.vhost?,
+            route: self.route?,
+        })
+    }
+
     /// Every level's configuration for the filter called `name`, the most specific first:
     /// the route's, the virtual host's, the route table's.
     pub fn per_filter_all<'a>(
@@ -312,6 +321,27 @@ impl Selection {
             .and_then(|r| r.per_filter.get(name))
             .or_else(|| vhost.and_then(|v| v.per_filter.get(name)))
             .or_else(|| table.per_filter.get(name))
+    }
+}
+
+/// A stream's route and its virtual host, held past the selection (by a filter that reads
+/// them when the request's headers come).
+#[derive(Clone)]
+pub struct RouteRef {
+    table: std::sync::Arc<crate::router::RouteTable>,
+    vhost: usize,
+    route: usize,
+}
+
+impl RouteRef {
+    /// The virtual host.
+    pub fn vhost(&self) -> &crate::router::VirtualHost {
+        &self.table.virtual_hosts[self.vhost]
+    }
+
+    /// The route.
+    pub fn route(&self) -> &Route {
+        &self.vhost().routes[self.route]
     }
 }
 
@@ -1178,33 +1208,16 @@ fn start_mirrors(
             (ctx.timeout, ctx.buffer_limit, ctx.dynamic_stats);
         tokio::task::spawn_local(async move {
             let f = Forward {
-                worker: &worker,
-                cluster: &cluster,
                 dest,
                 downstream,
-                authority: &shadow_host,
                 source,
-                alpn: None,
-                upgrade: None,
-                terminate: false,
-                request: &request,
-                dynamic_stats,
-                response_headers: Vec::new(),
-                attempt_count: (false, false),
-                is_timeout_retry_header: false,
                 timeout,
-                per_try_timeout: None,
-                hedge: false,
-                periodic: None,
-                high: false,
                 buffer_limit,
-                hash: None,
-                criteria: None,
-                set_cookies: Vec::new(),
-                vcluster: None,
+                dynamic_stats,
                 scheme,
                 // A shadow is sent with `x-envoy-internal: true`.
                 internal: true,
+                ..Forward::own(&worker, &cluster, &shadow_host, &request)
             };
             if let Ok((resp, upstream, _)) = super::retry::forward(&f, head, copy, None, None).await
             {
@@ -1282,7 +1295,46 @@ pub(super) struct Forward<'a> {
     pub internal: bool,
 }
 
-impl Forward<'_> {
+impl<'a> Forward<'a> {
+    /// A request of skiff's own to `cluster` (a mirror, a rate limit service's call): no
+    /// route's options, no downstream connection.
+    pub(super) fn own(
+        worker: &'a Rc<Worker>,
+        cluster: &'a Rc<Cluster>,
+        authority: &'a str,
+        request: &'a Rc<RequestProgress>,
+    ) -> Self {
+        let nowhere = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+        Forward {
+            worker,
+            cluster,
+            dest: nowhere,
+            downstream: (nowhere, nowhere),
+            authority,
+            source: None,
+            alpn: None,
+            upgrade: None,
+            terminate: false,
+            request,
+            dynamic_stats: true,
+            response_headers: Vec::new(),
+            attempt_count: (false, false),
+            is_timeout_retry_header: false,
+            timeout: None,
+            per_try_timeout: None,
+            hedge: false,
+            periodic: None,
+            high: false,
+            buffer_limit: 0,
+            hash: None,
+            criteria: None,
+            set_cookies: Vec::new(),
+            vcluster: None,
+            scheme: "http",
+            internal: false,
+        }
+    }
+
     /// Counts a response code for the cluster and the virtual cluster, with dynamic stats on.
     pub(super) fn charge(&self, code: u16) {
         if self.dynamic_stats {
@@ -1435,6 +1487,57 @@ fn dynamic_lb_criteria(
             fallback_list: None,
         },
     }))
+}
+
+/// A whole response: its head, body and trailers.
+pub type WholeResponse = (http::response::Parts, bytes::Bytes, Option<http::HeaderMap>);
+
+/// Sends a request of skiff's own (a rate limit service's call) to `cluster`, as the router
+/// sends one: through the worker's load balancer and pools, counted in the cluster's stats.
+/// `timeout` bounds the whole exchange, whose response is read whole.
+pub async fn own_request(
+    worker: &Rc<Worker>,
+    cluster: &Rc<Cluster>,
+    head: http::request::Parts,
+    body: bytes::Bytes,
+    timeout: Option<std::time::Duration>,
+) -> Result<WholeResponse, String> {
+    let request = Rc::new(RequestProgress::new(crate::io::FlowPair::default()));
+    request.mark_done();
+    let authority = authority(&head).unwrap_or_default().to_string();
+    let exchange = async {
+        let f = Forward {
+            timeout,
+            ..Forward::own(worker, cluster, &authority, &request)
+        };
+        let (resp, upstream, _) =
+            super::retry::forward(&f, head, ProxyBody::full(body), None, None)
+                .await
+                .map_err(|r| format!("{} {}", r.status.as_u16(), r.details))?;
+        let (parts, mut body) = resp.into_parts();
+        let mut data = bytes::BytesMut::new();
+        let mut trailers = None;
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(d) => data.extend_from_slice(&d),
+                    Err(f) => trailers = f.into_trailers().ok(),
+                },
+                Err(e) => {
+                    upstream.finish(EndReason::UpstreamReset);
+                    return Err(format!("the response was reset: {e}"));
+                }
+            }
+        }
+        upstream.finish(EndReason::Complete);
+        Ok((parts, data.freeze(), trailers))
+    };
+    match timeout {
+        Some(t) => tokio::time::timeout(t, exchange)
+            .await
+            .unwrap_or_else(|_| Err("timed out".into())),
+        None => exchange.await,
+    }
 }
 
 /// The connection manager's `access_log_flush_interval` and its logs.

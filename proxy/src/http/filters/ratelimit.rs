@@ -1,0 +1,524 @@
+//! `envoy.filters.http.ratelimit`: the global rate limit service. A request's descriptors (made
+//! by the `rate_limits` actions of its route, its virtual host, the filter or the route's
+//! `RateLimitPerRoute`) go to the service (`envoy.service.ratelimit.v3.RateLimitService/
+//! ShouldRateLimit`, over the worker's pools to the configured cluster) while the request
+//! waits; `OVER_LIMIT` answers it (429 by default, `x-envoy-ratelimited`, flag RL), `OK` lets
+//! it through with the headers the service adds, and a failed call lets it through unless
+//! `failure_mode_deny` (500, flag RLSE). Counted, as Envoy counts them, on the cluster the
+//! route sends to: `cluster.<c>.ratelimit.{ok,over_limit,error,failure_mode_allowed}`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::ratelimit::v3 as pb;
+use http::{HeaderName, HeaderValue};
+use prost::Message;
+
+use crate::config::model::{HttpRateLimit, RateLimitPerRoute, RateLimitRequestType};
+use crate::http::filter::{HeadersStatus, HttpFilter, Resume, StreamContext};
+use crate::http::filters::local_ratelimit::{applicable, descriptors};
+use crate::http::filters::router::RouteRef;
+use crate::http::local_reply::LocalReply;
+use crate::stats::{Counter, Shard};
+use crate::stream_info::ResponseFlag;
+use crate::upstream::Cluster;
+use crate::worker::Worker;
+
+const METHOD: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+
+/// The counters of one route cluster.
+#[derive(Debug)]
+struct Stats {
+    ok: Counter,
+    over_limit: Counter,
+    error: Counter,
+    failure_mode_allowed: Counter,
+}
+
+/// The filter on one worker.
+#[derive(Debug)]
+pub struct Factory {
+    config: Arc<HttpRateLimit>,
+    shard: Arc<Shard>,
+    /// Counters by route cluster, made when first used.
+    stats: RefCell<HashMap<String, Rc<Stats>>>,
+}
+
+impl Factory {
+    /// The filter for `config`.
+    pub fn new(config: Arc<HttpRateLimit>, shard: &Arc<Shard>) -> Self {
+        Factory {
+            config,
+            shard: shard.clone(),
+            stats: RefCell::default(),
+        }
+    }
+
+    fn stats(&self, cluster: &str) -> Rc<Stats> {
+        if let Some(s) = self.stats.borrow().get(cluster) {
+            return s.clone();
+        }
+        let prefix = if self.config.stat_prefix.is_empty() {
+            format!("cluster.{cluster}.ratelimit.")
+        } else {
+            format!("cluster.{cluster}.ratelimit.{}.", self.config.stat_prefix)
+        };
+        let c = |n: &str| self.shard.counter(&format!("{prefix}{n}"));
+        let s = Rc::new(Stats {
+            ok: c("ok"),
+            over_limit: c("over_limit"),
+            error: c("error"),
+            failure_mode_allowed: c("failure_mode_allowed"),
+        });
+        self.stats
+            .borrow_mut()
+            .insert(cluster.to_string(), s.clone());
+        s
+    }
+
+    /// The filter for one stream, with the route's `RateLimitPerRoute` if it has one.
+    pub fn filter(
+        self: &Rc<Self>,
+        per_route: Option<Arc<RateLimitPerRoute>>,
+        cx: &StreamContext<'_>,
+    ) -> RateLimitFilter {
+        RateLimitFilter {
+            factory: self.clone(),
+            per_route,
+            route: cx.selection.route_ref(),
+            worker: cx.worker.clone(),
+            remote: cx.remote,
+            runtime: cx.selection.runtime.clone(),
+            random: cx.selection.random,
+            added: Rc::default(),
+        }
+    }
+}
+
+/// What the service asked to add to the response.
+#[derive(Debug, Default)]
+struct Added {
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// The request was answered here: a `content-type` of the service's replaces the reply's.
+    replied: bool,
+}
+
+/// The filter on one stream.
+pub struct RateLimitFilter {
+    factory: Rc<Factory>,
+    per_route: Option<Arc<RateLimitPerRoute>>,
+    route: Option<RouteRef>,
+    worker: Rc<Worker>,
+    remote: IpAddr,
+    runtime: Arc<crate::config::runtime::Values>,
+    random: u64,
+    added: Rc<RefCell<Added>>,
+}
+
+/// What the service said.
+enum Verdict {
+    Ok(pb::RateLimitResponse),
+    OverLimit(pb::RateLimitResponse),
+    Error,
+}
+
+impl RateLimitFilter {
+    /// Whether a runtime fraction (or, unset, Envoy's runtime key at 100%) admits the request.
+    fn on(&self, f: &Option<crate::config::runtime::RuntimeFraction>, key: &str) -> bool {
+        match f {
+            Some(f) => f.enabled(&self.runtime, fastrand::u64(..)),
+            None => self.runtime.integer(key, 100) > fastrand::u64(..100),
+        }
+    }
+
+    /// The cluster the route sends the request to, when it exists (Envoy's filter does
+    /// nothing for a request without one).
+    fn route_cluster(&self, head: &http::request::Parts) -> Option<String> {
+        let crate::router::Action::Forward(fw) = &self.route.as_ref()?.route().action else {
+            return None;
+        };
+        let name = fw.target.pick(&head.headers, &self.runtime, self.random)?;
+        self.worker.clusters.get(name).map(|_| name.to_string())
+    }
+}
+
+impl HttpFilter for RateLimitFilter {
+    fn decode_headers(&mut self, head: &mut http::request::Parts, _end: bool) -> HeadersStatus {
+        let c = self.factory.config.clone();
+        if !self.on(&c.enabled, "ratelimit.http_filter_enabled") {
+            return HeadersStatus::Continue;
+        }
+        let internal = head
+            .headers
+            .get("x-envoy-internal")
+            .is_some_and(|v| v == "true");
+        match c.request_type {
+            RateLimitRequestType::Internal if !internal => return HeadersStatus::Continue,
+            RateLimitRequestType::External if internal => return HeadersStatus::Continue,
+            _ => {}
+        }
+        let Some(cluster) = self.route_cluster(head) else {
+            return HeadersStatus::Continue;
+        };
+        // The route's own list replaces every other; else the filter's, else the route's and
+        // its virtual host's.
+        let (own, vh) = match &self.per_route {
+            Some(p) if !p.rate_limits.is_empty() => (&p.rate_limits, p.vh_rate_limits),
+            Some(p) => (&c.rate_limits, p.vh_rate_limits),
+            None => (&c.rate_limits, Default::default()),
+        };
+        let policies = applicable(own, self.route.as_ref(), c.stage, vh);
+        let list = descriptors(policies, head, self.remote);
+        if list.is_empty() {
+            return HeadersStatus::Continue;
+        }
+        let domain = self
+            .per_route
+            .as_ref()
+            .and_then(|p| p.domain.clone())
+            .unwrap_or_else(|| c.domain.clone());
+        let request = pb::RateLimitRequest {
+            domain,
+            descriptors: list
+                .into_iter()
+                .map(|d| envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor {
+                    entries: d
+                        .into_iter()
+                        .map(|(key, value)| envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry { key, value })
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            hits_addend: 0,
+        };
+        let stats = self.factory.stats(&cluster);
+        let route_cluster = self.worker.clusters.get(&cluster);
+        let service = self.worker.clusters.get(&c.cluster);
+        let worker = self.worker.clone();
+        let added = self.added.clone();
+        let enforced = self.on(&c.enforced, "ratelimit.http_filter_enforcing");
+        HeadersStatus::StopIteration(Box::pin(async move {
+            let verdict = match service {
+                Some(service) => call(&worker, &service, &c, &request).await,
+                None => {
+                    tracing::debug!(cluster = %c.cluster, "rate limit service cluster not found");
+                    Verdict::Error
+                }
+            };
+            decide(
+                verdict,
+                &c,
+                &stats,
+                route_cluster.as_deref(),
+                &added,
+                enforced,
+            )
+        }))
+    }
+
+    fn encode_headers(&mut self, head: &mut http::response::Parts, _end: bool) -> HeadersStatus {
+        let added = std::mem::take(&mut *self.added.borrow_mut());
+        for (name, value) in added.headers {
+            if added.replied && name == http::header::CONTENT_TYPE {
+                head.headers.insert(name, value);
+            } else {
+                head.headers.append(name, value);
+            }
+        }
+        HeadersStatus::Continue
+    }
+}
+
+/// Asks the service.
+async fn call(
+    worker: &Rc<Worker>,
+    service: &Rc<Cluster>,
+    c: &HttpRateLimit,
+    request: &pb::RateLimitRequest,
+) -> Verdict {
+    let message = request.encode_to_vec();
+    let mut body = Vec::with_capacity(5 + message.len());
+    body.push(0);
+    body.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    body.extend_from_slice(&message);
+    let mut req = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(format!("http://{}{METHOD}", c.authority))
+        .version(http::Version::HTTP_2)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers");
+    if let Some(t) = c.timeout {
+        req = req.header("grpc-timeout", format!("{}m", t.as_millis()));
+    }
+    let Ok(req) = req.body(()) else {
+        return Verdict::Error;
+    };
+    let (head, ()) = req.into_parts();
+    let (parts, data, trailers) = match crate::http::filters::router::own_request(
+        worker,
+        service,
+        head,
+        Bytes::from(body),
+        c.timeout,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "rate limit service call failed");
+            return Verdict::Error;
+        }
+    };
+    // grpc-status in the trailers, or in the head of a trailers-only answer.
+    let status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| parts.headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    if parts.status != http::StatusCode::OK || status != Some(0) {
+        tracing::debug!(status = %parts.status, grpc = ?status, "rate limit service error");
+        return Verdict::Error;
+    }
+    match parse(&data) {
+        Some(r) if r.overall_code == pb::rate_limit_response::Code::OverLimit as i32 => {
+            Verdict::OverLimit(r)
+        }
+        Some(r) => Verdict::Ok(r),
+        None => Verdict::Error,
+    }
+}
+
+/// The service's answer in a gRPC body: one uncompressed message, the body's whole length.
+pub fn parse(data: &[u8]) -> Option<pb::RateLimitResponse> {
+    let (&[flag, a, b, c, d], message) = data.split_first_chunk::<5>()?;
+    let len = u32::from_be_bytes([a, b, c, d]) as usize;
+    if flag != 0 || message.len() != len {
+        return None;
+    }
+    pb::RateLimitResponse::decode(message).ok()
+}
+
+/// The headers an answer adds to the response: the service's own, then (with
+/// `x_ratelimit`) the `x-ratelimit-*` its statuses make.
+pub fn answer_headers(
+    r: &pb::RateLimitResponse,
+    x_ratelimit_headers: bool,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = header_list(&r.response_headers_to_add);
+    if x_ratelimit_headers {
+        out.extend(x_ratelimit(&r.statuses));
+    }
+    out
+}
+
+/// What the stream does with the service's answer.
+fn decide(
+    verdict: Verdict,
+    c: &HttpRateLimit,
+    stats: &Stats,
+    route_cluster: Option<&Cluster>,
+    added: &RefCell<Added>,
+    enforced: bool,
+) -> Resume {
+    let response = match verdict {
+        Verdict::Error => {
+            stats.error.inc();
+            if !c.failure_mode_deny {
+                stats.failure_mode_allowed.inc();
+                return Resume::Continue;
+            }
+            return Resume::LocalReply(LocalReply {
+                status: c.status_on_error,
+                body: Bytes::new(),
+                headers: Vec::new(),
+                mutations: Vec::new(),
+                flag: Some(ResponseFlag::RateLimitServiceError),
+                details: "rate_limiter_error",
+                close: false,
+            });
+        }
+        Verdict::Ok(r) => {
+            stats.ok.inc();
+            added.borrow_mut().headers = answer_headers(&r, c.x_ratelimit_headers);
+            return Resume::ContinueAdding(header_list(&r.request_headers_to_add));
+        }
+        Verdict::OverLimit(r) => r,
+    };
+    stats.over_limit.inc();
+    // Envoy charges the reply's status to the route's cluster, as an internal response.
+    if let Some(cluster) = route_cluster {
+        cluster
+            .stats
+            .response_code(c.rate_limited_status.as_u16(), true);
+    }
+    let mut a = added.borrow_mut();
+    a.headers = header_list(&response.response_headers_to_add);
+    if c.x_envoy_ratelimited {
+        a.headers.push((
+            HeaderName::from_static("x-envoy-ratelimited"),
+            HeaderValue::from_static("true"),
+        ));
+    }
+    if c.x_ratelimit_headers {
+        a.headers.extend(x_ratelimit(&response.statuses));
+    }
+    if !enforced {
+        return Resume::ContinueAdding(header_list(&response.request_headers_to_add));
+    }
+    a.replied = true;
+    Resume::LocalReply(LocalReply {
+        status: c.rate_limited_status,
+        body: Bytes::from(response.raw_body),
+        headers: Vec::new(),
+        mutations: if c.response_headers.is_empty() {
+            Vec::new()
+        } else {
+            vec![c.response_headers.clone()]
+        },
+        flag: Some(ResponseFlag::RateLimited),
+        details: "request_rate_limited",
+        close: false,
+    })
+}
+
+/// Headers from the service, those that are valid.
+pub fn header_list(
+    list: &[envoy_types::pb::envoy::config::core::v3::HeaderValue],
+) -> Vec<(HeaderName, HeaderValue)> {
+    list.iter()
+        .filter_map(|h| {
+            let name = HeaderName::from_bytes(h.key.to_ascii_lowercase().as_bytes()).ok()?;
+            let value = if h.raw_value.is_empty() {
+                HeaderValue::from_str(&h.value).ok()?
+            } else {
+                HeaderValue::from_bytes(&h.raw_value).ok()?
+            };
+            Some((name, value))
+        })
+        .collect()
+}
+
+/// The seconds of a `RateLimit.Unit` (none for UNKNOWN).
+fn window(unit: i32) -> Option<u64> {
+    use pb::rate_limit_response::rate_limit::Unit;
+    Some(match Unit::try_from(unit).ok()? {
+        Unit::Unknown => return None,
+        Unit::Second => 1,
+        Unit::Minute => 60,
+        Unit::Hour => 3600,
+        Unit::Day => 86_400,
+        Unit::Week => 604_800,
+        Unit::Month => 2_592_000,
+        Unit::Year => 31_536_000,
+    })
+}
+
+/// `x-ratelimit-limit`, `-remaining` and `-reset` (draft 03) from the descriptors' statuses:
+/// the status closest to its limit, and each limit's quota policy.
+fn x_ratelimit(
+    statuses: &[pb::rate_limit_response::DescriptorStatus],
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut min: Option<&pb::rate_limit_response::DescriptorStatus> = None;
+    let mut policy = String::new();
+    for s in statuses {
+        let Some(limit) = &s.current_limit else {
+            continue;
+        };
+        if min.is_none_or(|m| s.limit_remaining < m.limit_remaining) {
+            min = Some(s);
+        }
+        policy.push_str(&format!(", {}", limit.requests_per_unit));
+        if let Some(w) = window(limit.unit) {
+            policy.push_str(&format!(";w={w}"));
+        }
+        if !limit.name.is_empty() {
+            policy.push_str(&format!(";name=\"{}\"", limit.name));
+        }
+    }
+    let Some(m) = min else { return Vec::new() };
+    let limit = m.current_limit.as_ref().map_or(0, |l| l.requests_per_unit);
+    let reset = m
+        .duration_until_reset
+        .as_ref()
+        .map_or(0, |d| d.seconds.max(0));
+    [
+        ("x-ratelimit-limit", format!("{limit}{policy}")),
+        ("x-ratelimit-remaining", m.limit_remaining.to_string()),
+        ("x-ratelimit-reset", reset.to_string()),
+    ]
+    .into_iter()
+    .filter_map(|(n, v)| Some((HeaderName::from_static(n), HeaderValue::from_str(&v).ok()?)))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::rate_limit_response::{rate_limit::Unit, DescriptorStatus, RateLimit};
+
+    fn status(rpu: u32, unit: Unit, name: &str, remaining: u32, reset: i64) -> DescriptorStatus {
+        DescriptorStatus {
+            current_limit: Some(RateLimit {
+                name: name.into(),
+                requests_per_unit: rpu,
+                unit: unit as i32,
+            }),
+            limit_remaining: remaining,
+            duration_until_reset: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: reset,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn x_ratelimit_headers_as_envoy_writes_them() {
+        // Envoy's own cases (ratelimit_headers_test.cc).
+        let h = x_ratelimit(&[
+            status(1, Unit::Minute, "first", 2, 3),
+            status(4, Unit::Hour, "second", 5, 6),
+        ]);
+        let v: Vec<&str> = h.iter().map(|(_, v)| v.to_str().expect("ascii")).collect();
+        assert_eq!(
+            v,
+            [
+                "1, 1;w=60;name=\"first\", 4;w=3600;name=\"second\"",
+                "2",
+                "3"
+            ]
+        );
+        assert!(x_ratelimit(&[]).is_empty());
+        let none = DescriptorStatus::default();
+        assert!(x_ratelimit(&[none]).is_empty());
+    }
+
+    #[test]
+    fn answers_are_one_whole_message() {
+        let seed = include_bytes!("../../../../fuzz/corpus/ratelimit_response/over_limit");
+        let r = parse(seed).expect("the seed parses");
+        assert_eq!(
+            r.overall_code,
+            pb::rate_limit_response::Code::OverLimit as i32
+        );
+        let h = answer_headers(&r, true);
+        assert_eq!(h[0].0, "x-rls-over");
+        assert_eq!(h[1].1, "10, 10;w=60;name=\"per-user\"");
+        // Short, longer than its frame says, compressed.
+        assert!(parse(&seed[..seed.len() - 1]).is_none());
+        assert!(parse(&[seed.as_slice(), b"x"].concat()).is_none());
+        let mut compressed = seed.to_vec();
+        compressed[0] = 1;
+        assert!(parse(&compressed).is_none());
+        assert!(parse(&[]).is_none());
+    }
+}
