@@ -35,6 +35,8 @@ pub enum ResponseFlag {
     FaultInjected = 1 << 10,
     /// RL: rate limited locally.
     RateLimited = 1 << 12,
+    /// UAEX: an external authorization service denied the request (or failed).
+    UnauthorizedExternalService = 1 << 15,
     /// RLSE: the rate limit service failed and the request was answered.
     RateLimitServiceError = 1 << 14,
     /// DC: downstream connection termination.
@@ -90,6 +92,11 @@ const FLAGS: &[(ResponseFlag, &str, &str)] = &[
     (ResponseFlag::DelayInjected, "DI", "DelayInjected"),
     (ResponseFlag::FaultInjected, "FI", "FaultInjected"),
     (ResponseFlag::RateLimited, "RL", "RateLimited"),
+    (
+        ResponseFlag::UnauthorizedExternalService,
+        "UAEX",
+        "UnauthorizedExternalService",
+    ),
     (
         ResponseFlag::RateLimitServiceError,
         "RLSE",

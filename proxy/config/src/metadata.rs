@@ -180,6 +180,28 @@ pub fn struct_from_pb(s: &PbStruct) -> Struct {
         .collect()
 }
 
+/// As the protobuf message.
+pub fn struct_to_pb(s: &Struct) -> PbStruct {
+    PbStruct {
+        fields: s.iter().map(|(k, v)| (k.clone(), value_to_pb(v))).collect(),
+    }
+}
+
+fn value_to_pb(v: &Value) -> PbValue {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Number(n) => Kind::NumberValue(*n),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Struct(s) => Kind::StructValue(struct_to_pb(s)),
+        Value::List(l) => Kind::ListValue(envoy_types::pb::google::protobuf::ListValue {
+            values: l.iter().map(value_to_pb).collect(),
+        }),
+    };
+    PbValue { kind: Some(kind) }
+}
+
 impl Metadata {
     /// From a `Metadata` message (`typed_filter_metadata` is not read).
     pub fn from_pb(m: &envoy_types::pb::envoy::config::core::v3::Metadata) -> Metadata {

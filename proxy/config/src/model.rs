@@ -1430,6 +1430,83 @@ pub enum HttpFilterConfig {
     Cors,
     /// `envoy.filters.http.ratelimit`: the global rate limit service.
     RateLimit(Arc<HttpRateLimit>),
+    /// `envoy.filters.http.ext_authz`: an external authorization service.
+    ExtAuthz(Arc<ExtAuthz>),
+}
+
+/// `envoy.filters.http.ext_authz`: each request is checked with an authorization service (gRPC
+/// `envoy.service.auth.v3.Authorization/Check`, or a plain HTTP request) before it goes on.
+#[derive(Debug, PartialEq)]
+pub struct ExtAuthz {
+    /// `grpc_service` or `http_service`.
+    pub service: AuthzService,
+    /// The check's timeout: `grpc_service.timeout` (default 200 ms) or
+    /// `http_service.server_uri.timeout`.
+    pub timeout: Duration,
+    /// `failure_mode_allow`: a failed check lets the request through.
+    pub failure_mode_allow: bool,
+    /// `failure_mode_allow_header_add`: such a request carries
+    /// `x-envoy-auth-failure-mode-allowed: true`.
+    pub failure_mode_allow_header_add: bool,
+    /// `status_on_error` (default 403).
+    pub status_on_error: http::StatusCode,
+    /// `stat_prefix`: the filter's stats under `http.<hcm>.ext_authz.<stat_prefix>.`.
+    pub stat_prefix: String,
+    /// `allowed_headers` (none: every header, for gRPC; the defaults only, for HTTP).
+    pub allowed_headers: Option<Vec<StringMatch>>,
+    /// `disallowed_headers`.
+    pub disallowed_headers: Vec<StringMatch>,
+    /// `filter_enabled` (unset: on).
+    pub enabled: Option<crate::runtime::RuntimeFraction>,
+    /// `clear_route_cache`: headers the service set or added pick the route again.
+    pub clear_route_cache: bool,
+    /// `charge_cluster_response_stats` (default true): a denial's status counts on the route's
+    /// cluster.
+    pub charge_cluster_response_stats: bool,
+    /// `route_metadata_context_namespaces`: the route's metadata of these namespaces goes with
+    /// a gRPC check.
+    pub route_metadata_namespaces: Vec<String>,
+}
+
+/// Where the checks go.
+#[derive(Debug, PartialEq)]
+pub enum AuthzService {
+    /// `grpc_service.envoy_grpc`.
+    Grpc { cluster: String, authority: String },
+    /// `http_service`.
+    Http(Box<HttpAuthz>),
+}
+
+/// `http_service`: the check is a request to `cluster` of the client's method, with the
+/// client's path after `path_prefix` (or `path_override`), and the headers allowed.
+#[derive(Debug, PartialEq)]
+pub struct HttpAuthz {
+    /// `server_uri.cluster`.
+    pub cluster: String,
+    /// `path_prefix`.
+    pub path_prefix: String,
+    /// `path_override`: the path of every check, instead of the client's.
+    pub path_override: Option<String>,
+    /// `authorization_request.headers_to_add` (fixed values).
+    pub headers_to_add: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// `authorization_response.allowed_upstream_headers`: set on the request when allowed.
+    pub upstream_headers: Vec<StringMatch>,
+    /// `authorization_response.allowed_upstream_headers_to_append`.
+    pub upstream_headers_to_append: Vec<StringMatch>,
+    /// `authorization_response.allowed_client_headers`: on a denial's reply (none: every
+    /// header but the host).
+    pub client_headers: Option<Vec<StringMatch>>,
+    /// `authorization_response.allowed_client_headers_on_success`: on the response.
+    pub client_headers_on_success: Vec<StringMatch>,
+}
+
+/// `ExtAuthzPerRoute`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExtAuthzPerRoute {
+    /// `disabled: true`: no check for the route.
+    Disabled,
+    /// `check_settings.context_extensions`, merged over the less specific levels'.
+    Check(Vec<(String, String)>),
 }
 
 /// `envoy.filters.http.ratelimit`: each request's descriptors (from the route's, the virtual

@@ -57,6 +57,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["reject_all", "exclusion_list", "inclusion_list"],
     ),
     ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
+    ("envoy.config.core.v3.HttpUri", &["uri", "cluster", "timeout"]),
     (
         "envoy.config.overload.v3.OverloadManager",
         &[
@@ -208,7 +209,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.GrpcService",
-        &["envoy_grpc", "google_grpc", "initial_metadata"],
+        &["envoy_grpc", "google_grpc", "initial_metadata", "timeout"],
     ),
     // A google_grpc server reached as an envoy_grpc cluster would reach it (google_grpc.rs).
     (
@@ -615,6 +616,84 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute",
         &["vh_rate_limits", "override_option", "rate_limits", "domain"],
     ),
+    // External authorization: the translation refuses by path what it does not run.
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        &[
+            "grpc_service",
+            "http_service",
+            "transport_api_version",
+            "failure_mode_allow",
+            "failure_mode_allow_header_add",
+            "with_request_body",
+            "clear_route_cache",
+            "status_on_error",
+            "validate_mutations",
+            "metadata_context_namespaces",
+            "typed_metadata_context_namespaces",
+            "route_metadata_context_namespaces",
+            "route_typed_metadata_context_namespaces",
+            "filter_enabled",
+            "filter_enabled_metadata",
+            "deny_at_disable",
+            "include_peer_certificate",
+            "stat_prefix",
+            "bootstrap_metadata_labels_key",
+            "allowed_headers",
+            "disallowed_headers",
+            "include_tls_session",
+            "charge_cluster_response_stats",
+            "encode_raw_headers",
+            "decoder_header_mutation_rules",
+            "enable_dynamic_metadata_ingestion",
+            "filter_metadata",
+            "emit_filter_state_stats",
+            "max_denied_response_body_bytes",
+            "enforce_response_header_limits",
+            "shadow_mode",
+            "emit_client_span",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.HttpService",
+        &[
+            "server_uri",
+            "path_prefix",
+            "path_override",
+            "authorization_request",
+            "authorization_response",
+            "retry_policy",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest",
+        &["allowed_headers", "headers_to_add"],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse",
+        &[
+            "allowed_upstream_headers",
+            "allowed_upstream_headers_to_append",
+            "allowed_client_headers",
+            "allowed_client_headers_on_success",
+            "dynamic_metadata_from_headers",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+        &["disabled", "check_settings"],
+    ),
+    (
+        "envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
+        &[
+            "context_extensions",
+            "disable_request_body_buffering",
+            "with_request_body",
+            "emit_client_span",
+            "service_override",
+        ],
+    ),
+    ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
     (
         "envoy.config.ratelimit.v3.RateLimitServiceConfig",
         &["grpc_service", "transport_api_version"],

@@ -21,15 +21,24 @@ use crate::http::body::{BoxError, ProxyBody};
 use crate::http::local_reply::LocalReply;
 
 /// What a stopped headers hook resolves to.
-#[derive(Debug, Clone)]
 pub enum Resume {
     /// Go on with the next filter.
     Continue,
-    /// Go on with the next filter, these headers appended to the request first (a rate
-    /// limit service's `request_headers_to_add`).
-    ContinueAdding(Vec<(http::HeaderName, http::HeaderValue)>),
+    /// Go on with the next filter once this changed the request (the headers a rate limit
+    /// or an authorization service adds).
+    ContinueWith(Box<dyn FnOnce(&mut http::request::Parts)>),
     /// Answer with this reply.
     LocalReply(LocalReply),
+}
+
+impl std::fmt::Debug for Resume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resume::Continue => f.write_str("Continue"),
+            Resume::ContinueWith(_) => f.write_str("ContinueWith(..)"),
+            Resume::LocalReply(r) => f.debug_tuple("LocalReply").field(r).finish(),
+        }
+    }
 }
 
 /// The result of a headers hook.
@@ -126,6 +135,8 @@ enum Kind {
     Cors(Rc<crate::http::filters::cors::Factory>),
     /// `envoy.filters.http.ratelimit`.
     RateLimit(Rc<crate::http::filters::ratelimit::Factory>),
+    /// `envoy.filters.http.ext_authz`.
+    ExtAuthz(Rc<crate::http::filters::ext_authz::Factory>),
 }
 
 impl Factory {
@@ -184,6 +195,9 @@ pub fn factories(
                 )),
                 HttpFilterConfig::Cors => Kind::Cors(Rc::new(
                     crate::http::filters::cors::Factory::new(shard, stat_prefix),
+                )),
+                HttpFilterConfig::ExtAuthz(cfg) => Kind::ExtAuthz(Rc::new(
+                    crate::http::filters::ext_authz::Factory::new(cfg.clone(), shard, stat_prefix),
                 )),
                 HttpFilterConfig::RateLimit(cfg) => Kind::RateLimit(Rc::new(
                     crate::http::filters::ratelimit::Factory::new(cfg.clone(), shard),
@@ -356,6 +370,17 @@ pub fn build(factories: &[Factory], cx: &StreamContext<'_>) -> Option<FilterChai
                         .collect();
                     Box::new(c.filter(policies, cx.selection))
                 }
+                Kind::ExtAuthz(a) => {
+                    let per_route = cx
+                        .selection
+                        .per_filter_all(&f.name)
+                        .filter_map(|p| match p {
+                            PerFilterConfig::ExtAuthz(c) => Some(c.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    Box::new(a.filter(per_route, cx))
+                }
                 Kind::RateLimit(r) => {
                     let route = match per_route {
                         Some(PerFilterConfig::RateLimit(c)) => Some(c.clone()),
@@ -426,11 +451,7 @@ impl FilterChain {
             if let HeadersStatus::StopIteration(fut) = status {
                 match fut.await {
                     Resume::Continue => {}
-                    Resume::ContinueAdding(headers) => {
-                        for (name, value) in headers {
-                            head.headers.append(name, value);
-                        }
-                    }
+                    Resume::ContinueWith(change) => change(head),
                     Resume::LocalReply(r) => return Some(r),
                 }
             } else if let Some(reply) = resolve(status).await {
@@ -515,7 +536,7 @@ async fn resolve(status: HeadersStatus) -> Option<LocalReply> {
         HeadersStatus::Continue => None,
         HeadersStatus::LocalReply(r) => Some(r),
         HeadersStatus::StopIteration(fut) => match fut.await {
-            Resume::Continue | Resume::ContinueAdding(_) => None,
+            Resume::Continue | Resume::ContinueWith(_) => None,
             Resume::LocalReply(r) => Some(r),
         },
     }

@@ -771,6 +771,8 @@ pub enum PerFilterConfig {
     Cors(Arc<crate::model::CorsPolicy>),
     /// `envoy.filters.http.ratelimit`'s `RateLimitPerRoute`.
     RateLimit(Arc<crate::model::RateLimitPerRoute>),
+    /// `envoy.filters.http.ext_authz`'s `ExtAuthzPerRoute`.
+    ExtAuthz(Arc<crate::model::ExtAuthzPerRoute>),
 }
 
 /// `CompressorPerRoute`: what it changes in the filter's response direction.

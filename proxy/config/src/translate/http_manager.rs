@@ -942,6 +942,11 @@ fn http_filter_list(
             "envoy.extensions.filters.http.fault.v3.HTTPFault" => Some(HttpFilterConfig::Fault(
                 Arc::new(super::fault::translate(&unpack(any, &tpath)?, &tpath)?),
             )),
+            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz" => {
+                Some(HttpFilterConfig::ExtAuthz(Arc::new(
+                    super::ext_authz::filter(&unpack(any, &tpath)?, &tpath)?,
+                )))
+            }
             "envoy.extensions.filters.http.ratelimit.v3.RateLimit" => {
                 Some(HttpFilterConfig::RateLimit(Arc::new(
                     super::ratelimit::global(&unpack(any, &tpath)?, &tpath)?,

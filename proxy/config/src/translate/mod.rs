@@ -19,6 +19,7 @@ mod clusters;
 mod compressor;
 mod cors;
 mod dns;
+mod ext_authz;
 mod fault;
 mod fields;
 mod google_grpc;

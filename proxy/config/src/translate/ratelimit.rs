@@ -738,6 +738,9 @@ fn one(
         "envoy.extensions.filters.http.cors.v3.CorsPolicy" => {
             PerFilterConfig::Cors(Arc::new(super::cors::policy(&unpack(any, path)?, path)?))
         }
+        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute" => PerFilterConfig::ExtAuthz(
+            Arc::new(super::ext_authz::per_route(&unpack(any, path)?, path)?),
+        ),
         "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute" => {
             PerFilterConfig::RateLimit(Arc::new(global_per_route(&unpack(any, path)?, path)?))
         }

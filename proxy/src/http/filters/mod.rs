@@ -3,6 +3,7 @@
 pub mod compressor;
 pub mod cors;
 pub mod decompressor;
+pub mod ext_authz;
 pub mod fault;
 pub mod header_to_metadata;
 pub mod health_check;

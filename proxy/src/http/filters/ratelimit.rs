@@ -349,7 +349,7 @@ fn decide(
         Verdict::Ok(r) => {
             stats.ok.inc();
             added.borrow_mut().headers = answer_headers(&r, c.x_ratelimit_headers);
-            return Resume::ContinueAdding(header_list(&r.request_headers_to_add));
+            return append(header_list(&r.request_headers_to_add));
         }
         Verdict::OverLimit(r) => r,
     };
@@ -372,7 +372,7 @@ fn decide(
         a.headers.extend(x_ratelimit(&response.statuses));
     }
     if !enforced {
-        return Resume::ContinueAdding(header_list(&response.request_headers_to_add));
+        return append(header_list(&response.request_headers_to_add));
     }
     a.replied = true;
     Resume::LocalReply(LocalReply {
@@ -388,6 +388,18 @@ fn decide(
         details: "request_rate_limited",
         close: false,
     })
+}
+
+/// Goes on with `headers` appended to the request.
+fn append(headers: Vec<(HeaderName, HeaderValue)>) -> Resume {
+    if headers.is_empty() {
+        return Resume::Continue;
+    }
+    Resume::ContinueWith(Box::new(move |head| {
+        for (name, value) in headers {
+            head.headers.append(name, value);
+        }
+    }))
 }
 
 /// Headers from the service, those that are valid.

@@ -1510,11 +1510,17 @@ pub async fn own_request(
             timeout,
             ..Forward::own(worker, cluster, &authority, &request)
         };
+        let started = std::time::Instant::now();
         let (resp, upstream, _) =
             super::retry::forward(&f, head, ProxyBody::full(body), None, None)
                 .await
                 .map_err(|r| format!("{} {}", r.status.as_u16(), r.details))?;
-        let (parts, mut body) = resp.into_parts();
+        let (mut parts, mut body) = resp.into_parts();
+        // As Envoy's router marks every response it forwards, its own requests' too.
+        parts.headers.insert(
+            &names::X_ENVOY_UPSTREAM_SERVICE_TIME,
+            HeaderValue::from(started.elapsed().as_millis() as u64),
+        );
         let mut data = bytes::BytesMut::new();
         let mut trailers = None;
         while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {

@@ -1,0 +1,765 @@
+//! `envoy.filters.http.ext_authz`: each request waits for an authorization service's verdict
+//! (a gRPC `envoy.service.auth.v3.Authorization/Check`, or a plain HTTP request) sent through
+//! the worker's pools to the service's cluster. Allowed, it goes on with the headers the
+//! service set, appended or removed; denied, it is answered with the service's status, headers
+//! and body (flag UAEX); a failed check lets it through under `failure_mode_allow`, or answers
+//! `status_on_error`. Counted as Envoy counts it: `http.<prefix>.ext_authz.*`, and
+//! `cluster.<route cluster>.ext_authz.*` with the denials' statuses.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::auth::v3 as pb;
+use http::{HeaderName, HeaderValue};
+use prost::Message;
+
+use crate::config::model::{AuthzService, ExtAuthz, ExtAuthzPerRoute, HttpAuthz, StringMatch};
+use crate::http::filter::{HeadersStatus, HttpFilter, Resume, StreamContext};
+use crate::http::filters::router::RouteRef;
+use crate::http::local_reply::LocalReply;
+use crate::stats::{Counter, Shard};
+use crate::stream_info::ResponseFlag;
+use crate::upstream::Cluster;
+use crate::worker::Worker;
+
+const METHOD: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// `http.<prefix>.ext_authz.[<stat_prefix>.]*`, as Envoy makes them all at once.
+#[derive(Debug)]
+struct Stats {
+    ok: Counter,
+    denied: Counter,
+    error: Counter,
+    disabled: Counter,
+    failure_mode_allowed: Counter,
+}
+
+/// The filter on one worker.
+#[derive(Debug)]
+pub struct Factory {
+    config: Arc<ExtAuthz>,
+    shard: Arc<Shard>,
+    stats: Rc<Stats>,
+}
+
+impl Factory {
+    /// The filter for `config` in the connection manager of `stat_prefix`.
+    pub fn new(config: Arc<ExtAuthz>, shard: &Arc<Shard>, stat_prefix: &str) -> Self {
+        let prefix = if config.stat_prefix.is_empty() {
+            format!("http.{stat_prefix}.ext_authz.")
+        } else {
+            format!("http.{stat_prefix}.ext_authz.{}.", config.stat_prefix)
+        };
+        let c = |n: &str| shard.counter(&format!("{prefix}{n}"));
+        // Envoy's other counters (shadow mode, limits, metadata) stay at zero in skiff.
+        for n in [
+            "filter_state_name_collision",
+            "ignored_dynamic_metadata",
+            "invalid",
+            "omitted_response_headers",
+            "request_header_limits_reached",
+            "response_header_limits_reached",
+            "shadow_denied",
+            "shadow_error",
+        ] {
+            c(n);
+        }
+        Factory {
+            stats: Rc::new(Stats {
+                ok: c("ok"),
+                denied: c("denied"),
+                error: c("error"),
+                disabled: c("disabled"),
+                failure_mode_allowed: c("failure_mode_allowed"),
+            }),
+            config,
+            shard: shard.clone(),
+        }
+    }
+
+    /// The filter for one stream: `per_route` are the route's, its virtual host's and its
+    /// route table's `ExtAuthzPerRoute`, the most specific first.
+    pub fn filter(
+        self: &Rc<Self>,
+        per_route: Vec<Arc<ExtAuthzPerRoute>>,
+        cx: &StreamContext<'_>,
+    ) -> ExtAuthzFilter {
+        // The most specific says whether the route is checked; context extensions merge, the
+        // more specific winning a key.
+        let disabled = matches!(
+            per_route.first().map(|p| &**p),
+            Some(ExtAuthzPerRoute::Disabled)
+        );
+        let mut extensions: Vec<(String, String)> = Vec::new();
+        for p in per_route.iter().rev() {
+            if let ExtAuthzPerRoute::Check(ext) = &**p {
+                for (k, v) in ext {
+                    match extensions.iter_mut().find(|(x, _)| x == k) {
+                        Some(e) => e.1 = v.clone(),
+                        None => extensions.push((k.clone(), v.clone())),
+                    }
+                }
+            }
+        }
+        ExtAuthzFilter {
+            factory: self.clone(),
+            disabled,
+            extensions,
+            route: cx.selection.route_ref(),
+            worker: cx.worker.clone(),
+            peer: cx.downstream.peer,
+            local: cx.downstream.local,
+            runtime: cx.selection.runtime.clone(),
+            random: cx.selection.random,
+            added: Rc::default(),
+        }
+    }
+}
+
+/// The filter on one stream.
+pub struct ExtAuthzFilter {
+    factory: Rc<Factory>,
+    disabled: bool,
+    extensions: Vec<(String, String)>,
+    route: Option<RouteRef>,
+    worker: Rc<Worker>,
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    runtime: Arc<crate::config::runtime::Values>,
+    random: u64,
+    /// Headers the service adds to the response.
+    added: Rc<RefCell<Vec<(HeaderName, HeaderValue)>>>,
+}
+
+/// What the service said.
+enum Verdict {
+    Ok(Changes),
+    Denied {
+        status: http::StatusCode,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+    },
+    Error,
+}
+
+/// What an allowed request changes.
+#[derive(Default)]
+struct Changes {
+    set: Vec<(HeaderName, HeaderValue)>,
+    append: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+    response: Vec<(HeaderName, HeaderValue)>,
+}
+
+fn any_match(list: &[StringMatch], name: &str) -> bool {
+    list.iter().any(|m| m.matches(name))
+}
+
+impl ExtAuthzFilter {
+    /// The cluster the route sends the request to, if it exists.
+    fn route_cluster(&self, head: &http::request::Parts) -> Option<Rc<Cluster>> {
+        let crate::router::Action::Forward(fw) = &self.route.as_ref()?.route().action else {
+            return None;
+        };
+        let name = fw.target.pick(&head.headers, &self.runtime, self.random)?;
+        self.worker.clusters.get(name)
+    }
+
+    /// Whether a header of the request goes to the service.
+    fn sends(&self, name: &str, http: bool) -> bool {
+        let c = &self.factory.config;
+        if any_match(&c.disallowed_headers, name) {
+            return false;
+        }
+        match &c.allowed_headers {
+            Some(list) if any_match(list, name) => true,
+            // The HTTP service always gets these (its method and path are the request's own).
+            _ if http => matches!(name, "authorization" | "host" | "content-length"),
+            Some(_) => false,
+            None => true,
+        }
+    }
+
+    /// A gRPC check's request.
+    fn check_request(&self, head: &http::request::Parts) -> pb::CheckRequest {
+        let mut headers: HashMap<String, String> = HashMap::new();
+        let view = crate::http::filter::request_view(head);
+        let pseudo = [
+            (":authority", view.authority),
+            (":method", view.method),
+            (":path", view.path),
+            (":scheme", view.scheme),
+        ];
+        for (k, v) in pseudo {
+            if self.sends(k, false) {
+                headers.insert(k.to_string(), v.to_string());
+            }
+        }
+        for (k, v) in &head.headers {
+            // The host is `:authority` in Envoy's header map.
+            if k == http::header::HOST || !self.sends(k.as_str(), false) {
+                continue;
+            }
+            let v = String::from_utf8_lossy(v.as_bytes());
+            headers
+                .entry(k.as_str().to_string())
+                .and_modify(|e| {
+                    e.push(',');
+                    e.push_str(&v);
+                })
+                .or_insert_with(|| v.into_owned());
+        }
+        let address = |a: std::net::SocketAddr| {
+            Some(envoy_types::pb::envoy::config::core::v3::Address {
+                address: Some(
+                    envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
+                        envoy_types::pb::envoy::config::core::v3::SocketAddress {
+                            address: a.ip().to_string(),
+                            port_specifier: Some(
+                                envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(
+                                    u32::from(a.port()),
+                                ),
+                            ),
+                            ..Default::default()
+                        },
+                    ),
+                ),
+            })
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let size = head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        // Envoy always sends both metadata contexts, empty when nothing is asked for.
+        let mut route_metadata = envoy_types::pb::envoy::config::core::v3::Metadata::default();
+        if let Some(r) = &self.route {
+            let namespaces = &self.factory.config.route_metadata_namespaces;
+            route_metadata.filter_metadata = r
+                .route()
+                .metadata
+                .filter_metadata
+                .iter()
+                .filter(|(k, _)| namespaces.contains(k))
+                .map(|(k, v)| (k.clone(), crate::config::metadata::struct_to_pb(v)))
+                .collect();
+        }
+        pb::CheckRequest {
+            attributes: Some(pb::AttributeContext {
+                source: Some(pb::attribute_context::Peer {
+                    address: address(self.peer),
+                    ..Default::default()
+                }),
+                destination: Some(pb::attribute_context::Peer {
+                    address: address(self.local),
+                    ..Default::default()
+                }),
+                request: Some(pb::attribute_context::Request {
+                    time: Some(envoy_types::pb::google::protobuf::Timestamp {
+                        seconds: now.as_secs() as i64,
+                        nanos: now.subsec_nanos() as i32,
+                    }),
+                    http: Some(pb::attribute_context::HttpRequest {
+                        id: self.random.to_string(),
+                        method: view.method.to_string(),
+                        headers,
+                        path: view.path.to_string(),
+                        host: view.authority.to_string(),
+                        scheme: view.scheme.to_string(),
+                        size,
+                        protocol: protocol(head.version).to_string(),
+                        ..Default::default()
+                    }),
+                }),
+                context_extensions: self.extensions.iter().cloned().collect(),
+                metadata_context: Some(Default::default()),
+                route_metadata_context: Some(route_metadata),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// An HTTP check's request head.
+    fn http_request(
+        &self,
+        h: &HttpAuthz,
+        head: &http::request::Parts,
+    ) -> Option<http::request::Parts> {
+        let path = match &h.path_override {
+            Some(p) => p.clone(),
+            None => format!(
+                "{}{}",
+                h.path_prefix,
+                head.uri.path_and_query().map_or("/", |p| p.as_str())
+            ),
+        };
+        let authority = crate::http::conn_manager::authority(head).unwrap_or("");
+        let mut b = http::Request::builder()
+            .method(head.method.clone())
+            .uri(path)
+            .header(http::header::HOST, authority)
+            .header(http::header::CONTENT_LENGTH, "0")
+            .header("x-envoy-internal", "true")
+            .header(
+                "x-envoy-expected-rq-timeout-ms",
+                self.factory.config.timeout.as_millis().to_string(),
+            );
+        for (k, v) in &head.headers {
+            if k != http::header::HOST
+                && k != http::header::CONTENT_LENGTH
+                && self.sends(k.as_str(), true)
+            {
+                b = b.header(k, v);
+            }
+        }
+        for (k, v) in &h.headers_to_add {
+            b = b.header(k, v);
+        }
+        Some(b.body(()).ok()?.into_parts().0)
+    }
+}
+
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+impl HttpFilter for ExtAuthzFilter {
+    fn decode_headers(&mut self, head: &mut http::request::Parts, _end: bool) -> HeadersStatus {
+        let c = self.factory.config.clone();
+        if let Some(f) = &c.enabled {
+            if !f.enabled(&self.runtime, fastrand::u64(..)) {
+                self.factory.stats.disabled.inc();
+                return HeadersStatus::Continue;
+            }
+        }
+        if self.disabled {
+            return HeadersStatus::Continue;
+        }
+        let route_cluster = self.route_cluster(head);
+        // `cluster.<route cluster>.ext_authz.*`, made when first counted (as Envoy's).
+        let cluster_stats = route_cluster.as_ref().map(|cl| ClusterCounter {
+            shard: self.factory.shard.clone(),
+            prefix: if c.stat_prefix.is_empty() {
+                format!("cluster.{}.ext_authz.", cl.name)
+            } else {
+                format!("cluster.{}.ext_authz.{}.", cl.name, c.stat_prefix)
+            },
+        });
+        let stats = self.factory.stats.clone();
+        let worker = self.worker.clone();
+        let added = self.added.clone();
+        let call: std::pin::Pin<Box<dyn std::future::Future<Output = Verdict>>> = match &c.service {
+            AuthzService::Grpc { cluster, authority } => {
+                let request = self.check_request(head);
+                let service = worker.clusters.get(cluster);
+                let authority = authority.clone();
+                let timeout = c.timeout;
+                Box::pin(async move {
+                    match service {
+                        Some(s) => grpc_check(&worker, &s, &authority, &request, timeout).await,
+                        None => Verdict::Error,
+                    }
+                })
+            }
+            AuthzService::Http(h) => {
+                let request = self.http_request(h, head);
+                let service = worker.clusters.get(&h.cluster);
+                let config = c.clone();
+                Box::pin(async move {
+                    let AuthzService::Http(h) = &config.service else {
+                        return Verdict::Error;
+                    };
+                    match (service, request) {
+                        (Some(s), Some(r)) => http_check(&worker, &s, h, r, config.timeout).await,
+                        _ => Verdict::Error,
+                    }
+                })
+            }
+        };
+        HeadersStatus::StopIteration(Box::pin(async move {
+            let verdict = call.await;
+            decide(
+                verdict,
+                &c,
+                &stats,
+                cluster_stats.as_ref(),
+                route_cluster.as_deref(),
+                &added,
+            )
+        }))
+    }
+
+    fn encode_headers(&mut self, head: &mut http::response::Parts, _end: bool) -> HeadersStatus {
+        for (name, value) in std::mem::take(&mut *self.added.borrow_mut()) {
+            head.headers.insert(name, value);
+        }
+        HeadersStatus::Continue
+    }
+}
+
+/// The route cluster's counters, made when first counted.
+struct ClusterCounter {
+    shard: Arc<Shard>,
+    prefix: String,
+}
+
+impl ClusterCounter {
+    fn inc(&self, name: &str) {
+        self.shard.counter(&format!("{}{name}", self.prefix)).inc();
+    }
+}
+
+/// What the stream does with the verdict.
+fn decide(
+    verdict: Verdict,
+    c: &ExtAuthz,
+    stats: &Stats,
+    cluster_stats: Option<&ClusterCounter>,
+    route_cluster: Option<&Cluster>,
+    added: &RefCell<Vec<(HeaderName, HeaderValue)>>,
+) -> Resume {
+    match verdict {
+        Verdict::Ok(changes) => {
+            stats.ok.inc();
+            if let Some(s) = cluster_stats {
+                s.inc("ok");
+            }
+            *added.borrow_mut() = changes.response;
+            let clear =
+                c.clear_route_cache && !(changes.set.is_empty() && changes.append.is_empty());
+            if changes.set.is_empty() && changes.append.is_empty() && changes.remove.is_empty() {
+                return Resume::Continue;
+            }
+            Resume::ContinueWith(Box::new(move |head| {
+                for (name, value) in changes.set {
+                    head.headers.insert(name, value);
+                }
+                // Appended to the value there is, as Envoy joins them.
+                for (name, value) in changes.append {
+                    let joined = head.headers.get(&name).and_then(|old| {
+                        let mut v = old.as_bytes().to_vec();
+                        v.push(b',');
+                        v.extend_from_slice(value.as_bytes());
+                        HeaderValue::from_bytes(&v).ok()
+                    });
+                    head.headers.insert(name, joined.unwrap_or(value));
+                }
+                for name in changes.remove {
+                    head.headers.remove(name);
+                }
+                if clear {
+                    head.extensions.insert(crate::http::filter::ClearRouteCache);
+                }
+            }))
+        }
+        Verdict::Denied {
+            status,
+            headers,
+            body,
+        } => {
+            stats.denied.inc();
+            if let Some(s) = cluster_stats {
+                s.inc("denied");
+            }
+            if let (true, Some(cluster)) = (c.charge_cluster_response_stats, route_cluster) {
+                cluster.stats.response_code(status.as_u16(), true);
+            }
+            *added.borrow_mut() = headers;
+            Resume::LocalReply(LocalReply {
+                status,
+                body,
+                headers: Vec::new(),
+                mutations: Vec::new(),
+                flag: Some(ResponseFlag::UnauthorizedExternalService),
+                details: "ext_authz_denied",
+                close: false,
+            })
+        }
+        Verdict::Error => {
+            stats.error.inc();
+            if let Some(s) = cluster_stats {
+                s.inc("error");
+            }
+            if c.failure_mode_allow {
+                stats.failure_mode_allowed.inc();
+                if let Some(s) = cluster_stats {
+                    s.inc("failure_mode_allowed");
+                }
+                if c.failure_mode_allow_header_add {
+                    return Resume::ContinueWith(Box::new(|head| {
+                        head.headers.insert(
+                            "x-envoy-auth-failure-mode-allowed",
+                            HeaderValue::from_static("true"),
+                        );
+                    }));
+                }
+                return Resume::Continue;
+            }
+            Resume::LocalReply(LocalReply {
+                status: c.status_on_error,
+                body: Bytes::new(),
+                headers: Vec::new(),
+                mutations: Vec::new(),
+                flag: Some(ResponseFlag::UnauthorizedExternalService),
+                details: "ext_authz_error",
+                close: false,
+            })
+        }
+    }
+}
+
+/// A gRPC check.
+async fn grpc_check(
+    worker: &Rc<Worker>,
+    service: &Rc<Cluster>,
+    authority: &str,
+    request: &pb::CheckRequest,
+    timeout: std::time::Duration,
+) -> Verdict {
+    let message = request.encode_to_vec();
+    let mut body = Vec::with_capacity(5 + message.len());
+    body.push(0);
+    body.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    body.extend_from_slice(&message);
+    let Ok(req) = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(format!("http://{authority}{METHOD}"))
+        .version(http::Version::HTTP_2)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .header("grpc-timeout", format!("{}m", timeout.as_millis()))
+        .body(())
+    else {
+        return Verdict::Error;
+    };
+    let (head, ()) = req.into_parts();
+    let (parts, data, trailers) = match crate::http::filters::router::own_request(
+        worker,
+        service,
+        head,
+        Bytes::from(body),
+        Some(timeout),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "authorization check failed");
+            return Verdict::Error;
+        }
+    };
+    let status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| parts.headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    if parts.status != http::StatusCode::OK || status != Some(0) {
+        return Verdict::Error;
+    }
+    match parse_check(&data) {
+        Some(r) => grpc_verdict(r),
+        None => Verdict::Error,
+    }
+}
+
+/// The service's answer in a gRPC body: one uncompressed message, the body's whole length.
+pub fn parse_check(data: &[u8]) -> Option<pb::CheckResponse> {
+    let (&[flag, a, b, c, d], message) = data.split_first_chunk::<5>()?;
+    let len = u32::from_be_bytes([a, b, c, d]) as usize;
+    if flag != 0 || message.len() != len {
+        return None;
+    }
+    pb::CheckResponse::decode(message).ok()
+}
+
+/// What an answer decides: `None` to let the request through, else the status of the reply.
+pub fn answer_status(r: pb::CheckResponse) -> Option<http::StatusCode> {
+    match grpc_verdict(r) {
+        Verdict::Ok(_) => None,
+        Verdict::Denied { status, .. } => Some(status),
+        Verdict::Error => Some(http::StatusCode::FORBIDDEN),
+    }
+}
+
+/// A header option of the service's, with whether it appends (`append: true`).
+#[allow(deprecated)]
+fn option(
+    o: &envoy_types::pb::envoy::config::core::v3::HeaderValueOption,
+) -> Option<(HeaderName, HeaderValue, bool)> {
+    let h = o.header.as_ref()?;
+    let name = HeaderName::from_bytes(h.key.to_ascii_lowercase().as_bytes()).ok()?;
+    let value = if h.raw_value.is_empty() {
+        HeaderValue::from_str(&h.value).ok()?
+    } else {
+        HeaderValue::from_bytes(&h.raw_value).ok()?
+    };
+    Some((name, value, o.append.as_ref().is_some_and(|a| a.value)))
+}
+
+/// What a gRPC answer means.
+fn grpc_verdict(r: pb::CheckResponse) -> Verdict {
+    let code = r.status.as_ref().map_or(0, |s| s.code);
+    if code != 0 {
+        let (status, headers, body) = match r.http_response {
+            Some(pb::check_response::HttpResponse::DeniedResponse(d)) => (
+                d.status
+                    .and_then(|s| u16::try_from(s.code).ok())
+                    .filter(|c| (200..600).contains(c))
+                    .and_then(|c| http::StatusCode::from_u16(c).ok())
+                    .unwrap_or(http::StatusCode::FORBIDDEN),
+                d.headers
+                    .iter()
+                    .filter_map(option)
+                    .map(|(n, v, _)| (n, v))
+                    .collect(),
+                Bytes::from(d.body),
+            ),
+            _ => (http::StatusCode::FORBIDDEN, Vec::new(), Bytes::new()),
+        };
+        return Verdict::Denied {
+            status,
+            headers,
+            body,
+        };
+    }
+    let mut changes = Changes::default();
+    if let Some(pb::check_response::HttpResponse::OkResponse(ok)) = r.http_response {
+        for (name, value, append) in ok.headers.iter().filter_map(option) {
+            if append {
+                changes.append.push((name, value));
+            } else {
+                changes.set.push((name, value));
+            }
+        }
+        // Pseudo-headers and the host cannot be removed.
+        changes.remove = ok
+            .headers_to_remove
+            .iter()
+            .filter(|n| !n.starts_with(':') && !n.eq_ignore_ascii_case("host"))
+            .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
+            .collect();
+        changes.response = ok
+            .response_headers_to_add
+            .iter()
+            .filter_map(option)
+            .map(|(n, v, _)| (n, v))
+            .collect();
+    }
+    Verdict::Ok(changes)
+}
+
+/// An HTTP check.
+async fn http_check(
+    worker: &Rc<Worker>,
+    service: &Rc<Cluster>,
+    h: &HttpAuthz,
+    head: http::request::Parts,
+    timeout: std::time::Duration,
+) -> Verdict {
+    let (parts, body, _) = match crate::http::filters::router::own_request(
+        worker,
+        service,
+        head,
+        Bytes::new(),
+        Some(timeout),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "authorization check failed");
+            return Verdict::Error;
+        }
+    };
+    // A server error is a failed check, not a denial (Envoy's raw HTTP client).
+    if parts.status.is_server_error() {
+        return Verdict::Error;
+    }
+    let headers = || {
+        parts
+            .headers
+            .iter()
+            .filter(|(n, _)| *n != http::header::HOST)
+    };
+    if parts.status == http::StatusCode::OK {
+        let pick = |list: &[StringMatch]| -> Vec<(HeaderName, HeaderValue)> {
+            headers()
+                .filter(|(n, _)| any_match(list, n.as_str()))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect()
+        };
+        return Verdict::Ok(Changes {
+            set: pick(&h.upstream_headers),
+            append: pick(&h.upstream_headers_to_append),
+            remove: Vec::new(),
+            response: pick(&h.client_headers_on_success),
+        });
+    }
+    let client: Vec<(HeaderName, HeaderValue)> = headers()
+        .filter(|(n, _)| match &h.client_headers {
+            None => true,
+            Some(list) => {
+                any_match(list, n.as_str())
+                    || matches!(
+                        n.as_str(),
+                        "path" | "status" | "content-length" | "www-authenticate" | "location"
+                    )
+            }
+        })
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    Verdict::Denied {
+        status: parts.status,
+        headers: client,
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_decide_as_the_service_says() {
+        let denied = include_bytes!("../../../../fuzz/corpus/ext_authz_response/denied");
+        let r = parse_check(denied).expect("the seed parses");
+        match grpc_verdict(r) {
+            Verdict::Denied {
+                status,
+                headers,
+                body,
+            } => {
+                assert_eq!(status, http::StatusCode::UNAUTHORIZED);
+                assert_eq!(headers[0].0, "x-denied");
+                assert_eq!(body, "no entry");
+            }
+            _ => panic!("a denial"),
+        }
+        let allowed = include_bytes!("../../../../fuzz/corpus/ext_authz_response/allowed");
+        match grpc_verdict(parse_check(allowed).expect("the seed parses")) {
+            Verdict::Ok(c) => {
+                assert_eq!(c.set[0].0, "x-denied");
+                assert_eq!(c.remove, ["x-remove-me"]);
+            }
+            _ => panic!("allowed"),
+        }
+        assert!(parse_check(&denied[..denied.len() - 1]).is_none());
+    }
+}
