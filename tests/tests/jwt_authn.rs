@@ -654,3 +654,117 @@ async fn jwt_metadata_and_route_cache_as_envoy() {
     })
     .await;
 }
+
+/// `remote_jwks` side by side with Envoy 1.40: keys fetched through a cluster of their own
+/// when a token first needs them (the fetch's method, path and host as the key server sees
+/// them), kept for `cache_duration` (a second token fetches nothing), a token the keys do not
+/// verify, a request without a token (nothing fetched), and a provider whose key server cannot
+/// be reached (401 `Jwks remote fetch is failed`), keys fetched ahead at start
+/// (`async_fetch`); `jwks_fetch_success` and `_failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jwt_remote_jwks_as_envoy() {
+    use skiff_tests::upstream::EchoOptions;
+    run_for(Duration::from_secs(60), async {
+        let keys = Keys::new();
+        let echo = EchoUpstream::start("echo").await;
+        let good = keys.token("RS256", Some("rsa1"), &claims(json!({})));
+        let es = keys.token("ES256", Some("ec1"), &claims(json!({})));
+        let unknown_kid = keys.token("RS256", Some("nokey"), &claims(json!({})));
+        let bearer = |t: &str| ("authorization", format!("Bearer {t}"));
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let mut opts = EchoOptions::named("keys");
+            opts.body = Some(keys.jwks.clone());
+            let key_server = EchoUpstream::with_options(opts).await;
+            let dead = free_port();
+            let remote = |cluster: &str, path: &str| {
+                json!({
+                    "issuer": "https://issuer.example",
+                    "remote_jwks": {
+                        "http_uri": {
+                            "uri": format!("http://keys.example{path}"),
+                            "cluster": cluster,
+                            "timeout": "1s",
+                        },
+                        "cache_duration": "300s",
+                    },
+                })
+            };
+            // Fetched ahead, at start.
+            let mut ahead = remote("keys", "/ahead/jwks.json");
+            ahead["remote_jwks"]["async_fetch"] = json!({});
+            let mut f = filter(
+                remote("keys", "/path/jwks.json?v=1"),
+                json!([
+                    { "match": { "prefix": "/dead" }, "requires": { "provider_name": "p2" } },
+                    { "match": { "prefix": "/ahead" }, "requires": { "provider_name": "p3" } },
+                    { "match": { "prefix": "/" }, "requires": { "provider_name": "p1" } },
+                ]),
+                json!({}),
+            );
+            f["typed_config"]["providers"]["p2"] = remote("dead", "/path/jwks.json?v=1");
+            f["typed_config"]["providers"]["p3"] = ahead;
+            let (admin, port) = (free_port(), free_port());
+            let b = bootstrap(
+                admin,
+                vec![with_filter("r", port, f)],
+                vec![
+                    config::cluster("echo", &[echo.port()]),
+                    config::cluster("keys", &[key_server.port()]),
+                    config::cluster("dead", &[dead]),
+                ],
+            );
+            let p = ProxyProcess::start(kind, &to_yaml(&b), &["--concurrency", "1"]).await;
+            // The keys fetched ahead are there before any request.
+            for _ in 0..50 {
+                if !key_server.rec.requests().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let cases: Vec<Case> = vec![
+                ("ahead", "/ahead".into(), vec![bearer(&good)]),
+                ("no_token", "/a".into(), vec![]),
+                ("first", "/a".into(), vec![bearer(&good)]),
+                ("cached", "/a".into(), vec![bearer(&es)]),
+                ("unknown_kid", "/a".into(), vec![bearer(&unknown_kid)]),
+                ("dead", "/dead".into(), vec![bearer(&good)]),
+                ("dead_again", "/dead".into(), vec![bearer(&good)]),
+            ];
+            let mut got = Vec::new();
+            for (case, path, headers) in &cases {
+                got.push(send(&p, port, case, path, headers).await);
+            }
+            for r in key_server.rec.requests() {
+                got.push(format!(
+                    "key server: {} {} host={:?}",
+                    r.method,
+                    r.path,
+                    r.headers
+                        .iter()
+                        .find(|(k, _)| k == "host")
+                        .map(|(_, v)| v.clone())
+                ));
+            }
+            let admin = p.admin();
+            for stat in [
+                "http.r.jwt_authn.allowed",
+                "http.r.jwt_authn.denied",
+                "http.r.jwt_authn.jwks_fetch_success",
+                "http.r.jwt_authn.jwks_fetch_failed",
+            ] {
+                got.push(format!("{stat}: {}", admin.counter(stat).await));
+            }
+            seen.push(got);
+        }
+        assert_eq!(seen[0], seen[1], "remote JWKS (Envoy, skiff)");
+        let all = seen[0].join("\n");
+        assert!(
+            all.contains("first: 200")
+                && all.contains("ahead: 200")
+                && all.contains("jwks_fetch_success: 2"),
+            "{all}"
+        );
+    })
+    .await;
+}

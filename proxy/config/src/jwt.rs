@@ -83,6 +83,96 @@ pub struct Provider {
     pub failed_status_in_metadata: Option<String>,
     /// `clear_route_cache`: the route is picked again after a token verifies.
     pub clear_route_cache: bool,
+    /// `remote_jwks`: the keys come from this URL (`jwks` is then unused).
+    pub remote: Option<Arc<RemoteJwks>>,
+}
+
+/// `remote_jwks`: where a provider's keys are fetched, and the keys last fetched, shared by
+/// every worker.
+#[derive(Debug)]
+pub struct RemoteJwks {
+    /// `http_uri.cluster`.
+    pub cluster: String,
+    /// The host of `http_uri.uri`.
+    pub authority: String,
+    /// The path (and query) of `http_uri.uri`.
+    pub path: String,
+    /// `http_uri.timeout`.
+    pub timeout: Duration,
+    /// `cache_duration` (default 10 minutes).
+    pub cache_duration: Duration,
+    /// `async_fetch`: the keys are fetched ahead, at start and before they expire; a failed
+    /// fetch is tried again after this (`failed_refetch_duration`, default 1 s).
+    pub async_fetch: Option<Duration>,
+    /// A worker is fetching them in the background.
+    pub fetching: std::sync::atomic::AtomicBool,
+    /// The keys fetched, and when.
+    cache: std::sync::Mutex<Option<(Arc<Vec<Jwk>>, std::time::Instant)>>,
+}
+
+impl PartialEq for RemoteJwks {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.cluster,
+            &self.authority,
+            &self.path,
+            self.timeout,
+            self.cache_duration,
+            self.async_fetch,
+        ) == (
+            &other.cluster,
+            &other.authority,
+            &other.path,
+            other.timeout,
+            other.cache_duration,
+            other.async_fetch,
+        )
+    }
+}
+
+impl RemoteJwks {
+    /// Keys fetched from `authority` + `path` through `cluster`.
+    pub fn new(
+        cluster: String,
+        authority: String,
+        path: String,
+        timeout: Duration,
+        cache_duration: Duration,
+        async_fetch: Option<Duration>,
+    ) -> RemoteJwks {
+        RemoteJwks {
+            cluster,
+            authority,
+            path,
+            timeout,
+            cache_duration,
+            async_fetch,
+            fetching: std::sync::atomic::AtomicBool::new(false),
+            cache: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// How long the keys there are stay fresh (none: there are none).
+    pub fn fresh_for(&self) -> Option<Duration> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, at) = cache.as_ref()?;
+        self.cache_duration.checked_sub(at.elapsed())
+    }
+
+    /// The keys, while they are fresh.
+    pub fn keys(&self) -> Option<Arc<Vec<Jwk>>> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < self.cache_duration)
+            .map(|(k, _)| k.clone())
+    }
+
+    /// Keeps keys just fetched.
+    pub fn store(&self, keys: Vec<Jwk>) {
+        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Arc::new(keys), std::time::Instant::now()));
+    }
 }
 
 /// The dynamic metadata namespace the filter writes in.
@@ -421,6 +511,7 @@ impl Provider {
             header_in_metadata: None,
             failed_status_in_metadata: None,
             clear_route_cache: false,
+            remote: None,
         }
     }
 
@@ -475,7 +566,14 @@ impl Provider {
                 return Err(Failure::WrongSubject);
             }
         }
-        let keys = self.jwks.as_ref().map_err(|_| Failure::JwksBad)?;
+        let fetched;
+        let keys = match &self.remote {
+            None => self.jwks.as_ref().map_err(|_| Failure::JwksBad)?,
+            Some(r) => {
+                fetched = r.keys().ok_or(Failure::JwksBad)?;
+                &*fetched
+            }
+        };
         let mut tried = false;
         for k in keys {
             if jwt.kid.is_some() && k.kid.is_some() && jwt.kid != k.kid {

@@ -57,6 +57,14 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["reject_all", "exclusion_list", "inclusion_list"],
     ),
     ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks",
+        &["http_uri", "cache_duration", "async_fetch", "retry_policy"],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.JwksAsyncFetch",
+        &["fast_listener", "failed_refetch_duration"],
+    ),
     ("envoy.config.core.v3.HttpUri", &["uri", "cluster", "timeout"]),
     (
         "envoy.config.overload.v3.OverloadManager",
@@ -690,10 +698,19 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "disable_request_body_buffering",
             "with_request_body",
             "emit_client_span",
-            "service_override",
+            "grpc_service",
+            "http_service",
         ],
     ),
     ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks",
+        &["http_uri", "cache_duration", "async_fetch", "retry_policy"],
+    ),
+    (
+        "envoy.extensions.filters.http.jwt_authn.v3.JwksAsyncFetch",
+        &["fast_listener", "failed_refetch_duration"],
+    ),
     (
         "envoy.config.ratelimit.v3.RateLimitServiceConfig",
         &["grpc_service", "transport_api_version"],

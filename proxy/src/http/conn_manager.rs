@@ -304,6 +304,17 @@ pub struct HttpConnectionManager {
 }
 
 impl HttpConnectionManager {
+    /// Starts what its filters do in the background on `worker`.
+    pub fn start(&self, worker: &Rc<crate::worker::Worker>) {
+        for f in self
+            .filters
+            .iter()
+            .chain(self.upgrade_filters.iter().flat_map(|(_, f)| f))
+        {
+            f.start(worker);
+        }
+    }
+
     /// The connection manager a worker runs for `config`.
     pub fn new(
         config: Arc<model::HttpConnectionManager>,

@@ -25,11 +25,15 @@ pub enum Resume {
     /// Go on with the next filter.
     Continue,
     /// Go on with the next filter once this changed the request (the headers a rate limit
-    /// or an authorization service adds).
-    ContinueWith(Box<dyn FnOnce(&mut http::request::Parts)>),
+    /// or an authorization service adds), or answer with the reply it gives (a check made
+    /// once the keys it needed came).
+    ContinueWith(RequestChange),
     /// Answer with this reply.
     LocalReply(LocalReply),
 }
+
+/// A change a stopped filter makes to the request when it resumes, or the reply it gives.
+pub type RequestChange = Box<dyn FnOnce(&mut http::request::Parts) -> Option<LocalReply>>;
 
 impl std::fmt::Debug for Resume {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,6 +144,14 @@ enum Kind {
 }
 
 impl Factory {
+    /// Starts what the filter does in the background on `worker` (fetching remote keys
+    /// ahead), for as long as it is configured.
+    pub fn start(&self, worker: &Rc<crate::worker::Worker>) {
+        if let Kind::JwtAuthn(j) = &self.kind {
+            j.start(worker);
+        }
+    }
+
     /// Whether the filter may write the stream's dynamic metadata.
     pub fn writes_metadata(&self) -> bool {
         match &self.kind {
@@ -351,7 +363,7 @@ pub fn build(factories: &[Factory], cx: &StreamContext<'_>) -> Option<FilterChai
                     };
                     Box::new(r.filter(route, cx))
                 }
-                Kind::JwtAuthn(j) => Box::new(j.filter(per_route, cx.metadata)),
+                Kind::JwtAuthn(j) => Box::new(j.filter(per_route, cx.metadata, cx.worker)),
                 Kind::HeaderToMetadata(h) => {
                     let route = match per_route {
                         Some(PerFilterConfig::HeaderToMetadata(r)) => Some(r),
@@ -451,7 +463,11 @@ impl FilterChain {
             if let HeadersStatus::StopIteration(fut) = status {
                 match fut.await {
                     Resume::Continue => {}
-                    Resume::ContinueWith(change) => change(head),
+                    Resume::ContinueWith(change) => {
+                        if let Some(reply) = change(head) {
+                            return Some(reply);
+                        }
+                    }
                     Resume::LocalReply(r) => return Some(r),
                 }
             } else if let Some(reply) = resolve(status).await {

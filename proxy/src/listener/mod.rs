@@ -522,7 +522,13 @@ impl Shared {
                     .find(|c| Arc::ptr_eq(&c.model, fc))
                     .cloned()
             });
-            kept.or_else(|| chain(fc, shard, &scope))
+            kept.or_else(|| {
+                let c = chain(fc, shard, &scope)?;
+                if let Terminal::Http(h) = &c.terminal {
+                    h.start(&worker);
+                }
+                Some(c)
+            })
         };
         let chains: Vec<Rc<Chain>> = config
             .filter_chains

@@ -115,6 +115,63 @@ pub(super) fn per_route(
     }
 }
 
+/// `remote_jwks`: where the keys are fetched, and for how long they are kept.
+fn remote_jwks(r: &pb::RemoteJwks, path: &str) -> Result<crate::jwt::RemoteJwks, ConfigError> {
+    let pb::RemoteJwks {
+        http_uri,
+        cache_duration,
+        async_fetch,
+        retry_policy,
+    } = r;
+    if retry_policy.is_some() {
+        return Err(ConfigError::unsupported(format!("{path}.retry_policy")));
+    }
+    // async_fetch.fast_listener: the listener does not wait for the keys in skiff
+    // (docs/compatibility.md).
+    let async_fetch = async_fetch
+        .as_ref()
+        .map(|a| match &a.failed_refetch_duration {
+            Some(d) => super::duration(d, &format!("{path}.async_fetch.failed_refetch_duration")),
+            None => Ok(std::time::Duration::from_secs(1)),
+        })
+        .transpose()?;
+    let upath = format!("{path}.http_uri");
+    let uri = super::required(http_uri, &upath)?;
+    let cluster =
+        match &uri.http_upstream_type {
+            Some(
+                envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(c),
+            ) if !c.is_empty() => c.clone(),
+            _ => return Err(ConfigError::new(format!("{upath}.cluster"), "required")),
+        };
+    let parsed = http::Uri::try_from(uri.uri.as_str())
+        .ok()
+        .filter(|u| u.authority().is_some())
+        .ok_or_else(|| ConfigError::new(format!("{upath}.uri"), "not an absolute URL"))?;
+    let timeout = super::duration(
+        super::required(&uri.timeout, &format!("{upath}.timeout"))?,
+        &format!("{upath}.timeout"),
+    )?;
+    let cache_duration = match cache_duration {
+        Some(d) => super::duration(d, &format!("{path}.cache_duration"))?,
+        None => std::time::Duration::from_secs(600),
+    };
+    Ok(crate::jwt::RemoteJwks::new(
+        cluster,
+        parsed
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default(),
+        parsed
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
+        timeout,
+        cache_duration,
+        async_fetch,
+    ))
+}
+
 fn provider(name: &str, p: &pb::JwtProvider, path: &str) -> Result<Provider, ConfigError> {
     let pb::JwtProvider {
         issuer,
@@ -143,14 +200,19 @@ fn provider(name: &str, p: &pb::JwtProvider, path: &str) -> Result<Provider, Con
     // The cache of verified tokens changes how often a signature is checked, not the verdict.
     let _ = jwt_cache_config;
     use pb::jwt_provider::JwksSourceSpecifier as J;
+    let mut remote = None;
     let jwks = match jwks_source_specifier {
         Some(J::LocalJwks(ds)) => {
             let dpath = format!("{path}.local_jwks");
             let bytes = super::route_action::data_source(ds, &dpath)?;
             crate::jwt::parse_jwks(&String::from_utf8_lossy(&bytes))
         }
-        Some(J::RemoteJwks(_)) => {
-            return Err(ConfigError::unsupported(format!("{path}.remote_jwks")))
+        Some(J::RemoteJwks(r)) => {
+            remote = Some(std::sync::Arc::new(remote_jwks(
+                r,
+                &format!("{path}.remote_jwks"),
+            )?));
+            Ok(Vec::new())
         }
         None => {
             return Err(ConfigError::new(
@@ -229,6 +291,7 @@ fn provider(name: &str, p: &pb::JwtProvider, path: &str) -> Result<Provider, Con
         failed_status_in_metadata: (!failed_status_in_metadata.is_empty())
             .then(|| failed_status_in_metadata.clone()),
         clear_route_cache: *clear_route_cache,
+        remote,
     })
 }
 

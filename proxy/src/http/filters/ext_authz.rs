@@ -462,6 +462,7 @@ fn decide(
                 if clear {
                     head.extensions.insert(crate::http::filter::ClearRouteCache);
                 }
+                None
             }))
         }
         Verdict::Denied {
@@ -503,6 +504,7 @@ fn decide(
                             "x-envoy-auth-failure-mode-allowed",
                             HeaderValue::from_static("true"),
                         );
+                        None
                     }));
                 }
                 return Resume::Continue;

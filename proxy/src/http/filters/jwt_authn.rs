@@ -29,6 +29,8 @@ use skiff_config::jwt::{self, Failure, Jwt, JwtAuthn, PerRoute, Provider, Requir
 
 #[derive(Debug)]
 struct Stats {
+    jwks_fetch_success: Counter,
+    jwks_fetch_failed: Counter,
     allowed: Counter,
     denied: Counter,
     cors_preflight_bypassed: Counter,
@@ -62,10 +64,10 @@ impl Factory {
     pub fn new(config: Arc<JwtAuthn>, shard: &Arc<Shard>, stat_prefix: &str) -> Self {
         let prefix = format!("http.{stat_prefix}.jwt_authn.{}", config.stat_prefix);
         let c = |n: &str| shard.counter(&format!("{prefix}{n}"));
-        for n in ["jwks_fetch_success", "jwks_fetch_failed", "jwt_cache_hit"] {
-            let _ = c(n);
-        }
+        let _ = c("jwt_cache_hit");
         let stats = Stats {
+            jwks_fetch_success: c("jwks_fetch_success"),
+            jwks_fetch_failed: c("jwks_fetch_failed"),
             allowed: c("allowed"),
             denied: c("denied"),
             cors_preflight_bypassed: c("cors_preflight_bypassed"),
@@ -117,8 +119,10 @@ impl Factory {
         &self,
         route: Option<&PerFilterConfig>,
         metadata: Option<&crate::stream_info::DynamicMetadata>,
+        worker: &Rc<crate::worker::Worker>,
     ) -> JwtFilter {
         JwtFilter {
+            worker: worker.clone(),
             prepared: self.prepared.clone(),
             per_route: match route {
                 Some(PerFilterConfig::Jwt(p)) => Some(p.clone()),
@@ -132,6 +136,8 @@ impl Factory {
 
 /// The filter on one stream.
 pub struct JwtFilter {
+    /// The worker, whose clusters remote keys are fetched through.
+    worker: Rc<crate::worker::Worker>,
     prepared: Rc<Prepared>,
     per_route: Option<PerRoute>,
     /// The stream's dynamic metadata, when a provider writes some.
@@ -631,6 +637,164 @@ impl HttpFilter for JwtFilter {
         head: &mut http::request::Parts,
         _end_stream: bool,
     ) -> HeadersStatus {
+        // Remote keys a token of this request needs and that are not at hand are fetched
+        // first (each provider's, through its cluster); the request is checked once they came
+        // or failed to, as Envoy's verifier waits for its fetch.
+        let mut usable = Vec::new();
+        if let Ok(Some(r)) = self.requirement_for(head) {
+            providers_of(&r, &self.prepared.ordered, &mut usable);
+        }
+        let missing: Vec<Arc<Provider>> = usable
+            .into_iter()
+            .filter(|p| p.remote.as_ref().is_some_and(|r| r.keys().is_none()))
+            .filter(|p| {
+                let locs = self
+                    .prepared
+                    .locations
+                    .get(&p.name)
+                    .map_or(&[][..], Vec::as_slice);
+                !extract(head, locs).is_empty()
+            })
+            .collect();
+        if missing.is_empty() {
+            return self.check(head);
+        }
+        let mut later = JwtFilter {
+            worker: self.worker.clone(),
+            prepared: self.prepared.clone(),
+            per_route: self.per_route.clone(),
+            metadata: self.metadata.clone(),
+            clear_route_cache: std::cell::Cell::new(false),
+        };
+        HeadersStatus::StopIteration(Box::pin(async move {
+            for p in &missing {
+                if let Some(r) = &p.remote {
+                    fetch(&later.worker, &later.prepared.stats, r).await;
+                }
+            }
+            crate::http::filter::Resume::ContinueWith(Box::new(move |head| {
+                match later.check(head) {
+                    HeadersStatus::LocalReply(r) => Some(r),
+                    _ => None,
+                }
+            }))
+        }))
+    }
+}
+
+/// The providers a requirement may check tokens with (each once).
+fn providers_of(r: &Requirement, all: &[Arc<Provider>], out: &mut Vec<Arc<Provider>>) {
+    let mut add = |p: &Arc<Provider>| {
+        if !out.iter().any(|o| Arc::ptr_eq(o, p)) {
+            out.push(p.clone());
+        }
+    };
+    match r {
+        Requirement::Provider(p, _) => add(p),
+        Requirement::AllowMissing | Requirement::AllowMissingOrFailed => all.iter().for_each(add),
+        Requirement::Any(list) | Requirement::All(list) => {
+            for r in list {
+                providers_of(r, all, out);
+            }
+        }
+    }
+}
+
+/// Fetches a provider's keys and keeps them, counted in `jwks_fetch_success` or
+/// `jwks_fetch_failed`; whether they came.
+async fn fetch(worker: &Rc<crate::worker::Worker>, stats: &Stats, r: &jwt::RemoteJwks) -> bool {
+    let Some(cluster) = worker.clusters.get(&r.cluster) else {
+        stats.jwks_fetch_failed.inc();
+        return false;
+    };
+    let Ok(req) = http::Request::builder()
+        .method(http::Method::GET)
+        .uri(format!("http://{}{}", r.authority, r.path))
+        .header(http::header::HOST, r.authority.as_str())
+        .body(())
+    else {
+        stats.jwks_fetch_failed.inc();
+        return false;
+    };
+    let (head, ()) = req.into_parts();
+    let answer = crate::http::filters::router::own_request(
+        worker,
+        &cluster,
+        head,
+        Bytes::new(),
+        Some(r.timeout),
+    )
+    .await;
+    let keys = match answer {
+        Ok((parts, body, _)) if parts.status == StatusCode::OK => {
+            jwt::parse_jwks(&String::from_utf8_lossy(&body)).ok()
+        }
+        Ok((parts, _, _)) => {
+            tracing::debug!(status = %parts.status, "JWKS fetch refused");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "JWKS fetch failed");
+            None
+        }
+    };
+    match keys {
+        Some(k) => {
+            stats.jwks_fetch_success.inc();
+            r.store(k);
+            true
+        }
+        None => {
+            stats.jwks_fetch_failed.inc();
+            false
+        }
+    }
+}
+
+impl Factory {
+    /// Starts fetching ahead the keys of the providers with `async_fetch`, on `worker`, for as
+    /// long as this filter's configuration is in use: at once, again before they expire, and
+    /// after `failed_refetch_duration` when a fetch failed. One worker fetches at a time; the
+    /// keys serve them all.
+    pub fn start(&self, worker: &Rc<crate::worker::Worker>) {
+        for p in &self.prepared.ordered {
+            let Some(r) = p.remote.clone().filter(|r| r.async_fetch.is_some()) else {
+                continue;
+            };
+            let prepared = Rc::downgrade(&self.prepared);
+            let worker = worker.clone();
+            tokio::task::spawn_local(async move {
+                use std::sync::atomic::Ordering;
+                let retry = r.async_fetch.unwrap_or(std::time::Duration::from_secs(1));
+                loop {
+                    let wait = match r.fresh_for() {
+                        Some(left) => left,
+                        None if r.fetching.swap(true, Ordering::AcqRel) => retry,
+                        None => {
+                            let Some(prepared) = prepared.upgrade() else {
+                                return;
+                            };
+                            let ok = fetch(&worker, &prepared.stats, &r).await;
+                            r.fetching.store(false, Ordering::Release);
+                            if ok {
+                                continue;
+                            }
+                            retry
+                        }
+                    };
+                    tokio::time::sleep(wait).await;
+                    if prepared.strong_count() == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+}
+
+impl JwtFilter {
+    /// Checks the request with the keys at hand.
+    fn check(&mut self, head: &mut http::request::Parts) -> HeadersStatus {
         // A client's own copies of the headers verified tokens set are not kept.
         for h in &self.prepared.set_headers {
             head.headers.remove(h);

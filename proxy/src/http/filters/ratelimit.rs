@@ -399,6 +399,7 @@ fn append(headers: Vec<(HeaderName, HeaderValue)>) -> Resume {
         for (name, value) in headers {
             head.headers.append(name, value);
         }
+        None
     }))
 }
 
