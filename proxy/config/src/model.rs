@@ -1192,6 +1192,11 @@ pub struct HttpConnectionManager {
     pub escaped_slashes: EscapedSlashes,
     /// `strip_matching_host_port` / `strip_any_host_port`.
     pub strip_port: StripPort,
+    /// `strip_trailing_host_dot`: a trailing dot leaves the host (before its port).
+    pub strip_trailing_host_dot: bool,
+    /// `append_x_forwarded_port` (with `use_remote_address`): `x-forwarded-port` set to the
+    /// port the client reached.
+    pub append_x_forwarded_port: bool,
     /// `common_http_protocol_options.headers_with_underscores_action`.
     pub underscores: Underscores,
     /// The connection manager's timeouts and per-connection limits.

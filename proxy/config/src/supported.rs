@@ -58,6 +58,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
     (
+        "envoy.config.route.v3.CookieMatcher",
+        &["name", "string_match", "invert_match"],
+    ),
+    (
         "envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks",
         &["http_uri", "cache_duration", "async_fetch", "retry_policy"],
     ),
@@ -524,6 +528,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "access_log_flush_interval",
             "flush_access_log_on_new_request",
             "access_log_options",
+            "strip_trailing_host_dot",
+            "append_x_forwarded_port",
         ],
     ),
     (
@@ -703,6 +709,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
+    (
+        "envoy.config.route.v3.CookieMatcher",
+        &["name", "string_match", "invert_match"],
+    ),
     (
         "envoy.extensions.filters.http.jwt_authn.v3.RemoteJwks",
         &["http_uri", "cache_duration", "async_fetch", "retry_policy"],
@@ -1031,6 +1041,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "validate_clusters",
             // Data for filters and access logs skiff does not have; see docs/compatibility.md.
             "metadata",
+            "request_mirror_policies",
+            "vhost_header",
         ],
     ),
     (
@@ -1061,6 +1073,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "hedge_policy",
             "virtual_clusters",
             "rate_limits",
+            "request_mirror_policies",
         ],
     ),
     ("envoy.config.route.v3.VirtualCluster", &["name", "headers"]),
@@ -1216,6 +1229,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "tls_context",
             "path_match_policy",
             "dynamic_metadata",
+            "cookies",
         ],
     ),
     (

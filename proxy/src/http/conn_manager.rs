@@ -1542,6 +1542,14 @@ async fn handle(
             Some(PathAction::Continue(_)) => {}
         }
     }
+    // strip_trailing_host_dot first (`host.` and `host.:port` lose the dot), then the port.
+    if cfg.strip_trailing_host_dot {
+        if let Some(host) =
+            authority(&parts).and_then(crate::http::conn_manager_utility::strip_trailing_host_dot)
+        {
+            set_authority(&mut parts, &host);
+        }
+    }
     if let Some(host) = authority(&parts).and_then(|h| {
         crate::http::conn_manager_utility::strip_port(cfg.strip_port, h, conn.local.port())
     }) {

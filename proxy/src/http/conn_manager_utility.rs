@@ -191,6 +191,19 @@ pub fn canonical_path(path: &str) -> Option<String> {
     Some(result)
 }
 
+/// A host without its trailing dot (`a.b.` and `a.b.:80`), when it has one (Envoy's
+/// `stripTrailingHostDot`).
+pub fn strip_trailing_host_dot(host: &str) -> Option<String> {
+    if let Some(h) = host.strip_suffix('.') {
+        return Some(h.to_string());
+    }
+    // A port after the dot; an IPv6 literal's colons are inside its brackets.
+    let colon = host.rfind(':').filter(|c| !host[*c..].contains(']'))?;
+    let (name, port) = host.split_at(colon);
+    let name = name.strip_suffix('.')?;
+    Some(format!("{name}{port}"))
+}
+
 /// The host with its port removed as `strip_matching_host_port` / `strip_any_host_port` say
 /// (`listener_port` is the port the connection arrived on); `None` when it stays.
 pub fn strip_port(mode: StripPort, host: &str, listener_port: u16) -> Option<String> {
@@ -281,6 +294,10 @@ pub fn forwarding_headers(
                 names::X_FORWARDED_PROTO.clone(),
                 HeaderValue::from_static(if secure { "https" } else { "http" }),
             );
+        }
+        // append_x_forwarded_port: the port the client reached, unless a trusted hop set one.
+        if cfg.append_x_forwarded_port && (hops == 0 || !headers.contains_key("x-forwarded-port")) {
+            headers.insert("x-forwarded-port", HeaderValue::from(local.port()));
         }
     } else if !cfg.ip_detection.is_empty() {
         // The extensions in order: the first that finds an address decides; one that cannot
@@ -660,5 +677,13 @@ mod tests {
         );
         assert_eq!(strip_port(StripPort::Any, "::1", 1), None);
         assert_eq!(strip_port(StripPort::Any, "a", 1), None);
+        assert_eq!(strip_trailing_host_dot("a.b.").as_deref(), Some("a.b"));
+        assert_eq!(
+            strip_trailing_host_dot("a.b.:80").as_deref(),
+            Some("a.b:80")
+        );
+        assert_eq!(strip_trailing_host_dot("a.b:80"), None);
+        assert_eq!(strip_trailing_host_dot("[::1]:80"), None);
+        assert_eq!(strip_trailing_host_dot("a"), None);
     }
 }

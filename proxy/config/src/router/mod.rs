@@ -90,6 +90,26 @@ pub struct RouteMatch {
     runtime_fraction: Option<crate::runtime::RuntimeFraction>,
     tls: Option<TlsMatch>,
     metadata: Vec<crate::metadata::MetadataMatcher>,
+    cookies: Vec<CookieMatch>,
+}
+
+/// A `CookieMatcher`: the first value of the named cookie must match (or, inverted, must
+/// not; an absent cookie matches only inverted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CookieMatch {
+    /// `name`.
+    pub name: String,
+    /// `string_match`.
+    pub matcher: crate::model::StringMatch,
+    /// `invert_match`.
+    pub invert: bool,
+}
+
+impl CookieMatch {
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let hit = cookie_value(headers, &self.name).is_some_and(|v| self.matcher.matches(&v));
+        hit != self.invert
+    }
 }
 
 /// `tls_context`: what the client's TLS must show (unset: either).
@@ -133,7 +153,14 @@ impl RouteMatch {
             runtime_fraction: None,
             tls: None,
             metadata: Vec::new(),
+            cookies: Vec::new(),
         }
+    }
+
+    /// With `cookies`: each must match.
+    pub fn with_cookies(mut self, cookies: Vec<CookieMatch>) -> Self {
+        self.cookies = cookies;
+        self
     }
 
     /// With `dynamic_metadata`: each matcher must accept the stream's dynamic metadata.
@@ -204,8 +231,33 @@ impl RouteMatch {
             && self.tls.is_none_or(|t| t.matches(req.peer_certificate))
             && self.headers.iter().all(|h| header_matches(h, req))
             && (self.query.is_empty() || query_matches(&self.query, path))
+            && self.cookies.iter().all(|c| c.matches(req.headers))
             && self.metadata.iter().all(|m| m.matches(req.metadata))
     }
+}
+
+/// The first value of cookie `name` in the request's `Cookie` headers, without the quotes
+/// around a quoted value (Envoy's `parseCookieValue`).
+pub fn cookie_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    for h in headers.get_all(http::header::COOKIE) {
+        let Ok(s) = std::str::from_utf8(h.as_bytes()) else {
+            continue;
+        };
+        for pair in s.split(';') {
+            let pair = pair.trim_start_matches(' ');
+            let Some((k, v)) = pair.split_once('=') else {
+                continue;
+            };
+            if k == name {
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v);
+                return Some(v.to_string());
+            }
+        }
+    }
+    None
 }
 
 fn starts_with(s: &str, prefix: &str, case_sensitive: bool) -> bool {
@@ -898,6 +950,8 @@ pub struct RouteConfig {
     pub per_filter: PerFilterConfigs,
     /// `internal_only_headers`: removed from requests that are not internal.
     pub internal_only_headers: Vec<http::HeaderName>,
+    /// `vhost_header`: the header whose value picks the virtual host, instead of the host.
+    pub vhost_header: Option<http::HeaderName>,
 }
 
 impl RouteConfig {
@@ -1139,6 +1193,7 @@ mod tests {
             response_headers: Arc::default(),
             most_specific_wins: false,
             internal_only_headers: Vec::new(),
+            vhost_header: None,
             per_filter: PerFilterConfigs::default(),
         }
     }

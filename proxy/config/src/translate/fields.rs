@@ -414,8 +414,10 @@ pub(super) fn route_configuration(
     // `validate_clusters`: read by translate_routes.
     let _ = validate_clusters;
     refuse(path, "cluster_specifier_plugins", cluster_specifier_plugins)?;
-    refuse(path, "request_mirror_policies", request_mirror_policies)?;
-    refuse(path, "vhost_header", vhost_header)?;
+    // request_mirror_policies: http_manager::translate_routes.
+    let _ = request_mirror_policies;
+    // vhost_header: http_manager::translate_routes.
+    let _ = vhost_header;
     refuse(
         path,
         "ignore_path_parameters_in_path_matching",
@@ -478,7 +480,8 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
         per_request_buffer_limit_bytes,
     )?;
     refuse(path, "request_body_buffer_limit", request_body_buffer_limit)?;
-    refuse(path, "request_mirror_policies", request_mirror_policies)?;
+    // request_mirror_policies: http_manager::translate_routes.
+    let _ = request_mirror_policies;
     refuse(path, "route_specifiers", route_specifiers)?;
     Ok(())
 }
@@ -537,7 +540,8 @@ pub(super) fn route_match(m: &route_pb::RouteMatch, path: &str) -> Result<(), Co
         filter_state,
         path_specifier,
     } = m;
-    refuse(path, "cookies", cookies)?;
+    // cookies: http_manager::route_match.
+    let _ = cookies;
     // dynamic_metadata: http_manager::route_match.
     refuse(path, "filter_state", filter_state)?;
     // path_specifier: translate_route (path_match_policy with the URI template matcher).
@@ -747,14 +751,15 @@ pub(super) fn http_connection_manager(
         "path_normalization_options",
         path_normalization_options,
     )?;
-    refuse(path, "strip_trailing_host_dot", strip_trailing_host_dot)?;
+    // strip_trailing_host_dot, append_x_forwarded_port: http_manager.
+    let _ = strip_trailing_host_dot;
     refuse(path, "proxy_status_config", proxy_status_config)?;
     refuse(
         path,
         "typed_header_validation_config",
         typed_header_validation_config,
     )?;
-    refuse(path, "append_x_forwarded_port", append_x_forwarded_port)?;
+    let _ = append_x_forwarded_port;
     refuse(path, "append_local_overload", append_local_overload)?;
     refuse(
         path,

@@ -376,6 +376,8 @@ pub(super) fn translate_hcm(
         merge_slashes: h.merge_slashes,
         escaped_slashes,
         strip_port,
+        strip_trailing_host_dot: h.strip_trailing_host_dot,
+        append_x_forwarded_port: h.append_x_forwarded_port,
         upgrades,
         upgrade_filters,
         http2,
@@ -1042,10 +1044,18 @@ pub(crate) fn translate_routes(
         }
         (_, clusters) => clusters,
     };
+    let table_mirrors = super::route_action::mirrors(&rc.request_mirror_policies, path, clusters)?;
     let mut vhosts = Vec::new();
     for (i, vh) in rc.virtual_hosts.iter().enumerate() {
         let vpath = format!("{path}.virtual_hosts[{i}]");
         super::fields::virtual_host(vh, &vpath)?;
+        let vhost_mirrors =
+            super::route_action::mirrors(&vh.request_mirror_policies, &vpath, clusters)?;
+        let default_mirrors = if vhost_mirrors.is_empty() {
+            &table_mirrors
+        } else {
+            &vhost_mirrors
+        };
         if vh.domains.is_empty() {
             return Err(ConfigError::new(
                 format!("{vpath}.domains"),
@@ -1062,6 +1072,17 @@ pub(crate) fn translate_routes(
                     .as_ref()
                     .map(|v| u64::from(v.value)),
             )?);
+        }
+        // A route without mirror policies takes its virtual host's, or else its route
+        // configuration's.
+        if !default_mirrors.is_empty() {
+            for r in &mut routes {
+                if let crate::router::Action::Forward(fw) = &mut r.action {
+                    if fw.mirrors.is_empty() {
+                        fw.mirrors = default_mirrors.clone();
+                    }
+                }
+            }
         }
         use super::route_action::header_parser;
         use route::virtual_host::TlsRequirementType as Tls;
@@ -1132,6 +1153,19 @@ pub(crate) fn translate_routes(
         response_headers: Arc::default(),
         most_specific_wins: false,
         internal_only_headers: Vec::new(),
+        vhost_header: if rc.vhost_header.is_empty()
+            || rc.vhost_header.eq_ignore_ascii_case(":authority")
+            || rc.vhost_header.eq_ignore_ascii_case("host")
+        {
+            None
+        } else {
+            Some(
+                http::HeaderName::from_bytes(rc.vhost_header.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| {
+                        ConfigError::new(format!("{path}.vhost_header"), "not a valid header name")
+                    })?,
+            )
+        },
         per_filter: super::ratelimit::per_filter_configs(&rc.typed_per_filter_config, path)?,
     };
     table
@@ -1294,8 +1328,25 @@ pub(super) fn route_match(
             super::metadata::metadata_matcher(d, &format!("{mpath}.dynamic_metadata[{i}]"))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let mut cookies = Vec::new();
+    for (i, c) in m.cookies.iter().enumerate() {
+        let cpath = format!("{mpath}.cookies[{i}]");
+        if c.name.is_empty() {
+            return Err(ConfigError::new(
+                format!("{cpath}.name"),
+                "value length must be at least 1 characters",
+            ));
+        }
+        let sm = required(&c.string_match, &format!("{cpath}.string_match"))?;
+        cookies.push(crate::router::CookieMatch {
+            name: c.name.clone(),
+            matcher: string_match(sm, &format!("{cpath}.string_match"))?,
+            invert: c.invert_match,
+        });
+    }
     let matcher = RouteMatch::new(path_match.clone(), case_sensitive, headers)
         .with_query(query)
+        .with_cookies(cookies)
         .with_dynamic_metadata(metadata)
         .with_grpc(m.grpc.is_some())
         .with_tls(m.tls_context.as_ref().map(|t| crate::router::TlsMatch {

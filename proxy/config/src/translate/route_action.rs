@@ -764,6 +764,25 @@ fn redirect(
 /// `*_headers_to_add` and `*_headers_to_remove` of one level (`prefix` is `request` or
 /// `response`).
 /// One of `request_mirror_policies`, checked as Envoy checks it (its messages).
+/// The `request_mirror_policies` of a virtual host or a route configuration, for the routes
+/// that have none of their own (the most specific non-empty list wins, as in Envoy).
+pub(super) fn mirrors(
+    list: &[route::route_action::RequestMirrorPolicy],
+    path: &str,
+    clusters: Option<&HashSet<String>>,
+) -> Result<Vec<crate::router::Mirror>, ConfigError> {
+    let known = |name: &str, at: String| {
+        if clusters.is_some_and(|c| !c.contains(name)) {
+            return Err(ConfigError::new(at, format!("unknown cluster '{name}'")));
+        }
+        Ok(())
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| mirror(m, &format!("{path}.request_mirror_policies[{i}]"), &known))
+        .collect()
+}
+
 fn mirror(
     m: &route::route_action::RequestMirrorPolicy,
     path: &str,

@@ -444,7 +444,16 @@ impl Selection {
             peer_certificate,
             metadata,
         };
-        if let Some(vi) = t.virtual_host_index(host_header) {
+        // vhost_header: another header's value picks the virtual host (none when absent).
+        let vhost_key = match &t.vhost_header {
+            Some(h) => parts
+                .headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            None => host_header,
+        };
+        if let Some(vi) = t.virtual_host_index(vhost_key) {
             let vh = &t.virtual_hosts[vi];
             // require_tls: a request not forwarded as https is sent to https first (Envoy's SSL
             // redirect route, a 301 built like a route's https_redirect).
@@ -1085,29 +1094,7 @@ pub fn request_hash(
     hash
 }
 
-/// The first value of cookie `name` in the request's `Cookie` headers, without the quotes
-/// around a quoted value (Envoy's `parseCookieValue`).
-pub(crate) fn cookie_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    for h in headers.get_all(header::COOKIE) {
-        let Ok(s) = std::str::from_utf8(h.as_bytes()) else {
-            continue;
-        };
-        for pair in s.split(';') {
-            let pair = pair.trim_start_matches(' ');
-            let Some((k, v)) = pair.split_once('=') else {
-                continue;
-            };
-            if k == name {
-                let v = v
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .unwrap_or(v);
-                return Some(v.to_string());
-            }
-        }
-    }
-    None
-}
+pub(crate) use crate::router::cookie_value;
 
 /// The first value of query parameter `name`, as sent (a parameter without `=` has the empty
 /// value), as Envoy's `parseQueryString`.
