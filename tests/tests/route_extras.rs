@@ -6,7 +6,9 @@
 //!   specific non-empty list mirrors a route without its own);
 //! - the route configuration's `vhost_header` (another header picks the virtual host);
 //! - the connection manager's `strip_trailing_host_dot`, and `append_x_forwarded_port` with
-//!   `use_remote_address`.
+//!   `use_remote_address`;
+//! - `host_rewrite_path_regex` (from the path as matched, before `prefix_rewrite`), with
+//!   `append_x_forwarded_host`.
 
 use std::time::Duration;
 
@@ -278,7 +280,17 @@ async fn trailing_host_dot_and_forwarded_port_side_by_side() {
                     {
                         "name": "other",
                         "domains": ["*"],
-                        "routes": [route("/", "other", json!({}))],
+                        "routes": [
+                            route("/rewrite/", "host-from-path", json!({ "route": {
+                                "host_rewrite_path_regex": {
+                                    "pattern": { "regex": "^/rewrite/([a-z]+)(/.*)?$" },
+                                    "substitution": "\\1.internal",
+                                },
+                                "prefix_rewrite": "/r/",
+                                "append_x_forwarded_host": true,
+                            } })),
+                            route("/", "other", json!({})),
+                        ],
                     },
                 ],
             },
@@ -292,6 +304,9 @@ async fn trailing_host_dot_and_forwarded_port_side_by_side() {
             ("/", &[], "[::1]:80"),
             ("/", &[("x-forwarded-port", "1234")], "host.example"),
             ("/", &[("x-forwarded-proto", "https")], "host.example"),
+            ("/rewrite/abc/def?x=/rewrite/q", &[], "front.example"),
+            ("/rewrite/abc", &[], "front.example"),
+            ("/rewrite/ABC/d", &[], "front.example"),
         ];
         compare(&e, &s, cases).await;
     })

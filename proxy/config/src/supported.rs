@@ -1383,6 +1383,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "host_rewrite_literal",
             "host_rewrite_header",
             "auto_host_rewrite",
+            "host_rewrite_path_regex",
             "append_x_forwarded_host",
             "retry_policy",
             "hedge_policy",

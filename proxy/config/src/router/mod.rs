@@ -721,6 +721,9 @@ pub enum HostRewrite {
     Header(http::HeaderName),
     /// `auto_host_rewrite`: the chosen host's hostname (for static and DNS clusters).
     Auto,
+    /// `host_rewrite_path_regex`: every match of the pattern in the path (query and fragment
+    /// left out) replaced, as the host.
+    PathRegex(Box<(crate::pattern::Regex, String)>),
 }
 
 /// `RedirectAction`.

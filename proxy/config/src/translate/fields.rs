@@ -610,11 +610,7 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     let _ = hedge_policy;
     // max_stream_duration: route_action::stream_duration.
     let _ = max_stream_duration;
-    if let Some(route_pb::route_action::HostRewriteSpecifier::HostRewritePathRegex(_)) =
-        host_rewrite_specifier
-    {
-        return Err(unsupported(path, "host_rewrite_path_regex"));
-    }
+    // host_rewrite_path_regex: route_action.
     if let Some(route_pb::route_action::HostRewriteSpecifier::HostRewrite(_)) =
         host_rewrite_specifier
     {

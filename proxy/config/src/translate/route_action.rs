@@ -279,10 +279,9 @@ fn forward(
             })?,
         )),
         Some(H::AutoHostRewrite(b)) => b.value.then_some(HostRewrite::Auto),
-        Some(H::HostRewritePathRegex(_)) => {
-            return Err(ConfigError::unsupported(format!(
-                "{apath}.host_rewrite_path_regex"
-            )))
+        Some(H::HostRewritePathRegex(r)) => {
+            let (re, sub) = regex_substitution(r, &format!("{apath}.host_rewrite_path_regex"))?;
+            Some(HostRewrite::PathRegex(Box::new((re, sub))))
         }
         Some(H::HostRewrite(_)) => {
             return Err(ConfigError::unsupported(format!("{apath}.host_rewrite")))

@@ -684,6 +684,15 @@ pub async fn route(
     if let Some(c) = changes.filter(|c| !c.response_headers.is_empty()) {
         response_headers.insert(0, c.response_headers.clone());
     }
+    // host_rewrite_path_regex reads the path as the route matched it (Envoy rewrites the host
+    // before the path).
+    let host_from_path = match &forward.host_rewrite {
+        Some(HostRewrite::PathRegex(rw)) => {
+            let (re, sub) = &**rw;
+            Some(re.replace_all(parts.uri.path(), sub.as_str()).into_owned())
+        }
+        _ => None,
+    };
     if let Some(rw) = &forward.path_rewrite {
         let old = parts
             .uri
@@ -716,8 +725,7 @@ pub async fn route(
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(str::to_string),
-        // skiff's hosts have no hostnames (no DNS clusters), so nothing to rewrite to: Envoy
-        // leaves such requests alone too.
+        Some(HostRewrite::PathRegex(..)) => host_from_path.filter(|h| !h.is_empty()),
         Some(HostRewrite::Auto) | None => None,
     };
     let host_header = match rewritten {
