@@ -423,3 +423,124 @@ async fn network_rbac_side_by_side_with_envoy() {
     })
     .await;
 }
+
+/// RBAC's `matcher` form (Envoy's matching API), side by side: header inputs (pseudo-headers
+/// too) with value matchers, the source address with the IP matcher, `and_matcher`,
+/// `or_matcher`, `not_matcher`, a nested matcher that finds no action (the next one is tried),
+/// `on_no_match`, a route's own matcher, and a `shadow_matcher`; the reply's details name the
+/// action's policy, and a request no matcher names is denied.
+#[tokio::test]
+async fn rbac_matcher_side_by_side_with_envoy() {
+    fn action(name: &str, a: &str) -> Value {
+        json!({ "action": { "name": name, "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.rbac.v3.Action", "name": name, "action": a } } })
+    }
+    fn header(name: &str, m: Value) -> Value {
+        json!({ "single_predicate": {
+            "input": { "name": "h", "typed_config": {
+                "@type": "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
+                "header_name": name } },
+            "value_match": m } })
+    }
+    fn source_in(ip: &str, len: u32) -> Value {
+        json!({ "single_predicate": {
+            "input": { "name": "ip", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.SourceIPInput" } },
+            "custom_match": { "name": "ip", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.matching.input_matchers.ip.v3.Ip",
+                "cidr_ranges": [cidr(ip, len)], "stat_prefix": "ip" } } } })
+    }
+    fn build_matcher(admin: u16, listen: u16, upstream: u16) -> String {
+        let mut v = config::simple_http(admin, listen, &[upstream]);
+        let matcher = json!({
+            "matcher_list": { "matchers": [
+                { "predicate": header("x-role", json!({ "exact": "admin" })),
+                  "on_match": action("admins", "ALLOW") },
+                { "predicate": { "and_matcher": { "predicate": [
+                      header("x-team", json!({ "prefix": "blue" })),
+                      { "not_matcher": source_in("10.0.0.0", 8) } ] } },
+                  "on_match": action("blue", "ALLOW") },
+                { "predicate": { "or_matcher": { "predicate": [
+                      source_in("192.168.0.0", 16),
+                      header("x-evil", json!({ "exact": "1" })) ] } },
+                  "on_match": action("blocked", "DENY") },
+                { "predicate": header("x-nest", json!({ "safe_regex": { "google_re2": {}, "regex": ".*" } })),
+                  "on_match": { "matcher": { "matcher_list": { "matchers": [
+                      { "predicate": header("x-nest", json!({ "exact": "deep" })),
+                        "on_match": action("deep", "ALLOW") } ] } } } },
+                { "predicate": header(":path", json!({ "prefix": "/public", "ignore_case": true })),
+                  "on_match": action("public", "ALLOW") },
+                { "predicate": header(":method", json!({ "exact": "PUT" })),
+                  "on_match": action("logged", "LOG") },
+            ] },
+            "on_no_match": action("default-deny", "DENY"),
+        });
+        let shadow = json!({
+            "matcher_list": { "matchers": [
+                { "predicate": header("x-shadow", json!({ "exact": "nope" })),
+                  "on_match": action("shadow-no", "DENY") } ] },
+        });
+        let filter = json!({ "name": "envoy.filters.http.rbac", "typed_config": {
+            "@type": RBAC, "matcher": matcher, "shadow_matcher": shadow,
+            "shadow_rules_stat_prefix": "dry_run." } });
+        let hcm = config::hcm_config(&mut v);
+        hcm["http_filters"] = json!([filter, router()]);
+        hcm["access_log"] = json!([{ "name": "envoy.access_loggers.stdout", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": { "text_format_source": { "inline_string": LOG } } } }]);
+        config::route_config(&mut v)["virtual_hosts"][0]["routes"] = json!([
+            { "match": { "prefix": "/own" }, "route": { "cluster": "backend" },
+              "typed_per_filter_config": { "envoy.filters.http.rbac": { "@type": PER_ROUTE,
+                "rbac": { "matcher": { "matcher_list": { "matchers": [
+                    { "predicate": header("x-key", json!({ "exact": "k" })),
+                      "on_match": action("keyed", "ALLOW") } ] } } } } } },
+            { "match": { "prefix": "/" }, "route": { "cluster": "backend" } }
+        ]);
+        config::to_yaml(&v)
+    }
+    run_for(Duration::from_secs(120), async {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "/"),
+            (&["-H", "x-role: admin"], "/admin"),
+            (&["-H", "x-role: Admin"], "/admin-case"),
+            (&["-H", "x-team: blue-1"], "/team"),
+            (&["-H", "x-team: blue-1", "-H", "x-evil: 1"], "/team-evil"),
+            (&["-H", "x-evil: 1", "-H", "x-role: admin"], "/evil-admin"),
+            (&["-H", "x-evil: 1"], "/evil"),
+            (&["-H", "x-nest: deep"], "/nest-deep"),
+            (&["-H", "x-nest: shallow"], "/nest-shallow"),
+            (&["-H", "x-nest: shallow"], "/PUBLIC/x"),
+            (&["-X", "PUT"], "/put"),
+            (
+                &["-H", "x-shadow: nope", "-H", "x-role: admin"],
+                "/shadowed",
+            ),
+            (&[], "/own/a"),
+            (&["-H", "x-key: k"], "/own/b"),
+            (&["-H", "x-role: admin"], "/own/c"),
+        ];
+        let (e, s) = pair(Up::H1, build_matcher).await;
+        let mut failures = Vec::new();
+        let mut verdicts = String::new();
+        for (args, path) in cases {
+            let (ge, gs) = (
+                seen(&e, args, path, false).await,
+                seen(&s, args, path, false).await,
+            );
+            verdicts.push_str(&ge);
+            if ge != gs {
+                failures.push(format!("envoy {ge}\nskiff {gs}"));
+            }
+        }
+        let (se, ss) = (rbac_stats(&e).await, rbac_stats(&s).await);
+        if se != ss {
+            failures.push(format!("stats: envoy {se:?}\nskiff {ss:?}"));
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+        // Each kind of verdict was there to compare.
+        for want in ["[blocked]", "[default-deny]", ": 200"] {
+            assert!(verdicts.contains(want), "{want} in {verdicts}");
+        }
+    })
+    .await;
+}

@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod filter_chain_match;
 pub mod istio;
 pub mod jwt;
+pub mod matcher;
 pub mod metadata;
 pub mod model;
 pub mod pattern;

@@ -105,6 +105,8 @@ pub struct Request<'a> {
     pub local: SocketAddr,
     /// The connection's peer (after a PROXY protocol header).
     pub source: IpAddr,
+    /// Its port.
+    pub source_port: u16,
     /// The directly connected peer.
     pub direct_remote: IpAddr,
     /// The trusted client address.
@@ -196,13 +198,52 @@ impl Rules {
     }
 }
 
+/// The action of a matcher's match (`envoy.config.rbac.v3.Action`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatchAction {
+    /// `name`: the policy the reply's details name.
+    pub name: String,
+    /// `action`.
+    pub action: Action,
+}
+
+/// What judges a request: `rules`, or a `matcher`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Engine {
+    Rules(Rules),
+    Matcher(crate::matcher::Matcher<MatchAction>),
+}
+
+impl Engine {
+    /// Whether the request is allowed, and the policy that decided. A matcher that finds no
+    /// action denies (Envoy's matcher engine).
+    pub fn decide(&self, r: &Request<'_>) -> (bool, Option<&str>) {
+        match self {
+            Engine::Rules(rules) => rules.decide(r),
+            Engine::Matcher(m) => {
+                let data = crate::matcher::Data {
+                    view: &r.view,
+                    source: SocketAddr::new(r.source, r.source_port),
+                    direct_source: r.direct_remote,
+                    local: r.local,
+                    server_name: r.server_name,
+                };
+                match m.evaluate(&data) {
+                    Some(a) => (a.action != Action::Deny, Some(a.name.as_str())),
+                    None => (false, None),
+                }
+            }
+        }
+    }
+}
+
 /// `envoy.filters.http.rbac`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRbac {
-    /// `rules`: none enforces nothing.
-    pub rules: Option<Rules>,
-    /// `shadow_rules`: judged and counted, never enforced.
-    pub shadow: Option<Rules>,
+    /// `rules` or `matcher`: none enforces nothing.
+    pub rules: Option<Engine>,
+    /// `shadow_rules` or `shadow_matcher`: judged and counted, never enforced.
+    pub shadow: Option<Engine>,
     /// `rules_stat_prefix`.
     pub rules_stat_prefix: String,
     /// `shadow_rules_stat_prefix`.
@@ -242,6 +283,7 @@ mod tests {
             view: RequestView::get("/admin/x?q#f", &headers),
             local: "10.0.0.1:8080".parse().unwrap(),
             source: "10.0.0.2".parse().unwrap(),
+            source_port: 40000,
             direct_remote: "10.0.0.2".parse().unwrap(),
             remote: "192.0.2.1".parse().unwrap(),
             server_name: None,

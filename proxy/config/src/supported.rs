@@ -57,6 +57,51 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["reject_all", "exclusion_list", "inclusion_list"],
     ),
     ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
+    // The matching API (RBAC's matcher): translate/matcher.rs refuses by path the inputs,
+    // matchers and tree forms it does not run.
+    ("xds.type.matcher.v3.Matcher", &["matcher_list", "matcher_tree", "on_no_match"]),
+    (
+        "xds.type.matcher.v3.Matcher.OnMatch",
+        &["matcher", "action", "keep_matching"],
+    ),
+    ("xds.type.matcher.v3.Matcher.MatcherList", &["matchers"]),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.FieldMatcher",
+        &["predicate", "on_match"],
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.Predicate",
+        &["single_predicate", "or_matcher", "and_matcher", "not_matcher"],
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.Predicate.SinglePredicate",
+        &["input", "value_match", "custom_match"],
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.Predicate.PredicateList",
+        &["predicate"],
+    ),
+    ("xds.core.v3.TypedExtensionConfig", &["name", "typed_config"]),
+    (
+        "xds.type.matcher.v3.StringMatcher",
+        &["exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"],
+    ),
+    ("xds.type.matcher.v3.RegexMatcher", &["google_re2", "regex"]),
+    ("envoy.config.rbac.v3.Action", &["name", "action"]),
+    (
+        "envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
+        &["header_name"],
+    ),
+    ("envoy.extensions.matching.common_inputs.network.v3.SourceIPInput", &[]),
+    ("envoy.extensions.matching.common_inputs.network.v3.SourcePortInput", &[]),
+    ("envoy.extensions.matching.common_inputs.network.v3.DirectSourceIPInput", &[]),
+    ("envoy.extensions.matching.common_inputs.network.v3.DestinationIPInput", &[]),
+    ("envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput", &[]),
+    ("envoy.extensions.matching.common_inputs.network.v3.ServerNameInput", &[]),
+    (
+        "envoy.extensions.matching.input_matchers.ip.v3.Ip",
+        &["cidr_ranges", "stat_prefix"],
+    ),
     (
         "envoy.config.route.v3.CookieMatcher",
         &["name", "string_match", "invert_match"],
@@ -709,6 +754,51 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.type.matcher.v3.ListStringMatcher", &["patterns"]),
+    // The matching API (RBAC's matcher): translate/matcher.rs refuses by path the inputs,
+    // matchers and tree forms it does not run.
+    ("xds.type.matcher.v3.Matcher", &["matcher_list", "matcher_tree", "on_no_match"]),
+    (
+        "xds.type.matcher.v3.Matcher.OnMatch",
+        &["matcher", "action", "keep_matching"],
+    ),
+    ("xds.type.matcher.v3.Matcher.MatcherList", &["matchers"]),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.FieldMatcher",
+        &["predicate", "on_match"],
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.Predicate",
+        &["single_predicate", "or_matcher", "and_matcher", "not_matcher"],
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.Predicate.SinglePredicate",
+        &["input", "value_match", "custom_match"],
+    ),
+    (
+        "xds.type.matcher.v3.Matcher.MatcherList.Predicate.PredicateList",
+        &["predicate"],
+    ),
+    ("xds.core.v3.TypedExtensionConfig", &["name", "typed_config"]),
+    (
+        "xds.type.matcher.v3.StringMatcher",
+        &["exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"],
+    ),
+    ("xds.type.matcher.v3.RegexMatcher", &["google_re2", "regex"]),
+    ("envoy.config.rbac.v3.Action", &["name", "action"]),
+    (
+        "envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
+        &["header_name"],
+    ),
+    ("envoy.extensions.matching.common_inputs.network.v3.SourceIPInput", &[]),
+    ("envoy.extensions.matching.common_inputs.network.v3.SourcePortInput", &[]),
+    ("envoy.extensions.matching.common_inputs.network.v3.DirectSourceIPInput", &[]),
+    ("envoy.extensions.matching.common_inputs.network.v3.DestinationIPInput", &[]),
+    ("envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput", &[]),
+    ("envoy.extensions.matching.common_inputs.network.v3.ServerNameInput", &[]),
+    (
+        "envoy.extensions.matching.input_matchers.ip.v3.Ip",
+        &["cidr_ranges", "stat_prefix"],
+    ),
     (
         "envoy.config.route.v3.CookieMatcher",
         &["name", "string_match", "invert_match"],

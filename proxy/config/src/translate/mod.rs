@@ -30,6 +30,7 @@ mod istio;
 mod jwt;
 mod lb;
 mod listener_filters;
+mod matcher;
 mod metadata;
 mod operations;
 mod outlier;

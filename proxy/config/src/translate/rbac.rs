@@ -5,7 +5,7 @@ use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as http_rbac;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 
 use super::super::ConfigError;
-use crate::rbac::{Action, HttpRbac, Permission, Policy, Principal, Rules};
+use crate::rbac::{Action, Engine, HttpRbac, MatchAction, Permission, Policy, Principal, Rules};
 
 /// The filter's configuration at `path`.
 pub(super) fn filter(c: &http_rbac::Rbac, path: &str) -> Result<HttpRbac, ConfigError> {
@@ -18,26 +18,35 @@ pub(super) fn filter(c: &http_rbac::Rbac, path: &str) -> Result<HttpRbac, Config
         shadow_rules_stat_prefix,
         track_per_rule_stats,
     } = c;
-    if matcher.is_some() {
-        return Err(ConfigError::unsupported(format!("{path}.matcher")));
-    }
-    if shadow_matcher.is_some() {
-        return Err(ConfigError::unsupported(format!("{path}.shadow_matcher")));
-    }
     if *track_per_rule_stats {
         return Err(ConfigError::unsupported(format!(
             "{path}.track_per_rule_stats"
         )));
     }
+    let engine = |rules: &Option<rbac_pb::Rbac>,
+                  matcher: &Option<envoy_types::pb::xds::r#type::matcher::v3::Matcher>,
+                  names: (&str, &str)|
+     -> Result<Option<Engine>, ConfigError> {
+        Ok(match (rules, matcher) {
+            (Some(r), _) => Some(Engine::Rules(translate_rules(
+                r,
+                &format!("{path}.{}", names.0),
+            )?)),
+            (None, Some(m)) => Some(Engine::Matcher(super::matcher::matcher(
+                m,
+                &format!("{path}.{}", names.1),
+                &match_action,
+            )?)),
+            (None, None) => None,
+        })
+    };
     Ok(HttpRbac {
-        rules: rules
-            .as_ref()
-            .map(|r| translate_rules(r, &format!("{path}.rules")))
-            .transpose()?,
-        shadow: shadow_rules
-            .as_ref()
-            .map(|r| translate_rules(r, &format!("{path}.shadow_rules")))
-            .transpose()?,
+        rules: engine(rules, matcher, ("rules", "matcher"))?,
+        shadow: engine(
+            shadow_rules,
+            shadow_matcher,
+            ("shadow_rules", "shadow_matcher"),
+        )?,
         rules_stat_prefix: rules_stat_prefix.clone(),
         shadow_stat_prefix: shadow_rules_stat_prefix.clone(),
     })
@@ -97,6 +106,40 @@ pub(super) fn per_route(
         .as_ref()
         .map(|r| filter(r, &format!("{path}.rbac")))
         .transpose()
+}
+
+/// A matcher's action: `envoy.config.rbac.v3.Action`.
+fn match_action(
+    c: &envoy_types::pb::xds::core::v3::TypedExtensionConfig,
+    path: &str,
+) -> Result<MatchAction, ConfigError> {
+    let tpath = format!("{path}.typed_config");
+    let any = c
+        .typed_config
+        .as_ref()
+        .ok_or_else(|| ConfigError::new(&tpath, "required"))?;
+    if super::super::proto::type_name(&any.type_url) != "envoy.config.rbac.v3.Action" {
+        return Err(ConfigError::new(
+            &tpath,
+            format!("unsupported action ({})", any.type_url),
+        ));
+    }
+    let a: rbac_pb::Action = super::super::proto::unpack(any, &tpath)?;
+    let action = match rbac_pb::rbac::Action::try_from(a.action) {
+        Ok(rbac_pb::rbac::Action::Allow) => Action::Allow,
+        Ok(rbac_pb::rbac::Action::Deny) => Action::Deny,
+        Ok(rbac_pb::rbac::Action::Log) => Action::Log,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{tpath}.action"),
+                "value must be one of the defined enum values",
+            ))
+        }
+    };
+    Ok(MatchAction {
+        name: a.name,
+        action,
+    })
 }
 
 fn translate_rules(r: &rbac_pb::Rbac, path: &str) -> Result<Rules, ConfigError> {

@@ -13,7 +13,7 @@ use http::StatusCode;
 use crate::http::filter::{HeadersStatus, HttpFilter, StreamContext};
 use crate::http::local_reply::LocalReply;
 use crate::stats::{Counter, Shard};
-use skiff_config::rbac::{HttpRbac, Peer, Request, Rules};
+use skiff_config::rbac::{Engine, HttpRbac, Peer, Request};
 
 #[derive(Debug)]
 struct Stats {
@@ -56,6 +56,7 @@ impl Factory {
             remote: cx.remote,
             local: cx.downstream.local,
             source: cx.downstream.peer.ip(),
+            source_port: cx.downstream.peer.port(),
             connection: cx.downstream.connection.clone(),
         }
     }
@@ -68,6 +69,7 @@ pub struct RbacFilter {
     remote: IpAddr,
     local: SocketAddr,
     source: IpAddr,
+    source_port: u16,
     connection: Arc<crate::stream_info::Connection>,
 }
 
@@ -82,13 +84,14 @@ fn denied_details(policy: Option<&str>) -> &'static str {
 impl RbacFilter {
     /// The verdict of `rules` on the request, and the policy that decided (borrowed from
     /// the rules: nothing is copied per request).
-    fn judge<'r>(&self, rules: &'r Rules, head: &http::request::Parts) -> (bool, Option<&'r str>) {
+    fn judge<'r>(&self, rules: &'r Engine, head: &http::request::Parts) -> (bool, Option<&'r str>) {
         let tls = self.connection.tls.as_ref();
         let peer_cert = tls.and_then(|t| t.peer.as_ref());
         let request = Request {
             view: crate::http::filter::request_view(head),
             local: self.local,
             source: self.source,
+            source_port: self.source_port,
             direct_remote: self
                 .connection
                 .direct_remote
@@ -144,6 +147,7 @@ impl NetworkGate {
             view: crate::router::RequestView::get("", &empty),
             local,
             source: peer.ip(),
+            source_port: peer.port(),
             direct_remote: connection.direct_remote.map_or(peer.ip(), |a| a.ip()),
             remote: peer.ip(),
             server_name: connection.requested_server_name.as_deref(),
