@@ -269,3 +269,96 @@ async fn invalid_subset_configs_are_refused_by_both() {
     })
     .await;
 }
+
+/// tcp_proxy's `metadata_match` (and a weighted cluster's own, merged over it), side by side:
+/// each connection carries one HTTP/1.1 request to the echo upstream it reached; over 24
+/// connections per listener the same upstreams must be reached behind skiff as behind Envoy.
+#[tokio::test]
+async fn tcp_proxy_subsets_side_by_side() {
+    use skiff_tests::config::listener;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    run_for(Duration::from_secs(120), async {
+        let mut ups = Vec::new();
+        for i in 0..6 {
+            ups.push(EchoUpstream::with_options(EchoOptions::named(&format!("u{i}"))).await);
+        }
+        let ports: Vec<u16> = ups.iter().map(|u| u.port()).collect();
+        let tcp = |name: &str, port: u16, extra: Value| {
+            let mut f = skiff_tests::config::tcp_proxy(name, "any");
+            if let (Some(o), Some(x)) = (f["typed_config"].as_object_mut(), extra.as_object()) {
+                for (k, v) in x {
+                    o.insert(k.clone(), v.clone());
+                }
+                if x.contains_key("weighted_clusters") {
+                    o.remove("cluster");
+                }
+            }
+            listener(name, "127.0.0.1", port, f)
+        };
+        let lb = |v: Value| json!({ "filter_metadata": { "envoy.lb": v } });
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let who = kind.name();
+            let listen = [free_port(), free_port(), free_port()];
+            let yaml = to_yaml(&bootstrap(
+                free_port(),
+                vec![
+                    tcp("v2", listen[0], json!({ "metadata_match": lb(json!({ "version": "v2" })) })),
+                    tcp(
+                        "canary",
+                        listen[1],
+                        json!({ "metadata_match": lb(json!({ "version": "v1", "stage": "canary" })) }),
+                    ),
+                    tcp(
+                        "weighted",
+                        listen[2],
+                        json!({
+                            "metadata_match": lb(json!({ "version": "v1" })),
+                            "weighted_clusters": { "clusters": [ { "name": "any", "weight": 1,
+                                "metadata_match": lb(json!({ "stage": "prod" })) } ] } }),
+                    ),
+                ],
+                vec![cluster(
+                    "any",
+                    &ports,
+                    json!({ "fallback_policy": "ANY_ENDPOINT", "subset_selectors": [
+                        { "keys": ["version"] }, { "keys": ["version", "stage"] } ] }),
+                )],
+            ));
+            let _proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+            let mut got = Vec::new();
+            for port in listen {
+                let mut reached = BTreeSet::new();
+                for _ in 0..24 {
+                    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .expect("connect");
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                        .await
+                        .expect("write");
+                    let mut text = String::new();
+                    let _ = s.read_to_string(&mut text).await;
+                    let up = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("x-upstream: "))
+                        .unwrap_or("none")
+                        .to_string();
+                    reached.insert(up);
+                }
+                got.push((port == listen[0], reached));
+            }
+            assert!(
+                got.iter().all(|(_, r)| !r.contains("none")),
+                "{who}: every connection reached an upstream: {got:?}"
+            );
+            seen.push(got.into_iter().map(|(_, r)| r).collect::<Vec<_>>());
+        }
+        assert_eq!(seen[1], seen[0], "skiff's upstreams, Envoy's");
+        assert_eq!(
+            seen[0][0],
+            BTreeSet::from(["u2".to_string(), "u3".to_string()]),
+            "the v2 subset"
+        );
+    })
+    .await;
+}

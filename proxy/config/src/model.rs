@@ -1043,19 +1043,32 @@ pub enum ClusterChoice {
 impl ClusterChoice {
     /// Picks a cluster; weighted choices draw at random by weight, as Envoy does.
     pub fn pick(&self) -> &str {
+        self.name(self.pick_index())
+    }
+
+    /// The index of the cluster picked (0 for a single cluster).
+    pub fn pick_index(&self) -> usize {
         match self {
-            ClusterChoice::Single(c) => c,
+            ClusterChoice::Single(_) => 0,
             ClusterChoice::Weighted(all) => {
                 let total: u64 = all.iter().map(|(_, w)| u64::from(*w)).sum();
                 let mut draw = fastrand::u64(0..total.max(1));
-                for (name, w) in all {
+                for (i, (_, w)) in all.iter().enumerate() {
                     if draw < u64::from(*w) {
-                        return name;
+                        return i;
                     }
                     draw -= u64::from(*w);
                 }
-                &all[0].0
+                0
             }
+        }
+    }
+
+    /// The name of the `i`th cluster.
+    pub fn name(&self, i: usize) -> &str {
+        match self {
+            ClusterChoice::Single(c) => c,
+            ClusterChoice::Weighted(all) => all.get(i).map_or(&all[0].0, |(n, _)| n),
         }
     }
 }
@@ -1067,6 +1080,9 @@ pub struct TcpProxy {
     pub stat_prefix: String,
     /// `cluster` or `weighted_clusters`.
     pub cluster: ClusterChoice,
+    /// `metadata_match` (merged under each weighted cluster's own), by the index of the
+    /// cluster picked: the subset its hosts come from.
+    pub criteria: Vec<Option<Arc<MatchCriteria>>>,
     /// `idle_timeout` (default 1 h; zero disables).
     pub idle_timeout: Option<Duration>,
     /// `access_log`.

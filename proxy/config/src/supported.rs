@@ -512,6 +512,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "access_log_flush_interval",
             "flush_access_log_on_connected",
             "access_log_options",
+            "metadata_match",
         ],
     ),
     (
@@ -524,7 +525,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight",
-        &["name", "weight"],
+        &["name", "weight", "metadata_match"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",

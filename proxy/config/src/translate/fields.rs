@@ -799,7 +799,8 @@ pub(super) fn tcp_proxy(m: &tcp_pb::TcpProxy, path: &str) -> Result<(), ConfigEr
         cluster_specifier: _,
     } = m;
     refuse(path, "on_demand", on_demand)?;
-    refuse(path, "metadata_match", metadata_match)?;
+    // metadata_match: translate_tcp_proxy.
+    let _ = metadata_match;
     refuse(path, "downstream_idle_timeout", downstream_idle_timeout)?;
     refuse(path, "upstream_idle_timeout", upstream_idle_timeout)?;
     refuse(path, "max_connect_attempts", max_connect_attempts)?;

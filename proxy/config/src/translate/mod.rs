@@ -1309,14 +1309,30 @@ fn translate_tcp_proxy(t: &tcp::TcpProxy, path: &str) -> Result<TcpProxy, Config
     if t.stat_prefix.is_empty() {
         return Err(ConfigError::new(format!("{path}.stat_prefix"), "required"));
     }
+    let top = subset::criteria(t.metadata_match.as_ref());
+    let mut criteria = Vec::new();
     let cluster = match &t.cluster_specifier {
-        Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) => ClusterChoice::Single(c.clone()),
+        Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) => {
+            criteria.push(top.clone().map(Arc::new));
+            ClusterChoice::Single(c.clone())
+        }
         Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
             let mut all = Vec::new();
             for (i, c) in w.clusters.iter().enumerate() {
                 if c.weight == 0 {
                     continue;
                 }
+                // Envoy: the cluster's own criteria merged over the filter's.
+                criteria.push(
+                    match (subset::criteria(c.metadata_match.as_ref()), &top) {
+                        (Some(own), Some(t)) => Some(crate::model::MatchCriteria {
+                            keys: t.merged(&own.keys),
+                            fallback_list: own.fallback_list.or(t.fallback_list.clone()),
+                        }),
+                        (own, t) => own.or(t.clone()),
+                    }
+                    .map(Arc::new),
+                );
                 if c.name.is_empty() {
                     return Err(ConfigError::new(
                         format!("{path}.weighted_clusters.clusters[{i}].name"),
@@ -1371,6 +1387,7 @@ fn translate_tcp_proxy(t: &tcp::TcpProxy, path: &str) -> Result<TcpProxy, Config
     Ok(TcpProxy {
         stat_prefix: t.stat_prefix.clone(),
         cluster,
+        criteria,
         idle_timeout,
         access_logs,
         tunneling,

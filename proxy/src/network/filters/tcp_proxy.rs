@@ -120,7 +120,9 @@ async fn proxy(
     moved: &Moved,
     mut info: Option<&mut StreamInfo>,
 ) {
-    let Some(cluster) = worker.clusters.get(cfg.cluster.pick()) else {
+    let picked = cfg.cluster.pick_index();
+    let criteria = cfg.criteria.get(picked).and_then(Option::as_deref);
+    let Some(cluster) = worker.clusters.get(cfg.cluster.name(picked)) else {
         stats.downstream_cx_no_route.inc();
         if let Some(info) = info {
             info.flags.set(ResponseFlag::NoClusterFound);
@@ -132,7 +134,9 @@ async fn proxy(
         info.cluster_metadata = Some(cluster.config().metadata.clone());
         info.upstream_cluster_stat = cluster.config().alt_stat_name.as_deref().map(Into::into);
     }
-    let Some(host) = cluster.select_host(local, |d| worker.is_own_listener(d)) else {
+    let Some(host) =
+        cluster.select_host_hashed(local, |d| worker.is_own_listener(d), None, 0, criteria)
+    else {
         cluster.stats.upstream_cx_none_healthy.inc();
         if let Some(info) = info {
             info.flags.set(ResponseFlag::NoHealthyUpstream);
