@@ -20,6 +20,7 @@ pub mod fixture;
 pub mod flow;
 pub mod h2raw;
 pub mod netns;
+pub mod peer;
 pub mod ports;
 pub mod proxy;
 pub mod side_by_side;

@@ -16,59 +16,19 @@
 //!   (`http.<prefix>.ext_authz.*`, `cluster.<c>.ext_authz.*`, the denials charged to the
 //!   route's cluster).
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use skiff_tests::client;
+use skiff_tests::peer::Peer;
 use skiff_tests::proxy::{Kind, ProxyProcess};
 use skiff_tests::side_by_side::assert_same_response;
 use skiff_tests::upstream::{EchoOptions, EchoUpstream};
 use skiff_tests::{free_port, run_for, scratch_dir};
-use tokio::io::AsyncBufReadExt;
 
 const AUTHZ: &str = env!("CARGO_BIN_EXE_authz-server");
 const EXT_AUTHZ: &str = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
 const PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";
-
-/// A running `authz-server` and the lines it printed.
-struct Service {
-    grpc: u16,
-    http: u16,
-    lines: Arc<Mutex<Vec<String>>>,
-    _child: tokio::process::Child,
-}
-
-impl Service {
-    async fn start() -> Service {
-        let mut child = tokio::process::Command::new(AUTHZ)
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("authz-server");
-        let mut out = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let ready = out.next_line().await.expect("read").expect("ready line");
-        let v: serde_json::Value = serde_json::from_str(&ready).expect("JSON");
-        let port = |k: &str| v[k].as_u64().expect("port") as u16;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let keep = lines.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(l)) = out.next_line().await {
-                keep.lock().expect("lines").push(l);
-            }
-        });
-        Service {
-            grpc: port("grpc"),
-            http: port("http"),
-            lines,
-            _child: child,
-        }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().expect("lines").clone()
-    }
-}
 
 fn listener(name: &str, port: u16, routes: &str, filter: &str, log: &str) -> String {
     format!(
@@ -106,7 +66,7 @@ fn listener(name: &str, port: u16, routes: &str, filter: &str, log: &str) -> Str
     )
 }
 
-fn config(admin: u16, ports: [u16; 5], upstream: u16, service: &Service, log: &str) -> String {
+fn config(admin: u16, ports: [u16; 5], upstream: u16, service: &Peer, log: &str) -> String {
     let routes = format!(
         r#"
               - match: {{prefix: /off}}
@@ -187,8 +147,8 @@ static_resources:
         listener("l2", ports[2], plain, http2, log),
         listener("l3", ports[3], plain, http3, log),
         listener("l4", ports[4], plain, off, log),
-        service.http,
-        service.grpc,
+        service.port("http"),
+        service.port("grpc"),
     )
 }
 
@@ -216,7 +176,7 @@ async fn ext_authz_checks_requests_as_envoy_does() {
         let mut sides = Vec::new();
         for kind in [Kind::Envoy, Kind::Skiff] {
             let up = EchoUpstream::with_options(EchoOptions::named("up")).await;
-            let service = Service::start().await;
+            let service = Peer::start(AUTHZ, &[]).await;
             let log = scratch_dir("authz-log").join("access.log");
             let ports = [
                 free_port(),
@@ -296,7 +256,9 @@ async fn ext_authz_checks_requests_as_envoy_does() {
                 if headers.contains(&("x-authz", "slow")) {
                     tokio::time::sleep(Duration::from_millis(700)).await;
                 }
-                let asked: Vec<serde_json::Value> = service.lines()[before.1..]
+                let asked: Vec<serde_json::Value> = service
+                    .lines_after(before.1, Duration::from_millis(300))
+                    .await
                     .iter()
                     .map(|l| {
                         let mut v: serde_json::Value = serde_json::from_str(l).expect("JSON");

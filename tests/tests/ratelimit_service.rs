@@ -18,59 +18,20 @@
 //! - actions reading pseudo-headers, and a descriptor value with the client's address;
 //! - `local_ratelimit` descriptors made by a route's `rate_limits`.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use skiff_tests::client;
+use skiff_tests::peer::Peer;
 use skiff_tests::proxy::{Kind, ProxyProcess};
 use skiff_tests::side_by_side::assert_same_response;
 use skiff_tests::upstream::{EchoOptions, EchoUpstream};
 use skiff_tests::{free_port, run_for, scratch_dir};
-use tokio::io::AsyncBufReadExt;
 
 const RLS: &str = env!("CARGO_BIN_EXE_rls-server");
 const PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute";
 const LRL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
-
-/// A running `rls-server` and the lines it printed.
-struct Service {
-    port: u16,
-    lines: Arc<Mutex<Vec<String>>>,
-    _child: tokio::process::Child,
-}
-
-impl Service {
-    async fn start() -> Service {
-        let mut child = tokio::process::Command::new(RLS)
-            .arg("0")
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("rls-server");
-        let mut out = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let ready = out.next_line().await.expect("read").expect("ready line");
-        let v: serde_json::Value = serde_json::from_str(&ready).expect("JSON");
-        let port = v["port"].as_u64().expect("port") as u16;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let keep = lines.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(l)) = out.next_line().await {
-                keep.lock().expect("lines").push(l);
-            }
-        });
-        Service {
-            port,
-            lines,
-            _child: child,
-        }
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.lines.lock().expect("lines").clone()
-    }
-}
 
 fn filter(name: &str, extra: &str, cluster: &str) -> String {
     format!(
@@ -251,14 +212,14 @@ async fn rate_limit_service_as_envoy_calls_and_obeys_it() {
         let mut sides = Vec::new();
         for kind in [Kind::Envoy, Kind::Skiff] {
             let up = EchoUpstream::with_options(EchoOptions::named("up")).await;
-            let service = Service::start().await;
+            let service = Peer::start(RLS, &["0"]).await;
             let log = scratch_dir("rls-log").join("access.log");
             let ports = [free_port(), free_port(), free_port(), free_port()];
             let yaml = config(
                 free_port(),
                 ports,
                 up.port(),
-                service.port,
+                service.port("port"),
                 &log.display().to_string(),
             );
             let p = ProxyProcess::start(kind, &yaml, &[]).await;
@@ -305,7 +266,7 @@ async fn rate_limit_service_as_envoy_calls_and_obeys_it() {
             let what = format!("{path} {headers:?} on listener {listener}");
             let mut got = Vec::new();
             for (p, ports, up, service, _) in &sides {
-                let before = (up.rec.requests().len(), service.requests().len());
+                let before = (up.rec.requests().len(), service.lines().len());
                 let mut req = client::request("GET", path, "a", bytes::Bytes::new());
                 for (k, v) in *headers {
                     req.headers_mut().insert(
@@ -330,7 +291,9 @@ async fn rate_limit_service_as_envoy_calls_and_obeys_it() {
                 if headers.contains(&("x-v", "slow")) {
                     tokio::time::sleep(Duration::from_millis(700)).await;
                 }
-                let asked: Vec<serde_json::Value> = service.requests()[before.1..]
+                let asked: Vec<serde_json::Value> = service
+                    .lines_after(before.1, Duration::from_millis(300))
+                    .await
                     .iter()
                     .map(|l| {
                         let mut v: serde_json::Value = serde_json::from_str(l).expect("JSON");

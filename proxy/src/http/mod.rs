@@ -7,6 +7,7 @@ pub mod delayed_close;
 pub mod filter;
 pub mod filters;
 pub mod framing;
+pub mod grpc_call;
 pub mod h1_guard;
 pub mod h2_frames;
 pub mod h2_tunnel;

@@ -530,65 +530,31 @@ async fn grpc_check(
     request: &pb::CheckRequest,
     timeout: std::time::Duration,
 ) -> Verdict {
-    let message = request.encode_to_vec();
-    let mut body = Vec::with_capacity(5 + message.len());
-    body.push(0);
-    body.extend_from_slice(
-        &u32::try_from(message.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes(),
-    );
-    body.extend_from_slice(&message);
-    let Ok(req) = http::Request::builder()
-        .method(http::Method::POST)
-        .uri(format!("http://{authority}{METHOD}"))
-        .version(http::Version::HTTP_2)
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers")
-        .header("grpc-timeout", format!("{}m", timeout.as_millis()))
-        .body(())
-    else {
-        return Verdict::Error;
-    };
-    let (head, ()) = req.into_parts();
-    let (parts, data, trailers) = match crate::http::filters::router::own_request(
+    let answer = crate::http::grpc_call::unary(
         worker,
         service,
-        head,
-        Bytes::from(body),
+        authority,
+        METHOD,
+        &request.encode_to_vec(),
         Some(timeout),
     )
-    .await
-    {
-        Ok(r) => r,
+    .await;
+    match answer.map(pb::CheckResponse::decode) {
+        Ok(Ok(r)) => grpc_verdict(r),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "authorization answer not understood");
+            Verdict::Error
+        }
         Err(e) => {
             tracing::debug!(error = %e, "authorization check failed");
-            return Verdict::Error;
+            Verdict::Error
         }
-    };
-    let status = trailers
-        .as_ref()
-        .and_then(|t| t.get("grpc-status"))
-        .or_else(|| parts.headers.get("grpc-status"))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u32>().ok());
-    if parts.status != http::StatusCode::OK || status != Some(0) {
-        return Verdict::Error;
-    }
-    match parse_check(&data) {
-        Some(r) => grpc_verdict(r),
-        None => Verdict::Error,
     }
 }
 
 /// The service's answer in a gRPC body: one uncompressed message, the body's whole length.
 pub fn parse_check(data: &[u8]) -> Option<pb::CheckResponse> {
-    let (&[flag, a, b, c, d], message) = data.split_first_chunk::<5>()?;
-    let len = u32::from_be_bytes([a, b, c, d]) as usize;
-    if flag != 0 || message.len() != len {
-        return None;
-    }
-    pb::CheckResponse::decode(message).ok()
+    pb::CheckResponse::decode(crate::http::grpc_call::unframe(data)?).ok()
 }
 
 /// What an answer decides: `None` to let the request through, else the status of the reply.

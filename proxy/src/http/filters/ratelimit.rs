@@ -240,71 +240,34 @@ async fn call(
     c: &HttpRateLimit,
     request: &pb::RateLimitRequest,
 ) -> Verdict {
-    let message = request.encode_to_vec();
-    let mut body = Vec::with_capacity(5 + message.len());
-    body.push(0);
-    body.extend_from_slice(
-        &u32::try_from(message.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes(),
-    );
-    body.extend_from_slice(&message);
-    let mut req = http::Request::builder()
-        .method(http::Method::POST)
-        .uri(format!("http://{}{METHOD}", c.authority))
-        .version(http::Version::HTTP_2)
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers");
-    if let Some(t) = c.timeout {
-        req = req.header("grpc-timeout", format!("{}m", t.as_millis()));
-    }
-    let Ok(req) = req.body(()) else {
-        return Verdict::Error;
-    };
-    let (head, ()) = req.into_parts();
-    let (parts, data, trailers) = match crate::http::filters::router::own_request(
+    let answer = crate::http::grpc_call::unary(
         worker,
         service,
-        head,
-        Bytes::from(body),
+        &c.authority,
+        METHOD,
+        &request.encode_to_vec(),
         c.timeout,
     )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(error = %e, "rate limit service call failed");
-            return Verdict::Error;
-        }
-    };
-    // grpc-status in the trailers, or in the head of a trailers-only answer.
-    let status = trailers
-        .as_ref()
-        .and_then(|t| t.get("grpc-status"))
-        .or_else(|| parts.headers.get("grpc-status"))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u32>().ok());
-    if parts.status != http::StatusCode::OK || status != Some(0) {
-        tracing::debug!(status = %parts.status, grpc = ?status, "rate limit service error");
-        return Verdict::Error;
-    }
-    match parse(&data) {
-        Some(r) if r.overall_code == pb::rate_limit_response::Code::OverLimit as i32 => {
+    .await;
+    match answer.map(pb::RateLimitResponse::decode) {
+        Ok(Ok(r)) if r.overall_code == pb::rate_limit_response::Code::OverLimit as i32 => {
             Verdict::OverLimit(r)
         }
-        Some(r) => Verdict::Ok(r),
-        None => Verdict::Error,
+        Ok(Ok(r)) => Verdict::Ok(r),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "rate limit service answer not understood");
+            Verdict::Error
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "rate limit service call failed");
+            Verdict::Error
+        }
     }
 }
 
 /// The service's answer in a gRPC body: one uncompressed message, the body's whole length.
 pub fn parse(data: &[u8]) -> Option<pb::RateLimitResponse> {
-    let (&[flag, a, b, c, d], message) = data.split_first_chunk::<5>()?;
-    let len = u32::from_be_bytes([a, b, c, d]) as usize;
-    if flag != 0 || message.len() != len {
-        return None;
-    }
-    pb::RateLimitResponse::decode(message).ok()
+    pb::RateLimitResponse::decode(crate::http::grpc_call::unframe(data)?).ok()
 }
 
 /// The headers an answer adds to the response: the service's own, then (with
