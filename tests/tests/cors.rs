@@ -225,3 +225,101 @@ async fn cors_as_envoy() {
     })
     .await
 }
+
+/// The deprecated `cors` of a route and of a virtual host: read when no level has a policy in
+/// `typed_per_filter_config` (the route's fields first, then the virtual host's), ignored once
+/// one does.
+fn build_legacy(admin: u16, listen: u16, upstream: u16) -> String {
+    let up = |prefix: &str, cors: Option<Value>| {
+        let mut r = json!({ "match": { "prefix": prefix }, "route": { "cluster": "up" } });
+        if let Some(c) = cors {
+            r["route"]["cors"] = c;
+        }
+        r
+    };
+    let mut typed = up("/typed", None);
+    typed["typed_per_filter_config"] =
+        cors(json!({ "allow_origin_string_match": [{ "exact": "http://t.test" }] }));
+    let routes = vec![
+        up(
+            "/route",
+            Some(
+                json!({ "allow_origin_string_match": [{ "exact": "http://r.test" }],
+                "allow_methods": "PUT", "max_age": "5" }),
+            ),
+        ),
+        up(
+            "/off",
+            Some(
+                json!({ "allow_origin_string_match": [{ "exact": "http://r.test" }],
+                "filter_enabled": off(0) }),
+            ),
+        ),
+        up("/vhost", None),
+        typed,
+    ];
+    let vhost = json!({ "name": "legacy", "domains": ["*"], "routes": routes,
+        "cors": { "allow_origin_string_match": [{ "prefix": "http://v." }],
+                  "allow_methods": "GET, PATCH", "expose_headers": "x-v" } });
+    let hcm = json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "cors",
+            "route_config": { "virtual_hosts": [vhost] },
+            "http_filters": [
+                { "name": "envoy.filters.http.cors", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors" } },
+                router()
+            ]
+        }
+    });
+    bootstrap(
+        admin,
+        vec![listener("l", "127.0.0.1", listen, hcm)],
+        vec![cluster("up", &[upstream])],
+    )
+    .to_string()
+}
+
+#[tokio::test]
+async fn deprecated_cors_policies_as_envoy() {
+    const PRE: &[(&str, &str)] = &[
+        ("origin", "http://r.test"),
+        ("access-control-request-method", "PUT"),
+    ];
+    const PRE_V: &[(&str, &str)] = &[
+        ("origin", "http://v.test"),
+        ("access-control-request-method", "PATCH"),
+    ];
+    let cases: &[Case] = &[
+        ("GET", "/route", &[("origin", "http://r.test")]),
+        ("GET", "/route", &[("origin", "http://v.test")]),
+        ("OPTIONS", "/route", PRE),
+        ("OPTIONS", "/route", PRE_V),
+        ("GET", "/off", &[("origin", "http://r.test")]),
+        ("OPTIONS", "/off", PRE),
+        ("GET", "/vhost", &[("origin", "http://v.test")]),
+        ("OPTIONS", "/vhost", PRE_V),
+        ("GET", "/typed", &[("origin", "http://v.test")]),
+        ("GET", "/typed", &[("origin", "http://t.test")]),
+    ];
+    run_for(Duration::from_secs(60), async {
+        let (e, s) = pair(Up::H1, build_legacy).await;
+        let mut differ = Vec::new();
+        let mut table = String::new();
+        for case in cases {
+            let (oe, os) = (observe(&e, case).await, observe(&s, case).await);
+            table.push_str(&format!(
+                "{} {} {:?}\n  envoy {oe}\n  skiff {os}\n",
+                case.0, case.1, case.2
+            ));
+            if oe != os {
+                differ.push(format!("{} {}", case.0, case.1));
+            }
+        }
+        assert!(differ.is_empty(), "differ: {differ:?}\n{table}");
+        assert!(table.contains("access-control-allow-origin"), "{table}");
+    })
+    .await
+}

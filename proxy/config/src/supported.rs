@@ -1165,6 +1165,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "virtual_clusters",
             "rate_limits",
             "request_mirror_policies",
+            "cors",
         ],
     ),
     ("envoy.config.route.v3.VirtualCluster", &["name", "headers"]),
@@ -1346,6 +1347,21 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.type.matcher.v3.ListMatcher", &["one_of"]),
     ("envoy.type.matcher.v3.OrMatcher", &["value_matchers"]),
     (
+        "envoy.config.route.v3.CorsPolicy",
+        &[
+            "allow_origin_string_match",
+            "allow_methods",
+            "allow_headers",
+            "expose_headers",
+            "max_age",
+            "allow_credentials",
+            "filter_enabled",
+            "shadow_enabled",
+            "allow_private_network_access",
+            "forward_not_matching_preflights",
+        ],
+    ),
+    (
         "envoy.extensions.filters.http.cors.v3.CorsPolicy",
         &[
             "allow_origin_string_match",
@@ -1486,6 +1502,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "metadata_match",
             "rate_limits",
             "include_vh_rate_limits",
+            "cors",
         ],
     ),
     (

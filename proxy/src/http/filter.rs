@@ -372,7 +372,7 @@ pub fn build(factories: &[Factory], cx: &StreamContext<'_>) -> Option<FilterChai
                     Box::new(h.filter(route, cx.metadata))
                 }
                 Kind::Cors(c) => {
-                    let policies = cx
+                    let mut policies: Vec<_> = cx
                         .selection
                         .per_filter_all(&f.name)
                         .filter_map(|p| match p {
@@ -380,6 +380,12 @@ pub fn build(factories: &[Factory], cx: &StreamContext<'_>) -> Option<FilterChai
                             _ => None,
                         })
                         .collect();
+                    // Without any, the route's and the virtual host's deprecated `cors`.
+                    if policies.is_empty() {
+                        let route = cx.selection.route().and_then(|r| r.cors.clone());
+                        let vhost = cx.selection.vhost().and_then(|v| v.cors.clone());
+                        policies.extend(route.into_iter().chain(vhost));
+                    }
                     Box::new(c.filter(policies, cx.selection))
                 }
                 Kind::ExtAuthz(a) => {

@@ -389,6 +389,9 @@ pub struct Route {
     pub response_headers: Arc<HeaderParser>,
     /// `typed_per_filter_config`.
     pub per_filter: PerFilterConfigs,
+    /// `route.cors` (deprecated): the CORS filter's policy when no level has one in
+    /// `typed_per_filter_config`.
+    pub cors: Option<Arc<crate::model::CorsPolicy>>,
 }
 
 /// What a route does with a request it matched.
@@ -885,6 +888,9 @@ pub struct VirtualHost {
     pub hedge: bool,
     /// `typed_per_filter_config`, for routes without their own.
     pub per_filter: PerFilterConfigs,
+    /// `cors` (deprecated), after the route's, when no level has a `typed_per_filter_config`
+    /// policy.
+    pub cors: Option<Arc<crate::model::CorsPolicy>>,
     /// `rate_limits`: descriptors for the rate limit filters, by the routes' choice.
     pub rate_limits: Vec<crate::model::RateLimitPolicy>,
     /// `virtual_clusters`: the first whose headers all match names the request's; with any,
@@ -1182,6 +1188,7 @@ mod tests {
             retry: None,
             hedge: false,
             per_filter: PerFilterConfigs::default(),
+            cors: None,
             rate_limits: Vec::new(),
             virtual_clusters: Vec::new(),
         }
@@ -1270,6 +1277,7 @@ mod tests {
             request_headers: Arc::default(),
             response_headers: Arc::default(),
             per_filter: PerFilterConfigs::default(),
+            cors: None,
         };
         let hcm = vec![("websocket".to_string(), true), ("off".to_string(), false)];
         assert!(r.allows_upgrade("websocket", &hcm));

@@ -47,3 +47,30 @@ pub(super) fn policy(p: &cors::CorsPolicy, path: &str) -> Result<CorsPolicy, Con
         shadow_enabled: fraction(shadow_enabled, "shadow_enabled")?,
     })
 }
+
+/// The deprecated `cors` of a route or a virtual host (`envoy.config.route.v3.CorsPolicy`),
+/// which the filter reads when no level has a policy in `typed_per_filter_config`.
+pub(super) fn legacy(
+    p: &envoy_types::pb::envoy::config::route::v3::CorsPolicy,
+    path: &str,
+) -> Result<CorsPolicy, ConfigError> {
+    use envoy_types::pb::envoy::config::route::v3::cors_policy::EnabledSpecifier;
+    policy(
+        &cors::CorsPolicy {
+            allow_origin_string_match: p.allow_origin_string_match.clone(),
+            allow_methods: p.allow_methods.clone(),
+            allow_headers: p.allow_headers.clone(),
+            expose_headers: p.expose_headers.clone(),
+            max_age: p.max_age.clone(),
+            allow_credentials: p.allow_credentials,
+            filter_enabled: p
+                .enabled_specifier
+                .as_ref()
+                .map(|EnabledSpecifier::FilterEnabled(f)| f.clone()),
+            shadow_enabled: p.shadow_enabled.clone(),
+            allow_private_network_access: p.allow_private_network_access,
+            forward_not_matching_preflights: p.forward_not_matching_preflights,
+        },
+        path,
+    )
+}

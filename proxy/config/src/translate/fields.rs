@@ -464,7 +464,8 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
     let _ = virtual_clusters;
     // rate_limits: ratelimit::policies.
     let _ = rate_limits;
-    refuse(path, "cors", cors)?;
+    // cors (deprecated): http_manager (route_cors, vhost_cors).
+    let _ = cors;
     // typed_per_filter_config: translate::ratelimit::per_filter_configs.
     let _ = typed_per_filter_config;
     // retry_policy: translated in translate::retry.
@@ -599,7 +600,8 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     let _ = (rate_limits, include_vh_rate_limits);
     // hash_policy: route_action::hash_policy.
     let _ = hash_policy;
-    refuse(path, "cors", cors)?;
+    // cors (deprecated): http_manager (route_cors, vhost_cors).
+    let _ = cors;
     refuse(path, "max_grpc_timeout", max_grpc_timeout)?;
     refuse(path, "grpc_timeout_offset", grpc_timeout_offset)?;
     // internal_redirect_policy: route_action::internal_redirect.

@@ -1138,6 +1138,7 @@ pub(crate) fn translate_routes(
             domains: vh.domains.clone(),
             routes,
             per_filter: super::ratelimit::per_filter_configs(&vh.typed_per_filter_config, &vpath)?,
+            cors: vhost_cors(vh, &vpath)?,
             rate_limits: super::ratelimit::policies(
                 &vh.rate_limits,
                 &format!("{vpath}.rate_limits"),
@@ -1401,7 +1402,35 @@ fn translate_route(
             "response",
         )?,
         per_filter: super::ratelimit::per_filter_configs(&r.typed_per_filter_config, path)?,
+        cors: route_cors(r, path)?,
     })
+}
+
+/// A route's deprecated `route.cors`.
+#[allow(deprecated)]
+fn route_cors(
+    r: &route::Route,
+    path: &str,
+) -> Result<Option<Arc<crate::model::CorsPolicy>>, ConfigError> {
+    let Some(route::route::Action::Route(a)) = &r.action else {
+        return Ok(None);
+    };
+    a.cors
+        .as_ref()
+        .map(|c| super::cors::legacy(c, &format!("{path}.route.cors")).map(Arc::new))
+        .transpose()
+}
+
+/// A virtual host's deprecated `cors`.
+#[allow(deprecated)]
+fn vhost_cors(
+    vh: &route::VirtualHost,
+    path: &str,
+) -> Result<Option<Arc<crate::model::CorsPolicy>>, ConfigError> {
+    vh.cors
+        .as_ref()
+        .map(|c| super::cors::legacy(c, &format!("{path}.cors")).map(Arc::new))
+        .transpose()
 }
 
 /// An upgrade type as the connection manager compares it (case-insensitively; `connect` is
