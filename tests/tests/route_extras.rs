@@ -8,7 +8,9 @@
 //! - the connection manager's `strip_trailing_host_dot`, and `append_x_forwarded_port` with
 //!   `use_remote_address`;
 //! - `host_rewrite_path_regex` (from the path as matched, before `prefix_rewrite`), with
-//!   `append_x_forwarded_host`.
+//!   `append_x_forwarded_host`;
+//! - the deprecated `max_grpc_timeout` and `grpc_timeout_offset` (the timeout a gRPC request
+//!   goes upstream with, as `x-envoy-expected-rq-timeout-ms` shows).
 
 use std::time::Duration;
 
@@ -307,6 +309,45 @@ async fn trailing_host_dot_and_forwarded_port_side_by_side() {
             ("/rewrite/abc/def?x=/rewrite/q", &[], "front.example"),
             ("/rewrite/abc", &[], "front.example"),
             ("/rewrite/ABC/d", &[], "front.example"),
+        ];
+        compare(&e, &s, cases).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn grpc_timeouts_of_routes_side_by_side() {
+    run(async {
+        let hcm = json!({
+            "@type": HCM_TYPE,
+            "stat_prefix": "extras",
+            "http_filters": [router()],
+            "route_config": {
+                "name": "routes",
+                "virtual_hosts": [{
+                    "name": "g",
+                    "domains": ["*"],
+                    "routes": [
+                        route("/capped", "capped", json!({ "route": {
+                            "max_grpc_timeout": "2s", "grpc_timeout_offset": "0.5s" } })),
+                        route("/unbounded", "unbounded", json!({ "route": {
+                            "max_grpc_timeout": "0s" } })),
+                        route("/", "plain", json!({})),
+                    ],
+                }],
+            },
+        });
+        let (e, s) = pair(hcm).await;
+        const GRPC: (&str, &str) = ("content-type", "application/grpc");
+        let cases: &[Case] = &[
+            ("/capped", &[GRPC, ("grpc-timeout", "1S")], "g"),
+            ("/capped", &[GRPC, ("grpc-timeout", "10S")], "g"),
+            ("/capped", &[GRPC], "g"),
+            ("/capped", &[GRPC, ("grpc-timeout", "100m")], "g"),
+            ("/capped", &[("grpc-timeout", "1S")], "g"),
+            ("/unbounded", &[GRPC], "g"),
+            ("/unbounded", &[GRPC, ("grpc-timeout", "3S")], "g"),
+            ("/", &[GRPC, ("grpc-timeout", "1S")], "g"),
         ];
         compare(&e, &s, cases).await;
     })

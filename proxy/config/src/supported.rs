@@ -1503,6 +1503,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "rate_limits",
             "include_vh_rate_limits",
             "cors",
+            "max_grpc_timeout",
+            "grpc_timeout_offset",
         ],
     ),
     (

@@ -392,6 +392,33 @@ pub struct Route {
     /// `route.cors` (deprecated): the CORS filter's policy when no level has one in
     /// `typed_per_filter_config`.
     pub cors: Option<Arc<crate::model::CorsPolicy>>,
+    /// `route.max_grpc_timeout` and `grpc_timeout_offset` (deprecated): a gRPC request's
+    /// timeout from its `grpc-timeout`.
+    pub grpc_timeout: Option<GrpcTimeout>,
+}
+
+/// `max_grpc_timeout` (zero: none) and `grpc_timeout_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcTimeout {
+    pub max: Duration,
+    pub offset: Option<Duration>,
+}
+
+impl GrpcTimeout {
+    /// A gRPC request's timeout from its `grpc-timeout` (absent: none), less the offset when
+    /// that leaves some, capped by the maximum; `None` for no timeout (Envoy's router).
+    pub fn timeout(&self, header: Option<Duration>) -> Option<Duration> {
+        let mut t = header.unwrap_or(Duration::ZERO);
+        if let Some(o) = self.offset {
+            if o < t {
+                t -= o;
+            }
+        }
+        if !self.max.is_zero() && (t.is_zero() || t > self.max) {
+            t = self.max;
+        }
+        (!t.is_zero()).then_some(t)
+    }
 }
 
 /// What a route does with a request it matched.
@@ -589,6 +616,32 @@ impl StreamDuration {
             },
         }
     }
+}
+
+/// A timeout as a `grpc-timeout` value, as Envoy writes one: milliseconds while they fit in
+/// eight digits, else seconds, minutes or hours.
+pub fn grpc_timeout_value(t: std::time::Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let mut time = t.as_millis();
+    let mut units = ['m', 'S', 'M', 'H'].into_iter();
+    let mut unit = units.next().unwrap_or('m');
+    if time > MAX {
+        time /= 1000;
+        unit = units.next().unwrap_or('S');
+    }
+    while time > MAX {
+        match units.next() {
+            Some(u) => {
+                time /= 60;
+                unit = u;
+            }
+            None => {
+                time = MAX;
+                break;
+            }
+        }
+    }
+    format!("{time}{unit}")
 }
 
 /// A `grpc-timeout` header's value (`<up to 8 digits><H|M|S|m|u|n>`), as Envoy parses it.
@@ -1260,6 +1313,32 @@ mod tests {
     }
 
     #[test]
+    fn grpc_timeouts_as_envoys_router_sets_them() {
+        let ms = Duration::from_millis;
+        let g = GrpcTimeout {
+            max: ms(2000),
+            offset: Some(ms(500)),
+        };
+        assert_eq!(g.timeout(Some(ms(1000))), Some(ms(500)));
+        assert_eq!(g.timeout(Some(ms(10_000))), Some(ms(2000)));
+        assert_eq!(g.timeout(None), Some(ms(2000)));
+        assert_eq!(g.timeout(Some(ms(100))), Some(ms(100)));
+        let unbounded = GrpcTimeout {
+            max: Duration::ZERO,
+            offset: None,
+        };
+        assert_eq!(unbounded.timeout(None), None);
+        assert_eq!(unbounded.timeout(Some(ms(3000))), Some(ms(3000)));
+        assert_eq!(grpc_timeout_value(ms(500)), "500m");
+        assert_eq!(grpc_timeout_value(ms(99_999_999)), "99999999m");
+        assert_eq!(grpc_timeout_value(ms(100_000_000)), "100000S");
+        assert_eq!(
+            grpc_timeout_value(Duration::from_secs(200_000_000)),
+            "3333333M"
+        );
+    }
+
+    #[test]
     fn upgrades_route_setting_wins_over_the_connection_manager() {
         let mut r = Route {
             name: String::new(),
@@ -1278,6 +1357,7 @@ mod tests {
             response_headers: Arc::default(),
             per_filter: PerFilterConfigs::default(),
             cors: None,
+            grpc_timeout: None,
         };
         let hcm = vec![("websocket".to_string(), true), ("off".to_string(), false)];
         assert!(r.allows_upgrade("websocket", &hcm));

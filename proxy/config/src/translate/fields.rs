@@ -602,8 +602,8 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     let _ = hash_policy;
     // cors (deprecated): http_manager (route_cors, vhost_cors).
     let _ = cors;
-    refuse(path, "max_grpc_timeout", max_grpc_timeout)?;
-    refuse(path, "grpc_timeout_offset", grpc_timeout_offset)?;
+    // max_grpc_timeout, grpc_timeout_offset (deprecated): route_action::grpc_timeout.
+    let _ = (max_grpc_timeout, grpc_timeout_offset);
     // internal_redirect_policy: route_action::internal_redirect.
     let _ = internal_redirect_policy;
     refuse(path, "internal_redirect_action", internal_redirect_action)?;

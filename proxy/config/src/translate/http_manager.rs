@@ -1403,6 +1403,7 @@ fn translate_route(
         )?,
         per_filter: super::ratelimit::per_filter_configs(&r.typed_per_filter_config, path)?,
         cors: route_cors(r, path)?,
+        grpc_timeout: t.grpc_timeout,
     })
 }
 

@@ -27,6 +27,7 @@ pub(super) struct Translated {
     pub hedge: Option<bool>,
     pub upgrades: Vec<(String, bool)>,
     pub connect_terminate: bool,
+    pub grpc_timeout: Option<crate::router::GrpcTimeout>,
 }
 
 /// The action of route `r` at `path`, whose match is `path_match`. Inline route configurations
@@ -45,6 +46,7 @@ pub(super) fn translate(
         hedge: None,
         upgrades: Vec::new(),
         connect_terminate: false,
+        grpc_timeout: None,
     };
     match &r.action {
         Some(route::route::Action::Route(a)) => {
@@ -410,7 +412,27 @@ fn forward(
             .transpose()?,
         upgrades,
         connect_terminate,
+        grpc_timeout: grpc_timeout(action, apath)?,
     })
+}
+
+/// The deprecated `max_grpc_timeout` and `grpc_timeout_offset`.
+#[allow(deprecated)]
+fn grpc_timeout(
+    action: &route::RouteAction,
+    apath: &str,
+) -> Result<Option<crate::router::GrpcTimeout>, ConfigError> {
+    let Some(max) = &action.max_grpc_timeout else {
+        return Ok(None);
+    };
+    Ok(Some(crate::router::GrpcTimeout {
+        max: duration(max, &format!("{apath}.max_grpc_timeout"))?,
+        offset: action
+            .grpc_timeout_offset
+            .as_ref()
+            .map(|d| duration(d, &format!("{apath}.grpc_timeout_offset")))
+            .transpose()?,
+    }))
 }
 
 /// One of `hash_policy`.

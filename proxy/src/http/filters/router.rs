@@ -769,10 +769,21 @@ pub async fn route(
     }
     // An internal request's x-envoy-upstream-rq-timeout-ms replaces the route's timeout (0:
     // none), as in Envoy.
+    // A gRPC request on a route with max_grpc_timeout: its grpc-timeout, offset and capped.
+    let base_timeout = match route.grpc_timeout {
+        Some(g) if crate::router::is_grpc(&parts.headers) => g.timeout(
+            parts
+                .headers
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::router::grpc_timeout),
+        ),
+        _ => route.timeout,
+    };
     let route_timeout = match header_timeout {
         Some(t) if t.is_zero() => None,
         Some(t) => Some(t),
-        None => route.timeout,
+        None => base_timeout,
     };
     // The upstream's `:scheme`: the request's, or with `match_upstream` the upstream
     // connection's (the stream's record sees the change, as Envoy's header map does).
@@ -825,6 +836,21 @@ pub async fn route(
             parts.headers.insert(
                 names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
                 headers::number(t.as_millis() as u64),
+            );
+        }
+    }
+    // With max_grpc_timeout a gRPC request's grpc-timeout becomes the time it is given.
+    if route.grpc_timeout.is_some() && crate::router::is_grpc(&parts.headers) {
+        let expected = if hedge {
+            route_timeout
+        } else {
+            per_try_timeout.or(route_timeout)
+        };
+        if let Some(t) = expected.filter(|t| !t.is_zero()) {
+            parts.headers.insert(
+                "grpc-timeout",
+                HeaderValue::from_str(&crate::router::grpc_timeout_value(t))
+                    .unwrap_or(HeaderValue::from_static("0m")),
             );
         }
     }
