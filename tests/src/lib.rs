@@ -75,6 +75,22 @@ pub fn require_program(name: &str, how_to_get: &str) -> PathBuf {
     panic!("required program `{name}` is not on PATH: {how_to_get}");
 }
 
+/// The lines of a log file once it has `at_least` of them (or after 5 s), sorted: streams end,
+/// and are logged, in their own order.
+pub async fn sorted_log_lines(path: &std::path::Path, at_least: usize) -> Vec<String> {
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= at_least {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
 /// A unique scratch directory for one proxy or client run (removed by the owner).
 pub fn scratch_dir(tag: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -323,17 +323,7 @@ async fn ext_authz_checks_requests_as_envoy_does() {
             s.sort();
             s.dedup();
             stats.push(s);
-            let mut text = String::new();
-            for _ in 0..50 {
-                text = std::fs::read_to_string(log).unwrap_or_default();
-                if text.lines().count() >= cases.len() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-            lines.sort();
-            logs.push(lines);
+            logs.push(skiff_tests::sorted_log_lines(log, cases.len()).await);
         }
         assert!(
             stats[0]

@@ -361,18 +361,7 @@ async fn rate_limit_service_as_envoy_calls_and_obeys_it() {
             s.sort();
             s.dedup();
             stats.push(s);
-            // Lines come when each stream ends: wait until every case has one.
-            let mut text = String::new();
-            for _ in 0..50 {
-                text = std::fs::read_to_string(log).unwrap_or_default();
-                if text.lines().count() >= cases.len() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-            lines.sort();
-            logs.push(lines);
+            logs.push(skiff_tests::sorted_log_lines(log, cases.len()).await);
         }
         assert!(
             stats[0]
