@@ -466,17 +466,7 @@ impl FilterChain {
         let n = self.filters.borrow().len();
         for i in 0..n {
             let status = self.filters.borrow_mut()[i].decode_headers(head, end_stream);
-            if let HeadersStatus::StopIteration(fut) = status {
-                match fut.await {
-                    Resume::Continue => {}
-                    Resume::ContinueWith(change) => {
-                        if let Some(reply) = change(head) {
-                            return Some(reply);
-                        }
-                    }
-                    Resume::LocalReply(r) => return Some(r),
-                }
-            } else if let Some(reply) = resolve(status).await {
+            if let Some(reply) = resolve(status, Some(&mut *head)).await {
                 return Some(reply);
             }
         }
@@ -492,7 +482,7 @@ impl FilterChain {
         let n = self.filters.borrow().len();
         for i in (0..n).rev() {
             let status = self.filters.borrow_mut()[i].encode_headers(head, end_stream);
-            if let Some(reply) = resolve(status).await {
+            if let Some(reply) = resolve(status, None).await {
                 return Some(reply);
             }
         }
@@ -553,12 +543,18 @@ impl FilterChain {
     }
 }
 
-async fn resolve(status: HeadersStatus) -> Option<LocalReply> {
+/// What a headers hook ends in: a reply, or none to go on. A resumed decoder filter's change
+/// applies to the `request` (encoder hooks have no request to change).
+async fn resolve(
+    status: HeadersStatus,
+    request: Option<&mut http::request::Parts>,
+) -> Option<LocalReply> {
     match status {
         HeadersStatus::Continue => None,
         HeadersStatus::LocalReply(r) => Some(r),
         HeadersStatus::StopIteration(fut) => match fut.await {
-            Resume::Continue | Resume::ContinueWith(_) => None,
+            Resume::Continue => None,
+            Resume::ContinueWith(change) => request.and_then(change),
             Resume::LocalReply(r) => Some(r),
         },
     }

@@ -423,6 +423,10 @@ pub fn grpc_source(c: &core::ApiConfigSource, path: &str) -> Result<GrpcSource, 
         }
     };
     let spath = format!("{path}.grpc_services[0]");
+    // A per-call deadline: xDS streams have none in skiff.
+    if service.timeout.is_some() {
+        return Err(ConfigError::unsupported(format!("{spath}.timeout")));
+    }
     let mut google = None;
     let (cluster, authority) = match &service.target_specifier {
         Some(TargetSpecifier::EnvoyGrpc(e)) => {

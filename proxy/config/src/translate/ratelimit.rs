@@ -580,6 +580,10 @@ pub(super) fn global(r: &rl::RateLimit, path: &str) -> Result<HttpRateLimit, Con
     if grpc.retry_policy.is_some() {
         return Err(ConfigError::unsupported(format!("{gpath}.retry_policy")));
     }
+    // The call's deadline is the filter's `timeout`.
+    if grpc.timeout.is_some() {
+        return Err(ConfigError::unsupported(format!("{gpath}.timeout")));
+    }
     if !grpc.initial_metadata.is_empty() {
         return Err(ConfigError::unsupported(format!(
             "{gpath}.initial_metadata"
