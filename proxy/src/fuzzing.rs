@@ -113,6 +113,7 @@ impl Proxy {
             tls: None,
             peer_certificate: false,
             listener_metadata: None,
+            filter_state: Default::default(),
         };
         let drain = crate::drain::ConnectionDrain::new(
             self.drain.watch(),

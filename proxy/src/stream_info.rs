@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::HeaderMap;
+use skiff_config::filter_state::FilterState;
 
 /// Envoy's response flags, in Envoy's order of printing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +263,9 @@ pub struct Connection {
     pub peer_certificate: bool,
     /// The listener's `metadata` (`%METADATA(LISTENER:…)%`).
     pub listener_metadata: Option<Arc<skiff_config::metadata::Metadata>>,
+    /// What the network filters put in the connection's filter state (`set_filter_state`,
+    /// `istio_authn`); its streams see it under their own.
+    pub filter_state: FilterState,
 }
 
 /// The upstream connection a stream used.
@@ -371,17 +375,47 @@ pub struct StreamInfo {
     pub local_reply_body: Option<bytes::Bytes>,
 }
 
-/// A stream's dynamic metadata: what its filters write (header_to_metadata, jwt_authn, …), and
-/// routes, access logs and formatters read. Shared by the stream's request and response sides
-/// (request extensions, the filters, the stream's record).
+/// A stream's dynamic metadata and filter state: what its filters write (header_to_metadata,
+/// jwt_authn, set_filter_state, …), and routes, access logs and formatters read. Shared by the
+/// stream's request and response sides (request extensions, the filters, the stream's record).
 #[derive(Debug, Clone, Default)]
-pub struct DynamicMetadata(Arc<std::sync::Mutex<skiff_config::metadata::Metadata>>);
+pub struct DynamicMetadata(Arc<std::sync::Mutex<StreamState>>);
+
+/// What [`DynamicMetadata`] holds.
+#[derive(Debug, Default)]
+struct StreamState {
+    metadata: skiff_config::metadata::Metadata,
+    filter_state: FilterState,
+}
 
 impl DynamicMetadata {
     /// Runs `f` over the metadata.
     pub fn with<R>(&self, f: impl FnOnce(&mut skiff_config::metadata::Metadata) -> R) -> R {
-        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()).metadata)
     }
+
+    /// Runs `f` over the stream's own filter state.
+    pub fn with_filter_state<R>(&self, f: impl FnOnce(&mut FilterState) -> R) -> R {
+        f(&mut self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .filter_state)
+    }
+}
+
+/// Runs `f` over what a stream reads of filter state: its own objects (in `stream`), then its
+/// connection's.
+pub fn with_filter_state<R>(
+    stream: Option<&DynamicMetadata>,
+    connection: Option<&Connection>,
+    f: impl FnOnce(skiff_config::filter_state::View<'_>) -> R,
+) -> R {
+    let guard = stream.map(|s| s.0.lock().unwrap_or_else(|e| e.into_inner()));
+    f(skiff_config::filter_state::View {
+        stream: guard.as_ref().map(|g| &g.filter_state),
+        connection: connection.map(|c| &c.filter_state),
+    })
 }
 
 impl StreamInfo {

@@ -96,15 +96,35 @@ fn config(admin: u16, port: u16, ports: &[u16]) -> String {
             "ring",
             json!([ { "connection_properties": { "source_ip": true } } ]),
         ),
+        // Filter state a filter set from the request: hashed when it is hashable; an
+        // `envoy.string` object is not, and the next policy decides.
+        hashed(
+            "/fs",
+            "ring",
+            json!([ { "filter_state": { "key": "fs.hashable" } } ]),
+        ),
+        hashed(
+            "/fs-plain",
+            "maglev",
+            json!([ { "filter_state": { "key": "fs.plain" } },
+                    { "header": { "header_name": "x-b" } } ]),
+        ),
     ];
+    let value = |key: &str, factory: &str| {
+        json!({ "object_key": key, "factory_key": factory,
+                "format_string": { "text_format_source": { "inline_string": "%REQ(x-user)%" } } })
+    };
+    let mut http = hcm("h", vec![vhost("v", &["*"], routes)]);
+    http["typed_config"]["http_filters"] = json!([
+        { "name": "sfs", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
+            "on_request_headers": [ value("fs.hashable", "envoy.hashable_string"),
+                                    value("fs.plain", "envoy.string") ] } },
+        skiff_tests::config::router()
+    ]);
     to_yaml(&bootstrap(
         admin,
-        vec![listener(
-            "l",
-            "127.0.0.1",
-            port,
-            hcm("h", vec![vhost("v", &["*"], routes)]),
-        )],
+        vec![listener("l", "127.0.0.1", port, http)],
         vec![
             cluster("ring", ports, json!({ "lb_policy": "RING_HASH" })),
             cluster(
@@ -305,6 +325,17 @@ async fn consistent_hashing_side_by_side() {
             made[0],
             "sticky=\"V\"; Max-Age=60; Path=/app; SameSite=Strict; Secure; HttpOnly"
         );
+
+        // Filter state: the hashable object spreads users as a header would; the plain one
+        // leaves it to the next policy.
+        let mut seen = std::collections::BTreeSet::new();
+        for n in 0..40 {
+            let user = format!("user-{n}");
+            seen.insert(same(&mut sides, "/fs", &[("x-user", &user)]).await);
+            let b = format!("b{}", n % 5);
+            same(&mut sides, "/fs-plain", &[("x-user", &user), ("x-b", &b)]).await;
+        }
+        assert!(seen.len() >= 3, "/fs: {seen:?}");
 
         // The client's address: every request from here lands on one host.
         let first = same(&mut sides, "/ip", &[]).await;

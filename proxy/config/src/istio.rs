@@ -23,6 +23,17 @@ pub const PEER_METADATA: &str = "io.istio.http.peer_metadata.Config";
 pub const METADATA_EXCHANGE: &str = "envoy.tcp.metadataexchange.config.MetadataExchange";
 /// `istio.stats`' configuration.
 pub const STATS: &str = "stats.PluginConfig";
+/// `istio_authn`'s configuration (an empty message).
+pub const AUTHN: &str = "io.istio.network.authn.Config";
+
+/// `io.istio.network.authn.Config`: nothing to configure.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthnConfig {}
+
+impl prost::Name for AuthnConfig {
+    const NAME: &'static str = "Config";
+    const PACKAGE: &'static str = "io.istio.network.authn";
+}
 
 /// `istio.alpn`: per upstream protocol, the ALPN list to offer instead of the cluster's.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -422,7 +433,14 @@ pub fn descriptors(lacks: impl Fn(&str) -> bool) -> Vec<FileDescriptorProto> {
             vec![],
         )
     };
-    let mut all = vec![alpn, peer, mx, stats];
+    let authn = file(
+        "skiff/istio/authn.proto",
+        "io.istio.network.authn",
+        &[],
+        vec![message("Config", vec![])],
+        vec![],
+    );
+    let mut all = vec![alpn, peer, mx, stats, authn];
     for (pkg, file_name) in [
         ("xds.type.v3", "skiff/xds/type/v3/typed_struct.proto"),
         ("udpa.type.v1", "skiff/udpa/type/v1/typed_struct.proto"),

@@ -11,6 +11,7 @@
 pub mod access_log;
 pub mod discovery;
 pub mod filter_chain_match;
+pub mod filter_state;
 pub mod istio;
 pub mod jwt;
 pub mod matcher;

@@ -1025,6 +1025,13 @@ pub enum NetworkFilter {
     ConnectionLimit(Arc<ConnectionLimit>),
     /// `envoy.filters.network.rbac` (never last).
     Rbac(Arc<crate::rbac::NetworkRbac>),
+    /// `envoy.filters.network.set_filter_state` (never last).
+    SetFilterState(Arc<crate::filter_state::NetworkSetFilterState>),
+    /// Istio's `istio_authn` (`io.istio.network.authn.Config`): once TLS is done, the peer's
+    /// and the connection's own SPIFFE identities go into the connection's filter state
+    /// (`io.istio.peer_principal`, `io.istio.local_principal`), which Istio's RBAC
+    /// principals read (never last).
+    IstioAuthn,
     /// `envoy.filters.network.tcp_proxy`.
     TcpProxy(Arc<TcpProxy>),
     /// `envoy.filters.network.http_connection_manager`.
@@ -1453,6 +1460,8 @@ pub enum HttpFilterConfig {
     RateLimit(Arc<HttpRateLimit>),
     /// `envoy.filters.http.ext_authz`: an external authorization service.
     ExtAuthz(Arc<ExtAuthz>),
+    /// `envoy.filters.http.set_filter_state`.
+    SetFilterState(Arc<crate::filter_state::HttpSetFilterState>),
 }
 
 /// `envoy.filters.http.ext_authz`: each request is checked with an authorization service (gRPC

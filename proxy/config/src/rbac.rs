@@ -84,6 +84,9 @@ pub enum Principal {
     Header(HeaderMatch),
     /// `url_path`.
     UrlPath(StringMatch),
+    /// `filter_state`: an object of the stream's or the connection's filter state (Istio's
+    /// `io.istio.peer_principal`).
+    FilterState(crate::filter_state::Matcher),
 }
 
 /// The peer certificate's names, when the connection is TLS.
@@ -118,6 +121,8 @@ pub struct Request<'a> {
     /// Whether this is an HTTP request (the network filter judges connections: header and
     /// path rules never match there, as Envoy's find no request headers).
     pub http: bool,
+    /// The filter state the request sees.
+    pub filter_state: crate::filter_state::View<'a>,
 }
 
 impl Request<'_> {
@@ -170,6 +175,7 @@ impl Principal {
             Principal::RemoteIp(c) => c.contains(r.remote),
             Principal::Header(m) => r.http && crate::router::header_matches(m, &r.view),
             Principal::UrlPath(m) => r.http && m.matches(r.path_without_query()),
+            Principal::FilterState(m) => m.matches(r.filter_state),
         }
     }
 }
@@ -293,6 +299,7 @@ mod tests {
                 subject: "CN=sleep",
             }),
             http: true,
+            filter_state: Default::default(),
         };
         let admin = Permission::UrlPath(StringMatch {
             kind: StringMatchKind::Prefix("/admin/".into()),

@@ -1514,9 +1514,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "cookie",
             "connection_properties",
             "query_parameter",
+            "filter_state",
             "terminal",
         ],
     ),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.FilterState", &["key"]),
     (
         "envoy.config.route.v3.RouteAction.HashPolicy.Header",
         &["header_name", "regex_rewrite"],
@@ -1938,6 +1940,27 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         crate::istio::METADATA_EXCHANGE,
         &["protocol", "enable_discovery", "additional_labels"],
     ),
+    (crate::istio::AUTHN, &[]),
+    (
+        "envoy.extensions.filters.network.set_filter_state.v3.Config",
+        &["on_new_connection", "on_downstream_tls_handshake"],
+    ),
+    (
+        "envoy.extensions.filters.http.set_filter_state.v3.Config",
+        &["on_request_headers", "clear_route_cache"],
+    ),
+    (
+        "envoy.extensions.filters.common.set_filter_state.v3.FilterStateValue",
+        &[
+            "object_key",
+            "factory_key",
+            "format_string",
+            "read_only",
+            "shared_with_upstream",
+            "skip_if_empty",
+        ],
+    ),
+    ("envoy.type.matcher.v3.FilterStateMatcher", &["key", "string_match"]),
     (
         "envoy.config.cluster.v3.Cluster.PreconnectPolicy",
         &["per_upstream_preconnect_ratio", "predictive_preconnect_ratio"],

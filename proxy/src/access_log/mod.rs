@@ -97,6 +97,18 @@ fn render_json(t: &json::Template, info: &StreamInfo, out: &mut String) {
                     None => out.push_str("null"),
                 }
             }
+            // An object keeps its type in a JSON line: a string value, whatever the form.
+            [Piece::Op(Op::FilterState { key, .. }, max)] => {
+                let v = crate::stream_info::with_filter_state(
+                    info.dynamic_metadata.as_ref(),
+                    info.connection.as_deref(),
+                    |state| state.get(key).map(|o| o.value.clone()),
+                );
+                match v {
+                    Some(v) => string(truncated(&v, *max), out),
+                    None => out.push_str("null"),
+                }
+            }
             [Piece::Op(op, max)] => match value(op, info) {
                 None => out.push_str("null"),
                 Some(v) => {
@@ -146,15 +158,36 @@ pub fn header_value(
 
 /// Renders pieces as text: a missing value is `-`.
 fn render_pieces(pieces: &[Piece], info: &StreamInfo, out: &mut String) {
+    render_pieces_in(pieces, info, &info.request_headers, out)
+}
+
+/// Renders pieces as text, `%REQ%` reading `req`: a missing value is `-`.
+fn render_pieces_in(pieces: &[Piece], info: &StreamInfo, req: &HeaderMap, out: &mut String) {
     for p in pieces {
         match p {
             Piece::Text(t) => out.push_str(t),
             Piece::Op(op, max) => {
-                let v = value(op, info);
+                let v = value_in(op, info, req, &info.response_headers);
                 out.push_str(truncated(v.as_deref().unwrap_or("-"), *max));
             }
         }
     }
+}
+
+/// Renders a text format as Envoy's substitution formatter does outside access logs
+/// (`set_filter_state` values): a missing value is `-`, `%REQ%` reads `request` (the headers
+/// as the filters changed them so far) where given.
+pub fn text(format: &Format, info: &StreamInfo, request: Option<&HeaderMap>) -> String {
+    let mut out = String::new();
+    if let Body::Text(pieces) = format.body() {
+        render_pieces_in(
+            pieces,
+            info,
+            request.unwrap_or(&info.request_headers),
+            &mut out,
+        );
+    }
+    out
 }
 
 fn pseudo_or_header(name: &str, headers: &HeaderMap, info: &StreamInfo) -> Option<String> {
@@ -343,6 +376,16 @@ fn value_in(op: &Op, info: &StreamInfo, req: &HeaderMap, resp: &HeaderMap) -> Op
             .as_ref()
             .and_then(|c| c.listener_metadata.as_ref())
             .and_then(|m| m.render(ns, path)),
+        Op::FilterState { key, plain } => crate::stream_info::with_filter_state(
+            info.dynamic_metadata.as_ref(),
+            info.connection.as_deref(),
+            |state| {
+                state.get(key).map(|o| match plain {
+                    true => o.value.to_string(),
+                    false => o.typed(),
+                })
+            },
+        ),
         Op::RequestHeadersBytes => Some(info.request_headers_bytes.to_string()),
         Op::ResponseHeadersBytes => Some(response_headers_bytes(info).to_string()),
         Op::Fixed(v) => v.clone(),

@@ -299,6 +299,8 @@ pub struct HttpConnectionManager {
     /// Whether a filter of `filters`, or of an upgrade's, may write dynamic metadata (the
     /// streams that run them get some).
     writes_metadata: bool,
+    /// Whether a filter renders formats from the stream's record (kept for them).
+    filters_read_record: bool,
     /// Its `route_config`, indexed (none with RDS: each stream takes the table in force).
     pub routes: Option<Arc<crate::router::RouteTable>>,
 }
@@ -347,7 +349,12 @@ impl HttpConnectionManager {
             .iter()
             .chain(upgrade_filters.iter().flat_map(|(_, f)| f))
             .any(filter::Factory::writes_metadata);
+        let filters_read_record = filters
+            .iter()
+            .chain(upgrade_filters.iter().flat_map(|(_, f)| f))
+            .any(filter::Factory::reads_record);
         HttpConnectionManager {
+            filters_read_record,
             stats: HcmStats::new(shard.clone(), &config.stat_prefix, scope),
             filters,
             upgrade_filters,
@@ -1691,8 +1698,9 @@ async fn handle(
         scheme,
         conn.connection.peer_certificate,
     );
-    // Header values with operators render from the stream's record: kept for them too.
-    if done.info.is_none() && selection.formats_headers() {
+    // Header values with operators render from the stream's record: kept for them too, and
+    // for filters that render formats.
+    if done.info.is_none() && (selection.formats_headers() || conn.hcm.filters_read_record) {
         let mut info = Box::new(StreamInfo::new(downstream_remote, conn.local));
         record_start(&mut info, &conn, &parts, version);
         record_request(&mut info, &parts, scheme);
@@ -1735,6 +1743,10 @@ async fn handle(
         .hcm
         .writes_metadata
         .then(crate::stream_info::DynamicMetadata::default);
+    // The connection's filter state, for the router's hash policies.
+    if !conn.connection.filter_state.is_empty() {
+        parts.extensions.insert(conn.connection.clone());
+    }
     if let Some(m) = &metadata {
         // The router reads its `envoy.lb` values (subset criteria).
         parts.extensions.insert(m.clone());
@@ -1756,6 +1768,7 @@ async fn handle(
                 connection: &conn.connection,
             },
             metadata: metadata.as_ref(),
+            info: done.info.as_deref(),
         },
     );
     if let Some(chain) = &chain {

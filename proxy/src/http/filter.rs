@@ -141,6 +141,8 @@ enum Kind {
     RateLimit(Rc<crate::http::filters::ratelimit::Factory>),
     /// `envoy.filters.http.ext_authz`.
     ExtAuthz(Rc<crate::http::filters::ext_authz::Factory>),
+    /// `envoy.filters.http.set_filter_state`.
+    SetFilterState(std::sync::Arc<crate::config::filter_state::HttpSetFilterState>),
 }
 
 impl Factory {
@@ -152,13 +154,19 @@ impl Factory {
         }
     }
 
-    /// Whether the filter may write the stream's dynamic metadata.
+    /// Whether the filter may write the stream's dynamic metadata or filter state.
     pub fn writes_metadata(&self) -> bool {
         match &self.kind {
-            Kind::HeaderToMetadata(_) => true,
+            Kind::HeaderToMetadata(_) | Kind::SetFilterState(_) => true,
             Kind::JwtAuthn(j) => j.writes_metadata(),
             _ => false,
         }
+    }
+
+    /// Whether the filter renders formats from the stream's record (which the connection
+    /// manager then keeps).
+    pub fn reads_record(&self) -> bool {
+        matches!(self.kind, Kind::SetFilterState(_))
     }
 }
 
@@ -214,6 +222,7 @@ pub fn factories(
                 HttpFilterConfig::RateLimit(cfg) => Kind::RateLimit(Rc::new(
                     crate::http::filters::ratelimit::Factory::new(cfg.clone(), shard),
                 )),
+                HttpFilterConfig::SetFilterState(cfg) => Kind::SetFilterState(cfg.clone()),
             },
         })
         .collect()
@@ -265,6 +274,8 @@ pub struct StreamContext<'a> {
     pub downstream: Downstream<'a>,
     /// The stream's dynamic metadata, when a filter of the chain writes some.
     pub metadata: Option<&'a crate::stream_info::DynamicMetadata>,
+    /// The stream's record, when the connection manager keeps one.
+    pub info: Option<&'a crate::stream_info::StreamInfo>,
 }
 
 /// The downstream connection a stream arrived on, as filters see it.
@@ -406,6 +417,9 @@ pub fn build(factories: &[Factory], cx: &StreamContext<'_>) -> Option<FilterChai
                     };
                     Box::new(r.filter(route, cx))
                 }
+                Kind::SetFilterState(c) => Box::new(
+                    crate::http::filters::set_filter_state::SetFilterState::new(c.clone(), cx),
+                ),
             })
         })
         .collect();

@@ -254,6 +254,9 @@ struct Chain {
     gates: Vec<Gate>,
     /// `envoy.filters.network.rbac` filters, judged once TLS tells who the peer is.
     rbac: Vec<crate::http::filters::rbac::NetworkGate>,
+    /// What the chain's filters put in a connection's filter state: `set_filter_state`'s
+    /// values, and Istio's principals (`istio_authn`).
+    filter_state: ChainState,
     /// Whether a connection's TLS is described for what reads it ([`Chain::logs`]).
     describe_tls: bool,
     /// TLS termination: the chain's settings and what they serve with.
@@ -268,6 +271,100 @@ struct Chain {
 }
 
 type LocalCerts = Vec<(Vec<String>, Option<crate::stream_info::CertInfo>)>;
+
+/// What a chain's network filters put in its connections' filter state, in filter order.
+#[derive(Default)]
+struct ChainState {
+    /// `on_new_connection` values (before TLS).
+    on_new_connection: Vec<skiff_config::filter_state::Value>,
+    /// `on_downstream_tls_handshake` values.
+    on_tls_handshake: Vec<skiff_config::filter_state::Value>,
+    /// `istio_authn`: the SPIFFE identities, once TLS is done.
+    istio_authn: bool,
+}
+
+impl ChainState {
+    fn new(filters: &[NetworkFilter]) -> ChainState {
+        let mut s = ChainState::default();
+        for f in filters {
+            match f {
+                NetworkFilter::SetFilterState(c) => {
+                    s.on_new_connection
+                        .extend(c.on_new_connection.iter().cloned());
+                    s.on_tls_handshake
+                        .extend(c.on_tls_handshake.iter().cloned());
+                }
+                NetworkFilter::IstioAuthn => s.istio_authn = true,
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// Whether TLS must be described for it.
+    fn reads_tls(&self) -> bool {
+        self.istio_authn || !self.on_tls_handshake.is_empty()
+    }
+
+    /// Once TLS is done: the handshake's values, then Istio's principals (read-only, the
+    /// first `spiffe://` URI SAN of each certificate).
+    fn after_tls(&self, connection: &mut Connection, addrs: (SocketAddr, SocketAddr)) {
+        set_values(connection, &self.on_tls_handshake, addrs);
+        if !self.istio_authn {
+            return;
+        }
+        use skiff_config::filter_state::{Kind, Object, LOCAL_PRINCIPAL, PEER_PRINCIPAL};
+        let Some(tls) = &connection.tls else {
+            return;
+        };
+        // Only with a certificate from the peer, as Istio's filter.
+        let Some(peer) = &tls.peer else {
+            return;
+        };
+        let spiffe = |sans: &[String]| sans.iter().find(|s| s.starts_with("spiffe://")).cloned();
+        let found = [
+            (PEER_PRINCIPAL, spiffe(&peer.uri_sans)),
+            (
+                LOCAL_PRINCIPAL,
+                tls.local.as_ref().and_then(|l| spiffe(&l.uri_sans)),
+            ),
+        ];
+        for (key, name) in found {
+            if let Some(name) = name {
+                connection.filter_state.set(
+                    key,
+                    Object {
+                        value: name.into(),
+                        kind: Kind::Principal,
+                        read_only: true,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Puts `values`, formatted for the connection as it is now, into its filter state (each
+/// value sees those before it).
+fn set_values(
+    connection: &mut Connection,
+    values: &[skiff_config::filter_state::Value],
+    (remote, local): (SocketAddr, SocketAddr),
+) {
+    if values.is_empty() {
+        return;
+    }
+    let mut info = crate::stream_info::StreamInfo::new(remote, local);
+    for v in values {
+        info.connection = Some(Arc::new(connection.clone()));
+        let text = crate::access_log::text(&v.format, &info, None);
+        if let Some(object) = v.object(text) {
+            if !connection.filter_state.set(&v.key, object) {
+                tracing::debug!(key = %v.key, "filter state object is read-only: kept");
+            }
+        }
+    }
+}
 
 /// A read filter that may close a new connection.
 enum Gate {
@@ -311,14 +408,18 @@ impl Chain {
     /// RBAC, or may render header values (only then is TLS described). Judged once, when
     /// the chain is built (`describe_tls`).
     fn logs(&self) -> bool {
-        if !self.rbac.is_empty() {
+        if !self.rbac.is_empty() || self.filter_state.reads_tls() {
             return true;
         }
         match &self.terminal {
             Terminal::Http(h) => {
                 !h.config.access_logs.is_empty()
                     || h.config.http_filters.iter().any(|f| {
-                        matches!(f.config, crate::config::model::HttpFilterConfig::Rbac(_))
+                        matches!(
+                            f.config,
+                            crate::config::model::HttpFilterConfig::Rbac(_)
+                                | crate::config::model::HttpFilterConfig::SetFilterState(_)
+                        )
                     })
                     || match &h.routes {
                         Some(t) => t.formats_headers(),
@@ -406,6 +507,7 @@ fn chain(
             drain: Drain::new(),
             gates: Vec::new(),
             rbac: Vec::new(),
+            filter_state: ChainState::default(),
             describe_tls: false,
             tls: None,
             terminal: Terminal::Empty,
@@ -464,13 +566,16 @@ fn chain(
             // Translation keeps read filters out of the last place.
             NetworkFilter::LocalRateLimit(_)
             | NetworkFilter::ConnectionLimit(_)
-            | NetworkFilter::Rbac(_) => return None,
+            | NetworkFilter::Rbac(_)
+            | NetworkFilter::SetFilterState(_)
+            | NetworkFilter::IstioAuthn => return None,
         };
         let mut chain = Chain {
             model: fc.clone(),
             drain: Drain::new(),
             gates,
             rbac,
+            filter_state: ChainState::new(front),
             describe_tls: false,
             tls,
             terminal,
@@ -842,7 +947,14 @@ impl Shared {
             peer_certificate: false,
             listener_metadata: (!self.config.metadata.is_empty())
                 .then(|| self.config.metadata.clone()),
+            filter_state: Default::default(),
         };
+        // set_filter_state's values on a new connection: before TLS, as Envoy makes them.
+        set_values(
+            &mut connection,
+            &chain.filter_state.on_new_connection,
+            (remote, local),
+        );
         let stream = match &chain.tls {
             None => Stream::Tcp(stream),
             Some((_, tls)) => {
@@ -858,6 +970,9 @@ impl Shared {
                             let local = chain.local_cert(&config, conn.server_name());
                             connection.tls = Some(crate::tls::info::connection_info(conn, local));
                         }
+                        chain
+                            .filter_state
+                            .after_tls(&mut connection, (remote, local));
                         Stream::ServerTls(Box::new(t))
                     }
                     Err(e) => {

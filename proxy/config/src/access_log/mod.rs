@@ -95,6 +95,12 @@ pub enum Op {
         format: Option<time::TimeFormat>,
     },
     AccessLogType,
+    /// `%FILTER_STATE(key)%` (the object as its proto's JSON) and `%FILTER_STATE(key:PLAIN)%`
+    /// (as a string): an object of the stream's filter state, or of its connection's.
+    FilterState {
+        key: String,
+        plain: bool,
+    },
     /// `%PATH(WQ|NQ:ORIG|PATH|ORIG_OR_PATH)%`: with the query or not, from which header.
     Path {
         query: bool,
@@ -410,6 +416,34 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
             _ => Err(format!("Unknown metadata type: {kind}")),
         };
     }
+    if let Some(inner) = cmd
+        .strip_prefix("FILTER_STATE(")
+        .and_then(|s| s.strip_suffix(')'))
+    {
+        let (key, kind) = inner.split_once(':').unwrap_or((inner, ""));
+        if key.is_empty() {
+            return Err("Invalid filter state configuration, key cannot be empty.".into());
+        }
+        let plain = match kind {
+            "" | "TYPED" => false,
+            "PLAIN" => true,
+            k if k.starts_with("FIELD") => {
+                return Err(format!(
+                    "Not supported field in StreamInfo: FILTER_STATE({inner}) (skiff's filter \
+                     state objects are strings and have no fields)"
+                ))
+            }
+            _ => {
+                return Err(
+                    "Invalid filter state serialize type, only support PLAIN/TYPED/FIELD.".into(),
+                )
+            }
+        };
+        return Ok(Op::FilterState {
+            key: key.to_string(),
+            plain,
+        });
+    }
     if let Some(inner) = cmd.strip_prefix("REQ(").and_then(|s| s.strip_suffix(')')) {
         let (a, b) = header_args(inner);
         return Ok(Op::Req(a, b));
@@ -487,9 +521,7 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
             let why = match other.split('(').next().unwrap_or(other) {
                 "CEL" => " (skiff does not evaluate CEL expressions)",
 
-                "FILTER_STATE" | "UPSTREAM_FILTER_STATE" => {
-                    " (skiff keeps no filter state for access logs)"
-                }
+                "UPSTREAM_FILTER_STATE" => " (skiff shares no filter state with upstreams)",
                 "DOWNSTREAM_TLS_SESSION_ID" => " (rustls does not expose TLS session ids)",
                 "DOWNSTREAM_PEER_FINGERPRINT_1" => " (skiff's TLS library has no SHA-1)",
                 _ => "",

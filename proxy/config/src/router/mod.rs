@@ -543,6 +543,9 @@ pub enum HashKind {
     SourceIp,
     /// `query_parameter`: the first value of the parameter, as sent.
     QueryParameter(String),
+    /// `filter_state`: the object under the key, when it can be hashed
+    /// (`envoy.hashable_string`, Istio's principals).
+    FilterState(String),
     /// `connection_properties` without `source_ip`: no hash.
     Nothing,
 }

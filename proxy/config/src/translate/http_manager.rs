@@ -627,7 +627,7 @@ pub(super) fn translate_access_log(
 
 /// A `SubstitutionFormatString`: a text format (inline) or a `json_format`, with its formatter
 /// extensions.
-fn substitution_format(
+pub(super) fn substitution_format(
     sfs: &core::SubstitutionFormatString,
     fpath: &str,
 ) -> Result<Format, ConfigError> {
@@ -952,6 +952,11 @@ fn http_filter_list(
             "envoy.extensions.filters.http.ratelimit.v3.RateLimit" => {
                 Some(HttpFilterConfig::RateLimit(Arc::new(
                     super::ratelimit::global(&unpack(any, &tpath)?, &tpath)?,
+                )))
+            }
+            "envoy.extensions.filters.http.set_filter_state.v3.Config" => {
+                Some(HttpFilterConfig::SetFilterState(Arc::new(
+                    super::filter_state::http(&unpack(any, &tpath)?, &tpath)?,
                 )))
             }
             // The CORS filter acts by the routes' policies (`typed_per_filter_config`).

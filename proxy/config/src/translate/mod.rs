@@ -22,6 +22,7 @@ mod dns;
 mod ext_authz;
 mod fault;
 mod fields;
+mod filter_state;
 mod google_grpc;
 mod header_to_metadata;
 mod health_check;
@@ -1170,6 +1171,16 @@ fn translate_chain(
             "envoy.extensions.filters.network.rbac.v3.RBAC" => {
                 NetworkFilter::Rbac(Arc::new(rbac::network(&unpack(any, &tpath)?, &tpath)?))
             }
+            "envoy.extensions.filters.network.set_filter_state.v3.Config" => {
+                NetworkFilter::SetFilterState(Arc::new(filter_state::network(
+                    &unpack(any, &tpath)?,
+                    &tpath,
+                )?))
+            }
+            crate::istio::AUTHN => {
+                let _: crate::istio::AuthnConfig = unpack(any, &tpath)?;
+                NetworkFilter::IstioAuthn
+            }
             // Istio's metadata exchange and stats: no effect in skiff (docs/compatibility.md).
             crate::istio::METADATA_EXCHANGE => {
                 istio::metadata_exchange(&unpack(any, &tpath)?, &tpath)?;
@@ -1192,6 +1203,8 @@ fn translate_chain(
             NetworkFilter::LocalRateLimit(_)
                 | NetworkFilter::ConnectionLimit(_)
                 | NetworkFilter::Rbac(_)
+                | NetworkFilter::SetFilterState(_)
+                | NetworkFilter::IstioAuthn
         );
         if terminal && !last {
             return Err(ConfigError::new(

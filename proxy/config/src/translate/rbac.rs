@@ -325,9 +325,10 @@ fn principal(p: &rbac_pb::Principal, path: &str) -> Result<Principal, ConfigErro
         )?),
         Some(I::UrlPath(m)) => Principal::UrlPath(path_matcher(m, &format!("{path}.url_path"))?),
         Some(I::Metadata(_)) => return Err(ConfigError::unsupported(format!("{path}.metadata"))),
-        Some(I::FilterState(_)) => {
-            return Err(ConfigError::unsupported(format!("{path}.filter_state")))
-        }
+        Some(I::FilterState(m)) => Principal::FilterState(super::filter_state::matcher(
+            m,
+            &format!("{path}.filter_state"),
+        )?),
         Some(I::SourcedMetadata(_)) => {
             return Err(ConfigError::unsupported(format!("{path}.sourced_metadata")))
         }

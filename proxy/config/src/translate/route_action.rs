@@ -516,8 +516,9 @@ fn hash_policy(
             required(&q.name, "query_parameter.name")?;
             HashKind::QueryParameter(q.name.clone())
         }
-        Some(P::FilterState(_)) => {
-            return Err(ConfigError::unsupported(format!("{path}.filter_state")))
+        Some(P::FilterState(f)) => {
+            required(&f.key, "filter_state.key")?;
+            HashKind::FilterState(f.key.clone())
         }
         None => {
             return Err(ConfigError::new(

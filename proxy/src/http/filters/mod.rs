@@ -14,4 +14,5 @@ pub mod ratelimit;
 pub mod rbac;
 pub mod retry;
 pub mod router;
+pub mod set_filter_state;
 pub mod token_bucket;

@@ -58,6 +58,7 @@ impl Factory {
             source: cx.downstream.peer.ip(),
             source_port: cx.downstream.peer.port(),
             connection: cx.downstream.connection.clone(),
+            stream_state: cx.metadata.cloned(),
         }
     }
 }
@@ -71,6 +72,8 @@ pub struct RbacFilter {
     source: IpAddr,
     source_port: u16,
     connection: Arc<crate::stream_info::Connection>,
+    /// The stream's own filter state, when its filters may write some.
+    stream_state: Option<crate::stream_info::DynamicMetadata>,
 }
 
 /// `rbac_access_denied_matched_policy[<policy>]`.
@@ -87,25 +90,31 @@ impl RbacFilter {
     fn judge<'r>(&self, rules: &'r Engine, head: &http::request::Parts) -> (bool, Option<&'r str>) {
         let tls = self.connection.tls.as_ref();
         let peer_cert = tls.and_then(|t| t.peer.as_ref());
-        let request = Request {
-            view: crate::http::filter::request_view(head),
-            local: self.local,
-            source: self.source,
-            source_port: self.source_port,
-            direct_remote: self
-                .connection
-                .direct_remote
-                .map_or(self.source, |a| a.ip()),
-            remote: self.remote,
-            server_name: self.connection.requested_server_name.as_deref(),
-            peer: tls.map(|_| Peer {
-                uri_sans: peer_cert.map_or(&[][..], |c| &c.uri_sans),
-                dns_sans: peer_cert.map_or(&[][..], |c| &c.dns_sans),
-                subject: peer_cert.map_or("", |c| &c.subject),
-            }),
-            http: true,
-        };
-        rules.decide(&request)
+        crate::stream_info::with_filter_state(
+            self.stream_state.as_ref(),
+            Some(&self.connection),
+            |filter_state| {
+                rules.decide(&Request {
+                    view: crate::http::filter::request_view(head),
+                    local: self.local,
+                    source: self.source,
+                    source_port: self.source_port,
+                    direct_remote: self
+                        .connection
+                        .direct_remote
+                        .map_or(self.source, |a| a.ip()),
+                    remote: self.remote,
+                    server_name: self.connection.requested_server_name.as_deref(),
+                    peer: tls.map(|_| Peer {
+                        uri_sans: peer_cert.map_or(&[][..], |c| &c.uri_sans),
+                        dns_sans: peer_cert.map_or(&[][..], |c| &c.dns_sans),
+                        subject: peer_cert.map_or("", |c| &c.subject),
+                    }),
+                    http: true,
+                    filter_state,
+                })
+            },
+        )
     }
 }
 
@@ -157,6 +166,10 @@ impl NetworkGate {
                 subject: peer_cert.map_or("", |c| &c.subject),
             }),
             http: false,
+            filter_state: skiff_config::filter_state::View {
+                stream: None,
+                connection: Some(&connection.filter_state),
+            },
         };
         if let Some(shadow) = &self.config.shadow {
             match shadow.decide(&request).0 {

@@ -1078,6 +1078,16 @@ pub fn request_hash(
                     Some(xxhash_parts(&parts))
                 }
             }
+            HashKind::FilterState(key) => crate::stream_info::with_filter_state(
+                parts
+                    .extensions
+                    .get::<crate::stream_info::DynamicMetadata>(),
+                parts
+                    .extensions
+                    .get::<std::sync::Arc<crate::stream_info::Connection>>()
+                    .map(|c| &**c),
+                |state| state.get(key).and_then(|o| o.hash()),
+            ),
             HashKind::Cookie {
                 name,
                 ttl,
