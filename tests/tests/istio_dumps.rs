@@ -36,8 +36,6 @@ const NOT_YET: &[&str] = &[
     ".internal_listener",
     ".tunneling_config",
     ".filter_chain_matcher",
-    // Istio 1.18's istio_authn network filter, since removed from Istio.
-    "io.istio.network.authn.Config",
     // Ambient's HBONE tunnels and waypoints (internal listeners, their destination, the
     // upstreams that reach them).
     "istio.set_internal_dst_address",
@@ -46,6 +44,10 @@ const NOT_YET: &[&str] = &[
     // for the internal listener).
     ".connect_matcher",
     "envoy.extensions.filters.http.set_filter_state.v3.Config",
+    // HBONE's baggage from the CONNECT request (the waypoint's peer metadata).
+    "io.istio.http.connect_baggage.Config",
+    // A route to the internal listener's cluster, which is refused with its upstream.
+    "unknown cluster 'main_internal'",
 ];
 
 fn corpus() -> Option<PathBuf> {

@@ -145,11 +145,12 @@ fn dump_resource(
     // Extensions wrapped in a TypedStruct (Istio sends its own so) become the message they
     // carry, in the resource that is translated too.
     if contains(&any.value, b"TypedStruct") {
-        if let Some(rewritten) = proto::without_typed_structs(&inner)
+        if let Some((rewritten, dropped)) = proto::without_typed_structs(&inner)
             .map_err(|e| ConfigError::new(path, e.to_string()))?
         {
             any.value = rewritten.encode_to_vec();
             inner = rewritten;
+            unknown.extend(dropped.into_iter().map(|p| format!("{path}.{p}")));
         }
     }
     supported::check_at(&inner, path)?;

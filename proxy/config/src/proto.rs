@@ -221,14 +221,17 @@ where
 }
 
 /// A binary message whose `Any`s hold `TypedStruct`s, with each replaced by the message it
-/// carries (as Envoy converts them for the extension); `None` when it holds none.
-pub fn without_typed_structs(msg: &DynamicMessage) -> Result<Option<DynamicMessage>, ConfigError> {
+/// carries (as Envoy converts them for the extension), and the paths of the fields the protos
+/// do not know, dropped (as Envoy drops them from a dynamic resource); `None` when it holds
+/// none.
+pub fn without_typed_structs(
+    msg: &DynamicMessage,
+) -> Result<Option<(DynamicMessage, Vec<String>)>, ConfigError> {
     let mut value = crate::to_json(msg);
     if unwrap_typed_structs(&mut value, "")? == 0 {
         return Ok(None);
     }
-    let opts = DeserializeOptions::new().deny_unknown_fields(true);
-    decode_with(&value, msg.descriptor(), &opts).map(Some)
+    decode_value_lenient(value, msg.descriptor()).map(Some)
 }
 
 /// Decodes like [`decode_text`], but drops fields the protos do not know, returning their paths
@@ -258,6 +261,14 @@ fn decode_lenient(
     if unwrap {
         unwrap_typed_structs(&mut value, "")?;
     }
+    decode_value_lenient(value, desc)
+}
+
+/// Decodes a JSON value, dropping the fields the protos do not know and returning their paths.
+fn decode_value_lenient(
+    mut value: serde_json::Value,
+    desc: MessageDescriptor,
+) -> Result<(DynamicMessage, Vec<String>), ConfigError> {
     loosen(&mut value, &desc);
     let opts = DeserializeOptions::new().deny_unknown_fields(true);
     let mut unknown = Vec::new();
