@@ -120,7 +120,11 @@ async fn seen(side: &Side, args: &[&str], path: &str) -> String {
     all.push(&url);
     let r = curl(&all).await;
     let up = side.rec.requests();
-    let upstream = up.get(before).map(|r| r.header("x-up").map(str::to_string));
+    // The value the route added, and where it went among the headers (after Envoy's own).
+    let upstream = up.get(before).map(|r| {
+        let names: Vec<&str> = r.headers.iter().map(|(k, _)| k.as_str()).collect();
+        (r.header("x-up").map(str::to_string), names.join(","))
+    });
     let prefix = format!("{path} ");
     let line = side
         .proxy

@@ -659,6 +659,80 @@ pub async fn route(
     // A weighted cluster's own changes come first (Envoy's `WeightedClusterEntry`).
     // Its host_rewrite_literal sets the host as it is (no x-envoy-original-host); the
     // route's own host rewrite may still follow.
+    // The timeouts, and the headers that carry them, come before the route's header changes
+    // (Envoy's `finalTimeout` runs before `finalizeRequestHeaders`).
+    // An internal request's x-envoy-upstream-rq-timeout-ms replaces the route's timeout (0:
+    // none), as in Envoy.
+    // A gRPC request on a route with max_grpc_timeout: its grpc-timeout, offset and capped.
+    let base_timeout = match route.grpc_timeout {
+        Some(g) if crate::router::is_grpc(&parts.headers) => g.timeout(
+            parts
+                .headers
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::router::grpc_timeout),
+        ),
+        _ => route.timeout,
+    };
+    let route_timeout = match header_timeout {
+        Some(t) if t.is_zero() => None,
+        Some(t) => Some(t),
+        None => base_timeout,
+    };
+    // The route's retry policy, or its virtual host's, with what an internal request's
+    // x-envoy-retry-* headers add; none for upgrades, whose body is a tunnel.
+    let retry = upgrade
+        .is_none()
+        .then(|| {
+            super::retry::RetryState::new(
+                route.retry.as_ref().or(vhost.retry.as_ref()),
+                retry_headers,
+                &parts.headers,
+            )
+        })
+        .flatten();
+    // A per-try timeout no shorter than the route timeout never fires first (Envoy drops it).
+    let per_try_timeout = retry
+        .as_ref()
+        .and_then(|r| r.per_try_timeout())
+        .filter(|p| route_timeout.is_none_or(|t| *p < t));
+    // hedge_policy.hedge_on_per_try_timeout: the route's policy, else its virtual host's; it
+    // matters only with a per-try timeout.
+    // An internal request's x-envoy-hedge-on-per-try-timeout overrides it.
+    let hedge = per_try_timeout.is_some()
+        && retry_headers
+            .and_then(|h| h.hedge)
+            .unwrap_or_else(|| route.hedge.unwrap_or(vhost.hedge));
+    if !cfg.router.suppress_envoy_headers {
+        // A hedged request's attempts may all run to the route timeout: that is what each
+        // expects (the time left of it, for a later attempt).
+        let expected = if hedge {
+            route_timeout
+        } else {
+            per_try_timeout.or(route_timeout)
+        };
+        if let Some(t) = expected {
+            parts.headers.insert(
+                names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+                headers::number(t.as_millis() as u64),
+            );
+        }
+    }
+    // With max_grpc_timeout a gRPC request's grpc-timeout becomes the time it is given.
+    if route.grpc_timeout.is_some() && crate::router::is_grpc(&parts.headers) {
+        let expected = if hedge {
+            route_timeout
+        } else {
+            per_try_timeout.or(route_timeout)
+        };
+        if let Some(t) = expected.filter(|t| !t.is_zero()) {
+            parts.headers.insert(
+                "grpc-timeout",
+                HeaderValue::from_str(&crate::router::grpc_timeout_value(t))
+                    .unwrap_or(HeaderValue::from_static("0m")),
+            );
+        }
+    }
     // Values with operators render for this stream, `%REQ%` reading the headers as changed so
     // far.
     let recorded = info.as_deref();
@@ -767,24 +841,6 @@ pub async fn route(
             }
         }
     }
-    // An internal request's x-envoy-upstream-rq-timeout-ms replaces the route's timeout (0:
-    // none), as in Envoy.
-    // A gRPC request on a route with max_grpc_timeout: its grpc-timeout, offset and capped.
-    let base_timeout = match route.grpc_timeout {
-        Some(g) if crate::router::is_grpc(&parts.headers) => g.timeout(
-            parts
-                .headers
-                .get("grpc-timeout")
-                .and_then(|v| v.to_str().ok())
-                .and_then(crate::router::grpc_timeout),
-        ),
-        _ => route.timeout,
-    };
-    let route_timeout = match header_timeout {
-        Some(t) if t.is_zero() => None,
-        Some(t) => Some(t),
-        None => base_timeout,
-    };
     // The upstream's `:scheme`: the request's, or with `match_upstream` the upstream
     // connection's (the stream's record sees the change, as Envoy's header map does).
     let upstream_scheme = if cfg.scheme_matches_upstream {
@@ -800,60 +856,6 @@ pub async fn route(
     } else {
         scheme
     };
-    // The route's retry policy, or its virtual host's, with what an internal request's
-    // x-envoy-retry-* headers add; none for upgrades, whose body is a tunnel.
-    let retry = upgrade
-        .is_none()
-        .then(|| {
-            super::retry::RetryState::new(
-                route.retry.as_ref().or(vhost.retry.as_ref()),
-                retry_headers,
-                &parts.headers,
-            )
-        })
-        .flatten();
-    // A per-try timeout no shorter than the route timeout never fires first (Envoy drops it).
-    let per_try_timeout = retry
-        .as_ref()
-        .and_then(|r| r.per_try_timeout())
-        .filter(|p| route_timeout.is_none_or(|t| *p < t));
-    // hedge_policy.hedge_on_per_try_timeout: the route's policy, else its virtual host's; it
-    // matters only with a per-try timeout.
-    // An internal request's x-envoy-hedge-on-per-try-timeout overrides it.
-    let hedge = per_try_timeout.is_some()
-        && retry_headers
-            .and_then(|h| h.hedge)
-            .unwrap_or_else(|| route.hedge.unwrap_or(vhost.hedge));
-    if !cfg.router.suppress_envoy_headers {
-        // A hedged request's attempts may all run to the route timeout: that is what each
-        // expects (the time left of it, for a later attempt).
-        let expected = if hedge {
-            route_timeout
-        } else {
-            per_try_timeout.or(route_timeout)
-        };
-        if let Some(t) = expected {
-            parts.headers.insert(
-                names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
-                headers::number(t.as_millis() as u64),
-            );
-        }
-    }
-    // With max_grpc_timeout a gRPC request's grpc-timeout becomes the time it is given.
-    if route.grpc_timeout.is_some() && crate::router::is_grpc(&parts.headers) {
-        let expected = if hedge {
-            route_timeout
-        } else {
-            per_try_timeout.or(route_timeout)
-        };
-        if let Some(t) = expected.filter(|t| !t.is_zero()) {
-            parts.headers.insert(
-                "grpc-timeout",
-                HeaderValue::from_str(&crate::router::grpc_timeout_value(t))
-                    .unwrap_or(HeaderValue::from_static("0m")),
-            );
-        }
-    }
     if let Some(info) = info.as_deref_mut() {
         // The header map Envoy logs is the one the router forwards: what the filters and the
         // route changed in it included.
