@@ -26,6 +26,7 @@ pub mod server;
 pub mod stats;
 pub mod stream_info;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod worker;
 pub mod xds;

@@ -219,6 +219,17 @@ fn serve(opts: Options, mut loaded: Loaded) -> Result<(), String> {
         &loaded.model.node.cluster,
         &loaded.model.node.id,
     );
+    crate::trace::set_node(
+        &loaded.model.node.id,
+        &loaded.model.node.cluster,
+        loaded
+            .model
+            .node
+            .proto
+            .locality
+            .as_ref()
+            .map_or("", |l| l.zone.as_str()),
+    );
     let drain_time = Duration::from_secs(opts.drain_time_s);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -25,6 +25,7 @@ pub mod runtime;
 pub mod stats;
 mod supported;
 pub mod tls;
+pub mod trace;
 mod translate;
 
 use std::fmt;

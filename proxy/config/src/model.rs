@@ -1187,8 +1187,10 @@ pub struct HttpConnectionManager {
     pub via: Option<http::HeaderValue>,
     /// `forward_client_cert_details` and `set_current_client_cert_details`.
     pub forward_client_cert: ForwardClientCert,
-    /// `tracing` (no tracer runs: only its sampling decision, packed into `x-request-id`).
+    /// `tracing`: its sampling decision, packed into `x-request-id`.
     pub tracing: Option<TraceSampling>,
+    /// `tracing.provider`: the tracer that makes spans of the traced requests.
+    pub tracer: Option<Arc<crate::trace::HttpTracer>>,
     /// `http2_protocol_options` for downstream HTTP/2 connections.
     pub http2: Http2Options,
     /// `upgrade_configs`: the upgrade types (lower case) this connection manager takes, and

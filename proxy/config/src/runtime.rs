@@ -302,6 +302,8 @@ pub enum Known {
     Startup,
     /// Nothing in skiff differs whatever its value (the check says which values).
     Inert,
+    /// Read where it is used, from any layer, as Envoy reads it.
+    Live,
 }
 
 /// Whether skiff takes a value of a key.
@@ -309,6 +311,9 @@ pub type ValueCheck = fn(&str) -> bool;
 
 /// Envoy's own keys skiff has a verdict on, with the values it accepts.
 pub const ENVOY_KEYS: &[(&str, Known, ValueCheck)] = &[
+    // The Zipkin tracer's batches: spans per report, and the time between reports.
+    ("tracing.zipkin.min_flush_spans", Known::Live, is_count),
+    ("tracing.zipkin.flush_interval_ms", Known::Live, is_count),
     // A deprecated listener field skiff refuses anyway.
     (
         "envoy.deprecated_features:envoy.config.listener.v3.Listener.hidden_envoy_deprecated_use_original_dst",

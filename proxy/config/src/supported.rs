@@ -448,6 +448,23 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "max_path_tag_length",
             "custom_tags",
             "spawn_upstream_span",
+            "provider",
+        ],
+    ),
+    ("envoy.config.trace.v3.Tracing.Http", &["name", "typed_config"]),
+    (
+        "envoy.config.trace.v3.ZipkinConfig",
+        &[
+            "collector_cluster",
+            "collector_endpoint",
+            "trace_id_128bit",
+            "shared_span_context",
+            "collector_endpoint_version",
+            "collector_hostname",
+            "split_spans_for_request",
+            "trace_context_option",
+            "collector_service",
+            "timestamp_trace_ids",
         ],
     ),
     (

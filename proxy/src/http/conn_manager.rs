@@ -1016,6 +1016,8 @@ pub struct Done {
     codec_error: bool,
     /// The timer of the next periodic access log line (`access_log_flush_interval`).
     periodic: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The stream's span, when the connection manager has a tracer.
+    span: Option<Box<crate::trace::Span>>,
 }
 
 impl Unpin for Done {}
@@ -1036,6 +1038,7 @@ impl Done {
             grpc: self.grpc,
             codec_error: self.codec_error,
             periodic: None,
+            span: self.span.take(),
         };
         self.settled = true;
         d
@@ -1123,6 +1126,9 @@ impl Done {
                 .worker
                 .access_log
                 .log(&self.conn.hcm.config.access_logs, &info);
+            if let Some(span) = self.span.take() {
+                span.finish(&info, &self.conn.worker);
+            }
         }
     }
 }
@@ -1232,7 +1238,7 @@ async fn handle(
     }
 
     // The stream's record is kept for access logs, and for local replies that formats rewrite.
-    let logging = !cfg.access_logs.is_empty() || cfg.local_reply.is_some();
+    let logging = !cfg.access_logs.is_empty() || cfg.local_reply.is_some() || cfg.tracer.is_some();
     let (mut parts, body) = req.into_parts();
     let request = Rc::new(
         RequestProgress::new(FlowPair::new(
@@ -1257,6 +1263,7 @@ async fn handle(
         grpc: crate::router::is_grpc(&parts.headers),
         codec_error: false,
         periodic: None,
+        span: None,
     };
     if let Some(info) = done.info.as_mut() {
         record_start(info, &conn, &parts, version);
@@ -1650,13 +1657,14 @@ async fn handle(
             .headers
             .insert(names::X_REQUEST_ID.clone(), headers::new_request_id());
     }
+    let mut traced = false;
     if let Some(t) = &cfg.tracing {
         // x-envoy-force-trace counts only on an internal request, as in Envoy.
         let internal = parts
             .headers
             .get("x-envoy-internal")
             .is_some_and(|v| v == "true");
-        crate::http::conn_manager_utility::trace_reason(
+        traced = crate::http::conn_manager_utility::trace_reason(
             t,
             &mut parts.headers,
             force_trace && internal,
@@ -1698,6 +1706,18 @@ async fn handle(
         scheme,
         conn.connection.peer_certificate,
     );
+    // The stream's span, named by the route's decorator; the router writes its context into
+    // the upstream request.
+    if let Some(t) = &cfg.tracer {
+        let host = authority(&parts).unwrap_or("").to_string();
+        let decorator = selection
+            .route()
+            .and_then(|r| r.decorator.as_ref())
+            .map(|(op, propagate)| (op.as_str(), *propagate));
+        let span = crate::trace::Span::start(t, &mut parts.headers, traced, &host, decorator);
+        parts.extensions.insert(span.context());
+        done.span = Some(Box::new(span));
+    }
     // Header values with operators render from the stream's record: kept for them too, and
     // for filters that render formats.
     if done.info.is_none() && (selection.formats_headers() || conn.hcm.filters_read_record) {
@@ -1894,7 +1914,13 @@ async fn handle(
                     headers::number(ms),
                 );
             }
-            finish_response(&conn, &cfg, &mut head, request_id);
+            finish_response(
+                &conn,
+                &cfg,
+                &mut head,
+                request_id,
+                done.span.as_deref().and_then(|s| s.response_operation()),
+            );
             let status = head.status.as_u16();
             stats.response_class(status);
             if let Some(info) = done.info.as_mut() {
@@ -2270,6 +2296,7 @@ fn finish_response(
     cfg: &model::HttpConnectionManager,
     head: &mut http::response::Parts,
     request_id: Option<HeaderValue>,
+    operation: Option<&str>,
 ) {
     match cfg.server_header {
         ServerHeader::Overwrite => {
@@ -2287,6 +2314,11 @@ fn finish_response(
     }
     if let Some(id) = request_id {
         head.headers.insert(names::X_REQUEST_ID.clone(), id);
+    }
+    // An ingress span's decorator operation, for the caller's client span.
+    if let Some(op) = operation.and_then(|o| HeaderValue::from_str(o).ok()) {
+        head.headers
+            .insert(crate::trace::DECORATOR_OPERATION.clone(), op);
     }
     // disable_http_keepalive: this response ends its connection (`connection: close`, or a
     // GOAWAY over HTTP/2).
@@ -2414,7 +2446,13 @@ fn local_parts(
     if empty && conn.codec.get() == Some(Codec::Http2) {
         head.headers.remove(header::CONTENT_LENGTH);
     }
-    finish_response(&conn, &conn.hcm.config, &mut head, request_id);
+    finish_response(
+        &conn,
+        &conn.hcm.config,
+        &mut head,
+        request_id,
+        done.span.as_deref().and_then(|s| s.response_operation()),
+    );
     conn.hcm.stats.response_class(head.status.as_u16());
     if let Some(info) = done.info.as_mut() {
         info.response_code = Some(head.status.as_u16());

@@ -582,16 +582,20 @@ pub fn add_user_agent(headers: &mut HeaderMap) {
 /// Envoy's `mutateTracingRequestHeader` without a tracer: the sampling decision, from the
 /// request id's first eight hex digits (modulo 10,000) and the request's own marks, packed
 /// into the 15th character of a 36-character `x-request-id`. `force` is an internal request's
-/// `x-envoy-force-trace`.
-pub fn trace_reason(t: &crate::config::model::TraceSampling, headers: &mut HeaderMap, force: bool) {
+/// `x-envoy-force-trace`. Whether the request is traced.
+pub fn trace_reason(
+    t: &crate::config::model::TraceSampling,
+    headers: &mut HeaderMap,
+    force: bool,
+) -> bool {
     if !t.use_request_id {
-        return;
+        return fastrand::u32(..10_000) < t.random.min(t.overall);
     }
     let Some(id) = headers.get(&names::X_REQUEST_ID).map(HeaderValue::as_bytes) else {
-        return;
+        return false;
     };
     let Some(n) = request_id_integer(id) else {
-        return;
+        return false;
     };
     let result = (n % 10_000) as u32;
     const SAMPLED: u8 = b'9';
@@ -617,13 +621,14 @@ pub fn trace_reason(t: &crate::config::model::TraceSampling, headers: &mut Heade
         decided = NONE;
     }
     if decided == reason || !t.pack_trace_reason || id.len() != 36 {
-        return;
+        return decided != NONE;
     }
     let mut bytes = id.to_vec();
     bytes[14] = decided;
     if let Ok(v) = HeaderValue::from_bytes(&bytes) {
         headers.insert(names::X_REQUEST_ID.clone(), v);
     }
+    decided != NONE
 }
 
 #[cfg(test)]

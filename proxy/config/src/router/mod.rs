@@ -395,6 +395,8 @@ pub struct Route {
     /// `route.max_grpc_timeout` and `grpc_timeout_offset` (deprecated): a gRPC request's
     /// timeout from its `grpc-timeout`.
     pub grpc_timeout: Option<GrpcTimeout>,
+    /// `decorator`: (`operation`, `propagate`), for a traced request's span.
+    pub decorator: Option<(String, bool)>,
 }
 
 /// `max_grpc_timeout` (zero: none) and `grpc_timeout_offset`.
@@ -1361,6 +1363,7 @@ mod tests {
             per_filter: PerFilterConfigs::default(),
             cors: None,
             grpc_timeout: None,
+            decorator: None,
         };
         let hcm = vec![("websocket".to_string(), true), ("off".to_string(), false)];
         assert!(r.allows_upgrade("websocket", &hcm));

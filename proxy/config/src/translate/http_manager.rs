@@ -24,6 +24,7 @@ pub(super) fn translate_hcm(
     h: &hcm::HttpConnectionManager,
     path: &str,
     clusters: &HashSet<String>,
+    egress: bool,
 ) -> Result<HttpConnectionManager, ConfigError> {
     super::fields::http_connection_manager(h, path)?;
     use hcm::http_connection_manager::{
@@ -334,9 +335,21 @@ pub(super) fn translate_hcm(
     };
     let forward_client_cert = xfcc(h, path)?;
     let tracing = tracing(h, path)?;
+    let tracer = match h
+        .tracing
+        .as_ref()
+        .and_then(|t| t.provider.as_ref().map(|p| (t, p)))
+    {
+        Some((t, p)) => Some(Arc::new(tracer(t, p, &format!("{path}.tracing"), egress)?)),
+        None => None,
+    };
+    if tracer.is_some() {
+        child_spans(h, path)?;
+    }
     Ok(HttpConnectionManager {
         forward_client_cert,
         tracing,
+        tracer,
         underscores,
         timeouts,
         http10,
@@ -839,13 +852,11 @@ fn tracing(
         return Ok(None);
     };
     let tpath = format!("{path}.tracing");
-    if t.provider.is_some() {
-        return Err(ConfigError::unsupported(format!("{tpath}.provider")));
-    }
-    if BOOTSTRAP_TRACER.get().copied().unwrap_or(false) {
+    if t.provider.is_none() && BOOTSTRAP_TRACER.get().copied().unwrap_or(false) {
         return Err(ConfigError::new(
             tpath,
-            "unsupported with the bootstrap's tracer: skiff makes no spans",
+            "unsupported with the bootstrap's tracer: skiff runs a connection manager's own \
+             `provider` only",
         ));
     }
     // A percentage, as Envoy rounds it to ten-thousandths.
@@ -864,6 +875,203 @@ fn tracing(
         pack_trace_reason,
         use_request_id,
     }))
+}
+
+/// With a tracer, Envoy traces what filters do on a request's behalf: the router's
+/// `start_child_span`, and the calls of ext_authz and the rate limit filter (child spans, and
+/// their context sent to the service). skiff makes the connection manager's spans only, so
+/// those are refused next to a tracer.
+fn child_spans(h: &hcm::HttpConnectionManager, path: &str) -> Result<(), ConfigError> {
+    for (i, f) in h.http_filters.iter().enumerate() {
+        let Some(hcm::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            continue;
+        };
+        let tpath = format!("{path}.http_filters[{i}].typed_config");
+        let refused = match type_name(&any.type_url) {
+            "envoy.extensions.filters.http.router.v3.Router" => {
+                let r: Router = unpack(any, &tpath)?;
+                #[allow(deprecated)]
+                let child = r.start_child_span;
+                child.then(|| format!("{tpath}.start_child_span"))
+            }
+            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+            | "envoy.extensions.filters.http.ratelimit.v3.RateLimit" => Some(tpath),
+            _ => None,
+        };
+        if let Some(at) = refused {
+            return Err(ConfigError::new(
+                at,
+                "unsupported with a tracer: skiff traces the connection manager's own spans \
+                 only (not a filter's calls or child spans)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `tracing.provider` at `path` (`tracing`), with what the spans carry.
+fn tracer(
+    t: &hcm::http_connection_manager::Tracing,
+    p: &envoy_types::pb::envoy::config::trace::v3::tracing::Http,
+    path: &str,
+    egress: bool,
+) -> Result<crate::trace::HttpTracer, ConfigError> {
+    use crate::trace::{CustomTag, HttpTracer, Zipkin};
+    use envoy_types::pb::envoy::config::trace::v3::zipkin_config::{
+        CollectorEndpointVersion, TraceContextOption,
+    };
+    use envoy_types::pb::envoy::config::trace::v3::ZipkinConfig;
+    let ppath = format!("{path}.provider");
+    if t.verbose {
+        return Err(ConfigError::unsupported(format!("{path}.verbose")));
+    }
+    if t.spawn_upstream_span.as_ref().is_some_and(|v| v.value) {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.spawn_upstream_span"
+        )));
+    }
+    let any = match &p.config_type {
+        Some(
+            envoy_types::pb::envoy::config::trace::v3::tracing::http::ConfigType::TypedConfig(any),
+        ) => any,
+        None => {
+            return Err(ConfigError::new(
+                format!("{ppath}.typed_config"),
+                "required",
+            ))
+        }
+    };
+    let tpath = format!("{ppath}.typed_config");
+    let zipkin = match type_name(&any.type_url) {
+        "envoy.config.trace.v3.ZipkinConfig" => {
+            #[allow(deprecated)]
+            let ZipkinConfig {
+                collector_cluster,
+                collector_endpoint,
+                trace_id_128bit,
+                shared_span_context,
+                collector_endpoint_version,
+                collector_hostname,
+                split_spans_for_request,
+                trace_context_option,
+                collector_service,
+                timestamp_trace_ids,
+            } = unpack(any, &tpath)?;
+            if collector_service.is_some() {
+                return Err(ConfigError::unsupported(format!(
+                    "{tpath}.collector_service"
+                )));
+            }
+            if collector_cluster.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{tpath}.collector_cluster"),
+                    "collector_cluster must be specified",
+                ));
+            }
+            if collector_endpoint.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{tpath}.collector_endpoint"),
+                    "collector_endpoint must be specified",
+                ));
+            }
+            match CollectorEndpointVersion::try_from(collector_endpoint_version) {
+                Ok(CollectorEndpointVersion::HttpJson) => {}
+                #[allow(deprecated)]
+                Ok(CollectorEndpointVersion::DeprecatedAndUnavailableDoNotUse) => {
+                    return Err(ConfigError::new(
+                        format!("{tpath}.collector_endpoint_version"),
+                        "the default DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE is deprecated: a \
+                         value must be set",
+                    ))
+                }
+                _ => {
+                    return Err(ConfigError::unsupported(format!(
+                        "{tpath}.collector_endpoint_version"
+                    )))
+                }
+            }
+            if split_spans_for_request {
+                return Err(ConfigError::unsupported(format!(
+                    "{tpath}.split_spans_for_request"
+                )));
+            }
+            if trace_context_option != TraceContextOption::UseB3 as i32 {
+                return Err(ConfigError::unsupported(format!(
+                    "{tpath}.trace_context_option"
+                )));
+            }
+            if timestamp_trace_ids {
+                return Err(ConfigError::unsupported(format!(
+                    "{tpath}.timestamp_trace_ids"
+                )));
+            }
+            Zipkin {
+                hostname: if collector_hostname.is_empty() {
+                    collector_cluster.clone()
+                } else {
+                    collector_hostname
+                },
+                cluster: collector_cluster,
+                endpoint: collector_endpoint,
+                trace_id_128bit,
+                shared_span_context: shared_span_context.is_none_or(|v| v.value),
+            }
+        }
+        other => {
+            return Err(ConfigError::new(
+                tpath,
+                format!("unsupported tracer '{}' ({other})", p.name),
+            ))
+        }
+    };
+    let mut custom_tags = Vec::with_capacity(t.custom_tags.len());
+    for (i, c) in t.custom_tags.iter().enumerate() {
+        use envoy_types::pb::envoy::r#type::tracing::v3::custom_tag::Type;
+        let cpath = format!("{path}.custom_tags[{i}]");
+        if c.tag.is_empty() {
+            return Err(ConfigError::new(
+                format!("{cpath}.tag"),
+                "value length must be at least 1 characters",
+            ));
+        }
+        let tag = c.tag.clone();
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        custom_tags.push(match &c.r#type {
+            Some(Type::Literal(l)) => CustomTag::Fixed {
+                tag,
+                value: Some(l.value.clone()),
+            },
+            Some(Type::Environment(e)) => CustomTag::Fixed {
+                tag,
+                value: std::env::var(&e.name)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .or_else(|| non_empty(&e.default_value)),
+            },
+            Some(Type::RequestHeader(h)) => CustomTag::RequestHeader {
+                tag,
+                name: http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
+                    ConfigError::new(format!("{cpath}.request_header.name"), "not a header name")
+                })?,
+                default: non_empty(&h.default_value),
+            },
+            Some(Type::Metadata(_)) => {
+                return Err(ConfigError::unsupported(format!("{cpath}.metadata")))
+            }
+            #[allow(unreachable_patterns)]
+            Some(_) => return Err(ConfigError::unsupported(cpath)),
+            None => return Err(ConfigError::new(cpath, "a type is required")),
+        });
+    }
+    Ok(HttpTracer {
+        zipkin: Arc::new(zipkin),
+        custom_tags,
+        max_path_tag_length: t
+            .max_path_tag_length
+            .as_ref()
+            .map_or(256, |v| v.value as usize),
+        egress,
+    })
 }
 
 /// An `http_filters` list at `path` (the connection manager's, or an upgrade's): the filters
@@ -1409,6 +1617,16 @@ fn translate_route(
         per_filter: super::ratelimit::per_filter_configs(&r.typed_per_filter_config, path)?,
         cors: route_cors(r, path)?,
         grpc_timeout: t.grpc_timeout,
+        decorator: match &r.decorator {
+            Some(d) if d.operation.is_empty() => {
+                return Err(ConfigError::new(
+                    format!("{path}.decorator.operation"),
+                    "value length must be at least 1 characters",
+                ))
+            }
+            Some(d) => Some((d.operation.clone(), d.propagate.is_none_or(|v| v.value))),
+            None => None,
+        },
     })
 }
 
@@ -1729,4 +1947,36 @@ fn ip_detection(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tracer_tests {
+    /// A listener whose HCM traces with `tracing` (the provider's `zipkin` fields inside).
+    fn config(tracing: &str, zipkin: &str) -> String {
+        format!(
+            r#"static_resources: {{ listeners: [{{ name: l, address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}, filter_chains: [{{ filters: [{{ name: h, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: s, tracing: {{ {tracing} provider: {{ name: envoy.tracers.zipkin, typed_config: {{ "@type": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig, {zipkin} }} }} }}, route_config: {{ virtual_hosts: [{{ name: v, domains: ["*"], routes: [{{ match: {{prefix: /}}, route: {{cluster: c}} }}] }}] }}, http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}] }} }}] }}] }}], clusters: [{{ name: c, connect_timeout: 1s }}] }}"#
+        )
+    }
+
+    #[test]
+    fn zipkin_refusals_name_the_field() {
+        let ok = "collector_cluster: c, collector_endpoint: /api/v2/spans, collector_endpoint_version: HTTP_JSON";
+        let cases = [
+            ("", "collector_cluster: c, collector_endpoint: /x", "collector_endpoint_version: the default DEPRECATED_AND_UNAVAILABLE_DO_NOT_USE"),
+            ("", "collector_endpoint: /x, collector_endpoint_version: HTTP_JSON", "collector_cluster: collector_cluster must be specified"),
+            ("", "collector_cluster: c, collector_endpoint_version: HTTP_JSON", "collector_endpoint: collector_endpoint must be specified"),
+            ("", "collector_cluster: c, collector_endpoint: /x, collector_endpoint_version: HTTP_PROTO", "collector_endpoint_version: unsupported"),
+            ("", "collector_cluster: c, collector_endpoint: /x, collector_endpoint_version: HTTP_JSON, trace_context_option: USE_B3_WITH_W3C_PROPAGATION", "trace_context_option: unsupported"),
+            ("verbose: true,", ok, "tracing.verbose: unsupported"),
+            ("spawn_upstream_span: true,", ok, "tracing.spawn_upstream_span: unsupported"),
+            ("custom_tags: [{tag: m, metadata: {kind: {request: {}}, metadata_key: {key: k, path: [{key: a}]}}}],", ok, "custom_tags[0].metadata: unsupported"),
+        ];
+        for (tracing, zipkin, want) in cases {
+            match crate::load_text(&config(tracing, zipkin)) {
+                Ok(_) => panic!("accepted: {tracing} {zipkin}"),
+                Err(e) => assert!(e.to_string().contains(want), "{zipkin}: {e}"),
+            }
+        }
+        assert!(crate::load_text(&config("max_path_tag_length: 10, custom_tags: [{tag: a, literal: {value: b}}, {tag: h, request_header: {name: x-h, default_value: d}}],", ok)).is_ok());
+    }
 }

@@ -753,6 +753,8 @@ fn translate_listener(
     secrets: &Secrets,
 ) -> Result<Listener, ConfigError> {
     fields::listener(l, path)?;
+    // A connection manager traces egress spans on an outbound listener.
+    let egress = l.traffic_direction == core::TrafficDirection::Outbound as i32;
     let address = socket_address(
         required(&l.address, &format!("{path}.address"))?,
         &format!("{path}.address"),
@@ -808,7 +810,10 @@ fn translate_listener(
                 ),
             ));
         }
-        filter_chains.push((m, Arc::new(translate_chain(fc, &fpath, clusters, secrets)?)));
+        filter_chains.push((
+            m,
+            Arc::new(translate_chain(fc, &fpath, clusters, secrets, egress)?),
+        ));
     }
     {
         // The runtime builds the table it serves with; here only whether it builds.
@@ -826,6 +831,7 @@ fn translate_listener(
             &format!("{path}.default_filter_chain"),
             clusters,
             secrets,
+            egress,
         )?)),
         None => None,
     };
@@ -1141,6 +1147,7 @@ fn translate_chain(
     path: &str,
     clusters: &HashSet<String>,
     secrets: &Secrets,
+    egress: bool,
 ) -> Result<FilterChain, ConfigError> {
     fields::filter_chain(fc, path)?;
     let mut filters = Vec::new();
@@ -1157,6 +1164,7 @@ fn translate_chain(
                 &unpack(any, &tpath)?,
                 &tpath,
                 clusters,
+                egress,
             )?)),
             TCP_PROXY_TYPE => NetworkFilter::TcpProxy(Arc::new(translate_tcp_proxy(
                 &unpack(any, &tpath)?,

@@ -754,6 +754,10 @@ pub async fn route(
     for p in order(false) {
         p.apply_with(&mut parts.headers, &render);
     }
+    // A traced request's span context (Envoy's tracer injects it as the router sends).
+    if let Some(c) = parts.extensions.get::<crate::trace::Context>().copied() {
+        c.inject(&mut parts.headers);
+    }
     let mut response_headers = order(true);
     if let Some(c) = changes.filter(|c| !c.response_headers.is_empty()) {
         response_headers.insert(0, c.response_headers.clone());

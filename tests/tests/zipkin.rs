@@ -1,0 +1,313 @@
+//! The Zipkin tracer (`tracing.provider` `envoy.tracers.zipkin`), side by side with Envoy
+//! 1.40: an ingress (`INBOUND`) and an egress (`OUTBOUND`) connection manager with custom
+//! tags, a short `max_path_tag_length`, routes with decorators (propagated or not), a route to a
+//! cluster without hosts and a direct response. Requests arrive without a trace, with B3's
+//! headers (continued, shared or as a child), with B3's single header, unsampled, and with a
+//! caller's `x-envoy-decorator-operation`. Compared: the response and its decorator header,
+//! the B3 headers and decorator the upstream got (random ids masked), and every span the
+//! collector got (Zipkin JSON v2, ids, times and request ids masked), and the tracer's stats.
+//! Each proxy's spans must also carry the very ids it sent upstream.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use skiff_tests::client::curl;
+use skiff_tests::config::{bootstrap, listener, router, to_yaml};
+use skiff_tests::proxy::{Kind, ProxyProcess};
+use skiff_tests::run_for;
+use skiff_tests::upstream::EchoUpstream;
+
+fn hcm(stat_prefix: &str, shared: bool) -> Value {
+    json!({ "name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": stat_prefix,
+        "tracing": {
+            "max_path_tag_length": 20,
+            "custom_tags": [
+                { "tag": "lit", "literal": { "value": "v1" } },
+                { "tag": "env", "environment": { "name": "PATH", "default_value": "dflt" } },
+                { "tag": "envmissing", "environment": { "name": "SKIFF_ZIPKIN_NOPE", "default_value": "dflt" } },
+                { "tag": "hdr", "request_header": { "name": "x-tag", "default_value": "none" } },
+                { "tag": "hdr2", "request_header": { "name": "x-tag2" } }
+            ],
+            "provider": { "name": "envoy.tracers.zipkin", "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                "collector_cluster": "zipkin", "collector_endpoint": "/api/v2/spans",
+                "collector_endpoint_version": "HTTP_JSON", "shared_span_context": shared } }
+        },
+        "http_filters": [ router() ],
+        "route_config": { "virtual_hosts": [ { "name": "v", "domains": ["*"], "routes": [
+            { "match": { "prefix": "/dec" }, "route": { "cluster": "backend" },
+              "decorator": { "operation": "my-op" } },
+            { "match": { "prefix": "/nop" }, "route": { "cluster": "backend" },
+              "decorator": { "operation": "quiet-op", "propagate": false } },
+            { "match": { "prefix": "/fail" }, "route": { "cluster": "empty" } },
+            { "match": { "prefix": "/direct" },
+              "direct_response": { "status": 404, "body": { "inline_string": "nope" } } },
+            { "match": { "prefix": "/" }, "route": { "cluster": "backend" } }
+        ] } ] }
+    } })
+}
+
+fn config(admin: u16, ports: [u16; 3], backend: u16, collector: u16) -> String {
+    let mut listeners = Vec::new();
+    for (i, (name, direction, shared)) in [
+        ("in", "INBOUND", true),
+        ("out", "OUTBOUND", true),
+        ("in_unshared", "UNSPECIFIED", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut l = listener(name, "127.0.0.1", ports[i], hcm(name, shared));
+        l["traffic_direction"] = json!(direction);
+        listeners.push(l);
+    }
+    let cluster = |name: &str, port: Option<u16>| {
+        let mut c = json!({ "name": name, "connect_timeout": "1s", "type": "STATIC" });
+        if let Some(p) = port {
+            c["load_assignment"] = json!({ "cluster_name": name, "endpoints": [ { "lb_endpoints": [
+                { "endpoint": { "address": { "socket_address": {
+                    "address": "127.0.0.1", "port_value": p } } } } ] } ] });
+        }
+        c
+    };
+    let mut v = bootstrap(
+        admin,
+        listeners,
+        vec![
+            cluster("backend", Some(backend)),
+            cluster("empty", None),
+            cluster("zipkin", Some(collector)),
+        ],
+    );
+    v["node"] = json!({ "id": "node-1", "cluster": "front-proxy", "locality": { "zone": "z1" } });
+    // One span per report, so that every span arrives while the test waits.
+    v["layered_runtime"] = json!({ "layers": [ { "name": "static", "static_layer": {
+        "tracing.zipkin.min_flush_spans": 1 } } ] });
+    to_yaml(&v)
+}
+
+/// A random 16-digit id masked, a fixed one (the test's own, all leading zeros) kept.
+fn mask(id: &str) -> String {
+    if id.starts_with("0000") {
+        id.to_string()
+    } else {
+        format!("<{} hex>", id.len())
+    }
+}
+
+/// A span as both proxies must report it: ids, times and the request id masked; whether its
+/// id is its trace's (a new trace) kept.
+fn normal(mut s: Value) -> Value {
+    for k in ["timestamp", "duration"] {
+        s[k] = json!("T");
+    }
+    if let Some(a) = s["annotations"].as_array_mut() {
+        for a in a {
+            a["timestamp"] = json!("T");
+        }
+    }
+    let root = s["id"] == s["traceId"];
+    for k in ["traceId", "id", "parentId"] {
+        if let Some(v) = s[k].as_str().map(mask) {
+            s[k] = json!(v);
+        }
+    }
+    s["root"] = json!(root);
+    if let Some(id) = s["tags"]["guid:x-request-id"].as_str() {
+        let masked: String = id
+            .chars()
+            .enumerate()
+            .map(|(i, c)| if i == 14 || c == '-' { c } else { 'h' })
+            .collect();
+        s["tags"]["guid:x-request-id"] = json!(masked);
+    }
+    s
+}
+
+#[tokio::test]
+async fn zipkin_spans_and_b3_headers_side_by_side_with_envoy() {
+    run_for(Duration::from_secs(120), async {
+        let b3 = |t: &str, s: &str| {
+            vec![
+                format!("x-b3-traceid: {t}"),
+                format!("x-b3-spanid: {s}"),
+                "x-b3-parentspanid: 0000000000000111".to_string(),
+                "x-b3-sampled: 1".to_string(),
+            ]
+        };
+        let cases: Vec<(&str, Vec<String>)> = vec![
+            (
+                "/a/very/long/path/that/is/long?q=1",
+                vec!["x-tag: T".into()],
+            ),
+            ("/dec", vec![]),
+            (
+                "/dec/op",
+                vec!["x-envoy-decorator-operation: from-client".into()],
+            ),
+            (
+                "/nop",
+                vec!["x-envoy-decorator-operation: from-client".into()],
+            ),
+            ("/nop/quiet", vec![]),
+            ("/fail", vec![]),
+            ("/direct", vec!["x-tag2: two".into()]),
+            ("/ctx", b3("0000000000000abc", "0000000000000def")),
+            (
+                "/ctx128",
+                b3("00000000000000000000000000000abc", "0000000000000def"),
+            ),
+            ("/unsampled", vec!["x-b3-sampled: 0".into()]),
+            (
+                "/single",
+                vec!["b3: 0000000000000abc-0000000000000def-1-0000000000000111".into()],
+            ),
+            ("/client", vec!["x-client-trace-id: 42".into()]),
+        ];
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let backend = EchoUpstream::start("backend").await;
+            let collector = EchoUpstream::start("zipkin").await;
+            let ports = [
+                skiff_tests::free_port(),
+                skiff_tests::free_port(),
+                skiff_tests::free_port(),
+            ];
+            let yaml = config(
+                skiff_tests::free_port(),
+                ports,
+                backend.port(),
+                collector.port(),
+            );
+            let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+            let mut got = Vec::new();
+            let mut expected_spans = 0;
+            let mut sent_ids = Vec::new();
+            for (which, port) in ["in", "out", "in_unshared"].iter().zip(ports) {
+                for (path, headers) in &cases {
+                    let before = backend.rec.requests().len();
+                    let url = format!("http://127.0.0.1:{port}{path}");
+                    let mut args = vec!["-s"];
+                    for h in headers {
+                        args.push("-H");
+                        args.push(h);
+                    }
+                    args.push(&url);
+                    let r = curl(&args).await;
+                    let up = backend.rec.requests();
+                    let upstream = up.get(before).map(|u| {
+                        let b3: Vec<String> = [
+                            "x-b3-traceid",
+                            "x-b3-spanid",
+                            "x-b3-parentspanid",
+                            "x-b3-sampled",
+                            "b3",
+                            "x-envoy-decorator-operation",
+                        ]
+                        .iter()
+                        .filter_map(|n| {
+                            u.header(n).map(|v| {
+                                let v = match *n {
+                                    "b3" => v.split('-').map(mask).collect::<Vec<_>>().join("-"),
+                                    "x-b3-sampled" | "x-envoy-decorator-operation" => v.to_string(),
+                                    _ => mask(v),
+                                };
+                                format!("{n}={v}")
+                            })
+                        })
+                        .collect();
+                        if let (Some(id), Some(span)) =
+                            (u.header("x-request-id"), u.header("x-b3-spanid"))
+                        {
+                            sent_ids.push((id.to_string(), span.to_string()));
+                        }
+                        b3.join(" ")
+                    });
+                    if !path.starts_with("/unsampled") {
+                        expected_spans += 1;
+                    }
+                    got.push(format!(
+                        "{which} {path} {headers:?}: {} op={:?} upstream={upstream:?}",
+                        r.resp.status,
+                        r.resp.header("x-envoy-decorator-operation")
+                    ));
+                }
+            }
+            // Every sampled request's span, one report each.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while collector.rec.requests().len() < expected_spans
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let reports = collector.rec.requests();
+            let mut spans = Vec::new();
+            for report in &reports {
+                assert_eq!(report.method, "POST", "{}", kind.name());
+                assert_eq!(report.path, "/api/v2/spans", "{}", kind.name());
+                got.push(format!(
+                    "report host={:?} content-type={:?} internal={:?} timeout={:?}",
+                    report.authority.as_deref().or(report.header("host")),
+                    report.header("content-type"),
+                    report.header("x-envoy-internal"),
+                    report.header("x-envoy-expected-rq-timeout-ms"),
+                ));
+                let list: Value = serde_json::from_slice(&report.body).expect("JSON spans");
+                for s in list.as_array().cloned().unwrap_or_default() {
+                    // The span carries the ids its request went upstream with.
+                    if let Some(rid) = s["tags"]["guid:x-request-id"].as_str() {
+                        if let Some((_, span)) = sent_ids.iter().find(|(r, _)| r == rid) {
+                            assert_eq!(
+                                s["id"].as_str(),
+                                Some(span.as_str()),
+                                "{}: {s}",
+                                kind.name()
+                            );
+                        }
+                    }
+                    spans.push(normal(s).to_string());
+                }
+            }
+            // The listeners' ports differ between the proxies: named instead.
+            let spans: Vec<String> = spans
+                .into_iter()
+                .map(|s| {
+                    let mut s = s;
+                    for (which, port) in ["in", "out", "in_unshared"].iter().zip(ports) {
+                        s = s.replace(&format!(":{port}"), &format!(":<{which}>"));
+                    }
+                    s
+                })
+                .collect();
+            let mut spans = spans;
+            spans.sort();
+            got.extend(spans);
+            let mut stats = proxy.admin().stats_containing("tracing.zipkin.").await;
+            stats.retain(|(k, _)| !k.ends_with("timer_flushed"));
+            stats.sort();
+            got.extend(stats.into_iter().map(|(k, v)| format!("{k}={v}")));
+            seen.push(got);
+        }
+        let (e, s) = (&seen[0], &seen[1]);
+        let diff: Vec<String> = e
+            .iter()
+            .zip(s.iter())
+            .filter(|(a, b)| a != b)
+            .map(|(a, b)| format!("envoy {a}\nskiff {b}"))
+            .collect();
+        assert!(
+            diff.is_empty() && e.len() == s.len(),
+            "{} lines (envoy) vs {}:\n{}",
+            e.len(),
+            s.len(),
+            diff.join("\n\n")
+        );
+        let all = e.join("\n");
+        assert!(all.contains("\"kind\":\"SERVER\""), "{all}");
+        assert!(all.contains("\"kind\":\"CLIENT\""), "{all}");
+        assert!(all.contains("tracing.zipkin.spans_sent=33"), "{all}");
+    })
+    .await;
+}
