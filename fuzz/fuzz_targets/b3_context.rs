@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use skiff::config::trace::{HttpTracer, Zipkin};
+use skiff::config::trace::{HttpTracer, Provider, Zipkin};
 use skiff::trace::Span;
 
 const NAMES: [&str; 7] = [
@@ -32,20 +32,23 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let tracer = Arc::new(HttpTracer {
-        zipkin: Arc::new(Zipkin {
+        provider: Provider::Zipkin(Arc::new(Zipkin {
             cluster: "zipkin".into(),
             endpoint: "/api/v2/spans".into(),
             hostname: "zipkin".into(),
             trace_id_128bit: flags & 1 != 0,
             shared_span_context: flags & 2 != 0,
-        }),
+        })),
         custom_tags: Vec::new(),
         max_path_tag_length: 256,
         egress: flags & 4 != 0,
     });
     let span = Span::start(&tracer, &mut headers, flags & 8 != 0, "host", Some(("op", true)));
+    let Some(context) = span.context() else {
+        return;
+    };
     let mut up = HeaderMap::new();
-    span.context().inject(&mut up);
+    context.inject(&mut up);
     let hex = |v: &HeaderValue, lens: &[usize]| {
         let s = v.to_str().expect("ascii");
         assert!(lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit()), "{s}");

@@ -314,6 +314,8 @@ pub const ENVOY_KEYS: &[(&str, Known, ValueCheck)] = &[
     // The Zipkin tracer's batches: spans per report, and the time between reports.
     ("tracing.zipkin.min_flush_spans", Known::Live, is_count),
     ("tracing.zipkin.flush_interval_ms", Known::Live, is_count),
+    ("tracing.opentelemetry.min_flush_spans", Known::Live, is_count),
+    ("tracing.opentelemetry.flush_interval_ms", Known::Live, is_count),
     // A deprecated listener field skiff refuses anyway.
     (
         "envoy.deprecated_features:envoy.config.listener.v3.Listener.hidden_envoy_deprecated_use_original_dst",

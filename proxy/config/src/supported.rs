@@ -453,6 +453,21 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     ("envoy.config.trace.v3.Tracing.Http", &["name", "typed_config"]),
     (
+        "envoy.config.trace.v3.OpenTelemetryConfig",
+        &[
+            "grpc_service",
+            "http_service",
+            "exporter",
+            "service_name",
+            "resource_detectors",
+            "sampler",
+            "max_cache_size",
+            "set_telemetry_sdk_resource_attributes",
+            "set_service_name_resource_attribute",
+            "set_instrumentation_scope",
+        ],
+    ),
+    (
         "envoy.config.trace.v3.ZipkinConfig",
         &[
             "collector_cluster",

@@ -1,6 +1,8 @@
 //! Tracing: the connection manager's tracer (`tracing.provider`) and the tags it puts on its
-//! spans. skiff runs Envoy's Zipkin tracer (`envoy.tracers.zipkin`): B3 context read from and
-//! written to requests, spans reported as Zipkin's JSON v2 to a collector cluster.
+//! spans. skiff runs Envoy's Zipkin tracer (`envoy.tracers.zipkin`: B3 context read from and
+//! written to requests, spans reported as Zipkin's JSON v2 to a collector cluster) and its
+//! OpenTelemetry tracer (`envoy.tracers.opentelemetry`: W3C trace context, spans exported over
+//! OTLP gRPC).
 
 use std::sync::Arc;
 
@@ -8,7 +10,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpTracer {
     /// `provider`.
-    pub zipkin: Arc<Zipkin>,
+    pub provider: Provider,
     /// `custom_tags`, in order.
     pub custom_tags: Vec<CustomTag>,
     /// `max_path_tag_length` (default 256): the path in `http.url` is cut to it.
@@ -16,6 +18,32 @@ pub struct HttpTracer {
     /// The listener's `traffic_direction` is `OUTBOUND`: the spans are `egress` (Zipkin
     /// `CLIENT`) spans, and a route's decorator goes upstream; otherwise `ingress` (`SERVER`).
     pub egress: bool,
+}
+
+/// The tracer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Provider {
+    Zipkin(Arc<Zipkin>),
+    OpenTelemetry(Arc<OpenTelemetry>),
+}
+
+/// `envoy.config.trace.v3.OpenTelemetryConfig` with a `grpc_service`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenTelemetry {
+    /// `grpc_service.envoy_grpc.cluster_name`.
+    pub cluster: String,
+    /// `envoy_grpc.authority`, else the cluster's name.
+    pub authority: String,
+    /// `grpc_service.timeout`: how long an export may take (none: no limit).
+    pub timeout: Option<std::time::Duration>,
+    /// `service_name` (default `unknown_service:envoy`), the resource's `service.name`.
+    pub service_name: String,
+    /// `set_service_name_resource_attribute` (default true).
+    pub set_service_name: bool,
+    /// `set_telemetry_sdk_resource_attributes` (default true): `telemetry.sdk.*`.
+    pub set_sdk_attributes: bool,
+    /// `set_instrumentation_scope` (default true): the scope's name and version.
+    pub set_scope: bool,
 }
 
 /// `envoy.config.trace.v3.ZipkinConfig`.

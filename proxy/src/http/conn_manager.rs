@@ -41,6 +41,9 @@ pub struct HcmStats {
     shard: Arc<Shard>,
     prefix: String,
     listener_prefix: String,
+    /// `tracing.{random_sampling,client_enabled,service_forced,not_traceable,health_check}`:
+    /// the trace decisions of a connection manager with `tracing`.
+    pub tracing: [Counter; 5],
     /// `downstream_cx_total`.
     pub downstream_cx_total: Counter,
     /// `downstream_cx_active`.
@@ -170,6 +173,14 @@ impl HcmStats {
         let listener_classes = [1, 2, 3, 4, 5]
             .map(|k| shard.counter(&format!("{listener_prefix}downstream_rq_{k}xx")));
         HcmStats {
+            tracing: [
+                "random_sampling",
+                "client_enabled",
+                "service_forced",
+                "not_traceable",
+                "health_check",
+            ]
+            .map(|n| c(&format!("tracing.{n}"))),
             downstream_cx_total: c("downstream_cx_total"),
             downstream_cx_active: g("downstream_cx_active"),
             downstream_cx_ssl_total: c("downstream_cx_ssl_total"),
@@ -1664,11 +1675,20 @@ async fn handle(
             .headers
             .get("x-envoy-internal")
             .is_some_and(|v| v == "true");
-        traced = crate::http::conn_manager_utility::trace_reason(
+        use crate::http::conn_manager_utility::TraceReason;
+        let reason = crate::http::conn_manager_utility::trace_reason(
             t,
             &mut parts.headers,
             force_trace && internal,
         );
+        stats.tracing[match reason {
+            TraceReason::Sampled => 0,
+            TraceReason::Client => 1,
+            TraceReason::Forced => 2,
+            TraceReason::NotTraceable => 3,
+        }]
+        .inc();
+        traced = reason != TraceReason::NotTraceable;
     }
     if let Some(via) = &cfg.via {
         headers::append_via(&mut parts.headers, via);
@@ -1715,7 +1735,9 @@ async fn handle(
             .and_then(|r| r.decorator.as_ref())
             .map(|(op, propagate)| (op.as_str(), *propagate));
         let span = crate::trace::Span::start(t, &mut parts.headers, traced, &host, decorator);
-        parts.extensions.insert(span.context());
+        if let Some(c) = span.context() {
+            parts.extensions.insert(c);
+        }
         done.span = Some(Box::new(span));
     }
     // Header values with operators render from the stream's record: kept for them too, and

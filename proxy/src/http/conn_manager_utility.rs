@@ -582,20 +582,23 @@ pub fn add_user_agent(headers: &mut HeaderMap) {
 /// Envoy's `mutateTracingRequestHeader` without a tracer: the sampling decision, from the
 /// request id's first eight hex digits (modulo 10,000) and the request's own marks, packed
 /// into the 15th character of a 36-character `x-request-id`. `force` is an internal request's
-/// `x-envoy-force-trace`. Whether the request is traced.
+/// `x-envoy-force-trace`. Why the request is traced, or that it is not.
 pub fn trace_reason(
     t: &crate::config::model::TraceSampling,
     headers: &mut HeaderMap,
     force: bool,
-) -> bool {
+) -> TraceReason {
     if !t.use_request_id {
-        return fastrand::u32(..10_000) < t.random.min(t.overall);
+        return match fastrand::u32(..10_000) < t.random.min(t.overall) {
+            true => TraceReason::Sampled,
+            false => TraceReason::NotTraceable,
+        };
     }
     let Some(id) = headers.get(&names::X_REQUEST_ID).map(HeaderValue::as_bytes) else {
-        return false;
+        return TraceReason::NotTraceable;
     };
     let Some(n) = request_id_integer(id) else {
-        return false;
+        return TraceReason::NotTraceable;
     };
     let result = (n % 10_000) as u32;
     const SAMPLED: u8 = b'9';
@@ -620,15 +623,33 @@ pub fn trace_reason(
     if result >= t.overall {
         decided = NONE;
     }
+    let why = match decided {
+        SAMPLED => TraceReason::Sampled,
+        CLIENT => TraceReason::Client,
+        FORCED => TraceReason::Forced,
+        _ => TraceReason::NotTraceable,
+    };
     if decided == reason || !t.pack_trace_reason || id.len() != 36 {
-        return decided != NONE;
+        return why;
     }
     let mut bytes = id.to_vec();
     bytes[14] = decided;
     if let Ok(v) = HeaderValue::from_bytes(&bytes) {
         headers.insert(names::X_REQUEST_ID.clone(), v);
     }
-    decided != NONE
+    why
+}
+
+/// Why a request is traced (Envoy's trace reasons), or that it is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceReason {
+    /// `random_sampling`.
+    Sampled,
+    /// `x-client-trace-id` with `client_sampling`.
+    Client,
+    /// `x-envoy-force-trace`.
+    Forced,
+    NotTraceable,
 }
 
 #[cfg(test)]

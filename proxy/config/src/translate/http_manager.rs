@@ -909,6 +909,91 @@ fn child_spans(h: &hcm::HttpConnectionManager, path: &str) -> Result<(), ConfigE
     Ok(())
 }
 
+/// `envoy.tracers.opentelemetry`'s configuration at `path`: OTLP over gRPC to a cluster.
+fn open_telemetry(
+    c: &envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig,
+    path: &str,
+) -> Result<crate::trace::OpenTelemetry, ConfigError> {
+    use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+    let envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig {
+        grpc_service,
+        http_service,
+        exporter,
+        service_name,
+        resource_detectors,
+        sampler,
+        max_cache_size,
+        set_telemetry_sdk_resource_attributes,
+        set_service_name_resource_attribute,
+        set_instrumentation_scope,
+    } = c;
+    for (set, field) in [
+        (http_service.is_some(), "http_service"),
+        (exporter.is_some(), "exporter"),
+        (!resource_detectors.is_empty(), "resource_detectors"),
+        (sampler.is_some(), "sampler"),
+        (max_cache_size.is_some(), "max_cache_size"),
+    ] {
+        if set {
+            return Err(ConfigError::unsupported(format!("{path}.{field}")));
+        }
+    }
+    let gpath = format!("{path}.grpc_service");
+    let Some(grpc) = grpc_service else {
+        return Err(ConfigError::new(
+            gpath,
+            "a grpc_service is required (skiff exports over OTLP gRPC)",
+        ));
+    };
+    let e = match &grpc.target_specifier {
+        Some(TargetSpecifier::EnvoyGrpc(e)) => e,
+        Some(TargetSpecifier::GoogleGrpc(_)) => {
+            return Err(ConfigError::unsupported(format!("{gpath}.google_grpc")))
+        }
+        None => return Err(ConfigError::new(format!("{gpath}.envoy_grpc"), "required")),
+    };
+    if e.cluster_name.is_empty() {
+        return Err(ConfigError::new(
+            format!("{gpath}.envoy_grpc.cluster_name"),
+            "value length must be at least 1 characters",
+        ));
+    }
+    if e.retry_policy.is_some() || grpc.retry_policy.is_some() {
+        return Err(ConfigError::unsupported(format!("{gpath}.retry_policy")));
+    }
+    if !grpc.initial_metadata.is_empty() {
+        return Err(ConfigError::unsupported(format!(
+            "{gpath}.initial_metadata"
+        )));
+    }
+    Ok(crate::trace::OpenTelemetry {
+        cluster: e.cluster_name.clone(),
+        authority: if e.authority.is_empty() {
+            e.cluster_name.clone()
+        } else {
+            e.authority.clone()
+        },
+        timeout: grpc
+            .timeout
+            .as_ref()
+            .map(|d| super::duration(d, &format!("{gpath}.timeout")))
+            .transpose()?
+            .filter(|d| !d.is_zero()),
+        service_name: if service_name.is_empty() {
+            "unknown_service:envoy".to_string()
+        } else {
+            service_name.clone()
+        },
+        set_service_name: set_service_name_resource_attribute
+            .as_ref()
+            .is_none_or(|v| v.value),
+        set_sdk_attributes: set_telemetry_sdk_resource_attributes
+            .as_ref()
+            .is_none_or(|v| v.value),
+        set_scope: set_instrumentation_scope.as_ref().is_none_or(|v| v.value),
+    })
+}
+
 /// `tracing.provider` at `path` (`tracing`), with what the spans carry.
 fn tracer(
     t: &hcm::http_connection_manager::Tracing,
@@ -916,7 +1001,7 @@ fn tracer(
     path: &str,
     egress: bool,
 ) -> Result<crate::trace::HttpTracer, ConfigError> {
-    use crate::trace::{CustomTag, HttpTracer, Zipkin};
+    use crate::trace::{CustomTag, HttpTracer, Provider, Zipkin};
     use envoy_types::pb::envoy::config::trace::v3::zipkin_config::{
         CollectorEndpointVersion, TraceContextOption,
     };
@@ -942,7 +1027,7 @@ fn tracer(
         }
     };
     let tpath = format!("{ppath}.typed_config");
-    let zipkin = match type_name(&any.type_url) {
+    let provider = match type_name(&any.type_url) {
         "envoy.config.trace.v3.ZipkinConfig" => {
             #[allow(deprecated)]
             let ZipkinConfig {
@@ -1005,7 +1090,7 @@ fn tracer(
                     "{tpath}.timestamp_trace_ids"
                 )));
             }
-            Zipkin {
+            Provider::Zipkin(Arc::new(Zipkin {
                 hostname: if collector_hostname.is_empty() {
                     collector_cluster.clone()
                 } else {
@@ -1015,7 +1100,10 @@ fn tracer(
                 endpoint: collector_endpoint,
                 trace_id_128bit,
                 shared_span_context: shared_span_context.is_none_or(|v| v.value),
-            }
+            }))
+        }
+        "envoy.config.trace.v3.OpenTelemetryConfig" => {
+            Provider::OpenTelemetry(Arc::new(open_telemetry(&unpack(any, &tpath)?, &tpath)?))
         }
         other => {
             return Err(ConfigError::new(
@@ -1064,7 +1152,7 @@ fn tracer(
         });
     }
     Ok(HttpTracer {
-        zipkin: Arc::new(zipkin),
+        provider,
         custom_tags,
         max_path_tag_length: t
             .max_path_tag_length
@@ -1978,5 +2066,48 @@ mod tracer_tests {
             }
         }
         assert!(crate::load_text(&config("max_path_tag_length: 10, custom_tags: [{tag: a, literal: {value: b}}, {tag: h, request_header: {name: x-h, default_value: d}}],", ok)).is_ok());
+    }
+
+    /// A listener whose HCM traces with OpenTelemetry's `otel` fields.
+    fn otel(fields: &str) -> String {
+        config("", "collector_cluster: c, collector_endpoint: /x, collector_endpoint_version: HTTP_JSON")
+            .replace(
+                "name: envoy.tracers.zipkin, typed_config: { \"@type\": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig, collector_cluster: c, collector_endpoint: /x, collector_endpoint_version: HTTP_JSON }",
+                &format!("name: envoy.tracers.opentelemetry, typed_config: {{ \"@type\": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig, {fields} }}"),
+            )
+    }
+
+    #[test]
+    fn opentelemetry_refusals_name_the_field() {
+        let grpc = "grpc_service: {envoy_grpc: {cluster_name: c}, timeout: 0.25s}";
+        let cases = [
+            (
+                "service_name: s",
+                "grpc_service: a grpc_service is required",
+            ),
+            (
+                "http_service: {http_uri: {uri: http://c/v1/traces, cluster: c, timeout: 1s}}",
+                "typed_config.http_service",
+            ),
+            (
+                "grpc_service: {google_grpc: {target_uri: c, stat_prefix: s}}",
+                "grpc_service.google_grpc: unsupported",
+            ),
+        ];
+        for (fields, want) in cases {
+            match crate::load_text(&otel(fields)) {
+                Ok(_) => panic!("accepted: {fields}"),
+                Err(e) => assert!(e.to_string().contains(want), "{fields}: {e}"),
+            }
+        }
+        let sampler = format!("{grpc}, sampler: {{name: s, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.tracers.opentelemetry.samplers.v3.AlwaysOnSamplerConfig}}}}");
+        let e = crate::load_text(&otel(&sampler)).expect_err("sampler");
+        assert!(e.to_string().contains("sampler: unsupported"), "{e}");
+        let ok = format!("{grpc}, service_name: svc, set_instrumentation_scope: false");
+        assert!(
+            crate::load_text(&otel(&ok)).is_ok(),
+            "{:?}",
+            crate::load_text(&otel(&ok)).err()
+        );
     }
 }

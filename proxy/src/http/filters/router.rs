@@ -755,7 +755,7 @@ pub async fn route(
         p.apply_with(&mut parts.headers, &render);
     }
     // A traced request's span context (Envoy's tracer injects it as the router sends).
-    if let Some(c) = parts.extensions.get::<crate::trace::Context>().copied() {
+    if let Some(c) = parts.extensions.get::<crate::trace::Context>().cloned() {
         c.inject(&mut parts.headers);
     }
     let mut response_headers = order(true);

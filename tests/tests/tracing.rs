@@ -1,5 +1,6 @@
-//! The Zipkin tracer (`tracing.provider` `envoy.tracers.zipkin`), side by side with Envoy
-//! 1.40: an ingress (`INBOUND`) and an egress (`OUTBOUND`) connection manager with custom
+//! Tracers side by side with Envoy 1.40.
+//!
+//! Zipkin (`tracing.provider` `envoy.tracers.zipkin`): an ingress (`INBOUND`) and an egress (`OUTBOUND`) connection manager with custom
 //! tags, a short `max_path_tag_length`, routes with decorators (propagated or not), a route to a
 //! cluster without hosts and a direct response. Requests arrive without a trace, with B3's
 //! headers (continued, shared or as a child), with B3's single header, unsampled, and with a
@@ -7,6 +8,12 @@
 //! the B3 headers and decorator the upstream got (random ids masked), and every span the
 //! collector got (Zipkin JSON v2, ids, times and request ids masked), and the tracer's stats.
 //! Each proxy's spans must also carry the very ids it sent upstream.
+//!
+//! OpenTelemetry (`envoy.tracers.opentelemetry`, OTLP over gRPC to `otlp-collector`, a real
+//! gRPC server of the tests): the same connection managers and routes, with W3C trace context
+//! (`traceparent`, `tracestate`) arriving sampled, unsampled, malformed or not at all; compared:
+//! what the upstream got, every exported span (resource, scope, ids masked, kind, flags,
+//! attributes, status) and the stats, the connection managers' `tracing.*` included.
 
 use std::time::Duration;
 
@@ -17,7 +24,7 @@ use skiff_tests::proxy::{Kind, ProxyProcess};
 use skiff_tests::run_for;
 use skiff_tests::upstream::EchoUpstream;
 
-fn hcm(stat_prefix: &str, shared: bool) -> Value {
+fn hcm(stat_prefix: &str, provider: Value) -> Value {
     json!({ "name": "envoy.filters.network.http_connection_manager", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": stat_prefix,
@@ -30,10 +37,7 @@ fn hcm(stat_prefix: &str, shared: bool) -> Value {
                 { "tag": "hdr", "request_header": { "name": "x-tag", "default_value": "none" } },
                 { "tag": "hdr2", "request_header": { "name": "x-tag2" } }
             ],
-            "provider": { "name": "envoy.tracers.zipkin", "typed_config": {
-                "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
-                "collector_cluster": "zipkin", "collector_endpoint": "/api/v2/spans",
-                "collector_endpoint_version": "HTTP_JSON", "shared_span_context": shared } }
+            "provider": provider
         },
         "http_filters": [ router() ],
         "route_config": { "virtual_hosts": [ { "name": "v", "domains": ["*"], "routes": [
@@ -49,7 +53,27 @@ fn hcm(stat_prefix: &str, shared: bool) -> Value {
     } })
 }
 
-fn config(admin: u16, ports: [u16; 3], backend: u16, collector: u16) -> String {
+fn zipkin(shared: bool) -> Value {
+    json!({ "name": "envoy.tracers.zipkin", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+        "collector_cluster": "zipkin", "collector_endpoint": "/api/v2/spans",
+        "collector_endpoint_version": "HTTP_JSON", "shared_span_context": shared } })
+}
+
+fn open_telemetry(_: bool) -> Value {
+    json!({ "name": "envoy.tracers.opentelemetry", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+        "grpc_service": { "envoy_grpc": { "cluster_name": "otel" }, "timeout": "0.250s" },
+        "service_name": "svc-1" } })
+}
+
+fn config(
+    admin: u16,
+    ports: [u16; 3],
+    backend: u16,
+    collector: u16,
+    provider: fn(bool) -> Value,
+) -> String {
     let mut listeners = Vec::new();
     for (i, (name, direction, shared)) in [
         ("in", "INBOUND", true),
@@ -59,7 +83,7 @@ fn config(admin: u16, ports: [u16; 3], backend: u16, collector: u16) -> String {
     .into_iter()
     .enumerate()
     {
-        let mut l = listener(name, "127.0.0.1", ports[i], hcm(name, shared));
+        let mut l = listener(name, "127.0.0.1", ports[i], hcm(name, provider(shared)));
         l["traffic_direction"] = json!(direction);
         listeners.push(l);
     }
@@ -79,12 +103,20 @@ fn config(admin: u16, ports: [u16; 3], backend: u16, collector: u16) -> String {
             cluster("backend", Some(backend)),
             cluster("empty", None),
             cluster("zipkin", Some(collector)),
+            {
+                let mut c = cluster("otel", Some(collector));
+                c["typed_extension_protocol_options"] = json!({
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": { "http2_protocol_options": {} } } });
+                c
+            },
         ],
     );
     v["node"] = json!({ "id": "node-1", "cluster": "front-proxy", "locality": { "zone": "z1" } });
     // One span per report, so that every span arrives while the test waits.
     v["layered_runtime"] = json!({ "layers": [ { "name": "static", "static_layer": {
-        "tracing.zipkin.min_flush_spans": 1 } } ] });
+        "tracing.zipkin.min_flush_spans": 1, "tracing.opentelemetry.min_flush_spans": 1 } } ] });
     to_yaml(&v)
 }
 
@@ -165,6 +197,13 @@ async fn zipkin_spans_and_b3_headers_side_by_side_with_envoy() {
                 vec!["b3: 0000000000000abc-0000000000000def-1-0000000000000111".into()],
             ),
             ("/client", vec!["x-client-trace-id: 42".into()]),
+            (
+                "/bad",
+                vec![
+                    "x-b3-traceid: zz".into(),
+                    "x-b3-spanid: 0000000000000def".into(),
+                ],
+            ),
         ];
         let mut seen = Vec::new();
         for kind in [Kind::Envoy, Kind::under_test()] {
@@ -180,6 +219,7 @@ async fn zipkin_spans_and_b3_headers_side_by_side_with_envoy() {
                 ports,
                 backend.port(),
                 collector.port(),
+                zipkin,
             );
             let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
             let mut got = Vec::new();
@@ -225,7 +265,7 @@ async fn zipkin_spans_and_b3_headers_side_by_side_with_envoy() {
                         }
                         b3.join(" ")
                     });
-                    if !path.starts_with("/unsampled") {
+                    if !path.starts_with("/unsampled") && !path.starts_with("/bad") {
                         expected_spans += 1;
                     }
                     got.push(format!(
@@ -308,6 +348,204 @@ async fn zipkin_spans_and_b3_headers_side_by_side_with_envoy() {
         assert!(all.contains("\"kind\":\"SERVER\""), "{all}");
         assert!(all.contains("\"kind\":\"CLIENT\""), "{all}");
         assert!(all.contains("tracing.zipkin.spans_sent=33"), "{all}");
+    })
+    .await;
+}
+
+const COLLECTOR: &str = env!("CARGO_BIN_EXE_otlp-collector");
+
+/// An exported span as both proxies must export it: random ids, times, the request id and
+/// the SDK's own name and version masked.
+fn normal_otlp(mut s: Value) -> Value {
+    for k in ["start", "end"] {
+        s[k] = json!("T");
+    }
+    for k in ["trace_id", "span_id", "parent_span_id"] {
+        if let Some(v) = s[k].as_str() {
+            // The test's own ids (0af7…, b7ad…) are kept.
+            if !v.is_empty() && !v.starts_with("0af7") && !v.starts_with("b7ad") {
+                s[k] = json!(format!("<{} hex>", v.len()));
+            }
+        }
+    }
+    if let Some(id) = s["attributes"]["guid:x-request-id"].as_str() {
+        let masked: String = id
+            .chars()
+            .enumerate()
+            .map(|(i, c)| if i == 14 || c == '-' { c } else { 'h' })
+            .collect();
+        s["attributes"]["guid:x-request-id"] = json!(masked);
+    }
+    if let Some(r) = s["resource"].as_object_mut() {
+        for k in [
+            "telemetry.sdk.language",
+            "telemetry.sdk.name",
+            "telemetry.sdk.version",
+        ] {
+            if r.contains_key(k) {
+                r.insert(k.into(), json!("SDK"));
+            }
+        }
+    }
+    if s["scope"]["version"].is_string() {
+        s["scope"]["version"] = json!("V");
+    }
+    s
+}
+
+#[tokio::test]
+async fn opentelemetry_spans_and_trace_context_side_by_side_with_envoy() {
+    run_for(Duration::from_secs(120), async {
+        let parent = "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331";
+        let cases: Vec<(&str, Vec<String>)> = vec![
+            (
+                "/a/very/long/path/that/is/long?q=1",
+                vec!["x-tag: T".into()],
+            ),
+            ("/dec", vec![]),
+            (
+                "/dec/op",
+                vec!["x-envoy-decorator-operation: from-client".into()],
+            ),
+            ("/nop", vec![]),
+            ("/fail", vec![]),
+            ("/direct", vec![]),
+            (
+                "/ctx",
+                vec![
+                    format!("{parent}-01"),
+                    "tracestate: congo=t61rcWkgMzE".into(),
+                ],
+            ),
+            ("/unsampled", vec![format!("{parent}-00")]),
+            (
+                "/bad",
+                vec!["traceparent: 00-zz-b7ad6b7169203331-01".into()],
+            ),
+            ("/client", vec!["x-client-trace-id: 42".into()]),
+        ];
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let backend = EchoUpstream::start("backend").await;
+            let collector = skiff_tests::peer::Peer::start(COLLECTOR, &["0"]).await;
+            let ports = [
+                skiff_tests::free_port(),
+                skiff_tests::free_port(),
+                skiff_tests::free_port(),
+            ];
+            let yaml = config(
+                skiff_tests::free_port(),
+                ports,
+                backend.port(),
+                collector.port("port"),
+                open_telemetry,
+            );
+            let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+            let mut got = Vec::new();
+            let mut expected = 0;
+            for (which, port) in ["in", "out", "in_unshared"].iter().zip(ports) {
+                for (path, headers) in &cases {
+                    let before = backend.rec.requests().len();
+                    let url = format!("http://127.0.0.1:{port}{path}");
+                    let mut args = vec!["-s"];
+                    for h in headers {
+                        args.push("-H");
+                        args.push(h);
+                    }
+                    args.push(&url);
+                    let r = curl(&args).await;
+                    let upstream = backend.rec.requests().get(before).map(|u| {
+                        let tp = u.header("traceparent").map(|v| {
+                            v.split('-')
+                                .map(|p| {
+                                    if p.len() >= 16 && !p.starts_with("0af7") {
+                                        format!("<{}>", p.len())
+                                    } else {
+                                        p.to_string()
+                                    }
+                                })
+                                .collect::<Vec<_>>()
+                                .join("-")
+                        });
+                        format!(
+                            "traceparent={tp:?} tracestate={:?} op={:?}",
+                            u.header("tracestate"),
+                            u.header("x-envoy-decorator-operation")
+                        )
+                    });
+                    // No span for an unsampled request, nor for a malformed context (Envoy's
+                    // null span).
+                    if *path != "/unsampled" && *path != "/bad" {
+                        expected += 1;
+                    }
+                    got.push(format!(
+                        "{which} {path} {headers:?}: {} op={:?} upstream={upstream:?}",
+                        r.resp.status,
+                        r.resp.header("x-envoy-decorator-operation")
+                    ));
+                }
+            }
+            // One export per span (min_flush_spans 1): wait for every sampled request's.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while collector
+                .lines()
+                .iter()
+                .filter(|l| l.contains("\"event\":\"span\""))
+                .count()
+                < expected
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let mut spans = Vec::new();
+            for l in collector.lines() {
+                let v: Value = serde_json::from_str(&l).expect("JSON");
+                match v["event"].as_str() {
+                    Some("span") => spans.push(normal_otlp(v)),
+                    Some("export") => got.push(format!(
+                        "export {} {} {} {}",
+                        v["path"], v["authority"], v["content_type"], v["spans"]
+                    )),
+                    _ => got.push(format!("collector: {v}")),
+                }
+            }
+            let mut spans: Vec<String> = spans
+                .into_iter()
+                .map(|s| {
+                    let mut s = s.to_string();
+                    for (which, port) in ["in", "out", "in_unshared"].iter().zip(ports) {
+                        s = s.replace(&format!(":{port}"), &format!(":<{which}>"));
+                    }
+                    s
+                })
+                .collect();
+            spans.sort();
+            got.sort();
+            got.extend(spans);
+            let mut stats = proxy.admin().stats_containing("tracing.").await;
+            stats.retain(|(k, _)| !k.ends_with("timer_flushed"));
+            stats.sort();
+            got.extend(stats.into_iter().map(|(k, v)| format!("{k}={v}")));
+            seen.push(got);
+        }
+        let (e, s) = (&seen[0], &seen[1]);
+        let diff: Vec<String> = e
+            .iter()
+            .zip(s.iter())
+            .filter(|(a, b)| a != b)
+            .map(|(a, b)| format!("envoy {a}\nskiff {b}"))
+            .collect();
+        assert!(
+            diff.is_empty() && e.len() == s.len(),
+            "{} lines (envoy) vs {}:\n{}",
+            e.len(),
+            s.len(),
+            diff.join("\n\n")
+        );
+        let all = e.join("\n");
+        assert!(all.contains("\"kind\":2"), "{all}");
+        assert!(all.contains("\"kind\":3"), "{all}");
+        assert!(all.contains("tracing.opentelemetry.spans_sent=24"), "{all}");
     })
     .await;
 }

@@ -1,8 +1,14 @@
-//! Envoy's Zipkin tracer (`envoy.tracers.zipkin`): a span for each request the connection
-//! manager traces, its B3 context read from the request (`x-b3-*` or `b3`) and written to the
-//! upstream request, and, when sampled, the finished span reported as Zipkin's JSON v2 to the
-//! collector cluster in batches (`tracing.zipkin.min_flush_spans` spans, or every
-//! `tracing.zipkin.flush_interval_ms`), as Envoy's driver does.
+//! Envoy's tracers: a span for each request the connection manager traces, its context read
+//! from the request and written to the upstream request, and, when sampled, the finished span
+//! reported in batches (`tracing.<tracer>.min_flush_spans` spans, or every
+//! `tracing.<tracer>.flush_interval_ms`), as Envoy's drivers do.
+//!
+//! - Zipkin (`envoy.tracers.zipkin`): B3 context (`x-b3-*` or `b3`), spans posted as Zipkin's
+//!   JSON v2 to the collector cluster.
+//! - OpenTelemetry (`envoy.tracers.opentelemetry`): W3C trace context (`traceparent`,
+//!   `tracestate`), spans exported over OTLP gRPC (`TraceService/Export`).
+
+pub mod otlp;
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -12,7 +18,7 @@ use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::trace::{CustomTag, HttpTracer, Zipkin};
+use crate::config::trace::{CustomTag, HttpTracer, OpenTelemetry, Provider, Zipkin};
 use crate::stats::Counter;
 use crate::stream_info::StreamInfo;
 use crate::worker::Worker;
@@ -23,6 +29,8 @@ static X_B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspa
 static X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 static X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 static B3: HeaderName = HeaderName::from_static("b3");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// `x-envoy-decorator-operation`.
 pub static DECORATOR_OPERATION: HeaderName = HeaderName::from_static("x-envoy-decorator-operation");
 
@@ -38,16 +46,26 @@ fn node() -> &'static (String, String, String) {
     NODE.get_or_init(Default::default)
 }
 
-/// What goes upstream of a span: its context, in the form the request brought (B3's single
-/// header, or the multiple ones).
-#[derive(Debug, Clone, Copy)]
+/// How a context travels.
+#[derive(Debug, Clone)]
+enum Form {
+    /// B3's `x-b3-*` headers.
+    B3,
+    /// B3's single `b3` header (as the request brought it).
+    B3Single,
+    /// W3C's `traceparent`, with the `tracestate` the request brought.
+    W3c(Arc<str>),
+}
+
+/// What goes upstream of a span: its context, in its tracer's form.
+#[derive(Debug, Clone)]
 pub struct Context {
     trace_high: Option<u64>,
     trace: u64,
     id: u64,
     parent: Option<u64>,
     sampled: bool,
-    single: bool,
+    form: Form,
 }
 
 impl Context {
@@ -58,10 +76,26 @@ impl Context {
         }
     }
 
-    /// Writes the context into an upstream request, as Envoy's Zipkin span injects it.
+    /// Writes the context into an upstream request, as Envoy's spans inject it.
     pub fn inject(&self, headers: &mut HeaderMap) {
         let hv = |s: String| HeaderValue::from_str(&s).ok();
-        if self.single {
+        if let Form::W3c(state) = &self.form {
+            let parent = format!(
+                "00-{:016x}{:016x}-{:016x}-{}",
+                self.trace_high.unwrap_or(0),
+                self.trace,
+                self.id,
+                if self.sampled { "01" } else { "00" }
+            );
+            if let Some(v) = hv(parent) {
+                headers.insert(TRACEPARENT.clone(), v);
+            }
+            if let Some(v) = hv(state.to_string()) {
+                headers.insert(TRACESTATE.clone(), v);
+            }
+            return;
+        }
+        if matches!(self.form, Form::B3Single) {
             let mut v = format!(
                 "{}-{:016x}-{}",
                 self.trace_id(),
@@ -98,7 +132,9 @@ impl Context {
 #[derive(Debug)]
 pub struct Span {
     tracer: Arc<HttpTracer>,
-    context: Context,
+    /// None: the request brought a malformed context, and the span is Envoy's null span (no
+    /// context goes upstream, nothing is reported).
+    context: Option<Context>,
     name: String,
     start: SystemTime,
     started: Instant,
@@ -107,6 +143,8 @@ pub struct Span {
     /// The route's decorator operation to return on an ingress response (Envoy's
     /// `decorated_operation_` with `propagate`).
     response_operation: Option<String>,
+    /// The context came from the caller (OpenTelemetry's remote parent).
+    remote_parent: bool,
 }
 
 /// A 64-bit id from hex (1 to 16 digits).
@@ -140,7 +178,8 @@ struct Incoming {
     single: bool,
 }
 
-fn incoming(headers: &HeaderMap) -> Incoming {
+/// `None`: the request brings a context that does not parse (Envoy then makes no span).
+fn incoming(headers: &HeaderMap) -> Option<Incoming> {
     let get = |n: &HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
     let sampled_flag = |s: &str| match s {
         "1" | "true" | "d" => Some(true),
@@ -150,11 +189,11 @@ fn incoming(headers: &HeaderMap) -> Incoming {
     if let Some(b3) = get(&B3) {
         let parts: Vec<&str> = b3.split('-').collect();
         if parts.len() == 1 {
-            return Incoming {
+            return Some(Incoming {
                 ids: None,
                 sampled: sampled_flag(parts[0]),
                 single: true,
-            };
+            });
         }
         let ids = (|| {
             let trace = trace_id(parts.first()?)?;
@@ -165,15 +204,16 @@ fn incoming(headers: &HeaderMap) -> Incoming {
             };
             Some((trace, span, parent))
         })();
-        return Incoming {
+        return Some(Incoming {
             sampled: parts.get(2).and_then(|s| sampled_flag(s)),
-            ids,
+            ids: Some(ids?),
             single: true,
-        };
+        });
     }
     let sampled = get(&X_B3_SAMPLED)
         .and_then(sampled_flag)
         .or_else(|| (get(&X_B3_FLAGS) == Some("1")).then_some(true));
+    let present = headers.contains_key(&X_B3_TRACE_ID) || headers.contains_key(&X_B3_SPAN_ID);
     let ids = (|| {
         let trace = trace_id(get(&X_B3_TRACE_ID)?)?;
         let span = hex64(get(&X_B3_SPAN_ID)?)?;
@@ -183,11 +223,98 @@ fn incoming(headers: &HeaderMap) -> Incoming {
         };
         Some((trace, span, parent))
     })();
-    Incoming {
+    if present && ids.is_none() {
+        return None;
+    }
+    Some(Incoming {
         ids,
         sampled,
         single: false,
+    })
+}
+
+/// A Zipkin span's context: the caller's B3 context continued (shared by an ingress span
+/// with `shared_span_context`, else its child), or a new trace; none for a malformed one.
+fn b3_context(z: &Zipkin, egress: bool, headers: &HeaderMap, traced: bool) -> Option<Context> {
+    let inc = incoming(headers)?;
+    let sampled = inc.sampled.unwrap_or(traced);
+    Some(match inc.ids {
+        Some((trace, span, parent)) => {
+            let (id, parent) = if !egress && z.shared_span_context {
+                (span, parent)
+            } else {
+                (new_id(), Some(span))
+            };
+            Context {
+                trace_high: trace.0,
+                trace: trace.1,
+                id,
+                parent,
+                sampled,
+                form: if inc.single { Form::B3Single } else { Form::B3 },
+            }
+        }
+        None => {
+            let id = new_id();
+            Context {
+                trace_high: z.trace_id_128bit.then(new_id),
+                trace: id,
+                id,
+                parent: None,
+                sampled,
+                form: Form::B3,
+            }
+        }
+    })
+}
+
+/// An OpenTelemetry span's context: a child of the caller's `traceparent` (whose `tracestate`
+/// goes on), or a new trace; and whether its parent is remote. None for a malformed
+/// `traceparent`.
+fn w3c_context(headers: &HeaderMap, traced: bool) -> Option<(Context, bool)> {
+    let get = |n: &HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
+    let state: Arc<str> = get(&TRACESTATE).unwrap_or("").into();
+    let present = headers.contains_key(&TRACEPARENT);
+    let parent = get(&TRACEPARENT).and_then(|p| {
+        let parts: Vec<&str> = p.split('-').collect();
+        let [version, trace, span, flags] = parts.as_slice() else {
+            return None;
+        };
+        if version.len() != 2 || *version == "ff" || trace.len() != 32 || span.len() != 16 {
+            return None;
+        }
+        let (high, low) = (hex64(trace.get(..16)?)?, hex64(trace.get(16..)?)?);
+        let span = hex64(span)?;
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        ((high, low) != (0, 0) && span != 0).then_some((high, low, span, flags & 1 == 1))
+    });
+    if present && parent.is_none() {
+        return None;
     }
+    Some(match parent {
+        Some((high, low, span, sampled)) => (
+            Context {
+                trace_high: Some(high),
+                trace: low,
+                id: new_id(),
+                parent: Some(span),
+                sampled,
+                form: Form::W3c(state),
+            },
+            true,
+        ),
+        None => (
+            Context {
+                trace_high: Some(new_id()),
+                trace: new_id(),
+                id: new_id(),
+                parent: None,
+                sampled: traced,
+                form: Form::W3c(state),
+            },
+            false,
+        ),
+    })
 }
 
 /// A new random id (never zero).
@@ -207,38 +334,18 @@ impl Span {
         host: &str,
         decorator: Option<(&str, bool)>,
     ) -> Span {
-        let z: &Zipkin = &tracer.zipkin;
-        let inc = incoming(headers);
-        let sampled = inc.sampled.unwrap_or(traced);
-        let context = match inc.ids {
-            Some((trace, span, parent)) => {
-                let (id, parent) = if !tracer.egress && z.shared_span_context {
-                    (span, parent)
-                } else {
-                    (new_id(), Some(span))
-                };
-                Context {
-                    trace_high: trace.0,
-                    trace: trace.1,
-                    id,
-                    parent,
-                    sampled,
-                    single: inc.single,
-                }
-            }
-            None => {
-                let id = new_id();
-                Context {
-                    trace_high: z.trace_id_128bit.then(new_id),
-                    trace: id,
-                    id,
-                    parent: None,
-                    sampled,
-                    single: false,
-                }
-            }
+        let (context, remote_parent) = match &tracer.provider {
+            Provider::Zipkin(z) => (b3_context(z, tracer.egress, headers, traced), false),
+            Provider::OpenTelemetry(_) => match w3c_context(headers, traced) {
+                Some((c, remote)) => (Some(c), remote),
+                None => (None, false),
+            },
         };
-        let mut name = host.to_string();
+        let mut name = match (&tracer.provider, tracer.egress) {
+            (Provider::Zipkin(_), _) => host.to_string(),
+            (Provider::OpenTelemetry(_), false) => "ingress".to_string(),
+            (Provider::OpenTelemetry(_), true) => format!("egress {host}"),
+        };
         let mut response_operation = None;
         if let Some((op, propagate)) = decorator.filter(|(op, _)| !op.is_empty()) {
             name = op.to_string();
@@ -284,12 +391,13 @@ impl Span {
             started: Instant::now(),
             header_tags,
             response_operation,
+            remote_parent,
         }
     }
 
     /// What goes upstream.
-    pub fn context(&self) -> Context {
-        self.context
+    pub fn context(&self) -> Option<Context> {
+        self.context.clone()
     }
 
     /// The operation an ingress response carries (`x-envoy-decorator-operation`).
@@ -299,27 +407,29 @@ impl Span {
 
     /// Ends the span with what the stream's record says, and reports it if it is sampled.
     pub fn finish(self, info: &StreamInfo, worker: &Rc<Worker>) {
-        if !self.context.sampled {
+        let Some(c) = self.context.as_ref().filter(|c| c.sampled) else {
             return;
+        };
+        let tags = self.tags(info);
+        let end = SystemTime::now();
+        match &self.tracer.provider {
+            Provider::Zipkin(z) => {
+                let json = self.zipkin_json(z, c, &tags);
+                report(worker, &self.tracer.provider, Pending::Zipkin(json));
+            }
+            Provider::OpenTelemetry(_) => {
+                let span = self.otlp(c, &tags, end);
+                report(worker, &self.tracer.provider, Pending::Otlp(span));
+            }
         }
-        let json = self.to_json(info);
-        report(worker, &self.tracer.zipkin, json);
     }
 
-    /// The span as Zipkin's JSON v2.
-    fn to_json(&self, info: &StreamInfo) -> String {
-        use serde_json::{json, Map, Value};
-        let micros = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64)
-        };
-        let start = micros(self.start);
-        let duration = self.started.elapsed().as_micros() as u64;
-        let (node_id, service, zone) = node();
-        let mut tags = Map::new();
-        let mut tag = |k: &str, v: String| {
-            tags.insert(k.to_string(), Value::String(v));
-        };
+    /// The span's tags, in the order Envoy sets them (the connection manager's, then the
+    /// custom ones).
+    fn tags(&self, info: &StreamInfo) -> Vec<(String, String)> {
+        let (node_id, _, zone) = node();
+        let mut tags: Vec<(String, String)> = Vec::new();
+        let mut tag = |k: &str, v: String| tags.push((k.to_string(), v));
         let header = |n: &str| {
             info.request_headers
                 .get(n)
@@ -395,6 +505,23 @@ impl Span {
         for (k, v) in &self.header_tags {
             tag(k, v.clone());
         }
+        tags
+    }
+
+    /// The span as Zipkin's JSON v2.
+    fn zipkin_json(&self, z: &Zipkin, c: &Context, tags: &[(String, String)]) -> String {
+        use serde_json::{json, Map, Value};
+        let micros = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64)
+        };
+        let start = micros(self.start);
+        let duration = self.started.elapsed().as_micros() as u64;
+        let (_, service, _) = node();
+        let mut tag_map = Map::new();
+        for (k, v) in tags {
+            tag_map.insert(k.clone(), Value::String(v.clone()));
+        }
         let mut endpoint = Map::new();
         endpoint.insert("serviceName".into(), Value::String(service.clone()));
         match crate::http::conn_manager_utility::machine_address() {
@@ -407,7 +534,6 @@ impl Span {
             None => {}
         }
         endpoint.insert("port".into(), json!(0));
-        let c = &self.context;
         let mut span = Map::new();
         span.insert("traceId".into(), Value::String(c.trace_id()));
         if let Some(p) = c.parent {
@@ -434,28 +560,106 @@ impl Span {
             json!([{ "timestamp": start + duration,
                      "value": if self.tracer.egress { "cr" } else { "ss" } }]),
         );
-        span.insert("tags".into(), Value::Object(tags));
-        if !self.tracer.egress && self.tracer.zipkin.shared_span_context {
+        span.insert("tags".into(), Value::Object(tag_map));
+        if !self.tracer.egress && z.shared_span_context {
             span.insert("shared".into(), Value::Bool(true));
         }
         Value::Object(span).to_string()
     }
+
+    /// The span as OpenTelemetry's: its tags as string attributes, an error status for an
+    /// `error` tag (and for a client span's 4xx), Envoy's flags (sampled, and whether the parent
+    /// is remote).
+    fn otlp(&self, c: &Context, tags: &[(String, String)], end: SystemTime) -> otlp::Span {
+        let nanos = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        };
+        let mut trace_id = c.trace_high.unwrap_or(0).to_be_bytes().to_vec();
+        trace_id.extend_from_slice(&c.trace.to_be_bytes());
+        let status_code = tags
+            .iter()
+            .find(|(k, _)| k == "http.status_code")
+            .and_then(|(_, v)| v.parse::<u16>().ok())
+            .unwrap_or(0);
+        let error = tags.iter().any(|(k, v)| k == "error" && v == "true")
+            || (self.tracer.egress && status_code >= 400);
+        const SAMPLED: u32 = 0x1;
+        const HAS_IS_REMOTE: u32 = 0x100;
+        const IS_REMOTE: u32 = 0x200;
+        otlp::Span {
+            trace_id,
+            span_id: c.id.to_be_bytes().to_vec(),
+            trace_state: match &c.form {
+                Form::W3c(s) => s.to_string(),
+                _ => String::new(),
+            },
+            parent_span_id: c
+                .parent
+                .map(|p| p.to_be_bytes().to_vec())
+                .unwrap_or_default(),
+            name: self.name.clone(),
+            kind: if self.tracer.egress { 3 } else { 2 },
+            start_time_unix_nano: nanos(self.start),
+            end_time_unix_nano: nanos(end),
+            attributes: tags.iter().map(|(k, v)| otlp::attribute(k, v)).collect(),
+            status: error.then(|| otlp::Status {
+                message: String::new(),
+                code: 2,
+            }),
+            flags: SAMPLED | HAS_IS_REMOTE | if self.remote_parent { IS_REMOTE } else { 0 },
+        }
+    }
 }
 
-/// A worker's reporter for one Zipkin configuration: the spans waiting, and its stats.
+/// A finished span waiting to be sent.
+enum Pending {
+    Zipkin(String),
+    Otlp(otlp::Span),
+}
+
+/// A worker's reporter for one tracer configuration: the spans waiting, and its stats.
 struct Reporter {
-    config: Arc<Zipkin>,
-    spans: RefCell<Vec<String>>,
+    provider: Provider,
+    spans: RefCell<Vec<Pending>>,
     stats: ReporterStats,
 }
 
+/// `tracing.zipkin.*` or `tracing.opentelemetry.*`.
 struct ReporterStats {
     spans_sent: Counter,
     timer_flushed: Counter,
-    reports_sent: Counter,
-    reports_dropped: Counter,
-    reports_failed: Counter,
-    reports_skipped_no_cluster: Counter,
+    /// Zipkin's reports: accepted (202), answered otherwise, failed, without a cluster.
+    reports_sent: Option<Counter>,
+    reports_dropped: Option<Counter>,
+    reports_failed: Option<Counter>,
+    reports_skipped_no_cluster: Option<Counter>,
+    /// OpenTelemetry's spans whose export failed.
+    spans_dropped: Option<Counter>,
+}
+
+fn same(a: &Provider, b: &Provider) -> bool {
+    match (a, b) {
+        (Provider::Zipkin(a), Provider::Zipkin(b)) => Arc::ptr_eq(a, b),
+        (Provider::OpenTelemetry(a), Provider::OpenTelemetry(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+/// Whether only the reporters' list holds the configuration any more.
+fn orphaned(p: &Provider) -> bool {
+    match p {
+        Provider::Zipkin(z) => Arc::strong_count(z) <= 1,
+        Provider::OpenTelemetry(o) => Arc::strong_count(o) <= 1,
+    }
+}
+
+/// The runtime keys' prefix of a tracer.
+fn prefix(p: &Provider) -> &'static str {
+    match p {
+        Provider::Zipkin(_) => "tracing.zipkin",
+        Provider::OpenTelemetry(_) => "tracing.opentelemetry",
+    }
 }
 
 thread_local! {
@@ -463,27 +667,30 @@ thread_local! {
     static REPORTERS: RefCell<Vec<Rc<Reporter>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Hands a finished span to this worker's reporter for `config`, which sends a batch once it
-/// holds `tracing.zipkin.min_flush_spans` (default 5).
-fn report(worker: &Rc<Worker>, config: &Arc<Zipkin>, span: String) {
+/// Hands a finished span to this worker's reporter for `provider`, which sends a batch once it
+/// holds `tracing.<tracer>.min_flush_spans` (default 5).
+fn report(worker: &Rc<Worker>, provider: &Provider, span: Pending) {
     let reporter = REPORTERS.with(|all| {
         let mut all = all.borrow_mut();
         // Reporters of configurations gone (only this list holds them) go too.
-        all.retain(|r| Arc::strong_count(&r.config) > 1 || Arc::ptr_eq(&r.config, config));
-        if let Some(r) = all.iter().find(|r| Arc::ptr_eq(&r.config, config)) {
+        all.retain(|r| !orphaned(&r.provider) || same(&r.provider, provider));
+        if let Some(r) = all.iter().find(|r| same(&r.provider, provider)) {
             return r.clone();
         }
-        let c = |n: &str| worker.shard.counter(&format!("tracing.zipkin.{n}"));
+        let zipkin = matches!(provider, Provider::Zipkin(_));
+        let c = |n: &str| worker.shard.counter(&format!("{}.{n}", prefix(provider)));
+        let z = |n: &str| zipkin.then(|| c(n));
         let r = Rc::new(Reporter {
-            config: config.clone(),
+            provider: provider.clone(),
             spans: RefCell::new(Vec::new()),
             stats: ReporterStats {
                 spans_sent: c("spans_sent"),
                 timer_flushed: c("timer_flushed"),
-                reports_sent: c("reports_sent"),
-                reports_dropped: c("reports_dropped"),
-                reports_failed: c("reports_failed"),
-                reports_skipped_no_cluster: c("reports_skipped_no_cluster"),
+                reports_sent: z("reports_sent"),
+                reports_dropped: z("reports_dropped"),
+                reports_failed: z("reports_failed"),
+                reports_skipped_no_cluster: z("reports_skipped_no_cluster"),
+                spans_dropped: (!zipkin).then(|| c("spans_dropped")),
             },
         });
         all.push(r.clone());
@@ -491,7 +698,7 @@ fn report(worker: &Rc<Worker>, config: &Arc<Zipkin>, span: String) {
         r
     });
     let min = crate::runtime::snapshot()
-        .integer("tracing.zipkin.min_flush_spans", 5)
+        .integer(&format!("{}.min_flush_spans", prefix(provider)), 5)
         .max(1) as usize;
     let full = {
         let mut spans = reporter.spans.borrow_mut();
@@ -503,15 +710,17 @@ fn report(worker: &Rc<Worker>, config: &Arc<Zipkin>, span: String) {
     }
 }
 
-/// Sends what waits every `tracing.zipkin.flush_interval_ms` (default 5000), for as long as
+/// Sends what waits every `tracing.<tracer>.flush_interval_ms` (default 5000), for as long as
 /// the reporter lives.
 fn start_timer(worker: &Rc<Worker>, reporter: Weak<Reporter>) {
     let worker = worker.clone();
     tokio::task::spawn_local(async move {
         loop {
-            let ms = crate::runtime::snapshot()
-                .integer("tracing.zipkin.flush_interval_ms", 5000)
-                .max(1);
+            let key = match reporter.upgrade() {
+                Some(r) => format!("{}.flush_interval_ms", prefix(&r.provider)),
+                None => return,
+            };
+            let ms = crate::runtime::snapshot().integer(&key, 5000).max(1);
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
             let Some(r) = reporter.upgrade() else {
                 return;
@@ -522,17 +731,36 @@ fn start_timer(worker: &Rc<Worker>, reporter: Weak<Reporter>) {
     });
 }
 
-/// Posts the waiting spans to the collector as one JSON list.
+fn inc(c: &Option<Counter>) {
+    if let Some(c) = c {
+        c.inc();
+    }
+}
+
+/// Sends the waiting spans: a Zipkin JSON list posted to the collector, or one OTLP export.
 fn flush(worker: &Rc<Worker>, r: &Rc<Reporter>) {
     let spans = std::mem::take(&mut *r.spans.borrow_mut());
     if spans.is_empty() {
         return;
     }
-    let z = &r.config;
+    match &r.provider {
+        Provider::Zipkin(z) => flush_zipkin(worker, r, z, spans),
+        Provider::OpenTelemetry(o) => flush_otlp(worker, r, o, spans),
+    }
+}
+
+fn flush_zipkin(worker: &Rc<Worker>, r: &Rc<Reporter>, z: &Zipkin, spans: Vec<Pending>) {
     let Some(cluster) = worker.clusters.get(&z.cluster) else {
-        r.stats.reports_skipped_no_cluster.inc();
+        inc(&r.stats.reports_skipped_no_cluster);
         return;
     };
+    let spans: Vec<String> = spans
+        .into_iter()
+        .filter_map(|p| match p {
+            Pending::Zipkin(s) => Some(s),
+            Pending::Otlp(_) => None,
+        })
+        .collect();
     r.stats.spans_sent.add(spans.len() as u64);
     let body = format!("[{}]", spans.join(","));
     // As Envoy's own requests go: marked internal, from this machine, with their timeout.
@@ -549,7 +777,7 @@ fn flush(worker: &Rc<Worker>, r: &Rc<Reporter>) {
         .body(())
         .map(|r| r.into_parts().0);
     let Ok(head) = head else {
-        r.stats.reports_failed.inc();
+        inc(&r.stats.reports_failed);
         return;
     };
     let worker = worker.clone();
@@ -566,10 +794,88 @@ fn flush(worker: &Rc<Worker>, r: &Rc<Reporter>) {
         match sent {
             // A collector accepts with 202; anything else drops the report (Envoy's count).
             Ok((parts, _, _)) if parts.status == http::StatusCode::ACCEPTED => {
-                r.stats.reports_sent.inc()
+                inc(&r.stats.reports_sent)
             }
-            Ok(_) => r.stats.reports_dropped.inc(),
-            Err(_) => r.stats.reports_failed.inc(),
+            Ok(_) => inc(&r.stats.reports_dropped),
+            Err(_) => inc(&r.stats.reports_failed),
+        }
+    });
+}
+
+/// The resource every export names: the service, and the SDK that made the spans.
+fn resource(o: &OpenTelemetry) -> otlp::Resource {
+    let mut attributes = Vec::new();
+    if o.set_service_name {
+        attributes.push(otlp::attribute("service.name", &o.service_name));
+    }
+    if o.set_sdk_attributes {
+        attributes.push(otlp::attribute("telemetry.sdk.language", "rust"));
+        attributes.push(otlp::attribute("telemetry.sdk.name", "skiff"));
+        attributes.push(otlp::attribute(
+            "telemetry.sdk.version",
+            env!("CARGO_PKG_VERSION"),
+        ));
+    }
+    otlp::Resource { attributes }
+}
+
+fn flush_otlp(worker: &Rc<Worker>, r: &Rc<Reporter>, o: &Arc<OpenTelemetry>, spans: Vec<Pending>) {
+    use prost::Message;
+    let spans: Vec<otlp::Span> = spans
+        .into_iter()
+        .filter_map(|p| match p {
+            Pending::Otlp(s) => Some(s),
+            Pending::Zipkin(_) => None,
+        })
+        .collect();
+    let count = spans.len() as u64;
+    let Some(cluster) = worker.clusters.get(&o.cluster) else {
+        inc(&r.stats.spans_dropped);
+        return;
+    };
+    let request = otlp::ExportTraceServiceRequest {
+        resource_spans: vec![otlp::ResourceSpans {
+            resource: Some(resource(o)),
+            scope_spans: vec![otlp::ScopeSpans {
+                // The scope Envoy names ("envoy"), with this proxy's version.
+                scope: o.set_scope.then(|| otlp::InstrumentationScope {
+                    name: "envoy".into(),
+                    version: format!("skiff {}", env!("CARGO_PKG_VERSION")),
+                    ..Default::default()
+                }),
+                spans,
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    };
+    let message = request.encode_to_vec();
+    let worker = worker.clone();
+    let r = r.clone();
+    let o = o.clone();
+    tokio::task::spawn_local(async move {
+        let call = crate::http::grpc_call::unary(
+            &worker,
+            &cluster,
+            &o.authority,
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            &message,
+            None,
+        );
+        let done = match o.timeout {
+            Some(t) => tokio::time::timeout(t, call)
+                .await
+                .unwrap_or_else(|_| Err("timed out".into())),
+            None => call.await,
+        };
+        match done {
+            Ok(_) => r.stats.spans_sent.add(count),
+            Err(e) => {
+                tracing::debug!(error = %e, "OpenTelemetry export failed");
+                if let Some(d) = &r.stats.spans_dropped {
+                    d.add(count);
+                }
+            }
         }
     });
 }
@@ -580,13 +886,13 @@ mod tests {
 
     fn tracer(egress: bool, shared: bool) -> Arc<HttpTracer> {
         Arc::new(HttpTracer {
-            zipkin: Arc::new(Zipkin {
+            provider: Provider::Zipkin(Arc::new(Zipkin {
                 cluster: "zipkin".into(),
                 endpoint: "/api/v2/spans".into(),
                 hostname: "zipkin".into(),
                 trace_id_128bit: false,
                 shared_span_context: shared,
-            }),
+            })),
             custom_tags: Vec::new(),
             max_path_tag_length: 256,
             egress,
@@ -616,7 +922,7 @@ mod tests {
         let mut h = headers(&incoming);
         let s = Span::start(&tracer(false, true), &mut h, false, "host", None);
         let mut up = HeaderMap::new();
-        s.context().inject(&mut up);
+        s.context().expect("a context").inject(&mut up);
         assert_eq!(up["x-b3-traceid"], "0000000000000abc");
         assert_eq!(up["x-b3-spanid"], "0000000000000def");
         assert_eq!(up["x-b3-parentspanid"], "0000000000000111");
@@ -626,7 +932,7 @@ mod tests {
             let mut h = headers(&incoming);
             let s = Span::start(&t, &mut h, false, "host", None);
             let mut up = HeaderMap::new();
-            s.context().inject(&mut up);
+            s.context().expect("a context").inject(&mut up);
             assert_ne!(up["x-b3-spanid"], "0000000000000def");
             assert_eq!(up["x-b3-parentspanid"], "0000000000000def");
         }
@@ -634,7 +940,7 @@ mod tests {
         let mut h = headers(&[("x-b3-sampled", "0")]);
         let s = Span::start(&tracer(false, true), &mut h, true, "host", None);
         let mut up = HeaderMap::new();
-        s.context().inject(&mut up);
+        s.context().expect("a context").inject(&mut up);
         assert_eq!(up["x-b3-traceid"], up["x-b3-spanid"]);
         assert_eq!(up["x-b3-sampled"], "0");
         assert!(up.get("x-b3-parentspanid").is_none());
@@ -645,7 +951,7 @@ mod tests {
         )]);
         let s = Span::start(&tracer(false, true), &mut h, false, "host", None);
         let mut up = HeaderMap::new();
-        s.context().inject(&mut up);
+        s.context().expect("a context").inject(&mut up);
         assert_eq!(
             up["b3"],
             "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90"
