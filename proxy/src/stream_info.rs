@@ -394,6 +394,15 @@ impl DynamicMetadata {
         f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()).metadata)
     }
 
+    /// Runs `f` over the metadata and the stream's own filter state at once.
+    pub fn with_all<R>(
+        &self,
+        f: impl FnOnce(&skiff_config::metadata::Metadata, &FilterState) -> R,
+    ) -> R {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&g.metadata, &g.filter_state)
+    }
+
     /// Runs `f` over the stream's own filter state.
     pub fn with_filter_state<R>(&self, f: impl FnOnce(&mut FilterState) -> R) -> R {
         f(&mut self

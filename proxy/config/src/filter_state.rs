@@ -94,7 +94,7 @@ impl FilterState {
 }
 
 /// What a stream reads: its own objects, then its connection's.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct View<'a> {
     pub stream: Option<&'a FilterState>,
     pub connection: Option<&'a FilterState>,

@@ -424,10 +424,10 @@ mod tests {
         assert_eq!(e.path, "r.validate_clusters");
     }
 
-    /// HCM `tracing` loads without a tracer; with the bootstrap's, Envoy would send spans'
-    /// context upstream, so it is refused.
+    /// HCM `tracing` loads without a tracer, and with a `provider` of its own; with only the
+    /// bootstrap's tracer, Envoy would send that tracer's context upstream, so it is refused.
     #[test]
-    fn hcm_tracing_only_without_a_tracer() {
+    fn hcm_tracing_without_a_tracer_or_with_its_own() {
         let hcm = r#"static_resources: { listeners: [{ name: l, address: {socket_address: {address: 127.0.0.1, port_value: 10000}}, filter_chains: [{ filters: [{ name: hcm, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: x, tracing: {random_sampling: {value: 1}}, route_config: {}, http_filters: [{name: r, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}] } }] }] }] }"#;
         assert!(load_text(hcm).is_ok());
         let tracer = "tracing: {http: {name: envoy.tracers.zipkin, typed_config: {'@type': type.googleapis.com/envoy.config.trace.v3.ZipkinConfig, collector_cluster: z, collector_endpoint: /api/v2/spans, collector_endpoint_version: HTTP_JSON}}}";
@@ -441,7 +441,12 @@ mod tests {
             "tracing: {random_sampling: {value: 1}}",
             "tracing: {provider: {name: envoy.tracers.zipkin, typed_config: {'@type': type.googleapis.com/envoy.config.trace.v3.ZipkinConfig, collector_cluster: z, collector_endpoint: /x, collector_endpoint_version: HTTP_JSON}}}",
         );
-        assert!(load_text(&provider).is_err());
+        assert!(load_text(&provider).is_ok());
+        let both = load_text(&format!(
+            "{provider}
+{tracer}"
+        ));
+        assert!(both.is_ok(), "{:?}", both.err());
     }
 
     #[test]

@@ -1354,6 +1354,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "path_match_policy",
             "dynamic_metadata",
             "cookies",
+            "filter_state",
         ],
     ),
     (

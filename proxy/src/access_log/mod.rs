@@ -543,6 +543,7 @@ pub fn passes(f: &crate::config::model::LogFilter, info: &StreamInfo) -> bool {
                 random: 0,
                 peer_certificate: false,
                 metadata: None,
+                filter_state: Default::default(),
             };
             crate::router::header_matches(m, &view)
         }

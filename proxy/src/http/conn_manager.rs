@@ -1724,7 +1724,7 @@ async fn handle(
         (&cfg, conn.hcm.routes.as_ref()),
         &mut parts,
         scheme,
-        conn.connection.peer_certificate,
+        (conn.connection.peer_certificate, Some(&conn.connection)),
     );
     // The stream's span, named by the route's decorator; the router writes its context into
     // the upstream request.

@@ -255,6 +255,7 @@ pub fn request_view(head: &http::request::Parts) -> crate::router::RequestView<'
         random: 0,
         peer_certificate: false,
         metadata: None,
+        filter_state: Default::default(),
     }
 }
 

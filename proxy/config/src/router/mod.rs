@@ -41,6 +41,8 @@ pub struct RequestView<'a> {
     /// The stream's dynamic metadata, as the filters that ran before the route was picked
     /// (or picked again) left it.
     pub metadata: Option<&'a crate::metadata::Metadata>,
+    /// The filter state the stream sees (its connection's, and its own once filters set some).
+    pub filter_state: crate::filter_state::View<'a>,
 }
 
 impl<'a> RequestView<'a> {
@@ -56,6 +58,7 @@ impl<'a> RequestView<'a> {
             random: 0,
             peer_certificate: false,
             metadata: None,
+            filter_state: Default::default(),
         }
     }
 }
@@ -91,6 +94,8 @@ pub struct RouteMatch {
     tls: Option<TlsMatch>,
     metadata: Vec<crate::metadata::MetadataMatcher>,
     cookies: Vec<CookieMatch>,
+    /// `filter_state`: each must find its object.
+    filter_state: Vec<crate::filter_state::Matcher>,
 }
 
 /// A `CookieMatcher`: the first value of the named cookie must match (or, inverted, must
@@ -154,7 +159,14 @@ impl RouteMatch {
             tls: None,
             metadata: Vec::new(),
             cookies: Vec::new(),
+            filter_state: Vec::new(),
         }
+    }
+
+    /// With `filter_state`: each matcher must find its object.
+    pub fn with_filter_state(mut self, m: Vec<crate::filter_state::Matcher>) -> Self {
+        self.filter_state = m;
+        self
     }
 
     /// With `cookies`: each must match.
@@ -233,6 +245,10 @@ impl RouteMatch {
             && (self.query.is_empty() || query_matches(&self.query, path))
             && self.cookies.iter().all(|c| c.matches(req.headers))
             && self.metadata.iter().all(|m| m.matches(req.metadata))
+            && self
+                .filter_state
+                .iter()
+                .all(|m| m.matches(req.filter_state))
     }
 }
 

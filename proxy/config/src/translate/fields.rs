@@ -528,7 +528,7 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
 /// Refuses the set fields of a `RouteMatch` that skiff does not honour. Exhaustive: a field
 /// added to the proto is a compile error here until someone decides what it means.
 #[allow(deprecated)]
-pub(super) fn route_match(m: &route_pb::RouteMatch, path: &str) -> Result<(), ConfigError> {
+pub(super) fn route_match(m: &route_pb::RouteMatch, _path: &str) -> Result<(), ConfigError> {
     let route_pb::RouteMatch {
         case_sensitive: _,
         runtime_fraction: _,
@@ -543,8 +543,8 @@ pub(super) fn route_match(m: &route_pb::RouteMatch, path: &str) -> Result<(), Co
     } = m;
     // cookies: http_manager::route_match.
     let _ = cookies;
-    // dynamic_metadata: http_manager::route_match.
-    refuse(path, "filter_state", filter_state)?;
+    // dynamic_metadata, filter_state: http_manager::route_match.
+    let _ = filter_state;
     // path_specifier: translate_route (path_match_policy with the URI template matcher).
     let _ = path_specifier;
     Ok(())

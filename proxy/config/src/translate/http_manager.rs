@@ -1646,10 +1646,17 @@ pub(super) fn route_match(
             invert: c.invert_match,
         });
     }
+    let filter_state = m
+        .filter_state
+        .iter()
+        .enumerate()
+        .map(|(i, f)| super::filter_state::matcher(f, &format!("{mpath}.filter_state[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
     let matcher = RouteMatch::new(path_match.clone(), case_sensitive, headers)
         .with_query(query)
         .with_cookies(cookies)
         .with_dynamic_metadata(metadata)
+        .with_filter_state(filter_state)
         .with_grpc(m.grpc.is_some())
         .with_tls(m.tls_context.as_ref().map(|t| crate::router::TlsMatch {
             presented: t.presented.as_ref().map(|v| v.value),

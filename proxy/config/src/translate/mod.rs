@@ -296,13 +296,15 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
                 .map(|(_, c)| c)
                 .chain(l.default_filter_chain.iter())
                 .flat_map(|c| c.filters.iter())
-                .any(
-                    |f| matches!(f, NetworkFilter::HttpConnectionManager(h) if h.tracing.is_some()),
-                );
+                .any(|f| {
+                    matches!(f, NetworkFilter::HttpConnectionManager(h)
+                        if h.tracing.is_some() && h.tracer.is_none())
+                });
             if traced {
                 return Err(ConfigError::new(
                     format!("{path}: an HTTP connection manager's tracing"),
-                    "unsupported with the bootstrap's tracer: skiff makes no spans",
+                    "unsupported with the bootstrap's tracer: skiff runs a connection \
+                     manager's own `provider` only",
                 ));
             }
         }

@@ -221,6 +221,8 @@ pub struct Selection {
     pub random: u64,
     /// The client presented a certificate (routes' `tls_context`).
     peer_certificate: bool,
+    /// The connection, when its filters set filter state (routes' `filter_state`).
+    connection: Option<std::sync::Arc<crate::stream_info::Connection>>,
 }
 
 impl Selection {
@@ -355,7 +357,10 @@ pub fn select(
     ),
     parts: &mut http::request::Parts,
     scheme: &str,
-    peer_certificate: bool,
+    (peer_certificate, connection): (
+        bool,
+        Option<&std::sync::Arc<crate::stream_info::Connection>>,
+    ),
 ) -> Selection {
     // Each stream reads the route table in force when it starts (RDS updates reach
     // long-lived connections on their next stream).
@@ -373,11 +378,18 @@ pub fn select(
         runtime,
         random,
         peer_certificate,
+        connection: connection.filter(|c| !c.filter_state.is_empty()).cloned(),
     };
     let Some(t) = table else {
         return out;
     };
-    out.pick(t, parts, scheme, None);
+    // The view borrows a handle of its own: the selection is changed while it is read.
+    let connection = out.connection.clone();
+    let state = skiff_config::filter_state::View {
+        stream: None,
+        connection: connection.as_ref().map(|c| &c.filter_state),
+    };
+    out.pick(t, parts, scheme, None, state);
     out
 }
 
@@ -405,9 +417,23 @@ impl Selection {
         self.vhost = None;
         self.route = None;
         self.to_https = false;
+        let connection = self.connection.clone();
+        let connection = connection.as_ref().map(|c| &c.filter_state);
         match metadata {
-            Some(m) => m.with(|m| self.pick(t, parts, scheme, Some(m))),
-            None => self.pick(t, parts, scheme, None),
+            Some(m) => m.with_all(|m, stream| {
+                let state = skiff_config::filter_state::View {
+                    stream: Some(stream),
+                    connection,
+                };
+                self.pick(t, parts, scheme, Some(m), state)
+            }),
+            None => {
+                let state = skiff_config::filter_state::View {
+                    stream: None,
+                    connection,
+                };
+                self.pick(t, parts, scheme, None, state)
+            }
         }
     }
 
@@ -417,6 +443,7 @@ impl Selection {
         parts: &mut http::request::Parts,
         scheme: &str,
         metadata: Option<&crate::config::metadata::Metadata>,
+        filter_state: skiff_config::filter_state::View<'_>,
     ) {
         let out = self;
         let (random, peer_certificate) = (out.random, out.peer_certificate);
@@ -443,6 +470,7 @@ impl Selection {
             random,
             peer_certificate,
             metadata,
+            filter_state,
         };
         // vhost_header: another header's value picks the virtual host (none when absent).
         let vhost_key = match &t.vhost_header {
@@ -617,6 +645,7 @@ pub async fn route(
             random,
             peer_certificate: false,
             metadata: None,
+            filter_state: Default::default(),
         };
         vhost.virtual_cluster(&view).map(|vc| {
             let name = vc.map_or("other", |v| &v.name);
@@ -960,7 +989,7 @@ pub async fn route(
             (cfg, selection.table.as_ref()),
             &mut parts,
             scheme,
-            selection.peer_certificate,
+            (selection.peer_certificate, selection.connection.as_ref()),
         );
         let Some(target) = selection.route() else {
             return Err(Some("no_route"));
