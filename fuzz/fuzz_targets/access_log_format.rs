@@ -45,6 +45,19 @@ fuzz_target!(|data: &[u8]| {
             }),
             peer_certificate: true,
             listener_metadata: None,
+            filter_state: {
+                use skiff::config::filter_state::{FilterState, Kind, Object};
+                let mut state = FilterState::default();
+                state.set(
+                    "k",
+                    Object {
+                        value: "v \"w\"".into(),
+                        kind: Kind::String,
+                        read_only: false,
+                    },
+                );
+                state
+            },
         }));
         info.upstream_host = "127.0.0.1:9".parse().ok();
         info.upstream_connection = Some(UpstreamConnection {

@@ -43,7 +43,13 @@ fuzz_target!(|data: &[u8]| {
         max_path_tag_length: 256,
         egress: flags & 4 != 0,
     });
-    let span = Span::start(&tracer, &mut headers, flags & 8 != 0, "host", Some(("op", true)));
+    let span = Span::start(
+        &tracer,
+        &mut headers,
+        flags & 8 != 0,
+        "host",
+        Some(("op", true)),
+    );
     let Some(context) = span.context() else {
         return;
     };
@@ -51,7 +57,10 @@ fuzz_target!(|data: &[u8]| {
     context.inject(&mut up);
     let hex = |v: &HeaderValue, lens: &[usize]| {
         let s = v.to_str().expect("ascii");
-        assert!(lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit()), "{s}");
+        assert!(
+            lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{s}"
+        );
     };
     if let Some(b3) = up.get("b3") {
         let text = b3.to_str().expect("ascii");

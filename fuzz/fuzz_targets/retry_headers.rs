@@ -37,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let reset = RateLimitedBackOff {
         reset_headers: vec![
-            (http::HeaderName::from_static("retry-after"), ResetFormat::Seconds),
+            (
+                http::HeaderName::from_static("retry-after"),
+                ResetFormat::Seconds,
+            ),
             (
                 http::HeaderName::from_static("x-ratelimit-reset"),
                 ResetFormat::UnixTimestamp,

@@ -45,7 +45,12 @@ fn matchers() -> Vec<RouteMatch> {
                     true,
                     false,
                 ),
-                header(HeaderKey::Path, HeaderMatchKind::Present(true), false, false),
+                header(
+                    HeaderKey::Path,
+                    HeaderMatchKind::Present(true),
+                    false,
+                    false,
+                ),
             ],
         )
         .with_query(vec![
@@ -84,6 +89,7 @@ fuzz_target!(|data: &[u8]| {
         random: data.len() as u64,
         peer_certificate: data.first().is_some_and(|b| b & 1 == 1),
         metadata: None,
+        filter_state: Default::default(),
     };
     for m in matchers() {
         let _ = m.matches(&req);
@@ -104,12 +110,18 @@ fuzz_target!(|data: &[u8]| {
     let (mut head, ()) = request.into_parts();
     head.headers.extend(headers);
     let (policies, ring, maglev) = hashing();
-    let addrs = ("127.0.0.1:1".parse().expect("addr"), "127.0.0.1:2".parse().expect("addr"));
+    let addrs = (
+        "127.0.0.1:1".parse().expect("addr"),
+        "127.0.0.1:2".parse().expect("addr"),
+    );
     let ip = std::net::IpAddr::from([10, 0, 0, 1]);
     let mut cookies = Vec::new();
     let hash = request_hash(&policies, &head, "http", ip, addrs, &mut cookies);
     let mut again = Vec::new();
-    assert_eq!(request_hash(&policies, &head, "http", ip, addrs, &mut again), hash);
+    assert_eq!(
+        request_hash(&policies, &head, "http", ip, addrs, &mut again),
+        hash
+    );
     assert!(cookies.len() <= 1 && cookies == again);
     let h = hash.unwrap_or_default();
     for attempt in 0..3 {
@@ -154,8 +166,7 @@ fn hashing() -> (Vec<HashPolicy>, Ring, Maglev) {
             terminal: false,
         },
     ];
-    let (placed, min, max) =
-        normalize((0..3).map(|i| (format!("10.0.0.{i}:80"), i as u32 + 1, i)));
+    let (placed, min, max) = normalize((0..3).map(|i| (format!("10.0.0.{i}:80"), i as u32 + 1, i)));
     (
         policies,
         Ring::new(&placed, min, 16, 64, false),

@@ -22,7 +22,10 @@ fn to_value(v: &serde_json::Value, depth: u32) -> Value {
             values: a.iter().map(|v| to_value(v, depth + 1)).collect(),
         }),
         serde_json::Value::Object(o) if depth < 32 => Kind::StructValue(Struct {
-            fields: o.iter().map(|(k, v)| (k.clone(), to_value(v, depth + 1))).collect(),
+            fields: o
+                .iter()
+                .map(|(k, v)| (k.clone(), to_value(v, depth + 1)))
+                .collect(),
         }),
         _ => Kind::NullValue(0),
     };

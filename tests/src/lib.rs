@@ -21,6 +21,7 @@ pub mod flow;
 pub mod h2raw;
 pub mod netns;
 pub mod peer;
+pub mod pki;
 pub mod ports;
 pub mod proxy;
 pub mod side_by_side;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use skiff_tests::client::curl;
 use skiff_tests::config::{self, router};
+use skiff_tests::run_for;
 use skiff_tests::side_by_side::{pair, Side, Up, HOST};
-use skiff_tests::{run_for, scratch_dir};
 
 const NETWORK_SFS: &str =
     "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config";
@@ -224,57 +224,28 @@ struct Pki {
 /// A CA, a server certificate with its own SPIFFE identity, a client whose identity the rules
 /// allow and one whose identity they do not.
 fn pki() -> Pki {
-    let dir = scratch_dir("filter-state-pki");
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, "filter state test CA");
-    let ca = p.self_signed(&ca_key).expect("CA");
-    let leaf = |name: &str, sans: Vec<rcgen::SanType>| {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.subject_alt_names = sans;
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let cert = p.signed_by(&key, &ca, &ca_key).expect("leaf");
-        let (c, k) = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&c, cert.pem()).expect("write");
-        std::fs::write(&k, key.serialize_pem()).expect("write");
-        (
-            c.to_str().expect("utf-8").to_string(),
-            k.to_str().expect("utf-8").to_string(),
-        )
-    };
-    let uri = |s: &str| rcgen::SanType::URI(s.to_string().try_into().expect("URI"));
-    let dns = |s: &str| rcgen::SanType::DnsName(s.to_string().try_into().expect("DNS"));
-    let server = leaf(
-        "server",
-        vec![
-            dns("fs.test"),
-            uri("spiffe://cluster.local/ns/default/sa/server"),
-        ],
-    );
-    let client = leaf(
-        "client",
-        vec![uri("spiffe://cluster.local/ns/default/sa/sleep")],
-    );
-    let other = leaf(
-        "other",
-        vec![
-            uri("https://not-spiffe.test/x"),
-            uri("spiffe://cluster.local/ns/other/sa/other"),
-        ],
-    );
-    let ca_path = dir.join("ca.pem");
-    std::fs::write(&ca_path, ca.pem()).expect("write");
+    use skiff_tests::pki::{dns, uri, TestCa};
+    let ca = TestCa::new("filter-state-pki", "filter state test CA");
     Pki {
-        ca: ca_path.to_str().expect("utf-8").to_string(),
-        server,
-        client,
-        other,
+        server: ca.leaf(
+            "server",
+            vec![
+                dns("fs.test"),
+                uri("spiffe://cluster.local/ns/default/sa/server"),
+            ],
+        ),
+        client: ca.leaf(
+            "client",
+            vec![uri("spiffe://cluster.local/ns/default/sa/sleep")],
+        ),
+        other: ca.leaf(
+            "other",
+            vec![
+                uri("https://not-spiffe.test/x"),
+                uri("spiffe://cluster.local/ns/other/sa/other"),
+            ],
+        ),
+        ca: ca.ca,
     }
 }
 

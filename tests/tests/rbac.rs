@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use skiff_tests::client::curl;
 use skiff_tests::config::{self, router};
+use skiff_tests::run_for;
 use skiff_tests::side_by_side::{pair, Side, Up, HOST};
-use skiff_tests::{run_for, scratch_dir};
 
 const RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
 const PER_ROUTE: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
@@ -128,48 +128,19 @@ struct Pki {
 /// A CA, a server certificate, a client certificate with the SPIFFE identity the rules name,
 /// and one with another.
 fn pki() -> Pki {
-    let dir = scratch_dir("rbac-pki");
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, "rbac test CA");
-    let ca = p.self_signed(&ca_key).expect("CA");
-    let leaf = |name: &str, sans: Vec<rcgen::SanType>| {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.subject_alt_names = sans;
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let cert = p.signed_by(&key, &ca, &ca_key).expect("leaf");
-        let (c, k) = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&c, cert.pem()).expect("write");
-        std::fs::write(&k, key.serialize_pem()).expect("write");
-        (
-            c.to_str().expect("utf-8").to_string(),
-            k.to_str().expect("utf-8").to_string(),
-        )
-    };
-    let uri = |s: &str| rcgen::SanType::URI(s.to_string().try_into().expect("URI"));
-    let dns = |s: &str| rcgen::SanType::DnsName(s.to_string().try_into().expect("DNS"));
-    let server = leaf("server", vec![dns("rbac.test")]);
-    let client = leaf(
-        "client",
-        vec![uri("spiffe://cluster.local/ns/default/sa/client")],
-    );
-    let other = leaf(
-        "other",
-        vec![uri("spiffe://cluster.local/ns/default/sa/other")],
-    );
-    let ca_path = dir.join("ca.pem");
-    std::fs::write(&ca_path, ca.pem()).expect("write");
+    use skiff_tests::pki::{dns, uri, TestCa};
+    let ca = TestCa::new("rbac-pki", "rbac test CA");
     Pki {
-        ca: ca_path.to_str().expect("utf-8").to_string(),
-        server,
-        client,
-        other,
+        server: ca.leaf("server", vec![dns("rbac.test")]),
+        client: ca.leaf(
+            "client",
+            vec![uri("spiffe://cluster.local/ns/default/sa/client")],
+        ),
+        other: ca.leaf(
+            "other",
+            vec![uri("spiffe://cluster.local/ns/default/sa/other")],
+        ),
+        ca: ca.ca,
     }
 }
 

@@ -158,6 +158,37 @@ fn normal(mut s: Value) -> Value {
     s
 }
 
+/// A GET of `path` on `port` with `headers`.
+async fn send(port: u16, path: &str, headers: &[String]) -> skiff_tests::client::CurlReply {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut args = vec!["-s"];
+    for h in headers {
+        args.push("-H");
+        args.push(h);
+    }
+    args.push(&url);
+    curl(&args).await
+}
+
+/// Asserts that Envoy's lines (first) and skiff's are the same, line by line; Envoy's, joined.
+fn assert_same(seen: &[Vec<String>]) -> String {
+    let (e, s) = (&seen[0], &seen[1]);
+    let diff: Vec<String> = e
+        .iter()
+        .zip(s.iter())
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| format!("envoy {a}\nskiff {b}"))
+        .collect();
+    assert!(
+        diff.is_empty() && e.len() == s.len(),
+        "{} lines (envoy) vs {}:\n{}",
+        e.len(),
+        s.len(),
+        diff.join("\n\n")
+    );
+    e.join("\n")
+}
+
 #[tokio::test]
 async fn zipkin_spans_and_b3_headers_side_by_side_with_envoy() {
     run_for(Duration::from_secs(120), async {
@@ -228,14 +259,7 @@ async fn zipkin_spans_and_b3_headers_side_by_side_with_envoy() {
             for (which, port) in ["in", "out", "in_unshared"].iter().zip(ports) {
                 for (path, headers) in &cases {
                     let before = backend.rec.requests().len();
-                    let url = format!("http://127.0.0.1:{port}{path}");
-                    let mut args = vec!["-s"];
-                    for h in headers {
-                        args.push("-H");
-                        args.push(h);
-                    }
-                    args.push(&url);
-                    let r = curl(&args).await;
+                    let r = send(port, path, headers).await;
                     let up = backend.rec.requests();
                     let upstream = up.get(before).map(|u| {
                         let b3: Vec<String> = [
@@ -330,21 +354,7 @@ async fn zipkin_spans_and_b3_headers_side_by_side_with_envoy() {
             got.extend(stats.into_iter().map(|(k, v)| format!("{k}={v}")));
             seen.push(got);
         }
-        let (e, s) = (&seen[0], &seen[1]);
-        let diff: Vec<String> = e
-            .iter()
-            .zip(s.iter())
-            .filter(|(a, b)| a != b)
-            .map(|(a, b)| format!("envoy {a}\nskiff {b}"))
-            .collect();
-        assert!(
-            diff.is_empty() && e.len() == s.len(),
-            "{} lines (envoy) vs {}:\n{}",
-            e.len(),
-            s.len(),
-            diff.join("\n\n")
-        );
-        let all = e.join("\n");
+        let all = assert_same(&seen);
         assert!(all.contains("\"kind\":\"SERVER\""), "{all}");
         assert!(all.contains("\"kind\":\"CLIENT\""), "{all}");
         assert!(all.contains("tracing.zipkin.spans_sent=33"), "{all}");
@@ -446,14 +456,7 @@ async fn opentelemetry_spans_and_trace_context_side_by_side_with_envoy() {
             for (which, port) in ["in", "out", "in_unshared"].iter().zip(ports) {
                 for (path, headers) in &cases {
                     let before = backend.rec.requests().len();
-                    let url = format!("http://127.0.0.1:{port}{path}");
-                    let mut args = vec!["-s"];
-                    for h in headers {
-                        args.push("-H");
-                        args.push(h);
-                    }
-                    args.push(&url);
-                    let r = curl(&args).await;
+                    let r = send(port, path, headers).await;
                     let upstream = backend.rec.requests().get(before).map(|u| {
                         let tp = u.header("traceparent").map(|v| {
                             v.split('-')
@@ -528,21 +531,7 @@ async fn opentelemetry_spans_and_trace_context_side_by_side_with_envoy() {
             got.extend(stats.into_iter().map(|(k, v)| format!("{k}={v}")));
             seen.push(got);
         }
-        let (e, s) = (&seen[0], &seen[1]);
-        let diff: Vec<String> = e
-            .iter()
-            .zip(s.iter())
-            .filter(|(a, b)| a != b)
-            .map(|(a, b)| format!("envoy {a}\nskiff {b}"))
-            .collect();
-        assert!(
-            diff.is_empty() && e.len() == s.len(),
-            "{} lines (envoy) vs {}:\n{}",
-            e.len(),
-            s.len(),
-            diff.join("\n\n")
-        );
-        let all = e.join("\n");
+        let all = assert_same(&seen);
         assert!(all.contains("\"kind\":2"), "{all}");
         assert!(all.contains("\"kind\":3"), "{all}");
         assert!(all.contains("tracing.opentelemetry.spans_sent=24"), "{all}");

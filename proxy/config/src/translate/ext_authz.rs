@@ -187,39 +187,12 @@ pub(super) fn filter(c: &pb::ExtAuthz, path: &str) -> Result<ExtAuthz, ConfigErr
 
 /// A `grpc_service`: its cluster, authority and timeout.
 fn grpc(g: &core::GrpcService, path: &str) -> Result<(String, String, Duration), ConfigError> {
-    use core::grpc_service::TargetSpecifier;
-    let e = match &g.target_specifier {
-        Some(TargetSpecifier::EnvoyGrpc(e)) => e,
-        Some(TargetSpecifier::GoogleGrpc(_)) => {
-            return Err(ConfigError::unsupported(format!("{path}.google_grpc")))
-        }
-        None => return Err(ConfigError::new(format!("{path}.envoy_grpc"), "required")),
-    };
-    if e.cluster_name.is_empty() {
-        return Err(ConfigError::new(
-            format!("{path}.envoy_grpc.cluster_name"),
-            "value length must be at least 1 characters",
-        ));
-    }
-    refuse_set(
-        e.retry_policy.is_some(),
-        format!("{path}.envoy_grpc.retry_policy"),
-    )?;
-    refuse_set(g.retry_policy.is_some(), format!("{path}.retry_policy"))?;
-    refuse_set(
-        !g.initial_metadata.is_empty(),
-        format!("{path}.initial_metadata"),
-    )?;
+    let (cluster, authority) = super::envoy_grpc(g, path)?;
     let timeout = match &g.timeout {
         Some(d) => super::duration(d, &format!("{path}.timeout"))?,
         None => GRPC_TIMEOUT,
     };
-    let authority = if e.authority.is_empty() {
-        e.cluster_name.clone()
-    } else {
-        e.authority.clone()
-    };
-    Ok((e.cluster_name.clone(), authority, timeout))
+    Ok((cluster, authority, timeout))
 }
 
 /// An `http_service`, its timeout and its (deprecated) request `allowed_headers`.

@@ -914,7 +914,6 @@ fn open_telemetry(
     c: &envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig,
     path: &str,
 ) -> Result<crate::trace::OpenTelemetry, ConfigError> {
-    use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
     let envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig {
         grpc_service,
         http_service,
@@ -945,34 +944,10 @@ fn open_telemetry(
             "a grpc_service is required (skiff exports over OTLP gRPC)",
         ));
     };
-    let e = match &grpc.target_specifier {
-        Some(TargetSpecifier::EnvoyGrpc(e)) => e,
-        Some(TargetSpecifier::GoogleGrpc(_)) => {
-            return Err(ConfigError::unsupported(format!("{gpath}.google_grpc")))
-        }
-        None => return Err(ConfigError::new(format!("{gpath}.envoy_grpc"), "required")),
-    };
-    if e.cluster_name.is_empty() {
-        return Err(ConfigError::new(
-            format!("{gpath}.envoy_grpc.cluster_name"),
-            "value length must be at least 1 characters",
-        ));
-    }
-    if e.retry_policy.is_some() || grpc.retry_policy.is_some() {
-        return Err(ConfigError::unsupported(format!("{gpath}.retry_policy")));
-    }
-    if !grpc.initial_metadata.is_empty() {
-        return Err(ConfigError::unsupported(format!(
-            "{gpath}.initial_metadata"
-        )));
-    }
+    let (cluster, authority) = super::envoy_grpc(grpc, &gpath)?;
     Ok(crate::trace::OpenTelemetry {
-        cluster: e.cluster_name.clone(),
-        authority: if e.authority.is_empty() {
-            e.cluster_name.clone()
-        } else {
-            e.authority.clone()
-        },
+        cluster,
+        authority,
         timeout: grpc
             .timeout
             .as_ref()

@@ -1096,6 +1096,44 @@ fn chain_match(
     })
 }
 
+/// A filter's or tracer's `grpc_service` at `path` that names a cluster (`envoy_grpc`): the
+/// cluster and the authority its calls carry (`envoy_grpc.authority`, else the cluster's
+/// name). Retry policies and initial metadata are refused; the caller decides on `timeout`.
+pub(super) fn envoy_grpc(
+    g: &core::GrpcService,
+    path: &str,
+) -> Result<(String, String), ConfigError> {
+    use core::grpc_service::TargetSpecifier;
+    let e = match &g.target_specifier {
+        Some(TargetSpecifier::EnvoyGrpc(e)) => e,
+        Some(TargetSpecifier::GoogleGrpc(_)) => {
+            return Err(ConfigError::unsupported(format!("{path}.google_grpc")))
+        }
+        None => return Err(ConfigError::new(format!("{path}.envoy_grpc"), "required")),
+    };
+    if e.cluster_name.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.envoy_grpc.cluster_name"),
+            "value length must be at least 1 characters",
+        ));
+    }
+    for (set, field) in [
+        (e.retry_policy.is_some(), "envoy_grpc.retry_policy"),
+        (g.retry_policy.is_some(), "retry_policy"),
+        (!g.initial_metadata.is_empty(), "initial_metadata"),
+    ] {
+        if set {
+            return Err(ConfigError::unsupported(format!("{path}.{field}")));
+        }
+    }
+    let authority = if e.authority.is_empty() {
+        e.cluster_name.clone()
+    } else {
+        e.authority.clone()
+    };
+    Ok((e.cluster_name.clone(), authority))
+}
+
 /// CIDR ranges with the host bits cleared, sorted and without duplicates.
 pub(super) fn cidr_ranges(
     ranges: &[core::CidrRange],

@@ -558,36 +558,10 @@ pub(super) fn global(r: &rl::RateLimit, path: &str) -> Result<HttpRateLimit, Con
     }
     let gpath = format!("{spath}.grpc_service");
     let grpc = super::required(&service.grpc_service, &gpath)?;
-    use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
-    let e = match &grpc.target_specifier {
-        Some(TargetSpecifier::EnvoyGrpc(e)) => e,
-        Some(TargetSpecifier::GoogleGrpc(_)) => {
-            return Err(ConfigError::unsupported(format!("{gpath}.google_grpc")))
-        }
-        None => return Err(ConfigError::new(format!("{gpath}.envoy_grpc"), "required")),
-    };
-    if e.cluster_name.is_empty() {
-        return Err(ConfigError::new(
-            format!("{gpath}.envoy_grpc.cluster_name"),
-            "value length must be at least 1 characters",
-        ));
-    }
-    if e.retry_policy.is_some() {
-        return Err(ConfigError::unsupported(format!(
-            "{gpath}.envoy_grpc.retry_policy"
-        )));
-    }
-    if grpc.retry_policy.is_some() {
-        return Err(ConfigError::unsupported(format!("{gpath}.retry_policy")));
-    }
+    let (cluster, authority) = super::envoy_grpc(grpc, &gpath)?;
     // The call's deadline is the filter's `timeout`.
     if grpc.timeout.is_some() {
         return Err(ConfigError::unsupported(format!("{gpath}.timeout")));
-    }
-    if !grpc.initial_metadata.is_empty() {
-        return Err(ConfigError::unsupported(format!(
-            "{gpath}.initial_metadata"
-        )));
     }
     let timeout = match timeout {
         None => Some(std::time::Duration::from_millis(20)),
@@ -623,12 +597,8 @@ pub(super) fn global(r: &rl::RateLimit, path: &str) -> Result<HttpRateLimit, Con
         request_type,
         timeout,
         failure_mode_deny: *failure_mode_deny,
-        cluster: e.cluster_name.clone(),
-        authority: if e.authority.is_empty() {
-            e.cluster_name.clone()
-        } else {
-            e.authority.clone()
-        },
+        cluster,
+        authority,
         x_ratelimit_headers,
         x_envoy_ratelimited: !*disable_x_envoy_ratelimited_header,
         rate_limited_status: error_status(rate_limited_status, http::StatusCode::TOO_MANY_REQUESTS),
