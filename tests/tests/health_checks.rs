@@ -385,8 +385,13 @@ async fn active_health_checks_side_by_side() {
                 .lines()
                 .map(|l| {
                     let mut l = l.to_string();
-                    if let Some(i) = l.find("\"timestamp\":\"") {
-                        l.replace_range(i + 13..i + 37, "T");
+                    // To its closing quote (a whole second's timestamp has no fraction).
+                    let key = "\"timestamp\":\"";
+                    if let Some(i) = l.find(key) {
+                        let from = i + key.len();
+                        if let Some(n) = l[from..].find('"') {
+                            l.replace_range(from..from + n, "T");
+                        }
                     }
                     for (p, n) in names {
                         l = l.replace(

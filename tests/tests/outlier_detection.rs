@@ -118,8 +118,14 @@ impl Side {
         text.lines()
             .map(|l| {
                 let mut l = l.replace(&format!("127.0.0.1:{}", self.bad), "BAD");
-                if let Some(i) = l.find("\"timestamp\":\"") {
-                    l.replace_range(i + 13..i + 37, "T");
+                // To its closing quote: a timestamp on a whole second has no fraction
+                // (`…:01Z`), others have one of any length.
+                let key = "\"timestamp\":\"";
+                if let Some(i) = l.find(key) {
+                    let from = i + key.len();
+                    if let Some(n) = l[from..].find('"') {
+                        l.replace_range(from..from + n, "T");
+                    }
                 }
                 // Whole seconds since the last action: timing, not logic.
                 let key = "\"secs_since_last_action\":\"";
