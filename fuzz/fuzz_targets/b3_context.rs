@@ -42,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
         custom_tags: Vec::new(),
         max_path_tag_length: 256,
         egress: flags & 4 != 0,
+        spawn_upstream_span: flags & 16 != 0,
     });
     let span = Span::start(
         &tracer,

@@ -24,11 +24,43 @@ use skiff_tests::proxy::{Kind, ProxyProcess};
 use skiff_tests::run_for;
 use skiff_tests::upstream::EchoUpstream;
 
-fn hcm(stat_prefix: &str, provider: Value) -> Value {
+/// Which spans a listener's requests make beyond the connection manager's.
+#[derive(Clone, Copy)]
+enum Upstream {
+    /// None.
+    No,
+    /// One per upstream request: the tracer's `spawn_upstream_span`.
+    Spawn,
+    /// One per upstream request: the router's `start_child_span`.
+    Child,
+}
+
+/// A listener: its name, `traffic_direction`, the tracer's `shared_span_context`, and its
+/// upstream spans.
+type Spec = (&'static str, &'static str, bool, Upstream);
+
+const PLAIN: [Spec; 3] = [
+    ("in", "INBOUND", true, Upstream::No),
+    ("out", "OUTBOUND", true, Upstream::No),
+    ("in_unshared", "UNSPECIFIED", false, Upstream::No),
+];
+
+const SPAWNING: [Spec; 3] = [
+    ("out_spawn", "OUTBOUND", true, Upstream::Spawn),
+    ("in_spawn", "INBOUND", true, Upstream::Spawn),
+    ("out_child", "OUTBOUND", true, Upstream::Child),
+];
+
+fn hcm(stat_prefix: &str, provider: Value, spans: Upstream) -> Value {
+    let mut r = router();
+    if matches!(spans, Upstream::Child) {
+        r["typed_config"]["start_child_span"] = json!(true);
+    }
     json!({ "name": "envoy.filters.network.http_connection_manager", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": stat_prefix,
         "tracing": {
+            "spawn_upstream_span": matches!(spans, Upstream::Spawn),
             "max_path_tag_length": 20,
             "custom_tags": [
                 { "tag": "lit", "literal": { "value": "v1" } },
@@ -39,8 +71,11 @@ fn hcm(stat_prefix: &str, provider: Value) -> Value {
             ],
             "provider": provider
         },
-        "http_filters": [ router() ],
+        "http_filters": [ r ],
         "route_config": { "virtual_hosts": [ { "name": "v", "domains": ["*"], "routes": [
+            { "match": { "prefix": "/retry" }, "route": { "cluster": "backend",
+              "retry_policy": { "retry_on": "5xx", "num_retries": 1 } } },
+            { "match": { "prefix": "/dead" }, "route": { "cluster": "dead" } },
             { "match": { "prefix": "/dec" }, "route": { "cluster": "backend" },
               "decorator": { "operation": "my-op" } },
             { "match": { "prefix": "/nop" }, "route": { "cluster": "backend" },
@@ -69,21 +104,19 @@ fn open_telemetry(_: bool) -> Value {
 
 fn config(
     admin: u16,
-    ports: [u16; 3],
+    (specs, ports): (&[Spec], &[u16]),
     backend: u16,
     collector: u16,
     provider: fn(bool) -> Value,
 ) -> String {
     let mut listeners = Vec::new();
-    for (i, (name, direction, shared)) in [
-        ("in", "INBOUND", true),
-        ("out", "OUTBOUND", true),
-        ("in_unshared", "UNSPECIFIED", false),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut l = listener(name, "127.0.0.1", ports[i], hcm(name, provider(shared)));
+    for (i, (name, direction, shared, spans)) in specs.iter().enumerate() {
+        let mut l = listener(
+            name,
+            "127.0.0.1",
+            ports[i],
+            hcm(name, provider(*shared), *spans),
+        );
         l["traffic_direction"] = json!(direction);
         listeners.push(l);
     }
@@ -100,8 +133,15 @@ fn config(
         admin,
         listeners,
         vec![
-            cluster("backend", Some(backend)),
+            {
+                // Spans name a cluster by its observability name.
+                let mut c = cluster("backend", Some(backend));
+                c["alt_stat_name"] = json!("backend_stats");
+                c
+            },
             cluster("empty", None),
+            // Nothing listens on port 1: every connect fails.
+            cluster("dead", Some(1)),
             cluster("zipkin", Some(collector)),
             {
                 let mut c = cluster("otel", Some(collector));
@@ -120,9 +160,10 @@ fn config(
     to_yaml(&v)
 }
 
-/// A random 16-digit id masked, a fixed one (the test's own, all leading zeros) kept.
+/// A random 16-digit id masked, a fixed one (the test's own, all leading zeros) or a named
+/// one (`<name>`) kept.
 fn mask(id: &str) -> String {
-    if id.starts_with("0000") {
+    if id.starts_with("0000") || id.starts_with('<') {
         id.to_string()
     } else {
         format!("<{} hex>", id.len())
@@ -171,8 +212,13 @@ async fn send(port: u16, path: &str, headers: &[String]) -> skiff_tests::client:
 }
 
 /// Asserts that Envoy's lines (first) and skiff's are the same, line by line; Envoy's, joined.
+/// With `TRACING_DUMP=<path>` both lists are also written to `<path>.envoy` and `<path>.skiff`.
 fn assert_same(seen: &[Vec<String>]) -> String {
     let (e, s) = (&seen[0], &seen[1]);
+    if let Ok(d) = std::env::var("TRACING_DUMP") {
+        let _ = std::fs::write(format!("{d}.envoy"), e.join("\n"));
+        let _ = std::fs::write(format!("{d}.skiff"), s.join("\n"));
+    }
     let diff: Vec<String> = e
         .iter()
         .zip(s.iter())
@@ -189,17 +235,180 @@ fn assert_same(seen: &[Vec<String>]) -> String {
     e.join("\n")
 }
 
+/// The B3 headers of a caller with trace `t` and span `s`, sampled.
+fn b3(t: &str, s: &str) -> Vec<String> {
+    vec![
+        format!("x-b3-traceid: {t}"),
+        format!("x-b3-spanid: {s}"),
+        "x-b3-parentspanid: 0000000000000111".to_string(),
+        "x-b3-sampled: 1".to_string(),
+    ]
+}
+
+/// Each span's parent named (its name and kind) when it is one of `spans`.
+fn name_parents(spans: &mut [Value]) {
+    let names: Vec<(String, String)> = spans
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap_or("").to_string(),
+                format!("{}/{}", s["name"].as_str().unwrap_or(""), s["kind"]),
+            )
+        })
+        .collect();
+    for s in spans.iter_mut() {
+        let parent = s["parentId"].as_str().unwrap_or("").to_string();
+        if let Some((_, n)) = names.iter().find(|(id, _)| *id == parent) {
+            s["parentId"] = json!(format!("<{n}>"));
+        }
+    }
+}
+
+/// Sends `cases` to every listener of `specs` behind Envoy and skiff with a Zipkin tracer,
+/// and returns what each saw: responses, the B3 headers every upstream request got, every
+/// span (ids masked, parents named) and the tracer's stats. Each proxy's spans must carry
+/// the ids it sent upstream: the connection manager's span's, or with upstream spans those of
+/// its children. `spans` is how many spans each proxy should report.
+async fn zipkin_side_by_side(
+    specs: &[Spec],
+    cases: &[(&str, Vec<String>)],
+    spans: usize,
+) -> Vec<Vec<String>> {
+    let mut seen = Vec::new();
+    for kind in [Kind::Envoy, Kind::under_test()] {
+        let backend = EchoUpstream::start("backend").await;
+        let collector = EchoUpstream::start("zipkin").await;
+        let ports: Vec<u16> = specs.iter().map(|_| skiff_tests::free_port()).collect();
+        let yaml = config(
+            skiff_tests::free_port(),
+            (specs, &ports),
+            backend.port(),
+            collector.port(),
+            zipkin,
+        );
+        let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+        let mut got = Vec::new();
+        // The span ids each request (by its x-request-id) sent upstream.
+        let mut sent_ids: Vec<(String, Vec<String>)> = Vec::new();
+        for (spec, port) in specs.iter().zip(&ports) {
+            for (path, headers) in cases {
+                let before = backend.rec.requests().len();
+                let r = send(*port, path, headers).await;
+                let mut upstream = Vec::new();
+                for u in backend.rec.requests().iter().skip(before) {
+                    let b3: Vec<String> = [
+                        "x-b3-traceid",
+                        "x-b3-spanid",
+                        "x-b3-parentspanid",
+                        "x-b3-sampled",
+                        "b3",
+                        "x-envoy-decorator-operation",
+                    ]
+                    .iter()
+                    .filter_map(|n| {
+                        u.header(n).map(|v| {
+                            let v = match *n {
+                                "b3" => v.split('-').map(mask).collect::<Vec<_>>().join("-"),
+                                "x-b3-sampled" | "x-envoy-decorator-operation" => v.to_string(),
+                                _ => mask(v),
+                            };
+                            format!("{n}={v}")
+                        })
+                    })
+                    .collect();
+                    if let (Some(id), Some(span)) =
+                        (u.header("x-request-id"), u.header("x-b3-spanid"))
+                    {
+                        match sent_ids.iter_mut().find(|(r, _)| r == id) {
+                            Some((_, ids)) => ids.push(span.to_string()),
+                            None => sent_ids.push((id.to_string(), vec![span.to_string()])),
+                        }
+                    }
+                    upstream.push(b3.join(" "));
+                }
+                got.push(format!(
+                    "{} {path} {headers:?}: {} op={:?} upstream={upstream:?}",
+                    spec.0,
+                    r.resp.status,
+                    r.resp.header("x-envoy-decorator-operation")
+                ));
+            }
+        }
+        // Every sampled request's spans, one report each.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while collector.rec.requests().len() < spans && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let reports = collector.rec.requests();
+        let mut all = Vec::new();
+        for report in &reports {
+            assert_eq!(report.method, "POST", "{}", kind.name());
+            assert_eq!(report.path, "/api/v2/spans", "{}", kind.name());
+            got.push(format!(
+                "report host={:?} content-type={:?} internal={:?} timeout={:?}",
+                report.authority.as_deref().or(report.header("host")),
+                report.header("content-type"),
+                report.header("x-envoy-internal"),
+                report.header("x-envoy-expected-rq-timeout-ms"),
+            ));
+            let list: Value = serde_json::from_slice(&report.body).expect("JSON spans");
+            all.extend(list.as_array().cloned().unwrap_or_default());
+        }
+        // The spans carry the ids their requests went upstream with: the stream's span's, or
+        // its children's.
+        for s in &all {
+            let Some(rid) = s["tags"]["guid:x-request-id"].as_str() else {
+                continue;
+            };
+            let Some((_, sent)) = sent_ids.iter().find(|(r, _)| r == rid) else {
+                continue;
+            };
+            let children: Vec<&str> = all
+                .iter()
+                .filter(|c| {
+                    c["parentId"] == s["id"]
+                        && c["traceId"] == s["traceId"]
+                        && c["tags"]["guid:x-request-id"].is_null()
+                })
+                .filter_map(|c| c["id"].as_str())
+                .collect();
+            if children.is_empty() {
+                let own = vec![s["id"].as_str().unwrap_or("").to_string()];
+                assert_eq!(sent, &own, "{}: {s}", kind.name());
+            } else {
+                // Another listener's request may share this span's id (a caller's context
+                // shared): its children are among these too.
+                for id in sent {
+                    assert!(children.contains(&id.as_str()), "{}: {id} {s}", kind.name());
+                }
+            }
+        }
+        name_parents(&mut all);
+        // The listeners' ports differ between the proxies: named instead.
+        let mut spans: Vec<String> = all
+            .into_iter()
+            .map(|s| {
+                let mut s = normal(s).to_string();
+                for (spec, port) in specs.iter().zip(&ports) {
+                    s = s.replace(&format!(":{port}"), &format!(":<{}>", spec.0));
+                }
+                s.replace(&format!(":{}", backend.port()), ":<backend>")
+            })
+            .collect();
+        spans.sort();
+        got.extend(spans);
+        let mut stats = proxy.admin().stats_containing("tracing.zipkin.").await;
+        stats.retain(|(k, _)| !k.ends_with("timer_flushed"));
+        stats.sort();
+        got.extend(stats.into_iter().map(|(k, v)| format!("{k}={v}")));
+        seen.push(got);
+    }
+    seen
+}
+
 #[tokio::test]
 async fn zipkin_spans_and_b3_headers_side_by_side_with_envoy() {
     run_for(Duration::from_secs(120), async {
-        let b3 = |t: &str, s: &str| {
-            vec![
-                format!("x-b3-traceid: {t}"),
-                format!("x-b3-spanid: {s}"),
-                "x-b3-parentspanid: 0000000000000111".to_string(),
-                "x-b3-sampled: 1".to_string(),
-            ]
-        };
         let cases: Vec<(&str, Vec<String>)> = vec![
             (
                 "/a/very/long/path/that/is/long?q=1",
@@ -236,128 +445,42 @@ async fn zipkin_spans_and_b3_headers_side_by_side_with_envoy() {
                 ],
             ),
         ];
-        let mut seen = Vec::new();
-        for kind in [Kind::Envoy, Kind::under_test()] {
-            let backend = EchoUpstream::start("backend").await;
-            let collector = EchoUpstream::start("zipkin").await;
-            let ports = [
-                skiff_tests::free_port(),
-                skiff_tests::free_port(),
-                skiff_tests::free_port(),
-            ];
-            let yaml = config(
-                skiff_tests::free_port(),
-                ports,
-                backend.port(),
-                collector.port(),
-                zipkin,
-            );
-            let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
-            let mut got = Vec::new();
-            let mut expected_spans = 0;
-            let mut sent_ids = Vec::new();
-            for (which, port) in ["in", "out", "in_unshared"].iter().zip(ports) {
-                for (path, headers) in &cases {
-                    let before = backend.rec.requests().len();
-                    let r = send(port, path, headers).await;
-                    let up = backend.rec.requests();
-                    let upstream = up.get(before).map(|u| {
-                        let b3: Vec<String> = [
-                            "x-b3-traceid",
-                            "x-b3-spanid",
-                            "x-b3-parentspanid",
-                            "x-b3-sampled",
-                            "b3",
-                            "x-envoy-decorator-operation",
-                        ]
-                        .iter()
-                        .filter_map(|n| {
-                            u.header(n).map(|v| {
-                                let v = match *n {
-                                    "b3" => v.split('-').map(mask).collect::<Vec<_>>().join("-"),
-                                    "x-b3-sampled" | "x-envoy-decorator-operation" => v.to_string(),
-                                    _ => mask(v),
-                                };
-                                format!("{n}={v}")
-                            })
-                        })
-                        .collect();
-                        if let (Some(id), Some(span)) =
-                            (u.header("x-request-id"), u.header("x-b3-spanid"))
-                        {
-                            sent_ids.push((id.to_string(), span.to_string()));
-                        }
-                        b3.join(" ")
-                    });
-                    if !path.starts_with("/unsampled") && !path.starts_with("/bad") {
-                        expected_spans += 1;
-                    }
-                    got.push(format!(
-                        "{which} {path} {headers:?}: {} op={:?} upstream={upstream:?}",
-                        r.resp.status,
-                        r.resp.header("x-envoy-decorator-operation")
-                    ));
-                }
-            }
-            // Every sampled request's span, one report each.
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while collector.rec.requests().len() < expected_spans
-                && std::time::Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let reports = collector.rec.requests();
-            let mut spans = Vec::new();
-            for report in &reports {
-                assert_eq!(report.method, "POST", "{}", kind.name());
-                assert_eq!(report.path, "/api/v2/spans", "{}", kind.name());
-                got.push(format!(
-                    "report host={:?} content-type={:?} internal={:?} timeout={:?}",
-                    report.authority.as_deref().or(report.header("host")),
-                    report.header("content-type"),
-                    report.header("x-envoy-internal"),
-                    report.header("x-envoy-expected-rq-timeout-ms"),
-                ));
-                let list: Value = serde_json::from_slice(&report.body).expect("JSON spans");
-                for s in list.as_array().cloned().unwrap_or_default() {
-                    // The span carries the ids its request went upstream with.
-                    if let Some(rid) = s["tags"]["guid:x-request-id"].as_str() {
-                        if let Some((_, span)) = sent_ids.iter().find(|(r, _)| r == rid) {
-                            assert_eq!(
-                                s["id"].as_str(),
-                                Some(span.as_str()),
-                                "{}: {s}",
-                                kind.name()
-                            );
-                        }
-                    }
-                    spans.push(normal(s).to_string());
-                }
-            }
-            // The listeners' ports differ between the proxies: named instead.
-            let spans: Vec<String> = spans
-                .into_iter()
-                .map(|s| {
-                    let mut s = s;
-                    for (which, port) in ["in", "out", "in_unshared"].iter().zip(ports) {
-                        s = s.replace(&format!(":{port}"), &format!(":<{which}>"));
-                    }
-                    s
-                })
-                .collect();
-            let mut spans = spans;
-            spans.sort();
-            got.extend(spans);
-            let mut stats = proxy.admin().stats_containing("tracing.zipkin.").await;
-            stats.retain(|(k, _)| !k.ends_with("timer_flushed"));
-            stats.sort();
-            got.extend(stats.into_iter().map(|(k, v)| format!("{k}={v}")));
-            seen.push(got);
-        }
+        let seen = zipkin_side_by_side(&PLAIN, &cases, 33).await;
         let all = assert_same(&seen);
         assert!(all.contains("\"kind\":\"SERVER\""), "{all}");
         assert!(all.contains("\"kind\":\"CLIENT\""), "{all}");
         assert!(all.contains("tracing.zipkin.spans_sent=33"), "{all}");
+    })
+    .await;
+}
+
+/// Upstream spans: the tracer's `spawn_upstream_span` on an egress and an ingress listener,
+/// the router's `start_child_span` on an egress one. Requests: plain, decorated, retried
+/// (503 twice: the first attempt canceled, the second counting its retry), answered 404, to a
+/// cluster nothing listens for (connect failure), to no host at all (no upstream span),
+/// continuing a caller's trace, unsampled.
+#[tokio::test]
+async fn zipkin_upstream_spans_side_by_side_with_envoy() {
+    run_for(Duration::from_secs(120), async {
+        let cases: Vec<(&str, Vec<String>)> = vec![
+            ("/plain", vec!["x-tag: T".into()]),
+            ("/dec", vec![]),
+            ("/retry/status/503", vec![]),
+            ("/status/404", vec![]),
+            ("/dead", vec![]),
+            ("/fail", vec![]),
+            ("/ctx", b3("0000000000000abc", "0000000000000def")),
+            ("/unsampled", vec!["x-b3-sampled: 0".into()]),
+        ];
+        // Per listener: seven stream spans, and seven upstream spans (for six requests, two
+        // for the retried one).
+        let seen = zipkin_side_by_side(&SPAWNING, &cases, 3 * (7 + 7)).await;
+        let all = assert_same(&seen);
+        assert!(all.contains("router backend_stats egress"), "{all}");
+        assert!(all.contains("\"retry.count\":\"1\""), "{all}");
+        assert!(all.contains("\"canceled\":\"true\""), "{all}");
+        assert!(all.contains("remote connection failure"), "{all}");
+        assert!(all.contains("tracing.zipkin.spans_sent=42"), "{all}");
     })
     .await;
 }
@@ -373,7 +496,8 @@ fn normal_otlp(mut s: Value) -> Value {
     for k in ["trace_id", "span_id", "parent_span_id"] {
         if let Some(v) = s[k].as_str() {
             // The test's own ids (0af7…, b7ad…) are kept.
-            if !v.is_empty() && !v.starts_with("0af7") && !v.starts_with("b7ad") {
+            let kept = v.starts_with("0af7") || v.starts_with("b7ad") || v.starts_with('<');
+            if !v.is_empty() && !kept {
                 s[k] = json!(format!("<{} hex>", v.len()));
             }
         }
@@ -403,61 +527,39 @@ fn normal_otlp(mut s: Value) -> Value {
     s
 }
 
-#[tokio::test]
-async fn opentelemetry_spans_and_trace_context_side_by_side_with_envoy() {
-    run_for(Duration::from_secs(120), async {
-        let parent = "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331";
-        let cases: Vec<(&str, Vec<String>)> = vec![
-            (
-                "/a/very/long/path/that/is/long?q=1",
-                vec!["x-tag: T".into()],
-            ),
-            ("/dec", vec![]),
-            (
-                "/dec/op",
-                vec!["x-envoy-decorator-operation: from-client".into()],
-            ),
-            ("/nop", vec![]),
-            ("/fail", vec![]),
-            ("/direct", vec![]),
-            (
-                "/ctx",
-                vec![
-                    format!("{parent}-01"),
-                    "tracestate: congo=t61rcWkgMzE".into(),
-                ],
-            ),
-            ("/unsampled", vec![format!("{parent}-00")]),
-            (
-                "/bad",
-                vec!["traceparent: 00-zz-b7ad6b7169203331-01".into()],
-            ),
-            ("/client", vec!["x-client-trace-id: 42".into()]),
-        ];
-        let mut seen = Vec::new();
-        for kind in [Kind::Envoy, Kind::under_test()] {
-            let backend = EchoUpstream::start("backend").await;
-            let collector = skiff_tests::peer::Peer::start(COLLECTOR, &["0"]).await;
-            let ports = [
-                skiff_tests::free_port(),
-                skiff_tests::free_port(),
-                skiff_tests::free_port(),
-            ];
-            let yaml = config(
-                skiff_tests::free_port(),
-                ports,
-                backend.port(),
-                collector.port("port"),
-                open_telemetry,
-            );
-            let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
-            let mut got = Vec::new();
-            let mut expected = 0;
-            for (which, port) in ["in", "out", "in_unshared"].iter().zip(ports) {
-                for (path, headers) in &cases {
-                    let before = backend.rec.requests().len();
-                    let r = send(port, path, headers).await;
-                    let upstream = backend.rec.requests().get(before).map(|u| {
+/// Sends `cases` to every listener of `specs` behind Envoy and skiff with an OpenTelemetry
+/// tracer, and returns what each saw: the trace context every upstream request got, every
+/// exported span (ids masked, parents named) and the stats. `spans` is how many spans each
+/// proxy should export.
+async fn otlp_side_by_side(
+    specs: &[Spec],
+    cases: &[(&str, Vec<String>)],
+    spans: usize,
+) -> Vec<Vec<String>> {
+    let mut seen = Vec::new();
+    for kind in [Kind::Envoy, Kind::under_test()] {
+        let backend = EchoUpstream::start("backend").await;
+        let collector = skiff_tests::peer::Peer::start(COLLECTOR, &["0"]).await;
+        let ports: Vec<u16> = specs.iter().map(|_| skiff_tests::free_port()).collect();
+        let yaml = config(
+            skiff_tests::free_port(),
+            (specs, &ports),
+            backend.port(),
+            collector.port("port"),
+            open_telemetry,
+        );
+        let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+        let mut got = Vec::new();
+        for (spec, port) in specs.iter().zip(&ports) {
+            for (path, headers) in cases {
+                let before = backend.rec.requests().len();
+                let r = send(*port, path, headers).await;
+                let upstream: Vec<String> = backend
+                    .rec
+                    .requests()
+                    .iter()
+                    .skip(before)
+                    .map(|u| {
                         let tp = u.header("traceparent").map(|v| {
                             v.split('-')
                                 .map(|p| {
@@ -475,66 +577,144 @@ async fn opentelemetry_spans_and_trace_context_side_by_side_with_envoy() {
                             u.header("tracestate"),
                             u.header("x-envoy-decorator-operation")
                         )
-                    });
-                    // No span for an unsampled request, nor for a malformed context (Envoy's
-                    // null span).
-                    if *path != "/unsampled" && *path != "/bad" {
-                        expected += 1;
-                    }
-                    got.push(format!(
-                        "{which} {path} {headers:?}: {} op={:?} upstream={upstream:?}",
-                        r.resp.status,
-                        r.resp.header("x-envoy-decorator-operation")
-                    ));
-                }
+                    })
+                    .collect();
+                got.push(format!(
+                    "{} {path} {headers:?}: {} op={:?} upstream={upstream:?}",
+                    spec.0,
+                    r.resp.status,
+                    r.resp.header("x-envoy-decorator-operation")
+                ));
             }
-            // One export per span (min_flush_spans 1): wait for every sampled request's.
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while collector
-                .lines()
-                .iter()
-                .filter(|l| l.contains("\"event\":\"span\""))
-                .count()
-                < expected
-                && std::time::Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let mut spans = Vec::new();
-            for l in collector.lines() {
-                let v: Value = serde_json::from_str(&l).expect("JSON");
-                match v["event"].as_str() {
-                    Some("span") => spans.push(normal_otlp(v)),
-                    Some("export") => got.push(format!(
-                        "export {} {} {} {}",
-                        v["path"], v["authority"], v["content_type"], v["spans"]
-                    )),
-                    _ => got.push(format!("collector: {v}")),
-                }
-            }
-            let mut spans: Vec<String> = spans
-                .into_iter()
-                .map(|s| {
-                    let mut s = s.to_string();
-                    for (which, port) in ["in", "out", "in_unshared"].iter().zip(ports) {
-                        s = s.replace(&format!(":{port}"), &format!(":<{which}>"));
-                    }
-                    s
-                })
-                .collect();
-            spans.sort();
-            got.sort();
-            got.extend(spans);
-            let mut stats = proxy.admin().stats_containing("tracing.").await;
-            stats.retain(|(k, _)| !k.ends_with("timer_flushed"));
-            stats.sort();
-            got.extend(stats.into_iter().map(|(k, v)| format!("{k}={v}")));
-            seen.push(got);
         }
+        // One export per span (min_flush_spans 1): wait for every sampled request's.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while collector
+            .lines()
+            .iter()
+            .filter(|l| l.contains("\"event\":\"span\""))
+            .count()
+            < spans
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut all = Vec::new();
+        for l in collector.lines() {
+            let v: Value = serde_json::from_str(&l).expect("JSON");
+            match v["event"].as_str() {
+                Some("span") => all.push(v),
+                Some("export") => got.push(format!(
+                    "export {} {} {} {}",
+                    v["path"], v["authority"], v["content_type"], v["spans"]
+                )),
+                _ => got.push(format!("collector: {v}")),
+            }
+        }
+        // Parents named by their name and kind.
+        let names: Vec<(String, String)> = all
+            .iter()
+            .map(|s| {
+                (
+                    s["span_id"].as_str().unwrap_or("").to_string(),
+                    format!("{}/{}", s["name"].as_str().unwrap_or(""), s["kind"]),
+                )
+            })
+            .collect();
+        for s in all.iter_mut() {
+            let parent = s["parent_span_id"].as_str().unwrap_or("").to_string();
+            if let Some((_, n)) = names.iter().find(|(id, _)| !id.is_empty() && *id == parent) {
+                s["parent_span_id"] = json!(format!("<{n}>"));
+            }
+        }
+        let mut spans: Vec<String> = all
+            .into_iter()
+            .map(|s| {
+                let mut s = normal_otlp(s).to_string();
+                for (spec, port) in specs.iter().zip(&ports) {
+                    s = s.replace(&format!(":{port}"), &format!(":<{}>", spec.0));
+                }
+                s.replace(&format!(":{}", backend.port()), ":<backend>")
+            })
+            .collect();
+        spans.sort();
+        got.sort();
+        got.extend(spans);
+        let mut stats = proxy.admin().stats_containing("tracing.").await;
+        stats.retain(|(k, _)| !k.ends_with("timer_flushed"));
+        stats.sort();
+        got.extend(stats.into_iter().map(|(k, v)| format!("{k}={v}")));
+        seen.push(got);
+    }
+    seen
+}
+
+const TRACEPARENT: &str = "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331";
+
+#[tokio::test]
+async fn opentelemetry_spans_and_trace_context_side_by_side_with_envoy() {
+    run_for(Duration::from_secs(120), async {
+        let cases: Vec<(&str, Vec<String>)> = vec![
+            (
+                "/a/very/long/path/that/is/long?q=1",
+                vec!["x-tag: T".into()],
+            ),
+            ("/dec", vec![]),
+            (
+                "/dec/op",
+                vec!["x-envoy-decorator-operation: from-client".into()],
+            ),
+            ("/nop", vec![]),
+            ("/fail", vec![]),
+            ("/direct", vec![]),
+            (
+                "/ctx",
+                vec![
+                    format!("{TRACEPARENT}-01"),
+                    "tracestate: congo=t61rcWkgMzE".into(),
+                ],
+            ),
+            ("/unsampled", vec![format!("{TRACEPARENT}-00")]),
+            (
+                "/bad",
+                vec!["traceparent: 00-zz-b7ad6b7169203331-01".into()],
+            ),
+            ("/client", vec!["x-client-trace-id: 42".into()]),
+        ];
+        // No span for an unsampled request, nor for a malformed context (Envoy's null span).
+        let seen = otlp_side_by_side(&PLAIN, &cases, 24).await;
         let all = assert_same(&seen);
         assert!(all.contains("\"kind\":2"), "{all}");
         assert!(all.contains("\"kind\":3"), "{all}");
         assert!(all.contains("tracing.opentelemetry.spans_sent=24"), "{all}");
+    })
+    .await;
+}
+
+/// Upstream spans under OpenTelemetry: the same listeners and requests as Zipkin's.
+#[tokio::test]
+async fn opentelemetry_upstream_spans_side_by_side_with_envoy() {
+    run_for(Duration::from_secs(120), async {
+        let cases: Vec<(&str, Vec<String>)> = vec![
+            ("/plain", vec!["x-tag: T".into()]),
+            ("/dec", vec![]),
+            ("/retry/status/503", vec![]),
+            ("/status/404", vec![]),
+            ("/dead", vec![]),
+            ("/fail", vec![]),
+            (
+                "/ctx",
+                vec![
+                    format!("{TRACEPARENT}-01"),
+                    "tracestate: congo=t61rcWkgMzE".into(),
+                ],
+            ),
+            ("/unsampled", vec![format!("{TRACEPARENT}-00")]),
+        ];
+        let seen = otlp_side_by_side(&SPAWNING, &cases, 3 * (7 + 7)).await;
+        let all = assert_same(&seen);
+        assert!(all.contains("router backend_stats egress"), "{all}");
+        assert!(all.contains("tracing.opentelemetry.spans_sent=42"), "{all}");
     })
     .await;
 }

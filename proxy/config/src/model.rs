@@ -2092,6 +2092,9 @@ pub struct RouterConfig {
     pub dynamic_stats: bool,
     /// `suppress_envoy_headers`: no `x-envoy-upstream-service-time` / expected-timeout headers.
     pub suppress_envoy_headers: bool,
+    /// `start_child_span`: with a tracer, each upstream request gets a span of its own (as
+    /// with the tracer's `spawn_upstream_span`).
+    pub start_child_span: bool,
 }
 
 /// An access log sink with its format.

@@ -1140,7 +1140,6 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.filters.http.router.v3.Router",
-        // start_child_span only matters with tracing, which is off.
         &[
             "dynamic_stats",
             "suppress_envoy_headers",

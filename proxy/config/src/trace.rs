@@ -18,6 +18,18 @@ pub struct HttpTracer {
     /// The listener's `traffic_direction` is `OUTBOUND`: the spans are `egress` (Zipkin
     /// `CLIENT`) spans, and a route's decorator goes upstream; otherwise `ingress` (`SERVER`).
     pub egress: bool,
+    /// `spawn_upstream_span`: each upstream request gets a child span (`router <cluster>
+    /// egress`, a client span) and the connection manager's span is a server span even on an
+    /// egress listener, as Envoy makes it an independent hop.
+    pub spawn_upstream_span: bool,
+}
+
+impl HttpTracer {
+    /// Whether the connection manager's span is a server span: on an ingress listener, or
+    /// with `spawn_upstream_span`.
+    pub fn server(&self) -> bool {
+        !self.egress || self.spawn_upstream_span
+    }
 }
 
 /// The tracer.

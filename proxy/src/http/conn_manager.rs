@@ -1738,6 +1738,11 @@ async fn handle(
         if let Some(c) = span.context() {
             parts.extensions.insert(c);
         }
+        if t.spawn_upstream_span || cfg.router.start_child_span {
+            if let Some(s) = span.spawn() {
+                parts.extensions.insert(s);
+            }
+        }
         done.span = Some(Box::new(span));
     }
     // Header values with operators render from the stream's record: kept for them too, and

@@ -233,14 +233,14 @@ fn incoming(headers: &HeaderMap) -> Option<Incoming> {
     })
 }
 
-/// A Zipkin span's context: the caller's B3 context continued (shared by an ingress span
-/// with `shared_span_context`, else its child), or a new trace; none for a malformed one.
-fn b3_context(z: &Zipkin, egress: bool, headers: &HeaderMap, traced: bool) -> Option<Context> {
+/// A Zipkin span's context: the caller's B3 context continued (shared by a server span with
+/// `shared_span_context`, else its child), or a new trace; none for a malformed one.
+fn b3_context(z: &Zipkin, server: bool, headers: &HeaderMap, traced: bool) -> Option<Context> {
     let inc = incoming(headers)?;
     let sampled = inc.sampled.unwrap_or(traced);
     Some(match inc.ids {
         Some((trace, span, parent)) => {
-            let (id, parent) = if !egress && z.shared_span_context {
+            let (id, parent) = if server && z.shared_span_context {
                 (span, parent)
             } else {
                 (new_id(), Some(span))
@@ -335,7 +335,7 @@ impl Span {
         decorator: Option<(&str, bool)>,
     ) -> Span {
         let (context, remote_parent) = match &tracer.provider {
-            Provider::Zipkin(z) => (b3_context(z, tracer.egress, headers, traced), false),
+            Provider::Zipkin(z) => (b3_context(z, tracer.server(), headers, traced), false),
             Provider::OpenTelemetry(_) => match w3c_context(headers, traced) {
                 Some((c, remote)) => (Some(c), remote),
                 None => (None, false),
@@ -400,6 +400,17 @@ impl Span {
         self.context.clone()
     }
 
+    /// What the router needs to give upstream requests spans of their own (none for Envoy's
+    /// null span).
+    pub fn spawn(&self) -> Option<Spawn> {
+        let parent = self.context.clone()?;
+        Some(Spawn(Arc::new(SpawnFrom {
+            tracer: self.tracer.clone(),
+            parent,
+            header_tags: self.header_tags.clone(),
+        })))
+    }
+
     /// The operation an ingress response carries (`x-envoy-decorator-operation`).
     pub fn response_operation(&self) -> Option<&str> {
         self.response_operation.as_deref()
@@ -411,17 +422,15 @@ impl Span {
             return;
         };
         let tags = self.tags(info);
-        let end = SystemTime::now();
-        match &self.tracer.provider {
-            Provider::Zipkin(z) => {
-                let json = self.zipkin_json(z, c, &tags);
-                report(worker, &self.tracer.provider, Pending::Zipkin(json));
-            }
-            Provider::OpenTelemetry(_) => {
-                let span = self.otlp(c, &tags, end);
-                report(worker, &self.tracer.provider, Pending::Otlp(span));
-            }
+        Shape {
+            context: c,
+            name: &self.name,
+            start: self.start,
+            started: self.started,
+            client: !self.tracer.server(),
+            remote_parent: self.remote_parent,
         }
+        .report(worker, &self.tracer.provider, &tags);
     }
 
     /// The span's tags, in the order Envoy sets them (the connection manager's, then the
@@ -481,14 +490,14 @@ impl Span {
         tag("http.status_code", status.to_string());
         tag("response_flags", info.flags.short());
         if let Some(c) = &info.upstream_cluster {
+            tag("upstream_cluster", c.to_string());
             tag(
-                "upstream_cluster",
+                "upstream_cluster.name",
                 info.upstream_cluster_stat
                     .as_deref()
                     .unwrap_or(c)
                     .to_string(),
             );
-            tag("upstream_cluster.name", c.to_string());
         }
         if status == 0 || status >= 500 {
             tag("error", "true".into());
@@ -507,10 +516,34 @@ impl Span {
         }
         tags
     }
+}
+
+/// How a finished span is reported: its context, name, times and kind.
+struct Shape<'a> {
+    context: &'a Context,
+    name: &'a str,
+    start: SystemTime,
+    started: Instant,
+    /// A client span (Zipkin `CLIENT`, OpenTelemetry `SPAN_KIND_CLIENT`), else a server one.
+    client: bool,
+    /// The context came from the caller (OpenTelemetry's remote parent).
+    remote_parent: bool,
+}
+
+impl Shape<'_> {
+    /// Hands the span with `tags` to this worker's reporter.
+    fn report(&self, worker: &Rc<Worker>, provider: &Provider, tags: &[(String, String)]) {
+        let pending = match provider {
+            Provider::Zipkin(z) => Pending::Zipkin(self.zipkin_json(z, tags)),
+            Provider::OpenTelemetry(_) => Pending::Otlp(self.otlp(tags, SystemTime::now())),
+        };
+        report(worker, provider, pending);
+    }
 
     /// The span as Zipkin's JSON v2.
-    fn zipkin_json(&self, z: &Zipkin, c: &Context, tags: &[(String, String)]) -> String {
+    fn zipkin_json(&self, z: &Zipkin, tags: &[(String, String)]) -> String {
         use serde_json::{json, Map, Value};
+        let c = self.context;
         let micros = |t: SystemTime| {
             t.duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64)
@@ -542,35 +575,29 @@ impl Span {
         span.insert("id".into(), Value::String(format!("{:016x}", c.id)));
         span.insert(
             "kind".into(),
-            Value::String(
-                if self.tracer.egress {
-                    "CLIENT"
-                } else {
-                    "SERVER"
-                }
-                .into(),
-            ),
+            Value::String(if self.client { "CLIENT" } else { "SERVER" }.into()),
         );
-        span.insert("name".into(), Value::String(self.name.clone()));
+        span.insert("name".into(), Value::String(self.name.to_string()));
         span.insert("timestamp".into(), json!(start));
         span.insert("duration".into(), json!(duration));
         span.insert("localEndpoint".into(), Value::Object(endpoint));
         span.insert(
             "annotations".into(),
             json!([{ "timestamp": start + duration,
-                     "value": if self.tracer.egress { "cr" } else { "ss" } }]),
+                     "value": if self.client { "cr" } else { "ss" } }]),
         );
         span.insert("tags".into(), Value::Object(tag_map));
-        if !self.tracer.egress && z.shared_span_context {
+        if !self.client && z.shared_span_context {
             span.insert("shared".into(), Value::Bool(true));
         }
         Value::Object(span).to_string()
     }
 
-    /// The span as OpenTelemetry's: its tags as string attributes, an error status for an
-    /// `error` tag (and for a client span's 4xx), Envoy's flags (sampled, and whether the parent
+    /// The span as OpenTelemetry's: its tags as string attributes, an error status for a 5xx
+    /// (and for a client span's 4xx), Envoy's flags (sampled, and whether the parent
     /// is remote).
-    fn otlp(&self, c: &Context, tags: &[(String, String)], end: SystemTime) -> otlp::Span {
+    fn otlp(&self, tags: &[(String, String)], end: SystemTime) -> otlp::Span {
+        let c = self.context;
         let nanos = |t: SystemTime| {
             t.duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
@@ -582,8 +609,9 @@ impl Span {
             .find(|(k, _)| k == "http.status_code")
             .and_then(|(_, v)| v.parse::<u16>().ok())
             .unwrap_or(0);
-        let error = tags.iter().any(|(k, v)| k == "error" && v == "true")
-            || (self.tracer.egress && status_code >= 400);
+        // The status follows the response's code only (measured: a failed connect's span,
+        // code 0 and tagged `error`, has none).
+        let error = status_code >= 500 || (self.client && status_code >= 400);
         const SAMPLED: u32 = 0x1;
         const HAS_IS_REMOTE: u32 = 0x100;
         const IS_REMOTE: u32 = 0x200;
@@ -598,8 +626,8 @@ impl Span {
                 .parent
                 .map(|p| p.to_be_bytes().to_vec())
                 .unwrap_or_default(),
-            name: self.name.clone(),
-            kind: if self.tracer.egress { 3 } else { 2 },
+            name: self.name.to_string(),
+            kind: if self.client { 3 } else { 2 },
             start_time_unix_nano: nanos(self.start),
             end_time_unix_nano: nanos(end),
             attributes: tags.iter().map(|(k, v)| otlp::attribute(k, v)).collect(),
@@ -609,6 +637,163 @@ impl Span {
             }),
             flags: SAMPLED | HAS_IS_REMOTE | if self.remote_parent { IS_REMOTE } else { 0 },
         }
+    }
+}
+
+/// What the router needs to give each upstream request a span of its own (the tracer's
+/// `spawn_upstream_span`, the router's `start_child_span`): the tracer, the stream's span
+/// context (their parent) and the custom tags the request gave. A request extension.
+#[derive(Debug, Clone)]
+pub struct Spawn(Arc<SpawnFrom>);
+
+#[derive(Debug)]
+struct SpawnFrom {
+    tracer: Arc<HttpTracer>,
+    parent: Context,
+    header_tags: Vec<(String, String)>,
+}
+
+impl Spawn {
+    /// The span of one upstream request (attempt `attempt`, from 1) to `cluster` (reported
+    /// under its observability name `stat_name`) at `address`: Envoy's `router <cluster>
+    /// egress`, a child of the stream's span, whose context goes upstream instead.
+    pub fn child(
+        &self,
+        worker: &Rc<Worker>,
+        cluster: &str,
+        stat_name: &str,
+        address: std::net::SocketAddr,
+        attempt: u32,
+    ) -> UpstreamSpan {
+        let p = &self.0.parent;
+        UpstreamSpan {
+            spawn: self.clone(),
+            worker: worker.clone(),
+            context: Context {
+                id: new_id(),
+                parent: Some(p.id),
+                ..p.clone()
+            },
+            name: format!("router {stat_name} egress"),
+            start: SystemTime::now(),
+            started: Instant::now(),
+            cluster: cluster.to_string(),
+            stat_name: stat_name.to_string(),
+            address,
+            retry: (attempt > 1).then(|| attempt - 1),
+            status: None,
+            protocol: None,
+            flag: None,
+            reason: None,
+            canceled: false,
+        }
+    }
+}
+
+/// The span of one upstream request, reported when it is dropped (its upstream request
+/// ended), with what was learnt of it on the way.
+#[derive(Debug)]
+pub struct UpstreamSpan {
+    spawn: Spawn,
+    worker: Rc<Worker>,
+    context: Context,
+    name: String,
+    start: SystemTime,
+    started: Instant,
+    cluster: String,
+    stat_name: String,
+    address: std::net::SocketAddr,
+    /// `retry.count`: the attempts before this one.
+    retry: Option<u32>,
+    /// The response's status, once its head came.
+    pub status: Option<u16>,
+    /// The upstream protocol, once a connection was had.
+    pub protocol: Option<&'static str>,
+    /// Why it failed (`UF`, …), and the reset's reason (`error.reason`).
+    flag: Option<crate::stream_info::ResponseFlag>,
+    reason: Option<String>,
+    /// The router reset it (a retry, a timeout, the client gone): `canceled`.
+    pub canceled: bool,
+}
+
+impl UpstreamSpan {
+    /// What goes upstream.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// The request failed before a response with `flag`, for the reason its details name
+    /// (`…{remote_connection_failure}` is Envoy's `remote connection failure`).
+    pub fn failed(&mut self, flag: Option<crate::stream_info::ResponseFlag>, details: &str) {
+        self.flag = flag;
+        self.reason = details
+            .split_once('{')
+            .and_then(|(_, r)| r.strip_suffix('}'))
+            .map(|r| r.replace('_', " "));
+    }
+
+    /// The tags, as Envoy's router finalizes an upstream span.
+    fn tags(&self) -> Vec<(String, String)> {
+        let mut tags: Vec<(String, String)> = Vec::new();
+        let mut tag = |k: &str, v: String| tags.push((k.to_string(), v));
+        if let Some(n) = self.retry {
+            tag("retry.count", n.to_string());
+        }
+        if self.canceled {
+            tag("canceled", "true".into());
+        }
+        if let Some(r) = &self.reason {
+            tag("error.reason", r.clone());
+        }
+        tag("http.protocol", self.protocol.unwrap_or("-").into());
+        tag("upstream_address", self.address.to_string());
+        tag("peer.address", self.address.to_string());
+        tag("component", "proxy".into());
+        tag("upstream_cluster", self.cluster.clone());
+        tag("upstream_cluster.name", self.stat_name.clone());
+        let status = self.status.unwrap_or(0);
+        tag("http.status_code", status.to_string());
+        let mut flags = crate::stream_info::ResponseFlags::default();
+        if let Some(f) = self.flag {
+            flags.set(f);
+        }
+        tag("response_flags", flags.short());
+        if status == 0 || status >= 500 || self.reason.is_some() {
+            tag("error", "true".into());
+        }
+        let from = &self.spawn.0;
+        for t in &from.tracer.custom_tags {
+            if let CustomTag::Fixed {
+                tag: name,
+                value: Some(v),
+            } = t
+            {
+                tag(name, v.clone());
+            }
+        }
+        for (k, v) in &from.header_tags {
+            tag(k, v.clone());
+        }
+        tags
+    }
+}
+
+impl Drop for UpstreamSpan {
+    fn drop(&mut self) {
+        if !self.context.sampled {
+            return;
+        }
+        let tags = self.tags();
+        let tracer = &self.spawn.0.tracer;
+        Shape {
+            context: &self.context,
+            name: &self.name,
+            start: self.start,
+            started: self.started,
+            client: true,
+            remote_parent: false,
+        }
+        .report(&self.worker, &tracer.provider, &tags);
     }
 }
 
@@ -896,6 +1081,7 @@ mod tests {
             custom_tags: Vec::new(),
             max_path_tag_length: 256,
             egress,
+            spawn_upstream_span: false,
         })
     }
 

@@ -877,10 +877,10 @@ fn tracing(
     }))
 }
 
-/// With a tracer, Envoy traces what filters do on a request's behalf: the router's
-/// `start_child_span`, and the calls of ext_authz and the rate limit filter (child spans, and
-/// their context sent to the service). skiff makes the connection manager's spans only, so
-/// those are refused next to a tracer.
+/// With a tracer, Envoy traces what filters do on a request's behalf: the calls of ext_authz
+/// and the rate limit filter (child spans, and their context sent to the service). skiff
+/// makes the connection manager's and the router's spans only, so those are refused next to a
+/// tracer.
 fn child_spans(h: &hcm::HttpConnectionManager, path: &str) -> Result<(), ConfigError> {
     for (i, f) in h.http_filters.iter().enumerate() {
         let Some(hcm::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
@@ -888,12 +888,6 @@ fn child_spans(h: &hcm::HttpConnectionManager, path: &str) -> Result<(), ConfigE
         };
         let tpath = format!("{path}.http_filters[{i}].typed_config");
         let refused = match type_name(&any.type_url) {
-            "envoy.extensions.filters.http.router.v3.Router" => {
-                let r: Router = unpack(any, &tpath)?;
-                #[allow(deprecated)]
-                let child = r.start_child_span;
-                child.then(|| format!("{tpath}.start_child_span"))
-            }
             "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
             | "envoy.extensions.filters.http.ratelimit.v3.RateLimit" => Some(tpath),
             _ => None,
@@ -984,11 +978,6 @@ fn tracer(
     let ppath = format!("{path}.provider");
     if t.verbose {
         return Err(ConfigError::unsupported(format!("{path}.verbose")));
-    }
-    if t.spawn_upstream_span.as_ref().is_some_and(|v| v.value) {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.spawn_upstream_span"
-        )));
     }
     let any = match &p.config_type {
         Some(
@@ -1134,6 +1123,7 @@ fn tracer(
             .as_ref()
             .map_or(256, |v| v.value as usize),
         egress,
+        spawn_upstream_span: t.spawn_upstream_span.as_ref().is_some_and(|v| v.value),
     })
 }
 
@@ -1168,9 +1158,13 @@ fn http_filter_list(
                     ));
                 }
                 let r: Router = unpack(any, &tpath)?;
+                // Deprecated for the tracer's spawn_upstream_span, and honoured as Envoy does.
+                #[allow(deprecated)]
+                let start_child_span = r.start_child_span;
                 router = Some(RouterConfig {
                     dynamic_stats: r.dynamic_stats.as_ref().is_none_or(|v| v.value),
                     suppress_envoy_headers: r.suppress_envoy_headers,
+                    start_child_span,
                 });
                 None
             }
@@ -2038,7 +2032,6 @@ mod tracer_tests {
             ("", "collector_cluster: c, collector_endpoint: /x, collector_endpoint_version: HTTP_PROTO", "collector_endpoint_version: unsupported"),
             ("", "collector_cluster: c, collector_endpoint: /x, collector_endpoint_version: HTTP_JSON, trace_context_option: USE_B3_WITH_W3C_PROPAGATION", "trace_context_option: unsupported"),
             ("verbose: true,", ok, "tracing.verbose: unsupported"),
-            ("spawn_upstream_span: true,", ok, "tracing.spawn_upstream_span: unsupported"),
             ("custom_tags: [{tag: m, metadata: {kind: {request: {}}, metadata_key: {key: k, path: [{key: a}]}}}],", ok, "custom_tags[0].metadata: unsupported"),
         ];
         for (tracing, zipkin, want) in cases {
@@ -2047,6 +2040,7 @@ mod tracer_tests {
                 Err(e) => assert!(e.to_string().contains(want), "{zipkin}: {e}"),
             }
         }
+        assert!(crate::load_text(&config("spawn_upstream_span: true,", ok)).is_ok());
         assert!(crate::load_text(&config("max_path_tag_length: 10, custom_tags: [{tag: a, literal: {value: b}}, {tag: h, request_header: {name: x-h, default_value: d}}],", ok)).is_ok());
     }
 

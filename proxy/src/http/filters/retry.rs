@@ -448,6 +448,9 @@ async fn attempts_loop(
         ),
         None => (None, Some(body)),
     };
+    // Attempts copy the request head without its extensions: the upstream spans' source is
+    // kept here.
+    let spawn = parts.extensions.get::<crate::trace::Spawn>().cloned();
     let mut head = Some(parts);
     // The last attempt ended in a per-try timeout (`x-envoy-is-timeout-retry`).
     let mut timed_out = false;
@@ -504,6 +507,7 @@ async fn attempts_loop(
             info.attempts = attempts;
         }
         let state = AttemptState::new();
+        state.spawn_span(f, spawn.as_ref(), &host, &mut parts, attempts);
         let (per_try, idle) = match &retry {
             Some(r) => (f.per_try_timeout, r.policy.per_try_idle_timeout),
             None => (None, None),
@@ -557,7 +561,10 @@ async fn attempts_loop(
                 };
             }
         };
-        let upstream = state.upstream.take();
+        let upstream = state.take_upstream(match &outcome {
+            Outcome::Done(r) => Some(r),
+            _ => None,
+        });
         if let Some(info) = info.as_deref_mut() {
             info.upstream_transport_failure = state.failure.take();
         }
@@ -723,7 +730,7 @@ impl Flight<'_> {
     /// Resets it: another attempt's response won.
     fn overtaken(self) {
         drop(self.send);
-        if let Some(u) = self.state.upstream.take() {
+        if let Some(u) = self.state.take_upstream(None) {
             u.finish_overtaken();
         }
     }
@@ -815,6 +822,7 @@ async fn hedged(
     let expected_header = head
         .headers
         .contains_key(&crate::http::headers::names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS);
+    let spawn = head.extensions.get::<crate::trace::Spawn>().cloned();
     let mut flights: Vec<Flight<'_>> = Vec::new();
     let mut tried: Vec<std::net::SocketAddr> = Vec::new();
     let mut next_timeout = false;
@@ -874,7 +882,7 @@ async fn hedged(
                 // Every attempt under way times out (each counted, as Envoy counts them).
                 let mut reply = flights.is_empty().then(|| route_timeout(f, None));
                 for fl in flights.drain(..) {
-                    let upstream = fl.state.upstream.take();
+                    let upstream = fl.state.take_upstream(None);
                     drop(fl.send);
                     reply = Some(route_timeout(f, upstream));
                 }
@@ -938,6 +946,7 @@ async fn hedged(
                     info.attempts = n;
                 }
                 let state = std::rc::Rc::new(AttemptState::new());
+                state.spawn_span(f, spawn.as_ref(), &host, &mut parts, n);
                 let (st, h, b) = (state.clone(), host.clone(), replay.body());
                 let send: Sending<'_> =
                     Box::pin(async move { attempt(f, &h, parts, b, &st).await });
@@ -965,7 +974,7 @@ async fn hedged(
                 use crate::http::timeouts::Expiry;
                 let fl = flights.remove(i);
                 drop(fl.send);
-                match fl.state.upstream.take() {
+                match fl.state.take_upstream(None) {
                     Some(mut u) => {
                         u.failed = true;
                         u.finish(EndReason::Expired(Expiry::UpstreamMaxDuration));
@@ -990,7 +999,7 @@ async fn hedged(
                     &Outcome::PerTryIdleTimeout,
                     fl.state.upstream.borrow().is_some(),
                 );
-                if let Some(u) = fl.state.upstream.take() {
+                if let Some(u) = fl.state.take_upstream(None) {
                     u.finish_try_timeout();
                 }
                 if !fl.hedged {
@@ -1041,7 +1050,7 @@ async fn hedged(
             }
             Event::Done(i, r) => {
                 let fl = flights.remove(i);
-                let upstream = fl.state.upstream.take();
+                let upstream = fl.state.take_upstream(Some(&r));
                 if let Some(info) = info.as_deref_mut() {
                     info.upstream_transport_failure = fl.state.failure.take();
                 }

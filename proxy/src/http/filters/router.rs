@@ -36,6 +36,9 @@ pub struct Upstream {
     timed: bool,
     internal: bool,
     vcluster: Option<Rc<crate::http::vcluster::VclusterStats>>,
+    /// Its span (a tracer's `spawn_upstream_span`, the router's `start_child_span`),
+    /// reported as it ends.
+    pub(super) span: Option<Box<crate::trace::UpstreamSpan>>,
 }
 
 #[derive(Debug)]
@@ -87,6 +90,7 @@ impl Upstream {
             timed,
             internal,
             vcluster,
+            span: None,
         }
     }
 
@@ -111,6 +115,9 @@ impl Upstream {
     /// Ends a hedged attempt another one's response overtook: reset by us, and not counted as
     /// a completed request (Envoy's).
     pub(super) fn finish_overtaken(mut self) {
+        if let Some(s) = self.span.as_mut() {
+            s.canceled = true;
+        }
         self.failed = true;
         self.finished = true;
         self.cluster.stats.upstream_rq_active.dec();
@@ -131,6 +138,16 @@ impl Upstream {
             return;
         }
         self.finished = true;
+        // The router's own resets cancel the upstream request's span (Envoy's `canceled`).
+        if let Some(s) = self.span.as_mut() {
+            s.canceled = matches!(
+                reason,
+                EndReason::DownstreamReset
+                    | EndReason::Expired(_)
+                    | EndReason::Overload
+                    | EndReason::Timeout
+            );
+        }
         // upstream_rq_completed counts the responses charged (Envoy's code stats), not the
         // attempts: a retried response or an overtaken attempt is not one.
         let stats = &self.cluster.stats;
@@ -1503,6 +1520,8 @@ pub(super) struct AttemptState {
     pub http2: std::cell::Cell<bool>,
     /// Whether the pool gave it a connection (Envoy's `onPoolReady`).
     pub connected: std::cell::Cell<bool>,
+    /// Its span, until the attempt ends (then its upstream request's).
+    span: std::cell::RefCell<Option<Box<crate::trace::UpstreamSpan>>>,
 }
 
 impl AttemptState {
@@ -1512,7 +1531,63 @@ impl AttemptState {
             failure: std::cell::RefCell::new(None),
             http2: std::cell::Cell::new(false),
             connected: std::cell::Cell::new(false),
+            span: std::cell::RefCell::new(None),
         }
+    }
+
+    /// Gives attempt `attempt` to `host` a span of its own when the stream's tracer spawns
+    /// them (`spawn`, from the request as the router got it): its context, not the stream's,
+    /// goes upstream.
+    pub(super) fn spawn_span(
+        &self,
+        f: &Forward<'_>,
+        spawn: Option<&crate::trace::Spawn>,
+        host: &Host,
+        parts: &mut http::request::Parts,
+        attempt: u32,
+    ) {
+        let Some(spawn) = spawn else {
+            return;
+        };
+        let config = f.cluster.config();
+        let span = spawn.child(
+            f.worker,
+            &config.name,
+            config.stat_name(),
+            host.address,
+            attempt,
+        );
+        span.context().inject(&mut parts.headers);
+        *self.span.borrow_mut() = Some(Box::new(span));
+    }
+
+    /// The attempt's upstream request as the attempt ends (`outcome`: its response head or
+    /// failure, if it came to one), with its span, which learns how far it got. Without an
+    /// upstream request (no connection was had) the span ends here.
+    pub(super) fn take_upstream(
+        &self,
+        outcome: Option<&Result<(Response<ProxyBody>, Conn), LocalReply>>,
+    ) -> Option<Upstream> {
+        let mut upstream = self.upstream.take();
+        let Some(mut span) = self.span.take() else {
+            return upstream;
+        };
+        if self.connected.get() {
+            span.protocol = Some(if self.http2.get() {
+                "HTTP/2"
+            } else {
+                "HTTP/1.1"
+            });
+        }
+        match outcome {
+            Some(Ok((resp, _))) => span.status = Some(resp.status().as_u16()),
+            Some(Err(reply)) => span.failed(reply.flag, reply.details),
+            None => {}
+        }
+        if let Some(u) = upstream.as_mut() {
+            u.span = Some(span);
+        }
+        upstream
     }
 }
 
