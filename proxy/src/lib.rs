@@ -19,6 +19,7 @@ pub mod http;
 pub mod io;
 pub mod listener;
 pub mod network;
+pub mod otlp;
 pub mod overload;
 pub use skiff_config::router;
 pub mod runtime;

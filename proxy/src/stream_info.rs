@@ -287,6 +287,8 @@ pub struct StreamInfo {
     /// `tracing` is configured and the request id says the service forced the trace
     /// (`traceable_filter`).
     pub trace_forced: bool,
+    /// The stream's span's trace and span ids (hex), when it has one.
+    pub span_ids: Option<Box<(String, String)>>,
     /// The upstream host's metadata (`%UPSTREAM_METADATA%`), once one is picked.
     pub upstream_metadata: Option<Arc<skiff_config::metadata::Metadata>>,
     /// The upstream cluster's metadata (`%CLUSTER_METADATA%`), once one is picked.
@@ -448,6 +450,7 @@ impl StreamInfo {
             upstream_host: None,
             upstream_cluster: None,
             upstream_cluster_stat: None,
+            span_ids: None,
             route_name: None,
             attempts: 0,
             downstream_remote,

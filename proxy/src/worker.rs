@@ -321,6 +321,7 @@ async fn run(
     mut updates: mpsc::UnboundedReceiver<WorkerUpdate>,
 ) {
     let worker = Worker::new(id, shard, &shared);
+    worker.access_log.attach(&worker);
     tokio::task::spawn_local(worker.access_log.clone().run_flusher(shared.flush_interval));
     crate::overload::accounts::start_worker(
         worker

@@ -2241,7 +2241,7 @@ pub const RESPONSE_FLAG_NAMES: &[&str] = &[
 ];
 
 /// Where access log lines go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum AccessLogSink {
     /// `envoy.access_loggers.stdout`.
     Stdout,
@@ -2249,6 +2249,46 @@ pub enum AccessLogSink {
     Stderr,
     /// `envoy.access_loggers.file`.
     File(String),
+    /// `envoy.access_loggers.open_telemetry`: records exported over OTLP gRPC (the log's
+    /// `format` is not used: the record's body and attributes are formats of their own).
+    OpenTelemetry(Arc<OtelAccessLog>),
+}
+
+/// `envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig` with a
+/// gRPC service.
+#[derive(Debug, PartialEq)]
+pub struct OtelAccessLog {
+    /// The `envoy_grpc` cluster the records go to, and the authority they are sent with.
+    pub cluster: String,
+    pub authority: String,
+    /// The gRPC service's `timeout` (none: no limit).
+    pub timeout: Option<std::time::Duration>,
+    /// `log_name` (or `common_config.log_name`): the resource's `log_name`.
+    pub log_name: String,
+    /// Not `disable_builtin_labels`: the resource names the log and the node (`log_name`,
+    /// `zone_name`, `cluster_name`, `node_name`).
+    pub builtin_labels: bool,
+    /// `resource_attributes`, over the built-in labels of the same keys.
+    pub resource_attributes: Vec<envoy_types::pb::opentelemetry::proto::common::v1::KeyValue>,
+    /// `body`, formatted for each stream.
+    pub body: Option<OtelValue>,
+    /// `attributes`, formatted for each stream, in order.
+    pub attributes: Vec<(String, OtelValue)>,
+    /// `buffer_flush_interval` (default 1 s): how long records wait to be sent.
+    pub flush_interval: std::time::Duration,
+    /// `buffer_size_bytes` (default 16 KiB): records are sent as soon as they hold this much.
+    pub buffer_size: usize,
+    /// The stats' root: `access_logs.open_telemetry_access_log.[<stat_prefix>.]`.
+    pub stat_prefix: String,
+}
+
+/// A value of an OpenTelemetry access log's body or attributes: a format rendered for each
+/// stream, or a list or key-value list of them.
+#[derive(Debug, PartialEq)]
+pub enum OtelValue {
+    Text(Format),
+    List(Vec<OtelValue>),
+    Map(Vec<(String, OtelValue)>),
 }
 
 /// The upstream HTTP protocol of a cluster.

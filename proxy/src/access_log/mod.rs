@@ -4,13 +4,16 @@
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use http::HeaderMap;
 
 use crate::config::model::{AccessLog, AccessLogSink};
 use crate::stream_info::StreamInfo;
+use crate::worker::Worker;
+
+pub mod otlp;
 
 use skiff_config::access_log::{civil_from_days, numeric, truncated, Body, Op, PathSource, Piece};
 pub use skiff_config::access_log::{json, time, Extensions, Format, ENVOY_DEFAULT_FORMAT};
@@ -485,6 +488,8 @@ impl Buffer {
         let result = match &self.sink {
             AccessLogSink::Stdout => std::io::stdout().lock().write_all(self.pending.as_bytes()),
             AccessLogSink::Stderr => std::io::stderr().lock().write_all(self.pending.as_bytes()),
+            // Records go to their exporter, never to a buffer.
+            AccessLogSink::OpenTelemetry(_) => Ok(()),
             AccessLogSink::File(path) => {
                 if self.file.is_none() {
                     self.file = std::fs::OpenOptions::new()
@@ -511,6 +516,8 @@ impl Buffer {
 #[derive(Debug, Default)]
 pub struct Writer {
     buffers: RefCell<Vec<Buffer>>,
+    /// The worker whose exporters OpenTelemetry loggers' records go to (none: they are lost).
+    worker: RefCell<Weak<Worker>>,
 }
 
 /// Whether a stream gets a line under an access log `filter`.
@@ -626,6 +633,11 @@ impl Writer {
         Rc::new(Writer::default())
     }
 
+    /// Sends OpenTelemetry loggers' records through `worker`'s exporters.
+    pub fn attach(&self, worker: &Rc<Worker>) {
+        *self.worker.borrow_mut() = Rc::downgrade(worker);
+    }
+
     /// Formats and buffers a line of `kind` (`DownstreamStart`, `DownstreamPeriodic`,
     /// `TcpUpstreamConnected`, …) for each configured log, before the stream ends.
     pub fn log_early(&self, logs: &[AccessLog], info: &mut StreamInfo, kind: &'static str) {
@@ -642,6 +654,13 @@ impl Writer {
         let mut buffers = self.buffers.borrow_mut();
         for log in logs {
             if log.filter.as_ref().is_some_and(|f| !passes(f, info)) {
+                continue;
+            }
+            if let AccessLogSink::OpenTelemetry(o) = &log.sink {
+                match self.worker.borrow().upgrade() {
+                    Some(w) => otlp::log(&w, o, info),
+                    None => tracing::debug!("an OpenTelemetry access log record without a worker"),
+                }
                 continue;
             }
             let idx = match buffers.iter().position(|b| b.sink == log.sink) {

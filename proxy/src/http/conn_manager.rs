@@ -1133,6 +1133,9 @@ impl Done {
                 }
             }
             info.finish();
+            if let Some(span) = &self.span {
+                info.span_ids = span.ids();
+            }
             self.conn
                 .worker
                 .access_log

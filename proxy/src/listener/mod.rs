@@ -846,6 +846,7 @@ impl Shared {
         }
         info.finish();
         let writer = crate::access_log::Writer::default();
+        writer.attach(&self.worker);
         writer.log(&self.config.access_logs, &info);
         writer.flush();
     }

@@ -8,8 +8,6 @@
 //! - OpenTelemetry (`envoy.tracers.opentelemetry`): W3C trace context (`traceparent`,
 //!   `tracestate`), spans exported over OTLP gRPC (`TraceService/Export`).
 
-pub mod otlp;
-
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::rc::{Rc, Weak};
@@ -18,6 +16,7 @@ use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::otlp;
 use crate::config::trace::{CustomTag, HttpTracer, OpenTelemetry, Provider, Zipkin};
 use crate::stats::Counter;
 use crate::stream_info::StreamInfo;
@@ -42,7 +41,8 @@ pub fn set_node(id: &str, cluster: &str, zone: &str) {
     let _ = NODE.set((id.to_string(), cluster.to_string(), zone.to_string()));
 }
 
-fn node() -> &'static (String, String, String) {
+/// The node's id, cluster and zone.
+pub(crate) fn node() -> &'static (String, String, String) {
     NODE.get_or_init(Default::default)
 }
 
@@ -409,6 +409,16 @@ impl Span {
             parent,
             header_tags: self.header_tags.clone(),
         })))
+    }
+
+    /// The span's trace and span ids (hex), for the access log (none for Envoy's null span).
+    pub fn ids(&self) -> Option<Box<(String, String)>> {
+        let c = self.context.as_ref()?;
+        let trace = match &c.form {
+            Form::W3c(_) => format!("{:016x}{:016x}", c.trace_high.unwrap_or(0), c.trace),
+            _ => c.trace_id(),
+        };
+        Some(Box::new((trace, format!("{:016x}", c.id))))
     }
 
     /// The operation an ingress response carries (`x-envoy-decorator-operation`).

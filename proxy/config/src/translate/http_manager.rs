@@ -615,6 +615,13 @@ pub(super) fn translate_access_log(
             };
             (AccessLogSink::File(f.path), fmt)
         }
+        "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig" => (
+            AccessLogSink::OpenTelemetry(Arc::new(otel_access_log(
+                &unpack(any, &tpath)?,
+                &tpath,
+            )?)),
+            None,
+        ),
         other => {
             return Err(ConfigError::new(
                 tpath,
@@ -635,6 +642,171 @@ pub(super) fn translate_access_log(
         sink,
         format: Arc::new(format),
         filter,
+    })
+}
+
+/// `envoy.access_loggers.open_telemetry`'s configuration at `path`: records over OTLP gRPC.
+fn otel_access_log(
+    c: &envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig,
+    path: &str,
+) -> Result<crate::model::OtelAccessLog, ConfigError> {
+    use envoy_types::pb::opentelemetry::proto::common::v1::{any_value::Value as V, AnyValue};
+    #[allow(deprecated)]
+    let common = c.common_config.as_ref();
+    for (set, field) in [
+        (c.http_service.is_some(), "http_service"),
+        (!c.resource_detectors.is_empty(), "resource_detectors"),
+        (
+            !c.filter_state_objects_to_log.is_empty(),
+            "filter_state_objects_to_log",
+        ),
+        (!c.custom_tags.is_empty(), "custom_tags"),
+    ] {
+        if set {
+            return Err(ConfigError::unsupported(format!("{path}.{field}")));
+        }
+    }
+    if let Some(cc) = common {
+        for (set, field) in [
+            (
+                !cc.filter_state_objects_to_log.is_empty(),
+                "filter_state_objects_to_log",
+            ),
+            (cc.grpc_stream_retry_policy.is_some(), "grpc_stream_retry_policy"),
+            (!cc.custom_tags.is_empty(), "custom_tags"),
+        ] {
+            if set {
+                return Err(ConfigError::unsupported(format!(
+                    "{path}.common_config.{field}"
+                )));
+            }
+        }
+    }
+    let (grpc, gpath) = match (common, &c.grpc_service) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                path,
+                "only one of common_config, grpc_service or http_service may be set",
+            ))
+        }
+        (None, Some(g)) => (g, format!("{path}.grpc_service")),
+        (Some(cc), None) => match &cc.grpc_service {
+            Some(g) => (g, format!("{path}.common_config.grpc_service")),
+            None => {
+                return Err(ConfigError::new(
+                    format!("{path}.common_config.grpc_service"),
+                    "required",
+                ))
+            }
+        },
+        (None, None) => {
+            return Err(ConfigError::new(
+                format!("{path}.grpc_service"),
+                "a grpc_service is required (skiff exports over OTLP gRPC)",
+            ))
+        }
+    };
+    let (cluster, authority) = super::envoy_grpc(grpc, &gpath)?;
+    let timeout = grpc
+        .timeout
+        .as_ref()
+        .map(|d| super::duration(d, &format!("{gpath}.timeout")))
+        .transpose()?
+        .filter(|d| !d.is_zero());
+    let log_name = match common {
+        Some(cc) if c.log_name.is_empty() => cc.log_name.clone(),
+        _ => c.log_name.clone(),
+    };
+    let flush = c
+        .buffer_flush_interval
+        .as_ref()
+        .or(common.and_then(|cc| cc.buffer_flush_interval.as_ref()));
+    let flush_interval = match flush {
+        Some(d) => super::duration(d, &format!("{path}.buffer_flush_interval"))?,
+        None => std::time::Duration::from_secs(1),
+    };
+    let buffer_size = c
+        .buffer_size_bytes
+        .as_ref()
+        .or(common.and_then(|cc| cc.buffer_size_bytes.as_ref()))
+        .map_or(16_384, |v| v.value as usize);
+    let mut ext = Extensions::default();
+    for (i, f) in c.formatters.iter().enumerate() {
+        let fpath = format!("{path}.formatters[{i}].typed_config");
+        match f.typed_config.as_ref().map(|a| type_name(&a.type_url)) {
+            Some("envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery") => {
+                ext.req_without_query = true
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    fpath,
+                    format!("unsupported formatter extension '{}'", f.name),
+                ))
+            }
+        }
+    }
+    // Envoy formats strings, and lists and key-value lists of them, only.
+    fn value(v: &AnyValue, ext: Extensions, path: &str) -> Result<crate::model::OtelValue, ConfigError> {
+        use crate::model::OtelValue;
+        match &v.value {
+            Some(V::StringValue(s)) => Format::parse_with(s, ext)
+                .map(OtelValue::Text)
+                .map_err(|e| ConfigError::new(format!("{path}.string_value"), e)),
+            Some(V::ArrayValue(a)) => a
+                .values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| value(v, ext, &format!("{path}.array_value.values[{i}]")))
+                .collect::<Result<_, _>>()
+                .map(OtelValue::List),
+            Some(V::KvlistValue(l)) => list(&l.values, ext, &format!("{path}.kvlist_value"))
+                .map(OtelValue::Map),
+            _ => Err(ConfigError::new(
+                path,
+                "Only string values, nested key value lists and array values are supported in \
+                 OpenTelemetry access log format.",
+            )),
+        }
+    }
+    fn list(
+        l: &[envoy_types::pb::opentelemetry::proto::common::v1::KeyValue],
+        ext: Extensions,
+        path: &str,
+    ) -> Result<Vec<(String, crate::model::OtelValue)>, ConfigError> {
+        l.iter()
+            .enumerate()
+            .map(|(i, kv)| {
+                let vpath = format!("{path}.values[{i}].value");
+                match &kv.value {
+                    Some(v) => Ok((kv.key.clone(), value(v, ext, &vpath)?)),
+                    None => Err(ConfigError::new(vpath, "required")),
+                }
+            })
+            .collect()
+    }
+    Ok(crate::model::OtelAccessLog {
+        cluster,
+        authority,
+        timeout,
+        log_name,
+        builtin_labels: !c.disable_builtin_labels,
+        resource_attributes: c
+            .resource_attributes
+            .as_ref()
+            .map(|r| r.values.clone())
+            .unwrap_or_default(),
+        body: c
+            .body
+            .as_ref()
+            .map(|b| value(b, ext, &format!("{path}.body")))
+            .transpose()?,
+        attributes: match &c.attributes {
+            Some(a) => list(&a.values, ext, &format!("{path}.attributes"))?,
+            None => Vec::new(),
+        },
+        flush_interval,
+        buffer_size,
+        stat_prefix: c.stat_prefix.clone(),
     })
 }
 
@@ -2085,5 +2257,56 @@ mod tracer_tests {
             "{:?}",
             crate::load_text(&otel(&ok)).err()
         );
+    }
+
+    /// A listener whose HCM logs with `envoy.access_loggers.open_telemetry` configured by
+    /// `fields`.
+    fn otel_log(fields: &str) -> String {
+        format!(
+            r#"static_resources: {{ listeners: [{{ name: l, address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}, filter_chains: [{{ filters: [{{ name: h, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: s, access_log: [{{ name: o, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig, {fields} }} }}], route_config: {{ virtual_hosts: [{{ name: v, domains: ["*"], routes: [{{ match: {{prefix: /}}, route: {{cluster: c}} }}] }}] }}, http_filters: [{{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}] }} }}] }}] }}], clusters: [{{ name: c, connect_timeout: 1s }}] }}"#
+        )
+    }
+
+    #[test]
+    fn opentelemetry_access_log_refusals_name_the_field() {
+        let grpc = "grpc_service: {envoy_grpc: {cluster_name: c}}";
+        let cases = [
+            ("log_name: x", "grpc_service: a grpc_service is required"),
+            (
+                "grpc_service: {envoy_grpc: {cluster_name: c}}, common_config: {log_name: x, grpc_service: {envoy_grpc: {cluster_name: c}}}",
+                "only one of common_config, grpc_service or http_service",
+            ),
+            (
+                "grpc_service: {envoy_grpc: {cluster_name: c}}, body: {int_value: 5}",
+                "body: Only string values, nested key value lists and array values",
+            ),
+            (
+                "grpc_service: {envoy_grpc: {cluster_name: c}}, attributes: {values: [{key: k, value: {array_value: {values: [{bool_value: true}]}}}]}",
+                "attributes.values[0].value.array_value.values[0]: Only string values",
+            ),
+            (
+                "grpc_service: {envoy_grpc: {cluster_name: c}}, body: {string_value: '%NOPE%'}",
+                "body.string_value",
+            ),
+            (
+                "grpc_service: {envoy_grpc: {cluster_name: c}}, custom_tags: [{tag: t, literal: {value: v}}]",
+                "custom_tags: unsupported",
+            ),
+            (
+                "common_config: {log_name: x, grpc_service: {envoy_grpc: {cluster_name: c}}, filter_state_objects_to_log: [a]}",
+                "common_config.filter_state_objects_to_log: unsupported",
+            ),
+        ];
+        for (fields, want) in cases {
+            match crate::load_text(&otel_log(fields)) {
+                Ok(_) => panic!("accepted: {fields}"),
+                Err(e) => assert!(e.to_string().contains(want), "{fields}: {e}"),
+            }
+        }
+        let ok = format!(
+            "{grpc}, log_name: n, stat_prefix: p, disable_builtin_labels: true, buffer_size_bytes: 10, buffer_flush_interval: 2s, body: {{kvlist_value: {{values: [{{key: a, value: {{string_value: '%PROTOCOL%'}}}}]}}}}"
+        );
+        let loaded = crate::load_text(&otel_log(&ok));
+        assert!(loaded.is_ok(), "{:?}", loaded.err());
     }
 }

@@ -575,7 +575,15 @@ pub(super) fn admin_access_logs(a: &bootstrap::Admin) -> Result<Vec<AccessLog>, 
         .access_log
         .iter()
         .enumerate()
-        .map(|(i, l)| translate_access_log(l, &format!("admin.access_log[{i}]")))
+        .map(|(i, l)| {
+            let path = format!("admin.access_log[{i}]");
+            let log = translate_access_log(l, &path)?;
+            // The admin interface runs beside the workers, whose exporters send the records.
+            if matches!(log.sink, crate::model::AccessLogSink::OpenTelemetry(_)) {
+                return Err(ConfigError::unsupported(format!("{path}.typed_config")));
+            }
+            Ok(log)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     #[allow(deprecated)]
     if !a.access_log_path.is_empty() {
