@@ -3,7 +3,7 @@
 //!
 //! Three loggers: one of Envoy Gateway's shape on the connection manager (`common_config`,
 //! `resource_attributes` overriding a built-in label, a text body, attributes with a nested
-//! key-value list, a list and a missing header), one with the newer fields (`grpc_service`,
+//! key-value list, a list and a missing header; its gRPC service's `initial_metadata`), one with the newer fields (`grpc_service`,
 //! `log_name`, `stat_prefix`, `disable_builtin_labels`, `buffer_size_bytes: 1` so that each
 //! record is sent alone) behind a status filter, and one on the listener itself, for a
 //! connection no filter chain takes. The connection manager traces with OpenTelemetry, so the
@@ -22,12 +22,17 @@ use skiff_tests::upstream::EchoUpstream;
 const COLLECTOR: &str = env!("CARGO_BIN_EXE_otlp-collector");
 
 fn config(admin: u16, (port, bare): (u16, u16), backend: u16, collector: u16) -> String {
-    let grpc = |cluster: &str| json!({ "envoy_grpc": { "cluster_name": cluster,
-        "authority": "otel-collector.example" } });
+    let grpc = |cluster: &str| {
+        json!({ "envoy_grpc": { "cluster_name": cluster,
+        "authority": "otel-collector.example" } })
+    };
     let gateway = json!({ "name": "envoy.access_loggers.open_telemetry", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
         "common_config": { "log_name": "gateway_log", "transport_api_version": "V3",
-            "grpc_service": grpc("otel") },
+            "grpc_service": {
+                "envoy_grpc": { "cluster_name": "otel", "authority": "otel-collector.example" },
+                "initial_metadata": [ { "key": "Authorization", "value": "Bearer my-api-key" },
+                    { "key": "X-Tenant-ID", "value": "tenant-123" } ] } },
         "resource_attributes": { "values": [
             { "key": "cluster_name", "value": { "string_value": "cluster1" } },
             { "key": "extra", "value": { "string_value": "x" } } ] },
@@ -106,7 +111,11 @@ fn config(admin: u16, (port, bare): (u16, u16), backend: u16, collector: u16) ->
     let mut v = bootstrap(
         admin,
         listeners,
-        vec![cluster("backend", Some(backend)), cluster("empty", None), otel],
+        vec![
+            cluster("backend", Some(backend)),
+            cluster("empty", None),
+            otel,
+        ],
     );
     v["node"] = json!({ "id": "node-1", "cluster": "front-proxy", "locality": { "zone": "z1" } });
     to_yaml(&v)
@@ -204,12 +213,13 @@ async fn open_telemetry_access_logs_side_by_side_with_envoy() {
                         records.push(r.to_string());
                     }
                     Some("log_export") => got.push(format!(
-                        "export {} {} (records in one export or more)",
-                        v["path"], v["authority"]
+                        "export {} {} {} (records in one export or more)",
+                        v["path"], v["authority"], v["metadata"]
                     )),
                     _ => {}
                 }
             }
+            got.sort();
             got.dedup();
             records.sort();
             got.push(format!("records without builtin labels: {unbatched}"));
@@ -237,8 +247,12 @@ async fn open_telemetry_access_logs_side_by_side_with_envoy() {
         );
         let all = e.join("\n");
         assert!(all.contains("0af7651916cd43dd8448eb211c80319c"), "{all}");
-        assert!(all.contains("open_telemetry_access_log.errs.logs_written=2"), "{all}");
+        assert!(
+            all.contains("open_telemetry_access_log.errs.logs_written=2"),
+            "{all}"
+        );
         assert!(all.contains("filter_chain_not_found"), "{all}");
+        assert!(all.contains("Bearer my-api-key"), "{all}");
     })
     .await;
 }

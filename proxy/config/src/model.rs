@@ -1503,8 +1503,12 @@ pub struct ExtAuthz {
 /// Where the checks go.
 #[derive(Debug, PartialEq)]
 pub enum AuthzService {
-    /// `grpc_service.envoy_grpc`.
-    Grpc { cluster: String, authority: String },
+    /// `grpc_service.envoy_grpc`, with the service's `initial_metadata`.
+    Grpc {
+        cluster: String,
+        authority: String,
+        metadata: GrpcMetadata,
+    },
     /// `http_service`.
     Http(Box<HttpAuthz>),
 }
@@ -1562,6 +1566,8 @@ pub struct HttpRateLimit {
     pub cluster: String,
     /// `rate_limit_service.grpc_service.envoy_grpc.authority` (default: the cluster's name).
     pub authority: String,
+    /// `rate_limit_service.grpc_service.initial_metadata`.
+    pub metadata: GrpcMetadata,
     /// `enable_x_ratelimit_headers` DRAFT_VERSION_03: `x-ratelimit-*` from the service's
     /// descriptor statuses.
     pub x_ratelimit_headers: bool,
@@ -2254,6 +2260,9 @@ pub enum AccessLogSink {
     OpenTelemetry(Arc<OtelAccessLog>),
 }
 
+/// A gRPC service's `initial_metadata`: headers every call carries.
+pub type GrpcMetadata = Vec<(http::HeaderName, http::HeaderValue)>;
+
 /// `envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig` with a
 /// gRPC service.
 #[derive(Debug, PartialEq)]
@@ -2261,6 +2270,8 @@ pub struct OtelAccessLog {
     /// The `envoy_grpc` cluster the records go to, and the authority they are sent with.
     pub cluster: String,
     pub authority: String,
+    /// The gRPC service's `initial_metadata`.
+    pub metadata: GrpcMetadata,
     /// The gRPC service's `timeout` (none: no limit).
     pub timeout: Option<std::time::Duration>,
     /// `log_name` (or `common_config.log_name`): the resource's `log_name`.

@@ -46,6 +46,8 @@ pub struct OpenTelemetry {
     pub cluster: String,
     /// `envoy_grpc.authority`, else the cluster's name.
     pub authority: String,
+    /// `grpc_service.initial_metadata`: headers every export carries.
+    pub metadata: crate::model::GrpcMetadata,
     /// `grpc_service.timeout`: how long an export may take (none: no limit).
     pub timeout: Option<std::time::Duration>,
     /// `service_name` (default `unknown_service:envoy`), the resource's `service.name`.

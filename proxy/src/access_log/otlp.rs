@@ -205,7 +205,7 @@ fn flush(worker: &Rc<Worker>, e: &Rc<Exporter>) {
         let call = crate::http::grpc_call::unary(
             &worker,
             &cluster,
-            &e.config.authority,
+            (&e.config.authority, &e.config.metadata),
             "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
             &message,
             None,

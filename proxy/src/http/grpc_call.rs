@@ -31,14 +31,15 @@ pub fn unframe(data: &[u8]) -> Option<&[u8]> {
     (flag == 0 && message.len() == len).then_some(message)
 }
 
-/// Calls `method` (`/package.Service/Method`) of the service behind `cluster` with `message`,
-/// within `timeout` (sent as `grpc-timeout` too); the answer's message, or why there is none
+/// Calls `method` (`/package.Service/Method`) of the service behind `cluster` with `message`
+/// and the service's `metadata` (its `initial_metadata` headers), within `timeout` (sent as
+/// `grpc-timeout` too); the answer's message, or why there is none
 /// (no answer, an HTTP status other than 200, a `grpc-status` other than 0, a body that is not
 /// one frame).
 pub async fn unary(
     worker: &Rc<Worker>,
     cluster: &Rc<Cluster>,
-    authority: &str,
+    (authority, metadata): (&str, &[(http::HeaderName, http::HeaderValue)]),
     method: &str,
     message: &[u8],
     timeout: Option<Duration>,
@@ -51,6 +52,9 @@ pub async fn unary(
         .header(http::header::TE, "trailers");
     if let Some(t) = timeout {
         req = req.header("grpc-timeout", format!("{}m", t.as_millis()));
+    }
+    for (name, value) in metadata {
+        req = req.header(name, value);
     }
     let (head, ()) = req.body(()).map_err(|e| e.to_string())?.into_parts();
     let (parts, data, trailers) = crate::http::filters::router::own_request(

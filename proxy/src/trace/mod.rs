@@ -16,8 +16,8 @@ use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::otlp;
 use crate::config::trace::{CustomTag, HttpTracer, OpenTelemetry, Provider, Zipkin};
+use crate::otlp;
 use crate::stats::Counter;
 use crate::stream_info::StreamInfo;
 use crate::worker::Worker;
@@ -1052,7 +1052,7 @@ fn flush_otlp(worker: &Rc<Worker>, r: &Rc<Reporter>, o: &Arc<OpenTelemetry>, spa
         let call = crate::http::grpc_call::unary(
             &worker,
             &cluster,
-            &o.authority,
+            (&o.authority, &o.metadata),
             "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
             &message,
             None,

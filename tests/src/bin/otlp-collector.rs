@@ -2,7 +2,9 @@
 //! TraceService/Export`) and logs (`opentelemetry.proto.collector.logs.v1.LogsService/Export`),
 //! gRPC over plain HTTP/2: `otlp-collector <port>` (0: any), which prints `{"event": "ready",
 //! "port": P}`, then for each trace export `{"event": "export", "path": …, "authority": …,
-//! "grpc_timeout": …, "spans": N}` and for each span in it one line `{"event": "span",
+//! "grpc_timeout": …, "spans": N}` (both kinds of export also give the values of the
+//! `authorization` and `x-tenant-id` headers the tests' services set, as "metadata") and for
+//! each span in it one line `{"event": "span",
 //! "resource": {…}, "scope": {…}, "trace_id": hex, "span_id": hex, "parent_span_id": hex,
 //! "trace_state": …, "name": …, "kind": K, "start": ns, "end": ns, "attributes": {…},
 //! "status": {…}, "flags": F}`; for each log export `{"event": "log_export", "path": …,
@@ -16,7 +18,9 @@ use std::io::Write;
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use serde_json::{json, Map, Value};
-use skiff::otlp::{any_value, AnyValue, ExportLogsServiceRequest, ExportTraceServiceRequest, KeyValue};
+use skiff::otlp::{
+    any_value, AnyValue, ExportLogsServiceRequest, ExportTraceServiceRequest, KeyValue,
+};
 
 fn emit(v: Value) {
     let mut out = std::io::stdout().lock();
@@ -55,7 +59,7 @@ fn attributes(list: &[KeyValue]) -> Value {
 }
 
 /// Prints a log export and its records.
-fn logs(path: &str, authority: Option<String>, message: &[u8]) {
+fn logs(path: &str, authority: Option<String>, metadata: Value, message: &[u8]) {
     let req = match ExportLogsServiceRequest::decode(message) {
         Ok(r) => r,
         Err(e) => return emit(json!({ "event": "bad_export", "error": e.to_string() })),
@@ -66,8 +70,10 @@ fn logs(path: &str, authority: Option<String>, message: &[u8]) {
         .flat_map(|r| &r.scope_logs)
         .map(|s| s.log_records.len())
         .sum();
-    emit(json!({ "event": "log_export", "path": path, "authority": authority,
-        "records": count }));
+    emit(
+        json!({ "event": "log_export", "path": path, "authority": authority,
+        "metadata": metadata, "records": count }),
+    );
     for r in &req.resource_logs {
         let resource = attributes(
             r.resource
@@ -81,12 +87,14 @@ fn logs(path: &str, authority: Option<String>, message: &[u8]) {
                         "attributes": attributes(&s.attributes) })
             });
             for l in &s.log_records {
-                emit(json!({ "event": "log", "resource": resource, "scope": scope,
+                emit(
+                    json!({ "event": "log", "resource": resource, "scope": scope,
                     "time": l.time_unix_nano, "observed": l.observed_time_unix_nano,
                     "severity_number": l.severity_number, "severity_text": l.severity_text,
                     "body": value(l.body.as_ref()), "attributes": attributes(&l.attributes),
                     "trace_id": hex(&l.trace_id), "span_id": hex(&l.span_id),
-                    "flags": l.flags, "event_name": l.event_name }));
+                    "flags": l.flags, "event_name": l.event_name }),
+                );
             }
         }
     }
@@ -107,8 +115,10 @@ async fn handle(req: http::Request<h2::RecvStream>, mut respond: h2::server::Sen
             .map(str::to_string)
     };
     let authority = head.uri.authority().map(|a| a.to_string());
+    let metadata = json!({ "authorization": header("authorization"),
+        "x-tenant-id": header("x-tenant-id") });
     if head.uri.path().ends_with(".LogsService/Export") {
-        logs(head.uri.path(), authority, message);
+        logs(head.uri.path(), authority, metadata, message);
     } else {
         trace(&head, &header, message);
     }

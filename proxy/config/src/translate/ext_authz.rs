@@ -135,8 +135,17 @@ pub(super) fn filter(c: &pb::ExtAuthz, path: &str) -> Result<ExtAuthz, ConfigErr
         .transpose()?;
     let (service, timeout, allowed) = match services {
         Some(pb::ext_authz::Services::GrpcService(g)) => {
-            let (cluster, authority, timeout) = grpc(g, &format!("{path}.grpc_service"))?;
-            (AuthzService::Grpc { cluster, authority }, timeout, allowed)
+            let ((cluster, authority, metadata), timeout) =
+                grpc(g, &format!("{path}.grpc_service"))?;
+            (
+                AuthzService::Grpc {
+                    cluster,
+                    authority,
+                    metadata,
+                },
+                timeout,
+                allowed,
+            )
         }
         Some(pb::ext_authz::Services::HttpService(h)) => {
             let (h, timeout, request_allowed) = http(h, &format!("{path}.http_service"))?;
@@ -185,14 +194,17 @@ pub(super) fn filter(c: &pb::ExtAuthz, path: &str) -> Result<ExtAuthz, ConfigErr
     })
 }
 
-/// A `grpc_service`: its cluster, authority and timeout.
-fn grpc(g: &core::GrpcService, path: &str) -> Result<(String, String, Duration), ConfigError> {
-    let (cluster, authority) = super::envoy_grpc(g, path)?;
+/// A `grpc_service`: its cluster, authority and metadata, and its timeout.
+fn grpc(
+    g: &core::GrpcService,
+    path: &str,
+) -> Result<((String, String, crate::model::GrpcMetadata), Duration), ConfigError> {
+    let target = super::envoy_grpc(g, path)?;
     let timeout = match &g.timeout {
         Some(d) => super::duration(d, &format!("{path}.timeout"))?,
         None => GRPC_TIMEOUT,
     };
-    Ok((cluster, authority, timeout))
+    Ok((target, timeout))
 }
 
 /// An `http_service`, its timeout and its (deprecated) request `allowed_headers`.

@@ -616,10 +616,7 @@ pub(super) fn translate_access_log(
             (AccessLogSink::File(f.path), fmt)
         }
         "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig" => (
-            AccessLogSink::OpenTelemetry(Arc::new(otel_access_log(
-                &unpack(any, &tpath)?,
-                &tpath,
-            )?)),
+            AccessLogSink::OpenTelemetry(Arc::new(otel_access_log(&unpack(any, &tpath)?, &tpath)?)),
             None,
         ),
         other => {
@@ -672,7 +669,10 @@ fn otel_access_log(
                 !cc.filter_state_objects_to_log.is_empty(),
                 "filter_state_objects_to_log",
             ),
-            (cc.grpc_stream_retry_policy.is_some(), "grpc_stream_retry_policy"),
+            (
+                cc.grpc_stream_retry_policy.is_some(),
+                "grpc_stream_retry_policy",
+            ),
             (!cc.custom_tags.is_empty(), "custom_tags"),
         ] {
             if set {
@@ -706,7 +706,7 @@ fn otel_access_log(
             ))
         }
     };
-    let (cluster, authority) = super::envoy_grpc(grpc, &gpath)?;
+    let (cluster, authority, metadata) = super::envoy_grpc(grpc, &gpath)?;
     let timeout = grpc
         .timeout
         .as_ref()
@@ -746,7 +746,11 @@ fn otel_access_log(
         }
     }
     // Envoy formats strings, and lists and key-value lists of them, only.
-    fn value(v: &AnyValue, ext: Extensions, path: &str) -> Result<crate::model::OtelValue, ConfigError> {
+    fn value(
+        v: &AnyValue,
+        ext: Extensions,
+        path: &str,
+    ) -> Result<crate::model::OtelValue, ConfigError> {
         use crate::model::OtelValue;
         match &v.value {
             Some(V::StringValue(s)) => Format::parse_with(s, ext)
@@ -759,8 +763,9 @@ fn otel_access_log(
                 .map(|(i, v)| value(v, ext, &format!("{path}.array_value.values[{i}]")))
                 .collect::<Result<_, _>>()
                 .map(OtelValue::List),
-            Some(V::KvlistValue(l)) => list(&l.values, ext, &format!("{path}.kvlist_value"))
-                .map(OtelValue::Map),
+            Some(V::KvlistValue(l)) => {
+                list(&l.values, ext, &format!("{path}.kvlist_value")).map(OtelValue::Map)
+            }
             _ => Err(ConfigError::new(
                 path,
                 "Only string values, nested key value lists and array values are supported in \
@@ -787,6 +792,7 @@ fn otel_access_log(
     Ok(crate::model::OtelAccessLog {
         cluster,
         authority,
+        metadata,
         timeout,
         log_name,
         builtin_labels: !c.disable_builtin_labels,
@@ -1110,10 +1116,11 @@ fn open_telemetry(
             "a grpc_service is required (skiff exports over OTLP gRPC)",
         ));
     };
-    let (cluster, authority) = super::envoy_grpc(grpc, &gpath)?;
+    let (cluster, authority, metadata) = super::envoy_grpc(grpc, &gpath)?;
     Ok(crate::trace::OpenTelemetry {
         cluster,
         authority,
+        metadata,
         timeout: grpc
             .timeout
             .as_ref()

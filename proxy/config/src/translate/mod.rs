@@ -1096,13 +1096,14 @@ fn chain_match(
     })
 }
 
-/// A filter's or tracer's `grpc_service` at `path` that names a cluster (`envoy_grpc`): the
-/// cluster and the authority its calls carry (`envoy_grpc.authority`, else the cluster's
-/// name). Retry policies and initial metadata are refused; the caller decides on `timeout`.
+/// A filter's, tracer's or logger's `grpc_service` at `path` that names a cluster
+/// (`envoy_grpc`): the cluster, the authority its calls carry (`envoy_grpc.authority`, else the
+/// cluster's name) and the headers they add (`initial_metadata`). Retry policies are refused;
+/// the caller decides on `timeout`.
 pub(super) fn envoy_grpc(
     g: &core::GrpcService,
     path: &str,
-) -> Result<(String, String), ConfigError> {
+) -> Result<(String, String, crate::model::GrpcMetadata), ConfigError> {
     use core::grpc_service::TargetSpecifier;
     let e = match &g.target_specifier {
         Some(TargetSpecifier::EnvoyGrpc(e)) => e,
@@ -1120,7 +1121,6 @@ pub(super) fn envoy_grpc(
     for (set, field) in [
         (e.retry_policy.is_some(), "envoy_grpc.retry_policy"),
         (g.retry_policy.is_some(), "retry_policy"),
-        (!g.initial_metadata.is_empty(), "initial_metadata"),
     ] {
         if set {
             return Err(ConfigError::unsupported(format!("{path}.{field}")));
@@ -1131,7 +1131,21 @@ pub(super) fn envoy_grpc(
     } else {
         e.authority.clone()
     };
-    Ok((e.cluster_name.clone(), authority))
+    let mut metadata = Vec::with_capacity(g.initial_metadata.len());
+    for (i, h) in g.initial_metadata.iter().enumerate() {
+        let hpath = format!("{path}.initial_metadata[{i}]");
+        let name = http::HeaderName::from_bytes(h.key.as_bytes())
+            .map_err(|_| ConfigError::new(format!("{hpath}.key"), "not a valid header name"))?;
+        let raw = if h.raw_value.is_empty() {
+            h.value.as_bytes()
+        } else {
+            h.raw_value.as_slice()
+        };
+        let value = http::HeaderValue::from_bytes(raw)
+            .map_err(|_| ConfigError::new(format!("{hpath}.value"), "not a valid header value"))?;
+        metadata.push((name, value));
+    }
+    Ok((e.cluster_name.clone(), authority, metadata))
 }
 
 /// CIDR ranges with the host bits cleared, sorted and without duplicates.

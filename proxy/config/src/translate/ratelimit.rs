@@ -558,7 +558,7 @@ pub(super) fn global(r: &rl::RateLimit, path: &str) -> Result<HttpRateLimit, Con
     }
     let gpath = format!("{spath}.grpc_service");
     let grpc = super::required(&service.grpc_service, &gpath)?;
-    let (cluster, authority) = super::envoy_grpc(grpc, &gpath)?;
+    let (cluster, authority, metadata) = super::envoy_grpc(grpc, &gpath)?;
     // The call's deadline is the filter's `timeout`.
     if grpc.timeout.is_some() {
         return Err(ConfigError::unsupported(format!("{gpath}.timeout")));
@@ -599,6 +599,7 @@ pub(super) fn global(r: &rl::RateLimit, path: &str) -> Result<HttpRateLimit, Con
         failure_mode_deny: *failure_mode_deny,
         cluster,
         authority,
+        metadata,
         x_ratelimit_headers,
         x_envoy_ratelimited: !*disable_x_envoy_ratelimited_header,
         rate_limited_status: error_status(rate_limited_status, http::StatusCode::TOO_MANY_REQUESTS),

@@ -361,14 +361,24 @@ impl HttpFilter for ExtAuthzFilter {
         let worker = self.worker.clone();
         let added = self.added.clone();
         let call: std::pin::Pin<Box<dyn std::future::Future<Output = Verdict>>> = match &c.service {
-            AuthzService::Grpc { cluster, authority } => {
+            AuthzService::Grpc { cluster, .. } => {
                 let request = self.check_request(head);
                 let service = worker.clusters.get(cluster);
-                let authority = authority.clone();
-                let timeout = c.timeout;
+                let config = c.clone();
                 Box::pin(async move {
+                    let AuthzService::Grpc {
+                        authority,
+                        metadata,
+                        ..
+                    } = &config.service
+                    else {
+                        return Verdict::Error;
+                    };
                     match service {
-                        Some(s) => grpc_check(&worker, &s, &authority, &request, timeout).await,
+                        Some(s) => {
+                            grpc_check(&worker, &s, (authority, metadata), &request, config.timeout)
+                                .await
+                        }
                         None => Verdict::Error,
                     }
                 })
@@ -526,14 +536,14 @@ fn decide(
 async fn grpc_check(
     worker: &Rc<Worker>,
     service: &Rc<Cluster>,
-    authority: &str,
+    target: (&str, &[(http::HeaderName, http::HeaderValue)]),
     request: &pb::CheckRequest,
     timeout: std::time::Duration,
 ) -> Verdict {
     let answer = crate::http::grpc_call::unary(
         worker,
         service,
-        authority,
+        target,
         METHOD,
         &request.encode_to_vec(),
         Some(timeout),

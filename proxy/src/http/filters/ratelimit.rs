@@ -243,7 +243,7 @@ async fn call(
     let answer = crate::http::grpc_call::unary(
         worker,
         service,
-        &c.authority,
+        (&c.authority, &c.metadata),
         METHOD,
         &request.encode_to_vec(),
         c.timeout,
