@@ -108,7 +108,7 @@ fn config(
     backend: u16,
     collector: u16,
     provider: fn(bool) -> Value,
-) -> String {
+) -> Value {
     let mut listeners = Vec::new();
     for (i, (name, direction, shared, spans)) in specs.iter().enumerate() {
         let mut l = listener(
@@ -157,7 +157,7 @@ fn config(
     // One span per report, so that every span arrives while the test waits.
     v["layered_runtime"] = json!({ "layers": [ { "name": "static", "static_layer": {
         "tracing.zipkin.min_flush_spans": 1, "tracing.opentelemetry.min_flush_spans": 1 } } ] });
-    to_yaml(&v)
+    v
 }
 
 /// A random 16-digit id masked, a fixed one (the test's own, all leading zeros) or a named
@@ -279,13 +279,13 @@ async fn zipkin_side_by_side(
         let backend = EchoUpstream::start("backend").await;
         let collector = EchoUpstream::start("zipkin").await;
         let ports: Vec<u16> = specs.iter().map(|_| skiff_tests::free_port()).collect();
-        let yaml = config(
+        let yaml = to_yaml(&config(
             skiff_tests::free_port(),
             (specs, &ports),
             backend.port(),
             collector.port(),
             zipkin,
-        );
+        ));
         let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
         let mut got = Vec::new();
         // The span ids each request (by its x-request-id) sent upstream.
@@ -531,23 +531,27 @@ fn normal_otlp(mut s: Value) -> Value {
 /// tracer, and returns what each saw: the trace context every upstream request got, every
 /// exported span (ids masked, parents named) and the stats. `spans` is how many spans each
 /// proxy should export.
+/// `tweak` changes the bootstrap before it is loaded.
 async fn otlp_side_by_side(
     specs: &[Spec],
     cases: &[(&str, Vec<String>)],
     spans: usize,
+    tweak: &dyn Fn(&mut Value),
 ) -> Vec<Vec<String>> {
     let mut seen = Vec::new();
     for kind in [Kind::Envoy, Kind::under_test()] {
         let backend = EchoUpstream::start("backend").await;
         let collector = skiff_tests::peer::Peer::start(COLLECTOR, &["0"]).await;
         let ports: Vec<u16> = specs.iter().map(|_| skiff_tests::free_port()).collect();
-        let yaml = config(
+        let mut v = config(
             skiff_tests::free_port(),
             (specs, &ports),
             backend.port(),
             collector.port("port"),
             open_telemetry,
         );
+        tweak(&mut v);
+        let yaml = to_yaml(&v);
         let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
         let mut got = Vec::new();
         for (spec, port) in specs.iter().zip(&ports) {
@@ -682,7 +686,7 @@ async fn opentelemetry_spans_and_trace_context_side_by_side_with_envoy() {
             ("/client", vec!["x-client-trace-id: 42".into()]),
         ];
         // No span for an unsampled request, nor for a malformed context (Envoy's null span).
-        let seen = otlp_side_by_side(&PLAIN, &cases, 24).await;
+        let seen = otlp_side_by_side(&PLAIN, &cases, 24, &|_| {}).await;
         let all = assert_same(&seen);
         assert!(all.contains("\"kind\":2"), "{all}");
         assert!(all.contains("\"kind\":3"), "{all}");
@@ -711,10 +715,80 @@ async fn opentelemetry_upstream_spans_side_by_side_with_envoy() {
             ),
             ("/unsampled", vec![format!("{TRACEPARENT}-00")]),
         ];
-        let seen = otlp_side_by_side(&SPAWNING, &cases, 3 * (7 + 7)).await;
+        let seen = otlp_side_by_side(&SPAWNING, &cases, 3 * (7 + 7), &|_| {}).await;
         let all = assert_same(&seen);
         assert!(all.contains("router backend_stats egress"), "{all}");
         assert!(all.contains("tracing.opentelemetry.spans_sent=42"), "{all}");
+    })
+    .await;
+}
+
+/// OpenTelemetry's samplers decide instead of the caller: `always_on` on a listener that
+/// samples nothing itself (`random_sampling: 0`: its streams' spans stay unsampled, whatever
+/// the caller and the sampler say, while their children are sampled), `parent_based` over a
+/// ratio of 0 (a caller's decision stands), and a ratio of 50% judged on the caller's trace id
+/// whatever the caller decided, with upstream spans so that each child is judged too. Compared: the
+/// context each upstream request got (its sampled flag), every exported span and the stats.
+#[tokio::test]
+async fn opentelemetry_samplers_side_by_side_with_envoy() {
+    run_for(Duration::from_secs(120), async {
+        let sampler = |name: &str, config: Value| {
+            let mut c = config;
+            c["@type"] = json!(format!(
+                "type.googleapis.com/envoy.extensions.tracers.opentelemetry.samplers.v3.{name}"
+            ));
+            json!({ "name": format!("envoy.tracers.opentelemetry.samplers.{name}"),
+                "typed_config": c })
+        };
+        let samplers = [
+            sampler("AlwaysOnSamplerConfig", json!({})),
+            sampler(
+                "ParentBasedSamplerConfig",
+                json!({ "wrapped_sampler": sampler("TraceIdRatioBasedSamplerConfig",
+                    json!({ "sampling_percentage": { "numerator": 0 } })) }),
+            ),
+            sampler(
+                "TraceIdRatioBasedSamplerConfig",
+                json!({ "sampling_percentage": { "numerator": 50 } }),
+            ),
+        ];
+        let tweak = |v: &mut Value| {
+            for (i, s) in samplers.iter().enumerate() {
+                let tracing = &mut v["static_resources"]["listeners"][i]["filter_chains"][0]
+                    ["filters"][0]["typed_config"]["tracing"];
+                tracing["provider"]["typed_config"]["sampler"] = s.clone();
+                tracing["spawn_upstream_span"] = json!(true);
+                if i == 0 {
+                    tracing["random_sampling"] = json!({ "value": 0 });
+                }
+            }
+        };
+        // 0af7651916cd43dd…: its first eight bytes, read little-endian, are 78 modulo 100 (not
+        // sampled at 50%); 1af7…: 94; 0a00…00: 10 (sampled). (A new trace's id is random: its
+        // decision under a ratio cannot be compared.)
+        let ids = [
+            "0af7651916cd43dd8448eb211c80319c",
+            "1af7651916cd43dd8448eb211c80319c",
+            "0a000000000000008448eb211c80319c",
+        ];
+        let mut cases: Vec<(String, Vec<String>)> = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            for flag in ["01", "00"] {
+                cases.push((
+                    format!("/ctx{i}/{flag}"),
+                    vec![format!("traceparent: 00-{id}-b7ad6b7169203331-{flag}")],
+                ));
+            }
+        }
+        let cases: Vec<(&str, Vec<String>)> =
+            cases.iter().map(|(p, h)| (p.as_str(), h.clone())).collect();
+        // Under always_on the stream's span is not sampled (the connection manager does not
+        // trace) but its six children are; under parent_based the three sampled callers'
+        // spans and their children; under the ratio the two requests of the trace it keeps.
+        let seen = otlp_side_by_side(&PLAIN, &cases, 6 + 2 * 3 + 2 * 2, &tweak).await;
+        let all = assert_same(&seen);
+        assert!(all.contains("-01"), "{all}");
+        assert!(all.contains("-00"), "{all}");
     })
     .await;
 }

@@ -453,6 +453,18 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     ("envoy.config.trace.v3.Tracing.Http", &["name", "typed_config"]),
     (
+        "envoy.extensions.tracers.opentelemetry.samplers.v3.AlwaysOnSamplerConfig",
+        &[],
+    ),
+    (
+        "envoy.extensions.tracers.opentelemetry.samplers.v3.ParentBasedSamplerConfig",
+        &["wrapped_sampler"],
+    ),
+    (
+        "envoy.extensions.tracers.opentelemetry.samplers.v3.TraceIdRatioBasedSamplerConfig",
+        &["sampling_percentage"],
+    ),
+    (
         "envoy.config.trace.v3.OpenTelemetryConfig",
         &[
             "grpc_service",

@@ -58,6 +58,43 @@ pub struct OpenTelemetry {
     pub set_sdk_attributes: bool,
     /// `set_instrumentation_scope` (default true): the scope's name and version.
     pub set_scope: bool,
+    /// `sampler`: decides, instead of the connection manager, which spans are sampled.
+    pub sampler: Option<Sampler>,
+}
+
+/// An OpenTelemetry tracer's `sampler`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sampler {
+    /// `envoy.tracers.opentelemetry.samplers.always_on`: every span.
+    AlwaysOn,
+    /// `envoy.tracers.opentelemetry.samplers.trace_id_ratio_based`: the spans of traces whose
+    /// id's first eight bytes (read as Envoy reads them, little-endian) modulo `denominator` are
+    /// below `numerator`.
+    TraceIdRatio { numerator: u32, denominator: u32 },
+    /// `envoy.tracers.opentelemetry.samplers.parent_based`: a caller's decision when there is
+    /// a caller, else the wrapped sampler's.
+    ParentBased(Box<Sampler>),
+}
+
+impl Sampler {
+    /// Whether a span of the trace whose id's high half is `trace_high` is sampled, given its
+    /// parent's decision if it has a parent.
+    pub fn sampled(&self, parent: Option<bool>, trace_high: u64) -> bool {
+        match self {
+            Sampler::AlwaysOn => true,
+            Sampler::TraceIdRatio {
+                numerator,
+                denominator,
+            } => {
+                let id = u64::from_le_bytes(trace_high.to_be_bytes());
+                *numerator > 0 && id % u64::from(*denominator) < u64::from(*numerator)
+            }
+            Sampler::ParentBased(inner) => match parent {
+                Some(p) => p,
+                None => inner.sampled(None, trace_high),
+            },
+        }
+    }
 }
 
 /// `envoy.config.trace.v3.ZipkinConfig`.

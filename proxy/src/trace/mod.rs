@@ -270,8 +270,13 @@ fn b3_context(z: &Zipkin, server: bool, headers: &HeaderMap, traced: bool) -> Op
 
 /// An OpenTelemetry span's context: a child of the caller's `traceparent` (whose `tracestate`
 /// goes on), or a new trace; and whether its parent is remote. None for a malformed
-/// `traceparent`.
-fn w3c_context(headers: &HeaderMap, traced: bool) -> Option<(Context, bool)> {
+/// `traceparent`. A `sampler` decides instead of the caller; either way a stream the
+/// connection manager does not trace is not sampled.
+fn w3c_context(
+    headers: &HeaderMap,
+    traced: bool,
+    sampler: Option<&crate::config::trace::Sampler>,
+) -> Option<(Context, bool)> {
     let get = |n: &HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
     let state: Arc<str> = get(&TRACESTATE).unwrap_or("").into();
     let present = headers.contains_key(&TRACEPARENT);
@@ -291,7 +296,7 @@ fn w3c_context(headers: &HeaderMap, traced: bool) -> Option<(Context, bool)> {
     if present && parent.is_none() {
         return None;
     }
-    Some(match parent {
+    let (mut context, remote) = match parent {
         Some((high, low, span, sampled)) => (
             Context {
                 trace_high: Some(high),
@@ -314,7 +319,15 @@ fn w3c_context(headers: &HeaderMap, traced: bool) -> Option<(Context, bool)> {
             },
             false,
         ),
-    })
+    };
+    if let Some(s) = sampler {
+        let parent = remote.then_some(context.sampled);
+        context.sampled = s.sampled(parent, context.trace_high.unwrap_or(0));
+    }
+    // A stream the connection manager does not trace is not sampled, whatever the caller or
+    // the sampler said (measured: a caller's `-01` goes upstream as `-00`).
+    context.sampled &= traced;
+    Some((context, remote))
 }
 
 /// A new random id (never zero).
@@ -336,7 +349,7 @@ impl Span {
     ) -> Span {
         let (context, remote_parent) = match &tracer.provider {
             Provider::Zipkin(z) => (b3_context(z, tracer.server(), headers, traced), false),
-            Provider::OpenTelemetry(_) => match w3c_context(headers, traced) {
+            Provider::OpenTelemetry(o) => match w3c_context(headers, traced, o.sampler.as_ref()) {
                 Some((c, remote)) => (Some(c), remote),
                 None => (None, false),
             },
@@ -676,12 +689,20 @@ impl Spawn {
         attempt: u32,
     ) -> UpstreamSpan {
         let p = &self.0.parent;
+        // An OpenTelemetry sampler decides for the child too, its parent's decision known.
+        let sampled = match &self.0.tracer.provider {
+            Provider::OpenTelemetry(o) => o.sampler.as_ref().map_or(p.sampled, |s| {
+                s.sampled(Some(p.sampled), p.trace_high.unwrap_or(0))
+            }),
+            Provider::Zipkin(_) => p.sampled,
+        };
         UpstreamSpan {
             spawn: self.clone(),
             worker: worker.clone(),
             context: Context {
                 id: new_id(),
                 parent: Some(p.id),
+                sampled,
                 ..p.clone()
             },
             name: format!("router {stat_name} egress"),

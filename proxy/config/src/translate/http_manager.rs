@@ -1102,7 +1102,6 @@ fn open_telemetry(
         (http_service.is_some(), "http_service"),
         (exporter.is_some(), "exporter"),
         (!resource_detectors.is_empty(), "resource_detectors"),
-        (sampler.is_some(), "sampler"),
         (max_cache_size.is_some(), "max_cache_size"),
     ] {
         if set {
@@ -1139,6 +1138,64 @@ fn open_telemetry(
             .as_ref()
             .is_none_or(|v| v.value),
         set_scope: set_instrumentation_scope.as_ref().is_none_or(|v| v.value),
+        sampler: sampler
+            .as_ref()
+            .map(|s| otel_sampler(s, &format!("{path}.sampler")))
+            .transpose()?,
+    })
+}
+
+/// An OpenTelemetry tracer's `sampler` at `path`.
+fn otel_sampler(
+    s: &core::TypedExtensionConfig,
+    path: &str,
+) -> Result<crate::trace::Sampler, ConfigError> {
+    use crate::trace::Sampler;
+    use envoy_types::pb::envoy::extensions::tracers::opentelemetry::samplers::v3 as samplers;
+    let tpath = format!("{path}.typed_config");
+    let any = s
+        .typed_config
+        .as_ref()
+        .ok_or_else(|| ConfigError::new(&tpath, "required"))?;
+    Ok(match type_name(&any.type_url) {
+        "envoy.extensions.tracers.opentelemetry.samplers.v3.AlwaysOnSamplerConfig" => {
+            Sampler::AlwaysOn
+        }
+        "envoy.extensions.tracers.opentelemetry.samplers.v3.TraceIdRatioBasedSamplerConfig" => {
+            let c: samplers::TraceIdRatioBasedSamplerConfig = unpack(any, &tpath)?;
+            let p = c.sampling_percentage.unwrap_or_default();
+            use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+            let denominator = match D::try_from(p.denominator) {
+                Ok(D::Hundred) => 100,
+                Ok(D::TenThousand) => 10_000,
+                Ok(D::Million) => 1_000_000,
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        format!("{tpath}.sampling_percentage.denominator"),
+                        "value must be one of the defined enum values",
+                    ))
+                }
+            };
+            Sampler::TraceIdRatio {
+                numerator: p.numerator.min(denominator),
+                denominator,
+            }
+        }
+        "envoy.extensions.tracers.opentelemetry.samplers.v3.ParentBasedSamplerConfig" => {
+            let c: samplers::ParentBasedSamplerConfig = unpack(any, &tpath)?;
+            let wpath = format!("{tpath}.wrapped_sampler");
+            let inner = c
+                .wrapped_sampler
+                .as_ref()
+                .ok_or_else(|| ConfigError::new(&wpath, "required"))?;
+            Sampler::ParentBased(Box::new(otel_sampler(inner, &wpath)?))
+        }
+        other => {
+            return Err(ConfigError::new(
+                tpath,
+                format!("unsupported sampler '{}' ({other})", s.name),
+            ))
+        }
     })
 }
 
@@ -2255,9 +2312,11 @@ mod tracer_tests {
                 Err(e) => assert!(e.to_string().contains(want), "{fields}: {e}"),
             }
         }
-        let sampler = format!("{grpc}, sampler: {{name: s, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.tracers.opentelemetry.samplers.v3.AlwaysOnSamplerConfig}}}}");
-        let e = crate::load_text(&otel(&sampler)).expect_err("sampler");
-        assert!(e.to_string().contains("sampler: unsupported"), "{e}");
+        let sampler = format!("{grpc}, sampler: {{name: s, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.tracers.opentelemetry.samplers.v3.ParentBasedSamplerConfig, wrapped_sampler: {{name: r, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.tracers.opentelemetry.samplers.v3.TraceIdRatioBasedSamplerConfig, sampling_percentage: {{numerator: 5, denominator: TEN_THOUSAND}}}}}}}}}}");
+        assert!(crate::load_text(&otel(&sampler)).is_ok());
+        let dynatrace = format!("{grpc}, sampler: {{name: d, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.tracers.opentelemetry.samplers.v3.DynatraceSamplerConfig, tenant: t}}}}");
+        let e = crate::load_text(&otel(&dynatrace)).expect_err("dynatrace");
+        assert!(e.to_string().contains("sampler.typed_config"), "{e}");
         let ok = format!("{grpc}, service_name: svc, set_instrumentation_scope: false");
         assert!(
             crate::load_text(&otel(&ok)).is_ok(),
