@@ -43,13 +43,14 @@ fuzz_target!(|data: &[u8]| {
         max_path_tag_length: 256,
         egress: flags & 4 != 0,
         spawn_upstream_span: flags & 16 != 0,
+        operation: None,
     });
     let span = Span::start(
         &tracer,
         &mut headers,
         flags & 8 != 0,
         "host",
-        Some(("op", true)),
+        (Some(("op", true)), None),
     );
     let Some(context) = span.context() else {
         return;

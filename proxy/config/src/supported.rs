@@ -448,6 +448,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "max_path_tag_length",
             "custom_tags",
             "spawn_upstream_span",
+            "operation",
+            "upstream_operation",
             "provider",
         ],
     ),
@@ -1301,8 +1303,19 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "response_headers_to_add",
             "response_headers_to_remove",
             "metadata",
-            // Names tracing spans; skiff refuses HCM tracing, and without it Envoy ignores it.
             "decorator",
+            "tracing",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.Tracing",
+        &[
+            "client_sampling",
+            "random_sampling",
+            "overall_sampling",
+            "custom_tags",
+            "operation",
+            "upstream_operation",
         ],
     ),
     (

@@ -22,6 +22,23 @@ pub struct HttpTracer {
     /// egress`, a client span) and the connection manager's span is a server span even on an
     /// egress listener, as Envoy makes it an independent hop.
     pub spawn_upstream_span: bool,
+    /// `operation`: a format naming the span when it ends (a missing value is empty), over
+    /// route decorators, which then do nothing.
+    pub operation: Option<Arc<crate::access_log::Format>>,
+}
+
+/// A route's `tracing`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteTracing {
+    /// `client_sampling`, `random_sampling`, `overall_sampling` as (numerator, denominator),
+    /// over the connection manager's (100% when unset, as Envoy's).
+    pub client: (u32, u32),
+    pub random: (u32, u32),
+    pub overall: (u32, u32),
+    /// `custom_tags`, over the connection manager's of the same name.
+    pub custom_tags: Vec<CustomTag>,
+    /// `operation`, over the connection manager's.
+    pub operation: Option<Arc<crate::access_log::Format>>,
 }
 
 impl HttpTracer {

@@ -1671,28 +1671,6 @@ async fn handle(
             .headers
             .insert(names::X_REQUEST_ID.clone(), headers::new_request_id());
     }
-    let mut traced = false;
-    if let Some(t) = &cfg.tracing {
-        // x-envoy-force-trace counts only on an internal request, as in Envoy.
-        let internal = parts
-            .headers
-            .get("x-envoy-internal")
-            .is_some_and(|v| v == "true");
-        use crate::http::conn_manager_utility::TraceReason;
-        let reason = crate::http::conn_manager_utility::trace_reason(
-            t,
-            &mut parts.headers,
-            force_trace && internal,
-        );
-        stats.tracing[match reason {
-            TraceReason::Sampled => 0,
-            TraceReason::Client => 1,
-            TraceReason::Forced => 2,
-            TraceReason::NotTraceable => 3,
-        }]
-        .inc();
-        traced = reason != TraceReason::NotTraceable;
-    }
     if let Some(via) = &cfg.via {
         headers::append_via(&mut parts.headers, via);
     }
@@ -1706,18 +1684,7 @@ async fn handle(
     if let Some(info) = done.info.as_mut() {
         info.downstream_remote = downstream_remote;
         record_request(info, &parts, scheme);
-        // The trace decision the request id carries (`traceable_filter`): forced by the
-        // service.
-        info.trace_forced = cfg.tracing.is_some()
-            && parts
-                .headers
-                .get(&names::X_REQUEST_ID)
-                .is_some_and(|id| id.len() == 36 && id.as_bytes()[14] == b'a');
     }
-    let request_id = cfg
-        .always_set_request_id_in_response
-        .then(|| parts.headers.get(&names::X_REQUEST_ID).cloned())
-        .flatten();
 
     let body = ProxyBody::Incoming(body, Some(request.clone()));
     // The route is resolved once, before the filters (which see its per-route configuration);
@@ -1729,6 +1696,49 @@ async fn handle(
         scheme,
         (conn.connection.peer_certificate, Some(&conn.connection)),
     );
+    let mut traced = false;
+    if let Some(t) = &cfg.tracing {
+        // x-envoy-force-trace counts only on an internal request, as in Envoy.
+        let internal = parts
+            .headers
+            .get("x-envoy-internal")
+            .is_some_and(|v| v == "true");
+        use crate::http::conn_manager_utility::TraceReason;
+        // A route's `tracing` samples over the connection manager's, as in Envoy (which
+        // decides once the route is known).
+        let route_tracing = selection.route().and_then(|r| r.tracing.as_deref());
+        let reason = crate::http::conn_manager_utility::trace_reason(
+            t,
+            route_tracing,
+            &mut parts.headers,
+            force_trace && internal,
+        );
+        stats.tracing[match reason {
+            TraceReason::Sampled => 0,
+            TraceReason::Client => 1,
+            TraceReason::Forced => 2,
+            TraceReason::NotTraceable => 3,
+        }]
+        .inc();
+        traced = reason != TraceReason::NotTraceable;
+    }
+    if let Some(info) = done.info.as_mut() {
+        // The request id as the trace decision left it, and the decision it carries
+        // (`traceable_filter`: forced by the service).
+        if let Some(id) = parts.headers.get(&names::X_REQUEST_ID) {
+            info.request_headers
+                .insert(names::X_REQUEST_ID.clone(), id.clone());
+        }
+        info.trace_forced = cfg.tracing.is_some()
+            && parts
+                .headers
+                .get(&names::X_REQUEST_ID)
+                .is_some_and(|id| id.len() == 36 && id.as_bytes()[14] == b'a');
+    }
+    let request_id = cfg
+        .always_set_request_id_in_response
+        .then(|| parts.headers.get(&names::X_REQUEST_ID).cloned())
+        .flatten();
     // The stream's span, named by the route's decorator; the router writes its context into
     // the upstream request.
     if let Some(t) = &cfg.tracer {
@@ -1737,7 +1747,14 @@ async fn handle(
             .route()
             .and_then(|r| r.decorator.as_ref())
             .map(|(op, propagate)| (op.as_str(), *propagate));
-        let span = crate::trace::Span::start(t, &mut parts.headers, traced, &host, decorator);
+        let route_tracing = selection.route().and_then(|r| r.tracing.as_deref());
+        let span = crate::trace::Span::start(
+            t,
+            &mut parts.headers,
+            traced,
+            &host,
+            (decorator, route_tracing),
+        );
         if let Some(c) = span.context() {
             parts.extensions.insert(c);
         }

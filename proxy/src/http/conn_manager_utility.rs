@@ -585,11 +585,22 @@ pub fn add_user_agent(headers: &mut HeaderMap) {
 /// `x-envoy-force-trace`. Why the request is traced, or that it is not.
 pub fn trace_reason(
     t: &crate::config::model::TraceSampling,
+    route: Option<&crate::config::trace::RouteTracing>,
     headers: &mut HeaderMap,
     force: bool,
 ) -> TraceReason {
+    // The connection manager's shares are out of 10,000; a route's (over them) are fractions
+    // Envoy evaluates as `value % denominator < numerator`.
+    let pass = |hcm: u32, route: Option<(u32, u32)>, value: u64| match route {
+        Some((n, d)) => value % u64::from(d.max(1)) < u64::from(n),
+        None => value < u64::from(hcm),
+    };
+    let client = |v| pass(t.client, route.map(|r| r.client), v);
+    let random = |v| pass(t.random, route.map(|r| r.random), v);
+    let overall = |v| pass(t.overall, route.map(|r| r.overall), v);
     if !t.use_request_id {
-        return match fastrand::u32(..10_000) < t.random.min(t.overall) {
+        let v = fastrand::u64(..10_000);
+        return match random(v) && overall(v) {
             true => TraceReason::Sampled,
             false => TraceReason::NotTraceable,
         };
@@ -600,7 +611,7 @@ pub fn trace_reason(
     let Some(n) = request_id_integer(id) else {
         return TraceReason::NotTraceable;
     };
-    let result = (n % 10_000) as u32;
+    let result = n % 10_000;
     const SAMPLED: u8 = b'9';
     const CLIENT: u8 = b'b';
     const FORCED: u8 = b'a';
@@ -611,16 +622,16 @@ pub fn trace_reason(
     };
     let mut decided = reason;
     if decided == NONE {
-        if headers.contains_key("x-client-trace-id") && fastrand::u32(..10_000) < t.client {
+        if headers.contains_key("x-client-trace-id") && client(fastrand::u64(..10_000)) {
             decided = CLIENT;
         } else if force {
             decided = FORCED;
-        } else if result < t.random {
+        } else if random(result) {
             decided = SAMPLED;
         }
     }
     // Measured: a request id already marked forced is unmarked here too.
-    if result >= t.overall {
+    if !overall(result) {
         decided = NONE;
     }
     let why = match decided {

@@ -138,8 +138,13 @@ pub struct Span {
     name: String,
     start: SystemTime,
     started: Instant,
-    /// `custom_tags` that read the request, as they were when it arrived.
+    /// `custom_tags` (the connection manager's, and its route's over them): those that read
+    /// the request, as they were when it arrived, and the fixed ones.
     header_tags: Vec<(String, String)>,
+    fixed_tags: Vec<(String, String)>,
+    /// The route's or the connection manager's `operation`, which names the span when it
+    /// ends.
+    operation: Option<Arc<crate::access_log::Format>>,
     /// The route's decorator operation to return on an ingress response (Envoy's
     /// `decorated_operation_` with `propagate`).
     response_operation: Option<String>,
@@ -345,7 +350,10 @@ impl Span {
         headers: &mut HeaderMap,
         traced: bool,
         host: &str,
-        decorator: Option<(&str, bool)>,
+        (decorator, route): (
+            Option<(&str, bool)>,
+            Option<&crate::config::trace::RouteTracing>,
+        ),
     ) -> Span {
         let (context, remote_parent) = match &tracer.provider {
             Provider::Zipkin(z) => (b3_context(z, tracer.server(), headers, traced), false),
@@ -359,6 +367,11 @@ impl Span {
             (Provider::OpenTelemetry(_), false) => "ingress".to_string(),
             (Provider::OpenTelemetry(_), true) => format!("egress {host}"),
         };
+        let operation = route
+            .and_then(|r| r.operation.clone())
+            .or_else(|| tracer.operation.clone());
+        // An operation names the span instead: decorators, and a caller's, do nothing then.
+        let decorator = decorator.filter(|_| operation.is_none());
         let mut response_operation = None;
         if let Some((op, propagate)) = decorator.filter(|(op, _)| !op.is_empty()) {
             name = op.to_string();
@@ -372,7 +385,7 @@ impl Span {
                 }
             }
         }
-        if !tracer.egress {
+        if !tracer.egress && operation.is_none() {
             // The caller's operation names this server span; the header stops here.
             if let Some(v) = headers.remove(&DECORATOR_OPERATION) {
                 if let Ok(op) = v.to_str() {
@@ -383,19 +396,36 @@ impl Span {
                 }
             }
         }
-        let header_tags = tracer
+        // A route's tags replace the connection manager's of the same name.
+        let route_tags = route.map_or(&[][..], |r| &r.custom_tags[..]);
+        let tag_name = |t: &CustomTag| match t {
+            CustomTag::Fixed { tag, .. } | CustomTag::RequestHeader { tag, .. } => tag.clone(),
+        };
+        let (mut header_tags, mut fixed_tags) = (Vec::new(), Vec::new());
+        for t in tracer
             .custom_tags
             .iter()
-            .filter_map(|t| match t {
-                CustomTag::RequestHeader { tag, name, default } => headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-                    .or_else(|| default.clone())
-                    .map(|v| (tag.clone(), v)),
-                CustomTag::Fixed { .. } => None,
-            })
-            .collect();
+            .filter(|t| !route_tags.iter().any(|r| tag_name(r) == tag_name(t)))
+            .chain(route_tags)
+        {
+            match t {
+                CustomTag::RequestHeader { tag, name, default } => {
+                    if let Some(v) = headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                        .or_else(|| default.clone())
+                    {
+                        header_tags.push((tag.clone(), v));
+                    }
+                }
+                CustomTag::Fixed {
+                    tag,
+                    value: Some(v),
+                } => fixed_tags.push((tag.clone(), v.clone())),
+                CustomTag::Fixed { value: None, .. } => {}
+            }
+        }
         Span {
             tracer: tracer.clone(),
             context,
@@ -403,6 +433,8 @@ impl Span {
             start: SystemTime::now(),
             started: Instant::now(),
             header_tags,
+            fixed_tags,
+            operation,
             response_operation,
             remote_parent,
         }
@@ -420,7 +452,12 @@ impl Span {
         Some(Spawn(Arc::new(SpawnFrom {
             tracer: self.tracer.clone(),
             parent,
-            header_tags: self.header_tags.clone(),
+            tags: self
+                .fixed_tags
+                .iter()
+                .chain(&self.header_tags)
+                .cloned()
+                .collect(),
         })))
     }
 
@@ -445,9 +482,14 @@ impl Span {
             return;
         };
         let tags = self.tags(info);
+        let name = match &self.operation {
+            // Rendered as Envoy's header formatter renders: a missing value is empty.
+            Some(f) => crate::access_log::header_value(f, info, None, None),
+            None => self.name.clone(),
+        };
         Shape {
             context: c,
-            name: &self.name,
+            name: &name,
             start: self.start,
             started: self.started,
             client: !self.tracer.server(),
@@ -525,16 +567,7 @@ impl Span {
         if status == 0 || status >= 500 {
             tag("error", "true".into());
         }
-        for t in &self.tracer.custom_tags {
-            if let CustomTag::Fixed {
-                tag: name,
-                value: Some(v),
-            } = t
-            {
-                tag(name, v.clone());
-            }
-        }
-        for (k, v) in &self.header_tags {
+        for (k, v) in self.fixed_tags.iter().chain(&self.header_tags) {
             tag(k, v.clone());
         }
         tags
@@ -673,7 +706,8 @@ pub struct Spawn(Arc<SpawnFrom>);
 struct SpawnFrom {
     tracer: Arc<HttpTracer>,
     parent: Context,
-    header_tags: Vec<(String, String)>,
+    /// The stream's custom tags.
+    tags: Vec<(String, String)>,
 }
 
 impl Spawn {
@@ -792,17 +826,7 @@ impl UpstreamSpan {
         if status == 0 || status >= 500 || self.reason.is_some() {
             tag("error", "true".into());
         }
-        let from = &self.spawn.0;
-        for t in &from.tracer.custom_tags {
-            if let CustomTag::Fixed {
-                tag: name,
-                value: Some(v),
-            } = t
-            {
-                tag(name, v.clone());
-            }
-        }
-        for (k, v) in &from.header_tags {
+        for (k, v) in &self.spawn.0.tags {
             tag(k, v.clone());
         }
         tags
@@ -1113,6 +1137,7 @@ mod tests {
             max_path_tag_length: 256,
             egress,
             spawn_upstream_span: false,
+            operation: None,
         })
     }
 
@@ -1137,7 +1162,7 @@ mod tests {
         ];
         // A server span shares the client's id.
         let mut h = headers(&incoming);
-        let s = Span::start(&tracer(false, true), &mut h, false, "host", None);
+        let s = Span::start(&tracer(false, true), &mut h, false, "host", (None, None));
         let mut up = HeaderMap::new();
         s.context().expect("a context").inject(&mut up);
         assert_eq!(up["x-b3-traceid"], "0000000000000abc");
@@ -1147,7 +1172,7 @@ mod tests {
         // A client span (or without shared context) is the incoming span's child.
         for t in [tracer(true, true), tracer(false, false)] {
             let mut h = headers(&incoming);
-            let s = Span::start(&t, &mut h, false, "host", None);
+            let s = Span::start(&t, &mut h, false, "host", (None, None));
             let mut up = HeaderMap::new();
             s.context().expect("a context").inject(&mut up);
             assert_ne!(up["x-b3-spanid"], "0000000000000def");
@@ -1155,7 +1180,7 @@ mod tests {
         }
         // A new trace: the span's id is the trace's; the decision samples it.
         let mut h = headers(&[("x-b3-sampled", "0")]);
-        let s = Span::start(&tracer(false, true), &mut h, true, "host", None);
+        let s = Span::start(&tracer(false, true), &mut h, true, "host", (None, None));
         let mut up = HeaderMap::new();
         s.context().expect("a context").inject(&mut up);
         assert_eq!(up["x-b3-traceid"], up["x-b3-spanid"]);
@@ -1166,7 +1191,7 @@ mod tests {
             "b3",
             "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
         )]);
-        let s = Span::start(&tracer(false, true), &mut h, false, "host", None);
+        let s = Span::start(&tracer(false, true), &mut h, false, "host", (None, None));
         let mut up = HeaderMap::new();
         s.context().expect("a context").inject(&mut up);
         assert_eq!(
@@ -1179,22 +1204,46 @@ mod tests {
     #[test]
     fn decorators_name_spans_and_travel_as_envoy_sends_them() {
         let mut h = headers(&[("x-envoy-decorator-operation", "from-client")]);
-        let s = Span::start(&tracer(false, true), &mut h, true, "h", Some(("op", true)));
+        let s = Span::start(
+            &tracer(false, true),
+            &mut h,
+            true,
+            "h",
+            (Some(("op", true)), None),
+        );
         assert_eq!(s.name, "from-client");
         assert!(h.get("x-envoy-decorator-operation").is_none());
         assert_eq!(s.response_operation(), None);
         let mut h = HeaderMap::new();
-        let s = Span::start(&tracer(false, true), &mut h, true, "h", Some(("op", true)));
+        let s = Span::start(
+            &tracer(false, true),
+            &mut h,
+            true,
+            "h",
+            (Some(("op", true)), None),
+        );
         assert_eq!(
             (s.name.as_str(), s.response_operation()),
             ("op", Some("op"))
         );
         let mut h = headers(&[("x-envoy-decorator-operation", "from-client")]);
-        let s = Span::start(&tracer(true, true), &mut h, true, "h", Some(("op", true)));
+        let s = Span::start(
+            &tracer(true, true),
+            &mut h,
+            true,
+            "h",
+            (Some(("op", true)), None),
+        );
         assert_eq!(s.name, "op");
         assert_eq!(h["x-envoy-decorator-operation"], "op");
         let mut h = headers(&[("x-envoy-decorator-operation", "from-client")]);
-        let s = Span::start(&tracer(true, true), &mut h, true, "h", Some(("op", false)));
+        let s = Span::start(
+            &tracer(true, true),
+            &mut h,
+            true,
+            "h",
+            (Some(("op", false)), None),
+        );
         assert_eq!(s.name, "op");
         assert_eq!(h["x-envoy-decorator-operation"], "from-client");
     }

@@ -413,6 +413,8 @@ pub struct Route {
     pub grpc_timeout: Option<GrpcTimeout>,
     /// `decorator`: (`operation`, `propagate`), for a traced request's span.
     pub decorator: Option<(String, bool)>,
+    /// `tracing`: the sampling, tags and name of its requests' spans.
+    pub tracing: Option<Arc<crate::trace::RouteTracing>>,
 }
 
 /// `max_grpc_timeout` (zero: none) and `grpc_timeout_offset`.
@@ -1380,6 +1382,7 @@ mod tests {
             cors: None,
             grpc_timeout: None,
             decorator: None,
+            tracing: None,
         };
         let hcm = vec![("websocket".to_string(), true), ("off".to_string(), false)];
         assert!(r.allows_upgrade("websocket", &hcm));

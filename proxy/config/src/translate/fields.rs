@@ -501,7 +501,7 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
         request_headers_to_remove: _,
         response_headers_to_add: _,
         response_headers_to_remove: _,
-        tracing,
+        tracing: _,
         per_request_buffer_limit_bytes,
         stat_prefix,
         request_body_buffer_limit,
@@ -510,7 +510,6 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
     } = m;
     // typed_per_filter_config: translate::ratelimit::per_filter_configs.
     let _ = typed_per_filter_config;
-    refuse(path, "tracing", tracing)?;
     refuse(
         path,
         "per_request_buffer_limit_bytes",

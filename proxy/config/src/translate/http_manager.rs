@@ -1206,7 +1206,7 @@ fn tracer(
     path: &str,
     egress: bool,
 ) -> Result<crate::trace::HttpTracer, ConfigError> {
-    use crate::trace::{CustomTag, HttpTracer, Provider, Zipkin};
+    use crate::trace::{HttpTracer, Provider, Zipkin};
     use envoy_types::pb::envoy::config::trace::v3::zipkin_config::{
         CollectorEndpointVersion, TraceContextOption,
     };
@@ -1312,8 +1312,44 @@ fn tracer(
             ))
         }
     };
-    let mut custom_tags = Vec::with_capacity(t.custom_tags.len());
-    for (i, c) in t.custom_tags.iter().enumerate() {
+    let custom_tags = custom_tags(&t.custom_tags, path)?;
+    if !t.upstream_operation.is_empty() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.upstream_operation"
+        )));
+    }
+    Ok(HttpTracer {
+        provider,
+        custom_tags,
+        max_path_tag_length: t
+            .max_path_tag_length
+            .as_ref()
+            .map_or(256, |v| v.value as usize),
+        egress,
+        spawn_upstream_span: t.spawn_upstream_span.as_ref().is_some_and(|v| v.value),
+        operation: span_operation(&t.operation, &format!("{path}.operation"))?,
+    })
+}
+
+/// A `tracing.operation` (the connection manager's or a route's): a format naming the span,
+/// rendered when it ends.
+fn span_operation(op: &str, path: &str) -> Result<Option<Arc<Format>>, ConfigError> {
+    if op.is_empty() {
+        return Ok(None);
+    }
+    Format::parse(op)
+        .map(|f| Some(Arc::new(f)))
+        .map_err(|e| ConfigError::new(path, e))
+}
+
+/// `custom_tags` at `path` (`…tracing`).
+fn custom_tags(
+    tags: &[envoy_types::pb::envoy::r#type::tracing::v3::CustomTag],
+    path: &str,
+) -> Result<Vec<crate::trace::CustomTag>, ConfigError> {
+    use crate::trace::CustomTag;
+    let mut custom_tags = Vec::with_capacity(tags.len());
+    for (i, c) in tags.iter().enumerate() {
         use envoy_types::pb::envoy::r#type::tracing::v3::custom_tag::Type;
         let cpath = format!("{path}.custom_tags[{i}]");
         if c.tag.is_empty() {
@@ -1351,15 +1387,40 @@ fn tracer(
             None => return Err(ConfigError::new(cpath, "a type is required")),
         });
     }
-    Ok(HttpTracer {
-        provider,
-        custom_tags,
-        max_path_tag_length: t
-            .max_path_tag_length
-            .as_ref()
-            .map_or(256, |v| v.value as usize),
-        egress,
-        spawn_upstream_span: t.spawn_upstream_span.as_ref().is_some_and(|v| v.value),
+    Ok(custom_tags)
+}
+
+/// A route's `tracing` at `path`: its sampling (each 100% unless set, as Envoy's), its custom
+/// tags and its operation.
+fn route_tracing(
+    t: &route::Tracing,
+    path: &str,
+) -> Result<crate::trace::RouteTracing, ConfigError> {
+    let fraction = |f: &Option<envoy_types::pb::envoy::r#type::v3::FractionalPercent>| {
+        use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+        match f {
+            None => (100, 100),
+            Some(f) => {
+                let den = match D::try_from(f.denominator) {
+                    Ok(D::TenThousand) => 10_000,
+                    Ok(D::Million) => 1_000_000,
+                    _ => 100,
+                };
+                (f.numerator, den)
+            }
+        }
+    };
+    if !t.upstream_operation.is_empty() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.upstream_operation"
+        )));
+    }
+    Ok(crate::trace::RouteTracing {
+        client: fraction(&t.client_sampling),
+        random: fraction(&t.random_sampling),
+        overall: fraction(&t.overall_sampling),
+        custom_tags: custom_tags(&t.custom_tags, path)?,
+        operation: span_operation(&t.operation, &format!("{path}.operation"))?,
     })
 }
 
@@ -1927,6 +1988,11 @@ fn translate_route(
             Some(d) => Some((d.operation.clone(), d.propagate.is_none_or(|v| v.value))),
             None => None,
         },
+        tracing: r
+            .tracing
+            .as_ref()
+            .map(|t| route_tracing(t, &format!("{path}.tracing")).map(Arc::new))
+            .transpose()?,
     })
 }
 
@@ -2268,6 +2334,8 @@ mod tracer_tests {
             ("", "collector_cluster: c, collector_endpoint: /x, collector_endpoint_version: HTTP_PROTO", "collector_endpoint_version: unsupported"),
             ("", "collector_cluster: c, collector_endpoint: /x, collector_endpoint_version: HTTP_JSON, trace_context_option: USE_B3_WITH_W3C_PROPAGATION", "trace_context_option: unsupported"),
             ("verbose: true,", ok, "tracing.verbose: unsupported"),
+            ("upstream_operation: x,", ok, "tracing.upstream_operation: unsupported"),
+            ("operation: '%NOPE%',", ok, "tracing.operation"),
             ("custom_tags: [{tag: m, metadata: {kind: {request: {}}, metadata_key: {key: k, path: [{key: a}]}}}],", ok, "custom_tags[0].metadata: unsupported"),
         ];
         for (tracing, zipkin, want) in cases {
