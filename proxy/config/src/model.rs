@@ -3041,6 +3041,9 @@ pub struct Cluster {
     pub name: String,
     /// `alt_stat_name`: the name in stats, `/clusters` and `%UPSTREAM_CLUSTER%`.
     pub alt_stat_name: Option<String>,
+    /// `track_cluster_stats.per_endpoint_stats`: each host's stats in `/stats` and
+    /// `/stats/prometheus` (`cluster.<name>.endpoint.<address>.*`).
+    pub per_endpoint_stats: bool,
     /// `metadata` (`%CLUSTER_METADATA%`).
     pub metadata: Arc<crate::metadata::Metadata>,
     /// `type`.

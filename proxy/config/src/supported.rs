@@ -1925,7 +1925,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.cluster.v3.Filter", &["name", "typed_config"]),
     (
         "envoy.config.cluster.v3.TrackClusterStats",
-        &["timeout_budgets", "request_response_sizes"],
+        &["timeout_budgets", "request_response_sizes", "per_endpoint_stats"],
     ),
     // Active health checks (translate/health_check.rs refuses what it does not run).
     (

@@ -334,7 +334,7 @@ fn handle(state: &AdminState, req: Request<String>) -> Response<Full<Bytes>> {
                     &state.store.histograms(|_| true),
                     &state.config.model.stats.tagging,
                     &state.config.model.stats.buckets,
-                ),
+                ) + &prometheus_endpoints(&endpoint_stats(state)),
             )
         }
         "/listeners" => listeners(state, &q),
@@ -423,6 +423,19 @@ fn stats_endpoint(state: &AdminState, q: &BTreeMap<String, String>) -> Response<
         .histograms(|name| wants("Histograms") && keep(name))
         .into_iter()
         .filter(|(_, h)| !used_only || h.used());
+    // The hosts' stats of `per_endpoint_stats` clusters: after the rest, `usedonly` or not, as
+    // Envoy lists them.
+    let endpoints: Vec<(String, u64)> = endpoint_stats(state)
+        .iter()
+        .flat_map(|e| {
+            e.values
+                .iter()
+                .filter(|(_, _, counter)| wants(if *counter { "Counters" } else { "Gauges" }))
+                .map(|(n, v, _)| (e.name(n), *v))
+                .collect::<Vec<_>>()
+        })
+        .filter(|(name, _)| keep(name))
+        .collect();
     if q.get("format").map(String::as_str) == Some("json") {
         let mut stats: Vec<serde_json::Value> = selected
             .map(|(name, v)| match v {
@@ -433,6 +446,11 @@ fn stats_endpoint(state: &AdminState, q: &BTreeMap<String, String>) -> Response<
             })
             .collect();
         stats.extend(texts.map(|(name, v)| json!({"name": name, "value": v})));
+        stats.extend(
+            endpoints
+                .iter()
+                .map(|(name, v)| json!({"name": name, "value": v})),
+        );
         let computed: Vec<serde_json::Value> = histograms
             .map(|(name, h)| {
                 let interval = stats::histogram::quantiles(&h.interval);
@@ -469,6 +487,9 @@ fn stats_endpoint(state: &AdminState, q: &BTreeMap<String, String>) -> Response<
     lines.extend(texts.map(|(name, v)| (name.as_str(), format!("{v:?}"))));
     let mut out = String::new();
     for (name, v) in lines {
+        out.push_str(&format!("{name}: {v}\n"));
+    }
+    for (name, v) in &endpoints {
         out.push_str(&format!("{name}: {v}\n"));
     }
     // Histograms after the rest, as Envoy lists them: each quantile's interval and cumulative
@@ -599,6 +620,106 @@ fn rate(v: f64) -> String {
     }
 }
 
+/// A host's health flags in `/clusters`, Envoy's, in its order (empty: healthy).
+fn health_flags(h: &crate::config::model::Host) -> String {
+    let hc = h.checks;
+    [
+        (hc.failed, "/failed_active_hc"),
+        (hc.ejected, "/failed_outlier_check"),
+        (!h.healthy && !h.excluded, "/failed_eds_health"),
+        (hc.degraded, "/degraded_active_hc"),
+        (h.degraded, "/degraded_eds_health"),
+        (hc.removed, "/pending_dynamic_removal"),
+        (hc.timeout, "/active_hc_timeout"),
+        (h.excluded, "/eds_status_draining"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, f)| *f)
+    .collect()
+}
+
+/// One host's stats under `track_cluster_stats.per_endpoint_stats`.
+struct EndpointStats {
+    /// The cluster's observability name.
+    cluster: String,
+    address: std::net::SocketAddr,
+    /// Envoy's counters then gauges, in the order its `/stats` lists them.
+    values: [(&'static str, u64, bool); 10],
+}
+
+impl EndpointStats {
+    /// `cluster.<name>.endpoint.<address, ':' as '_'>.<stat>`.
+    fn name(&self, stat: &str) -> String {
+        format!(
+            "cluster.{}.endpoint.{}.{stat}",
+            self.cluster,
+            self.address.to_string().replace(':', "_")
+        )
+    }
+}
+
+/// The hosts' stats of the clusters that ask for them, the clusters by name.
+fn endpoint_stats(state: &AdminState) -> Vec<EndpointStats> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let snapshot = state.published.load();
+    let mut all: Vec<_> = snapshot
+        .clusters
+        .values()
+        .filter(|c| c.config.per_endpoint_stats)
+        .collect();
+    all.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    let mut out = Vec::new();
+    for c in all {
+        for (h, s) in c.hosts.iter().zip(&c.host_stats) {
+            out.push(EndpointStats {
+                cluster: c.config.stat_name().to_string(),
+                address: h.address,
+                values: [
+                    ("cx_connect_fail", s.cx_connect_fail.load(Relaxed), true),
+                    ("cx_total", s.cx_total.load(Relaxed), true),
+                    ("rq_error", s.rq_error.load(Relaxed), true),
+                    ("rq_success", s.rq_success.load(Relaxed), true),
+                    ("rq_timeout", s.rq_timeout.load(Relaxed), true),
+                    ("rq_total", s.rq_total.load(Relaxed), true),
+                    ("cx_active", s.cx_active.load(Relaxed), false),
+                    ("rq_active", s.rq_active.load(Relaxed), false),
+                    // skiff's hosts keep no queue of their own: requests wait in the pools.
+                    ("rq_pending_active", 0, false),
+                    ("healthy", u64::from(health_flags(h).is_empty()), false),
+                ],
+            });
+        }
+    }
+    out
+}
+
+/// The hosts' stats in Prometheus' form, after the rest as Envoy writes them: each counter's
+/// family, then each gauge's (by name), a line per host.
+fn prometheus_endpoints(all: &[EndpointStats]) -> String {
+    let mut out = String::new();
+    if all.is_empty() {
+        return out;
+    }
+    let mut families: Vec<(&str, bool)> = all[0].values.iter().map(|(n, _, c)| (*n, *c)).collect();
+    families.sort_by_key(|(n, counter)| (!counter, if *counter { "" } else { *n }));
+    for (family, counter) in families {
+        out.push_str(&format!(
+            "# TYPE envoy_cluster_endpoint_{family} {}\n",
+            if counter { "counter" } else { "gauge" }
+        ));
+        for e in all {
+            if let Some((_, v, _)) = e.values.iter().find(|(n, _, _)| *n == family) {
+                out.push_str(&format!(
+                    "envoy_cluster_endpoint_{family}{{envoy_cluster_name=\"{}\",envoy_endpoint_address=\"{}\"}} {v}\n",
+                    e.cluster, e.address
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<Bytes>> {
     use std::sync::atomic::Ordering::Relaxed;
     let json_format = q.get("format").map(String::as_str) == Some("json");
@@ -662,22 +783,7 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
             for (k, v) in fields {
                 out.push_str(&format!("{name}::{a}::{k}::{v}\n"));
             }
-            // Envoy's flags, in its order.
-            let hc = h.checks;
-            let flags: String = [
-                (hc.failed, "/failed_active_hc"),
-                (hc.ejected, "/failed_outlier_check"),
-                (!h.healthy && !h.excluded, "/failed_eds_health"),
-                (hc.degraded, "/degraded_active_hc"),
-                (h.degraded, "/degraded_eds_health"),
-                (hc.removed, "/pending_dynamic_removal"),
-                (hc.timeout, "/active_hc_timeout"),
-                (h.excluded, "/eds_status_draining"),
-            ]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, f)| *f)
-            .collect();
+            let flags = health_flags(h);
             let health = if flags.is_empty() { "healthy" } else { &flags };
             let weight = h.weight.to_string();
             let priority = h.priority.to_string();

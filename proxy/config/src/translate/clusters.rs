@@ -394,6 +394,10 @@ pub(super) fn translate_cluster(
     Ok(Cluster {
         name: c.name.clone(),
         alt_stat_name: (!c.alt_stat_name.is_empty()).then(|| c.alt_stat_name.clone()),
+        per_endpoint_stats: c
+            .track_cluster_stats
+            .as_ref()
+            .is_some_and(|t| t.per_endpoint_stats),
         metadata: Arc::new(
             c.metadata
                 .as_ref()
