@@ -1464,6 +1464,96 @@ pub enum HttpFilterConfig {
     ExtAuthz(Arc<ExtAuthz>),
     /// `envoy.filters.http.set_filter_state`.
     SetFilterState(Arc<crate::filter_state::HttpSetFilterState>),
+    /// `envoy.filters.http.basic_auth`.
+    BasicAuth(Arc<BasicAuth>),
+}
+
+/// `envoy.filters.http.basic_auth`: requests must carry the `Basic` credentials of one of its
+/// users (a route's `BasicAuthPerRoute` users replacing them).
+#[derive(Debug, PartialEq)]
+pub struct BasicAuth {
+    /// `users`.
+    pub users: Arc<BasicAuthUsers>,
+    /// `forward_username_header`: the user's name goes upstream in it.
+    pub forward_username_header: Option<http::HeaderName>,
+    /// `authentication_header` (default `authorization`): where the credentials are.
+    pub authentication_header: http::HeaderName,
+}
+
+/// htpasswd users: each name with its password's base64 SHA-1 (`{SHA}`).
+#[derive(Debug, PartialEq)]
+pub struct BasicAuthUsers(pub std::collections::HashMap<String, String>);
+
+/// Why a request's `Basic` credentials are refused, as Envoy tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BasicAuthDenial {
+    Missing,
+    Scheme,
+    Format,
+    Invalid,
+}
+
+impl BasicAuthDenial {
+    /// The reply's body.
+    pub fn body(self) -> &'static str {
+        match self {
+            BasicAuthDenial::Missing => {
+                "User authentication failed. Missing username and password."
+            }
+            BasicAuthDenial::Scheme => {
+                "User authentication failed. Expected 'Basic' authentication scheme."
+            }
+            BasicAuthDenial::Format => {
+                "User authentication failed. Invalid basic credential format."
+            }
+            BasicAuthDenial::Invalid => {
+                "User authentication failed. Invalid username/password combination."
+            }
+        }
+    }
+
+    /// `%RESPONSE_CODE_DETAILS%`.
+    pub fn details(self) -> &'static str {
+        match self {
+            BasicAuthDenial::Missing => "no_credential_for_basic_auth",
+            BasicAuthDenial::Scheme => "invalid_scheme_for_basic_auth",
+            BasicAuthDenial::Format => "invalid_format_for_basic_auth",
+            BasicAuthDenial::Invalid => "invalid_credential_for_basic_auth",
+        }
+    }
+}
+
+impl BasicAuthUsers {
+    /// The user whose credentials the header's `value` carries (`Basic <base64 name:password>`),
+    /// or why there is none.
+    pub fn authenticate(&self, value: Option<&[u8]>) -> Result<String, BasicAuthDenial> {
+        use base64::Engine;
+        let value = value.ok_or(BasicAuthDenial::Missing)?;
+        let token = value
+            .strip_prefix(b"Basic ")
+            .ok_or(BasicAuthDenial::Scheme)?;
+        // Padding or not, as Envoy decodes it; what does not decode holds no colon.
+        let engine = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        let decoded = engine.decode(token).unwrap_or_default();
+        let colon = decoded
+            .iter()
+            .position(|b| *b == b':')
+            .ok_or(BasicAuthDenial::Format)?;
+        let (name, password) = (&decoded[..colon], &decoded[colon + 1..]);
+        let name = std::str::from_utf8(name).map_err(|_| BasicAuthDenial::Invalid)?;
+        let stored = self.0.get(name).ok_or(BasicAuthDenial::Invalid)?;
+        let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, password);
+        let hashed = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+        if hashed == *stored {
+            Ok(name.to_string())
+        } else {
+            Err(BasicAuthDenial::Invalid)
+        }
+    }
 }
 
 /// `envoy.filters.http.ext_authz`: each request is checked with an authorization service (gRPC

@@ -1826,6 +1826,21 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "bytes_value",
         ],
     ),
+    // `allow_missing` and `emit_dynamic_metadata` are refused by translate/basic_auth.rs.
+    (
+        "envoy.extensions.filters.http.basic_auth.v3.BasicAuth",
+        &[
+            "users",
+            "forward_username_header",
+            "authentication_header",
+            "allow_missing",
+            "emit_dynamic_metadata",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute",
+        &["users"],
+    ),
     (
         "envoy.extensions.access_loggers.file.v3.FileAccessLog",
         &["path", "log_format", "format", "json_format", "typed_json_format"],

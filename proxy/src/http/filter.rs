@@ -143,6 +143,8 @@ enum Kind {
     ExtAuthz(Rc<crate::http::filters::ext_authz::Factory>),
     /// `envoy.filters.http.set_filter_state`.
     SetFilterState(std::sync::Arc<crate::config::filter_state::HttpSetFilterState>),
+    /// `envoy.filters.http.basic_auth`.
+    BasicAuth(Rc<crate::http::filters::basic_auth::Factory>),
 }
 
 impl Factory {
@@ -223,6 +225,9 @@ pub fn factories(
                     crate::http::filters::ratelimit::Factory::new(cfg.clone(), shard),
                 )),
                 HttpFilterConfig::SetFilterState(cfg) => Kind::SetFilterState(cfg.clone()),
+                HttpFilterConfig::BasicAuth(cfg) => Kind::BasicAuth(Rc::new(
+                    crate::http::filters::basic_auth::Factory::new(cfg.clone(), shard, stat_prefix),
+                )),
             },
         })
         .collect()
@@ -421,6 +426,13 @@ pub fn build(factories: &[Factory], cx: &StreamContext<'_>) -> Option<FilterChai
                 Kind::SetFilterState(c) => Box::new(
                     crate::http::filters::set_filter_state::SetFilterState::new(c.clone(), cx),
                 ),
+                Kind::BasicAuth(b) => {
+                    let route = match per_route {
+                        Some(PerFilterConfig::BasicAuth(u)) => Some(u),
+                        _ => None,
+                    };
+                    Box::new(b.filter(route))
+                }
             })
         })
         .collect();

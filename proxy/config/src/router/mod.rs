@@ -907,6 +907,8 @@ pub enum PerFilterConfig {
     RateLimit(Arc<crate::model::RateLimitPerRoute>),
     /// `envoy.filters.http.ext_authz`'s `ExtAuthzPerRoute`.
     ExtAuthz(Arc<crate::model::ExtAuthzPerRoute>),
+    /// `envoy.filters.http.basic_auth`'s `BasicAuthPerRoute`: its users.
+    BasicAuth(Arc<crate::model::BasicAuthUsers>),
 }
 
 /// `CompressorPerRoute`: what it changes in the filter's response direction.

@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3 as
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 
+mod basic_auth;
 mod clusters;
 mod compressor;
 mod cors;

@@ -719,6 +719,12 @@ fn one(
         "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute" => {
             PerFilterConfig::RateLimit(Arc::new(global_per_route(&unpack(any, path)?, path)?))
         }
+        "envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute" => {
+            PerFilterConfig::BasicAuth(Arc::new(super::basic_auth::per_route(
+                &unpack(any, path)?,
+                path,
+            )?))
+        }
         "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute" => {
             PerFilterConfig::Compressor(super::compressor::per_route(&unpack(any, path)?, path)?)
         }

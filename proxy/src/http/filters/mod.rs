@@ -1,5 +1,6 @@
 //! HTTP filters. The router is the terminal decoder filter.
 
+pub mod basic_auth;
 pub mod compressor;
 pub mod cors;
 pub mod decompressor;
