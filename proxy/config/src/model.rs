@@ -1466,6 +1466,46 @@ pub enum HttpFilterConfig {
     SetFilterState(Arc<crate::filter_state::HttpSetFilterState>),
     /// `envoy.filters.http.basic_auth`.
     BasicAuth(Arc<BasicAuth>),
+    /// `envoy.filters.http.header_mutation`.
+    HeaderMutation(Arc<HeaderMutation>),
+}
+
+/// `envoy.filters.http.header_mutation`.
+#[derive(Debug, PartialEq)]
+pub struct HeaderMutation {
+    /// `mutations`.
+    pub mutations: Arc<HeaderMutations>,
+    /// `most_specific_header_mutations_wins`: the routes' mutations run from the route
+    /// configuration's to the route's (the route's last); otherwise the other way round.
+    pub most_specific_wins: bool,
+}
+
+/// `Mutations`: the request's and the response's changes, each made in order.
+#[derive(Debug, Default, PartialEq)]
+pub struct HeaderMutations {
+    pub request: Vec<HeaderMutationStep>,
+    pub response: Vec<HeaderMutationStep>,
+}
+
+impl HeaderMutations {
+    /// Whether a value needs the stream to render.
+    pub fn formats(&self) -> bool {
+        self.request
+            .iter()
+            .chain(&self.response)
+            .any(|s| matches!(s, HeaderMutationStep::Append(p) if p.formats()))
+    }
+}
+
+/// One `HeaderMutation`.
+#[derive(Debug, PartialEq)]
+pub enum HeaderMutationStep {
+    /// `append`: one header value option (a parser of one addition).
+    Append(Arc<crate::router::HeaderParser>),
+    /// `remove`.
+    Remove(http::HeaderName),
+    /// `remove_on_match`: every header whose name matches.
+    RemoveOnMatch(StringMatch),
 }
 
 /// `envoy.filters.http.basic_auth`: requests must carry the `Basic` credentials of one of its

@@ -1841,6 +1841,33 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute",
         &["users"],
     ),
+    // Trailer and query parameter mutations are refused by translate/header_mutation.rs.
+    (
+        "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+        &["mutations", "most_specific_header_mutations_wins"],
+    ),
+    (
+        "envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
+        &["mutations"],
+    ),
+    (
+        "envoy.extensions.filters.http.header_mutation.v3.Mutations",
+        &[
+            "request_mutations",
+            "response_mutations",
+            "query_parameter_mutations",
+            "response_trailers_mutations",
+            "request_trailers_mutations",
+        ],
+    ),
+    (
+        "envoy.config.common.mutation_rules.v3.HeaderMutation",
+        &["append", "remove", "remove_on_match"],
+    ),
+    (
+        "envoy.config.common.mutation_rules.v3.HeaderMutation.RemoveOnMatch",
+        &["key_matcher"],
+    ),
     (
         "envoy.extensions.access_loggers.file.v3.FileAccessLog",
         &["path", "log_format", "format", "json_format", "typed_json_format"],

@@ -145,6 +145,8 @@ enum Kind {
     SetFilterState(std::sync::Arc<crate::config::filter_state::HttpSetFilterState>),
     /// `envoy.filters.http.basic_auth`.
     BasicAuth(Rc<crate::http::filters::basic_auth::Factory>),
+    /// `envoy.filters.http.header_mutation`.
+    HeaderMutation(std::sync::Arc<crate::config::model::HeaderMutation>),
 }
 
 impl Factory {
@@ -168,7 +170,12 @@ impl Factory {
     /// Whether the filter renders formats from the stream's record (which the connection
     /// manager then keeps).
     pub fn reads_record(&self) -> bool {
-        matches!(self.kind, Kind::SetFilterState(_))
+        match &self.kind {
+            Kind::SetFilterState(_) => true,
+            // Its values with operators (a route's too, which may come from RDS).
+            Kind::HeaderMutation(_) => true,
+            _ => false,
+        }
     }
 }
 
@@ -225,6 +232,7 @@ pub fn factories(
                     crate::http::filters::ratelimit::Factory::new(cfg.clone(), shard),
                 )),
                 HttpFilterConfig::SetFilterState(cfg) => Kind::SetFilterState(cfg.clone()),
+                HttpFilterConfig::HeaderMutation(cfg) => Kind::HeaderMutation(cfg.clone()),
                 HttpFilterConfig::BasicAuth(cfg) => Kind::BasicAuth(Rc::new(
                     crate::http::filters::basic_auth::Factory::new(cfg.clone(), shard, stat_prefix),
                 )),
@@ -426,6 +434,21 @@ pub fn build(factories: &[Factory], cx: &StreamContext<'_>) -> Option<FilterChai
                 Kind::SetFilterState(c) => Box::new(
                     crate::http::filters::set_filter_state::SetFilterState::new(c.clone(), cx),
                 ),
+                Kind::HeaderMutation(h) => {
+                    let routes = cx
+                        .selection
+                        .per_filter_all(&f.name)
+                        .filter_map(|p| match p {
+                            PerFilterConfig::HeaderMutation(m) => Some(m.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    Box::new(
+                        crate::http::filters::header_mutation::HeaderMutationFilter::new(
+                            h, routes, cx.info,
+                        ),
+                    )
+                }
                 Kind::BasicAuth(b) => {
                     let route = match per_route {
                         Some(PerFilterConfig::BasicAuth(u)) => Some(u),

@@ -909,6 +909,8 @@ pub enum PerFilterConfig {
     ExtAuthz(Arc<crate::model::ExtAuthzPerRoute>),
     /// `envoy.filters.http.basic_auth`'s `BasicAuthPerRoute`: its users.
     BasicAuth(Arc<crate::model::BasicAuthUsers>),
+    /// `envoy.filters.http.header_mutation`'s `HeaderMutationPerRoute`.
+    HeaderMutation(Arc<crate::model::HeaderMutations>),
 }
 
 /// `CompressorPerRoute`: what it changes in the filter's response direction.

@@ -1516,6 +1516,11 @@ fn http_filter_list(
                     super::ratelimit::global(&unpack(any, &tpath)?, &tpath)?,
                 )))
             }
+            "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation" => {
+                Some(HttpFilterConfig::HeaderMutation(Arc::new(
+                    super::header_mutation::translate(&unpack(any, &tpath)?, &tpath)?,
+                )))
+            }
             "envoy.extensions.filters.http.basic_auth.v3.BasicAuth" => {
                 Some(HttpFilterConfig::BasicAuth(Arc::new(
                     super::basic_auth::translate(&unpack(any, &tpath)?, &tpath)?,

@@ -25,6 +25,7 @@ mod fault;
 mod fields;
 mod filter_state;
 mod google_grpc;
+mod header_mutation;
 mod header_to_metadata;
 mod health_check;
 mod http_manager;

@@ -719,6 +719,12 @@ fn one(
         "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute" => {
             PerFilterConfig::RateLimit(Arc::new(global_per_route(&unpack(any, path)?, path)?))
         }
+        "envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute" => {
+            PerFilterConfig::HeaderMutation(Arc::new(super::header_mutation::per_route(
+                &unpack(any, path)?,
+                path,
+            )?))
+        }
         "envoy.extensions.filters.http.basic_auth.v3.BasicAuthPerRoute" => {
             PerFilterConfig::BasicAuth(Arc::new(super::basic_auth::per_route(
                 &unpack(any, path)?,

@@ -6,6 +6,7 @@ pub mod cors;
 pub mod decompressor;
 pub mod ext_authz;
 pub mod fault;
+pub mod header_mutation;
 pub mod header_to_metadata;
 pub mod health_check;
 pub mod istio;

@@ -1,0 +1,168 @@
+//! `envoy.filters.http.header_mutation` side by side with Envoy 1.40: the filter's request and
+//! response mutations (appends with each `append_action`, `keep_empty_value`, a formatted
+//! value, `remove`, `remove_on_match`), and `HeaderMutationPerRoute` at the route, the virtual
+//! host and the route configuration, in the order Envoy makes them with and without
+//! `most_specific_header_mutations_wins`. Compared: the headers the upstream got and the
+//! response's.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use skiff_tests::config::{bootstrap, cluster, listener, router, to_yaml};
+use skiff_tests::proxy::{Kind, ProxyProcess};
+use skiff_tests::run_for;
+use skiff_tests::upstream::EchoUpstream;
+
+fn append(key: &str, value: &str, action: Option<&str>) -> Value {
+    let mut v = json!({ "append": { "header": { "key": key, "value": value } } });
+    if let Some(a) = action {
+        v["append"]["append_action"] = json!(a);
+    }
+    v
+}
+
+fn per_route(value: &str) -> Value {
+    json!({ "envoy.filters.http.header_mutation": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
+        "mutations": {
+            "request_mutations": [ append("x-a", value, None) ],
+            "response_mutations": [ append("resp-a", value, None) ] } } })
+}
+
+fn hcm(name: &str, most_specific_wins: bool) -> Value {
+    let filter = json!({ "name": "envoy.filters.http.header_mutation", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+        "most_specific_header_mutations_wins": most_specific_wins,
+        "mutations": {
+            "request_mutations": [
+                append("x-a", "filter", None),
+                append("x-over", "%REQ(:PATH)%", Some("OVERWRITE_IF_EXISTS_OR_ADD")),
+                append("x-absent", "added", Some("ADD_IF_ABSENT")),
+                append("x-present", "not-added", Some("ADD_IF_ABSENT")),
+                append("x-only-if", "overwritten", Some("OVERWRITE_IF_EXISTS")),
+                append("x-missing-if", "never", Some("OVERWRITE_IF_EXISTS")),
+                { "append": { "header": { "key": "x-empty" }, "keep_empty_value": true } },
+                { "append": { "header": { "key": "x-empty-dropped" } } },
+                { "remove": "x-drop" },
+                { "remove_on_match": { "key_matcher": { "prefix": "x-secret-" } } }
+            ],
+            "response_mutations": [
+                append("resp-a", "f1,f2", None),
+                append("x-upstream", "not-added", Some("ADD_IF_ABSENT")),
+                append("x-upstream", "changed", Some("OVERWRITE_IF_EXISTS")),
+                append("resp-code", "%RESPONSE_CODE%", None),
+                { "remove_on_match": { "key_matcher": { "exact": "content-type" } } }
+            ]
+        } } });
+    json!({ "name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": name,
+        "http_filters": [ filter, router() ],
+        "route_config": {
+            "typed_per_filter_config": per_route("table"),
+            "virtual_hosts": [ { "name": "v", "domains": ["*"],
+                "typed_per_filter_config": per_route("vhost"),
+                "routes": [
+                    { "match": { "prefix": "/route" }, "route": { "cluster": "backend" },
+                      "typed_per_filter_config": per_route("route") },
+                    { "match": { "prefix": "/" }, "route": { "cluster": "backend" } }
+                ] } ] }
+    } })
+}
+
+#[tokio::test]
+async fn header_mutation_side_by_side_with_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let backend = EchoUpstream::start("backend").await;
+            let ports = [skiff_tests::free_port(), skiff_tests::free_port()];
+            let yaml = to_yaml(&bootstrap(
+                skiff_tests::free_port(),
+                vec![
+                    listener("least", "127.0.0.1", ports[0], hcm("least", false)),
+                    listener("most", "127.0.0.1", ports[1], hcm("most", true)),
+                ],
+                vec![cluster("backend", &[backend.port()])],
+            ));
+            let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+            let mut got = Vec::new();
+            for port in ports {
+                for path in ["/route/x?q=1", "/other"] {
+                    let before = backend.rec.requests().len();
+                    let url = format!("http://127.0.0.1:{port}{path}");
+                    let r = skiff_tests::client::curl(&[
+                        "-s",
+                        "-H",
+                        "x-drop: 1",
+                        "-H",
+                        "x-secret-one: s",
+                        "-H",
+                        "x-over: client",
+                        "-H",
+                        "x-present: client",
+                        "-H",
+                        "x-only-if: client",
+                        &url,
+                    ])
+                    .await;
+                    let up = backend.rec.requests().get(before).map(|u| {
+                        [
+                            "x-a",
+                            "x-over",
+                            "x-absent",
+                            "x-present",
+                            "x-only-if",
+                            "x-missing-if",
+                            "x-empty",
+                            "x-empty-dropped",
+                            "x-drop",
+                            "x-secret-one",
+                        ]
+                        .iter()
+                        .map(|n| format!("{n}={:?}", u.header_all(n)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                    });
+                    let resp: Vec<String> = ["resp-a", "x-upstream", "resp-code", "content-type"]
+                        .iter()
+                        .map(|n| {
+                            let all: Vec<&str> = r
+                                .resp
+                                .headers
+                                .iter()
+                                .filter(|(k, _)| k == n)
+                                .map(|(_, v)| v.as_str())
+                                .collect();
+                            format!("{n}={all:?}")
+                        })
+                        .collect();
+                    got.push(format!(
+                        "{} {path}: {} upstream={up:?} response={}",
+                        if port == ports[0] { "least" } else { "most" },
+                        r.resp.status,
+                        resp.join(" ")
+                    ));
+                }
+            }
+            drop(proxy);
+            seen.push(got);
+        }
+        let (e, s) = (&seen[0], &seen[1]);
+        let diff: Vec<String> = e
+            .iter()
+            .zip(s.iter())
+            .filter(|(a, b)| a != b)
+            .map(|(a, b)| format!("envoy {a}\nskiff {b}"))
+            .collect();
+        assert!(
+            diff.is_empty() && e.len() == s.len(),
+            "{}\n\nenvoy:\n{}",
+            diff.join("\n\n"),
+            e.join("\n")
+        );
+        let all = e.join("\n");
+        assert!(all.contains("route"), "{all}");
+    })
+    .await;
+}
