@@ -279,6 +279,14 @@ pub struct UpstreamConnection {
     pub tls_version: Option<&'static str>,
 }
 
+/// A span's trace id (its high half for a 128-bit id) and its own id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceIds {
+    pub trace_high: Option<u64>,
+    pub trace: u64,
+    pub span: u64,
+}
+
 /// The record of one stream (an HTTP request) or one TCP proxy connection.
 #[derive(Debug, Clone)]
 pub struct StreamInfo {
@@ -287,8 +295,8 @@ pub struct StreamInfo {
     /// `tracing` is configured and the request id says the service forced the trace
     /// (`traceable_filter`).
     pub trace_forced: bool,
-    /// The stream's span's trace and span ids (hex), when it has one.
-    pub span_ids: Option<Box<(String, String)>>,
+    /// The stream's span's ids, when it has one.
+    pub span_ids: Option<TraceIds>,
     /// The upstream host's metadata (`%UPSTREAM_METADATA%`), once one is picked.
     pub upstream_metadata: Option<Arc<skiff_config::metadata::Metadata>>,
     /// The upstream cluster's metadata (`%CLUSTER_METADATA%`), once one is picked.

@@ -217,3 +217,30 @@ pub fn response_differences(envoy: &ResponseView, skiff: &ResponseView) -> Vec<S
     }
     out
 }
+
+/// Asserts that what Envoy saw (`seen[0]`) and what skiff saw (`seen[1]`) are the same lines,
+/// naming each line that differs, and returns Envoy's joined. With `SKIFF_TESTS_DUMP=<path>`
+/// both lists are also written to `<path>.envoy` and `<path>.skiff`.
+pub fn assert_same_lines(seen: &[Vec<String>]) -> String {
+    let (e, s) = (&seen[0], &seen[1]);
+    if let Ok(d) = std::env::var("SKIFF_TESTS_DUMP") {
+        let _ = std::fs::write(format!("{d}.envoy"), e.join("\n"));
+        let _ = std::fs::write(format!("{d}.skiff"), s.join("\n"));
+    }
+    let diff: Vec<String> = e
+        .iter()
+        .zip(s.iter())
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| format!("envoy {a}\nskiff {b}"))
+        .collect();
+    assert!(
+        diff.is_empty() && e.len() == s.len(),
+        "{} lines (envoy) vs {}:\n{}\n\nenvoy:\n{}\n\nskiff:\n{}",
+        e.len(),
+        s.len(),
+        diff.join("\n\n"),
+        e.join("\n"),
+        s.join("\n")
+    );
+    e.join("\n")
+}

@@ -187,22 +187,7 @@ async fn basic_auth_side_by_side_with_envoy() {
             drop(proxy);
             seen.push(got);
         }
-        let (e, s) = (&seen[0], &seen[1]);
-        let diff: Vec<String> = e
-            .iter()
-            .zip(s.iter())
-            .filter(|(a, b)| a != b)
-            .map(|(a, b)| format!("envoy {a}\nskiff {b}"))
-            .collect();
-        assert!(
-            diff.is_empty() && e.len() == s.len(),
-            "{} lines (envoy) vs {}:\n{}\n\nenvoy:\n{}",
-            e.len(),
-            s.len(),
-            diff.join("\n\n"),
-            e.join("\n")
-        );
-        let all = e.join("\n");
+        let all = skiff_tests::diff::assert_same_lines(&seen);
         assert!(all.contains("http.plain.basic_auth.allowed"), "{all}");
         assert!(all.contains("invalid_credential_for_basic_auth"), "{all}");
         assert!(all.contains(r#"x-user=Some(\"admin\")"#), "{all}");

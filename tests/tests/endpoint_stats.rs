@@ -115,23 +115,7 @@ async fn per_endpoint_stats_side_by_side_with_envoy() {
             );
             seen.push(got);
         }
-        let (e, s) = (&seen[0], &seen[1]);
-        let diff: Vec<String> = e
-            .iter()
-            .zip(s.iter())
-            .filter(|(a, b)| a != b)
-            .map(|(a, b)| format!("envoy {a}\nskiff {b}"))
-            .collect();
-        assert!(
-            diff.is_empty() && e.len() == s.len(),
-            "{} lines (envoy) vs {}:\n{}\n\nenvoy:\n{}\n\nskiff:\n{}",
-            e.len(),
-            s.len(),
-            diff.join("\n\n"),
-            e.join("\n"),
-            s.join("\n")
-        );
-        let all = e.join("\n");
+        let all = skiff_tests::diff::assert_same_lines(&seen);
         if std::env::var("ENDPOINT_STATS_SHOW").is_ok() {
             eprintln!("{all}");
         }

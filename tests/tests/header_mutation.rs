@@ -148,20 +148,7 @@ async fn header_mutation_side_by_side_with_envoy() {
             drop(proxy);
             seen.push(got);
         }
-        let (e, s) = (&seen[0], &seen[1]);
-        let diff: Vec<String> = e
-            .iter()
-            .zip(s.iter())
-            .filter(|(a, b)| a != b)
-            .map(|(a, b)| format!("envoy {a}\nskiff {b}"))
-            .collect();
-        assert!(
-            diff.is_empty() && e.len() == s.len(),
-            "{}\n\nenvoy:\n{}",
-            diff.join("\n\n"),
-            e.join("\n")
-        );
-        let all = e.join("\n");
+        let all = skiff_tests::diff::assert_same_lines(&seen);
         assert!(all.contains("route"), "{all}");
     })
     .await;

@@ -229,23 +229,7 @@ async fn open_telemetry_access_logs_side_by_side_with_envoy() {
             got.extend(stats.into_iter().map(|(k, v)| format!("{k}={v}")));
             seen.push(got);
         }
-        let (e, s) = (&seen[0], &seen[1]);
-        let diff: Vec<String> = e
-            .iter()
-            .zip(s.iter())
-            .filter(|(a, b)| a != b)
-            .map(|(a, b)| format!("envoy {a}\nskiff {b}"))
-            .collect();
-        assert!(
-            diff.is_empty() && e.len() == s.len(),
-            "{} lines (envoy) vs {}:\n{}\n\nenvoy:\n{}\n\nskiff:\n{}",
-            e.len(),
-            s.len(),
-            diff.join("\n\n"),
-            e.join("\n"),
-            s.join("\n")
-        );
-        let all = e.join("\n");
+        let all = skiff_tests::diff::assert_same_lines(&seen);
         assert!(all.contains("0af7651916cd43dd8448eb211c80319c"), "{all}");
         assert!(
             all.contains("open_telemetry_access_log.errs.logs_written=2"),

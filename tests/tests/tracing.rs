@@ -212,27 +212,8 @@ async fn send(port: u16, path: &str, headers: &[String]) -> skiff_tests::client:
 }
 
 /// Asserts that Envoy's lines (first) and skiff's are the same, line by line; Envoy's, joined.
-/// With `TRACING_DUMP=<path>` both lists are also written to `<path>.envoy` and `<path>.skiff`.
 fn assert_same(seen: &[Vec<String>]) -> String {
-    let (e, s) = (&seen[0], &seen[1]);
-    if let Ok(d) = std::env::var("TRACING_DUMP") {
-        let _ = std::fs::write(format!("{d}.envoy"), e.join("\n"));
-        let _ = std::fs::write(format!("{d}.skiff"), s.join("\n"));
-    }
-    let diff: Vec<String> = e
-        .iter()
-        .zip(s.iter())
-        .filter(|(a, b)| a != b)
-        .map(|(a, b)| format!("envoy {a}\nskiff {b}"))
-        .collect();
-    assert!(
-        diff.is_empty() && e.len() == s.len(),
-        "{} lines (envoy) vs {}:\n{}",
-        e.len(),
-        s.len(),
-        diff.join("\n\n")
-    );
-    e.join("\n")
+    skiff_tests::diff::assert_same_lines(seen)
 }
 
 /// The B3 headers of a caller with trace `t` and span `s`, sampled.

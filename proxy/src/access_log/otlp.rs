@@ -37,8 +37,15 @@ thread_local! {
 pub fn log(worker: &Rc<Worker>, config: &Arc<OtelAccessLog>, info: &StreamInfo) {
     let exporter = EXPORTERS.with(|all| {
         let mut all = all.borrow_mut();
-        // Exporters of configurations gone (only this list holds them) go too.
-        all.retain(|e| Arc::strong_count(&e.config) > 1 || Arc::ptr_eq(&e.config, config));
+        // Exporters of configurations gone (only this list holds them) go too, sending what
+        // they still hold.
+        let (keep, gone): (Vec<_>, Vec<_>) = all
+            .drain(..)
+            .partition(|e| Arc::strong_count(&e.config) > 1 || Arc::ptr_eq(&e.config, config));
+        *all = keep;
+        for e in gone {
+            flush(worker, &e);
+        }
         if let Some(e) = all.iter().find(|e| Arc::ptr_eq(&e.config, config)) {
             return e.clone();
         }
@@ -81,33 +88,26 @@ fn record(config: &OtelAccessLog, info: &StreamInfo) -> otlp::LogRecord {
         .start_time
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
-    let (trace_id, span_id) = match info.span_ids.as_deref() {
-        Some((t, s)) => (bytes(t), bytes(s)),
+    let (trace_id, span_id) = match info.span_ids {
+        Some(ids) => {
+            // A 64-bit trace id is eight bytes, as Envoy writes the hex id it has.
+            let mut trace = Vec::with_capacity(16);
+            if let Some(h) = ids.trace_high {
+                trace.extend_from_slice(&h.to_be_bytes());
+            }
+            trace.extend_from_slice(&ids.trace.to_be_bytes());
+            (trace, ids.span.to_be_bytes().to_vec())
+        }
         None => (Vec::new(), Vec::new()),
     };
     otlp::LogRecord {
         time_unix_nano: micros * 1000,
         body: config.body.as_ref().map(|b| render(b, info)),
-        attributes: config
-            .attributes
-            .iter()
-            .map(|(k, v)| KeyValue {
-                key: k.clone(),
-                value: Some(render(v, info)),
-                ..Default::default()
-            })
-            .collect(),
+        attributes: render_list(&config.attributes, info),
         trace_id,
         span_id,
         ..Default::default()
     }
-}
-
-/// Hex digits as the bytes they spell.
-fn bytes(hex: &str) -> Vec<u8> {
-    (0..hex.len() / 2)
-        .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
 }
 
 fn render(v: &OtelValue, info: &StreamInfo) -> AnyValue {
@@ -121,17 +121,22 @@ fn render(v: &OtelValue, info: &StreamInfo) -> AnyValue {
             values: items.iter().map(|i| render(i, info)).collect(),
         }),
         OtelValue::Map(entries) => any_value::Value::KvlistValue(otlp::KeyValueList {
-            values: entries
-                .iter()
-                .map(|(k, v)| KeyValue {
-                    key: k.clone(),
-                    value: Some(render(v, info)),
-                    ..Default::default()
-                })
-                .collect(),
+            values: render_list(entries, info),
         }),
     };
     AnyValue { value: Some(value) }
+}
+
+/// A key-value list with its values rendered.
+fn render_list(entries: &[(String, OtelValue)], info: &StreamInfo) -> Vec<KeyValue> {
+    entries
+        .iter()
+        .map(|(k, v)| KeyValue {
+            key: k.clone(),
+            value: Some(render(v, info)),
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// The resource every export names: the built-in labels (the log and the node), with

@@ -1722,18 +1722,14 @@ async fn handle(
         .inc();
         traced = reason != TraceReason::NotTraceable;
     }
-    if let Some(info) = done.info.as_mut() {
+    if let (Some(info), Some(_)) = (done.info.as_mut(), &cfg.tracing) {
         // The request id as the trace decision left it, and the decision it carries
         // (`traceable_filter`: forced by the service).
         if let Some(id) = parts.headers.get(&names::X_REQUEST_ID) {
+            info.trace_forced = id.len() == 36 && id.as_bytes()[14] == b'a';
             info.request_headers
                 .insert(names::X_REQUEST_ID.clone(), id.clone());
         }
-        info.trace_forced = cfg.tracing.is_some()
-            && parts
-                .headers
-                .get(&names::X_REQUEST_ID)
-                .is_some_and(|id| id.len() == 36 && id.as_bytes()[14] == b'a');
     }
     let request_id = cfg
         .always_set_request_id_in_response

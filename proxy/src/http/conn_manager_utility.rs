@@ -590,16 +590,17 @@ pub fn trace_reason(
     force: bool,
 ) -> TraceReason {
     // The connection manager's shares are out of 10,000; a route's (over them) are fractions
-    // Envoy evaluates as `value % denominator < numerator`.
+    // Envoy evaluates as `value % denominator < numerator`, the value the request id's or a
+    // random one.
     let pass = |hcm: u32, route: Option<(u32, u32)>, value: u64| match route {
         Some((n, d)) => value % u64::from(d.max(1)) < u64::from(n),
-        None => value < u64::from(hcm),
+        None => value % 10_000 < u64::from(hcm),
     };
     let client = |v| pass(t.client, route.map(|r| r.client), v);
     let random = |v| pass(t.random, route.map(|r| r.random), v);
     let overall = |v| pass(t.overall, route.map(|r| r.overall), v);
     if !t.use_request_id {
-        let v = fastrand::u64(..10_000);
+        let v = fastrand::u64(..);
         return match random(v) && overall(v) {
             true => TraceReason::Sampled,
             false => TraceReason::NotTraceable,
@@ -622,7 +623,7 @@ pub fn trace_reason(
     };
     let mut decided = reason;
     if decided == NONE {
-        if headers.contains_key("x-client-trace-id") && client(fastrand::u64(..10_000)) {
+        if headers.contains_key("x-client-trace-id") && client(fastrand::u64(..)) {
             decided = CLIENT;
         } else if force {
             decided = FORCED;

@@ -402,11 +402,16 @@ impl Span {
             CustomTag::Fixed { tag, .. } | CustomTag::RequestHeader { tag, .. } => tag.clone(),
         };
         let (mut header_tags, mut fixed_tags) = (Vec::new(), Vec::new());
+        // Only a span that may be reported (its own, or under a sampler its children) needs
+        // them.
+        let reported = context.as_ref().is_some_and(|c| c.sampled)
+            || matches!(&tracer.provider, Provider::OpenTelemetry(o) if o.sampler.is_some());
         for t in tracer
             .custom_tags
             .iter()
+            .filter(|_| reported)
             .filter(|t| !route_tags.iter().any(|r| tag_name(r) == tag_name(t)))
-            .chain(route_tags)
+            .chain(route_tags.iter().filter(|_| reported))
         {
             match t {
                 CustomTag::RequestHeader { tag, name, default } => {
@@ -461,14 +466,18 @@ impl Span {
         })))
     }
 
-    /// The span's trace and span ids (hex), for the access log (none for Envoy's null span).
-    pub fn ids(&self) -> Option<Box<(String, String)>> {
+    /// The span's ids, for the access log (none for Envoy's null span).
+    pub fn ids(&self) -> Option<crate::stream_info::TraceIds> {
         let c = self.context.as_ref()?;
-        let trace = match &c.form {
-            Form::W3c(_) => format!("{:016x}{:016x}", c.trace_high.unwrap_or(0), c.trace),
-            _ => c.trace_id(),
-        };
-        Some(Box::new((trace, format!("{:016x}", c.id))))
+        Some(crate::stream_info::TraceIds {
+            // A W3C trace id is always 128 bits.
+            trace_high: match &c.form {
+                Form::W3c(_) => Some(c.trace_high.unwrap_or(0)),
+                _ => c.trace_high,
+            },
+            trace: c.trace,
+            span: c.id,
+        })
     }
 
     /// The operation an ingress response carries (`x-envoy-decorator-operation`).

@@ -6,7 +6,9 @@ use envoy_types::pb::envoy::config::common::mutation_rules::v3 as rules;
 use envoy_types::pb::envoy::extensions::filters::http::header_mutation::v3 as pb;
 
 use super::ConfigError;
+use crate::access_log::{Body, Op, Piece};
 use crate::model::{HeaderMutation, HeaderMutationStep, HeaderMutations};
+use crate::router::header_parser::HeaderText;
 
 /// The filter's configuration at `path`.
 pub(super) fn translate(c: &pb::HeaderMutation, path: &str) -> Result<HeaderMutation, ConfigError> {
@@ -56,10 +58,74 @@ fn mutations(m: Option<&pb::Mutations>, path: &str) -> Result<HeaderMutations, C
             return Err(ConfigError::unsupported(format!("{path}.{field}")));
         }
     }
+    let response = steps(response_mutations, &format!("{path}.response_mutations"))?;
+    // A response's values render from the stream's record as the filters got it, with the
+    // response's code and headers: what only the router learns later is refused.
+    for (i, s) in response.iter().enumerate() {
+        let HeaderMutationStep::Append(p) = s else {
+            continue;
+        };
+        for (_, text, _, _) in &p.add {
+            let HeaderText::Format(f) = text else {
+                continue;
+            };
+            if let Body::Text(pieces) = f.body() {
+                for piece in pieces {
+                    if let Piece::Op(op, _) = piece {
+                        if !known_before_forwarding(op) {
+                            return Err(ConfigError::new(
+                                format!("{path}.response_mutations[{i}].append.header.value"),
+                                format!(
+                                    "unsupported: {op:?} in a response mutation (skiff renders \
+                                     these values before the upstream request is made)"
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
     Ok(HeaderMutations {
         request: steps(request_mutations, &format!("{path}.request_mutations"))?,
-        response: steps(response_mutations, &format!("{path}.response_mutations"))?,
+        response,
     })
+}
+
+/// Whether an operator's value is known when the request reaches the filters (or is the
+/// response's own: its code and headers).
+fn known_before_forwarding(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::StartTime
+            | Op::StartTimeFormat(_)
+            | Op::Req(..)
+            | Op::Resp(..)
+            | Op::Protocol
+            | Op::ResponseCode
+            | Op::DownstreamRemoteAddress
+            | Op::DownstreamRemoteAddressWithoutPort
+            | Op::DownstreamLocalAddress
+            | Op::DownstreamLocalAddressWithoutPort
+            | Op::DownstreamRemotePort
+            | Op::DownstreamLocalPort
+            | Op::DownstreamDirectRemoteAddress
+            | Op::DownstreamDirectRemoteAddressWithoutPort
+            | Op::DownstreamDirectRemotePort
+            | Op::RequestedServerName
+            | Op::DownstreamTlsVersion
+            | Op::DownstreamTlsCipher
+            | Op::DownstreamPeerUriSan
+            | Op::DownstreamPeerDnsSan
+            | Op::DownstreamPeerSubject
+            | Op::DownstreamPeerIssuer
+            | Op::DownstreamLocalUriSan
+            | Op::DownstreamLocalDnsSan
+            | Op::DownstreamLocalSubject
+            | Op::ConnectionId
+            | Op::UniqueId
+            | Op::Fixed(_)
+    )
 }
 
 fn steps(
@@ -102,4 +168,39 @@ fn steps(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A listener whose HCM runs the filter with `mutations`.
+    fn config(mutations: &str) -> String {
+        format!(
+            r#"static_resources: {{ listeners: [{{ name: l, address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}, filter_chains: [{{ filters: [{{ name: h, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: s, route_config: {{ virtual_hosts: [{{ name: v, domains: ["*"], routes: [{{ match: {{prefix: /}}, route: {{cluster: c}} }}] }}] }}, http_filters: [{{ name: m, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation, mutations: {{ {mutations} }} }} }}, {{ name: envoy.filters.http.router, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}] }} }}] }}] }}], clusters: [{{ name: c, connect_timeout: 1s }}] }}"#
+        )
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        for (m, want) in [
+            (
+                "response_mutations: [{append: {header: {key: a, value: '%UPSTREAM_HOST%'}}}]",
+                "response_mutations[0].append.header.value: unsupported",
+            ),
+            (
+                "request_trailers_mutations: [{remove: a}]",
+                "mutations.request_trailers_mutations: unsupported",
+            ),
+            (
+                "request_mutations: [{remove: 'a b'}]",
+                "request_mutations[0].remove",
+            ),
+        ] {
+            match crate::load_text(&config(m)) {
+                Ok(_) => panic!("accepted: {m}"),
+                Err(e) => assert!(e.to_string().contains(want), "{m}: {e}"),
+            }
+        }
+        let ok = "request_mutations: [{append: {header: {key: a, value: '%UPSTREAM_HOST%'}}}], response_mutations: [{append: {header: {key: b, value: '%RESPONSE_CODE% %REQ(x)%'}}}]";
+        assert!(crate::load_text(&config(ok)).is_ok());
+    }
 }

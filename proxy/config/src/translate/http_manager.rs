@@ -717,12 +717,22 @@ fn otel_access_log(
         Some(cc) if c.log_name.is_empty() => cc.log_name.clone(),
         _ => c.log_name.clone(),
     };
-    let flush = c
-        .buffer_flush_interval
-        .as_ref()
-        .or(common.and_then(|cc| cc.buffer_flush_interval.as_ref()));
+    let flush = match (
+        &c.buffer_flush_interval,
+        common.and_then(|cc| cc.buffer_flush_interval.as_ref()),
+    ) {
+        (Some(d), _) => Some((d, format!("{path}.buffer_flush_interval"))),
+        (None, Some(d)) => Some((d, format!("{path}.common_config.buffer_flush_interval"))),
+        (None, None) => None,
+    };
     let flush_interval = match flush {
-        Some(d) => super::duration(d, &format!("{path}.buffer_flush_interval"))?,
+        Some((d, at)) => {
+            let d = super::duration(d, &at)?;
+            if d.is_zero() {
+                return Err(ConfigError::new(at, "must be greater than 0"));
+            }
+            d
+        }
         None => std::time::Duration::from_secs(1),
     };
     let buffer_size = c
@@ -1396,18 +1406,13 @@ fn route_tracing(
     t: &route::Tracing,
     path: &str,
 ) -> Result<crate::trace::RouteTracing, ConfigError> {
-    let fraction = |f: &Option<envoy_types::pb::envoy::r#type::v3::FractionalPercent>| {
-        use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+    let share = |f: &Option<envoy_types::pb::envoy::r#type::v3::FractionalPercent>,
+                 field: &str|
+     -> Result<(u32, u32), ConfigError> {
         match f {
-            None => (100, 100),
-            Some(f) => {
-                let den = match D::try_from(f.denominator) {
-                    Ok(D::TenThousand) => 10_000,
-                    Ok(D::Million) => 1_000_000,
-                    _ => 100,
-                };
-                (f.numerator, den)
-            }
+            None => Ok((100, 100)),
+            Some(f) => fraction(f, &format!("{path}.{field}"))
+                .map(|f| (f.numerator as u32, f.denominator as u32)),
         }
     };
     if !t.upstream_operation.is_empty() {
@@ -1416,9 +1421,9 @@ fn route_tracing(
         )));
     }
     Ok(crate::trace::RouteTracing {
-        client: fraction(&t.client_sampling),
-        random: fraction(&t.random_sampling),
-        overall: fraction(&t.overall_sampling),
+        client: share(&t.client_sampling, "client_sampling")?,
+        random: share(&t.random_sampling, "random_sampling")?,
+        overall: share(&t.overall_sampling, "overall_sampling")?,
         custom_tags: custom_tags(&t.custom_tags, path)?,
         operation: span_operation(&t.operation, &format!("{path}.operation"))?,
     })
@@ -2439,6 +2444,10 @@ mod tracer_tests {
             (
                 "common_config: {log_name: x, grpc_service: {envoy_grpc: {cluster_name: c}}, filter_state_objects_to_log: [a]}",
                 "common_config.filter_state_objects_to_log: unsupported",
+            ),
+            (
+                "common_config: {log_name: x, grpc_service: {envoy_grpc: {cluster_name: c}}, buffer_flush_interval: 0s}",
+                "common_config.buffer_flush_interval: must be greater than 0",
             ),
         ];
         for (fields, want) in cases {

@@ -584,11 +584,7 @@ async fn attempts_loop(
                 };
                 if let Some(info) = info.as_deref_mut() {
                     info.upstream_connection = Some(conn.info());
-                    info.upstream_protocol = Some(if state.http2.get() {
-                        "HTTP/2"
-                    } else {
-                        "HTTP/1.1"
-                    });
+                    info.upstream_protocol = Some(state.protocol());
                 }
                 let status = resp.status().as_u16();
                 if let Some(r) = retry.as_mut() {
@@ -1112,11 +1108,7 @@ async fn hedged(
                             info.upstream_host = Some(fl.host.address);
                             info.upstream_metadata = Some(fl.host.metadata.clone());
                             info.upstream_connection = Some(conn.info());
-                            info.upstream_protocol = Some(if fl.state.http2.get() {
-                                "HTTP/2"
-                            } else {
-                                "HTTP/1.1"
-                            });
+                            info.upstream_protocol = Some(fl.state.protocol());
                             info.response_code = Some(status);
                         }
                         return Ok(f.finish_response(

@@ -1535,6 +1535,15 @@ impl AttemptState {
         }
     }
 
+    /// The protocol the attempt speaks upstream (`%UPSTREAM_PROTOCOL%`).
+    pub(super) fn protocol(&self) -> &'static str {
+        if self.http2.get() {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        }
+    }
+
     /// Gives attempt `attempt` to `host` a span of its own when the stream's tracer spawns
     /// them (`spawn`, from the request as the router got it): its context, not the stream's,
     /// goes upstream.
@@ -1573,11 +1582,7 @@ impl AttemptState {
             return upstream;
         };
         if self.connected.get() {
-            span.protocol = Some(if self.http2.get() {
-                "HTTP/2"
-            } else {
-                "HTTP/1.1"
-            });
+            span.protocol = Some(self.protocol());
         }
         match outcome {
             Some(Ok((resp, _))) => span.status = Some(resp.status().as_u16()),
