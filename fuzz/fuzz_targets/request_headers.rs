@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
         pack_trace_reason: knobs & 0x20 == 0,
         use_request_id: knobs & 0x40 == 0,
     };
-    trace_reason(&sampling, &mut headers, knobs & 0x80 != 0);
+    trace_reason(&sampling, None, &mut headers, knobs & 0x80 != 0);
     let after = headers.get("x-request-id").map(|v| v.as_bytes().to_vec());
     match (before, after) {
         (Some(b), Some(a)) => {
