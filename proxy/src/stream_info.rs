@@ -437,6 +437,22 @@ pub fn with_filter_state<R>(
     })
 }
 
+/// [`with_filter_state`], with the stream's dynamic metadata beside it (what RBAC rules read).
+pub fn with_stream_data<R>(
+    stream: Option<&DynamicMetadata>,
+    connection: Option<&Connection>,
+    f: impl FnOnce(skiff_config::filter_state::View<'_>, Option<&skiff_config::metadata::Metadata>) -> R,
+) -> R {
+    let guard = stream.map(|s| s.0.lock().unwrap_or_else(|e| e.into_inner()));
+    f(
+        skiff_config::filter_state::View {
+            stream: guard.as_ref().map(|g| &g.filter_state),
+            connection: connection.map(|c| &c.filter_state),
+        },
+        guard.as_ref().map(|g| &g.metadata),
+    )
+}
+
 impl StreamInfo {
     /// A new record for a stream starting now.
     pub fn new(downstream_remote: SocketAddr, downstream_local: SocketAddr) -> Self {

@@ -1628,6 +1628,26 @@ pub struct ExtAuthz {
     /// `route_metadata_context_namespaces`: the route's metadata of these namespaces goes with
     /// a gRPC check.
     pub route_metadata_namespaces: Vec<String>,
+    /// `filter_enabled_metadata`: only requests whose dynamic metadata matches are checked
+    /// (Istio's CUSTOM action reads the RBAC filter's shadow verdict).
+    pub enabled_metadata: Option<crate::metadata::MetadataMatcher>,
+    /// `deny_at_disable`: a request the filter is turned off for is answered
+    /// `status_on_error` instead.
+    pub deny_at_disable: Option<crate::runtime::RuntimeFlag>,
+    /// `with_request_body`: the check carries the start of the request body.
+    pub with_request_body: Option<AuthzBody>,
+}
+
+/// `with_request_body`.
+#[derive(Debug, PartialEq, Clone, Copy)]
+pub struct AuthzBody {
+    /// `max_request_bytes`: the body bytes a check carries (and, without
+    /// `allow_partial_message`, the longest body let through: longer ones are answered 413).
+    pub max_request_bytes: u32,
+    /// `allow_partial_message`: a longer body is checked by its first `max_request_bytes`.
+    pub allow_partial_message: bool,
+    /// `pack_as_bytes`: the gRPC check carries it as `raw_body` rather than `body`.
+    pub pack_as_bytes: bool,
 }
 
 /// Where the checks go.
@@ -1671,8 +1691,14 @@ pub struct HttpAuthz {
 pub enum ExtAuthzPerRoute {
     /// `disabled: true`: no check for the route.
     Disabled,
-    /// `check_settings.context_extensions`, merged over the less specific levels'.
-    Check(Vec<(String, String)>),
+    /// `check_settings`.
+    Check {
+        /// `context_extensions`, merged over the less specific levels'.
+        extensions: Vec<(String, String)>,
+        /// `disable_request_body_buffering`: checked without the body (read from the most
+        /// specific level only, as Envoy reads it).
+        disable_request_body_buffering: bool,
+    },
 }
 
 /// `envoy.filters.http.ratelimit`: each request's descriptors (from the route's, the virtual

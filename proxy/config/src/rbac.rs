@@ -58,6 +58,8 @@ pub enum Permission {
     DestinationPortRange(u32, u32),
     /// `requested_server_name`: the SNI (empty without one).
     RequestedServerName(StringMatch),
+    /// `metadata`: the stream's dynamic metadata (a connection has none).
+    Metadata(crate::metadata::MetadataMatcher),
 }
 
 /// Who asks.
@@ -87,6 +89,8 @@ pub enum Principal {
     /// `filter_state`: an object of the stream's or the connection's filter state (Istio's
     /// `io.istio.peer_principal`).
     FilterState(crate::filter_state::Matcher),
+    /// `metadata`: the stream's dynamic metadata (a connection has none).
+    Metadata(crate::metadata::MetadataMatcher),
 }
 
 /// The peer certificate's names, when the connection is TLS.
@@ -123,6 +127,8 @@ pub struct Request<'a> {
     pub http: bool,
     /// The filter state the request sees.
     pub filter_state: crate::filter_state::View<'a>,
+    /// The stream's dynamic metadata, when its filters may write some.
+    pub metadata: Option<&'a crate::metadata::Metadata>,
 }
 
 impl Request<'_> {
@@ -149,6 +155,7 @@ impl Permission {
                 (*start..*end).contains(&u32::from(r.local.port()))
             }
             Permission::RequestedServerName(m) => m.matches(r.server_name.unwrap_or("")),
+            Permission::Metadata(m) => m.matches(r.metadata),
         }
     }
 }
@@ -176,6 +183,7 @@ impl Principal {
             Principal::Header(m) => r.http && crate::router::header_matches(m, &r.view),
             Principal::UrlPath(m) => r.http && m.matches(r.path_without_query()),
             Principal::FilterState(m) => m.matches(r.filter_state),
+            Principal::Metadata(m) => m.matches(r.metadata),
         }
     }
 }
@@ -300,6 +308,7 @@ mod tests {
             }),
             http: true,
             filter_state: Default::default(),
+            metadata: None,
         };
         let admin = Permission::UrlPath(StringMatch {
             kind: StringMatchKind::Prefix("/admin/".into()),

@@ -761,6 +761,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "envoy.extensions.filters.http.ext_authz.v3.BufferSettings",
+        &["max_request_bytes", "allow_partial_message", "pack_as_bytes"],
+    ),
+    (
         "envoy.extensions.filters.http.ext_authz.v3.HttpService",
         &[
             "server_uri",

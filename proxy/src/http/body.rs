@@ -134,6 +134,122 @@ pub enum ProxyBody {
     Tee(Box<crate::http::shadow::Tee>),
     /// A mirror's copy of a request body.
     Shadow(crate::http::shadow::ShadowBody),
+    /// A request body a filter read the start of before it decided (ext_authz's
+    /// `with_request_body`): that start, then the rest.
+    Prefixed(Box<Prefixed>),
+}
+
+/// The start of a body already read, then the body it came from.
+#[derive(Debug)]
+pub struct Prefixed {
+    data: Option<Bytes>,
+    /// Trailers read with it (the body is then over).
+    trailers: Option<http::HeaderMap>,
+    rest: ProxyBody,
+    /// The body it came from ended while the start was read.
+    ended: bool,
+}
+
+impl Prefixed {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(d) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        if let Some(t) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none() && (self.ended || self.rest.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let held = self.data.as_ref().map_or(0, |d| d.len() as u64);
+        if self.ended {
+            return SizeHint::with_exact(held);
+        }
+        let rest = self.rest.size_hint();
+        let mut h = SizeHint::new();
+        h.set_lower(held + rest.lower());
+        if let Some(u) = rest.upper() {
+            h.set_upper(held + u);
+        }
+        h
+    }
+}
+
+/// The reply to a request whose body is over what a filter may buffer: Envoy's 413.
+fn payload_too_large() -> crate::http::local_reply::LocalReply {
+    crate::http::local_reply::LocalReply {
+        status: http::StatusCode::PAYLOAD_TOO_LARGE,
+        body: Bytes::from_static(b"Payload Too Large"),
+        headers: Vec::new(),
+        mutations: Vec::new(),
+        flag: None,
+        details: "request_payload_too_large",
+        // Envoy answers before the request is over, and closes the connection.
+        close: true,
+    }
+}
+
+/// Reads the start of a request body for a filter that decides on it: the whole body, or,
+/// when `partial`, at least `limit` bytes of it. `body` is left to give what was read, then
+/// the rest. Returns what was read and whether that is the whole body; a body over `limit`
+/// without `partial` is answered 413, and one that fails while it is read ends the stream
+/// (with a reply nobody will read).
+pub async fn read_prefix(
+    body: &mut ProxyBody,
+    limit: usize,
+    partial: bool,
+) -> Result<(Bytes, bool), crate::http::local_reply::LocalReply> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    let mut trailers = None;
+    let mut ended = body.is_end_stream();
+    while !ended {
+        match body.frame().await {
+            None => ended = true,
+            Some(Err(_)) => {
+                return Err(crate::http::local_reply::LocalReply {
+                    status: http::StatusCode::BAD_REQUEST,
+                    body: Bytes::new(),
+                    details: "downstream_remote_disconnect",
+                    close: true,
+                    ..payload_too_large()
+                })
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) => {
+                    buf.extend_from_slice(&d);
+                    if !partial && buf.len() > limit {
+                        return Err(payload_too_large());
+                    }
+                    ended = body.is_end_stream();
+                    if partial && buf.len() >= limit {
+                        break;
+                    }
+                }
+                Err(frame) => {
+                    trailers = frame.into_trailers().ok();
+                    ended = true;
+                }
+            },
+        }
+    }
+    let data = buf.freeze();
+    let rest = std::mem::replace(body, ProxyBody::Empty);
+    *body = ProxyBody::Prefixed(Box::new(Prefixed {
+        data: (!data.is_empty()).then(|| data.clone()),
+        trailers,
+        rest,
+        ended,
+    }));
+    Ok((data, ended))
 }
 
 impl ProxyBody {
@@ -203,6 +319,7 @@ impl Body for ProxyBody {
             ProxyBody::Replay(r) => r.poll_frame(cx),
             ProxyBody::Tee(t) => t.poll_frame(cx),
             ProxyBody::Shadow(s) => s.poll_frame(cx),
+            ProxyBody::Prefixed(p) => p.poll_frame(cx),
         }
     }
 
@@ -216,6 +333,7 @@ impl Body for ProxyBody {
             ProxyBody::Replay(r) => r.is_end_stream(),
             ProxyBody::Tee(t) => t.is_end_stream(),
             ProxyBody::Shadow(s) => s.is_end_stream(),
+            ProxyBody::Prefixed(p) => p.is_end_stream(),
         }
     }
 
@@ -226,6 +344,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(inc, _) => inc.size_hint(),
             ProxyBody::Replay(r) => r.size_hint(),
             ProxyBody::Filtered(f) => f.size_hint(),
+            ProxyBody::Prefixed(p) => p.size_hint(),
             ProxyBody::H2 { .. } | ProxyBody::Tee(_) | ProxyBody::Shadow(_) => SizeHint::default(),
         }
     }
@@ -481,5 +600,49 @@ impl<E: StreamEnd + Unpin> Body for Tracked<E> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn all(mut b: ProxyBody) -> (Vec<u8>, Option<http::HeaderMap>) {
+        let (mut data, mut trailers) = (Vec::new(), None);
+        while let Some(f) = b.frame().await {
+            let f = f.expect("frame");
+            match f.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(f) => trailers = f.into_trailers().ok(),
+            }
+        }
+        (data, trailers)
+    }
+
+    #[tokio::test]
+    async fn a_read_prefix_gives_the_whole_body_back() {
+        let mut body = ProxyBody::full("hello world");
+        let (read, complete) = read_prefix(&mut body, 64, false)
+            .await
+            .expect("under the limit");
+        assert_eq!((&read[..], complete), (&b"hello world"[..], true));
+        assert_eq!(all(body).await.0, b"hello world");
+
+        let mut body = ProxyBody::full("hello world");
+        let (read, _) = read_prefix(&mut body, 4, true).await.expect("partial");
+        assert_eq!(&read[..], b"hello world");
+        assert_eq!(all(body).await.0, b"hello world");
+
+        let mut body = ProxyBody::full("hello world");
+        let reply = read_prefix(&mut body, 4, false)
+            .await
+            .expect_err("too large");
+        assert_eq!(reply.status, http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(reply.details, "request_payload_too_large");
+
+        let mut body = ProxyBody::Empty;
+        let (read, complete) = read_prefix(&mut body, 4, false).await.expect("empty");
+        assert!(read.is_empty() && complete && body.is_end_stream());
     }
 }

@@ -103,6 +103,9 @@ pub struct HcmStats {
     pub no_cluster: Counter,
     /// `rq_total`.
     pub rq_total: Counter,
+    /// `downstream_rq_too_large`: requests answered 413 because their body was over what a
+    /// filter may buffer.
+    pub downstream_rq_too_large: Counter,
     /// `downstream_rq_ws_on_non_ws_route`: upgrades refused because neither the route nor the
     /// connection manager takes their type.
     pub downstream_rq_ws_on_non_ws_route: Counter,
@@ -223,6 +226,7 @@ impl HcmStats {
             downstream_cx_max_duration_reached: c("downstream_cx_max_duration_reached"),
             downstream_cx_max_requests_reached: c("downstream_cx_max_requests_reached"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
+            downstream_rq_too_large: c("downstream_rq_too_large"),
             downstream_rq_failed_path_normalization: c("downstream_rq_failed_path_normalization"),
             downstream_rq_non_relative_path: c("downstream_rq_non_relative_path"),
             downstream_rq_rejected_via_ip_detection: c("downstream_rq_rejected_via_ip_detection"),
@@ -1686,7 +1690,7 @@ async fn handle(
         record_request(info, &parts, scheme);
     }
 
-    let body = ProxyBody::Incoming(body, Some(request.clone()));
+    let mut body = ProxyBody::Incoming(body, Some(request.clone()));
     // The route is resolved once, before the filters (which see its per-route configuration);
     // the router forwards by it.
     let mut selection = router::select(
@@ -1835,7 +1839,7 @@ async fn handle(
         },
     );
     if let Some(chain) = &chain {
-        let reply = chain.decode_headers(&mut parts, body.is_end_stream()).await;
+        let reply = chain.decode_headers(&mut parts, &mut body).await;
         // A filter cleared the route cache: the route is picked again, with what the filters
         // changed and the metadata they wrote.
         if parts
@@ -1852,6 +1856,9 @@ async fn handle(
                 .is_some();
         }
         if let Some(reply) = reply {
+            if reply.details == "request_payload_too_large" {
+                conn.hcm.stats.downstream_rq_too_large.inc();
+            }
             return routed_local(done, reply, request_id, &selection, Some(chain)).await;
         }
     }

@@ -53,6 +53,16 @@ pub enum HeadersStatus {
     StopIteration(Pin<Box<dyn Future<Output = Resume>>>),
     /// Answer with this reply; later filters and the router are skipped.
     LocalReply(LocalReply),
+    /// Stop until the request body is in: all of it, or, when `partial`, at least `limit`
+    /// bytes of it; the filter's [`HttpFilter::decode_buffered`] then decides. Without
+    /// `partial`, a body longer than `limit` is answered 413, as Envoy answers a request over
+    /// a filter's decoder buffer limit. Only the request's headers hooks may return it.
+    StopForBody {
+        /// The bytes the filter needs.
+        limit: usize,
+        /// Whether a longer body is cut rather than refused.
+        partial: bool,
+    },
 }
 
 /// Put into a request's extensions by a filter that clears the route cache (jwt_authn's
@@ -77,6 +87,17 @@ pub trait HttpFilter {
         &mut self,
         _head: &mut http::request::Parts,
         _end_stream: bool,
+    ) -> HeadersStatus {
+        HeadersStatus::Continue
+    }
+    /// The decision of a filter whose headers hook stopped for the body
+    /// ([`HeadersStatus::StopForBody`]): `body` is what came of it (with `partial`, possibly
+    /// more than the limit), `complete` whether that is all of it.
+    fn decode_buffered(
+        &mut self,
+        _head: &mut http::request::Parts,
+        _body: &Bytes,
+        _complete: bool,
     ) -> HeadersStatus {
         HeadersStatus::Continue
     }
@@ -161,7 +182,8 @@ impl Factory {
     /// Whether the filter may write the stream's dynamic metadata or filter state.
     pub fn writes_metadata(&self) -> bool {
         match &self.kind {
-            Kind::HeaderToMetadata(_) | Kind::SetFilterState(_) => true,
+            // RBAC writes its verdicts.
+            Kind::HeaderToMetadata(_) | Kind::SetFilterState(_) | Kind::Rbac(_) => true,
             Kind::JwtAuthn(j) => j.writes_metadata(),
             _ => false,
         }
@@ -507,15 +529,26 @@ impl FilterChain {
         self.filters.borrow().is_empty()
     }
 
-    /// Runs the decoder headers hooks; `Some(reply)` ends the stream with a local reply.
+    /// Runs the decoder headers hooks; `Some(reply)` ends the stream with a local reply. A
+    /// filter that waits for the body has it read here, and `body` then starts with what
+    /// was read.
     pub async fn decode_headers(
         &self,
         head: &mut http::request::Parts,
-        end_stream: bool,
+        body: &mut ProxyBody,
     ) -> Option<LocalReply> {
+        let end_stream = body.is_end_stream();
         let n = self.filters.borrow().len();
         for i in 0..n {
-            let status = self.filters.borrow_mut()[i].decode_headers(head, end_stream);
+            let mut status = self.filters.borrow_mut()[i].decode_headers(head, end_stream);
+            if let HeadersStatus::StopForBody { limit, partial } = status {
+                let (data, complete) =
+                    match crate::http::body::read_prefix(body, limit, partial).await {
+                        Ok(read) => read,
+                        Err(reply) => return Some(reply),
+                    };
+                status = self.filters.borrow_mut()[i].decode_buffered(head, &data, complete);
+            }
             if let Some(reply) = resolve(status, Some(&mut *head)).await {
                 return Some(reply);
             }
@@ -602,6 +635,8 @@ async fn resolve(
     match status {
         HeadersStatus::Continue => None,
         HeadersStatus::LocalReply(r) => Some(r),
+        // Only a request's filter may wait for its body; twice is a filter's mistake.
+        HeadersStatus::StopForBody { .. } => None,
         HeadersStatus::StopIteration(fut) => match fut.await {
             Resume::Continue => None,
             Resume::ContinueWith(change) => request.and_then(change),
@@ -796,7 +831,9 @@ mod tests {
     async fn headers_hooks_run_in_order_and_can_answer() {
         let chain = FilterChain::new(vec![Box::new(Upper), Box::new(Deny)]);
         let mut p = parts();
-        let reply = chain.decode_headers(&mut p, true).await;
+        let reply = chain
+            .decode_headers(&mut p, &mut crate::http::body::ProxyBody::Empty)
+            .await;
         assert_eq!(p.headers["x-upper"], "1");
         assert_eq!(reply.map(|r| r.status.as_u16()), Some(404));
     }

@@ -5,7 +5,7 @@
 //! `CheckRequest` said of the request (method, path, host, scheme, query, fragment, protocol,
 //! size, body, headers, context extensions, route metadata, and whether source, destination
 //! and id were set);
-//! for HTTP (`"event": "http"`) the method, path and headers it was sent.
+//! for HTTP (`"event": "http"`) the method, path, headers and body it was sent.
 //!
 //! Its answer depends on the request's `x-authz` header (a gRPC check reads it from the
 //! `CheckRequest`, an HTTP check from the request it gets):
@@ -117,6 +117,7 @@ impl Authorization for Grpc {
             "protocol": http.protocol,
             "size": http.size,
             "body": http.body,
+            "raw_body": String::from_utf8_lossy(&http.raw_body),
             "headers": headers,
             "context_extensions": extensions,
             "has_id": !http.id.is_empty(),
@@ -207,15 +208,22 @@ async fn http_check(
         })
         .collect();
     headers.sort();
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_string());
+    let verdict_header = req.headers().get("x-authz").cloned();
+    let body = http_body_util::BodyExt::collect(req.into_body())
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     emit(json!({
         "event": "http",
-        "method": req.method().as_str(),
-        "path": req.uri().path_and_query().map(|p| p.as_str()),
+        "method": method,
+        "path": path,
         "headers": headers,
+        "body": String::from_utf8_lossy(&body),
     }));
-    let verdict = req
-        .headers()
-        .get("x-authz")
+    let verdict = verdict_header
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .unwrap_or("allow")
         .to_string();

@@ -7,7 +7,9 @@ use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as pb;
 use envoy_types::pb::envoy::r#type::matcher::v3::ListStringMatcher;
 
-use super::super::model::{AuthzService, ExtAuthz, ExtAuthzPerRoute, HttpAuthz, StringMatch};
+use super::super::model::{
+    AuthzBody, AuthzService, ExtAuthz, ExtAuthzPerRoute, HttpAuthz, StringMatch,
+};
 use super::super::ConfigError;
 
 /// Envoy's timeout for a gRPC check whose service names none.
@@ -73,10 +75,6 @@ pub(super) fn filter(c: &pb::ExtAuthz, path: &str) -> Result<ExtAuthz, ConfigErr
             "only V3 is supported",
         ));
     }
-    refuse_set(
-        with_request_body.is_some(),
-        format!("{path}.with_request_body"),
-    )?;
     refuse_set(*validate_mutations, format!("{path}.validate_mutations"))?;
     refuse_set(
         !metadata_context_namespaces.is_empty(),
@@ -90,11 +88,6 @@ pub(super) fn filter(c: &pb::ExtAuthz, path: &str) -> Result<ExtAuthz, ConfigErr
         !route_typed_metadata_context_namespaces.is_empty(),
         format!("{path}.route_typed_metadata_context_namespaces"),
     )?;
-    refuse_set(
-        filter_enabled_metadata.is_some(),
-        format!("{path}.filter_enabled_metadata"),
-    )?;
-    refuse_set(deny_at_disable.is_some(), format!("{path}.deny_at_disable"))?;
     refuse_set(
         *include_peer_certificate,
         format!("{path}.include_peer_certificate"),
@@ -127,7 +120,7 @@ pub(super) fn filter(c: &pb::ExtAuthz, path: &str) -> Result<ExtAuthz, ConfigErr
         format!("{path}.enforce_response_header_limits"),
     )?;
     refuse_set(*shadow_mode, format!("{path}.shadow_mode"))?;
-    // A tracing span only; skiff runs no tracer.
+    // A tracing span of the check's own; skiff's tracers make none (traffic is the same).
     let _ = emit_client_span;
     let allowed = allowed_headers
         .as_ref()
@@ -191,6 +184,28 @@ pub(super) fn filter(c: &pb::ExtAuthz, path: &str) -> Result<ExtAuthz, ConfigErr
             .as_ref()
             .is_none_or(|v| v.value),
         route_metadata_namespaces: route_metadata_context_namespaces.clone(),
+        enabled_metadata: filter_enabled_metadata
+            .as_ref()
+            .map(|m| {
+                super::metadata::metadata_matcher(m, &format!("{path}.filter_enabled_metadata"))
+            })
+            .transpose()?,
+        deny_at_disable: deny_at_disable
+            .as_ref()
+            .map(|f| {
+                let fpath = format!("{path}.deny_at_disable");
+                let default = super::required(&f.default_value, &format!("{fpath}.default_value"))?;
+                Ok::<_, ConfigError>(crate::runtime::RuntimeFlag {
+                    key: f.runtime_key.clone(),
+                    default: default.value,
+                })
+            })
+            .transpose()?,
+        with_request_body: with_request_body.as_ref().map(|b| AuthzBody {
+            max_request_bytes: b.max_request_bytes,
+            allow_partial_message: b.allow_partial_message,
+            pack_as_bytes: b.pack_as_bytes,
+        }),
     })
 }
 
@@ -316,15 +331,17 @@ pub(super) fn per_route(
                 s.service_override.is_some(),
                 format!("{spath}.service_override"),
             )?;
-            // disable_request_body_buffering has nothing to turn off (with_request_body is
-            // refused); emit_client_span is tracing only.
+            // emit_client_span: a tracing span of the check's own, which skiff does not make.
             let mut ext: Vec<(String, String)> = s
                 .context_extensions
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             ext.sort();
-            Ok(ExtAuthzPerRoute::Check(ext))
+            Ok(ExtAuthzPerRoute::Check {
+                extensions: ext,
+                disable_request_body_buffering: s.disable_request_body_buffering,
+            })
         }
         None => Err(ConfigError::new(
             path,

@@ -73,8 +73,9 @@ pub(super) fn network(
             "value length must be at least 1 characters",
         ));
     }
-    // The rules read nothing a connection's data changes (metadata matchers are refused),
-    // so judging them again as data arrives (CONTINUOUS) gives the first verdict again.
+    // The rules read nothing a connection's data changes (a connection has no dynamic
+    // metadata in skiff: metadata matchers see none), so judging them again as data arrives
+    // (CONTINUOUS) gives the first verdict again.
     if EnforcementType::try_from(c.enforcement_type).is_err() {
         return Err(ConfigError::new(
             format!("{path}.enforcement_type"),
@@ -265,7 +266,10 @@ fn permission(p: &rbac_pb::Permission, path: &str) -> Result<Permission, ConfigE
         Some(R::RequestedServerName(m)) => Permission::RequestedServerName(
             super::http_manager::string_match(m, &format!("{path}.requested_server_name"))?,
         ),
-        Some(R::Metadata(_)) => return Err(ConfigError::unsupported(format!("{path}.metadata"))),
+        Some(R::Metadata(m)) => Permission::Metadata(super::metadata::metadata_matcher(
+            m,
+            &format!("{path}.metadata"),
+        )?),
         Some(R::SourcedMetadata(_)) => {
             return Err(ConfigError::unsupported(format!("{path}.sourced_metadata")))
         }
@@ -324,7 +328,10 @@ fn principal(p: &rbac_pb::Principal, path: &str) -> Result<Principal, ConfigErro
             &format!("{path}.header"),
         )?),
         Some(I::UrlPath(m)) => Principal::UrlPath(path_matcher(m, &format!("{path}.url_path"))?),
-        Some(I::Metadata(_)) => return Err(ConfigError::unsupported(format!("{path}.metadata"))),
+        Some(I::Metadata(m)) => Principal::Metadata(super::metadata::metadata_matcher(
+            m,
+            &format!("{path}.metadata"),
+        )?),
         Some(I::FilterState(m)) => Principal::FilterState(super::filter_state::matcher(
             m,
             &format!("{path}.filter_state"),

@@ -27,6 +27,9 @@ use crate::worker::Worker;
 
 const METHOD: &str = "/envoy.service.auth.v3.Authorization/Check";
 
+/// Says whether the body a check carries is cut short.
+const PARTIAL_BODY: &str = "x-envoy-auth-partial-body";
+
 /// `http.<prefix>.ext_authz.[<stat_prefix>.]*`, as Envoy makes them all at once.
 #[derive(Debug)]
 struct Stats {
@@ -93,9 +96,19 @@ impl Factory {
             per_route.first().map(|p| &**p),
             Some(ExtAuthzPerRoute::Disabled)
         );
+        let skip_body = matches!(
+            per_route.first().map(|p| &**p),
+            Some(ExtAuthzPerRoute::Check {
+                disable_request_body_buffering: true,
+                ..
+            })
+        );
         let mut extensions: Vec<(String, String)> = Vec::new();
         for p in per_route.iter().rev() {
-            if let ExtAuthzPerRoute::Check(ext) = &**p {
+            if let ExtAuthzPerRoute::Check {
+                extensions: ext, ..
+            } = &**p
+            {
                 for (k, v) in ext {
                     match extensions.iter_mut().find(|(x, _)| x == k) {
                         Some(e) => e.1 = v.clone(),
@@ -107,6 +120,8 @@ impl Factory {
         ExtAuthzFilter {
             factory: self.clone(),
             disabled,
+            skip_body,
+            metadata: cx.metadata.cloned(),
             extensions,
             route: cx.selection.route_ref(),
             worker: cx.worker.clone(),
@@ -123,6 +138,10 @@ impl Factory {
 pub struct ExtAuthzFilter {
     factory: Rc<Factory>,
     disabled: bool,
+    /// The route's `disable_request_body_buffering`.
+    skip_body: bool,
+    /// The stream's dynamic metadata (`filter_enabled_metadata` reads it).
+    metadata: Option<crate::stream_info::DynamicMetadata>,
     extensions: Vec<(String, String)>,
     route: Option<RouteRef>,
     worker: Rc<Worker>,
@@ -183,8 +202,8 @@ impl ExtAuthzFilter {
         }
     }
 
-    /// A gRPC check's request.
-    fn check_request(&self, head: &http::request::Parts) -> pb::CheckRequest {
+    /// A gRPC check's request, with the body read for it.
+    fn check_request(&self, head: &http::request::Parts, body: Option<&Bytes>) -> pb::CheckRequest {
         let mut headers: HashMap<String, String> = HashMap::new();
         let view = crate::http::filter::request_view(head);
         let pseudo = [
@@ -199,8 +218,9 @@ impl ExtAuthzFilter {
             }
         }
         for (k, v) in &head.headers {
-            // The host is `:authority` in Envoy's header map.
-            if k == http::header::HOST || !self.sends(k.as_str(), false) {
+            // The host is `:authority` in Envoy's header map; a client's partial-body header
+            // would pass for the proxy's.
+            if k == http::header::HOST || k == PARTIAL_BODY || !self.sends(k.as_str(), false) {
                 continue;
             }
             let v = String::from_utf8_lossy(v.as_bytes());
@@ -232,12 +252,16 @@ impl ExtAuthzFilter {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        let size = head
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(0);
+        // The body bytes received so far: those read for the check.
+        let size = body.map_or(0, |b| b.len() as i64);
+        let (mut text, mut raw) = (String::new(), Vec::new());
+        if let Some((data, partial)) = self.body_part(body) {
+            headers.insert(PARTIAL_BODY.to_string(), partial.to_string());
+            match self.factory.config.with_request_body {
+                Some(b) if b.pack_as_bytes => raw = data.to_vec(),
+                _ => text = String::from_utf8_lossy(&data).into_owned(),
+            }
+        }
         // Envoy always sends both metadata contexts, empty when nothing is asked for.
         let mut route_metadata = envoy_types::pb::envoy::config::core::v3::Metadata::default();
         if let Some(r) = &self.route {
@@ -275,6 +299,8 @@ impl ExtAuthzFilter {
                         scheme: view.scheme.to_string(),
                         size,
                         protocol: protocol(head.version).to_string(),
+                        body: text,
+                        raw_body: raw,
                         ..Default::default()
                     }),
                 }),
@@ -286,12 +312,23 @@ impl ExtAuthzFilter {
         }
     }
 
+    /// The part of the body a check carries (at most `max_request_bytes`), and whether that is
+    /// less than what was read.
+    fn body_part(&self, body: Option<&Bytes>) -> Option<(Bytes, bool)> {
+        let body = body?;
+        let max = self.factory.config.with_request_body?.max_request_bytes as usize;
+        let n = body.len().min(max);
+        Some((body.slice(..n), n != body.len()))
+    }
+
     /// An HTTP check's request head.
     fn http_request(
         &self,
         h: &HttpAuthz,
         head: &http::request::Parts,
-    ) -> Option<http::request::Parts> {
+        body: Option<&Bytes>,
+    ) -> Option<(http::request::Parts, Bytes)> {
+        let part = self.body_part(body);
         let path = match &h.path_override {
             Some(p) => p.clone(),
             None => format!(
@@ -305,7 +342,10 @@ impl ExtAuthzFilter {
             .method(head.method.clone())
             .uri(path)
             .header(http::header::HOST, authority)
-            .header(http::header::CONTENT_LENGTH, "0")
+            .header(
+                http::header::CONTENT_LENGTH,
+                part.as_ref().map_or(0, |(d, _)| d.len()).to_string(),
+            )
             .header("x-envoy-internal", "true")
             .header(
                 "x-envoy-expected-rq-timeout-ms",
@@ -314,6 +354,7 @@ impl ExtAuthzFilter {
         for (k, v) in &head.headers {
             if k != http::header::HOST
                 && k != http::header::CONTENT_LENGTH
+                && k != PARTIAL_BODY
                 && self.sends(k.as_str(), true)
             {
                 b = b.header(k, v);
@@ -322,7 +363,11 @@ impl ExtAuthzFilter {
         for (k, v) in &h.headers_to_add {
             b = b.header(k, v);
         }
-        Some(b.body(()).ok()?.into_parts().0)
+        if let Some((_, partial)) = &part {
+            b = b.header(PARTIAL_BODY, if *partial { "true" } else { "false" });
+        }
+        let body = part.map(|(d, _)| d).unwrap_or_default();
+        Some((b.body(()).ok()?.into_parts().0, body))
     }
 }
 
@@ -335,18 +380,27 @@ fn protocol(v: http::Version) -> &'static str {
     }
 }
 
-impl HttpFilter for ExtAuthzFilter {
-    fn decode_headers(&mut self, head: &mut http::request::Parts, _end: bool) -> HeadersStatus {
-        let c = self.factory.config.clone();
+impl ExtAuthzFilter {
+    /// Whether `filter_enabled` and `filter_enabled_metadata` let the filter run.
+    fn enabled(&self) -> bool {
+        let c = &self.factory.config;
         if let Some(f) = &c.enabled {
             if !f.enabled(&self.runtime, fastrand::u64(..)) {
-                self.factory.stats.disabled.inc();
-                return HeadersStatus::Continue;
+                return false;
             }
         }
-        if self.disabled {
-            return HeadersStatus::Continue;
+        match &c.enabled_metadata {
+            None => true,
+            Some(m) => match &self.metadata {
+                Some(md) => md.with(|md| m.matches(Some(md))),
+                None => m.matches(None),
+            },
         }
+    }
+
+    /// Sends the check (with the body read for it) and waits for the verdict.
+    fn check(&mut self, head: &http::request::Parts, body: Option<&Bytes>) -> HeadersStatus {
+        let c = self.factory.config.clone();
         let route_cluster = self.route_cluster(head);
         // `cluster.<route cluster>.ext_authz.*`, made when first counted (as Envoy's).
         let cluster_stats = route_cluster.as_ref().map(|cl| ClusterCounter {
@@ -362,7 +416,7 @@ impl HttpFilter for ExtAuthzFilter {
         let added = self.added.clone();
         let call: std::pin::Pin<Box<dyn std::future::Future<Output = Verdict>>> = match &c.service {
             AuthzService::Grpc { cluster, .. } => {
-                let request = self.check_request(head);
+                let request = self.check_request(head, body);
                 let service = worker.clusters.get(cluster);
                 let config = c.clone();
                 Box::pin(async move {
@@ -384,7 +438,7 @@ impl HttpFilter for ExtAuthzFilter {
                 })
             }
             AuthzService::Http(h) => {
-                let request = self.http_request(h, head);
+                let request = self.http_request(h, head, body);
                 let service = worker.clusters.get(&h.cluster);
                 let config = c.clone();
                 Box::pin(async move {
@@ -409,6 +463,50 @@ impl HttpFilter for ExtAuthzFilter {
                 &added,
             )
         }))
+    }
+}
+
+impl HttpFilter for ExtAuthzFilter {
+    fn decode_headers(&mut self, head: &mut http::request::Parts, end: bool) -> HeadersStatus {
+        // No route, or a route that turns the filter off: no check.
+        if self.disabled || self.route.is_none() {
+            return HeadersStatus::Continue;
+        }
+        let c = self.factory.config.clone();
+        if !self.enabled() {
+            self.factory.stats.disabled.inc();
+            if c.deny_at_disable
+                .as_ref()
+                .is_some_and(|f| f.enabled(&self.runtime))
+            {
+                return HeadersStatus::LocalReply(error_reply(&c));
+            }
+            return HeadersStatus::Continue;
+        }
+        match c.with_request_body {
+            // An upgrade's or a tunnel's body is not a message to check.
+            Some(b)
+                if !self.skip_body
+                    && !end
+                    && head.method != http::Method::CONNECT
+                    && !head.headers.contains_key(http::header::UPGRADE) =>
+            {
+                HeadersStatus::StopForBody {
+                    limit: b.max_request_bytes as usize,
+                    partial: b.allow_partial_message,
+                }
+            }
+            _ => self.check(head, None),
+        }
+    }
+
+    fn decode_buffered(
+        &mut self,
+        head: &mut http::request::Parts,
+        body: &Bytes,
+        _complete: bool,
+    ) -> HeadersStatus {
+        self.check(head, Some(body))
     }
 
     fn encode_headers(&mut self, head: &mut http::response::Parts, _end: bool) -> HeadersStatus {
@@ -519,16 +617,21 @@ fn decide(
                 }
                 return Resume::Continue;
             }
-            Resume::LocalReply(LocalReply {
-                status: c.status_on_error,
-                body: Bytes::new(),
-                headers: Vec::new(),
-                mutations: Vec::new(),
-                flag: Some(ResponseFlag::UnauthorizedExternalService),
-                details: "ext_authz_error",
-                close: false,
-            })
+            Resume::LocalReply(error_reply(c))
         }
+    }
+}
+
+/// The reply to a request the filter failed (or, under `deny_at_disable`, was off for).
+fn error_reply(c: &ExtAuthz) -> LocalReply {
+    LocalReply {
+        status: c.status_on_error,
+        body: Bytes::new(),
+        headers: Vec::new(),
+        mutations: Vec::new(),
+        flag: Some(ResponseFlag::UnauthorizedExternalService),
+        details: "ext_authz_error",
+        close: false,
     }
 }
 
@@ -648,24 +751,19 @@ async fn http_check(
     worker: &Rc<Worker>,
     service: &Rc<Cluster>,
     h: &HttpAuthz,
-    head: http::request::Parts,
+    (head, body): (http::request::Parts, Bytes),
     timeout: std::time::Duration,
 ) -> Verdict {
-    let (parts, body, _) = match crate::http::filters::router::own_request(
-        worker,
-        service,
-        head,
-        Bytes::new(),
-        Some(timeout),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(error = %e, "authorization check failed");
-            return Verdict::Error;
-        }
-    };
+    let (parts, body, _) =
+        match crate::http::filters::router::own_request(worker, service, head, body, Some(timeout))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "authorization check failed");
+                return Verdict::Error;
+            }
+        };
     // A server error is a failed check, not a denial (Envoy's raw HTTP client).
     if parts.status.is_server_error() {
         return Verdict::Error;

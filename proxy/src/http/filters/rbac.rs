@@ -13,6 +13,7 @@ use http::StatusCode;
 use crate::http::filter::{HeadersStatus, HttpFilter, StreamContext};
 use crate::http::local_reply::LocalReply;
 use crate::stats::{Counter, Shard};
+use skiff_config::metadata::Value;
 use skiff_config::rbac::{Engine, HttpRbac, Peer, Request};
 
 #[derive(Debug)]
@@ -34,7 +35,10 @@ impl Factory {
     /// The filter of an HCM whose stat prefix is `stat_prefix`.
     pub fn new(config: Arc<HttpRbac>, shard: &Arc<Shard>, stat_prefix: &str) -> Self {
         let c = |rules_prefix: &str, n: &str| {
-            shard.counter(&format!("http.{stat_prefix}.rbac.{rules_prefix}{n}"))
+            shard.counter(&format!(
+                "http.{stat_prefix}.rbac.{}",
+                stat_prefix_join(rules_prefix, n)
+            ))
         };
         let stats = Stats {
             allowed: c(&config.rules_stat_prefix, "allowed"),
@@ -76,6 +80,16 @@ pub struct RbacFilter {
     stream_state: Option<crate::stream_info::DynamicMetadata>,
 }
 
+/// A rules prefix and a stat's name joined as Envoy's `statPrefixJoin` joins them: with a dot
+/// unless the prefix is empty or ends in one.
+fn stat_prefix_join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() || prefix.ends_with('.') {
+        format!("{prefix}{name}")
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
 /// `rbac_access_denied_matched_policy[<policy>]`.
 fn denied_details(policy: Option<&str>) -> &'static str {
     crate::http::local_reply::intern_details(format!(
@@ -90,10 +104,10 @@ impl RbacFilter {
     fn judge<'r>(&self, rules: &'r Engine, head: &http::request::Parts) -> (bool, Option<&'r str>) {
         let tls = self.connection.tls.as_ref();
         let peer_cert = tls.and_then(|t| t.peer.as_ref());
-        crate::stream_info::with_filter_state(
+        crate::stream_info::with_stream_data(
             self.stream_state.as_ref(),
             Some(&self.connection),
-            |filter_state| {
+            |filter_state, metadata| {
                 rules.decide(&Request {
                     view: crate::http::filter::request_view(head),
                     local: self.local,
@@ -112,6 +126,7 @@ impl RbacFilter {
                     }),
                     http: true,
                     filter_state,
+                    metadata,
                 })
             },
         )
@@ -136,8 +151,14 @@ impl NetworkGate {
         let stats = Stats {
             allowed: c("allowed"),
             denied: c("denied"),
-            shadow_allowed: c(&format!("{}shadow_allowed", config.shadow_stat_prefix)),
-            shadow_denied: c(&format!("{}shadow_denied", config.shadow_stat_prefix)),
+            shadow_allowed: c(&stat_prefix_join(
+                &config.shadow_stat_prefix,
+                "shadow_allowed",
+            )),
+            shadow_denied: c(&stat_prefix_join(
+                &config.shadow_stat_prefix,
+                "shadow_denied",
+            )),
         };
         NetworkGate { config, stats }
     }
@@ -170,6 +191,7 @@ impl NetworkGate {
                 stream: None,
                 connection: Some(&connection.filter_state),
             },
+            metadata: None,
         };
         if let Some(shadow) = &self.config.shadow {
             match shadow.decide(&request).0 {
@@ -189,22 +211,64 @@ impl NetworkGate {
     }
 }
 
+impl RbacFilter {
+    /// Writes the verdicts into the stream's dynamic metadata under `envoy.filters.http.rbac`,
+    /// as Envoy's filter writes them (Istio's CUSTOM action reads the shadow policy there):
+    /// `<prefix>{shadow,enforced}_effective_policy_id` (when a policy matched) and
+    /// `<prefix>{shadow,enforced}_engine_result`.
+    fn record(&self, verdicts: [Option<(bool, Option<&str>)>; 2]) {
+        let Some(state) = &self.stream_state else {
+            return;
+        };
+        state.with(|md| {
+            for (kind, prefix, verdict) in [
+                ("shadow", &self.config.shadow_stat_prefix, verdicts[0]),
+                ("enforced", &self.config.rules_stat_prefix, verdicts[1]),
+            ] {
+                let Some((allowed, policy)) = verdict else {
+                    continue;
+                };
+                if let Some(p) = policy {
+                    md.set(
+                        NAMESPACE,
+                        &format!("{prefix}{kind}_effective_policy_id"),
+                        Value::String(p.to_string()),
+                    );
+                }
+                md.set(
+                    NAMESPACE,
+                    &format!("{prefix}{kind}_engine_result"),
+                    Value::String(if allowed { "allowed" } else { "denied" }.to_string()),
+                );
+            }
+        });
+    }
+}
+
+/// The namespace of the verdicts in the stream's dynamic metadata.
+const NAMESPACE: &str = "envoy.filters.http.rbac";
+
 impl HttpFilter for RbacFilter {
     fn decode_headers(
         &mut self,
         head: &mut http::request::Parts,
         _end_stream: bool,
     ) -> HeadersStatus {
-        if let Some(shadow) = &self.config.shadow {
-            match self.judge(shadow, head).0 {
+        let config = self.config.clone();
+        let shadow = config.shadow.as_ref().map(|shadow| {
+            let (allowed, policy) = self.judge(shadow, head);
+            match allowed {
                 true => self.stats.shadow_allowed.inc(),
                 false => self.stats.shadow_denied.inc(),
             }
-        }
-        let Some(rules) = &self.config.rules else {
+            (allowed, policy)
+        });
+        let Some(rules) = &config.rules else {
+            self.record([shadow, None]);
             return HeadersStatus::Continue;
         };
         let (allowed, policy) = self.judge(rules, head);
+        self.record([shadow, Some((allowed, policy))]);
         if allowed {
             self.stats.allowed.inc();
             return HeadersStatus::Continue;
