@@ -231,6 +231,16 @@ impl Chains {
     /// The table of `listener`'s chains. Translation refused overlapping matches, so it
     /// builds; should it not, no chain matches but the default one.
     pub fn new(listener: Arc<model::Listener>) -> Self {
+        if listener.filter_chain_matcher.is_some() {
+            // The matcher picks; the chains' matches are ignored.
+            return Chains {
+                table: ChainTable {
+                    root: None,
+                    catch_all: false,
+                },
+                listener,
+            };
+        }
         let matches: Vec<&FilterChainMatch> =
             listener.filter_chains.iter().map(|(m, _)| m).collect();
         let table = ChainTable::new(&matches).unwrap_or_else(|o| {
@@ -246,6 +256,31 @@ impl Chains {
     /// The chain a connection runs, with Envoy's precedence (see [`ChainTable`]). None: no
     /// chain matches and there is no default chain.
     pub fn select(&self, input: &ChainInput<'_>) -> Option<ChainChoice> {
+        if let Some(m) = &self.listener.filter_chain_matcher {
+            let headers = http::HeaderMap::new();
+            let view = crate::router::RequestView::get("", &headers);
+            let data = crate::matcher::Data {
+                view: &view,
+                source: input.remote,
+                direct_source: input.direct_remote.ip(),
+                local: input.local,
+                server_name: Some(input.server_name),
+                transport_protocol: input.transport_protocol,
+                application_protocols: input.application_protocols,
+            };
+            // A name no chain has matched: the connection has no chain (Envoy's
+            // `NoopFilterChainAction`), even with a default one.
+            match m.evaluate(&data) {
+                Some(Some(i)) => return Some(ChainChoice::Index(*i)),
+                Some(None) => return None,
+                None => {}
+            }
+            return self
+                .listener
+                .default_filter_chain
+                .as_ref()
+                .map(|_| ChainChoice::Default);
+        }
         match self.table.lookup(input) {
             Lookup::Chain(i) => Some(ChainChoice::Index(i)),
             Lookup::Default => self

@@ -441,6 +441,48 @@ pub fn descriptors(lacks: impl Fn(&str) -> bool) -> Vec<FileDescriptorProto> {
         vec![],
     );
     let mut all = vec![alpn, peer, mx, stats, authn];
+    // The matching API's IP matcher (waypoints' and Envoy's listener matchers use it), which
+    // the descriptor set lacks.
+    if lacks("xds.type.matcher.v3.IPMatcher") {
+        let pkg = "xds.type.matcher.v3";
+        let mut ip = message(
+            "IPMatcher",
+            vec![repeated(field(
+                "range_matchers",
+                1,
+                Type::Message,
+                Some(&format!("{pkg}.IPMatcher.IPRangeMatcher")),
+            ))],
+        );
+        ip.nested_type = vec![message(
+            "IPRangeMatcher",
+            vec![
+                repeated(field(
+                    "ranges",
+                    1,
+                    Type::Message,
+                    Some("xds.core.v3.CidrRange"),
+                )),
+                field(
+                    "on_match",
+                    2,
+                    Type::Message,
+                    Some(&format!("{pkg}.Matcher.OnMatch")),
+                ),
+                field("exclusive", 3, Type::Bool, None),
+            ],
+        )];
+        all.push(file(
+            "skiff/xds/type/matcher/v3/ip.proto",
+            pkg,
+            &[
+                "xds/core/v3/cidr.proto",
+                "xds/type/matcher/v3/matcher.proto",
+            ],
+            vec![ip],
+            vec![],
+        ));
+    }
     for (pkg, file_name) in [
         ("xds.type.v3", "skiff/xds/type/v3/typed_struct.proto"),
         ("udpa.type.v1", "skiff/udpa/type/v1/typed_struct.proto"),
@@ -450,6 +492,33 @@ pub fn descriptors(lacks: impl Fn(&str) -> bool) -> Vec<FileDescriptorProto> {
         }
     }
     all
+}
+
+/// `xds.type.matcher.v3.IPMatcher`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IpMatcher {
+    /// `range_matchers`.
+    #[prost(message, repeated, tag = "1")]
+    pub range_matchers: Vec<IpRangeMatcher>,
+}
+
+impl prost::Name for IpMatcher {
+    const NAME: &'static str = "IPMatcher";
+    const PACKAGE: &'static str = "xds.type.matcher.v3";
+}
+
+/// `xds.type.matcher.v3.IPMatcher.IPRangeMatcher`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IpRangeMatcher {
+    /// `ranges`.
+    #[prost(message, repeated, tag = "1")]
+    pub ranges: Vec<envoy_types::pb::xds::core::v3::CidrRange>,
+    /// `on_match`.
+    #[prost(message, optional, tag = "2")]
+    pub on_match: Option<envoy_types::pb::xds::r#type::matcher::v3::matcher::OnMatch>,
+    /// `exclusive`.
+    #[prost(bool, tag = "3")]
+    pub exclusive: bool,
 }
 
 #[cfg(test)]

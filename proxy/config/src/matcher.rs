@@ -1,8 +1,10 @@
-//! Envoy's matching API (`xds.type.matcher.v3.Matcher`) for what skiff matches requests with
-//! (RBAC's `matcher`): a list of field matchers tried in order, each a predicate over an input
-//! of the request or its connection and what to do on a match (an action, or another
-//! matcher), with `on_no_match` when none does.
+//! Envoy's matching API (`xds.type.matcher.v3.Matcher`) for what skiff matches requests and
+//! connections with (RBAC's `matcher`, a listener's `filter_chain_matcher`): a list of field
+//! matchers tried in order, each a predicate over an input of the request or its connection
+//! and what to do on a match (an action, or another matcher), or a tree (one input looked up in
+//! an exact, prefix or IP range map), with `on_no_match` when nothing matches.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::model::{CidrRange, HeaderKey, StringMatch};
@@ -13,8 +15,31 @@ use crate::router::RequestView;
 pub struct Matcher<A> {
     /// `matcher_list.matchers`, in order.
     pub list: Vec<FieldMatcher<A>>,
+    /// `matcher_tree`.
+    pub tree: Option<Tree<A>>,
     /// `on_no_match`.
     pub on_no_match: Option<Box<OnMatch<A>>>,
+}
+
+/// A `MatcherTree`: one input, looked up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tree<A> {
+    pub input: Input,
+    pub map: TreeMap<A>,
+}
+
+/// How a tree looks its input up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TreeMap<A> {
+    /// `exact_match_map`.
+    Exact(HashMap<String, OnMatch<A>>),
+    /// `prefix_match_map`, longest prefix first: each prefix of the input is tried, the longest
+    /// first, until one leads to an action.
+    Prefix(Vec<(String, OnMatch<A>)>),
+    /// `custom_match` `xds.type.matcher.v3.IPMatcher`: the ranges that hold the address, the
+    /// longest first; a range whose nested matcher finds nothing passes on to shorter ones
+    /// unless it is `exclusive`.
+    Ip(Vec<(CidrRange, bool, OnMatch<A>)>),
 }
 
 /// A `FieldMatcher`.
@@ -61,6 +86,13 @@ pub enum Input {
     DestinationPort,
     /// `ServerNameInput`: the SNI.
     ServerName,
+    /// `TransportProtocolInput`: what the listener filters detected (`tls`, `raw_buffer`).
+    TransportProtocol,
+    /// `ApplicationProtocolInput`: the requested application protocols, each quoted,
+    /// joined with `,` (`'h2','http/1.1'`).
+    ApplicationProtocol,
+    /// `SourceTypeInput`: `local` for a connection from the host itself.
+    SourceType,
 }
 
 /// How a predicate judges its input.
@@ -80,6 +112,10 @@ pub struct Data<'a> {
     pub direct_source: IpAddr,
     pub local: SocketAddr,
     pub server_name: Option<&'a str>,
+    /// The detected transport protocol (a listener's matcher only: empty elsewhere).
+    pub transport_protocol: &'a str,
+    /// The requested application protocols (a listener's matcher only).
+    pub application_protocols: &'a crate::filter_chain_match::ApplicationProtocols,
 }
 
 impl Input {
@@ -111,6 +147,24 @@ impl Input {
             Input::DestinationIp => d.local.ip().to_string(),
             Input::DestinationPort => d.local.port().to_string(),
             Input::ServerName => d.server_name.filter(|s| !s.is_empty())?.to_string(),
+            Input::TransportProtocol => Some(d.transport_protocol)
+                .filter(|s| !s.is_empty())?
+                .to_string(),
+            Input::ApplicationProtocol => {
+                let quoted: Vec<String> = d
+                    .application_protocols
+                    .iter()
+                    .map(|p| format!("'{}'", String::from_utf8_lossy(p)))
+                    .collect();
+                if quoted.is_empty() {
+                    return None;
+                }
+                quoted.join(",")
+            }
+            Input::SourceType => {
+                let ip = d.source.ip();
+                (ip.is_loopback() || ip == d.local.ip()).then(|| "local".to_string())?
+            }
         })
     }
 }
@@ -139,6 +193,11 @@ impl<A> Matcher<A> {
     /// The action of the first field matcher that matches (a nested matcher that finds none
     /// passes on to the next), else `on_no_match`'s.
     pub fn evaluate(&self, d: &Data<'_>) -> Option<&A> {
+        if let Some(tree) = &self.tree {
+            if let Some(a) = tree.evaluate(d) {
+                return Some(a);
+            }
+        }
         for f in &self.list {
             if f.predicate.matches(d) {
                 if let Some(a) = f.on_match.evaluate(d) {
@@ -150,11 +209,112 @@ impl<A> Matcher<A> {
     }
 }
 
+impl<A> Tree<A> {
+    fn evaluate(&self, d: &Data<'_>) -> Option<&A> {
+        let value = self.input.read(d)?;
+        match &self.map {
+            TreeMap::Exact(map) => map.get(&value)?.evaluate(d),
+            TreeMap::Prefix(list) => list
+                .iter()
+                .filter(|(p, _)| value.starts_with(p.as_str()))
+                .find_map(|(_, m)| m.evaluate(d)),
+            TreeMap::Ip(list) => {
+                let ip = value.parse::<IpAddr>().ok()?;
+                for (_, exclusive, m) in list.iter().filter(|(r, _, _)| r.contains(ip)) {
+                    match m.evaluate(d) {
+                        Some(a) => return Some(a),
+                        None if *exclusive => return None,
+                        None => {}
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
 impl<A> OnMatch<A> {
     fn evaluate(&self, d: &Data<'_>) -> Option<&A> {
         match self {
             OnMatch::Action(a) => Some(a),
             OnMatch::Matcher(m) => m.evaluate(d),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data<'a>(view: &'a RequestView<'a>, source: &str) -> Data<'a> {
+        Data {
+            view,
+            source: source.parse().unwrap(),
+            direct_source: "10.0.0.9".parse().unwrap(),
+            local: "10.0.0.1:80".parse().unwrap(),
+            server_name: None,
+            transport_protocol: "",
+            application_protocols: &crate::filter_chain_match::ApplicationProtocols::None,
+        }
+    }
+
+    fn range(a: &str, len: u8) -> CidrRange {
+        CidrRange {
+            address: a.parse().unwrap(),
+            prefix_len: len,
+        }
+    }
+
+    /// A matcher that never matches (a port no connection has).
+    fn never() -> OnMatch<&'static str> {
+        OnMatch::Matcher(Box::new(Matcher {
+            list: Vec::new(),
+            tree: Some(Tree {
+                input: Input::DestinationPort,
+                map: TreeMap::Exact([("1".to_string(), OnMatch::Action("x"))].into()),
+            }),
+            on_no_match: None,
+        }))
+    }
+
+    #[test]
+    fn ip_ranges_fall_back_unless_exclusive() {
+        let headers = http::HeaderMap::new();
+        let view = RequestView::get("", &headers);
+        let ip = |exclusive: bool| Matcher {
+            list: Vec::new(),
+            tree: Some(Tree {
+                input: Input::SourceIp,
+                map: TreeMap::Ip(vec![
+                    (range("192.168.1.0", 24), exclusive, never()),
+                    (range("192.168.0.0", 16), false, OnMatch::Action("wide")),
+                ]),
+            }),
+            on_no_match: Some(Box::new(OnMatch::Action("none"))),
+        };
+        let d = data(&view, "192.168.1.7:1000");
+        assert_eq!(ip(false).evaluate(&d), Some(&"wide"));
+        assert_eq!(ip(true).evaluate(&d), Some(&"none"));
+        let outside = data(&view, "10.1.1.1:1000");
+        assert_eq!(ip(false).evaluate(&outside), Some(&"none"));
+    }
+
+    #[test]
+    fn prefixes_are_tried_longest_first() {
+        let headers = http::HeaderMap::new();
+        let view = RequestView::get("", &headers);
+        let m = Matcher {
+            list: Vec::new(),
+            tree: Some(Tree {
+                input: Input::SourceIp,
+                map: TreeMap::Prefix(vec![
+                    ("10.1.".to_string(), never()),
+                    ("10.".to_string(), OnMatch::Action("ten")),
+                ]),
+            }),
+            on_no_match: None,
+        };
+        assert_eq!(m.evaluate(&data(&view, "10.1.2.3:1")), Some(&"ten"));
+        assert_eq!(m.evaluate(&data(&view, "11.1.2.3:1")), None);
     }
 }

@@ -651,6 +651,10 @@ pub struct Listener {
     pub filter_chains: Vec<(FilterChainMatch, Arc<FilterChain>)>,
     /// `default_filter_chain`: for connections no chain matches.
     pub default_filter_chain: Option<Arc<FilterChain>>,
+    /// `filter_chain_matcher`: picks a chain by name (its index here; `None` for a name no
+    /// chain has: the connection is then closed, as Envoy closes it), in place of the chains'
+    /// `filter_chain_match`; no match: the default chain.
+    pub filter_chain_matcher: Option<crate::matcher::Matcher<Option<usize>>>,
     /// `use_original_dst`: a redirected connection goes to the listener of its original
     /// destination, when there is one.
     pub use_original_dst: bool,

@@ -241,6 +241,8 @@ impl Engine {
                     direct_source: r.direct_remote,
                     local: r.local,
                     server_name: r.server_name,
+                    transport_protocol: "",
+                    application_protocols: &crate::filter_chain_match::ApplicationProtocols::None,
                 };
                 match m.evaluate(&data) {
                     Some(a) => (a.action != Action::Deny, Some(a.name.as_str())),

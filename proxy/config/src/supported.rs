@@ -83,6 +83,17 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     ("xds.core.v3.TypedExtensionConfig", &["name", "typed_config"]),
     (
+        "xds.type.matcher.v3.Matcher.MatcherTree",
+        &["input", "exact_match_map", "prefix_match_map", "custom_match"],
+    ),
+    ("xds.type.matcher.v3.Matcher.MatcherTree.MatchMap", &["map"]),
+    ("xds.type.matcher.v3.IPMatcher", &["range_matchers"]),
+    (
+        "xds.type.matcher.v3.IPMatcher.IPRangeMatcher",
+        &["ranges", "on_match", "exclusive"],
+    ),
+    ("xds.core.v3.CidrRange", &["address_prefix", "prefix_len"]),
+    (
         "xds.type.matcher.v3.StringMatcher",
         &["exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"],
     ),
@@ -332,6 +343,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "stat_prefix",
             "filter_chains",
             "default_filter_chain",
+            "filter_chain_matcher",
             "per_connection_buffer_limit_bytes",
             "listener_filters",
             "transparent",

@@ -126,7 +126,7 @@ pub(super) fn listener(m: &listener_pb::Listener, path: &str) -> Result<(), Conf
     } = m;
     refuse(path, "stats_matcher", stats_matcher)?;
     refuse(path, "fcds_config", fcds_config)?;
-    refuse(path, "filter_chain_matcher", filter_chain_matcher)?;
+    let _ = filter_chain_matcher; // translated with the chains
     refuse(
         path,
         "per_connection_buffer_high_watermark_timeout",

@@ -1,22 +1,31 @@
 //! `xds.type.matcher.v3.Matcher` into [`crate::matcher::Matcher`]: the inputs and matchers
-//! skiff reads; any other (CEL, metadata, filter state, `matcher_tree`, `keep_matching`) is
-//! refused by path.
+//! skiff reads; any other (CEL, metadata, filter state, `keep_matching`) is refused by path.
 
 use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
 use envoy_types::pb::xds::r#type::matcher::v3 as xds;
 
 use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
-use crate::matcher::{FieldMatcher, Input, InputMatch, Matcher, OnMatch, Predicate};
+use crate::matcher::{FieldMatcher, Input, InputMatch, Matcher, OnMatch, Predicate, Tree, TreeMap};
 use crate::model::StringMatch;
 
 /// An action's translation.
 pub(super) type ActionFn<'a, A> = &'a dyn Fn(&TypedExtensionConfig, &str) -> Result<A, ConfigError>;
 
+/// What a matcher matches, which decides the inputs it may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Domain {
+    /// Requests (RBAC): their headers and their connection's addresses and server name.
+    Http,
+    /// Connections (a listener's filter chains): their addresses, server name and protocols.
+    Network,
+}
+
 /// A matcher whose actions `action` translates.
 pub(super) fn matcher<A>(
     m: &xds::Matcher,
     path: &str,
+    domain: Domain,
     action: ActionFn<'_, A>,
 ) -> Result<Matcher<A>, ConfigError> {
     use xds::matcher::MatcherType;
@@ -34,8 +43,8 @@ pub(super) fn matcher<A>(
                     .as_ref()
                     .ok_or_else(|| ConfigError::new(format!("{fpath}.on_match"), "required"))?;
                 out.push(FieldMatcher {
-                    predicate: predicate(p, &format!("{fpath}.predicate"))?,
-                    on_match: on_match(o, &format!("{fpath}.on_match"), action)?,
+                    predicate: predicate(p, &format!("{fpath}.predicate"), domain)?,
+                    on_match: on_match(o, &format!("{fpath}.on_match"), domain, action)?,
                 });
             }
             if out.is_empty() {
@@ -44,24 +53,128 @@ pub(super) fn matcher<A>(
                     "value must contain at least 1 item(s)",
                 ));
             }
-            out
+            (out, None)
         }
-        Some(MatcherType::MatcherTree(_)) => {
-            return Err(ConfigError::unsupported(format!("{path}.matcher_tree")))
-        }
-        None => Vec::new(),
+        Some(MatcherType::MatcherTree(t)) => (
+            Vec::new(),
+            Some(tree(t, &format!("{path}.matcher_tree"), domain, action)?),
+        ),
+        None => (Vec::new(), None),
     };
+    let (list, tree) = list;
     let on_no_match = m
         .on_no_match
         .as_ref()
-        .map(|o| on_match(o, &format!("{path}.on_no_match"), action).map(Box::new))
+        .map(|o| on_match(o, &format!("{path}.on_no_match"), domain, action).map(Box::new))
         .transpose()?;
-    Ok(Matcher { list, on_no_match })
+    Ok(Matcher {
+        list,
+        tree,
+        on_no_match,
+    })
+}
+
+fn tree<A>(
+    t: &xds::matcher::MatcherTree,
+    path: &str,
+    domain: Domain,
+    action: ActionFn<'_, A>,
+) -> Result<Tree<A>, ConfigError> {
+    use xds::matcher::matcher_tree::TreeType;
+    let input = input(
+        t.input
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(format!("{path}.input"), "required"))?,
+        &format!("{path}.input"),
+        domain,
+    )?;
+    let entries = |m: &xds::matcher::matcher_tree::MatchMap, field: &str| {
+        let mut keys: Vec<&String> = m.map.keys().collect();
+        keys.sort();
+        if keys.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.{field}.map"),
+                "value must contain at least 1 item(s)",
+            ));
+        }
+        keys.into_iter()
+            .map(|k| {
+                let o = on_match(
+                    &m.map[k],
+                    &format!("{path}.{field}.map[\"{k}\"]"),
+                    domain,
+                    action,
+                )?;
+                Ok((k.clone(), o))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()
+    };
+    let map = match &t.tree_type {
+        Some(TreeType::ExactMatchMap(m)) => {
+            TreeMap::Exact(entries(m, "exact_match_map")?.into_iter().collect())
+        }
+        Some(TreeType::PrefixMatchMap(m)) => {
+            let mut list = entries(m, "prefix_match_map")?;
+            list.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+            TreeMap::Prefix(list)
+        }
+        Some(TreeType::CustomMatch(c)) => TreeMap::Ip(ip_matcher(
+            c,
+            &format!("{path}.custom_match"),
+            domain,
+            action,
+        )?),
+        None => return Err(ConfigError::new(path, "a tree type is required")),
+    };
+    Ok(Tree { input, map })
+}
+
+/// An `xds.type.matcher.v3.IPMatcher`: its ranges, the longest first.
+#[allow(clippy::type_complexity)]
+fn ip_matcher<A>(
+    c: &TypedExtensionConfig,
+    path: &str,
+    domain: Domain,
+    action: ActionFn<'_, A>,
+) -> Result<Vec<(crate::model::CidrRange, bool, OnMatch<A>)>, ConfigError> {
+    let tpath = format!("{path}.typed_config");
+    let any = c
+        .typed_config
+        .as_ref()
+        .ok_or_else(|| ConfigError::new(&tpath, "required"))?;
+    if type_name(&any.type_url) != "xds.type.matcher.v3.IPMatcher" {
+        return Err(ConfigError::unsupported(tpath));
+    }
+    let m: crate::istio::IpMatcher = unpack(any, &tpath)?;
+    let mut out = Vec::new();
+    for (i, r) in m.range_matchers.iter().enumerate() {
+        let rpath = format!("{tpath}.range_matchers[{i}]");
+        let o = r
+            .on_match
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(format!("{rpath}.on_match"), "required"))?;
+        let ranges: Vec<envoy_types::pb::envoy::config::core::v3::CidrRange> = r
+            .ranges
+            .iter()
+            .map(|c| envoy_types::pb::envoy::config::core::v3::CidrRange {
+                address_prefix: c.address_prefix.clone(),
+                prefix_len: c.prefix_len,
+            })
+            .collect();
+        for range in super::cidr_ranges(&ranges, &format!("{rpath}.ranges"))? {
+            // Each range gets its own copy of what it leads to.
+            let o = on_match(o, &format!("{rpath}.on_match"), domain, action)?;
+            out.push((range, r.exclusive, o));
+        }
+    }
+    out.sort_by_key(|(r, _, _)| std::cmp::Reverse(r.prefix_len));
+    Ok(out)
 }
 
 fn on_match<A>(
     o: &xds::matcher::OnMatch,
     path: &str,
+    domain: Domain,
     action: ActionFn<'_, A>,
 ) -> Result<OnMatch<A>, ConfigError> {
     use xds::matcher::on_match::OnMatch as O;
@@ -73,6 +186,7 @@ fn on_match<A>(
         Some(O::Matcher(m)) => Ok(OnMatch::Matcher(Box::new(matcher(
             m,
             &format!("{path}.matcher"),
+            domain,
             action,
         )?))),
         None => Err(ConfigError::new(path, "an action or a matcher is required")),
@@ -82,6 +196,7 @@ fn on_match<A>(
 fn predicate(
     p: &xds::matcher::matcher_list::Predicate,
     path: &str,
+    domain: Domain,
 ) -> Result<Predicate, ConfigError> {
     use xds::matcher::matcher_list::predicate::{single_predicate, MatchType};
     let list = |l: &xds::matcher::matcher_list::predicate::PredicateList,
@@ -96,7 +211,7 @@ fn predicate(
         l.predicate
             .iter()
             .enumerate()
-            .map(|(i, p)| predicate(p, &format!("{path}.{field}.predicate[{i}]")))
+            .map(|(i, p)| predicate(p, &format!("{path}.{field}.predicate[{i}]"), domain))
             .collect()
     };
     Ok(match &p.match_type {
@@ -107,6 +222,7 @@ fn predicate(
                     .as_ref()
                     .ok_or_else(|| ConfigError::new(format!("{spath}.input"), "required"))?,
                 &format!("{spath}.input"),
+                domain,
             )?;
             let m = match &s.matcher {
                 Some(single_predicate::Matcher::ValueMatch(v)) => {
@@ -121,14 +237,16 @@ fn predicate(
         }
         Some(MatchType::OrMatcher(l)) => Predicate::Or(list(l, "or_matcher")?),
         Some(MatchType::AndMatcher(l)) => Predicate::And(list(l, "and_matcher")?),
-        Some(MatchType::NotMatcher(p)) => {
-            Predicate::Not(Box::new(predicate(p, &format!("{path}.not_matcher"))?))
-        }
+        Some(MatchType::NotMatcher(p)) => Predicate::Not(Box::new(predicate(
+            p,
+            &format!("{path}.not_matcher"),
+            domain,
+        )?)),
         None => return Err(ConfigError::new(path, "a predicate is required")),
     })
 }
 
-fn input(c: &TypedExtensionConfig, path: &str) -> Result<Input, ConfigError> {
+fn input(c: &TypedExtensionConfig, path: &str, domain: Domain) -> Result<Input, ConfigError> {
     let tpath = format!("{path}.typed_config");
     let any = c
         .typed_config
@@ -136,7 +254,7 @@ fn input(c: &TypedExtensionConfig, path: &str) -> Result<Input, ConfigError> {
         .ok_or_else(|| ConfigError::new(&tpath, "required"))?;
     const NET: &str = "envoy.extensions.matching.common_inputs.network.v3.";
     Ok(match type_name(&any.type_url) {
-        "envoy.type.matcher.v3.HttpRequestHeaderMatchInput" => {
+        "envoy.type.matcher.v3.HttpRequestHeaderMatchInput" if domain == Domain::Http => {
             let h: envoy_types::pb::envoy::r#type::matcher::v3::HttpRequestHeaderMatchInput =
                 unpack(any, &tpath)?;
             Input::RequestHeader(super::http_manager::header_key(
@@ -151,6 +269,11 @@ fn input(c: &TypedExtensionConfig, path: &str) -> Result<Input, ConfigError> {
             "DestinationIPInput" => Input::DestinationIp,
             "DestinationPortInput" => Input::DestinationPort,
             "ServerNameInput" => Input::ServerName,
+            // What listener filters detect: known when chains are picked, not to a request's
+            // matcher in skiff.
+            "TransportProtocolInput" if domain == Domain::Network => Input::TransportProtocol,
+            "ApplicationProtocolInput" if domain == Domain::Network => Input::ApplicationProtocol,
+            "SourceTypeInput" if domain == Domain::Network => Input::SourceType,
             _ => return Err(ConfigError::unsupported(tpath)),
         },
         _ => return Err(ConfigError::unsupported(tpath)),

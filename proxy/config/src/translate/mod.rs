@@ -796,8 +796,29 @@ fn translate_listener(
     };
     let mut filter_chains: Vec<(FilterChainMatch, Arc<FilterChain>)> = Vec::new();
     let empty = listener::FilterChainMatch::default();
+    // With a matcher, the chains' own matches are ignored and their names must be unique.
+    let by_matcher = l.filter_chain_matcher.is_some();
     for (i, fc) in l.filter_chains.iter().enumerate() {
         let fpath = format!("{path}.filter_chains[{i}]");
+        if by_matcher {
+            if fc.name.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{fpath}.name"),
+                    "\"name\" field is required when using a listener matcher",
+                ));
+            }
+            if l.filter_chains[..i].iter().any(|o| o.name == fc.name) {
+                return Err(ConfigError::new(
+                    format!("{fpath}.name"),
+                    format!("\"name\" field is duplicated with value '{}'", fc.name),
+                ));
+            }
+            filter_chains.push((
+                FilterChainMatch::default(),
+                Arc::new(translate_chain(fc, &fpath, clusters, secrets, egress)?),
+            ));
+            continue;
+        }
         let raw = fc.filter_chain_match.as_ref().unwrap_or(&empty);
         let m = chain_match(raw, &format!("{fpath}.filter_chain_match"))?;
         // Envoy compares the matches as written; equal-but-differently-written ones are caught
@@ -819,7 +840,20 @@ fn translate_listener(
             Arc::new(translate_chain(fc, &fpath, clusters, secrets, egress)?),
         ));
     }
-    {
+    let filter_chain_matcher = l
+        .filter_chain_matcher
+        .as_ref()
+        .map(|m| {
+            let names: Vec<&str> = l.filter_chains.iter().map(|c| c.name.as_str()).collect();
+            matcher::matcher(
+                m,
+                &format!("{path}.filter_chain_matcher"),
+                matcher::Domain::Network,
+                &|a, apath| chain_name_action(a, apath, &names),
+            )
+        })
+        .transpose()?;
+    if !by_matcher {
         // The runtime builds the table it serves with; here only whether it builds.
         let matches: Vec<&FilterChainMatch> = filter_chains.iter().map(|(m, _)| m).collect();
         crate::filter_chain_match::ChainTable::new(&matches).map_err(|o| {
@@ -899,6 +933,7 @@ fn translate_listener(
         stat_prefix,
         filter_chains,
         default_filter_chain,
+        filter_chain_matcher,
         use_original_dst: l.use_original_dst.as_ref().is_some_and(|v| v.value),
         bind_to_port: l.bind_to_port.as_ref().is_none_or(|v| v.value),
         listener_filters: lf.filters,
@@ -1148,6 +1183,31 @@ pub(super) fn envoy_grpc(
         metadata.push((name, value));
     }
     Ok((e.cluster_name.clone(), authority, metadata))
+}
+
+/// A listener matcher's action: a `google.protobuf.StringValue` naming a filter chain; the
+/// chain's index, or `None` when no chain has the name (the connection then has no chain).
+fn chain_name_action(
+    a: &envoy_types::pb::xds::core::v3::TypedExtensionConfig,
+    path: &str,
+    names: &[&str],
+) -> Result<Option<usize>, ConfigError> {
+    let tpath = format!("{path}.typed_config");
+    let any = a
+        .typed_config
+        .as_ref()
+        .ok_or_else(|| ConfigError::new(&tpath, "required"))?;
+    if type_name(&any.type_url) != "google.protobuf.StringValue" {
+        return Err(ConfigError::new(
+            tpath,
+            format!(
+                "the action of a listener's matcher is a filter chain's name (google.protobuf.StringValue), not {}",
+                any.type_url
+            ),
+        ));
+    }
+    let name: envoy_types::pb::google::protobuf::StringValue = unpack(any, &tpath)?;
+    Ok(names.iter().position(|n| *n == name.value))
 }
 
 /// CIDR ranges with the host bits cleared, sorted and without duplicates.

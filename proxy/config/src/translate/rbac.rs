@@ -35,6 +35,7 @@ pub(super) fn filter(c: &http_rbac::Rbac, path: &str) -> Result<HttpRbac, Config
             (None, Some(m)) => Some(Engine::Matcher(super::matcher::matcher(
                 m,
                 &format!("{path}.{}", names.1),
+                super::matcher::Domain::Http,
                 &match_action,
             )?)),
             (None, None) => None,
