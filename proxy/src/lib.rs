@@ -28,6 +28,7 @@ pub mod stats;
 pub mod stream_info;
 pub mod tls;
 pub mod trace;
+pub mod udp;
 pub mod upstream;
 pub mod worker;
 pub mod xds;

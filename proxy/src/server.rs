@@ -344,7 +344,27 @@ fn serve(opts: Options, mut loaded: Loaded) -> Result<(), String> {
             handles.push(h);
             senders.push(tx);
         }
+        // UDP listeners run on the first worker, with its clusters (which the configuration
+        // just sent brings first).
+        let mut udp = Vec::new();
+        for l in &loaded.model.udp_listeners {
+            let socket = std::net::UdpSocket::bind(l.address)
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .map_err(|e| {
+                    format!(
+                        "listener '{}': cannot bind {} (UDP): {e}",
+                        l.name, l.address
+                    )
+                })?;
+            udp.push((l.clone(), socket));
+        }
+        let first = senders.first().cloned();
         config.attach_workers(senders)?;
+        for (listener, socket) in udp {
+            if let Some(tx) = &first {
+                let _ = tx.send(worker::WorkerUpdate::Udp { listener, socket });
+            }
+        }
         state.initializing.store(false, Ordering::Relaxed);
         initialization_time.record_ms(begun.elapsed());
         main.gauge("listener_manager.workers_started").set(1);

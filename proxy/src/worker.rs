@@ -55,6 +55,13 @@ pub enum WorkerUpdate {
         /// How long a replaced or removed listener's connections may take to finish.
         drain_time: Duration,
     },
+    /// Serve a UDP listener on its socket (sent once, to the first worker).
+    Udp {
+        /// The listener.
+        listener: Arc<model::UdpListener>,
+        /// Its bound socket.
+        socket: std::net::UdpSocket,
+    },
     /// Drain listeners: `/drain_listeners` (only inbound ones with `inbound_only`) or the
     /// process's shutdown, after which the worker exits once idle or at the deadline.
     Drain {
@@ -336,6 +343,9 @@ async fn run(
                 sockets,
                 drain_time,
             } => worker.apply(&snapshot, sockets, drain_time),
+            WorkerUpdate::Udp { listener, socket } => {
+                tokio::task::spawn_local(crate::udp::run(worker.clone(), listener, socket));
+            }
             WorkerUpdate::Drain {
                 draining,
                 inbound_only,

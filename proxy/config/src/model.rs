@@ -20,6 +20,8 @@ pub struct Bootstrap {
     pub admin: Option<Admin>,
     /// `static_resources.listeners`.
     pub listeners: Vec<Arc<Listener>>,
+    /// `static_resources.listeners` on UDP, each with its UDP proxy.
+    pub udp_listeners: Vec<Arc<UdpListener>>,
     /// `static_resources.clusters`.
     pub clusters: Vec<Arc<Cluster>>,
     /// `dynamic_resources`: where listeners and clusters beyond the static ones come from.
@@ -947,6 +949,59 @@ impl CidrRange {
             _ => false,
         }
     }
+}
+
+/// A UDP listener (`protocol: UDP`) and its `envoy.filters.udp_listener.udp_proxy`.
+#[derive(Debug, PartialEq)]
+pub struct UdpListener {
+    /// `name`.
+    pub name: String,
+    /// `address`.
+    pub address: SocketAddr,
+    /// `udp_listener_config.downstream_socket_config.max_rx_datagram_size` (1500): longer
+    /// datagrams are dropped.
+    pub max_datagram: usize,
+    /// The proxy.
+    pub proxy: UdpProxy,
+}
+
+/// `envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig`: each client (source address)
+/// gets a session, a connected socket to a host of the route's cluster, that carries its
+/// datagrams both ways until it is idle for `idle_timeout`.
+#[derive(Debug, PartialEq)]
+pub struct UdpProxy {
+    /// `stat_prefix`: stats under `udp.<stat_prefix>.`.
+    pub stat_prefix: String,
+    /// `cluster` or `matcher`.
+    pub route: UdpRoute,
+    /// `idle_timeout` (60 s; `None` for zero: never).
+    pub idle_timeout: Option<Duration>,
+    /// `hash_policies`.
+    pub hash: Option<UdpHash>,
+    /// `use_per_packet_load_balancing`: each datagram picks its host.
+    pub per_packet: bool,
+    /// `upstream_socket_config.max_rx_datagram_size` (1500).
+    pub max_upstream_datagram: usize,
+    /// `access_log`: a line per session when it ends.
+    pub access_logs: Vec<AccessLog>,
+}
+
+/// Where a UDP proxy sends a session.
+#[derive(Debug, PartialEq)]
+pub enum UdpRoute {
+    /// `cluster`.
+    Cluster(String),
+    /// `matcher`: a `Route`'s cluster by the datagram's addresses.
+    Matcher(crate::matcher::Matcher<String>),
+}
+
+/// A UDP proxy's `hash_policies` entry.
+#[derive(Debug, PartialEq)]
+pub enum UdpHash {
+    /// `source_ip`: the hash of the client's address.
+    SourceIp,
+    /// `key`.
+    Key(String),
 }
 
 /// A filter chain.

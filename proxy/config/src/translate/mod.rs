@@ -43,6 +43,7 @@ mod retry;
 mod route_action;
 mod subset;
 mod tls;
+mod udp;
 
 use clusters::translate_cluster;
 pub use http_manager::set_bootstrap_tracer;
@@ -273,10 +274,29 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         }
     }
     let mut listeners = Vec::new();
+    let mut udp_listeners = Vec::new();
     let mut listener_names = HashSet::new();
     let mut addresses = HashSet::new();
+    let mut udp_addresses = HashSet::new();
     for (i, l) in res.listeners.iter().enumerate() {
         let path = format!("static_resources.listeners[{i}]");
+        if udp::is_udp(l) {
+            let u = udp::listener(l, &path)?;
+            if !listener_names.insert(u.name.clone()) {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("duplicate listener name '{}'", u.name),
+                ));
+            }
+            if !udp_addresses.insert(u.address) {
+                return Err(ConfigError::new(
+                    format!("{path}.address"),
+                    format!("another listener already uses {} (UDP)", u.address),
+                ));
+            }
+            udp_listeners.push(Arc::new(u));
+            continue;
+        }
         let l = translate_listener(l, &path, &cluster_names, &secrets)?;
         if !listener_names.insert(l.name.clone()) {
             return Err(ConfigError::new(
@@ -316,6 +336,7 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
         node,
         admin,
         listeners,
+        udp_listeners,
         clusters,
         dynamic,
         overload,
