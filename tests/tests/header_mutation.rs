@@ -153,3 +153,95 @@ async fn header_mutation_side_by_side_with_envoy() {
     })
     .await;
 }
+
+/// A connection manager with `early_header_mutation_extensions` (the mutations Envoy Gateway
+/// writes), `use_remote_address`, and a route only a header set early matches.
+fn early_hcm() -> Value {
+    let early = json!({ "name": "envoy.http.early_header_mutation.header_mutation", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+        "mutations": [
+            append("x-early", "1", None),
+            append("x-early-2", "a", None),
+            append("x-early-2", "b", None),
+            append("x-forwarded-for", "9.9.9.9", None),
+            append("x-over", "early", Some("OVERWRITE_IF_EXISTS_OR_ADD")),
+            append("x-absent", "early", Some("ADD_IF_ABSENT")),
+            { "remove": "x-request-id" },
+            { "remove": "x-drop" },
+            { "remove_on_match": { "key_matcher": { "prefix": "x-secret-" } } }
+        ] } });
+    json!({ "name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "early",
+        "use_remote_address": true,
+        "early_header_mutation_extensions": [ early ],
+        "http_filters": [ router() ],
+        "route_config": { "virtual_hosts": [ { "name": "v", "domains": ["*"], "routes": [
+            { "match": { "prefix": "/", "headers": [
+                { "name": "x-early", "string_match": { "exact": "1" } } ] },
+              "route": { "cluster": "backend" } }
+        ] } ] }
+    } })
+}
+
+#[tokio::test]
+async fn early_header_mutations_side_by_side_with_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let backend = EchoUpstream::start("backend").await;
+            let port = skiff_tests::free_port();
+            let yaml = to_yaml(&bootstrap(
+                skiff_tests::free_port(),
+                vec![listener("early", "127.0.0.1", port, early_hcm())],
+                vec![cluster("backend", &[backend.port()])],
+            ));
+            let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+            let before = backend.rec.requests().len();
+            let r = skiff_tests::client::curl(&[
+                "-s",
+                "-H",
+                "x-request-id: from-client",
+                "-H",
+                "x-forwarded-for: 1.1.1.1",
+                "-H",
+                "x-over: client",
+                "-H",
+                "x-absent: client",
+                "-H",
+                "x-drop: 1",
+                "-H",
+                "x-secret-a: 1",
+                &format!("http://127.0.0.1:{port}/x"),
+            ])
+            .await;
+            let up = backend.rec.requests().get(before).map(|u| {
+                let id = u.header_all("x-request-id");
+                format!(
+                    "{} request-id from client: {}, present: {}",
+                    [
+                        "x-early",
+                        "x-early-2",
+                        "x-forwarded-for",
+                        "x-over",
+                        "x-absent",
+                        "x-drop",
+                        "x-secret-a",
+                        "x-envoy-external-address",
+                    ]
+                    .iter()
+                    .map(|n| format!("{n}={:?}", u.header_all(n)))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                    id.contains(&"from-client"),
+                    !id.is_empty()
+                )
+            });
+            drop(proxy);
+            seen.push(vec![format!("{} upstream={up:?}", r.resp.status)]);
+        }
+        let all = skiff_tests::diff::assert_same_lines(&seen);
+        assert!(all.contains("200"), "{all}");
+    })
+    .await;
+}

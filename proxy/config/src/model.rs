@@ -1266,6 +1266,9 @@ pub struct HttpConnectionManager {
     pub skip_xff_append: bool,
     /// `original_ip_detection_extensions`, in order (without `use_remote_address`).
     pub ip_detection: Vec<IpDetection>,
+    /// `early_header_mutation_extensions`' mutations, made on a request's headers before
+    /// anything else reads them.
+    pub early_mutations: Vec<HeaderMutationStep>,
     /// `internal_address_config.cidr_ranges`: the addresses whose requests are internal.
     pub internal_addresses: Vec<CidrRange>,
     /// `normalize_path`.

@@ -647,6 +647,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "xff_num_trusted_hops",
             "skip_xff_append",
             "original_ip_detection_extensions",
+            "early_header_mutation_extensions",
             "internal_address_config",
             "normalize_path",
             "merge_slashes",
@@ -1024,6 +1025,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "allow_extension_to_set_address_as_trusted",
             "reject_with_status",
         ],
+    ),
+    (
+        "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+        &["mutations"],
     ),
     (
         "envoy.extensions.http.original_ip_detection.xff.v3.XffConfig",

@@ -1535,6 +1535,15 @@ async fn handle(
         stats.downstream_rq_non_relative_path.inc();
         return local(done, LocalReply::ABSOLUTE_PATH_REJECTED, None);
     }
+    // early_header_mutation_extensions: literal values, made before the rest of the
+    // connection manager reads the headers.
+    if !cfg.early_mutations.is_empty() {
+        crate::http::filters::header_mutation::apply(
+            &cfg.early_mutations,
+            &mut parts.headers,
+            &|_, _| String::new(),
+        );
+    }
     // Path normalization, then the host's port, as Envoy's connection manager does them before
     // routing.
     if let Some(pq) = parts.uri.path_and_query() {

@@ -719,11 +719,8 @@ pub(super) fn http_connection_manager(
     );
     // original_ip_detection_extensions: http_manager::ip_detection.
     let _ = original_ip_detection_extensions;
-    refuse(
-        path,
-        "early_header_mutation_extensions",
-        early_header_mutation_extensions,
-    )?;
+    // early_header_mutation_extensions: header_mutation::early.
+    let _ = early_header_mutation_extensions;
     // forward_client_cert_details, set_current_client_cert_details: http_manager::xfcc.
     let _ = (forward_client_cert_details, set_current_client_cert_details);
     refuse(

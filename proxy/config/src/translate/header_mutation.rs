@@ -21,6 +21,46 @@ pub(super) fn translate(c: &pb::HeaderMutation, path: &str) -> Result<HeaderMuta
     })
 }
 
+/// A connection manager's `early_header_mutation_extensions`: their mutations, in order (each
+/// an `envoy.http.early_header_mutation.header_mutation`). Values are literal: an operator
+/// would render against a record the connection manager has not started yet.
+pub(super) fn early(
+    list: &[envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig],
+    path: &str,
+) -> Result<Vec<HeaderMutationStep>, ConfigError> {
+    use envoy_types::pb::envoy::extensions::http::early_header_mutation::header_mutation::v3 as early;
+    let mut out = Vec::new();
+    for (i, e) in list.iter().enumerate() {
+        let tpath = format!("{path}[{i}].typed_config");
+        let any = e
+            .typed_config
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(&tpath, "required"))?;
+        if crate::proto::type_name(&any.type_url)
+            != "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation"
+        {
+            return Err(ConfigError::unsupported(tpath));
+        }
+        let m: early::HeaderMutation = crate::proto::unpack(any, &tpath)?;
+        let list = steps(&m.mutations, &format!("{tpath}.mutations"))?;
+        for (j, s) in list.iter().enumerate() {
+            if let HeaderMutationStep::Append(p) = s {
+                if p.add
+                    .iter()
+                    .any(|(_, t, _, _)| matches!(t, HeaderText::Format(_)))
+                {
+                    return Err(ConfigError::new(
+                        format!("{tpath}.mutations[{j}].append.header.value"),
+                        "unsupported: substitution operators (%...%) in an early header mutation",
+                    ));
+                }
+            }
+        }
+        out.extend(list);
+    }
+    Ok(out)
+}
+
 /// A route's `HeaderMutationPerRoute` at `path`.
 pub(super) fn per_route(
     c: &pb::HeaderMutationPerRoute,

@@ -384,6 +384,10 @@ pub(super) fn translate_hcm(
         xff_num_trusted_hops: h.xff_num_trusted_hops,
         skip_xff_append: h.skip_xff_append,
         ip_detection: ip_detection(h, path)?,
+        early_mutations: super::header_mutation::early(
+            &h.early_header_mutation_extensions,
+            &format!("{path}.early_header_mutation_extensions"),
+        )?,
         internal_addresses,
         normalize_path: h.normalize_path.as_ref().is_some_and(|v| v.value),
         merge_slashes: h.merge_slashes,

@@ -42,7 +42,7 @@ impl HeaderMutationFilter {
 }
 
 /// Makes `steps` on `headers`; `render` renders a value with operators.
-fn apply(
+pub(crate) fn apply(
     steps: &[HeaderMutationStep],
     headers: &mut HeaderMap,
     render: &dyn Fn(&crate::access_log::Format, &HeaderMap) -> String,
