@@ -1033,6 +1033,16 @@ fn actions_config(body_file: &str) -> Value {
             json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "echo", "weight": 1 }, { "name": "echo2", "weight": 1 } ] } } }),
         ),
         to(
+            "/wc/byhdr",
+            json!({ "route": { "weighted_clusters": { "header_name": "x-pick", "clusters": [ { "name": "echo", "weight": 1 }, { "name": "echo2", "weight": 2 } ] } } }),
+        ),
+        to(
+            "/wc/byhash",
+            json!({ "route": {
+                "hash_policy": [ { "header": { "header_name": "x-user" } } ],
+                "weighted_clusters": { "use_hash_policy": true, "clusters": [ { "name": "echo", "weight": 1 }, { "name": "echo2", "weight": 1 } ] } } }),
+        ),
+        to(
             "/ch404",
             json!({ "route": { "cluster_header": "x-cluster", "cluster_not_found_response_code": "NOT_FOUND" } }),
         ),
@@ -1106,6 +1116,22 @@ const ACTION_CASES: &[Case] = &[
         200,
     ),
     ("GET", "/wc/one", H, &[("x-internal-secret", "1")], 200),
+    ("GET", "/wc/byhdr", H, &[("x-pick", "0")], 200),
+    ("GET", "/wc/byhdr", H, &[("x-pick", "1")], 200),
+    ("GET", "/wc/byhdr", H, &[("x-pick", " 2 ")], 200),
+    ("GET", "/wc/byhdr", H, &[("x-pick", "+5")], 200),
+    (
+        "GET",
+        "/wc/byhdr",
+        H,
+        &[("x-pick", "18446744073709551615")],
+        200,
+    ),
+    ("GET", "/wc/byhash", H, &[("x-user", "alice")], 200),
+    ("GET", "/wc/byhash", H, &[("x-user", "bob")], 200),
+    ("GET", "/wc/byhash", H, &[("x-user", "carol")], 200),
+    ("GET", "/wc/byhash", H, &[("x-user", "dave")], 200),
+    ("GET", "/wc/byhash", H, &[("x-user", "erin")], 200),
     (
         "GET",
         "/wc/hdr",

@@ -1399,7 +1399,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.WeightedCluster",
-        &["clusters", "runtime_key_prefix"],
+        &["clusters", "runtime_key_prefix", "header_name", "use_hash_policy"],
     ),
     (
         "envoy.config.route.v3.WeightedCluster.ClusterWeight",

@@ -711,6 +711,18 @@ pub struct Weighted {
     /// `runtime_key_prefix`: a cluster's weight is the runtime integer at
     /// `<prefix>.<cluster name>` when set.
     pub runtime_key_prefix: Option<String>,
+    /// `random_value_specifier`: where the value that picks comes from, when not at random.
+    pub random_value: Option<RandomValue>,
+}
+
+/// Where a weighted pick's value comes from (`random_value_specifier`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RandomValue {
+    /// `header_name`: the request header's unsigned integer (at random when missing or not
+    /// a number).
+    Header(http::HeaderName),
+    /// `use_hash_policy`: the hash of the route's `hash_policy` (at random without one).
+    HashPolicy,
 }
 
 /// A weighted cluster's own `request_headers_to_add|remove`, `response_headers_to_add|remove`
@@ -762,6 +774,17 @@ impl Target {
                 if total == 0 {
                     return None;
                 }
+                // A header's value, read as Envoy's `SimpleAtoi` reads it.
+                let random = match &w.random_value {
+                    Some(RandomValue::Header(h)) => headers
+                        .get(h)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::trim)
+                        .map(|v| v.strip_prefix('+').unwrap_or(v))
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(random),
+                    _ => random,
+                };
                 // As Envoy: a value in [0, total), then the first cluster whose running sum
                 // of weights exceeds it (the runtime read again: a change in between only
                 // moves this one pick).

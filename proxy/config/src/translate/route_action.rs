@@ -151,9 +151,24 @@ fn forward(
             if total_weight.is_some() {
                 return Err(ConfigError::unsupported(format!("{wpath}.total_weight")));
             }
-            if random_value_specifier.is_some() {
-                return Err(ConfigError::unsupported(format!("{wpath}.header_name")));
-            }
+            use route::weighted_cluster::RandomValueSpecifier as Rv;
+            let random_value = match random_value_specifier {
+                None => None,
+                Some(Rv::HeaderName(h)) => Some(crate::router::RandomValue::Header(
+                    http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(
+                        |_| {
+                            ConfigError::new(
+                                format!("{wpath}.header_name"),
+                                "not a valid header name",
+                            )
+                        },
+                    )?,
+                )),
+                Some(Rv::UseHashPolicy(b)) if b.value => {
+                    Some(crate::router::RandomValue::HashPolicy)
+                }
+                Some(Rv::UseHashPolicy(_)) => None,
+            };
             if list.is_empty() {
                 return Err(ConfigError::new(
                     format!("{wpath}.clusters"),
@@ -230,6 +245,7 @@ fn forward(
                 each,
                 runtime_key_prefix: (!runtime_key_prefix.is_empty())
                     .then(|| runtime_key_prefix.clone()),
+                random_value,
             })
         }
         _ => return Err(ConfigError::new(format!("{apath}.cluster"), "required")),

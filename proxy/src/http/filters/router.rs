@@ -634,9 +634,27 @@ pub async fn route(
     if let (Some(t), Some(d)) = (timers, forward.idle_timeout) {
         t.route_idle(d);
     }
+    // use_hash_policy: the route's hash picks the weighted cluster (no cookie is made for it).
+    let pick_value = match &forward.target {
+        crate::router::Target::Weighted(w)
+            if w.random_value == Some(crate::router::RandomValue::HashPolicy)
+                && !forward.hash_policy.is_empty() =>
+        {
+            request_hash(
+                &forward.hash_policy,
+                &parts,
+                scheme,
+                client,
+                (downstream_remote, downstream_local),
+                &mut Vec::new(),
+            )
+            .unwrap_or(random)
+        }
+        _ => random,
+    };
     let (cluster, changes) = forward
         .target
-        .pick_with_changes(&parts.headers, runtime, random)
+        .pick_with_changes(&parts.headers, runtime, pick_value)
         .and_then(|(name, changes)| worker.clusters.get(name).map(|c| (c, changes)))
         .ok_or(LocalReply {
             status: forward.cluster_not_found,
