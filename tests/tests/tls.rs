@@ -1208,3 +1208,75 @@ async fn health_checks_connect_over_the_clusters_tls_as_envoys() {
     })
     .await
 }
+
+/// `auto_host_sni` and `auto_sni_san_validation` in a cluster's `transport_socket_matches`
+/// (as Envoy Gateway writes them), side by side with Envoy: the endpoint's `hostname` is the
+/// SNI, and the certificate is checked against it in place of the SAN matchers (which here
+/// match nothing); an endpoint whose name the certificate does not cover is refused.
+#[tokio::test]
+async fn auto_host_sni_sends_the_endpoint_hostname_as_envoy_does() {
+    run(async {
+        let pki = Pki::new("tls-autohostsni");
+        let server = pki.leaf("upstream", &["*.svc.test"]);
+        let up = Upstream::start(&pki, &server, false);
+        let mut matched = upstream_tls(
+            None,
+            None,
+            Some((
+                &pki.ca(),
+                vec![json!({ "san_type": "DNS", "matcher": { "exact": "nothing.test" } })],
+            )),
+        );
+        matched["typed_config"]["auto_host_sni"] = json!(true);
+        matched["typed_config"]["auto_sni_san_validation"] = json!(true);
+        let svc = |name: &str, hostname: &str| {
+            let mut c = cluster(name, &[up.port]);
+            let e = &mut c["load_assignment"]["endpoints"][0]["lb_endpoints"][0];
+            e["endpoint"]["hostname"] = json!(hostname);
+            e["metadata"] =
+                json!({ "filter_metadata": { "envoy.transport_socket_match": { "sni": "auto" } } });
+            c["transport_socket"] = upstream_tls(None, None, Some((&pki.ca(), vec![])));
+            c["transport_socket_matches"] =
+                json!([{ "name": "auto", "match": { "sni": "auto" }, "transport_socket": matched }]);
+            c
+        };
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let port = free_port();
+            let v = bootstrap(
+                free_port(),
+                vec![listener(
+                    "http",
+                    "127.0.0.1",
+                    port,
+                    hcm(
+                        "in",
+                        vec![vhost(
+                            "all",
+                            &["*"],
+                            vec![route("/good", "good"), route("/bad", "bad")],
+                        )],
+                    ),
+                )],
+                vec![svc("good", "a.svc.test"), svc("bad", "b.other.test")],
+            );
+            let p = ProxyProcess::start(kind, &to_yaml(&v), &[]).await;
+            let addr = format!("127.0.0.1:{port}");
+            let mut got = Vec::new();
+            for path in ["/good", "/bad"] {
+                let r = http1_once(&addr, get(path, "svc.test"))
+                    .await
+                    .expect("request");
+                let sni = serde_json::from_str::<Value>(&r.text())
+                    .map(|v| v["sni"].clone())
+                    .unwrap_or(Value::Null);
+                got.push(format!("{path}: {} sni={sni}", r.status));
+            }
+            drop(p);
+            seen.push(got);
+        }
+        let all = skiff_tests::diff::assert_same_lines(&seen);
+        assert!(all.contains("/good: 200 sni=\"a.svc.test\""), "{all}");
+    })
+    .await
+}

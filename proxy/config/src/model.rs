@@ -188,6 +188,8 @@ impl GoogleSsl {
             }),
             sni: (!ip).then(|| self.host.clone()),
             check_sni: false,
+            auto_host_sni: false,
+            sni_replaces_sans: false,
             pending: false,
         }
     }

@@ -2414,7 +2414,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-        &["common_tls_context", "sni"],
+        &[
+            "common_tls_context",
+            "sni",
+            "auto_host_sni",
+            "auto_sni_san_validation",
+        ],
     ),
     (
         "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext",

@@ -753,6 +753,12 @@ impl Cluster {
                     host.degraded = (h.degraded_now(), h.excluded);
                     host.priority = h.priority;
                     host.tls = cfg.tls_for(&h.socket_match).cloned();
+                    // auto_host_sni: the host's own name (an address sends none).
+                    if host.tls.as_ref().is_some_and(|t| t.auto_host_sni) {
+                        host.sni = host.hostname.as_deref().and_then(|n| {
+                            rustls_pki_types::ServerName::try_from(n.to_string()).ok()
+                        });
+                    }
                     Rc::new(host)
                 })
             })

@@ -216,7 +216,7 @@ pub fn client_config(u: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
     let verifier = Arc::new(UpstreamVerifier::new(
         ca,
         sans,
-        u.check_sni,
+        (u.check_sni, u.sni_replaces_sans),
         provider.clone(),
     ));
     let builder = ClientConfig::builder_with_provider(provider.clone())

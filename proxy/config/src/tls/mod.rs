@@ -155,6 +155,12 @@ pub struct UpstreamTls {
     /// The cluster's `auto_san_validation`: the server's certificate must also be valid for
     /// the SNI sent.
     pub check_sni: bool,
+    /// `auto_host_sni`: a host with a hostname (its endpoint's, or the name a DNS cluster
+    /// resolved) is sent that name as the SNI.
+    pub auto_host_sni: bool,
+    /// `auto_sni_san_validation`: when an SNI is sent, the certificate must be valid for it,
+    /// in place of the SAN matchers.
+    pub sni_replaces_sans: bool,
     /// An SDS secret it needs has not arrived: no server is trusted until it does.
     pub pending: bool,
 }

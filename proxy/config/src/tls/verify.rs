@@ -79,6 +79,8 @@ pub struct UpstreamVerifier {
     sans: Vec<SanMatcher>,
     /// Also check the certificate against the SNI sent (`auto_san_validation`).
     check_sni: bool,
+    /// Check it against the SNI sent instead of the SAN matchers (`auto_sni_san_validation`).
+    sni_replaces_sans: bool,
     provider: Arc<CryptoProvider>,
 }
 
@@ -86,13 +88,14 @@ impl UpstreamVerifier {
     pub fn new(
         roots: Option<Arc<RootCertStore>>,
         sans: Vec<SanMatcher>,
-        check_sni: bool,
+        (check_sni, sni_replaces_sans): (bool, bool),
         provider: Arc<CryptoProvider>,
     ) -> Self {
         UpstreamVerifier {
             roots,
             sans,
             check_sni,
+            sni_replaces_sans,
             provider,
         }
     }
@@ -107,7 +110,8 @@ impl ServerCertVerifier for UpstreamVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.check_sni && matches!(server_name, ServerName::DnsName(_)) {
+        let sni_sent = matches!(server_name, ServerName::DnsName(_));
+        if (self.check_sni || self.sni_replaces_sans) && sni_sent {
             let cert = ParsedCertificate::try_from(end_entity)?;
             verify_server_name(&cert, server_name)?;
         }
@@ -121,7 +125,9 @@ impl ServerCertVerifier for UpstreamVerifier {
                 self.provider.signature_verification_algorithms.all,
             )?;
         }
-        check_sans(&self.sans, end_entity)?;
+        if !(self.sni_replaces_sans && sni_sent) {
+            check_sans(&self.sans, end_entity)?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 

@@ -356,10 +356,13 @@ pub(super) fn translate_cluster(
             )?,
             None => return Err(ConfigError::new(tpath, "required")),
         };
-        if mproxy.is_some() {
+        // skiff keeps the PROXY protocol per cluster: a match may wrap its socket in the
+        // cluster's own (Envoy Gateway writes them so), not in another.
+        if mproxy != proxy_protocol {
             return Err(ConfigError::new(
                 format!("{tpath}.typed_config"),
-                "unsupported: upstream_proxy_protocol in a transport socket match",
+                "unsupported: a transport socket match whose upstream_proxy_protocol differs \
+                 from the cluster transport_socket's",
             ));
         }
         if auto_config_path.is_some() && mtls.is_none() {

@@ -133,7 +133,9 @@ pub(super) fn listener(m: &listener_pb::Listener, path: &str) -> Result<(), Conf
         per_connection_buffer_high_watermark_timeout,
     )?;
     refuse(path, "deprecated_v1", deprecated_v1)?;
-    refuse(path, "udp_listener_config", udp_listener_config)?;
+    // udp_listener_config: a UDP listener's (udp::listener); translate_listener refuses it on
+    // a TCP one.
+    let _ = udp_listener_config;
     refuse(path, "api_listener", api_listener)?;
     refuse(path, "reuse_port", reuse_port)?;
     refuse(path, "tcp_backlog_size", tcp_backlog_size)?;
@@ -891,8 +893,8 @@ pub(super) fn upstream_tls_context(
         max_session_keys,
         enforce_rsa_key_usage,
     } = m;
-    refuse(path, "auto_host_sni", auto_host_sni)?;
-    refuse(path, "auto_sni_san_validation", auto_sni_san_validation)?;
+    // auto_host_sni, auto_sni_san_validation: tls::upstream.
+    let _ = (auto_host_sni, auto_sni_san_validation);
     refuse(path, "allow_renegotiation", allow_renegotiation)?;
     refuse(path, "max_session_keys", max_session_keys)?;
     refuse(path, "enforce_rsa_key_usage", enforce_rsa_key_usage)?;

@@ -778,6 +778,11 @@ fn translate_listener(
     secrets: &Secrets,
 ) -> Result<Listener, ConfigError> {
     fields::listener(l, path)?;
+    if l.udp_listener_config.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.udp_listener_config"
+        )));
+    }
     // A connection manager traces egress spans on an outbound listener.
     let egress = l.traffic_direction == core::TrafficDirection::Outbound as i32;
     let address = socket_address(

@@ -217,6 +217,8 @@ fn upstream(
         validation,
         sni,
         check_sni,
+        auto_host_sni: ctx.auto_host_sni,
+        sni_replaces_sans: ctx.auto_sni_san_validation,
         pending,
     };
     // Built once here so a configuration that cannot connect is refused at load.

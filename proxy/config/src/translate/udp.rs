@@ -43,9 +43,7 @@ pub(super) fn listener(l: &listener::Listener, path: &str) -> Result<UdpListener
     let address = super::socket_address(&tcp, &apath)?;
     // Every listener's refusals, then what only a TCP listener has or what skiff does not run
     // on a UDP one.
-    let mut common = l.clone();
-    common.udp_listener_config = None;
-    super::fields::listener(&common, path)?;
+    super::fields::listener(l, path)?;
     refuse(!l.filter_chains.is_empty(), format!("{path}.filter_chains"))?;
     refuse(
         l.default_filter_chain.is_some(),
