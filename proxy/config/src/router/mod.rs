@@ -696,8 +696,9 @@ pub enum Target {
     Cluster(String),
     /// `cluster_header`: the cluster named by this request header.
     Header(http::HeaderName),
-    /// `weighted_clusters`: one picked at random by weight.
-    Weighted(Weighted),
+    /// `weighted_clusters`: one picked at random by weight (boxed: most routes have one
+    /// cluster).
+    Weighted(Box<Weighted>),
 }
 
 /// `weighted_clusters`.
@@ -1153,14 +1154,12 @@ impl RouteConfig {
                         pair(&r.request_headers, &r.response_headers)
                             || match &r.action {
                                 Action::Forward(Forward {
-                                    target:
-                                        Target::Weighted(Weighted {
-                                            each: Some(each), ..
-                                        }),
+                                    target: Target::Weighted(w),
                                     ..
-                                }) => each
-                                    .iter()
-                                    .any(|c| pair(&c.request_headers, &c.response_headers)),
+                                }) => w.each.as_ref().is_some_and(|each| {
+                                    each.iter()
+                                        .any(|c| pair(&c.request_headers, &c.response_headers))
+                                }),
                                 _ => false,
                             }
                     })

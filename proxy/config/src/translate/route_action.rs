@@ -240,13 +240,13 @@ fn forward(
                     "Sum of weights in the weighted_cluster must be greater than 0.",
                 ));
             }
-            Target::Weighted(crate::router::Weighted {
+            Target::Weighted(Box::new(crate::router::Weighted {
                 clusters: out,
                 each,
                 runtime_key_prefix: (!runtime_key_prefix.is_empty())
                     .then(|| runtime_key_prefix.clone()),
                 random_value,
-            })
+            }))
         }
         _ => return Err(ConfigError::new(format!("{apath}.cluster"), "required")),
     };
