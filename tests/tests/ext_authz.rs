@@ -9,7 +9,8 @@
 //!   past its timeout (403, `status_on_error`, or let through under `failure_mode_allow` with
 //!   `x-envoy-auth-failure-mode-allowed`); a route that turns the filter off; `filter_enabled`;
 //! - HTTP checks: the request the service gets (the client's method and path after
-//!   `path_prefix`, the headers allowed and added), `allowed_upstream_headers`,
+//!   `path_prefix`, the headers allowed and added), a flaky service's checks retried under
+//!   `http_service.retry_policy`, `allowed_upstream_headers`,
 //!   `allowed_upstream_headers_to_append`, `allowed_client_headers_on_success`,
 //!   `allowed_client_headers`, a denial and a 5xx from the service;
 //! - what the upstream received, the access log's flags and details, and the stats
@@ -410,7 +411,7 @@ const ISTIO_CUSTOM_RBAC: &str = r#"          - name: envoy.filters.http.rbac
               shadow_rules_stat_prefix: istio_ext_authz_
 "#;
 
-fn body_config(admin: u16, ports: [u16; 5], upstream: u16, service: &Peer, log: &str) -> String {
+fn body_config(admin: u16, ports: [u16; 7], upstream: u16, service: &Peer, log: &str) -> String {
     let custom_routes = format!(
         r#"
               - match: {{prefix: /custom/nobody}}
@@ -455,6 +456,16 @@ fn body_config(admin: u16, ports: [u16; 5], upstream: u16, service: &Peer, log: 
                 filter: envoy.filters.http.rbac
                 path: [{key: enforced_engine_result}]
                 value: {string_match: {exact: allowed}}"#;
+    // 5, 6: HTTP checks retried (a flaky service fails every other check).
+    let retried = |on: &str| {
+        format!(
+            r#"
+              allowed_headers: {{patterns: [{{exact: x-authz}}]}}
+              http_service:
+                server_uri: {{uri: "http://authz.example/", cluster: authzh, timeout: 2s}}
+                retry_policy: {{num_retries: 2, retry_on: "{on}", retry_back_off: {{base_interval: 0.01s, max_interval: 0.02s}}}}"#
+        )
+    };
     // RBAC denying /admin, and callers whose `x-role` (put into the metadata) is `blocked`.
     let rbac_enforced = r#"          - name: envoy.filters.http.header_to_metadata
             typed_config:
@@ -492,6 +503,8 @@ fn body_config(admin: u16, ports: [u16; 5], upstream: u16, service: &Peer, log: 
         listener("b2", ports[2], plain, http, log),
         listener("b3", ports[3], plain, deny_off, log),
         listener_after("b4", ports[4], plain, rbac_enforced, enforced, log),
+        listener("b5", ports[5], plain, &retried("5xx"), log),
+        listener("b6", ports[6], plain, &retried("connect-failure"), log),
     ];
     bootstrap(admin, &listeners, upstream, service)
 }
@@ -548,6 +561,10 @@ async fn ext_authz_checks_bodies_and_istio_custom_policies_as_envoy_does() {
                 ),
                 "",
             ),
+            // Retried: a failed check, then an allowed one.
+            ((5, "GET", "/r", &[("x-authz", "flaky")]), ""),
+            ((5, "POST", "/r", &[("x-authz", "flaky")]), "a body"),
+            ((6, "GET", "/r", &[("x-authz", "flaky")]), ""),
         ];
         for (case, body) in cases {
             same_exchange(&sides, case, body).await;
@@ -559,9 +576,15 @@ async fn ext_authz_checks_bodies_and_istio_custom_policies_as_envoy_does() {
                 "http.b0.rbac.",
                 "http.b0.downstream_rq_too_large",
                 "http.b4.rbac.",
+                "cluster.authzh.upstream_rq_retry",
             ],
         )
         .await;
+        // The flaky checks were retried (and so allowed) on both.
+        for (p, ..) in &sides {
+            let retries = p.admin().counter("cluster.authzh.upstream_rq_retry").await;
+            assert!(retries >= 2, "{}: {retries} retries", p.kind.name());
+        }
     })
     .await;
 }

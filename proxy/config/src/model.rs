@@ -1748,6 +1748,9 @@ pub struct HttpAuthz {
     pub client_headers: Option<Vec<StringMatch>>,
     /// `authorization_response.allowed_client_headers_on_success`: on the response.
     pub client_headers_on_success: Vec<StringMatch>,
+    /// `retry_policy`: the check is retried as the router retries (Envoy's
+    /// `convertCoreToRouteRetryPolicy`).
+    pub retry: Option<Arc<crate::router::retry::RetryPolicy>>,
 }
 
 /// `ExtAuthzPerRoute`.

@@ -824,6 +824,22 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "retry_policy",
         ],
     ),
+    // A filter's own calls' retries (ext_authz's http_service; jwt_authn refuses its own).
+    (
+        "envoy.config.core.v3.RetryPolicy",
+        &[
+            "retry_back_off",
+            "num_retries",
+            "retry_on",
+            "retry_priority",
+            "retry_host_predicate",
+            "host_selection_retry_max_attempts",
+        ],
+    ),
+    (
+        "envoy.config.core.v3.BackoffStrategy",
+        &["base_interval", "max_interval"],
+    ),
     (
         "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest",
         &["allowed_headers", "headers_to_add"],

@@ -16,6 +16,7 @@
 //! - `deny-plain`: denied without a status of its own (gRPC: PERMISSION_DENIED alone; HTTP: a
 //!   bare 403);
 //! - `error`: gRPC status `UNAVAILABLE`; over HTTP, a 503;
+//! - `flaky` (HTTP): a 503 for the first check, allowed for the second, and so on;
 //! - `slow`: allowed after 500 ms.
 
 use std::io::Write;
@@ -30,6 +31,9 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use serde_json::json;
 use tonic::{Request, Response, Status};
+
+/// How many `flaky` HTTP checks came.
+static FLAKY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn emit(v: serde_json::Value) {
     let mut out = std::io::stdout().lock();
@@ -237,6 +241,10 @@ async fn http_check(
             .body(full("no entry")),
         "deny-plain" => b.status(403).body(full("")),
         "error" => b.status(503).body(full("")),
+        // Every other flaky check fails.
+        "flaky" if FLAKY.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 0 => {
+            b.status(503).body(full(""))
+        }
         other => {
             if other == "slow" {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;

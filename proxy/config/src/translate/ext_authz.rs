@@ -236,7 +236,17 @@ fn http(
         authorization_response,
         retry_policy,
     } = h;
-    refuse_set(retry_policy.is_some(), format!("{path}.retry_policy"))?;
+    let retry = retry_policy
+        .as_ref()
+        .map(|r| {
+            super::retry::from_core(
+                r,
+                &format!("{path}.retry_policy"),
+                "5xx,gateway-error,connect-failure,reset",
+            )
+            .map(std::sync::Arc::new)
+        })
+        .transpose()?;
     let upath = format!("{path}.server_uri");
     let uri = super::required(server_uri, &upath)?;
     let cluster = match &uri.http_upstream_type {
@@ -281,6 +291,7 @@ fn http(
         upstream_headers_to_append: Vec::new(),
         client_headers: None,
         client_headers_on_success: Vec::new(),
+        retry,
     };
     if let Some(r) = authorization_response {
         let rpath = format!("{path}.authorization_response");

@@ -262,6 +262,75 @@ fn rate_limited(
     Ok(out)
 }
 
+/// A `config.core.v3.RetryPolicy` (what a filter's own HTTP calls take) as the route policy
+/// Envoy's `convertCoreToRouteRetryPolicy` makes of it: `num_retries` 1 and a back-off of 1 s
+/// (at most ten times the base) unless it says otherwise, each try limited to the back-off's
+/// `max_interval`, and retried on its `retry_on` (`default_on` when it names none).
+pub(super) fn from_core(
+    p: &envoy_types::pb::envoy::config::core::v3::RetryPolicy,
+    path: &str,
+    default_on: &str,
+) -> Result<RetryPolicy, ConfigError> {
+    use envoy_types::pb::google::protobuf::Duration as PbDuration;
+    let envoy_types::pb::envoy::config::core::v3::RetryPolicy {
+        retry_back_off,
+        num_retries,
+        retry_on,
+        retry_priority,
+        retry_host_predicate,
+        host_selection_retry_max_attempts,
+    } = p;
+    if retry_priority.is_some() {
+        return Err(ConfigError::unsupported(format!("{path}.retry_priority")));
+    }
+    if !retry_host_predicate.is_empty() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.retry_host_predicate"
+        )));
+    }
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    let (mut base, mut max) = (1000u64, 10_000u64);
+    if let Some(b) = retry_back_off {
+        let bpath = format!("{path}.retry_back_off");
+        let b_base = duration(
+            super::required(&b.base_interval, &format!("{bpath}.base_interval"))?,
+            &format!("{bpath}.base_interval"),
+        )?;
+        base = ms(b_base);
+        max = match &b.max_interval {
+            Some(m) => ms(duration(m, &format!("{bpath}.max_interval"))?),
+            None => base * 10,
+        };
+        if max < base {
+            // Envoy's ENVOY_BUG: logged, and the base made half the maximum.
+            tracing::warn!(path = %bpath, "max_interval must be greater than or equal to the base_interval");
+            base = max / 2;
+        }
+    }
+    let pb_ms = |v: u64| PbDuration {
+        seconds: (v / 1000) as i64,
+        nanos: ((v % 1000) * 1_000_000) as i32,
+    };
+    let route_policy = route::RetryPolicy {
+        retry_on: if retry_on.is_empty() {
+            default_on.to_string()
+        } else {
+            retry_on.clone()
+        },
+        per_try_timeout: Some(pb_ms(max)),
+        num_retries: Some(
+            (*num_retries).unwrap_or(envoy_types::pb::google::protobuf::UInt32Value { value: 1 }),
+        ),
+        retry_back_off: Some(route::retry_policy::RetryBackOff {
+            base_interval: Some(pb_ms(base)),
+            max_interval: Some(pb_ms(max)),
+        }),
+        host_selection_retry_max_attempts: *host_selection_retry_max_attempts,
+        ..Default::default()
+    };
+    policy(&route_policy, path)
+}
+
 #[cfg(test)]
 mod tests {
     use crate::load_text;

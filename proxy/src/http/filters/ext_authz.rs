@@ -349,7 +349,14 @@ impl ExtAuthzFilter {
             .header("x-envoy-internal", "true")
             .header(
                 "x-envoy-expected-rq-timeout-ms",
-                self.factory.config.timeout.as_millis().to_string(),
+                // What the router expects of each try: a retried check's per-try timeout.
+                h.retry
+                    .as_ref()
+                    .and_then(|r| r.per_try_timeout)
+                    .filter(|t| *t < self.factory.config.timeout)
+                    .unwrap_or(self.factory.config.timeout)
+                    .as_millis()
+                    .to_string(),
             );
         for (k, v) in &head.headers {
             if k != http::header::HOST
@@ -754,16 +761,22 @@ async fn http_check(
     (head, body): (http::request::Parts, Bytes),
     timeout: std::time::Duration,
 ) -> Verdict {
-    let (parts, body, _) =
-        match crate::http::filters::router::own_request(worker, service, head, body, Some(timeout))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "authorization check failed");
-                return Verdict::Error;
-            }
-        };
+    let (parts, body, _) = match crate::http::filters::router::own_request_retried(
+        worker,
+        service,
+        head,
+        body,
+        Some(timeout),
+        h.retry.as_ref(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "authorization check failed");
+            return Verdict::Error;
+        }
+    };
     // A server error is a failed check, not a denial (Envoy's raw HTTP client).
     if parts.status.is_server_error() {
         return Verdict::Error;

@@ -1666,17 +1666,32 @@ pub async fn own_request(
     body: bytes::Bytes,
     timeout: Option<std::time::Duration>,
 ) -> Result<WholeResponse, String> {
+    own_request_retried(worker, cluster, head, body, timeout, None).await
+}
+
+/// [`own_request`], retried under `retry` as the router retries (the body kept to be sent
+/// again); `timeout` bounds every attempt together.
+pub async fn own_request_retried(
+    worker: &Rc<Worker>,
+    cluster: &Rc<Cluster>,
+    head: http::request::Parts,
+    body: bytes::Bytes,
+    timeout: Option<std::time::Duration>,
+    retry: Option<&std::sync::Arc<crate::router::retry::RetryPolicy>>,
+) -> Result<WholeResponse, String> {
     let request = Rc::new(RequestProgress::new(crate::io::FlowPair::default()));
     request.mark_done();
     let authority = authority(&head).unwrap_or_default().to_string();
     let exchange = async {
         let f = Forward {
             timeout,
+            buffer_limit: if retry.is_some() { usize::MAX } else { 0 },
             ..Forward::own(worker, cluster, &authority, &request)
         };
+        let retry = retry.and_then(|p| super::retry::RetryState::new(Some(p), None, &head.headers));
         let started = std::time::Instant::now();
         let (resp, upstream, _) =
-            super::retry::forward(&f, head, ProxyBody::full(body), None, None)
+            super::retry::forward(&f, head, ProxyBody::full(body), retry, None)
                 .await
                 .map_err(|r| format!("{} {}", r.status.as_u16(), r.details))?;
         let (mut parts, mut body) = resp.into_parts();
