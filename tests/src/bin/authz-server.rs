@@ -242,7 +242,11 @@ async fn http_check(
         "deny-plain" => b.status(403).body(full("")),
         "error" => b.status(503).body(full("")),
         // Every other flaky check fails.
-        "flaky" if FLAKY.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 0 => {
+        "flaky"
+            if FLAKY
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .is_multiple_of(2) =>
+        {
             b.status(503).body(full(""))
         }
         other => {
