@@ -266,6 +266,23 @@ pub struct HttpRbac {
     pub shadow_stat_prefix: String,
 }
 
+impl HttpRbac {
+    /// The dynamic metadata keys of the verdicts (Envoy's, the stat prefixes before them):
+    /// `[effective policy id, engine result]` of the shadow rules, then of the enforced ones.
+    pub fn metadata_keys(&self) -> [[String; 2]; 2] {
+        let keys = |prefix: &str, kind: &str| {
+            [
+                format!("{prefix}{kind}_effective_policy_id"),
+                format!("{prefix}{kind}_engine_result"),
+            ]
+        };
+        [
+            keys(&self.shadow_stat_prefix, "shadow"),
+            keys(&self.rules_stat_prefix, "enforced"),
+        ]
+    }
+}
+
 /// `envoy.filters.network.rbac`: judged once per connection, before its first byte is read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkRbac {

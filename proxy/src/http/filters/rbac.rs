@@ -29,6 +29,8 @@ struct Stats {
 pub struct Factory {
     config: Arc<HttpRbac>,
     stats: Rc<Stats>,
+    /// The metadata keys of the filter's own configuration's verdicts.
+    keys: Rc<[[String; 2]; 2]>,
 }
 
 impl Factory {
@@ -47,6 +49,7 @@ impl Factory {
             shadow_denied: c(&config.shadow_stat_prefix, "shadow_denied"),
         };
         Factory {
+            keys: Rc::new(config.metadata_keys()),
             config,
             stats: Rc::new(stats),
         }
@@ -55,6 +58,11 @@ impl Factory {
     /// The filter for one stream, with its route's own rules if it has them.
     pub fn filter(&self, route: Option<&Arc<HttpRbac>>, cx: &StreamContext<'_>) -> RbacFilter {
         RbacFilter {
+            // A route's own rules name their keys with their own prefixes.
+            keys: match route {
+                Some(r) => Rc::new(r.metadata_keys()),
+                None => self.keys.clone(),
+            },
             config: route.cloned().unwrap_or_else(|| self.config.clone()),
             stats: self.stats.clone(),
             remote: cx.remote,
@@ -70,6 +78,8 @@ impl Factory {
 /// The filter on one stream.
 pub struct RbacFilter {
     config: Arc<HttpRbac>,
+    /// [`HttpRbac::metadata_keys`] of `config`.
+    keys: Rc<[[String; 2]; 2]>,
     stats: Rc<Stats>,
     remote: IpAddr,
     local: SocketAddr,
@@ -221,23 +231,16 @@ impl RbacFilter {
             return;
         };
         state.with(|md| {
-            for (kind, prefix, verdict) in [
-                ("shadow", &self.config.shadow_stat_prefix, verdicts[0]),
-                ("enforced", &self.config.rules_stat_prefix, verdicts[1]),
-            ] {
+            for (keys, verdict) in self.keys.iter().zip(verdicts) {
                 let Some((allowed, policy)) = verdict else {
                     continue;
                 };
                 if let Some(p) = policy {
-                    md.set(
-                        NAMESPACE,
-                        &format!("{prefix}{kind}_effective_policy_id"),
-                        Value::String(p.to_string()),
-                    );
+                    md.set(NAMESPACE, &keys[0], Value::String(p.to_string()));
                 }
                 md.set(
                     NAMESPACE,
-                    &format!("{prefix}{kind}_engine_result"),
+                    &keys[1],
                     Value::String(if allowed { "allowed" } else { "denied" }.to_string()),
                 );
             }
