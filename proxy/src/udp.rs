@@ -97,6 +97,8 @@ struct Session {
     /// Bytes from the client and to it, for the access log.
     bytes: Rc<Cell<(u64, u64)>>,
     started: (std::time::SystemTime, Instant),
+    /// Its place under the cluster's `max_connections`.
+    _held: Option<crate::upstream::circuit_breaker::Held>,
     /// Ends the session's tasks when it is removed.
     _end: tokio::sync::oneshot::Sender<()>,
 }
@@ -190,12 +192,19 @@ impl Proxy {
     }
 
     /// The cluster and host for a new session of `peer`; `None` (counted) when there is no
-    /// route or no healthy host.
+    /// route, no room under the cluster's `max_connections` breaker (which bounds the
+    /// sessions, as Envoy's) or no healthy host.
     fn pick(&self, peer: SocketAddr) -> Option<(Rc<crate::upstream::Cluster>, Rc<Host>)> {
         let Some(cluster) = self.route(peer).and_then(|c| self.worker.clusters.get(c)) else {
             self.stats.no_route.inc();
             return None;
         };
+        if cluster.info.breakers.of(false).connections.at_limit() {
+            // Envoy has counted the session it then fails to make.
+            self.stats.total.inc();
+            cluster.stats.upstream_cx_overflow.inc();
+            return None;
+        }
         let Some(host) =
             cluster.select_host_hashed(self.local, |_| false, self.hash(peer), 0, None)
         else {
@@ -281,6 +290,8 @@ impl Proxy {
             return None;
         }
         let upstream = Rc::new(upstream);
+        // The session holds a connection of the cluster's breaker while it lives.
+        let held = cluster.info.breakers.of(false).connections.try_acquire();
         let cluster_stats = self.cluster_stats(&cluster.name);
         let last = Rc::new(Cell::new(Instant::now()));
         let bytes = Rc::new(Cell::new((0, 0)));
@@ -296,6 +307,7 @@ impl Proxy {
                 last: last.clone(),
                 bytes: bytes.clone(),
                 started: (std::time::SystemTime::now(), Instant::now()),
+                _held: held,
                 _end: end,
             },
         );

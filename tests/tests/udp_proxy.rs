@@ -2,8 +2,9 @@
 //! UDP echo upstreams of the test's own (each answers `<name>:<datagram>`), clients on
 //! loopback addresses of their own. What each client gets back, a session's host kept for
 //! its datagrams, per-packet load balancing, routing by the `matcher` (source address, a
-//! cluster that does not exist), sessions ending when idle, the session access log and the
-//! `udp.<prefix>.*` and `cluster.<name>.udp.*` stats.
+//! cluster that does not exist), sessions bounded by the cluster's `max_connections`, sessions
+//! ending when idle, the session access log and the `udp.<prefix>.*` and
+//! `cluster.<name>.udp.*` stats.
 
 use std::time::Duration;
 
@@ -62,7 +63,7 @@ fn route(cluster: &str) -> String {
     )
 }
 
-fn config(admin: u16, ports: [u16; 3], ups: [u16; 3], log: &str) -> String {
+fn config(admin: u16, ports: [u16; 4], ups: [u16; 3], log: &str) -> String {
     // 0: by source address: 127.0.0.2 to `two`, 127.0.0.3 to a cluster that does not exist,
     // the others to `one`; sessions end after 1 s idle, each logged.
     let u0 = udp_listener(
@@ -104,12 +105,16 @@ fn config(admin: u16, ports: [u16; 3], ups: [u16; 3], log: &str) -> String {
         ports[2],
         "\n        cluster: both\n        use_per_packet_load_balancing: true",
     );
+    // 3: sessions bounded by the cluster's max_connections (one).
+    let u3 = udp_listener("u3", ports[3], "\n        cluster: tiny");
+    let tiny =
+        cluster("tiny", &[ups[1]]) + "\n    circuit_breakers: {thresholds: [{max_connections: 1}]}";
     format!(
         r#"
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 static_resources:
-  listeners:{u0}{u1}{u2}
-  clusters:{}{}{}
+  listeners:{u0}{u1}{u2}{u3}
+  clusters:{}{}{}{tiny}
 "#,
         cluster("one", &[ups[0]]),
         cluster("two", &[ups[1]]),
@@ -142,7 +147,7 @@ async fn udp_proxy_forwards_sessions_as_envoy_does() {
         let ups = [echo("a").await, echo("b").await, echo("c").await];
         let mut sides = Vec::new();
         for kind in [Kind::Envoy, Kind::Skiff] {
-            let ports = [free_port(), free_port(), free_port()];
+            let ports = [free_port(), free_port(), free_port(), free_port()];
             let log = scratch_dir("udp-log").join("sessions.log");
             let p = ProxyProcess::start(
                 kind,
@@ -177,6 +182,9 @@ async fn udp_proxy_forwards_sessions_as_envoy_does() {
                 p.kind.name()
             );
             got.push(vec![format!("{} answers per packet", turns.len())]);
+            // One session fits under max_connections; a second client's is not made.
+            got.push(exchange("127.0.0.1", ports[3], &["first"]).await);
+            got.push(exchange("127.0.0.2", ports[3], &["second"]).await);
             // Idle sessions end (1 s on u0), each with its log line.
             tokio::time::sleep(Duration::from_millis(1600)).await;
             let mut stats: Vec<(String, String)> = p
@@ -188,12 +196,14 @@ async fn udp_proxy_forwards_sessions_as_envoy_does() {
                     k.starts_with("udp.") || (k.starts_with("cluster.") && k.contains(".udp."))
                 })
                 .collect();
-            for c in ["one", "two", "both"] {
-                stats.extend(
-                    p.admin()
-                        .stats_containing(&format!("cluster.{c}.upstream_cx_none_healthy"))
-                        .await,
-                );
+            for c in ["one", "two", "both", "tiny"] {
+                for n in ["upstream_cx_none_healthy", "upstream_cx_overflow"] {
+                    stats.extend(
+                        p.admin()
+                            .stats_containing(&format!("cluster.{c}.{n}"))
+                            .await,
+                    );
+                }
             }
             stats.sort();
             let lines = skiff_tests::sorted_log_lines(log, 2).await;
