@@ -92,6 +92,8 @@ type SessionKey = (SocketAddr, Option<SocketAddr>);
 struct Session {
     upstream: Rc<UdpSocket>,
     host: Rc<Host>,
+    /// The cluster as it was when the session last checked its host.
+    cluster: Rc<crate::upstream::Cluster>,
     cluster_stats: Rc<ClusterStats>,
     last: Rc<Cell<Instant>>,
     /// Bytes from the client and to it, for the access log.
@@ -225,6 +227,12 @@ impl Proxy {
         } else {
             ((peer, None), None)
         };
+        if !self.host_still_serves(key) {
+            let gone = self.sessions.borrow_mut().remove(&key);
+            if let Some(s) = gone {
+                self.closed(key.0, s);
+            }
+        }
         let existing = self.sessions.borrow().get(&key).map(|s| {
             (
                 s.upstream.clone(),
@@ -258,6 +266,29 @@ impl Proxy {
                 cluster_stats.tx_errors.inc();
             }
         }
+    }
+
+    /// Whether session `key` (if there is one) may go on: its cluster still has its host,
+    /// healthy. Looked at again only when the worker's cluster changed (an update, a health
+    /// change), so a datagram costs one pointer comparison otherwise. A session whose host went
+    /// away or failed ends, and the next datagram picks another host, as Envoy's do.
+    fn host_still_serves(&self, key: SessionKey) -> bool {
+        let mut sessions = self.sessions.borrow_mut();
+        let Some(s) = sessions.get_mut(&key) else {
+            return true;
+        };
+        let Some(now) = self.worker.clusters.get(&s.cluster.name) else {
+            return false;
+        };
+        if Rc::ptr_eq(&now, &s.cluster) {
+            return true;
+        }
+        let serves = now
+            .hosts
+            .iter()
+            .any(|h| h.address == s.host.address && h.healthy);
+        s.cluster = now;
+        serves
     }
 
     /// A new session `key` to `host`.
@@ -303,6 +334,7 @@ impl Proxy {
             Session {
                 upstream: upstream.clone(),
                 host: host.clone(),
+                cluster: cluster.clone(),
                 cluster_stats: cluster_stats.clone(),
                 last: last.clone(),
                 bytes: bytes.clone(),

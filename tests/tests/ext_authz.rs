@@ -44,6 +44,20 @@ fn listener_after(
     filter: &str,
     log: &str,
 ) -> String {
+    listener_with(name, port, routes, before, filter, log, "")
+}
+
+/// [`listener_after`], with more of the connection manager's fields (`hcm`, YAML at its
+/// indentation).
+fn listener_with(
+    name: &str,
+    port: u16,
+    routes: &str,
+    before: &str,
+    filter: &str,
+    log: &str,
+    hcm: &str,
+) -> String {
     format!(
         r#"
   - name: {name}
@@ -53,7 +67,7 @@ fn listener_after(
       - name: hcm
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
+          stat_prefix: {name}{hcm}
           access_log:
           - name: envoy.access_loggers.file
             typed_config:
@@ -411,7 +425,7 @@ const ISTIO_CUSTOM_RBAC: &str = r#"          - name: envoy.filters.http.rbac
               shadow_rules_stat_prefix: istio_ext_authz_
 "#;
 
-fn body_config(admin: u16, ports: [u16; 7], upstream: u16, service: &Peer, log: &str) -> String {
+fn body_config(admin: u16, ports: [u16; 8], upstream: u16, service: &Peer, log: &str) -> String {
     let custom_routes = format!(
         r#"
               - match: {{prefix: /custom/nobody}}
@@ -434,6 +448,10 @@ fn body_config(admin: u16, ports: [u16; 7], upstream: u16, service: &Peer, log: 
                 filter: envoy.filters.http.rbac
                 path: [{key: istio_ext_authz_shadow_effective_policy_id}]
                 value: {string_match: {prefix: istio-ext-authz}}"#;
+    // 7: the whole body up to 16 bytes, for every request.
+    let custom_body_only = r#"
+              grpc_service: {envoy_grpc: {cluster_name: authz}, timeout: 0.25s}
+              with_request_body: {max_request_bytes: 16}"#;
     // 1: gRPC, the first 8 bytes as bytes.
     let partial = r#"
               grpc_service: {envoy_grpc: {cluster_name: authz}, timeout: 0.25s}
@@ -505,6 +523,16 @@ fn body_config(admin: u16, ports: [u16; 7], upstream: u16, service: &Peer, log: 
         listener_after("b4", ports[4], plain, rbac_enforced, enforced, log),
         listener("b5", ports[5], plain, &retried("5xx"), log),
         listener("b6", ports[6], plain, &retried("connect-failure"), log),
+        // 7: a body that never comes, under the stream's request_timeout.
+        listener_with(
+            "b7",
+            ports[7],
+            plain,
+            "",
+            custom_body_only,
+            log,
+            "\n          request_timeout: 0.5s",
+        ),
     ];
     bootstrap(admin, &listeners, upstream, service)
 }
@@ -569,14 +597,36 @@ async fn ext_authz_checks_bodies_and_istio_custom_policies_as_envoy_does() {
         for (case, body) in cases {
             same_exchange(&sides, case, body).await;
         }
+        // A body that never comes: the stream's request_timeout answers while the filter
+        // waits for it.
+        let mut timed = Vec::new();
+        for (p, ports, ..) in &sides {
+            let r = client::raw_exchange(
+                &format!("127.0.0.1:{}", ports[7]),
+                b"POST /slow HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nabc",
+                Duration::from_secs(3),
+            )
+            .await;
+            let text = r.text();
+            let status = text.lines().next().unwrap_or("").to_string();
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+            timed.push((p.kind.name(), status, body, r.closed));
+        }
+        assert_eq!(
+            (&timed[0].1, &timed[0].2, timed[0].3),
+            (&timed[1].1, &timed[1].2, timed[1].3),
+            "a body that never comes (Envoy, skiff)"
+        );
+        assert!(timed[0].1.contains("408"), "Envoy's answer: {timed:?}");
         same_stats_and_logs(
             &sides,
-            cases.len(),
+            cases.len() + 1,
             &[
                 "http.b0.rbac.",
                 "http.b0.downstream_rq_too_large",
                 "http.b4.rbac.",
                 "cluster.authzh.upstream_rq_retry",
+                "http.b7.downstream_rq_timeout",
             ],
         )
         .await;

@@ -37,8 +37,8 @@ pub enum TreeMap<A> {
     /// first, until one leads to an action.
     Prefix(Vec<(String, OnMatch<A>)>),
     /// `custom_match` `xds.type.matcher.v3.IPMatcher`: the ranges that hold the address, the
-    /// longest first; a range whose nested matcher finds nothing passes on to shorter ones
-    /// unless it is `exclusive`.
+    /// longest first; when its nested matcher finds nothing, the shorter ones that are not
+    /// `exclusive` are tried.
     Ip(Vec<(CidrRange, bool, OnMatch<A>)>),
 }
 
@@ -220,12 +220,17 @@ impl<A> Tree<A> {
                 .find_map(|(_, m)| m.evaluate(d)),
             TreeMap::Ip(list) => {
                 let ip = value.parse::<IpAddr>().ok()?;
+                // The longest range is always tried; a shorter one only when it is not
+                // `exclusive` (Envoy's IP range matcher).
+                let mut first = true;
                 for (_, exclusive, m) in list.iter().filter(|(r, _, _)| r.contains(ip)) {
-                    match m.evaluate(d) {
-                        Some(a) => return Some(a),
-                        None if *exclusive => return None,
-                        None => {}
+                    if !first && *exclusive {
+                        continue;
                     }
+                    if let Some(a) = m.evaluate(d) {
+                        return Some(a);
+                    }
+                    first = false;
                 }
                 None
             }
@@ -278,16 +283,17 @@ mod tests {
     }
 
     #[test]
-    fn ip_ranges_fall_back_unless_exclusive() {
+    fn shorter_ip_ranges_are_tried_unless_exclusive() {
         let headers = http::HeaderMap::new();
         let view = RequestView::get("", &headers);
+        // The /24 is always tried (exclusive or not); the /16 only when it is not exclusive.
         let ip = |exclusive: bool| Matcher {
             list: Vec::new(),
             tree: Some(Tree {
                 input: Input::SourceIp,
                 map: TreeMap::Ip(vec![
-                    (range("192.168.1.0", 24), exclusive, never()),
-                    (range("192.168.0.0", 16), false, OnMatch::Action("wide")),
+                    (range("192.168.1.0", 24), true, never()),
+                    (range("192.168.0.0", 16), exclusive, OnMatch::Action("wide")),
                 ]),
             }),
             on_no_match: Some(Box::new(OnMatch::Action("none"))),

@@ -1848,7 +1848,20 @@ async fn handle(
         },
     );
     if let Some(chain) = &chain {
-        let reply = chain.decode_headers(&mut parts, &mut body).await;
+        // The stream's timers run while filters wait (for a service, or for the body).
+        let decoded = chain.decode_headers(&mut parts, &mut body);
+        let reply = match &timers {
+            None => decoded.await,
+            Some(t) => tokio::select! {
+                r = decoded => r,
+                e = t.fired() => {
+                    stats.expired(e);
+                    let mut reply = e.reply(t.request_done());
+                    reply.close = !t.request_done() && codec == Codec::Http1;
+                    Some(reply)
+                }
+            },
+        };
         // A filter cleared the route cache: the route is picked again, with what the filters
         // changed and the metadata they wrote.
         if parts

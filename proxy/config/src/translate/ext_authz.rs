@@ -201,11 +201,22 @@ pub(super) fn filter(c: &pb::ExtAuthz, path: &str) -> Result<ExtAuthz, ConfigErr
                 })
             })
             .transpose()?,
-        with_request_body: with_request_body.as_ref().map(|b| AuthzBody {
-            max_request_bytes: b.max_request_bytes,
-            allow_partial_message: b.allow_partial_message,
-            pack_as_bytes: b.pack_as_bytes,
-        }),
+        with_request_body: with_request_body
+            .as_ref()
+            .map(|b| {
+                if b.max_request_bytes == 0 {
+                    return Err(ConfigError::new(
+                        format!("{path}.with_request_body.max_request_bytes"),
+                        "value must be greater than 0",
+                    ));
+                }
+                Ok(AuthzBody {
+                    max_request_bytes: b.max_request_bytes,
+                    allow_partial_message: b.allow_partial_message,
+                    pack_as_bytes: b.pack_as_bytes,
+                })
+            })
+            .transpose()?,
     })
 }
 

@@ -19,6 +19,8 @@ pub(super) enum Domain {
     Http,
     /// Connections (a listener's filter chains): their addresses, server name and protocols.
     Network,
+    /// Datagrams (a UDP proxy's routes): their addresses and ports only.
+    Udp,
 }
 
 /// A matcher whose actions `action` translates.
@@ -268,7 +270,8 @@ fn input(c: &TypedExtensionConfig, path: &str, domain: Domain) -> Result<Input, 
             "DirectSourceIPInput" => Input::DirectSourceIp,
             "DestinationIPInput" => Input::DestinationIp,
             "DestinationPortInput" => Input::DestinationPort,
-            "ServerNameInput" => Input::ServerName,
+            // A datagram has no server name.
+            "ServerNameInput" if domain != Domain::Udp => Input::ServerName,
             // What listener filters detect: known when chains are picked, not to a request's
             // matcher in skiff.
             "TransportProtocolInput" if domain == Domain::Network => Input::TransportProtocol,

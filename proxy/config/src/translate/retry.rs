@@ -304,7 +304,7 @@ pub(super) fn from_core(
         if max < base {
             // Envoy's ENVOY_BUG: logged, and the base made half the maximum.
             tracing::warn!(path = %bpath, "max_interval must be greater than or equal to the base_interval");
-            base = max / 2;
+            base = (max / 2).max(1);
         }
     }
     let pb_ms = |v: u64| PbDuration {

@@ -171,7 +171,7 @@ fn proxy(c: &pb::UdpProxyConfig, path: &str) -> Result<UdpProxy, ConfigError> {
         Some(RouteSpecifier::Matcher(m)) => UdpRoute::Matcher(super::matcher::matcher(
             m,
             &format!("{path}.matcher"),
-            super::matcher::Domain::Network,
+            super::matcher::Domain::Udp,
             &route_action,
         )?),
         None => {

@@ -60,7 +60,24 @@ impl Factory {
         RbacFilter {
             // A route's own rules name their keys with their own prefixes.
             keys: match route {
-                Some(r) => Rc::new(r.metadata_keys()),
+                // Each prefix the route's rules leave empty is the filter's (Envoy's keys).
+                Some(r) => Rc::new(
+                    HttpRbac {
+                        rules: None,
+                        shadow: None,
+                        rules_stat_prefix: if r.rules_stat_prefix.is_empty() {
+                            self.config.rules_stat_prefix.clone()
+                        } else {
+                            r.rules_stat_prefix.clone()
+                        },
+                        shadow_stat_prefix: if r.shadow_stat_prefix.is_empty() {
+                            self.config.shadow_stat_prefix.clone()
+                        } else {
+                            r.shadow_stat_prefix.clone()
+                        },
+                    }
+                    .metadata_keys(),
+                ),
                 None => self.keys.clone(),
             },
             config: route.cloned().unwrap_or_else(|| self.config.clone()),
