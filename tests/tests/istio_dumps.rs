@@ -22,20 +22,14 @@ const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls
 /// The node of Istio's default bootstrap golden.
 const NODE: &str = "sidecar~1.2.3.4~foo~bar";
 
-/// What a NACK may name: features docs/istio.md lists as not run yet (authorization,
-/// ambient's internal listeners and tunnels, waypoints' matchers).
+/// What a NACK may name: features docs/istio.md lists as not run yet (Wasm, ambient's
+/// internal listeners and tunnels).
 const NOT_YET: &[&str] = &[
     // Wasm (older Istio ran its stats and metadata exchange in the null Wasm VM).
     "envoy.extensions.filters.http.wasm.v3.Wasm",
     "envoy.extensions.filters.network.wasm.v3.Wasm",
-    "envoy.filters.http.rbac",
-    "envoy.filters.network.rbac",
-    // Istio's CUSTOM action: ext_authz turned on by RBAC's shadow metadata, with the body.
-    ".filter_enabled_metadata",
-    ".with_request_body",
     ".internal_listener",
     ".tunneling_config",
-    ".filter_chain_matcher",
     // Ambient's HBONE tunnels and waypoints (internal listeners, their destination, the
     // upstreams that reach them).
     "istio.set_internal_dst_address",
