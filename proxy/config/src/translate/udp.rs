@@ -41,33 +41,9 @@ pub(super) fn listener(l: &listener::Listener, path: &str) -> Result<UdpListener
         sa.protocol = core::socket_address::Protocol::Tcp as i32;
     }
     let address = super::socket_address(&tcp, &apath)?;
-    // Every listener's refusals, then what only a TCP listener has or what skiff does not run
-    // on a UDP one.
-    super::fields::listener(l, path)?;
-    refuse(!l.filter_chains.is_empty(), format!("{path}.filter_chains"))?;
-    refuse(
-        l.default_filter_chain.is_some(),
-        format!("{path}.default_filter_chain"),
-    )?;
-    refuse(
-        l.filter_chain_matcher.is_some(),
-        format!("{path}.filter_chain_matcher"),
-    )?;
-    refuse(
-        !l.additional_addresses.is_empty(),
-        format!("{path}.additional_addresses"),
-    )?;
-    refuse(!l.access_log.is_empty(), format!("{path}.access_log"))?;
-    refuse(
-        !l.socket_options.is_empty(),
-        format!("{path}.socket_options"),
-    )?;
-    refuse(l.transparent.is_some(), format!("{path}.transparent"))?;
-    refuse(l.freebind.is_some(), format!("{path}.freebind"))?;
-    refuse(
-        l.bind_to_port.as_ref().is_some_and(|b| !b.value),
-        format!("{path}.bind_to_port"),
-    )?;
+    // Only what a UDP listener reads may be set: the rest of a Listener (its chains, TCP
+    // socket options, connection limits, stat prefix, metadata…) would do nothing here.
+    refuse_other_fields(l, path)?;
     let mut max_datagram = MAX_DATAGRAM;
     if let Some(u) = &l.udp_listener_config {
         let upath = format!("{path}.udp_listener_config");
@@ -115,6 +91,31 @@ pub(super) fn listener(l: &listener::Listener, path: &str) -> Result<UdpListener
         max_datagram: max_datagram as usize,
         proxy: proxy(&c, &tpath)?,
     })
+}
+
+/// Refuses, by path, the first field of `l` a UDP listener does not read (everything but
+/// `name`, `address`, `listener_filters`, `udp_listener_config` and the informational
+/// `traffic_direction`).
+fn refuse_other_fields(l: &listener::Listener, path: &str) -> Result<(), ConfigError> {
+    use prost::Message;
+    let mut rest = l.clone();
+    rest.name.clear();
+    rest.address = None;
+    rest.listener_filters.clear();
+    rest.udp_listener_config = None;
+    rest.traffic_direction = 0;
+    if rest == listener::Listener::default() {
+        return Ok(());
+    }
+    let desc = super::super::proto::message("envoy.config.listener.v3.Listener")?;
+    let set = prost_reflect::DynamicMessage::decode(desc, rest.encode_to_vec().as_slice())
+        .ok()
+        .and_then(|m| m.fields().next().map(|(f, _)| f.name().to_string()))
+        .unwrap_or_else(|| "listener_specifier".to_string());
+    Err(ConfigError::new(
+        format!("{path}.{set}"),
+        "unsupported on a UDP listener",
+    ))
 }
 
 /// A `UdpSocketConfig`: the largest datagram read.
@@ -255,4 +256,34 @@ fn route_action(
         ));
     }
     Ok(r.cluster)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_udp_listener_refuses_what_it_does_not_read() {
+        let yaml = |extra: &str| {
+            format!(
+                r#"static_resources: {{ listeners: [{{ name: u, address: {{socket_address: {{address: 127.0.0.1, port_value: 1, protocol: UDP}}}}{extra}, listener_filters: [{{ name: p, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig, stat_prefix: s, cluster: c }} }}] }}], clusters: [{{ name: c, connect_timeout: 1s }}] }}"#
+            )
+        };
+        assert!(crate::load_text(&yaml("")).is_ok());
+        assert!(crate::load_text(&yaml(", traffic_direction: INBOUND")).is_ok());
+        for (extra, field) in [
+            (", stat_prefix: x", "listeners[0].stat_prefix"),
+            (
+                ", per_connection_buffer_limit_bytes: 10",
+                "per_connection_buffer_limit_bytes",
+            ),
+            (
+                ", socket_options: [{level: 1, name: 2, int_value: 3}]",
+                "socket_options",
+            ),
+        ] {
+            match crate::load_text(&yaml(extra)) {
+                Ok(_) => panic!("accepted: {extra}"),
+                Err(e) => assert!(e.to_string().contains(field), "{extra}: {e}"),
+            }
+        }
+    }
 }
