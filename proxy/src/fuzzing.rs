@@ -79,6 +79,7 @@ impl Proxy {
                 health_failed: Arc::new(AtomicBool::new(false)),
                 drain_strategy: crate::drain::DrainStrategy::default(),
                 local_zone: None,
+                internal_buffer: crate::listener::internal::DEFAULT_BUFFER,
             },
         );
         let infos: HashMap<String, Arc<ClusterInfo>> = loaded
@@ -114,6 +115,7 @@ impl Proxy {
             peer_certificate: false,
             listener_metadata: None,
             filter_state: Default::default(),
+            metadata: None,
         };
         let drain = crate::drain::ConnectionDrain::new(
             self.drain.watch(),
@@ -122,7 +124,7 @@ impl Proxy {
             self.worker.health_failed.clone(),
         );
         conn_manager::serve(
-            Stream::Memory(downstream),
+            Stream::Internal(crate::io::Internal::new(downstream)),
             remote,
             self.listener.address,
             Arc::new(connection),

@@ -18,9 +18,8 @@ pub enum Stream {
     TcpPrefixed(Prefixed<TcpStream>),
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-    /// An in-memory connection (the `fuzzing` feature's harness only).
-    #[cfg(feature = "fuzzing")]
-    Memory(tokio::io::DuplexStream),
+    /// An in-memory connection: to or from an internal listener (and the fuzz harness's).
+    Internal(Internal),
 }
 
 macro_rules! each {
@@ -30,8 +29,7 @@ macro_rules! each {
             Stream::TcpPrefixed($s) => $e,
             Stream::ClientTls($s) => $e,
             Stream::ServerTls($s) => $e,
-            #[cfg(feature = "fuzzing")]
-            Stream::Memory($s) => $e,
+            Stream::Internal($s) => $e,
         }
     };
 }
@@ -69,8 +67,7 @@ impl AsyncWrite for Stream {
             Stream::TcpPrefixed(s) => s.is_write_vectored(),
             Stream::ClientTls(s) => s.is_write_vectored(),
             Stream::ServerTls(s) => s.is_write_vectored(),
-            #[cfg(feature = "fuzzing")]
-            Stream::Memory(s) => s.is_write_vectored(),
+            Stream::Internal(s) => s.is_write_vectored(),
         }
     }
 
@@ -80,6 +77,130 @@ impl AsyncWrite for Stream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         each!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// One end of an in-memory connection (Envoy's user space socket), with the bytes a listener
+/// filter read ahead on it, which are read again first.
+#[derive(Debug)]
+pub struct Internal {
+    io: tokio::io::DuplexStream,
+    ahead: Vec<u8>,
+    taken: usize,
+}
+
+impl Internal {
+    /// Wraps one end of a pipe.
+    pub fn new(io: tokio::io::DuplexStream) -> Self {
+        Internal {
+            io,
+            ahead: Vec::new(),
+            taken: 0,
+        }
+    }
+
+    /// The bytes read ahead and not yet taken.
+    fn pending(&self) -> &[u8] {
+        &self.ahead[self.taken..]
+    }
+
+    /// Waits until more than `seen` bytes are pending (or `max` are) and returns them, up to
+    /// `max`, leaving them to be read. An error once the peer has closed its side.
+    pub async fn peek(&mut self, seen: usize, max: usize) -> io::Result<&[u8]> {
+        use tokio::io::AsyncReadExt;
+        while self.pending().len() <= seen && self.pending().len() < max {
+            if self.taken > 0 {
+                self.ahead.drain(..self.taken);
+                self.taken = 0;
+            }
+            let mut chunk = [0u8; 4096];
+            let want = (max - self.ahead.len()).min(chunk.len());
+            let n = self.io.read(&mut chunk[..want]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.ahead.extend_from_slice(&chunk[..n]);
+        }
+        let p = self.pending();
+        Ok(&p[..p.len().min(max)])
+    }
+
+    /// Whether the other end has already closed, without waiting: what it sent first is kept
+    /// to be read.
+    pub fn closed_already(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        let mut buf = ReadBuf::new(&mut chunk);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut self.io).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => true,
+            Poll::Ready(Ok(())) => {
+                self.ahead.extend_from_slice(buf.filled());
+                false
+            }
+            Poll::Ready(Err(_)) => true,
+            Poll::Pending => false,
+        }
+    }
+
+    /// Takes the first `n` pending bytes (already seen).
+    pub fn consume(&mut self, n: usize) -> io::Result<()> {
+        if n > self.pending().len() {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        self.taken += n;
+        Ok(())
+    }
+}
+
+impl AsyncRead for Internal {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.taken < this.ahead.len() {
+            let p = &this.ahead[this.taken..];
+            let n = p.len().min(buf.remaining());
+            buf.put_slice(&p[..n]);
+            this.taken += n;
+            if this.taken == this.ahead.len() {
+                this.ahead = Vec::new();
+                this.taken = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Internal {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -448,6 +569,33 @@ fn stall_error() -> io::Error {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn internal_reads_again_what_was_peeked_and_not_what_was_taken() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut end = Internal::new(a);
+        b.write_all(b"abc").await.expect("write");
+        assert_eq!(end.peek(0, 2).await.expect("peek"), b"ab");
+        let more = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            b.write_all(b"def").await.expect("write");
+            b.shutdown().await.expect("shutdown");
+            b
+        });
+        // More than the 3 seen: waits for the next bytes.
+        assert_eq!(end.peek(3, 16).await.expect("peek"), b"abcdef");
+        end.consume(2).expect("consume");
+        assert!(end.consume(5).is_err(), "only what was seen can be taken");
+        let mut rest = Vec::new();
+        end.read_to_end(&mut rest).await.expect("read");
+        assert_eq!(rest, b"cdef");
+        // The peer gone: a peek ends in an error.
+        drop(more.await.expect("writer"));
+        let (a, b) = tokio::io::duplex(64);
+        drop(b);
+        let mut end = Internal::new(a);
+        assert!(end.peek(0, 4).await.is_err());
+    }
 
     #[tokio::test]
     async fn counts_both_ways() {

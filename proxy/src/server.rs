@@ -322,6 +322,10 @@ fn serve(opts: Options, mut loaded: Loaded) -> Result<(), String> {
             health_failed: health_failed.clone(),
             drain_strategy: opts.drain_strategy,
             flush_interval: Duration::from_millis(opts.file_flush_interval_msec.max(1)),
+            internal_buffer: loaded
+                .model
+                .internal_listener_buffer
+                .unwrap_or(crate::listener::internal::DEFAULT_BUFFER),
             local_zone: loaded.model.local_cluster.clone().map(|cluster| {
                 crate::upstream::LocalZone {
                     cluster,

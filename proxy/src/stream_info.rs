@@ -266,6 +266,9 @@ pub struct Connection {
     /// What the network filters put in the connection's filter state (`set_filter_state`,
     /// `istio_authn`); its streams see it under their own.
     pub filter_state: FilterState,
+    /// On an internal listener's connection: the dynamic metadata the connecting cluster
+    /// passed through (`internal_upstream`).
+    pub metadata: Option<Arc<skiff_config::metadata::Metadata>>,
 }
 
 /// The upstream connection a stream used.

@@ -83,6 +83,8 @@ pub struct Shared {
     pub drain_strategy: crate::drain::DrainStrategy,
     /// The bootstrap's local cluster and the node's locality (zone-aware routing).
     pub local_zone: Option<crate::upstream::LocalZone>,
+    /// Each direction's buffer of a connection to an internal listener.
+    pub internal_buffer: usize,
 }
 
 /// A listener running on this worker.
@@ -115,6 +117,8 @@ pub struct Worker {
     listener_addresses: RefCell<Vec<SocketAddr>>,
     listeners: RefCell<HashMap<String, Active>>,
     handoff: Rc<listener::HandOff>,
+    /// Each direction's buffer of a connection to an internal listener.
+    internal_buffer: usize,
     connections: Cell<usize>,
     idle: Notify,
 }
@@ -142,6 +146,7 @@ impl Worker {
             listener_addresses: RefCell::new(Vec::new()),
             listeners: RefCell::new(HashMap::new()),
             handoff: Rc::new(listener::HandOff::default()),
+            internal_buffer: shared.internal_buffer,
             connections: Cell::new(0),
             idle: Notify::new(),
         })
@@ -261,8 +266,19 @@ impl Worker {
             .filter(|l| l.bind_to_port)
             .flat_map(|l| l.addresses())
             .collect();
-        self.handoff
-            .set(next.values().map(|a| a.listener.clone()).collect());
+        self.handoff.set(
+            next.values()
+                .filter(|a| !a.config.internal)
+                .map(|a| a.listener.clone())
+                .collect(),
+        );
+        listener::internal::set(
+            next.values()
+                .filter(|a| a.config.internal)
+                .map(|a| (a.config.name.clone(), a.listener.clone()))
+                .collect(),
+            self.internal_buffer,
+        );
         *self.listeners.borrow_mut() = next;
     }
 

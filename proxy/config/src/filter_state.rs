@@ -27,6 +27,28 @@ pub enum Kind {
     HashableString,
     /// Istio's principal (`istio_authn`): a string, hashable.
     Principal,
+    /// `envoy.filters.listener.original_dst.local_ip` and `.remote_ip`: an `IP:port` address
+    /// (a value that is not one makes no object), which the original_dst listener filter of an
+    /// internal listener restores the connection's addresses from.
+    Address,
+}
+
+/// Key of the original destination an internal listener's original_dst filter restores.
+pub const ORIGINAL_DST_LOCAL: &str = "envoy.filters.listener.original_dst.local_ip";
+/// Key of the source it restores.
+pub const ORIGINAL_DST_REMOTE: &str = "envoy.filters.listener.original_dst.remote_ip";
+
+/// `shared_with_upstream`: whether an object goes with the stream's upstream connection (to
+/// an internal listener, whose connection then holds it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Sharing {
+    /// `NONE`.
+    #[default]
+    None,
+    /// `ONCE`: the upstream connection holds it, not shared further.
+    Once,
+    /// `TRANSITIVE`: the upstream connection holds it, shared further.
+    Transitive,
 }
 
 /// One object.
@@ -37,13 +59,15 @@ pub struct Object {
     pub kind: Kind,
     /// Set read-only: a later value for its key is not taken.
     pub read_only: bool,
+    /// `shared_with_upstream`.
+    pub shared: Sharing,
 }
 
 impl Object {
     /// Its hash for a hash policy, when it has one (Envoy's `Hashable`).
     pub fn hash(&self) -> Option<u64> {
         match self.kind {
-            Kind::String => None,
+            Kind::String | Kind::Address => None,
             Kind::HashableString | Kind::Principal => {
                 Some(xxhash_rust::xxh64::xxh64(self.value.as_bytes(), 0))
             }
@@ -91,6 +115,34 @@ impl FilterState {
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()
     }
+
+    /// The objects an upstream connection takes from this state (those shared with upstream),
+    /// as that connection holds them: `ONCE` ones no longer shared.
+    fn handed_over(&self, into: &mut FilterState) {
+        for (k, o) in &self.objects {
+            if o.shared == Sharing::None || into.get(k).is_some() {
+                continue;
+            }
+            let mut o = o.clone();
+            if o.shared == Sharing::Once {
+                o.shared = Sharing::None;
+            }
+            into.objects.push((k.clone(), o));
+        }
+    }
+
+    /// The objects in one line (`key=value;…`), which tells apart upstream connections that
+    /// must not be shared.
+    pub fn key(&self) -> String {
+        let mut out = String::new();
+        for (k, o) in &self.objects {
+            out.push_str(k);
+            out.push('=');
+            out.push_str(&o.value);
+            out.push(';');
+        }
+        out
+    }
 }
 
 /// What a stream reads: its own objects, then its connection's.
@@ -106,6 +158,16 @@ impl<'a> View<'a> {
         self.stream
             .and_then(|s| s.get(key))
             .or_else(|| self.connection.and_then(|c| c.get(key)))
+    }
+
+    /// What the stream's upstream connection takes: the objects shared with upstream, the
+    /// stream's over its connection's (none: nothing to hand over).
+    pub fn shared_with_upstream(&self) -> Option<FilterState> {
+        let mut out = FilterState::default();
+        for s in [self.stream, self.connection].into_iter().flatten() {
+            s.handed_over(&mut out);
+        }
+        (!out.is_empty()).then_some(out)
     }
 }
 
@@ -139,18 +201,30 @@ pub struct Value {
     pub read_only: bool,
     /// `skip_if_empty`.
     pub skip_if_empty: bool,
+    /// `shared_with_upstream`.
+    pub shared: Sharing,
 }
 
 impl Value {
-    /// The object for the formatted `text`, unless it is skipped.
+    /// The object for the formatted `text`, unless it is skipped (or, for an address, is not
+    /// one: Envoy's factory makes no object of it).
     pub fn object(&self, text: String) -> Option<Object> {
         if text.is_empty() && self.skip_if_empty {
             return None;
         }
+        let value: Arc<str> = match self.kind {
+            Kind::Address => text
+                .parse::<std::net::SocketAddr>()
+                .ok()?
+                .to_string()
+                .into(),
+            _ => text.into(),
+        };
         Some(Object {
-            value: text.into(),
+            value,
             kind: self.kind,
             read_only: self.read_only,
+            shared: self.shared,
         })
     }
 }
@@ -183,6 +257,7 @@ mod tests {
             value: v.into(),
             kind: Kind::String,
             read_only,
+            shared: Sharing::None,
         }
     }
 
@@ -212,6 +287,27 @@ mod tests {
         };
         assert!(m.matches(view));
         assert!(!m.matches(View::default()));
+        // Shared objects go to the upstream connection, the stream's over its connection's;
+        // ONCE ones are not shared further.
+        let shared = |v: &str, how| Object {
+            shared: how,
+            ..object(v, false)
+        };
+        conn.set("once", shared("c", Sharing::Once));
+        conn.set("both", shared("c", Sharing::Transitive));
+        stream.set("both", shared("s", Sharing::Once));
+        let view = View {
+            stream: Some(&stream),
+            connection: Some(&conn),
+        };
+        let up = view.shared_with_upstream().expect("shared objects");
+        assert_eq!(up.key(), "both=s;once=c;");
+        let further = View {
+            stream: None,
+            connection: Some(&up),
+        };
+        assert!(further.shared_with_upstream().is_none());
+        assert!(View::default().shared_with_upstream().is_none());
         assert_eq!(object("a\"b", false).typed(), r#""a\"b""#);
         assert_eq!(object("a", false).hash(), None);
     }

@@ -40,6 +40,10 @@ pub struct Bootstrap {
     /// `cluster_manager.outlier_detection.event_log_path`: a JSON line per ejection and
     /// return.
     pub outlier_event_log: Option<std::path::PathBuf>,
+    /// The `envoy.bootstrap.internal_listener` extension's buffer in bytes (each direction of
+    /// a connection to an internal listener holds at most this much); none: no extension, and
+    /// no listener may be internal.
+    pub internal_listener_buffer: Option<usize>,
 }
 
 /// `stats_config`: which stats exist and how the Prometheus output tags them.
@@ -704,6 +708,10 @@ pub struct Listener {
     /// `bypass_overload_manager`: no overload action or load shed point applies to this
     /// listener's connections and requests.
     pub bypass_overload_manager: bool,
+    /// `internal_listener`: no socket; its connections come in memory, on the same worker,
+    /// from clusters whose endpoints name it (`envoy_internal_address`). `address` is then
+    /// unspecified and `bind_to_port` false.
+    pub internal: bool,
 }
 
 /// `envoy.config.core.v3.SocketOption`.
@@ -2609,6 +2617,23 @@ impl Http2Options {
     }
 }
 
+/// `InternalUpstreamTransport`: the metadata a connection to an internal listener hands to
+/// that listener's connection (its dynamic metadata there), by filter name.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InternalUpstream {
+    /// `passthrough_metadata`, in order: where each comes from and its filter name.
+    pub passthrough: Vec<(PassthroughFrom, String)>,
+}
+
+/// `passthrough_metadata[].kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassthroughFrom {
+    /// The endpoint's metadata.
+    Host,
+    /// The cluster's.
+    Cluster,
+}
+
 /// An upstream host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Host {
@@ -2647,6 +2672,92 @@ pub struct Host {
     pub lb_metadata: Arc<LbMetadata>,
     /// The endpoint's `metadata` (`%UPSTREAM_METADATA%`).
     pub metadata: Arc<crate::metadata::Metadata>,
+    /// `envoy_internal_address`: an internal listener of this proxy, reached in memory
+    /// (`address` is then a stand-in that only tells hosts apart).
+    pub internal: Option<Arc<InternalAddress>>,
+}
+
+/// `envoy_internal_address`: the internal listener a host's connections go to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InternalAddress {
+    /// `server_listener_name`.
+    pub listener: String,
+    /// `endpoint_id`: tells apart hosts on the same listener.
+    pub endpoint_id: String,
+}
+
+impl InternalAddress {
+    /// A socket address that stands for this one where a host needs an IP address (its
+    /// identity, hashing): in the discard-only prefix `100::/64`, so nothing ever reaches it.
+    pub fn stand_in(&self) -> SocketAddr {
+        // FNV-1a: stable across runs and builds, so a host keeps its identity.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self
+            .listener
+            .bytes()
+            .chain(std::iter::once(b'/'))
+            .chain(self.endpoint_id.bytes())
+        {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        let ip = std::net::Ipv6Addr::from((0x0100u128 << 112) | u128::from(h) | 1);
+        let addr = SocketAddr::new(IpAddr::V6(ip), 0);
+        if let Ok(mut names) = INTERNAL_NAMES.lock() {
+            names
+                .entry(addr)
+                .or_insert_with(|| Arc::from(self.to_string()));
+        }
+        addr
+    }
+}
+
+/// The stand-in address of the client end of every connection to an internal listener.
+pub const INTERNAL_CLIENT: SocketAddr = SocketAddr::new(
+    IpAddr::V6(std::net::Ipv6Addr::new(0x0100, 0, 0, 0, 0, 0, 0, 0)),
+    0,
+);
+
+/// The internal addresses behind the stand-ins made so far.
+static INTERNAL_NAMES: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<str>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// An address as Envoy prints it: a stand-in as the internal address it stands for
+/// (`envoy://encap/e1`, `envoy://internal_client_address/`), any other as `IP:port`.
+pub fn address_text(a: &SocketAddr) -> String {
+    match internal_name(a) {
+        Some(n) => n.to_string(),
+        None => a.to_string(),
+    }
+}
+
+/// [`address_text`] without the port: an internal address prints whole.
+pub fn address_ip_text(a: &SocketAddr) -> String {
+    match internal_name(a) {
+        Some(n) => n.to_string(),
+        None => a.ip().to_string(),
+    }
+}
+
+/// The internal address a stand-in stands for.
+pub fn internal_name(a: &SocketAddr) -> Option<Arc<str>> {
+    let SocketAddr::V6(v6) = a else { return None };
+    let seg = v6.ip().segments();
+    if seg[..4] != [0x0100, 0, 0, 0] || a.port() != 0 {
+        return None;
+    }
+    if *a == INTERNAL_CLIENT {
+        return Some(Arc::from("envoy://internal_client_address/"));
+    }
+    INTERNAL_NAMES.lock().ok()?.get(a).cloned()
+}
+
+impl std::fmt::Display for InternalAddress {
+    /// As Envoy prints it: `envoy://<listener>/<endpoint_id>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "envoy://{}/{}", self.listener, self.endpoint_id)
+    }
 }
 
 /// A metadata value as the subset load balancer compares it (Envoy's `ValueUtil::equal`): its
@@ -3344,6 +3455,9 @@ pub struct Cluster {
     /// `envoy.transport_sockets.upstream_proxy_protocol`: the PROXY header version each
     /// upstream connection starts with.
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// `envoy.transport_sockets.internal_upstream`: what connections to internal listeners
+    /// carry to the other side.
+    pub internal_upstream: Option<Arc<InternalUpstream>>,
     /// `upstream_http_protocol_options.auto_sni`: TLS SNI from each request's host.
     pub auto_sni: bool,
     /// The HTTP/1.1 `http_protocol_options.header_key_format`: the case of the header names

@@ -329,7 +329,31 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.config.bootstrap.v3.Bootstrap.StaticResources",
         &["listeners", "clusters", "secrets"],
     ),
-    ("envoy.config.core.v3.Address", &["socket_address", "pipe"]),
+    (
+        "envoy.config.core.v3.Address",
+        &["socket_address", "pipe", "envoy_internal_address"],
+    ),
+    (
+        "envoy.config.core.v3.EnvoyInternalAddress",
+        &["server_listener_name", "endpoint_id"],
+    ),
+    ("envoy.config.listener.v3.Listener.InternalListenerConfig", &[]),
+    (
+        "envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport",
+        &["passthrough_metadata", "transport_socket"],
+    ),
+    (
+        "envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport.MetadataValueSource",
+        &["kind", "name"],
+    ),
+    (
+        "envoy.type.metadata.v3.MetadataKind",
+        &["request", "route", "cluster", "host"],
+    ),
+    ("envoy.type.metadata.v3.MetadataKind.Host", &[]),
+    ("envoy.type.metadata.v3.MetadataKind.Cluster", &[]),
+    ("envoy.type.metadata.v3.MetadataKind.Request", &[]),
+    ("envoy.type.metadata.v3.MetadataKind.Route", &[]),
     (
         "envoy.config.core.v3.SocketAddress",
         &["protocol", "address", "port_value"],
@@ -367,6 +391,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "continue_on_listener_filters_timeout",
             "ignore_global_conn_limit",
             "bypass_overload_manager",
+            "internal_listener",
         ],
     ),
     (

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::config::model::{AccessLog, AccessLogSink};
+use crate::config::model::{address_ip_text, address_text, AccessLog, AccessLogSink};
 use crate::stream_info::StreamInfo;
 use crate::worker::Worker;
 
@@ -280,7 +280,7 @@ fn value_in(op: &Op, info: &StreamInfo, req: &HeaderMap, resp: &HeaderMap) -> Op
                 .unwrap_or_else(|| info.start.elapsed().as_millis() as u64)
                 .to_string(),
         ),
-        Op::UpstreamHost => info.upstream_host.map(|h| h.to_string()),
+        Op::UpstreamHost => info.upstream_host.as_ref().map(address_text),
         Op::UpstreamCluster => info
             .upstream_cluster_stat
             .as_deref()
@@ -288,10 +288,10 @@ fn value_in(op: &Op, info: &StreamInfo, req: &HeaderMap, resp: &HeaderMap) -> Op
             .map(str::to_string),
         Op::RouteName => info.route_name.as_deref().map(str::to_string),
         Op::AttemptCount => Some(info.attempts.to_string()),
-        Op::DownstreamRemoteAddress => Some(info.downstream_remote.to_string()),
-        Op::DownstreamRemoteAddressWithoutPort => Some(info.downstream_remote.ip().to_string()),
-        Op::DownstreamLocalAddress => Some(info.downstream_local.to_string()),
-        Op::DownstreamLocalAddressWithoutPort => Some(info.downstream_local.ip().to_string()),
+        Op::DownstreamRemoteAddress => Some(address_text(&info.downstream_remote)),
+        Op::DownstreamRemoteAddressWithoutPort => Some(address_ip_text(&info.downstream_remote)),
+        Op::DownstreamLocalAddress => Some(address_text(&info.downstream_local)),
+        Op::DownstreamLocalAddressWithoutPort => Some(address_ip_text(&info.downstream_local)),
         Op::ConnectionTerminationDetails => None,
         Op::DownstreamRemotePort => Some(info.downstream_remote.port().to_string()),
         Op::DownstreamLocalPort => Some(info.downstream_local.port().to_string()),
@@ -311,10 +311,12 @@ fn value_in(op: &Op, info: &StreamInfo, req: &HeaderMap, resp: &HeaderMap) -> Op
             .upstream_transport_failure
             .as_ref()
             .map(|r| r.replace(' ', "_")),
-        Op::UpstreamLocalAddress => upstream_conn.and_then(|c| c.local).map(|a| a.to_string()),
+        Op::UpstreamLocalAddress => upstream_conn
+            .and_then(|c| c.local)
+            .map(|a| address_text(&a)),
         Op::UpstreamLocalAddressWithoutPort => upstream_conn
             .and_then(|c| c.local)
-            .map(|a| a.ip().to_string()),
+            .map(|a| address_ip_text(&a)),
         Op::UpstreamLocalPort => upstream_conn
             .and_then(|c| c.local)
             .map(|a| a.port().to_string()),

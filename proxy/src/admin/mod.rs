@@ -769,7 +769,7 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
             .any(|d| !d.is_static && d.active.as_ref().is_some_and(|a| a.name == *name));
         out.push_str(&format!("{name}::added_via_api::{via_api}\n"));
         for (h, s) in c.hosts.iter().zip(&c.host_stats) {
-            let a = h.address;
+            let a = crate::config::model::address_text(&h.address);
             let fields = [
                 ("cx_active", s.cx_active.load(Relaxed)),
                 ("cx_connect_fail", s.cx_connect_fail.load(Relaxed)),
@@ -803,8 +803,14 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
             ] {
                 out.push_str(&format!("{name}::{a}::{k}::{v}\n"));
             }
+            let address = match &h.internal {
+                Some(i) => json!({"envoy_internal_address": {
+                    "server_listener_name": i.listener, "endpoint_id": i.endpoint_id}}),
+                None => json!({"socket_address": {
+                    "address": h.address.ip().to_string(), "port_value": h.address.port()}}),
+            };
             hosts.push(json!({
-                "address": {"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}},
+                "address": address,
                 "stats": fields.iter().map(|(k, v)| json!({"name": k, "value": v.to_string(), "type": "COUNTER"})).collect::<Vec<_>>(),
                 "health_status": {"eds_health_status": if h.excluded { "DRAINING" } else if h.degraded { "DEGRADED" } else if h.healthy { "HEALTHY" } else { "UNHEALTHY" }},
                 "weight": h.weight,

@@ -289,6 +289,8 @@ pub struct ConfigStore {
     health: HealthCheckers,
     /// Outlier detection of the clusters in force that have it.
     outlier: OutlierDetectors,
+    /// The bootstrap has the internal-listener extension: listeners may be internal.
+    internal_listeners: bool,
     /// `ads_config`.
     ads: Option<GrpcSource>,
     /// Where each static cluster an xDS stream may use is.
@@ -400,6 +402,7 @@ impl ConfigStore {
             pending_prune: Vec::new(),
             watchers: Watchers::new(events),
             decoder: Default::default(),
+            internal_listeners: loaded.model.internal_listener_buffer.is_some(),
             outlier: OutlierDetectors::new(
                 main.clone(),
                 loaded
@@ -988,6 +991,15 @@ impl ConfigStore {
                     secrets = self.secret_values();
                 }
                 let model = resource::listener(&proto, &path, &clusters, &secrets)?;
+                if model.internal && !self.internal_listeners {
+                    return Err(ConfigError::new(
+                        format!("{path}.internal_listener"),
+                        format!(
+                            "error adding listener named '{}': InternalListener bootstrap extension is mandatory",
+                            model.name
+                        ),
+                    ));
+                }
                 if self.listeners.get(&model.name).is_some_and(|s| s.is_static) {
                     return Err(ConfigError::new(
                         format!("{path}.name"),
@@ -1353,6 +1365,25 @@ impl ConfigStore {
             |e: &endpoint_pb::ClusterLoadAssignment| &e.cluster_name,
         )?;
         let hosts = resource::endpoints(&proto, "resources[0]")?;
+        // Active health checks run on the main thread, which reaches no internal listener.
+        if let Some(i) = hosts.iter().position(|h| h.internal.is_some()) {
+            let checked = self.clusters.values().any(|slot| {
+                slot.active.iter().chain(slot.warming.iter()).any(|v| {
+                    v.model.health_check.is_some()
+                        && v.model
+                            .eds
+                            .as_ref()
+                            .is_some_and(|e| e.service_name == service)
+                })
+            });
+            if checked {
+                return Err(ConfigError::new(
+                    format!("resources[0].endpoints: host {i}"),
+                    "unsupported: an internal address (envoy_internal_address) in a cluster \
+                     with active health checks",
+                ));
+            }
+        }
         let Some(eds) = self.eds.get_mut(service) else {
             return Ok(());
         };

@@ -286,7 +286,8 @@ pub fn forwarding_headers(
         if trusted.is_none() {
             trusted = Some(remote.ip());
         }
-        if !cfg.skip_xff_append {
+        // A peer that is not an IP address (an internal listener's client) is not appended.
+        if !cfg.skip_xff_append && skiff_config::model::internal_name(&remote).is_none() {
             append_xff(headers, xff_peer(remote, local));
         }
         if hops == 0 || !headers.contains_key(&names::X_FORWARDED_PROTO) {
@@ -320,7 +321,7 @@ pub fn forwarding_headers(
                 Detected::Nothing => {}
             }
         }
-        if append {
+        if append && skiff_config::model::internal_name(&remote).is_none() {
             append_xff(headers, xff_peer(remote, local));
         }
         trusted = found.map(|(ip, _)| ip);
@@ -344,7 +345,10 @@ pub fn forwarding_headers(
     }
     if edge {
         let ip = trusted.unwrap_or(remote.ip());
-        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+        // Only an IP address: not an internal listener's client.
+        let internal_peer =
+            ip == remote.ip() && skiff_config::model::internal_name(&remote).is_some();
+        if let (false, Ok(v)) = (internal_peer, HeaderValue::from_str(&ip.to_string())) {
             headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
         }
     }

@@ -3,6 +3,7 @@
 
 pub use skiff_config::filter_chain_match;
 pub mod filters;
+pub mod internal;
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -25,7 +26,7 @@ use crate::tls::stats::TlsStats;
 use crate::upstream::pool;
 use crate::worker::Worker;
 use filter_chain_match::{ChainChoice, ChainInput, Chains};
-use filters::Accepted;
+use filters::{Accepted, Socket as Downstream};
 use skiff_config::model::{ActionName, ShedPoint};
 
 /// Binds a listen socket for one worker. Every worker binds its own with SO_REUSEPORT so the
@@ -337,6 +338,7 @@ impl ChainState {
                         value: name.into(),
                         kind: Kind::Principal,
                         read_only: true,
+                        shared: Default::default(),
                     },
                 );
             }
@@ -751,6 +753,32 @@ pub async fn accept_loop(listener: Rc<Shared>, socket: Rc<TcpListener>) {
 
 impl Shared {
     async fn handle(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(self.config.address);
+        self.admit(Accepted::new(Downstream::Tcp(stream), remote, local))
+            .await
+    }
+
+    /// Serves a connection to this internal listener, opened on this worker by a cluster
+    /// (`envoy_internal_address`, whose stand-in is `local`), with the metadata it passed
+    /// through and the filter state objects shared with it (the connection's own from then
+    /// on). Its addresses are internal ones until a listener filter (original_dst) restores
+    /// them.
+    pub async fn handle_internal(
+        self: Rc<Self>,
+        stream: crate::io::Internal,
+        local: SocketAddr,
+        metadata: Option<Arc<crate::config::metadata::Metadata>>,
+        shared: Option<Arc<skiff_config::filter_state::FilterState>>,
+    ) {
+        let remote = model::INTERNAL_CLIENT;
+        let mut sock = Accepted::new(Downstream::Internal(stream), remote, local);
+        sock.metadata = metadata;
+        sock.shared = shared;
+        self.admit(sock).await
+    }
+
+    async fn admit(self: Rc<Self>, sock: Accepted) {
         // reject_incoming_connections and the tcp_listener_accept load shed point: the
         // connection is closed as it is accepted, as Envoy's listener does.
         if !self.config.bypass_overload_manager
@@ -788,7 +816,7 @@ impl Shared {
         // until a chain is chosen, then the chain's).
         let mut deadline = self.connection_drain(None);
         let picked = tokio::select! {
-            p = self.clone().listener_filters(stream, remote) => p,
+            p = self.clone().listener_filters(sock) => p,
             _ = deadline.deadline() => None,
         };
         if let Some((owner, sock)) = picked {
@@ -800,13 +828,10 @@ impl Shared {
     /// the connection, or none if a filter closed it.
     async fn listener_filters(
         self: Rc<Self>,
-        stream: TcpStream,
-        remote: SocketAddr,
+        mut sock: Accepted,
     ) -> Option<(Rc<Shared>, Accepted)> {
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(self.config.address);
+        let (remote, local) = (sock.remote, sock.local);
         let accepted = (std::time::SystemTime::now(), tokio::time::Instant::now());
-        let mut sock = Accepted::new(stream, remote, local);
         if !self.filters.is_empty() && !self.filters.run(&mut sock).await {
             self.log_unserved((remote, local), accepted, None);
             return None;
@@ -862,6 +887,8 @@ impl Shared {
         });
         let Accepted {
             stream,
+            metadata,
+            shared,
             remote,
             local,
             direct_remote,
@@ -903,7 +930,7 @@ impl Shared {
         let mut deadline = self.connection_drain(Some(&chain));
         let since = std::time::Instant::now();
         tokio::select! {
-            _ = self.run_chain(&chain, stream, (remote, local, direct_remote), server_name) => {}
+            _ = self.run_chain(&chain, stream, (remote, local, direct_remote), server_name, (metadata, shared)) => {}
             _ = deadline.deadline() => {
                 tracing::debug!(listener = %self.config.name, %remote, "drain deadline: closing");
             }
@@ -918,18 +945,22 @@ impl Shared {
     async fn run_chain(
         &self,
         chain: &Chain,
-        stream: TcpStream,
+        stream: Downstream,
         (remote, local, direct_remote): (SocketAddr, SocketAddr, SocketAddr),
         server_name: Option<Box<str>>,
+        (metadata, shared): (
+            Option<Arc<crate::config::metadata::Metadata>>,
+            Option<Arc<skiff_config::filter_state::FilterState>>,
+        ),
     ) {
         let _held = match chain.admit() {
             Ok(held) => held,
             Err(refused) => {
                 // Envoy resets a rate-limited connection rather than closing it, and its
                 // terminal filter has already counted the connection.
-                if refused.reset {
+                if let (true, Downstream::Tcp(stream)) = (refused.reset, &stream) {
                     let _ =
-                        socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+                        socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
                 }
                 chain.count_turned_away();
                 // A connection limit may hold the connection (unread) a while first.
@@ -948,7 +979,8 @@ impl Shared {
             peer_certificate: false,
             listener_metadata: (!self.config.metadata.is_empty())
                 .then(|| self.config.metadata.clone()),
-            filter_state: Default::default(),
+            filter_state: shared.map(|s| (*s).clone()).unwrap_or_default(),
+            metadata,
         };
         // set_filter_state's values on a new connection: before TLS, as Envoy makes them.
         set_values(
@@ -956,9 +988,12 @@ impl Shared {
             &chain.filter_state.on_new_connection,
             (remote, local),
         );
-        let stream = match &chain.tls {
-            None => Stream::Tcp(stream),
-            Some((_, tls)) => {
+        let stream = match (&chain.tls, stream) {
+            (None, Downstream::Tcp(stream)) => Stream::Tcp(stream),
+            (None, Downstream::Internal(stream)) => Stream::Internal(stream),
+            // Refused at load: an internal listener's chains have no transport socket.
+            (Some(_), Downstream::Internal(_)) => return,
+            (Some((_, tls)), Downstream::Tcp(stream)) => {
                 let config = tls.config.get();
                 match accept_tls(stream, &config).await {
                     Ok(t) => {

@@ -324,6 +324,7 @@ impl DnsClusters {
                         check_config: spec.check_config.clone(),
                         lb_metadata: spec.lb_metadata.clone(),
                         metadata: spec.metadata.clone(),
+                        internal: None,
                     });
                     ttl = Some(ttl.map_or(*t, |m| m.min(*t)));
                 }

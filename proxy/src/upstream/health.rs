@@ -390,9 +390,11 @@ fn leave(stats: &Stats, h: &HostHealth) {
     }
 }
 
-/// `disable_active_health_check`: a host the checks leave alone.
+/// `disable_active_health_check`: a host the checks leave alone. So is an internal
+/// listener's, which the checks cannot reach from the main thread (a cluster with checks and
+/// such hosts is refused when it loads or its endpoints come).
 fn unchecked(h: &model::Host) -> bool {
-    h.check_config.as_ref().is_some_and(|c| c.disabled)
+    h.internal.is_some() || h.check_config.as_ref().is_some_and(|c| c.disabled)
 }
 
 /// How a check ended.

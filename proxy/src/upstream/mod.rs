@@ -489,6 +489,20 @@ pub struct Host {
     /// Istio's `istio.alpn`: the ALPN list its TLS connections offer instead of the
     /// cluster's; its pools serve requests with that list only.
     pub alpn: Option<Arc<[Vec<u8>]>>,
+    /// `envoy_internal_address`: its connections go in memory to this internal listener.
+    pub internal: Option<Arc<InternalTarget>>,
+    /// For an internal listener's host: the filter state its connections hand over (the
+    /// objects the stream shares with upstream); its pools serve streams sharing the same.
+    pub shared: Option<Arc<crate::config::filter_state::FilterState>>,
+}
+
+/// Where a host's connections go when its endpoint is an internal listener.
+#[derive(Debug, PartialEq)]
+pub struct InternalTarget {
+    /// The listener and endpoint id.
+    pub address: Arc<model::InternalAddress>,
+    /// What `internal_upstream` passes through to the listener's connections.
+    pub metadata: Option<Arc<crate::config::metadata::Metadata>>,
 }
 
 /// A cluster as one worker sees it.
@@ -520,6 +534,7 @@ type VariantKey = (
     Option<pool::Source>,
     Option<Arc<[Vec<u8>]>>,
     bool,
+    Option<Box<str>>,
 );
 
 /// Above this many ORIGINAL_DST hosts on a worker, hosts no stream uses are dropped.
@@ -556,6 +571,8 @@ impl Cluster {
                 tracing::debug!(%dest, "original destination is this proxy's own listener; refusing");
                 None
             }
+            // An internal listener's address is no destination to connect to.
+            model::DiscoveryType::OriginalDst if model::internal_name(&dest).is_some() => None,
             model::DiscoveryType::OriginalDst => Some(self.destination_host(dest)),
         }
     }
@@ -588,13 +605,17 @@ impl Cluster {
         host: Rc<Host>,
         downstream: (SocketAddr, SocketAddr),
         authority: Option<&str>,
+        shared: Option<Arc<crate::config::filter_state::FilterState>>,
     ) -> Rc<Host> {
-        self.variant_from(host, downstream, authority, None, None, false)
+        self.variant_from(host, downstream, authority, None, None, false, shared)
     }
 
     /// [`Cluster::variant`], whose connections come from `source` (original_src) when given:
     /// pooled apart per source, so no connection carries another client's address; and whose
-    /// TLS offers `alpn` (Istio's `istio.alpn`) when given, pooled apart per list.
+    /// TLS offers `alpn` (Istio's `istio.alpn`) when given, pooled apart per list; and, for an
+    /// internal listener's host, whose connections hand over `shared` filter state, pooled
+    /// apart per state.
+    #[allow(clippy::too_many_arguments)]
     pub fn variant_from(
         &self,
         host: Rc<Host>,
@@ -603,6 +624,7 @@ impl Cluster {
         source: Option<pool::Source>,
         alpn: Option<Arc<[Vec<u8>]>>,
         high: bool,
+        shared: Option<Arc<crate::config::filter_state::FilterState>>,
     ) -> Rc<Host> {
         let cfg = self.config();
         let downstream = cfg.proxy_protocol.is_some().then_some((remote, local));
@@ -612,7 +634,15 @@ impl Cluster {
             None
         };
         let alpn = alpn.filter(|_| host.tls.is_some());
-        if downstream.is_none() && sni.is_none() && source.is_none() && alpn.is_none() && !high {
+        // Only internal_upstream hands filter state over (to internal listeners).
+        let shared = shared.filter(|_| host.internal.is_some() && cfg.internal_upstream.is_some());
+        if downstream.is_none()
+            && sni.is_none()
+            && source.is_none()
+            && alpn.is_none()
+            && !high
+            && shared.is_none()
+        {
             return host;
         }
         let key = (
@@ -622,6 +652,7 @@ impl Cluster {
             source,
             alpn,
             high,
+            shared.as_ref().map(|s| Box::from(s.key())),
         );
         let mut hosts = self.by_downstream.borrow_mut();
         if let Some(h) = hosts.get(&key) {
@@ -656,6 +687,8 @@ impl Cluster {
             negotiated_h2: Cell::new(None),
             alpn: key.4.clone(),
             high,
+            internal: host.internal.clone(),
+            shared,
         });
         hosts.insert(key, copy.clone());
         copy
@@ -722,6 +755,14 @@ impl Cluster {
             .iter()
             .zip(&info.host_stats)
             .map(|(h, s)| {
+                let internal = h.internal.as_ref().map(|a| {
+                    Arc::new(InternalTarget {
+                        address: a.clone(),
+                        metadata: cfg.internal_upstream.as_ref().and_then(|iu| {
+                            crate::listener::internal::passthrough(iu, &h.metadata, &cfg.metadata)
+                        }),
+                    })
+                });
                 let kept = previous.and_then(|p| {
                     p.hosts
                         .iter()
@@ -739,6 +780,7 @@ impl Cluster {
                                 && o.hash_key == hash_key(cfg, h)
                                 && Arc::ptr_eq(&o.stats, s)
                                 && same_tls(o.tls.as_ref(), cfg.tls_for(&h.socket_match))
+                                && o.internal == internal
                         })
                         .cloned()
                 });
@@ -753,6 +795,7 @@ impl Cluster {
                     host.degraded = (h.degraded_now(), h.excluded);
                     host.priority = h.priority;
                     host.tls = cfg.tls_for(&h.socket_match).cloned();
+                    host.internal = internal;
                     // auto_host_sni: the host's own name (an address sends none).
                     if host.tls.as_ref().is_some_and(|t| t.auto_host_sni) {
                         host.sni = host.hostname.as_deref().and_then(|n| {
@@ -862,6 +905,8 @@ impl Host {
             negotiated_h2: Cell::new(None),
             alpn: None,
             high: false,
+            internal: None,
+            shared: None,
         }
     }
 }

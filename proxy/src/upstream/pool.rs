@@ -158,7 +158,18 @@ pub async fn connect_from(
     let connect = async {
         #[cfg(feature = "fuzzing")]
         if let Some(s) = crate::fuzzing::upstream(host.address) {
-            return Ok(Stream::Memory(s));
+            return Ok(Stream::Internal(crate::io::Internal::new(s)));
+        }
+        if let Some(to) = &host.internal {
+            return crate::listener::internal::connect(
+                &to.address,
+                host.address,
+                to.metadata.clone(),
+                host.shared.clone(),
+            )
+            .await
+            .map(Stream::Internal)
+            .map_err(ConnectError::Io);
         }
         let mut tcp = open(host.address, source).await?;
         let _ = tcp.set_nodelay(true);
@@ -269,8 +280,13 @@ pub fn connection_info(s: &mut Stream) -> UpstreamConnection {
             )
         }
         Stream::ServerTls(_) => (None, None),
-        #[cfg(feature = "fuzzing")]
-        Stream::Memory(_) => (None, None),
+        Stream::Internal(_) => {
+            return UpstreamConnection {
+                id: next_connection_id(),
+                local: Some(crate::config::model::INTERNAL_CLIENT),
+                tls_version: None,
+            }
+        }
     };
     UpstreamConnection {
         id: next_connection_id(),

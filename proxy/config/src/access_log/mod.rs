@@ -521,7 +521,7 @@ fn parse_op(cmd: &str, ext: Extensions) -> Result<Op, String> {
             let why = match other.split('(').next().unwrap_or(other) {
                 "CEL" => " (skiff does not evaluate CEL expressions)",
 
-                "UPSTREAM_FILTER_STATE" => " (skiff shares no filter state with upstreams)",
+                "UPSTREAM_FILTER_STATE" => " (skiff's upstream connections hold no filter state)",
                 "DOWNSTREAM_TLS_SESSION_ID" => " (rustls does not expose TLS session ids)",
                 "DOWNSTREAM_PEER_FINGERPRINT_1" => " (skiff's TLS library has no SHA-1)",
                 _ => "",

@@ -332,7 +332,14 @@ pub(super) fn translate_cluster(
             None => {}
         }
     }
-    let (tls, proxy_protocol) = match &c.transport_socket {
+    // Active health checks run on the main thread, which reaches no internal listener.
+    if !c.health_checks.is_empty() && hosts.iter().any(|h| h.internal.is_some()) {
+        return Err(ConfigError::new(
+            format!("{path}.health_checks"),
+            "unsupported with internal addresses (envoy_internal_address) among the endpoints",
+        ));
+    }
+    let (tls, proxy_protocol, internal_upstream) = match &c.transport_socket {
         Some(ts) => super::tls::upstream_transport(
             ts,
             &format!("{path}.transport_socket"),
@@ -340,13 +347,13 @@ pub(super) fn translate_cluster(
             auto_config_path.is_some(),
             secrets,
         )?,
-        None => (None, None),
+        None => (None, None, None),
     };
     let mut socket_matches = Vec::new();
     for (i, m) in c.transport_socket_matches.iter().enumerate() {
         let mpath = format!("{path}.transport_socket_matches[{i}]");
         let tpath = format!("{mpath}.transport_socket");
-        let (mtls, mproxy) = match &m.transport_socket {
+        let (mtls, mproxy, minternal) = match &m.transport_socket {
             Some(ts) => super::tls::upstream_transport(
                 ts,
                 &tpath,
@@ -356,6 +363,13 @@ pub(super) fn translate_cluster(
             )?,
             None => return Err(ConfigError::new(tpath, "required")),
         };
+        if minternal.is_some() {
+            return Err(ConfigError::new(
+                format!("{tpath}.typed_config"),
+                "unsupported: internal_upstream in a transport socket match (only as the \
+                 cluster's transport_socket)",
+            ));
+        }
         // skiff keeps the PROXY protocol per cluster: a match may wrap its socket in the
         // cluster's own (Envoy Gateway writes them so), not in another.
         if mproxy != proxy_protocol {
@@ -446,6 +460,7 @@ pub(super) fn translate_cluster(
         tls,
         socket_matches,
         proxy_protocol,
+        internal_upstream,
         auto_sni,
         header_case,
         istio: super::istio::cluster_metadata(c),
@@ -738,7 +753,7 @@ pub(crate) fn load_assignment_hosts(
                 Some(HostIdentifier::Endpoint(ep)) => ep,
                 _ => return Err(ConfigError::new(format!("{epath}.endpoint"), "required")),
             };
-            let address = socket_address(
+            let (address, internal) = endpoint_address(
                 required(&ep.address, &format!("{epath}.endpoint.address"))?,
                 &format!("{epath}.endpoint.address"),
             )?;
@@ -768,10 +783,37 @@ pub(crate) fn load_assignment_hosts(
                         .map(crate::metadata::Metadata::from_pb)
                         .unwrap_or_default(),
                 ),
+                internal,
             });
         }
     }
     Ok(hosts)
+}
+
+/// An endpoint's address: a socket address, or an internal listener's
+/// (`envoy_internal_address`) with the stand-in address that identifies it.
+fn endpoint_address(
+    a: &core::Address,
+    path: &str,
+) -> Result<(std::net::SocketAddr, Option<Arc<model::InternalAddress>>), ConfigError> {
+    use core::envoy_internal_address::AddressNameSpecifier;
+    let Some(core::address::Address::EnvoyInternalAddress(ia)) = &a.address else {
+        return Ok((socket_address(a, path)?, None));
+    };
+    let listener = match &ia.address_name_specifier {
+        Some(AddressNameSpecifier::ServerListenerName(n)) if !n.is_empty() => n.clone(),
+        _ => {
+            return Err(ConfigError::new(
+                format!("{path}.envoy_internal_address.server_listener_name"),
+                "required",
+            ))
+        }
+    };
+    let internal = model::InternalAddress {
+        listener,
+        endpoint_id: ia.endpoint_id.clone(),
+    };
+    Ok((internal.stand_in(), Some(Arc::new(internal))))
 }
 
 /// The endpoint's `envoy.lb` metadata `hash_key`, when it is a non-empty string (Envoy

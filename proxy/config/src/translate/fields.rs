@@ -141,7 +141,8 @@ pub(super) fn listener(m: &listener_pb::Listener, path: &str) -> Result<(), Conf
     refuse(path, "tcp_backlog_size", tcp_backlog_size)?;
     refuse(path, "enable_mptcp", enable_mptcp)?;
     refuse(path, "tcp_keepalive", tcp_keepalive)?;
-    refuse(path, "listener_specifier", listener_specifier)?;
+    // internal_listener: translate_listener's.
+    let _ = listener_specifier;
     Ok(())
 }
 

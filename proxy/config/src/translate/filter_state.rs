@@ -5,7 +5,9 @@ use envoy_types::pb::envoy::extensions::filters::common::set_filter_state::v3 as
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 
 use super::super::ConfigError;
-use crate::filter_state::{HttpSetFilterState, Kind, Matcher, NetworkSetFilterState, Value};
+use crate::filter_state::{
+    HttpSetFilterState, Kind, Matcher, NetworkSetFilterState, Sharing, Value,
+};
 
 /// The generic factories skiff makes objects with.
 fn generic(name: &str) -> Option<Kind> {
@@ -16,11 +18,22 @@ fn generic(name: &str) -> Option<Kind> {
     }
 }
 
+/// The keys Envoy gives a meaning to that skiff runs: the addresses an internal listener's
+/// original_dst filter restores.
+fn honoured(name: &str) -> Option<Kind> {
+    match name {
+        crate::filter_state::ORIGINAL_DST_LOCAL | crate::filter_state::ORIGINAL_DST_REMOTE => {
+            Some(Kind::Address)
+        }
+        _ => None,
+    }
+}
+
 /// Keys (and factories) Envoy gives a meaning to: an upstream's SNI, ALPN or SANs, tcp_proxy's
-/// cluster, the original destination, the dynamic forward proxy's host, …; skiff runs none of
-/// these off filter state.
+/// cluster, the dynamic forward proxy's host, …; skiff runs none of these off filter state
+/// (but the `honoured` ones).
 fn well_known(name: &str) -> bool {
-    name.starts_with("envoy.") && generic(name).is_none()
+    name.starts_with("envoy.") && generic(name).is_none() && honoured(name).is_none()
 }
 
 /// One `FilterStateValue` at `path`.
@@ -58,7 +71,7 @@ fn value(v: &sfs::FilterStateValue, path: &str) -> Result<Value, ConfigError> {
     } else {
         factory_key
     };
-    let kind = match generic(factory) {
+    let kind = match generic(factory).or_else(|| honoured(factory)) {
         Some(k) => k,
         None if !factory_key.is_empty() && well_known(factory_key) => {
             return Err(ConfigError::new(
@@ -73,12 +86,17 @@ fn value(v: &sfs::FilterStateValue, path: &str) -> Result<Value, ConfigError> {
             ))
         }
     };
-    if *shared_with_upstream != SharedWithUpstream::None as i32 {
-        return Err(ConfigError::new(
-            format!("{path}.shared_with_upstream"),
-            "skiff shares no filter state with upstream connections",
-        ));
-    }
+    let shared = match SharedWithUpstream::try_from(*shared_with_upstream) {
+        Ok(SharedWithUpstream::None) => Sharing::None,
+        Ok(SharedWithUpstream::Once) => Sharing::Once,
+        Ok(SharedWithUpstream::Transitive) => Sharing::Transitive,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.shared_with_upstream"),
+                format!("unknown value {shared_with_upstream}"),
+            ))
+        }
+    };
     let format = match value {
         Some(V::FormatString(f)) => {
             if matches!(
@@ -104,6 +122,7 @@ fn value(v: &sfs::FilterStateValue, path: &str) -> Result<Value, ConfigError> {
         format,
         read_only: *read_only,
         skip_if_empty: *skip_if_empty,
+        shared,
     })
 }
 
@@ -181,7 +200,7 @@ mod tests {
             (v("object_key: my.key"), "on_new_connection[0].factory_key: 'my.key' does not have an object factory"),
             (v("object_key: envoy.tcp_proxy.cluster"), "on_new_connection[0].object_key: 'envoy.tcp_proxy.cluster' is an object Envoy gives a meaning to"),
             (v("object_key: k, factory_key: envoy.network.upstream_server_name"), "on_new_connection[0].factory_key: skiff makes objects with envoy.string"),
-            (v("object_key: k, factory_key: envoy.string, shared_with_upstream: ONCE"), "on_new_connection[0].shared_with_upstream: skiff shares no filter state"),
+            (v("object_key: k, factory_key: envoy.string, shared_with_upstream: 7"), "on_new_connection[0].shared_with_upstream: unknown value 7"),
             ("on_new_connection: [{ object_key: k, factory_key: envoy.string }]".to_string(), "on_new_connection[0].format_string: a value is required"),
             ("on_downstream_data: [{ object_key: k, factory_key: envoy.string, format_string: { text_format_source: { inline_string: x } } }]".to_string(), "on_downstream_data"),
             ("on_new_connection: [{ object_key: k, factory_key: envoy.string, format_string: { text_format_source: { inline_string: '%NOPE%' } } }]".to_string(), "on_new_connection[0].format_string.text_format_source"),
@@ -194,5 +213,13 @@ mod tests {
         }
         let ok = v("object_key: k, factory_key: envoy.hashable_string, read_only: true, skip_if_empty: true");
         assert!(crate::load_text(&config(&ok)).is_ok());
+        // What an internal listener's original_dst reads, shared with the upstream connection.
+        for ok in [
+            v("object_key: envoy.filters.listener.original_dst.local_ip, shared_with_upstream: ONCE"),
+            v("object_key: envoy.filters.listener.original_dst.remote_ip, shared_with_upstream: TRANSITIVE"),
+            v("object_key: k, factory_key: envoy.string, shared_with_upstream: ONCE"),
+        ] {
+            assert!(crate::load_text(&config(&ok)).is_ok(), "{ok}");
+        }
     }
 }

@@ -157,7 +157,7 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
     if let Some(n) = runtime.premature_reset_total {
         overload.premature_reset.total_stream_count = n;
     }
-    operations::extensions(&b.bootstrap_extensions)?;
+    let internal_listener_buffer = operations::extensions(&b.bootstrap_extensions)?;
     let empty = bootstrap::bootstrap::StaticResources::default();
     let res = b.static_resources.as_ref().unwrap_or(&empty);
     let secrets = static_secrets(&res.secrets)?;
@@ -304,7 +304,16 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
                 format!("duplicate listener name '{}'", l.name),
             ));
         }
-        if !addresses.insert(l.address) {
+        if l.internal && internal_listener_buffer.is_none() {
+            return Err(ConfigError::new(
+                format!("{path}.internal_listener"),
+                format!(
+                    "error adding listener named '{}': InternalListener bootstrap extension is mandatory",
+                    l.name
+                ),
+            ));
+        }
+        if !l.internal && !addresses.insert(l.address) {
             return Err(ConfigError::new(
                 format!("{path}.address"),
                 format!("another listener already uses {}", l.address),
@@ -351,6 +360,7 @@ pub fn translate(b: &bootstrap::Bootstrap) -> Result<Bootstrap, ConfigError> {
             .map(|o| o.event_log_path.clone())
             .filter(|p| !p.is_empty())
             .map(std::path::PathBuf::from),
+        internal_listener_buffer,
     })
 }
 
@@ -771,6 +781,75 @@ pub fn listener_stat_prefix(addr: &SocketAddr) -> String {
     addr.to_string().replace(':', "_")
 }
 
+/// `internal_listener`: whether the listener is one, and if so that it sets nothing an
+/// internal listener cannot have (Envoy's checks and words).
+fn internal_listener(l: &listener::Listener, path: &str) -> Result<bool, ConfigError> {
+    use listener::listener::ListenerSpecifier;
+    let Some(ListenerSpecifier::InternalListener(_)) = &l.listener_specifier else {
+        return Ok(false);
+    };
+    let adding = format!("error adding listener '{}'", l.name);
+    if l.address.is_some() || !l.additional_addresses.is_empty() {
+        let field = if l.address.is_some() {
+            "address"
+        } else {
+            "additional_addresses"
+        };
+        return Err(ConfigError::new(
+            format!("{path}.{field}"),
+            format!(
+                "{adding}: address should not be used when an internal listener config is provided"
+            ),
+        ));
+    }
+    let named = format!("error adding listener named '{}'", l.name);
+    if !l.socket_options.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.socket_options"),
+            format!("{named}: does not support socket option"),
+        ));
+    }
+    let tcp_only = [
+        ("transparent", l.transparent.is_some()),
+        ("freebind", l.freebind.is_some()),
+        (
+            "tcp_fast_open_queue_length",
+            l.tcp_fast_open_queue_length.is_some(),
+        ),
+        ("tcp_backlog_size", l.tcp_backlog_size.is_some()),
+        ("enable_reuse_port", l.enable_reuse_port.is_some()),
+        (
+            "connection_balance_config",
+            l.connection_balance_config.is_some(),
+        ),
+    ];
+    if let Some((field, _)) = tcp_only.iter().find(|(_, set)| *set) {
+        return Err(ConfigError::new(
+            format!("{path}.{field}"),
+            format!("{named}: has unsupported tcp listener feature"),
+        ));
+    }
+    for (i, fc) in l
+        .filter_chains
+        .iter()
+        .chain(l.default_filter_chain.iter())
+        .enumerate()
+    {
+        if fc.transport_socket.is_some() {
+            let chain = if i < l.filter_chains.len() {
+                format!("filter_chains[{i}]")
+            } else {
+                "default_filter_chain".to_string()
+            };
+            return Err(ConfigError::new(
+                format!("{path}.{chain}.transport_socket"),
+                "unsupported on an internal listener: its connections are plain",
+            ));
+        }
+    }
+    Ok(true)
+}
+
 fn translate_listener(
     l: &listener::Listener,
     path: &str,
@@ -785,10 +864,26 @@ fn translate_listener(
     }
     // A connection manager traces egress spans on an outbound listener.
     let egress = l.traffic_direction == core::TrafficDirection::Outbound as i32;
-    let address = socket_address(
-        required(&l.address, &format!("{path}.address"))?,
-        &format!("{path}.address"),
-    )?;
+    let internal = internal_listener(l, path)?;
+    let address = if internal {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        if let Some(core::address::Address::EnvoyInternalAddress(_)) =
+            l.address.as_ref().and_then(|a| a.address.as_ref())
+        {
+            return Err(ConfigError::new(
+                format!("{path}.address"),
+                format!(
+                    "error adding listener named '{}': use internal_listener field instead of address for internal listeners",
+                    l.name
+                ),
+            ));
+        }
+        socket_address(
+            required(&l.address, &format!("{path}.address"))?,
+            &format!("{path}.address"),
+        )?
+    };
     let mut additional_addresses = Vec::new();
     let mut address_socket_options = Vec::new();
     for (i, a) in l.additional_addresses.iter().enumerate() {
@@ -815,7 +910,9 @@ fn translate_listener(
             "unsupported: false (each worker owns its own SO_REUSEPORT socket)",
         ));
     }
-    let stat_prefix = if l.stat_prefix.is_empty() {
+    let stat_prefix = if l.stat_prefix.is_empty() && internal {
+        format!("envoy_internal_{}", l.name)
+    } else if l.stat_prefix.is_empty() {
         listener_stat_prefix(&address)
     } else {
         l.stat_prefix.clone()
@@ -961,7 +1058,7 @@ fn translate_listener(
         default_filter_chain,
         filter_chain_matcher,
         use_original_dst: l.use_original_dst.as_ref().is_some_and(|v| v.value),
-        bind_to_port: l.bind_to_port.as_ref().is_none_or(|v| v.value),
+        bind_to_port: !internal && l.bind_to_port.as_ref().is_none_or(|v| v.value),
         listener_filters: lf.filters,
         listener_filters_disabled: lf.disabled,
         listener_filters_timeout,
@@ -989,6 +1086,7 @@ fn translate_listener(
         tcp_fast_open_queue_length: l.tcp_fast_open_queue_length.as_ref().map(|v| v.value),
         ignore_global_conn_limit: l.ignore_global_conn_limit,
         bypass_overload_manager: l.bypass_overload_manager,
+        internal,
         accept_batch: match &l.max_connections_to_accept_per_socket_event {
             Some(v) if v.value == 0 => {
                 return Err(ConfigError::new(
@@ -1696,6 +1794,129 @@ dynamic_resources:
         .expect_err("REST ADS");
         assert!(
             e.starts_with("dynamic_resources.ads_config.api_type"),
+            "{e}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod internal_listener_tests {
+    use crate::load_text;
+
+    const EXT: &str = "bootstrap_extensions: [{name: il, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener}}]\n";
+
+    /// An internal listener `encap` (with `extra` fields) and a cluster to it (with `ts` as its
+    /// transport socket).
+    fn config(ext: &str, extra: &str, ts: &str) -> String {
+        format!(
+            r#"{ext}static_resources:
+  listeners:
+  - name: encap
+    internal_listener: {{}}{extra}
+    filter_chains: [{{filters: [{{name: t, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c}}}}]}}]
+  clusters:
+  - name: c{ts}
+    load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{envoy_internal_address: {{server_listener_name: encap, endpoint_id: e1}}}}}}}}]}}]}}
+"#
+        )
+    }
+
+    fn verdict(ext: &str, extra: &str, ts: &str) -> Result<crate::Loaded, String> {
+        load_text(&config(ext, extra, ts)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn internal_listeners_and_addresses_load() {
+        let loaded = verdict(EXT, "", "").expect("loads");
+        let l = &loaded.model.listeners[0];
+        assert!(l.internal && !l.bind_to_port);
+        assert_eq!(l.stat_prefix, "envoy_internal_encap");
+        assert_eq!(loaded.model.internal_listener_buffer, Some(1024 * 1024));
+        let h = &loaded.model.clusters[0].hosts[0];
+        let to = h.internal.as_ref().expect("an internal host");
+        assert_eq!(to.to_string(), "envoy://encap/e1");
+        assert_eq!(h.address, to.stand_in());
+        assert_eq!(
+            crate::model::address_text(&h.address),
+            "envoy://encap/e1".to_string()
+        );
+        let iu = ",\n    transport_socket: {name: iu, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport, passthrough_metadata: [{kind: {host: {}}, name: a}, {kind: {cluster: {}}, name: b}], transport_socket: {name: raw, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer}}}}";
+        let loaded = verdict(EXT, "", iu).expect("loads");
+        let passthrough = &loaded.model.clusters[0]
+            .internal_upstream
+            .as_ref()
+            .expect("internal_upstream")
+            .passthrough;
+        assert_eq!(passthrough.len(), 2);
+    }
+
+    #[test]
+    fn what_an_internal_listener_cannot_have_is_refused_as_envoy_refuses_it() {
+        let cases = [
+            (
+                "",
+                "",
+                "",
+                "internal_listener: error adding listener named 'encap': InternalListener bootstrap extension is mandatory",
+            ),
+            (
+                EXT,
+                "\n    address: {socket_address: {address: 127.0.0.1, port_value: 1}}",
+                "",
+                "address: error adding listener 'encap': address should not be used when an internal listener config is provided",
+            ),
+            (
+                EXT,
+                "\n    socket_options: [{level: 1, name: 2, int_value: 1}]",
+                "",
+                "does not support socket option",
+            ),
+            (
+                EXT,
+                "\n    freebind: true",
+                "",
+                "freebind: error adding listener named 'encap': has unsupported tcp listener feature",
+            ),
+            (
+                &EXT.replace("InternalListener}", "InternalListener, buffer_size_kb: 8193}"),
+                "",
+                "",
+                "buffer_size_kb: value must be inside range [1, 8192]",
+            ),
+            (
+                EXT,
+                "",
+                ",\n    transport_socket: {name: iu, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport}}",
+                "transport_socket: InternalUpstreamTransportValidationError.TransportSocket: value is required",
+            ),
+            (
+                EXT,
+                "",
+                ",\n    transport_socket: {name: iu, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport, transport_socket: {name: tls, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext}}}}",
+                "only raw_buffer inside internal_upstream",
+            ),
+            (
+                EXT,
+                "",
+                ",\n    health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}]",
+                "health_checks: unsupported with internal addresses",
+            ),
+        ];
+        for (ext, extra, ts, want) in cases {
+            match verdict(ext, extra, ts) {
+                Ok(_) => panic!("accepted: {extra}{ts}"),
+                Err(e) => assert!(e.contains(want), "{extra}{ts}: {e}"),
+            }
+        }
+        // A socket listener whose address is internal.
+        let text = config(EXT, "", "").replace(
+            "internal_listener: {}",
+            "address: {envoy_internal_address: {server_listener_name: encap}}",
+        );
+        let e = load_text(&text).expect_err("an internal address on a listener");
+        assert!(
+            e.to_string()
+                .contains("use internal_listener field instead of address for internal listeners"),
             "{e}"
         );
     }

@@ -596,11 +596,13 @@ pub(super) fn admin_access_logs(a: &bootstrap::Admin) -> Result<Vec<AccessLog>, 
     Ok(logs)
 }
 
-/// `bootstrap_extensions`: the internal-listener extension only lets listeners use internal
-/// addresses, which skiff refuses on listeners; nothing else is known.
+/// `bootstrap_extensions`: only the internal-listener extension is known. Its buffer size in
+/// bytes when it is there (default 1 MiB).
 pub(super) fn extensions(
     e: &[envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig],
-) -> Result<(), ConfigError> {
+) -> Result<Option<usize>, ConfigError> {
+    use envoy_types::pb::envoy::extensions::bootstrap::internal_listener::v3::InternalListener;
+    let mut buffer = None;
     for (i, x) in e.iter().enumerate() {
         let path = format!("bootstrap_extensions[{i}].typed_config");
         let any = x
@@ -615,8 +617,17 @@ pub(super) fn extensions(
                 format!("unsupported bootstrap extension '{}'", any.type_url),
             ));
         }
+        let il: InternalListener = unpack(any, &path)?;
+        let kb = il.buffer_size_kb.map_or(1024, |v| v.value);
+        if !(1..=8192).contains(&kb) {
+            return Err(ConfigError::new(
+                format!("{path}.buffer_size_kb"),
+                "value must be inside range [1, 8192]",
+            ));
+        }
+        buffer = Some(kb as usize * 1024);
     }
-    Ok(())
+    Ok(buffer)
 }
 
 #[cfg(test)]

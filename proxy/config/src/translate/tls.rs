@@ -121,19 +121,105 @@ fn context_error(cpath: &str, e: &crate::tls::TlsError) -> ConfigError {
 const UPSTREAM_PROXY_PROTOCOL: &str =
     "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport";
 
-/// A cluster's `transport_socket`: TLS or plain, possibly inside
-/// `upstream_proxy_protocol`, whose header version comes second.
+const INTERNAL_UPSTREAM: &str =
+    "envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport";
+
+/// What a cluster's transport socket makes of its connections: TLS (none: plain), the PROXY
+/// header version, and what `internal_upstream` passes to internal listeners.
+pub(super) type UpstreamTransport = (
+    Option<Arc<UpstreamTls>>,
+    Option<ProxyVersion>,
+    Option<Arc<crate::model::InternalUpstream>>,
+);
+
+/// A cluster's `transport_socket`: TLS or plain, possibly inside `upstream_proxy_protocol`
+/// (whose header version comes second), or plain inside `internal_upstream` (what it passes
+/// to internal listeners comes third).
 pub(super) fn upstream_transport(
     ts: &core::TransportSocket,
     path: &str,
     check_sni: bool,
     auto_alpn: bool,
     secrets: &Secrets,
-) -> Result<(Option<Arc<UpstreamTls>>, Option<ProxyVersion>), ConfigError> {
+) -> Result<UpstreamTransport, ConfigError> {
     use core::transport_socket::ConfigType;
     let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
-        return Ok((upstream(ts, path, check_sni, auto_alpn, secrets)?, None));
+        return Ok((
+            upstream(ts, path, check_sni, auto_alpn, secrets)?,
+            None,
+            None,
+        ));
     };
+    if type_name(&any.type_url) == INTERNAL_UPSTREAM {
+        return internal_upstream(any, &format!("{path}.typed_config"))
+            .map(|i| (None, None, Some(Arc::new(i))));
+    }
+    let (tls, proxy) = proxy_protocol_upstream(ts, any, path, check_sni, auto_alpn, secrets)?;
+    Ok((tls, proxy, None))
+}
+
+/// `internal_upstream`: its `passthrough_metadata`; the socket inside must be plain.
+fn internal_upstream(
+    any: &envoy_types::pb::google::protobuf::Any,
+    path: &str,
+) -> Result<crate::model::InternalUpstream, ConfigError> {
+    use crate::model::PassthroughFrom;
+    use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;
+    use envoy_types::pb::envoy::r#type::metadata::v3::metadata_kind::Kind;
+    let iu: InternalUpstreamTransport = unpack(any, path)?;
+    let Some(inner) = &iu.transport_socket else {
+        return Err(ConfigError::new(
+            format!("{path}.transport_socket"),
+            "InternalUpstreamTransportValidationError.TransportSocket: value is required",
+        ));
+    };
+    let ipath = format!("{path}.transport_socket");
+    if let Some(core::transport_socket::ConfigType::TypedConfig(a)) = &inner.config_type {
+        if type_name(&a.type_url) != "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" {
+            return Err(ConfigError::new(
+                format!("{ipath}.typed_config"),
+                format!(
+                    "unsupported: only raw_buffer inside internal_upstream (connections to \
+                     internal listeners are plain), not '{}'",
+                    a.type_url
+                ),
+            ));
+        }
+    }
+    let mut passthrough = Vec::new();
+    for (i, m) in iu.passthrough_metadata.iter().enumerate() {
+        let mpath = format!("{path}.passthrough_metadata[{i}]");
+        let from = match m.kind.as_ref().and_then(|k| k.kind.as_ref()) {
+            Some(Kind::Host(_)) => PassthroughFrom::Host,
+            Some(Kind::Cluster(_)) => PassthroughFrom::Cluster,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    format!("{mpath}.kind"),
+                    "unsupported: only host and cluster metadata reach an upstream connection",
+                ))
+            }
+            None => return Err(ConfigError::new(format!("{mpath}.kind"), "required")),
+        };
+        if m.name.is_empty() {
+            return Err(ConfigError::new(
+                format!("{mpath}.name"),
+                "value length must be at least 1 characters",
+            ));
+        }
+        passthrough.push((from, m.name.clone()));
+    }
+    Ok(crate::model::InternalUpstream { passthrough })
+}
+
+/// TLS or plain, possibly inside `upstream_proxy_protocol`.
+fn proxy_protocol_upstream(
+    ts: &core::TransportSocket,
+    any: &envoy_types::pb::google::protobuf::Any,
+    path: &str,
+    check_sni: bool,
+    auto_alpn: bool,
+    secrets: &Secrets,
+) -> Result<(Option<Arc<UpstreamTls>>, Option<ProxyVersion>), ConfigError> {
     if type_name(&any.type_url) != UPSTREAM_PROXY_PROTOCOL {
         return Ok((upstream(ts, path, check_sni, auto_alpn, secrets)?, None));
     }

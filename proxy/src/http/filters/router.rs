@@ -718,6 +718,19 @@ pub async fn route(
         .extensions
         .get::<super::istio::AlpnChoice>()
         .and_then(|a| a.pick(cluster.config()));
+    // What the stream's filter state shares with the upstream connection (to an internal
+    // listener).
+    let shared = crate::stream_info::with_filter_state(
+        parts
+            .extensions
+            .get::<crate::stream_info::DynamicMetadata>(),
+        parts
+            .extensions
+            .get::<std::sync::Arc<crate::stream_info::Connection>>()
+            .map(|c| &**c),
+        |state| state.shared_with_upstream(),
+    )
+    .map(std::sync::Arc::new);
     // Header changes, then rewrites, as Envoy's router applies them before the upstream request
     // (the original path kept in x-envoy-original-path unless Envoy's headers are suppressed).
     // A weighted cluster's own changes come first (Envoy's `WeightedClusterEntry`).
@@ -960,6 +973,7 @@ pub async fn route(
         authority: &host_header,
         source,
         alpn,
+        shared,
         upgrade,
         terminate: upgrade == Some("connect") && route.connect_terminate,
         request,
@@ -1356,6 +1370,9 @@ pub(super) struct Forward<'a> {
     pub source: Option<pool::Source>,
     /// Istio's `istio.alpn`: the ALPN list upstream TLS offers instead of the cluster's.
     pub alpn: Option<std::sync::Arc<[Vec<u8>]>>,
+    /// The filter state objects the stream shares with its upstream connection (to an
+    /// internal listener).
+    pub shared: Option<std::sync::Arc<skiff_config::filter_state::FilterState>>,
     pub upgrade: Option<&'a str>,
     /// A CONNECT the route terminates (`connect_config`): a TCP connection to the host, and a
     /// 200 for the client.
@@ -1414,6 +1431,7 @@ impl<'a> Forward<'a> {
             authority,
             source: None,
             alpn: None,
+            shared: None,
             upgrade: None,
             terminate: false,
             request,
@@ -1480,6 +1498,7 @@ impl<'a> Forward<'a> {
             self.source,
             self.alpn.clone(),
             self.high,
+            self.shared.clone(),
         ))
     }
 

@@ -20,12 +20,25 @@ use crate::stats::{Counter, Gauge, Shard};
 
 pub use peek::Peek;
 
+/// An accepted connection's bytes: a TCP socket, or an in-memory connection to an internal
+/// listener.
+#[derive(Debug)]
+pub enum Socket {
+    Tcp(TcpStream),
+    Internal(crate::io::Internal),
+}
+
 /// An accepted socket as the listener filters and the filter chain match see it: Envoy's
 /// `ConnectionSocket`.
 #[derive(Debug)]
 pub struct Accepted {
     /// The connection.
-    pub stream: TcpStream,
+    pub stream: Socket,
+    /// What the cluster that opened an internal connection passed through
+    /// (`internal_upstream`'s `passthrough_metadata`): the connection's dynamic metadata.
+    pub metadata: Option<Arc<crate::config::metadata::Metadata>>,
+    /// The filter state objects the connecting stream shared with an internal connection.
+    pub shared: Option<Arc<crate::config::filter_state::FilterState>>,
     /// The downstream remote address: the peer, or the source a PROXY header carried.
     pub remote: SocketAddr,
     /// The peer the connection really comes from (`direct_source_prefix_ranges`).
@@ -66,9 +79,11 @@ pub use crate::listener::filter_chain_match::ApplicationProtocols;
 
 impl Accepted {
     /// A socket as accepted.
-    pub fn new(stream: TcpStream, remote: SocketAddr, local: SocketAddr) -> Self {
+    pub fn new(stream: Socket, remote: SocketAddr, local: SocketAddr) -> Self {
         Accepted {
             stream,
+            metadata: None,
+            shared: None,
             remote,
             direct_remote: remote,
             local,
@@ -267,7 +282,7 @@ mod tests {
             .expect("connect");
         let (s, remote) = l.accept().await.expect("accept");
         let local = s.local_addr().expect("local");
-        (c, Accepted::new(s, remote, local))
+        (c, Accepted::new(Socket::Tcp(s), remote, local))
     }
 
     fn pp_chain(timeout: Option<Duration>, go_on: bool, shard: &Arc<Shard>) -> Chain {
@@ -314,7 +329,10 @@ mod tests {
         assert_eq!(sock.local, "192.0.2.1:2222".parse().expect("addr"));
         assert_ne!(sock.direct_remote, sock.remote);
         let mut rest = [0u8; 7];
-        tokio::io::AsyncReadExt::read_exact(&mut sock.stream, &mut rest)
+        let Socket::Tcp(stream) = &mut sock.stream else {
+            panic!("a TCP socket")
+        };
+        tokio::io::AsyncReadExt::read_exact(stream, &mut rest)
             .await
             .expect("payload");
         assert_eq!(&rest, b"payload");

@@ -7,6 +7,8 @@ use std::os::fd::AsFd;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::Socket;
+
 /// The bytes seen so far at the head of one connection's receive queue.
 #[derive(Debug, Default)]
 pub struct Peek {
@@ -26,7 +28,29 @@ impl Peek {
     /// Waits until more than `seen` bytes are queued (or `max` are), and returns them all, up to
     /// `max`. An error once the peer has closed or half-closed: Envoy closes a socket whose peer
     /// shuts down while its listener filters still wait, whatever bytes came before.
-    pub async fn more(&mut self, stream: &TcpStream, seen: usize, max: usize) -> io::Result<&[u8]> {
+    pub async fn more<'a>(
+        &'a mut self,
+        stream: &'a mut Socket,
+        seen: usize,
+        max: usize,
+    ) -> io::Result<&'a [u8]> {
+        match stream {
+            Socket::Tcp(t) => self.more_tcp(t, seen, max).await,
+            Socket::Internal(i) => i.peek(seen, max).await,
+        }
+    }
+
+    /// Takes the first `n` bytes (already seen) off the connection: only a filter that owns
+    /// them, such as a PROXY protocol header, does this. Later filters peek afresh.
+    pub async fn consume(&mut self, stream: &mut Socket, n: usize) -> io::Result<()> {
+        match stream {
+            Socket::Tcp(t) => self.consume_tcp(t, n).await,
+            Socket::Internal(i) => i.consume(n),
+        }
+    }
+
+    /// [`Peek::more`] on a TCP socket: MSG_PEEK, the bytes stay in the kernel's queue.
+    async fn more_tcp(&mut self, stream: &TcpStream, seen: usize, max: usize) -> io::Result<&[u8]> {
         if self.len > seen || self.len >= max {
             return Ok(&self.buf[..self.len.min(max)]);
         }
@@ -65,9 +89,8 @@ impl Peek {
         }
     }
 
-    /// Takes the first `n` bytes (already seen) off the socket: only a filter that owns them,
-    /// such as a PROXY protocol header, does this. Later filters peek afresh.
-    pub async fn consume(&mut self, stream: &TcpStream, n: usize) -> io::Result<()> {
+    /// [`Peek::consume`] on a TCP socket.
+    async fn consume_tcp(&mut self, stream: &TcpStream, n: usize) -> io::Result<()> {
         if n > self.len {
             return Err(io::ErrorKind::InvalidInput.into());
         }
@@ -105,17 +128,18 @@ mod tests {
         let (mut c, s) = pair().await;
         let mut p = Peek::default();
         c.write_all(b"ab").await.expect("write");
-        let got = p.more(&s, 0, 16).await.expect("peek").to_vec();
+        let got = p.more_tcp(&s, 0, 16).await.expect("peek").to_vec();
         assert_eq!(got, b"ab");
         // Nothing new yet: the wait must not return the same two bytes again.
-        let more = tokio::time::timeout(std::time::Duration::from_millis(50), p.more(&s, 2, 16));
+        let more =
+            tokio::time::timeout(std::time::Duration::from_millis(50), p.more_tcp(&s, 2, 16));
         assert!(more.await.is_err(), "returned without new bytes");
         c.write_all(b"cd").await.expect("write");
-        assert_eq!(p.more(&s, 2, 16).await.expect("peek"), b"abcd");
+        assert_eq!(p.more_tcp(&s, 2, 16).await.expect("peek"), b"abcd");
         // Full buffer: returns at once.
-        assert_eq!(p.more(&s, 4, 3).await.expect("peek"), b"abc");
-        p.consume(&s, 1).await.expect("consume");
-        assert_eq!(p.more(&s, 0, 16).await.expect("peek"), b"bcd");
+        assert_eq!(p.more_tcp(&s, 4, 3).await.expect("peek"), b"abc");
+        p.consume_tcp(&s, 1).await.expect("consume");
+        assert_eq!(p.more_tcp(&s, 0, 16).await.expect("peek"), b"bcd");
         let mut rest = [0u8; 3];
         let mut s = s;
         tokio::io::AsyncReadExt::read_exact(&mut s, &mut rest)
@@ -129,16 +153,16 @@ mod tests {
         let (mut c, s) = pair().await;
         let mut p = Peek::default();
         c.write_all(b"x").await.expect("write");
-        assert_eq!(p.more(&s, 0, 16).await.expect("peek"), b"x");
+        assert_eq!(p.more_tcp(&s, 0, 16).await.expect("peek"), b"x");
         c.shutdown().await.expect("shutdown");
-        let err = p.more(&s, 1, 16).await.expect_err("closed");
+        let err = p.more_tcp(&s, 1, 16).await.expect_err("closed");
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         let (mut c, s) = pair().await;
         let mut p = Peek::default();
         c.write_all(b"y").await.expect("write");
         c.shutdown().await.expect("shutdown");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        let err = p.more(&s, 0, 16).await.expect_err("closed");
+        let err = p.more_tcp(&s, 0, 16).await.expect_err("closed");
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -71,8 +71,23 @@ pub async fn run(
     buffer_limit: usize,
 ) {
     stats.downstream_cx_total.inc();
+    // What the connection's filter state shares with an upstream connection (to an internal
+    // listener).
+    let shared = skiff_config::filter_state::View {
+        stream: None,
+        connection: Some(&connection.filter_state),
+    }
+    .shared_with_upstream()
+    .map(Arc::new);
     let mut info = (!cfg.access_logs.is_empty()).then(|| {
         let mut info = StreamInfo::new(remote, local);
+        // An internal listener's connection: what the connecting cluster passed through is
+        // the connection's dynamic metadata.
+        if let Some(m) = &connection.metadata {
+            let d = crate::stream_info::DynamicMetadata::default();
+            d.with(|into| *into = (**m).clone());
+            info.dynamic_metadata = Some(d);
+        }
         info.connection = Some(connection);
         // Envoy gives every connection a random stream id (`%STREAM_ID%`).
         info.stream_id = Some(uuid::Uuid::new_v4().to_string());
@@ -86,7 +101,7 @@ pub async fn run(
         downstream,
         remote,
         local,
-        source,
+        (source, shared),
         buffer_limit,
         &moved,
         info.as_mut(),
@@ -115,7 +130,10 @@ async fn proxy(
     downstream: Stream,
     remote: SocketAddr,
     local: SocketAddr,
-    source: Option<pool::Source>,
+    (source, shared): (
+        Option<pool::Source>,
+        Option<Arc<skiff_config::filter_state::FilterState>>,
+    ),
     buffer_limit: usize,
     moved: &Moved,
     mut info: Option<&mut StreamInfo>,
@@ -143,7 +161,7 @@ async fn proxy(
         }
         return;
     };
-    let host = cluster.variant(host, (remote, local), None);
+    let host = cluster.variant(host, (remote, local), None, shared);
     if let Some(info) = info.as_deref_mut() {
         info.upstream_host = Some(host.address);
         info.upstream_metadata = Some(host.metadata.clone());

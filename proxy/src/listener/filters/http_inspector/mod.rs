@@ -110,7 +110,7 @@ impl HttpInspector {
             if seen == want {
                 want = (want * 2).min(MAX_INSPECT);
             }
-            let buf = match peek.more(&sock.stream, seen, want).await {
+            let buf = match peek.more(&mut sock.stream, seen, want).await {
                 Ok(buf) => buf,
                 Err(e) => {
                     let status = Status::from_io(&e);

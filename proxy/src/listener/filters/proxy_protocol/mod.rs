@@ -72,7 +72,7 @@ impl ProxyProtocol {
         let mut want = parser::INITIAL_READ;
         let mut seen = 0;
         loop {
-            let buf = match peek.more(&sock.stream, seen, want).await {
+            let buf = match peek.more(&mut sock.stream, seen, want).await {
                 Ok(buf) => buf,
                 Err(e) => return Status::from_io(&e),
             };
@@ -117,7 +117,7 @@ impl ProxyProtocol {
                             .collect();
                     }
                     self.version(h.version).found.inc();
-                    if let Err(e) = peek.consume(&sock.stream, len).await {
+                    if let Err(e) = peek.consume(&mut sock.stream, len).await {
                         return Status::from_io(&e);
                     }
                     return Status::Continue;

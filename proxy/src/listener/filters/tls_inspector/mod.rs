@@ -56,7 +56,7 @@ impl TlsInspector {
         let mut want = self.initial_read.min(FIRST_READ);
         let mut seen = 0;
         loop {
-            let buf = match peek.more(&sock.stream, seen, want).await {
+            let buf = match peek.more(&mut sock.stream, seen, want).await {
                 Ok(buf) => buf,
                 Err(e) => return Status::from_io(&e),
             };
