@@ -54,10 +54,12 @@ fuzz_target!(|data: &[u8]| {
                         value: "v \"w\"".into(),
                         kind: Kind::String,
                         read_only: false,
+                        shared: Default::default(),
                     },
                 );
                 state
             },
+            metadata: None,
         }));
         info.upstream_host = "127.0.0.1:9".parse().ok();
         info.upstream_connection = Some(UpstreamConnection {
