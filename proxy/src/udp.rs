@@ -172,6 +172,7 @@ impl Proxy {
                     server_name: None,
                     transport_protocol: "",
                     application_protocols: &none,
+                    metadata: None,
                 };
                 m.evaluate(&data).map(String::as_str)
             }

@@ -51,6 +51,22 @@ fn named_cluster(name: &str, ports: &[u16], policy: Value) -> Value {
     c
 }
 
+/// [`cluster`] whose endpoints are in three localities: the first two hosts with weight 1, the
+/// next two with weight 3, the last in a locality with no weight.
+fn zoned_cluster(name: &str, ports: &[u16], policy: Value) -> Value {
+    let mut c = cluster(name, ports, policy);
+    let eps = c["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    c["load_assignment"]["endpoints"] = json!([
+        { "locality": { "zone": "a" }, "load_balancing_weight": 1, "lb_endpoints": eps[0..2] },
+        { "locality": { "zone": "b" }, "load_balancing_weight": 3, "lb_endpoints": eps[2..4] },
+        { "locality": { "zone": "c" }, "lb_endpoints": eps[4..] },
+    ]);
+    c
+}
+
 fn extension(name: &str, typed: Value) -> Value {
     json!({ "lb_policy": "LOAD_BALANCING_POLICY_CONFIG", "load_balancing_policy": { "policies": [ {
         "typed_extension_config": { "name": name, "typed_config": typed } } ] } })
@@ -72,6 +88,9 @@ fn config(admin: u16, port: u16, ports: &[u16]) -> String {
         hashed("/byname", "byname", user.clone()),
         hashed("/byname-maglev", "byname_maglev", user.clone()),
         hashed("/bounded", "bounded", user.clone()),
+        hashed("/zones-ring", "ring_zones", user.clone()),
+        hashed("/zones-maglev", "maglev_zones", user.clone()),
+        hashed("/zones-common", "ring_zones_common", user.clone()),
         // Several parts: each rotates what came before; the terminal one ends it when it hashed.
         hashed(
             "/multi",
@@ -172,6 +191,31 @@ fn config(admin: u16, port: u16, ports: &[u16]) -> String {
                         "consistent_hashing_lb_config": { "use_hostname_for_hashing": true } }),
                 ),
             ),
+            // Locality-weighted hashing: each host's weight scaled by its locality's share.
+            zoned_cluster(
+                "ring_zones",
+                ports,
+                extension(
+                    "envoy.load_balancing_policies.ring_hash",
+                    json!({ "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
+                        "locality_weighted_lb_config": {} }),
+                ),
+            ),
+            zoned_cluster(
+                "maglev_zones",
+                ports,
+                extension(
+                    "envoy.load_balancing_policies.maglev",
+                    json!({ "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+                        "locality_weighted_lb_config": {} }),
+                ),
+            ),
+            zoned_cluster(
+                "ring_zones_common",
+                ports,
+                json!({ "lb_policy": "RING_HASH", "common_lb_config": {
+                    "locality_weighted_lb_config": {} } }),
+            ),
             // Bounded loads: with one request at a time, every host has room.
             cluster(
                 "bounded",
@@ -253,6 +297,9 @@ async fn consistent_hashing_side_by_side() {
             "/byname",
             "/byname-maglev",
             "/bounded",
+            "/zones-ring",
+            "/zones-maglev",
+            "/zones-common",
         ] {
             let mut seen = std::collections::BTreeSet::new();
             let mut picks = Vec::new();
@@ -275,6 +322,9 @@ async fn consistent_hashing_side_by_side() {
         assert_ne!(by_path["/byname"], by_path["/ring"]);
         assert_ne!(by_path["/byname-maglev"], by_path["/maglev"]);
         assert_eq!(by_path["/bounded"], by_path["/ring"]);
+        // Locality weights move hosts' shares: not the plain ring's or table's picks.
+        assert_ne!(by_path["/zones-ring"], by_path["/ring"]);
+        assert_ne!(by_path["/zones-maglev"], by_path["/maglev"]);
 
         // Parts combined, a regex rewrite, a terminal part, query parameters and :path.
         for n in 0..30 {

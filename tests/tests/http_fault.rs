@@ -1,6 +1,6 @@
 //! `envoy.filters.http.fault` side by side with Envoy 1.40, as Istio uses it (an empty filter in
 //! the connection manager, each route's `HTTPFault` in `typed_per_filter_config`) and with a
-//! configuration of its own: aborts, fixed and header-controlled delays, a delay then an abort,
+//! configuration of its own: aborts (HTTP and gRPC statuses), fixed and header-controlled delays, a delay then an abort,
 //! header matches, the runtime's `fault.http.*` overrides, `max_active_faults`, a route that
 //! disables the filter, and the filter's stats.
 
@@ -62,6 +62,11 @@ fn config(admin: u16, ports: [u16; 2], upstream: u16) -> String {
             &format!(
                 "abort: {{http_status: 418, percentage: {{{always}}}, response_body: short and stout}}"
             ),
+        ),
+        // A gRPC abort: a 200 whose grpc-status a gRPC request gets.
+        route(
+            "/grpc-abort",
+            &format!("abort: {{grpc_status: 14, percentage: {{{always}}}}}"),
         ),
         route(
             "/never",
@@ -184,6 +189,13 @@ async fn faults_as_envoy() {
             (0, "/abort", &[], false),
             (0, "/teapot", &[], false),
             (0, "/never", &[], false),
+            (
+                0,
+                "/grpc-abort",
+                &[("content-type", "application/grpc")],
+                false,
+            ),
+            (0, "/grpc-abort", &[], false),
             (0, "/delay-abort", &[], true),
             (0, "/delay", &[], true),
             (

@@ -257,3 +257,95 @@ async fn invalid_local_reply_configs_are_refused_by_both() {
     })
     .await;
 }
+
+/// A route's `direct_response` whose `body_format` writes its body: text with request and
+/// response operators (the router writes it before the response exists: `%RESPONSE_CODE%` is
+/// 0), JSON, a content type of its own, no `body` at all, the route's own content type, an
+/// image (bytes without an operator are the body as they are); then
+/// a mapper of `local_reply_config` that rewrites one of them, and HEAD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_response_body_formats_as_envoy_writes_them() {
+    fn config(admin: u16, port: u16) -> String {
+        format!(
+            r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: d
+          route_config:
+            virtual_hosts:
+            - name: a
+              domains: ["*"]
+              routes:
+              - {{match: {{prefix: /text}}, direct_response: {{status: 503, body: {{inline_string: "hi"}}, body_format: {{text_format_source: {{inline_string: "code=%RESPONSE_CODE% body=[%LOCAL_REPLY_BODY%] path=%REQ(:PATH)% h=%REQ(x-h)%\n"}}}}}}}}
+              - {{match: {{prefix: /mapped}}, direct_response: {{status: 500, body: {{inline_string: "hi"}}, body_format: {{text_format_source: {{inline_string: "[%LOCAL_REPLY_BODY%]"}}}}}}}}
+              - {{match: {{prefix: /json}}, direct_response: {{status: 200, body: {{inline_string: "hi"}}, body_format: {{json_format: {{code: "%RESPONSE_CODE%", body: "%LOCAL_REPLY_BODY%", method: "%REQ(:METHOD)%"}}}}}}}}
+              - {{match: {{prefix: /ctype}}, direct_response: {{status: 200, body_format: {{text_format_source: {{inline_bytes: eA==}}, content_type: "text/html"}}}}}}
+              - {{match: {{prefix: /nobody}}, direct_response: {{status: 200, body_format: {{text_format_source: {{inline_string: "[%LOCAL_REPLY_BODY%]"}}}}}}}}
+              - {{match: {{prefix: /png}}, direct_response: {{status: 200, body_format: {{text_format_source: {{inline_bytes: iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==}}, content_type: image/png}}}}}}
+              - {{match: {{prefix: /routed}}, direct_response: {{status: 200, body_format: {{text_format_source: {{inline_string: "x"}}}}}}, response_headers_to_add: [{{header: {{key: content-type, value: a/b}}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}}]}}
+          local_reply_config:
+            mappers:
+            - filter: {{status_code_filter: {{comparison: {{op: EQ, value: {{default_value: 500, runtime_key: k}}}}}}}}
+              body: {{inline_string: "mapped"}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+        )
+    }
+    run_for(Duration::from_secs(60), async {
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let (admin, port) = (free_port(), free_port());
+            let p = ProxyProcess::start(kind, &config(admin, port), &[]).await;
+            let addr = format!("127.0.0.1:{port}");
+            let mut got = Vec::new();
+            for path in [
+                "/text?q=1",
+                "/mapped",
+                "/json",
+                "/ctype",
+                "/nobody",
+                "/routed",
+                "/png",
+            ] {
+                let mut req = get(path, "d.example.com");
+                req.headers_mut()
+                    .insert("x-h", http::HeaderValue::from_static("v"));
+                let r = http1_once(&addr, req).await.expect("a response");
+                got.push(format!("{path}: {} {:?}", view(&r), r.body));
+            }
+            let head = raw_exchange(
+                &addr,
+                b"HEAD /text HTTP/1.1\r\nhost: d\r\nconnection: close\r\n\r\n",
+                Duration::from_secs(3),
+            )
+            .await;
+            let head = String::from_utf8_lossy(&head.data).to_lowercase();
+            got.push(format!(
+                "HEAD: {}",
+                head.lines()
+                    .filter(|l| l.starts_with("http/") || l.starts_with("content-"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            ));
+            drop(p);
+            seen.push(got);
+        }
+        assert!(
+            seen[0][0].contains("code=0 body=[hi] path=/text?q=1 h=v"),
+            "{:?}",
+            seen[0]
+        );
+        assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+    })
+    .await;
+}

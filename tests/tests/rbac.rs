@@ -421,10 +421,42 @@ async fn rbac_matcher_side_by_side_with_envoy() {
                 "@type": "type.googleapis.com/envoy.extensions.matching.input_matchers.ip.v3.Ip",
                 "cidr_ranges": [cidr(ip, len)], "stat_prefix": "ip" } } } })
     }
+    /// The stream's dynamic metadata under `claims` at `key`, judged by a metadata matcher.
+    fn claim(key: &str, value: Value, invert: bool) -> Value {
+        json!({ "single_predicate": {
+            "input": { "name": "md", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput",
+                "filter": "claims", "path": [{ "key": key }] } },
+            "custom_match": { "name": "m", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.matching.input_matchers.metadata.v3.Metadata",
+                "value": value, "invert": invert } } } })
+    }
     fn build_matcher(admin: u16, listen: u16, upstream: u16) -> String {
         let mut v = config::simple_http(admin, listen, &[upstream]);
+        // A metadata input with a string matcher, and a header input with a metadata
+        // matcher: neither ever matches, in Envoy as in skiff.
+        let string_on_metadata = json!({ "single_predicate": {
+            "input": { "name": "md", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput",
+                "filter": "claims", "path": [{ "key": "role" }] } },
+            "value_match": { "exact": "ops" } } });
+        let metadata_on_header = json!({ "single_predicate": {
+            "input": { "name": "h", "typed_config": {
+                "@type": "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
+                "header_name": "x-claim" } },
+            "custom_match": { "name": "m", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.matching.input_matchers.metadata.v3.Metadata",
+                "value": { "string_match": { "exact": "ops" } } } } } });
         let matcher = json!({
             "matcher_list": { "matchers": [
+                { "predicate": string_on_metadata, "on_match": action("never-string", "DENY") },
+                { "predicate": metadata_on_header, "on_match": action("never-header", "DENY") },
+                { "predicate": claim("role", json!({ "string_match": { "exact": "ops" } }), false),
+                  "on_match": action("claim-ops", "ALLOW") },
+                { "predicate": { "and_matcher": { "predicate": [
+                      header("x-md-check", json!({ "exact": "1" })),
+                      claim("role", json!({ "present_match": true }), true) ] } },
+                  "on_match": action("no-claim", "DENY") },
                 { "predicate": header("x-role", json!({ "exact": "admin" })),
                   "on_match": action("admins", "ALLOW") },
                 { "predicate": { "and_matcher": { "predicate": [
@@ -454,8 +486,13 @@ async fn rbac_matcher_side_by_side_with_envoy() {
         let filter = json!({ "name": "envoy.filters.http.rbac", "typed_config": {
             "@type": RBAC, "matcher": matcher, "shadow_matcher": shadow,
             "shadow_rules_stat_prefix": "dry_run." } });
+        // The claim the metadata matchers read, from a header.
+        let claims = json!({ "name": "envoy.filters.http.header_to_metadata", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+            "request_rules": [{ "header": "x-claim", "on_header_present": {
+                "metadata_namespace": "claims", "key": "role", "type": "STRING" } }] } });
         let hcm = config::hcm_config(&mut v);
-        hcm["http_filters"] = json!([filter, router()]);
+        hcm["http_filters"] = json!([claims, filter, router()]);
         hcm["access_log"] = json!([{ "name": "envoy.access_loggers.stdout", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
             "log_format": { "text_format_source": { "inline_string": LOG } } } }]);
@@ -486,6 +523,13 @@ async fn rbac_matcher_side_by_side_with_envoy() {
                 &["-H", "x-shadow: nope", "-H", "x-role: admin"],
                 "/shadowed",
             ),
+            (&["-H", "x-claim: ops"], "/claim-ops"),
+            (&["-H", "x-claim: dev"], "/claim-dev"),
+            (&["-H", "x-md-check: 1"], "/no-claim"),
+            (
+                &["-H", "x-md-check: 1", "-H", "x-claim: dev"],
+                "/claim-checked",
+            ),
             (&[], "/own/a"),
             (&["-H", "x-key: k"], "/own/b"),
             (&["-H", "x-role: admin"], "/own/c"),
@@ -509,7 +553,7 @@ async fn rbac_matcher_side_by_side_with_envoy() {
         }
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
         // Each kind of verdict was there to compare.
-        for want in ["[blocked]", "[default-deny]", ": 200"] {
+        for want in ["[blocked]", "[default-deny]", "[no-claim]", ": 200"] {
             assert!(verdicts.contains(want), "{want} in {verdicts}");
         }
     })

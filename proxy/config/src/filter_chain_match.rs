@@ -267,6 +267,7 @@ impl Chains {
                 server_name: Some(input.server_name),
                 transport_protocol: input.transport_protocol,
                 application_protocols: input.application_protocols,
+                metadata: None,
             };
             // A name no chain has matched: the connection has no chain (Envoy's
             // `NoopFilterChainAction`), even with a default one.

@@ -93,6 +93,9 @@ pub enum Input {
     ApplicationProtocol,
     /// `SourceTypeInput`: `local` for a connection from the host itself.
     SourceType,
+    /// `DynamicMetadataInput` (a request's matcher): the value at `path` in the stream's
+    /// dynamic metadata under `filter`; not a string (only a metadata matcher reads it).
+    DynamicMetadata { filter: String, path: Vec<String> },
 }
 
 /// How a predicate judges its input.
@@ -103,6 +106,13 @@ pub enum InputMatch {
     /// `custom_match` `envoy.extensions.matching.input_matchers.ip.v3.Ip`: an address in one
     /// of the ranges.
     Ip(Vec<CidrRange>),
+    /// `custom_match` `envoy.extensions.matching.input_matchers.metadata.v3.Metadata`: a
+    /// metadata input's value matches `value` (`invert`: does not); any other input matches
+    /// nothing, as in Envoy.
+    Metadata {
+        value: crate::metadata::ValueMatcher,
+        invert: bool,
+    },
 }
 
 /// What the inputs are read from.
@@ -116,6 +126,8 @@ pub struct Data<'a> {
     pub transport_protocol: &'a str,
     /// The requested application protocols (a listener's matcher only).
     pub application_protocols: &'a crate::filter_chain_match::ApplicationProtocols,
+    /// The stream's dynamic metadata (a request's matcher only).
+    pub metadata: Option<&'a crate::metadata::Metadata>,
 }
 
 impl Input {
@@ -165,6 +177,8 @@ impl Input {
                 let ip = d.source.ip();
                 (ip.is_loopback() || ip == d.local.ip()).then(|| "local".to_string())?
             }
+            // Not a string: only a metadata matcher reads it.
+            Input::DynamicMetadata { .. } => return None,
         })
     }
 }
@@ -172,6 +186,16 @@ impl Input {
 impl Predicate {
     fn matches(&self, d: &Data<'_>) -> bool {
         match self {
+            Predicate::Single(Input::DynamicMetadata { filter, path }, m) => match m {
+                InputMatch::Metadata { value, invert } => {
+                    let v = d.metadata.and_then(|md| md.lookup(filter, path));
+                    value.matches(v) != *invert
+                }
+                // A string or IP matcher finds no string in metadata.
+                _ => false,
+            },
+            // Metadata matchers read only metadata inputs.
+            Predicate::Single(_, InputMatch::Metadata { .. }) => false,
             Predicate::Single(input, m) => {
                 let value = input.read(d);
                 match m {
@@ -180,6 +204,7 @@ impl Predicate {
                     InputMatch::Ip(ranges) => value
                         .and_then(|v| v.parse::<IpAddr>().ok())
                         .is_some_and(|ip| ranges.iter().any(|r| r.contains(ip))),
+                    InputMatch::Metadata { .. } => false,
                 }
             }
             Predicate::Or(list) => list.iter().any(|p| p.matches(d)),
@@ -260,6 +285,7 @@ mod tests {
             server_name: None,
             transport_protocol: "",
             application_protocols: &crate::filter_chain_match::ApplicationProtocols::None,
+            metadata: None,
         }
     }
 
@@ -280,6 +306,54 @@ mod tests {
             }),
             on_no_match: None,
         }))
+    }
+
+    #[test]
+    fn metadata_inputs_are_read_by_metadata_matchers_only() {
+        use crate::metadata::{Metadata, Value, ValueMatcher};
+        let headers = http::HeaderMap::new();
+        let view = RequestView::get("", &headers);
+        let input = || Input::DynamicMetadata {
+            filter: "claims".to_string(),
+            path: vec!["role".to_string()],
+        };
+        let judge = |m: InputMatch, metadata: Option<&Metadata>| {
+            let d = Data {
+                metadata,
+                ..data(&view, "10.0.0.2:1")
+            };
+            Predicate::Single(input(), m).matches(&d)
+        };
+        let exact = |invert| InputMatch::Metadata {
+            value: ValueMatcher::String(crate::model::StringMatch {
+                kind: crate::model::StringMatchKind::Exact("ops".into()),
+                ignore_case: false,
+            }),
+            invert,
+        };
+        let mut md = Metadata::default();
+        md.set("claims", "role", Value::String("ops".into()));
+        assert!(judge(exact(false), Some(&md)));
+        assert!(!judge(exact(true), Some(&md)));
+        // Not there: nothing matches it, so an inverted matcher does.
+        assert!(!judge(exact(false), None));
+        assert!(judge(exact(true), None));
+        let present = InputMatch::Metadata {
+            value: ValueMatcher::Present(true),
+            invert: false,
+        };
+        assert!(!judge(present, Some(&Metadata::default())));
+        // A string matcher finds no string in metadata; a metadata matcher reads no header.
+        let string = InputMatch::Value(crate::model::StringMatch {
+            kind: crate::model::StringMatchKind::Exact("ops".into()),
+            ignore_case: false,
+        });
+        assert!(!judge(string, Some(&md)));
+        let d = Data {
+            metadata: Some(&md),
+            ..data(&view, "10.0.0.2:1")
+        };
+        assert!(!Predicate::Single(Input::SourcePort, exact(true)).matches(&d));
     }
 
     #[test]

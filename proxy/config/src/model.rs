@@ -1998,6 +1998,8 @@ pub struct FaultRuntimeKeys {
     pub delay_duration: String,
     /// `abort_http_status_runtime`.
     pub abort_http_status: String,
+    /// `abort_grpc_status_runtime`.
+    pub abort_grpc_status: String,
     /// `max_active_faults_runtime`.
     pub max_active_faults: String,
 }
@@ -2014,8 +2016,10 @@ pub struct FaultDelay {
 /// `FaultAbort` with an HTTP status.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultAbort {
-    /// `http_status`.
+    /// `http_status` (200 for a `grpc_status` abort).
     pub http_status: u16,
+    /// `grpc_status`: a gRPC request gets this `grpc-status` (others a 200).
+    pub grpc_status: Option<u32>,
     /// `percentage`.
     pub percentage: crate::runtime::Fraction,
     /// `response_body` (default `fault filter abort`).

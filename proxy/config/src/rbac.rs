@@ -243,6 +243,7 @@ impl Engine {
                     server_name: r.server_name,
                     transport_protocol: "",
                     application_protocols: &crate::filter_chain_match::ApplicationProtocols::None,
+                    metadata: r.metadata,
                 };
                 match m.evaluate(&data) {
                     Some(a) => (a.action != Action::Deny, Some(a.name.as_str())),

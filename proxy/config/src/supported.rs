@@ -1154,6 +1154,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "abort_percent_runtime",
             "delay_duration_runtime",
             "abort_http_status_runtime",
+            "abort_grpc_status_runtime",
             "max_active_faults_runtime",
             "disable_downstream_cluster_stats",
         ],
@@ -1168,7 +1169,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.extensions.filters.http.fault.v3.FaultAbort",
-        &["http_status", "percentage", "response_body"],
+        &["http_status", "grpc_status", "percentage", "response_body"],
     ),
     (
         "envoy.extensions.common.ratelimit.v3.LocalRateLimitDescriptor",
@@ -1436,7 +1437,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.DirectResponseAction",
-        &["status", "body"],
+        &["status", "body", "body_format"],
     ),
     (
         "envoy.config.route.v3.WeightedCluster",
@@ -1484,6 +1485,18 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["filter", "path", "value", "invert"],
     ),
     ("envoy.type.matcher.v3.MetadataMatcher.PathSegment", &["key"]),
+    (
+        "envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput",
+        &["filter", "path"],
+    ),
+    (
+        "envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput.PathSegment",
+        &["key"],
+    ),
+    (
+        "envoy.extensions.matching.input_matchers.metadata.v3.Metadata",
+        &["value", "invert"],
+    ),
     (
         "envoy.type.matcher.v3.ValueMatcher",
         &[
@@ -2281,11 +2294,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "consistent_hashing_lb_config",
             "use_hostname_for_hashing",
             "hash_balance_factor",
+            "locality_weighted_lb_config",
         ],
     ),
     (
         "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
-        &["table_size", "consistent_hashing_lb_config"],
+        &[
+            "table_size",
+            "consistent_hashing_lb_config",
+            "locality_weighted_lb_config",
+        ],
     ),
     (
         "envoy.extensions.load_balancing_policies.common.v3.ConsistentHashingLbConfig",

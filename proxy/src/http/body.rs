@@ -194,6 +194,7 @@ fn payload_too_large() -> crate::http::local_reply::LocalReply {
         details: "request_payload_too_large",
         // Envoy answers before the request is over, and closes the connection.
         close: true,
+        grpc_status: None,
     }
 }
 
@@ -220,6 +221,7 @@ pub async fn read_prefix(
                     body: Bytes::new(),
                     details: "downstream_remote_disconnect",
                     close: true,
+                    grpc_status: None,
                     ..payload_too_large()
                 })
             }

@@ -2437,7 +2437,9 @@ fn grpc_reply(
     json: bool,
     head_request: bool,
 ) {
-    let code = if reply.details == crate::http::timeouts::Expiry::MaxDuration.details() {
+    let code = if let Some(code) = reply.grpc_status {
+        code
+    } else if reply.details == crate::http::timeouts::Expiry::MaxDuration.details() {
         4 // DEADLINE_EXCEEDED, as Envoy's stream duration timer says.
     } else {
         crate::http::local_reply::grpc_status_of_http(head.status.as_u16())

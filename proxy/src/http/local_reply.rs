@@ -26,6 +26,9 @@ pub struct LocalReply {
     pub details: &'static str,
     /// Close the connection after the reply (HTTP/1.1).
     pub close: bool,
+    /// To a gRPC request: this `grpc-status` rather than the one the HTTP status stands for
+    /// (the fault filter's `grpc_status` abort).
+    pub grpc_status: Option<u32>,
 }
 
 impl LocalReply {
@@ -38,6 +41,7 @@ impl LocalReply {
         flag: None,
         details: "rejecting_because_detection_failed",
         close: false,
+        grpc_status: None,
     };
     /// No route: 404, empty body, NR.
     pub const NO_ROUTE: LocalReply = LocalReply {
@@ -48,6 +52,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::NoRouteFound),
         details: "route_not_found",
         close: false,
+        grpc_status: None,
     };
     /// Cluster missing: 503, NC.
     pub const NO_CLUSTER: LocalReply = LocalReply {
@@ -58,6 +63,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::NoClusterFound),
         details: "cluster_not_found",
         close: false,
+        grpc_status: None,
     };
     /// No healthy host: 503, UH.
     pub const NO_HEALTHY_UPSTREAM: LocalReply = LocalReply {
@@ -68,6 +74,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::NoHealthyUpstream),
         details: "no_healthy_upstream",
         close: false,
+        grpc_status: None,
     };
     /// Connect failure: 503, UF.
     pub const CONNECT_FAILURE: LocalReply = LocalReply {
@@ -78,6 +85,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::UpstreamConnectionFailure),
         details: "upstream_reset_before_response_started{remote_connection_failure}",
         close: false,
+        grpc_status: None,
     };
     /// Connect timeout: 503, UF.
     pub const CONNECT_TIMEOUT: LocalReply = LocalReply {
@@ -88,6 +96,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::UpstreamConnectionFailure),
         details: "upstream_reset_before_response_started{connection_timeout}",
         close: false,
+        grpc_status: None,
     };
     /// An upgrade (websocket…) that the route does not allow: 403.
     pub const UPGRADE_FORBIDDEN: LocalReply = LocalReply {
@@ -98,6 +107,7 @@ impl LocalReply {
         flag: None,
         details: "upgrade_failed",
         close: true,
+        grpc_status: None,
     };
     /// Upstream closed before the response: 503, UC.
     pub const CONNECTION_TERMINATION: LocalReply = LocalReply {
@@ -108,6 +118,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::UpstreamConnectionTermination),
         details: "upstream_reset_before_response_started{connection_termination}",
         close: false,
+        grpc_status: None,
     };
     /// A circuit breaker refused the request: 503, UO, with `x-envoy-overloaded: true`.
     pub const OVERFLOW: LocalReply = LocalReply {
@@ -120,6 +131,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::UpstreamOverflow),
         details: "upstream_reset_before_response_started{overflow}",
         close: false,
+        grpc_status: None,
     };
     /// Upstream reset the stream: 503, UR.
     pub const REMOTE_RESET: LocalReply = LocalReply {
@@ -130,6 +142,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::UpstreamRemoteReset),
         details: "upstream_reset_before_response_started{remote_reset}",
         close: false,
+        grpc_status: None,
     };
     /// The upstream refused the HTTP/2 stream (REFUSED_STREAM): 503 UR.
     pub const REFUSED_STREAM: LocalReply = LocalReply {
@@ -140,6 +153,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::UpstreamRemoteReset),
         details: "upstream_reset_before_response_started{remote_refused_stream_reset}",
         close: false,
+        grpc_status: None,
     };
     /// Upstream spoke bad HTTP: 502, UPE.
     pub const PROTOCOL_ERROR: LocalReply = LocalReply {
@@ -150,6 +164,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::UpstreamProtocolError),
         details: "upstream_reset_before_response_started{protocol_error}",
         close: false,
+        grpc_status: None,
     };
     /// Route timeout: 504, UT.
     pub const TIMEOUT: LocalReply = LocalReply {
@@ -160,6 +175,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::UpstreamRequestTimeout),
         details: "upstream_response_timeout",
         close: false,
+        grpc_status: None,
     };
     /// HTTP/1.0 without `accept_http_10`: 426, DPE (observed on Envoy 1.40).
     pub const UPGRADE_REQUIRED: LocalReply = LocalReply {
@@ -170,6 +186,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::DownstreamProtocolError),
         details: "low_version",
         close: true,
+        grpc_status: None,
     };
     /// An HTTP version other than 1.0 and 1.1: Envoy's 426 as for HTTP/1.0.
     pub const LOW_VERSION: LocalReply = LocalReply::UPGRADE_REQUIRED;
@@ -185,6 +202,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::DownstreamProtocolError),
         details: "http1.invalid_transfer_encoding",
         close: true,
+        grpc_status: None,
     };
     /// A control character in a header value: 400.
     pub const INVALID_CHARACTERS: LocalReply = LocalReply::bad_request("http1.invalid_characters");
@@ -206,6 +224,7 @@ impl LocalReply {
         flag: None,
         details: "absolute_path_rejected",
         close: false,
+        grpc_status: None,
     };
     /// HTTP/1.1 request without Host: 400, empty body, no flag (observed on Envoy 1.40).
     pub const MISSING_HOST: LocalReply = LocalReply {
@@ -216,6 +235,7 @@ impl LocalReply {
         flag: None,
         details: "missing_host_header",
         close: true,
+        grpc_status: None,
     };
     /// A path normalization refused: 400, empty body, the connection closed (observed).
     pub const PATH_NORMALIZATION_FAILED: LocalReply = LocalReply {
@@ -226,6 +246,7 @@ impl LocalReply {
         flag: None,
         details: "path_normalization_failed",
         close: true,
+        grpc_status: None,
     };
     /// A header name with `_` under `headers_with_underscores_action: REJECT_REQUEST`: 400.
     pub const UNEXPECTED_UNDERSCORE: LocalReply =
@@ -239,6 +260,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::DownstreamProtocolError),
         details: "http1.too_many_headers",
         close: true,
+        grpc_status: None,
     };
     /// A request head longer than `max_request_headers_kb` (HTTP/1.1): 431, DPE (observed).
     pub const HEADERS_TOO_LARGE: LocalReply = LocalReply {
@@ -249,6 +271,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::DownstreamProtocolError),
         details: "http1.headers_too_large",
         close: true,
+        grpc_status: None,
     };
     /// The request head did not arrive within `request_headers_timeout`: 408, no flag
     /// (observed).
@@ -260,6 +283,7 @@ impl LocalReply {
         flag: None,
         details: "request_header_timeout",
         close: true,
+        grpc_status: None,
     };
     /// The overload manager stops new requests (`stop_accepting_requests`, the
     /// `http_connection_manager_decode_headers` point): 503, no flag (observed).
@@ -271,6 +295,7 @@ impl LocalReply {
         flag: None,
         details: "overload",
         close: false,
+        grpc_status: None,
     };
     /// The `http1_server_abort_dispatch` point: the codec's 500 with flag DPE (observed), and
     /// the connection closes.
@@ -282,6 +307,7 @@ impl LocalReply {
         flag: Some(ResponseFlag::DownstreamProtocolError),
         details: "overload",
         close: true,
+        grpc_status: None,
     };
     /// Unusable request: 400.
     pub const BAD_REQUEST: LocalReply = LocalReply::bad_request("http1.codec_error");
@@ -296,6 +322,7 @@ impl LocalReply {
             flag: Some(ResponseFlag::DownstreamProtocolError),
             details,
             close: true,
+            grpc_status: None,
         }
     }
 
@@ -309,6 +336,7 @@ impl LocalReply {
             flag: None,
             details: "direct_response",
             close: false,
+            grpc_status: None,
         }
     }
 

@@ -63,11 +63,19 @@ pub struct Placed {
 pub fn normalize(hosts: impl IntoIterator<Item = (String, u32, usize)>) -> (Vec<Placed>, f64, f64) {
     let hosts: Vec<(String, u32, usize)> = hosts.into_iter().collect();
     let sum: u64 = hosts.iter().map(|(_, w, _)| u64::from(*w)).sum();
+    placed(
+        hosts
+            .into_iter()
+            .map(|(key, w, index)| (key, f64::from(w) / sum.max(1) as f64, index)),
+    )
+}
+
+/// Hosts with weights already normalized, and the smallest and largest of them.
+pub fn placed(hosts: impl IntoIterator<Item = (String, f64, usize)>) -> (Vec<Placed>, f64, f64) {
     let (mut min, mut max) = (1.0f64, 0.0f64);
     let placed = hosts
         .into_iter()
-        .map(|(key, w, index)| {
-            let weight = f64::from(w) / sum.max(1) as f64;
+        .map(|(key, weight, index)| {
             min = min.min(weight);
             max = max.max(weight);
             Placed { key, weight, index }

@@ -638,10 +638,14 @@ impl Balancer {
         });
         let zones = zoned(&healthy);
         let candidates = if panic { (0..total).collect() } else { healthy };
-        let localities = (locality_weighted && !panic)
+        // The hashing balancers weigh their hosts by locality instead (in panic too).
+        let localities = (locality_weighted && !panic && !policy.hashed())
             .then(|| Self::localities(&policy, hosts, &candidates))
             .flatten();
         let mut b = Self::over(policy, candidates, hosts);
+        if locality_weighted {
+            b = b.weighted_by_locality(hosts, &(0..total).collect::<Vec<_>>());
+        }
         b.panic = panic;
         b.localities = localities;
         b.degraded = degraded_part;
@@ -694,6 +698,67 @@ impl Balancer {
         })
     }
 
+    /// RING_HASH's ring or MAGLEV's table of hosts placed with normalized weights (and their
+    /// smallest and largest weight).
+    fn table(
+        policy: &LbPolicy,
+        (placed, min, max): (Vec<hashing::Placed>, f64, f64),
+    ) -> Option<Table> {
+        match policy {
+            LbPolicy::RingHash {
+                min_ring,
+                max_ring,
+                murmur,
+            } => Some(Table::Ring(hashing::Ring::new(
+                &placed, min, *min_ring, *max_ring, *murmur,
+            ))),
+            LbPolicy::Maglev { table_size } => Some(Table::Maglev(hashing::Maglev::new(
+                &placed,
+                max,
+                *table_size,
+            ))),
+            _ => None,
+        }
+    }
+
+    /// Under `locality_weighted_lb_config`, RING_HASH and MAGLEV place the candidates with
+    /// Envoy's thread-aware weights: a host's share of its locality's host weights times its
+    /// locality's share of the weights of every locality of the level (`level`: its hosts),
+    /// those without a candidate too; a locality of weight 0 places none.
+    fn weighted_by_locality<H: Candidate>(mut self, hosts: &[H], level: &[usize]) -> Self {
+        if !self.policy.hashed() {
+            return self;
+        }
+        let mut weights: Vec<(u32, u64)> = Vec::new();
+        for &i in level {
+            let id = hosts[i].locality();
+            if !weights.iter().any(|(l, _)| *l == id) {
+                weights.push((id, u64::from(hosts[i].locality_weight().unwrap_or(0))));
+            }
+        }
+        let total: u64 = weights.iter().map(|(_, w)| w).sum();
+        let mut placed = Vec::new();
+        for &(id, w) in &weights {
+            if w == 0 {
+                continue;
+            }
+            let members: Vec<usize> = self
+                .candidates
+                .iter()
+                .copied()
+                .filter(|&i| hosts[i].locality() == id)
+                .collect();
+            let sum: u64 = members.iter().map(|&i| u64::from(hosts[i].weight())).sum();
+            let share = w as f64 / total as f64;
+            for i in members {
+                let weight = f64::from(hosts[i].weight()) * share / sum.max(1) as f64;
+                placed.push((hosts[i].hash_key(), weight, i));
+            }
+        }
+        self.table = Self::table(&self.policy, hashing::placed(placed));
+        self
+    }
+
     /// A balancer over these candidates.
     fn over<H: Candidate>(policy: LbPolicy, candidates: Vec<usize>, hosts: &[H]) -> Self {
         let weighted = candidates
@@ -713,35 +778,17 @@ impl Balancer {
         } else {
             Edf::default()
         };
-        let table = match &policy {
-            LbPolicy::RingHash {
-                min_ring,
-                max_ring,
-                murmur,
-            } => {
-                let (placed, min, _) = hashing::normalize(
+        let table = policy.hashed().then(|| {
+            Self::table(
+                &policy,
+                hashing::normalize(
                     candidates
                         .iter()
                         .map(|&i| (hosts[i].hash_key(), hosts[i].weight(), i)),
-                );
-                Some(Table::Ring(hashing::Ring::new(
-                    &placed, min, *min_ring, *max_ring, *murmur,
-                )))
-            }
-            LbPolicy::Maglev { table_size } => {
-                let (placed, _, max) = hashing::normalize(
-                    candidates
-                        .iter()
-                        .map(|&i| (hosts[i].hash_key(), hosts[i].weight(), i)),
-                );
-                Some(Table::Maglev(hashing::Maglev::new(
-                    &placed,
-                    max,
-                    *table_size,
-                )))
-            }
-            _ => None,
-        };
+                ),
+            )
+        });
+        let table = table.flatten();
         Balancer {
             policy,
             candidates,
@@ -1018,11 +1065,14 @@ impl Balancer {
                 let zones = zoned(&healthy);
                 let mut d = Self::over(policy.clone(), degraded.clone(), hosts);
                 d.zones = zoned(&degraded);
-                let candidates = if panic { all } else { healthy };
-                let localities = (locality_weighted && !panic)
+                let candidates = if panic { all.clone() } else { healthy };
+                let localities = (locality_weighted && !panic && !policy.hashed())
                     .then(|| Self::localities(&policy, hosts, &candidates))
                     .flatten();
                 let mut h = Self::over(policy.clone(), candidates, hosts);
+                if locality_weighted {
+                    h = h.weighted_by_locality(hosts, &all);
+                }
                 h.panic = panic;
                 h.localities = localities;
                 h.zones = zones;

@@ -454,6 +454,12 @@ pub enum Action {
         status: http::StatusCode,
         /// `body`, read when the configuration loaded.
         body: bytes::Bytes,
+        /// `body_format`: the body written by this format (`%LOCAL_REPLY_BODY%` is `body`),
+        /// with its content type.
+        format: Option<Arc<crate::model::BodyFormat>>,
+        /// A `body_format` without operators (any bytes, not only text): the content type
+        /// that goes with `body`, which is then the format's own bytes.
+        content_type: Option<http::HeaderValue>,
     },
     /// `non_forwarding_action`: for a filter to answer; one that reaches the router is
     /// answered as for a missing cluster (503, `NC`), as in Envoy.
@@ -1396,6 +1402,8 @@ mod tests {
             action: Action::Direct {
                 status: http::StatusCode::OK,
                 body: bytes::Bytes::new(),
+                format: None,
+                content_type: None,
             },
             timeout: None,
             retry: None,

@@ -84,11 +84,6 @@ pub(super) fn translate_cluster(
         consistent_hashing,
     } = super::lb::lb_policy(c, discovery, path)?;
     let subsets = super::subset::subset_config(c, &lb, path)?;
-    if lb.hashed() && super::lb::common_locality_weighted(c) {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.common_lb_config.locality_weighted_lb_config"
-        )));
-    }
     let panic_threshold = super::lb::common_lb_config(c, path)?;
     if discovery == model::DiscoveryType::OriginalDst && c.load_assignment.is_some() {
         return Err(ConfigError::new(

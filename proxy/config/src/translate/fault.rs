@@ -43,7 +43,7 @@ pub(super) fn translate(f: &fault::HttpFault, path: &str) -> Result<HttpFault, C
         abort_http_status_runtime,
         max_active_faults_runtime,
         response_rate_limit_percent_runtime: _,
-        abort_grpc_status_runtime: _,
+        abort_grpc_status_runtime,
         disable_downstream_cluster_stats,
         filter_metadata,
     } = f;
@@ -93,17 +93,16 @@ pub(super) fn translate(f: &fault::HttpFault, path: &str) -> Result<HttpFault, C
         Some(a) => {
             let apath = format!("{path}.abort");
             use fault::fault_abort::ErrorType as E;
-            let http_status = match &a.error_type {
-                Some(E::HttpStatus(s)) if (200..600).contains(s) => *s as u16,
+            let (http_status, grpc_status) = match &a.error_type {
+                Some(E::HttpStatus(s)) if (200..600).contains(s) => (*s as u16, None),
                 Some(E::HttpStatus(_)) => {
                     return Err(ConfigError::new(
                         format!("{apath}.http_status"),
                         "value must be inside range [200, 600)",
                     ))
                 }
-                Some(E::GrpcStatus(_)) => {
-                    return Err(ConfigError::unsupported(format!("{apath}.grpc_status")))
-                }
+                // A gRPC abort is a 200 with this status (to a gRPC request).
+                Some(E::GrpcStatus(g)) => (200, Some(*g)),
                 Some(E::HeaderAbort(_)) => {
                     return Err(ConfigError::unsupported(format!("{apath}.header_abort")))
                 }
@@ -111,6 +110,7 @@ pub(super) fn translate(f: &fault::HttpFault, path: &str) -> Result<HttpFault, C
             };
             Some(FaultAbort {
                 http_status,
+                grpc_status,
                 percentage: percentage(&a.percentage, &format!("{apath}.percentage"))?,
                 body: if a.response_body.is_empty() {
                     bytes::Bytes::from_static(b"fault filter abort")
@@ -140,6 +140,7 @@ pub(super) fn translate(f: &fault::HttpFault, path: &str) -> Result<HttpFault, C
             abort_percent: key(abort_percent_runtime, "fault.http.abort.abort_percent"),
             delay_duration: key(delay_duration_runtime, "fault.http.delay.fixed_duration_ms"),
             abort_http_status: key(abort_http_status_runtime, "fault.http.abort.http_status"),
+            abort_grpc_status: key(abort_grpc_status_runtime, "fault.http.abort.grpc_status"),
             max_active_faults: key(max_active_faults_runtime, "fault.http.max_active_faults"),
         },
         downstream_cluster_stats: !disable_downstream_cluster_stats,

@@ -859,14 +859,13 @@ pub(super) fn substitution_format(
     let text = match &sfs.format {
         #[allow(deprecated)]
         Some(F::TextFormat(t)) => t.clone(),
-        Some(F::TextFormatSource(ds)) => match &ds.specifier {
-            Some(core::data_source::Specifier::InlineString(s)) => s.clone(),
-            _ => {
-                return Err(ConfigError::unsupported(format!(
-                    "{fpath}.text_format_source"
-                )))
-            }
-        },
+        // Inline (string or bytes) or from a file, read once as Envoy reads it.
+        Some(F::TextFormatSource(ds)) => {
+            let tpath = format!("{fpath}.text_format_source");
+            let bytes = super::route_action::data_source(ds, &tpath)?;
+            String::from_utf8(bytes.to_vec())
+                .map_err(|_| ConfigError::new(tpath, "not valid UTF-8"))?
+        }
         Some(F::JsonFormat(st)) => {
             let path = format!("{fpath}.json_format");
             if st.fields.is_empty() {
@@ -942,7 +941,7 @@ fn local_reply_config(
 
 /// A local reply's body format and its content type (Envoy's: `content_type`, else JSON's or
 /// plain text's).
-fn body_format(
+pub(super) fn body_format(
     sfs: &core::SubstitutionFormatString,
     path: &str,
 ) -> Result<crate::model::BodyFormat, ConfigError> {

@@ -82,20 +82,13 @@ fn maglev(size: Option<u64>, path: &str) -> Result<LbPolicy, ConfigError> {
 }
 
 /// The hashing policies' host keys and bounded loads: `consistent_hashing_lb_config` when set,
-/// else the ring hash's own (deprecated) fields, as Envoy reads them; locality-weighted hashing
-/// is refused.
+/// else the ring hash's own (deprecated) fields, as Envoy reads them.
 fn consistent_hashing(
     use_hostname: bool,
     balance_factor: Option<u32>,
     common: Option<&common::ConsistentHashingLbConfig>,
-    locality_weighted: bool,
     path: &str,
 ) -> Result<ConsistentHashing, ConfigError> {
-    if locality_weighted {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.locality_weighted_lb_config"
-        )));
-    }
     match common {
         Some(c) => checked_hashing(
             c.use_hostname_for_hashing,
@@ -432,7 +425,6 @@ fn extension(p: &cluster::LoadBalancingPolicy, path: &str) -> Result<Lb, ConfigE
                 r.use_hostname_for_hashing,
                 r.hash_balance_factor.as_ref().map(|v| v.value),
                 r.consistent_hashing_lb_config.as_ref(),
-                r.locality_weighted_lb_config.is_some(),
                 &tpath,
             )?;
             let murmur = match F::try_from(r.hash_function) {
@@ -451,7 +443,8 @@ fn extension(p: &cluster::LoadBalancingPolicy, path: &str) -> Result<Lb, ConfigE
                 murmur,
                 &tpath,
             )?;
-            Ok(lb(policy, (false, ZoneAware::default()), None, hashing))
+            let weighted = r.locality_weighted_lb_config.is_some();
+            Ok(lb(policy, (weighted, ZoneAware::default()), None, hashing))
         }
         MAGLEV => {
             let m: maglev::Maglev = unpack(any, &tpath)?;
@@ -459,12 +452,11 @@ fn extension(p: &cluster::LoadBalancingPolicy, path: &str) -> Result<Lb, ConfigE
                 false,
                 None,
                 m.consistent_hashing_lb_config.as_ref(),
-                m.locality_weighted_lb_config.is_some(),
                 &tpath,
             )?;
             Ok(lb(
                 maglev(m.table_size.as_ref().map(|v| v.value), &tpath)?,
-                (false, ZoneAware::default()),
+                (m.locality_weighted_lb_config.is_some(), ZoneAware::default()),
                 None,
                 hashing,
             ))

@@ -277,6 +277,40 @@ fn input(c: &TypedExtensionConfig, path: &str, domain: Domain) -> Result<Input, 
             "TransportProtocolInput" if domain == Domain::Network => Input::TransportProtocol,
             "ApplicationProtocolInput" if domain == Domain::Network => Input::ApplicationProtocol,
             "SourceTypeInput" if domain == Domain::Network => Input::SourceType,
+            // A request's dynamic metadata (what its filters wrote).
+            "DynamicMetadataInput" if domain == Domain::Http => {
+                use envoy_types::pb::envoy::extensions::matching::common_inputs::network::v3::DynamicMetadataInput;
+                let m: DynamicMetadataInput = unpack(any, &tpath)?;
+                if m.filter.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{tpath}.filter"),
+                        "value length must be at least 1 characters",
+                    ));
+                }
+                if m.path.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{tpath}.path"),
+                        "value must contain at least 1 item(s)",
+                    ));
+                }
+                let mut path = Vec::with_capacity(m.path.len());
+                for (i, seg) in m.path.iter().enumerate() {
+                    use envoy_types::pb::envoy::extensions::matching::common_inputs::network::v3::dynamic_metadata_input::path_segment::Segment;
+                    match &seg.segment {
+                        Some(Segment::Key(k)) if !k.is_empty() => path.push(k.clone()),
+                        _ => {
+                            return Err(ConfigError::new(
+                                format!("{tpath}.path[{i}].key"),
+                                "value length must be at least 1 characters",
+                            ))
+                        }
+                    }
+                }
+                Input::DynamicMetadata {
+                    filter: m.filter,
+                    path,
+                }
+            }
             _ => return Err(ConfigError::unsupported(tpath)),
         },
         _ => return Err(ConfigError::unsupported(tpath)),
@@ -304,6 +338,20 @@ fn custom(c: &TypedExtensionConfig, path: &str) -> Result<InputMatch, ConfigErro
                 &ip.cidr_ranges,
                 &format!("{tpath}.cidr_ranges"),
             )?))
+        }
+        "envoy.extensions.matching.input_matchers.metadata.v3.Metadata" => {
+            use envoy_types::pb::envoy::extensions::matching::input_matchers::metadata::v3::Metadata;
+            let m: Metadata = unpack(any, &tpath)?;
+            let Some(v) = &m.value else {
+                return Err(ConfigError::new(
+                    format!("{tpath}.value"),
+                    "MetadataValidationError.Value: value is required",
+                ));
+            };
+            Ok(InputMatch::Metadata {
+                value: super::metadata::value_matcher(v, &format!("{tpath}.value"))?,
+                invert: m.invert,
+            })
         }
         _ => Err(ConfigError::unsupported(tpath)),
     }

@@ -81,7 +81,50 @@ pub(super) fn translate(
                     ),
                 ));
             }
-            Ok(local(Action::Direct { status, body }))
+            let fpath = format!("{dpath}.body_format");
+            // A text source without an operator is the body itself, whatever its bytes (Envoy
+            // serves images so).
+            let constant = match d.body_format.as_ref().and_then(|f| f.format.as_ref()) {
+                Some(core::substitution_format_string::Format::TextFormatSource(ds)) => {
+                    let bytes = data_source(ds, &format!("{fpath}.text_format_source"))?;
+                    (!bytes.contains(&b'%')).then_some(bytes)
+                }
+                _ => None,
+            };
+            match (constant, &d.body_format) {
+                (Some(bytes), Some(f)) => {
+                    let ct = if f.content_type.is_empty() {
+                        None
+                    } else {
+                        Some(http::HeaderValue::from_str(&f.content_type).map_err(|_| {
+                            ConfigError::new(
+                                format!("{fpath}.content_type"),
+                                "not a valid header value",
+                            )
+                        })?)
+                    };
+                    Ok(local(Action::Direct {
+                        status,
+                        body: bytes,
+                        format: None,
+                        content_type: ct,
+                    }))
+                }
+                _ => {
+                    let format = d
+                        .body_format
+                        .as_ref()
+                        .map(|f| super::http_manager::body_format(f, &fpath))
+                        .transpose()?
+                        .map(Arc::new);
+                    Ok(local(Action::Direct {
+                        status,
+                        body,
+                        format,
+                        content_type: None,
+                    }))
+                }
+            }
         }
         Some(route::route::Action::NonForwardingAction(_)) => Ok(local(Action::NonForwarding)),
         Some(_) => Err(ConfigError::new(

@@ -111,6 +111,7 @@ impl HttpFilter for BasicAuthFilter {
                     flag: None,
                     details: why.details(),
                     close: false,
+                    grpc_status: None,
                 })
             }
         }

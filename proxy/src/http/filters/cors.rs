@@ -186,6 +186,7 @@ impl HttpFilter for CorsFilter {
             flag: None,
             details: "cors_response",
             close: false,
+            grpc_status: None,
         })
     }
 

@@ -601,6 +601,7 @@ fn decide(
                 flag: Some(ResponseFlag::UnauthorizedExternalService),
                 details: "ext_authz_denied",
                 close: false,
+                grpc_status: None,
             })
         }
         Verdict::Error => {
@@ -639,6 +640,7 @@ fn error_reply(c: &ExtAuthz) -> LocalReply {
         flag: Some(ResponseFlag::UnauthorizedExternalService),
         details: "ext_authz_error",
         close: false,
+        grpc_status: None,
     }
 }
 

@@ -152,6 +152,22 @@ impl Decide<'_> {
         ) {
             return None;
         }
+        // A gRPC abort: a 200, whose gRPC status the runtime may change as the HTTP one's.
+        if let Some(g) = a.grpc_status {
+            let mut code = self
+                .values
+                .integer(&self.config.keys.abort_grpc_status, u64::from(g));
+            if let Some(c) = &self.cluster {
+                code = self
+                    .values
+                    .integer(&format!("fault.http.{c}.abort.grpc_status"), u64::from(g));
+            }
+            return Some(LocalReply {
+                status: http::StatusCode::OK,
+                grpc_status: Some(u32::try_from(code).unwrap_or(u32::MAX)),
+                ..self.reply(a)
+            });
+        }
         let mut code = self.values.integer(
             &self.config.keys.abort_http_status,
             u64::from(a.http_status),
@@ -167,13 +183,22 @@ impl Decide<'_> {
             .and_then(|c| http::StatusCode::from_u16(c).ok())?;
         Some(LocalReply {
             status,
+            ..self.reply(a)
+        })
+    }
+
+    /// The abort's reply, its status aside.
+    fn reply(&self, a: &crate::config::model::FaultAbort) -> LocalReply {
+        LocalReply {
+            status: http::StatusCode::OK,
             body: a.body.clone(),
             headers: Vec::new(),
             mutations: Vec::new(),
             flag: Some(ResponseFlag::FaultInjected),
             details: "fault_filter_abort",
             close: false,
-        })
+            grpc_status: None,
+        }
     }
 }
 

@@ -92,6 +92,7 @@ impl HttpFilter for HealthCheckFilter {
             flag,
             details,
             close: false,
+            grpc_status: None,
         })
     }
 

@@ -597,6 +597,7 @@ fn reply(
         flag: None,
         details: details(message),
         close: false,
+        grpc_status: None,
     }
 }
 

@@ -435,6 +435,7 @@ impl HttpFilter for LocalRateLimitFilter {
             flag: Some(ResponseFlag::RateLimited),
             details: "local_rate_limited",
             close: false,
+            grpc_status: None,
         })
     }
 

@@ -307,6 +307,7 @@ fn decide(
                 flag: Some(ResponseFlag::RateLimitServiceError),
                 details: "rate_limiter_error",
                 close: false,
+                grpc_status: None,
             });
         }
         Verdict::Ok(r) => {
@@ -350,6 +351,7 @@ fn decide(
         flag: Some(ResponseFlag::RateLimited),
         details: "request_rate_limited",
         close: false,
+        grpc_status: None,
     })
 }
 

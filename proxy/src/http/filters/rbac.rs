@@ -302,6 +302,7 @@ impl HttpFilter for RbacFilter {
             flag: None,
             details: denied_details(policy),
             close: false,
+            grpc_status: None,
         })
     }
 }

@@ -578,10 +578,61 @@ pub async fn route(
     }
     let forward = match &route.action {
         Action::Forward(f) => f,
-        Action::Direct { status, body } => {
+        Action::Direct {
+            status,
+            body,
+            format,
+            content_type,
+        } => {
             // The route's header changes apply as to every local reply (the connection
             // manager's `routed_local`).
-            let mut reply = LocalReply::direct(*status, body.clone());
+            let mut reply = match format {
+                // body_format: written now, as Envoy's router writes it (no response code
+                // yet: `%RESPONSE_CODE%` is 0), the body as `%LOCAL_REPLY_BODY%`.
+                Some(f) => {
+                    let mut own;
+                    let info = match info.as_deref_mut() {
+                        Some(i) => i,
+                        None => {
+                            own = StreamInfo::new(downstream_remote, downstream_local);
+                            own.connection = parts
+                                .extensions
+                                .get::<std::sync::Arc<crate::stream_info::Connection>>()
+                                .cloned();
+                            own.method = Some(parts.method.clone());
+                            own.path = parts.uri.path_and_query().map(|p| p.as_str().to_string());
+                            own.authority = Some(host_header.clone());
+                            own.scheme = if scheme == "https" { "https" } else { "http" };
+                            own.request_headers = parts.headers.clone();
+                            &mut own
+                        }
+                    };
+                    let code = info.response_code.take();
+                    let headers =
+                        std::mem::replace(&mut info.request_headers, parts.headers.clone());
+                    info.local_reply_body = Some(body.clone());
+                    let mut text = String::new();
+                    crate::access_log::Render::render(&*f.format, info, &mut text);
+                    info.local_reply_body = None;
+                    info.request_headers = headers;
+                    info.response_code = code;
+                    let mut reply = LocalReply::direct(*status, bytes::Bytes::from(text));
+                    // text/plain is every local reply's own (added after content-length).
+                    if f.content_type != "text/plain" {
+                        reply
+                            .headers
+                            .push((header::CONTENT_TYPE, f.content_type.clone()));
+                    }
+                    reply
+                }
+                None => {
+                    let mut reply = LocalReply::direct(*status, body.clone());
+                    if let Some(ct) = content_type.as_ref().filter(|ct| *ct != "text/plain") {
+                        reply.headers.push((header::CONTENT_TYPE, ct.clone()));
+                    }
+                    reply
+                }
+            };
             // A 201 or a 3xx direct response says where: the request's own URL (Envoy).
             if *status == StatusCode::CREATED || status.is_redirection() {
                 let here = Redirect {
@@ -718,19 +769,26 @@ pub async fn route(
         .extensions
         .get::<super::istio::AlpnChoice>()
         .and_then(|a| a.pick(cluster.config()));
-    // What the stream's filter state shares with the upstream connection (to an internal
-    // listener).
-    let shared = crate::stream_info::with_filter_state(
-        parts
-            .extensions
-            .get::<crate::stream_info::DynamicMetadata>(),
-        parts
-            .extensions
-            .get::<std::sync::Arc<crate::stream_info::Connection>>()
-            .map(|c| &**c),
-        |state| state.shared_with_upstream(),
-    )
-    .map(std::sync::Arc::new);
+    // What the stream's filter state shares with the upstream connection (only
+    // internal_upstream hands it over, to an internal listener).
+    let shared = cluster
+        .config()
+        .internal_upstream
+        .is_some()
+        .then(|| {
+            crate::stream_info::with_filter_state(
+                parts
+                    .extensions
+                    .get::<crate::stream_info::DynamicMetadata>(),
+                parts
+                    .extensions
+                    .get::<std::sync::Arc<crate::stream_info::Connection>>()
+                    .map(|c| &**c),
+                |state| state.shared_with_upstream(),
+            )
+        })
+        .flatten()
+        .map(std::sync::Arc::new);
     // Header changes, then rewrites, as Envoy's router applies them before the upstream request
     // (the original path kept in x-envoy-original-path unless Envoy's headers are suppressed).
     // A weighted cluster's own changes come first (Envoy's `WeightedClusterEntry`).
