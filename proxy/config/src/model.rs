@@ -712,6 +712,9 @@ pub struct Listener {
     /// from clusters whose endpoints name it (`envoy_internal_address`). `address` is then
     /// unspecified and `bind_to_port` false.
     pub internal: bool,
+    /// The IPv6 addresses (`address`, `additional_addresses`) with `ipv4_compat`: their
+    /// sockets take IPv4 connections too (IPV6_V6ONLY off).
+    pub dual_stack: Vec<SocketAddr>,
 }
 
 /// `envoy.config.core.v3.SocketOption`.
@@ -1024,6 +1027,9 @@ pub struct FilterChain {
     /// `transport_socket`: TLS termination (none: plain TCP). What it serves with is the
     /// runtime's (`tls::transport`).
     pub tls: Option<Arc<crate::tls::DownstreamTls>>,
+    /// `transport_socket_connect_timeout`: a TLS handshake not done by then closes the
+    /// connection (none: no limit).
+    pub handshake_timeout: Option<Duration>,
 }
 
 /// `envoy.filters.network.local_ratelimit`: every new connection takes a token or is closed
@@ -1357,6 +1363,9 @@ pub struct HcmTimeouts {
     pub connection_idle: Option<Duration>,
     /// `common_http_protocol_options.max_connection_duration`: the connection drains after it.
     pub max_connection_duration: Option<Duration>,
+    /// `http1_safe_max_connection_duration`: an HTTP/1.1 connection past its
+    /// `max_connection_duration` is never closed while idle; its next response says close.
+    pub http1_safe_max_duration: bool,
     /// `common_http_protocol_options.max_requests_per_connection`.
     pub max_requests_per_connection: Option<u32>,
     /// `drain_timeout` (default 5 s): an HTTP/2 connection that drains (GOAWAY) is not closed
@@ -1385,6 +1394,7 @@ impl Default for HcmTimeouts {
             max_stream_duration: None,
             connection_idle: Some(Duration::from_secs(3600)),
             max_connection_duration: None,
+            http1_safe_max_duration: false,
             max_requests_per_connection: None,
             drain: Duration::from_secs(5),
             drain_jitter: Duration::ZERO,

@@ -356,7 +356,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.type.metadata.v3.MetadataKind.Route", &[]),
     (
         "envoy.config.core.v3.SocketAddress",
-        &["protocol", "address", "port_value"],
+        &["protocol", "address", "port_value", "ipv4_compat"],
     ),
     (
         "envoy.config.listener.v3.Listener",
@@ -470,7 +470,13 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.listener.v3.FilterChain",
-        &["filters", "name", "filter_chain_match", "transport_socket"],
+        &[
+            "filters",
+            "name",
+            "filter_chain_match",
+            "transport_socket",
+            "transport_socket_connect_timeout",
+        ],
     ),
     (
         "envoy.config.listener.v3.FilterChainMatch",
@@ -661,6 +667,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "access_log",
             "server_name",
             "server_header_transformation",
+            "http1_safe_max_connection_duration",
             "generate_request_id",
             "preserve_external_request_id",
             "always_set_request_id_in_response",

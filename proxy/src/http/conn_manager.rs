@@ -783,7 +783,11 @@ pub async fn serve(
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(idle, lifetime);
+    // An HTTP/1.1 connection past its max_connection_duration: closed once drain_timeout
+    // (and its delayed close) has passed, as Envoy's drain timer does.
+    let h1_drain = tokio::time::sleep(std::time::Duration::from_secs(365 * 86400));
+    tokio::pin!(idle, lifetime, h1_drain);
+    let mut h1_draining = false;
     let (mut draining, mut finishing, mut idle_done) = (false, false, false);
     let http2 = |conn: &Conn| conn.codec.get() == Some(Codec::Http2);
     // An HTTP/2 connection's GOAWAY starts its drain: it closes no sooner than drain_timeout
@@ -848,7 +852,22 @@ pub async fn serve(
                 finishing = true;
                 stats.downstream_cx_max_duration_reached.inc();
                 conn.closing.set(true);
-                start_drain(&conn);
+                if conn.codec.get() == Some(Codec::Http1) {
+                    // Responses say close from now; an idle connection is closed after
+                    // drain_timeout and the delayed close, or never with
+                    // http1_safe_max_connection_duration (its next response closes it).
+                    if !timeouts.http1_safe_max_duration {
+                        let wait = drain_time + timeouts.delayed_close.unwrap_or_default();
+                        h1_drain.as_mut().reset(tokio::time::Instant::now() + wait);
+                        h1_draining = true;
+                    }
+                } else {
+                    start_drain(&conn);
+                    shutdown.notify_one();
+                }
+            }
+            _ = &mut h1_drain, if h1_draining => {
+                h1_draining = false;
                 shutdown.notify_one();
             }
             // max_requests_per_connection reached: the last response said `connection: close`

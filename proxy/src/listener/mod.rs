@@ -36,7 +36,8 @@ pub fn bind(l: &model::Listener, addr: SocketAddr) -> std::io::Result<std::net::
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+        // ipv4_compat: IPv4 connections too, as v4-mapped addresses.
+        socket.set_only_v6(!l.dual_stack.contains(&addr))?;
     }
     // TPROXY listeners accept connections for any destination (needs CAP_NET_ADMIN).
     if l.transparent {
@@ -120,6 +121,7 @@ struct ListenerStats {
     downstream_global_cx_overflow: Counter,
     downstream_cx_overload_reject: Counter,
     downstream_cx_overflow: Counter,
+    downstream_cx_transport_socket_connect_timeout: Counter,
     downstream_cx_length_ms: crate::stats::Histogram,
 }
 
@@ -190,6 +192,7 @@ fn same_socket_settings(old: &model::Listener, new: &model::Listener) -> bool {
         && old.tcp_fast_open_queue_length == new.tcp_fast_open_queue_length
         && old.transparent == new.transparent
         && old.freebind == new.freebind
+        && old.dual_stack == new.dual_stack
 }
 
 /// Each listener's open connections, over all workers (its connection limit's count).
@@ -619,6 +622,9 @@ impl Shared {
             downstream_cx_overload_reject: shard
                 .counter(&format!("{scope}downstream_cx_overload_reject")),
             downstream_cx_overflow: shard.counter(&format!("{scope}downstream_cx_overflow")),
+            downstream_cx_transport_socket_connect_timeout: shard.counter(&format!(
+                "{scope}downstream_cx_transport_socket_connect_timeout"
+            )),
         };
         let filters = filters::Chain::new(&config, shard, &scope);
         let build = |fc: &Arc<model::FilterChain>| {
@@ -755,6 +761,9 @@ impl Shared {
     async fn handle(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(self.config.address);
+        // A dual-stack socket's IPv4 peers are IPv4 addresses, not v4-mapped ones (Envoy's).
+        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        let (remote, local) = (canonical(remote), canonical(local));
         self.admit(Accepted::new(Downstream::Tcp(stream), remote, local))
             .await
     }
@@ -995,7 +1004,23 @@ impl Shared {
             (Some(_), Downstream::Internal(_)) => return,
             (Some((_, tls)), Downstream::Tcp(stream)) => {
                 let config = tls.config.get();
-                match accept_tls(stream, &config).await {
+                // transport_socket_connect_timeout: the handshake's time, else the connection
+                // is closed.
+                let handshake = async {
+                    match chain.model.handshake_timeout {
+                        Some(t) => tokio::time::timeout(t, accept_tls(stream, &config))
+                            .await
+                            .map_err(|_| ()),
+                        None => Ok(accept_tls(stream, &config).await),
+                    }
+                };
+                let Ok(accepted) = handshake.await else {
+                    self.stats
+                        .downstream_cx_transport_socket_connect_timeout
+                        .inc();
+                    return;
+                };
+                match accepted {
                     Ok(t) => {
                         let conn = t.get_ref().1;
                         if let Some(st) = &self.tls_stats {

@@ -156,16 +156,11 @@ pub(super) fn filter_chain(m: &listener_pb::FilterChain, path: &str) -> Result<(
         use_proxy_proto,
         metadata,
         transport_socket: _,
-        transport_socket_connect_timeout,
+        transport_socket_connect_timeout: _,
         name: _,
     } = m;
     refuse(path, "use_proxy_proto", use_proxy_proto)?;
     refuse(path, "metadata", metadata)?;
-    refuse(
-        path,
-        "transport_socket_connect_timeout",
-        transport_socket_connect_timeout,
-    )?;
     Ok(())
 }
 
@@ -704,11 +699,8 @@ pub(super) fn http_connection_manager(
     let _ = add_user_agent;
     // tracing, request_id_extension: http_manager::tracing.
     let _ = (&tracing, &request_id_extension);
-    refuse(
-        path,
-        "http1_safe_max_connection_duration",
-        http1_safe_max_connection_duration,
-    )?;
+    // http1_safe_max_connection_duration: http_manager (timeouts).
+    let _ = http1_safe_max_connection_duration;
     refuse(path, "http3_protocol_options", http3_protocol_options)?;
     // scheme_header_transformation: http_manager.
     let _ = scheme_header_transformation;

@@ -249,6 +249,7 @@ pub(super) fn translate_hcm(
     if let Some(d) = nonzero(&h.delayed_close_timeout, "delayed_close_timeout")? {
         timeouts.delayed_close = d;
     }
+    timeouts.http1_safe_max_duration = h.http1_safe_max_connection_duration;
     let underscores = match &h.common_http_protocol_options {
         None => Underscores::Allow,
         Some(o) => {

@@ -742,6 +742,18 @@ pub(super) fn duration(d: &PbDuration, path: &str) -> Result<Duration, ConfigErr
 }
 
 pub(super) fn socket_address(a: &core::Address, path: &str) -> Result<SocketAddr, ConfigError> {
+    let (addr, ipv4_compat) = bind_address(a, path)?;
+    if ipv4_compat {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.socket_address.ipv4_compat"
+        )));
+    }
+    Ok(addr)
+}
+
+/// A listener's address, and its `ipv4_compat` (an IPv6 socket that takes IPv4 connections
+/// too).
+fn bind_address(a: &core::Address, path: &str) -> Result<(SocketAddr, bool), ConfigError> {
     let sa = match &a.address {
         Some(core::address::Address::SocketAddress(sa)) => sa,
         Some(_) => return Err(ConfigError::new(path, "only socket_address is supported")),
@@ -773,7 +785,7 @@ pub(super) fn socket_address(a: &core::Address, path: &str) -> Result<SocketAddr
         }
         _ => return Err(ConfigError::new(format!("{path}.port_value"), "required")),
     };
-    Ok(SocketAddr::new(ip, port))
+    Ok((SocketAddr::new(ip, port), sa.ipv4_compat))
 }
 
 /// Envoy's listener stat scope for an address: `127.0.0.1_10000`, `[__1]_10000`.
@@ -865,6 +877,8 @@ fn translate_listener(
     // A connection manager traces egress spans on an outbound listener.
     let egress = l.traffic_direction == core::TrafficDirection::Outbound as i32;
     let internal = internal_listener(l, path)?;
+    // The IPv6 addresses whose sockets take IPv4 connections too (`ipv4_compat`).
+    let mut dual_stack = Vec::new();
     let address = if internal {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
@@ -879,19 +893,26 @@ fn translate_listener(
                 ),
             ));
         }
-        socket_address(
+        let (addr, compat) = bind_address(
             required(&l.address, &format!("{path}.address"))?,
             &format!("{path}.address"),
-        )?
+        )?;
+        if compat && addr.is_ipv6() {
+            dual_stack.push(addr);
+        }
+        addr
     };
     let mut additional_addresses = Vec::new();
     let mut address_socket_options = Vec::new();
     for (i, a) in l.additional_addresses.iter().enumerate() {
         let apath = format!("{path}.additional_addresses[{i}]");
-        let addr = socket_address(
+        let (addr, compat) = bind_address(
             required(&a.address, &format!("{apath}.address"))?,
             &format!("{apath}.address"),
         )?;
+        if compat && addr.is_ipv6() {
+            dual_stack.push(addr);
+        }
         if let Some(o) = &a.socket_options {
             let opath = format!("{apath}.socket_options.socket_options");
             address_socket_options.push((addr, socket_options(&o.socket_options, &opath, addr)?));
@@ -1087,6 +1108,7 @@ fn translate_listener(
         ignore_global_conn_limit: l.ignore_global_conn_limit,
         bypass_overload_manager: l.bypass_overload_manager,
         internal,
+        dual_stack,
         accept_batch: match &l.max_connections_to_accept_per_socket_event {
             Some(v) if v.value == 0 => {
                 return Err(ConfigError::new(
@@ -1479,10 +1501,18 @@ fn translate_chain(
         Some(ts) => tls::downstream(ts, &format!("{path}.transport_socket"), secrets)?,
         None => None,
     };
+    let handshake_timeout = match &fc.transport_socket_connect_timeout {
+        Some(d) => {
+            let d = duration(d, &format!("{path}.transport_socket_connect_timeout"))?;
+            (!d.is_zero()).then_some(d)
+        }
+        None => None,
+    };
     Ok(FilterChain {
         name: fc.name.clone(),
         filters,
         tls,
+        handshake_timeout,
     })
 }
 
@@ -1917,6 +1947,32 @@ mod internal_listener_tests {
         assert!(
             e.to_string()
                 .contains("use internal_listener field instead of address for internal listeners"),
+            "{e}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod ipv4_compat_tests {
+    #[test]
+    fn ipv4_compat_makes_a_listener_dual_stack_and_is_refused_elsewhere() {
+        let listener = |addr: &str| {
+            format!(
+                r#"static_resources: {{ listeners: [{{ name: l, address: {{socket_address: {{address: "{addr}", port_value: 1, ipv4_compat: true}}}}, filter_chains: [{{ filters: [{{ name: t, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c }} }}] }}] }}], clusters: [{{ name: c, connect_timeout: 1s }}] }}"#
+            )
+        };
+        let loaded = crate::load_text(&listener("::")).expect("loads");
+        let l = &loaded.model.listeners[0];
+        assert_eq!(l.dual_stack, vec![l.address]);
+        // An IPv4 socket has nothing to be compatible with.
+        let loaded = crate::load_text(&listener("127.0.0.1")).expect("loads");
+        assert!(loaded.model.listeners[0].dual_stack.is_empty());
+        let admin =
+            "admin: {address: {socket_address: {address: '::', port_value: 1, ipv4_compat: true}}}";
+        let e = crate::load_text(admin).expect_err("not on the admin address");
+        assert!(
+            e.to_string()
+                .contains("admin.address.socket_address.ipv4_compat"),
             "{e}"
         );
     }
