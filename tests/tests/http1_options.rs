@@ -2,7 +2,8 @@
 //! - `accept_http_10` and `default_host_for_http_10`: the reply (an HTTP/1.0 status line,
 //!   `connection: close` unless the client asked to keep the connection), whether the
 //!   connection closes, and what the upstream receives (HTTP/1.1, the default host);
-//! - `allow_chunked_length`: a request with both framings is taken as chunked.
+//! - `allow_chunked_length`: a request with both framings is taken as chunked;
+//! - `ignore_http_11_upgrade`: matching upgrades are ordinary requests.
 
 use std::time::Duration;
 
@@ -115,6 +116,45 @@ async fn allow_chunked_length_as_envoy() {
             );
         }
         assert_eq!(s.rec.requests().len(), CHUNKED_LENGTH.len());
+    })
+    .await;
+}
+
+/// `ignore_http_11_upgrade`: an upgrade whose value a matcher takes (case-sensitive, as
+/// sent) goes upstream as an ordinary request without its upgrade headers; other upgrades
+/// are refused as the connection manager takes none (403); h2c is always ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ignore_http_11_upgrade_as_envoy() {
+    run_for(Duration::from_secs(90), async {
+        let (e, s) = pair(Up::H1, |admin, listen, upstream| {
+            let mut b = simple_http(admin, listen, &[upstream]);
+            hcm_config(&mut b)["http_protocol_options"] = json!({ "ignore_http_11_upgrade": [
+                { "exact": "websocket" }, { "prefix": "tls/" } ] });
+            to_yaml(&b)
+        })
+        .await;
+        let mut forwarded = 0;
+        for (upgrade, ignored) in [
+            ("websocket", true),
+            ("WebSocket", false),
+            ("tls/1.2", true),
+            ("foo", false),
+            ("h2c", true),
+        ] {
+            let what = format!("Upgrade: {upgrade}");
+            let bytes = format!(
+                "GET /u HTTP/1.1\r\nHost: a\r\nUpgrade: {upgrade}\r\nConnection: upgrade\r\n\r\n"
+            );
+            let (re, _) = raw_both(&e, &s, &what, bytes.as_bytes()).await;
+            let status = re.responses().first().map(|r| r.status);
+            assert_eq!(status, Some(if ignored { 200 } else { 403 }), "{what}");
+            if ignored {
+                forwarded += 1;
+                let up = assert_same_upstream(&what, &e, &s);
+                assert_eq!(up.header("upgrade"), None, "{what}");
+            }
+        }
+        assert_eq!(s.rec.requests().len(), forwarded);
     })
     .await;
 }

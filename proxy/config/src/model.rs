@@ -1316,6 +1316,9 @@ pub struct HttpConnectionManager {
     /// `http_protocol_options.allow_absolute_url` (default true): an HTTP/1.1 request in
     /// absolute form (`GET http://a/x`) is routed by its URL's authority; without it, 404.
     pub allow_absolute_url: bool,
+    /// `http_protocol_options.ignore_http_11_upgrade`: an HTTP/1.1 upgrade whose `Upgrade`
+    /// value one of these matches is an ordinary request (as h2c always is).
+    pub ignore_http11_upgrade: Vec<StringMatch>,
     /// `access_log_options` (or the older fields): when lines are written besides the end.
     pub log_flush: LogFlush,
     /// `proxy_100_continue`: `Expect: 100-continue` goes upstream and the upstream's `100

@@ -2613,6 +2613,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "header_key_format",
             "allow_chunked_length",
             "allow_absolute_url",
+            "ignore_http_11_upgrade",
         ],
     ),
     (

@@ -1535,7 +1535,7 @@ async fn handle(
     let upgrade = if parts.method == http::Method::CONNECT {
         Some("connect".to_string())
     } else if codec == Codec::Http1 || extended_connect {
-        upgrade_type(&parts.headers)
+        upgrade_type(&parts.headers, &cfg.ignore_http11_upgrade)
     } else {
         None
     };
@@ -2137,9 +2137,13 @@ pub fn request_headers_bytes(parts: &http::request::Parts, scheme: &str) -> u64 
     .saturating_sub(host)
 }
 
-/// The type (lower case) of an HTTP/1.1 upgrade request other than h2c: `Connection: upgrade`
-/// with an `Upgrade` header.
-fn upgrade_type(h: &http::HeaderMap) -> Option<String> {
+/// The type (lower case) of an HTTP/1.1 upgrade request other than h2c and those `ignore`
+/// matches (`ignore_http_11_upgrade`, on the value as sent): `Connection: upgrade` with an
+/// `Upgrade` header.
+fn upgrade_type(
+    h: &http::HeaderMap,
+    ignore: &[crate::config::model::StringMatch],
+) -> Option<String> {
     let upgrade = h.get(header::UPGRADE).and_then(|v| v.to_str().ok())?;
     let connection_says_upgrade = h
         .get_all(header::CONNECTION)
@@ -2148,8 +2152,10 @@ fn upgrade_type(h: &http::HeaderMap) -> Option<String> {
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     let upgrade = upgrade.trim();
-    (connection_says_upgrade && !upgrade.eq_ignore_ascii_case("h2c"))
-        .then(|| upgrade.to_ascii_lowercase())
+    (connection_says_upgrade
+        && !upgrade.eq_ignore_ascii_case("h2c")
+        && !ignore.iter().any(|m| m.matches(upgrade)))
+    .then(|| upgrade.to_ascii_lowercase())
 }
 
 type KeptHeaders = Vec<(header::HeaderName, HeaderValue)>;

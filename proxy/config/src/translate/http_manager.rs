@@ -364,6 +364,23 @@ pub(super) fn translate_hcm(
             .as_ref()
             .and_then(|o| o.allow_absolute_url)
             .is_none_or(|v| v.value),
+        ignore_http11_upgrade: h
+            .http_protocol_options
+            .as_ref()
+            .map(|o| {
+                o.ignore_http_11_upgrade
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        string_match(
+                            m,
+                            &format!("{path}.http_protocol_options.ignore_http_11_upgrade[{i}]"),
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default(),
         proxy_100_continue: h.proxy_100_continue,
         #[allow(deprecated)]
         log_flush: super::log_flush(

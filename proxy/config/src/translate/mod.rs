@@ -693,6 +693,12 @@ pub(super) fn upstream_http1(
             "{path}.allow_chunked_length"
         )));
     }
+    // The connection manager's (requests skiff receives), not a cluster's.
+    if !o.ignore_http_11_upgrade.is_empty() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.ignore_http_11_upgrade"
+        )));
+    }
     header_case(o, path)
 }
 
