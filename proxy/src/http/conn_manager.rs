@@ -785,9 +785,8 @@ pub async fn serve(
     };
     // An HTTP/1.1 connection past its max_connection_duration: closed once drain_timeout
     // (and its delayed close) has passed, as Envoy's drain timer does.
-    let h1_drain = tokio::time::sleep(std::time::Duration::from_secs(365 * 86400));
-    tokio::pin!(idle, lifetime, h1_drain);
-    let mut h1_draining = false;
+    let mut h1_drain: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    tokio::pin!(idle, lifetime);
     let (mut draining, mut finishing, mut idle_done) = (false, false, false);
     let http2 = |conn: &Conn| conn.codec.get() == Some(Codec::Http2);
     // An HTTP/2 connection's GOAWAY starts its drain: it closes no sooner than drain_timeout
@@ -858,16 +857,15 @@ pub async fn serve(
                     // http1_safe_max_connection_duration (its next response closes it).
                     if !timeouts.http1_safe_max_duration {
                         let wait = drain_time + timeouts.delayed_close.unwrap_or_default();
-                        h1_drain.as_mut().reset(tokio::time::Instant::now() + wait);
-                        h1_draining = true;
+                        h1_drain = Some(Box::pin(tokio::time::sleep(wait)));
                     }
                 } else {
                     start_drain(&conn);
                     shutdown.notify_one();
                 }
             }
-            _ = &mut h1_drain, if h1_draining => {
-                h1_draining = false;
+            _ = async { h1_drain.as_mut().expect("checked").await }, if h1_drain.is_some() => {
+                h1_drain = None;
                 shutdown.notify_one();
             }
             // max_requests_per_connection reached: the last response said `connection: close`

@@ -775,18 +775,7 @@ pub async fn route(
         .config()
         .internal_upstream
         .is_some()
-        .then(|| {
-            crate::stream_info::with_filter_state(
-                parts
-                    .extensions
-                    .get::<crate::stream_info::DynamicMetadata>(),
-                parts
-                    .extensions
-                    .get::<std::sync::Arc<crate::stream_info::Connection>>()
-                    .map(|c| &**c),
-                |state| state.shared_with_upstream(),
-            )
-        })
+        .then(|| request_filter_state(&parts, |state| state.shared_with_upstream()))
         .flatten()
         .map(std::sync::Arc::new);
     // Header changes, then rewrites, as Envoy's router applies them before the upstream request
@@ -1220,16 +1209,9 @@ pub fn request_hash(
                     Some(xxhash_parts(&parts))
                 }
             }
-            HashKind::FilterState(key) => crate::stream_info::with_filter_state(
-                parts
-                    .extensions
-                    .get::<crate::stream_info::DynamicMetadata>(),
-                parts
-                    .extensions
-                    .get::<std::sync::Arc<crate::stream_info::Connection>>()
-                    .map(|c| &**c),
-                |state| state.get(key).and_then(|o| o.hash()),
-            ),
+            HashKind::FilterState(key) => {
+                request_filter_state(parts, |state| state.get(key).and_then(|o| o.hash()))
+            }
             HashKind::Cookie {
                 name,
                 ttl,
@@ -1800,6 +1782,23 @@ pub async fn own_request_retried(
             .unwrap_or_else(|_| Err("timed out".into())),
         None => exchange.await,
     }
+}
+
+/// Runs `f` over the filter state a request sees: its stream's, then its connection's.
+fn request_filter_state<R>(
+    parts: &http::request::Parts,
+    f: impl FnOnce(skiff_config::filter_state::View<'_>) -> R,
+) -> R {
+    crate::stream_info::with_filter_state(
+        parts
+            .extensions
+            .get::<crate::stream_info::DynamicMetadata>(),
+        parts
+            .extensions
+            .get::<std::sync::Arc<crate::stream_info::Connection>>()
+            .map(|c| &**c),
+        f,
+    )
 }
 
 /// The connection manager's `access_log_flush_interval` and its logs.
