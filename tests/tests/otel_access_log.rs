@@ -224,7 +224,22 @@ async fn open_telemetry_access_logs_side_by_side_with_envoy() {
             records.sort();
             got.push(format!("records without builtin labels: {unbatched}"));
             got.extend(records);
+            // The loggers count what they wrote once the collector has answered the export:
+            // a moment after it has the records.
+            let written = |stats: &[(String, String)], key: &str, n: u64| {
+                stats
+                    .iter()
+                    .any(|(k, v)| k.ends_with(key) && v.parse::<u64>().is_ok_and(|v| v >= n))
+            };
             let mut stats = proxy.admin().stats_containing("access_logs.").await;
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !(written(&stats, "access_log.logs_written", 5)
+                && written(&stats, "errs.logs_written", 2))
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                stats = proxy.admin().stats_containing("access_logs.").await;
+            }
             stats.sort();
             got.extend(stats.into_iter().map(|(k, v)| format!("{k}={v}")));
             seen.push(got);
