@@ -228,6 +228,10 @@ fn targets(c: &cluster::Cluster, logical: bool, path: &str) -> Result<Vec<DnsTar
                 }
             };
             let spath = format!("{apath}.socket_address");
+            // A listen-socket option (dual stack): a listener's only.
+            if sa.ipv4_compat {
+                return Err(ConfigError::unsupported(format!("{spath}.ipv4_compat")));
+            }
             if sa.protocol != core::socket_address::Protocol::Tcp as i32 {
                 return Err(ConfigError::new(
                     format!("{spath}.protocol"),
@@ -360,6 +364,11 @@ fn resolver_address(a: &core::Address, path: &str) -> Result<SocketAddr, ConfigE
         Some(core::address::Address::SocketAddress(sa)) => sa,
         _ => return Err(ConfigError::new(path, "a DNS resolver is a socket address")),
     };
+    if sa.ipv4_compat {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.socket_address.ipv4_compat"
+        )));
+    }
     let ip: IpAddr = sa.address.parse().map_err(|_| {
         ConfigError::new(
             format!("{path}.socket_address.address"),

@@ -963,20 +963,27 @@ pub(super) fn body_format(
     sfs: &core::SubstitutionFormatString,
     path: &str,
 ) -> Result<crate::model::BodyFormat, ConfigError> {
-    use core::substitution_format_string::Format as F;
-    let content_type = if !sfs.content_type.is_empty() {
-        http::HeaderValue::from_str(&sfs.content_type).map_err(|_| {
-            ConfigError::new(format!("{path}.content_type"), "not a valid header value")
-        })?
-    } else if matches!(sfs.format, Some(F::JsonFormat(_))) {
-        http::HeaderValue::from_static("application/json")
-    } else {
-        http::HeaderValue::from_static("text/plain")
-    };
     Ok(crate::model::BodyFormat {
         format: Arc::new(substitution_format(sfs, path)?),
-        content_type,
+        content_type: body_content_type(sfs, path)?,
     })
+}
+
+/// The content type of a body a format writes: `content_type`, else JSON's or plain text's.
+pub(super) fn body_content_type(
+    sfs: &core::SubstitutionFormatString,
+    path: &str,
+) -> Result<http::HeaderValue, ConfigError> {
+    use core::substitution_format_string::Format as F;
+    if !sfs.content_type.is_empty() {
+        http::HeaderValue::from_str(&sfs.content_type).map_err(|_| {
+            ConfigError::new(format!("{path}.content_type"), "not a valid header value")
+        })
+    } else if matches!(sfs.format, Some(F::JsonFormat(_))) {
+        Ok(http::HeaderValue::from_static("application/json"))
+    } else {
+        Ok(http::HeaderValue::from_static("text/plain"))
+    }
 }
 
 /// A `json_format` object: each string a format, numbers, booleans, lists and objects kept.

@@ -1973,6 +1973,9 @@ mod ipv4_compat_tests {
         // An IPv4 socket has nothing to be compatible with.
         let loaded = crate::load_text(&listener("127.0.0.1")).expect("loads");
         assert!(loaded.model.listeners[0].dual_stack.is_empty());
+        let dns = "static_resources: {clusters: [{name: d, type: STRICT_DNS, load_assignment: {cluster_name: d, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: a.test, port_value: 1, ipv4_compat: true}}}}]}]}}]}";
+        let e = crate::load_text(dns).expect_err("not on a DNS cluster's endpoint");
+        assert!(e.to_string().contains("socket_address.ipv4_compat"), "{e}");
         let admin =
             "admin: {address: {socket_address: {address: '::', port_value: 1, ipv4_compat: true}}}";
         let e = crate::load_text(admin).expect_err("not on the admin address");

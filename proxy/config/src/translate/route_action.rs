@@ -92,24 +92,12 @@ pub(super) fn translate(
                 _ => None,
             };
             match (constant, &d.body_format) {
-                (Some(bytes), Some(f)) => {
-                    let ct = if f.content_type.is_empty() {
-                        None
-                    } else {
-                        Some(http::HeaderValue::from_str(&f.content_type).map_err(|_| {
-                            ConfigError::new(
-                                format!("{fpath}.content_type"),
-                                "not a valid header value",
-                            )
-                        })?)
-                    };
-                    Ok(local(Action::Direct {
-                        status,
-                        body: bytes,
-                        format: None,
-                        content_type: ct,
-                    }))
-                }
+                (Some(bytes), Some(f)) => Ok(local(Action::Direct {
+                    status,
+                    body: bytes,
+                    format: None,
+                    content_type: Some(super::http_manager::body_content_type(f, &fpath)?),
+                })),
                 _ => {
                     let format = d
                         .body_format

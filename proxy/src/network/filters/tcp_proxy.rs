@@ -71,14 +71,6 @@ pub async fn run(
     buffer_limit: usize,
 ) {
     stats.downstream_cx_total.inc();
-    // What the connection's filter state shares with an upstream connection (to an internal
-    // listener).
-    let shared = skiff_config::filter_state::View {
-        stream: None,
-        connection: Some(&connection.filter_state),
-    }
-    .shared_with_upstream()
-    .map(Arc::new);
     let mut info = (!cfg.access_logs.is_empty()).then(|| {
         let mut info = StreamInfo::new(remote, local);
         // An internal listener's connection: what the connecting cluster passed through is
@@ -88,7 +80,7 @@ pub async fn run(
             d.with(|into| *into = (**m).clone());
             info.dynamic_metadata = Some(d);
         }
-        info.connection = Some(connection);
+        info.connection = Some(connection.clone());
         // Envoy gives every connection a random stream id (`%STREAM_ID%`).
         info.stream_id = Some(uuid::Uuid::new_v4().to_string());
         info
@@ -101,7 +93,7 @@ pub async fn run(
         downstream,
         remote,
         local,
-        (source, shared),
+        (source, &connection),
         buffer_limit,
         &moved,
         info.as_mut(),
@@ -130,10 +122,7 @@ async fn proxy(
     downstream: Stream,
     remote: SocketAddr,
     local: SocketAddr,
-    (source, shared): (
-        Option<pool::Source>,
-        Option<Arc<skiff_config::filter_state::FilterState>>,
-    ),
+    (source, connection): (Option<pool::Source>, &Connection),
     buffer_limit: usize,
     moved: &Moved,
     mut info: Option<&mut StreamInfo>,
@@ -161,6 +150,21 @@ async fn proxy(
         }
         return;
     };
+    // What the connection's filter state shares with the upstream connection (only
+    // internal_upstream hands it over, to an internal listener).
+    let shared = cluster
+        .config()
+        .internal_upstream
+        .is_some()
+        .then(|| {
+            skiff_config::filter_state::View {
+                stream: None,
+                connection: Some(&connection.filter_state),
+            }
+            .shared_with_upstream()
+        })
+        .flatten()
+        .map(Arc::new);
     let host = cluster.variant(host, (remote, local), None, shared);
     if let Some(info) = info.as_deref_mut() {
         info.upstream_host = Some(host.address);
