@@ -2203,6 +2203,31 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "io.istio.http.peer_metadata.Config.IstioHeaders",
         &["skip_external_clusters"],
     ),
+    // Istio's null-VM metadata exchange plugin (translate/istio.rs refuses any other Wasm).
+    ("envoy.extensions.filters.http.wasm.v3.Wasm", &["config"]),
+    (
+        "envoy.extensions.wasm.v3.PluginConfig",
+        &[
+            "name",
+            "root_id",
+            "vm_config",
+            "configuration",
+            "fail_open",
+            "failure_policy",
+        ],
+    ),
+    (
+        "envoy.extensions.wasm.v3.VmConfig",
+        &[
+            "vm_id",
+            "runtime",
+            "code",
+            "configuration",
+            "allow_precompiled",
+            "nack_on_code_cache_miss",
+        ],
+    ),
+    ("envoy.config.core.v3.AsyncDataSource", &["local"]),
     (
         crate::istio::METADATA_EXCHANGE,
         &["protocol", "enable_discovery", "additional_labels"],

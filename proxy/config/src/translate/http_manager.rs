@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::route::v3 as route;
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
 use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
@@ -24,9 +25,11 @@ pub(super) fn translate_hcm(
     h: &hcm::HttpConnectionManager,
     path: &str,
     clusters: &HashSet<String>,
-    egress: bool,
+    direction: TrafficDirection,
 ) -> Result<HttpConnectionManager, ConfigError> {
     super::fields::http_connection_manager(h, path)?;
+    // A connection manager traces egress spans on an outbound listener.
+    let egress = direction == TrafficDirection::Outbound;
     use hcm::http_connection_manager::{
         CodecType as Codec, RouteSpecifier, ServerHeaderTransformation as Sht,
     };
@@ -69,7 +72,7 @@ pub(super) fn translate_hcm(
             None => return Err(ConfigError::new(format!("{path}.route_config"), "required")),
         };
     let (http_filters, router) =
-        http_filter_list(&h.http_filters, &format!("{path}.http_filters"))?;
+        http_filter_list(&h.http_filters, &format!("{path}.http_filters"), direction)?;
     let mut access_logs = Vec::new();
     for (i, a) in h.access_log.iter().enumerate() {
         access_logs.push(translate_access_log(a, &format!("{path}.access_log[{i}]"))?);
@@ -153,7 +156,7 @@ pub(super) fn translate_hcm(
         // An upgrade's own filters replace the connection manager's for its requests.
         if !filters.is_empty() {
             let fpath = format!("{upath}.filters");
-            let (list, upgrade_router) = http_filter_list(filters, &fpath)?;
+            let (list, upgrade_router) = http_filter_list(filters, &fpath, direction)?;
             if upgrade_router != router {
                 return Err(ConfigError::new(
                     fpath,
@@ -1462,6 +1465,7 @@ fn route_tracing(
 fn http_filter_list(
     list: &[hcm::HttpFilter],
     path: &str,
+    direction: TrafficDirection,
 ) -> Result<(Vec<HttpFilter>, RouterConfig), ConfigError> {
     let mut router = None;
     let mut http_filters = Vec::new();
@@ -1522,6 +1526,13 @@ fn http_filter_list(
             crate::istio::PEER_METADATA => Some(HttpFilterConfig::PeerMetadata(Arc::new(
                 super::istio::peer_metadata(&unpack(any, &tpath)?, &tpath)?,
             ))),
+            "envoy.extensions.filters.http.wasm.v3.Wasm" => Some(HttpFilterConfig::PeerMetadata(
+                Arc::new(super::istio::null_vm_metadata_exchange(
+                    &unpack(any, &tpath)?,
+                    &tpath,
+                    direction,
+                )?),
+            )),
             "envoy.extensions.filters.http.rbac.v3.RBAC" => Some(HttpFilterConfig::Rbac(Arc::new(
                 super::rbac::filter(&unpack(any, &tpath)?, &tpath)?,
             ))),

@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::google::protobuf::value::Kind;
 
 use super::super::ConfigError;
@@ -122,6 +123,105 @@ pub(super) fn peer_metadata(
         downstream_propagation: propagation(&c.downstream_propagation),
         upstream_propagation: propagation(&c.upstream_propagation),
         additional_labels: c.additional_labels.clone(),
+    })
+}
+
+/// The Wasm filter with which Istio before 1.19 configured its HTTP metadata exchange:
+/// istio-proxy's compiled-in plugin `envoy.wasm.metadata_exchange` in the null VM. skiff runs
+/// its own exchange for that plugin, as the plugin does it: the peer's headers are read and
+/// removed from requests and responses alike, and this proxy's go upstream unless the
+/// listener is inbound, and downstream (to a peer that sent its own) unless it is outbound.
+/// Any other Wasm is refused: skiff runs no Wasm VM.
+pub(super) fn null_vm_metadata_exchange(
+    w: &envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm,
+    path: &str,
+    direction: TrafficDirection,
+) -> Result<PeerMetadata, ConfigError> {
+    use envoy_types::pb::envoy::config::core::v3::{async_data_source, data_source};
+    use envoy_types::pb::envoy::extensions::wasm::v3::{plugin_config::Vm, PluginConfig, VmConfig};
+    const PLUGIN: &str = "envoy.wasm.metadata_exchange";
+    let refuse = |field: &str| {
+        ConfigError::new(
+            format!("{path}.{field}"),
+            format!(
+                "unsupported: skiff runs no Wasm VM, only istio-proxy's null-VM plugin {PLUGIN}"
+            ),
+        )
+    };
+    let Some(config) = &w.config else {
+        return Err(refuse("config"));
+    };
+    // The plugin reads only a peer cache size from its configuration; its name, root and VM
+    // ids and failure policy do not change what it does.
+    #[allow(deprecated)]
+    let PluginConfig {
+        name: _,
+        root_id: _,
+        configuration: _,
+        fail_open: _,
+        failure_policy: _,
+        reload_config,
+        capability_restriction_config,
+        allow_on_headers_stop_iteration,
+        vm,
+    } = config;
+    if reload_config.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.config.reload_config"
+        )));
+    }
+    if capability_restriction_config.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.config.capability_restriction_config"
+        )));
+    }
+    if allow_on_headers_stop_iteration.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.config.allow_on_headers_stop_iteration"
+        )));
+    }
+    let Some(Vm::VmConfig(vm)) = vm else {
+        return Err(refuse("config.vm_config"));
+    };
+    let VmConfig {
+        vm_id: _,
+        runtime,
+        code,
+        configuration: _,
+        allow_precompiled: _,
+        nack_on_code_cache_miss: _,
+        environment_variables,
+        capability_restriction_config,
+    } = vm;
+    if runtime != "envoy.wasm.runtime.null" {
+        return Err(refuse("config.vm_config.runtime"));
+    }
+    let plugin = code.as_ref().and_then(|c| match &c.specifier {
+        Some(async_data_source::Specifier::Local(d)) => match &d.specifier {
+            Some(data_source::Specifier::InlineString(s)) => Some(s.as_str()),
+            _ => None,
+        },
+        _ => None,
+    });
+    if plugin != Some(PLUGIN) {
+        return Err(refuse("config.vm_config.code"));
+    }
+    if environment_variables.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.config.vm_config.environment_variables"
+        )));
+    }
+    if capability_restriction_config.is_some() {
+        return Err(ConfigError::unsupported(format!(
+            "{path}.config.vm_config.capability_restriction_config"
+        )));
+    }
+    Ok(PeerMetadata {
+        downstream_headers: true,
+        upstream_headers: true,
+        downstream_propagation: (direction != TrafficDirection::Outbound).then_some(false),
+        upstream_propagation: (direction != TrafficDirection::Inbound).then_some(false),
+        additional_labels: Vec::new(),
     })
 }
 

@@ -36,8 +36,11 @@ pub(super) struct Translated {
     pub original_src: Option<(OriginalSrc, String)>,
 }
 
+/// `use_original_dst` appends an original_dst filter to the configured ones, as Envoy's
+/// listener does: a listener that hands off redirected connections needs their destination.
 pub(super) fn translate(
     all: &[listener::ListenerFilter],
+    use_original_dst: bool,
     path: &str,
 ) -> Result<Translated, ConfigError> {
     let mut out = Translated::default();
@@ -101,6 +104,13 @@ pub(super) fn translate(
             out.disabled.resize(before, None);
             out.disabled.push(disabled);
         }
+    }
+    // One that always runs already restores the destination; a second would find it again.
+    let always = |i: usize| out.disabled.get(i).is_none_or(Option::is_none);
+    let present = (0..out.filters.len())
+        .any(|i| matches!(out.filters[i], ListenerFilter::OriginalDst) && always(i));
+    if use_original_dst && !present {
+        out.filters.push(ListenerFilter::OriginalDst);
     }
     if out.disabled.iter().all(Option::is_none) {
         out.disabled.clear();

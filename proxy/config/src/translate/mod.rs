@@ -880,8 +880,8 @@ fn translate_listener(
             "{path}.udp_listener_config"
         )));
     }
-    // A connection manager traces egress spans on an outbound listener.
-    let egress = l.traffic_direction == core::TrafficDirection::Outbound as i32;
+    let direction = core::TrafficDirection::try_from(l.traffic_direction)
+        .unwrap_or(core::TrafficDirection::Unspecified);
     let internal = internal_listener(l, path)?;
     // The IPv6 addresses whose sockets take IPv4 connections too (`ipv4_compat`).
     let mut dual_stack = Vec::new();
@@ -965,7 +965,7 @@ fn translate_listener(
             }
             filter_chains.push((
                 FilterChainMatch::default(),
-                Arc::new(translate_chain(fc, &fpath, clusters, secrets, egress)?),
+                Arc::new(translate_chain(fc, &fpath, clusters, secrets, direction)?),
             ));
             continue;
         }
@@ -987,7 +987,7 @@ fn translate_listener(
         }
         filter_chains.push((
             m,
-            Arc::new(translate_chain(fc, &fpath, clusters, secrets, egress)?),
+            Arc::new(translate_chain(fc, &fpath, clusters, secrets, direction)?),
         ));
     }
     let filter_chain_matcher = l
@@ -1019,11 +1019,12 @@ fn translate_listener(
             &format!("{path}.default_filter_chain"),
             clusters,
             secrets,
-            egress,
+            direction,
         )?)),
         None => None,
     };
-    let lf = listener_filters::translate(&l.listener_filters, path)?;
+    let use_original_dst = l.use_original_dst.as_ref().is_some_and(|v| v.value);
+    let lf = listener_filters::translate(&l.listener_filters, use_original_dst, path)?;
     let listener_filters_timeout = match &l.listener_filters_timeout {
         Some(d) => {
             let d = duration(d, &format!("{path}.listener_filters_timeout"))?;
@@ -1084,7 +1085,7 @@ fn translate_listener(
         filter_chains,
         default_filter_chain,
         filter_chain_matcher,
-        use_original_dst: l.use_original_dst.as_ref().is_some_and(|v| v.value),
+        use_original_dst,
         bind_to_port: !internal && l.bind_to_port.as_ref().is_none_or(|v| v.value),
         listener_filters: lf.filters,
         listener_filters_disabled: lf.disabled,
@@ -1415,7 +1416,7 @@ fn translate_chain(
     path: &str,
     clusters: &HashSet<String>,
     secrets: &Secrets,
-    egress: bool,
+    direction: core::TrafficDirection,
 ) -> Result<FilterChain, ConfigError> {
     fields::filter_chain(fc, path)?;
     let mut filters = Vec::new();
@@ -1432,7 +1433,7 @@ fn translate_chain(
                 &unpack(any, &tpath)?,
                 &tpath,
                 clusters,
-                egress,
+                direction,
             )?)),
             TCP_PROXY_TYPE => NetworkFilter::TcpProxy(Arc::new(translate_tcp_proxy(
                 &unpack(any, &tpath)?,
@@ -1984,5 +1985,90 @@ mod ipv4_compat_tests {
                 .contains("admin.address.socket_address.ipv4_compat"),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod use_original_dst_tests {
+    use crate::model::ListenerFilter;
+
+    fn listener(use_original_dst: bool, filters: &str) -> String {
+        format!(
+            r#"static_resources: {{ listeners: [{{ name: l, address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}, use_original_dst: {use_original_dst}, listener_filters: [{filters}], filter_chains: [{{ filters: [{{ name: t, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c }} }}] }}] }}], clusters: [{{ name: c, connect_timeout: 1s }}] }}"#
+        )
+    }
+
+    const DST: &str = r#"{ name: d, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst } }"#;
+    const TLS: &str = r#"{ name: t, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector } }"#;
+
+    fn filters(text: &str) -> Vec<ListenerFilter> {
+        let loaded = crate::load_text(text).expect("loads");
+        loaded.model.listeners[0].listener_filters.clone()
+    }
+
+    #[test]
+    fn use_original_dst_appends_an_original_dst_filter_as_envoy() {
+        // Istio's virtualOutbound: the flag and no filter.
+        assert!(matches!(
+            filters(&listener(true, ""))[..],
+            [ListenerFilter::OriginalDst]
+        ));
+        // After the configured ones.
+        assert!(matches!(
+            filters(&listener(true, TLS))[..],
+            [ListenerFilter::TlsInspector(_), ListenerFilter::OriginalDst]
+        ));
+        // One that always runs is enough.
+        assert!(matches!(
+            filters(&listener(true, DST))[..],
+            [ListenerFilter::OriginalDst]
+        ));
+        assert!(filters(&listener(false, "")).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod null_vm_wasm_tests {
+    use crate::model::{HttpFilterConfig, PeerMetadata};
+
+    fn load(direction: &str, runtime: &str, code: &str) -> Result<PeerMetadata, String> {
+        let text = format!(
+            r#"static_resources: {{ listeners: [{{ name: l, traffic_direction: {direction}, address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}, filter_chains: [{{ filters: [{{ name: h, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: h, route_config: {{}}, http_filters: [{{ name: istio.metadata_exchange, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm, config: {{ configuration: {{ "@type": type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange }}, vm_config: {{ runtime: {runtime}, code: {{ local: {{ inline_string: {code} }} }} }} }} }} }}, {{ name: r, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}] }} }}] }}] }}] }}"#
+        );
+        let loaded = crate::load_text(&text).map_err(|e| e.to_string())?;
+        let chain = &loaded.model.listeners[0].filter_chains[0];
+        let crate::model::NetworkFilter::HttpConnectionManager(h) = &chain.1.filters[0] else {
+            panic!("an HCM");
+        };
+        match &h.http_filters[0].config {
+            HttpFilterConfig::PeerMetadata(p) => Ok((**p).clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn istios_null_vm_metadata_exchange_runs_as_the_exchange_and_other_wasm_is_refused() {
+        let mx = "envoy.wasm.metadata_exchange";
+        let null = "envoy.wasm.runtime.null";
+        let out = load("OUTBOUND", null, mx).expect("loads");
+        assert!(out.downstream_headers && out.upstream_headers);
+        assert_eq!(
+            (out.upstream_propagation, out.downstream_propagation),
+            (Some(false), None)
+        );
+        let inb = load("INBOUND", null, mx).expect("loads");
+        assert_eq!(
+            (inb.upstream_propagation, inb.downstream_propagation),
+            (None, Some(false))
+        );
+        let both = load("UNSPECIFIED", null, mx).expect("loads");
+        assert_eq!(
+            (both.upstream_propagation, both.downstream_propagation),
+            (Some(false), Some(false))
+        );
+        let e = load("OUTBOUND", "envoy.wasm.runtime.v8", mx).expect_err("a real VM");
+        assert!(e.contains("typed_config.config.vm_config.runtime"), "{e}");
+        let e = load("OUTBOUND", null, "envoy.wasm.stats").expect_err("another plugin");
+        assert!(e.contains("typed_config.config.vm_config.code"), "{e}");
     }
 }
