@@ -532,17 +532,25 @@ fn extract_tags(name: &str) -> (String, Vec<(&'static str, String)>) {
             break;
         }
     }
-    // vhost.<host>.vcluster.<cluster>.… : a virtual cluster's stats.
+    // vhost.<host>.vcluster.<cluster>.… and vhost.<host>.route.<stat_prefix>.… : a virtual
+    // cluster's and a route's stats. As Envoy's extractors: the virtual host is the name's
+    // first segment; the virtual cluster or route is tagged, by its first segment, only after
+    // a virtual host of one segment.
     if let Some(tail) = rest.strip_prefix("vhost.") {
         if let Some((host, after)) = tail.split_once('.') {
-            if let Some((vc, stat)) = after
-                .strip_prefix("vcluster.")
-                .and_then(|t| t.split_once('.'))
-            {
-                tags.push(("envoy_virtual_host", host.to_string()));
-                tags.push(("envoy_virtual_cluster", vc.to_string()));
-                rest = format!("vhost.vcluster.{stat}");
+            tags.push(("envoy_virtual_host", host.to_string()));
+            let mut next = format!("vhost.{after}");
+            for (kind, tag) in [
+                ("vcluster.", "envoy_virtual_cluster"),
+                ("route.", "envoy_route"),
+            ] {
+                if let Some((name, stat)) = after.strip_prefix(kind).and_then(|t| t.split_once('.'))
+                {
+                    tags.push((tag, name.to_string()));
+                    next = format!("vhost.{kind}{stat}");
+                }
             }
+            rest = next;
         }
     }
     if let Some(pos) = rest.find(".worker_") {
@@ -606,6 +614,28 @@ mod tests {
         let snap = store.snapshot();
         assert_eq!(snap["a"], StatValue::Counter(3));
         assert_eq!(snap["g"], StatValue::Gauge(2));
+    }
+
+    #[test]
+    fn virtual_host_cluster_and_route_tags_as_envoys_extractors() {
+        let tags = |n: &str| {
+            let (name, t) = extract_tags(n);
+            let t: Vec<String> = t.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{name} {}", t.join(" "))
+        };
+        assert_eq!(
+            tags("vhost.vh.route.alpha.one.upstream_rq_total"),
+            "vhost.route.one.upstream_rq_total envoy_virtual_host=vh envoy_route=alpha"
+        );
+        assert_eq!(
+            tags("vhost.vh.vcluster.vc.upstream_rq_404"),
+            "vhost.vcluster.upstream_rq envoy_virtual_host=vh envoy_virtual_cluster=vc envoy_response_code=404"
+        );
+        // After a virtual host of more than one segment, only the host's first is a tag.
+        assert_eq!(
+            tags("vhost.httpbin.default:8000.route.a.upstream_rq_total"),
+            "vhost.default:8000.route.a.upstream_rq_total envoy_virtual_host=httpbin"
+        );
     }
 
     #[test]

@@ -201,3 +201,97 @@ async fn a_virtual_cluster_without_a_name_is_refused_by_both() {
     })
     .await;
 }
+
+/// Routes' `stat_prefix`, side by side with Envoy 1.40: a route's requests count in
+/// `vhost.<vhost>.route.<stat_prefix>.*` as a virtual cluster's do (and in the virtual
+/// cluster as well), retries and timeouts included; a direct response counts nothing; the
+/// Prometheus output tags the virtual host and the prefix's first segment as `envoy_route`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_stat_prefixes_count_as_envoy_counts_them() {
+    run_for(Duration::from_secs(90), async {
+        let upstream = EchoUpstream::start("up").await;
+        let refused = refused_port();
+        let dir = scratch_dir("route-stats");
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let (admin, port) = (free_port(), free_port());
+            let log = dir.join(format!("{}.log", kind.name()));
+            let mut yaml = config(
+                admin,
+                port,
+                upstream.port(),
+                refused,
+                &log.display().to_string(),
+                VCS,
+            );
+            for (route, prefix) in [
+                ("/direct", "dr"),
+                ("/refused", "refused"),
+                ("/flaky", "flaky.retried"),
+                ("/slow", "slow"),
+            ] {
+                let line = format!("              - match: {{prefix: {route}}}\n");
+                assert!(yaml.contains(&line), "{line}");
+                yaml = yaml.replace(
+                    &line,
+                    &format!("{line}                stat_prefix: {prefix}\n"),
+                );
+            }
+            let p = ProxyProcess::start(kind, &yaml, &[]).await;
+            for (method, path, host, extra) in CASES {
+                let mut req = request(method, path, host, "");
+                for (k, v) in *extra {
+                    req.headers_mut().insert(*k, v.parse().expect("value"));
+                }
+                let mut c = Http1Client::connect(&format!("127.0.0.1:{port}"))
+                    .await
+                    .expect("connect");
+                c.send(req).await.expect("response");
+            }
+            let admin = Admin::new(admin);
+            let text = admin.get("/stats?usedonly&filter=%5Evhost%5C.").await.body;
+            let text = String::from_utf8_lossy(&text);
+            let mut got: Vec<String> = text
+                .lines()
+                .filter(|l| !l.contains("recorded") && !l.contains('('))
+                .map(str::to_string)
+                .collect();
+            let prom = admin.get("/stats/prometheus?usedonly").await.body;
+            let prom = String::from_utf8_lossy(&prom);
+            // Label order means nothing to Prometheus (Envoy's follows its extractors).
+            let sorted_labels = |l: &str| match l.split_once('{') {
+                Some((name, rest)) => {
+                    let (labels, value) = rest.split_once('}').unwrap_or((rest, ""));
+                    let mut labels: Vec<&str> = labels.split(',').collect();
+                    labels.sort();
+                    format!("{name}{{{}}}{value}", labels.join(","))
+                }
+                None => l.to_string(),
+            };
+            got.extend(
+                prom.lines()
+                    .filter(|l| l.starts_with("envoy_vhost") && !l.contains("_bucket"))
+                    .map(sorted_labels),
+            );
+            got.sort();
+            drop(p);
+            seen.push(got);
+        }
+        for (e, s) in seen[0].iter().zip(&seen[1]) {
+            assert_eq!(s, e, "skiff (left), Envoy (right)");
+        }
+        assert_eq!(seen[1].len(), seen[0].len(), "{:#?}", seen);
+        let all = seen[0].join("\n");
+        for want in [
+            "vhost.vh.main.route.flaky.retried.upstream_rq_retry_limit_exceeded: 2",
+            "vhost.vh.main.route.refused.upstream_rq_503: 2",
+            "vhost.vh.main.route.slow.upstream_rq_timeout: 1",
+            "vhost.vh.main.vcluster.gets.upstream_rq_timeout: 1",
+            "envoy_vhost_main_route_flaky_retried_upstream_rq_retry{envoy_virtual_host=\"vh\"} 2",
+        ] {
+            assert!(all.contains(want), "{want} missing from\n{all}");
+        }
+        assert!(!all.contains("route.dr."), "{all}");
+    })
+    .await;
+}

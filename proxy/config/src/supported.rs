@@ -1411,6 +1411,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "metadata",
             "decorator",
             "tracing",
+            "stat_prefix",
         ],
     ),
     (

@@ -322,21 +322,7 @@ fn handle(state: &AdminState, req: Request<String>) -> Response<Full<Bytes>> {
         }
         "/server_info" => json_response(&server_info(state)),
         "/stats" => stats_endpoint(state, &q),
-        "/stats/prometheus" => {
-            state.refresh_server_stats();
-            with_type(
-                StatusCode::OK,
-                "text/plain; charset=UTF-8",
-                stats::prometheus_tagged(
-                    &state.store.snapshot(),
-                    &state.config.model.stats.tagging,
-                ) + &stats::prometheus_histograms(
-                    &state.store.histograms(|_| true),
-                    &state.config.model.stats.tagging,
-                    &state.config.model.stats.buckets,
-                ) + &prometheus_endpoints(&endpoint_stats(state)),
-            )
-        }
+        "/stats/prometheus" => prometheus_endpoint(state, &q),
         "/listeners" => listeners(state, &q),
         "/clusters" => clusters(state, &q),
         "/config_dump" => config_dump::respond(state, &q),
@@ -386,14 +372,44 @@ fn handle(state: &AdminState, req: Request<String>) -> Response<Full<Bytes>> {
     }
 }
 
+/// `filter`: the regex stat names must match, if any.
+fn stats_filter(q: &BTreeMap<String, String>) -> Result<Option<regex::Regex>, String> {
+    match q.get("filter").filter(|f| !f.is_empty()) {
+        Some(f) => regex::Regex::new(f)
+            .map(Some)
+            .map_err(|e| format!("Invalid regex: {e}\n")),
+        None => Ok(None),
+    }
+}
+
+/// `/stats/prometheus`, with `filter` (on the stats' names) and `usedonly` as `/stats`.
+fn prometheus_endpoint(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<Bytes>> {
+    state.refresh_server_stats();
+    let filter = match stats_filter(q) {
+        Ok(f) => f,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let used_only = q.contains_key("usedonly");
+    let keep = |name: &str| filter.as_ref().is_none_or(|r| r.is_match(name));
+    let mut snap = state.store.snapshot_where(keep);
+    snap.retain(|_, v| !used_only || !matches!(v, StatValue::Counter(0) | StatValue::Gauge(0)));
+    let mut histograms = state.store.histograms(keep);
+    histograms.retain(|_, h| !used_only || h.used());
+    let model = &state.config.model.stats;
+    with_type(
+        StatusCode::OK,
+        "text/plain; charset=UTF-8",
+        stats::prometheus_tagged(&snap, &model.tagging)
+            + &stats::prometheus_histograms(&histograms, &model.tagging, &model.buckets)
+            + &prometheus_endpoints(&endpoint_stats(state), &keep),
+    )
+}
+
 fn stats_endpoint(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<Bytes>> {
     state.refresh_server_stats();
-    let filter = match q.get("filter").filter(|f| !f.is_empty()) {
-        Some(f) => match regex::Regex::new(f) {
-            Ok(r) => Some(r),
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("Invalid regex: {e}\n")),
-        },
-        None => None,
+    let filter = match stats_filter(q) {
+        Ok(f) => f,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
     let used_only = q.contains_key("usedonly");
     // `type`: one kind of stat only.
@@ -696,7 +712,8 @@ fn endpoint_stats(state: &AdminState) -> Vec<EndpointStats> {
 
 /// The hosts' stats in Prometheus' form, after the rest as Envoy writes them: each counter's
 /// family, then each gauge's (by name), a line per host.
-fn prometheus_endpoints(all: &[EndpointStats]) -> String {
+/// The hosts' stats of `per_endpoint_stats` clusters whose names `keep` accepts.
+fn prometheus_endpoints(all: &[EndpointStats], keep: &dyn Fn(&str) -> bool) -> String {
     let mut out = String::new();
     if all.is_empty() {
         return out;
@@ -704,17 +721,24 @@ fn prometheus_endpoints(all: &[EndpointStats]) -> String {
     let mut families: Vec<(&str, bool)> = all[0].values.iter().map(|(n, _, c)| (*n, *c)).collect();
     families.sort_by_key(|(n, counter)| (!counter, if *counter { "" } else { *n }));
     for (family, counter) in families {
-        out.push_str(&format!(
-            "# TYPE envoy_cluster_endpoint_{family} {}\n",
-            if counter { "counter" } else { "gauge" }
-        ));
+        let mut lines = String::new();
         for e in all {
             if let Some((_, v, _)) = e.values.iter().find(|(n, _, _)| *n == family) {
-                out.push_str(&format!(
+                if !keep(&e.name(family)) {
+                    continue;
+                }
+                lines.push_str(&format!(
                     "envoy_cluster_endpoint_{family}{{envoy_cluster_name=\"{}\",envoy_endpoint_address=\"{}\"}} {v}\n",
                     e.cluster, e.address
                 ));
             }
+        }
+        if !lines.is_empty() {
+            out.push_str(&format!(
+                "# TYPE envoy_cluster_endpoint_{family} {}\n",
+                if counter { "counter" } else { "gauge" }
+            ));
+            out.push_str(&lines);
         }
     }
     out

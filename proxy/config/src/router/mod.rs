@@ -415,6 +415,8 @@ pub struct Route {
     pub decorator: Option<(String, bool)>,
     /// `tracing`: the sampling, tags and name of its requests' spans.
     pub tracing: Option<Arc<crate::trace::RouteTracing>>,
+    /// `stat_prefix`: its requests count in `vhost.<virtual host>.route.<stat_prefix>.*`.
+    pub stat_prefix: Option<Arc<str>>,
 }
 
 /// `max_grpc_timeout` (zero: none) and `grpc_timeout_offset`.
@@ -1417,6 +1419,7 @@ mod tests {
             grpc_timeout: None,
             decorator: None,
             tracing: None,
+            stat_prefix: None,
         };
         let hcm = vec![("websocket".to_string(), true), ("off".to_string(), false)];
         assert!(r.allows_upgrade("websocket", &hcm));

@@ -501,7 +501,7 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
         response_headers_to_remove: _,
         tracing: _,
         per_request_buffer_limit_bytes,
-        stat_prefix,
+        stat_prefix: _,
         request_body_buffer_limit,
         route_specifiers,
         action,
@@ -513,7 +513,6 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
         "per_request_buffer_limit_bytes",
         per_request_buffer_limit_bytes,
     )?;
-    refuse(path, "stat_prefix", stat_prefix)?;
     refuse(path, "request_body_buffer_limit", request_body_buffer_limit)?;
     refuse(path, "route_specifiers", route_specifiers)?;
     if let Some(route_pb::route::Action::FilterAction(_)) = action {

@@ -2003,6 +2003,7 @@ fn translate_route(
     let max_body = max_body.unwrap_or(super::route_action::MAX_DIRECT_RESPONSE_BODY);
     let t = super::route_action::translate(r, path, &path_match, clusters, max_body)?;
     Ok(Route {
+        stat_prefix: (!r.stat_prefix.is_empty()).then(|| r.stat_prefix.as_str().into()),
         name: r.name.clone(),
         metadata: Arc::new(
             r.metadata

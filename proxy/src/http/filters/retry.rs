@@ -5,7 +5,7 @@
 //! A request without a retry policy (or retry headers) makes exactly one attempt, with no
 //! buffering and no allocation for retries.
 
-use crate::http::vcluster::VclusterStats;
+use crate::http::vcluster::EndpointStats;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -264,15 +264,15 @@ impl RetryState {
         would: bool,
         reset: Option<Duration>,
         cluster: &Cluster,
-        vcluster: Option<&VclusterStats>,
+        endpoint: &EndpointStats,
         random: u64,
     ) -> Decision {
         let stats = &cluster.stats;
         if self.pending && !would {
             stats.upstream_rq_retry_success.inc();
-            if let Some(vc) = vcluster {
-                vc.upstream_rq_retry_success.inc();
-            }
+            endpoint
+                .each()
+                .for_each(|s| s.upstream_rq_retry_success.inc());
         }
         self.pending = false;
         self.held = None;
@@ -281,25 +281,23 @@ impl RetryState {
         }
         if self.remaining == 0 {
             stats.upstream_rq_retry_limit_exceeded.inc();
-            if let Some(vc) = vcluster {
-                vc.upstream_rq_retry_limit_exceeded.inc();
-            }
+            endpoint
+                .each()
+                .for_each(|s| s.upstream_rq_retry_limit_exceeded.inc());
             return Decision::LimitExceeded;
         }
         self.remaining -= 1;
         let Some(held) = cluster.info.breakers.of(self.high).retries.try_acquire() else {
             stats.upstream_rq_retry_overflow.inc();
-            if let Some(vc) = vcluster {
-                vc.upstream_rq_retry_overflow.inc();
-            }
+            endpoint
+                .each()
+                .for_each(|s| s.upstream_rq_retry_overflow.inc());
             return Decision::Overflow;
         };
         self.held = Some(held);
         self.pending = true;
         stats.upstream_rq_retry.inc();
-        if let Some(vc) = vcluster {
-            vc.upstream_rq_retry.inc();
-        }
+        endpoint.each().for_each(|s| s.upstream_rq_retry.inc());
         if let Some(interval) = reset {
             stats.upstream_rq_retry_backoff_ratelimited.inc();
             return Decision::Retry(RateLimitedBackOff::wait(interval, random));
@@ -570,8 +568,10 @@ async fn attempts_loop(
         }
         report_outlier(f, &host, &outcome, upstream.is_some());
         // The virtual cluster counts the attempts that got a connection (Envoy's onPoolReady).
-        if let (Some(vc), true) = (&f.vcluster, state.connected.get()) {
-            vc.upstream_rq_total.inc();
+        if state.connected.get() {
+            f.endpoint_stats
+                .each()
+                .for_each(|s| s.upstream_rq_total.inc());
         }
         // A body too large to keep ends the chance of a retry (Envoy drops its retry state).
         if replay.as_ref().is_some_and(|r| r.overflowed()) {
@@ -591,7 +591,7 @@ async fn attempts_loop(
                     let would = r.would_retry_headers(status, resp.headers());
                     let reset = would.then(|| r.reset_interval(resp.headers())).flatten();
                     let random = fastrand::u64(..);
-                    match r.should_retry(would, reset, cluster, f.vcluster.as_deref(), random) {
+                    match r.should_retry(would, reset, cluster, &f.endpoint_stats, random) {
                         Decision::Retry(wait) => {
                             if f.dynamic_stats {
                                 stats.retry_response_code(status);
@@ -672,13 +672,7 @@ async fn attempts_loop(
         };
         if let Some(r) = retry.as_mut() {
             let would = r.would_retry_reset(reset, started);
-            match r.should_retry(
-                would,
-                None,
-                cluster,
-                f.vcluster.as_deref(),
-                fastrand::u64(..),
-            ) {
+            match r.should_retry(would, None, cluster, &f.endpoint_stats, fastrand::u64(..)) {
                 Decision::Retry(wait) => {
                     if back_off(wait, route_timer.as_mut()).await {
                         continue;
@@ -761,7 +755,7 @@ fn hedge_retry(
         would,
         reset,
         f.cluster,
-        f.vcluster.as_deref(),
+        &f.endpoint_stats,
         fastrand::u64(..),
     ) {
         Decision::Retry(wait) => {
@@ -1052,8 +1046,10 @@ async fn hedged(
                 }
                 let outcome = Outcome::Done(r);
                 report_outlier(f, &fl.host, &outcome, upstream.is_some());
-                if let (Some(vc), true) = (&f.vcluster, fl.state.connected.get()) {
-                    vc.upstream_rq_total.inc();
+                if fl.state.connected.get() {
+                    f.endpoint_stats
+                        .each()
+                        .for_each(|s| s.upstream_rq_total.inc());
                 }
                 let Outcome::Done(r) = outcome else {
                     unreachable!("built as Done above")
@@ -1091,7 +1087,7 @@ async fn hedged(
                                 false,
                                 None,
                                 cluster,
-                                f.vcluster.as_deref(),
+                                &f.endpoint_stats,
                                 fastrand::u64(..),
                             );
                         }
@@ -1203,9 +1199,9 @@ fn route_timeout(f: &Forward<'_>, upstream: Option<Upstream>) -> LocalReply {
         }
         None => f.cluster.stats.upstream_rq_timeout.inc(),
     }
-    if let Some(vc) = &f.vcluster {
-        vc.upstream_rq_timeout.inc();
-    }
+    f.endpoint_stats
+        .each()
+        .for_each(|s| s.upstream_rq_timeout.inc());
     f.charge(LocalReply::TIMEOUT.status.as_u16());
     LocalReply::TIMEOUT
 }

@@ -35,7 +35,7 @@ pub struct Upstream {
     /// not, and for which virtual cluster too.
     timed: bool,
     internal: bool,
-    vcluster: Option<Rc<crate::http::vcluster::VclusterStats>>,
+    endpoint_stats: crate::http::vcluster::EndpointStats,
     /// Its span (a tracer's `spawn_upstream_span`, the router's `start_child_span`),
     /// reported as it ends.
     pub(super) span: Option<Box<crate::trace::UpstreamSpan>>,
@@ -74,7 +74,11 @@ impl Upstream {
         let cluster = f.cluster.clone();
         let request = f.request.clone();
         let (timed, internal) = (f.dynamic_stats, f.internal);
-        let vcluster = f.vcluster.clone().filter(|_| timed);
+        let endpoint_stats = if timed {
+            f.endpoint_stats.clone()
+        } else {
+            Default::default()
+        };
         // `upstream_rq_total` and the host's `rq_total` count when the pool gives the request
         // its connection, as in Envoy (a request refused by a circuit breaker is not counted).
         cluster.stats.upstream_rq_active.inc();
@@ -89,7 +93,7 @@ impl Upstream {
             responded: false,
             timed,
             internal,
-            vcluster,
+            endpoint_stats,
             span: None,
         }
     }
@@ -160,8 +164,8 @@ impl Upstream {
                 if let Some(done) = self.request.done_at().filter(|_| self.timed) {
                     let took = done.elapsed();
                     stats.response_time(took, self.internal);
-                    if let Some(vc) = &self.vcluster {
-                        vc.upstream_rq_time().record_ms(took);
+                    for s in self.endpoint_stats.each() {
+                        s.upstream_rq_time().record_ms(took);
                     }
                 }
             }
@@ -741,6 +745,13 @@ pub async fn route(
             worker.vclusters.get(&worker.shard, &vhost.name, name)
         })
     };
+    let endpoint_stats = crate::http::vcluster::EndpointStats {
+        vcluster,
+        route: route
+            .stat_prefix
+            .as_deref()
+            .map(|p| worker.vclusters.route(&worker.shard, &vhost.name, p)),
+    };
     // The request's hash, for a cluster that picks hosts by it: from the request as the
     // router got it (before the route's header changes, as Envoy picks the host first).
     let mut set_cookies = Vec::new();
@@ -1057,7 +1068,7 @@ pub async fn route(
             &parts,
         ),
         set_cookies,
-        vcluster,
+        endpoint_stats,
         scheme: upstream_scheme,
         internal: parts
             .headers
@@ -1444,8 +1455,8 @@ pub(super) struct Forward<'a> {
     pub criteria: Option<std::sync::Arc<crate::config::model::MatchCriteria>>,
     /// Cookies its hash policy made, for the response.
     pub set_cookies: Vec<HeaderValue>,
-    /// The virtual cluster the request counts in.
-    pub vcluster: Option<Rc<crate::http::vcluster::VclusterStats>>,
+    /// The virtual cluster and the route the request counts in.
+    pub endpoint_stats: crate::http::vcluster::EndpointStats,
     /// The `:scheme` an HTTP/2 upstream gets.
     pub scheme: &'a str,
     /// The request is internal (`x-envoy-internal: true`): its codes and times count under
@@ -1488,7 +1499,7 @@ impl<'a> Forward<'a> {
             hash: None,
             criteria: None,
             set_cookies: Vec::new(),
-            vcluster: None,
+            endpoint_stats: Default::default(),
             scheme: "http",
             internal: false,
         }
@@ -1498,9 +1509,7 @@ impl<'a> Forward<'a> {
     pub(super) fn charge(&self, code: u16) {
         if self.dynamic_stats {
             self.cluster.stats.response_code(code, self.internal);
-            if let Some(vc) = &self.vcluster {
-                vc.response_code(code);
-            }
+            self.endpoint_stats.response_code(code);
         }
     }
 
