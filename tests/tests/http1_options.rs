@@ -158,3 +158,86 @@ async fn ignore_http_11_upgrade_as_envoy() {
     })
     .await;
 }
+
+/// An HTTP/1.1 upstream that records each request's bytes, up to the chunked body's end, and
+/// answers with a chunked body and a trailer (declared in `Trailer`).
+async fn trailer_upstream() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The head, then a chunked body up to its last chunk and trailer section.
+                let complete = |got: &[u8]| {
+                    let text = String::from_utf8_lossy(got).to_lowercase();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        return false;
+                    };
+                    !head.contains("transfer-encoding: chunked")
+                        || body.split_once("0\r\n").is_some_and(|(_, rest)| {
+                            rest.ends_with("\r\n") && (rest == "\r\n" || rest.ends_with("\r\n\r\n"))
+                        })
+                };
+                while !complete(&got) {
+                    match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                record
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(String::from_utf8_lossy(&got).into_owned());
+                let reply = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-resp-trailer\r\n\r\n5\r\nhello\r\n0\r\nx-resp-trailer: rt\r\n\r\n";
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// HTTP/1 trailers without `enable_trailers` (its default): neither a request's trailers
+/// (from an HTTP/1.1 client) nor an HTTP/1.1 upstream's response trailers (to an HTTP/1.1 or
+/// an HTTP/2 client) go on, as Envoy's codecs drop them; the bodies do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http1_trailers_are_dropped_as_envoy_drops_them() {
+    use skiff_tests::proxy::{Kind, ProxyProcess};
+    run_for(Duration::from_secs(90), async {
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let (up, record) = trailer_upstream().await;
+            let (admin, listen) = (skiff_tests::free_port(), skiff_tests::free_port());
+            let p = ProxyProcess::start(kind, &to_yaml(&simple_http(admin, listen, &[up])), &[])
+                .await;
+            let addr = format!("127.0.0.1:{listen}");
+            let request = b"POST /t HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ntrailer: x-req-trailer\r\n\r\n3\r\nabc\r\n0\r\nx-req-trailer: qt\r\n\r\n";
+            let r = raw_exchange(&addr, request, Duration::from_secs(2)).await;
+            let text = r.text();
+            let h2 = skiff_tests::client::nghttp(&["-v", &format!("http://{addr}/h2")]).await;
+            let upstream = record.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let outcome = format!(
+                "upstream got the request trailer: {}; h1 client got the response trailer: {}; h1 body: {}; h2 client got it: {}; h2 body: {}",
+                upstream.iter().any(|u| u.contains("x-req-trailer: qt")),
+                text.contains("x-resp-trailer: rt"),
+                text.contains("hello"),
+                h2.output.contains("x-resp-trailer: rt"),
+                h2.output.contains("hello"),
+            );
+            drop(p);
+            seen.push(outcome);
+        }
+        assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+        assert!(seen[0].contains("h1 body: true"), "{}", seen[0]);
+        assert!(!seen[0].contains("trailer: true"), "{}", seen[0]);
+    })
+    .await;
+}

@@ -117,7 +117,7 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// A body read by hyper: downstream requests (with their progress) and HTTP/1.1 upstream
     /// responses.
-    Incoming(Incoming, Option<Rc<RequestProgress>>),
+    Incoming(Incoming, Option<Rc<RequestProgress>>, Trailers),
     /// An HTTP/2 upstream response body read with `h2`, releasing flow-control capacity as the
     /// bytes move on, so the upstream can only send what the downstream has taken.
     H2 {
@@ -137,6 +137,15 @@ pub enum ProxyBody {
     /// A request body a filter read the start of before it decided (ext_authz's
     /// `with_request_body`): that start, then the rest.
     Prefixed(Box<Prefixed>),
+}
+
+/// What becomes of the trailers of a body hyper read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trailers {
+    /// Passed on (HTTP/2).
+    Keep,
+    /// Dropped, as Envoy's HTTP/1 codec drops what it reads without `enable_trailers`.
+    Drop,
 }
 
 /// The start of a body already read, then the body it came from.
@@ -277,8 +286,11 @@ impl Body for ProxyBody {
         match &mut *self {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Incoming(inc, progress) => {
+            ProxyBody::Incoming(inc, progress, trailers) => {
                 let mut frame = ready!(Pin::new(&mut *inc).poll_frame(cx));
+                if *trailers == Trailers::Drop && matches!(&frame, Some(Ok(f)) if f.is_trailers()) {
+                    frame = None;
+                }
                 charge_frame(
                     progress.as_ref().and_then(|p| p.account.as_ref()),
                     &mut frame,
@@ -329,7 +341,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Empty => true,
             ProxyBody::Full(b) => b.is_none(),
-            ProxyBody::Incoming(inc, _) => inc.is_end_stream(),
+            ProxyBody::Incoming(inc, ..) => inc.is_end_stream(),
             ProxyBody::H2 { recv, .. } => recv.is_end_stream(),
             ProxyBody::Filtered(f) => f.is_end_stream(),
             ProxyBody::Replay(r) => r.is_end_stream(),
@@ -343,7 +355,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Empty => SizeHint::with_exact(0),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ProxyBody::Incoming(inc, _) => inc.size_hint(),
+            ProxyBody::Incoming(inc, ..) => inc.size_hint(),
             ProxyBody::Replay(r) => r.size_hint(),
             ProxyBody::Filtered(f) => f.size_hint(),
             ProxyBody::Prefixed(p) => p.size_hint(),

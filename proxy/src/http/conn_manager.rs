@@ -20,7 +20,7 @@ use crate::config::model::{
     self, ActionName, CodecType, HeaderCase, ScaledTimer, ServerHeader, ShedPoint, Underscores,
 };
 use crate::drain::ConnectionDrain;
-use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked};
+use crate::http::body::{EndReason, ProxyBody, RequestProgress, StreamEnd, Tracked, Trailers};
 use crate::http::delayed_close::{CloseState, DelayedClose};
 use crate::http::filter::{self, Direction};
 use crate::http::filters::router::{self, Upstream};
@@ -1716,7 +1716,14 @@ async fn handle(
         record_request(info, &parts, scheme);
     }
 
-    let mut body = ProxyBody::Incoming(body, Some(request.clone()));
+    // HTTP/1 request trailers are dropped, as Envoy's codec drops them without
+    // `enable_trailers` (which skiff refuses).
+    let trailers = if parts.version == http::Version::HTTP_2 {
+        Trailers::Keep
+    } else {
+        Trailers::Drop
+    };
+    let mut body = ProxyBody::Incoming(body, Some(request.clone()), trailers);
     // The route is resolved once, before the filters (which see its per-route configuration);
     // the router forwards by it.
     let mut selection = router::select(

@@ -7,7 +7,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 
 use crate::config::model::{self, OriginalDstHeader, UpstreamProtocol};
-use crate::http::body::{Deadline, EndReason, ProxyBody, RequestProgress};
+use crate::http::body::{Deadline, EndReason, ProxyBody, RequestProgress, Trailers};
 use crate::http::conn_manager::authority;
 use crate::http::headers::{self, names};
 use crate::http::local_reply::LocalReply;
@@ -2045,7 +2045,8 @@ async fn send_http1(
                 }
                 sender.saw_response(&resp);
                 return Ok((
-                    resp.map(|b| ProxyBody::Incoming(b, None)),
+                    // No cluster asks for HTTP/1 trailers (`enable_trailers` is refused).
+                    resp.map(|b| ProxyBody::Incoming(b, None, Trailers::Drop)),
                     Conn::Http1(sender),
                 ));
             }
