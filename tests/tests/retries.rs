@@ -186,6 +186,12 @@ fn route(prefix: &str, cluster: &str, policy: Option<Value>) -> Value {
     r
 }
 
+/// `r` with `field` set on the route.
+fn with(mut r: Value, field: &str, value: Value) -> Value {
+    r[field] = value;
+    r
+}
+
 fn cluster(name: &str, port: u16, http2: bool, extra: Value) -> Value {
     let mut c = json!({
         "name": name,
@@ -261,6 +267,17 @@ fn config(admin: u16, listen: u16, upstream: u16, dead: u16, http2: bool) -> Str
         route("/budget0/", "budget0", Some(retry("5xx", 2))),
         route("/budget/", "budget", Some(retry("5xx", 2))),
         route("/rnone/", "svc", None),
+        // A route's body limit replaces the connection's (32 KiB), below or above it.
+        with(
+            route("/rbuf/", "svc", Some(retry("5xx", 2))),
+            "per_request_buffer_limit_bytes",
+            json!(100),
+        ),
+        with(
+            route("/rbig/", "svc", Some(retry("5xx", 2))),
+            "request_body_buffer_limit",
+            json!(200_000),
+        ),
         route(
             "/rlimit/",
             "svc",
@@ -274,6 +291,12 @@ fn config(admin: u16, listen: u16, upstream: u16, dead: u16, http2: bool) -> Str
     ];
     let vh_routes = vec![
         route("/vhr/", "svc", Some(retry("retriable-4xx", 1))),
+        // Over the virtual host's body limit; 0 keeps nothing.
+        with(
+            route("/vhz/", "svc", None),
+            "per_request_buffer_limit_bytes",
+            json!(0),
+        ),
         route("/", "svc", None),
     ];
     let hcm = json!({
@@ -288,7 +311,8 @@ fn config(admin: u16, listen: u16, upstream: u16, dead: u16, http2: bool) -> Str
                 "log_format": { "text_format_source": { "inline_string": LOG } } } } ],
             "route_config": { "name": "r", "virtual_hosts": [
                 { "name": "vh", "domains": ["vh.example.com"], "routes": vh_routes,
-                  "retry_policy": retry("5xx", 1) },
+                  "retry_policy": retry("5xx", 1),
+                  "per_request_buffer_limit_bytes": 100_000 },
                 { "name": "main", "domains": ["*"], "routes": routes,
                   "include_request_attempt_count": true,
                   "include_attempt_count_in_response": true,
@@ -495,6 +519,19 @@ async fn side_by_side(http2: bool) {
     c.method = "POST";
     c.body = 100_000;
     cases.push(c);
+    for (path, body, host) in [
+        ("/rbuf/small/503/1", 50, "a.example.com"),
+        ("/rbuf/over/503/1", 1000, "a.example.com"),
+        ("/rbig/large/503/1", 100_000, "a.example.com"),
+        ("/vhb/large/503/1", 50_000, "vh.example.com"),
+        ("/vhz/tiny/503/1", 10, "vh.example.com"),
+    ] {
+        let mut c = get(path);
+        c.method = "POST";
+        c.body = body;
+        c.host = host;
+        cases.push(c);
+    }
     // The retry headers of an internal request (the peer is in internal_address_config) count;
     // an external one's are stripped and ignored.
     let mut c = get("/rnone/h/500/2");

@@ -1317,6 +1317,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "rate_limits",
             "request_mirror_policies",
             "cors",
+            "per_request_buffer_limit_bytes",
+            "request_body_buffer_limit",
         ],
     ),
     ("envoy.config.route.v3.VirtualCluster", &["name", "headers"]),
@@ -1412,6 +1414,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "decorator",
             "tracing",
             "stat_prefix",
+            "per_request_buffer_limit_bytes",
+            "request_body_buffer_limit",
         ],
     ),
     (

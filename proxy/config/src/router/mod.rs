@@ -417,6 +417,9 @@ pub struct Route {
     pub tracing: Option<Arc<crate::trace::RouteTracing>>,
     /// `stat_prefix`: its requests count in `vhost.<virtual host>.route.<stat_prefix>.*`.
     pub stat_prefix: Option<Arc<str>>,
+    /// `request_body_buffer_limit`, else `per_request_buffer_limit_bytes`: over the virtual
+    /// host's.
+    pub buffer_limit: Option<u64>,
 }
 
 /// `max_grpc_timeout` (zero: none) and `grpc_timeout_offset`.
@@ -1008,6 +1011,10 @@ pub struct VirtualHost {
     /// `virtual_clusters`: the first whose headers all match names the request's; with any,
     /// the others count as `other`.
     pub virtual_clusters: Vec<VirtualCluster>,
+    /// `request_body_buffer_limit`, else `per_request_buffer_limit_bytes`: what a request body
+    /// kept for retries, mirrors and redirects may hold, for routes without their own,
+    /// instead of the connection's limit.
+    pub buffer_limit: Option<u64>,
 }
 
 /// A `VirtualCluster`: requests its header matchers pick count in
@@ -1301,6 +1308,7 @@ mod tests {
             cors: None,
             rate_limits: Vec::new(),
             virtual_clusters: Vec::new(),
+            buffer_limit: None,
         }
     }
 
@@ -1420,6 +1428,7 @@ mod tests {
             decorator: None,
             tracing: None,
             stat_prefix: None,
+            buffer_limit: None,
         };
         let hcm = vec![("websocket".to_string(), true), ("off".to_string(), false)];
         assert!(r.allows_upgrade("websocket", &hcm));

@@ -473,12 +473,8 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
     let _ = hedge_policy;
     // include_is_timeout_retry_header: http_manager (the virtual host).
     let _ = include_is_timeout_retry_header;
-    refuse(
-        path,
-        "per_request_buffer_limit_bytes",
-        per_request_buffer_limit_bytes,
-    )?;
-    refuse(path, "request_body_buffer_limit", request_body_buffer_limit)?;
+    // per_request_buffer_limit_bytes, request_body_buffer_limit: http_manager::buffer_limit.
+    let _ = (per_request_buffer_limit_bytes, request_body_buffer_limit);
     // request_mirror_policies: http_manager::translate_routes.
     let _ = request_mirror_policies;
     refuse(path, "route_specifiers", route_specifiers)?;
@@ -508,12 +504,8 @@ pub(super) fn route(m: &route_pb::Route, path: &str) -> Result<(), ConfigError> 
     } = m;
     // typed_per_filter_config: translate::ratelimit::per_filter_configs.
     let _ = typed_per_filter_config;
-    refuse(
-        path,
-        "per_request_buffer_limit_bytes",
-        per_request_buffer_limit_bytes,
-    )?;
-    refuse(path, "request_body_buffer_limit", request_body_buffer_limit)?;
+    // per_request_buffer_limit_bytes, request_body_buffer_limit: http_manager::buffer_limit.
+    let _ = (per_request_buffer_limit_bytes, request_body_buffer_limit);
     refuse(path, "route_specifiers", route_specifiers)?;
     if let Some(route_pb::route::Action::FilterAction(_)) = action {
         return Err(unsupported(path, "filter_action"));

@@ -1730,7 +1730,14 @@ pub(crate) fn translate_routes(
             .map(|h| super::retry::hedge(h, &format!("{vpath}.hedge_policy")))
             .transpose()?
             .unwrap_or(false);
+        // Deprecated in the API, and still what configurations set.
+        #[allow(deprecated)]
+        let vh_buffer_limit = buffer_limit(
+            &vh.request_body_buffer_limit,
+            &vh.per_request_buffer_limit_bytes,
+        );
         vhosts.push(VirtualHost {
+            buffer_limit: vh_buffer_limit,
             retry,
             hedge,
             require_tls,
@@ -1991,6 +1998,20 @@ pub(super) fn route_match(
     Ok((matcher, path_match))
 }
 
+/// A virtual host's or route's limit on a request body kept for retries, mirrors and
+/// redirects: `request_body_buffer_limit`, else `per_request_buffer_limit_bytes`. Either
+/// replaces the connection's limit (measured on Envoy 1.40: a larger one lets a body the
+/// connection's would not hold be retried), and 0 keeps nothing.
+fn buffer_limit(
+    request_body: &Option<envoy_types::pb::google::protobuf::UInt64Value>,
+    per_request: &Option<envoy_types::pb::google::protobuf::UInt32Value>,
+) -> Option<u64> {
+    request_body
+        .as_ref()
+        .map(|v| v.value)
+        .or(per_request.as_ref().map(|v| u64::from(v.value)))
+}
+
 fn translate_route(
     r: &route::Route,
     path: &str,
@@ -2002,7 +2023,13 @@ fn translate_route(
     let (matcher, path_match) = route_match(m, &format!("{path}.match"))?;
     let max_body = max_body.unwrap_or(super::route_action::MAX_DIRECT_RESPONSE_BODY);
     let t = super::route_action::translate(r, path, &path_match, clusters, max_body)?;
+    #[allow(deprecated)]
+    let route_buffer_limit = buffer_limit(
+        &r.request_body_buffer_limit,
+        &r.per_request_buffer_limit_bytes,
+    );
     Ok(Route {
+        buffer_limit: route_buffer_limit,
         stat_prefix: (!r.stat_prefix.is_empty()).then(|| r.stat_prefix.as_str().into()),
         name: r.name.clone(),
         metadata: Arc::new(

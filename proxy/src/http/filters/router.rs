@@ -572,6 +572,11 @@ pub async fn route(
     let (Some(route), Some(vhost)) = (selection.route(), selection.vhost()) else {
         return Err(LocalReply::NO_ROUTE);
     };
+    // The route's or its virtual host's limit replaces the connection's.
+    let buffer_limit = route
+        .buffer_limit
+        .or(vhost.buffer_limit)
+        .map_or(buffer_limit, |v| usize::try_from(v).unwrap_or(usize::MAX));
     let order = |response: bool| selection.header_mutations(response);
     // An upgrade neither the route nor the connection manager takes: Envoy's 403.
     if upgrade.is_some_and(|kind| !route.allows_upgrade(kind, &cfg.upgrades)) {
