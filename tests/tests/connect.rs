@@ -42,6 +42,9 @@ async fn start(kind: Kind) -> Side {
               "route": { "cluster": "echo",
                 "upgrade_configs": [ { "upgrade_type": "CONNECT", "connect_config": {} } ] } },
             { "match": { "connect_matcher": {} }, "route": { "cluster": "tunnel" } },
+            { "match": { "prefix": "/post" },
+              "route": { "cluster": "echo",
+                "upgrade_configs": [ { "upgrade_type": "CONNECT", "connect_config": { "allow_post": true } } ] } },
             { "match": { "prefix": "/" }, "direct_response": { "status": 200 } }
         ] })],
     );
@@ -241,6 +244,57 @@ async fn connect_side_by_side() {
                 side.proxy.kind.name()
             );
         }
+    })
+    .await
+}
+
+/// `connect_config.allow_post`: a POST to the route is terminated as a CONNECT is, over
+/// HTTP/2 and HTTP/1.1: the proxy answers 200 at once, the body alone reaches the TCP
+/// upstream, and what comes back is the response's body until the upstream closes.
+#[tokio::test]
+async fn post_terminated_as_connect_side_by_side() {
+    run(async {
+        let e = start(Kind::Envoy).await;
+        let s = start(Kind::under_test()).await;
+        let mut seen = Vec::new();
+        for side in [&e, &s] {
+            let url = format!("http://127.0.0.1:{}/post", side.port);
+            let mut got = Vec::new();
+            for h2 in [true, false] {
+                let mut args = vec!["-X", "POST", "--data-binary", "through a POST"];
+                if h2 {
+                    args.push("--http2-prior-knowledge");
+                }
+                args.push(&url);
+                let r = client::curl(&args).await;
+                let mut names: Vec<String> = r
+                    .resp
+                    .headers
+                    .iter()
+                    .map(|(n, _)| n.to_string())
+                    .filter(|n| n != "date" && n != "x-envoy-upstream-service-time")
+                    .collect();
+                names.sort();
+                got.push(format!(
+                    "h2 {h2}: {} {:?} {names:?}",
+                    r.resp.status,
+                    String::from_utf8_lossy(&r.resp.body)
+                ));
+            }
+            let finished = side.echo.wait_finished(2, Duration::from_secs(3)).await;
+            let received: Vec<String> = finished
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.received).into_owned())
+                .collect();
+            got.push(format!("upstream received {received:?}"));
+            seen.push(got);
+        }
+        assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+        assert!(
+            seen[0][0].starts_with("h2 true: 200 \"through a POST\""),
+            "{:?}",
+            seen[0]
+        );
     })
     .await
 }

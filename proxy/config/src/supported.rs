@@ -1744,7 +1744,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     // allow_post (CONNECT sent as a POST) and proxy_protocol_config are refused.
     (
         "envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig",
-        &[],
+        &["allow_post"],
     ),
     // gzip's memory_level and compression_strategy tune how hard zlib works; the output decodes
     // to the same bytes (docs/compatibility.md).

@@ -137,6 +137,55 @@ pub enum ProxyBody {
     /// A request body a filter read the start of before it decided (ext_authz's
     /// `with_request_body`): that start, then the rest.
     Prefixed(Box<Prefixed>),
+    /// What a TCP upstream sends back, as a response body (a POST a route's `connect_config`
+    /// terminates with `allow_post`).
+    Tcp(Box<TcpBody>),
+}
+
+/// The bytes of a TCP connection's read half, as body frames, until it closes.
+pub struct TcpBody {
+    read: tokio::io::ReadHalf<crate::upstream::pool::UpstreamStream>,
+    done: bool,
+}
+
+impl std::fmt::Debug for TcpBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpBody").field("done", &self.done).finish()
+    }
+}
+
+impl TcpBody {
+    /// The body of what `read` receives.
+    pub fn new(read: tokio::io::ReadHalf<crate::upstream::pool::UpstreamStream>) -> Self {
+        TcpBody { read, done: false }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut buf = bytes::BytesMut::zeroed(16 * 1024);
+        let mut read = tokio::io::ReadBuf::new(&mut buf);
+        match ready!(tokio::io::AsyncRead::poll_read(
+            Pin::new(&mut self.read),
+            cx,
+            &mut read
+        )) {
+            Ok(()) if read.filled().is_empty() => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Ok(()) => {
+                let n = read.filled().len();
+                buf.truncate(n);
+                Poll::Ready(Some(Ok(Frame::data(buf.freeze()))))
+            }
+            Err(e) => {
+                self.done = true;
+                Poll::Ready(Some(Err(e.into())))
+            }
+        }
+    }
 }
 
 /// What becomes of the trailers of a body hyper read.
@@ -334,6 +383,7 @@ impl Body for ProxyBody {
             ProxyBody::Tee(t) => t.poll_frame(cx),
             ProxyBody::Shadow(s) => s.poll_frame(cx),
             ProxyBody::Prefixed(p) => p.poll_frame(cx),
+            ProxyBody::Tcp(t) => t.poll_frame(cx),
         }
     }
 
@@ -348,6 +398,7 @@ impl Body for ProxyBody {
             ProxyBody::Tee(t) => t.is_end_stream(),
             ProxyBody::Shadow(s) => s.is_end_stream(),
             ProxyBody::Prefixed(p) => p.is_end_stream(),
+            ProxyBody::Tcp(t) => t.done,
         }
     }
 
@@ -359,7 +410,9 @@ impl Body for ProxyBody {
             ProxyBody::Replay(r) => r.size_hint(),
             ProxyBody::Filtered(f) => f.size_hint(),
             ProxyBody::Prefixed(p) => p.size_hint(),
-            ProxyBody::H2 { .. } | ProxyBody::Tee(_) | ProxyBody::Shadow(_) => SizeHint::default(),
+            ProxyBody::H2 { .. } | ProxyBody::Tee(_) | ProxyBody::Shadow(_) | ProxyBody::Tcp(_) => {
+                SizeHint::default()
+            }
         }
     }
 }

@@ -399,6 +399,9 @@ pub struct Route {
     /// `upgrade_configs[].connect_config`: a CONNECT is terminated here, its payload sent to
     /// the cluster over TCP.
     pub connect_terminate: bool,
+    /// `connect_config.allow_post`: a POST is terminated likewise, its body sent to the
+    /// cluster over TCP and what comes back its response's body.
+    pub connect_allow_post: bool,
     /// `request_headers_to_add|remove`.
     pub request_headers: Arc<HeaderParser>,
     /// `response_headers_to_add|remove`.
@@ -1420,6 +1423,7 @@ mod tests {
             hedge: None,
             upgrades: vec![],
             connect_terminate: false,
+            connect_allow_post: false,
             request_headers: Arc::default(),
             response_headers: Arc::default(),
             per_filter: PerFilterConfigs::default(),

@@ -2045,6 +2045,7 @@ fn translate_route(
         hedge: t.hedge,
         upgrades: t.upgrades,
         connect_terminate: t.connect_terminate,
+        connect_allow_post: t.connect_allow_post,
         request_headers: super::route_action::header_parser(
             &r.request_headers_to_add,
             &r.request_headers_to_remove,

@@ -27,6 +27,7 @@ pub(super) struct Translated {
     pub hedge: Option<bool>,
     pub upgrades: Vec<(String, bool)>,
     pub connect_terminate: bool,
+    pub connect_allow_post: bool,
     pub grpc_timeout: Option<crate::router::GrpcTimeout>,
 }
 
@@ -46,6 +47,7 @@ pub(super) fn translate(
         hedge: None,
         upgrades: Vec::new(),
         connect_terminate: false,
+        connect_allow_post: false,
         grpc_timeout: None,
     };
     match &r.action {
@@ -337,7 +339,7 @@ fn forward(
         }
     };
     let mut upgrades: Vec<(String, bool)> = Vec::new();
-    let mut connect_terminate = false;
+    let (mut connect_terminate, mut connect_allow_post) = (false, false);
     for (i, u) in action.upgrade_configs.iter().enumerate() {
         let upath = format!("{apath}.upgrade_configs[{i}]");
         let route::route_action::UpgradeConfig {
@@ -356,6 +358,7 @@ fn forward(
                 ));
             }
             connect_terminate = true;
+            connect_allow_post = connect_config.as_ref().is_some_and(|c| c.allow_post);
         }
         if upgrades.iter().any(|(t, _)| *t == kind) {
             return Err(ConfigError::new(
@@ -459,6 +462,7 @@ fn forward(
             .transpose()?,
         upgrades,
         connect_terminate,
+        connect_allow_post,
         grpc_timeout: grpc_timeout(action, apath)?,
     })
 }

@@ -1038,7 +1038,10 @@ pub async fn route(
         alpn,
         shared,
         upgrade,
-        terminate: upgrade == Some("connect") && route.connect_terminate,
+        terminate: (upgrade == Some("connect") && route.connect_terminate)
+            || (upgrade.is_none()
+                && route.connect_allow_post
+                && parts.method == http::Method::POST),
         request,
         dynamic_stats: cfg.router.dynamic_stats,
         response_headers,
@@ -1849,6 +1852,16 @@ pub(super) async fn attempt(
             .map_err(|e| connect_failure(e, failure))?;
         state.connected.set(true);
         let info = pool::connection_info(stream.get_mut());
+        if f.upgrade.is_none() {
+            // A POST (`allow_post`): its body goes to the connection, and what comes back is
+            // the 200's body, as Envoy's TCP upstream answers.
+            let (read, write) = tokio::io::split(stream);
+            tokio::task::spawn_local(send_body_over_tcp(body, write));
+            let resp = Response::new(ProxyBody::Tcp(Box::new(crate::http::body::TcpBody::new(
+                read,
+            ))));
+            return Ok((resp, Conn::Tunnel(info)));
+        }
         let mut resp = Response::new(ProxyBody::full(bytes::Bytes::new()));
         resp.extensions_mut().insert(TcpTunnel::new(stream));
         return Ok((resp, Conn::Tunnel(info)));
@@ -1879,6 +1892,25 @@ pub(super) async fn attempt(
     } else {
         send_http1(&target, parts, body).await
     }
+}
+
+/// Writes a request body to a TCP connection, then half-closes it; a failed read or write
+/// drops the connection's write half.
+async fn send_body_over_tcp(
+    mut body: ProxyBody,
+    mut write: tokio::io::WriteHalf<pool::UpstreamStream>,
+) {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return };
+        if let Some(data) = frame.data_ref() {
+            if write.write_all(data).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = write.shutdown().await;
 }
 
 /// The local reply for a failed connect; its reason goes to `failure` for the access log.
