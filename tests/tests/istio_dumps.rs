@@ -542,12 +542,15 @@ fn fixed_clusters() -> Vec<Value> {
         }
         c
     };
+    // An inbound port's cluster never forgets its destinations (Istio's "max duration").
+    let mut inbound_port = original_dst("inbound|80||", true);
+    inbound_port["cleanup_interval"] = "9223372035s".into();
     let mut ext_authz = outbound_cluster(9191, "sample-ext-authz-grpc", "ext-authz");
     ext_authz["name"] = "outbound|9191||sample-ext-authz-grpc".into();
     vec![
         original_dst("PassthroughCluster", false),
         original_dst("InboundPassthroughClusterIpv4", true),
-        original_dst("inbound|80||", true),
+        inbound_port,
         serde_json::json!({
             "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
             "name": "BlackHoleCluster",

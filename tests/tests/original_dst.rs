@@ -137,6 +137,39 @@ fn outbound_capture_reaches_the_original_destination(kind: Kind) {
         "{}",
         ns.log("app8080.log")
     );
+    // `/clusters` lists the destination's host, with its counters, as Envoy does.
+    let (_, clusters) = ns.curl("http://127.0.0.1:15000/clusters");
+    let host: Vec<&str> = clusters
+        .lines()
+        .filter(|l| l.starts_with("passthrough::127.0.0.1:8080::"))
+        .filter(|l| !l.contains("::success_rate::") && !l.contains("local_origin_success_rate"))
+        .collect();
+    assert_eq!(
+        host,
+        [
+            "passthrough::127.0.0.1:8080::cx_active::0",
+            "passthrough::127.0.0.1:8080::cx_connect_fail::0",
+            "passthrough::127.0.0.1:8080::cx_total::1",
+            "passthrough::127.0.0.1:8080::rq_active::0",
+            "passthrough::127.0.0.1:8080::rq_error::0",
+            "passthrough::127.0.0.1:8080::rq_pending_active::0",
+            "passthrough::127.0.0.1:8080::rq_success::0",
+            "passthrough::127.0.0.1:8080::rq_timeout::0",
+            // A tcp_proxy connection is the host's request, as Envoy's pool counts it.
+            "passthrough::127.0.0.1:8080::rq_total::1",
+            // Envoy names a destination's host by its cluster and address.
+            "passthrough::127.0.0.1:8080::hostname::passthrough127.0.0.1:8080",
+            "passthrough::127.0.0.1:8080::health_flags::healthy",
+            "passthrough::127.0.0.1:8080::weight::1",
+            "passthrough::127.0.0.1:8080::region::",
+            "passthrough::127.0.0.1:8080::zone::",
+            "passthrough::127.0.0.1:8080::sub_zone::",
+            "passthrough::127.0.0.1:8080::canary::false",
+            "passthrough::127.0.0.1:8080::priority::0",
+        ],
+        "{}:\n{clusters}",
+        kind.name()
+    );
 }
 
 #[tokio::test]

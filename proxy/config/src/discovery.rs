@@ -625,10 +625,13 @@ resources:
             ]
         );
         assert_eq!(d.dumps[0]["name"], "a");
-        let text = r#"{"version_info": "1", "resources": [{"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "a", "cleanup_interval": "5s"}]}"#;
+        let text = r#"{"version_info": "1", "resources": [{"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "a", "track_timeout_budgets": true}]}"#;
         let e = decode_text(text).expect_err("unsupported");
         assert!(matches!(e, FileError::Rejected(_)), "{e:?}");
-        assert_eq!(e.to_string(), "resources[0].cleanup_interval: unsupported");
+        assert_eq!(
+            e.to_string(),
+            "resources[0].track_timeout_budgets: unsupported"
+        );
         let e = decode_text("version_info: [nope").expect_err("not YAML");
         assert!(matches!(e, FileError::Read(_)), "{e:?}");
     }
@@ -651,7 +654,7 @@ mod decoder_tests {
         let bad = dir.join("bad.yaml");
         std::fs::write(
             &bad,
-            "resources: [{'@type': type.googleapis.com/envoy.config.cluster.v3.Cluster, name: c, cleanup_interval: 1s}]\n",
+            "resources: [{'@type': type.googleapis.com/envoy.config.cluster.v3.Cluster, name: c, track_timeout_budgets: true}]\n",
         )
         .expect("write");
         let input = format!(
@@ -675,7 +678,7 @@ mod decoder_tests {
             .expect("decoded");
         assert_eq!((d.version_info.as_str(), d.resources.len()), ("3", 1));
         assert_eq!(frames[1].0, 2);
-        assert!(String::from_utf8_lossy(&frames[1].1).contains("cleanup_interval"));
+        assert!(String::from_utf8_lossy(&frames[1].1).contains("track_timeout_budgets"));
         assert_eq!(frames[2].0, 1);
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -2879,6 +2879,31 @@ pub struct EndpointCheck {
 }
 
 impl Host {
+    /// The host ORIGINAL_DST cluster `cluster` makes for a destination: named by the cluster
+    /// and the address as Envoy names it, healthy, weight 1, priority 0, no locality, no
+    /// metadata.
+    pub fn destination(cluster: &str, address: SocketAddr) -> Host {
+        Host {
+            address,
+            healthy: true,
+            degraded: false,
+            excluded: false,
+            priority: 0,
+            hostname: Some(format!("{cluster}{}", address_text(&address)).into()),
+            weight: 1,
+            locality: 0,
+            locality_weight: None,
+            place: Arc::default(),
+            socket_match: SocketMatchLabels::default(),
+            hash_key: None,
+            checks: HcFlags::default(),
+            check_config: None,
+            lb_metadata: Arc::default(),
+            metadata: Arc::default(),
+            internal: None,
+        }
+    }
+
     /// Whether it may take traffic: healthy by discovery and not failed by the active checks.
     pub fn usable(&self) -> bool {
         self.healthy && !self.checks.failed && !self.checks.ejected
@@ -3402,6 +3427,9 @@ pub struct Cluster {
     /// ORIGINAL_DST with `original_dst_lb_config.use_http_header`: the request header naming
     /// the host (`x-envoy-original-dst-host` unless `http_header_name` says otherwise).
     pub original_dst_header: Option<OriginalDstHeader>,
+    /// `cleanup_interval` (5 s): an ORIGINAL_DST cluster forgets a destination's host (its
+    /// pooled connections and its counters) once no stream picked it for this long.
+    pub original_dst_cleanup: Duration,
     /// `upstream_bind_config.source_address`: the local address of upstream connections.
     pub source_address: Option<std::net::SocketAddr>,
     /// `connect_timeout` (default 5 s).

@@ -2019,6 +2019,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     (
         "envoy.config.cluster.v3.Cluster",
         &[
+            "cleanup_interval",
             "preconnect_policy",
             "transport_socket_matches",
             "name",

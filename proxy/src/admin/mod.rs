@@ -792,7 +792,26 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
             .iter()
             .any(|d| !d.is_static && d.active.as_ref().is_some_and(|a| a.name == *name));
         out.push_str(&format!("{name}::added_via_api::{via_api}\n"));
-        for (h, s) in c.hosts.iter().zip(&c.host_stats) {
+        // An ORIGINAL_DST cluster's destinations in force, after its configured hosts.
+        let destinations: Vec<(crate::config::model::Host, Arc<crate::upstream::HostStats>)> = c
+            .destinations
+            .as_ref()
+            .map(|d| d.in_force(c.config.original_dst_cleanup))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(a, d)| {
+                (
+                    crate::config::model::Host::destination(name, a),
+                    d.stats.clone(),
+                )
+            })
+            .collect();
+        let all = c
+            .hosts
+            .iter()
+            .zip(&c.host_stats)
+            .chain(destinations.iter().map(|(h, s)| (h, s)));
+        for (h, s) in all {
             let a = crate::config::model::address_text(&h.address);
             let fields = [
                 ("cx_active", s.cx_active.load(Relaxed)),
@@ -800,6 +819,8 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
                 ("cx_total", s.cx_total.load(Relaxed)),
                 ("rq_active", s.rq_active.load(Relaxed)),
                 ("rq_error", s.rq_error.load(Relaxed)),
+                // Requests wait in skiff's pools for the cluster, never in a host's queue.
+                ("rq_pending_active", 0),
                 ("rq_success", s.rq_success.load(Relaxed)),
                 ("rq_timeout", s.rq_timeout.load(Relaxed)),
                 ("rq_total", s.rq_total.load(Relaxed)),

@@ -75,6 +75,70 @@ pub struct ClusterInfo {
     pub outlier_averages: Arc<outlier::Averages>,
     /// The main thread's count of the cluster's subsets (as Envoy's main thread counts them).
     pub subsets: Option<subset::MainCount>,
+    /// An ORIGINAL_DST cluster's destinations, shared by the workers (kept while the
+    /// configuration is).
+    pub destinations: Option<Arc<Destinations>>,
+}
+
+/// An ORIGINAL_DST cluster's hosts, one per destination a stream was sent to, shared by the
+/// workers as Envoy's cluster shares them: their counters, and when a stream last picked each.
+/// A destination no stream picked for `cleanup_interval` is forgotten (`/clusters` no longer
+/// lists it, and the next stream to it starts a new host with new pools and counters).
+#[derive(Debug, Default)]
+pub struct Destinations {
+    hosts: std::sync::Mutex<HashMap<SocketAddr, Arc<Destination>>>,
+}
+
+/// One destination's host, as the workers share it.
+#[derive(Debug, Default)]
+pub struct Destination {
+    /// Its counters.
+    pub stats: Arc<HostStats>,
+    /// When a stream last picked it ([`lb::clock_ms`]).
+    used_ms: AtomicU64,
+}
+
+impl Destination {
+    fn touch(&self) {
+        self.used_ms.store(lb::clock_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether a stream picked it within `window`.
+    pub fn fresh(&self, window: std::time::Duration) -> bool {
+        let window = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        lb::clock_ms().saturating_sub(self.used_ms.load(Ordering::Relaxed)) < window
+    }
+}
+
+impl Destinations {
+    /// The host of `dest` a stream just picked: the one in force, or a new one if none is or
+    /// it was forgotten. Forgotten ones are dropped as a new one is made.
+    fn pick(&self, dest: SocketAddr, window: std::time::Duration) -> Arc<Destination> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = match hosts.get(&dest) {
+            Some(d) if d.fresh(window) => d.clone(),
+            _ => {
+                hosts.retain(|_, d| d.fresh(window));
+                let d = Arc::new(Destination::default());
+                hosts.insert(dest, d.clone());
+                d
+            }
+        };
+        entry.touch();
+        entry
+    }
+
+    /// The destinations in force, by address.
+    pub fn in_force(&self, window: std::time::Duration) -> Vec<(SocketAddr, Arc<Destination>)> {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = hosts
+            .iter()
+            .filter(|(_, d)| d.fresh(window))
+            .map(|(a, d)| (*a, d.clone()))
+            .collect();
+        out.sort_by_key(|(a, _)| *a);
+        out
+    }
 }
 
 impl ClusterInfo {
@@ -130,6 +194,12 @@ impl ClusterInfo {
                     .and_then(|p| p.subsets.as_ref()),
             )
         });
+        let destinations = (config.discovery == model::DiscoveryType::OriginalDst).then(|| {
+            previous
+                .filter(|p| Arc::ptr_eq(&p.config, &config))
+                .and_then(|p| p.destinations.clone())
+                .unwrap_or_default()
+        });
         ClusterInfo {
             config,
             hosts,
@@ -137,6 +207,7 @@ impl ClusterInfo {
             breakers,
             outlier_averages,
             subsets,
+            destinations,
         }
     }
 }
@@ -519,13 +590,17 @@ pub struct Cluster {
     lb: lb::Balancer,
     /// `lb_subset_config`: the hosts grouped by their metadata, each group balanced alone.
     subsets: Option<subset::Subsets>,
-    /// ORIGINAL_DST: one host per original destination seen, each with its own pools.
-    by_destination: RefCell<HashMap<SocketAddr, Rc<Host>>>,
+    /// ORIGINAL_DST: one host per original destination seen, each with its own pools, and
+    /// the destination it stands for across workers.
+    by_destination: RefCell<HashMap<SocketAddr, DestinationHost>>,
     /// Upstream PROXY protocol and `auto_sni`: one host per (host, downstream source and
     /// destination, SNI), so that no connection carries another downstream connection's header
     /// or another request's server name.
     by_downstream: RefCell<HashMap<VariantKey, Rc<Host>>>,
 }
+
+/// A worker's host for a destination, and the destination it stands for across workers.
+type DestinationHost = (Rc<Host>, Arc<Destination>);
 
 type VariantKey = (
     SocketAddr,
@@ -578,21 +653,32 @@ impl Cluster {
     }
 
     fn destination_host(&self, dest: SocketAddr) -> Rc<Host> {
+        let window = self.config().original_dst_cleanup;
         let mut hosts = self.by_destination.borrow_mut();
-        if let Some(h) = hosts.get(&dest) {
-            return h.clone();
+        if let Some((h, d)) = hosts.get(&dest) {
+            if d.fresh(window) {
+                d.touch();
+                return h.clone();
+            }
         }
         if hosts.len() >= MAX_IDLE_DESTINATIONS {
             // Only the map holds these: no stream is using them (their idle connections go too).
-            hosts.retain(|_, h| Rc::strong_count(h) > 1);
+            hosts.retain(|_, (h, _)| Rc::strong_count(h) > 1);
         }
-        let mut host = Host::new(dest, true, None, Arc::new(HostStats::default()));
+        // A new host, or a forgotten one's successor (its pools and counters new).
+        let shared = match &self.info.destinations {
+            Some(d) => d.pick(dest, window),
+            None => Arc::default(),
+        };
+        // Envoy names a destination's host by its cluster and address.
+        let hostname = format!("{}{}", self.name, model::address_text(&dest));
+        let mut host = Host::new(dest, true, Some(hostname.into()), shared.stats.clone());
         host.tls = self
             .config()
             .tls_for(&model::SocketMatchLabels::default())
             .cloned();
         let host = Rc::new(host);
-        hosts.insert(dest, host.clone());
+        hosts.insert(dest, (host.clone(), shared));
         host
     }
 
@@ -869,7 +955,12 @@ impl Cluster {
     /// Closes this cluster's idle pooled connections and stops new streams on HTTP/2 ones.
     fn close_idle(&self) {
         let (dest, down) = (self.by_destination.borrow(), self.by_downstream.borrow());
-        for h in self.hosts.iter().chain(dest.values()).chain(down.values()) {
+        for h in self
+            .hosts
+            .iter()
+            .chain(dest.values().map(|(h, _)| h))
+            .chain(down.values())
+        {
             h.h1.clear();
             h.h2.clear();
         }
@@ -1141,5 +1232,36 @@ mod authority_tests {
         assert_eq!(authority_host("[fd00::1]:443"), None);
         assert_eq!(authority_host(""), None);
         assert_eq!(authority_host("bad name"), None);
+    }
+}
+
+#[cfg(test)]
+mod destination_tests {
+    use super::Destinations;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_destination_no_stream_picks_for_the_cleanup_interval_is_forgotten() {
+        let d = Destinations::default();
+        let window = Duration::from_secs(5);
+        let a = "10.0.0.1:80".parse().expect("address");
+        let first = d.pick(a, window);
+        super::HostStats::inc(&first.stats.cx_total);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        // Picked within the interval: the same host, and its clock starts again.
+        assert!(std::sync::Arc::ptr_eq(&first, &d.pick(a, window)));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(d.in_force(window).len(), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(d.in_force(window).is_empty(), "listed no more");
+        // A new host, its counters new.
+        let next = d.pick(a, window);
+        assert!(!std::sync::Arc::ptr_eq(&first, &next));
+        assert_eq!(
+            next.stats
+                .cx_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 }

@@ -418,6 +418,19 @@ pub(super) fn translate_cluster(
         ),
         discovery,
         original_dst_header,
+        original_dst_cleanup: match &c.cleanup_interval {
+            Some(d) => {
+                let d = duration(d, &format!("{path}.cleanup_interval"))?;
+                if d.is_zero() {
+                    return Err(ConfigError::new(
+                        format!("{path}.cleanup_interval"),
+                        "value must be greater than 0s",
+                    ));
+                }
+                d
+            }
+            None => Duration::from_secs(5),
+        },
         source_address,
         connect_timeout,
         hosts,

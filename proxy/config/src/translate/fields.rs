@@ -270,7 +270,8 @@ pub(super) fn cluster(m: &cluster_pb::Cluster, path: &str) -> Result<(), ConfigE
         common_http_protocol_options,
     )?;
     refuse(path, "http_protocol_options", http_protocol_options)?;
-    refuse(path, "cleanup_interval", cleanup_interval)?;
+    // cleanup_interval: clusters::translate (ORIGINAL_DST hosts; others have none to forget).
+    let _ = cleanup_interval;
     // lb_subset_config: translated in translate::subset.
     let _ = lb_subset_config;
     refuse(path, "protocol_selection", protocol_selection)?;

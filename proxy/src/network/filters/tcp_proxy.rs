@@ -175,6 +175,7 @@ async fn proxy(
         tunneling.is_some() && cluster.config().protocol == model::UpstreamProtocol::Http2;
     let upstream: Box<dyn Io>;
     let _guard: Option<pool::ConnGuard>;
+    let mut _request = None;
     if let (Some(t), true) = (tunneling, h2_tunnel) {
         // An HTTP/2 stream of the cluster's pool carries the connection.
         let request = tunnel_request(t, info.as_deref(), remote, local);
@@ -224,6 +225,7 @@ async fn proxy(
         // Counted in the connection breaker (tcp_proxy does not wait on it yet).
         let cx = cluster.info.breakers.default.connections.acquire_anyway();
         _guard = Some(pool::ConnGuard::new(&cluster, &host, cx));
+        _request = Some(ActiveRequest::new(&cluster, &host));
         upstream = match tunneling {
             None => Box::new(conn),
             Some(t) => {
@@ -629,6 +631,35 @@ async fn pump(
         }
     }
     let _ = to.shutdown().await;
+}
+
+/// A connection tcp_proxy made is its upstream host's request while it lasts, as Envoy's
+/// connection pool counts it: `upstream_rq_total` and `upstream_rq_active` of the cluster,
+/// `rq_total` and `rq_active` of the host.
+struct ActiveRequest {
+    cluster: Rc<crate::upstream::Cluster>,
+    host: Rc<crate::upstream::Host>,
+}
+
+impl ActiveRequest {
+    fn new(cluster: &Rc<crate::upstream::Cluster>, host: &Rc<crate::upstream::Host>) -> Self {
+        use crate::upstream::HostStats;
+        cluster.stats.upstream_rq_total.inc();
+        cluster.stats.upstream_rq_active.inc();
+        HostStats::inc(&host.stats.rq_total);
+        HostStats::inc(&host.stats.rq_active);
+        ActiveRequest {
+            cluster: cluster.clone(),
+            host: host.clone(),
+        }
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.cluster.stats.upstream_rq_active.dec();
+        crate::upstream::HostStats::dec(&self.host.stats.rq_active);
+    }
 }
 
 #[cfg(test)]
