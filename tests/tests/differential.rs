@@ -1005,3 +1005,60 @@ async fn original_dst_host_header() {
     })
     .await
 }
+
+fn original_dst_port_override_config(admin: u16, listen: u16, upstream: u16) -> String {
+    let od = serde_json::json!({
+        "name": "od",
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": "1s",
+        "original_dst_lb_config": { "use_http_header": true, "upstream_port_override": upstream },
+    });
+    config::to_yaml(&bootstrap(
+        admin,
+        vec![listener(
+            "ingress_http",
+            "127.0.0.1",
+            listen,
+            hcm(
+                "ingress_http",
+                vec![vhost("backend", &["*"], vec![route("/", "od")])],
+            ),
+        )],
+        vec![od],
+    ))
+}
+
+/// ORIGINAL_DST with `upstream_port_override`: the destination's address at that port, the
+/// host named by the cluster and that address in `/clusters`, as Envoy names it.
+#[tokio::test]
+async fn original_dst_upstream_port_override() {
+    run(async {
+        let (e, s) = pair(Up::H1, original_dst_port_override_config).await;
+        let target = ["-H", "x-envoy-original-dst-host: 127.0.0.1:1"];
+        let re = curl_on(&e, &target, "/od").await;
+        let rs = curl_on(&s, &target, "/od").await;
+        assert_eq!(re.resp.status, 200, "envoy: {re:?}");
+        assert_eq!(rs.resp.status, 200, "skiff: {rs:?}");
+        for side in [&e, &s] {
+            assert_eq!(side.rec.requests().len(), 1, "{}", side.proxy.kind.name());
+            let clusters = side.proxy.admin().get("/clusters").await.text();
+            let host = format!("od::127.0.0.1:{}::", side.upstream_port);
+            let lines: Vec<&str> = clusters
+                .lines()
+                .filter_map(|l| l.strip_prefix(host.as_str()))
+                .filter(|l| l.starts_with("cx_total") || l.starts_with("hostname"))
+                .collect();
+            assert_eq!(
+                lines,
+                [
+                    "cx_total::1".to_string(),
+                    format!("hostname::od127.0.0.1:{}", side.upstream_port)
+                ],
+                "{}:\n{clusters}",
+                side.proxy.kind.name()
+            );
+        }
+    })
+    .await
+}

@@ -3427,11 +3427,17 @@ pub struct Cluster {
     /// ORIGINAL_DST with `original_dst_lb_config.use_http_header`: the request header naming
     /// the host (`x-envoy-original-dst-host` unless `http_header_name` says otherwise).
     pub original_dst_header: Option<OriginalDstHeader>,
+    /// `original_dst_lb_config.upstream_port_override`: an ORIGINAL_DST cluster connects to
+    /// this port of the destination's address.
+    pub original_dst_port: Option<u16>,
     /// `cleanup_interval` (5 s): an ORIGINAL_DST cluster forgets a destination's host (its
     /// pooled connections and its counters) once no stream picked it for this long.
     pub original_dst_cleanup: Duration,
     /// `upstream_bind_config.source_address`: the local address of upstream connections.
     pub source_address: Option<std::net::SocketAddr>,
+    /// `upstream_bind_config.extra_source_addresses`: the local address of connections to a
+    /// host of another IP family than `source_address`'s.
+    pub extra_source_addresses: Vec<std::net::SocketAddr>,
     /// `connect_timeout` (default 5 s).
     pub connect_timeout: Duration,
     /// The hosts of `load_assignment` (EDS clusters get theirs from `eds`).

@@ -2572,9 +2572,13 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig",
-        &["use_http_header", "http_header_name"],
+        &["use_http_header", "http_header_name", "upstream_port_override"],
     ),
-    ("envoy.config.core.v3.BindConfig", &["source_address"]),
+    (
+        "envoy.config.core.v3.BindConfig",
+        &["source_address", "extra_source_addresses"],
+    ),
+    ("envoy.config.core.v3.ExtraSourceAddress", &["address"]),
     (
         "envoy.config.endpoint.v3.ClusterLoadAssignment",
         &["cluster_name", "endpoints"],

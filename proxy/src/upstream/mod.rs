@@ -637,6 +637,11 @@ impl Cluster {
         attempt: u32,
         criteria: Option<&model::MatchCriteria>,
     ) -> Option<Rc<Host>> {
+        // `upstream_port_override`: the destination's address at another port.
+        let dest = match self.config().original_dst_port {
+            Some(port) if model::internal_name(&dest).is_none() => SocketAddr::new(dest.ip(), port),
+            _ => dest,
+        };
         match self.config().discovery {
             model::DiscoveryType::Static
             | model::DiscoveryType::Eds

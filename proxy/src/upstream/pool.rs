@@ -150,7 +150,15 @@ pub async fn connect_from(
     HostStats::inc(&host.stats.cx_total);
     let began = std::time::Instant::now();
     let timeout = cluster.config().connect_timeout;
-    let source = source.or(cluster.config().source_address.map(|address| Source {
+    // The bind address of the host's IP family (`extra_source_addresses`), else the first.
+    let cfg = cluster.config();
+    let bind = cfg
+        .extra_source_addresses
+        .iter()
+        .chain(cfg.source_address.iter())
+        .find(|a| a.is_ipv4() == host.address.is_ipv4())
+        .or(cfg.source_address.as_ref());
+    let source = source.or(bind.map(|&address| Source {
         address,
         transparent: false,
         mark: 0,

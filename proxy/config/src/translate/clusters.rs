@@ -91,6 +91,19 @@ pub(super) fn translate_cluster(
             "an ORIGINAL_DST cluster takes its hosts from connections, not load_assignment",
         ));
     }
+    let original_dst_port = match &c.lb_config {
+        Some(cluster::cluster::LbConfig::OriginalDstLbConfig(o)) => match &o.upstream_port_override
+        {
+            Some(p) => Some(u16::try_from(p.value).map_err(|_| {
+                ConfigError::new(
+                    format!("{path}.original_dst_lb_config.upstream_port_override"),
+                    "value must be less than or equal to 65535",
+                )
+            })?),
+            None => None,
+        },
+        _ => None,
+    };
     let original_dst_header = match &c.lb_config {
         Some(cluster::cluster::LbConfig::OriginalDstLbConfig(o)) => {
             let opath = format!("{path}.original_dst_lb_config");
@@ -142,6 +155,30 @@ pub(super) fn translate_cluster(
         }
         None => None,
     };
+    // `extra_source_addresses`: one of each other IP family, for destinations of that family.
+    let mut extra_source_addresses = Vec::new();
+    if let Some(b) = &c.upstream_bind_config {
+        for (i, e) in b.extra_source_addresses.iter().enumerate() {
+            let epath = format!("{path}.upstream_bind_config.extra_source_addresses[{i}]");
+            let sa = required(&e.address, &format!("{epath}.address"))?;
+            let address = core::Address {
+                address: Some(core::address::Address::SocketAddress(sa.clone())),
+            };
+            let a = socket_address(&address, &format!("{epath}.address"))?;
+            let family = |x: &std::net::SocketAddr| x.is_ipv4();
+            if source_address.as_ref().map(family) == Some(family(&a))
+                || extra_source_addresses
+                    .iter()
+                    .any(|x| family(x) == family(&a))
+            {
+                return Err(ConfigError::new(
+                    epath,
+                    "an extra source address must be of an IP family no other source address has",
+                ));
+            }
+            extra_source_addresses.push(a);
+        }
+    }
     let connect_timeout = match &c.connect_timeout {
         Some(d) => duration(d, &format!("{path}.connect_timeout"))?,
         None => Duration::from_secs(5),
@@ -418,6 +455,8 @@ pub(super) fn translate_cluster(
         ),
         discovery,
         original_dst_header,
+        original_dst_port,
+        extra_source_addresses,
         original_dst_cleanup: match &c.cleanup_interval {
             Some(d) => {
                 let d = duration(d, &format!("{path}.cleanup_interval"))?;

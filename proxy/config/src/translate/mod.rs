@@ -2072,3 +2072,29 @@ mod null_vm_wasm_tests {
         assert!(e.contains("typed_config.config.vm_config.code"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod bind_config_tests {
+    #[test]
+    fn extra_source_addresses_are_one_per_other_family() {
+        let cluster = |extra: &str| {
+            format!(
+                "static_resources: {{ clusters: [{{ name: c, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, upstream_bind_config: {{ source_address: {{ address: 127.0.0.6, port_value: 0 }}, extra_source_addresses: [{extra}] }} }}] }}"
+            )
+        };
+        let loaded = crate::load_text(&cluster("{address: {address: '::6', port_value: 0}}"))
+            .expect("loads");
+        let c = &loaded.model.clusters[0];
+        assert_eq!(
+            c.extra_source_addresses,
+            vec!["[::6]:0".parse().expect("address")]
+        );
+        let e = crate::load_text(&cluster("{address: {address: 127.0.0.7, port_value: 0}}"))
+            .expect_err("the same family twice");
+        assert!(
+            e.to_string()
+                .contains("upstream_bind_config.extra_source_addresses[0]"),
+            "{e}"
+        );
+    }
+}
