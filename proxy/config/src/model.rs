@@ -1551,6 +1551,8 @@ pub enum HttpFilterConfig {
     SetFilterState(Arc<crate::filter_state::HttpSetFilterState>),
     /// `envoy.filters.http.basic_auth`.
     BasicAuth(Arc<BasicAuth>),
+    /// `envoy.filters.http.stateful_session`.
+    StatefulSession(Arc<StatefulSession>),
     /// `envoy.filters.http.header_mutation`.
     HeaderMutation(Arc<HeaderMutation>),
 }
@@ -1591,6 +1593,32 @@ pub enum HeaderMutationStep {
     Remove(http::HeaderName),
     /// `remove_on_match`: every header whose name matches.
     RemoveOnMatch(StringMatch),
+}
+
+/// `envoy.filters.http.stateful_session`: the upstream host a session's request names is
+/// picked when the cluster has it, and a response from another host names that one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatefulSession {
+    /// Where the session's host is kept.
+    pub state: SessionState,
+    /// `strict`: a request whose session host the cluster does not have healthy is answered
+    /// 503, instead of going to another host.
+    pub strict: bool,
+}
+
+/// Where a session's upstream host is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionState {
+    /// `envoy.http.stateful_session.cookie`: a cookie named `name`, set for `ttl` (zero: a
+    /// session cookie) on `path`, with `attributes`; only requests under `path` have a session.
+    Cookie {
+        name: String,
+        ttl: std::time::Duration,
+        path: String,
+        attributes: Vec<(String, String)>,
+    },
+    /// `envoy.http.stateful_session.header`: a header, both ways.
+    Header { name: http::HeaderName },
 }
 
 /// `envoy.filters.http.basic_auth`: requests must carry the `Basic` credentials of one of its

@@ -2209,6 +2209,29 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "io.istio.http.peer_metadata.Config.IstioHeaders",
         &["skip_external_clusters"],
     ),
+    (
+        "envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
+        &[
+            "session_state",
+            "strict",
+            "stat_prefix",
+            "status_on_strict_destination_not_found",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute",
+        &["disabled", "stateful_session"],
+    ),
+    (
+        "envoy.extensions.http.stateful_session.cookie.v3.CookieBasedSessionState",
+        &["cookie"],
+    ),
+    (
+        "envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState",
+        &["name"],
+    ),
+    ("envoy.type.http.v3.Cookie", &["name", "ttl", "path", "attributes"]),
+    ("envoy.type.http.v3.CookieAttribute", &["name", "value"]),
     // Istio's null-VM metadata exchange plugin (translate/istio.rs refuses any other Wasm).
     ("envoy.extensions.filters.http.wasm.v3.Wasm", &["config"]),
     (

@@ -166,6 +166,8 @@ enum Kind {
     SetFilterState(std::sync::Arc<crate::config::filter_state::HttpSetFilterState>),
     /// `envoy.filters.http.basic_auth`.
     BasicAuth(Rc<crate::http::filters::basic_auth::Factory>),
+    /// `envoy.filters.http.stateful_session`.
+    StatefulSession(std::sync::Arc<crate::config::model::StatefulSession>),
     /// `envoy.filters.http.header_mutation`.
     HeaderMutation(std::sync::Arc<crate::config::model::HeaderMutation>),
 }
@@ -255,6 +257,7 @@ pub fn factories(
                 )),
                 HttpFilterConfig::SetFilterState(cfg) => Kind::SetFilterState(cfg.clone()),
                 HttpFilterConfig::HeaderMutation(cfg) => Kind::HeaderMutation(cfg.clone()),
+                HttpFilterConfig::StatefulSession(cfg) => Kind::StatefulSession(cfg.clone()),
                 HttpFilterConfig::BasicAuth(cfg) => Kind::BasicAuth(Rc::new(
                     crate::http::filters::basic_auth::Factory::new(cfg.clone(), shard, stat_prefix),
                 )),
@@ -477,6 +480,15 @@ pub fn build(factories: &[Factory], cx: &StreamContext<'_>) -> Option<FilterChai
                         _ => None,
                     };
                     Box::new(b.filter(route))
+                }
+                Kind::StatefulSession(s) => {
+                    let config = match per_route {
+                        Some(PerFilterConfig::StatefulSession(r)) => r.clone(),
+                        _ => s.clone(),
+                    };
+                    Box::new(
+                        crate::http::filters::stateful_session::StatefulSessionFilter::new(config),
+                    )
                 }
             })
         })

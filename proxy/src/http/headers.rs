@@ -232,6 +232,33 @@ pub fn asks_keep_alive(h: &http::HeaderMap) -> bool {
     })
 }
 
+/// A `set-cookie` value as Envoy writes one: the value quoted, `Max-Age` in whole seconds when
+/// there is a ttl, `Path` when there is one, the attributes, then `HttpOnly`.
+pub fn set_cookie(
+    name: &str,
+    value: &str,
+    ttl: Option<std::time::Duration>,
+    path: &str,
+    attributes: &[(String, String)],
+) -> String {
+    let mut cookie = format!("{name}=\"{value}\"");
+    if let Some(ttl) = ttl.filter(|t| t.as_secs() != 0) {
+        cookie.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+    }
+    if !path.is_empty() {
+        cookie.push_str(&format!("; Path={path}"));
+    }
+    for (n, v) in attributes {
+        if v.is_empty() {
+            cookie.push_str(&format!("; {n}"));
+        } else {
+            cookie.push_str(&format!("; {n}={v}"));
+        }
+    }
+    cookie.push_str("; HttpOnly");
+    cookie
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -949,6 +949,9 @@ pub enum PerFilterConfig {
     BasicAuth(Arc<crate::model::BasicAuthUsers>),
     /// `envoy.filters.http.header_mutation`'s `HeaderMutationPerRoute`.
     HeaderMutation(Arc<crate::model::HeaderMutations>),
+    /// `envoy.filters.http.stateful_session`'s `StatefulSessionPerRoute` with a configuration
+    /// (`disabled` is [`PerFilterConfig::Disabled`]).
+    StatefulSession(Arc<crate::model::StatefulSession>),
 }
 
 /// `CompressorPerRoute`: what it changes in the filter's response direction.

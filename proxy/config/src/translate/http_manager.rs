@@ -1565,6 +1565,11 @@ fn http_filter_list(
                     super::header_mutation::translate(&unpack(any, &tpath)?, &tpath)?,
                 )))
             }
+            "envoy.extensions.filters.http.stateful_session.v3.StatefulSession" => {
+                Some(HttpFilterConfig::StatefulSession(Arc::new(
+                    super::stateful_session::translate(&unpack(any, &tpath)?, &tpath)?,
+                )))
+            }
             "envoy.extensions.filters.http.basic_auth.v3.BasicAuth" => {
                 Some(HttpFilterConfig::BasicAuth(Arc::new(
                     super::basic_auth::translate(&unpack(any, &tpath)?, &tpath)?,

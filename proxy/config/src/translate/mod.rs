@@ -41,6 +41,7 @@ mod ratelimit;
 mod rbac;
 mod retry;
 mod route_action;
+mod stateful_session;
 mod subset;
 mod tls;
 mod udp;

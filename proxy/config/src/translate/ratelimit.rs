@@ -731,6 +731,12 @@ fn one(
                 path,
             )?))
         }
+        "envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute" => {
+            match super::stateful_session::per_route(&unpack(any, path)?, path)? {
+                Some(s) => PerFilterConfig::StatefulSession(Arc::new(s)),
+                None => PerFilterConfig::Disabled,
+            }
+        }
         "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute" => {
             PerFilterConfig::Compressor(super::compressor::per_route(&unpack(any, path)?, path)?)
         }

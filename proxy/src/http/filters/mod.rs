@@ -17,4 +17,5 @@ pub mod rbac;
 pub mod retry;
 pub mod router;
 pub mod set_filter_state;
+pub mod stateful_session;
 pub mod token_bucket;

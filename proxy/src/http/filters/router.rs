@@ -1077,6 +1077,10 @@ pub async fn route(
         ),
         set_cookies,
         endpoint_stats,
+        override_host: parts
+            .extensions
+            .get::<crate::http::filters::stateful_session::OverrideHost>()
+            .copied(),
         scheme: upstream_scheme,
         internal: parts
             .headers
@@ -1240,22 +1244,9 @@ pub fn request_hash(
                 Some(v) if !v.is_empty() => Some(xxhash(v.as_bytes())),
                 _ => ttl.map(|ttl| {
                     let value = format!("{:016x}", xxhash(format!("{remote}{local}").as_bytes()));
-                    let mut cookie = format!("{name}=\"{value}\"");
                     // Whole seconds, as Envoy keeps the ttl.
-                    if ttl.as_secs() != 0 {
-                        cookie.push_str(&format!("; Max-Age={}", ttl.as_secs()));
-                    }
-                    if !path.is_empty() {
-                        cookie.push_str(&format!("; Path={path}"));
-                    }
-                    for (n, v) in attributes {
-                        if v.is_empty() {
-                            cookie.push_str(&format!("; {n}"));
-                        } else {
-                            cookie.push_str(&format!("; {n}={v}"));
-                        }
-                    }
-                    cookie.push_str("; HttpOnly");
+                    let cookie =
+                        crate::http::headers::set_cookie(name, &value, Some(ttl), path, attributes);
                     if let Ok(v) = HeaderValue::from_str(&cookie) {
                         set_cookies.push(v);
                     }
@@ -1465,6 +1456,8 @@ pub(super) struct Forward<'a> {
     pub set_cookies: Vec<HeaderValue>,
     /// The virtual cluster and the route the request counts in.
     pub endpoint_stats: crate::http::vcluster::EndpointStats,
+    /// The host a stateful session names.
+    pub override_host: Option<crate::http::filters::stateful_session::OverrideHost>,
     /// The `:scheme` an HTTP/2 upstream gets.
     pub scheme: &'a str,
     /// The request is internal (`x-envoy-internal: true`): its codes and times count under
@@ -1508,6 +1501,7 @@ impl<'a> Forward<'a> {
             criteria: None,
             set_cookies: Vec::new(),
             endpoint_stats: Default::default(),
+            override_host: None,
             scheme: "http",
             internal: false,
         }
@@ -1541,7 +1535,21 @@ impl<'a> Forward<'a> {
                 self.criteria.as_deref(),
             ),
         };
-        let mut host = pick(0)?;
+        // A stateful session's host, when the cluster has it healthy.
+        let session = self.override_host.and_then(|o| {
+            self.cluster
+                .hosts
+                .iter()
+                .find(|h| h.address == o.address)
+                .filter(|h| h.healthy)
+                .cloned()
+        });
+        let mut host = match session {
+            Some(h) => h,
+            // `strict`: no other host.
+            None if self.override_host.is_some_and(|o| o.strict) => return None,
+            None => pick(0)?,
+        };
         for attempt in 1..=tries {
             if !reject(&host) {
                 break;
@@ -1572,6 +1580,11 @@ impl<'a> Forward<'a> {
         self.charge(resp.status().as_u16());
         upstream.failed = resp.status().is_server_error();
         upstream.responded = true;
+        // For the filters that look at the host that answered (stateful sessions).
+        resp.extensions_mut()
+            .insert(crate::http::filters::stateful_session::UpstreamAddress(
+                upstream.host.address,
+            ));
         let render = |f: &crate::access_log::Format, h: &http::HeaderMap| {
             info.map_or_else(String::new, |i| {
                 crate::access_log::header_value(f, i, None, Some(h))
