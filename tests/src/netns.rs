@@ -9,6 +9,26 @@ use std::time::{Duration, Instant};
 /// The proxy's uid and gid in capture tests, as in Istio.
 pub const PROXY_UID: &str = "1337";
 
+/// `skiff iptables` flags of an Istio sidecar as istio-iptables takes them: outbound to 15001,
+/// inbound to 15006, the proxy's uid exempt, REDIRECT, every address and port captured but
+/// Istio's own ports.
+pub const SIDECAR_FLAGS: &[&str] = &[
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    PROXY_UID,
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+];
+
 /// A network namespace with its processes; removed with them on drop, even when a test fails.
 pub struct Netns {
     /// The namespace's name.

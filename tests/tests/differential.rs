@@ -941,12 +941,21 @@ async fn tcp_proxy_pass_through_and_stats() {
 }
 
 fn original_dst_header_config(admin: u16, listen: u16, _upstream: u16) -> String {
+    original_dst_config(
+        admin,
+        listen,
+        serde_json::json!({ "use_http_header": true }),
+    )
+}
+
+/// A listener routing everything to ORIGINAL_DST cluster `od` with `lb_config`.
+fn original_dst_config(admin: u16, listen: u16, lb_config: serde_json::Value) -> String {
     let od = serde_json::json!({
         "name": "od",
         "type": "ORIGINAL_DST",
         "lb_policy": "CLUSTER_PROVIDED",
         "connect_timeout": "1s",
-        "original_dst_lb_config": { "use_http_header": true },
+        "original_dst_lb_config": lb_config,
     });
     config::to_yaml(&bootstrap(
         admin,
@@ -1007,26 +1016,11 @@ async fn original_dst_host_header() {
 }
 
 fn original_dst_port_override_config(admin: u16, listen: u16, upstream: u16) -> String {
-    let od = serde_json::json!({
-        "name": "od",
-        "type": "ORIGINAL_DST",
-        "lb_policy": "CLUSTER_PROVIDED",
-        "connect_timeout": "1s",
-        "original_dst_lb_config": { "use_http_header": true, "upstream_port_override": upstream },
-    });
-    config::to_yaml(&bootstrap(
+    original_dst_config(
         admin,
-        vec![listener(
-            "ingress_http",
-            "127.0.0.1",
-            listen,
-            hcm(
-                "ingress_http",
-                vec![vhost("backend", &["*"], vec![route("/", "od")])],
-            ),
-        )],
-        vec![od],
-    ))
+        listen,
+        serde_json::json!({ "use_http_header": true, "upstream_port_override": upstream }),
+    )
 }
 
 /// ORIGINAL_DST with `upstream_port_override`: the destination's address at that port, the

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use skiff_tests::netns::{pair, skiff_iptables, text, Netns, PROXY_UID};
+use skiff_tests::netns::{pair, skiff_iptables, text, Netns, PROXY_UID, SIDECAR_FLAGS};
 use skiff_tests::proxy::Kind;
 use skiff_tests::run_for;
 
@@ -31,23 +31,6 @@ fn state(ns: &Netns) -> String {
     }
     all
 }
-
-const SIDECAR_FLAGS: &[&str] = &[
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    PROXY_UID,
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-];
 
 const TPROXY_FLAGS: &[&str] = &[
     "-m",

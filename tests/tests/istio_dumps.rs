@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use skiff_tests::netns::{pair, skiff_iptables, text, veth_names, Netns, PROXY_UID};
+use skiff_tests::netns::{pair, skiff_iptables, text, veth_names, Netns, PROXY_UID, SIDECAR_FLAGS};
 use skiff_tests::proxy::Kind;
 use skiff_tests::xds::{ControlPlane, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use skiff_tests::{run_for, scratch_dir};
@@ -742,25 +742,7 @@ impl Pod {
             std::fs::set_permissions(dir.join(sock), std::fs::Permissions::from_mode(0o777))
                 .expect("chmod");
         }
-        let out = skiff_iptables(
-            &ns,
-            &[
-                "-p",
-                "15001",
-                "-z",
-                "15006",
-                "-u",
-                PROXY_UID,
-                "-m",
-                "REDIRECT",
-                "-i",
-                "*",
-                "-b",
-                "*",
-                "-d",
-                "15090,15021,15020",
-            ],
-        );
+        let out = skiff_iptables(&ns, SIDECAR_FLAGS);
         assert!(out.status.success(), "{}", text(&out));
         let config = bootstrap(corpus, &dir).display().to_string();
         let skiff = Kind::Skiff.binary().display().to_string();
