@@ -92,6 +92,24 @@ const CASES: &[(&str, &str, &str, Extra)] = &[
     ("GET", "/plain", "plain.example.com", &[]),
 ];
 
+/// Sends every case to the listener on `port`, each on a connection of its own: what each
+/// got.
+async fn send_cases(port: u16) -> Vec<String> {
+    let mut got = Vec::new();
+    for (method, path, host, extra) in CASES {
+        let mut req = request(method, path, host, "");
+        for (k, v) in *extra {
+            req.headers_mut().insert(*k, v.parse().expect("value"));
+        }
+        let mut c = Http1Client::connect(&format!("127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        let r = c.send(req).await.expect("response");
+        got.push(format!("{method} {path}: {}", r.status));
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn virtual_clusters_count_as_envoy_counts_them() {
     run_for(Duration::from_secs(90), async {
@@ -112,17 +130,7 @@ async fn virtual_clusters_count_as_envoy_counts_them() {
             );
             let p = ProxyProcess::start(kind, &yaml, &[]).await;
             let mut got = Vec::new();
-            for (method, path, host, extra) in CASES {
-                let mut req = request(method, path, host, "");
-                for (k, v) in *extra {
-                    req.headers_mut().insert(*k, v.parse().expect("value"));
-                }
-                let mut c = Http1Client::connect(&format!("127.0.0.1:{port}"))
-                    .await
-                    .expect("connect");
-                let r = c.send(req).await.expect("response");
-                got.push(format!("{method} {path}: {}", r.status));
-            }
+            got.extend(send_cases(port).await);
             let admin = Admin::new(admin);
             let mut stats: Vec<String> = admin
                 .stats_containing("vhost.")
@@ -238,16 +246,7 @@ async fn route_stat_prefixes_count_as_envoy_counts_them() {
                 );
             }
             let p = ProxyProcess::start(kind, &yaml, &[]).await;
-            for (method, path, host, extra) in CASES {
-                let mut req = request(method, path, host, "");
-                for (k, v) in *extra {
-                    req.headers_mut().insert(*k, v.parse().expect("value"));
-                }
-                let mut c = Http1Client::connect(&format!("127.0.0.1:{port}"))
-                    .await
-                    .expect("connect");
-                c.send(req).await.expect("response");
-            }
+            send_cases(port).await;
             let admin = Admin::new(admin);
             let text = admin.get("/stats?usedonly&filter=%5Evhost%5C.").await.body;
             let text = String::from_utf8_lossy(&text);
