@@ -1536,18 +1536,19 @@ impl<'a> Forward<'a> {
             ),
         };
         // A stateful session's host, when the cluster has it healthy.
-        let session = self.override_host.and_then(|o| {
+        let wanted = self.override_host.filter(|o| o.address.is_some());
+        let session = wanted.and_then(|o| {
             self.cluster
                 .hosts
                 .iter()
-                .find(|h| h.address == o.address)
+                .find(|h| Some(h.address) == o.address)
                 .filter(|h| h.healthy)
                 .cloned()
         });
         let mut host = match session {
             Some(h) => h,
             // `strict`: no other host.
-            None if self.override_host.is_some_and(|o| o.strict) => return None,
+            None if wanted.is_some_and(|o| o.strict) => return None,
             None => pick(0)?,
         };
         for attempt in 1..=tries {
@@ -1580,11 +1581,13 @@ impl<'a> Forward<'a> {
         self.charge(resp.status().as_u16());
         upstream.failed = resp.status().is_server_error();
         upstream.responded = true;
-        // For the filters that look at the host that answered (stateful sessions).
-        resp.extensions_mut()
-            .insert(crate::http::filters::stateful_session::UpstreamAddress(
-                upstream.host.address,
-            ));
+        // For a stateful session, which names the host that answered.
+        if self.override_host.is_some() {
+            resp.extensions_mut()
+                .insert(crate::http::filters::stateful_session::UpstreamAddress(
+                    upstream.host.address,
+                ));
+        }
         let render = |f: &crate::access_log::Format, h: &http::HeaderMap| {
             info.map_or_else(String::new, |i| {
                 crate::access_log::header_value(f, i, None, Some(h))

@@ -14,11 +14,13 @@ use prost::Message;
 use crate::http::filter::{HeadersStatus, HttpFilter};
 use skiff_config::model::{SessionState, StatefulSession};
 
-/// The host a request's session names, for the router (a request extension).
+/// A request's session, for the router (a request extension): the host it names, if any.
+/// The router tells the filter which host answered ([`UpstreamAddress`]) only when a request
+/// has one.
 #[derive(Debug, Clone, Copy)]
 pub struct OverrideHost {
-    /// Its address.
-    pub address: SocketAddr,
+    /// The host's address.
+    pub address: Option<SocketAddr>,
     /// `strict`: the request fails rather than go to another host.
     pub strict: bool,
 }
@@ -113,12 +115,10 @@ impl HttpFilter for StatefulSessionFilter {
         };
         self.active = true;
         self.requested = requested;
-        if let Some(address) = requested {
-            head.extensions.insert(OverrideHost {
-                address,
-                strict: self.config.strict,
-            });
-        }
+        head.extensions.insert(OverrideHost {
+            address: requested,
+            strict: self.config.strict,
+        });
         HeadersStatus::Continue
     }
 
