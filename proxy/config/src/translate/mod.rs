@@ -2099,3 +2099,20 @@ mod bind_config_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod udp_listener_access_log_tests {
+    #[test]
+    fn a_udp_listeners_access_log_is_checked_and_accepted() {
+        let udp = |log: &str| {
+            format!(
+                r#"static_resources: {{ listeners: [{{ name: u, address: {{socket_address: {{protocol: UDP, address: 127.0.0.1, port_value: 1}}}}, access_log: [{log}], listener_filters: [{{ name: p, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig, stat_prefix: u, matcher: {{ on_no_match: {{ action: {{ name: r, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route, cluster: c }} }} }} }} }} }}] }}], clusters: [{{ name: c, connect_timeout: 1s }}] }}"#
+            )
+        };
+        let ok = r#"{ name: l, typed_config: { "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: /dev/null } }"#;
+        crate::load_text(&udp(ok)).expect("loads");
+        let bad = r#"{ name: l, typed_config: { "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: /dev/null, log_format: { text_format: "%NOPE%" } } }"#;
+        let e = crate::load_text(&udp(bad)).expect_err("a bad format");
+        assert!(e.to_string().contains("listeners[0].access_log[0]"), "{e}");
+    }
+}

@@ -44,6 +44,12 @@ pub(super) fn listener(l: &listener::Listener, path: &str) -> Result<UdpListener
     // Only what a UDP listener reads may be set: the rest of a Listener (its chains, TCP
     // socket options, connection limits, stat prefix, metadata…) would do nothing here.
     refuse_other_fields(l, path)?;
+    // A UDP listener's `access_log`: checked, and written to never, as Envoy writes nothing
+    // there (its listener logs are of TCP connections no chain took; measured).
+    for (i, a) in l.access_log.iter().enumerate() {
+        super::http_manager::translate_access_log(a, &format!("{path}.access_log[{i}]"))?;
+        super::istio::without_effect("udp_listener_access_log");
+    }
     let mut max_datagram = MAX_DATAGRAM;
     if let Some(u) = &l.udp_listener_config {
         let upath = format!("{path}.udp_listener_config");
@@ -94,8 +100,8 @@ pub(super) fn listener(l: &listener::Listener, path: &str) -> Result<UdpListener
 }
 
 /// Refuses, by path, the first field of `l` a UDP listener does not read (everything but
-/// `name`, `address`, `listener_filters`, `udp_listener_config` and the informational
-/// `traffic_direction`).
+/// `name`, `address`, `listener_filters`, `udp_listener_config`, `access_log` and the
+/// informational `traffic_direction`).
 fn refuse_other_fields(l: &listener::Listener, path: &str) -> Result<(), ConfigError> {
     use prost::Message;
     let mut rest = l.clone();
@@ -104,6 +110,7 @@ fn refuse_other_fields(l: &listener::Listener, path: &str) -> Result<(), ConfigE
     rest.listener_filters.clear();
     rest.udp_listener_config = None;
     rest.traffic_direction = 0;
+    rest.access_log.clear();
     if rest == listener::Listener::default() {
         return Ok(());
     }
