@@ -145,8 +145,13 @@ pub enum ProxyBody {
 /// The bytes of a TCP connection's read half, as body frames, until it closes.
 pub struct TcpBody {
     read: tokio::io::ReadHalf<crate::upstream::pool::UpstreamStream>,
+    /// Where reads land; each frame is split off it, and it is refilled only when short.
+    buf: bytes::BytesMut,
     done: bool,
 }
+
+/// What a [`TcpBody`] reads at most at once.
+const TCP_READ: usize = 16 * 1024;
 
 impl std::fmt::Debug for TcpBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -157,29 +162,29 @@ impl std::fmt::Debug for TcpBody {
 impl TcpBody {
     /// The body of what `read` receives.
     pub fn new(read: tokio::io::ReadHalf<crate::upstream::pool::UpstreamStream>) -> Self {
-        TcpBody { read, done: false }
+        TcpBody {
+            read,
+            buf: bytes::BytesMut::new(),
+            done: false,
+        }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.done {
             return Poll::Ready(None);
         }
-        let mut buf = bytes::BytesMut::zeroed(16 * 1024);
-        let mut read = tokio::io::ReadBuf::new(&mut buf);
-        match ready!(tokio::io::AsyncRead::poll_read(
-            Pin::new(&mut self.read),
-            cx,
-            &mut read
-        )) {
-            Ok(()) if read.filled().is_empty() => {
+        if self.buf.len() < TCP_READ / 4 {
+            self.buf.resize(TCP_READ, 0);
+        }
+        let mut read = tokio::io::ReadBuf::new(&mut self.buf[..]);
+        let polled = tokio::io::AsyncRead::poll_read(Pin::new(&mut self.read), cx, &mut read);
+        let n = read.filled().len();
+        match ready!(polled) {
+            Ok(()) if n == 0 => {
                 self.done = true;
                 Poll::Ready(None)
             }
-            Ok(()) => {
-                let n = read.filled().len();
-                buf.truncate(n);
-                Poll::Ready(Some(Ok(Frame::data(buf.freeze()))))
-            }
+            Ok(()) => Poll::Ready(Some(Ok(Frame::data(self.buf.split_to(n).freeze())))),
             Err(e) => {
                 self.done = true;
                 Poll::Ready(Some(Err(e.into())))

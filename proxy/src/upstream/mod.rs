@@ -103,6 +103,17 @@ impl Destination {
         self.used_ms.store(lb::clock_ms(), Ordering::Relaxed);
     }
 
+    /// Marks it picked now, if a stream picked it within `window`: whether it did.
+    fn renew(&self, window: std::time::Duration) -> bool {
+        let window = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let now = lb::clock_ms();
+        let fresh = now.saturating_sub(self.used_ms.load(Ordering::Relaxed)) < window;
+        if fresh {
+            self.used_ms.store(now, Ordering::Relaxed);
+        }
+        fresh
+    }
+
     /// Whether a stream picked it within `window`.
     pub fn fresh(&self, window: std::time::Duration) -> bool {
         let window = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
@@ -661,8 +672,7 @@ impl Cluster {
         let window = self.config().original_dst_cleanup;
         let mut hosts = self.by_destination.borrow_mut();
         if let Some((h, d)) = hosts.get(&dest) {
-            if d.fresh(window) {
-                d.touch();
+            if d.renew(window) {
                 return h.clone();
             }
         }
