@@ -1043,6 +1043,24 @@ fn actions_config(body_file: &str) -> Value {
                 "weighted_clusters": { "use_hash_policy": true, "clusters": [ { "name": "echo", "weight": 1 }, { "name": "echo2", "weight": 1 } ] } } }),
         ),
         to(
+            "/wc/chdr",
+            json!({ "route": { "weighted_clusters": { "header_name": "x-pick", "clusters": [
+                { "cluster_header": "x-cluster", "weight": 1 }, { "name": "echo", "weight": 1 } ] } } }),
+        ),
+        // A weighted cluster's per-filter configuration wins over its route's.
+        to(
+            "/wc/pfc",
+            json!({
+                "route": { "weighted_clusters": { "header_name": "x-pick", "clusters": [
+                    { "name": "echo", "weight": 1 },
+                    { "name": "echo2", "weight": 1, "typed_per_filter_config": { "envoy.filters.http.fault": {
+                        "@type": FAULT, "abort": { "http_status": 418, "percentage": { "numerator": 100 } } } } } ] } },
+                "typed_per_filter_config": { "envoy.filters.http.fault": {
+                    "@type": FAULT, "abort": { "http_status": 429, "percentage": { "numerator": 100 } },
+                    "headers": [ { "name": "x-route-fault", "present_match": true } ] } }
+            }),
+        ),
+        to(
             "/ch404",
             json!({ "route": { "cluster_header": "x-cluster", "cluster_not_found_response_code": "NOT_FOUND" } }),
         ),
@@ -1059,8 +1077,15 @@ fn actions_config(body_file: &str) -> Value {
         json!({}),
     );
     hcm["route_config"]["internal_only_headers"] = json!(["x-internal-secret"]);
+    // A fault filter that acts only by the routes' and weighted clusters' configurations.
+    hcm["http_filters"] = json!([
+        { "name": "envoy.filters.http.fault", "typed_config": { "@type": FAULT } },
+        router()
+    ]);
     hcm
 }
+
+const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
 
 const ACTION_CASES: &[Case] = &[
     ("GET", "/direct/inline", H, &[], 200),
@@ -1152,6 +1177,44 @@ const ACTION_CASES: &[Case] = &[
     ("GET", "/ch", H, &[("x-cluster", "echo2")], 200),
     ("GET", "/ch", H, &[("x-cluster", "nope")], 503),
     ("GET", "/ch", H, &[], 503),
+    (
+        "GET",
+        "/wc/chdr",
+        H,
+        &[("x-pick", "0"), ("x-cluster", "echo2")],
+        200,
+    ),
+    (
+        "GET",
+        "/wc/chdr",
+        H,
+        &[("x-pick", "0"), ("x-cluster", "nope")],
+        503,
+    ),
+    ("GET", "/wc/chdr", H, &[("x-pick", "0")], 503),
+    (
+        "GET",
+        "/wc/chdr",
+        H,
+        &[("x-pick", "1"), ("x-cluster", "echo2")],
+        200,
+    ),
+    ("GET", "/wc/pfc", H, &[("x-pick", "0")], 200),
+    (
+        "GET",
+        "/wc/pfc",
+        H,
+        &[("x-pick", "0"), ("x-route-fault", "1")],
+        429,
+    ),
+    ("GET", "/wc/pfc", H, &[("x-pick", "1")], 418),
+    (
+        "GET",
+        "/wc/pfc",
+        H,
+        &[("x-pick", "1"), ("x-route-fault", "1")],
+        418,
+    ),
     ("GET", "/ch404", H, &[("x-cluster", "nope")], 404),
     ("GET", "/ch404", H, &[("x-cluster", "echo")], 200),
 ];
@@ -1221,6 +1284,8 @@ async fn invalid_route_actions_are_refused_by_both() {
             ("weights summing to zero", json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "echo", "weight": 0 } ] } } })),
             ("prefix and regex rewrites", json!({ "route": { "cluster": "echo", "prefix_rewrite": "/a", "regex_rewrite": { "pattern": { "regex": "a" }, "substitution": "b" } } })),
             ("unknown weighted cluster", json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "nope", "weight": 1 } ] } } })),
+            ("weighted cluster with a name and a cluster_header", json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "echo", "cluster_header": "x-c", "weight": 1 } ] } } })),
+            ("weighted cluster with neither name nor cluster_header", json!({ "route": { "weighted_clusters": { "clusters": [ { "weight": 1 } ] } } })),
         ];
         for (what, action) in bad {
             let route = to("/", action.clone());

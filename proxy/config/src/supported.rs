@@ -1466,6 +1466,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "response_headers_to_remove",
             "host_rewrite_literal",
             "metadata_match",
+            "cluster_header",
+            "typed_per_filter_config",
         ],
     ),
     (

@@ -1731,7 +1731,11 @@ async fn handle(
         (&cfg, conn.hcm.routes.as_ref()),
         &mut parts,
         scheme,
-        (conn.connection.peer_certificate, Some(&conn.connection)),
+        (
+            conn.connection.peer_certificate,
+            Some(&conn.connection),
+            (conn.remote, conn.local, client),
+        ),
     );
     let mut traced = false;
     if let Some(t) = &cfg.tracing {

@@ -752,6 +752,12 @@ pub struct ClusterChanges {
     pub host_rewrite: Option<http::HeaderValue>,
     /// `metadata_match` merged over the route's: the subset this cluster's requests go to.
     pub metadata_match: Option<Arc<crate::model::MatchCriteria>>,
+    /// `cluster_header`: the cluster is named by this request header (none when it is
+    /// missing), in place of the entry's name.
+    pub cluster_header: Option<http::HeaderName>,
+    /// `typed_per_filter_config`: the filters' configurations when this cluster is picked,
+    /// over the route's.
+    pub per_filter: PerFilterConfigs,
 }
 
 impl Target {
@@ -780,6 +786,23 @@ impl Target {
                 .get(h)
                 .and_then(|v| v.to_str().ok())
                 .map(|c| (c, None)),
+            Target::Weighted(_) => {
+                let i = self.weighted_index(headers, runtime, random)?;
+                self.weighted_at(i, headers)
+            }
+        }
+    }
+
+    /// Which of a weighted target's clusters a request picks (none for other targets, or when
+    /// every weight is 0).
+    pub fn weighted_index(
+        &self,
+        headers: &HeaderMap,
+        runtime: &crate::runtime::Values,
+        random: u64,
+    ) -> Option<usize> {
+        match self {
+            Target::Cluster(_) | Target::Header(_) => None,
             Target::Weighted(w) => {
                 let weight = |(c, d): &(String, u64)| match &w.runtime_key_prefix {
                     Some(p) => runtime.integer(&format!("{p}.{c}"), *d),
@@ -807,13 +830,31 @@ impl Target {
                 for (i, c) in w.clusters.iter().enumerate() {
                     let cw = weight(c);
                     if at < cw {
-                        return Some((&c.0, w.each.as_ref().and_then(|e| e.get(i))));
+                        return Some(i);
                     }
                     at -= cw;
                 }
                 None
             }
         }
+    }
+
+    /// The weighted cluster at `index` (from [`Self::weighted_index`]) with what it changes;
+    /// a `cluster_header` entry's name is read from `headers`.
+    pub fn weighted_at<'a: 'h, 'h>(
+        &'a self,
+        index: usize,
+        headers: &'h HeaderMap,
+    ) -> Option<(&'h str, Option<&'a ClusterChanges>)> {
+        let Target::Weighted(w) = self else {
+            return None;
+        };
+        let changes = w.each.as_ref().and_then(|e| e.get(index));
+        let name = match changes.and_then(|c| c.cluster_header.as_ref()) {
+            Some(h) => headers.get(h).and_then(|v| v.to_str().ok())?,
+            None => &w.clusters.get(index)?.0,
+        };
+        Some((name, changes))
     }
 }
 

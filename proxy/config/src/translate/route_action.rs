@@ -212,10 +212,35 @@ fn forward(
             let mut each = Vec::new();
             for (i, c) in list.iter().enumerate() {
                 let cpath = format!("{wpath}.clusters[{i}]");
-                if c.name.is_empty() {
-                    return Err(ConfigError::new(format!("{cpath}.name"), "required"));
-                }
-                known(&c.name, format!("{cpath}.name"))?;
+                let cluster_header = match (c.name.is_empty(), c.cluster_header.is_empty()) {
+                    (true, true) => {
+                        return Err(ConfigError::new(
+                            cpath,
+                            "At least one of name or cluster_header need to be specified",
+                        ))
+                    }
+                    (false, false) => {
+                        return Err(ConfigError::new(
+                            cpath,
+                            "Only one of name or cluster_header can be specified",
+                        ))
+                    }
+                    (false, true) => {
+                        known(&c.name, format!("{cpath}.name"))?;
+                        None
+                    }
+                    (true, false) => Some(
+                        http::HeaderName::from_bytes(
+                            c.cluster_header.to_ascii_lowercase().as_bytes(),
+                        )
+                        .map_err(|_| {
+                            ConfigError::new(
+                                format!("{cpath}.cluster_header"),
+                                "not a valid header name",
+                            )
+                        })?,
+                    ),
+                };
                 out.push((
                     c.name.clone(),
                     u64::from(c.weight.as_ref().map_or(0, |w| w.value)),
@@ -256,6 +281,11 @@ fn forward(
                         }
                         None => None,
                     },
+                    cluster_header,
+                    per_filter: super::ratelimit::per_filter_configs(
+                        &c.typed_per_filter_config,
+                        &cpath,
+                    )?,
                 });
             }
             let each = each
@@ -265,6 +295,8 @@ fn forward(
                         || !c.response_headers.is_empty()
                         || c.host_rewrite.is_some()
                         || c.metadata_match != route_criteria
+                        || c.cluster_header.is_some()
+                        || !c.per_filter.is_empty()
                 })
                 .then_some(each);
             if out.iter().all(|(_, w)| *w == 0) {

@@ -180,10 +180,7 @@ fn any_match(list: &[StringMatch], name: &str) -> bool {
 impl ExtAuthzFilter {
     /// The cluster the route sends the request to, if it exists.
     fn route_cluster(&self, head: &http::request::Parts) -> Option<Rc<Cluster>> {
-        let crate::router::Action::Forward(fw) = &self.route.as_ref()?.route().action else {
-            return None;
-        };
-        let name = fw.target.pick(&head.headers, &self.runtime, self.random)?;
+        let name = self.route.as_ref()?.cluster(&head.headers, &self.runtime)?;
         self.worker.clusters.get(name)
     }
 

@@ -93,7 +93,6 @@ impl Factory {
             worker: cx.worker.clone(),
             remote: cx.remote,
             runtime: cx.selection.runtime.clone(),
-            random: cx.selection.random,
             added: Rc::default(),
         }
     }
@@ -115,7 +114,6 @@ pub struct RateLimitFilter {
     worker: Rc<Worker>,
     remote: IpAddr,
     runtime: Arc<crate::config::runtime::Values>,
-    random: u64,
     added: Rc<RefCell<Added>>,
 }
 
@@ -138,10 +136,7 @@ impl RateLimitFilter {
     /// The cluster the route sends the request to, when it exists (Envoy's filter does
     /// nothing for a request without one).
     fn route_cluster(&self, head: &http::request::Parts) -> Option<String> {
-        let crate::router::Action::Forward(fw) = &self.route.as_ref()?.route().action else {
-            return None;
-        };
-        let name = fw.target.pick(&head.headers, &self.runtime, self.random)?;
+        let name = self.route.as_ref()?.cluster(&head.headers, &self.runtime)?;
         self.worker.clusters.get(name).map(|_| name.to_string())
     }
 }

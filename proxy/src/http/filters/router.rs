@@ -244,7 +244,16 @@ pub struct Selection {
     peer_certificate: bool,
     /// The connection, when its filters set filter state (routes' `filter_state`).
     connection: Option<std::sync::Arc<crate::stream_info::Connection>>,
+    /// The downstream remote and local addresses and the client's address, for a weighted
+    /// cluster picked by the route's hash policy.
+    addresses: Addresses,
+    /// Which of the route's weighted clusters the request goes to, picked with the route (as
+    /// Envoy's weighted cluster entry): its per-filter configurations are in view.
+    weighted: Option<usize>,
 }
+
+/// A stream's downstream remote and local addresses and its client's address.
+pub type Addresses = (std::net::SocketAddr, std::net::SocketAddr, std::net::IpAddr);
 
 impl Selection {
     /// The route configuration the stream reads.
@@ -313,11 +322,35 @@ impl Selection {
             table: self.table.clone()?,
             vhost: self.vhost?,
             route: self.route?,
+            weighted: self.weighted,
         })
     }
 
+    /// The weighted cluster the request goes to, with what it changes (none when the route
+    /// has no weighted clusters); the name of a `cluster_header` entry is read from `headers`.
+    pub fn weighted_cluster<'a: 'h, 'h>(
+        &'a self,
+        headers: &'h http::HeaderMap,
+    ) -> Option<(&'h str, Option<&'a crate::router::ClusterChanges>)> {
+        let crate::router::Action::Forward(f) = &self.route()?.action else {
+            return None;
+        };
+        f.target.weighted_at(self.weighted?, headers)
+    }
+
+    /// The picked weighted cluster's own changes.
+    fn weighted_changes(&self) -> Option<&crate::router::ClusterChanges> {
+        let crate::router::Action::Forward(f) = &self.route()?.action else {
+            return None;
+        };
+        let crate::router::Target::Weighted(w) = &f.target else {
+            return None;
+        };
+        w.each.as_ref()?.get(self.weighted?)
+    }
+
     /// Every level's configuration for the filter called `name`, the most specific first:
-    /// the route's, the virtual host's, the route table's.
+    /// the picked weighted cluster's, the route's, the virtual host's, the route table's.
     pub fn per_filter_all<'a>(
         &'a self,
         name: &'a str,
@@ -326,6 +359,7 @@ impl Selection {
         let vhost = table.zip(self.vhost).map(|(t, v)| &t.virtual_hosts[v]);
         let route = vhost.zip(self.route).map(|(v, r)| &v.routes[r]);
         [
+            self.weighted_changes().and_then(|c| c.per_filter.get(name)),
             route.and_then(|r| r.per_filter.get(name)),
             vhost.and_then(|v| v.per_filter.get(name)),
             table.and_then(|t| t.per_filter.get(name)),
@@ -334,16 +368,11 @@ impl Selection {
         .flatten()
     }
 
-    /// The most specific per-route configuration of the filter called `name`: the route's,
-    /// else its virtual host's, else the route configuration's.
-    pub fn per_filter(&self, name: &str) -> Option<&crate::router::PerFilterConfig> {
-        let table = self.table.as_ref()?;
-        let vhost = self.vhost.map(|v| &table.virtual_hosts[v]);
-        let route = vhost.zip(self.route).map(|(v, r)| &v.routes[r]);
-        route
-            .and_then(|r| r.per_filter.get(name))
-            .or_else(|| vhost.and_then(|v| v.per_filter.get(name)))
-            .or_else(|| table.per_filter.get(name))
+    /// The most specific per-route configuration of the filter called `name`: the picked
+    /// weighted cluster's, else the route's, else its virtual host's, else the route
+    /// configuration's.
+    pub fn per_filter<'a>(&'a self, name: &'a str) -> Option<&'a crate::router::PerFilterConfig> {
+        self.per_filter_all(name).next()
     }
 }
 
@@ -354,9 +383,29 @@ pub struct RouteRef {
     table: std::sync::Arc<crate::router::RouteTable>,
     vhost: usize,
     route: usize,
+    weighted: Option<usize>,
 }
 
 impl RouteRef {
+    /// The cluster the route sends a request with `headers` to: the weighted cluster picked
+    /// with the route, or its one cluster, or the cluster its header names.
+    pub fn cluster<'a>(
+        &'a self,
+        headers: &'a http::HeaderMap,
+        runtime: &crate::config::runtime::Values,
+    ) -> Option<&'a str> {
+        let crate::router::Action::Forward(f) = &self.route().action else {
+            return None;
+        };
+        match &f.target {
+            crate::router::Target::Weighted(_) => f
+                .target
+                .weighted_at(self.weighted?, headers)
+                .map(|(n, _)| n),
+            t => t.pick(headers, runtime, 0),
+        }
+    }
+
     /// The virtual host.
     pub fn vhost(&self) -> &crate::router::VirtualHost {
         &self.table.virtual_hosts[self.vhost]
@@ -378,9 +427,10 @@ pub fn select(
     ),
     parts: &mut http::request::Parts,
     scheme: &str,
-    (peer_certificate, connection): (
+    (peer_certificate, connection, addresses): (
         bool,
         Option<&std::sync::Arc<crate::stream_info::Connection>>,
+        Addresses,
     ),
 ) -> Selection {
     // Each stream reads the route table in force when it starts (RDS updates reach
@@ -400,6 +450,8 @@ pub fn select(
         random,
         peer_certificate,
         connection: connection.filter(|c| !c.filter_state.is_empty()).cloned(),
+        addresses,
+        weighted: None,
     };
     let Some(t) = table else {
         return out;
@@ -438,6 +490,7 @@ impl Selection {
         self.vhost = None;
         self.route = None;
         self.to_https = false;
+        self.weighted = None;
         let connection = self.connection.clone();
         let connection = connection.as_ref().map(|c| &c.filter_state);
         match metadata {
@@ -522,8 +575,46 @@ impl Selection {
                 };
             out.vhost = Some(vi);
             out.route = vh.routes.iter().position(|r| r.matcher.matches(&view));
+            // A weighted cluster is picked with the route, from the request as it is now.
+            if let Some(crate::router::Action::Forward(f)) = out.route.map(|r| &vh.routes[r].action)
+            {
+                out.weighted = out.weighted_pick(f, parts, scheme);
+            }
         }
         out.table = Some(t);
+    }
+
+    /// Which weighted cluster a request to `f` goes to: by the stream's random value, or the
+    /// header or hash policy the route names.
+    fn weighted_pick(
+        &self,
+        f: &crate::router::Forward,
+        parts: &http::request::Parts,
+        scheme: &str,
+    ) -> Option<usize> {
+        let crate::router::Target::Weighted(w) = &f.target else {
+            return None;
+        };
+        // use_hash_policy: the route's hash picks the weighted cluster (no cookie is made for
+        // it).
+        let value = if w.random_value == Some(crate::router::RandomValue::HashPolicy)
+            && !f.hash_policy.is_empty()
+        {
+            let (remote, local, client) = self.addresses;
+            request_hash(
+                &f.hash_policy,
+                parts,
+                scheme,
+                client,
+                (remote, local),
+                &mut Vec::new(),
+            )
+            .unwrap_or(self.random)
+        } else {
+            self.random
+        };
+        f.target
+            .weighted_index(&parts.headers, &self.runtime, value)
     }
 }
 
@@ -694,27 +785,12 @@ pub async fn route(
     if let (Some(t), Some(d)) = (timers, forward.idle_timeout) {
         t.route_idle(d);
     }
-    // use_hash_policy: the route's hash picks the weighted cluster (no cookie is made for it).
-    let pick_value = match &forward.target {
-        crate::router::Target::Weighted(w)
-            if w.random_value == Some(crate::router::RandomValue::HashPolicy)
-                && !forward.hash_policy.is_empty() =>
-        {
-            request_hash(
-                &forward.hash_policy,
-                &parts,
-                scheme,
-                client,
-                (downstream_remote, downstream_local),
-                &mut Vec::new(),
-            )
-            .unwrap_or(random)
-        }
-        _ => random,
+    // A weighted cluster was picked with the route.
+    let picked = match &forward.target {
+        crate::router::Target::Weighted(_) => selection.weighted_cluster(&parts.headers),
+        t => t.pick_with_changes(&parts.headers, runtime, random),
     };
-    let (cluster, changes) = forward
-        .target
-        .pick_with_changes(&parts.headers, runtime, pick_value)
+    let (cluster, changes) = picked
         .and_then(|(name, changes)| worker.clusters.get(name).map(|c| (c, changes)))
         .ok_or(LocalReply {
             status: forward.cluster_not_found,
@@ -1108,7 +1184,11 @@ pub async fn route(
             (cfg, selection.table.as_ref()),
             &mut parts,
             scheme,
-            (selection.peer_certificate, selection.connection.as_ref()),
+            (
+                selection.peer_certificate,
+                selection.connection.as_ref(),
+                selection.addresses,
+            ),
         );
         let Some(target) = selection.route() else {
             return Err(Some("no_route"));
