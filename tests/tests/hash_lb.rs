@@ -91,6 +91,8 @@ fn config(admin: u16, port: u16, ports: &[u16]) -> String {
         hashed("/zones-ring", "ring_zones", user.clone()),
         hashed("/zones-maglev", "maglev_zones", user.clone()),
         hashed("/zones-common", "ring_zones_common", user.clone()),
+        // The cluster's hash policy (x-team) replaces the route's.
+        hashed("/cluster-hash", "ring_team", user.clone()),
         // Several parts: each rotates what came before; the terminal one ends it when it hashed.
         hashed(
             "/multi",
@@ -162,6 +164,15 @@ fn config(admin: u16, port: u16, ports: &[u16]) -> String {
                 ),
             ),
             cluster("maglev", ports, json!({ "lb_policy": "MAGLEV" })),
+            cluster(
+                "ring_team",
+                ports,
+                json!({ "lb_policy": "RING_HASH", "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": { "http_protocol_options": {} },
+                        "hash_policy": [ { "header": { "header_name": "x-team" } } ] } } }),
+            ),
             cluster(
                 "maglev_ext",
                 ports,
@@ -386,6 +397,19 @@ async fn consistent_hashing_side_by_side() {
             same(&mut sides, "/fs-plain", &[("x-user", &user), ("x-b", &b)]).await;
         }
         assert!(seen.len() >= 3, "/fs: {seen:?}");
+
+        // The cluster's hash policy: the team's header picks, as the user's does on the
+        // plain ring; the user's is not read.
+        for (n, ring_pick) in by_path["/ring"].iter().take(30).enumerate() {
+            let team = format!("user-{n}");
+            let by_team = same(
+                &mut sides,
+                "/cluster-hash",
+                &[("x-team", &team), ("x-user", "u")],
+            )
+            .await;
+            assert_eq!(&by_team, ring_pick, "/cluster-hash {team}");
+        }
 
         // The client's address: every request from here lands on one host.
         let first = same(&mut sides, "/ip", &[]).await;

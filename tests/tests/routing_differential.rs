@@ -55,6 +55,16 @@ async fn pair(hcm_config: Value) -> (Side, Side) {
                 cluster("echo", &[echo.port()]),
                 cluster("echo2", &[echo2.port()]),
                 cluster("ws", &[ws.port()]),
+                // The echo upstream again, with the protocol options' policies that replace
+                // the route's.
+                with_http_options(
+                    cluster("echo_mirrored", &[echo.port()]),
+                    json!({ "request_mirror_policies": [ { "cluster": "echo2" } ] }),
+                ),
+                with_http_options(
+                    cluster("echo_retried", &[echo.port()]),
+                    json!({ "retry_policy": { "retry_on": "5xx", "num_retries": 2 } }),
+                ),
             ],
         );
         let proxy = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
@@ -70,6 +80,22 @@ async fn pair(hcm_config: Value) -> (Side, Side) {
     let s = sides.pop().expect("two sides");
     let e = sides.pop().expect("two sides");
     (e, s)
+}
+
+/// `c` with HTTP/1.1 protocol options that carry `extra`'s fields.
+fn with_http_options(mut c: Value, extra: Value) -> Value {
+    let mut o = json!({
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": { "http_protocol_options": {} }
+    });
+    if let (Some(o), Some(x)) = (o.as_object_mut(), extra.as_object()) {
+        for (k, v) in x {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    c["typed_extension_protocol_options"] =
+        json!({ "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": o });
+    c
 }
 
 /// An HCM typed_config with `virtual_hosts` and `extra` fields merged in.
@@ -1047,6 +1073,17 @@ fn actions_config(body_file: &str) -> Value {
             json!({ "route": { "weighted_clusters": { "header_name": "x-pick", "clusters": [
                 { "cluster_header": "x-cluster", "weight": 1 }, { "name": "echo", "weight": 1 } ] } } }),
         ),
+        to(
+            "/rt",
+            json!({ "route": { "cluster": "echo",
+                "retry_policy": { "retry_on": "5xx", "num_retries": 2 } } }),
+        ),
+        // The cluster's retry policy replaces the route's.
+        to(
+            "/opts",
+            json!({ "route": { "cluster": "echo_retried",
+                "retry_policy": { "retry_on": "connect-failure", "num_retries": 5 } } }),
+        ),
         // A weighted cluster's per-filter configuration wins over its route's.
         to(
             "/wc/pfc",
@@ -1199,6 +1236,10 @@ const ACTION_CASES: &[Case] = &[
         &[("x-pick", "1"), ("x-cluster", "echo2")],
         200,
     ),
+    ("GET", "/rt/status/503", H, &[], 503),
+    ("GET", "/opts/status/503", H, &[], 503),
+    ("GET", "/opts/status/404", H, &[], 404),
+    ("GET", "/opts/ok", H, &[], 200),
     ("GET", "/wc/pfc", H, &[("x-pick", "0")], 200),
     (
         "GET",
@@ -1248,11 +1289,31 @@ async fn route_actions_side_by_side() {
         std::fs::write(&file, "from a file\n").expect("write body file");
         let (e, s) = pair(actions_config(file.to_str().expect("utf-8"))).await;
         compare_status_cases(&e, &s, ACTION_CASES).await;
-        // The virtual host's attempt counts and the internal-only header took effect.
+        // A retry expects what is left of the route's 15 s: less than all of it.
+        for side in [&e, &s] {
+            let r = client::http1_once(&side.addr(), client::get("/rt/status/503", H))
+                .await
+                .expect("a response");
+            let left: u64 = r
+                .text()
+                .lines()
+                .find_map(|l| l.strip_prefix("x-envoy-expected-rq-timeout-ms: "))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            assert!(
+                (14_000..15_000).contains(&left),
+                "{}: {left}",
+                side.proxy.kind.name()
+            );
+        }
+        // The virtual host's attempt counts and the internal-only header took effect (only
+        // the retried routes count past one).
         let seen = e.echo.requests();
         assert!(seen
             .iter()
-            .all(|r| r.header("x-envoy-attempt-count") == Some("1")));
+            .all(|r| r.header("x-envoy-attempt-count") == Some("1")
+                || r.path.starts_with("/rt/")
+                || r.path.starts_with("/opts/")));
         assert!(seen.iter().all(|r| !r.has("x-internal-secret")));
         // weighted_clusters 1:1 over 400 requests: both proxies split within bounds.
         for side in [&e, &s] {
@@ -1827,6 +1888,11 @@ fn mirror_config() -> Value {
             json!([{ "cluster": "echo2", "host_rewrite_literal": "m.example.com" }]),
         ),
         m("/mirror/hdr", json!([{ "cluster_header": "x-mirror" }])),
+        // The cluster's mirror (to echo2) replaces the route's (to echo).
+        to(
+            "/mirror/cluster",
+            json!({ "route": { "cluster": "echo_mirrored", "request_mirror_policies": [ { "cluster": "echo" } ] } }),
+        ),
         m(
             "/mirror/none",
             json!([{ "cluster": "echo2", "runtime_fraction": { "default_value": { "numerator": 0 } } }]),
@@ -1881,6 +1947,7 @@ async fn request_mirroring_side_by_side() {
             ("GET", "/mirror/hdr", H, &[], 0),
             ("GET", "/mirror/none", H, &[], 0),
             ("GET", "/mirror/twice", H, &[], 2),
+            ("GET", "/mirror/cluster", H, &[], 1),
             ("GET", "/other", H, &[], 0),
         ];
         for http2 in [false, true] {

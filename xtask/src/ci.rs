@@ -33,13 +33,14 @@ pub fn run() -> Result {
     let skiff = crate::build_skiff_path(Profile::Debug)?;
     let envoy = envoy_bin();
     step(&format!(
-        "SKIFF_BIN={} ENVOY_BIN={} cargo test --workspace",
+        "SKIFF_BIN={} ENVOY_BIN={} cargo test --workspace --no-fail-fast",
         skiff.display(),
         envoy.display()
     ));
     run_status(
         cargo()
-            .args(["test", "--workspace"])
+            // Every test binary runs, so that one failure does not hide another.
+            .args(["test", "--workspace", "--no-fail-fast"])
             .env("SKIFF_BIN", &skiff)
             .env("ENVOY_BIN", &envoy),
     )?;

@@ -3438,11 +3438,26 @@ pub struct EdsConfig {
     pub source: ConfigSource,
 }
 
+/// What requests routed to a cluster use in place of their route's (the cluster's HTTP
+/// protocol options' `hash_policy`, `request_mirror_policies` and `retry_policy`).
+#[derive(Debug, PartialEq, Default)]
+pub struct ClusterRouting {
+    /// The hash a hashing balancer picks hosts by (none: the route's).
+    pub hash_policy: Vec<crate::router::HashPolicy>,
+    /// The mirrors (none: the route's).
+    pub mirrors: Vec<crate::router::Mirror>,
+    /// The retry policy, which replaces the route's and its virtual host's whole.
+    pub retry: Option<Arc<crate::router::retry::RetryPolicy>>,
+}
+
 /// A cluster.
 #[derive(Debug, PartialEq)]
 pub struct Cluster {
     /// `name`.
     pub name: String,
+    /// What the cluster's requests use in place of their route's hash, mirror and retry
+    /// policies.
+    pub routing: ClusterRouting,
     /// `alt_stat_name`: the name in stats, `/clusters` and `%UPSTREAM_CLUSTER%`.
     pub alt_stat_name: Option<String>,
     /// `track_cluster_stats.per_endpoint_stats`: each host's stats in `/stats` and

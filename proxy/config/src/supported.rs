@@ -2643,6 +2643,9 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "auto_config",
             "upstream_http_protocol_options",
             "common_http_protocol_options",
+            "hash_policy",
+            "request_mirror_policies",
+            "retry_policy",
         ],
     ),
     // Also the HCM's `common_http_protocol_options` type: the HCM's translation refuses that

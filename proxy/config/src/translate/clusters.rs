@@ -252,6 +252,7 @@ pub(super) fn translate_cluster(
     let mut max_response_headers = 100;
     let mut max_connection_duration = None;
     let mut max_stream_duration = None;
+    let mut routing = model::ClusterRouting::default();
     #[allow(deprecated)]
     if let Some(h2) = &c.http2_protocol_options {
         protocol = UpstreamProtocol::Http2;
@@ -266,6 +267,7 @@ pub(super) fn translate_cluster(
             ));
         }
         let o: upstream_http::HttpProtocolOptions = unpack(any, &opath)?;
+        routing = cluster_routing(&o, &opath)?;
         if let Some(common) = &o.common_http_protocol_options {
             // headers_with_underscores_action on a cluster is accepted without effect: Envoy
             // 1.40 passes it only to its server codecs, so upstream responses keep their
@@ -442,6 +444,7 @@ pub(super) fn translate_cluster(
     }
     Ok(Cluster {
         name: c.name.clone(),
+        routing,
         alt_stat_name: (!c.alt_stat_name.is_empty()).then(|| c.alt_stat_name.clone()),
         per_endpoint_stats: c
             .track_cluster_stats
@@ -974,6 +977,30 @@ pub(super) fn locality_weight(
 }
 
 /// `upstream_connection_options`: TCP keepalive; the other options are refused by path.
+/// The protocol options' `hash_policy`, `request_mirror_policies` and `retry_policy`: what
+/// requests routed to the cluster use in place of their route's. Mirror clusters are not
+/// checked here (a cluster may name one defined after it); an unknown one mirrors nothing.
+fn cluster_routing(
+    o: &upstream_http::HttpProtocolOptions,
+    path: &str,
+) -> Result<model::ClusterRouting, ConfigError> {
+    Ok(model::ClusterRouting {
+        hash_policy: o
+            .hash_policy
+            .iter()
+            .enumerate()
+            .map(|(i, h)| super::route_action::hash_policy(h, &format!("{path}.hash_policy[{i}]")))
+            .collect::<Result<_, _>>()?,
+        mirrors: super::route_action::mirrors(&o.request_mirror_policies, path, None)?,
+        retry: o
+            .retry_policy
+            .as_ref()
+            .map(|p| super::retry::policy(p, &format!("{path}.retry_policy")))
+            .transpose()?
+            .map(Arc::new),
+    })
+}
+
 /// `preconnect_policy`: the per-upstream ratio, for HTTP/1.1 pools.
 fn preconnect(
     c: &cluster::Cluster,

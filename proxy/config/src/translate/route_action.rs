@@ -529,7 +529,7 @@ fn include_vh_rate_limits(action: &route::RouteAction) -> bool {
         .is_some_and(|v| v.value)
 }
 
-fn hash_policy(
+pub(super) fn hash_policy(
     h: &route::route_action::HashPolicy,
     path: &str,
 ) -> Result<crate::router::HashPolicy, ConfigError> {

@@ -449,6 +449,9 @@ async fn attempts_loop(
     // Attempts copy the request head without its extensions: the upstream spans' source is
     // kept here.
     let spawn = parts.extensions.get::<crate::trace::Spawn>().cloned();
+    let expected_header = parts
+        .headers
+        .contains_key(&crate::http::headers::names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS);
     let mut head = Some(parts);
     // The last attempt ended in a per-try timeout (`x-envoy-is-timeout-retry`).
     let mut timed_out = false;
@@ -492,6 +495,16 @@ async fn attempts_loop(
             parts.headers.insert(
                 X_ENVOY_IS_TIMEOUT_RETRY.clone(),
                 is_timeout_retry(timed_out),
+            );
+        }
+        // A retry expects what is left of the route timeout (or its per-try timeout, when
+        // shorter).
+        if let (true, true, Some(t), Some(done)) =
+            (expected_header, retrying, f.timeout, f.request.done_at())
+        {
+            parts.headers.insert(
+                crate::http::headers::names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+                headers::number(time_left_ms(t, f.per_try_timeout, done)),
             );
         }
         timed_out = false;
@@ -924,10 +937,9 @@ async fn hedged(
                 if let (true, Some(t), Some(done)) =
                     (expected_header && n > 1, f.timeout, f.request.done_at())
                 {
-                    let left = t.saturating_sub(done.elapsed());
                     parts.headers.insert(
                         crate::http::headers::names::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
-                        headers::number(left.as_millis() as u64),
+                        headers::number(time_left_ms(t, None, done)),
                     );
                 }
                 if let Some(info) = info.as_deref_mut() {
@@ -1214,6 +1226,16 @@ fn flag(info: &mut Option<&mut StreamInfo>, f: ResponseFlag) {
 
 /// The head of one more attempt: a copy, with the relay of the upstream's `100 Continue`
 /// (`proxy_100_continue`), the one extension every attempt needs.
+/// What a later attempt expects, in milliseconds: its per-try timeout (none: the route's),
+/// within what is left of the route timeout since the request completed, and at least 1 (as
+/// Envoy's `setTimeoutHeaders`, whole milliseconds elapsed).
+fn time_left_ms(route: Duration, per_try: Option<Duration>, done: tokio::time::Instant) -> u64 {
+    let global = route.as_millis() as u64;
+    let elapsed = done.elapsed().as_millis() as u64;
+    let left = global.saturating_sub(elapsed).max(1);
+    per_try.map_or(left, |p| left.min(p.as_millis() as u64))
+}
+
 fn attempt_parts(p: &http::request::Parts) -> http::request::Parts {
     let mut parts = copy_parts(p);
     if let Some(relay) = p.extensions.get::<crate::http::h1_guard::ContinueRelay>() {

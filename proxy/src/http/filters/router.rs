@@ -836,9 +836,16 @@ pub async fn route(
     // The request's hash, for a cluster that picks hosts by it: from the request as the
     // router got it (before the route's header changes, as Envoy picks the host first).
     let mut set_cookies = Vec::new();
-    let hash = if cluster.config().lb.hashed() && !forward.hash_policy.is_empty() {
+    // The cluster's own hash, mirror and retry policies replace the route's.
+    let routing = &cluster.config().routing;
+    let hash_policy = if routing.hash_policy.is_empty() {
+        &forward.hash_policy
+    } else {
+        &routing.hash_policy
+    };
+    let hash = if cluster.config().lb.hashed() && !hash_policy.is_empty() {
         request_hash(
-            &forward.hash_policy,
+            hash_policy,
             &parts,
             scheme,
             client,
@@ -901,7 +908,11 @@ pub async fn route(
         .is_none()
         .then(|| {
             super::retry::RetryState::new(
-                route.retry.as_ref().or(vhost.retry.as_ref()),
+                routing
+                    .retry
+                    .as_ref()
+                    .or(route.retry.as_ref())
+                    .or(vhost.retry.as_ref()),
                 retry_headers,
                 &parts.headers,
             )
@@ -1084,7 +1095,12 @@ pub async fn route(
         info.request_headers = parts.headers.clone();
     }
     // Mirrors get a copy of the request as it goes upstream (not of an upgrade's tunnel).
-    let body = if forward.mirrors.is_empty() || upgrade.is_some() {
+    let mirrors = if routing.mirrors.is_empty() {
+        &forward.mirrors
+    } else {
+        &routing.mirrors
+    };
+    let body = if mirrors.is_empty() || upgrade.is_some() {
         body
     } else {
         let ctx = MirrorContext {
@@ -1102,7 +1118,7 @@ pub async fn route(
                 "http"
             },
         };
-        start_mirrors(&ctx, &forward.mirrors, runtime, &parts, &host_header, body)
+        start_mirrors(&ctx, mirrors, runtime, &parts, &host_header, body)
     };
     let f = Forward {
         worker,
