@@ -387,6 +387,23 @@ async fn logical_dns_uses_the_first_address_of_the_answer_as_envoy_does() {
 }
 
 #[tokio::test]
+async fn logical_dns_moves_on_to_the_next_address_when_the_first_refuses_as_envoy_does() {
+    run_for(Duration::from_secs(60), async {
+        // Nothing listens on 127.0.0.5: its connections are refused, and the host's next
+        // address (happy eyeballs over the whole answer) takes them.
+        let sides = pair(
+            "LOGICAL_DNS",
+            json!({ "dns_refresh_rate": "0.3s" }),
+            Zone::Addresses(vec![ip(5), ip(3), ip(2)], 30),
+            true,
+        )
+        .await;
+        both_reach(&sides, &["u3"], "the first address that answers").await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_dns_cluster_is_ready_after_its_first_resolution_even_a_failed_one() {
     run_for(Duration::from_secs(60), async {
         // The server is silent: the first query times out (1 s, one try) and fails. The proxy

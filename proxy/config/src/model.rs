@@ -2720,6 +2720,9 @@ pub struct Host {
     /// `envoy_internal_address`: an internal listener of this proxy, reached in memory
     /// (`address` is then a stand-in that only tells hosts apart).
     pub internal: Option<Arc<InternalAddress>>,
+    /// The endpoint's `additional_addresses` (a LOGICAL_DNS host's: the rest of the answer):
+    /// its connections try them after `address`, as Envoy's happy eyeballs does.
+    pub additional: Vec<SocketAddr>,
 }
 
 /// `envoy_internal_address`: the internal listener a host's connections go to.
@@ -2929,6 +2932,7 @@ impl Host {
             lb_metadata: Arc::default(),
             metadata: Arc::default(),
             internal: None,
+            additional: Vec::new(),
         }
     }
 
@@ -3450,6 +3454,61 @@ pub struct ClusterRouting {
     pub retry: Option<Arc<crate::router::retry::RetryPolicy>>,
 }
 
+/// How a host with several addresses orders them (RFC 8305 as Envoy's happy eyeballs):
+/// `first_count` of the first family, then one of the other, and again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HappyEyeballs {
+    /// `first_address_family_version`.
+    pub first: FirstFamily,
+    /// `first_address_family_count` (default 1).
+    pub first_count: u32,
+}
+
+/// Which address family a host's connections try first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstFamily {
+    /// `DEFAULT`: the family of the host's first address.
+    Default,
+    /// `V4`.
+    V4,
+    /// `V6`.
+    V6,
+    /// `PIPE` or `INTERNAL`: no IP address is of it, so the order stays.
+    Neither,
+}
+
+impl Default for HappyEyeballs {
+    fn default() -> Self {
+        HappyEyeballs {
+            first: FirstFamily::Default,
+            first_count: 1,
+        }
+    }
+}
+
+impl HappyEyeballs {
+    /// `addresses` in the order connections try them.
+    pub fn sort(&self, addresses: &[SocketAddr]) -> Vec<SocketAddr> {
+        let Some(first) = addresses.first() else {
+            return Vec::new();
+        };
+        let preferred_family = |a: &&SocketAddr| match self.first {
+            FirstFamily::Default => a.is_ipv6() == first.is_ipv6(),
+            FirstFamily::V4 => a.is_ipv4(),
+            FirstFamily::V6 => a.is_ipv6(),
+            FirstFamily::Neither => false,
+        };
+        let mut preferred = addresses.iter().filter(preferred_family).peekable();
+        let mut other = addresses.iter().filter(|a| !preferred_family(a)).peekable();
+        let mut out = Vec::with_capacity(addresses.len());
+        while preferred.peek().is_some() || other.peek().is_some() {
+            out.extend(preferred.by_ref().take(self.first_count.max(1) as usize));
+            out.extend(other.next());
+        }
+        out
+    }
+}
+
 /// A cluster.
 #[derive(Debug, PartialEq)]
 pub struct Cluster {
@@ -3508,6 +3567,9 @@ pub struct Cluster {
     pub max_stream_duration: Option<Duration>,
     /// `upstream_connection_options.tcp_keepalive`: keepalive on upstream connections.
     pub tcp_keepalive: Option<TcpKeepalive>,
+    /// `upstream_connection_options.happy_eyeballs_config`: the order in which a host with
+    /// several addresses tries them.
+    pub happy_eyeballs: HappyEyeballs,
     /// `preconnect_policy.per_upstream_preconnect_ratio` (HTTP/1.1 pools): connections made
     /// ahead so that the pool has this many per request under way or waiting.
     pub preconnect_ratio: Option<f64>,
@@ -3738,6 +3800,37 @@ pub enum ProxyProtocolVersion {
 mod tests {
     use super::*;
     use envoy_types::pb::google::protobuf::{value::Kind, Value};
+
+    #[test]
+    fn happy_eyeballs_orders_addresses_as_rfc_8305_and_envoy() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("address");
+        let (v4a, v4b, v4c) = (a("10.0.0.1:1"), a("10.0.0.2:1"), a("10.0.0.3:1"));
+        let (v6a, v6b, v6c) = (a("[fd00::1]:1"), a("[fd00::2]:1"), a("[fd00::3]:1"));
+        let order = |first, first_count, list: &[SocketAddr]| {
+            HappyEyeballs { first, first_count }.sort(list)
+        };
+        // The first address's family first, then one of each in turn.
+        assert_eq!(
+            order(FirstFamily::Default, 1, &[v4a, v4b, v6a, v6b]),
+            [v4a, v6a, v4b, v6b]
+        );
+        assert_eq!(
+            order(FirstFamily::Default, 1, &[v6a, v4a, v4b]),
+            [v6a, v4a, v4b]
+        );
+        // Two of the named family each round.
+        assert_eq!(
+            order(FirstFamily::V6, 2, &[v4a, v6a, v6b, v6c, v4b, v4c]),
+            [v6a, v6b, v4a, v6c, v4b, v4c]
+        );
+        assert_eq!(order(FirstFamily::V4, 1, &[v6a, v4a]), [v4a, v6a]);
+        // No IP address is of the pipe family: the order stays.
+        assert_eq!(
+            order(FirstFamily::Neither, 1, &[v6a, v4a, v6b]),
+            [v6a, v4a, v6b]
+        );
+        assert!(order(FirstFamily::Default, 1, &[]).is_empty());
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> Option<Arc<Labels>> {
         let s = |v: &str| Value {

@@ -2290,7 +2290,15 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.cluster.v3.UpstreamConnectionOptions",
-        &["tcp_keepalive", "set_local_interface_name_on_upstream_connections"],
+        &[
+            "tcp_keepalive",
+            "set_local_interface_name_on_upstream_connections",
+            "happy_eyeballs_config",
+        ],
+    ),
+    (
+        "envoy.config.cluster.v3.UpstreamConnectionOptions.HappyEyeballsConfig",
+        &["first_address_family_version", "first_address_family_count"],
     ),
     (
         "envoy.config.core.v3.TcpKeepalive",
@@ -2624,7 +2632,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.endpoint.v3.Endpoint",
-        &["address", "hostname", "health_check_config"],
+        &[
+            "address",
+            "hostname",
+            "health_check_config",
+            "additional_addresses",
+        ],
+    ),
+    (
+        "envoy.config.endpoint.v3.Endpoint.AdditionalAddress",
+        &["address"],
     ),
     (
         "envoy.config.endpoint.v3.Endpoint.HealthCheckConfig",

@@ -325,6 +325,20 @@ impl DnsClusters {
                         lb_metadata: spec.lb_metadata.clone(),
                         metadata: spec.metadata.clone(),
                         internal: None,
+                        // LOGICAL_DNS: the rest of the answer, tried after the first address
+                        // (Envoy's one host holds every address resolved).
+                        additional: if logical {
+                            let mut rest: Vec<SocketAddr> = Vec::new();
+                            for (ip, _) in addrs.iter().skip(1) {
+                                let a = SocketAddr::new(*ip, spec.port);
+                                if a != address && !rest.contains(&a) {
+                                    rest.push(a);
+                                }
+                            }
+                            rest
+                        } else {
+                            Vec::new()
+                        },
                     });
                     ttl = Some(ttl.map_or(*t, |m| m.min(*t)));
                 }

@@ -526,6 +526,9 @@ impl ClusterStats {
 pub struct Host {
     /// Address.
     pub address: SocketAddr,
+    /// The addresses its connections try after `address` (happy eyeballs): the endpoint's
+    /// `additional_addresses`, or the rest of a LOGICAL_DNS answer.
+    pub additional: Arc<[SocketAddr]>,
     /// Whether it may take traffic.
     pub healthy: bool,
     /// `DEGRADED` and `DRAINING` (excluded), from the endpoint's `health_status`.
@@ -764,6 +767,7 @@ impl Cluster {
         }
         let copy = Rc::new(Host {
             address: host.address,
+            additional: host.additional.clone(),
             healthy: host.healthy,
             degraded: host.degraded,
             priority: host.priority,
@@ -869,6 +873,7 @@ impl Cluster {
                         .iter()
                         .find(|o| {
                             o.address == h.address
+                                && *o.additional == *h.additional
                                 && o.healthy == h.usable()
                                 && o.hostname == h.hostname
                                 && o.weight == h.weight
@@ -888,6 +893,7 @@ impl Cluster {
                 kept.unwrap_or_else(|| {
                     let mut host = Host::new(h.address, h.usable(), h.hostname.clone(), s.clone());
                     host.weight = h.weight;
+                    host.additional = h.additional.as_slice().into();
                     host.locality = (h.locality, h.locality_weight);
                     host.place = h.place.clone();
                     host.lb_metadata = h.lb_metadata.clone();
@@ -991,6 +997,7 @@ impl Host {
     ) -> Self {
         Host {
             address,
+            additional: Arc::from([]),
             healthy,
             hostname,
             weight: 1,

@@ -150,19 +150,22 @@ pub async fn connect_from(
     HostStats::inc(&host.stats.cx_total);
     let began = std::time::Instant::now();
     let timeout = cluster.config().connect_timeout;
-    // The bind address of the host's IP family (`extra_source_addresses`), else the first.
+    // The bind address of the address's IP family (`extra_source_addresses`), else the
+    // first.
     let cfg = cluster.config();
-    let bind = cfg
-        .extra_source_addresses
-        .iter()
-        .chain(cfg.source_address.iter())
-        .find(|a| a.is_ipv4() == host.address.is_ipv4())
-        .or(cfg.source_address.as_ref());
-    let source = source.or(bind.map(|&address| Source {
-        address,
-        transparent: false,
-        mark: 0,
-    }));
+    let source_for = |to: SocketAddr| {
+        let bind = cfg
+            .extra_source_addresses
+            .iter()
+            .chain(cfg.source_address.iter())
+            .find(|a| a.is_ipv4() == to.is_ipv4())
+            .or(cfg.source_address.as_ref());
+        source.or(bind.map(|&address| Source {
+            address,
+            transparent: false,
+            mark: 0,
+        }))
+    };
     let connect = async {
         #[cfg(feature = "fuzzing")]
         if let Some(s) = crate::fuzzing::upstream(host.address) {
@@ -179,7 +182,14 @@ pub async fn connect_from(
             .map(Stream::Internal)
             .map_err(ConnectError::Io);
         }
-        let mut tcp = open(host.address, source).await?;
+        let mut tcp = if host.additional.is_empty() {
+            open(host.address, source_for(host.address)).await?
+        } else {
+            let mut all = Vec::with_capacity(host.additional.len() + 1);
+            all.push(host.address);
+            all.extend_from_slice(&host.additional);
+            open_any(&cfg.happy_eyeballs.sort(&all), &source_for).await?
+        };
         let _ = tcp.set_nodelay(true);
         if let Some(k) = &cluster.config().tcp_keepalive {
             keepalive(&tcp, k)?;
@@ -342,6 +352,55 @@ fn keepalive(tcp: &TcpStream, k: &crate::config::model::TcpKeepalive) -> std::io
 }
 
 /// A TCP connection to `addr`, from `source` when one is set.
+/// How long a connection attempt to one of a host's addresses has before the next address is
+/// tried too (Envoy's happy eyeballs: 300 ms).
+const NEXT_ADDRESS_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// A connection to the first of `addresses` that answers, as Envoy's happy eyeballs makes it:
+/// an attempt to each in turn, the next one started when the one before fails or has not
+/// connected within [`NEXT_ADDRESS_DELAY`]; the first connected wins and the others are
+/// dropped. The last failure when all fail.
+async fn open_any(
+    addresses: &[SocketAddr],
+    source_for: &dyn Fn(SocketAddr) -> Option<Source>,
+) -> std::io::Result<TcpStream> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let attempt = |to: SocketAddr| open(to, source_for(to));
+    let mut attempts = FuturesUnordered::new();
+    let mut rest = addresses.iter().copied();
+    let Some(first) = rest.next() else {
+        return Err(std::io::Error::other("a host without addresses"));
+    };
+    attempts.push(attempt(first));
+    let mut next = rest.next();
+    let delay = tokio::time::sleep(NEXT_ADDRESS_DELAY);
+    tokio::pin!(delay);
+    loop {
+        tokio::select! {
+            Some(r) = attempts.next() => match r {
+                Ok(s) => return Ok(s),
+                Err(e) => match next.take() {
+                    Some(to) => {
+                        attempts.push(attempt(to));
+                        next = rest.next();
+                        delay.as_mut().reset(tokio::time::Instant::now() + NEXT_ADDRESS_DELAY);
+                    }
+                    None if attempts.is_empty() => return Err(e),
+                    None => {}
+                },
+            },
+            () = &mut delay, if next.is_some() => {
+                if let Some(to) = next.take() {
+                    attempts.push(attempt(to));
+                }
+                next = rest.next();
+                delay.as_mut().reset(tokio::time::Instant::now() + NEXT_ADDRESS_DELAY);
+            }
+            else => return Err(std::io::Error::other("no address of the host answered")),
+        }
+    }
+}
+
 async fn open(addr: SocketAddr, source: Option<Source>) -> std::io::Result<TcpStream> {
     let Some(source) = source else {
         return TcpStream::connect(addr).await;
@@ -1590,5 +1649,33 @@ pub async fn pump_h2_body(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod happy_eyeballs_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_address_moves_the_connection_on_to_the_next() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let open_at = listener.local_addr().expect("address");
+        // A port just freed: refused.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("address")
+        };
+        let started = std::time::Instant::now();
+        let s = open_any(&[closed, open_at], &|_| None)
+            .await
+            .expect("the second address answers");
+        assert_eq!(s.peer_addr().expect("peer"), open_at);
+        // At once, not after the next address's delay.
+        assert!(started.elapsed() < NEXT_ADDRESS_DELAY);
+        // All refused: the last failure.
+        let e = open_any(&[closed, closed], &|_| None).await;
+        assert!(e.is_err());
     }
 }

@@ -485,7 +485,8 @@ pub(super) fn translate_cluster(
         max_response_headers,
         max_connection_duration,
         max_stream_duration,
-        tcp_keepalive: tcp_keepalive(c, path)?,
+        tcp_keepalive: tcp_keepalive(c),
+        happy_eyeballs: happy_eyeballs(c, path)?,
         preconnect_ratio: preconnect(c, protocol, path)?,
         lb,
         locality_weighted: locality_weighted || super::lb::common_locality_weighted(c),
@@ -833,11 +834,34 @@ pub(crate) fn load_assignment_hosts(
                         .map(crate::metadata::Metadata::from_pb)
                         .unwrap_or_default(),
                 ),
+                additional: additional_addresses(ep, internal.is_some(), &epath)?,
                 internal,
             });
         }
     }
     Ok(hosts)
+}
+
+/// An endpoint's `additional_addresses`: socket addresses its connections try after its
+/// own (an internal listener's endpoint has none).
+fn additional_addresses(
+    ep: &envoy_types::pb::envoy::config::endpoint::v3::Endpoint,
+    internal: bool,
+    path: &str,
+) -> Result<Vec<std::net::SocketAddr>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, a) in ep.additional_addresses.iter().enumerate() {
+        let apath = format!("{path}.endpoint.additional_addresses[{i}].address");
+        let (address, other_internal) = endpoint_address(required(&a.address, &apath)?, &apath)?;
+        if internal || other_internal.is_some() {
+            return Err(ConfigError::new(
+                apath,
+                "additional addresses must be socket addresses, as must the endpoint's",
+            ));
+        }
+        out.push(address);
+    }
+    Ok(out)
 }
 
 /// An endpoint's address: a socket address, or an internal listener's
@@ -1034,11 +1058,45 @@ fn preconnect(
     Ok(Some(ratio).filter(|r| *r > 1.0))
 }
 
-fn tcp_keepalive(c: &cluster::Cluster, path: &str) -> Result<Option<TcpKeepalive>, ConfigError> {
-    let Some(o) = &c.upstream_connection_options else {
-        return Ok(None);
+/// `upstream_connection_options.happy_eyeballs_config`.
+fn happy_eyeballs(c: &cluster::Cluster, path: &str) -> Result<model::HappyEyeballs, ConfigError> {
+    let Some(h) = c
+        .upstream_connection_options
+        .as_ref()
+        .and_then(|o| o.happy_eyeballs_config.as_ref())
+    else {
+        return Ok(model::HappyEyeballs::default());
     };
-    let opath = format!("{path}.upstream_connection_options");
+    let hpath = format!("{path}.upstream_connection_options.happy_eyeballs_config");
+    use cluster::upstream_connection_options::FirstAddressFamilyVersion as F;
+    use model::FirstFamily;
+    let first = match F::try_from(h.first_address_family_version) {
+        Ok(F::Default) => FirstFamily::Default,
+        Ok(F::V4) => FirstFamily::V4,
+        Ok(F::V6) => FirstFamily::V6,
+        Ok(F::Pipe | F::Internal) => FirstFamily::Neither,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{hpath}.first_address_family_version"),
+                "unknown value",
+            ))
+        }
+    };
+    let first_count = match &h.first_address_family_count {
+        Some(n) if n.value < 1 => {
+            return Err(ConfigError::new(
+                format!("{hpath}.first_address_family_count"),
+                "value must be greater than or equal to 1",
+            ))
+        }
+        Some(n) => n.value,
+        None => 1,
+    };
+    Ok(model::HappyEyeballs { first, first_count })
+}
+
+fn tcp_keepalive(c: &cluster::Cluster) -> Option<TcpKeepalive> {
+    let o = c.upstream_connection_options.as_ref()?;
     let cluster::UpstreamConnectionOptions {
         tcp_keepalive,
         set_local_interface_name_on_upstream_connections,
@@ -1049,16 +1107,13 @@ fn tcp_keepalive(c: &cluster::Cluster, path: &str) -> Result<Option<TcpKeepalive
     if *set_local_interface_name_on_upstream_connections {
         super::istio::without_effect("set_local_interface_name_on_upstream_connections");
     }
-    if happy_eyeballs_config.is_some() {
-        return Err(ConfigError::unsupported(format!(
-            "{opath}.happy_eyeballs_config"
-        )));
-    }
-    Ok(tcp_keepalive.as_ref().map(|k| TcpKeepalive {
+    // happy_eyeballs_config: [`happy_eyeballs`].
+    let _ = happy_eyeballs_config;
+    tcp_keepalive.as_ref().map(|k| TcpKeepalive {
         probes: k.keepalive_probes.as_ref().map(|v| v.value),
         time: k.keepalive_time.as_ref().map(|v| v.value),
         interval: k.keepalive_interval.as_ref().map(|v| v.value),
-    }))
+    })
 }
 
 #[cfg(test)]

@@ -377,7 +377,8 @@ pub(super) fn endpoint(m: &endpoint_pb::Endpoint, path: &str) -> Result<(), Conf
     refuse(path, "observability_name", observability_name)?;
     // health_check_config: translated in translate::clusters.
     let _ = health_check_config;
-    refuse(path, "additional_addresses", additional_addresses)?;
+    // additional_addresses: translated in translate::clusters.
+    let _ = additional_addresses;
     Ok(())
 }
 
