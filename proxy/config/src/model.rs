@@ -3570,9 +3570,12 @@ pub struct Cluster {
     /// `upstream_connection_options.happy_eyeballs_config`: the order in which a host with
     /// several addresses tries them.
     pub happy_eyeballs: HappyEyeballs,
-    /// `preconnect_policy.per_upstream_preconnect_ratio` (HTTP/1.1 pools): connections made
+    /// `preconnect_policy.per_upstream_preconnect_ratio` (HTTP/1.1 and HTTP/2 pools): connections made
     /// ahead so that the pool has this many per request under way or waiting.
     pub preconnect_ratio: Option<f64>,
+    /// `preconnect_policy.predictive_preconnect_ratio` (above 1): before each new stream,
+    /// connections made ahead on the hosts the balancer will pick next.
+    pub predictive_ratio: Option<f64>,
     /// The load balancer.
     pub lb: LbPolicy,
     /// `locality_weighted_lb_config`: a locality is picked first, by its weight times its

@@ -1179,6 +1179,19 @@ impl Balancer {
             .pick_with(hosts, random, attempt)
     }
 
+    /// Whether a pick can be made ahead of its request (Envoy's `peekAnotherHost`): round
+    /// robin, random and weighted least request; not the hashing policies, which need the
+    /// request, nor unweighted least request, which reads the hosts' loads when it picks.
+    pub fn peekable(&self) -> bool {
+        match self.policy {
+            LbPolicy::RoundRobin | LbPolicy::Random => true,
+            LbPolicy::LeastRequest { .. } => self.weighted,
+            LbPolicy::ClusterProvided | LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => {
+                false
+            }
+        }
+    }
+
     /// Whether the cluster is in panic (`lb_healthy_panic` counts each pick then).
     pub fn panic(&self) -> bool {
         self.panic || self.levels.iter().any(|l| l.healthy.panic)

@@ -611,6 +611,41 @@ pub struct Cluster {
     /// destination, SNI), so that no connection carries another downstream connection's header
     /// or another request's server name.
     by_downstream: RefCell<HashMap<VariantKey, Rc<Host>>>,
+    /// Picks made ahead for predictive preconnect (hosts' indices), which the next picks take
+    /// first, in order (Envoy's stashed picks).
+    peeked: RefCell<std::collections::VecDeque<usize>>,
+}
+
+thread_local! {
+    /// Every host this worker made, for the provision of all its pools (predictive
+    /// preconnect); the dropped ones are pruned as the list grows.
+    static WORKER_HOSTS: RefCell<Vec<std::rc::Weak<Host>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Counts `host`'s pools in this worker's provision.
+fn register(host: Rc<Host>) -> Rc<Host> {
+    WORKER_HOSTS.with(|hosts| {
+        let mut hosts = hosts.borrow_mut();
+        if hosts.len() >= 64 && hosts.len().is_power_of_two() {
+            hosts.retain(|h| h.strong_count() > 0);
+        }
+        hosts.push(Rc::downgrade(&host));
+    });
+    host
+}
+
+/// The streams waiting, the streams under way and the room for more of every pool of this
+/// worker, HTTP/1.1 and HTTP/2 (Envoy's per-worker cluster manager state).
+fn worker_provision() -> (usize, usize, usize) {
+    WORKER_HOSTS.with(|hosts| {
+        let mut sum = (0, 0, 0);
+        for h in hosts.borrow().iter().filter_map(std::rc::Weak::upgrade) {
+            for (w, a, u) in [h.h1.provision(), h.h2.provision()] {
+                sum = (sum.0 + w, sum.1 + a, sum.2 + u);
+            }
+        }
+        sum
+    })
 }
 
 /// A worker's host for a destination, and the destination it stands for across workers.
@@ -695,7 +730,7 @@ impl Cluster {
             .config()
             .tls_for(&model::SocketMatchLabels::default())
             .cloned();
-        let host = Rc::new(host);
+        let host = register(Rc::new(host));
         hosts.insert(dest, (host.clone(), shared));
         host
     }
@@ -765,7 +800,7 @@ impl Cluster {
         if hosts.len() >= MAX_IDLE_DESTINATIONS {
             hosts.retain(|_, h| Rc::strong_count(h) > 1);
         }
-        let copy = Rc::new(Host {
+        let copy = register(Rc::new(Host {
             address: host.address,
             additional: host.additional.clone(),
             healthy: host.healthy,
@@ -794,7 +829,7 @@ impl Cluster {
             high,
             internal: host.internal.clone(),
             shared,
-        });
+        }));
         hosts.insert(key, copy.clone());
         copy
     }
@@ -809,6 +844,10 @@ impl Cluster {
     ) -> Option<Rc<Host>> {
         if let Some(s) = &self.subsets {
             return s.pick(criteria, hash, attempt);
+        }
+        // A pick made ahead (predictive preconnect) comes first.
+        if let Some(i) = self.peeked.borrow_mut().pop_front() {
+            return self.hosts.get(i).cloned();
         }
         let i = self.lb.pick_hashed(&self.hosts, hash, attempt);
         if self.lb.panic() {
@@ -909,7 +948,7 @@ impl Cluster {
                             rustls_pki_types::ServerName::try_from(n.to_string()).ok()
                         });
                     }
-                    Rc::new(host)
+                    register(Rc::new(host))
                 })
             })
             .collect();
@@ -969,8 +1008,67 @@ impl Cluster {
             hosts,
             by_destination: RefCell::new(HashMap::new()),
             by_downstream: RefCell::new(HashMap::new()),
+            peeked: RefCell::default(),
             info,
         }
+    }
+
+    /// `preconnect_policy.predictive_preconnect_ratio` (Envoy's `maybePreconnect`), before a
+    /// new stream: while the pools of this worker (of every cluster, as Envoy sums them),
+    /// counting the stream about to come, carry less than the ratio times their streams, a connection is made ahead on the
+    /// host the balancer will pick next (that pick is kept for the next request), up to three.
+    pub fn predict(self: &Rc<Self>) {
+        let Some(ratio) = self.config().predictive_ratio else {
+            return;
+        };
+        let short = |(waiting, active, unused): (usize, usize, usize)| {
+            (waiting + active + 1) as f64 * ratio > (unused + active) as f64
+        };
+        for _ in 0..3 {
+            if !short(worker_provision()) {
+                return;
+            }
+            let Some(host) = self.peek_host() else {
+                return;
+            };
+            // The host's own pool judges again, with the stream about to come.
+            if !short(self.provision_of(&host)) {
+                return;
+            }
+            let made = match self.config().protocol {
+                model::UpstreamProtocol::Http2 => host.h2.connect_ahead(self, &host),
+                _ => host.h1.connect_ahead(self, &host),
+            };
+            if !made {
+                return;
+            }
+        }
+    }
+
+    /// A host's pool's streams waiting, under way, and the streams its connections have room
+    /// for (an HTTP/1.1 connection has room for one).
+    fn provision_of(&self, host: &Host) -> (usize, usize, usize) {
+        match self.config().protocol {
+            model::UpstreamProtocol::Http2 => host.h2.provision(),
+            _ => host.h1.provision(),
+        }
+    }
+
+    /// The host the balancer picks next, picked now and kept for the next pick; none when the
+    /// policy cannot pick ahead (hashing, unweighted least request, subsets, original
+    /// destinations) or as many picks as healthy hosts are kept already (Envoy's limit).
+    fn peek_host(&self) -> Option<Rc<Host>> {
+        if self.subsets.is_some() || !self.lb.peekable() {
+            return None;
+        }
+        let healthy = self.hosts.iter().filter(|h| h.healthy).count();
+        let mut peeked = self.peeked.borrow_mut();
+        if peeked.len() >= healthy {
+            return None;
+        }
+        let i = self.lb.pick(&self.hosts)?;
+        peeked.push_back(i);
+        self.hosts.get(i).cloned()
     }
 
     /// Closes this cluster's idle pooled connections and stops new streams on HTTP/2 ones.

@@ -855,6 +855,7 @@ impl Http1Pool {
         cluster: &Rc<Cluster>,
         host: &Rc<Host>,
     ) -> Result<(Http1Sender, bool), ConnectError> {
+        cluster.predict();
         let (mut pending, mut overflowed) = (None, false);
         let ratio = cluster.config().preconnect_ratio;
         let mut waiting = None;
@@ -919,31 +920,51 @@ impl Http1Pool {
             return;
         };
         for _ in 0..3 {
-            if !self.short(ratio) || !host_room(cluster, host) {
+            if !self.short(ratio) || !self.connect_ahead(cluster, host) {
                 return;
             }
-            let Some(cx) = cluster
-                .info
-                .breakers
-                .of(host.high)
-                .connections
-                .try_acquire()
-            else {
-                return;
-            };
-            let Ok(lease) = self.slot.lease(cluster, host) else {
-                return;
-            };
-            let (cluster, host) = (cluster.clone(), host.clone());
-            tokio::task::spawn_local(async move {
-                let Ok(stream) = connect(&cluster, &host).await else {
-                    return;
-                };
-                if let Ok(s) = http1_on(&cluster, &host, stream, (cx, lease)).await {
-                    host.h1.put_idle(s);
-                }
-            });
         }
+    }
+
+    /// The pool's requests waiting, its requests under way, and its connections free for one
+    /// (idle, or being made).
+    pub fn provision(&self) -> (usize, usize, usize) {
+        let (active, conns) = (self.slot.active.get(), self.slot.conns.get());
+        (
+            self.slot.waiting.get(),
+            active,
+            conns.saturating_sub(active),
+        )
+    }
+
+    /// One connection made ahead, if the breakers allow it; it joins the idle ones when it is
+    /// up. False when none could be started.
+    pub fn connect_ahead(&self, cluster: &Rc<Cluster>, host: &Rc<Host>) -> bool {
+        if !host_room(cluster, host) {
+            return false;
+        }
+        let Some(cx) = cluster
+            .info
+            .breakers
+            .of(host.high)
+            .connections
+            .try_acquire()
+        else {
+            return false;
+        };
+        let Ok(lease) = self.slot.lease(cluster, host) else {
+            return false;
+        };
+        let (cluster, host) = (cluster.clone(), host.clone());
+        tokio::task::spawn_local(async move {
+            let Ok(stream) = connect(&cluster, &host).await else {
+                return;
+            };
+            if let Ok(s) = http1_on(&cluster, &host, stream, (cx, lease)).await {
+                host.h1.put_idle(s);
+            }
+        });
+        true
     }
 }
 
@@ -1280,7 +1301,13 @@ pub struct Http2Pool {
     /// Its place in `max_connection_pools`.
     slot: Rc<PoolSlot>,
     conns: RefCell<Vec<Rc<Http2Conn>>>,
-    connecting: Cell<bool>,
+    /// Connections being made (for a request, or ahead of requests), and the streams they
+    /// are expected to carry (the cluster's `max_concurrent_streams` each).
+    connecting: Cell<usize>,
+    connecting_capacity: Cell<usize>,
+    /// Requests waiting for a stream (what `preconnect_policy` provisions for, with the
+    /// streams under way).
+    waiting: Cell<usize>,
     /// Counts finished connect attempts; waiters compare it to learn that an attempt ended.
     attempts: Cell<u64>,
     last_attempt_failed: Cell<bool>,
@@ -1292,18 +1319,133 @@ pub struct Http2Pool {
 struct Connecting<'a> {
     pool: &'a Http2Pool,
     failed: bool,
+    capacity: usize,
+}
+
+impl<'a> Connecting<'a> {
+    /// A connection of `pool` being made, expected to carry `capacity` streams.
+    fn new(pool: &'a Http2Pool, capacity: usize) -> Self {
+        pool.connecting.set(pool.connecting.get() + 1);
+        pool.connecting_capacity
+            .set(pool.connecting_capacity.get() + capacity);
+        Self::counted(pool, capacity)
+    }
+
+    /// A connection already counted as being made (by [`Http2Pool::connect_ahead`]).
+    fn counted(pool: &'a Http2Pool, capacity: usize) -> Self {
+        Connecting {
+            pool,
+            failed: true,
+            capacity,
+        }
+    }
 }
 
 impl Drop for Connecting<'_> {
     fn drop(&mut self) {
-        self.pool.connecting.set(false);
+        self.pool
+            .connecting
+            .set(self.pool.connecting.get().saturating_sub(1));
+        self.pool.connecting_capacity.set(
+            self.pool
+                .connecting_capacity
+                .get()
+                .saturating_sub(self.capacity),
+        );
         self.pool.attempts.set(self.pool.attempts.get() + 1);
         self.pool.last_attempt_failed.set(self.failed);
         self.pool.connected.notify_waiters();
     }
 }
 
+/// A request waiting for an HTTP/2 stream, counted in its pool until dropped.
+struct StreamWaiting<'a>(&'a Http2Pool);
+
+impl<'a> StreamWaiting<'a> {
+    fn new(pool: &'a Http2Pool) -> Self {
+        pool.waiting.set(pool.waiting.get() + 1);
+        StreamWaiting(pool)
+    }
+}
+
+impl Drop for StreamWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.set(self.0.waiting.get().saturating_sub(1));
+    }
+}
+
 impl Http2Pool {
+    /// Whether the pool's streams, under way and waiting, times `ratio` exceed what its
+    /// connections can carry (those being made counted at `limit` streams each): Envoy's
+    /// provisioning, `(pending + active) × ratio > unused + active`.
+    fn short(&self, ratio: f64) -> bool {
+        let (waiting, active, unused) = self.provision();
+        (waiting + active) as f64 * ratio > (unused + active) as f64
+    }
+
+    /// `preconnect_policy.per_upstream_preconnect_ratio`: connections made ahead, up to three
+    /// at a time, while the pool is short of its provision; each joins the pool when it is up.
+    fn preconnect(&self, cluster: &Rc<Cluster>, host: &Rc<Host>) {
+        let Some(ratio) = cluster.config().preconnect_ratio else {
+            return;
+        };
+        for _ in 0..3 {
+            if !self.short(ratio) || !self.connect_ahead(cluster, host) {
+                return;
+            }
+        }
+    }
+
+    /// The pool's streams waiting, its streams under way, and the streams its connections
+    /// (those being made counted at the cluster's `max_concurrent_streams`) have room for.
+    pub fn provision(&self) -> (usize, usize, usize) {
+        let conns = self.conns.borrow();
+        let active: usize = conns.iter().map(|c| c.active.get()).sum();
+        let unused: usize = conns
+            .iter()
+            .filter(|c| !c.closed.get())
+            .map(|c| c.peer_max.get().min(c.limit).saturating_sub(c.active.get()))
+            .sum::<usize>()
+            + self.connecting_capacity.get();
+        (self.waiting.get(), active, unused)
+    }
+
+    /// One connection made ahead, if the breakers allow it; it joins the pool when it is up.
+    /// False when none could be started.
+    pub fn connect_ahead(&self, cluster: &Rc<Cluster>, host: &Rc<Host>) -> bool {
+        if !host_room(cluster, host) {
+            return false;
+        }
+        let Some(cx) = cluster
+            .info
+            .breakers
+            .of(host.high)
+            .connections
+            .try_acquire()
+        else {
+            return false;
+        };
+        let Ok(lease) = self.slot.lease(cluster, host) else {
+            return false;
+        };
+        let capacity = cluster.config().http2.max_concurrent_streams as usize;
+        let (cluster, host) = (cluster.clone(), host.clone());
+        // Counted as being made from now (the task starts later).
+        self.connecting.set(self.connecting.get() + 1);
+        self.connecting_capacity
+            .set(self.connecting_capacity.get() + capacity);
+        tokio::task::spawn_local(async move {
+            let pool = &host.h2;
+            let mut guard = Connecting::counted(pool, capacity);
+            if let Ok(conn) = connect_http2(&cluster, &host, (cx, lease)).await {
+                guard.failed = false;
+                pool.conns.borrow_mut().push(Rc::new(conn));
+            }
+            drop(guard);
+        });
+        true
+    }
+
     fn reserve(&self) -> Option<Http2Stream> {
         let mut conns = self.conns.borrow_mut();
         conns.retain(|c| !c.closed.get() || c.active.get() > 0);
@@ -1320,20 +1462,25 @@ impl Http2Pool {
         cluster: &Rc<Cluster>,
         host: &Rc<Host>,
     ) -> Result<Http2Stream, ConnectError> {
+        cluster.predict();
         let (mut pending, mut overflowed) = (None, false);
+        let mut waiting = None;
         loop {
             if let Some(mut s) = self.reserve() {
+                drop(waiting);
                 s._rq = Some(attach(cluster, host)?);
                 s.opened(cluster);
+                self.preconnect(cluster, host);
                 return Ok(s);
             }
             if pending.is_none() {
                 pending = Some(Pending::new(cluster, host)?);
+                waiting = Some(StreamWaiting::new(self));
             }
-            if self.connecting.get() {
+            if self.connecting.get() > 0 {
                 let attempt = self.attempts.get();
                 let notified = self.connected.notified();
-                if self.connecting.get() {
+                if self.connecting.get() > 0 {
                     notified.await;
                 }
                 if self.attempts.get() != attempt && self.last_attempt_failed.get() {
@@ -1359,21 +1506,23 @@ impl Http2Pool {
                 tokio::time::sleep(PENDING_RECHECK).await;
                 continue;
             };
-            self.connecting.set(true);
-            let mut guard = Connecting {
-                pool: self,
-                failed: true,
-            };
             let lease = self.slot.lease(cluster, host)?;
+            let mut guard =
+                Connecting::new(self, cluster.config().http2.max_concurrent_streams as usize);
+            // A connection being made counts for the requests that wait: more are made
+            // ahead only past it.
+            self.preconnect(cluster, host);
             let conn = Rc::new(connect_http2(cluster, host, (cx, lease)).await?);
             guard.failed = false;
             conn.active.set(1);
             self.conns.borrow_mut().push(conn.clone());
             drop(guard);
             drop(pending);
+            drop(waiting);
             let mut s = Http2Stream { conn, _rq: None };
             s._rq = Some(attach(cluster, host)?);
             s.opened(cluster);
+            self.preconnect(cluster, host);
             return Ok(s);
         }
     }

@@ -488,6 +488,7 @@ pub(super) fn translate_cluster(
         tcp_keepalive: tcp_keepalive(c),
         happy_eyeballs: happy_eyeballs(c, path)?,
         preconnect_ratio: preconnect(c, protocol, path)?,
+        predictive_ratio: predictive_preconnect(c, protocol, path)?,
         lb,
         locality_weighted: locality_weighted || super::lb::common_locality_weighted(c),
         zone_aware,
@@ -1035,11 +1036,6 @@ fn preconnect(
         return Ok(None);
     };
     let ppath = format!("{path}.preconnect_policy");
-    if p.predictive_preconnect_ratio.is_some() {
-        return Err(ConfigError::unsupported(format!(
-            "{ppath}.predictive_preconnect_ratio"
-        )));
-    }
     let Some(ratio) = p.per_upstream_preconnect_ratio.as_ref().map(|v| v.value) else {
         return Ok(None);
     };
@@ -1049,10 +1045,50 @@ fn preconnect(
             "must be between 1 and 3",
         ));
     }
-    if ratio > 1.0 && protocol != model::UpstreamProtocol::Http1 {
+    // A pool that picks its protocol per host (by ALPN or the downstream's) is not
+    // provisioned ahead.
+    if ratio > 1.0
+        && !matches!(
+            protocol,
+            model::UpstreamProtocol::Http1 | model::UpstreamProtocol::Http2
+        )
+    {
         return Err(ConfigError::new(
             format!("{ppath}.per_upstream_preconnect_ratio"),
-            "unsupported: skiff preconnects only HTTP/1.1 connections",
+            "unsupported: skiff preconnects HTTP/1.1 and HTTP/2 connections, not a protocol chosen per host",
+        ));
+    }
+    Ok(Some(ratio).filter(|r| *r > 1.0))
+}
+
+/// `preconnect_policy.predictive_preconnect_ratio`: 1 to 3, as Envoy checks it; 1 (or none)
+/// makes nothing ahead.
+fn predictive_preconnect(
+    c: &cluster::Cluster,
+    protocol: model::UpstreamProtocol,
+    path: &str,
+) -> Result<Option<f64>, ConfigError> {
+    let Some(ratio) = c
+        .preconnect_policy
+        .as_ref()
+        .and_then(|p| p.predictive_preconnect_ratio.as_ref())
+        .map(|v| v.value)
+    else {
+        return Ok(None);
+    };
+    let rpath = format!("{path}.preconnect_policy.predictive_preconnect_ratio");
+    if !(1.0..=3.0).contains(&ratio) {
+        return Err(ConfigError::new(rpath, "must be between 1 and 3"));
+    }
+    if ratio > 1.0
+        && !matches!(
+            protocol,
+            model::UpstreamProtocol::Http1 | model::UpstreamProtocol::Http2
+        )
+    {
+        return Err(ConfigError::new(
+            rpath,
+            "unsupported: skiff preconnects HTTP/1.1 and HTTP/2 connections, not a protocol chosen per host",
         ));
     }
     Ok(Some(ratio).filter(|r| *r > 1.0))
@@ -1157,7 +1193,10 @@ static_resources:
                 );
             }
             load_text(&b.replace("  - name: up\n", &format!("  - name: up\n    {extra}\n")))
-                .map(|l| l.model.clusters[0].preconnect_ratio)
+                .map(|l| {
+                    let c = &l.model.clusters[0];
+                    c.preconnect_ratio.or(c.predictive_ratio)
+                })
                 .map_err(|e| e.to_string())
         };
         assert_eq!(
@@ -1180,17 +1219,25 @@ static_resources:
         )
         .expect_err("above 3");
         assert!(e.contains("per_upstream_preconnect_ratio"), "{e}");
+        assert_eq!(
+            with(
+                "preconnect_policy: { per_upstream_preconnect_ratio: 2 }",
+                true,
+            ),
+            Ok(Some(2.0))
+        );
+        assert_eq!(
+            with(
+                "preconnect_policy: { predictive_preconnect_ratio: 2 }",
+                false,
+            ),
+            Ok(Some(2.0))
+        );
         let e = with(
-            "preconnect_policy: { per_upstream_preconnect_ratio: 2 }",
-            true,
-        )
-        .expect_err("HTTP/2");
-        assert!(e.contains("HTTP/1.1"), "{e}");
-        let e = with(
-            "preconnect_policy: { predictive_preconnect_ratio: 2 }",
+            "preconnect_policy: { predictive_preconnect_ratio: 0.5 }",
             false,
         )
-        .expect_err("predictive");
+        .expect_err("below 1");
         assert!(e.contains("predictive_preconnect_ratio"), "{e}");
     }
 
