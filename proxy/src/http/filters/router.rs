@@ -1871,12 +1871,13 @@ pub async fn own_request_retried(
     request.mark_done();
     let authority = authority(&head).unwrap_or_default().to_string();
     let exchange = async {
+        let retry = retry.and_then(|p| super::retry::RetryState::new(Some(p), None, &head.headers));
         let f = Forward {
             timeout,
+            per_try_timeout: retry.as_ref().and_then(|r| r.per_try_timeout()),
             buffer_limit: if retry.is_some() { usize::MAX } else { 0 },
             ..Forward::own(worker, cluster, &authority, &request)
         };
-        let retry = retry.and_then(|p| super::retry::RetryState::new(Some(p), None, &head.headers));
         let started = std::time::Instant::now();
         let (resp, upstream, _) =
             super::retry::forward(&f, head, ProxyBody::full(body), retry, None)
