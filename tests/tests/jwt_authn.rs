@@ -698,12 +698,18 @@ async fn jwt_remote_jwks_as_envoy() {
                 json!([
                     { "match": { "prefix": "/dead" }, "requires": { "provider_name": "p2" } },
                     { "match": { "prefix": "/ahead" }, "requires": { "provider_name": "p3" } },
+                    { "match": { "prefix": "/retried" }, "requires": { "provider_name": "p4" } },
                     { "match": { "prefix": "/" }, "requires": { "provider_name": "p1" } },
                 ]),
                 json!({}),
             );
             f["typed_config"]["providers"]["p2"] = remote("dead", "/path/jwks.json?v=1");
             f["typed_config"]["providers"]["p3"] = ahead;
+            // A key server that answers 503: the fetch tried again by its retry policy.
+            let mut retried = remote("keys", "/status/503/jwks.json");
+            retried["remote_jwks"]["retry_policy"] = json!({ "num_retries": 2,
+                "retry_back_off": { "base_interval": "0.01s", "max_interval": "0.05s" } });
+            f["typed_config"]["providers"]["p4"] = retried;
             let (admin, port) = (free_port(), free_port());
             let b = bootstrap(
                 admin,
@@ -730,6 +736,7 @@ async fn jwt_remote_jwks_as_envoy() {
                 ("unknown_kid", "/a".into(), vec![bearer(&unknown_kid)]),
                 ("dead", "/dead".into(), vec![bearer(&good)]),
                 ("dead_again", "/dead".into(), vec![bearer(&good)]),
+                ("retried", "/retried".into(), vec![bearer(&good)]),
             ];
             let mut got = Vec::new();
             for (case, path, headers) in &cases {
@@ -763,6 +770,12 @@ async fn jwt_remote_jwks_as_envoy() {
             all.contains("first: 200")
                 && all.contains("ahead: 200")
                 && all.contains("jwks_fetch_success: 2"),
+            "{all}"
+        );
+        // The failing key server was asked three times: the fetch and its two retries.
+        assert_eq!(
+            all.matches("key server: GET /status/503/jwks.json").count(),
+            3,
             "{all}"
         );
     })

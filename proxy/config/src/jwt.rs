@@ -104,6 +104,9 @@ pub struct RemoteJwks {
     /// `async_fetch`: the keys are fetched ahead, at start and before they expire; a failed
     /// fetch is tried again after this (`failed_refetch_duration`, default 1 s).
     pub async_fetch: Option<Duration>,
+    /// `retry_policy`: a failed fetch is tried again by it (Envoy's conversion of the core
+    /// policy, retried on `5xx,gateway-error,connect-failure,reset` unless it says otherwise).
+    pub retry: Option<Arc<crate::router::retry::RetryPolicy>>,
     /// A worker is fetching them in the background.
     pub fetching: std::sync::atomic::AtomicBool,
     /// The keys fetched, and when.
@@ -119,6 +122,7 @@ impl PartialEq for RemoteJwks {
             self.timeout,
             self.cache_duration,
             self.async_fetch,
+            &self.retry,
         ) == (
             &other.cluster,
             &other.authority,
@@ -126,6 +130,7 @@ impl PartialEq for RemoteJwks {
             other.timeout,
             other.cache_duration,
             other.async_fetch,
+            &other.retry,
         )
     }
 }
@@ -139,6 +144,7 @@ impl RemoteJwks {
         timeout: Duration,
         cache_duration: Duration,
         async_fetch: Option<Duration>,
+        retry: Option<Arc<crate::router::retry::RetryPolicy>>,
     ) -> RemoteJwks {
         RemoteJwks {
             cluster,
@@ -147,6 +153,7 @@ impl RemoteJwks {
             timeout,
             cache_duration,
             async_fetch,
+            retry,
             fetching: std::sync::atomic::AtomicBool::new(false),
             cache: std::sync::Mutex::new(None),
         }

@@ -123,9 +123,17 @@ fn remote_jwks(r: &pb::RemoteJwks, path: &str) -> Result<crate::jwt::RemoteJwks,
         async_fetch,
         retry_policy,
     } = r;
-    if retry_policy.is_some() {
-        return Err(ConfigError::unsupported(format!("{path}.retry_policy")));
-    }
+    let retry = retry_policy
+        .as_ref()
+        .map(|r| {
+            super::retry::from_core(
+                r,
+                &format!("{path}.retry_policy"),
+                "5xx,gateway-error,connect-failure,reset",
+            )
+            .map(std::sync::Arc::new)
+        })
+        .transpose()?;
     // async_fetch.fast_listener: the listener does not wait for the keys in skiff
     // (docs/compatibility.md).
     let async_fetch = async_fetch
@@ -169,6 +177,7 @@ fn remote_jwks(r: &pb::RemoteJwks, path: &str) -> Result<crate::jwt::RemoteJwks,
         timeout,
         cache_duration,
         async_fetch,
+        retry,
     ))
 }
 

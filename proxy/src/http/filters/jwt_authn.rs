@@ -724,12 +724,13 @@ async fn fetch(worker: &Rc<crate::worker::Worker>, stats: &Stats, r: &jwt::Remot
         return false;
     };
     let (head, ()) = req.into_parts();
-    let answer = crate::http::filters::router::own_request(
+    let answer = crate::http::filters::router::own_request_retried(
         worker,
         &cluster,
         head,
         Bytes::new(),
         Some(r.timeout),
+        r.retry.as_ref(),
     )
     .await;
     let keys = match answer {
