@@ -404,6 +404,38 @@ async fn logical_dns_moves_on_to_the_next_address_when_the_first_refuses_as_envo
 }
 
 #[tokio::test]
+async fn close_connections_on_host_set_change_drains_the_kept_hosts_as_envoy_does() {
+    run_for(Duration::from_secs(60), async {
+        // Keep-alive upstreams: a host's connection is reused until something closes it.
+        for (drain, want) in [(true, 3), (false, 2)] {
+            let sides = pair(
+                "STRICT_DNS",
+                json!({ "dns_refresh_rate": "0.3s",
+                        "common_lb_config": { "close_connections_on_host_set_change": drain } }),
+                Zone::Addresses(vec![ip(2), ip(3)], 30),
+                false,
+            )
+            .await;
+            both_reach(&sides, &["u2", "u3"], "both hosts").await;
+            for s in &sides {
+                s.dns.set(NAME, Zone::Addresses(vec![ip(2)], 30));
+            }
+            both_reach(&sides, &["u2"], "the host kept").await;
+            for s in &sides {
+                // One connection to each host, then (draining) a new one to the host kept.
+                assert_eq!(
+                    s.counter("upstream_cx_total").await,
+                    want,
+                    "{}: close_connections_on_host_set_change {drain}",
+                    s.kind.name()
+                );
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_dns_cluster_is_ready_after_its_first_resolution_even_a_failed_one() {
     run_for(Duration::from_secs(60), async {
         // The server is silent: the first query times out (1 s, one try) and fails. The proxy

@@ -3570,6 +3570,9 @@ pub struct Cluster {
     /// `upstream_connection_options.happy_eyeballs_config`: the order in which a host with
     /// several addresses tries them.
     pub happy_eyeballs: HappyEyeballs,
+    /// `common_lb_config.close_connections_on_host_set_change`: when hosts are added or
+    /// removed, every host's connections are drained.
+    pub close_connections_on_host_set_change: bool,
     /// `preconnect_policy.per_upstream_preconnect_ratio` (HTTP/1.1 and HTTP/2 pools): connections made
     /// ahead so that the pool has this many per request under way or waiting.
     pub preconnect_ratio: Option<f64>,

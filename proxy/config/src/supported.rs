@@ -2431,6 +2431,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "consistent_hashing_lb_config",
             "zone_aware_lb_config",
             "locality_weighted_lb_config",
+            "close_connections_on_host_set_change",
         ],
     ),
     (

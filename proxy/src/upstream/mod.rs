@@ -953,8 +953,18 @@ impl Cluster {
             })
             .collect();
         if let Some(p) = previous {
+            // close_connections_on_host_set_change: when hosts came or went, the kept ones'
+            // connections are drained too.
+            let set_changed = cfg.close_connections_on_host_set_change
+                && (p.hosts.len() != hosts.len()
+                    || p.hosts
+                        .iter()
+                        .any(|o| !hosts.iter().any(|n| n.address == o.address)));
             for h in &p.hosts {
-                if !hosts.iter().any(|n| Rc::ptr_eq(n, h)) {
+                if set_changed {
+                    h.h1.drain();
+                    h.h2.clear();
+                } else if !hosts.iter().any(|n| Rc::ptr_eq(n, h)) {
                     h.h1.clear();
                     h.h2.clear();
                 }

@@ -64,6 +64,9 @@ pub struct PoolSlot {
     /// `preconnect_policy` provisions for).
     active: Cell<usize>,
     waiting: Cell<usize>,
+    /// Bumped when the pool is drained: HTTP/1.1 connections made before no longer come back
+    /// to it.
+    generation: Cell<u64>,
 }
 
 /// A request waiting for a connection of a pool.
@@ -558,6 +561,8 @@ pub struct Http1Sender {
     per_cx: crate::stats::Histogram,
     /// Its pool's counts.
     slot: Rc<PoolSlot>,
+    /// The pool's generation when it was made.
+    generation: u64,
 }
 
 impl Http1Sender {
@@ -808,10 +813,21 @@ impl Http1Pool {
         s.flow.borrow_mut().take();
         s.released();
         s.state.set_busy(false);
-        if !s.is_closed() && !s.spent && !s.state.expired.get() {
+        if !s.is_closed()
+            && !s.spent
+            && !s.state.expired.get()
+            && s.generation == self.slot.generation.get()
+        {
             self.idle.borrow_mut().push(s);
             self.released.notify_one();
         }
+    }
+
+    /// Closes the idle connections, and each busy one once its request is done (Envoy's
+    /// connection pool drain).
+    pub fn drain(&self) {
+        self.slot.generation.set(self.slot.generation.get() + 1);
+        self.clear();
     }
 
     /// The request takes `s` if `max_requests` lets it; else `s` goes back to the pool.
@@ -1135,6 +1151,7 @@ async fn http1_on(
         info,
         state,
         per_cx: cluster.stats.upstream_rq_per_cx.clone(),
+        generation: slot.generation.get(),
         slot,
     })
 }

@@ -487,6 +487,10 @@ pub(super) fn translate_cluster(
         max_stream_duration,
         tcp_keepalive: tcp_keepalive(c),
         happy_eyeballs: happy_eyeballs(c, path)?,
+        close_connections_on_host_set_change: c
+            .common_lb_config
+            .as_ref()
+            .is_some_and(|l| l.close_connections_on_host_set_change),
         preconnect_ratio: preconnect(c, protocol, path)?,
         predictive_ratio: predictive_preconnect(c, protocol, path)?,
         lb,

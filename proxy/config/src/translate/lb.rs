@@ -587,10 +587,8 @@ pub(super) fn common_lb_config(c: &cluster::Cluster, path: &str) -> Result<f64, 
         *ignore_new_hosts_until_first_hc,
         "ignore_new_hosts_until_first_hc",
     )?;
-    refuse(
-        *close_connections_on_host_set_change,
-        "close_connections_on_host_set_change",
-    )?;
+    // close_connections_on_host_set_change: read by the cluster's translation.
+    let _ = close_connections_on_host_set_change;
     // Read by `lb_policy` for RING_HASH and MAGLEV (the other policies ignore it, as Envoy's).
     let _ = consistent_hashing_lb_config;
     refuse(override_host_status.is_some(), "override_host_status")?;
