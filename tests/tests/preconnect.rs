@@ -24,6 +24,28 @@ async fn get(side: &Side, path: &str) -> u16 {
         .status
 }
 
+/// A bootstrap whose listener routes `/<name>` to each of `clusters` by its name.
+fn routed_to(admin: u16, listen: u16, clusters: Vec<serde_json::Value>) -> String {
+    let routes = clusters
+        .iter()
+        .map(|c| {
+            let name = c["name"].as_str().unwrap_or_default();
+            route(&format!("/{name}"), name)
+        })
+        .collect();
+    bootstrap(
+        admin,
+        vec![listener(
+            "l",
+            "127.0.0.1",
+            listen,
+            hcm("pre", vec![vhost("all", &["*"], routes)]),
+        )],
+        clusters,
+    )
+    .to_string()
+}
+
 #[tokio::test]
 async fn preconnect_as_envoy() {
     run_for(Duration::from_secs(60), async {
@@ -32,24 +54,7 @@ async fn preconnect_as_envoy() {
             two["preconnect_policy"] = json!({ "per_upstream_preconnect_ratio": 2.0 });
             let mut half = cluster("half", &[upstream]);
             half["preconnect_policy"] = json!({ "per_upstream_preconnect_ratio": 1.5 });
-            bootstrap(
-                admin,
-                vec![listener(
-                    "l",
-                    "127.0.0.1",
-                    listen,
-                    hcm(
-                        "pre",
-                        vec![vhost(
-                            "all",
-                            &["*"],
-                            vec![route("/two", "two"), route("/half", "half")],
-                        )],
-                    ),
-                )],
-                vec![two, half],
-            )
-            .to_string()
+            routed_to(admin, listen, vec![two, half])
         };
         let (e, s) = pair(Up::H1, build).await;
         let mut seen = Vec::new();
@@ -101,32 +106,15 @@ async fn http2_preconnect_as_envoy() {
                 }
                 c
             };
-            bootstrap(
+            routed_to(
                 admin,
-                vec![listener(
-                    "l",
-                    "127.0.0.1",
-                    listen,
-                    hcm(
-                        "pre",
-                        vec![vhost(
-                            "all",
-                            &["*"],
-                            vec![
-                                route("/plain", "plain"),
-                                route("/half", "half"),
-                                route("/three", "three"),
-                            ],
-                        )],
-                    ),
-                )],
+                listen,
                 vec![
                     h2("plain", None),
                     h2("half", Some(1.5)),
                     h2("three", Some(3.0)),
                 ],
             )
-            .to_string()
         };
         let (e, s) = pair(Up::H2, build).await;
         let mut seen = Vec::new();

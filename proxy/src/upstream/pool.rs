@@ -956,19 +956,7 @@ impl Http1Pool {
     /// One connection made ahead, if the breakers allow it; it joins the idle ones when it is
     /// up. False when none could be started.
     pub fn connect_ahead(&self, cluster: &Rc<Cluster>, host: &Rc<Host>) -> bool {
-        if !host_room(cluster, host) {
-            return false;
-        }
-        let Some(cx) = cluster
-            .info
-            .breakers
-            .of(host.high)
-            .connections
-            .try_acquire()
-        else {
-            return false;
-        };
-        let Ok(lease) = self.slot.lease(cluster, host) else {
+        let Some((cx, lease)) = room_ahead(&self.slot, cluster, host) else {
             return false;
         };
         let (cluster, host) = (cluster.clone(), host.clone());
@@ -1154,6 +1142,22 @@ async fn http1_on(
         generation: slot.generation.get(),
         slot,
     })
+}
+
+/// A place for a connection made ahead of requests, in the breakers and in the pool's
+/// `max_connection_pools` slot; none when either is full.
+fn room_ahead(slot: &Rc<PoolSlot>, cluster: &Cluster, host: &Host) -> Option<(Held, SlotLease)> {
+    if !host_room(cluster, host) {
+        return None;
+    }
+    let cx = cluster
+        .info
+        .breakers
+        .of(host.high)
+        .connections
+        .try_acquire()?;
+    let lease = slot.lease(cluster, host).ok()?;
+    Some((cx, lease))
 }
 
 /// Whether `host` may have one more connection (`per_host_thresholds`' `max_connections`,
@@ -1430,19 +1434,7 @@ impl Http2Pool {
     /// One connection made ahead, if the breakers allow it; it joins the pool when it is up.
     /// False when none could be started.
     pub fn connect_ahead(&self, cluster: &Rc<Cluster>, host: &Rc<Host>) -> bool {
-        if !host_room(cluster, host) {
-            return false;
-        }
-        let Some(cx) = cluster
-            .info
-            .breakers
-            .of(host.high)
-            .connections
-            .try_acquire()
-        else {
-            return false;
-        };
-        let Ok(lease) = self.slot.lease(cluster, host) else {
+        let Some((cx, lease)) = room_ahead(&self.slot, cluster, host) else {
             return false;
         };
         let capacity = cluster.config().http2.max_concurrent_streams as usize;

@@ -247,17 +247,7 @@ fn http(
         authorization_response,
         retry_policy,
     } = h;
-    let retry = retry_policy
-        .as_ref()
-        .map(|r| {
-            super::retry::from_core(
-                r,
-                &format!("{path}.retry_policy"),
-                "5xx,gateway-error,connect-failure,reset",
-            )
-            .map(std::sync::Arc::new)
-        })
-        .transpose()?;
+    let retry = super::retry::own_calls(retry_policy.as_ref(), path)?;
     let upath = format!("{path}.server_uri");
     let uri = super::required(server_uri, &upath)?;
     let cluster = match &uri.http_upstream_type {

@@ -123,17 +123,7 @@ fn remote_jwks(r: &pb::RemoteJwks, path: &str) -> Result<crate::jwt::RemoteJwks,
         async_fetch,
         retry_policy,
     } = r;
-    let retry = retry_policy
-        .as_ref()
-        .map(|r| {
-            super::retry::from_core(
-                r,
-                &format!("{path}.retry_policy"),
-                "5xx,gateway-error,connect-failure,reset",
-            )
-            .map(std::sync::Arc::new)
-        })
-        .transpose()?;
+    let retry = super::retry::own_calls(retry_policy.as_ref(), path)?;
     // async_fetch.fast_listener: the listener does not wait for the keys in skiff
     // (docs/compatibility.md).
     let async_fetch = async_fetch

@@ -262,6 +262,23 @@ fn rate_limited(
     Ok(out)
 }
 
+/// The `retry_policy` of a filter's own HTTP calls (an authorization service's, a JWKS
+/// fetch's): [`from_core`] with Envoy's default conditions for them.
+pub(super) fn own_calls(
+    p: Option<&envoy_types::pb::envoy::config::core::v3::RetryPolicy>,
+    path: &str,
+) -> Result<Option<std::sync::Arc<RetryPolicy>>, ConfigError> {
+    p.map(|r| {
+        from_core(
+            r,
+            &format!("{path}.retry_policy"),
+            "5xx,gateway-error,connect-failure,reset",
+        )
+        .map(std::sync::Arc::new)
+    })
+    .transpose()
+}
+
 /// A `config.core.v3.RetryPolicy` (what a filter's own HTTP calls take) as the route policy
 /// Envoy's `convertCoreToRouteRetryPolicy` makes of it: `num_retries` 1 and a back-off of 1 s
 /// (at most ten times the base) unless it says otherwise, each try limited to the back-off's
