@@ -526,9 +526,10 @@ impl ClusterStats {
 pub struct Host {
     /// Address.
     pub address: SocketAddr,
-    /// The addresses its connections try after `address` (happy eyeballs): the endpoint's
-    /// `additional_addresses`, or the rest of a LOGICAL_DNS answer.
-    pub additional: Arc<[SocketAddr]>,
+    /// With more than one address (the endpoint's `additional_addresses`, or a LOGICAL_DNS
+    /// answer): all of them, `address` included, in the order its connections try them
+    /// (happy eyeballs); empty with one address.
+    pub addresses: Arc<[SocketAddr]>,
     /// Whether it may take traffic.
     pub healthy: bool,
     /// `DEGRADED` and `DRAINING` (excluded), from the endpoint's `health_status`.
@@ -620,6 +621,18 @@ thread_local! {
     /// Every host this worker made, for the provision of all its pools (predictive
     /// preconnect); the dropped ones are pruned as the list grows.
     static WORKER_HOSTS: RefCell<Vec<std::rc::Weak<Host>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A host's addresses in the order its connections try them (`happy_eyeballs_config`), or
+/// none when it has one.
+fn connection_order(cfg: &model::Cluster, h: &model::Host) -> Arc<[SocketAddr]> {
+    if h.additional.is_empty() {
+        return Arc::from([]);
+    }
+    let mut all = Vec::with_capacity(h.additional.len() + 1);
+    all.push(h.address);
+    all.extend_from_slice(&h.additional);
+    cfg.happy_eyeballs.sort(&all).into()
 }
 
 /// Counts `host`'s pools in this worker's provision.
@@ -802,7 +815,7 @@ impl Cluster {
         }
         let copy = register(Rc::new(Host {
             address: host.address,
-            additional: host.additional.clone(),
+            addresses: host.addresses.clone(),
             healthy: host.healthy,
             degraded: host.degraded,
             priority: host.priority,
@@ -912,7 +925,7 @@ impl Cluster {
                         .iter()
                         .find(|o| {
                             o.address == h.address
-                                && *o.additional == *h.additional
+                                && *o.addresses == *connection_order(cfg, h)
                                 && o.healthy == h.usable()
                                 && o.hostname == h.hostname
                                 && o.weight == h.weight
@@ -932,7 +945,7 @@ impl Cluster {
                 kept.unwrap_or_else(|| {
                     let mut host = Host::new(h.address, h.usable(), h.hostname.clone(), s.clone());
                     host.weight = h.weight;
-                    host.additional = h.additional.as_slice().into();
+                    host.addresses = connection_order(cfg, h);
                     host.locality = (h.locality, h.locality_weight);
                     host.place = h.place.clone();
                     host.lb_metadata = h.lb_metadata.clone();
@@ -1105,7 +1118,7 @@ impl Host {
     ) -> Self {
         Host {
             address,
-            additional: Arc::from([]),
+            addresses: Arc::from([]),
             healthy,
             hostname,
             weight: 1,

@@ -185,13 +185,10 @@ pub async fn connect_from(
             .map(Stream::Internal)
             .map_err(ConnectError::Io);
         }
-        let mut tcp = if host.additional.is_empty() {
+        let mut tcp = if host.addresses.is_empty() {
             open(host.address, source_for(host.address)).await?
         } else {
-            let mut all = Vec::with_capacity(host.additional.len() + 1);
-            all.push(host.address);
-            all.extend_from_slice(&host.additional);
-            open_any(&cfg.happy_eyeballs.sort(&all), &source_for).await?
+            open_any(&host.addresses, &source_for).await?
         };
         let _ = tcp.set_nodelay(true);
         if let Some(k) = &cluster.config().tcp_keepalive {
@@ -1346,9 +1343,7 @@ struct Connecting<'a> {
 impl<'a> Connecting<'a> {
     /// A connection of `pool` being made, expected to carry `capacity` streams.
     fn new(pool: &'a Http2Pool, capacity: usize) -> Self {
-        pool.connecting.set(pool.connecting.get() + 1);
-        pool.connecting_capacity
-            .set(pool.connecting_capacity.get() + capacity);
+        pool.count_connecting(capacity);
         Self::counted(pool, capacity)
     }
 
@@ -1396,6 +1391,14 @@ impl Drop for StreamWaiting<'_> {
 }
 
 impl Http2Pool {
+    /// One more connection being made, expected to carry `capacity` streams (a
+    /// [`Connecting`] guard takes the count off).
+    fn count_connecting(&self, capacity: usize) {
+        self.connecting.set(self.connecting.get() + 1);
+        self.connecting_capacity
+            .set(self.connecting_capacity.get() + capacity);
+    }
+
     /// Whether the pool's streams, under way and waiting, times `ratio` exceed what its
     /// connections can carry (those being made counted at `limit` streams each): Envoy's
     /// provisioning, `(pending + active) × ratio > unused + active`.
@@ -1440,9 +1443,7 @@ impl Http2Pool {
         let capacity = cluster.config().http2.max_concurrent_streams as usize;
         let (cluster, host) = (cluster.clone(), host.clone());
         // Counted as being made from now (the task starts later).
-        self.connecting.set(self.connecting.get() + 1);
-        self.connecting_capacity
-            .set(self.connecting_capacity.get() + capacity);
+        self.count_connecting(capacity);
         tokio::task::spawn_local(async move {
             let pool = &host.h2;
             let mut guard = Connecting::counted(pool, capacity);
