@@ -47,6 +47,7 @@ pub fn load(opts: &Options) -> Result<Loaded, config::ConfigError> {
             locality.zone = zone.clone();
         }
     }
+    crate::upstream::set_node_zone(node.proto.locality.as_ref().map_or("", |l| &l.zone));
     let proto = node.proto.clone();
     if let Some(b) = loaded.dump.bootstrap.as_object_mut() {
         let n = b.entry("node").or_insert_with(|| serde_json::json!({}));

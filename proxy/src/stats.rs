@@ -709,6 +709,16 @@ impl CodeCounters {
         }
     }
 
+    /// A counter `name` under the same prefix.
+    pub fn counter(&self, name: &str) -> Counter {
+        self.shard.counter(&format!("{}{name}", self.prefix))
+    }
+
+    /// A histogram `name` under the same prefix.
+    pub fn histogram(&self, name: &str) -> Histogram {
+        self.shard.histogram(&format!("{}{name}", self.prefix))
+    }
+
     /// Counts one response with `code`.
     pub fn count(&self, code: u16) {
         let mut map = self.by_code.borrow_mut();

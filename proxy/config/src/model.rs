@@ -2819,6 +2819,13 @@ pub struct MetaValue(pub Arc<str>);
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LbMetadata(pub BTreeMap<String, (MetaValue, Vec<MetaValue>)>);
 
+impl LbMetadata {
+    /// Whether the endpoint is a canary (`envoy.lb` `canary: true`, as Envoy reads it).
+    pub fn canary(&self) -> bool {
+        self.0.get("canary").is_some_and(|(v, _)| &*v.0 == "b:true")
+    }
+}
+
 /// A route's `metadata_match` (`filter_metadata["envoy.lb"]`), merged with a weighted
 /// cluster's: the criteria a subset must meet, sorted by key.
 #[derive(Debug, Clone, PartialEq, Default)]

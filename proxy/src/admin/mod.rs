@@ -838,10 +838,17 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
                 ("hostname", h.hostname.as_deref().unwrap_or("")),
                 ("health_flags", health),
                 ("weight", weight.as_str()),
-                ("region", ""),
-                ("zone", ""),
-                ("sub_zone", ""),
-                ("canary", "false"),
+                ("region", h.place.region.as_str()),
+                ("zone", h.place.zone.as_str()),
+                ("sub_zone", h.place.sub_zone.as_str()),
+                (
+                    "canary",
+                    if h.lb_metadata.canary() {
+                        "true"
+                    } else {
+                        "false"
+                    },
+                ),
                 ("priority", priority.as_str()),
                 ("success_rate", sr.as_str()),
                 ("local_origin_success_rate", local_sr.as_str()),

@@ -325,12 +325,12 @@ pub struct ClusterStats {
     /// `upstream_rq_per_cx`: requests a connection carried.
     pub upstream_rq_per_cx: crate::stats::Histogram,
     by_code: crate::stats::CodeCounters,
-    /// `external.` and `internal.` response codes (`x-envoy-internal`), made when first seen.
-    by_origin: [crate::stats::CodeCounters; 2],
-    /// `external.upstream_rq_completed` and `internal.upstream_rq_completed`.
-    origin_completed: [std::cell::OnceCell<Counter>; 2],
-    /// `external.upstream_rq_time` and `internal.upstream_rq_time`.
-    origin_time: [std::cell::OnceCell<crate::stats::Histogram>; 2],
+    /// `external.` and `internal.` responses (`x-envoy-internal`).
+    by_origin: [Split; 2],
+    /// `canary.`: responses of canary hosts.
+    canary: Split,
+    /// `zone.<node's zone>.<host's zone>.`, by the host's zone.
+    zones: RefCell<HashMap<Arc<str>, Rc<Split>>>,
     /// `ssl.*`, for clusters with TLS.
     pub tls: Option<crate::tls::stats::TlsStats>,
 }
@@ -454,9 +454,9 @@ impl ClusterStats {
             retry_or_shadow_abandoned: c("retry_or_shadow_abandoned"),
             by_code: crate::stats::CodeCounters::new(shard.clone(), prefix.clone()),
             by_origin: ["external.", "internal."]
-                .map(|o| crate::stats::CodeCounters::new(shard.clone(), format!("{prefix}{o}"))),
-            origin_time: Default::default(),
-            origin_completed: Default::default(),
+                .map(|o| Split::new(shard.clone(), format!("{prefix}{o}"))),
+            canary: Split::new(shard.clone(), format!("{prefix}canary.")),
+            zones: Default::default(),
             tls: tls.then(|| crate::tls::stats::TlsStats::new(shard.clone(), &prefix)),
             shard,
             prefix,
@@ -483,42 +483,114 @@ impl ClusterStats {
         self.shard.counter(&format!("{}{name}", self.prefix))
     }
 
-    /// Records a response's time: `upstream_rq_time`, and `internal.` or `external.` as the
-    /// request was (`x-envoy-internal`).
-    pub fn response_time(&self, took: std::time::Duration, internal: bool) {
+    /// Records a response's time: `upstream_rq_time`, and the same under each split the
+    /// response falls in (Envoy's `chargeResponseTiming`).
+    pub fn response_time(&self, took: std::time::Duration, internal: bool, host: Charged<'_>) {
         self.upstream_rq_time
             .get_or_init(|| {
                 self.shard
                     .histogram(&format!("{}upstream_rq_time", self.prefix))
             })
             .record_ms(took);
-        let i = usize::from(internal);
-        self.origin_time[i]
-            .get_or_init(|| {
-                let origin = if internal { "internal" } else { "external" };
-                self.shard
-                    .histogram(&format!("{}{origin}.upstream_rq_time", self.prefix))
-            })
-            .record_ms(took);
+        self.each_split(internal, host, |s| s.time(took));
     }
 
     /// Counts a response the router charges (the final one of a request, a local reply for an
     /// upstream's failure, each attempt a hedged request's route timeout ends):
     /// `upstream_rq_completed`, `upstream_rq_<code>` and `upstream_rq_<N>xx`, and the same
-    /// under `internal.` or `external.` as the request was (`x-envoy-internal`).
-    pub fn response_code(&self, code: u16, internal: bool) {
+    /// under each split the response falls in: `canary.` for a canary host, `internal.` or
+    /// `external.` as the request was (`x-envoy-internal`), and `zone.<from>.<to>.` when both
+    /// the node and the host have a zone (Envoy's `chargeResponseStat`).
+    pub fn response_code(&self, code: u16, internal: bool, host: Charged<'_>) {
         self.upstream_rq_completed.inc();
         self.by_code.count(code);
-        let o = usize::from(internal);
-        self.by_origin[o].count(code);
-        self.origin_completed[o]
-            .get_or_init(|| {
-                let origin = if internal { "internal" } else { "external" };
-                self.shard
-                    .counter(&format!("{}{origin}.upstream_rq_completed", self.prefix))
-            })
-            .inc();
+        self.each_split(internal, host, |s| s.count(code));
     }
+
+    fn each_split(&self, internal: bool, host: Charged<'_>, f: impl Fn(&Split)) {
+        if host.canary {
+            f(&self.canary);
+        }
+        f(&self.by_origin[usize::from(internal)]);
+        let (Some(from), Some(to)) = (node_zone(), host.zone.filter(|z| !z.is_empty())) else {
+            return;
+        };
+        let split = self.zones.borrow().get(to).cloned();
+        let split = split.unwrap_or_else(|| {
+            let s = Rc::new(Split::new(
+                self.shard.clone(),
+                format!("{}zone.{from}.{to}.", self.prefix),
+            ));
+            self.zones.borrow_mut().insert(Arc::from(to), s.clone());
+            s
+        });
+        f(&split);
+    }
+}
+
+/// What of the host that answered splits a response's stats.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Charged<'a> {
+    /// A canary host (its `envoy.lb` metadata, or the response's `x-envoy-upstream-canary`).
+    pub canary: bool,
+    /// The host's zone.
+    pub zone: Option<&'a str>,
+}
+
+impl<'a> Charged<'a> {
+    /// As `host` is; `canary_header` when its response said `x-envoy-upstream-canary: true`.
+    pub fn host(host: &'a Host, canary_header: bool) -> Self {
+        Charged {
+            canary: canary_header || host.lb_metadata.canary(),
+            zone: Some(host.place.zone.as_str()),
+        }
+    }
+}
+
+/// Response stats under one prefix (`canary.`, `internal.`, `zone.a.b.`), each made when first
+/// counted.
+#[derive(Debug)]
+struct Split {
+    codes: crate::stats::CodeCounters,
+    completed: std::cell::OnceCell<Counter>,
+    time: std::cell::OnceCell<crate::stats::Histogram>,
+}
+
+impl Split {
+    fn new(shard: Arc<Shard>, prefix: String) -> Self {
+        Split {
+            codes: crate::stats::CodeCounters::new(shard, prefix),
+            completed: Default::default(),
+            time: Default::default(),
+        }
+    }
+
+    fn count(&self, code: u16) {
+        self.completed
+            .get_or_init(|| self.codes.counter("upstream_rq_completed"))
+            .inc();
+        self.codes.count(code);
+    }
+
+    fn time(&self, took: std::time::Duration) {
+        self.time
+            .get_or_init(|| self.codes.histogram("upstream_rq_time"))
+            .record_ms(took);
+    }
+}
+
+/// The node's zone (`node.locality.zone`, or `--service-zone`), which zone stats start from.
+static NODE_ZONE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+
+/// Sets the node's zone, once, at start.
+pub fn set_node_zone(zone: &str) {
+    if !zone.is_empty() {
+        let _ = NODE_ZONE.set(Arc::from(zone));
+    }
+}
+
+fn node_zone() -> Option<&'static str> {
+    NODE_ZONE.get().map(|z| &**z)
 }
 
 /// A host as one worker sees it.

@@ -587,7 +587,9 @@ fn decide(
                 s.inc("denied");
             }
             if let (true, Some(cluster)) = (c.charge_cluster_response_stats, route_cluster) {
-                cluster.stats.response_code(status.as_u16(), true);
+                cluster
+                    .stats
+                    .response_code(status.as_u16(), true, Default::default());
             }
             *added.borrow_mut() = headers;
             Resume::LocalReply(LocalReply {

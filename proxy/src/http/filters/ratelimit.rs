@@ -317,7 +317,7 @@ fn decide(
     if let Some(cluster) = route_cluster {
         cluster
             .stats
-            .response_code(c.rate_limited_status.as_u16(), true);
+            .response_code(c.rate_limited_status.as_u16(), true, Default::default());
     }
     let mut a = added.borrow_mut();
     a.headers = header_list(&response.response_headers_to_add);

@@ -1,6 +1,7 @@
 //! `envoy.filters.http.router`, the terminal filter: picks the route, the cluster and a host,
 //! and forwards the stream over a pooled HTTP/1.1 or HTTP/2 connection.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
@@ -15,7 +16,7 @@ use crate::router::retry::RetryHeaders;
 use crate::router::{Action, HostRewrite, PathRedirect, Redirect, Route};
 use crate::stream_info::StreamInfo;
 use crate::upstream::pool::{self, ConnectError, Http1Sender, Http2Stream};
-use crate::upstream::{Cluster, Host, HostStats};
+use crate::upstream::{Charged, Cluster, Host, HostStats};
 use crate::worker::Worker;
 
 /// The upstream side of one stream. Counting is tied to its lifetime: however the stream ends
@@ -35,6 +36,8 @@ pub struct Upstream {
     /// not, and for which virtual cluster too.
     timed: bool,
     internal: bool,
+    /// The response said `x-envoy-upstream-canary: true`.
+    canary_header: bool,
     endpoint_stats: crate::http::vcluster::EndpointStats,
     /// Its span (a tracer's `spawn_upstream_span`, the router's `start_child_span`),
     /// reported as it ends.
@@ -93,6 +96,7 @@ impl Upstream {
             responded: false,
             timed,
             internal,
+            canary_header: false,
             endpoint_stats,
             span: None,
         }
@@ -163,7 +167,11 @@ impl Upstream {
                 // From the end of the client's request, as Envoy's router measures it.
                 if let Some(done) = self.request.done_at().filter(|_| self.timed) {
                     let took = done.elapsed();
-                    stats.response_time(took, self.internal);
+                    stats.response_time(
+                        took,
+                        self.internal,
+                        Charged::host(&self.host, self.canary_header),
+                    );
                     for s in self.endpoint_stats.each() {
                         s.upstream_rq_time().record_ms(took);
                     }
@@ -1178,6 +1186,7 @@ pub async fn route(
             .headers
             .get("x-envoy-internal")
             .is_some_and(|v| v.as_bytes() == b"true"),
+        last_host: Default::default(),
     };
     let result = super::retry::forward(&f, parts, body, retry, info.as_deref_mut()).await;
     let Some((policy, saved)) = redirect else {
@@ -1559,6 +1568,8 @@ pub(super) struct Forward<'a> {
     /// The request is internal (`x-envoy-internal: true`): its codes and times count under
     /// the cluster's `internal.`, else `external.`.
     pub internal: bool,
+    /// The host last picked for an attempt, which a local reply's codes are charged to.
+    pub last_host: RefCell<Option<Rc<Host>>>,
 }
 
 impl<'a> Forward<'a> {
@@ -1600,13 +1611,21 @@ impl<'a> Forward<'a> {
             override_host: None,
             scheme: "http",
             internal: false,
+            last_host: Default::default(),
         }
     }
 
     /// Counts a response code for the cluster and the virtual cluster, with dynamic stats on.
     pub(super) fn charge(&self, code: u16) {
+        let host = self.last_host.borrow();
+        let host = host.as_deref().map(|h| Charged::host(h, false));
+        self.charge_to(code, host.unwrap_or_default());
+    }
+
+    /// Counts a response code as [`Forward::charge`], for the host that answered.
+    fn charge_to(&self, code: u16, host: Charged<'_>) {
         if self.dynamic_stats {
-            self.cluster.stats.response_code(code, self.internal);
+            self.cluster.stats.response_code(code, self.internal, host);
             self.endpoint_stats.response_code(code);
         }
     }
@@ -1653,7 +1672,7 @@ impl<'a> Forward<'a> {
             }
             host = pick(attempt)?;
         }
-        Some(self.cluster.variant_from(
+        let host = self.cluster.variant_from(
             host,
             self.downstream,
             Some(self.authority),
@@ -1661,7 +1680,9 @@ impl<'a> Forward<'a> {
             self.alpn.clone(),
             self.high,
             self.shared.clone(),
-        ))
+        );
+        *self.last_host.borrow_mut() = Some(host.clone());
+        Some(host)
     }
 
     /// The response of a successful attempt as the client gets it.
@@ -1674,7 +1695,16 @@ impl<'a> Forward<'a> {
         stream_until: Option<tokio::time::Instant>,
         info: Option<&StreamInfo>,
     ) -> (Response<ProxyBody>, Upstream, Option<Deadline>) {
-        self.charge(resp.status().as_u16());
+        // Envoy's router: a canary by the host's metadata or by the response's word.
+        let canary = resp
+            .headers()
+            .get("x-envoy-upstream-canary")
+            .is_some_and(|v| v == "true");
+        upstream.canary_header = canary;
+        self.charge_to(
+            resp.status().as_u16(),
+            Charged::host(&upstream.host, canary),
+        );
         upstream.failed = resp.status().is_server_error();
         upstream.responded = true;
         // For a stateful session, which names the host that answered.
