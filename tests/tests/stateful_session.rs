@@ -255,3 +255,98 @@ async fn sessions_stick_to_their_host_as_envoy() {
     })
     .await;
 }
+
+/// `common_lb_config.override_host_status`: which hosts a session may name, by their health.
+/// Three hosts: `A` UNHEALTHY, `B` with no status (UNKNOWN), `C` HEALTHY; cluster `d` keeps
+/// Envoy's default set, `u` lets UNHEALTHY and UNKNOWN hosts be named, `e` none. The listener
+/// is strict, so a host the set refuses is a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_host_status_decides_which_hosts_a_session_may_name_as_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let hosts = [
+                EchoUpstream::start("a").await,
+                EchoUpstream::start("b").await,
+                EchoUpstream::start("c").await,
+            ];
+            let endpoints: Vec<Value> = hosts
+                .iter()
+                .zip([Some("UNHEALTHY"), None, Some("HEALTHY")])
+                .map(|(h, status)| {
+                    let mut e = json!({ "endpoint": { "address": { "socket_address": {
+                        "address": "127.0.0.1", "port_value": h.addr.port() } } } });
+                    if let Some(s) = status {
+                        e["health_status"] = json!(s);
+                    }
+                    e
+                })
+                .collect();
+            let clusters: Vec<Value> = [
+                ("d", None),
+                ("u", Some(json!(["UNHEALTHY", "UNKNOWN"]))),
+                ("e", Some(json!([]))),
+            ]
+            .into_iter()
+            .map(|(name, set)| {
+                let mut c = cluster(name, &[]);
+                c["load_assignment"]["endpoints"] = json!([{ "lb_endpoints": endpoints }]);
+                if let Some(set) = set {
+                    c["common_lb_config"] = json!({ "override_host_status": { "statuses": set } });
+                }
+                c
+            })
+            .collect();
+            let (admin, port) = (free_port(), free_port());
+            let state = json!({ "@type": COOKIE, "cookie": { "name": "session", "path": "/" } });
+            let mut h = hcm("s", session_filter(state, true));
+            h["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] = json!([
+                "d", "u", "e"
+            ]
+            .iter()
+            .map(|c| json!({ "match": { "prefix": format!("/{c}") }, "route": { "cluster": c } }))
+            .collect::<Vec<_>>());
+            let v = bootstrap(admin, vec![listener("s", "127.0.0.1", port, h)], clusters);
+            let _proxy = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
+            let mut got = Vec::new();
+            for c in ["d", "u", "e"] {
+                for (i, letter) in ["A", "B", "C"].iter().enumerate() {
+                    let before: Vec<usize> = hosts.iter().map(|h| h.rec.requests().len()).collect();
+                    let cookie =
+                        base64::engine::general_purpose::STANDARD.encode(hosts[i].addr.to_string());
+                    let r = curl(&[
+                        "-s",
+                        "-H",
+                        &format!("cookie: session=\"{cookie}\""),
+                        &format!("http://127.0.0.1:{port}/{c}"),
+                    ])
+                    .await;
+                    let served: Vec<&str> = hosts
+                        .iter()
+                        .zip(&before)
+                        .zip(["A", "B", "C"])
+                        .filter(|((h, b), _)| h.rec.requests().len() > **b)
+                        .map(|(_, l)| l)
+                        .collect();
+                    got.push(format!(
+                        "/{c} naming {letter}: {} served by {served:?}",
+                        r.resp.status
+                    ));
+                }
+            }
+            seen.push(got);
+        }
+        assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+        let all = seen[0].join("\n");
+        for want in [
+            "/d naming A: 503 served by []",
+            "/d naming C: 200 served by [\"C\"]",
+            "/u naming A: 200 served by [\"A\"]",
+            "/u naming C: 503 served by []",
+            "/e naming B: 503 served by []",
+        ] {
+            assert!(all.contains(want), "{want}\n{all}");
+        }
+    })
+    .await;
+}

@@ -2690,6 +2690,8 @@ pub struct Host {
     pub degraded: bool,
     /// `health_status: DRAINING`: left out of the health computation (Envoy's excluded hosts).
     pub excluded: bool,
+    /// The endpoint's `health_status` as given (`HealthStatus`: 0 UNKNOWN … 5 DEGRADED).
+    pub health_status: u8,
     /// Its locality's `priority` (0 first).
     pub priority: u32,
     /// The endpoint's `hostname`, or for a DNS cluster the name resolved (what
@@ -2926,6 +2928,7 @@ impl Host {
             healthy: true,
             degraded: false,
             excluded: false,
+            health_status: 0,
             priority: 0,
             hostname: Some(format!("{cluster}{}", address_text(&address)).into()),
             weight: 1,
@@ -2951,6 +2954,42 @@ impl Host {
     /// Degraded by discovery or by the active checks.
     pub fn degraded_now(&self) -> bool {
         self.degraded || self.checks.degraded
+    }
+
+    /// Its health as one `HealthStatus`, as Envoy's `healthStatus()`: UNHEALTHY when the active
+    /// checks or outlier detection failed it, DEGRADED when the checks degraded it, else what
+    /// discovery said.
+    pub fn health_status(&self) -> u8 {
+        if self.checks.failed || self.checks.ejected {
+            HealthStatusSet::UNHEALTHY
+        } else if self.checks.degraded {
+            HealthStatusSet::DEGRADED
+        } else {
+            self.health_status
+        }
+    }
+}
+
+/// A set of `HealthStatus` values, one bit each (`common_lb_config.override_host_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthStatusSet(pub u8);
+
+impl HealthStatusSet {
+    /// `HealthStatus.UNHEALTHY`.
+    pub const UNHEALTHY: u8 = 2;
+    /// `HealthStatus.DEGRADED`.
+    pub const DEGRADED: u8 = 5;
+
+    /// Whether `status` is in the set.
+    pub fn contains(self, status: u8) -> bool {
+        status < 8 && self.0 & (1 << status) != 0
+    }
+}
+
+impl Default for HealthStatusSet {
+    /// Envoy's default: UNKNOWN, HEALTHY and DEGRADED.
+    fn default() -> Self {
+        HealthStatusSet(1 | 1 << 1 | 1 << Self::DEGRADED)
     }
 }
 
@@ -3269,6 +3308,8 @@ pub struct DnsTarget {
     pub port: u16,
     /// `endpoint.hostname`, else the name.
     pub hostname: Arc<str>,
+    /// The endpoint's `health_status` as given.
+    pub health_status: u8,
     /// False when the endpoint's `health_status` says it must not receive traffic.
     pub healthy: bool,
     /// `health_status: DEGRADED`.
@@ -3580,6 +3621,9 @@ pub struct Cluster {
     /// `common_lb_config.close_connections_on_host_set_change`: when hosts are added or
     /// removed, every host's connections are drained.
     pub close_connections_on_host_set_change: bool,
+    /// `common_lb_config.override_host_status`: the statuses a host a stateful session names
+    /// may have to be used.
+    pub override_host_status: HealthStatusSet,
     /// `preconnect_policy.per_upstream_preconnect_ratio` (HTTP/1.1 and HTTP/2 pools): connections made
     /// ahead so that the pool has this many per request under way or waiting.
     pub preconnect_ratio: Option<f64>,

@@ -2432,12 +2432,14 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "zone_aware_lb_config",
             "locality_weighted_lb_config",
             "close_connections_on_host_set_change",
+            "override_host_status",
         ],
     ),
     (
         "envoy.config.cluster.v3.Cluster.CommonLbConfig.ZoneAwareLbConfig",
         &["routing_enabled", "min_cluster_size", "fail_traffic_on_panic"],
     ),
+    ("envoy.config.core.v3.HealthStatusSet", &["statuses"]),
     ("envoy.type.v3.Percent", &["value"]),
     (
         "envoy.config.core.v3.RuntimeFractionalPercent",

@@ -312,6 +312,7 @@ impl DnsClusters {
                         healthy: spec.healthy,
                         degraded: spec.degraded,
                         excluded: spec.excluded,
+                        health_status: spec.health_status,
                         priority: spec.priority,
                         hostname: Some(spec.hostname.clone()),
                         weight: spec.weight,

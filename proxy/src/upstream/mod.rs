@@ -606,6 +606,8 @@ pub struct Host {
     pub healthy: bool,
     /// `DEGRADED` and `DRAINING` (excluded), from the endpoint's `health_status`.
     pub degraded: (bool, bool),
+    /// Its health as one `HealthStatus` (`model::Host::health_status`).
+    pub status: u8,
     /// Its locality's priority.
     pub priority: u32,
     /// The endpoint's hostname (a DNS cluster's: the name resolved), for `auto_host_rewrite`.
@@ -890,6 +892,7 @@ impl Cluster {
             addresses: host.addresses.clone(),
             healthy: host.healthy,
             degraded: host.degraded,
+            status: host.status,
             priority: host.priority,
             hostname: host.hostname.clone(),
             weight: host.weight,
@@ -999,6 +1002,7 @@ impl Cluster {
                             o.address == h.address
                                 && *o.addresses == *connection_order(cfg, h)
                                 && o.healthy == h.usable()
+                                && o.status == h.health_status()
                                 && o.hostname == h.hostname
                                 && o.weight == h.weight
                                 && o.degraded == (h.degraded_now(), h.excluded)
@@ -1024,6 +1028,7 @@ impl Cluster {
                     host.metadata = h.metadata.clone();
                     host.hash_key = hash_key(cfg, h);
                     host.degraded = (h.degraded_now(), h.excluded);
+                    host.status = h.health_status();
                     host.priority = h.priority;
                     host.tls = cfg.tls_for(&h.socket_match).cloned();
                     host.internal = internal;
@@ -1200,6 +1205,7 @@ impl Host {
             metadata: Arc::default(),
             hash_key: None,
             degraded: (false, false),
+            status: 0,
             priority: 0,
             stats,
             h1: pool::Http1Pool::default(),

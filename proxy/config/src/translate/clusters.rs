@@ -491,6 +491,7 @@ pub(super) fn translate_cluster(
             .common_lb_config
             .as_ref()
             .is_some_and(|l| l.close_connections_on_host_set_change),
+        override_host_status: super::lb::override_host_status(c, path)?,
         preconnect_ratio: preconnect(c, protocol, path)?,
         predictive_ratio: predictive_preconnect(c, protocol, path)?,
         lb,
@@ -822,6 +823,7 @@ pub(crate) fn load_assignment_hosts(
                 healthy,
                 degraded,
                 excluded,
+                health_status: health_status(lb.health_status),
                 hostname,
                 weight: weight(lb, &epath)?,
                 locality: i as u32,
@@ -845,6 +847,11 @@ pub(crate) fn load_assignment_hosts(
         }
     }
     Ok(hosts)
+}
+
+/// An endpoint's `health_status` as a `HealthStatus` value (an unknown number: UNKNOWN).
+pub(super) fn health_status(v: i32) -> u8 {
+    u8::try_from(v).ok().filter(|v| *v <= 5).unwrap_or(0)
 }
 
 /// An endpoint's `additional_addresses`: socket addresses its connections try after its

@@ -261,6 +261,7 @@ fn targets(c: &cluster::Cluster, logical: bool, path: &str) -> Result<Vec<DnsTar
                 port,
                 hostname,
                 // Envoy routes to UNKNOWN, HEALTHY and DEGRADED hosts only.
+                health_status: super::clusters::health_status(lb.health_status),
                 healthy: matches!(lb.health_status, 0 | 1 | 5),
                 degraded: lb.health_status == 5,
                 excluded: lb.health_status == 3,

@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::extensions::load_balancing_policies::random::v3::Ran
 use envoy_types::pb::envoy::extensions::load_balancing_policies::ring_hash::v3 as ring_hash;
 use envoy_types::pb::envoy::extensions::load_balancing_policies::round_robin::v3::RoundRobin;
 
-use super::super::model::{ConsistentHashing, DiscoveryType, LbPolicy, SlowStart, ZoneAware};
+use super::super::model::{self, ConsistentHashing, DiscoveryType, LbPolicy, SlowStart, ZoneAware};
 use super::super::proto::{type_name, unpack};
 use super::super::ConfigError;
 
@@ -560,6 +560,34 @@ pub(super) fn common_locality_weighted(c: &cluster::Cluster) -> bool {
     )
 }
 
+/// `common_lb_config.override_host_status`: Envoy's default without it; an empty set lets no
+/// host be named.
+pub(super) fn override_host_status(
+    c: &cluster::Cluster,
+    path: &str,
+) -> Result<model::HealthStatusSet, ConfigError> {
+    let Some(set) = c
+        .common_lb_config
+        .as_ref()
+        .and_then(|l| l.override_host_status.as_ref())
+    else {
+        return Ok(model::HealthStatusSet::default());
+    };
+    let mut mask = 0u8;
+    for (i, s) in set.statuses.iter().enumerate() {
+        match u8::try_from(*s).ok().filter(|s| *s <= 5) {
+            Some(s) => mask |= 1 << s,
+            None => {
+                return Err(ConfigError::new(
+                    format!("{path}.common_lb_config.override_host_status.statuses[{i}]"),
+                    format!("{s} is not a defined HealthStatus"),
+                ))
+            }
+        }
+    }
+    Ok(model::HealthStatusSet(mask))
+}
+
 /// `common_lb_config`: the panic threshold in percent (default 50).
 pub(super) fn common_lb_config(c: &cluster::Cluster, path: &str) -> Result<f64, ConfigError> {
     let Some(common) = &c.common_lb_config else {
@@ -591,7 +619,8 @@ pub(super) fn common_lb_config(c: &cluster::Cluster, path: &str) -> Result<f64, 
     let _ = close_connections_on_host_set_change;
     // Read by `lb_policy` for RING_HASH and MAGLEV (the other policies ignore it, as Envoy's).
     let _ = consistent_hashing_lb_config;
-    refuse(override_host_status.is_some(), "override_host_status")?;
+    // override_host_status: read by `override_host_status`.
+    let _ = override_host_status;
     // Read by `common_locality_weighted` and `legacy_zone_aware`.
     let _ = locality_config_specifier;
     let threshold = healthy_panic_threshold.as_ref().map_or(50.0, |p| p.value);

@@ -1650,14 +1650,16 @@ impl<'a> Forward<'a> {
                 self.criteria.as_deref(),
             ),
         };
-        // A stateful session's host, when the cluster has it healthy.
+        // A stateful session's host, when its health is one the cluster lets a session name
+        // (`override_host_status`).
         let wanted = self.override_host.filter(|o| o.address.is_some());
+        let allowed = self.cluster.config().override_host_status;
         let session = wanted.and_then(|o| {
             self.cluster
                 .hosts
                 .iter()
                 .find(|h| Some(h.address) == o.address)
-                .filter(|h| h.healthy)
+                .filter(|h| allowed.contains(h.status))
                 .cloned()
         });
         let mut host = match session {
