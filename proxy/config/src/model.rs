@@ -2951,6 +2951,12 @@ impl Host {
         self.healthy && !self.checks.failed && !self.checks.ejected
     }
 
+    /// Left out of the health computation: DRAINING by discovery, or waiting for its first
+    /// check (Envoy's excluded hosts).
+    pub fn excluded_now(&self) -> bool {
+        self.excluded || self.checks.pending
+    }
+
     /// Degraded by discovery or by the active checks.
     pub fn degraded_now(&self) -> bool {
         self.degraded || self.checks.degraded
@@ -3057,6 +3063,9 @@ pub struct HcFlags {
     pub degraded: bool,
     /// `pending_dynamic_removal`: discovery removed it, kept while its checks pass.
     pub removed: bool,
+    /// `pending_active_hc`: new to a cluster with `ignore_new_hosts_until_first_hc`, not yet
+    /// checked; left out of the health computation until its first check ends.
+    pub pending: bool,
     /// `failed_outlier_check`: ejected by outlier detection.
     pub ejected: bool,
 }
@@ -3624,6 +3633,9 @@ pub struct Cluster {
     /// `common_lb_config.override_host_status`: the statuses a host a stateful session names
     /// may have to be used.
     pub override_host_status: HealthStatusSet,
+    /// `common_lb_config.ignore_new_hosts_until_first_hc`, with active health checks: a host
+    /// discovery adds is left out of the health computation until its first check ends.
+    pub ignore_new_hosts_until_first_hc: bool,
     /// `preconnect_policy.per_upstream_preconnect_ratio` (HTTP/1.1 and HTTP/2 pools): connections made
     /// ahead so that the pool has this many per request under way or waiting.
     pub preconnect_ratio: Option<f64>,

@@ -646,6 +646,7 @@ fn health_flags(h: &crate::config::model::Host) -> String {
         (hc.degraded, "/degraded_active_hc"),
         (h.degraded, "/degraded_eds_health"),
         (hc.removed, "/pending_dynamic_removal"),
+        (hc.pending, "/pending_active_hc"),
         (hc.timeout, "/active_hc_timeout"),
         (h.excluded, "/eds_status_draining"),
     ]

@@ -2059,7 +2059,7 @@ fn membership(main: &Shard, name: &str, before: Option<&[model::Host]>, after: &
             .count() as i64,
     );
     g("membership_degraded").set(after.iter().filter(|h| h.degraded).count() as i64);
-    g("membership_excluded").set(after.iter().filter(|h| h.excluded).count() as i64);
+    g("membership_excluded").set(after.iter().filter(|h| h.excluded_now()).count() as i64);
     let change = main.counter(&format!("cluster.{name}.membership_change"));
     let same = |a: &[model::Host], b: &[model::Host]| {
         a.len() == b.len() && a.iter().all(|h| b.iter().any(|o| o.address == h.address))

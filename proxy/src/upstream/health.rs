@@ -97,12 +97,14 @@ struct Session {
 }
 
 impl Session {
-    fn flags(&self) -> model::HcFlags {
+    /// Its flags; `warm`: a host not yet checked is pending (Envoy's `PENDING_ACTIVE_HC`).
+    fn flags(&self, warm: bool) -> model::HcFlags {
         model::HcFlags {
             failed: self.health.failed,
             timeout: self.health.timeout,
             degraded: self.health.degraded,
             removed: self.removed,
+            pending: warm && !self.health.checked,
             ejected: false,
         }
     }
@@ -363,18 +365,26 @@ impl HealthCheckers {
         else {
             return hosts;
         };
+        // Envoy marks the hosts discovery adds (the first ones too), not a static cluster's.
+        let warm = config.ignore_new_hosts_until_first_hc
+            && matches!(
+                config.discovery,
+                model::DiscoveryType::Eds
+                    | model::DiscoveryType::StrictDns
+                    | model::DiscoveryType::LogicalDns
+            );
         let mut out: Vec<model::Host> = hosts
             .into_iter()
             .map(|mut h| {
                 if let Some(s) = c.sessions.get(&h.address) {
-                    h.checks = s.flags();
+                    h.checks = s.flags(warm);
                 }
                 h
             })
             .collect();
         for s in c.sessions.values().filter(|s| s.removed) {
             let mut h = s.host.clone();
-            h.checks = s.flags();
+            h.checks = s.flags(warm);
             out.push(h);
         }
         out

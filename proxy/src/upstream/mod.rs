@@ -1005,7 +1005,7 @@ impl Cluster {
                                 && o.status == h.health_status()
                                 && o.hostname == h.hostname
                                 && o.weight == h.weight
-                                && o.degraded == (h.degraded_now(), h.excluded)
+                                && o.degraded == (h.degraded_now(), h.excluded_now())
                                 && o.priority == h.priority
                                 && o.locality == (h.locality, h.locality_weight)
                                 && o.place == h.place
@@ -1027,7 +1027,7 @@ impl Cluster {
                     host.lb_metadata = h.lb_metadata.clone();
                     host.metadata = h.metadata.clone();
                     host.hash_key = hash_key(cfg, h);
-                    host.degraded = (h.degraded_now(), h.excluded);
+                    host.degraded = (h.degraded_now(), h.excluded_now());
                     host.status = h.health_status();
                     host.priority = h.priority;
                     host.tls = cfg.tls_for(&h.socket_match).cloned();
@@ -1310,7 +1310,7 @@ impl lb::Candidate for model::Host {
         self.degraded_now()
     }
     fn excluded(&self) -> bool {
-        self.excluded
+        self.excluded_now()
     }
     fn priority(&self) -> u32 {
         self.priority

@@ -492,6 +492,10 @@ pub(super) fn translate_cluster(
             .as_ref()
             .is_some_and(|l| l.close_connections_on_host_set_change),
         override_host_status: super::lb::override_host_status(c, path)?,
+        ignore_new_hosts_until_first_hc: c
+            .common_lb_config
+            .as_ref()
+            .is_some_and(|l| l.ignore_new_hosts_until_first_hc),
         preconnect_ratio: preconnect(c, protocol, path)?,
         predictive_ratio: predictive_preconnect(c, protocol, path)?,
         lb,

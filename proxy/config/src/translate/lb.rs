@@ -611,10 +611,9 @@ pub(super) fn common_lb_config(c: &cluster::Cluster, path: &str) -> Result<f64, 
         }
     };
     refuse(update_merge_window.is_some(), "update_merge_window")?;
-    refuse(
-        *ignore_new_hosts_until_first_hc,
-        "ignore_new_hosts_until_first_hc",
-    )?;
+    // ignore_new_hosts_until_first_hc: read by the cluster's translation (without health
+    // checks it does nothing, as in Envoy).
+    let _ = ignore_new_hosts_until_first_hc;
     // close_connections_on_host_set_change: read by the cluster's translation.
     let _ = close_connections_on_host_set_change;
     // Read by `lb_policy` for RING_HASH and MAGLEV (the other policies ignore it, as Envoy's).
