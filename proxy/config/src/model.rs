@@ -2959,7 +2959,7 @@ impl Host {
 
     /// Degraded by discovery or by the active checks.
     pub fn degraded_now(&self) -> bool {
-        self.degraded || self.checks.degraded
+        self.degraded || self.checks.degraded || self.checks.outlier_degraded
     }
 
     /// Its health as one `HealthStatus`, as Envoy's `healthStatus()`: UNHEALTHY when the active
@@ -3048,6 +3048,9 @@ pub struct OutlierDetection {
     pub split_external_local_origin_errors: bool,
     /// `successful_active_health_check_uneject_host` (true).
     pub successful_active_health_check_uneject_host: bool,
+    /// `detect_degraded_hosts`: a host answering `x-envoy-degraded` (without a 5xx) is
+    /// degraded for an ejection time.
+    pub detect_degraded_hosts: bool,
     /// `always_eject_one_host`.
     pub always_eject_one_host: bool,
 }
@@ -3068,6 +3071,8 @@ pub struct HcFlags {
     pub pending: bool,
     /// `failed_outlier_check`: ejected by outlier detection.
     pub ejected: bool,
+    /// `degraded_outlier_detection`: it answered `x-envoy-degraded` (`detect_degraded_hosts`).
+    pub outlier_degraded: bool,
 }
 
 /// A cluster's active health check (`health_checks[0]`).

@@ -649,6 +649,7 @@ fn health_flags(h: &crate::config::model::Host) -> String {
         (hc.pending, "/pending_active_hc"),
         (hc.timeout, "/active_hc_timeout"),
         (h.excluded, "/eds_status_draining"),
+        (hc.outlier_degraded, "/degraded_outlier_detection"),
     ]
     .iter()
     .filter(|(on, _)| *on)

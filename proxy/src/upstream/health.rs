@@ -106,6 +106,7 @@ impl Session {
             removed: self.removed,
             pending: warm && !self.health.checked,
             ejected: false,
+            outlier_degraded: false,
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -47,6 +47,9 @@ pub struct Monitor {
     /// The last interval's success rates as `/clusters` shows them (f64 bits; -1: none).
     success_rate: AtomicU64,
     local_success_rate: AtomicU64,
+    /// Degraded by `detect_degraded_hosts` (set by the main thread): workers need not say so
+    /// again.
+    degraded: AtomicBool,
 }
 
 impl Default for Monitor {
@@ -59,6 +62,7 @@ impl Default for Monitor {
             local: Bucket::default(),
             success_rate: AtomicU64::new((-1f64).to_bits()),
             local_success_rate: AtomicU64::new((-1f64).to_bits()),
+            degraded: AtomicBool::new(false),
         }
     }
 }
@@ -80,6 +84,9 @@ pub enum Kind {
     FailurePercentage,
     /// `local_origin_failure_percentage`.
     LocalFailurePercentage,
+    /// `detect_degraded_hosts`: the host answered `x-envoy-degraded`; it is degraded, not
+    /// ejected.
+    Degraded,
 }
 
 impl Kind {
@@ -92,6 +99,7 @@ impl Kind {
             Kind::LocalSuccessRate => "local_origin_success_rate",
             Kind::FailurePercentage => "failure_percentage",
             Kind::LocalFailurePercentage => "local_origin_failure_percentage",
+            Kind::Degraded => "degradation",
         }
     }
 
@@ -105,6 +113,7 @@ impl Kind {
             Kind::LocalSuccessRate => "SUCCESS_RATE_LOCAL_ORIGIN",
             Kind::FailurePercentage => "FAILURE_PERCENTAGE",
             Kind::LocalFailurePercentage => "FAILURE_PERCENTAGE_LOCAL_ORIGIN",
+            Kind::Degraded => "DEGRADED",
         }
     }
 
@@ -117,6 +126,8 @@ impl Kind {
             Kind::LocalSuccessRate => o.enforcing_local_origin_success_rate,
             Kind::FailurePercentage => o.enforcing_failure_percentage,
             Kind::LocalFailurePercentage => o.enforcing_failure_percentage_local_origin,
+            // Always enforced.
+            Kind::Degraded => 100,
         }
     }
 }
@@ -160,6 +171,15 @@ impl Monitor {
             m.consecutive_5xx.store(0, Relaxed);
             m.consecutive_gateway.store(0, Relaxed);
         }
+    }
+
+    /// A response below 500 with `x-envoy-degraded` (`ExtOriginRequestDegraded`): with
+    /// `detect_degraded_hosts` the host is degraded; the response counts as its code does.
+    pub fn put_degraded(host: &Arc<HostStats>, o: &OutlierDetection, code: u16) {
+        if o.detect_degraded_hosts && !host.outlier.degraded.load(Relaxed) {
+            notify(host, Kind::Degraded);
+        }
+        Self::put_status(host, o, code);
     }
 
     /// The attempt has its connection (Envoy's `LocalOriginConnectSuccess`).
@@ -270,8 +290,12 @@ struct HostState {
     jitter: Duration,
     /// Enforced ejections so far.
     ejections: u32,
-    /// The last ejection's kind (a return is logged under it).
-    last_kind: Kind,
+    /// Degraded by `detect_degraded_hosts`, since when, and when it last stopped being so.
+    degraded: bool,
+    last_degraded: Instant,
+    last_undegraded: Option<Instant>,
+    /// Envoy's degradation backoff: the next degradation lasts `base × backoff`, capped.
+    degrade_backoff: u32,
 }
 
 /// `cluster_manager.outlier_detection.event_log_path`: Envoy's JSON line
@@ -472,7 +496,10 @@ impl OutlierDetectors {
                         last_unejection: None,
                         jitter: Duration::ZERO,
                         ejections: 0,
-                        last_kind: Kind::Consecutive5xx,
+                        degraded: false,
+                        last_degraded: now,
+                        last_undegraded: None,
+                        degrade_backoff: 0,
                     });
             }
             let stats = &d.stats;
@@ -512,7 +539,9 @@ impl OutlierDetectors {
             .find(|d| Arc::ptr_eq(&d.config, config))
         {
             for h in &mut hosts {
-                h.checks.ejected = d.hosts.get(&h.address).is_some_and(|s| s.ejected);
+                let st = d.hosts.get(&h.address);
+                h.checks.ejected = st.is_some_and(|s| s.ejected);
+                h.checks.outlier_degraded = st.is_some_and(|s| s.degraded);
             }
         }
         hosts
@@ -530,6 +559,9 @@ impl OutlierDetectors {
             else {
                 continue;
             };
+            if ev.kind == Kind::Degraded {
+                return d.degrade(addr, now);
+            }
             if d.hosts.get(&addr).is_some_and(|s| s.ejected) {
                 return false;
             }
@@ -659,7 +691,6 @@ impl Detector {
         };
         st.ejected = true;
         st.last_ejection = now;
-        st.last_kind = kind;
         st.jitter = Duration::from_millis(fastrand::u64(..=jitter_ms));
         let backoff = self.backoff.entry(addr).or_insert(0);
         let base = od.base_ejection_time.as_millis() as u64;
@@ -679,8 +710,9 @@ impl Detector {
             let since = st
                 .last_unejection
                 .map_or(st.last_ejection, |u| u.max(st.last_ejection));
+            // Envoy's return event leaves the type unset: CONSECUTIVE_5XX, whatever ejected it.
             log.write(
-                st.last_kind,
+                Kind::Consecutive5xx,
                 Some(now.duration_since(since)),
                 &self.config.name,
                 addr,
@@ -696,6 +728,77 @@ impl Detector {
         m.consecutive_gateway.store(0, Relaxed);
         m.consecutive_local.store(0, Relaxed);
         self.stats.active.dec();
+        true
+    }
+
+    /// Envoy's `setHostDegradedMainThread`: degraded for `base × backoff` (capped) plus a
+    /// jitter, outside `max_ejection_percent` and the enforcement draws. True when it was not
+    /// degraded already.
+    fn degrade(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        let od = self.od.clone();
+        let Some(st) = self.hosts.get_mut(&addr).filter(|s| !s.degraded) else {
+            return false;
+        };
+        self.stats.kind("detected", Kind::Degraded).inc();
+        st.degraded = true;
+        st.last_degraded = now;
+        st.stats.outlier.degraded.store(true, Relaxed);
+        let jitter_ms = od.max_ejection_time_jitter.as_millis() as u64;
+        st.jitter = Duration::from_millis(fastrand::u64(..=jitter_ms));
+        let (base, max) = (
+            od.base_ejection_time.as_millis() as u64,
+            od.max_ejection_time.as_millis() as u64,
+        );
+        if u64::from(st.degrade_backoff) * base < max + base {
+            st.degrade_backoff += 1;
+        }
+        if let Some(log) = &self.log {
+            let since = st.last_unejection.map(|t| now.duration_since(t));
+            log.write(
+                Kind::Degraded,
+                since,
+                &self.config.name,
+                addr,
+                true,
+                st.ejections,
+                true,
+                Some("\"eject_consecutive_event\":{}".to_string()),
+            );
+        }
+        true
+    }
+
+    /// Envoy's `checkHostForUndegrade`: the degradation is over once its time has passed.
+    fn undegrade(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        let od = &self.od;
+        let Some(st) = self.hosts.get_mut(&addr).filter(|s| s.degraded) else {
+            return false;
+        };
+        let (base, max) = (
+            od.base_ejection_time.as_millis() as u64,
+            od.max_ejection_time.as_millis() as u64,
+        );
+        let lasts =
+            Duration::from_millis((base * u64::from(st.degrade_backoff)).min(max)) + st.jitter;
+        if now.duration_since(st.last_degraded) < lasts {
+            return false;
+        }
+        st.degraded = false;
+        st.last_undegraded = Some(now);
+        st.stats.outlier.degraded.store(false, Relaxed);
+        if let Some(log) = &self.log {
+            let since = (st.ejections > 0).then(|| now.duration_since(st.last_ejection));
+            log.write(
+                Kind::Consecutive5xx,
+                since,
+                &self.config.name,
+                addr,
+                false,
+                st.ejections,
+                false,
+                None,
+            );
+        }
         true
     }
 
@@ -718,6 +821,7 @@ impl Detector {
                     changed |= self.uneject(*a, now);
                 }
             }
+            changed |= self.undegrade(*a, now);
             let Some(st) = self.hosts.get(a) else {
                 continue;
             };
@@ -745,6 +849,15 @@ impl Detector {
                 if let Some(b) = self.backoff.get_mut(a) {
                     *b = b.saturating_sub(1);
                 }
+            }
+        }
+        // The same for degradations.
+        for st in self.hosts.values_mut().filter(|s| !s.degraded) {
+            if st
+                .last_undegraded
+                .is_some_and(|u| now.duration_since(u) >= od.interval)
+            {
+                st.degrade_backoff = st.degrade_backoff.saturating_sub(1);
             }
         }
         changed
@@ -870,6 +983,7 @@ mod tests {
             split_external_local_origin_errors: false,
             successful_active_health_check_uneject_host: true,
             always_eject_one_host: false,
+            detect_degraded_hosts: false,
         }
     }
 

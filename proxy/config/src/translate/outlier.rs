@@ -47,11 +47,6 @@ pub(super) fn outlier_detection(
     if !monitors.is_empty() {
         return Err(ConfigError::unsupported(format!("{path}.monitors")));
     }
-    if detect_degraded_hosts.as_ref().is_some_and(|v| v.value) {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.detect_degraded_hosts"
-        )));
-    }
     let u = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, default: u32| {
         v.as_ref().map_or(default, |v| v.value)
     };
@@ -155,5 +150,6 @@ pub(super) fn outlier_detection(
             .as_ref()
             .is_none_or(|v| v.value),
         always_eject_one_host: always_eject_one_host.as_ref().is_some_and(|v| v.value),
+        detect_degraded_hosts: detect_degraded_hosts.as_ref().is_some_and(|v| v.value),
     })))
 }

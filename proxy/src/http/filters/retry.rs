@@ -1176,6 +1176,12 @@ fn report_outlier(
         Monitor::put_connected(stats, o);
     }
     match outcome {
+        // A 5xx counts as one even with `x-envoy-degraded` (ejection comes first).
+        Outcome::Done(Ok((resp, _)))
+            if resp.status().as_u16() < 500 && resp.headers().contains_key("x-envoy-degraded") =>
+        {
+            Monitor::put_degraded(stats, o, resp.status().as_u16())
+        }
         Outcome::Done(Ok((resp, _))) => Monitor::put_status(stats, o, resp.status().as_u16()),
         Outcome::Done(Err(reply)) => {
             if Reset::of(reply) != Reset::Overflow && !f.request.failed() {

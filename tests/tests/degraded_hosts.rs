@@ -1,0 +1,186 @@
+//! `outlier_detection.detect_degraded_hosts` side by side with Envoy 1.40: a host that answers
+//! `x-envoy-degraded` becomes degraded (`/degraded_outlier_detection`,
+//! `ejections_detected_degradation`) for `base_ejection_time`, takes no traffic while the
+//! other three hosts can carry it all (overprovisioning), comes back at an interval after that
+//! time, and is degraded again at its next such answer. The event log records each
+//! degradation as Envoy's does.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use skiff_tests::client::curl;
+use skiff_tests::proxy::{Kind, ProxyProcess};
+use skiff_tests::upstream::{EchoOptions, EchoUpstream};
+use skiff_tests::{free_port, run_for, scratch_dir};
+
+fn config(admin: u16, port: u16, hosts: &[u16], log: &str) -> String {
+    let eps: Vec<String> = hosts
+        .iter()
+        .map(|p| {
+            format!("{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}}}")
+        })
+        .collect();
+    format!(
+        r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+cluster_manager: {{outlier_detection: {{event_log_path: {log}}}}}
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: d
+          route_config:
+            virtual_hosts:
+            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: c}}}}]}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: c
+    connect_timeout: 1s
+    type: STATIC
+    outlier_detection:
+      detect_degraded_hosts: true
+      interval: 1s
+      base_ejection_time: 2s
+      max_ejection_time_jitter: 0s
+    load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{}]}}]}}
+"#,
+        eps.join(", ")
+    )
+}
+
+async fn send(port: u16, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let r = curl(&["-s", &format!("http://127.0.0.1:{port}/")]).await;
+        assert_eq!(r.resp.status, 200);
+        let who = r.resp.header("x-upstream").unwrap_or("?").to_string();
+        *seen.entry(who).or_default() += 1;
+    }
+    seen
+}
+
+async fn flags(proxy: &ProxyProcess, port: u16) -> String {
+    let text = proxy.admin().get("/clusters").await.text();
+    let key = format!("c::127.0.0.1:{port}::health_flags::");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .unwrap_or("?")
+        .to_string()
+}
+
+async fn wait_flags(proxy: &ProxyProcess, port: u16, want: &str, within: Duration) {
+    let until = Instant::now() + within;
+    loop {
+        let got = flags(proxy, port).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "flags {got:?}, waiting for {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn degraded_answers_degrade_the_host_as_envoy() {
+    run_for(Duration::from_secs(90), async {
+        let mut a = EchoOptions::named("A");
+        a.extra_headers = vec![("x-envoy-degraded".into(), "".into())];
+        let ups = [
+            EchoUpstream::with_options(a).await,
+            EchoUpstream::start("B").await,
+            EchoUpstream::start("C").await,
+            EchoUpstream::start("D").await,
+        ];
+        let ports: Vec<u16> = ups.iter().map(|u| u.port()).collect();
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let dir = scratch_dir("degraded");
+            let log = dir.join("events.log");
+            let (admin, port) = (free_port(), free_port());
+            let proxy = ProxyProcess::start(
+                kind,
+                &config(admin, port, &ports, &log.to_string_lossy()),
+                &["--concurrency", "1"],
+            )
+            .await;
+            let detected = || async {
+                proxy
+                    .admin()
+                    .stat("cluster.c.outlier_detection.ejections_detected_degradation")
+                    .await
+                    .unwrap_or(0)
+            };
+            let mut got = Vec::new();
+            // Round robin reaches A, which answers degraded.
+            send(port, 4).await;
+            wait_flags(
+                &proxy,
+                ports[0],
+                "/degraded_outlier_detection",
+                Duration::from_secs(2),
+            )
+            .await;
+            got.push(format!("detected {}", detected().await));
+            // Three healthy hosts of four carry everything (3/4 × 1.4 ≥ 100%).
+            got.push(format!("while degraded {:?}", send(port, 12).await));
+            // Back after base_ejection_time, at an interval.
+            wait_flags(&proxy, ports[0], "healthy", Duration::from_secs(5)).await;
+            let back = send(port, 8).await;
+            got.push(format!("back: A reached {}", back.contains_key("A")));
+            wait_flags(
+                &proxy,
+                ports[0],
+                "/degraded_outlier_detection",
+                Duration::from_secs(2),
+            )
+            .await;
+            got.push(format!("detected {}", detected().await));
+            got.push(format!(
+                "ejections active {}",
+                proxy
+                    .admin()
+                    .stat("cluster.c.outlier_detection.ejections_active")
+                    .await
+                    .unwrap_or(0)
+            ));
+            // The event log: type, action, enforced and count of each line.
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).expect("json");
+                got.push(format!(
+                    "event {} {} enforced {} ejections {} consecutive {}",
+                    v["type"],
+                    v["action"],
+                    v["enforced"],
+                    v["num_ejections"],
+                    v.get("eject_consecutive_event").is_some()
+                ));
+            }
+            seen.push(got);
+        }
+        assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+        let all = seen[0].join("\n");
+        for want in [
+            "detected 1",
+            "while degraded {\"B\": 4, \"C\": 4, \"D\": 4}",
+            "back: A reached true",
+            "detected 2",
+            "ejections active 0",
+            "event \"DEGRADED\" \"EJECT\" enforced true",
+            "event \"CONSECUTIVE_5XX\" \"UNEJECT\" enforced false",
+        ] {
+            assert!(all.contains(want), "{want}\n{all}");
+        }
+    })
+    .await
+}
