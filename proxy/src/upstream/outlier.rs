@@ -1004,6 +1004,105 @@ mod tests {
         assert_eq!(h.outlier.external.take(), (6, 1));
     }
 
+    /// A detector of one host, `10.0.0.1:80`, with `od`.
+    fn detector(od: OutlierDetection) -> (Detector, SocketAddr, Arc<HostStats>) {
+        let pb = envoy_types::pb::envoy::config::cluster::v3::Cluster {
+            name: "c".into(),
+            ..Default::default()
+        };
+        let config = Arc::new(
+            crate::config::resource::cluster(&pb, "c", &Default::default()).expect("translates"),
+        );
+        let main = Arc::new(Shard::with_matcher(None));
+        let addr: SocketAddr = "10.0.0.1:80".parse().expect("address");
+        let stats = Arc::new(HostStats::default());
+        let now = Instant::now();
+        let mut d = Detector {
+            config,
+            od: Arc::new(od.clone()),
+            hosts: HashMap::new(),
+            backoff: HashMap::new(),
+            averages: Arc::default(),
+            next_tick: now + od.interval,
+            stats: Stats::new(&main, "c"),
+            log: None,
+        };
+        d.hosts.insert(
+            addr,
+            HostState {
+                stats: stats.clone(),
+                ejected: false,
+                last_ejection: now,
+                last_unejection: None,
+                jitter: Duration::ZERO,
+                ejections: 0,
+                degraded: false,
+                last_degraded: now,
+                last_undegraded: None,
+                degrade_backoff: 0,
+            },
+        );
+        (d, addr, stats)
+    }
+
+    /// Runs the detector's intervals for `secs` seconds; the seconds at which the host's
+    /// degradation ended.
+    async fn ticks(d: &mut Detector, addr: SocketAddr, secs: u64) -> Vec<u64> {
+        let start = Instant::now();
+        let mut ended = Vec::new();
+        for _ in 0..secs {
+            tokio::time::advance(d.od.interval).await;
+            let was = d.hosts[&addr].degraded;
+            d.tick(Instant::now());
+            if was && !d.hosts[&addr].degraded {
+                ended.push(Instant::now().duration_since(start).as_secs());
+            }
+        }
+        ended
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_degradation_lasts_base_times_its_backoff_and_the_backoff_decays() {
+        let mut o = od();
+        o.detect_degraded_hosts = true;
+        o.base_ejection_time = Duration::from_secs(2);
+        let (mut d, addr, stats) = detector(o);
+        // The first lasts 2 s, ending at the interval that finds it over.
+        assert!(d.degrade(addr, Instant::now()));
+        assert!(stats.outlier.degraded.load(Relaxed));
+        assert!(!d.degrade(addr, Instant::now()), "already degraded");
+        assert_eq!(ticks(&mut d, addr, 2).await, vec![2]);
+        assert!(!stats.outlier.degraded.load(Relaxed));
+        // Again at once: the backoff is 2, so 4 s.
+        assert!(d.degrade(addr, Instant::now()));
+        assert_eq!(ticks(&mut d, addr, 5).await, vec![4]);
+        // Each interval an interval or more past the return takes one off the backoff (2 → 0
+        // here), so the next lasts 2 s again.
+        ticks(&mut d, addr, 3).await;
+        assert_eq!(d.hosts[&addr].degrade_backoff, 0);
+        assert!(d.degrade(addr, Instant::now()));
+        assert_eq!(ticks(&mut d, addr, 3).await, vec![2]);
+        // Degradations never count as ejections.
+        assert_eq!(d.hosts.values().filter(|s| s.ejected).count(), 0);
+        assert_eq!(d.stats.active.value(), 0);
+    }
+
+    #[test]
+    fn degraded_answers_reach_the_main_thread_once_and_count_as_their_code() {
+        let h = Arc::new(HostStats::default());
+        let mut o = od();
+        Monitor::put_status(&h, &o, 500);
+        Monitor::put_degraded(&h, &o, 200);
+        // Counted as a 200: the 5xx run is over.
+        assert_eq!(h.outlier.consecutive_5xx.load(Relaxed), 0);
+        assert_eq!(h.outlier.external.take(), (2, 1));
+        o.detect_degraded_hosts = true;
+        h.outlier.degraded.store(true, Relaxed);
+        // Already degraded: nothing to say (no channel is needed for this test either way).
+        Monitor::put_degraded(&h, &o, 200);
+        assert_eq!(h.outlier.external.take(), (1, 1));
+    }
+
     #[test]
     fn enforcement_draws_follow_the_percentage() {
         assert!(!enforced(0));
