@@ -362,3 +362,97 @@ async fn tcp_proxy_subsets_side_by_side() {
     })
     .await;
 }
+
+/// `locality_weight_aware` and `scale_locality_weight`, side by side: two localities, weights
+/// 1 and 6; the `v1` subset holds one of the first's two hosts and one of the second's three.
+/// Without the option a subset ignores locality weights (even under
+/// `locality_weighted_lb_config`): an even split. With it the subset takes the localities'
+/// weights (1:6), and scaled by the share of each locality's hosts in the subset,
+/// round(1 × 1/2) : round(6 × 1/3) = 1:2. Over 210 requests (a whole number of each pattern's
+/// rounds) the counts must be the same on both proxies and near those ratios.
+#[tokio::test]
+async fn locality_weight_aware_subsets_as_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let names = ["a1", "a2", "b1", "b2", "b3"];
+        let mut ups = Vec::new();
+        for n in names {
+            ups.push(EchoUpstream::with_options(EchoOptions::named(n)).await);
+        }
+        let ep = |i: usize, version: &str| {
+            json!({ "endpoint": { "address": { "socket_address": {
+                "address": "127.0.0.1", "port_value": ups[i].port() } } },
+                "metadata": { "filter_metadata": { "envoy.lb": { "version": version } } } })
+        };
+        let endpoints = json!([
+            { "locality": { "zone": "a" }, "load_balancing_weight": 1,
+              "lb_endpoints": [ ep(0, "v1"), ep(1, "v2") ] },
+            { "locality": { "zone": "b" }, "load_balancing_weight": 6,
+              "lb_endpoints": [ ep(2, "v1"), ep(3, "v2"), ep(4, "v2") ] },
+        ]);
+        let clusters: Vec<Value> = [
+            ("plain", json!({})),
+            ("aware", json!({ "locality_weight_aware": true })),
+            (
+                "scaled",
+                json!({ "locality_weight_aware": true, "scale_locality_weight": true }),
+            ),
+        ]
+        .into_iter()
+        .map(|(name, extra)| {
+            let mut subsets = json!({ "fallback_policy": "NO_FALLBACK",
+                "subset_selectors": [ { "keys": ["version"] } ] });
+            for (k, v) in extra.as_object().expect("object") {
+                subsets[k] = v.clone();
+            }
+            json!({ "name": name, "type": "STATIC", "connect_timeout": "1s",
+                "common_lb_config": { "locality_weighted_lb_config": {} },
+                "lb_subset_config": subsets,
+                "load_assignment": { "cluster_name": name, "endpoints": endpoints } })
+        })
+        .collect();
+        let routes: Vec<Value> = ["plain", "aware", "scaled"]
+            .iter()
+            .map(|c| to(&format!("/{c}"), c, json!({ "version": "v1" })))
+            .collect();
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let (admin, port) = (free_port(), free_port());
+            let v = bootstrap(
+                admin,
+                vec![http_listener(port, routes.clone())],
+                clusters.clone(),
+            );
+            let _proxy = ProxyProcess::start(kind, &to_yaml(&v), &["--concurrency", "1"]).await;
+            let mut client = Http1Client::connect(&format!("127.0.0.1:{port}"))
+                .await
+                .expect("connect");
+            let mut got = Vec::new();
+            for c in ["plain", "aware", "scaled"] {
+                let (mut a1, mut b1) = (0, 0);
+                for _ in 0..210 {
+                    let r = client
+                        .send(get(&format!("/{c}"), "x"))
+                        .await
+                        .expect("response");
+                    match r.header("x-upstream") {
+                        Some("a1") => a1 += 1,
+                        Some("b1") => b1 += 1,
+                        other => panic!("{c}: {other:?}"),
+                    }
+                }
+                got.push((c, a1, b1));
+            }
+            seen.push(got);
+        }
+        assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+        for (c, a1, _) in &seen[0] {
+            let want = match *c {
+                "plain" => 105,
+                "aware" => 30,
+                _ => 70,
+            };
+            assert!((want - 3..=want + 3).contains(a1), "{c}: {a1} to a1");
+        }
+    })
+    .await;
+}

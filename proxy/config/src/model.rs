@@ -2869,6 +2869,12 @@ pub struct SubsetConfig {
     pub list_as_any: bool,
     /// `metadata_fallback_policy: FALLBACK_LIST`.
     pub fallback_list: bool,
+    /// `locality_weight_aware`: a subset's hosts are picked by locality weight (the cluster
+    /// has `locality_weighted_lb_config`); without it, subsets ignore locality weights.
+    pub locality_weight_aware: bool,
+    /// `scale_locality_weight`: a subset's locality weight is scaled by the share of the
+    /// locality's hosts in the subset.
+    pub scale_locality_weight: bool,
 }
 
 /// Where a request goes when no subset matches its criteria.

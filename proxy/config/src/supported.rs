@@ -2067,7 +2067,6 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "filters",
         ],
     ),
-    // locality_weight_aware is refused by translate/subset.rs.
     (
         "envoy.config.cluster.v3.Cluster.LbSubsetConfig",
         &[

@@ -82,6 +82,55 @@ impl Edf {
     }
 }
 
+/// A host seen with another locality weight (a subset's, scaled by its share of the
+/// locality's hosts).
+#[derive(Debug)]
+pub struct Reweighted<'a, H> {
+    /// The host.
+    pub host: &'a H,
+    /// Its locality's weight in the subset.
+    pub locality_weight: Option<u32>,
+}
+
+impl<H: Candidate> Candidate for Reweighted<'_, H> {
+    fn healthy(&self) -> bool {
+        self.host.healthy()
+    }
+    fn weight(&self) -> u32 {
+        self.host.weight()
+    }
+    fn active_requests(&self) -> u64 {
+        self.host.active_requests()
+    }
+    fn locality(&self) -> u32 {
+        self.host.locality()
+    }
+    fn degraded(&self) -> bool {
+        self.host.degraded()
+    }
+    fn excluded(&self) -> bool {
+        self.host.excluded()
+    }
+    fn priority(&self) -> u32 {
+        self.host.priority()
+    }
+    fn locality_weight(&self) -> Option<u32> {
+        self.locality_weight
+    }
+    fn hash_key(&self) -> String {
+        self.host.hash_key()
+    }
+    fn place(&self) -> &Locality {
+        self.host.place()
+    }
+    fn start_clock(&self, now: u64) -> Option<u64> {
+        self.host.start_clock(now)
+    }
+    fn healthy_since(&self) -> Option<u64> {
+        self.host.healthy_since()
+    }
+}
+
 /// What the balancer knows of a host.
 pub trait Candidate {
     /// Whether it may take traffic.

@@ -1070,16 +1070,39 @@ impl Cluster {
             slow_start: cfg.slow_start.clone(),
             balance_factor: cfg.consistent_hashing.balance_factor,
         };
-        let balancer = |group: &[Rc<Host>]| {
-            lb::Balancer::new_zoned(
+        // A subset weighs localities only with `locality_weight_aware` (Envoy's subsets have
+        // no locality weights otherwise).
+        let locality_weighted =
+            cfg.locality_weighted && cfg.subsets.as_ref().is_none_or(|s| s.locality_weight_aware);
+        let build = |group: &[Rc<Host>], weights: Option<&[Option<u32>]>| match weights {
+            None => lb::Balancer::new_zoned(
                 cfg.lb.clone(),
                 cfg.panic_threshold,
                 group,
-                cfg.locality_weighted,
+                locality_weighted,
                 cfg.zone_aware.fail_traffic_on_panic,
                 zone.as_ref(),
             )
-            .with_extras(group, &extras)
+            .with_extras(group, &extras),
+            Some(weights) => {
+                let group: Vec<lb::Reweighted<'_, Rc<Host>>> = group
+                    .iter()
+                    .zip(weights)
+                    .map(|(host, w)| lb::Reweighted {
+                        host,
+                        locality_weight: *w,
+                    })
+                    .collect();
+                lb::Balancer::new_zoned(
+                    cfg.lb.clone(),
+                    cfg.panic_threshold,
+                    &group,
+                    locality_weighted,
+                    cfg.zone_aware.fail_traffic_on_panic,
+                    zone.as_ref(),
+                )
+                .with_extras(&group, &extras)
+            }
         };
         let subsets = cfg.subsets.as_ref().map(|sc| {
             let metadata: Vec<Arc<model::LbMetadata>> =
@@ -1088,7 +1111,7 @@ impl Cluster {
                 sc,
                 &hosts,
                 &metadata,
-                balancer,
+                build,
                 shard,
                 &stats.prefix,
                 previous.and_then(|p| p.subsets.as_ref()),
@@ -1096,9 +1119,9 @@ impl Cluster {
         });
         // With subsets, the whole cluster's balancer takes no picks.
         let lb = if subsets.is_some() {
-            balancer(&[])
+            build(&[], None)
         } else {
-            balancer(&hosts)
+            build(&hosts, None)
         };
         Cluster {
             name: Arc::from(cfg.name.as_str()),

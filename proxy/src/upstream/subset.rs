@@ -112,6 +112,25 @@ fn combinations(md: &LbMetadata, keys: &[String], list_as_any: bool) -> Vec<Crit
     out
 }
 
+/// `scale_locality_weight`: each of `group`'s hosts with its locality's weight times the share
+/// of the locality's hosts (all of them, healthy or not) in the group, rounded, as Envoy's
+/// `determineLocalityWeights`.
+fn scaled_locality_weights(all: &[Rc<Host>], group: &[Rc<Host>]) -> Vec<Option<u32>> {
+    let count = |hosts: &[Rc<Host>], locality: u32| {
+        hosts.iter().filter(|h| h.locality.0 == locality).count() as f32
+    };
+    group
+        .iter()
+        .map(|h| {
+            let (locality, weight) = h.locality;
+            weight.map(|w| {
+                let share = (w as f32 * count(group, locality)) / count(all, locality).max(1.0);
+                share.round() as u32
+            })
+        })
+        .collect()
+}
+
 /// Whether a host meets `default_subset` (Envoy's `metadataLabelMatch`).
 fn meets(md: &LbMetadata, want: &[(String, MetaValue)], list_as_any: bool) -> bool {
     want.iter().all(|(k, v)| match md.0.get(k) {
@@ -121,18 +140,26 @@ fn meets(md: &LbMetadata, want: &[(String, MetaValue)], list_as_any: bool) -> bo
 }
 
 impl Subsets {
-    /// The subsets of `hosts` (with their metadata, in the same order); `balancer` makes a
-    /// group's balancer. With `previous`, the subsets it had are not counted as created again.
+    /// The subsets of `hosts` (with their metadata, in the same order); `build` makes a
+    /// group's balancer, with each host's locality weight when the subset scales them. With
+    /// `previous`, the subsets it had are not counted as created again.
     pub fn build(
         config: &Arc<SubsetConfig>,
         hosts: &[Rc<Host>],
         metadata: &[Arc<LbMetadata>],
-        balancer: impl Fn(&[Rc<Host>]) -> Balancer,
+        build: impl Fn(&[Rc<Host>], Option<&[Option<u32>]>) -> Balancer,
         shard: &Shard,
         prefix: &str,
         previous: Option<&Subsets>,
     ) -> Subsets {
         let cfg = config.as_ref();
+        let balancer = |group: &[Rc<Host>]| {
+            if cfg.scale_locality_weight {
+                build(group, Some(&scaled_locality_weights(hosts, group)))
+            } else {
+                build(group, None)
+            }
+        };
         // Host indices of each subset, in host order; single-host selectors keep the first
         // host of the lowest priority.
         let mut members: HashMap<Criteria, (Vec<usize>, bool)> = HashMap::new();

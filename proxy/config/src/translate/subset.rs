@@ -108,9 +108,6 @@ pub(super) fn subset_config(
                 format!("Locality weight aware subset LB requires that a locality_weighted_lb_config be set in {}", c.name),
             ));
         }
-        return Err(ConfigError::unsupported(format!(
-            "{spath}.locality_weight_aware"
-        )));
     }
     let fallback = match F::try_from(s.fallback_policy) {
         Ok(F::NoFallback) => SubsetFallback::NoFallback,
@@ -196,6 +193,8 @@ pub(super) fn subset_config(
         panic_mode_any: s.panic_mode_any,
         list_as_any: s.list_as_any,
         fallback_list,
+        locality_weight_aware: s.locality_weight_aware,
+        scale_locality_weight: s.locality_weight_aware && s.scale_locality_weight,
     })))
 }
 
