@@ -3647,6 +3647,9 @@ pub struct Cluster {
     /// `common_lb_config.ignore_new_hosts_until_first_hc`, with active health checks: a host
     /// discovery adds is left out of the health computation until its first check ends.
     pub ignore_new_hosts_until_first_hc: bool,
+    /// `common_lb_config.update_merge_window` (1 s; zero: none): changes of health, weight or
+    /// metadata alone within it reach the workers together at its end.
+    pub update_merge_window: Duration,
     /// `preconnect_policy.per_upstream_preconnect_ratio` (HTTP/1.1 and HTTP/2 pools): connections made
     /// ahead so that the pool has this many per request under way or waiting.
     pub preconnect_ratio: Option<f64>,

@@ -2433,6 +2433,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "close_connections_on_host_set_change",
             "override_host_status",
             "ignore_new_hosts_until_first_hc",
+            "update_merge_window",
         ],
     ),
     (

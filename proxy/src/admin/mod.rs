@@ -808,8 +808,12 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
                 )
             })
             .collect();
+        // The hosts as they are now, changes a merge window holds back from the workers
+        // included (Envoy's `/clusters` reads the main thread's hosts).
         let all = c
-            .hosts
+            .pending
+            .as_ref()
+            .unwrap_or(&c.hosts)
             .iter()
             .zip(&c.host_stats)
             .chain(destinations.iter().map(|(h, s)| (h, s)));

@@ -11,6 +11,7 @@
 //! the workers begin only once nothing warms any more.
 
 mod files;
+mod merge;
 mod xds_source;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -260,6 +261,11 @@ pub struct ConfigStore {
     clusters: BTreeMap<String, ClusterSlot>,
     /// Shared cluster state in force, kept across publications so workers keep their pools.
     infos: HashMap<String, Arc<ClusterInfo>>,
+    /// `update_merge_window` per cluster and priority.
+    merges: HashMap<(String, u32), merge::Window>,
+    /// Clusters whose hosts had their first checks, and since with the same configuration:
+    /// their changes count as updates, and may be merged.
+    warmed: HashSet<String>,
     lds: Option<Subscription>,
     cds: Option<Subscription>,
     rds: BTreeMap<String, Rds>,
@@ -387,6 +393,8 @@ impl ConfigStore {
             listeners: BTreeMap::new(),
             clusters: BTreeMap::new(),
             infos: HashMap::new(),
+            merges: HashMap::new(),
+            warmed: HashSet::new(),
             lds: None,
             cds: None,
             rds: BTreeMap::new(),
@@ -492,6 +500,9 @@ impl ConfigStore {
             "cluster_manager.cluster_modified",
             "cluster_manager.cluster_removed",
             "cluster_manager.cluster_updated",
+            "cluster_manager.cluster_updated_via_merge",
+            "cluster_manager.update_merge_cancelled",
+            "cluster_manager.update_out_of_merge_window",
             "server.dynamic_unknown_fields",
         ] {
             m.counter(c);
@@ -672,6 +683,7 @@ impl ConfigStore {
             .chain(self.decoder.idle_deadline())
             .chain(self.dns.next_deadline())
             .chain(self.outlier.next_deadline())
+            .chain(self.merges.values().filter_map(|w| w.due))
             .min()
     }
 
@@ -701,6 +713,15 @@ impl ConfigStore {
         self.decoder.stop_if_idle();
         self.dns.on_timer();
         changed |= self.outlier.on_timer();
+        for w in self.merges.values_mut() {
+            if w.due.is_some_and(|d| d <= now) {
+                w.due = None;
+                w.last_updated = Some(now);
+                main.counter("cluster_manager.cluster_updated_via_merge")
+                    .inc();
+                changed = true;
+            }
+        }
         self.draining_listeners.retain(|d| *d > now);
         self.draining_chains.retain(|d| *d > now);
         let held = self.draining_rds.len();
@@ -1756,24 +1777,75 @@ impl ConfigStore {
         let mut next = HashMap::new();
         for (name, slot) in &self.clusters {
             let Some(v) = &slot.active else { continue };
-            let hosts = self.outlier.apply(
-                &v.model,
-                self.health.apply(&v.model, self.discovered_hosts(&v.model)),
-            );
-            let prev = self.infos.get(name);
+            let discovered = self.discovered_hosts(&v.model);
+            // Until its first checks are done a cluster is warming: its hosts go as they are,
+            // neither merged nor counted as updates (Envoy follows a cluster's updates from its
+            // initialization on).
+            let warm = self.health.ready(&v.model, &discovered);
+            let hosts = self
+                .outlier
+                .apply(&v.model, self.health.apply(&v.model, discovered));
+            let prev = self
+                .infos
+                .get(name)
+                .filter(|p| Arc::ptr_eq(&p.config, &v.model))
+                .filter(|_| self.warmed.contains(name));
+            if prev.is_none() {
+                // A new or changed cluster starts without merges (Envoy drops its pending
+                // updates).
+                self.merges.retain(|(n, _), _| n != name);
+                if warm {
+                    self.warmed.insert(name.clone());
+                } else {
+                    self.warmed.remove(name);
+                }
+            }
             let info = match prev {
-                Some(p) if Arc::ptr_eq(&p.config, &v.model) && p.hosts == hosts => p.clone(),
-                _ => {
-                    membership(
-                        &self.main,
-                        v.model.stat_name(),
-                        prev.map(|p| &p.hosts[..]),
-                        &hosts,
-                    );
+                Some(p) => {
+                    let now_hosts = p.pending.as_ref().unwrap_or(&p.hosts);
+                    let held = self
+                        .merges
+                        .iter()
+                        .any(|((n, _), w)| n == name && w.due.is_some());
+                    if *now_hosts == hosts && (held == p.pending.is_some()) {
+                        p.clone()
+                    } else {
+                        let workers = merge::hosts(
+                            &mut self.merges,
+                            &self.main,
+                            name,
+                            v.model.update_merge_window,
+                            (&p.hosts, now_hosts),
+                            &hosts,
+                        );
+                        if *now_hosts != hosts {
+                            membership(&self.main, v.model.stat_name(), Some(now_hosts), &hosts);
+                        }
+                        let pending = (workers != hosts).then(|| hosts.clone());
+                        if workers == p.hosts && pending == p.pending {
+                            p.clone()
+                        } else {
+                            let mut info = ClusterInfo::with_hosts(
+                                v.model.clone(),
+                                workers,
+                                Some(p),
+                                &self.main,
+                            );
+                            info.pending = pending;
+                            Arc::new(info)
+                        }
+                    }
+                }
+                None => {
+                    let before = self
+                        .infos
+                        .get(name)
+                        .map(|p| &p.pending.as_ref().unwrap_or(&p.hosts)[..]);
+                    membership(&self.main, v.model.stat_name(), before, &hosts);
                     Arc::new(ClusterInfo::with_hosts(
                         v.model.clone(),
                         hosts,
-                        prev.map(|p| &**p),
+                        self.infos.get(name).map(|p| &**p),
                         &self.main,
                     ))
                 }
@@ -1781,6 +1853,8 @@ impl ConfigStore {
             next.insert(name.clone(), info);
         }
         self.outlier.sync(&next);
+        self.warmed.retain(|n| next.contains_key(n));
+        self.merges.retain(|(n, _), _| next.contains_key(n));
         self.infos = next.clone();
         next
     }

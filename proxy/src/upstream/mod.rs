@@ -64,8 +64,12 @@ impl HostStats {
 pub struct ClusterInfo {
     /// The configuration.
     pub config: Arc<model::Cluster>,
-    /// The hosts: `load_assignment`'s, or those of the EDS resource in force.
+    /// The hosts as the workers have them: `load_assignment`'s, or those of the EDS resource in
+    /// force, with the changes `update_merge_window` holds back not yet made.
     pub hosts: Vec<model::Host>,
+    /// While `update_merge_window` holds changes back: the hosts as they are now (the same
+    /// addresses in the same order as `hosts`), which `/clusters` shows.
+    pub pending: Option<Vec<model::Host>>,
     /// Per-host counters, in the order of `hosts`.
     pub host_stats: Vec<Arc<HostStats>>,
     /// The circuit breakers' counts, shared by the workers (kept while the configuration is).
@@ -214,6 +218,7 @@ impl ClusterInfo {
         ClusterInfo {
             config,
             hosts,
+            pending: None,
             host_stats,
             breakers,
             outlier_averages,

@@ -496,6 +496,14 @@ pub(super) fn translate_cluster(
             .common_lb_config
             .as_ref()
             .is_some_and(|l| l.ignore_new_hosts_until_first_hc),
+        update_merge_window: match c
+            .common_lb_config
+            .as_ref()
+            .and_then(|l| l.update_merge_window.as_ref())
+        {
+            Some(d) => super::duration(d, &format!("{path}.common_lb_config.update_merge_window"))?,
+            None => Duration::from_secs(1),
+        },
         preconnect_ratio: preconnect(c, protocol, path)?,
         predictive_ratio: predictive_preconnect(c, protocol, path)?,
         lb,

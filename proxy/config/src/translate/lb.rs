@@ -603,19 +603,13 @@ pub(super) fn common_lb_config(c: &cluster::Cluster, path: &str) -> Result<f64, 
         override_host_status,
         locality_config_specifier,
     } = common;
-    let refuse = |set: bool, field: &str| {
-        if set {
-            Err(ConfigError::unsupported(format!("{cpath}.{field}")))
-        } else {
-            Ok(())
-        }
-    };
-    refuse(update_merge_window.is_some(), "update_merge_window")?;
-    // ignore_new_hosts_until_first_hc: read by the cluster's translation (without health
-    // checks it does nothing, as in Envoy).
-    let _ = ignore_new_hosts_until_first_hc;
-    // close_connections_on_host_set_change: read by the cluster's translation.
-    let _ = close_connections_on_host_set_change;
+    // Read by the cluster's translation (ignore_new_hosts_until_first_hc does nothing without
+    // health checks, as in Envoy).
+    let _ = (
+        update_merge_window,
+        ignore_new_hosts_until_first_hc,
+        close_connections_on_host_set_change,
+    );
     // Read by `lb_policy` for RING_HASH and MAGLEV (the other policies ignore it, as Envoy's).
     let _ = consistent_hashing_lb_config;
     // override_host_status: read by `override_host_status`.
