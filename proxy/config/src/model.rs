@@ -3392,6 +3392,29 @@ pub struct ConsistentHashing {
     pub balance_factor: u32,
 }
 
+/// `envoy.load_balancing_policies.override_host`: the hosts a request names (by address, in
+/// order: the first for the first attempt, the next ones for retries), before the cluster's
+/// own policy (its `fallback_policy`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverrideHostPolicy {
+    /// `override_host_sources`, in order.
+    pub sources: Vec<OverrideHostSource>,
+}
+
+/// Where a request names its hosts: a comma-separated list of addresses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OverrideHostSource {
+    /// A request header (its first value).
+    Header(String),
+    /// A string of the request's dynamic metadata.
+    Metadata {
+        /// The filter namespace.
+        namespace: String,
+        /// The keys down to the value.
+        path: Vec<String>,
+    },
+}
+
 /// How a cluster picks a host: `lb_policy` (with `lb_config`) or `load_balancing_policy`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LbPolicy {
@@ -3650,6 +3673,8 @@ pub struct Cluster {
     /// `common_lb_config.update_merge_window` (1 s; zero: none): changes of health, weight or
     /// metadata alone within it reach the workers together at its end.
     pub update_merge_window: Duration,
+    /// `load_balancing_policy` `override_host`: hosts a request names, before `lb`.
+    pub override_host: Option<Arc<OverrideHostPolicy>>,
     /// `preconnect_policy.per_upstream_preconnect_ratio` (HTTP/1.1 and HTTP/2 pools): connections made
     /// ahead so that the pool has this many per request under way or waiting.
     pub preconnect_ratio: Option<f64>,

@@ -2350,6 +2350,22 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.extensions.load_balancing_policies.random.v3.Random",
         &["locality_lb_config"],
     ),
+    // Refused by translate/lb.rs, with Envoy's words unless its policy is client-side
+    // weighted round robin.
+    (
+        "envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality",
+        &["endpoint_picking_policy"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost",
+        &["override_host_sources", "fallback_policy"],
+    ),
+    (
+        "envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost.OverrideHostSource",
+        &["header", "metadata"],
+    ),
+    ("envoy.type.metadata.v3.MetadataKey", &["key", "path"]),
+    ("envoy.type.metadata.v3.MetadataKey.PathSegment", &["key"]),
     (
         "envoy.config.cluster.v3.Cluster.RingHashLbConfig",
         &["minimum_ring_size", "hash_function", "maximum_ring_size"],

@@ -82,6 +82,7 @@ pub(super) fn translate_cluster(
         zone: zone_aware,
         slow_start,
         consistent_hashing,
+        override_host,
     } = super::lb::lb_policy(c, discovery, path)?;
     let subsets = super::subset::subset_config(c, &lb, path)?;
     let panic_threshold = super::lb::common_lb_config(c, path)?;
@@ -504,6 +505,7 @@ pub(super) fn translate_cluster(
             Some(d) => super::duration(d, &format!("{path}.common_lb_config.update_merge_window"))?,
             None => Duration::from_secs(1),
         },
+        override_host,
         preconnect_ratio: preconnect(c, protocol, path)?,
         predictive_ratio: predictive_preconnect(c, protocol, path)?,
         lb,

@@ -1,6 +1,8 @@
 //! A cluster's load balancer: `lb_policy` with `lb_config`, or the `load_balancing_policy`
 //! extension form; and `common_lb_config`.
 
+use std::sync::Arc;
+
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::extensions::load_balancing_policies::common::v3 as common;
 use envoy_types::pb::envoy::extensions::load_balancing_policies::least_request::v3::{
@@ -21,6 +23,9 @@ const LEAST_REQUEST: &str =
 const RANDOM: &str = "envoy.extensions.load_balancing_policies.random.v3.Random";
 const RING_HASH: &str = "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash";
 const MAGLEV: &str = "envoy.extensions.load_balancing_policies.maglev.v3.Maglev";
+const WRR_LOCALITY: &str = "envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality";
+const OVERRIDE_HOST: &str =
+    "envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost";
 
 /// Envoy's largest ring (`minimum_ring_size` and `maximum_ring_size` at most this).
 const MAX_RING: u64 = 8 * 1024 * 1024;
@@ -155,6 +160,8 @@ pub(super) struct Lb {
     pub zone: ZoneAware,
     pub slow_start: Option<SlowStart>,
     pub consistent_hashing: ConsistentHashing,
+    /// `override_host`, with the policy above as its fallback.
+    pub override_host: Option<Arc<model::OverrideHostPolicy>>,
 }
 
 /// The cluster's load balancer, checked against its discovery type as Envoy pairs them.
@@ -203,6 +210,7 @@ pub(super) fn lb_policy(
         zone,
         slow_start,
         consistent_hashing,
+        override_host: None,
     })
 }
 
@@ -378,6 +386,7 @@ fn extension(p: &cluster::LoadBalancingPolicy, path: &str) -> Result<Lb, ConfigE
         zone,
         slow_start,
         consistent_hashing,
+        override_host: None,
     };
     match type_name(&any.type_url) {
         ROUND_ROBIN => {
@@ -461,9 +470,86 @@ fn extension(p: &cluster::LoadBalancingPolicy, path: &str) -> Result<Lb, ConfigE
                 hashing,
             ))
         }
+        // Envoy takes only client-side weighted round robin (from ORCA load reports) inside,
+        // which skiff does not have.
+        WRR_LOCALITY => {
+            use envoy_types::pb::envoy::extensions::load_balancing_policies::wrr_locality::v3::WrrLocality;
+            let w: WrrLocality = unpack(any, &tpath)?;
+            let inner = w
+                .endpoint_picking_policy
+                .as_ref()
+                .and_then(|p| p.policies.first())
+                .and_then(|p| p.typed_extension_config.as_ref())
+                .and_then(|t| t.typed_config.as_ref())
+                .map(|a| type_name(&a.type_url));
+            let epath = format!("{tpath}.endpoint_picking_policy");
+            match inner {
+                Some("envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin") => {
+                    Err(ConfigError::unsupported(epath))
+                }
+                _ => Err(ConfigError::new(
+                    epath,
+                    "Currently WrrLocalityLoadBalancer only supports ClientSideWeightedRoundRobinLoadBalancer as its endpoint picking policy.",
+                )),
+            }
+        }
+        OVERRIDE_HOST => {
+            use envoy_types::pb::envoy::extensions::load_balancing_policies::override_host::v3::OverrideHost;
+            let o: OverrideHost = unpack(any, &tpath)?;
+            if o.selected_host_key.is_some() {
+                return Err(ConfigError::unsupported(format!(
+                    "{tpath}.selected_host_key"
+                )));
+            }
+            if o.override_host_sources.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{tpath}.override_host_sources"),
+                    "value must contain at least 1 item(s)",
+                ));
+            }
+            let mut sources = Vec::new();
+            for (i, s) in o.override_host_sources.iter().enumerate() {
+                let spath = format!("{tpath}.override_host_sources[{i}]");
+                let source = match (s.header.is_empty(), &s.metadata) {
+                    (false, None) => model::OverrideHostSource::Header(s.header.to_ascii_lowercase()),
+                    (true, Some(m)) => {
+                        use envoy_types::pb::envoy::r#type::metadata::v3::metadata_key::path_segment::Segment;
+                        let mut path = Vec::new();
+                        for (j, p) in m.path.iter().enumerate() {
+                            match &p.segment {
+                                Some(Segment::Key(k)) => path.push(k.clone()),
+                                _ => {
+                                    return Err(ConfigError::unsupported(format!(
+                                        "{spath}.metadata.path[{j}]"
+                                    )))
+                                }
+                            }
+                        }
+                        model::OverrideHostSource::Metadata {
+                            namespace: m.key.clone(),
+                            path,
+                        }
+                    }
+                    (true, None) => return Err(ConfigError::new(spath, "Empty override source")),
+                    (false, Some(_)) => {
+                        return Err(ConfigError::new(spath, "Only one override source must be set"))
+                    }
+                };
+                sources.push(source);
+            }
+            let fallback = o.fallback_policy.as_ref().ok_or_else(|| {
+                ConfigError::new(format!("{tpath}.fallback_policy"), "required")
+            })?;
+            let mut inner = extension(fallback, &format!("{tpath}.fallback_policy"))?;
+            if inner.override_host.is_some() {
+                return Err(ConfigError::unsupported(format!("{tpath}.fallback_policy")));
+            }
+            inner.override_host = Some(Arc::new(model::OverrideHostPolicy { sources }));
+            Ok(inner)
+        }
         other => Err(ConfigError::new(
             tpath,
-            format!("unsupported load balancing policy '{other}' (only round_robin, least_request, random, ring_hash and maglev)"),
+            format!("unsupported load balancing policy '{other}' (only round_robin, least_request, random, ring_hash, maglev and override_host)"),
         )),
     }
 }

@@ -1187,6 +1187,7 @@ pub async fn route(
             .get("x-envoy-internal")
             .is_some_and(|v| v.as_bytes() == b"true"),
         last_host: Default::default(),
+        override_hosts: (named_hosts(&cluster, &parts), Default::default()),
     };
     let result = super::retry::forward(&f, parts, body, retry, info.as_deref_mut()).await;
     let Some((policy, saved)) = redirect else {
@@ -1570,6 +1571,9 @@ pub(super) struct Forward<'a> {
     pub internal: bool,
     /// The host last picked for an attempt, which a local reply's codes are charged to.
     pub last_host: RefCell<Option<Rc<Host>>>,
+    /// The hosts the request names for the cluster's `override_host` policy, in order, and
+    /// how many attempts took one.
+    pub override_hosts: (Vec<String>, std::cell::Cell<usize>),
 }
 
 impl<'a> Forward<'a> {
@@ -1612,6 +1616,7 @@ impl<'a> Forward<'a> {
             scheme: "http",
             internal: false,
             last_host: Default::default(),
+            override_hosts: Default::default(),
         }
     }
 
@@ -1628,6 +1633,24 @@ impl<'a> Forward<'a> {
             self.cluster.stats.response_code(code, self.internal, host);
             self.endpoint_stats.response_code(code);
         }
+    }
+
+    /// The next host the request names (`override_host`) that the cluster has, whatever its
+    /// health; none once each was tried (the fallback policy picks then).
+    fn next_named_host(&self) -> Option<Rc<Host>> {
+        let (named, next) = &self.override_hosts;
+        while let Some(a) = named.get(next.get()) {
+            next.set(next.get() + 1);
+            let found = self
+                .cluster
+                .hosts
+                .iter()
+                .find(|h| h.address.to_string() == *a);
+            if let Some(h) = found {
+                return Some(h.clone());
+            }
+        }
+        None
     }
 
     /// A host for the next attempt, avoiding `avoid` up to `tries` more picks.
@@ -1662,7 +1685,7 @@ impl<'a> Forward<'a> {
                 .filter(|h| allowed.contains(h.status))
                 .cloned()
         });
-        let mut host = match session {
+        let mut host = match session.or_else(|| self.next_named_host()) {
             Some(h) => h,
             // `strict`: no other host.
             None if wanted.is_some_and(|o| o.strict) => return None,
@@ -2708,4 +2731,41 @@ fn append_forwarded_host(headers: &mut http::HeaderMap, host: &str) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(XFH.clone(), v);
     }
+}
+
+/// The hosts a request names for its cluster's `override_host` policy: from each source in
+/// order (a header's first value, a dynamic metadata string), comma-separated addresses.
+fn named_hosts(cluster: &Cluster, parts: &http::request::Parts) -> Vec<String> {
+    use crate::config::model::OverrideHostSource;
+    let Some(policy) = &cluster.config().override_host else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for source in &policy.sources {
+        let value = match source {
+            OverrideHostSource::Header(name) => parts
+                .headers
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            OverrideHostSource::Metadata { namespace, path } => parts
+                .extensions
+                .get::<crate::stream_info::DynamicMetadata>()
+                .and_then(|m| {
+                    m.with(|m| match m.lookup(namespace, path) {
+                        Some(skiff_config::metadata::Value::String(s)) => Some(s.clone()),
+                        _ => None,
+                    })
+                }),
+        };
+        if let Some(v) = value {
+            out.extend(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string),
+            );
+        }
+    }
+    out
 }
