@@ -1,8 +1,9 @@
-//! The `override_host` load balancing policy side by side with Envoy 1.40: a request names its hosts by address, in dynamic metadata (set here by
-//! `header_to_metadata`) and then in a header; the first the cluster has takes the first
-//! attempt, whatever its health, and the next ones the retries; without any (or once each was
-//! tried) the fallback policy picks. `wrr_locality` takes only client-side weighted round robin
-//! inside, in Envoy as in skiff (which refuses that policy).
+//! The `override_host`, `client_side_weighted_round_robin` and `wrr_locality` load balancing
+//! policies side by side with Envoy 1.40. `override_host`: a request names its hosts by
+//! address, in dynamic metadata (set here by `header_to_metadata`) and then in a header; the
+//! first the cluster has takes the first attempt, whatever its health, and the next ones the
+//! retries; without any (or once each was tried) the fallback policy picks. Client-side weighted round robin weighs hosts by the load
+//! reports in their responses, alone or inside `wrr_locality` (which takes nothing else).
 
 use std::time::Duration;
 
@@ -155,7 +156,7 @@ async fn override_host_as_envoy() {
 }
 
 /// `wrr_locality` over anything but client-side weighted round robin is refused by both, with
-/// Envoy's words; over that policy, by skiff as unsupported.
+/// Envoy's words.
 #[tokio::test]
 async fn wrr_locality_is_refused_as_envoy_refuses_it() {
     run_for(Duration::from_secs(30), async {
@@ -224,6 +225,110 @@ async fn invalid_override_sources_are_refused_by_both() {
                 assert!(out.output().contains(words), "{}: {}", kind.name(), out.output());
             }
         }
+    })
+    .await
+}
+
+/// `client_side_weighted_round_robin`, and inside `wrr_locality`, side by side: `A` reports
+/// `rps_fractional=100, cpu_utilization=0.5` (weight 200), `B` the same at 0.25 (400), `C`
+/// nothing (the median, 300). Once the weights are in force (`/clusters` shows them, the same
+/// on both), 90 requests go 2:4:3.
+#[tokio::test]
+async fn client_side_weighted_round_robin_as_envoy() {
+    run_for(Duration::from_secs(60), async {
+        let report = |cpu: &str| {
+            vec![(
+                "endpoint-load-metrics".to_string(),
+                format!("TEXT cpu_utilization={cpu}, rps_fractional=100"),
+            )]
+        };
+        let mut a = EchoOptions::named("A");
+        a.extra_headers = report("0.5");
+        let mut b = EchoOptions::named("B");
+        b.extra_headers = report("0.25");
+        let ups = [
+            EchoUpstream::with_options(a).await,
+            EchoUpstream::with_options(b).await,
+            EchoUpstream::with_options(EchoOptions::named("C")).await,
+        ];
+        let cswrr = json!({ "policies": [ { "typed_extension_config": {
+            "name": "envoy.load_balancing_policies.client_side_weighted_round_robin",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin",
+                "blackout_period": "0s",
+                "weight_update_period": "0.1s",
+            } } } ] });
+        let wrr = policy(
+            "envoy.load_balancing_policies.wrr_locality",
+            json!({
+                "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality",
+                "endpoint_picking_policy": cswrr,
+            }),
+        );
+        let eps: Vec<Value> = ups.iter().map(|u| endpoint(u.port(), "HEALTHY")).collect();
+        let cluster = |name: &str, policy: &Value| {
+            json!({ "name": name, "type": "STATIC", "connect_timeout": "1s",
+                "load_balancing_policy": policy,
+                "load_assignment": { "cluster_name": name, "endpoints": [ {
+                    "locality": { "zone": "a" }, "load_balancing_weight": 1, "lb_endpoints": eps } ] } })
+        };
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let (admin, port) = (free_port(), free_port());
+            let hcm = json!({
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": HCM,
+                    "stat_prefix": "w",
+                    "route_config": { "virtual_hosts": [ { "name": "v", "domains": ["*"], "routes": [
+                        { "match": { "prefix": "/wrr" }, "route": { "cluster": "wrr" } },
+                        { "match": { "prefix": "/" }, "route": { "cluster": "cswrr" } },
+                    ] } ] },
+                    "http_filters": [ router() ],
+                },
+            });
+            let yaml = to_yaml(&bootstrap(
+                admin,
+                vec![listener("l", "127.0.0.1", port, hcm)],
+                vec![cluster("cswrr", &cswrr), cluster("wrr", &wrr)],
+            ));
+            let proxy = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+            let mut got = Vec::new();
+            for path in ["/", "/wrr"] {
+                // Every host answers once or more, then the weights take effect.
+                for _ in 0..12 {
+                    curl(&["-s", &format!("http://127.0.0.1:{port}{path}")]).await;
+                }
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                let name = if path == "/" { "cswrr" } else { "wrr" };
+                let text = proxy.admin().get("/clusters").await.text();
+                let weights: Vec<String> = ups
+                    .iter()
+                    .map(|u| {
+                        let key = format!("{name}::127.0.0.1:{}::weight::", u.port());
+                        text.lines()
+                            .find_map(|l| l.strip_prefix(&key))
+                            .unwrap_or("?")
+                            .to_string()
+                    })
+                    .collect();
+                let mut counts = std::collections::BTreeMap::new();
+                for _ in 0..90 {
+                    let r = curl(&["-s", &format!("http://127.0.0.1:{port}{path}")]).await;
+                    *counts
+                        .entry(r.resp.header("x-upstream").unwrap_or("?").to_string())
+                        .or_insert(0i32) += 1;
+                }
+                for (host, want) in [("A", 20), ("B", 40), ("C", 30)] {
+                    let n = counts.get(host).copied().unwrap_or(0);
+                    assert!((n - want).abs() <= 4, "{}: {path}: {counts:?}", kind.name());
+                }
+                got.push(format!("{name} weights {weights:?}"));
+            }
+            seen.push(got);
+        }
+        assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+        assert_eq!(seen[0][0], "cswrr weights [\"200\", \"400\", \"300\"]");
     })
     .await
 }

@@ -3392,6 +3392,22 @@ pub struct ConsistentHashing {
     pub balance_factor: u32,
 }
 
+/// `envoy.load_balancing_policies.client_side_weighted_round_robin`: round robin whose weights
+/// come from the hosts' ORCA load reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientSideWeights {
+    /// `blackout_period` (10 s).
+    pub blackout_period: Duration,
+    /// `weight_expiration_period` (3 min).
+    pub weight_expiration_period: Duration,
+    /// `weight_update_period` (1 s, at least 100 ms).
+    pub weight_update_period: Duration,
+    /// `error_utilization_penalty` (1.0).
+    pub error_utilization_penalty: f64,
+    /// `metric_names_for_computing_utilization`.
+    pub metric_names: Vec<String>,
+}
+
 /// `envoy.load_balancing_policies.override_host`: the hosts a request names (by address, in
 /// order: the first for the first attempt, the next ones for retries), before the cluster's
 /// own policy (its `fallback_policy`).
@@ -3675,6 +3691,8 @@ pub struct Cluster {
     pub update_merge_window: Duration,
     /// `load_balancing_policy` `override_host`: hosts a request names, before `lb`.
     pub override_host: Option<Arc<OverrideHostPolicy>>,
+    /// `client_side_weighted_round_robin`: `lb` is round robin with these weights.
+    pub client_side_weights: Option<Arc<ClientSideWeights>>,
     /// `preconnect_policy.per_upstream_preconnect_ratio` (HTTP/1.1 and HTTP/2 pools): connections made
     /// ahead so that the pool has this many per request under way or waiting.
     pub preconnect_ratio: Option<f64>,

@@ -2350,8 +2350,21 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.extensions.load_balancing_policies.random.v3.Random",
         &["locality_lb_config"],
     ),
-    // Refused by translate/lb.rs, with Envoy's words unless its policy is client-side
+    // Refused by translate/lb.rs, with Envoy's words, unless its policy is client-side
     // weighted round robin.
+    (
+        "envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin",
+        &[
+            "enable_oob_load_report",
+            "oob_reporting_period",
+            "blackout_period",
+            "weight_expiration_period",
+            "weight_update_period",
+            "error_utilization_penalty",
+            "metric_names_for_computing_utilization",
+            "slow_start_config",
+        ],
+    ),
     (
         "envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality",
         &["endpoint_picking_policy"],

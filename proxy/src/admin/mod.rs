@@ -836,7 +836,13 @@ fn clusters(state: &AdminState, q: &BTreeMap<String, String>) -> Response<Full<B
             }
             let flags = health_flags(h);
             let health = if flags.is_empty() { "healthy" } else { &flags };
-            let weight = h.weight.to_string();
+            // Client-side weighted round robin's weight, as Envoy sets the host's.
+            let weight = if c.config.client_side_weights.is_some() {
+                s.weight.applied()
+            } else {
+                h.weight
+            }
+            .to_string();
             let priority = h.priority.to_string();
             let (sr, local_sr) = s.outlier.success_rates();
             let (sr, local_sr) = (rate(sr), rate(local_sr));

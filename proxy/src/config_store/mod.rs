@@ -263,6 +263,10 @@ pub struct ConfigStore {
     infos: HashMap<String, Arc<ClusterInfo>>,
     /// `update_merge_window` per cluster and priority.
     merges: HashMap<(String, u32), merge::Window>,
+    /// Client-side weighted round robin: when each such cluster's weights are next computed,
+    /// and the clusters whose weights changed (their workers rebuild their balancers).
+    weights_due: HashMap<String, Instant>,
+    weights_changed: HashSet<String>,
     /// Clusters whose hosts had their first checks, and since with the same configuration:
     /// their changes count as updates, and may be merged.
     warmed: HashSet<String>,
@@ -395,6 +399,8 @@ impl ConfigStore {
             infos: HashMap::new(),
             merges: HashMap::new(),
             warmed: HashSet::new(),
+            weights_due: HashMap::new(),
+            weights_changed: HashSet::new(),
             lds: None,
             cds: None,
             rds: BTreeMap::new(),
@@ -684,6 +690,7 @@ impl ConfigStore {
             .chain(self.dns.next_deadline())
             .chain(self.outlier.next_deadline())
             .chain(self.merges.values().filter_map(|w| w.due))
+            .chain(self.weights_due.values().copied())
             .min()
     }
 
@@ -713,6 +720,24 @@ impl ConfigStore {
         self.decoder.stop_if_idle();
         self.dns.on_timer();
         changed |= self.outlier.on_timer();
+        let due: Vec<String> = self
+            .weights_due
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            if let Some(info) = self.infos.get(&name) {
+                if let Some(cfg) = &info.config.client_side_weights {
+                    self.weights_due
+                        .insert(name.clone(), now + cfg.weight_update_period);
+                    if client_weights(info, cfg) {
+                        self.weights_changed.insert(name);
+                        changed = true;
+                    }
+                }
+            }
+        }
         for w in self.merges.values_mut() {
             if w.due.is_some_and(|d| d <= now) {
                 w.due = None;
@@ -1800,6 +1825,8 @@ impl ConfigStore {
                     self.warmed.remove(name);
                 }
             }
+            // New weights: the workers rebuild the cluster's balancer (keeping its pools).
+            let reweighed = self.weights_changed.remove(name);
             let info = match prev {
                 Some(p) => {
                     let now_hosts = p.pending.as_ref().unwrap_or(&p.hosts);
@@ -1807,7 +1834,7 @@ impl ConfigStore {
                         .merges
                         .iter()
                         .any(|((n, _), w)| n == name && w.due.is_some());
-                    if *now_hosts == hosts && (held == p.pending.is_some()) {
+                    if *now_hosts == hosts && (held == p.pending.is_some()) && !reweighed {
                         p.clone()
                     } else {
                         let workers = merge::hosts(
@@ -1822,7 +1849,7 @@ impl ConfigStore {
                             membership(&self.main, v.model.stat_name(), Some(now_hosts), &hosts);
                         }
                         let pending = (workers != hosts).then(|| hosts.clone());
-                        if workers == p.hosts && pending == p.pending {
+                        if workers == p.hosts && pending == p.pending && !reweighed {
                             p.clone()
                         } else {
                             let mut info = ClusterInfo::with_hosts(
@@ -1850,8 +1877,21 @@ impl ConfigStore {
                     ))
                 }
             };
+            if let Some(cfg) = &v.model.client_side_weights {
+                self.weights_due
+                    .entry(name.clone())
+                    .or_insert_with(|| Instant::now() + cfg.weight_update_period);
+                // New hosts get the median weight at once, as Envoy's.
+                if !self.infos.get(name).is_some_and(|p| Arc::ptr_eq(p, &info)) {
+                    client_weights(&info, cfg);
+                }
+            }
             next.insert(name.clone(), info);
         }
+        self.weights_due.retain(|n, _| {
+            next.get(n)
+                .is_some_and(|i| i.config.client_side_weights.is_some())
+        });
         self.outlier.sync(&next);
         self.warmed.retain(|n| next.contains_key(n));
         self.merges.retain(|(n, _), _| next.contains_key(n));
@@ -2123,6 +2163,27 @@ impl ConfigStore {
 
 /// `cluster.<name>.membership_*`: the hosts in force and, when the set of hosts changed,
 /// `membership_change`.
+/// Client-side weighted round robin's weights for a cluster's hosts, priority by priority
+/// (Envoy's `updateWeightsOnHosts`). True when one changed.
+fn client_weights(info: &ClusterInfo, cfg: &model::ClientSideWeights) -> bool {
+    let mut priorities: Vec<u32> = info.hosts.iter().map(|h| h.priority).collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    let now = Instant::now();
+    let mut changed = false;
+    for p in priorities {
+        let hosts: Vec<&crate::upstream::orca::HostWeight> = info
+            .hosts
+            .iter()
+            .zip(&info.host_stats)
+            .filter(|(h, _)| h.priority == p)
+            .map(|(_, s)| &s.weight)
+            .collect();
+        changed |= crate::upstream::orca::update(&hosts, cfg, now);
+    }
+    changed
+}
+
 fn membership(main: &Shard, name: &str, before: Option<&[model::Host]>, after: &[model::Host]) {
     let g = |n: &str| main.gauge(&format!("cluster.{name}.{n}"));
     g("membership_total").set(after.len() as i64);

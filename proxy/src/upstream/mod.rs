@@ -6,6 +6,7 @@ pub mod dns;
 pub mod hashing;
 pub mod health;
 pub mod lb;
+pub mod orca;
 pub mod outlier;
 pub mod pool;
 pub mod proxy_protocol;
@@ -45,6 +46,8 @@ pub struct HostStats {
     /// When slow start's clock started for it ([`lb::clock_ms`]; 0: not yet): when a
     /// balancer first saw it healthy, again after active checks brought it back.
     pub healthy_since: AtomicU64,
+    /// Its weight from its load reports (client-side weighted round robin).
+    pub weight: orca::HostWeight,
 }
 
 impl HostStats {
@@ -613,6 +616,8 @@ pub struct Host {
     pub degraded: (bool, bool),
     /// Its health as one `HealthStatus` (`model::Host::health_status`).
     pub status: u8,
+    /// Its cluster weighs hosts by their load reports: its weight is `stats.weight`'s.
+    pub client_weighted: bool,
     /// Its locality's priority.
     pub priority: u32,
     /// The endpoint's hostname (a DNS cluster's: the name resolved), for `auto_host_rewrite`.
@@ -898,6 +903,7 @@ impl Cluster {
             healthy: host.healthy,
             degraded: host.degraded,
             status: host.status,
+            client_weighted: host.client_weighted,
             priority: host.priority,
             hostname: host.hostname.clone(),
             weight: host.weight,
@@ -1034,6 +1040,7 @@ impl Cluster {
                     host.hash_key = hash_key(cfg, h);
                     host.degraded = (h.degraded_now(), h.excluded_now());
                     host.status = h.health_status();
+                    host.client_weighted = cfg.client_side_weights.is_some();
                     host.priority = h.priority;
                     host.tls = cfg.tls_for(&h.socket_match).cloned();
                     host.internal = internal;
@@ -1234,6 +1241,7 @@ impl Host {
             hash_key: None,
             degraded: (false, false),
             status: 0,
+            client_weighted: false,
             priority: 0,
             stats,
             h1: pool::Http1Pool::default(),
@@ -1280,7 +1288,11 @@ impl lb::Candidate for Rc<Host> {
         self.healthy
     }
     fn weight(&self) -> u32 {
-        self.weight
+        if self.client_weighted {
+            self.stats.weight.applied()
+        } else {
+            self.weight
+        }
     }
     fn active_requests(&self) -> u64 {
         self.stats.rq_active.load(Ordering::Relaxed)

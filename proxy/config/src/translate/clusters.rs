@@ -83,6 +83,7 @@ pub(super) fn translate_cluster(
         slow_start,
         consistent_hashing,
         override_host,
+        client_side_weights,
     } = super::lb::lb_policy(c, discovery, path)?;
     let subsets = super::subset::subset_config(c, &lb, path)?;
     let panic_threshold = super::lb::common_lb_config(c, path)?;
@@ -506,6 +507,7 @@ pub(super) fn translate_cluster(
             None => Duration::from_secs(1),
         },
         override_host,
+        client_side_weights,
         preconnect_ratio: preconnect(c, protocol, path)?,
         predictive_ratio: predictive_preconnect(c, protocol, path)?,
         lb,

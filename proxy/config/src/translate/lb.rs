@@ -2,6 +2,7 @@
 //! extension form; and `common_lb_config`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::extensions::load_balancing_policies::common::v3 as common;
@@ -24,6 +25,7 @@ const RANDOM: &str = "envoy.extensions.load_balancing_policies.random.v3.Random"
 const RING_HASH: &str = "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash";
 const MAGLEV: &str = "envoy.extensions.load_balancing_policies.maglev.v3.Maglev";
 const WRR_LOCALITY: &str = "envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality";
+const CLIENT_SIDE_WRR: &str = "envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin";
 const OVERRIDE_HOST: &str =
     "envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost";
 
@@ -162,6 +164,8 @@ pub(super) struct Lb {
     pub consistent_hashing: ConsistentHashing,
     /// `override_host`, with the policy above as its fallback.
     pub override_host: Option<Arc<model::OverrideHostPolicy>>,
+    /// `client_side_weighted_round_robin` (the policy above is round robin).
+    pub client_side_weights: Option<Arc<model::ClientSideWeights>>,
 }
 
 /// The cluster's load balancer, checked against its discovery type as Envoy pairs them.
@@ -211,6 +215,7 @@ pub(super) fn lb_policy(
         slow_start,
         consistent_hashing,
         override_host: None,
+        client_side_weights: None,
     })
 }
 
@@ -387,6 +392,7 @@ fn extension(p: &cluster::LoadBalancingPolicy, path: &str) -> Result<Lb, ConfigE
         slow_start,
         consistent_hashing,
         override_host: None,
+        client_side_weights: None,
     };
     match type_name(&any.type_url) {
         ROUND_ROBIN => {
@@ -484,14 +490,67 @@ fn extension(p: &cluster::LoadBalancingPolicy, path: &str) -> Result<Lb, ConfigE
                 .map(|a| type_name(&a.type_url));
             let epath = format!("{tpath}.endpoint_picking_policy");
             match inner {
-                Some("envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin") => {
-                    Err(ConfigError::unsupported(epath))
+                Some(CLIENT_SIDE_WRR) => {
+                    let inner = w.endpoint_picking_policy.as_ref().ok_or_else(|| {
+                        ConfigError::new(epath.clone(), "required")
+                    })?;
+                    let mut inner = extension(inner, &epath)?;
+                    inner.locality_weighted = true;
+                    Ok(inner)
                 }
                 _ => Err(ConfigError::new(
                     epath,
                     "Currently WrrLocalityLoadBalancer only supports ClientSideWeightedRoundRobinLoadBalancer as its endpoint picking policy.",
                 )),
             }
+        }
+        CLIENT_SIDE_WRR => {
+            use envoy_types::pb::envoy::extensions::load_balancing_policies::client_side_weighted_round_robin::v3::ClientSideWeightedRoundRobin;
+            let c: ClientSideWeightedRoundRobin = unpack(any, &tpath)?;
+            // Out-of-band reports need an ORCA stream to each host.
+            if c.enable_oob_load_report.as_ref().is_some_and(|v| v.value) {
+                return Err(ConfigError::unsupported(format!(
+                    "{tpath}.enable_oob_load_report"
+                )));
+            }
+            let period = |d: &Option<envoy_types::pb::google::protobuf::Duration>,
+                          default: Duration,
+                          field: &str| {
+                d.as_ref().map_or(Ok(default), |d| {
+                    super::duration(d, &format!("{tpath}.{field}"))
+                })
+            };
+            let penalty = c.error_utilization_penalty.as_ref().map_or(1.0, |v| v.value);
+            if penalty < 0.0 {
+                return Err(ConfigError::new(
+                    format!("{tpath}.error_utilization_penalty"),
+                    "value must be greater than or equal to 0",
+                ));
+            }
+            let weights = model::ClientSideWeights {
+                blackout_period: period(&c.blackout_period, Duration::from_secs(10), "blackout_period")?,
+                weight_expiration_period: period(
+                    &c.weight_expiration_period,
+                    Duration::from_secs(180),
+                    "weight_expiration_period",
+                )?,
+                weight_update_period: period(
+                    &c.weight_update_period,
+                    Duration::from_secs(1),
+                    "weight_update_period",
+                )?
+                .max(Duration::from_millis(100)),
+                error_utilization_penalty: f64::from(penalty),
+                metric_names: c.metric_names_for_computing_utilization.clone(),
+            };
+            let mut out = lb(
+                LbPolicy::RoundRobin,
+                (false, ZoneAware::default()),
+                common_slow_start(&c.slow_start_config)?,
+                ConsistentHashing::default(),
+            );
+            out.client_side_weights = Some(Arc::new(weights));
+            Ok(out)
         }
         OVERRIDE_HOST => {
             use envoy_types::pb::envoy::extensions::load_balancing_policies::override_host::v3::OverrideHost;
@@ -549,7 +608,7 @@ fn extension(p: &cluster::LoadBalancingPolicy, path: &str) -> Result<Lb, ConfigE
         }
         other => Err(ConfigError::new(
             tpath,
-            format!("unsupported load balancing policy '{other}' (only round_robin, least_request, random, ring_hash, maglev and override_host)"),
+            format!("unsupported load balancing policy '{other}' (only round_robin, least_request, random, ring_hash, maglev, client_side_weighted_round_robin, wrr_locality and override_host)"),
         )),
     }
 }

@@ -1726,6 +1726,15 @@ impl<'a> Forward<'a> {
             .get("x-envoy-upstream-canary")
             .is_some_and(|v| v == "true");
         upstream.canary_header = canary;
+        // Client-side weighted round robin: the response's load report weighs its host.
+        if let Some(cfg) = &self.cluster.config().client_side_weights {
+            if let Some(w) = crate::upstream::orca::parse(resp.headers())
+                .ok()
+                .and_then(|r| crate::upstream::orca::weight(&r, cfg))
+            {
+                upstream.host.stats.weight.report(w);
+            }
+        }
         self.charge_to(
             resp.status().as_u16(),
             Charged::host(&upstream.host, canary),
