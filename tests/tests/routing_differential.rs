@@ -1025,6 +1025,27 @@ fn actions_config(body_file: &str) -> Value {
             json!({ "route": { "cluster": "echo", "auto_host_rewrite": true } }),
         ),
         to(
+            "/rw/fmt/path",
+            json!({ "route": { "cluster": "echo", "path_rewrite": "/new%REQ(x-seg)%" } }),
+        ),
+        to(
+            "/rw/fmt/empty",
+            json!({ "route": { "cluster": "echo", "path_rewrite": "%REQ(x-seg)%" } }),
+        ),
+        to(
+            "/rw/fmt/host",
+            json!({ "route": { "cluster": "echo", "host_rewrite": "pre-%REQ(x-host)%" } }),
+        ),
+        to(
+            "/rw/fmt/hostonly",
+            json!({ "route": { "cluster": "echo", "host_rewrite": "%REQ(x-host)%" } }),
+        ),
+        to(
+            "/wc/total",
+            json!({ "route": { "weighted_clusters": { "total_weight": 7, "clusters": [
+                { "name": "echo", "weight": 100 } ] } } }),
+        ),
+        to(
             "/rw/xfh",
             json!({ "route": { "cluster": "echo", "host_rewrite_literal": "new.example.com", "append_x_forwarded_host": true } }),
         ),
@@ -1162,6 +1183,27 @@ const ACTION_CASES: &[Case] = &[
     ),
     ("GET", "/rw/hosthdr", H, &[], 200),
     ("GET", "/rw/auto", H, &[], 200),
+    ("GET", "/rw/fmt/path/a?q=1", H, &[("x-seg", "/seg")], 200),
+    ("GET", "/rw/fmt/path/a?q=1", H, &[], 200),
+    ("GET", "/rw/fmt/empty/a?q=1", H, &[], 200),
+    ("GET", "/rw/fmt/empty/a#f", H, &[("x-seg", "/only")], 200),
+    (
+        "GET",
+        "/rw/fmt/host",
+        H,
+        &[("x-host", "h.example.com")],
+        200,
+    ),
+    ("GET", "/rw/fmt/host", H, &[], 200),
+    (
+        "GET",
+        "/rw/fmt/hostonly",
+        H,
+        &[("x-host", "only.example.com")],
+        200,
+    ),
+    ("GET", "/rw/fmt/hostonly", H, &[], 200),
+    ("GET", "/wc/total", H, &[], 200),
     ("GET", "/rw/xfh", H, &[], 200),
     (
         "GET",
@@ -1347,6 +1389,9 @@ async fn invalid_route_actions_are_refused_by_both() {
             ("unknown weighted cluster", json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "nope", "weight": 1 } ] } } })),
             ("weighted cluster with a name and a cluster_header", json!({ "route": { "weighted_clusters": { "clusters": [ { "name": "echo", "cluster_header": "x-c", "weight": 1 } ] } } })),
             ("weighted cluster with neither name nor cluster_header", json!({ "route": { "weighted_clusters": { "clusters": [ { "weight": 1 } ] } } })),
+            ("prefix_rewrite and path_rewrite", json!({ "route": { "cluster": "echo", "prefix_rewrite": "/a", "path_rewrite": "/b" } })),
+            ("path_rewrite with an unknown operator", json!({ "route": { "cluster": "echo", "path_rewrite": "/%NOPE%" } })),
+            ("host_rewrite with an unknown operator", json!({ "route": { "cluster": "echo", "host_rewrite": "%NOPE%" } })),
         ];
         for (what, action) in bad {
             let route = to("/", action.clone());

@@ -1453,7 +1453,13 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.WeightedCluster",
-        &["clusters", "runtime_key_prefix", "header_name", "use_hash_policy"],
+        &[
+            "clusters",
+            "runtime_key_prefix",
+            "header_name",
+            "use_hash_policy",
+            "total_weight",
+        ],
     ),
     (
         "envoy.config.route.v3.WeightedCluster.ClusterWeight",
@@ -1673,6 +1679,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "host_rewrite_header",
             "auto_host_rewrite",
             "host_rewrite_path_regex",
+            "host_rewrite",
+            "path_rewrite",
             "append_x_forwarded_host",
             "retry_policy",
             "hedge_policy",

@@ -868,6 +868,9 @@ pub enum PathRewrite {
     /// `path_rewrite_policy` with Envoy's URI template rewriter, filled from the route's path
     /// template.
     Template(uri_template::RewriteTemplate),
+    /// `path_rewrite`: the path (query kept) becomes the format's rendering, unless empty (a
+    /// value the stream does not have renders empty); the router renders it.
+    Format(std::sync::Arc<crate::access_log::Format>),
 }
 
 /// How the `:authority` is rewritten before the request is forwarded.
@@ -882,6 +885,9 @@ pub enum HostRewrite {
     /// `host_rewrite_path_regex`: every match of the pattern in the path (query and fragment
     /// left out) replaced, as the host.
     PathRegex(Box<(crate::pattern::Regex, String)>),
+    /// `host_rewrite`: the format's rendering (a value the stream does not have is `-`), unless
+    /// empty; the router renders it.
+    Format(std::sync::Arc<crate::access_log::Format>),
 }
 
 /// `RedirectAction`.
@@ -950,8 +956,17 @@ impl Route {
                 PathMatch::Template(m) => rw.rewrite(m, path).unwrap_or_else(|| path.to_string()),
                 _ => path.to_string(),
             },
+            // Rendered by the router ([`with_path_only`]).
+            PathRewrite::Format(_) => path.to_string(),
         }
     }
+}
+
+/// `path` (with its query and fragment) with its path part replaced by `new` (Envoy's
+/// `generateNewPath`).
+pub fn with_path_only(path: &str, new: &str) -> String {
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    format!("{new}{}", &path[end..])
 }
 
 /// Whether the connection manager's `upgrade_configs` enable an upgrade of `kind`.
@@ -1206,7 +1221,8 @@ impl std::ops::Deref for RouteTable {
 }
 
 impl RouteConfig {
-    /// Whether a header value of any level renders operators for the stream.
+    /// Whether a header value of any level, or a route's `path_rewrite` or `host_rewrite`,
+    /// renders operators for the stream.
     fn formats_headers(&self) -> bool {
         let pair = |a: &HeaderParser, b: &HeaderParser| a.formats() || b.formats();
         pair(&self.request_headers, &self.response_headers)
@@ -1214,6 +1230,16 @@ impl RouteConfig {
                 pair(&vh.request_headers, &vh.response_headers)
                     || vh.routes.iter().any(|r| {
                         pair(&r.request_headers, &r.response_headers)
+                            || matches!(
+                                &r.action,
+                                Action::Forward(Forward {
+                                    path_rewrite: Some(PathRewrite::Format(_)),
+                                    ..
+                                }) | Action::Forward(Forward {
+                                    host_rewrite: Some(HostRewrite::Format(_)),
+                                    ..
+                                })
+                            )
                             || match &r.action {
                                 Action::Forward(Forward {
                                     target: Target::Weighted(w),

@@ -579,7 +579,8 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     let _ = metadata_match;
     // path_rewrite_policy: route_action::path_rewrite.
     let _ = path_rewrite_policy;
-    refuse(path, "path_rewrite", path_rewrite)?;
+    // path_rewrite: route_action.
+    let _ = path_rewrite;
     refuse(path, "flush_timeout", flush_timeout)?;
     refuse(path, "early_data_policy", early_data_policy)?;
     // retry_policy: translated in translate::retry.
@@ -602,12 +603,8 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     let _ = hedge_policy;
     // max_stream_duration: route_action::stream_duration.
     let _ = max_stream_duration;
-    // host_rewrite_path_regex: route_action.
-    if let Some(route_pb::route_action::HostRewriteSpecifier::HostRewrite(_)) =
-        host_rewrite_specifier
-    {
-        return Err(unsupported(path, "host_rewrite"));
-    }
+    // host_rewrite_specifier (host_rewrite included): route_action.
+    let _ = host_rewrite_specifier;
     if let Some(route_pb::route_action::ClusterSpecifier::ClusterSpecifierPlugin(_)) =
         cluster_specifier
     {

@@ -181,9 +181,9 @@ fn forward(
                 runtime_key_prefix,
                 random_value_specifier,
             } = w;
-            if total_weight.is_some() {
-                return Err(ConfigError::unsupported(format!("{wpath}.total_weight")));
-            }
+            // total_weight (deprecated): Envoy 1.40 reads the weights' sum instead and
+            // ignores it (docs/compatibility.md).
+            let _ = total_weight;
             use route::weighted_cluster::RandomValueSpecifier as Rv;
             let random_value = match random_value_specifier {
                 None => None,
@@ -342,6 +342,23 @@ fn forward(
         }
         Some(p) => Some(template_rewrite(p, apath, path_match)?),
     };
+    let path_rewrite = match (path_rewrite, action.path_rewrite.as_str()) {
+        (p, "") => p,
+        (Some(_), _) => {
+            return Err(ConfigError::new(
+                apath,
+                "Specify only one of prefix_rewrite, regex_rewrite or path_rewrite_policy",
+            ))
+        }
+        (None, f) => Some(PathRewrite::Format(std::sync::Arc::new(
+            crate::access_log::Format::parse(f).map_err(|e| {
+                ConfigError::new(
+                    format!("{apath}.path_rewrite"),
+                    format!("Failed to create path rewrite formatter: {e}"),
+                )
+            })?,
+        ))),
+    };
     use route::route_action::HostRewriteSpecifier as H;
     let host_rewrite = match &action.host_rewrite_specifier {
         None => None,
@@ -366,9 +383,14 @@ fn forward(
             let (re, sub) = regex_substitution(r, &format!("{apath}.host_rewrite_path_regex"))?;
             Some(HostRewrite::PathRegex(Box::new((re, sub))))
         }
-        Some(H::HostRewrite(_)) => {
-            return Err(ConfigError::unsupported(format!("{apath}.host_rewrite")))
-        }
+        Some(H::HostRewrite(f)) => Some(HostRewrite::Format(std::sync::Arc::new(
+            crate::access_log::Format::parse(f).map_err(|e| {
+                ConfigError::new(
+                    format!("{apath}.host_rewrite"),
+                    format!("Failed to create host rewrite formatter: {e}"),
+                )
+            })?,
+        ))),
     };
     let mut upgrades: Vec<(String, bool)> = Vec::new();
     let (mut connect_terminate, mut connect_allow_post) = (false, false);

@@ -1004,6 +1004,10 @@ pub async fn route(
             let (re, sub) = &**rw;
             Some(re.replace_all(parts.uri.path(), sub.as_str()).into_owned())
         }
+        // host_rewrite: a value the stream does not have is `-` (Envoy's formatter keeps it).
+        Some(HostRewrite::Format(f)) => {
+            recorded.map(|i| crate::access_log::text(f, i, Some(&parts.headers)))
+        }
         _ => None,
     };
     if let Some(rw) = &forward.path_rewrite {
@@ -1012,7 +1016,20 @@ pub async fn route(
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let new = route.rewrite_path(rw, &old);
+        let new = match rw {
+            // path_rewrite: an empty rendering leaves the path as it is.
+            crate::router::PathRewrite::Format(f) => {
+                let only = recorded.map_or_else(String::new, |i| {
+                    crate::access_log::header_value(f, i, Some(&parts.headers), None)
+                });
+                if only.is_empty() {
+                    old.clone()
+                } else {
+                    crate::router::with_path_only(&old, &only)
+                }
+            }
+            rw => route.rewrite_path(rw, &old),
+        };
         if new != old {
             if let Ok(pq) = http::uri::PathAndQuery::try_from(new.as_str()) {
                 let mut uri = parts.uri.clone().into_parts();
@@ -1038,7 +1055,9 @@ pub async fn route(
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(str::to_string),
-        Some(HostRewrite::PathRegex(..)) => host_from_path.filter(|h| !h.is_empty()),
+        Some(HostRewrite::PathRegex(..) | HostRewrite::Format(_)) => {
+            host_from_path.filter(|h| !h.is_empty())
+        }
         Some(HostRewrite::Auto) | None => None,
     };
     let host_header = match rewritten {
