@@ -50,6 +50,33 @@ impl Admin {
             .unwrap_or_else(|e| panic!("admin POST {path}: {e}"))
     }
 
+    /// `/clusters`' field `key` of the host at 127.0.0.1:`port` in `cluster` ("?" when the
+    /// cluster has no such host).
+    pub async fn host_field(&self, cluster: &str, port: u16, key: &str) -> String {
+        let text = self.get("/clusters").await.text();
+        let prefix = format!("{cluster}::127.0.0.1:{port}::{key}::");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or("?")
+            .to_string()
+    }
+
+    /// Waits (up to 5 s) until [`Admin::host_field`] is `want`.
+    pub async fn wait_host_field(&self, cluster: &str, port: u16, key: &str, want: &str) {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self.host_field(cluster, port, key).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "{cluster} {port} {key}: {got:?}, waiting for {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `GET /stats` parsed into `name -> value` (the text after the first `": "`).
     pub async fn stats(&self) -> BTreeMap<String, String> {
         let r = self.get("/stats").await;

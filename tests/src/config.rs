@@ -195,3 +195,52 @@ pub fn hcm_config(v: &mut Value) -> &mut Value {
 pub fn route_config(v: &mut Value) -> &mut Value {
     &mut hcm_config(v)["route_config"]
 }
+
+/// A bootstrap (YAML) with the admin on `admin` and one HTTP listener on `port` routing each
+/// `(prefix, cluster)` in order, with the router only; `clusters` is the YAML list of the
+/// clusters (each item starting `- name:` at the left margin).
+pub fn http_bootstrap_yaml(
+    admin: u16,
+    port: u16,
+    routes: &[(&str, &str)],
+    clusters: &str,
+) -> String {
+    let routes: Vec<String> = routes
+        .iter()
+        .map(|(p, c)| {
+            format!("              - {{match: {{prefix: {p}}}, route: {{cluster: {c}}}}}")
+        })
+        .collect();
+    let clusters: String = clusters
+        .trim_matches('\n')
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    format!(
+        r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+node: {{id: test, cluster: test}}
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": {HCM_TYPE}
+          stat_prefix: test
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+{clusters}"#,
+        routes.join("\n")
+    )
+}

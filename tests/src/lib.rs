@@ -92,6 +92,14 @@ pub async fn sorted_log_lines(path: &std::path::Path, at_least: usize) -> Vec<St
     lines
 }
 
+/// Writes `content` to `dir/name` the way Envoy expects a file-based resource update: written
+/// elsewhere first, then moved into place.
+pub fn put_file(dir: &std::path::Path, name: &str, content: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, content).expect("write");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename");
+}
+
 /// A unique scratch directory for one proxy or client run (removed by the owner).
 pub fn scratch_dir(tag: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,9 +6,10 @@
 //! degradation as Envoy's does.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use skiff_tests::client::curl;
+use skiff_tests::config::http_bootstrap_yaml;
 use skiff_tests::proxy::{Kind, ProxyProcess};
 use skiff_tests::upstream::{EchoOptions, EchoUpstream};
 use skiff_tests::{free_port, run_for, scratch_dir};
@@ -20,38 +21,22 @@ fn config(admin: u16, port: u16, hosts: &[u16], log: &str) -> String {
             format!("{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}}}")
         })
         .collect();
-    format!(
-        r#"
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
-cluster_manager: {{outlier_detection: {{event_log_path: {log}}}}}
-static_resources:
-  listeners:
-  - name: l
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: d
-          route_config:
-            virtual_hosts:
-            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: c}}}}]}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: c
-    connect_timeout: 1s
-    type: STATIC
-    outlier_detection:
-      detect_degraded_hosts: true
-      interval: 1s
-      base_ejection_time: 2s
-      max_ejection_time_jitter: 0s
-    load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{}]}}]}}
+    let cluster = format!(
+        r#"- name: c
+  connect_timeout: 1s
+  type: STATIC
+  outlier_detection:
+    detect_degraded_hosts: true
+    interval: 1s
+    base_ejection_time: 2s
+    max_ejection_time_jitter: 0s
+  load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{}]}}]}}
 "#,
         eps.join(", ")
+    );
+    format!(
+        "{}\ncluster_manager: {{outlier_detection: {{event_log_path: {log}}}}}\n",
+        http_bootstrap_yaml(admin, port, &[("/", "c")], &cluster)
     )
 }
 
@@ -64,30 +49,6 @@ async fn send(port: u16, n: usize) -> BTreeMap<String, usize> {
         *seen.entry(who).or_default() += 1;
     }
     seen
-}
-
-async fn flags(proxy: &ProxyProcess, port: u16) -> String {
-    let text = proxy.admin().get("/clusters").await.text();
-    let key = format!("c::127.0.0.1:{port}::health_flags::");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .unwrap_or("?")
-        .to_string()
-}
-
-async fn wait_flags(proxy: &ProxyProcess, port: u16, want: &str, within: Duration) {
-    let until = Instant::now() + within;
-    loop {
-        let got = flags(proxy, port).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "flags {got:?}, waiting for {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -123,27 +84,24 @@ async fn degraded_answers_degrade_the_host_as_envoy() {
             let mut got = Vec::new();
             // Round robin reaches A, which answers degraded.
             send(port, 4).await;
-            wait_flags(
-                &proxy,
-                ports[0],
-                "/degraded_outlier_detection",
-                Duration::from_secs(2),
-            )
-            .await;
+            proxy
+                .admin()
+                .wait_host_field("c", ports[0], "health_flags", "/degraded_outlier_detection")
+                .await;
             got.push(format!("detected {}", detected().await));
             // Three healthy hosts of four carry everything (3/4 × 1.4 ≥ 100%).
             got.push(format!("while degraded {:?}", send(port, 12).await));
             // Back after base_ejection_time, at an interval.
-            wait_flags(&proxy, ports[0], "healthy", Duration::from_secs(5)).await;
+            proxy
+                .admin()
+                .wait_host_field("c", ports[0], "health_flags", "healthy")
+                .await;
             let back = send(port, 8).await;
             got.push(format!("back: A reached {}", back.contains_key("A")));
-            wait_flags(
-                &proxy,
-                ports[0],
-                "/degraded_outlier_detection",
-                Duration::from_secs(2),
-            )
-            .await;
+            proxy
+                .admin()
+                .wait_host_field("c", ports[0], "health_flags", "/degraded_outlier_detection")
+                .await;
             got.push(format!("detected {}", detected().await));
             got.push(format!(
                 "ejections active {}",

@@ -8,15 +8,7 @@ use std::time::Duration;
 
 use skiff_tests::proxy::{Kind, ProxyProcess};
 use skiff_tests::upstream::EchoUpstream;
-use skiff_tests::{free_port, run_for, scratch_dir};
-
-/// Writes `content` to `dir/name` the way Envoy expects an update: elsewhere first, then moved
-/// into place.
-fn put(dir: &Path, name: &str, content: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, content).expect("write");
-    std::fs::rename(&tmp, dir.join(name)).expect("rename");
-}
+use skiff_tests::{free_port, put_file as put, run_for, scratch_dir};
 
 /// One proxy with its own directory of resource files and ports.
 struct FsSide {

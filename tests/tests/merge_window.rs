@@ -9,47 +9,23 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use skiff_tests::client::{get, Http1Client};
+use skiff_tests::config::http_bootstrap_yaml;
 use skiff_tests::proxy::{Kind, ProxyProcess};
 use skiff_tests::upstream::{EchoOptions, EchoUpstream};
-use skiff_tests::{free_port, run_for, scratch_dir};
-
-fn put(dir: &Path, name: &str, content: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, content).expect("write");
-    std::fs::rename(&tmp, dir.join(name)).expect("rename");
-}
+use skiff_tests::{free_port, put_file as put, run_for, scratch_dir};
 
 fn bootstrap(dir: &Path, admin: u16, port: u16) -> String {
-    format!(
-        r#"
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
-node: {{id: merge, cluster: merge}}
-static_resources:
-  listeners:
-  - name: l
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: merge
-          route_config:
-            virtual_hosts:
-            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: c}}}}]}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: c
-    connect_timeout: 1s
-    type: EDS
-    common_lb_config: {{update_merge_window: 3s, healthy_panic_threshold: {{value: 0}}}}
-    eds_cluster_config:
-      eds_config: {{path_config_source: {{path: {d}/eds.yaml}}, resource_api_version: V3}}
+    let cluster = format!(
+        r#"- name: c
+  connect_timeout: 1s
+  type: EDS
+  common_lb_config: {{update_merge_window: 3s, healthy_panic_threshold: {{value: 0}}}}
+  eds_cluster_config:
+    eds_config: {{path_config_source: {{path: {d}/eds.yaml}}, resource_api_version: V3}}
 "#,
         d = dir.display()
-    )
+    );
+    http_bootstrap_yaml(admin, port, &[("/", "c")], &cluster)
 }
 
 /// The assignment: each host's port, `health_status` and weight.
@@ -71,31 +47,6 @@ resources:
 "#,
         eps.join(", ")
     )
-}
-
-/// `/clusters`' field `key` of the host on `port` ("?" when it has none).
-async fn field(proxy: &ProxyProcess, port: u16, key: &str) -> String {
-    let text = proxy.admin().get("/clusters").await.text();
-    let prefix = format!("c::127.0.0.1:{port}::{key}::");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or("?")
-        .to_string()
-}
-
-async fn wait_field(proxy: &ProxyProcess, port: u16, key: &str, want: &str) {
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let got = field(proxy, port, key).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "{port} {key}: {got:?}, waiting for {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The upstreams 12 requests reach, sorted.
@@ -166,7 +117,10 @@ async fn discovery_changes_go_at_once_as_envoy() {
                     &[(a, "HEALTHY", 1), (b, "UNHEALTHY", 1), (c, "HEALTHY", 1)],
                 ),
             );
-            wait_field(&proxy, b, "health_flags", "/failed_eds_health").await;
+            proxy
+                .admin()
+                .wait_host_field("c", b, "health_flags", "/failed_eds_health")
+                .await;
             got.push(format!(
                 "B out {:?} {}",
                 reached(port).await,
@@ -181,7 +135,10 @@ async fn discovery_changes_go_at_once_as_envoy() {
                     &[(a, "HEALTHY", 1), (b, "UNHEALTHY", 1), (c, "UNHEALTHY", 1)],
                 ),
             );
-            wait_field(&proxy, c, "health_flags", "/failed_eds_health").await;
+            proxy
+                .admin()
+                .wait_host_field("c", c, "health_flags", "/failed_eds_health")
+                .await;
             got.push(format!(
                 "C unhealthy {:?} {}",
                 reached(port).await,
@@ -206,7 +163,10 @@ async fn discovery_changes_go_at_once_as_envoy() {
                 h
             };
             put(&dir, "eds.yaml", &eds(4, &four(1, true)));
-            wait_field(&proxy, d, "health_flags", "healthy").await;
+            proxy
+                .admin()
+                .wait_host_field("c", d, "health_flags", "healthy")
+                .await;
             got.push(format!(
                 "D in {:?} {}",
                 reached(port).await,
@@ -214,10 +174,13 @@ async fn discovery_changes_go_at_once_as_envoy() {
             ));
             // A's weight, then D removed: each at once.
             put(&dir, "eds.yaml", &eds(5, &four(2, true)));
-            wait_field(&proxy, a, "weight", "2").await;
+            proxy.admin().wait_host_field("c", a, "weight", "2").await;
             got.push(format!("A weight {}", counters(&proxy).await));
             put(&dir, "eds.yaml", &eds(6, &four(2, false)));
-            wait_field(&proxy, d, "health_flags", "?").await;
+            proxy
+                .admin()
+                .wait_host_field("c", d, "health_flags", "?")
+                .await;
             got.push(format!(
                 "D out {:?} {}",
                 reached(port).await,
@@ -244,36 +207,18 @@ fn checked_bootstrap(admin: u16, port: u16, hosts: &[(u16, u16)]) -> String {
             format!("{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}, health_check_config: {{port_value: {hc}}}}}}}")
         })
         .collect();
-    format!(
-        r#"
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
-static_resources:
-  listeners:
-  - name: l
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: merge
-          route_config:
-            virtual_hosts:
-            - {{name: all, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: c}}}}]}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: c
-    connect_timeout: 1s
-    type: STATIC
-    common_lb_config: {{update_merge_window: 3s, healthy_panic_threshold: {{value: 0}}}}
-    health_checks:
-    - {{timeout: 1s, interval: 0.2s, no_traffic_interval: 0.2s, unhealthy_threshold: 1, healthy_threshold: 1, reuse_connection: false, tcp_health_check: {{}}}}
-    load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{}]}}]}}
+    let cluster = format!(
+        r#"- name: c
+  connect_timeout: 1s
+  type: STATIC
+  common_lb_config: {{update_merge_window: 3s, healthy_panic_threshold: {{value: 0}}}}
+  health_checks:
+  - {{timeout: 1s, interval: 0.2s, no_traffic_interval: 0.2s, unhealthy_threshold: 1, healthy_threshold: 1, reuse_connection: false, tcp_health_check: {{}}}}
+  load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{}]}}]}}
 "#,
         eps.join(", ")
-    )
+    );
+    http_bootstrap_yaml(admin, port, &[("/", "c")], &cluster)
 }
 
 #[tokio::test]
@@ -302,16 +247,16 @@ async fn health_check_changes_merge_within_the_window_as_envoy() {
             )
             .await;
             for (p, _) in &hosts {
-                wait_field(&proxy, *p, "health_flags", "healthy").await;
+                proxy.admin().wait_host_field("c", *p, "health_flags", "healthy").await;
             }
             let mut got = vec![format!("start {:?} {}", reached(port).await, counters(&proxy).await)];
             // B fails its checks: the first change, at once.
             checks[1] = None;
-            wait_field(&proxy, hosts[1].0, "health_flags", "/failed_active_hc").await;
+            proxy.admin().wait_host_field("c", hosts[1].0, "health_flags", "/failed_active_hc").await;
             got.push(format!("B out {:?} {}", reached(port).await, counters(&proxy).await));
             // C fails within the window: shown, but the workers still send to C.
             checks[2] = None;
-            wait_field(&proxy, hosts[2].0, "health_flags", "/failed_active_hc").await;
+            proxy.admin().wait_host_field("c", hosts[2].0, "health_flags", "/failed_active_hc").await;
             got.push(format!("C held {:?} {}", reached(port).await, counters(&proxy).await));
             // At the window's end the workers get it.
             let until = Instant::now() + Duration::from_secs(6);

@@ -10,15 +10,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use skiff_tests::config::http_bootstrap_yaml;
 use skiff_tests::proxy::{Kind, ProxyProcess};
 use skiff_tests::upstream::{EchoOptions, EchoUpstream, TcpMode, TcpUpstream};
-use skiff_tests::{free_port, run_for, scratch_dir};
-
-fn put(dir: &Path, name: &str, content: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, content).expect("write");
-    std::fs::rename(&tmp, dir.join(name)).expect("rename");
-}
+use skiff_tests::{free_port, put_file as put, run_for, scratch_dir};
 
 fn bootstrap(dir: &Path, admin: u16, port: u16) -> String {
     let cluster = |name: &str, warm: bool| {
@@ -28,8 +23,7 @@ fn bootstrap(dir: &Path, admin: u16, port: u16) -> String {
             ""
         };
         format!(
-            r#"
-- name: {name}
+            r#"- name: {name}
   connect_timeout: 1s
   type: EDS
   eds_cluster_config:
@@ -39,39 +33,16 @@ fn bootstrap(dir: &Path, admin: u16, port: u16) -> String {
     interval: 1s
     unhealthy_threshold: 1
     healthy_threshold: 1
-    http_health_check: {{path: /hc}}"#,
+    http_health_check: {{path: /hc}}
+"#,
             d = dir.display()
         )
-        .replace('\n', "\n  ")
     };
-    format!(
-        r#"
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
-node: {{id: warm, cluster: warm}}
-static_resources:
-  listeners:
-  - name: l
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: warm
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - {{match: {{prefix: /warm}}, route: {{cluster: warm}}}}
-              - {{match: {{prefix: /plain}}, route: {{cluster: plain}}}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:{}{}
-"#,
-        cluster("warm", true),
-        cluster("plain", false),
+    http_bootstrap_yaml(
+        admin,
+        port,
+        &[("/warm", "warm"), ("/plain", "plain")],
+        &(cluster("warm", true) + &cluster("plain", false)),
     )
 }
 
@@ -97,15 +68,6 @@ resources:
 "#,
         eps.join(", ")
     )
-}
-
-async fn flags(proxy: &ProxyProcess, cluster: &str, port: u16) -> String {
-    let text = proxy.admin().get("/clusters").await.text();
-    let key = format!("{cluster}::127.0.0.1:{port}::health_flags::");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .unwrap_or("?")
-        .to_string()
 }
 
 /// Which upstreams 30 requests to `/<cluster>` reach, with counts.
@@ -147,8 +109,16 @@ async fn new_hosts_wait_for_their_first_check_as_envoy() {
                     .await;
             // Both clusters in force with A checked healthy.
             let until = Instant::now() + Duration::from_secs(10);
-            while flags(&proxy, "warm", ups[0].port()).await != "healthy"
-                || flags(&proxy, "plain", ups[0].port()).await != "healthy"
+            while proxy
+                .admin()
+                .host_field("warm", ups[0].port(), "health_flags")
+                .await
+                != "healthy"
+                || proxy
+                    .admin()
+                    .host_field("plain", ups[0].port(), "health_flags")
+                    .await
+                    != "healthy"
             {
                 assert!(Instant::now() < until, "{}: A never healthy", kind.name());
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -162,8 +132,16 @@ async fn new_hosts_wait_for_their_first_check_as_envoy() {
                 put(&dir, &format!("{c}.yaml"), &eds(c, "2", &three));
             }
             let until = Instant::now() + Duration::from_secs(10);
-            while flags(&proxy, "plain", ups[2].port()).await == "?"
-                || flags(&proxy, "warm", ups[2].port()).await == "?"
+            while proxy
+                .admin()
+                .host_field("plain", ups[2].port(), "health_flags")
+                .await
+                == "?"
+                || proxy
+                    .admin()
+                    .host_field("warm", ups[2].port(), "health_flags")
+                    .await
+                    == "?"
             {
                 assert!(Instant::now() < until, "{}: no update", kind.name());
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -171,7 +149,10 @@ async fn new_hosts_wait_for_their_first_check_as_envoy() {
             let mut got = Vec::new();
             for c in ["warm", "plain"] {
                 for (u, l) in ups.iter().zip(["A", "B", "C"]) {
-                    got.push(format!("{c} {l}: {}", flags(&proxy, c, u.port()).await));
+                    got.push(format!(
+                        "{c} {l}: {}",
+                        proxy.admin().host_field(c, u.port(), "health_flags").await
+                    ));
                 }
             }
             let warm = reached(port, "warm").await;

@@ -298,6 +298,24 @@ struct HostState {
     degrade_backoff: u32,
 }
 
+impl HostState {
+    /// A host the detector starts following at `now`.
+    fn new(stats: Arc<HostStats>, now: Instant) -> Self {
+        HostState {
+            stats,
+            ejected: false,
+            last_ejection: now,
+            last_unejection: None,
+            jitter: Duration::ZERO,
+            ejections: 0,
+            degraded: false,
+            last_degraded: now,
+            last_undegraded: None,
+            degrade_backoff: 0,
+        }
+    }
+}
+
 /// `cluster_manager.outlier_detection.event_log_path`: Envoy's JSON line
 /// (`envoy.data.cluster.v3.OutlierDetectionEvent`, fields in their numbers' order) per
 /// ejection and return.
@@ -489,18 +507,7 @@ impl OutlierDetectors {
                 d.hosts
                     .entry(h.address)
                     .and_modify(|st| st.stats = s.clone())
-                    .or_insert_with(|| HostState {
-                        stats: s.clone(),
-                        ejected: false,
-                        last_ejection: now,
-                        last_unejection: None,
-                        jitter: Duration::ZERO,
-                        ejections: 0,
-                        degraded: false,
-                        last_degraded: now,
-                        last_undegraded: None,
-                        degrade_backoff: 0,
-                    });
+                    .or_insert_with(|| HostState::new(s.clone(), now));
             }
             let stats = &d.stats;
             d.hosts.retain(|a, st| {
@@ -1027,21 +1034,7 @@ mod tests {
             stats: Stats::new(&main, "c"),
             log: None,
         };
-        d.hosts.insert(
-            addr,
-            HostState {
-                stats: stats.clone(),
-                ejected: false,
-                last_ejection: now,
-                last_unejection: None,
-                jitter: Duration::ZERO,
-                ejections: 0,
-                degraded: false,
-                last_degraded: now,
-                last_undegraded: None,
-                degrade_backoff: 0,
-            },
-        );
+        d.hosts.insert(addr, HostState::new(stats.clone(), now));
         (d, addr, stats)
     }
 
