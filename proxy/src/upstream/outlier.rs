@@ -298,6 +298,24 @@ struct HostState {
     degrade_backoff: u32,
 }
 
+/// Envoy's backoff: one more while `base_ejection_time` × backoff is under
+/// `max_ejection_time` + `base_ejection_time`.
+fn grow(backoff: &mut u32, od: &OutlierDetection) {
+    let base = od.base_ejection_time.as_millis() as u64;
+    let max = od.max_ejection_time.as_millis() as u64;
+    if u64::from(*backoff) * base < max + base {
+        *backoff += 1;
+    }
+}
+
+/// How long an ejection (or degradation) with `backoff` lasts: `base_ejection_time` ×
+/// backoff, at most `max_ejection_time`, plus its jitter.
+fn lasts(od: &OutlierDetection, backoff: u32, jitter: Duration) -> Duration {
+    let base = od.base_ejection_time.as_millis() as u64;
+    let max = od.max_ejection_time.as_millis() as u64;
+    Duration::from_millis((base * u64::from(backoff)).min(max)) + jitter
+}
+
 impl HostState {
     /// A host the detector starts following at `now`.
     fn new(stats: Arc<HostStats>, now: Instant) -> Self {
@@ -699,12 +717,7 @@ impl Detector {
         st.ejected = true;
         st.last_ejection = now;
         st.jitter = Duration::from_millis(fastrand::u64(..=jitter_ms));
-        let backoff = self.backoff.entry(addr).or_insert(0);
-        let base = od.base_ejection_time.as_millis() as u64;
-        let max = od.max_ejection_time.as_millis() as u64;
-        if u64::from(*backoff) * base < max + base {
-            *backoff += 1;
-        }
+        grow(self.backoff.entry(addr).or_insert(0), od);
         true
     }
 
@@ -752,13 +765,7 @@ impl Detector {
         st.stats.outlier.degraded.store(true, Relaxed);
         let jitter_ms = od.max_ejection_time_jitter.as_millis() as u64;
         st.jitter = Duration::from_millis(fastrand::u64(..=jitter_ms));
-        let (base, max) = (
-            od.base_ejection_time.as_millis() as u64,
-            od.max_ejection_time.as_millis() as u64,
-        );
-        if u64::from(st.degrade_backoff) * base < max + base {
-            st.degrade_backoff += 1;
-        }
+        grow(&mut st.degrade_backoff, &od);
         if let Some(log) = &self.log {
             let since = st.last_unejection.map(|t| now.duration_since(t));
             log.write(
@@ -781,13 +788,7 @@ impl Detector {
         let Some(st) = self.hosts.get_mut(&addr).filter(|s| s.degraded) else {
             return false;
         };
-        let (base, max) = (
-            od.base_ejection_time.as_millis() as u64,
-            od.max_ejection_time.as_millis() as u64,
-        );
-        let lasts =
-            Duration::from_millis((base * u64::from(st.degrade_backoff)).min(max)) + st.jitter;
-        if now.duration_since(st.last_degraded) < lasts {
+        if now.duration_since(st.last_degraded) < lasts(od, st.degrade_backoff, st.jitter) {
             return false;
         }
         st.degraded = false;
@@ -820,13 +821,9 @@ impl Detector {
             let Some(st) = self.hosts.get(a) else {
                 continue;
             };
-            if st.ejected {
-                let base = od.base_ejection_time.as_millis() as u64;
-                let max = od.max_ejection_time.as_millis() as u64;
-                let lasts = Duration::from_millis((base * u64::from(backoff)).min(max)) + st.jitter;
-                if now.duration_since(st.last_ejection) >= lasts {
-                    changed |= self.uneject(*a, now);
-                }
+            if st.ejected && now.duration_since(st.last_ejection) >= lasts(&od, backoff, st.jitter)
+            {
+                changed |= self.uneject(*a, now);
             }
             changed |= self.undegrade(*a, now);
             let Some(st) = self.hosts.get(a) else {
