@@ -1392,6 +1392,10 @@ async fn invalid_route_actions_are_refused_by_both() {
             ("prefix_rewrite and path_rewrite", json!({ "route": { "cluster": "echo", "prefix_rewrite": "/a", "path_rewrite": "/b" } })),
             ("path_rewrite with an unknown operator", json!({ "route": { "cluster": "echo", "path_rewrite": "/%NOPE%" } })),
             ("host_rewrite with an unknown operator", json!({ "route": { "cluster": "echo", "host_rewrite": "%NOPE%" } })),
+            // Envoy 1.40 registers no retry options predicate: any is refused.
+            ("a retry options predicate", json!({ "route": { "cluster": "echo", "retry_policy": { "retry_on": "5xx",
+                "retry_options_predicates": [ { "name": "envoy.retry_options_predicates.x",
+                    "typed_config": { "@type": "type.googleapis.com/google.protobuf.Struct" } } ] } } })),
         ];
         for (what, action) in bad {
             let route = to("/", action.clone());
