@@ -356,6 +356,21 @@ impl EventLog {
         }
     }
 
+    /// A host's return (from an ejection or a degradation): Envoy leaves the event's type
+    /// unset, so it reads `CONSECUTIVE_5XX` whatever happened.
+    fn returned(&self, cluster: &str, host: SocketAddr, since: Option<Duration>, ejections: u32) {
+        self.write(
+            Kind::Consecutive5xx,
+            since,
+            cluster,
+            host,
+            false,
+            ejections,
+            false,
+            None,
+        );
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
@@ -730,16 +745,11 @@ impl Detector {
             let since = st
                 .last_unejection
                 .map_or(st.last_ejection, |u| u.max(st.last_ejection));
-            // Envoy's return event leaves the type unset: CONSECUTIVE_5XX, whatever ejected it.
-            log.write(
-                Kind::Consecutive5xx,
-                Some(now.duration_since(since)),
+            log.returned(
                 &self.config.name,
                 addr,
-                false,
+                Some(now.duration_since(since)),
                 st.ejections,
-                false,
-                None,
             );
         }
         st.last_unejection = Some(now);
@@ -796,16 +806,7 @@ impl Detector {
         st.stats.outlier.degraded.store(false, Relaxed);
         if let Some(log) = &self.log {
             let since = (st.ejections > 0).then(|| now.duration_since(st.last_ejection));
-            log.write(
-                Kind::Consecutive5xx,
-                since,
-                &self.config.name,
-                addr,
-                false,
-                st.ejections,
-                false,
-                None,
-            );
+            log.returned(&self.config.name, addr, since, st.ejections);
         }
         true
     }
