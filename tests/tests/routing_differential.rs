@@ -2337,3 +2337,323 @@ async fn original_ip_detection_side_by_side() {
     })
     .await
 }
+
+// ---------------------------------------------------------------------------------------------
+// Match trees (a virtual host's `matcher`) and scoped routes
+// ---------------------------------------------------------------------------------------------
+
+/// A matcher action: a `Route`.
+fn route_action(route: Value) -> Value {
+    let mut r = route;
+    r["@type"] = json!("type.googleapis.com/envoy.config.route.v3.Route");
+    json!({ "action": { "name": "route", "typed_config": r } })
+}
+
+/// A matcher action: a `RouteList`.
+fn route_list_action(routes: Value) -> Value {
+    json!({ "action": { "name": "routes", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.route.v3.RouteList", "routes": routes } } })
+}
+
+fn header_input(name: &str) -> Value {
+    json!({ "name": "h", "typed_config": {
+        "@type": "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
+        "header_name": name } })
+}
+
+const TREE: &str = "tree.example";
+const PTREE: &str = "ptree.example";
+const LTREE: &str = "list.example";
+
+fn match_tree_config() -> Value {
+    hcm_with(
+        json!([
+            { "name": "tree", "domains": [TREE], "matcher": {
+                "matcher_tree": { "input": header_input("x-tree"), "exact_match_map": { "map": {
+                    "a": route_action(timed(json!({ "prefix": "/" }), 51)),
+                    // The route's own match still applies.
+                    "b": route_action(timed(json!({ "prefix": "/only" }), 52)),
+                    "list": route_list_action(json!([
+                        timed(json!({ "prefix": "/x", "headers": [sel("1")] }), 53),
+                        timed(json!({ "prefix": "/" }), 54),
+                    ])),
+                    "nested": { "matcher": {
+                        "matcher_list": { "matchers": [ {
+                            "predicate": { "single_predicate": { "input": header_input(":method"),
+                                "value_match": { "exact": "POST" } } },
+                            "on_match": route_action(timed(json!({ "prefix": "/" }), 55)),
+                        } ] },
+                        "on_no_match": route_action(timed(json!({ "prefix": "/" }), 56)),
+                    } },
+                } } },
+                "on_no_match": route_action(timed(json!({ "prefix": "/" }), 57)),
+            } },
+            // The longest prefix of the path that leads to an action wins; none: no route.
+            { "name": "ptree", "domains": [PTREE], "matcher": {
+                "matcher_tree": { "input": header_input(":path"), "prefix_match_map": { "map": {
+                    "/api": route_action(timed(json!({ "prefix": "/" }), 61)),
+                    "/api/v2": route_action(timed(json!({ "prefix": "/" }), 62)),
+                    "/api/v3": route_action(timed(json!({ "prefix": "/nothing" }), 63)),
+                } } },
+            } },
+            // A list of predicates over request headers.
+            { "name": "ltree", "domains": [LTREE], "matcher": {
+                "matcher_list": { "matchers": [
+                    { "predicate": { "and_matcher": { "predicate": [
+                        { "single_predicate": { "input": header_input("x-a"), "value_match": { "prefix": "ye" } } },
+                        { "single_predicate": { "input": header_input(":authority"),
+                            "value_match": { "safe_regex": { "google_re2": {}, "regex": "list\\.[a-z]+" } } } },
+                    ] } }, "on_match": route_action(timed(json!({ "prefix": "/" }), 71)) },
+                    { "predicate": { "not_matcher": { "single_predicate": { "input": header_input("x-b"),
+                        "value_match": { "exact": "nope", "ignore_case": true } } } },
+                      "on_match": route_list_action(json!([
+                          timed(json!({ "path": "/exact" }), 72),
+                          timed(json!({ "prefix": "/", "headers": [sel("2")] }), 73),
+                      ])) },
+                ] },
+            } },
+            { "name": "all", "domains": ["*"], "routes": [ timed(json!({ "prefix": "/" }), 99) ] },
+        ]),
+        json!({}),
+    )
+}
+
+const MATCH_TREE_CASES: &[Case] = &[
+    ("GET", "/", TREE, &[("x-tree", "a")], 51),
+    ("GET", "/only/x", TREE, &[("x-tree", "b")], 52),
+    ("GET", "/other", TREE, &[("x-tree", "b")], 0),
+    ("GET", "/x", TREE, &[("x-tree", "list"), ("x-sel", "1")], 53),
+    ("GET", "/x", TREE, &[("x-tree", "list")], 54),
+    ("POST", "/p", TREE, &[("x-tree", "nested")], 55),
+    ("GET", "/p", TREE, &[("x-tree", "nested")], 56),
+    ("GET", "/", TREE, &[("x-tree", "zzz")], 57),
+    ("GET", "/", TREE, &[], 57),
+    // Two values are joined with a comma: no entry.
+    ("GET", "/", TREE, &[("x-tree", "a"), ("x-tree", "b")], 57),
+    ("GET", "/api", PTREE, &[], 61),
+    ("GET", "/api/v2/x", PTREE, &[], 62),
+    ("GET", "/api/v21", PTREE, &[], 62),
+    ("GET", "/api/v3/x", PTREE, &[], 0),
+    ("GET", "/apix", PTREE, &[], 61),
+    ("GET", "/ap", PTREE, &[], 0),
+    ("GET", "/", LTREE, &[("x-a", "yes")], 71),
+    ("GET", "/exact", LTREE, &[], 72),
+    ("GET", "/exact?q", LTREE, &[("x-sel", "2")], 72),
+    ("GET", "/other", LTREE, &[("x-sel", "2")], 73),
+    ("GET", "/other", LTREE, &[], 0),
+    ("GET", "/exact", LTREE, &[("x-b", "NOPE")], 0),
+    ("GET", "/exact", LTREE, &[("x-b", "yes")], 72),
+    ("GET", "/", "other.example", &[("x-tree", "a")], 99),
+];
+
+#[tokio::test]
+async fn match_trees_side_by_side() {
+    run(async {
+        let (e, s) = pair(match_tree_config()).await;
+        compare_cases(&e, &s, MATCH_TREE_CASES).await;
+    })
+    .await
+}
+
+/// Envoy's documented scoped routes example, extended: the scope key is two fragments (an
+/// element of a `;`-separated header and the second element of a `,`-separated one).
+fn scoped_config() -> Value {
+    let scope = |name: &str, key: &[&str], routes: Value, extra: Value| {
+        let mut rc = json!({ "name": format!("rc-{name}"), "virtual_hosts": routes });
+        if let (Some(o), Some(x)) = (rc.as_object_mut(), extra.as_object()) {
+            for (k, v) in x {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        json!({ "name": name, "on_demand": true,
+            "key": { "fragments": key.iter().map(|k| json!({ "string_key": k })).collect::<Vec<_>>() },
+            "route_configuration": rc })
+    };
+    let vh = |secs: u32| json!([ { "name": "v", "domains": ["*"], "routes": [ timed(json!({ "prefix": "/" }), secs) ] } ]);
+    json!({
+        "@type": HCM_TYPE,
+        "stat_prefix": "scoped",
+        "http_filters": [ router() ],
+        "scoped_routes": {
+            "name": "scope_by_addr",
+            "scope_key_builder": { "fragments": [
+                { "header_value_extractor": { "name": "x-addr", "element_separator": ";",
+                    "element": { "key": "x-foo-key", "separator": "=" } } },
+                { "header_value_extractor": { "name": "x-pos", "element_separator": ",", "index": 1 } },
+            ] },
+            "scoped_route_configurations_list": { "scoped_route_configurations": [
+                scope("s1", &["bar", "b"], vh(81), json!({})),
+                scope("s2", &["baz", "b"], json!([
+                    { "name": "host", "domains": ["host.example"], "routes": [ timed(json!({ "prefix": "/" }), 82) ] },
+                    { "name": "v", "domains": ["*"], "routes": [ timed(json!({ "prefix": "/x" }), 83) ] },
+                ]), json!({ "response_headers_to_add": [ { "header": { "key": "x-scope", "value": "s2" } } ] })),
+                scope("s3", &["", "b"], vh(84), json!({})),
+                // Named again with another key: the earlier key no longer leads anywhere.
+                scope("s4", &["old", "b"], vh(85), json!({})),
+                scope("s4", &["new", "b"], vh(86), json!({})),
+            ] },
+        },
+    })
+}
+
+const SCOPED_CASES: &[Case] = &[
+    (
+        "GET",
+        "/",
+        H,
+        &[("x-addr", "x-foo-key=bar"), ("x-pos", "a,b")],
+        81,
+    ),
+    (
+        "GET",
+        "/",
+        H,
+        &[
+            ("x-addr", "a=1;x-foo-key=bar;x-foo-key=baz"),
+            ("x-pos", "a,b,c"),
+        ],
+        81,
+    ),
+    (
+        "GET",
+        "/",
+        H,
+        &[("x-addr", "x-foo-key=bar"), ("x-pos", "a")],
+        0,
+    ),
+    (
+        "GET",
+        "/",
+        H,
+        &[("x-addr", "x-foo-key=bar"), ("x-pos", "b,a")],
+        0,
+    ),
+    ("GET", "/", H, &[("x-addr", "x-foo-key=bar")], 0),
+    ("GET", "/", H, &[("x-pos", "a,b")], 0),
+    (
+        "GET",
+        "/",
+        H,
+        &[("x-addr", "x-foo-key=baz"), ("x-pos", "a,b")],
+        0,
+    ),
+    (
+        "GET",
+        "/x",
+        H,
+        &[("x-addr", "x-foo-key=baz"), ("x-pos", "a,b")],
+        83,
+    ),
+    (
+        "GET",
+        "/",
+        "host.example",
+        &[("x-addr", "x-foo-key=baz"), ("x-pos", "a,b")],
+        82,
+    ),
+    (
+        "GET",
+        "/",
+        H,
+        &[("x-addr", "x-foo-key"), ("x-pos", "a,b")],
+        84,
+    ),
+    (
+        "GET",
+        "/",
+        H,
+        &[("x-addr", "x-foo-key="), ("x-pos", "a,b")],
+        84,
+    ),
+    // Only the first value of a header counts.
+    (
+        "GET",
+        "/",
+        H,
+        &[
+            ("x-addr", "y=1"),
+            ("x-addr", "x-foo-key=bar"),
+            ("x-pos", "a,b"),
+        ],
+        0,
+    ),
+    (
+        "GET",
+        "/",
+        H,
+        &[("x-addr", "x-foo-key=old"), ("x-pos", "a,b")],
+        0,
+    ),
+    (
+        "GET",
+        "/",
+        H,
+        &[("x-addr", "x-foo-key=new"), ("x-pos", "a,b")],
+        86,
+    ),
+];
+
+#[tokio::test]
+async fn scoped_routes_side_by_side() {
+    run(async {
+        let (e, s) = pair(scoped_config()).await;
+        compare_cases(&e, &s, SCOPED_CASES).await;
+    })
+    .await
+}
+
+/// Match trees and scoped routes both proxies refuse at load time.
+#[tokio::test]
+async fn invalid_match_trees_and_scopes_are_refused_by_both() {
+    run(async {
+        let tree = |matcher: Value, routes: Value| {
+            hcm_with(json!([ { "name": "v", "domains": ["*"], "matcher": matcher, "routes": routes } ]), json!({}))
+        };
+        let to_echo = route_action(json!({ "match": { "prefix": "/" }, "route": { "cluster": "echo" } }));
+        let mut scoped_list = scoped_config();
+        scoped_list["scoped_routes"]["scoped_route_configurations_list"]["scoped_route_configurations"][0]["route_configuration_name"] = json!("rds");
+        let mut scoped_no_rc = scoped_config();
+        if let Some(o) = scoped_no_rc["scoped_routes"]["scoped_route_configurations_list"]["scoped_route_configurations"][0].as_object_mut() {
+            o.remove("route_configuration");
+        }
+        let mut scoped_index = scoped_config();
+        scoped_index["scoped_routes"]["scope_key_builder"]["fragments"][1]["header_value_extractor"]["element_separator"] = json!("");
+        let mut scoped_no_extract = scoped_config();
+        if let Some(o) = scoped_no_extract["scoped_routes"]["scope_key_builder"]["fragments"][1]["header_value_extractor"].as_object_mut() {
+            o.remove("index");
+        }
+        let mut scoped_empty_key = scoped_config();
+        scoped_empty_key["scoped_routes"]["scoped_route_configurations_list"]["scoped_route_configurations"][0]["key"] = json!({ "fragments": [] });
+        let mut scoped_bad_cluster = scoped_config();
+        scoped_bad_cluster["scoped_routes"]["scoped_route_configurations_list"]["scoped_route_configurations"][0]["route_configuration"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] = json!("nope");
+        let bad: Vec<(&str, Value)> = vec![
+            ("a matcher and routes", tree(json!({ "on_no_match": to_echo.clone() }), json!([ to("/", json!({ "route": { "cluster": "echo" } })) ]))),
+            ("an action that is not a route", tree(json!({ "on_no_match": { "action": { "name": "x", "typed_config": { "@type": "type.googleapis.com/google.protobuf.Struct" } } } }), json!([]))),
+            ("a route without a match", tree(json!({ "on_no_match": route_action(json!({ "route": { "cluster": "echo" } })) }), json!([]))),
+            ("a route matcher reading the connection", tree(json!({ "matcher_tree": {
+                "input": { "name": "port", "typed_config": { "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput" } },
+                "exact_match_map": { "map": { "80": to_echo.clone() } } } }), json!([]))),
+            ("a route with an invalid action", tree(json!({ "on_no_match": route_action(json!({ "match": { "prefix": "/" }, "route": { "cluster": "echo", "prefix_rewrite": "/a", "regex_rewrite": { "pattern": { "regex": "a" }, "substitution": "b" } } })) }), json!([]))),
+            ("a scope naming a route configuration", scoped_list),
+            ("a scope without a route configuration", scoped_no_rc),
+            ("an index past 0 without a separator", scoped_index),
+            ("a fragment extracting nothing", scoped_no_extract),
+            ("a scope key without fragments", scoped_empty_key),
+            ("a scope routing to an unknown cluster", scoped_bad_cluster),
+        ];
+        for (what, hcm) in bad {
+            let filter = json!({ "name": "hcm", "typed_config": hcm });
+            let v = bootstrap(
+                free_port(),
+                vec![listener("l", "127.0.0.1", free_port(), filter)],
+                vec![cluster("echo", &[free_port()])],
+            );
+            let cfg = write_config("bad-tree", &to_yaml(&v));
+            for kind in [Kind::Envoy, Kind::under_test()] {
+                let out = run_cli(kind, &["--mode", "validate", "-c", cfg.path()]).await;
+                assert_ne!(out.code, Some(0), "{what}: {} accepted it:\n{}", kind.name(), out.output());
+            }
+        }
+    })
+    .await
+}

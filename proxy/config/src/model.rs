@@ -1516,6 +1516,9 @@ pub enum RouteSource {
         /// `rds.config_source`.
         source: ConfigSource,
     },
+    /// `scoped_routes` with `scoped_route_configurations_list`: a key from request headers
+    /// picks one of several inline route configurations.
+    Scoped(Arc<crate::router::scoped::ScopedRoutes>),
 }
 
 /// A configured HTTP filter other than the router.

@@ -663,6 +663,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "stat_prefix",
             "route_config",
             "rds",
+            "scoped_routes",
             "http_filters",
             "access_log",
             "server_name",
@@ -1302,6 +1303,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "typed_per_filter_config",
             "domains",
             "routes",
+            "matcher",
             "request_headers_to_add",
             "request_headers_to_remove",
             "response_headers_to_add",
@@ -1322,6 +1324,47 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.config.route.v3.VirtualCluster", &["name", "headers"]),
+    ("envoy.config.route.v3.RouteList", &["routes"]),
+    // Scoped routes with their configurations inline: `rds_config_source` and `on_demand`
+    // apply only to scopes from SRDS or RDS, which skiff refuses (docs/compatibility.md).
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.ScopedRoutes",
+        &[
+            "name",
+            "scope_key_builder",
+            "rds_config_source",
+            "scoped_route_configurations_list",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.ScopedRoutes.ScopeKeyBuilder",
+        &["fragments"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder",
+        &["header_value_extractor"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor",
+        &["name", "element_separator", "index", "element"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor.KvElement",
+        &["separator", "key"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.ScopedRouteConfigurationsList",
+        &["scoped_route_configurations"],
+    ),
+    (
+        "envoy.config.route.v3.ScopedRouteConfiguration",
+        &["on_demand", "name", "route_configuration", "key"],
+    ),
+    ("envoy.config.route.v3.ScopedRouteConfiguration.Key", &["fragments"]),
+    (
+        "envoy.config.route.v3.ScopedRouteConfiguration.Key.Fragment",
+        &["string_key"],
+    ),
     (
         "envoy.config.route.v3.RetryPolicy",
         &[

@@ -316,8 +316,9 @@ pub struct HttpConnectionManager {
     writes_metadata: bool,
     /// Whether a filter renders formats from the stream's record (kept for them).
     filters_read_record: bool,
-    /// Its `route_config`, indexed (none with RDS: each stream takes the table in force).
-    pub routes: Option<Arc<crate::router::RouteTable>>,
+    /// Its `route_config` or `scoped_routes`, indexed (none with RDS: each stream takes the
+    /// table in force).
+    pub routes: router::StaticRoutes,
 }
 
 impl HttpConnectionManager {
@@ -339,15 +340,24 @@ impl HttpConnectionManager {
         scope: &str,
     ) -> Self {
         let routes = match &config.routes {
+            // Translation checked them; a table that does not index routes nothing.
             model::RouteSource::Static(c) => match crate::router::RouteTable::new(c.clone()) {
-                Ok(t) => Some(Arc::new(t)),
+                Ok(t) => router::StaticRoutes::Table(Arc::new(t)),
                 Err(e) => {
-                    // Translation checked it; a table that does not index routes nothing.
                     tracing::error!(error = %e, "route_config does not index");
-                    None
+                    router::StaticRoutes::None
                 }
             },
-            model::RouteSource::Rds { .. } => None,
+            model::RouteSource::Scoped(s) => {
+                match crate::router::scoped::ScopedTables::new(s.clone()) {
+                    Ok(t) => router::StaticRoutes::Scoped(Arc::new(t)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "scoped_routes do not index");
+                        router::StaticRoutes::None
+                    }
+                }
+            }
+            model::RouteSource::Rds { .. } => router::StaticRoutes::None,
         };
         let filters = filter::factories(&config.http_filters, shard, &config.stat_prefix);
         let upgrade_filters: Vec<(String, Vec<filter::Factory>)> = config
@@ -1728,7 +1738,7 @@ async fn handle(
     // the router forwards by it.
     let mut selection = router::select(
         &conn.worker,
-        (&cfg, conn.hcm.routes.as_ref()),
+        (&cfg, &conn.hcm.routes),
         &mut parts,
         scheme,
         (

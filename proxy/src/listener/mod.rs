@@ -426,11 +426,9 @@ impl Chain {
                                 | crate::config::model::HttpFilterConfig::SetFilterState(_)
                         )
                     })
-                    || match &h.routes {
-                        Some(t) => t.formats_headers(),
-                        // Route tables from RDS change while the listener lives.
-                        None => true,
-                    }
+                    // Route tables from RDS change while the listener lives: counted as
+                    // formatting.
+                    || h.routes.formats_headers()
                     || !matches!(
                         h.config.forward_client_cert.mode,
                         crate::config::model::XfccMode::Sanitize

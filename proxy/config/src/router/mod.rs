@@ -10,6 +10,7 @@ use http::HeaderMap;
 
 pub mod header_parser;
 pub mod retry;
+pub mod scoped;
 pub mod uri_template;
 
 pub use header_parser::HeaderParser;
@@ -1045,8 +1046,11 @@ pub struct VirtualHost {
     pub metadata: Arc<crate::metadata::Metadata>,
     /// `domains`.
     pub domains: Vec<String>,
-    /// `routes`, in order.
+    /// `routes`, in order; with a `matcher`, the routes of its actions.
     pub routes: Vec<Route>,
+    /// `matcher`: the match tree whose action names the routes a request may take (indices
+    /// into `routes`, tried in order); a request it finds no action for has no route.
+    pub matcher: Option<Arc<crate::matcher::Matcher<Vec<usize>>>>,
     /// `request_headers_to_add|remove`.
     pub request_headers: Arc<HeaderParser>,
     /// `response_headers_to_add|remove`.
@@ -1102,9 +1106,28 @@ pub enum RequireTls {
 }
 
 impl VirtualHost {
-    /// The first route that accepts the request.
-    pub fn route(&self, req: &RequestView<'_>) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matcher.matches(req))
+    /// The index of the route a request takes: the first that accepts it, of all routes or of
+    /// those the `matcher` names.
+    pub fn route_index(&self, req: &RequestView<'_>) -> Option<usize> {
+        let Some(m) = &self.matcher else {
+            return self.routes.iter().position(|r| r.matcher.matches(req));
+        };
+        // A route matcher reads request headers only (translation refuses other inputs).
+        let none = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+        let data = crate::matcher::Data {
+            view: req,
+            source: none,
+            direct_source: none.ip(),
+            local: none,
+            server_name: None,
+            transport_protocol: "",
+            application_protocols: &crate::filter_chain_match::ApplicationProtocols::None,
+            metadata: req.metadata,
+        };
+        m.evaluate(&data)?
+            .iter()
+            .copied()
+            .find(|&i| self.routes[i].matcher.matches(req))
     }
 
     /// The virtual cluster a request counts in: the first that matches, else `other` (`None`
@@ -1365,6 +1388,7 @@ mod tests {
 
     fn vh(name: &str, domains: &[&str]) -> VirtualHost {
         VirtualHost {
+            matcher: None,
             name: name.into(),
             metadata: Arc::default(),
             domains: domains.iter().map(|d| d.to_string()).collect(),

@@ -459,7 +459,8 @@ pub(super) fn virtual_host(m: &route_pb::VirtualHost, path: &str) -> Result<(), 
         metadata: _,
         route_specifiers,
     } = m;
-    refuse(path, "matcher", matcher)?;
+    // matcher: http_manager::route_matcher.
+    let _ = matcher;
     // virtual_clusters: http_manager::virtual_clusters.
     let _ = virtual_clusters;
     // rate_limits: ratelimit::policies.
@@ -746,10 +747,8 @@ pub(super) fn http_connection_manager(
         add_proxy_protocol_connection_state,
     )?;
     refuse(path, "forward_proto_config", forward_proto_config)?;
-    if let Some(hcm_pb::http_connection_manager::RouteSpecifier::ScopedRoutes(_)) = route_specifier
-    {
-        return Err(unsupported(path, "scoped_routes"));
-    }
+    // route_specifier (route_config, rds, scoped_routes): http_manager::translate_hcm.
+    let _ = route_specifier;
     Ok(())
 }
 

@@ -66,9 +66,11 @@ pub(super) fn translate_hcm(
                     source: super::config_source(source, &format!("{rpath}.config_source"))?,
                 }
             }
-            Some(RouteSpecifier::ScopedRoutes(_)) => {
-                return Err(ConfigError::unsupported(format!("{path}.scoped_routes")))
-            }
+            Some(RouteSpecifier::ScopedRoutes(s)) => RouteSource::Scoped(Arc::new(scoped_routes(
+                s,
+                &format!("{path}.scoped_routes"),
+                clusters,
+            )?)),
             None => return Err(ConfigError::new(format!("{path}.route_config"), "required")),
         };
     let (http_filters, router) =
@@ -1688,17 +1690,34 @@ pub(crate) fn translate_routes(
                 "at least one domain is required",
             ));
         }
+        let max_body = rc
+            .max_direct_response_body_size_bytes
+            .as_ref()
+            .map(|v| u64::from(v.value));
         let mut routes = Vec::new();
         for (j, r) in vh.routes.iter().enumerate() {
             routes.push(translate_route(
                 r,
                 &format!("{vpath}.routes[{j}]"),
                 clusters,
-                rc.max_direct_response_body_size_bytes
-                    .as_ref()
-                    .map(|v| u64::from(v.value)),
+                max_body,
             )?);
         }
+        let matcher = match &vh.matcher {
+            Some(_) if !vh.routes.is_empty() => {
+                return Err(ConfigError::new(
+                    format!("{vpath}.matcher"),
+                    "cannot set both matcher and routes on virtual host",
+                ))
+            }
+            Some(m) => Some(Arc::new(route_matcher(
+                m,
+                &format!("{vpath}.matcher"),
+                &mut routes,
+                max_body,
+            )?)),
+            None => None,
+        };
         // A route without mirror policies takes its virtual host's, or else its route
         // configuration's.
         if !default_mirrors.is_empty() {
@@ -1770,6 +1789,7 @@ pub(crate) fn translate_routes(
             ),
             domains: vh.domains.clone(),
             routes,
+            matcher,
             per_filter: super::ratelimit::per_filter_configs(&vh.typed_per_filter_config, &vpath)?,
             cors: vhost_cors(vh, &vpath)?,
             rate_limits: super::ratelimit::policies(
@@ -2015,6 +2035,197 @@ fn buffer_limit(
         .as_ref()
         .map(|v| v.value)
         .or(per_request.as_ref().map(|v| u64::from(v.value)))
+}
+
+/// `scoped_routes` with its route configurations inline (`scoped_rds` is refused), checked as
+/// Envoy checks it.
+fn scoped_routes(
+    s: &hcm::ScopedRoutes,
+    path: &str,
+    clusters: &HashSet<String>,
+) -> Result<crate::router::scoped::ScopedRoutes, ConfigError> {
+    use crate::router::scoped::{Extract, HeaderFragment};
+    use hcm::scoped_routes::scope_key_builder::fragment_builder::{
+        header_value_extractor::ExtractType, Type,
+    };
+    use hcm::scoped_routes::ConfigSpecifier;
+    let min_len = |v: &str, field: String| {
+        if v.is_empty() {
+            Err(ConfigError::new(
+                field,
+                "value length must be at least 1 characters",
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    min_len(&s.name, format!("{path}.name"))?;
+    let builder = required(&s.scope_key_builder, &format!("{path}.scope_key_builder"))?;
+    let bpath = format!("{path}.scope_key_builder.fragments");
+    if builder.fragments.is_empty() {
+        return Err(ConfigError::new(
+            &bpath,
+            "value must contain at least 1 item(s)",
+        ));
+    }
+    let mut fragments = Vec::with_capacity(builder.fragments.len());
+    for (i, f) in builder.fragments.iter().enumerate() {
+        let fpath = format!("{bpath}[{i}]");
+        let Some(Type::HeaderValueExtractor(h)) = &f.r#type else {
+            return Err(ConfigError::new(
+                format!("{fpath}.header_value_extractor"),
+                "required",
+            ));
+        };
+        let hpath = format!("{fpath}.header_value_extractor");
+        min_len(&h.name, format!("{hpath}.name"))?;
+        let header = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| ConfigError::new(format!("{hpath}.name"), "not a valid header name"))?;
+        let extract = match &h.extract_type {
+            Some(ExtractType::Index(i)) => {
+                if *i != 0 && h.element_separator.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{hpath}.index"),
+                        "Index > 0 for empty string element separator.",
+                    ));
+                }
+                Extract::Index(*i as usize)
+            }
+            Some(ExtractType::Element(e)) => {
+                min_len(&e.separator, format!("{hpath}.element.separator"))?;
+                min_len(&e.key, format!("{hpath}.element.key"))?;
+                Extract::Element {
+                    key: e.key.clone(),
+                    separator: e.separator.clone(),
+                }
+            }
+            None => {
+                return Err(ConfigError::new(
+                    &hpath,
+                    "HeaderValueExtractor extract_type not set.",
+                ))
+            }
+        };
+        fragments.push(HeaderFragment {
+            header,
+            element_separator: h.element_separator.clone(),
+            extract,
+        });
+    }
+    let list = match &s.config_specifier {
+        Some(ConfigSpecifier::ScopedRouteConfigurationsList(l)) => l,
+        Some(ConfigSpecifier::ScopedRds(_)) => {
+            return Err(ConfigError::unsupported(format!("{path}.scoped_rds")))
+        }
+        None => {
+            return Err(ConfigError::new(
+                format!("{path}.scoped_route_configurations_list"),
+                "required",
+            ))
+        }
+    };
+    let lpath = format!("{path}.scoped_route_configurations_list.scoped_route_configurations");
+    if list.scoped_route_configurations.is_empty() {
+        return Err(ConfigError::new(
+            &lpath,
+            "value must contain at least 1 item(s)",
+        ));
+    }
+    let mut scopes = Vec::with_capacity(list.scoped_route_configurations.len());
+    for (i, c) in list.scoped_route_configurations.iter().enumerate() {
+        let cpath = format!("{lpath}[{i}]");
+        min_len(&c.name, format!("{cpath}.name"))?;
+        let key = required(&c.key, &format!("{cpath}.key"))?;
+        if key.fragments.is_empty() {
+            return Err(ConfigError::new(
+                format!("{cpath}.key.fragments"),
+                "value must contain at least 1 item(s)",
+            ));
+        }
+        let mut fragments = Vec::with_capacity(key.fragments.len());
+        for (j, f) in key.fragments.iter().enumerate() {
+            use route::scoped_route_configuration::key::fragment::Type as K;
+            match &f.r#type {
+                Some(K::StringKey(k)) => fragments.push(k.clone()),
+                None => {
+                    return Err(ConfigError::new(
+                        format!("{cpath}.key.fragments[{j}].string_key"),
+                        "required",
+                    ))
+                }
+            }
+        }
+        if !c.route_configuration_name.is_empty() {
+            return Err(ConfigError::new(
+                format!("{cpath}.route_configuration_name"),
+                "Fetching routes via RDS (route_configuration_name) is not supported with inline scoped routes.",
+            ));
+        }
+        let Some(rc) = &c.route_configuration else {
+            return Err(ConfigError::new(
+                format!("{cpath}.route_configuration"),
+                "You must specify a route_configuration with inline scoped routes.",
+            ));
+        };
+        let table = translate_routes(rc, &format!("{cpath}.route_configuration"), Some(clusters))?;
+        scopes.push((c.name.clone(), fragments, Arc::new(table)));
+    }
+    Ok(crate::router::scoped::ScopedRoutes {
+        name: s.name.clone(),
+        fragments,
+        scopes,
+    })
+}
+
+/// A virtual host's `matcher`, whose actions are a `Route` or a `RouteList`: their routes are
+/// added to `routes` and each action holds their indices. As in Envoy, their clusters are not
+/// checked.
+fn route_matcher(
+    m: &envoy_types::pb::xds::r#type::matcher::v3::Matcher,
+    path: &str,
+    routes: &mut Vec<Route>,
+    max_body: Option<u64>,
+) -> Result<crate::matcher::Matcher<Vec<usize>>, ConfigError> {
+    let table = std::cell::RefCell::new(std::mem::take(routes));
+    let action = |c: &envoy_types::pb::xds::core::v3::TypedExtensionConfig,
+                  apath: &str|
+     -> Result<Vec<usize>, ConfigError> {
+        let tpath = format!("{apath}.typed_config");
+        let any = c
+            .typed_config
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(&tpath, "required"))?;
+        let list = match super::super::proto::type_name(&any.type_url) {
+            "envoy.config.route.v3.Route" => {
+                vec![(super::super::proto::unpack(any, &tpath)?, tpath.clone())]
+            }
+            "envoy.config.route.v3.RouteList" => {
+                let l: route::RouteList = super::super::proto::unpack(any, &tpath)?;
+                l.routes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, r)| (r, format!("{tpath}.routes[{i}]")))
+                    .collect()
+            }
+            other => {
+                return Err(ConfigError::new(
+                    &tpath,
+                    format!("unsupported action ({other}): a route matcher's actions are Route or RouteList"),
+                ))
+            }
+        };
+        let mut indices = Vec::with_capacity(list.len());
+        for (r, rpath) in list {
+            let route = translate_route(&r, &rpath, None, max_body)?;
+            let mut t = table.borrow_mut();
+            indices.push(t.len());
+            t.push(route);
+        }
+        Ok(indices)
+    };
+    let out = super::matcher::matcher(m, path, super::matcher::Domain::Route, &action);
+    *routes = table.into_inner();
+    out
 }
 
 fn translate_route(

@@ -21,6 +21,8 @@ pub(super) enum Domain {
     Network,
     /// Datagrams (a UDP proxy's routes): their addresses and ports only.
     Udp,
+    /// Requests as a virtual host picks their route: their headers only, as in Envoy.
+    Route,
 }
 
 /// A matcher whose actions `action` translates.
@@ -255,8 +257,20 @@ fn input(c: &TypedExtensionConfig, path: &str, domain: Domain) -> Result<Input, 
         .as_ref()
         .ok_or_else(|| ConfigError::new(&tpath, "required"))?;
     const NET: &str = "envoy.extensions.matching.common_inputs.network.v3.";
-    Ok(match type_name(&any.type_url) {
-        "envoy.type.matcher.v3.HttpRequestHeaderMatchInput" if domain == Domain::Http => {
+    let name = type_name(&any.type_url);
+    if domain == Domain::Route && name != "envoy.type.matcher.v3.HttpRequestHeaderMatchInput" {
+        return Err(ConfigError::new(
+            tpath,
+            format!(
+                "Route table can only match on request headers, saw {}",
+                any.type_url
+            ),
+        ));
+    }
+    Ok(match name {
+        "envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
+            if matches!(domain, Domain::Http | Domain::Route) =>
+        {
             let h: envoy_types::pb::envoy::r#type::matcher::v3::HttpRequestHeaderMatchInput =
                 unpack(any, &tpath)?;
             Input::RequestHeader(super::http_manager::header_key(

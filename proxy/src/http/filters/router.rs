@@ -239,6 +239,8 @@ impl Drop for Upstream {
 /// see it (their per-route configuration), and the router forwards by it.
 pub struct Selection {
     table: Option<std::sync::Arc<crate::router::RouteTable>>,
+    /// Scoped routes: the tables a reselection picks from again by the request's key.
+    scoped: Option<std::sync::Arc<crate::router::scoped::ScopedTables>>,
     vhost: Option<usize>,
     route: Option<usize>,
     /// `require_tls`: the request is sent to https first.
@@ -258,6 +260,28 @@ pub struct Selection {
     /// Which of the route's weighted clusters the request goes to, picked with the route (as
     /// Envoy's weighted cluster entry): its per-filter configurations are in view.
     weighted: Option<usize>,
+}
+
+/// A connection manager's own route tables: its `route_config`, or its inline
+/// `scoped_routes` (none with RDS: each stream takes the table in force).
+#[derive(Debug, Clone, Default)]
+pub enum StaticRoutes {
+    #[default]
+    None,
+    Table(std::sync::Arc<crate::router::RouteTable>),
+    Scoped(std::sync::Arc<crate::router::scoped::ScopedTables>),
+}
+
+impl StaticRoutes {
+    /// Whether a header value of any table renders operators for the stream (unknown with
+    /// RDS: yes).
+    pub fn formats_headers(&self) -> bool {
+        match self {
+            StaticRoutes::None => true,
+            StaticRoutes::Table(t) => t.formats_headers(),
+            StaticRoutes::Scoped(s) => s.formats_headers(),
+        }
+    }
 }
 
 /// A stream's downstream remote and local addresses and its client's address.
@@ -429,10 +453,7 @@ impl RouteRef {
 /// `internal_only_headers` are removed here from requests that are not internal.
 pub fn select(
     worker: &Worker,
-    (cfg, static_routes): (
-        &model::HttpConnectionManager,
-        Option<&std::sync::Arc<crate::router::RouteTable>>,
-    ),
+    (cfg, static_routes): (&model::HttpConnectionManager, &StaticRoutes),
     parts: &mut http::request::Parts,
     scheme: &str,
     (peer_certificate, connection, addresses): (
@@ -443,14 +464,17 @@ pub fn select(
 ) -> Selection {
     // Each stream reads the route table in force when it starts (RDS updates reach
     // long-lived connections on their next stream).
-    let table = match &cfg.routes {
-        model::RouteSource::Static(_) => static_routes.cloned(),
-        model::RouteSource::Rds { name, .. } => worker.route_table(name),
+    let (table, scoped) = match (&cfg.routes, static_routes) {
+        (model::RouteSource::Rds { name, .. }, _) => (worker.route_table(name), None),
+        (_, StaticRoutes::Table(t)) => (Some(t.clone()), None),
+        (_, StaticRoutes::Scoped(s)) => (s.table(&parts.headers), Some(s.clone())),
+        (_, StaticRoutes::None) => (None, None),
     };
     let runtime = arc_swap::Guard::into_inner(crate::runtime::snapshot());
     let random = fastrand::u64(..);
     let mut out = Selection {
         table: None,
+        scoped,
         vhost: None,
         route: None,
         to_https: false,
@@ -492,7 +516,17 @@ impl Selection {
         scheme: &str,
         metadata: Option<&crate::stream_info::DynamicMetadata>,
     ) {
-        let Some(t) = self.table.take() else {
+        // Scoped routes: the request's key now picks the table (none: no route).
+        let table = match &self.scoped {
+            Some(s) => {
+                self.table = None;
+                s.table(&parts.headers)
+            }
+            None => self.table.take(),
+        };
+        let Some(t) = table else {
+            self.vhost = None;
+            self.route = None;
             return;
         };
         self.vhost = None;
@@ -582,7 +616,7 @@ impl Selection {
                     crate::router::RequireTls::ExternalOnly => !forwarded_https && !internal,
                 };
             out.vhost = Some(vi);
-            out.route = vh.routes.iter().position(|r| r.matcher.matches(&view));
+            out.route = vh.route_index(&view);
             // A weighted cluster is picked with the route, from the request as it is now.
             if let Some(crate::router::Action::Forward(f)) = out.route.map(|r| &vh.routes[r].action)
             {
@@ -1224,9 +1258,14 @@ pub async fn route(
     };
     let scheme_of_request = scheme;
     let next = next.and_then(|(mut parts, scheme)| {
+        let routes = match (&selection.scoped, &selection.table) {
+            (Some(s), _) => StaticRoutes::Scoped(s.clone()),
+            (None, Some(t)) => StaticRoutes::Table(t.clone()),
+            (None, None) => StaticRoutes::None,
+        };
         let selection = select(
             worker,
-            (cfg, selection.table.as_ref()),
+            (cfg, &routes),
             &mut parts,
             scheme,
             (
