@@ -1,6 +1,7 @@
 //! Route matching on any request: path, query string and header values straight from the
 //! network against every kind of match (prefixes, separated prefixes, regexes, ranges, query
-//! parameters, pseudo-headers, repeated headers). Matching must never panic. The same request
+//! parameters, pseudo-headers, repeated headers), and scoped routes' key fragments read from
+//! its headers. Matching must never panic. The same request
 //! is hashed by every kind of hash policy (headers, cookies, query parameters) and the hash
 //! looked up on a ring and a Maglev table: the same hash each time, a host always found.
 #![no_main]
@@ -93,6 +94,29 @@ fuzz_target!(|data: &[u8]| {
     };
     for m in matchers() {
         let _ = m.matches(&req);
+    }
+    // Scoped routes' key fragments read the same header values: an element by key, by index,
+    // or the whole value.
+    use skiff::router::scoped::{Extract, HeaderFragment};
+    let element = |key: &str, separator: &str| Extract::Element {
+        key: key.into(),
+        separator: separator.into(),
+    };
+    for (sep, extract) in [
+        (";", element("k", "=")),
+        ("", element("x-n", ":")),
+        (",", Extract::Index(2)),
+        ("", Extract::Index(0)),
+    ] {
+        let fragment = HeaderFragment {
+            header: http::HeaderName::from_static("x-n"),
+            element_separator: sep.into(),
+            extract,
+        };
+        if let Some(f) = fragment.compute(&headers) {
+            let first = headers.get("x-n").and_then(|v| v.to_str().ok());
+            assert!(first.is_some_and(|v| v.contains(f.as_str())));
+        }
     }
 
     for value in text.split('\n').skip(2) {
