@@ -16,6 +16,8 @@
 //!   upstream received, the response flags and details in the access log, and the stats
 //!   (`cluster.<c>.ratelimit.*`, the 429s charged to the route's cluster).
 //! - actions reading pseudo-headers, and a descriptor value with the client's address;
+//! - `x_ratelimit_option` and `hits_addend.number` on a route's, a `RateLimitPerRoute`'s and
+//!   the filter's own `rate_limits`;
 //! - `local_ratelimit` descriptors made by a route's `rate_limits`.
 
 use std::time::Duration;
@@ -127,6 +129,24 @@ fn config(admin: u16, ports: [u16; 4], upstream: u16, rls: u16, log: &str) -> St
                     - remote_address_match:
                         address_matcher: {{ranges: [{{address_prefix: 127.0.0.0, prefix_len: 8}}]}}
                         descriptor_value: "ip-%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
+              - match: {{prefix: /xoff}}
+                route:
+                  cluster: up
+                  rate_limits:
+                  - actions: [{{generic_key: {{descriptor_value: xoff}}}}]
+                    x_ratelimit_option: "OFF"
+                  - actions: [{{request_headers: {{header_name: x-v, descriptor_key: v}}}}]
+                    hits_addend: {{number: 5}}
+              - match: {{prefix: /per-hits}}
+                route: {{cluster: up}}
+                typed_per_filter_config:
+                  rl:
+                    "@type": {PER_ROUTE}
+                    rate_limits:
+                    - actions: [{{request_headers: {{header_name: x-v, descriptor_key: v}}}}]
+                      hits_addend: {{number: 3}}
+                      x_ratelimit_option: "OFF"
+                    - actions: [{{generic_key: {{descriptor_value: per-hits}}}}]
               - match: {{prefix: /redirect}}
                 redirect: {{path_redirect: /elsewhere}}
               - match: {{prefix: /missing}}
@@ -154,7 +174,8 @@ fn config(admin: u16, ports: [u16; 4], upstream: u16, rls: u16, log: &str) -> St
               request_type: external
               timeout: 0.1s
               rate_limits:
-              - actions: [{request_headers: {header_name: x-v, descriptor_key: v}}]"#,
+              - actions: [{request_headers: {header_name: x-v, descriptor_key: v}}]
+                x_ratelimit_option: DRAFT_VERSION_03"#,
         "rls",
     );
     // 2: a service cluster that does not exist (fails open).
@@ -243,6 +264,12 @@ async fn rate_limit_service_as_envoy_calls_and_obeys_it() {
             (0, "/skip", &[("x-v", "e")]),
             (0, "/skip", &[]),
             (0, "/pseudo?q=1", &[]),
+            // x_ratelimit_option: the closest status's descriptor turned off, then on with
+            // the other left out of the quota policy; hits_addend by descriptor.
+            (0, "/xoff", &[("x-v", "a")]),
+            (0, "/xoff", &[("x-v", "over")]),
+            (0, "/per-hits", &[("x-v", "b")]),
+            (0, "/per-hits", &[("x-v", "over")]),
             (0, "/redirect", &[]),
             (0, "/missing", &[("x-which", "missing")]),
             (0, "/missing", &[("x-which", "up"), ("x-v", "over")]),
@@ -310,6 +337,9 @@ async fn rate_limit_service_as_envoy_calls_and_obeys_it() {
                 "x-rls-over",
                 "x-envoy-ratelimited",
                 "x-limited",
+                "x-ratelimit-limit",
+                "x-ratelimit-remaining",
+                "x-ratelimit-reset",
             ] {
                 assert_eq!(
                     got[0].0.header(h),

@@ -2112,6 +2112,12 @@ pub struct RateLimitPolicy {
     pub stage: u32,
     /// `actions`, in order; a request for which one yields nothing has no descriptor.
     pub actions: Vec<RateLimitAction>,
+    /// `x_ratelimit_option`: whether the `x-ratelimit-*` headers its descriptor's status
+    /// makes are written (`Some(true)`: `DRAFT_VERSION_03`, `Some(false)`: `OFF`; unset:
+    /// as the filter's `enable_x_ratelimit_headers`).
+    pub x_ratelimit: Option<bool>,
+    /// `hits_addend.number`: the hits its descriptor counts for at the rate limit service.
+    pub hits_addend: Option<u64>,
 }
 
 /// One `RateLimit.Action`.

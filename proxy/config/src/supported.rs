@@ -1187,7 +1187,11 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         "envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry",
         &["key", "value"],
     ),
-    ("envoy.config.route.v3.RateLimit", &["stage", "actions"]),
+    (
+        "envoy.config.route.v3.RateLimit",
+        &["stage", "actions", "x_ratelimit_option", "hits_addend"],
+    ),
+    ("envoy.config.route.v3.RateLimit.HitsAddend", &["number"]),
     (
         "envoy.config.route.v3.RateLimit.Action",
         &[

@@ -1,7 +1,8 @@
 //! A rate limit service for the tests (`envoy.service.ratelimit.v3.RateLimitService`, gRPC
 //! over plain HTTP/2): `rls-server <port>` (0: any), which prints `{"event": "ready", "port":
 //! P}` and then each request it answers as one JSON line (`{"event": "request", "domain": D,
-//! "descriptors": [[[key, value], …], …], "authority": A, "grpc_timeout": T}`).
+//! "descriptors": [[[key, value], …], …], "hits_addend": H, "descriptor_hits": [each
+//! descriptor's hits_addend or null], "grpc_timeout": T}`).
 //!
 //! Its answers depend on the descriptors' values, so a test picks the outcome by the request
 //! it sends:
@@ -96,6 +97,7 @@ impl RateLimitService for Service {
             "domain": r.domain,
             "descriptors": values,
             "hits_addend": r.hits_addend,
+            "descriptor_hits": r.descriptors.iter().map(|d| d.hits_addend.as_ref().map(|h| h.value)).collect::<Vec<_>>(),
             "grpc_timeout": grpc_timeout,
         }));
         let has = |v: &str| values.iter().flatten().any(|(_, x)| x == v);

@@ -1795,6 +1795,7 @@ pub(crate) fn translate_routes(
             rate_limits: super::ratelimit::policies(
                 &vh.rate_limits,
                 &format!("{vpath}.rate_limits"),
+                super::ratelimit::Owner::Route,
             )?,
             virtual_clusters: virtual_clusters(&vh.virtual_clusters, &vpath)?,
         });

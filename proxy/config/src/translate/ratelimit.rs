@@ -170,7 +170,7 @@ pub(super) fn translate(
         )?,
         response_headers: adds(response_headers_to_add, "response_headers_to_add")?,
         descriptors: out_descriptors,
-        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"))?,
+        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"), Owner::Local)?,
         stage: *stage,
         vh_rate_limits,
         per_connection: *local_rate_limit_per_downstream_connection,
@@ -214,18 +214,31 @@ fn bucket(b: &type_pb::TokenBucket, path: &str) -> Result<TokenBucket, ConfigErr
     })
 }
 
+/// Whose `rate_limits` a list is, which decides what of each Envoy reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Owner {
+    /// A route's or a virtual host's: Envoy 1.40 reads no `hits_addend` there (accepted
+    /// and ignored, as by Envoy: docs/compatibility.md).
+    Route,
+    /// The rate limit filter's own, or its `RateLimitPerRoute`'s.
+    Global,
+    /// The local rate limit filter's own: `hits_addend` and `x_ratelimit_option` are refused.
+    Local,
+}
+
 /// A list of `RateLimit`s (a route's, a virtual host's or the filter's own).
 pub(super) fn policies(
     list: &[route::RateLimit],
     path: &str,
+    owner: Owner,
 ) -> Result<Vec<RateLimitPolicy>, ConfigError> {
     list.iter()
         .enumerate()
-        .map(|(i, r)| policy(r, &format!("{path}[{i}]")))
+        .map(|(i, r)| policy(r, &format!("{path}[{i}]"), owner))
         .collect()
 }
 
-fn policy(r: &route::RateLimit, path: &str) -> Result<RateLimitPolicy, ConfigError> {
+fn policy(r: &route::RateLimit, path: &str, owner: Owner) -> Result<RateLimitPolicy, ConfigError> {
     let route::RateLimit {
         stage,
         disable_key,
@@ -235,11 +248,22 @@ fn policy(r: &route::RateLimit, path: &str) -> Result<RateLimitPolicy, ConfigErr
         apply_on_stream_done,
         x_ratelimit_option,
     } = r;
-    if *x_ratelimit_option != 0 {
+    if owner == Owner::Local && *x_ratelimit_option != 0 {
         return Err(ConfigError::unsupported(format!(
             "{path}.x_ratelimit_option"
         )));
     }
+    let x_ratelimit = match route::rate_limit::XRateLimitOption::try_from(*x_ratelimit_option) {
+        Ok(route::rate_limit::XRateLimitOption::Unspecified) => None,
+        Ok(route::rate_limit::XRateLimitOption::Off) => Some(false),
+        Ok(route::rate_limit::XRateLimitOption::DraftVersion03) => Some(true),
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.x_ratelimit_option"),
+                "value must be one of the defined enum values",
+            ))
+        }
+    };
     let stage = stage.as_ref().map_or(0, |v| v.value);
     if stage > 10 {
         return Err(ConfigError::new(
@@ -253,9 +277,27 @@ fn policy(r: &route::RateLimit, path: &str) -> Result<RateLimitPolicy, ConfigErr
     if limit.is_some() {
         return Err(ConfigError::unsupported(format!("{path}.limit")));
     }
-    if hits_addend.is_some() {
-        return Err(ConfigError::unsupported(format!("{path}.hits_addend")));
-    }
+    let hits_addend = match hits_addend {
+        None => None,
+        Some(_) if owner == Owner::Local => {
+            return Err(ConfigError::unsupported(format!("{path}.hits_addend")))
+        }
+        Some(h) => match (&h.number, h.format.is_empty()) {
+            (Some(n), true) => Some(n.value),
+            (None, false) => {
+                return Err(ConfigError::unsupported(format!(
+                    "{path}.hits_addend.format"
+                )))
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{path}.hits_addend"),
+                    "hits_addend must contain either a format or a number",
+                ))
+            }
+        },
+    };
+    let hits_addend = hits_addend.filter(|_| owner == Owner::Global);
     if *apply_on_stream_done {
         return Err(ConfigError::unsupported(format!(
             "{path}.apply_on_stream_done"
@@ -274,6 +316,8 @@ fn policy(r: &route::RateLimit, path: &str) -> Result<RateLimitPolicy, ConfigErr
     Ok(RateLimitPolicy {
         stage,
         actions: out,
+        x_ratelimit,
+        hits_addend,
     })
 }
 
@@ -608,7 +652,7 @@ pub(super) fn global(r: &rl::RateLimit, path: &str) -> Result<HttpRateLimit, Con
         stat_prefix: stat_prefix.clone(),
         enabled: fraction(filter_enabled, "filter_enabled")?,
         enforced: fraction(filter_enforced, "filter_enforced")?,
-        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"))?,
+        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"), Owner::Global)?,
     })
 }
 
@@ -642,7 +686,7 @@ fn global_per_route(
     }
     Ok(RateLimitPerRoute {
         vh_rate_limits,
-        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"))?,
+        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"), Owner::Global)?,
         domain: Some(domain.clone()).filter(|d| !d.is_empty()),
     })
 }

@@ -447,6 +447,7 @@ fn forward(
                 let policies = super::ratelimit::policies(
                     &action.rate_limits,
                     &format!("{apath}.rate_limits"),
+                    super::ratelimit::Owner::Route,
                 )?;
                 let include_vh = include_vh_rate_limits(action);
                 (include_vh || !policies.is_empty()).then(|| {

@@ -263,6 +263,18 @@ pub(super) fn descriptors<'a>(
     head: &http::request::Parts,
     remote: IpAddr,
 ) -> Vec<Vec<(String, String)>> {
+    descriptors_of(policies, head, remote)
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect()
+}
+
+/// The descriptors the policies make for a request, each with the policy that made it.
+pub(super) fn descriptors_of<'a>(
+    policies: impl IntoIterator<Item = &'a RateLimitPolicy>,
+    head: &http::request::Parts,
+    remote: IpAddr,
+) -> Vec<(Vec<(String, String)>, &'a RateLimitPolicy)> {
     let mut out = Vec::new();
     'policy: for p in policies {
         let mut entries = Vec::new();
@@ -274,7 +286,7 @@ pub(super) fn descriptors<'a>(
             }
         }
         if !entries.is_empty() {
-            out.push(entries);
+            out.push((entries, p));
         }
     }
     out
@@ -464,6 +476,8 @@ mod tests {
     #[test]
     fn descriptors_follow_envoy_actions() {
         let policies = vec![RateLimitPolicy {
+            x_ratelimit: None,
+            hits_addend: None,
             stage: 0,
             actions: vec![
                 RateLimitAction::GenericKey {
@@ -489,6 +503,8 @@ mod tests {
         // A missing header drops the whole descriptor.
         assert!(descriptors(&policies, &parts("/", &[]), ip).is_empty());
         let masked = vec![RateLimitPolicy {
+            x_ratelimit: None,
+            hits_addend: None,
             stage: 0,
             actions: vec![RateLimitAction::MaskedRemoteAddress { v4: 16, v6: 64 }],
         }];

@@ -20,7 +20,7 @@ use prost::Message;
 
 use crate::config::model::{HttpRateLimit, RateLimitPerRoute, RateLimitRequestType};
 use crate::http::filter::{HeadersStatus, HttpFilter, Resume, StreamContext};
-use crate::http::filters::local_ratelimit::{applicable, descriptors};
+use crate::http::filters::local_ratelimit::{applicable, descriptors_of};
 use crate::http::filters::router::RouteRef;
 use crate::http::local_reply::LocalReply;
 use crate::stats::{Counter, Shard};
@@ -167,10 +167,15 @@ impl HttpFilter for RateLimitFilter {
             None => (&c.rate_limits, Default::default()),
         };
         let policies = applicable(own, self.route.as_ref(), c.stage, vh);
-        let list = descriptors(policies, head, self.remote);
+        let list = descriptors_of(policies, head, self.remote);
         if list.is_empty() {
             return HeadersStatus::Continue;
         }
+        // Whether each descriptor's status may write `x-ratelimit-*`.
+        let x_ratelimit: Vec<bool> = list
+            .iter()
+            .map(|(_, p)| p.x_ratelimit.unwrap_or(c.x_ratelimit_headers))
+            .collect();
         let domain = self
             .per_route
             .as_ref()
@@ -180,11 +185,12 @@ impl HttpFilter for RateLimitFilter {
             domain,
             descriptors: list
                 .into_iter()
-                .map(|d| envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor {
+                .map(|(d, p)| envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor {
                     entries: d
                         .into_iter()
                         .map(|(key, value)| envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry { key, value })
                         .collect(),
+                    hits_addend: p.hits_addend.map(|value| envoy_types::pb::google::protobuf::UInt64Value { value }),
                     ..Default::default()
                 })
                 .collect(),
@@ -206,7 +212,7 @@ impl HttpFilter for RateLimitFilter {
             };
             decide(
                 verdict,
-                &c,
+                (&c, &x_ratelimit),
                 &stats,
                 route_cluster.as_deref(),
                 &added,
@@ -265,23 +271,21 @@ pub fn parse(data: &[u8]) -> Option<pb::RateLimitResponse> {
     pb::RateLimitResponse::decode(crate::http::grpc_call::unframe(data)?).ok()
 }
 
-/// The headers an answer adds to the response: the service's own, then (with
-/// `x_ratelimit`) the `x-ratelimit-*` its statuses make.
+/// The headers an answer adds to the response: the service's own, then the `x-ratelimit-*`
+/// its statuses make, as `x_ratelimit` (by descriptor, else `default`) lets them be written.
 pub fn answer_headers(
     r: &pb::RateLimitResponse,
-    x_ratelimit_headers: bool,
+    (x_ratelimit_headers, default): (&[bool], bool),
 ) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = header_list(&r.response_headers_to_add);
-    if x_ratelimit_headers {
-        out.extend(x_ratelimit(&r.statuses));
-    }
+    out.extend(x_ratelimit(&r.statuses, x_ratelimit_headers, default));
     out
 }
 
 /// What the stream does with the service's answer.
 fn decide(
     verdict: Verdict,
-    c: &HttpRateLimit,
+    (c, x_ratelimit_headers): (&HttpRateLimit, &[bool]),
     stats: &Stats,
     route_cluster: Option<&Cluster>,
     added: &RefCell<Added>,
@@ -307,7 +311,8 @@ fn decide(
         }
         Verdict::Ok(r) => {
             stats.ok.inc();
-            added.borrow_mut().headers = answer_headers(&r, c.x_ratelimit_headers);
+            added.borrow_mut().headers =
+                answer_headers(&r, (x_ratelimit_headers, c.x_ratelimit_headers));
             return append(header_list(&r.request_headers_to_add));
         }
         Verdict::OverLimit(r) => r,
@@ -327,9 +332,11 @@ fn decide(
             HeaderValue::from_static("true"),
         ));
     }
-    if c.x_ratelimit_headers {
-        a.headers.extend(x_ratelimit(&response.statuses));
-    }
+    a.headers.extend(x_ratelimit(
+        &response.statuses,
+        x_ratelimit_headers,
+        c.x_ratelimit_headers,
+    ));
     if !enforced {
         return append(header_list(&response.request_headers_to_add));
     }
@@ -396,19 +403,35 @@ fn window(unit: i32) -> Option<u64> {
 }
 
 /// `x-ratelimit-limit`, `-remaining` and `-reset` (draft 03) from the descriptors' statuses:
-/// the status closest to its limit, and each limit's quota policy.
+/// the status closest to its limit, and each limit's quota policy. `enabled` says, by
+/// descriptor (statuses follow the descriptors sent), which may write them: none are written
+/// when the closest may not, and the quota policy lists only those that may (Envoy's
+/// `x_ratelimit_option`). A status past the descriptors takes `default` (the filter's).
 fn x_ratelimit(
     statuses: &[pb::rate_limit_response::DescriptorStatus],
+    enabled: &[bool],
+    default: bool,
 ) -> Vec<(HeaderName, HeaderValue)> {
-    let mut min: Option<&pb::rate_limit_response::DescriptorStatus> = None;
+    let on = |i: usize| enabled.get(i).copied().unwrap_or(default);
+    let mut min: Option<(usize, &pb::rate_limit_response::DescriptorStatus)> = None;
+    for (i, s) in statuses.iter().enumerate() {
+        if s.current_limit.is_some()
+            && min.is_none_or(|(_, m)| s.limit_remaining < m.limit_remaining)
+        {
+            min = Some((i, s));
+        }
+    }
+    let Some((at, m)) = min else {
+        return Vec::new();
+    };
+    if !on(at) {
+        return Vec::new();
+    }
     let mut policy = String::new();
-    for s in statuses {
-        let Some(limit) = &s.current_limit else {
+    for (i, s) in statuses.iter().enumerate() {
+        let Some(limit) = s.current_limit.as_ref().filter(|_| on(i)) else {
             continue;
         };
-        if min.is_none_or(|m| s.limit_remaining < m.limit_remaining) {
-            min = Some(s);
-        }
         policy.push_str(&format!(", {}", limit.requests_per_unit));
         if let Some(w) = window(limit.unit) {
             policy.push_str(&format!(";w={w}"));
@@ -417,7 +440,6 @@ fn x_ratelimit(
             policy.push_str(&format!(";name=\"{}\"", limit.name));
         }
     }
-    let Some(m) = min else { return Vec::new() };
     let limit = m.current_limit.as_ref().map_or(0, |l| l.requests_per_unit);
     let reset = m
         .duration_until_reset
@@ -457,10 +479,11 @@ mod tests {
     #[test]
     fn x_ratelimit_headers_as_envoy_writes_them() {
         // Envoy's own cases (ratelimit_headers_test.cc).
-        let h = x_ratelimit(&[
+        let statuses = [
             status(1, Unit::Minute, "first", 2, 3),
             status(4, Unit::Hour, "second", 5, 6),
-        ]);
+        ];
+        let h = x_ratelimit(&statuses, &[], true);
         let v: Vec<&str> = h.iter().map(|(_, v)| v.to_str().expect("ascii")).collect();
         assert_eq!(
             v,
@@ -470,9 +493,16 @@ mod tests {
                 "3"
             ]
         );
-        assert!(x_ratelimit(&[]).is_empty());
+        assert!(x_ratelimit(&[], &[], true).is_empty());
         let none = DescriptorStatus::default();
-        assert!(x_ratelimit(&[none]).is_empty());
+        assert!(x_ratelimit(&[none], &[], true).is_empty());
+        // x_ratelimit_option: the closest status's descriptor decides whether any are
+        // written; the others' choices, whether they are in the quota policy.
+        assert!(x_ratelimit(&statuses, &[false, true], true).is_empty());
+        let h = x_ratelimit(&statuses, &[true, false], true);
+        assert_eq!(h[0].1, "1, 1;w=60;name=\"first\"");
+        assert!(x_ratelimit(&statuses, &[true], false).len() == 3);
+        assert!(x_ratelimit(&statuses, &[], false).is_empty());
     }
 
     #[test]
@@ -483,7 +513,7 @@ mod tests {
             r.overall_code,
             pb::rate_limit_response::Code::OverLimit as i32
         );
-        let h = answer_headers(&r, true);
+        let h = answer_headers(&r, (&[], true));
         assert_eq!(h[0].0, "x-rls-over");
         assert_eq!(h[1].1, "10, 10;w=60;name=\"per-user\"");
         // Short, longer than its frame says, compressed.
