@@ -1,7 +1,8 @@
 //! `envoy.filters.http.local_ratelimit` and routes' `typed_per_filter_config` side by side with
 //! Envoy 1.40: the connection manager's bucket, a route's own bucket, a route that turns the
 //! filter off (`FilterConfig.disabled`) and one that turns on a filter disabled by default,
-//! limits counted but not enforced, descriptors made by `rate_limits` actions, the
+//! limits counted but not enforced, descriptors made by `rate_limits` actions (with their
+//! `hits_addend` and `x_ratelimit_option`), the
 //! `x-ratelimit-*` headers, route response headers on the local replies, and the filter's stats.
 //! Also `CompressorPerRoute`: a route that turns compression off.
 
@@ -122,6 +123,12 @@ fn config(admin: u16, ports: [u16; 4], upstream: u16) -> String {
                 token_bucket: {{max_tokens: 2, tokens_per_fill: 1, fill_interval: 3600s}}
               - entries: [{{key: client, value: ""}}]
                 token_bucket: {{max_tokens: 2, tokens_per_fill: 1, fill_interval: 3600s}}
+              - entries: [{{key: heavy, value: h}}]
+                token_bucket: {{max_tokens: 5, tokens_per_fill: 1, fill_interval: 3600s}}
+              - entries: [{{key: quiet, value: q}}]
+                token_bucket: {{max_tokens: 2, tokens_per_fill: 1, fill_interval: 3600s}}
+              - entries: [{{key: free, value: f}}]
+                token_bucket: {{max_tokens: 1, tokens_per_fill: 1, fill_interval: 3600s}}
               max_dynamic_descriptors: 2
               rate_limits:
               - actions:
@@ -132,7 +139,16 @@ fn config(admin: u16, ports: [u16; 4], upstream: u16) -> String {
               - actions:
                 - request_headers: {{header_name: x-user, descriptor_key: user}}
               - actions:
-                - request_headers: {{header_name: x-client, descriptor_key: client}}"#
+                - request_headers: {{header_name: x-client, descriptor_key: client}}
+              - actions:
+                - request_headers: {{header_name: x-heavy, descriptor_key: heavy}}
+                hits_addend: {{number: 3}}
+              - actions:
+                - request_headers: {{header_name: x-quiet, descriptor_key: quiet}}
+                x_ratelimit_option: "OFF"
+              - actions:
+                - request_headers: {{header_name: x-free, descriptor_key: free}}
+                hits_addend: {{number: 0}}"#
     );
     // 3: compression, off on one route.
     let compress_routes = r#"
@@ -226,6 +242,16 @@ async fn local_rate_limits_as_envoy() {
             (2, "/", &[("x-client", "b")]),
             (2, "/", &[("x-client", "c")]),
             (2, "/", &[("x-client", "c")]),
+            // hits_addend: three tokens of five a request; zero, a refusal every time (Envoy's
+            // bucket consumed nothing); x_ratelimit_option OFF: no x-ratelimit-* for that
+            // descriptor.
+            (2, "/", &[("x-heavy", "h")]),
+            (2, "/", &[("x-heavy", "h")]),
+            (2, "/", &[("x-free", "f")]),
+            (2, "/", &[("x-free", "f")]),
+            (2, "/", &[("x-quiet", "q")]),
+            (2, "/", &[("x-quiet", "q")]),
+            (2, "/", &[("x-quiet", "q")]),
             // Compression on one route and not the other.
             (3, "/z", &[("accept-encoding", "gzip")]),
             (3, "/plain", &[("accept-encoding", "gzip")]),

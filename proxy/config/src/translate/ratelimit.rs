@@ -170,7 +170,7 @@ pub(super) fn translate(
         )?,
         response_headers: adds(response_headers_to_add, "response_headers_to_add")?,
         descriptors: out_descriptors,
-        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"), Owner::Local)?,
+        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"), Owner::Filter)?,
         stage: *stage,
         vh_rate_limits,
         per_connection: *local_rate_limit_per_downstream_connection,
@@ -220,10 +220,8 @@ pub(super) enum Owner {
     /// A route's or a virtual host's: Envoy 1.40 reads no `hits_addend` there (accepted
     /// and ignored, as by Envoy: docs/compatibility.md).
     Route,
-    /// The rate limit filter's own, or its `RateLimitPerRoute`'s.
-    Global,
-    /// The local rate limit filter's own: `hits_addend` and `x_ratelimit_option` are refused.
-    Local,
+    /// A rate limit filter's own, or its per-route configuration's.
+    Filter,
 }
 
 /// A list of `RateLimit`s (a route's, a virtual host's or the filter's own).
@@ -248,11 +246,6 @@ fn policy(r: &route::RateLimit, path: &str, owner: Owner) -> Result<RateLimitPol
         apply_on_stream_done,
         x_ratelimit_option,
     } = r;
-    if owner == Owner::Local && *x_ratelimit_option != 0 {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.x_ratelimit_option"
-        )));
-    }
     let x_ratelimit = match route::rate_limit::XRateLimitOption::try_from(*x_ratelimit_option) {
         Ok(route::rate_limit::XRateLimitOption::Unspecified) => None,
         Ok(route::rate_limit::XRateLimitOption::Off) => Some(false),
@@ -279,9 +272,6 @@ fn policy(r: &route::RateLimit, path: &str, owner: Owner) -> Result<RateLimitPol
     }
     let hits_addend = match hits_addend {
         None => None,
-        Some(_) if owner == Owner::Local => {
-            return Err(ConfigError::unsupported(format!("{path}.hits_addend")))
-        }
         Some(h) => match (&h.number, h.format.is_empty()) {
             (Some(n), true) => Some(n.value),
             (None, false) => {
@@ -297,7 +287,7 @@ fn policy(r: &route::RateLimit, path: &str, owner: Owner) -> Result<RateLimitPol
             }
         },
     };
-    let hits_addend = hits_addend.filter(|_| owner == Owner::Global);
+    let hits_addend = hits_addend.filter(|_| owner != Owner::Route);
     if *apply_on_stream_done {
         return Err(ConfigError::unsupported(format!(
             "{path}.apply_on_stream_done"
@@ -652,7 +642,7 @@ pub(super) fn global(r: &rl::RateLimit, path: &str) -> Result<HttpRateLimit, Con
         stat_prefix: stat_prefix.clone(),
         enabled: fraction(filter_enabled, "filter_enabled")?,
         enforced: fraction(filter_enforced, "filter_enforced")?,
-        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"), Owner::Global)?,
+        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"), Owner::Filter)?,
     })
 }
 
@@ -686,7 +676,7 @@ fn global_per_route(
     }
     Ok(RateLimitPerRoute {
         vh_rate_limits,
-        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"), Owner::Global)?,
+        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"), Owner::Filter)?,
         domain: Some(domain.clone()).filter(|d| !d.is_empty()),
     })
 }

@@ -123,8 +123,9 @@ pub struct LocalRateLimitFilter {
     remote: IpAddr,
     /// The runtime values the stream started with.
     runtime: Arc<crate::config::runtime::Values>,
-    /// What the bucket that decided said, for the `x-ratelimit-*` headers.
-    verdict: Option<Verdict>,
+    /// What the bucket that decided said, for the `x-ratelimit-*` headers, and its
+    /// descriptor's `x_ratelimit_option` (none: the filter's choice).
+    verdict: Option<(Verdict, Option<bool>)>,
 }
 
 /// What one descriptor action adds: an entry, nothing (the action is skipped), or the end of
@@ -258,7 +259,8 @@ fn header_value<'a>(key: &HeaderKey, head: &'a http::request::Parts) -> Option<&
 }
 
 /// The descriptors the policies make for a request.
-pub(super) fn descriptors<'a>(
+#[cfg(test)]
+fn descriptors<'a>(
     policies: impl IntoIterator<Item = &'a RateLimitPolicy>,
     head: &http::request::Parts,
     remote: IpAddr,
@@ -306,11 +308,14 @@ fn wildcard_matches(config: &[(String, String)], request: &[(String, String)]) -
 impl LocalRateLimitFilter {
     /// Envoy's `requestAllowed`: the matched descriptors' buckets, slowest first, then the
     /// default bucket.
-    fn allowed(&self, head: &http::request::Parts) -> Verdict {
+    /// With the verdict, the `x_ratelimit_option` of the descriptor that gave it.
+    fn allowed(&self, head: &http::request::Parts) -> (Verdict, Option<bool>) {
         let c = &self.config;
         let now = Instant::now();
-        // (the descriptor's index, its bucket for these values when it is a wildcard)
-        let mut matched: Vec<(usize, Option<Arc<Bucket>>)> = Vec::new();
+        // (the descriptor's index, its bucket for these values when it is a wildcard, the
+        // request descriptor's hits and `x_ratelimit_option`)
+        type Matched = (usize, Option<Arc<Bucket>>, u64, Option<bool>);
+        let mut matched: Vec<Matched> = Vec::new();
         if !c.descriptors.is_empty() {
             let policies = applicable(
                 &c.rate_limits,
@@ -318,7 +323,7 @@ impl LocalRateLimitFilter {
                 c.stage,
                 c.vh_rate_limits,
             );
-            for d in descriptors(policies, head, self.remote) {
+            for (d, p) in descriptors_of(policies, head, self.remote) {
                 // An exact descriptor first, else a wildcard whose keys match.
                 let exact = c.descriptors.iter().position(|x| x.entries == d);
                 let hit = exact.map(|i| (i, None)).or_else(|| {
@@ -330,7 +335,7 @@ impl LocalRateLimitFilter {
                     Some((i, Some(dynamic.bucket(&d))))
                 });
                 if let Some((i, b)) = hit {
-                    let seen = matched.iter().any(|(j, o)| {
+                    let seen = matched.iter().any(|(j, o, _, _)| {
                         *j == i
                             && match (o, &b) {
                                 (Some(x), Some(y)) => Arc::ptr_eq(x, y),
@@ -338,16 +343,13 @@ impl LocalRateLimitFilter {
                             }
                     });
                     if !seen {
-                        matched.push((i, b));
+                        matched.push((i, b, p.hits_addend.unwrap_or(1), p.x_ratelimit));
                     }
                 }
             }
         }
         let buckets = &self.limiter.descriptors;
-        fn pick<'a>(
-            buckets: &'a [Bucket],
-            m: &'a (usize, Option<Arc<Bucket>>),
-        ) -> Option<&'a Bucket> {
+        fn pick<'a>(buckets: &'a [Bucket], m: &'a Matched) -> Option<&'a Bucket> {
             match &m.1 {
                 Some(b) => Some(b.as_ref()),
                 None => buckets.get(m.0),
@@ -357,33 +359,36 @@ impl LocalRateLimitFilter {
             let rate = |m| pick(buckets, m).map_or(0.0, Bucket::rate);
             rate(a).total_cmp(&rate(b))
         });
-        let mut first: Option<Verdict> = None;
+        let mut first: Option<(Verdict, Option<bool>)> = None;
         for m in &matched {
             let Some(b) = pick(buckets, m) else { continue };
-            let v = b.take(now);
+            let v = b.take_n(now, m.2);
             if !v.allowed {
                 // A shadow descriptor's refusal is counted and let through.
                 if !c.descriptors[m.0].shadow {
-                    return v;
+                    return (v, m.3);
                 }
                 self.stats.shadow_mode.inc();
             }
-            first.get_or_insert(Verdict { allowed: true, ..v });
+            first.get_or_insert((Verdict { allowed: true, ..v }, m.3));
         }
         if matched.is_empty() || c.always_consume_default {
             if let Some(b) = &self.limiter.default {
                 let v = b.take(now);
                 if !v.allowed || first.is_none() {
-                    return v;
+                    return (v, None);
                 }
             }
         }
-        first.unwrap_or(Verdict {
-            allowed: true,
-            limit: 0,
-            remaining: 0,
-            reset: 0,
-        })
+        first.unwrap_or((
+            Verdict {
+                allowed: true,
+                limit: 0,
+                remaining: 0,
+                reset: 0,
+            },
+            None,
+        ))
     }
 }
 
@@ -397,15 +402,16 @@ static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-rese
 
 impl LocalRateLimitFilter {
     fn x_ratelimit(&self, headers: &mut Vec<(HeaderName, HeaderValue)>) {
-        if let (true, Some(v)) = (self.config.x_ratelimit_headers, self.verdict) {
-            if v.limit > 0 {
-                headers.push((X_RATELIMIT_LIMIT.clone(), number(u64::from(v.limit))));
-                headers.push((
-                    X_RATELIMIT_REMAINING.clone(),
-                    number(u64::from(v.remaining)),
-                ));
-                headers.push((X_RATELIMIT_RESET.clone(), number(v.reset)));
-            }
+        let Some((v, option)) = self.verdict else {
+            return;
+        };
+        if option.unwrap_or(self.config.x_ratelimit_headers) && v.limit > 0 {
+            headers.push((X_RATELIMIT_LIMIT.clone(), number(u64::from(v.limit))));
+            headers.push((
+                X_RATELIMIT_REMAINING.clone(),
+                number(u64::from(v.remaining)),
+            ));
+            headers.push((X_RATELIMIT_RESET.clone(), number(v.reset)));
         }
     }
 }
@@ -422,8 +428,8 @@ impl HttpFilter for LocalRateLimitFilter {
             return HeadersStatus::Continue;
         }
         self.stats.enabled.inc();
-        let verdict = self.allowed(head);
-        self.verdict = Some(verdict);
+        let (verdict, option) = self.allowed(head);
+        self.verdict = Some((verdict, option));
         if verdict.allowed {
             self.stats.ok.inc();
             return HeadersStatus::Continue;

@@ -43,11 +43,18 @@ impl Bucket {
 
     /// Takes a token if there is one.
     pub fn take(&self, now: Instant) -> Verdict {
+        self.take_n(now, 1)
+    }
+
+    /// Takes `n` tokens if there are as many (a descriptor's `hits_addend`). Taking none is a
+    /// refusal, as Envoy's bucket counts what it consumed.
+    pub fn take_n(&self, now: Instant, n: u64) -> Verdict {
+        let n = n as f64;
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
         let tokens = (s.0 + elapsed * self.rate).min(self.max);
-        let allowed = tokens >= 1.0;
-        let left = if allowed { tokens - 1.0 } else { tokens };
+        let allowed = n > 0.0 && tokens >= n;
+        let left = if allowed { tokens - n } else { tokens };
         *s = (left, now.max(s.1));
         Verdict {
             allowed,
@@ -184,6 +191,26 @@ mod tests {
         // Never above max_tokens.
         let later = t0 + Duration::from_secs(60);
         assert_eq!(b.take(later).remaining, 1);
+    }
+
+    #[test]
+    fn takes_several_tokens_or_none() {
+        let b = Bucket::new(&TokenBucket {
+            max_tokens: 5,
+            tokens_per_fill: 1,
+            fill_interval: Duration::from_secs(1),
+        });
+        let t0 = Instant::now();
+        let v = b.take_n(t0, 3);
+        assert!(v.allowed);
+        assert_eq!(v.remaining, 2);
+        // Too few for three: nothing is taken.
+        assert!(!b.take_n(t0, 3).allowed);
+        assert_eq!(b.take_n(t0, 2).remaining, 0);
+        // Taking nothing is a refusal, whatever is left.
+        let later = t0 + Duration::from_secs(60);
+        assert!(!b.take_n(later, 0).allowed);
+        assert_eq!(b.take_n(later, 0).remaining, 5);
     }
 
     #[test]
