@@ -129,6 +129,10 @@ fn config(admin: u16, ports: [u16; 4], upstream: u16) -> String {
                 token_bucket: {{max_tokens: 2, tokens_per_fill: 1, fill_interval: 3600s}}
               - entries: [{{key: free, value: f}}]
                 token_bucket: {{max_tokens: 1, tokens_per_fill: 1, fill_interval: 3600s}}
+              - entries: [{{key: later, value: l}}]
+                token_bucket: {{max_tokens: 1, tokens_per_fill: 1, fill_interval: 3600s}}
+              - entries: [{{key: weight, value: w}}]
+                token_bucket: {{max_tokens: 4, tokens_per_fill: 1, fill_interval: 3600s}}
               max_dynamic_descriptors: 2
               rate_limits:
               - actions:
@@ -148,7 +152,13 @@ fn config(admin: u16, ports: [u16; 4], upstream: u16) -> String {
                 x_ratelimit_option: "OFF"
               - actions:
                 - request_headers: {{header_name: x-free, descriptor_key: free}}
-                hits_addend: {{number: 0}}"#
+                hits_addend: {{number: 0}}
+              - actions:
+                - request_headers: {{header_name: x-later, descriptor_key: later}}
+                apply_on_stream_done: true
+              - actions:
+                - request_headers: {{header_name: x-weight, descriptor_key: weight}}
+                hits_addend: {{format: "%REQ(x-w)%"}}"#
     );
     // 3: compression, off on one route.
     let compress_routes = r#"
@@ -252,6 +262,14 @@ async fn local_rate_limits_as_envoy() {
             (2, "/", &[("x-quiet", "q")]),
             (2, "/", &[("x-quiet", "q")]),
             (2, "/", &[("x-quiet", "q")]),
+            // A policy kept for the stream's end is never applied by a local filter; hits
+            // from a header, a descriptor without a number dropped (the default bucket then).
+            (2, "/", &[("x-later", "l")]),
+            (2, "/", &[("x-later", "l")]),
+            (2, "/", &[("x-weight", "w"), ("x-w", "3")]),
+            (2, "/", &[("x-weight", "w"), ("x-w", "2")]),
+            (2, "/", &[("x-weight", "w"), ("x-w", "1")]),
+            (2, "/", &[("x-weight", "w"), ("x-w", "zz")]),
             // Compression on one route and not the other.
             (3, "/z", &[("accept-encoding", "gzip")]),
             (3, "/plain", &[("accept-encoding", "gzip")]),

@@ -16,8 +16,9 @@
 //!   upstream received, the response flags and details in the access log, and the stats
 //!   (`cluster.<c>.ratelimit.*`, the 429s charged to the route's cluster).
 //! - actions reading pseudo-headers, and a descriptor value with the client's address;
-//! - `x_ratelimit_option` and `hits_addend.number` on a route's, a `RateLimitPerRoute`'s and
-//!   the filter's own `rate_limits`;
+//! - `x_ratelimit_option` and `hits_addend` (a number, or a format over the request and the
+//!   dynamic metadata) on a route's, a `RateLimitPerRoute`'s and the filter's own
+//!   `rate_limits`, and `apply_on_stream_done` (a second call once the stream is done);
 //! - `local_ratelimit` descriptors made by a route's `rate_limits`.
 
 use std::time::Duration;
@@ -147,6 +148,17 @@ fn config(admin: u16, ports: [u16; 4], upstream: u16, rls: u16, log: &str) -> St
                       hits_addend: {{number: 3}}
                       x_ratelimit_option: "OFF"
                     - actions: [{{generic_key: {{descriptor_value: per-hits}}}}]
+              - match: {{prefix: /done}}
+                route: {{cluster: up}}
+                typed_per_filter_config:
+                  rl:
+                    "@type": {PER_ROUTE}
+                    rate_limits:
+                    - actions: [{{request_headers: {{header_name: x-v, descriptor_key: v}}}}]
+                      hits_addend: {{format: "%DYNAMIC_METADATA(cost:units)%"}}
+                    - actions: [{{generic_key: {{descriptor_value: at-end}}}}]
+                      apply_on_stream_done: true
+                      hits_addend: {{format: "%REQ(x-cost)%"}}
               - match: {{prefix: /redirect}}
                 redirect: {{path_redirect: /elsewhere}}
               - match: {{prefix: /missing}}
@@ -154,7 +166,15 @@ fn config(admin: u16, ports: [u16; 4], upstream: u16, rls: u16, log: &str) -> St
               - match: {{prefix: /}}
                 route: {{cluster: up}}"#
     );
-    let filters0 = filter(
+    let filters0 = r#"
+          - name: meta
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config
+              request_rules:
+              - header: x-meta-cost
+                on_header_present: {metadata_namespace: cost, key: units, type: NUMBER}"#
+        .to_string()
+        + &filter(
         "rl",
         r#"
               stat_prefix: sp
@@ -270,6 +290,21 @@ async fn rate_limit_service_as_envoy_calls_and_obeys_it() {
             (0, "/xoff", &[("x-v", "over")]),
             (0, "/per-hits", &[("x-v", "b")]),
             (0, "/per-hits", &[("x-v", "over")]),
+            // apply_on_stream_done: a second call once the stream is done, its hits from
+            // the request's header (none that is not a number: that descriptor is dropped);
+            // hits from dynamic metadata a filter before wrote.
+            (
+                0,
+                "/done",
+                &[("x-v", "a"), ("x-cost", "7"), ("x-meta-cost", "4")],
+            ),
+            (
+                0,
+                "/done",
+                &[("x-v", "a"), ("x-cost", "abc"), ("x-meta-cost", "x")],
+            ),
+            (0, "/done", &[("x-v", "over"), ("x-cost", "2.9")]),
+            (0, "/done", &[("x-cost", "1000000001")]),
             (0, "/redirect", &[]),
             (0, "/missing", &[("x-which", "missing")]),
             (0, "/missing", &[("x-which", "up"), ("x-v", "over")]),
@@ -314,8 +349,9 @@ async fn rate_limit_service_as_envoy_calls_and_obeys_it() {
                             .collect()
                     })
                     .collect();
-                // The slow answer comes after the proxy gave up: wait for it to be printed.
-                if headers.contains(&("x-v", "slow")) {
+                // The slow answer comes after the proxy gave up, and a call at the stream's
+                // end after the response: wait for them to be printed.
+                if headers.contains(&("x-v", "slow")) || path.starts_with("/done") {
                     tokio::time::sleep(Duration::from_millis(700)).await;
                 }
                 let asked: Vec<serde_json::Value> = service
@@ -355,6 +391,17 @@ async fn rate_limit_service_as_envoy_calls_and_obeys_it() {
                 got[0].2, got[1].2,
                 "{what}: what the rate limit service was asked (Envoy, skiff)"
             );
+            if headers.contains(&("x-cost", "7")) {
+                // The request's call with the metadata's 4 hits, then the stream's end's
+                // with the header's 7.
+                let hits: Vec<&serde_json::Value> =
+                    got[0].2.iter().map(|a| &a["descriptor_hits"]).collect();
+                assert_eq!(
+                    hits,
+                    [&serde_json::json!([4]), &serde_json::json!([7])],
+                    "{what}"
+                );
+            }
             if path.starts_with("/pseudo") {
                 let asked = serde_json::to_string(&got[0].2).expect("JSON");
                 assert!(

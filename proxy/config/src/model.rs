@@ -2116,8 +2116,22 @@ pub struct RateLimitPolicy {
     /// makes are written (`Some(true)`: `DRAFT_VERSION_03`, `Some(false)`: `OFF`; unset:
     /// as the filter's `enable_x_ratelimit_headers`).
     pub x_ratelimit: Option<bool>,
-    /// `hits_addend.number`: the hits its descriptor counts for at the rate limit service.
-    pub hits_addend: Option<u64>,
+    /// `hits_addend`: the hits its descriptor counts for (a rate limit filter's own lists
+    /// only: Envoy reads none on routes and virtual hosts).
+    pub hits_addend: Option<HitsAddend>,
+    /// `apply_on_stream_done`: the global filter sends its descriptor once the stream is
+    /// done, without waiting for the answer; a local filter's own list never applies it.
+    pub on_stream_done: bool,
+}
+
+/// `RateLimit.hits_addend`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HitsAddend {
+    /// `number`.
+    Number(u64),
+    /// `format`: one operator, rendered for the request; a value that is not a number from
+    /// 0 to 10⁹ drops the descriptor, as in Envoy.
+    Format(Arc<crate::access_log::Format>),
 }
 
 /// One `RateLimit.Action`.

@@ -1189,9 +1189,15 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.RateLimit",
-        &["stage", "actions", "x_ratelimit_option", "hits_addend"],
+        &[
+            "stage",
+            "actions",
+            "x_ratelimit_option",
+            "hits_addend",
+            "apply_on_stream_done",
+        ],
     ),
-    ("envoy.config.route.v3.RateLimit.HitsAddend", &["number"]),
+    ("envoy.config.route.v3.RateLimit.HitsAddend", &["number", "format"]),
     (
         "envoy.config.route.v3.RateLimit.Action",
         &[

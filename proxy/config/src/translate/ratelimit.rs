@@ -8,8 +8,8 @@ use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3 as lr
 use envoy_types::pb::envoy::r#type::v3 as type_pb;
 
 use super::super::model::{
-    HttpLocalRateLimit, HttpRateLimit, LocalDescriptor, RateLimitAction, RateLimitPerRoute,
-    RateLimitPolicy, RateLimitRequestType, TokenBucket, VhRateLimits,
+    HitsAddend, HttpLocalRateLimit, HttpRateLimit, LocalDescriptor, RateLimitAction,
+    RateLimitPerRoute, RateLimitPolicy, RateLimitRequestType, TokenBucket, VhRateLimits,
 };
 use super::super::ConfigError;
 use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3 as rl;
@@ -273,11 +273,20 @@ fn policy(r: &route::RateLimit, path: &str, owner: Owner) -> Result<RateLimitPol
     let hits_addend = match hits_addend {
         None => None,
         Some(h) => match (&h.number, h.format.is_empty()) {
-            (Some(n), true) => Some(n.value),
+            (Some(n), true) => Some(HitsAddend::Number(n.value)),
             (None, false) => {
-                return Err(ConfigError::unsupported(format!(
-                    "{path}.hits_addend.format"
-                )))
+                let hpath = format!("{path}.hits_addend.format");
+                let f = crate::access_log::Format::parse(&h.format)
+                    .map_err(|e| ConfigError::new(&hpath, e))?;
+                if !matches!(f.body(), crate::access_log::Body::Text(p)
+                    if matches!(&p[..], [crate::access_log::Piece::Op(..)]))
+                {
+                    return Err(ConfigError::new(
+                        hpath,
+                        "hits_addend format must contain exactly one substitution",
+                    ));
+                }
+                Some(HitsAddend::Format(Arc::new(f)))
             }
             _ => {
                 return Err(ConfigError::new(
@@ -288,11 +297,6 @@ fn policy(r: &route::RateLimit, path: &str, owner: Owner) -> Result<RateLimitPol
         },
     };
     let hits_addend = hits_addend.filter(|_| owner != Owner::Route);
-    if *apply_on_stream_done {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.apply_on_stream_done"
-        )));
-    }
     if actions.is_empty() {
         return Err(ConfigError::new(
             format!("{path}.actions"),
@@ -308,6 +312,7 @@ fn policy(r: &route::RateLimit, path: &str, owner: Owner) -> Result<RateLimitPol
         actions: out,
         x_ratelimit,
         hits_addend,
+        on_stream_done: *apply_on_stream_done,
     })
 }
 

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use crate::config::model::{
-    HeaderKey, HttpLocalRateLimit, RateLimitAction, RateLimitPolicy, ValuePart, VhRateLimits,
+    HeaderKey, HitsAddend, HttpLocalRateLimit, RateLimitAction, RateLimitPolicy, ValuePart,
+    VhRateLimits,
 };
 use crate::http::filter::{HeadersStatus, HttpFilter, StreamContext};
 use crate::http::filters::token_bucket::{Bucket, Limiter, Verdict};
@@ -101,6 +102,7 @@ impl Factory {
         } else {
             cx.selection.route_ref()
         };
+        let render = Render::when_needed([&config.rate_limits[..]], cx);
         LocalRateLimitFilter {
             config,
             limiter,
@@ -109,6 +111,7 @@ impl Factory {
             remote: cx.remote,
             runtime: cx.selection.runtime.clone(),
             verdict: None,
+            render,
         }
     }
 }
@@ -126,6 +129,59 @@ pub struct LocalRateLimitFilter {
     /// What the bucket that decided said, for the `x-ratelimit-*` headers, and its
     /// descriptor's `x_ratelimit_option` (none: the filter's choice).
     verdict: Option<(Verdict, Option<bool>)>,
+    /// What `hits_addend` formats are rendered with, when a policy has one.
+    render: Option<Render>,
+}
+
+/// The stream's record, for the `hits_addend` formats of rate limit policies: the connection
+/// manager's when it keeps one, else one with the stream's addresses and dynamic metadata.
+pub(super) struct Render(Box<crate::stream_info::StreamInfo>);
+
+impl Render {
+    /// A renderer when one of the filter's own policies has a `hits_addend` format (Envoy
+    /// reads none on routes and virtual hosts).
+    pub(super) fn when_needed<'a>(
+        own: impl IntoIterator<Item = &'a [RateLimitPolicy]>,
+        cx: &StreamContext<'_>,
+    ) -> Option<Render> {
+        let formats = |l: &[RateLimitPolicy]| {
+            l.iter()
+                .any(|p| matches!(p.hits_addend, Some(HitsAddend::Format(_))))
+        };
+        if !own.into_iter().any(formats) {
+            return None;
+        }
+        let mut info = match cx.info {
+            Some(i) => Box::new(i.clone()),
+            None => Box::new(crate::stream_info::StreamInfo::new(
+                cx.downstream.peer,
+                cx.downstream.local,
+            )),
+        };
+        if info.dynamic_metadata.is_none() {
+            info.dynamic_metadata = cx.metadata.cloned();
+        }
+        Some(Render(info))
+    }
+
+    /// The hits of a descriptor of `p` for a request with `headers`: `Some(None)` for none
+    /// configured, `None` when its format does not give a number from 0 to 10⁹ (the
+    /// descriptor is dropped, as Envoy drops it).
+    pub(super) fn hits(
+        render: Option<&Render>,
+        p: &RateLimitPolicy,
+        headers: &http::HeaderMap,
+    ) -> Option<Option<u64>> {
+        match &p.hits_addend {
+            None => Some(None),
+            Some(HitsAddend::Number(n)) => Some(Some(*n)),
+            Some(HitsAddend::Format(f)) => {
+                let v = crate::access_log::header_value(f, &render?.0, Some(headers), None);
+                let n: f64 = v.trim().parse().ok()?;
+                (0.0..=1e9).contains(&n).then_some(Some(n as u64))
+            }
+        }
+    }
 }
 
 /// What one descriptor action adds: an entry, nothing (the action is skipped), or the end of
@@ -324,6 +380,13 @@ impl LocalRateLimitFilter {
                 c.vh_rate_limits,
             );
             for (d, p) in descriptors_of(policies, head, self.remote) {
+                // The filter's own list never applies a policy kept for the stream's end.
+                if p.on_stream_done && !c.rate_limits.is_empty() {
+                    continue;
+                }
+                let Some(hits) = Render::hits(self.render.as_ref(), p, &head.headers) else {
+                    continue;
+                };
                 // An exact descriptor first, else a wildcard whose keys match.
                 let exact = c.descriptors.iter().position(|x| x.entries == d);
                 let hit = exact.map(|i| (i, None)).or_else(|| {
@@ -343,7 +406,7 @@ impl LocalRateLimitFilter {
                             }
                     });
                     if !seen {
-                        matched.push((i, b, p.hits_addend.unwrap_or(1), p.x_ratelimit));
+                        matched.push((i, b, hits.unwrap_or(1), p.x_ratelimit));
                     }
                 }
             }
@@ -484,6 +547,7 @@ mod tests {
         let policies = vec![RateLimitPolicy {
             x_ratelimit: None,
             hits_addend: None,
+            on_stream_done: false,
             stage: 0,
             actions: vec![
                 RateLimitAction::GenericKey {
@@ -511,6 +575,7 @@ mod tests {
         let masked = vec![RateLimitPolicy {
             x_ratelimit: None,
             hits_addend: None,
+            on_stream_done: false,
             stage: 0,
             actions: vec![RateLimitAction::MaskedRemoteAddress { v4: 16, v6: 64 }],
         }];

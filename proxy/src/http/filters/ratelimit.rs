@@ -20,7 +20,7 @@ use prost::Message;
 
 use crate::config::model::{HttpRateLimit, RateLimitPerRoute, RateLimitRequestType};
 use crate::http::filter::{HeadersStatus, HttpFilter, Resume, StreamContext};
-use crate::http::filters::local_ratelimit::{applicable, descriptors_of};
+use crate::http::filters::local_ratelimit::{applicable, descriptors_of, Render};
 use crate::http::filters::router::RouteRef;
 use crate::http::local_reply::LocalReply;
 use crate::stats::{Counter, Shard};
@@ -86,6 +86,12 @@ impl Factory {
         per_route: Option<Arc<RateLimitPerRoute>>,
         cx: &StreamContext<'_>,
     ) -> RateLimitFilter {
+        let render = Render::when_needed(
+            [&self.config.rate_limits[..]]
+                .into_iter()
+                .chain(per_route.as_deref().map(|p| &p.rate_limits[..])),
+            cx,
+        );
         RateLimitFilter {
             factory: self.clone(),
             per_route,
@@ -94,6 +100,9 @@ impl Factory {
             remote: cx.remote,
             runtime: cx.selection.runtime.clone(),
             added: Rc::default(),
+            render,
+            calling: Rc::default(),
+            on_done: None,
         }
     }
 }
@@ -115,6 +124,20 @@ pub struct RateLimitFilter {
     remote: IpAddr,
     runtime: Arc<crate::config::runtime::Values>,
     added: Rc<RefCell<Added>>,
+    /// What `hits_addend` formats are rendered with, when a policy has one.
+    render: Option<Render>,
+    /// The request's call is under way (a stream that ends then sends nothing more).
+    calling: Rc<std::cell::Cell<bool>>,
+    /// The policies kept for the stream's end (`apply_on_stream_done`), with the request they
+    /// read.
+    on_done: Option<OnDone>,
+}
+
+/// A call the stream makes when it is done.
+struct OnDone {
+    policies: Vec<crate::config::model::RateLimitPolicy>,
+    head: http::request::Parts,
+    domain: String,
 }
 
 /// What the service said.
@@ -138,6 +161,91 @@ impl RateLimitFilter {
     fn route_cluster(&self, head: &http::request::Parts) -> Option<String> {
         let name = self.route.as_ref()?.cluster(&head.headers, &self.runtime)?;
         self.worker.clusters.get(name).map(|_| name.to_string())
+    }
+}
+
+impl RateLimitFilter {
+    /// The descriptors `policies` make for a request, each with its policy and its hits (a
+    /// descriptor whose `hits_addend` format gives no number is dropped, as in Envoy).
+    #[allow(clippy::type_complexity)]
+    fn descriptors<'a>(
+        &self,
+        policies: Vec<&'a crate::config::model::RateLimitPolicy>,
+        head: &http::request::Parts,
+    ) -> Vec<(
+        Vec<(String, String)>,
+        &'a crate::config::model::RateLimitPolicy,
+        Option<u64>,
+    )> {
+        descriptors_of(policies, head, self.remote)
+            .into_iter()
+            .filter_map(|(d, p)| {
+                let hits = Render::hits(self.render.as_ref(), p, &head.headers)?;
+                Some((d, p, hits))
+            })
+            .collect()
+    }
+}
+
+/// The service's request for `descriptors` (each with its hits).
+fn service_request(
+    domain: String,
+    descriptors: impl Iterator<Item = (Vec<(String, String)>, Option<u64>)>,
+) -> pb::RateLimitRequest {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+        rate_limit_descriptor::Entry, RateLimitDescriptor,
+    };
+    pb::RateLimitRequest {
+        domain,
+        descriptors: descriptors
+            .map(|(d, hits)| RateLimitDescriptor {
+                entries: d
+                    .into_iter()
+                    .map(|(key, value)| Entry { key, value })
+                    .collect(),
+                hits_addend: hits
+                    .map(|value| envoy_types::pb::google::protobuf::UInt64Value { value }),
+                ..Default::default()
+            })
+            .collect(),
+        hits_addend: 0,
+    }
+}
+
+/// A copy of a request's head (its extensions left out), for what is read at the stream's end.
+fn request_copy(head: &http::request::Parts) -> http::request::Parts {
+    let mut copy = http::Request::new(()).into_parts().0;
+    copy.method = head.method.clone();
+    copy.uri = head.uri.clone();
+    copy.version = head.version;
+    copy.headers = head.headers.clone();
+    copy
+}
+
+impl Drop for RateLimitFilter {
+    /// The stream is done: the descriptors kept for its end go to the service, unless the
+    /// request's own call is still under way (Envoy cancels that and sends nothing). Nobody
+    /// waits for the answer.
+    fn drop(&mut self) {
+        let Some(done) = self.on_done.take() else {
+            return;
+        };
+        if self.calling.get() {
+            return;
+        }
+        let list = self.descriptors(done.policies.iter().collect(), &done.head);
+        if list.is_empty() {
+            return;
+        }
+        let request = service_request(done.domain, list.into_iter().map(|(d, _, h)| (d, h)));
+        let c = self.factory.config.clone();
+        let Some(service) = self.worker.clusters.get(&c.cluster) else {
+            return;
+        };
+        let worker = self.worker.clone();
+        tokio::task::spawn_local(async move {
+            let _ = call(&worker, &service, &c, &request).await;
+        });
     }
 }
 
@@ -167,41 +275,37 @@ impl HttpFilter for RateLimitFilter {
             None => (&c.rate_limits, Default::default()),
         };
         let policies = applicable(own, self.route.as_ref(), c.stage, vh);
-        let list = descriptors_of(policies, head, self.remote);
+        let (at_end, now): (Vec<_>, Vec<_>) = policies.into_iter().partition(|p| p.on_stream_done);
+        let domain = self
+            .per_route
+            .as_ref()
+            .and_then(|p| p.domain.clone())
+            .unwrap_or_else(|| c.domain.clone());
+        if !at_end.is_empty() {
+            self.on_done = Some(OnDone {
+                policies: at_end.into_iter().cloned().collect(),
+                head: request_copy(head),
+                domain: domain.clone(),
+            });
+        }
+        let list = self.descriptors(now, head);
         if list.is_empty() {
             return HeadersStatus::Continue;
         }
         // Whether each descriptor's status may write `x-ratelimit-*`.
         let x_ratelimit: Vec<bool> = list
             .iter()
-            .map(|(_, p)| p.x_ratelimit.unwrap_or(c.x_ratelimit_headers))
+            .map(|(_, p, _)| p.x_ratelimit.unwrap_or(c.x_ratelimit_headers))
             .collect();
-        let domain = self
-            .per_route
-            .as_ref()
-            .and_then(|p| p.domain.clone())
-            .unwrap_or_else(|| c.domain.clone());
-        let request = pb::RateLimitRequest {
-            domain,
-            descriptors: list
-                .into_iter()
-                .map(|(d, p)| envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor {
-                    entries: d
-                        .into_iter()
-                        .map(|(key, value)| envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry { key, value })
-                        .collect(),
-                    hits_addend: p.hits_addend.map(|value| envoy_types::pb::google::protobuf::UInt64Value { value }),
-                    ..Default::default()
-                })
-                .collect(),
-            hits_addend: 0,
-        };
+        let request = service_request(domain, list.into_iter().map(|(d, _, h)| (d, h)));
         let stats = self.factory.stats(&cluster);
         let route_cluster = self.worker.clusters.get(&cluster);
         let service = self.worker.clusters.get(&c.cluster);
         let worker = self.worker.clone();
         let added = self.added.clone();
         let enforced = self.on(&c.enforced, "ratelimit.http_filter_enforcing");
+        let calling = self.calling.clone();
+        calling.set(true);
         HeadersStatus::StopIteration(Box::pin(async move {
             let verdict = match service {
                 Some(service) => call(&worker, &service, &c, &request).await,
@@ -210,6 +314,7 @@ impl HttpFilter for RateLimitFilter {
                     Verdict::Error
                 }
             };
+            calling.set(false);
             decide(
                 verdict,
                 (&c, &x_ratelimit),
