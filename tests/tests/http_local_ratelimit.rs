@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use skiff_tests::client;
-use skiff_tests::proxy::{Kind, ProxyProcess};
+use skiff_tests::proxy::{run_cli, write_config, Kind, ProxyProcess};
 use skiff_tests::side_by_side::assert_same_response;
 use skiff_tests::upstream::{EchoOptions, EchoUpstream};
 use skiff_tests::{free_port, run_for};
@@ -320,6 +320,58 @@ async fn local_rate_limits_as_envoy() {
         }
         assert!(!stats[0].is_empty(), "Envoy has the filter's stats");
         assert_eq!(stats[0], stats[1], "local rate limit stats (Envoy, skiff)");
+    })
+    .await;
+}
+
+/// A `limit` in the local filter's own `rate_limits` is refused by both, with Envoy's words.
+#[tokio::test]
+async fn a_limit_in_the_local_filters_own_rate_limits_is_refused_by_both() {
+    run_for(Duration::from_secs(30), async {
+        let listen = free_port();
+        let yaml = format!(
+            r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: s
+          route_config: {{virtual_hosts: [{{name: a, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: up}}}}]}}]}}
+          http_filters:
+          - name: lrl
+            typed_config:
+              "@type": {LRL}
+              stat_prefix: lrl
+              token_bucket: {{max_tokens: 1, tokens_per_fill: 1, fill_interval: 1s}}
+              descriptors:
+              - entries: [{{key: generic_key, value: a}}]
+                token_bucket: {{max_tokens: 1, tokens_per_fill: 1, fill_interval: 1s}}
+              rate_limits:
+              - actions: [{{generic_key: {{descriptor_value: a}}}}]
+                limit: {{dynamic_metadata: {{metadata_key: {{key: ns, path: [{{key: field}}]}}}}}}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: up
+    load_assignment: {{cluster_name: up, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]}}
+"#
+        );
+        let cfg = write_config("lrl-limit", &yaml);
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let out = run_cli(kind, &["--mode", "validate", "-c", cfg.path()]).await;
+            assert_ne!(out.code, Some(0), "{}: {}", kind.name(), out.output());
+            assert!(
+                out.output().contains("'limit' field is not supported"),
+                "{}: {}",
+                kind.name(),
+                out.output()
+            );
+        }
     })
     .await;
 }

@@ -18,7 +18,8 @@
 //! - actions reading pseudo-headers, and a descriptor value with the client's address;
 //! - `x_ratelimit_option` and `hits_addend` (a number, or a format over the request and the
 //!   dynamic metadata) on a route's, a `RateLimitPerRoute`'s and the filter's own
-//!   `rate_limits`, and `apply_on_stream_done` (a second call once the stream is done);
+//!   `rate_limits`, `apply_on_stream_done` (a second call once the stream is done), and
+//!   `limit` from the dynamic metadata (a JWT's claim);
 //! - `local_ratelimit` descriptors made by a route's `rate_limits`.
 
 use std::time::Duration;
@@ -35,6 +36,35 @@ const PER_ROUTE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute";
 const LRL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+
+/// Where the policies' `limit` is read: the JWT's `rl` claim, as jwt_authn writes it.
+const LIMIT_KEY: &str = "{key: envoy.filters.http.jwt_authn, path: [{key: claims}, {key: rl}]}";
+
+const HMAC_KEY: &[u8] = b"a secret shared for HS256 tokens!";
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn jwks() -> String {
+    serde_json::json!({ "keys": [ { "kty": "oct", "kid": "hs1", "alg": "HS256", "k": b64(HMAC_KEY) } ] })
+        .to_string()
+}
+
+/// A bearer token with the claim `rl`, for the life of the test.
+fn token(rl: serde_json::Value) -> &'static str {
+    let header = serde_json::json!({ "alg": "HS256", "typ": "JWT", "kid": "hs1" });
+    let claims = serde_json::json!({ "iss": "iss", "rl": rl });
+    let signed = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, HMAC_KEY);
+    let sig = ring::hmac::sign(&key, signed.as_bytes());
+    Box::leak(format!("Bearer {signed}.{}", b64(sig.as_ref())).into_boxed_str())
+}
 
 fn filter(name: &str, extra: &str, cluster: &str) -> String {
     format!(
@@ -159,6 +189,20 @@ fn config(admin: u16, ports: [u16; 4], upstream: u16, rls: u16, log: &str) -> St
                     - actions: [{{generic_key: {{descriptor_value: at-end}}}}]
                       apply_on_stream_done: true
                       hits_addend: {{format: "%REQ(x-cost)%"}}
+              - match: {{prefix: /limit-route}}
+                route:
+                  cluster: up
+                  rate_limits:
+                  - actions: [{{generic_key: {{descriptor_value: limit-route}}}}]
+                    limit: {{dynamic_metadata: {{metadata_key: {LIMIT_KEY}}}}}
+              - match: {{prefix: /limit-per}}
+                route: {{cluster: up}}
+                typed_per_filter_config:
+                  rl:
+                    "@type": {PER_ROUTE}
+                    rate_limits:
+                    - actions: [{{generic_key: {{descriptor_value: limit-per}}}}]
+                      limit: {{dynamic_metadata: {{metadata_key: {LIMIT_KEY}}}}}
               - match: {{prefix: /redirect}}
                 redirect: {{path_redirect: /elsewhere}}
               - match: {{prefix: /missing}}
@@ -166,22 +210,33 @@ fn config(admin: u16, ports: [u16; 4], upstream: u16, rls: u16, log: &str) -> St
               - match: {{prefix: /}}
                 route: {{cluster: up}}"#
     );
-    let filters0 = r#"
+    let filters0 = format!(
+        r#"
+          - name: jwt
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                p:
+                  issuer: iss
+                  local_jwks: {{inline_string: '{}'}}
+                  payload_in_metadata: claims
+              rules: [{{match: {{prefix: /limit}}, requires: {{provider_name: p}}}}]"#,
+        jwks()
+    ) + r#"
           - name: meta
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config
               request_rules:
               - header: x-meta-cost
                 on_header_present: {metadata_namespace: cost, key: units, type: NUMBER}"#
-        .to_string()
         + &filter(
-        "rl",
-        r#"
+            "rl",
+            r#"
               stat_prefix: sp
               enable_x_ratelimit_headers: DRAFT_VERSION_03
               response_headers_to_add: [{header: {key: x-limited, value: "yes"}}]"#,
-        "rls",
-    );
+            "rls",
+        );
     // 1: the filter's own rate_limits, failing closed, 100 ms to answer, external requests
     // only, its own status for limited requests and no x-envoy-ratelimited.
     let filters1 = filter(
@@ -266,7 +321,29 @@ async fn rate_limit_service_as_envoy_calls_and_obeys_it() {
             let p = ProxyProcess::start(kind, &yaml, &[]).await;
             sides.push((p, ports, up, service, log));
         }
-        let cases: &[Case] = &[
+        let rl = |v: serde_json::Value| token(v);
+        let good = rl(serde_json::json!({ "requests_per_unit": 42, "unit": "HOUR" }));
+        let fraction = rl(serde_json::json!({ "requests_per_unit": 9.8, "unit": "SECOND" }));
+        let text = rl(serde_json::json!({ "requests_per_unit": "42", "unit": "HOUR" }));
+        let unknown_unit = rl(serde_json::json!({ "requests_per_unit": 7, "unit": "FORTNIGHT" }));
+        let not_struct = rl(serde_json::json!(42));
+        let limits: Vec<Case> = [
+            ("/limit-route", good),
+            ("/limit-route", fraction),
+            ("/limit-route", text),
+            ("/limit-route", unknown_unit),
+            ("/limit-route", not_struct),
+            ("/limit-per", good),
+            ("/limit-per", fraction),
+        ]
+        .into_iter()
+        .map(|(path, t)| {
+            let h: &'static [(&'static str, &'static str)] =
+                Box::leak(vec![("authorization", t)].into_boxed_slice());
+            (0, path, h)
+        })
+        .collect();
+        let fixed: &[Case] = &[
             // The route's descriptors (its stage-1 one left out): OK, over the limit (with
             // and without the service's body), a failed call.
             (0, "/route", &[("x-v", "a")]),
@@ -324,7 +401,10 @@ async fn rate_limit_service_as_envoy_calls_and_obeys_it() {
             (3, "/x", &[]),
             (3, "/x", &[]),
         ];
-        for (listener, path, headers) in cases {
+        // A descriptor's limit from the stream's dynamic metadata (a route's policy and a
+        // RateLimitPerRoute's): a struct with a number and a unit name, else none.
+        let cases: Vec<Case> = fixed.iter().copied().chain(limits).collect();
+        for (listener, path, headers) in &cases {
             let what = format!("{path} {headers:?} on listener {listener}");
             let mut got = Vec::new();
             for (p, ports, up, service, _) in &sides {
@@ -391,6 +471,14 @@ async fn rate_limit_service_as_envoy_calls_and_obeys_it() {
                 got[0].2, got[1].2,
                 "{what}: what the rate limit service was asked (Envoy, skiff)"
             );
+            if std::env::var("RLS_PROBE").is_ok() {
+                eprintln!("PROBE {what}: {:?}", got[0].2);
+            }
+            if path.starts_with("/limit") && headers[0].1 == good {
+                let limits: Vec<&serde_json::Value> =
+                    got[0].2.iter().map(|a| &a["limits"]).collect();
+                assert_eq!(limits, [&serde_json::json!([[42, 3]])], "{what}");
+            }
             if headers.contains(&("x-cost", "7")) {
                 // The request's call with the metadata's 4 hits, then the stream's end's
                 // with the header's 7.

@@ -2122,6 +2122,9 @@ pub struct RateLimitPolicy {
     /// `apply_on_stream_done`: the global filter sends its descriptor once the stream is
     /// done, without waiting for the answer; a local filter's own list never applies it.
     pub on_stream_done: bool,
+    /// `limit.dynamic_metadata.metadata_key` (namespace, path): a struct there with a number
+    /// `requests_per_unit` and a `unit` name is the descriptor's limit at the service.
+    pub limit: Option<(String, Vec<String>)>,
 }
 
 /// `RateLimit.hits_addend`.

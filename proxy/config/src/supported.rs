@@ -1195,7 +1195,13 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "x_ratelimit_option",
             "hits_addend",
             "apply_on_stream_done",
+            "limit",
         ],
+    ),
+    ("envoy.config.route.v3.RateLimit.Override", &["dynamic_metadata"]),
+    (
+        "envoy.config.route.v3.RateLimit.Override.DynamicMetadata",
+        &["metadata_key"],
     ),
     ("envoy.config.route.v3.RateLimit.HitsAddend", &["number", "format"]),
     (

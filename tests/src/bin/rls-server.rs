@@ -2,7 +2,8 @@
 //! over plain HTTP/2): `rls-server <port>` (0: any), which prints `{"event": "ready", "port":
 //! P}` and then each request it answers as one JSON line (`{"event": "request", "domain": D,
 //! "descriptors": [[[key, value], …], …], "hits_addend": H, "descriptor_hits": [each
-//! descriptor's hits_addend or null], "grpc_timeout": T}`).
+//! descriptor's hits_addend or null], "limits": [each descriptor's [requests_per_unit, unit]
+//! or null], "grpc_timeout": T}`).
 //!
 //! Its answers depend on the descriptors' values, so a test picks the outcome by the request
 //! it sends:
@@ -98,6 +99,7 @@ impl RateLimitService for Service {
             "descriptors": values,
             "hits_addend": r.hits_addend,
             "descriptor_hits": r.descriptors.iter().map(|d| d.hits_addend.as_ref().map(|h| h.value)).collect::<Vec<_>>(),
+            "limits": r.descriptors.iter().map(|d| d.limit.as_ref().map(|l| (l.requests_per_unit, l.unit))).collect::<Vec<_>>(),
             "grpc_timeout": grpc_timeout,
         }));
         let has = |v: &str| values.iter().flatten().any(|(_, x)| x == v);

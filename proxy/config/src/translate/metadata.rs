@@ -6,6 +6,40 @@ use super::http_manager::string_match;
 use crate::metadata::{MetadataMatcher, ValueMatcher};
 use crate::ConfigError;
 
+/// A `MetadataKey` as (namespace, path), with its constraints checked as Envoy's validation
+/// does.
+pub(super) fn metadata_key(
+    k: &envoy_types::pb::envoy::r#type::metadata::v3::MetadataKey,
+    path: &str,
+) -> Result<(String, Vec<String>), ConfigError> {
+    use envoy_types::pb::envoy::r#type::metadata::v3::metadata_key::path_segment::Segment;
+    if k.key.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.key"),
+            "value length must be at least 1 characters",
+        ));
+    }
+    if k.path.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.path"),
+            "value must contain at least 1 item(s)",
+        ));
+    }
+    let mut keys = Vec::with_capacity(k.path.len());
+    for (i, seg) in k.path.iter().enumerate() {
+        match &seg.segment {
+            Some(Segment::Key(s)) if !s.is_empty() => keys.push(s.clone()),
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{path}.path[{i}].key"),
+                    "value length must be at least 1 characters",
+                ))
+            }
+        }
+    }
+    Ok((k.key.clone(), keys))
+}
+
 /// A `MetadataMatcher`, with its constraints checked as Envoy's validation does.
 pub(super) fn metadata_matcher(
     m: &matcher::MetadataMatcher,

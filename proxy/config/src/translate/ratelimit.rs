@@ -170,7 +170,7 @@ pub(super) fn translate(
         )?,
         response_headers: adds(response_headers_to_add, "response_headers_to_add")?,
         descriptors: out_descriptors,
-        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"), Owner::Filter)?,
+        rate_limits: policies(rate_limits, &format!("{path}.rate_limits"), Owner::Local)?,
         stage: *stage,
         vh_rate_limits,
         per_connection: *local_rate_limit_per_downstream_connection,
@@ -220,8 +220,11 @@ pub(super) enum Owner {
     /// A route's or a virtual host's: Envoy 1.40 reads no `hits_addend` there (accepted
     /// and ignored, as by Envoy: docs/compatibility.md).
     Route,
-    /// A rate limit filter's own, or its per-route configuration's.
+    /// The global rate limit filter's own, or its `RateLimitPerRoute`'s.
     Filter,
+    /// The local rate limit filter's own (or its per-route configuration's): a `limit` is
+    /// refused, as Envoy refuses it there.
+    Local,
 }
 
 /// A list of `RateLimit`s (a route's, a virtual host's or the filter's own).
@@ -267,9 +270,30 @@ fn policy(r: &route::RateLimit, path: &str, owner: Owner) -> Result<RateLimitPol
     if !disable_key.is_empty() {
         return Err(ConfigError::unsupported(format!("{path}.disable_key")));
     }
-    if limit.is_some() {
-        return Err(ConfigError::unsupported(format!("{path}.limit")));
-    }
+    let limit = match limit {
+        None => None,
+        Some(_) if owner == Owner::Local => {
+            return Err(ConfigError::new(
+                format!("{path}.limit"),
+                "'limit' field is not supported",
+            ))
+        }
+        Some(o) => {
+            use route::rate_limit::r#override::OverrideSpecifier;
+            let Some(OverrideSpecifier::DynamicMetadata(d)) = &o.override_specifier else {
+                return Err(ConfigError::new(
+                    format!("{path}.limit.dynamic_metadata"),
+                    "required",
+                ));
+            };
+            let kpath = format!("{path}.limit.dynamic_metadata.metadata_key");
+            let key = d
+                .metadata_key
+                .as_ref()
+                .ok_or_else(|| ConfigError::new(&kpath, "required"))?;
+            Some(super::metadata::metadata_key(key, &kpath)?)
+        }
+    };
     let hits_addend = match hits_addend {
         None => None,
         Some(h) => match (&h.number, h.format.is_empty()) {
@@ -313,6 +337,7 @@ fn policy(r: &route::RateLimit, path: &str, owner: Owner) -> Result<RateLimitPol
         x_ratelimit,
         hits_addend,
         on_stream_done: *apply_on_stream_done,
+        limit,
     })
 }
 

@@ -548,6 +548,7 @@ mod tests {
             x_ratelimit: None,
             hits_addend: None,
             on_stream_done: false,
+            limit: None,
             stage: 0,
             actions: vec![
                 RateLimitAction::GenericKey {
@@ -576,6 +577,7 @@ mod tests {
             x_ratelimit: None,
             hits_addend: None,
             on_stream_done: false,
+            limit: None,
             stage: 0,
             actions: vec![RateLimitAction::MaskedRemoteAddress { v4: 16, v6: 64 }],
         }];

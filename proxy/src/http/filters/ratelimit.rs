@@ -103,6 +103,7 @@ impl Factory {
             render,
             calling: Rc::default(),
             on_done: None,
+            metadata: cx.metadata.cloned(),
         }
     }
 }
@@ -131,7 +132,12 @@ pub struct RateLimitFilter {
     /// The policies kept for the stream's end (`apply_on_stream_done`), with the request they
     /// read.
     on_done: Option<OnDone>,
+    /// The stream's dynamic metadata (policies' `limit`), when a filter writes some.
+    metadata: Option<crate::stream_info::DynamicMetadata>,
 }
+
+/// A descriptor as it goes to the service: its entries, hits and limit.
+type Descriptor = (Vec<(String, String)>, Option<u64>, Option<(u32, i32)>);
 
 /// A call the stream makes when it is done.
 struct OnDone {
@@ -165,46 +171,65 @@ impl RateLimitFilter {
 }
 
 impl RateLimitFilter {
-    /// The descriptors `policies` make for a request, each with its policy and its hits (a
-    /// descriptor whose `hits_addend` format gives no number is dropped, as in Envoy).
-    #[allow(clippy::type_complexity)]
+    /// The descriptors `policies` make for a request, each with its policy (a descriptor
+    /// whose `hits_addend` format gives no number is dropped, as in Envoy).
     fn descriptors<'a>(
         &self,
         policies: Vec<&'a crate::config::model::RateLimitPolicy>,
         head: &http::request::Parts,
-    ) -> Vec<(
-        Vec<(String, String)>,
-        &'a crate::config::model::RateLimitPolicy,
-        Option<u64>,
-    )> {
+    ) -> Vec<(Descriptor, &'a crate::config::model::RateLimitPolicy)> {
         descriptors_of(policies, head, self.remote)
             .into_iter()
             .filter_map(|(d, p)| {
                 let hits = Render::hits(self.render.as_ref(), p, &head.headers)?;
-                Some((d, p, hits))
+                Some(((d, hits, self.limit(p)), p))
             })
             .collect()
     }
+
+    /// A policy's `limit` from the stream's dynamic metadata: a struct with a number
+    /// `requests_per_unit` and a `unit` name, else none (Envoy's override).
+    fn limit(&self, p: &crate::config::model::RateLimitPolicy) -> Option<(u32, i32)> {
+        use crate::config::metadata::Value;
+        let (namespace, path) = p.limit.as_ref()?;
+        self.metadata.as_ref()?.with(|m| {
+            let Value::Struct(s) = m.lookup(namespace, path)? else {
+                return None;
+            };
+            let (Some(Value::Number(n)), Some(Value::String(unit))) =
+                (s.get("requests_per_unit"), s.get("unit"))
+            else {
+                return None;
+            };
+            let unit = envoy_types::pb::envoy::r#type::v3::RateLimitUnit::from_str_name(unit)?;
+            Some((*n as u32, unit as i32))
+        })
+    }
 }
 
-/// The service's request for `descriptors` (each with its hits).
+/// The service's request for `descriptors`.
 fn service_request(
     domain: String,
-    descriptors: impl Iterator<Item = (Vec<(String, String)>, Option<u64>)>,
+    descriptors: impl Iterator<Item = Descriptor>,
 ) -> pb::RateLimitRequest {
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
-        rate_limit_descriptor::Entry, RateLimitDescriptor,
+        rate_limit_descriptor::{Entry, RateLimitOverride},
+        RateLimitDescriptor,
     };
     pb::RateLimitRequest {
         domain,
         descriptors: descriptors
-            .map(|(d, hits)| RateLimitDescriptor {
+            .map(|(d, hits, limit)| RateLimitDescriptor {
                 entries: d
                     .into_iter()
                     .map(|(key, value)| Entry { key, value })
                     .collect(),
                 hits_addend: hits
                     .map(|value| envoy_types::pb::google::protobuf::UInt64Value { value }),
+                limit: limit.map(|(requests_per_unit, unit)| RateLimitOverride {
+                    requests_per_unit,
+                    unit,
+                }),
                 ..Default::default()
             })
             .collect(),
@@ -237,7 +262,7 @@ impl Drop for RateLimitFilter {
         if list.is_empty() {
             return;
         }
-        let request = service_request(done.domain, list.into_iter().map(|(d, _, h)| (d, h)));
+        let request = service_request(done.domain, list.into_iter().map(|(d, _)| d));
         let c = self.factory.config.clone();
         let Some(service) = self.worker.clusters.get(&c.cluster) else {
             return;
@@ -295,9 +320,9 @@ impl HttpFilter for RateLimitFilter {
         // Whether each descriptor's status may write `x-ratelimit-*`.
         let x_ratelimit: Vec<bool> = list
             .iter()
-            .map(|(_, p, _)| p.x_ratelimit.unwrap_or(c.x_ratelimit_headers))
+            .map(|(_, p)| p.x_ratelimit.unwrap_or(c.x_ratelimit_headers))
             .collect();
-        let request = service_request(domain, list.into_iter().map(|(d, _, h)| (d, h)));
+        let request = service_request(domain, list.into_iter().map(|(d, _)| d));
         let stats = self.factory.stats(&cluster);
         let route_cluster = self.worker.clusters.get(&cluster);
         let service = self.worker.clusters.get(&c.cluster);
