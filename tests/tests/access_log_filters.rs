@@ -1,7 +1,7 @@
 //! Access log filters, side by side with Envoy 1.40: `not_health_check_filter` (the health
 //! check filter's requests), `runtime_filter` (a share drawn from the request id),
-//! `grpc_status_filter` (trailers, headers, or the HTTP status; with `exclude`) and
-//! `log_type_filter`. Each log's lines must be the same.
+//! `grpc_status_filter` (trailers, headers, or the HTTP status; with `exclude`),
+//! `log_type_filter` and CEL `extension_filter`s. Each log's lines must be the same.
 
 use std::time::Duration;
 
@@ -47,7 +47,46 @@ fn filters() -> Vec<(&'static str, Value)> {
             "type_not_downstream_end",
             json!({ "log_type_filter": { "types": ["DownstreamEnd"], "exclude": true } }),
         ),
+        // CEL expressions: Envoy Gateway's, and the operators, functions and attributes
+        // skiff reads; an error or a value that is not a bool logs nothing.
+        ("cel_errors", cel("response.code >= 400")),
+        ("cel_path", cel("request.url_path.contains('grpc')")),
+        (
+            "cel_logic",
+            cel("request.path.startsWith('/id') && !(request.url_path in ['/id/a', '/id/b'])"),
+        ),
+        (
+            "cel_arith",
+            cel("response.code / 100 == 5 || size(request.path) > 18 && response.code % 2 == 0"),
+        ),
+        (
+            "cel_cond",
+            cel("(response.code < 300 ? 'ok' : 'bad') == 'bad' && request.method == 'GET'"),
+        ),
+        (
+            "cel_headers",
+            cel("'x-request-id' in request.headers && request.headers['x-request-id'].matches('^0000')"),
+        ),
+        ("cel_missing_key", cel("request.headers['x-nope'] == 'x' || response.code == 200")),
+        ("cel_missing_or", cel("response.code == 404 || request.headers['x-nope'] == 'x'")),
+        ("cel_not_bool", cel("response.code")),
+        (
+            "cel_connection",
+            cel("source.address.startsWith('127.0.0.1:') && destination.port > 0 && connection.mtls == false && request.host == 'lf.example.com'"),
+        ),
+        (
+            "cel_upstream",
+            cel("xds.cluster_name == 'up' && upstream.port > 0 && request.protocol == 'HTTP/1.1' && response.code_details == 'via_upstream'"),
+        ),
+        ("cel_query", cel("request.query == '' && request.scheme == 'http'")),
     ]
+}
+
+fn cel(expression: &str) -> Value {
+    json!({ "extension_filter": { "name": "envoy.access_loggers.extension_filters.cel",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+            "expression": expression } } })
 }
 
 const REQUESTS: &[(&str, Option<&str>)] = &[
@@ -170,6 +209,23 @@ async fn access_log_filters_as_envoy() {
         assert!(grpc.contains("/up/grpc-status/14"), "{grpc}");
         assert!(grpc.contains("/refused 503"), "{grpc}");
         assert!(!grpc.contains("/up/grpc-status/0"), "{grpc}");
+        let log_of = |name: &str| {
+            seen[0]
+                .iter()
+                .find(|l| l.starts_with(&format!("{name}:")))
+                .cloned()
+                .expect("a log")
+        };
+        let errors = log_of("cel_errors");
+        assert!(errors.contains("/refused 503") && errors.contains("/nothing 404"), "{errors}");
+        assert!(!errors.contains("/up/plain"), "{errors}");
+        assert!(log_of("cel_missing_key").contains("/up/plain 200"));
+        assert!(log_of("cel_missing_or").contains("/nothing 404"));
+        assert!(log_of("cel_not_bool").ends_with("[]"));
+        assert!(log_of("cel_connection").contains("/up/plain 200"));
+        assert!(log_of("cel_upstream").contains("/up/plain 200"));
+        assert!(log_of("cel_headers").contains("/id/a 200"));
+        assert!(log_of("cel_logic").contains("/id/c 200"));
     })
     .await;
 }

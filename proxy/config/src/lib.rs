@@ -9,6 +9,7 @@
 //! workers run; it checks values (enums, references between resources) with the same paths.
 
 pub mod access_log;
+pub mod cel;
 pub mod discovery;
 pub mod filter_chain_match;
 pub mod filter_state;

@@ -2461,6 +2461,9 @@ pub enum LogFilter {
     ResponseFlags(Vec<String>),
     /// `header_filter`: a request header matcher.
     Header(HeaderMatch),
+    /// `extension_filter` `envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter`:
+    /// the expression holds for the stream (an error or a value that is not a bool does not).
+    Cel(Arc<crate::cel::Expr>),
     /// `and_filter`.
     And(Vec<LogFilter>),
     /// `or_filter`.

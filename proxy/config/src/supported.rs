@@ -1935,7 +1935,16 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "log_type_filter",
             "metadata_filter",
             "traceable_filter",
+            "extension_filter",
         ],
+    ),
+    (
+        "envoy.config.accesslog.v3.ExtensionFilter",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+        &["expression"],
     ),
     (
         "envoy.config.accesslog.v3.MetadataFilter",

@@ -590,6 +590,81 @@ pub fn passes(f: &crate::config::model::LogFilter, info: &StreamInfo) -> bool {
             let found = types.iter().any(|t| t == log_type(info));
             found != *exclude
         }
+        LogFilter::Cel(e) => skiff_config::cel::holds(e, &CelStream(info)),
+    }
+}
+
+/// A stream's record as CEL attributes (Envoy's vocabulary: `request.*`, `response.*`,
+/// `connection.*`, `source.*`, `destination.*`, `upstream.*`, `xds.*`).
+struct CelStream<'a>(&'a StreamInfo);
+
+impl skiff_config::cel::Attributes for CelStream<'_> {
+    fn attribute(&self, root: &str, field: &str) -> Option<skiff_config::cel::Value> {
+        use skiff_config::cel::Value;
+        let info = self.0;
+        let text = |s: &str| Some(Value::String(s.to_string()));
+        let header = |h: &HeaderMap, name: &str| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| Value::String(v.to_string()))
+        };
+        let headers = |h: &HeaderMap| {
+            let mut out: Vec<(String, Value)> = Vec::new();
+            for name in h.keys() {
+                let values: Vec<&str> = h
+                    .get_all(name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                out.push((name.as_str().to_string(), Value::String(values.join(","))));
+            }
+            Value::Map(out)
+        };
+        let address = |a: &std::net::SocketAddr| Value::String(address_text(a));
+        let path = info.path.as_deref();
+        match (root, field) {
+            ("request", "path") => path.and_then(text),
+            ("request", "url_path") => path.and_then(|p| text(p.split('?').next().unwrap_or(p))),
+            ("request", "query") => {
+                path.map(|p| Value::String(p.split_once('?').map_or("", |(_, q)| q).to_string()))
+            }
+            ("request", "host") => info.authority.as_deref().and_then(text),
+            ("request", "scheme") => text(info.scheme),
+            ("request", "method") => info.method.as_ref().and_then(|m| text(m.as_str())),
+            ("request", "headers") => Some(headers(&info.request_headers)),
+            ("request", "referer") => header(&info.request_headers, "referer"),
+            ("request", "useragent") => header(&info.request_headers, "user-agent"),
+            ("request", "id") => header(&info.request_headers, "x-request-id"),
+            ("request", "protocol") => info.protocol.and_then(text),
+            ("response", "code") => info.response_code.map(|c| Value::Int(i64::from(c))),
+            ("response", "code_details") => value_in(
+                &crate::config::access_log::Op::ResponseCodeDetails,
+                info,
+                &info.request_headers,
+                &info.response_headers,
+            )
+            .map(Value::String),
+            ("response", "headers") => Some(headers(&info.response_headers)),
+            ("connection", "id") => info.connection.as_ref().map(|c| Value::Uint(c.id)),
+            ("connection", "mtls") => Some(Value::Bool(
+                info.connection.as_ref().is_some_and(|c| c.peer_certificate),
+            )),
+            ("connection", "requested_server_name") => Some(Value::String(
+                info.connection
+                    .as_ref()
+                    .and_then(|c| c.requested_server_name.clone())
+                    .unwrap_or_default(),
+            )),
+            ("source", "address") => Some(address(&info.downstream_remote)),
+            ("source", "port") => Some(Value::Int(i64::from(info.downstream_remote.port()))),
+            ("destination", "address") => Some(address(&info.downstream_local)),
+            ("destination", "port") => Some(Value::Int(i64::from(info.downstream_local.port()))),
+            ("upstream", "address") => info.upstream_host.as_ref().map(address),
+            ("upstream", "port") => info.upstream_host.map(|a| Value::Int(i64::from(a.port()))),
+            ("xds", "route_name") => info.route_name.as_deref().and_then(text),
+            ("xds", "cluster_name") => info.upstream_cluster.as_deref().and_then(text),
+            _ => None,
+        }
     }
 }
 

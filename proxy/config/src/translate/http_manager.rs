@@ -585,7 +585,29 @@ fn log_filter(
                 exclude: t.exclude,
             }
         }
-        Some(_) => return Err(ConfigError::unsupported(path)),
+        Some(F::ExtensionFilter(x)) => {
+            let xpath = format!("{path}.extension_filter.typed_config");
+            let Some(al::extension_filter::ConfigType::TypedConfig(any)) = &x.config_type else {
+                return Err(ConfigError::new(xpath, "required"));
+            };
+            if type_name(&any.type_url)
+                != "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
+            {
+                return Err(ConfigError::new(
+                    xpath,
+                    format!("unsupported access log filter ({})", any.type_url),
+                ));
+            }
+            let f: envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter =
+                unpack(any, &xpath)?;
+            let expr = crate::cel::parse(&f.expression).map_err(|e| {
+                ConfigError::new(
+                    format!("{xpath}.expression"),
+                    format!("failed to parse CEL expression: {e}"),
+                )
+            })?;
+            LogFilter::Cel(Arc::new(expr))
+        }
         None => return Err(ConfigError::new(path, "a filter is required")),
     })
 }
