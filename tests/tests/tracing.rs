@@ -708,6 +708,42 @@ async fn opentelemetry_upstream_spans_side_by_side_with_envoy() {
     .await;
 }
 
+/// `upstream_operation` names each upstream span: the connection manager's on every listener,
+/// a route's over it on `/dec`; a name that renders empty leaves `router <cluster> egress`.
+/// Requests: plain, decorated, retried, answered 404, to a cluster nothing listens for.
+#[tokio::test]
+async fn opentelemetry_upstream_operations_side_by_side_with_envoy() {
+    run_for(Duration::from_secs(120), async {
+        let cases: Vec<(&str, Vec<String>)> = vec![
+            ("/plain", vec!["x-tag: T".into()]),
+            ("/dec", vec!["x-tag: D".into()]),
+            ("/retry/status/503", vec![]),
+            ("/status/404", vec![]),
+            ("/dead", vec![]),
+            ("/nop", vec!["x-empty: yes".into()]),
+        ];
+        let tweak = |v: &mut Value| {
+            for i in 0..SPAWNING.len() {
+                let hcm = &mut v["static_resources"]["listeners"][i]["filter_chains"][0]["filters"]
+                    [0]["typed_config"];
+                hcm["tracing"]["upstream_operation"] =
+                    json!("up %UPSTREAM_CLUSTER% %PATH(NQ:PATH)% %RESPONSE_CODE% %REQ(x-tag)%");
+                let routes = &mut hcm["route_config"]["virtual_hosts"][0]["routes"];
+                routes[2]["tracing"] =
+                    json!({ "upstream_operation": "dec %REQ(:METHOD)% %REQ(x-tag)%" });
+                // Renders empty: Envoy's own name stays.
+                routes[3]["tracing"] = json!({ "upstream_operation": "%REQ(x-nothing)%" });
+            }
+        };
+        let seen = otlp_side_by_side(&SPAWNING, &cases, 3 * (6 + 7), &tweak).await;
+        let all = assert_same(&seen);
+        assert!(all.contains("up backend_stats /plain 200 T"), "{all}");
+        assert!(all.contains("dec GET D"), "{all}");
+        assert!(all.contains("router backend_stats egress"), "{all}");
+    })
+    .await;
+}
+
 /// OpenTelemetry's samplers decide instead of the caller: `always_on` on a listener that
 /// samples nothing itself (`random_sampling: 0`: its streams' spans stay unsampled, whatever
 /// the caller and the sampler say, while their children are sampled), `parent_based` over a

@@ -25,6 +25,9 @@ pub struct HttpTracer {
     /// `operation`: a format naming the span when it ends (a missing value is empty), over
     /// route decorators, which then do nothing.
     pub operation: Option<Arc<crate::access_log::Format>>,
+    /// `upstream_operation`: a format naming each upstream request's span (`spawn_upstream_span`
+    /// or the router's `start_child_span`) when it ends; empty leaves `router <cluster> egress`.
+    pub upstream_operation: Option<Arc<crate::access_log::Format>>,
 }
 
 /// A route's `tracing`.
@@ -39,6 +42,8 @@ pub struct RouteTracing {
     pub custom_tags: Vec<CustomTag>,
     /// `operation`, over the connection manager's.
     pub operation: Option<Arc<crate::access_log::Format>>,
+    /// `upstream_operation`, over the connection manager's.
+    pub upstream_operation: Option<Arc<crate::access_log::Format>>,
 }
 
 impl HttpTracer {

@@ -145,6 +145,9 @@ pub struct Span {
     /// The route's or the connection manager's `operation`, which names the span when it
     /// ends.
     operation: Option<Arc<crate::access_log::Format>>,
+    /// The route's or the connection manager's `upstream_operation`, which names each
+    /// upstream request's span.
+    upstream_operation: Option<Arc<crate::access_log::Format>>,
     /// The route's decorator operation to return on an ingress response (Envoy's
     /// `decorated_operation_` with `propagate`).
     response_operation: Option<String>,
@@ -370,6 +373,9 @@ impl Span {
         let operation = route
             .and_then(|r| r.operation.clone())
             .or_else(|| tracer.operation.clone());
+        let upstream_operation = route
+            .and_then(|r| r.upstream_operation.clone())
+            .or_else(|| tracer.upstream_operation.clone());
         // An operation names the span instead: decorators, and a caller's, do nothing then.
         let decorator = decorator.filter(|_| operation.is_none());
         let mut response_operation = None;
@@ -440,6 +446,7 @@ impl Span {
             header_tags,
             fixed_tags,
             operation,
+            upstream_operation,
             response_operation,
             remote_parent,
         }
@@ -456,6 +463,7 @@ impl Span {
         let parent = self.context.clone()?;
         Some(Spawn(Arc::new(SpawnFrom {
             tracer: self.tracer.clone(),
+            upstream_operation: self.upstream_operation.clone(),
             parent,
             tags: self
                 .fixed_tags
@@ -714,6 +722,8 @@ pub struct Spawn(Arc<SpawnFrom>);
 #[derive(Debug)]
 struct SpawnFrom {
     tracer: Arc<HttpTracer>,
+    /// The route's or the connection manager's `upstream_operation`.
+    upstream_operation: Option<Arc<crate::access_log::Format>>,
     parent: Context,
     /// The stream's custom tags.
     tags: Vec<(String, String)>,
@@ -722,7 +732,10 @@ struct SpawnFrom {
 impl Spawn {
     /// The span of one upstream request (attempt `attempt`, from 1) to `cluster` (reported
     /// under its observability name `stat_name`) at `address`: Envoy's `router <cluster>
-    /// egress`, a child of the stream's span, whose context goes upstream instead.
+    /// egress`, a child of the stream's span, whose context goes upstream instead. `request`
+    /// and `downstream` (the stream's remote and local addresses) are what an
+    /// `upstream_operation` reads.
+    #[allow(clippy::too_many_arguments)]
     pub fn child(
         &self,
         worker: &Rc<Worker>,
@@ -730,7 +743,27 @@ impl Spawn {
         stat_name: &str,
         address: std::net::SocketAddr,
         attempt: u32,
+        request: &http::request::Parts,
+        downstream: (std::net::SocketAddr, std::net::SocketAddr),
     ) -> UpstreamSpan {
+        // The upstream operation's view of the stream: the request as it goes upstream and
+        // the host it goes to, and the response's status once known.
+        let record = self.0.upstream_operation.as_ref().map(|_| {
+            let mut info = crate::stream_info::StreamInfo::new(downstream.0, downstream.1);
+            info.request_headers = request.headers.clone();
+            info.method = Some(request.method.clone());
+            info.path = request.uri.path_and_query().map(|p| p.as_str().to_string());
+            info.authority = request
+                .headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| request.uri.authority().map(|a| a.as_str()))
+                .map(str::to_string);
+            info.upstream_host = Some(address);
+            info.upstream_cluster = Some(cluster.into());
+            info.upstream_cluster_stat = Some(stat_name.into());
+            Box::new(info)
+        });
         let p = &self.0.parent;
         // An OpenTelemetry sampler decides for the child too, its parent's decision known.
         let sampled = match &self.0.tracer.provider {
@@ -749,6 +782,7 @@ impl Spawn {
                 ..p.clone()
             },
             name: format!("router {stat_name} egress"),
+            record,
             start: SystemTime::now(),
             started: Instant::now(),
             cluster: cluster.to_string(),
@@ -772,6 +806,8 @@ pub struct UpstreamSpan {
     worker: Rc<Worker>,
     context: Context,
     name: String,
+    /// What the `upstream_operation` renders from, when there is one.
+    record: Option<Box<crate::stream_info::StreamInfo>>,
     start: SystemTime,
     started: Instant,
     cluster: String,
@@ -849,9 +885,19 @@ impl Drop for UpstreamSpan {
         }
         let tags = self.tags();
         let tracer = &self.spawn.0.tracer;
+        // The upstream operation names the span as it ends; an empty name leaves Envoy's.
+        let mut name = std::borrow::Cow::Borrowed(self.name.as_str());
+        if let (Some(f), Some(info)) = (&self.spawn.0.upstream_operation, self.record.as_mut()) {
+            // The stream's response code: none yet for an attempt the router gave up on.
+            info.response_code = self.status.filter(|_| !self.canceled);
+            let op = crate::access_log::header_value(f, info, None, None);
+            if !op.is_empty() {
+                name = std::borrow::Cow::Owned(op);
+            }
+        }
         Shape {
             context: &self.context,
-            name: &self.name,
+            name: &name,
             start: self.start,
             started: self.started,
             client: true,
@@ -1147,6 +1193,7 @@ mod tests {
             egress,
             spawn_upstream_span: false,
             operation: None,
+            upstream_operation: None,
         })
     }
 

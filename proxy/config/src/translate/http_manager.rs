@@ -1378,12 +1378,11 @@ fn tracer(
         }
     };
     let custom_tags = custom_tags(&t.custom_tags, path)?;
-    if !t.upstream_operation.is_empty() {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.upstream_operation"
-        )));
-    }
     Ok(HttpTracer {
+        upstream_operation: upstream_operation(
+            &t.upstream_operation,
+            &format!("{path}.upstream_operation"),
+        )?,
         provider,
         custom_tags,
         max_path_tag_length: t
@@ -1394,6 +1393,48 @@ fn tracer(
         spawn_upstream_span: t.spawn_upstream_span.as_ref().is_some_and(|v| v.value),
         operation: span_operation(&t.operation, &format!("{path}.operation"))?,
     })
+}
+
+/// A `tracing.upstream_operation` (the connection manager's or a route's): a format naming
+/// each upstream request's span. Its operators read the request as it goes upstream, the
+/// host and cluster it goes to, the downstream local address and the response's status;
+/// others are refused (an upstream span does not see the rest of the stream's record in
+/// skiff).
+fn upstream_operation(op: &str, path: &str) -> Result<Option<Arc<Format>>, ConfigError> {
+    use crate::access_log::{Body, Op, Piece};
+    let Some(f) = span_operation(op, path)? else {
+        return Ok(None);
+    };
+    if let Body::Text(pieces) = f.body() {
+        for p in pieces {
+            let Piece::Op(op, _) = p else { continue };
+            let read = matches!(
+                op,
+                Op::Req(..)
+                    | Op::ReqWithoutQuery(..)
+                    | Op::Path { .. }
+                    | Op::UpstreamHost
+                    | Op::UpstreamHostName
+                    | Op::UpstreamCluster
+                    | Op::UpstreamClusterRaw
+                    | Op::DownstreamLocalAddress
+                    | Op::DownstreamLocalAddressWithoutPort
+                    | Op::DownstreamLocalPort
+                    | Op::ResponseCode
+            );
+            if !read {
+                return Err(ConfigError::new(
+                    path,
+                    format!(
+                        "unsupported operator in an upstream span's name ({op:?}): request \
+                         headers, the path, the upstream host and cluster, the downstream \
+                         local address and the response code are read"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Some(f))
 }
 
 /// A `tracing.operation` (the connection manager's or a route's): a format naming the span,
@@ -1470,12 +1511,11 @@ fn route_tracing(
                 .map(|f| (f.numerator as u32, f.denominator as u32)),
         }
     };
-    if !t.upstream_operation.is_empty() {
-        return Err(ConfigError::unsupported(format!(
-            "{path}.upstream_operation"
-        )));
-    }
     Ok(crate::trace::RouteTracing {
+        upstream_operation: upstream_operation(
+            &t.upstream_operation,
+            &format!("{path}.upstream_operation"),
+        )?,
         client: share(&t.client_sampling, "client_sampling")?,
         random: share(&t.random_sampling, "random_sampling")?,
         overall: share(&t.overall_sampling, "overall_sampling")?,
@@ -2656,7 +2696,7 @@ mod tracer_tests {
             ("", "collector_cluster: c, collector_endpoint: /x, collector_endpoint_version: HTTP_PROTO", "collector_endpoint_version: unsupported"),
             ("", "collector_cluster: c, collector_endpoint: /x, collector_endpoint_version: HTTP_JSON, trace_context_option: USE_B3_WITH_W3C_PROPAGATION", "trace_context_option: unsupported"),
             ("verbose: true,", ok, "tracing.verbose: unsupported"),
-            ("upstream_operation: x,", ok, "tracing.upstream_operation: unsupported"),
+            ("upstream_operation: '%NOPE%',", ok, "tracing.upstream_operation"),
             ("operation: '%NOPE%',", ok, "tracing.operation"),
             ("custom_tags: [{tag: m, metadata: {kind: {request: {}}, metadata_key: {key: k, path: [{key: a}]}}}],", ok, "custom_tags[0].metadata: unsupported"),
         ];

@@ -1893,6 +1893,8 @@ impl AttemptState {
             config.stat_name(),
             host.address,
             attempt,
+            parts,
+            f.downstream,
         );
         span.context().inject(&mut parts.headers);
         *self.span.borrow_mut() = Some(Box::new(span));
