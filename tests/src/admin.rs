@@ -63,7 +63,7 @@ impl Admin {
 
     /// Waits (up to 5 s) until [`Admin::host_field`] is `want`.
     pub async fn wait_host_field(&self, cluster: &str, port: u16, key: &str, want: &str) {
-        let until = Instant::now() + Duration::from_secs(5);
+        let until = Instant::now() + Duration::from_secs(10);
         loop {
             let got = self.host_field(cluster, port, key).await;
             if got == want {

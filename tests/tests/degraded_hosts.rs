@@ -1,6 +1,7 @@
 //! `outlier_detection.detect_degraded_hosts` side by side with Envoy 1.40: a host that answers
 //! `x-envoy-degraded` becomes degraded (`/degraded_outlier_detection`,
-//! `ejections_detected_degradation`) for `base_ejection_time`, takes no traffic while the
+//! `ejections_detected_degradation`) for `base_ejection_time` (4 s: the twelve requests sent
+//! meanwhile stay within it on a loaded machine), takes no traffic while the
 //! other three hosts can carry it all (overprovisioning), comes back at an interval after that
 //! time, and is degraded again at its next such answer. The event log records each
 //! degradation as Envoy's does.
@@ -28,7 +29,7 @@ fn config(admin: u16, port: u16, hosts: &[u16], log: &str) -> String {
   outlier_detection:
     detect_degraded_hosts: true
     interval: 1s
-    base_ejection_time: 2s
+    base_ejection_time: 4s
     max_ejection_time_jitter: 0s
   load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{}]}}]}}
 "#,
