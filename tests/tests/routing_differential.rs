@@ -2657,3 +2657,57 @@ async fn invalid_match_trees_and_scopes_are_refused_by_both() {
     })
     .await
 }
+
+/// A route's `inline_cluster_specifier_plugin` (Envoy's matcher cluster specifier): the
+/// cluster its matcher names for the request (a header, a pseudo-header), a cluster that does
+/// not exist, and no action at all.
+#[tokio::test]
+async fn cluster_specifier_matcher_side_by_side() {
+    run(async {
+        let action = |cluster: &str| {
+            json!({ "action": { "name": "c", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.matcher.v3.ClusterAction",
+                "cluster": cluster } } })
+        };
+        let plugin = json!({ "extension": { "name": "envoy.router.cluster_specifier_plugin.matcher",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.matcher.v3.MatcherClusterSpecifier",
+                "cluster_matcher": { "matcher_list": { "matchers": [
+                    { "predicate": { "single_predicate": { "input": header_input(":path"),
+                        "value_match": { "prefix": "/spec/p" } } }, "on_match": action("echo2") },
+                ] }, "on_no_match": { "matcher": { "matcher_tree": { "input": header_input("x-which"),
+                    "exact_match_map": { "map": {
+                        "one": action("echo"), "two": action("echo2"), "ghost": action("nope"),
+                    } } } } } } } } });
+        let hcm = hcm_with(
+            json!([ { "name": "v", "domains": ["*"], "routes": [
+                { "match": { "prefix": "/spec" }, "route": { "inline_cluster_specifier_plugin": plugin.clone() } },
+                { "match": { "prefix": "/code" }, "route": { "inline_cluster_specifier_plugin": plugin,
+                    "cluster_not_found_response_code": "NOT_FOUND" } },
+            ] } ]),
+            json!({}),
+        );
+        let (e, s) = pair(hcm).await;
+        let cases: &[Case] = &[
+            ("GET", "/spec", H, &[("x-which", "one")], 0),
+            ("GET", "/spec", H, &[("x-which", "two")], 0),
+            ("GET", "/spec/p", H, &[("x-which", "one")], 0),
+            ("GET", "/spec", H, &[("x-which", "ghost")], 0),
+            ("GET", "/spec", H, &[("x-which", "three")], 0),
+            ("GET", "/spec", H, &[], 0),
+            ("GET", "/code", H, &[], 0),
+        ];
+        for http2 in [false, true] {
+            for case in cases {
+                let what = format!("{} {:?} (h2: {http2})", case.1, case.3);
+                let re = send(&e, http2, case).await;
+                let rs = send(&s, http2, case).await;
+                assert_same_response(&what, &re, &rs);
+                same_upstream(&what, &e.echo, &s.echo);
+                same_upstream(&what, &e.echo2, &s.echo2);
+            }
+        }
+        assert!(!e.echo.requests().is_empty() && !e.echo2.requests().is_empty());
+    })
+    .await
+}

@@ -1341,6 +1341,20 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     ("envoy.config.route.v3.VirtualCluster", &["name", "headers"]),
     ("envoy.config.route.v3.RouteList", &["routes"]),
+    // A route's cluster specifier: `is_optional` matters only for a plugin Envoy lacks; skiff
+    // refuses any plugin but the matcher.
+    (
+        "envoy.config.route.v3.ClusterSpecifierPlugin",
+        &["extension", "is_optional"],
+    ),
+    (
+        "envoy.extensions.router.cluster_specifiers.matcher.v3.MatcherClusterSpecifier",
+        &["cluster_matcher"],
+    ),
+    (
+        "envoy.extensions.router.cluster_specifiers.matcher.v3.ClusterAction",
+        &["cluster"],
+    ),
     // Scoped routes with their configurations inline: `rds_config_source` and `on_demand`
     // apply only to scopes from SRDS or RDS, which skiff refuses (docs/compatibility.md).
     (
@@ -1726,6 +1740,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &[
             "cluster",
             "cluster_header",
+            "inline_cluster_specifier_plugin",
             "weighted_clusters",
             "cluster_not_found_response_code",
             "timeout",

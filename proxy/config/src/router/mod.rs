@@ -714,6 +714,25 @@ pub enum Target {
     /// `weighted_clusters`: one picked at random by weight (boxed: most routes have one
     /// cluster).
     Weighted(Box<Weighted>),
+    /// `inline_cluster_specifier_plugin` (Envoy's matcher cluster specifier): the cluster its
+    /// matcher's action names for the request, picked with the route; none: no cluster.
+    Specifier(Arc<crate::matcher::Matcher<String>>),
+}
+
+/// What a matcher that reads only request headers (a virtual host's, a cluster specifier's:
+/// translation refuses other inputs) sees of a request.
+fn headers_only<'a>(req: &'a RequestView<'a>) -> crate::matcher::Data<'a> {
+    let none = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    crate::matcher::Data {
+        view: req,
+        source: none,
+        direct_source: none.ip(),
+        local: none,
+        server_name: None,
+        transport_protocol: "",
+        application_protocols: &crate::filter_chain_match::ApplicationProtocols::None,
+        metadata: req.metadata,
+    }
 }
 
 /// `weighted_clusters`.
@@ -791,7 +810,18 @@ impl Target {
                 let i = self.weighted_index(headers, runtime, random)?;
                 self.weighted_at(i, headers)
             }
+            // Picked with the route ([`Self::specified`]).
+            Target::Specifier(_) => None,
         }
+    }
+
+    /// The cluster a cluster specifier's matcher names for a request (none for other
+    /// targets, or when no action is found).
+    pub fn specified(&self, req: &RequestView<'_>) -> Option<String> {
+        let Target::Specifier(m) = self else {
+            return None;
+        };
+        m.evaluate(&headers_only(req)).cloned()
     }
 
     /// Which of a weighted target's clusters a request picks (none for other targets, or when
@@ -803,7 +833,7 @@ impl Target {
         random: u64,
     ) -> Option<usize> {
         match self {
-            Target::Cluster(_) | Target::Header(_) => None,
+            Target::Cluster(_) | Target::Header(_) | Target::Specifier(_) => None,
             Target::Weighted(w) => {
                 let weight = |(c, d): &(String, u64)| match &w.runtime_key_prefix {
                     Some(p) => runtime.integer(&format!("{p}.{c}"), *d),
@@ -1112,19 +1142,7 @@ impl VirtualHost {
         let Some(m) = &self.matcher else {
             return self.routes.iter().position(|r| r.matcher.matches(req));
         };
-        // A route matcher reads request headers only (translation refuses other inputs).
-        let none = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
-        let data = crate::matcher::Data {
-            view: req,
-            source: none,
-            direct_source: none.ip(),
-            local: none,
-            server_name: None,
-            transport_protocol: "",
-            application_protocols: &crate::filter_chain_match::ApplicationProtocols::None,
-            metadata: req.metadata,
-        };
-        m.evaluate(&data)?
+        m.evaluate(&headers_only(req))?
             .iter()
             .copied()
             .find(|&i| self.routes[i].matcher.matches(req))

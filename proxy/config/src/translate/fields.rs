@@ -611,11 +611,7 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     {
         return Err(unsupported(path, "cluster_specifier_plugin"));
     }
-    if let Some(route_pb::route_action::ClusterSpecifier::InlineClusterSpecifierPlugin(_)) =
-        cluster_specifier
-    {
-        return Err(unsupported(path, "inline_cluster_specifier_plugin"));
-    }
+    // inline_cluster_specifier_plugin: route_action::cluster_specifier.
     Ok(())
 }
 

@@ -23,6 +23,9 @@ pub(super) enum Domain {
     Udp,
     /// Requests as a virtual host picks their route: their headers only, as in Envoy.
     Route,
+    /// Requests as a route's cluster specifier picks their cluster: their headers (Envoy's
+    /// network inputs too, which skiff refuses here).
+    Cluster,
 }
 
 /// A matcher whose actions `action` translates.
@@ -258,6 +261,9 @@ fn input(c: &TypedExtensionConfig, path: &str, domain: Domain) -> Result<Input, 
         .ok_or_else(|| ConfigError::new(&tpath, "required"))?;
     const NET: &str = "envoy.extensions.matching.common_inputs.network.v3.";
     let name = type_name(&any.type_url);
+    if domain == Domain::Cluster && name != "envoy.type.matcher.v3.HttpRequestHeaderMatchInput" {
+        return Err(ConfigError::unsupported(tpath));
+    }
     if domain == Domain::Route && name != "envoy.type.matcher.v3.HttpRequestHeaderMatchInput" {
         return Err(ConfigError::new(
             tpath,
@@ -269,7 +275,7 @@ fn input(c: &TypedExtensionConfig, path: &str, domain: Domain) -> Result<Input, 
     }
     Ok(match name {
         "envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
-            if matches!(domain, Domain::Http | Domain::Route) =>
+            if matches!(domain, Domain::Http | Domain::Route | Domain::Cluster) =>
         {
             let h: envoy_types::pb::envoy::r#type::matcher::v3::HttpRequestHeaderMatchInput =
                 unpack(any, &tpath)?;

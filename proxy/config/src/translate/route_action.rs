@@ -313,6 +313,10 @@ fn forward(
                 random_value,
             }))
         }
+        Some(C::InlineClusterSpecifierPlugin(p)) => {
+            let ppath = format!("{apath}.inline_cluster_specifier_plugin");
+            Target::Specifier(Arc::new(cluster_specifier(p, &ppath)?))
+        }
         _ => return Err(ConfigError::new(format!("{apath}.cluster"), "required")),
     };
     use route::route_action::ClusterNotFoundResponseCode as Nf;
@@ -1116,6 +1120,57 @@ fn add_options(
         parser.add.push((key, value, action, *keep_empty_value));
     }
     Ok(())
+}
+
+/// An `inline_cluster_specifier_plugin`: Envoy's matcher cluster specifier (the matching API
+/// over request headers, each action a `ClusterAction`). Other plugins (Lua) are refused.
+fn cluster_specifier(
+    p: &route::ClusterSpecifierPlugin,
+    path: &str,
+) -> Result<crate::matcher::Matcher<String>, ConfigError> {
+    use envoy_types::pb::envoy::extensions::router::cluster_specifiers::matcher::v3 as m;
+    let epath = format!("{path}.extension");
+    let ext = p
+        .extension
+        .as_ref()
+        .ok_or_else(|| ConfigError::new(&epath, "required"))?;
+    let tpath = format!("{epath}.typed_config");
+    let any = ext
+        .typed_config
+        .as_ref()
+        .ok_or_else(|| ConfigError::new(&tpath, "required"))?;
+    if super::super::proto::type_name(&any.type_url)
+        != "envoy.extensions.router.cluster_specifiers.matcher.v3.MatcherClusterSpecifier"
+    {
+        return Err(ConfigError::new(
+            tpath,
+            format!("unsupported cluster specifier plugin ({})", any.type_url),
+        ));
+    }
+    let spec: m::MatcherClusterSpecifier = super::super::proto::unpack(any, &tpath)?;
+    let mpath = format!("{tpath}.cluster_matcher");
+    let matcher = spec
+        .cluster_matcher
+        .as_ref()
+        .ok_or_else(|| ConfigError::new(&mpath, "required"))?;
+    let action = |c: &envoy_types::pb::xds::core::v3::TypedExtensionConfig,
+                  apath: &str|
+     -> Result<String, ConfigError> {
+        let tpath = format!("{apath}.typed_config");
+        let any = c
+            .typed_config
+            .as_ref()
+            .ok_or_else(|| ConfigError::new(&tpath, "required"))?;
+        let a: m::ClusterAction = super::super::proto::unpack(any, &tpath)?;
+        if a.cluster.is_empty() {
+            return Err(ConfigError::new(
+                format!("{tpath}.cluster"),
+                "value length must be at least 1 characters",
+            ));
+        }
+        Ok(a.cluster)
+    };
+    super::matcher::matcher(matcher, &mpath, super::matcher::Domain::Cluster, &action)
 }
 
 #[cfg(test)]

@@ -260,6 +260,8 @@ pub struct Selection {
     /// Which of the route's weighted clusters the request goes to, picked with the route (as
     /// Envoy's weighted cluster entry): its per-filter configurations are in view.
     weighted: Option<usize>,
+    /// The cluster the route's cluster specifier named, picked with the route.
+    specified: Option<std::sync::Arc<str>>,
 }
 
 /// A connection manager's own route tables: its `route_config`, or its inline
@@ -355,6 +357,7 @@ impl Selection {
             vhost: self.vhost?,
             route: self.route?,
             weighted: self.weighted,
+            specified: self.specified.clone(),
         })
     }
 
@@ -416,6 +419,7 @@ pub struct RouteRef {
     vhost: usize,
     route: usize,
     weighted: Option<usize>,
+    specified: Option<std::sync::Arc<str>>,
 }
 
 impl RouteRef {
@@ -434,6 +438,7 @@ impl RouteRef {
                 .target
                 .weighted_at(self.weighted?, headers)
                 .map(|(n, _)| n),
+            crate::router::Target::Specifier(_) => self.specified.as_deref(),
             t => t.pick(headers, runtime, 0),
         }
     }
@@ -484,6 +489,7 @@ pub fn select(
         connection: connection.filter(|c| !c.filter_state.is_empty()).cloned(),
         addresses,
         weighted: None,
+        specified: None,
     };
     let Some(t) = table else {
         return out;
@@ -533,6 +539,7 @@ impl Selection {
         self.route = None;
         self.to_https = false;
         self.weighted = None;
+        self.specified = None;
         let connection = self.connection.clone();
         let connection = connection.as_ref().map(|c| &c.filter_state);
         match metadata {
@@ -621,6 +628,7 @@ impl Selection {
             if let Some(crate::router::Action::Forward(f)) = out.route.map(|r| &vh.routes[r].action)
             {
                 out.weighted = out.weighted_pick(f, parts, scheme);
+                out.specified = f.target.specified(&view).map(Into::into);
             }
         }
         out.table = Some(t);
@@ -830,6 +838,7 @@ pub async fn route(
     // A weighted cluster was picked with the route.
     let picked = match &forward.target {
         crate::router::Target::Weighted(_) => selection.weighted_cluster(&parts.headers),
+        crate::router::Target::Specifier(_) => selection.specified.as_deref().map(|c| (c, None)),
         t => t.pick_with_changes(&parts.headers, runtime, random),
     };
     let (cluster, changes) = picked
