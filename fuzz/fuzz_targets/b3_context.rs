@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
         egress: flags & 4 != 0,
         spawn_upstream_span: flags & 16 != 0,
         operation: None,
+        upstream_operation: None,
     });
     let span = Span::start(
         &tracer,
