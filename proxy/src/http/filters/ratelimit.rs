@@ -299,21 +299,26 @@ impl HttpFilter for RateLimitFilter {
             Some(p) => (&c.rate_limits, p.vh_rate_limits),
             None => (&c.rate_limits, Default::default()),
         };
-        let policies = applicable(own, self.route.as_ref(), c.stage, vh);
-        let (at_end, now): (Vec<_>, Vec<_>) = policies.into_iter().partition(|p| p.on_stream_done);
+        let mut policies = applicable(own, self.route.as_ref(), c.stage, vh);
         let domain = self
             .per_route
             .as_ref()
             .and_then(|p| p.domain.clone())
             .unwrap_or_else(|| c.domain.clone());
-        if !at_end.is_empty() {
+        // Policies kept for the stream's end are set aside (rare: most requests copy nothing).
+        if policies.iter().any(|p| p.on_stream_done) {
             self.on_done = Some(OnDone {
-                policies: at_end.into_iter().cloned().collect(),
+                policies: policies
+                    .iter()
+                    .filter(|p| p.on_stream_done)
+                    .map(|p| (*p).clone())
+                    .collect(),
                 head: request_copy(head),
                 domain: domain.clone(),
             });
+            policies.retain(|p| !p.on_stream_done);
         }
-        let list = self.descriptors(now, head);
+        let list = self.descriptors(policies, head);
         if list.is_empty() {
             return HeadersStatus::Continue;
         }
