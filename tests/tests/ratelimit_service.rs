@@ -20,6 +20,7 @@
 //!   dynamic metadata) on a route's, a `RateLimitPerRoute`'s and the filter's own
 //!   `rate_limits`, `apply_on_stream_done` (a second call once the stream is done), and
 //!   `limit` from the dynamic metadata (a JWT's claim);
+//! - the service's `dynamic_metadata`, in the stream's as the access log reads it;
 //! - `local_ratelimit` descriptors made by a route's `rate_limits`.
 
 use std::time::Duration;
@@ -95,7 +96,7 @@ fn listener(name: &str, port: u16, routes: &str, filters: &str, log: &str) -> St
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
               path: {log}
-              log_format: {{text_format_source: {{inline_string: "{name} %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"}}}}
+              log_format: {{text_format_source: {{inline_string: "{name} %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %DYNAMIC_METADATA(envoy.filters.http.ratelimit)%\n"}}}}
           route_config:
             virtual_hosts:
             - name: a
@@ -350,6 +351,8 @@ async fn rate_limit_service_as_envoy_calls_and_obeys_it() {
             (0, "/route", &[("x-v", "over")]),
             (0, "/route", &[("x-v", "over-body")]),
             (0, "/route", &[("x-v", "error")]),
+            // The service's dynamic metadata, in the stream's (the access log reads it).
+            (0, "/route", &[("x-v", "meta")]),
             // No x-v: the route's only descriptor is dropped; the virtual host's are not
             // used for a route that has its own.
             (0, "/route", &[]),
@@ -537,6 +540,13 @@ async fn rate_limit_service_as_envoy_calls_and_obeys_it() {
         );
         assert_eq!(stats[0], stats[1], "stats (Envoy, skiff)");
         assert_eq!(logs[0], logs[1], "access log lines (Envoy, skiff)");
+        assert!(
+            logs[1]
+                .iter()
+                .any(|l| l == r#"l0 /route 200 - via_upstream {"n":7,"rls":"yes"}"#),
+            "{:#?}",
+            logs[1]
+        );
     })
     .await;
 }

@@ -1047,6 +1047,30 @@ pub struct LocalRateLimit {
     pub fill_interval: Duration,
 }
 
+/// `envoy.filters.network.ratelimit`: each new connection's descriptors go to the rate limit
+/// service (`ShouldRateLimit`) before the connection is served; `OVER_LIMIT` closes it. The call
+/// and its stats (`ratelimit.<stat_prefix>.*`) are the runtime's
+/// (`network::filters::ratelimit`).
+#[derive(Debug, PartialEq)]
+pub struct NetworkRateLimit {
+    /// `stat_prefix`.
+    pub stat_prefix: String,
+    /// `domain`.
+    pub domain: String,
+    /// `descriptors`: each entry's key, and its value as a format of the connection.
+    pub descriptors: Vec<Vec<(String, Format)>>,
+    /// `timeout` of the call (default 20 ms; 0: none).
+    pub timeout: Option<Duration>,
+    /// `failure_mode_deny`: a failed call closes the connection instead of letting it on.
+    pub failure_mode_deny: bool,
+    /// `rate_limit_service.grpc_service.envoy_grpc.cluster_name`.
+    pub cluster: String,
+    /// `rate_limit_service.grpc_service.envoy_grpc.authority` (default: the cluster's name).
+    pub authority: String,
+    /// `rate_limit_service.grpc_service.initial_metadata`.
+    pub metadata: GrpcMetadata,
+}
+
 /// `envoy.filters.network.connection_limit`: at most `max_connections` open at once through
 /// the filter (over every worker); one more is closed, after `delay` if set. The count is the
 /// runtime's (`network::filters::connection_limit`).
@@ -1098,6 +1122,8 @@ pub enum NetworkFilter {
     LocalRateLimit(Arc<LocalRateLimit>),
     /// `envoy.filters.network.connection_limit` (never last).
     ConnectionLimit(Arc<ConnectionLimit>),
+    /// `envoy.filters.network.ratelimit` (never last).
+    RateLimit(Arc<NetworkRateLimit>),
     /// `envoy.filters.network.rbac` (never last).
     Rbac(Arc<crate::rbac::NetworkRbac>),
     /// `envoy.filters.network.set_filter_state` (never last).

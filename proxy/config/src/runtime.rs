@@ -312,6 +312,11 @@ pub type ValueCheck = fn(&str) -> bool;
 /// Envoy's own keys skiff has a verdict on, with the values it accepts.
 pub const ENVOY_KEYS: &[(&str, Known, ValueCheck)] = &[
     // The Zipkin tracer's batches: spans per report, and the time between reports.
+    // The rate limit filters' percent of calls made and of verdicts obeyed.
+    ("ratelimit.tcp_filter_enabled", Known::Live, is_uint),
+    ("ratelimit.tcp_filter_enforcing", Known::Live, is_uint),
+    ("ratelimit.http_filter_enabled", Known::Live, is_uint),
+    ("ratelimit.http_filter_enforcing", Known::Live, is_uint),
     ("tracing.zipkin.min_flush_spans", Known::Live, is_count),
     ("tracing.zipkin.flush_interval_ms", Known::Live, is_count),
     ("tracing.opentelemetry.min_flush_spans", Known::Live, is_count),
@@ -367,6 +372,11 @@ pub fn count(v: &str) -> Option<u64> {
 
 fn is_count(v: &str) -> bool {
     count(v).is_some()
+}
+
+/// A whole number, 0 too (a percent Envoy reads with `getInteger`).
+fn is_uint(v: &str) -> bool {
+    v == "0" || count(v).is_some()
 }
 
 /// The fault filter's keys, which skiff reads as Envoy does: `fault.http.<what>` and

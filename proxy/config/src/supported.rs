@@ -2646,6 +2646,22 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["stat_prefix", "token_bucket"],
     ),
     (
+        "envoy.extensions.filters.network.ratelimit.v3.RateLimit",
+        &[
+            "stat_prefix",
+            "domain",
+            "descriptors",
+            "timeout",
+            "failure_mode_deny",
+            "rate_limit_service",
+        ],
+    ),
+    // A network rate limit's descriptors: Envoy's filter reads only their entries.
+    (
+        "envoy.extensions.common.ratelimit.v3.RateLimitDescriptor",
+        &["entries"],
+    ),
+    (
         "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
         &["stat_prefix", "max_connections", "delay", "runtime_enabled"],
     ),

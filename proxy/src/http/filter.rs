@@ -184,8 +184,11 @@ impl Factory {
     /// Whether the filter may write the stream's dynamic metadata or filter state.
     pub fn writes_metadata(&self) -> bool {
         match &self.kind {
-            // RBAC writes its verdicts.
-            Kind::HeaderToMetadata(_) | Kind::SetFilterState(_) | Kind::Rbac(_) => true,
+            // RBAC writes its verdicts, a rate limit service may send some.
+            Kind::HeaderToMetadata(_)
+            | Kind::SetFilterState(_)
+            | Kind::Rbac(_)
+            | Kind::RateLimit(_) => true,
             Kind::JwtAuthn(j) => j.writes_metadata(),
             _ => false,
         }

@@ -383,6 +383,8 @@ enum Gate {
     },
     /// `envoy.filters.network.connection_limit`.
     ConnectionLimit(crate::network::filters::connection_limit::Limiter),
+    /// `envoy.filters.network.ratelimit`: the rate limit service's answer.
+    Service(crate::network::filters::ratelimit::Gate),
 }
 
 /// A new connection the read filters turned away.
@@ -391,8 +393,9 @@ struct Refused {
     held: Vec<crate::network::filters::connection_limit::Held>,
     /// How long it is kept (not read) before it is closed.
     delay: Option<std::time::Duration>,
-    /// Reset rather than closed (a rate limit's, as Envoy's).
-    reset: bool,
+    /// Closed after a wait (a delay, the rate limit service's answer), during which Envoy's
+    /// connection manager reads what the client sends (tcp_proxy does not).
+    waited: bool,
 }
 
 impl Chain {
@@ -461,9 +464,16 @@ impl Chain {
     }
 
     /// Runs the filters in front of the terminal one on a new connection, in order: what it
-    /// holds of their counts while it lasts, or why it is closed.
-    fn admit(&self) -> Result<Vec<crate::network::filters::connection_limit::Held>, Refused> {
+    /// holds of their counts while it lasts, or why it is closed. A rate limit service's
+    /// `dynamic_metadata` goes into the connection's.
+    async fn admit(
+        &self,
+        worker: &Rc<Worker>,
+        connection: &mut Connection,
+        (remote, local): (SocketAddr, SocketAddr),
+    ) -> Result<Vec<crate::network::filters::connection_limit::Held>, Refused> {
         use crate::network::filters::connection_limit::Verdict;
+        use crate::network::filters::ratelimit::{Decision, METADATA_NAMESPACE};
         let mut held = Vec::new();
         for gate in &self.gates {
             match gate {
@@ -477,8 +487,36 @@ impl Chain {
                         return Err(Refused {
                             held,
                             delay: None,
-                            reset: true,
+                            waited: false,
                         });
+                    }
+                }
+                Gate::Service(service) => {
+                    // What the descriptors may read: the connection as it is when it opens.
+                    let mut info = crate::stream_info::StreamInfo::new(remote, local);
+                    if let Some(m) = &connection.metadata {
+                        let d = crate::stream_info::DynamicMetadata::default();
+                        d.with(|into| *into = (**m).clone());
+                        info.dynamic_metadata = Some(d);
+                    }
+                    info.connection = Some(Arc::new(connection.clone()));
+                    match service.check(worker, &info).await {
+                        Decision::Admit(None) => {}
+                        Decision::Admit(Some(added)) => {
+                            let mut m = connection.metadata.as_deref().cloned().unwrap_or_default();
+                            m.filter_metadata
+                                .entry(METADATA_NAMESPACE.to_string())
+                                .or_default()
+                                .extend(added);
+                            connection.metadata = Some(Arc::new(m));
+                        }
+                        Decision::Close => {
+                            return Err(Refused {
+                                held,
+                                delay: None,
+                                waited: true,
+                            })
+                        }
                     }
                 }
                 Gate::ConnectionLimit(limiter) => match limiter.admit() {
@@ -488,8 +526,8 @@ impl Chain {
                         held.push(h);
                         return Err(Refused {
                             held,
+                            waited: delay.is_some(),
                             delay,
-                            reset: false,
                         });
                     }
                 },
@@ -544,6 +582,9 @@ fn chain(
             NetworkFilter::ConnectionLimit(c) => Some(Gate::ConnectionLimit(
                 crate::network::filters::connection_limit::Limiter::new(c, shard),
             )),
+            NetworkFilter::RateLimit(r) => Some(Gate::Service(
+                crate::network::filters::ratelimit::Gate::new(r, shard),
+            )),
             _ => None,
         })
         .collect();
@@ -569,6 +610,7 @@ fn chain(
             // Translation keeps read filters out of the last place.
             NetworkFilter::LocalRateLimit(_)
             | NetworkFilter::ConnectionLimit(_)
+            | NetworkFilter::RateLimit(_)
             | NetworkFilter::Rbac(_)
             | NetworkFilter::SetFilterState(_)
             | NetworkFilter::IstioAuthn => return None,
@@ -960,24 +1002,6 @@ impl Shared {
             Option<Arc<skiff_config::filter_state::FilterState>>,
         ),
     ) {
-        let _held = match chain.admit() {
-            Ok(held) => held,
-            Err(refused) => {
-                // Envoy resets a rate-limited connection rather than closing it, and its
-                // terminal filter has already counted the connection.
-                if let (true, Downstream::Tcp(stream)) = (refused.reset, &stream) {
-                    let _ =
-                        socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
-                }
-                chain.count_turned_away();
-                // A connection limit may hold the connection (unread) a while first.
-                if let Some(delay) = refused.delay {
-                    tokio::time::sleep(delay).await;
-                }
-                drop(refused.held);
-                return;
-            }
-        };
         let mut connection = Connection {
             id: next_connection_id(),
             direct_remote: Some(direct_remote),
@@ -995,6 +1019,32 @@ impl Shared {
             &chain.filter_state.on_new_connection,
             (remote, local),
         );
+        let _held = match chain
+            .admit(&self.worker, &mut connection, (remote, local))
+            .await
+        {
+            Ok(held) => held,
+            Err(refused) => {
+                // Closed unread, as Envoy closes it: what the client sent makes the kernel
+                // reset the connection. The terminal filter has already counted it in Envoy.
+                chain.count_turned_away();
+                if let Terminal::Tcp(cfg, _) = &chain.terminal {
+                    tcp_proxy::log_turned_away(&self.worker, cfg, connection, remote, local);
+                }
+                // A connection limit may hold the connection (unread) a while first.
+                if let Some(delay) = refused.delay {
+                    tokio::time::sleep(delay).await;
+                }
+                drop(refused.held);
+                if let (true, Terminal::Http(_), Downstream::Tcp(stream)) =
+                    (refused.waited, &chain.terminal, &stream)
+                {
+                    let mut sink = [0u8; 4096];
+                    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
+                }
+                return;
+            }
+        };
         let stream = match (&chain.tls, stream) {
             (None, Downstream::Tcp(stream)) => Stream::Tcp(stream),
             (None, Downstream::Internal(stream)) => Stream::Internal(stream),

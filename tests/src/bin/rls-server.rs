@@ -12,6 +12,7 @@
 //!   `content-type`;
 //! - a value `error`: gRPC status `UNAVAILABLE`;
 //! - a value `slow`: `OK`, after 500 ms;
+//! - a value `meta`: `OK`, with `dynamic_metadata` `{"rls": "yes", "n": 7}`;
 //! - otherwise `OK`, adding `x-rls-req: ok` to the request and `x-rls-resp: ok` to the
 //!   response.
 //!
@@ -125,6 +126,18 @@ impl RateLimitService for Service {
         } else if over {
             resp.response_headers_to_add = vec![header("x-rls-over", "1")];
         } else {
+            if has("meta") {
+                use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+                let v = |k: Kind| Value { kind: Some(k) };
+                resp.dynamic_metadata = Some(Struct {
+                    fields: [
+                        ("rls".to_string(), v(Kind::StringValue("yes".into()))),
+                        ("n".to_string(), v(Kind::NumberValue(7.0))),
+                    ]
+                    .into_iter()
+                    .collect(),
+                });
+            }
             resp.request_headers_to_add = vec![header("x-rls-req", "ok")];
             resp.response_headers_to_add = vec![header("x-rls-resp", "ok")];
         }

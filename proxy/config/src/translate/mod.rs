@@ -1446,6 +1446,9 @@ fn translate_chain(
             CONNECTION_LIMIT_TYPE => NetworkFilter::ConnectionLimit(Arc::new(
                 translate_connection_limit(&unpack(any, &tpath)?, &tpath)?,
             )),
+            "envoy.extensions.filters.network.ratelimit.v3.RateLimit" => NetworkFilter::RateLimit(
+                Arc::new(ratelimit::network(&unpack(any, &tpath)?, &tpath)?),
+            ),
             "envoy.extensions.filters.network.rbac.v3.RBAC" => {
                 NetworkFilter::Rbac(Arc::new(rbac::network(&unpack(any, &tpath)?, &tpath)?))
             }
@@ -1480,6 +1483,7 @@ fn translate_chain(
             filter,
             NetworkFilter::LocalRateLimit(_)
                 | NetworkFilter::ConnectionLimit(_)
+                | NetworkFilter::RateLimit(_)
                 | NetworkFilter::Rbac(_)
                 | NetworkFilter::SetFilterState(_)
                 | NetworkFilter::IstioAuthn

@@ -610,27 +610,8 @@ pub(super) fn global(r: &rl::RateLimit, path: &str) -> Result<HttpRateLimit, Con
         )));
     }
     // Without a service Envoy lets every request through; skiff asks for one.
-    let spath = format!("{path}.rate_limit_service");
-    let service = super::required(rate_limit_service, &spath)?;
-    if service.transport_api_version
-        != envoy_types::pb::envoy::config::core::v3::ApiVersion::V3 as i32
-    {
-        return Err(ConfigError::new(
-            format!("{spath}.transport_api_version"),
-            "only V3 is supported",
-        ));
-    }
-    let gpath = format!("{spath}.grpc_service");
-    let grpc = super::required(&service.grpc_service, &gpath)?;
-    let (cluster, authority, metadata) = super::envoy_grpc(grpc, &gpath)?;
-    // The call's deadline is the filter's `timeout`.
-    if grpc.timeout.is_some() {
-        return Err(ConfigError::unsupported(format!("{gpath}.timeout")));
-    }
-    let timeout = match timeout {
-        None => Some(std::time::Duration::from_millis(20)),
-        Some(d) => Some(super::duration(d, &format!("{path}.timeout"))?).filter(|d| !d.is_zero()),
-    };
+    let (cluster, authority, metadata) = service(rate_limit_service, path)?;
+    let timeout = call_timeout(timeout, path)?;
     use rl::rate_limit::XRateLimitHeadersRfcVersion as X;
     let x_ratelimit_headers = match X::try_from(*enable_x_ratelimit_headers) {
         Ok(X::Off) => false,
@@ -673,6 +654,106 @@ pub(super) fn global(r: &rl::RateLimit, path: &str) -> Result<HttpRateLimit, Con
         enabled: fraction(filter_enabled, "filter_enabled")?,
         enforced: fraction(filter_enforced, "filter_enforced")?,
         rate_limits: policies(rate_limits, &format!("{path}.rate_limits"), Owner::Filter)?,
+    })
+}
+
+/// `rate_limit_service`: the cluster, authority and metadata of its Envoy gRPC service, V3.
+fn service(
+    service: &Option<envoy_types::pb::envoy::config::ratelimit::v3::RateLimitServiceConfig>,
+    path: &str,
+) -> Result<(String, String, super::super::model::GrpcMetadata), ConfigError> {
+    let spath = format!("{path}.rate_limit_service");
+    let service = super::required(service, &spath)?;
+    if service.transport_api_version
+        != envoy_types::pb::envoy::config::core::v3::ApiVersion::V3 as i32
+    {
+        return Err(ConfigError::new(
+            format!("{spath}.transport_api_version"),
+            "only V3 is supported",
+        ));
+    }
+    let gpath = format!("{spath}.grpc_service");
+    let grpc = super::required(&service.grpc_service, &gpath)?;
+    let found = super::envoy_grpc(grpc, &gpath)?;
+    // The call's deadline is the filter's `timeout`.
+    if grpc.timeout.is_some() {
+        return Err(ConfigError::unsupported(format!("{gpath}.timeout")));
+    }
+    Ok(found)
+}
+
+/// The call's `timeout`: 20 ms unless set; 0 is none.
+fn call_timeout(
+    timeout: &Option<envoy_types::pb::google::protobuf::Duration>,
+    path: &str,
+) -> Result<Option<std::time::Duration>, ConfigError> {
+    Ok(match timeout {
+        None => Some(std::time::Duration::from_millis(20)),
+        Some(d) => Some(super::duration(d, &format!("{path}.timeout"))?).filter(|d| !d.is_zero()),
+    })
+}
+
+/// `envoy.filters.network.ratelimit`, checked as Envoy checks it.
+pub(super) fn network(
+    r: &envoy_types::pb::envoy::extensions::filters::network::ratelimit::v3::RateLimit,
+    path: &str,
+) -> Result<super::super::model::NetworkRateLimit, ConfigError> {
+    let envoy_types::pb::envoy::extensions::filters::network::ratelimit::v3::RateLimit {
+        stat_prefix,
+        domain,
+        descriptors,
+        timeout,
+        failure_mode_deny,
+        rate_limit_service,
+    } = r;
+    for (name, value) in [("stat_prefix", stat_prefix), ("domain", domain)] {
+        if value.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.{name}"),
+                "value length must be at least 1 characters",
+            ));
+        }
+    }
+    if descriptors.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.descriptors"),
+            "value must contain at least 1 item(s)",
+        ));
+    }
+    let mut out = Vec::with_capacity(descriptors.len());
+    for (i, d) in descriptors.iter().enumerate() {
+        let dpath = format!("{path}.descriptors[{i}]");
+        if d.entries.is_empty() {
+            return Err(ConfigError::new(
+                format!("{dpath}.entries"),
+                "value must contain at least 1 item(s)",
+            ));
+        }
+        let mut entries = Vec::with_capacity(d.entries.len());
+        for (j, e) in d.entries.iter().enumerate() {
+            let epath = format!("{dpath}.entries[{j}]");
+            if e.key.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{epath}.key"),
+                    "value length must be at least 1 characters",
+                ));
+            }
+            let value = crate::access_log::Format::parse(&e.value)
+                .map_err(|why| ConfigError::new(format!("{epath}.value"), why))?;
+            entries.push((e.key.clone(), value));
+        }
+        out.push(entries);
+    }
+    let (cluster, authority, metadata) = service(rate_limit_service, path)?;
+    Ok(super::super::model::NetworkRateLimit {
+        stat_prefix: stat_prefix.clone(),
+        domain: domain.clone(),
+        descriptors: out,
+        timeout: call_timeout(timeout, path)?,
+        failure_mode_deny: *failure_mode_deny,
+        cluster,
+        authority,
+        metadata,
     })
 }
 

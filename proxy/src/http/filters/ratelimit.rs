@@ -335,6 +335,7 @@ impl HttpFilter for RateLimitFilter {
         let added = self.added.clone();
         let enforced = self.on(&c.enforced, "ratelimit.http_filter_enforcing");
         let calling = self.calling.clone();
+        let metadata = self.metadata.clone();
         calling.set(true);
         HeadersStatus::StopIteration(Box::pin(async move {
             let verdict = match service {
@@ -345,6 +346,9 @@ impl HttpFilter for RateLimitFilter {
                 }
             };
             calling.set(false);
+            if let (Verdict::Ok(r) | Verdict::OverLimit(r), Some(m)) = (&verdict, &metadata) {
+                keep_metadata(r, m);
+            }
             decide(
                 verdict,
                 (&c, &x_ratelimit),
@@ -367,6 +371,21 @@ impl HttpFilter for RateLimitFilter {
         }
         HeadersStatus::Continue
     }
+}
+
+/// The service's `dynamic_metadata`, into the stream's under the filter's name, as Envoy
+/// merges it.
+fn keep_metadata(r: &pb::RateLimitResponse, into: &crate::stream_info::DynamicMetadata) {
+    let Some(m) = r.dynamic_metadata.as_ref().filter(|m| !m.fields.is_empty()) else {
+        return;
+    };
+    let added = crate::config::metadata::struct_from_pb(m);
+    into.with(|d| {
+        d.filter_metadata
+            .entry("envoy.filters.http.ratelimit".to_string())
+            .or_default()
+            .extend(added)
+    });
 }
 
 /// Asks the service.

@@ -71,20 +71,8 @@ pub async fn run(
     buffer_limit: usize,
 ) {
     stats.downstream_cx_total.inc();
-    let mut info = (!cfg.access_logs.is_empty()).then(|| {
-        let mut info = StreamInfo::new(remote, local);
-        // An internal listener's connection: what the connecting cluster passed through is
-        // the connection's dynamic metadata.
-        if let Some(m) = &connection.metadata {
-            let d = crate::stream_info::DynamicMetadata::default();
-            d.with(|into| *into = (**m).clone());
-            info.dynamic_metadata = Some(d);
-        }
-        info.connection = Some(connection.clone());
-        // Envoy gives every connection a random stream id (`%STREAM_ID%`).
-        info.stream_id = Some(uuid::Uuid::new_v4().to_string());
-        info
-    });
+    let mut info =
+        (!cfg.access_logs.is_empty()).then(|| connection_info(&connection, remote, local));
     let moved = Moved::default();
     proxy(
         worker,
@@ -105,6 +93,43 @@ pub async fn run(
         info.finish();
         worker.access_log.log(&cfg.access_logs, info);
     }
+}
+
+/// What the access log knows of a new connection.
+fn connection_info(
+    connection: &Arc<Connection>,
+    remote: SocketAddr,
+    local: SocketAddr,
+) -> StreamInfo {
+    let mut info = StreamInfo::new(remote, local);
+    // The connection's dynamic metadata: what an internal listener's connecting cluster
+    // passed through, and what a rate limit service sent.
+    if let Some(m) = &connection.metadata {
+        let d = crate::stream_info::DynamicMetadata::default();
+        d.with(|into| *into = (**m).clone());
+        info.dynamic_metadata = Some(d);
+    }
+    info.connection = Some(connection.clone());
+    // Envoy gives every connection a random stream id (`%STREAM_ID%`).
+    info.stream_id = Some(uuid::Uuid::new_v4().to_string());
+    info
+}
+
+/// The access log line of a connection a read filter in front closed: Envoy made the filter
+/// with the connection, and it logs as it goes, having moved nothing.
+pub fn log_turned_away(
+    worker: &Worker,
+    cfg: &model::TcpProxy,
+    connection: Connection,
+    remote: SocketAddr,
+    local: SocketAddr,
+) {
+    if cfg.access_logs.is_empty() {
+        return;
+    }
+    let mut info = connection_info(&Arc::new(connection), remote, local);
+    info.finish();
+    worker.access_log.log(&cfg.access_logs, &info);
 }
 
 /// Bytes moved on one connection, for its access log line.
