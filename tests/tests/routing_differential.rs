@@ -2640,6 +2640,26 @@ async fn invalid_match_trees_and_scopes_are_refused_by_both() {
             ("a fragment extracting nothing", scoped_no_extract),
             ("a scope key without fragments", scoped_empty_key),
             ("a scope routing to an unknown cluster", scoped_bad_cluster),
+            ("a route naming a plugin the table lacks", {
+                let mut h = hcm_with(json!([ { "name": "v", "domains": ["*"], "routes": [
+                    to("/", json!({ "route": { "cluster_specifier_plugin": "absent" } })) ] } ]), json!({}));
+                h["route_config"]["cluster_specifier_plugins"] = json!([ { "extension": { "name": "present",
+                    "typed_config": { "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.matcher.v3.MatcherClusterSpecifier",
+                        "cluster_matcher": { "on_no_match": { "action": { "name": "c", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.matcher.v3.ClusterAction",
+                            "cluster": "echo" } } } } } } } ]);
+                h
+            }),
+            ("a plugin without a name", {
+                let mut h = hcm_with(json!([ { "name": "v", "domains": ["*"], "routes": [
+                    to("/", json!({ "route": { "cluster": "echo" } })) ] } ]), json!({}));
+                h["route_config"]["cluster_specifier_plugins"] = json!([ { "extension": { "name": "",
+                    "typed_config": { "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.matcher.v3.MatcherClusterSpecifier",
+                        "cluster_matcher": { "on_no_match": { "action": { "name": "c", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.matcher.v3.ClusterAction",
+                            "cluster": "echo" } } } } } } } ]);
+                h
+            }),
         ];
         for (what, hcm) in bad {
             let filter = json!({ "name": "hcm", "typed_config": hcm });
@@ -2679,14 +2699,23 @@ async fn cluster_specifier_matcher_side_by_side() {
                     "exact_match_map": { "map": {
                         "one": action("echo"), "two": action("echo2"), "ghost": action("nope"),
                     } } } } } } } } });
-        let hcm = hcm_with(
+        // The same matcher by name, from the route configuration's plugins (the first of a
+        // name is kept, as in Envoy).
+        let mut named = plugin.clone();
+        named["extension"]["name"] = json!("by-name");
+        let mut shadowed = named.clone();
+        shadowed["extension"]["typed_config"]["cluster_matcher"] =
+            json!({ "on_no_match": action("echo") });
+        let mut hcm = hcm_with(
             json!([ { "name": "v", "domains": ["*"], "routes": [
                 { "match": { "prefix": "/spec" }, "route": { "inline_cluster_specifier_plugin": plugin.clone() } },
                 { "match": { "prefix": "/code" }, "route": { "inline_cluster_specifier_plugin": plugin,
                     "cluster_not_found_response_code": "NOT_FOUND" } },
+                { "match": { "prefix": "/named" }, "route": { "cluster_specifier_plugin": "by-name" } },
             ] } ]),
             json!({}),
         );
+        hcm["route_config"]["cluster_specifier_plugins"] = json!([named, shadowed]);
         let (e, s) = pair(hcm).await;
         let cases: &[Case] = &[
             ("GET", "/spec", H, &[("x-which", "one")], 0),
@@ -2696,6 +2725,10 @@ async fn cluster_specifier_matcher_side_by_side() {
             ("GET", "/spec", H, &[("x-which", "three")], 0),
             ("GET", "/spec", H, &[], 0),
             ("GET", "/code", H, &[], 0),
+            ("GET", "/named", H, &[("x-which", "one")], 0),
+            ("GET", "/named", H, &[("x-which", "two")], 0),
+            ("GET", "/named", H, &[("x-which", "ghost")], 0),
+            ("GET", "/named", H, &[], 0),
         ];
         for http2 in [false, true] {
             for case in cases {

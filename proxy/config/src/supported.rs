@@ -1302,6 +1302,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "metadata",
             "request_mirror_policies",
             "vhost_header",
+            "cluster_specifier_plugins",
         ],
     ),
     (
@@ -1741,6 +1742,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "cluster",
             "cluster_header",
             "inline_cluster_specifier_plugin",
+            "cluster_specifier_plugin",
             "weighted_clusters",
             "cluster_not_found_response_code",
             "timeout",

@@ -413,7 +413,8 @@ pub(super) fn route_configuration(
     refuse(path, "vhds", vhds)?;
     // `validate_clusters`: read by translate_routes.
     let _ = validate_clusters;
-    refuse(path, "cluster_specifier_plugins", cluster_specifier_plugins)?;
+    // cluster_specifier_plugins: route_action::Table.
+    let _ = cluster_specifier_plugins;
     // request_mirror_policies: http_manager::translate_routes.
     let _ = request_mirror_policies;
     // vhost_header: http_manager::translate_routes.
@@ -606,12 +607,8 @@ pub(super) fn route_action(m: &route_pb::RouteAction, path: &str) -> Result<(), 
     let _ = max_stream_duration;
     // host_rewrite_specifier (host_rewrite included): route_action.
     let _ = host_rewrite_specifier;
-    if let Some(route_pb::route_action::ClusterSpecifier::ClusterSpecifierPlugin(_)) =
-        cluster_specifier
-    {
-        return Err(unsupported(path, "cluster_specifier_plugin"));
-    }
-    // inline_cluster_specifier_plugin: route_action::cluster_specifier.
+    // cluster_specifier_plugin and inline_cluster_specifier_plugin: route_action::forward.
+    let _ = cluster_specifier;
     Ok(())
 }
 

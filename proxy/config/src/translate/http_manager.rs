@@ -1735,6 +1735,7 @@ pub(crate) fn translate_routes(
         (_, clusters) => clusters,
     };
     let table_mirrors = super::route_action::mirrors(&rc.request_mirror_policies, path, clusters)?;
+    let table = super::route_action::Table::new(rc, path)?;
     let mut vhosts = Vec::new();
     for (i, vh) in rc.virtual_hosts.iter().enumerate() {
         let vpath = format!("{path}.virtual_hosts[{i}]");
@@ -1752,17 +1753,13 @@ pub(crate) fn translate_routes(
                 "at least one domain is required",
             ));
         }
-        let max_body = rc
-            .max_direct_response_body_size_bytes
-            .as_ref()
-            .map(|v| u64::from(v.value));
         let mut routes = Vec::new();
         for (j, r) in vh.routes.iter().enumerate() {
             routes.push(translate_route(
                 r,
                 &format!("{vpath}.routes[{j}]"),
                 clusters,
-                max_body,
+                &table,
             )?);
         }
         let matcher = match &vh.matcher {
@@ -1776,7 +1773,7 @@ pub(crate) fn translate_routes(
                 m,
                 &format!("{vpath}.matcher"),
                 &mut routes,
-                max_body,
+                &table,
             )?)),
             None => None,
         };
@@ -2247,7 +2244,7 @@ fn route_matcher(
     m: &envoy_types::pb::xds::r#type::matcher::v3::Matcher,
     path: &str,
     routes: &mut Vec<Route>,
-    max_body: Option<u64>,
+    shared: &super::route_action::Table,
 ) -> Result<crate::matcher::Matcher<Vec<usize>>, ConfigError> {
     let table = std::cell::RefCell::new(std::mem::take(routes));
     let action = |c: &envoy_types::pb::xds::core::v3::TypedExtensionConfig,
@@ -2279,7 +2276,7 @@ fn route_matcher(
         };
         let mut indices = Vec::with_capacity(list.len());
         for (r, rpath) in list {
-            let route = translate_route(&r, &rpath, None, max_body)?;
+            let route = translate_route(&r, &rpath, None, shared)?;
             let mut t = table.borrow_mut();
             indices.push(t.len());
             t.push(route);
@@ -2295,13 +2292,12 @@ fn translate_route(
     r: &route::Route,
     path: &str,
     clusters: Option<&HashSet<String>>,
-    max_body: Option<u64>,
+    table: &super::route_action::Table,
 ) -> Result<Route, ConfigError> {
     super::fields::route(r, path)?;
     let m = required(&r.r#match, &format!("{path}.match"))?;
     let (matcher, path_match) = route_match(m, &format!("{path}.match"))?;
-    let max_body = max_body.unwrap_or(super::route_action::MAX_DIRECT_RESPONSE_BODY);
-    let t = super::route_action::translate(r, path, &path_match, clusters, max_body)?;
+    let t = super::route_action::translate(r, path, &path_match, clusters, table)?;
     #[allow(deprecated)]
     let route_buffer_limit = buffer_limit(
         &r.request_body_buffer_limit,

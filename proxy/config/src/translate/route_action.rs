@@ -31,6 +31,34 @@ pub(super) struct Translated {
     pub grpc_timeout: Option<crate::router::GrpcTimeout>,
 }
 
+/// What the routes of one route configuration share.
+pub(super) struct Table {
+    /// `max_direct_response_body_size_bytes` (default 4 KiB).
+    pub max_body: u64,
+    /// `cluster_specifier_plugins`, by name: what a route's `cluster_specifier_plugin` names.
+    pub plugins: std::collections::HashMap<String, Arc<crate::matcher::Matcher<String>>>,
+}
+
+impl Table {
+    /// Route configuration `rc`'s, at `path`. As in Envoy, the first plugin of a name is kept.
+    pub(super) fn new(rc: &route::RouteConfiguration, path: &str) -> Result<Table, ConfigError> {
+        let mut plugins = std::collections::HashMap::new();
+        for (i, p) in rc.cluster_specifier_plugins.iter().enumerate() {
+            let ppath = format!("{path}.cluster_specifier_plugins[{i}]");
+            let specifier = Arc::new(cluster_specifier(p, &ppath)?);
+            let name = p.extension.as_ref().map_or("", |e| e.name.as_str());
+            plugins.entry(name.to_string()).or_insert(specifier);
+        }
+        Ok(Table {
+            max_body: rc
+                .max_direct_response_body_size_bytes
+                .as_ref()
+                .map_or(MAX_DIRECT_RESPONSE_BODY, |v| u64::from(v.value)),
+            plugins,
+        })
+    }
+}
+
 /// The action of route `r` at `path`, whose match is `path_match`. Inline route configurations
 /// have their clusters checked against `clusters`.
 pub(super) fn translate(
@@ -38,8 +66,9 @@ pub(super) fn translate(
     path: &str,
     path_match: &PathMatch,
     clusters: Option<&HashSet<String>>,
-    max_body: u64,
+    table: &Table,
 ) -> Result<Translated, ConfigError> {
+    let max_body = table.max_body;
     let local = |action| Translated {
         action,
         timeout: None,
@@ -51,9 +80,13 @@ pub(super) fn translate(
         grpc_timeout: None,
     };
     match &r.action {
-        Some(route::route::Action::Route(a)) => {
-            forward(a, &format!("{path}.route"), path_match, clusters, &r.name)
-        }
+        Some(route::route::Action::Route(a)) => forward(
+            a,
+            &format!("{path}.route"),
+            path_match,
+            (clusters, table),
+            &r.name,
+        ),
         Some(route::route::Action::Redirect(rd)) => Ok(local(Action::Redirect(redirect(
             rd,
             &format!("{path}.redirect"),
@@ -150,7 +183,7 @@ fn forward(
     action: &route::RouteAction,
     apath: &str,
     path_match: &PathMatch,
-    clusters: Option<&HashSet<String>>,
+    (clusters, table): (Option<&HashSet<String>>, &Table),
     route_name: &str,
 ) -> Result<Translated, ConfigError> {
     super::fields::route_action(action, apath)?;
@@ -317,6 +350,15 @@ fn forward(
             let ppath = format!("{apath}.inline_cluster_specifier_plugin");
             Target::Specifier(Arc::new(cluster_specifier(p, &ppath)?))
         }
+        Some(C::ClusterSpecifierPlugin(name)) => match table.plugins.get(name) {
+            Some(specifier) => Target::Specifier(specifier.clone()),
+            None => {
+                return Err(ConfigError::new(
+                    format!("{apath}.cluster_specifier_plugin"),
+                    format!("Unknown cluster specifier plugin name: {name} is used in the route"),
+                ))
+            }
+        },
         _ => return Err(ConfigError::new(format!("{apath}.cluster"), "required")),
     };
     use route::route_action::ClusterNotFoundResponseCode as Nf;
@@ -1134,6 +1176,12 @@ fn cluster_specifier(
         .extension
         .as_ref()
         .ok_or_else(|| ConfigError::new(&epath, "required"))?;
+    if ext.name.is_empty() {
+        return Err(ConfigError::new(
+            format!("{epath}.name"),
+            "value length must be at least 1 characters",
+        ));
+    }
     let tpath = format!("{epath}.typed_config");
     let any = ext
         .typed_config
