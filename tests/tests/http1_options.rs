@@ -3,7 +3,11 @@
 //!   `connection: close` unless the client asked to keep the connection), whether the
 //!   connection closes, and what the upstream receives (HTTP/1.1, the default host);
 //! - `allow_chunked_length`: a request with both framings is taken as chunked;
-//! - `ignore_http_11_upgrade`: matching upgrades are ordinary requests.
+//! - `ignore_http_11_upgrade`: matching upgrades are ordinary requests;
+//! - trailers over HTTP/1.1 without `enable_trailers` (dropped both ways) and with it, on the
+//!   connection manager, on the cluster and on both: which of a request's and a response's
+//!   trailers (declared in `Trailer` or not) each side gets, to clients that send `TE:
+//!   trailers` and to those that do not, over HTTP/1.1 and HTTP/2.
 
 use std::time::Duration;
 
@@ -160,7 +164,7 @@ async fn ignore_http_11_upgrade_as_envoy() {
 }
 
 /// An HTTP/1.1 upstream that records each request's bytes, up to the chunked body's end, and
-/// answers with a chunked body and a trailer (declared in `Trailer`).
+/// answers with a chunked body and two trailers (one declared in `Trailer`).
 async fn trailer_upstream() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -196,7 +200,7 @@ async fn trailer_upstream() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(String::from_utf8_lossy(&got).into_owned());
-                let reply = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-resp-trailer\r\n\r\n5\r\nhello\r\n0\r\nx-resp-trailer: rt\r\n\r\n";
+                let reply = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-resp-trailer\r\n\r\n5\r\nhello\r\n0\r\nx-resp-trailer: rt\r\nx-resp-extra: re\r\n\r\n";
                 let _ = s.write_all(reply.as_bytes()).await;
                 let _ = s.shutdown().await;
             });
@@ -238,6 +242,74 @@ async fn http1_trailers_are_dropped_as_envoy_drops_them() {
         assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
         assert!(seen[0].contains("h1 body: true"), "{}", seen[0]);
         assert!(!seen[0].contains("trailer: true"), "{}", seen[0]);
+    })
+    .await;
+}
+
+/// `enable_trailers` on the connection manager, on the cluster, and on both: Envoy's codecs
+/// read trailers and write every one of them (declared in `Trailer` or not, whatever the
+/// client's `TE`) on the connections whose options enable them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http1_trailers_with_enable_trailers_as_envoy() {
+    use skiff_tests::proxy::{Kind, ProxyProcess};
+    run_for(Duration::from_secs(120), async {
+        let mut seen: Vec<Vec<String>> = Vec::new();
+        for kind in [Kind::Envoy, Kind::under_test()] {
+            let mut mine = Vec::new();
+            for (hcm_on, cluster_on) in [(true, false), (false, true), (true, true)] {
+                let (up, record) = trailer_upstream().await;
+                let (admin, listen) = (skiff_tests::free_port(), skiff_tests::free_port());
+                let mut b = simple_http(admin, listen, &[up]);
+                if hcm_on {
+                    hcm_config(&mut b)["http_protocol_options"] = json!({ "enable_trailers": true });
+                }
+                if cluster_on {
+                    b["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = json!({
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": { "http_protocol_options": { "enable_trailers": true } }
+                        }
+                    });
+                }
+                let p = ProxyProcess::start(kind, &to_yaml(&b), &[]).await;
+                let addr = format!("127.0.0.1:{listen}");
+                for te in ["", "te: trailers\r\n"] {
+                    let request = format!("POST /t HTTP/1.1\r\nhost: x\r\n{te}transfer-encoding: chunked\r\ntrailer: x-req-trailer\r\n\r\n3\r\nabc\r\n0\r\nx-req-trailer: qt\r\nx-req-extra: qe\r\n\r\n");
+                    let before = record.lock().unwrap_or_else(|e| e.into_inner()).len();
+                    let r = raw_exchange(&addr, request.as_bytes(), Duration::from_secs(2)).await;
+                    let text = r.text().to_lowercase();
+                    let upstream = record.lock().unwrap_or_else(|e| e.into_inner())[before..].concat();
+                    mine.push(format!(
+                        "hcm {hcm_on} cluster {cluster_on} te {:?}: upstream got request trailers {} {}; client got response trailers {} {}, body {}",
+                        te.trim(),
+                        upstream.contains("x-req-trailer: qt"),
+                        upstream.contains("x-req-extra: qe"),
+                        text.contains("x-resp-trailer: rt"),
+                        text.contains("x-resp-extra: re"),
+                        text.contains("hello"),
+                    ));
+                }
+                let h2 = skiff_tests::client::nghttp(&["-v", &format!("http://{addr}/h2")]).await;
+                mine.push(format!(
+                    "hcm {hcm_on} cluster {cluster_on}: h2 client got response trailers {} {}",
+                    h2.output.contains("x-resp-trailer: rt"),
+                    h2.output.contains("x-resp-extra: re"),
+                ));
+                drop(p);
+            }
+            seen.push(mine);
+        }
+        assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+        assert!(
+            seen[0].iter().any(|l| l.contains("upstream got request trailers true true")),
+            "{:#?}",
+            seen[0]
+        );
+        assert!(
+            seen[0].iter().any(|l| l.contains("client got response trailers true true")),
+            "{:#?}",
+            seen[0]
+        );
     })
     .await;
 }

@@ -1336,6 +1336,9 @@ pub struct HttpConnectionManager {
     /// `http_protocol_options.header_key_format`: the case of the header names written to the
     /// client, and with `preserve_case`, that of the request's names kept for the upstream.
     pub header_case: HeaderCase,
+    /// `http_protocol_options.enable_trailers`: a request's trailers read and a response's
+    /// written over HTTP/1.1 (without it both are dropped, as Envoy's codec drops them).
+    pub enable_trailers: bool,
     /// `http_protocol_options.allow_chunked_length`: a request with `Content-Length` and a
     /// chunked `Transfer-Encoding` is taken as chunked, its length dropped (else 400).
     pub allow_chunked_length: bool,
@@ -3801,6 +3804,10 @@ pub struct Cluster {
     /// written upstream, and with `preserve_case`, that of the response's names kept for the
     /// client.
     pub header_case: HeaderCase,
+    /// The HTTP/1.1 `http_protocol_options.enable_trailers`: trailers go both ways on its
+    /// HTTP/1.1 connections (without it, a response's are dropped as read and a request's are
+    /// not written).
+    pub h1_trailers: bool,
     /// `metadata.filter_metadata.istio`.
     pub istio: IstioClusterMetadata,
 }

@@ -2836,6 +2836,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "allow_chunked_length",
             "allow_absolute_url",
             "ignore_http_11_upgrade",
+            "enable_trailers",
         ],
     ),
     (

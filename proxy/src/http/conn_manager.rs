@@ -659,6 +659,7 @@ pub async fn serve(
     // request's names, which go upstream with it (and a response's recorded by its cluster).
     let proper_case = hcm.config.header_case == HeaderCase::ProperCase;
     let preserve_case = hcm.config.header_case == HeaderCase::Preserve;
+    let enable_trailers = hcm.config.enable_trailers;
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -666,7 +667,8 @@ pub async fn serve(
         .max_buf_size(read_buf)
         .max_headers(max_headers)
         .title_case_headers(proper_case)
-        .preserve_header_case(preserve_case);
+        .preserve_header_case(preserve_case)
+        .trailers(enable_trailers);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -764,7 +766,8 @@ pub async fn serve(
                     .max_buf_size(read_buf)
                     .max_headers(max_headers)
                     .title_case_headers(proper_case)
-                    .preserve_header_case(preserve_case);
+                    .preserve_header_case(preserve_case)
+                    .trailers(enable_trailers);
                 until_shutdown!(h1.serve_connection(io, service).with_upgrades())
             }),
             CodecType::Http2 => {
@@ -1727,8 +1730,8 @@ async fn handle(
     }
 
     // HTTP/1 request trailers are dropped, as Envoy's codec drops them without
-    // `enable_trailers` (which skiff refuses).
-    let trailers = if parts.version == http::Version::HTTP_2 {
+    // `enable_trailers`.
+    let trailers = if parts.version == http::Version::HTTP_2 || conn.hcm.config.enable_trailers {
         Trailers::Keep
     } else {
         Trailers::Drop

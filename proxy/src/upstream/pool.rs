@@ -1061,6 +1061,7 @@ async fn http1_on(
         .max_buf_size(http1_read_buffer(cluster.config().buffer_limit))
         .title_case_headers(case == crate::config::model::HeaderCase::ProperCase)
         .preserve_header_case(case == crate::config::model::HeaderCase::Preserve)
+        .trailers(cluster.config().h1_trailers)
         .handshake::<_, ProxyBody>(TokioIo::new(stream))
         .await
         .map_err(|e| ConnectError::Handshake(e.to_string()))?;

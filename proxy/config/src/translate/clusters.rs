@@ -246,6 +246,7 @@ pub(super) fn translate_cluster(
     let (mut auto_sni, mut auto_san_validation) = (false, false);
     let mut auto_config_path = None;
     let mut header_case = HeaderCase::Lower;
+    let mut h1_trailers = false;
     // The cluster's own (deprecated) field; the protocol options' one wins when both are set.
     #[allow(deprecated)]
     let mut max_requests_per_connection = c.max_requests_per_connection.as_ref().map(|v| v.value);
@@ -310,7 +311,7 @@ pub(super) fn translate_cluster(
             Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
                 Some(ProtocolConfig::HttpProtocolOptions(h1)) => {
                     protocol = UpstreamProtocol::Http1;
-                    header_case = super::upstream_http1(
+                    (header_case, h1_trailers) = super::upstream_http1(
                         &h1,
                         &format!("{opath}.explicit_http_config.http_protocol_options"),
                     )?;
@@ -342,7 +343,7 @@ pub(super) fn translate_cluster(
                     )?;
                 }
                 if let Some(h1) = &a.http_protocol_options {
-                    header_case = super::upstream_http1(
+                    (header_case, h1_trailers) = super::upstream_http1(
                         h1,
                         &format!("{opath}.auto_config.http_protocol_options"),
                     )?;
@@ -353,7 +354,7 @@ pub(super) fn translate_cluster(
             Some(U::UseDownstreamProtocolConfig(d)) => {
                 protocol = UpstreamProtocol::Downstream;
                 if let Some(h1) = &d.http_protocol_options {
-                    header_case = super::upstream_http1(
+                    (header_case, h1_trailers) = super::upstream_http1(
                         h1,
                         &format!("{opath}.use_downstream_protocol_config.http_protocol_options"),
                     )?;
@@ -536,6 +537,7 @@ pub(super) fn translate_cluster(
         internal_upstream,
         auto_sni,
         header_case,
+        h1_trailers,
         istio: super::istio::cluster_metadata(c),
     })
 }

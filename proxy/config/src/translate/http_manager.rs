@@ -360,6 +360,10 @@ pub(super) fn translate_hcm(
         timeouts,
         http10,
         header_case,
+        enable_trailers: h
+            .http_protocol_options
+            .as_ref()
+            .is_some_and(|o| o.enable_trailers),
         allow_chunked_length: h
             .http_protocol_options
             .as_ref()

@@ -683,12 +683,13 @@ pub fn config_source(c: &core::ConfigSource, path: &str) -> Result<ConfigSource,
     })
 }
 
-/// A cluster's `Http1ProtocolOptions`: the case of the names it writes. `allow_chunked_length`
-/// would also take upstream responses with both framings, which skiff refuses (502).
+/// A cluster's `Http1ProtocolOptions`: the case of the names it writes, and `enable_trailers`.
+/// `allow_chunked_length` would also take upstream responses with both framings, which skiff
+/// refuses (502).
 pub(super) fn upstream_http1(
     o: &core::Http1ProtocolOptions,
     path: &str,
-) -> Result<HeaderCase, ConfigError> {
+) -> Result<(HeaderCase, bool), ConfigError> {
     if o.allow_chunked_length {
         return Err(ConfigError::unsupported(format!(
             "{path}.allow_chunked_length"
@@ -700,7 +701,7 @@ pub(super) fn upstream_http1(
             "{path}.ignore_http_11_upgrade"
         )));
     }
-    header_case(o, path)
+    Ok((header_case(o, path)?, o.enable_trailers))
 }
 
 /// `Http1ProtocolOptions.header_key_format`.

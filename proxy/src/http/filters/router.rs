@@ -2328,8 +2328,16 @@ async fn send_http1(
                 }
                 sender.saw_response(&resp);
                 return Ok((
-                    // No cluster asks for HTTP/1 trailers (`enable_trailers` is refused).
-                    resp.map(|b| ProxyBody::Incoming(b, None, Trailers::Drop)),
+                    // Trailers read over HTTP/1.1 go on only with the cluster's
+                    // `enable_trailers`, as Envoy's codec reads them.
+                    resp.map(|b| {
+                        let trailers = if cluster.config().h1_trailers {
+                            Trailers::Keep
+                        } else {
+                            Trailers::Drop
+                        };
+                        ProxyBody::Incoming(b, None, trailers)
+                    }),
                     Conn::Http1(sender),
                 ));
             }
