@@ -1,6 +1,7 @@
 //! Any bytes as a response from an xDS server: the first byte picks the protocol (state of the
 //! world or delta) and, for a response that names none, the type; the rest is the protobuf
-//! `DiscoveryResponse` or `DeltaDiscoveryResponse`. The store that an ADS bootstrap builds must
+//! `DiscoveryResponse` or `DeltaDiscoveryResponse`. The store that an ADS bootstrap builds (with
+//! a static listener whose scopes come from SRDS) must
 //! apply it or reject it (the verdict a NACK carries), never panic.
 #![no_main]
 
@@ -25,14 +26,19 @@ static_resources:
   - name: xds
     type: STATIC
     load_assignment: {cluster_name: xds, endpoints: [{lb_endpoints: [{endpoint: {address: {pipe: {path: /tmp/xds.sock}}}}]}]}
+  listeners:
+  - name: scoped
+    address: {socket_address: {address: 127.0.0.1, port_value: 10999}}
+    filter_chains: [{filters: [{name: hcm, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: s, scoped_routes: {name: sc, scope_key_builder: {fragments: [{header_value_extractor: {name: x-t, index: 0}}]}, rds_config_source: {ads: {}}, scoped_rds: {scoped_rds_config_source: {ads: {}}}}, http_filters: [{name: r, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]}}]}]
 "#;
 
-const TYPES: [&str; 5] = [
+const TYPES: [&str; 6] = [
     type_url::LISTENER,
     type_url::CLUSTER,
     type_url::ROUTE,
     type_url::ENDPOINT,
     type_url::SECRET,
+    type_url::SCOPED_ROUTE,
 ];
 
 thread_local! {

@@ -110,6 +110,8 @@ pub struct Worker {
     pub access_log: Rc<access_log::Writer>,
     /// Route configurations from RDS, by name.
     routes: RefCell<HashMap<String, Arc<RouteTable>>>,
+    /// The scopes of SRDS subscriptions, by `scoped_routes.name`.
+    scoped: RefCell<HashMap<String, Arc<crate::router::scoped::ScopeTables>>>,
     /// Set by `POST /healthcheck/fail`.
     pub health_failed: Arc<AtomicBool>,
     /// `--drain-strategy`.
@@ -141,6 +143,7 @@ impl Worker {
             shard,
             access_log: access_log::Writer::new(),
             routes: RefCell::new(HashMap::new()),
+            scoped: RefCell::new(HashMap::new()),
             health_failed: shared.health_failed.clone(),
             drain_strategy: shared.drain_strategy,
             listener_addresses: RefCell::new(Vec::new()),
@@ -165,6 +168,11 @@ impl Worker {
     /// The route configuration called `name` in force now (RDS).
     pub fn route_table(&self, name: &str) -> Option<Arc<RouteTable>> {
         self.routes.borrow().get(name).cloned()
+    }
+
+    /// The scopes SRDS subscription `name` has now (none yet: no scope).
+    pub fn scope_tables(&self, name: &str) -> Arc<crate::router::scoped::ScopeTables> {
+        self.scoped.borrow().get(name).cloned().unwrap_or_default()
     }
 
     /// Counts a downstream connection until the guard drops.
@@ -194,6 +202,7 @@ impl Worker {
     ) {
         self.clusters.update(&snapshot.clusters, &self.shard);
         *self.routes.borrow_mut() = snapshot.routes.clone();
+        *self.scoped.borrow_mut() = snapshot.scoped.clone();
         let modify = Draining {
             kind: DrainKind::Modify,
             started: std::time::Instant::now(),

@@ -1548,6 +1548,9 @@ pub enum RouteSource {
     /// `scoped_routes` with `scoped_route_configurations_list`: a key from request headers
     /// picks one of several inline route configurations.
     Scoped(Arc<crate::router::scoped::ScopedRoutes>),
+    /// `scoped_routes` with `scoped_rds`: the scopes from SRDS, their route configurations
+    /// from RDS.
+    ScopedRds(Arc<crate::router::scoped::ScopedRds>),
 }
 
 /// A configured HTTP filter other than the router.

@@ -1365,7 +1365,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "scope_key_builder",
             "rds_config_source",
             "scoped_route_configurations_list",
+            "scoped_rds",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.ScopedRds",
+        &["scoped_rds_config_source", "srds_resources_locator"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.ScopedRoutes.ScopeKeyBuilder",
@@ -1389,7 +1394,13 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.route.v3.ScopedRouteConfiguration",
-        &["on_demand", "name", "route_configuration", "key"],
+        &[
+            "on_demand",
+            "name",
+            "route_configuration",
+            "route_configuration_name",
+            "key",
+        ],
     ),
     ("envoy.config.route.v3.ScopedRouteConfiguration.Key", &["fragments"]),
     (

@@ -168,6 +168,28 @@ fn sections(state: &AdminState, include_eds: bool) -> Vec<Section> {
         });
     }
     out.push(listeners);
+    // As Envoy: the section is there with or without scoped routes.
+    out.push(Section {
+        type_name: "ScopedRoutesConfigDump",
+        scalars: Vec::new(),
+        lists: vec![(
+            "dynamic_scoped_route_configs",
+            "ScopedRoutesConfigDump.DynamicScopedRouteConfigs",
+            d.scoped
+                .iter()
+                .filter_map(|(name, scopes)| {
+                    let first = scopes.first()?;
+                    let item = json!({
+                        "name": name,
+                        "version_info": first.version,
+                        "scoped_route_configs": scopes.iter().map(|s| s.json.value()).collect::<Vec<_>>(),
+                        "last_updated": time(first.last_updated),
+                    });
+                    Some((name.clone(), item))
+                })
+                .collect(),
+        )],
+    });
     out.push(routes);
     let secret = |d: &Dumped, dynamic: bool| {
         let mut item =

@@ -52,6 +52,9 @@ pub mod type_url {
     pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
     /// `RouteConfiguration`.
     pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    /// `ScopedRouteConfiguration` (SRDS).
+    pub const SCOPED_ROUTE: &str =
+        "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration";
     /// `ClusterLoadAssignment`.
     pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
     /// `Secret`.
@@ -69,6 +72,9 @@ pub struct Snapshot {
     pub clusters: HashMap<String, Arc<ClusterInfo>>,
     /// Route configurations from RDS by name.
     pub routes: HashMap<String, Arc<RouteTable>>,
+    /// The scopes of each SRDS subscription (by `scoped_routes.name`), with their route
+    /// tables: a scope whose route configuration has not come is left out (no route).
+    pub scoped: HashMap<String, Arc<crate::router::scoped::ScopeTables>>,
     /// What `/config_dump` shows.
     pub dump: Dump,
 }
@@ -128,6 +134,9 @@ pub struct Dump {
     pub clusters: Vec<DumpedSlot>,
     /// Route configurations from RDS.
     pub routes: Vec<Dumped>,
+    /// Each SRDS subscription's scopes: its name, and the scopes as accepted (the version and
+    /// time of the update that brought the set in force).
+    pub scoped: Vec<(String, Vec<Dumped>)>,
     /// Endpoint assignments, (static, dump): EDS ones and clusters' `load_assignment`s.
     pub endpoints: Vec<(bool, Dumped)>,
     /// Secrets, private keys redacted: (static, the secret).
@@ -205,6 +214,15 @@ impl Subscription {
         for g in ["version", "update_time"] {
             main.gauge(&format!("{scope}{g}"));
         }
+        // As Envoy's gRPC subscriptions (ADS included), starting counts as an attempt.
+        let streamed = match &source.kind {
+            SourceKind::Ads => true,
+            SourceKind::Grpc(g) => g.rest.is_none(),
+            SourceKind::File { .. } => false,
+        };
+        if streamed {
+            main.counter(&format!("{scope}update_attempt")).inc();
+        }
         main.histogram(&format!("{scope}update_duration"));
         Subscription {
             source,
@@ -230,6 +248,28 @@ struct Rds {
     sub: Subscription,
     table: Option<Version<route_pb::RouteConfiguration, Arc<RouteTable>>>,
 }
+
+/// An SRDS subscription (wildcard) and the scopes it last accepted.
+#[derive(Debug)]
+struct Srds {
+    sub: Subscription,
+    /// `rds_config_source` of the connection manager that asked first: where its scopes'
+    /// route configurations come from.
+    rds_source: ConfigSource,
+    /// That connection manager's stat prefix (the RDS subscriptions' stats).
+    prefix: String,
+    /// The scopes by name, as accepted.
+    scopes: BTreeMap<String, SrdsScope>,
+    /// When the scopes in force came, and in what version.
+    accepted: Option<(String, SystemTime)>,
+}
+
+/// A scope from SRDS: as sent, as translated, and as `/config_dump` shows it.
+type SrdsScope = (
+    route_pb::ScopedRouteConfiguration,
+    crate::router::scoped::Scope,
+    Arc<CompactJson>,
+);
 
 /// An EDS subscription and the assignment it last accepted.
 #[derive(Debug)]
@@ -273,6 +313,8 @@ pub struct ConfigStore {
     lds: Option<Subscription>,
     cds: Option<Subscription>,
     rds: BTreeMap<String, Rds>,
+    /// SRDS subscriptions by `scoped_routes.name`.
+    srds: BTreeMap<String, Srds>,
     eds: BTreeMap<String, Eds>,
     secrets: BTreeMap<String, SecretSlot>,
     /// RTDS subscriptions by resource name, and the runtime their layers feed.
@@ -404,6 +446,7 @@ impl ConfigStore {
             lds: None,
             cds: None,
             rds: BTreeMap::new(),
+            srds: BTreeMap::new(),
             eds: BTreeMap::new(),
             secrets: BTreeMap::new(),
             rtds: BTreeMap::new(),
@@ -677,6 +720,7 @@ impl ConfigStore {
             .iter()
             .chain(self.cds.iter())
             .chain(self.rds.values().map(|r| &r.sub))
+            .chain(self.srds.values().map(|r| &r.sub))
             .chain(self.eds.values().map(|e| &e.sub))
             .chain(self.secrets.values().filter_map(|s| s.sub.as_ref()))
             .chain(self.rtds.values())
@@ -780,6 +824,7 @@ impl ConfigStore {
         let wanted = self.lds.as_ref().is_some_and(|s| &s.source == src)
             || self.cds.as_ref().is_some_and(|s| &s.source == src)
             || self.rds.values().any(|r| &r.sub.source == src)
+            || self.srds.values().any(|r| &r.sub.source == src)
             || self.eds.values().any(|e| &e.sub.source == src)
             || self
                 .secrets
@@ -807,6 +852,15 @@ impl ConfigStore {
             .collect();
         for name in rds {
             let _ = self.deliver(Kind::Rds(name), src, &decoded, None);
+        }
+        let srds: Vec<String> = self
+            .srds
+            .iter()
+            .filter(|(_, r)| &r.sub.source == src)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in srds {
+            let _ = self.deliver(Kind::Srds(name), src, &decoded, None);
         }
         let eds: Vec<String> = self
             .eds
@@ -842,6 +896,7 @@ impl ConfigStore {
             Kind::Lds => self.lds.as_mut(),
             Kind::Cds => self.cds.as_mut(),
             Kind::Rds(n) => self.rds.get_mut(n).map(|r| &mut r.sub),
+            Kind::Srds(n) => self.srds.get_mut(n).map(|r| &mut r.sub),
             Kind::Eds(n) => self.eds.get_mut(n).map(|e| &mut e.sub),
             Kind::Sds(n) => self.secrets.get_mut(n).and_then(|s| s.sub.as_mut()),
             Kind::Rtds(n) => self.rtds.get_mut(n),
@@ -895,6 +950,7 @@ impl ConfigStore {
                     Kind::Lds => self.apply_lds(d, removed),
                     Kind::Cds => self.apply_cds(d, removed),
                     Kind::Rds(name) => self.apply_rds(name, d),
+                    Kind::Srds(name) => self.apply_srds(name, d, removed),
                     Kind::Eds(name) => self.apply_eds(name, d),
                     Kind::Sds(name) => self.apply_sds(name, d),
                     Kind::Rtds(name) => self.apply_rtds(name, d, removed),
@@ -939,6 +995,11 @@ impl ConfigStore {
                     tracing::warn!(source = %src.describe(), error = %e, "xDS config update rejected");
                 }
                 main.counter(&format!("{scope}update_rejected")).inc();
+                // Envoy's delta gRPC subscription counts the attempt, then the failure as
+                // another.
+                if timed && removed.is_some() {
+                    main.counter(&format!("{scope}update_attempt")).inc();
+                }
                 Err(e.to_string())
             }
         }
@@ -1385,6 +1446,96 @@ impl ConfigStore {
         Ok(())
     }
 
+    /// An SRDS response (wildcard: every scope, or in delta the changes and `removed`),
+    /// checked as Envoy checks it: two scopes of one name or of one key reject it whole.
+    fn apply_srds(
+        &mut self,
+        name: &str,
+        d: &Discovery,
+        removed: Option<&[String]>,
+    ) -> Result<(), ConfigError> {
+        use crate::router::scoped::ScopeRoute;
+        let mut fresh = Vec::with_capacity(d.resources.len());
+        let mut names = HashSet::new();
+        for (i, any) in d.resources.iter().enumerate() {
+            let path = format!("resources[{i}]");
+            let proto: route_pb::ScopedRouteConfiguration =
+                decode_any(any, type_url::SCOPED_ROUTE, &path)?;
+            if !names.insert(proto.name.clone()) {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!(
+                        "Error adding/updating scoped route(s): duplicate scoped route configuration '{}' found",
+                        proto.name
+                    ),
+                ));
+            }
+            let (scope_name, scope) = resource::scope(&proto, &path)?;
+            let dump = Arc::new(CompactJson::new(
+                &d.dumps.get(i).cloned().unwrap_or_default(),
+            ));
+            fresh.push((scope_name, proto, scope, dump));
+        }
+        let Some(srds) = self.srds.get(name) else {
+            return Ok(());
+        };
+        // What stays: in delta, the scopes neither removed nor sent again.
+        let mut next: BTreeMap<String, _> = match removed {
+            None => BTreeMap::new(),
+            Some(gone) => srds
+                .scopes
+                .iter()
+                .filter(|(n, _)| !gone.contains(n) && !names.contains(*n))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+        };
+        let mut by_key: HashMap<Vec<String>, String> = next
+            .iter()
+            .map(|(n, (_, s, _))| (s.key.clone(), n.clone()))
+            .collect();
+        for (i, (scope_name, proto, scope, dump)) in fresh.into_iter().enumerate() {
+            if let Some(first) = by_key.insert(scope.key.clone(), scope_name.clone()) {
+                return Err(ConfigError::new(
+                    format!("resources[{i}].key"),
+                    format!(
+                        "Error adding/updating scoped route(s): scope key conflict found, first scope is '{first}', second scope is '{scope_name}'"
+                    ),
+                ));
+            }
+            next.insert(scope_name, (proto, scope, dump));
+        }
+        let Some(srds) = self.srds.get_mut(name) else {
+            return Ok(());
+        };
+        let same = srds.scopes.len() == next.len()
+            && srds
+                .scopes
+                .iter()
+                .zip(next.iter())
+                .all(|((a, (pa, ..)), (b, (pb, ..)))| a == b && pa == pb);
+        if same {
+            return Ok(());
+        }
+        srds.scopes = next;
+        srds.accepted = Some((d.version_info.clone(), SystemTime::now()));
+        let scope = srds.sub.scope.clone();
+        let count = |f: fn(&ScopeRoute) -> bool| {
+            srds.scopes.values().filter(|(_, s, _)| f(&s.route)).count() as i64
+        };
+        let all = srds.scopes.len() as i64;
+        let on_demand = count(|r| matches!(r, ScopeRoute::OnDemand(_)));
+        let active = count(|r| matches!(r, ScopeRoute::Rds(_)));
+        self.main.counter(&format!("{scope}config_reload")).inc();
+        self.main.gauge(&format!("{scope}all_scopes")).set(all);
+        self.main
+            .gauge(&format!("{scope}on_demand_scopes"))
+            .set(on_demand);
+        self.main
+            .gauge(&format!("{scope}active_scopes"))
+            .set(active);
+        Ok(())
+    }
+
     fn apply_eds(&mut self, service: &str, d: &Discovery) -> Result<(), ConfigError> {
         if d.resources.is_empty() {
             // An empty response leaves the cluster without hosts.
@@ -1619,10 +1770,70 @@ impl ConfigStore {
         Ok(())
     }
 
+    /// SRDS subscriptions follow the listeners, as RDS ones do: one per `scoped_routes.name`
+    /// a listener (active or warming) uses.
+    fn sync_srds(&mut self) {
+        let mut wanted: BTreeMap<String, (ConfigSource, ConfigSource, String)> = BTreeMap::new();
+        for slot in self.listeners.values() {
+            for v in slot.active.iter().chain(slot.warming.iter()) {
+                for (name, source, rds_source, prefix) in srds_of(&v.model) {
+                    wanted.entry(name).or_insert((source, rds_source, prefix));
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .srds
+            .iter()
+            .filter(|(n, _)| !wanted.contains_key(*n))
+            .map(|(_, r)| r.sub.scope.clone())
+            .collect();
+        self.pending_prune.extend(gone);
+        self.srds.retain(|n, _| wanted.contains_key(n));
+        let mut fresh = Vec::new();
+        for (name, (source, rds_source, prefix)) in wanted {
+            if let std::collections::btree_map::Entry::Vacant(e) = self.srds.entry(name) {
+                let scope = format!("http.{prefix}.scoped_rds.{}.", e.key());
+                self.pending_prune.retain(|p| *p != scope);
+                self.main.counter(&format!("{scope}config_reload"));
+                for g in ["all_scopes", "active_scopes", "on_demand_scopes"] {
+                    self.main.gauge(&format!("{scope}{g}"));
+                }
+                e.insert(Srds {
+                    sub: Subscription::new(source.clone(), scope, &self.main),
+                    rds_source,
+                    prefix,
+                    scopes: BTreeMap::new(),
+                    accepted: None,
+                });
+                fresh.push(source);
+            }
+        }
+        self.follow_sources(fresh);
+    }
+
+    /// The route configuration names the scopes of SRDS subscriptions use (on-demand ones
+    /// are never fetched), with their source and stat prefix.
+    fn srds_routes(&self) -> Vec<RdsUse> {
+        let mut out = Vec::new();
+        for s in self.srds.values() {
+            for (_, scope, _) in s.scopes.values() {
+                if let crate::router::scoped::ScopeRoute::Rds(n) = &scope.route {
+                    out.push((n.clone(), s.rds_source.clone(), s.prefix.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// RDS subscriptions follow the listeners: one per route configuration name a listener
-    /// (active or warming) uses; a new one is read at once, an unused one is dropped.
+    /// (active or warming) uses, directly or through the scopes of its SRDS; a new one is
+    /// read at once, an unused one is dropped.
     fn sync_rds(&mut self) {
+        self.sync_srds();
         let mut wanted: BTreeMap<String, (ConfigSource, String)> = BTreeMap::new();
+        for (name, source, prefix) in self.srds_routes() {
+            wanted.entry(name).or_insert((source, prefix));
+        }
         for slot in self.listeners.values() {
             for v in slot.active.iter().chain(slot.warming.iter()) {
                 for (name, source, prefix) in rds_of(&v.model) {
@@ -1722,11 +1933,23 @@ impl ConfigStore {
                 .map(|v| &v.model),
         );
         let rds_ready = |name: &str| self.rds.get(name).is_some_and(|r| r.sub.ready);
+        // A listener with SRDS waits for its first scopes and for the route configurations
+        // of those (not on demand), as Envoy's init manager does.
+        let srds_ready = |name: &str| {
+            self.srds.get(name).is_some_and(|s| {
+                s.sub.ready
+                    && s.scopes.values().all(|(_, scope, _)| match &scope.route {
+                        crate::router::scoped::ScopeRoute::Rds(n) => rds_ready(n),
+                        _ => true,
+                    })
+            })
+        };
         let secrets = &self.secrets;
         let ends = Instant::now() + self.drain_time;
         for (name, slot) in self.listeners.iter_mut() {
             let ready = slot.warming.as_ref().is_some_and(|w| {
                 rds_of(&w.model).iter().all(|(n, _, _)| rds_ready(n))
+                    && srds_of(&w.model).iter().all(|(n, ..)| srds_ready(n))
                     && secrets_ready(secrets, &secret_refs(&listener_tls(&w.proto)))
             });
             if !ready {
@@ -1936,10 +2159,30 @@ impl ConfigStore {
             .values()
             .filter_map(|s| s.active.as_ref().map(|v| v.model.clone()))
             .collect();
-        let routes = self
+        let routes: HashMap<String, Arc<RouteTable>> = self
             .rds
             .iter()
             .filter_map(|(n, r)| r.table.as_ref().map(|t| (n.clone(), t.model.clone())))
+            .collect();
+        let scoped = self
+            .srds
+            .iter()
+            .map(|(n, s)| {
+                use crate::router::scoped::ScopeRoute;
+                let tables = s
+                    .scopes
+                    .values()
+                    .filter_map(|(_, scope, _)| {
+                        let table = match &scope.route {
+                            ScopeRoute::Rds(r) => routes.get(r)?.clone(),
+                            ScopeRoute::Inline(t) => t.clone(),
+                            ScopeRoute::OnDemand(_) => return None,
+                        };
+                        Some((scope.key.clone(), table))
+                    })
+                    .collect();
+                (n.clone(), Arc::new(tables))
+            })
             .collect();
         let dump = Dump {
             listeners: self.listeners.values().map(Slot::dumped).collect(),
@@ -1948,6 +2191,24 @@ impl ConfigStore {
                 .rds
                 .values()
                 .filter_map(|r| r.table.as_ref().map(|t| t.dump.clone()))
+                .collect(),
+            scoped: self
+                .srds
+                .iter()
+                .filter_map(|(n, s)| {
+                    let (version, at) = s.accepted.as_ref()?;
+                    let scopes = s
+                        .scopes
+                        .iter()
+                        .map(|(name, (_, _, json))| Dumped {
+                            name: name.clone(),
+                            json: json.clone(),
+                            version: version.clone(),
+                            last_updated: *at,
+                        })
+                        .collect();
+                    Some((n.clone(), scopes))
+                })
                 .collect(),
             endpoints: self.endpoint_dumps(),
             secrets: self
@@ -1987,6 +2248,7 @@ impl ConfigStore {
             listeners,
             clusters,
             routes,
+            scoped,
             dump,
         }
     }
@@ -2214,9 +2476,34 @@ enum Kind {
     Lds,
     Cds,
     Rds(String),
+    Srds(String),
     Eds(String),
     Sds(String),
     Rtds(String),
+}
+
+/// An SRDS subscription a connection manager uses: its name, source, the source of its
+/// scopes' route configurations and the HCM's stat prefix.
+type SrdsUse = (String, ConfigSource, ConfigSource, String);
+
+/// The SRDS subscriptions a listener's HTTP connection managers use.
+fn srds_of(l: &model::Listener) -> Vec<SrdsUse> {
+    let mut out = Vec::new();
+    for c in chains_of(l) {
+        for f in &c.filters {
+            if let model::NetworkFilter::HttpConnectionManager(h) = f {
+                if let model::RouteSource::ScopedRds(s) = &h.routes {
+                    out.push((
+                        s.name.clone(),
+                        s.source.clone(),
+                        s.rds_source.clone(),
+                        h.stat_prefix.clone(),
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// An RDS route configuration an HTTP connection manager uses: its name, source and the

@@ -98,6 +98,28 @@ impl ConfigStore {
                 };
                 self.deliver(kind, &src, &Ok(d), removed.as_deref())
             }
+            // Wildcard: every SRDS subscription this stream feeds gets the whole response.
+            type_url::SCOPED_ROUTE => {
+                let fed: Vec<(String, ConfigSource)> = self
+                    .srds
+                    .iter()
+                    .filter(|(_, s)| fed_by(&s.sub))
+                    .map(|(n, s)| (n.clone(), s.sub.source.clone()))
+                    .collect();
+                let mut errors = Vec::new();
+                for (name, src) in fed {
+                    if let Err(e) =
+                        self.deliver(Kind::Srds(name), &src, &Ok(d.clone()), removed.as_deref())
+                    {
+                        errors.push(e);
+                    }
+                }
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(errors.join("\n"))
+                }
+            }
             type_url::ROUTE | type_url::ENDPOINT | type_url::SECRET | type_url::RUNTIME => {
                 // State of the world: an RTDS resource left out is removed (Envoy empties the
                 // layer).
@@ -343,6 +365,12 @@ impl ConfigStore {
                 .and_then(|s| key_of(s, type_url::LISTENER, ""))
             {
                 scopes.insert(k.0.clone(), scope);
+                want.insert(k, Interest::Wildcard);
+            }
+        }
+        for s in self.srds.values() {
+            if let Some((k, scope)) = key_of(&s.sub, type_url::SCOPED_ROUTE, "") {
+                scopes.entry(k.0.clone()).or_insert(scope);
                 want.insert(k, Interest::Wildcard);
             }
         }

@@ -229,6 +229,64 @@ fn route_configurations_go_to_the_names_listeners_subscribe_and_bad_ones_are_nac
 }
 
 #[test]
+fn srds_scopes_follow_updates_and_a_conflicting_update_changes_nothing() {
+    let (mut s, stats) = store();
+    let hcm = r#"- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: h
+  address: {socket_address: {address: 127.0.0.1, port_value: 10011}}
+  filter_chains: [{filters: [{name: hcm, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: in, scoped_routes: {name: sc, scope_key_builder: {fragments: [{header_value_extractor: {name: x-t, index: 0}}]}, rds_config_source: {ads: {}}, scoped_rds: {scoped_rds_config_source: {ads: {}}}}, http_filters: [{name: r, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]}}]}]
+"#;
+    sotw(&mut s, type_url::LISTENER, "1", hcm).expect("ACK");
+    s.sync_rds();
+    assert!(s.srds.contains_key("sc"));
+    let scope = |name: &str, key: &str, rc: &str| {
+        format!(
+            "- \"@type\": {}\n  name: {name}\n  key: {{fragments: [{{string_key: {key}}}]}}\n  route_configuration_name: {rc}\n",
+            type_url::SCOPED_ROUTE
+        )
+    };
+    let both = format!("{}{}", scope("s1", "a", "r1"), scope("s2", "b", "r2"));
+    sotw(&mut s, type_url::SCOPED_ROUTE, "1", &both).expect("ACK");
+    s.sync_rds();
+    assert!(s.rds.contains_key("r1") && s.rds.contains_key("r2"));
+    assert!(
+        s.listeners["h"].active.is_none(),
+        "warming for the scopes' routes"
+    );
+    assert_eq!(stat(&stats, "http.in.scoped_rds.sc.all_scopes"), 2);
+    // Two scopes of one name, then of one key: rejected whole.
+    let e = sotw(
+        &mut s,
+        type_url::SCOPED_ROUTE,
+        "2",
+        &format!("{}{}", scope("s1", "a", "r1"), scope("s1", "c", "r3")),
+    )
+    .expect_err("NACK");
+    assert!(
+        e.contains("duplicate scoped route configuration 's1'"),
+        "{e}"
+    );
+    let e = sotw(
+        &mut s,
+        type_url::SCOPED_ROUTE,
+        "3",
+        &format!("{}{}", scope("s1", "a", "r1"), scope("s3", "a", "r3")),
+    )
+    .expect_err("NACK");
+    assert!(
+        e.contains("scope key conflict found, first scope is 's1', second scope is 's3'"),
+        "{e}"
+    );
+    assert_eq!(s.srds["sc"].scopes.len(), 2);
+    assert_eq!(stat(&stats, "http.in.scoped_rds.sc.update_rejected"), 2);
+    // A scope left out is gone, and so is the route configuration only it used.
+    sotw(&mut s, type_url::SCOPED_ROUTE, "4", &scope("s1", "a", "r1")).expect("ACK");
+    s.sync_rds();
+    assert!(s.rds.contains_key("r1") && !s.rds.contains_key("r2"));
+    assert_eq!(stat(&stats, "http.in.scoped_rds.sc.config_reload"), 2);
+}
+
+#[test]
 fn fields_the_protos_do_not_know_are_dropped_and_counted() {
     let (mut s, stats) = store();
     let mut resources = anys(&tcp_listener("l", 10020, ""));

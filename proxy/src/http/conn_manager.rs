@@ -357,7 +357,9 @@ impl HttpConnectionManager {
                     }
                 }
             }
-            model::RouteSource::Rds { .. } => router::StaticRoutes::None,
+            model::RouteSource::Rds { .. } | model::RouteSource::ScopedRds(_) => {
+                router::StaticRoutes::None
+            }
         };
         let filters = filter::factories(&config.http_filters, shard, &config.stat_prefix);
         let upgrade_filters: Vec<(String, Vec<filter::Factory>)> = config

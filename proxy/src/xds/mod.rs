@@ -266,6 +266,12 @@ fn method(key: &StreamKey, delta: bool) -> &'static str {
         }
         (type_url::ROUTE, false) => "/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes",
         (type_url::ROUTE, true) => "/envoy.service.route.v3.RouteDiscoveryService/DeltaRoutes",
+        (type_url::SCOPED_ROUTE, false) => {
+            "/envoy.service.route.v3.ScopedRoutesDiscoveryService/StreamScopedRoutes"
+        }
+        (type_url::SCOPED_ROUTE, true) => {
+            "/envoy.service.route.v3.ScopedRoutesDiscoveryService/DeltaScopedRoutes"
+        }
         (type_url::ENDPOINT, false) => {
             "/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints"
         }

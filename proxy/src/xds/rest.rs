@@ -31,6 +31,7 @@ fn path_of(type_url: &str) -> &'static str {
         type_url::LISTENER => "/v3/discovery:listeners",
         type_url::CLUSTER => "/v3/discovery:clusters",
         type_url::ROUTE => "/v3/discovery:routes",
+        type_url::SCOPED_ROUTE => "/v3/discovery:scoped-routes",
         type_url::ENDPOINT => "/v3/discovery:endpoints",
         type_url::RUNTIME => "/v3/discovery:runtime",
         _ => "/v3/discovery:secrets",

@@ -45,6 +45,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const SCOPED_ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration";
 
 /// One type's resources: the type's version and each resource's (version, body).
 #[derive(Debug, Clone, Default)]
@@ -73,7 +74,7 @@ fn emit(mut v: serde_json::Value) {
 }
 
 fn is_wildcard_type(t: &str) -> bool {
-    t == LISTENER || t == CLUSTER
+    t == LISTENER || t == CLUSTER || t == SCOPED_ROUTE
 }
 
 /// The name of a resource, by its type.
@@ -90,6 +91,11 @@ fn name_of(any: &Any) -> String {
         "envoy.config.route.v3.RouteConfiguration" => route::v3::RouteConfiguration::decode(v)
             .map(|r| r.name)
             .unwrap_or_default(),
+        "envoy.config.route.v3.ScopedRouteConfiguration" => {
+            route::v3::ScopedRouteConfiguration::decode(v)
+                .map(|r| r.name)
+                .unwrap_or_default()
+        }
         "envoy.config.endpoint.v3.ClusterLoadAssignment" => {
             endpoint::v3::ClusterLoadAssignment::decode(v)
                 .map(|r| r.cluster_name)
@@ -240,6 +246,10 @@ per_type!(
 per_type!(
     envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryService,
     StreamRoutesStream, stream_routes, DeltaRoutesStream, delta_routes, fetch_routes
+);
+per_type!(
+    envoy_types::pb::envoy::service::route::v3::scoped_routes_discovery_service_server::ScopedRoutesDiscoveryService,
+    StreamScopedRoutesStream, stream_scoped_routes, DeltaScopedRoutesStream, delta_scoped_routes, fetch_scoped_routes
 );
 per_type!(
     envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryService,
@@ -486,6 +496,10 @@ where
                 cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer::new(
                     s,
                 );
+            Box::pin(async move { svc.call(req).await })
+        } else if path.starts_with("/envoy.service.route.v3.ScopedRoutes") {
+            let mut svc =
+                route::v3::scoped_routes_discovery_service_server::ScopedRoutesDiscoveryServiceServer::new(s);
             Box::pin(async move { svc.call(req).await })
         } else if path.starts_with("/envoy.service.route.v3.") {
             let mut svc =

@@ -71,17 +71,56 @@ impl ScopedRoutes {
     }
 }
 
+/// `scoped_routes` with `scoped_rds`: the scopes come from SRDS
+/// (`envoy.config.route.v3.ScopedRouteConfiguration`, a wildcard subscription) and their route
+/// configurations from RDS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopedRds {
+    /// `name`: the subscription's (shared by every connection manager that names it).
+    pub name: String,
+    /// `scope_key_builder.fragments`.
+    pub fragments: Arc<[HeaderFragment]>,
+    /// `scoped_rds.scoped_rds_config_source`.
+    pub source: crate::model::ConfigSource,
+    /// `rds_config_source`: where the scopes' route configurations come from.
+    pub rds_source: crate::model::ConfigSource,
+}
+
+/// One scope from SRDS.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// `key.fragments[].string_key`.
+    pub key: Vec<String>,
+    /// Its route configuration.
+    pub route: ScopeRoute,
+}
+
+/// Where a scope from SRDS takes its routes.
+#[derive(Debug, Clone)]
+pub enum ScopeRoute {
+    /// `route_configuration_name`, from RDS.
+    Rds(String),
+    /// `route_configuration_name` with `on_demand`: fetched only when the `on_demand` filter
+    /// asks, which skiff does not have; its requests find no route, as Envoy's without it.
+    OnDemand(String),
+    /// `route_configuration`, inline.
+    Inline(Arc<RouteTable>),
+}
+
+/// The route tables of one SRDS subscription's scopes, by key: what workers look up.
+pub type ScopeTables = HashMap<Vec<String>, Arc<RouteTable>>;
+
 /// Scoped routes as a worker serves them: each scope's route table by key.
 #[derive(Debug)]
 pub struct ScopedTables {
-    config: Arc<ScopedRoutes>,
-    by_key: HashMap<Vec<String>, Arc<RouteTable>>,
+    fragments: Arc<[HeaderFragment]>,
+    by_key: Arc<ScopeTables>,
 }
 
 impl ScopedTables {
     /// Indexes every scope's route configuration.
     pub fn new(config: Arc<ScopedRoutes>) -> Result<Self, String> {
-        let mut by_key = HashMap::new();
+        let mut by_key = ScopeTables::new();
         // A scope named again replaces the earlier one, key and all (Envoy's scoped config).
         let mut keys: HashMap<&str, &Vec<String>> = HashMap::new();
         for (name, key, rc) in &config.scopes {
@@ -90,12 +129,21 @@ impl ScopedTables {
             }
             by_key.insert(key.clone(), Arc::new(RouteTable::new(rc.clone())?));
         }
-        Ok(ScopedTables { config, by_key })
+        Ok(ScopedTables {
+            fragments: config.fragments.clone().into(),
+            by_key: Arc::new(by_key),
+        })
+    }
+
+    /// The scopes an SRDS subscription has now, keyed by `fragments`.
+    pub fn of(fragments: Arc<[HeaderFragment]>, by_key: Arc<ScopeTables>) -> Self {
+        ScopedTables { fragments, by_key }
     }
 
     /// The route table of the scope a request's headers pick.
     pub fn table(&self, headers: &HeaderMap) -> Option<Arc<RouteTable>> {
-        self.by_key.get(&self.config.key(headers)?).cloned()
+        let key: Option<Vec<String>> = self.fragments.iter().map(|f| f.compute(headers)).collect();
+        self.by_key.get(&key?).cloned()
     }
 
     /// Whether any scope's table renders header operators for the stream.

@@ -66,11 +66,9 @@ pub(super) fn translate_hcm(
                     source: super::config_source(source, &format!("{rpath}.config_source"))?,
                 }
             }
-            Some(RouteSpecifier::ScopedRoutes(s)) => RouteSource::Scoped(Arc::new(scoped_routes(
-                s,
-                &format!("{path}.scoped_routes"),
-                clusters,
-            )?)),
+            Some(RouteSpecifier::ScopedRoutes(s)) => {
+                scoped_routes(s, &format!("{path}.scoped_routes"), clusters)?
+            }
             None => return Err(ConfigError::new(format!("{path}.route_config"), "required")),
         };
     let (http_filters, router) =
@@ -2101,13 +2099,13 @@ fn buffer_limit(
         .or(per_request.as_ref().map(|v| u64::from(v.value)))
 }
 
-/// `scoped_routes` with its route configurations inline (`scoped_rds` is refused), checked as
+/// `scoped_routes`, with its route configurations inline or its scopes from SRDS, checked as
 /// Envoy checks it.
 fn scoped_routes(
     s: &hcm::ScopedRoutes,
     path: &str,
     clusters: &HashSet<String>,
-) -> Result<crate::router::scoped::ScopedRoutes, ConfigError> {
+) -> Result<RouteSource, ConfigError> {
     use crate::router::scoped::{Extract, HeaderFragment};
     use hcm::scoped_routes::scope_key_builder::fragment_builder::{
         header_value_extractor::ExtractType, Type,
@@ -2178,8 +2176,25 @@ fn scoped_routes(
     }
     let list = match &s.config_specifier {
         Some(ConfigSpecifier::ScopedRouteConfigurationsList(l)) => l,
-        Some(ConfigSpecifier::ScopedRds(_)) => {
-            return Err(ConfigError::unsupported(format!("{path}.scoped_rds")))
+        Some(ConfigSpecifier::ScopedRds(r)) => {
+            let rpath = format!("{path}.scoped_rds");
+            if !r.srds_resources_locator.is_empty() {
+                return Err(ConfigError::unsupported(format!(
+                    "{rpath}.srds_resources_locator"
+                )));
+            }
+            let spath = format!("{rpath}.scoped_rds_config_source");
+            let source = required(&r.scoped_rds_config_source, &spath)?;
+            let dpath = format!("{path}.rds_config_source");
+            let rds_source = required(&s.rds_config_source, &dpath)?;
+            return Ok(RouteSource::ScopedRds(Arc::new(
+                crate::router::scoped::ScopedRds {
+                    name: s.name.clone(),
+                    fragments: fragments.into(),
+                    source: super::config_source(source, &spath)?,
+                    rds_source: super::config_source(rds_source, &dpath)?,
+                },
+            )));
         }
         None => {
             return Err(ConfigError::new(
@@ -2234,11 +2249,73 @@ fn scoped_routes(
         let table = translate_routes(rc, &format!("{cpath}.route_configuration"), Some(clusters))?;
         scopes.push((c.name.clone(), fragments, Arc::new(table)));
     }
-    Ok(crate::router::scoped::ScopedRoutes {
-        name: s.name.clone(),
-        fragments,
-        scopes,
-    })
+    Ok(RouteSource::Scoped(Arc::new(
+        crate::router::scoped::ScopedRoutes {
+            name: s.name.clone(),
+            fragments,
+            scopes,
+        },
+    )))
+}
+
+/// A scope from SRDS (`ScopedRouteConfiguration`), checked as Envoy checks it: an inline
+/// `route_configuration` (its clusters not checked, as RDS ones) or else a
+/// `route_configuration_name`.
+pub(super) fn srds_scope(
+    c: &route::ScopedRouteConfiguration,
+    path: &str,
+) -> Result<(String, crate::router::scoped::Scope), ConfigError> {
+    use crate::router::scoped::{Scope, ScopeRoute};
+    if c.name.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.name"),
+            "value length must be at least 1 characters",
+        ));
+    }
+    let key = required(&c.key, &format!("{path}.key"))?;
+    if key.fragments.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.key.fragments"),
+            "value must contain at least 1 item(s)",
+        ));
+    }
+    let mut fragments = Vec::with_capacity(key.fragments.len());
+    for (j, f) in key.fragments.iter().enumerate() {
+        use route::scoped_route_configuration::key::fragment::Type as K;
+        match &f.r#type {
+            Some(K::StringKey(k)) => fragments.push(k.clone()),
+            None => {
+                return Err(ConfigError::new(
+                    format!("{path}.key.fragments[{j}].string_key"),
+                    "required",
+                ))
+            }
+        }
+    }
+    let route = match &c.route_configuration {
+        Some(rc) => {
+            let rpath = format!("{path}.route_configuration");
+            let config = translate_routes(rc, &rpath, None)?;
+            let table = crate::router::RouteTable::new(Arc::new(config))
+                .map_err(|e| ConfigError::new(format!("{rpath}.virtual_hosts"), e))?;
+            ScopeRoute::Inline(Arc::new(table))
+        }
+        None if c.route_configuration_name.is_empty() => {
+            return Err(ConfigError::new(
+                format!("{path}.route_configuration_name"),
+                "route_configuration_name is empty.",
+            ))
+        }
+        None if c.on_demand => ScopeRoute::OnDemand(c.route_configuration_name.clone()),
+        None => ScopeRoute::Rds(c.route_configuration_name.clone()),
+    };
+    Ok((
+        c.name.clone(),
+        Scope {
+            key: fragments,
+            route,
+        },
+    ))
 }
 
 /// A virtual host's `matcher`, whose actions are a `Route` or a `RouteList`: their routes are

@@ -95,6 +95,14 @@ pub mod resource {
         super::http_manager::translate_routes(rc, path, None)
     }
 
+    /// A scope from SRDS: its name and what it is.
+    pub fn scope(
+        c: &route::ScopedRouteConfiguration,
+        path: &str,
+    ) -> Result<(String, crate::router::scoped::Scope), ConfigError> {
+        super::http_manager::srds_scope(c, path)
+    }
+
     /// The hosts of a `ClusterLoadAssignment` from EDS.
     pub fn endpoints(
         cla: &endpoint::ClusterLoadAssignment,

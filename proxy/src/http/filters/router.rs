@@ -471,6 +471,15 @@ pub fn select(
     // long-lived connections on their next stream).
     let (table, scoped) = match (&cfg.routes, static_routes) {
         (model::RouteSource::Rds { name, .. }, _) => (worker.route_table(name), None),
+        // The scopes SRDS has when the stream starts; a key that finds none, or a scope whose
+        // route configuration has not come, is no route (404), as in Envoy.
+        (model::RouteSource::ScopedRds(s), _) => {
+            let tables = std::sync::Arc::new(crate::router::scoped::ScopedTables::of(
+                s.fragments.clone(),
+                worker.scope_tables(&s.name),
+            ));
+            (tables.table(&parts.headers), Some(tables))
+        }
         (_, StaticRoutes::Table(t)) => (Some(t.clone()), None),
         (_, StaticRoutes::Scoped(s)) => (s.table(&parts.headers), Some(s.clone())),
         (_, StaticRoutes::None) => (None, None),
