@@ -2603,6 +2603,86 @@ async fn scoped_routes_side_by_side() {
 }
 
 /// Match trees and scoped routes both proxies refuse at load time.
+/// Envoy's Lua cluster specifier: a script's `envoy_on_route` names the cluster from the
+/// request's headers (every value of a header joined, pseudo-headers too) and what
+/// `getCluster` finds; a script that fails or returns no string routes to `default_cluster`;
+/// a cluster that does not exist answers as a missing cluster. The script's globals live on
+/// in each worker (one here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_specifier_lua_side_by_side() {
+    run(async {
+        let script = r#"
+            seen = 0
+            function envoy_on_route(route_handle)
+              seen = seen + 1
+              local h = route_handle:headers()
+              local which = h:get("x-which")
+              if which == "fail" then error("asked to fail") end
+              if which == "number" then return 42 end
+              if which == "none" then return nil end
+              if which == "path" then
+                if h:get(":path") == "/lua/p" then return "echo2" end
+                return "echo"
+              end
+              if which == "exists" then
+                local c = route_handle:getCluster("echo2")
+                local gone = route_handle:getCluster("nope")
+                if c ~= nil and gone == nil and c:numPendingRequests() == 0 then return "echo2" end
+                return "echo"
+              end
+              if which == "count" then
+                if seen > 1 then return "echo2" end
+                return "echo"
+              end
+              return which
+            end
+        "#;
+        let plugin = json!({ "extension": { "name": "envoy.router.cluster_specifier_plugin.lua",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig",
+                "source_code": { "inline_string": script },
+                "default_cluster": "echo2" } } });
+        let mut named = plugin.clone();
+        named["extension"]["name"] = json!("lua-by-name");
+        let mut hcm = hcm_with(
+            json!([ { "name": "v", "domains": ["*"], "routes": [
+                { "match": { "prefix": "/lua" }, "route": { "inline_cluster_specifier_plugin": plugin } },
+                { "match": { "prefix": "/named" }, "route": { "cluster_specifier_plugin": "lua-by-name" } },
+            ] } ]),
+            json!({}),
+        );
+        hcm["route_config"]["cluster_specifier_plugins"] = json!([named]);
+        let (e, s) = pair(hcm).await;
+        let cases: &[Case] = &[
+            ("GET", "/lua", H, &[("x-which", "echo")], 0),
+            ("GET", "/lua", H, &[("x-which", "echo2")], 0),
+            ("GET", "/lua", H, &[("x-which", "echo"), ("x-which", "echo2")], 0),
+            ("GET", "/lua", H, &[("x-which", "fail")], 0),
+            ("GET", "/lua", H, &[("x-which", "number")], 0),
+            ("GET", "/lua", H, &[("x-which", "none")], 0),
+            ("GET", "/lua", H, &[("x-which", "ghost")], 0),
+            ("GET", "/lua/p", H, &[("x-which", "path")], 0),
+            ("GET", "/lua/q", H, &[("x-which", "path")], 0),
+            ("GET", "/lua", H, &[("x-which", "exists")], 0),
+            ("GET", "/lua", H, &[], 0),
+            ("GET", "/named", H, &[("x-which", "echo")], 0),
+            ("GET", "/named", H, &[("x-which", "count")], 0),
+        ];
+        for http2 in [false, true] {
+            for case in cases {
+                let what = format!("{} {:?} (h2: {http2})", case.1, case.3);
+                let re = send(&e, http2, case).await;
+                let rs = send(&s, http2, case).await;
+                assert_same_response(&what, &re, &rs);
+                same_upstream(&what, &e.echo, &s.echo);
+                same_upstream(&what, &e.echo2, &s.echo2);
+            }
+        }
+        assert!(!e.echo.requests().is_empty() && !e.echo2.requests().is_empty());
+    })
+    .await
+}
+
 #[tokio::test]
 async fn invalid_match_trees_and_scopes_are_refused_by_both() {
     run(async {
@@ -2650,6 +2730,16 @@ async fn invalid_match_trees_and_scopes_are_refused_by_both() {
                             "cluster": "echo" } } } } } } } ]);
                 h
             }),
+            ("a Lua script without envoy_on_route", hcm_with(json!([ { "name": "v", "domains": ["*"], "routes": [
+                to("/", json!({ "route": { "inline_cluster_specifier_plugin": { "extension": { "name": "lua",
+                    "typed_config": { "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig",
+                        "source_code": { "inline_string": "function other(h) return 'echo' end" },
+                        "default_cluster": "echo" } } } } })) ] } ]), json!({}))),
+            ("a Lua script that does not parse", hcm_with(json!([ { "name": "v", "domains": ["*"], "routes": [
+                to("/", json!({ "route": { "inline_cluster_specifier_plugin": { "extension": { "name": "lua",
+                    "typed_config": { "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig",
+                        "source_code": { "inline_string": "function envoy_on_route(h" },
+                        "default_cluster": "echo" } } } } })) ] } ]), json!({}))),
             ("a plugin without a name", {
                 let mut h = hcm_with(json!([ { "name": "v", "domains": ["*"], "routes": [
                     to("/", json!({ "route": { "cluster": "echo" } })) ] } ]), json!({}));

@@ -49,11 +49,17 @@ const VENV_K8S_TOOLS: &[(&str, &str)] = &[
 ];
 
 /// Installs what building skiff needs beyond Rust: clang and libbpf's headers for the
-/// kernel programs.
+/// kernel programs, make and a C compiler for LuaJIT (the Lua cluster specifier).
 pub fn build_tools() -> Result {
     let mut missing: Vec<&str> = Vec::new();
     if which("clang").is_none() {
         missing.push("clang");
+    }
+    if which("make").is_none() {
+        missing.push("make");
+    }
+    if which("cc").is_none() {
+        missing.push("gcc");
     }
     for (header, pkg) in APT_HEADERS {
         if !Path::new(header).exists() {

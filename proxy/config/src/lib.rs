@@ -15,6 +15,7 @@ pub mod filter_chain_match;
 pub mod filter_state;
 pub mod istio;
 pub mod jwt;
+pub mod lua;
 pub mod matcher;
 pub mod metadata;
 pub mod model;

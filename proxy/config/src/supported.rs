@@ -1349,6 +1349,10 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         &["extension", "is_optional"],
     ),
     (
+        "envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig",
+        &["source_code", "default_cluster"],
+    ),
+    (
         "envoy.extensions.router.cluster_specifiers.matcher.v3.MatcherClusterSpecifier",
         &["cluster_matcher"],
     ),

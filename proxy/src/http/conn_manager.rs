@@ -1912,7 +1912,7 @@ async fn handle(
             .remove::<filter::ClearRouteCache>()
             .is_some()
         {
-            selection.reselect(&mut parts, scheme, metadata.as_ref());
+            selection.reselect(&conn.worker, &mut parts, scheme, metadata.as_ref());
         }
         if let Some(info) = done.info.as_mut() {
             info.health_check = parts

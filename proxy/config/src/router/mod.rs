@@ -716,7 +716,17 @@ pub enum Target {
     Weighted(Box<Weighted>),
     /// `inline_cluster_specifier_plugin` (Envoy's matcher cluster specifier): the cluster its
     /// matcher's action names for the request, picked with the route; none: no cluster.
-    Specifier(Arc<crate::matcher::Matcher<String>>),
+    Specifier(Arc<ClusterSpecifier>),
+}
+
+/// A cluster specifier plugin: what names a request's cluster.
+#[derive(Debug, PartialEq)]
+pub enum ClusterSpecifier {
+    /// Envoy's matcher (`MatcherClusterSpecifier`): the cluster its matcher's action names;
+    /// none: no cluster.
+    Matcher(crate::matcher::Matcher<String>),
+    /// Envoy's Lua cluster specifier (`LuaConfig`).
+    Lua(crate::lua::LuaSpecifier),
 }
 
 /// What a matcher that reads only request headers (a virtual host's, a cluster specifier's:
@@ -815,13 +825,20 @@ impl Target {
         }
     }
 
-    /// The cluster a cluster specifier's matcher names for a request (none for other
-    /// targets, or when no action is found).
-    pub fn specified(&self, req: &RequestView<'_>) -> Option<String> {
-        let Target::Specifier(m) = self else {
+    /// The cluster a cluster specifier names for a request (none for other targets, or when
+    /// a matcher finds no action). `counts` reads a cluster for a Lua script's `getCluster`.
+    pub fn specified(
+        &self,
+        req: &RequestView<'_>,
+        counts: &dyn Fn(&str) -> Option<crate::lua::ClusterCounts>,
+    ) -> Option<String> {
+        let Target::Specifier(s) = self else {
             return None;
         };
-        m.evaluate(&headers_only(req)).cloned()
+        match &**s {
+            ClusterSpecifier::Matcher(m) => m.evaluate(&headers_only(req)).cloned(),
+            ClusterSpecifier::Lua(l) => Some(l.cluster(req, counts)),
+        }
     }
 
     /// Which of a weighted target's clusters a request picks (none for other targets, or when

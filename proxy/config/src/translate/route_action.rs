@@ -36,7 +36,7 @@ pub(super) struct Table {
     /// `max_direct_response_body_size_bytes` (default 4 KiB).
     pub max_body: u64,
     /// `cluster_specifier_plugins`, by name: what a route's `cluster_specifier_plugin` names.
-    pub plugins: std::collections::HashMap<String, Arc<crate::matcher::Matcher<String>>>,
+    pub plugins: std::collections::HashMap<String, Arc<crate::router::ClusterSpecifier>>,
 }
 
 impl Table {
@@ -1164,12 +1164,12 @@ fn add_options(
     Ok(())
 }
 
-/// An `inline_cluster_specifier_plugin`: Envoy's matcher cluster specifier (the matching API
-/// over request headers, each action a `ClusterAction`). Other plugins (Lua) are refused.
+/// A cluster specifier plugin: Envoy's matcher (the matching API over request headers, each
+/// action a `ClusterAction`) or its Lua script. Other plugins are refused.
 fn cluster_specifier(
     p: &route::ClusterSpecifierPlugin,
     path: &str,
-) -> Result<crate::matcher::Matcher<String>, ConfigError> {
+) -> Result<crate::router::ClusterSpecifier, ConfigError> {
     use envoy_types::pb::envoy::extensions::router::cluster_specifiers::matcher::v3 as m;
     let epath = format!("{path}.extension");
     let ext = p
@@ -1187,13 +1187,28 @@ fn cluster_specifier(
         .typed_config
         .as_ref()
         .ok_or_else(|| ConfigError::new(&tpath, "required"))?;
-    if super::super::proto::type_name(&any.type_url)
-        != "envoy.extensions.router.cluster_specifiers.matcher.v3.MatcherClusterSpecifier"
-    {
-        return Err(ConfigError::new(
-            tpath,
-            format!("unsupported cluster specifier plugin ({})", any.type_url),
-        ));
+    match super::super::proto::type_name(&any.type_url) {
+        "envoy.extensions.router.cluster_specifiers.matcher.v3.MatcherClusterSpecifier" => {}
+        "envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig" => {
+            use envoy_types::pb::envoy::extensions::router::cluster_specifiers::lua::v3::LuaConfig;
+            let c: LuaConfig = super::super::proto::unpack(any, &tpath)?;
+            let spath = format!("{tpath}.source_code");
+            let source = match &c.source_code {
+                Some(ds) => data_source(ds, &spath)?,
+                None => return Err(ConfigError::new(spath, "required")),
+            };
+            let source = String::from_utf8(source.to_vec())
+                .map_err(|_| ConfigError::new(&spath, "not UTF-8 text"))?;
+            let lua = crate::lua::LuaSpecifier::new(source, c.default_cluster.clone())
+                .map_err(|e| ConfigError::new(&spath, e))?;
+            return Ok(crate::router::ClusterSpecifier::Lua(lua));
+        }
+        _ => {
+            return Err(ConfigError::new(
+                tpath,
+                format!("unsupported cluster specifier plugin ({})", any.type_url),
+            ))
+        }
     }
     let spec: m::MatcherClusterSpecifier = super::super::proto::unpack(any, &tpath)?;
     let mpath = format!("{tpath}.cluster_matcher");
@@ -1219,6 +1234,7 @@ fn cluster_specifier(
         Ok(a.cluster)
     };
     super::matcher::matcher(matcher, &mpath, super::matcher::Domain::Cluster, &action)
+        .map(crate::router::ClusterSpecifier::Matcher)
 }
 
 #[cfg(test)]

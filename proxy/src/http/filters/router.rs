@@ -454,6 +454,18 @@ impl RouteRef {
     }
 }
 
+/// What a Lua cluster specifier's `getCluster` reads of a cluster: its open connections, active
+/// and pending requests (counted over every worker, as Envoy's resource managers).
+fn cluster_counts(worker: &Worker, name: &str) -> Option<crate::config::lua::ClusterCounts> {
+    let c = worker.clusters.get(name)?;
+    let n = |g: &crate::stats::Gauge| u64::try_from(g.value()).unwrap_or(0);
+    Some((
+        n(&c.stats.upstream_cx_active),
+        n(&c.stats.upstream_rq_active),
+        n(&c.stats.upstream_rq_pending_active),
+    ))
+}
+
 /// Resolves the route of a request whose headers the connection manager has finished with.
 /// `internal_only_headers` are removed here from requests that are not internal.
 pub fn select(
@@ -509,7 +521,7 @@ pub fn select(
         stream: None,
         connection: connection.as_ref().map(|c| &c.filter_state),
     };
-    out.pick(t, parts, scheme, None, state);
+    out.pick(worker, t, parts, scheme, None, state);
     out
 }
 
@@ -527,6 +539,7 @@ impl Selection {
     /// as it is now in view; the same runtime values and random value as the first time.
     pub fn reselect(
         &mut self,
+        worker: &Worker,
         parts: &mut http::request::Parts,
         scheme: &str,
         metadata: Option<&crate::stream_info::DynamicMetadata>,
@@ -557,20 +570,21 @@ impl Selection {
                     stream: Some(stream),
                     connection,
                 };
-                self.pick(t, parts, scheme, Some(m), state)
+                self.pick(worker, t, parts, scheme, Some(m), state)
             }),
             None => {
                 let state = skiff_config::filter_state::View {
                     stream: None,
                     connection,
                 };
-                self.pick(t, parts, scheme, None, state)
+                self.pick(worker, t, parts, scheme, None, state)
             }
         }
     }
 
     fn pick(
         &mut self,
+        worker: &Worker,
         t: std::sync::Arc<crate::router::RouteTable>,
         parts: &mut http::request::Parts,
         scheme: &str,
@@ -637,7 +651,10 @@ impl Selection {
             if let Some(crate::router::Action::Forward(f)) = out.route.map(|r| &vh.routes[r].action)
             {
                 out.weighted = out.weighted_pick(f, parts, scheme);
-                out.specified = f.target.specified(&view).map(Into::into);
+                out.specified = f
+                    .target
+                    .specified(&view, &|name| cluster_counts(worker, name))
+                    .map(Into::into);
             }
         }
         out.table = Some(t);
