@@ -2213,27 +2213,7 @@ fn scoped_routes(
     let mut scopes = Vec::with_capacity(list.scoped_route_configurations.len());
     for (i, c) in list.scoped_route_configurations.iter().enumerate() {
         let cpath = format!("{lpath}[{i}]");
-        min_len(&c.name, format!("{cpath}.name"))?;
-        let key = required(&c.key, &format!("{cpath}.key"))?;
-        if key.fragments.is_empty() {
-            return Err(ConfigError::new(
-                format!("{cpath}.key.fragments"),
-                "value must contain at least 1 item(s)",
-            ));
-        }
-        let mut fragments = Vec::with_capacity(key.fragments.len());
-        for (j, f) in key.fragments.iter().enumerate() {
-            use route::scoped_route_configuration::key::fragment::Type as K;
-            match &f.r#type {
-                Some(K::StringKey(k)) => fragments.push(k.clone()),
-                None => {
-                    return Err(ConfigError::new(
-                        format!("{cpath}.key.fragments[{j}].string_key"),
-                        "required",
-                    ))
-                }
-            }
-        }
+        let fragments = scope_name_and_key(c, &cpath)?;
         if !c.route_configuration_name.is_empty() {
             return Err(ConfigError::new(
                 format!("{cpath}.route_configuration_name"),
@@ -2258,14 +2238,12 @@ fn scoped_routes(
     )))
 }
 
-/// A scope from SRDS (`ScopedRouteConfiguration`), checked as Envoy checks it: an inline
-/// `route_configuration` (its clusters not checked, as RDS ones) or else a
-/// `route_configuration_name`.
-pub(super) fn srds_scope(
+/// A scope's name (required) and key (its `string_key` fragments, at least one), checked as
+/// Envoy's validation checks them.
+fn scope_name_and_key(
     c: &route::ScopedRouteConfiguration,
     path: &str,
-) -> Result<(String, crate::router::scoped::Scope), ConfigError> {
-    use crate::router::scoped::{Scope, ScopeRoute};
+) -> Result<Vec<String>, ConfigError> {
     if c.name.is_empty() {
         return Err(ConfigError::new(
             format!("{path}.name"),
@@ -2292,6 +2270,18 @@ pub(super) fn srds_scope(
             }
         }
     }
+    Ok(fragments)
+}
+
+/// A scope from SRDS (`ScopedRouteConfiguration`), checked as Envoy checks it: an inline
+/// `route_configuration` (its clusters not checked, as RDS ones) or else a
+/// `route_configuration_name`.
+pub(super) fn srds_scope(
+    c: &route::ScopedRouteConfiguration,
+    path: &str,
+) -> Result<(String, crate::router::scoped::Scope), ConfigError> {
+    use crate::router::scoped::{Scope, ScopeRoute};
+    let fragments = scope_name_and_key(c, path)?;
     let route = match &c.route_configuration {
         Some(rc) => {
             let rpath = format!("{path}.route_configuration");
