@@ -1,7 +1,7 @@
 //! Envoy's Lua cluster specifier (`envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig`):
 //! a script's `envoy_on_route(route_handle)` names each request's cluster. As in Envoy, each
-//! worker thread runs the script in a Lua state of its own (LuaJIT, the standard libraries
-//! open), its top level once, then `envoy_on_route` for each request it routes; globals the
+//! worker thread runs the script in a Lua state of its own (LuaJIT, with its standard
+//! libraries but `debug` and `ffi`, which only unsafe code may open), its top level once, then `envoy_on_route` for each request it routes; globals the
 //! script keeps live on in that worker. The handle offers `headers():get(name)` (every value of
 //! the header, joined with `,`; pseudo-headers too) and `getCluster(name)` (nil for a cluster
 //! that does not exist, else an object with `numConnections()`, `numRequests()` and
@@ -30,7 +30,8 @@ pub struct LuaSpecifier {
     pub default_cluster: String,
     /// Names this configuration to the worker states.
     id: u64,
-    /// Dropped with the configuration: worker states whose configuration is gone are freed.
+    /// Dropped with the configuration: a worker frees the states of configurations gone when
+    /// it next runs a script.
     alive: Arc<()>,
 }
 
@@ -96,13 +97,15 @@ impl LuaSpecifier {
     ) -> String {
         let run = STATES.with(|states| {
             let mut states = states.borrow_mut();
-            if !states.contains_key(&self.id) {
-                // Free the states of configurations gone since.
-                states.retain(|_, (alive, ..)| alive.strong_count() > 0);
-                let (lua, f) = state(&self.source)?;
-                states.insert(self.id, (Arc::downgrade(&self.alive), lua, f));
-            }
-            let (_, lua, f) = &states[&self.id];
+            // Free the states of configurations gone since (a handful of entries at most).
+            states.retain(|_, (alive, ..)| alive.strong_count() > 0);
+            let (_, lua, f) = match states.entry(self.id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let (lua, f) = state(&self.source)?;
+                    e.insert((Arc::downgrade(&self.alive), lua, f))
+                }
+            };
             call(lua, f, req, counts)
         });
         match run {
@@ -180,21 +183,13 @@ fn call(
         match f.call::<Value>(handle)? {
             Value::String(s) => Ok(Some(s.to_string_lossy())),
             // Lua turns a number into a string where one is expected, as Envoy's check does.
-            Value::Integer(i) => Ok(Some(i.to_string())),
-            Value::Number(n) => Ok(Some(lua_number(n))),
+            n @ (Value::Integer(_) | Value::Number(_)) => {
+                Ok(lua.coerce_string(n)?.map(|s| s.to_string_lossy()))
+            }
             _ => Ok(None),
         }
     })
     .map_err(|e| e.to_string())
-}
-
-/// A number as Lua writes it (`%.14g`).
-fn lua_number(n: f64) -> String {
-    if n.fract() == 0.0 && n.abs() < 1e15 {
-        format!("{}", n as i64)
-    } else {
-        format!("{n}")
-    }
 }
 
 #[cfg(test)]

@@ -329,6 +329,8 @@ pub struct ConfigStore {
     /// The RDS route configurations draining listeners still use, until their drain ends (as
     /// in Envoy, their subscriptions stay until then).
     draining_rds: Vec<(Instant, Vec<RdsUse>)>,
+    /// The same for SRDS subscriptions.
+    draining_srds: Vec<(Instant, Vec<SrdsUse>)>,
     /// Listeners whose warming version replaces the active one in place.
     in_place: HashSet<String>,
     /// Stat scopes of removed resources, pruned once nothing holds them.
@@ -455,6 +457,7 @@ impl ConfigStore {
             draining_listeners: Vec::new(),
             draining_chains: Vec::new(),
             draining_rds: Vec::new(),
+            draining_srds: Vec::new(),
             in_place: HashSet::new(),
             pending_prune: Vec::new(),
             watchers: Watchers::new(events),
@@ -729,6 +732,7 @@ impl ConfigStore {
         subs.chain(self.draining_listeners.iter().copied())
             .chain(self.draining_chains.iter().copied())
             .chain(self.draining_rds.iter().map(|(d, _)| *d))
+            .chain(self.draining_srds.iter().map(|(d, _)| *d))
             .chain(prune)
             .chain(self.decoder.idle_deadline())
             .chain(self.dns.next_deadline())
@@ -749,6 +753,7 @@ impl ConfigStore {
             .iter_mut()
             .chain(self.cds.iter_mut())
             .chain(self.rds.values_mut().map(|r| &mut r.sub))
+            .chain(self.srds.values_mut().map(|r| &mut r.sub))
             .chain(self.eds.values_mut().map(|e| &mut e.sub))
             .chain(self.secrets.values_mut().filter_map(|s| s.sub.as_mut()))
             .chain(self.rtds.values_mut());
@@ -793,9 +798,10 @@ impl ConfigStore {
         }
         self.draining_listeners.retain(|d| *d > now);
         self.draining_chains.retain(|d| *d > now);
-        let held = self.draining_rds.len();
+        let held = self.draining_rds.len() + self.draining_srds.len();
         self.draining_rds.retain(|(d, _)| *d > now);
-        if self.draining_rds.len() != held {
+        self.draining_srds.retain(|(d, _)| *d > now);
+        if self.draining_rds.len() + self.draining_srds.len() != held {
             self.sync_rds();
             changed = true;
         }
@@ -1235,6 +1241,7 @@ impl ConfigStore {
                     let ends = Instant::now() + self.drain_time;
                     self.draining_listeners.push(ends);
                     self.draining_rds.push((ends, rds_of(&old.model)));
+                    self.draining_srds.push((ends, srds_of(&old.model)));
                 }
             }
             main.counter("listener_manager.listener_removed").inc();
@@ -1455,55 +1462,9 @@ impl ConfigStore {
         removed: Option<&[String]>,
     ) -> Result<(), ConfigError> {
         use crate::router::scoped::ScopeRoute;
-        let mut fresh = Vec::with_capacity(d.resources.len());
-        let mut names = HashSet::new();
-        for (i, any) in d.resources.iter().enumerate() {
-            let path = format!("resources[{i}]");
-            let proto: route_pb::ScopedRouteConfiguration =
-                decode_any(any, type_url::SCOPED_ROUTE, &path)?;
-            if !names.insert(proto.name.clone()) {
-                return Err(ConfigError::new(
-                    format!("{path}.name"),
-                    format!(
-                        "Error adding/updating scoped route(s): duplicate scoped route configuration '{}' found",
-                        proto.name
-                    ),
-                ));
-            }
-            let (scope_name, scope) = resource::scope(&proto, &path)?;
-            let dump = Arc::new(CompactJson::new(
-                &d.dumps.get(i).cloned().unwrap_or_default(),
-            ));
-            fresh.push((scope_name, proto, scope, dump));
-        }
-        let Some(srds) = self.srds.get(name) else {
+        let Some(next) = self.srds_next(name, d, removed)? else {
             return Ok(());
         };
-        // What stays: in delta, the scopes neither removed nor sent again.
-        let mut next: BTreeMap<String, _> = match removed {
-            None => BTreeMap::new(),
-            Some(gone) => srds
-                .scopes
-                .iter()
-                .filter(|(n, _)| !gone.contains(n) && !names.contains(*n))
-                .map(|(n, v)| (n.clone(), v.clone()))
-                .collect(),
-        };
-        let mut by_key: HashMap<Vec<String>, String> = next
-            .iter()
-            .map(|(n, (_, s, _))| (s.key.clone(), n.clone()))
-            .collect();
-        for (i, (scope_name, proto, scope, dump)) in fresh.into_iter().enumerate() {
-            if let Some(first) = by_key.insert(scope.key.clone(), scope_name.clone()) {
-                return Err(ConfigError::new(
-                    format!("resources[{i}].key"),
-                    format!(
-                        "Error adding/updating scoped route(s): scope key conflict found, first scope is '{first}', second scope is '{scope_name}'"
-                    ),
-                ));
-            }
-            next.insert(scope_name, (proto, scope, dump));
-        }
         let Some(srds) = self.srds.get_mut(name) else {
             return Ok(());
         };
@@ -1534,6 +1495,66 @@ impl ConfigStore {
             .gauge(&format!("{scope}active_scopes"))
             .set(active);
         Ok(())
+    }
+
+    /// The scopes SRDS subscription `name` would have after an update (none: no such
+    /// subscription), or why the update is rejected; nothing changes.
+    pub(super) fn srds_next(
+        &self,
+        name: &str,
+        d: &Discovery,
+        removed: Option<&[String]>,
+    ) -> Result<Option<BTreeMap<String, SrdsScope>>, ConfigError> {
+        let mut fresh = Vec::with_capacity(d.resources.len());
+        let mut names = HashSet::new();
+        for (i, any) in d.resources.iter().enumerate() {
+            let path = format!("resources[{i}]");
+            let proto: route_pb::ScopedRouteConfiguration =
+                decode_any(any, type_url::SCOPED_ROUTE, &path)?;
+            if !names.insert(proto.name.clone()) {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!(
+                        "Error adding/updating scoped route(s): duplicate scoped route configuration '{}' found",
+                        proto.name
+                    ),
+                ));
+            }
+            let (scope_name, scope) = resource::scope(&proto, &path)?;
+            let dump = Arc::new(CompactJson::new(
+                &d.dumps.get(i).cloned().unwrap_or_default(),
+            ));
+            fresh.push((scope_name, proto, scope, dump));
+        }
+        let Some(srds) = self.srds.get(name) else {
+            return Ok(None);
+        };
+        // What stays: in delta, the scopes neither removed nor sent again.
+        let mut next: BTreeMap<String, _> = match removed {
+            None => BTreeMap::new(),
+            Some(gone) => srds
+                .scopes
+                .iter()
+                .filter(|(n, _)| !gone.contains(n) && !names.contains(*n))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+        };
+        let mut by_key: HashMap<Vec<String>, String> = next
+            .iter()
+            .map(|(n, (_, s, _))| (s.key.clone(), n.clone()))
+            .collect();
+        for (i, (scope_name, proto, scope, dump)) in fresh.into_iter().enumerate() {
+            if let Some(first) = by_key.insert(scope.key.clone(), scope_name.clone()) {
+                return Err(ConfigError::new(
+                    format!("resources[{i}].key"),
+                    format!(
+                        "Error adding/updating scoped route(s): scope key conflict found, first scope is '{first}', second scope is '{scope_name}'"
+                    ),
+                ));
+            }
+            next.insert(scope_name, (proto, scope, dump));
+        }
+        Ok(Some(next))
     }
 
     fn apply_eds(&mut self, service: &str, d: &Discovery) -> Result<(), ConfigError> {
@@ -1781,6 +1802,15 @@ impl ConfigStore {
                 }
             }
         }
+        for (_, used) in &self.draining_srds {
+            for (name, source, rds_source, prefix) in used {
+                wanted.entry(name.clone()).or_insert((
+                    source.clone(),
+                    rds_source.clone(),
+                    prefix.clone(),
+                ));
+            }
+        }
         let gone: Vec<String> = self
             .srds
             .iter()
@@ -1789,6 +1819,25 @@ impl ConfigStore {
             .collect();
         self.pending_prune.extend(gone);
         self.srds.retain(|n, _| wanted.contains_key(n));
+        type Peer = (
+            ConfigSource,
+            BTreeMap<String, SrdsScope>,
+            Option<(String, SystemTime)>,
+            String,
+        );
+        let peers: Vec<Peer> = self
+            .srds
+            .values()
+            .filter(|s| s.sub.ready && s.accepted.is_some())
+            .map(|s| {
+                (
+                    s.sub.source.clone(),
+                    s.scopes.clone(),
+                    s.accepted.clone(),
+                    s.sub.version.clone(),
+                )
+            })
+            .collect();
         let mut fresh = Vec::new();
         for (name, (source, rds_source, prefix)) in wanted {
             if let std::collections::btree_map::Entry::Vacant(e) = self.srds.entry(name) {
@@ -1798,13 +1847,24 @@ impl ConfigStore {
                 for g in ["all_scopes", "active_scopes", "on_demand_scopes"] {
                     self.main.gauge(&format!("{scope}{g}"));
                 }
-                e.insert(Srds {
+                let mut srds = Srds {
                     sub: Subscription::new(source.clone(), scope, &self.main),
                     rds_source,
                     prefix,
                     scopes: BTreeMap::new(),
                     accepted: None,
-                });
+                };
+                // The stream's wildcard interest is already answered: a second subscription
+                // on it starts from what the first has, as Envoy's shared cache gives it.
+                if let Some(other) = peers.iter().find(|(src, ..)| {
+                    *src == source && !matches!(source.kind, SourceKind::File { .. })
+                }) {
+                    srds.scopes = other.1.clone();
+                    srds.accepted = other.2.clone();
+                    srds.sub.ready = true;
+                    srds.sub.version = other.3.clone();
+                }
+                e.insert(srds);
                 fresh.push(source);
             }
         }
@@ -1909,6 +1969,7 @@ impl ConfigStore {
             .iter()
             .chain(self.cds.iter())
             .chain(self.rds.values().map(|r| &r.sub))
+            .chain(self.srds.values().map(|r| &r.sub))
             .chain(self.eds.values().map(|e| &e.sub))
             .chain(self.secrets.values().filter_map(|s| s.sub.as_ref()))
             .map(|s| s.source.clone())
@@ -1958,6 +2019,7 @@ impl ConfigStore {
             let next = slot.warming.take();
             if let (Some(old), Some(new)) = (&slot.active, &next) {
                 self.draining_rds.push((ends, rds_of(&old.model)));
+                self.draining_srds.push((ends, srds_of(&old.model)));
                 // What drains: the whole old listener, or in place only its chains that the
                 // new version did not keep.
                 if self.in_place.remove(name) {

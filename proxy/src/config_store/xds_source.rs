@@ -106,14 +106,24 @@ impl ConfigStore {
                     .filter(|(_, s)| fed_by(&s.sub))
                     .map(|(n, s)| (n.clone(), s.sub.source.clone()))
                     .collect();
+                // Checked for every subscription before any applies it: a response one of
+                // them rejects changes none (each counts the rejection).
+                let rejected = fed
+                    .iter()
+                    .find_map(|(name, _)| self.srds_next(name, &d, removed.as_deref()).err());
+                let update = match rejected {
+                    Some(e) => Err(FileError::Rejected(e)),
+                    None => Ok(d),
+                };
                 let mut errors = Vec::new();
                 for (name, src) in fed {
                     if let Err(e) =
-                        self.deliver(Kind::Srds(name), &src, &Ok(d.clone()), removed.as_deref())
+                        self.deliver(Kind::Srds(name), &src, &update, removed.as_deref())
                     {
                         errors.push(e);
                     }
                 }
+                errors.dedup();
                 if errors.is_empty() {
                     Ok(())
                 } else {

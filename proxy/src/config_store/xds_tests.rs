@@ -284,6 +284,16 @@ fn srds_scopes_follow_updates_and_a_conflicting_update_changes_nothing() {
     s.sync_rds();
     assert!(s.rds.contains_key("r1") && !s.rds.contains_key("r2"));
     assert_eq!(stat(&stats, "http.in.scoped_rds.sc.config_reload"), 2);
+    // A second subscription on the same stream (whose wildcard interest is already answered)
+    // starts from the scopes the stream sent.
+    let second = hcm
+        .replace("name: h\n", "name: h2\n")
+        .replace("10011", "10012")
+        .replace("name: sc,", "name: sc2,");
+    sotw(&mut s, type_url::LISTENER, "2", &format!("{hcm}{second}")).expect("ACK");
+    s.sync_rds();
+    assert_eq!(s.srds["sc2"].scopes.keys().collect::<Vec<_>>(), ["s1"]);
+    assert!(s.srds["sc2"].sub.ready);
 }
 
 #[test]

@@ -455,14 +455,19 @@ impl RouteRef {
 }
 
 /// What a Lua cluster specifier's `getCluster` reads of a cluster: its open connections, active
-/// and pending requests (counted over every worker, as Envoy's resource managers).
+/// and pending requests, as its circuit breakers count them over every worker (Envoy's
+/// resource managers).
 fn cluster_counts(worker: &Worker, name: &str) -> Option<crate::config::lua::ClusterCounts> {
     let c = worker.clusters.get(name)?;
-    let n = |g: &crate::stats::Gauge| u64::try_from(g.value()).unwrap_or(0);
+    // The circuit breakers' counts, which every worker shares, both priorities as Envoy adds
+    // them.
+    let b = &c.info.breakers;
+    let both =
+        |r: fn(&crate::upstream::circuit_breaker::Resources) -> u64| r(&b.default) + r(&b.high);
     Some((
-        n(&c.stats.upstream_cx_active),
-        n(&c.stats.upstream_rq_active),
-        n(&c.stats.upstream_rq_pending_active),
+        both(|r| r.connections.count()),
+        both(|r| r.requests.count()),
+        both(|r| r.pending.count()),
     ))
 }
 
