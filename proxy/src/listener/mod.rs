@@ -492,15 +492,22 @@ impl Chain {
                     }
                 }
                 Gate::Service(service) => {
-                    // What the descriptors may read: the connection as it is when it opens.
-                    let mut info = crate::stream_info::StreamInfo::new(remote, local);
-                    if let Some(m) = &connection.metadata {
-                        let d = crate::stream_info::DynamicMetadata::default();
-                        d.with(|into| *into = (**m).clone());
-                        info.dynamic_metadata = Some(d);
-                    }
-                    info.connection = Some(Arc::new(connection.clone()));
-                    match service.check(worker, &info).await {
+                    // Boxed: the call's future would otherwise grow every connection's task,
+                    // with or without the filter.
+                    let decision = Box::pin(async {
+                        // What the descriptors may read: the connection as it is when it
+                        // opens.
+                        let mut info = crate::stream_info::StreamInfo::new(remote, local);
+                        if let Some(m) = &connection.metadata {
+                            let d = crate::stream_info::DynamicMetadata::default();
+                            d.with(|into| *into = (**m).clone());
+                            info.dynamic_metadata = Some(d);
+                        }
+                        info.connection = Some(Arc::new(connection.clone()));
+                        service.check(worker, &info).await
+                    })
+                    .await;
+                    match decision {
                         Decision::Admit(None) => {}
                         Decision::Admit(Some(added)) => {
                             let mut m = connection.metadata.as_deref().cloned().unwrap_or_default();
@@ -1039,8 +1046,7 @@ impl Shared {
                 if let (true, Terminal::Http(_), Downstream::Tcp(stream)) =
                     (refused.waited, &chain.terminal, &stream)
                 {
-                    let mut sink = [0u8; 4096];
-                    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
+                    read_what_came(stream);
                 }
                 return;
             }
@@ -1164,6 +1170,13 @@ impl Shared {
         s.worker_cx_active.dec();
         s.downstream_cx_destroy.inc();
     }
+}
+
+/// Reads (and drops) what a client has sent so far, so that closing the connection sends a
+/// FIN rather than a reset.
+fn read_what_came(stream: &TcpStream) {
+    let mut sink = [0u8; 4096];
+    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
 }
 
 /// The server side of a TLS handshake. A client whose ALPN list has nothing in common with
