@@ -497,13 +497,11 @@ impl Chain {
                     let decision = Box::pin(async {
                         // What the descriptors may read: the connection as it is when it
                         // opens.
-                        let mut info = crate::stream_info::StreamInfo::new(remote, local);
-                        if let Some(m) = &connection.metadata {
-                            let d = crate::stream_info::DynamicMetadata::default();
-                            d.with(|into| *into = (**m).clone());
-                            info.dynamic_metadata = Some(d);
-                        }
-                        info.connection = Some(Arc::new(connection.clone()));
+                        let info = tcp_proxy::connection_info(
+                            &Arc::new(connection.clone()),
+                            remote,
+                            local,
+                        );
                         service.check(worker, &info).await
                     })
                     .await;

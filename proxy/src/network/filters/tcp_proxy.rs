@@ -95,8 +95,8 @@ pub async fn run(
     }
 }
 
-/// What the access log knows of a new connection.
-fn connection_info(
+/// What the access log (and a rate limit's descriptors) know of a new connection.
+pub fn connection_info(
     connection: &Arc<Connection>,
     remote: SocketAddr,
     local: SocketAddr,
