@@ -112,8 +112,15 @@ async fn degraded_answers_degrade_the_host_as_envoy() {
                     .await
                     .unwrap_or(0)
             ));
-            // The event log: type, action, enforced and count of each line.
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            // The event log: type, action, enforced and count of each line. Both proxies write it
+            // on their file flush interval, so wait for the three events (two degradations and
+            // the return between them) before reading it.
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            let mut text = std::fs::read_to_string(&log).unwrap_or_default();
+            while text.lines().count() < 3 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                text = std::fs::read_to_string(&log).unwrap_or_default();
+            }
             for line in text.lines() {
                 let v: serde_json::Value = serde_json::from_str(line).expect("json");
                 got.push(format!(
@@ -140,6 +147,7 @@ async fn degraded_answers_degrade_the_host_as_envoy() {
         ] {
             assert!(all.contains(want), "{want}\n{all}");
         }
+        assert_eq!(all.matches("\"DEGRADED\" \"EJECT\"").count(), 2, "{all}");
     })
     .await
 }
