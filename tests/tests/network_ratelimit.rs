@@ -8,6 +8,8 @@
 //!   `failure_mode_deny`), a service cluster that does not exist;
 //! - the service's `dynamic_metadata` in the connection's, as tcp_proxy's access log reads it;
 //! - a `local_ratelimit` in front of it: a connection it turns away is never asked about;
+//! - a `set_filter_state` on each side of it: the descriptors see the values of the filter in
+//!   front only, and a connection turned away gets none of the values of the filter behind;
 //! - the runtime keys `ratelimit.tcp_filter_enforcing` and `ratelimit.tcp_filter_enabled`;
 //! - the stats `ratelimit.<stat_prefix>.*`, and what tcp_proxy and the upstream saw.
 
@@ -46,7 +48,21 @@ const LISTENERS: &[(&str, &str, &str, &str, &str)] = &[
           token_bucket: {max_tokens: 1, fill_interval: 3600s}"#,
         "tcp",
     ),
+    ("state", "plain", "", "", "tcp"),
+    ("stateover", "over", "", "", "tcp"),
 ];
+
+/// A `set_filter_state` filter that sets `key` to `value` on each new connection.
+fn set_filter_state(key: &str, value: &str) -> String {
+    format!(
+        r#"
+      - name: fs-{key}
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config
+          on_new_connection:
+          - {{object_key: {key}, factory_key: envoy.string, format_string: {{text_format_source: {{inline_string: "{value}"}}}}}}"#
+    )
+}
 
 fn listener(
     (name, value, extra, front, terminal): (&str, &str, &str, &str, &str),
@@ -54,6 +70,21 @@ fn listener(
     log: &str,
 ) -> String {
     let cluster = if name == "gone" { "nope" } else { "rls" };
+    // The `state` listeners put a `set_filter_state` on each side of the filter: its
+    // descriptors and the access log read both values.
+    let state = name.starts_with("state");
+    let (front, after, descriptor, logged) = if state {
+        (
+            set_filter_state("before", "b"),
+            set_filter_state("after", "a"),
+            r#"
+          - entries:
+            - {key: fs, value: "%FILTER_STATE(before:PLAIN)% %FILTER_STATE(after:PLAIN)%"}"#,
+            " %FILTER_STATE(before:PLAIN)% %FILTER_STATE(after:PLAIN)%",
+        )
+    } else {
+        (front.to_string(), String::new(), "", "")
+    };
     let terminal = if terminal == "tcp" {
         format!(
             r#"
@@ -67,7 +98,7 @@ fn listener(
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
               path: {log}
-              log_format: {{text_format_source: {{inline_string: "{name} %DYNAMIC_METADATA(envoy.filters.network.ratelimit)% %BYTES_RECEIVED% %BYTES_SENT%\n"}}}}"#
+              log_format: {{text_format_source: {{inline_string: "{name} %DYNAMIC_METADATA(envoy.filters.network.ratelimit)% %BYTES_RECEIVED% %BYTES_SENT%{logged}\n"}}}}"#
         )
     } else {
         format!(
@@ -104,10 +135,10 @@ fn listener(
             - {{key: sni, value: "%REQUESTED_SERVER_NAME%"}}
           - entries:
             - {{key: outcome, value: {value}}}
-            - {{key: local, value: "at %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%"}}
+            - {{key: local, value: "at %DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%"}}{descriptor}
           rate_limit_service:
             transport_api_version: V3
-            grpc_service: {{envoy_grpc: {{cluster_name: {cluster}}}}}{terminal}"#
+            grpc_service: {{envoy_grpc: {{cluster_name: {cluster}}}}}{after}{terminal}"#
     )
 }
 
@@ -257,7 +288,7 @@ impl Side {
                 out.push(format!("{key}: {v}"));
             }
         }
-        for name in ["ok", "over", "deny", "order"] {
+        for name in ["ok", "over", "deny", "order", "state", "stateover"] {
             let key = format!("tcp.{name}.downstream_cx_total");
             let v = self.proxy.admin().stat(&key).await.unwrap_or(0);
             out.push(format!("{key}: {v}"));
@@ -317,6 +348,8 @@ async fn network_rate_limit_side_by_side_with_envoy() {
             "order",
             "order quietly",
             "over quietly",
+            "state",
+            "stateover quietly",
         ];
         let mut seen = Vec::new();
         for side in &sides {
@@ -341,6 +374,8 @@ async fn network_rate_limit_side_by_side_with_envoy() {
             "order: \"hello\" eof",
             "order: \"\" closed",
             "over: \"\" closed",
+            "state: \"hello\" eof",
+            "stateover: \"\" closed",
         ];
         assert_eq!(seen[1], want);
 
@@ -369,7 +404,13 @@ async fn network_rate_limit_side_by_side_with_envoy() {
 
         let asked: Vec<_> = sides.iter().map(Side::asked).collect();
         assert_eq!(asked[0], asked[1], "Envoy's, then skiff's");
-        assert_eq!(asked[1].len(), 11, "{:#?}", asked[1]);
+        assert_eq!(asked[1].len(), 13, "{:#?}", asked[1]);
+        // A filter state value set by a filter after this one is not there yet.
+        assert!(
+            asked[1].iter().any(|a| a.contains(r#"["fs","b -"]"#)),
+            "{:#?}",
+            asked[1]
+        );
         assert!(
             asked[1][0].contains(r#"[["peer","127.0.0.1"],["sni","-"]]"#)
                 && asked[1][0].contains(r#"["local","at 127.0.0.1"]"#)
@@ -394,7 +435,7 @@ async fn network_rate_limit_side_by_side_with_envoy() {
 
         let mut logs = Vec::new();
         for side in &sides {
-            let lines = skiff_tests::sorted_log_lines(&side.log, 10).await;
+            let lines = skiff_tests::sorted_log_lines(&side.log, 14).await;
             logs.push(lines);
         }
         assert_eq!(logs[0], logs[1], "Envoy's, then skiff's");
@@ -402,6 +443,13 @@ async fn network_rate_limit_side_by_side_with_envoy() {
             logs[1]
                 .iter()
                 .any(|l| l == r#"meta {"n":7,"rls":"yes"} 5 5"#),
+            "{:#?}",
+            logs[1]
+        );
+        // A connection turned away never reaches the filters after the one that closed it.
+        assert!(
+            logs[1].iter().any(|l| l == "state - 5 5 b a")
+                && logs[1].iter().any(|l| l == "stateover - 0 0 b -"),
             "{:#?}",
             logs[1]
         );

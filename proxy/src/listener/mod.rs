@@ -279,8 +279,10 @@ type LocalCerts = Vec<(Vec<String>, Option<crate::stream_info::CertInfo>)>;
 /// What a chain's network filters put in its connections' filter state, in filter order.
 #[derive(Default)]
 struct ChainState {
-    /// `on_new_connection` values (before TLS).
-    on_new_connection: Vec<skiff_config::filter_state::Value>,
+    /// `on_new_connection` values (before TLS), each with the number of the chain's gates in
+    /// front of its filter: a gate's service sees only the values of the filters before it,
+    /// and a connection it turns away gets none of those after it.
+    on_new_connection: Vec<(usize, skiff_config::filter_state::Value)>,
     /// `on_downstream_tls_handshake` values.
     on_tls_handshake: Vec<skiff_config::filter_state::Value>,
     /// `istio_authn`: the SPIFFE identities, once TLS is done.
@@ -290,19 +292,38 @@ struct ChainState {
 impl ChainState {
     fn new(filters: &[NetworkFilter]) -> ChainState {
         let mut s = ChainState::default();
+        let mut gates = 0;
         for f in filters {
             match f {
                 NetworkFilter::SetFilterState(c) => {
                     s.on_new_connection
-                        .extend(c.on_new_connection.iter().cloned());
+                        .extend(c.on_new_connection.iter().map(|v| (gates, v.clone())));
                     s.on_tls_handshake
                         .extend(c.on_tls_handshake.iter().cloned());
                 }
                 NetworkFilter::IstioAuthn => s.istio_authn = true,
+                f if is_gate(f) => gates += 1,
                 _ => {}
             }
         }
         s
+    }
+
+    /// The `on_new_connection` values of the filters between gate `at - 1` and gate `at`.
+    fn on_new_connection(
+        &self,
+        at: usize,
+        connection: &mut Connection,
+        addrs: (SocketAddr, SocketAddr),
+    ) {
+        set_values(
+            connection,
+            self.on_new_connection
+                .iter()
+                .filter(|(g, _)| *g == at)
+                .map(|(_, v)| v),
+            addrs,
+        );
     }
 
     /// Whether TLS must be described for it.
@@ -351,24 +372,32 @@ impl ChainState {
 
 /// Puts `values`, formatted for the connection as it is now, into its filter state (each
 /// value sees those before it).
-fn set_values(
+fn set_values<'a>(
     connection: &mut Connection,
-    values: &[skiff_config::filter_state::Value],
+    values: impl IntoIterator<Item = &'a skiff_config::filter_state::Value>,
     (remote, local): (SocketAddr, SocketAddr),
 ) {
-    if values.is_empty() {
-        return;
-    }
-    let mut info = crate::stream_info::StreamInfo::new(remote, local);
+    let mut info = None;
     for v in values {
+        let info = info.get_or_insert_with(|| crate::stream_info::StreamInfo::new(remote, local));
         info.connection = Some(Arc::new(connection.clone()));
-        let text = crate::access_log::text(&v.format, &info, None);
+        let text = crate::access_log::text(&v.format, info, None);
         if let Some(object) = v.object(text) {
             if !connection.filter_state.set(&v.key, object) {
                 tracing::debug!(key = %v.key, "filter state object is read-only: kept");
             }
         }
     }
+}
+
+/// Whether `f` is a read filter that may close a new connection ([`Gate`]).
+fn is_gate(f: &NetworkFilter) -> bool {
+    matches!(
+        f,
+        NetworkFilter::LocalRateLimit(_)
+            | NetworkFilter::ConnectionLimit(_)
+            | NetworkFilter::RateLimit(_)
+    )
 }
 
 /// A read filter that may close a new connection.
@@ -464,7 +493,8 @@ impl Chain {
     }
 
     /// Runs the filters in front of the terminal one on a new connection, in order: what it
-    /// holds of their counts while it lasts, or why it is closed. A rate limit service's
+    /// holds of their counts while it lasts, or why it is closed. `set_filter_state`'s values
+    /// are set where their filter stands, as Envoy's filters see them; a rate limit service's
     /// `dynamic_metadata` goes into the connection's.
     async fn admit(
         &self,
@@ -475,7 +505,9 @@ impl Chain {
         use crate::network::filters::connection_limit::Verdict;
         use crate::network::filters::ratelimit::{Decision, METADATA_NAMESPACE};
         let mut held = Vec::new();
-        for gate in &self.gates {
+        for (at, gate) in self.gates.iter().enumerate() {
+            self.filter_state
+                .on_new_connection(at, connection, (remote, local));
             match gate {
                 Gate::RateLimit {
                     bucket,
@@ -538,6 +570,8 @@ impl Chain {
                 },
             }
         }
+        self.filter_state
+            .on_new_connection(self.gates.len(), connection, (remote, local));
         Ok(held)
     }
 }
@@ -1018,12 +1052,7 @@ impl Shared {
             filter_state: shared.map(|s| (*s).clone()).unwrap_or_default(),
             metadata,
         };
-        // set_filter_state's values on a new connection: before TLS, as Envoy makes them.
-        set_values(
-            &mut connection,
-            &chain.filter_state.on_new_connection,
-            (remote, local),
-        );
+        // The read filters, set_filter_state's among them: before TLS, as Envoy runs them.
         let _held = match chain
             .admit(&self.worker, &mut connection, (remote, local))
             .await
