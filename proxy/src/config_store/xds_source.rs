@@ -178,22 +178,40 @@ impl ConfigStore {
         let StreamKey::Api(source, _, name) = stream else {
             return Err(e.to_string());
         };
-        let kind = match url {
-            type_url::LISTENER => Kind::Lds,
-            type_url::CLUSTER => Kind::Cds,
-            type_url::ROUTE => Kind::Rds(name.clone()),
-            type_url::ENDPOINT => Kind::Eds(name.clone()),
-            _ => Kind::Sds(name.clone()),
+        let kinds = match url {
+            type_url::LISTENER => vec![Kind::Lds],
+            type_url::CLUSTER => vec![Kind::Cds],
+            type_url::ROUTE => vec![Kind::Rds(name.clone())],
+            type_url::ENDPOINT => vec![Kind::Eds(name.clone())],
+            type_url::RUNTIME => vec![Kind::Rtds(name.clone())],
+            // Wildcard: every SRDS subscription the poll feeds.
+            type_url::SCOPED_ROUTE => self
+                .srds
+                .iter()
+                .filter(|(_, s)| stream_feeds(stream, &s.sub.source))
+                .map(|(n, _)| Kind::Srds(n.clone()))
+                .collect(),
+            _ => vec![Kind::Sds(name.clone())],
         };
         let src = ConfigSource {
             kind: SourceKind::Grpc(source.clone()),
             initial_fetch_timeout: None,
         };
-        let rejected = match e {
+        let rejected = Err(match e {
             FileError::Read(m) => FileError::Rejected(ConfigError::new("", m)),
             r => r,
-        };
-        self.deliver(kind, &src, &Err(rejected), None)
+        });
+        let mut errors = Vec::new();
+        for kind in kinds {
+            if let Err(e) = self.deliver(kind, &src, &rejected, None) {
+                errors.push(e);
+            }
+        }
+        errors.dedup();
+        match errors.is_empty() {
+            true => Ok(()),
+            false => Err(errors.join("\n")),
+        }
     }
 
     /// An RDS, EDS or SDS response: each resource goes to the subscription of its name (a

@@ -297,6 +297,36 @@ fn srds_scopes_follow_updates_and_a_conflicting_update_changes_nothing() {
 }
 
 #[test]
+fn a_rest_answer_that_is_no_discovery_response_is_an_srds_rejection() {
+    let (mut s, stats) = store();
+    let hcm = r#"- "@type": type.googleapis.com/envoy.config.listener.v3.Listener
+  name: h
+  address: {socket_address: {address: 127.0.0.1, port_value: 10013}}
+  filter_chains: [{filters: [{name: hcm, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: in, scoped_routes: {name: sc, scope_key_builder: {fragments: [{header_value_extractor: {name: x-t, index: 0}}]}, rds_config_source: {ads: {}}, scoped_rds: {scoped_rds_config_source: {api_config_source: {api_type: REST, transport_api_version: V3, cluster_names: [xds], refresh_delay: 1s}}}}, http_filters: [{name: r, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]}}]}]
+"#;
+    sotw(&mut s, type_url::LISTENER, "1", hcm).expect("ACK");
+    s.sync_rds();
+    let SourceKind::Grpc(rest) = s.srds["sc"].sub.source.kind.clone() else {
+        panic!("a REST source");
+    };
+    let before = stat(&stats, "http.in.scoped_rds.sc.update_attempt");
+    let e = s
+        .apply_xds(
+            &StreamKey::Api(rest, type_url::SCOPED_ROUTE, String::new()),
+            type_url::SCOPED_ROUTE,
+            Update::Json("{not json".into()),
+        )
+        .expect_err("rejected");
+    assert!(!e.is_empty());
+    assert_eq!(stat(&stats, "http.in.scoped_rds.sc.update_rejected"), 1);
+    assert_eq!(
+        stat(&stats, "http.in.scoped_rds.sc.update_attempt"),
+        before + 1
+    );
+    assert!(s.srds["sc"].scopes.is_empty());
+}
+
+#[test]
 fn fields_the_protos_do_not_know_are_dropped_and_counted() {
     let (mut s, stats) = store();
     let mut resources = anys(&tcp_listener("l", 10020, ""));
