@@ -1122,3 +1122,119 @@ async fn a_listener_with_additional_addresses_serves_on_each_as_envoy_does() {
     })
     .await;
 }
+
+/// A bootstrap whose listeners carry their routes inline: a route configuration, and scopes
+/// with route configurations of their own.
+fn inline_routes_bootstrap(admin: u16, ports: [u16; 2]) -> String {
+    let hcm = |prefix: &str, routes: &str| {
+        format!(
+            r#"
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {prefix}
+          {routes}
+          http_filters: [{{name: r, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]"#
+        )
+    };
+    let table = |name: &str, status: u16| {
+        format!(
+            "{{name: {name}, virtual_hosts: [{{name: v, domains: [\"*\"], routes: [{{match: {{prefix: /}}, direct_response: {{status: {status}}}}}]}}]}}"
+        )
+    };
+    let plain = hcm("plain", &format!("route_config: {}", table("inline", 200)));
+    let scoped = hcm(
+        "scoped",
+        &format!(
+            "scoped_routes: {{name: sc, scope_key_builder: {{fragments: [{{header_value_extractor: {{name: x-t, index: 0}}}}]}}, \
+             scoped_route_configurations_list: {{scoped_route_configurations: [\
+             {{name: s1, key: {{fragments: [{{string_key: a}}]}}, route_configuration: {}}}, \
+             {{name: s2, key: {{fragments: [{{string_key: b}}]}}, route_configuration: {}}}]}}}}",
+            table("in-a", 201),
+            table("in-b", 202)
+        ),
+    );
+    format!(
+        r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - name: plain
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}{plain}
+  - name: scoped
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}{scoped}
+"#,
+        ports[0], ports[1]
+    )
+}
+
+/// Without its time of update (which differs), sorted by the item's text.
+fn timeless(items: &serde_json::Value) -> Vec<String> {
+    let mut out: Vec<String> = items
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let mut i = i.clone();
+            if let Some(o) = i.as_object_mut() {
+                o.remove("last_updated");
+            }
+            i.to_string()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_dump_shows_inline_route_configs_and_scopes_as_envoy_does() {
+    run_for(Duration::from_secs(60), async {
+        let mut seen = Vec::new();
+        for kind in [Kind::Envoy, Kind::Skiff] {
+            let yaml = inline_routes_bootstrap(free_port(), [free_port(), free_port()]);
+            let proxy = ProxyProcess::start(kind, &yaml, &[]).await;
+            let admin = proxy.admin();
+            let mut mine = Vec::new();
+            for q in [
+                "/config_dump?resource=static_route_configs",
+                "/config_dump?resource=inline_scoped_route_configs",
+                "/config_dump?resource=inline_scoped_route_configs&name_regex=s.*",
+                "/config_dump?resource=static_route_configs&name_regex=x.*",
+            ] {
+                let text = admin.get(q).await.text();
+                let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+                mine.push(timeless(&v["configs"]));
+            }
+            // The whole dump's two sections, each item without its time.
+            let text = admin.get("/config_dump").await.text();
+            let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+            for c in v["configs"].as_array().into_iter().flatten() {
+                let t = c["@type"].as_str().unwrap_or_default();
+                if t.ends_with(".RoutesConfigDump") || t.ends_with(".ScopedRoutesConfigDump") {
+                    let mut fields: Vec<String> = c
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{k} {:?}", timeless(v)))
+                        .collect();
+                    fields.sort();
+                    mine.push(fields);
+                }
+            }
+            seen.push(mine);
+        }
+        assert_eq!(seen[1], seen[0], "skiff (left), Envoy (right)");
+        let all = format!("{:?}", seen[1]);
+        for want in [
+            "RoutesConfigDump.StaticRouteConfig",
+            "\\\"name\\\":\\\"inline\\\"",
+            "ScopedRoutesConfigDump.InlineScopedRouteConfigs",
+            "\\\"name\\\":\\\"in-b\\\"",
+        ] {
+            assert!(all.contains(want), "{want}: {all}");
+        }
+    })
+    .await;
+}

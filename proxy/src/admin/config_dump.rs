@@ -28,8 +28,11 @@ fn stat(d: &Dumped, key: &str) -> Value {
     json!({key: d.json.value(), "last_updated": time(d.last_updated)})
 }
 
-/// A list field of a section: its name, its items' `@type`, and (resource name, item).
-type List = (&'static str, &'static str, Vec<(String, Value)>);
+/// A list's items: (resource name, item).
+type Items = Vec<(String, Value)>;
+
+/// A list field of a section: its name, its items' `@type`, and its items.
+type List = (&'static str, &'static str, Items);
 
 /// A section: its `@type`, its scalar fields and its lists.
 struct Section {
@@ -107,6 +110,59 @@ fn slots_section(slots: &[DumpedSlot], key: &'static str, kind: &'static str) ->
     }
 }
 
+/// The route configurations and scopes listeners carry inline, which Envoy dumps as
+/// `static_route_configs` and `inline_scoped_route_configs`: one item for each connection
+/// manager of each listener's active and warming versions, as Envoy has a provider for each.
+fn inline_routes(listeners: &[DumpedSlot]) -> (Items, Items) {
+    const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+    const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    const SCOPE: &str = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration";
+    let (mut routes, mut scoped) = (Vec::new(), Vec::new());
+    for d in listeners
+        .iter()
+        .flat_map(|s| s.active.iter().chain(s.warming.iter()))
+    {
+        let listener = d.json.value();
+        let updated = time(d.last_updated);
+        let chains = listener["filter_chains"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain([&listener["default_filter_chain"]]);
+        for filter in chains.flat_map(|c| c["filters"].as_array().into_iter().flatten()) {
+            let hcm = &filter["typed_config"];
+            if hcm["@type"] != HCM {
+                continue;
+            }
+            if let Some(rc) = hcm.get("route_config") {
+                let mut rc = rc.clone();
+                rc["@type"] = ROUTE.into();
+                let name = rc["name"].as_str().unwrap_or_default().to_string();
+                routes.push((name, json!({"route_config": rc, "last_updated": updated})));
+            }
+            let inline = &hcm["scoped_routes"]["scoped_route_configurations_list"];
+            if let Some(list) = inline["scoped_route_configurations"].as_array() {
+                let name = hcm["scoped_routes"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let configs: Vec<Value> = list
+                    .iter()
+                    .map(|c| {
+                        let mut c = c.clone();
+                        c["@type"] = SCOPE.into();
+                        c
+                    })
+                    .collect();
+                let item =
+                    json!({"name": name, "scoped_route_configs": configs, "last_updated": updated});
+                scoped.push((name, item));
+            }
+        }
+    }
+    (routes, scoped)
+}
+
 fn sections(state: &AdminState, include_eds: bool) -> Vec<Section> {
     let snapshot = state.published.load();
     let d = &snapshot.dump;
@@ -128,17 +184,25 @@ fn sections(state: &AdminState, include_eds: bool) -> Vec<Section> {
         scalars: version(&d.lds_version),
         lists: slots_section(&d.listeners, "listener", "listener"),
     };
+    let (static_routes, inline_scopes) = inline_routes(&d.listeners);
     let routes = Section {
         type_name: "RoutesConfigDump",
         scalars: Vec::new(),
-        lists: vec![(
-            "dynamic_route_configs",
-            "RoutesConfigDump.DynamicRouteConfig",
-            d.routes
-                .iter()
-                .map(|r| (r.name.clone(), dynamic(r, "route_config")))
-                .collect(),
-        )],
+        lists: vec![
+            (
+                "static_route_configs",
+                "RoutesConfigDump.StaticRouteConfig",
+                static_routes,
+            ),
+            (
+                "dynamic_route_configs",
+                "RoutesConfigDump.DynamicRouteConfig",
+                d.routes
+                    .iter()
+                    .map(|r| (r.name.clone(), dynamic(r, "route_config")))
+                    .collect(),
+            ),
+        ],
     };
     let mut out = vec![bootstrap, clusters];
     if include_eds {
@@ -172,7 +236,13 @@ fn sections(state: &AdminState, include_eds: bool) -> Vec<Section> {
     out.push(Section {
         type_name: "ScopedRoutesConfigDump",
         scalars: Vec::new(),
-        lists: vec![(
+        lists: vec![
+            (
+                "inline_scoped_route_configs",
+                "ScopedRoutesConfigDump.InlineScopedRouteConfigs",
+                inline_scopes,
+            ),
+            (
             "dynamic_scoped_route_configs",
             "ScopedRoutesConfigDump.DynamicScopedRouteConfigs",
             d.scoped
@@ -188,7 +258,8 @@ fn sections(state: &AdminState, include_eds: bool) -> Vec<Section> {
                     Some((name.clone(), item))
                 })
                 .collect(),
-        )],
+            ),
+        ],
     });
     out.push(routes);
     let secret = |d: &Dumped, dynamic: bool| {
