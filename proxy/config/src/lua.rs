@@ -52,6 +52,15 @@ thread_local! {
     static STATES: RefCell<HashMap<u64, WorkerState>> = RefCell::new(HashMap::new());
 }
 
+/// Lua's load functions, restricted to source text (mode `"t"`).
+const TEXT_ONLY: &str = r#"
+local load0, loadfile0 = load, loadfile
+load = function(chunk, name, _, env) return load0(chunk, name, "t", env) end
+loadstring = function(s, name) return load0(s, name, "t") end
+loadfile = function(file, _, env) return loadfile0(file, "t", env) end
+dofile = function(file) return assert(loadfile0(file, "t"))() end
+"#;
+
 /// A state for `source`: its top level run, `envoy_on_route` found.
 fn state(source: &str) -> Result<(Lua, Function), String> {
     let lua = Lua::new();
@@ -64,8 +73,15 @@ fn state(source: &str) -> Result<(Lua, Function), String> {
             |_, _| Err(mlua::Error::runtime("instruction budget spent")),
         );
     }
+    // A binary chunk is LuaJIT bytecode, which the VM loads without checking it: only source
+    // text is loaded, here and by the script's own load functions.
+    lua.load(TEXT_ONLY)
+        .set_mode(mlua::ChunkMode::Text)
+        .exec()
+        .map_err(|e| e.to_string())?;
     lua.load(source)
         .set_name("cluster specifier")
+        .set_mode(mlua::ChunkMode::Text)
         .exec()
         .map_err(|e| e.to_string())?;
     match lua.globals().get::<Value>("envoy_on_route") {
@@ -259,6 +275,21 @@ mod tests {
         assert_eq!(pick(&[("x-which", "missing")]), "nil");
         // The script's globals live on in this thread's state.
         assert_eq!(pick(&[("x-which", "calls")]), "c8");
+    }
+
+    #[test]
+    fn bytecode_is_never_loaded() {
+        // A binary chunk is refused at configuration time...
+        assert!(LuaSpecifier::new("\x1bLJ\x02".into(), "d".into()).is_err());
+        // ...and by the script's own load functions.
+        let script = r#"
+            local a = load("\27LJ\2")
+            local b = loadstring("\27LJ\2")
+            assert(a == nil and b == nil)
+            assert(load("return 1")() == 1)
+            function envoy_on_route(h) return "ok" end
+        "#;
+        assert!(LuaSpecifier::new(script.into(), "d".into()).is_ok());
     }
 
     #[test]
