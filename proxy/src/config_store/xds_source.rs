@@ -115,20 +115,8 @@ impl ConfigStore {
                     Some(e) => Err(FileError::Rejected(e)),
                     None => Ok(d),
                 };
-                let mut errors = Vec::new();
-                for (name, src) in fed {
-                    if let Err(e) =
-                        self.deliver(Kind::Srds(name), &src, &update, removed.as_deref())
-                    {
-                        errors.push(e);
-                    }
-                }
-                errors.dedup();
-                if errors.is_empty() {
-                    Ok(())
-                } else {
-                    Err(errors.join("\n"))
-                }
+                let each = fed.into_iter().map(|(n, src)| (Kind::Srds(n), src));
+                self.deliver_each(each.collect(), &update, removed.as_deref())
             }
             type_url::ROUTE | type_url::ENDPOINT | type_url::SECRET | type_url::RUNTIME => {
                 // State of the world: an RTDS resource left out is removed (Envoy empties the
@@ -201,9 +189,21 @@ impl ConfigStore {
             FileError::Read(m) => FileError::Rejected(ConfigError::new("", m)),
             r => r,
         });
+        let each = kinds.into_iter().map(|k| (k, src.clone())).collect();
+        self.deliver_each(each, &rejected, None)
+    }
+
+    /// One update to several subscriptions (SRDS's wildcard): each counts it; their errors,
+    /// once each.
+    fn deliver_each(
+        &mut self,
+        each: Vec<(Kind, ConfigSource)>,
+        update: &Result<Discovery, FileError>,
+        removed: Option<&[String]>,
+    ) -> Result<(), String> {
         let mut errors = Vec::new();
-        for kind in kinds {
-            if let Err(e) = self.deliver(kind, &src, &rejected, None) {
+        for (kind, src) in each {
+            if let Err(e) = self.deliver(kind, &src, update, removed) {
                 errors.push(e);
             }
         }
