@@ -15,6 +15,7 @@ pub mod config_store;
 pub mod drain;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod gate;
 pub mod http;
 pub mod io;
 pub mod listener;

@@ -66,8 +66,13 @@ impl RequestProgress {
 
     /// Marks the request as complete (the first call counts).
     pub fn mark_done(&self) {
+        self.mark_done_at(tokio::time::Instant::now());
+    }
+
+    /// Marks the request as complete at `at` (the first call counts).
+    pub fn mark_done_at(&self, at: tokio::time::Instant) {
         if self.done_at.get().is_none() {
-            self.done_at.set(Some(tokio::time::Instant::now()));
+            self.done_at.set(Some(at));
             self.done.notify_waiters();
         }
     }

@@ -745,8 +745,9 @@ pub async fn serve(
             let conn = $conn;
             tokio::pin!(conn);
             tokio::select! {
+                biased;
                 r = conn.as_mut() => r.map_err(Into::into),
-                _ = stop.notified() => {
+                _ = crate::gate::gated(stop.notified()) => {
                     conn.as_mut().graceful_shutdown();
                     conn.await.map_err(Into::into)
                 }
@@ -811,19 +812,47 @@ pub async fn serve(
             close_state.drain_for(drain_time);
         }
     };
+    // What ends or changes the connection besides hyper: rare, so polled only when one of
+    // them woke the task (not at every read and write).
+    enum Control {
+        ResetAbuse,
+        Abort,
+        CloseRequested,
+        Idle,
+        Lifetime,
+        H1Drain,
+        Finish,
+    }
     let result = loop {
-        tokio::select! {
+        let control = crate::gate::gated(async {
+            tokio::select! {
+                _ = reset_abuse.notified() => Control::ResetAbuse,
+                _ = conn.abort.notified() => Control::Abort,
+                _ = drain.close_requested(), if !draining => Control::CloseRequested,
+                _ = &mut idle, if !idle_done => Control::Idle,
+                _ = &mut lifetime, if !finishing => Control::Lifetime,
+                _ = async { h1_drain.as_mut().expect("checked").await }, if h1_drain.is_some() => {
+                    Control::H1Drain
+                }
+                _ = conn.finish.notified(), if !finishing => Control::Finish,
+            }
+        });
+        let control = tokio::select! {
+            biased;
             r = served.as_mut() => break r,
+            c = control => c,
+        };
+        match control {
             // Too many premature resets: the connection is dropped at once, as Envoy aborts it.
-            _ = reset_abuse.notified() => break Ok(()),
+            Control::ResetAbuse => break Ok(()),
             // The overload manager ends the connection: GOAWAY, and a moment to send it.
-            _ = conn.abort.notified() => {
+            Control::Abort => {
                 shutdown.notify_one();
                 break tokio::time::timeout(ABORT_GRACE, served.as_mut())
                     .await
                     .unwrap_or(Ok(()));
             }
-            _ = drain.close_requested(), if !draining => {
+            Control::CloseRequested => {
                 draining = true;
                 // HTTP/2 gets its GOAWAY now. An HTTP/1.1 connection is not cut while idle (its
                 // client may be sending): its next response carries `connection: close`, as in
@@ -841,7 +870,7 @@ pub async fn serve(
             }
             // No stream for the idle timeout: HTTP/1.1 closes, HTTP/2 (or a connection whose
             // protocol is not known yet) says GOAWAY first and gets a moment to send it.
-            _ = &mut idle, if !idle_done => {
+            Control::Idle => {
                 idle_done = true;
                 // A connection the codec is closing (its delayed close) is not idle.
                 if close_state.closing() {
@@ -862,7 +891,7 @@ pub async fn serve(
             }
             // max_connection_duration: the connection finishes as for a drain (an idle
             // HTTP/1.1 one closes now, a busy one after its response).
-            _ = &mut lifetime, if !finishing => {
+            Control::Lifetime => {
                 finishing = true;
                 stats.downstream_cx_max_duration_reached.inc();
                 conn.closing.set(true);
@@ -879,13 +908,13 @@ pub async fn serve(
                     shutdown.notify_one();
                 }
             }
-            _ = async { h1_drain.as_mut().expect("checked").await }, if h1_drain.is_some() => {
+            Control::H1Drain => {
                 h1_drain = None;
                 shutdown.notify_one();
             }
             // max_requests_per_connection reached: the last response said `connection: close`
             // (HTTP/1.1) or the connection says GOAWAY (HTTP/2).
-            _ = conn.finish.notified(), if !finishing => {
+            Control::Finish => {
                 finishing = true;
                 start_drain(&conn);
                 shutdown.notify_one();
@@ -1290,6 +1319,8 @@ async fn handle(
     // The stream's record is kept for access logs, and for local replies that formats rewrite.
     let logging = !cfg.access_logs.is_empty() || cfg.local_reply.is_some() || cfg.tracer.is_some();
     let (mut parts, body) = req.into_parts();
+    // The stream's start, read once for its record, its timers and a request without body.
+    let now = Instant::now();
     let request = Rc::new(
         RequestProgress::new(FlowPair::new(
             &stats.downstream_flow_control_paused_reading_total,
@@ -1298,12 +1329,16 @@ async fn handle(
         .with_account(account),
     );
     if body.is_end_stream() {
-        request.mark_done();
+        request.mark_done_at(tokio::time::Instant::from_std(now));
     }
-    let timers = Some(StreamTimers::new(&cfg.timeouts, request.clone()));
+    let timers = Some(StreamTimers::starting(
+        &cfg.timeouts,
+        request.clone(),
+        tokio::time::Instant::from_std(now),
+    ));
     let mut done = Done {
         conn: conn.clone(),
-        started: Instant::now(),
+        started: now,
         info: logging.then(|| Box::new(StreamInfo::new(conn.remote, conn.local))),
         request: request.clone(),
         upstream: None,
@@ -1897,7 +1932,7 @@ async fn handle(
             None => decoded.await,
             Some(t) => tokio::select! {
                 r = decoded => r,
-                e = t.fired() => {
+                e = crate::gate::gated(t.fired()) => {
                     stats.expired(e);
                     let mut reply = e.reply(t.request_done());
                     reply.close = !t.request_done() && codec == Codec::Http1;
@@ -1929,7 +1964,9 @@ async fn handle(
     }
     let body = filter::wrap(chain.as_ref(), body, Direction::Decode);
     let start = Instant::now();
-    let routed = router::route(
+    // Boxed: the router's state is most of a stream's, and the connection's task would copy it
+    // (and hold it between requests) if it sat inline here.
+    let routed = Box::pin(router::route(
         &conn.worker,
         &cfg,
         &selection,
@@ -1942,14 +1979,14 @@ async fn handle(
         retry_headers.as_ref(),
         (conn.buffer_limit, timers.as_ref()),
         done.info.as_deref_mut(),
-    );
+    ));
     // The connection manager's stream timers run while the router waits for the response
     // headers; after that, the response body watches them.
     let routed = match &timers {
         None => routed.await,
         Some(t) => tokio::select! {
             r = routed => r,
-            e = t.fired() => {
+            e = crate::gate::gated(t.fired()) => {
                 stats.expired(e);
                 let mut reply = e.reply(t.request_done());
                 // The rest of an unfinished HTTP/1.1 request cannot be told from the next one:

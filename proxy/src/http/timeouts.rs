@@ -117,7 +117,15 @@ impl StreamTimers {
     /// The timers `t` asks for on a stream that started now (none may run until a route
     /// sets a duration).
     pub fn new(t: &HcmTimeouts, request: Rc<RequestProgress>) -> Rc<StreamTimers> {
-        let started = Instant::now();
+        Self::starting(t, request, Instant::now())
+    }
+
+    /// As [`StreamTimers::new`], for a stream that started at `started`.
+    pub fn starting(
+        t: &HcmTimeouts,
+        request: Rc<RequestProgress>,
+        started: Instant,
+    ) -> Rc<StreamTimers> {
         if t.stream_idle.is_some() {
             request.track_activity(started);
         }
@@ -246,7 +254,9 @@ impl StreamTimers {
             }
             let next = self.next()?;
             match sleep.as_mut() {
-                Some(s) if s.deadline() == next => {}
+                // A deadline that moved later (activity) keeps the timer: it wakes early, and
+                // is set again then.
+                Some(s) if s.deadline() <= next && !s.is_elapsed() => {}
                 Some(s) => s.as_mut().reset(next),
                 None => *sleep = Some(Box::pin(tokio::time::sleep_until(next))),
             }

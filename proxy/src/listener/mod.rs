@@ -905,7 +905,7 @@ impl Shared {
         let mut deadline = self.connection_drain(None);
         let picked = tokio::select! {
             p = self.clone().listener_filters(sock) => p,
-            _ = deadline.deadline() => None,
+            _ = crate::gate::gated(deadline.deadline()) => None,
         };
         if let Some((owner, sock)) = picked {
             owner.serve(sock).await;
@@ -1019,7 +1019,7 @@ impl Shared {
         let since = std::time::Instant::now();
         tokio::select! {
             _ = self.run_chain(&chain, stream, (remote, local, direct_remote), server_name, (metadata, shared)) => {}
-            _ = deadline.deadline() => {
+            _ = crate::gate::gated(deadline.deadline()) => {
                 tracing::debug!(listener = %self.config.name, %remote, "drain deadline: closing");
             }
         }

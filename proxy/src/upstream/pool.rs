@@ -899,8 +899,10 @@ impl Http1Pool {
             {
                 let lease = self.slot.lease(cluster, host)?;
                 self.preconnect(cluster, host);
-                let stream = connect(cluster, host).await?;
-                let s = http1_on(cluster, host, stream, (cx, lease)).await?;
+                // A new connection is the rare path: its futures are boxed, so that a request
+                // served from the pool does not carry (and copy) their state.
+                let stream = Box::pin(connect(cluster, host)).await?;
+                let s = Box::pin(http1_on(cluster, host, stream, (cx, lease))).await?;
                 drop(pending);
                 drop(waiting);
                 return self.attach_to(cluster, host, s, false);
@@ -1084,8 +1086,25 @@ async fn http1_on(
         let max = timers.max_deadline();
         let idle_timer = sleep_for(timers.idle);
         tokio::pin!(idle_timer);
+        // The pool's own reasons to close it wake the task rarely: they are polled only when
+        // one of them did (not at every read and write of the connection).
+        enum Control {
+            Abandoned,
+            Idle,
+            Expired,
+        }
+        let max = sleep_until(max);
+        tokio::pin!(max);
         loop {
-            tokio::select! {
+            let control = crate::gate::gated(async {
+                tokio::select! {
+                    () = state.abandoned.notified() => Control::Abandoned,
+                    () = &mut idle_timer => Control::Idle,
+                    () = &mut max, if !state.expired.get() => Control::Expired,
+                }
+            });
+            let control = tokio::select! {
+                biased;
                 r = &mut conn => {
                     // The upstream's end came first (its FIN while skiff had not shut its
                     // side), or the exchange broke: the upstream closed it. hyper ends a
@@ -1099,9 +1118,12 @@ async fn http1_on(
                     guard.ended(remote, remote && (r.is_err() || unanswered));
                     break;
                 }
-                () = state.abandoned.notified() => break,
+                c = control => c,
+            };
+            match control {
+                Control::Abandoned => break,
                 // An hour (or `idle_timeout`) in the pool without a request: closed.
-                () = &mut idle_timer => {
+                Control::Idle => {
                     let Some(idle) = timers.idle else { continue };
                     let now = tokio::time::Instant::now();
                     let due = if state.busy.get() {
@@ -1117,7 +1139,7 @@ async fn http1_on(
                 }
                 // `max_connection_duration`: no new request; closed now if idle, else once its
                 // request ends (it does not go back to the pool).
-                () = sleep_until(max), if !state.expired.get() => {
+                Control::Expired => {
                     state.expired.set(true);
                     timers.max_duration.inc();
                     if !state.busy.get() {
@@ -1523,7 +1545,8 @@ impl Http2Pool {
             // A connection being made counts for the requests that wait: more are made
             // ahead only past it.
             self.preconnect(cluster, host);
-            let conn = Rc::new(connect_http2(cluster, host, (cx, lease)).await?);
+            // Boxed: the rare path (see Http1Pool::acquire).
+            let conn = Rc::new(Box::pin(connect_http2(cluster, host, (cx, lease))).await?);
             guard.failed = false;
             conn.active.set(1);
             self.conns.borrow_mut().push(conn.clone());
@@ -1630,8 +1653,29 @@ async fn http2_on(
             }
         };
         tokio::pin!(alive);
+        // As for HTTP/1.1: the pool's reasons are polled only when one of them woke the task.
+        enum Control {
+            KeepaliveTimeout,
+            Released,
+            Idle,
+            Expired,
+            Drained,
+        }
+        let max = sleep_until(max);
+        tokio::pin!(max);
         loop {
-            tokio::select! {
+            let probing = driver.probe.is_some();
+            let control = crate::gate::gated(async {
+                tokio::select! {
+                    () = &mut alive => Control::KeepaliveTimeout,
+                    () = released.notified(), if probing => Control::Released,
+                    () = &mut idle_timer => Control::Idle,
+                    () = &mut max, if !expired => Control::Expired,
+                    () = d_drained.notified(), if expired => Control::Drained,
+                }
+            });
+            let control = tokio::select! {
+                biased;
                 r = &mut driver => {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
@@ -1642,16 +1686,19 @@ async fn http2_on(
                     }
                     break;
                 }
+                c = control => c,
+            };
+            match control {
                 // A PING left unanswered: the connection is closed with whatever it carries.
-                () = &mut alive => {
+                Control::KeepaliveTimeout => {
                     tracing::debug!("upstream HTTP/2 keepalive timed out");
                     break;
                 }
                 // Nothing but the probe holds the connection now: h2 closes it once its streams
                 // end.
-                () = released.notified(), if driver.probe.is_some() => driver.probe = None,
+                Control::Released => driver.probe = None,
                 // An hour (or `idle_timeout`) without a stream: closed.
-                () = &mut idle_timer => {
+                Control::Idle => {
                     let Some(idle) = timers.idle else { continue };
                     let now = tokio::time::Instant::now();
                     let due = if d_active.get() > 0 {
@@ -1667,7 +1714,7 @@ async fn http2_on(
                     idle_timer.set(sleep_for(Some(due - now)));
                 }
                 // `max_connection_duration`: no new stream; closed once the last one ends.
-                () = sleep_until(max), if !expired => {
+                Control::Expired => {
                     expired = true;
                     d_closed.set(true);
                     timers.max_duration.inc();
@@ -1675,7 +1722,7 @@ async fn http2_on(
                         break;
                     }
                 }
-                () = d_drained.notified(), if expired => {
+                Control::Drained => {
                     if d_active.get() == 0 {
                         break;
                     }

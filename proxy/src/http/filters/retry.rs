@@ -391,29 +391,37 @@ fn retried_body(reply: &mut LocalReply) {
 
 /// Sends the request upstream, attempt after attempt as `retry` allows, and returns the
 /// response of the last attempt (or the local reply for its failure).
-pub(super) async fn forward(
-    f: &Forward<'_>,
+///
+/// Not an `async fn`: the attempts' future is returned as it is (a wrapper's state would be
+/// one more copy of it per request).
+pub(super) fn forward<'a, 'b>(
+    f: &'a Forward<'b>,
     parts: http::request::Parts,
     body: ProxyBody,
     retry: Option<RetryState>,
-    info: Option<&mut StreamInfo>,
-) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
-    let mut attempts = 0;
+    info: Option<&'a mut StreamInfo>,
+) -> impl Future<Output = Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply>>
+       + use<'a, 'b> {
     let retry = retry.map(|mut r| {
         r.high = f.high;
         r
     });
-    let result = attempts_loop(f, parts, body, retry, info, &mut attempts).await;
-    // The router's local replies say how many attempts were made too (Envoy).
-    result.map_err(|mut reply| {
-        if f.attempt_count.1 {
-            reply.headers.push((
-                X_ENVOY_ATTEMPT_COUNT.clone(),
-                headers::number(attempts.into()),
-            ));
-        }
-        reply
-    })
+    let count_in_replies = f.attempt_count.1;
+    futures_util::FutureExt::map(
+        attempts_loop(f, parts, body, retry, info, &f.attempts),
+        move |result| {
+            // The router's local replies say how many attempts were made too (Envoy).
+            result.map_err(|mut reply| {
+                if count_in_replies {
+                    reply.headers.push((
+                        X_ENVOY_ATTEMPT_COUNT.clone(),
+                        headers::number(f.attempts.get().into()),
+                    ));
+                }
+                reply
+            })
+        },
+    )
 }
 
 async fn attempts_loop(
@@ -422,7 +430,7 @@ async fn attempts_loop(
     body: ProxyBody,
     mut retry: Option<RetryState>,
     mut info: Option<&mut StreamInfo>,
-    attempts: &mut u32,
+    attempts: &std::cell::Cell<u32>,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     if f.hedge {
         if let Some(r) = retry {
@@ -431,7 +439,8 @@ async fn attempts_loop(
     }
     let cluster = f.cluster;
     let stats = &cluster.stats;
-    let route_timer = after_request(f.request, f.timeout);
+    // Polled only when it woke the task, not at every poll of the attempt.
+    let route_timer = crate::gate::gated(after_request(f.request, f.timeout));
     tokio::pin!(route_timer);
     // With a retry state the body is kept to be sent again; without one it passes once, as
     // does the request head.
@@ -457,8 +466,8 @@ async fn attempts_loop(
     let mut timed_out = false;
     let mut tried: Vec<std::net::SocketAddr> = Vec::new();
     loop {
-        *attempts += 1;
-        let attempts = *attempts;
+        attempts.set(attempts.get() + 1);
+        let attempts = attempts.get();
         // Retry host predicates judge the hosts of retries only (Envoy's docs, and measured:
         // a first attempt may go to a host a predicate would send back).
         let retrying = attempts > 1;
@@ -810,7 +819,7 @@ async fn hedged(
     body: ProxyBody,
     mut retry: RetryState,
     mut info: Option<&mut StreamInfo>,
-    attempts: &mut u32,
+    attempts: &std::cell::Cell<u32>,
 ) -> Result<(Response<ProxyBody>, Upstream, Option<Deadline>), LocalReply> {
     use std::task::Poll;
     let cluster = f.cluster;
@@ -897,8 +906,8 @@ async fn hedged(
             }
             Event::Start => {
                 next = None;
-                *attempts += 1;
-                let n = *attempts;
+                attempts.set(attempts.get() + 1);
+                let n = attempts.get();
                 let tries = if n > 1 {
                     retry.host_selection_tries()
                 } else {
@@ -916,7 +925,7 @@ async fn hedged(
                         return Err(LocalReply::NO_HEALTHY_UPSTREAM);
                     }
                     // No attempt was made: the others go on.
-                    *attempts -= 1;
+                    attempts.set(attempts.get() - 1);
                     continue;
                 };
                 retry.attempted(host.priority);
@@ -1024,7 +1033,7 @@ async fn hedged(
                     details: "upstream_per_try_idle_timeout",
                     ..LocalReply::TIMEOUT
                 };
-                if *attempts > 1 {
+                if attempts.get() > 1 {
                     retried_body(&mut reply);
                 }
                 f.charge(reply.status.as_u16());
@@ -1123,7 +1132,7 @@ async fn hedged(
                             resp,
                             conn,
                             upstream,
-                            *attempts,
+                            attempts.get(),
                             fl.stream_until,
                             info.as_deref(),
                         ));
@@ -1146,7 +1155,7 @@ async fn hedged(
                         if others {
                             continue;
                         }
-                        if *attempts > 1 {
+                        if attempts.get() > 1 {
                             retried_body(&mut reply);
                         }
                         f.charge(reply.status.as_u16());

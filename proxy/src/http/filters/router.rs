@@ -1280,6 +1280,7 @@ pub async fn route(
             .get("x-envoy-internal")
             .is_some_and(|v| v.as_bytes() == b"true"),
         last_host: Default::default(),
+        attempts: Default::default(),
         override_hosts: (named_hosts(&cluster, &parts), Default::default()),
     };
     let result = super::retry::forward(&f, parts, body, retry, info.as_deref_mut()).await;
@@ -1669,6 +1670,8 @@ pub(super) struct Forward<'a> {
     pub internal: bool,
     /// The host last picked for an attempt, which a local reply's codes are charged to.
     pub last_host: RefCell<Option<Rc<Host>>>,
+    /// The attempts made so far (for `x-envoy-attempt-count` on local replies).
+    pub attempts: std::cell::Cell<u32>,
     /// The hosts the request names for the cluster's `override_host` policy, in order, and
     /// how many attempts took one.
     pub override_hosts: (Vec<String>, std::cell::Cell<usize>),
@@ -1714,6 +1717,7 @@ impl<'a> Forward<'a> {
             scheme: "http",
             internal: false,
             last_host: Default::default(),
+            attempts: Default::default(),
             override_hosts: Default::default(),
         }
     }
@@ -2124,7 +2128,7 @@ pub(super) async fn attempt(
     let failure = &state.failure;
     if f.terminate {
         *state.upstream.borrow_mut() = Some(Upstream::start(f, host.clone()));
-        let mut stream = pool::connect(cluster, host)
+        let mut stream = Box::pin(pool::connect(cluster, host))
             .await
             .map_err(|e| connect_failure(e, failure))?;
         state.connected.set(true);
@@ -2147,9 +2151,13 @@ pub(super) async fn attempt(
         UpstreamProtocol::Http1 => false,
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Downstream => parts.version == Version::HTTP_2,
-        UpstreamProtocol::Auto => match pool::negotiate(cluster, host).await {
-            Ok(h2) => h2,
-            Err(e) => return Err(connect_failure(e, failure)),
+        // Known after a host's first connection; only learning it (a connection) is boxed.
+        UpstreamProtocol::Auto => match host.negotiated_h2.get() {
+            Some(h2) => h2,
+            None => match Box::pin(pool::negotiate(cluster, host)).await {
+                Ok(h2) => h2,
+                Err(e) => return Err(connect_failure(e, failure)),
+            },
         },
     };
     state.http2.set(http2);
@@ -2334,7 +2342,7 @@ async fn send_http1(
         if let Err(e) = sender.ready().await {
             if reused {
                 // The idle connection went away while it sat in the pool.
-                sender = pool::connect_http1(cluster, host)
+                sender = Box::pin(pool::connect_http1(cluster, host))
                     .await
                     .map_err(connect_failure)?;
                 reused = false;
@@ -2376,7 +2384,7 @@ async fn send_http1(
                 // Not sent: safe to try once more on a fresh connection.
                 Some(unsent) if reused => {
                     req = unsent;
-                    sender = pool::connect_http1(cluster, host)
+                    sender = Box::pin(pool::connect_http1(cluster, host))
                         .await
                         .map_err(connect_failure)?;
                     reused = false;
@@ -2434,7 +2442,7 @@ async fn send_http2(
         }
         parts.headers.remove("keep-alive");
         parts.headers.remove("proxy-connection");
-        return send_h2_connect(t, parts, uri, protocol).await;
+        return Box::pin(send_h2_connect(t, parts, uri, protocol)).await;
     }
     let end_stream = body.is_end_stream();
     let mut body = Some(body);
