@@ -241,6 +241,65 @@ fn describe(got: &[u8], end: &str) -> String {
     format!("{status} {connection:?} body={body:?} ({end})")
 }
 
+/// A keep-alive connection to `port`: one request, then `pause` of silence (or, with
+/// `partial`, a head sent but for its last line), then the (rest of the) next request; what
+/// the second request gets.
+async fn after_silence(port: u16, pause: Duration, partial: bool) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let head = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+    s.write_all(head.as_bytes()).await.expect("write");
+    let first = read_response(&mut s, Duration::from_secs(6)).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "first request: {first}");
+    let split = if partial { head.len() - 2 } else { 0 };
+    if s.write_all(&head.as_bytes()[..split]).await.is_err() {
+        return "write failed".into();
+    }
+    tokio::time::sleep(pause).await;
+    if s.write_all(&head.as_bytes()[split..]).await.is_err() {
+        return "write failed".into();
+    }
+    read_response(&mut s, Duration::from_secs(6)).await
+}
+
+/// Without `request_headers_timeout` nor a shorter idle timeout, a keep-alive connection waits
+/// for its next request, and for the rest of a head, longer than hyper's own default header
+/// timeout (30 s), as Envoy's does (both codecs).
+#[tokio::test]
+async fn quiet_keep_alive_stays_as_envoy() {
+    run_for(Duration::from_secs(120), async {
+        let up = upstream().await;
+        let run = |kind: Kind| async move {
+            let dir = scratch_dir(&format!("hcm-quiet-{}", kind.name()));
+            let log = dir.join("access.log").display().to_string();
+            let (admin, auto, http1) = (free_port(), free_port(), free_port());
+            let listeners = [
+                listener("auto", auto, "", &log),
+                listener("http1", http1, "          codec_type: HTTP1", &log),
+            ];
+            let yaml = bootstrap(admin, &listeners.concat(), up);
+            let _p = ProxyProcess::start(kind, &yaml, &["--concurrency", "1"]).await;
+            let pause = Duration::from_secs(32);
+            let got = tokio::join!(
+                after_silence(auto, pause, false),
+                after_silence(auto, pause, true),
+                after_silence(http1, pause, false),
+                after_silence(http1, pause, true),
+            );
+            format!("{got:?}")
+        };
+        let (envoy, skiff) = tokio::join!(run(Kind::Envoy), run(Kind::under_test()));
+        eprintln!("Envoy: {envoy}\nskiff: {skiff}");
+        assert!(
+            envoy.contains("200 OK"),
+            "Envoy answers after the silence: {envoy}"
+        );
+        assert_eq!(envoy, skiff, "Envoy, then skiff");
+    })
+    .await
+}
+
 /// When the proxy closes an idle connection to `port`, in tenths of `unit`.
 async fn closes_after(port: u16, unit: Duration) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port))

@@ -662,9 +662,13 @@ pub async fn serve(
     let proper_case = hcm.config.header_case == HeaderCase::ProperCase;
     let preserve_case = hcm.config.header_case == HeaderCase::Preserve;
     let enable_trailers = hcm.config.enable_trailers;
+    // hyper's own header read timeout (30 s unless told) is off: Envoy's
+    // request_headers_timeout is the request-head guard's, and without it a keep-alive
+    // connection waits for its next request until the idle timeout.
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_buf_size(read_buf)
         .max_headers(max_headers)
@@ -765,6 +769,7 @@ pub async fn serve(
             CodecType::Http1 => Box::pin(async move {
                 let mut h1 = hyper::server::conn::http1::Builder::new();
                 h1.timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(None)
                     .keep_alive(true)
                     .max_buf_size(read_buf)
                     .max_headers(max_headers)

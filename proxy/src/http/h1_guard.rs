@@ -129,6 +129,8 @@ pub struct H1Guard<T> {
     /// `proxy_100_continue`: each head's `Expect: 100-continue` is hidden from hyper, and the
     /// upstream's `100 Continue` heads come through here.
     interim: Option<InterimSlot>,
+    /// The task registered in `interim` last.
+    interim_waker: Option<std::task::Waker>,
     /// hyper wrote since it last flushed: what it holds may be the end of an earlier
     /// response, which an informational head must not pass.
     mid_write: bool,
@@ -145,12 +147,37 @@ pub struct Interim {
 }
 
 /// Shared between the guard and the streams of its connection.
-pub type InterimSlot = Arc<std::sync::Mutex<Interim>>;
+pub type InterimSlot = Arc<InterimShared>;
+
+/// The heads queued for a connection, and whether its guard must look at them.
+#[derive(Debug)]
+pub struct InterimShared {
+    queue: std::sync::Mutex<Interim>,
+    /// Set when a head is queued (which takes the registered waker), and at first: the
+    /// guard then locks the queue, registers its task again and writes. Clear, a write
+    /// passes without the lock.
+    dirty: AtomicBool,
+}
+
+impl Default for InterimShared {
+    fn default() -> Self {
+        InterimShared {
+            queue: Default::default(),
+            dirty: AtomicBool::new(true),
+        }
+    }
+}
+
+impl InterimShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Interim> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// Drops the informational heads not written yet (the final response is on its way: a
 /// `100 Continue` after it would be read as the next response).
 pub fn clear_interim(slot: &InterimSlot) {
-    slot.lock().unwrap_or_else(|e| e.into_inner()).bytes.clear();
+    slot.lock().bytes.clear();
 }
 
 /// `proxy_100_continue` on an HTTP/1.1 stream: where its upstream's `100 Continue` goes, and
@@ -191,8 +218,9 @@ impl ContinueRelay {
 /// Queues an informational head for the client and wakes the connection to write it.
 pub fn send_interim(slot: &InterimSlot, head: &[u8]) {
     let waker = {
-        let mut i = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut i = slot.lock();
         i.bytes.extend_from_slice(head);
+        slot.dirty.store(true, Ordering::Release);
         i.waker.take()
     };
     if let Some(w) = waker {
@@ -230,6 +258,7 @@ impl<T> H1Guard<T> {
             h2_timed_out: None,
             http2: Switched::new(AtomicBool::new(!http1)),
             interim: None,
+            interim_waker: None,
             mid_write: false,
         }
     }
@@ -857,12 +886,31 @@ impl<T: AsyncWrite + Unpin> H1Guard<T> {
         let Some(slot) = &self.interim else {
             return Poll::Ready(Ok(()));
         };
-        let mut i = slot.lock().unwrap_or_else(|e| e.into_inner());
+        // Nothing queued since the last look, and the same task registered: no lock.
+        let same_task = self
+            .interim_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if same_task && !slot.dirty.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
+        let mut i = slot.lock();
+        slot.dirty.store(false, Ordering::Release);
         if !i.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             i.waker = Some(cx.waker().clone());
         }
+        if !same_task {
+            self.interim_waker = Some(cx.waker().clone());
+        }
         while !i.bytes.is_empty() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &i.bytes))?;
+            let n = match Pin::new(&mut self.inner).poll_write(cx, &i.bytes) {
+                Poll::Ready(r) => r?,
+                Poll::Pending => {
+                    // Looked at again on the next write or flush.
+                    slot.dirty.store(true, Ordering::Release);
+                    return Poll::Pending;
+                }
+            };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
