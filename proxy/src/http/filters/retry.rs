@@ -439,8 +439,7 @@ async fn attempts_loop(
     }
     let cluster = f.cluster;
     let stats = &cluster.stats;
-    // Polled only when it woke the task, not at every poll of the attempt.
-    let route_timer = crate::gate::gated(after_request(f.request, f.timeout));
+    let route_timer = after_request(f.request, f.timeout);
     tokio::pin!(route_timer);
     // With a retry state the body is kept to be sent again; without one it passes once, as
     // does the request head.
