@@ -66,6 +66,15 @@ pub fn gated<F: Future>(inner: F) -> Gated<F> {
     Gated::new(inner)
 }
 
+/// The future `make` returns, pinned in a box it is written into directly. `Box::pin(f)`
+/// builds the whole future on the stack and copies it, however little of it is set before its
+/// first poll; writing the fresh future into an allocation made first stores only its
+/// arguments.
+#[inline(always)]
+pub fn boxed<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
+
 impl<F: Future> Future for Gated<F> {
     type Output = F::Output;
 

@@ -1135,15 +1135,16 @@ impl Done {
         if client_reset && self.conn.codec.get() == Some(Codec::Http2) {
             stats.http2_rx_reset.inc();
         }
+        let now = tokio::time::Instant::now();
+        let lived = now.into_std().saturating_duration_since(self.started);
         self.conn.stream_closed(
-            client_reset
-                && self.started.elapsed() < crate::overload::premature_reset().min_stream_lifetime,
+            client_reset && lived < crate::overload::premature_reset().min_stream_lifetime,
         );
         stats.downstream_rq_active.dec();
         stats.downstream_rq_completed.inc();
         stats.listener_completed.inc();
-        stats.downstream_rq_time.record_ms(self.started.elapsed());
-        self.conn.activity.stream_ended();
+        stats.downstream_rq_time.record_ms(lived);
+        self.conn.activity.stream_ended_at(now);
         if self.conn.codec.get() == Some(Codec::Http1) {
             // Envoy closes at once after a response to a request that fully arrived, unless
             // the connection drains (disable_http_keepalive).
@@ -1971,20 +1972,22 @@ async fn handle(
     let start = Instant::now();
     // Boxed: the router's state is most of a stream's, and the connection's task would copy it
     // (and hold it between requests) if it sat inline here.
-    let routed = Box::pin(router::route(
-        &conn.worker,
-        &cfg,
-        &selection,
-        parts,
-        body,
-        &request,
-        (conn.remote, conn.local, client),
-        conn.source,
-        (scheme, upgrade.as_deref(), header_timeout),
-        retry_headers.as_ref(),
-        (conn.buffer_limit, timers.as_ref()),
-        done.info.as_deref_mut(),
-    ));
+    let routed = crate::gate::boxed(|| {
+        router::route(
+            &conn.worker,
+            &cfg,
+            &selection,
+            parts,
+            body,
+            &request,
+            (conn.remote, conn.local, client),
+            conn.source,
+            (scheme, upgrade.as_deref(), header_timeout),
+            retry_headers.as_ref(),
+            (conn.buffer_limit, timers.as_ref()),
+            done.info.as_deref_mut(),
+        )
+    });
     // The connection manager's stream timers run while the router waits for the response
     // headers; after that, the response body watches them.
     let routed = match &timers {

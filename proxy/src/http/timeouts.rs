@@ -295,11 +295,11 @@ impl Activity {
     }
 
     /// A stream ended.
-    pub fn stream_ended(&self) {
+    pub fn stream_ended_at(&self, now: Instant) {
         let n = self.active.get().saturating_sub(1);
         self.active.set(n);
         if n == 0 {
-            self.idle_since.set(Some(Instant::now()));
+            self.idle_since.set(Some(now));
         }
     }
 
@@ -432,7 +432,7 @@ mod tests {
             _ = &mut wait => panic!("idle while a stream is active"),
             _ = tokio::time::sleep(Duration::from_secs(15)) => {}
         }
-        a.stream_ended();
+        a.stream_ended_at(Instant::now());
         wait.await;
         assert_eq!(Instant::now() - start, Duration::from_secs(25));
     }

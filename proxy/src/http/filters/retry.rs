@@ -536,7 +536,8 @@ async fn attempts_loop(
             .max_stream_duration
             .map(|d| tokio::time::Instant::now() + d);
         let outcome = {
-            let send = attempt(f, &host, parts, attempt_body, &state);
+            // Pinned where it is made: a moved attempt would be copied whole.
+            let mut send = std::pin::pin!(attempt(f, &host, parts, attempt_body, &state));
             let stream_timer = async {
                 match stream_until {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -550,7 +551,7 @@ async fn attempts_loop(
                     None => std::future::pending().await,
                 }
             };
-            tokio::pin!(send, stream_timer, per_try_timer, idle_timer);
+            tokio::pin!(stream_timer, per_try_timer, idle_timer);
             // Timers that are not set are not polled: a request without retries or timeout
             // waits on its attempt alone.
             loop {
@@ -566,7 +567,7 @@ async fn attempts_loop(
                     }
                 };
                 break tokio::select! {
-                    r = &mut send => Outcome::Done(r),
+                    r = send.as_mut() => Outcome::Done(r),
                     _ = &mut per_try_timer, if per_try.is_some() => Outcome::PerTryTimeout,
                     _ = &mut idle_timer, if idle.is_some() => Outcome::PerTryIdleTimeout,
                     _ = route_timer.as_mut(), if f.timeout.is_some() => Outcome::RouteTimeout,
@@ -1238,8 +1239,6 @@ fn flag(info: &mut Option<&mut StreamInfo>, f: ResponseFlag) {
     }
 }
 
-/// The head of one more attempt: a copy, with the relay of the upstream's `100 Continue`
-/// (`proxy_100_continue`), the one extension every attempt needs.
 /// What a later attempt expects, in milliseconds: its per-try timeout (none: the route's),
 /// within what is left of the route timeout since the request completed, and at least 1 (as
 /// Envoy's `setTimeoutHeaders`, whole milliseconds elapsed).
@@ -1250,6 +1249,8 @@ fn time_left_ms(route: Duration, per_try: Option<Duration>, done: tokio::time::I
     per_try.map_or(left, |p| left.min(p.as_millis() as u64))
 }
 
+/// The head of one more attempt: a copy, with the relay of the upstream's `100 Continue`
+/// (`proxy_100_continue`), the one extension every attempt needs.
 fn attempt_parts(p: &http::request::Parts) -> http::request::Parts {
     let mut parts = copy_parts(p);
     if let Some(relay) = p.extensions.get::<crate::http::h1_guard::ContinueRelay>() {
