@@ -1977,7 +1977,7 @@ async fn handle(
             &conn.worker,
             &cfg,
             &selection,
-            parts,
+            Box::new(parts),
             body,
             &request,
             (conn.remote, conn.local, client),

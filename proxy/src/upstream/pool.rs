@@ -550,19 +550,20 @@ pub struct Http1Sender {
     /// (`max_requests_per_connection`) has: then it is not reused.
     requests: u32,
     spent: bool,
-    /// What the access log shows of this connection.
-    pub info: UpstreamConnection,
-    /// Shared with the connection's driver, which runs its idle and duration timers.
+    /// Shared with the connection's driver, which runs its idle and duration timers; what
+    /// never changes is kept there too, so that a sender (moved several times a request) stays
+    /// small.
     state: Rc<H1State>,
-    /// `upstream_rq_per_cx`, when the connection is done with.
-    per_cx: crate::stats::Histogram,
     /// Its pool's counts.
     slot: Rc<PoolSlot>,
-    /// The pool's generation when it was made.
-    generation: u64,
 }
 
 impl Http1Sender {
+    /// What the access log shows of this connection.
+    pub fn info(&self) -> UpstreamConnection {
+        self.state.info
+    }
+
     /// A request takes it (with its place in `max_requests`).
     fn taken(&mut self, rq: Held) {
         if self.rq.replace(rq).is_none() {
@@ -583,7 +584,7 @@ impl Http1Sender {
 impl Drop for Http1Sender {
     fn drop(&mut self) {
         self.released();
-        self.per_cx.record(u64::from(self.requests));
+        self.state.per_cx.record(u64::from(self.requests));
         self.state.local_close.set(true);
     }
 }
@@ -622,6 +623,12 @@ struct H1State {
     /// skiff closes it (its sender is gone, its request was reset, or the response said
     /// the connection ends): an end now is not the upstream's doing.
     local_close: Cell<bool>,
+    /// What the access log shows of this connection.
+    info: UpstreamConnection,
+    /// `upstream_rq_per_cx`, when the connection is done with.
+    per_cx: crate::stats::Histogram,
+    /// The pool's generation when it was made.
+    generation: u64,
 }
 
 impl H1State {
@@ -813,7 +820,7 @@ impl Http1Pool {
         if !s.is_closed()
             && !s.spent
             && !s.state.expired.get()
-            && s.generation == self.slot.generation.get()
+            && s.state.generation == self.slot.generation.get()
         {
             self.idle.borrow_mut().push(s);
             self.released.notify_one();
@@ -1075,6 +1082,9 @@ async fn http1_on(
         expired: Cell::new(false),
         abandoned: tokio::sync::Notify::new(),
         local_close: Cell::new(false),
+        info,
+        per_cx: cluster.stats.upstream_rq_per_cx.clone(),
+        generation: slot.generation.get(),
     });
     let timers = Timers::of(cluster);
     let driver_state = state.clone();
@@ -1156,10 +1166,7 @@ async fn http1_on(
         rq: None,
         requests: 0,
         spent: false,
-        info,
         state,
-        per_cx: cluster.stats.upstream_rq_per_cx.clone(),
-        generation: slot.generation.get(),
         slot,
     })
 }

@@ -396,7 +396,7 @@ fn retried_body(reply: &mut LocalReply) {
 /// one more copy of it per request).
 pub(super) fn forward<'a, 'b>(
     f: &'a Forward<'b>,
-    parts: http::request::Parts,
+    parts: super::router::Head,
     body: ProxyBody,
     retry: Option<RetryState>,
     info: Option<&'a mut StreamInfo>,
@@ -426,7 +426,7 @@ pub(super) fn forward<'a, 'b>(
 
 async fn attempts_loop(
     f: &Forward<'_>,
-    parts: http::request::Parts,
+    parts: super::router::Head,
     body: ProxyBody,
     mut retry: Option<RetryState>,
     mut info: Option<&mut StreamInfo>,
@@ -490,7 +490,7 @@ async fn attempts_loop(
         }
         tried.push(host.address);
         let mut parts = match (&replay, head.as_ref()) {
-            (Some(_), Some(p)) => attempt_parts(p),
+            (Some(_), Some(p)) => Box::new(attempt_parts(p)),
             _ => head.take().ok_or(LocalReply::CONNECTION_TERMINATION)?,
         };
         if f.attempt_count.0 {
@@ -815,7 +815,7 @@ fn is_timeout_retry(yes: bool) -> http::HeaderValue {
 /// that cannot be retried; the route timeout ends them all.
 async fn hedged(
     f: &Forward<'_>,
-    head: http::request::Parts,
+    head: super::router::Head,
     body: ProxyBody,
     mut retry: RetryState,
     mut info: Option<&mut StreamInfo>,
@@ -960,7 +960,7 @@ async fn hedged(
                 state.spawn_span(f, spawn.as_ref(), &host, &mut parts, n);
                 let (st, h, b) = (state.clone(), host.clone(), replay.body());
                 let send: Sending<'_> =
-                    Box::pin(async move { attempt(f, &h, parts, b, &st).await });
+                    Box::pin(async move { attempt(f, &h, Box::new(parts), b, &st).await });
                 let per_try = f.per_try_timeout;
                 let stream_until = cluster
                     .config()

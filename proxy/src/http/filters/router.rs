@@ -60,7 +60,7 @@ impl Conn {
     /// The connection, for the access log.
     pub(super) fn info(&self) -> crate::stream_info::UpstreamConnection {
         match self {
-            Conn::Http1(sender) => sender.info,
+            Conn::Http1(sender) => sender.info(),
             Conn::Tunnel(info) => *info,
             Conn::Http2 { stream, .. } => stream.conn().info,
         }
@@ -699,6 +699,10 @@ impl Selection {
     }
 }
 
+/// A request head as the router passes it on: boxed, as each layer (the route, the retry loop,
+/// an attempt, the codec's sender) would otherwise copy it twice.
+pub type Head = Box<http::request::Parts>;
+
 /// Forwards one request by the route its stream selected. `Err` is the local reply to send
 /// instead. With `source` (original_src), upstream connections come from that address.
 /// `upgrade` is the type of an HTTP/1.1 upgrade the request asks for (lower case).
@@ -707,7 +711,7 @@ pub async fn route(
     worker: &Rc<Worker>,
     cfg: &model::HttpConnectionManager,
     selection: &Selection,
-    mut parts: http::request::Parts,
+    mut parts: Head,
     body: ProxyBody,
     request: &Rc<RequestProgress>,
     (downstream_remote, downstream_local, client): (
@@ -1369,7 +1373,7 @@ pub async fn route(
         worker,
         cfg,
         &next_selection,
-        parts,
+        Box::new(parts),
         body,
         request,
         (downstream_remote, downstream_local, client),
@@ -1589,7 +1593,8 @@ fn start_mirrors(
                 internal: true,
                 ..Forward::own(&worker, &cluster, &shadow_host, &request)
             };
-            if let Ok((resp, upstream, _)) = super::retry::forward(&f, head, copy, None, None).await
+            if let Ok((resp, upstream, _)) =
+                super::retry::forward(&f, Box::new(head), copy, None, None).await
             {
                 let mut body = resp.into_body();
                 let drain = async {
@@ -2048,7 +2053,7 @@ pub async fn own_request_retried(
         };
         let started = std::time::Instant::now();
         let (resp, upstream, _) =
-            super::retry::forward(&f, head, ProxyBody::full(body), retry, None)
+            super::retry::forward(&f, Box::new(head), ProxyBody::full(body), retry, None)
                 .await
                 .map_err(|r| format!("{} {}", r.status.as_u16(), r.details))?;
         let (mut parts, mut body) = resp.into_parts();
@@ -2120,7 +2125,7 @@ impl Periodic<'_> {
 pub(super) async fn attempt(
     f: &Forward<'_>,
     host: &Rc<Host>,
-    parts: http::request::Parts,
+    parts: Head,
     body: ProxyBody,
     state: &AttemptState,
 ) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
@@ -2280,7 +2285,7 @@ pub fn switches(upgrade: Option<&str>, status: StatusCode) -> bool {
 
 async fn send_http1(
     t: &Target<'_>,
-    mut parts: http::request::Parts,
+    mut parts: Head,
     body: ProxyBody,
 ) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
     let (cluster, host, authority, request) = (t.cluster, t.host, t.authority, t.request);
@@ -2327,7 +2332,7 @@ async fn send_http1(
     let relay = parts
         .extensions
         .remove::<crate::http::h1_guard::ContinueRelay>();
-    let mut req = Request::from_parts(parts, body);
+    let mut req = Request::from_parts(*parts, body);
     if let Some(relay) = relay {
         hyper::ext::on_informational(&mut req, move |r| relay.forward(r.status(), r.headers()));
     }
@@ -2397,7 +2402,7 @@ async fn send_http1(
 
 async fn send_http2(
     t: &Target<'_>,
-    mut parts: http::request::Parts,
+    mut parts: Head,
     body: ProxyBody,
 ) -> Result<(Response<ProxyBody>, Conn), LocalReply> {
     let (cluster, host, authority, request) = (t.cluster, t.host, t.authority, t.request);
@@ -2442,7 +2447,7 @@ async fn send_http2(
         }
         parts.headers.remove("keep-alive");
         parts.headers.remove("proxy-connection");
-        return Box::pin(send_h2_connect(t, parts, uri, protocol)).await;
+        return Box::pin(send_h2_connect(t, *parts, uri, protocol)).await;
     }
     let end_stream = body.is_end_stream();
     let mut body = Some(body);
