@@ -106,6 +106,8 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("skiff-tests-{}-{}-{tag}", std::process::id(), n));
+    // A directory of this name can only be left from an earlier process with the same pid.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch directory");
     dir
 }

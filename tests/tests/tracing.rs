@@ -369,6 +369,7 @@ async fn zipkin_side_by_side(
             }
         }
         name_parents(&mut all);
+        let exported = all.len();
         // The listeners' ports differ between the proxies: named instead.
         let mut spans: Vec<String> = all
             .into_iter()
@@ -382,9 +383,7 @@ async fn zipkin_side_by_side(
             .collect();
         spans.sort();
         got.extend(spans);
-        let mut stats = proxy.admin().stats_containing("tracing.zipkin.").await;
-        stats.retain(|(k, _)| !k.ends_with("timer_flushed"));
-        stats.sort();
+        let stats = tracing_stats(&proxy, "tracing.zipkin.", exported).await;
         got.extend(stats.into_iter().map(|(k, v)| format!("{k}={v}")));
         seen.push(got);
     }
@@ -600,6 +599,7 @@ async fn otlp_side_by_side(
                 _ => got.push(format!("collector: {v}")),
             }
         }
+        let exported = all.len();
         // Parents named by their name and kind.
         let names: Vec<(String, String)> = all
             .iter()
@@ -629,13 +629,32 @@ async fn otlp_side_by_side(
         spans.sort();
         got.sort();
         got.extend(spans);
-        let mut stats = proxy.admin().stats_containing("tracing.").await;
-        stats.retain(|(k, _)| !k.ends_with("timer_flushed"));
-        stats.sort();
+        let stats = tracing_stats(&proxy, "tracing.", exported).await;
         got.extend(stats.into_iter().map(|(k, v)| format!("{k}={v}")));
         seen.push(got);
     }
     seen
+}
+
+/// The proxy's stats containing `part`, once its `spans_sent` counts the `exported` spans the
+/// collector got: a proxy counts a span sent when the collector's answer arrives, a moment
+/// after the collector has it.
+async fn tracing_stats(proxy: &ProxyProcess, part: &str, exported: usize) -> Vec<(String, String)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut stats = proxy.admin().stats_containing(part).await;
+        stats.retain(|(k, _)| !k.ends_with("timer_flushed"));
+        stats.sort();
+        let sent: usize = stats
+            .iter()
+            .filter(|(k, _)| k.ends_with(".spans_sent"))
+            .filter_map(|(_, v)| v.trim().parse::<usize>().ok())
+            .sum();
+        if sent >= exported || std::time::Instant::now() >= deadline {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 const TRACEPARENT: &str = "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331";

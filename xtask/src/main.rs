@@ -48,6 +48,8 @@ commands:
       --rows LIST       comma-separated subset of: h1,h1-64k,h2,close,tcp,update,scale,
                         xds-scale (and, as root, sidecar-h1,sidecar-close)
       --skiff PATH      use this skiff binary instead of building release skiff
+      --baseline PATH   also measure this skiff binary, right after the other in every rep,
+                        and print the first against it (the median of each rep's ratio)
       --no-skiff        measure only direct and Envoy
       --write           rewrite BENCHMARKS.md with the results
 ";

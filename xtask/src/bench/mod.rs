@@ -115,6 +115,8 @@ impl Row {
 pub enum Target {
     Direct,
     Skiff,
+    /// Another skiff binary (`--baseline`), measured beside the one under test.
+    Baseline,
     Envoy,
 }
 
@@ -123,6 +125,7 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::Skiff => "skiff",
+            Target::Baseline => "baseline",
             Target::Envoy => "Envoy 1.40",
         }
     }
@@ -171,6 +174,8 @@ pub struct Options {
     /// files; 5,000 clusters and routes over ADS).
     pub live: Vec<live::Row>,
     pub skiff: Option<PathBuf>,
+    /// A second skiff binary, measured right after the first in every rep.
+    pub baseline: Option<PathBuf>,
     pub no_skiff: bool,
     pub write: bool,
 }
@@ -187,6 +192,7 @@ fn parse(args: &[String]) -> Result<Options> {
         },
         live: live::Row::ALL.to_vec(),
         skiff: None,
+        baseline: None,
         no_skiff: false,
         write: false,
     };
@@ -201,6 +207,7 @@ fn parse(args: &[String]) -> Result<Options> {
             "--reps" => o.reps = value("--reps")?.parse()?,
             "--duration" => o.duration = value("--duration")?.parse()?,
             "--skiff" => o.skiff = Some(PathBuf::from(value("--skiff")?)),
+            "--baseline" => o.baseline = Some(PathBuf::from(value("--baseline")?)),
             "--write" => o.write = true,
             "--no-skiff" => o.no_skiff = true,
             "--rows" => {
@@ -234,6 +241,15 @@ fn parse(args: &[String]) -> Result<Options> {
     }
     if !o.sidecar.is_empty() && !process::is_root() {
         bail!("the sidecar rows need root (network namespaces, cgroups, eBPF, iptables)");
+    }
+    if o.baseline.is_some() && o.no_skiff {
+        bail!("--baseline compares two skiff binaries: leave out --no-skiff");
+    }
+    if let Some(b) = o.baseline.as_ref().filter(|b| !b.is_file()) {
+        bail!("--baseline {}: no such file", b.display());
+    }
+    if o.baseline.is_some() && (o.write || o.rows.is_empty()) {
+        bail!("--baseline compares two builds on the proxy rows: choose some with --rows, without --write");
     }
     if !o.sidecar.is_empty() && o.no_skiff {
         bail!("the sidecar rows need skiff: leave out --no-skiff or choose other --rows");
@@ -324,7 +340,18 @@ pub fn run(args: &[String]) -> Result {
             .notes
             .push("the sidecar rows were not measured: they need root".to_string());
     }
-    let targets = [Target::Direct, Target::Skiff, Target::Envoy];
+    // A baseline runs right after the build under test, so that each pair shares the
+    // machine's state of the moment.
+    let targets: &[Target] = if opts.baseline.is_some() {
+        &[
+            Target::Direct,
+            Target::Skiff,
+            Target::Baseline,
+            Target::Envoy,
+        ]
+    } else {
+        &[Target::Direct, Target::Skiff, Target::Envoy]
+    };
     if !opts.rows.is_empty() {
         eprintln!(
             "bench: {} rows × {} targets × {} reps, {} s each (+1 s warm-up)",
@@ -336,11 +363,12 @@ pub fn run(args: &[String]) -> Result {
     }
     for rep in 1..=opts.reps {
         for &row in &opts.rows {
-            for target in targets {
+            for &target in targets {
                 let bin = match target {
                     Target::Direct => None,
-                    Target::Skiff if !skiff_ok => continue,
+                    Target::Skiff | Target::Baseline if !skiff_ok => continue,
                     Target::Skiff => skiff_bin.as_deref(),
+                    Target::Baseline => opts.baseline.as_deref(),
                     Target::Envoy => Some(envoy.as_path()),
                 };
                 let label = format!(
@@ -404,6 +432,9 @@ pub fn run(args: &[String]) -> Result {
     let table = report::table(&bench);
     if !opts.rows.is_empty() {
         println!("\n{table}");
+        if opts.baseline.is_some() {
+            println!("\n{}", report::against_baseline(&bench));
+        }
     }
     if let Some(r) = &bench.live {
         println!("\n{}", live::table(r));
@@ -703,10 +734,10 @@ fn start_proxy(
     rep: usize,
     row: Row,
 ) -> Result<(Proc, PathBuf)> {
-    let name = if target == Target::Skiff {
-        "skiff"
-    } else {
-        "envoy"
+    let name = match target {
+        Target::Skiff => "skiff",
+        Target::Baseline => "baseline",
+        _ => "envoy",
     };
     let log = scratch.join(format!("{name}-{}-{rep}.log", row.id()));
     let mut cmd = process::guarded("taskset");

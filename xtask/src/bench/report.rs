@@ -108,8 +108,16 @@ pub fn table(run: &Run) -> String {
     );
     for &row in &run.opts.rows {
         let envoy = cell(run, row, Target::Envoy);
-        for target in [Target::Direct, Target::Skiff, Target::Envoy] {
+        for target in [
+            Target::Direct,
+            Target::Skiff,
+            Target::Baseline,
+            Target::Envoy,
+        ] {
             let c = cell(run, row, target);
+            if target == Target::Baseline && c.n + c.failed == 0 {
+                continue;
+            }
             let rps = if c.n == 0 {
                 if c.failed > 0 {
                     "failed".to_string()
@@ -142,6 +150,54 @@ pub fn table(run: &Run) -> String {
                 fmt(c.cpu, 1),
             ));
         }
+    }
+    t
+}
+
+/// The build under test against `--baseline`, row by row. Each rep measured the two one after
+/// the other, so each rep gives a ratio of the same moment; the median of those ratios is
+/// steadier than the ratio of the medians when the machine's speed drifts.
+pub fn against_baseline(run: &Run) -> String {
+    let mut t = String::from(
+        "| row | skiff CPU µs/req | baseline CPU µs/req | skiff/baseline CPU/req (median of reps) | each rep | skiff/baseline req/s |\n\
+         |---|---:|---:|---:|---|---:|\n",
+    );
+    for &row in &run.opts.rows {
+        let of = |target: Target| -> Vec<Option<&Sample>> {
+            run.results
+                .iter()
+                .filter(|(r, t, _)| *r == row && *t == target)
+                .map(|(_, _, s)| s.as_ref().ok())
+                .collect()
+        };
+        let pairs: Vec<(&Sample, &Sample)> = of(Target::Skiff)
+            .into_iter()
+            .zip(of(Target::Baseline))
+            .filter_map(|(a, b)| Some((a?, b?)))
+            .collect();
+        let cpu: Vec<f64> = pairs
+            .iter()
+            .filter_map(|(a, b)| Some(a.cpu_us_per_req? / b.cpu_us_per_req.filter(|v| *v > 0.0)?))
+            .collect();
+        let rps: Vec<f64> = pairs
+            .iter()
+            .filter(|(_, b)| b.load.rps > 0.0)
+            .map(|(a, b)| a.load.rps / b.load.rps)
+            .collect();
+        let each: Vec<String> = cpu.iter().map(|r| format!("{r:.3}")).collect();
+        let (new, old) = (
+            cell(run, row, Target::Skiff),
+            cell(run, row, Target::Baseline),
+        );
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            row.title(),
+            fmt(new.cpu, 1),
+            fmt(old.cpu, 1),
+            fmt(median(cpu), 3),
+            each.join(", "),
+            fmt(median(rps), 3),
+        ));
     }
     t
 }
