@@ -490,7 +490,7 @@ async fn attempts_loop(
         }
         tried.push(host.address);
         let mut parts = match (&replay, head.as_ref()) {
-            (Some(_), Some(p)) => Box::new(attempt_parts(p)),
+            (Some(_), Some(p)) => attempt_parts(p),
             _ => head.take().ok_or(LocalReply::CONNECTION_TERMINATION)?,
         };
         if f.attempt_count.0 {
@@ -960,7 +960,7 @@ async fn hedged(
                 state.spawn_span(f, spawn.as_ref(), &host, &mut parts, n);
                 let (st, h, b) = (state.clone(), host.clone(), replay.body());
                 let send: Sending<'_> =
-                    Box::pin(async move { attempt(f, &h, Box::new(parts), b, &st).await });
+                    Box::pin(async move { attempt(f, &h, parts, b, &st).await });
                 let per_try = f.per_try_timeout;
                 let stream_until = cluster
                     .config()
@@ -1251,8 +1251,8 @@ fn time_left_ms(route: Duration, per_try: Option<Duration>, done: tokio::time::I
 
 /// The head of one more attempt: a copy, with the relay of the upstream's `100 Continue`
 /// (`proxy_100_continue`), the one extension every attempt needs.
-fn attempt_parts(p: &http::request::Parts) -> http::request::Parts {
-    let mut parts = copy_parts(p);
+fn attempt_parts(p: &http::request::Parts) -> super::router::Head {
+    let mut parts = Box::new(copy_parts(p));
     if let Some(relay) = p.extensions.get::<crate::http::h1_guard::ContinueRelay>() {
         parts.extensions.insert(relay.clone());
     }
