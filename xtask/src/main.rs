@@ -49,7 +49,8 @@ commands:
                         xds-scale (and, as root, sidecar-h1,sidecar-close)
       --skiff PATH      use this skiff binary instead of building release skiff
       --baseline PATH   also measure this skiff binary, right after the other in every rep,
-                        and print the first against it (the median of each rep's ratio)
+                        and print the first against it (the median of each rep's ratio);
+                        a tuning field it refuses is dropped for every proxy
       --no-skiff        measure only direct and Envoy
       --write           rewrite BENCHMARKS.md with the results
 ";

@@ -831,6 +831,7 @@ pub async fn serve(
     let result = loop {
         let control = crate::gate::gated(async {
             tokio::select! {
+                biased;
                 _ = reset_abuse.notified() => Control::ResetAbuse,
                 _ = conn.abort.notified() => Control::Abort,
                 _ = drain.close_requested(), if !draining => Control::CloseRequested,
@@ -1937,6 +1938,7 @@ async fn handle(
         let reply = match &timers {
             None => decoded.await,
             Some(t) => tokio::select! {
+                biased;
                 r = decoded => r,
                 e = crate::gate::gated(t.fired()) => {
                     stats.expired(e);
@@ -1993,6 +1995,7 @@ async fn handle(
     let routed = match &timers {
         None => routed.await,
         Some(t) => tokio::select! {
+            biased;
             r = routed => r,
             e = crate::gate::gated(t.fired()) => {
                 stats.expired(e);

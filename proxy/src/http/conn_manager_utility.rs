@@ -250,13 +250,26 @@ fn xff_joined(headers: &HeaderMap) -> String {
 
 /// The address `x-forwarded-for` holds `hops` entries from its end, if it parses.
 fn xff_address(headers: &HeaderMap, hops: u32) -> (Option<IpAddr>, bool) {
-    let joined = xff_joined(headers);
-    let entries: Vec<&str> = joined.split(',').map(str::trim).collect();
-    if joined.is_empty() || entries.len() <= hops as usize {
+    let mut all = headers.get_all(&X_FORWARDED_FOR).iter();
+    // Most requests have no x-forwarded-for or one: read it in place.
+    let joined;
+    let list = match (all.next(), all.next()) {
+        (None, _) => return (None, false),
+        (Some(v), None) => v.to_str().unwrap_or(""),
+        (Some(_), Some(_)) => {
+            joined = xff_joined(headers);
+            joined.as_str()
+        }
+    };
+    if list.is_empty() {
         return (None, false);
     }
-    let entry = entries[entries.len() - 1 - hops as usize];
-    (entry.parse().ok(), entries.len() == 1)
+    let count = list.split(',').count();
+    if count <= hops as usize {
+        return (None, false);
+    }
+    let entry = list.rsplit(',').nth(hops as usize).unwrap_or("").trim();
+    (entry.parse().ok(), count == 1)
 }
 
 /// Envoy's `mutateRequestHeaders` for the forwarding headers: `x-forwarded-for` appended under
@@ -727,5 +740,37 @@ mod tests {
         assert_eq!(strip_trailing_host_dot("a.b:80"), None);
         assert_eq!(strip_trailing_host_dot("[::1]:80"), None);
         assert_eq!(strip_trailing_host_dot("a"), None);
+    }
+
+    #[test]
+    fn xff_address_counts_hops_from_the_end_over_every_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(xff_address(&h, 0), (None, false));
+        h.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("10.0.0.1"),
+        );
+        assert_eq!(xff_address(&h, 0), (Some([10, 0, 0, 1].into()), true));
+        assert_eq!(xff_address(&h, 1), (None, false));
+        h.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("10.0.0.1, 10.0.0.2 ,10.0.0.3"),
+        );
+        assert_eq!(xff_address(&h, 0), (Some([10, 0, 0, 3].into()), false));
+        assert_eq!(xff_address(&h, 1), (Some([10, 0, 0, 2].into()), false));
+        assert_eq!(xff_address(&h, 2), (Some([10, 0, 0, 1].into()), false));
+        assert_eq!(xff_address(&h, 3), (None, false));
+        // Several headers are one list.
+        h.append(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("10.0.0.4"),
+        );
+        assert_eq!(xff_address(&h, 0), (Some([10, 0, 0, 4].into()), false));
+        assert_eq!(xff_address(&h, 3), (Some([10, 0, 0, 1].into()), false));
+        // An entry that is not an address is none.
+        h.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_static("unknown"));
+        assert_eq!(xff_address(&h, 0), (None, true));
+        h.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_static(""));
+        assert_eq!(xff_address(&h, 0), (None, false));
     }
 }

@@ -823,8 +823,13 @@ pub async fn accept_loop(listener: Rc<Shared>, socket: Rc<TcpListener>) {
         };
         match accepted {
             Ok((stream, remote)) => {
+                // The connection's state is written into a box of its own: the task then
+                // holds a pointer, and tokio's moves of it (spawning it, storing its end)
+                // copy a few bytes instead of kilobytes.
                 let listener = listener.clone();
-                tokio::task::spawn_local(async move { listener.handle(stream, remote).await });
+                tokio::task::spawn_local(crate::gate::boxed(move || {
+                    listener.handle(stream, remote)
+                }));
             }
             Err(e) => {
                 // Out of descriptors or a transient error: back off briefly, keep listening.
@@ -903,12 +908,15 @@ impl Shared {
         // Whatever is still open when its drain's deadline passes is closed (the listener's
         // until a chain is chosen, then the chain's).
         let mut deadline = self.connection_drain(None);
+        // The listener filters and the connection's service are each written into their box
+        // rather than moved through this future (kilobytes each).
         let picked = tokio::select! {
-            p = self.clone().listener_filters(sock) => p,
+            biased;
+            p = crate::gate::boxed(|| self.clone().listener_filters(sock)) => p,
             _ = crate::gate::gated(deadline.deadline()) => None,
         };
         if let Some((owner, sock)) = picked {
-            owner.serve(sock).await;
+            crate::gate::boxed(|| owner.serve(sock)).await;
         }
     }
 
@@ -1018,6 +1026,7 @@ impl Shared {
         let mut deadline = self.connection_drain(Some(&chain));
         let since = std::time::Instant::now();
         tokio::select! {
+            biased;
             _ = self.run_chain(&chain, stream, (remote, local, direct_remote), server_name, (metadata, shared)) => {}
             _ = crate::gate::gated(deadline.deadline()) => {
                 tracing::debug!(listener = %self.config.name, %remote, "drain deadline: closing");

@@ -1108,6 +1108,7 @@ async fn http1_on(
         loop {
             let control = crate::gate::gated(async {
                 tokio::select! {
+                    biased;
                     () = state.abandoned.notified() => Control::Abandoned,
                     () = &mut idle_timer => Control::Idle,
                     () = &mut max, if !state.expired.get() => Control::Expired,

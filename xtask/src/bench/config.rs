@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use super::Row;
+
 /// Loopback ports used by one benchmark run (picked free at start).
 #[derive(Clone, Copy, Debug)]
 pub struct Ports {
@@ -178,11 +180,14 @@ fn cluster_with(
     s
 }
 
-/// The bootstrap both proxies run.
-pub fn proxy_yaml(p: &Ports, tuning: &[Tuning]) -> String {
+/// The bootstrap both proxies run. The load-balancer rows' listeners and clusters are in it
+/// only when `rows` has those rows, so that an older build without their features can still
+/// be measured on the others.
+pub fn proxy_yaml(p: &Ports, tuning: &[Tuning], rows: &[Row]) -> String {
     proxy_yaml_with(
         p,
         tuning,
+        rows,
         http_listener("bench_http", p.http, "upstream_h1", tuning),
     )
 }
@@ -195,7 +200,7 @@ pub const ROUTES_PER_HOST: usize = 10;
 /// The bootstrap of the route-table row: the same, with the HTTP listener's table holding
 /// 1,000 virtual hosts of 10 prefix routes each. The requests (any host but the 999 named
 /// ones) go to the last, `*`, whose last route (`/`) matches after nine prefixes that do not.
-pub fn proxy_yaml_routes(p: &Ports, tuning: &[Tuning]) -> String {
+pub fn proxy_yaml_routes(p: &Ports, tuning: &[Tuning], rows: &[Row]) -> String {
     let mut hosts = String::new();
     for h in 0..ROUTE_HOSTS {
         let domain = if h + 1 == ROUTE_HOSTS {
@@ -218,11 +223,14 @@ pub fn proxy_yaml_routes(p: &Ports, tuning: &[Tuning]) -> String {
         }
     }
     let listener = http_listener_hosts("bench_http", p.http, &hosts, tuning);
-    proxy_yaml_with(p, tuning, listener)
+    proxy_yaml_with(p, tuning, rows, listener)
 }
 
-fn proxy_yaml_with(p: &Ports, tuning: &[Tuning], l_http: String) -> String {
+fn proxy_yaml_with(p: &Ports, tuning: &[Tuning], rows: &[Row], l_http: String) -> String {
     let fields: Vec<&str> = tuning.iter().map(|t| t.field()).collect();
+    let lr10 = rows.contains(&Row::LeastRequest);
+    let ring10 = rows.contains(&Row::RingHash);
+    let when = |on: bool, s: String| if on { s } else { String::new() };
     format!(
         r#"# skiff benchmark bootstrap; the same file is given to skiff and to Envoy.
 # tuning: {fields}
@@ -253,29 +261,41 @@ static_resources:
         l_h2 = http_listener("bench_h2", p.h2, "upstream_h2", tuning),
         c_h1 = cluster("upstream_h1", p.nginx_h1, false, tuning),
         c_h2 = cluster("upstream_h2", p.nginx_h2, true, tuning),
-        l_lr = http_listener("bench_lr10", p.least_request, "upstream_lr10", tuning),
-        l_ring = http_listener_with(
-            "bench_ring10",
-            p.ring_hash,
-            "upstream_ring10",
-            ", hash_policy: [{ header: { header_name: x-user } }]",
-            tuning
+        l_lr = when(
+            lr10,
+            http_listener("bench_lr10", p.least_request, "upstream_lr10", tuning)
         ),
-        c_lr = cluster_with(
-            "upstream_lr10",
-            p.nginx_h1,
-            10,
-            "LEAST_REQUEST",
-            false,
-            tuning
+        l_ring = when(
+            ring10,
+            http_listener_with(
+                "bench_ring10",
+                p.ring_hash,
+                "upstream_ring10",
+                ", hash_policy: [{ header: { header_name: x-user } }]",
+                tuning
+            )
         ),
-        c_ring = cluster_with(
-            "upstream_ring10",
-            p.nginx_h1,
-            10,
-            "RING_HASH",
-            false,
-            tuning
+        c_lr = when(
+            lr10,
+            cluster_with(
+                "upstream_lr10",
+                p.nginx_h1,
+                10,
+                "LEAST_REQUEST",
+                false,
+                tuning
+            )
+        ),
+        c_ring = when(
+            ring10,
+            cluster_with(
+                "upstream_ring10",
+                p.nginx_h1,
+                10,
+                "RING_HASH",
+                false,
+                tuning
+            )
         ),
     )
 }

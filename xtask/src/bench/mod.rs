@@ -314,14 +314,33 @@ pub fn run(args: &[String]) -> Result {
 
     let mut notes = Vec::new();
     let cfg = tmp.path().join("bench.yaml");
-    let (tuning, skiff_ok) = choose_tuning(&cfg, &ports, &envoy, skiff_bin.as_deref(), &mut notes)?;
+    let (tuning, skiff_ok) = choose_tuning(
+        &cfg,
+        &ports,
+        &opts.rows,
+        &envoy,
+        skiff_bin.as_deref(),
+        opts.baseline.as_deref(),
+        &mut notes,
+    )?;
     if opts.no_skiff {
         notes.push("skiff was not measured (--no-skiff)".to_string());
     }
     let yaml = std::fs::read_to_string(&cfg)?;
     // The route-table row runs its own bootstrap: the same with a large table.
     let routes_cfg = tmp.path().join("bench-routes.yaml");
-    std::fs::write(&routes_cfg, config::proxy_yaml_routes(&ports, &tuning))?;
+    std::fs::write(
+        &routes_cfg,
+        config::proxy_yaml_routes(&ports, &tuning, &opts.rows),
+    )?;
+    if let Some(base) = opts.baseline.as_deref() {
+        if opts.rows.contains(&Row::Routes) && skiff_ok {
+            if let Some(err) = validate(base, &routes_cfg)? {
+                let short: String = err.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                bail!("the baseline rejects the route-table row's config: {short}");
+            }
+        }
+    }
 
     let mut bench = Run {
         opts: opts.clone(),
@@ -554,39 +573,53 @@ fn validate(bin: &Path, cfg: &Path) -> Result<Option<String>> {
     )))
 }
 
-/// Writes the config with as much of the tuning as both proxies accept.
-/// Returns the tuning kept and whether skiff accepts the result.
+/// Writes the config with as much of the tuning as every proxy accepts (Envoy, skiff and the
+/// `--baseline` build). Returns the tuning kept and whether skiff accepts the result.
 fn choose_tuning(
     cfg: &Path,
     ports: &Ports,
+    rows: &[Row],
     envoy: &Path,
     skiff: Option<&Path>,
+    baseline: Option<&Path>,
     notes: &mut Vec<String>,
 ) -> Result<(Vec<Tuning>, bool)> {
     let mut tuning = Tuning::ALL.to_vec();
-    loop {
-        std::fs::write(cfg, config::proxy_yaml(ports, &tuning))?;
+    'tune: loop {
+        std::fs::write(cfg, config::proxy_yaml(ports, &tuning, rows))?;
         if let Some(err) = validate(envoy, cfg)? {
             bail!("Envoy rejects the benchmark config:\n{err}");
         }
         let Some(skiff) = skiff else {
             return Ok((tuning, false));
         };
-        let Some(err) = validate(skiff, cfg)? else {
-            return Ok((tuning, true));
-        };
-        let Some(pos) = tuning.iter().position(|t| err.contains(t.field())) else {
-            let short: String = err.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+        for (who, bin) in
+            std::iter::once(("skiff", skiff)).chain(baseline.map(|b| ("the baseline", b)))
+        {
+            let Some(err) = validate(bin, cfg)? else {
+                continue;
+            };
+            let Some(pos) = tuning.iter().position(|t| err.contains(t.field())) else {
+                let short: String = err.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                if who == "the baseline" {
+                    bail!(
+                        "the baseline rejects the benchmark config: {short}\n\
+                         (leave out the rows whose features it lacks)"
+                    );
+                }
+                notes.push(format!(
+                    "skiff rejects the benchmark config, so it was not measured: {short}"
+                ));
+                return Ok((tuning, false));
+            };
+            let dropped = tuning.remove(pos);
             notes.push(format!(
-                "skiff rejects the benchmark config, so it was not measured: {short}"
+                "{who} rejects `{}`, so it was dropped from the config for every proxy",
+                dropped.field()
             ));
-            return Ok((tuning, false));
-        };
-        let dropped = tuning.remove(pos);
-        notes.push(format!(
-            "skiff rejects `{}`, so it was dropped from the config for both proxies",
-            dropped.field()
-        ));
+            continue 'tune;
+        }
+        return Ok((tuning, true));
     }
 }
 

@@ -488,7 +488,10 @@ async fn attempts_loop(
         if let Some(r) = retry.as_mut() {
             r.attempted(host.priority);
         }
-        tried.push(host.address);
+        // Only a retry policy's host predicates look at the hosts tried.
+        if retry.is_some() {
+            tried.push(host.address);
+        }
         let mut parts = match (&replay, head.as_ref()) {
             (Some(_), Some(p)) => attempt_parts(p),
             _ => head.take().ok_or(LocalReply::CONNECTION_TERMINATION)?,
@@ -566,7 +569,10 @@ async fn attempts_loop(
                         _ => std::future::pending().await,
                     }
                 };
+                // Biased: the attempt first, then the timers; none of them repeats, so
+                // none starves another (and no random start is drawn per poll).
                 break tokio::select! {
+                    biased;
                     r = send.as_mut() => Outcome::Done(r),
                     _ = &mut per_try_timer, if per_try.is_some() => Outcome::PerTryTimeout,
                     _ = &mut idle_timer, if idle.is_some() => Outcome::PerTryIdleTimeout,
