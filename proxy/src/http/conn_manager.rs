@@ -699,7 +699,9 @@ pub async fn serve(
     // HTTP/2 connection, for drain_timeout.
     let close_state = conn.close_state.clone();
     // HTTP/1.1 request heads are judged by Envoy's codec rules before hyper reads them.
-    let guarded = H1Guard::new(
+    // Set in place: the guard is 656 bytes, and a builder taking it by value would copy it at
+    // every step.
+    let mut guarded = H1Guard::new(
         DelayedClose::new(
             Counted::new(
                 stream,
@@ -711,29 +713,33 @@ pub async fn serve(
         ),
         conn.refused.clone(),
         hcm.config.codec != CodecType::Http2,
-    )
-    .limits(
-        hcm.config.timeouts.max_headers_count,
-        max_head,
-        hcm.config.timeouts.request_headers,
-        stats.downstream_rq_header_timeout.clone(),
-    )
-    .allow_chunked_length(hcm.config.allow_chunked_length)
-    .allow_absolute_url(hcm.config.allow_absolute_url)
-    .interim(conn.interim.clone())
-    .h2_floods(
-        FloodLimits {
-            empty_frames: hcm.config.http2.max_consecutive_empty_frames,
-            priority_per_stream: hcm.config.http2.max_priority_frames_per_stream,
-            window_update_per_data_frame: hcm.config.http2.max_window_update_frames_per_data_frame,
-            outbound_frames: hcm.config.http2.max_outbound_frames,
-            outbound_control_frames: hcm.config.http2.max_outbound_control_frames,
-        },
-        stats.http2_floods.clone(),
-        buffer_limit,
-    )
-    .switch_on(conn.switched.clone())
-    .on_http2(close_state.http2_flag());
+    );
+    guarded
+        .limits(
+            hcm.config.timeouts.max_headers_count,
+            max_head,
+            hcm.config.timeouts.request_headers,
+            stats.downstream_rq_header_timeout.clone(),
+        )
+        .allow_chunked_length(hcm.config.allow_chunked_length)
+        .allow_absolute_url(hcm.config.allow_absolute_url)
+        .interim(conn.interim.clone())
+        .h2_floods(
+            FloodLimits {
+                empty_frames: hcm.config.http2.max_consecutive_empty_frames,
+                priority_per_stream: hcm.config.http2.max_priority_frames_per_stream,
+                window_update_per_data_frame: hcm
+                    .config
+                    .http2
+                    .max_window_update_frames_per_data_frame,
+                outbound_frames: hcm.config.http2.max_outbound_frames,
+                outbound_control_frames: hcm.config.http2.max_outbound_control_frames,
+            },
+            stats.http2_floods.clone(),
+            buffer_limit,
+        )
+        .switch_on(conn.switched.clone())
+        .on_http2(close_state.http2_flag());
     let speaks_http2 = close_state.http2_flag();
     // A client that stops reading holds a write no longer than the stream idle timeout.
     let io = TokioIo::new(WriteFlow::new(guarded, None, response_flow).stall_limit(

@@ -266,14 +266,14 @@ impl<T> H1Guard<T> {
     /// Hides each head's `Expect: 100-continue` from hyper (the connection manager restores
     /// it), and writes the `100 Continue` heads queued in `slot` (the connection manager's own,
     /// or an upstream's with `proxy_100_continue`).
-    pub fn interim(mut self, slot: Option<InterimSlot>) -> Self {
+    pub fn interim(&mut self, slot: Option<InterimSlot>) -> &mut Self {
         self.interim = slot;
         self
     }
 
     /// `flag` is set once the connection turns out to speak HTTP/2 (its preface, or an
     /// HTTP/2-only codec), before any request.
-    pub fn on_http2(mut self, flag: Switched) -> Self {
+    pub fn on_http2(&mut self, flag: Switched) -> &mut Self {
         flag.store(self.http2.load(Ordering::Relaxed), Ordering::Relaxed);
         self.http2 = flag;
         self
@@ -283,12 +283,12 @@ impl<T> H1Guard<T> {
     /// (`None`: off); an HTTP/2 header block
     /// that takes too long ends the connection and counts `timed_out`.
     pub fn limits(
-        mut self,
+        &mut self,
         max_headers: u32,
         max_head: usize,
         head_timeout: Option<Duration>,
         timed_out: Counter,
-    ) -> Self {
+    ) -> &mut Self {
         self.rules.max_headers = max_headers;
         self.max_head = max_head;
         self.head_timeout = head_timeout;
@@ -303,11 +303,11 @@ impl<T> H1Guard<T> {
     /// counted. Up to `queue_cap` bytes written to the client wait here while the socket takes
     /// nothing.
     pub fn h2_floods(
-        mut self,
+        &mut self,
         limits: FloodLimits,
         counters: FloodCounters,
         queue_cap: usize,
-    ) -> Self {
+    ) -> &mut Self {
         self.floods = Some((limits, counters));
         self.queue_cap = queue_cap;
         self.follow_h2_frames();
@@ -337,13 +337,13 @@ impl<T> H1Guard<T> {
     }
 
     /// `allow_chunked_length`: `Content-Length` with chunked is taken as chunked.
-    pub fn allow_chunked_length(mut self, allow: bool) -> Self {
+    pub fn allow_chunked_length(&mut self, allow: bool) -> &mut Self {
         self.rules.allow_chunked_length = allow;
         self
     }
 
     /// `allow_absolute_url`: a target that is not a path must be an `http(s)` URL.
-    pub fn allow_absolute_url(mut self, allow: bool) -> Self {
+    pub fn allow_absolute_url(&mut self, allow: bool) -> &mut Self {
         self.rules.allow_absolute_url = allow;
         self
     }
@@ -395,7 +395,7 @@ impl<T> H1Guard<T> {
     }
 
     /// Bytes pass unjudged once `switched` is set (the connection became a tunnel).
-    pub fn switch_on(mut self, switched: Switched) -> Self {
+    pub fn switch_on(&mut self, switched: Switched) -> &mut Self {
         self.switched = switched;
         self
     }
@@ -1137,7 +1137,8 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(4096);
         let slot = RefusedSlot::default();
         let timed_out = Counter::default();
-        let mut g = H1Guard::new(server, slot.clone(), true).limits(
+        let mut g = H1Guard::new(server, slot.clone(), true);
+        g.limits(
             5,
             DEFAULT_MAX_HEAD,
             Some(Duration::from_secs(1)),
@@ -1178,22 +1179,14 @@ mod tests {
     async fn too_many_headers_are_refused() {
         let slot = RefusedSlot::default();
         let head = b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n";
-        let mut g = H1Guard::new(&head[..], slot.clone(), true).limits(
-            2,
-            DEFAULT_MAX_HEAD,
-            None,
-            Counter::default(),
-        );
+        let mut g = H1Guard::new(&head[..], slot.clone(), true);
+        g.limits(2, DEFAULT_MAX_HEAD, None, Counter::default());
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_millis(50), g.read_to_end(&mut out)).await;
         let refused = slot.borrow_mut().take().expect("refused");
         assert_eq!(refused.refusal.reason, framing::Reason::TooManyHeaders);
-        let mut g = H1Guard::new(&head[..], slot.clone(), true).limits(
-            3,
-            DEFAULT_MAX_HEAD,
-            None,
-            Counter::default(),
-        );
+        let mut g = H1Guard::new(&head[..], slot.clone(), true);
+        g.limits(3, DEFAULT_MAX_HEAD, None, Counter::default());
         let mut out = Vec::new();
         g.read_to_end(&mut out).await.expect("read");
         assert_eq!(out, head);
@@ -1204,7 +1197,8 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let (mut client, server) = tokio::io::duplex(4096);
         let timed_out = Counter::default();
-        let mut g = H1Guard::new(server, RefusedSlot::default(), true).limits(
+        let mut g = H1Guard::new(server, RefusedSlot::default(), true);
+        g.limits(
             100,
             DEFAULT_MAX_HEAD,
             Some(Duration::from_secs(1)),
@@ -1231,7 +1225,8 @@ mod tests {
         let head = b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\n\r\n";
         let mut input = head.to_vec();
         input.extend_from_slice(b"early");
-        let mut g = H1Guard::new(&input[..], slot, true).switch_on(switched.clone());
+        let mut g = H1Guard::new(&input[..], slot, true);
+        g.switch_on(switched.clone());
         let mut out = vec![0u8; 1024];
         let n = g.read(&mut out).await.expect("read");
         assert_eq!(&out[..n], head);
@@ -1254,11 +1249,8 @@ mod tests {
             outbound: Counter::default(),
             outbound_control: Counter::default(),
         };
-        let mut g = H1Guard::new(server, RefusedSlot::default(), false).h2_floods(
-            FloodLimits::default(),
-            counters,
-            1000,
-        );
+        let mut g = H1Guard::new(server, RefusedSlot::default(), false);
+        g.h2_floods(FloodLimits::default(), counters, 1000);
         // One DATA frame of 4096 bytes in all, to a client that reads nothing.
         let mut frame = vec![0x00, 0x0f, 0xf7, 0, 0, 0, 0, 0, 1];
         frame.resize(4096, 0);
@@ -1274,12 +1266,8 @@ mod tests {
         let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
         for (limit, refused) in [(head.len(), false), (head.len() - 1, true)] {
             let slot = RefusedSlot::default();
-            let mut g = H1Guard::new(&head[..], slot.clone(), true).limits(
-                100,
-                limit,
-                None,
-                Counter::default(),
-            );
+            let mut g = H1Guard::new(&head[..], slot.clone(), true);
+            g.limits(100, limit, None, Counter::default());
             let mut out = Vec::new();
             let _ = tokio::time::timeout(Duration::from_millis(50), g.read_to_end(&mut out)).await;
             let reason = slot.borrow_mut().take().map(|r| r.refusal.reason);
