@@ -336,8 +336,10 @@ pub fn run(args: &[String]) -> Result {
     if let Some(base) = opts.baseline.as_deref() {
         if opts.rows.contains(&Row::Routes) && skiff_ok {
             if let Some(err) = validate(base, &routes_cfg)? {
-                let short: String = err.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
-                bail!("the baseline rejects the route-table row's config: {short}");
+                bail!(
+                    "the baseline rejects the route-table row's config: {}",
+                    last_lines(&err)
+                );
             }
         }
     }
@@ -573,6 +575,11 @@ fn validate(bin: &Path, cfg: &Path) -> Result<Option<String>> {
     )))
 }
 
+/// The end of a proxy's complaint, on one line.
+fn last_lines(err: &str) -> String {
+    err.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+}
+
 /// Writes the config with as much of the tuning as every proxy accepts (Envoy, skiff and the
 /// `--baseline` build). Returns the tuning kept and whether skiff accepts the result.
 fn choose_tuning(
@@ -593,28 +600,29 @@ fn choose_tuning(
         let Some(skiff) = skiff else {
             return Ok((tuning, false));
         };
-        for (who, bin) in
-            std::iter::once(("skiff", skiff)).chain(baseline.map(|b| ("the baseline", b)))
-        {
+        let builds = std::iter::once((false, skiff)).chain(baseline.map(|b| (true, b)));
+        for (is_baseline, bin) in builds {
             let Some(err) = validate(bin, cfg)? else {
                 continue;
             };
             let Some(pos) = tuning.iter().position(|t| err.contains(t.field())) else {
-                let short: String = err.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
-                if who == "the baseline" {
+                if is_baseline {
                     bail!(
-                        "the baseline rejects the benchmark config: {short}\n\
-                         (leave out the rows whose features it lacks)"
+                        "the baseline rejects the benchmark config: {}\n\
+                         (leave out the rows whose features it lacks)",
+                        last_lines(&err)
                     );
                 }
                 notes.push(format!(
-                    "skiff rejects the benchmark config, so it was not measured: {short}"
+                    "skiff rejects the benchmark config, so it was not measured: {}",
+                    last_lines(&err)
                 ));
                 return Ok((tuning, false));
             };
             let dropped = tuning.remove(pos);
             notes.push(format!(
-                "{who} rejects `{}`, so it was dropped from the config for every proxy",
+                "{} rejects `{}`, so it was dropped from the config for every proxy",
+                if is_baseline { "the baseline" } else { "skiff" },
                 dropped.field()
             ));
             continue 'tune;
