@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// glibc's malloc, with a cache of freed blocks on each worker thread.
+#[global_allocator]
+static ALLOCATOR: skiff_sys::alloc::Allocator = skiff_sys::alloc::Allocator;
+
 fn main() -> ExitCode {
     // Installed in the CNI bin dir as `skiff-cni`, skiff is run by that name without arguments.
     if skiff_k8s::cni::invoked_as_plugin() {

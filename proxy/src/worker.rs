@@ -341,8 +341,14 @@ pub fn spawn(
                     return;
                 }
             };
+            // A worker allocates and frees the same sizes over and over (connections,
+            // streams, buffers): it keeps what it frees for its next allocations.
+            skiff_sys::alloc::cache_this_thread();
             let local = tokio::task::LocalSet::new();
             local.block_on(&rt, run(id, shard, shared, updates));
+            drop(local);
+            drop(rt);
+            skiff_sys::alloc::release_this_thread();
         })
 }
 

@@ -1,9 +1,13 @@
 //! System calls the proxy needs that neither std nor socket2 wraps: setting an arbitrary socket
 //! option, as Envoy's `SocketOption` (level, name, integer or bytes) does, and asking the
-//! allocator (glibc's malloc) what it holds, for the overload manager.
-#![allow(unsafe_code)] // setsockopt(2) with values from the configuration; mallinfo2 and malloc_trim.
+//! allocator (glibc's malloc) what it holds, for the overload manager; and the allocator
+//! itself, glibc's malloc behind a cache on each worker thread.
+#![allow(unsafe_code)] // setsockopt(2) with values from the configuration; mallinfo2 and malloc_trim;
+                       // the global allocator.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
+
+pub mod alloc;
 
 /// `setsockopt(fd, level, name, value)`.
 pub fn setsockopt(fd: BorrowedFd<'_>, level: i32, name: i32, value: &[u8]) -> std::io::Result<()> {
@@ -72,7 +76,8 @@ pub fn heap_info() -> HeapInfo {
     }
 }
 
-/// Gives the allocator's free memory back to the system (`malloc_trim(0)`).
+/// Gives the allocator's free memory back to the system (`malloc_trim(0)`). The blocks workers
+/// keep in their caches ([`alloc`]) stay there: they are bounded, and in use again soon.
 pub fn release_free_memory() {
     // SAFETY: malloc_trim only releases memory no allocation uses; it takes a plain integer.
     unsafe {
