@@ -100,6 +100,52 @@ impl<F: Future> Future for Gated<F> {
     }
 }
 
+/// A `tokio::sync::Notify` for one waiter on one thread: what a connection's own events need
+/// (a request asks the connection to finish, abuse ends it), without the atomics and the lock
+/// of a waiter list. A notification with no one waiting is kept for the next wait, as
+/// `Notify::notify_one` keeps its permit.
+#[derive(Default)]
+pub struct LocalNotify {
+    permit: std::cell::Cell<bool>,
+    waiter: std::cell::Cell<Option<Waker>>,
+}
+
+impl LocalNotify {
+    /// Wakes the waiter, or lets the next wait end at once.
+    pub fn notify_one(&self) {
+        self.permit.set(true);
+        if let Some(w) = self.waiter.take() {
+            w.wake();
+        }
+    }
+
+    /// Ends at the next notification (or at once, for one kept). The last future polled is
+    /// the one woken.
+    pub fn notified(&self) -> Notified<'_> {
+        Notified(self)
+    }
+}
+
+/// What [`LocalNotify::notified`] returns.
+pub struct Notified<'a>(&'a LocalNotify);
+
+impl Future for Notified<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let n = self.0;
+        if n.permit.replace(false) {
+            return Poll::Ready(());
+        }
+        let waker = match n.waiter.take() {
+            Some(w) if w.will_wake(cx.waker()) => w,
+            _ => cx.waker().clone(),
+        };
+        n.waiter.set(Some(waker));
+        Poll::Pending
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +219,33 @@ mod tests {
         }
         assert_eq!(start.elapsed(), Duration::from_secs(5));
         drop(tx);
+    }
+
+    #[test]
+    fn a_local_notify_wakes_its_waiter_and_keeps_a_notice_no_one_waited_for() {
+        let outer = Arc::new(Signal::default());
+        let outer_waker = Waker::from(outer.clone());
+        let mut cx = Context::from_waker(&outer_waker);
+        let n = LocalNotify::default();
+        // Kept: the next wait ends at once, and only that one.
+        n.notify_one();
+        n.notify_one();
+        assert!(Pin::new(&mut n.notified()).poll(&mut cx).is_ready());
+        let mut waiting = n.notified();
+        assert!(Pin::new(&mut waiting).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut waiting).poll(&mut cx).is_pending());
+        assert!(!outer.woken.load(Ordering::Acquire));
+        // Notified while waiting: woken, then ready.
+        n.notify_one();
+        assert!(outer.woken.load(Ordering::Acquire));
+        assert!(Pin::new(&mut waiting).poll(&mut cx).is_ready());
+        // A wait dropped before its notice leaves the notice for the next.
+        {
+            let mut dropped = n.notified();
+            assert!(Pin::new(&mut dropped).poll(&mut cx).is_pending());
+        }
+        n.notify_one();
+        assert!(Pin::new(&mut n.notified()).poll(&mut cx).is_ready());
     }
 
     #[tokio::test]

@@ -425,7 +425,7 @@ struct Conn {
     closed_streams: Cell<u64>,
     premature_resets: Cell<u64>,
     /// Set once the connection is to be closed for too many premature resets.
-    reset_abuse: Rc<tokio::sync::Notify>,
+    reset_abuse: Rc<crate::gate::LocalNotify>,
     reset_abuse_seen: Cell<bool>,
     /// The connection has ended: streams dropped now were not reset by the client.
     ended: Cell<bool>,
@@ -440,14 +440,14 @@ struct Conn {
     /// The connection is to end: HTTP/1.1 responses say `connection: close`.
     closing: Cell<bool>,
     /// Asks the connection to finish (GOAWAY, or close once idle).
-    finish: tokio::sync::Notify,
+    finish: crate::gate::LocalNotify,
     /// How the codec's close of the connection waits (delayed_close_timeout, drain_timeout).
     close_state: Arc<CloseState>,
     /// Whether the overload manager's actions apply (not on a `bypass_overload_manager`
     /// listener).
     overload: bool,
     /// The overload manager ends the connection now (after a GOAWAY).
-    abort: tokio::sync::Notify,
+    abort: crate::gate::LocalNotify,
 }
 
 impl Conn {
@@ -542,10 +542,10 @@ pub async fn serve(
         activity: Activity::default(),
         requests: Cell::new(0),
         closing: Cell::new(false),
-        finish: tokio::sync::Notify::new(),
+        finish: crate::gate::LocalNotify::default(),
         close_state: Arc::new(CloseState::default()),
         overload,
-        abort: tokio::sync::Notify::new(),
+        abort: crate::gate::LocalNotify::default(),
     });
     let svc_conn = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -748,7 +748,7 @@ pub async fn serve(
     ));
     // hyper's connection runs until it closes, or until `shutdown` asks it to finish gracefully
     // (GOAWAY, or `connection: close` on the next response).
-    let shutdown = Rc::new(tokio::sync::Notify::new());
+    let shutdown = Rc::new(crate::gate::LocalNotify::default());
     let stop = shutdown.clone();
     macro_rules! until_shutdown {
         ($conn:expr) => {{

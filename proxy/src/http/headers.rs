@@ -51,44 +51,77 @@ pub mod names {
 /// except its `trailers` token.
 pub fn remove_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the names first: each lookup below hashes a name, and most messages carry
-    // none of these.
-    if !h.keys().any(is_hop_by_hop) {
+    // none of these; those that do carry one or two.
+    let found = h.keys().fold(0, |found, name| found | hop_by_hop(name));
+    if found == 0 {
         return;
     }
-    if h.contains_key(header::CONNECTION) {
-        // Every Connection header counts, not just the first.
-        let mut named = Vec::new();
-        for v in h.get_all(header::CONNECTION) {
-            for token in v.to_str().unwrap_or("").split(',') {
-                let token = token.trim();
-                // `te` listed in Connection is still reduced below, not dropped.
-                if !token.is_empty() && !token.eq_ignore_ascii_case("te") {
-                    if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes())
-                    {
-                        named.push(name);
-                    }
-                }
+    if found & HOP_CONNECTION != 0 {
+        // Every Connection header counts, not just the first. The names it gives are matched
+        // against the message's own (a token such as `close` names nothing there).
+        let mut named: Vec<HeaderName> = Vec::new();
+        let tokens = h.get_all(header::CONNECTION);
+        for token in tokens
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        {
+            let token = token.trim();
+            // `te` listed in Connection is still reduced below, not dropped.
+            if token.is_empty() || token.eq_ignore_ascii_case("te") {
+                continue;
             }
+            named.extend(
+                h.keys()
+                    .filter(|name| name.as_str().eq_ignore_ascii_case(token))
+                    .cloned(),
+            );
         }
         h.remove(header::CONNECTION);
         for name in named {
             h.remove(name);
         }
     }
-    h.remove(&names::KEEP_ALIVE);
-    h.remove(&names::PROXY_CONNECTION);
-    h.remove(header::UPGRADE);
-    h.remove(header::TRANSFER_ENCODING);
-    reduce_te(h);
+    if found & HOP_KEEP_ALIVE != 0 {
+        h.remove(&names::KEEP_ALIVE);
+    }
+    if found & HOP_PROXY_CONNECTION != 0 {
+        h.remove(&names::PROXY_CONNECTION);
+    }
+    if found & HOP_UPGRADE != 0 {
+        h.remove(header::UPGRADE);
+    }
+    if found & HOP_TRANSFER_ENCODING != 0 {
+        h.remove(header::TRANSFER_ENCODING);
+    }
+    if found & HOP_TE != 0 {
+        reduce_te(h);
+    }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::UPGRADE
-        || name == header::TRANSFER_ENCODING
-        || name == header::TE
-        || name == names::KEEP_ALIVE
-        || name == names::PROXY_CONNECTION
+const HOP_CONNECTION: u8 = 1;
+const HOP_UPGRADE: u8 = 2;
+const HOP_TRANSFER_ENCODING: u8 = 4;
+const HOP_TE: u8 = 8;
+const HOP_KEEP_ALIVE: u8 = 16;
+const HOP_PROXY_CONNECTION: u8 = 32;
+
+/// Which hop-by-hop header `name` is, as a bit (0 for any other).
+fn hop_by_hop(name: &HeaderName) -> u8 {
+    if name == header::CONNECTION {
+        HOP_CONNECTION
+    } else if name == header::UPGRADE {
+        HOP_UPGRADE
+    } else if name == header::TRANSFER_ENCODING {
+        HOP_TRANSFER_ENCODING
+    } else if name == header::TE {
+        HOP_TE
+    } else if name == names::KEEP_ALIVE {
+        HOP_KEEP_ALIVE
+    } else if name == names::PROXY_CONNECTION {
+        HOP_PROXY_CONNECTION
+    } else {
+        0
+    }
 }
 
 fn reduce_te(h: &mut HeaderMap) {
@@ -284,6 +317,31 @@ mod tests {
         h.insert("te", "gzip".parse().expect("v"));
         remove_hop_by_hop(&mut h);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn connection_names_headers_in_any_case_and_te_stays_reduced() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", " Close ,X-Foo, TE,,".parse().expect("v"));
+        h.insert("close", "1".parse().expect("v"));
+        h.insert("x-foo", "1".parse().expect("v"));
+        h.insert("te", "trailers, gzip".parse().expect("v"));
+        h.insert("x-keep", "1".parse().expect("v"));
+        remove_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["te", "x-keep"]);
+        assert_eq!(h["te"], "trailers");
+        // Only the hop-by-hop headers a message has are looked for; none leaves it as it is.
+        let mut h = HeaderMap::new();
+        h.insert("transfer-encoding", "chunked".parse().expect("v"));
+        h.insert("x-keep", "1".parse().expect("v"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        let mut h = HeaderMap::new();
+        h.insert("x-keep", "1".parse().expect("v"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
     }
 
     #[test]
