@@ -908,11 +908,11 @@ impl Shared {
         // Whatever is still open when its drain's deadline passes is closed (the listener's
         // until a chain is chosen, then the chain's).
         let mut deadline = self.connection_drain(None);
-        // The connection's service is written into its box rather than moved through this
-        // future (kilobytes); so are the listener filters, when there are any.
+        // The listener filters and the connection's service are each written into their box
+        // rather than moved through this future (kilobytes each).
         let picked = tokio::select! {
             biased;
-            p = self.clone().listener_filters(sock) => p,
+            p = crate::gate::boxed(|| self.clone().listener_filters(sock)) => p,
             _ = crate::gate::gated(deadline.deadline()) => None,
         };
         if let Some((owner, sock)) = picked {
@@ -928,7 +928,7 @@ impl Shared {
     ) -> Option<(Rc<Shared>, Accepted)> {
         let (remote, local) = (sock.remote, sock.local);
         let accepted = (std::time::SystemTime::now(), tokio::time::Instant::now());
-        if !self.filters.is_empty() && !crate::gate::boxed(|| self.filters.run(&mut sock)).await {
+        if !self.filters.is_empty() && !self.filters.run(&mut sock).await {
             self.log_unserved((remote, local), accepted, None);
             return None;
         }
@@ -939,9 +939,7 @@ impl Shared {
             if let Some(target) = owner.handoff.find(sock.local) {
                 if !Rc::ptr_eq(&target, &owner) {
                     owner = target;
-                    if !owner.filters.is_empty()
-                        && !crate::gate::boxed(|| owner.filters.run(&mut sock)).await
-                    {
+                    if !owner.filters.is_empty() && !owner.filters.run(&mut sock).await {
                         return None;
                     }
                 }

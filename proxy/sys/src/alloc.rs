@@ -10,7 +10,8 @@
 //!
 //! - up to 1 KiB, one class per glibc chunk size (16 bytes apart): a block is rounded up to
 //!   what its chunk holds anyway, so the rounding costs no memory;
-//! - from 1 KiB to 16 KiB, classes 256 bytes apart (blocks of 1,280, 1,536, … 16,384 bytes);
+//! - from 1 KiB to 16 KiB, classes 64 bytes apart (blocks of 1,088, 1,152, … 16,384 bytes), so
+//!   that rounding up costs a connection's few large blocks little;
 //! - larger blocks, and blocks aligned to more than 16 bytes, go to glibc as they are.
 //!
 //! Every block in a class is allocated at its class's full size, on every thread, so that a
@@ -31,8 +32,8 @@ const MIN_CHUNK: usize = 32;
 /// Small classes: chunks of 32, 48, … 1,040 bytes (a block of up to 1,032 bytes).
 const SMALL_MAX: usize = 1024 + MIN_CHUNK - 16 - CHUNK_OVERHEAD;
 const SMALL_CLASSES: usize = (SMALL_MAX + CHUNK_OVERHEAD - MIN_CHUNK) / 16 + 1;
-/// Large classes: blocks of 1,280, 1,536, … 16,384 bytes.
-const LARGE_STEP: usize = 256;
+/// Large classes: blocks of 1,088, 1,152, … 16,384 bytes.
+const LARGE_STEP: usize = 64;
 const LARGE_MAX: usize = 16 * 1024;
 /// The first large class's size, in steps.
 const LARGE_FIRST: usize = SMALL_MAX.div_ceil(LARGE_STEP);
@@ -308,8 +309,9 @@ mod tests {
         assert_eq!(class_size(class(24).expect("class")), 24);
         assert_eq!(class_size(class(25).expect("class")), 40);
         assert_eq!(class_size(class(1032).expect("class")), 1032);
-        assert_eq!(class_size(class(1033).expect("class")), 1280);
-        assert_eq!(class_size(class(1281).expect("class")), 1536);
+        assert_eq!(class_size(class(1033).expect("class")), 1088);
+        assert_eq!(class_size(class(1089).expect("class")), 1152);
+        assert_eq!(class_size(class(5432).expect("class")), 5440);
         assert_eq!(class_size(class(8192).expect("class")), 8192);
         assert_eq!(class_size(class(LARGE_MAX).expect("class")), LARGE_MAX);
     }
@@ -319,7 +321,7 @@ mod tests {
         std::thread::spawn(|| {
             let a = Allocator;
             let layout = Layout::from_size_align(5000, 8).expect("layout");
-            let other = Layout::from_size_align(5100, 8).expect("layout");
+            let other = Layout::from_size_align(5050, 8).expect("layout");
             // SAFETY: each block is freed once, with the layout it was allocated with.
             unsafe {
                 // Not caching: freed blocks go back to glibc.
@@ -335,7 +337,7 @@ mod tests {
                     cached_on_this_thread(),
                     (1, class_size(class(5000).unwrap()))
                 );
-                // 5,100 bytes is in 5,000's class: the same block.
+                // 5,050 bytes is in 5,000's class: the same block.
                 let q = a.alloc(other);
                 assert_eq!(q, p);
                 assert_eq!(cached_on_this_thread(), (0, 0));
