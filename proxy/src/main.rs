@@ -10,6 +10,7 @@ use clap::Parser;
 static ALLOCATOR: skiff_sys::alloc::Allocator = skiff_sys::alloc::Allocator;
 
 fn main() -> ExitCode {
+    skiff_sys::keep_freed_memory();
     // Installed in the CNI bin dir as `skiff-cni`, skiff is run by that name without arguments.
     if skiff_k8s::cni::invoked_as_plugin() {
         return skiff_k8s::cni::main();
