@@ -69,6 +69,10 @@ pub fn bind(l: &model::Listener, addr: SocketAddr) -> std::io::Result<std::net::
     }
     socket.listen(1024)?;
     apply_options(&socket, l, addr, model::SocketState::Listening)?;
+    // Every accepted connection has TCP_NODELAY, as in Envoy. Linux copies it from the listen
+    // socket to each connection accepted from it, which saves a system call per connection; set
+    // last, it holds whatever the listener's socket options said.
+    socket.set_tcp_nodelay(true)?;
     Ok(socket.into())
 }
 
@@ -843,7 +847,7 @@ pub async fn accept_loop(listener: Rc<Shared>, socket: Rc<TcpListener>) {
 
 impl Shared {
     async fn handle(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY came with the connection from its listen socket (`bind`).
         let local = stream.local_addr().unwrap_or(self.config.address);
         // A dual-stack socket's IPv4 peers are IPv4 addresses, not v4-mapped ones (Envoy's).
         let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
@@ -1241,4 +1245,51 @@ async fn accept_tls(
         config.clone()
     };
     start.into_stream(config).await
+}
+
+#[cfg(test)]
+mod tests {
+    /// A listener with a TCP proxy chain to `c`, and `options` as its `socket_options`.
+    fn listener(options: &str) -> std::sync::Arc<skiff_config::model::Listener> {
+        let bootstrap = format!(
+            r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    socket_options: {options}
+    filter_chains:
+    - filters:
+      - name: t
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: t
+          cluster: c
+  clusters:
+  - name: c
+    load_assignment: {{cluster_name: c}}
+"#
+        );
+        let loaded = crate::config::load_text(&bootstrap).expect("bootstrap loads");
+        loaded.model.listeners[0].clone()
+    }
+
+    #[test]
+    fn an_accepted_connection_has_tcp_nodelay_even_where_the_listeners_options_clear_it() {
+        // TCP_NODELAY (level 6, name 1) cleared on the listen socket by the listener's own options.
+        for options in [
+            "[]",
+            "[{level: 6, name: 1, int_value: 0, state: STATE_PREBIND}]",
+            "[{level: 6, name: 1, int_value: 0, state: STATE_LISTENING}]",
+        ] {
+            let l = listener(options);
+            let sock = super::bind(&l, l.address).expect("binds");
+            let client = std::net::TcpStream::connect(sock.local_addr().expect("address"))
+                .expect("connects");
+            sock.set_nonblocking(false).expect("blocking");
+            let (accepted, _) = sock.accept().expect("accepts");
+            assert!(accepted.nodelay().expect("reads TCP_NODELAY"), "{options}");
+            drop(client);
+        }
+    }
 }
