@@ -1,9 +1,11 @@
 //! `cargo xtask test`: what CI runs. Setup, lints, a debug skiff, the whole suite, then each
 //! fuzz target for a bounded time from its seed corpus.
 
+use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
 
-use crate::{cargo, envoy_bin, repo_root, run_status, setup, Profile, Result};
+use crate::{cargo, envoy_bin, repo_root, run_status, setup, Result};
 
 /// Seconds each fuzz target runs in CI (`SKIFF_FUZZ_SECONDS`, 0 skips fuzzing).
 const FUZZ_SECONDS: u64 = 20;
@@ -30,7 +32,7 @@ pub fn run() -> Result {
         ]))?;
     }
     step("cargo build -p skiff");
-    let skiff = crate::build_skiff_path(Profile::Debug)?;
+    let skiff = crate::build_skiff_path()?;
     let envoy = envoy_bin();
     step(&format!(
         "SKIFF_BIN={} ENVOY_BIN={} cargo test --workspace --no-fail-fast",
@@ -48,7 +50,10 @@ pub fn run() -> Result {
 }
 
 /// Runs every target under `fuzz/fuzz_targets` for a bounded time (cargo-fuzz on the nightly
-/// toolchain). New inputs go to a scratch directory; the seed corpus in the repository is read only.
+/// toolchain), one per CPU at a time (libFuzzer runs on one thread; builds wait on cargo's
+/// lock). New inputs go to a scratch directory; the seed corpus in the repository is read only.
+/// Each run's output goes to a file: its last lines are printed when it ends, all of it when it
+/// fails.
 pub fn fuzz() -> Result {
     let seconds = std::env::var("SKIFF_FUZZ_SECONDS")
         .ok()
@@ -68,33 +73,70 @@ pub fn fuzz() -> Result {
         })
         .collect();
     targets.sort();
-    for t in targets {
-        step(&format!(
-            "cargo fuzz run {t} (nightly, -max_total_time={seconds})"
-        ));
-        let scratch = std::env::temp_dir().join(format!("skiff-fuzz-{t}"));
-        std::fs::create_dir_all(&scratch)
-            .map_err(|e| crate::Error(format!("{}: {e}", scratch.display())))?;
-        let seeds = dir.join("corpus").join(&t);
-        // Through rustup: inside `cargo xtask`, `cargo` on PATH may be the stable toolchain's own.
-        let mut cmd = Command::new("rustup");
-        cmd.current_dir(&dir)
-            .env_remove("CARGO")
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .args(["run", "nightly", "cargo", "fuzz", "run", &t])
-            .arg(&scratch)
-            .arg(&seeds)
-            .arg("--")
-            .arg(format!("-max_total_time={seconds}"));
-        run_status(&mut cmd)?;
-        remove_fuzz_binary(&dir, &t);
+    targets.reverse(); // taken from the end
+    let queue = Mutex::new(targets);
+    let failed = Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let Some(t) = queue.lock().ok().and_then(|mut q| q.pop()) else {
+                    return;
+                };
+                if let Err(e) = fuzz_one(&dir, &t, seconds) {
+                    println!("{e:?}");
+                    if let Ok(mut f) = failed.lock() {
+                        f.push(t);
+                    }
+                }
+            });
+        }
+    });
+    let failed = failed.into_inner().unwrap_or_default();
+    if !failed.is_empty() {
+        crate::bail!("fuzz targets failed: {}", failed.join(", "));
     }
     Ok(())
 }
 
+/// One fuzz target for `seconds`, its output in a scratch file.
+fn fuzz_one(dir: &Path, t: &str, seconds: u64) -> Result {
+    step(&format!(
+        "cargo fuzz run {t} (nightly, -max_total_time={seconds})"
+    ));
+    let scratch = std::env::temp_dir().join(format!("skiff-fuzz-{t}"));
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| crate::Error(format!("{}: {e}", scratch.display())))?;
+    let log = std::env::temp_dir().join(format!("skiff-fuzz-{t}.log"));
+    let out = std::fs::File::create(&log)?;
+    let seeds = dir.join("corpus").join(t);
+    // Through rustup: inside `cargo xtask`, `cargo` on PATH may be the stable toolchain's own.
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(dir)
+        .env_remove("CARGO")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["run", "nightly", "cargo", "fuzz", "run", t])
+        .arg(&scratch)
+        .arg(&seeds)
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    let result = run_status(&mut cmd);
+    remove_fuzz_binary(dir, t);
+    let lines = if result.is_ok() { 2 } else { 200 };
+    println!(
+        "--- {t}: {}\n{}",
+        if result.is_ok() { "ok" } else { "FAILED" },
+        crate::process::tail(&log, lines)
+    );
+    let _ = std::fs::remove_file(&log);
+    result
+}
+
 /// Deletes a fuzz target's executable once it has run: each is over 150 MB with its sanitizers,
 /// and thirty of them fill a small disk. The libraries they share stay for the next target.
-fn remove_fuzz_binary(fuzz_dir: &std::path::Path, target: &str) {
+fn remove_fuzz_binary(fuzz_dir: &Path, target: &str) {
     let release = fuzz_dir
         .join("target")
         .join(std::env::consts::ARCH.to_string() + "-unknown-linux-gnu")

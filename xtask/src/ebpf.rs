@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{bail, describe, repo_root, run_status, setup, target_dir, Profile, Result};
+use crate::{bail, describe, repo_root, run_status, setup, target_dir, Result};
 
 /// clang's flags for `ebpf/bpf/skiff.bpf.c`, as `ebpf/build.rs` passes them (a test below
 /// keeps the two in step).
@@ -58,7 +58,7 @@ pub fn unload(args: &[String]) -> Result {
 }
 
 fn skiff_ebpf(sub: &str, args: &[String]) -> Result {
-    let skiff = crate::build_skiff_path(Profile::Debug)?;
+    let skiff = crate::build_skiff_path()?;
     let mut cmd = Command::new(&skiff);
     cmd.args(["ebpf", sub]).args(args);
     let words: Vec<String> = std::iter::once(skiff.display().to_string())

@@ -9,6 +9,7 @@ mod ci;
 mod demo;
 mod ebpf;
 mod http;
+mod pgo;
 mod pod;
 mod process;
 mod setup;
@@ -25,7 +26,10 @@ commands:
   test                  setup, lint, build skiff and run the whole test suite, then the fuzz targets
   fuzz                  only the fuzz targets, each for SKIFF_FUZZ_SECONDS (default 20)
                         (SKIFF_SKIP_LINT=1 skips clippy and rustfmt)
-  build                 build the release skiff binary
+  build                 build the release skiff binary, optimized with a profile of the
+                        bench's loads, into target/pgo/skiff (an instrumented build, a minute
+                        of training, the release build; the profile is kept until the
+                        sources change). `cargo build --release` is the same without profile
   build-ebpf            compile ebpf/bpf/skiff.bpf.c as the skiff build does, into
                         target/bpf/skiff.bpf.o (for bpftool prog loadall, llvm-objdump)
   load ARGS...          build skiff and run `skiff ebpf attach ARGS...` (root), e.g.
@@ -92,7 +96,11 @@ fn main() -> ExitCode {
         "setup" => no_args(rest).and_then(|()| setup::run()),
         "test" => no_args(rest).and_then(|()| ci::run()),
         "fuzz" => no_args(rest).and_then(|()| ci::fuzz()),
-        "build" => no_args(rest).and_then(|()| build_skiff(Profile::Release)),
+        "build" => no_args(rest).and_then(|()| {
+            let bin = pgo::build()?;
+            println!("built {}", bin.display());
+            Ok(())
+        }),
         "build-ebpf" => ebpf::build(rest),
         "load" => ebpf::load(rest),
         "unload" => ebpf::unload(rest),
@@ -167,37 +175,16 @@ pub fn describe(cmd: &Command) -> String {
     s
 }
 
-/// Which cargo profile to build skiff with.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Profile {
-    Debug,
-    Release,
-}
-
-/// Builds the `skiff` binary and returns its absolute path.
-pub fn build_skiff_path(profile: Profile) -> Result<PathBuf> {
+/// Builds the debug `skiff` binary (what the tests and demos run) and returns its absolute
+/// path. The release binary is [`pgo::build`]'s.
+pub fn build_skiff_path() -> Result<PathBuf> {
     setup::build_tools()?;
-    let mut cmd = cargo();
-    cmd.args(["build", "-p", "skiff"]);
-    let dir = match profile {
-        Profile::Debug => "debug",
-        Profile::Release => {
-            cmd.arg("--release");
-            "release"
-        }
-    };
-    run_status(&mut cmd)?;
-    let bin = target_dir().join(dir).join("skiff");
+    run_status(cargo().args(["build", "-p", "skiff"]))?;
+    let bin = target_dir().join("debug").join("skiff");
     if !bin.is_file() {
         bail!("the build succeeded but {} does not exist", bin.display());
     }
     Ok(bin)
-}
-
-fn build_skiff(profile: Profile) -> Result {
-    let bin = build_skiff_path(profile)?;
-    println!("built {}", bin.display());
-    Ok(())
 }
 
 /// Cargo's target directory (honours `CARGO_TARGET_DIR`).

@@ -1121,8 +1121,8 @@ pub fn section(r: &Results, reps: usize) -> String {
 {table}
 {method}
 ```sh
-taskset -c 0 target/release/skiff -c update.yaml {flags}    # and .venv/bin/envoy
-taskset -c 0 target/release/skiff -c scale.yaml {flags}
+taskset -c 0 target/pgo/skiff -c update.yaml {flags}    # and .venv/bin/envoy
+taskset -c 0 target/pgo/skiff -c scale.yaml {flags}
 ```
 
 <details><summary>the files of these rows ($DIR is a directory per proxy start)</summary>

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::process::{self, free_ports, tail, which, Proc, TempDir};
-use crate::{bail, envoy_bin, http, Error, Profile, Result};
+use crate::{bail, envoy_bin, http, Error, Result};
 use config::{Ports, Tuning};
 use load::{Load, Tool};
 
@@ -272,7 +272,7 @@ pub fn run(args: &[String]) -> Result {
     let skiff_bin = match &opts.skiff {
         _ if opts.no_skiff => None,
         Some(p) => Some(p.clone()),
-        None => Some(crate::build_skiff_path(Profile::Release)?),
+        None => Some(crate::pgo::build()?),
     };
 
     let tmp = TempDir::new("skiff-bench")?;
@@ -488,6 +488,64 @@ pub fn run(args: &[String]) -> Result {
     }
     if failures > 0 {
         bail!("{failures} measurement(s) failed (see above)");
+    }
+    Ok(())
+}
+
+/// Runs `bin` through the ordinary rows' loads, a few seconds each, each time stopping it with
+/// `/quitquitquit` so that it exits by itself: the training of a profile-guided build
+/// (`crate::pgo`), whose instrumented binary writes its counters on exit.
+pub fn train(bin: &Path) -> Result {
+    for tool in ["wrk", "h2load", "nginx", "taskset", "curl"] {
+        if which(tool).is_none() {
+            bail!("`{tool}` is missing: run `cargo xtask setup`");
+        }
+    }
+    let mut opts = parse(&[])?;
+    opts.rows = vec![Row::Close, Row::H1, Row::H1Big, Row::H2, Row::Tcp];
+    opts.duration = 3;
+    let tmp = TempDir::new("skiff-pgo-train")?;
+    let [nginx_h1, nginx_h2, nginx_alt, admin, http, h2, tcp, least_request, ring_hash] =
+        free_ports()?;
+    let ports = Ports {
+        least_request,
+        ring_hash,
+        nginx_h1,
+        nginx_h2,
+        nginx_alt,
+        admin,
+        http,
+        h2,
+        tcp,
+    };
+    let nginx = start_nginx(&ports, tmp.path())?;
+    let tuning = Tuning::ALL.to_vec();
+    let yaml = config::proxy_yaml(&ports, &tuning, &opts.rows);
+    let cfg = tmp.path().join("train.yaml");
+    std::fs::write(&cfg, &yaml)?;
+    if let Some(err) = validate(bin, &cfg)? {
+        bail!(
+            "{} rejects the training config: {}",
+            bin.display(),
+            last_lines(&err)
+        );
+    }
+    let rows = opts.rows.clone();
+    let run = Run {
+        opts,
+        ports,
+        tuning,
+        yaml,
+        envoy_version: String::new(),
+        results: Vec::new(),
+        nginx_pid: nginx.pid(),
+        notes: Vec::new(),
+        sidecar: None,
+        live: None,
+    };
+    for row in rows {
+        let s = measure_once(row, Target::Skiff, Some(bin), &cfg, &run, tmp.path(), 1)?;
+        eprintln!("  {:<7} {}", row.id(), report::sample_line(&s));
     }
     Ok(())
 }

@@ -278,6 +278,8 @@ How to read it:
 
 ## Method
 
+- skiff is the build `cargo xtask build` makes: the release profile, optimized with a profile
+  of these loads (`--skiff PATH` measures another binary).
 - The proxy runs alone on CPU 0 with one worker (`--concurrency 1`); nginx (one process) and
   the load generator share CPU 1. The direct rows use the same layout without the proxy, so
   they are the ceiling for the proxied rows.
@@ -297,7 +299,7 @@ run's temporary directory):
 {invocation}
 # which runs:
 taskset -c 1 nginx -p $DIR -e $DIR/nginx-error.log -c $DIR/nginx.conf
-taskset -c 0 target/release/skiff -c bench.yaml {flags}
+taskset -c 0 target/pgo/skiff -c bench.yaml {flags}
 taskset -c 0 .venv/bin/envoy -c bench.yaml {flags}
 {loads}```
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::http::{self, request};
 use crate::process::{tail, Proc};
 use crate::upstream::Upstream;
-use crate::{bail, Profile, Result};
+use crate::{bail, Result};
 
 /// The demo configuration, embedded so the demo needs no files at run time.
 pub const DEMO_YAML: &str = include_str!("../../../examples/demo.yaml");
@@ -125,7 +125,7 @@ pub fn run(args: &[String]) -> Result {
     let opts = parse(args)?;
     let bin = match opts.bin {
         Some(b) => b,
-        None => crate::build_skiff_path(Profile::Debug)?,
+        None => crate::build_skiff_path()?,
     };
     let addrs = Addrs::new(opts.port_offset)?;
     addrs.check_free()?;

@@ -19,7 +19,7 @@ use crate::pod::{
     self, in_netns, output, Pod, POD_IP, POD_IP6, POD_NS, REMOTE_IP, REMOTE_IP6, REMOTE_NS, VETH,
 };
 use crate::process::{is_root, tail, which, Proc};
-use crate::{bail, setup, Error, Profile, Result};
+use crate::{bail, setup, Error, Result};
 
 /// The sidecar configuration, embedded so the demo needs no files at run time.
 pub const SIDECAR_YAML: &str = include_str!("../../../examples/sidecar.yaml");
@@ -67,7 +67,7 @@ pub fn run(args: &[String]) -> Result {
     );
     section("1. Build");
     setup::require(&["ip", "curl", "bpftool", "setpriv"])?;
-    let skiff = crate::build_skiff_path(Profile::Debug)?;
+    let skiff = crate::build_skiff_path()?;
     println!("built {}", skiff.display());
     println!("$ skiff --mode validate --config-yaml \"$(cat examples/sidecar.yaml)\"");
     let verdict = output(

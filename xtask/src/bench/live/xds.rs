@@ -846,7 +846,7 @@ pub(super) fn section(
 {method}
 ```sh
 taskset -c 1 target/debug/xds-control-plane --tcp 127.0.0.1:0    # resources set on its stdin
-taskset -c 0 target/release/skiff -c xds.yaml {flags}    # and .venv/bin/envoy
+taskset -c 0 target/pgo/skiff -c xds.yaml {flags}    # and .venv/bin/envoy
 ```
 
 <details><summary>the bootstrap and the first resources of each type (ports are picked free on each run)</summary>
