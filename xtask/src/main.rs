@@ -51,7 +51,7 @@ commands:
       --duration S      seconds per measurement (default 10)
       --rows LIST       comma-separated subset of: h1,h1-64k,h2,close,tcp,update,scale,
                         xds-scale (and, as root, sidecar-h1,sidecar-close)
-      --skiff PATH      use this skiff binary instead of building release skiff
+      --skiff PATH      use this skiff binary instead of `cargo xtask build`'s
       --baseline PATH   also measure this skiff binary, right after the other in every rep,
                         and print the first against it (the median of each rep's ratio);
                         a tuning field it refuses is dropped for every proxy

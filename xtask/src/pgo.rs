@@ -20,7 +20,8 @@ use std::process::Command;
 
 use crate::{bail, cargo, repo_root, run_status, setup, target_dir, Error, Result};
 
-/// What the profile depends on: everything compiled into skiff, and the training loads.
+/// What the profile depends on: everything compiled into skiff, and the training's
+/// configuration and load generators.
 const SOURCES: &[&str] = &[
     "Cargo.toml",
     "Cargo.lock",
@@ -29,8 +30,8 @@ const SOURCES: &[&str] = &[
     "iptables",
     "k8s-agent",
     "vendor",
-    "xtask/src/bench",
-    "xtask/src/pgo.rs",
+    "xtask/src/bench/config.rs",
+    "xtask/src/bench/load.rs",
 ];
 
 /// Builds the profile-optimized release binary and returns its path.
