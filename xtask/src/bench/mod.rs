@@ -276,19 +276,7 @@ pub fn run(args: &[String]) -> Result {
     };
 
     let tmp = TempDir::new("skiff-bench")?;
-    let [nginx_h1, nginx_h2, nginx_alt, admin, http, h2, tcp, least_request, ring_hash] =
-        free_ports()?;
-    let ports = Ports {
-        least_request,
-        ring_hash,
-        nginx_h1,
-        nginx_h2,
-        nginx_alt,
-        admin,
-        http,
-        h2,
-        tcp,
-    };
+    let ports = pick_ports()?;
     let nginx = start_nginx(&ports, tmp.path())?;
     // Run a copy, so a rebuild during the run cannot change the binary under measurement.
     let skiff_bin = match skiff_bin {
@@ -505,19 +493,7 @@ pub fn train(bin: &Path) -> Result {
     opts.rows = vec![Row::Close, Row::H1, Row::H1Big, Row::H2, Row::Tcp];
     opts.duration = 3;
     let tmp = TempDir::new("skiff-pgo-train")?;
-    let [nginx_h1, nginx_h2, nginx_alt, admin, http, h2, tcp, least_request, ring_hash] =
-        free_ports()?;
-    let ports = Ports {
-        least_request,
-        ring_hash,
-        nginx_h1,
-        nginx_h2,
-        nginx_alt,
-        admin,
-        http,
-        h2,
-        tcp,
-    };
+    let ports = pick_ports()?;
     let nginx = start_nginx(&ports, tmp.path())?;
     let tuning = Tuning::ALL.to_vec();
     let yaml = config::proxy_yaml(&ports, &tuning, &opts.rows);
@@ -575,6 +551,23 @@ fn envoy_version(envoy: &Path) -> Result<String> {
         bail!("{} is not Envoy 1.40: {}", envoy.display(), v.trim());
     };
     Ok(ver.to_string())
+}
+
+/// Ports for nginx, the proxies and their admin, free at the time of the call.
+fn pick_ports() -> Result<Ports> {
+    let [nginx_h1, nginx_h2, nginx_alt, admin, http, h2, tcp, least_request, ring_hash] =
+        free_ports()?;
+    Ok(Ports {
+        least_request,
+        ring_hash,
+        nginx_h1,
+        nginx_h2,
+        nginx_alt,
+        admin,
+        http,
+        h2,
+        tcp,
+    })
 }
 
 fn start_nginx(p: &Ports, dir: &Path) -> Result<Proc> {
