@@ -8,9 +8,10 @@
 //!    `llvm-tools`, the LLVM of the compiler itself) merges them;
 //! 3. the release build with `-Cprofile-use` into `target/pgo`, copied to `target/pgo/skiff`.
 //!
-//! The merged profile is kept under a hash of the sources and the compiler, so building again
-//! without changes skips the first two steps. Both builds name the host target explicitly, so
-//! the flags reach only what runs in the binary, not build scripts and proc macros.
+//! The merged profile is kept under a hash of the sources, the compiler and `RUSTFLAGS`, so
+//! building again without changes skips the first two steps. Both builds name the host target
+//! explicitly, so the flags reach only what runs in the binary, not build scripts and proc
+//! macros.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
@@ -41,7 +42,13 @@ pub fn build() -> Result<PathBuf> {
     let profdata = llvm_profdata(&host)?;
     let dir = target_dir().join("pgo");
     fs::create_dir_all(&dir)?;
-    let key = source_key(&repo_root(), SOURCES, &rustc_version()?)?;
+    // The compiler and the flags the user gives it shape the code as much as the sources do.
+    let compiler = format!(
+        "{}RUSTFLAGS={}",
+        rustc_version()?,
+        std::env::var("RUSTFLAGS").unwrap_or_default()
+    );
+    let key = source_key(&repo_root(), SOURCES, &compiler)?;
     let profile = dir.join(format!("skiff-{key:016x}.profdata"));
     if profile.is_file() {
         eprintln!("pgo: the profile of these sources is {}", profile.display());
@@ -63,7 +70,6 @@ pub fn build() -> Result<PathBuf> {
 
 /// Steps 1 and 2: the instrumented build, its training, and the merged profile at `profile`.
 fn make_profile(host: &str, profdata: &Path, dir: &Path, profile: &Path) -> Result {
-    setup::require(&["wrk", "h2load", "nginx", "taskset", "curl"])?;
     let raw = dir.join("raw");
     let _ = fs::remove_dir_all(&raw);
     fs::create_dir_all(&raw)?;

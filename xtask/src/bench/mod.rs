@@ -484,11 +484,7 @@ pub fn run(args: &[String]) -> Result {
 /// `/quitquitquit` so that it exits by itself: the training of a profile-guided build
 /// (`crate::pgo`), whose instrumented binary writes its counters on exit.
 pub fn train(bin: &Path) -> Result {
-    for tool in ["wrk", "h2load", "nginx", "taskset", "curl"] {
-        if which(tool).is_none() {
-            bail!("`{tool}` is missing: run `cargo xtask setup`");
-        }
-    }
+    crate::setup::require(&["wrk", "h2load", "nginx", "taskset", "curl"])?;
     let mut opts = parse(&[])?;
     opts.rows = vec![Row::Close, Row::H1, Row::H1Big, Row::H2, Row::Tcp];
     opts.duration = 3;
