@@ -349,8 +349,11 @@ async fn hostile_requests_as_envoy() {
         let mut s = start(Kind::under_test()).await;
         let mut failures = Vec::new();
         for (name, bytes, expect) in CASES {
-            let re = exchange(e.port, bytes.as_bytes()).await;
-            let rs = exchange(s.port, bytes.as_bytes()).await;
+            // Both at once: a case waits out each proxy's close or quiet time.
+            let (re, rs) = tokio::join!(
+                exchange(e.port, bytes.as_bytes()),
+                exchange(s.port, bytes.as_bytes())
+            );
             let (pe, ps) = (re.responses(), rs.responses());
             // Give the upstream and the logs a moment to settle.
             tokio::time::sleep(Duration::from_millis(50)).await;
