@@ -38,14 +38,14 @@ const SOURCES: &[&str] = &[
 /// Builds the profile-optimized release binary and returns its path.
 pub fn build() -> Result<PathBuf> {
     setup::build_tools()?;
-    let host = host_triple()?;
+    let version = rustc_version()?;
+    let host = host_triple(&version)?;
     let profdata = llvm_profdata(&host)?;
     let dir = target_dir().join("pgo");
     fs::create_dir_all(&dir)?;
     // The compiler and the flags the user gives it shape the code as much as the sources do.
     let compiler = format!(
-        "{}RUSTFLAGS={}",
-        rustc_version()?,
+        "{version}RUSTFLAGS={}",
         std::env::var("RUSTFLAGS").unwrap_or_default()
     );
     let key = source_key(&repo_root(), SOURCES, &compiler)?;
@@ -144,8 +144,8 @@ fn rustc_version() -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn host_triple() -> Result<String> {
-    let v = rustc_version()?;
+/// The host target named in `rustc -vV`'s output.
+fn host_triple(v: &str) -> Result<String> {
     match v.lines().find_map(|l| l.strip_prefix("host: ")) {
         Some(h) => Ok(h.trim().to_string()),
         None => bail!("no host in `rustc -vV`:\n{v}"),

@@ -123,8 +123,8 @@ pub const MMAP_THRESHOLD: usize = 1 << 20;
 /// By default glibc adjusts both as it goes: a worker's heap shrinks (`madvise`) as soon as its
 /// free top passes twice the largest separately mapped block freed so far, then grows back for
 /// the next requests, a page fault for each page it touches again. With 64 KiB responses that
-/// was one fault a request, about a tenth of the proxy's CPU there. The overload manager's `shrink_heap`
-/// ([`release_free_memory`]) still gives the kept memory back under pressure.
+/// was one fault a request, about a tenth of the proxy's CPU there. The overload manager's
+/// `shrink_heap` ([`release_free_memory`]) still gives the kept memory back under pressure.
 pub fn keep_freed_memory() {
     let tuned = std::env::var("GLIBC_TUNABLES")
         .is_ok_and(|t| t.contains("trim_threshold") || t.contains("mmap_threshold"));
